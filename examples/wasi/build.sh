@@ -7,4 +7,5 @@ cd "$(dirname "$0")"
 CLANG="${CLANG:-clang}"
 # -O2: optimise; -Wl,--strip-all: drop debug info and the name section (small file)
 "$CLANG" --target=wasm32-wasi -O2 -Wl,--strip-all -o hello.wasm hello.c
+chmod 644 hello.wasm  # data, not an executable
 echo "built $(pwd)/hello.wasm ($(wc -c < hello.wasm) bytes)"

@@ -13,6 +13,7 @@ for src in *.c; do
     # WASI command (has main); -O2, no debug info or name section.
     "$CLANG" --target=wasm32-wasi -O2 -Wall -Wextra -Werror -Wl,--strip-all \
         -o "$out" "$src"
+    chmod 644 "$out"  # data, not an executable
     echo "built $out ($(wc -c < "$out") bytes)"
 done
 
