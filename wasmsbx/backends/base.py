@@ -1,0 +1,224 @@
+"""The backend contract: what every runtime adapter declares and does.
+
+A backend is a factory of engines; an engine compiles, serializes and instantiates
+modules; an instance calls exports and runs WASI commands under limits. Capabilities
+are data, so the selector, ``wasmsbx backends`` and the tests all read the same facts.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+
+@dataclass(frozen=True)
+class Signature:
+    """A function's value types, as "i32", "i64", "f32", "f64", "v128", "funcref", "externref"."""
+
+    params: tuple
+    results: tuple
+
+    def __str__(self) -> str:
+        def side(types: tuple) -> str:
+            return "(" + ", ".join(types) + ")" if len(types) != 1 else types[0]
+
+        return f"{side(self.params)} -> {side(self.results)}"
+
+    def to_dict(self) -> dict:
+        return {"params": list(self.params), "results": list(self.results)}
+
+
+@dataclass(frozen=True)
+class ExportInfo:
+    name: str
+    kind: str  # func | memory | table | global | tag
+    signature: Optional[Signature] = None
+
+
+@dataclass(frozen=True)
+class ImportInfo:
+    module: str
+    name: str
+    kind: str
+
+    @property
+    def is_wasi(self) -> bool:
+        return self.module.startswith("wasi_")
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a backend (with one compiler) can do, in the words of wasmsbx.capabilities."""
+
+    features: frozenset
+    security: frozenset
+    performance: frozenset
+    debugging: frozenset
+    compilers: tuple = ()
+    # Measured facts (0..1, higher is better) used by the scorer; see benchmarks/.
+    compile_speed: float = 0.5
+    run_speed: float = 0.5
+    notes: tuple = ()  # human-readable facts and caveats
+
+    def has(self, name: str) -> bool:
+        return (
+            name in self.features
+            or name in self.security
+            or name in self.performance
+            or (name in self.debugging)
+        )
+
+    def to_dict(self) -> dict:
+        return {
+            "features": sorted(self.features),
+            "security": sorted(self.security),
+            "performance": sorted(self.performance),
+            "debugging": sorted(self.debugging),
+            "compilers": list(self.compilers),
+            "compile_speed": self.compile_speed,
+            "run_speed": self.run_speed,
+            "notes": list(self.notes),
+        }
+
+
+@dataclass(frozen=True)
+class Availability:
+    available: bool
+    version: Optional[str] = None
+    reason: Optional[str] = None
+    fix: Optional[str] = None
+
+    def to_dict(self) -> dict:
+        return {
+            "available": self.available,
+            "version": self.version,
+            "reason": self.reason,
+            "fix": self.fix,
+        }
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    """Everything that changes the machine code (and so the cache key)."""
+
+    compiler: Optional[str] = None
+    optimize: str = "speed"
+    fuel: bool = False
+    stack: Optional[int] = None
+
+    def to_dict(self) -> dict:
+        return {
+            "compiler": self.compiler,
+            "optimize": self.optimize,
+            "fuel": self.fuel,
+            "stack": self.stack,
+        }
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Per-call and per-instance limits; None means the runtime's own default."""
+
+    memory: int
+    timeout: float
+    fuel: Optional[int] = None
+    stack: Optional[int] = None
+    table_elements: Optional[int] = None
+    instances: Optional[int] = None
+    output: Optional[int] = None
+
+
+@dataclass
+class WasiSetup:
+    """What a WASI guest sees. stdin: "inherit" | "null" | path | bytes.
+    stdout/stderr: "inherit" | "null" | "capture" | path."""
+
+    argv: Sequence[str] = ("module",)
+    env: dict = field(default_factory=dict)
+    grants: Sequence[Any] = ()  # objects with .host, .guest, .writable
+    stdin: Any = "null"
+    stdout: str = "inherit"
+    stderr: str = "inherit"
+
+
+@dataclass
+class Usage:
+    fuel_used: Optional[int] = None
+    memory_bytes: Optional[int] = None
+    stdout: Optional[bytes] = None  # when captured
+    stderr: Optional[bytes] = None
+    warnings: list = field(default_factory=list)
+
+
+class Instance(ABC):
+    """One instantiated module in its own store."""
+
+    @abstractmethod
+    def call(self, name: str, args: Sequence[Any]) -> list:
+        """Call an export with already-typed Python values; return its results as a list."""
+
+    @abstractmethod
+    def run_command(self) -> int:
+        """Run ``_start``; return the guest's exit code."""
+
+    @abstractmethod
+    def usage(self) -> Usage:
+        """Fuel and memory used so far, captured output, limit warnings."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release resources held outside the store."""
+
+
+class Engine(ABC):
+    """A configured compiler for one backend: compile, (de)serialize, instantiate."""
+
+    backend: str
+    options: EngineOptions
+
+    @abstractmethod
+    def compile(self, wasm: bytes) -> Any: ...
+
+    @abstractmethod
+    def serialize(self, module: Any) -> bytes: ...
+
+    @abstractmethod
+    def deserialize(self, data: bytes) -> Any: ...
+
+    @abstractmethod
+    def exports(self, module: Any) -> list: ...
+
+    @abstractmethod
+    def imports(self, module: Any) -> list: ...
+
+    @abstractmethod
+    def instantiate(
+        self, module: Any, limits: Limits, wasi: Optional[WasiSetup] = None
+    ) -> Instance: ...
+
+    @abstractmethod
+    def fingerprint(self) -> dict:
+        """Backend, versions, compiler, opt level, features and target: the cache key's basis."""
+
+
+class Backend(ABC):
+    """A runtime adapter. ``name`` is what users write in ``--backend``."""
+
+    name: str
+    compilers: tuple = ()
+    default_compiler: Optional[str] = None
+
+    @abstractmethod
+    def probe(self) -> Availability:
+        """Whether it can run here; cheap (cached) because selection calls it every run."""
+
+    def version(self) -> Optional[str]:
+        """Runtime version, for reports and the cache key (may be slow to compute)."""
+        return self.probe().version
+
+    @abstractmethod
+    def capabilities(self, compiler: Optional[str] = None) -> Capabilities: ...
+
+    @abstractmethod
+    def engine(self, options: EngineOptions) -> Engine: ...

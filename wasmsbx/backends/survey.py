@@ -1,0 +1,51 @@
+"""What ``wasmsbx backends`` reports: every backend and compiler, probed, as plain data."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from . import get, names
+
+
+def survey() -> list:
+    """One entry per backend and compiler: availability and capabilities."""
+    entries = []
+    for name in names():
+        backend = get(name)
+        availability = backend.probe().to_dict()
+        if availability["available"] and not availability["version"]:
+            availability["version"] = backend.version()
+        for compiler in backend.compilers or (None,):
+            capset = backend.capabilities(compiler) if availability["available"] else None
+            entries.append({
+                "backend": name,
+                "compiler": compiler,
+                "label": f"{name}:{compiler}" if compiler else name,
+                "availability": availability,
+                "capabilities": capset.to_dict() if capset else None,
+            })  # fmt: skip
+    return entries
+
+
+def explain(module: Optional[str], policy_path: Optional[str], kind: str = "auto"):
+    """The scoring table for MODULE (or for no module) under the policy."""
+    from .. import policy as policy_mod
+    from . import select
+
+    policy = policy_mod.discover(policy_path)
+    features: frozenset = frozenset()
+    if module:
+        from ..errors import ModuleError
+        from ..facts import FactsError, read_facts
+        from ..runner import read_module
+
+        try:
+            facts = read_facts(read_module(module))
+        except FactsError as exc:
+            raise ModuleError(f"{module}: {exc}") from None
+        features = facts.features
+        if kind == "auto":
+            kind = "command" if facts.export("_start") else "call"
+    if kind == "auto":
+        kind = "call"
+    return select.select(policy, features, kind)

@@ -1,0 +1,510 @@
+"""The wasmtime adapter (PyPI ``wasmtime``): every limit enforced in-process.
+
+Memory, table and instance caps use the store limiter; fuel uses fuel metering; the
+timeout uses epoch interruption driven by one ticker thread; guest output goes through
+counting callbacks so a flood is cut off at ``limits.output``.
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import math
+import os
+import sys
+import threading
+from collections.abc import Sequence
+from typing import Any, Optional
+
+import wasmtime
+
+from .. import errors
+from ..units import format_count, format_duration, format_size
+from .base import (
+    Availability,
+    Backend,
+    Capabilities,
+    Engine,
+    EngineOptions,
+    ExportInfo,
+    ImportInfo,
+    Instance,
+    Limits,
+    Signature,
+    Usage,
+    WasiSetup,
+)
+
+TICK = 0.01  # seconds per epoch tick: the timeout's resolution
+MAX_FRAMES = 12
+_OPT_LEVELS = {"none": "none", "speed": "speed", "size": "speed_and_size", "aggressive": "speed"}
+
+# Proposals this wasmtime build compiles by default; tests/test_backends checks each one.
+FEATURES = frozenset({
+    "mutable-globals", "sign-extension", "saturating-float-to-int", "bulk-memory",
+    "reference-types", "multi-value", "simd", "threads", "tail-call", "memory64",
+    "multi-memory", "extended-const", "function-references", "gc", "exceptions",
+})  # fmt: skip
+
+
+@functools.cache
+def _version() -> str:
+    """The installed wasmtime-py version (importlib.metadata is slow: only on demand)."""
+    try:
+        from importlib.metadata import version
+
+        return version("wasmtime")
+    except Exception:  # pragma: no cover - metadata missing in odd installs
+        return "unknown"
+
+
+class _Ticker:
+    """Advances the engine's epoch every TICK seconds while calls are running.
+
+    A single daemon thread per engine; a call sets its store's deadline in ticks, so
+    arming a timeout costs one FFI call instead of a thread start.
+    """
+
+    def __init__(self, engine: wasmtime.Engine) -> None:
+        self.engine = engine
+        self.active = 0
+        self.lock = threading.Condition()
+        self.thread: Optional[threading.Thread] = None
+
+    def __enter__(self) -> _Ticker:
+        with self.lock:
+            self.active += 1
+            if self.thread is None:
+                self.thread = threading.Thread(target=self._loop, name="wasmsbx-epoch", daemon=True)
+                self.thread.start()
+            self.lock.notify()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        with self.lock:
+            self.active -= 1
+
+    def _loop(self) -> None:
+        while True:
+            with self.lock:
+                while self.active == 0:
+                    self.lock.wait()
+            threading.Event().wait(TICK)
+            self.engine.increment_epoch()
+
+    def expire(self, ticks: int) -> None:
+        """Make every running deadline pass now (used to stop an output flood)."""
+        for _ in range(ticks + 1):
+            self.engine.increment_epoch()
+
+
+class _Output:
+    """A guest output stream that counts bytes against the shared output budget."""
+
+    def __init__(self, target: str, budget: _Budget, fallback) -> None:
+        self.budget = budget
+        self.captured: Optional[bytearray] = None
+        self.file = None
+        if target == "capture":
+            self.captured = bytearray()
+        elif target == "inherit":
+            self.file = fallback
+        elif target != "null":
+            self.file = open(target, "wb")  # noqa: SIM115 - closed in close()
+
+    def __call__(self, data: bytes) -> int:
+        if not self.budget.take(len(data)):
+            return -errno.EFBIG
+        if self.captured is not None:
+            self.captured += data
+        elif self.file is not None:
+            self.file.write(data)
+            self.file.flush()
+        return len(data)
+
+    def close(self) -> None:
+        if self.file is not None and self.file not in (sys.stdout.buffer, sys.stderr.buffer):
+            self.file.close()
+
+
+class _Budget:
+    def __init__(self, limit: Optional[int], on_exceeded) -> None:
+        self.limit = limit
+        self.used = 0
+        self.exceeded = False
+        self.on_exceeded = on_exceeded
+
+    def take(self, n: int) -> bool:
+        self.used += n
+        if self.limit is not None and self.used > self.limit:
+            if not self.exceeded:
+                self.exceeded = True
+                self.on_exceeded()
+            return False
+        return True
+
+
+def _signature(functype: Any) -> Signature:
+    return Signature(
+        tuple(str(p) for p in functype.params), tuple(str(r) for r in functype.results)
+    )
+
+
+def _kind(extern_type: Any) -> str:
+    return {
+        "FuncType": "func",
+        "MemoryType": "memory",
+        "TableType": "table",
+        "GlobalType": "global",
+    }.get(type(extern_type).__name__, "tag")
+
+
+class WasmtimeInstance(Instance):
+    def __init__(self, engine: WasmtimeEngine, module: Any, limits: Limits,
+                 wasi: Optional[WasiSetup]) -> None:  # fmt: skip
+        self.engine = engine
+        self.limits = limits
+        self.store = wasmtime.Store(engine.engine)
+        self.deadline_ticks = max(1, math.ceil(limits.timeout / TICK))
+        self.outputs: list = []
+        self.budget = _Budget(limits.output, lambda: engine.ticker.expire(self.deadline_ticks))
+        self.warnings: list = []
+        self.store.set_limits(
+            memory_size=limits.memory,
+            table_elements=-1 if limits.table_elements is None else limits.table_elements,
+            instances=-1 if limits.instances is None else limits.instances,
+        )
+        self.fuel_used = 0
+        self.memories = [e.name for e in engine.exports(module) if e.kind == "memory"]
+        self._arm()
+        linker = wasmtime.Linker(engine.engine)
+        imports = engine.imports(module)
+        if any(i.is_wasi for i in imports):
+            self.store.set_wasi(self._wasi_config(wasi or WasiSetup()))
+            linker.define_wasi()
+        self._check_imports(imports)
+        try:
+            with engine.ticker:
+                self.instance = linker.instantiate(self.store, module)
+        except wasmtime.Trap as trap:
+            raise self._trap_error(trap, "start function") from None
+        except wasmtime.WasmtimeError as exc:
+            raise self._instantiate_error(exc, module) from None
+        self.exports = self.instance.exports(self.store)
+
+    # ------------------------------------------------------------------ setup
+    def _wasi_config(self, wasi: WasiSetup) -> wasmtime.WasiConfig:
+        config = wasmtime.WasiConfig()
+        config.argv = list(wasi.argv)
+        config.env = list(wasi.env.items())
+        for grant in wasi.grants:
+            config.preopen_dir(grant.host, grant.guest, grant.writable)
+        stdin = wasi.stdin
+        if stdin == "inherit":
+            config.inherit_stdin()
+        elif isinstance(stdin, (bytes, bytearray)):
+            config.stdin_file(self._bytes_file(stdin))
+        elif stdin != "null":
+            config.stdin_file(stdin)
+        out = _Output(wasi.stdout, self.budget, sys.stdout.buffer)
+        err = _Output(wasi.stderr, self.budget, sys.stderr.buffer)
+        self.outputs = [out, err]
+        config.stdout_custom = out
+        config.stderr_custom = err
+        return config
+
+    def _bytes_file(self, data: bytes) -> str:
+        import tempfile
+
+        handle, path = tempfile.mkstemp(prefix="wasmsbx-stdin-")
+        with os.fdopen(handle, "wb") as f:
+            f.write(data)
+        self._tmp = path
+        return path
+
+    def _check_imports(self, imports: list) -> None:
+        missing = [f"{i.module}.{i.name}" for i in imports if not i.is_wasi]
+        if missing:
+            raise errors.LinkError(
+                f"module imports host functions the sandbox does not provide: {', '.join(missing)}",
+                hint="wasmsbx provides WASI preview1 only; rebuild the module without these",
+                imports=missing,
+            )
+
+    def _arm(self) -> None:
+        self.store.set_epoch_deadline(self.deadline_ticks)
+        if self.limits.fuel is not None:
+            self.store.set_fuel(self.limits.fuel)
+
+    # ------------------------------------------------------------------ calls
+    def func(self, name: str) -> Any:
+        return self.exports[name]
+
+    def call(self, name: str, args: Sequence[Any]) -> list:
+        func = self.exports[name]
+        self._arm()
+        try:
+            with self.engine.ticker:
+                result = func(self.store, *args)
+        except wasmtime.Trap as trap:
+            raise self._trap_error(trap, name) from None
+        except wasmtime.ExitTrap as exit_trap:
+            raise errors.TrapError(f"guest called proc_exit({exit_trap.code}) in {name}",
+                                   exit_code_guest=exit_trap.code) from None  # fmt: skip
+        finally:
+            self._account_fuel()
+        if result is None:
+            return []
+        return list(result) if isinstance(result, list) else [result]
+
+    def run_command(self) -> int:
+        try:
+            start = self.exports["_start"]
+        except KeyError:
+            raise errors.UsageError("module has no _start export, so it is not a WASI command",
+                                    hint="name an exported function to call") from None  # fmt: skip
+        self._arm()
+        try:
+            with self.engine.ticker:
+                start(self.store)
+            return 0
+        except wasmtime.ExitTrap as exit_trap:
+            return exit_trap.code
+        except wasmtime.Trap as trap:
+            raise self._trap_error(trap, "_start") from None
+        finally:
+            self._account_fuel()
+            self.close()
+
+    def _account_fuel(self) -> None:
+        if self.limits.fuel is not None:
+            self.fuel_used += self.limits.fuel - self.store.get_fuel()
+
+    def usage(self) -> Usage:
+        fuel_used = self.fuel_used if self.limits.fuel is not None else None
+        memory = self._memory_bytes()
+        if memory is not None and memory + 65536 > self.limits.memory:
+            self.warnings.append(
+                f"memory limit {format_size(self.limits.memory)} reached: "
+                f"guest holds {format_size(memory)}; further memory.grow fails"
+            )
+        out, err = (self.outputs + [None, None])[:2]
+        return Usage(
+            fuel_used=fuel_used,
+            memory_bytes=memory,
+            stdout=bytes(out.captured) if out and out.captured is not None else None,
+            stderr=bytes(err.captured) if err and err.captured is not None else None,
+            warnings=list(dict.fromkeys(self.warnings)),
+        )
+
+    def _memory_bytes(self) -> Optional[int]:
+        if not self.memories or not hasattr(self, "exports"):
+            return None
+        return sum(self.exports[name].data_len(self.store) for name in self.memories)
+
+    def close(self) -> None:
+        for output in self.outputs:
+            output.close()
+        tmp = getattr(self, "_tmp", None)
+        if tmp:
+            os.unlink(tmp)
+            self._tmp = None
+
+    # ------------------------------------------------------------------ errors
+    def _trap_error(self, trap: wasmtime.Trap, where: str) -> errors.WasmsbxError:
+        code = trap.trap_code
+        frames = _frames(trap)
+        if code == wasmtime.TrapCode.OUT_OF_FUEL:
+            return errors.FuelExhausted(
+                f"fuel exhausted after {format_count(self.limits.fuel or 0)} units in {where}",
+                hint="raise limits.fuel (--fuel N) if the guest needs more",
+                backtrace=frames, limit_value=self.limits.fuel,
+            )  # fmt: skip
+        if code == wasmtime.TrapCode.INTERRUPT:
+            if self.budget.exceeded:
+                return errors.OutputLimitExceeded(
+                    f"output limit {format_size(self.limits.output or 0)} reached: guest wrote "
+                    f"more to stdout/stderr", hint="raise limits.output in the policy",
+                    backtrace=frames, limit_value=self.limits.output,
+                )  # fmt: skip
+            return errors.TimeoutExceeded(
+                f"timeout: {where} still running after {format_duration(self.limits.timeout)}",
+                hint="raise limits.timeout (--timeout 30s) if the guest needs longer",
+                backtrace=frames, limit_value=self.limits.timeout,
+            )  # fmt: skip
+        if code == wasmtime.TrapCode.STACK_OVERFLOW:
+            size = format_size(self.limits.stack) if self.limits.stack else "the default"
+            return errors.StackExhausted(
+                f"wasm stack exhausted in {where} (stack limit {size})",
+                hint="unbounded recursion? raise limits.stack if the guest needs deeper calls",
+                backtrace=frames[:MAX_FRAMES],
+            )  # fmt: skip
+        message = _trap_message(trap)
+        memory = self._memory_bytes()
+        if memory is not None and memory + 65536 > self.limits.memory:
+            return errors.MemoryLimitExceeded(
+                f"memory limit {format_size(self.limits.memory)} reached: {where} trapped "
+                f"({message}) after memory.grow was refused at {format_size(memory)}",
+                hint="raise limits.memory (--memory 512MiB) if the guest needs more",
+                backtrace=frames, limit_value=self.limits.memory,
+            )  # fmt: skip
+        return errors.TrapError(f"{where} trapped: {message}", backtrace=frames)
+
+    def _instantiate_error(self, exc: Exception, module: Any) -> errors.WasmsbxError:
+        text = str(exc).strip()
+        first = text.splitlines()[0] if text else "instantiation failed"
+        lowered = text.lower()
+        if "memory" in lowered and ("limit" in lowered or "minimum" in lowered):
+            need = _declared_memory(self.engine, module)
+            asked = f": module needs {format_size(need)} at start" if need else ""
+            return errors.MemoryLimitExceeded(
+                f"memory limit {format_size(self.limits.memory)} reached{asked}",
+                hint="raise limits.memory (--memory SIZE)",
+            )
+        if "table" in lowered and ("limit" in lowered or "minimum" in lowered):
+            return errors.TableLimitExceeded(
+                f"table limit {format_count(self.limits.table_elements or 0)} elements reached "
+                "at instantiation", hint="raise limits.table_elements",
+            )  # fmt: skip
+        if "instance" in lowered and "limit" in lowered:
+            return errors.InstanceLimitExceeded(f"instance limit reached: {first}")
+        return errors.LinkError(f"cannot instantiate module: {first}", detail=text)
+
+
+def _declared_memory(engine: WasmtimeEngine, module: Any) -> Optional[int]:
+    for export in module.exports:
+        if type(export.type).__name__ == "MemoryType":
+            return export.type.limits.min * 65536
+    return None
+
+
+def _trap_message(trap: wasmtime.Trap) -> str:
+    text = trap.message
+    marker = "wasm trap: "
+    if marker in text:
+        return text.split(marker, 1)[1].strip().splitlines()[0]
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    return lines[-1] if lines else "trap"
+
+
+def _frames(trap: wasmtime.Trap) -> list:
+    out = []
+    for frame in trap.frames[:MAX_FRAMES]:
+        name = frame.func_name or f"<func {frame.func_index}>"
+        offset = frame.module_offset
+        where = f" @ 0x{offset:x}" if 0 <= offset < 2**63 else ""
+        out.append(f"{name}{where}")
+    return out
+
+
+class WasmtimeEngine(Engine):
+    backend = "wasmtime"
+
+    def __init__(self, options: EngineOptions) -> None:
+        self.options = options
+        config = wasmtime.Config()
+        config.epoch_interruption = True
+        config.consume_fuel = bool(options.fuel)
+        config.cranelift_opt_level = _OPT_LEVELS.get(options.optimize, "speed")
+        if options.stack:
+            config.max_wasm_stack = options.stack
+        self.engine = wasmtime.Engine(config)
+        self.ticker = _Ticker(self.engine)
+
+    def compile(self, wasm: bytes) -> Any:
+        try:
+            return wasmtime.Module(self.engine, wasm)
+        except wasmtime.WasmtimeError as exc:
+            raise _module_error(exc) from None
+
+    def serialize(self, module: Any) -> bytes:
+        return bytes(module.serialize())
+
+    def deserialize(self, data: bytes) -> Any:
+        try:
+            return wasmtime.Module.deserialize(self.engine, data)
+        except wasmtime.WasmtimeError as exc:
+            raise errors.ModuleError(f"cannot load precompiled code: {_first_line(exc)}") from None
+
+    def exports(self, module: Any) -> list:
+        out = []
+        for export in module.exports:
+            kind = _kind(export.type)
+            sig = _signature(export.type) if kind == "func" else None
+            out.append(ExportInfo(export.name, kind, sig))
+        return out
+
+    def imports(self, module: Any) -> list:
+        return [ImportInfo(i.module, i.name or "", _kind(i.type)) for i in module.imports]
+
+    def instantiate(self, module: Any, limits: Limits,
+                    wasi: Optional[WasiSetup] = None) -> WasmtimeInstance:  # fmt: skip
+        return WasmtimeInstance(self, module, limits, wasi)
+
+    def fingerprint(self) -> dict:
+        return {
+            "backend": "wasmtime",
+            "version": _version(),
+            "compiler": "cranelift",
+            "optimize": self.options.optimize,
+            "fuel": self.options.fuel,
+            "stack": self.options.stack,
+            "epoch": True,
+            "features": sorted(FEATURES),
+            "target": f"{sys.platform}-{os.uname().machine}",
+        }
+
+
+def _first_line(exc: Exception) -> str:
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    # wasmtime puts the cause last: "failed to parse ... Caused by: unexpected end-of-file"
+    if len(lines) >= 3 and lines[1] == "Caused by:":
+        return f"{lines[0]}: {lines[2]}"
+    return lines[0] if lines else "unknown error"
+
+
+def _module_error(exc: Exception) -> errors.ModuleError:
+    return errors.ModuleError(
+        f"invalid module: {_first_line(exc)}",
+        hint="check that the file is a WebAssembly module built for wasm32",
+    )
+
+
+class WasmtimeBackend(Backend):
+    name = "wasmtime"
+    compilers = ("cranelift",)
+    default_compiler = "cranelift"
+
+    def probe(self) -> Availability:
+        return Availability(True)
+
+    def version(self) -> str:
+        return _version()
+
+    def capabilities(self, compiler: Optional[str] = None) -> Capabilities:
+        return Capabilities(
+            features=FEATURES,
+            security=frozenset(
+                {
+                    "fuel",
+                    "interrupt",
+                    "memory-limit",
+                    "table-limit",
+                    "stack-limit",
+                    "instance-limit",
+                    "wasi",
+                    "wasi-readonly",
+                    "stdio-redirect",
+                    "symlink-safe",
+                }
+            ),  # fmt: skip
+            performance=frozenset({"aot", "opt-levels", "in-process", "releases-gil"}),
+            debugging=frozenset({"backtrace", "profiling", "debug-info"}),
+            compilers=self.compilers,
+            compile_speed=0.7,
+            run_speed=0.8,
+            notes=("every limit is enforced in-process",),
+        )
+
+    def engine(self, options: EngineOptions) -> WasmtimeEngine:
+        return WasmtimeEngine(options)

@@ -1,0 +1,129 @@
+"""The options of ``wasmsbx run``, declared once.
+
+``run`` is the hot path: importing typer (and the click it carries) costs more than
+the whole bare wasmtime script we benchmark against, so ``run`` is parsed by the small
+parser below, straight from this table. The same table builds the typer command, so
+``wasmsbx run --help`` and the shell completions describe exactly what the parser
+accepts (tests/test_cli_options.py checks the two agree).
+
+The parser also does what click cannot for a wasm runner: after FUNC, tokens such as
+``-5`` or ``-inf`` are arguments, not options.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+from typing import Optional
+
+from ..errors import UsageError
+
+
+@dataclass(frozen=True)
+class Opt:
+    flags: tuple  # ("--policy", "-p")
+    dest: str
+    kind: str  # value | flag | multi
+    help: str
+    metavar: str = ""
+    value_type: type = str
+
+
+RUN_OPTIONS: tuple = (
+    Opt(("--policy", "-p"), "policy", "value", "Policy file (default: ./sandbox.toml, else "
+        "the secure defaults).", "PATH"),
+    Opt(("--backend", "-b"), "backend", "value", "Backend: auto, wasmtime, wasmer, "
+        "wasmer:llvm, wasmer:cranelift, wasmer:singlepass.", "NAME"),
+    Opt(("--memory",), "memory", "value", "Override limits.memory, e.g. 64MiB.", "SIZE"),
+    Opt(("--fuel",), "fuel", "value", "Override limits.fuel (units, roughly instructions).",
+        "N", int),
+    Opt(("--timeout",), "timeout", "value", "Override limits.timeout, e.g. 500ms, 2s.",
+        "DURATION"),
+    Opt(("--stack",), "stack", "value", "Override limits.stack, e.g. 1MiB.", "SIZE"),
+    Opt(("--dir",), "dir", "multi", "Grant a directory read-write (repeatable).",
+        "HOST[:GUEST]"),
+    Opt(("--dir-ro",), "dir_ro", "multi", "Grant a directory read-only (repeatable).",
+        "HOST[:GUEST]"),
+    Opt(("--env", "-e"), "env", "multi", "Set NAME=VALUE, or pass host NAME through "
+        "(repeatable).", "NAME[=VALUE]"),
+    Opt(("--json",), "json", "flag", "Print the result as JSON."),
+    Opt(("--stats",), "stats", "flag", "Print fuel, memory, cache and phase timings "
+        "(stderr)."),
+    Opt(("--explain",), "explain", "flag", "Print why this backend was chosen (stderr)."),
+    Opt(("--no-cache",), "no_cache", "flag", "Compile afresh; do not read or write the "
+        "cache."),
+)  # fmt: skip
+
+_BY_FLAG = {flag: opt for opt in RUN_OPTIONS for flag in opt.flags}
+
+
+@dataclass
+class RunArgs:
+    options: dict
+    positionals: list
+    passthrough: Optional[list]  # after "--", None when absent
+
+
+def _value(opt: Opt, raw: str) -> object:
+    if opt.value_type is int:
+        try:
+            return int(raw.replace("_", ""), 0)
+        except ValueError:
+            raise UsageError(f"{opt.flags[0]}: expected a whole number, got {raw!r}",
+                             hint=opt.help) from None  # fmt: skip
+    return raw
+
+
+def _unknown(token: str) -> UsageError:
+    close = difflib.get_close_matches(token.split("=")[0], list(_BY_FLAG), n=1)
+    hint = f"did you mean {close[0]}?" if close else "see wasmsbx run --help"
+    return UsageError(f"unknown option {token}", hint=hint)
+
+
+def defaults() -> dict:
+    return {o.dest: ([] if o.kind == "multi" else (False if o.kind == "flag" else None))
+            for o in RUN_OPTIONS}  # fmt: skip
+
+
+def parse(argv: list) -> RunArgs:
+    """Options anywhere; MODULE, then FUNC and its ARGS; everything after ``--`` verbatim."""
+    options = defaults()
+    positionals: list = []
+    passthrough = None
+    i = 0
+    while i < len(argv):
+        token = argv[i]
+        i += 1
+        if token == "--":
+            passthrough = list(argv[i:])
+            break
+        name, eq, inline = token.partition("=")
+        opt = _BY_FLAG.get(name) if token.startswith("-") else None
+        if opt is None:
+            if token.startswith("--") or (token.startswith("-") and not positionals[1:]
+                                          and _looks_like_flag(token)):  # fmt: skip
+                raise _unknown(token)
+            positionals.append(token)
+            continue
+        if opt.kind == "flag":
+            if eq:
+                raise UsageError(f"{name} takes no value", hint=opt.help)
+            options[opt.dest] = True
+            continue
+        if not eq:
+            if i >= len(argv):
+                raise UsageError(f"{name} needs a value ({opt.metavar})", hint=opt.help)
+            inline = argv[i]
+            i += 1
+        value = _value(opt, inline)
+        if opt.kind == "multi":
+            options[opt.dest].append(value)
+        else:
+            options[opt.dest] = value
+    return RunArgs(options, positionals, passthrough)
+
+
+def _looks_like_flag(token: str) -> bool:
+    """``-x`` before FUNC is an unknown flag; ``-5``/``-inf`` are values."""
+    body = token[1:]
+    return bool(body) and not (body[0].isdigit() or body[0] == "." or body in ("inf", "nan"))

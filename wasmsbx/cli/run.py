@@ -1,0 +1,120 @@
+"""``wasmsbx run MODULE FUNC [ARGS...]`` and ``wasmsbx run MODULE [-- ARGS...]``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .. import errors
+from . import options as opts
+from . import output
+
+FLAG_KEYS = {"memory": "limits.memory", "fuel": "limits.fuel", "timeout": "limits.timeout",
+             "stack": "limits.stack"}  # fmt: skip
+
+
+def build_policy(options: dict) -> Any:
+    """The policy file (or defaults) with the command-line overrides applied."""
+    from .. import policy as policy_mod
+
+    policy = policy_mod.discover(options.get("policy"))
+    for dest, dotted in FLAG_KEYS.items():
+        if options.get(dest) is not None:
+            policy_mod.override(policy, dotted, options[dest])
+    if options.get("backend"):
+        policy_mod.override(policy, "runtime.backend", options["backend"])
+    for spec in options.get("dir", []):
+        policy_mod.add_grant(policy, spec, writable=True)
+    for spec in options.get("dir_ro", []):
+        policy_mod.add_grant(policy, spec, writable=False)
+    for spec in options.get("env", []):
+        policy_mod.add_env(policy, spec)
+    return policy
+
+
+def run_main(argv: list) -> int:
+    json_mode = "--json" in argv[: argv.index("--")] if "--" in argv else "--json" in argv
+    try:
+        return execute(opts.parse(argv))
+    except (Exception, KeyboardInterrupt) as exc:
+        from . import report
+
+        return report(exc, json_mode)
+
+
+def execute(args: opts.RunArgs) -> int:
+    o = args.options
+    if not args.positionals:
+        raise errors.UsageError("missing MODULE",
+                                hint="usage: wasmsbx run MODULE [FUNC [ARGS...]] [-- ARGS...]")  # fmt: skip
+    module, func = args.positionals[0], (args.positionals[1:2] or [None])[0]
+    policy = build_policy(o)
+    from ..runner import Sandbox
+
+    kind = "call" if func else "command"
+    box = Sandbox(module, policy, kind=kind, use_cache=False if o["no_cache"] else None)
+    if o["explain"]:
+        render_explain(box.explain(kind))
+    if func is None:
+        return _command(box, args.passthrough or [], o)
+    call_args = args.positionals[2:] + (args.passthrough or [])
+    result = box.invoke(func, call_args)
+    if o["json"]:
+        output.emit_json(result.to_dict())
+    else:
+        from ..runner import format_value
+
+        for value, wasm_type in zip(result.values, result.types):
+            output.out(format_value(value, wasm_type))
+    _after(result.stats, o)
+    return 0
+
+
+def _command(box: Any, argv: list, o: dict) -> int:
+    result = box.run_command(argv, capture=o["json"])
+    if o["json"]:
+        data = result.to_dict()
+        data["stdout"] = _text(result.stdout)
+        data["stderr"] = _text(result.stderr)
+        output.emit_json(data)
+    _after(result.stats, o)
+    return result.exit_code
+
+
+def _text(data: Any) -> Any:
+    if data is None:
+        return None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        import base64
+
+        return {"base64": base64.b64encode(data).decode("ascii")}
+
+
+def _after(stats: Any, o: dict) -> None:
+    for warning in stats.warnings:
+        output.warning(warning)
+    if o["stats"]:
+        render_stats(stats)
+
+
+def render_stats(stats: Any) -> None:
+    from ..units import format_count, format_duration, format_size
+
+    rows = [("backend", f"{stats.backend}" + (f" ({stats.compiler})" if stats.compiler else ""))]
+    rows.append(("cache", stats.cache or "off"))
+    for phase, seconds in stats.timings.items():
+        rows.append((f"{phase} time", format_duration(seconds)))
+    if stats.fuel_used is not None:
+        rows.append(("fuel used", format_count(stats.fuel_used)))
+    if stats.memory_bytes is not None:
+        rows.append(("memory", format_size(stats.memory_bytes)))
+    width = max(len(k) for k, _ in rows)
+    for key, value in rows:
+        output.err(f"{key.ljust(width)}  {value}")
+
+
+def render_explain(selection: Any) -> None:
+    from .explain import render
+
+    render(selection, stderr=True)

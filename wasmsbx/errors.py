@@ -1,0 +1,169 @@
+"""One error hierarchy and one exit-code table for the whole tool.
+
+Every expected failure is a :class:`WasmsbxError`: a one-line message, an optional
+hint, structured context for ``--json``, and the exit code the CLI returns. The CLI
+error boundary prints ``error: <message>`` and ``hint: <hint>`` and exits; only a
+bug (any other exception) prints a traceback, and only with ``WASMSBX_DEBUG=1``.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+from typing import Any, Optional
+
+
+class ExitCode(IntEnum):
+    """The documented exit codes (README, "Exit codes").
+
+    A WASI command's own exit code is passed through unchanged, so wasmsbx's own
+    failures live at 100 and above, where guests rarely exit.
+    """
+
+    OK = 0
+    USAGE = 2
+    INTERNAL = 100
+    POLICY = 101
+    MODULE = 102
+    TRAP = 103
+    BACKEND_UNAVAILABLE = 104
+    IO = 105
+    LIMIT_MEMORY = 110
+    LIMIT_FUEL = 111
+    LIMIT_TIMEOUT = 112
+    LIMIT_STACK = 113
+    LIMIT_TABLE = 114
+    LIMIT_OUTPUT = 115
+    LIMIT_INSTANCES = 116
+    REGRESSION = 120
+    AUDIT_FINDINGS = 121
+    BATCH_FAILURES = 122
+    INTERRUPTED = 130
+
+
+class WasmsbxError(Exception):
+    """Base of every expected failure."""
+
+    exit_code: ExitCode = ExitCode.INTERNAL
+    kind: str = "error"
+
+    def __init__(self, message: str, *, hint: Optional[str] = None, **context: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+        self.context = context
+
+    def to_dict(self) -> dict:
+        data = {"kind": self.kind, "message": self.message, "exit_code": int(self.exit_code)}
+        if self.hint:
+            data["hint"] = self.hint
+        if self.context:
+            data["context"] = {k: v for k, v in self.context.items() if v is not None}
+        return data
+
+
+class UsageError(WasmsbxError):
+    """Wrong arguments: unknown function, bad value, wrong count."""
+
+    exit_code = ExitCode.USAGE
+    kind = "usage"
+
+
+class InputError(WasmsbxError):
+    """A file the user named is missing or unreadable."""
+
+    exit_code = ExitCode.IO
+    kind = "io"
+
+
+class PolicyError(WasmsbxError):
+    """A malformed or impossible policy."""
+
+    exit_code = ExitCode.POLICY
+    kind = "policy"
+
+
+class ModuleError(WasmsbxError):
+    """An invalid module, or one that cannot be linked under the policy."""
+
+    exit_code = ExitCode.MODULE
+    kind = "module"
+
+
+class LinkError(ModuleError):
+    kind = "unlinkable"
+
+
+class TrapError(WasmsbxError):
+    """The guest trapped (unreachable, divide by zero, out of bounds...)."""
+
+    exit_code = ExitCode.TRAP
+    kind = "trap"
+
+    def __init__(self, message: str, *, backtrace: Optional[list] = None, **kw: Any) -> None:
+        super().__init__(message, **kw)
+        self.backtrace = list(backtrace or [])
+
+    def to_dict(self) -> dict:
+        data = super().to_dict()
+        if self.backtrace:
+            data["backtrace"] = self.backtrace
+        return data
+
+
+class LimitExceeded(TrapError):
+    """A policy limit stopped the guest. ``limit`` names which one."""
+
+    limit = "limit"
+    kind = "limit"
+
+    def to_dict(self) -> dict:
+        data = super().to_dict()
+        data["limit"] = self.limit
+        return data
+
+
+class MemoryLimitExceeded(LimitExceeded):
+    exit_code = ExitCode.LIMIT_MEMORY
+    limit = "memory"
+
+
+class FuelExhausted(LimitExceeded):
+    exit_code = ExitCode.LIMIT_FUEL
+    limit = "fuel"
+
+
+class TimeoutExceeded(LimitExceeded):
+    exit_code = ExitCode.LIMIT_TIMEOUT
+    limit = "timeout"
+
+
+class StackExhausted(LimitExceeded):
+    exit_code = ExitCode.LIMIT_STACK
+    limit = "stack"
+
+
+class TableLimitExceeded(LimitExceeded):
+    exit_code = ExitCode.LIMIT_TABLE
+    limit = "table_elements"
+
+
+class OutputLimitExceeded(LimitExceeded):
+    exit_code = ExitCode.LIMIT_OUTPUT
+    limit = "output"
+
+
+class InstanceLimitExceeded(LimitExceeded):
+    exit_code = ExitCode.LIMIT_INSTANCES
+    limit = "instances"
+
+
+class BackendUnavailable(WasmsbxError):
+    """No backend can run this module under this policy, or the named one is missing."""
+
+    exit_code = ExitCode.BACKEND_UNAVAILABLE
+    kind = "backend"
+
+
+class Interrupted(WasmsbxError):
+    exit_code = ExitCode.INTERRUPTED
+    kind = "interrupted"

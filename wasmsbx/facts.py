@@ -1,0 +1,1376 @@
+"""Module facts: a pure-Python reader for WebAssembly binaries.
+
+Reads a core module *without* instantiating or compiling it (no wasm runtime is involved) and
+reports what it imports, exports, declares and which post-MVP features its code actually uses.
+It is meant for security audits, backend selection and interface-diff reports.
+
+The reader is hardened against hostile input: anything malformed raises :class:`FactsError`
+(a ``ValueError``) whose message says what is wrong and at which byte offset.  No other
+exception escapes, every count is checked against the bytes that remain before it is used
+to loop or allocate, and the work done is linear in the size of the input.
+
+It *decodes* but does not *validate*: index bounds, type correctness and the like are left to
+the runtime, which is the final judge.  Function bodies are scanned with a full opcode decoder
+(MVP plus the proposals listed in :data:`FEATURES`); an opcode it does not know stops the scan
+of that one body and adds the feature ``"unknown"`` instead of failing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field
+from typing import Any, Optional, Union
+
+__all__ = [
+    "FEATURES",
+    "CustomSection",
+    "Export",
+    "FactsError",
+    "FuncType",
+    "Global",
+    "Import",
+    "Limits",
+    "Memory",
+    "ModuleFacts",
+    "Table",
+    "load_facts",
+    "read_facts",
+]
+
+#: Every name that can appear in :attr:`ModuleFacts.features`.
+FEATURES = frozenset(
+    {
+        "mutable-globals",
+        "sign-extension",
+        "saturating-float-to-int",
+        "bulk-memory",
+        "reference-types",
+        "multi-value",
+        "simd",
+        "relaxed-simd",
+        "threads",
+        "tail-call",
+        "memory64",
+        "multi-memory",
+        "exceptions",
+        "gc",
+        "function-references",
+        "extended-const",
+        "custom-page-sizes",
+        "wide-arithmetic",
+        "unknown",
+    }
+)
+
+_MAGIC = b"\x00asm"
+_CORE_VERSION = b"\x01\x00\x00\x00"
+
+
+class FactsError(ValueError):
+    """The input is not a well-formed WebAssembly core module.
+
+    ``offset`` is the byte offset of the problem when known; ``component`` is true when the
+    input is a WebAssembly component rather than a core module.
+    """
+
+    def __init__(self, message: str, offset: Optional[int] = None, component: bool = False):
+        super().__init__(message)
+        self.offset = offset
+        self.component = component
+
+
+class _UnknownEncoding(FactsError):
+    """An encoding this reader does not know (lenient inside function bodies)."""
+
+
+# --------------------------------------------------------------------------------------------
+# Public data model
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FuncType:
+    params: tuple[str, ...]
+    results: tuple[str, ...]
+
+    def __str__(self) -> str:
+        params = "(" + ", ".join(self.params) + ")"
+        results = "(" + ", ".join(self.results) + ")"
+        if len(self.results) == 1:
+            results = self.results[0]
+        return f"{params} -> {results}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"params": list(self.params), "results": list(self.results)}
+
+
+@dataclass(frozen=True)
+class Limits:
+    min: int
+    max: Optional[int]
+    shared: bool = False
+    memory64: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "min": self.min,
+            "max": self.max,
+            "shared": self.shared,
+            "memory64": self.memory64,
+        }
+
+
+@dataclass(frozen=True)
+class Import:
+    module: str
+    name: str
+    kind: str  # "func" | "table" | "memory" | "global" | "tag"
+    type: Optional[FuncType] = None  # func and tag imports
+    limits: Optional[Limits] = None  # memory and table imports
+    elem: Optional[str] = None  # table imports
+    global_type: Optional[str] = None  # global imports
+    mutable: bool = False  # global imports
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "module": self.module,
+            "name": self.name,
+            "kind": self.kind,
+            "type": self.type.to_dict() if self.type is not None else None,
+            "limits": self.limits.to_dict() if self.limits is not None else None,
+            "elem": self.elem,
+            "global_type": self.global_type,
+            "mutable": self.mutable,
+        }
+
+
+@dataclass(frozen=True)
+class Export:
+    name: str
+    kind: str  # "func" | "table" | "memory" | "global" | "tag"
+    index: int
+    type: Optional[FuncType] = None  # funcs and tags, when the index resolves
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "index": self.index,
+            "type": self.type.to_dict() if self.type is not None else None,
+        }
+
+
+@dataclass(frozen=True)
+class Memory:
+    index: int
+    limits: Limits
+    imported: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"index": self.index, "limits": self.limits.to_dict(), "imported": self.imported}
+
+
+@dataclass(frozen=True)
+class Table:
+    index: int
+    limits: Limits
+    elem: str
+    imported: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "index": self.index,
+            "limits": self.limits.to_dict(),
+            "elem": self.elem,
+            "imported": self.imported,
+        }
+
+
+@dataclass(frozen=True)
+class Global:
+    index: int
+    type: str
+    mutable: bool
+    imported: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "index": self.index,
+            "type": self.type,
+            "mutable": self.mutable,
+            "imported": self.imported,
+        }
+
+
+@dataclass(frozen=True)
+class CustomSection:
+    name: str
+    size: int  # payload size of the whole section, name included
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "size": self.size}
+
+
+@dataclass(frozen=True)
+class ModuleFacts:
+    size: int
+    sha256: str
+    types: tuple[FuncType, ...]
+    imports: tuple[Import, ...]
+    exports: tuple[Export, ...]
+    memories: tuple[Memory, ...]
+    tables: tuple[Table, ...]
+    globals: tuple[Global, ...]
+    functions: int
+    start: Optional[int]
+    data_segments: tuple[int, ...]
+    element_segments: int
+    custom_sections: tuple[CustomSection, ...]
+    producers: dict[str, list[str]] = field(hash=False)
+    has_name_section: bool = False
+    has_debug_info: bool = False
+    features: frozenset[str] = frozenset()
+
+    def export(self, name: str) -> Optional[Export]:
+        for exp in self.exports:
+            if exp.name == name:
+                return exp
+        return None
+
+    def func_exports(self) -> list[Export]:
+        return [exp for exp in self.exports if exp.kind == "func"]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "size": self.size,
+            "sha256": self.sha256,
+            "types": [t.to_dict() for t in self.types],
+            "imports": [i.to_dict() for i in self.imports],
+            "exports": [e.to_dict() for e in self.exports],
+            "memories": [m.to_dict() for m in self.memories],
+            "tables": [t.to_dict() for t in self.tables],
+            "globals": [g.to_dict() for g in self.globals],
+            "functions": self.functions,
+            "start": self.start,
+            "data_segments": list(self.data_segments),
+            "element_segments": self.element_segments,
+            "custom_sections": [c.to_dict() for c in self.custom_sections],
+            "producers": {k: list(v) for k, v in self.producers.items()},
+            "has_name_section": self.has_name_section,
+            "has_debug_info": self.has_debug_info,
+            "features": sorted(self.features),
+        }
+
+
+# --------------------------------------------------------------------------------------------
+# Encoding tables
+# --------------------------------------------------------------------------------------------
+
+_EXTERN_KINDS = {0: "func", 1: "table", 2: "memory", 3: "global", 4: "tag"}
+
+_SECTION_NAMES = {
+    0: "custom",
+    1: "type",
+    2: "import",
+    3: "function",
+    4: "table",
+    5: "memory",
+    6: "global",
+    7: "export",
+    8: "start",
+    9: "element",
+    10: "code",
+    11: "data",
+    12: "data count",
+    13: "tag",
+}
+# Required order of the known non-custom sections (the tag section sits between memory and
+# global, data count between element and code).
+_SECTION_ORDER = {sid: i for i, sid in enumerate((1, 2, 3, 4, 5, 13, 6, 7, 8, 9, 12, 10, 11))}
+
+_NUM_TYPES = {0x7F: "i32", 0x7E: "i64", 0x7D: "f32", 0x7C: "f64", 0x7B: "v128"}
+# Abstract heap types (single-byte shorthands for nullable references) and what they imply.
+_HEAP_TYPES = {
+    0x70: ("funcref", None),
+    0x6F: ("externref", None),
+    0x6E: ("ref", "gc"),  # any
+    0x6D: ("ref", "gc"),  # eq
+    0x6C: ("ref", "gc"),  # i31
+    0x6B: ("ref", "gc"),  # struct
+    0x6A: ("ref", "gc"),  # array
+    0x71: ("ref", "gc"),  # none
+    0x72: ("ref", "gc"),  # noextern
+    0x73: ("ref", "gc"),  # nofunc
+    0x69: ("ref", "exceptions"),  # exn
+    0x74: ("ref", "exceptions"),  # noexn
+}
+# Every byte that starts a value type (used to tell block types from type indices).
+_VALTYPE_BYTES = frozenset(_NUM_TYPES) | frozenset(_HEAP_TYPES) | {0x63, 0x64}
+
+# Immediate kinds of single-byte opcodes.
+_K_NONE = 0
+_K_LEB = 1  # one LEB128 (index, label, i32/i64 const)
+_K_BLOCK = 3  # block type
+_K_BR_TABLE = 4
+_K_MEMARG = 5
+_K_F32 = 6
+_K_F64 = 7
+_K_CALL_INDIRECT = 8  # type index, table index
+_K_MEMIDX = 9  # memory.size / memory.grow
+_K_SELECT_T = 10
+_K_HEAPTYPE = 11
+_K_TRY_TABLE = 12
+_K_PREFIX_FB = 13
+_K_PREFIX_FC = 14
+_K_PREFIX_FD = 15
+_K_PREFIX_FE = 16
+_K_UNKNOWN = 17
+
+
+def _build_opcode_tables() -> tuple[tuple[int, ...], tuple[Optional[tuple[str, ...]], ...]]:
+    imm = [_K_UNKNOWN] * 256
+    feat: list[Optional[tuple[str, ...]]] = [None] * 256
+
+    def put(ops: Any, kind: int, *features: str) -> None:
+        for op in ops if isinstance(ops, range) else (ops,):
+            imm[op] = kind
+            feat[op] = features or None
+
+    put(0x00, _K_NONE)  # unreachable
+    put(0x01, _K_NONE)  # nop
+    put(range(0x02, 0x05), _K_BLOCK)  # block loop if
+    put(0x05, _K_NONE)  # else
+    put(0x06, _K_BLOCK, "exceptions")  # try (legacy)
+    put(0x07, _K_LEB, "exceptions")  # catch (legacy)
+    put(0x08, _K_LEB, "exceptions")  # throw
+    put(0x09, _K_LEB, "exceptions")  # rethrow (legacy)
+    put(0x0A, _K_NONE, "exceptions")  # throw_ref
+    put(0x0B, _K_NONE)  # end
+    put(0x0C, _K_LEB)  # br
+    put(0x0D, _K_LEB)  # br_if
+    put(0x0E, _K_BR_TABLE)
+    put(0x0F, _K_NONE)  # return
+    put(0x10, _K_LEB)  # call
+    put(0x11, _K_CALL_INDIRECT)
+    put(0x12, _K_LEB, "tail-call")  # return_call
+    put(0x13, _K_CALL_INDIRECT, "tail-call")  # return_call_indirect
+    put(0x14, _K_LEB, "function-references")  # call_ref
+    put(0x15, _K_LEB, "function-references", "tail-call")  # return_call_ref
+    put(0x18, _K_LEB, "exceptions")  # delegate (legacy)
+    put(0x19, _K_NONE, "exceptions")  # catch_all (legacy)
+    put(0x1A, _K_NONE)  # drop
+    put(0x1B, _K_NONE)  # select
+    put(0x1C, _K_SELECT_T, "reference-types")  # select t*
+    put(0x1F, _K_TRY_TABLE, "exceptions")
+    put(range(0x20, 0x25), _K_LEB)  # local.get/set/tee, global.get/set
+    put(0x25, _K_LEB, "reference-types")  # table.get
+    put(0x26, _K_LEB, "reference-types")  # table.set
+    put(range(0x28, 0x3F), _K_MEMARG)  # loads and stores
+    put(range(0x3F, 0x41), _K_MEMIDX)  # memory.size, memory.grow
+    put(0x41, _K_LEB)  # i32.const
+    put(0x42, _K_LEB)  # i64.const
+    put(0x43, _K_F32)
+    put(0x44, _K_F64)
+    put(range(0x45, 0xC0), _K_NONE)  # numeric
+    put(range(0xC0, 0xC5), _K_NONE, "sign-extension")
+    put(0xD0, _K_HEAPTYPE, "reference-types")  # ref.null
+    put(0xD1, _K_NONE, "reference-types")  # ref.is_null
+    put(0xD2, _K_LEB, "reference-types")  # ref.func
+    put(0xD3, _K_NONE, "function-references")  # ref.as_non_null
+    put(0xD4, _K_LEB, "function-references")  # br_on_null
+    put(0xD5, _K_NONE, "gc")  # ref.eq
+    put(0xD6, _K_LEB, "function-references")  # br_on_non_null
+    put(0xFB, _K_PREFIX_FB, "gc")
+    put(0xFC, _K_PREFIX_FC)
+    put(0xFD, _K_PREFIX_FD, "simd")
+    put(0xFE, _K_PREFIX_FE, "threads")
+    return tuple(imm), tuple(feat)
+
+
+_IMM, _FEAT = _build_opcode_tables()
+
+# i32/i64 add, sub, mul: the extended-const proposal allows these in constant expressions.
+_EXT_CONST_OPS = frozenset({0x6A, 0x6B, 0x6C, 0x7C, 0x7D, 0x7E})
+
+# 0xFB (GC) sub-opcodes -> immediates: "t" type index, "x" any other LEB index, "h" heap type,
+# "c" br_on_cast(_fail) immediates.
+_GC_OPS: dict[int, str] = {
+    0: "t",  # struct.new
+    1: "t",  # struct.new_default
+    2: "tx",  # struct.get
+    3: "tx",  # struct.get_s
+    4: "tx",  # struct.get_u
+    5: "tx",  # struct.set
+    6: "t",  # array.new
+    7: "t",  # array.new_default
+    8: "tx",  # array.new_fixed
+    9: "tx",  # array.new_data
+    10: "tx",  # array.new_elem
+    11: "t",  # array.get
+    12: "t",  # array.get_s
+    13: "t",  # array.get_u
+    14: "t",  # array.set
+    15: "",  # array.len
+    16: "t",  # array.fill
+    17: "tt",  # array.copy
+    18: "tx",  # array.init_data
+    19: "tx",  # array.init_elem
+    20: "h",  # ref.test
+    21: "h",  # ref.test null
+    22: "h",  # ref.cast
+    23: "h",  # ref.cast null
+    24: "c",  # br_on_cast
+    25: "c",  # br_on_cast_fail
+    26: "",  # any.convert_extern
+    27: "",  # extern.convert_any
+    28: "",  # ref.i31
+    29: "",  # i31.get_s
+    30: "",  # i31.get_u
+}
+
+# 0xFC (misc) sub-opcodes -> (number of LEB immediates, feature).
+_MISC_OPS: dict[int, tuple[int, str]] = {
+    **{i: (0, "saturating-float-to-int") for i in range(8)},
+    8: (2, "bulk-memory"),  # memory.init data mem
+    9: (1, "bulk-memory"),  # data.drop
+    10: (2, "bulk-memory"),  # memory.copy mem mem
+    11: (1, "bulk-memory"),  # memory.fill mem
+    12: (2, "bulk-memory"),  # table.init elem table
+    13: (1, "bulk-memory"),  # elem.drop
+    14: (2, "bulk-memory"),  # table.copy table table
+    15: (1, "reference-types"),  # table.grow
+    16: (1, "reference-types"),  # table.size
+    17: (1, "reference-types"),  # table.fill
+    19: (0, "wide-arithmetic"),  # i64.add128
+    20: (0, "wide-arithmetic"),  # i64.sub128
+    21: (0, "wide-arithmetic"),  # i64.mul_wide_s
+    22: (0, "wide-arithmetic"),  # i64.mul_wide_u
+}
+
+
+def _simd_kind(sub: int) -> Optional[str]:
+    """Immediates of a 0xFD sub-opcode: "" none, "m" memarg, "ml" memarg+lane, "l" lane,
+    "16" 16 bytes; None if unknown."""
+    if sub <= 11 or sub in (0x5C, 0x5D):
+        return "m"
+    if sub in (12, 13):  # v128.const, i8x16.shuffle
+        return "16"
+    if 21 <= sub <= 34:  # extract/replace lane
+        return "l"
+    if 0x54 <= sub <= 0x5B:  # load/store lane
+        return "ml"
+    if sub <= 0xFF or 0x100 <= sub <= 0x113:  # plain ops (0x100.. are relaxed SIMD)
+        return ""
+    return None
+
+
+def _atomic_kind(sub: int) -> Optional[str]:
+    if sub <= 2 or 0x10 <= sub <= 0x4E:
+        return "m"
+    if sub == 3:  # atomic.fence
+        return "b"
+    return None
+
+
+# --------------------------------------------------------------------------------------------
+# Reader
+# --------------------------------------------------------------------------------------------
+
+
+class _Reader:
+    """A cursor over ``data[pos:end]`` whose reads never go past ``end``."""
+
+    __slots__ = ("data", "pos", "end", "what")
+
+    def __init__(self, data: bytes, pos: int, end: int, what: str):
+        self.data = data
+        self.pos = pos
+        self.end = end
+        self.what = what
+
+    def error(self, message: str, offset: Optional[int] = None) -> FactsError:
+        off = self.pos if offset is None else offset
+        return FactsError(f"{message} at offset 0x{off:x}", off)
+
+    def truncated(self, offset: Optional[int] = None) -> FactsError:
+        return self.error(f"truncated {self.what}", offset)
+
+    def remaining(self) -> int:
+        return self.end - self.pos
+
+    def byte(self) -> int:
+        if self.pos >= self.end:
+            raise self.truncated()
+        b = self.data[self.pos]
+        self.pos += 1
+        return b
+
+    def take(self, n: int) -> bytes:
+        if n > self.end - self.pos:
+            raise self.truncated()
+        start = self.pos
+        self.pos += n
+        return self.data[start : self.pos]
+
+    def uleb(self, bits: int = 32) -> int:
+        start = self.pos
+        result = 0
+        shift = 0
+        max_bytes = (bits + 6) // 7
+        for i in range(max_bytes):
+            if self.pos >= self.end:
+                raise self.truncated()
+            b = self.data[self.pos]
+            self.pos += 1
+            result |= (b & 0x7F) << shift
+            if not b & 0x80:
+                if i == max_bytes - 1 and b >> (bits - 7 * i):
+                    raise self.error(f"integer too large for u{bits}", start)
+                return result
+            shift += 7
+        raise self.error("integer representation too long", start)
+
+    def sleb(self, bits: int) -> int:
+        start = self.pos
+        result = 0
+        shift = 0
+        max_bytes = (bits + 6) // 7
+        for i in range(max_bytes):
+            if self.pos >= self.end:
+                raise self.truncated()
+            b = self.data[self.pos]
+            self.pos += 1
+            result |= (b & 0x7F) << shift
+            shift += 7
+            if not b & 0x80:
+                if i == max_bytes - 1:
+                    # The unused high bits of the last byte must all equal the sign bit.
+                    used = bits - 7 * i
+                    rest = (b & 0x7F) >> (used - 1)
+                    if rest not in (0, (0x7F >> (used - 1))):
+                        raise self.error(f"integer too large for s{bits}", start)
+                if b & 0x40:
+                    result -= 1 << shift
+                return result
+        raise self.error("integer representation too long", start)
+
+    def count(self, what: str, min_item_size: int = 1) -> int:
+        """A vector length, checked against the bytes that remain."""
+        start = self.pos
+        n = self.uleb()
+        if n * min_item_size > self.end - self.pos:
+            raise self.error(f"{what} count {n} exceeds the remaining bytes", start)
+        return n
+
+    def name(self) -> str:
+        start = self.pos
+        n = self.uleb()
+        if n > self.end - self.pos:
+            raise self.error(f"name of {n} bytes runs past the end of the {self.what}", start)
+        raw = self.data[self.pos : self.pos + n]
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise self.error("invalid UTF-8 in name", start) from None
+        self.pos += n
+        return text
+
+
+class _Parser:
+    def __init__(self, data: bytes):
+        self.data = data
+        self.features: set[str] = set()
+        self.all_types: list[Optional[FuncType]] = []  # by type index; None for struct/array
+        self.func_type_idx: list[int] = []  # by function index
+        self.tag_type_idx: list[int] = []
+        self.imports: list[Import] = []
+        self.exports: list[Export] = []
+        self.memories: list[Memory] = []
+        self.tables: list[Table] = []
+        self.globals: list[Global] = []
+        self.defined_functions = 0
+        self.code_count: Optional[int] = None
+        self.start: Optional[int] = None
+        self.data_segments: list[int] = []
+        self.data_count: Optional[int] = None
+        self.data_count_at = 0
+        self.element_segments = 0
+        self.custom: list[CustomSection] = []
+        self.producers: dict[str, list[str]] = {}
+        self.has_name = False
+        self.has_debug = False
+
+    # ---- types -----------------------------------------------------------------------------
+
+    def heaptype(self, r: _Reader) -> Optional[int]:
+        """Reads a heap type; returns the abstract type byte, or None for a type index."""
+        start = r.pos
+        value = r.sleb(33)
+        if value >= 0:
+            return None
+        code = value + 0x80
+        if code not in _HEAP_TYPES:
+            raise _UnknownEncoding(f"unknown heap type at offset 0x{start:x}", start)
+        implied = _HEAP_TYPES[code][1]
+        if implied:
+            self.features.add(implied)
+        return code
+
+    def valtype(self, r: _Reader, *, packed: bool = False) -> str:
+        start = r.pos
+        b = r.byte()
+        if b in _NUM_TYPES:
+            return _NUM_TYPES[b]
+        if b in _HEAP_TYPES:
+            name, implied = _HEAP_TYPES[b]
+            if implied:
+                self.features.add(implied)
+            return name
+        if b in (0x63, 0x64):  # (ref null ht), (ref ht)
+            self.features.add("function-references")
+            code = self.heaptype(r)
+            if b == 0x63 and code in (0x70, 0x6F):
+                return _HEAP_TYPES[code][0]
+            return "ref"
+        if packed and b in (0x78, 0x77):
+            return "i8" if b == 0x78 else "i16"
+        raise _UnknownEncoding(f"unknown value type 0x{b:02x} at offset 0x{start:x}", start)
+
+    def note_valtype(self, t: str) -> None:
+        if t == "v128":
+            self.features.add("simd")
+        elif t in ("funcref", "externref"):
+            self.features.add("reference-types")
+
+    def functype(self, r: _Reader) -> FuncType:
+        params = []
+        for _ in range(r.count("parameter")):
+            params.append(self.valtype(r))
+        results = []
+        for _ in range(r.count("result")):
+            results.append(self.valtype(r))
+        for t in params + results:
+            self.note_valtype(t)
+        if len(results) > 1:
+            self.features.add("multi-value")
+        return FuncType(tuple(params), tuple(results))
+
+    def comptype(self, r: _Reader) -> Optional[FuncType]:
+        start = r.pos
+        form = r.byte()
+        if form == 0x60:
+            return self.functype(r)
+        self.features.add("gc")
+        if form == 0x5F:  # struct
+            for _ in range(r.count("field")):
+                self.fieldtype(r)
+            return None
+        if form == 0x5E:  # array
+            self.fieldtype(r)
+            return None
+        raise r.error(f"unknown type form 0x{form:02x}", start)
+
+    def fieldtype(self, r: _Reader) -> None:
+        self.note_valtype(self.valtype(r, packed=True))
+        mut_at = r.pos
+        if r.byte() not in (0, 1):
+            raise r.error("invalid field mutability", mut_at)
+
+    def subtype(self, r: _Reader) -> Optional[FuncType]:
+        b = r.data[r.pos] if r.pos < r.end else -1
+        if b in (0x50, 0x4F):  # sub, sub final
+            r.pos += 1
+            self.features.add("gc")
+            for _ in range(r.count("supertype")):
+                r.uleb()
+        return self.comptype(r)
+
+    def limits(self, r: _Reader, kind: str) -> Limits:
+        start = r.pos
+        flags = r.byte()
+        if flags & ~0x0F:
+            raise r.error(f"invalid {kind} limits flags 0x{flags:02x}", start)
+        has_max, shared, is64, custom_page = flags & 1, flags & 2, flags & 4, flags & 8
+        bits = 64 if is64 else 32
+        lo = r.uleb(bits)
+        hi = r.uleb(bits) if has_max else None
+        if custom_page:
+            r.uleb()  # log2 of the page size
+            self.features.add("custom-page-sizes")
+        if shared:
+            self.features.add("threads")
+        if is64:
+            self.features.add("memory64")
+        return Limits(lo, hi, bool(shared), bool(is64))
+
+    def tabletype(self, r: _Reader) -> tuple[str, Limits]:
+        elem = self.valtype(r)
+        if elem not in ("funcref", "ref"):
+            self.note_valtype(elem)
+        if elem in _NUM_TYPES.values():
+            raise r.error("table element type is not a reference type", r.pos - 1)
+        return elem, self.limits(r, "table")
+
+    def globaltype(self, r: _Reader) -> tuple[str, bool]:
+        t = self.valtype(r)
+        self.note_valtype(t)
+        at = r.pos
+        mut = r.byte()
+        if mut not in (0, 1):
+            raise r.error("invalid global mutability", at)
+        return t, bool(mut)
+
+    def type_at(self, idx: int) -> Optional[FuncType]:
+        return self.all_types[idx] if 0 <= idx < len(self.all_types) else None
+
+    def func_type(self, func_idx: int) -> Optional[FuncType]:
+        if 0 <= func_idx < len(self.func_type_idx):
+            return self.type_at(self.func_type_idx[func_idx])
+        return None
+
+    # ---- instruction scanning --------------------------------------------------------------
+
+    def const_expr(self, r: _Reader) -> None:
+        r.pos = self.scan(r.pos, r.end, True, r.what)
+
+    def scan(self, pos: int, end: int, const: bool, what: str) -> int:
+        """Decodes instructions in ``data[pos:end]``, recording the features they use.
+
+        For a constant expression, stops after its ``end`` and returns the position after it.
+        For a function body, returns ``end`` (an unknown opcode stops the scan early).
+        """
+        data = self.data
+        feats = self.features
+        imm = _IMM
+        featmap = _FEAT
+        op_at = pos
+        try:
+            while pos < end:
+                op_at = pos
+                op = data[pos]
+                pos += 1
+                f = featmap[op]
+                if f is not None:
+                    feats.update(f)
+                k = imm[op]
+                if k == _K_NONE:
+                    if const:
+                        if op == 0x0B:
+                            return pos
+                        if op in _EXT_CONST_OPS:
+                            feats.add("extended-const")
+                elif k == _K_LEB:
+                    while data[pos] & 0x80:
+                        pos += 1
+                    pos += 1
+                elif k == _K_MEMARG:
+                    pos = self._memarg(pos)
+                elif k == _K_BLOCK:
+                    pos = self._blocktype(pos, end)
+                elif k == _K_CALL_INDIRECT:
+                    while data[pos] & 0x80:
+                        pos += 1
+                    pos += 1
+                    table, pos = _leb(data, pos)
+                    if table:
+                        feats.add("reference-types")
+                elif k == _K_MEMIDX:
+                    mem, pos = _leb(data, pos)
+                    if mem:
+                        feats.add("multi-memory")
+                elif k == _K_F32:
+                    pos += 4
+                elif k == _K_F64:
+                    pos += 8
+                elif k == _K_BR_TABLE:
+                    n, pos = _leb(data, pos)
+                    if n >= end - pos:  # n targets + default, at least a byte each
+                        raise self._truncated(what, end)
+                    for _ in range(n + 1):
+                        while data[pos] & 0x80:
+                            pos += 1
+                        pos += 1
+                elif k == _K_PREFIX_FD:
+                    pos = self._simd(pos, op_at)
+                elif k == _K_PREFIX_FC:
+                    pos = self._misc(pos, op_at)
+                elif k == _K_PREFIX_FE:
+                    pos = self._atomic(pos, op_at)
+                elif k == _K_PREFIX_FB:
+                    pos = self._gc(pos, end, op_at)
+                elif k == _K_HEAPTYPE:
+                    pos = self._heaptype_at(pos, end)
+                elif k == _K_SELECT_T:
+                    r = _Reader(data, pos, end, what)
+                    for _ in range(r.count("select type")):
+                        self.note_valtype(self.valtype(r))
+                    pos = r.pos
+                elif k == _K_TRY_TABLE:
+                    pos = self._try_table(pos, end, what)
+                else:
+                    raise _UnknownEncoding(
+                        f"unknown opcode 0x{op:02x} at offset 0x{op_at:x}", op_at
+                    )
+        except IndexError:
+            raise self._truncated(what, op_at) from None
+        except _UnknownEncoding as exc:
+            if const:
+                raise FactsError(f"{exc} in {what}", exc.offset) from None
+            feats.add("unknown")
+            return end
+        if pos > end or const:
+            raise self._truncated(what, op_at)
+        return pos
+
+    @staticmethod
+    def _truncated(what: str, offset: int) -> FactsError:
+        return FactsError(f"truncated {what} at offset 0x{offset:x}", offset)
+
+    def _memarg(self, pos: int) -> int:
+        data = self.data
+        align, pos = _leb(data, pos)
+        if align & 0x40:  # explicit memory index (multi-memory)
+            self.features.add("multi-memory")
+            while data[pos] & 0x80:
+                pos += 1
+            pos += 1
+        while data[pos] & 0x80:
+            pos += 1
+        return pos + 1
+
+    def _blocktype(self, pos: int, end: int) -> int:
+        b = self.data[pos]
+        if b == 0x40:
+            return pos + 1
+        if b in _VALTYPE_BYTES:
+            r = _Reader(self.data, pos, end, "block type")
+            self.note_valtype(self.valtype(r))
+            return r.pos
+        idx, new_pos = _sleb(self.data, pos)
+        if idx < 0:
+            raise _UnknownEncoding(f"unknown block type at offset 0x{pos:x}", pos)
+        t = self.type_at(idx)
+        if t is not None and (t.params or len(t.results) > 1):
+            self.features.add("multi-value")
+        return new_pos
+
+    def _heaptype_at(self, pos: int, end: int) -> int:
+        r = _Reader(self.data, pos, end, "heap type")
+        self.heaptype(r)
+        return r.pos
+
+    def _try_table(self, pos: int, end: int, what: str) -> int:
+        data = self.data
+        pos = self._blocktype(pos, end)
+        n, pos = _leb(data, pos)
+        if n > end - pos:
+            raise self._truncated(what, pos)
+        for _ in range(n):
+            kind = data[pos]
+            pos += 1
+            if kind > 3:
+                raise _UnknownEncoding(f"unknown catch kind at offset 0x{pos - 1:x}", pos - 1)
+            for _ in range(2 if kind < 2 else 1):  # [tag] label
+                while data[pos] & 0x80:
+                    pos += 1
+                pos += 1
+        return pos
+
+    def _simd(self, pos: int, op_at: int) -> int:
+        data = self.data
+        sub, pos = _leb(data, pos)
+        kind = _simd_kind(sub)
+        if kind is None:
+            raise _UnknownEncoding(f"unknown opcode 0xfd {sub} at offset 0x{op_at:x}", op_at)
+        if sub >= 0x100:
+            self.features.add("relaxed-simd")
+        if kind == "m":
+            return self._memarg(pos)
+        if kind == "ml":
+            return self._memarg(pos) + 1
+        if kind == "l":
+            return pos + 1
+        if kind == "16":
+            return pos + 16
+        return pos
+
+    def _misc(self, pos: int, op_at: int) -> int:
+        data = self.data
+        sub, pos = _leb(data, pos)
+        spec = _MISC_OPS.get(sub)
+        if spec is None:
+            raise _UnknownEncoding(f"unknown opcode 0xfc {sub} at offset 0x{op_at:x}", op_at)
+        nimm, feature = spec
+        self.features.add(feature)
+        for i in range(nimm):
+            value, pos = _leb(data, pos)
+            if value and sub in (8, 10, 11) and (sub != 8 or i == 1):
+                self.features.add("multi-memory")
+            elif value and sub in (12, 14, 15, 16, 17) and (sub != 12 or i == 1):
+                self.features.add("reference-types")
+        return pos
+
+    def _atomic(self, pos: int, op_at: int) -> int:
+        sub, pos = _leb(self.data, pos)
+        kind = _atomic_kind(sub)
+        if kind is None:
+            raise _UnknownEncoding(f"unknown opcode 0xfe {sub} at offset 0x{op_at:x}", op_at)
+        if kind == "m":
+            return self._memarg(pos)
+        return pos + 1
+
+    def _gc(self, pos: int, end: int, op_at: int) -> int:
+        data = self.data
+        sub, pos = _leb(data, pos)
+        spec = _GC_OPS.get(sub)
+        if spec is None:
+            raise _UnknownEncoding(f"unknown opcode 0xfb {sub} at offset 0x{op_at:x}", op_at)
+        for c in spec:
+            if c == "h":
+                pos = self._heaptype_at(pos, end)
+            elif c == "c":
+                pos += 1  # cast flags
+                _, pos = _leb(data, pos)  # label
+                pos = self._heaptype_at(pos, end)
+                pos = self._heaptype_at(pos, end)
+            else:
+                while data[pos] & 0x80:
+                    pos += 1
+                pos += 1
+        return pos
+
+    # ---- sections --------------------------------------------------------------------------
+
+    def parse(self) -> None:
+        data = self.data
+        if not data:
+            raise FactsError("empty input, not a WebAssembly binary", 0)
+        if data[:4] != _MAGIC[: len(data)]:
+            raise FactsError("not a WebAssembly binary (bad magic)", 0)
+        if len(data) < 8:
+            raise FactsError(f"truncated header at offset 0x{len(data):x}", len(data))
+        version = data[4:8]
+        if version != _CORE_VERSION:
+            if version[2:4] == b"\x01\x00":
+                raise FactsError("a WebAssembly component, not a core module", 4, component=True)
+            num = int.from_bytes(version, "little")
+            raise FactsError(f"unsupported WebAssembly version 0x{num:x} at offset 0x4", 4)
+
+        r = _Reader(data, 8, len(data), "section header")
+        last_order = -1
+        seen: set[int] = set()
+        while r.pos < r.end:
+            header_at = r.pos
+            sid = r.byte()
+            size = r.uleb()
+            body_at = r.pos
+            label = f"section {sid}"
+            if size > r.end - body_at:
+                raise FactsError(
+                    f"truncated {label} at offset 0x{header_at:x} "
+                    f"(declares {size} bytes, {r.end - body_at} remain)",
+                    header_at,
+                )
+            sr = _Reader(data, body_at, body_at + size, label)
+            if sid == 0:
+                self.custom_section(sr, size)
+            elif sid in _SECTION_ORDER:
+                if sid in seen:
+                    raise FactsError(f"duplicate {label} at offset 0x{header_at:x}", header_at)
+                order = _SECTION_ORDER[sid]
+                if order < last_order:
+                    raise FactsError(f"{label} out of order at offset 0x{header_at:x}", header_at)
+                seen.add(sid)
+                last_order = order
+                getattr(self, "section_" + _SECTION_NAMES[sid].replace(" ", "_"))(sr)
+                if sr.pos != sr.end:
+                    raise FactsError(
+                        f"{label} size mismatch at offset 0x{sr.pos:x} "
+                        f"({sr.end - sr.pos} bytes left over)",
+                        sr.pos,
+                    )
+            else:
+                self.features.add("unknown")  # a section this reader does not know: skip it
+            r.pos = body_at + size
+
+        if self.code_count is None and self.defined_functions:
+            raise FactsError(
+                f"missing code section: the function section declares {self.defined_functions} "
+                f"functions (end of module at offset 0x{len(data):x})",
+                len(data),
+            )
+        if self.data_count is not None and self.data_count != len(self.data_segments):
+            at = self.data_count_at
+            raise FactsError(
+                f"data count {self.data_count} at offset 0x{at:x} does not match "
+                f"the {len(self.data_segments)} data segments",
+                at,
+            )
+        if len(self.memories) > 1:
+            self.features.add("multi-memory")
+        if len(self.tables) > 1:
+            self.features.add("reference-types")
+
+    def custom_section(self, r: _Reader, size: int) -> None:
+        name = r.name()
+        self.custom.append(CustomSection(name, size))
+        if name == "name":
+            self.has_name = True
+        elif name.startswith(".debug"):
+            self.has_debug = True
+        elif name == "producers" and not self.producers:
+            # Custom sections are not validated by runtimes, so a malformed producers section
+            # does not make the module invalid: ignore it rather than fail.
+            try:
+                self.producers = _parse_producers(r)
+            except FactsError:
+                self.producers = {}
+
+    def section_type(self, r: _Reader) -> None:
+        for _ in range(r.count("type")):
+            at = r.pos
+            b = r.byte()
+            if b == 0x4E:  # rec group
+                self.features.add("gc")
+                for _ in range(r.count("recursive type")):
+                    self.all_types.append(self.subtype(r))
+            else:
+                r.pos = at
+                self.all_types.append(self.subtype(r))
+
+    def section_import(self, r: _Reader) -> None:
+        for _ in range(r.count("import", 4)):
+            module = r.name()
+            name = r.name()
+            at = r.pos
+            kind_byte = r.byte()
+            kind = _EXTERN_KINDS.get(kind_byte)
+            if kind == "func":
+                tidx = r.uleb()
+                self.func_type_idx.append(tidx)
+                self.imports.append(Import(module, name, kind, type=self.type_at(tidx)))
+            elif kind == "table":
+                elem, lim = self.tabletype(r)
+                self.tables.append(Table(len(self.tables), lim, elem, True))
+                self.imports.append(Import(module, name, kind, limits=lim, elem=elem))
+            elif kind == "memory":
+                lim = self.limits(r, "memory")
+                self.memories.append(Memory(len(self.memories), lim, True))
+                self.imports.append(Import(module, name, kind, limits=lim))
+            elif kind == "global":
+                t, mut = self.globaltype(r)
+                if mut:
+                    self.features.add("mutable-globals")
+                self.globals.append(Global(len(self.globals), t, mut, True))
+                self.imports.append(Import(module, name, kind, global_type=t, mutable=mut))
+            elif kind == "tag":
+                tidx = self.tagtype(r)
+                self.imports.append(Import(module, name, kind, type=self.type_at(tidx)))
+            else:
+                raise r.error(f"unknown import kind 0x{kind_byte:02x}", at)
+
+    def tagtype(self, r: _Reader) -> int:
+        self.features.add("exceptions")
+        at = r.pos
+        if r.byte() != 0:
+            raise r.error("invalid tag attribute", at)
+        tidx = r.uleb()
+        self.tag_type_idx.append(tidx)
+        return tidx
+
+    def section_function(self, r: _Reader) -> None:
+        n = r.count("function")
+        for _ in range(n):
+            self.func_type_idx.append(r.uleb())
+        self.defined_functions = n
+
+    def section_table(self, r: _Reader) -> None:
+        for _ in range(r.count("table", 3)):
+            init = r.pos < r.end and r.data[r.pos] == 0x40
+            if init:  # table type with an explicit initialiser (function-references)
+                r.pos += 1
+                at = r.pos
+                if r.byte() != 0:
+                    raise r.error("invalid table encoding", at)
+                self.features.add("function-references")
+            elem, lim = self.tabletype(r)
+            if init:
+                self.const_expr(r)
+            self.tables.append(Table(len(self.tables), lim, elem, False))
+
+    def section_memory(self, r: _Reader) -> None:
+        for _ in range(r.count("memory", 2)):
+            self.memories.append(Memory(len(self.memories), self.limits(r, "memory"), False))
+
+    def section_tag(self, r: _Reader) -> None:
+        self.features.add("exceptions")
+        for _ in range(r.count("tag", 2)):
+            self.tagtype(r)
+
+    def section_global(self, r: _Reader) -> None:
+        for _ in range(r.count("global", 3)):
+            t, mut = self.globaltype(r)
+            self.const_expr(r)
+            self.globals.append(Global(len(self.globals), t, mut, False))
+
+    def section_export(self, r: _Reader) -> None:
+        for _ in range(r.count("export", 3)):
+            name = r.name()
+            at = r.pos
+            kind_byte = r.byte()
+            kind = _EXTERN_KINDS.get(kind_byte)
+            if kind is None:
+                raise r.error(f"unknown export kind 0x{kind_byte:02x}", at)
+            idx = r.uleb()
+            ftype = None
+            if kind == "func":
+                ftype = self.func_type(idx)
+            elif kind == "tag" and idx < len(self.tag_type_idx):
+                ftype = self.type_at(self.tag_type_idx[idx])
+            elif kind == "global" and idx < len(self.globals) and self.globals[idx].mutable:
+                self.features.add("mutable-globals")
+            self.exports.append(Export(name, kind, idx, ftype))
+
+    def section_start(self, r: _Reader) -> None:
+        self.start = r.uleb()
+
+    def section_element(self, r: _Reader) -> None:
+        for _ in range(r.count("element segment", 2)):
+            at = r.pos
+            flags = r.uleb()
+            if flags > 7:
+                raise r.error(f"invalid element segment flags {flags}", at)
+            passive_or_declarative = flags & 1
+            explicit_table = flags & 2
+            uses_exprs = flags & 4
+            if flags in (1, 5):
+                self.features.add("bulk-memory")  # passive
+            elif flags in (3, 7):
+                self.features.add("reference-types")  # declarative
+            if not passive_or_declarative:
+                if explicit_table and r.uleb():
+                    self.features.add("reference-types")
+                self.const_expr(r)
+            if passive_or_declarative or explicit_table:
+                at = r.pos
+                if uses_exprs:
+                    elem = self.valtype(r)
+                    if elem != "funcref":  # funcref elements are MVP
+                        self.note_valtype(elem)
+                elif r.byte() != 0:
+                    raise r.error("invalid element kind", at)
+            if uses_exprs:
+                for _ in range(r.count("element expression")):
+                    self.const_expr(r)
+            else:
+                for _ in range(r.count("element function index")):
+                    r.uleb()
+            self.element_segments += 1
+
+    def section_data_count(self, r: _Reader) -> None:
+        self.features.add("bulk-memory")
+        self.data_count_at = r.pos
+        self.data_count = r.uleb()
+
+    def section_code(self, r: _Reader) -> None:
+        n = r.count("function body", 2)
+        if n != self.defined_functions:
+            raise r.error(
+                f"code section has {n} bodies but the function section declares "
+                f"{self.defined_functions}"
+            )
+        self.code_count = n
+        for i in range(n):
+            size_at = r.pos
+            size = r.uleb()
+            if size > r.end - r.pos:
+                raise r.error(f"function body {i} runs past the end of the code section", size_at)
+            body_end = r.pos + size
+            what = f"function body {i}"
+            br = _Reader(r.data, r.pos, body_end, what)
+            try:
+                for _ in range(br.count("local declaration", 2)):
+                    br.uleb()
+                    self.note_valtype(self.valtype(br))
+            except _UnknownEncoding:
+                self.features.add("unknown")  # a local type this reader does not know
+            else:
+                self.scan(br.pos, body_end, False, what)
+            r.pos = body_end
+
+    def section_data(self, r: _Reader) -> None:
+        for _ in range(r.count("data segment", 2)):
+            at = r.pos
+            flags = r.uleb()
+            if flags == 0:
+                self.const_expr(r)
+            elif flags == 1:
+                self.features.add("bulk-memory")
+            elif flags == 2:
+                if r.uleb():
+                    self.features.add("multi-memory")
+                self.const_expr(r)
+            else:
+                raise r.error(f"invalid data segment flags {flags}", at)
+            size_at = r.pos
+            size = r.uleb()
+            if size > r.end - r.pos:
+                raise r.error(f"data segment of {size} bytes runs past the end", size_at)
+            r.pos += size
+            self.data_segments.append(size)
+
+    def facts(self) -> ModuleFacts:
+        data = self.data
+        return ModuleFacts(
+            size=len(data),
+            sha256=hashlib.sha256(data).hexdigest(),
+            types=tuple(t for t in self.all_types if t is not None),
+            imports=tuple(self.imports),
+            exports=tuple(self.exports),
+            memories=tuple(self.memories),
+            tables=tuple(self.tables),
+            globals=tuple(self.globals),
+            functions=self.defined_functions,
+            start=self.start,
+            data_segments=tuple(self.data_segments),
+            element_segments=self.element_segments,
+            custom_sections=tuple(self.custom),
+            producers=self.producers,
+            has_name_section=self.has_name,
+            has_debug_info=self.has_debug,
+            features=frozenset(self.features),
+        )
+
+
+def _leb(data: bytes, pos: int) -> tuple[int, int]:
+    """Unsigned LEB128 at ``pos`` (at most 10 bytes); IndexError past the end of ``data``."""
+    result = 0
+    shift = 0
+    while True:
+        b = data[pos]
+        pos += 1
+        result |= (b & 0x7F) << shift
+        if not b & 0x80:
+            return result, pos
+        shift += 7
+        if shift >= 70:
+            raise FactsError(f"integer representation too long at offset 0x{pos:x}", pos)
+
+
+def _sleb(data: bytes, pos: int) -> tuple[int, int]:
+    """Signed LEB128 at ``pos`` (at most 10 bytes)."""
+    result = 0
+    shift = 0
+    while True:
+        b = data[pos]
+        pos += 1
+        result |= (b & 0x7F) << shift
+        shift += 7
+        if not b & 0x80:
+            if b & 0x40:
+                result -= 1 << shift
+            return result, pos
+        if shift >= 70:
+            raise FactsError(f"integer representation too long at offset 0x{pos:x}", pos)
+
+
+def _parse_producers(r: _Reader) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for _ in range(r.count("producers field", 2)):
+        fname = r.name()
+        values = out.setdefault(fname, [])
+        for _ in range(r.count("producers value", 2)):
+            name = r.name()
+            version = r.name()
+            values.append(f"{name} {version}" if version else name)
+    if r.pos != r.end:
+        raise r.error("producers section size mismatch")
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Entry points
+# --------------------------------------------------------------------------------------------
+
+
+def read_facts(data: bytes) -> ModuleFacts:
+    """Reads the facts of a binary WebAssembly core module.
+
+    Raises :class:`FactsError` for anything that is not a well-formed core module (with
+    ``.component`` set for a WebAssembly component).
+    """
+    if isinstance(data, (bytearray, memoryview)):
+        data = bytes(data)
+    if not isinstance(data, bytes):
+        raise TypeError(f"read_facts() needs bytes, not {type(data).__name__}")
+    parser = _Parser(data)
+    try:
+        parser.parse()
+    except FactsError:
+        raise
+    except (IndexError, ValueError, KeyError, TypeError, OverflowError, RecursionError) as exc:
+        # Defence in depth: the reader is meant never to get here.
+        raise FactsError(f"malformed module (internal {type(exc).__name__})") from None
+    return parser.facts()
+
+
+def _looks_like_text(data: bytes) -> bool:
+    """True if ``data`` starts, after whitespace and comments, with "(" (WAT text)."""
+    i = 3 if data.startswith(b"\xef\xbb\xbf") else 0
+    n = len(data)
+    while i < n:
+        c = data[i]
+        if c in b" \t\r\n":
+            i += 1
+        elif data.startswith(b";;", i):
+            nl = data.find(b"\n", i)
+            if nl < 0:
+                return False
+            i = nl + 1
+        elif data.startswith(b"(;", i):
+            depth = 0
+            while i < n:
+                if data.startswith(b"(;", i):
+                    depth += 1
+                    i += 2
+                elif data.startswith(b";)", i):
+                    depth -= 1
+                    i += 2
+                    if depth == 0:
+                        break
+                else:
+                    i += 1
+            if depth:
+                return False
+        else:
+            return c == 0x28  # "("
+    return False
+
+
+def load_facts(path: Union[str, os.PathLike]) -> ModuleFacts:
+    """Reads the facts of a module file, binary or WAT text (converted with wasmtime).
+
+    Raises :class:`FactsError` for a malformed module or invalid WAT, and ``OSError`` if the
+    file cannot be read.
+    """
+    with open(path, "rb") as fh:
+        data = fh.read()
+    if not data.startswith(_MAGIC) and (
+        str(path).lower().endswith(".wat") or _looks_like_text(data)
+    ):
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError:
+            raise FactsError(f"invalid WAT in {path}: not UTF-8 text") from None
+        try:
+            from wasmtime import wat2wasm
+        except ImportError:
+            raise FactsError(f"cannot convert WAT in {path}: wasmtime is not installed") from None
+        try:
+            data = bytes(wat2wasm(text))
+        except Exception as exc:  # wasmtime.WasmtimeError and friends
+            lines = str(exc).strip().splitlines()
+            first = lines[0].strip() if lines else type(exc).__name__
+            raise FactsError(f"invalid WAT in {path}: {first}") from None
+    return read_facts(data)

@@ -1,0 +1,488 @@
+"""The sandbox policy: declared once, loaded from TOML, validated, overridden by flags.
+
+Every key is declared once in :data:`SCHEMA` (section, name, kind, default, doc). The
+loader, the validation messages, ``sandbox.toml.example`` and ``--json`` views are all
+derived from that table, and a test checks that the example file is fresh.
+
+Secure by default: no files, no environment variables, no network; memory, time,
+tables and output are bounded.
+"""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from . import capabilities, units
+from .errors import PolicyError
+
+POLICY_FILENAME = "sandbox.toml"
+OPTIMIZE_LEVELS = ("none", "speed", "size", "aggressive")
+STDIO_SPECIAL = ("inherit", "null")
+
+
+@dataclass(frozen=True)
+class Key:
+    """One policy key: how it is written, checked, defaulted and documented."""
+
+    section: str
+    name: str
+    kind: str  # size | duration | count | bool | str | choice | names | grants | table | stdio
+    default: Any
+    doc: str
+    choices: tuple = ()
+    optional: bool = False  # absent means "not set" (no limit / runtime default)
+
+    @property
+    def dotted(self) -> str:
+        return f"{self.section}.{self.name}"
+
+
+SECTIONS = {
+    "runtime": "Which runtime runs the module and how it compiles it.",
+    "limits": "Resource limits, enforced in-process. Each hit stops the guest with its own "
+    "exit code.",
+    "filesystem": 'Directory grants, as "HOST" or "HOST:GUEST" (relative HOST paths are '
+    "relative to this file). Nothing is granted by default.",
+    "env": "Environment variables the guest sees. None by default.",
+    "network": "Network access. WASI preview1 guests get no sockets; only false is accepted.",
+    "stdio": 'Guest stdin/stdout/stderr: "inherit", "null", or a file path.',
+}
+
+SCHEMA: tuple = (
+    Key("runtime", "backend", "str", "auto",
+        'Backend: "auto" (scored choice), "wasmtime", "wasmer", or "wasmer:cranelift", '
+        '"wasmer:llvm", "wasmer:singlepass".'),
+    Key("runtime", "optimize", "choice", "speed",
+        "Optimisation goal: none, speed, size or aggressive. Adjusts compiler settings and "
+        "the selector's weights.", choices=OPTIMIZE_LEVELS),
+    Key("runtime", "require", "names", [],
+        'Capabilities the backend must have, e.g. ["fuel", "simd"]. A backend lacking one '
+        "is excluded."),
+    Key("runtime", "prefer", "names", [],
+        "Capabilities or backend names that raise a backend's score."),
+    Key("runtime", "cache", "bool", True,
+        "Keep compiled native code in the cache so later runs skip compilation."),
+    Key("runtime", "cache_dir", "str", "",
+        "Cache directory. Empty: $WASMSBX_CACHE_DIR, else the platform's user cache dir."),
+    Key("limits", "memory", "size", "256MiB",
+        "Linear memory cap per instance. memory.grow beyond it fails."),
+    Key("limits", "fuel", "count", None,
+        "Fuel units the guest may spend (roughly one per wasm instruction). Unset: no "
+        "metering.", optional=True),
+    Key("limits", "timeout", "duration", "10s",
+        "Wall-clock limit per call or command; the guest is interrupted when it passes."),
+    Key("limits", "stack", "size", None,
+        "Maximum wasm stack size. Unset: the runtime's default (wasmtime: 512KiB).",
+        optional=True),
+    Key("limits", "table_elements", "count", 10000,
+        "Maximum elements in any table (table.grow beyond it fails)."),
+    Key("limits", "instances", "count", 1,
+        "Maximum module instances per store."),
+    Key("limits", "output", "size", "64MiB",
+        "Maximum bytes a WASI guest may write to stdout and stderr together."),
+    Key("filesystem", "read_only", "grants", [],
+        'Directories the guest may read but not change, e.g. ["data:/data"].'),
+    Key("filesystem", "read_write", "grants", [],
+        'Directories the guest may read and change, e.g. ["out:/out"].'),
+    Key("env", "inherit", "names", [],
+        'Host variables passed through by name or glob, e.g. ["LANG", "APP_*"].'),
+    Key("env", "set", "table", {},
+        'Variables set explicitly, e.g. { MODE = "fast" }.'),
+    Key("network", "enabled", "bool", False,
+        "Network access. Only false is supported."),
+    Key("stdio", "stdin", "stdio", "inherit", "Guest stdin."),
+    Key("stdio", "stdout", "stdio", "inherit", "Guest stdout."),
+    Key("stdio", "stderr", "stdio", "inherit", "Guest stderr."),
+)  # fmt: skip
+
+KEYS = {key.dotted: key for key in SCHEMA}
+
+
+@dataclass(frozen=True)
+class Grant:
+    """A directory the guest can open: host path, guest path, and whether it can write."""
+
+    host: str
+    guest: str
+    writable: bool
+
+    def to_dict(self) -> dict:
+        return {"host": self.host, "guest": self.guest, "writable": self.writable}
+
+
+@dataclass
+class Policy:
+    """A validated policy. ``values`` maps dotted keys to checked, normalised values."""
+
+    values: dict
+    source: Optional[str] = None  # file it came from, None for defaults
+    explicit: set = field(default_factory=set)  # dotted keys set by a file or a flag
+
+    def __getitem__(self, dotted: str) -> Any:
+        return self.values[dotted]
+
+    # Convenience views used across the code base.
+    @property
+    def memory(self) -> int:
+        return self.values["limits.memory"]
+
+    @property
+    def fuel(self) -> Optional[int]:
+        return self.values["limits.fuel"]
+
+    @property
+    def timeout(self) -> float:
+        return self.values["limits.timeout"]
+
+    @property
+    def grants(self) -> list:
+        return list(self.values["filesystem.read_only"]) + list(
+            self.values["filesystem.read_write"]
+        )
+
+    def env_for_guest(self, environ: Optional[dict] = None) -> dict:
+        """The exact environment the guest sees: allow-listed host vars, then explicit ones."""
+        environ = os.environ if environ is None else environ
+        patterns = self.values["env.inherit"]
+        chosen = {
+            name: value
+            for name, value in environ.items()
+            if any(fnmatch.fnmatchcase(name, pattern) for pattern in patterns)
+        }
+        chosen.update(self.values["env.set"])
+        return dict(sorted(chosen.items()))
+
+    def is_set(self, dotted: str) -> bool:
+        return self.values.get(dotted) not in (None, [], {}, "")
+
+    def to_dict(self) -> dict:
+        out: dict = {}
+        for key in SCHEMA:
+            value = self.values[key.dotted]
+            if key.kind == "grants":
+                value = [g.to_dict() for g in value]
+            out.setdefault(key.section, {})[key.name] = value
+        return out
+
+    def to_toml_dict(self) -> dict:
+        """Values as they would be written in sandbox.toml (units as text, unset omitted)."""
+        out: dict = {}
+        for key in SCHEMA:
+            value = self.values[key.dotted]
+            if value is None:
+                continue
+            if key.kind == "size":
+                value = _size_text(value)
+            elif key.kind == "duration":
+                value = _duration_text(value)
+            elif key.kind == "grants":
+                value = [g.host if g.host == g.guest else f"{g.host}:{g.guest}" for g in value]
+            out.setdefault(key.section, {})[key.name] = value
+        return out
+
+
+def _size_text(n: int) -> str:
+    for unit, factor in (("GiB", 1024**3), ("MiB", 1024**2), ("KiB", 1024)):
+        if n % factor == 0 and n:
+            return f"{n // factor}{unit}"
+    return str(n)
+
+
+def _duration_text(seconds: float) -> str:
+    if seconds == int(seconds):
+        return f"{int(seconds)}s"
+    return f"{round(seconds * 1000)}ms"
+
+
+# ---------------------------------------------------------------------------- checking
+
+
+def _fail(origin: str, dotted: str, message: str, hint: Optional[str] = None) -> PolicyError:
+    return PolicyError(f"{origin}: {dotted}: {message}", hint=hint, key=dotted, file=origin)
+
+
+def _type_name(value: Any) -> str:
+    return {bool: "a boolean", int: "an integer", float: "a number", str: "a string",
+            list: "a list", dict: "a table"}.get(type(value), type(value).__name__)  # fmt: skip
+
+
+def _check_names(value: Any) -> list:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ValueError(f"expected a list of strings, found {_type_name(value)}")
+    return list(value)
+
+
+def _check_capabilities(value: Any, allow_backends: bool) -> list:
+    names = _check_names(value)
+    known = set(capabilities.ALL) | ({"wasmtime", "wasmer"} if allow_backends else set())
+    for name in names:
+        if name not in known:
+            close = difflib.get_close_matches(name, sorted(known), n=1)
+            suggestion = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ValueError(f"unknown capability {name!r}{suggestion}")
+    return names
+
+
+def _check_count(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"expected a whole number, found {_type_name(value)}")
+    if value < 0:
+        raise ValueError(f"expected a whole number >= 0, found {value}")
+    return value
+
+
+def _check_bool(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"expected true or false, found {_type_name(value)}")
+    return value
+
+
+def _check_str(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"expected a string, found {_type_name(value)}")
+    return value
+
+
+def _check_table(value: Any) -> dict:
+    if not isinstance(value, dict):
+        raise ValueError(f'expected a table of NAME = "value", found {_type_name(value)}')
+    for name, item in value.items():
+        if not isinstance(item, str):
+            raise ValueError(f"{name}: expected a string value, found {_type_name(item)}")
+        if not name or "=" in name:
+            raise ValueError(f"invalid variable name {name!r}")
+    return dict(value)
+
+
+def parse_grant(text: str, writable: bool, base: Optional[Path] = None) -> Grant:
+    """``HOST`` or ``HOST:GUEST``; HOST must be an existing directory."""
+    if not isinstance(text, str) or not text:
+        raise ValueError('expected "HOST" or "HOST:GUEST"')
+    host, sep, guest = text.partition(":")
+    if not sep:
+        guest = host
+    if not host or not guest:
+        raise ValueError(f'expected "HOST" or "HOST:GUEST", found {text!r}')
+    host_path = Path(host).expanduser()
+    if base is not None and not host_path.is_absolute():
+        host_path = base / host_path
+    if not host_path.is_dir():
+        raise ValueError(f"{host!r} is not an existing directory")
+    return Grant(host=str(host_path.resolve()), guest=guest, writable=writable)
+
+
+def _checker(key: Key, base: Optional[Path]) -> Callable[[Any], Any]:
+    if key.kind == "size":
+        return units.parse_size
+    if key.kind == "duration":
+        return units.parse_duration
+    if key.kind == "count":
+        return _check_count
+    if key.kind == "bool":
+        return _check_bool
+    if key.kind == "table":
+        return _check_table
+    if key.kind == "names":
+        if key.dotted == "runtime.require":
+            return lambda v: _check_capabilities(v, allow_backends=False)
+        if key.dotted == "runtime.prefer":
+            return lambda v: _check_capabilities(v, allow_backends=True)
+        return _check_names
+    if key.kind == "grants":
+        writable = key.name == "read_write"
+
+        def grants(value: Any) -> list:
+            return [parse_grant(item, writable, base) for item in _check_names(value)]
+
+        return grants
+    if key.kind == "choice":
+
+        def choice(value: Any) -> str:
+            if value not in key.choices:
+                raise ValueError(f"expected one of {', '.join(key.choices)}, found {value!r}")
+            return value
+
+        return choice
+    return _check_str
+
+
+def check_value(key: Key, value: Any, origin: str, base: Optional[Path] = None) -> Any:
+    """Validate one value for ``key``; raise PolicyError naming the file and key."""
+    try:
+        checked = _checker(key, base)(value)
+    except ValueError as exc:
+        raise _fail(origin, key.dotted, str(exc), hint=f"see sandbox.toml.example: {key.doc}")
+    if key.dotted == "network.enabled" and checked:
+        raise _fail(origin, key.dotted, "network access is not supported",
+                    hint="WASI preview1 guests have no sockets; remove the key or set false")  # fmt: skip
+    if key.dotted == "runtime.backend":
+        _check_backend_name(checked, origin)
+    if key.dotted in ("limits.memory", "limits.timeout") and not checked:
+        raise _fail(origin, key.dotted, "must be greater than zero",
+                    hint="limits cannot be switched off; use a large value instead")  # fmt: skip
+    return checked
+
+
+BACKEND_NAMES = ("auto", "wasmtime", "wasmer", "wasmer:cranelift", "wasmer:llvm",
+                 "wasmer:singlepass", "wasmtime:cranelift")  # fmt: skip
+
+
+def _check_backend_name(name: str, origin: str) -> None:
+    if name not in BACKEND_NAMES:
+        close = difflib.get_close_matches(name, BACKEND_NAMES, n=1)
+        hint = f"did you mean {close[0]!r}?" if close else f"one of: {', '.join(BACKEND_NAMES)}"
+        raise _fail(origin, "runtime.backend", f"unknown backend {name!r}", hint=hint)
+
+
+def _suggest(name: str, candidates: list) -> Optional[str]:
+    close = difflib.get_close_matches(name, candidates, n=1, cutoff=0.6)
+    return f"did you mean `{close[0]}`?" if close else None
+
+
+def defaults() -> Policy:
+    values = {}
+    for key in SCHEMA:
+        default = key.default
+        values[key.dotted] = None if default is None else check_value(key, default, "defaults")
+    return Policy(values=values)
+
+
+def from_dict(data: dict, origin: str = "<policy>", base: Optional[Path] = None) -> Policy:
+    """Validate a parsed TOML document (sections of keys) into a Policy."""
+    policy = defaults()
+    policy.source = origin
+    for section, body in data.items():
+        if section not in SECTIONS:
+            hint = _suggest(section, list(SECTIONS)) or f"sections: {', '.join(SECTIONS)}"
+            raise PolicyError(f"{origin}: unknown section [{section}]", hint=hint, file=origin)
+        if not isinstance(body, dict):
+            raise _fail(origin, section, f"expected a [{section}] table, found {_type_name(body)}")
+        names = [k.name for k in SCHEMA if k.section == section]
+        for name, value in body.items():
+            dotted = f"{section}.{name}"
+            if dotted not in KEYS:
+                hint = _suggest(name, names) or f"keys in [{section}]: {', '.join(names)}"
+                raise _fail(origin, dotted, "unknown key", hint=hint)
+            policy.values[dotted] = check_value(KEYS[dotted], value, origin, base)
+            policy.explicit.add(dotted)
+    return policy
+
+
+def _toml_module():
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover - exercised on the Python 3.9 leg
+        import tomli as tomllib
+    return tomllib
+
+
+def load(path) -> Policy:
+    """Load and validate a policy file."""
+    path = Path(path)
+    origin = str(path)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise PolicyError(f"{origin}: policy file not found",
+                          hint="check the path given to --policy", file=origin) from None  # fmt: skip
+    except OSError as exc:
+        raise PolicyError(f"{origin}: cannot read policy: {exc.strerror}", file=origin) from None
+    tomllib = _toml_module()
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise PolicyError(f"{origin}: not a UTF-8 text file", file=origin) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise PolicyError(f"{origin}: invalid TOML: {exc}",
+                          hint="see sandbox.toml.example for the syntax", file=origin) from None  # fmt: skip
+    return from_dict(data, origin, base=path.resolve().parent)
+
+
+def discover(explicit: Optional[str] = None, cwd: Optional[Path] = None) -> Policy:
+    """``--policy PATH``, else ``./sandbox.toml``, else the secure defaults."""
+    if explicit:
+        return load(explicit)
+    candidate = (cwd or Path.cwd()) / POLICY_FILENAME
+    if candidate.is_file():
+        return load(candidate)
+    return defaults()
+
+
+def override(policy: Policy, dotted: str, value: Any, origin: str = "command line") -> None:
+    """Set one key from a command-line flag (validated like a file value)."""
+    key = KEYS[dotted]
+    policy.values[dotted] = check_value(key, value, origin, base=Path.cwd())
+    policy.explicit.add(dotted)
+
+
+def add_grant(policy: Policy, spec: str, writable: bool) -> None:
+    """``--dir HOST[:GUEST]`` / ``--dir-ro``: add one directory grant."""
+    dotted = "filesystem.read_write" if writable else "filesystem.read_only"
+    try:
+        grant = parse_grant(spec, writable, Path.cwd())
+    except ValueError as exc:
+        flag = "--dir" if writable else "--dir-ro"
+        raise PolicyError(f"{flag} {spec}: {exc}", hint="give an existing host directory",
+                          key=dotted) from None  # fmt: skip
+    policy.values[dotted] = list(policy.values[dotted]) + [grant]
+    policy.explicit.add(dotted)
+
+
+def add_env(policy: Policy, spec: str) -> None:
+    """``--env NAME=VALUE`` sets a variable; ``--env NAME`` passes the host's through."""
+    name, sep, value = spec.partition("=")
+    if not name:
+        raise PolicyError(f"--env {spec!r}: expected NAME=VALUE or NAME",
+                          hint="for example --env MODE=fast or --env LANG")  # fmt: skip
+    if sep:
+        policy.values["env.set"] = {**policy.values["env.set"], name: value}
+        policy.explicit.add("env.set")
+    else:
+        policy.values["env.inherit"] = list(policy.values["env.inherit"]) + [name]
+        policy.explicit.add("env.inherit")
+
+
+# ---------------------------------------------------------------------------- the example
+
+
+def _toml_literal(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return str(value)
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_literal(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k} = {_toml_literal(v)}" for k, v in value.items()) + "}"
+    raise TypeError(value)
+
+
+def render_example() -> str:
+    """The text of sandbox.toml.example, derived from SCHEMA (a test keeps the file fresh)."""
+    lines = [
+        "# sandbox.toml — the policy wasmsbx runs a module under.",
+        "#",
+        "# Every key is listed with its default. wasmsbx reads --policy PATH, else",
+        "# ./sandbox.toml, else these defaults. Command-line flags override single keys.",
+        '# Sizes: "64MB" (10^6), "64MiB" (2^20), "512KiB", or bytes. Durations: "500ms",',
+        '# "2s", "1m", or seconds. Unknown keys and wrong types are errors.',
+    ]
+    for section, doc in SECTIONS.items():
+        lines += ["", f"# {doc}", f"[{section}]"]
+        for key in SCHEMA:
+            if key.section != section:
+                continue
+            lines.append(f"# {key.doc}")
+            if key.default is None:
+                lines.append(f"# {key.name} =   (unset)")
+            else:
+                lines.append(f"{key.name} = {_toml_literal(key.default)}")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,408 @@
+"""The runner: policy + module -> backend -> result, as plain data.
+
+``Sandbox`` is the Python API; ``wasmsbx run`` is a thin renderer over it.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from . import errors
+from . import policy as policy_mod
+from .backends.base import EngineOptions, Limits, Signature, WasiSetup
+
+WASM_MAGIC = b"\0asm"
+INT_RANGES = {"i32": 32, "i64": 64}
+
+
+# ---------------------------------------------------------------------------- module files
+
+
+def read_module(path) -> bytes:
+    """The module's binary: .wasm as is, .wat (or any text module) converted."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise errors.InputError(f"{path}: no such file",
+                                hint="check the module path", path=str(path)) from None  # fmt: skip
+    except IsADirectoryError:
+        raise errors.InputError(f"{path}: is a directory, not a module file",
+                                path=str(path)) from None  # fmt: skip
+    except OSError as exc:
+        raise errors.InputError(f"{path}: cannot read: {exc.strerror}", path=str(path)) from None
+    if not data:
+        raise errors.ModuleError(f"{path}: empty file, not a WebAssembly module", path=str(path))
+    if data[:4] == WASM_MAGIC:
+        return data
+    return wat_to_wasm(data, path)
+
+
+def wat_to_wasm(data: bytes, path) -> bytes:
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise errors.ModuleError(
+            f"{path}: not a WebAssembly module (no \\0asm header, and not UTF-8 text)",
+            hint="give a .wasm binary or a .wat text module", path=str(path),
+        ) from None  # fmt: skip
+    import wasmtime
+
+    try:
+        return bytes(wasmtime.wat2wasm(text))
+    except Exception as exc:
+        lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+        reason = lines[0] if lines else "invalid text"
+        detail = next((line for line in lines[1:] if line.startswith("-->")), "")
+        where = f" ({detail.lstrip('-> ')})" if detail else ""
+        raise errors.ModuleError(f"{path}: invalid WebAssembly text: {reason}{where}",
+                                 hint="fix the .wat file", path=str(path)) from None  # fmt: skip
+
+
+# ---------------------------------------------------------------------------- typed values
+
+
+def parse_arg(text: Any, wasm_type: str, index: int, func: str, sig: Signature) -> Any:
+    """One command-line argument converted to the export's parameter type."""
+    if wasm_type in INT_RANGES:
+        if isinstance(text, bool):
+            raise _bad_arg(text, wasm_type, index, func, sig)
+        if isinstance(text, int):
+            value = text
+        else:
+            try:
+                value = int(str(text).strip(), 0)
+            except ValueError:
+                raise _bad_arg(text, wasm_type, index, func, sig) from None
+        bits = INT_RANGES[wasm_type]
+        if not -(2 ** (bits - 1)) <= value < 2**bits:
+            raise errors.UsageError(
+                f"{func}: argument {index + 1} ({text}) is out of range for {wasm_type}",
+                hint=f"{wasm_type} takes {-(2 ** (bits - 1))} .. {2**bits - 1}; signature {sig}",
+            )
+        return value - 2**bits if value >= 2 ** (bits - 1) else value
+    if wasm_type in ("f32", "f64"):
+        if isinstance(text, (int, float)) and not isinstance(text, bool):
+            return float(text)
+        try:
+            return float(str(text).strip().replace("_", ""))
+        except ValueError:
+            raise _bad_arg(text, wasm_type, index, func, sig) from None
+    raise errors.UsageError(
+        f"{func}: parameter {index + 1} has type {wasm_type}, which cannot be passed "
+        "from the command line",
+        hint=f"only i32, i64, f32 and f64 parameters are supported; signature {sig}",
+    )
+
+
+def _bad_arg(text: Any, wasm_type: str, index: int, func: str, sig: Signature):
+    examples = {"i32": "42, -7, 0xff, 1_000", "i64": "42, -7, 0xff, 1_000",
+                "f32": "1.5, -2, inf, nan", "f64": "1.5, -2, inf, nan"}  # fmt: skip
+    return errors.UsageError(
+        f"{func}: argument {index + 1} ({text!r}) is not a valid {wasm_type}",
+        hint=f"signature {func}{sig}; {wasm_type} examples: {examples[wasm_type]}",
+    )
+
+
+def parse_args(func: str, sig: Signature, args: Sequence[Any]) -> list:
+    if len(args) != len(sig.params):
+        raise errors.UsageError(
+            f"{func} takes {len(sig.params)} argument{'s' if len(sig.params) != 1 else ''}, "
+            f"got {len(args)}",
+            hint=f"signature: {func} {sig}",
+        )
+    return [parse_arg(a, t, i, func, sig) for i, (a, t) in enumerate(zip(args, sig.params))]
+
+
+def format_value(value: Any, wasm_type: str) -> str:
+    """Results as users expect to read them: shortest round-tripping floats."""
+    if wasm_type in ("f32", "f64") and isinstance(value, float):
+        if math.isnan(value):
+            return "nan"
+        if math.isinf(value):
+            return "inf" if value > 0 else "-inf"
+        if wasm_type == "f32":
+            target = struct.pack("<f", value)
+            for digits in range(1, 10):
+                text = f"{value:.{digits}g}"
+                if struct.pack("<f", float(text)) == target:
+                    return text
+        return repr(value)
+    if value is None:
+        return "null"
+    return str(value)
+
+
+def json_value(value: Any) -> Any:
+    """JSON has no inf/nan: those go out as strings."""
+    if isinstance(value, float) and (math.isnan(value) or math.isinf(value)):
+        return format_value(value, "f64")
+    return value
+
+
+# ---------------------------------------------------------------------------- results
+
+
+@dataclass
+class RunStats:
+    backend: str
+    compiler: Optional[str]
+    timings: dict = field(default_factory=dict)  # phase -> seconds
+    cache: Optional[str] = None  # hit | miss | off
+    fuel_used: Optional[int] = None
+    memory_bytes: Optional[int] = None
+    warnings: list = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {
+            "backend": self.backend,
+            "compiler": self.compiler,
+            "timings": {k: round(v, 6) for k, v in self.timings.items()},
+            "cache": self.cache,
+            "fuel_used": self.fuel_used,
+            "memory_bytes": self.memory_bytes,
+            "warnings": list(self.warnings),
+        }
+
+
+@dataclass
+class CallResult:
+    function: str
+    values: list
+    types: tuple
+    stats: RunStats
+
+    def to_dict(self) -> dict:
+        return {
+            "function": self.function,
+            "results": [
+                {"type": t, "value": json_value(v)} for v, t in zip(self.values, self.types)
+            ],
+            "stats": self.stats.to_dict(),
+        }
+
+
+@dataclass
+class CommandResult:
+    exit_code: int
+    stats: RunStats
+    stdout: Optional[bytes] = None
+    stderr: Optional[bytes] = None
+
+    def to_dict(self) -> dict:
+        return {"exit_code": self.exit_code, "stats": self.stats.to_dict()}
+
+
+# ---------------------------------------------------------------------------- the sandbox
+
+
+def limits_from(policy: policy_mod.Policy) -> Limits:
+    v = policy.values
+    return Limits(
+        memory=v["limits.memory"],
+        timeout=v["limits.timeout"],
+        fuel=v["limits.fuel"],
+        stack=v["limits.stack"],
+        table_elements=v["limits.table_elements"],
+        instances=v["limits.instances"],
+        output=v["limits.output"] or None,
+    )
+
+
+def engine_options(policy: policy_mod.Policy, compiler: Optional[str]) -> EngineOptions:
+    v = policy.values
+    return EngineOptions(
+        compiler=compiler,
+        optimize=v["runtime.optimize"],
+        fuel=v["limits.fuel"] is not None,
+        stack=v["limits.stack"],
+    )
+
+
+class Sandbox:
+    """A module loaded under a policy, ready to call.
+
+    >>> box = Sandbox("examples/add.wat")
+    >>> box.call("add", 5, 3)
+    8
+    """
+
+    def __init__(self, module, policy: Optional[policy_mod.Policy] = None, *,
+                 backend: Optional[str] = None, kind: str = "call",
+                 use_cache: Optional[bool] = None) -> None:  # fmt: skip
+        self.path = Path(module)
+        self.policy = policy if policy is not None else policy_mod.discover()
+        self.timings: dict = {}
+        started = time.perf_counter()
+        self.wasm = read_module(self.path)
+        self.timings["read"] = time.perf_counter() - started
+        self.selection = None
+        self.backend_name, self.compiler = self._choose(backend, kind)
+        from . import backends
+
+        self.engine = backends.get(self.backend_name).engine(
+            engine_options(self.policy, self.compiler)
+        )
+        cache_wanted = self.policy.values["runtime.cache"] if use_cache is None else use_cache
+        self.cache_state = "off"
+        self.module = self._compile(cache_wanted)
+        self.export_list = self.engine.exports(self.module)
+        self._instance = None
+
+    # --------------------------------------------------------------- choosing
+    def _choose(self, backend: Optional[str], kind: str) -> tuple:
+        from .backends import get, names, select, split
+
+        spec = backend or self.policy.values["runtime.backend"]
+        name, compiler = split(spec)
+        if spec != "auto" and len(names()) == 1 and name in names():
+            # One backend installed and named: nothing to score, keep start-up lean.
+            return name, compiler or get(name).default_compiler
+        features = self._features() if len(names()) > 1 else ()
+        self.selection = select.select(self.policy, features, kind, backend)
+        return self.selection.backend, self.selection.compiler
+
+    def _features(self) -> frozenset:
+        from .facts import FactsError, read_facts
+
+        try:
+            return read_facts(self.wasm).features
+        except FactsError:
+            return frozenset()  # the runtime will give the precise error
+
+    def explain(self, kind: str = "call") -> Any:
+        """The scoring table that chose the backend (computed if it was skipped)."""
+        if self.selection is None:
+            from .backends import select
+
+            features = self._features()
+            self.selection = select.select(self.policy, features, kind)
+        return self.selection
+
+    # --------------------------------------------------------------- compiling
+    def _compile(self, use_cache: bool) -> Any:
+        started = time.perf_counter()
+        module = self.engine.compile(self.wasm)
+        self.timings["compile"] = time.perf_counter() - started
+        return module
+
+    # --------------------------------------------------------------- calling
+    @property
+    def exports(self) -> list:
+        return list(self.export_list)
+
+    def signature(self, func: str) -> Signature:
+        for export in self.export_list:
+            if export.name == func:
+                if export.kind != "func":
+                    raise errors.UsageError(f"export {func!r} is a {export.kind}, not a function",
+                                            hint=self._exports_hint())  # fmt: skip
+                return export.signature
+        import difflib
+
+        funcs = [e.name for e in self.export_list if e.kind == "func"]
+        close = difflib.get_close_matches(func, funcs, n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        raise errors.UsageError(f"{self.path.name} has no export named {func!r}",
+                                hint=hint + self._exports_hint(), function=func)  # fmt: skip
+
+    def _exports_hint(self) -> str:
+        funcs = [f"{e.name}{e.signature}" for e in self.export_list if e.kind == "func"]
+        if not funcs:
+            return "the module exports no functions"
+        return "exported functions: " + ", ".join(funcs[:12]) + (" ..." if len(funcs) > 12 else "")
+
+    def wasi_setup(self, argv: Sequence[str] = (), stdin: Any = None,
+                   capture: bool = False) -> WasiSetup:  # fmt: skip
+        v = self.policy.values
+        return WasiSetup(
+            argv=[self.path.name, *argv],
+            env=self.policy.env_for_guest(),
+            grants=self.policy.grants,
+            stdin=v["stdio.stdin"] if stdin is None else stdin,
+            stdout="capture" if capture else v["stdio.stdout"],
+            stderr="capture" if capture else v["stdio.stderr"],
+        )
+
+    def instantiate(self, wasi: Optional[WasiSetup] = None) -> Any:
+        started = time.perf_counter()
+        instance = self.engine.instantiate(
+            self.module, limits_from(self.policy), wasi or self.wasi_setup()
+        )
+        self.timings["instantiate"] = time.perf_counter() - started
+        if any(e.name == "_initialize" for e in self.export_list):
+            instance.call("_initialize", [])
+        return instance
+
+    def invoke(self, func: str, args: Sequence[Any] = (), fresh: bool = False) -> CallResult:
+        """Call ``func`` with arguments parsed by its signature; results as a CallResult."""
+        sig = self.signature(func)
+        typed = parse_args(func, sig, args)
+        if self._instance is None or fresh:
+            self._instance = self.instantiate()
+        started = time.perf_counter()
+        try:
+            values = self._instance.call(func, typed)
+        finally:
+            self.timings["run"] = time.perf_counter() - started
+        return CallResult(func, values, sig.results, self._stats(self._instance))
+
+    def call(self, func: str, *args: Any) -> Any:
+        """Python-friendly call: one result as a value, several as a tuple, none as None."""
+        values = self.invoke(func, args).values
+        if not values:
+            return None
+        return values[0] if len(values) == 1 else tuple(values)
+
+    def run_command(self, argv: Sequence[str] = (), stdin: Any = None,
+                    capture: bool = False) -> CommandResult:  # fmt: skip
+        """Run the module's ``_start`` as a WASI command; the guest's exit code is returned."""
+        if not any(e.name == "_start" for e in self.export_list):
+            raise errors.UsageError(
+                f"{self.path.name} has no _start export, so it cannot run as a command",
+                hint=self._exports_hint() + " (name one to call it)",
+            )
+        instance = self.instantiate(self.wasi_setup(argv, stdin, capture))
+        started = time.perf_counter()
+        try:
+            code = instance.run_command()
+        finally:
+            self.timings["run"] = time.perf_counter() - started
+        usage = instance.usage()
+        return CommandResult(code, self._stats(instance, usage), usage.stdout, usage.stderr)
+
+    def _stats(self, instance: Any, usage: Any = None) -> RunStats:
+        usage = usage or instance.usage()
+        return RunStats(
+            backend=self.backend_name,
+            compiler=self.compiler,
+            timings=dict(self.timings),
+            cache=self.cache_state,
+            fuel_used=usage.fuel_used,
+            memory_bytes=usage.memory_bytes,
+            warnings=list(usage.warnings),
+        )
+
+    def close(self) -> None:
+        if self._instance is not None:
+            self._instance.close()
+            self._instance = None
+
+
+def run(module, func: str, *args: Any, policy: Optional[policy_mod.Policy] = None,
+        backend: Optional[str] = None) -> Any:  # fmt: skip
+    """``wasmsbx.run("add.wat", "add", 5, 3) -> 8``."""
+    box = Sandbox(module, policy, backend=backend)
+    try:
+        return box.call(func, *args)
+    finally:
+        box.close()
+
+
+__all__ = ["Sandbox", "run", "read_module", "parse_args", "format_value"]
