@@ -36,7 +36,7 @@ SECURITY = {
     "wasi": "WASI preview1 commands",
     "wasi-readonly": "read-only directory grants (filesystem.read_only)",
     "stdio-redirect": "guest stdio to files or pipes (stdio.*, limits.output)",
-    "symlink-safe": "preopens immune to symlink escapes",
+    "fs-confined": "grants confine the guest (no escape by symlink, .. or absolute path)",
 }
 
 PERFORMANCE = {

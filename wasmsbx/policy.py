@@ -10,13 +10,11 @@ tables and output are bounded.
 
 from __future__ import annotations
 
-import difflib
 import fnmatch
 import os
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, NamedTuple, Optional
 
 from . import capabilities, units
 from .errors import PolicyError
@@ -26,8 +24,7 @@ OPTIMIZE_LEVELS = ("none", "speed", "size", "aggressive")
 STDIO_SPECIAL = ("inherit", "null")
 
 
-@dataclass(frozen=True)
-class Key:
+class Key(NamedTuple):
     """One policy key: how it is written, checked, defaulted and documented."""
 
     section: str
@@ -55,57 +52,129 @@ SECTIONS = {
 }
 
 SCHEMA: tuple = (
-    Key("runtime", "backend", "str", "auto",
+    Key(
+        "runtime",
+        "backend",
+        "str",
+        "auto",
         'Backend: "auto" (scored choice), "wasmtime", "wasmer", or "wasmer:cranelift", '
-        '"wasmer:llvm", "wasmer:singlepass".'),
-    Key("runtime", "optimize", "choice", "speed",
+        '"wasmer:llvm", "wasmer:singlepass".',
+    ),
+    Key(
+        "runtime",
+        "optimize",
+        "choice",
+        "speed",
         "Optimisation goal: none, speed, size or aggressive. Adjusts compiler settings and "
-        "the selector's weights.", choices=OPTIMIZE_LEVELS),
-    Key("runtime", "require", "names", [],
+        "the selector's weights.",
+        choices=OPTIMIZE_LEVELS,
+    ),
+    Key(
+        "runtime",
+        "require",
+        "names",
+        [],
         'Capabilities the backend must have, e.g. ["fuel", "simd"]. A backend lacking one '
-        "is excluded."),
-    Key("runtime", "prefer", "names", [],
-        "Capabilities or backend names that raise a backend's score."),
-    Key("runtime", "cache", "bool", True,
-        "Keep compiled native code in the cache so later runs skip compilation."),
-    Key("runtime", "cache_dir", "str", "",
-        "Cache directory. Empty: $WASMSBX_CACHE_DIR, else the platform's user cache dir."),
-    Key("limits", "memory", "size", "256MiB",
-        "Linear memory cap per instance. memory.grow beyond it fails."),
-    Key("limits", "fuel", "count", None,
-        "Fuel units the guest may spend (roughly one per wasm instruction). Unset: no "
-        "metering.", optional=True),
-    Key("limits", "timeout", "duration", "10s",
-        "Wall-clock limit per call or command; the guest is interrupted when it passes."),
-    Key("limits", "stack", "size", None,
+        "is excluded.",
+    ),
+    Key(
+        "runtime",
+        "prefer",
+        "names",
+        [],
+        "Capabilities or backend names that raise a backend's score.",
+    ),
+    Key(
+        "runtime",
+        "cache",
+        "bool",
+        True,
+        "Keep compiled native code in the cache so later runs skip compilation.",
+    ),
+    Key(
+        "runtime",
+        "cache_dir",
+        "str",
+        "",
+        "Cache directory. Empty: $WASMSBX_CACHE_DIR, else the platform's user cache dir.",
+    ),
+    Key(
+        "limits",
+        "memory",
+        "size",
+        "256MiB",
+        "Linear memory cap per instance. memory.grow beyond it fails.",
+    ),
+    Key(
+        "limits",
+        "fuel",
+        "count",
+        None,
+        "Fuel units the guest may spend (roughly one per wasm instruction). Unset: no metering.",
+        optional=True,
+    ),
+    Key(
+        "limits",
+        "timeout",
+        "duration",
+        "10s",
+        "Wall-clock limit per call or command; the guest is interrupted when it passes.",
+    ),
+    Key(
+        "limits",
+        "stack",
+        "size",
+        None,
         "Maximum wasm stack size. Unset: the runtime's default (wasmtime: 512KiB).",
-        optional=True),
-    Key("limits", "table_elements", "count", 10000,
-        "Maximum elements in any table (table.grow beyond it fails)."),
-    Key("limits", "instances", "count", 1,
-        "Maximum module instances per store."),
-    Key("limits", "output", "size", "64MiB",
-        "Maximum bytes a WASI guest may write to stdout and stderr together."),
-    Key("filesystem", "read_only", "grants", [],
-        'Directories the guest may read but not change, e.g. ["data:/data"].'),
-    Key("filesystem", "read_write", "grants", [],
-        'Directories the guest may read and change, e.g. ["out:/out"].'),
-    Key("env", "inherit", "names", [],
-        'Host variables passed through by name or glob, e.g. ["LANG", "APP_*"].'),
-    Key("env", "set", "table", {},
-        'Variables set explicitly, e.g. { MODE = "fast" }.'),
-    Key("network", "enabled", "bool", False,
-        "Network access. Only false is supported."),
+        optional=True,
+    ),
+    Key(
+        "limits",
+        "table_elements",
+        "count",
+        10000,
+        "Maximum elements in any table (table.grow beyond it fails).",
+    ),
+    Key("limits", "instances", "count", 1, "Maximum module instances per store."),
+    Key(
+        "limits",
+        "output",
+        "size",
+        "64MiB",
+        "Maximum bytes a WASI guest may write to stdout and stderr together.",
+    ),
+    Key(
+        "filesystem",
+        "read_only",
+        "grants",
+        [],
+        'Directories the guest may read but not change, e.g. ["data:/data"].',
+    ),
+    Key(
+        "filesystem",
+        "read_write",
+        "grants",
+        [],
+        'Directories the guest may read and change, e.g. ["out:/out"].',
+    ),
+    Key(
+        "env",
+        "inherit",
+        "names",
+        [],
+        'Host variables passed through by name or glob, e.g. ["LANG", "APP_*"].',
+    ),
+    Key("env", "set", "table", {}, 'Variables set explicitly, e.g. { MODE = "fast" }.'),
+    Key("network", "enabled", "bool", False, "Network access. Only false is supported."),
     Key("stdio", "stdin", "stdio", "inherit", "Guest stdin."),
     Key("stdio", "stdout", "stdio", "inherit", "Guest stdout."),
     Key("stdio", "stderr", "stdio", "inherit", "Guest stderr."),
-)  # fmt: skip
+)
 
 KEYS = {key.dotted: key for key in SCHEMA}
 
 
-@dataclass(frozen=True)
-class Grant:
+class Grant(NamedTuple):
     """A directory the guest can open: host path, guest path, and whether it can write."""
 
     host: str
@@ -116,13 +185,20 @@ class Grant:
         return {"host": self.host, "guest": self.guest, "writable": self.writable}
 
 
-@dataclass
 class Policy:
-    """A validated policy. ``values`` maps dotted keys to checked, normalised values."""
+    """A validated policy. ``values`` maps dotted keys to checked, normalised values;
+    ``source`` is the file it came from (None for defaults); ``explicit`` holds the
+    dotted keys a file or a flag set."""
 
-    values: dict
-    source: Optional[str] = None  # file it came from, None for defaults
-    explicit: set = field(default_factory=set)  # dotted keys set by a file or a flag
+    def __init__(
+        self, values: dict, source: Optional[str] = None, explicit: Optional[set] = None
+    ) -> None:
+        self.values = values
+        self.source = source
+        self.explicit = set(explicit or ())
+
+    def __repr__(self) -> str:
+        return f"Policy(source={self.source!r}, explicit={sorted(self.explicit)})"
 
     def __getitem__(self, dotted: str) -> Any:
         return self.values[dotted]
@@ -148,8 +224,10 @@ class Policy:
 
     def env_for_guest(self, environ: Optional[dict] = None) -> dict:
         """The exact environment the guest sees: allow-listed host vars, then explicit ones."""
-        environ = os.environ if environ is None else environ
         patterns = self.values["env.inherit"]
+        if not patterns:
+            return dict(sorted(self.values["env.set"].items()))
+        environ = os.environ if environ is None else environ
         chosen = {
             name: value
             for name, value in environ.items()
@@ -208,8 +286,14 @@ def _fail(origin: str, dotted: str, message: str, hint: Optional[str] = None) ->
 
 
 def _type_name(value: Any) -> str:
-    return {bool: "a boolean", int: "an integer", float: "a number", str: "a string",
-            list: "a list", dict: "a table"}.get(type(value), type(value).__name__)  # fmt: skip
+    return {
+        bool: "a boolean",
+        int: "an integer",
+        float: "a number",
+        str: "a string",
+        list: "a list",
+        dict: "a table",
+    }.get(type(value), type(value).__name__)
 
 
 def _check_names(value: Any) -> list:
@@ -223,6 +307,8 @@ def _check_capabilities(value: Any, allow_backends: bool) -> list:
     known = set(capabilities.ALL) | ({"wasmtime", "wasmer"} if allow_backends else set())
     for name in names:
         if name not in known:
+            import difflib
+
             close = difflib.get_close_matches(name, sorted(known), n=1)
             suggestion = f" (did you mean {close[0]!r}?)" if close else ""
             raise ValueError(f"unknown capability {name!r}{suggestion}")
@@ -317,40 +403,67 @@ def check_value(key: Key, value: Any, origin: str, base: Optional[Path] = None) 
     try:
         checked = _checker(key, base)(value)
     except ValueError as exc:
-        raise _fail(origin, key.dotted, str(exc), hint=f"see sandbox.toml.example: {key.doc}")
+        raise _fail(
+            origin, key.dotted, str(exc), hint=f"see sandbox.toml.example: {key.doc}"
+        ) from None
     if key.dotted == "network.enabled" and checked:
-        raise _fail(origin, key.dotted, "network access is not supported",
-                    hint="WASI preview1 guests have no sockets; remove the key or set false")  # fmt: skip
+        raise _fail(
+            origin,
+            key.dotted,
+            "network access is not supported",
+            hint="WASI preview1 guests have no sockets; remove the key or set false",
+        )
     if key.dotted == "runtime.backend":
         _check_backend_name(checked, origin)
     if key.dotted in ("limits.memory", "limits.timeout") and not checked:
-        raise _fail(origin, key.dotted, "must be greater than zero",
-                    hint="limits cannot be switched off; use a large value instead")  # fmt: skip
+        raise _fail(
+            origin,
+            key.dotted,
+            "must be greater than zero",
+            hint="limits cannot be switched off; use a large value instead",
+        )
     return checked
 
 
-BACKEND_NAMES = ("auto", "wasmtime", "wasmer", "wasmer:cranelift", "wasmer:llvm",
-                 "wasmer:singlepass", "wasmtime:cranelift")  # fmt: skip
+BACKEND_NAMES = (
+    "auto",
+    "wasmtime",
+    "wasmer",
+    "wasmer:cranelift",
+    "wasmer:llvm",
+    "wasmer:singlepass",
+    "wasmtime:cranelift",
+)
 
 
 def _check_backend_name(name: str, origin: str) -> None:
     if name not in BACKEND_NAMES:
+        import difflib
+
         close = difflib.get_close_matches(name, BACKEND_NAMES, n=1)
         hint = f"did you mean {close[0]!r}?" if close else f"one of: {', '.join(BACKEND_NAMES)}"
         raise _fail(origin, "runtime.backend", f"unknown backend {name!r}", hint=hint)
 
 
 def _suggest(name: str, candidates: list) -> Optional[str]:
+    import difflib
+
     close = difflib.get_close_matches(name, candidates, n=1, cutoff=0.6)
     return f"did you mean `{close[0]}`?" if close else None
 
 
+_DEFAULTS: dict = {}
+
+
 def defaults() -> Policy:
-    values = {}
-    for key in SCHEMA:
-        default = key.default
-        values[key.dotted] = None if default is None else check_value(key, default, "defaults")
-    return Policy(values=values)
+    """The secure defaults (validated once per process, copied per policy)."""
+    if not _DEFAULTS:
+        for key in SCHEMA:
+            default = key.default
+            _DEFAULTS[key.dotted] = (
+                None if default is None else check_value(key, default, "defaults")
+            )
+    return Policy(values=dict(_DEFAULTS))
 
 
 def from_dict(data: dict, origin: str = "<policy>", base: Optional[Path] = None) -> Policy:
@@ -389,8 +502,9 @@ def load(path) -> Policy:
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
-        raise PolicyError(f"{origin}: policy file not found",
-                          hint="check the path given to --policy", file=origin) from None  # fmt: skip
+        raise PolicyError(
+            f"{origin}: policy file not found", hint="check the path given to --policy", file=origin
+        ) from None
     except OSError as exc:
         raise PolicyError(f"{origin}: cannot read policy: {exc.strerror}", file=origin) from None
     tomllib = _toml_module()
@@ -399,8 +513,11 @@ def load(path) -> Policy:
     except UnicodeDecodeError:
         raise PolicyError(f"{origin}: not a UTF-8 text file", file=origin) from None
     except tomllib.TOMLDecodeError as exc:
-        raise PolicyError(f"{origin}: invalid TOML: {exc}",
-                          hint="see sandbox.toml.example for the syntax", file=origin) from None  # fmt: skip
+        raise PolicyError(
+            f"{origin}: invalid TOML: {exc}",
+            hint="see sandbox.toml.example for the syntax",
+            file=origin,
+        ) from None
     return from_dict(data, origin, base=path.resolve().parent)
 
 
@@ -428,8 +545,9 @@ def add_grant(policy: Policy, spec: str, writable: bool) -> None:
         grant = parse_grant(spec, writable, Path.cwd())
     except ValueError as exc:
         flag = "--dir" if writable else "--dir-ro"
-        raise PolicyError(f"{flag} {spec}: {exc}", hint="give an existing host directory",
-                          key=dotted) from None  # fmt: skip
+        raise PolicyError(
+            f"{flag} {spec}: {exc}", hint="give an existing host directory", key=dotted
+        ) from None
     policy.values[dotted] = list(policy.values[dotted]) + [grant]
     policy.explicit.add(dotted)
 
@@ -438,8 +556,10 @@ def add_env(policy: Policy, spec: str) -> None:
     """``--env NAME=VALUE`` sets a variable; ``--env NAME`` passes the host's through."""
     name, sep, value = spec.partition("=")
     if not name:
-        raise PolicyError(f"--env {spec!r}: expected NAME=VALUE or NAME",
-                          hint="for example --env MODE=fast or --env LANG")  # fmt: skip
+        raise PolicyError(
+            f"--env {spec!r}: expected NAME=VALUE or NAME",
+            hint="for example --env MODE=fast or --env LANG",
+        )
     if sep:
         policy.values["env.set"] = {**policy.values["env.set"], name: value}
         policy.explicit.add("env.set")

@@ -9,9 +9,8 @@ import math
 import struct
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, NamedTuple, Optional
 
 from . import errors
 from . import policy as policy_mod
@@ -30,11 +29,13 @@ def read_module(path) -> bytes:
     try:
         data = path.read_bytes()
     except FileNotFoundError:
-        raise errors.InputError(f"{path}: no such file",
-                                hint="check the module path", path=str(path)) from None  # fmt: skip
+        raise errors.InputError(
+            f"{path}: no such file", hint="check the module path", path=str(path)
+        ) from None
     except IsADirectoryError:
-        raise errors.InputError(f"{path}: is a directory, not a module file",
-                                path=str(path)) from None  # fmt: skip
+        raise errors.InputError(
+            f"{path}: is a directory, not a module file", path=str(path)
+        ) from None
     except OSError as exc:
         raise errors.InputError(f"{path}: cannot read: {exc.strerror}", path=str(path)) from None
     if not data:
@@ -50,8 +51,9 @@ def wat_to_wasm(data: bytes, path) -> bytes:
     except UnicodeDecodeError:
         raise errors.ModuleError(
             f"{path}: not a WebAssembly module (no \\0asm header, and not UTF-8 text)",
-            hint="give a .wasm binary or a .wat text module", path=str(path),
-        ) from None  # fmt: skip
+            hint="give a .wasm binary or a .wat text module",
+            path=str(path),
+        ) from None
     import wasmtime
 
     try:
@@ -61,8 +63,11 @@ def wat_to_wasm(data: bytes, path) -> bytes:
         reason = lines[0] if lines else "invalid text"
         detail = next((line for line in lines[1:] if line.startswith("-->")), "")
         where = f" ({detail.lstrip('-> ')})" if detail else ""
-        raise errors.ModuleError(f"{path}: invalid WebAssembly text: {reason}{where}",
-                                 hint="fix the .wat file", path=str(path)) from None  # fmt: skip
+        raise errors.ModuleError(
+            f"{path}: invalid WebAssembly text: {reason}{where}",
+            hint="fix the .wat file",
+            path=str(path),
+        ) from None
 
 
 # ---------------------------------------------------------------------------- typed values
@@ -102,8 +107,12 @@ def parse_arg(text: Any, wasm_type: str, index: int, func: str, sig: Signature) 
 
 
 def _bad_arg(text: Any, wasm_type: str, index: int, func: str, sig: Signature):
-    examples = {"i32": "42, -7, 0xff, 1_000", "i64": "42, -7, 0xff, 1_000",
-                "f32": "1.5, -2, inf, nan", "f64": "1.5, -2, inf, nan"}  # fmt: skip
+    examples = {
+        "i32": "42, -7, 0xff, 1_000",
+        "i64": "42, -7, 0xff, 1_000",
+        "f32": "1.5, -2, inf, nan",
+        "f64": "1.5, -2, inf, nan",
+    }
     return errors.UsageError(
         f"{func}: argument {index + 1} ({text!r}) is not a valid {wasm_type}",
         hint=f"signature {func}{sig}; {wasm_type} examples: {examples[wasm_type]}",
@@ -149,15 +158,14 @@ def json_value(value: Any) -> Any:
 # ---------------------------------------------------------------------------- results
 
 
-@dataclass
-class RunStats:
+class RunStats(NamedTuple):
     backend: str
     compiler: Optional[str]
-    timings: dict = field(default_factory=dict)  # phase -> seconds
+    timings: dict  # phase -> seconds
     cache: Optional[str] = None  # hit | miss | off
     fuel_used: Optional[int] = None
     memory_bytes: Optional[int] = None
-    warnings: list = field(default_factory=list)
+    warnings: tuple = ()
 
     def to_dict(self) -> dict:
         return {
@@ -171,8 +179,7 @@ class RunStats:
         }
 
 
-@dataclass
-class CallResult:
+class CallResult(NamedTuple):
     function: str
     values: list
     types: tuple
@@ -188,8 +195,7 @@ class CallResult:
         }
 
 
-@dataclass
-class CommandResult:
+class CommandResult(NamedTuple):
     exit_code: int
     stats: RunStats
     stdout: Optional[bytes] = None
@@ -233,9 +239,15 @@ class Sandbox:
     8
     """
 
-    def __init__(self, module, policy: Optional[policy_mod.Policy] = None, *,
-                 backend: Optional[str] = None, kind: str = "call",
-                 use_cache: Optional[bool] = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        module,
+        policy: Optional[policy_mod.Policy] = None,
+        *,
+        backend: Optional[str] = None,
+        kind: str = "call",
+        use_cache: Optional[bool] = None,
+    ) -> None:
         self.path = Path(module)
         self.policy = policy if policy is not None else policy_mod.discover()
         self.timings: dict = {}
@@ -301,16 +313,21 @@ class Sandbox:
         for export in self.export_list:
             if export.name == func:
                 if export.kind != "func":
-                    raise errors.UsageError(f"export {func!r} is a {export.kind}, not a function",
-                                            hint=self._exports_hint())  # fmt: skip
+                    raise errors.UsageError(
+                        f"export {func!r} is a {export.kind}, not a function",
+                        hint=self._exports_hint(),
+                    )
                 return export.signature
         import difflib
 
         funcs = [e.name for e in self.export_list if e.kind == "func"]
         close = difflib.get_close_matches(func, funcs, n=1)
         hint = f"did you mean {close[0]!r}? " if close else ""
-        raise errors.UsageError(f"{self.path.name} has no export named {func!r}",
-                                hint=hint + self._exports_hint(), function=func)  # fmt: skip
+        raise errors.UsageError(
+            f"{self.path.name} has no export named {func!r}",
+            hint=hint + self._exports_hint(),
+            function=func,
+        )
 
     def _exports_hint(self) -> str:
         funcs = [f"{e.name}{e.signature}" for e in self.export_list if e.kind == "func"]
@@ -318,8 +335,9 @@ class Sandbox:
             return "the module exports no functions"
         return "exported functions: " + ", ".join(funcs[:12]) + (" ..." if len(funcs) > 12 else "")
 
-    def wasi_setup(self, argv: Sequence[str] = (), stdin: Any = None,
-                   capture: bool = False) -> WasiSetup:  # fmt: skip
+    def wasi_setup(
+        self, argv: Sequence[str] = (), stdin: Any = None, capture: bool = False
+    ) -> WasiSetup:
         v = self.policy.values
         return WasiSetup(
             argv=[self.path.name, *argv],
@@ -360,8 +378,9 @@ class Sandbox:
             return None
         return values[0] if len(values) == 1 else tuple(values)
 
-    def run_command(self, argv: Sequence[str] = (), stdin: Any = None,
-                    capture: bool = False) -> CommandResult:  # fmt: skip
+    def run_command(
+        self, argv: Sequence[str] = (), stdin: Any = None, capture: bool = False
+    ) -> CommandResult:
         """Run the module's ``_start`` as a WASI command; the guest's exit code is returned."""
         if not any(e.name == "_start" for e in self.export_list):
             raise errors.UsageError(
@@ -386,7 +405,7 @@ class Sandbox:
             cache=self.cache_state,
             fuel_used=usage.fuel_used,
             memory_bytes=usage.memory_bytes,
-            warnings=list(usage.warnings),
+            warnings=tuple(usage.warnings),
         )
 
     def close(self) -> None:
@@ -395,8 +414,13 @@ class Sandbox:
             self._instance = None
 
 
-def run(module, func: str, *args: Any, policy: Optional[policy_mod.Policy] = None,
-        backend: Optional[str] = None) -> Any:  # fmt: skip
+def run(
+    module,
+    func: str,
+    *args: Any,
+    policy: Optional[policy_mod.Policy] = None,
+    backend: Optional[str] = None,
+) -> Any:
     """``wasmsbx.run("add.wat", "add", 5, 3) -> 8``."""
     box = Sandbox(module, policy, backend=backend)
     try:

@@ -1,5 +1,9 @@
 """The backend contract: what every runtime adapter declares and does.
 
+Records are NamedTuples rather than dataclasses on purpose: this module is on the
+start-up path of ``wasmsbx run``, and ``dataclasses`` (with the ``inspect`` it pulls
+in) costs more to import than everything else wasmsbx adds to a run.
+
 A backend is a factory of engines; an engine compiles, serializes and instantiates
 modules; an instance calls exports and runs WASI commands under limits. Capabilities
 are data, so the selector, ``wasmsbx backends`` and the tests all read the same facts.
@@ -9,12 +13,10 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, NamedTuple, Optional
 
 
-@dataclass(frozen=True)
-class Signature:
+class Signature(NamedTuple):
     """A function's value types, as "i32", "i64", "f32", "f64", "v128", "funcref", "externref"."""
 
     params: tuple
@@ -30,15 +32,13 @@ class Signature:
         return {"params": list(self.params), "results": list(self.results)}
 
 
-@dataclass(frozen=True)
-class ExportInfo:
+class ExportInfo(NamedTuple):
     name: str
     kind: str  # func | memory | table | global | tag
     signature: Optional[Signature] = None
 
 
-@dataclass(frozen=True)
-class ImportInfo:
+class ImportInfo(NamedTuple):
     module: str
     name: str
     kind: str
@@ -48,8 +48,7 @@ class ImportInfo:
         return self.module.startswith("wasi_")
 
 
-@dataclass(frozen=True)
-class Capabilities:
+class Capabilities(NamedTuple):
     """What a backend (with one compiler) can do, in the words of wasmsbx.capabilities."""
 
     features: frozenset
@@ -83,8 +82,7 @@ class Capabilities:
         }
 
 
-@dataclass(frozen=True)
-class Availability:
+class Availability(NamedTuple):
     available: bool
     version: Optional[str] = None
     reason: Optional[str] = None
@@ -99,8 +97,7 @@ class Availability:
         }
 
 
-@dataclass(frozen=True)
-class EngineOptions:
+class EngineOptions(NamedTuple):
     """Everything that changes the machine code (and so the cache key)."""
 
     compiler: Optional[str] = None
@@ -117,8 +114,7 @@ class EngineOptions:
         }
 
 
-@dataclass(frozen=True)
-class Limits:
+class Limits(NamedTuple):
     """Per-call and per-instance limits; None means the runtime's own default."""
 
     memory: int
@@ -130,26 +126,24 @@ class Limits:
     output: Optional[int] = None
 
 
-@dataclass
-class WasiSetup:
+class WasiSetup(NamedTuple):
     """What a WASI guest sees. stdin: "inherit" | "null" | path | bytes.
     stdout/stderr: "inherit" | "null" | "capture" | path."""
 
     argv: Sequence[str] = ("module",)
-    env: dict = field(default_factory=dict)
+    env: dict = {}  # noqa: RUF012 - never mutated
     grants: Sequence[Any] = ()  # objects with .host, .guest, .writable
     stdin: Any = "null"
     stdout: str = "inherit"
     stderr: str = "inherit"
 
 
-@dataclass
-class Usage:
+class Usage(NamedTuple):
     fuel_used: Optional[int] = None
     memory_bytes: Optional[int] = None
     stdout: Optional[bytes] = None  # when captured
     stderr: Optional[bytes] = None
-    warnings: list = field(default_factory=list)
+    warnings: tuple = ()
 
 
 class Instance(ABC):

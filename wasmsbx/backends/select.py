@@ -9,7 +9,6 @@ and ``prefer`` move the weights; ties go to the registry order (wasmtime first).
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 from typing import Optional
 
 from .. import capabilities as caps
@@ -27,14 +26,20 @@ OPTIMIZE = {
 PREFER_BONUS = 0.5
 
 
-@dataclass
 class Candidate:
-    backend: str
-    compiler: Optional[str]
-    excluded: list = field(default_factory=list)  # reasons
-    scores: dict = field(default_factory=dict)  # category -> 0..1
-    bonus: float = 0.0
-    total: float = 0.0
+    """One backend:compiler pair, with why it is excluded or how it scored.
+
+    A plain class, not a dataclass: selection runs on every ``wasmsbx run``, and
+    importing dataclasses would cost more than the scoring itself.
+    """
+
+    def __init__(self, backend: str, compiler: Optional[str]) -> None:
+        self.backend = backend
+        self.compiler = compiler
+        self.excluded: list = []  # reasons
+        self.scores: dict = {}  # category -> 0..1
+        self.bonus = 0.0
+        self.total = 0.0
 
     @property
     def label(self) -> str:
@@ -61,12 +66,14 @@ class Candidate:
         }
 
 
-@dataclass
 class Selection:
-    winner: Candidate
-    candidates: list
-    requirements: list  # (capability, why)
-    weights: dict
+    def __init__(
+        self, winner: Candidate, candidates: list, requirements: list, weights: dict
+    ) -> None:
+        self.winner = winner
+        self.candidates = candidates
+        self.requirements = requirements  # (capability, why)
+        self.weights = weights
 
     @property
     def backend(self) -> str:
@@ -104,6 +111,7 @@ def requirements(policy, features: Iterable[str] = (), kind: str = "call") -> li
         needs.append(("wasi-readonly", "filesystem.read_only grants"))
     if values["filesystem.read_only"] or values["filesystem.read_write"]:
         needs.append(("wasi", "filesystem grants"))
+        needs.append(("fs-confined", "filesystem grants must not be escapable"))
     if kind == "command":
         needs.append(("wasi", "runs a WASI command (_start)"))
     if kind == "command" and values["limits.output"] is not None:
@@ -158,13 +166,15 @@ def candidates_for(spec: str = "auto") -> list:
     return pairs
 
 
-def select(policy, features: Iterable[str] = (), kind: str = "call",
-           backend: Optional[str] = None) -> Selection:  # fmt: skip
+def select(
+    policy, features: Iterable[str] = (), kind: str = "call", backend: Optional[str] = None
+) -> Selection:
     """Score every candidate; raise BackendUnavailable when none is eligible."""
     spec = backend or policy.values["runtime.backend"]
     if spec != "auto" and split(spec)[0] not in names():
-        raise BackendUnavailable(f"backend {spec!r} is not known",
-                                 hint=f"known backends: {', '.join(names())}")  # fmt: skip
+        raise BackendUnavailable(
+            f"backend {spec!r} is not known", hint=f"known backends: {', '.join(names())}"
+        )
     needs = requirements(policy, features, kind)
     weights, run_share = _weights(policy)
     prefer = set(policy.values["runtime.prefer"])

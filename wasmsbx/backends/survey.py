@@ -17,13 +17,15 @@ def survey() -> list:
             availability["version"] = backend.version()
         for compiler in backend.compilers or (None,):
             capset = backend.capabilities(compiler) if availability["available"] else None
-            entries.append({
-                "backend": name,
-                "compiler": compiler,
-                "label": f"{name}:{compiler}" if compiler else name,
-                "availability": availability,
-                "capabilities": capset.to_dict() if capset else None,
-            })  # fmt: skip
+            entries.append(
+                {
+                    "backend": name,
+                    "compiler": compiler,
+                    "label": f"{name}:{compiler}" if compiler else name,
+                    "availability": availability,
+                    "capabilities": capset.to_dict() if capset else None,
+                }
+            )
     return entries
 
 

@@ -7,12 +7,13 @@ counting callbacks so a flood is cut off at ``limits.output``.
 
 from __future__ import annotations
 
+import _thread
 import errno
 import functools
 import math
 import os
 import sys
-import threading
+import time
 from collections.abc import Sequence
 from typing import Any, Optional
 
@@ -40,11 +41,25 @@ MAX_FRAMES = 12
 _OPT_LEVELS = {"none": "none", "speed": "speed", "size": "speed_and_size", "aggressive": "speed"}
 
 # Proposals this wasmtime build compiles by default; tests/test_backends checks each one.
-FEATURES = frozenset({
-    "mutable-globals", "sign-extension", "saturating-float-to-int", "bulk-memory",
-    "reference-types", "multi-value", "simd", "threads", "tail-call", "memory64",
-    "multi-memory", "extended-const", "function-references", "gc", "exceptions",
-})  # fmt: skip
+FEATURES = frozenset(
+    {
+        "mutable-globals",
+        "sign-extension",
+        "saturating-float-to-int",
+        "bulk-memory",
+        "reference-types",
+        "multi-value",
+        "simd",
+        "threads",
+        "tail-call",
+        "memory64",
+        "multi-memory",
+        "extended-const",
+        "function-references",
+        "gc",
+        "exceptions",
+    }
+)
 
 
 @functools.cache
@@ -61,23 +76,27 @@ def _version() -> str:
 class _Ticker:
     """Advances the engine's epoch every TICK seconds while calls are running.
 
-    A single daemon thread per engine; a call sets its store's deadline in ticks, so
-    arming a timeout costs one FFI call instead of a thread start.
+    One daemon thread per engine; a call sets its store's deadline in ticks, so arming
+    a timeout costs one FFI call, not a thread. The thread exits after IDLE_TICKS
+    without calls and is restarted on demand. It is started with ``_thread`` rather
+    than ``threading``: ``Thread.start()`` waits for a handshake that costs about a
+    millisecond of every ``wasmsbx run`` on a busy machine.
     """
+
+    IDLE_TICKS = 100
 
     def __init__(self, engine: wasmtime.Engine) -> None:
         self.engine = engine
         self.active = 0
-        self.lock = threading.Condition()
-        self.thread: Optional[threading.Thread] = None
+        self.running = False
+        self.lock = _thread.allocate_lock()
 
     def __enter__(self) -> _Ticker:
         with self.lock:
             self.active += 1
-            if self.thread is None:
-                self.thread = threading.Thread(target=self._loop, name="wasmsbx-epoch", daemon=True)
-                self.thread.start()
-            self.lock.notify()
+            if not self.running:
+                self.running = True
+                _thread.start_new_thread(self._loop, ())
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -85,12 +104,19 @@ class _Ticker:
             self.active -= 1
 
     def _loop(self) -> None:
+        idle = 0
         while True:
+            time.sleep(TICK)
             with self.lock:
-                while self.active == 0:
-                    self.lock.wait()
-            threading.Event().wait(TICK)
-            self.engine.increment_epoch()
+                if self.active:
+                    idle = 0
+                else:
+                    idle += 1
+                    if idle >= self.IDLE_TICKS:
+                        self.running = False
+                        return
+            if self.active:
+                self.engine.increment_epoch()
 
     def expire(self, ticks: int) -> None:
         """Make every running deadline pass now (used to stop an output flood)."""
@@ -160,12 +186,14 @@ def _kind(extern_type: Any) -> str:
 
 
 class WasmtimeInstance(Instance):
-    def __init__(self, engine: WasmtimeEngine, module: Any, limits: Limits,
-                 wasi: Optional[WasiSetup]) -> None:  # fmt: skip
+    def __init__(
+        self, engine: WasmtimeEngine, module: Any, limits: Limits, wasi: Optional[WasiSetup]
+    ) -> None:
         self.engine = engine
         self.limits = limits
         self.store = wasmtime.Store(engine.engine)
-        self.deadline_ticks = max(1, math.ceil(limits.timeout / TICK))
+        # +1: a tick may land right after arming, so the guest always gets >= timeout.
+        self.deadline_ticks = math.ceil(limits.timeout / TICK) + 1
         self.outputs: list = []
         self.budget = _Budget(limits.output, lambda: engine.ticker.expire(self.deadline_ticks))
         self.warnings: list = []
@@ -249,8 +277,10 @@ class WasmtimeInstance(Instance):
         except wasmtime.Trap as trap:
             raise self._trap_error(trap, name) from None
         except wasmtime.ExitTrap as exit_trap:
-            raise errors.TrapError(f"guest called proc_exit({exit_trap.code}) in {name}",
-                                   exit_code_guest=exit_trap.code) from None  # fmt: skip
+            raise errors.TrapError(
+                f"guest called proc_exit({exit_trap.code}) in {name}",
+                exit_code_guest=exit_trap.code,
+            ) from None
         finally:
             self._account_fuel()
         if result is None:
@@ -261,8 +291,10 @@ class WasmtimeInstance(Instance):
         try:
             start = self.exports["_start"]
         except KeyError:
-            raise errors.UsageError("module has no _start export, so it is not a WASI command",
-                                    hint="name an exported function to call") from None  # fmt: skip
+            raise errors.UsageError(
+                "module has no _start export, so it is not a WASI command",
+                hint="name an exported function to call",
+            ) from None
         self._arm()
         try:
             with self.engine.ticker:
@@ -294,7 +326,7 @@ class WasmtimeInstance(Instance):
             memory_bytes=memory,
             stdout=bytes(out.captured) if out and out.captured is not None else None,
             stderr=bytes(err.captured) if err and err.captured is not None else None,
-            warnings=list(dict.fromkeys(self.warnings)),
+            warnings=tuple(dict.fromkeys(self.warnings)),
         )
 
     def _memory_bytes(self) -> Optional[int]:
@@ -318,27 +350,31 @@ class WasmtimeInstance(Instance):
             return errors.FuelExhausted(
                 f"fuel exhausted after {format_count(self.limits.fuel or 0)} units in {where}",
                 hint="raise limits.fuel (--fuel N) if the guest needs more",
-                backtrace=frames, limit_value=self.limits.fuel,
-            )  # fmt: skip
+                backtrace=frames,
+                limit_value=self.limits.fuel,
+            )
         if code == wasmtime.TrapCode.INTERRUPT:
             if self.budget.exceeded:
                 return errors.OutputLimitExceeded(
                     f"output limit {format_size(self.limits.output or 0)} reached: guest wrote "
-                    f"more to stdout/stderr", hint="raise limits.output in the policy",
-                    backtrace=frames, limit_value=self.limits.output,
-                )  # fmt: skip
+                    f"more to stdout/stderr",
+                    hint="raise limits.output in the policy",
+                    backtrace=frames,
+                    limit_value=self.limits.output,
+                )
             return errors.TimeoutExceeded(
                 f"timeout: {where} still running after {format_duration(self.limits.timeout)}",
                 hint="raise limits.timeout (--timeout 30s) if the guest needs longer",
-                backtrace=frames, limit_value=self.limits.timeout,
-            )  # fmt: skip
+                backtrace=frames,
+                limit_value=self.limits.timeout,
+            )
         if code == wasmtime.TrapCode.STACK_OVERFLOW:
             size = format_size(self.limits.stack) if self.limits.stack else "the default"
             return errors.StackExhausted(
                 f"wasm stack exhausted in {where} (stack limit {size})",
                 hint="unbounded recursion? raise limits.stack if the guest needs deeper calls",
                 backtrace=frames[:MAX_FRAMES],
-            )  # fmt: skip
+            )
         message = _trap_message(trap)
         memory = self._memory_bytes()
         if memory is not None and memory + 65536 > self.limits.memory:
@@ -346,8 +382,9 @@ class WasmtimeInstance(Instance):
                 f"memory limit {format_size(self.limits.memory)} reached: {where} trapped "
                 f"({message}) after memory.grow was refused at {format_size(memory)}",
                 hint="raise limits.memory (--memory 512MiB) if the guest needs more",
-                backtrace=frames, limit_value=self.limits.memory,
-            )  # fmt: skip
+                backtrace=frames,
+                limit_value=self.limits.memory,
+            )
         return errors.TrapError(f"{where} trapped: {message}", backtrace=frames)
 
     def _instantiate_error(self, exc: Exception, module: Any) -> errors.WasmsbxError:
@@ -364,8 +401,9 @@ class WasmtimeInstance(Instance):
         if "table" in lowered and ("limit" in lowered or "minimum" in lowered):
             return errors.TableLimitExceeded(
                 f"table limit {format_count(self.limits.table_elements or 0)} elements reached "
-                "at instantiation", hint="raise limits.table_elements",
-            )  # fmt: skip
+                "at instantiation",
+                hint="raise limits.table_elements",
+            )
         if "instance" in lowered and "limit" in lowered:
             return errors.InstanceLimitExceeded(f"instance limit reached: {first}")
         return errors.LinkError(f"cannot instantiate module: {first}", detail=text)
@@ -427,18 +465,23 @@ class WasmtimeEngine(Engine):
             raise errors.ModuleError(f"cannot load precompiled code: {_first_line(exc)}") from None
 
     def exports(self, module: Any) -> list:
+        cached = getattr(module, "_wasmsbx_exports", None)
+        if cached is not None:
+            return cached
         out = []
         for export in module.exports:
             kind = _kind(export.type)
             sig = _signature(export.type) if kind == "func" else None
             out.append(ExportInfo(export.name, kind, sig))
+        module._wasmsbx_exports = out  # type information is immutable: read it once
         return out
 
     def imports(self, module: Any) -> list:
         return [ImportInfo(i.module, i.name or "", _kind(i.type)) for i in module.imports]
 
-    def instantiate(self, module: Any, limits: Limits,
-                    wasi: Optional[WasiSetup] = None) -> WasmtimeInstance:  # fmt: skip
+    def instantiate(
+        self, module: Any, limits: Limits, wasi: Optional[WasiSetup] = None
+    ) -> WasmtimeInstance:
         return WasmtimeInstance(self, module, limits, wasi)
 
     def fingerprint(self) -> dict:
@@ -497,7 +540,7 @@ class WasmtimeBackend(Backend):
                     "stdio-redirect",
                     "symlink-safe",
                 }
-            ),  # fmt: skip
+            ),
             performance=frozenset({"aot", "opt-levels", "in-process", "releases-gil"}),
             debugging=frozenset({"backtrace", "profiling", "debug-info"}),
             compilers=self.compilers,

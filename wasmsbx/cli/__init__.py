@@ -36,8 +36,10 @@ def report(exc: BaseException, json_mode: bool = False) -> int:
         return int(ExitCode.INTERRUPTED)
     if os.environ.get("WASMSBX_DEBUG"):
         raise exc
-    output.error(f"internal error: {type(exc).__name__}: {exc}",
-                 "this is a bug in wasmsbx; rerun with WASMSBX_DEBUG=1 for a traceback")  # fmt: skip
+    output.error(
+        f"internal error: {type(exc).__name__}: {exc}",
+        "this is a bug in wasmsbx; rerun with WASMSBX_DEBUG=1 for a traceback",
+    )
     return int(ExitCode.INTERNAL)
 
 

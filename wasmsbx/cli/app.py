@@ -8,7 +8,7 @@ from __future__ import annotations
 import functools
 import importlib
 import inspect
-from typing import Any, Callable, List, Optional
+from typing import Any, Callable, Optional
 
 import typer
 
@@ -72,7 +72,7 @@ def build_app() -> typer.Typer:
             callback=_version,
             is_eager=True,
             help="Print the version and exit.",
-        ),  # fmt: skip
+        ),
     ) -> None:
         """Run untrusted WebAssembly under an explicit policy."""
 
@@ -93,29 +93,39 @@ def register_run(app: typer.Typer) -> None:
         raise typer.Exit(run_main(list(_ARGV[1:])))
 
     params = [
-        inspect.Parameter("ctx", inspect.Parameter.POSITIONAL_OR_KEYWORD,
-                          annotation=typer.Context),
-        inspect.Parameter("module", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=str,
-                          default=typer.Argument(..., metavar="MODULE",
-                                                 help="A .wasm or .wat module.")),
-        inspect.Parameter("func_and_args", inspect.Parameter.POSITIONAL_OR_KEYWORD,
-                          annotation=Optional[List[str]],
-                          default=typer.Argument(None, metavar="[FUNC [ARGS...]] [-- ARGS...]",
-                                                 help="An export to call and its arguments, "
-                                                 "or, after --, a WASI command's argv.")),
-    ]  # fmt: skip
-    annotations = {"ctx": typer.Context, "module": str, "func_and_args": Optional[List[str]]}
+        inspect.Parameter("ctx", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=typer.Context),
+        inspect.Parameter(
+            "module",
+            inspect.Parameter.POSITIONAL_OR_KEYWORD,
+            annotation=str,
+            default=typer.Argument(..., metavar="MODULE", help="A .wasm or .wat module."),
+        ),
+        inspect.Parameter(
+            "func_and_args",
+            inspect.Parameter.POSITIONAL_OR_KEYWORD,
+            annotation=Optional[list[str]],
+            default=typer.Argument(
+                None,
+                metavar="[FUNC [ARGS...]] [-- ARGS...]",
+                help="An export to call and its arguments, or, after --, a WASI command's argv.",
+            ),
+        ),
+    ]
+    annotations = {"ctx": typer.Context, "module": str, "func_and_args": Optional[list[str]]}
     for opt in run_options.RUN_OPTIONS:
         if opt.kind == "flag":
             annotation, default = bool, typer.Option(False, *opt.flags, help=opt.help)
         elif opt.kind == "multi":
-            annotation = Optional[List[str]]
+            annotation = Optional[list[str]]
             default = typer.Option(None, *opt.flags, help=opt.help, metavar=opt.metavar)
         else:
             annotation = Optional[opt.value_type]
             default = typer.Option(None, *opt.flags, help=opt.help, metavar=opt.metavar)
-        params.append(inspect.Parameter(opt.dest, inspect.Parameter.KEYWORD_ONLY,
-                                        annotation=annotation, default=default))  # fmt: skip
+        params.append(
+            inspect.Parameter(
+                opt.dest, inspect.Parameter.KEYWORD_ONLY, annotation=annotation, default=default
+            )
+        )
         annotations[opt.dest] = annotation
     run.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
     run.__annotations__ = annotations

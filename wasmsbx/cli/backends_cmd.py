@@ -15,16 +15,21 @@ def register(app: typer.Typer) -> None:
     @app.command("backends")
     @boundary
     def backends(
-        module: Optional[str] = typer.Argument(None, metavar="[MODULE]",
-                                               help="Explain the choice for this module."),
+        module: Optional[str] = typer.Argument(
+            None, metavar="[MODULE]", help="Explain the choice for this module."
+        ),
         explain: bool = typer.Option(False, "--explain", help="Show the scoring table."),
-        policy: Optional[str] = typer.Option(None, "--policy", "-p", metavar="PATH",
-                                             help="Policy file (default ./sandbox.toml)."),
-        kind: str = typer.Option("auto", "--kind", metavar="call|command|auto",
-                                 help="Invocation to score for (auto: command if the "
-                                 "module has _start)."),
+        policy: Optional[str] = typer.Option(
+            None, "--policy", "-p", metavar="PATH", help="Policy file (default ./sandbox.toml)."
+        ),
+        kind: str = typer.Option(
+            "auto",
+            "--kind",
+            metavar="call|command|auto",
+            help="Invocation to score for (auto: command if the module has _start).",
+        ),
         json_output: bool = typer.Option(False, "--json", help="Print JSON."),
-    ) -> int:  # fmt: skip
+    ) -> int:
         """List backends and compilers: version, availability, capability matrix."""
         from ..backends import survey
 
@@ -69,13 +74,18 @@ def _render(report: list) -> None:
     matrix.add_column("capability")
     for entry in available:
         matrix.add_column(entry["label"], justify="center")
-    groups = (("wasm", caps.WASM_FEATURES, "features"), ("security", caps.SECURITY, "security"),
-              ("performance", caps.PERFORMANCE, "performance"),
-              ("debugging", caps.DEBUGGING, "debugging"))  # fmt: skip
+    groups = (
+        ("wasm", caps.WASM_FEATURES, "features"),
+        ("security", caps.SECURITY, "security"),
+        ("performance", caps.PERFORMANCE, "performance"),
+        ("debugging", caps.DEBUGGING, "debugging"),
+    )
     for title, names, field in groups:
         matrix.add_row(f"[bold]{title}[/]", *["" for _ in available])
         for name in names:
-            marks = ["[green]✓[/]" if name in e["capabilities"][field] else "[red]✗[/]"
-                     for e in available]  # fmt: skip
+            marks = [
+                "[green]✓[/]" if name in e["capabilities"][field] else "[red]✗[/]"
+                for e in available
+            ]
             matrix.add_row(f"  {name}", *marks)
     console.print(matrix)

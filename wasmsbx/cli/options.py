@@ -12,15 +12,12 @@ The parser also does what click cannot for a wasm runner: after FUNC, tokens suc
 
 from __future__ import annotations
 
-import difflib
-from dataclasses import dataclass
-from typing import Optional
+from typing import NamedTuple, Optional
 
 from ..errors import UsageError
 
 
-@dataclass(frozen=True)
-class Opt:
+class Opt(NamedTuple):
     flags: tuple  # ("--policy", "-p")
     dest: str
     kind: str  # value | flag | multi
@@ -30,35 +27,56 @@ class Opt:
 
 
 RUN_OPTIONS: tuple = (
-    Opt(("--policy", "-p"), "policy", "value", "Policy file (default: ./sandbox.toml, else "
-        "the secure defaults).", "PATH"),
-    Opt(("--backend", "-b"), "backend", "value", "Backend: auto, wasmtime, wasmer, "
-        "wasmer:llvm, wasmer:cranelift, wasmer:singlepass.", "NAME"),
+    Opt(
+        ("--policy", "-p"),
+        "policy",
+        "value",
+        "Policy file (default: ./sandbox.toml, else the secure defaults).",
+        "PATH",
+    ),
+    Opt(
+        ("--backend", "-b"),
+        "backend",
+        "value",
+        "Backend: auto, wasmtime, wasmer, wasmer:llvm, wasmer:cranelift, wasmer:singlepass.",
+        "NAME",
+    ),
     Opt(("--memory",), "memory", "value", "Override limits.memory, e.g. 64MiB.", "SIZE"),
-    Opt(("--fuel",), "fuel", "value", "Override limits.fuel (units, roughly instructions).",
-        "N", int),
-    Opt(("--timeout",), "timeout", "value", "Override limits.timeout, e.g. 500ms, 2s.",
-        "DURATION"),
+    Opt(
+        ("--fuel",),
+        "fuel",
+        "value",
+        "Override limits.fuel (units, roughly instructions).",
+        "N",
+        int,
+    ),
+    Opt(("--timeout",), "timeout", "value", "Override limits.timeout, e.g. 500ms, 2s.", "DURATION"),
     Opt(("--stack",), "stack", "value", "Override limits.stack, e.g. 1MiB.", "SIZE"),
-    Opt(("--dir",), "dir", "multi", "Grant a directory read-write (repeatable).",
-        "HOST[:GUEST]"),
-    Opt(("--dir-ro",), "dir_ro", "multi", "Grant a directory read-only (repeatable).",
-        "HOST[:GUEST]"),
-    Opt(("--env", "-e"), "env", "multi", "Set NAME=VALUE, or pass host NAME through "
-        "(repeatable).", "NAME[=VALUE]"),
+    Opt(("--dir",), "dir", "multi", "Grant a directory read-write (repeatable).", "HOST[:GUEST]"),
+    Opt(
+        ("--dir-ro",),
+        "dir_ro",
+        "multi",
+        "Grant a directory read-only (repeatable).",
+        "HOST[:GUEST]",
+    ),
+    Opt(
+        ("--env", "-e"),
+        "env",
+        "multi",
+        "Set NAME=VALUE, or pass host NAME through (repeatable).",
+        "NAME[=VALUE]",
+    ),
     Opt(("--json",), "json", "flag", "Print the result as JSON."),
-    Opt(("--stats",), "stats", "flag", "Print fuel, memory, cache and phase timings "
-        "(stderr)."),
+    Opt(("--stats",), "stats", "flag", "Print fuel, memory, cache and phase timings (stderr)."),
     Opt(("--explain",), "explain", "flag", "Print why this backend was chosen (stderr)."),
-    Opt(("--no-cache",), "no_cache", "flag", "Compile afresh; do not read or write the "
-        "cache."),
-)  # fmt: skip
+    Opt(("--no-cache",), "no_cache", "flag", "Compile afresh; do not read or write the cache."),
+)
 
 _BY_FLAG = {flag: opt for opt in RUN_OPTIONS for flag in opt.flags}
 
 
-@dataclass
-class RunArgs:
+class RunArgs(NamedTuple):
     options: dict
     positionals: list
     passthrough: Optional[list]  # after "--", None when absent
@@ -69,20 +87,25 @@ def _value(opt: Opt, raw: str) -> object:
         try:
             return int(raw.replace("_", ""), 0)
         except ValueError:
-            raise UsageError(f"{opt.flags[0]}: expected a whole number, got {raw!r}",
-                             hint=opt.help) from None  # fmt: skip
+            raise UsageError(
+                f"{opt.flags[0]}: expected a whole number, got {raw!r}", hint=opt.help
+            ) from None
     return raw
 
 
 def _unknown(token: str) -> UsageError:
+    import difflib
+
     close = difflib.get_close_matches(token.split("=")[0], list(_BY_FLAG), n=1)
     hint = f"did you mean {close[0]}?" if close else "see wasmsbx run --help"
     return UsageError(f"unknown option {token}", hint=hint)
 
 
 def defaults() -> dict:
-    return {o.dest: ([] if o.kind == "multi" else (False if o.kind == "flag" else None))
-            for o in RUN_OPTIONS}  # fmt: skip
+    return {
+        o.dest: ([] if o.kind == "multi" else (False if o.kind == "flag" else None))
+        for o in RUN_OPTIONS
+    }
 
 
 def parse(argv: list) -> RunArgs:
@@ -100,8 +123,9 @@ def parse(argv: list) -> RunArgs:
         name, eq, inline = token.partition("=")
         opt = _BY_FLAG.get(name) if token.startswith("-") else None
         if opt is None:
-            if token.startswith("--") or (token.startswith("-") and not positionals[1:]
-                                          and _looks_like_flag(token)):  # fmt: skip
+            if token.startswith("--") or (
+                token.startswith("-") and not positionals[1:] and _looks_like_flag(token)
+            ):
                 raise _unknown(token)
             positionals.append(token)
             continue

@@ -7,7 +7,6 @@ commands that draw tables. rich honours NO_COLOR and drops colour when not on a 
 
 from __future__ import annotations
 
-import json
 import sys
 from typing import Any, Optional
 
@@ -31,6 +30,8 @@ def warning(message: str) -> None:
 
 
 def emit_json(data: Any, stream=None) -> None:
+    import json
+
     (stream or sys.stdout).write(json.dumps(data, indent=2, sort_keys=False) + "\n")
 
 

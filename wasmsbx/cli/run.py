@@ -8,8 +8,12 @@ from .. import errors
 from . import options as opts
 from . import output
 
-FLAG_KEYS = {"memory": "limits.memory", "fuel": "limits.fuel", "timeout": "limits.timeout",
-             "stack": "limits.stack"}  # fmt: skip
+FLAG_KEYS = {
+    "memory": "limits.memory",
+    "fuel": "limits.fuel",
+    "timeout": "limits.timeout",
+    "stack": "limits.stack",
+}
 
 
 def build_policy(options: dict) -> Any:
@@ -44,8 +48,9 @@ def run_main(argv: list) -> int:
 def execute(args: opts.RunArgs) -> int:
     o = args.options
     if not args.positionals:
-        raise errors.UsageError("missing MODULE",
-                                hint="usage: wasmsbx run MODULE [FUNC [ARGS...]] [-- ARGS...]")  # fmt: skip
+        raise errors.UsageError(
+            "missing MODULE", hint="usage: wasmsbx run MODULE [FUNC [ARGS...]] [-- ARGS...]"
+        )
     module, func = args.positionals[0], (args.positionals[1:2] or [None])[0]
     policy = build_policy(o)
     from ..runner import Sandbox
