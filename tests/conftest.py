@@ -1,0 +1,104 @@
+"""Shared fixtures: the real CLI entry point, isolated dirs, and every available backend."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT / "examples"
+GUESTS = ROOT / "tests" / "guests"
+
+
+def available_backends() -> list:
+    """Labels such as "wasmtime", "wasmer:llvm" for every backend and compiler usable here."""
+    from wasmsbx import backends
+
+    labels = []
+    for name in backends.names():
+        adapter = backends.get(name)
+        if adapter.probe().available:
+            for compiler in adapter.compilers or (None,):
+                labels.append(
+                    f"{name}:{compiler}" if compiler and len(adapter.compilers) > 1 else name
+                )
+    return labels
+
+
+BACKENDS = available_backends()
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request) -> str:
+    """Parametrizes a behaviour test over every available backend and compiler."""
+    return request.param
+
+
+def capabilities_of(label: str):
+    from wasmsbx import backends
+
+    name, compiler = backends.split(label)
+    return backends.get(name).capabilities(compiler)
+
+
+def require_capability(label: str, *names: str) -> None:
+    """Skip by declared capability, never by backend name."""
+    caps = capabilities_of(label)
+    missing = [n for n in names if not caps.has(n)]
+    if missing:
+        pytest.skip(f"{label} does not declare {', '.join(missing)}")
+
+
+@pytest.fixture(autouse=True)
+def isolated(tmp_path, monkeypatch):
+    """Every test gets its own cache dir and a cwd without a sandbox.toml."""
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("WASMSBX_CACHE_DIR", str(cache))
+    monkeypatch.setenv("NO_COLOR", "1")
+    monkeypatch.setenv("COLUMNS", "120")
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    return work
+
+
+class Result:
+    def __init__(self, proc: subprocess.CompletedProcess) -> None:
+        self.code = proc.returncode
+        self.stdout = proc.stdout.decode("utf-8", "replace")
+        self.stderr = proc.stderr.decode("utf-8", "replace")
+        self.stdout_bytes = proc.stdout
+
+    def __repr__(self) -> str:
+        return f"Result(code={self.code}, stdout={self.stdout!r}, stderr={self.stderr!r})"
+
+    def json(self):
+        import json
+
+        return json.loads(self.stdout)
+
+
+def run_cli(
+    *args, input: bytes = b"", env: dict | None = None, cwd=None, timeout: float = 120
+) -> Result:
+    """Run the real entry point (python -m wasmsbx) in a child process."""
+    full_env = dict(os.environ)
+    full_env.update(env or {})
+    proc = subprocess.run(
+        [sys.executable, "-m", "wasmsbx", *[str(a) for a in args]],
+        input=input,
+        capture_output=True,
+        env=full_env,
+        cwd=cwd,
+        timeout=timeout,
+    )
+    return Result(proc)
+
+
+@pytest.fixture
+def cli():
+    return run_cli
