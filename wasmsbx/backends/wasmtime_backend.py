@@ -538,7 +538,7 @@ class WasmtimeBackend(Backend):
                     "wasi",
                     "wasi-readonly",
                     "stdio-redirect",
-                    "symlink-safe",
+                    "fs-confined",
                 }
             ),
             performance=frozenset({"aot", "opt-levels", "in-process", "releases-gil"}),

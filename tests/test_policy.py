@@ -1,0 +1,247 @@
+"""Policy: parsing, units, validation messages, discovery, overrides, the example file."""
+
+from __future__ import annotations
+
+import pytest
+
+from wasmsbx import policy as P
+from wasmsbx.errors import ExitCode, PolicyError
+from wasmsbx.units import format_size, parse_duration, parse_size
+
+from .conftest import ROOT
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("64MB", 64_000_000),
+        ("64MiB", 64 * 2**20),
+        ("512KiB", 512 * 1024),
+        ("1GiB", 2**30),
+        ("1gb", 10**9),
+        ("100", 100),
+        (4096, 4096),
+        ("1_000B", 1000),
+        ("1.5KiB", 1536),
+    ],
+)
+def test_sizes(text, expected):
+    assert parse_size(text) == expected
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("500ms", 0.5),
+        ("2s", 2.0),
+        ("1m", 60.0),
+        ("1h", 3600.0),
+        (3, 3.0),
+        ("250us", 250e-6),
+        ("1.5s", 1.5),
+    ],
+)
+def test_durations(text, expected):
+    assert parse_duration(text) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("bad", ["lots", "64XB", "-1MiB", "", True, -5])
+def test_bad_sizes(bad):
+    with pytest.raises(ValueError):
+        parse_size(bad)
+
+
+@pytest.mark.parametrize("bad", ["soon", "5 parsecs", "-1s", False])
+def test_bad_durations(bad):
+    with pytest.raises(ValueError):
+        parse_duration(bad)
+
+
+def test_format_size():
+    assert format_size(64 * 2**20) == "64 MiB"
+    assert format_size(1536) == "1.5 KiB"
+    assert format_size(10) == "10 B"
+
+
+def test_secure_defaults():
+    pol = P.defaults()
+    assert pol["limits.memory"] == 256 * 2**20
+    assert pol["limits.timeout"] == 10.0
+    assert pol["limits.fuel"] is None
+    assert pol.grants == []
+    assert pol.env_for_guest({"HOME": "/root", "PATH": "/bin"}) == {}
+    assert pol["network.enabled"] is False
+    assert pol.explicit == set()
+
+
+def write(tmp_path, text, name="sandbox.toml"):
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def test_load_full_policy(tmp_path):
+    (tmp_path / "data").mkdir()
+    (tmp_path / "out").mkdir()
+    path = write(
+        tmp_path,
+        """
+[runtime]
+backend = "wasmtime"
+optimize = "aggressive"
+require = ["fuel"]
+prefer = ["wasmtime", "simd"]
+[limits]
+memory = "64MiB"
+fuel = 1_000_000
+timeout = "500ms"
+stack = "1MiB"
+table_elements = 100
+[filesystem]
+read_only = ["data:/data"]
+read_write = ["out"]
+[env]
+inherit = ["LANG", "APP_*"]
+set = { MODE = "fast" }
+[stdio]
+stdin = "null"
+""",
+    )
+    pol = P.load(path)
+    assert pol["limits.memory"] == 64 * 2**20
+    assert pol["limits.fuel"] == 1_000_000
+    assert pol["limits.timeout"] == 0.5
+    assert pol["limits.stack"] == 2**20
+    ro, rw = pol["filesystem.read_only"][0], pol["filesystem.read_write"][0]
+    assert (ro.host, ro.guest, ro.writable) == (str(tmp_path / "data"), "/data", False)
+    assert (rw.host, rw.guest, rw.writable) == (str(tmp_path / "out"), "out", True)
+    env = pol.env_for_guest({"LANG": "C", "APP_X": "1", "SECRET": "no"})
+    assert env == {"APP_X": "1", "LANG": "C", "MODE": "fast"}
+    assert "limits.memory" in pol.explicit and "limits.output" not in pol.explicit
+
+
+def errmsg(tmp_path, text) -> PolicyError:
+    path = write(tmp_path, text)
+    with pytest.raises(PolicyError) as info:
+        P.load(path)
+    assert info.value.exit_code == ExitCode.POLICY
+    return info.value
+
+
+def test_unknown_key_suggests(tmp_path):
+    err = errmsg(tmp_path, '[limits]\nmemroy = "64MiB"\n')
+    assert "sandbox.toml" in err.message and "limits.memroy" in err.message
+    assert "unknown key" in err.message
+    assert err.hint == "did you mean `memory`?"
+
+
+def test_unknown_section_suggests(tmp_path):
+    err = errmsg(tmp_path, "[limit]\nmemory = 1\n")
+    assert "unknown section [limit]" in err.message
+    assert "limits" in err.hint
+
+
+def test_wrong_type_names_expected_and_found(tmp_path):
+    err = errmsg(tmp_path, '[limits]\nmemory = "lots"\n')
+    assert "limits.memory" in err.message
+    assert "expected a size" in err.message and "'lots'" in err.message
+    err = errmsg(tmp_path, '[limits]\nfuel = "many"\n')
+    assert "limits.fuel: expected a whole number, found a string" in err.message
+    err = errmsg(tmp_path, "[runtime]\ncache = 1\n")
+    assert "expected true or false, found an integer" in err.message
+
+
+def test_impossible_values(tmp_path):
+    assert "greater than zero" in errmsg(tmp_path, "[limits]\nmemory = 0\n").message
+    assert "not supported" in errmsg(tmp_path, "[network]\nenabled = true\n").message
+    err = errmsg(tmp_path, '[runtime]\nbackend = "wasmtim"\n')
+    assert "unknown backend" in err.message and "wasmtime" in err.hint
+    err = errmsg(tmp_path, '[runtime]\nrequire = ["feul"]\n')
+    assert "unknown capability 'feul'" in err.message and "fuel" in err.message
+    err = errmsg(tmp_path, '[runtime]\noptimize = "max"\n')
+    assert "expected one of none, speed, size, aggressive" in err.message
+    err = errmsg(tmp_path, '[filesystem]\nread_only = ["nope:/x"]\n')
+    assert "not an existing directory" in err.message
+    err = errmsg(tmp_path, "[limits]\nmemory = true\n")
+    assert "limits.memory" in err.message
+    err = errmsg(tmp_path, "limits = 3\n")
+    assert "expected a [limits] table" in err.message
+
+
+def test_bad_toml(tmp_path):
+    err = errmsg(tmp_path, "[limits\nmemory = 1\n")
+    assert "invalid TOML" in err.message
+
+
+def test_binary_policy(tmp_path):
+    path = tmp_path / "sandbox.toml"
+    path.write_bytes(b"\xff\xfe\x00garbage")
+    with pytest.raises(PolicyError, match="not a UTF-8"):
+        P.load(path)
+
+
+def test_missing_policy_file(tmp_path):
+    with pytest.raises(PolicyError, match="policy file not found"):
+        P.load(tmp_path / "nope.toml")
+
+
+def test_discovery_order(tmp_path):
+    assert P.discover(cwd=tmp_path).source is None  # defaults
+    write(tmp_path, '[limits]\nmemory = "1MiB"\n')
+    assert P.discover(cwd=tmp_path)["limits.memory"] == 2**20
+    other = write(tmp_path, '[limits]\nmemory = "2MiB"\n', name="other.toml")
+    assert P.discover(str(other), cwd=tmp_path)["limits.memory"] == 2 * 2**20
+
+
+def test_overrides(tmp_path):
+    pol = P.defaults()
+    P.override(pol, "limits.memory", "32MiB")
+    P.override(pol, "limits.fuel", 500)
+    assert pol["limits.memory"] == 32 * 2**20 and pol["limits.fuel"] == 500
+    with pytest.raises(PolicyError, match="command line: limits.timeout"):
+        P.override(pol, "limits.timeout", "forever")
+    P.add_grant(pol, f"{tmp_path}:/g", writable=False)
+    assert pol.grants[0].guest == "/g" and not pol.grants[0].writable
+    with pytest.raises(PolicyError, match="--dir .*not an existing directory"):
+        P.add_grant(pol, str(tmp_path / "missing"), writable=True)
+    P.add_env(pol, "MODE=x")
+    P.add_env(pol, "LANG")
+    assert pol.env_for_guest({"LANG": "C", "HOME": "/h"}) == {"LANG": "C", "MODE": "x"}
+    with pytest.raises(PolicyError):
+        P.add_env(pol, "=oops")
+
+
+def test_defaults_are_not_shared_between_policies(tmp_path):
+    first = P.defaults()
+    P.add_env(first, "A=1")
+    P.add_grant(first, str(tmp_path), writable=True)
+    second = P.defaults()
+    assert second["env.set"] == {} and second.grants == []
+
+
+def test_example_is_fresh_and_loads(tmp_path):
+    example = ROOT / "sandbox.toml.example"
+    assert example.read_text() == P.render_example(), (
+        "sandbox.toml.example is stale: regenerate it from wasmsbx.policy.render_example()"
+    )
+    pol = P.load(example)
+    assert pol.values == P.defaults().values
+
+
+def test_every_key_documented_in_example():
+    text = (ROOT / "sandbox.toml.example").read_text()
+    for key in P.SCHEMA:
+        assert f"{key.name} =" in text, key.dotted
+
+
+def test_policy_roundtrip_through_toml(tmp_path):
+    import tomli_w
+
+    pol = P.defaults()
+    P.override(pol, "limits.timeout", "1500ms")
+    P.add_grant(pol, f"{tmp_path}:/w", writable=True)
+    path = tmp_path / "round.toml"
+    path.write_bytes(tomli_w.dumps(pol.to_toml_dict()).encode())
+    again = P.load(path)
+    assert again["limits.timeout"] == 1.5
+    assert again.grants == pol.grants
