@@ -38,7 +38,10 @@ __all__ = [
     "read_facts",
 ]
 
-#: Every name that can appear in :attr:`ModuleFacts.features`.
+#: Every name that can appear in :attr:`ModuleFacts.features` (the proposal names of
+#: ``wasmsbx.capabilities.WASM_FEATURES``, plus ``"unknown"``).  Relaxed SIMD counts as
+#: ``"simd"``; proposals decoded but outside this vocabulary (wide arithmetic, custom page
+#: sizes) and anything this reader cannot decode are reported as ``"unknown"``.
 FEATURES = frozenset(
     {
         "mutable-globals",
@@ -48,7 +51,6 @@ FEATURES = frozenset(
         "reference-types",
         "multi-value",
         "simd",
-        "relaxed-simd",
         "threads",
         "tail-call",
         "memory64",
@@ -57,8 +59,6 @@ FEATURES = frozenset(
         "gc",
         "function-references",
         "extended-const",
-        "custom-page-sizes",
-        "wide-arithmetic",
         "unknown",
     }
 )
@@ -442,10 +442,10 @@ _MISC_OPS: dict[int, tuple[int, str]] = {
     15: (1, "reference-types"),  # table.grow
     16: (1, "reference-types"),  # table.size
     17: (1, "reference-types"),  # table.fill
-    19: (0, "wide-arithmetic"),  # i64.add128
-    20: (0, "wide-arithmetic"),  # i64.sub128
-    21: (0, "wide-arithmetic"),  # i64.mul_wide_s
-    22: (0, "wide-arithmetic"),  # i64.mul_wide_u
+    19: (0, "unknown"),  # i64.add128 (wide arithmetic: no capability name for it)
+    20: (0, "unknown"),  # i64.sub128
+    21: (0, "unknown"),  # i64.mul_wide_s
+    22: (0, "unknown"),  # i64.mul_wide_u
 }
 
 
@@ -697,7 +697,7 @@ class _Parser:
         hi = r.uleb(bits) if has_max else None
         if custom_page:
             r.uleb()  # log2 of the page size
-            self.features.add("custom-page-sizes")
+            self.features.add("unknown")  # custom-page-sizes: no capability name for it
         if shared:
             self.features.add("threads")
         if is64:
@@ -883,8 +883,6 @@ class _Parser:
         kind = _simd_kind(sub)
         if kind is None:
             raise _UnknownEncoding(f"unknown opcode 0xfd {sub} at offset 0x{op_at:x}", op_at)
-        if sub >= 0x100:
-            self.features.add("relaxed-simd")
         if kind == "m":
             return self._memarg(pos)
         if kind == "ml":
