@@ -194,11 +194,17 @@ def test_to_dict_is_json(rich: ModuleFacts) -> None:
     assert d["memories"][0]["limits"] == {"min": 1, "max": 16, "shared": False, "memory64": False}
 
 
-def test_facts_are_frozen_and_hashable(rich: ModuleFacts) -> None:
+def test_facts_are_frozen(rich: ModuleFacts) -> None:
     with pytest.raises(AttributeError):
         rich.functions = 0  # type: ignore[misc]
-    hash(rich)
     assert read_facts(wat(RICH)) == rich
+
+
+def test_interface_only_read(rich: ModuleFacts) -> None:
+    quick = read_facts(wat(RICH), scan_code=False)
+    assert quick.exports == rich.exports and quick.imports == rich.imports
+    assert quick.memories == rich.memories and quick.functions == rich.functions
+    assert quick.features <= rich.features
 
 
 def test_mvp_module_has_no_features() -> None:

@@ -15,11 +15,8 @@ the runtime, which is the final judge.  Function bodies are scanned with a full 
 of that one body and adds the feature ``"unknown"`` instead of failing.
 """
 
-from __future__ import annotations
-
-import hashlib
 import os
-from dataclasses import dataclass, field
+from collections import namedtuple
 from typing import Any, Optional, Union
 
 __all__ = [
@@ -89,10 +86,10 @@ class _UnknownEncoding(FactsError):
 # --------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class FuncType:
-    params: tuple[str, ...]
-    results: tuple[str, ...]
+class FuncType(namedtuple("FuncType", "params results")):
+    # params: tuple[str, ...]
+    # results: tuple[str, ...]
+    __slots__ = ()
 
     def __str__(self) -> str:
         params = "(" + ", ".join(self.params) + ")"
@@ -105,12 +102,21 @@ class FuncType:
         return {"params": list(self.params), "results": list(self.results)}
 
 
-@dataclass(frozen=True)
-class Limits:
-    min: int
-    max: Optional[int]
-    shared: bool = False
-    memory64: bool = False
+class Limits(
+    namedtuple(
+        "Limits",
+        "min max shared memory64",
+        defaults=(
+            False,
+            False,
+        ),
+    )
+):
+    # min: int
+    # max: Optional[int]
+    # shared: bool
+    # memory64: bool
+    __slots__ = ()
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -121,16 +127,28 @@ class Limits:
         }
 
 
-@dataclass(frozen=True)
-class Import:
-    module: str
-    name: str
-    kind: str  # "func" | "table" | "memory" | "global" | "tag"
-    type: Optional[FuncType] = None  # func and tag imports
-    limits: Optional[Limits] = None  # memory and table imports
-    elem: Optional[str] = None  # table imports
-    global_type: Optional[str] = None  # global imports
-    mutable: bool = False  # global imports
+class Import(
+    namedtuple(
+        "Import",
+        ["module", "name", "kind", "type", "limits", "elem", "global_type", "mutable"],
+        defaults=(
+            None,
+            None,
+            None,
+            None,
+            False,
+        ),
+    )
+):
+    # module: str
+    # name: str
+    # kind: str  "func" | "table" | "memory" | "global" | "tag"
+    # type: Optional[FuncType]  func and tag imports
+    # limits: Optional[Limits]  memory and table imports
+    # elem: Optional[str]  table imports
+    # global_type: Optional[str]  global imports
+    # mutable: bool  global imports
+    __slots__ = ()
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -145,12 +163,12 @@ class Import:
         }
 
 
-@dataclass(frozen=True)
-class Export:
-    name: str
-    kind: str  # "func" | "table" | "memory" | "global" | "tag"
-    index: int
-    type: Optional[FuncType] = None  # funcs and tags, when the index resolves
+class Export(namedtuple("Export", "name kind index type", defaults=(None,))):
+    # name: str
+    # kind: str  "func" | "table" | "memory" | "global" | "tag"
+    # index: int
+    # type: Optional[FuncType]  funcs and tags, when the index resolves
+    __slots__ = ()
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -161,22 +179,22 @@ class Export:
         }
 
 
-@dataclass(frozen=True)
-class Memory:
-    index: int
-    limits: Limits
-    imported: bool
+class Memory(namedtuple("Memory", "index limits imported")):
+    # index: int
+    # limits: Limits
+    # imported: bool
+    __slots__ = ()
 
     def to_dict(self) -> dict[str, Any]:
         return {"index": self.index, "limits": self.limits.to_dict(), "imported": self.imported}
 
 
-@dataclass(frozen=True)
-class Table:
-    index: int
-    limits: Limits
-    elem: str
-    imported: bool
+class Table(namedtuple("Table", "index limits elem imported")):
+    # index: int
+    # limits: Limits
+    # elem: str
+    # imported: bool
+    __slots__ = ()
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -187,12 +205,12 @@ class Table:
         }
 
 
-@dataclass(frozen=True)
-class Global:
-    index: int
-    type: str
-    mutable: bool
-    imported: bool
+class Global(namedtuple("Global", "index type mutable imported")):
+    # index: int
+    # type: str
+    # mutable: bool
+    # imported: bool
+    __slots__ = ()
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -203,34 +221,62 @@ class Global:
         }
 
 
-@dataclass(frozen=True)
-class CustomSection:
-    name: str
-    size: int  # payload size of the whole section, name included
+class CustomSection(namedtuple("CustomSection", "name size")):
+    # name: str
+    # size: int  payload size of the whole section, name included
+    __slots__ = ()
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "size": self.size}
 
 
-@dataclass(frozen=True)
-class ModuleFacts:
-    size: int
-    sha256: str
-    types: tuple[FuncType, ...]
-    imports: tuple[Import, ...]
-    exports: tuple[Export, ...]
-    memories: tuple[Memory, ...]
-    tables: tuple[Table, ...]
-    globals: tuple[Global, ...]
-    functions: int
-    start: Optional[int]
-    data_segments: tuple[int, ...]
-    element_segments: int
-    custom_sections: tuple[CustomSection, ...]
-    producers: dict[str, list[str]] = field(hash=False)
-    has_name_section: bool = False
-    has_debug_info: bool = False
-    features: frozenset[str] = frozenset()
+class ModuleFacts(
+    namedtuple(
+        "ModuleFacts",
+        [
+            "size",
+            "sha256",
+            "types",
+            "imports",
+            "exports",
+            "memories",
+            "tables",
+            "globals",
+            "functions",
+            "start",
+            "data_segments",
+            "element_segments",
+            "custom_sections",
+            "producers",
+            "has_name_section",
+            "has_debug_info",
+            "features",
+        ],
+        defaults=(
+            False,
+            False,
+            frozenset(),
+        ),
+    )
+):
+    # size: int
+    # sha256: str
+    # types: tuple  of FuncType
+    # imports: tuple  of Import
+    # exports: tuple[Export, ...]
+    # memories: tuple[Memory, ...]
+    # tables: tuple[Table, ...]
+    # globals: tuple[Global, ...]
+    # functions: int
+    # start: Optional[int]
+    # data_segments: tuple[int, ...]
+    # element_segments: int
+    # custom_sections: tuple[CustomSection, ...]
+    # producers: dict  field -> ["name version", ...]
+    # has_name_section: bool
+    # has_debug_info: bool
+    # features: frozenset[str]
+    __slots__ = ()
 
     def export(self, name: str) -> Optional[Export]:
         for exp in self.exports:
@@ -388,7 +434,15 @@ def _build_opcode_tables() -> tuple[tuple[int, ...], tuple[Optional[tuple[str, .
     return tuple(imm), tuple(feat)
 
 
-_IMM, _FEAT = _build_opcode_tables()
+_TABLES: list = []
+
+
+def _opcode_tables() -> tuple:
+    """Built on first use: reading a module's interface (scan_code=False) never needs them."""
+    if not _TABLES:
+        _TABLES.extend(_build_opcode_tables())
+    return _TABLES[0], _TABLES[1]
+
 
 # i32/i64 add, sub, mul: the extended-const proposal allows these in constant expressions.
 _EXT_CONST_OPS = frozenset({0x6A, 0x6B, 0x6C, 0x7C, 0x7D, 0x7E})
@@ -578,8 +632,9 @@ class _Reader:
 
 
 class _Parser:
-    def __init__(self, data: bytes):
+    def __init__(self, data: bytes, scan_code: bool = True):
         self.data = data
+        self.scan_code = scan_code
         self.features: set[str] = set()
         self.all_types: list[Optional[FuncType]] = []  # by type index; None for struct/array
         self.func_type_idx: list[int] = []  # by function index
@@ -742,8 +797,7 @@ class _Parser:
         """
         data = self.data
         feats = self.features
-        imm = _IMM
-        featmap = _FEAT
+        imm, featmap = _opcode_tables()
         op_at = pos
         try:
             while pos < end:
@@ -1186,6 +1240,9 @@ class _Parser:
                 raise r.error(f"function body {i} runs past the end of the code section", size_at)
             body_end = r.pos + size
             what = f"function body {i}"
+            if not self.scan_code:
+                r.pos = body_end
+                continue
             br = _Reader(r.data, r.pos, body_end, what)
             try:
                 for _ in range(br.count("local declaration", 2)):
@@ -1219,6 +1276,8 @@ class _Parser:
             self.data_segments.append(size)
 
     def facts(self) -> ModuleFacts:
+        import hashlib  # not at module level: read_interface() is on run's start-up path
+
         data = self.data
         return ModuleFacts(
             size=len(data),
@@ -1292,17 +1351,12 @@ def _parse_producers(r: _Reader) -> dict[str, list[str]]:
 # --------------------------------------------------------------------------------------------
 
 
-def read_facts(data: bytes) -> ModuleFacts:
-    """Reads the facts of a binary WebAssembly core module.
-
-    Raises :class:`FactsError` for anything that is not a well-formed core module (with
-    ``.component`` set for a WebAssembly component).
-    """
+def _parse(data: bytes, scan_code: bool) -> _Parser:
     if isinstance(data, (bytearray, memoryview)):
         data = bytes(data)
     if not isinstance(data, bytes):
         raise TypeError(f"read_facts() needs bytes, not {type(data).__name__}")
-    parser = _Parser(data)
+    parser = _Parser(data, scan_code)
     try:
         parser.parse()
     except FactsError:
@@ -1310,7 +1364,34 @@ def read_facts(data: bytes) -> ModuleFacts:
     except (IndexError, ValueError, KeyError, TypeError, OverflowError, RecursionError) as exc:
         # Defence in depth: the reader is meant never to get here.
         raise FactsError(f"malformed module (internal {type(exc).__name__})") from None
-    return parser.facts()
+    return parser
+
+
+def read_facts(data: bytes, scan_code: bool = True) -> ModuleFacts:
+    """Reads the facts of a binary WebAssembly core module.
+
+    Raises :class:`FactsError` for anything that is not a well-formed core module (with
+    ``.component`` set for a WebAssembly component). ``scan_code=False`` skips decoding
+    function bodies: the interface (types, imports, exports, memories...) is complete and
+    cheap to read, but ``features`` then only reflects what the other sections show.
+    """
+    return _parse(data, scan_code).facts()
+
+
+class Interface(namedtuple("Interface", "imports exports")):
+    # imports: tuple  of Import
+    # exports: tuple  of Export
+    __slots__ = ()
+
+
+def read_interface(data: bytes) -> Interface:
+    """Just the imports and exports (with types), as cheaply as possible.
+
+    ``wasmsbx run`` types its arguments from this rather than from the runtime: asking
+    wasmtime-py for the type of a function with a v128 parameter aborts the process.
+    """
+    parser = _parse(data, scan_code=False)
+    return Interface(tuple(parser.imports), tuple(parser.exports))
 
 
 def _looks_like_text(data: bytes) -> bool:

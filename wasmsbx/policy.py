@@ -8,13 +8,12 @@ Secure by default: no files, no environment variables, no network; memory, time,
 tables and output are bounded.
 """
 
-from __future__ import annotations
-
 import fnmatch
 import os
 import sys
+from collections import namedtuple
 from pathlib import Path
-from typing import Any, Callable, NamedTuple, Optional
+from typing import Any, Callable, Optional
 
 from . import capabilities, units
 from .errors import PolicyError
@@ -24,16 +23,26 @@ OPTIMIZE_LEVELS = ("none", "speed", "size", "aggressive")
 STDIO_SPECIAL = ("inherit", "null")
 
 
-class Key(NamedTuple):
+class Key(
+    namedtuple(
+        "Key",
+        ["section", "name", "kind", "default", "doc", "choices", "optional"],
+        defaults=(
+            (),
+            False,
+        ),
+    )
+):
     """One policy key: how it is written, checked, defaulted and documented."""
 
-    section: str
-    name: str
-    kind: str  # size | duration | count | bool | str | choice | names | grants | table | stdio
-    default: Any
-    doc: str
-    choices: tuple = ()
-    optional: bool = False  # absent means "not set" (no limit / runtime default)
+    # section: str
+    # name: str
+    # kind: str  size | duration | count | bool | str | choice | names | grants | table | stdio
+    # default: Any
+    # doc: str
+    # choices: tuple
+    # optional: bool  absent means "not set" (no limit / runtime default)
+    __slots__ = ()
 
     @property
     def dotted(self) -> str:
@@ -174,12 +183,13 @@ SCHEMA: tuple = (
 KEYS = {key.dotted: key for key in SCHEMA}
 
 
-class Grant(NamedTuple):
+class Grant(namedtuple("Grant", "host guest writable")):
     """A directory the guest can open: host path, guest path, and whether it can write."""
 
-    host: str
-    guest: str
-    writable: bool
+    # host: str
+    # guest: str
+    # writable: bool
+    __slots__ = ()
 
     def to_dict(self) -> dict:
         return {"host": self.host, "guest": self.guest, "writable": self.writable}

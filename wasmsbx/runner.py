@@ -3,19 +3,17 @@
 ``Sandbox`` is the Python API; ``wasmsbx run`` is a thin renderer over it.
 """
 
-from __future__ import annotations
-
-import math
-import struct
 import time
+from collections import namedtuple
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NamedTuple, Optional
+from typing import Any, Optional
 
 from . import errors
 from . import policy as policy_mod
-from .backends.base import EngineOptions, Limits, Signature, WasiSetup
+from .backends.base import EngineOptions, ExportInfo, Limits, Signature, WasiSetup
 
+_INF = float("inf")
 WASM_MAGIC = b"\0asm"
 INT_RANGES = {"i32": 32, "i64": 64}
 
@@ -132,11 +130,13 @@ def parse_args(func: str, sig: Signature, args: Sequence[Any]) -> list:
 def format_value(value: Any, wasm_type: str) -> str:
     """Results as users expect to read them: shortest round-tripping floats."""
     if wasm_type in ("f32", "f64") and isinstance(value, float):
-        if math.isnan(value):
+        if value != value:  # nan
             return "nan"
-        if math.isinf(value):
+        if value in (_INF, -_INF):
             return "inf" if value > 0 else "-inf"
         if wasm_type == "f32":
+            import struct
+
             target = struct.pack("<f", value)
             for digits in range(1, 10):
                 text = f"{value:.{digits}g}"
@@ -150,7 +150,7 @@ def format_value(value: Any, wasm_type: str) -> str:
 
 def json_value(value: Any) -> Any:
     """JSON has no inf/nan: those go out as strings."""
-    if isinstance(value, float) and (math.isnan(value) or math.isinf(value)):
+    if isinstance(value, float) and (value != value or value in (_INF, -_INF)):
         return format_value(value, "f64")
     return value
 
@@ -158,14 +158,26 @@ def json_value(value: Any) -> Any:
 # ---------------------------------------------------------------------------- results
 
 
-class RunStats(NamedTuple):
-    backend: str
-    compiler: Optional[str]
-    timings: dict  # phase -> seconds
-    cache: Optional[str] = None  # hit | miss | off
-    fuel_used: Optional[int] = None
-    memory_bytes: Optional[int] = None
-    warnings: tuple = ()
+class RunStats(
+    namedtuple(
+        "RunStats",
+        ["backend", "compiler", "timings", "cache", "fuel_used", "memory_bytes", "warnings"],
+        defaults=(
+            None,
+            None,
+            None,
+            (),
+        ),
+    )
+):
+    # backend: str
+    # compiler: Optional[str]
+    # timings: dict  phase -> seconds
+    # cache: Optional[str]  hit | miss | off
+    # fuel_used: Optional[int]
+    # memory_bytes: Optional[int]
+    # warnings: tuple
+    __slots__ = ()
 
     def to_dict(self) -> dict:
         return {
@@ -179,11 +191,12 @@ class RunStats(NamedTuple):
         }
 
 
-class CallResult(NamedTuple):
-    function: str
-    values: list
-    types: tuple
-    stats: RunStats
+class CallResult(namedtuple("CallResult", "function values types stats")):
+    # function: str
+    # values: list
+    # types: tuple
+    # stats: RunStats
+    __slots__ = ()
 
     def to_dict(self) -> dict:
         return {
@@ -195,11 +208,21 @@ class CallResult(NamedTuple):
         }
 
 
-class CommandResult(NamedTuple):
-    exit_code: int
-    stats: RunStats
-    stdout: Optional[bytes] = None
-    stderr: Optional[bytes] = None
+class CommandResult(
+    namedtuple(
+        "CommandResult",
+        "exit_code stats stdout stderr",
+        defaults=(
+            None,
+            None,
+        ),
+    )
+):
+    # exit_code: int
+    # stats: RunStats
+    # stdout: Optional[bytes]
+    # stderr: Optional[bytes]
+    __slots__ = ()
 
     def to_dict(self) -> dict:
         return {"exit_code": self.exit_code, "stats": self.stats.to_dict()}
@@ -264,7 +287,7 @@ class Sandbox:
         cache_wanted = self.policy.values["runtime.cache"] if use_cache is None else use_cache
         self.cache_state = "off"
         self.module = self._compile(cache_wanted)
-        self.export_list = self.engine.exports(self.module)
+        self.export_list = self._interface()
         self._instance = None
 
     # --------------------------------------------------------------- choosing
@@ -303,6 +326,21 @@ class Sandbox:
         module = self.engine.compile(self.wasm)
         self.timings["compile"] = time.perf_counter() - started
         return module
+
+    def _interface(self) -> list:
+        """Exports with their signatures, read from the binary (see facts.read_interface)."""
+        from .facts import FactsError, read_interface
+
+        try:
+            exports = read_interface(self.wasm).exports
+        except FactsError:
+            return self.engine.exports(self.module)  # the runtime accepted it: ask the runtime
+        return [
+            ExportInfo(e.name, e.kind, Signature(e.type.params, e.type.results))
+            if e.kind == "func" and e.type is not None
+            else ExportInfo(e.name, e.kind)
+            for e in exports
+        ]
 
     # --------------------------------------------------------------- calling
     @property

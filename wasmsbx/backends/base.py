@@ -9,18 +9,18 @@ modules; an instance calls exports and runs WASI commands under limits. Capabili
 are data, so the selector, ``wasmsbx backends`` and the tests all read the same facts.
 """
 
-from __future__ import annotations
-
 from abc import ABC, abstractmethod
+from collections import namedtuple
 from collections.abc import Sequence
-from typing import Any, NamedTuple, Optional
+from typing import Any, Optional
 
 
-class Signature(NamedTuple):
+class Signature(namedtuple("Signature", "params results")):
     """A function's value types, as "i32", "i64", "f32", "f64", "v128", "funcref", "externref"."""
 
-    params: tuple
-    results: tuple
+    # params: tuple
+    # results: tuple
+    __slots__ = ()
 
     def __str__(self) -> str:
         def side(types: tuple) -> str:
@@ -32,34 +32,57 @@ class Signature(NamedTuple):
         return {"params": list(self.params), "results": list(self.results)}
 
 
-class ExportInfo(NamedTuple):
-    name: str
-    kind: str  # func | memory | table | global | tag
-    signature: Optional[Signature] = None
+class ExportInfo(namedtuple("ExportInfo", "name kind signature", defaults=(None,))):
+    # name: str
+    # kind: str  func | memory | table | global | tag
+    # signature: Optional[Signature]
+    __slots__ = ()
 
 
-class ImportInfo(NamedTuple):
-    module: str
-    name: str
-    kind: str
+class ImportInfo(namedtuple("ImportInfo", "module name kind")):
+    # module: str
+    # name: str
+    # kind: str
+    __slots__ = ()
 
     @property
     def is_wasi(self) -> bool:
         return self.module.startswith("wasi_")
 
 
-class Capabilities(NamedTuple):
+class Capabilities(
+    namedtuple(
+        "Capabilities",
+        [
+            "features",
+            "security",
+            "performance",
+            "debugging",
+            "compilers",
+            "compile_speed",
+            "run_speed",
+            "notes",
+        ],
+        defaults=(
+            (),
+            0.5,
+            0.5,
+            (),
+        ),
+    )
+):
     """What a backend (with one compiler) can do, in the words of wasmsbx.capabilities."""
 
-    features: frozenset
-    security: frozenset
-    performance: frozenset
-    debugging: frozenset
-    compilers: tuple = ()
+    # features: frozenset
+    # security: frozenset
+    # performance: frozenset
+    # debugging: frozenset
+    # compilers: tuple
     # Measured facts (0..1, higher is better) used by the scorer; see benchmarks/.
-    compile_speed: float = 0.5
-    run_speed: float = 0.5
-    notes: tuple = ()  # human-readable facts and caveats
+    # compile_speed: float
+    # run_speed: float
+    # notes: tuple  human-readable facts and caveats
+    __slots__ = ()
 
     def has(self, name: str) -> bool:
         return (
@@ -82,11 +105,22 @@ class Capabilities(NamedTuple):
         }
 
 
-class Availability(NamedTuple):
-    available: bool
-    version: Optional[str] = None
-    reason: Optional[str] = None
-    fix: Optional[str] = None
+class Availability(
+    namedtuple(
+        "Availability",
+        "available version reason fix",
+        defaults=(
+            None,
+            None,
+            None,
+        ),
+    )
+):
+    # available: bool
+    # version: Optional[str]
+    # reason: Optional[str]
+    # fix: Optional[str]
+    __slots__ = ()
 
     def to_dict(self) -> dict:
         return {
@@ -97,13 +131,25 @@ class Availability(NamedTuple):
         }
 
 
-class EngineOptions(NamedTuple):
+class EngineOptions(
+    namedtuple(
+        "EngineOptions",
+        "compiler optimize fuel stack",
+        defaults=(
+            None,
+            "speed",
+            False,
+            None,
+        ),
+    )
+):
     """Everything that changes the machine code (and so the cache key)."""
 
-    compiler: Optional[str] = None
-    optimize: str = "speed"
-    fuel: bool = False
-    stack: Optional[int] = None
+    # compiler: Optional[str]
+    # optimize: str
+    # fuel: bool
+    # stack: Optional[int]
+    __slots__ = ()
 
     def to_dict(self) -> dict:
         return {
@@ -114,36 +160,76 @@ class EngineOptions(NamedTuple):
         }
 
 
-class Limits(NamedTuple):
+class Limits(
+    namedtuple(
+        "Limits",
+        ["memory", "timeout", "fuel", "stack", "table_elements", "instances", "output"],
+        defaults=(
+            None,
+            None,
+            None,
+            None,
+            None,
+        ),
+    )
+):
     """Per-call and per-instance limits; None means the runtime's own default."""
 
-    memory: int
-    timeout: float
-    fuel: Optional[int] = None
-    stack: Optional[int] = None
-    table_elements: Optional[int] = None
-    instances: Optional[int] = None
-    output: Optional[int] = None
+    # memory: int
+    # timeout: float
+    # fuel: Optional[int]
+    # stack: Optional[int]
+    # table_elements: Optional[int]
+    # instances: Optional[int]
+    # output: Optional[int]
+    __slots__ = ()
 
 
-class WasiSetup(NamedTuple):
+class WasiSetup(
+    namedtuple(
+        "WasiSetup",
+        "argv env grants stdin stdout stderr",
+        defaults=(
+            ("module",),
+            {},
+            (),
+            "null",
+            "inherit",
+            "inherit",
+        ),
+    )
+):
     """What a WASI guest sees. stdin: "inherit" | "null" | path | bytes.
     stdout/stderr: "inherit" | "null" | "capture" | path."""
 
-    argv: Sequence[str] = ("module",)
-    env: dict = {}  # noqa: RUF012 - never mutated
-    grants: Sequence[Any] = ()  # objects with .host, .guest, .writable
-    stdin: Any = "null"
-    stdout: str = "inherit"
-    stderr: str = "inherit"
+    # argv: Sequence[str]
+    # env: dict  noqa: RUF012 - never mutated
+    # grants: Sequence[Any]  objects with .host, .guest, .writable
+    # stdin: Any
+    # stdout: str
+    # stderr: str
+    __slots__ = ()
 
 
-class Usage(NamedTuple):
-    fuel_used: Optional[int] = None
-    memory_bytes: Optional[int] = None
-    stdout: Optional[bytes] = None  # when captured
-    stderr: Optional[bytes] = None
-    warnings: tuple = ()
+class Usage(
+    namedtuple(
+        "Usage",
+        ["fuel_used", "memory_bytes", "stdout", "stderr", "warnings"],
+        defaults=(
+            None,
+            None,
+            None,
+            None,
+            (),
+        ),
+    )
+):
+    # fuel_used: Optional[int]
+    # memory_bytes: Optional[int]
+    # stdout: Optional[bytes]  when captured
+    # stderr: Optional[bytes]
+    # warnings: tuple
+    __slots__ = ()
 
 
 class Instance(ABC):

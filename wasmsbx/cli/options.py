@@ -10,20 +10,28 @@ The parser also does what click cannot for a wasm runner: after FUNC, tokens suc
 ``-5`` or ``-inf`` are arguments, not options.
 """
 
-from __future__ import annotations
-
-from typing import NamedTuple, Optional
+from collections import namedtuple
 
 from ..errors import UsageError
 
 
-class Opt(NamedTuple):
-    flags: tuple  # ("--policy", "-p")
-    dest: str
-    kind: str  # value | flag | multi
-    help: str
-    metavar: str = ""
-    value_type: type = str
+class Opt(
+    namedtuple(
+        "Opt",
+        "flags dest kind help metavar value_type",
+        defaults=(
+            "",
+            str,
+        ),
+    )
+):
+    # flags: tuple  ("--policy", "-p")
+    # dest: str
+    # kind: str  value | flag | multi
+    # help: str
+    # metavar: str
+    # value_type: type
+    __slots__ = ()
 
 
 RUN_OPTIONS: tuple = (
@@ -76,10 +84,11 @@ RUN_OPTIONS: tuple = (
 _BY_FLAG = {flag: opt for opt in RUN_OPTIONS for flag in opt.flags}
 
 
-class RunArgs(NamedTuple):
-    options: dict
-    positionals: list
-    passthrough: Optional[list]  # after "--", None when absent
+class RunArgs(namedtuple("RunArgs", "options positionals passthrough")):
+    # options: dict
+    # positionals: list
+    # passthrough: Optional[list]  after "--", None when absent
+    __slots__ = ()
 
 
 def _value(opt: Opt, raw: str) -> object:

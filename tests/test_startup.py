@@ -1,0 +1,51 @@
+"""`wasmsbx run` must not import what it does not use (start-up is a product feature).
+
+Timing lives in benchmarks/startup.py; this checks the structure that makes it fast.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from .conftest import EXAMPLES
+
+HEAVY = (
+    "typer",
+    "click",
+    "rich",
+    "diskcache",
+    "sqlite3",
+    "dataclasses",
+    "inspect",
+    "importlib.metadata",
+    "watchfiles",
+    "platformdirs",
+    "tomli_w",
+    "wasmer",
+    "json",
+)
+
+
+def imported_modules(*args: str) -> set:
+    proc = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "wasmsbx", *args], capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr
+    names = set()
+    for line in proc.stderr.splitlines():
+        if line.startswith("import time:") and "|" in line:
+            names.add(line.rsplit("|", 1)[1].strip())
+    return names
+
+
+def test_run_imports_nothing_heavy():
+    names = imported_modules("run", str(EXAMPLES / "add.wat"), "add", "5", "3")
+    assert "wasmtime" in names
+    heavy = sorted(n for n in names if n.split(".")[0] in HEAVY or n in HEAVY)
+    assert heavy == []
+
+
+def test_help_uses_the_typer_app():
+    names = imported_modules("run", "--help")
+    assert "typer" in names
