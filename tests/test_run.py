@@ -228,3 +228,24 @@ def test_wasi_command_json_captures_output(cli, backend):
 def test_not_a_command(cli):
     res = cli("run", ADD)
     assert res.code == 2 and "no _start export" in res.stderr and "add" in res.stderr
+
+
+def test_stdio_policy_files(cli, backend, isolated):
+    (isolated / "in.txt").write_bytes(b"from a file\n")
+    (isolated / "sandbox.toml").write_text(
+        '[stdio]\nstdin = "in.txt"\nstdout = "out.txt"\nstderr = "null"\n'
+    )
+    fsprobe = GUESTS / "fsprobe.wasm"
+    res = cli("run", fsprobe, "--backend", backend, "--", "cat-stdin")
+    assert res.code == 0 and res.stdout == "", res
+    assert (isolated / "out.txt").read_bytes() == b"from a file\n"
+    res = cli("run", fsprobe, "--backend", backend, "--", "read", "/nope")
+    assert res.code == 1 and res.stderr == ""  # guest stderr went to null
+
+
+def test_stdin_null_by_policy(cli, backend, isolated):
+    (isolated / "sandbox.toml").write_text('[stdio]\nstdin = "null"\n')
+    res = cli(
+        "run", GUESTS / "fsprobe.wasm", "--backend", backend, "--", "cat-stdin", input=b"ignored"
+    )
+    assert res.code == 0 and res.stdout == ""
