@@ -70,7 +70,7 @@ def main() -> int:
         }
         samples: dict = {name: [] for name in cmds}
         for _ in range(5):  # warm the page cache
-            for name, cmd in cmds.items():
+            for cmd in cmds.values():
                 once(cmd, env)
         for _ in range(args.runs):
             for name, cmd in cmds.items():
