@@ -8,15 +8,16 @@ bug (any other exception) prints a traceback, and only with ``WASMSBX_DEBUG=1``.
 
 from __future__ import annotations
 
-from enum import IntEnum
 from typing import Any, Optional
 
 
-class ExitCode(IntEnum):
+class ExitCode:
     """The documented exit codes (README, "Exit codes").
 
     A WASI command's own exit code is passed through unchanged, so wasmsbx's own
-    failures live at 100 and above, where guests rarely exit.
+    failures live at 100 and above, where guests rarely exit. Plain ints on a plain
+    class, not an IntEnum: building an enum class costs more start-up time than the
+    rest of this module.
     """
 
     OK = 0
@@ -43,7 +44,7 @@ class ExitCode(IntEnum):
 class WasmsbxError(Exception):
     """Base of every expected failure."""
 
-    exit_code: ExitCode = ExitCode.INTERNAL
+    exit_code: int = ExitCode.INTERNAL
     kind: str = "error"
 
     def __init__(self, message: str, *, hint: Optional[str] = None, **context: Any) -> None:

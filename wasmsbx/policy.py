@@ -8,6 +8,8 @@ Secure by default: no files, no environment variables, no network; memory, time,
 tables and output are bounded.
 """
 
+from __future__ import annotations
+
 import fnmatch
 import os
 import sys

@@ -3,6 +3,8 @@
 ``Sandbox`` is the Python API; ``wasmsbx run`` is a thin renderer over it.
 """
 
+from __future__ import annotations
+
 import time
 from collections import namedtuple
 from collections.abc import Sequence

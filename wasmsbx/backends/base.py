@@ -9,6 +9,8 @@ modules; an instance calls exports and runs WASI commands under limits. Capabili
 are data, so the selector, ``wasmsbx backends`` and the tests all read the same facts.
 """
 
+from __future__ import annotations
+
 from abc import ABC, abstractmethod
 from collections import namedtuple
 from collections.abc import Sequence

@@ -10,6 +10,8 @@ The parser also does what click cannot for a wasm runner: after FUNC, tokens suc
 ``-5`` or ``-inf`` are arguments, not options.
 """
 
+from __future__ import annotations
+
 from collections import namedtuple
 
 from ..errors import UsageError
