@@ -5,7 +5,10 @@ Target (issue #2): wasmsbx <= 1.15x the bare script. Both run on this interprete
 bytecode compiled (as `pip install` leaves it), interleaved so machine noise hits both
 alike; medians are compared.
 
-    python benchmarks/startup.py [--runs 60] [--json]
+    python benchmarks/startup.py [--runs 60] [--json] [--instructions]
+
+--instructions also counts CPU instructions with valgrind's callgrind (if installed):
+unlike wall time, the count does not move with the machine's load.
 """
 
 from __future__ import annotations
@@ -51,10 +54,26 @@ def once(cmd: list, env: dict) -> tuple:
     return elapsed, cpu
 
 
+def instructions(cmd: list, env: dict) -> int:
+    """Instructions executed by the whole process, counted by callgrind."""
+    with tempfile.TemporaryDirectory() as tmp:
+        proc = subprocess.run(
+            ["valgrind", "--tool=callgrind", f"--callgrind-out-file={tmp}/cg.out", *cmd],
+            env={**env, "PYTHONHASHSEED": "0"},
+            capture_output=True,
+            text=True,
+        )
+    for line in proc.stderr.splitlines():
+        if "Collected :" in line:
+            return int(line.rsplit(":", 1)[1])
+    raise SystemExit(f"callgrind failed: {proc.stderr[-500:]}")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=60)
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--instructions", action="store_true")
     args = parser.parse_args()
     compileall.compile_dir(str(ROOT / "wasmsbx"), quiet=1)
     env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
@@ -68,6 +87,10 @@ def main() -> int:
             "bare wasmtime-py": [sys.executable, str(bare_py), str(MODULE)],
             "wasmsbx run": [sys.executable, str(launcher), "run", str(MODULE), "add", "5", "3"],
         }
+        counts = {}
+        if args.instructions:
+            for name, cmd in cmds.items():
+                counts[name] = statistics.median(instructions(cmd, env) for _ in range(3))
         samples: dict = {name: [] for name in cmds}
         for _ in range(5):  # warm the page cache
             for cmd in cmds.values():
@@ -90,6 +113,10 @@ def main() -> int:
         "cpu_median_ms": {k: round(v * 1000, 2) for k, v in med_cpu.items()},
         "ratio_of_medians": round(ratio, 3),
         "cpu_ratio_of_medians": round(ratio_cpu, 3),
+        "instructions": counts,
+        "instruction_ratio": (
+            round(counts["wasmsbx run"] / counts["bare wasmtime-py"], 3) if counts else None
+        ),
         "target": 1.15,
         "meets_target": ratio <= 1.15,
     }
@@ -101,6 +128,11 @@ def main() -> int:
         print(
             f"{name:<20} {report['median_ms'][name]:>10.2f} {report['mean_ms'][name]:>9.2f} "
             f"{report['stdev_ms'][name]:>9.2f} {report['cpu_median_ms'][name]:>8.2f}"
+        )
+    if counts:
+        print(
+            f"instructions (callgrind): bare {counts['bare wasmtime-py']:,.0f}, wasmsbx "
+            f"{counts['wasmsbx run']:,.0f}, ratio {report['instruction_ratio']:.3f}x"
         )
     print(
         f"ratio (wall medians): {ratio:.3f}x  (CPU-time medians: {ratio_cpu:.3f}x)  "
