@@ -233,6 +233,35 @@ class CommandResult(
 # ---------------------------------------------------------------------------- the sandbox
 
 
+def find_signature(export_list: Sequence[Any], func: str, module_name: str) -> Signature:
+    """The signature of exported function ``func``; a UsageError that suggests a name if not."""
+    for export in export_list:
+        if export.name == func:
+            if export.kind != "func":
+                raise errors.UsageError(
+                    f"export {func!r} is a {export.kind}, not a function",
+                    hint=exports_hint(export_list),
+                )
+            return export.signature
+    import difflib
+
+    funcs = [e.name for e in export_list if e.kind == "func"]
+    close = difflib.get_close_matches(func, funcs, n=1)
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    raise errors.UsageError(
+        f"{module_name} has no export named {func!r}",
+        hint=hint + exports_hint(export_list),
+        function=func,
+    )
+
+
+def exports_hint(export_list: Sequence[Any]) -> str:
+    funcs = [f"{e.name}{e.signature}" for e in export_list if e.kind == "func"]
+    if not funcs:
+        return "the module exports no functions"
+    return "exported functions: " + ", ".join(funcs[:12]) + (" ..." if len(funcs) > 12 else "")
+
+
 def limits_from(policy: policy_mod.Policy) -> Limits:
     v = policy.values
     return Limits(
@@ -350,30 +379,10 @@ class Sandbox:
         return list(self.export_list)
 
     def signature(self, func: str) -> Signature:
-        for export in self.export_list:
-            if export.name == func:
-                if export.kind != "func":
-                    raise errors.UsageError(
-                        f"export {func!r} is a {export.kind}, not a function",
-                        hint=self._exports_hint(),
-                    )
-                return export.signature
-        import difflib
-
-        funcs = [e.name for e in self.export_list if e.kind == "func"]
-        close = difflib.get_close_matches(func, funcs, n=1)
-        hint = f"did you mean {close[0]!r}? " if close else ""
-        raise errors.UsageError(
-            f"{self.path.name} has no export named {func!r}",
-            hint=hint + self._exports_hint(),
-            function=func,
-        )
+        return find_signature(self.export_list, func, self.path.name)
 
     def _exports_hint(self) -> str:
-        funcs = [f"{e.name}{e.signature}" for e in self.export_list if e.kind == "func"]
-        if not funcs:
-            return "the module exports no functions"
-        return "exported functions: " + ", ".join(funcs[:12]) + (" ..." if len(funcs) > 12 else "")
+        return exports_hint(self.export_list)
 
     def wasi_setup(
         self, argv: Sequence[str] = (), stdin: Any = None, capture: bool = False

@@ -249,6 +249,21 @@ class Instance(ABC):
     def usage(self) -> Usage:
         """Fuel and memory used so far, captured output, limit warnings."""
 
+    def repeat(self, name: str, args: Sequence[Any]):
+        """A callable ``run(n)`` that calls ``name(*args)`` n times, for benchmarks.
+
+        Adapters override it with a tight loop over the runtime's raw function, arming
+        the limits once per block of n calls (the block must finish within the timeout;
+        it gets n times the per-call fuel), raising the same errors as ``call``. This
+        default simply loops over ``call``, limits armed per call.
+        """
+
+        def run(calls: int) -> None:
+            for _ in range(calls):
+                self.call(name, args)
+
+        return run
+
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release resources held outside the store."""
 

@@ -195,6 +195,7 @@ class WasmtimeInstance(Instance):
             instances=-1 if limits.instances is None else limits.instances,
         )
         self.fuel_used = 0
+        self.fuel_armed = 0
         self.memories = [e.name for e in engine.exports(module) if e.kind == "memory"]
         self._arm()
         linker = wasmtime.Linker(engine.engine)
@@ -251,10 +252,11 @@ class WasmtimeInstance(Instance):
                 imports=missing,
             )
 
-    def _arm(self) -> None:
+    def _arm(self, calls: int = 1) -> None:
         self.store.set_epoch_deadline(self.deadline_ticks)
         if self.limits.fuel is not None:
-            self.store.set_fuel(self.limits.fuel)
+            self.fuel_armed = self.limits.fuel * calls
+            self.store.set_fuel(self.fuel_armed)
 
     # ------------------------------------------------------------------ calls
     def func(self, name: str) -> Any:
@@ -266,18 +268,40 @@ class WasmtimeInstance(Instance):
         try:
             with self.engine.ticker:
                 result = func(self.store, *args)
-        except wasmtime.Trap as trap:
-            raise self._trap_error(trap, name) from None
-        except wasmtime.ExitTrap as exit_trap:
-            raise errors.TrapError(
-                f"guest called proc_exit({exit_trap.code}) in {name}",
-                exit_code_guest=exit_trap.code,
-            ) from None
+        except (wasmtime.Trap, wasmtime.ExitTrap) as exc:
+            raise self._call_error(exc, name) from None
         finally:
             self._account_fuel()
         if result is None:
             return []
         return list(result) if isinstance(result, list) else [result]
+
+    def repeat(self, name: str, args: Sequence[Any]):
+        """``run(n)``: n calls in a tight loop over the raw wasmtime Func, armed once.
+
+        The block must finish within the timeout and gets n times the per-call fuel.
+        """
+        func, store, args = self.exports[name], self.store, tuple(args)
+
+        def run(calls: int) -> None:
+            self._arm(calls)
+            try:
+                with self.engine.ticker:
+                    for _ in range(calls):
+                        func(store, *args)
+            except (wasmtime.Trap, wasmtime.ExitTrap) as exc:
+                raise self._call_error(exc, name) from None
+            finally:
+                self._account_fuel()
+
+        return run
+
+    def _call_error(self, exc: Exception, name: str) -> errors.WasmsbxError:
+        if isinstance(exc, wasmtime.ExitTrap):
+            return errors.TrapError(
+                f"guest called proc_exit({exc.code}) in {name}", exit_code_guest=exc.code
+            )
+        return self._trap_error(exc, name)
 
     def run_command(self) -> int:
         try:
@@ -302,7 +326,7 @@ class WasmtimeInstance(Instance):
 
     def _account_fuel(self) -> None:
         if self.limits.fuel is not None:
-            self.fuel_used += self.limits.fuel - self.store.get_fuel()
+            self.fuel_used += self.fuel_armed - self.store.get_fuel()
 
     def usage(self) -> Usage:
         fuel_used = self.fuel_used if self.limits.fuel is not None else None
