@@ -73,7 +73,7 @@ class Stats:
     q1: float
     q3: float
     iqr: float
-    throughput: float
+    throughput: Optional[float]  # None if the median is 0 (below the timer's resolution)
     outliers_low: int
     outliers_high: int
     values: list = field(default_factory=list)
@@ -134,7 +134,7 @@ def summarize(values: Sequence[float], ops_per_sample: int = 1) -> Stats:
         q1=q1,
         q3=q3,
         iqr=iqr,
-        throughput=(1.0 / mid) if mid > 0 else math.inf,
+        throughput=(1.0 / mid) if mid > 0 else None,
         outliers_low=sum(1 for v in values if v < low_fence),
         outliers_high=sum(1 for v in values if v > high_fence),
         values=list(values),

@@ -1,0 +1,407 @@
+"""wasmsbx bench: phases, backends, JSON report, baselines and the regression exit code."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import BACKENDS, EXAMPLES, capabilities_of
+
+from wasmsbx import bench, bench_schema
+from wasmsbx.backends import get, split
+from wasmsbx.backends.base import EngineOptions, Limits
+from wasmsbx.errors import FuelExhausted, TimeoutExceeded, TrapError
+
+FAST = ["-n", "3", "--warmup", "0", "--budget", "0.3s", "--sample-time", "1ms"]
+ADD = EXAMPLES / "add.wat"
+HELLO = EXAMPLES / "wasi" / "hello.wasm"
+
+COUNTER = """
+(module
+  (memory (export "memory") 2)
+  (global $n (mut i32) (i32.const 0))
+  (func (export "bump") (result i32)
+    (global.set $n (i32.add (global.get $n) (i32.const 1)))
+    (global.get $n))
+  (func (export "count") (result i32) (global.get $n))
+  (func (export "spin") (loop $l (br $l)))
+  (func (export "boom") (unreachable)))
+"""
+
+
+@pytest.fixture
+def counter(tmp_path):
+    path = tmp_path / "counter.wat"
+    path.write_text(COUNTER)
+    return path
+
+
+def fast_settings(**kw) -> bench.Settings:
+    base = {"iterations": 3, "warmup": 0, "budget": 0.3, "sample_time": 0.001}
+    base.update(kw)
+    return bench.Settings(**base)
+
+
+# ---------------------------------------------------------------------------- Instance.repeat
+
+
+def instance_for(label: str, path, limits: Limits, fuel: bool = False):
+    import wasmtime
+
+    name, compiler = split(label)
+    adapter = get(name)
+    engine = adapter.engine(EngineOptions(compiler=compiler or adapter.default_compiler, fuel=fuel))
+    module = engine.compile(bytes(wasmtime.wat2wasm(path.read_text())))
+    return engine.instantiate(module, limits)
+
+
+LIMITS = Limits(memory=1 << 24, timeout=5.0, table_elements=10000, instances=1)
+
+
+def test_repeat_runs_n_calls(backend, counter):
+    instance = instance_for(backend, counter, LIMITS)
+    run = instance.repeat("bump", [])
+    run(5)
+    run(7)
+    assert instance.call("count", []) == [12]
+
+
+def test_repeat_maps_traps_like_call(backend, counter):
+    instance = instance_for(backend, counter, LIMITS)
+    with pytest.raises(TrapError) as info:
+        instance.repeat("boom", [])(3)
+    assert "unreachable" in info.value.message
+
+
+def test_repeat_block_is_bounded_by_the_timeout(backend, counter):
+    if not capabilities_of(backend).has("interrupt"):
+        pytest.skip(f"{backend} does not declare interrupt")
+    instance = instance_for(backend, counter, LIMITS._replace(timeout=0.2))
+    with pytest.raises(TimeoutExceeded):
+        instance.repeat("spin", [])(1)
+
+
+def test_repeat_meters_fuel_per_block(backend, counter):
+    if not capabilities_of(backend).has("fuel"):
+        pytest.skip(f"{backend} does not declare fuel")
+    instance = instance_for(backend, counter, LIMITS._replace(fuel=1000), fuel=True)
+    instance.call("bump", [])
+    one = instance.usage().fuel_used
+    instance.repeat("bump", [])(10)
+    assert instance.usage().fuel_used == pytest.approx(11 * one)
+    with pytest.raises(FuelExhausted):
+        instance.repeat("spin", [])(2)
+
+
+def test_default_repeat_loops_over_call():
+    from wasmsbx.backends.base import Instance, Usage
+
+    class Recorder(Instance):
+        def __init__(self):
+            self.calls = []
+
+        def call(self, name, args):
+            self.calls.append((name, tuple(args)))
+            return []
+
+        def run_command(self):
+            return 0
+
+        def usage(self):
+            return Usage()
+
+    rec = Recorder()
+    rec.repeat("f", [1, 2])(3)
+    assert rec.calls == [("f", (1, 2))] * 3
+
+
+# ---------------------------------------------------------------------------- the core
+
+
+def test_run_case_measures_every_call_phase(backend):
+    case = bench.Case("add", str(ADD), "add", [5, 3], backends=(backend,), settings=fast_settings())
+    result = bench.run_case(case)
+    assert result.kind == "call" and result.error is None
+    (res,) = result.results
+    assert res.status == "ok", res.error
+    expected = ["compile", "instantiate", "call"]
+    if capabilities_of(backend).has("aot"):
+        expected.insert(1, "load")
+    assert [p for p in res.phases if res.phases[p].stats] == expected
+    for entry in res.phases.values():
+        if entry.stats:
+            assert 1 <= entry.stats.samples <= 3
+            assert entry.stats.median > 0
+    assert res.phases["call"].stats.ops_per_sample >= 1
+
+
+def test_progress_callback_reports_each_sample():
+    seen = []
+    case = bench.Case("add", str(ADD), "add", [1, 2], settings=fast_settings(phases=("call",)))
+    bench.run_case(case, lambda *event: seen.append(event))
+    assert seen[0] == ("add", "wasmtime", "call", 0, 3)
+    assert seen[-1][3] == len(seen) - 1  # one event per measured sample
+
+
+def test_budget_stops_sampling_early():
+    settings = fast_settings(iterations=1000, budget=0.05, sample_time=0.01, phases=("call",))
+    res = bench.run_case(bench.Case("add", str(ADD), "add", [1, 2], settings=settings)).results[0]
+    phase = res.phases["call"]
+    assert phase.budget_exhausted
+    assert 1 <= phase.stats.samples < 1000
+
+
+def test_settings_are_checked():
+    from wasmsbx.errors import UsageError
+
+    for bad in ({"iterations": 0}, {"warmup": -1}, {"budget": 0}, {"phases": ("cmopile",)}):
+        with pytest.raises(UsageError):
+            bench.Settings(**bad).check()
+
+
+# ---------------------------------------------------------------------------- the CLI
+
+
+def test_cli_json_report_on_every_backend(cli, backend):
+    r = cli("bench", ADD, "add", "5", "3", "--backend", backend, "--json", *FAST)
+    assert r.code == 0, r.stderr
+    data = r.json()
+    assert bench_schema.validate(data) == []
+    (case,) = data["cases"]
+    assert case["name"] == "add.wat:add" and case["kind"] == "call"
+    (res,) = case["results"]
+    assert res["label"] == backend and res["status"] == "ok"
+    assert res["version"]
+    call = res["phases"]["call"]["stats"]
+    assert call["samples"] == 3 and len(call["values"]) == 3
+    assert call["throughput"] == pytest.approx(1 / call["median"])
+    assert data["environment"]["cpu"] and data["environment"]["python"]
+    assert case["policy"]["values"]["limits"]["memory"] == 256 * 1024 * 1024
+
+
+def test_cli_human_report_has_a_table_per_phase(cli):
+    r = cli("bench", ADD, "add", "5", "3", *FAST)
+    assert r.code == 0, r.stderr
+    for phase in ("compile", "load", "instantiate", "call"):
+        assert f"{phase}: " in r.stdout
+    for column in ("samples", "min", "median", "mean", "p95", "stdev", "outliers", "ops/s"):
+        assert column in r.stdout
+    assert "\x1b[" not in r.stdout and "\x1b[" not in r.stderr  # not a TTY: no progress, no colour
+    assert r.stderr == ""
+
+
+def test_cli_all_backends_lists_every_backend_and_compiler(cli):
+    r = cli("bench", ADD, "add", "1", "2", "--backend", "all", "--phase", "call", "--json", *FAST)
+    assert r.code == 0, r.stderr
+    labels = [res["label"] for res in r.json()["cases"][0]["results"]]
+    assert set(BACKENDS) <= set(labels)
+    for res in r.json()["cases"][0]["results"]:
+        assert res["status"] in ("ok", "skipped")
+        if res["status"] == "skipped":
+            assert res["reason"]
+
+
+def test_cli_wasi_command_whole_run(cli, backend):
+    r = cli("bench", HELLO, "--backend", backend, "--json", *FAST, "--", "--exit", "3")
+    assert r.code == 0, r.stderr
+    case = r.json()["cases"][0]
+    assert case["kind"] == "command" and case["argv"] == ["--exit", "3"]
+    res = case["results"][0]
+    assert res["exit_code"] == 3
+    assert "run" in res["phases"] and "call" not in res["phases"]
+    assert res["memory_bytes"] and res["memory_bytes"] > 0
+
+
+def test_cli_fuel_and_memory_per_call(cli, counter, backend):
+    if not capabilities_of(backend).has("fuel"):
+        pytest.skip(f"{backend} does not declare fuel")
+    r = cli("bench", counter, "bump", "--fuel", "100000", "--backend", backend, "--json", *FAST)
+    assert r.code == 0, r.stderr
+    res = r.json()["cases"][0]["results"][0]
+    assert res["fuel_per_op"] and 0 < res["fuel_per_op"] < 100
+    assert res["memory_bytes"] == 2 * 65536
+
+
+def test_cli_negative_arguments_after_double_dash(cli):
+    r = cli("bench", ADD, "add", "--phase", "call", "--json", *FAST, "--", "-5", "3")
+    assert r.code == 0, r.stderr
+    assert r.json()["cases"][0]["args"] == ["-5", "3"]
+
+
+@pytest.mark.parametrize(
+    "args, code, needle",
+    [
+        (["nope.wasm", "f"], 105, "no such file"),
+        ([ADD, "ad", "1", "2"], 2, "did you mean 'add'"),
+        ([ADD, "add", "1"], 2, "add takes 2 arguments"),
+        ([ADD, "div", "1", "0"], 103, "integer divide by zero"),
+        ([ADD], 2, "no _start export"),
+        ([ADD, "add", "1", "2", "--backend", "wasmtiem"], 2, "did you mean 'wasmtime'"),
+        ([ADD, "add", "1", "2", "--phase", "cmopile"], 2, "unknown phase"),
+        ([ADD, "add", "1", "2", "-n", "0"], 2, "iterations must be at least 1"),
+        ([ADD, "add", "1", "2", "--budget", "soon"], 2, "--budget"),
+        ([ADD, "add", "1", "2", "--fail-on-regression", "10%"], 2, "needs --baseline"),
+        ([], 2, "missing MODULE"),
+    ],
+)
+def test_cli_errors_are_one_line_with_the_documented_code(cli, args, code, needle):
+    r = cli("bench", *FAST, *args)
+    assert r.code == code, r
+    assert needle in r.stderr
+    assert "Traceback" not in r.stderr
+    assert r.stderr.count("error:") == 1
+
+
+def test_cli_trap_in_json_mode_still_prints_the_report(cli):
+    r = cli("bench", ADD, "div", "1", "0", "--json", *FAST)
+    assert r.code == 103
+    res = r.json()["cases"][0]["results"][0]
+    assert res["status"] == "failed"
+    assert res["error"]["kind"] == "trap" and res["error"]["phase"] == "call"
+    assert "compile" in res["phases"]  # what was measured before the failure is kept
+
+
+def test_cli_output_file_matches_stdout(cli, tmp_path):
+    out = tmp_path / "report.json"
+    r = cli("bench", ADD, "add", "1", "2", "--json", "--output", out, "--phase", "call", *FAST)
+    assert r.code == 0, r.stderr
+    assert json.loads(out.read_text()) == r.json()
+
+
+# ---------------------------------------------------------------------------- baselines
+
+
+def saved_baseline(cli, tmp_path, *extra):
+    path = tmp_path / "base.json"
+    r = cli("bench", ADD, "add", "1", "2", "--save-baseline", path, *FAST, *extra)
+    assert r.code == 0, r.stderr
+    return path, json.loads(path.read_text())
+
+
+def rewrite(data: dict, factor: float, mad: float) -> dict:
+    """A synthetic baseline: every median scaled by ``factor``, every MAD set to ``mad``."""
+    for case in data["cases"]:
+        for res in case["results"]:
+            for entry in res["phases"].values():
+                if entry["stats"]:
+                    entry["stats"]["median"] *= factor
+                    entry["stats"]["mad"] = mad
+    return data
+
+
+def test_baseline_deltas_and_regression_exit_code(cli, tmp_path):
+    path, data = saved_baseline(cli, tmp_path, "--phase", "call")
+    # The baseline claims the call was 100x faster with no spread: a clear regression.
+    path.write_text(json.dumps(rewrite(data, 0.01, 0.0)))
+    r = cli("bench", ADD, "add", "1", "2", "--baseline", path, "--fail-on-regression", "10%",
+            "--phase", "call", "--json", *FAST)  # fmt: skip
+    assert r.code == 120, r
+    report = r.json()
+    assert bench_schema.validate(report) == []
+    (delta,) = report["comparison"]["deltas"]
+    assert (delta["case"], delta["backend"], delta["phase"]) == ("add.wat:add", "wasmtime", "call")
+    assert delta["verdict"] == "regression" and delta["change"] > 10
+    assert report["summary"]["regressions"] == 1
+    assert report["comparison"]["threshold"] == pytest.approx(0.10)
+    assert "regression: add.wat:add [wasmtime] call" in r.stderr
+    # The same comparison in the terminal report
+    r = cli("bench", ADD, "add", "1", "2", "--baseline", path, "--fail-on-regression", "10%",
+            "--phase", "call", *FAST)  # fmt: skip
+    assert r.code == 120
+    assert "against baseline" in r.stdout and "regression" in r.stdout
+
+
+def test_failures_take_precedence_over_regressions(cli, tmp_path):
+    path, data = saved_baseline(cli, tmp_path, "--phase", "call")
+    path.write_text(json.dumps(rewrite(data, 0.01, 0.0)))
+    suite = tmp_path / "suite.toml"
+    suite.write_text(
+        f"""[bench]
+phases = ["call"]
+[[bench.case]]
+name = "add.wat:add"
+module = "{ADD}"
+function = "add"
+args = [1, 2]
+[[bench.case]]
+module = "missing.wasm"
+function = "f"
+"""
+    )
+    r = cli("bench", "--suite", suite, "--baseline", path, "--fail-on-regression", "10%", *FAST)
+    assert r.code == 122, r
+    assert "regression:" in r.stderr and "missing.wasm: no such file" in r.stderr
+
+
+def test_baseline_without_threshold_only_reports(cli, tmp_path):
+    path, data = saved_baseline(cli, tmp_path, "--phase", "call")
+    path.write_text(json.dumps(rewrite(data, 0.01, 0.0)))
+    r = cli("bench", ADD, "add", "1", "2", "--baseline", path, "--phase", "call", *FAST)
+    assert r.code == 0, r
+    assert "against baseline" in r.stdout and "slower" in r.stdout
+
+
+def test_regression_within_noise_does_not_fail(cli, tmp_path):
+    path, data = saved_baseline(cli, tmp_path, "--phase", "call")
+    median = data["cases"][0]["results"][0]["phases"]["call"]["stats"]["median"]
+    # 4x faster on paper, but with a spread far larger than the difference.
+    path.write_text(json.dumps(rewrite(data, 0.25, median * 10)))
+    r = cli("bench", ADD, "add", "1", "2", "--baseline", path, "--fail-on-regression", "10%",
+            "--phase", "call", "--json", *FAST)  # fmt: skip
+    assert r.code == 0, r
+    (delta,) = r.json()["comparison"]["deltas"]
+    assert delta["verdict"] == "same" and delta["change"] > 0.10
+
+
+def test_faster_than_baseline_passes(cli, tmp_path):
+    path, data = saved_baseline(cli, tmp_path, "--phase", "call")
+    path.write_text(json.dumps(rewrite(data, 100.0, 0.0)))
+    r = cli("bench", ADD, "add", "1", "2", "--baseline", path, "--fail-on-regression", "10%",
+            "--phase", "call", "--json", *FAST)  # fmt: skip
+    assert r.code == 0, r
+    assert r.json()["comparison"]["deltas"][0]["verdict"] == "faster"
+
+
+@pytest.mark.parametrize(
+    "content, code, needle",
+    [
+        (None, 105, "baseline not found"),
+        ("not json", 2, "invalid JSON"),
+        ('{"hello": 1}', 2, "not a bench report"),
+        ('{"report_version": 99, "cases": []}', 2, "version 99 is not supported"),
+    ],
+)
+def test_bad_baseline_files(cli, tmp_path, content, code, needle):
+    path = tmp_path / "base.json"
+    if content is not None:
+        path.write_text(content)
+    r = cli("bench", ADD, "add", "1", "2", "--baseline", path, *FAST)
+    assert r.code == code, r
+    assert needle in r.stderr and "Traceback" not in r.stderr
+
+
+def test_bar_chart_compares_backends():
+    """The chart needs two backends; build a report with two results from one real run."""
+    import copy
+    import io
+
+    from rich.console import Console
+
+    from wasmsbx.cli import bench_view
+
+    case = bench.run_case(
+        bench.Case("add", str(ADD), "add", [1, 2], settings=fast_settings(phases=("call",)))
+    )
+    twin = copy.deepcopy(case.results[0])
+    twin.label = "other"
+    twin.phases["call"].stats.median *= 2
+    case.results.append(twin)
+    buffer = io.StringIO()
+    bench_view._bars(Console(file=buffer, width=120), ["call"], case.results)
+    text = buffer.getvalue()
+    assert "median by backend" in text
+    lines = [line for line in text.splitlines() if "█" in line]
+    assert len(lines) == 2
+    assert lines[1].count("█") == bench_view.BAR_WIDTH  # the slowest fills the bar
+    assert lines[0].count("█") == bench_view.BAR_WIDTH // 2
+    assert "×2.00" in lines[1]
