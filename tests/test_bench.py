@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import BACKENDS, EXAMPLES, capabilities_of
 
 from wasmsbx import bench, bench_schema
 from wasmsbx.backends import get, split
 from wasmsbx.backends.base import EngineOptions, Limits
 from wasmsbx.errors import FuelExhausted, TimeoutExceeded, TrapError
+
+from .conftest import BACKENDS, EXAMPLES, capabilities_of
 
 FAST = ["-n", "3", "--warmup", "0", "--budget", "0.3s", "--sample-time", "1ms"]
 ADD = EXAMPLES / "add.wat"

@@ -6,9 +6,10 @@ import copy
 import re
 
 import pytest
-from conftest import EXAMPLES, ROOT
 
 from wasmsbx import bench_schema
+
+from .conftest import EXAMPLES, ROOT
 
 FAST = ["-n", "2", "--warmup", "0", "--budget", "0.2s", "--sample-time", "1ms"]
 DOC = ROOT / "docs" / "bench-schema.md"
@@ -50,7 +51,7 @@ def reports(tmp_path_factory):
     import json
     import os
 
-    from conftest import run_cli
+    from .conftest import run_cli
 
     tmp = tmp_path_factory.mktemp("schema")
     env = {"WASMSBX_CACHE_DIR": str(tmp / "cache"), "NO_COLOR": "1"}

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import pytest
-from conftest import EXAMPLES
 
 from wasmsbx.bench_suite import SuiteError, build_cases, read_suite
+
+from .conftest import EXAMPLES
 
 FAST = ["-n", "2", "--warmup", "0", "--budget", "0.2s", "--sample-time", "1ms"]
 
@@ -171,7 +172,7 @@ def test_bad_policy_in_suite_is_a_policy_error(cli, tmp_path):
 def test_readme_suite_example_is_valid(tmp_path):
     import re
 
-    from conftest import ROOT
+    from .conftest import ROOT
 
     readme = (ROOT / "README.md").read_text()
     section = readme.split("## bench", 1)[1].split("\n## ", 1)[0]
