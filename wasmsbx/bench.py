@@ -271,14 +271,20 @@ def environment() -> dict:
 
 
 def _calibrate(op: Callable[[int], float], sample_time: float) -> int:
-    """Operations per sample so that one sample lasts about ``sample_time``."""
-    elapsed = op(1)
-    if elapsed >= sample_time:
-        return 1
-    ops = min(MAX_OPS, max(1, math.ceil(sample_time / max(elapsed, 1e-9))))
-    elapsed = op(ops)  # the first call is often slow: estimate again from a full block
-    per_op = max(elapsed / ops, 1e-9)
-    return min(MAX_OPS, max(1, math.ceil(sample_time / per_op)))
+    """Operations per sample so that one sample lasts at least ``sample_time``.
+
+    One operation first, untimed for the estimate (the first call is often cold), then
+    the block grows (at most tenfold a step) until it lasts ``sample_time``.
+    """
+    op(1)
+    ops = 1
+    while ops < MAX_OPS:
+        elapsed = op(ops)
+        if elapsed >= sample_time:
+            break
+        factor = math.ceil(sample_time / max(elapsed, 1e-9))
+        ops = min(MAX_OPS, ops * min(10, max(2, factor)))
+    return ops
 
 
 def measure(

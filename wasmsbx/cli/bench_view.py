@@ -188,7 +188,7 @@ def _bars(console: Any, phases: list, results: list) -> None:
             ratio = value / fastest if fastest > 0 else 1.0
             console.print(
                 f"    {label.ljust(width)} [cyan]{'█' * n}[/]{' ' * (BAR_WIDTH - n)} "
-                f"{seconds(value)}  ×{ratio:.2f}"
+                f"{seconds(value):>9}  ×{ratio:.2f}"
             )
 
 
