@@ -271,10 +271,14 @@ def test_cli_output_file_matches_stdout(cli, tmp_path):
 
 # ---------------------------------------------------------------------------- baselines
 
+# Ten samples: the noise band shrinks with sqrt(samples), so a busy machine cannot hide
+# a thousandfold slowdown (with three it sometimes can, which is the point of the band).
+STEADY = [*FAST, "-n", "10"]
+
 
 def saved_baseline(cli, tmp_path, *extra):
     path = tmp_path / "base.json"
-    r = cli("bench", ADD, "add", "1", "2", "--save-baseline", path, *FAST, *extra)
+    r = cli("bench", ADD, "add", "1", "2", "--save-baseline", path, *STEADY, *extra)
     assert r.code == 0, r.stderr
     return path, json.loads(path.read_text())
 
@@ -292,10 +296,10 @@ def rewrite(data: dict, factor: float, mad: float) -> dict:
 
 def test_baseline_deltas_and_regression_exit_code(cli, tmp_path):
     path, data = saved_baseline(cli, tmp_path, "--phase", "call")
-    # The baseline claims the call was 100x faster with no spread: a clear regression.
-    path.write_text(json.dumps(rewrite(data, 0.01, 0.0)))
+    # The baseline claims the call was 1000x faster with no spread: a clear regression.
+    path.write_text(json.dumps(rewrite(data, 0.001, 0.0)))
     r = cli("bench", ADD, "add", "1", "2", "--baseline", path, "--fail-on-regression", "10%",
-            "--phase", "call", "--json", *FAST)  # fmt: skip
+            "--phase", "call", "--json", *STEADY)  # fmt: skip
     assert r.code == 120, r
     report = r.json()
     assert bench_schema.validate(report) == []
@@ -307,14 +311,14 @@ def test_baseline_deltas_and_regression_exit_code(cli, tmp_path):
     assert "regression: add.wat:add [wasmtime] call" in r.stderr
     # The same comparison in the terminal report
     r = cli("bench", ADD, "add", "1", "2", "--baseline", path, "--fail-on-regression", "10%",
-            "--phase", "call", *FAST)  # fmt: skip
+            "--phase", "call", *STEADY)  # fmt: skip
     assert r.code == 120
     assert "against baseline" in r.stdout and "regression" in r.stdout
 
 
 def test_failures_take_precedence_over_regressions(cli, tmp_path):
     path, data = saved_baseline(cli, tmp_path, "--phase", "call")
-    path.write_text(json.dumps(rewrite(data, 0.01, 0.0)))
+    path.write_text(json.dumps(rewrite(data, 0.001, 0.0)))
     suite = tmp_path / "suite.toml"
     suite.write_text(
         f"""[bench]
@@ -329,15 +333,15 @@ module = "missing.wasm"
 function = "f"
 """
     )
-    r = cli("bench", "--suite", suite, "--baseline", path, "--fail-on-regression", "10%", *FAST)
+    r = cli("bench", "--suite", suite, "--baseline", path, "--fail-on-regression", "10%", *STEADY)
     assert r.code == 122, r
     assert "regression:" in r.stderr and "missing.wasm: no such file" in r.stderr
 
 
 def test_baseline_without_threshold_only_reports(cli, tmp_path):
     path, data = saved_baseline(cli, tmp_path, "--phase", "call")
-    path.write_text(json.dumps(rewrite(data, 0.01, 0.0)))
-    r = cli("bench", ADD, "add", "1", "2", "--baseline", path, "--phase", "call", *FAST)
+    path.write_text(json.dumps(rewrite(data, 0.001, 0.0)))
+    r = cli("bench", ADD, "add", "1", "2", "--baseline", path, "--phase", "call", *STEADY)
     assert r.code == 0, r
     assert "against baseline" in r.stdout and "slower" in r.stdout
 
@@ -348,7 +352,7 @@ def test_regression_within_noise_does_not_fail(cli, tmp_path):
     # 4x faster on paper, but with a spread far larger than the difference.
     path.write_text(json.dumps(rewrite(data, 0.25, median * 10)))
     r = cli("bench", ADD, "add", "1", "2", "--baseline", path, "--fail-on-regression", "10%",
-            "--phase", "call", "--json", *FAST)  # fmt: skip
+            "--phase", "call", "--json", *STEADY)  # fmt: skip
     assert r.code == 0, r
     (delta,) = r.json()["comparison"]["deltas"]
     assert delta["verdict"] == "same" and delta["change"] > 0.10
@@ -358,7 +362,7 @@ def test_faster_than_baseline_passes(cli, tmp_path):
     path, data = saved_baseline(cli, tmp_path, "--phase", "call")
     path.write_text(json.dumps(rewrite(data, 100.0, 0.0)))
     r = cli("bench", ADD, "add", "1", "2", "--baseline", path, "--fail-on-regression", "10%",
-            "--phase", "call", "--json", *FAST)  # fmt: skip
+            "--phase", "call", "--json", *STEADY)  # fmt: skip
     assert r.code == 0, r
     assert r.json()["comparison"]["deltas"][0]["verdict"] == "faster"
 

@@ -85,8 +85,8 @@ def test_summary_invariants(values):
     assert s.stdev >= 0 and s.mad >= 0
 
 
-def phase(median_s: float, mad_s: float) -> dict:
-    return {"median": median_s, "mad": mad_s}
+def phase(median_s: float, mad_s: float, samples: int = 1) -> dict:
+    return {"median": median_s, "mad": mad_s, "samples": samples}
 
 
 def test_judge_needs_both_threshold_and_noise():
@@ -96,11 +96,17 @@ def test_judge_needs_both_threshold_and_noise():
     assert judge(phase(1.0, 0.01), phase(1.2, 0.01), None)[2] == "slower"
     # 20 % slower but below a 25 % threshold
     assert judge(phase(1.0, 0.01), phase(1.2, 0.01), 0.25)[2] == "slower"
-    # 20 % slower, but the spread (MAD 0.1 each) makes the band 2*1.4826*0.1414 = 0.42
+    # 20 % slower, but one sample each with MAD 0.1: se = 1.2533 * 1.4826 * 0.1 each,
+    # band = 2 * sqrt(2) * se = 0.53 > 0.2
     change, noise, verdict = judge(phase(1.0, 0.1), phase(1.2, 0.1), 0.10)
     assert verdict == "same"
     assert change == pytest.approx(0.2)
-    assert noise == pytest.approx(2 * 1.4826 * math.hypot(0.1, 0.1))
+    se = 1.2533 * 1.4826 * 0.1
+    assert noise == pytest.approx(2 * math.hypot(se, se), rel=1e-4)
+    # the same spread over 100 samples each narrows the band tenfold: now it is real
+    change, noise, verdict = judge(phase(1.0, 0.1, 100), phase(1.2, 0.1, 100), 0.10)
+    assert verdict == "regression"
+    assert noise == pytest.approx(2 * math.hypot(se, se) / 10, rel=1e-4)
     # faster beyond the noise
     assert judge(phase(1.0, 0.01), phase(0.5, 0.01), 0.10)[2] == "faster"
     # identical

@@ -184,7 +184,7 @@ OBJECTS: dict = {
         Field("baseline", "string", "The baseline file."),
         Field("baseline_created", "string|null", "When the baseline was measured."),
         Field("threshold", "number|null", "`--fail-on-regression` as a fraction (0.1 = 10 %)."),
-        Field("noise_k", "number", "Noise multiplier k (see below)."),
+        Field("noise_k", "number", "Noise multiplier k: standard errors (see above)."),
         Field("deltas", "array<delta>", "One entry per case, backend and phase in either report."),
     ),
     "delta": (
@@ -311,12 +311,14 @@ and `stdev`. `throughput` is `1 / median`.
 ## Baselines and regressions
 
 Deltas match phases by case name, backend label and phase name. With
-`base = base_median` and `now = median`: `change = now / base - 1`; the noise band is
-`k * 1.4826 * sqrt(mad_base^2 + mad_now^2)` with `k = noise_k` (2), i.e. k robust standard
-deviations of the two runs combined. A difference within the band is `same`; a faster one
-is `faster`; a slower one is `regression` when `change` exceeds `--fail-on-regression`,
-else `slower`. So a phase fails only when it is slower by more than the threshold *and*
-by more than its own noise.
+`base = base_median` and `now = median`: `change = now / base - 1`. The noise band is
+`k * sqrt(se_base^2 + se_now^2)` with `k = noise_k` (2) and, for each run,
+`se = 1.2533 * 1.4826 * mad / sqrt(samples)`: the MAD scaled to a standard deviation,
+times the standard error of a median (normal approximation). So the band is about a 95 %
+interval for the difference of the two medians. A difference within the band is `same`;
+a faster one is `faster`; a slower one is `regression` when `change` exceeds
+`--fail-on-regression`, else `slower`. A phase fails only when it is slower by more than
+the threshold *and* by more than the noise; `noise` is reported relative to `base`.
 """
 
 

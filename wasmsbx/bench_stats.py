@@ -10,10 +10,11 @@ default). Outliers are counted (low and high) and left out of ``mean`` and ``std
 per second at the median.
 
 Regressions: a phase regresses when its median is slower than the baseline's by more
-than the threshold *and* the slowdown is larger than the noise, ``NOISE_K`` times the
-combined robust spread ``sqrt(s_base^2 + s_now^2)`` with ``s = 1.4826 * MAD`` (the MAD
-scaled to a standard deviation for normal data). A noisy phase cannot claim a
-regression that its own spread could explain.
+than the threshold *and* the slowdown is larger than the noise: ``NOISE_K`` combined
+standard errors of the two medians, ``sqrt(se_base^2 + se_now^2)`` with
+``se = 1.2533 * 1.4826 * MAD / sqrt(samples)`` (the MAD scaled to a standard deviation,
+times the standard error of a median for normal data). A phase whose medians cannot be
+told apart at about 95 % cannot fail, whatever the threshold.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from typing import Optional
 
 TUKEY_K = 1.5
 MAD_TO_SIGMA = 1.4826
+MEDIAN_SE = 1.2533  # sqrt(pi / 2): standard error of a median, in sigma / sqrt(n)
 NOISE_K = 2.0
 OUTLIER_METHOD = "tukey-1.5iqr"
 
@@ -120,6 +122,7 @@ def summarize(values: Sequence[float], ops_per_sample: int = 1) -> Stats:
     iqr = q3 - q1
     low_fence, high_fence = q1 - TUKEY_K * iqr, q3 + TUKEY_K * iqr
     inside = [v for v in values if low_fence <= v <= high_fence]
+    inside_lo, inside_hi = min(inside), max(inside)  # keeps rounding from leaving the range
     mid = percentile(ordered, 0.5)
     return Stats(
         samples=len(values),
@@ -127,7 +130,7 @@ def summarize(values: Sequence[float], ops_per_sample: int = 1) -> Stats:
         min=ordered[0],
         max=ordered[-1],
         median=mid,
-        mean=sum(inside) / len(inside),
+        mean=min(max(math.fsum(inside) / len(inside), inside_lo), inside_hi),
         p95=percentile(ordered, 0.95),
         stdev=stdev(inside),
         mad=mad(values),
@@ -154,7 +157,7 @@ class Delta:
     base_median: Optional[float]
     median: Optional[float]
     change: Optional[float]  # relative: +0.12 = 12 % slower
-    noise: Optional[float]  # relative: NOISE_K * combined spread / base median
+    noise: Optional[float]  # relative: NOISE_K * combined standard error / base median
     verdict: str  # faster | slower | same | regression | new | missing
 
     @property
@@ -174,8 +177,14 @@ class Delta:
         }
 
 
+def median_error(stats: dict) -> float:
+    """Standard error of a median from its samples' MAD (normal approximation)."""
+    samples = max(1, int(stats.get("samples") or 1))
+    return MEDIAN_SE * MAD_TO_SIGMA * float(stats["mad"]) / math.sqrt(samples)
+
+
 def judge(base: dict, now: dict, threshold: Optional[float]) -> tuple:
-    """(change, noise, verdict) for two phase summaries (dicts with median and mad).
+    """(change, noise, verdict) for two phase summaries (dicts with median, mad, samples).
 
     ``threshold`` is a fraction (0.10 for 10 %); without one, slowdowns beyond the
     noise are "slower", never "regression".
@@ -183,7 +192,7 @@ def judge(base: dict, now: dict, threshold: Optional[float]) -> tuple:
     b, n = float(base["median"]), float(now["median"])
     if b <= 0:
         return None, None, "same"
-    noise_abs = NOISE_K * MAD_TO_SIGMA * math.hypot(float(base["mad"]), float(now["mad"]))
+    noise_abs = NOISE_K * math.hypot(median_error(base), median_error(now))
     change, noise = n / b - 1.0, noise_abs / b
     diff = n - b
     if abs(diff) <= noise_abs:
