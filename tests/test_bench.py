@@ -410,3 +410,31 @@ def test_bar_chart_compares_backends():
     assert lines[1].count("█") == bench_view.BAR_WIDTH  # the slowest fills the bar
     assert lines[0].count("█") == bench_view.BAR_WIDTH // 2
     assert "×2.00" in lines[1]
+
+
+def test_phases_that_do_not_apply_are_a_usage_error(cli):
+    r = cli("bench", ADD, "add", "1", "2", "--phase", "run", *FAST)
+    assert r.code == 2 and "no phase of run applies to a function call" in r.stderr
+    r = cli("bench", HELLO, "--phase", "call", *FAST)
+    assert r.code == 2 and "applies to a WASI command" in r.stderr
+
+
+def test_progress_shows_only_on_a_terminal(monkeypatch):
+    import io
+    import sys
+
+    from wasmsbx.cli import bench_view
+
+    with bench_view.Progress() as progress:  # pytest's stderr is not a terminal
+        assert progress.bar is None
+        progress.update("c", "wasmtime", "call", 1, 3)  # a no-op
+    fake = io.StringIO()
+    fake.isatty = lambda: True
+    monkeypatch.setattr(sys, "stderr", fake)
+    with bench_view.Progress() as progress:
+        assert progress.bar is not None
+        progress.update("add", "wasmtime", "call", 2, 3)
+        task = progress.bar.tasks[0]
+        assert (task.description, task.completed, task.total) == ("add [wasmtime] call", 2, 3)
+    with bench_view.Progress(enabled=False) as progress:  # --json: never
+        assert progress.bar is None

@@ -464,11 +464,23 @@ def _prepare(case: Case, result: CaseResult) -> dict:
                 hint="name a function to benchmark: wasmsbx bench MODULE FUNC [ARGS...]",
             )
         result.kind = "command"
+        _check_phases(case.settings.phases, "command")
         return {"wasm": wasm, "features": facts.features, "typed": [], "exports": exports}
     result.kind = "call"
+    _check_phases(case.settings.phases, "call")
     sig = find_signature(exports, case.function, name)
     typed = parse_args(case.function, sig, case.args)
     return {"wasm": wasm, "features": facts.features, "typed": typed, "exports": exports}
+
+
+def _check_phases(phases: Sequence[str], kind: str) -> None:
+    applicable = CALL_PHASES if kind == "call" else COMMAND_PHASES
+    if phases and not any(p in applicable for p in phases):
+        what = "a function call" if kind == "call" else "a WASI command"
+        raise errors.UsageError(
+            f"no phase of {', '.join(phases)} applies to {what}",
+            hint=f"phases for {what}: {', '.join(applicable)}",
+        )
 
 
 class _BackendBench:

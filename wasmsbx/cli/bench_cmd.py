@@ -10,21 +10,22 @@ from .. import errors
 from . import output
 from .app import boundary
 
-HELP = """Benchmark MODULE: compile, cached load, instantiate, and a warm call of FUNC with
-ARGS (or, without FUNC, the whole run of a WASI command with the argv after --).
-
-Examples: wasmsbx bench add.wat add 5 3;  wasmsbx bench add.wat add 5 3 --backend all;
-wasmsbx bench --suite bench.toml --baseline base.json --fail-on-regression 10%
-
-Exit codes: 0 ok, 120 a phase regressed beyond --fail-on-regression, 122 a suite case
-failed; a single module that cannot be measured exits with its error's code."""
+HELP = (
+    "Benchmark MODULE: compile, cached load, instantiate, and a warm call of FUNC with ARGS "
+    "(or, without FUNC, the whole run of a WASI command with the argv after --). Each phase "
+    "gets min, median, mean, p95, stdev, outliers and throughput, per backend.\n\n"
+    "Examples: wasmsbx bench add.wat add 5 3 --backend all;  "
+    "wasmsbx bench --suite bench.toml --baseline base.json --fail-on-regression 10%\n\n"
+    "Exit codes: 0 ok, 120 a phase regressed beyond --fail-on-regression, 122 a suite case "
+    "failed; a single module that cannot be measured exits with its error's code."
+)
 
 
 def register(app: typer.Typer) -> None:
     @app.command("bench", help=HELP)
     @boundary
     def bench(
-        module: Optional[str] = typer.Argument(None, metavar="[MODULE]", help="A .wasm or .wat."),
+        module: Optional[str] = typer.Argument(None, metavar="MODULE", help="A .wasm or .wat."),
         func_and_args: Optional[list[str]] = typer.Argument(
             None, metavar="[FUNC [ARGS...]] [-- ARGV...]", help="Function and its arguments."
         ),
@@ -80,15 +81,27 @@ def register(app: typer.Typer) -> None:
         policy: Optional[str] = typer.Option(
             None, "--policy", "-p", metavar="PATH", help="Policy file (default ./sandbox.toml)."
         ),
-        memory: Optional[str] = typer.Option(None, "--memory", metavar="SIZE"),
+        memory: Optional[str] = typer.Option(
+            None, "--memory", metavar="SIZE", help="Override limits.memory, e.g. 64MiB."
+        ),
         fuel: Optional[int] = typer.Option(
             None, "--fuel", metavar="N", help="Meter fuel (reports fuel per call)."
         ),
-        timeout: Optional[str] = typer.Option(None, "--timeout", metavar="DURATION"),
-        stack: Optional[str] = typer.Option(None, "--stack", metavar="SIZE"),
-        dir: Optional[list[str]] = typer.Option(None, "--dir", metavar="HOST[:GUEST]"),
-        dir_ro: Optional[list[str]] = typer.Option(None, "--dir-ro", metavar="HOST[:GUEST]"),
-        env: Optional[list[str]] = typer.Option(None, "--env", metavar="NAME[=VALUE]"),
+        timeout: Optional[str] = typer.Option(
+            None, "--timeout", metavar="DURATION", help="Override limits.timeout (per call)."
+        ),
+        stack: Optional[str] = typer.Option(
+            None, "--stack", metavar="SIZE", help="Override limits.stack."
+        ),
+        dir: Optional[list[str]] = typer.Option(
+            None, "--dir", metavar="HOST[:GUEST]", help="Grant a directory read-write."
+        ),
+        dir_ro: Optional[list[str]] = typer.Option(
+            None, "--dir-ro", metavar="HOST[:GUEST]", help="Grant a directory read-only."
+        ),
+        env: Optional[list[str]] = typer.Option(
+            None, "--env", metavar="NAME[=VALUE]", help="Pass or set a guest variable."
+        ),
     ) -> int:
         from .. import bench as core
         from .bench_view import Progress, render
