@@ -268,7 +268,7 @@ class WasmtimeInstance(Instance):
         try:
             with self.engine.ticker:
                 result = func(self.store, *args)
-        except (wasmtime.Trap, wasmtime.ExitTrap) as exc:
+        except (wasmtime.Trap, wasmtime.WasmtimeError) as exc:
             raise self._call_error(exc, name) from None
         finally:
             self._account_fuel()
@@ -289,7 +289,7 @@ class WasmtimeInstance(Instance):
                 with self.engine.ticker:
                     for _ in range(calls):
                         func(store, *args)
-            except (wasmtime.Trap, wasmtime.ExitTrap) as exc:
+            except (wasmtime.Trap, wasmtime.WasmtimeError) as exc:
                 raise self._call_error(exc, name) from None
             finally:
                 self._account_fuel()
@@ -301,7 +301,10 @@ class WasmtimeInstance(Instance):
             return errors.TrapError(
                 f"guest called proc_exit({exc.code}) in {name}", exit_code_guest=exc.code
             )
-        return self._trap_error(exc, name)
+        if isinstance(exc, wasmtime.Trap):
+            return self._trap_error(exc, name)
+        # Any other runtime refusal (e.g. a WASI call on a module without a memory export)
+        return errors.ModuleError(f"{name} failed: {_first_line(exc)}")
 
     def run_command(self) -> int:
         try:
@@ -318,8 +321,8 @@ class WasmtimeInstance(Instance):
             return 0
         except wasmtime.ExitTrap as exit_trap:
             return exit_trap.code
-        except wasmtime.Trap as trap:
-            raise self._trap_error(trap, "_start") from None
+        except (wasmtime.Trap, wasmtime.WasmtimeError) as exc:
+            raise self._call_error(exc, "_start") from None
         finally:
             self._account_fuel()
             self.close()
