@@ -227,11 +227,17 @@ class AuditReport:
         return sarif_log(self)
 
 
-def audit(facts: ModuleFacts, policy: Any, path: str = "<module>") -> AuditReport:
-    """Audit already-read module facts against a policy."""
+def audit(
+    facts: ModuleFacts, policy: Any, path: str = "<module>", wasm: Optional[bytes] = None
+) -> AuditReport:
+    """Audit already-read module facts against a policy; with the module's bytes (``wasm``)
+    the runtime's validator is consulted too (validation compiles nothing)."""
     imports = tuple(classify_import(imp) for imp in facts.imports)
     ctx = _Context(facts, policy, imports)
     findings = [f for check in CHECKS for f in check(ctx)]
+    problem = validation_error(wasm) if wasm is not None else None
+    if problem:
+        findings.append(_finding("WSX008", f"wasmtime rejects the module: {problem}", "module"))
     findings.sort(key=lambda f: (-severity_rank(f.severity), f.rule, f.subject))
     counts = {sev: sum(1 for f in findings if f.severity == sev) for sev in SEVERITIES}
     return AuditReport(
@@ -271,7 +277,26 @@ def audit_file(path: Any, policy: Any = None) -> AuditReport:
             hint="check that the file is a complete .wasm binary or valid .wat text",
             path=str(path),
         ) from None
-    return audit(facts, policy, str(path))
+    return audit(facts, policy, str(path), data)
+
+
+_ENGINE: list = []  # one validating engine per process (creating one costs milliseconds)
+
+
+def validation_error(wasm: bytes) -> Optional[str]:
+    """The first line of wasmtime's validation error, or None if the module is valid."""
+    try:
+        import wasmtime
+    except ImportError:  # pragma: no cover - wasmtime is a dependency
+        return None
+    if not _ENGINE:
+        _ENGINE.append(wasmtime.Engine())
+    try:
+        wasmtime.Module.validate(_ENGINE[0], wasm)
+    except Exception as exc:  # wasmtime.WasmtimeError
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        return lines[0] if lines else type(exc).__name__
+    return None
 
 
 # ---------------------------------------------------------------------------- checks

@@ -117,6 +117,16 @@ _RULES = (
         "raise limits.table_elements to at least the table's initial size",
     ),
     Rule(
+        "WSX008",
+        "invalid-module",
+        "high",
+        0,
+        "The runtime rejects the module",
+        "The module decodes, but wasmtime's validator rejects it (a type error, a bad index, "
+        "an unsupported feature): it cannot be compiled, so it never runs.",
+        "rebuild it with a conforming toolchain; check it with wasm-tools validate",
+    ),
+    Rule(
         "WSX101",
         "unused-directory-grant",
         "low",

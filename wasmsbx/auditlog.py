@@ -43,6 +43,7 @@ class AuditLog:
         self.kind: Optional[str] = None
         self.outcome = "ok"
         self.stats: Any = None
+        self.wasm: Optional[bytes] = None
 
     def event(self, name: str, **fields: Any) -> None:
         record = {"v": LOG_VERSION, "time": _now(), "run": self.run_id, "event": name}
@@ -73,6 +74,7 @@ class AuditLog:
         import hashlib
 
         v = box.policy.values
+        self.wasm = box.wasm
         self.event(
             "sandbox",
             sha256=hashlib.sha256(box.wasm).hexdigest(),
@@ -99,8 +101,26 @@ class AuditLog:
 
     def failure(self, exc: BaseException) -> None:
         name, fields = _failure_event(exc)
+        if name == "error" and isinstance(exc, errors.LinkError):
+            refused = self._refused_imports()
+            if refused:
+                name, fields = "import_refused", {**fields, "imports": refused}
         self.outcome = name
         self.event(name, **fields)
+
+    def _refused_imports(self) -> list:
+        """The module's imports the sandbox does not link, read from the module itself (so
+        the event does not depend on how a backend words its link error)."""
+        if self.wasm is None:
+            return []
+        from .audit import classify_import
+        from .facts import FactsError, read_facts
+
+        try:
+            imports = read_facts(self.wasm).imports
+        except FactsError:
+            return []
+        return [f"{i.module}.{i.name}" for i in imports if not classify_import(i).provided]
 
     def exit(self, code: int) -> None:
         fields: dict = {"exit_code": int(code), "outcome": self.outcome}
