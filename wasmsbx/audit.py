@@ -750,11 +750,15 @@ class SuggestedPolicy:
     placeholders: dict  # section -> commented lines
 
     def to_toml(self) -> str:
+        import textwrap
+
         import tomli_w
 
         lines = ["# sandbox.toml suggested by `wasmsbx audit --suggest-policy`."]
         lines += ["# Least privilege for this module: only the grants it can use."]
-        lines += [f"# - {note}" for note in self.notes]
+        for note in self.notes:
+            wrapped = textwrap.wrap(note, 86)
+            lines += [f"# - {wrapped[0]}"] + [f"#   {rest}" for rest in wrapped[1:]]
         for section, body in self.values.items():
             body = {k: v for k, v in body.items() if v != {}}  # an empty env.set says nothing
             text = tomli_w.dumps({section: body}).rstrip("\n").split("\n")
