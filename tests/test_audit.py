@@ -5,7 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from audit_helpers import (
+
+from wasmsbx import errors
+from wasmsbx import policy as policy_mod
+from wasmsbx.audit import RULES, audit_file, compute_risk
+
+from .audit_helpers import (
     HEADER,
     audit_wat,
     custom_section,
@@ -15,11 +20,7 @@ from audit_helpers import (
     wasi_imports,
     write_wat,
 )
-from conftest import EXAMPLES, GUESTS
-
-from wasmsbx import errors
-from wasmsbx import policy as policy_mod
-from wasmsbx.audit import RULES, audit_file, compute_risk
+from .conftest import EXAMPLES, GUESTS
 
 # ---------------------------------------------------------------------------- WSX0xx
 

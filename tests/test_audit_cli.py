@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from conftest import EXAMPLES, GUESTS
+
+from .conftest import EXAMPLES, GUESTS
 
 HELLO = EXAMPLES / "wasi" / "hello.wasm"  # WSX003 (medium), WSX004 + WSX201 (low)
 IMPORTS_ENV = GUESTS / "imports_env.wat"  # WSX001 (high)

@@ -10,10 +10,11 @@ from pathlib import Path
 
 import jsonschema
 import pytest
-from conftest import EXAMPLES, GUESTS, ROOT
 
 from wasmsbx.audit import RULES
 from wasmsbx.audit_schema import SCHEMA
+
+from .conftest import EXAMPLES, GUESTS, ROOT
 
 SARIF_SCHEMA = Path(__file__).parent / "data" / "sarif-schema-2.1.0.json"
 MODULES = [
