@@ -79,3 +79,11 @@ def test_groups_and_phrases():
     }
     assert str(wasi.BY_NAME["proc_exit"].signature) == "(i32) -> ()"
     assert wasi.BY_NAME["clock_time_get"].signature == "(i32, i64, i32) -> i32"
+
+
+def test_readme_table_is_current():
+    from .conftest import ROOT
+
+    readme = (ROOT / "README.md").read_text()
+    for fn in wasi.FUNCTIONS:
+        assert f"| `{fn.name}` | {fn.group} | `{fn.signature}` | {fn.doc} |" in readme, fn.name

@@ -304,6 +304,6 @@ def _risk(console: Any, report: Any) -> None:
         console.print(f"  +{points:<3} {rule}  {safe(subject)}")
     console.print(f"  = {risk.formula}")
     console.print(
-        "  [dim]each finding adds its rule's points (what the module could reach or do); "
+        "  [dim]each finding adds its rule's points (what the module could reach); "
         "findings that only predict a failure add none[/]"
     )
