@@ -74,6 +74,18 @@ def test_wsx002_wasi_imports_that_do_not_link(tmp_path, imp, problem):
         assert problem in f.message or "fd_frobnicate" in f.message
 
 
+def test_wsx002_import_with_an_unresolvable_type(tmp_path):
+    from .audit_helpers import leb, section
+
+    name = b"wasi_snapshot_preview1"
+    entry = leb(len(name)) + name + leb(8) + b"fd_write" + b"\x00" + leb(5)  # type 5: none
+    path = tmp_path / "badtype.wasm"
+    path.write_bytes(HEADER + section(2, b"\x01" + entry))
+    report = audit_file(path, policy_mod.defaults())
+    assert "does not name a function type" in only(report, "WSX002").message
+    assert "WSX008" in rule_ids(report)
+
+
 def test_wsx003_opens_paths_without_a_grant(tmp_path):
     report = audit_wat(tmp_path, wasi_imports("path_open"))
     f = only(report, "WSX003")
@@ -459,3 +471,29 @@ def test_random_bytes_never_escape_as_other_errors(tmp_path):
 def test_wat_path_is_kept(tmp_path):
     path = write_wat(tmp_path, "")
     assert audit_file(path, policy_mod.defaults()).path == str(path)
+
+
+def test_mutated_c_module_never_crashes_the_checks():
+    """Flipped bytes in a real module: decoding fails cleanly or every check runs."""
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from wasmsbx.audit import audit, suggest_policy
+    from wasmsbx.facts import FactsError, read_facts
+
+    original = (EXAMPLES / "wasi" / "hello.wasm").read_bytes()
+
+    @settings(max_examples=150, deadline=None)
+    @given(st.lists(st.tuples(st.integers(8, len(original) - 1), st.integers(0, 255)), max_size=4))
+    def check(flips):
+        data = bytearray(original)
+        for at, value in flips:
+            data[at] = value
+        try:
+            facts = read_facts(bytes(data))
+        except FactsError:
+            return
+        report = audit(facts, policy_mod.defaults(), "m.wasm")  # no validator: our checks
+        report.to_dict(), report.to_sarif(), suggest_policy(report).to_toml()
+
+    check()

@@ -131,6 +131,8 @@ def classify_import(imp: Any) -> ImportUse:
     problem = None
     if imp.module == wasi.UNSTABLE:
         problem = "wasi_unstable (WASI snapshot 0) is not provided; only wasi_snapshot_preview1"
+    elif imp.type is None:
+        problem = "its type index does not name a function type"
     elif (tuple(imp.type.params), tuple(imp.type.results)) != (fn.params, fn.results):
         problem = f"signature {sig} does not match WASI's {fn.signature}"
     return ImportUse(imp.module, imp.name, "func", sig, fn.group, fn.doc, problem is None, problem)
