@@ -450,6 +450,7 @@ def test_missing_module_is_an_input_error(tmp_path):
         audit_file(tmp_path / "nope.wasm", policy_mod.defaults())
 
 
+@pytest.mark.slow
 def test_random_bytes_never_escape_as_other_errors(tmp_path):
     from hypothesis import given, settings
     from hypothesis import strategies as st
@@ -473,6 +474,7 @@ def test_wat_path_is_kept(tmp_path):
     assert audit_file(path, policy_mod.defaults()).path == str(path)
 
 
+@pytest.mark.slow
 def test_mutated_c_module_never_crashes_the_checks():
     """Flipped bytes in a real module: decoding fails cleanly or every check runs."""
     from hypothesis import given, settings
