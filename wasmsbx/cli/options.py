@@ -81,6 +81,13 @@ RUN_OPTIONS: tuple = (
     Opt(("--stats",), "stats", "flag", "Print fuel, memory, cache and phase timings (stderr)."),
     Opt(("--explain",), "explain", "flag", "Print why this backend was chosen (stderr)."),
     Opt(("--no-cache",), "no_cache", "flag", "Compile afresh; do not read or write the cache."),
+    Opt(
+        ("--audit-log",),
+        "audit_log",
+        "value",
+        "Append one JSON line per security-relevant event (limit, trap, refused import...).",
+        "FILE",
+    ),
 )
 
 _BY_FLAG = {flag: opt for opt in RUN_OPTIONS for flag in opt.flags}

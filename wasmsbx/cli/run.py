@@ -37,15 +37,36 @@ def build_policy(options: dict) -> Any:
 
 def run_main(argv: list) -> int:
     json_mode = "--json" in argv[: argv.index("--")] if "--" in argv else "--json" in argv
+    log = None
     try:
-        return execute(opts.parse(argv))
+        args = opts.parse(argv)
+        log = _audit_log(args)
+        code = execute(args, log)
     except (Exception, KeyboardInterrupt) as exc:
         from . import report
 
-        return report(exc, json_mode)
+        code = report(exc, json_mode)
+        if log is not None:
+            log.failure(exc)
+    if log is not None:
+        log.exit(code)
+    return code
 
 
-def execute(args: opts.RunArgs) -> int:
+def _audit_log(args: opts.RunArgs) -> Any:
+    """--audit-log FILE: the event log (imported and opened only when asked for)."""
+    if not args.options.get("audit_log"):
+        return None
+    from ..auditlog import AuditLog
+
+    log = AuditLog(args.options["audit_log"])
+    func = (args.positionals[1:2] or [None])[0]
+    extra = args.positionals[2:] + (args.passthrough or [])
+    log.start((args.positionals or [None])[0], func, extra)
+    return log
+
+
+def execute(args: opts.RunArgs, log: Any = None) -> int:
     o = args.options
     if not args.positionals:
         raise errors.UsageError(
@@ -57,10 +78,12 @@ def execute(args: opts.RunArgs) -> int:
 
     kind = "call" if func else "command"
     box = Sandbox(module, policy, kind=kind, use_cache=False if o["no_cache"] else None)
+    if log is not None:
+        log.sandbox(box)
     if o["explain"]:
         render_explain(box.explain(kind))
     if func is None:
-        return _command(box, args.passthrough or [], o)
+        return _command(box, args.passthrough or [], o, log)
     call_args = args.positionals[2:] + (args.passthrough or [])
     result = box.invoke(func, call_args)
     if o["json"]:
@@ -70,18 +93,18 @@ def execute(args: opts.RunArgs) -> int:
 
         for value, wasm_type in zip(result.values, result.types):
             output.out(format_value(value, wasm_type))
-    _after(result.stats, o)
+    _after(result.stats, o, log)
     return 0
 
 
-def _command(box: Any, argv: list, o: dict) -> int:
+def _command(box: Any, argv: list, o: dict, log: Any = None) -> int:
     result = box.run_command(argv, capture=o["json"])
     if o["json"]:
         data = result.to_dict()
         data["stdout"] = _text(result.stdout)
         data["stderr"] = _text(result.stderr)
         output.emit_json(data)
-    _after(result.stats, o)
+    _after(result.stats, o, log)
     return result.exit_code
 
 
@@ -96,7 +119,9 @@ def _text(data: Any) -> Any:
         return {"base64": base64.b64encode(data).decode("ascii")}
 
 
-def _after(stats: Any, o: dict) -> None:
+def _after(stats: Any, o: dict, log: Any = None) -> None:
+    if log is not None:
+        log.usage(stats)
     for warning in stats.warnings:
         output.warning(warning)
     if o["stats"]:

@@ -1,0 +1,309 @@
+"""``wasmsbx audit MODULE``: static security audit of a module against a policy."""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import Any, Optional
+
+import typer
+
+from .. import errors
+from . import output
+from .app import boundary
+
+
+class Severity(str, Enum):
+    info = "info"
+    low = "low"
+    medium = "medium"
+    high = "high"
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("audit")
+    @boundary
+    def audit(
+        module: str = typer.Argument(
+            ..., metavar="MODULE", help="A .wasm or .wat module (read, never run)."
+        ),
+        policy: Optional[str] = typer.Option(
+            None, "--policy", "-p", metavar="PATH", help="Policy file (default ./sandbox.toml)."
+        ),
+        json_output: bool = typer.Option(
+            False, "--json", help="Print the JSON report (schema wasmsbx.audit/1, see README)."
+        ),
+        sarif: bool = typer.Option(False, "--sarif", help="Print the findings as SARIF 2.1.0."),
+        suggest: bool = typer.Option(
+            False, "--suggest-policy", help="Print a least-privilege sandbox.toml for MODULE."
+        ),
+        output_file: Optional[str] = typer.Option(
+            None,
+            "--output",
+            "-o",
+            metavar="FILE",
+            help="Write the --suggest-policy, --json or --sarif output to FILE.",
+        ),
+        fail_on: Optional[Severity] = typer.Option(
+            None,
+            "--fail-on",
+            help="Exit 121 when a finding at or above this severity exists.",
+        ),
+    ) -> int:
+        """Audit MODULE without running it: imports by capability, exports, memory and table
+        limits, findings with rule ids and fixes, and a risk score, against the policy."""
+        mode = _mode(json_output, sarif, suggest, output_file)
+        from ..audit import audit_file
+        from ..policy import discover
+
+        report = audit_file(module, discover(policy))
+        if mode == "report":
+            render(report)
+        else:
+            _emit(_machine_text(report, mode), output_file)
+        return _exit_code(report, fail_on)
+
+
+def _mode(json_output: bool, sarif: bool, suggest: bool, output_file: Optional[str]) -> str:
+    chosen = [
+        name for name, on in (("json", json_output), ("sarif", sarif), ("suggest", suggest)) if on
+    ]
+    if len(chosen) > 1:
+        flags = {"json": "--json", "sarif": "--sarif", "suggest": "--suggest-policy"}
+        raise errors.UsageError(
+            f"{' and '.join(flags[c] for c in chosen)} cannot be combined",
+            hint="choose one output format",
+        )
+    if output_file and not chosen:
+        raise errors.UsageError(
+            "--output needs --json, --sarif or --suggest-policy",
+            hint="the rich report is for the terminal; write a machine format to a file",
+        )
+    return chosen[0] if chosen else "report"
+
+
+def _machine_text(report: Any, mode: str) -> str:
+    if mode == "suggest":
+        from ..audit import suggest_policy
+
+        return suggest_policy(report).to_toml()
+    import json
+
+    data = report.to_dict() if mode == "json" else report.to_sarif()
+    return json.dumps(data, indent=2) + "\n"
+
+
+def _emit(text: str, output_file: Optional[str]) -> None:
+    if not output_file:
+        import sys
+
+        sys.stdout.write(text)
+        return
+    import os
+    import tempfile
+
+    target = os.path.abspath(output_file)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".wasmsbx-", dir=os.path.dirname(target))
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.replace(tmp, target)
+    except OSError as exc:
+        raise errors.InputError(
+            f"{output_file}: cannot write: {exc.strerror or exc}",
+            hint="check that the directory exists and is writable",
+            path=output_file,
+        ) from None
+    output.err(f"wrote {output_file}")
+
+
+def _exit_code(report: Any, fail_on: Optional[Severity]) -> int:
+    if fail_on is None or not report.fails(fail_on.value):
+        return 0
+    from ..audit import severity_rank
+
+    floor = severity_rank(fail_on.value)
+    n = sum(1 for f in report.findings if severity_rank(f.severity) >= floor)
+    output.err(
+        f"audit: {n} finding{'s' if n != 1 else ''} at or above {fail_on.value} "
+        f"(--fail-on {fail_on.value})"
+    )
+    return int(errors.ExitCode.AUDIT_FINDINGS)
+
+
+# ---------------------------------------------------------------------------- the rich report
+
+SEVERITY_STYLE = {"high": "bold red", "medium": "yellow", "low": "cyan", "info": "dim"}
+STATUS_STYLE = {"granted": "green", "denied": "yellow", "always": "dim", "never": "red"}
+
+
+def safe(text: Any) -> str:
+    """Module-controlled text, made inert: control characters escaped, rich markup escaped.
+
+    Names inside a module are attacker-controlled; printed raw, an export named
+    ``"\\x1b]52;..."`` could drive the terminal.
+    """
+    from rich.markup import escape
+
+    cleaned = "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in str(text))
+    return escape(cleaned)
+
+
+def render(report: Any) -> None:
+    console = output.console()
+    _header(console, report)
+    _capabilities(console, report)
+    _exports(console, report)
+    _layout(console, report)
+    _findings(console, report)
+    _risk(console, report)
+
+
+def _header(console: Any, report: Any) -> None:
+    from rich.table import Table
+
+    facts = report.facts
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(style="bold")
+    grid.add_column()
+    rows = [
+        ("module", safe(report.path)),
+        ("size", f"{facts.size:,} bytes"),
+        ("sha256", facts.sha256),
+        ("policy", safe(report.policy.source or "defaults (no sandbox.toml)")),
+        ("toolchain", _toolchain(facts)),
+        ("functions", f"{facts.functions} defined, {len(facts.imports)} imports"),
+        ("features", ", ".join(sorted(facts.features)) or "MVP only"),
+        ("sections", _sections(facts)),
+    ]
+    for key, value in rows:
+        grid.add_row(key, value)
+    console.print("[bold]wasmsbx audit[/]")
+    console.print(grid)
+
+
+def _toolchain(facts: Any) -> str:
+    if not facts.producers:
+        return "not recorded (no producers section)"
+    parts = [f"{', '.join(values)} ({field})" for field, values in facts.producers.items()]
+    return safe("; ".join(parts))
+
+
+def _sections(facts: Any) -> str:
+    debug = sum(c.size for c in facts.custom_sections if c.name.startswith(".debug"))
+    parts = [
+        f"name section: {'yes' if facts.has_name_section else 'no'}",
+        f"debug info: {f'yes ({debug:,} bytes)' if facts.has_debug_info else 'no'}",
+    ]
+    others = [c for c in facts.custom_sections if not c.name.startswith(".debug")]
+    if others:
+        parts.append("custom: " + ", ".join(f"{c.name} ({c.size:,} B)" for c in others[:8]))
+    return safe("; ".join(parts))
+
+
+def _capabilities(console: Any, report: Any) -> None:
+    from rich.table import Table
+
+    if not report.imports:
+        console.print("\n[bold]imports[/]: none (the module needs nothing from the host)")
+        return
+    table = Table(title="imports by capability", title_justify="left", show_lines=False)
+    for column in ("capability", "under this policy", "import", "what it lets the module do"):
+        table.add_column(column)
+    by_group: dict = {}
+    for imp in report.imports:
+        by_group.setdefault(imp.capability, []).append(imp)
+    for cap in report.capabilities:
+        style = STATUS_STYLE[cap.status]
+        status = f"[{style}]{cap.status}[/]: {safe(cap.detail)}"
+        for i, imp in enumerate(by_group[cap.name]):
+            name = imp.name if imp.capability != "custom" else f"{imp.module}.{imp.name}"
+            what = imp.explanation + (f" [red]({imp.problem})[/]" if imp.problem else "")
+            first = i == 0
+            table.add_row(cap.title if first else "", status if first else "", safe(name), what)
+    console.print()
+    console.print(table)
+
+
+def _exports(console: Any, report: Any) -> None:
+    from rich.table import Table
+
+    exports = report.facts.exports
+    if not exports:
+        console.print("\n[bold]exports[/]: none")
+        return
+    table = Table(title="exports", title_justify="left")
+    for column in ("name", "kind", "signature"):
+        table.add_column(column)
+    for exp in exports:
+        sig = str(exp.type) if exp.type is not None else f"{exp.kind} {exp.index}"
+        table.add_row(safe(exp.name), exp.kind, sig)
+    console.print()
+    console.print(table)
+
+
+def _layout(console: Any, report: Any) -> None:
+    from rich.table import Table
+
+    from ..audit import start_export
+    from ..units import format_size
+
+    facts = report.facts
+    table = Table(title="memories, tables, globals, start, data", title_justify="left")
+    for column in ("item", "declared", "notes"):
+        table.add_column(column)
+    for mem in facts.memories:
+        lim = mem.limits
+        top = "no maximum" if lim.max is None else format_size(lim.max * 65536)
+        notes = [n for n, on in (("imported", mem.imported), ("shared", lim.shared)) if on]
+        notes += ["memory64"] if lim.memory64 else []
+        declared = f"{format_size(lim.min * 65536)} initial, {top}"
+        table.add_row(f"memory {mem.index}", declared, ", ".join(notes))
+    for t in facts.tables:
+        top = "no maximum" if t.limits.max is None else f"max {t.limits.max:,}"
+        declared = f"{t.elem}, {t.limits.min:,} initial, {top}"
+        table.add_row(f"table {t.index}", declared, "imported" if t.imported else "")
+    for g in facts.globals:
+        kind = ("mutable " if g.mutable else "") + g.type
+        table.add_row(f"global {g.index}", kind, "imported" if g.imported else "")
+    if facts.start is not None:
+        name = start_export(facts)
+        note = f"exported as {safe(name)}" if name else "runs at instantiation"
+        table.add_row("start", f"function {facts.start}", note)
+    sizes = facts.data_segments
+    if sizes:
+        declared = f"{len(sizes)} segments, {format_size(sum(sizes))}"
+        table.add_row("data", declared, f"largest {format_size(max(sizes))}")
+    if table.row_count:
+        console.print()
+        console.print(table)
+
+
+def _findings(console: Any, report: Any) -> None:
+    from rich.table import Table
+
+    if not report.findings:
+        console.print("\n[bold]findings[/]: none")
+        return
+    counts = ", ".join(f"{n} {sev}" for sev, n in reversed(report.counts.items()) if n)
+    table = Table(title=f"findings ({counts})", title_justify="left", show_lines=True)
+    for column in ("severity", "rule", "finding", "fix"):
+        table.add_column(column)
+    for f in report.findings:
+        sev = f"[{SEVERITY_STYLE[f.severity]}]{f.severity}[/]"
+        text = f"[bold]{f.title}[/]\n{safe(f.message)}"
+        table.add_row(sev, f.rule, text, safe(f.fix))
+    console.print()
+    console.print(table)
+
+
+def _risk(console: Any, report: Any) -> None:
+    risk = report.risk
+    console.print()
+    console.print(f"[bold]risk score {risk.score}/100[/] ({risk.level})")
+    for rule, subject, points in risk.items:
+        console.print(f"  +{points:<3} {rule}  {safe(subject)}")
+    console.print(f"  = {risk.formula}")
+    console.print(
+        "  [dim]each finding adds its rule's points (what the module could reach); "
+        "findings that only predict a failure add none[/]"
+    )
