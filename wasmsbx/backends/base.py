@@ -267,6 +267,17 @@ class Instance(ABC):
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release resources held outside the store."""
 
+    def read_memory(self, offset: int, length: int, memory: str = "memory") -> bytes:
+        """A copy of ``length`` bytes of the exported memory from ``offset`` (streaming ABI).
+
+        Raises IndexError when the range is outside the memory; NotImplementedError when
+        the backend cannot reach guest memory (``--stream`` then refuses to run)."""
+        raise NotImplementedError
+
+    def write_memory(self, offset: int, data: bytes, memory: str = "memory") -> None:
+        """Copy ``data`` into the exported memory at ``offset`` (IndexError when outside)."""
+        raise NotImplementedError
+
 
 class Engine(ABC):
     """A configured compiler for one backend: compile, (de)serialize, instantiate."""

@@ -348,6 +348,41 @@ class WasmtimeInstance(Instance):
             warnings=tuple(dict.fromkeys(self.warnings)),
         )
 
+    def read_memory(self, offset: int, length: int, memory: str = "memory") -> bytes:
+        import ctypes
+
+        base = self._memory_range(offset, length, memory)
+        return ctypes.string_at(base + offset, length) if length else b""
+
+    def write_memory(self, offset: int, data: bytes, memory: str = "memory") -> None:
+        import ctypes
+
+        base = self._memory_range(offset, len(data), memory)
+        if not data:
+            return
+        if isinstance(data, bytes):
+            source = data
+        else:
+            try:  # a bytearray (or a writable view of one): no intermediate copy
+                source = (ctypes.c_char * len(data)).from_buffer(data)
+            except TypeError:
+                source = bytes(data)
+        ctypes.memmove(base + offset, source, len(data))
+
+    def _memory_range(self, offset: int, length: int, memory: str) -> int:
+        """The host address of the memory's byte 0, after checking the range is inside it."""
+        import ctypes
+
+        mem = self.exports[memory] if memory in self.memories else None
+        if mem is None:
+            raise IndexError(f"the module exports no memory named {memory!r}")
+        size = mem.data_len(self.store)
+        if offset < 0 or length < 0 or offset + length > size:
+            raise IndexError(
+                f"bytes {offset}..{offset + length} are outside the {size}-byte memory"
+            )
+        return ctypes.addressof(mem.data_ptr(self.store).contents)
+
     def _memory_bytes(self) -> Optional[int]:
         if not self.memories or not hasattr(self, "exports"):
             return None
