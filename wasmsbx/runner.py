@@ -427,6 +427,32 @@ class Sandbox:
             return None
         return values[0] if len(values) == 1 else tuple(values)
 
+    def batch(self, func: str, items: Any, *, fresh: bool = False, jobs: int = 1) -> Any:
+        """Call ``func`` once per item (a list of arguments, a dict ``{"args", "id"}`` or a
+        JSON line); an iterator of ``batch.BatchResult``, in input order, one per item.
+        A failing item is a result with ``.error``, not an exception. See wasmsbx.batch."""
+        from .batch import run_batch
+
+        return run_batch(self, func, items, fresh=fresh, jobs=jobs)
+
+    def stream(
+        self,
+        src: Any,
+        dst: Any,
+        func: str = "process",
+        *,
+        chunk_size: int = 64 * 1024,
+        checkpoint: Any = None,
+    ) -> Any:
+        """Stream binary file ``src`` through ``func`` (the streaming ABI) into binary file
+        ``dst``, chunk by chunk; returns ``stream.StreamStats``. See wasmsbx.stream."""
+        from .checkpoint import Sink, Source
+        from .stream import run_stream
+
+        return run_stream(
+            self, func, Source(src), Sink(dst), chunk_size=chunk_size, checkpoint=checkpoint
+        )
+
     def run_command(
         self, argv: Sequence[str] = (), stdin: Any = None, capture: bool = False
     ) -> CommandResult:

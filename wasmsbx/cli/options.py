@@ -88,6 +88,37 @@ RUN_OPTIONS: tuple = (
         "Append one JSON line per security-relevant event (limit, trap, refused import...).",
         "FILE",
     ),
+    Opt(
+        ("--batch",),
+        "batch",
+        "value",
+        "Call FUNC once per line of INPUT (- for stdin): a JSON array of arguments or "
+        '{"args": [...], "id": ...}; JSONL results in input order on stdout.',
+        "INPUT",
+    ),
+    Opt(("--jobs", "-j"), "jobs", "value", "With --batch: worker processes (default 1).", "N", int),
+    Opt(("--fresh",), "fresh", "flag", "With --batch: a fresh instance for every call."),
+    Opt(
+        ("--stream",),
+        "stream",
+        "flag",
+        "Stream stdin through FUNC (default: process) chunk by chunk to stdout; the module "
+        "speaks the streaming ABI (alloc, FUNC, optional finish).",
+    ),
+    Opt(
+        ("--chunk-size",),
+        "chunk_size",
+        "value",
+        "With --stream: bytes per chunk (default 64KiB).",
+        "SIZE",
+    ),
+    Opt(
+        ("--checkpoint",),
+        "checkpoint",
+        "value",
+        "With --batch/--stream: record progress in FILE; rerun the same command to resume.",
+        "FILE",
+    ),
 )
 
 _BY_FLAG = {flag: opt for opt in RUN_OPTIONS for flag in opt.flags}

@@ -8,6 +8,7 @@ from .. import errors
 from . import options as opts
 from . import output
 
+BATCH_OPTIONS = ("batch", "stream", "jobs", "fresh", "chunk_size", "checkpoint")  # run_batch.py
 FLAG_KEYS = {
     "memory": "limits.memory",
     "fuel": "limits.fuel",
@@ -74,6 +75,10 @@ def execute(args: opts.RunArgs, log: Any = None) -> int:
         )
     module, func = args.positionals[0], (args.positionals[1:2] or [None])[0]
     policy = build_policy(o)
+    if any(o[dest] not in (None, False) for dest in BATCH_OPTIONS):
+        from .run_batch import execute as execute_batch
+
+        return execute_batch(args, policy)
     from ..runner import Sandbox
 
     kind = "call" if func else "command"

@@ -1,0 +1,240 @@
+"""``wasmsbx run MODULE FUNC --batch INPUT`` and ``wasmsbx run MODULE [FUNC] --stream``.
+
+Parses the batch/stream options, calls the core (wasmsbx.batch / wasmsbx.stream) and
+renders: results on stdout, progress (on a terminal) and the summary on stderr.
+While a batch or stream runs, fd 1 points at stderr, so a guest that prints to an
+inherited stdout cannot corrupt the results; they go to a duplicate of the real stdout.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any
+
+from .. import errors
+from ..errors import ExitCode
+from . import output
+
+
+def execute(args: Any, policy: Any) -> int:
+    o = args.options
+    func = check_options(args)
+    from ..runner import Sandbox
+
+    box = Sandbox(
+        args.positionals[0], policy, kind="call", use_cache=False if o["no_cache"] else None
+    )
+    if o["explain"]:
+        from .run import render_explain
+
+        render_explain(box.explain("call"))
+    if o["stream"]:
+        return _stream(box, func, o)
+    return _batch(box, func, o)
+
+
+def check_options(args: Any) -> str:
+    """The function to call, after refusing option combinations that make no sense."""
+    o = args.options
+    mode = "--stream" if o["stream"] else "--batch"
+    if o["stream"] and o["batch"] is not None:
+        raise errors.UsageError("--batch and --stream cannot be combined", hint=_usage())
+    if not o["stream"] and o["batch"] is None:
+        used = next(
+            d for d in ("jobs", "fresh", "chunk_size", "checkpoint") if o[d] not in (None, False)
+        )
+        raise errors.UsageError(
+            f"--{used.replace('_', '-')} only applies with --batch or --stream", hint=_usage()
+        )
+    if o["stream"]:
+        for dest in ("jobs", "fresh"):
+            if o[dest] not in (None, False):
+                raise errors.UsageError(f"--{dest} only applies with --batch", hint=_usage())
+    elif o["chunk_size"] is not None:
+        raise errors.UsageError("--chunk-size only applies with --stream", hint=_usage())
+    func = (args.positionals[1:2] or [None])[0]
+    if func is None and not o["stream"]:
+        raise errors.UsageError("--batch needs FUNC, the export to call", hint=_usage())
+    if args.positionals[2:] or args.passthrough:
+        raise errors.UsageError(
+            f"no arguments after FUNC with {mode}: "
+            + (
+                "each input line holds a call's arguments"
+                if mode == "--batch"
+                else "stdin is the input"
+            ),
+            hint=_usage(),
+        )
+    if o["jobs"] is not None and o["jobs"] < 1:
+        raise errors.UsageError(f"-j/--jobs must be at least 1, got {o['jobs']}", hint=_usage())
+    return func or "process"
+
+
+def _usage() -> str:
+    return (
+        "usage: wasmsbx run MODULE FUNC --batch INPUT.jsonl [-j N] [--fresh] [--checkpoint FILE]"
+        " | wasmsbx run MODULE [FUNC] --stream [--chunk-size SIZE] [--checkpoint FILE]"
+    )
+
+
+# ---------------------------------------------------------------------------- plumbing
+
+
+def _open_input(name: str) -> Any:
+    if name == "-":
+        return sys.stdin.buffer
+    try:
+        return open(name, "rb")  # noqa: SIM115 - closed by the caller
+    except FileNotFoundError:
+        raise errors.InputError(f"{name}: no such file", hint="check the input path") from None
+    except IsADirectoryError:
+        raise errors.InputError(f"{name}: is a directory, not an input file") from None
+    except OSError as exc:
+        raise errors.InputError(f"{name}: cannot read: {exc.strerror}") from None
+
+
+class _Results:
+    """Results go to a duplicate of stdout; fd 1 itself points at stderr meanwhile."""
+
+    def __enter__(self) -> Any:
+        sys.stdout.flush()
+        self.fd = os.dup(1)
+        os.dup2(2, 1)
+        self.file = open(self.fd, "wb", closefd=False)  # noqa: SIM115 - closed in __exit__
+        return self.file
+
+    def __exit__(self, *exc: Any) -> None:
+        try:
+            self.file.close()
+        except BrokenPipeError:
+            pass
+        finally:
+            os.dup2(self.fd, 1)
+            os.close(self.fd)
+
+
+def _progress(kind: str, results_file: Any) -> Any:
+    """A progress display on stderr, when stderr is a terminal and results are not."""
+    if not sys.stderr.isatty() or os.isatty(results_file.fileno()):
+        return None
+    from .progress import Progress
+
+    return Progress(kind)
+
+
+# ---------------------------------------------------------------------------- batch
+
+
+def _batch(box: Any, func: str, o: dict) -> int:
+    from ..batch import run_jsonl
+    from ..checkpoint import Sink, Source
+
+    stream = _open_input(o["batch"])
+    try:
+        with _Results() as results:
+            progress = _progress("batch", results)
+            try:
+                summary = run_jsonl(
+                    box,
+                    func,
+                    Source(stream, o["batch"]),
+                    Sink(results),
+                    fresh=o["fresh"],
+                    jobs=o["jobs"] or 1,
+                    checkpoint=o["checkpoint"],
+                    progress=progress.update if progress else None,
+                    warn=output.warning,
+                )
+            except BrokenPipeError:
+                return 0  # the reader of our output stopped early (| head): not our error
+            finally:
+                if progress:
+                    progress.stop()
+    finally:
+        if stream is not sys.stdin.buffer:
+            stream.close()
+    _batch_summary(summary, o)
+    _after(box, o)
+    return int(ExitCode.BATCH_FAILURES) if summary.failed else 0
+
+
+def _batch_summary(summary: Any, o: dict) -> None:
+    if o["json"]:
+        output.emit_json({"summary": summary.to_dict()}, stream=sys.stderr)
+        return
+    from ..units import format_count, format_duration
+
+    text = f"batch: {format_count(summary.items)} items, {format_count(summary.ok)} ok"
+    text += f", {format_count(summary.failed)} failed"
+    if summary.errors:
+        kinds = ", ".join(f"{k} {format_count(n)}" for k, n in sorted(summary.errors.items()))
+        text += f" ({kinds})"
+    text += f" in {format_duration(summary.seconds)}"
+    text += f" ({format_count(int(summary.rate))} items/s"
+    if summary.resumed_at:
+        text += f"; resumed at line {format_count(summary.resumed_at)}"
+    output.err(text + ")")
+
+
+# ---------------------------------------------------------------------------- stream
+
+
+def _stream(box: Any, func: str, o: dict) -> int:
+    from ..checkpoint import Sink, Source
+    from ..stream import DEFAULT_CHUNK, run_stream
+    from ..units import parse_size
+
+    chunk = DEFAULT_CHUNK
+    if o["chunk_size"] is not None:
+        try:
+            chunk = parse_size(o["chunk_size"])
+        except ValueError as exc:
+            raise errors.UsageError(
+                f"--chunk-size: {exc}", hint="e.g. --chunk-size 64KiB"
+            ) from None
+    with _Results() as results:
+        progress = _progress("stream", results)
+        try:
+            stats = run_stream(
+                box,
+                func,
+                Source(sys.stdin.buffer, "-"),
+                Sink(results),
+                chunk_size=chunk,
+                checkpoint=o["checkpoint"],
+                progress=progress.update if progress else None,
+                warn=output.warning,
+            )
+        except BrokenPipeError:
+            return 0
+        finally:
+            if progress:
+                progress.stop()
+    if o["json"]:
+        output.emit_json({"stream": stats.to_dict()}, stream=sys.stderr)
+    elif o["stats"]:
+        _stream_stats(stats)
+    _after(box, o)
+    return 0
+
+
+def _stream_stats(stats: Any) -> None:
+    from ..units import format_count, format_duration, format_size
+
+    data = stats.to_dict()
+    output.err(
+        f"stream: {format_size(data['bytes_in'])} in, {format_size(data['bytes_out'])} out, "
+        f"{format_count(data['chunks'])} chunk{'' if data['chunks'] == 1 else 's'} of "
+        f"{format_size(data['chunk_size'])} in "
+        f"{format_duration(data['seconds'])} ({format_size(int(data['bytes_per_second']))}/s); "
+        f"peak buffer {format_size(data['peak_buffer'])}"
+    )
+
+
+def _after(box: Any, o: dict) -> None:
+    if o["stats"]:
+        from ..runner import RunStats
+        from .run import render_stats
+
+        render_stats(RunStats(box.backend_name, box.compiler, dict(box.timings), box.cache_state))
