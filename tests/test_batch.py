@@ -1,0 +1,474 @@
+"""Batch calls: `wasmsbx run MODULE FUNC --batch INPUT` and `Sandbox.batch`."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from conftest import EXAMPLES, GUESTS, require_capability
+
+from wasmsbx import batch
+from wasmsbx.checkpoint import Sink, Source
+from wasmsbx.policy import defaults, override
+from wasmsbx.runner import Sandbox
+
+ADD = EXAMPLES / "add.wat"
+LOOP = EXAMPLES / "loop.wat"
+COUNTER = GUESTS / "counter.wat"
+
+
+def jsonl(text: str) -> list:
+    return [json.loads(line) for line in text.splitlines()]
+
+
+def write_lines(path, rows) -> None:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def box_for(module, backend, **limits) -> Sandbox:
+    policy = defaults()
+    for key, value in limits.items():
+        override(policy, f"limits.{key}", value)
+    return Sandbox(module, policy, backend=backend)
+
+
+# ---------------------------------------------------------------------------- CLI basics
+
+
+def test_batch_results_in_order_with_ids_and_summary(cli, tmp_path):
+    src = tmp_path / "in.jsonl"
+    src.write_text('[5, 3]\n{"args": [1, 2], "id": "x"}\n\n[2147483647, 1]\n')
+    r = cli("run", ADD, "add", "--batch", src)
+    assert r.code == 0, r
+    rows = jsonl(r.stdout)
+    assert [(row["line"], row["id"], row["results"]) for row in rows] == [
+        (1, 1, [8]),
+        (2, "x", [3]),
+        (4, 4, [-2147483648]),  # blank line 3 is not an item; wrapping i32 add
+    ]
+    assert all(row["ok"] and row["time_ms"] >= 0 for row in rows)
+    assert "batch: 3 items, 3 ok, 0 failed" in r.stderr
+    assert "items/s" in r.stderr
+
+
+def test_batch_per_line_errors_do_not_stop_the_batch(cli, tmp_path):
+    src = tmp_path / "in.jsonl"
+    src.write_text(
+        "\n".join(
+            [
+                "[6, 3]",
+                "not json",
+                "[1]",
+                '["x", 1]',
+                "[1, 0]",
+                '{"args": [8, 2], "extra": 1}',
+                '{"args": 5}',
+                "42",
+                "[9, 3]",
+            ]
+        )
+        + "\n"
+    )
+    r = cli("run", ADD, "div", "--batch", src)
+    assert r.code == 122, r
+    rows = jsonl(r.stdout)
+    assert [row["line"] for row in rows] == list(range(1, 10))
+    assert rows[0]["results"] == [2] and rows[-1]["results"] == [3]
+    kinds = [row["error"]["kind"] if not row["ok"] else None for row in rows]
+    assert kinds == [None, "input", "usage", "usage", "trap", "input", "input", "input", None]
+    assert "integer divide by zero" in rows[4]["error"]["message"]
+    assert "signature" in rows[2]["error"]["hint"]
+    assert "unknown key 'extra'" in rows[5]["error"]["message"]
+    assert "batch: 9 items, 2 ok, 7 failed (input 4, trap 1, usage 2)" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_batch_over_long_line_is_one_item_error(cli, tmp_path):
+    src = tmp_path / "in.jsonl"
+    src.write_bytes(b"[1, 2]\n[" + b"1, " * (batch.MAX_LINE // 3 + 10) + b"1]\n[3, 4]\n")
+    r = cli("run", ADD, "add", "--batch", src)
+    rows = jsonl(r.stdout)
+    assert [row.get("results") for row in rows] == [[3], None, [7]]
+    assert rows[1]["line"] == 2 and "longer than" in rows[1]["error"]["message"]
+    assert r.code == 122
+
+
+def test_batch_empty_input(cli, tmp_path):
+    for content in ("", "\n\n  \n"):
+        src = tmp_path / "empty.jsonl"
+        src.write_text(content)
+        r = cli("run", ADD, "add", "--batch", src)
+        assert r.code == 0, r
+        assert r.stdout == ""
+        assert "batch: 0 items, 0 ok, 0 failed" in r.stderr
+
+
+def test_batch_from_stdin_and_json_summary(cli):
+    r = cli("run", ADD, "add", "--batch", "-", "--json", input=b"[1, 1]\n[2, 2]\n[1]\n")
+    assert r.code == 122
+    assert [row.get("results") for row in jsonl(r.stdout)] == [[2], [4], None]
+    summary = json.loads(r.stderr)["summary"]
+    assert summary["items"] == 3 and summary["ok"] == 2 and summary["failed"] == 1
+    assert summary["errors"] == {"usage": 1}
+    assert summary["items_per_second"] > 0
+
+
+def test_batch_float_and_multi_value_results(cli, tmp_path):
+    f32 = tmp_path / "f32.wat"
+    f32.write_text(
+        '(module (func (export "add_f32") (param f32 f32) (result f32) '
+        "(f32.add (local.get 0) (local.get 1))))"
+    )
+    lines = b'[3, 4]\n["inf", 0]\n'
+    r = cli("run", ADD, "hypot", "--batch", "-", input=lines)
+    assert [row["results"] for row in jsonl(r.stdout)] == [[5.0], ["inf"]]
+    r = cli("run", ADD, "divmod", "--batch", "-", input=b"[17, 5]\n")
+    assert jsonl(r.stdout)[0]["results"] == [3, 2]
+    r = cli("run", f32, "add_f32", "--batch", "-", input=b"[0.1, 0.2]\n")
+    assert jsonl(r.stdout)[0]["results"] == [0.3]  # f32 in its shortest round-trip form
+
+
+@pytest.mark.parametrize(
+    "argv, code, text",
+    [
+        (["add", "--batch", "missing.jsonl"], 105, "missing.jsonl: no such file"),
+        (["nope", "--batch", "-"], 2, "no export named 'nope'"),
+        (["--batch", "-"], 2, "--batch needs FUNC"),
+        (["add", "1", "--batch", "-"], 2, "no arguments after FUNC"),
+        (["add", "--jobs", "2"], 2, "--jobs only applies with --batch"),
+        (["add", "--fresh"], 2, "--fresh only applies"),
+        (["add", "--batch", "-", "-j", "0"], 2, "at least 1"),
+        (["add", "--batch", "-", "-j", "x"], 2, "expected a whole number"),
+        (["add", "--batch", "-", "--stream"], 2, "cannot be combined"),
+        (["add", "--batch", "-", "--chunk-size", "1KiB"], 2, "--chunk-size only applies"),
+    ],
+)
+def test_batch_usage_errors(cli, argv, code, text):
+    r = cli("run", ADD, *argv, input=b"[1, 2]\n")
+    assert r.code == code, r
+    assert text in r.stderr
+    assert r.stderr.count("\n") <= 2 and "Traceback" not in r.stderr
+
+
+def test_batch_guest_output_does_not_mix_into_results(cli):
+    r = cli("run", GUESTS / "say.wat", "say", "--batch", "-", input=b"[7]\n[8]\n")
+    assert r.code == 0, r
+    assert [row["results"] for row in jsonl(r.stdout)] == [[7], [8]]
+    assert r.stderr.count("hi\n") == 2
+
+
+# ---------------------------------------------------------------------------- jobs and order
+
+
+@pytest.mark.parametrize("jobs", ["1", "2", "3"])
+def test_batch_order_is_input_order_with_jobs(cli, tmp_path, jobs):
+    # Items of very different cost, so workers finish out of order.
+    sizes = [(i * 7919) % 200_000 for i in range(600)]
+    src = tmp_path / "in.jsonl"
+    write_lines(src, [{"args": [n], "id": f"item-{i}"} for i, n in enumerate(sizes)])
+    r = cli("run", LOOP, "count", "--batch", src, "-j", jobs)
+    assert r.code == 0, r
+    rows = jsonl(r.stdout)
+    assert [row["line"] for row in rows] == list(range(1, 601))
+    assert [row["id"] for row in rows] == [f"item-{i}" for i in range(600)]
+    assert [row["results"][0] for row in rows] == sizes
+
+
+def test_batch_jobs_errors_keep_their_place(cli):
+    lines = b"".join(b"[%d, %d]\n" % (i, i % 3) for i in range(300))
+    r = cli("run", ADD, "div", "--batch", "-", "-j", "2", input=lines)
+    assert r.code == 122
+    rows = jsonl(r.stdout)
+    for i, row in enumerate(rows):
+        if i % 3 == 0:
+            assert row["error"]["kind"] == "trap", row
+        else:
+            assert row["results"] == [i // (i % 3)], row
+
+
+def test_api_batch_reads_input_lazily(backend):
+    """A bounded window: an endless input is consumed only a bounded distance ahead."""
+    box = box_for(ADD, backend)
+    consumed = itertools.count()
+
+    def endless():
+        for i in consumed:
+            yield [i, 1]
+
+    bound = 2 * batch.WINDOW_PER_JOB * batch.CHUNK_MAX_ITEMS
+    for jobs in (1, 2):
+        results = box.batch("add", endless(), jobs=jobs)
+        got = list(itertools.islice(results, 5000))
+        results.close()
+        first = got[0].values[0]
+        assert [r.values[0] for r in got] == list(range(first, first + 5000))
+        ahead = next(consumed) - got[-1].values[0]
+        assert ahead <= bound + 2, f"jobs={jobs}: read {ahead} items ahead"
+
+
+# ---------------------------------------------------------------------------- instances
+
+
+def test_batch_reuses_one_instance_by_default(backend):
+    box = box_for(COUNTER, backend)
+    assert [r.values for r in box.batch("next", [[]] * 4)] == [[1], [2], [3], [4]]
+
+
+def test_batch_fresh_gives_every_call_a_new_instance(backend):
+    box = box_for(COUNTER, backend)
+    assert [r.values for r in box.batch("next", [[]] * 4, fresh=True)] == [[1]] * 4
+
+
+def test_batch_replaces_an_instance_after_a_trap(backend):
+    box = box_for(COUNTER, backend)
+    results = list(box.batch("bump", [[0], [0], [1], [0], [0]]))
+    assert [r.values for r in results] == [[1], [2], None, [1], [2]]
+    assert results[2].error["kind"] == "trap"
+
+
+def test_batch_fresh_isolation_cli_with_jobs(cli):
+    lines = b"[]\n" * 50
+    r = cli("run", COUNTER, "next", "--batch", "-", "--fresh", "-j", "2", input=lines)
+    assert r.code == 0
+    assert {row["results"][0] for row in jsonl(r.stdout)} == {1}
+    r = cli("run", COUNTER, "next", "--batch", "-", input=lines)
+    assert [row["results"][0] for row in jsonl(r.stdout)] == list(range(1, 51))
+
+
+# ---------------------------------------------------------------------------- limits per call
+
+
+def test_batch_fuel_is_per_call(backend):
+    require_capability(backend, "fuel")
+    box = box_for(LOOP, backend, fuel=5_000_000)
+    # 20 calls of 200k iterations: far more than 5M units in total, well under it each.
+    items = [[200_000]] * 20 + [[50_000_000], [10]]
+    results = list(box.batch("count", items))
+    assert all(r.ok for r in results[:20])
+    assert results[20].error["kind"] == "limit" and results[20].error["limit"] == "fuel"
+    assert results[21].values == [10]
+
+
+def test_batch_fuel_limit_cli_counts_the_kind(cli):
+    r = cli("run", LOOP, "count", "--batch", "-", "--fuel", "5000000", input=b"[10]\n[50000000]\n")
+    assert r.code == 122
+    assert "limit:fuel 1" in r.stderr
+
+
+def test_batch_timeout_is_per_call(backend):
+    require_capability(backend, "interrupt")
+    box = box_for(LOOP, backend, timeout="300ms")
+    started = time.monotonic()
+    spin = list(box.batch("spin", [[], []]))
+    assert [r.error["limit"] for r in spin] == ["timeout", "timeout"]
+    assert time.monotonic() - started >= 0.55  # each call got its own full timeout
+    # Many short calls whose total far exceeds the timeout all succeed.
+    calls = list(box.batch("count", [[60_000_000]] * 6))  # ~0.1 s each, 0.6 s in total
+    assert all(r.ok for r in calls), [r.error for r in calls if not r.ok][:1]
+
+
+def test_batch_memory_limit_is_an_item_error(cli):
+    r = cli(
+        "run",
+        GUESTS / "memgrow_loop.wat",
+        "run",
+        "--batch",
+        "-",
+        "--memory",
+        "1MiB",
+        input=b"[]\n[]\n",
+    )
+    rows = jsonl(r.stdout)
+    assert [row["results"] for row in rows] == [[16], [16]]  # limit holds per instance
+
+
+# ---------------------------------------------------------------------------- checkpoints
+
+
+def _spawn(args, stdin, stdout, **kw):
+    return subprocess.Popen(
+        [sys.executable, "-m", "wasmsbx", *[str(a) for a in args]],
+        stdin=stdin,
+        stdout=stdout,
+        stderr=subprocess.PIPE,
+        **kw,
+    )
+
+
+def _wait_for_checkpoint(path, key, minimum, proc, timeout=60):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            state = json.loads(path.read_text())["state"]
+            if state[key] >= minimum:
+                return state
+        except (FileNotFoundError, ValueError):
+            pass
+        assert proc.poll() is None, proc.stderr.read()
+        time.sleep(0.02)
+    raise AssertionError("no checkpoint appeared")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("jobs", ["1", "2"])
+def test_batch_resumes_after_sigkill_nothing_lost_nothing_repeated(tmp_path, jobs):
+    n = 3000
+    base = 300_000  # iterations: about a millisecond per item
+    lines = b"".join(b'{"args": [%d], "id": %d}\n' % (base + i, i) for i in range(n))
+    src = tmp_path / "in.jsonl"
+    src.write_bytes(lines)
+    out = tmp_path / "out.jsonl"
+    ckpt = tmp_path / "run.ckpt"
+    args = ["run", LOOP, "count", "--batch", "-", "-j", jobs, "--checkpoint", ckpt]
+    # Run 1 reads a pipe we feed partly, then is killed with SIGKILL mid-batch.
+    with open(out, "ab") as sink:
+        proc = _spawn(args, subprocess.PIPE, sink)
+        proc.stdin.write(lines[: len(lines) // 2])
+        proc.stdin.flush()
+        state = _wait_for_checkpoint(ckpt, "next_line", 200, proc)
+        time.sleep(0.05)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        proc.stdin.close()
+        proc.stderr.close()
+    assert state["next_line"] < n
+    # Run 2: the same command over the whole input, appending to the same file.
+    with open(out, "ab") as sink, open(src, "rb") as stdin:
+        proc = _spawn(args, stdin, sink)
+        _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    rows = jsonl(out.read_text())
+    assert [row["id"] for row in rows] == list(range(n)), "lost or repeated items"
+    assert [row["results"][0] for row in rows] == [base + i for i in range(n)]
+    assert not ckpt.exists()
+    assert b"resumed at line" in err and b"3,000 items" in err
+
+
+def test_batch_checkpoint_refuses_other_module_or_truncated_output(cli, tmp_path):
+    src = tmp_path / "in.jsonl"
+    src.write_text("[1, 2]\n[3, 4]\n")
+    ckpt = tmp_path / "c.json"
+    box = Sandbox(ADD)
+    # A checkpoint as an interrupted run would leave it: one item done, 60 bytes written.
+    from wasmsbx.checkpoint import Checkpoint, digest
+
+    marker = Checkpoint(
+        ckpt, {"kind": "batch", "module_sha256": digest(box.wasm), "function": "add"}
+    )
+    marker.save(
+        {
+            "input_offset": 7,
+            "tail_start": 0,
+            "tail_sha256": digest(b"[1, 2]\n"),
+            "next_line": 2,
+            "output_offset": 60,
+            "output_file": None,
+            "ok": 1,
+            "failed": 0,
+            "errors": {},
+        }
+    )
+    r = cli("run", ADD, "div", "--batch", src, "--checkpoint", ckpt)
+    assert r.code == 2 and "belongs to another run (function: 'add', now 'div')" in r.stderr
+    other = tmp_path / "other.jsonl"
+    other.write_text("[9, 9]\n[3, 4]\n")
+    r = cli("run", ADD, "add", "--batch", other, "--checkpoint", ckpt)
+    assert r.code == 2 and "is not the input of the interrupted run" in r.stderr
+    # Output is a pipe here: resuming works but warns that results may repeat.
+    r = cli("run", ADD, "add", "--batch", src, "--checkpoint", ckpt)
+    assert r.code == 0, r
+    assert [row["line"] for row in jsonl(r.stdout)] == [2]
+    assert "may appear twice" in r.stderr
+    assert "2 items, 2 ok" in r.stderr and not ckpt.exists()
+
+
+def test_sink_resume_cuts_back_the_same_file_and_refuses_a_shorter_one(tmp_path):
+    from wasmsbx.errors import UsageError
+
+    path = tmp_path / "out"
+    path.write_bytes(b"x" * 100)
+    with open(path, "ab") as f:
+        sink = Sink(f)
+        state = {"output_offset": 40, "output_file": sink.file_id}
+        assert sink.resume(state, "results") is None
+        sink.write(b"yz")
+        sink.flush()
+    assert path.read_bytes() == b"x" * 40 + b"yz"
+    path.write_bytes(b"short")
+    with open(path, "ab") as f:
+        sink = Sink(f)
+        with pytest.raises(UsageError, match="truncated"):
+            sink.resume({"output_offset": 40, "output_file": sink.file_id}, "results")
+
+
+def test_checkpoint_writes_are_atomic_and_leave_no_temp_files(tmp_path):
+    from wasmsbx.checkpoint import Checkpoint
+
+    where = tmp_path / "ckpt"
+    where.mkdir()
+    marker = Checkpoint(where / "c.json", {"kind": "batch"})
+    for i in range(20):
+        marker.save({"n": i})
+    assert marker.load() == {"n": 19}
+    assert sorted(p.name for p in where.iterdir()) == ["c.json"]
+    (where / "c.json").write_text("{garbage")
+    with pytest.raises(Exception, match="not a wasmsbx checkpoint"):
+        marker.load()
+
+
+def test_run_jsonl_over_api_with_source_and_sink(tmp_path):
+    import io
+
+    box = Sandbox(ADD)
+    out = io.BytesIO()
+    summary = batch.run_jsonl(box, "add", Source(io.BytesIO(b"[1, 2]\n[x]\n")), Sink(out))
+    assert (summary.ok, summary.failed, summary.errors) == (1, 1, {"input": 1})
+    assert [row["ok"] for row in jsonl(out.getvalue().decode())] == [True, False]
+
+
+# ---------------------------------------------------------------------------- progress
+
+
+@pytest.mark.slow
+def test_batch_progress_on_a_terminal_only(tmp_path):
+    import pty
+
+    src = tmp_path / "in.jsonl"
+    write_lines(src, [[300_000]] * 3000)
+    master, slave = pty.openpty()
+    env = dict(os.environ, TERM="xterm", COLUMNS="120")
+    with open(tmp_path / "out", "wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "wasmsbx", "run", LOOP, "count", "--batch", src],
+            stdout=out,
+            stderr=slave,
+            env=env,
+        )
+        os.close(slave)
+        seen = b""
+        while True:
+            try:
+                data = os.read(master, 65536)
+            except OSError:
+                break
+            if not data:
+                break
+            seen += data
+        proc.wait()
+    os.close(master)
+    assert proc.returncode == 0
+    text = seen.decode("utf-8", "replace")
+    assert "items" in text and "ETA" in text and "%" in text  # size known: bar and ETA
+    assert "batch: 3,000 items, 3,000 ok" in text
+    # Not on a terminal: no progress, just the summary.
+    r = subprocess.run(
+        [sys.executable, "-m", "wasmsbx", "run", LOOP, "count", "--batch", src],
+        capture_output=True,
+    )
+    assert r.stderr.decode().count("\n") == 1
