@@ -350,6 +350,32 @@ def test_batch_resumes_after_sigkill_nothing_lost_nothing_repeated(tmp_path, job
     assert b"resumed at line" in err and b"3,000 items" in err
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("jobs", ["1", "2"])
+def test_batch_ctrl_c_saves_the_checkpoint_and_exits_130(tmp_path, jobs):
+    n = 3000
+    src = tmp_path / "in.jsonl"
+    src.write_bytes(b"".join(b"[%d]\n" % (300_000 + i) for i in range(n)))
+    out = tmp_path / "out.jsonl"
+    ckpt = tmp_path / "run.ckpt"
+    args = ["run", LOOP, "count", "--batch", src, "-j", jobs, "--checkpoint", ckpt]
+    with open(out, "ab") as sink:
+        proc = _spawn(args, subprocess.DEVNULL, sink)
+        _wait_for_checkpoint(ckpt, "next_line", 100, proc)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    assert f"interrupted; progress is saved in {ckpt}".encode() in err
+    assert b"Traceback" not in err
+    state = json.loads(ckpt.read_text())["state"]
+    assert state["output_offset"] == out.stat().st_size  # saved exactly at the output's end
+    with open(out, "ab") as sink:
+        proc = _spawn(args, subprocess.DEVNULL, sink)
+        proc.communicate(timeout=120)
+    assert proc.returncode == 0
+    assert [row["results"][0] for row in jsonl(out.read_text())] == [300_000 + i for i in range(n)]
+
+
 def test_batch_checkpoint_refuses_other_module_or_truncated_output(cli, tmp_path):
     src = tmp_path / "in.jsonl"
     src.write_text("[1, 2]\n[3, 4]\n")

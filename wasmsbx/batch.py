@@ -81,6 +81,22 @@ class BatchResult(NamedTuple):
         return json.dumps(self.to_dict(), separators=(",", ":"))
 
 
+class Encoded(NamedTuple):
+    """A result already rendered as its JSONL line (what ``run_jsonl`` writes)."""
+
+    line: int
+    error_kind: Optional[str]
+    data: bytes
+
+    @property
+    def ok(self) -> bool:
+        return self.error_kind is None
+
+
+def encode(result: BatchResult) -> Encoded:
+    return Encoded(result.line, result.error_kind, result.to_json().encode() + b"\n")
+
+
 class Summary:
     """Counts over a batch (across resumed runs too) and this run's throughput."""
 
@@ -94,13 +110,14 @@ class Summary:
         self.started = time.perf_counter()
         self.finished: Optional[float] = None
 
-    def add(self, result: BatchResult) -> None:
+    def add(self, result: Any) -> None:
+        """Count a BatchResult or an Encoded one."""
         self.this_run += 1
-        if result.error is None:
+        kind = result.error_kind
+        if kind is None:
             self.ok += 1
         else:
             self.failed += 1
-            kind = result.error_kind
             self.errors[kind] = self.errors.get(kind, 0) + 1
 
     @property
@@ -240,23 +257,31 @@ def run_batch(
 
 
 def run_numbered(
-    box: Any, func: str, numbered: Iterable, *, fresh: bool = False, jobs: int = 1
-) -> Iterator[BatchResult]:
-    """Like run_batch over ``(line, payload)`` pairs. Checks FUNC and instantiation first."""
+    box: Any,
+    func: str,
+    numbered: Iterable,
+    *,
+    fresh: bool = False,
+    jobs: int = 1,
+    encoded: bool = False,
+) -> Iterator:
+    """Like run_batch over ``(line, payload)`` pairs. Checks FUNC and instantiation first.
+    With ``encoded``, yields Encoded lines (rendered in the workers, not in this process)."""
     if jobs < 1:
         raise errors.UsageError(f"-j/--jobs must be at least 1, got {jobs}")
     caller = Caller(box, func, fresh)  # an unknown export fails here, before any item
     caller.ready()
     if jobs == 1:
-        return _serial(caller, numbered)
+        return _serial(caller, numbered, encoded)
     caller.close()
-    return _parallel(box, func, fresh, jobs, numbered)
+    return _parallel(box, func, fresh, jobs, numbered, encoded)
 
 
-def _serial(caller: Caller, numbered: Iterable) -> Iterator[BatchResult]:
+def _serial(caller: Caller, numbered: Iterable, encoded: bool) -> Iterator:
     try:
         for line, payload in numbered:
-            yield caller.run(line, payload)
+            result = caller.run(line, payload)
+            yield encode(result) if encoded else result
     finally:
         caller.close()
 
@@ -305,7 +330,9 @@ def _take_chunk(iterator: Iterator, size: int) -> list:
     return chunk
 
 
-def _parallel(box: Any, func: str, fresh: bool, jobs: int, numbered: Iterable) -> Iterator:
+def _parallel(
+    box: Any, func: str, fresh: bool, jobs: int, numbered: Iterable, encoded: bool
+) -> Iterator:
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
     from concurrent.futures.process import BrokenProcessPool
@@ -329,7 +356,7 @@ def _parallel(box: Any, func: str, fresh: bool, jobs: int, numbered: Iterable) -
                 if not chunk:
                     exhausted = True
                     break
-                pending.append(pool.submit(_worker_run, chunk))
+                pending.append(pool.submit(_worker_run, chunk, encoded))
             if not pending:
                 return
             try:
@@ -392,13 +419,14 @@ def _worker_box(spec: WorkerSpec) -> Any:
     return box
 
 
-def _worker_run(chunk: list) -> tuple:
+def _worker_run(chunk: list, encoded: bool) -> tuple:
     if "error" in _WORKER:
         raise _WORKER["error"]
     caller = _WORKER["caller"]
     started = time.perf_counter()
     results = [caller.run(line, payload) for line, payload in chunk]
-    return results, time.perf_counter() - started
+    seconds = time.perf_counter() - started
+    return ([encode(r) for r in results] if encoded else results), seconds
 
 
 # ---------------------------------------------------------------------------- JSONL files
@@ -473,12 +501,12 @@ def run_jsonl(
                 warn(note)
     summary = Summary(state)
     reader = _Reader(source, state["next_line"] if state else 1)
-    results = run_numbered(box, func, reader, fresh=fresh, jobs=jobs)
+    results = run_numbered(box, func, reader, fresh=fresh, jobs=jobs, encoded=True)
     last = None
     tick = time.monotonic()
     try:
         for result in results:
-            sink.write(result.to_json().encode() + b"\n")
+            sink.write(result.data)
             summary.add(result)
             last = reader.spans.popleft()
             if marker is not None and marker.due():

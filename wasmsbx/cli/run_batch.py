@@ -148,6 +148,8 @@ def _batch(box: Any, func: str, o: dict) -> int:
                 )
             except BrokenPipeError:
                 return 0  # the reader of our output stopped early (| head): not our error
+            except KeyboardInterrupt:
+                raise _interrupted(o) from None
             finally:
                 if progress:
                     progress.stop()
@@ -208,6 +210,8 @@ def _stream(box: Any, func: str, o: dict) -> int:
             )
         except BrokenPipeError:
             return 0
+        except KeyboardInterrupt:
+            raise _interrupted(o) from None
         finally:
             if progress:
                 progress.stop()
@@ -229,6 +233,15 @@ def _stream_stats(stats: Any) -> None:
         f"{format_size(data['chunk_size'])} in "
         f"{format_duration(data['seconds'])} ({format_size(int(data['bytes_per_second']))}/s); "
         f"peak buffer {format_size(data['peak_buffer'])}"
+    )
+
+
+def _interrupted(o: dict) -> errors.WasmsbxError:
+    if not o["checkpoint"]:
+        return errors.Interrupted("interrupted")
+    return errors.Interrupted(
+        f"interrupted; progress is saved in {o['checkpoint']}",
+        hint="rerun the same command to resume (append to the same output: >>)",
     )
 
 
