@@ -220,10 +220,11 @@ class Caller:
             if given is not None:
                 ident = given
             typed = parse_args(self.func, self.sig, args)
-            if self.instance is None or self.fresh:
-                self._drop()
+            if self.instance is None:
                 self.instance = self.box.instantiate(self.wasi)
             values = self.instance.call(self.func, typed)
+            if self.fresh:
+                self._drop()  # the next item gets an instance no call has touched
         except errors.WasmsbxError as exc:
             if isinstance(exc, errors.TrapError):
                 self._drop()  # its state may be half-updated: the next item gets a new one
@@ -252,7 +253,11 @@ def run_batch(
     jobs: int = 1,
     start_line: int = 1,
 ) -> Iterator[BatchResult]:
-    """Call ``func`` once per item; yield one BatchResult per item, in input order."""
+    """Call ``func`` once per item; yield one BatchResult per item, in input order.
+
+    FUNC and instantiation are checked now (errors raise here); items are read lazily.
+    ``jobs > 1`` starts worker processes with ``spawn``, which re-imports the main
+    module: in a script, call it under ``if __name__ == "__main__":``."""
     return run_numbered(box, func, enumerate(items, start_line), fresh=fresh, jobs=jobs)
 
 
