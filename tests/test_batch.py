@@ -11,12 +11,13 @@ import sys
 import time
 
 import pytest
-from conftest import EXAMPLES, GUESTS, require_capability
 
 from wasmsbx import batch
 from wasmsbx.checkpoint import Sink, Source
 from wasmsbx.policy import defaults, override
 from wasmsbx.runner import Sandbox
+
+from .conftest import EXAMPLES, GUESTS, require_capability
 
 ADD = EXAMPLES / "add.wat"
 LOOP = EXAMPLES / "loop.wat"

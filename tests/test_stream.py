@@ -14,12 +14,13 @@ import time
 import zlib
 
 import pytest
-from conftest import EXAMPLES, GUESTS, require_capability
 
 from wasmsbx import errors
 from wasmsbx.policy import defaults, override
 from wasmsbx.runner import Sandbox
 from wasmsbx.stream import StreamSession
+
+from .conftest import EXAMPLES, GUESTS, require_capability
 
 STREAM = EXAMPLES / "stream"
 UPPER_WAT = STREAM / "upper.wat"  # multi-value (i32, i32) output
