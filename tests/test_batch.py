@@ -148,10 +148,12 @@ def test_batch_float_and_multi_value_results(cli, tmp_path):
         (["add", "--batch", "-", "-j", "x"], 2, "expected a whole number"),
         (["add", "--batch", "-", "--stream"], 2, "cannot be combined"),
         (["add", "--batch", "-", "--chunk-size", "1KiB"], 2, "--chunk-size only applies"),
+        ([GUESTS / "types.wat", "takes_v128", "--batch", "-"], 2, "a batch cannot pass"),
     ],
 )
 def test_batch_usage_errors(cli, argv, code, text):
-    r = cli("run", ADD, *argv, input=b"[1, 2]\n")
+    module = [] if argv and str(argv[0]).endswith(".wat") else [ADD]
+    r = cli("run", *module, *argv, input=b"[1, 2]\n")
     assert r.code == code, r
     assert text in r.stderr
     assert r.stderr.count("\n") <= 2 and "Traceback" not in r.stderr
@@ -462,35 +464,40 @@ def test_run_jsonl_over_api_with_source_and_sink(tmp_path):
 # ---------------------------------------------------------------------------- progress
 
 
-@pytest.mark.slow
-def test_batch_progress_on_a_terminal_only(tmp_path):
+def stderr_on_a_terminal(argv: list, stdin, stdout) -> str:
+    """Run wasmsbx with stderr on a pseudo-terminal; what it drew there."""
     import pty
 
-    src = tmp_path / "in.jsonl"
-    write_lines(src, [[300_000]] * 3000)
     master, slave = pty.openpty()
     env = dict(os.environ, TERM="xterm", COLUMNS="120")
-    with open(tmp_path / "out", "wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "wasmsbx", "run", LOOP, "count", "--batch", src],
-            stdout=out,
-            stderr=slave,
-            env=env,
-        )
-        os.close(slave)
-        seen = b""
-        while True:
-            try:
-                data = os.read(master, 65536)
-            except OSError:
-                break
-            if not data:
-                break
-            seen += data
-        proc.wait()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "wasmsbx", *map(str, argv)],
+        stdin=stdin,
+        stdout=stdout,
+        stderr=slave,
+        env=env,
+    )
+    os.close(slave)
+    seen = b""
+    while True:
+        try:
+            data = os.read(master, 65536)
+        except OSError:  # EIO: the child closed its end
+            break
+        if not data:
+            break
+        seen += data
     os.close(master)
-    assert proc.returncode == 0
-    text = seen.decode("utf-8", "replace")
+    assert proc.wait() == 0, seen
+    return seen.decode("utf-8", "replace")
+
+
+@pytest.mark.slow
+def test_batch_progress_on_a_terminal_only(tmp_path):
+    src = tmp_path / "in.jsonl"
+    write_lines(src, [[300_000]] * 3000)
+    with open(tmp_path / "out", "wb") as out:
+        text = stderr_on_a_terminal(["run", LOOP, "count", "--batch", src], None, out)
     assert "items" in text and "ETA" in text and "%" in text  # size known: bar and ETA
     assert "batch: 3,000 items, 3,000 ok" in text
     # Not on a terminal: no progress, just the summary.
@@ -499,3 +506,14 @@ def test_batch_progress_on_a_terminal_only(tmp_path):
         capture_output=True,
     )
     assert r.stderr.decode().count("\n") == 1
+
+
+@pytest.mark.slow
+def test_stream_progress_on_a_terminal(tmp_path):
+    src = tmp_path / "in.bin"
+    src.write_bytes(b"abcdefgh" * (40 * 1024 * 1024 // 8))
+    upper = EXAMPLES / "stream" / "upper.wat"
+    with open(src, "rb") as stdin, open(tmp_path / "out", "wb") as out:
+        text = stderr_on_a_terminal(["run", upper, "--stream", "--chunk-size", "4KiB"], stdin, out)
+    assert "MiB in" in text and "/s" in text and "ETA" in text
+    assert (tmp_path / "out").stat().st_size == src.stat().st_size

@@ -204,6 +204,12 @@ class Caller:
         self.box = box
         self.func = func
         self.sig = box.signature(func)
+        unsupported = [t for t in self.sig.params if t not in ("i32", "i64", "f32", "f64")]
+        if unsupported:
+            raise errors.UsageError(
+                f"{func} takes a {unsupported[0]} parameter, which a batch cannot pass",
+                hint=f"only i32, i64, f32 and f64 parameters are supported; signature {self.sig}",
+            )
         self.fresh = fresh
         self.wasi = guest_wasi(box)
         self.instance: Any = None
