@@ -13,6 +13,9 @@ Batch: the same 100,000 calls of examples/add.wat `add` made five ways —
     re-armed, no JSON): the floor set by wasmtime-py's per-call cost.
 Each batch figure is the best of --repeat runs (the machine may be shared).
 
+CPU-bound: --cpu-calls calls of examples/loop.wat `count 200000` (about 0.4 ms of guest
+work each) with -j 1 and -j 2, where the workers' share dominates and -j scales.
+
 Stream: --stream-mb MB (default 1000 = 1 GB) generated on the fly by a child process,
 piped through `wasmsbx run examples/stream/upper.wasm --stream` into /dev/null; the
 wasmsbx process's peak RSS comes from wait4(), and its own report gives the host buffer
@@ -32,6 +35,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 ADD = ROOT / "examples" / "add.wat"
+LOOP = ROOT / "examples" / "loop.wat"
 UPPER = ROOT / "examples" / "stream" / "upper.wasm"
 WASMSBX = [sys.executable, "-m", "wasmsbx"]
 
@@ -48,8 +52,8 @@ def timed_process(argv: list, stdin=None) -> float:
     return time.perf_counter() - started
 
 
-def bench_cli_batch(path: Path, jobs: int, repeat: int) -> float:
-    argv = [*WASMSBX, "run", str(ADD), "add", "--batch", str(path), "-j", str(jobs)]
+def bench_cli_batch(path: Path, jobs: int, repeat: int, module=ADD, func="add") -> float:
+    argv = [*WASMSBX, "run", str(module), func, "--batch", str(path), "-j", str(jobs)]
     return best(repeat, lambda: timed_process(argv))
 
 
@@ -139,6 +143,7 @@ def main() -> None:
     parser.add_argument("--process-runs", type=int, default=200)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--stream-mb", type=int, default=1000)
+    parser.add_argument("--cpu-calls", type=int, default=10_000)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
 
@@ -149,6 +154,12 @@ def main() -> None:
             "batch -j 1 (CLI)": bench_cli_batch(path, 1, args.repeat),
             "batch -j 2 (CLI)": bench_cli_batch(path, 2, args.repeat),
             "Sandbox.batch (API)": bench_api_batch(args.calls, args.repeat),
+        }
+        heavy = Path(tmp) / "count.jsonl"
+        heavy.write_text("[200000]\n" * args.cpu_calls)
+        cpu = {
+            f"batch -j {jobs} (CLI)": bench_cli_batch(heavy, jobs, args.repeat, LOOP, "count")
+            for jobs in (1, 2)
         }
     per_process = bench_process_loop(args.process_runs)
     seconds[f"loop of wasmsbx run (x{args.process_runs}, extrapolated)"] = per_process * args.calls
@@ -170,6 +181,17 @@ def main() -> None:
         "load_average": os.getloadavg(),
         "python": sys.version.split()[0],
         "batch": rows,
+        "cpu_bound": {
+            "calls": args.cpu_calls,
+            "rows": [
+                {
+                    "method": name,
+                    "seconds": round(s, 3),
+                    "calls_per_second": round(args.cpu_calls / s),
+                }
+                for name, s in cpu.items()
+            ],
+        },
         "stream": stream,
     }
     if args.json:
@@ -185,6 +207,9 @@ def main() -> None:
             f"{row['method']:<48} {row['seconds']:>9.2f} {row['calls_per_second']:>10,} "
             f"{row['us_per_call']:>8.1f}"
         )
+    print(f"\n{args.cpu_calls:,} calls of loop.wat `count 200000` (CPU-bound)")
+    for row in report["cpu_bound"]["rows"]:
+        print(f"{row['method']:<48} {row['seconds']:>9.2f} {row['calls_per_second']:>10,}")
     if stream:
         print(
             f"\nstream {stream['bytes'] / 1e9:.2f} GB through upper.wasm: "
