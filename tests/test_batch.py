@@ -517,3 +517,17 @@ def test_stream_progress_on_a_terminal(tmp_path):
         text = stderr_on_a_terminal(["run", upper, "--stream", "--chunk-size", "4KiB"], stdin, out)
     assert "MiB in" in text and "/s" in text and "ETA" in text
     assert (tmp_path / "out").stat().st_size == src.stat().st_size
+
+
+def test_batch_and_stream_in_the_audit_log(cli, tmp_path):
+    log = tmp_path / "audit.jsonl"
+    r = cli("run", ADD, "div", "--batch", "-", "--audit-log", log, input=b"[4, 2]\n[1, 0]\n")
+    assert r.code == 122
+    r = cli("run", EXAMPLES / "stream" / "upper.wat", "--stream", "--audit-log", log, input=b"ab")
+    assert r.code == 0 and r.stdout == "AB"
+    events = [json.loads(line) for line in log.read_text().splitlines()]
+    names = [e["event"] for e in events]
+    assert names == ["start", "sandbox", "batch", "exit", "start", "sandbox", "stream", "exit"]
+    assert events[2]["failed"] == 1 and events[2]["errors"] == {"trap": 1}
+    assert events[3]["outcome"] == "batch_failures" and events[3]["exit_code"] == 122
+    assert events[6]["bytes_in"] == 2 and events[7]["outcome"] == "ok"

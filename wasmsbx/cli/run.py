@@ -78,7 +78,7 @@ def execute(args: opts.RunArgs, log: Any = None) -> int:
     if any(o[dest] not in (None, False) for dest in BATCH_OPTIONS):
         from .run_batch import execute as execute_batch
 
-        return execute_batch(args, policy)
+        return execute_batch(args, policy, log)
     from ..runner import Sandbox
 
     kind = "call" if func else "command"

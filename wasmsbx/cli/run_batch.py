@@ -17,7 +17,8 @@ from ..errors import ExitCode
 from . import output
 
 
-def execute(args: Any, policy: Any) -> int:
+def execute(args: Any, policy: Any, log: Any = None) -> int:
+    """Run a batch or a stream; ``log`` is the --audit-log (start/exit come from run.py)."""
     o = args.options
     func = check_options(args)
     from ..runner import Sandbox
@@ -25,13 +26,15 @@ def execute(args: Any, policy: Any) -> int:
     box = Sandbox(
         args.positionals[0], policy, kind="call", use_cache=False if o["no_cache"] else None
     )
+    if log is not None:
+        log.sandbox(box)
     if o["explain"]:
         from .run import render_explain
 
         render_explain(box.explain("call"))
     if o["stream"]:
-        return _stream(box, func, o)
-    return _batch(box, func, o)
+        return _stream(box, func, o, log)
+    return _batch(box, func, o, log)
 
 
 def check_options(args: Any) -> str:
@@ -126,7 +129,7 @@ def _progress(kind: str, results_file: Any) -> Any:
 # ---------------------------------------------------------------------------- batch
 
 
-def _batch(box: Any, func: str, o: dict) -> int:
+def _batch(box: Any, func: str, o: dict, log: Any) -> int:
     from ..batch import run_jsonl
     from ..checkpoint import Sink, Source
 
@@ -158,6 +161,10 @@ def _batch(box: Any, func: str, o: dict) -> int:
             stream.close()
     _batch_summary(summary, o)
     _after(box, o)
+    if log is not None:
+        log.event("batch", **summary.to_dict())
+        if summary.failed:
+            log.outcome = "batch_failures"
     return int(ExitCode.BATCH_FAILURES) if summary.failed else 0
 
 
@@ -182,7 +189,7 @@ def _batch_summary(summary: Any, o: dict) -> None:
 # ---------------------------------------------------------------------------- stream
 
 
-def _stream(box: Any, func: str, o: dict) -> int:
+def _stream(box: Any, func: str, o: dict, log: Any) -> int:
     from ..checkpoint import Sink, Source
     from ..stream import DEFAULT_CHUNK, run_stream
     from ..units import parse_size
@@ -220,6 +227,8 @@ def _stream(box: Any, func: str, o: dict) -> int:
     elif o["stats"]:
         _stream_stats(stats)
     _after(box, o)
+    if log is not None:
+        log.event("stream", **stats.to_dict())
     return 0
 
 
