@@ -407,18 +407,33 @@ class Sandbox:
             instance.call("_initialize", [])
         return instance
 
-    def invoke(self, func: str, args: Sequence[Any] = (), fresh: bool = False) -> CallResult:
-        """Call ``func`` with arguments parsed by its signature; results as a CallResult."""
+    def invoke(
+        self,
+        func: str,
+        args: Sequence[Any] = (),
+        fresh: bool = False,
+        wasi: Optional[WasiSetup] = None,
+    ) -> CallResult:
+        """Call ``func`` with arguments parsed by its signature; results as a CallResult.
+
+        ``wasi`` sets up a new instance's WASI (e.g. ``wasi_setup(capture=True)``)."""
         sig = self.signature(func)
         typed = parse_args(func, sig, args)
         if self._instance is None or fresh:
-            self._instance = self.instantiate()
+            self._instance = self.instantiate(wasi)
         started = time.perf_counter()
         try:
             values = self._instance.call(func, typed)
         finally:
             self.timings["run"] = time.perf_counter() - started
         return CallResult(func, values, sig.results, self._stats(self._instance))
+
+    def output(self) -> tuple:
+        """(stdout, stderr) the current instance captured (None when not captured)."""
+        if self._instance is None:
+            return None, None
+        usage = self._instance.usage()
+        return usage.stdout, usage.stderr
 
     def call(self, func: str, *args: Any) -> Any:
         """Python-friendly call: one result as a value, several as a tuple, none as None."""
