@@ -1,0 +1,779 @@
+"""``wasmsbx watch``: re-run a module on every change, with a compatibility report.
+
+The core of the watch command, usable from Python. A :class:`Watcher` keeps a module
+under watch (with its source, its policy file and any extra paths), and on every change
+rebuilds the source, reloads the policy, reloads the module, compares its interface with
+the last good version (:func:`compare`, built on :mod:`wasmsbx.facts`) and runs it again.
+Each step is reported as an :class:`Event` (plain data); ``wasmsbx/cli/watch_cmd.py``
+renders events as rich text or as one JSON object per line.
+
+Runs happen in a worker thread so that Ctrl-C stops watching at once, even while a guest
+spins until its timeout; the main thread only waits on watchfiles and the stop flag.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from . import errors
+
+SCHEMA_VERSION = 1
+PAGE = 65536  # bytes per wasm page
+SOURCE_SUFFIXES = (".c", ".rs")  # suffixes that make MODULE a source to build
+BUILDABLE = (".wat", ".c")  # what the built-in builder compiles (see build_source)
+
+# ---------------------------------------------------------------------------- interface diff
+
+# WASI preview1 functions by what a new import of them asks of the host (first match wins).
+_WASI_NEEDS = (
+    ("path_", "filesystem"),
+    ("fd_readdir", "filesystem"),
+    ("fd_prestat", "filesystem"),
+    ("fd_filestat", "filesystem"),
+    ("environ_", "environment variables"),
+    ("args_", "arguments"),
+    ("clock_", "clocks"),
+    ("random_", "randomness"),
+    ("sock_", "network"),
+    ("poll_", "polling"),
+    ("proc_", "process exit"),
+    ("sched_", "scheduling"),
+    ("fd_", "stdio and open files"),
+)
+
+
+@dataclass(frozen=True)
+class Change:
+    """One difference between two versions of a module's interface."""
+
+    kind: str  # export | import | memory
+    name: str
+    change: str  # added | removed | signature | kind | limits
+    old: Optional[str]
+    new: Optional[str]
+    breaking: bool
+    note: str = ""
+
+    def to_dict(self) -> dict:
+        return {
+            "kind": self.kind,
+            "name": self.name,
+            "change": self.change,
+            "old": self.old,
+            "new": self.new,
+            "breaking": self.breaking,
+            "note": self.note,
+        }
+
+
+@dataclass(frozen=True)
+class CompatReport:
+    """What changed between the last good module and the new one."""
+
+    previous: str  # sha256 of the previous module
+    current: str
+    changes: tuple = ()
+
+    @property
+    def breaking(self) -> bool:
+        return any(c.breaking for c in self.changes)
+
+    def to_dict(self) -> dict:
+        return {
+            "previous_sha256": self.previous,
+            "sha256": self.current,
+            "breaking": self.breaking,
+            "changes": [c.to_dict() for c in self.changes],
+        }
+
+
+def wasi_need(module: str, name: str) -> Optional[str]:
+    """What a WASI import asks of the host, in words; None for a non-WASI import."""
+    if not module.startswith("wasi_"):
+        return None
+    for prefix, need in _WASI_NEEDS:
+        if name.startswith(prefix):
+            return need
+    return "WASI"
+
+
+def _limits_text(limits: Any) -> str:
+    top = "none" if limits.max is None else str(limits.max)
+    flags = "".join((" shared" if limits.shared else "", " memory64" if limits.memory64 else ""))
+    return f"min {limits.min}, max {top}{flags}"
+
+
+def _import_type(imp: Any) -> str:
+    if imp.kind in ("func", "tag"):
+        return str(imp.type) if imp.type is not None else imp.kind
+    if imp.kind == "memory":
+        return f"memory ({_limits_text(imp.limits)} pages)"
+    if imp.kind == "table":
+        return f"table {imp.elem} ({_limits_text(imp.limits)})"
+    return f"global {'mut ' if imp.mutable else ''}{imp.global_type}"
+
+
+def _export_type(exp: Any, facts: Any) -> str:
+    if exp.kind in ("func", "tag"):
+        return str(exp.type) if exp.type is not None else exp.kind
+    if exp.kind == "global":
+        match = [g for g in facts.globals if g.index == exp.index]
+        if match:
+            return f"global {'mut ' if match[0].mutable else ''}{match[0].type}"
+    return exp.kind
+
+
+def _export_changes(old: Any, new: Any) -> list:
+    before = {e.name: e for e in old.exports}
+    after = {e.name: e for e in new.exports}
+    out = []
+    for name, exp in after.items():
+        if name not in before:
+            out.append(Change("export", name, "added", None, _export_type(exp, new), False))
+    for name, exp in before.items():
+        was = _export_type(exp, old)
+        if name not in after:
+            out.append(Change("export", name, "removed", was, None, True, "callers lose it"))
+            continue
+        now = _export_type(after[name], new)
+        if exp.kind != after[name].kind:
+            out.append(Change("export", name, "kind", was, now, True, "a different kind of export"))
+        elif was != now:
+            out.append(Change("export", name, "signature", was, now, True, "callers must change"))
+    return out
+
+
+def _import_changes(old: Any, new: Any) -> list:
+    before = {(i.module, i.name): i for i in old.imports}
+    after = {(i.module, i.name): i for i in new.imports}
+    out = []
+    for key, imp in after.items():
+        name = f"{key[0]}.{key[1]}"
+        if key not in before:
+            need = wasi_need(*key)
+            if need is None:
+                note = "a host import the sandbox does not provide: the module will not link"
+                out.append(Change("import", name, "added", None, _import_type(imp), True, note))
+            else:
+                note = f"new capability need: {need}"
+                out.append(Change("import", name, "added", None, _import_type(imp), False, note))
+        elif _import_type(before[key]) != _import_type(imp):
+            was, now = _import_type(before[key]), _import_type(imp)
+            out.append(Change("import", name, "signature", was, now, True, "the host must change"))
+    for key, imp in before.items():
+        if key not in after:
+            name = f"{key[0]}.{key[1]}"
+            out.append(Change("import", name, "removed", _import_type(imp), None, False))
+    return out
+
+
+def _memory_changes(old: Any, new: Any, memory_limit: Optional[int]) -> list:
+    before = {m.index: m.limits for m in old.memories if not m.imported}
+    after = {m.index: m.limits for m in new.memories if not m.imported}
+    out = []
+    for index in sorted(set(before) | set(after)):
+        name = f"memory {index}"
+        was, now = before.get(index), after.get(index)
+        if was is None:
+            out.append(Change("memory", name, "added", None, _limits_text(now), False))
+        elif now is None:
+            out.append(Change("memory", name, "removed", _limits_text(was), None, True))
+        elif was != now:
+            breaking, note = _memory_verdict(was, now, memory_limit)
+            texts = (_limits_text(was), _limits_text(now))
+            out.append(Change("memory", name, "limits", *texts, breaking, note))
+    return out
+
+
+def _memory_verdict(was: Any, now: Any, memory_limit: Optional[int]) -> tuple:
+    """Breaking when the module can no longer start under the policy, or can grow less."""
+    if (was.shared, was.memory64) != (now.shared, now.memory64):
+        return True, "sharing or index type changed"
+    if memory_limit is not None and now.min * PAGE > memory_limit:
+        return True, f"needs {now.min * PAGE} bytes at start, over limits.memory ({memory_limit})"
+    if now.max is not None and (was.max is None or now.max < was.max):
+        return True, "can grow less than before"
+    if now.min > was.min:
+        return False, "starts larger (within limits.memory)"
+    return False, ""
+
+
+def compare(old: Any, new: Any, memory_limit: Optional[int] = None) -> CompatReport:
+    """The interface diff of two :class:`wasmsbx.facts.ModuleFacts`.
+
+    Exports removed, changed in kind or signature are breaking; exports added are not.
+    Imports added are breaking when the sandbox cannot provide them (non-WASI), otherwise
+    they name the new capability need; imports removed are not breaking. Memory limits are
+    breaking when the module can no longer start under ``memory_limit`` or can grow less.
+    """
+    changes = (_export_changes(old, new) + _import_changes(old, new)) + _memory_changes(
+        old, new, memory_limit
+    )
+    return CompatReport(old.sha256, new.sha256, tuple(changes))
+
+
+# ---------------------------------------------------------------------------- policy diff
+
+
+def _plain(value: Any) -> Any:
+    if hasattr(value, "to_dict"):
+        return value.to_dict()
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
+def policy_changes(old: Any, new: Any) -> list:
+    """The keys whose values differ between two policies, as ``{key, old, new}``."""
+    keys = sorted(set(old.values) | set(new.values))
+    return [
+        {"key": k, "old": _plain(old.values.get(k)), "new": _plain(new.values.get(k))}
+        for k in keys
+        if old.values.get(k) != new.values.get(k)
+    ]
+
+
+# ---------------------------------------------------------------------------- source builds
+#
+# A minimal builder for .wat and C sources. The `compile` work (wasmsbx/build.py, issue 4)
+# is meant to replace it: keep every call going through build_source() so that swap is one
+# function.
+
+
+class BuildError(errors.ModuleError):
+    """A source did not compile; ``output`` in the context holds the compiler's words."""
+
+    kind = "build"
+
+
+def build_source(source: Path, output: Path, export: Optional[str] = None) -> dict:
+    """Compile ``source`` (.wat or .c) to ``output`` atomically; returns build facts.
+
+    C is built for wasm32-wasi with clang: as a reactor exporting ``export`` when one is
+    given (a library function to call), else as a command (a program with ``main``).
+    ``output`` is replaced only by a successful build, so a failed one keeps the last good
+    module in place.
+    """
+    suffix = source.suffix.lower()
+    if suffix not in BUILDABLE:
+        raise errors.UsageError(
+            f"{source}: cannot build {suffix or 'this'} sources here",
+            hint="watch builds .wat and .c sources; give a .wasm module for anything else",
+        )
+    tmp = output.with_name(f".{output.name}.{os.getpid()}.tmp")
+    started = time.perf_counter()
+    try:
+        if suffix == ".wat":
+            from .runner import read_module
+
+            tmp.write_bytes(read_module(source))
+            tool = "wat2wasm"
+        else:
+            tool = _clang(source, tmp, export)
+        os.replace(tmp, output)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return {"tool": tool, "duration_ms": round((time.perf_counter() - started) * 1e3, 3)}
+
+
+def _clang(source: Path, output: Path, export: Optional[str]) -> str:
+    import shutil
+    import subprocess
+
+    clang = os.environ.get("WASMSBX_CLANG", "clang")
+    if shutil.which(clang) is None:
+        raise BuildError(
+            f"{source}: cannot build C: {clang} not found",
+            hint="install clang, lld, wasi-libc and libclang-rt-dev-wasm32 "
+            "(scripts/install-toolchain)",
+            path=str(source),
+        )
+    cmd = [clang, "--target=wasm32-wasi", "-O2", "-o", str(output), str(source)]
+    if export:
+        cmd[2:2] = ["-mexec-model=reactor", f"-Wl,--export={export}"]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    except subprocess.TimeoutExpired:
+        raise BuildError(f"{source}: clang took longer than 300 s", path=str(source)) from None
+    if proc.returncode != 0:
+        text = (proc.stderr or proc.stdout).strip()
+        first = next((ln for ln in text.splitlines() if "error" in ln), text[:200] or "failed")
+        raise BuildError(
+            f"{source}: clang failed (exit {proc.returncode}): {first.strip()}",
+            hint="fix the source; the last good module stays in place",
+            path=str(source),
+            output=text,
+        )
+    return "clang"
+
+
+# ---------------------------------------------------------------------------- events
+
+
+def _now() -> str:
+    return datetime.now().astimezone().isoformat(timespec="milliseconds")
+
+
+@dataclass
+class Event:
+    """One thing that happened: start, policy, build, interface, run or stop.
+
+    ``to_dict()`` is the JSON view: ``{"event", "cycle", "time", ...data}``.
+    """
+
+    kind: str
+    data: dict
+    cycle: int = 0
+    time: str = field(default_factory=_now)
+
+    def to_dict(self) -> dict:
+        return {"event": self.kind, "cycle": self.cycle, "time": self.time, **self.data}
+
+
+class Stop(threading.Event):
+    """The stop flag watchfiles polls; ``reason`` says who set it."""
+
+    reason = "stopped"
+
+    def stop(self, reason: str = "stopped") -> None:
+        self.reason = reason
+        self.set()
+
+
+@contextmanager
+def stop_on_signals(stop: Stop):
+    """SIGINT and SIGTERM set ``stop`` (for a clean exit) instead of raising."""
+
+    def handler(signum: int, frame: Any) -> None:
+        stop.stop(signal.Signals(signum).name)
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield stop
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+# ---------------------------------------------------------------------------- the watcher
+
+
+def _digest(path: Path) -> Optional[str]:
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError:
+        return None
+
+
+def _norm(path: Any) -> str:
+    return os.path.normpath(os.path.abspath(str(path)))
+
+
+@dataclass
+class WatchConfig:
+    """What to watch and how to run it.
+
+    ``target`` is a .wasm/.wat module or a source (.c) to build; ``source`` names the
+    source of a module instead (rebuilt into ``target``). ``policy_loader`` returns the
+    policy with command-line overrides applied; ``policy_path`` is the file to watch.
+    """
+
+    target: str
+    func: Optional[str] = None
+    args: list = field(default_factory=list)
+    argv: list = field(default_factory=list)
+    source: Optional[str] = None
+    also: list = field(default_factory=list)
+    policy_loader: Optional[Callable[[], Any]] = None
+    policy_path: Optional[str] = None
+    use_cache: Optional[bool] = None
+    capture: bool = False  # capture the guest's stdout/stderr into run events
+    debounce: float = 0.1  # seconds of quiet that end a burst of changes
+    poll: bool = False  # poll the file system instead of using notifications
+    tick: float = 0.1  # how often the loop wakes without changes
+
+
+class Watcher:
+    """Watch, rebuild, reload, compare and re-run; report every step to ``on_event``."""
+
+    def __init__(self, config: WatchConfig, on_event: Callable[[Event], None]) -> None:
+        self.config = config
+        self.on_event = on_event
+        self._lock = threading.Lock()
+        self._closed = False
+        self.cycle = 0
+        self.box: Any = None
+        self.box_key: Optional[tuple] = None
+        self.facts: Any = None  # the last good module's facts
+        self.tmpdir: Optional[str] = None
+        self.policy_version = 0
+        self._plan()
+        self.policy = self._load_policy()  # broken at start: an error (no last good one)
+        self.digests = {p: _digest(Path(p)) for p in self._tracked()}
+
+    # --------------------------------------------------------------- setup
+    def _plan(self) -> None:
+        """Which file is run, which is built, which are watched; fail fast on typos."""
+        c = self.config
+        target = Path(c.target)
+        if target.suffix.lower() in SOURCE_SUFFIXES:
+            if c.source:
+                raise errors.UsageError(
+                    f"{target} is a source already; --source names the source of a .wasm",
+                    hint="use either `watch SOURCE ...` or `watch MODULE --source SOURCE ...`",
+                )
+            import tempfile
+
+            self.tmpdir = tempfile.mkdtemp(prefix="wasmsbx-watch-")
+            self.source: Optional[str] = _norm(target)
+            self.module = _norm(Path(self.tmpdir) / (target.stem + ".wasm"))
+            self.module_watched = False
+        else:
+            self.source = _norm(c.source) if c.source else None
+            self.module = _norm(target)
+            self.module_watched = True
+        if self.source:
+            self._check_exists(self.source, "source")
+            self._check_buildable(Path(self.source))
+            parent = Path(self.module).parent
+            if not parent.is_dir():
+                raise errors.InputError(f"{parent}: no such directory for the built module")
+        else:
+            self._check_exists(self.module, "module")
+        self.also = [_norm(p) for p in c.also]
+        for path in self.also:
+            self._check_exists(path, "--also path")
+        self.policy_file = _norm(c.policy_path or "sandbox.toml")
+
+    @staticmethod
+    def _check_exists(path: str, what: str) -> None:
+        if not os.path.exists(path):
+            raise errors.InputError(
+                f"{path}: no such file ({what})", hint="check the path", path=path
+            )
+
+    @staticmethod
+    def _check_buildable(source: Path) -> None:
+        if source.suffix.lower() == ".rs":
+            raise errors.UsageError(
+                f"{source}: watch cannot build Rust sources yet",
+                hint="build it with cargo (--target wasm32-wasip1) and watch the .wasm "
+                "with --also src/",
+            )
+        if source.suffix.lower() not in BUILDABLE:
+            raise errors.UsageError(
+                f"{source}: unknown source type {source.suffix or '(none)'}",
+                hint="watch builds .wat and .c sources",
+            )
+
+    def _load_policy(self) -> Any:
+        if self.config.policy_loader is not None:
+            return self.config.policy_loader()
+        from . import policy as policy_mod
+
+        if self.config.policy_path:
+            return policy_mod.load(self.config.policy_path)
+        return policy_mod.discover()
+
+    def _tracked(self) -> list:
+        """Files whose content decides whether a change matters (digest-checked)."""
+        paths = [self.module] if self.module_watched else []
+        if self.source:
+            paths.append(self.source)
+        paths.append(self.policy_file)
+        return paths
+
+    def watched_paths(self) -> list:
+        return self._tracked() + list(self.also)
+
+    def _roots(self) -> tuple:
+        """Directories handed to watchfiles (parents, so editors' rename-saves are seen)."""
+        roots = {str(Path(p).parent) for p in self._tracked()}
+        roots |= {p if os.path.isdir(p) else str(Path(p).parent) for p in self.also}
+        recursive = any(os.path.isdir(p) for p in self.also)
+        return sorted(roots), recursive
+
+    def _filter(self) -> Callable[[Any, str], bool]:
+        import watchfiles
+
+        files = set(self._tracked()) | {p for p in self.also if not os.path.isdir(p)}
+        dirs = tuple(p.rstrip(os.sep) + os.sep for p in self.also if os.path.isdir(p))
+        default = watchfiles.DefaultFilter()
+
+        def wanted(change: Any, path: str) -> bool:
+            path = os.path.normpath(path)
+            if path in files:
+                return True
+            return bool(dirs) and path.startswith(dirs) and default(change, path)
+
+        return wanted
+
+    # --------------------------------------------------------------- events
+    def emit(self, kind: str, data: dict) -> None:
+        with self._lock:
+            if not self._closed:
+                self.on_event(Event(kind, data, self.cycle))
+
+    @staticmethod
+    def show(path: Optional[str]) -> Optional[str]:
+        """A path as the user would write it: relative to the cwd when inside it."""
+        if path is None:
+            return None
+        try:
+            return os.path.relpath(path)
+        except ValueError:
+            return path
+
+    def _start_data(self) -> dict:
+        c = self.config
+        return {
+            "schema": SCHEMA_VERSION,
+            "module": self.show(self.module),
+            "source": self.show(self.source),
+            "policy": self.show(self.policy.source) if self.policy.source else None,
+            "policy_watched": self.show(self.policy_file),
+            "watching": [self.show(p) for p in self.watched_paths()],
+            "mode": "call" if c.func else "command",
+            "function": c.func,
+            "args": list(c.args),
+            "argv": list(c.argv),
+            "debounce_ms": round(c.debounce * 1e3, 3),
+        }
+
+    # --------------------------------------------------------------- the loop
+    def serve(self, stop: Optional[Stop] = None) -> dict:
+        """Run once, then watch until ``stop`` is set; returns a summary (plain data)."""
+        import watchfiles
+
+        stop = stop or Stop()
+        roots, recursive = self._roots()
+        step = max(1, int(self.config.debounce * 1e3))
+        worker: Optional[threading.Thread] = None
+        pending: set = set()
+        started = False
+        try:
+            for changes in watchfiles.watch(
+                *roots,
+                watch_filter=self._filter(),
+                debounce=max(1600, step * 10),
+                step=step,
+                stop_event=stop,
+                rust_timeout=max(1, int(self.config.tick * 1e3)),
+                yield_on_timeout=True,
+                raise_interrupt=False,
+                force_polling=True if self.config.poll else None,
+                poll_delay_ms=max(10, min(step, 300)),
+                recursive=recursive,
+            ):
+                if stop.is_set():
+                    break
+                if not started:  # the first wake-up: the watch is live, run once
+                    started = True
+                    self.emit("start", self._start_data())
+                    worker = self._launch(None)
+                    continue
+                pending.update(_norm(path) for _, path in changes)
+                if pending and not (worker and worker.is_alive()):
+                    worker = self._launch(pending)
+                    pending = set()
+        finally:
+            in_flight = bool(worker and worker.is_alive())
+            summary = {"reason": stop.reason, "cycles": self.cycle, "interrupted_run": in_flight}
+            self.emit("stop", summary)
+            with self._lock:
+                self._closed = True
+            self._cleanup(in_flight)
+        return summary
+
+    def _cleanup(self, in_flight: bool) -> None:
+        if self.tmpdir and not in_flight:
+            import shutil
+
+            shutil.rmtree(self.tmpdir, ignore_errors=True)
+        if self.box is not None and not in_flight:
+            self.box.close()
+
+    def _launch(self, changed: Optional[set]) -> threading.Thread:
+        worker = threading.Thread(
+            target=self._guarded_cycle, args=(changed,), name="wasmsbx-watch", daemon=True
+        )
+        worker.start()
+        return worker
+
+    def _guarded_cycle(self, changed: Optional[set]) -> None:
+        try:
+            self.run_cycle(changed)
+        except Exception as exc:  # a bug must not end the watch; say so and go on
+            if os.environ.get("WASMSBX_DEBUG"):
+                import traceback
+
+                traceback.print_exc()
+            error = {
+                "kind": "internal",
+                "message": f"internal error: {type(exc).__name__}: {exc}",
+                "hint": "this is a bug in wasmsbx; rerun with WASMSBX_DEBUG=1 for a traceback",
+                "exit_code": int(errors.ExitCode.INTERNAL),
+            }
+            self.emit("run", {"ok": False, "phase": "internal", "error": error})
+
+    # --------------------------------------------------------------- one cycle
+    def _effective(self, changed: set) -> set:
+        """The changed paths whose content really changed (our own writes, touches and
+        repeated events of one save are dropped here)."""
+        effective = set()
+        for path in changed:
+            if path in self.digests:
+                digest = _digest(Path(path))
+                if digest != self.digests[path]:
+                    self.digests[path] = digest
+                    effective.add(path)
+            else:
+                effective.add(path)
+        return effective
+
+    def run_cycle(self, changed: Optional[set] = None) -> None:
+        """One pass: reload the policy, rebuild, reload and run, as the changes require.
+        ``changed=None`` is the first run."""
+        initial = changed is None
+        if not initial:
+            changed = self._effective(changed)
+            if not changed:
+                return
+        self.cycle += 1
+        trigger = "start" if initial else sorted(self.show(p) for p in changed)
+        if not initial and self.policy_file in changed:
+            reloaded = self._reload_policy()
+            if not reloaded and changed == {self.policy_file}:
+                return  # only a broken policy changed: nothing new to run
+        rebuild = self.source and (initial or changed - {self.policy_file, self.module})
+        if rebuild and not self._build():
+            return  # a failed build keeps the last good module; nothing new to run
+        self._load_and_run(trigger)
+
+    def _reload_policy(self) -> bool:
+        shown = self.show(self.policy_file)
+        try:
+            new = self._load_policy()
+        except errors.WasmsbxError as exc:
+            kept = self.show(self.policy.source) if self.policy.source else "defaults"
+            self.emit("policy", {"ok": False, "path": shown, "error": exc.to_dict(), "kept": kept})
+            return False
+        changes = policy_changes(self.policy, new)
+        self.policy = new
+        self.policy_version += 1
+        self.emit("policy", {"ok": True, "path": shown, "changes": changes})
+        return True
+
+    def _build(self) -> bool:
+        data = {"source": self.show(self.source), "output": self.show(self.module)}
+        try:
+            facts = build_source(Path(self.source), Path(self.module), self.config.func)
+        except errors.WasmsbxError as exc:
+            self.emit("build", {"ok": False, **data, "error": exc.to_dict()})
+            return False
+        if self.module in self.digests:  # our own write is not a change to react to
+            self.digests[self.module] = _digest(Path(self.module))
+        self.emit("build", {"ok": True, **data, **facts})
+        return True
+
+    def _sandbox(self) -> Any:
+        """The module under the current policy; reused when neither changed."""
+        key = (_digest(Path(self.module)), self.policy_version)
+        if self.box is not None and key == self.box_key:
+            return self.box
+        from .runner import Sandbox
+
+        kind = "call" if self.config.func else "command"
+        box = Sandbox(
+            self.show(self.module), self.policy, kind=kind, use_cache=self.config.use_cache
+        )
+        if self.box is not None:
+            self.box.close()
+        self.box, self.box_key = box, key
+        return box
+
+    def _compare(self, box: Any) -> None:
+        from .facts import FactsError, read_facts
+
+        try:
+            facts = read_facts(box.wasm)
+        except FactsError:
+            return  # the runtime accepted it; the reader cannot describe it
+        if self.facts is not None and facts.sha256 != self.facts.sha256:
+            report = compare(self.facts, facts, self.policy.values.get("limits.memory"))
+            self.emit("interface", report.to_dict())
+        self.facts = facts
+
+    def _load_and_run(self, trigger: Any) -> None:
+        c = self.config
+        data: dict = {"trigger": trigger, "started": _now()}
+        data.update({"function": c.func, "args": list(c.args)} if c.func else {"argv": c.argv})
+        started = time.perf_counter()
+        phase = "load"
+        try:
+            box = self._sandbox()
+            self._compare(box)
+            phase = "run"
+            data.update(self._invoke(box))
+        except errors.WasmsbxError as exc:
+            data.update({"ok": False, "phase": phase, "error": exc.to_dict()})
+        data["duration_ms"] = round((time.perf_counter() - started) * 1e3, 3)
+        self.emit("run", data)
+
+    def _invoke(self, box: Any) -> dict:
+        c = self.config
+        if c.func:
+            wasi = box.wasi_setup(capture=c.capture) if c.capture else None
+            result = box.invoke(c.func, c.args, fresh=True, wasi=wasi)
+            data = {"ok": True, "phase": "run", **result.to_dict()}
+            if c.capture:
+                data.update(_captured(*box.output()))
+            return data
+        # A watched command does not read the terminal unless the policy says so.
+        stdin = None if "stdio.stdin" in self.policy.explicit else "null"
+        result = box.run_command(c.argv, stdin=stdin, capture=c.capture)
+        data = {"ok": result.exit_code == 0, "phase": "run", **result.to_dict()}
+        if c.capture:
+            data.update(_captured(result.stdout, result.stderr))
+        return data
+
+
+def _captured(stdout: Optional[bytes], stderr: Optional[bytes]) -> dict:
+    def text(raw: Optional[bytes]) -> Any:
+        if raw is None:
+            return None
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError:
+            import base64
+
+            return {"base64": base64.b64encode(raw).decode("ascii")}
+
+    return {"stdout": text(stdout), "stderr": text(stderr)}
+
+
+__all__ = [
+    "BuildError",
+    "Change",
+    "CompatReport",
+    "Event",
+    "Stop",
+    "WatchConfig",
+    "Watcher",
+    "build_source",
+    "compare",
+    "policy_changes",
+    "stop_on_signals",
+]
