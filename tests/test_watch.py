@@ -273,12 +273,27 @@ def test_ctrl_c_during_a_long_run_exits_at_once(watch, isolated):
     assert time.monotonic() - began < 15  # far below the guest's 60 s timeout
 
 
-def test_startup_events_then_stop_leave_no_temp_dir(watch, isolated):
+def test_values_after_double_dash_are_arguments(watch, isolated):
     (isolated / "add.wat").write_text(ADD.format(extra=""))
     w = watch("add.wat", "add", "--", -5, 3)  # after --, values that look like flags
     run = w.wait("run", cycle=1)
     assert run["args"] == ["-5", "3"] and value(run) == [-2]
     assert w.stop() == 0
+
+
+@pytest.mark.parametrize("mode", ["--json", "--clear"])
+def test_closed_output_stops_the_watch(isolated, mode):
+    (isolated / "add.wat").write_text(ADD.format(extra=""))
+    cmd = [sys.executable, "-m", "wasmsbx", "watch", mode, "add.wat", "add", "1", "2"]
+    proc = subprocess.Popen(cmd, cwd=isolated, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    first = proc.stdout.readline()
+    assert (b'"event": "start"' if mode == "--json" else b"watching add.wat") in first
+    proc.stdout.close()  # as `| head -1` does
+    try:
+        _, err = proc.communicate(timeout=WAIT)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0 and b"Traceback" not in err
 
 
 # ---------------------------------------------------------------------------- commands
@@ -387,6 +402,7 @@ def test_c_source_recompiles(watch, isolated):
     w = watch("add.c", "add", 5, 3)
     start = w.wait("start")
     assert start["source"] == "add.c" and start["watching"] == ["add.c", "sandbox.toml"]
+    built = Path(start["module"])  # in a private temp dir, removed on exit
     build = w.wait("build", cycle=1)
     assert build["ok"] and build["tool"] == "clang"
     assert value(w.wait("run", cycle=1)) == [8]
@@ -404,7 +420,9 @@ def test_c_source_recompiles(watch, isolated):
     assert run["results"] == [{"type": "i64", "value": 15}]
     (change,) = [c for c in w.cycle(4)[1]["changes"] if c["name"] == "add"]
     assert change["change"] == "signature" and change["breaking"]
+    assert built.is_file()
     assert w.stop() == 0
+    assert not built.parent.exists()
 
 
 # ---------------------------------------------------------------------------- human output

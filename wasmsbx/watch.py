@@ -419,8 +419,13 @@ class Watcher:
         self.facts: Any = None  # the last good module's facts
         self.tmpdir: Optional[str] = None
         self.policy_version = 0
-        self._plan()
-        self.policy = self._load_policy()  # broken at start: an error (no last good one)
+        self._stop = Stop()
+        try:
+            self._plan()
+            self.policy = self._load_policy()  # broken at start: an error (no last good one)
+        except BaseException:
+            self._cleanup(False)
+            raise
         self.digests = {p: _digest(Path(p)) for p in self._tracked()}
 
     # --------------------------------------------------------------- setup
@@ -523,18 +528,21 @@ class Watcher:
     # --------------------------------------------------------------- events
     def emit(self, kind: str, data: dict) -> None:
         with self._lock:
-            if not self._closed:
+            if self._closed:
+                return
+            try:
                 self.on_event(Event(kind, data, self.cycle))
+            except BrokenPipeError:  # the reader went away (| head): stop watching
+                self._closed = True
+                self._stop.stop("output closed")
 
     @staticmethod
     def show(path: Optional[str]) -> Optional[str]:
         """A path as the user would write it: relative to the cwd when inside it."""
         if path is None:
             return None
-        try:
-            return os.path.relpath(path)
-        except ValueError:
-            return path
+        cwd = os.getcwd()
+        return os.path.relpath(path, cwd) if path.startswith(cwd + os.sep) else path
 
     def _start_data(self) -> dict:
         c = self.config
@@ -557,8 +565,9 @@ class Watcher:
         """Run once, then watch until ``stop`` is set; returns a summary (plain data)."""
         import watchfiles
 
-        stop = stop or Stop()
+        stop = self._stop = stop or Stop()
         roots, recursive = self._roots()
+        wanted = self._filter()
         step = max(1, int(self.config.debounce * 1e3))
         worker: Optional[threading.Thread] = None
         pending: set = set()
@@ -566,7 +575,7 @@ class Watcher:
         try:
             for changes in watchfiles.watch(
                 *roots,
-                watch_filter=self._filter(),
+                watch_filter=None,  # filtered below, so every wake-up reaches this loop
                 debounce=max(1600, step * 10),
                 step=step,
                 stop_event=stop,
@@ -584,7 +593,7 @@ class Watcher:
                     self.emit("start", self._start_data())
                     worker = self._launch(None)
                     continue
-                pending.update(_norm(path) for _, path in changes)
+                pending.update(_norm(p) for change, p in changes if wanted(change, p))
                 if pending and not (worker and worker.is_alive()):
                     worker = self._launch(pending)
                     pending = set()
@@ -598,11 +607,11 @@ class Watcher:
         return summary
 
     def _cleanup(self, in_flight: bool) -> None:
-        if self.tmpdir and not in_flight:
+        if self.tmpdir:
             import shutil
 
             shutil.rmtree(self.tmpdir, ignore_errors=True)
-        if self.box is not None and not in_flight:
+        if self.box is not None and not in_flight:  # never under a running guest
             self.box.close()
 
     def _launch(self, changed: Optional[set]) -> threading.Thread:
@@ -729,6 +738,8 @@ class Watcher:
             data.update(self._invoke(box))
         except errors.WasmsbxError as exc:
             data.update({"ok": False, "phase": phase, "error": exc.to_dict()})
+            if phase == "run" and c.func and c.capture:  # what it printed before failing
+                data.update(_captured(*box.output()))
         data["duration_ms"] = round((time.perf_counter() - started) * 1e3, 3)
         self.emit("run", data)
 

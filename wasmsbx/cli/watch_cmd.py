@@ -156,11 +156,14 @@ class Renderer:
             sys.stdout.write(json.dumps(event.to_dict(), default=str) + "\n")
             sys.stdout.flush()
             return
-        if self.clear and event.cycle > self.cycle and event.kind != "stop":
-            self.console.clear()
-        self.cycle = max(self.cycle, event.cycle)
-        getattr(self, f"_{event.kind}")(event)
-        sys.stdout.flush()
+        try:
+            if self.clear and event.cycle > self.cycle and event.kind != "stop":
+                self.console.clear()
+            self.cycle = max(self.cycle, event.cycle)
+            getattr(self, f"_{event.kind}")(event)
+            sys.stdout.flush()
+        except SystemExit:  # rich's answer to a closed pipe: let the watcher stop instead
+            raise BrokenPipeError("stdout closed") from None
 
     # ------------------------------------------------------------ one per kind
     def _print(self, text: str, **kw: Any) -> None:
