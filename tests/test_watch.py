@@ -19,12 +19,13 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import EXAMPLES, GUESTS
 
 from wasmsbx import errors
 from wasmsbx import policy as policy_mod
 from wasmsbx.facts import read_facts
 from wasmsbx.watch import BuildError, build_source, compare, policy_changes, wasi_need
+
+from .conftest import EXAMPLES, GUESTS
 
 HAVE_CLANG = shutil.which("clang") is not None
 WAIT = 30  # seconds: the most any one expected event may take (bounds a broken run)
