@@ -23,7 +23,7 @@ import pytest
 from wasmsbx import errors
 from wasmsbx import policy as policy_mod
 from wasmsbx.facts import read_facts
-from wasmsbx.watch import BuildError, build_source, compare, policy_changes, wasi_need
+from wasmsbx.watch import build_source, compare, policy_changes, wasi_need
 
 from .conftest import EXAMPLES, GUESTS
 
@@ -373,7 +373,8 @@ def test_wat_source_rebuilds_module(watch, isolated):
     src.write_text(ADD.format(extra=""))
     w = watch("add.wasm", "add", 5, 3, "--source", "add.wat")
     build = w.wait("build", cycle=1)
-    assert build["ok"] and build["source"] == "add.wat" and build["output"] == "add.wasm"
+    assert build["ok"] and build["source"] == "add.wat" and build["module"] == "add.wasm"
+    assert build["kind"] == "wat" and build["duration_ms"] >= 0
     assert value(w.wait("run", cycle=1)) == [8]
     assert (isolated / "add.wasm").read_bytes()[:4] == b"\0asm"
 
@@ -405,7 +406,7 @@ def test_c_source_recompiles(watch, isolated):
     assert start["source"] == "add.c" and start["watching"] == ["add.c", "sandbox.toml"]
     built = Path(start["module"])  # in a private temp dir, removed on exit
     build = w.wait("build", cycle=1)
-    assert build["ok"] and build["tool"] == "clang"
+    assert build["ok"] and build["kind"] == "c" and "clang" in build["command"][0]
     assert value(w.wait("run", cycle=1)) == [8]
 
     src.write_text("int add(int a, int b) { return a - b; }\n")
@@ -414,7 +415,7 @@ def test_c_source_recompiles(watch, isolated):
     src.write_text("int add(int a, int b) { return a - ; }\n")
     failed = w.wait("build", ok=False)
     assert failed["error"]["kind"] == "build"
-    assert "error" in failed["error"]["context"]["output"]
+    assert "error" in failed["error"]["output"]  # the compiler's own words
 
     src.write_text("long long add(long long a, long long b) { return a * b; }\n")
     run = w.wait("run", cycle=4)
@@ -456,9 +457,13 @@ def test_startup_errors_are_one_line(cli, isolated):
     assert (
         res.code == errors.ExitCode.IO and "error: " in res.stderr and "Traceback" not in res.stderr
     )
-    (isolated / "x.rs").write_text("fn main() {}")
-    res = cli("watch", "x.rs")
-    assert res.code == errors.ExitCode.USAGE and "Rust" in res.stderr
+    (isolated / "proj").mkdir()
+    (isolated / "proj" / "Cargo.toml").write_text("[package]\nname = 'p'\n")
+    res = cli("watch", "proj")
+    assert res.code == errors.ExitCode.USAGE and "Cargo" in res.stderr
+    (isolated / "tool.py").write_text("")
+    res = cli("watch", "tool.py")
+    assert res.code == errors.ExitCode.USAGE and "unknown kind of source" in res.stderr
     (isolated / "add.wat").write_text(ADD.format(extra=""))
     res = cli("watch", "add.wat", "add", "1", "2", "--debounce", "soon")
     assert res.code == errors.ExitCode.USAGE and "--debounce" in res.stderr
@@ -555,7 +560,7 @@ def test_build_wat_and_failure_keeps_output(tmp_path):
     src, out = tmp_path / "m.wat", tmp_path / "m.wasm"
     src.write_text(ADD.format(extra=""))
     info = build_source(src, out)
-    assert info["tool"] == "wat2wasm" and out.read_bytes()[:4] == b"\0asm"
+    assert info["kind"] == "wat" and out.read_bytes()[:4] == b"\0asm"
     good = out.read_bytes()
     src.write_text("(module (func")
     with pytest.raises(errors.ModuleError):
@@ -578,18 +583,35 @@ def test_build_c_reactor_and_command(tmp_path):
     build_source(src, out)
     assert "_start" in {e.name for e in read_facts(out.read_bytes()).exports}
     src.write_text("int twice(int x) { return 2 * ; }\n")
-    with pytest.raises(BuildError) as info:
+    with pytest.raises(errors.ModuleError) as info:
         build_source(src, out, export="twice")
-    assert "clang failed" in info.value.message and "error" in info.value.context["output"]
+    failure = info.value.to_dict()
+    assert failure["kind"] == "build" and "clang failed" in failure["message"]
+    assert "error" in failure["output"]
 
 
-def test_build_c_without_clang_names_the_fix(tmp_path, monkeypatch):
-    monkeypatch.setenv("WASMSBX_CLANG", "no-such-clang-here")
+def test_build_without_a_toolchain_names_the_fix(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path))  # no clang, rustc or cargo on it
     src = tmp_path / "m.c"
     src.write_text("int f(void) { return 1; }")
-    with pytest.raises(BuildError) as info:
+    with pytest.raises(errors.BackendUnavailable) as info:
         build_source(src, tmp_path / "m.wasm", export="f")
-    assert "not found" in info.value.message and "install clang" in info.value.hint
+    assert info.value.kind == "toolchain" and "clang" in info.value.message
+    assert "install" in info.value.hint
+
+
+def test_missing_toolchain_is_a_build_event_and_watching_goes_on(watch, isolated):
+    src = isolated / "lib.rs"
+    src.write_text('#[no_mangle]\npub extern "C" fn add(a: i32, b: i32) -> i32 { a + b }\n')
+    w = watch("lib.rs", "add", 5, 3)
+    build = w.wait("build", cycle=1)
+    if build["ok"]:  # a machine with Rust's wasm32-wasip1 target (and wasmsbx.build)
+        assert value(w.wait("run", cycle=1)) == [8]
+    else:
+        assert build["error"]["kind"] == "toolchain" and build["error"]["hint"]
+    src.write_text(src.read_text() + "// edited\n")
+    assert w.wait("build", cycle=2)["ok"] == build["ok"]
+    assert w.stop() == 0
 
 
 def test_clear_clears_a_terminal_between_cycles():

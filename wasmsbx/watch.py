@@ -28,8 +28,6 @@ from . import errors
 
 SCHEMA_VERSION = 1
 PAGE = 65536  # bytes per wasm page
-SOURCE_SUFFIXES = (".c", ".rs")  # suffixes that make MODULE a source to build
-BUILDABLE = (".wat", ".c")  # what the built-in builder compiles (see build_source)
 
 # ---------------------------------------------------------------------------- interface diff
 
@@ -246,77 +244,133 @@ def policy_changes(old: Any, new: Any) -> list:
 
 # ---------------------------------------------------------------------------- source builds
 #
-# A minimal builder for .wat and C sources. The `compile` work (wasmsbx/build.py, issue 4)
-# is meant to replace it: keep every call going through build_source() so that swap is one
-# function.
+# Sources are built by wasmsbx.build (the `compile` work) when it is installed. Until it is
+# on main, the fallback below builds .wat and C the same way, with errors of the same shape
+# ({"kind": "build" | "toolchain", ..., "output": compiler text}). Everything goes through
+# source_kind() and build_source(), so removing the fallback later touches nothing else.
+
+SOURCE_KINDS = ("c", "rust")  # a MODULE of these kinds is a source to build
+BUILDABLE_KINDS = ("wat", "c", "rust")  # what --source accepts
 
 
-class BuildError(errors.ModuleError):
-    """A source did not compile; ``output`` in the context holds the compiler's words."""
+def _builder() -> Any:
+    try:
+        from . import build  # type: ignore[attr-defined]
+    except ImportError:
+        return None
+    return build
 
-    kind = "build"
+
+def source_kind(path: Any) -> str:
+    """wasm, wat, c, rust (a .rs file) or cargo (a Cargo project)."""
+    builder = _builder()
+    if builder is not None:
+        return builder.source_kind(path)
+    return _fallback_kind(Path(path))
 
 
 def build_source(source: Path, output: Path, export: Optional[str] = None) -> dict:
-    """Compile ``source`` (.wat or .c) to ``output`` atomically; returns build facts.
+    """Build ``source`` into ``output`` (replaced atomically, so a failed build keeps the
+    last good module); returns the build facts for the build event.
 
     C is built for wasm32-wasi with clang: as a reactor exporting ``export`` when one is
     given (a library function to call), else as a command (a program with ``main``).
-    ``output`` is replaced only by a successful build, so a failed one keeps the last good
-    module in place.
     """
-    suffix = source.suffix.lower()
-    if suffix not in BUILDABLE:
+    builder = _builder()
+    if builder is None:
+        return _fallback_build(Path(source), Path(output), export)
+    result = builder.build(source, [export] if export else [], out=output)
+    return {
+        "kind": result.kind,
+        "command": list(result.command),
+        "messages": result.output,
+        "duration_ms": round(result.seconds * 1e3, 3),
+    }
+
+
+class BuildError(errors.ModuleError):
+    """A source did not compile; ``output`` is what the compiler printed."""
+
+    kind = "build"
+
+    def __init__(self, message: str, *, output: str = "", **kw: Any) -> None:
+        super().__init__(message, **kw)
+        self.output = output
+
+    def to_dict(self) -> dict:
+        return {**super().to_dict(), "output": self.output}
+
+
+class ToolchainMissing(errors.BackendUnavailable):
+    """The compiler for this kind of source is not installed."""
+
+    kind = "toolchain"
+
+
+_FALLBACK_KINDS = {".wasm": "wasm", ".wat": "wat", ".c": "c", ".rs": "rust"}
+
+
+def _fallback_kind(path: Path) -> str:
+    if path.is_dir() or path.name == "Cargo.toml":
+        return "cargo"
+    kind = _FALLBACK_KINDS.get(path.suffix.lower())
+    if kind is None:
         raise errors.UsageError(
-            f"{source}: cannot build {suffix or 'this'} sources here",
-            hint="watch builds .wat and .c sources; give a .wasm module for anything else",
+            f"{path}: unknown kind of source {path.suffix or '(no suffix)'!r}",
+            hint="give a .wasm or .wat module, or a .c source",
+        )
+    return kind
+
+
+def _fallback_build(source: Path, output: Path, export: Optional[str]) -> dict:
+    kind = _fallback_kind(source)
+    if kind not in ("wat", "c"):
+        raise ToolchainMissing(
+            f"{source}: building {kind} sources needs wasmsbx.build (`wasmsbx compile`)",
+            hint="build it yourself and watch the .wasm, with --also for the sources",
         )
     tmp = output.with_name(f".{output.name}.{os.getpid()}.tmp")
     started = time.perf_counter()
+    command: list = []
     try:
-        if suffix == ".wat":
+        if kind == "wat":
             from .runner import read_module
 
             tmp.write_bytes(read_module(source))
-            tool = "wat2wasm"
+            messages = ""
         else:
-            tool = _clang(source, tmp, export)
+            command, messages = _clang(source, tmp, export)
         os.replace(tmp, output)
     finally:
         if tmp.exists():
             tmp.unlink()
-    return {"tool": tool, "duration_ms": round((time.perf_counter() - started) * 1e3, 3)}
+    took = round((time.perf_counter() - started) * 1e3, 3)
+    return {"kind": kind, "command": command, "messages": messages, "duration_ms": took}
 
 
-def _clang(source: Path, output: Path, export: Optional[str]) -> str:
+def _clang(source: Path, output: Path, export: Optional[str]) -> tuple:
     import shutil
     import subprocess
 
-    clang = os.environ.get("WASMSBX_CLANG", "clang")
-    if shutil.which(clang) is None:
-        raise BuildError(
-            f"{source}: cannot build C: {clang} not found",
-            hint="install clang, lld, wasi-libc and libclang-rt-dev-wasm32 "
-            "(scripts/install-toolchain)",
-            path=str(source),
+    clang = shutil.which("clang")
+    packages = "clang lld wasi-libc libclang-rt-dev-wasm32"
+    if clang is None:
+        raise ToolchainMissing(
+            "cannot compile C: clang is not installed",
+            hint=f"install {packages} (Debian/Ubuntu: apt-get install {packages})",
         )
-    cmd = [clang, "--target=wasm32-wasi", "-O2", "-o", str(output), str(source)]
+    command = [clang, "--target=wasm32-wasi", "-O2", "-o", str(output), str(source)]
     if export:
-        cmd[2:2] = ["-mexec-model=reactor", f"-Wl,--export={export}"]
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-    except subprocess.TimeoutExpired:
-        raise BuildError(f"{source}: clang took longer than 300 s", path=str(source)) from None
+        command[3:3] = ["-mexec-model=reactor", f"-Wl,--export={export}"]
+    proc = subprocess.run(command, capture_output=True, text=True)
+    messages = (proc.stdout or "") + (proc.stderr or "")
     if proc.returncode != 0:
-        text = (proc.stderr or proc.stdout).strip()
-        first = next((ln for ln in text.splitlines() if "error" in ln), text[:200] or "failed")
         raise BuildError(
-            f"{source}: clang failed (exit {proc.returncode}): {first.strip()}",
+            f"clang failed to compile {source}",
             hint="fix the source; the last good module stays in place",
-            path=str(source),
-            output=text,
+            output=messages,
         )
-    return "clang"
+    return command, messages
 
 
 # ---------------------------------------------------------------------------- events
@@ -432,31 +486,29 @@ class Watcher:
     def _plan(self) -> None:
         """Which file is run, which is built, which are watched; fail fast on typos."""
         c = self.config
-        target = Path(c.target)
-        if target.suffix.lower() in SOURCE_SUFFIXES:
-            if c.source:
+        self.source: Optional[str] = None
+        self.module = _norm(c.target)
+        self.module_watched = True
+        if c.source:
+            self.source = _norm(c.source)
+            self._check_exists(self.source, "source")
+            self._check_source(self.source, BUILDABLE_KINDS)
+            if source_kind(self.module) in SOURCE_KINDS:
                 raise errors.UsageError(
-                    f"{target} is a source already; --source names the source of a .wasm",
+                    f"{c.target} is a source already; --source names the source of a module",
                     hint="use either `watch SOURCE ...` or `watch MODULE --source SOURCE ...`",
                 )
-            import tempfile
-
-            self.tmpdir = tempfile.mkdtemp(prefix="wasmsbx-watch-")
-            self.source: Optional[str] = _norm(target)
-            self.module = _norm(Path(self.tmpdir) / (target.stem + ".wasm"))
-            self.module_watched = False
-        else:
-            self.source = _norm(c.source) if c.source else None
-            self.module = _norm(target)
-            self.module_watched = True
-        if self.source:
-            self._check_exists(self.source, "source")
-            self._check_buildable(Path(self.source))
             parent = Path(self.module).parent
             if not parent.is_dir():
                 raise errors.InputError(f"{parent}: no such directory for the built module")
         else:
             self._check_exists(self.module, "module")
+            if self._check_source(self.module, ("wasm", "wat") + SOURCE_KINDS) in SOURCE_KINDS:
+                import tempfile
+
+                self.source, self.module_watched = self.module, False
+                self.tmpdir = tempfile.mkdtemp(prefix="wasmsbx-watch-")
+                self.module = _norm(Path(self.tmpdir) / (Path(c.target).stem + ".wasm"))
         self.also = [_norm(p) for p in c.also]
         for path in self.also:
             self._check_exists(path, "--also path")
@@ -470,18 +522,19 @@ class Watcher:
             )
 
     @staticmethod
-    def _check_buildable(source: Path) -> None:
-        if source.suffix.lower() == ".rs":
+    def _check_source(path: str, allowed: tuple) -> str:
+        kind = source_kind(path)
+        if kind == "cargo":
             raise errors.UsageError(
-                f"{source}: watch cannot build Rust sources yet",
-                hint="build it with cargo (--target wasm32-wasip1) and watch the .wasm "
-                "with --also src/",
+                f"{path}: watch does not build Cargo projects",
+                hint="run cargo yourself and watch the .wasm it builds, with --also src/",
             )
-        if source.suffix.lower() not in BUILDABLE:
+        if kind not in allowed:
             raise errors.UsageError(
-                f"{source}: unknown source type {source.suffix or '(none)'}",
-                hint="watch builds .wat and .c sources",
+                f"{path}: a {kind} file cannot be built into a module",
+                hint="--source takes a .wat, .c or .rs file",
             )
+        return kind
 
     def _load_policy(self) -> Any:
         if self.config.policy_loader is not None:
@@ -686,7 +739,7 @@ class Watcher:
         return True
 
     def _build(self) -> bool:
-        data = {"source": self.show(self.source), "output": self.show(self.module)}
+        data = {"source": self.show(self.source), "module": self.show(self.module)}
         try:
             facts = build_source(Path(self.source), Path(self.module), self.config.func)
         except errors.WasmsbxError as exc:

@@ -7,6 +7,7 @@ renders its events: rich text, or one JSON object per line with ``--json``.
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import Any, Optional
 
 import typer
@@ -211,15 +212,18 @@ class Renderer:
 
         d = event.data
         if d["ok"]:
+            tool = Path(d["command"][0]).name if d["command"] else d["kind"]
             self._print(
-                f"{self._head(event)} built {escape(d['output'])} from {escape(d['source'])} "
-                f"[dim]({d['tool']}, {d['duration_ms']:.0f} ms)[/]"
+                f"{self._head(event)} built {escape(d['module'])} from {escape(d['source'])} "
+                f"[dim]({escape(tool)}, {_ms(d['duration_ms'])})[/]"
             )
-            return
-        err = d["error"]
-        self._print(f"{self._head(event)} [red]✗ build failed[/]: {escape(err['message'])}")
-        text = err.get("context", {}).get("output", "")
-        lines = text.splitlines()
+            lines = d["messages"].splitlines()  # warnings
+        else:
+            err = d["error"]
+            self._print(f"{self._head(event)} [red]✗ build failed[/]: {escape(err['message'])}")
+            if err.get("hint"):
+                self._print(f"  [dim]hint: {escape(err['hint'])}[/]")
+            lines = (err.get("output") or "").splitlines()
         for line in lines[:30]:
             self._print(f"  {escape(line)}", style="dim")
         if len(lines) > 30:
