@@ -61,16 +61,14 @@ class Watch:
         self.stderr: list = []
         self.events: list = []
         self.json_mode = json_mode
-        threading.Thread(
-            target=self._pump, args=(self.proc.stdout, self.lines), daemon=True
-        ).start()
-        threading.Thread(target=self._drain, daemon=True).start()
+        self.readers = [threading.Thread(target=t, daemon=True) for t in (self._pump, self._drain)]
+        for reader in self.readers:
+            reader.start()
 
-    @staticmethod
-    def _pump(stream, sink) -> None:
-        for line in iter(stream.readline, b""):
-            sink.put(line.decode("utf-8", "replace"))
-        sink.put(None)
+    def _pump(self) -> None:
+        for line in iter(self.proc.stdout.readline, b""):
+            self.lines.put(line.decode("utf-8", "replace"))
+        self.lines.put(None)
 
     def _drain(self) -> None:
         for line in iter(self.proc.stderr.readline, b""):
@@ -121,8 +119,11 @@ class Watch:
         while True:
             line = self.lines.get(timeout=max(0.0, deadline - time.monotonic()))
             if line is None:
-                return out
+                break
             out.append(json.loads(line) if self.json_mode else line)
+        for reader in self.readers:  # stderr too is complete after this
+            reader.join(timeout=max(0.0, deadline - time.monotonic()))
+        return out
 
     def kill(self) -> None:
         if self.proc.poll() is None:
@@ -314,7 +315,12 @@ def test_wasi_command_with_argv_and_also_path(watch, isolated):
     run = w.wait("run", cycle=2)
     assert run["trigger"] == ["data.txt"] and run["exit_code"] == 3
     assert w.kinds(2) == ["run"]  # same module: no interface report
+    # wasmtime's WASI threads used to print a Rust panic at exit once a process outlived
+    # a WASI run by a second or so; live that long, then stop and check stderr.
+    time.sleep(1.5)
     assert w.stop() == 0
+    assert w.rest()[-1]["event"] == "stop"
+    assert w.stderr == []
 
 
 # ---------------------------------------------------------------------------- policy
@@ -569,6 +575,7 @@ def test_build_wat_and_failure_keeps_output(tmp_path):
         "m.wasm",
         "m.wat",
     ]
+    (tmp_path / "m.py").write_text("")
     with pytest.raises(errors.UsageError):
         build_source(tmp_path / "m.py", out)
 

@@ -112,7 +112,27 @@ def register(app: typer.Typer) -> None:
         with core.stop_on_signals(stop):
             watcher = core.Watcher(config, Renderer(json_output, clear))
             watcher.serve(stop)
-        return 0
+        _exit_now(0)
+        return 0  # not reached
+
+
+def _exit_now(code: int) -> None:
+    """Flush and leave without interpreter finalization.
+
+    Two things may still run once watching stops: a guest cut short by Ctrl-C (in its
+    worker thread), and wasmtime's tokio threads, which hold the Python stdio callbacks of
+    WASI guests; at finalization such a thread is force-unwound and prints a Rust panic
+    ("panic in a function that cannot unwind"), reproducible with wasmtime-py 50 alone.
+    serve() has already closed everything watch owns, so there is nothing left to finalize.
+    """
+    import os
+
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe: nothing more to say
+            pass
+    os._exit(code)
 
 
 def _split_words(words: list) -> tuple:
