@@ -621,7 +621,7 @@ class Watcher:
         stop = self._stop = stop or Stop()
         roots, recursive = self._roots()
         wanted = self._filter()
-        step = max(1, int(self.config.debounce * 1e3))
+        step = max(1, int(self.config.debounce * 1e3 / 2))  # quiet for 1-2 steps: a burst ends
         worker: Optional[threading.Thread] = None
         pending: set = set()
         started = False
