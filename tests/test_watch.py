@@ -468,7 +468,7 @@ def test_startup_errors_are_one_line(cli, isolated):
     res = cli("watch", "proj")
     assert res.code == errors.ExitCode.USAGE and "Cargo" in res.stderr
     (isolated / "tool.py").write_text("")
-    res = cli("watch", "tool.py")
+    res = cli("watch", "tool.py", "--source", "tool.py")
     assert res.code == errors.ExitCode.USAGE and "unknown kind of source" in res.stderr
     (isolated / "add.wat").write_text(ADD.format(extra=""))
     res = cli("watch", "add.wat", "add", "1", "2", "--debounce", "soon")

@@ -439,7 +439,7 @@ def _norm(path: Any) -> str:
 class WatchConfig:
     """What to watch and how to run it.
 
-    ``target`` is a .wasm/.wat module or a source (.c) to build; ``source`` names the
+    ``target`` is a .wasm/.wat module or a source (.c, .rs) to build; ``source`` names the
     source of a module instead (rebuilt into ``target``). ``policy_loader`` returns the
     policy with command-line overrides applied; ``policy_path`` is the file to watch.
     """
@@ -503,7 +503,7 @@ class Watcher:
                 raise errors.InputError(f"{parent}: no such directory for the built module")
         else:
             self._check_exists(self.module, "module")
-            if self._check_source(self.module, ("wasm", "wat") + SOURCE_KINDS) in SOURCE_KINDS:
+            if self._module_kind(self.module) in SOURCE_KINDS:
                 import tempfile
 
                 self.source, self.module_watched = self.module, False
@@ -521,9 +521,18 @@ class Watcher:
                 f"{path}: no such file ({what})", hint="check the path", path=path
             )
 
+    @classmethod
+    def _module_kind(cls, path: str) -> str:
+        """Like ``run``, any other file is a module (read_module judges it by content)."""
+        try:
+            kind = source_kind(path)
+        except errors.UsageError:
+            return "wasm"
+        return cls._check_source(path, ("wasm", "wat") + SOURCE_KINDS, kind)
+
     @staticmethod
-    def _check_source(path: str, allowed: tuple) -> str:
-        kind = source_kind(path)
+    def _check_source(path: str, allowed: tuple, kind: Optional[str] = None) -> str:
+        kind = kind or source_kind(path)
         if kind == "cargo":
             raise errors.UsageError(
                 f"{path}: watch does not build Cargo projects",
