@@ -525,7 +525,9 @@ def test_compare_imports_name_capability_needs():
     changed = facts(base.format(imports=host.replace("(param i32)", "(param i64)")))
     (sig,) = compare(facts(base.format(imports=host)), changed).changes
     assert sig.change == "signature" and sig.breaking
-    assert wasi_need("wasi_snapshot_preview1", "environ_get") == "environment variables"
+    assert wasi_need("wasi_snapshot_preview1", "environ_get") == "environment"
+    assert wasi_need("wasi_snapshot_preview1", "no_such_call") is None  # will not link
+    assert wasi_need("wasi_unstable", "fd_write") is None  # wasmtime no longer links it
     assert wasi_need("env", "x") is None
 
 

@@ -31,23 +31,6 @@ PAGE = 65536  # bytes per wasm page
 
 # ---------------------------------------------------------------------------- interface diff
 
-# WASI preview1 functions by what a new import of them asks of the host (first match wins).
-_WASI_NEEDS = (
-    ("path_", "filesystem"),
-    ("fd_readdir", "filesystem"),
-    ("fd_prestat", "filesystem"),
-    ("fd_filestat", "filesystem"),
-    ("environ_", "environment variables"),
-    ("args_", "arguments"),
-    ("clock_", "clocks"),
-    ("random_", "randomness"),
-    ("sock_", "network"),
-    ("poll_", "polling"),
-    ("proc_", "process exit"),
-    ("sched_", "scheduling"),
-    ("fd_", "stdio and open files"),
-)
-
 
 @dataclass(frozen=True)
 class Change:
@@ -95,13 +78,12 @@ class CompatReport:
 
 
 def wasi_need(module: str, name: str) -> Optional[str]:
-    """What a WASI import asks of the host, in words; None for a non-WASI import."""
-    if not module.startswith("wasi_"):
-        return None
-    for prefix, need in _WASI_NEEDS:
-        if name.startswith(prefix):
-            return need
-    return "WASI"
+    """The capability group a WASI import asks for (wasmsbx.wasi's table), e.g.
+    "filesystem"; None when the sandbox cannot link the import at all."""
+    from . import wasi
+
+    function = wasi.BY_NAME.get(name) if wasi.is_wasi_module(module) else None
+    return None if function is None else function.group
 
 
 def _limits_text(limits: Any) -> str:
@@ -157,13 +139,8 @@ def _import_changes(old: Any, new: Any) -> list:
     for key, imp in after.items():
         name = f"{key[0]}.{key[1]}"
         if key not in before:
-            need = wasi_need(*key)
-            if need is None:
-                note = "a host import the sandbox does not provide: the module will not link"
-                out.append(Change("import", name, "added", None, _import_type(imp), True, note))
-            else:
-                note = f"new capability need: {need}"
-                out.append(Change("import", name, "added", None, _import_type(imp), False, note))
+            breaking, note = _import_need(*key)
+            out.append(Change("import", name, "added", None, _import_type(imp), breaking, note))
         elif _import_type(before[key]) != _import_type(imp):
             was, now = _import_type(before[key]), _import_type(imp)
             out.append(Change("import", name, "signature", was, now, True, "the host must change"))
@@ -172,6 +149,17 @@ def _import_changes(old: Any, new: Any) -> list:
             name = f"{key[0]}.{key[1]}"
             out.append(Change("import", name, "removed", _import_type(imp), None, False))
     return out
+
+
+def _import_need(module: str, name: str) -> tuple:
+    """(breaking, note) for a new import: what it needs, or why it will not link."""
+    from . import wasi
+
+    group = wasi_need(module, name)
+    if group is None:
+        return True, "the sandbox does not provide it: the module will not link"
+    title, meaning = wasi.GROUPS[group]
+    return False, f"new capability need: {title} ({meaning})"
 
 
 def _memory_changes(old: Any, new: Any, memory_limit: Optional[int]) -> list:
