@@ -38,7 +38,7 @@ instance = wasmtime.Instance(store, module, [])
 print(instance.exports(store)["add"](store, 5, 3))
 """
 # What the `wasmsbx` console script does.
-LAUNCHER = "import sys\nfrom wasmsbx.cli import main\nsys.exit(main())\n"
+LAUNCHER = "from wasmsbx.cli import entry\nentry()\n"
 
 
 def once(cmd: list, env: dict) -> tuple:

@@ -58,3 +58,21 @@ def main(argv: Optional[list] = None) -> int:
     except BrokenPipeError:  # a closed pipe (| head) is not an error of ours
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return code
+
+
+def entry() -> None:
+    """The console script and ``python -m wasmsbx``: run, flush, and leave at once.
+
+    Leaving with ``os._exit`` skips interpreter teardown, which is both time saved on
+    every command and a workaround: wasmtime-py 50's tokio worker threads abort with
+    "panic in a function that cannot unwind" when the interpreter shuts down after a
+    WASI guest wrote through Python output callbacks. Everything wasmsbx writes is
+    flushed or closed before this point.
+    """
+    code = main()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (BrokenPipeError, ValueError, OSError):
+            pass
+    os._exit(code)
