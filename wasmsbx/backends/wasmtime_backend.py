@@ -8,7 +8,6 @@ counting callbacks so a flood is cut off at ``limits.output``.
 from __future__ import annotations
 
 import _thread
-import atexit
 import errno
 import functools
 import os
@@ -178,23 +177,6 @@ def _kind(extern_type: Any) -> str:
     }.get(type(extern_type).__name__, "tag")
 
 
-_LIVE: set = set()  # instances not yet closed; released before interpreter shutdown
-
-
-def _release_live_stores() -> None:
-    """Drop every store still alive, before Python starts tearing itself down.
-
-    A store whose WASI stdout/stderr are Python callbacks, dropped during interpreter
-    finalization, makes wasmtime's tokio worker call back into a dying interpreter and
-    abort with "panic in a function that cannot unwind".
-    """
-    for instance in list(_LIVE):
-        instance._release()
-
-
-atexit.register(_release_live_stores)
-
-
 class WasmtimeInstance(Instance):
     def __init__(
         self, engine: WasmtimeEngine, module: Any, limits: Limits, wasi: Optional[WasiSetup]
@@ -202,7 +184,6 @@ class WasmtimeInstance(Instance):
         self.engine = engine
         self.limits = limits
         self.store = wasmtime.Store(engine.engine)
-        _LIVE.add(self)
         # +1: a tick may land right after arming, so the guest always gets >= timeout.
         self.deadline_ticks = int(-(-limits.timeout // TICK)) + 1  # ceil, without importing math
         self.outputs: list = []
@@ -414,12 +395,6 @@ class WasmtimeInstance(Instance):
         if tmp:
             os.unlink(tmp)
             self._tmp = None
-        _LIVE.discard(self)
-
-    def _release(self) -> None:
-        """Drop the store while the interpreter is whole (see _release_live_stores)."""
-        self.close()
-        self.exports = self.instance = self.store = None
 
     # ------------------------------------------------------------------ errors
     def _trap_error(self, trap: wasmtime.Trap, where: str) -> errors.WasmsbxError:
