@@ -21,8 +21,8 @@ def available_backends() -> list:
     labels = []
     for name in backends.names():
         adapter = backends.get(name)
-        if adapter.probe().available:
-            for compiler in adapter.compilers or (None,):
+        for compiler in adapter.compilers or (None,):
+            if adapter.probe_compiler(compiler).available:
                 labels.append(
                     f"{name}:{compiler}" if compiler and len(adapter.compilers) > 1 else name
                 )

@@ -28,7 +28,8 @@ WASM_FEATURES = (
 
 SECURITY = {
     "fuel": "deterministic fuel metering (limits.fuel)",
-    "interrupt": "in-process interruption of running wasm (limits.timeout)",
+    "timeout": "wall-clock timeout enforced (limits.timeout), in-process or by killing a child",
+    "interrupt": "in-process interruption of running wasm (no child process needed)",
     "memory-limit": "linear memory cap (limits.memory)",
     "table-limit": "table element cap (limits.table_elements)",
     "stack-limit": "configurable wasm stack size (limits.stack)",

@@ -282,6 +282,8 @@ def engine_options(policy: policy_mod.Policy, compiler: Optional[str]) -> Engine
         optimize=v["runtime.optimize"],
         fuel=v["limits.fuel"] is not None,
         stack=v["limits.stack"],
+        memory_cap=v["limits.memory"],
+        table_cap=v["limits.table_elements"],
     )
 
 
@@ -309,6 +311,7 @@ class Sandbox:
         self.wasm = read_module(self.path)
         self.timings["read"] = time.perf_counter() - started
         self.selection = None
+        self._spec: Optional[str] = None
         self.backend_name, self.compiler = self._choose(backend, kind)
         from . import backends
 
@@ -326,12 +329,13 @@ class Sandbox:
         from .backends import get, names, select, split
 
         spec = backend or self.policy.values["runtime.backend"]
+        self._spec = backend
         name, compiler = split(spec)
         if spec != "auto" and len(names()) == 1 and name in names():
             # One backend installed and named: nothing to score, keep start-up lean.
             return name, compiler or get(name).default_compiler
-        features = self._features() if len(names()) > 1 else ()
-        self.selection = select.select(self.policy, features, kind, backend)
+        # The module's features are read only if they can change the choice (select.py).
+        self.selection = select.select(self.policy, self._features, kind, backend)
         return self.selection.backend, self.selection.compiler
 
     def _features(self) -> frozenset:
@@ -344,11 +348,11 @@ class Sandbox:
 
     def explain(self, kind: str = "call") -> Any:
         """The scoring table that chose the backend (computed if it was skipped)."""
-        if self.selection is None:
+        if self.selection is None or not self.selection.features_checked:
             from .backends import select
 
             features = self._features()
-            self.selection = select.select(self.policy, features, kind)
+            self.selection = select.select(self.policy, features, kind, self._spec)
         return self.selection
 
     # --------------------------------------------------------------- compiling

@@ -10,6 +10,7 @@ from .base import Backend
 # name -> "module:Class". Order is the documented tie-break order of the selector.
 REGISTRY = {
     "wasmtime": "wasmsbx.backends.wasmtime_backend:WasmtimeBackend",
+    "wasmer": "wasmsbx.backends.wasmer_backend:WasmerBackend",
 }
 
 _LOADED: dict = {}

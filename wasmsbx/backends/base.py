@@ -136,11 +136,13 @@ class Availability(
 class EngineOptions(
     namedtuple(
         "EngineOptions",
-        "compiler optimize fuel stack",
+        "compiler optimize fuel stack memory_cap table_cap",
         defaults=(
             None,
             "speed",
             False,
+            None,
+            None,
             None,
         ),
     )
@@ -151,6 +153,8 @@ class EngineOptions(
     # optimize: str
     # fuel: bool
     # stack: Optional[int]
+    # memory_cap: Optional[int]  caps a backend may compile into the module
+    # table_cap: Optional[int]   (wasmer rewrites the declared maxima)
     __slots__ = ()
 
     def to_dict(self) -> dict:
@@ -159,6 +163,8 @@ class EngineOptions(
             "optimize": self.optimize,
             "fuel": self.fuel,
             "stack": self.stack,
+            "memory_cap": self.memory_cap,
+            "table_cap": self.table_cap,
         }
 
 
@@ -320,6 +326,10 @@ class Backend(ABC):
     @abstractmethod
     def probe(self) -> Availability:
         """Whether it can run here; cheap (cached) because selection calls it every run."""
+
+    def probe_compiler(self, compiler: Optional[str]) -> Availability:
+        """Whether one compiler works here (a backend whose compilers differ overrides it)."""
+        return self.probe()
 
     def version(self) -> Optional[str]:
         """Runtime version, for reports and the cache key (may be slow to compute)."""

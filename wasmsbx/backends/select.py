@@ -1,22 +1,35 @@
 """Capability scoring: which backend (and compiler) runs this module under this policy.
 
-Hard requirements first: every limit and grant the policy sets, its ``require`` list,
-every wasm feature the module uses, and the kind of invocation. A candidate missing one
-is excluded with the reason. The rest are scored in weighted categories; ``optimize``
-and ``prefer`` move the weights; ties go to the registry order (wasmtime first).
+1. Hard requirements. Every limit and grant the policy sets, its ``require`` list, every
+   wasm feature the module uses, and the kind of invocation become capabilities a
+   candidate (one backend:compiler pair) must declare. A candidate missing one, or not
+   available here, is excluded with the reason.
+2. Soft scores. The rest get a 0..1 score in four categories: wasm features, security,
+   performance (measured compile and run speed plus performance flags) and debugging.
+   Each is weighted (BASE_WEIGHTS); ``runtime.optimize`` scales the performance weight
+   and how much of it is run speed rather than compile speed (OPTIMIZE); each
+   ``runtime.prefer`` entry a candidate matches (a capability it has, or its backend's
+   name) adds PREFER_BONUS.
+3. The highest total wins. Ties go to the stable order: registry order of backends
+   (wasmtime, then wasmer), then each backend's compiler order (cranelift, llvm,
+   singlepass).
+
+The module's features are read (wasmsbx.facts) only when more than one candidate is
+left after the policy's requirements: with one left they cannot change the choice, and
+the runtime itself reports a feature it lacks. That keeps ``wasmsbx run`` lean.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Optional
+from typing import Any, Optional
 
 from .. import capabilities as caps
 from ..errors import BackendUnavailable
 from . import get, names, split
 
 BASE_WEIGHTS = {"features": 1.0, "security": 2.0, "performance": 1.5, "debugging": 0.5}
-# optimize -> (weight multipliers, how much of "performance" is run speed vs compile speed)
+# optimize -> (weight multipliers, share of "speed" that is run speed vs compile speed)
 OPTIMIZE = {
     "none": ({"performance": 1.0}, 0.2),
     "speed": ({"performance": 1.0}, 0.6),
@@ -24,6 +37,7 @@ OPTIMIZE = {
     "aggressive": ({"performance": 2.0}, 0.9),
 }
 PREFER_BONUS = 0.5
+CATEGORIES = ("features", "security", "performance", "debugging")
 
 
 class Candidate:
@@ -39,6 +53,7 @@ class Candidate:
         self.excluded: list = []  # reasons
         self.scores: dict = {}  # category -> 0..1
         self.bonus = 0.0
+        self.bonus_reasons: list = []
         self.total = 0.0
 
     @property
@@ -57,23 +72,34 @@ class Candidate:
         return {
             "backend": self.backend,
             "compiler": self.compiler,
+            "label": self.label,
             "version": self.version,
             "eligible": self.eligible,
             "excluded": list(self.excluded),
             "scores": {k: round(v, 3) for k, v in self.scores.items()},
             "bonus": round(self.bonus, 3),
+            "bonus_reasons": list(self.bonus_reasons),
             "total": round(self.total, 3),
         }
 
 
 class Selection:
     def __init__(
-        self, winner: Candidate, candidates: list, requirements: list, weights: dict
+        self,
+        winner: Candidate,
+        candidates: list,
+        requirements: list,
+        weights: dict,
+        run_share: float = 0.6,
+        features_checked: bool = True,
     ) -> None:
         self.winner = winner
         self.candidates = candidates
         self.requirements = requirements  # (capability, why)
         self.weights = weights
+        self.run_share = run_share
+        self.features_checked = features_checked
+        self.reason = _reason(winner, candidates)
 
     @property
     def backend(self) -> str:
@@ -86,27 +112,32 @@ class Selection:
     def to_dict(self) -> dict:
         return {
             "winner": self.winner.label,
+            "reason": self.reason,
             "requirements": [{"capability": c, "why": w} for c, w in self.requirements],
             "weights": {k: round(v, 3) for k, v in self.weights.items()},
+            "run_share": self.run_share,
+            "module_features_checked": self.features_checked,
             "candidates": [c.to_dict() for c in self.candidates],
         }
 
 
 def requirements(policy, features: Iterable[str] = (), kind: str = "call") -> list:
     """Every capability this run needs, each with the reason it is needed."""
+    from ..units import format_duration, format_size
+
     values = policy.values
     needs = [
-        ("memory-limit", f"limits.memory = {values['limits.memory']} bytes"),
-        ("interrupt", f"limits.timeout = {values['limits.timeout']}s"),
+        ("memory-limit", f"limits.memory = {format_size(values['limits.memory'])}"),
+        ("timeout", f"limits.timeout = {format_duration(values['limits.timeout'])}"),
     ]
     if values["limits.fuel"] is not None:
         needs.append(("fuel", f"limits.fuel = {values['limits.fuel']}"))
     if values["limits.stack"] is not None:
-        needs.append(("stack-limit", f"limits.stack = {values['limits.stack']} bytes"))
+        needs.append(("stack-limit", f"limits.stack = {format_size(values['limits.stack'])}"))
     if values["limits.table_elements"] is not None:
-        needs.append(("table-limit", "limits.table_elements is set"))
+        needs.append(("table-limit", f"limits.table_elements = {values['limits.table_elements']}"))
     if values["limits.instances"] is not None:
-        needs.append(("instance-limit", "limits.instances is set"))
+        needs.append(("instance-limit", f"limits.instances = {values['limits.instances']}"))
     if values["filesystem.read_only"]:
         needs.append(("wasi-readonly", "filesystem.read_only grants"))
     if values["filesystem.read_only"] or values["filesystem.read_write"]:
@@ -114,7 +145,7 @@ def requirements(policy, features: Iterable[str] = (), kind: str = "call") -> li
         needs.append(("fs-confined", "filesystem grants must not be escapable"))
     if kind == "command":
         needs.append(("wasi", "runs a WASI command (_start)"))
-    if kind == "command" and values["limits.output"] is not None:
+    if kind == "command" and values["limits.output"]:
         needs.append(("stdio-redirect", "limits.output caps guest output"))
     for stream in ("stdin", "stdout", "stderr"):
         if values[f"stdio.{stream}"] != "inherit":
@@ -132,7 +163,8 @@ def requirements(policy, features: Iterable[str] = (), kind: str = "call") -> li
     return out
 
 
-def _weights(policy) -> tuple:
+def weights_for(policy) -> tuple:
+    """(category weights, run share) after ``runtime.optimize``."""
     multipliers, run_share = OPTIMIZE[policy.values["runtime.optimize"]]
     weights = dict(BASE_WEIGHTS)
     for category, factor in multipliers.items():
@@ -140,7 +172,8 @@ def _weights(policy) -> tuple:
     return weights, run_share
 
 
-def _score(capset, run_share: float) -> dict:
+def score(capset, run_share: float) -> dict:
+    """A candidate's 0..1 score per category."""
     perf_flags = len(capset.performance & set(caps.PERFORMANCE)) / len(caps.PERFORMANCE)
     speed = run_share * capset.run_speed + (1 - run_share) * capset.compile_speed
     return {
@@ -152,7 +185,7 @@ def _score(capset, run_share: float) -> dict:
 
 
 def candidates_for(spec: str = "auto") -> list:
-    """(backend, compiler) pairs to consider: all of them, or those a spec names."""
+    """(backend, compiler) pairs to consider, in the stable order: all, or those ``spec`` names."""
     pairs = []
     wanted_name, wanted_compiler = split(spec) if spec != "auto" else (None, None)
     for name in names():
@@ -166,37 +199,65 @@ def candidates_for(spec: str = "auto") -> list:
     return pairs
 
 
-def select(
-    policy, features: Iterable[str] = (), kind: str = "call", backend: Optional[str] = None
-) -> Selection:
-    """Score every candidate; raise BackendUnavailable when none is eligible."""
-    spec = backend or policy.values["runtime.backend"]
-    if spec != "auto" and split(spec)[0] not in names():
+def _check_spec(spec: str) -> None:
+    name, compiler = split(spec)
+    if spec != "auto" and name not in names():
         raise BackendUnavailable(
             f"backend {spec!r} is not known", hint=f"known backends: {', '.join(names())}"
         )
-    needs = requirements(policy, features, kind)
-    weights, run_share = _weights(policy)
+    if compiler and compiler not in (get(name).compilers or ()):
+        known = ", ".join(f"{name}:{c}" for c in get(name).compilers)
+        raise BackendUnavailable(f"backend {name} has no compiler {compiler!r}", hint=f"one of: {known}")
+
+
+def _exclude(cand: Candidate, capset, needs: list) -> None:
+    for cap, why in needs:
+        if not capset.has(cap):
+            cand.excluded.append(f"lacks {cap} (needed: {why})")
+
+
+def select(
+    policy,
+    features: Any = (),
+    kind: str = "call",
+    backend: Optional[str] = None,
+) -> Selection:
+    """Score every candidate; raise BackendUnavailable when none is eligible.
+
+    ``features`` is the module's feature set, or a callable returning it (called only
+    when more than one candidate meets the policy's own requirements).
+    """
+    spec = backend or policy.values["runtime.backend"]
+    _check_spec(spec)
+    weights, run_share = weights_for(policy)
     prefer = set(policy.values["runtime.prefer"])
-    result = []
+    policy_needs = requirements(policy, (), kind)
+    result, capsets = [], {}
     for adapter, compiler in candidates_for(spec):
         cand = Candidate(adapter.name, compiler)
-        availability = adapter.probe()
+        result.append(cand)
+        availability = adapter.probe_compiler(compiler)
         if not availability.available:
             fix = f" (fix: {availability.fix})" if availability.fix else ""
             cand.excluded.append(f"unavailable: {availability.reason}{fix}")
-            result.append(cand)
             continue
-        capset = adapter.capabilities(compiler)
-        for cap, why in needs:
-            if not capset.has(cap):
-                cand.excluded.append(f"lacks {cap} (needed: {why})")
-        cand.scores = _score(capset, run_share)
-        cand.bonus = PREFER_BONUS * sum(
-            1 for p in prefer if capset.has(p) or p in (adapter.name, cand.label)
-        )
+        capset = capsets[id(cand)] = adapter.capabilities(compiler)
+        _exclude(cand, capset, policy_needs)
+        cand.scores = score(capset, run_share)
+        for p in sorted(prefer):
+            if capset.has(p) or p in (adapter.name, cand.label):
+                cand.bonus += PREFER_BONUS
+                cand.bonus_reasons.append(f"prefer {p} +{PREFER_BONUS:g}")
         cand.total = sum(weights[c] * s for c, s in cand.scores.items()) + cand.bonus
-        result.append(cand)
+    checked = not callable(features)
+    if callable(features) and sum(1 for c in result if c.eligible) > 1:
+        features, checked = features(), True
+    module_features = frozenset(features) if checked else frozenset()
+    needs = requirements(policy, module_features, kind)
+    extra = [n for n in needs if n not in policy_needs]
+    for cand in result:
+        if id(cand) in capsets:
+            _exclude(cand, capsets[id(cand)], extra)
     eligible = [c for c in result if c.eligible]
     if not eligible:
         lines = "; ".join(f"{c.label}: {', '.join(c.excluded)}" for c in result)
@@ -205,6 +266,33 @@ def select(
             hint="relax the policy (or --backend), or install the missing runtime",
             candidates=[c.to_dict() for c in result],
         )
-    # max() keeps the first of equal totals: registry order is the stable tie-break.
+    # max() keeps the first of equal totals: the candidate order is the stable tie-break.
     winner = max(eligible, key=lambda c: round(c.total, 9))
-    return Selection(winner, result, needs, weights)
+    return Selection(winner, result, needs, weights, run_share, checked)
+
+
+def _reason(winner: Candidate, candidates: list) -> str:
+    """One sentence on why ``winner`` won."""
+    others = [c for c in candidates if c.eligible and c is not winner]
+    if not others:
+        out = len([c for c in candidates if not c.eligible])
+        if out:
+            return f"{winner.label} is the only eligible candidate ({out} excluded)"
+        return f"{winner.label} is the only candidate"
+    runner = max(others, key=lambda c: round(c.total, 9))
+    if round(runner.total, 9) == round(winner.total, 9):
+        return (
+            f"{winner.label} and {runner.label} tie at {winner.total:.2f}; "
+            f"{winner.label} comes first in the stable order"
+        )
+    diffs = {c: winner.scores[c] - runner.scores[c] for c in CATEGORIES}
+    ahead = [c for c in CATEGORIES if diffs[c] > 0.005]
+    behind = [c for c in CATEGORIES if diffs[c] < -0.005]
+    text = f"{winner.label} scores {winner.total:.2f}, ahead of {runner.label} ({runner.total:.2f})"
+    if ahead:
+        text += ": better " + ", ".join(ahead)
+    if behind:
+        text += ("; " if ahead else ": ") + "worse " + ", ".join(behind)
+    if winner.bonus != runner.bonus:
+        text += f"; prefer bonus {winner.bonus:+.2f} vs {runner.bonus:+.2f}"
+    return text

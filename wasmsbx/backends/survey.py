@@ -12,11 +12,11 @@ def survey() -> list:
     entries = []
     for name in names():
         backend = get(name)
-        availability = backend.probe().to_dict()
-        if availability["available"] and not availability["version"]:
-            availability["version"] = backend.version()
         for compiler in backend.compilers or (None,):
-            capset = backend.capabilities(compiler) if availability["available"] else None
+            availability = backend.probe_compiler(compiler).to_dict()
+            if availability["available"] and not availability["version"]:
+                availability["version"] = backend.version()
+            capset = backend.capabilities(compiler)  # declared data: shown even if unavailable
             entries.append(
                 {
                     "backend": name,
@@ -29,7 +29,9 @@ def survey() -> list:
     return entries
 
 
-def explain(module: Optional[str], policy_path: Optional[str], kind: str = "auto"):
+def explain(
+    module: Optional[str], policy_path: Optional[str], kind: str = "auto", backend: Optional[str] = None
+):
     """The scoring table for MODULE (or for no module) under the policy."""
     from .. import policy as policy_mod
     from . import select
@@ -50,4 +52,4 @@ def explain(module: Optional[str], policy_path: Optional[str], kind: str = "auto
             kind = "command" if facts.export("_start") else "call"
     if kind == "auto":
         kind = "call"
-    return select.select(policy, features, kind)
+    return select.select(policy, features, kind, backend)

@@ -582,6 +582,7 @@ class WasmtimeBackend(Backend):
             security=frozenset(
                 {
                     "fuel",
+                    "timeout",
                     "interrupt",
                     "memory-limit",
                     "table-limit",

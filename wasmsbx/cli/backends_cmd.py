@@ -28,6 +28,9 @@ def register(app: typer.Typer) -> None:
             metavar="call|command|auto",
             help="Invocation to score for (auto: command if the module has _start).",
         ),
+        backend: Optional[str] = typer.Option(
+            None, "--backend", "-b", metavar="NAME", help="Score only this backend[:compiler]."
+        ),
         json_output: bool = typer.Option(False, "--json", help="Print JSON."),
     ) -> int:
         """List backends and compilers: version, availability, capability matrix."""
@@ -36,7 +39,7 @@ def register(app: typer.Typer) -> None:
         report = survey.survey()
         selection = None
         if explain or module:
-            selection = survey.explain(module, policy, kind)
+            selection = survey.explain(module, policy, kind, backend)
         if json_output:
             data = {"backends": report}
             if selection is not None:
@@ -53,27 +56,41 @@ def register(app: typer.Typer) -> None:
 
 
 def _render(report: list) -> None:
+    from rich.markup import escape
     from rich.table import Table
 
     console = output.console()
     table = Table(title="backends")
-    for column in ("backend", "version", "available", "notes"):
+    for column in ("backend", "version", "available", "about"):
         table.add_column(column)
+    shared: dict = {}  # backend -> notes common to all its compilers
     for entry in report:
         avail = entry["availability"]
-        status = "[green]yes[/]" if avail["available"] else f"[red]no[/]: {avail['reason']}"
+        status = "[green]yes[/]" if avail["available"] else f"[red]no[/]: {escape(avail['reason'])}"
         if not avail["available"] and avail.get("fix"):
-            status += f" (fix: {avail['fix']})"
-        notes = "; ".join(entry["capabilities"]["notes"]) if entry["capabilities"] else ""
-        table.add_row(entry["label"], avail.get("version") or "-", status, notes)
+            status += f" (fix: {escape(avail['fix'])})"
+        notes = entry["capabilities"]["notes"] if entry["capabilities"] else []
+        shared.setdefault(entry["backend"], notes[1:])
+        table.add_row(entry["label"], avail.get("version") or "-", status, escape(notes[0] if notes else ""))
     console.print(table)
-    available = [e for e in report if e["capabilities"]]
-    if not available:
-        return
-    matrix = Table(title="capabilities")
-    matrix.add_column("capability")
-    for entry in available:
-        matrix.add_column(entry["label"], justify="center")
+    for backend, notes in shared.items():
+        for note in notes:
+            console.print(f"  {backend}: {escape(note)}")
+    _render_matrix(console, report)
+
+
+def _render_matrix(console, report: list) -> None:
+    """Capabilities by backend:compiler; a column in brackets is not available here."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    matrix = Table(title=escape("capabilities (declared; [not available here] in brackets)"))
+    matrix.add_column("capability", no_wrap=True)
+    for entry in report:
+        label = f"{entry['backend']}\n{entry['compiler'] or ''}".strip()
+        if not entry["availability"]["available"]:
+            label = f"[{label}]"
+        matrix.add_column(escape(label), justify="center")
     groups = (
         ("wasm", caps.WASM_FEATURES, "features"),
         ("security", caps.SECURITY, "security"),
@@ -81,11 +98,12 @@ def _render(report: list) -> None:
         ("debugging", caps.DEBUGGING, "debugging"),
     )
     for title, names, field in groups:
-        matrix.add_row(f"[bold]{title}[/]", *["" for _ in available])
+        matrix.add_row(f"[bold]{title}[/]", *["" for _ in report])
         for name in names:
-            marks = [
-                "[green]✓[/]" if name in e["capabilities"][field] else "[red]✗[/]"
-                for e in available
-            ]
+            marks = ["[green]✓[/]" if name in e["capabilities"][field] else "[red]✗[/]" for e in report]
             matrix.add_row(f"  {name}", *marks)
+    speeds = [e["capabilities"] for e in report]
+    matrix.add_row("[bold]measured, 0..1[/]", *["" for _ in report])
+    matrix.add_row("  compile speed", *[f"{c['compile_speed']:.2f}" for c in speeds])
+    matrix.add_row("  run speed", *[f"{c['run_speed']:.2f}" for c in speeds])
     console.print(matrix)

@@ -1,0 +1,796 @@
+"""The wasmer engine: compile here, run every instance in a forked child process.
+
+Imported only after wasmer_backend's child-process probe said the compiler loads.
+
+wasmer-python 1.1.0 has no fuel, no memory or table limit API and no interruption, runs
+wasm holding the GIL, and gives the guest the process's real fds 0/1/2. So:
+
+* the policy's memory and table caps are compiled into the module (wasm_limits:
+  ``max = min(declared, cap)``, so ``memory.grow``/``table.grow`` past them return -1);
+* each Instance forks one child after the module is compiled here (a child must not
+  compile with a compiler its parent used: wasmer's thread pool deadlocks), and the child
+  instantiates the module and serves calls over a pipe until the instance is closed;
+* the parent waits for each answer with a deadline and SIGKILLs the child when it
+  passes (an RLIMIT_CPU in the child stops it even if the parent is gone);
+* the child's fds 0/1/2 are pipes (or /dev/null, a file, a memfd with the input): the
+  parent counts every byte against limits.output and forwards, captures or drops it.
+
+Traps, exits and errors come back as data and map to the same errors as wasmtime.
+Per-call cost: one pipe round trip (tens of microseconds); per instance: one fork
+(about a millisecond). benchmarks/backends.py measures both.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+import os
+import pickle
+import re
+import resource
+import select
+import signal
+import struct
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any, Optional
+
+import wasmer
+from wasmer import engine as wasmer_engine
+from wasmer import wasi as wasmer_wasi
+
+from .. import errors
+from ..units import format_count, format_duration, format_size
+from .base import (
+    Engine,
+    EngineOptions,
+    ExportInfo,
+    ImportInfo,
+    Instance,
+    Limits,
+    Signature,
+    Usage,
+    WasiSetup,
+)
+from .wasm_limits import PAGE, LimitsError, cap_limits
+
+TYPE_NAMES = {1: "i32", 2: "i64", 3: "f32", 4: "f64", 5: "v128", 6: "externref", 7: "funcref"}
+KINDS = {
+    "FunctionType": "func",
+    "MemoryType": "memory",
+    "TableType": "table",
+    "GlobalType": "global",
+}
+MAX_FRAMES = 12
+MAX_MESSAGE = 16384  # a stack overflow's message is ~17 MB of backtrace: keep the head
+ARTIFACT_MAGIC = b"WSBXWMR1"
+_EXIT = re.compile(r"(?:RuntimeError: )?WASI exited with code: (\d+)")
+_FRAME = re.compile(r"at (.*?) \((?:.*?)\[\d+\]:0x([0-9a-f]+)\)")
+_HEADER = struct.Struct("<I")
+
+
+class WasmerModule:
+    """A compiled module plus what is needed to recompile it under other caps."""
+
+    def __init__(self, wasm: bytes, caps: tuple, module: Any, declared: Any) -> None:
+        self.wasm = wasm  # the original bytes, before capping
+        self.caps = caps  # (memory pages or None, table elements or None) compiled in
+        self.module = module
+        self.declared = declared  # wasm_limits.Capped with the declared limits
+        self.variants: dict = {caps: self}
+        self.exports: Optional[list] = None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc)[:MAX_MESSAGE].strip()
+    return text.splitlines()[0].strip() if text else type(exc).__name__
+
+
+def _strip(message: str) -> str:
+    return message[len("RuntimeError: ") :] if message.startswith("RuntimeError: ") else message
+
+
+# ---------------------------------------------------------------------------- the child
+
+
+def _send(fd: int, message: Any) -> None:
+    data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+    view = memoryview(_HEADER.pack(len(data)) + data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def _read_exact(fd: int, n: int) -> Optional[bytes]:
+    chunks, got = [], 0
+    while got < n:
+        chunk = os.read(fd, n - got)
+        if not chunk:
+            return None
+        chunks.append(chunk)
+        got += len(chunk)
+    return b"".join(chunks)
+
+
+def _recv(fd: int) -> Any:
+    header = _read_exact(fd, _HEADER.size)
+    if header is None:
+        return None
+    body = _read_exact(fd, _HEADER.unpack(header)[0])
+    return None if body is None else pickle.loads(body)
+
+
+class _Child:
+    """Runs in the forked process: instantiate, then answer requests until told to stop."""
+
+    def __init__(self, store: Any, module: Any, wasi: Optional[WasiSetup], timeout: float) -> None:
+        self.store = store
+        self.module = module
+        self.wasi = wasi
+        self.timeout = timeout
+        self.memories: list = []
+
+    def memory_bytes(self) -> Optional[int]:
+        if not self.memories:
+            return None
+        return sum(memory.data_size for memory in self.memories)
+
+    def arm_cpu_limit(self) -> None:
+        """A backstop for a parent that died: this child stops itself after ~timeout CPU."""
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        soft = math.ceil(usage.ru_utime + usage.ru_stime + self.timeout) + 2
+        _, hard = resource.getrlimit(resource.RLIMIT_CPU)
+        if hard != resource.RLIM_INFINITY:
+            soft = min(soft, hard)
+        resource.setrlimit(resource.RLIMIT_CPU, (soft, hard))
+
+    def instantiate(self) -> Any:
+        version = wasmer_wasi.get_version(self.module, strict=False)
+        self.arm_cpu_limit()
+        if version is None:
+            instance = wasmer.Instance(self.module)
+        else:
+            setup = self.wasi or WasiSetup()
+            argv = list(setup.argv) or ["module"]
+            builder = wasmer_wasi.StateBuilder(argv[0])
+            if argv[1:]:
+                builder = builder.arguments(argv[1:])
+            if setup.env:
+                builder = builder.environments(dict(setup.env))
+            environment = builder.finalize()
+            instance = wasmer.Instance(
+                self.module, environment.generate_import_object(self.store, version)
+            )
+        self.memories = [obj for _, obj in instance.exports if isinstance(obj, wasmer.Memory)]
+        return instance
+
+    def outcome(self, exc: BaseException) -> tuple:
+        """An exception raised by wasm, as data for the parent."""
+        if isinstance(exc, RuntimeError):
+            text = str(exc)[:MAX_MESSAGE]
+            lines = text.strip().splitlines() or ["trap"]
+            exited = _EXIT.fullmatch(lines[0].strip())
+            if exited:
+                return ("exit", int(exited.group(1)), self.memory_bytes())
+            frames = []
+            for line in lines[1 : MAX_FRAMES + 1]:
+                match = _FRAME.search(line)
+                if match:
+                    name, offset = match.groups()
+                    where = f" @ 0x{offset}" if offset != "ffffffff" else ""
+                    frames.append(f"{name}{where}")
+            return ("trap", _strip(lines[0].strip()), frames, self.memory_bytes())
+        if isinstance(exc, (TypeError, OverflowError, ValueError)):
+            return ("usage", _first_line(exc), self.memory_bytes())
+        return ("error", f"{type(exc).__name__}: {_first_line(exc)}", self.memory_bytes())
+
+    def serve(self, requests: int, answers: int) -> None:
+        try:
+            instance = self.instantiate()
+        except BaseException as exc:  # noqa: BLE001 - reported to the parent
+            text = str(exc)[:MAX_MESSAGE]
+            if isinstance(exc, RuntimeError) and text.startswith("RuntimeError: "):
+                _send(answers, ("start", self.outcome(exc)))
+            else:
+                _send(answers, ("link", _first_line(exc)))
+            return
+        _send(answers, ("ready", self.memory_bytes()))
+        exports = instance.exports
+        while True:
+            request = _recv(requests)
+            if request is None or request[0] == "close":
+                return
+            _, name, args = request
+            self.arm_cpu_limit()
+            try:
+                result = getattr(exports, name)(*args)
+            except BaseException as exc:  # noqa: BLE001 - reported to the parent
+                _send(answers, self.outcome(exc))
+                continue
+            if result is None:
+                values = []
+            elif isinstance(result, tuple):
+                values = list(result)
+            else:
+                values = [result]
+            _send(answers, ("ok", values, self.memory_bytes()))
+
+
+def _child_stdio(stdin: Any, out_w: int, err_w: int) -> None:
+    if isinstance(stdin, (bytes, bytearray)):
+        fd = os.memfd_create("wasmsbx-stdin")
+        view = memoryview(bytes(stdin))
+        while view:
+            view = view[os.write(fd, view) :]
+        os.lseek(fd, 0, os.SEEK_SET)
+    elif stdin == "inherit":
+        fd = None
+    elif stdin in (None, "null"):
+        fd = os.open(os.devnull, os.O_RDONLY)
+    else:
+        fd = os.open(stdin, os.O_RDONLY)
+    if fd is not None:
+        os.dup2(fd, 0)
+        os.close(fd)
+    os.dup2(out_w, 1)
+    os.dup2(err_w, 2)
+
+
+def _run_child(child: _Child, stdin: Any, fds: dict) -> None:
+    """The body of the forked process; never returns."""
+    code = 0
+    try:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides; Ctrl-C kills it
+        for name in ("parent_requests", "parent_answers", "out_r", "err_r"):
+            os.close(fds[name])
+        _child_stdio(stdin, fds["out_w"], fds["err_w"])
+        os.dup2(fds["child_requests"], 3)
+        os.dup2(fds["child_answers"], 4)
+        for fd in [int(name) for name in os.listdir("/proc/self/fd")]:
+            if fd > 4:  # nothing else of the parent's, such as other instances' pipes
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+        child.serve(3, 4)
+    except BaseException:  # noqa: BLE001 - the parent sees EOF and reports the death
+        code = 70
+    finally:
+        os._exit(code)
+
+
+# ---------------------------------------------------------------------------- the parent
+
+
+class _Sink:
+    """Where the guest's stdout or stderr goes in the parent: inherit, null, capture or path."""
+
+    def __init__(self, target: str, fallback: Any) -> None:
+        self.captured: Optional[bytearray] = None
+        self.file = None
+        self.own = False
+        if target == "capture":
+            self.captured = bytearray()
+        elif target == "inherit":
+            self.file = fallback
+        elif target != "null":
+            self.file = open(target, "wb")  # noqa: SIM115 - closed in close()
+            self.own = True
+
+    def write(self, data: bytes) -> None:
+        if self.captured is not None:
+            self.captured += data
+        elif self.file is not None:
+            self.file.write(data)
+            self.file.flush()
+
+    def close(self) -> None:
+        if self.own and self.file is not None:
+            self.file.close()
+            self.file = None
+
+
+class WasmerInstance(Instance):
+    """One wasm instance living in its own child process."""
+
+    def __init__(
+        self, engine: WasmerEngine, module: WasmerModule, limits: Limits, wasi: WasiSetup
+    ) -> None:
+        self.engine = engine
+        self.limits = limits
+        self.signatures = {e.name: e.signature for e in engine.exports(module) if e.kind == "func"}
+        self.pid: Optional[int] = None
+        self.dead: Optional[str] = None
+        self.memory_bytes: Optional[int] = None
+        self.warnings: list = []
+        self.output_used = 0
+        self.buffer = bytearray()
+        self.sinks = {}
+        self.fds: dict = {}
+        self._spawn(module, wasi)
+        self.stdout = _Sink(wasi.stdout, sys.stdout.buffer)
+        self.stderr = _Sink(wasi.stderr, sys.stderr.buffer)
+        self.sinks = {self.fds["out_r"]: self.stdout, self.fds["err_r"]: self.stderr}
+        self._open = set(self.sinks)
+        self.poller = select.poll()
+        for fd in (self.fds["parent_answers"], *self.sinks):
+            self.poller.register(fd, select.POLLIN)
+        answer = self._wait("start function")
+        if answer[0] == "ready":
+            self.memory_bytes = answer[1]
+            return
+        self.close()
+        if answer[0] == "start":
+            raise self._error(answer[1], "start function")
+        raise _link_error(answer[1])
+
+    # ------------------------------------------------------------------ process
+    def _spawn(self, module: WasmerModule, wasi: WasiSetup) -> None:
+        fds = self.fds
+        fds["child_requests"], fds["parent_requests"] = os.pipe()
+        fds["parent_answers"], fds["child_answers"] = os.pipe()
+        fds["out_r"], fds["out_w"] = os.pipe()
+        fds["err_r"], fds["err_w"] = os.pipe()
+        child = _Child(self.engine.store, module.module, wasi, self.limits.timeout)
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):
+                pass
+        pid = os.fork()
+        if pid == 0:
+            _run_child(child, wasi.stdin, fds)
+        self.pid = pid
+        for name in ("child_requests", "child_answers", "out_w", "err_w"):
+            os.close(fds.pop(name))
+        for name in ("parent_answers", "out_r", "err_r"):
+            os.set_blocking(fds[name], False)
+
+    def _kill(self, reason: str) -> None:
+        if self.pid is not None:
+            try:
+                os.kill(self.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            self._reap()
+        self.dead = reason
+
+    def _reap(self) -> Optional[int]:
+        if self.pid is None:
+            return None
+        try:
+            _, status = os.waitpid(self.pid, 0)
+        except ChildProcessError:
+            status = None
+        self.pid = None
+        return status
+
+    def _died(self, where: str) -> errors.WasmsbxError:
+        self._pump_all()
+        status = self._reap()
+        if status is not None and os.WIFSIGNALED(status):
+            number = os.WTERMSIG(status)
+            try:
+                how = f"killed by {signal.Signals(number).name}"
+            except ValueError:
+                how = f"killed by signal {number}"
+        elif status is not None:
+            how = f"exit status {os.WEXITSTATUS(status)}"
+        else:
+            how = "status unknown"
+        self.dead = f"its process died ({how})"
+        if status is not None and os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGXCPU:
+            return self._timeout(where)
+        return errors.TrapError(
+            f"{where}: the wasmer worker process died ({how})",
+            hint="this is a wasmer crash, not a policy limit; try another backend",
+        )
+
+    # ------------------------------------------------------------------ the wait loop
+    def _wait(self, where: str) -> tuple:
+        """The child's next answer, pumping its output meanwhile; kill it at the deadline."""
+        deadline = time.monotonic() + self.limits.timeout
+        answers = self.fds["parent_answers"]
+        try:
+            while True:
+                message = self._message()
+                if message is not None:
+                    self._pump_all()
+                    return message
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    self._kill(f"it was stopped after the {format_duration(self.limits.timeout)} timeout")
+                    raise self._timeout(where)
+                for fd, _ in self.poller.poll(max(1, math.ceil(remaining * 1000))):
+                    if fd == answers:
+                        chunk = self._read(fd)
+                        if chunk == b"":
+                            raise self._died(where)
+                        self.buffer += chunk or b""
+                    else:
+                        self._pump(fd)
+        except (KeyboardInterrupt, SystemExit):
+            self._kill("it was interrupted")
+            raise
+
+    def _message(self) -> Optional[tuple]:
+        if len(self.buffer) < _HEADER.size:
+            return None
+        size = _HEADER.unpack_from(self.buffer)[0]
+        end = _HEADER.size + size
+        if len(self.buffer) < end:
+            return None
+        message = pickle.loads(bytes(self.buffer[_HEADER.size : end]))
+        del self.buffer[:end]
+        return message
+
+    @staticmethod
+    def _read(fd: int) -> Optional[bytes]:
+        try:
+            return os.read(fd, 1 << 16)
+        except BlockingIOError:
+            return None
+
+    def _pump(self, fd: int) -> bool:
+        """Move what the guest wrote on ``fd`` to its sink; False at EOF or nothing left."""
+        if fd not in self._open:
+            return False
+        chunk = self._read(fd)
+        if chunk is None:
+            return False
+        if chunk == b"":
+            self._open.discard(fd)
+            self.poller.unregister(fd)
+            return False
+        limit = self.limits.output
+        if limit is not None and self.output_used + len(chunk) > limit:
+            self.sinks[fd].write(chunk[: max(0, limit - self.output_used)])
+            self.output_used = limit + 1
+            self._kill(f"it wrote more than the {format_size(limit)} output limit")
+            raise errors.OutputLimitExceeded(
+                f"output limit {format_size(limit)} reached: guest wrote more to stdout/stderr",
+                hint="raise limits.output in the policy",
+                limit_value=limit,
+            )
+        self.output_used += len(chunk)
+        self.sinks[fd].write(chunk)
+        return True
+
+    def _pump_all(self) -> None:
+        for fd in list(self._open):
+            while self._pump(fd):
+                pass
+
+    def _timeout(self, where: str) -> errors.TimeoutExceeded:
+        return errors.TimeoutExceeded(
+            f"timeout: {where} still running after {format_duration(self.limits.timeout)}",
+            hint="raise limits.timeout (--timeout 30s) if the guest needs longer",
+            limit_value=self.limits.timeout,
+        )
+
+    def _request(self, name: str, args: Sequence[Any], where: str) -> tuple:
+        if self.dead is not None:
+            raise errors.TrapError(
+                f"cannot call {name}: this wasmer instance is gone ({self.dead})",
+                hint="instantiate the module again",
+            )
+        try:
+            _send(self.fds["parent_requests"], ("call", name, list(args)))
+        except BrokenPipeError:
+            raise self._died(where) from None
+        answer = self._wait(where)
+        if answer[0] in ("ok", "trap", "exit", "usage", "error"):
+            self.memory_bytes = answer[-1]
+        return answer
+
+    # ------------------------------------------------------------------ contract
+    def call(self, name: str, args: Sequence[Any]) -> list:
+        signature = self.signatures.get(name)
+        if signature is None:
+            raise errors.UsageError(f"no exported function named {name!r}")
+        if len(args) != len(signature.params):
+            # wasmer would silently drop extra arguments: refuse them here.
+            raise errors.UsageError(
+                f"{name} takes {len(signature.params)} arguments, got {len(args)}",
+                hint=f"signature: {name} {signature}",
+            )
+        answer = self._request(name, args, name)
+        kind = answer[0]
+        if kind == "ok":
+            return answer[1]
+        if kind == "exit":
+            raise errors.TrapError(
+                f"guest called proc_exit({answer[1]}) in {name}", exit_code_guest=answer[1]
+            )
+        if kind == "usage":
+            raise errors.UsageError(f"{name}: {answer[1]}", hint=f"signature: {name} {signature}")
+        if kind == "trap":
+            raise self._error(answer, name)
+        raise RuntimeError(f"wasmer worker: {answer[1]}")
+
+    def run_command(self) -> int:
+        if "_start" not in self.signatures:
+            raise errors.UsageError(
+                "module has no _start export, so it is not a WASI command",
+                hint="name an exported function to call",
+            )
+        try:
+            answer = self._request("_start", [], "_start")
+            if answer[0] == "ok":
+                return 0
+            if answer[0] == "exit":
+                return answer[1]
+            if answer[0] == "trap":
+                raise self._error(answer, "_start")
+            raise RuntimeError(f"wasmer worker: {answer[1]}")
+        finally:
+            self.close()
+
+    def usage(self) -> Usage:
+        memory = self.memory_bytes
+        if memory is not None and memory + PAGE > self.limits.memory:
+            self.warnings.append(
+                f"memory limit {format_size(self.limits.memory)} reached: "
+                f"guest holds {format_size(memory)}; further memory.grow fails"
+            )
+        out, err = self.stdout, self.stderr
+        return Usage(
+            fuel_used=None,
+            memory_bytes=memory,
+            stdout=bytes(out.captured) if out.captured is not None else None,
+            stderr=bytes(err.captured) if err.captured is not None else None,
+            warnings=tuple(dict.fromkeys(self.warnings)),
+        )
+
+    def close(self) -> None:
+        if self.pid is not None:
+            try:
+                _send(self.fds["parent_requests"], ("close",))
+            except OSError:
+                pass
+            self._kill("it was closed")
+        elif self.dead is None:
+            self.dead = "it was closed"
+        for name in ("parent_requests", "parent_answers", "out_r", "err_r"):
+            fd = self.fds.get(name)
+            if fd is not None and fd >= 0:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+                self.fds[name] = -1
+        for sink in self.sinks.values():
+            sink.close()
+
+    def __del__(self) -> None:
+        try:
+            if self.pid is not None:
+                self.close()
+        except Exception:  # noqa: BLE001 - interpreter shutdown
+            pass
+
+    # ------------------------------------------------------------------ errors
+    def _error(self, answer: tuple, where: str) -> errors.WasmsbxError:
+        if answer[0] == "exit":
+            return errors.TrapError(
+                f"guest called proc_exit({answer[1]}) in {where}", exit_code_guest=answer[1]
+            )
+        _, message, frames, memory = answer
+        if message.startswith("call stack exhausted"):
+            return errors.StackExhausted(
+                f"wasm stack exhausted in {where} (stack limit the default)",
+                hint="unbounded recursion? wasmer's stack size is fixed; wasmtime has limits.stack",
+                backtrace=frames[:MAX_FRAMES],
+            )
+        if memory is not None and memory + PAGE > self.limits.memory:
+            return errors.MemoryLimitExceeded(
+                f"memory limit {format_size(self.limits.memory)} reached: {where} trapped "
+                f"({message}) after memory.grow was refused at {format_size(memory)}",
+                hint="raise limits.memory (--memory 512MiB) if the guest needs more",
+                backtrace=frames,
+                limit_value=self.limits.memory,
+            )
+        return errors.TrapError(f"{where} trapped: {message}", backtrace=frames)
+
+
+def _link_error(text: str) -> errors.WasmsbxError:
+    if "Missing export memory" in text:
+        return errors.LinkError(
+            "cannot instantiate module: a WASI module must export its memory",
+            hint="build the module as a WASI command or reactor",
+        )
+    return errors.LinkError(f"cannot instantiate module: {text}", detail=text)
+
+
+# ---------------------------------------------------------------------------- the engine
+
+
+def _signature(functype: Any) -> Signature:
+    return Signature(
+        tuple(TYPE_NAMES.get(int(p), str(p)) for p in functype.params),
+        tuple(TYPE_NAMES.get(int(r), str(r)) for r in functype.results),
+    )
+
+
+def _module_error(exc: BaseException, compiler: str) -> errors.ModuleError:
+    line = _first_line(exc)
+    if line.startswith("Compilation error: not yet implemented"):
+        return errors.ModuleError(
+            f"wasmer:{compiler} cannot compile this module: {line[len('Compilation error: ') :]}",
+            hint="use another compiler (wasmer:cranelift) or backend (wasmtime)",
+        )
+    return errors.ModuleError(
+        f"invalid module: {line}",
+        hint="check that the file is a WebAssembly module built for wasm32",
+    )
+
+
+class WasmerEngine(Engine):
+    backend = "wasmer"
+
+    def __init__(self, options: EngineOptions, version: Optional[str] = None) -> None:
+        self.options = options
+        self.version = version or getattr(wasmer, "__version__", "unknown")
+        package = importlib.import_module(f"wasmer_compiler_{options.compiler}")
+        self.store = wasmer.Store(wasmer_engine.Universal(package.Compiler))
+
+    @staticmethod
+    def _caps(memory: Optional[int], table: Optional[int]) -> tuple:
+        return (None if memory is None else memory // PAGE, table)
+
+    def _build(self, wasm: bytes, caps: tuple) -> WasmerModule:
+        memory_pages, table = caps
+        try:
+            capped = cap_limits(wasm, None if memory_pages is None else memory_pages * PAGE, table)
+        except LimitsError as exc:
+            raise errors.ModuleError(f"invalid module: {exc}") from None
+        try:
+            module = wasmer.Module(self.store, capped.wasm)
+        except (RuntimeError, ValueError) as exc:
+            raise self._lacking(wasm) or _module_error(exc, self.options.compiler) from None
+        return WasmerModule(wasm, caps, module, capped)
+
+    def _lacking(self, wasm: bytes) -> Optional[errors.WasmsbxError]:
+        """A module that failed to compile because it uses a proposal this compiler lacks."""
+        from ..facts import FactsError, read_facts
+
+        try:
+            used = read_facts(wasm).features - {"unknown"}
+        except FactsError:
+            return None
+        missing = sorted(used - _features(self.options.compiler))
+        if not missing:
+            return None
+        label = f"wasmer:{self.options.compiler}"
+        return errors.BackendUnavailable(
+            f"{label} cannot run this module: it uses {', '.join(missing)}, which {label} lacks",
+            hint="choose a backend that has it (wasmsbx backends --explain MODULE)",
+            missing=missing,
+        )
+
+    def compile(self, wasm: bytes) -> WasmerModule:
+        return self._build(wasm, self._caps(self.options.memory_cap, self.options.table_cap))
+
+    def _for_limits(self, module: WasmerModule, limits: Limits) -> WasmerModule:
+        """The module compiled with these limits' caps (recompiled once if they differ)."""
+        caps = self._caps(limits.memory, limits.table_elements)
+        if caps not in module.variants:
+            variant = self._build(module.wasm, caps)
+            variant.variants = module.variants
+            module.variants[caps] = variant
+        return module.variants[caps]
+
+    def serialize(self, module: WasmerModule) -> bytes:
+        memory, table = module.caps
+        header = struct.pack(
+            "<qqI", -1 if memory is None else memory, -1 if table is None else table, len(module.wasm)
+        )
+        return ARTIFACT_MAGIC + header + module.wasm + bytes(module.module.serialize())
+
+    def deserialize(self, data: bytes) -> WasmerModule:
+        size = len(ARTIFACT_MAGIC) + struct.calcsize("<qqI")
+        if data[: len(ARTIFACT_MAGIC)] != ARTIFACT_MAGIC or len(data) < size:
+            raise errors.ModuleError("cannot load precompiled code: not a wasmsbx wasmer artifact")
+        memory, table, wasm_len = struct.unpack_from("<qqI", data, len(ARTIFACT_MAGIC))
+        wasm = data[size : size + wasm_len]
+        caps = (None if memory < 0 else memory, None if table < 0 else table)
+        try:
+            module = wasmer.Module.deserialize(self.store, data[size + wasm_len :])
+            capped = cap_limits(wasm, None if caps[0] is None else caps[0] * PAGE, caps[1])
+        except (RuntimeError, ValueError) as exc:
+            raise errors.ModuleError(f"cannot load precompiled code: {_first_line(exc)}") from None
+        return WasmerModule(wasm, caps, module, capped)
+
+    def exports(self, module: WasmerModule) -> list:
+        if module.exports is None:
+            out = []
+            for export in module.module.exports:
+                kind = KINDS.get(type(export.type).__name__, "tag")
+                sig = _signature(export.type) if kind == "func" else None
+                out.append(ExportInfo(export.name, kind, sig))
+            module.exports = out
+        return module.exports
+
+    def imports(self, module: WasmerModule) -> list:
+        return [
+            ImportInfo(i.module, i.name or "", KINDS.get(type(i.type).__name__, "tag"))
+            for i in module.module.imports
+        ]
+
+    def _refuse(self, limits: Limits, wasi: WasiSetup) -> None:
+        """Never ignore a limit or grant silently: what wasmer cannot enforce is refused."""
+        unavailable = errors.BackendUnavailable
+        if limits.fuel is not None:
+            raise unavailable(
+                "wasmer cannot meter fuel, and limits.fuel is set",
+                hint="use --backend wasmtime, or unset limits.fuel",
+            )
+        if limits.stack is not None or self.options.stack is not None:
+            raise unavailable(
+                "wasmer's wasm stack size is fixed, and limits.stack is set",
+                hint="use --backend wasmtime, or unset limits.stack",
+            )
+        if wasi.grants:
+            raise unavailable(
+                "wasmer cannot confine directory grants: absolute paths and symlinks escape "
+                "its preopens (CVE-2024-38358 class), and they are always writable",
+                hint="use --backend wasmtime for filesystem grants",
+            )
+
+    def _check_start(self, module: WasmerModule, limits: Limits) -> None:
+        if limits.instances is not None and limits.instances < 1:
+            raise errors.InstanceLimitExceeded(
+                f"instance limit reached: limits.instances = {limits.instances}",
+                hint="raise limits.instances",
+            )
+        for minimum, _ in module.declared.memories:
+            if minimum * PAGE > limits.memory:
+                raise errors.MemoryLimitExceeded(
+                    f"memory limit {format_size(limits.memory)} reached: module needs "
+                    f"{format_size(minimum * PAGE)} at start",
+                    hint="raise limits.memory (--memory SIZE)",
+                )
+        for minimum, _ in module.declared.tables:
+            if limits.table_elements is not None and minimum > limits.table_elements:
+                raise errors.TableLimitExceeded(
+                    f"table limit {format_count(limits.table_elements)} elements reached "
+                    "at instantiation",
+                    hint="raise limits.table_elements",
+                )
+        missing = [
+            f"{i.module}.{i.name}" for i in self.imports(module) if not i.module.startswith("wasi_")
+        ]
+        if missing:
+            raise errors.LinkError(
+                f"module imports host functions the sandbox does not provide: {', '.join(missing)}",
+                hint="wasmsbx provides WASI preview1 only; rebuild the module without these",
+                imports=missing,
+            )
+
+    def instantiate(
+        self, module: WasmerModule, limits: Limits, wasi: Optional[WasiSetup] = None
+    ) -> WasmerInstance:
+        wasi = wasi or WasiSetup()
+        self._refuse(limits, wasi)
+        module = self._for_limits(module, limits)
+        self._check_start(module, limits)
+        return WasmerInstance(self, module, limits, wasi)
+
+    def fingerprint(self) -> dict:
+        memory, table = self._caps(self.options.memory_cap, self.options.table_cap)
+        return {
+            "backend": "wasmer",
+            "version": self.version,
+            "compiler": self.options.compiler,
+            "engine": "universal",
+            "memory_cap_pages": memory,
+            "table_cap": table,
+            "features": sorted(_features(self.options.compiler)),
+            "target": f"{sys.platform}-{os.uname().machine}",
+        }
+
+
+def _features(compiler: Optional[str]) -> frozenset:
+    from .wasmer_backend import FEATURES, SINGLEPASS_FEATURES
+
+    return SINGLEPASS_FEATURES if compiler == "singlepass" else FEATURES
