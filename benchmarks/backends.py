@@ -184,7 +184,9 @@ def main() -> int:
     print("checksums agree" if report["checksums_agree"] else f"CHECKSUMS DIFFER: {sums}")
     print("scores (fastest = 1.0):")
     for label, s in report["scores"].items():
-        print(f"  {label:<20} compile_speed {s['compile_speed']:.2f}  run_speed {s['run_speed']:.2f}")
+        print(
+            f"  {label:<20} compile_speed {s['compile_speed']:.2f}  run_speed {s['run_speed']:.2f}"
+        )
     return 0 if report["checksums_agree"] else 1
 
 

@@ -53,6 +53,17 @@ def require_capability(label: str, *names: str) -> None:
         pytest.skip(f"{label} does not declare {', '.join(missing)}")
 
 
+def require_module(label: str, *paths) -> None:
+    """Skip when a module uses a wasm feature the label does not declare (e.g. add.wat's
+    multi-value divmod on wasmer:singlepass): a skip by declared capability."""
+    from wasmsbx.facts import read_facts
+    from wasmsbx.runner import read_module
+
+    for path in paths:
+        used = read_facts(read_module(path)).features - {"unknown"}
+        require_capability(label, *sorted(used))
+
+
 @pytest.fixture(autouse=True)
 def isolated(tmp_path, monkeypatch):
     """Every test gets its own cache dir and a cwd without a sandbox.toml."""

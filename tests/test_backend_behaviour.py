@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import EXAMPLES, GUESTS, capabilities_of, require_capability
 from wasmsbx import errors
 from wasmsbx import policy as policy_mod
 from wasmsbx.runner import Sandbox
+
+from .conftest import EXAMPLES, GUESTS, capabilities_of, require_capability
 
 FSPROBE = GUESTS / "fsprobe.wasm"
 
@@ -110,15 +111,6 @@ def test_bad_arguments_are_usage_errors(cli, backend, basic):
 # ---------------------------------------------------------------------------- errors
 
 
-def test_traps(cli, backend, basic):
-    result = cli("run", basic, "div", "1", "0", "--backend", backend)
-    assert result.code == 103
-    assert "div trapped: integer divide by zero" in result.stderr
-    assert "Traceback" not in result.stderr
-    result = cli("run", GUESTS / "trap.wat", "oob", "--backend", backend)
-    assert result.code == 103 and "out of bounds memory access" in result.stderr
-
-
 def test_trap_backtrace_names_functions(cli, backend):
     require_capability(backend, "backtrace")
     result = cli("run", GUESTS / "trap.wat", "boom", "--backend", backend, "--json")
@@ -127,16 +119,6 @@ def test_trap_backtrace_names_functions(cli, backend):
     assert error["kind"] == "trap" and "unreachable" in error["message"]
     names = [frame.split()[0].split("!")[-1] for frame in error["backtrace"]]
     assert names[:4] == ["inner", "middle", "outer", "boom"]
-
-
-def test_start_function_trap(cli, backend):
-    result = cli("run", GUESTS / "start_trap.wat", "f", "--backend", backend)
-    assert result.code == 103 and "unreachable" in result.stderr
-
-
-def test_unlinkable_import_is_a_module_error(cli, backend):
-    result = cli("run", GUESTS / "imports_env.wat", "f", "--backend", backend)
-    assert result.code == 102 and "env.host_log" in result.stderr
 
 
 def test_invalid_module_is_a_module_error(cli, backend, tmp_path):
@@ -159,48 +141,17 @@ def test_proc_exit_in_a_called_function(backend, tmp_path):
         sandbox.close()
 
 
-def test_stack_overflow(cli, backend):
-    result = cli("run", GUESTS / "recurse.wat", "recurse", "--backend", backend)
-    assert result.code == 113 and "stack exhausted" in result.stderr
-    assert len(result.stderr) < 5000  # wasmer's 17 MB message is cut in the child
-
-
 # ---------------------------------------------------------------------------- WASI
 
 
-@pytest.mark.parametrize("code", [0, 1, 3, 42, 125])
-def test_wasi_exit_code_passes_through(cli, backend, code):
-    result = cli("run", FSPROBE, "--backend", backend, "--", "exit", str(code))
-    assert result.code == code, result
-
-
-def test_wasi_argv_env_and_stdin(cli, backend):
+def test_wasi_argv_exit_codes_and_binary_stdin(cli, backend):
     result = cli("run", FSPROBE, "--backend", backend, "--", "args", "a b", "", "-x")
     assert (result.code, result.stdout) == (0, "a b\n\n-x\n")
-    result = cli("run", FSPROBE, "-e", "A=1", "-e", "B=two", "--backend", backend, "--", "env")
-    assert (result.code, result.stdout) == (0, "A=1\nB=two\n")
-    result = cli("run", FSPROBE, "--backend", backend, "--", "env", env={"SECRET": "x"})
-    assert result.stdout == ""  # nothing from the host unless granted
-    data = bytes(range(256)) * 300
+    for code in (0, 3, 125):
+        assert cli("run", FSPROBE, "--backend", backend, "--", "exit", str(code)).code == code
+    data = bytes(range(256)) * 300  # more than a pipe buffer, every byte value
     result = cli("run", FSPROBE, "--backend", backend, "--", "cat-stdin", input=data)
     assert result.code == 0 and result.stdout_bytes == data
-
-
-def test_wasi_json_captures_output(cli, backend):
-    result = cli("run", FSPROBE, "--json", "--backend", backend, "--", "args", "x", "y")
-    data = result.json()
-    assert (result.code, data["exit_code"], data["stdout"], data["stderr"]) == (0, 0, "x\ny\n", "")
-    result = cli("run", FSPROBE, "--json", "--backend", backend, "--", "read", "nope")
-    data = result.json()
-    assert result.code == data["exit_code"] == 1 and data["stderr"].startswith("err ")
-
-
-def test_run_command_from_the_library(backend):
-    sandbox = box(FSPROBE, backend)
-    result = sandbox.run_command(["args", "one"], capture=True)
-    assert (result.exit_code, result.stdout, result.stderr) == (0, b"one\n", b"")
-    result = sandbox.run_command(["cat-stdin"], stdin=b"piped", capture=True)
-    assert result.stdout == b"piped"
 
 
 def test_no_grant_means_no_host_files(cli, backend):
@@ -211,24 +162,7 @@ def test_no_grant_means_no_host_files(cli, backend):
         assert result.stderr.startswith("err E"), result
 
 
-def test_start_without_wasi_command(cli, backend, basic):
-    result = cli("run", basic, "--backend", backend)
-    assert result.code == 2 and "_start" in result.stderr
-
-
 # ---------------------------------------------------------------------------- limits
-
-
-def test_timeout_stops_a_spinning_call(cli, backend):
-    result = cli("run", GUESTS / "spin.wat", "spin", "--timeout", "300ms", "--backend", backend)
-    assert result.code == 112 and "timeout: spin still running after" in result.stderr
-
-
-def test_timeout_stops_a_spinning_command(cli, backend):
-    result = cli("run", GUESTS / "spin_cmd.wat", "--timeout", "300ms", "--backend", backend)
-    assert result.code == 112
-    result = cli("run", FSPROBE, "--timeout", "300ms", "--backend", backend, "--", "spin")
-    assert result.code == 112
 
 
 def test_timeout_stops_a_guest_blocked_in_a_host_call(cli, backend):
@@ -248,11 +182,11 @@ def test_timeout_in_the_library_and_after(backend):
 
 
 def test_memory_grow_beyond_the_cap_returns_minus_one(cli, backend):
-    result = cli("run", GUESTS / "memgrow_loop.wat", "run", "--memory", "1MiB", "--backend", backend)
+    result = cli(
+        "run", GUESTS / "memgrow_loop.wat", "run", "--memory", "1MiB", "--backend", backend
+    )
     assert (result.code, result.stdout) == (0, "16\n")
-    result = cli("run", EXAMPLES / "memory_hog.wat", "hog", "--memory", "64MiB", "--backend", backend)
-    assert (result.code, result.stdout) == (0, "1024\n")
-    assert "memory limit 64 MiB reached" in result.stderr
+    assert "memory limit 1 MiB reached" in result.stderr
 
 
 def test_memory_cap_is_per_policy_in_one_process(backend):
@@ -268,30 +202,11 @@ def test_memory_cap_is_per_policy_in_one_process(backend):
         large.close()
 
 
-def test_module_too_big_for_the_memory_limit(cli, backend, tmp_path):
-    path = tmp_path / "big.wat"
-    path.write_text('(module (memory (export "memory") 100) (func (export "f")))')
-    result = cli("run", path, "f", "--memory", "1MiB", "--backend", backend)
-    assert result.code == 110 and "memory limit 1 MiB reached" in result.stderr
-
-
 def test_table_grow_stops_at_the_table_limit(cli, backend, tmp_path):
     policy = tmp_path / "sandbox.toml"
     policy.write_text("[limits]\ntable_elements = 50\n")
     result = cli("run", GUESTS / "table_grow.wat", "grow_table", "-p", policy, "--backend", backend)
     assert (result.code, result.stdout) == (0, "50\n")
-
-
-def test_output_limit(cli, backend, tmp_path):
-    policy = tmp_path / "sandbox.toml"
-    policy.write_text('[limits]\noutput = "10KiB"\n')
-    ok = cli("run", FSPROBE, "-p", policy, "--backend", backend, "--", "flood", "10000")
-    assert ok.code == 0 and len(ok.stdout_bytes) == 10000
-    result = cli("run", FSPROBE, "-p", policy, "--backend", backend, "--", "flood", "1000000")
-    assert result.code == 115 and "output limit 10 KiB reached" in result.stderr
-    assert len(result.stdout_bytes) <= 10 * 1024
-    result = cli("run", FSPROBE, "-p", policy, "--backend", backend, "--", "flood-err", "1000000")
-    assert result.code == 115
 
 
 def test_limits_a_backend_lacks_are_refused_not_ignored(backend, basic):
@@ -305,14 +220,3 @@ def test_limits_a_backend_lacks_are_refused_not_ignored(backend, basic):
             with pytest.raises(errors.BackendUnavailable) as info:
                 box(basic, backend, **overrides)
             assert f"lacks {capability}" in info.value.message
-
-
-def test_grants_need_confinement(backend, basic, tmp_path):
-    policy = policy_mod.defaults()
-    policy_mod.add_grant(policy, str(tmp_path), writable=True)
-    if capabilities_of(backend).has("fs-confined"):
-        Sandbox(basic, policy, backend=backend).close()
-    else:
-        with pytest.raises(errors.BackendUnavailable) as info:
-            Sandbox(basic, policy, backend=backend)
-        assert "lacks fs-confined" in info.value.message

@@ -155,7 +155,8 @@ def test_no_grants_no_files(cli, backend):
     res = cli("run", FSPROBE, "--backend", backend, "--", "read", "/etc/passwd")
     assert res.code == 1 and "root:" not in res.stdout, res
     res = cli("run", FSPROBE, "--backend", backend, "--", "ls", "/")
-    assert res.code == 1 and res.stdout == "", res
+    # wasmtime refuses; wasmer's WASI lists an empty virtual root. Either way: nothing.
+    assert res.code in (0, 1) and res.stdout == "", res
 
 
 def test_env_not_leaked(cli, backend):

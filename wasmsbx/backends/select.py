@@ -207,7 +207,9 @@ def _check_spec(spec: str) -> None:
         )
     if compiler and compiler not in (get(name).compilers or ()):
         known = ", ".join(f"{name}:{c}" for c in get(name).compilers)
-        raise BackendUnavailable(f"backend {name} has no compiler {compiler!r}", hint=f"one of: {known}")
+        raise BackendUnavailable(
+            f"backend {name} has no compiler {compiler!r}", hint=f"one of: {known}"
+        )
 
 
 def _exclude(cand: Candidate, capset, needs: list) -> None:

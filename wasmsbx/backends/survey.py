@@ -30,7 +30,10 @@ def survey() -> list:
 
 
 def explain(
-    module: Optional[str], policy_path: Optional[str], kind: str = "auto", backend: Optional[str] = None
+    module: Optional[str],
+    policy_path: Optional[str],
+    kind: str = "auto",
+    backend: Optional[str] = None,
 ):
     """The scoring table for MODULE (or for no module) under the policy."""
     from .. import policy as policy_mod

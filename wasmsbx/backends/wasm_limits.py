@@ -16,6 +16,7 @@ from __future__ import annotations
 from typing import NamedTuple, Optional
 
 PAGE = 65536
+MAX_PAGES32 = 65536  # 4 GiB: the most a 32-bit memory can declare
 _MEMORY_SECTION = 5
 _TABLE_SECTION = 4
 _REF_TYPES = (0x70, 0x6F)  # funcref, externref (typed refs need function-references)
@@ -70,6 +71,8 @@ def _limits(data: bytes, pos: int, cap: Optional[int], what: str) -> tuple:
     if flags & 1:
         maximum, pos = _uleb(data, pos)
     declared = (minimum, maximum)
+    if cap is not None and what == "memory" and not flags & 4:
+        cap = min(cap, MAX_PAGES32)  # a larger maximum is invalid for a 32-bit memory
     if cap is None or minimum > cap or (maximum is not None and maximum <= cap):
         # No cap, a module that cannot start under it (refused at instantiation), or
         # already within it: keep the entry as it is.

@@ -37,20 +37,20 @@ CACHE_FORMAT = "wasmsbx-wasmer-probe 1"
 # The probe compiles a two-function module (so a compiler's thread pool really runs),
 # instantiates it and calls it: f(x) = g(x) + 1, g(x) = x.
 _PROBE_WASM = (
-    "0061736d0100000001060160017f017f0303020000070501016600000a10"
-    "0209002000100141016a0b040020000b"
+    "0061736d0100000001060160017f017f0303020000070501016600000a100209002000100141016a0b040020000b"
 )
-_PROBE_SCRIPT = """
+_PROBE_SCRIPT = f"""
+WASM = {_PROBE_WASM!r}
 import sys
 compiler, sys.path[:] = sys.argv[1], sys.argv[2:]
 import wasmer
 from wasmer import engine, Instance, Module, Store
 package = __import__(compiler)
 store = Store(engine.Universal(package.Compiler))
-instance = Instance(Module(store, bytes.fromhex(%r)))
+instance = Instance(Module(store, bytes.fromhex(WASM)))
 assert instance.exports.f(41) == 42, "wrong result"
 print("ok", wasmer.__version__)
-""" % (_PROBE_WASM,)
+"""
 
 # Proposals each compiler of wasmer 2.1 compiles by default (tests/test_backends.py
 # compiles one module per proposal and checks that exactly these are accepted).
@@ -93,11 +93,17 @@ COMMON_NOTES = (
 )
 
 
-def _cache_dir() -> str:
+def cache_dir() -> str:
+    """$WASMSBX_CACHE_DIR, else the user cache dir. Probing happens only on Linux, where
+    that is platformdirs' rule ($XDG_CACHE_HOME or ~/.cache, plus "wasmsbx"), written out
+    here because importing platformdirs would cost every ``wasmsbx run`` several ms."""
     explicit = os.environ.get("WASMSBX_CACHE_DIR")
     if explicit:
         return explicit
-    import platformdirs
+    if sys.platform.startswith("linux"):
+        base = os.environ.get("XDG_CACHE_HOME", "").strip() or os.path.expanduser("~/.cache")
+        return os.path.join(base, "wasmsbx")
+    import platformdirs  # pragma: no cover - wasmer runs on Linux only
 
     return platformdirs.user_cache_dir("wasmsbx")
 
@@ -106,12 +112,12 @@ class _Found:
     """Where each wasmer package is, as seen by this process's sys.path (no imports)."""
 
     def __init__(self) -> None:
-        import importlib.util
+        from importlib.machinery import PathFinder  # no import of the packages themselves
 
         self.dirs: dict = {}  # package -> directory
         for package in ("wasmer", *PACKAGES.values()):
             try:
-                spec = importlib.util.find_spec(package)
+                spec = PathFinder.find_spec(package)
             except (ImportError, ValueError):
                 spec = None
             if spec is not None and spec.origin:
@@ -151,17 +157,13 @@ class _Found:
 
 
 def _unsupported_platform() -> Optional[str]:
-    import platform
-
-    here = (
-        f"{platform.python_implementation()} {platform.python_version()} "
-        f"on {sys.platform} {platform.machine()}"
-    )
-    if sys.implementation.name != "cpython" or not sys.platform.startswith("linux"):
-        return here
-    if platform.machine() not in ("x86_64", "AMD64"):
-        return here
-    return None
+    """What this interpreter is, when it is not one wasmer has wheels for (else None)."""
+    machine = os.uname().machine if hasattr(os, "uname") else "unknown"
+    if sys.implementation.name == "cpython" and sys.platform.startswith("linux"):
+        if machine == "x86_64":
+            return None
+    version = ".".join(map(str, sys.version_info[:3]))
+    return f"{sys.implementation.name} {version} on {sys.platform} {machine}"
 
 
 def probe_in_child(compiler: str, path: Optional[list] = None, timeout: float = PROBE_TIMEOUT):
@@ -274,10 +276,11 @@ class _Verdicts:
 
 
 def _cache_path(key: str) -> str:
-    import hashlib
+    import zlib  # the file holds the whole key, so a collision only costs a probe
 
-    digest = hashlib.sha256(key.encode("utf-8", "surrogateescape")).hexdigest()[:24]
-    return os.path.join(_cache_dir(), "probes", f"wasmer-{digest}.txt")
+    data = key.encode("utf-8", "surrogateescape")
+    digest = f"{zlib.crc32(data):08x}{zlib.adler32(data):08x}"
+    return os.path.join(cache_dir(), "probes", f"wasmer-{digest}.txt")
 
 
 def _clean(text: Optional[str]) -> str:
@@ -298,7 +301,9 @@ def _read_cache(key: str) -> Optional[dict]:
         fields = line.split("\t")
         if len(fields) == 5 and fields[0] in COMPILERS:
             compiler, ok, version, reason, fix = fields
-            verdicts[compiler] = Availability(ok == "1", version or None, reason or None, fix or None)
+            verdicts[compiler] = Availability(
+                ok == "1", version or None, reason or None, fix or None
+            )
     return verdicts if set(verdicts) == set(COMPILERS) else None
 
 
@@ -367,7 +372,8 @@ class WasmerBackend(Backend):
             features=SINGLEPASS_FEATURES if compiler == "singlepass" else FEATURES,
             security=SECURITY,
             performance=frozenset({"aot"}),
-            debugging=frozenset({"backtrace"}),
+            # singlepass reports only the innermost frame of a trap: no backtrace
+            debugging=frozenset() if compiler == "singlepass" else frozenset({"backtrace"}),
             compilers=self.compilers,
             compile_speed=compile_speed,
             run_speed=run_speed,
@@ -385,7 +391,9 @@ class WasmerBackend(Backend):
             )
         state = self.probe_compiler(compiler)
         if not state.available:
-            raise BackendUnavailable(f"wasmer:{compiler} is unavailable: {state.reason}", hint=state.fix)
+            raise BackendUnavailable(
+                f"wasmer:{compiler} is unavailable: {state.reason}", hint=state.fix
+            )
         from .wasmer_engine import WasmerEngine
 
         return WasmerEngine(options._replace(compiler=compiler), self.verdicts().version)

@@ -399,7 +399,9 @@ class WasmerInstance(Instance):
                     return message
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
-                    self._kill(f"it was stopped after the {format_duration(self.limits.timeout)} timeout")
+                    self._kill(
+                        f"it was stopped after the {format_duration(self.limits.timeout)} timeout"
+                    )
                     raise self._timeout(where)
                 for fd, _ in self.poller.poll(max(1, math.ceil(remaining * 1000))):
                     if fd == answers:
@@ -683,7 +685,10 @@ class WasmerEngine(Engine):
     def serialize(self, module: WasmerModule) -> bytes:
         memory, table = module.caps
         header = struct.pack(
-            "<qqI", -1 if memory is None else memory, -1 if table is None else table, len(module.wasm)
+            "<qqI",
+            -1 if memory is None else memory,
+            -1 if table is None else table,
+            len(module.wasm),
         )
         return ARTIFACT_MAGIC + header + module.wasm + bytes(module.module.serialize())
 

@@ -71,7 +71,9 @@ def _render(report: list) -> None:
             status += f" (fix: {escape(avail['fix'])})"
         notes = entry["capabilities"]["notes"] if entry["capabilities"] else []
         shared.setdefault(entry["backend"], notes[1:])
-        table.add_row(entry["label"], avail.get("version") or "-", status, escape(notes[0] if notes else ""))
+        table.add_row(
+            entry["label"], avail.get("version") or "-", status, escape(notes[0] if notes else "")
+        )
     console.print(table)
     for backend, notes in shared.items():
         for note in notes:
@@ -100,7 +102,9 @@ def _render_matrix(console, report: list) -> None:
     for title, names, field in groups:
         matrix.add_row(f"[bold]{title}[/]", *["" for _ in report])
         for name in names:
-            marks = ["[green]✓[/]" if name in e["capabilities"][field] else "[red]✗[/]" for e in report]
+            marks = [
+                "[green]✓[/]" if name in e["capabilities"][field] else "[red]✗[/]" for e in report
+            ]
             matrix.add_row(f"  {name}", *marks)
     speeds = [e["capabilities"] for e in report]
     matrix.add_row("[bold]measured, 0..1[/]", *["" for _ in report])

@@ -14,7 +14,7 @@ def render(selection: Any, stderr: bool = False) -> None:
     from rich.table import Table
 
     console = output.console(stderr=stderr)
-    console.print("[bold]requirements[/] (a candidate lacking one is excluded):")
+    console.print("[bold]requirements:[/] a candidate lacking one is excluded")
     for cap, why in selection.requirements:
         console.print(f"  {cap:<16} {escape(why)}")
     if not selection.features_checked:

@@ -1,0 +1,148 @@
+"""The wasmer adapter's own machinery: the child process per instance, artifacts, refusals.
+
+These run where wasmer:cranelift is available (the Python 3.9 leg); the shared behaviour
+tests cover what every backend must do.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+import wasmtime
+
+from wasmsbx import backends, errors
+from wasmsbx.backends.base import EngineOptions, Limits, WasiSetup
+
+from .conftest import GUESTS
+
+pytestmark = pytest.mark.skipif(
+    not backends.get("wasmer").probe_compiler("cranelift").available,
+    reason="wasmer:cranelift is not available here",
+)
+
+COUNTER = """
+(module
+  (global $n (mut i32) (i32.const 0))
+  (func (export "inc") (result i32)
+    (global.set $n (i32.add (global.get $n) (i32.const 1))) (global.get $n))
+  (func (export "add") (param i32 i32) (result i32) (i32.add (local.get 0) (local.get 1)))
+  (func (export "spin") (loop $l (br $l)))
+)
+"""
+LIMITS = Limits(memory=1 << 20, timeout=5.0, table_elements=100, instances=1, output=1 << 20)
+
+
+@pytest.fixture
+def engine():
+    return backends.get("wasmer").engine(EngineOptions(compiler="cranelift", memory_cap=1 << 20))
+
+
+def wat(text: str) -> bytes:
+    return bytes(wasmtime.wat2wasm(text))
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_each_instance_is_one_child_and_close_reaps_it(engine):
+    module = engine.compile(wat(COUNTER))
+    first = engine.instantiate(module, LIMITS)
+    second = engine.instantiate(module, LIMITS)
+    try:
+        assert first.pid != second.pid != os.getpid()
+        assert [first.call("inc", []) for _ in range(3)] == [[1], [2], [3]]
+        assert second.call("inc", []) == [1]  # separate state
+    finally:
+        pids = (first.pid, second.pid)
+        first.close()
+        second.close()
+    assert not any(alive(pid) for pid in pids)
+    with pytest.raises(errors.TrapError, match="this wasmer instance is gone"):
+        first.call("inc", [])
+
+
+def test_a_timeout_kills_the_child_and_the_instance_is_gone(engine):
+    module = engine.compile(wat(COUNTER))
+    instance = engine.instantiate(module, LIMITS._replace(timeout=0.2))
+    pid = instance.pid
+    started = time.monotonic()
+    with pytest.raises(errors.TimeoutExceeded, match="spin still running after 200"):
+        instance.call("spin", [])
+    assert time.monotonic() - started < 3
+    assert not alive(pid)
+    with pytest.raises(errors.TrapError, match="stopped after the 200.0 ms timeout"):
+        instance.call("inc", [])
+
+
+def test_extra_arguments_are_refused_not_dropped(engine):
+    instance = engine.instantiate(engine.compile(wat(COUNTER)), LIMITS)
+    try:
+        with pytest.raises(errors.UsageError, match="add takes 2 arguments, got 3"):
+            instance.call("add", [1, 2, 3])
+        with pytest.raises(errors.UsageError, match="add: "):
+            instance.call("add", [1.5, 2])
+        assert instance.call("add", [1, 2]) == [3]
+    finally:
+        instance.close()
+
+
+def test_serialized_artifact_keeps_its_caps(engine):
+    module = engine.compile(wat((GUESTS / "memgrow_loop.wat").read_text()))
+    data = engine.serialize(module)
+    assert data.startswith(b"WSBXWMR1")
+    loaded = engine.deserialize(data)
+    assert loaded.caps == module.caps == (16, None)
+    instance = engine.instantiate(loaded, LIMITS)
+    try:
+        assert instance.call("run", []) == [16]
+    finally:
+        instance.close()
+    with pytest.raises(errors.ModuleError, match="not a wasmsbx wasmer artifact"):
+        engine.deserialize(b"junk")
+
+
+def test_engine_refuses_what_it_cannot_enforce(engine, tmp_path):
+    module = engine.compile(wat(COUNTER))
+
+    class Grant:
+        host, guest, writable = str(tmp_path), "/data", False
+
+    cases = [
+        (LIMITS._replace(fuel=100), WasiSetup(), "cannot meter fuel"),
+        (LIMITS._replace(stack=1 << 20), WasiSetup(), "stack size is fixed"),
+        (LIMITS, WasiSetup(grants=[Grant()]), "CVE-2024-38358"),
+    ]
+    for limits, wasi, message in cases:
+        with pytest.raises(errors.BackendUnavailable, match=message):
+            engine.instantiate(module, limits, wasi)
+    with pytest.raises(errors.InstanceLimitExceeded):
+        engine.instantiate(module, LIMITS._replace(instances=0))
+
+
+def test_table_too_big_at_start(engine):
+    module = engine.compile(wat("(module (table 500 funcref))"))
+    with pytest.raises(errors.TableLimitExceeded, match="table limit 100 elements"):
+        engine.instantiate(module, LIMITS)
+
+
+def test_a_compiler_lacking_a_feature_says_so():
+    singlepass = backends.get("wasmer").engine(EngineOptions(compiler="singlepass"))
+    with pytest.raises(
+        errors.BackendUnavailable, match="uses multi-value, which wasmer:singlepass"
+    ):
+        singlepass.compile(
+            wat('(module (func (export "f") (result i32 i32) i32.const 1 i32.const 2))')
+        )
+
+
+def test_fingerprint_names_compiler_and_caps(engine):
+    print_ = engine.fingerprint()
+    assert print_["backend"] == "wasmer" and print_["compiler"] == "cranelift"
+    assert print_["memory_cap_pages"] == 16 and print_["version"] == "1.1.0"
