@@ -12,7 +12,8 @@ Measured with a CPU-bound C guest (benchmarks/guests/cpu.c, clang -O2, 21 KB):
 * instantiate: ``engine.instantiate`` (for wasmer: fork + instantiate in the child);
 * call: a call that does nothing (``kernel(99, 0)``), mean over many: the per-call
   overhead; for wasmer also the same call on an in-process ``wasmer.Instance``, so the
-  difference is what the child process costs per call.
+  difference is what the child process costs per call (raw inst: the same for
+  instantiation; bare fork: fork + exit + waitpid of this process, the floor of it).
 
 The compile_speed/run_speed scores printed at the end (0..1 on a log scale, fastest =
 1.0, see speed_score) are what wasmsbx/backends/*_backend.py declare in their
@@ -133,6 +134,21 @@ def speed_score(value: float, fastest: float, kind: str) -> float:
     return round(max(0.0, 1.0 - math.log10(value / fastest) / DECADES[kind]), 2)
 
 
+def bare_fork_ms(reps: int) -> float:
+    """fork + _exit + waitpid of this very process: the floor of a wasmer instantiate."""
+    import os
+
+    times = []
+    for _ in range(reps):
+        started = time.perf_counter()
+        pid = os.fork()
+        if pid == 0:
+            os._exit(0)
+        os.waitpid(pid, 0)
+        times.append(time.perf_counter() - started)
+    return statistics.median(times) * 1e3
+
+
 def scores(rows: list) -> dict:
     fastest_compile = min(r["compile_ms"] for r in rows)
     fastest_run = min(r["run_ms"] for r in rows)
@@ -156,6 +172,7 @@ def main() -> int:
     rows = [measure(n, c, wasm, reps, args.iterations, calls) for n, c in labels()]
     sums = {r["checksum"] for r in rows}
     report = {
+        "bare_fork_ms": bare_fork_ms(reps),
         "python": sys.version.split()[0],
         "guest": f"{GUEST.relative_to(ROOT)} ({len(wasm)} bytes)",
         "iterations": args.iterations,
@@ -181,6 +198,7 @@ def main() -> int:
                 f"{r['raw_instantiate_ms']:.3f}" if "raw_instantiate_ms" in r else "-",
             )
         )
+    print(f"bare fork+exit+waitpid of this process: {report['bare_fork_ms']:.3f} ms")
     print("checksums agree" if report["checksums_agree"] else f"CHECKSUMS DIFFER: {sums}")
     print("scores (fastest = 1.0):")
     for label, s in report["scores"].items():

@@ -74,21 +74,26 @@ SECURITY = frozenset(
     {"timeout", "memory-limit", "table-limit", "instance-limit", "wasi", "stdio-redirect"}
 )
 
-# Measured by benchmarks/backends.py (CPU-bound C guest, 2 vCPU x86_64): 0..1, the
-# fastest backend:compiler is 1.0. See the README "Backends" section for the numbers.
+# Measured by benchmarks/backends.py: a CPU-bound C guest (benchmarks/guests/cpu.c, clang
+# -O2, 21 KB) on 2 shared vCPUs, medians of 3 runs. Scores are 0..1 on a log scale, the
+# fastest backend:compiler = 1.0 (see speed_score there). Compile / run bench(4):
+# cranelift 41 ms / 76 ms, llvm 739 ms / 70 ms, singlepass 4.3 ms / 267 ms
+# (wasmtime: 56 ms / 98 ms). README "Backends" has the table.
 SPEED = {
-    "cranelift": (0.55, 0.75),  # (compile, run)
-    "llvm": (0.05, 1.0),
+    "cranelift": (0.65, 0.9),  # (compile_speed, run_speed)
+    "llvm": (0.25, 1.0),
     "singlepass": (1.0, 0.45),
 }
 NOTES = {
     "cranelift": "the default compiler: quick to compile, good code",
-    "llvm": "slowest to compile (seconds for real modules), fastest code",
-    "singlepass": "fastest to compile, slowest code; no SIMD, no multi-value",
+    "llvm": "slowest to compile (~18x cranelift), fastest code",
+    "singlepass": "fastest to compile (~10x cranelift), ~3.5x slower code; no SIMD, "
+    "no multi-value, one-frame backtraces",
 }
 COMMON_NOTES = (
     "runs each instance in a forked child process: limits enforced from outside "
-    "(kill at the deadline, caps compiled into the module)",
+    "(kill at the deadline, caps compiled into the module); costs a fork per instance "
+    "and ~40 us per call",
     "no fuel, no stack limit; directory grants are refused (not confinable: CVE-2024-38358)",
 )
 
