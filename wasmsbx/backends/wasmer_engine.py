@@ -241,6 +241,7 @@ def _run_child(child: _Child, stdin: Any, fds: dict) -> None:
     code = 0
     try:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides; Ctrl-C kills it
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # SIGXCPU must not dump core
         for name in ("parent_requests", "parent_answers", "out_r", "err_r"):
             os.close(fds[name])
         _child_stdio(stdin, fds["out_w"], fds["err_w"])
@@ -315,7 +316,11 @@ class WasmerInstance(Instance):
         self.poller = select.poll()
         for fd in (self.fds["parent_answers"], *self.sinks):
             self.poller.register(fd, select.POLLIN)
-        answer = self._wait("start function")
+        try:
+            answer = self._wait("start function")
+        except BaseException:
+            self.close()
+            raise
         if answer[0] == "ready":
             self.memory_bytes = answer[1]
             return
@@ -566,8 +571,7 @@ class WasmerInstance(Instance):
 
     def __del__(self) -> None:
         try:
-            if self.pid is not None:
-                self.close()
+            self.close()
         except Exception:  # noqa: BLE001 - interpreter shutdown
             pass
 
