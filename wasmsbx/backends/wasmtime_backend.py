@@ -88,20 +88,37 @@ class _Ticker:
         self.active = 0
         self.running = False
         self.lock = _thread.allocate_lock()
+        # Held from start_new_thread until the thread runs. A thread that only bootstraps
+        # once the interpreter is finalizing crashes it (SIGSEGV in _PyThreadState_Init,
+        # seen on 3.9 after a short call), so an atexit hook waits for it; run paths
+        # that exit later pay nothing.
+        self.starting = _thread.allocate_lock()
+        self.hooked = False
 
     def __enter__(self) -> _Ticker:
         with self.lock:
             self.active += 1
             if not self.running:
                 self.running = True
+                self.starting.acquire()
+                if not self.hooked:
+                    import atexit
+
+                    atexit.register(self._started)
+                    self.hooked = True
                 _thread.start_new_thread(self._loop, ())
         return self
+
+    def _started(self) -> None:
+        if self.starting.acquire(timeout=2):
+            self.starting.release()
 
     def __exit__(self, *exc: Any) -> None:
         with self.lock:
             self.active -= 1
 
     def _loop(self) -> None:
+        self.starting.release()
         idle = 0
         while True:
             time.sleep(TICK)
