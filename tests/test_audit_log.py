@@ -7,7 +7,7 @@ import re
 import subprocess
 import sys
 
-from .conftest import EXAMPLES, GUESTS, require_capability
+from .conftest import EXAMPLES, GUESTS, require_capability, require_module
 
 ADD = EXAMPLES / "add.wat"
 FSPROBE = GUESTS / "fsprobe.wasm"
@@ -33,6 +33,7 @@ def by_event(records, name) -> dict:
 
 
 def test_a_clean_call(cli, backend, isolated):
+    require_module(backend, ADD)
     res = cli("run", ADD, "add", "5", "3", "--backend", backend, "--audit-log", "a.log")
     assert (res.code, res.stdout) == (0, "8\n")
     records = events(isolated / "a.log")
@@ -53,6 +54,7 @@ def test_a_clean_call(cli, backend, isolated):
 
 
 def test_command_exit_code_and_grants(cli, backend, isolated):
+    require_capability(backend, "wasi-readonly", "fs-confined")  # --dir-ro below
     (isolated / "data").mkdir()
     res = cli(
         "run", FSPROBE, "--backend", backend, "--dir-ro", "data", "--env", "TOKEN=s3cret",
@@ -86,7 +88,7 @@ def test_fuel_limit(cli, backend, isolated):
 
 
 def test_timeout_limit(cli, backend, isolated):
-    require_capability(backend, "interrupt")
+    require_capability(backend, "timeout")
     res = cli(
         "run", EXAMPLES / "loop.wat", "spin", "--timeout", "100ms", "--backend", backend,
         "--audit-log", "a.log",

@@ -17,7 +17,7 @@ from wasmsbx.checkpoint import Sink, Source
 from wasmsbx.policy import defaults, override
 from wasmsbx.runner import Sandbox
 
-from .conftest import EXAMPLES, GUESTS, require_capability
+from .conftest import EXAMPLES, GUESTS, require_capability, require_module
 
 ADD = EXAMPLES / "add.wat"
 LOOP = EXAMPLES / "loop.wat"
@@ -197,6 +197,7 @@ def test_batch_jobs_errors_keep_their_place(cli):
 
 def test_api_batch_reads_input_lazily(backend):
     """A bounded window: an endless input is consumed only a bounded distance ahead."""
+    require_module(backend, ADD)
     box = box_for(ADD, backend)
     consumed = itertools.count()
 
@@ -265,7 +266,7 @@ def test_batch_fuel_limit_cli_counts_the_kind(cli):
 
 
 def test_batch_timeout_is_per_call(backend):
-    require_capability(backend, "interrupt")
+    require_capability(backend, "timeout")
     box = box_for(LOOP, backend, timeout="300ms")
     started = time.monotonic()
     spin = list(box.batch("spin", [[], []]))

@@ -90,8 +90,8 @@ def test_repeat_maps_traps_like_call(backend, counter):
 
 
 def test_repeat_block_is_bounded_by_the_timeout(backend, counter):
-    if not capabilities_of(backend).has("interrupt"):
-        pytest.skip(f"{backend} does not declare interrupt")
+    if not capabilities_of(backend).has("timeout"):
+        pytest.skip(f"{backend} does not declare timeout")
     instance = instance_for(backend, counter, LIMITS._replace(timeout=0.2))
     with pytest.raises(TimeoutExceeded):
         instance.repeat("spin", [])(1)

@@ -146,3 +146,25 @@ def test_fingerprint_names_compiler_and_caps(engine):
     print_ = engine.fingerprint()
     assert print_["backend"] == "wasmer" and print_["compiler"] == "cranelift"
     assert print_["memory_cap_pages"] == 16 and print_["version"] == "1.1.0"
+
+
+def test_memory_access_and_repeat_go_through_the_child(engine):
+    module = engine.compile(
+        wat(
+            '(module (memory (export "memory") 1) (global $n (mut i32) (i32.const 0))'
+            '(func (export "inc") (global.set $n (i32.add (global.get $n) (i32.const 1))))'
+            '(func (export "n") (result i32) (global.get $n)))'
+        )
+    )
+    instance = engine.instantiate(module, LIMITS)
+    try:
+        instance.write_memory(100, b"hello")
+        assert instance.read_memory(98, 9) == b"\0\0hello\0\0"
+        with pytest.raises(IndexError, match="outside the 65536-byte memory"):
+            instance.read_memory(65530, 10)
+        with pytest.raises(IndexError, match="no memory named 'other'"):
+            instance.write_memory(0, b"x", memory="other")
+        instance.repeat("inc", [])(1000)
+        assert instance.call("n", []) == [1000]
+    finally:
+        instance.close()

@@ -133,7 +133,7 @@ class _Child:
     def memory_bytes(self) -> Optional[int]:
         if not self.memories:
             return None
-        return sum(memory.data_size for memory in self.memories)
+        return sum(memory.data_size for memory in self.memories.values())
 
     def arm_cpu_limit(self) -> None:
         """A backstop for a parent that died: this child stops itself after ~timeout CPU."""
@@ -161,8 +161,40 @@ class _Child:
             instance = wasmer.Instance(
                 self.module, environment.generate_import_object(self.store, version)
             )
-        self.memories = [obj for _, obj in instance.exports if isinstance(obj, wasmer.Memory)]
+        self.memories = {
+            name: obj for name, obj in instance.exports if isinstance(obj, wasmer.Memory)
+        }
         return instance
+
+    def memory_view(self, name: str, offset: int, length: int) -> memoryview:
+        """The bytes ``offset .. offset+length`` of an exported memory (IndexError outside)."""
+        memory = self.memories.get(name)
+        if memory is None:
+            raise IndexError(f"the module exports no memory named {name!r}")
+        view = memoryview(memory.buffer)  # fresh each time: memory.grow moves it
+        if offset < 0 or length < 0 or offset + length > len(view):
+            raise IndexError(
+                f"bytes {offset}..{offset + length} are outside the {len(view)}-byte memory"
+            )
+        return view[offset : offset + length]
+
+    def perform(self, exports: Any, request: tuple) -> list:
+        """One request: call, repeat (n calls, for benchmarks), read or write memory."""
+        op = request[0]
+        if op == "call":
+            return _values(getattr(exports, request[1])(*request[2]))
+        if op == "repeat":
+            func, args = getattr(exports, request[1]), request[2]
+            for _ in range(request[3]):
+                func(*args)
+            return []
+        if op == "read":
+            return [bytes(self.memory_view(request[1], request[2], request[3]))]
+        if op == "write":
+            data = request[3]
+            self.memory_view(request[1], request[2], len(data))[:] = data
+            return []
+        raise ValueError(f"unknown request {op!r}")
 
     def outcome(self, exc: BaseException) -> tuple:
         """An exception raised by wasm, as data for the parent."""
@@ -180,6 +212,8 @@ class _Child:
                     where = f" @ 0x{offset}" if offset != "ffffffff" else ""
                     frames.append(f"{name}{where}")
             return ("trap", _strip(lines[0].strip()), frames, self.memory_bytes())
+        if isinstance(exc, IndexError):
+            return ("index", _first_line(exc), self.memory_bytes())
         if isinstance(exc, (TypeError, OverflowError, ValueError)):
             return ("usage", _first_line(exc), self.memory_bytes())
         return ("error", f"{type(exc).__name__}: {_first_line(exc)}", self.memory_bytes())
@@ -200,20 +234,19 @@ class _Child:
             request = _recv(requests)
             if request is None or request[0] == "close":
                 return
-            _, name, args = request
             self.arm_cpu_limit()
             try:
-                result = getattr(exports, name)(*args)
+                values = self.perform(exports, request)
             except BaseException as exc:  # noqa: BLE001 - reported to the parent
                 _send(answers, self.outcome(exc))
                 continue
-            if result is None:
-                values = []
-            elif isinstance(result, tuple):
-                values = list(result)
-            else:
-                values = [result]
             _send(answers, ("ok", values, self.memory_bytes()))
+
+
+def _values(result: Any) -> list:
+    if result is None:
+        return []
+    return list(result) if isinstance(result, tuple) else [result]
 
 
 def _child_stdio(stdin: Any, out_w: int, err_w: int) -> None:
@@ -475,23 +508,21 @@ class WasmerInstance(Instance):
             limit_value=self.limits.timeout,
         )
 
-    def _request(self, name: str, args: Sequence[Any], where: str) -> tuple:
+    def _request(self, request: tuple, where: str) -> tuple:
         if self.dead is not None:
             raise errors.TrapError(
-                f"cannot call {name}: this wasmer instance is gone ({self.dead})",
+                f"cannot run {where}: this wasmer instance is gone ({self.dead})",
                 hint="instantiate the module again",
             )
         try:
-            _send(self.fds["parent_requests"], ("call", name, list(args)))
+            _send(self.fds["parent_requests"], request)
         except BrokenPipeError:
             raise self._died(where) from None
         answer = self._wait(where)
-        if answer[0] in ("ok", "trap", "exit", "usage", "error"):
-            self.memory_bytes = answer[-1]
+        self.memory_bytes = answer[-1]
         return answer
 
-    # ------------------------------------------------------------------ contract
-    def call(self, name: str, args: Sequence[Any]) -> list:
+    def _check_args(self, name: str, args: Sequence[Any]) -> Signature:
         signature = self.signatures.get(name)
         if signature is None:
             raise errors.UsageError(f"no exported function named {name!r}")
@@ -501,7 +532,9 @@ class WasmerInstance(Instance):
                 f"{name} takes {len(signature.params)} arguments, got {len(args)}",
                 hint=f"signature: {name} {signature}",
             )
-        answer = self._request(name, args, name)
+        return signature
+
+    def _result(self, answer: tuple, name: str, signature: Signature) -> list:
         kind = answer[0]
         if kind == "ok":
             return answer[1]
@@ -515,6 +548,36 @@ class WasmerInstance(Instance):
             raise self._error(answer, name)
         raise RuntimeError(f"wasmer worker: {answer[1]}")
 
+    # ------------------------------------------------------------------ contract
+    def call(self, name: str, args: Sequence[Any]) -> list:
+        signature = self._check_args(name, args)
+        return self._result(self._request(("call", name, list(args)), name), name, signature)
+
+    def repeat(self, name: str, args: Sequence[Any]):
+        """``run(n)``: n calls in a loop inside the child, one round trip per block (the
+        block must finish within the timeout)."""
+        signature = self._check_args(name, args)
+        args = list(args)
+
+        def run(calls: int) -> None:
+            self._result(self._request(("repeat", name, args, calls), name), name, signature)
+
+        return run
+
+    def read_memory(self, offset: int, length: int, memory: str = "memory") -> bytes:
+        return self._memory(("read", memory, offset, length))[0]
+
+    def write_memory(self, offset: int, data: bytes, memory: str = "memory") -> None:
+        self._memory(("write", memory, offset, bytes(data)))
+
+    def _memory(self, request: tuple) -> list:
+        answer = self._request(request, f"{request[0]} of memory {request[1]!r}")
+        if answer[0] == "index":
+            raise IndexError(answer[1])
+        if answer[0] != "ok":
+            raise RuntimeError(f"wasmer worker: {answer[1]}")
+        return answer[1]
+
     def run_command(self) -> int:
         if "_start" not in self.signatures:
             raise errors.UsageError(
@@ -522,7 +585,7 @@ class WasmerInstance(Instance):
                 hint="name an exported function to call",
             )
         try:
-            answer = self._request("_start", [], "_start")
+            answer = self._request(("call", "_start", []), "_start")
             if answer[0] == "ok":
                 return 0
             if answer[0] == "exit":
