@@ -305,7 +305,7 @@ def _spawn(args, stdin, stdout, **kw):
     )
 
 
-def _wait_for_checkpoint(path, key, minimum, proc, timeout=60):
+def _wait_for_checkpoint(path, key, minimum, proc, timeout=180):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
