@@ -110,6 +110,21 @@ SCHEMA: tuple = (
         "Cache directory. Empty: $WASMSBX_CACHE_DIR, else the platform's user cache dir.",
     ),
     Key(
+        "runtime",
+        "cache_size",
+        "size",
+        "1GiB",
+        "Most disk space the cache may use; the least recently used entries are evicted.",
+    ),
+    Key(
+        "runtime",
+        "cache_min_size",
+        "size",
+        "64KiB",
+        "Modules smaller than this are compiled on every run, not cached: compiling them "
+        "is faster than opening the cache. 0 caches every module.",
+    ),
+    Key(
         "limits",
         "memory",
         "size",

@@ -17,6 +17,7 @@ from .backends.base import EngineOptions, ExportInfo, Limits, Signature, WasiSet
 
 _INF = float("inf")
 WASM_MAGIC = b"\0asm"
+ARTIFACT_FIRST_BYTE = b"\x89"  # of aot.MAGIC: checked before importing aot
 INT_RANGES = {"i32": 32, "i64": 64}
 
 
@@ -26,6 +27,10 @@ INT_RANGES = {"i32": 32, "i64": 64}
 def read_module(path) -> bytes:
     """The module's binary: .wasm as is, .wat (or any text module) converted."""
     path = Path(path)
+    return module_bytes(read_file(path), path)
+
+
+def read_file(path: Path) -> bytes:
     try:
         data = path.read_bytes()
     except FileNotFoundError:
@@ -38,10 +43,23 @@ def read_module(path) -> bytes:
         ) from None
     except OSError as exc:
         raise errors.InputError(f"{path}: cannot read: {exc.strerror}", path=str(path)) from None
+    return data
+
+
+def module_bytes(data: bytes, path) -> bytes:
     if not data:
         raise errors.ModuleError(f"{path}: empty file, not a WebAssembly module", path=str(path))
     if data[:4] == WASM_MAGIC:
         return data
+    if data[:1] == ARTIFACT_FIRST_BYTE:
+        from . import aot
+
+        if aot.is_artifact(data):
+            raise errors.ModuleError(
+                f"{path}: is precompiled native code (wasmsbx compile -o), not a module",
+                hint="run it with `wasmsbx run`; other commands need the original module",
+                path=str(path),
+            )
     return wat_to_wasm(data, path)
 
 
@@ -303,12 +321,26 @@ class Sandbox:
         backend: Optional[str] = None,
         kind: str = "call",
         use_cache: Optional[bool] = None,
+        artifact: Optional[str] = None,
+        cache_dir: Optional[str] = None,
+        progress: Any = None,
     ) -> None:
         self.path = Path(module)
         self.policy = policy if policy is not None else policy_mod.discover()
         self.timings: dict = {}
+        self.warnings: list = []  # cache and artifact problems worked around
+        self.progress = progress  # label -> context manager shown around long compiles
+        self.cache_dir = cache_dir
         started = time.perf_counter()
-        self.wasm = read_module(self.path)
+        data = read_file(self.path)
+        self.artifact = None
+        self.wasm: Optional[bytes] = None
+        if data[:1] == ARTIFACT_FIRST_BYTE and artifact is None:
+            self.artifact = self._open_artifact(data, str(self.path))
+        if self.artifact is None:
+            self.wasm = module_bytes(data, self.path)
+        if artifact is not None:
+            self.artifact = self._open_artifact(None, artifact)
         self.timings["read"] = time.perf_counter() - started
         self.selection = None
         self._spec: Optional[str] = None
@@ -320,13 +352,20 @@ class Sandbox:
         )
         cache_wanted = self.policy.values["runtime.cache"] if use_cache is None else use_cache
         self.cache_state = "off"
-        self.module = self._compile(cache_wanted)
+        self.module = self._load_artifact() if self.artifact is not None else None
+        if self.module is None:
+            self.module = self._compile(cache_wanted)
         self.export_list = self._interface()
         self._instance = None
 
     # --------------------------------------------------------------- choosing
     def _choose(self, backend: Optional[str], kind: str) -> tuple:
         from .backends import get, names, select, split
+
+        if self.artifact is not None:
+            chosen = self._artifact_backend(backend, kind)
+            if chosen is not None:
+                return chosen
 
         spec = backend or self.policy.values["runtime.backend"]
         self._spec = backend
@@ -341,6 +380,8 @@ class Sandbox:
     def _features(self) -> frozenset:
         from .facts import FactsError, read_facts
 
+        if self.wasm is None:  # a standalone artifact records its module's features
+            return frozenset(self.artifact.header["module"].get("features", ()))
         try:
             return read_facts(self.wasm).features
         except FactsError:
@@ -357,8 +398,26 @@ class Sandbox:
 
     # --------------------------------------------------------------- compiling
     def _compile(self, use_cache: bool) -> Any:
+        """Compile, or load from the cache: only for modules of runtime.cache_min_size and
+        up, since opening the cache costs more than compiling a small module."""
+        if use_cache and len(self.wasm) >= self.policy.values["runtime.cache_min_size"]:
+            from .cache import load_or_compile
+
+            outcome = load_or_compile(
+                self.engine,
+                self.wasm,
+                self.policy,
+                self.path.name,
+                self._compile_now,
+                self.cache_dir,
+            )
+            self.timings.update(outcome.timings)
+            self.warnings.extend(outcome.warnings)
+            self.cache_state = outcome.state
+            return outcome.module
+        self.cache_state = "skip" if use_cache else "off"
         started = time.perf_counter()
-        module = self.engine.compile(self.wasm)
+        module = self._compile_now(self.wasm)
         self.timings["compile"] = time.perf_counter() - started
         return module
 
@@ -366,6 +425,8 @@ class Sandbox:
         """Exports with their signatures, read from the binary (see facts.read_interface)."""
         from .facts import FactsError, read_interface
 
+        if self.wasm is None:  # a standalone artifact records its module's exports
+            return _recorded_exports(self.artifact.header) or self.engine.exports(self.module)
         try:
             exports = read_interface(self.wasm).exports
         except FactsError:
@@ -376,6 +437,81 @@ class Sandbox:
             else ExportInfo(e.name, e.kind)
             for e in exports
         ]
+
+    def _compile_now(self, wasm: bytes) -> Any:
+        if self.progress is None:
+            return self.engine.compile(wasm)
+        with self.progress(f"compiling {self.path.name}"):
+            return self.engine.compile(wasm)
+
+    # --------------------------------------------------------------- artifacts
+    def _open_artifact(self, data: Optional[bytes], origin: str) -> Any:
+        """A verified standalone artifact; None (and a warning) if refused with a module
+        to fall back on."""
+        from . import aot
+
+        try:
+            if data is None:
+                return aot.load_file(origin)
+            return aot.verify_artifact(data, origin) if aot.is_artifact(data) else None
+        except errors.WasmsbxError as exc:
+            return self._refuse(exc)
+
+    def _refuse(self, exc: errors.WasmsbxError) -> None:
+        """Without a module to fall back on the refusal is the error; else a warning."""
+        self.artifact = None
+        if self.wasm is None:
+            raise exc
+        self.warnings.append(f"{exc.message}; using {self.path.name} instead")
+        return None
+
+    def _artifact_backend(self, backend: Optional[str], kind: str) -> Optional[tuple]:
+        """The backend an artifact was built for, if the policy and --backend allow it."""
+        from .backends import get, names, select, split
+
+        fp = self.artifact.fingerprint
+        name, compiler = fp.get("backend"), fp.get("compiler")
+        spec = backend or self.policy.values["runtime.backend"]
+        wanted, wanted_compiler = split(spec)
+        origin = self.artifact_origin
+        if name not in names():
+            return self._refuse(errors.ModuleError(f"{origin}: built for {name}, not installed"))
+        adapter = get(name)
+        compiler = compiler if compiler in adapter.compilers else adapter.default_compiler
+        if spec != "auto" and (wanted != name or wanted_compiler not in (None, compiler)):
+            label = f"{name}:{compiler}" if len(adapter.compilers) > 1 else name
+            return self._refuse(
+                errors.ModuleError(f"{origin}: precompiled for {label}, but {spec} was asked for")
+            )
+        if len(names()) > 1:
+            label = f"{name}:{compiler}" if len(adapter.compilers) > 1 else name
+            try:
+                self.selection = select.select(self.policy, self._features(), kind, label)
+            except errors.BackendUnavailable as exc:
+                return self._refuse(exc)
+        return name, compiler
+
+    @property
+    def artifact_origin(self) -> str:
+        return self.artifact.origin or str(self.path)
+
+    def _load_artifact(self) -> Any:
+        from . import aot
+
+        started = time.perf_counter()
+        origin = self.artifact_origin
+        try:
+            if self.wasm is not None and aot.sha256(self.wasm) != self.artifact.module_sha256:
+                raise errors.ModuleError(
+                    f"{origin}: precompiled from a different module than {self.path.name}"
+                )
+            aot.check_compatible(self.artifact, self.engine.fingerprint(), origin)
+            module = self.engine.deserialize(self.artifact.payload)
+        except errors.ModuleError as exc:
+            return self._refuse(exc)
+        self.timings["load"] = time.perf_counter() - started
+        self.cache_state = "artifact"
+        return module
 
     # --------------------------------------------------------------- calling
     @property
@@ -499,13 +635,22 @@ class Sandbox:
             cache=self.cache_state,
             fuel_used=usage.fuel_used,
             memory_bytes=usage.memory_bytes,
-            warnings=tuple(usage.warnings),
+            warnings=tuple(self.warnings) + tuple(usage.warnings),
         )
 
     def close(self) -> None:
         if self._instance is not None:
             self._instance.close()
             self._instance = None
+
+
+def _recorded_exports(header: dict) -> list:
+    return [
+        ExportInfo(e["name"], e["kind"], Signature(tuple(e["params"]), tuple(e["results"])))
+        if e.get("params") is not None
+        else ExportInfo(e["name"], e["kind"])
+        for e in header["module"].get("exports", ())
+    ]
 
 
 def run(

@@ -17,7 +17,15 @@ _SIZE_UNITS = {
     "gib": 1024**3,
     "tib": 1024**4,
 }
-_DURATION_UNITS = {"": 1.0, "s": 1.0, "ms": 1e-3, "us": 1e-6, "m": 60.0, "h": 3600.0}
+_DURATION_UNITS = {
+    "": 1.0,
+    "s": 1.0,
+    "ms": 1e-3,
+    "us": 1e-6,
+    "m": 60.0,
+    "h": 3600.0,
+    "d": 86400.0,
+}
 _NUMBER = re.compile(r"^\s*([0-9][0-9_]*(?:\.[0-9]+)?)\s*([a-zA-Z]*)\s*$")
 
 SIZE_EXAMPLE = '"64MiB", "512KiB", "1GB" or a number of bytes'
@@ -62,7 +70,7 @@ def parse_duration(value: Union[str, int, float]) -> float:
     except ValueError:
         raise ValueError(f"expected a duration like {DURATION_EXAMPLE}, found {value!r}") from None
     if unit not in _DURATION_UNITS:
-        raise ValueError(f"unknown duration unit {unit!r} in {value!r} (use ms, s, m, h)")
+        raise ValueError(f"unknown duration unit {unit!r} in {value!r} (use ms, s, m, h, d)")
     return number * _DURATION_UNITS[unit]
 
 

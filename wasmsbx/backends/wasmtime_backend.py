@@ -62,7 +62,18 @@ FEATURES = frozenset(
 
 @functools.cache
 def _version() -> str:
-    """The installed wasmtime-py version (importlib.metadata is slow: only on demand)."""
+    """The installed wasmtime-py version. Read from the name of its .dist-info directory:
+    the cache key needs it on every cached run, and importlib.metadata scans every path
+    entry (tens of milliseconds)."""
+    site = os.path.dirname(os.path.dirname(wasmtime.__file__))
+    try:
+        found = [
+            e for e in os.listdir(site) if e.startswith("wasmtime-") and e.endswith(".dist-info")
+        ]
+    except OSError:
+        found = []
+    if len(found) == 1:
+        return found[0][len("wasmtime-") : -len(".dist-info")]
     try:
         from importlib.metadata import version
 

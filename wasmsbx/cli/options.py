@@ -119,6 +119,21 @@ RUN_OPTIONS: tuple = (
         "With --batch/--stream: record progress in FILE; rerun the same command to resume.",
         "FILE",
     ),
+    Opt(
+        ("--cache-dir",),
+        "cache_dir",
+        "value",
+        "Cache directory (default: runtime.cache_dir, $WASMSBX_CACHE_DIR, the user cache dir).",
+        "PATH",
+    ),
+    Opt(
+        ("--artifact",),
+        "artifact",
+        "value",
+        "Load native code precompiled by `wasmsbx compile -o FILE`; MODULE is compiled "
+        "instead if FILE is refused.",
+        "FILE",
+    ),
 )
 
 _BY_FLAG = {flag: opt for opt in RUN_OPTIONS for flag in opt.flags}

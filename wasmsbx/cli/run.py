@@ -82,7 +82,17 @@ def execute(args: opts.RunArgs, log: Any = None) -> int:
     from ..runner import Sandbox
 
     kind = "call" if func else "command"
-    box = Sandbox(module, policy, kind=kind, use_cache=False if o["no_cache"] else None)
+    box = Sandbox(
+        module,
+        policy,
+        kind=kind,
+        use_cache=False if o["no_cache"] else None,
+        artifact=o["artifact"],
+        cache_dir=o["cache_dir"],
+        progress=output.progress_factory(),
+    )
+    for warning in box.warnings:  # at once: the run itself may still fail
+        output.warning(warning)
     if log is not None:
         log.sandbox(box)
     if o["explain"]:
@@ -98,7 +108,7 @@ def execute(args: opts.RunArgs, log: Any = None) -> int:
 
         for value, wasm_type in zip(result.values, result.types):
             output.out(format_value(value, wasm_type))
-    _after(result.stats, o, log)
+    _after(result.stats, o, log, box.warnings)
     return 0
 
 
@@ -109,7 +119,7 @@ def _command(box: Any, argv: list, o: dict, log: Any = None) -> int:
         data["stdout"] = _text(result.stdout)
         data["stderr"] = _text(result.stderr)
         output.emit_json(data)
-    _after(result.stats, o, log)
+    _after(result.stats, o, log, box.warnings)
     return result.exit_code
 
 
@@ -124,20 +134,31 @@ def _text(data: Any) -> Any:
         return {"base64": base64.b64encode(data).decode("ascii")}
 
 
-def _after(stats: Any, o: dict, log: Any = None) -> None:
+def _after(stats: Any, o: dict, log: Any = None, shown: Any = ()) -> None:
     if log is not None:
         log.usage(stats)
     for warning in stats.warnings:
-        output.warning(warning)
+        if warning not in shown:
+            output.warning(warning)
     if o["stats"]:
         render_stats(stats)
+
+
+CACHE_STATES = {
+    "hit": "hit (native code loaded from the cache)",
+    "miss": "miss (compiled, then stored)",
+    "off": "off (--no-cache or runtime.cache = false)",
+    "skip": "skipped (module smaller than runtime.cache_min_size)",
+    "error": "unavailable (see the warning)",
+    "artifact": "not used (precompiled artifact loaded)",
+}
 
 
 def render_stats(stats: Any) -> None:
     from ..units import format_count, format_duration, format_size
 
     rows = [("backend", f"{stats.backend}" + (f" ({stats.compiler})" if stats.compiler else ""))]
-    rows.append(("cache", stats.cache or "off"))
+    rows.append(("cache", CACHE_STATES.get(stats.cache or "off", stats.cache)))
     for phase, seconds in stats.timings.items():
         rows.append((f"{phase} time", format_duration(seconds)))
     if stats.fuel_used is not None:

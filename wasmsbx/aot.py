@@ -1,0 +1,199 @@
+"""The on-disk format of precompiled native code: cache entries and standalone artifacts.
+
+Loading native code runs whatever machine code it holds, so nothing is deserialized
+before it passes :func:`unpack` (the bytes are what their header's SHA-256 says) and
+:func:`check_compatible` (built by this backend, version, compiler, options and target).
+Layout, all written by :func:`pack`::
+
+    MAGIC (8 bytes)  u32 little-endian header length  header (UTF-8 JSON)  payload
+
+The header records what the payload was built for (``fingerprint``, from
+``Engine.fingerprint()``), which module it came from (``module.sha256``), and the
+payload's size and SHA-256. The digest detects corruption, truncation and edits to the
+payload; it is not a signature: only load artifacts you built or trust.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import struct
+import time
+from typing import Any, NamedTuple, Optional
+
+from . import __version__, errors
+
+MAGIC = b"\x89WSBX\r\n\x1a"  # \x89: not text; \r\n: catches newline translation
+FORMAT = 1
+MAX_HEADER = 1 << 20
+KINDS = ("cache-entry", "artifact")
+
+
+class Corrupt(Exception):
+    """The bytes are not an intact artifact (bad magic, header, size or digest)."""
+
+
+class Artifact(NamedTuple):
+    header: dict
+    payload: bytes
+    origin: Optional[str] = None  # the file it was read from
+
+    @property
+    def fingerprint(self) -> dict:
+        return self.header["fingerprint"]
+
+    @property
+    def module_sha256(self) -> str:
+        return self.header["module"]["sha256"]
+
+    @property
+    def label(self) -> str:
+        return label_of(self.fingerprint)
+
+    def to_dict(self) -> dict:
+        return dict(self.header)
+
+
+def label_of(fingerprint: dict) -> str:
+    """ "wasmtime 50.0.1 (cranelift, speed) on linux-x86_64" for messages."""
+    fp = fingerprint
+    extras = ", ".join(str(fp[k]) for k in ("compiler", "optimize") if fp.get(k))
+    extras = f" ({extras})" if extras else ""
+    return f"{fp.get('backend', '?')} {fp.get('version', '?')}{extras} on {fp.get('target', '?')}"
+
+
+def normalise(fingerprint: dict) -> dict:
+    """The fingerprint as it reads back from JSON (tuples become lists, keys strings)."""
+    return json.loads(json.dumps(fingerprint, sort_keys=True))
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def is_artifact(data: bytes) -> bool:
+    return data[: len(MAGIC)] == MAGIC
+
+
+def pack(
+    kind: str,
+    fingerprint: dict,
+    payload: bytes,
+    module_sha256: str,
+    module_size: int,
+    module_name: Optional[str] = None,
+    features: tuple = (),
+    exports: tuple = (),
+) -> bytes:
+    """Header + payload; the header records the payload's digest and what it was built for."""
+    header = {
+        "format": FORMAT,
+        "kind": kind,
+        "tool": f"wasmsbx {__version__}",
+        "created": time.time(),
+        "fingerprint": normalise(fingerprint),
+        "module": {
+            "sha256": module_sha256,
+            "size": module_size,
+            "name": module_name,
+            "features": sorted(features),
+            "exports": list(exports),  # [{name, kind, params, results}]: typed calls need them
+        },
+        "payload": {"sha256": sha256(payload), "size": len(payload)},
+    }
+    text = json.dumps(header, sort_keys=True, separators=(",", ":")).encode("utf-8")
+    return MAGIC + struct.pack("<I", len(text)) + text + payload
+
+
+def read_header(data: bytes) -> dict:
+    """The header alone (not verified against the payload)."""
+    if not is_artifact(data):
+        raise Corrupt("not a wasmsbx artifact (bad magic)")
+    start = len(MAGIC) + 4
+    if len(data) < start:
+        raise Corrupt("truncated header")
+    (length,) = struct.unpack("<I", data[len(MAGIC) : start])
+    if length > MAX_HEADER or len(data) < start + length:
+        raise Corrupt("truncated header" if length <= MAX_HEADER else "header length is absurd")
+    try:
+        header = json.loads(data[start : start + length].decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        raise Corrupt("unreadable header") from None
+    if not isinstance(header, dict) or header.get("format") != FORMAT:
+        found = header.get("format") if isinstance(header, dict) else None
+        raise Corrupt(f"unsupported format {found!r} (this wasmsbx reads format {FORMAT})")
+    for field in ("fingerprint", "module", "payload", "kind"):
+        if field not in header:
+            raise Corrupt(f"header lacks {field!r}")
+    header["_offset"] = start + length
+    return header
+
+
+def unpack(data: bytes, kind: Optional[str] = None) -> Artifact:
+    """Parse and verify: size and SHA-256 of the payload must match the header."""
+    header = read_header(data)
+    offset = header.pop("_offset")
+    if kind is not None and header["kind"] != kind:
+        raise Corrupt(f"is a {header['kind']}, expected a {kind}")
+    payload = data[offset:]
+    want = header["payload"]
+    if len(payload) != want.get("size"):
+        raise Corrupt(f"truncated: payload is {len(payload)} bytes, header says {want.get('size')}")
+    if sha256(payload) != want.get("sha256"):
+        raise Corrupt("digest mismatch: the payload was modified after it was written")
+    return Artifact(header, payload)
+
+
+def differences(built: dict, here: dict) -> list:
+    """Human lines for every fingerprint field that differs: "version: 49.0.0 here 50.0.1"."""
+    built, here = normalise(built), normalise(here)
+    out = []
+    for key in sorted(set(built) | set(here)):
+        if built.get(key) != here.get(key):
+            out.append(
+                f"{key}: built for {_short(built.get(key))}, this is {_short(here.get(key))}"
+            )
+    return out
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def check_compatible(artifact: Artifact, fingerprint: dict, origin: str) -> None:
+    """Raise ModuleError unless ``artifact`` was built for exactly this engine."""
+    diff = differences(artifact.fingerprint, fingerprint)
+    if diff:
+        raise errors.ModuleError(
+            f"{origin}: precompiled for {artifact.label}, not for this engine "
+            f"({label_of(fingerprint)}): {'; '.join(diff[:3])}",
+            hint="rebuild it with `wasmsbx compile MODULE -o FILE` here (same --policy), "
+            "or run the original module",
+            path=origin,
+        )
+
+
+def load_file(path) -> Artifact:
+    """Read and verify a standalone artifact; ModuleError/InputError on failure."""
+    from pathlib import Path
+
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise errors.InputError(f"{path}: no such file", path=str(path)) from None
+    except OSError as exc:
+        raise errors.InputError(f"{path}: cannot read: {exc.strerror}", path=str(path)) from None
+    return verify_artifact(data, str(path))
+
+
+def verify_artifact(data: bytes, origin: str) -> Artifact:
+    try:
+        return unpack(data, kind="artifact")._replace(origin=origin)
+    except Corrupt as exc:
+        raise errors.ModuleError(
+            f"{origin}: refused precompiled artifact: {exc}",
+            hint="rebuild it with `wasmsbx compile MODULE -o FILE`, or run the original module",
+            path=origin,
+        ) from None

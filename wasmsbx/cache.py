@@ -1,0 +1,656 @@
+"""The compiled-code cache: native code kept between runs, safely.
+
+A diskcache store in a private directory (``resolve_dir``: ``--cache-dir``, then the
+policy's ``runtime.cache_dir``, then ``$WASMSBX_CACHE_DIR``, then platformdirs' user
+cache dir). Each module compiled by one engine is one entry, keyed by the module's
+SHA-256 and ``Engine.fingerprint()`` (backend, versions, compiler, optimisation level,
+features, target). Per entry the store holds:
+
+- ``a:KEY`` the entry's bytes in the :mod:`wasmsbx.aot` format (header + native code);
+  they are verified (size, SHA-256, fingerprint, module digest) before any
+  deserialization, and an entry that fails is deleted, recompiled and reported;
+- ``m:KEY`` a JSON record for listing: module, backend, sizes, created, last used, hits.
+
+Counters ``n:hits:LABEL`` / ``n:misses:LABEL`` give hit rates; ``l:KEY`` is the lock that
+makes concurrent processes compile a module once while the others wait. Values are only
+bytes, text and integers, so diskcache never unpickles anything. The total size is
+bounded by ``runtime.cache_size``: after each store the least recently used entries go.
+
+Only the run path imports this module, and only for modules of at least
+``runtime.cache_min_size`` bytes (importing diskcache and sqlite3 costs more than
+compiling a small module).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import time
+from pathlib import Path
+from typing import Any, Callable, NamedTuple, Optional
+
+from . import aot, errors
+
+LOCK_TTL = 600.0  # a lock older than this is stale (its holder died on another host)
+LOCK_WAIT = 600.0  # the longest a process waits for another to finish compiling
+TAG_TEXT = (
+    "Signature: 8a477f597d28d172789f06886806bc55\n"
+    "# This file is a cache directory tag created by wasmsbx.\n"
+    "# For information about cache directory tags see https://bford.info/cachedir/\n"
+)
+
+
+class CacheUnavailable(Exception):
+    """The cache directory cannot be used (not ours, not a directory, unwritable...)."""
+
+
+class Outcome(NamedTuple):
+    module: Any
+    state: str  # hit | miss | error
+    timings: dict
+    warnings: list
+    key: Optional[str] = None
+
+
+# ---------------------------------------------------------------------------- where
+
+
+def resolve_dir(policy: Any = None, override: Optional[str] = None) -> tuple:
+    """(directory, where it came from): option, policy, env or default."""
+    if override:
+        return Path(override).expanduser().absolute(), "option"
+    configured = policy.values.get("runtime.cache_dir") if policy is not None else ""
+    if configured:
+        path = Path(configured).expanduser()
+        source = getattr(policy, "source", None)
+        if not path.is_absolute() and source and Path(source).is_file():
+            path = Path(source).resolve().parent / path
+        return path.absolute(), "policy"
+    env = os.environ.get("WASMSBX_CACHE_DIR")
+    if env:
+        return Path(env).expanduser().absolute(), "env"
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("wasmsbx", appauthor=False)), "default"
+
+
+def prepare_dir(root: Path) -> None:
+    """Create ``root`` private to this user (0700), refuse one that belongs to another."""
+    try:
+        root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        info = root.stat()
+    except OSError as exc:
+        raise CacheUnavailable(f"cannot create {root}: {exc.strerror or exc}") from None
+    if not stat.S_ISDIR(info.st_mode):
+        raise CacheUnavailable(f"{root} is not a directory")
+    if hasattr(os, "getuid") and info.st_uid != os.getuid():
+        raise CacheUnavailable(
+            f"{root} belongs to another user (uid {info.st_uid}); native code is only "
+            "loaded from a cache directory of your own"
+        )
+    if info.st_mode & 0o077:
+        try:
+            os.chmod(root, 0o700)
+        except OSError as exc:
+            raise CacheUnavailable(f"cannot make {root} private: {exc.strerror}") from None
+    tag = root / "CACHEDIR.TAG"
+    if not tag.exists():
+        tmp = root / f".CACHEDIR.TAG.{os.getpid()}"
+        try:
+            tmp.write_text(TAG_TEXT)
+            os.replace(tmp, tag)
+        except OSError as exc:
+            raise CacheUnavailable(f"cannot write in {root}: {exc.strerror}") from None
+
+
+def exists(root: Path) -> bool:
+    return (root / "cache.db").is_file()
+
+
+# ---------------------------------------------------------------------------- keys
+
+
+def entry_key(module_sha256: str, fingerprint: dict) -> str:
+    """The cache key: the module's digest and everything that changes the machine code."""
+    text = json.dumps(
+        {"format": aot.FORMAT, "module": module_sha256, "fingerprint": fingerprint},
+        sort_keys=True,
+    )
+    return aot.sha256(text.encode("utf-8"))
+
+
+def fingerprint_label(fp: dict) -> str:
+    """ "wasmtime", "wasmer:llvm": how users name the backend that built an entry."""
+    backend = fp.get("backend", "?")
+    compiler = fp.get("compiler")
+    if compiler and backend != "wasmtime":
+        return f"{backend}:{compiler}"
+    return backend
+
+
+# ---------------------------------------------------------------------------- the store
+
+
+class Store:
+    """The diskcache database in ``root`` plus the record keeping described above."""
+
+    def __init__(self, root: Path, size_limit: int) -> None:
+        import diskcache
+
+        self.root = root
+        self.size_limit = size_limit
+        # eviction_policy="none" + cull_limit=0: entries leave only by evict()/prune/clear,
+        # which keep the artifact and its record together.
+        self.db = diskcache.Cache(
+            str(root), eviction_policy="none", cull_limit=0, statistics=False, timeout=60
+        )
+
+    @classmethod
+    def open(cls, root: Path, size_limit: int, create: bool = True) -> Optional[Store]:
+        if not create and not exists(root):
+            return None
+        prepare_dir(root)
+        return cls(root, size_limit)
+
+    def close(self) -> None:
+        self.db.close()
+
+    # ---------------------------------------------------------- entries
+    def blob(self, key: str) -> Optional[bytes]:
+        return self.db.get("a:" + key)
+
+    def has(self, key: str) -> bool:
+        return ("a:" + key) in self.db
+
+    def put(self, key: str, blob: bytes, record: dict) -> None:
+        with self.db.transact():
+            self.db.set("a:" + key, blob)
+            self.db.set("m:" + key, json.dumps(record, sort_keys=True))
+
+    def record(self, key: str) -> Optional[dict]:
+        text = self.db.get("m:" + key)
+        if not isinstance(text, str):
+            return None
+        try:
+            data = json.loads(text)
+        except ValueError:
+            return None
+        return data if isinstance(data, dict) else None
+
+    def touch(self, key: str) -> None:
+        """One more hit for ``key``: its record's hits and last use."""
+        with self.db.transact():
+            record = self.record(key)
+            if record is not None:
+                record["hits"] = int(record.get("hits", 0)) + 1
+                record["last_used"] = time.time()
+                self.db.set("m:" + key, json.dumps(record, sort_keys=True))
+
+    def count(self, event: str, label: str) -> None:
+        self.db.incr(f"n:{event}:{label}")
+
+    def remove(self, key: str) -> int:
+        """Delete an entry; return the bytes it held."""
+        record = self.record(key) or {}
+        with self.db.transact():
+            self.db.delete("a:" + key)
+            self.db.delete("m:" + key)
+        return int(record.get("size", 0))
+
+    def keys(self, prefix: str) -> list:
+        return [
+            k[len(prefix) :] for k in self.db.iterkeys() if isinstance(k, str) and k[:2] == prefix
+        ]
+
+    def records(self) -> list:
+        out = []
+        for key in self.keys("m:"):
+            record = self.record(key)
+            if record is not None:
+                record["key"] = key
+                out.append(record)
+        return out
+
+    def counters(self) -> dict:
+        """{(event, label): n} for hits and misses."""
+        out = {}
+        for name in self.keys("n:"):
+            event, _, label = name.partition(":")
+            value = self.db.get("n:" + name)
+            if isinstance(value, int):
+                out[(event, label)] = value
+        return out
+
+    def volume(self) -> int:
+        return int(self.db.volume())
+
+    def evict(self, limit: int, keep: tuple = ()) -> list:
+        """Remove least recently used entries until the cache fits in ``limit`` bytes."""
+        if self.volume() <= limit:
+            return []
+        removed = []
+        for record in sorted(self.records(), key=lambda r: r.get("last_used", 0)):
+            if record["key"] in keep:
+                continue
+            self.remove(record["key"])
+            removed.append(record)
+            if self.volume() <= limit:
+                break
+        return removed
+
+    # ---------------------------------------------------------- the compile lock
+    def lock(self, key: str, wait: float = LOCK_WAIT) -> Optional[str]:
+        """Take the compile lock for ``key``; None if the entry appeared while waiting
+        (or the wait ran out: then the caller compiles anyway)."""
+        token = f"{os.uname().nodename}:{os.getpid()}:{time.time()}"
+        deadline = time.monotonic() + wait
+        delay = 0.005
+        while True:
+            if self.db.add("l:" + key, token, expire=LOCK_TTL):
+                return token
+            if self.has(key) or time.monotonic() > deadline:
+                return None
+            self._break_stale("l:" + key)
+            time.sleep(delay)
+            delay = min(delay * 2, 0.05)
+
+    def _break_stale(self, lock_key: str) -> None:
+        holder = self.db.get(lock_key)
+        if not isinstance(holder, str):
+            return
+        host, _, rest = holder.partition(":")
+        pid = rest.partition(":")[0]
+        if host != os.uname().nodename or not pid.isdigit() or _alive(int(pid)):
+            return
+        with self.db.transact():
+            if self.db.get(lock_key) == holder:
+                self.db.delete(lock_key)
+
+    def unlock(self, key: str, token: Optional[str]) -> None:
+        if token is None:
+            return
+        with self.db.transact():
+            if self.db.get("l:" + key) == token:
+                self.db.delete("l:" + key)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # exists, but not ours to signal
+    return True
+
+
+def cache_errors() -> tuple:
+    """What a broken or busy cache raises; the run goes on without it."""
+    import sqlite3
+
+    import diskcache
+
+    return (OSError, sqlite3.Error, diskcache.Timeout, ValueError, CacheUnavailable)
+
+
+def open_store(policy: Any, override: Optional[str] = None, create: bool = True):
+    root, _ = resolve_dir(policy, override)
+    return Store.open(root, policy.values["runtime.cache_size"], create=create)
+
+
+# ---------------------------------------------------------------------------- the run path
+
+
+def load_or_compile(
+    engine: Any,
+    wasm: bytes,
+    policy: Any,
+    name: Optional[str] = None,
+    compile_fn: Optional[Callable[[bytes], Any]] = None,
+    cache_dir: Optional[str] = None,
+) -> Outcome:
+    """The module from the cache if an intact entry exists, else compiled and stored.
+
+    Never fails because of the cache: a broken cache is reported in ``warnings`` and
+    the module is compiled as if there were none.
+    """
+    compile_fn = compile_fn or engine.compile
+    timings: dict = {}
+    warnings: list = []
+    started = time.perf_counter()
+    broken = cache_errors()
+    try:
+        store = open_store(policy, cache_dir)
+        fingerprint = aot.normalise(engine.fingerprint())
+        module_sha = aot.sha256(wasm)
+        key = entry_key(module_sha, fingerprint)
+    except broken as exc:
+        warnings.append(f"cache unavailable ({_reason(exc)}); compiled without it")
+        module = _timed(compile_fn, wasm, timings)
+        return Outcome(module, "error", timings, warnings)
+    label = fingerprint_label(fingerprint)
+    timings["cache"] = time.perf_counter() - started
+    try:
+        return _cached(
+            store,
+            key,
+            engine,
+            wasm,
+            fingerprint,
+            module_sha,
+            name,
+            label,
+            compile_fn,
+            timings,
+            warnings,
+        )
+    finally:
+        store.close()
+
+
+def _cached(
+    store, key, engine, wasm, fingerprint, module_sha, name, label, compile_fn, timings, warnings
+) -> Outcome:
+    broken = cache_errors()
+    try:
+        module = _load(store, key, engine, fingerprint, module_sha, name, timings, warnings)
+        if module is not None:
+            store.count("hits", label)
+            return Outcome(module, "hit", timings, warnings, key)
+        waited = time.perf_counter()
+        token = store.lock(key)
+        timings["cache"] += time.perf_counter() - waited
+    except broken as exc:
+        warnings.append(f"cache unavailable ({_reason(exc)}); compiled without it")
+        return Outcome(_timed(compile_fn, wasm, timings), "error", timings, warnings)
+    try:
+        if token is None:  # another process stored it while we waited
+            module = _load(store, key, engine, fingerprint, module_sha, name, timings, warnings)
+            if module is not None:
+                store.count("hits", label)
+                return Outcome(module, "hit", timings, warnings, key)
+        module = _timed(compile_fn, wasm, timings)
+        try:
+            _store(store, key, engine, module, wasm, fingerprint, module_sha, name, timings)
+            store.count("misses", label)
+        except broken as exc:
+            warnings.append(f"could not store compiled code in the cache ({_reason(exc)})")
+        return Outcome(module, "miss", timings, warnings, key)
+    finally:
+        try:
+            store.unlock(key, token)
+        except broken:
+            pass  # the lock expires on its own
+
+
+def _timed(compile_fn: Callable, wasm: bytes, timings: dict) -> Any:
+    started = time.perf_counter()
+    module = compile_fn(wasm)
+    timings["compile"] = time.perf_counter() - started
+    return module
+
+
+def _load(store, key, engine, fingerprint, module_sha, name, timings, warnings, touch=True) -> Any:
+    """Read, verify, deserialize; a bad entry is deleted and reported, never loaded."""
+    started = time.perf_counter()
+    blob = store.blob(key)
+    if blob is None:
+        return None
+    what = f"cache entry for {name or module_sha[:12]} ({fingerprint_label(fingerprint)})"
+    try:
+        artifact = aot.unpack(blob, kind="cache-entry")
+        if artifact.module_sha256 != module_sha:
+            raise aot.Corrupt("it belongs to another module")
+        diff = aot.differences(artifact.fingerprint, fingerprint)
+        if diff:
+            raise aot.Corrupt("built for another engine: " + "; ".join(diff[:2]))
+        module = engine.deserialize(artifact.payload)
+    except (aot.Corrupt, errors.ModuleError) as exc:
+        store.remove(key)
+        warnings.append(
+            f"{what} failed its integrity check ({_reason(exc)}); discarded and recompiled"
+        )
+        return None
+    if touch:
+        store.touch(key)
+    timings["load"] = time.perf_counter() - started
+    return module
+
+
+def _store(store, key, engine, module, wasm, fingerprint, module_sha, name, timings) -> None:
+    started = time.perf_counter()
+    payload = engine.serialize(module)
+    blob = aot.pack("cache-entry", fingerprint, payload, module_sha, len(wasm), name)
+    if len(blob) <= store.size_limit:  # an entry bigger than the whole cache is not kept
+        now = time.time()
+        store.put(key, blob, _record(fingerprint, module_sha, len(wasm), name, len(blob), now))
+        store.evict(store.size_limit, keep=(key,))
+    timings["store"] = time.perf_counter() - started
+
+
+def _record(
+    fingerprint: dict, module_sha: str, module_size: int, name: Optional[str], size: int, now: float
+) -> dict:
+    return {
+        "module": {"name": name, "sha256": module_sha, "size": module_size},
+        "backend": fingerprint.get("backend"),
+        "label": fingerprint_label(fingerprint),
+        "compiler": fingerprint.get("compiler"),
+        "version": fingerprint.get("version"),
+        "optimize": fingerprint.get("optimize"),
+        "target": fingerprint.get("target"),
+        "size": size,
+        "created": now,
+        "last_used": now,
+        "hits": 0,
+    }
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, errors.WasmsbxError):
+        return exc.message
+    if isinstance(exc, OSError) and exc.strerror:
+        return f"{exc.strerror}: {exc.filename}" if exc.filename else exc.strerror
+    return str(exc) or type(exc).__name__
+
+
+# ---------------------------------------------------------------------------- compile command
+
+
+def store_compiled(
+    engine: Any,
+    wasm: bytes,
+    policy: Any,
+    name: Optional[str] = None,
+    compile_fn: Optional[Callable] = None,
+    cache_dir: Optional[str] = None,
+    force: bool = False,
+) -> dict:
+    """``wasmsbx compile`` into the cache: compile (unless an intact entry exists) and store.
+
+    Unlike the run path, failures to use the cache are errors here: storing is the point.
+    """
+    compile_fn = compile_fn or engine.compile
+    fingerprint = aot.normalise(engine.fingerprint())
+    module_sha = aot.sha256(wasm)
+    key = entry_key(module_sha, fingerprint)
+    timings: dict = {}
+    warnings: list = []
+    try:
+        store = open_store(policy, cache_dir)
+    except cache_errors() as exc:
+        raise errors.InputError(
+            f"cache unavailable: {_reason(exc)}", hint="choose another --cache-dir"
+        ) from None
+    try:
+        if not force and store.has(key):
+            module = _load(
+                store, key, engine, fingerprint, module_sha, name, timings, warnings, touch=False
+            )
+            if module is not None:
+                return _compiled(store, key, fingerprint, "cached", timings, warnings)
+        module = _timed(compile_fn, wasm, timings)
+        _store(store, key, engine, module, wasm, fingerprint, module_sha, name, timings)
+        if not store.has(key):
+            warnings.append(
+                f"compiled code is larger than runtime.cache_size ({store.size_limit} bytes); "
+                "not kept"
+            )
+        return _compiled(store, key, fingerprint, "stored", timings, warnings)
+    finally:
+        store.close()
+
+
+def _compiled(store, key, fingerprint, state, timings, warnings) -> dict:
+    record = store.record(key) or {}
+    return {
+        "backend": fingerprint_label(fingerprint),
+        "version": fingerprint.get("version"),
+        "state": state,
+        "key": key,
+        "size": record.get("size"),
+        "timings": {k: round(v, 6) for k, v in timings.items()},
+        "warnings": list(warnings),
+    }
+
+
+# ---------------------------------------------------------------------------- reports
+
+
+def entries(store: Store) -> list:
+    """Every entry's record, newest use first, with its age in seconds."""
+    now = time.time()
+    out = []
+    for record in store.records():
+        record["age"] = max(0.0, now - record.get("created", now))
+        record["idle"] = max(0.0, now - record.get("last_used", now))
+        out.append(record)
+    return sorted(out, key=lambda r: -r.get("last_used", 0))
+
+
+def stats(store: Store) -> dict:
+    records = store.records()
+    counters = store.counters()
+    per: dict = {}
+    for record in records:
+        slot = per.setdefault(record.get("label", "?"), _slot())
+        slot["entries"] += 1
+        slot["size"] += int(record.get("size", 0))
+    for (event, label), n in counters.items():
+        if event in ("hits", "misses"):
+            per.setdefault(label, _slot())[event] += n
+    for slot in per.values():
+        slot["hit_rate"] = _rate(slot["hits"], slot["misses"])
+    hits = sum(s["hits"] for s in per.values())
+    misses = sum(s["misses"] for s in per.values())
+    return {
+        "entries": len(records),
+        "total_size": sum(int(r.get("size", 0)) for r in records),
+        "disk_usage": store.volume(),
+        "size_limit": store.size_limit,
+        "hits": hits,
+        "misses": misses,
+        "hit_rate": _rate(hits, misses),
+        "backends": dict(sorted(per.items())),
+    }
+
+
+def _slot() -> dict:
+    return {"entries": 0, "size": 0, "hits": 0, "misses": 0}
+
+
+def _rate(hits: int, misses: int) -> Optional[float]:
+    return round(hits / (hits + misses), 4) if hits + misses else None
+
+
+def clear(store: Store, module_sha: Optional[str] = None, backend: Optional[str] = None) -> dict:
+    """Remove every entry, or those of one module and/or one backend."""
+    if module_sha is None and backend is None:
+        count, size = len(store.keys("m:")), stats_size(store)
+        store.db.clear()
+        return {"removed": count, "freed": size}
+    removed, freed = 0, 0
+    for record in store.records():
+        if module_sha and record.get("module", {}).get("sha256") != module_sha:
+            continue
+        if backend and backend not in (record.get("label"), record.get("backend")):
+            continue
+        freed += store.remove(record["key"])
+        removed += 1
+    return {"removed": removed, "freed": freed}
+
+
+def stats_size(store: Store) -> int:
+    return sum(int(r.get("size", 0)) for r in store.records())
+
+
+def prune(store: Store, older_than: Optional[float] = None, max_size: Optional[int] = None) -> dict:
+    """Remove entries unused for ``older_than`` seconds, then LRU ones beyond ``max_size``
+    (default: the configured runtime.cache_size); also orphans and stale locks."""
+    now = time.time()
+    removed, freed = [], 0
+    for record in store.records():
+        if older_than is not None and now - record.get("last_used", 0) >= older_than:
+            freed += store.remove(record["key"])
+            removed.append(record["key"])
+    limit = store.size_limit if max_size is None else max_size
+    for record in store.evict(limit):
+        freed += int(record.get("size", 0))
+        removed.append(record["key"])
+    orphans = _orphans(store)
+    store.db.expire()  # stale compile locks
+    return {
+        "removed": len(removed),
+        "freed": freed,
+        "orphans": orphans,
+        "entries": len(store.keys("m:")),
+        "total_size": stats_size(store),
+    }
+
+
+def _orphans(store: Store) -> int:
+    """Remove records without artifacts and artifacts without records."""
+    artifacts, records = set(store.keys("a:")), set(store.keys("m:"))
+    for key in artifacts ^ records:
+        with store.db.transact():
+            store.db.delete("a:" + key)
+            store.db.delete("m:" + key)
+    return len(artifacts ^ records)
+
+
+def verify(store: Store, remove: bool = True) -> dict:
+    """Check every entry: intact bytes, header agreeing with its record and its key."""
+    checked, bad = 0, []
+    for record in store.records():
+        checked += 1
+        key = record["key"]
+        reason = _check_entry(store, key, record)
+        if reason:
+            bad.append(
+                {"key": key, "module": record.get("module", {}).get("name"), "reason": reason}
+            )
+            if remove:
+                store.remove(key)
+    for key in set(store.keys("a:")) - {b["key"] for b in bad} - set(store.keys("m:")):
+        checked += 1
+        bad.append({"key": key, "module": None, "reason": "no record for this entry"})
+        if remove:
+            store.remove(key)
+    return {"checked": checked, "ok": checked - len(bad), "bad": bad, "removed": remove}
+
+
+def _check_entry(store: Store, key: str, record: dict) -> Optional[str]:
+    try:
+        blob = store.blob(key)
+    except OSError as exc:
+        return f"unreadable: {exc.strerror}"
+    if blob is None:
+        return "its native code is missing"
+    try:
+        artifact = aot.unpack(blob, kind="cache-entry")
+    except aot.Corrupt as exc:
+        return str(exc)
+    if entry_key(artifact.module_sha256, artifact.fingerprint) != key:
+        return "its header does not match its key"
+    return None

@@ -1,0 +1,272 @@
+"""``wasmsbx compile SOURCE``: source to wasm, wasm to native code (cache or -o FILE)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+from . import output
+from .app import boundary
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("compile")
+    @boundary
+    def compile_(
+        source: str = typer.Argument(
+            ...,
+            metavar="SOURCE",
+            help="A .wasm or .wat module, a .c or .rs file, or a Cargo project directory.",
+        ),
+        out: Optional[str] = typer.Option(
+            None,
+            "--output",
+            "-o",
+            metavar="FILE",
+            help="FILE.wasm: write the WebAssembly module only. Any other name: write a "
+            "standalone native artifact for `wasmsbx run` instead of using the cache.",
+        ),
+        backend: Optional[str] = typer.Option(
+            None, "--backend", "-b", metavar="NAME", help="Compile for this backend."
+        ),
+        all_backends: bool = typer.Option(
+            False, "--all-backends", help="Compile for every available backend and compiler."
+        ),
+        exports: Optional[list[str]] = typer.Option(
+            None,
+            "--export",
+            "-e",
+            metavar="NAME",
+            help="C/Rust: export this function (repeatable); builds a library, not a command.",
+        ),
+        policy: Optional[str] = typer.Option(
+            None,
+            "--policy",
+            "-p",
+            metavar="PATH",
+            help="Policy whose optimize/fuel/stack settings the code is built for.",
+        ),
+        cache_dir: Optional[str] = typer.Option(
+            None, "--cache-dir", metavar="PATH", help="Cache directory."
+        ),
+        force: bool = typer.Option(False, "--force", help="Recompile even if cached."),
+        json_output: bool = typer.Option(False, "--json", help="Print JSON."),
+    ) -> int:
+        """Precompile SOURCE to native code (into the cache, or -o FILE); build C, Rust
+        and .wat sources to WebAssembly first."""
+        return run_compile(
+            source,
+            out,
+            backend,
+            all_backends,
+            exports or [],
+            policy,
+            cache_dir,
+            force,
+            json_output,
+        )
+
+
+def run_compile(
+    source, out, backend, all_backends, exports, policy_path, cache_dir, force, json_output
+) -> int:
+    from .. import policy as policy_mod
+    from ..errors import UsageError
+
+    if backend and all_backends:
+        raise UsageError("--backend and --all-backends exclude each other")
+    emit_wasm = out is not None and out.lower().endswith(".wasm")
+    if all_backends and out is not None and not emit_wasm:
+        raise UsageError(
+            "-o FILE holds native code for one backend", hint="use --backend NAME with -o"
+        )
+    policy = policy_mod.discover(policy_path)
+    if backend:
+        policy_mod.override(policy, "runtime.backend", backend)
+    built, wasm_path = _build(source, exports, out if emit_wasm else None)
+    report: dict = {
+        "source": source,
+        "build": built.to_dict(),
+        "wasm": {"path": wasm_path, "size": len(built.wasm)},
+        "targets": [],
+        "artifact": None,
+    }
+    if not json_output:
+        _say_built(source, built, wasm_path)
+    if emit_wasm:
+        return _finish(report, json_output)
+    name = Path(wasm_path).name if wasm_path else Path(source).name
+    for adapter, compiler in _targets(policy, built.wasm, all_backends):
+        report["targets"].append(
+            _native(adapter, compiler, built.wasm, name, policy, out, cache_dir, force)
+        )
+        if not json_output:
+            _say_native(report["targets"][-1], policy, len(built.wasm))
+    if out is not None:
+        report["artifact"] = out
+    return _finish(report, json_output)
+
+
+def _build(source: str, exports: list, wasm_out: Optional[str]) -> tuple:
+    """The module's bytes, and the .wasm file written (C and Rust write one by default)."""
+    from .. import build
+
+    kind = build.source_kind(source) if Path(source).exists() else None
+    if wasm_out is None and kind in ("c", "rust", "cargo"):
+        # Like cc: the output goes to the current directory, named after the source.
+        path = Path(source).resolve()
+        stem = path.stem if kind != "cargo" else (path if path.is_dir() else path.parent).name
+        wasm_out = f"{stem}.wasm"
+    if exports and kind not in ("c", "rust", "cargo"):
+        from ..errors import UsageError
+
+        raise UsageError("--export applies to C and Rust sources only")
+    try:
+        with _spinner(f"building {Path(source).name}"):
+            result = build.build(source, exports, wasm_out)
+    except build.BuildFailed as exc:
+        if exc.output:
+            output.err(exc.output.rstrip("\n"))  # the compiler's messages, as printed
+        raise
+    return result, wasm_out
+
+
+def _targets(policy: Any, wasm: bytes, all_backends: bool) -> list:
+    """(adapter, compiler) pairs: every available one, or the one the policy selects."""
+    from ..backends import get, select
+
+    if all_backends:
+        pairs = [(a, c) for a, c in select.candidates_for("auto") if a.probe().available]
+        return pairs
+    from ..facts import FactsError, read_facts
+
+    try:
+        facts = read_facts(wasm)
+        features, kind = facts.features, "command" if facts.export("_start") else "call"
+    except FactsError:
+        features, kind = frozenset(), "call"
+    chosen = select.select(policy, features, kind)
+    return [(get(chosen.backend), chosen.compiler)]
+
+
+def _native(adapter, compiler, wasm, name, policy, out, cache_dir, force) -> dict:
+    from .. import cache
+    from ..runner import engine_options
+
+    engine = adapter.engine(engine_options(policy, compiler))
+
+    def compile_fn(data: bytes) -> Any:
+        with _spinner(f"compiling {name} for {adapter.name}"):
+            return engine.compile(data)
+
+    if out is None:
+        result = cache.store_compiled(engine, wasm, policy, name, compile_fn, cache_dir, force)
+        result["cache_dir"] = str(cache.resolve_dir(policy, cache_dir)[0])
+        return result
+    return _artifact(engine, wasm, name, compile_fn, out)
+
+
+def _artifact(engine: Any, wasm: bytes, name: str, compile_fn: Any, out: str) -> dict:
+    import time
+
+    from .. import aot
+    from ..build import write_atomic
+    from ..facts import FactsError, read_facts
+
+    started = time.perf_counter()
+    module = compile_fn(wasm)
+    seconds = time.perf_counter() - started
+    try:
+        facts = read_facts(wasm)
+        features = tuple(facts.features)
+        exports = tuple(_export_record(e) for e in facts.exports)
+    except FactsError:
+        features, exports = (), ()
+    fingerprint = engine.fingerprint()
+    blob = aot.pack(
+        "artifact",
+        fingerprint,
+        engine.serialize(module),
+        aot.sha256(wasm),
+        len(wasm),
+        name,
+        features,
+        exports,
+    )
+    write_atomic(Path(out), blob)
+    from ..cache import fingerprint_label
+
+    return {
+        "backend": fingerprint_label(aot.normalise(fingerprint)),
+        "version": fingerprint.get("version"),
+        "state": "written",
+        "path": out,
+        "size": len(blob),
+        "timings": {"compile": round(seconds, 6)},
+        "warnings": [],
+    }
+
+
+def _export_record(export: Any) -> dict:
+    record = {"name": export.name, "kind": export.kind, "params": None, "results": None}
+    if export.kind == "func" and export.type is not None:
+        record["params"] = list(export.type.params)
+        record["results"] = list(export.type.results)
+    return record
+
+
+def _spinner(label: str) -> Any:
+    factory = output.progress_factory()
+    if factory is None:
+        import contextlib
+
+        return contextlib.nullcontext()
+    return factory(label)
+
+
+def _say_built(source: str, built: Any, wasm_path: Optional[str]) -> None:
+    from ..units import format_duration, format_size
+
+    if built.output.strip():
+        output.err(built.output.rstrip("\n"))  # compiler warnings, as printed
+    if built.kind == "wasm":
+        return
+    where = f"wrote {wasm_path}" if wasm_path else "built"
+    output.out(
+        f"{where} from {source} ({format_size(len(built.wasm))}, {built.kind}, "
+        f"{format_duration(built.seconds)})"
+    )
+
+
+def _say_native(target: dict, policy: Any, module_size: int) -> None:
+    from ..units import format_duration, format_size
+
+    for warning in target.get("warnings", []):
+        output.warning(warning)
+    took = target["timings"].get("compile")
+    took = f" in {format_duration(took)}" if took is not None else ""
+    label = f"{target['backend']} {target.get('version') or ''}".strip()
+    if target["state"] == "written":
+        output.out(
+            f"wrote {target['path']}: native code for {label} ({format_size(target['size'])})"
+            f"{took}; run it with `wasmsbx run {target['path']} ...`"
+        )
+        return
+    if target["state"] == "cached":
+        output.out(f"already cached for {label} (verified) in {target['cache_dir']}")
+    else:
+        output.out(f"compiled for {label}{took}; stored in the cache at {target['cache_dir']}")
+    threshold = policy.values["runtime.cache_min_size"]
+    if module_size < threshold:
+        output.err(
+            f"note: `wasmsbx run` compiles modules under {format_size(threshold)} directly "
+            "(runtime.cache_min_size), so it uses this entry only for larger modules"
+        )
+
+
+def _finish(report: dict, json_output: bool) -> int:
+    if json_output:
+        output.emit_json(report)
+    return 0
