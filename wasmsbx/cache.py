@@ -226,17 +226,21 @@ class Store:
         return int(self.db.volume())
 
     def evict(self, limit: int, keep: tuple = ()) -> list:
-        """Remove least recently used entries until the cache fits in ``limit`` bytes."""
-        if self.volume() <= limit:
-            return []
+        """Remove least recently used entries until their sizes add up to ``limit`` or less.
+
+        The bound counts the entries (native code and headers), not SQLite's own pages,
+        which it reuses but never returns to the file system.
+        """
+        records = sorted(self.records(), key=lambda r: r.get("last_used", 0))
+        total = sum(int(r.get("size", 0)) for r in records)
         removed = []
-        for record in sorted(self.records(), key=lambda r: r.get("last_used", 0)):
+        for record in records:
+            if total <= limit:
+                break
             if record["key"] in keep:
                 continue
-            self.remove(record["key"])
+            total -= self.remove(record["key"])
             removed.append(record)
-            if self.volume() <= limit:
-                break
         return removed
 
     # ---------------------------------------------------------- the compile lock

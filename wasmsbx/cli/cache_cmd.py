@@ -143,8 +143,8 @@ def _render_stats(data: dict) -> None:
     lines = [
         ("cache", data["cache_dir"]),
         ("entries", str(data["entries"])),
-        ("total size", format_size(data["total_size"])),
-        ("disk usage", f"{format_size(data['disk_usage'])} of {format_size(data['size_limit'])}"),
+        ("total size", f"{format_size(data['total_size'])} of {format_size(data['size_limit'])}"),
+        ("disk usage", format_size(data["disk_usage"])),
         ("hits", str(data["hits"])),
         ("misses", str(data["misses"])),
         ("hit rate", rate),

@@ -1,0 +1,396 @@
+"""The native-code cache as a core service: hits, misses, keys, integrity, eviction, the dir.
+
+Behaviour tests run over every available backend (the ``backend`` fixture); entries are
+inspected and damaged through the store, or on disk where diskcache keeps them as files.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import pytest
+from conftest import EXAMPLES
+
+from wasmsbx import aot, cache
+from wasmsbx import policy as policy_mod
+from wasmsbx.runner import Sandbox, read_module
+
+ADD = EXAMPLES / "add.wat"
+
+
+def make_policy(**keys) -> policy_mod.Policy:
+    """Defaults with every module cached (cache_min_size 0) and ``runtime__x=...`` overrides."""
+    policy = policy_mod.defaults()
+    policy_mod.override(policy, "runtime.cache_min_size", 0)
+    for name, value in keys.items():
+        policy_mod.override(policy, name.replace("__", "."), value)
+    return policy
+
+
+def wat_module(path: Path, funcs: int, salt: int = 0) -> Path:
+    """A module with ``funcs`` exported functions; ``salt`` makes distinct modules."""
+    body = []
+    for i in range(funcs):
+        ops = " ".join(
+            f"(local.set $x (i32.add (i32.mul (local.get $x) (i32.const {j + i + salt}))"
+            f" (i32.const {j})))"
+            for j in range(20)
+        )
+        body.append(f'(func (export "f{i}") (param $x i32) (result i32) {ops} (local.get $x))')
+    path.write_text("(module\n" + "\n".join(body) + "\n)\n")
+    return path
+
+
+def open_store(policy=None) -> cache.Store:
+    store = cache.open_store(policy or make_policy(), create=False)
+    assert store is not None, "no cache was created"
+    return store
+
+
+def only_key(store: cache.Store) -> str:
+    keys = store.keys("m:")
+    assert len(keys) == 1, keys
+    return keys[0]
+
+
+def replace_blob(store: cache.Store, key: str, blob: bytes) -> None:
+    store.db.set("a:" + key, blob)
+
+
+# ---------------------------------------------------------------------------- hit and miss
+
+
+def test_second_run_is_a_hit(backend):
+    policy = make_policy()
+    first = Sandbox(ADD, policy, backend=backend)
+    assert first.cache_state == "miss"
+    assert first.call("add", 5, 3) == 8
+    assert "compile" in first.timings and "store" in first.timings
+    second = Sandbox(ADD, policy, backend=backend)
+    assert second.cache_state == "hit"
+    assert second.call("add", 5, 3) == 8
+    assert "load" in second.timings and "compile" not in second.timings
+    assert second.warnings == []
+    stats = second.invoke("add", [1, 2]).stats
+    assert stats.cache == "hit"
+
+
+def test_hits_are_counted(backend):
+    policy = make_policy()
+    for _ in range(3):
+        Sandbox(ADD, policy, backend=backend)
+    store = open_store(policy)
+    try:
+        report = cache.stats(store)
+        (record,) = cache.entries(store)
+    finally:
+        store.close()
+    assert (report["hits"], report["misses"], report["entries"]) == (2, 1, 1)
+    assert report["hit_rate"] == pytest.approx(2 / 3, abs=1e-3)
+    assert record["hits"] == 2 and record["module"]["name"] == "add.wat"
+
+
+def test_small_modules_skip_the_cache(isolated, tmp_path):
+    box = Sandbox(ADD, policy_mod.defaults())  # add.wat is far below 64KiB
+    assert box.cache_state == "skip"
+    assert box.call("add", 1, 2) == 3
+    assert not (tmp_path / "cache").exists()
+
+
+def test_no_cache_bypasses_it(tmp_path):
+    box = Sandbox(ADD, make_policy(), use_cache=False)
+    assert box.cache_state == "off"
+    assert not (tmp_path / "cache").exists()
+    box = Sandbox(ADD, make_policy(runtime__cache=False))
+    assert box.cache_state == "off"
+
+
+# ---------------------------------------------------------------------------- the key
+
+
+def test_key_changes_with_everything_that_changes_code():
+    fp = {
+        "backend": "wasmtime",
+        "version": "50.0.1",
+        "compiler": "cranelift",
+        "optimize": "speed",
+        "fuel": False,
+        "features": ["simd"],
+        "target": "linux-x86_64",
+    }
+    base = cache.entry_key("ab" * 32, fp)
+    assert base == cache.entry_key("ab" * 32, dict(fp))
+    assert base != cache.entry_key("cd" * 32, fp)
+    for field, other in (
+        ("backend", "wasmer"),
+        ("version", "50.0.2"),
+        ("compiler", "llvm"),
+        ("optimize", "none"),
+        ("fuel", True),
+        ("features", ["simd", "threads"]),
+        ("target", "linux-aarch64"),
+    ):
+        assert cache.entry_key("ab" * 32, {**fp, field: other}) != base, field
+
+
+@pytest.mark.parametrize("change", [{"runtime__optimize": "none"}, {"limits__fuel": 1000000}])
+def test_engine_options_miss(backend, change):
+    Sandbox(ADD, make_policy(), backend=backend)
+    changed = Sandbox(ADD, make_policy(**change), backend=backend)
+    assert changed.cache_state == "miss"
+    assert changed.call("add", 2, 2) == 4
+    again = Sandbox(ADD, make_policy(**change), backend=backend)
+    assert again.cache_state == "hit"
+
+
+def test_fingerprint_has_every_part(backend):
+    from wasmsbx import backends
+    from wasmsbx.runner import engine_options
+
+    name, compiler = backends.split(backend)
+    engine = backends.get(name).engine(engine_options(make_policy(), compiler))
+    fp = engine.fingerprint()
+    for field in ("backend", "version", "compiler", "optimize", "features", "target"):
+        assert fp.get(field) not in (None, ""), field
+
+
+# ---------------------------------------------------------------------------- integrity
+
+
+def _damaged_run(backend, damage) -> Sandbox:
+    policy = make_policy()
+    Sandbox(ADD, policy, backend=backend)
+    store = open_store(policy)
+    try:
+        key = only_key(store)
+        damage(store, key, store.blob(key))
+    finally:
+        store.close()
+    box = Sandbox(ADD, policy, backend=backend)
+    assert box.cache_state == "miss", "a damaged entry must never count as a hit"
+    assert box.call("add", 20, 22) == 42
+    assert len(box.warnings) == 1
+    assert "discarded and recompiled" in box.warnings[0]
+    # The bad entry was replaced by a good one.
+    assert Sandbox(ADD, policy, backend=backend).cache_state == "hit"
+    return box
+
+
+def test_tampered_payload_is_discarded(backend):
+    def flip(store, key, blob):
+        replace_blob(store, key, blob[:-64] + bytes([blob[-64] ^ 0xFF]) + blob[-63:])
+
+    box = _damaged_run(backend, flip)
+    assert "digest mismatch" in box.warnings[0]
+
+
+def test_truncated_entry_is_discarded(backend):
+    box = _damaged_run(backend, lambda store, key, blob: replace_blob(store, key, blob[:-100]))
+    assert "truncated" in box.warnings[0]
+
+
+def test_truncated_header_is_discarded(backend):
+    box = _damaged_run(backend, lambda store, key, blob: replace_blob(store, key, blob[:20]))
+    assert "truncated" in box.warnings[0]
+
+
+def test_entry_for_another_engine_is_not_loaded(backend):
+    def foreign(store, key, blob):
+        art = aot.unpack(blob)
+        fp = {**art.fingerprint, "version": "0.0.1"}
+        m = art.header["module"]
+        replace_blob(store, key, aot.pack("cache-entry", fp, art.payload, m["sha256"], m["size"]))
+
+    box = _damaged_run(backend, foreign)
+    assert "built for another engine" in box.warnings[0]
+
+
+def test_garbage_with_a_valid_digest_is_refused_by_the_runtime(backend):
+    def garbage(store, key, blob):
+        art = aot.unpack(blob)
+        m = art.header["module"]
+        junk = b"\x7fELF" + os.urandom(4000)
+        replace_blob(
+            store, key, aot.pack("cache-entry", art.fingerprint, junk, m["sha256"], m["size"])
+        )
+
+    _damaged_run(backend, garbage)
+
+
+def test_tampered_file_on_disk(backend, tmp_path):
+    """diskcache keeps big entries as files; flipping a byte there is caught too."""
+    module = wat_module(tmp_path / "big.wat", 120)
+    policy = make_policy()
+    Sandbox(module, policy, backend=backend)
+    files = [p for p in (tmp_path / "cache").rglob("*.val")]
+    assert files, "expected the entry in a file (over diskcache's 32 KiB)"
+    data = bytearray(files[0].read_bytes())
+    data[len(data) // 2] ^= 0x01
+    files[0].write_bytes(bytes(data))
+    box = Sandbox(module, policy, backend=backend)
+    assert box.cache_state == "miss"
+    assert "digest mismatch" in box.warnings[0]
+    assert box.call("f0", 1) == Sandbox(module, policy, backend=backend, use_cache=False).call(
+        "f0", 1
+    )
+
+
+def test_missing_file_is_a_miss(backend, tmp_path):
+    module = wat_module(tmp_path / "big.wat", 120)
+    policy = make_policy()
+    Sandbox(module, policy, backend=backend)
+    for path in (tmp_path / "cache").rglob("*.val"):
+        path.unlink()
+    box = Sandbox(module, policy, backend=backend)
+    assert box.cache_state == "miss" and box.warnings == []
+
+
+# ---------------------------------------------------------------------------- eviction
+
+
+def test_eviction_keeps_the_cache_under_its_size(tmp_path):
+    modules = [wat_module(tmp_path / f"m{i}.wat", 4, salt=i) for i in range(4)]
+    Sandbox(modules[0], make_policy())
+    store = open_store()
+    size = cache.entries(store)[0]["size"]
+    store.close()
+    limit = int(size * 2.5)  # room for two entries
+    policy = make_policy(runtime__cache_size=limit)
+    Sandbox(modules[1], policy)
+    Sandbox(modules[0], policy)  # a hit: m0 is now more recently used than m1
+    Sandbox(modules[2], policy)  # evicts the least recently used: m1
+    store = open_store(policy)
+    try:
+        names = sorted(r["module"]["name"] for r in cache.entries(store))
+        total = cache.stats(store)["total_size"]
+    finally:
+        store.close()
+    assert names == ["m0.wat", "m2.wat"]
+    assert total <= limit
+
+
+def test_entry_larger_than_the_cache_is_not_kept():
+    box = Sandbox(ADD, make_policy(runtime__cache_size=100))
+    assert box.cache_state == "miss" and box.call("add", 1, 1) == 2
+    store = open_store()
+    try:
+        assert cache.entries(store) == []
+    finally:
+        store.close()
+
+
+# ---------------------------------------------------------------------------- the directory
+
+
+def test_directory_is_private_and_tagged(tmp_path):
+    root = tmp_path / "cache"
+    root.mkdir(mode=0o755)
+    os.chmod(root, 0o755)
+    Sandbox(ADD, make_policy())
+    assert stat.S_IMODE(root.stat().st_mode) == 0o700
+    assert (root / "CACHEDIR.TAG").read_text().startswith("Signature: 8a477f597d28d172")
+
+
+def test_new_directory_is_private(tmp_path, monkeypatch):
+    root = tmp_path / "deep" / "er" / "cache"
+    monkeypatch.setenv("WASMSBX_CACHE_DIR", str(root))
+    Sandbox(ADD, make_policy())
+    assert stat.S_IMODE(root.stat().st_mode) == 0o700
+
+
+@pytest.mark.skipif(not hasattr(os, "getuid") or os.getuid() != 0, reason="needs root to chown")
+def test_directory_of_another_user_is_not_used(tmp_path):
+    root = tmp_path / "cache"
+    root.mkdir()
+    os.chown(root, 65534, 65534)
+    box = Sandbox(ADD, make_policy())
+    assert box.cache_state == "error"
+    assert "belongs to another user" in box.warnings[0]
+    assert box.call("add", 2, 3) == 5
+    assert not (root / "cache.db").exists()
+
+
+def test_unusable_directory_still_runs(tmp_path):
+    (tmp_path / "cache").write_text("a file, not a directory")
+    box = Sandbox(ADD, make_policy())
+    assert box.cache_state == "error"
+    assert "cache unavailable" in box.warnings[0]
+    assert box.call("add", 2, 3) == 5
+
+
+def test_directory_precedence(tmp_path, monkeypatch):
+    monkeypatch.setenv("WASMSBX_CACHE_DIR", str(tmp_path / "env"))
+    assert cache.resolve_dir(policy_mod.defaults()) == (tmp_path / "env", "env")
+    policy_file = tmp_path / "p" / "sandbox.toml"
+    policy_file.parent.mkdir()
+    policy_file.write_text('[runtime]\ncache_dir = "here"\n')
+    loaded = policy_mod.load(policy_file)
+    assert cache.resolve_dir(loaded) == (tmp_path / "p" / "here", "policy")
+    assert cache.resolve_dir(loaded, str(tmp_path / "opt")) == (tmp_path / "opt", "option")
+    monkeypatch.delenv("WASMSBX_CACHE_DIR")
+    root, source = cache.resolve_dir(policy_mod.defaults())
+    assert source == "default" and root.name == "wasmsbx"
+
+
+def test_cache_dir_argument_is_used(tmp_path):
+    Sandbox(ADD, make_policy(), cache_dir=str(tmp_path / "elsewhere"))
+    assert (tmp_path / "elsewhere" / "cache.db").exists()
+    assert not (tmp_path / "cache").exists()
+
+
+# ---------------------------------------------------------------------------- reports
+
+
+def test_verify_finds_and_removes_bad_entries(tmp_path):
+    policy = make_policy()
+    Sandbox(ADD, policy)
+    Sandbox(wat_module(tmp_path / "other.wat", 2), policy)
+    store = open_store(policy)
+    try:
+        key = next(k for k in store.keys("m:") if store.record(k)["module"]["name"] == "add.wat")
+        replace_blob(store, key, store.blob(key)[:-1])
+        report = cache.verify(store, remove=False)
+        assert (report["checked"], report["ok"]) == (2, 1)
+        assert report["bad"][0]["module"] == "add.wat"
+        assert len(store.keys("m:")) == 2  # kept
+        report = cache.verify(store)
+        assert len(store.keys("m:")) == 1
+        assert cache.verify(store)["bad"] == []
+    finally:
+        store.close()
+
+
+def test_prune_by_age_and_size(tmp_path):
+    policy = make_policy()
+    for i in range(3):
+        Sandbox(wat_module(tmp_path / f"m{i}.wat", 2, salt=i), policy)
+    store = open_store(policy)
+    try:
+        assert cache.prune(store, older_than=3600)["removed"] == 0
+        one = cache.entries(store)[0]["size"]
+        result = cache.prune(store, max_size=one)
+        assert result["removed"] == 2 and result["entries"] == 1
+        assert cache.prune(store, older_than=0)["entries"] == 0
+    finally:
+        store.close()
+
+
+def test_clear_by_backend_and_module(tmp_path, backend):
+    from wasmsbx import backends
+
+    policy = make_policy()
+    Sandbox(ADD, policy, backend=backend)
+    other = wat_module(tmp_path / "other.wat", 2)
+    Sandbox(other, policy, backend=backend)
+    store = open_store(policy)
+    try:
+        assert cache.clear(store, backend="no-such-backend")["removed"] == 0
+        sha = aot.sha256(read_module(other))
+        assert cache.clear(store, module_sha=sha)["removed"] == 1
+        name = backends.split(backend)[0]
+        assert cache.clear(store, backend=name)["removed"] == 1
+        assert cache.entries(store) == []
+    finally:
+        store.close()
