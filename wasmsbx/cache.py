@@ -369,7 +369,7 @@ def _cached(
         warnings.append(f"cache unavailable ({_reason(exc)}); compiled without it")
         return Outcome(_timed(compile_fn, wasm, timings), "error", timings, warnings)
     try:
-        if token is None:  # another process stored it while we waited
+        if token is None or store.has(key):  # another process stored it meanwhile
             module = _load(store, key, engine, fingerprint, module_sha, name, timings, warnings)
             if module is not None:
                 store.count("hits", label)

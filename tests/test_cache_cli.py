@@ -1,0 +1,261 @@
+"""``wasmsbx run`` with the cache, and every ``wasmsbx cache`` subcommand, through the CLI."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import subprocess
+import sys
+
+import pytest
+from conftest import EXAMPLES
+
+from wasmsbx import cache
+from wasmsbx import policy as policy_mod
+
+ADD = EXAMPLES / "add.wat"
+CACHE_ALL = "[runtime]\ncache_min_size = 0\n"
+
+
+@pytest.fixture
+def cache_all(isolated):
+    """A sandbox.toml in the cwd that caches every module."""
+    (isolated / "sandbox.toml").write_text(CACHE_ALL)
+    return isolated
+
+
+def store_for(tmp_path):
+    policy = policy_mod.defaults()
+    return cache.Store.open(tmp_path / "cache", policy.values["runtime.cache_size"], create=False)
+
+
+# ---------------------------------------------------------------------------- run
+
+
+def test_run_stats_show_miss_then_hit(cli, cache_all):
+    first = cli("run", ADD, "add", "5", "3", "--stats")
+    assert (first.code, first.stdout) == (0, "8\n")
+    assert "cache             miss" in first.stderr and "compile time" in first.stderr
+    second = cli("run", ADD, "add", "5", "3", "--stats")
+    assert (second.code, second.stdout) == (0, "8\n")
+    assert "cache             hit" in second.stderr
+    assert "load time" in second.stderr and "compile time" not in second.stderr
+
+
+def test_run_json_stats_report_cache_state(cli, cache_all):
+    cli("run", ADD, "add", "1", "2")
+    data = cli("run", ADD, "add", "1", "2", "--json").json()
+    assert data["stats"]["cache"] == "hit"
+    assert "load" in data["stats"]["timings"]
+
+
+def test_small_module_is_not_cached_by_default(cli, tmp_path):
+    result = cli("run", ADD, "add", "5", "3", "--stats")
+    assert result.code == 0
+    assert "skipped (module smaller than runtime.cache_min_size)" in result.stderr
+    assert not (tmp_path / "cache").exists()
+
+
+def test_no_cache_option(cli, cache_all, tmp_path):
+    result = cli("run", ADD, "add", "5", "3", "--stats", "--no-cache")
+    assert result.code == 0 and "cache             off" in result.stderr
+    assert not (tmp_path / "cache").exists()
+
+
+def test_cache_dir_option(cli, cache_all, tmp_path):
+    result = cli("run", ADD, "add", "5", "3", "--cache-dir", tmp_path / "mine")
+    assert result.code == 0
+    assert (tmp_path / "mine" / "cache.db").exists() and not (tmp_path / "cache").exists()
+    listed = cli("cache", "list", "--cache-dir", tmp_path / "mine", "--json").json()
+    assert [e["module"]["name"] for e in listed["entries"]] == ["add.wat"]
+
+
+def test_damaged_entry_is_reported_on_stderr(cli, cache_all, tmp_path):
+    cli("run", ADD, "add", "5", "3")
+    store = store_for(tmp_path)
+    (key,) = store.keys("a:")
+    store.db.set("a:" + key, store.blob(key)[:-10])
+    store.close()
+    result = cli("run", ADD, "add", "5", "3", "--stats")
+    assert (result.code, result.stdout) == (0, "8\n")
+    assert "warning: cache entry for add.wat" in result.stderr
+    assert "truncated" in result.stderr and "discarded and recompiled" in result.stderr
+    assert "cache             miss" in result.stderr
+    again = cli("run", ADD, "add", "5", "3")
+    assert again.stderr == ""
+
+
+def test_damaged_entry_warning_survives_a_failing_run(cli, cache_all, tmp_path):
+    cli("run", ADD, "add", "5", "3")
+    store = store_for(tmp_path)
+    (key,) = store.keys("a:")
+    store.db.set("a:" + key, store.blob(key)[:-10])
+    store.close()
+    result = cli("run", ADD, "nope")
+    assert result.code == 2
+    assert "warning: cache entry" in result.stderr and "error:" in result.stderr
+
+
+@pytest.mark.slow
+def test_sixteen_concurrent_runs_share_one_cache(cache_all, tmp_path):
+    """Sixteen processes start on an empty cache at once: all succeed, one entry results."""
+    module = tmp_path / "big.wat"
+    funcs = "\n".join(
+        f'(func (export "f{i}") (param i32) (result i32) (i32.mul (local.get 0) (i32.const {i})))'
+        for i in range(300)
+    )
+    module.write_text(f"(module\n{funcs}\n)\n")
+
+    def one(_):
+        return subprocess.run(
+            [sys.executable, "-m", "wasmsbx", "run", str(module), "f7", "6", "--stats"],
+            capture_output=True,
+            text=True,
+            cwd=cache_all,
+            timeout=300,
+        )
+
+    with concurrent.futures.ThreadPoolExecutor(16) as pool:
+        results = list(pool.map(one, range(16)))
+    for proc in results:
+        assert (proc.returncode, proc.stdout) == (0, "42\n"), proc.stderr
+        assert "warning" not in proc.stderr and "error" not in proc.stderr
+    states = [
+        line.split()[1]
+        for p in results
+        for line in p.stderr.splitlines()
+        if line.startswith("cache ")
+    ]
+    assert states.count("miss") == 1 and states.count("hit") == 15, states
+    store = store_for(tmp_path)
+    try:
+        assert len(cache.entries(store)) == 1
+        assert cache.verify(store)["bad"] == []
+        report = cache.stats(store)
+        assert report["hits"] + report["misses"] == 16
+    finally:
+        store.close()
+
+
+# ---------------------------------------------------------------------------- cache subcommands
+
+
+def test_commands_on_a_missing_cache(cli, tmp_path):
+    for sub in ("list", "stats", "clear", "prune", "verify"):
+        result = cli("cache", sub)
+        assert result.code == 0, result
+        assert f"no cache at {tmp_path / 'cache'} yet" in result.stdout
+        data = cli("cache", sub, "--json").json()
+        assert data["exists"] is False and data["cache_dir"] == str(tmp_path / "cache")
+    assert not (tmp_path / "cache").exists(), "reporting must not create the cache"
+
+
+def test_list(cli, cache_all):
+    cli("run", ADD, "add", "1", "1")
+    cli("run", ADD, "add", "1", "1")
+    result = cli("cache", "list")
+    assert result.code == 0
+    row = next(line for line in result.stdout.splitlines() if "add.wat" in line)
+    assert "wasmtime" in row and "speed" in row and row.split()[-1] == "1"  # one hit
+    (entry,) = cli("cache", "list", "--json").json()["entries"]
+    assert entry["module"]["name"] == "add.wat" and len(entry["module"]["sha256"]) == 64
+    assert entry["hits"] == 1 and entry["size"] > 0 and entry["backend"] == "wasmtime"
+    for field in ("label", "version", "compiler", "optimize", "target", "age", "created"):
+        assert field in entry
+
+
+def test_list_empty(cli, cache_all):
+    cli("run", ADD, "add", "1", "1")
+    cli("cache", "clear")
+    result = cli("cache", "list")
+    assert result.code == 0 and "is empty" in result.stdout
+    assert cli("cache", "list", "--json").json()["entries"] == []
+
+
+def test_stats(cli, cache_all):
+    for _ in range(3):
+        cli("run", ADD, "add", "1", "1")
+    result = cli("cache", "stats")
+    assert result.code == 0
+    assert "entries      1" in result.stdout and "hit rate     66.7%" in result.stdout
+    assert "wasmtime" in result.stdout
+    data = cli("cache", "stats", "--json").json()
+    assert (data["entries"], data["hits"], data["misses"]) == (1, 2, 1)
+    assert data["backends"]["wasmtime"]["entries"] == 1
+    assert data["size_limit"] == 1024**3 and data["min_module_size"] == 0
+    assert data["total_size"] > 0 and data["disk_usage"] >= data["total_size"]
+
+
+def test_clear_all_and_filtered(cli, cache_all, tmp_path):
+    other = tmp_path / "other.wat"
+    other.write_text('(module (func (export "one") (result i32) (i32.const 1)))')
+    cli("run", ADD, "add", "1", "1")
+    cli("run", other, "one")
+    result = cli("cache", "clear", "--module", other)
+    assert result.code == 0 and "removed 1 entry" in result.stdout
+    assert [e["module"]["name"] for e in cli("cache", "list", "--json").json()["entries"]] == [
+        "add.wat"
+    ]
+    assert "no matching entries" in cli("cache", "clear", "--backend", "wasmer").stdout
+    data = cli("cache", "clear", "--backend", "wasmtime", "--json").json()
+    assert data["removed"] == 1 and data["freed"] > 0
+    cli("run", ADD, "add", "1", "1")
+    assert "removed 1 entry" in cli("cache", "clear").stdout
+    assert cli("cache", "clear", "--json").json()["removed"] == 0
+
+
+def test_clear_module_must_exist(cli, cache_all):
+    result = cli("cache", "clear", "--module", "nope.wasm")
+    assert result.code == 105 and "no such file" in result.stderr
+
+
+def test_prune(cli, cache_all):
+    cli("run", ADD, "add", "1", "1")
+    result = cli("cache", "prune", "--older-than", "7d")
+    assert result.code == 0 and "removed 0 entries" in result.stdout and "1 left" in result.stdout
+    data = cli("cache", "prune", "--max-size", "0", "--json").json()
+    assert data["removed"] == 1 and data["entries"] == 0
+
+
+def test_prune_bad_values(cli, cache_all):
+    result = cli("cache", "prune", "--older-than", "soon")
+    assert result.code == 2 and "error:" in result.stderr and "hint:" in result.stderr
+
+
+def test_verify(cli, cache_all, tmp_path):
+    cli("run", ADD, "add", "1", "1")
+    result = cli("cache", "verify")
+    assert result.code == 0 and "1 ok, 0 bad" in result.stdout
+    store = store_for(tmp_path)
+    (key,) = store.keys("a:")
+    blob = store.blob(key)
+    store.db.set("a:" + key, blob[:-1] + bytes([blob[-1] ^ 1]))
+    store.close()
+    kept = cli("cache", "verify", "--keep", "--json").json()
+    assert (kept["checked"], kept["ok"], kept["removed"]) == (1, 0, False)
+    assert "digest mismatch" in kept["bad"][0]["reason"]
+    result = cli("cache", "verify")
+    assert "bad: add.wat: digest mismatch" in result.stdout and "(removed)" in result.stdout
+    assert "empty: nothing to verify" in cli("cache", "verify").stdout
+
+
+def test_path(cli, tmp_path):
+    result = cli("cache", "path")
+    assert (result.code, result.stdout) == (0, f"{tmp_path / 'cache'}\n")
+    data = cli("cache", "path", "--json").json()
+    assert data == {"cache_dir": str(tmp_path / "cache"), "source": "env", "exists": False}
+    data = cli("cache", "path", "--cache-dir", tmp_path / "x", "--json").json()
+    assert data["source"] == "option"
+
+
+def test_policy_cache_dir(cli, isolated, tmp_path):
+    (isolated / "sandbox.toml").write_text(CACHE_ALL + 'cache_dir = "pc"\n')
+    assert cli("run", ADD, "add", "1", "1").code == 0
+    assert (isolated / "pc" / "cache.db").exists()
+    data = cli("cache", "path", "--json").json()
+    assert data == {"cache_dir": str(isolated / "pc"), "source": "policy", "exists": True}
+
+
+def test_bad_policy_cache_size(cli, isolated):
+    (isolated / "sandbox.toml").write_text('[runtime]\ncache_size = "lots"\n')
+    result = cli("cache", "stats")
+    assert result.code == 101 and "runtime.cache_size" in result.stderr
