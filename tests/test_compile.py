@@ -1,0 +1,315 @@
+"""``wasmsbx compile``: into the cache, standalone artifacts (and refusing bad ones), and
+source builds (.wat, C with clang, Rust when its wasm target is installed)."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+
+import pytest
+from conftest import EXAMPLES
+
+from wasmsbx import aot, build
+
+ADD = EXAMPLES / "add.wat"
+CACHE_ALL = "[runtime]\ncache_min_size = 0\n"
+LIB_C = """
+int add(int a, int b) { return a + b; }
+int mul(int a, int b) { return a * b; }
+"""
+HELLO_C = """
+#include <stdio.h>
+int main(int argc, char **argv) { printf("hello %s\\n", argc > 1 ? argv[1] : "nobody"); return 7; }
+"""
+
+
+def need_clang() -> None:
+    if shutil.which("clang") is None:
+        reason = "clang is not installed (scripts/install-toolchain installs it)"
+        print(f"SKIP: {reason}")
+        pytest.skip(reason)
+
+
+def rust_target_installed() -> bool:
+    if shutil.which("rustc") is None or shutil.which("cargo") is None:
+        return False
+    proc = subprocess.run(
+        ["rustc", "--print", "target-libdir", "--target", build.RUST_TARGET],
+        capture_output=True,
+        text=True,
+    )
+    from pathlib import Path
+
+    return proc.returncode == 0 and Path(proc.stdout.strip()).is_dir()
+
+
+# ---------------------------------------------------------------------------- into the cache
+
+
+def test_compile_into_the_cache_then_run_hits(cli, isolated):
+    (isolated / "sandbox.toml").write_text(CACHE_ALL)
+    result = cli("compile", ADD)
+    assert result.code == 0, result
+    assert "stored in the cache" in result.stdout
+    run = cli("run", ADD, "add", "2", "3", "--stats")
+    assert run.stdout == "5\n" and "cache             hit" in run.stderr
+    again = cli("compile", ADD)
+    assert "already cached" in again.stdout
+
+
+def test_compile_json(cli, tmp_path):
+    data = cli("compile", ADD, "--json").json()
+    assert data["source"] == str(ADD) and data["build"]["kind"] == "wat"
+    (target,) = data["targets"]
+    assert target["backend"] == "wasmtime" and target["state"] == "stored"
+    assert target["cache_dir"] == str(tmp_path / "cache") and target["size"] > 0
+    assert "compile" in target["timings"]
+    assert cli("compile", ADD, "--json", "--force").json()["targets"][0]["state"] == "stored"
+
+
+def test_compile_notes_the_threshold(cli):
+    result = cli("compile", ADD)
+    assert "note: `wasmsbx run` compiles modules under 64 KiB directly" in result.stderr
+
+
+def test_compile_all_backends(cli):
+    from conftest import BACKENDS
+
+    data = cli("compile", ADD, "--all-backends", "--json").json()
+    assert len(data["targets"]) == len(BACKENDS)
+    listed = cli("cache", "list", "--json").json()["entries"]
+    assert len(listed) == len(BACKENDS)
+
+
+def test_compile_backend_option(cli, backend):
+    data = cli("compile", ADD, "--backend", backend, "--json").json()
+    assert data["targets"][0]["backend"].split(":")[0] == backend.split(":")[0]
+
+
+def test_compile_option_conflicts(cli):
+    result = cli("compile", ADD, "--backend", "wasmtime", "--all-backends")
+    assert result.code == 2 and "exclude each other" in result.stderr
+    result = cli("compile", ADD, "--all-backends", "-o", "x.cwasm")
+    assert result.code == 2 and "one backend" in result.stderr
+
+
+def test_compile_bad_inputs(cli, isolated):
+    missing = cli("compile", "nope.wat")
+    assert missing.code == 105 and "no such file" in missing.stderr
+    (isolated / "notes.txt").write_text("hi")
+    unknown = cli("compile", "notes.txt")
+    assert unknown.code == 2 and "unknown kind of source" in unknown.stderr
+    export = cli("compile", ADD, "--export", "add")
+    assert export.code == 2 and "C and Rust" in export.stderr
+    (isolated / "bad.wat").write_text('(module (func (export "f") (result i32) i32.add))')
+    invalid = cli("compile", "bad.wat")
+    assert invalid.code == 102 and "error: invalid module" in invalid.stderr
+
+
+# ---------------------------------------------------------------------------- artifacts
+
+
+def make_artifact(cli, isolated, *extra) -> object:
+    path = isolated / "add.cwasm"
+    result = cli("compile", ADD, "-o", path, *extra)
+    assert result.code == 0, result
+    assert "wrote" in result.stdout and path.exists()
+    return path
+
+
+def test_artifact_runs_alone(cli, isolated):
+    path = make_artifact(cli, isolated)
+    assert path.read_bytes()[: len(aot.MAGIC)] == aot.MAGIC
+    header = aot.read_header(path.read_bytes())
+    assert header["kind"] == "artifact" and header["module"]["name"] == "add.wat"
+    assert header["fingerprint"]["backend"] == "wasmtime"
+    result = cli("run", path, "add", "40", "2", "--stats")
+    assert (result.code, result.stdout) == (0, "42\n")
+    assert "precompiled artifact loaded" in result.stderr
+    assert not (isolated.parent / "cache").exists(), "-o must not touch the cache"
+
+
+def test_artifact_with_module(cli, isolated):
+    path = make_artifact(cli, isolated)
+    result = cli("run", "--artifact", path, ADD, "add", "1", "2", "--stats")
+    assert (result.code, result.stdout) == (0, "3\n")
+    assert "precompiled artifact loaded" in result.stderr and "warning" not in result.stderr
+
+
+def tamper(path) -> None:
+    data = bytearray(path.read_bytes())
+    data[-50] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def repack(path, **fingerprint_changes) -> None:
+    art = aot.unpack(path.read_bytes())
+    fp = {**art.fingerprint, **fingerprint_changes}
+    module = art.header["module"]
+    path.write_bytes(
+        aot.pack("artifact", fp, art.payload, module["sha256"], module["size"], module["name"])
+    )
+
+
+def test_tampered_artifact_is_refused(cli, isolated):
+    path = make_artifact(cli, isolated)
+    tamper(path)
+    result = cli("run", path, "add", "1", "2")
+    assert result.code == 102 and result.stdout == ""
+    assert "refused precompiled artifact: digest mismatch" in result.stderr
+    assert "hint:" in result.stderr
+
+
+def test_truncated_artifact_is_refused(cli, isolated):
+    path = make_artifact(cli, isolated)
+    path.write_bytes(path.read_bytes()[:-1000])
+    result = cli("run", path, "add", "1", "2", "--json")
+    assert result.code == 102 and "truncated" in result.json()["error"]["message"]
+
+
+def test_foreign_artifact_is_refused(cli, isolated):
+    path = make_artifact(cli, isolated)
+    repack(path, version="0.0.1", target="plan9-mips")
+    result = cli("run", path, "add", "1", "2")
+    assert result.code == 102
+    assert "precompiled for wasmtime 0.0.1" in result.stderr
+    assert 'version: built for "0.0.1"' in result.stderr and "plan9-mips" in result.stderr
+
+
+def test_artifact_for_another_backend_is_refused(cli, isolated):
+    path = make_artifact(cli, isolated)
+    repack(path, backend="wasmfoo")
+    result = cli("run", path, "add", "1", "2")
+    assert result.code == 102 and "built for wasmfoo, not installed" in result.stderr
+
+
+def test_artifact_built_without_fuel_is_refused_for_a_metered_run(cli, isolated):
+    path = make_artifact(cli, isolated)
+    result = cli("run", path, "add", "1", "2", "--fuel", "1000")
+    assert result.code == 102 and "fuel: built for false, this is true" in result.stderr
+
+
+def test_refused_artifact_falls_back_to_the_module(cli, isolated):
+    path = make_artifact(cli, isolated)
+    tamper(path)
+    result = cli("run", "--artifact", path, ADD, "add", "1", "2", "--stats")
+    assert (result.code, result.stdout) == (0, "3\n")
+    assert "warning:" in result.stderr and "digest mismatch" in result.stderr
+    assert "using add.wat instead" in result.stderr
+    assert "precompiled artifact loaded" not in result.stderr
+
+
+def test_foreign_artifact_falls_back_to_the_module(cli, isolated):
+    path = make_artifact(cli, isolated)
+    repack(path, optimize="none")
+    result = cli("run", "--artifact", path, ADD, "add", "1", "2")
+    assert (result.code, result.stdout) == (0, "3\n")
+    assert "warning:" in result.stderr and "optimize" in result.stderr
+
+
+def test_artifact_of_another_module_falls_back(cli, isolated):
+    path = make_artifact(cli, isolated)
+    other = isolated / "other.wat"
+    other.write_text('(module (func (export "add") (param i32 i32) (result i32) (i32.const 9)))')
+    result = cli("run", "--artifact", path, other, "add", "1", "2")
+    assert (result.code, result.stdout) == (0, "9\n")
+    assert "precompiled from a different module than other.wat" in result.stderr
+
+
+def test_missing_artifact_falls_back(cli, isolated):
+    result = cli("run", "--artifact", "nope.cwasm", ADD, "add", "1", "2")
+    assert (result.code, result.stdout) == (0, "3\n")
+    assert "warning: nope.cwasm: no such file" in result.stderr
+
+
+def test_artifact_is_not_a_module_elsewhere(cli, isolated):
+    path = make_artifact(cli, isolated)
+    result = cli("cache", "clear", "--module", path)
+    assert result.code == 102 and "precompiled native code" in result.stderr
+
+
+# ---------------------------------------------------------------------------- sources
+
+
+def test_wat_to_wasm(cli, isolated):
+    result = cli("compile", ADD, "-o", "add.wasm")
+    assert result.code == 0 and "wrote add.wasm" in result.stdout
+    data = (isolated / "add.wasm").read_bytes()
+    assert data[:4] == b"\0asm"
+    assert cli("run", "add.wasm", "add", "2", "2").stdout == "4\n"
+    assert not (isolated.parent / "cache").exists(), "-o x.wasm writes the module only"
+
+
+def test_build_source_api(tmp_path):
+    wasm = build.build_source(ADD, out=tmp_path / "out.wasm")
+    assert wasm[:4] == b"\0asm" and (tmp_path / "out.wasm").read_bytes() == wasm
+    assert build.source_kind("x.c") == "c" and build.source_kind("x.rs") == "rust"
+    (tmp_path / "proj").mkdir()
+    (tmp_path / "proj" / "Cargo.toml").write_text("[package]\n")
+    assert build.source_kind(tmp_path / "proj") == "cargo"
+
+
+@pytest.mark.needs_clang
+def test_c_library_with_exports(cli, isolated):
+    need_clang()
+    (isolated / "lib.c").write_text(LIB_C)
+    result = cli("compile", "lib.c", "--export", "add", "--export", "mul")
+    assert result.code == 0, result
+    assert "wrote lib.wasm from lib.c" in result.stdout
+    assert cli("run", "lib.wasm", "mul", "6", "7").stdout == "42\n"
+    assert cli("run", "lib.wasm", "add", "6", "7").stdout == "13\n"
+
+
+@pytest.mark.needs_clang
+def test_c_command(cli, isolated):
+    need_clang()
+    (isolated / "hello.c").write_text(HELLO_C)
+    result = cli("compile", "hello.c", "-o", "hi.wasm")
+    assert result.code == 0, result
+    run = cli("run", "hi.wasm", "--", "world")
+    assert (run.code, run.stdout) == (7, "hello world\n")
+
+
+@pytest.mark.needs_clang
+def test_c_compile_error_is_shown_as_printed(cli, isolated):
+    need_clang()
+    (isolated / "bad.c").write_text("int add(int a, int b) { return a + ; }\n")
+    result = cli("compile", "bad.c", "--export", "add")
+    assert result.code == 102
+    assert "bad.c:1:36: error: expected expression" in result.stderr
+    assert "error: clang failed to compile bad.c" in result.stderr
+    data = cli("compile", "bad.c", "--export", "add", "--json").json()
+    assert "expected expression" in data["error"]["output"]
+
+
+def test_missing_clang_names_what_to_install(cli, isolated, tmp_path):
+    (isolated / "lib.c").write_text(LIB_C)
+    empty = tmp_path / "empty-path"
+    empty.mkdir()
+    result = cli("compile", "lib.c", "--export", "add", env={"PATH": str(empty)})
+    assert result.code == 104
+    assert "clang is not installed" in result.stderr
+    assert "apt-get install clang lld wasi-libc libclang-rt-dev-wasm32" in result.stderr
+
+
+def test_rust(cli, isolated):
+    (isolated / "lib.rs").write_text(
+        '#[no_mangle]\npub extern "C" fn add(a: i32, b: i32) -> i32 { a + b }\n'
+    )
+    result = cli("compile", "lib.rs", "--export", "add")
+    if rust_target_installed():
+        assert result.code == 0, result
+        assert cli("run", "lib.wasm", "add", "2", "3").stdout == "5\n"
+    else:
+        assert result.code == 104, result
+        assert "not installed" in result.stderr
+        assert "rustup" in result.stderr or "wasm32-wasip1" in result.stderr
+
+
+def test_missing_rust_names_what_to_install(cli, isolated, tmp_path):
+    (isolated / "main.rs").write_text("fn main() {}\n")
+    empty = tmp_path / "empty-path"
+    empty.mkdir()
+    result = cli("compile", "main.rs", env={"PATH": str(empty)})
+    assert result.code == 104 and "rustc is not installed" in result.stderr
+    assert "rustup" in result.stderr
