@@ -259,3 +259,21 @@ def test_bad_policy_cache_size(cli, isolated):
     (isolated / "sandbox.toml").write_text('[runtime]\ncache_size = "lots"\n')
     result = cli("cache", "stats")
     assert result.code == 101 and "runtime.cache_size" in result.stderr
+
+
+def test_damaged_database(cli, cache_all, tmp_path):
+    cli("run", ADD, "add", "1", "1")
+    root = tmp_path / "cache"
+    for extra in root.glob("cache.db-*"):
+        extra.unlink()
+    (root / "cache.db").write_bytes(b"not a database " * 400)
+    run = cli("run", ADD, "add", "1", "1")
+    assert (run.code, run.stdout) == (0, "2\n")
+    assert "warning: cache unavailable" in run.stderr
+    listed = cli("cache", "list")
+    assert listed.code == 105 and "wasmsbx cache clear" in listed.stderr
+    cleared = cli("cache", "clear")
+    assert cleared.code == 0 and "deleted the damaged cache" in cleared.stdout
+    assert not root.exists()
+    again = cli("run", ADD, "add", "1", "1", "--stats")
+    assert "cache             miss" in again.stderr and "warning" not in again.stderr

@@ -108,6 +108,16 @@ def exists(root: Path) -> bool:
     return (root / "cache.db").is_file()
 
 
+def wipe(root: Path) -> None:
+    """Delete a cache directory whose database is damaged: only one tagged as ours."""
+    import shutil
+
+    tag = root / "CACHEDIR.TAG"
+    if not tag.is_file() or "created by wasmsbx" not in tag.read_text(errors="replace"):
+        raise CacheUnavailable(f"{root} has no wasmsbx CACHEDIR.TAG; not deleting it")
+    shutil.rmtree(root)
+
+
 # ---------------------------------------------------------------------------- keys
 
 
@@ -141,9 +151,18 @@ class Store:
         self.root = root
         self.size_limit = size_limit
         # eviction_policy="none" + cull_limit=0: entries leave only by evict()/prune/clear,
-        # which keep the artifact and its record together.
+        # which keep the artifact and its record together. sqlite_synchronous=0: no fsync.
+        # With fsyncs every open and close of the database cost 10-30 ms (more than the
+        # whole cached load); what they protect against, an OS crash tearing the database,
+        # costs a cache at most: entries are verified before use, and `wasmsbx cache clear`
+        # removes a damaged database.
         self.db = diskcache.Cache(
-            str(root), eviction_policy="none", cull_limit=0, statistics=False, timeout=60
+            str(root),
+            eviction_policy="none",
+            cull_limit=0,
+            statistics=False,
+            timeout=60,
+            sqlite_synchronous=0,
         )
 
     @classmethod
@@ -178,17 +197,18 @@ class Store:
             return None
         return data if isinstance(data, dict) else None
 
-    def touch(self, key: str) -> None:
-        """One more hit for ``key``: its record's hits and last use."""
+    def hit(self, key: str, label: str) -> None:
+        """One more hit for ``key`` (its record's hits and last use) and for ``label``."""
         with self.db.transact():
             record = self.record(key)
             if record is not None:
                 record["hits"] = int(record.get("hits", 0)) + 1
                 record["last_used"] = time.time()
                 self.db.set("m:" + key, json.dumps(record, sort_keys=True))
+            self.db.incr(f"n:hits:{label}")
 
-    def count(self, event: str, label: str) -> None:
-        self.db.incr(f"n:{event}:{label}")
+    def miss(self, label: str) -> None:
+        self.db.incr(f"n:misses:{label}")
 
     def remove(self, key: str) -> int:
         """Delete an entry; return the bytes it held."""
@@ -330,7 +350,7 @@ def load_or_compile(
         module_sha = aot.sha256(wasm)
         key = entry_key(module_sha, fingerprint)
     except broken as exc:
-        warnings.append(f"cache unavailable ({_reason(exc)}); compiled without it")
+        warnings.append(f"cache unavailable ({reason(exc)}); compiled without it")
         module = _timed(compile_fn, wasm, timings)
         return Outcome(module, "error", timings, warnings)
     label = fingerprint_label(fingerprint)
@@ -360,26 +380,24 @@ def _cached(
     try:
         module = _load(store, key, engine, fingerprint, module_sha, name, timings, warnings)
         if module is not None:
-            store.count("hits", label)
             return Outcome(module, "hit", timings, warnings, key)
         waited = time.perf_counter()
         token = store.lock(key)
         timings["cache"] += time.perf_counter() - waited
     except broken as exc:
-        warnings.append(f"cache unavailable ({_reason(exc)}); compiled without it")
+        warnings.append(f"cache unavailable ({reason(exc)}); compiled without it")
         return Outcome(_timed(compile_fn, wasm, timings), "error", timings, warnings)
     try:
         if token is None or store.has(key):  # another process stored it meanwhile
             module = _load(store, key, engine, fingerprint, module_sha, name, timings, warnings)
             if module is not None:
-                store.count("hits", label)
                 return Outcome(module, "hit", timings, warnings, key)
         module = _timed(compile_fn, wasm, timings)
         try:
             _store(store, key, engine, module, wasm, fingerprint, module_sha, name, timings)
-            store.count("misses", label)
+            store.miss(label)
         except broken as exc:
-            warnings.append(f"could not store compiled code in the cache ({_reason(exc)})")
+            warnings.append(f"could not store compiled code in the cache ({reason(exc)})")
         return Outcome(module, "miss", timings, warnings, key)
     finally:
         try:
@@ -413,11 +431,11 @@ def _load(store, key, engine, fingerprint, module_sha, name, timings, warnings, 
     except (aot.Corrupt, errors.ModuleError) as exc:
         store.remove(key)
         warnings.append(
-            f"{what} failed its integrity check ({_reason(exc)}); discarded and recompiled"
+            f"{what} failed its integrity check ({reason(exc)}); discarded and recompiled"
         )
         return None
     if touch:
-        store.touch(key)
+        store.hit(key, fingerprint_label(fingerprint))
     timings["load"] = time.perf_counter() - started
     return module
 
@@ -451,7 +469,7 @@ def _record(
     }
 
 
-def _reason(exc: BaseException) -> str:
+def reason(exc: BaseException) -> str:
     if isinstance(exc, errors.WasmsbxError):
         return exc.message
     if isinstance(exc, OSError) and exc.strerror:
@@ -485,7 +503,7 @@ def store_compiled(
         store = open_store(policy, cache_dir)
     except cache_errors() as exc:
         raise errors.InputError(
-            f"cache unavailable: {_reason(exc)}", hint="choose another --cache-dir"
+            f"cache unavailable: {reason(exc)}", hint="choose another --cache-dir"
         ) from None
     try:
         if not force and store.has(key):

@@ -40,11 +40,12 @@ class Opened:
         self.root, self.source = cache.resolve_dir(self.policy, cache_dir)
         try:
             self.store = cache.open_store(self.policy, cache_dir, create=False)
-        except cache.CacheUnavailable as exc:
+        except cache.cache_errors() as exc:
             from ..errors import InputError
 
             raise InputError(
-                f"cache unavailable: {exc}", hint="choose another --cache-dir"
+                f"cache unavailable at {self.root}: {cache.reason(exc)}",
+                hint="`wasmsbx cache clear` deletes a damaged cache; or choose another --cache-dir",
             ) from None
 
     def missing(self, json_output: bool, **empty: Any) -> bool:
@@ -190,6 +191,8 @@ def clear(
     from ..runner import read_module
 
     module_sha = aot.sha256(read_module(module)) if module else None
+    if not (module or backend) and _wipe_damaged(policy, cache_dir, json_output):
+        return 0
     opened = Opened(policy, cache_dir)
     if opened.missing(json_output, removed=0, freed=0):
         return 0
@@ -212,6 +215,36 @@ def clear(
             f"from {opened.root}"
         )
     return 0
+
+
+def _wipe_damaged(policy: Optional[str], cache_dir: Optional[str], json_output: bool) -> bool:
+    """``cache clear`` of a cache whose database cannot be opened: delete the directory."""
+    import sqlite3
+
+    from .. import cache
+    from .. import policy as policy_mod
+
+    loaded = policy_mod.discover(policy)
+    try:
+        store = cache.open_store(loaded, cache_dir, create=False)
+    except sqlite3.DatabaseError as exc:
+        root = cache.resolve_dir(loaded, cache_dir)[0]
+        try:
+            cache.wipe(root)
+        except (cache.CacheUnavailable, OSError) as problem:
+            from ..errors import InputError
+
+            raise InputError(f"cannot delete the damaged cache: {problem}") from None
+        if json_output:
+            output.emit_json({"cache_dir": str(root), "exists": False, "removed": "all"})
+        else:
+            output.out(f"deleted the damaged cache at {root} ({exc})")
+        return True
+    except cache.cache_errors():
+        return False  # Opened reports it
+    if store is not None:
+        store.close()
+    return False
 
 
 def prune(
