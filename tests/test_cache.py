@@ -11,11 +11,12 @@ import stat
 from pathlib import Path
 
 import pytest
-from conftest import EXAMPLES
 
 from wasmsbx import aot, cache
 from wasmsbx import policy as policy_mod
 from wasmsbx.runner import Sandbox, read_module
+
+from .conftest import EXAMPLES
 
 ADD = EXAMPLES / "add.wat"
 

@@ -7,10 +7,11 @@ import subprocess
 import sys
 
 import pytest
-from conftest import EXAMPLES
 
 from wasmsbx import cache
 from wasmsbx import policy as policy_mod
+
+from .conftest import EXAMPLES
 
 ADD = EXAMPLES / "add.wat"
 CACHE_ALL = "[runtime]\ncache_min_size = 0\n"

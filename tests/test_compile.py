@@ -7,9 +7,10 @@ import shutil
 import subprocess
 
 import pytest
-from conftest import EXAMPLES
 
 from wasmsbx import aot, build
+
+from .conftest import EXAMPLES
 
 ADD = EXAMPLES / "add.wat"
 CACHE_ALL = "[runtime]\ncache_min_size = 0\n"
@@ -73,7 +74,7 @@ def test_compile_notes_the_threshold(cli):
 
 
 def test_compile_all_backends(cli):
-    from conftest import BACKENDS
+    from .conftest import BACKENDS
 
     data = cli("compile", ADD, "--all-backends", "--json").json()
     assert len(data["targets"]) == len(BACKENDS)
