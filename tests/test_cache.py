@@ -16,7 +16,7 @@ from wasmsbx import aot, cache
 from wasmsbx import policy as policy_mod
 from wasmsbx.runner import Sandbox, read_module
 
-from .conftest import EXAMPLES
+from .conftest import EXAMPLES, require_capability
 
 ADD = EXAMPLES / "add.wat"
 
@@ -138,6 +138,8 @@ def test_key_changes_with_everything_that_changes_code():
 
 @pytest.mark.parametrize("change", [{"runtime__optimize": "none"}, {"limits__fuel": 1000000}])
 def test_engine_options_miss(backend, change):
+    if "limits__fuel" in change:
+        require_capability(backend, "fuel")
     Sandbox(ADD, make_policy(), backend=backend)
     changed = Sandbox(ADD, make_policy(**change), backend=backend)
     assert changed.cache_state == "miss"
@@ -208,7 +210,11 @@ def test_entry_for_another_engine_is_not_loaded(backend):
     assert "built for another engine" in box.warnings[0]
 
 
-def test_garbage_with_a_valid_digest_is_refused_by_the_runtime(backend):
+def test_garbage_with_a_valid_digest_is_refused_by_the_runtime():
+    """wasmtime checks what it deserializes; a refusal is handled like a bad digest.
+    (Not run over every backend: feeding garbage to an unchecked deserializer is what
+    the digest exists to prevent.)"""
+
     def garbage(store, key, blob):
         art = aot.unpack(blob)
         m = art.header["module"]
@@ -217,7 +223,8 @@ def test_garbage_with_a_valid_digest_is_refused_by_the_runtime(backend):
             store, key, aot.pack("cache-entry", art.fingerprint, junk, m["sha256"], m["size"])
         )
 
-    _damaged_run(backend, garbage)
+    box = _damaged_run("wasmtime", garbage)
+    assert "cannot load precompiled code" in box.warnings[0]
 
 
 def test_tampered_file_on_disk(backend, tmp_path):

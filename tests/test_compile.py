@@ -314,3 +314,31 @@ def test_missing_rust_names_what_to_install(cli, isolated, tmp_path):
     result = cli("compile", "main.rs", env={"PATH": str(empty)})
     assert result.code == 104 and "rustc is not installed" in result.stderr
     assert "rustup" in result.stderr
+
+
+def test_spinner_draws_only_for_long_work(monkeypatch):
+    import io
+    import time
+
+    from rich.console import Console
+
+    from wasmsbx.cli import output
+
+    screen = io.StringIO()
+    monkeypatch.setattr(
+        output, "console", lambda stderr=False: Console(file=screen, force_terminal=True)
+    )
+    monkeypatch.setattr(output.Spinner, "DELAY", 0.05)
+    with output.Spinner("quick work"):
+        pass
+    time.sleep(0.1)
+    assert screen.getvalue() == ""
+    with output.Spinner("slow work"):
+        time.sleep(0.4)
+    assert "slow work" in screen.getvalue() and "0:00:00" in screen.getvalue()
+
+
+def test_no_spinner_without_a_terminal():
+    from wasmsbx.cli import output
+
+    assert output.progress_factory() is None  # pytest captures stderr
