@@ -16,9 +16,19 @@ from wasmsbx import aot, cache
 from wasmsbx import policy as policy_mod
 from wasmsbx.runner import Sandbox, read_module
 
-from .conftest import EXAMPLES, require_capability
+from .conftest import require_capability
 
-ADD = EXAMPLES / "add.wat"
+# MVP only (no multi-value), so every backend and compiler can run it.
+ADD_WAT = (
+    '(module (func (export "add") (param i32 i32) (result i32) local.get 0 local.get 1 i32.add))'
+)
+
+
+@pytest.fixture
+def add(tmp_path) -> Path:
+    path = tmp_path / "add.wat"
+    path.write_text(ADD_WAT)
+    return path
 
 
 def make_policy(**keys) -> policy_mod.Policy:
@@ -63,13 +73,13 @@ def replace_blob(store: cache.Store, key: str, blob: bytes) -> None:
 # ---------------------------------------------------------------------------- hit and miss
 
 
-def test_second_run_is_a_hit(backend):
+def test_second_run_is_a_hit(backend, add):
     policy = make_policy()
-    first = Sandbox(ADD, policy, backend=backend)
+    first = Sandbox(add, policy, backend=backend)
     assert first.cache_state == "miss"
     assert first.call("add", 5, 3) == 8
     assert "compile" in first.timings and "store" in first.timings
-    second = Sandbox(ADD, policy, backend=backend)
+    second = Sandbox(add, policy, backend=backend)
     assert second.cache_state == "hit"
     assert second.call("add", 5, 3) == 8
     assert "load" in second.timings and "compile" not in second.timings
@@ -78,10 +88,10 @@ def test_second_run_is_a_hit(backend):
     assert stats.cache == "hit"
 
 
-def test_hits_are_counted(backend):
+def test_hits_are_counted(backend, add):
     policy = make_policy()
     for _ in range(3):
-        Sandbox(ADD, policy, backend=backend)
+        Sandbox(add, policy, backend=backend)
     store = open_store(policy)
     try:
         report = cache.stats(store)
@@ -93,18 +103,18 @@ def test_hits_are_counted(backend):
     assert record["hits"] == 2 and record["module"]["name"] == "add.wat"
 
 
-def test_small_modules_skip_the_cache(isolated, tmp_path):
-    box = Sandbox(ADD, policy_mod.defaults())  # add.wat is far below 64KiB
+def test_small_modules_skip_the_cache(isolated, tmp_path, add):
+    box = Sandbox(add, policy_mod.defaults())  # add.wat is far below 64KiB
     assert box.cache_state == "skip"
     assert box.call("add", 1, 2) == 3
     assert not (tmp_path / "cache").exists()
 
 
-def test_no_cache_bypasses_it(tmp_path):
-    box = Sandbox(ADD, make_policy(), use_cache=False)
+def test_no_cache_bypasses_it(tmp_path, add):
+    box = Sandbox(add, make_policy(), use_cache=False)
     assert box.cache_state == "off"
     assert not (tmp_path / "cache").exists()
-    box = Sandbox(ADD, make_policy(runtime__cache=False))
+    box = Sandbox(add, make_policy(runtime__cache=False))
     assert box.cache_state == "off"
 
 
@@ -137,14 +147,14 @@ def test_key_changes_with_everything_that_changes_code():
 
 
 @pytest.mark.parametrize("change", [{"runtime__optimize": "none"}, {"limits__fuel": 1000000}])
-def test_engine_options_miss(backend, change):
+def test_engine_options_miss(backend, change, add):
     if "limits__fuel" in change:
         require_capability(backend, "fuel")
-    Sandbox(ADD, make_policy(), backend=backend)
-    changed = Sandbox(ADD, make_policy(**change), backend=backend)
+    Sandbox(add, make_policy(), backend=backend)
+    changed = Sandbox(add, make_policy(**change), backend=backend)
     assert changed.cache_state == "miss"
     assert changed.call("add", 2, 2) == 4
-    again = Sandbox(ADD, make_policy(**change), backend=backend)
+    again = Sandbox(add, make_policy(**change), backend=backend)
     assert again.cache_state == "hit"
 
 
@@ -162,55 +172,55 @@ def test_fingerprint_has_every_part(backend):
 # ---------------------------------------------------------------------------- integrity
 
 
-def _damaged_run(backend, damage) -> Sandbox:
+def _damaged_run(backend, add, damage) -> Sandbox:
     policy = make_policy()
-    Sandbox(ADD, policy, backend=backend)
+    Sandbox(add, policy, backend=backend)
     store = open_store(policy)
     try:
         key = only_key(store)
         damage(store, key, store.blob(key))
     finally:
         store.close()
-    box = Sandbox(ADD, policy, backend=backend)
+    box = Sandbox(add, policy, backend=backend)
     assert box.cache_state == "miss", "a damaged entry must never count as a hit"
     assert box.call("add", 20, 22) == 42
     assert len(box.warnings) == 1
     assert "discarded and recompiled" in box.warnings[0]
     # The bad entry was replaced by a good one.
-    assert Sandbox(ADD, policy, backend=backend).cache_state == "hit"
+    assert Sandbox(add, policy, backend=backend).cache_state == "hit"
     return box
 
 
-def test_tampered_payload_is_discarded(backend):
+def test_tampered_payload_is_discarded(backend, add):
     def flip(store, key, blob):
         replace_blob(store, key, blob[:-64] + bytes([blob[-64] ^ 0xFF]) + blob[-63:])
 
-    box = _damaged_run(backend, flip)
+    box = _damaged_run(backend, add, flip)
     assert "digest mismatch" in box.warnings[0]
 
 
-def test_truncated_entry_is_discarded(backend):
-    box = _damaged_run(backend, lambda store, key, blob: replace_blob(store, key, blob[:-100]))
+def test_truncated_entry_is_discarded(backend, add):
+    box = _damaged_run(backend, add, lambda store, key, blob: replace_blob(store, key, blob[:-100]))
     assert "truncated" in box.warnings[0]
 
 
-def test_truncated_header_is_discarded(backend):
-    box = _damaged_run(backend, lambda store, key, blob: replace_blob(store, key, blob[:20]))
+def test_truncated_header_is_discarded(backend, add):
+    box = _damaged_run(backend, add, lambda store, key, blob: replace_blob(store, key, blob[:20]))
     assert "truncated" in box.warnings[0]
 
 
-def test_entry_for_another_engine_is_not_loaded(backend):
+def test_entry_for_another_engine_is_not_loaded(backend, add):
     def foreign(store, key, blob):
         art = aot.unpack(blob)
         fp = {**art.fingerprint, "version": "0.0.1"}
         m = art.header["module"]
         replace_blob(store, key, aot.pack("cache-entry", fp, art.payload, m["sha256"], m["size"]))
 
-    box = _damaged_run(backend, foreign)
+    box = _damaged_run(backend, add, foreign)
     assert "built for another engine" in box.warnings[0]
 
 
-def test_garbage_with_a_valid_digest_is_refused_by_the_runtime():
+def test_garbage_with_a_valid_digest_is_refused_by_the_runtime(add):
     """wasmtime checks what it deserializes; a refusal is handled like a bad digest.
     (Not run over every backend: feeding garbage to an unchecked deserializer is what
     the digest exists to prevent.)"""
@@ -223,7 +233,7 @@ def test_garbage_with_a_valid_digest_is_refused_by_the_runtime():
             store, key, aot.pack("cache-entry", art.fingerprint, junk, m["sha256"], m["size"])
         )
 
-    box = _damaged_run("wasmtime", garbage)
+    box = _damaged_run("wasmtime", add, garbage)
     assert "cannot load precompiled code" in box.warnings[0]
 
 
@@ -279,8 +289,8 @@ def test_eviction_keeps_the_cache_under_its_size(tmp_path):
     assert total <= limit
 
 
-def test_entry_larger_than_the_cache_is_not_kept():
-    box = Sandbox(ADD, make_policy(runtime__cache_size=100))
+def test_entry_larger_than_the_cache_is_not_kept(add):
+    box = Sandbox(add, make_policy(runtime__cache_size=100))
     assert box.cache_state == "miss" and box.call("add", 1, 1) == 2
     store = open_store()
     try:
@@ -292,37 +302,37 @@ def test_entry_larger_than_the_cache_is_not_kept():
 # ---------------------------------------------------------------------------- the directory
 
 
-def test_directory_is_private_and_tagged(tmp_path):
+def test_directory_is_private_and_tagged(tmp_path, add):
     root = tmp_path / "cache"
     root.mkdir(mode=0o755)
     os.chmod(root, 0o755)
-    Sandbox(ADD, make_policy())
+    Sandbox(add, make_policy())
     assert stat.S_IMODE(root.stat().st_mode) == 0o700
     assert (root / "CACHEDIR.TAG").read_text().startswith("Signature: 8a477f597d28d172")
 
 
-def test_new_directory_is_private(tmp_path, monkeypatch):
+def test_new_directory_is_private(tmp_path, monkeypatch, add):
     root = tmp_path / "deep" / "er" / "cache"
     monkeypatch.setenv("WASMSBX_CACHE_DIR", str(root))
-    Sandbox(ADD, make_policy())
+    Sandbox(add, make_policy())
     assert stat.S_IMODE(root.stat().st_mode) == 0o700
 
 
 @pytest.mark.skipif(not hasattr(os, "getuid") or os.getuid() != 0, reason="needs root to chown")
-def test_directory_of_another_user_is_not_used(tmp_path):
+def test_directory_of_another_user_is_not_used(tmp_path, add):
     root = tmp_path / "cache"
     root.mkdir()
     os.chown(root, 65534, 65534)
-    box = Sandbox(ADD, make_policy())
+    box = Sandbox(add, make_policy())
     assert box.cache_state == "error"
     assert "belongs to another user" in box.warnings[0]
     assert box.call("add", 2, 3) == 5
     assert not (root / "cache.db").exists()
 
 
-def test_unusable_directory_still_runs(tmp_path):
+def test_unusable_directory_still_runs(tmp_path, add):
     (tmp_path / "cache").write_text("a file, not a directory")
-    box = Sandbox(ADD, make_policy())
+    box = Sandbox(add, make_policy())
     assert box.cache_state == "error"
     assert "cache unavailable" in box.warnings[0]
     assert box.call("add", 2, 3) == 5
@@ -342,8 +352,8 @@ def test_directory_precedence(tmp_path, monkeypatch):
     assert source == "default" and root.name == "wasmsbx"
 
 
-def test_cache_dir_argument_is_used(tmp_path):
-    Sandbox(ADD, make_policy(), cache_dir=str(tmp_path / "elsewhere"))
+def test_cache_dir_argument_is_used(tmp_path, add):
+    Sandbox(add, make_policy(), cache_dir=str(tmp_path / "elsewhere"))
     assert (tmp_path / "elsewhere" / "cache.db").exists()
     assert not (tmp_path / "cache").exists()
 
@@ -351,9 +361,9 @@ def test_cache_dir_argument_is_used(tmp_path):
 # ---------------------------------------------------------------------------- reports
 
 
-def test_verify_finds_and_removes_bad_entries(tmp_path):
+def test_verify_finds_and_removes_bad_entries(tmp_path, add):
     policy = make_policy()
-    Sandbox(ADD, policy)
+    Sandbox(add, policy)
     Sandbox(wat_module(tmp_path / "other.wat", 2), policy)
     store = open_store(policy)
     try:
@@ -385,11 +395,11 @@ def test_prune_by_age_and_size(tmp_path):
         store.close()
 
 
-def test_clear_by_backend_and_module(tmp_path, backend):
+def test_clear_by_backend_and_module(tmp_path, backend, add):
     from wasmsbx import backends
 
     policy = make_policy()
-    Sandbox(ADD, policy, backend=backend)
+    Sandbox(add, policy, backend=backend)
     other = wat_module(tmp_path / "other.wat", 2)
     Sandbox(other, policy, backend=backend)
     store = open_store(policy)
