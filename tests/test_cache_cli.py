@@ -53,19 +53,21 @@ def test_small_module_is_not_cached_by_default(cli, tmp_path):
     result = cli("run", ADD, "add", "5", "3", "--stats")
     assert result.code == 0
     assert "skipped (module smaller than runtime.cache_min_size)" in result.stderr
-    assert not (tmp_path / "cache").exists()
+    assert not (tmp_path / "cache" / "cache.db").exists()
 
 
 def test_no_cache_option(cli, cache_all, tmp_path):
     result = cli("run", ADD, "add", "5", "3", "--stats", "--no-cache")
     assert result.code == 0 and "cache             off" in result.stderr
-    assert not (tmp_path / "cache").exists()
+    assert not (tmp_path / "cache" / "cache.db").exists()
 
 
 def test_cache_dir_option(cli, cache_all, tmp_path):
     result = cli("run", ADD, "add", "5", "3", "--cache-dir", tmp_path / "mine")
     assert result.code == 0
-    assert (tmp_path / "mine" / "cache.db").exists() and not (tmp_path / "cache").exists()
+    assert (tmp_path / "mine" / "cache.db").exists() and not (
+        tmp_path / "cache" / "cache.db"
+    ).exists()
     listed = cli("cache", "list", "--cache-dir", tmp_path / "mine", "--json").json()
     assert [e["module"]["name"] for e in listed["entries"]] == ["add.wat"]
 
@@ -147,7 +149,7 @@ def test_commands_on_a_missing_cache(cli, tmp_path):
         assert f"no cache at {tmp_path / 'cache'} yet" in result.stdout
         data = cli("cache", sub, "--json").json()
         assert data["exists"] is False and data["cache_dir"] == str(tmp_path / "cache")
-    assert not (tmp_path / "cache").exists(), "reporting must not create the cache"
+    assert not (tmp_path / "cache" / "cache.db").exists(), "reporting must not create it"
 
 
 def test_list(cli, cache_all):

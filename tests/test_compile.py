@@ -13,6 +13,7 @@ from wasmsbx import aot, build
 from .conftest import EXAMPLES
 
 ADD = EXAMPLES / "add.wat"
+MVP_WAT = '(module (func (export "one") (result i32) (i32.const 1)))'
 CACHE_ALL = "[runtime]\ncache_min_size = 0\n"
 LIB_C = """
 int add(int a, int b) { return a + b; }
@@ -73,18 +74,34 @@ def test_compile_notes_the_threshold(cli):
     assert "note: `wasmsbx run` compiles modules under 64 KiB directly" in result.stderr
 
 
-def test_compile_all_backends(cli):
+def test_compile_all_backends(cli, isolated):
     from .conftest import BACKENDS
 
-    data = cli("compile", ADD, "--all-backends", "--json").json()
+    (isolated / "mvp.wat").write_text(MVP_WAT)
+    data = cli("compile", "mvp.wat", "--all-backends", "--json").json()
     assert len(data["targets"]) == len(BACKENDS)
+    assert all(t["state"] == "stored" for t in data["targets"])
     listed = cli("cache", "list", "--json").json()["entries"]
     assert len(listed) == len(BACKENDS)
 
 
-def test_compile_backend_option(cli, backend):
-    data = cli("compile", ADD, "--backend", backend, "--json").json()
-    assert data["targets"][0]["backend"].split(":")[0] == backend.split(":")[0]
+def test_compile_all_backends_skips_those_that_cannot(cli, isolated):
+    """add.wat returns two values; a compiler without multi-value is skipped, loudly."""
+    from .conftest import BACKENDS
+
+    result = cli("compile", ADD, "--all-backends", "--json")
+    assert result.code == 0
+    states = {t["backend"]: t["state"] for t in result.json()["targets"]}
+    assert len(states) == len(BACKENDS) and "stored" in states.values()
+    for label, state in states.items():
+        assert state in ("stored", "failed"), label
+        assert (state == "failed") == (f"skipped {label}" in result.stderr)
+
+
+def test_compile_backend_option(cli, backend, isolated):
+    (isolated / "mvp.wat").write_text(MVP_WAT)
+    data = cli("compile", "mvp.wat", "--backend", backend, "--json").json()
+    assert data["targets"][0]["backend"] == backend
 
 
 def test_compile_option_conflicts(cli):
@@ -127,7 +144,7 @@ def test_artifact_runs_alone(cli, isolated):
     result = cli("run", path, "add", "40", "2", "--stats")
     assert (result.code, result.stdout) == (0, "42\n")
     assert "precompiled artifact loaded" in result.stderr
-    assert not (isolated.parent / "cache").exists(), "-o must not touch the cache"
+    assert not (isolated.parent / "cache" / "cache.db").exists(), "-o must not touch the cache"
 
 
 def test_artifact_with_module(cli, isolated):
@@ -238,7 +255,7 @@ def test_wat_to_wasm(cli, isolated):
     data = (isolated / "add.wasm").read_bytes()
     assert data[:4] == b"\0asm"
     assert cli("run", "add.wasm", "add", "2", "2").stdout == "4\n"
-    assert not (isolated.parent / "cache").exists(), "-o x.wasm writes the module only"
+    assert not (isolated.parent / "cache" / "cache.db").exists(), "-o x.wasm writes the module only"
 
 
 def test_build_source_api(tmp_path):

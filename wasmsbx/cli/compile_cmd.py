@@ -73,7 +73,7 @@ def run_compile(
     source, out, backend, all_backends, exports, policy_path, cache_dir, force, json_output
 ) -> int:
     from .. import policy as policy_mod
-    from ..errors import UsageError
+    from ..errors import UsageError, WasmsbxError
 
     if backend and all_backends:
         raise UsageError("--backend and --all-backends exclude each other")
@@ -98,12 +98,23 @@ def run_compile(
     if emit_wasm:
         return _finish(report, json_output)
     name = Path(wasm_path).name if wasm_path else Path(source).name
+    failures = []
     for adapter, compiler in _targets(policy, built.wasm, all_backends):
-        report["targets"].append(
-            _native(adapter, compiler, built.wasm, name, policy, out, cache_dir, force)
-        )
-        if not json_output:
-            _say_native(report["targets"][-1], policy, len(built.wasm))
+        try:
+            target = _native(adapter, compiler, built.wasm, name, policy, out, cache_dir, force)
+        except WasmsbxError as exc:
+            if not all_backends:
+                raise
+            # --all-backends: every backend that can; one lacking a feature is skipped.
+            label = f"{adapter.name}:{compiler}" if len(adapter.compilers) > 1 else adapter.name
+            output.warning(f"skipped {label}: {exc.message}")
+            failures.append(exc)
+            target = {"backend": label, "state": "failed", "error": exc.to_dict()}
+        report["targets"].append(target)
+        if not json_output and target["state"] != "failed":
+            _say_native(target, policy, len(built.wasm))
+    if failures and len(failures) == len(report["targets"]):
+        raise failures[0]
     if out is not None:
         report["artifact"] = out
     return _finish(report, json_output)
