@@ -12,7 +12,11 @@ from .app import boundary
 
 
 def register(app: typer.Typer) -> None:
-    @app.command("compile")
+    @app.command(
+        "compile",
+        help="Precompile SOURCE to native code, into the cache or (-o FILE) a standalone "
+        "artifact; C, Rust and .wat sources are built to WebAssembly first.",
+    )
     @boundary
     def compile_(
         source: str = typer.Argument(
@@ -54,8 +58,6 @@ def register(app: typer.Typer) -> None:
         force: bool = typer.Option(False, "--force", help="Recompile even if cached."),
         json_output: bool = typer.Option(False, "--json", help="Print JSON."),
     ) -> int:
-        """Precompile SOURCE to native code (into the cache, or -o FILE); build C, Rust
-        and .wat sources to WebAssembly first."""
         return run_compile(
             source,
             out,
