@@ -318,9 +318,28 @@ def cache_errors() -> tuple:
     return (OSError, sqlite3.Error, diskcache.Timeout, ValueError, CacheUnavailable)
 
 
+_SHARED: dict = {}  # root -> Store kept open by the run path, for this process
+
+
 def open_store(policy: Any, override: Optional[str] = None, create: bool = True):
+    """A new Store (close it when done), or None if ``create`` is false and none exists."""
     root, _ = resolve_dir(policy, override)
     return Store.open(root, policy.values["runtime.cache_size"], create=create)
+
+
+def shared_store(policy: Any, override: Optional[str] = None) -> Store:
+    """The run path's Store for this directory, opened once per process: opening the
+    database costs about a millisecond, which matters to a process that runs many
+    modules (``watch``, the Python API) and to the cached load time."""
+    root, _ = resolve_dir(policy, override)
+    store = _SHARED.get(root)
+    if store is not None and exists(root):
+        prepare_dir(root)  # still ours, still private
+        store.size_limit = policy.values["runtime.cache_size"]
+        return store
+    store = Store.open(root, policy.values["runtime.cache_size"])
+    _SHARED[root] = store
+    return store
 
 
 # ---------------------------------------------------------------------------- the run path
@@ -345,7 +364,7 @@ def load_or_compile(
     started = time.perf_counter()
     broken = cache_errors()
     try:
-        store = open_store(policy, cache_dir)
+        store = shared_store(policy, cache_dir)
         fingerprint = aot.normalise(engine.fingerprint())
         module_sha = aot.sha256(wasm)
         key = entry_key(module_sha, fingerprint)
@@ -355,22 +374,19 @@ def load_or_compile(
         return Outcome(module, "error", timings, warnings)
     label = fingerprint_label(fingerprint)
     timings["cache"] = time.perf_counter() - started
-    try:
-        return _cached(
-            store,
-            key,
-            engine,
-            wasm,
-            fingerprint,
-            module_sha,
-            name,
-            label,
-            compile_fn,
-            timings,
-            warnings,
-        )
-    finally:
-        store.close()
+    return _cached(
+        store,
+        key,
+        engine,
+        wasm,
+        fingerprint,
+        module_sha,
+        name,
+        label,
+        compile_fn,
+        timings,
+        warnings,
+    )
 
 
 def _cached(
