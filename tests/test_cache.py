@@ -414,3 +414,20 @@ def test_clear_by_backend_and_module(tmp_path, backend, add):
         assert cache.entries(store) == []
     finally:
         store.close()
+
+
+def test_a_hit_types_calls_from_the_recorded_exports():
+    """The entry records the module's exports, so a hit does not parse the module again
+    (and never asks wasmtime-py for a v128 signature, which aborts the process)."""
+    from wasmsbx import errors
+
+    from .conftest import GUESTS
+
+    types = GUESTS / "types.wat"
+    miss = Sandbox(types, make_policy())
+    hit = Sandbox(types, make_policy())
+    assert (miss.cache_state, hit.cache_state) == ("miss", "hit")
+    assert hit.recorded_exports is not None and hit.exports == miss.exports
+    assert hit.call("two_results", 3) == (4, 30000000000)
+    with pytest.raises(errors.UsageError, match="v128"):
+        hit.invoke("takes_v128", ["1"])

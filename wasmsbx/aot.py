@@ -83,7 +83,7 @@ def pack(
     module_size: int,
     module_name: Optional[str] = None,
     features: tuple = (),
-    exports: tuple = (),
+    exports: Optional[list] = None,
 ) -> bytes:
     """Header + payload; the header records the payload's digest and what it was built for."""
     header = {
@@ -97,12 +97,33 @@ def pack(
             "size": module_size,
             "name": module_name,
             "features": sorted(features),
-            "exports": list(exports),  # [{name, kind, params, results}]: typed calls need them
+            # [{name, kind, params, results}]: what a typed call needs, without parsing the
+            # module again (or asking wasmtime-py, which aborts on v128 signatures).
+            "exports": None if exports is None else list(exports),
         },
         "payload": {"sha256": sha256(payload), "size": len(payload)},
     }
     text = json.dumps(header, sort_keys=True, separators=(",", ":")).encode("utf-8")
     return MAGIC + struct.pack("<I", len(text)) + text + payload
+
+
+def export_records(wasm: bytes) -> Optional[list]:
+    """The module's exports as header records; None if the module cannot be read."""
+    from .facts import FactsError, read_interface
+
+    try:
+        exports = read_interface(wasm).exports
+    except FactsError:
+        return None
+    return [
+        {
+            "name": e.name,
+            "kind": e.kind,
+            "params": list(e.type.params) if e.kind == "func" and e.type is not None else None,
+            "results": list(e.type.results) if e.kind == "func" and e.type is not None else None,
+        }
+        for e in exports
+    ]
 
 
 def read_header(data: bytes) -> dict:

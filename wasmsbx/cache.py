@@ -51,6 +51,7 @@ class Outcome(NamedTuple):
     timings: dict
     warnings: list
     key: Optional[str] = None
+    exports: Optional[list] = None  # the module's export records (aot.export_records)
 
 
 # ---------------------------------------------------------------------------- where
@@ -358,68 +359,138 @@ def load_or_compile(
     Never fails because of the cache: a broken cache is reported in ``warnings`` and
     the module is compiled as if there were none.
     """
-    compile_fn = compile_fn or engine.compile
-    timings: dict = {}
-    warnings: list = []
     started = time.perf_counter()
-    broken = cache_errors()
     try:
-        store = shared_store(policy, cache_dir)
-        fingerprint = aot.normalise(engine.fingerprint())
-        module_sha = aot.sha256(wasm)
-        key = entry_key(module_sha, fingerprint)
-    except broken as exc:
-        warnings.append(f"cache unavailable ({reason(exc)}); compiled without it")
-        module = _timed(compile_fn, wasm, timings)
-        return Outcome(module, "error", timings, warnings)
-    label = fingerprint_label(fingerprint)
-    timings["cache"] = time.perf_counter() - started
-    return _cached(
-        store,
-        key,
-        engine,
-        wasm,
-        fingerprint,
-        module_sha,
-        name,
-        label,
-        compile_fn,
-        timings,
-        warnings,
-    )
+        lookup = Lookup(shared_store(policy, cache_dir), engine, wasm, name, compile_fn)
+    except cache_errors() as exc:
+        timings: dict = {}
+        module = _timed(compile_fn or engine.compile, wasm, timings)
+        warning = f"cache unavailable ({reason(exc)}); compiled without it"
+        return Outcome(module, "error", timings, [warning])
+    lookup.timings["cache"] = time.perf_counter() - started
+    return lookup.run()
 
 
-def _cached(
-    store, key, engine, wasm, fingerprint, module_sha, name, label, compile_fn, timings, warnings
-) -> Outcome:
-    broken = cache_errors()
-    try:
-        module = _load(store, key, engine, fingerprint, module_sha, name, timings, warnings)
-        if module is not None:
-            return Outcome(module, "hit", timings, warnings, key)
-        waited = time.perf_counter()
-        token = store.lock(key)
-        timings["cache"] += time.perf_counter() - waited
-    except broken as exc:
-        warnings.append(f"cache unavailable ({reason(exc)}); compiled without it")
-        return Outcome(_timed(compile_fn, wasm, timings), "error", timings, warnings)
-    try:
-        if token is None or store.has(key):  # another process stored it meanwhile
-            module = _load(store, key, engine, fingerprint, module_sha, name, timings, warnings)
+class Lookup:
+    """One module's trip through the cache: find, verify and load it, or compile and store."""
+
+    def __init__(
+        self,
+        store: Store,
+        engine: Any,
+        wasm: bytes,
+        name: Optional[str],
+        compile_fn: Optional[Callable] = None,
+    ) -> None:
+        self.store = store
+        self.engine = engine
+        self.wasm = wasm
+        self.name = name
+        self.compile_fn = compile_fn or engine.compile
+        self.fingerprint = aot.normalise(engine.fingerprint())
+        self.module_sha = aot.sha256(wasm)
+        self.key = entry_key(self.module_sha, self.fingerprint)
+        self.label = fingerprint_label(self.fingerprint)
+        self.timings: dict = {}
+        self.warnings: list = []
+        self.exports: Optional[list] = None
+
+    def outcome(self, module: Any, state: str) -> Outcome:
+        return Outcome(module, state, self.timings, self.warnings, self.key, self.exports)
+
+    def run(self) -> Outcome:
+        broken = cache_errors()
+        try:
+            module = self.load()
             if module is not None:
-                return Outcome(module, "hit", timings, warnings, key)
-        module = _timed(compile_fn, wasm, timings)
-        try:
-            _store(store, key, engine, module, wasm, fingerprint, module_sha, name, timings)
-            store.miss(label)
+                return self.outcome(module, "hit")
+            waited = time.perf_counter()
+            token = self.store.lock(self.key)  # one process compiles, the others wait
+            self.timings["cache"] += time.perf_counter() - waited
         except broken as exc:
-            warnings.append(f"could not store compiled code in the cache ({reason(exc)})")
-        return Outcome(module, "miss", timings, warnings, key)
-    finally:
+            self.warnings.append(f"cache unavailable ({reason(exc)}); compiled without it")
+            return self.outcome(self.compile(), "error")
         try:
-            store.unlock(key, token)
-        except broken:
-            pass  # the lock expires on its own
+            if token is None or self.store.has(self.key):  # stored by another process
+                module = self.load()
+                if module is not None:
+                    return self.outcome(module, "hit")
+            module = self.compile()
+            try:
+                self.save(module)
+                self.store.miss(self.label)
+            except broken as exc:
+                self.warnings.append(f"could not store compiled code in the cache ({reason(exc)})")
+            return self.outcome(module, "miss")
+        finally:
+            try:
+                self.store.unlock(self.key, token)
+            except broken:
+                pass  # the lock expires on its own
+
+    def compile(self) -> Any:
+        return _timed(self.compile_fn, self.wasm, self.timings)
+
+    def load(self, touch: bool = True) -> Any:
+        """Read, verify, deserialize; a bad entry is deleted and reported, never loaded."""
+        started = time.perf_counter()
+        blob = self.store.blob(self.key)
+        if blob is None:
+            return None
+        try:
+            artifact = aot.unpack(blob, kind="cache-entry")
+            if artifact.module_sha256 != self.module_sha:
+                raise aot.Corrupt("it belongs to another module")
+            diff = aot.differences(artifact.fingerprint, self.fingerprint)
+            if diff:
+                raise aot.Corrupt("built for another engine: " + "; ".join(diff[:2]))
+            module = self.engine.deserialize(artifact.payload)
+        except (aot.Corrupt, errors.ModuleError) as exc:
+            self.store.remove(self.key)
+            what = f"cache entry for {self.name or self.module_sha[:12]} ({self.label})"
+            self.warnings.append(
+                f"{what} failed its integrity check ({reason(exc)}); discarded and recompiled"
+            )
+            return None
+        self.exports = artifact.header["module"].get("exports")
+        if touch:
+            self.store.hit(self.key, self.label)
+        self.timings["load"] = time.perf_counter() - started
+        return module
+
+    def save(self, module: Any) -> None:
+        started = time.perf_counter()
+        payload = self.engine.serialize(module)
+        self.exports = aot.export_records(self.wasm)  # so a hit need not parse the module
+        blob = aot.pack(
+            "cache-entry",
+            self.fingerprint,
+            payload,
+            self.module_sha,
+            len(self.wasm),
+            self.name,
+            exports=self.exports,
+        )
+        if len(blob) <= self.store.size_limit:  # an entry bigger than the cache is not kept
+            self.store.put(self.key, blob, self.record(len(blob)))
+            self.store.evict(self.store.size_limit, keep=(self.key,))
+        self.timings["store"] = time.perf_counter() - started
+
+    def record(self, size: int) -> dict:
+        fp, now = self.fingerprint, time.time()
+        return {
+            "module": {"name": self.name, "sha256": self.module_sha, "size": len(self.wasm)},
+            "backend": fp.get("backend"),
+            "label": self.label,
+            "compiler": fp.get("compiler"),
+            "version": fp.get("version"),
+            "optimize": fp.get("optimize"),
+            "target": fp.get("target"),
+            "size": size,
+            "created": now,
+            "last_used": now,
+            "hits": 0,
+        }
 
 
 def _timed(compile_fn: Callable, wasm: bytes, timings: dict) -> Any:
@@ -427,62 +498,6 @@ def _timed(compile_fn: Callable, wasm: bytes, timings: dict) -> Any:
     module = compile_fn(wasm)
     timings["compile"] = time.perf_counter() - started
     return module
-
-
-def _load(store, key, engine, fingerprint, module_sha, name, timings, warnings, touch=True) -> Any:
-    """Read, verify, deserialize; a bad entry is deleted and reported, never loaded."""
-    started = time.perf_counter()
-    blob = store.blob(key)
-    if blob is None:
-        return None
-    what = f"cache entry for {name or module_sha[:12]} ({fingerprint_label(fingerprint)})"
-    try:
-        artifact = aot.unpack(blob, kind="cache-entry")
-        if artifact.module_sha256 != module_sha:
-            raise aot.Corrupt("it belongs to another module")
-        diff = aot.differences(artifact.fingerprint, fingerprint)
-        if diff:
-            raise aot.Corrupt("built for another engine: " + "; ".join(diff[:2]))
-        module = engine.deserialize(artifact.payload)
-    except (aot.Corrupt, errors.ModuleError) as exc:
-        store.remove(key)
-        warnings.append(
-            f"{what} failed its integrity check ({reason(exc)}); discarded and recompiled"
-        )
-        return None
-    if touch:
-        store.hit(key, fingerprint_label(fingerprint))
-    timings["load"] = time.perf_counter() - started
-    return module
-
-
-def _store(store, key, engine, module, wasm, fingerprint, module_sha, name, timings) -> None:
-    started = time.perf_counter()
-    payload = engine.serialize(module)
-    blob = aot.pack("cache-entry", fingerprint, payload, module_sha, len(wasm), name)
-    if len(blob) <= store.size_limit:  # an entry bigger than the whole cache is not kept
-        now = time.time()
-        store.put(key, blob, _record(fingerprint, module_sha, len(wasm), name, len(blob), now))
-        store.evict(store.size_limit, keep=(key,))
-    timings["store"] = time.perf_counter() - started
-
-
-def _record(
-    fingerprint: dict, module_sha: str, module_size: int, name: Optional[str], size: int, now: float
-) -> dict:
-    return {
-        "module": {"name": name, "sha256": module_sha, "size": module_size},
-        "backend": fingerprint.get("backend"),
-        "label": fingerprint_label(fingerprint),
-        "compiler": fingerprint.get("compiler"),
-        "version": fingerprint.get("version"),
-        "optimize": fingerprint.get("optimize"),
-        "target": fingerprint.get("target"),
-        "size": size,
-        "created": now,
-        "last_used": now,
-        "hits": 0,
-    }
 
 
 def reason(exc: BaseException) -> str:
@@ -509,12 +524,6 @@ def store_compiled(
 
     Unlike the run path, failures to use the cache are errors here: storing is the point.
     """
-    compile_fn = compile_fn or engine.compile
-    fingerprint = aot.normalise(engine.fingerprint())
-    module_sha = aot.sha256(wasm)
-    key = entry_key(module_sha, fingerprint)
-    timings: dict = {}
-    warnings: list = []
     try:
         store = open_store(policy, cache_dir)
     except cache_errors() as exc:
@@ -522,34 +531,30 @@ def store_compiled(
             f"cache unavailable: {reason(exc)}", hint="choose another --cache-dir"
         ) from None
     try:
-        if not force and store.has(key):
-            module = _load(
-                store, key, engine, fingerprint, module_sha, name, timings, warnings, touch=False
-            )
-            if module is not None:
-                return _compiled(store, key, fingerprint, "cached", timings, warnings)
-        module = _timed(compile_fn, wasm, timings)
-        _store(store, key, engine, module, wasm, fingerprint, module_sha, name, timings)
-        if not store.has(key):
-            warnings.append(
+        lookup = Lookup(store, engine, wasm, name, compile_fn)
+        if not force and store.has(lookup.key) and lookup.load(touch=False) is not None:
+            return _compiled(lookup, "cached")
+        lookup.save(lookup.compile())
+        if not store.has(lookup.key):
+            lookup.warnings.append(
                 f"compiled code is larger than runtime.cache_size ({store.size_limit} bytes); "
                 "not kept"
             )
-        return _compiled(store, key, fingerprint, "stored", timings, warnings)
+        return _compiled(lookup, "stored")
     finally:
         store.close()
 
 
-def _compiled(store, key, fingerprint, state, timings, warnings) -> dict:
-    record = store.record(key) or {}
+def _compiled(lookup: Lookup, state: str) -> dict:
+    record = lookup.store.record(lookup.key) or {}
     return {
-        "backend": fingerprint_label(fingerprint),
-        "version": fingerprint.get("version"),
+        "backend": lookup.label,
+        "version": lookup.fingerprint.get("version"),
         "state": state,
-        "key": key,
+        "key": lookup.key,
         "size": record.get("size"),
-        "timings": {k: round(v, 6) for k, v in timings.items()},
-        "warnings": list(warnings),
+        "timings": {k: round(v, 6) for k, v in lookup.timings.items()},
+        "warnings": list(lookup.warnings),
     }
 
 

@@ -352,6 +352,7 @@ class Sandbox:
         )
         cache_wanted = self.policy.values["runtime.cache"] if use_cache is None else use_cache
         self.cache_state = "off"
+        self.recorded_exports: Optional[list] = None
         self.module = self._load_artifact() if self.artifact is not None else None
         if self.module is None:
             self.module = self._compile(cache_wanted)
@@ -414,6 +415,7 @@ class Sandbox:
             self.timings.update(outcome.timings)
             self.warnings.extend(outcome.warnings)
             self.cache_state = outcome.state
+            self.recorded_exports = outcome.exports
             return outcome.module
         self.cache_state = "skip" if use_cache else "off"
         started = time.perf_counter()
@@ -426,7 +428,10 @@ class Sandbox:
         from .facts import FactsError, read_interface
 
         if self.wasm is None:  # a standalone artifact records its module's exports
-            return _recorded_exports(self.artifact.header) or self.engine.exports(self.module)
+            records = self.artifact.header["module"].get("exports")
+            return self.engine.exports(self.module) if records is None else _exports(records)
+        if self.recorded_exports is not None:  # a cache entry does too: no parse on a hit
+            return _exports(self.recorded_exports)
         try:
             exports = read_interface(self.wasm).exports
         except FactsError:
@@ -644,12 +649,13 @@ class Sandbox:
             self._instance = None
 
 
-def _recorded_exports(header: dict) -> list:
+def _exports(records: list) -> list:
+    """ExportInfo from the export records an artifact or cache entry carries."""
     return [
         ExportInfo(e["name"], e["kind"], Signature(tuple(e["params"]), tuple(e["results"])))
         if e.get("params") is not None
         else ExportInfo(e["name"], e["kind"])
-        for e in header["module"].get("exports", ())
+        for e in records
     ]
 
 

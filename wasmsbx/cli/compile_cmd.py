@@ -192,11 +192,10 @@ def _artifact(engine: Any, wasm: bytes, name: str, compile_fn: Any, out: str) ->
     module = compile_fn(wasm)
     seconds = time.perf_counter() - started
     try:
-        facts = read_facts(wasm)
-        features = tuple(facts.features)
-        exports = tuple(_export_record(e) for e in facts.exports)
+        features = tuple(read_facts(wasm).features)
     except FactsError:
-        features, exports = (), ()
+        features = ()
+    exports = aot.export_records(wasm)
     fingerprint = engine.fingerprint()
     blob = aot.pack(
         "artifact",
@@ -220,14 +219,6 @@ def _artifact(engine: Any, wasm: bytes, name: str, compile_fn: Any, out: str) ->
         "timings": {"compile": round(seconds, 6)},
         "warnings": [],
     }
-
-
-def _export_record(export: Any) -> dict:
-    record = {"name": export.name, "kind": export.kind, "params": None, "results": None}
-    if export.kind == "func" and export.type is not None:
-        record["params"] = list(export.type.params)
-        record["results"] = list(export.type.results)
-    return record
 
 
 def _spinner(label: str) -> Any:
