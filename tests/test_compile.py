@@ -339,18 +339,18 @@ def test_spinner_draws_only_for_long_work(monkeypatch):
 
     from rich.console import Console
 
-    from wasmsbx.cli import output
+    from wasmsbx.cli import output, progress
 
     screen = io.StringIO()
     monkeypatch.setattr(
         output, "console", lambda stderr=False: Console(file=screen, force_terminal=True)
     )
-    monkeypatch.setattr(output.Spinner, "DELAY", 0.05)
-    with output.Spinner("quick work"):
+    monkeypatch.setattr(progress.Spinner, "DELAY", 0.05)
+    with progress.Spinner("quick work"):
         pass
     time.sleep(0.1)
     assert screen.getvalue() == ""
-    with output.Spinner("slow work"):
+    with progress.Spinner("slow work"):
         time.sleep(0.4)
     assert "slow work" in screen.getvalue() and "0:00:00" in screen.getvalue()
 

@@ -218,3 +218,72 @@ def verify_artifact(data: bytes, origin: str) -> Artifact:
             hint="rebuild it with `wasmsbx compile MODULE -o FILE`, or run the original module",
             path=origin,
         ) from None
+
+
+# ---------------------------------------------------------------------------- for the runner
+# Sandbox's handling of standalone artifacts, here so `wasmsbx run` of a plain module does
+# not load it. Each takes the Sandbox; a refused artifact is an error when there is no
+# module to fall back on, else a warning and the module is compiled instead.
+
+
+def refuse(box: Any, exc: errors.WasmsbxError) -> None:
+    box.artifact = None
+    if box.wasm is None:
+        raise exc
+    box.warnings.append(f"{exc.message}; using {box.path.name} instead")
+    return None
+
+
+def open_for(box: Any, data: Optional[bytes], origin: str) -> Optional[Artifact]:
+    """The verified artifact in ``data`` (or in the file ``origin``), or None."""
+    try:
+        if data is None:
+            return load_file(origin)
+        return verify_artifact(data, origin) if is_artifact(data) else None
+    except errors.WasmsbxError as exc:
+        return refuse(box, exc)
+
+
+def backend_for(box: Any, backend: Optional[str], kind: str) -> Optional[tuple]:
+    """(backend, compiler) the artifact was built for, if the policy and --backend allow."""
+    from .backends import get, names, select, split
+
+    fp, origin = box.artifact.fingerprint, box.artifact.origin or str(box.path)
+    name, compiler = fp.get("backend"), fp.get("compiler")
+    spec = backend or box.policy.values["runtime.backend"]
+    wanted, wanted_compiler = split(spec)
+    if name not in names():
+        return refuse(box, errors.ModuleError(f"{origin}: built for {name}, not installed"))
+    adapter = get(name)
+    compiler = compiler if compiler in adapter.compilers else adapter.default_compiler
+    label = f"{name}:{compiler}" if len(adapter.compilers) > 1 else name
+    if spec != "auto" and (wanted != name or wanted_compiler not in (None, compiler)):
+        return refuse(
+            box, errors.ModuleError(f"{origin}: precompiled for {label}, but {spec} was asked for")
+        )
+    if len(names()) > 1:  # the backend is fixed; it must still honour the whole policy
+        try:
+            box.selection = select.select(box.policy, box._features(), kind, label)
+        except errors.BackendUnavailable as exc:
+            return refuse(box, exc)
+    return name, compiler
+
+
+def load_for(box: Any) -> Any:
+    """The deserialized module, after checking it was built from box's module (if given)
+    and for box's engine."""
+    started = time.perf_counter()
+    artifact = box.artifact
+    origin = artifact.origin or str(box.path)
+    try:
+        if box.wasm is not None and sha256(box.wasm) != artifact.module_sha256:
+            raise errors.ModuleError(
+                f"{origin}: precompiled from a different module than {box.path.name}"
+            )
+        check_compatible(artifact, box.engine.fingerprint(), origin)
+        module = box.engine.deserialize(artifact.payload)
+    except errors.ModuleError as exc:
+        return refuse(box, exc)
+    box.timings["load"] = time.perf_counter() - started
+    box.cache_state = "artifact"
+    return module

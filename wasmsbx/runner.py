@@ -336,11 +336,15 @@ class Sandbox:
         self.artifact = None
         self.wasm: Optional[bytes] = None
         if data[:1] == ARTIFACT_FIRST_BYTE and artifact is None:
-            self.artifact = self._open_artifact(data, str(self.path))
+            from . import aot  # standalone artifacts: kept out of the hot path
+
+            self.artifact = aot.open_for(self, data, str(self.path))
         if self.artifact is None:
             self.wasm = module_bytes(data, self.path)
         if artifact is not None:
-            self.artifact = self._open_artifact(None, artifact)
+            from . import aot
+
+            self.artifact = aot.open_for(self, None, artifact)
         self.timings["read"] = time.perf_counter() - started
         self.selection = None
         self._spec: Optional[str] = None
@@ -353,7 +357,11 @@ class Sandbox:
         cache_wanted = self.policy.values["runtime.cache"] if use_cache is None else use_cache
         self.cache_state = "off"
         self.recorded_exports: Optional[list] = None
-        self.module = self._load_artifact() if self.artifact is not None else None
+        self.module = None
+        if self.artifact is not None:
+            from . import aot
+
+            self.module = aot.load_for(self)
         if self.module is None:
             self.module = self._compile(cache_wanted)
         self.export_list = self._interface()
@@ -364,7 +372,9 @@ class Sandbox:
         from .backends import get, names, select, split
 
         if self.artifact is not None:
-            chosen = self._artifact_backend(backend, kind)
+            from .aot import backend_for
+
+            chosen = backend_for(self, backend, kind)
             if chosen is not None:
                 return chosen
 
@@ -448,75 +458,6 @@ class Sandbox:
             return self.engine.compile(wasm)
         with self.progress(f"compiling {self.path.name}"):
             return self.engine.compile(wasm)
-
-    # --------------------------------------------------------------- artifacts
-    def _open_artifact(self, data: Optional[bytes], origin: str) -> Any:
-        """A verified standalone artifact; None (and a warning) if refused with a module
-        to fall back on."""
-        from . import aot
-
-        try:
-            if data is None:
-                return aot.load_file(origin)
-            return aot.verify_artifact(data, origin) if aot.is_artifact(data) else None
-        except errors.WasmsbxError as exc:
-            return self._refuse(exc)
-
-    def _refuse(self, exc: errors.WasmsbxError) -> None:
-        """Without a module to fall back on the refusal is the error; else a warning."""
-        self.artifact = None
-        if self.wasm is None:
-            raise exc
-        self.warnings.append(f"{exc.message}; using {self.path.name} instead")
-        return None
-
-    def _artifact_backend(self, backend: Optional[str], kind: str) -> Optional[tuple]:
-        """The backend an artifact was built for, if the policy and --backend allow it."""
-        from .backends import get, names, select, split
-
-        fp = self.artifact.fingerprint
-        name, compiler = fp.get("backend"), fp.get("compiler")
-        spec = backend or self.policy.values["runtime.backend"]
-        wanted, wanted_compiler = split(spec)
-        origin = self.artifact_origin
-        if name not in names():
-            return self._refuse(errors.ModuleError(f"{origin}: built for {name}, not installed"))
-        adapter = get(name)
-        compiler = compiler if compiler in adapter.compilers else adapter.default_compiler
-        if spec != "auto" and (wanted != name or wanted_compiler not in (None, compiler)):
-            label = f"{name}:{compiler}" if len(adapter.compilers) > 1 else name
-            return self._refuse(
-                errors.ModuleError(f"{origin}: precompiled for {label}, but {spec} was asked for")
-            )
-        if len(names()) > 1:
-            label = f"{name}:{compiler}" if len(adapter.compilers) > 1 else name
-            try:
-                self.selection = select.select(self.policy, self._features(), kind, label)
-            except errors.BackendUnavailable as exc:
-                return self._refuse(exc)
-        return name, compiler
-
-    @property
-    def artifact_origin(self) -> str:
-        return self.artifact.origin or str(self.path)
-
-    def _load_artifact(self) -> Any:
-        from . import aot
-
-        started = time.perf_counter()
-        origin = self.artifact_origin
-        try:
-            if self.wasm is not None and aot.sha256(self.wasm) != self.artifact.module_sha256:
-                raise errors.ModuleError(
-                    f"{origin}: precompiled from a different module than {self.path.name}"
-                )
-            aot.check_compatible(self.artifact, self.engine.fingerprint(), origin)
-            module = self.engine.deserialize(self.artifact.payload)
-        except errors.ModuleError as exc:
-            return self._refuse(exc)
-        self.timings["load"] = time.perf_counter() - started
-        self.cache_state = "artifact"
-        return module
 
     # --------------------------------------------------------------- calling
     @property

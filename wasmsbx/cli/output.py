@@ -45,58 +45,10 @@ def console(stderr: bool = False):
 def progress_factory():
     """``Spinner`` when stderr is a terminal, else None (no progress in pipes and logs)."""
     try:
-        return Spinner if sys.stderr.isatty() else None
+        if not sys.stderr.isatty():
+            return None
     except (AttributeError, ValueError):
         return None
+    from .progress import Spinner
 
-
-class Spinner:
-    """A spinner with elapsed time on stderr, drawn only if the work outlasts DELAY.
-
-    A context manager; the waiting happens on a ``_thread`` (no threading import), and
-    rich is imported only once the spinner is due. Compiles release the GIL, so it spins.
-    """
-
-    DELAY = 1.0
-
-    def __init__(self, label: str) -> None:
-        self.label = label
-        self.done = False
-        self.live: Any = None
-
-    def __enter__(self) -> Spinner:
-        import _thread
-        import time
-
-        self.started = time.monotonic()
-        self.gate = _thread.allocate_lock()
-        self.gate.acquire()
-        self.state = _thread.allocate_lock()
-        _thread.start_new_thread(self._watch, ())
-        return self
-
-    def _watch(self) -> None:
-        if self.gate.acquire(timeout=self.DELAY):
-            return  # finished in time: nothing to draw
-        with self.state:
-            if self.done:
-                return
-            from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
-
-            self.live = Progress(
-                SpinnerColumn(),
-                TextColumn("{task.description}"),
-                TimeElapsedColumn(),
-                console=console(stderr=True),
-                transient=True,
-            )
-            self.live.add_task(self.label, total=None)
-            self.live.tasks[0].start_time = self.started  # count from the start, not DELAY
-            self.live.start()
-
-    def __exit__(self, *exc: Any) -> None:
-        with self.state:
-            self.done = True
-            self.gate.release()
-            if self.live is not None:
-                self.live.stop()
+    return Spinner
