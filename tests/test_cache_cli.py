@@ -280,3 +280,11 @@ def test_damaged_database(cli, cache_all, tmp_path):
     assert not root.exists()
     again = cli("run", ADD, "add", "1", "1", "--stats")
     assert "cache             miss" in again.stderr and "warning" not in again.stderr
+
+
+def test_batch_uses_the_cache_options(cli, cache_all, tmp_path):
+    result = cli(
+        "run", ADD, "add", "--batch", "-", "--cache-dir", tmp_path / "b", input=b"[1, 2]\n[3, 4]\n"
+    )
+    assert result.code == 0, result
+    assert (tmp_path / "b" / "cache.db").exists()

@@ -24,8 +24,15 @@ def execute(args: Any, policy: Any, log: Any = None) -> int:
     from ..runner import Sandbox
 
     box = Sandbox(
-        args.positionals[0], policy, kind="call", use_cache=False if o["no_cache"] else None
+        args.positionals[0],
+        policy,
+        kind="call",
+        use_cache=False if o["no_cache"] else None,
+        artifact=o["artifact"],
+        cache_dir=o["cache_dir"],
     )
+    for warning in box.warnings:
+        output.warning(warning)
     if log is not None:
         log.sandbox(box)
     if o["explain"]:
