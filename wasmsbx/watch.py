@@ -232,29 +232,17 @@ def policy_changes(old: Any, new: Any) -> list:
 
 # ---------------------------------------------------------------------------- source builds
 #
-# Sources are built by wasmsbx.build (the `compile` work) when it is installed. Until it is
-# on main, the fallback below builds .wat and C the same way, with errors of the same shape
-# ({"kind": "build" | "toolchain", ..., "output": compiler text}). Everything goes through
-# source_kind() and build_source(), so removing the fallback later touches nothing else.
+# Sources are built by wasmsbx.build, the same builder as `wasmsbx compile`.
 
 SOURCE_KINDS = ("c", "rust")  # a MODULE of these kinds is a source to build
 BUILDABLE_KINDS = ("wat", "c", "rust")  # what --source accepts
 
 
-def _builder() -> Any:
-    try:
-        from . import build  # type: ignore[attr-defined]
-    except ImportError:
-        return None
-    return build
-
-
 def source_kind(path: Any) -> str:
     """wasm, wat, c, rust (a .rs file) or cargo (a Cargo project)."""
-    builder = _builder()
-    if builder is not None:
-        return builder.source_kind(path)
-    return _fallback_kind(Path(path))
+    from . import build
+
+    return build.source_kind(path)
 
 
 def build_source(source: Path, output: Path, export: Optional[str] = None) -> dict:
@@ -264,101 +252,15 @@ def build_source(source: Path, output: Path, export: Optional[str] = None) -> di
     C is built for wasm32-wasi with clang: as a reactor exporting ``export`` when one is
     given (a library function to call), else as a command (a program with ``main``).
     """
-    builder = _builder()
-    if builder is None:
-        return _fallback_build(Path(source), Path(output), export)
-    result = builder.build(source, [export] if export else [], out=output)
+    from . import build
+
+    result = build.build(source, [export] if export else [], out=output)
     return {
         "kind": result.kind,
         "command": list(result.command),
         "messages": result.output,
         "duration_ms": round(result.seconds * 1e3, 3),
     }
-
-
-class BuildError(errors.ModuleError):
-    """A source did not compile; ``output`` is what the compiler printed."""
-
-    kind = "build"
-
-    def __init__(self, message: str, *, output: str = "", **kw: Any) -> None:
-        super().__init__(message, **kw)
-        self.output = output
-
-    def to_dict(self) -> dict:
-        return {**super().to_dict(), "output": self.output}
-
-
-class ToolchainMissing(errors.BackendUnavailable):
-    """The compiler for this kind of source is not installed."""
-
-    kind = "toolchain"
-
-
-_FALLBACK_KINDS = {".wasm": "wasm", ".wat": "wat", ".c": "c", ".rs": "rust"}
-
-
-def _fallback_kind(path: Path) -> str:
-    if path.is_dir() or path.name == "Cargo.toml":
-        return "cargo"
-    kind = _FALLBACK_KINDS.get(path.suffix.lower())
-    if kind is None:
-        raise errors.UsageError(
-            f"{path}: unknown kind of source {path.suffix or '(no suffix)'!r}",
-            hint="give a .wasm or .wat module, or a .c source",
-        )
-    return kind
-
-
-def _fallback_build(source: Path, output: Path, export: Optional[str]) -> dict:
-    kind = _fallback_kind(source)
-    if kind not in ("wat", "c"):
-        raise ToolchainMissing(
-            f"{source}: building {kind} sources needs wasmsbx.build (`wasmsbx compile`)",
-            hint="build it yourself and watch the .wasm, with --also for the sources",
-        )
-    tmp = output.with_name(f".{output.name}.{os.getpid()}.tmp")
-    started = time.perf_counter()
-    command: list = []
-    try:
-        if kind == "wat":
-            from .runner import read_module
-
-            tmp.write_bytes(read_module(source))
-            messages = ""
-        else:
-            command, messages = _clang(source, tmp, export)
-        os.replace(tmp, output)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    took = round((time.perf_counter() - started) * 1e3, 3)
-    return {"kind": kind, "command": command, "messages": messages, "duration_ms": took}
-
-
-def _clang(source: Path, output: Path, export: Optional[str]) -> tuple:
-    import shutil
-    import subprocess
-
-    clang = shutil.which("clang")
-    packages = "clang lld wasi-libc libclang-rt-dev-wasm32"
-    if clang is None:
-        raise ToolchainMissing(
-            "cannot compile C: clang is not installed",
-            hint=f"install {packages} (Debian/Ubuntu: apt-get install {packages})",
-        )
-    command = [clang, "--target=wasm32-wasi", "-O2", "-o", str(output), str(source)]
-    if export:
-        command[3:3] = ["-mexec-model=reactor", f"-Wl,--export={export}"]
-    proc = subprocess.run(command, capture_output=True, text=True)
-    messages = (proc.stdout or "") + (proc.stderr or "")
-    if proc.returncode != 0:
-        raise BuildError(
-            f"clang failed to compile {source}",
-            hint="fix the source; the last good module stays in place",
-            output=messages,
-        )
-    return command, messages
 
 
 # ---------------------------------------------------------------------------- events
@@ -826,7 +728,6 @@ def _captured(stdout: Optional[bytes], stderr: Optional[bytes]) -> dict:
 
 
 __all__ = [
-    "BuildError",
     "Change",
     "CompatReport",
     "Event",

@@ -49,8 +49,10 @@ def register(app: typer.Typer) -> None:
             help="Exit 121 when a finding at or above this severity exists.",
         ),
     ) -> int:
-        """Audit MODULE without running it: imports by capability, exports, memory and table
-        limits, findings with rule ids and fixes, and a risk score, against the policy."""
+        """Audit MODULE against the policy without running it.
+
+        Imports by capability, exports, memory and table limits, findings with rule ids
+        and fixes, and a risk score."""
         mode = _mode(json_output, sarif, suggest, output_file)
         from ..audit import audit_file
         from ..policy import discover

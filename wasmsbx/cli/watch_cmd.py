@@ -73,8 +73,10 @@ def register(app: typer.Typer) -> None:
             False, "--json", help="One JSON object per event (schema in the README)."
         ),
     ) -> int:
-        """Run MODULE once, then again on every change to it, its source, the policy or
-        --also paths, with a compatibility report of its interface. Ctrl-C stops (exit 0).
+        """Re-run MODULE on every change, with a compatibility report of its interface.
+
+        Runs once, then again whenever the module, its source, the policy or an --also
+        path changes. Ctrl-C stops (exit 0).
 
         Examples: wasmsbx watch add.wat add 5 3;  wasmsbx watch src/add.c add 5 3;
         wasmsbx watch build/tool.wasm --source tool.c -- --flag input"""
