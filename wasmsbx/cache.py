@@ -57,20 +57,27 @@ class Outcome(NamedTuple):
 # ---------------------------------------------------------------------------- where
 
 
+def _expand(text: str, what: str) -> Path:
+    try:
+        return Path(text).expanduser()
+    except RuntimeError:  # "~someone" for a user that does not exist
+        raise errors.UsageError(f"{what}: cannot expand {text!r}: no such user") from None
+
+
 def resolve_dir(policy: Any = None, override: Optional[str] = None) -> tuple:
     """(directory, where it came from): option, policy, env or default."""
     if override:
-        return Path(override).expanduser().absolute(), "option"
+        return _expand(override, "--cache-dir").absolute(), "option"
     configured = policy.values.get("runtime.cache_dir") if policy is not None else ""
     if configured:
-        path = Path(configured).expanduser()
+        path = _expand(configured, "runtime.cache_dir")
         source = getattr(policy, "source", None)
         if not path.is_absolute() and source and Path(source).is_file():
             path = Path(source).resolve().parent / path
         return path.absolute(), "policy"
     env = os.environ.get("WASMSBX_CACHE_DIR")
     if env:
-        return Path(env).expanduser().absolute(), "env"
+        return _expand(env, "WASMSBX_CACHE_DIR").absolute(), "env"
     import platformdirs
 
     return Path(platformdirs.user_cache_dir("wasmsbx", appauthor=False)), "default"

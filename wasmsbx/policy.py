@@ -382,7 +382,10 @@ def parse_grant(text: str, writable: bool, base: Optional[Path] = None) -> Grant
         guest = host
     if not host or not guest:
         raise ValueError(f'expected "HOST" or "HOST:GUEST", found {text!r}')
-    host_path = Path(host).expanduser()
+    try:
+        host_path = Path(host).expanduser()
+    except RuntimeError:  # "~someone" for a user that does not exist
+        raise ValueError(f"cannot expand {host!r}: no such user") from None
     if base is not None and not host_path.is_absolute():
         host_path = base / host_path
     if not host_path.is_dir():
