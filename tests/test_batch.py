@@ -305,7 +305,7 @@ def _spawn(args, stdin, stdout, **kw):
     )
 
 
-def _wait_for_checkpoint(path, key, minimum, proc, timeout=180):
+def _wait_for_checkpoint(path, key, minimum, proc, timeout=60):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
@@ -352,6 +352,32 @@ def test_batch_resumes_after_sigkill_nothing_lost_nothing_repeated(tmp_path, job
     assert [row["results"][0] for row in rows] == [base + i for i in range(n)]
     assert not ckpt.exists()
     assert b"resumed at line" in err and b"3,000 items" in err
+
+
+@pytest.mark.parametrize("jobs", ["1", "2"])
+def test_batch_from_an_open_pipe_checkpoints_everything_it_has_read(tmp_path, jobs):
+    # The input pipe stays open: no EOF and no further items. Every item already read must
+    # still be called, written and checkpointed (not wait for a full chunk or for more input).
+    n = 100
+    out = tmp_path / "out.jsonl"
+    ckpt = tmp_path / "run.ckpt"
+    args = ["run", LOOP, "count", "--batch", "-", "-j", jobs, "--checkpoint", ckpt]
+    with open(out, "ab") as sink:
+        proc = _spawn(args, subprocess.PIPE, sink)
+        try:
+            proc.stdin.write(b"".join(b"[%d]\n" % (1000 + i) for i in range(n)))
+            proc.stdin.flush()
+            state = _wait_for_checkpoint(ckpt, "next_line", n + 1, proc)
+            assert state["next_line"] == n + 1 and state["ok"] == n
+            assert state["output_offset"] == out.stat().st_size
+            assert [row["results"][0] for row in jsonl(out.read_text())] == [
+                1000 + i for i in range(n)
+            ]
+        finally:
+            proc.kill()
+            proc.wait()
+            proc.stdin.close()
+            proc.stderr.close()
 
 
 @pytest.mark.slow

@@ -32,6 +32,8 @@ WINDOW_PER_JOB = 4  # chunks in flight per worker
 CHUNK_MAX_ITEMS = 1024
 CHUNK_MAX_BYTES = 256 * 1024
 CHUNK_TARGET_SECONDS = 0.02  # a chunk should keep a worker busy about this long
+FEED_AHEAD = 256  # items read ahead of their call by the input thread
+IDLE_TICK = 0.05  # seconds without progress before an idle tick (``idle=True``)
 PROGRESS_EVERY = 0.1  # seconds
 
 
@@ -275,17 +277,23 @@ def run_numbered(
     fresh: bool = False,
     jobs: int = 1,
     encoded: bool = False,
+    idle: bool = False,
 ) -> Iterator:
     """Like run_batch over ``(line, payload)`` pairs. Checks FUNC and instantiation first.
-    With ``encoded``, yields Encoded lines (rendered in the workers, not in this process)."""
+    With ``encoded``, yields Encoded lines (rendered in the workers, not in this process).
+
+    With ``idle``, the input is read in a thread and ``None`` is yielded whenever no
+    result has come for IDLE_TICK seconds (e.g. a pipe that stays open but sends
+    nothing), so the consumer can make the results it has durable meanwhile."""
     if jobs < 1:
         raise errors.UsageError(f"-j/--jobs must be at least 1, got {jobs}")
     caller = Caller(box, func, fresh)  # an unknown export fails here, before any item
     caller.ready()
     if jobs == 1:
-        return _serial(caller, numbered, encoded)
+        serial = _serial_fed if idle else _serial
+        return serial(caller, numbered, encoded)
     caller.close()
-    return _parallel(box, func, fresh, jobs, numbered, encoded)
+    return _parallel(box, func, fresh, jobs, numbered, encoded, idle)
 
 
 def _serial(caller: Caller, numbered: Iterable, encoded: bool) -> Iterator:
@@ -294,6 +302,29 @@ def _serial(caller: Caller, numbered: Iterable, encoded: bool) -> Iterator:
             result = caller.run(line, payload)
             yield encode(result) if encoded else result
     finally:
+        caller.close()
+
+
+def _serial_fed(caller: Caller, numbered: Iterable, encoded: bool) -> Iterator:
+    """_serial with the input read by a _Feeder thread and idle ticks while it stalls."""
+    import threading
+
+    wake = threading.Event()
+    feeder = _Feeder(numbered, wake)
+    try:
+        while True:
+            wake.clear()  # before looking: an item arriving during this pass is not lost
+            chunk: list = []
+            more = feeder.fill(chunk, CHUNK_MAX_ITEMS)
+            for line, payload in chunk:
+                result = caller.run(line, payload)
+                yield encode(result) if encoded else result
+            if not more:
+                return
+            if not chunk and not wake.wait(IDLE_TICK):
+                yield None
+    finally:
+        feeder.stop()
         caller.close()
 
 
@@ -329,22 +360,88 @@ class _ChunkSizer:
             self.size = max(1, min(CHUNK_MAX_ITEMS, int(CHUNK_TARGET_SECONDS / per_item)))
 
 
-def _take_chunk(iterator: Iterator, size: int) -> list:
-    chunk: list = []
-    nbytes = 0
-    for item in iterator:
-        chunk.append(item)
-        payload = item[1]
-        nbytes += len(payload) if isinstance(payload, (bytes, str)) else 64
-        if len(chunk) >= size or nbytes >= CHUNK_MAX_BYTES:
-            break
-    return chunk
+_END = object()  # the feeder's last entry: the input is exhausted
+
+
+class _Feeder:
+    """Reads the input in a thread, so waiting for input (a pipe that stays open) never
+    keeps finished results from being collected, written and checkpointed.
+
+    At most ``FEED_AHEAD`` items wait in the queue (memory stays bounded); ``wake`` is set
+    whenever an item arrives and whenever a submitted chunk finishes."""
+
+    def __init__(self, numbered: Iterable, wake: Any) -> None:
+        import queue
+        import threading
+
+        self.queue: Any = queue.Queue(FEED_AHEAD)
+        self.wake = wake
+        self.stopped = False
+        self.thread = threading.Thread(
+            target=self._read, args=(iter(numbered),), name="wasmsbx-batch-input", daemon=True
+        )
+        self.thread.start()
+
+    def _read(self, iterator: Iterator) -> None:
+        try:
+            for item in iterator:
+                if not self._put(item):
+                    return
+            self._put(_END)
+        except BaseException as exc:  # a read error belongs to the consumer
+            self._put(exc)
+
+    def _put(self, entry: Any) -> bool:
+        import queue
+
+        while not self.stopped:
+            try:
+                self.queue.put(entry, timeout=0.1)
+            except queue.Full:
+                continue
+            self.wake.set()
+            return True
+        return False
+
+    def fill(self, chunk: list, size: int) -> bool:
+        """Move queued items into ``chunk`` (without waiting) until it holds ``size`` items
+        or CHUNK_MAX_BYTES; False once the input is exhausted. Read errors raise here."""
+        import queue
+
+        nbytes = sum(_item_bytes(item) for item in chunk)
+        while len(chunk) < size and nbytes < CHUNK_MAX_BYTES:
+            try:
+                entry = self.queue.get_nowait()
+            except queue.Empty:
+                return True
+            if entry is _END:
+                return False
+            if isinstance(entry, BaseException):
+                raise entry
+            chunk.append(entry)
+            nbytes += _item_bytes(entry)
+        return True
+
+    def stop(self) -> None:
+        self.stopped = True
+
+
+def _item_bytes(item: tuple) -> int:
+    payload = item[1]
+    return len(payload) if isinstance(payload, (bytes, str)) else 64
 
 
 def _parallel(
-    box: Any, func: str, fresh: bool, jobs: int, numbered: Iterable, encoded: bool
+    box: Any, func: str, fresh: bool, jobs: int, numbered: Iterable, encoded: bool, idle: bool
 ) -> Iterator:
+    """Dispatch chunks to the pool and yield results in order.
+
+    Never blocks on the input while results are ready: the input is read by a _Feeder
+    thread, and this loop sleeps only until an item arrives or a chunk finishes. A chunk
+    goes out when it is full, at the end of the input, or early (partly filled) when a
+    worker would otherwise sit idle waiting for more input."""
     import multiprocessing
+    import threading
     from concurrent.futures import ProcessPoolExecutor
     from concurrent.futures.process import BrokenProcessPool
 
@@ -356,20 +453,32 @@ def _parallel(
         initializer=_worker_init,
         initargs=(spec,),
     )
+    wake = threading.Event()
+    feeder = _Feeder(numbered, wake)
     pending: deque = deque()
     sizer = _ChunkSizer()
-    iterator = iter(numbered)
+    chunk: list = []
     exhausted = False
     try:
         while True:
-            while not exhausted and len(pending) < jobs * WINDOW_PER_JOB:
-                chunk = _take_chunk(iterator, sizer.size)
-                if not chunk:
-                    exhausted = True
+            wake.clear()  # before looking: a wake-up during this pass is not lost
+            while len(pending) < jobs * WINDOW_PER_JOB and (chunk or not exhausted):
+                if not exhausted:
+                    exhausted = not feeder.fill(chunk, sizer.size)
+                full = len(chunk) >= sizer.size or exhausted
+                idle = sum(not f.done() for f in pending) < jobs
+                if not chunk or not (full or idle or _chunk_bytes(chunk) >= CHUNK_MAX_BYTES):
                     break
-                pending.append(pool.submit(_worker_run, chunk, encoded))
-            if not pending:
+                future = pool.submit(_worker_run, chunk, encoded)
+                future.add_done_callback(lambda _: wake.set())
+                pending.append(future)
+                chunk = []
+            if not pending and exhausted and not chunk:
                 return
+            if not (pending and pending[0].done()):
+                if not wake.wait(IDLE_TICK) and idle:
+                    yield None
+                continue
             try:
                 results, seconds = pending.popleft().result()
             except BrokenProcessPool:
@@ -380,7 +489,12 @@ def _parallel(
             sizer.learn(len(results), seconds)
             yield from results
     finally:
+        feeder.stop()
         pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _chunk_bytes(chunk: list) -> int:
+    return sum(_item_bytes(item) for item in chunk)
 
 
 # ---------------------------------------------------------------------------- worker side
@@ -512,16 +626,28 @@ def run_jsonl(
                 warn(note)
     summary = Summary(state)
     reader = _Reader(source, state["next_line"] if state else 1)
-    results = run_numbered(box, func, reader, fresh=fresh, jobs=jobs, encoded=True)
+    # A pipe may stall with items done: idle ticks let us save them meanwhile.
+    idle = not source.seekable
+    results = run_numbered(box, func, reader, fresh=fresh, jobs=jobs, encoded=True, idle=idle)
     last = None
+    saved = None  # the span ``last`` had at the latest save (or flush, without a checkpoint)
     tick = time.monotonic()
     try:
         for result in results:
+            if result is None:  # no result for a while: make those written so far durable
+                if last is not saved and (marker is None or marker.due()):
+                    if marker is not None:
+                        _save_batch(marker, sink, summary, last)
+                    else:
+                        sink.flush()
+                    saved = last
+                continue
             sink.write(result.data)
             summary.add(result)
             last = reader.spans.popleft()
             if marker is not None and marker.due():
                 _save_batch(marker, sink, summary, last)
+                saved = last
             if progress is not None and time.monotonic() - tick >= PROGRESS_EVERY:
                 tick = time.monotonic()
                 progress(summary, source)
