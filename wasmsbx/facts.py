@@ -21,6 +21,8 @@ import os
 from collections import namedtuple
 from typing import Any, Optional, Union
 
+from .capabilities import WASM_FEATURES
+
 __all__ = [
     "FEATURES",
     "CustomSection",
@@ -41,26 +43,7 @@ __all__ = [
 #: ``wasmsbx.capabilities.WASM_FEATURES``, plus ``"unknown"``).  Relaxed SIMD counts as
 #: ``"simd"``; proposals decoded but outside this vocabulary (wide arithmetic, custom page
 #: sizes) and anything this reader cannot decode are reported as ``"unknown"``.
-FEATURES = frozenset(
-    {
-        "mutable-globals",
-        "sign-extension",
-        "saturating-float-to-int",
-        "bulk-memory",
-        "reference-types",
-        "multi-value",
-        "simd",
-        "threads",
-        "tail-call",
-        "memory64",
-        "multi-memory",
-        "exceptions",
-        "gc",
-        "function-references",
-        "extended-const",
-        "unknown",
-    }
-)
+FEATURES = (frozenset(WASM_FEATURES) - {"component-model"}) | {"unknown"}
 
 _MAGIC = b"\x00asm"
 _CORE_VERSION = b"\x01\x00\x00\x00"
