@@ -488,6 +488,53 @@ def test_run_jsonl_over_api_with_source_and_sink(tmp_path):
     assert [row["ok"] for row in jsonl(out.getvalue().decode())] == [True, False]
 
 
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_ctrl_c_right_after_a_result_is_written_checkpoints_that_result(tmp_path, jobs):
+    """Ctrl-C between writing a result and recording it: the checkpoint must still match
+    the output exactly, so resuming repeats and loses nothing (it once repeated an item)."""
+    src = tmp_path / "in.jsonl"
+    src.write_bytes(b"".join(b"[%d, 1]\n" % i for i in range(40)))
+    out = tmp_path / "out.jsonl"
+    ckpt = tmp_path / "run.ckpt"
+
+    class CtrlCAfterWrite(Sink):
+        def write(self, data: bytes) -> None:
+            super().write(data)
+            if b'"line":10,' in data:
+                os.kill(os.getpid(), signal.SIGINT)  # lands before the result is recorded
+
+    box = Sandbox(ADD)
+    with open(src, "rb") as f, open(out, "ab") as o, pytest.raises(KeyboardInterrupt):
+        batch.run_jsonl(box, "add", Source(f), CtrlCAfterWrite(o), jobs=jobs, checkpoint=ckpt)
+    state = json.loads(ckpt.read_text())["state"]
+    assert state["output_offset"] == out.stat().st_size
+    assert (state["next_line"], state["ok"]) == (11, 10)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    with open(src, "rb") as f, open(out, "ab") as o:
+        summary = batch.run_jsonl(box, "add", Source(f), Sink(o), jobs=jobs, checkpoint=ckpt)
+    assert (summary.ok, summary.this_run) == (40, 30)
+    assert [row["results"][0] for row in jsonl(out.read_text())] == [i + 1 for i in range(40)]
+
+
+def test_hold_interrupt_defers_one_ctrl_c_and_lets_a_second_through():
+    from wasmsbx.checkpoint import HoldInterrupt
+
+    with HoldInterrupt() as guard:
+        guard.hold()
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.01)  # the handler has run: the interrupt is held, not raised
+        assert guard.pending
+        with pytest.raises(KeyboardInterrupt):
+            guard.release()
+        guard.hold()
+        os.kill(os.getpid(), signal.SIGINT)
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.01)
+        assert guard.forced
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
 # ---------------------------------------------------------------------------- progress
 
 

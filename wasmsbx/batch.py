@@ -632,33 +632,42 @@ def run_jsonl(
     last = None
     saved = None  # the span ``last`` had at the latest save (or flush, without a checkpoint)
     tick = time.monotonic()
-    try:
-        for result in results:
-            if result is None:  # no result for a while: make those written so far durable
-                if last is not saved and (marker is None or marker.due()):
-                    if marker is not None:
-                        _save_batch(marker, sink, summary, last)
-                    else:
-                        sink.flush()
+    guard = cp.HoldInterrupt()
+    with guard:
+        try:
+            for result in results:
+                if result is None:  # no result for a while: make those written so far durable
+                    if last is not saved and (marker is None or marker.due()):
+                        guard.hold()
+                        if marker is not None:
+                            _save_batch(marker, sink, summary, last)
+                        else:
+                            sink.flush()
+                        saved = last
+                        guard.release()
+                    continue
+                # Writing a result, counting it and taking its span is one step that Ctrl-C
+                # waits for: a checkpoint never covers output whose item it does not count.
+                guard.hold()
+                sink.write(result.data)
+                summary.add(result)
+                last = reader.spans.popleft()
+                if marker is not None and marker.due():
+                    _save_batch(marker, sink, summary, last)
                     saved = last
-                continue
-            sink.write(result.data)
-            summary.add(result)
-            last = reader.spans.popleft()
-            if marker is not None and marker.due():
-                _save_batch(marker, sink, summary, last)
-                saved = last
-            if progress is not None and time.monotonic() - tick >= PROGRESS_EVERY:
-                tick = time.monotonic()
-                progress(summary, source)
-    except BaseException:  # interrupted or failed: record what did reach the output
-        summary.finished = time.perf_counter()
-        if marker is not None and last is not None:
-            try:
-                _save_batch(marker, sink, summary, last)
-            except Exception:  # noqa: S110 - the original failure is the one to report
-                pass
-        raise
+                guard.release()
+                if progress is not None and time.monotonic() - tick >= PROGRESS_EVERY:
+                    tick = time.monotonic()
+                    progress(summary, source)
+        except BaseException:  # interrupted or failed: record what did reach the output
+            guard.hold()  # a second Ctrl-C waits for this save (the first one is raised)
+            summary.finished = time.perf_counter()
+            if marker is not None and last is not None and not guard.forced:
+                try:
+                    _save_batch(marker, sink, summary, last)
+                except Exception:  # noqa: S110 - the original failure is the one to report
+                    pass
+            raise
     summary.finished = time.perf_counter()
     sink.flush()
     if marker is not None:

@@ -111,6 +111,57 @@ class Checkpoint:
             pass
 
 
+class HoldInterrupt:
+    """Defers Ctrl-C (SIGINT) between ``hold()`` and ``release()``, which then raises it:
+    writing output and recording what it covers is one step, so a checkpoint saved on
+    Ctrl-C never covers output of an item (or chunk) it does not count as done.
+
+    Outside that span Ctrl-C raises KeyboardInterrupt at once as usual (so waiting for a
+    result stays interruptible). A second Ctrl-C inside the span raises at once too (a
+    write to a stalled pipe must not make the process unstoppable) and sets ``forced``:
+    what the span was recording is then unknown, so no checkpoint may be saved from it.
+    Active only in the main thread and only while SIGINT has Python's default handler;
+    otherwise it changes nothing."""
+
+    def __init__(self) -> None:
+        self.busy = False
+        self.pending = False
+        self.forced = False
+        self.previous: Any = None
+
+    def __enter__(self) -> HoldInterrupt:
+        import signal
+        import threading
+
+        main = threading.current_thread() is threading.main_thread()
+        if main and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+            self.previous = signal.signal(signal.SIGINT, self._signal)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.previous is not None:
+            import signal
+
+            signal.signal(signal.SIGINT, self.previous)
+            self.previous = None
+
+    def _signal(self, signum: int, frame: Any) -> None:
+        if self.busy and not self.pending:
+            self.pending = True
+            return
+        self.forced = self.busy
+        raise KeyboardInterrupt
+
+    def hold(self) -> None:
+        self.busy = True
+
+    def release(self) -> None:
+        self.busy = False
+        if self.pending:
+            self.pending = False
+            raise KeyboardInterrupt
+
+
 # ---------------------------------------------------------------------------- input
 
 

@@ -238,41 +238,46 @@ def run_stream(
     view = memoryview(buffer)
     tick = time.monotonic()
     last = None  # (start, end, sha256) of the last chunk whose output is written
-    try:
-        while True:
-            n = _fill(source.stream, view)
-            if not n:
-                break
-            start = source.offset
-            source.offset += n
-            out = session.feed(view[:n])
+    guard = cp.HoldInterrupt()
+    with guard:
+        try:
+            while True:
+                n = _fill(source.stream, view)
+                if not n:
+                    break
+                start = source.offset
+                source.offset += n
+                out = session.feed(view[:n])
+                guard.hold()  # Ctrl-C waits until ``last`` covers this chunk's output
+                sink.write(out)
+                sink.flush()
+                stats.chunks += 1
+                stats.bytes_in += n
+                stats.bytes_out += len(out)
+                stats.peak_buffer = max(stats.peak_buffer, n + len(out))
+                if marker is not None:
+                    last = (start, source.offset, cp.digest(view[:n]))
+                    if marker.due():
+                        marker.save(_stream_state(sink, last))
+                guard.release()
+                if progress is not None and time.monotonic() - tick >= 0.1:
+                    tick = time.monotonic()
+                    progress(stats, source)
+            out = session.finish()
             sink.write(out)
-            sink.flush()
-            stats.chunks += 1
-            stats.bytes_in += n
             stats.bytes_out += len(out)
-            stats.peak_buffer = max(stats.peak_buffer, n + len(out))
-            if marker is not None:
-                last = (start, source.offset, cp.digest(view[:n]))
-                if marker.due():
+            sink.flush()
+        except BaseException:  # interrupted or trapped: record what did reach the output
+            guard.hold()  # a second Ctrl-C waits for this save (the first one is raised)
+            if marker is not None and last is not None and not guard.forced:
+                try:
                     marker.save(_stream_state(sink, last))
-            if progress is not None and time.monotonic() - tick >= 0.1:
-                tick = time.monotonic()
-                progress(stats, source)
-        out = session.finish()
-        sink.write(out)
-        stats.bytes_out += len(out)
-        sink.flush()
-    except BaseException:  # interrupted or trapped: record what did reach the output
-        if marker is not None and last is not None:
-            try:
-                marker.save(_stream_state(sink, last))
-            except Exception:  # noqa: S110 - the original failure is the one to report
-                pass
-        raise
-    finally:
-        stats.finished = time.perf_counter()
-        session.close()
+                except Exception:  # noqa: S110 - the original failure is the one to report
+                    pass
+            raise
+        finally:
+            stats.finished = time.perf_counter()
+            session.close()
     if marker is not None:
         marker.remove()
     if progress is not None:
