@@ -340,3 +340,28 @@ class Backend(ABC):
 
     @abstractmethod
     def engine(self, options: EngineOptions) -> Engine: ...
+
+
+PAGE = 65536
+
+
+def memory_limit_error(
+    limit: int, held: Optional[int], where: str, message: str, frames: list
+) -> Optional[Any]:
+    """The error for a trap that follows a refused memory.grow, or None.
+
+    Runtimes do not say why memory.grow failed; a guest holding memory within one page of
+    the cap when it traps was refused by the cap, so the trap is reported as that limit.
+    """
+    if held is None or held + PAGE <= limit:
+        return None
+    from ..errors import MemoryLimitExceeded
+    from ..units import format_size
+
+    return MemoryLimitExceeded(
+        f"memory limit {format_size(limit)} reached: {where} trapped ({message}) after "
+        f"memory.grow was refused at {format_size(held)}",
+        hint="raise limits.memory (--memory 512MiB) if the guest needs more",
+        backtrace=frames,
+        limit_value=limit,
+    )

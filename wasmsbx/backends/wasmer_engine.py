@@ -53,6 +53,7 @@ from .base import (
     Signature,
     Usage,
     WasiSetup,
+    memory_limit_error,
 )
 from .wasm_limits import PAGE, LimitsError, cap_limits
 
@@ -652,14 +653,9 @@ class WasmerInstance(Instance):
                 hint="unbounded recursion? wasmer's stack size is fixed; wasmtime has limits.stack",
                 backtrace=frames[:MAX_FRAMES],
             )
-        if memory is not None and memory + PAGE > self.limits.memory:
-            return errors.MemoryLimitExceeded(
-                f"memory limit {format_size(self.limits.memory)} reached: {where} trapped "
-                f"({message}) after memory.grow was refused at {format_size(memory)}",
-                hint="raise limits.memory (--memory 512MiB) if the guest needs more",
-                backtrace=frames,
-                limit_value=self.limits.memory,
-            )
+        refused = memory_limit_error(self.limits.memory, memory, where, message, frames)
+        if refused is not None:
+            return refused
         return errors.TrapError(f"{where} trapped: {message}", backtrace=frames)
 
 

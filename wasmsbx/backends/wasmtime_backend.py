@@ -33,6 +33,7 @@ from .base import (
     Limits,
     Usage,
     WasiSetup,
+    memory_limit_error,
 )
 
 TICK = 0.01  # seconds per epoch tick: the timeout's resolution
@@ -442,15 +443,10 @@ class WasmtimeInstance(Instance):
                 backtrace=frames[:MAX_FRAMES],
             )
         message = _trap_message(trap)
-        memory = self._memory_bytes()
-        if memory is not None and memory + 65536 > self.limits.memory:
-            return errors.MemoryLimitExceeded(
-                f"memory limit {format_size(self.limits.memory)} reached: {where} trapped "
-                f"({message}) after memory.grow was refused at {format_size(memory)}",
-                hint="raise limits.memory (--memory 512MiB) if the guest needs more",
-                backtrace=frames,
-                limit_value=self.limits.memory,
-            )
+        held = self._memory_bytes()
+        refused = memory_limit_error(self.limits.memory, held, where, message, frames)
+        if refused is not None:
+            return refused
         return errors.TrapError(f"{where} trapped: {message}", backtrace=frames)
 
     def _instantiate_error(self, exc: Exception, module: Any) -> errors.WasmsbxError:
