@@ -347,10 +347,6 @@ class WasmerBackend(Backend):
             self._verdicts = verdicts
         return self._verdicts
 
-    def reset(self) -> None:
-        """Forget this process's verdicts (the disk cache stays)."""
-        self._verdicts = None
-
     def probe(self) -> Availability:
         """Available when at least one compiler works; the reason of the first otherwise."""
         verdicts = self.verdicts()
