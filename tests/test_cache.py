@@ -88,6 +88,26 @@ def test_second_run_is_a_hit(backend, add):
     assert stats.cache == "hit"
 
 
+def test_loaded_code_does_not_depend_on_the_buffer_it_came_from(backend, add):
+    """The cache lends its read buffer to the backend without a copy; the module must
+    own its code afterwards, so scribbling over the buffer changes nothing."""
+    from wasmsbx.backends import get, split
+    from wasmsbx.runner import engine_options, limits_from
+
+    name, compiler = split(backend)
+    engine = get(name).engine(engine_options(make_policy(), compiler))
+    wasm = read_module(add)
+    data = bytearray(engine.serialize(engine.compile(wasm)))
+    module = engine.deserialize(memoryview(data))
+    data[:] = bytes(len(data))
+    del data
+    instance = engine.instantiate(module, limits_from(make_policy()))
+    try:
+        assert instance.call("add", [5, 3]) == [8]
+    finally:
+        instance.close()
+
+
 def test_hits_are_counted(backend, add):
     policy = make_policy()
     for _ in range(3):
@@ -220,6 +240,51 @@ def test_entry_for_another_engine_is_not_loaded(backend, add):
 
     box = _damaged_run(backend, add, foreign)
     assert "built for another engine" in box.warnings[0]
+
+
+def _big_artifact(size: int) -> tuple:
+    payload = bytearray(os.urandom(size))
+    blob = aot.pack("artifact", {"backend": "x"}, bytes(payload), "0" * 64, 10)
+    return payload, bytearray(blob)
+
+
+def test_payload_digests_cover_every_chunk():
+    """Payloads are verified per MiB on several threads; a flipped byte in any chunk
+    (first, middle, the short last one) is caught, and the digests are the plain
+    SHA-256 of each chunk."""
+    payload, blob = _big_artifact(3 * aot.CHUNK + 1234)
+    want = aot.read_header(blob)["payload"]
+    assert want["sha256"] == [
+        aot.sha256(payload[at : at + aot.CHUNK]) for at in range(0, len(payload), aot.CHUNK)
+    ]
+    assert bytes(aot.unpack(blob).payload) == bytes(payload)
+    for where in (0, aot.CHUNK + 7, 2 * aot.CHUNK, len(payload) - 1):
+        damaged = bytearray(blob)
+        damaged[len(blob) - len(payload) + where] ^= 0x40
+        with pytest.raises(aot.Corrupt, match="digest mismatch"):
+            aot.unpack(damaged)
+
+
+def test_whole_payload_digest_of_older_headers_is_still_read():
+    """Artifacts written by wasmsbx 0.1 carry one SHA-256 over the payload."""
+    import json
+    import struct
+
+    payload, blob = _big_artifact(aot.CHUNK + 5)
+    header = aot.read_header(blob)
+    header.pop("_offset")
+    header["payload"] = {"size": len(payload), "sha256": aot.sha256(payload)}
+    text = json.dumps(header).encode()
+    old = aot.MAGIC + struct.pack("<I", len(text)) + text + bytes(payload)
+    assert bytes(aot.unpack(old).payload) == bytes(payload)
+    header["payload"] = {"size": len(payload), "sha256": "0" * 64}
+    text = json.dumps(header).encode()
+    with pytest.raises(aot.Corrupt, match="digest mismatch"):
+        aot.unpack(aot.MAGIC + struct.pack("<I", len(text)) + text + bytes(payload))
+    header["payload"] = {"size": len(payload), "chunk": 4096, "sha256": ["0" * 64]}
+    text = json.dumps(header).encode()
+    with pytest.raises(aot.Corrupt, match="digest mismatch"):
+        aot.unpack(aot.MAGIC + struct.pack("<I", len(text)) + text + bytes(payload))
 
 
 def test_garbage_with_a_valid_digest_is_refused_by_the_runtime(add):

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import struct
 import time
 from typing import Any, NamedTuple, Optional
@@ -71,6 +72,68 @@ def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+CHUNK = 1 << 20  # payload digests are per MiB, so that verifying them can use every core
+
+
+def chunk_digests(data: Any) -> list:
+    """SHA-256 of each ``CHUNK`` of ``data``, computed on up to four threads.
+
+    Verifying the payload is the largest cost of a cached load after deserializing it
+    (1.3 ms of 3.8 for a 2.3 MB artifact on one core). hashlib releases the GIL while it
+    hashes, so chunks hashed on several threads finish in a fraction of that. Threads are
+    started with ``_thread``: ``threading`` is not otherwise imported by ``wasmsbx run``.
+    """
+    view = memoryview(data).cast("B")
+    chunks = [view[at : at + CHUNK] for at in range(0, len(view), CHUNK)] or [view]
+    out: list = [None] * len(chunks)
+    workers = min(len(chunks), os.cpu_count() or 1, 4)
+
+    def work(first: int) -> None:
+        for index in range(first, len(chunks), workers):
+            out[index] = hashlib.sha256(chunks[index]).hexdigest()
+
+    if workers > 1:
+        import _thread
+
+        done = []
+        for first in range(1, workers):
+            lock = _thread.allocate_lock()
+            lock.acquire()
+            done.append(lock)
+            _thread.start_new_thread(_run_then_release, (work, first, lock))
+        work(0)
+        for lock in done:
+            lock.acquire()
+        if None in out:
+            raise Corrupt("could not verify the payload (a digest thread failed)")
+    else:
+        work(0)
+    return out
+
+
+def _run_then_release(fn: Any, arg: Any, lock: Any) -> None:
+    try:
+        fn(arg)
+    finally:
+        lock.release()
+
+
+def payload_digest(payload: Any) -> dict:
+    """The header's record of a payload: its size and the digests of its chunks."""
+    return {"size": len(payload), "chunk": CHUNK, "sha256": chunk_digests(payload)}
+
+
+def payload_intact(payload: Any, want: dict) -> bool:
+    """Whether ``payload`` is what ``want`` (a header's "payload" record) describes.
+    Headers of wasmsbx 0.1 hold one SHA-256 over the whole payload; both are read."""
+    digest = want.get("sha256")
+    if isinstance(digest, str):
+        return sha256(payload) == digest
+    if want.get("chunk") != CHUNK or not isinstance(digest, list):
+        return False
+    return chunk_digests(payload) == digest
+
+
 def is_artifact(data: bytes) -> bool:
     return data[: len(MAGIC)] == MAGIC
 
@@ -101,7 +164,7 @@ def pack(
             # module again (or asking wasmtime-py, which aborts on v128 signatures).
             "exports": None if exports is None else list(exports),
         },
-        "payload": {"sha256": sha256(payload), "size": len(payload)},
+        "payload": payload_digest(payload),
     }
     text = json.dumps(header, sort_keys=True, separators=(",", ":")).encode("utf-8")
     return MAGIC + struct.pack("<I", len(text)) + text + payload
@@ -151,16 +214,19 @@ def read_header(data: bytes) -> dict:
 
 
 def unpack(data: bytes, kind: Optional[str] = None) -> Artifact:
-    """Parse and verify: size and SHA-256 of the payload must match the header."""
+    """Parse and verify: size and SHA-256 of the payload must match the header.
+
+    The artifact's payload is a memoryview into ``data`` (writable if ``data`` is a
+    bytearray, which lets wasmtime deserialize it without a copy)."""
     header = read_header(data)
     offset = header.pop("_offset")
     if kind is not None and header["kind"] != kind:
         raise Corrupt(f"is a {header['kind']}, expected a {kind}")
-    payload = data[offset:]
+    payload = memoryview(data)[offset:]  # no copy: the payload can be megabytes
     want = header["payload"]
     if len(payload) != want.get("size"):
         raise Corrupt(f"truncated: payload is {len(payload)} bytes, header says {want.get('size')}")
-    if sha256(payload) != want.get("sha256"):
+    if not payload_intact(payload, want):
         raise Corrupt("digest mismatch: the payload was modified after it was written")
     return Artifact(header, payload)
 

@@ -23,6 +23,7 @@ compiling a small module).
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import stat
@@ -184,8 +185,24 @@ class Store:
         self.db.close()
 
     # ---------------------------------------------------------- entries
-    def blob(self, key: str) -> Optional[bytes]:
-        return self.db.get("a:" + key)
+    def blob(self, key: str) -> Optional[bytearray]:
+        """The entry's bytes, read into a writable buffer so the backend can deserialize
+        from it without another copy (wasmtime-py copies anything read-only)."""
+        handle = self.db.get("a:" + key, read=True)
+        if handle is None:
+            return None
+        if isinstance(handle, (bytes, bytearray, memoryview)):  # small: held in the database
+            return bytearray(handle)
+        with handle:
+            try:
+                size = os.fstat(handle.fileno()).st_size
+            except (AttributeError, OSError, io.UnsupportedOperation):
+                return bytearray(handle.read())
+            data = bytearray(size)
+            got = handle.readinto(data)
+        if got != size:  # shrank while we read: the digest check will reject what is left
+            del data[got:]
+        return data
 
     def has(self, key: str) -> bool:
         return ("a:" + key) in self.db
