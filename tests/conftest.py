@@ -113,3 +113,32 @@ def run_cli(
 @pytest.fixture
 def cli():
     return run_cli
+
+
+# Where Debian's rustc (scripts/install-toolchain installs it with its wasm32-wasi std)
+# lives, for machines whose rustup toolchain on PATH lacks a WebAssembly target.
+DEBIAN_RUST = ("/usr/bin/rustc", "/usr/bin/cargo")
+
+
+@pytest.fixture
+def rust_env(monkeypatch) -> dict:
+    """RUSTC and CARGO (set here, and returned for subprocesses) of a Rust toolchain with a
+    WebAssembly WASI target: the one on PATH, else Debian's. Skips, with the reason
+    printed, where there is none."""
+    import shutil
+
+    from wasmsbx import build
+
+    for rustc, cargo in ((shutil.which("rustc"), shutil.which("cargo")), DEBIAN_RUST):
+        if not (rustc and cargo and os.access(rustc, os.X_OK) and os.access(cargo, os.X_OK)):
+            continue
+        monkeypatch.setenv("RUSTC", rustc)
+        monkeypatch.setenv("CARGO", cargo)
+        try:
+            build.rust_toolchain(need_cargo=True)
+        except build.ToolchainMissing:
+            continue
+        return {"RUSTC": rustc, "CARGO": cargo}
+    reason = "no Rust toolchain with a wasm32 WASI target (scripts/install-toolchain installs one)"
+    print(f"SKIP: {reason}")
+    pytest.skip(reason)

@@ -148,6 +148,9 @@ def watch(isolated):
         proc.kill()
 
 
+RUST_ADD = '#[no_mangle]\npub extern "C" fn add(a: i32, b: i32) -> i32 {{ a {op} b }}\n'
+
+
 def save(path: Path, text: str) -> None:
     """Write as many editors do: a temporary file renamed over the target."""
     tmp = path.with_name(f".{path.name}.swp")
@@ -609,17 +612,33 @@ def test_build_without_a_toolchain_names_the_fix(tmp_path, monkeypatch):
     assert "install" in info.value.hint
 
 
-def test_missing_toolchain_is_a_build_event_and_watching_goes_on(watch, isolated):
+def test_missing_toolchain_is_a_build_event_and_watching_goes_on(
+    watch, isolated, tmp_path, monkeypatch
+):
+    monkeypatch.setenv("PATH", str(tmp_path))  # no rustc on it
+    monkeypatch.delenv("RUSTC", raising=False)
     src = isolated / "lib.rs"
-    src.write_text('#[no_mangle]\npub extern "C" fn add(a: i32, b: i32) -> i32 { a + b }\n')
+    src.write_text(RUST_ADD.format(op="+"))
     w = watch("lib.rs", "add", 5, 3)
     build = w.wait("build", cycle=1)
-    if build["ok"]:  # a machine with Rust's wasm32-wasip1 target (and wasmsbx.build)
-        assert value(w.wait("run", cycle=1)) == [8]
-    else:
-        assert build["error"]["kind"] == "toolchain" and build["error"]["hint"]
+    assert not build["ok"]
+    assert build["error"]["kind"] == "toolchain" and "rustc" in build["error"]["message"]
+    assert "rustup" in build["error"]["hint"]
     src.write_text(src.read_text() + "// edited\n")
-    assert w.wait("build", cycle=2)["ok"] == build["ok"]
+    assert w.wait("build", cycle=2)["ok"] is False
+    assert w.stop() == 0
+
+
+@pytest.mark.needs_rust
+def test_rust_source_is_rebuilt_and_rerun(watch, isolated, rust_env):
+    src = isolated / "lib.rs"
+    src.write_text(RUST_ADD.format(op="+"))
+    w = watch("lib.rs", "add", 5, 3)
+    assert w.wait("build", cycle=1)["ok"]
+    assert value(w.wait("run", cycle=1)) == [8]
+    save(src, RUST_ADD.format(op="*"))
+    assert w.wait("build", cycle=2)["ok"]
+    assert value(w.wait("run", cycle=2)) == [15]
     assert w.stop() == 0
 
 

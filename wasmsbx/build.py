@@ -1,5 +1,5 @@
 """Source to WebAssembly: ``.wat`` text, C (clang, wasm32-wasi) and Rust (cargo/rustc,
-wasm32-wasip1). Used by ``wasmsbx compile`` and by ``wasmsbx watch``.
+wasm32-wasip1, or wasm32-wasi on compilers older than Rust 1.78). Used by ``wasmsbx compile`` and by ``wasmsbx watch``.
 
     >>> from wasmsbx.build import build_source
     >>> wasm = build_source("lib.c", exports=["add"])        # bytes of a .wasm module
@@ -166,28 +166,54 @@ def _c_toolchain_hint(output: str) -> Optional[ToolchainMissing]:
 
 # ---------------------------------------------------------------------------- Rust
 
+# The same target under both names: Rust 1.78 renamed wasm32-wasi to wasm32-wasip1 and
+# 1.84 dropped the old name; distributions still ship older compilers (Debian 12: 1.63
+# with wasm32-wasi in libstd-rust-dev-wasm32), so the first one installed is used.
+RUST_TARGETS = (RUST_TARGET, "wasm32-wasi")
+RUST_INSTALL = (
+    f"rustup target add {RUST_TARGET}  (or on Debian/Ubuntu: apt-get install rustc cargo "
+    "libstd-rust-dev-wasm32)"
+)
 
-def _rust_ready(tool: str) -> str:
-    found = shutil.which(tool)
-    if found is None:
-        raise ToolchainMissing(
-            f"cannot compile Rust: {tool} is not installed",
-            hint=f"install Rust with rustup (https://rustup.rs), then `rustup target add "
-            f"{RUST_TARGET}`",
+
+class RustToolchain(NamedTuple):
+    rustc: str
+    cargo: Optional[str]
+    target: str
+
+
+def _rust_tool(name: str) -> Optional[str]:
+    """$RUSTC / $CARGO (as cargo itself reads them), else the one on PATH."""
+    chosen = os.environ.get(name.upper())
+    return shutil.which(chosen) if chosen else shutil.which(name)
+
+
+def rust_toolchain(need_cargo: bool = False, cwd: Optional[Path] = None) -> RustToolchain:
+    """The rustc (and cargo) to use and the WebAssembly target they have installed;
+    ToolchainMissing naming what to install otherwise. ``cwd`` is the project, where a
+    rust-toolchain file may choose another compiler."""
+    for tool in ("rustc", "cargo") if need_cargo else ("rustc",):
+        if _rust_tool(tool) is None:
+            raise ToolchainMissing(
+                f"cannot compile Rust: {tool} is not installed",
+                hint=f"install Rust with rustup (https://rustup.rs), then `{RUST_INSTALL}`",
+            )
+    rustc = _rust_tool("rustc") or "rustc"
+    for target in RUST_TARGETS:
+        proc = subprocess.run(
+            [rustc, "--print", "target-libdir", "--target", target],
+            capture_output=True,
+            text=True,
+            cwd=str(cwd) if cwd else None,
         )
-    rustc = shutil.which("rustc") or "rustc"
-    proc = subprocess.run(
-        [rustc, "--print", "target-libdir", "--target", RUST_TARGET],
-        capture_output=True,
-        text=True,
+        libdir = proc.stdout.strip()
+        if proc.returncode == 0 and libdir and Path(libdir).is_dir():
+            return RustToolchain(rustc, _rust_tool("cargo"), target)
+    raise ToolchainMissing(
+        f"cannot compile Rust: {rustc} has no WebAssembly target installed "
+        f"(looked for {' and '.join(RUST_TARGETS)})",
+        hint=RUST_INSTALL,
     )
-    libdir = proc.stdout.strip()
-    if proc.returncode != 0 or not libdir or not Path(libdir).is_dir():
-        raise ToolchainMissing(
-            f"cannot compile Rust: the {RUST_TARGET} target is not installed",
-            hint=f"rustup target add {RUST_TARGET}  (needs Rust 1.78 or later)",
-        )
-    return found
 
 
 def _link_exports(exports: Sequence[str]) -> list:
@@ -195,12 +221,14 @@ def _link_exports(exports: Sequence[str]) -> list:
 
 
 def _build_rust_file(path: Path, exports: Sequence[str]) -> tuple:
-    rustc = _rust_ready("rustc")
+    tools = rust_toolchain(cwd=path.parent)
     with tempfile.TemporaryDirectory(prefix="wasmsbx-build-") as tmp:
         target = Path(tmp) / (path.stem + ".wasm")
         crate = ["--crate-type", "cdylib"] if exports else []
-        command = [rustc, "--target", RUST_TARGET, "-O", *crate, *_link_exports(exports)]
-        command += ["-o", str(target), str(path)]
+        # strip=debuginfo: std's DWARF is most of a module (5.7 MB of a 5.8 MB add());
+        # the name section, which traps and profiles use, stays.
+        command = [tools.rustc, "--target", tools.target, "-O", "-C", "strip=debuginfo"]
+        command += [*crate, *_link_exports(exports), "-o", str(target), str(path)]
         output = _run(command, f"rustc failed to compile {path}")
         return target.read_bytes(), command, output
 
@@ -208,15 +236,18 @@ def _build_rust_file(path: Path, exports: Sequence[str]) -> tuple:
 def _build_cargo(path: Path, exports: Sequence[str]) -> tuple:
     import json
 
-    cargo = _rust_ready("cargo")
     manifest = path if path.name == "Cargo.toml" else path / "Cargo.toml"
-    command = [cargo, "build", "--release", "--target", RUST_TARGET]
+    tools = rust_toolchain(need_cargo=True, cwd=manifest.parent)
+    command = [tools.cargo, "build", "--release", "--target", tools.target]
     command += ["--manifest-path", str(manifest), "--message-format=json-render-diagnostics"]
-    env = dict(os.environ)
+    env = dict(os.environ, RUSTC=tools.rustc)  # the rustc whose target was checked
     if exports:
         flags = " ".join(f"-C link-arg=--export={n}" for n in exports)
         env["RUSTFLAGS"] = (env.get("RUSTFLAGS", "") + " " + flags).strip()
-    proc = subprocess.run(command, capture_output=True, text=True, env=env)
+    try:
+        proc = subprocess.run(command, capture_output=True, text=True, env=env)
+    except OSError as exc:
+        raise ToolchainMissing(f"cannot run {tools.cargo}: {exc.strerror}") from None
     if proc.returncode != 0:
         raise BuildFailed(
             f"cargo failed to build {manifest.parent}", output=proc.stderr, path=str(path)
