@@ -1,5 +1,6 @@
 """Source to WebAssembly: ``.wat`` text, C (clang, wasm32-wasi) and Rust (cargo/rustc,
-wasm32-wasip1, or wasm32-wasi on compilers older than Rust 1.78). Used by ``wasmsbx compile`` and by ``wasmsbx watch``.
+wasm32-wasip1, or wasm32-wasi on compilers older than Rust 1.78). Used by
+``wasmsbx compile`` and by ``wasmsbx watch``.
 
     >>> from wasmsbx.build import build_source
     >>> wasm = build_source("lib.c", exports=["add"])        # bytes of a .wasm module
