@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import stat
+import time
 from pathlib import Path
 
 import pytest
@@ -67,7 +68,7 @@ def only_key(store: cache.Store) -> str:
 
 
 def replace_blob(store: cache.Store, key: str, blob: bytes) -> None:
-    store.db.set("a:" + key, blob)
+    store.write_blob(key, blob)
 
 
 # ---------------------------------------------------------------------------- hit and miss
@@ -121,6 +122,55 @@ def test_hits_are_counted(backend, add):
     assert (report["hits"], report["misses"], report["entries"]) == (2, 1, 1)
     assert report["hit_rate"] == pytest.approx(2 / 3, abs=1e-3)
     assert record["hits"] == 2 and record["module"]["name"] == "add.wat"
+
+
+def test_hits_go_through_the_journal(add, monkeypatch):
+    """A hit appends to hits.log (no database write); reading the records folds it in;
+    a journal grown past HITS_FOLD_SIZE is folded by the hit that finds it so."""
+    policy = make_policy()
+    for _ in range(3):
+        Sandbox(add, policy)
+    cache._SHARED.clear()
+    journal = cache.resolve_dir(policy)[0] / cache.HITS
+    assert len(journal.read_bytes().splitlines()) == 2
+    store = open_store(policy)
+    try:
+        (record,) = cache.entries(store)
+        assert record["hits"] == 2 and journal.read_bytes() == b""
+        assert cache.entries(store)[0]["hits"] == 2, "folding twice must not count twice"
+    finally:
+        store.close()
+    monkeypatch.setattr(cache, "HITS_FOLD_SIZE", 10)
+    Sandbox(add, policy)
+    cache._SHARED.clear()
+    assert journal.read_bytes() == b""
+    store = open_store(policy)
+    try:
+        assert cache.entries(store)[0]["hits"] == 3
+        assert cache.stats(store)["hits"] == 3
+    finally:
+        store.close()
+
+
+def test_prune_removes_orphans_after_a_grace_period(tmp_path, add):
+    """Code without a record (a crash between the two writes) goes, but only once it is
+    older than a store in progress could be; records without code go at once."""
+    policy = make_policy()
+    Sandbox(add, policy)
+    store = open_store(policy)
+    try:
+        (key,) = [k for k, _ in store.code_keys()]
+        young, old = "ab" + "1" * 62, "cd" + "2" * 62
+        store.write_blob(young, b"x" * 10)
+        store.write_blob(old, b"y" * 10)
+        past = time.time() - cache.ORPHAN_GRACE - 5
+        os.utime(store.code_path(old), (past, past))
+        store.db.set("m:" + "ef" + "3" * 62, "{}")  # a record whose code is gone
+        assert cache.prune(store)["orphans"] == 2
+        assert sorted(k for k, _ in store.code_keys()) == sorted([key, young])
+        assert store.keys("m:") == [key]
+    finally:
+        store.close()
 
 
 def test_small_modules_skip_the_cache(isolated, tmp_path, add):
@@ -309,7 +359,7 @@ def test_tampered_file_on_disk(backend, tmp_path):
     module = wat_module(tmp_path / "big.wat", 120)
     policy = make_policy()
     Sandbox(module, policy, backend=backend)
-    files = [p for p in (tmp_path / "cache").rglob("*.val")]
+    files = [p for p in (tmp_path / "cache").rglob("*.entry")]
     assert files, "expected the entry in a file (over diskcache's 32 KiB)"
     data = bytearray(files[0].read_bytes())
     data[len(data) // 2] ^= 0x01
@@ -326,7 +376,7 @@ def test_missing_file_is_a_miss(backend, tmp_path):
     module = wat_module(tmp_path / "big.wat", 120)
     policy = make_policy()
     Sandbox(module, policy, backend=backend)
-    for path in (tmp_path / "cache").rglob("*.val"):
+    for path in (tmp_path / "cache").rglob("*.entry"):
         path.unlink()
     box = Sandbox(module, policy, backend=backend)
     assert box.cache_state == "miss" and box.warnings == []

@@ -75,8 +75,8 @@ def test_cache_dir_option(cli, cache_all, tmp_path):
 def test_damaged_entry_is_reported_on_stderr(cli, cache_all, tmp_path):
     cli("run", ADD, "add", "5", "3")
     store = store_for(tmp_path)
-    (key,) = store.keys("a:")
-    store.db.set("a:" + key, store.blob(key)[:-10])
+    ((key, _),) = store.code_keys()
+    store.write_blob(key, store.blob(key)[:-10])
     store.close()
     result = cli("run", ADD, "add", "5", "3", "--stats")
     assert (result.code, result.stdout) == (0, "8\n")
@@ -90,8 +90,8 @@ def test_damaged_entry_is_reported_on_stderr(cli, cache_all, tmp_path):
 def test_damaged_entry_warning_survives_a_failing_run(cli, cache_all, tmp_path):
     cli("run", ADD, "add", "5", "3")
     store = store_for(tmp_path)
-    (key,) = store.keys("a:")
-    store.db.set("a:" + key, store.blob(key)[:-10])
+    ((key, _),) = store.code_keys()
+    store.write_blob(key, store.blob(key)[:-10])
     store.close()
     result = cli("run", ADD, "nope")
     assert result.code == 2
@@ -229,9 +229,9 @@ def test_verify(cli, cache_all, tmp_path):
     result = cli("cache", "verify")
     assert result.code == 0 and "1 ok, 0 bad" in result.stdout
     store = store_for(tmp_path)
-    (key,) = store.keys("a:")
+    ((key, _),) = store.code_keys()
     blob = store.blob(key)
-    store.db.set("a:" + key, blob[:-1] + bytes([blob[-1] ^ 1]))
+    store.write_blob(key, blob[:-1] + bytes([blob[-1] ^ 1]))
     store.close()
     kept = cli("cache", "verify", "--keep", "--json").json()
     assert (kept["checked"], kept["ok"], kept["removed"]) == (1, 0, False)
@@ -270,7 +270,14 @@ def test_damaged_database(cli, cache_all, tmp_path):
     for extra in root.glob("cache.db-*"):
         extra.unlink()
     (root / "cache.db").write_bytes(b"not a database " * 400)
-    run = cli("run", ADD, "add", "1", "1")
+    # A hit needs only the entry's file, which is intact: the database is not read.
+    run = cli("run", ADD, "add", "1", "1", "--stats")
+    assert (run.code, run.stdout) == (0, "2\n")
+    assert "cache             hit" in run.stderr and "warning" not in run.stderr
+    # A miss needs the database (lock, record): it runs without the cache, and says so.
+    other = tmp_path / "other.wat"
+    other.write_text('(module (func (export "two") (result i32) (i32.const 2)))')
+    run = cli("run", other, "two")
     assert (run.code, run.stdout) == (0, "2\n")
     assert "warning: cache unavailable" in run.stderr
     listed = cli("cache", "list")

@@ -49,3 +49,15 @@ def test_run_imports_nothing_heavy():
 def test_help_uses_the_typer_app():
     names = imported_modules("run", "--help")
     assert "typer" in names
+
+
+def test_a_cache_hit_opens_no_database(tmp_path):
+    """A hit reads one file: neither diskcache nor sqlite3 is imported (13 ms)."""
+    policy = tmp_path / "sandbox.toml"
+    policy.write_text("[runtime]\ncache_min_size = 0\n")
+    args = ("run", str(EXAMPLES / "add.wat"), "add", "5", "3", "--policy", str(policy))
+    first = imported_modules(*args)
+    assert "diskcache" in first, "the miss stores the entry and its record"
+    names = imported_modules(*args, "--stats")
+    assert "wasmsbx.cache" in names
+    assert not {"diskcache", "sqlite3"} & names

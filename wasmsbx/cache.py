@@ -1,29 +1,35 @@
 """The compiled-code cache: native code kept between runs, safely.
 
-A diskcache store in a private directory (``resolve_dir``: ``--cache-dir``, then the
-policy's ``runtime.cache_dir``, then ``$WASMSBX_CACHE_DIR``, then platformdirs' user
-cache dir). Each module compiled by one engine is one entry, keyed by the module's
-SHA-256 and ``Engine.fingerprint()`` (backend, versions, compiler, optimisation level,
-features, target). Per entry the store holds:
+A private directory (``resolve_dir``: ``--cache-dir``, then the policy's
+``runtime.cache_dir``, then ``$WASMSBX_CACHE_DIR``, then platformdirs' user cache dir).
+Each module compiled by one engine is one entry, keyed by the module's SHA-256 and
+``Engine.fingerprint()`` (backend, versions, compiler, optimisation level, features,
+target). Per entry:
 
-- ``a:KEY`` the entry's bytes in the :mod:`wasmsbx.aot` format (header + native code);
-  they are verified (size, SHA-256, fingerprint, module digest) before any
-  deserialization, and an entry that fails is deleted, recompiled and reported;
-- ``m:KEY`` a JSON record for listing: module, backend, sizes, created, last used, hits.
+- ``code/KEY[:2]/KEY.entry``: the entry's bytes in the :mod:`wasmsbx.aot` format
+  (header + native code), written whole or not at all; they are verified (size,
+  SHA-256, fingerprint, module digest) before any deserialization, and an entry that
+  fails is deleted, recompiled and reported;
+- in the diskcache database, ``m:KEY``: a JSON record for listing: module, backend,
+  sizes, created, last used, hits.
 
-Counters ``n:hits:LABEL`` / ``n:misses:LABEL`` give hit rates; ``l:KEY`` is the lock that
-makes concurrent processes compile a module once while the others wait. Values are only
-bytes, text and integers, so diskcache never unpickles anything. The total size is
-bounded by ``runtime.cache_size``: after each store the least recently used entries go.
+Also in the database: counters ``n:hits:LABEL`` / ``n:misses:LABEL`` for hit rates, and
+``l:KEY``, the lock that makes concurrent processes compile a module once while the
+others wait. Values are only text and integers, so diskcache never unpickles anything.
+A hit appends a line to ``hits.log`` instead of writing the database; the journal is
+folded into the records whenever they are read. The total size is bounded by
+``runtime.cache_size``: after each store the least recently used entries go.
+
+Why the code is not a diskcache value (diskcache would keep values this big in files of
+its own anyway): a hit then needs no database at all, and importing diskcache and
+sqlite3 costs 13 ms, three times the rest of a cached load of a 1 MB module.
 
 Only the run path imports this module, and only for modules of at least
-``runtime.cache_min_size`` bytes (importing diskcache and sqlite3 costs more than
-compiling a small module).
+``runtime.cache_min_size`` bytes.
 """
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import stat
@@ -33,6 +39,10 @@ from typing import Any, Callable, NamedTuple, Optional
 
 from . import aot, errors
 
+CODE_DIR = "code"  # native code: code/KEY[:2]/KEY.entry, in the wasmsbx.aot format
+CODE_SUFFIX = ".entry"
+HITS = "hits.log"  # the hit journal: "KEY LABEL TIME" per hit
+HITS_FOLD_SIZE = 1 << 16  # a hit that finds the journal this big folds it
 LOCK_TTL = 600.0  # a lock older than this is stale (its holder died on another host)
 LOCK_WAIT = 600.0  # the longest a process waits for another to finish compiling
 TAG_TEXT = (
@@ -152,66 +162,121 @@ def fingerprint_label(fp: dict) -> str:
 
 
 class Store:
-    """The diskcache database in ``root`` plus the record keeping described above."""
+    """The cache directory: native code in files named by key, everything else in diskcache.
+
+    The diskcache database (``cache.db``) is opened only when something needs it: a
+    miss (the compile lock, the record, eviction), a damaged entry, the ``cache``
+    commands. A hit reads one file and appends one line to the hit journal, so it never
+    imports diskcache or sqlite3 (13 ms, more than the rest of a cached load).
+    """
 
     def __init__(self, root: Path, size_limit: int) -> None:
-        import diskcache
-
         self.root = root
         self.size_limit = size_limit
-        # eviction_policy="none" + cull_limit=0: entries leave only by evict()/prune/clear,
-        # which keep the artifact and its record together. sqlite_synchronous=0: no fsync.
-        # With fsyncs every open and close of the database cost 10-30 ms (more than the
-        # whole cached load); what they protect against, an OS crash tearing the database,
-        # costs a cache at most: entries are verified before use, and `wasmsbx cache clear`
-        # removes a damaged database.
-        self.db = diskcache.Cache(
-            str(root),
-            eviction_policy="none",
-            cull_limit=0,
-            statistics=False,
-            timeout=60,
-            sqlite_synchronous=0,
-        )
+        self._db: Any = None
+
+    @property
+    def db(self) -> Any:
+        if self._db is None:
+            import diskcache
+
+            # eviction_policy="none" + cull_limit=0: entries leave only by evict()/prune/
+            # clear, which keep the code and its record together. sqlite_synchronous=0: no
+            # fsync. With fsyncs every open and close of the database cost 10-30 ms; what
+            # they protect against, an OS crash tearing the database, costs a cache at
+            # most: entries are verified before use, and `wasmsbx cache clear` removes a
+            # damaged database.
+            self._db = diskcache.Cache(
+                str(self.root),
+                eviction_policy="none",
+                cull_limit=0,
+                statistics=False,
+                timeout=60,
+                sqlite_synchronous=0,
+            )
+        return self._db
 
     @classmethod
-    def open(cls, root: Path, size_limit: int, create: bool = True) -> Optional[Store]:
+    def open(
+        cls, root: Path, size_limit: int, create: bool = True, connect: bool = False
+    ) -> Optional[Store]:
+        """The store in ``root`` (None if ``create`` is false and there is none); with
+        ``connect``, its database is opened now, so a damaged one fails here."""
         if not create and not exists(root):
             return None
         prepare_dir(root)
-        return cls(root, size_limit)
+        store = cls(root, size_limit)
+        if connect:
+            store.db  # noqa: B018 - opens it
+        return store
 
     def close(self) -> None:
-        self.db.close()
+        if self._db is not None:
+            self._db.close()
+            self._db = None
 
-    # ---------------------------------------------------------- entries
+    # ---------------------------------------------------------- native code
+    def code_path(self, key: str) -> Path:
+        return self.root / CODE_DIR / key[:2] / (key + CODE_SUFFIX)
+
     def blob(self, key: str) -> Optional[bytearray]:
         """The entry's bytes, read into a writable buffer so the backend can deserialize
         from it without another copy (wasmtime-py copies anything read-only)."""
-        handle = self.db.get("a:" + key, read=True)
-        if handle is None:
-            return None
-        if isinstance(handle, (bytes, bytearray, memoryview)):  # small: held in the database
-            return bytearray(handle)
-        with handle:
-            try:
+        try:
+            with open(self.code_path(key), "rb") as handle:
                 size = os.fstat(handle.fileno()).st_size
-            except (AttributeError, OSError, io.UnsupportedOperation):
-                return bytearray(handle.read())
-            data = bytearray(size)
-            got = handle.readinto(data)
+                data = bytearray(size)
+                got = handle.readinto(data)
+        except FileNotFoundError:
+            return None
         if got != size:  # shrank while we read: the digest check will reject what is left
             del data[got:]
         return data
 
     def has(self, key: str) -> bool:
-        return ("a:" + key) in self.db
+        return self.code_path(key).is_file()
+
+    def write_blob(self, key: str, blob: bytes) -> None:
+        """Write the entry's file whole or not at all (a new file renamed into place), so
+        a reader never sees part of one and a crash leaves no torn entry."""
+        path = self.code_path(key)
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        tmp = path.parent / f".{key[:16]}.{os.getpid()}.{time.monotonic_ns()}.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(blob)
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
 
     def put(self, key: str, blob: bytes, record: dict) -> None:
-        with self.db.transact():
-            self.db.set("a:" + key, blob)
-            self.db.set("m:" + key, json.dumps(record, sort_keys=True))
+        self.write_blob(key, blob)  # first the code, then the record that lists it
+        self.db.set("m:" + key, json.dumps(record, sort_keys=True))
 
+    def code_keys(self) -> list:
+        """Keys of every code file, with how old the file is (seconds)."""
+        out = []
+        now = time.time()
+        for path in (self.root / CODE_DIR).glob("??/*" + CODE_SUFFIX):
+            try:
+                age = now - path.stat().st_mtime
+            except OSError:
+                continue
+            out.append((path.name[: -len(CODE_SUFFIX)], age))
+        return out
+
+    def code_volume(self) -> int:
+        total = 0
+        for path in (self.root / CODE_DIR).glob("??/*"):
+            try:
+                total += path.stat().st_size
+            except OSError:
+                pass
+        return total
+
+    # ---------------------------------------------------------- records
     def record(self, key: str) -> Optional[dict]:
         text = self.db.get("m:" + key)
         if not isinstance(text, str):
@@ -223,14 +288,57 @@ class Store:
         return data if isinstance(data, dict) else None
 
     def hit(self, key: str, label: str) -> None:
-        """One more hit for ``key`` (its record's hits and last use) and for ``label``."""
-        with self.db.transact():
-            record = self.record(key)
-            if record is not None:
-                record["hits"] = int(record.get("hits", 0)) + 1
-                record["last_used"] = time.time()
-                self.db.set("m:" + key, json.dumps(record, sort_keys=True))
-            self.db.incr(f"n:hits:{label}")
+        """One more hit for ``key`` (its record's hits and last use) and for ``label``:
+        a line appended to the hit journal, folded into the records when they are read."""
+        line = f"{key} {label} {time.time():.3f}\n".encode()
+        fd = os.open(self.root / HITS, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        try:
+            _flock(fd)
+            os.write(fd, line)
+            size = os.fstat(fd).st_size
+        finally:
+            os.close(fd)  # releases the lock
+        if size > HITS_FOLD_SIZE:
+            self.fold_hits()
+
+    def fold_hits(self) -> int:
+        """Move the hit journal into the records and counters; the number of hits."""
+        try:
+            fd = os.open(self.root / HITS, os.O_RDWR)
+        except FileNotFoundError:
+            return 0
+        try:
+            _flock(fd)  # appenders wait for the few milliseconds this takes
+            with os.fdopen(os.dup(fd), "rb") as f:
+                lines = f.read().splitlines()
+            if not lines:
+                return 0
+            per_key: dict = {}
+            per_label: dict = {}
+            for line in lines:
+                parts = line.decode("utf-8", "replace").split()
+                if len(parts) != 3:
+                    continue
+                try:
+                    when = float(parts[2])
+                except ValueError:
+                    continue
+                count, last = per_key.get(parts[0], (0, 0.0))
+                per_key[parts[0]] = (count + 1, max(last, when))
+                per_label[parts[1]] = per_label.get(parts[1], 0) + 1
+            with self.db.transact():
+                for key, (count, last) in per_key.items():
+                    record = self.record(key)
+                    if record is not None:
+                        record["hits"] = int(record.get("hits", 0)) + count
+                        record["last_used"] = max(float(record.get("last_used", 0)), last)
+                        self.db.set("m:" + key, json.dumps(record, sort_keys=True))
+                for label, count in per_label.items():
+                    self.db.incr(f"n:hits:{label}", count)
+            os.ftruncate(fd, 0)
+            return sum(per_label.values())
+        finally:
+            os.close(fd)
 
     def miss(self, label: str) -> None:
         self.db.incr(f"n:misses:{label}")
@@ -238,10 +346,20 @@ class Store:
     def remove(self, key: str) -> int:
         """Delete an entry; return the bytes it held."""
         record = self.record(key) or {}
-        with self.db.transact():
-            self.db.delete("a:" + key)
-            self.db.delete("m:" + key)
+        self.db.delete("m:" + key)
+        try:
+            self.code_path(key).unlink()
+        except FileNotFoundError:
+            pass
         return int(record.get("size", 0))
+
+    def clear(self) -> None:
+        """Every entry, counter and lock, and the hit journal."""
+        import shutil
+
+        self.db.clear()
+        shutil.rmtree(self.root / CODE_DIR, ignore_errors=True)
+        (self.root / HITS).unlink(missing_ok=True)
 
     def keys(self, prefix: str) -> list:
         return [
@@ -249,6 +367,7 @@ class Store:
         ]
 
     def records(self) -> list:
+        self.fold_hits()
         out = []
         for key in self.keys("m:"):
             record = self.record(key)
@@ -259,6 +378,7 @@ class Store:
 
     def counters(self) -> dict:
         """{(event, label): n} for hits and misses."""
+        self.fold_hits()
         out = {}
         for name in self.keys("n:"):
             event, _, label = name.partition(":")
@@ -268,7 +388,7 @@ class Store:
         return out
 
     def volume(self) -> int:
-        return int(self.db.volume())
+        return int(self.db.volume()) + self.code_volume()
 
     def evict(self, limit: int, keep: tuple = ()) -> list:
         """Remove least recently used entries until their sizes add up to ``limit`` or less.
@@ -324,6 +444,14 @@ class Store:
                 self.db.delete("l:" + key)
 
 
+def _flock(fd: int) -> None:
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: hit counts may lose a line under contention
+        return
+    fcntl.flock(fd, fcntl.LOCK_EX)
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -335,21 +463,28 @@ def _alive(pid: int) -> bool:
 
 
 def cache_errors() -> tuple:
-    """What a broken or busy cache raises; the run goes on without it."""
-    import sqlite3
+    """What a broken or busy cache raises; the run goes on without it. sqlite3's and
+    diskcache's errors only if they are loaded: if not, nothing can have raised them
+    (and a hit, which never loads them, does not pay for importing them here)."""
+    import sys
 
-    import diskcache
-
-    return (OSError, sqlite3.Error, diskcache.Timeout, ValueError, CacheUnavailable)
+    found = [OSError, ValueError, CacheUnavailable]
+    sqlite3, diskcache = sys.modules.get("sqlite3"), sys.modules.get("diskcache")
+    if sqlite3 is not None:
+        found.append(sqlite3.Error)
+    if diskcache is not None:
+        found.append(diskcache.Timeout)
+    return tuple(found)
 
 
 _SHARED: dict = {}  # root -> Store kept open by the run path, for this process
 
 
 def open_store(policy: Any, override: Optional[str] = None, create: bool = True):
-    """A new Store (close it when done), or None if ``create`` is false and none exists."""
+    """A new Store with its database open (close it when done), or None if ``create`` is
+    false and none exists."""
     root, _ = resolve_dir(policy, override)
-    return Store.open(root, policy.values["runtime.cache_size"], create=create)
+    return Store.open(root, policy.values["runtime.cache_size"], create=create, connect=True)
 
 
 def shared_store(policy: Any, override: Optional[str] = None) -> Store:
@@ -423,7 +558,6 @@ class Lookup:
         return Outcome(module, state, self.timings, self.warnings, self.key, self.exports)
 
     def run(self) -> Outcome:
-        broken = cache_errors()
         try:
             module = self.load()
             if module is not None:
@@ -431,7 +565,7 @@ class Lookup:
             waited = time.perf_counter()
             token = self.store.lock(self.key)  # one process compiles, the others wait
             self.timings["cache"] += time.perf_counter() - waited
-        except broken as exc:
+        except cache_errors() as exc:
             self.warnings.append(f"cache unavailable ({reason(exc)}); compiled without it")
             return self.outcome(self.compile(), "error")
         try:
@@ -443,13 +577,13 @@ class Lookup:
             try:
                 self.save(module)
                 self.store.miss(self.label)
-            except broken as exc:
+            except cache_errors() as exc:
                 self.warnings.append(f"could not store compiled code in the cache ({reason(exc)})")
             return self.outcome(module, "miss")
         finally:
             try:
                 self.store.unlock(self.key, token)
-            except broken:
+            except cache_errors():
                 pass  # the lock expires on its own
 
     def compile(self) -> Any:
@@ -478,7 +612,10 @@ class Lookup:
             return None
         self.exports = artifact.header["module"].get("exports")
         if touch:
-            self.store.hit(self.key, self.label)
+            try:
+                self.store.hit(self.key, self.label)
+            except cache_errors():
+                pass  # a hit that cannot be counted is still a hit
         self.timings["load"] = time.perf_counter() - started
         return module
 
@@ -635,7 +772,7 @@ def clear(store: Store, module_sha: Optional[str] = None, backend: Optional[str]
     """Remove every entry, or those of one module and/or one backend."""
     if module_sha is None and backend is None:
         count, size = len(store.keys("m:")), stats_size(store)
-        store.db.clear()
+        store.clear()
         return {"removed": count, "freed": size}
     removed, freed = 0, 0
     for record in store.records():
@@ -676,14 +813,28 @@ def prune(store: Store, older_than: Optional[float] = None, max_size: Optional[i
     }
 
 
+ORPHAN_GRACE = 60.0  # a code file this young may be waiting for its record (a store under way)
+
+
 def _orphans(store: Store) -> int:
-    """Remove records without artifacts and artifacts without records."""
-    artifacts, records = set(store.keys("a:")), set(store.keys("m:"))
-    for key in artifacts ^ records:
-        with store.db.transact():
-            store.db.delete("a:" + key)
-            store.db.delete("m:" + key)
-    return len(artifacts ^ records)
+    """Remove records without code and code without records (or a torn temporary file)."""
+    records = set(store.keys("m:"))
+    code = dict(store.code_keys())
+    removed = 0
+    for key in records - set(code):
+        store.db.delete("m:" + key)
+        removed += 1
+    for key, age in code.items():
+        if key not in records and age > ORPHAN_GRACE:
+            store.code_path(key).unlink(missing_ok=True)
+            removed += 1
+    for tmp in (store.root / CODE_DIR).glob("??/.*.tmp"):
+        try:
+            if time.time() - tmp.stat().st_mtime > ORPHAN_GRACE:
+                tmp.unlink()
+        except OSError:
+            pass
+    return removed
 
 
 def verify(store: Store, remove: bool = True) -> dict:
@@ -699,7 +850,10 @@ def verify(store: Store, remove: bool = True) -> dict:
             )
             if remove:
                 store.remove(key)
-    for key in set(store.keys("a:")) - {b["key"] for b in bad} - set(store.keys("m:")):
+    records = set(store.keys("m:"))
+    for key, age in store.code_keys():
+        if key in records or age <= ORPHAN_GRACE:
+            continue
         checked += 1
         bad.append({"key": key, "module": None, "reason": "no record for this entry"})
         if remove:
