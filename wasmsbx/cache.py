@@ -828,6 +828,9 @@ def _orphans(store: Store) -> int:
         if key not in records and age > ORPHAN_GRACE:
             store.code_path(key).unlink(missing_ok=True)
             removed += 1
+    for key in store.keys("a:"):  # native code as diskcache values (earlier builds)
+        store.db.delete("a:" + key)
+        removed += 1
     for tmp in (store.root / CODE_DIR).glob("??/.*.tmp"):
         try:
             if time.time() - tmp.stat().st_mtime > ORPHAN_GRACE:

@@ -120,9 +120,9 @@ SCHEMA: tuple = (
         "runtime",
         "cache_min_size",
         "size",
-        "64KiB",
+        "32KiB",
         "Modules smaller than this are compiled on every run, not cached: compiling them "
-        "is faster than opening the cache. 0 caches every module.",
+        "is about as fast as loading them from the cache. 0 caches every module.",
     ),
     Key(
         "limits",
