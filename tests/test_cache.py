@@ -176,7 +176,7 @@ def test_prune_removes_orphans_after_a_grace_period(tmp_path, add):
 
 
 def test_small_modules_skip_the_cache(isolated, tmp_path, add):
-    box = Sandbox(add, policy_mod.defaults())  # add.wat is far below 64KiB
+    box = Sandbox(add, policy_mod.defaults())  # add.wat is far below 32 KiB
     assert box.cache_state == "skip"
     assert box.call("add", 1, 2) == 3
     assert not (tmp_path / "cache" / "cache.db").exists()
@@ -288,7 +288,10 @@ def test_entry_for_another_engine_is_not_loaded(backend, add):
         art = aot.unpack(blob)
         fp = {**art.fingerprint, "version": "0.0.1"}
         m = art.header["module"]
-        replace_blob(store, key, aot.pack("cache-entry", fp, art.payload, m["sha256"], m["size"]))
+        blob = aot.pack(
+            "cache-entry", fp, art.payload, m["sha256"], m["size"], module_digest=m["blake3"]
+        )
+        replace_blob(store, key, blob)
 
     box = _damaged_run(backend, add, foreign)
     assert "built for another engine" in box.warnings[0]
@@ -300,43 +303,37 @@ def _big_artifact(size: int) -> tuple:
     return payload, bytearray(blob)
 
 
-def test_payload_digests_cover_every_chunk():
-    """Payloads are verified per MiB on several threads; a flipped byte in any chunk
-    (first, middle, the short last one) is caught, and the digests are the plain
-    SHA-256 of each chunk."""
-    payload, blob = _big_artifact(3 * aot.CHUNK + 1234)
+def test_payload_digest_covers_every_byte():
+    """A flipped bit anywhere in megabytes of native code is caught (BLAKE3)."""
+    payload, blob = _big_artifact(3 * (1 << 20) + 1234)
     want = aot.read_header(blob)["payload"]
-    assert want["sha256"] == [
-        aot.sha256(payload[at : at + aot.CHUNK]) for at in range(0, len(payload), aot.CHUNK)
-    ]
+    assert want == {"size": len(payload), "blake3": aot.digest(payload)}
     assert bytes(aot.unpack(blob).payload) == bytes(payload)
-    for where in (0, aot.CHUNK + 7, 2 * aot.CHUNK, len(payload) - 1):
+    for where in (0, (1 << 20) + 7, 2 << 20, len(payload) - 1):
         damaged = bytearray(blob)
         damaged[len(blob) - len(payload) + where] ^= 0x40
         with pytest.raises(aot.Corrupt, match="digest mismatch"):
             aot.unpack(damaged)
 
 
-def test_whole_payload_digest_of_older_headers_is_still_read():
+def test_sha256_payload_digest_of_older_artifacts_is_still_read():
     """Artifacts written by wasmsbx 0.1 carry one SHA-256 over the payload."""
     import json
     import struct
 
-    payload, blob = _big_artifact(aot.CHUNK + 5)
+    payload, blob = _big_artifact(5000)
     header = aot.read_header(blob)
     header.pop("_offset")
-    header["payload"] = {"size": len(payload), "sha256": aot.sha256(payload)}
-    text = json.dumps(header).encode()
-    old = aot.MAGIC + struct.pack("<I", len(text)) + text + bytes(payload)
+
+    def with_payload_record(record: dict) -> bytes:
+        text = json.dumps({**header, "payload": record}).encode()
+        return aot.MAGIC + struct.pack("<I", len(text)) + text + bytes(payload)
+
+    old = with_payload_record({"size": len(payload), "sha256": aot.sha256(payload)})
     assert bytes(aot.unpack(old).payload) == bytes(payload)
-    header["payload"] = {"size": len(payload), "sha256": "0" * 64}
-    text = json.dumps(header).encode()
-    with pytest.raises(aot.Corrupt, match="digest mismatch"):
-        aot.unpack(aot.MAGIC + struct.pack("<I", len(text)) + text + bytes(payload))
-    header["payload"] = {"size": len(payload), "chunk": 4096, "sha256": ["0" * 64]}
-    text = json.dumps(header).encode()
-    with pytest.raises(aot.Corrupt, match="digest mismatch"):
-        aot.unpack(aot.MAGIC + struct.pack("<I", len(text)) + text + bytes(payload))
+    for record in ({"sha256": "0" * 64}, {"blake3": "0" * 64}, {"md5": "x"}):
+        with pytest.raises(aot.Corrupt, match="digest mismatch"):
+            aot.unpack(with_payload_record({"size": len(payload), **record}))
 
 
 def test_garbage_with_a_valid_digest_is_refused_by_the_runtime(add):
@@ -349,7 +346,16 @@ def test_garbage_with_a_valid_digest_is_refused_by_the_runtime(add):
         m = art.header["module"]
         junk = b"\x7fELF" + os.urandom(4000)
         replace_blob(
-            store, key, aot.pack("cache-entry", art.fingerprint, junk, m["sha256"], m["size"])
+            store,
+            key,
+            aot.pack(
+                "cache-entry",
+                art.fingerprint,
+                junk,
+                m["sha256"],
+                m["size"],
+                module_digest=m["blake3"],
+            ),
         )
 
     box = _damaged_run("wasmtime", add, garbage)

@@ -140,13 +140,14 @@ def wipe(root: Path) -> None:
 # ---------------------------------------------------------------------------- keys
 
 
-def entry_key(module_sha256: str, fingerprint: dict) -> str:
-    """The cache key: the module's digest and everything that changes the machine code."""
+def entry_key(module_digest: str, fingerprint: dict) -> str:
+    """The cache key: the module's digest (``aot.digest``, BLAKE3) and everything that
+    changes the machine code."""
     text = json.dumps(
-        {"format": aot.FORMAT, "module": module_sha256, "fingerprint": fingerprint},
+        {"format": aot.FORMAT, "module": module_digest, "fingerprint": fingerprint},
         sort_keys=True,
     )
-    return aot.sha256(text.encode("utf-8"))
+    return aot.digest(text.encode("utf-8"))
 
 
 def fingerprint_label(fp: dict) -> str:
@@ -547,12 +548,20 @@ class Lookup:
         self.name = name
         self.compile_fn = compile_fn or engine.compile
         self.fingerprint = aot.normalise(engine.fingerprint())
-        self.module_sha = aot.sha256(wasm)
-        self.key = entry_key(self.module_sha, self.fingerprint)
+        self.module_digest = aot.digest(wasm)
+        self.key = entry_key(self.module_digest, self.fingerprint)
+        self._module_sha: Optional[str] = None
         self.label = fingerprint_label(self.fingerprint)
         self.timings: dict = {}
         self.warnings: list = []
         self.exports: Optional[list] = None
+
+    @property
+    def module_sha(self) -> str:
+        """SHA-256 of the module, for its record and header: computed on a miss only."""
+        if self._module_sha is None:
+            self._module_sha = aot.sha256(self.wasm)
+        return self._module_sha
 
     def outcome(self, module: Any, state: str) -> Outcome:
         return Outcome(module, state, self.timings, self.warnings, self.key, self.exports)
@@ -597,7 +606,7 @@ class Lookup:
             return None
         try:
             artifact = aot.unpack(blob, kind="cache-entry")
-            if artifact.module_sha256 != self.module_sha:
+            if artifact.header["module"].get("blake3") != self.module_digest:
                 raise aot.Corrupt("it belongs to another module")
             diff = aot.differences(artifact.fingerprint, self.fingerprint)
             if diff:
@@ -605,7 +614,7 @@ class Lookup:
             module = self.engine.deserialize(artifact.payload)
         except (aot.Corrupt, errors.ModuleError) as exc:
             self.store.remove(self.key)
-            what = f"cache entry for {self.name or self.module_sha[:12]} ({self.label})"
+            what = f"cache entry for {self.name or self.module_digest[:12]} ({self.label})"
             self.warnings.append(
                 f"{what} failed its integrity check ({reason(exc)}); discarded and recompiled"
             )
@@ -631,6 +640,7 @@ class Lookup:
             len(self.wasm),
             self.name,
             exports=self.exports,
+            module_digest=self.module_digest,
         )
         if len(blob) <= self.store.size_limit:  # an entry bigger than the cache is not kept
             self.store.put(self.key, blob, self.record(len(blob)))
@@ -875,6 +885,6 @@ def _check_entry(store: Store, key: str, record: dict) -> Optional[str]:
         artifact = aot.unpack(blob, kind="cache-entry")
     except aot.Corrupt as exc:
         return str(exc)
-    if entry_key(artifact.module_sha256, artifact.fingerprint) != key:
+    if entry_key(artifact.header["module"].get("blake3") or "", artifact.fingerprint) != key:
         return "its header does not match its key"
     return None
