@@ -10,7 +10,7 @@ examples/add.wat; "large-wat" is a generated ~1 MB module of arithmetic function
 which costs per byte what real programs cost to compile. Three measurements:
 
 1. In process (wasmsbx's wasmtime engine): compile time, the cached load through
-   ``cache.load_or_compile`` (module digest, key, read, verify SHA-256, deserialize),
+   ``cache.load_or_compile`` (module digest, key, read, verify the digest, deserialize),
    with the store already open and when it is opened first, and their ratios.
    Goal: >= 100x for the 1 MB module.
 2. Two runs from the command line, each in a fresh cache: ``wasmsbx run`` versus a

@@ -1,16 +1,18 @@
 """The on-disk format of precompiled native code: cache entries and standalone artifacts.
 
 Loading native code runs whatever machine code it holds, so nothing is deserialized
-before it passes :func:`unpack` (the bytes are what their header's SHA-256 says) and
+before it passes :func:`unpack` (the bytes are what their header's digest says) and
 :func:`check_compatible` (built by this backend, version, compiler, options and target).
 Layout, all written by :func:`pack`::
 
     MAGIC (8 bytes)  u32 little-endian header length  header (UTF-8 JSON)  payload
 
 The header records what the payload was built for (``fingerprint``, from
-``Engine.fingerprint()``), which module it came from (``module.sha256``), and the
-payload's size and SHA-256. The digest detects corruption, truncation and edits to the
-payload; it is not a signature: only load artifacts you built or trust.
+``Engine.fingerprint()``), which module it came from (``module.sha256``, and for cache
+entries ``module.blake3``, the digest their key is made of), and the payload's size and
+BLAKE3 digest (SHA-256 in artifacts of wasmsbx 0.1). The digest detects corruption,
+truncation and edits to the payload; it is not a signature: only load artifacts you built
+or trust.
 """
 
 from __future__ import annotations
@@ -178,7 +180,7 @@ def read_header(data: bytes) -> dict:
 
 
 def unpack(data: bytes, kind: Optional[str] = None) -> Artifact:
-    """Parse and verify: size and SHA-256 of the payload must match the header.
+    """Parse and verify: size and digest of the payload must match the header.
 
     The artifact's payload is a memoryview into ``data`` (writable if ``data`` is a
     bytearray, which lets wasmtime deserialize it without a copy)."""

@@ -2,13 +2,13 @@
 
 A private directory (``resolve_dir``: ``--cache-dir``, then the policy's
 ``runtime.cache_dir``, then ``$WASMSBX_CACHE_DIR``, then platformdirs' user cache dir).
-Each module compiled by one engine is one entry, keyed by the module's SHA-256 and
+Each module compiled by one engine is one entry, keyed by the module's BLAKE3 digest and
 ``Engine.fingerprint()`` (backend, versions, compiler, optimisation level, features,
 target). Per entry:
 
 - ``code/KEY[:2]/KEY.entry``: the entry's bytes in the :mod:`wasmsbx.aot` format
   (header + native code), written whole or not at all; they are verified (size,
-  SHA-256, fingerprint, module digest) before any deserialization, and an entry that
+  digest, fingerprint, module digest) before any deserialization, and an entry that
   fails is deleted, recompiled and reported;
 - in the diskcache database, ``m:KEY``: a JSON record for listing: module, backend,
   sizes, created, last used, hits.
