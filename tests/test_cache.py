@@ -176,7 +176,7 @@ def test_prune_removes_orphans_after_a_grace_period(tmp_path, add):
 
 
 def test_small_modules_skip_the_cache(isolated, tmp_path, add):
-    box = Sandbox(add, policy_mod.defaults())  # add.wat is far below 32 KiB
+    box = Sandbox(add, policy_mod.defaults())  # add.wat is far below 16 KiB
     assert box.cache_state == "skip"
     assert box.call("add", 1, 2) == 3
     assert not (tmp_path / "cache" / "cache.db").exists()
@@ -363,12 +363,12 @@ def test_garbage_with_a_valid_digest_is_refused_by_the_runtime(add):
 
 
 def test_tampered_file_on_disk(backend, tmp_path):
-    """diskcache keeps big entries as files; flipping a byte there is caught too."""
+    """Flipping a byte in an entry's code file on disk is caught."""
     module = wat_module(tmp_path / "big.wat", 120)
     policy = make_policy()
     Sandbox(module, policy, backend=backend)
     files = [p for p in (tmp_path / "cache").rglob("*.entry")]
-    assert files, "expected the entry in a file (over diskcache's 32 KiB)"
+    assert files, "expected the entry's code file"
     data = bytearray(files[0].read_bytes())
     data[len(data) // 2] ^= 0x01
     files[0].write_bytes(bytes(data))

@@ -57,7 +57,7 @@ def test_compile_json(cli, tmp_path):
 
 def test_compile_notes_the_threshold(cli):
     result = cli("compile", ADD)
-    assert "note: `wasmsbx run` compiles modules under 32 KiB directly" in result.stderr
+    assert "note: `wasmsbx run` compiles modules under 16 KiB directly" in result.stderr
 
 
 def test_compile_all_backends(cli, isolated):

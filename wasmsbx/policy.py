@@ -120,7 +120,7 @@ SCHEMA: tuple = (
         "runtime",
         "cache_min_size",
         "size",
-        "32KiB",
+        "16KiB",
         "Modules smaller than this are compiled on every run, not cached: compiling them "
         "is about as fast as loading them from the cache. 0 caches every module.",
     ),
