@@ -434,6 +434,12 @@ def test_directory_is_private_and_tagged(tmp_path, add):
     Sandbox(add, make_policy())
     assert stat.S_IMODE(root.stat().st_mode) == 0o700
     assert (root / "CACHEDIR.TAG").read_text().startswith("Signature: 8a477f597d28d172")
+    (entry,) = (root / cache.CODE_DIR).rglob("*" + cache.CODE_SUFFIX)
+    for path in (entry.parent.parent, entry.parent):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o700, path
+    assert stat.S_IMODE(entry.stat().st_mode) == 0o600
+    assert Sandbox(add, make_policy()).cache_state == "hit"  # writes the hit journal
+    assert stat.S_IMODE((root / cache.HITS).stat().st_mode) == 0o600
 
 
 def test_new_directory_is_private(tmp_path, monkeypatch, add):

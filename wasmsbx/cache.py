@@ -241,7 +241,8 @@ class Store:
         """Write the entry's file whole or not at all (a new file renamed into place), so
         a reader never sees part of one and a crash leaves no torn entry."""
         path = self.code_path(key)
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        for folder in (path.parent.parent, path.parent):  # mkdir(parents=) ignores mode
+            folder.mkdir(mode=0o700, exist_ok=True)
         tmp = path.parent / f".{key[:16]}.{os.getpid()}.{time.monotonic_ns()}.tmp"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
