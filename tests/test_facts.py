@@ -16,6 +16,7 @@ from wasmsbx.facts import (
     ModuleFacts,
     load_facts,
     read_facts,
+    read_features,
 )
 
 wasmtime = pytest.importorskip("wasmtime")
@@ -205,6 +206,12 @@ def test_interface_only_read(rich: ModuleFacts) -> None:
     assert quick.exports == rich.exports and quick.imports == rich.imports
     assert quick.memories == rich.memories and quick.functions == rich.functions
     assert quick.features <= rich.features
+
+
+def test_read_features_is_the_facts_features(rich: ModuleFacts) -> None:
+    assert read_features(wat(RICH)) == rich.features and rich.features
+    mvp = wat('(module (func (export "f") (result i32) (i32.const 1)))')
+    assert read_features(mvp) == read_facts(mvp).features == frozenset()
 
 
 def test_mvp_module_has_no_features() -> None:

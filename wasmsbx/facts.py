@@ -994,6 +994,12 @@ def read_facts(data: bytes, scan_code: bool = True) -> ModuleFacts:
     return _parse(data, scan_code).facts()
 
 
+def read_features(data: bytes) -> frozenset:
+    """Just the wasm proposals the module uses (``read_facts(data).features``), without
+    the digest and records: backend selection needs this on every run."""
+    return frozenset(_parse(data, scan_code=True).features)
+
+
 class Interface(namedtuple("Interface", "imports exports")):
     # imports: tuple  of Import
     # exports: tuple  of Export

@@ -389,12 +389,12 @@ class Sandbox:
         return self.selection.backend, self.selection.compiler
 
     def _features(self) -> frozenset:
-        from .facts import FactsError, read_facts
+        from .facts import FactsError, read_features
 
         if self.wasm is None:  # a standalone artifact records its module's features
             return frozenset(self.artifact.header["module"].get("features", ()))
         try:
-            return read_facts(self.wasm).features
+            return read_features(self.wasm)
         except FactsError:
             return frozenset()  # the runtime will give the precise error
 
