@@ -152,6 +152,29 @@ def test_hits_go_through_the_journal(add, monkeypatch):
         store.close()
 
 
+def test_removing_an_entry_removes_code_an_earlier_build_kept(add):
+    """Earlier builds kept native code as a diskcache value ``a:KEY``; removing the entry
+    (clear by backend or module, verify, eviction) or storing it again removes that too."""
+    policy = make_policy()
+    Sandbox(add, policy)
+    store = open_store(policy)
+    try:
+        (key,) = store.keys("m:")
+        store.db.set("a:" + key, b"code as earlier builds kept it")
+        assert cache.clear(store, backend="wasmtime")["removed"] == 1
+        assert store.keys("a:") == [] and store.code_keys() == []
+        store.db.set("a:" + key, b"code as earlier builds kept it")
+    finally:
+        store.close()
+    cache._SHARED.clear()
+    assert Sandbox(add, policy).cache_state == "miss"  # stored again: the old copy goes
+    store = open_store(policy)
+    try:
+        assert store.keys("a:") == [] and store.keys("m:") == [key]
+    finally:
+        store.close()
+
+
 def test_prune_removes_orphans_after_a_grace_period(tmp_path, add):
     """Code without a record (a crash between the two writes) goes, but only once it is
     older than a store in progress could be; records without code go at once."""

@@ -264,6 +264,55 @@ def test_bad_policy_cache_size(cli, isolated):
     assert result.code == 101 and "runtime.cache_size" in result.stderr
 
 
+def test_unwritable_cache(cli, cache_all, tmp_path):
+    """The code folder cannot be made (a file stands in its way): `run` warns and runs,
+    `compile` into the cache is an i/o error with a hint, never a traceback."""
+    root = tmp_path / "cache"
+    root.mkdir(mode=0o700)
+    (root / cache.CODE_DIR).write_text("in the way")
+    run = cli("run", ADD, "add", "1", "1")
+    assert (run.code, run.stdout) == (0, "2\n")
+    assert "warning: cache unavailable (Not a directory" in run.stderr
+    compiled = cli("compile", ADD)
+    assert compiled.code == 105, compiled
+    assert "error: cannot store in the cache" in compiled.stderr
+    assert "hint:" in compiled.stderr and "Traceback" not in compiled.stderr
+
+
+def test_hits_with_a_damaged_database_fold_rarely_and_are_kept(cli, cache_all, tmp_path):
+    """With the database unreadable, a hit retries folding the journal only when the
+    journal passes a multiple of HITS_FOLD_SIZE, and keeps the lines meanwhile."""
+    other = tmp_path / "m.wat"
+    other.write_text('(module (func (export "two") (result i32) (i32.const 2)))')
+    assert cli("run", other, "two").code == 0
+    root = tmp_path / "cache"
+    for extra in root.glob("cache.db-*"):
+        extra.unlink()
+    (root / "cache.db").write_bytes(b"not a database " * 400)
+    store = cache.Store(root, 1 << 30)
+    key = store.code_keys()[0][0]
+    folds = []
+    real = cache.Store.fold_hits
+
+    def counting(self):
+        folds.append(1)
+        return real(self)
+
+    import pytest as _pytest
+
+    with _pytest.MonkeyPatch.context() as patch:
+        patch.setattr(cache, "HITS_FOLD_SIZE", 300)
+        patch.setattr(cache.Store, "fold_hits", counting)
+        for _ in range(12):
+            try:
+                store.hit(key, "wasmtime")
+            except cache.cache_errors():
+                pass  # what load() does: the hit stands, the fold waits
+    lines = (root / cache.HITS).read_bytes().splitlines()
+    assert len(lines) == 12, "no hit may be lost while the database is damaged"
+    assert 2 <= len(folds) <= 4, folds  # one try per 300 bytes, not one per hit
+
+
 def test_damaged_database(cli, cache_all, tmp_path):
     cli("run", ADD, "add", "1", "1")
     root = tmp_path / "cache"

@@ -377,7 +377,7 @@ def test_missing_rust_names_what_to_install(cli, isolated, tmp_path):
     (isolated / "main.rs").write_text("fn main() {}\n")
     empty = tmp_path / "empty-path"
     empty.mkdir()
-    result = cli("compile", "main.rs", env={"PATH": str(empty)})
+    result = cli("compile", "main.rs", env={"PATH": str(empty), "RUSTC": "", "CARGO": ""})
     assert result.code == 104 and "rustc is not installed" in result.stderr
     assert "rustup" in result.stderr
 

@@ -201,12 +201,17 @@ def rust_toolchain(need_cargo: bool = False, cwd: Optional[Path] = None) -> Rust
             )
     rustc = _rust_tool("rustc") or "rustc"
     for target in RUST_TARGETS:
-        proc = subprocess.run(
-            [rustc, "--print", "target-libdir", "--target", target],
-            capture_output=True,
-            text=True,
-            cwd=str(cwd) if cwd else None,
-        )
+        try:
+            proc = subprocess.run(
+                [rustc, "--print", "target-libdir", "--target", target],
+                capture_output=True,
+                text=True,
+                cwd=str(cwd) if cwd else None,
+            )
+        except OSError as exc:
+            raise ToolchainMissing(
+                f"cannot run {rustc}: {exc.strerror}", hint=RUST_INSTALL
+            ) from None
         libdir = proc.stdout.strip()
         if proc.returncode == 0 and libdir and Path(libdir).is_dir():
             return RustToolchain(rustc, _rust_tool("cargo"), target)
@@ -222,7 +227,8 @@ def _link_exports(exports: Sequence[str]) -> list:
 
 
 def _build_rust_file(path: Path, exports: Sequence[str]) -> tuple:
-    tools = rust_toolchain(cwd=path.parent)
+    given, path = path, path.resolve()  # rustc runs in the source's folder, as the target
+    tools = rust_toolchain(cwd=path.parent)  # check did: a rust-toolchain file applies to both
     with tempfile.TemporaryDirectory(prefix="wasmsbx-build-") as tmp:
         target = Path(tmp) / (path.stem + ".wasm")
         crate = ["--crate-type", "cdylib"] if exports else []
@@ -230,7 +236,7 @@ def _build_rust_file(path: Path, exports: Sequence[str]) -> tuple:
         # the name section, which traps and profiles use, stays.
         command = [tools.rustc, "--target", tools.target, "-O", "-C", "strip=debuginfo"]
         command += [*crate, *_link_exports(exports), "-o", str(target), str(path)]
-        output = _run(command, f"rustc failed to compile {path}")
+        output = _run(command, f"rustc failed to compile {given}", cwd=path.parent)
         return target.read_bytes(), command, output
 
 
@@ -273,10 +279,12 @@ def _build_cargo(path: Path, exports: Sequence[str]) -> tuple:
 # ---------------------------------------------------------------------------- running tools
 
 
-def _run(command: list, failure: str, diagnose=None) -> str:
+def _run(command: list, failure: str, diagnose=None, cwd: Optional[Path] = None) -> str:
     """Run a compiler; its messages (warnings) on success, BuildFailed with them on failure."""
     try:
-        proc = subprocess.run(command, capture_output=True, text=True)
+        proc = subprocess.run(
+            command, capture_output=True, text=True, cwd=str(cwd) if cwd else None
+        )
     except OSError as exc:
         raise ToolchainMissing(f"cannot run {command[0]}: {exc.strerror}") from None
     output = (proc.stdout or "") + (proc.stderr or "")

@@ -7,7 +7,7 @@ Each module compiled by one engine is one entry, keyed by the module's BLAKE3 di
 target). Per entry:
 
 - ``code/KEY[:2]/KEY.entry``: the entry's bytes in the :mod:`wasmsbx.aot` format
-  (header + native code), written whole or not at all; they are verified (size,
+  (header + native code), written to a new file renamed into place; they are verified (size,
   digest, fingerprint, module digest) before any deserialization, and an entry that
   fails is deleted, recompiled and reported;
 - in the diskcache database, ``m:KEY``: a JSON record for listing: module, backend,
@@ -42,7 +42,8 @@ from . import aot, errors
 CODE_DIR = "code"  # native code: code/KEY[:2]/KEY.entry, in the wasmsbx.aot format
 CODE_SUFFIX = ".entry"
 HITS = "hits.log"  # the hit journal: "KEY LABEL TIME" per hit
-HITS_FOLD_SIZE = 1 << 16  # a hit that finds the journal this big folds it
+HITS_FOLD_SIZE = 1 << 16  # the hit that takes the journal past a multiple of this folds it
+HITS_MAX = 16 << 20  # a journal that cannot be folded stops growing here
 LOCK_TTL = 600.0  # a lock older than this is stale (its holder died on another host)
 LOCK_WAIT = 600.0  # the longest a process waits for another to finish compiling
 TAG_TEXT = (
@@ -238,8 +239,9 @@ class Store:
         return self.code_path(key).is_file()
 
     def write_blob(self, key: str, blob: bytes) -> None:
-        """Write the entry's file whole or not at all (a new file renamed into place), so
-        a reader never sees part of one and a crash leaves no torn entry."""
+        """Write the entry's file as a new file renamed into place, so no reader ever sees
+        part of one. (Not fsynced: after a power loss the file may be empty or damaged,
+        which the digest check catches.)"""
         path = self.code_path(key)
         for folder in (path.parent.parent, path.parent):  # mkdir(parents=) ignores mode
             folder.mkdir(mode=0o700, exist_ok=True)
@@ -255,7 +257,9 @@ class Store:
 
     def put(self, key: str, blob: bytes, record: dict) -> None:
         self.write_blob(key, blob)  # first the code, then the record that lists it
-        self.db.set("m:" + key, json.dumps(record, sort_keys=True))
+        with self.db.transact():
+            self.db.set("m:" + key, json.dumps(record, sort_keys=True))
+            self.db.delete("a:" + key)  # its code as an earlier build kept it, if any
 
     def code_keys(self) -> list:
         """Keys of every code file, with how old the file is (seconds)."""
@@ -291,56 +295,70 @@ class Store:
 
     def hit(self, key: str, label: str) -> None:
         """One more hit for ``key`` (its record's hits and last use) and for ``label``:
-        a line appended to the hit journal, folded into the records when they are read."""
+        a line appended to the hit journal, folded into the records when they are read.
+
+        The hit that takes the journal past a multiple of ``HITS_FOLD_SIZE`` folds it, so
+        a cache only ever hit stays small; if the database cannot be opened, that is tried
+        again only at the next multiple, and past ``HITS_MAX`` hits are no longer counted.
+        """
         line = f"{key} {label} {time.time():.3f}\n".encode()
         fd = os.open(self.root / HITS, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         try:
             _flock(fd)
+            if os.fstat(fd).st_size > HITS_MAX:
+                return
             os.write(fd, line)
             size = os.fstat(fd).st_size
         finally:
             os.close(fd)  # releases the lock
-        if size > HITS_FOLD_SIZE:
+        if size // HITS_FOLD_SIZE > (size - len(line)) // HITS_FOLD_SIZE:
             self.fold_hits()
 
     def fold_hits(self) -> int:
-        """Move the hit journal into the records and counters; the number of hits."""
+        """Move the hit journal into the records and counters; the number of hits.
+
+        The database is opened first (a journal is kept while it cannot be); the journal's
+        lock is held only to take its lines and empty it, never while waiting for the
+        database. Hits taken by a fold that then fails are lost: they are statistics.
+        """
+        db = self.db
         try:
             fd = os.open(self.root / HITS, os.O_RDWR)
         except FileNotFoundError:
             return 0
         try:
-            _flock(fd)  # appenders wait for the few milliseconds this takes
+            _flock(fd)
             with os.fdopen(os.dup(fd), "rb") as f:
                 lines = f.read().splitlines()
-            if not lines:
-                return 0
-            per_key: dict = {}
-            per_label: dict = {}
-            for line in lines:
-                parts = line.decode("utf-8", "replace").split()
-                if len(parts) != 3:
-                    continue
-                try:
-                    when = float(parts[2])
-                except ValueError:
-                    continue
-                count, last = per_key.get(parts[0], (0, 0.0))
-                per_key[parts[0]] = (count + 1, max(last, when))
-                per_label[parts[1]] = per_label.get(parts[1], 0) + 1
-            with self.db.transact():
-                for key, (count, last) in per_key.items():
-                    record = self.record(key)
-                    if record is not None:
-                        record["hits"] = int(record.get("hits", 0)) + count
-                        record["last_used"] = max(float(record.get("last_used", 0)), last)
-                        self.db.set("m:" + key, json.dumps(record, sort_keys=True))
-                for label, count in per_label.items():
-                    self.db.incr(f"n:hits:{label}", count)
-            os.ftruncate(fd, 0)
-            return sum(per_label.values())
+            if lines:
+                os.ftruncate(fd, 0)
         finally:
             os.close(fd)
+        per_key: dict = {}
+        per_label: dict = {}
+        for line in lines:
+            parts = line.decode("utf-8", "replace").split()
+            if len(parts) != 3:
+                continue
+            try:
+                when = float(parts[2])
+            except ValueError:
+                continue
+            count, last = per_key.get(parts[0], (0, 0.0))
+            per_key[parts[0]] = (count + 1, max(last, when))
+            per_label[parts[1]] = per_label.get(parts[1], 0) + 1
+        if not per_label:
+            return 0
+        with db.transact():
+            for key, (count, last) in per_key.items():
+                record = self.record(key)
+                if record is not None:
+                    record["hits"] = int(record.get("hits", 0)) + count
+                    record["last_used"] = max(float(record.get("last_used", 0)), last)
+                    db.set("m:" + key, json.dumps(record, sort_keys=True))
+            for label, count in per_label.items():
+                db.incr(f"n:hits:{label}", count)
+        return sum(per_label.values())
 
     def miss(self, label: str) -> None:
         self.db.incr(f"n:misses:{label}")
@@ -349,6 +367,7 @@ class Store:
         """Delete an entry; return the bytes it held."""
         record = self.record(key) or {}
         self.db.delete("m:" + key)
+        self.db.delete("a:" + key)  # its code, if an earlier build kept it in the database
         try:
             self.code_path(key).unlink()
         except FileNotFoundError:
@@ -704,9 +723,21 @@ def store_compiled(
         ) from None
     try:
         lookup = Lookup(store, engine, wasm, name, compile_fn)
-        if not force and store.has(lookup.key) and lookup.load(touch=False) is not None:
-            return _compiled(lookup, "cached")
-        lookup.save(lookup.compile())
+        try:
+            if not force and store.has(lookup.key) and lookup.load(touch=False) is not None:
+                return _compiled(lookup, "cached")
+        except cache_errors() as exc:
+            raise errors.InputError(
+                f"cannot read the cache: {reason(exc)}", hint="choose another --cache-dir"
+            ) from None
+        module = lookup.compile()
+        try:
+            lookup.save(module)
+        except cache_errors() as exc:
+            raise errors.InputError(
+                f"cannot store in the cache: {reason(exc)}",
+                hint="free some space, or choose another --cache-dir",
+            ) from None
         if not store.has(lookup.key):
             lookup.warnings.append(
                 f"compiled code is larger than runtime.cache_size ({store.size_limit} bytes); "

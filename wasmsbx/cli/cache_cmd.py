@@ -295,7 +295,7 @@ def verify(
     cache_dir: Optional[str] = CACHE_DIR,
     json_output: bool = JSON,
 ) -> int:
-    """Check every entry's integrity (size and SHA-256); remove bad ones."""
+    """Check every entry's integrity (size and digest); remove bad ones."""
     from .. import cache
 
     opened = Opened(policy, cache_dir)
