@@ -22,7 +22,7 @@ folded into the records whenever they are read. The total size is bounded by
 
 Why the code is not a diskcache value (diskcache would keep values this big in files of
 its own anyway): a hit then needs no database at all, and importing diskcache and
-sqlite3 costs 13 ms, three times the rest of a cached load of a 1 MB module.
+sqlite3 costs 13 ms, six times the rest of a cached load of a 1 MB module.
 
 Only the run path imports this module, and only for modules of at least
 ``runtime.cache_min_size`` bytes.
