@@ -175,6 +175,27 @@ def test_removing_an_entry_removes_code_an_earlier_build_kept(add):
         store.close()
 
 
+def test_compile_stores_again_code_that_lost_its_record(add):
+    """Code without a record (a crash between the two writes) is not reported as cached
+    by `compile`: it is stored again, record and all, so prune will not remove it."""
+    from wasmsbx.backends import get
+    from wasmsbx.runner import engine_options, read_module
+
+    policy = make_policy()
+    engine = get("wasmtime").engine(engine_options(policy, None))
+    wasm = read_module(add)
+    assert cache.store_compiled(engine, wasm, policy, "add.wat")["state"] == "stored"
+    assert cache.store_compiled(engine, wasm, policy, "add.wat")["state"] == "cached"
+    store = open_store(policy)
+    try:
+        (key,) = store.keys("m:")
+        store.db.delete("m:" + key)
+    finally:
+        store.close()
+    again = cache.store_compiled(engine, wasm, policy, "add.wat")
+    assert again["state"] == "stored" and again["size"] > 0
+
+
 def test_prune_removes_orphans_after_a_grace_period(tmp_path, add):
     """Code without a record (a crash between the two writes) goes, but only once it is
     older than a store in progress could be; records without code go at once."""

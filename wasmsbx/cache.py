@@ -724,8 +724,9 @@ def store_compiled(
     try:
         lookup = Lookup(store, engine, wasm, name, compile_fn)
         try:
-            if not force and store.has(lookup.key) and lookup.load(touch=False) is not None:
-                return _compiled(lookup, "cached")
+            listed = store.has(lookup.key) and store.record(lookup.key) is not None
+            if not force and listed and lookup.load(touch=False) is not None:
+                return _compiled(lookup, "cached")  # (code without a record is stored again)
         except cache_errors() as exc:
             raise errors.InputError(
                 f"cannot read the cache: {reason(exc)}", hint="choose another --cache-dir"
