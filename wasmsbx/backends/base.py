@@ -240,6 +240,36 @@ class Usage(
     __slots__ = ()
 
 
+class OutputSink:
+    """Where a guest's stdout or stderr goes: "inherit" (``fallback``, e.g. our own
+    stdout), "null", "capture" (kept in ``captured``) or a file path (opened here and
+    closed by ``close()``). Shared by the backends, which meter the bytes themselves."""
+
+    def __init__(self, target: str, fallback: Any) -> None:
+        self.captured: Optional[bytearray] = None
+        self.file: Any = None
+        self.own = False
+        if target == "capture":
+            self.captured = bytearray()
+        elif target == "inherit":
+            self.file = fallback
+        elif target != "null":
+            self.file = open(target, "wb")  # noqa: SIM115 - closed in close()
+            self.own = True
+
+    def write(self, data: bytes) -> None:
+        if self.captured is not None:
+            self.captured += data
+        elif self.file is not None:
+            self.file.write(data)
+            self.file.flush()
+
+    def close(self) -> None:
+        if self.own and self.file is not None:
+            self.file.close()
+            self.file = None
+
+
 class Instance(ABC):
     """One instantiated module in its own store."""
 

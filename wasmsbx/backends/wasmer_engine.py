@@ -50,6 +50,7 @@ from .base import (
     ImportInfo,
     Instance,
     Limits,
+    OutputSink,
     Signature,
     Usage,
     WasiSetup,
@@ -298,34 +299,6 @@ def _run_child(child: _Child, stdin: Any, fds: dict) -> None:
 # ---------------------------------------------------------------------------- the parent
 
 
-class _Sink:
-    """Where the guest's stdout or stderr goes in the parent: inherit, null, capture or path."""
-
-    def __init__(self, target: str, fallback: Any) -> None:
-        self.captured: Optional[bytearray] = None
-        self.file = None
-        self.own = False
-        if target == "capture":
-            self.captured = bytearray()
-        elif target == "inherit":
-            self.file = fallback
-        elif target != "null":
-            self.file = open(target, "wb")  # noqa: SIM115 - closed in close()
-            self.own = True
-
-    def write(self, data: bytes) -> None:
-        if self.captured is not None:
-            self.captured += data
-        elif self.file is not None:
-            self.file.write(data)
-            self.file.flush()
-
-    def close(self) -> None:
-        if self.own and self.file is not None:
-            self.file.close()
-            self.file = None
-
-
 class WasmerInstance(Instance):
     """One wasm instance living in its own child process."""
 
@@ -344,8 +317,8 @@ class WasmerInstance(Instance):
         self.sinks = {}
         self.fds: dict = {}
         self._spawn(module, wasi)
-        self.stdout = _Sink(wasi.stdout, sys.stdout.buffer)
-        self.stderr = _Sink(wasi.stderr, sys.stderr.buffer)
+        self.stdout = OutputSink(wasi.stdout, sys.stdout.buffer)
+        self.stderr = OutputSink(wasi.stderr, sys.stderr.buffer)
         self.sinks = {self.fds["out_r"]: self.stdout, self.fds["err_r"]: self.stderr}
         self._open = set(self.sinks)
         self.poller = select.poll()

@@ -31,6 +31,7 @@ from .base import (
     ImportInfo,
     Instance,
     Limits,
+    OutputSink,
     Usage,
     WasiSetup,
     memory_limit_error,
@@ -135,33 +136,18 @@ class _Ticker:
             self.engine.increment_epoch()
 
 
-class _Output:
+class _Output(OutputSink):
     """A guest output stream that counts bytes against the shared output budget."""
 
     def __init__(self, target: str, budget: _Budget, fallback) -> None:
+        super().__init__(target, fallback)
         self.budget = budget
-        self.captured: Optional[bytearray] = None
-        self.file = None
-        if target == "capture":
-            self.captured = bytearray()
-        elif target == "inherit":
-            self.file = fallback
-        elif target != "null":
-            self.file = open(target, "wb")  # noqa: SIM115 - closed in close()
 
     def __call__(self, data: bytes) -> int:
         if not self.budget.take(len(data)):
             return -errno.EFBIG
-        if self.captured is not None:
-            self.captured += data
-        elif self.file is not None:
-            self.file.write(data)
-            self.file.flush()
+        self.write(data)
         return len(data)
-
-    def close(self) -> None:
-        if self.file is not None and self.file not in (sys.stdout.buffer, sys.stderr.buffer):
-            self.file.close()
 
 
 class _Budget:
