@@ -193,13 +193,13 @@ def rust_toolchain(need_cargo: bool = False, cwd: Optional[Path] = None) -> Rust
     """The rustc (and cargo) to use and the WebAssembly target they have installed;
     ToolchainMissing naming what to install otherwise. ``cwd`` is the project, where a
     rust-toolchain file may choose another compiler."""
-    for tool in ("rustc", "cargo") if need_cargo else ("rustc",):
-        if _rust_tool(tool) is None:
-            raise ToolchainMissing(
-                f"cannot compile Rust: {tool} is not installed",
-                hint=f"install Rust with rustup (https://rustup.rs), then `{RUST_INSTALL}`",
-            )
-    rustc = _rust_tool("rustc") or "rustc"
+    rustc, cargo = _rust_tool("rustc"), _rust_tool("cargo")
+    missing = "rustc" if rustc is None else "cargo" if need_cargo and cargo is None else None
+    if missing:
+        raise ToolchainMissing(
+            f"cannot compile Rust: {missing} is not installed",
+            hint=f"install Rust with rustup (https://rustup.rs), then `{RUST_INSTALL}`",
+        )
     for target in RUST_TARGETS:
         try:
             proc = subprocess.run(
@@ -214,7 +214,7 @@ def rust_toolchain(need_cargo: bool = False, cwd: Optional[Path] = None) -> Rust
             ) from None
         libdir = proc.stdout.strip()
         if proc.returncode == 0 and libdir and Path(libdir).is_dir():
-            return RustToolchain(rustc, _rust_tool("cargo"), target)
+            return RustToolchain(rustc, cargo, target)
     raise ToolchainMissing(
         f"cannot compile Rust: {rustc} has no WebAssembly target installed "
         f"(looked for {' and '.join(RUST_TARGETS)})",
