@@ -48,6 +48,11 @@ class Artifact(NamedTuple):
         return self.header["module"]["sha256"]
 
     @property
+    def module_digest(self) -> Optional[str]:
+        """The module's BLAKE3 digest, which cache entries' keys are made of."""
+        return self.header["module"].get("blake3")
+
+    @property
     def label(self) -> str:
         return label_of(self.fingerprint)
 

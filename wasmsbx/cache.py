@@ -34,6 +34,7 @@ import json
 import os
 import stat
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Callable, NamedTuple, Optional
 
@@ -44,6 +45,7 @@ CODE_SUFFIX = ".entry"
 HITS = "hits.log"  # the hit journal: "KEY LABEL TIME" per hit
 HITS_FOLD_SIZE = 1 << 16  # the hit that takes the journal past a multiple of this folds it
 HITS_MAX = 16 << 20  # a journal that cannot be folded stops growing here
+ORPHAN_GRACE = 60.0  # a code file this young may be waiting for its record (a store under way)
 LOCK_TTL = 600.0  # a lock older than this is stale (its holder died on another host)
 LOCK_WAIT = 600.0  # the longest a process waits for another to finish compiling
 TAG_TEXT = (
@@ -261,26 +263,24 @@ class Store:
             self.db.set("m:" + key, json.dumps(record, sort_keys=True))
             self.db.delete("a:" + key)  # its code as an earlier build kept it, if any
 
+    def _code_files(self, pattern: str) -> Iterator:
+        """(path, stat) of the files in the code folders matching ``pattern``."""
+        for path in (self.root / CODE_DIR).glob(pattern):
+            try:
+                yield path, path.stat()
+            except OSError:  # removed meanwhile
+                continue
+
     def code_keys(self) -> list:
         """Keys of every code file, with how old the file is (seconds)."""
-        out = []
         now = time.time()
-        for path in (self.root / CODE_DIR).glob("??/*" + CODE_SUFFIX):
-            try:
-                age = now - path.stat().st_mtime
-            except OSError:
-                continue
-            out.append((path.name[: -len(CODE_SUFFIX)], age))
-        return out
+        return [
+            (path.name[: -len(CODE_SUFFIX)], now - info.st_mtime)
+            for path, info in self._code_files("??/*" + CODE_SUFFIX)
+        ]
 
     def code_volume(self) -> int:
-        total = 0
-        for path in (self.root / CODE_DIR).glob("??/*"):
-            try:
-                total += path.stat().st_size
-            except OSError:
-                pass
-        return total
+        return sum(info.st_size for _, info in self._code_files("??/*"))
 
     # ---------------------------------------------------------- records
     def record(self, key: str) -> Optional[dict]:
@@ -626,7 +626,7 @@ class Lookup:
             return None
         try:
             artifact = aot.unpack(blob, kind="cache-entry")
-            if artifact.header["module"].get("blake3") != self.module_digest:
+            if artifact.module_digest != self.module_digest:
                 raise aot.Corrupt("it belongs to another module")
             diff = aot.differences(artifact.fingerprint, self.fingerprint)
             if diff:
@@ -856,30 +856,32 @@ def prune(store: Store, older_than: Optional[float] = None, max_size: Optional[i
     }
 
 
-ORPHAN_GRACE = 60.0  # a code file this young may be waiting for its record (a store under way)
+def _unlisted(records: set, code: dict) -> list:
+    """Keys of code files (``code``: key -> age) without a record, old enough not to be
+    a store under way."""
+    return [key for key, age in code.items() if key not in records and age > ORPHAN_GRACE]
 
 
 def _orphans(store: Store) -> int:
     """Remove records without code and code without records (or a torn temporary file)."""
-    records = set(store.keys("m:"))
-    code = dict(store.code_keys())
+    records, code = set(store.keys("m:")), dict(store.code_keys())
     removed = 0
     for key in records - set(code):
         store.db.delete("m:" + key)
         removed += 1
-    for key, age in code.items():
-        if key not in records and age > ORPHAN_GRACE:
-            store.code_path(key).unlink(missing_ok=True)
-            removed += 1
+    for key in _unlisted(records, code):
+        store.code_path(key).unlink(missing_ok=True)
+        removed += 1
     for key in store.keys("a:"):  # native code as diskcache values (earlier builds)
         store.db.delete("a:" + key)
         removed += 1
-    for tmp in (store.root / CODE_DIR).glob("??/.*.tmp"):
-        try:
-            if time.time() - tmp.stat().st_mtime > ORPHAN_GRACE:
+    now = time.time()
+    for tmp, info in store._code_files("??/.*.tmp"):
+        if now - info.st_mtime > ORPHAN_GRACE:
+            try:
                 tmp.unlink()
-        except OSError:
-            pass
+            except OSError:
+                pass
     return removed
 
 
@@ -896,10 +898,7 @@ def verify(store: Store, remove: bool = True) -> dict:
             )
             if remove:
                 store.remove(key)
-    records = set(store.keys("m:"))
-    for key, age in store.code_keys():
-        if key in records or age <= ORPHAN_GRACE:
-            continue
+    for key in _unlisted(set(store.keys("m:")), dict(store.code_keys())):
         checked += 1
         bad.append({"key": key, "module": None, "reason": "no record for this entry"})
         if remove:
@@ -918,6 +917,6 @@ def _check_entry(store: Store, key: str, record: dict) -> Optional[str]:
         artifact = aot.unpack(blob, kind="cache-entry")
     except aot.Corrupt as exc:
         return str(exc)
-    if entry_key(artifact.header["module"].get("blake3") or "", artifact.fingerprint) != key:
+    if entry_key(artifact.module_digest, artifact.fingerprint) != key:
         return "its header does not match its key"
     return None
