@@ -104,12 +104,7 @@ class Limits(
     __slots__ = ()
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "min": self.min,
-            "max": self.max,
-            "shared": self.shared,
-            "memory64": self.memory64,
-        }
+        return self._asdict()
 
 
 class Import(
@@ -198,12 +193,7 @@ class Global(namedtuple("Global", "index type mutable imported")):
     __slots__ = ()
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "index": self.index,
-            "type": self.type,
-            "mutable": self.mutable,
-            "imported": self.imported,
-        }
+        return self._asdict()
 
 
 class CustomSection(namedtuple("CustomSection", "name size")):
@@ -212,7 +202,7 @@ class CustomSection(namedtuple("CustomSection", "name size")):
     __slots__ = ()
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "size": self.size}
+        return self._asdict()
 
 
 class ModuleFacts(

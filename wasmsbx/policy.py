@@ -209,7 +209,7 @@ class Grant(namedtuple("Grant", "host guest writable")):
     __slots__ = ()
 
     def to_dict(self) -> dict:
-        return {"host": self.host, "guest": self.guest, "writable": self.writable}
+        return self._asdict()
 
 
 class Policy:

@@ -125,12 +125,7 @@ class Availability(
     __slots__ = ()
 
     def to_dict(self) -> dict:
-        return {
-            "available": self.available,
-            "version": self.version,
-            "reason": self.reason,
-            "fix": self.fix,
-        }
+        return self._asdict()
 
 
 class EngineOptions(
@@ -158,14 +153,7 @@ class EngineOptions(
     __slots__ = ()
 
     def to_dict(self) -> dict:
-        return {
-            "compiler": self.compiler,
-            "optimize": self.optimize,
-            "fuel": self.fuel,
-            "stack": self.stack,
-            "memory_cap": self.memory_cap,
-            "table_cap": self.table_cap,
-        }
+        return self._asdict()
 
 
 class Limits(
