@@ -29,6 +29,14 @@ def store_for(tmp_path):
     return cache.Store.open(tmp_path / "cache", policy.values["runtime.cache_size"], create=False)
 
 
+def damage_database(root):
+    """Replace the cache's SQLite database (and its journal files) with garbage."""
+    for extra in root.glob("cache.db-*"):
+        extra.unlink()
+    (root / "cache.db").write_bytes(b"not a database " * 400)
+    return root
+
+
 # ---------------------------------------------------------------------------- run
 
 
@@ -285,10 +293,7 @@ def test_hits_with_a_damaged_database_fold_rarely_and_are_kept(cli, cache_all, t
     other = tmp_path / "m.wat"
     other.write_text('(module (func (export "two") (result i32) (i32.const 2)))')
     assert cli("run", other, "two").code == 0
-    root = tmp_path / "cache"
-    for extra in root.glob("cache.db-*"):
-        extra.unlink()
-    (root / "cache.db").write_bytes(b"not a database " * 400)
+    root = damage_database(tmp_path / "cache")
     store = cache.Store(root, 1 << 30)
     key = store.code_keys()[0][0]
     folds = []
@@ -315,10 +320,7 @@ def test_hits_with_a_damaged_database_fold_rarely_and_are_kept(cli, cache_all, t
 
 def test_damaged_database(cli, cache_all, tmp_path):
     cli("run", ADD, "add", "1", "1")
-    root = tmp_path / "cache"
-    for extra in root.glob("cache.db-*"):
-        extra.unlink()
-    (root / "cache.db").write_bytes(b"not a database " * 400)
+    root = damage_database(tmp_path / "cache")
     # A hit needs only the entry's file, which is intact: the database is not read.
     run = cli("run", ADD, "add", "1", "1", "--stats")
     assert (run.code, run.stdout) == (0, "2\n")
