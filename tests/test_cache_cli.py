@@ -287,7 +287,9 @@ def test_unwritable_cache(cli, cache_all, tmp_path):
     assert "hint:" in compiled.stderr and "Traceback" not in compiled.stderr
 
 
-def test_hits_with_a_damaged_database_fold_rarely_and_are_kept(cli, cache_all, tmp_path):
+def test_hits_with_a_damaged_database_fold_rarely_and_are_kept(
+    cli, cache_all, tmp_path, monkeypatch
+):
     """With the database unreadable, a hit retries folding the journal only when the
     journal passes a multiple of HITS_FOLD_SIZE, and keeps the lines meanwhile."""
     other = tmp_path / "m.wat"
@@ -303,16 +305,13 @@ def test_hits_with_a_damaged_database_fold_rarely_and_are_kept(cli, cache_all, t
         folds.append(1)
         return real(self)
 
-    import pytest as _pytest
-
-    with _pytest.MonkeyPatch.context() as patch:
-        patch.setattr(cache, "HITS_FOLD_SIZE", 300)
-        patch.setattr(cache.Store, "fold_hits", counting)
-        for _ in range(12):
-            try:
-                store.hit(key, "wasmtime")
-            except cache.cache_errors():
-                pass  # what load() does: the hit stands, the fold waits
+    monkeypatch.setattr(cache, "HITS_FOLD_SIZE", 300)
+    monkeypatch.setattr(cache.Store, "fold_hits", counting)
+    for _ in range(12):
+        try:
+            store.hit(key, "wasmtime")
+        except cache.cache_errors():
+            pass  # what load() does: the hit stands, the fold waits
     lines = (root / cache.HITS).read_bytes().splitlines()
     assert len(lines) == 12, "no hit may be lost while the database is damaged"
     assert 2 <= len(folds) <= 4, folds  # one try per 300 bytes, not one per hit
