@@ -405,6 +405,6 @@ def test_spinner_draws_only_for_long_work(monkeypatch):
 
 
 def test_no_spinner_without_a_terminal():
-    from wasmsbx.cli import output
+    from wasmsbx.cli.progress import progress_factory
 
-    assert output.progress_factory() is None  # pytest captures stderr
+    assert progress_factory() is None  # pytest captures stderr

@@ -9,7 +9,8 @@ The heavy parts (runtimes, rich, diskcache) load only when used.
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
+from ._version import __version__
+
 __all__ = ["Sandbox", "run", "load_policy", "__version__"]
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-from .facts import (
+from ._wasmreader import (
     _VALTYPE_BYTES,
     FactsError,
     _leb,

@@ -22,7 +22,8 @@ import struct
 import time
 from typing import Any, NamedTuple, Optional
 
-from . import __version__, errors
+from . import errors
+from ._version import __version__
 
 MAGIC = b"\x89WSBX\r\n\x1a"  # \x89: not text; \r\n: catches newline translation
 FORMAT = 1

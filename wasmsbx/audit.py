@@ -23,19 +23,18 @@ from typing import Any, Optional
 
 from . import policy as policy_mod
 from . import wasi
-from .audit_rules import RULES, SEVERITIES, Rule, severity_rank  # noqa: F401 - re-exported
+from .audit_rules import (  # noqa: F401 - re-exported
+    PAGE,
+    RULES,
+    SEVERITIES,
+    Rule,
+    severity_rank,
+    start_export,
+)
 from .facts import ModuleFacts
 
-REPORT_SCHEMA = "wasmsbx.audit/1"  # the "schema" field of --json; bumped on breaking changes
-PAGE = 65536
 LARGE_DATA = 1 << 20  # total data segment bytes from which WSX207 fires
 RISK_LEVELS = ((60, "high"), (30, "moderate"), (10, "low"), (0, "minimal"))
-SARIF_SCHEMA = (
-    "https://docs.oasis-open.org/sarif/sarif/v2.1.0/errata01/os/schemas/sarif-schema-2.1.0.json"
-)
-SARIF_LEVEL = {"high": "error", "medium": "warning", "low": "note", "info": "note"}
-SARIF_SECURITY_SEVERITY = {"high": "8.0", "medium": "5.0", "low": "3.0", "info": "1.0"}
-
 
 # ---------------------------------------------------------------------------- findings
 
@@ -625,14 +624,6 @@ def check_tables(ctx: _Context) -> Iterator[Finding]:
                 f"until limits.table_elements ({limit:,}) stops it",
                 subject,
             )
-
-
-def start_export(facts: ModuleFacts) -> Optional[str]:
-    """The export name of the start function, if it is exported."""
-    for exp in facts.exports:
-        if exp.kind == "func" and exp.index == facts.start:
-            return exp.name
-    return None
 
 
 def check_structure(ctx: _Context) -> Iterator[Finding]:

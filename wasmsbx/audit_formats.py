@@ -11,20 +11,21 @@ import hashlib
 import os
 import re
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 from urllib.parse import quote
 
-from . import __version__
-from .audit import (
-    PAGE,
-    REPORT_SCHEMA,
-    RULES,
-    SARIF_LEVEL,
-    SARIF_SCHEMA,
-    SARIF_SECURITY_SEVERITY,
-    AuditReport,
-    start_export,
+from ._version import __version__
+from .audit_rules import PAGE, RULES, start_export
+
+if TYPE_CHECKING:
+    from .audit import AuditReport
+
+REPORT_SCHEMA = "wasmsbx.audit/1"  # the "schema" field of --json; bumped on breaking changes
+SARIF_SCHEMA = (
+    "https://docs.oasis-open.org/sarif/sarif/v2.1.0/errata01/os/schemas/sarif-schema-2.1.0.json"
 )
+SARIF_LEVEL = {"high": "error", "medium": "warning", "low": "note", "info": "note"}
+SARIF_SECURITY_SEVERITY = {"high": "8.0", "medium": "5.0", "low": "3.0", "info": "1.0"}
 
 INFORMATION_URI = "https://pypi.org/project/wasmsbx/"
 

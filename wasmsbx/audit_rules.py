@@ -10,6 +10,7 @@ capability is no risk.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, Optional
 
 SEVERITIES = ("info", "low", "medium", "high")
 
@@ -295,3 +296,14 @@ _RULES = (
 )
 
 RULES = {rule.id: rule for rule in _RULES}
+
+
+PAGE = 65536  # bytes per wasm page
+
+
+def start_export(facts: Any) -> Optional[str]:
+    """The export name of the start function, if it is exported."""
+    for exp in facts.exports:
+        if exp.kind == "func" and exp.index == facts.start:
+            return exp.name
+    return None

@@ -211,7 +211,7 @@ class Report:
         return [d for d in self.comparison["deltas"] if d["verdict"] == "regression"]
 
     def to_dict(self) -> dict:
-        from . import __version__
+        from ._version import __version__
 
         return {
             "report_version": REPORT_VERSION,

@@ -21,6 +21,7 @@ import sys
 from typing import Optional
 
 from .base import Availability, Backend, Capabilities, EngineOptions
+from .wasmer_features import FEATURES, SINGLEPASS_FEATURES
 
 COMPILERS = ("cranelift", "llvm", "singlepass")
 PACKAGES = {
@@ -52,20 +53,6 @@ assert instance.exports.f(41) == 42, "wrong result"
 print("ok", wasmer.__version__)
 """
 
-# Proposals each compiler of wasmer 2.1 compiles by default (tests/test_backends.py
-# compiles one module per proposal and checks that exactly these are accepted).
-FEATURES = frozenset(
-    {
-        "mutable-globals",
-        "sign-extension",
-        "saturating-float-to-int",
-        "bulk-memory",
-        "reference-types",
-        "multi-value",
-        "simd",
-    }
-)
-SINGLEPASS_FEATURES = FEATURES - {"multi-value", "simd"}
 
 # Enforced from outside the runtime (see the module docstring); absent on purpose:
 # fuel, interrupt (in-process), stack-limit, wasi-readonly, fs-confined (preopens are

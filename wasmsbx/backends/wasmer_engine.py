@@ -834,6 +834,6 @@ class WasmerEngine(Engine):
 
 
 def _features(compiler: Optional[str]) -> frozenset:
-    from .wasmer_backend import FEATURES, SINGLEPASS_FEATURES
+    from .wasmer_features import FEATURES, SINGLEPASS_FEATURES
 
     return SINGLEPASS_FEATURES if compiler == "singlepass" else FEATURES

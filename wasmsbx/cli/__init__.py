@@ -10,37 +10,12 @@ import os
 import sys
 from typing import Optional
 
-from ..errors import ExitCode, WasmsbxError
-
 
 def _lean_run(argv: list) -> bool:
     if not argv or argv[0] != "run" or "_WASMSBX_COMPLETE" in os.environ:
         return False
     head = argv[: argv.index("--")] if "--" in argv else argv
     return "--help" not in head and "-h" not in head
-
-
-def report(exc: BaseException, json_mode: bool = False) -> int:
-    """Print an expected failure as one line (plus hint); return its exit code."""
-    from . import output
-
-    if isinstance(exc, WasmsbxError):
-        if json_mode:
-            output.emit_json({"error": exc.to_dict()})
-        output.error(exc.message, exc.hint)
-        for frame in getattr(exc, "backtrace", [])[:12]:
-            output.err(f"  at {frame}")
-        return int(exc.exit_code)
-    if isinstance(exc, KeyboardInterrupt):
-        output.error("interrupted")
-        return int(ExitCode.INTERRUPTED)
-    if os.environ.get("WASMSBX_DEBUG"):
-        raise exc
-    output.error(
-        f"internal error: {type(exc).__name__}: {exc}",
-        "this is a bug in wasmsbx; rerun with WASMSBX_DEBUG=1 for a traceback",
-    )
-    return int(ExitCode.INTERNAL)
 
 
 def main(argv: Optional[list] = None) -> int:

@@ -5,15 +5,15 @@ Each command module exposes ``register(app)``; heavy imports stay inside the com
 
 from __future__ import annotations
 
-import functools
 import importlib
 import inspect
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import typer
 
-from .. import __version__
+from .._version import __version__
 from . import options as run_options
+from .boundary import boundary, report  # noqa: F401 - boundary re-exported for commands
 
 _ARGV: list = []  # the raw argv, for the typer face of `run`
 
@@ -27,25 +27,6 @@ HELP = (
     "115 output, 116 instances, 120 regression, 121 audit findings, 122 batch failures, "
     "130 interrupted; a WASI command's own exit code is passed through."
 )
-
-
-def boundary(func: Callable) -> Callable:
-    """Turn expected failures into one line and an exit code; ints returned are exit codes."""
-
-    @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> None:
-        from . import report
-
-        try:
-            code = func(*args, **kwargs)
-        except typer.Exit:
-            raise
-        except (Exception, KeyboardInterrupt) as exc:
-            code = report(exc, json_mode=bool(kwargs.get("json_output")))
-        if code:
-            raise typer.Exit(int(code))
-
-    return wrapper
 
 
 def _version(value: bool) -> None:

@@ -9,7 +9,7 @@ import typer
 
 from .. import errors
 from . import output
-from .app import boundary
+from .boundary import boundary
 
 
 class Severity(str, Enum):

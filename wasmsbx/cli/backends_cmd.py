@@ -8,7 +8,7 @@ import typer
 
 from .. import capabilities as caps
 from . import output
-from .app import boundary
+from .boundary import boundary
 
 
 def register(app: typer.Typer) -> None:

@@ -8,7 +8,7 @@ import typer
 
 from .. import errors
 from . import output
-from .app import boundary
+from .boundary import boundary
 
 HELP = (
     "Benchmark MODULE: compile, cached load, instantiate, and a warm call of FUNC with ARGS "

@@ -7,7 +7,7 @@ from typing import Any, Optional
 import typer
 
 from . import output
-from .app import boundary
+from .boundary import boundary
 
 POLICY = typer.Option(
     None, "--policy", "-p", metavar="PATH", help="Policy file (runtime.cache_dir, cache_size)."

@@ -8,7 +8,8 @@ from typing import Any, Optional
 import typer
 
 from . import output
-from .app import boundary
+from .boundary import boundary
+from .progress import progress_factory
 
 
 def register(app: typer.Typer) -> None:
@@ -222,7 +223,7 @@ def _artifact(engine: Any, wasm: bytes, name: str, compile_fn: Any, out: str) ->
 
 
 def _spinner(label: str) -> Any:
-    factory = output.progress_factory()
+    factory = progress_factory()
     if factory is None:
         import contextlib
 

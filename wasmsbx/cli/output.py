@@ -40,15 +40,3 @@ def console(stderr: bool = False):
     from rich.console import Console
 
     return Console(stderr=stderr, highlight=False, soft_wrap=False)
-
-
-def progress_factory():
-    """``Spinner`` when stderr is a terminal, else None (no progress in pipes and logs)."""
-    try:
-        if not sys.stderr.isatty():
-            return None
-    except (AttributeError, ValueError):
-        return None
-    from .progress import Spinner
-
-    return Spinner

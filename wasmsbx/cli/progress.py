@@ -7,6 +7,7 @@ size is known (a regular file), measured in input bytes consumed.
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 
@@ -111,3 +112,13 @@ class Spinner:
             self.gate.release()
             if self.live is not None:
                 self.live.stop()
+
+
+def progress_factory():
+    """``Spinner`` when stderr is a terminal, else None (no progress in pipes and logs)."""
+    try:
+        if not sys.stderr.isatty():
+            return None
+    except (AttributeError, ValueError):
+        return None
+    return Spinner

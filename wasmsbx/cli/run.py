@@ -7,6 +7,8 @@ from typing import Any
 from .. import errors
 from . import options as opts
 from . import output
+from .progress import progress_factory
+from .run_view import render_explain, render_stats
 
 BATCH_OPTIONS = ("batch", "stream", "jobs", "fresh", "chunk_size", "checkpoint")  # run_batch.py
 FLAG_KEYS = {
@@ -44,7 +46,7 @@ def run_main(argv: list) -> int:
         log = _audit_log(args)
         code = execute(args, log)
     except (Exception, KeyboardInterrupt) as exc:
-        from . import report
+        from .boundary import report
 
         code = report(exc, json_mode)
         if log is not None:
@@ -89,7 +91,7 @@ def execute(args: opts.RunArgs, log: Any = None) -> int:
         use_cache=False if o["no_cache"] else None,
         artifact=o["artifact"],
         cache_dir=o["cache_dir"],
-        progress=output.progress_factory(),
+        progress=progress_factory(),
     )
     for warning in box.warnings:  # at once: the run itself may still fail
         output.warning(warning)
@@ -142,35 +144,3 @@ def _after(stats: Any, o: dict, log: Any = None, shown: Any = ()) -> None:
             output.warning(warning)
     if o["stats"]:
         render_stats(stats)
-
-
-CACHE_STATES = {
-    "hit": "hit (native code loaded from the cache)",
-    "miss": "miss (compiled, then stored)",
-    "off": "off (--no-cache or runtime.cache = false)",
-    "skip": "skipped (module smaller than runtime.cache_min_size)",
-    "error": "unavailable (see the warning)",
-    "artifact": "not used (precompiled artifact loaded)",
-}
-
-
-def render_stats(stats: Any) -> None:
-    from ..units import format_count, format_duration, format_size
-
-    rows = [("backend", f"{stats.backend}" + (f" ({stats.compiler})" if stats.compiler else ""))]
-    rows.append(("cache", CACHE_STATES.get(stats.cache or "off", stats.cache)))
-    for phase, seconds in stats.timings.items():
-        rows.append((f"{phase} time", format_duration(seconds)))
-    if stats.fuel_used is not None:
-        rows.append(("fuel used", format_count(stats.fuel_used)))
-    if stats.memory_bytes is not None:
-        rows.append(("memory", format_size(stats.memory_bytes)))
-    width = max(len(k) for k, _ in rows)
-    for key, value in rows:
-        output.err(f"{key.ljust(width)}  {value}")
-
-
-def render_explain(selection: Any) -> None:
-    from .explain import render
-
-    render(selection, stderr=True)

@@ -36,7 +36,7 @@ def execute(args: Any, policy: Any, log: Any = None) -> int:
     if log is not None:
         log.sandbox(box)
     if o["explain"]:
-        from .run import render_explain
+        from .run_view import render_explain
 
         render_explain(box.explain("call"))
     if o["stream"]:
@@ -264,6 +264,6 @@ def _interrupted(o: dict) -> errors.WasmsbxError:
 def _after(box: Any, o: dict) -> None:
     if o["stats"]:
         from ..runner import RunStats
-        from .run import render_stats
+        from .run_view import render_stats
 
         render_stats(RunStats(box.backend_name, box.compiler, dict(box.timings), box.cache_state))

@@ -14,7 +14,8 @@ import typer
 
 from . import options as run_options
 from . import output
-from .app import _ARGV, boundary
+from .app import _ARGV
+from .boundary import boundary
 
 _RUN_OPTS = {opt.dest: opt for opt in run_options.RUN_OPTIONS}
 

@@ -1,0 +1,52 @@
+"""The one error boundary of the command line: an expected failure becomes one ``error:``
+line (and a ``hint:``) and its exit code from the table; a bug becomes "internal error"
+(a traceback only with WASMSBX_DEBUG=1)."""
+
+from __future__ import annotations
+
+import functools
+import os
+from typing import Any, Callable
+
+from ..errors import ExitCode, WasmsbxError
+
+
+def report(exc: BaseException, json_mode: bool = False) -> int:
+    """Print an expected failure as one line (plus hint); return its exit code."""
+    from . import output
+
+    if isinstance(exc, WasmsbxError):
+        if json_mode:
+            output.emit_json({"error": exc.to_dict()})
+        output.error(exc.message, exc.hint)
+        for frame in getattr(exc, "backtrace", [])[:12]:
+            output.err(f"  at {frame}")
+        return int(exc.exit_code)
+    if isinstance(exc, KeyboardInterrupt):
+        output.error("interrupted")
+        return int(ExitCode.INTERRUPTED)
+    if os.environ.get("WASMSBX_DEBUG"):
+        raise exc
+    output.error(
+        f"internal error: {type(exc).__name__}: {exc}",
+        "this is a bug in wasmsbx; rerun with WASMSBX_DEBUG=1 for a traceback",
+    )
+    return int(ExitCode.INTERNAL)
+
+
+def boundary(func: Callable) -> Callable:
+    """Turn expected failures into one line and an exit code; ints returned are exit codes."""
+    import typer  # only typer commands are wrapped; the lean run path never loads it
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> None:
+        try:
+            code = func(*args, **kwargs)
+        except typer.Exit:
+            raise
+        except (Exception, KeyboardInterrupt) as exc:
+            code = report(exc, json_mode=bool(kwargs.get("json_output")))
+        if code:
+            raise typer.Exit(int(code))
+
+    return wrapper
