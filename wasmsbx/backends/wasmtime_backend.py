@@ -506,7 +506,11 @@ class WasmtimeEngine(Engine):
     def serialize(self, module: Any) -> bytes:
         return bytes(module.serialize())
 
-    def deserialize(self, data: bytes) -> Any:
+    def deserialize(self, native: Any) -> Any:
+        """Load native code that passed authentication (a ``trust.Authenticated``)."""
+        from ..trust import require
+
+        data = require(native)
         try:
             return _deserialize(self.engine, data)
         except wasmtime.WasmtimeError as exc:
