@@ -135,7 +135,7 @@ def _refuse_foreign(root: Path) -> None:
     """A directory with files but no CACHEDIR.TAG is not a cache: wasmsbx will not tag it
     (backup tools skip tagged folders), tighten its mode or write a database into it."""
     try:
-        names = [n for n in os.listdir(root) if not n.startswith(".CACHEDIR.TAG.")]
+        names = [n for n in os.listdir(root) if n not in OURS and not n.startswith(".CACHEDIR.TAG.")]
     except OSError as exc:
         raise CacheUnavailable(f"cannot read {root}: {exc.strerror}") from None
     from .trust import trust_dir
