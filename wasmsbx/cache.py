@@ -135,7 +135,9 @@ def _refuse_foreign(root: Path) -> None:
     """A directory with files but no CACHEDIR.TAG is not a cache: wasmsbx will not tag it
     (backup tools skip tagged folders), tighten its mode or write a database into it."""
     try:
-        names = [n for n in os.listdir(root) if n not in OURS and not n.startswith(".CACHEDIR.TAG.")]
+        names = [
+            n for n in os.listdir(root) if n not in OURS and not n.startswith(".CACHEDIR.TAG.")
+        ]
     except OSError as exc:
         raise CacheUnavailable(f"cannot read {root}: {exc.strerror}") from None
     from .trust import trust_dir
@@ -956,9 +958,19 @@ def verify(store: Store, remove: bool = True) -> dict:
             )
             if remove:
                 store.remove(key)
-    for key in _unlisted(set(store.keys("m:")), dict(store.code_keys())):
+    listed = set(store.keys("m:"))
+    for key, age in store.code_keys():
+        if key in listed:
+            continue
+        # Code without a record: a store under way (young, and then authentic) or a file
+        # put there by someone else, which fails the tag at any age.
+        reason = _check_entry(store, key, {}, tag_key)
+        if reason is None and age > ORPHAN_GRACE:
+            reason = "no record for this entry"
+        if reason is None:
+            continue
         checked += 1
-        bad.append({"key": key, "module": None, "reason": "no record for this entry"})
+        bad.append({"key": key, "module": None, "reason": reason})
         if remove:
             store.remove(key)
     return {"checked": checked, "ok": checked - len(bad), "bad": bad, "removed": remove}
