@@ -279,14 +279,13 @@ def authenticate_artifact(data: Any, origin: str) -> Artifact:
     if tag_ok(data, key, parts):
         return _parsed(data, parts, origin, "your key")
     signed = signature_of(data, parts)
+    if signed is None and problem is not None:
+        raise _refused(origin, f"it cannot be authenticated: {problem.message}", problem.hint)
     if signed is None:
-        why = "it is not authenticated: it was not compiled with your key (it was built by "
-        why += "another user or machine, or altered since) and it carries no signature"
-        if problem is not None:
-            why = f"it cannot be authenticated: {problem.message}"
         raise _refused(
             origin,
-            why,
+            "it is not authenticated: it was not compiled with your key (it was built by "
+            "another user or machine, or altered since) and it carries no signature",
             "compile it yourself from its module (`wasmsbx compile MODULE -o FILE`), or "
             "have its author sign it (`wasmsbx compile --sign`) and trust their key "
             "(`wasmsbx trust add KEY`)",

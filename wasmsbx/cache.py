@@ -153,7 +153,9 @@ def _refuse_foreign(root: Path) -> None:
 
 
 def exists(root: Path) -> bool:
-    return (root / "cache.db").is_file()
+    """A database, or code files (``verify`` must see code that was put there without
+    one, e.g. committed to a repository)."""
+    return (root / "cache.db").is_file() or (root / CODE_DIR).is_dir()
 
 
 def wipe(root: Path) -> None:

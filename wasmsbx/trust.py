@@ -241,7 +241,10 @@ def rotate() -> Path:
     assert root is not None
     path = root / SECRET_FILE
     try:
-        path.unlink(missing_ok=True)
+        if path.is_dir() and not path.is_symlink():
+            path.rmdir()
+        else:
+            path.unlink(missing_ok=True)
     except OSError as exc:
         raise KeyProblem(f"cannot remove {path}: {exc.strerror}", path=str(path)) from None
     secret(create=True)
