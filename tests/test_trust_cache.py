@@ -346,3 +346,18 @@ def test_wipe_removes_only_what_wasmsbx_keeps(tmp_path):
     (root / "project-file.c").write_text("int main;")
     cache.wipe(root)
     assert [p.name for p in root.iterdir()] == ["project-file.c"]
+
+
+def test_a_policy_cannot_show_the_guest_the_keys(cli, isolated, tmp_path):
+    """A project's sandbox.toml granting the folder that holds the trust folder (the
+    home, ~/.config) would let a WASI guest read the secret key and forge native code."""
+    from .conftest import EXAMPLES
+
+    trust.secret(create=True)
+    hello = EXAMPLES / "wasi" / "hello.wasm"
+    for granted in (tmp_path, tmp_path / "trust"):
+        (isolated / "sandbox.toml").write_text(f'[filesystem]\nread_only = ["{granted}"]\n')
+        result = cli("run", hello)
+        assert result.code == 101 and "would give the guest your wasmsbx keys" in result.stderr
+    (isolated / "sandbox.toml").write_text(f'[filesystem]\nread_only = ["{isolated}"]\n')
+    assert cli("run", hello).code == 0

@@ -280,6 +280,24 @@ def unseal(blob: Any, purpose: str = "handoff") -> Optional[Authenticated]:
     return Authenticated(view[:-32], "your key")
 
 
+def refuse_key_grants(grants: list) -> None:
+    """A PolicyError if a directory grant would show the guest the trust folder: a guest
+    that reads the secret key can forge native code that runs outside the sandbox."""
+    keys = os.path.realpath(trust_dir())
+    for grant in grants:
+        host = os.path.realpath(grant.host)
+        if (
+            keys == host
+            or keys.startswith(host.rstrip(os.sep) + os.sep)
+            or host.startswith(keys + os.sep)
+        ):
+            raise errors.PolicyError(
+                f"the grant of {grant.host} would give the guest your wasmsbx keys ({keys})",
+                hint="grant a folder that does not contain the trust folder",
+                key="filesystem",
+            )
+
+
 # ---------------------------------------------------------------------------- public keys
 
 
