@@ -361,3 +361,22 @@ def test_a_policy_cannot_show_the_guest_the_keys(cli, isolated, tmp_path):
         assert result.code == 101 and "would give the guest your wasmsbx keys" in result.stderr
     (isolated / "sandbox.toml").write_text(f'[filesystem]\nread_only = ["{isolated}"]\n')
     assert cli("run", hello).code == 0
+
+
+def test_backends_refuse_raw_bytes(backend):
+    """The structural guarantee: a backend's deserialize takes only what passed a check."""
+    name, compiler = split(backend)
+    engine = get(name).engine(engine_options(cached_policy(), compiler))
+    if not capabilities_of(backend).has("aot"):
+        pytest.skip(f"{backend} does not load native code")
+    code = engine.serialize(engine.compile(read_module_text(GOOD_WAT)))
+    for raw in (code, bytearray(code), memoryview(code)):
+        with pytest.raises(TypeError, match="must be authenticated"):
+            engine.deserialize(raw)
+    assert engine.deserialize(trust.Authenticated(code, "this test")) is not None
+
+
+def read_module_text(text: str) -> bytes:
+    import wasmtime
+
+    return bytes(wasmtime.wat2wasm(text))

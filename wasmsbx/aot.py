@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import struct
 import time
+from collections import namedtuple
 from typing import Any, NamedTuple, Optional
 
 from . import __version__, errors
@@ -181,10 +182,11 @@ def _equal(a: bytes, b: bytes) -> bool:
 # ---------------------------------------------------------------------------- reading
 
 
-class Layout(NamedTuple):
+class Layout(namedtuple("Layout", "header_end signed_end tag_start")):
     header_end: int  # the payload starts here
     signed_end: int  # the payload ends (and the signature block starts) here
     tag_start: int
+    __slots__ = ()
 
 
 def layout(data: Any) -> Layout:

@@ -49,7 +49,7 @@ ORPHAN_GRACE = 60.0  # a code file this young may be waiting for its record (a s
 LOCK_TTL = 600.0  # a lock older than this is stale (its holder died on another host)
 LOCK_WAIT = 600.0  # the longest a process waits for another to finish compiling
 # What wasmsbx keeps in a cache directory (diskcache: the database and its journals).
-OURS = ("CACHEDIR.TAG", "cache.db", "cache.db-wal", "cache.db-shm", CODE_DIR, HITS)
+OURS = ("CACHEDIR.TAG", "cache.db", "cache.db-wal", "cache.db-shm", CODE_DIR, HITS, "probes")
 TAG_TEXT = (
     "Signature: 8a477f597d28d172789f06886806bc55\n"
     "# This file is a cache directory tag created by wasmsbx.\n"
