@@ -237,3 +237,12 @@ def test_checkpoints_go_through_the_writer(tmp_path):
     assert link.is_symlink() and point.load() == {"done": 3}
     with pytest.raises(errors.InputError, match="does not exist"):
         Checkpoint(tmp_path / "no" / "cp.json", {}).save({})
+
+
+def test_audit_log_is_never_an_input(cli, isolated):
+    """--audit-log appends, so devices and FIFOs are fine; the module is not."""
+    good = write_modules(isolated)[0]
+    before = good.read_bytes()
+    result = cli("run", good, "add", "1", "2", "--audit-log", good)
+    assert result.code == 105 and "same file as the input" in result.stderr
+    assert good.read_bytes() == before
