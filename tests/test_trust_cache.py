@@ -380,3 +380,54 @@ def read_module_text(text: str) -> bytes:
     import wasmtime
 
     return bytes(wasmtime.wat2wasm(text))
+
+
+class _Payload:
+    """Unpickling it creates ``marker``: proof that a planted pickle ran."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.mkdir, (self.marker,))
+
+
+def test_a_planted_cache_database_runs_nothing_and_deletes_nothing(cli, tmp_path):
+    """A repository's .wc/cache.db written by someone else: pickled keys and values
+    (diskcache would unpickle them: code execution) and rows naming files elsewhere
+    (diskcache would read and delete them). wasmsbx treats them as absent."""
+    import sqlite3
+
+    import diskcache
+
+    repo = project(tmp_path / "repo", "wasmtime")
+    marker = tmp_path / "pwned"
+    victim = tmp_path / "thesis.txt"
+    victim.write_text("years of work")
+    name, compiler = split("wasmtime")
+    engine = get(name).engine(engine_options(cached_policy(), compiler))
+    key = cache.entry_key(
+        aot.digest(read_module(repo / "tool.wat")), aot.normalise(engine.fingerprint())
+    )
+    db = diskcache.Cache(str(repo / ".wc"))
+    db.set("m:" + key, _Payload(str(marker)))
+    db.set(_Payload(str(marker)), 1)
+    db.set("m:" + "ab" * 32, "x" * 100_000)  # stored in a file by diskcache
+    db.close()
+    with sqlite3.connect(repo / ".wc" / "cache.db") as con:
+        con.execute("UPDATE Cache SET filename = ? WHERE filename IS NOT NULL", (str(victim),))
+    (repo / ".wc" / "hits.log").write_text(f"{key} wasmtime 1.0\n" * 5000)
+    (repo / ".wc" / "CACHEDIR.TAG").write_text(cache.TAG_TEXT)
+    for argv in (
+        ("run", "tool.wat", "add", "1", "2"),
+        ("cache", "list"),
+        ("cache", "stats"),
+        ("cache", "verify"),
+        ("cache", "prune", "--max-size", "0"),
+        ("cache", "clear"),
+    ):
+        result = cli(*argv, cwd=repo)
+        assert "Traceback" not in result.stderr, (argv, result)
+        assert not marker.exists(), f"{argv}: a planted pickle ran"
+        assert victim.read_text() == "years of work", f"{argv}: a planted row deleted a file"
+    assert cli("run", "tool.wat", "add", "1", "2", cwd=repo).stdout == "3\n"

@@ -233,6 +233,7 @@ class Store:
             # damaged database.
             self._db = diskcache.Cache(
                 str(self.root),
+                disk=_safe_disk(),
                 eviction_policy="none",
                 cull_limit=0,
                 statistics=False,
@@ -504,6 +505,31 @@ class Store:
         with self.db.transact():
             if self.db.get("l:" + key) == token:
                 self.db.delete("l:" + key)
+
+
+def _safe_disk() -> type:
+    """diskcache's Disk, minus what a database someone else wrote could abuse.
+
+    A cache directory may come with its ``cache.db`` (a policy's ``cache_dir`` in a
+    cloned repository), and diskcache trusts its rows: a pickled key or value would be
+    unpickled (running code), a row's ``filename`` read or deleted wherever it points.
+    wasmsbx stores only text and integers, inline: anything else is treated as absent.
+    """
+    import diskcache
+
+    class SafeDisk(diskcache.Disk):
+        def get(self, key: Any, raw: bool) -> Any:
+            return super().get(key, raw) if raw else None  # never unpickles a key
+
+        def fetch(self, mode: int, filename: Any, value: Any, read: bool) -> Any:
+            if mode != diskcache.core.MODE_RAW or filename is not None:
+                return None  # never unpickles, never opens a file a row names
+            return super().fetch(mode, filename, value, read)
+
+        def remove(self, file_path: Any) -> Any:
+            return None  # wasmsbx keeps no values in files: a row naming one was planted
+
+    return SafeDisk
 
 
 def _flock(fd: int) -> None:
