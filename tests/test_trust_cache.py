@@ -219,7 +219,7 @@ def test_key_file_is_private_and_created_once(cli, isolated, tmp_path):
     assert len(path.read_bytes()) == 32
 
 
-@pytest.mark.parametrize("attack", ["symlink", "world-readable", "wrong-size", "directory"])
+@pytest.mark.parametrize("attack", ["symlink", "world-readable", "wrong-size", "directory", "fifo"])
 def test_a_doubtful_key_file_is_not_used(cli, isolated, tmp_path, attack):
     """The key is refused, not repaired: the cache is skipped with a warning (runs still
     work) and artifacts are refused, each saying how to fix it."""
@@ -237,6 +237,9 @@ def test_a_doubtful_key_file_is_not_used(cli, isolated, tmp_path, attack):
         path.chmod(0o644)
     elif attack == "wrong-size":
         path.write_bytes(b"short")
+    elif attack == "fifo":  # reading it would block forever
+        path.unlink()
+        os.mkfifo(path, 0o600)
     else:
         path.unlink()
         path.mkdir()

@@ -47,6 +47,7 @@ CONTEXTS = {
 SIGNATURE_CONTEXT = b"wasmsbx 2026-12-02 artifact signature\0"
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+_NONBLOCK = getattr(os, "O_NONBLOCK", 0)  # a FIFO planted as a key must not hang the run
 
 
 class KeyProblem(errors.InputError):
@@ -111,21 +112,30 @@ def private_dir(create: bool) -> Optional[Path]:
     does not exist and ``create`` is false."""
     root = trust_dir()
     if create:
-        try:
-            root.parent.mkdir(parents=True, exist_ok=True)
-            root.mkdir(mode=0o700, exist_ok=True)
-        except OSError as exc:
-            raise KeyProblem(
-                f"cannot create the trust folder {root}: {exc.strerror or exc}",
-                hint="set WASMSBX_TRUST_DIR to a folder of your own",
-                path=str(root),
-            ) from None
+        _make_dir(root)
     try:
         info = root.stat()
     except FileNotFoundError:
         return None
     except OSError as exc:
         raise KeyProblem(f"cannot read the trust folder {root}: {exc.strerror}") from None
+    _check_dir(root, info)
+    return root
+
+
+def _make_dir(root: Path) -> None:
+    try:
+        root.parent.mkdir(parents=True, exist_ok=True)
+        root.mkdir(mode=0o700, exist_ok=True)
+    except OSError as exc:
+        raise KeyProblem(
+            f"cannot create the trust folder {root}: {exc.strerror or exc}",
+            hint="set WASMSBX_TRUST_DIR to a folder of your own",
+            path=str(root),
+        ) from None
+
+
+def _check_dir(root: Path, info: os.stat_result) -> None:
     if not stat.S_ISDIR(info.st_mode):
         raise KeyProblem(f"the trust folder {root} is not a directory", path=str(root))
     if not _owned(info):
@@ -139,7 +149,6 @@ def private_dir(create: bool) -> Optional[Path]:
             os.chmod(root, 0o700)
         except OSError as exc:
             raise KeyProblem(f"cannot make {root} private: {exc.strerror}") from None
-    return root
 
 
 # ---------------------------------------------------------------------------- the secret
@@ -149,7 +158,7 @@ def _open_private(path: Path, what: str) -> Optional[int]:
     """A descriptor on ``path`` if it is a private regular file of ours; None if absent.
     Symbolic links are refused: the key is a file the user never needs to link."""
     try:
-        fd = os.open(path, os.O_RDONLY | _NOFOLLOW | _CLOEXEC)
+        fd = os.open(path, os.O_RDONLY | _NOFOLLOW | _CLOEXEC | _NONBLOCK)
     except FileNotFoundError:
         return None
     except OSError as exc:
@@ -397,7 +406,7 @@ def trusted_keys() -> list:
     if path is None:
         return []
     try:
-        fd = os.open(path, os.O_RDONLY | _CLOEXEC)
+        fd = os.open(path, os.O_RDONLY | _CLOEXEC | _NONBLOCK)
     except FileNotFoundError:
         return []
     except OSError as exc:
