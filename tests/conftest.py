@@ -66,9 +66,11 @@ def require_module(label: str, *paths) -> None:
 
 @pytest.fixture(autouse=True)
 def isolated(tmp_path, monkeypatch):
-    """Every test gets its own cache dir and a cwd without a sandbox.toml."""
+    """Every test gets its own cache dir, trust folder (keys) and a cwd without a
+    sandbox.toml."""
     cache = tmp_path / "cache"
     monkeypatch.setenv("WASMSBX_CACHE_DIR", str(cache))
+    monkeypatch.setenv("WASMSBX_TRUST_DIR", str(tmp_path / "trust"))  # keys: never ~/.config
     monkeypatch.setenv("NO_COLOR", "1")
     monkeypatch.setenv("COLUMNS", "120")
     work = tmp_path / "work"

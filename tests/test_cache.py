@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from wasmsbx import aot, cache
+from wasmsbx import aot, cache, trust
 from wasmsbx import policy as policy_mod
 from wasmsbx.runner import Sandbox, read_module
 
@@ -99,7 +99,7 @@ def test_loaded_code_does_not_depend_on_the_buffer_it_came_from(backend, add):
     engine = get(name).engine(engine_options(make_policy(), compiler))
     wasm = read_module(add)
     data = bytearray(engine.serialize(engine.compile(wasm)))
-    module = engine.deserialize(memoryview(data))
+    module = engine.deserialize(trust.Authenticated(memoryview(data), "this test"))
     data[:] = bytes(len(data))
     del data
     instance = engine.instantiate(module, limits_from(make_policy()))
@@ -314,12 +314,12 @@ def test_tampered_payload_is_discarded(backend, add):
         replace_blob(store, key, blob[:-64] + bytes([blob[-64] ^ 0xFF]) + blob[-63:])
 
     box = _damaged_run(backend, add, flip)
-    assert "digest mismatch" in box.warnings[0]
+    assert "not tagged with your key" in box.warnings[0]
 
 
 def test_truncated_entry_is_discarded(backend, add):
     box = _damaged_run(backend, add, lambda store, key, blob: replace_blob(store, key, blob[:-100]))
-    assert "truncated" in box.warnings[0]
+    assert "not tagged with your key" in box.warnings[0]
 
 
 def test_truncated_header_is_discarded(backend, add):
@@ -329,11 +329,18 @@ def test_truncated_header_is_discarded(backend, add):
 
 def test_entry_for_another_engine_is_not_loaded(backend, add):
     def foreign(store, key, blob):
-        art = aot.unpack(blob)
+        tag_key = trust.tag_key("cache-entry")
+        art = aot.open_sealed(blob, tag_key, "cache-entry")
         fp = {**art.fingerprint, "version": "0.0.1"}
         m = art.header["module"]
         blob = aot.pack(
-            "cache-entry", fp, art.payload, m["sha256"], m["size"], module_digest=m["blake3"]
+            "cache-entry",
+            fp,
+            art.payload,
+            m["sha256"],
+            m["size"],
+            module_digest=m["blake3"],
+            key=tag_key,
         )
         replace_blob(store, key, blob)
 
@@ -341,43 +348,44 @@ def test_entry_for_another_engine_is_not_loaded(backend, add):
     assert "built for another engine" in box.warnings[0]
 
 
-def _big_artifact(size: int) -> tuple:
+KEY = bytes(range(32))
+
+
+def _big_artifact(size: int, signer=None) -> tuple:
     payload = bytearray(os.urandom(size))
-    blob = aot.pack("artifact", {"backend": "x"}, bytes(payload), "0" * 64, 10)
+    blob = aot.pack(
+        "artifact", {"backend": "x"}, bytes(payload), "0" * 64, 10, key=KEY, signer=signer
+    )
     return payload, bytearray(blob)
 
 
-def test_payload_digest_covers_every_byte():
-    """A flipped bit anywhere in megabytes of native code is caught (BLAKE3)."""
+def test_tag_covers_every_byte():
+    """A flipped bit anywhere, prefix, header, megabytes of native code or the tag
+    itself, and the bytes are refused before anything is parsed (keyed BLAKE3)."""
     payload, blob = _big_artifact(3 * (1 << 20) + 1234)
-    want = aot.read_header(blob)["payload"]
-    assert want == {"size": len(payload), "blake3": aot.digest(payload)}
-    assert bytes(aot.unpack(blob).payload) == bytes(payload)
-    for where in (0, (1 << 20) + 7, 2 << 20, len(payload) - 1):
+    assert aot.read_header(blob)["payload"] == {"size": len(payload)}
+    assert bytes(aot.open_sealed(blob, KEY, "artifact").payload) == bytes(payload)
+    start = len(blob) - aot.TAG_SIZE - len(payload)
+    spots = [0, 9, 12, aot.START, start - 2, start, start + (1 << 20) + 7, len(blob) - 33]
+    for where in spots + [len(blob) - 1]:
         damaged = bytearray(blob)
-        damaged[len(blob) - len(payload) + where] ^= 0x40
-        with pytest.raises(aot.Corrupt, match="digest mismatch"):
-            aot.unpack(damaged)
+        damaged[where] ^= 0x40
+        with pytest.raises(aot.Corrupt):
+            aot.open_sealed(damaged, KEY, "artifact")
+    with pytest.raises(aot.Unauthenticated):
+        aot.open_sealed(blob, bytes(32), "artifact")  # another user's key
 
 
-def test_sha256_payload_digest_of_older_artifacts_is_still_read():
-    """Artifacts written by wasmsbx 0.1 carry one SHA-256 over the payload."""
+def test_format_1_is_refused():
+    """Artifacts and entries of wasmsbx 0.1 carry an unkeyed digest anyone could
+    recompute: refused, with what they are."""
     import json
     import struct
 
-    payload, blob = _big_artifact(5000)
-    header = aot.read_header(blob)
-    header.pop("_offset")
-
-    def with_payload_record(record: dict) -> bytes:
-        text = json.dumps({**header, "payload": record}).encode()
-        return aot.MAGIC + struct.pack("<I", len(text)) + text + bytes(payload)
-
-    old = with_payload_record({"size": len(payload), "sha256": aot.sha256(payload)})
-    assert bytes(aot.unpack(old).payload) == bytes(payload)
-    for record in ({"sha256": "0" * 64}, {"blake3": "0" * 64}, {"md5": "x"}):
-        with pytest.raises(aot.Corrupt, match="digest mismatch"):
-            aot.unpack(with_payload_record({"size": len(payload), **record}))
+    text = json.dumps({"format": 1, "kind": "artifact"}).encode()
+    old = aot.MAGIC + struct.pack("<I", len(text)) + text + b"\0" * 64
+    with pytest.raises(aot.Corrupt, match="format 1"):
+        aot.open_sealed(old, KEY, "artifact")
 
 
 def test_garbage_with_a_valid_digest_is_refused_by_the_runtime(add):
@@ -386,7 +394,8 @@ def test_garbage_with_a_valid_digest_is_refused_by_the_runtime(add):
     the digest exists to prevent.)"""
 
     def garbage(store, key, blob):
-        art = aot.unpack(blob)
+        tag_key = trust.tag_key("cache-entry")
+        art = aot.open_sealed(blob, tag_key, "cache-entry")
         m = art.header["module"]
         junk = b"\x7fELF" + os.urandom(4000)
         replace_blob(
@@ -399,6 +408,7 @@ def test_garbage_with_a_valid_digest_is_refused_by_the_runtime(add):
                 m["sha256"],
                 m["size"],
                 module_digest=m["blake3"],
+                key=tag_key,
             ),
         )
 
@@ -418,7 +428,7 @@ def test_tampered_file_on_disk(backend, tmp_path):
     files[0].write_bytes(bytes(data))
     box = Sandbox(module, policy, backend=backend)
     assert box.cache_state == "miss"
-    assert "digest mismatch" in box.warnings[0]
+    assert "not tagged with your key" in box.warnings[0]
     assert box.call("f0", 1) == Sandbox(module, policy, backend=backend, use_cache=False).call(
         "f0", 1
     )

@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-from wasmsbx import aot, build
+from wasmsbx import aot, build, trust
 
 from .conftest import EXAMPLES
 
@@ -147,11 +147,16 @@ def tamper(path) -> None:
 
 
 def repack(path, **fingerprint_changes) -> None:
-    art = aot.unpack(path.read_bytes())
+    """Rewrite the artifact's header, tagged with the user's key: authentic, but built
+    for something else."""
+    art = aot.authenticate_artifact(path.read_bytes(), str(path))
     fp = {**art.fingerprint, **fingerprint_changes}
     module = art.header["module"]
+    key = trust.tag_key("artifact")
     path.write_bytes(
-        aot.pack("artifact", fp, art.payload, module["sha256"], module["size"], module["name"])
+        aot.pack(
+            "artifact", fp, art.payload, module["sha256"], module["size"], module["name"], key=key
+        )
     )
 
 
@@ -160,7 +165,7 @@ def test_tampered_artifact_is_refused(cli, isolated):
     tamper(path)
     result = cli("run", path, "add", "1", "2")
     assert result.code == 102 and result.stdout == ""
-    assert "refused precompiled artifact: digest mismatch" in result.stderr
+    assert "refused precompiled artifact: it is not authenticated" in result.stderr
     assert "hint:" in result.stderr
 
 
@@ -168,7 +173,7 @@ def test_truncated_artifact_is_refused(cli, isolated):
     path = make_artifact(cli, isolated)
     path.write_bytes(path.read_bytes()[:-1000])
     result = cli("run", path, "add", "1", "2", "--json")
-    assert result.code == 102 and "truncated" in result.json()["error"]["message"]
+    assert result.code == 102 and "not authenticated" in result.json()["error"]["message"]
 
 
 def test_foreign_artifact_is_refused(cli, isolated):
@@ -198,7 +203,7 @@ def test_refused_artifact_falls_back_to_the_module(cli, isolated):
     tamper(path)
     result = cli("run", "--artifact", path, ADD, "add", "1", "2", "--stats")
     assert (result.code, result.stdout) == (0, "3\n")
-    assert "warning:" in result.stderr and "digest mismatch" in result.stderr
+    assert "warning:" in result.stderr and "not authenticated" in result.stderr
     assert "using add.wat instead" in result.stderr
     assert "precompiled artifact loaded" not in result.stderr
 

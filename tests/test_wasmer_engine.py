@@ -14,6 +14,7 @@ import wasmtime
 
 from wasmsbx import backends, errors
 from wasmsbx.backends.base import EngineOptions, Limits, WasiSetup
+from wasmsbx.trust import Authenticated
 
 from .conftest import GUESTS
 
@@ -97,7 +98,7 @@ def test_serialized_artifact_keeps_its_caps(engine):
     module = engine.compile(wat((GUESTS / "memgrow_loop.wat").read_text()))
     data = engine.serialize(module)
     assert data.startswith(b"WSBXWMR1")
-    loaded = engine.deserialize(data)
+    loaded = engine.deserialize(Authenticated(data, "this test"))
     assert loaded.caps == module.caps == (16, None)
     instance = engine.instantiate(loaded, LIMITS)
     try:
@@ -105,7 +106,9 @@ def test_serialized_artifact_keeps_its_caps(engine):
     finally:
         instance.close()
     with pytest.raises(errors.ModuleError, match="not a wasmsbx wasmer artifact"):
-        engine.deserialize(b"junk")
+        engine.deserialize(Authenticated(b"junk", "this test"))
+    with pytest.raises(TypeError, match="must be authenticated"):
+        engine.deserialize(data)  # raw bytes: never, whatever they hold
 
 
 def test_engine_refuses_what_it_cannot_enforce(engine, tmp_path):

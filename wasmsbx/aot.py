@@ -1,18 +1,21 @@
 """The on-disk format of precompiled native code: cache entries and standalone artifacts.
 
 Loading native code runs whatever machine code it holds, so nothing is deserialized
-before it passes :func:`unpack` (the bytes are what their header's digest says) and
-:func:`check_compatible` (built by this backend, version, compiler, options and target).
-Layout, all written by :func:`pack`::
+before it is *authenticated* (see README, "Security model"): its last 32 bytes are a
+keyed BLAKE3 tag over every byte before them, made with a key derived from the user's
+secret (:mod:`wasmsbx.trust`); an artifact from elsewhere may instead carry an Ed25519
+signature by a key the user trusts. Only then is the header parsed and the code checked
+against this engine (:func:`check_compatible`). A digest alone would be no defence: anyone
+can recompute one after swapping the code. Layout, all written by :func:`pack`::
 
-    MAGIC (8 bytes)  u32 little-endian header length  header (UTF-8 JSON)  payload
+    MAGIC (8)  u32 header length H  u32 signature length S (0 or 96)
+    header (H bytes, UTF-8 JSON)  payload  [Ed25519 public key (32)  signature (64)]
+    tag (32): keyed BLAKE3 of everything before it
 
-The header records what the payload was built for (``fingerprint``, from
-``Engine.fingerprint()``), which module it came from (``module.sha256``, and for cache
-entries ``module.blake3``, the digest their key is made of), and the payload's size and
-BLAKE3 digest (SHA-256 in artifacts of wasmsbx 0.1). The digest detects corruption,
-truncation and edits to the payload; it is not a signature: only load artifacts you built
-or trust.
+The signature signs BLAKE3 of everything before it (prefix, header, payload). The header
+records what the payload was built for (``fingerprint``, from ``Engine.fingerprint()``),
+which module it came from (``module.sha256``, and for cache entries ``module.blake3``,
+the digest their key is made of) and the payload's size.
 """
 
 from __future__ import annotations
@@ -20,25 +23,35 @@ from __future__ import annotations
 import json
 import struct
 import time
+from collections import namedtuple
 from typing import Any, NamedTuple, Optional
 
 from . import errors
 from ._version import __version__
 
 MAGIC = b"\x89WSBX\r\n\x1a"  # \x89: not text; \r\n: catches newline translation
-FORMAT = 1
+FORMAT = 2  # 1: wasmsbx 0.1, an unkeyed payload digest (refused: anyone could forge it)
+PREFIX = struct.Struct("<II")  # header length, signature block length
+START = len(MAGIC) + PREFIX.size
+TAG_SIZE = 32
+SIGNATURE_SIZE = 32 + 64  # Ed25519 public key, signature
 MAX_HEADER = 1 << 20
 KINDS = ("cache-entry", "artifact")
 
 
 class Corrupt(Exception):
-    """The bytes are not an intact artifact (bad magic, header, size or digest)."""
+    """The bytes are not an intact, authentic artifact or cache entry."""
+
+
+class Unauthenticated(Corrupt):
+    """Intact in shape, but no key the user trusts vouches for it."""
 
 
 class Artifact(NamedTuple):
     header: dict
-    payload: bytes
+    payload: Any  # a memoryview into the bytes read
     origin: Optional[str] = None  # the file it was read from
+    by: str = "your key"  # who vouched for it
 
     @property
     def fingerprint(self) -> dict:
@@ -56,6 +69,12 @@ class Artifact(NamedTuple):
     @property
     def label(self) -> str:
         return label_of(self.fingerprint)
+
+    def native(self) -> Any:
+        """The payload as :class:`trust.Authenticated`, what ``deserialize`` takes."""
+        from .trust import Authenticated
+
+        return Authenticated(self.payload, self.by)
 
     def to_dict(self) -> dict:
         return dict(self.header)
@@ -82,44 +101,40 @@ def sha256(data: bytes) -> str:
 
 
 def digest(data: Any) -> str:
-    """BLAKE3 of ``data``: the cache key's module digest and the payload digest.
+    """BLAKE3 of ``data``: the cache key's module digest.
 
-    A hit hashes the module (to find its entry) and the entry's native code (to verify it)
-    on every run: SHA-256 of a 1 MB module and its 2.3 MB of code takes 1.6 ms here,
-    BLAKE3 0.5 ms, and importing blake3 costs 0.8 ms against hashlib's 2.5 (OpenSSL).
-    Both are 256-bit cryptographic digests.
+    A hit hashes the module (to find its entry) and the entry (to authenticate it) on
+    every run: SHA-256 of a 1 MB module and its 2.3 MB of code takes 1.6 ms here, BLAKE3
+    0.5 ms, and importing blake3 costs 0.8 ms against hashlib's 2.5 (OpenSSL).
     """
     from blake3 import blake3
 
     return blake3(data).hexdigest()
 
 
-def payload_intact(payload: Any, want: dict) -> bool:
-    """Whether ``payload`` is what ``want`` (a header's "payload" record) describes.
-    Artifacts written by wasmsbx 0.1 carry a SHA-256; both are read."""
-    if isinstance(want.get("blake3"), str):
-        return digest(payload) == want["blake3"]
-    if isinstance(want.get("sha256"), str):
-        return sha256(payload) == want["sha256"]
-    return False
-
-
 def is_artifact(data: bytes) -> bool:
     return data[: len(MAGIC)] == MAGIC
+
+
+# ---------------------------------------------------------------------------- writing
 
 
 def pack(
     kind: str,
     fingerprint: dict,
-    payload: bytes,
+    payload: Any,
     module_sha256: str,
     module_size: int,
     module_name: Optional[str] = None,
     features: tuple = (),
     exports: Optional[list] = None,
     module_digest: Optional[str] = None,
+    *,
+    key: bytes,
+    signer: Any = None,
 ) -> bytes:
-    """Header + payload; the header records the payload's digest and what it was built for."""
+    """Prefix, header, payload, [signature], tag made with ``key`` (``trust.tag_key``);
+    ``signer`` (a ``trust.Signer``) adds an Ed25519 signature for other machines."""
     header = {
         "format": FORMAT,
         "kind": kind,
@@ -136,10 +151,187 @@ def pack(
             # module again (or asking wasmtime-py, which aborts on v128 signatures).
             "exports": None if exports is None else list(exports),
         },
-        "payload": {"size": len(payload), "blake3": digest(payload)},
+        "payload": {"size": len(payload)},
     }
     text = json.dumps(header, sort_keys=True, separators=(",", ":")).encode("utf-8")
-    return MAGIC + struct.pack("<I", len(text)) + text + payload
+    sig_size = SIGNATURE_SIZE if signer is not None else 0
+    parts = [MAGIC, PREFIX.pack(len(text), sig_size), text, bytes(payload)]
+    if signer is not None:
+        parts += [signer.public, signer.sign(_blake3(b"".join(parts)))]
+    body = b"".join(parts)
+    return body + _tag(key, body, len(body))
+
+
+def _blake3(data: Any, key: Optional[bytes] = None) -> bytes:
+    from blake3 import blake3
+
+    return (blake3(data) if key is None else blake3(data, key=key)).digest()
+
+
+def _tag(key: bytes, data: Any, end: int) -> bytes:
+    return _blake3(memoryview(data)[:end], key)
+
+
+def _equal(a: bytes, b: bytes) -> bool:
+    """Constant-time comparison (hmac.compare_digest, without importing hmac and so
+    OpenSSL's hashlib, 2.5 ms, on the run path)."""
+    from _operator import _compare_digest
+
+    return _compare_digest(a, b)
+
+
+# ---------------------------------------------------------------------------- reading
+
+
+class Layout(namedtuple("Layout", "header_end signed_end tag_start")):
+    header_end: int  # the payload starts here
+    signed_end: int  # the payload ends (and the signature block starts) here
+    tag_start: int
+    __slots__ = ()
+
+
+def layout(data: Any) -> Layout:
+    """Where the parts are, from the fixed prefix alone (nothing is parsed yet)."""
+    if not is_artifact(data):
+        raise Corrupt("not a wasmsbx artifact (bad magic)")
+    if len(data) >= START + 1 and bytes(data[START - 4 : START - 3]) == b"{":
+        raise Corrupt("made by wasmsbx 0.1 (format 1), whose native code carries no authentication")
+    if len(data) < START + TAG_SIZE:
+        raise Corrupt("truncated header")
+    header_size, sig_size = PREFIX.unpack_from(data, len(MAGIC))
+    if header_size > MAX_HEADER or sig_size not in (0, SIGNATURE_SIZE):
+        raise Corrupt("damaged prefix (absurd header or signature length)")
+    tag_start = len(data) - TAG_SIZE
+    signed_end = tag_start - sig_size
+    if signed_end < START + header_size:
+        raise Corrupt("truncated")
+    return Layout(START + header_size, signed_end, tag_start)
+
+
+def tag_ok(data: Any, key: Optional[bytes], parts: Optional[Layout] = None) -> bool:
+    """Whether ``data`` ends with a valid tag made with ``key``."""
+    if key is None:
+        return False
+    parts = parts or layout(data)
+    return _equal(_tag(key, data, parts.tag_start), bytes(data[parts.tag_start :]))
+
+
+def parse(data: Any, parts: Layout, kind: Optional[str], by: str = "your key") -> Artifact:
+    """The header and payload of authenticated bytes, checked for shape and kind."""
+    try:
+        header = json.loads(bytes(data[START : parts.header_end]).decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        raise Corrupt("unreadable header") from None
+    if not isinstance(header, dict) or header.get("format") != FORMAT:
+        found = header.get("format") if isinstance(header, dict) else None
+        raise Corrupt(f"unsupported format {found!r} (this wasmsbx reads format {FORMAT})")
+    for field in ("fingerprint", "module", "payload", "kind"):
+        if field not in header:
+            raise Corrupt(f"header lacks {field!r}")
+    if kind is not None and header["kind"] != kind:
+        raise Corrupt(f"is a {header['kind']}, expected a {kind}")
+    payload = memoryview(data)[parts.header_end : parts.signed_end]  # no copy
+    if len(payload) != header["payload"].get("size"):
+        raise Corrupt(f"payload is {len(payload)} bytes, header says {header['payload']}")
+    return Artifact(header, payload, by=by)
+
+
+def read_header(data: Any) -> dict:
+    """The header alone, NOT authenticated: for tests and inspection only."""
+    return parse(data, layout(data), None).header
+
+
+def open_sealed(data: Any, key: Optional[bytes], kind: str) -> Artifact:
+    """Bytes tagged with ``key`` (a cache entry): Unauthenticated unless the tag is valid.
+
+    The payload is a memoryview into ``data`` (writable if ``data`` is a bytearray, which
+    lets wasmtime deserialize it without a copy)."""
+    parts = layout(data)
+    if not tag_ok(data, key, parts):
+        raise Unauthenticated("not tagged with your key: altered, damaged, or not made by you")
+    return parse(data, parts, kind)
+
+
+def signature_of(data: Any, parts: Layout) -> Optional[tuple]:
+    """(public key, signature) of a signed artifact, or None."""
+    if parts.tag_start == parts.signed_end:
+        return None
+    block = bytes(data[parts.signed_end : parts.tag_start])
+    return block[:32], block[32:]
+
+
+# ---------------------------------------------------------------------------- artifacts
+
+
+def authenticate_artifact(data: Any, origin: str) -> Artifact:
+    """An artifact vouched for by the user's key or a trusted signature; a ModuleError
+    that says what it is and how to trust it otherwise."""
+    from . import trust
+
+    try:
+        parts = layout(data)
+    except Corrupt as exc:
+        raise _refused(
+            origin, str(exc), "compile it again: `wasmsbx compile MODULE -o FILE`"
+        ) from None
+    problem = None
+    try:
+        key = trust.tag_key("artifact")
+    except trust.KeyProblem as exc:
+        key, problem = None, exc
+    if tag_ok(data, key, parts):
+        return _parsed(data, parts, origin, "your key")
+    signed = signature_of(data, parts)
+    if signed is None and problem is not None:
+        raise _refused(origin, f"it cannot be authenticated: {problem.message}", problem.hint)
+    if signed is None:
+        raise _refused(
+            origin,
+            "it is not authenticated: it was not compiled with your key (it was built by "
+            "another user or machine, or altered since) and it carries no signature",
+            "compile it yourself from its module (`wasmsbx compile MODULE -o FILE`), or "
+            "have its author sign it (`wasmsbx compile --sign`) and trust their key "
+            "(`wasmsbx trust add KEY`)",
+        )
+    public, signature = signed
+    try:
+        known = trust.find_trusted(public)
+    except trust.KeyProblem as exc:
+        raise _refused(
+            origin, f"its signature cannot be checked: {exc.message}", exc.hint
+        ) from None
+    text = trust.encode_public(public)
+    if known is None:
+        raise _refused(
+            origin,
+            f"it is signed by {text} (id {trust.key_id(public)}), a key you do not trust",
+            f"if that is its author's key (ask them), `wasmsbx trust add {text} --name NAME`; "
+            "otherwise run the original module",
+        )
+    digest_ = _blake3(memoryview(data)[: parts.signed_end])
+    if not trust.verify_signature(public, signature, digest_):
+        raise _refused(
+            origin,
+            f"its signature by {known.name!r} does not match: it was altered after signing",
+            "get a fresh copy from its author, or run the original module",
+        )
+    return _parsed(data, parts, origin, f"signature by {known.name!r}")
+
+
+def _parsed(data: Any, parts: Layout, origin: str, by: str) -> Artifact:
+    try:
+        artifact = parse(data, parts, "artifact", by)
+    except Corrupt as exc:
+        raise _refused(
+            origin, str(exc), "compile it again: `wasmsbx compile MODULE -o FILE`"
+        ) from None
+    return artifact._replace(origin=origin)
+
+
+def _refused(origin: str, why: str, hint: Optional[str]) -> errors.ModuleError:
+    return errors.ModuleError(
+        f"{origin}: refused precompiled artifact: {why}", hint=hint, path=origin
+    )
 
 
 def export_records(wasm: bytes) -> Optional[list]:
@@ -159,48 +351,6 @@ def export_records(wasm: bytes) -> Optional[list]:
         }
         for e in exports
     ]
-
-
-def read_header(data: bytes) -> dict:
-    """The header alone (not verified against the payload)."""
-    if not is_artifact(data):
-        raise Corrupt("not a wasmsbx artifact (bad magic)")
-    start = len(MAGIC) + 4
-    if len(data) < start:
-        raise Corrupt("truncated header")
-    (length,) = struct.unpack("<I", data[len(MAGIC) : start])
-    if length > MAX_HEADER or len(data) < start + length:
-        raise Corrupt("truncated header" if length <= MAX_HEADER else "header length is absurd")
-    try:
-        header = json.loads(data[start : start + length].decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
-        raise Corrupt("unreadable header") from None
-    if not isinstance(header, dict) or header.get("format") != FORMAT:
-        found = header.get("format") if isinstance(header, dict) else None
-        raise Corrupt(f"unsupported format {found!r} (this wasmsbx reads format {FORMAT})")
-    for field in ("fingerprint", "module", "payload", "kind"):
-        if field not in header:
-            raise Corrupt(f"header lacks {field!r}")
-    header["_offset"] = start + length
-    return header
-
-
-def unpack(data: bytes, kind: Optional[str] = None) -> Artifact:
-    """Parse and verify: size and digest of the payload must match the header.
-
-    The artifact's payload is a memoryview into ``data`` (writable if ``data`` is a
-    bytearray, which lets wasmtime deserialize it without a copy)."""
-    header = read_header(data)
-    offset = header.pop("_offset")
-    if kind is not None and header["kind"] != kind:
-        raise Corrupt(f"is a {header['kind']}, expected a {kind}")
-    payload = memoryview(data)[offset:]  # no copy: the payload can be megabytes
-    want = header["payload"]
-    if len(payload) != want.get("size"):
-        raise Corrupt(f"truncated: payload is {len(payload)} bytes, header says {want.get('size')}")
-    if not payload_intact(payload, want):
-        raise Corrupt("digest mismatch: the payload was modified after it was written")
-    return Artifact(header, payload)
 
 
 def differences(built: dict, here: dict) -> list:
@@ -248,14 +398,8 @@ def load_file(path) -> Artifact:
 
 
 def verify_artifact(data: bytes, origin: str) -> Artifact:
-    try:
-        return unpack(data, kind="artifact")._replace(origin=origin)
-    except Corrupt as exc:
-        raise errors.ModuleError(
-            f"{origin}: refused precompiled artifact: {exc}",
-            hint="rebuild it with `wasmsbx compile MODULE -o FILE`, or run the original module",
-            path=origin,
-        ) from None
+    """Shorthand kept for callers: :func:`authenticate_artifact`."""
+    return authenticate_artifact(data, origin)
 
 
 # ---------------------------------------------------------------------------- for the runner
@@ -319,7 +463,7 @@ def load_for(box: Any) -> Any:
                 f"{origin}: precompiled from a different module than {box.path.name}"
             )
         check_compatible(artifact, box.engine.fingerprint(), origin)
-        module = box.engine.deserialize(artifact.payload)
+        module = box.engine.deserialize(artifact.native())
     except errors.ModuleError as exc:
         return refuse(box, exc)
     box.timings["load"] = time.perf_counter() - started

@@ -340,8 +340,10 @@ class WorkerSpec(NamedTuple):
 
 
 def worker_spec(box: Any, func: str, fresh: bool) -> WorkerSpec:
-    try:
-        artifact: Optional[bytes] = box.engine.serialize(box.module)
+    from .trust import seal
+
+    try:  # sealed with the user's key: the worker loads only what this process compiled
+        artifact: Optional[bytes] = seal(box.engine.serialize(box.module))
     except (errors.WasmsbxError, NotImplementedError):
         artifact = None
     backend = f"{box.backend_name}:{box.compiler}" if box.compiler else box.backend_name
@@ -531,13 +533,15 @@ def _watch_parent(parent: int) -> None:
 
 def _worker_box(spec: WorkerSpec) -> Any:
     from .runner import Sandbox
+    from .trust import unseal
 
-    if spec.artifact is None:
+    native = None if spec.artifact is None else unseal(spec.artifact)
+    if native is None:
         return Sandbox(spec.module, spec.policy, backend=spec.backend, use_cache=True)
 
     class Precompiled(Sandbox):
         def _compile(self, use_cache: bool) -> Any:
-            return self.engine.deserialize(spec.artifact)
+            return self.engine.deserialize(native)
 
     box = Precompiled(spec.module, spec.policy, backend=spec.backend, use_cache=False)
     box.cache_state = "precompiled"

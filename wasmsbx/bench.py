@@ -573,8 +573,12 @@ class _BackendBench:
     def _load(self) -> PhaseResult:
         if not self.adapter.capabilities(self.result.compiler).has("aot"):
             return PhaseResult("load", skipped="the backend cannot serialize compiled code")
+        from .trust import Authenticated
+
         engine = self.engine
-        data = engine.serialize(self.module)
+        # Code this process just compiled, never stored: nothing to authenticate (the
+        # cached load's tag check is measured by benchmarks/cache.py).
+        data = Authenticated(engine.serialize(self.module), "this process")
         engine.deserialize(data)  # fail here, with the backend's message, not mid-sample
 
         def op(n: int) -> float:

@@ -91,10 +91,16 @@ def build_source(path, exports: Sequence[str] = (), out=None) -> bytes:
     return build(path, exports, out).wasm
 
 
-def build(path, exports: Sequence[str] = (), out=None) -> BuildResult:
+def build(path, exports: Sequence[str] = (), out=None, inputs: Sequence = ()) -> BuildResult:
+    """Build ``path`` to WebAssembly; write it to ``out`` if given (never over one of
+    ``inputs`` or the source itself: see wasmsbx.outfile)."""
     path = Path(path)
     if not path.exists():
         raise errors.InputError(f"{path}: no such file", hint="check the path", path=str(path))
+    if out is not None:
+        from .outfile import check_output
+
+        check_output(out, [path, *inputs])
     kind = source_kind(path)
     started = time.perf_counter()
     if kind in ("wasm", "wat"):
@@ -109,23 +115,16 @@ def build(path, exports: Sequence[str] = (), out=None) -> BuildResult:
         wasm, command, output = _build_cargo(path, exports)
     result = BuildResult(wasm, kind, command, output, time.perf_counter() - started)
     if out is not None:
-        write_atomic(Path(out), wasm)
+        write_atomic(Path(out), wasm, inputs=[path, *inputs])
     return result
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write via a temporary file and rename, so readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=str(path.parent))
-    try:
-        with os.fdopen(handle, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+def write_atomic(path: Path, data: bytes, inputs: Sequence = ()) -> None:
+    """Write an output file the safe way (wasmsbx.outfile: never over a device, a link
+    or an input; atomically for regular files)."""
+    from .outfile import write_output
+
+    write_output(path, data, inputs=inputs)
 
 
 # ---------------------------------------------------------------------------- C

@@ -48,6 +48,8 @@ HITS_MAX = 16 << 20  # a journal that cannot be folded stops growing here
 ORPHAN_GRACE = 60.0  # a code file this young may be waiting for its record (a store under way)
 LOCK_TTL = 600.0  # a lock older than this is stale (its holder died on another host)
 LOCK_WAIT = 600.0  # the longest a process waits for another to finish compiling
+# What wasmsbx keeps in a cache directory (diskcache: the database and its journals).
+OURS = ("CACHEDIR.TAG", "cache.db", "cache.db-wal", "cache.db-shm", CODE_DIR, HITS, "probes")
 TAG_TEXT = (
     "Signature: 8a477f597d28d172789f06886806bc55\n"
     "# This file is a cache directory tag created by wasmsbx.\n"
@@ -111,13 +113,16 @@ def prepare_dir(root: Path) -> None:
             f"{root} belongs to another user (uid {info.st_uid}); native code is only "
             "loaded from a cache directory of your own"
         )
+    tag = root / "CACHEDIR.TAG"
+    tagged = tag.exists()
+    if not tagged:
+        _refuse_foreign(root)
     if info.st_mode & 0o077:
         try:
             os.chmod(root, 0o700)
         except OSError as exc:
             raise CacheUnavailable(f"cannot make {root} private: {exc.strerror}") from None
-    tag = root / "CACHEDIR.TAG"
-    if not tag.exists():
+    if not tagged:
         tmp = root / f".CACHEDIR.TAG.{os.getpid()}"
         try:
             tmp.write_text(TAG_TEXT)
@@ -126,18 +131,54 @@ def prepare_dir(root: Path) -> None:
             raise CacheUnavailable(f"cannot write in {root}: {exc.strerror}") from None
 
 
+def _refuse_foreign(root: Path) -> None:
+    """A directory with files but no CACHEDIR.TAG is not a cache: wasmsbx will not tag it
+    (backup tools skip tagged folders), tighten its mode or write a database into it."""
+    try:
+        names = [
+            n for n in os.listdir(root) if n not in OURS and not n.startswith(".CACHEDIR.TAG.")
+        ]
+    except OSError as exc:
+        raise CacheUnavailable(f"cannot read {root}: {exc.strerror}") from None
+    from .trust import trust_dir
+
+    keys, root = trust_dir().resolve(), root.resolve()
+    if root == keys or root in keys.parents or keys in root.parents:
+        raise CacheUnavailable(f"{root} overlaps the trust folder {keys}; not a cache")
+    if names:
+        raise CacheUnavailable(
+            f"{root} is not empty and is not a wasmsbx cache (no CACHEDIR.TAG); "
+            "choose an empty or new directory"
+        )
+
+
 def exists(root: Path) -> bool:
-    return (root / "cache.db").is_file()
+    """A database, or code files (``verify`` must see code that was put there without
+    one, e.g. committed to a repository)."""
+    return (root / "cache.db").is_file() or (root / CODE_DIR).is_dir()
 
 
 def wipe(root: Path) -> None:
-    """Delete a cache directory whose database is damaged: only one tagged as ours."""
+    """Delete a cache directory whose database is damaged: only one tagged as ours, and
+    only what wasmsbx keeps there (a policy may name the directory: whatever else is in
+    it stays)."""
     import shutil
 
     tag = root / "CACHEDIR.TAG"
     if not tag.is_file() or "created by wasmsbx" not in tag.read_text(errors="replace"):
         raise CacheUnavailable(f"{root} has no wasmsbx CACHEDIR.TAG; not deleting it")
-    shutil.rmtree(root)
+    for name in os.listdir(root):
+        path = root / name
+        if name not in OURS and not name.startswith(".CACHEDIR.TAG."):
+            continue
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
+    try:
+        root.rmdir()
+    except OSError:
+        pass  # something else lives there
 
 
 # ---------------------------------------------------------------------------- keys
@@ -192,6 +233,7 @@ class Store:
             # damaged database.
             self._db = diskcache.Cache(
                 str(self.root),
+                disk=_safe_disk(),
                 eviction_policy="none",
                 cull_limit=0,
                 statistics=False,
@@ -465,6 +507,31 @@ class Store:
                 self.db.delete("l:" + key)
 
 
+def _safe_disk() -> type:
+    """diskcache's Disk, minus what a database someone else wrote could abuse.
+
+    A cache directory may come with its ``cache.db`` (a policy's ``cache_dir`` in a
+    cloned repository), and diskcache trusts its rows: a pickled key or value would be
+    unpickled (running code), a row's ``filename`` read or deleted wherever it points.
+    wasmsbx stores only text and integers, inline: anything else is treated as absent.
+    """
+    import diskcache
+
+    class SafeDisk(diskcache.Disk):
+        def get(self, key: Any, raw: bool) -> Any:
+            return super().get(key, raw) if raw else None  # never unpickles a key
+
+        def fetch(self, mode: int, filename: Any, value: Any, read: bool) -> Any:
+            if mode != diskcache.core.MODE_RAW or filename is not None:
+                return None  # never unpickles, never opens a file a row names
+            return super().fetch(mode, filename, value, read)
+
+        def remove(self, file_path: Any) -> Any:
+            return None  # wasmsbx keeps no values in files: a row naming one was planted
+
+    return SafeDisk
+
+
 def _flock(fd: int) -> None:
     try:
         import fcntl
@@ -619,19 +686,22 @@ class Lookup:
         return _timed(self.compile_fn, self.wasm, self.timings)
 
     def load(self, touch: bool = True) -> Any:
-        """Read, verify, deserialize; a bad entry is deleted and reported, never loaded."""
+        """Read, authenticate, verify, deserialize; a bad entry is deleted and reported,
+        never loaded. With a key file that is refused (see trust), the cache is
+        unavailable: nothing is loaded, nothing deleted."""
         started = time.perf_counter()
         blob = self.store.blob(self.key)
         if blob is None:
             return None
+        key = self.tag_key(create=True)  # a first entry found without a key is not ours
         try:
-            artifact = aot.unpack(blob, kind="cache-entry")
+            artifact = aot.open_sealed(blob, key, "cache-entry")
             if artifact.module_digest != self.module_digest:
                 raise aot.Corrupt("it belongs to another module")
             diff = aot.differences(artifact.fingerprint, self.fingerprint)
             if diff:
                 raise aot.Corrupt("built for another engine: " + "; ".join(diff[:2]))
-            module = self.engine.deserialize(artifact.payload)
+            module = self.engine.deserialize(artifact.native())
         except (aot.Corrupt, errors.ModuleError) as exc:
             self.store.remove(self.key)
             what = f"cache entry for {self.name or self.module_digest[:12]} ({self.label})"
@@ -648,8 +718,19 @@ class Lookup:
         self.timings["load"] = time.perf_counter() - started
         return module
 
+    def tag_key(self, create: bool) -> Optional[bytes]:
+        """The user's key for cache entries (trust.tag_key); a refused key file is
+        reported once and the run goes on without the cache."""
+        from . import trust
+
+        try:
+            return trust.tag_key("cache-entry", create=create)
+        except trust.KeyProblem as exc:
+            raise CacheUnavailable(exc.message) from None
+
     def save(self, module: Any) -> None:
         started = time.perf_counter()
+        key = self.tag_key(create=True)
         payload = self.engine.serialize(module)
         self.exports = aot.export_records(self.wasm)  # so a hit need not parse the module
         blob = aot.pack(
@@ -661,6 +742,7 @@ class Lookup:
             self.name,
             exports=self.exports,
             module_digest=self.module_digest,
+            key=key,
         )
         if len(blob) <= self.store.size_limit:  # an entry bigger than the cache is not kept
             self.store.put(self.key, blob, self.record(len(blob)))
@@ -886,35 +968,53 @@ def _orphans(store: Store) -> int:
 
 
 def verify(store: Store, remove: bool = True) -> dict:
-    """Check every entry: intact bytes, header agreeing with its record and its key."""
+    """Check every entry: tagged with the user's key, header agreeing with its key."""
+    from . import trust
+
+    try:
+        tag_key = trust.tag_key("cache-entry")
+    except trust.KeyProblem as exc:
+        raise errors.InputError(f"cannot verify the cache: {exc.message}", hint=exc.hint) from None
     checked, bad = 0, []
     for record in store.records():
         checked += 1
         key = record["key"]
-        reason = _check_entry(store, key, record)
+        reason = _check_entry(store, key, record, tag_key)
         if reason:
             bad.append(
                 {"key": key, "module": record.get("module", {}).get("name"), "reason": reason}
             )
             if remove:
                 store.remove(key)
-    for key in _unlisted(set(store.keys("m:")), dict(store.code_keys())):
+    listed = set(store.keys("m:"))
+    for key, age in store.code_keys():
+        if key in listed:
+            continue
+        # Code without a record: a store under way (young, and then authentic) or a file
+        # put there by someone else, which fails the tag at any age.
+        reason = _check_entry(store, key, {}, tag_key)
+        if reason is None and age > ORPHAN_GRACE:
+            reason = "no record for this entry"
+        if reason is None:
+            continue
         checked += 1
-        bad.append({"key": key, "module": None, "reason": "no record for this entry"})
+        bad.append({"key": key, "module": None, "reason": reason})
         if remove:
             store.remove(key)
     return {"checked": checked, "ok": checked - len(bad), "bad": bad, "removed": remove}
 
 
-def _check_entry(store: Store, key: str, record: dict) -> Optional[str]:
+def _check_entry(store: Store, key: str, record: dict, tag_key: Optional[bytes]) -> Optional[str]:
     try:
         blob = store.blob(key)
     except OSError as exc:
         return f"unreadable: {exc.strerror}"
     if blob is None:
         return "its native code is missing"
+    if tag_key is None:
+        return "not authenticated: you have no secret key, so this entry is not yours"
     try:
-        artifact = aot.unpack(blob, kind="cache-entry")
+        artifact = aot.open_sealed(blob, tag_key, "cache-entry")
     except aot.Corrupt as exc:
         return str(exc)
     if entry_key(artifact.module_digest, artifact.fingerprint) != key:

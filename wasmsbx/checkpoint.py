@@ -24,7 +24,6 @@ import hashlib
 import json
 import os
 import stat
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Optional
@@ -87,20 +86,9 @@ class Checkpoint:
     def save(self, state: dict) -> None:
         """Replace the checkpoint atomically (a reader sees the old or the new one, whole)."""
         payload = {"version": VERSION, "identity": self.identity, "state": state}
-        directory = self.path.parent
-        try:
-            handle, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", dir=directory)
-            with os.fdopen(handle, "w", encoding="utf-8") as f:
-                json.dump(payload, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path)
-        except OSError as exc:
-            raise errors.InputError(
-                f"{self.path}: cannot write checkpoint: {exc.strerror}",
-                hint="check that the checkpoint's directory exists and is writable",
-                path=str(self.path),
-            ) from None
+        from .outfile import write_output
+
+        write_output(self.path, json.dumps(payload), durable=True)
         self.last_save = time.monotonic()
         self.saves += 1
 

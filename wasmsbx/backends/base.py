@@ -316,7 +316,9 @@ class Engine(ABC):
     def serialize(self, module: Any) -> bytes: ...
 
     @abstractmethod
-    def deserialize(self, data: bytes) -> Any: ...
+    def deserialize(self, native: Any) -> Any:
+        """Load native code. It must be a ``trust.Authenticated`` (``trust.require``):
+        native code skips validation, so only code that passed authentication loads."""
 
     @abstractmethod
     def exports(self, module: Any) -> list: ...

@@ -729,8 +729,11 @@ class WasmerEngine(Engine):
         )
         return ARTIFACT_MAGIC + header + module.wasm + bytes(module.module.serialize())
 
-    def deserialize(self, data: bytes) -> WasmerModule:
-        data = bytes(data)  # wasmer-python takes bytes only (the cache hands a memoryview)
+    def deserialize(self, native: Any) -> WasmerModule:
+        """Load native code that passed authentication (a ``trust.Authenticated``)."""
+        from ..trust import require
+
+        data = bytes(require(native))  # wasmer-python takes bytes only (not a memoryview)
         size = len(ARTIFACT_MAGIC) + struct.calcsize("<qqI")
         if data[: len(ARTIFACT_MAGIC)] != ARTIFACT_MAGIC or len(data) < size:
             raise errors.ModuleError("cannot load precompiled code: not a wasmsbx wasmer artifact")

@@ -217,6 +217,10 @@ class WasmtimeInstance(Instance):
         config = wasmtime.WasiConfig()
         config.argv = list(wasi.argv)
         config.env = list(wasi.env.items())
+        if wasi.grants:  # never the folder of the keys that vouch for native code
+            from ..trust import refuse_key_grants
+
+            refuse_key_grants(wasi.grants)
         for grant in wasi.grants:
             config.preopen_dir(grant.host, grant.guest, grant.writable)
         stdin = wasi.stdin
@@ -506,7 +510,11 @@ class WasmtimeEngine(Engine):
     def serialize(self, module: Any) -> bytes:
         return bytes(module.serialize())
 
-    def deserialize(self, data: bytes) -> Any:
+    def deserialize(self, native: Any) -> Any:
+        """Load native code that passed authentication (a ``trust.Authenticated``)."""
+        from ..trust import require
+
+        data = require(native)
         try:
             return _deserialize(self.engine, data)
         except wasmtime.WasmtimeError as exc:

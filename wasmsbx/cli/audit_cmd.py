@@ -57,11 +57,17 @@ def register(app: typer.Typer) -> None:
         from ..audit import audit_file
         from ..policy import discover
 
-        report = audit_file(module, discover(policy))
+        loaded = discover(policy)
+        inputs = [module, loaded.source]
+        if output_file:  # refused before the work, not after
+            from ..outfile import check_output
+
+            check_output(output_file, inputs)
+        report = audit_file(module, loaded)
         if mode == "report":
             render(report)
         else:
-            _emit(_machine_text(report, mode), output_file)
+            _emit(_machine_text(report, mode), output_file, inputs)
         return _exit_code(report, fail_on)
 
 
@@ -94,27 +100,15 @@ def _machine_text(report: Any, mode: str) -> str:
     return json.dumps(data, indent=2) + "\n"
 
 
-def _emit(text: str, output_file: Optional[str]) -> None:
+def _emit(text: str, output_file: Optional[str], inputs: list) -> None:
     if not output_file:
         import sys
 
         sys.stdout.write(text)
         return
-    import os
-    import tempfile
+    from ..outfile import write_output
 
-    target = os.path.abspath(output_file)
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=".wasmsbx-", dir=os.path.dirname(target))
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, target)
-    except OSError as exc:
-        raise errors.InputError(
-            f"{output_file}: cannot write: {exc.strerror or exc}",
-            hint="check that the directory exists and is writable",
-            path=output_file,
-        ) from None
+    write_output(output_file, text, inputs=inputs)
     output.err(f"wrote {output_file}")
 
 

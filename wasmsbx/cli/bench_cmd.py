@@ -107,6 +107,11 @@ def register(app: typer.Typer) -> None:
         from .bench_view import Progress, render
 
         threshold = _threshold(fail_on_regression, baseline)
+        inputs = [module, suite, baseline, policy]  # what the reports must not overwrite
+        for path in filter(None, (output_file, save_baseline)):
+            from ..outfile import check_output
+
+            check_output(path, inputs)
         flags = {"policy": policy, "memory": memory, "fuel": fuel, "timeout": timeout}
         flags.update({"stack": stack, "dir": dir or [], "dir_ro": dir_ro or [], "env": env or []})
         overrides = _overrides(backend, iterations, warmup, budget, sample_time, phase)
@@ -118,7 +123,7 @@ def register(app: typer.Typer) -> None:
             core.attach_comparison(report, base, baseline, threshold)
         data = report.to_dict()
         for path in filter(None, (output_file, save_baseline)):
-            _write(path, data)
+            _write(path, data, inputs)
         if json_output:
             output.emit_json(data)
         else:
@@ -217,18 +222,12 @@ def _split_positionals(values: list) -> tuple:
     return before[0], before[1:] + tail, []
 
 
-def _write(path: str, data: dict) -> None:
+def _write(path: str, data: dict, inputs: list) -> None:
     import json
-    import os
 
-    tmp = f"{path}.tmp-{os.getpid()}"
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=2)
-            f.write("\n")
-        os.replace(tmp, path)
-    except OSError as exc:
-        raise errors.InputError(f"{path}: cannot write report: {exc.strerror}", path=path) from None
+    from ..outfile import write_output
+
+    write_output(path, json.dumps(data, indent=2) + "\n", inputs=inputs)
 
 
 def _report_problems(report: Any) -> None:

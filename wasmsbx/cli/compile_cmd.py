@@ -57,6 +57,12 @@ def register(app: typer.Typer) -> None:
             None, "--cache-dir", metavar="PATH", help="Cache directory."
         ),
         force: bool = typer.Option(False, "--force", help="Recompile even if cached."),
+        sign: bool = typer.Option(
+            False,
+            "--sign",
+            help="With -o FILE: also sign the artifact with your signing key (`wasmsbx trust "
+            "keygen`), so machines that trust your key (`wasmsbx trust add`) run it.",
+        ),
         json_output: bool = typer.Option(False, "--json", help="Print JSON."),
     ) -> int:
         return run_compile(
@@ -69,11 +75,21 @@ def register(app: typer.Typer) -> None:
             cache_dir,
             force,
             json_output,
+            sign,
         )
 
 
 def run_compile(
-    source, out, backend, all_backends, exports, policy_path, cache_dir, force, json_output
+    source,
+    out,
+    backend,
+    all_backends,
+    exports,
+    policy_path,
+    cache_dir,
+    force,
+    json_output,
+    sign=False,
 ) -> int:
     from .. import policy as policy_mod
     from ..errors import UsageError, WasmsbxError
@@ -85,10 +101,19 @@ def run_compile(
         raise UsageError(
             "-o FILE holds native code for one backend", hint="use --backend NAME with -o"
         )
+    if sign and (out is None or emit_wasm):
+        raise UsageError(
+            "--sign applies to a standalone artifact", hint="add -o FILE (not ending in .wasm)"
+        )
     policy = policy_mod.discover(policy_path)
+    signer = _signer() if sign else None
+    if out is not None:  # refused now, not after a long compile
+        from ..outfile import check_output
+
+        check_output(out, [source, policy.source])
     if backend:
         policy_mod.override(policy, "runtime.backend", backend)
-    built, wasm_path = _build(source, exports, out if emit_wasm else None)
+    built, wasm_path = _build(source, exports, out if emit_wasm else None, policy.source)
     report: dict = {
         "source": source,
         "build": built.to_dict(),
@@ -101,10 +126,13 @@ def run_compile(
     if emit_wasm:
         return _finish(report, json_output)
     name = Path(wasm_path).name if wasm_path else Path(source).name
+    inputs = [source, wasm_path, policy.source]  # what -o must not overwrite
     failures = []
     for adapter, compiler in _targets(policy, built.wasm, all_backends):
         try:
-            target = _native(adapter, compiler, built.wasm, name, policy, out, cache_dir, force)
+            target = _native(
+                adapter, compiler, built.wasm, name, policy, out, cache_dir, force, signer, inputs
+            )
         except WasmsbxError as exc:
             if not all_backends:
                 raise
@@ -123,7 +151,9 @@ def run_compile(
     return _finish(report, json_output)
 
 
-def _build(source: str, exports: list, wasm_out: Optional[str]) -> tuple:
+def _build(
+    source: str, exports: list, wasm_out: Optional[str], policy_file: Optional[str]
+) -> tuple:
     """The module's bytes, and the .wasm file written (C and Rust write one by default)."""
     from .. import build
 
@@ -139,7 +169,7 @@ def _build(source: str, exports: list, wasm_out: Optional[str]) -> tuple:
         raise UsageError("--export applies to C and Rust sources only")
     try:
         with _spinner(f"building {Path(source).name}"):
-            result = build.build(source, exports, wasm_out)
+            result = build.build(source, exports, wasm_out, inputs=[source, policy_file])
     except build.BuildFailed as exc:
         if exc.output:
             output.err(exc.output.rstrip("\n"))  # the compiler's messages, as printed
@@ -165,7 +195,7 @@ def _targets(policy: Any, wasm: bytes, all_backends: bool) -> list:
     return [(get(chosen.backend), chosen.compiler)]
 
 
-def _native(adapter, compiler, wasm, name, policy, out, cache_dir, force) -> dict:
+def _native(adapter, compiler, wasm, name, policy, out, cache_dir, force, signer, inputs) -> dict:
     from .. import cache
     from ..runner import engine_options
 
@@ -179,15 +209,33 @@ def _native(adapter, compiler, wasm, name, policy, out, cache_dir, force) -> dic
         result = cache.store_compiled(engine, wasm, policy, name, compile_fn, cache_dir, force)
         result["cache_dir"] = str(cache.resolve_dir(policy, cache_dir)[0])
         return result
-    return _artifact(engine, wasm, name, compile_fn, out)
+    return _artifact(engine, wasm, name, compile_fn, out, signer, inputs)
 
 
-def _artifact(engine: Any, wasm: bytes, name: str, compile_fn: Any, out: str) -> dict:
+def _signer() -> Any:
+    """The user's signing key, or a UsageError saying how to make one."""
+    from .. import trust
+    from ..errors import UsageError
+
+    mine = trust.signer()
+    if mine is None:
+        raise UsageError(
+            "--sign needs your signing key, and you have none yet",
+            hint="create it with `wasmsbx trust keygen`, then give its public key to those "
+            "who will run your artifacts",
+        )
+    return mine
+
+
+def _artifact(
+    engine: Any, wasm: bytes, name: str, compile_fn: Any, out: str, signer: Any, inputs: list
+) -> dict:
+    """Compile and write a standalone artifact, tagged with the user's key (and signed)."""
     import time
 
-    from .. import aot
-    from ..build import write_atomic
+    from .. import aot, trust
     from ..facts import FactsError, read_facts
+    from ..outfile import write_output
 
     started = time.perf_counter()
     module = compile_fn(wasm)
@@ -207,8 +255,10 @@ def _artifact(engine: Any, wasm: bytes, name: str, compile_fn: Any, out: str) ->
         name,
         features,
         exports,
+        key=trust.tag_key("artifact", create=True),
+        signer=signer,
     )
-    write_atomic(Path(out), blob)
+    write_output(out, blob, inputs=inputs)
     from ..cache import fingerprint_label
 
     return {
@@ -216,6 +266,7 @@ def _artifact(engine: Any, wasm: bytes, name: str, compile_fn: Any, out: str) ->
         "version": fingerprint.get("version"),
         "state": "written",
         "path": out,
+        "signed": None if signer is None else trust.encode_public(signer.public),
         "size": len(blob),
         "timings": {"compile": round(seconds, 6)},
         "warnings": [],

@@ -60,9 +60,16 @@ def _audit_log(args: opts.RunArgs) -> Any:
     """--audit-log FILE: the event log (imported and opened only when asked for)."""
     if not args.options.get("audit_log"):
         return None
+    import os
+
     from ..auditlog import AuditLog
 
-    log = AuditLog(args.options["audit_log"])
+    path = args.options["audit_log"]
+    if os.path.lexists(path):  # appended to, never replaced; but not an input or a disk
+        from ..outfile import check_output
+
+        check_output(path, [(args.positionals or [None])[0], args.options.get("policy")])
+    log = AuditLog(path)
     func = (args.positionals[1:2] or [None])[0]
     extra = args.positionals[2:] + (args.passthrough or [])
     log.start((args.positionals or [None])[0], func, extra)

@@ -1,0 +1,177 @@
+"""Standalone artifacts as a hostile party makes them: forged native code, renamed files,
+--artifact, signatures by unknown keys, altered signed artifacts. On every backend that
+loads native code."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from wasmsbx import aot, trust
+
+from .conftest import capabilities_of
+from .trust_helpers import attacker_key, forge, write_modules
+
+
+@pytest.fixture
+def native(backend):
+    """A backend that can load native code (every one that declares "aot")."""
+    if not capabilities_of(backend).has("aot"):
+        pytest.skip(f"{backend} does not load native code")
+    return backend
+
+
+def compile_to(cli, module, out, backend, *extra, env=None):
+    result = cli("compile", module, "-o", out, "--backend", backend, *extra, env=env)
+    assert result.code == 0, result
+    return out.read_bytes()
+
+
+def test_forged_artifact_is_refused(cli, isolated, native):
+    """The attack of issue 12: a real artifact's header around another function's native
+    code, the digest recomputed. Tagged with the user's key it would run (the control
+    shows the forgery works); tagged any way a forger can, it is refused."""
+    good, evil = write_modules(isolated)
+    victim = compile_to(cli, good, isolated / "add.cwasm", native)
+    donor = compile_to(cli, evil, isolated / "evil.cwasm", native)
+
+    control = isolated / "control.cwasm"
+    control.write_bytes(forge(victim, donor, key=trust.tag_key("artifact")))
+    assert cli("run", control, "add", "5", "3").stdout == "77\n", "the forgery must be real"
+
+    for key in (None, attacker_key()):
+        forged = isolated / "forged.cwasm"
+        forged.write_bytes(forge(victim, donor, key=key))
+        result = cli("run", forged, "add", "5", "3")
+        assert (result.code, result.stdout) == (102, "")
+        assert "refused precompiled artifact: it is not authenticated" in result.stderr
+        assert "hint: compile it yourself" in result.stderr
+        renamed = isolated / "innocent.wasm"  # `run` detects the magic, not the name
+        renamed.write_bytes(forged.read_bytes())
+        result = cli("run", renamed, "add", "5", "3", "--json")
+        assert result.code == 102 and "not authenticated" in result.json()["error"]["message"]
+        with_module = cli("run", "--artifact", forged, good, "add", "5", "3")
+        assert (with_module.code, with_module.stdout) == (0, "8\n")
+        assert "warning:" in with_module.stderr and "using add.wat instead" in with_module.stderr
+
+
+def test_artifact_of_another_user_is_refused(cli, isolated, tmp_path, native):
+    """Made by wasmsbx, unaltered, but with someone else's key: not ours to run."""
+    good, _ = write_modules(isolated)
+    other = {"WASMSBX_TRUST_DIR": str(tmp_path / "someone-else")}
+    compile_to(cli, good, isolated / "theirs.cwasm", native, env=other)
+    assert cli("run", isolated / "theirs.cwasm", "add", "1", "2", env=other).stdout == "3\n"
+    result = cli("run", isolated / "theirs.cwasm", "add", "1", "2")
+    assert result.code == 102 and "carries no signature" in result.stderr
+
+
+def test_signed_artifact_needs_a_trusted_key(cli, isolated, tmp_path, native):
+    good, evil = write_modules(isolated)
+    author = {"WASMSBX_TRUST_DIR": str(tmp_path / "author")}
+    public = cli("trust", "keygen", env=author).stdout.strip()
+    assert public.startswith("ed25519:")
+    signed = isolated / "signed.cwasm"
+    blob = compile_to(cli, good, signed, native, "--sign", env=author)
+
+    refused = cli("run", signed, "add", "2", "3")
+    assert refused.code == 102 and "a key you do not trust" in refused.stderr
+    assert f"wasmsbx trust add {public} --name NAME" in refused.stderr  # how to trust it
+
+    assert cli("trust", "add", public, "--name", "ci").code == 0
+    ran = cli("run", signed, "add", "2", "3")
+    assert (ran.code, ran.stdout) == (0, "5\n")
+
+    # Altered after signing: the code swapped, the tag redone, the author's key kept.
+    donor = compile_to(cli, evil, isolated / "evil.cwasm", native)
+    signature = aot.signature_of(blob, aot.layout(blob))
+    assert signature[0] == trust.decode_public(public)
+    altered = forge(blob, donor, key=attacker_key(), signature=signature)
+    (isolated / "altered.cwasm").write_bytes(altered)
+    result = cli("run", isolated / "altered.cwasm", "add", "2", "3")
+    assert result.code == 102 and "its signature by 'ci' does not match" in result.stderr
+
+    assert cli("trust", "remove", "ci").code == 0
+    assert cli("run", signed, "add", "2", "3").code == 102
+
+
+def test_signature_by_an_untrusted_key_with_a_trusted_key_swapped_in(cli, isolated, tmp_path):
+    """A forger signs with their own key but writes a trusted public key in front of the
+    signature: it does not verify."""
+    good, _ = write_modules(isolated)
+    author = {"WASMSBX_TRUST_DIR": str(tmp_path / "author")}
+    forger = {"WASMSBX_TRUST_DIR": str(tmp_path / "forger")}
+    trusted = cli("trust", "keygen", env=author).stdout.strip()
+    cli("trust", "keygen", env=forger)
+    assert cli("trust", "add", trusted, "--name", "author").code == 0
+    blob = compile_to(cli, good, isolated / "f.cwasm", "wasmtime", "--sign", env=forger)
+    parts = aot.layout(blob)
+    swapped = (
+        blob[: parts.signed_end] + trust.decode_public(trusted) + blob[parts.signed_end + 32 :]
+    )
+    (isolated / "f.cwasm").write_bytes(swapped)
+    result = cli("run", isolated / "f.cwasm", "add", "1", "1")
+    assert result.code == 102 and "signature by 'author' does not match" in result.stderr
+
+
+def test_a_cache_entry_is_not_an_artifact(cli, isolated, tmp_path):
+    (isolated / "sandbox.toml").write_text("[runtime]\ncache_min_size = 0\n")
+    good, _ = write_modules(isolated)
+    assert cli("run", good, "add", "1", "1").code == 0
+    (entry,) = (tmp_path / "cache").rglob("*.entry")
+    result = cli("run", entry, "add", "1", "1")
+    assert result.code == 102 and "not authenticated" in result.stderr
+
+
+def test_an_artifact_of_wasmsbx_0_1_is_refused(cli, isolated):
+    text = json.dumps({"format": 1, "kind": "artifact"}).encode()
+    old = aot.MAGIC + len(text).to_bytes(4, "little") + text + b"\0" * 100
+    (isolated / "old.cwasm").write_bytes(old)
+    result = cli("run", isolated / "old.cwasm", "add", "1", "1")
+    assert result.code == 102 and "format 1" in result.stderr and "hint:" in result.stderr
+
+
+def test_sign_needs_a_key_and_an_artifact(cli, isolated):
+    good, _ = write_modules(isolated)
+    result = cli("compile", good, "-o", "x.cwasm", "--sign")
+    assert result.code == 2 and "wasmsbx trust keygen" in result.stderr
+    assert not (isolated / "x.cwasm").exists()
+    result = cli("compile", good, "--sign")
+    assert result.code == 2 and "-o FILE" in result.stderr
+
+
+def test_own_artifact_runs_without_importing_cryptography(cli, isolated):
+    """The user's own artifacts are checked by the tag: no Ed25519, no OpenSSL."""
+    import subprocess
+    import sys
+
+    good, _ = write_modules(isolated)
+    compile_to(cli, good, isolated / "a.cwasm", "wasmtime")
+    proc = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "wasmsbx", "run", "a.cwasm", "add", "1", "2"],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0 and proc.stdout == "3\n", proc.stderr
+    names = {line.rsplit("|", 1)[1].strip() for line in proc.stderr.splitlines() if "|" in line}
+    assert not {"cryptography", "hashlib", "platformdirs"} & names
+
+
+def test_trust_commands(cli, isolated, tmp_path):
+    assert cli("trust", "list").stdout.startswith("no trusted keys")
+    bad = cli("trust", "add", "ssh-rsa AAAA")
+    assert bad.code == 2 and "not a wasmsbx public key" in bad.stderr
+    bad = cli("trust", "add", "ed25519:AAAA")
+    assert bad.code == 2 and "not a valid Ed25519 public key" in bad.stderr
+    public = cli("trust", "keygen", env={"WASMSBX_TRUST_DIR": str(tmp_path / "a")}).stdout
+    added = cli("trust", "add", public.strip(), "--name", "ci", "--json").json()
+    assert added["name"] == "ci" and added["key"] == public.strip()
+    assert cli("trust", "add", public.strip(), "--name", "ci").code == 0  # same key: fine
+    listed = cli("trust", "list", "--json").json()["trusted"]
+    assert [k["name"] for k in listed] == ["ci"]
+    shown = cli("trust", "show", "--json").json()
+    assert shown["trust_dir"] == str(tmp_path / "trust") and shown["problems"] == []
+    assert cli("trust", "remove", added["id"]).code == 0
+    assert cli("trust", "remove", "ci").code == 2
+    again = cli("trust", "keygen", env={"WASMSBX_TRUST_DIR": str(tmp_path / "a")})
+    assert again.code == 2 and "--force" in again.stderr

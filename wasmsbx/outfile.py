@@ -1,0 +1,238 @@
+"""The one way wasmsbx writes a file the user named (``-o``, ``--output``,
+``--save-baseline``, checkpoints, key files): never over a device, a link or an input.
+
+- A new file is created whole: written to a temporary file beside it, then linked into
+  place, which fails if anything appeared at that name meanwhile.
+- A regular file is replaced atomically (temporary file + rename), keeping its mode.
+- A symbolic link is written through: its target gets these same rules; a link to
+  nothing is refused (following it would create a file wherever it points).
+- A character device or a FIFO (``/dev/null``, ``/dev/stdout``, a named pipe) is
+  written directly, as a shell's ``>`` would; it is never replaced by a file, which is
+  what a rename over ``/dev/null`` does when run as root.
+- A directory, a block device or a socket is refused.
+- An output that is the same file as one of the command's inputs (module, source,
+  policy, baseline) is refused, before any work where the command checks early.
+- A missing parent folder is an error with a hint, not created silently.
+
+Every failure is an :class:`errors.InputError` (exit 105) naming the path.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from collections.abc import Iterable
+from typing import Any, Optional, Union
+
+from . import errors
+
+_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+
+
+def _fail(path: str, why: str, hint: Optional[str] = None) -> errors.InputError:
+    return errors.InputError(f"{path}: {why}", hint=hint, path=path)
+
+
+def _stat(path: str) -> Optional[os.stat_result]:
+    """stat() following links; None if nothing is there."""
+    try:
+        return os.stat(path)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise _fail(path, f"cannot write: {exc.strerror or exc}") from None
+
+
+def _same_as_input(path: str, info: os.stat_result, inputs: Iterable) -> Optional[str]:
+    for item in inputs:
+        if item is None:
+            continue
+        try:
+            other = os.stat(item)
+        except OSError:
+            continue
+        if (other.st_dev, other.st_ino) == (info.st_dev, info.st_ino):
+            return os.fspath(item)
+    return None
+
+
+def check_output(path: Any, inputs: Iterable = ()) -> None:
+    """Raise InputError now if writing ``path`` later would be refused (so a command
+    does not compile for a minute before finding out)."""
+    text = os.fspath(path)
+    if not text:
+        raise _fail("''", "an empty output path")
+    info = _stat(text)
+    if info is None:
+        if os.path.islink(text):
+            raise _fail(text, "is a symbolic link to a missing file; not followed")
+        _check_parent(text)
+        return
+    kind = _kind_refused(info)
+    if kind:
+        raise _fail(text, f"is {kind}, not a file wasmsbx can write", _HINT)
+    same = _same_as_input(text, info, inputs)
+    if same is not None:
+        raise _fail(
+            text,
+            f"is the same file as the input {same}; refusing to overwrite it",
+            "choose another output name",
+        )
+
+
+_HINT = "give the name of a regular file (or a FIFO or character device such as /dev/null)"
+
+
+def _kind_refused(info: os.stat_result) -> Optional[str]:
+    mode = info.st_mode
+    if stat.S_ISDIR(mode):
+        return "a directory"
+    if stat.S_ISBLK(mode):
+        return "a block device"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    if stat.S_ISREG(mode) or stat.S_ISCHR(mode) or stat.S_ISFIFO(mode):
+        return None
+    return "not a regular file"
+
+
+def _check_parent(path: str) -> None:
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        raise _fail(
+            path,
+            f"cannot write: the folder {parent} does not exist",
+            f"create it first (mkdir -p {parent}) or choose another output path",
+        )
+
+
+def write_output(
+    path: Any,
+    data: Union[bytes, str],
+    *,
+    inputs: Iterable = (),
+    mode: Optional[int] = None,
+    durable: bool = False,
+) -> str:
+    """Write ``data`` to ``path`` by the rules above; how it was done: "created",
+    "replaced" or "written" (a device or FIFO). ``mode`` sets a new or replaced file's
+    permissions (default: a new file gets 0666 less the umask, a replaced one keeps its
+    own); ``durable`` fsyncs before the rename."""
+    text = os.fspath(path)
+    blob = data.encode("utf-8") if isinstance(data, str) else data
+    inputs = list(inputs)
+    for _ in range(3):  # something appeared or changed at the name meanwhile: look again
+        check_output(text, inputs)
+        info = _stat(text)
+        try:
+            if info is None:
+                if _create(text, blob, mode, durable):
+                    return "created"
+                continue
+            if stat.S_ISREG(info.st_mode):
+                target = os.path.realpath(text) if os.path.islink(text) else text
+                if _replace(target, info, blob, mode, durable):
+                    return "replaced"
+                continue
+            _write_direct(text, blob)
+            return "written"
+        except OSError as exc:
+            raise _fail(text, f"cannot write: {exc.strerror or exc}") from None
+    raise _fail(text, "cannot write: it keeps changing while being written")
+
+
+def _temporary(folder: str, name: str, mode: Optional[int]) -> tuple:
+    """(fd, path) of a new private-named file in ``folder``."""
+    tmp = os.path.join(folder, f".{name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW | _CLOEXEC
+    fd = os.open(tmp, flags, 0o666 if mode is None else mode)
+    return fd, tmp
+
+
+def _fill(fd: int, blob: bytes, mode: Optional[int], durable: bool) -> None:
+    with os.fdopen(fd, "wb", closefd=False) as handle:
+        handle.write(blob)
+        handle.flush()
+        if mode is not None:
+            os.fchmod(fd, mode)
+        if durable:
+            os.fsync(fd)
+
+
+def _create(path: str, blob: bytes, mode: Optional[int], durable: bool) -> bool:
+    """Create ``path`` whole; False if something appeared there meanwhile."""
+    folder, name = os.path.split(os.path.abspath(path))
+    fd, tmp = _temporary(folder, name, mode)
+    try:
+        _fill(fd, blob, mode, durable)
+        os.close(fd)
+        fd = -1
+        try:
+            os.link(tmp, path)  # unlike rename, never replaces what is there
+        except FileExistsError:
+            return False
+        except OSError as exc:
+            if exc.errno not in _NO_LINKS:
+                raise
+            os.rename(tmp, path)  # a file system without hard links
+        return True
+    finally:
+        if fd >= 0:
+            os.close(fd)
+        _discard(tmp)
+
+
+_NO_LINKS = {getattr(errno, n, -1) for n in ("EPERM", "ENOTSUP", "EOPNOTSUPP")}
+
+
+def _replace(
+    path: str, before: os.stat_result, blob: bytes, mode: Optional[int], durable: bool
+) -> bool:
+    """Replace the regular file ``path`` atomically; False if it changed meanwhile."""
+    folder, name = os.path.split(os.path.abspath(path))
+    keep = stat.S_IMODE(before.st_mode) if mode is None else mode
+    fd, tmp = _temporary(folder, name, 0o600)
+    try:
+        _fill(fd, blob, keep, durable)
+        os.close(fd)
+        fd = -1
+        try:
+            now = os.lstat(path)
+        except FileNotFoundError:
+            return False
+        if not stat.S_ISREG(now.st_mode) or (now.st_dev, now.st_ino) != (
+            before.st_dev,
+            before.st_ino,
+        ):
+            return False  # became a link, a device, another file: decide again
+        os.replace(tmp, path)
+        return True
+    finally:
+        if fd >= 0:
+            os.close(fd)
+        _discard(tmp)
+
+
+def _write_direct(path: str, blob: bytes) -> None:
+    """A character device or FIFO: opened for writing as it is, never created or
+    truncated (O_CREAT absent: if it vanished meanwhile, this fails instead)."""
+    fd = os.open(path, os.O_WRONLY | os.O_NOCTTY | _CLOEXEC)
+    try:
+        info = os.fstat(fd)
+        if not (stat.S_ISCHR(info.st_mode) or stat.S_ISFIFO(info.st_mode)):
+            raise _fail(path, "changed while being written; not written")
+        view = memoryview(blob)
+        while view:
+            written = os.write(fd, view)
+            view = view[written:]
+    finally:
+        os.close(fd)
+
+
+def _discard(tmp: str) -> None:
+    try:
+        os.unlink(tmp)
+    except FileNotFoundError:
+        pass
