@@ -269,6 +269,22 @@ def run_batch(
     return run_numbered(box, func, enumerate(items, start_line), fresh=fresh, jobs=jobs)
 
 
+# More worker processes than this is a fork bomb, not a speed-up (each compiles the
+# module and holds its own instance).
+MAX_JOBS = 256
+
+
+def check_jobs(jobs: int) -> None:
+    """-j/--jobs: 1 .. MAX_JOBS worker processes (UsageError otherwise)."""
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+        raise errors.UsageError(f"-j/--jobs must be at least 1, got {jobs!r}")
+    if jobs > MAX_JOBS:
+        raise errors.UsageError(
+            f"-j/--jobs must be at most {MAX_JOBS}, got {jobs}",
+            hint="one worker process per CPU core is usually the most that helps",
+        )
+
+
 def run_numbered(
     box: Any,
     func: str,
@@ -285,8 +301,7 @@ def run_numbered(
     With ``idle``, the input is read in a thread and ``None`` is yielded whenever no
     result has come for IDLE_TICK seconds (e.g. a pipe that stays open but sends
     nothing), so the consumer can make the results it has durable meanwhile."""
-    if jobs < 1:
-        raise errors.UsageError(f"-j/--jobs must be at least 1, got {jobs}")
+    check_jobs(jobs)
     caller = Caller(box, func, fresh)  # an unknown export fails here, before any item
     caller.ready()
     if jobs == 1:

@@ -289,7 +289,7 @@ def limits_from(policy: policy_mod.Policy) -> Limits:
         stack=v["limits.stack"],
         table_elements=v["limits.table_elements"],
         instances=v["limits.instances"],
-        output=v["limits.output"] or None,
+        output=v["limits.output"],  # 0 is a limit too: the guest may write nothing
     )
 
 

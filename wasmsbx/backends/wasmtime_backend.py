@@ -254,7 +254,9 @@ class WasmtimeInstance(Instance):
     def _arm(self, calls: int = 1) -> None:
         self.store.set_epoch_deadline(self.deadline_ticks)
         if self.limits.fuel is not None:
-            self.fuel_armed = self.limits.fuel * calls
+            # n calls of a block get n times the fuel, held below wasmtime's i64 (a
+            # larger value wraps to "exhausted").
+            self.fuel_armed = min(self.limits.fuel * calls, 2**63 - 1)
             self.store.set_fuel(self.fuel_armed)
 
     # ------------------------------------------------------------------ calls

@@ -86,7 +86,7 @@ def run_compile(
         )
     policy = policy_mod.discover(policy_path)
     if backend:
-        policy_mod.override(policy, "runtime.backend", backend)
+        policy_mod.override(policy, "runtime.backend", backend, flag="--backend")
     built, wasm_path = _build(source, exports, out if emit_wasm else None)
     report: dict = {
         "source": source,

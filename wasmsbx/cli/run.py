@@ -24,9 +24,10 @@ def build_policy(options: dict) -> Any:
     policy = policy_mod.discover(options.get("policy"))
     for dest, dotted in FLAG_KEYS.items():
         if options.get(dest) is not None:
-            policy_mod.override(policy, dotted, options[dest])
+            flag = "--" + dest.replace("_", "-")
+            policy_mod.override(policy, dotted, options[dest], flag=flag)
     if options.get("backend"):
-        policy_mod.override(policy, "runtime.backend", options["backend"])
+        policy_mod.override(policy, "runtime.backend", options["backend"], flag="--backend")
     for spec in options.get("dir", []):
         policy_mod.add_grant(policy, spec, writable=True)
     for spec in options.get("dir_ro", []):
