@@ -182,20 +182,12 @@ def test_policy_out_of_range_exit_code(cli, tmp_path):
     assert res.code == 101 and "limits.fuel" in res.stderr and "Traceback" not in res.stderr
 
 
-def test_output_zero_means_no_output(cli):
+def test_output_zero_means_no_output(cli, tmp_path):
     """limits.output = 0 is a limit (the guest may write nothing), not "unlimited"."""
-    hello = EXAMPLES / "wasi" / "hello.wasm"
-    res = cli("run", hello, "--policy", _policy_file(cli, "[limits]\noutput = 0\n"))
+    path = tmp_path / "p.toml"
+    path.write_text("[limits]\noutput = 0\n")
+    res = cli("run", EXAMPLES / "wasi" / "hello.wasm", "--policy", path)
     assert res.code == errors.ExitCode.LIMIT_OUTPUT, res
-
-
-def _policy_file(cli, text: str):
-    import tempfile
-
-    handle = tempfile.NamedTemporaryFile("w", suffix=".toml", delete=False)
-    handle.write(text)
-    handle.close()
-    return handle.name
 
 
 # ---------------------------------------------------------------------------- units
