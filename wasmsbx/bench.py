@@ -690,7 +690,9 @@ def load_baseline(path: str) -> dict:
     import json
 
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        from .inputs import REPORT_MAX_BYTES, read_text_capped
+
+        text = read_text_capped(path, REPORT_MAX_BYTES)
     except FileNotFoundError:
         raise errors.InputError(
             f"{path}: baseline not found", hint="create one with --save-baseline FILE", path=path

@@ -166,8 +166,10 @@ def read_suite(path: str) -> list:
     from .policy import _toml_module
 
     file = Path(path)
+    from .inputs import POLICY_MAX_BYTES, read_capped
+
     try:
-        raw = file.read_bytes()
+        raw = read_capped(file, POLICY_MAX_BYTES)
     except FileNotFoundError:
         raise errors.InputError(f"{path}: suite file not found", path=path) from None
     except OSError as exc:

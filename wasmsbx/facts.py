@@ -1045,8 +1045,9 @@ def load_facts(path: Union[str, os.PathLike]) -> ModuleFacts:
     Raises :class:`FactsError` for a malformed module or invalid WAT, and ``OSError`` if the
     file cannot be read.
     """
-    with open(path, "rb") as fh:
-        data = fh.read()
+    from .inputs import MODULE_MAX_BYTES, read_capped
+
+    data = read_capped(path, MODULE_MAX_BYTES)  # OSError (TooLarge) past the cap
     if not data.startswith(_MAGIC) and (
         str(path).lower().endswith(".wat") or _looks_like_text(data)
     ):

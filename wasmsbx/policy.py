@@ -576,8 +576,12 @@ def load(path) -> Policy:
     """Load and validate a policy file."""
     path = Path(path)
     origin = str(path)
+    from .inputs import POLICY_MAX_BYTES, TooLarge, read_capped
+
     try:
-        raw = path.read_bytes()
+        raw = read_capped(path, POLICY_MAX_BYTES)
+    except TooLarge as exc:
+        raise PolicyError(f"{origin}: not a policy file: {exc.strerror}", file=origin) from None
     except FileNotFoundError:
         raise PolicyError(
             f"{origin}: policy file not found", hint="check the path given to --policy", file=origin

@@ -31,8 +31,20 @@ def read_module(path) -> bytes:
 
 
 def read_file(path: Path) -> bytes:
+    """A module or artifact file, read with a cap (a device that never ends is refused)."""
+    from .inputs import TooLarge, read_capped
+
     try:
-        data = path.read_bytes()
+        data = read_capped(path, _size_cap)
+    except errors.ModuleError as exc:  # from _size_cap: the path belongs in the message
+        raise errors.ModuleError(f"{path}: {exc.message}", hint=exc.hint, path=str(path)) from None
+    except TooLarge as exc:
+        what = "precompiled artifact" if exc.limit == _size_cap(ARTIFACT_FIRST_BYTE) else "module"
+        raise errors.ModuleError(
+            f"{path}: {what} too large: {exc.strerror}",
+            hint="is this the right file? (a device or a pipe that never ends is refused)",
+            path=str(path),
+        ) from None
     except FileNotFoundError:
         raise errors.InputError(
             f"{path}: no such file", hint="check the module path", path=str(path)
@@ -44,6 +56,34 @@ def read_file(path: Path) -> bytes:
     except OSError as exc:
         raise errors.InputError(f"{path}: cannot read: {exc.strerror}", path=str(path)) from None
     return data
+
+
+def _size_cap(head: bytes) -> int:
+    """The cap of a file starting with ``head``: artifacts are larger than modules.
+
+    Judged from the first bytes, so /dev/zero or /dev/urandom is refused at once: a
+    module starts with \0asm (or is text, which has no NUL), an artifact with \x89."""
+    from . import inputs
+
+    if head[:1] == ARTIFACT_FIRST_BYTE:
+        return inputs.ARTIFACT_MAX_BYTES
+    if head[:4] != WASM_MAGIC[: len(head)] and not _text_start(head):
+        raise errors.ModuleError(
+            "not a WebAssembly module (no \\0asm header, and not text)",
+            hint="give a .wasm binary or a .wat text module",
+        )
+    return inputs.MODULE_MAX_BYTES
+
+
+def _text_start(head: bytes) -> bool:
+    """Could a text module start so? UTF-8 (an unfinished last character allowed), no NUL."""
+    import codecs
+
+    try:
+        codecs.getincrementaldecoder("utf-8")().decode(head, final=False)
+    except UnicodeDecodeError:
+        return False
+    return b"\0" not in head
 
 
 def module_bytes(data: bytes, path) -> bytes:
