@@ -320,6 +320,74 @@ def exports_hint(export_list: Sequence[Any]) -> str:
     return "exported functions: " + ", ".join(funcs[:12]) + (" ..." if len(funcs) > 12 else "")
 
 
+def check_interface(
+    wasm: bytes,
+    module_name: str,
+    kind: str = "call",
+    function: Optional[str] = None,
+    args: Optional[Sequence[Any]] = None,
+) -> None:
+    """Refuse, from the module's bytes and before anything is compiled, a run that cannot
+    work: a command without ``_start``, a call to a missing export or with arguments its
+    signature refuses, imports the sandbox does not provide (WASI preview1 functions of
+    the right type are the only imports it has). Compiling a 99 MB module only to learn
+    it has no ``_start`` took 199 s of CPU and wrote a 272 MB cache entry (issue #13)."""
+    from .facts import FactsError, read_interface
+
+    try:
+        interface = read_interface(wasm)
+    except FactsError:
+        return  # the runtime gives the precise error when it compiles
+    _check_imports(interface.imports)
+    exports = [
+        ExportInfo(e.name, e.kind, Signature(e.type.params, e.type.results))
+        if e.kind == "func" and e.type is not None
+        else ExportInfo(e.name, e.kind)
+        for e in interface.exports
+    ]
+    if kind == "command":
+        start = next((e for e in exports if e.name == "_start"), None)
+        if start is None or start.kind != "func":
+            raise errors.UsageError(
+                f"{module_name} has no _start export, so it cannot run as a command",
+                hint=exports_hint(exports) + " (name one to call it)",
+            )
+    elif function is not None:
+        sig = find_signature(exports, function, module_name)
+        if args is not None:
+            parse_args(function, sig, args)
+
+
+def _check_imports(imports: Sequence[Any]) -> None:
+    """LinkError naming each import the sandbox cannot provide, by its kind."""
+    from . import wasi
+
+    missing = []
+    for imp in imports:
+        known = wasi.BY_NAME.get(imp.name) if wasi.is_wasi_module(imp.module) else None
+        if imp.kind != "func":
+            missing.append(f"{imp.kind} {imp.module}.{imp.name}")  # memory, table, global, tag
+        elif known is None:
+            missing.append(f"function {imp.module}.{imp.name}")
+        elif imp.type is not None and (
+            tuple(imp.type.params) != known.params or tuple(imp.type.results) != known.results
+        ):
+            missing.append(
+                f"function {imp.module}.{imp.name} with type {imp.type} "
+                f"(WASI preview1 has {known.signature})"
+            )
+    if missing:
+        what = ", ".join(sorted({m.split(" ", 1)[0] for m in missing}))
+        raise errors.LinkError(
+            f"module imports what the sandbox does not provide ({what}): "
+            + ", ".join(missing[:8])
+            + (f" and {len(missing) - 8} more" if len(missing) > 8 else ""),
+            hint="wasmsbx provides WASI preview1 functions only (wasi_snapshot_preview1); "
+            "rebuild the module without these imports",
+            imports=missing,
+        )
+
+
 def limits_from(policy: policy_mod.Policy) -> Limits:
     v = policy.values
     return Limits(
@@ -351,6 +419,9 @@ class Sandbox:
     >>> box = Sandbox("examples/add.wat")
     >>> box.call("add", 5, 3)
     8
+
+    ``function`` (and its ``args``), when given, are checked against the module's
+    interface before anything is compiled, like ``_start`` for ``kind="command"``.
     """
 
     def __init__(
@@ -364,6 +435,8 @@ class Sandbox:
         artifact: Optional[str] = None,
         cache_dir: Optional[str] = None,
         progress: Any = None,
+        function: Optional[str] = None,
+        args: Optional[Sequence[Any]] = None,
     ) -> None:
         self.path = Path(module)
         self.policy = policy if policy is not None else policy_mod.discover()
@@ -381,6 +454,8 @@ class Sandbox:
             self.artifact = aot.open_for(self, data, str(self.path))
         if self.artifact is None:
             self.wasm = module_bytes(data, self.path)
+            # Before any compile or cache write: a run that cannot work fails now.
+            check_interface(self.wasm, self.path.name, kind, function, args)
         if artifact is not None:
             from . import aot
 

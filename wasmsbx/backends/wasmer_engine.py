@@ -801,11 +801,11 @@ class WasmerEngine(Engine):
                     hint="raise limits.table_elements",
                 )
         missing = [
-            f"{i.module}.{i.name}" for i in self.imports(module) if not i.module.startswith("wasi_")
+            i.describe() for i in self.imports(module) if not (i.is_wasi and i.kind == "func")
         ]
         if missing:
             raise errors.LinkError(
-                f"module imports host functions the sandbox does not provide: {', '.join(missing)}",
+                f"module imports what the sandbox does not provide: {', '.join(missing)}",
                 hint="wasmsbx provides WASI preview1 only; rebuild the module without these",
                 imports=missing,
             )

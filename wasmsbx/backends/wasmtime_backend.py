@@ -243,10 +243,10 @@ class WasmtimeInstance(Instance):
         return path
 
     def _check_imports(self, imports: list) -> None:
-        missing = [f"{i.module}.{i.name}" for i in imports if not i.is_wasi]
+        missing = [i.describe() for i in imports if not (i.is_wasi and i.kind == "func")]
         if missing:
             raise errors.LinkError(
-                f"module imports host functions the sandbox does not provide: {', '.join(missing)}",
+                f"module imports what the sandbox does not provide: {', '.join(missing)}",
                 hint="wasmsbx provides WASI preview1 only; rebuild the module without these",
                 imports=missing,
             )

@@ -83,6 +83,7 @@ def execute(args: opts.RunArgs, log: Any = None) -> int:
     from ..runner import Sandbox
 
     kind = "call" if func else "command"
+    call_args = args.positionals[2:] + (args.passthrough or [])
     box = Sandbox(
         module,
         policy,
@@ -91,6 +92,8 @@ def execute(args: opts.RunArgs, log: Any = None) -> int:
         artifact=o["artifact"],
         cache_dir=o["cache_dir"],
         progress=output.progress_factory(),
+        function=func,
+        args=call_args if func else None,
     )
     for warning in box.warnings:  # at once: the run itself may still fail
         output.warning(warning)
@@ -100,7 +103,6 @@ def execute(args: opts.RunArgs, log: Any = None) -> int:
         render_explain(box.explain(kind))
     if func is None:
         return _command(box, args.passthrough or [], o, log)
-    call_args = args.positionals[2:] + (args.passthrough or [])
     result = box.invoke(func, call_args)
     if o["json"]:
         output.emit_json(result.to_dict())
