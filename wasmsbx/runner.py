@@ -271,21 +271,29 @@ class CallResult(namedtuple("CallResult", "function values types stats")):
 class CommandResult(
     namedtuple(
         "CommandResult",
-        "exit_code stats stdout stderr",
+        "exit_code stats stdout stderr guest_status",
         defaults=(
+            None,
             None,
             None,
         ),
     )
 ):
-    # exit_code: int
+    # exit_code: int  what wasmsbx exits with (errors.guest_exit_code of the status)
     # stats: RunStats
     # stdout: Optional[bytes]
     # stderr: Optional[bytes]
+    # guest_status: Optional[int]  the status the guest gave proc_exit (a u32), or 0
     __slots__ = ()
 
     def to_dict(self) -> dict:
-        return {"exit_code": self.exit_code, "stats": self.stats.to_dict()}
+        status = self.exit_code if self.guest_status is None else self.guest_status
+        return {
+            "exit_code": self.exit_code,
+            "exit_source": "guest",  # errors say "wasmsbx" (see cli.report)
+            "guest_status": status,
+            "stats": self.stats.to_dict(),
+        }
 
 
 # ---------------------------------------------------------------------------- the sandbox
@@ -681,11 +689,17 @@ class Sandbox:
         instance = self.instantiate(self.wasi_setup(argv, stdin, capture))
         started = time.perf_counter()
         try:
-            code = instance.run_command()
+            status = instance.run_command() & 0xFFFFFFFF
         finally:
             self.timings["run"] = time.perf_counter() - started
         usage = instance.usage()
-        return CommandResult(code, self._stats(instance, usage), usage.stdout, usage.stderr)
+        return CommandResult(
+            errors.guest_exit_code(status),
+            self._stats(instance, usage),
+            usage.stdout,
+            usage.stderr,
+            status,
+        )
 
     def _stats(self, instance: Any, usage: Any = None) -> RunStats:
         usage = usage or instance.usage()

@@ -176,6 +176,29 @@ def _kind(extern_type: Any) -> str:
     }.get(type(extern_type).__name__, "tag")
 
 
+class _GuestExit(wasmtime.ExitTrap):
+    """proc_exit(status) with the status whole: wasmtime's own proc_exit refuses any
+    status outside 0..125 with an error that does not say which (issue #13)."""
+
+    def __init__(self, status: int) -> None:
+        super().__init__(f"guest called proc_exit({status})")
+        self.code = status & 0xFFFFFFFF  # WASI's exitcode is a u32
+
+
+def _proc_exit(status: int) -> None:
+    raise _GuestExit(status)
+
+
+def _capture_exit(linker: wasmtime.Linker) -> None:
+    """Shadow WASI's proc_exit with one that reports any status (see _GuestExit)."""
+    linker.allow_shadowing = True
+    i32 = wasmtime.ValType.i32()
+    linker.define_func(
+        "wasi_snapshot_preview1", "proc_exit", wasmtime.FuncType([i32], []), _proc_exit
+    )
+    linker.allow_shadowing = False
+
+
 class WasmtimeInstance(Instance):
     def __init__(
         self, engine: WasmtimeEngine, module: Any, limits: Limits, wasi: Optional[WasiSetup]
@@ -202,6 +225,7 @@ class WasmtimeInstance(Instance):
         if any(i.is_wasi for i in imports):
             self.store.set_wasi(self._wasi_config(wasi or WasiSetup()))
             linker.define_wasi()
+            _capture_exit(linker)
         self._check_imports(imports)
         try:
             with engine.ticker:

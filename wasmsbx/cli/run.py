@@ -123,7 +123,23 @@ def _command(box: Any, argv: list, o: dict, log: Any = None) -> int:
         data["stderr"] = _text(result.stderr)
         output.emit_json(data)
     _after(result.stats, o, log, box.warnings)
+    _explain_status(result)
     return result.exit_code
+
+
+def _explain_status(result: Any) -> None:
+    """A guest status that could be mistaken for one of ours gets one line on stderr."""
+    status, code = result.guest_status, result.exit_code
+    if status is None or code < errors.ExitCode.INTERNAL:
+        return
+    if status > errors.ExitCode.GUEST_STATUS_MAX:
+        signed = f" ({status - 2**32} as an i32)" if status >= 2**31 else ""
+        output.warning(
+            f"the guest exited with status {status}{signed}, outside 0..125: exit code "
+            f"{code} (see README, Exit codes)"
+        )
+    else:
+        output.warning(f"exit code {code} is the guest's own status, not a wasmsbx error")
 
 
 def _text(data: Any) -> Any:
