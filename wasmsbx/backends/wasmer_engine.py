@@ -468,8 +468,23 @@ class WasmerInstance(Instance):
                 limit_value=limit,
             )
         self.output_used += len(chunk)
-        self.sinks[fd].write(chunk)
+        try:
+            self.sinks[fd].write(chunk)
+        except OSError:  # our stdout is a closed pipe (| head) or a closed descriptor
+            self._hang_up(fd)
+            return False
         return True
+
+    def _hang_up(self, fd: int) -> None:
+        """Stop reading what the guest writes on ``fd``: its next writes fail with EPIPE
+        inside the guest, as they would under the wasmtime CLI, instead of filling the
+        pipe (a hang) or raising here (a traceback)."""
+        self._open.discard(fd)
+        self.poller.unregister(fd)
+        for name in ("out_r", "err_r"):
+            if self.fds.get(name) == fd:
+                os.close(fd)
+                self.fds[name] = -1
 
     def _pump_all(self) -> None:
         for fd in list(self._open):

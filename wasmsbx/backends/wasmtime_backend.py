@@ -146,7 +146,10 @@ class _Output(OutputSink):
     def __call__(self, data: bytes) -> int:
         if not self.budget.take(len(data)):
             return -errno.EFBIG
-        self.write(data)
+        try:
+            self.write(data)
+        except OSError:
+            return -errno.EPIPE
         return len(data)
 
 

@@ -43,7 +43,28 @@ def report(exc: BaseException, json_mode: bool = False) -> int:
     return int(ExitCode.INTERNAL)
 
 
+def _fill_closed_stdio() -> None:
+    """Put /dev/null on a closed fd 0, 1 or 2 (``>&-``).
+
+    Otherwise the next file opened takes that number (a module, a cache entry being
+    written) and output meant for stdout lands in it; and Python's ``sys.stdout`` is
+    None, which crashed the first print. Writes to a closed stdout are discarded."""
+    for fd, name in ((0, "stdin"), (1, "stdout"), (2, "stderr")):
+        try:
+            os.fstat(fd)
+            continue
+        except OSError:
+            pass
+        null = os.open(os.devnull, os.O_RDWR)
+        if null != fd:
+            os.dup2(null, fd)
+            os.close(null)
+        if getattr(sys, name) is None:
+            setattr(sys, name, open(fd, "r" if fd == 0 else "w", closefd=False))  # noqa: SIM115
+
+
 def main(argv: Optional[list] = None) -> int:
+    _fill_closed_stdio()
     argv = list(sys.argv[1:] if argv is None else argv)
     if _lean_run(argv):
         from .run import run_main
