@@ -604,8 +604,11 @@ def _deserialize(engine: Any, data: Any) -> Any:
 def _first_line(exc: Exception) -> str:
     lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
     # wasmtime puts the cause last: "failed to parse ... Caused by: unexpected end-of-file"
-    if len(lines) >= 3 and lines[1] == "Caused by:":
-        return f"{lines[0]}: {lines[2]}"
+    if "Caused by:" in lines[:-1]:
+        cause = lines[lines.index("Caused by:") + 1]
+        if lines[0].startswith("error while executing"):  # a backtrace follows, not a reason
+            return cause
+        return f"{lines[0]}: {cause}"
     return lines[0] if lines else "unknown error"
 
 
