@@ -100,3 +100,20 @@ def test_runtime_error_keeps_its_cause(cli, tmp_path):
     res = cli("run", _write(tmp_path, "poll.wat", bad), "--backend", "wasmtime")
     assert res.code == 102 and "aligned" in res.stderr, res
     assert "wasm backtrace:" not in res.stderr
+
+
+# A function section and an export, but no type section (found by tests/test_fuzz.py).
+NO_TYPES = (
+    b"\0asm\x01\0\0\0"
+    b"\x03\x02\x01\x00"  # one function of type 0, which does not exist
+    b"\x07\x05\x01\x01f\x00\x00"  # export "f"
+    b"\x0a\x04\x01\x02\x00\x0b"  # its body
+)
+
+
+@pytest.mark.parametrize("command", ["run", "bench"])
+def test_export_without_a_type_section(cli, tmp_path, command):
+    extra = ["-n", "1", "--budget", "1s"] if command == "bench" else []
+    res = cli(command, _write(tmp_path, "m.wasm", NO_TYPES), "f", *extra)
+    assert res.code == 102 and "no valid function type" in res.stderr, res
+    _clean(res)

@@ -308,6 +308,12 @@ def find_signature(export_list: Sequence[Any], func: str, module_name: str) -> S
                     f"export {func!r} is a {export.kind}, not a function",
                     hint=exports_hint(export_list),
                 )
+            if export.signature is None:  # its type index resolves to nothing
+                raise errors.ModuleError(
+                    f"{module_name}: export {func!r} has no valid function type "
+                    "(the module is invalid: a missing or short type section)",
+                    hint="rebuild the module; wasm-validate says where",
+                )
             return export.signature
     import difflib
 
