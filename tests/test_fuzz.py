@@ -38,7 +38,7 @@ FAST = settings(
 SLOW = settings(FAST, max_examples=80)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def seeds() -> tuple:
     """The binary form of every guest module in the repository."""
     from wasmsbx.runner import read_module

@@ -349,6 +349,8 @@ class CodeScanner:
         kind = _simd_kind(sub)
         if kind is None:
             raise _UnknownEncoding(f"unknown opcode 0xfd {sub} at offset 0x{op_at:x}", op_at)
+        if sub >= 0x100:  # relaxed SIMD: its own proposal, which not every backend has
+            self.features.add("relaxed-simd")
         if kind == "m":
             return self._memarg(pos)
         if kind == "ml":

@@ -52,20 +52,65 @@ assert instance.exports.f(41) == 42, "wrong result"
 print("ok", wasmer.__version__)
 """
 
-# Proposals each compiler of wasmer 2.1 compiles by default (tests/test_backends.py
-# compiles one module per proposal and checks that exactly these are accepted).
+# Proposals each compiler of wasmer 2.1 implements whole (tests/test_features_declared.py
+# compiles one module per proposal, using the parts that are missing below, and checks
+# that exactly these are accepted). Left out although parts work:
+# - reference-types: element segments of externref fail on every compiler ("unsupported
+#   table element type: Extern"); externref tables, params and table.get work.
+# - simd on cranelift: the operators added when SIMD was finished are missing
+#   (CRANELIFT_MISSING_SIMD); wasmer:llvm has them all.
+# - relaxed-simd: on no compiler.
 FEATURES = frozenset(
     {
         "mutable-globals",
         "sign-extension",
         "saturating-float-to-int",
         "bulk-memory",
-        "reference-types",
         "multi-value",
         "simd",
     }
 )
+CRANELIFT_FEATURES = FEATURES - {"simd"}
 SINGLEPASS_FEATURES = FEATURES - {"multi-value", "simd"}
+# Measured with wasmer-compiler-cranelift 1.1.0: "Unsupported feature: proposed simd
+# operator". The 0xfd sub-opcodes, for the record (the refusal names the proposal).
+CRANELIFT_MISSING_SIMD = {
+    0x5E: "f32x4.demote_f64x2_zero",
+    0x5F: "f64x2.promote_low_f32x4",
+    0x62: "i8x16.popcnt",
+    0x7C: "i16x8.extadd_pairwise_i8x16_s",
+    0x7D: "i16x8.extadd_pairwise_i8x16_u",
+    0x7E: "i32x4.extadd_pairwise_i16x8_s",
+    0x7F: "i32x4.extadd_pairwise_i16x8_u",
+    0x82: "i16x8.q15mulr_sat_s",
+    0x9C: "i16x8.extmul_low_i8x16_s",
+    0x9D: "i16x8.extmul_high_i8x16_s",
+    0x9E: "i16x8.extmul_low_i8x16_u",
+    0x9F: "i16x8.extmul_high_i8x16_u",
+    0xBC: "i32x4.extmul_low_i16x8_s",
+    0xBD: "i32x4.extmul_high_i16x8_s",
+    0xBE: "i32x4.extmul_low_i16x8_u",
+    0xBF: "i32x4.extmul_high_i16x8_u",
+    0xC7: "i64x2.extend_low_i32x4_s",
+    0xC8: "i64x2.extend_high_i32x4_s",
+    0xC9: "i64x2.extend_low_i32x4_u",
+    0xCA: "i64x2.extend_high_i32x4_u",
+    0xDC: "i64x2.extmul_low_i32x4_s",
+    0xDD: "i64x2.extmul_high_i32x4_s",
+    0xDE: "i64x2.extmul_low_i32x4_u",
+    0xDF: "i64x2.extmul_high_i32x4_u",
+    0xFC: "i32x4.trunc_sat_f64x2_s_zero",
+    0xFD: "i32x4.trunc_sat_f64x2_u_zero",
+    0xFF: "f64x2.convert_low_i32x4_u",
+}
+
+
+def features_for(compiler: Optional[str]) -> frozenset:
+    """The proposals a wasmer compiler implements whole."""
+    return {"singlepass": SINGLEPASS_FEATURES, "cranelift": CRANELIFT_FEATURES}.get(
+        compiler or "cranelift", FEATURES
+    )
+
 
 # Enforced from outside the runtime (see the module docstring); absent on purpose:
 # fuel, interrupt (in-process), stack-limit, wasi-readonly, fs-confined (preopens are
@@ -85,7 +130,8 @@ SPEED = {
     "singlepass": (1.0, 0.45),
 }
 NOTES = {
-    "cranelift": "the default compiler: quick to compile, good code",
+    "cranelift": "the default compiler: quick to compile, good code; SIMD without the "
+    "operators finished last (popcnt, extmul, ...)",
     "llvm": "slowest to compile (~18x cranelift), fastest code",
     "singlepass": "fastest to compile (~10x cranelift), ~3.5x slower code; no SIMD, "
     "no multi-value, one-frame backtraces",
@@ -370,7 +416,7 @@ class WasmerBackend(Backend):
         compiler = compiler or self.default_compiler
         compile_speed, run_speed = SPEED[compiler]
         return Capabilities(
-            features=SINGLEPASS_FEATURES if compiler == "singlepass" else FEATURES,
+            features=features_for(compiler),
             security=SECURITY,
             performance=frozenset({"aot"}),
             # singlepass reports only the innermost frame of a trap: no backtrace

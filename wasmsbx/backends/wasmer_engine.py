@@ -770,9 +770,16 @@ class WasmerEngine(Engine):
         if not missing:
             return None
         label = f"wasmer:{self.options.compiler}"
+        hint = "choose a backend that has it (wasmsbx backends --explain MODULE)"
+        if "simd" in missing and self.options.compiler == "cranelift":
+            hint = (
+                "wasmer:cranelift lacks the SIMD operators finished last (i8x16.popcnt, "
+                "extmul, extadd_pairwise, q15mulr_sat, trunc_sat_f64x2_zero, convert_low_u, "
+                "i64x2 extend); wasmer:llvm and wasmtime have all of SIMD"
+            )
         return errors.BackendUnavailable(
             f"{label} cannot run this module: it uses {', '.join(missing)}, which {label} lacks",
-            hint="choose a backend that has it (wasmsbx backends --explain MODULE)",
+            hint=hint,
             missing=missing,
         )
 
@@ -903,6 +910,6 @@ class WasmerEngine(Engine):
 
 
 def _features(compiler: Optional[str]) -> frozenset:
-    from .wasmer_backend import FEATURES, SINGLEPASS_FEATURES
+    from .wasmer_backend import features_for
 
-    return SINGLEPASS_FEATURES if compiler == "singlepass" else FEATURES
+    return features_for(compiler)
