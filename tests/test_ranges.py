@@ -208,3 +208,47 @@ def test_sizes_are_exact_or_refused(n, unit):
 def test_sizes_take_ascii_decimal_only(text):
     with pytest.raises(ValueError):
         units.parse_size(text)
+
+
+@pytest.mark.parametrize(
+    "args, flag",
+    [
+        (["bench", ADD, "add", "1", "2", "--iterations", "10" * 10], "iterations"),
+        (["bench", ADD, "add", "1", "2", "--warmup", "-1"], "warmup"),
+        (["bench", ADD, "add", "1", "2", "--budget", "99999999d"], "--budget"),
+        (["bench", ADD, "add", "1", "2", "--sample-time", "0"], "--sample-time"),
+        (["bench", ADD, "add", "1", "2", "--fuel", str(2**64)], "--fuel"),
+        (["bench", ADD, "add", "1", "2", "--stack", "1GiB"], "--stack"),
+        (["bench", ADD, "add", "1", "2", "--memory", str(2**64 + 1024)], "--memory"),
+        (["cache", "prune", "--max-size", "99999999999999999999TiB"], "too large"),
+        (["cache", "prune", "--older-than", "-1d"], "expected a duration"),
+        (["watch", ADD, "add", "1", "2", "--debounce", "1e9"], "--debounce"),
+        (["compile", ADD, "--backend", "nope"], "--backend"),
+    ],
+)
+def test_other_commands_range_check_their_numbers(cli, args, flag):
+    res = cli(*args)
+    assert res.code == 2 and flag in res.stderr and "Traceback" not in res.stderr, res
+
+
+def test_prune_takes_long_ages(cli):
+    res = cli("cache", "prune", "--older-than", "3650d", "--json")
+    assert res.code == 0, res
+
+
+def test_env_flag_takes_globs_as_documented(cli):
+    """README: --env NAME may be a glob, as in env.inherit (issue #13, item 15)."""
+    hello = EXAMPLES / "wasi" / "hello.wasm"
+    res = cli(
+        "run",
+        hello,
+        "--env",
+        "APP_*",
+        "--",
+        "--env",
+        "APP_X",
+        "--env",
+        "OTHER",
+        env={"APP_X": "1", "OTHER": "2"},
+    )
+    assert res.code == 0 and "APP_X=1" in res.stdout and "OTHER is not set" in res.stdout

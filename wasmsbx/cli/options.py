@@ -74,7 +74,8 @@ RUN_OPTIONS: tuple = (
         ("--env", "-e"),
         "env",
         "multi",
-        "Set NAME=VALUE, or pass host NAME through (repeatable).",
+        "Set NAME=VALUE, or pass host NAME through; NAME may be a glob ('APP_*') "
+        "(repeatable).",
         "NAME[=VALUE]",
     ),
     Opt(("--json",), "json", "flag", "Print the result as JSON."),
