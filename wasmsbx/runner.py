@@ -376,8 +376,9 @@ def _check_imports(imports: Sequence[Any]) -> None:
     """LinkError naming each import the sandbox cannot provide, by its kind."""
     from . import wasi
 
-    missing = []
+    missing, names = [], []
     for imp in imports:
+        count = len(missing)
         known = wasi.BY_NAME.get(imp.name) if wasi.is_wasi_module(imp.module) else None
         if imp.kind != "func":
             missing.append(f"{imp.kind} {imp.module}.{imp.name}")  # memory, table, global, tag
@@ -390,6 +391,8 @@ def _check_imports(imports: Sequence[Any]) -> None:
                 f"function {imp.module}.{imp.name} with type {imp.type} "
                 f"(WASI preview1 has {known.signature})"
             )
+        if len(missing) > count:
+            names.append(f"{imp.module}.{imp.name}")
     if missing:
         what = ", ".join(sorted({m.split(" ", 1)[0] for m in missing}))
         raise errors.LinkError(
@@ -398,7 +401,7 @@ def _check_imports(imports: Sequence[Any]) -> None:
             + (f" and {len(missing) - 8} more" if len(missing) > 8 else ""),
             hint="wasmsbx provides WASI preview1 functions only (wasi_snapshot_preview1); "
             "rebuild the module without these imports",
-            imports=missing,
+            imports=names,
         )
 
 

@@ -883,7 +883,7 @@ class WasmerEngine(Engine):
             raise errors.LinkError(
                 f"module imports what the sandbox does not provide: {', '.join(missing)}",
                 hint="wasmsbx provides WASI preview1 only; rebuild the module without these",
-                imports=missing,
+                imports=[m.split(" ", 1)[1] for m in missing],
             )
 
     def instantiate(

@@ -275,7 +275,7 @@ class WasmtimeInstance(Instance):
             raise errors.LinkError(
                 f"module imports what the sandbox does not provide: {', '.join(missing)}",
                 hint="wasmsbx provides WASI preview1 only; rebuild the module without these",
-                imports=missing,
+                imports=[m.split(" ", 1)[1] for m in missing],
             )
 
     def _arm(self, calls: int = 1) -> None:

@@ -74,8 +74,7 @@ RUN_OPTIONS: tuple = (
         ("--env", "-e"),
         "env",
         "multi",
-        "Set NAME=VALUE, or pass host NAME through; NAME may be a glob ('APP_*') "
-        "(repeatable).",
+        "Set NAME=VALUE, or pass host NAME through; NAME may be a glob ('APP_*') (repeatable).",
         "NAME[=VALUE]",
     ),
     Opt(("--json",), "json", "flag", "Print the result as JSON."),
