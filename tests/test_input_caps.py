@@ -28,6 +28,7 @@ pytestmark = pytest.mark.skipif(not os.path.exists(ZERO), reason="needs /dev/zer
         (["run", ADD, "add", "1", "2", "--policy", ZERO], 101, "not a policy file"),
         (["audit", ADD, "--policy", ZERO], 101, "not a policy file"),
         (["bench", "--suite", ZERO], 105, "cannot read suite file"),
+        (["run", ADD, "add", "--batch", ZERO], 105, "without a newline"),
         (
             ["bench", ADD, "add", "1", "2", "--baseline", ZERO, "-n", "1", "--budget", "1s"],
             105,

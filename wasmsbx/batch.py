@@ -28,6 +28,7 @@ from .errors import ExitCode
 from .runner import format_value, json_value, parse_args
 
 MAX_LINE = 1 << 20  # longer input lines are refused (item error), never loaded whole
+MAX_SKIP = 256 << 20  # an overlong line is skipped up to this; longer ends the batch
 WINDOW_PER_JOB = 4  # chunks in flight per worker
 CHUNK_MAX_ITEMS = 1024
 CHUNK_MAX_BYTES = 256 * 1024
@@ -599,14 +600,20 @@ class _Reader:
             self.spans.append((self.line, start, self.source.offset, raw))
             yield self.line, raw
 
-    @staticmethod
-    def _skip_rest(stream: Any) -> int:
+    def _skip_rest(self, stream: Any) -> int:
+        """Skip the rest of an overlong line, up to MAX_SKIP: a line that never ends
+        (``--batch /dev/zero``) is an input error, not a loop that never ends."""
         skipped = 0
-        while True:
+        while skipped <= MAX_SKIP:
             part = stream.readline(1 << 16)
             skipped += len(part)
             if not part or part.endswith(b"\n"):
                 return skipped
+        raise errors.InputError(
+            f"input line {self.line} goes on for more than {MAX_SKIP >> 20} MiB without "
+            "a newline: not a JSONL file (a device that never ends?)",
+            hint="give a file or pipe of JSON lines",
+        )
 
 
 def run_jsonl(
