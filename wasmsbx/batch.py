@@ -28,7 +28,7 @@ from .errors import ExitCode
 from .runner import format_value, json_value, parse_args
 
 MAX_LINE = 1 << 20  # longer input lines are refused (item error), never loaded whole
-MAX_SKIP = 256 << 20  # an overlong line is skipped up to this; longer ends the batch
+MAX_SKIP = 64 << 20  # an overlong line is skipped up to this; longer ends the batch
 WINDOW_PER_JOB = 4  # chunks in flight per worker
 CHUNK_MAX_ITEMS = 1024
 CHUNK_MAX_BYTES = 256 * 1024
