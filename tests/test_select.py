@@ -253,9 +253,7 @@ def test_explain_module_using_a_feature_one_backend_lacks(cli, isolated, feature
             wasmer_reason(cand, "tail-call")
         if label == "wasmer:singlepass":
             wasmer_reason(cand, feature)
-        if feature == "simd" and label == "wasmer:cranelift":  # lacks the last operators
-            wasmer_reason(cand, feature)
-        if feature == "simd" and label == "wasmer:llvm":
+        if feature == "simd" and label in ("wasmer:cranelift", "wasmer:llvm"):
             assert cand["eligible"] or cand["excluded"][0].startswith("unavailable")
 
 

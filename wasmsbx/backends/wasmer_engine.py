@@ -759,28 +759,38 @@ class WasmerEngine(Engine):
         )
 
     def _lacking(self, wasm: bytes) -> Optional[errors.WasmsbxError]:
-        """A module that failed to compile because it uses a proposal this compiler lacks."""
-        from ..facts import FactsError, read_facts
+        """A module this compiler cannot run, judged from its bytes: a proposal it lacks,
+        or a gap inside one it has (see wasmer_backend.FEATURES)."""
+        from ..facts import FactsError, read_code_details
+        from .wasmer_backend import CRANELIFT_MISSING_SIMD
 
         try:
-            used = read_facts(wasm).features - {"unknown"}
+            details = read_code_details(wasm)
         except FactsError:
             return None
-        missing = sorted(used - _features(self.options.compiler))
-        if not missing:
-            return None
         label = f"wasmer:{self.options.compiler}"
-        hint = "choose a backend that has it (wasmsbx backends --explain MODULE)"
-        if "simd" in missing and self.options.compiler == "cranelift":
-            hint = (
-                "wasmer:cranelift lacks the SIMD operators finished last (i8x16.popcnt, "
-                "extmul, extadd_pairwise, q15mulr_sat, trunc_sat_f64x2_zero, convert_low_u, "
-                "i64x2 extend); wasmer:llvm and wasmtime have all of SIMD"
+        missing = sorted(details.features - {"unknown"} - _features(self.options.compiler))
+        if missing:
+            return errors.BackendUnavailable(
+                f"{label} cannot run this module: it uses {', '.join(missing)}, which "
+                f"{label} lacks",
+                hint="choose a backend that has it (wasmsbx backends --explain MODULE)",
+                missing=missing,
             )
+        gaps = []
+        if self.options.compiler == "cranelift":
+            ops = sorted(details.simd_ops & set(CRANELIFT_MISSING_SIMD))
+            if ops:
+                names = ", ".join(CRANELIFT_MISSING_SIMD[op] for op in ops[:6])
+                gaps.append(f"SIMD operators it lacks ({names}{', ...' if len(ops) > 6 else ''})")
+        if details.elem_types - {"funcref"}:
+            gaps.append("an element segment of externref (wasmer 2.1 has none)")
+        if not gaps:
+            return None
         return errors.BackendUnavailable(
-            f"{label} cannot run this module: it uses {', '.join(missing)}, which {label} lacks",
-            hint=hint,
-            missing=missing,
+            f"{label} cannot run this module: it uses {'; '.join(gaps)}",
+            hint="wasmtime has them (and wasmer:llvm has all of SIMD): use --backend",
+            missing=gaps,
         )
 
     def compile(self, wasm: bytes) -> WasmerModule:
