@@ -49,6 +49,13 @@ MODULES = {
         [],
         [6],
     ),
+    "relaxed-simd": (
+        '(module (func (export "f") (result i32) v128.const i32x4 5 6 7 8 '
+        "v128.const i32x4 0 0 0 0 v128.const i32x4 1 1 1 1 i32x4.relaxed_laneselect "
+        "i32x4.extract_lane 1))",
+        [],
+        [0],
+    ),
     "threads": (
         '(module (memory 1 1 shared) (func (export "f") (result i32) i32.const 0 i32.atomic.load))',
         None,
@@ -129,3 +136,42 @@ def test_feature_list_is_complete():
     from wasmsbx.capabilities import WASM_FEATURES
 
     assert set(WASM_FEATURES) - set(MODULES) == {"component-model"}
+
+
+# Gaps inside a declared proposal: (module text, labels that lack it). A label with the
+# gap must refuse the module up front (BackendUnavailable, exit 104, naming the gap); any
+# other label that declares the proposal must run it.
+GAPS = {
+    "simd operators finished last": (
+        '(module (func (export "f") (result i32) v128.const i32x4 5 6 7 8 i8x16.popcnt '
+        "i32x4.extract_lane 1))",
+        "simd",
+        ("wasmer:cranelift", "wasmer"),
+        [2],
+    ),
+    "externref element segment": (
+        "(module (table 1 externref) (elem (table 0) (i32.const 0) externref (ref.null extern)) "
+        '(func (export "f") (result i32) i32.const 0 table.get 0 ref.is_null))',
+        "reference-types",
+        ("wasmer:cranelift", "wasmer:llvm", "wasmer:singlepass", "wasmer"),
+        [1],
+    ),
+}
+
+
+@pytest.mark.parametrize("gap", sorted(GAPS))
+def test_gaps_inside_declared_features_are_refused_up_front(backend, gap):
+    text, feature, lacking, expected = GAPS[gap]
+    if not capabilities_of(backend).has(feature):
+        pytest.skip(f"{backend} does not declare {feature}")
+    engine = engine_for(backend)
+    wasm = bytes(wasmtime.wat2wasm(text))
+    if backend in lacking:
+        with pytest.raises(errors.BackendUnavailable, match="cannot run this module: it uses"):
+            engine.compile(wasm)
+        return
+    instance = engine.instantiate(engine.compile(wasm), LIMITS)
+    try:
+        assert instance.call("f", []) == expected
+    finally:
+        instance.close()

@@ -186,8 +186,8 @@ def test_bad_policy_exit_code(cli, tmp_path):
     policy.write_text("[limits]\nmemroy = 1\n")
     res = cli("run", ADD, "add", "1", "2", "--policy", policy)
     assert res.code == 101 and "did you mean `memory`?" in res.stderr
-    res = cli("run", ADD, "add", "1", "2", "--memory", "huge")
-    assert res.code == 101 and "limits.memory" in res.stderr
+    res = cli("run", ADD, "add", "1", "2", "--memory", "huge")  # a bad flag: a usage error
+    assert res.code == 2 and "--memory: limits.memory" in res.stderr
 
 
 def test_policy_discovered_in_cwd(cli, isolated):

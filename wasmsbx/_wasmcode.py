@@ -196,6 +196,7 @@ class CodeScanner:
     def __init__(self, parser: Any) -> None:
         self.data = parser.data
         self.features = parser.features
+        self.simd_ops = parser.simd_ops
         self.valtype = parser.valtype
         self.note_valtype = parser.note_valtype
         self.heaptype = parser.heaptype
@@ -349,6 +350,9 @@ class CodeScanner:
         kind = _simd_kind(sub)
         if kind is None:
             raise _UnknownEncoding(f"unknown opcode 0xfd {sub} at offset 0x{op_at:x}", op_at)
+        self.simd_ops.add(sub)
+        if sub >= 0x100:  # relaxed SIMD: its own proposal, which not every backend has
+            self.features.add("relaxed-simd")
         if kind == "m":
             return self._memarg(pos)
         if kind == "ml":

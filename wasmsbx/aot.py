@@ -387,9 +387,21 @@ def load_file(path) -> Artifact:
     """Read and verify a standalone artifact; ModuleError/InputError on failure."""
     from pathlib import Path
 
+    from .inputs import ARTIFACT_MAX_BYTES, TooLarge, read_capped
+
     path = Path(path)
     try:
-        data = path.read_bytes()
+        data = read_capped(path, lambda head: ARTIFACT_MAX_BYTES if is_artifact(head) else 0)
+    except TooLarge as exc:
+        if not exc.limit:  # refused from its first bytes (/dev/zero stops here)
+            raise errors.ModuleError(
+                f"{path}: refused precompiled artifact: not a wasmsbx artifact (bad magic)",
+                hint="give a file written by `wasmsbx compile MODULE -o FILE`",
+                path=str(path),
+            ) from None
+        raise errors.ModuleError(
+            f"{path}: refused precompiled artifact: {exc.strerror}", path=str(path)
+        ) from None
     except FileNotFoundError:
         raise errors.InputError(f"{path}: no such file", path=str(path)) from None
     except OSError as exc:

@@ -28,6 +28,7 @@ from .errors import ExitCode
 from .runner import format_value, json_value, parse_args
 
 MAX_LINE = 1 << 20  # longer input lines are refused (item error), never loaded whole
+MAX_SKIP = 64 << 20  # an overlong line is skipped up to this; longer ends the batch
 WINDOW_PER_JOB = 4  # chunks in flight per worker
 CHUNK_MAX_ITEMS = 1024
 CHUNK_MAX_BYTES = 256 * 1024
@@ -269,6 +270,22 @@ def run_batch(
     return run_numbered(box, func, enumerate(items, start_line), fresh=fresh, jobs=jobs)
 
 
+# More worker processes than this is a fork bomb, not a speed-up (each compiles the
+# module and holds its own instance).
+MAX_JOBS = 256
+
+
+def check_jobs(jobs: int) -> None:
+    """-j/--jobs: 1 .. MAX_JOBS worker processes (UsageError otherwise)."""
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+        raise errors.UsageError(f"-j/--jobs must be at least 1, got {jobs!r}")
+    if jobs > MAX_JOBS:
+        raise errors.UsageError(
+            f"-j/--jobs must be at most {MAX_JOBS}, got {jobs}",
+            hint="one worker process per CPU core is usually the most that helps",
+        )
+
+
 def run_numbered(
     box: Any,
     func: str,
@@ -285,8 +302,7 @@ def run_numbered(
     With ``idle``, the input is read in a thread and ``None`` is yielded whenever no
     result has come for IDLE_TICK seconds (e.g. a pipe that stays open but sends
     nothing), so the consumer can make the results it has durable meanwhile."""
-    if jobs < 1:
-        raise errors.UsageError(f"-j/--jobs must be at least 1, got {jobs}")
+    check_jobs(jobs)
     caller = Caller(box, func, fresh)  # an unknown export fails here, before any item
     caller.ready()
     if jobs == 1:
@@ -588,14 +604,20 @@ class _Reader:
             self.spans.append((self.line, start, self.source.offset, raw))
             yield self.line, raw
 
-    @staticmethod
-    def _skip_rest(stream: Any) -> int:
+    def _skip_rest(self, stream: Any) -> int:
+        """Skip the rest of an overlong line, up to MAX_SKIP: a line that never ends
+        (``--batch /dev/zero``) is an input error, not a loop that never ends."""
         skipped = 0
-        while True:
+        while skipped <= MAX_SKIP:
             part = stream.readline(1 << 16)
             skipped += len(part)
             if not part or part.endswith(b"\n"):
                 return skipped
+        raise errors.InputError(
+            f"input line {self.line} goes on for more than {MAX_SKIP >> 20} MiB without "
+            "a newline: not a JSONL file (a device that never ends?)",
+            hint="give a file or pipe of JSON lines",
+        )
 
 
 def run_jsonl(

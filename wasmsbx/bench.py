@@ -47,6 +47,11 @@ MAX_OPS = 1_000_000  # operations per sample, at most
 Progress = Callable[[str, str, str, int, int], None]  # case, backend, phase, done, total
 
 
+# Samples per phase: every sample is kept for the statistics and the JSON report, so the
+# count is bounded (the time budget bounds the rest).
+MAX_SAMPLES = 1_000_000
+
+
 @dataclass
 class Settings:
     """How much to measure: samples, warm-up, time budget, the phases wanted."""
@@ -63,8 +68,16 @@ class Settings:
             problems.append(f"iterations must be a whole number, found {self.iterations!r}")
         elif self.iterations < 1:
             problems.append(f"iterations must be at least 1, found {self.iterations}")
-        if isinstance(self.warmup, bool) or not isinstance(self.warmup, int) or self.warmup < 0:
-            problems.append(f"warmup must be a whole number >= 0, found {self.warmup!r}")
+        elif self.iterations > MAX_SAMPLES:
+            problems.append(f"iterations must be at most {MAX_SAMPLES:,}, found {self.iterations}")
+        if (
+            isinstance(self.warmup, bool)
+            or not isinstance(self.warmup, int)
+            or not 0 <= self.warmup <= MAX_SAMPLES
+        ):
+            problems.append(
+                f"warmup must be a whole number 0 .. {MAX_SAMPLES:,}, found {self.warmup!r}"
+            )
         if not self.budget > 0:
             problems.append(f"budget must be greater than zero, found {self.budget!r}")
         if not self.sample_time > 0:
@@ -681,7 +694,9 @@ def load_baseline(path: str) -> dict:
     import json
 
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        from .inputs import REPORT_MAX_BYTES, read_text_capped
+
+        text = read_text_capped(path, REPORT_MAX_BYTES)
     except FileNotFoundError:
         raise errors.InputError(
             f"{path}: baseline not found", hint="create one with --save-baseline FILE", path=path

@@ -78,8 +78,16 @@ class _Reader:
         return list(value)
 
     def count(self, value: Any, where: str, least: int) -> int:
-        if isinstance(value, bool) or not isinstance(value, int) or value < least:
-            raise self.fail(where, f"expected a whole number >= {least}, found {value!r}")
+        from .bench import MAX_SAMPLES
+
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int)
+            or not least <= value <= MAX_SAMPLES
+        ):
+            raise self.fail(
+                where, f"expected a whole number {least} .. {MAX_SAMPLES:,}, found {value!r}"
+            )
         return value
 
     def duration(self, value: Any, where: str) -> float:
@@ -158,8 +166,10 @@ def read_suite(path: str) -> list:
     from .policy import _toml_module
 
     file = Path(path)
+    from .inputs import POLICY_MAX_BYTES, read_capped
+
     try:
-        raw = file.read_bytes()
+        raw = read_capped(file, POLICY_MAX_BYTES)
     except FileNotFoundError:
         raise errors.InputError(f"{path}: suite file not found", path=path) from None
     except OSError as exc:

@@ -15,6 +15,7 @@ WASM_FEATURES = (
     "reference-types",
     "multi-value",
     "simd",
+    "relaxed-simd",
     "threads",
     "tail-call",
     "memory64",

@@ -50,7 +50,9 @@ class Checkpoint:
     def load(self) -> Optional[dict]:
         """The saved progress, or None when there is no checkpoint yet."""
         try:
-            text = self.path.read_text(encoding="utf-8")
+            from .inputs import STATE_MAX_BYTES, read_capped
+
+            text = read_capped(self.path, STATE_MAX_BYTES)  # bytes: json.loads decodes them
         except FileNotFoundError:
             return None
         except OSError as exc:

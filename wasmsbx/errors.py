@@ -38,7 +38,22 @@ class ExitCode:
     REGRESSION = 120
     AUDIT_FINDINGS = 121
     BATCH_FAILURES = 122
+    GUEST_STATUS_OUT_OF_RANGE = 126  # a WASI command's status outside 0..125 (see below)
     INTERRUPTED = 130
+
+    # A WASI command's own status is passed through when it is 0..125. Anything else
+    # (WASI's status is a u32: 126..2^32-1, which is also every negative i32) cannot be
+    # an exit code as is: the shell keeps 126/127 and 128+N for signals, and status & 0xFF
+    # turns 256 into 0, a failure into a success. Those all become 126.
+    GUEST_STATUS_MAX = 125
+
+
+def guest_exit_code(status: int) -> int:
+    """The exit code wasmsbx returns for a WASI command's status (README, Exit codes)."""
+    status &= 0xFFFFFFFF
+    if status <= ExitCode.GUEST_STATUS_MAX:
+        return status
+    return ExitCode.GUEST_STATUS_OUT_OF_RANGE
 
 
 class WasmsbxError(Exception):

@@ -325,6 +325,8 @@ class _Parser:
         self.data_count: Optional[int] = None
         self.data_count_at = 0
         self.element_segments = 0
+        self.elem_types: set[str] = set()  # element segments' types (funcref, externref...)
+        self.simd_ops: set[int] = set()  # 0xfd sub-opcodes in the code (backend gaps)
         self.custom: list[CustomSection] = []
         self.producers: dict[str, list[str]] = {}
         self.has_name = False
@@ -685,6 +687,7 @@ class _Parser:
                 at = r.pos
                 if uses_exprs:
                     elem = self.valtype(r)
+                    self.elem_types.add(elem)
                     if elem != "funcref":  # funcref elements are MVP
                         self.note_valtype(elem)
                 elif r.byte() != 0:
@@ -829,6 +832,22 @@ def read_features(data: bytes) -> frozenset:
     return frozenset(_parse(data, scan_code=True).features)
 
 
+class CodeDetails(namedtuple("CodeDetails", "features simd_ops elem_types")):
+    # features: frozenset  as read_features
+    # simd_ops: frozenset  of 0xfd sub-opcodes the code uses
+    # elem_types: frozenset  of element segment types given explicitly ("externref"...)
+    __slots__ = ()
+
+
+def read_code_details(data: bytes) -> CodeDetails:
+    """The features and the finer facts a backend with gaps inside a proposal needs
+    (wasmer: SIMD operators cranelift lacks, externref element segments)."""
+    parser = _parse(data, scan_code=True)
+    return CodeDetails(
+        frozenset(parser.features), frozenset(parser.simd_ops), frozenset(parser.elem_types)
+    )
+
+
 class Interface(namedtuple("Interface", "imports exports")):
     # imports: tuple  of Import
     # exports: tuple  of Export
@@ -884,8 +903,9 @@ def load_facts(path: Union[str, os.PathLike]) -> ModuleFacts:
     Raises :class:`FactsError` for a malformed module or invalid WAT, and ``OSError`` if the
     file cannot be read.
     """
-    with open(path, "rb") as fh:
-        data = fh.read()
+    from .inputs import MODULE_MAX_BYTES, read_capped
+
+    data = read_capped(path, MODULE_MAX_BYTES)  # OSError (TooLarge) past the cap
     if not data.startswith(_MAGIC) and (
         str(path).lower().endswith(".wat") or _looks_like_text(data)
     ):

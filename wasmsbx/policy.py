@@ -24,14 +24,31 @@ POLICY_FILENAME = "sandbox.toml"
 OPTIMIZE_LEVELS = ("none", "speed", "size", "aggressive")
 STDIO_SPECIAL = ("inherit", "null")
 
+# Ranges of the numeric keys. Every number is checked against one, so no value can wrap
+# in a runtime's integer field or abort it (issue #13).
+MAX_FUEL = 2**63 - 1  # wasmtime keeps fuel in an i64; 2^64 wrapped to "exhausted"
+# wasmtime-py's engine panics (abort, exit 134) when max_wasm_stack exceeds its async
+# stack size, 2 MiB, which the Python API cannot raise.
+MAX_STACK = 2 * 1024 * 1024
+MAX_TABLE_ELEMENTS = 2**32 - 1  # a 32-bit table's maximum is a u32
+MAX_INSTANCES = 1_000_000
+# No host maps more than the x86-64 user address space (128 TiB) for a memory.
+MAX_MEMORY = 2**47
+KIND_BOUNDS = {
+    "size": (0, units.MAX_SIZE),
+    "duration": (0.0, units.MAX_DURATION),
+    "count": (0, units.MAX_SIZE),
+}
+
 
 class Key(
     namedtuple(
         "Key",
-        ["section", "name", "kind", "default", "doc", "choices", "optional"],
+        ["section", "name", "kind", "default", "doc", "choices", "optional", "bounds"],
         defaults=(
             (),
             False,
+            (),
         ),
     )
 ):
@@ -44,6 +61,7 @@ class Key(
     # doc: str
     # choices: tuple
     # optional: bool  absent means "not set" (no limit / runtime default)
+    # bounds: tuple  (least, most) for sizes, durations and counts; () = the kind's range
     __slots__ = ()
 
     @property
@@ -130,6 +148,7 @@ SCHEMA: tuple = (
         "size",
         "256MiB",
         "Linear memory cap per instance. memory.grow beyond it fails.",
+        bounds=(0, MAX_MEMORY),  # 0 gets its own message in check_value
     ),
     Key(
         "limits",
@@ -138,6 +157,7 @@ SCHEMA: tuple = (
         None,
         "Fuel units the guest may spend (roughly one per wasm instruction). Unset: no metering.",
         optional=True,
+        bounds=(1, MAX_FUEL),
     ),
     Key(
         "limits",
@@ -151,8 +171,9 @@ SCHEMA: tuple = (
         "stack",
         "size",
         None,
-        "Maximum wasm stack size. Unset: the runtime's default (wasmtime: 512KiB).",
+        "Maximum wasm stack size, at most 2MiB. Unset: the runtime's default (wasmtime: 512KiB).",
         optional=True,
+        bounds=(1, MAX_STACK),
     ),
     Key(
         "limits",
@@ -160,8 +181,16 @@ SCHEMA: tuple = (
         "count",
         10000,
         "Maximum elements in any table (table.grow beyond it fails).",
+        bounds=(0, MAX_TABLE_ELEMENTS),
     ),
-    Key("limits", "instances", "count", 1, "Maximum module instances per store."),
+    Key(
+        "limits",
+        "instances",
+        "count",
+        1,
+        "Maximum module instances per store.",
+        bounds=(1, MAX_INSTANCES),
+    ),
     Key(
         "limits",
         "output",
@@ -350,6 +379,28 @@ def _check_count(value: Any) -> int:
     return value
 
 
+def bounds(key: Key) -> tuple:
+    """(least, most) a numeric key accepts."""
+    return key.bounds or KIND_BOUNDS[key.kind]
+
+
+def _check_number(key: Key, value: Any) -> Any:
+    """A size, duration or count, parsed and held to the key's range."""
+    least, most = bounds(key)
+    if key.kind == "size":
+        number = units.parse_size(value, most)
+    elif key.kind == "duration":
+        number = units.parse_duration(value, most)
+    else:
+        number = _check_count(value)
+        if number > most:
+            raise ValueError(f"{value} is too large (at most {most:,})")
+    if number < least:
+        shown = units.format_size(least) if key.kind == "size" else f"{least:,}"
+        raise ValueError(f"must be at least {shown}, found {value!r}")
+    return number
+
+
 def _check_bool(value: Any) -> bool:
     if not isinstance(value, bool):
         raise ValueError(f"expected true or false, found {_type_name(value)}")
@@ -394,12 +445,8 @@ def parse_grant(text: str, writable: bool, base: Optional[Path] = None) -> Grant
 
 
 def _checker(key: Key, base: Optional[Path]) -> Callable[[Any], Any]:
-    if key.kind == "size":
-        return units.parse_size
-    if key.kind == "duration":
-        return units.parse_duration
-    if key.kind == "count":
-        return _check_count
+    if key.kind in KIND_BOUNDS:
+        return lambda value: _check_number(key, value)
     if key.kind == "bool":
         return _check_bool
     if key.kind == "table":
@@ -529,8 +576,12 @@ def load(path) -> Policy:
     """Load and validate a policy file."""
     path = Path(path)
     origin = str(path)
+    from .inputs import POLICY_MAX_BYTES, TooLarge, read_capped
+
     try:
-        raw = path.read_bytes()
+        raw = read_capped(path, POLICY_MAX_BYTES)
+    except TooLarge as exc:
+        raise PolicyError(f"{origin}: not a policy file: {exc.strerror}", file=origin) from None
     except FileNotFoundError:
         raise PolicyError(
             f"{origin}: policy file not found", hint="check the path given to --policy", file=origin
@@ -561,10 +612,27 @@ def discover(explicit: Optional[str] = None, cwd: Optional[Path] = None) -> Poli
     return defaults()
 
 
-def override(policy: Policy, dotted: str, value: Any, origin: str = "command line") -> None:
-    """Set one key from a command-line flag (validated like a file value)."""
+def override(
+    policy: Policy,
+    dotted: str,
+    value: Any,
+    origin: str = "command line",
+    flag: Optional[str] = None,
+) -> None:
+    """Set one key from a command-line flag (validated like a file value).
+
+    With ``flag`` (the option's name) a bad value is a usage error (exit 2) that names
+    the flag, as for any other bad option; without it, a policy error (exit 101)."""
     key = KEYS[dotted]
-    policy.values[dotted] = check_value(key, value, origin, base=Path.cwd())
+    try:
+        policy.values[dotted] = check_value(key, value, origin, base=Path.cwd())
+    except PolicyError as exc:
+        if flag is None:
+            raise
+        from .errors import UsageError
+
+        message = exc.message.replace(f"{origin}: ", f"{flag}: ", 1)
+        raise UsageError(message, hint=exc.hint, key=dotted, flag=flag) from None
     policy.explicit.add(dotted)
 
 

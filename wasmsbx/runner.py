@@ -31,8 +31,20 @@ def read_module(path) -> bytes:
 
 
 def read_file(path: Path) -> bytes:
+    """A module or artifact file, read with a cap (a device that never ends is refused)."""
+    from .inputs import TooLarge, read_capped
+
     try:
-        data = path.read_bytes()
+        data = read_capped(path, _size_cap)
+    except errors.ModuleError as exc:  # from _size_cap: the path belongs in the message
+        raise errors.ModuleError(f"{path}: {exc.message}", hint=exc.hint, path=str(path)) from None
+    except TooLarge as exc:
+        what = "precompiled artifact" if exc.limit == _size_cap(ARTIFACT_FIRST_BYTE) else "module"
+        raise errors.ModuleError(
+            f"{path}: {what} too large: {exc.strerror}",
+            hint="is this the right file? (a device or a pipe that never ends is refused)",
+            path=str(path),
+        ) from None
     except FileNotFoundError:
         raise errors.InputError(
             f"{path}: no such file", hint="check the module path", path=str(path)
@@ -44,6 +56,34 @@ def read_file(path: Path) -> bytes:
     except OSError as exc:
         raise errors.InputError(f"{path}: cannot read: {exc.strerror}", path=str(path)) from None
     return data
+
+
+def _size_cap(head: bytes) -> int:
+    """The cap of a file starting with ``head``: artifacts are larger than modules.
+
+    Judged from the first bytes, so /dev/zero or /dev/urandom is refused at once: a
+    module starts with \0asm (or is text, which has no NUL), an artifact with \x89."""
+    from . import inputs
+
+    if head[:1] == ARTIFACT_FIRST_BYTE:
+        return inputs.ARTIFACT_MAX_BYTES
+    if head[:4] != WASM_MAGIC[: len(head)] and not _text_start(head):
+        raise errors.ModuleError(
+            "not a WebAssembly module (no \\0asm header, and not text)",
+            hint="give a .wasm binary or a .wat text module",
+        )
+    return inputs.MODULE_MAX_BYTES
+
+
+def _text_start(head: bytes) -> bool:
+    """Could a text module start so? UTF-8 (an unfinished last character allowed), no NUL."""
+    import codecs
+
+    try:
+        codecs.getincrementaldecoder("utf-8")().decode(head, final=False)
+    except UnicodeDecodeError:
+        return False
+    return b"\0" not in head
 
 
 def module_bytes(data: bytes, path) -> bytes:
@@ -231,21 +271,29 @@ class CallResult(namedtuple("CallResult", "function values types stats")):
 class CommandResult(
     namedtuple(
         "CommandResult",
-        "exit_code stats stdout stderr",
+        "exit_code stats stdout stderr guest_status",
         defaults=(
+            None,
             None,
             None,
         ),
     )
 ):
-    # exit_code: int
+    # exit_code: int  what wasmsbx exits with (errors.guest_exit_code of the status)
     # stats: RunStats
     # stdout: Optional[bytes]
     # stderr: Optional[bytes]
+    # guest_status: Optional[int]  the status the guest gave proc_exit (a u32), or 0
     __slots__ = ()
 
     def to_dict(self) -> dict:
-        return {"exit_code": self.exit_code, "stats": self.stats.to_dict()}
+        status = self.exit_code if self.guest_status is None else self.guest_status
+        return {
+            "exit_code": self.exit_code,
+            "exit_source": "guest",  # errors say "wasmsbx" (see cli.report)
+            "guest_status": status,
+            "stats": self.stats.to_dict(),
+        }
 
 
 # ---------------------------------------------------------------------------- the sandbox
@@ -259,6 +307,12 @@ def find_signature(export_list: Sequence[Any], func: str, module_name: str) -> S
                 raise errors.UsageError(
                     f"export {func!r} is a {export.kind}, not a function",
                     hint=exports_hint(export_list),
+                )
+            if export.signature is None:  # its type index resolves to nothing
+                raise errors.ModuleError(
+                    f"{module_name}: export {func!r} has no valid function type "
+                    "(the module is invalid: a missing or short type section)",
+                    hint="rebuild the module; wasm-validate says where",
                 )
             return export.signature
     import difflib
@@ -280,6 +334,77 @@ def exports_hint(export_list: Sequence[Any]) -> str:
     return "exported functions: " + ", ".join(funcs[:12]) + (" ..." if len(funcs) > 12 else "")
 
 
+def check_interface(
+    wasm: bytes,
+    module_name: str,
+    kind: str = "call",
+    function: Optional[str] = None,
+    args: Optional[Sequence[Any]] = None,
+) -> None:
+    """Refuse, from the module's bytes and before anything is compiled, a run that cannot
+    work: a command without ``_start``, a call to a missing export or with arguments its
+    signature refuses, imports the sandbox does not provide (WASI preview1 functions of
+    the right type are the only imports it has). Compiling a 99 MB module only to learn
+    it has no ``_start`` took 199 s of CPU and wrote a 272 MB cache entry (issue #13)."""
+    from .facts import FactsError, read_interface
+
+    try:
+        interface = read_interface(wasm)
+    except FactsError:
+        return  # the runtime gives the precise error when it compiles
+    _check_imports(interface.imports)
+    exports = [
+        ExportInfo(e.name, e.kind, Signature(e.type.params, e.type.results))
+        if e.kind == "func" and e.type is not None
+        else ExportInfo(e.name, e.kind)
+        for e in interface.exports
+    ]
+    if kind == "command":
+        start = next((e for e in exports if e.name == "_start"), None)
+        if start is None or start.kind != "func":
+            raise errors.UsageError(
+                f"{module_name} has no _start export, so it cannot run as a command",
+                hint=exports_hint(exports) + " (name one to call it)",
+            )
+    elif function is not None:
+        sig = find_signature(exports, function, module_name)
+        if args is not None:
+            parse_args(function, sig, args)
+
+
+def _check_imports(imports: Sequence[Any]) -> None:
+    """LinkError naming each import the sandbox cannot provide, by its kind."""
+    from . import wasi
+
+    missing, names = [], []
+    for imp in imports:
+        count = len(missing)
+        known = wasi.BY_NAME.get(imp.name) if wasi.is_wasi_module(imp.module) else None
+        if imp.kind != "func":
+            missing.append(f"{imp.kind} {imp.module}.{imp.name}")  # memory, table, global, tag
+        elif known is None:
+            missing.append(f"function {imp.module}.{imp.name}")
+        elif imp.type is not None and (
+            tuple(imp.type.params) != known.params or tuple(imp.type.results) != known.results
+        ):
+            missing.append(
+                f"function {imp.module}.{imp.name} with type {imp.type} "
+                f"(WASI preview1 has {known.signature})"
+            )
+        if len(missing) > count:
+            names.append(f"{imp.module}.{imp.name}")
+    if missing:
+        what = ", ".join(sorted({m.split(" ", 1)[0] for m in missing}))
+        raise errors.LinkError(
+            f"module imports what the sandbox does not provide ({what}): "
+            + ", ".join(missing[:8])
+            + (f" and {len(missing) - 8} more" if len(missing) > 8 else ""),
+            hint="wasmsbx provides WASI preview1 functions only (wasi_snapshot_preview1); "
+            "rebuild the module without these imports",
+            imports=names,
+        )
+
+
 def limits_from(policy: policy_mod.Policy) -> Limits:
     v = policy.values
     return Limits(
@@ -289,7 +414,7 @@ def limits_from(policy: policy_mod.Policy) -> Limits:
         stack=v["limits.stack"],
         table_elements=v["limits.table_elements"],
         instances=v["limits.instances"],
-        output=v["limits.output"] or None,
+        output=v["limits.output"],  # 0 is a limit too: the guest may write nothing
     )
 
 
@@ -311,6 +436,9 @@ class Sandbox:
     >>> box = Sandbox("examples/add.wat")
     >>> box.call("add", 5, 3)
     8
+
+    ``function`` (and its ``args``), when given, are checked against the module's
+    interface before anything is compiled, like ``_start`` for ``kind="command"``.
     """
 
     def __init__(
@@ -324,6 +452,8 @@ class Sandbox:
         artifact: Optional[str] = None,
         cache_dir: Optional[str] = None,
         progress: Any = None,
+        function: Optional[str] = None,
+        args: Optional[Sequence[Any]] = None,
     ) -> None:
         self.path = Path(module)
         self.policy = policy if policy is not None else policy_mod.discover()
@@ -341,6 +471,8 @@ class Sandbox:
             self.artifact = aot.open_for(self, data, str(self.path))
         if self.artifact is None:
             self.wasm = module_bytes(data, self.path)
+            # Before any compile or cache write: a run that cannot work fails now.
+            check_interface(self.wasm, self.path.name, kind, function, args)
         if artifact is not None:
             from . import aot
 
@@ -566,11 +698,17 @@ class Sandbox:
         instance = self.instantiate(self.wasi_setup(argv, stdin, capture))
         started = time.perf_counter()
         try:
-            code = instance.run_command()
+            status = instance.run_command() & 0xFFFFFFFF
         finally:
             self.timings["run"] = time.perf_counter() - started
         usage = instance.usage()
-        return CommandResult(code, self._stats(instance, usage), usage.stdout, usage.stderr)
+        return CommandResult(
+            errors.guest_exit_code(status),
+            self._stats(instance, usage),
+            usage.stdout,
+            usage.stderr,
+            status,
+        )
 
     def _stats(self, instance: Any, usage: Any = None) -> RunStats:
         usage = usage or instance.usage()

@@ -26,52 +26,112 @@ _DURATION_UNITS = {
     "h": 3600.0,
     "d": 86400.0,
 }
-_NUMBER = re.compile(r"^\s*([0-9][0-9_]*(?:\.[0-9]+)?)\s*([a-zA-Z]*)\s*$")
+# ASCII digits only: str.isdigit() and int() accept other scripts' digits ("١").
+_NUMBER = re.compile(r"^\s*([0-9][0-9_]*)(?:\.([0-9]+))?\s*([a-zA-Z]*)\s*$", re.ASCII)
+
+# The largest size or count any knob accepts: runtimes, the cache's SQLite records and
+# the wasmer child's protocol all hold these in signed 64-bit fields, so a larger value
+# would wrap (2^64 + 1024 bytes used to become 1 KiB).
+MAX_SIZE = 2**63 - 1
+# The longest duration any knob accepts (a year): deadlines are computed in ticks and
+# seconds and handed to runtimes and setrlimit, where a huge float would overflow.
+MAX_DURATION = 366 * 86400.0
 
 SIZE_EXAMPLE = '"64MiB", "512KiB", "1GB" or a number of bytes'
 DURATION_EXAMPLE = '"500ms", "2s", "1m" or a number of seconds'
 
 
 def _split(text: str) -> tuple:
+    """(whole digits, fraction digits, unit) of "1_000.5 MiB"; ValueError if malformed."""
     match = _NUMBER.match(text)
     if not match:
         raise ValueError(text)
-    return float(match.group(1).replace("_", "")), match.group(2).lower()
+    return match.group(1).replace("_", ""), match.group(2) or "", match.group(3).lower()
 
 
-def parse_size(value: Union[str, int]) -> int:
-    """Bytes from a size. KB/MB/GB are powers of 1000; KiB/MiB/GiB powers of 1024."""
-    if isinstance(value, bool):
-        raise ValueError(f"expected a size like {SIZE_EXAMPLE}")
+def parse_size(value: Union[str, int], maximum: int = MAX_SIZE) -> int:
+    """Bytes from a size. KB/MB/GB are powers of 1000; KiB/MiB/GiB powers of 1024.
+
+    Computed exactly in integers (a float would round 2^64 + 1024), then range-checked:
+    a size is never negative and never above ``maximum``."""
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise ValueError(f"expected a size like {SIZE_EXAMPLE}, found {_kind(value)}")
     if isinstance(value, int):
-        if value < 0:
-            raise ValueError("a size cannot be negative")
-        return value
+        return _in_range(value, maximum, value, _exact_size)
     try:
-        number, unit = _split(str(value))
+        whole, fraction, unit = _split(value)
     except ValueError:
         raise ValueError(f"expected a size like {SIZE_EXAMPLE}, found {value!r}") from None
     if unit not in _SIZE_UNITS:
         known = "B, KB, MB, GB, KiB, MiB, GiB"
         raise ValueError(f"unknown size unit {unit!r} in {value!r} (use {known})")
-    return int(number * _SIZE_UNITS[unit])
+    if len(whole) > 40:  # far beyond any maximum; keeps int() of hostile text cheap
+        raise ValueError(f"{value!r} is too large (at most {_exact_size(maximum)})")
+    factor = _SIZE_UNITS[unit]
+    n = int(whole) * factor + (int(fraction[:40] or 0) * factor) // 10 ** len(fraction[:40])
+    return _in_range(n, maximum, value, _exact_size)
 
 
-def parse_duration(value: Union[str, int, float]) -> float:
-    """Seconds from a duration such as "500ms", "2s", "1m", or a plain number of seconds."""
-    if isinstance(value, bool):
-        raise ValueError(f"expected a duration like {DURATION_EXAMPLE}")
+def parse_duration(value: Union[str, int, float], maximum: float = MAX_DURATION) -> float:
+    """Seconds from a duration such as "500ms", "2s", "1m", or a plain number of seconds;
+    finite, never negative, never above ``maximum``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise ValueError(f"expected a duration like {DURATION_EXAMPLE}, found {_kind(value)}")
     if isinstance(value, (int, float)):
-        if value < 0:
-            raise ValueError("a duration cannot be negative")
-        return float(value)
+        if value != value or value in (float("inf"), float("-inf")):  # TOML allows inf, nan
+            raise ValueError(f"a duration must be a finite number of seconds, found {value}")
+        return _in_range(float(value), maximum, value, _long_duration)
     try:
-        number, unit = _split(str(value))
+        whole, fraction, unit = _split(value)
     except ValueError:
         raise ValueError(f"expected a duration like {DURATION_EXAMPLE}, found {value!r}") from None
     if unit not in _DURATION_UNITS:
         raise ValueError(f"unknown duration unit {unit!r} in {value!r} (use ms, s, m, h, d)")
-    return number * _DURATION_UNITS[unit]
+    if len(whole) > 40:
+        raise ValueError(f"{value!r} is too long (at most {_long_duration(maximum)})")
+    seconds = float(f"{whole}.{fraction or 0}") * _DURATION_UNITS[unit]
+    return _in_range(seconds, maximum, value, _long_duration)
+
+
+def parse_count(value: Union[str, int], maximum: int = MAX_SIZE, minimum: int = 0) -> int:
+    """A whole number in ``minimum .. maximum`` (decimal, 0x hex, "_" separators)."""
+    if isinstance(value, str):
+        text = value.strip()
+        try:
+            if not text.isascii() or len(text) > 64:
+                raise ValueError(text)
+            number = int(text.replace("_", ""), 0)
+        except ValueError:
+            raise ValueError(f"expected a whole number, found {value!r}") from None
+    elif isinstance(value, int) and not isinstance(value, bool):
+        number = value
+    else:
+        raise ValueError(f"expected a whole number, found {_kind(value)}")
+    if number < minimum:
+        raise ValueError(f"expected a whole number >= {minimum}, found {number}")
+    return _in_range(number, maximum, value, format_count)
+
+
+def _in_range(n, maximum, given, fmt):
+    if n < 0:
+        raise ValueError(f"cannot be negative, found {given!r}")
+    if n > maximum:
+        raise ValueError(f"{given!r} is too large (at most {fmt(maximum)})")
+    return n
+
+
+def _exact_size(n: int) -> str:
+    return f"{n:,} bytes" if n < 1024 else f"{format_size(n)}, {n:,} bytes"
+
+
+def _long_duration(seconds: float) -> str:
+    return f"{seconds / 86400:g} days" if seconds >= 86400 else format_duration(seconds)
+
+
+def _kind(value: object) -> str:
+    return {bool: "a boolean", float: "a number", list: "a list", dict: "a table"}.get(
+        type(value), type(value).__name__
+    )
 
 
 def format_size(n: int) -> str:

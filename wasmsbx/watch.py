@@ -316,7 +316,9 @@ def stop_on_signals(stop: Stop):
 
 def _digest(path: Path) -> Optional[str]:
     try:
-        return hashlib.sha256(path.read_bytes()).hexdigest()
+        from .inputs import ARTIFACT_MAX_BYTES, read_capped
+
+        return hashlib.sha256(read_capped(path, ARTIFACT_MAX_BYTES)).hexdigest()
     except OSError:
         return None
 

@@ -51,6 +51,11 @@ class ImportInfo(namedtuple("ImportInfo", "module name kind")):
     def is_wasi(self) -> bool:
         return self.module.startswith("wasi_")
 
+    def describe(self) -> str:
+        """ "memory env.mem", "function env.log": link errors name the kind."""
+        kind = "function" if self.kind == "func" else self.kind
+        return f"{kind} {self.module}.{self.name}"
+
 
 class Capabilities(
     namedtuple(

@@ -21,7 +21,7 @@ import sys
 from typing import Optional
 
 from .base import Availability, Backend, Capabilities, EngineOptions
-from .wasmer_features import FEATURES, SINGLEPASS_FEATURES
+from .wasmer_features import features_for
 
 COMPILERS = ("cranelift", "llvm", "singlepass")
 PACKAGES = {
@@ -72,7 +72,8 @@ SPEED = {
     "singlepass": (1.0, 0.45),
 }
 NOTES = {
-    "cranelift": "the default compiler: quick to compile, good code",
+    "cranelift": "the default compiler: quick to compile, good code; SIMD without the "
+    "operators finished last (popcnt, extmul, ...: refused up front)",
     "llvm": "slowest to compile (~18x cranelift), fastest code",
     "singlepass": "fastest to compile (~10x cranelift), ~3.5x slower code; no SIMD, "
     "no multi-value, one-frame backtraces",
@@ -357,7 +358,7 @@ class WasmerBackend(Backend):
         compiler = compiler or self.default_compiler
         compile_speed, run_speed = SPEED[compiler]
         return Capabilities(
-            features=SINGLEPASS_FEATURES if compiler == "singlepass" else FEATURES,
+            features=features_for(compiler),
             security=SECURITY,
             performance=frozenset({"aot"}),
             # singlepass reports only the innermost frame of a trap: no backtrace

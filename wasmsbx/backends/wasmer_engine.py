@@ -215,6 +215,8 @@ class _Child:
                     where = f" @ 0x{offset}" if offset != "ffffffff" else ""
                     frames.append(f"{name}{where}")
             return ("trap", _strip(lines[0].strip()), frames, self.memory_bytes())
+        if _is_panic(exc):
+            return ("panic", _first_line(exc)[:MAX_MESSAGE], self.memory_bytes())
         if isinstance(exc, IndexError):
             return ("index", _first_line(exc), self.memory_bytes())
         if isinstance(exc, (TypeError, OverflowError, ValueError)):
@@ -468,8 +470,23 @@ class WasmerInstance(Instance):
                 limit_value=limit,
             )
         self.output_used += len(chunk)
-        self.sinks[fd].write(chunk)
+        try:
+            self.sinks[fd].write(chunk)
+        except OSError:  # our stdout is a closed pipe (| head) or a closed descriptor
+            self._hang_up(fd)
+            return False
         return True
+
+    def _hang_up(self, fd: int) -> None:
+        """Stop reading what the guest writes on ``fd``: its next writes fail with EPIPE
+        inside the guest, as they would under the wasmtime CLI, instead of filling the
+        pipe (a hang) or raising here (a traceback)."""
+        self._open.discard(fd)
+        self.poller.unregister(fd)
+        for name in ("out_r", "err_r"):
+            if self.fds.get(name) == fd:
+                os.close(fd)
+                self.fds[name] = -1
 
     def _pump_all(self) -> None:
         for fd in list(self._open):
@@ -519,7 +536,7 @@ class WasmerInstance(Instance):
             )
         if kind == "usage":
             raise errors.UsageError(f"{name}: {answer[1]}", hint=f"signature: {name} {signature}")
-        if kind == "trap":
+        if kind in ("trap", "panic"):
             raise self._error(answer, name)
         raise RuntimeError(f"wasmer worker: {answer[1]}")
 
@@ -565,7 +582,7 @@ class WasmerInstance(Instance):
                 return 0
             if answer[0] == "exit":
                 return answer[1]
-            if answer[0] == "trap":
+            if answer[0] in ("trap", "panic"):
                 raise self._error(answer, "_start")
             raise RuntimeError(f"wasmer worker: {answer[1]}")
         finally:
@@ -619,6 +636,12 @@ class WasmerInstance(Instance):
             return errors.TrapError(
                 f"guest called proc_exit({answer[1]}) in {where}", exit_code_guest=answer[1]
             )
+        if answer[0] == "panic":  # wasmer itself failed (e.g. poll_oneoff on a clock)
+            return errors.TrapError(
+                f"{where} stopped: wasmer panicked inside the runtime ({answer[1]})",
+                hint="a wasmer 2.1 bug the guest reached; run it with --backend wasmtime",
+                backend_panic=True,
+            )
         _, message, frames, memory = answer
         if message.startswith("call stack exhausted"):
             return errors.StackExhausted(
@@ -630,6 +653,12 @@ class WasmerInstance(Instance):
         if refused is not None:
             return refused
         return errors.TrapError(f"{where} trapped: {message}", backtrace=frames)
+
+
+def _is_panic(exc: BaseException) -> bool:
+    """pyo3's PanicException (a Rust panic inside wasmer), which derives from
+    BaseException, so ``except Exception`` does not stop it."""
+    return type(exc).__name__ == "PanicException"
 
 
 def _link_error(text: str) -> errors.WasmsbxError:
@@ -679,32 +708,89 @@ class WasmerEngine(Engine):
 
     def _build(self, wasm: bytes, caps: tuple) -> WasmerModule:
         memory_pages, table = caps
+        # A proposal this compiler lacks is refused from the bytes, before wasmer sees
+        # them: some such modules make it panic (an exception tag on any compiler, a
+        # v128 global on singlepass) instead of failing.
+        lacking = self._lacking(wasm)
+        if lacking is not None:
+            raise lacking
+        # Validate the module as it is before its maxima are rewritten: capping
+        # (memory 0 65537) would turn an invalid module into a valid one.
+        self._validate(wasm)
         try:
             capped = cap_limits(wasm, None if memory_pages is None else memory_pages * PAGE, table)
-        except LimitsError as exc:
+        except (LimitsError, IndexError, ValueError) as exc:
             raise errors.ModuleError(f"invalid module: {exc}") from None
         try:
             module = wasmer.Module(self.store, capped.wasm)
         except (RuntimeError, ValueError) as exc:
             raise self._lacking(wasm) or _module_error(exc, self.options.compiler) from None
+        except BaseException as exc:  # pyo3's PanicException is a BaseException
+            if not _is_panic(exc):
+                raise
+            raise self._lacking(wasm) or self._panicked(exc) from None
         return WasmerModule(wasm, caps, module, capped)
 
-    def _lacking(self, wasm: bytes) -> Optional[errors.WasmsbxError]:
-        """A module that failed to compile because it uses a proposal this compiler lacks."""
-        from ..facts import FactsError, read_facts
-
+    def _validate(self, wasm: bytes) -> None:
+        """ModuleError unless wasmer's validator accepts ``wasm`` unchanged."""
         try:
-            used = read_facts(wasm).features - {"unknown"}
-        except FactsError:
-            return None
-        missing = sorted(used - _features(self.options.compiler))
-        if not missing:
-            return None
+            valid = wasmer.Module.validate(self.store, wasm)
+        except BaseException as exc:  # noqa: BLE001 - a panic is an answer too
+            if not (_is_panic(exc) or isinstance(exc, (RuntimeError, ValueError))):
+                raise
+            valid = False
+        if valid:
+            return
+        try:  # the validator says no without a reason; compiling the original says why
+            wasmer.Module(self.store, wasm)
+        except (RuntimeError, ValueError) as exc:
+            raise _module_error(exc, self.options.compiler) from None
+        except BaseException as exc:
+            if not _is_panic(exc):
+                raise
+            raise self._panicked(exc) from None
+        raise errors.ModuleError("invalid module: refused by wasmer's validator")
+
+    def _panicked(self, exc: BaseException) -> errors.WasmsbxError:
         label = f"wasmer:{self.options.compiler}"
         return errors.BackendUnavailable(
-            f"{label} cannot run this module: it uses {', '.join(missing)}, which {label} lacks",
-            hint="choose a backend that has it (wasmsbx backends --explain MODULE)",
-            missing=missing,
+            f"{label} cannot compile this module: it panicked ({_first_line(exc)})",
+            hint="a wasmer 2.1 limitation; run it with --backend wasmtime",
+        )
+
+    def _lacking(self, wasm: bytes) -> Optional[errors.WasmsbxError]:
+        """A module this compiler cannot run, judged from its bytes: a proposal it lacks,
+        or a gap inside one it has (see wasmer_backend.FEATURES)."""
+        from ..facts import FactsError, read_code_details
+        from .wasmer_backend import CRANELIFT_MISSING_SIMD
+
+        try:
+            details = read_code_details(wasm)
+        except FactsError:
+            return None
+        label = f"wasmer:{self.options.compiler}"
+        missing = sorted(details.features - {"unknown"} - _features(self.options.compiler))
+        if missing:
+            return errors.BackendUnavailable(
+                f"{label} cannot run this module: it uses {', '.join(missing)}, which "
+                f"{label} lacks",
+                hint="choose a backend that has it (wasmsbx backends --explain MODULE)",
+                missing=missing,
+            )
+        gaps = []
+        if self.options.compiler == "cranelift":
+            ops = sorted(details.simd_ops & set(CRANELIFT_MISSING_SIMD))
+            if ops:
+                names = ", ".join(CRANELIFT_MISSING_SIMD[op] for op in ops[:6])
+                gaps.append(f"SIMD operators it lacks ({names}{', ...' if len(ops) > 6 else ''})")
+        if details.elem_types - {"funcref"}:
+            gaps.append("an element segment of externref (wasmer 2.1 has none)")
+        if not gaps:
+            return None
+        return errors.BackendUnavailable(
+            f"{label} cannot run this module: it uses {'; '.join(gaps)}",
+            hint="wasmtime has them (and wasmer:llvm has all of SIMD): use --backend",
+            missing=gaps,
         )
 
     def compile(self, wasm: bytes) -> WasmerModule:
@@ -804,13 +890,13 @@ class WasmerEngine(Engine):
                     hint="raise limits.table_elements",
                 )
         missing = [
-            f"{i.module}.{i.name}" for i in self.imports(module) if not i.module.startswith("wasi_")
+            i.describe() for i in self.imports(module) if not (i.is_wasi and i.kind == "func")
         ]
         if missing:
             raise errors.LinkError(
-                f"module imports host functions the sandbox does not provide: {', '.join(missing)}",
+                f"module imports what the sandbox does not provide: {', '.join(missing)}",
                 hint="wasmsbx provides WASI preview1 only; rebuild the module without these",
-                imports=missing,
+                imports=[m.split(" ", 1)[1] for m in missing],
             )
 
     def instantiate(
@@ -837,6 +923,6 @@ class WasmerEngine(Engine):
 
 
 def _features(compiler: Optional[str]) -> frozenset:
-    from .wasmer_features import FEATURES, SINGLEPASS_FEATURES
+    from .wasmer_features import features_for
 
-    return SINGLEPASS_FEATURES if compiler == "singlepass" else FEATURES
+    return features_for(compiler)

@@ -146,7 +146,10 @@ class _Output(OutputSink):
     def __call__(self, data: bytes) -> int:
         if not self.budget.take(len(data)):
             return -errno.EFBIG
-        self.write(data)
+        try:
+            self.write(data)
+        except OSError:
+            return -errno.EPIPE
         return len(data)
 
 
@@ -176,6 +179,29 @@ def _kind(extern_type: Any) -> str:
     }.get(type(extern_type).__name__, "tag")
 
 
+class _GuestExit(wasmtime.ExitTrap):
+    """proc_exit(status) with the status whole: wasmtime's own proc_exit refuses any
+    status outside 0..125 with an error that does not say which (issue #13)."""
+
+    def __init__(self, status: int) -> None:
+        super().__init__(f"guest called proc_exit({status})")
+        self.code = status & 0xFFFFFFFF  # WASI's exitcode is a u32
+
+
+def _proc_exit(status: int) -> None:
+    raise _GuestExit(status)
+
+
+def _capture_exit(linker: wasmtime.Linker) -> None:
+    """Shadow WASI's proc_exit with one that reports any status (see _GuestExit)."""
+    linker.allow_shadowing = True
+    i32 = wasmtime.ValType.i32()
+    linker.define_func(
+        "wasi_snapshot_preview1", "proc_exit", wasmtime.FuncType([i32], []), _proc_exit
+    )
+    linker.allow_shadowing = False
+
+
 class WasmtimeInstance(Instance):
     def __init__(
         self, engine: WasmtimeEngine, module: Any, limits: Limits, wasi: Optional[WasiSetup]
@@ -202,6 +228,7 @@ class WasmtimeInstance(Instance):
         if any(i.is_wasi for i in imports):
             self.store.set_wasi(self._wasi_config(wasi or WasiSetup()))
             linker.define_wasi()
+            _capture_exit(linker)
         self._check_imports(imports)
         try:
             with engine.ticker:
@@ -247,18 +274,20 @@ class WasmtimeInstance(Instance):
         return path
 
     def _check_imports(self, imports: list) -> None:
-        missing = [f"{i.module}.{i.name}" for i in imports if not i.is_wasi]
+        missing = [i.describe() for i in imports if not (i.is_wasi and i.kind == "func")]
         if missing:
             raise errors.LinkError(
-                f"module imports host functions the sandbox does not provide: {', '.join(missing)}",
+                f"module imports what the sandbox does not provide: {', '.join(missing)}",
                 hint="wasmsbx provides WASI preview1 only; rebuild the module without these",
-                imports=missing,
+                imports=[m.split(" ", 1)[1] for m in missing],
             )
 
     def _arm(self, calls: int = 1) -> None:
         self.store.set_epoch_deadline(self.deadline_ticks)
         if self.limits.fuel is not None:
-            self.fuel_armed = self.limits.fuel * calls
+            # n calls of a block get n times the fuel, held below wasmtime's i64 (a
+            # larger value wraps to "exhausted").
+            self.fuel_armed = min(self.limits.fuel * calls, 2**63 - 1)
             self.store.set_fuel(self.fuel_armed)
 
     # ------------------------------------------------------------------ calls
@@ -583,8 +612,11 @@ def _deserialize(engine: Any, data: Any) -> Any:
 def _first_line(exc: Exception) -> str:
     lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
     # wasmtime puts the cause last: "failed to parse ... Caused by: unexpected end-of-file"
-    if len(lines) >= 3 and lines[1] == "Caused by:":
-        return f"{lines[0]}: {lines[2]}"
+    if "Caused by:" in lines[:-1]:
+        cause = lines[lines.index("Caused by:") + 1]
+        if lines[0].startswith("error while executing"):  # a backtrace follows, not a reason
+            return cause
+        return f"{lines[0]}: {cause}"
     return lines[0] if lines else "unknown error"
 
 

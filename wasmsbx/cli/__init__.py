@@ -10,6 +10,8 @@ import os
 import sys
 from typing import Optional
 
+from ..errors import ExitCode
+
 
 def _lean_run(argv: list) -> bool:
     if not argv or argv[0] != "run" or "_WASMSBX_COMPLETE" in os.environ:
@@ -18,7 +20,28 @@ def _lean_run(argv: list) -> bool:
     return "--help" not in head and "-h" not in head
 
 
+def _fill_closed_stdio() -> None:
+    """Put /dev/null on a closed fd 0, 1 or 2 (``>&-``).
+
+    Otherwise the next file opened takes that number (a module, a cache entry being
+    written) and output meant for stdout lands in it; and Python's ``sys.stdout`` is
+    None, which crashed the first print. Writes to a closed stdout are discarded."""
+    for fd, name in ((0, "stdin"), (1, "stdout"), (2, "stderr")):
+        try:
+            os.fstat(fd)
+            continue
+        except OSError:
+            pass
+        null = os.open(os.devnull, os.O_RDWR)
+        if null != fd:
+            os.dup2(null, fd)
+            os.close(null)
+        if getattr(sys, name) is None:
+            setattr(sys, name, open(fd, "r" if fd == 0 else "w", closefd=False))  # noqa: SIM115
+
+
 def main(argv: Optional[list] = None) -> int:
+    _fill_closed_stdio()
     argv = list(sys.argv[1:] if argv is None else argv)
     if _lean_run(argv):
         from .run import run_main
@@ -50,4 +73,5 @@ def entry() -> None:
             stream.flush()
         except (BrokenPipeError, ValueError, OSError):
             pass
-    os._exit(code)
+    # The kernel keeps status & 0xFF: never let a failure wrap to 0 (or raise here).
+    os._exit(code if isinstance(code, int) and 0 <= code <= 255 else ExitCode.INTERNAL)

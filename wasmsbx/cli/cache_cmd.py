@@ -263,7 +263,8 @@ def prune(
     from ..errors import UsageError
 
     try:
-        age = units.parse_duration(older_than) if older_than is not None else None
+        # An entry may sit unused for years: up to a century here, not the 366 days of limits.
+        age = units.parse_duration(older_than, 100 * 366 * 86400.0) if older_than else None
         size = units.parse_size(max_size) if max_size is not None else None
     except ValueError as exc:
         raise UsageError(str(exc), hint="e.g. --older-than 7d --max-size 500MiB") from None

@@ -112,7 +112,7 @@ def run_compile(
 
         check_output(out, [source, policy.source])
     if backend:
-        policy_mod.override(policy, "runtime.backend", backend)
+        policy_mod.override(policy, "runtime.backend", backend, flag="--backend")
     built, wasm_path = _build(source, exports, out if emit_wasm else None, policy.source)
     report: dict = {
         "source": source,

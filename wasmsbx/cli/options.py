@@ -74,7 +74,7 @@ RUN_OPTIONS: tuple = (
         ("--env", "-e"),
         "env",
         "multi",
-        "Set NAME=VALUE, or pass host NAME through (repeatable).",
+        "Set NAME=VALUE, or pass host NAME through; NAME may be a glob ('APP_*') (repeatable).",
         "NAME[=VALUE]",
     ),
     Opt(("--json",), "json", "flag", "Print the result as JSON."),
@@ -148,12 +148,12 @@ class RunArgs(namedtuple("RunArgs", "options positionals passthrough")):
 
 def _value(opt: Opt, raw: str) -> object:
     if opt.value_type is int:
-        try:
-            return int(raw.replace("_", ""), 0)
-        except ValueError:
-            raise UsageError(
-                f"{opt.flags[0]}: expected a whole number, got {raw!r}", hint=opt.help
-            ) from None
+        from ..units import parse_count
+
+        try:  # ASCII digits, 0x, "_"; never negative; the option's own range comes later
+            return parse_count(raw)
+        except ValueError as exc:
+            raise UsageError(f"{opt.flags[0]}: {exc}", hint=opt.help) from None
     return raw
 
 

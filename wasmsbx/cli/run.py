@@ -26,9 +26,10 @@ def build_policy(options: dict) -> Any:
     policy = policy_mod.discover(options.get("policy"))
     for dest, dotted in FLAG_KEYS.items():
         if options.get(dest) is not None:
-            policy_mod.override(policy, dotted, options[dest])
+            flag = "--" + dest.replace("_", "-")
+            policy_mod.override(policy, dotted, options[dest], flag=flag)
     if options.get("backend"):
-        policy_mod.override(policy, "runtime.backend", options["backend"])
+        policy_mod.override(policy, "runtime.backend", options["backend"], flag="--backend")
     for spec in options.get("dir", []):
         policy_mod.add_grant(policy, spec, writable=True)
     for spec in options.get("dir_ro", []):
@@ -91,6 +92,7 @@ def execute(args: opts.RunArgs, log: Any = None) -> int:
     from ..runner import Sandbox
 
     kind = "call" if func else "command"
+    call_args = args.positionals[2:] + (args.passthrough or [])
     box = Sandbox(
         module,
         policy,
@@ -99,6 +101,8 @@ def execute(args: opts.RunArgs, log: Any = None) -> int:
         artifact=o["artifact"],
         cache_dir=o["cache_dir"],
         progress=progress_factory(),
+        function=func,
+        args=call_args if func else None,
     )
     for warning in box.warnings:  # at once: the run itself may still fail
         output.warning(warning)
@@ -108,7 +112,6 @@ def execute(args: opts.RunArgs, log: Any = None) -> int:
         render_explain(box.explain(kind))
     if func is None:
         return _command(box, args.passthrough or [], o, log)
-    call_args = args.positionals[2:] + (args.passthrough or [])
     result = box.invoke(func, call_args)
     if o["json"]:
         output.emit_json(result.to_dict())
@@ -129,7 +132,23 @@ def _command(box: Any, argv: list, o: dict, log: Any = None) -> int:
         data["stderr"] = _text(result.stderr)
         output.emit_json(data)
     _after(result.stats, o, log, box.warnings)
+    _explain_status(result)
     return result.exit_code
+
+
+def _explain_status(result: Any) -> None:
+    """A guest status that could be mistaken for one of ours gets one line on stderr."""
+    status, code = result.guest_status, result.exit_code
+    if status is None or code < errors.ExitCode.INTERNAL:
+        return
+    if status > errors.ExitCode.GUEST_STATUS_MAX:
+        signed = f" ({status - 2**32} as an i32)" if status >= 2**31 else ""
+        output.warning(
+            f"the guest exited with status {status}{signed}, outside 0..125: exit code "
+            f"{code} (see README, Exit codes)"
+        )
+    else:
+        output.warning(f"exit code {code} is the guest's own status, not a wasmsbx error")
 
 
 def _text(data: Any) -> Any:

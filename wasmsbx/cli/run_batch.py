@@ -76,8 +76,10 @@ def check_options(args: Any) -> str:
             ),
             hint=_usage(),
         )
-    if o["jobs"] is not None and o["jobs"] < 1:
-        raise errors.UsageError(f"-j/--jobs must be at least 1, got {o['jobs']}", hint=_usage())
+    if o["jobs"] is not None:
+        from ..batch import check_jobs
+
+        check_jobs(o["jobs"])
     return func or "process"
 
 
@@ -198,13 +200,13 @@ def _batch_summary(summary: Any, o: dict) -> None:
 
 def _stream(box: Any, func: str, o: dict, log: Any) -> int:
     from ..checkpoint import Sink, Source
-    from ..stream import DEFAULT_CHUNK, run_stream
+    from ..stream import DEFAULT_CHUNK, MAX_CHUNK, run_stream
     from ..units import parse_size
 
     chunk = DEFAULT_CHUNK
     if o["chunk_size"] is not None:
         try:
-            chunk = parse_size(o["chunk_size"])
+            chunk = parse_size(o["chunk_size"], MAX_CHUNK)
         except ValueError as exc:
             raise errors.UsageError(
                 f"--chunk-size: {exc}", hint="e.g. --chunk-size 64KiB"

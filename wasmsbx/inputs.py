@@ -1,0 +1,71 @@
+"""Reading files a user names, with a cap: a special file that never ends is an error.
+
+``Path.read_bytes()`` on ``/dev/zero`` (given as ``--policy``, ``--artifact``, a module,
+a baseline...) reads until memory runs out. Every input wasmsbx reads whole goes through
+:func:`read_capped`: a regular file larger than the cap is refused from its size, before
+a byte is read; anything else (a device, a FIFO, /proc) is read in chunks and refused
+once it passes the cap.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from typing import Callable, Union
+
+# One place for the caps, so a policy key can replace a default later.
+MODULE_MAX_BYTES = 256 * 1024 * 1024  # modules (.wasm/.wat): PyPI's python.wasm is 99 MB
+ARTIFACT_MAX_BYTES = 1024 * 1024 * 1024  # native code is several times its module
+POLICY_MAX_BYTES = 1024 * 1024  # sandbox.toml, bench suites: text a human writes
+REPORT_MAX_BYTES = 256 * 1024 * 1024  # bench baselines (every sample of every phase)
+STATE_MAX_BYTES = 64 * 1024 * 1024  # checkpoints
+_CHUNK = 1 << 20
+
+
+class TooLarge(OSError):
+    """The input passed its cap (``limit``); ``size`` is what was seen (or stat'ed)."""
+
+    def __init__(self, size: int, limit: int) -> None:
+        super().__init__(f"larger than {limit:,} bytes")
+        self.strerror = f"larger than the {_human(limit)} an input may have"
+        self.size = size
+        self.limit = limit
+
+
+def _human(n: int) -> str:
+    from .units import format_size
+
+    return format_size(n)
+
+
+def read_capped(path, limit: Union[int, Callable[[bytes], int]]) -> bytes:
+    """The bytes of ``path``, at most ``limit`` of them; :class:`TooLarge` beyond that.
+
+    ``limit`` may be a function of the first 16 bytes (a module and an artifact given in
+    the same place have different caps). OSError as ``open`` raises it."""
+    with open(path, "rb") as handle:
+        info = os.fstat(handle.fileno())
+        if stat.S_ISDIR(info.st_mode):
+            raise IsADirectoryError(21, "Is a directory", str(path))
+        head = handle.read(16) if callable(limit) else b""
+        cap = limit(head) if callable(limit) else limit
+        if stat.S_ISREG(info.st_mode) and info.st_size > cap:
+            raise TooLarge(info.st_size, cap)
+        return _read_upto(handle.read, head, cap)
+
+
+def _read_upto(read: Callable[[int], bytes], head: bytes, limit: int) -> bytes:
+    parts = [head]
+    size = len(head)
+    while size <= limit:
+        chunk = read(min(_CHUNK, limit + 1 - size))
+        if not chunk:
+            return b"".join(parts)
+        parts.append(chunk)
+        size += len(chunk)
+    raise TooLarge(size, limit)
+
+
+def read_text_capped(path, limit: int) -> str:
+    """Like :func:`read_capped`, decoded as UTF-8 (UnicodeDecodeError if it is not)."""
+    return read_capped(path, limit).decode("utf-8")
