@@ -1,18 +1,17 @@
 """The wasmtime adapter (PyPI ``wasmtime``): every limit enforced in-process.
 
 Memory, table and instance caps use the store limiter; fuel uses fuel metering; the
-timeout uses epoch interruption driven by one ticker thread; guest output goes through
+timeout uses epoch interruption driven by the process's one deadline keeper
+(deadline.py); guest output goes through
 counting callbacks so a flood is cut off at ``limits.output``.
 """
 
 from __future__ import annotations
 
-import _thread
 import errno
 import functools
 import os
 import sys
-import time
 from collections.abc import Sequence
 from typing import Any, Optional
 
@@ -36,8 +35,8 @@ from .base import (
     WasiSetup,
     memory_limit_error,
 )
+from .deadline import KEEPER
 
-TICK = 0.01  # seconds per epoch tick: the timeout's resolution
 MAX_FRAMES = 12
 _OPT_LEVELS = {"none": "none", "speed": "speed", "size": "speed_and_size", "aggressive": "speed"}
 
@@ -66,74 +65,6 @@ def _version() -> str:
         return version("wasmtime")
     except Exception:  # pragma: no cover - metadata missing in odd installs
         return "unknown"
-
-
-class _Ticker:
-    """Advances the engine's epoch every TICK seconds while calls are running.
-
-    One daemon thread per engine; a call sets its store's deadline in ticks, so arming
-    a timeout costs one FFI call, not a thread. The thread exits after IDLE_TICKS
-    without calls and is restarted on demand. It is started with ``_thread`` rather
-    than ``threading``: ``Thread.start()`` waits for a handshake that costs about a
-    millisecond of every ``wasmsbx run`` on a busy machine.
-    """
-
-    IDLE_TICKS = 100
-
-    def __init__(self, engine: wasmtime.Engine) -> None:
-        self.engine = engine
-        self.active = 0
-        self.running = False
-        self.lock = _thread.allocate_lock()
-        # Held from start_new_thread until the thread runs. A thread that only bootstraps
-        # once the interpreter is finalizing crashes it (SIGSEGV in _PyThreadState_Init,
-        # seen on 3.9 after a short call), so an atexit hook waits for it; run paths
-        # that exit later pay nothing.
-        self.starting = _thread.allocate_lock()
-        self.hooked = False
-
-    def __enter__(self) -> _Ticker:
-        with self.lock:
-            self.active += 1
-            if not self.running:
-                self.running = True
-                self.starting.acquire()
-                if not self.hooked:
-                    import atexit
-
-                    atexit.register(self._started)
-                    self.hooked = True
-                _thread.start_new_thread(self._loop, ())
-        return self
-
-    def _started(self) -> None:
-        if self.starting.acquire(timeout=2):
-            self.starting.release()
-
-    def __exit__(self, *exc: Any) -> None:
-        with self.lock:
-            self.active -= 1
-
-    def _loop(self) -> None:
-        self.starting.release()
-        idle = 0
-        while True:
-            time.sleep(TICK)
-            with self.lock:
-                if self.active:
-                    idle = 0
-                else:
-                    idle += 1
-                    if idle >= self.IDLE_TICKS:
-                        self.running = False
-                        return
-            if self.active:
-                self.engine.increment_epoch()
-
-    def expire(self, ticks: int) -> None:
-        """Make every running deadline pass now (used to stop an output flood)."""
-        for _ in range(ticks + 1):
-            self.engine.increment_epoch()
 
 
 class _Output(OutputSink):
@@ -183,10 +114,9 @@ class WasmtimeInstance(Instance):
         self.engine = engine
         self.limits = limits
         self.store = wasmtime.Store(engine.engine)
-        # +1: a tick may land right after arming, so the guest always gets >= timeout.
-        self.deadline_ticks = int(-(-limits.timeout // TICK)) + 1  # ceil, without importing math
+        self.watch = None  # the running call's deadline.Watch
         self.outputs: list = []
-        self.budget = _Budget(limits.output, lambda: engine.ticker.expire(self.deadline_ticks))
+        self.budget = _Budget(limits.output, self._stop_flood)
         self.warnings: list = []
         self.store.set_limits(
             memory_size=limits.memory,
@@ -204,8 +134,7 @@ class WasmtimeInstance(Instance):
             linker.define_wasi()
         self._check_imports(imports)
         try:
-            with engine.ticker:
-                self.instance = linker.instantiate(self.store, module)
+            self.instance = self._guarded("start function", linker.instantiate, self.store, module)
         except wasmtime.Trap as trap:
             raise self._trap_error(trap, "start function") from None
         except wasmtime.WasmtimeError as exc:
@@ -252,7 +181,6 @@ class WasmtimeInstance(Instance):
             )
 
     def _arm(self, calls: int = 1) -> None:
-        self.store.set_epoch_deadline(self.deadline_ticks)
         if self.limits.fuel is not None:
             self.fuel_armed = self.limits.fuel * calls
             self.store.set_fuel(self.fuel_armed)
@@ -265,8 +193,7 @@ class WasmtimeInstance(Instance):
         func = self.exports[name]
         self._arm()
         try:
-            with self.engine.ticker:
-                result = func(self.store, *args)
+            result = self._guarded(name, func, self.store, *args)
         except (wasmtime.Trap, wasmtime.WasmtimeError) as exc:
             raise self._call_error(exc, name) from None
         finally:
@@ -285,9 +212,7 @@ class WasmtimeInstance(Instance):
         def run(calls: int) -> None:
             self._arm(calls)
             try:
-                with self.engine.ticker:
-                    for _ in range(calls):
-                        func(store, *args)
+                self._guarded(name, _loop, func, store, args, calls)
             except (wasmtime.Trap, wasmtime.WasmtimeError) as exc:
                 raise self._call_error(exc, name) from None
             finally:
@@ -315,8 +240,7 @@ class WasmtimeInstance(Instance):
             ) from None
         self._arm()
         try:
-            with self.engine.ticker:
-                start(self.store)
+            self._guarded("_start", start, self.store)
             return 0
         except wasmtime.ExitTrap as exit_trap:
             return exit_trap.code
@@ -325,6 +249,33 @@ class WasmtimeInstance(Instance):
         finally:
             self._account_fuel()
             self.close()
+
+    def _guarded(self, where: str, func: Any, *args: Any) -> Any:
+        """``func(*args)`` under the deadline: the keeper watches it, the store is armed
+        with the epoch delta the keeper computed (one FFI call)."""
+        watch = KEEPER.enter(self.engine.clock, self.limits.timeout, lambda: self._stuck(where))
+        self.watch = watch
+        self.store.set_epoch_deadline(watch.ticks)
+        try:
+            return func(*args)
+        finally:
+            KEEPER.leave(watch)
+
+    def _stuck(self, where: str) -> errors.WasmsbxError:
+        """The error of a call the keeper found blocked past its deadline (a host call)."""
+        if self.budget.exceeded:
+            return self._output_error([])
+        return errors.TimeoutExceeded(
+            f"timeout: {where} still running after {format_duration(self.limits.timeout)} "
+            "(blocked in a host call)",
+            hint="raise limits.timeout (--timeout 30s) if the guest needs longer",
+            limit_value=self.limits.timeout,
+        )
+
+    def _stop_flood(self) -> None:
+        """The output limit is reached: end the running call as a timeout would."""
+        if self.watch is not None:
+            KEEPER.expire(self.engine.clock, self.watch.ticks)
 
     def _account_fuel(self) -> None:
         if self.limits.fuel is not None:
@@ -408,13 +359,9 @@ class WasmtimeInstance(Instance):
             )
         if code == wasmtime.TrapCode.INTERRUPT:
             if self.budget.exceeded:
-                return errors.OutputLimitExceeded(
-                    f"output limit {format_size(self.limits.output or 0)} reached: guest wrote "
-                    f"more to stdout/stderr",
-                    hint="raise limits.output in the policy",
-                    backtrace=frames,
-                    limit_value=self.limits.output,
-                )
+                return self._output_error(frames)
+            if KEEPER.interrupted:  # Ctrl-C or SIGTERM (the command line's keeper)
+                raise KeyboardInterrupt
             return errors.TimeoutExceeded(
                 f"timeout: {where} still running after {format_duration(self.limits.timeout)}",
                 hint="raise limits.timeout (--timeout 30s) if the guest needs longer",
@@ -434,6 +381,15 @@ class WasmtimeInstance(Instance):
         if refused is not None:
             return refused
         return errors.TrapError(f"{where} trapped: {message}", backtrace=frames)
+
+    def _output_error(self, frames: list) -> errors.WasmsbxError:
+        return errors.OutputLimitExceeded(
+            f"output limit {format_size(self.limits.output or 0)} reached: guest wrote "
+            f"more to stdout/stderr",
+            hint="raise limits.output in the policy",
+            backtrace=frames,
+            limit_value=self.limits.output,
+        )
 
     def _instantiate_error(self, exc: Exception, module: Any) -> errors.WasmsbxError:
         text = str(exc).strip()
@@ -455,6 +411,11 @@ class WasmtimeInstance(Instance):
         if "instance" in lowered and "limit" in lowered:
             return errors.InstanceLimitExceeded(f"instance limit reached: {first}")
         return errors.LinkError(f"cannot instantiate module: {first}", detail=text)
+
+
+def _loop(func: Any, store: Any, args: tuple, calls: int) -> None:
+    for _ in range(calls):
+        func(store, *args)
 
 
 def _declared_memory(engine: WasmtimeEngine, module: Any) -> Optional[int]:
@@ -495,7 +456,7 @@ class WasmtimeEngine(Engine):
         if options.stack:
             config.max_wasm_stack = options.stack
         self.engine = wasmtime.Engine(config)
-        self.ticker = _Ticker(self.engine)
+        self.clock = KEEPER.clock(self.engine)  # epochs advanced by the process's one keeper
 
     def compile(self, wasm: bytes) -> Any:
         try:
