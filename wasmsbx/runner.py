@@ -364,6 +364,8 @@ class Sandbox:
             self.module = aot.load_for(self)
         if self.module is None:
             self.module = self._compile(cache_wanted)
+        if self.wasm is not None:  # native code from the cache: the totals need the layout
+            self.engine.describe(self.module, self.wasm)
         self.export_list = self._interface()
         self._instance = None
 

@@ -329,6 +329,10 @@ class Engine(ABC):
         self, module: Any, limits: Limits, wasi: Optional[WasiSetup] = None
     ) -> Instance: ...
 
+    def describe(self, module: Any, wasm: bytes) -> None:  # noqa: B027 - optional hook
+        """Note what ``wasm`` declares (memories, tables) on ``module`` loaded from native
+        code (cache, artifact), for limits that are totals (wasm_limits.plan)."""
+
     @abstractmethod
     def fingerprint(self) -> dict:
         """Backend, versions, compiler, opt level, features and target: the cache key's basis."""
@@ -382,4 +386,23 @@ def memory_limit_error(
         hint="raise limits.memory (--memory 512MiB) if the guest needs more",
         backtrace=frames,
         limit_value=limit,
+    )
+
+
+def totals_error(exc: Any, limits: Limits) -> Any:
+    """The limit error for a wasm_limits.TotalsError (a module that cannot start)."""
+    from .. import errors
+    from ..units import format_count, format_size
+
+    if exc.kind == "memory":
+        return errors.MemoryLimitExceeded(
+            f"memory limit {format_size(limits.memory)} reached: {exc}",
+            hint="raise limits.memory (--memory SIZE); it is a total over all the "
+            "module's memories",
+            limit_value=limits.memory,
+        )
+    return errors.TableLimitExceeded(
+        f"table limit {format_count(limits.table_elements or 0)} elements reached: {exc}",
+        hint="raise limits.table_elements; it is a total over all the module's tables",
+        limit_value=limits.table_elements,
     )

@@ -42,7 +42,7 @@ from wasmer import engine as wasmer_engine
 from wasmer import wasi as wasmer_wasi
 
 from .. import errors
-from ..units import format_count, format_duration, format_size
+from ..units import format_duration, format_size
 from .base import (
     Engine,
     EngineOptions,
@@ -55,8 +55,9 @@ from .base import (
     Usage,
     WasiSetup,
     memory_limit_error,
+    totals_error,
 )
-from .wasm_limits import PAGE, LimitsError, cap_limits
+from .wasm_limits import PAGE, LimitsError, TotalsError, cap_limits, layout, plan
 
 TYPE_NAMES = {1: "i32", 2: "i64", 3: "f32", 4: "f64", 5: "v128", 6: "externref", 7: "funcref"}
 KINDS = {
@@ -786,20 +787,10 @@ class WasmerEngine(Engine):
                 f"instance limit reached: limits.instances = {limits.instances}",
                 hint="raise limits.instances",
             )
-        for minimum, _ in module.declared.memories:
-            if minimum * PAGE > limits.memory:
-                raise errors.MemoryLimitExceeded(
-                    f"memory limit {format_size(limits.memory)} reached: module needs "
-                    f"{format_size(minimum * PAGE)} at start",
-                    hint="raise limits.memory (--memory SIZE)",
-                )
-        for minimum, _ in module.declared.tables:
-            if limits.table_elements is not None and minimum > limits.table_elements:
-                raise errors.TableLimitExceeded(
-                    f"table limit {format_count(limits.table_elements)} elements reached "
-                    "at instantiation",
-                    hint="raise limits.table_elements",
-                )
+        try:  # the totals, as wasmtime checks them (the caps compiled in keep them after)
+            plan(layout(module.wasm), limits.memory, limits.table_elements)
+        except TotalsError as exc:
+            raise totals_error(exc, limits) from None
         missing = [
             f"{i.module}.{i.name}" for i in self.imports(module) if not i.module.startswith("wasi_")
         ]

@@ -34,8 +34,10 @@ from .base import (
     Usage,
     WasiSetup,
     memory_limit_error,
+    totals_error,
 )
 from .deadline import KEEPER
+from .wasm_limits import TotalsError, layout, plan
 
 MAX_FRAMES = 12
 _OPT_LEVELS = {"none": "none", "speed": "speed", "size": "speed_and_size", "aggressive": "speed"}
@@ -118,11 +120,7 @@ class WasmtimeInstance(Instance):
         self.outputs: list = []
         self.budget = _Budget(limits.output, self._stop_flood)
         self.warnings: list = []
-        self.store.set_limits(
-            memory_size=limits.memory,
-            table_elements=-1 if limits.table_elements is None else limits.table_elements,
-            instances=-1 if limits.instances is None else limits.instances,
-        )
+        self._set_limits(getattr(module, "_wasmsbx_layout", None))
         self.fuel_used = 0
         self.fuel_armed = 0
         self.memories = [e.name for e in engine.exports(module) if e.kind == "memory"]
@@ -142,6 +140,22 @@ class WasmtimeInstance(Instance):
         self.exports = self.instance.exports(self.store)
 
     # ------------------------------------------------------------------ setup
+    def _set_limits(self, found: Any) -> None:
+        """The store limiter, with per-memory and per-table caps that keep the policy's
+        totals (wasm_limits.plan): the limiter itself caps each memory separately."""
+        limits = self.limits
+        try:
+            caps = plan(found, limits.memory, limits.table_elements)
+        except TotalsError as exc:
+            raise totals_error(exc, limits) from None
+        self.store.set_limits(
+            memory_size=caps.memory_each,
+            table_elements=-1 if caps.table_each is None else caps.table_each,
+            instances=-1 if limits.instances is None else limits.instances,
+            tables=caps.tables,
+            memories=caps.memories,
+        )
+
     def _wasi_config(self, wasi: WasiSetup) -> wasmtime.WasiConfig:
         config = wasmtime.WasiConfig()
         config.argv = list(wasi.argv)
@@ -460,9 +474,15 @@ class WasmtimeEngine(Engine):
 
     def compile(self, wasm: bytes) -> Any:
         try:
-            return wasmtime.Module(self.engine, wasm)
+            module = wasmtime.Module(self.engine, wasm)
         except wasmtime.WasmtimeError as exc:
             raise _module_error(exc) from None
+        self.describe(module, wasm)
+        return module
+
+    def describe(self, module: Any, wasm: bytes) -> None:
+        if getattr(module, "_wasmsbx_layout", None) is None:
+            module._wasmsbx_layout = layout(wasm)
 
     def serialize(self, module: Any) -> bytes:
         return bytes(module.serialize())
