@@ -98,3 +98,42 @@ def test_tables_share_the_element_limit(cli, backend, tmp_path):
     res = cli("run", module, "g", "--policy", policy, "--backend", backend)
     assert res.code == 0, res
     assert int(res.stdout) <= 1000
+
+
+def test_stats_report_memory_that_is_not_exported(cli, backend, tmp_path):
+    module = tmp_path / "hidden.wat"
+    module.write_text(
+        '(module (memory 3) (func (export "f") (result i32) (memory.grow (i32.const 2))))'
+    )
+    res = cli("run", module, "f", "--stats", "--json", "--backend", backend)
+    assert res.code == 0, res
+    assert res.json()["stats"]["memory_bytes"] == 5 * PAGE
+    listed = cli("run", module, "nope", "--backend", backend)  # the hidden export stays hidden
+    assert "wasmsbx:" not in listed.stderr
+
+
+def test_eight_unexported_memories_are_all_counted(cli, backend, tmp_path):
+    require_capability(backend, "multi-memory")
+    module = tmp_path / "mem8.wat"
+    module.write_text(grow_all(8, 3))
+    res = cli("run", module, "grow", "--stats", "--json", "--backend", backend)
+    assert res.code == 0, res
+    assert res.json()["stats"]["memory_bytes"] == 8 * 4 * PAGE
+
+
+def test_wasmtime_trap_offsets_are_those_of_the_module_file(tmp_path):
+    """Exporting the memories inserts bytes before the code: offsets are mapped back
+    (wasmtime reports offsets into the module file; wasmer's are its own)."""
+    import wasmtime
+
+    from wasmsbx import Sandbox, errors
+
+    text = '(module (memory 1) (func (export "f") nop unreachable))'
+    with_memory = tmp_path / "a.wat"
+    with_memory.write_text(text)
+    box = Sandbox(with_memory, backend="wasmtime", use_cache=False)
+    with pytest.raises(errors.TrapError) as caught:
+        box.call("f")
+    wasm = bytes(wasmtime.wat2wasm(text))
+    offset = int(caught.value.backtrace[0].rsplit("0x", 1)[1], 16)
+    assert wasm[offset] in (0x00, 0x01)  # the unreachable (or the nop) of the original bytes

@@ -256,3 +256,65 @@ def _size(n: int) -> str:
     from ..units import format_size
 
     return format_size(n)
+
+
+# ---------------------------------------------------------------------------- memory in use
+
+HIDDEN_EXPORT = "wasmsbx:memory:"  # + the memory's index
+_EXPORT_SECTION = 7
+_AFTER_EXPORTS = (8, 9, 12, 10, 11)  # start, element, data count, code, data
+
+
+class Exported(NamedTuple):
+    """A module with every defined memory exported (so the host can read how much memory
+    it holds, ``--stats``), and where the bytes moved: offsets at or after ``at`` in the
+    original are ``shift`` bytes later in ``wasm``."""
+
+    wasm: bytes
+    at: int
+    shift: int
+
+    def original_offset(self, offset: int) -> int:
+        """A code offset in ``wasm`` (a trap's frame) as an offset in the original module."""
+        return offset - self.shift if offset >= self.at + self.shift else offset
+
+
+def export_memories(wasm: bytes) -> Exported:
+    """``wasm`` plus one export named ``HIDDEN_EXPORT + index`` per defined memory.
+
+    Runtimes report only exported memories, and a module with 8 unexported memories held
+    512 MiB while ``--stats`` said null. The export section is extended (or inserted in
+    its place in the section order); no other byte changes, and ``Exported`` says how to
+    map offsets back. An unreadable module is returned as is (the runtime refuses it)."""
+    from ..facts import FactsError, _parse
+
+    try:
+        parser = _parse(wasm, scan_code=False)
+    except FactsError:
+        return Exported(wasm, len(wasm), 0)
+    defined = [m.index for m in parser.memories if not m.imported]
+    if not defined:
+        return Exported(wasm, len(wasm), 0)
+    entries = b"".join(_export(HIDDEN_EXPORT + str(i), 2, i) for i in defined)
+    pos, insert_at = 8, None
+    while pos < len(wasm):
+        sid = wasm[pos]
+        size, body_at = _uleb(wasm, pos + 1)
+        end = body_at + size
+        if sid == _EXPORT_SECTION:
+            count, first = _uleb(wasm, body_at)
+            body = _leb(count + len(defined)) + wasm[first:end] + entries
+            new = bytes([sid]) + _leb(len(body)) + body
+            return Exported(wasm[:pos] + new + wasm[end:], pos, len(new) - (end - pos))
+        if insert_at is None and sid in _AFTER_EXPORTS:
+            insert_at = pos
+        pos = end
+    at = len(wasm) if insert_at is None else insert_at
+    body = _leb(len(defined)) + entries
+    new = bytes([_EXPORT_SECTION]) + _leb(len(body)) + body
+    return Exported(wasm[:at] + new + wasm[at:], at, len(new))
+
+
+def _export(name: str, kind: int, index: int) -> bytes:
+    raw = name.encode("utf-8")
+    return _leb(len(raw)) + raw + bytes([kind]) + _leb(index)

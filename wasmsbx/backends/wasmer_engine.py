@@ -57,7 +57,16 @@ from .base import (
     memory_limit_error,
     totals_error,
 )
-from .wasm_limits import PAGE, LimitsError, TotalsError, cap_limits, layout, plan
+from .wasm_limits import (
+    HIDDEN_EXPORT,
+    PAGE,
+    LimitsError,
+    TotalsError,
+    cap_limits,
+    export_memories,
+    layout,
+    plan,
+)
 
 TYPE_NAMES = {1: "i32", 2: "i64", 3: "f32", 4: "f64", 5: "v128", 6: "externref", 7: "funcref"}
 KINDS = {
@@ -77,11 +86,12 @@ _HEADER = struct.Struct("<I")
 class WasmerModule:
     """A compiled module plus what is needed to recompile it under other caps."""
 
-    def __init__(self, wasm: bytes, caps: tuple, module: Any, declared: Any) -> None:
+    def __init__(self, wasm: bytes, caps: tuple, module: Any, declared: Any, shift: Any) -> None:
         self.wasm = wasm  # the original bytes, before capping
         self.caps = caps  # (memory pages or None, table elements or None) compiled in
         self.module = module
         self.declared = declared  # wasm_limits.Capped with the declared limits
+        self.shift = shift  # wasm_limits.Exported (no bytes): maps trap offsets back
         self.variants: dict = {caps: self}
         self.exports: Optional[list] = None
 
@@ -132,12 +142,14 @@ class _Child:
         self.module = module
         self.wasi = wasi
         self.timeout = timeout
-        self.memories: list = []
+        self.memories: dict = {}
+        self.shift: Any = None  # wasm_limits.Exported: trap offsets back to the module file
 
     def memory_bytes(self) -> Optional[int]:
-        if not self.memories:
+        held = [m for n, m in self.memories.items() if n.startswith(HIDDEN_EXPORT)]
+        if not (held or self.memories):
             return None
-        return sum(memory.data_size for memory in self.memories.values())
+        return sum(memory.data_size for memory in held or self.memories.values())
 
     def arm_cpu_limit(self) -> None:
         """A backstop for a parent that died: this child stops itself after ~timeout CPU."""
@@ -213,7 +225,9 @@ class _Child:
                 match = _FRAME.search(line)
                 if match:
                     name, offset = match.groups()
-                    where = f" @ 0x{offset}" if offset != "ffffffff" else ""
+                    where = ""
+                    if offset != "ffffffff":
+                        where = f" @ 0x{self.shift.original_offset(int(offset, 16)):x}"
                     frames.append(f"{name}{where}")
             return ("trap", _strip(lines[0].strip()), frames, self.memory_bytes())
         if isinstance(exc, IndexError):
@@ -346,6 +360,7 @@ class WasmerInstance(Instance):
         fds["out_r"], fds["out_w"] = os.pipe()
         fds["err_r"], fds["err_w"] = os.pipe()
         child = _Child(self.engine.store, module.module, wasi, self.limits.timeout)
+        child.shift = module.shift
         for stream in (sys.stdout, sys.stderr):
             try:
                 stream.flush()
@@ -685,10 +700,11 @@ class WasmerEngine(Engine):
         except LimitsError as exc:
             raise errors.ModuleError(f"invalid module: {exc}") from None
         try:
-            module = wasmer.Module(self.store, capped.wasm)
+            exported = export_memories(capped.wasm)  # every memory visible: --stats
+            module = wasmer.Module(self.store, exported.wasm)
         except (RuntimeError, ValueError) as exc:
             raise self._lacking(wasm) or _module_error(exc, self.options.compiler) from None
-        return WasmerModule(wasm, caps, module, capped)
+        return WasmerModule(wasm, caps, module, capped, exported._replace(wasm=b""))
 
     def _lacking(self, wasm: bytes) -> Optional[errors.WasmsbxError]:
         """A module that failed to compile because it uses a proposal this compiler lacks."""
@@ -743,12 +759,17 @@ class WasmerEngine(Engine):
             capped = cap_limits(wasm, None if caps[0] is None else caps[0] * PAGE, caps[1])
         except (RuntimeError, ValueError) as exc:
             raise errors.ModuleError(f"cannot load precompiled code: {_first_line(exc)}") from None
-        return WasmerModule(wasm, caps, module, capped)
+        shift = export_memories(capped.wasm)._replace(wasm=b"")
+        if not any(e.name.startswith(HIDDEN_EXPORT) for e in module.exports):
+            shift = shift._replace(shift=0)  # code from before memories were exported
+        return WasmerModule(wasm, caps, module, capped, shift)
 
     def exports(self, module: WasmerModule) -> list:
         if module.exports is None:
             out = []
             for export in module.module.exports:
+                if export.name.startswith(HIDDEN_EXPORT):
+                    continue
                 kind = KINDS.get(type(export.type).__name__, "tag")
                 sig = _signature(export.type) if kind == "func" else None
                 out.append(ExportInfo(export.name, kind, sig))
@@ -818,6 +839,7 @@ class WasmerEngine(Engine):
             "compiler": self.options.compiler,
             "engine": "universal",
             "memory_cap_pages": memory,
+            "memory_exports": 1,  # _build exports every memory under a hidden name
             "table_cap": table,
             "features": sorted(_features(self.options.compiler)),
             "target": f"{sys.platform}-{os.uname().machine}",

@@ -37,7 +37,7 @@ from .base import (
     totals_error,
 )
 from .deadline import KEEPER
-from .wasm_limits import TotalsError, layout, plan
+from .wasm_limits import HIDDEN_EXPORT, TotalsError, export_memories, layout, plan
 
 MAX_FRAMES = 12
 _OPT_LEVELS = {"none": "none", "speed": "speed", "size": "speed_and_size", "aggressive": "speed"}
@@ -124,6 +124,9 @@ class WasmtimeInstance(Instance):
         self.fuel_used = 0
         self.fuel_armed = 0
         self.memories = [e.name for e in engine.exports(module) if e.kind == "memory"]
+        # Every defined memory, exported under a hidden name at compile time (--stats).
+        self.held = [e.name for e in module.exports if e.name.startswith(HIDDEN_EXPORT)]
+        self.shift = getattr(module, "_wasmsbx_shift", None)
         self._arm()
         linker = wasmtime.Linker(engine.engine)
         imports = engine.imports(module)
@@ -348,9 +351,10 @@ class WasmtimeInstance(Instance):
         return ctypes.addressof(mem.data_ptr(self.store).contents)
 
     def _memory_bytes(self) -> Optional[int]:
-        if not self.memories or not hasattr(self, "exports"):
+        names = self.held or self.memories
+        if not names or not hasattr(self, "exports"):
             return None
-        return sum(self.exports[name].data_len(self.store) for name in self.memories)
+        return sum(self.exports[name].data_len(self.store) for name in names)
 
     def close(self) -> None:
         for output in self.outputs:
@@ -363,7 +367,7 @@ class WasmtimeInstance(Instance):
     # ------------------------------------------------------------------ errors
     def _trap_error(self, trap: wasmtime.Trap, where: str) -> errors.WasmsbxError:
         code = trap.trap_code
-        frames = _frames(trap)
+        frames = _frames(trap, self.shift)
         if code == wasmtime.TrapCode.OUT_OF_FUEL:
             return errors.FuelExhausted(
                 f"fuel exhausted after {format_count(self.limits.fuel or 0)} units in {where}",
@@ -448,11 +452,13 @@ def _trap_message(trap: wasmtime.Trap) -> str:
     return lines[-1] if lines else "trap"
 
 
-def _frames(trap: wasmtime.Trap) -> list:
+def _frames(trap: wasmtime.Trap, shift: Any = None) -> list:
     out = []
     for frame in trap.frames[:MAX_FRAMES]:
         name = frame.func_name or f"<func {frame.func_index}>"
         offset = frame.module_offset
+        if shift is not None and 0 <= offset < 2**63:
+            offset = shift.original_offset(offset)  # as in the module file
         where = f" @ 0x{offset:x}" if 0 <= offset < 2**63 else ""
         out.append(f"{name}{where}")
     return out
@@ -473,16 +479,20 @@ class WasmtimeEngine(Engine):
         self.clock = KEEPER.clock(self.engine)  # epochs advanced by the process's one keeper
 
     def compile(self, wasm: bytes) -> Any:
+        exported = export_memories(wasm)
         try:
-            module = wasmtime.Module(self.engine, wasm)
+            module = wasmtime.Module(self.engine, exported.wasm)
         except wasmtime.WasmtimeError as exc:
             raise _module_error(exc) from None
-        self.describe(module, wasm)
+        module._wasmsbx_layout = layout(wasm)
+        module._wasmsbx_shift = exported._replace(wasm=b"")
         return module
 
     def describe(self, module: Any, wasm: bytes) -> None:
         if getattr(module, "_wasmsbx_layout", None) is None:
             module._wasmsbx_layout = layout(wasm)
+        if any(e.name.startswith(HIDDEN_EXPORT) for e in module.exports):
+            module._wasmsbx_shift = export_memories(wasm)._replace(wasm=b"")
 
     def serialize(self, module: Any) -> bytes:
         return bytes(module.serialize())
@@ -499,7 +509,11 @@ class WasmtimeEngine(Engine):
             return cached
         # Names and kinds only: wasmtime-py aborts the process when asked for the params of
         # a function that takes v128, so signatures come from wasmsbx.facts instead.
-        out = [ExportInfo(export.name, _kind(export.type)) for export in module.exports]
+        out = [
+            ExportInfo(export.name, _kind(export.type))
+            for export in module.exports
+            if not export.name.startswith(HIDDEN_EXPORT)
+        ]
         module._wasmsbx_exports = out  # type information is immutable: read it once
         return out
 
@@ -520,6 +534,7 @@ class WasmtimeEngine(Engine):
             "fuel": self.options.fuel,
             "stack": self.options.stack,
             "epoch": True,
+            "memory_exports": 1,  # compile() exports every memory under a hidden name
             "features": sorted(FEATURES),
             "target": f"{sys.platform}-{os.uname().machine}",
         }
