@@ -324,8 +324,13 @@ class Sandbox:
         artifact: Optional[str] = None,
         cache_dir: Optional[str] = None,
         progress: Any = None,
+        deadline: Optional[float] = None,
     ) -> None:
+        """``deadline``: a ``time.monotonic()`` instant the whole run, compiling included,
+        must end by (``wasmsbx run`` passes start + limits.timeout). Without it, compiling
+        is bounded by limits.compile_timeout and the timeout, and each call by the timeout."""
         self.path = Path(module)
+        self.deadline = deadline
         self.policy = policy if policy is not None else policy_mod.discover()
         self.timings: dict = {}
         self.warnings: list = []  # cache and artifact problems worked around
@@ -333,6 +338,9 @@ class Sandbox:
         self.cache_dir = cache_dir
         started = time.perf_counter()
         data = read_file(self.path)
+        from .backends.compiling import check_size
+
+        check_size(len(data), self.policy.values["limits.module_size"], self.path.name)
         self.artifact = None
         self.wasm: Optional[bytes] = None
         if data[:1] == ARTIFACT_FIRST_BYTE and artifact is None:
@@ -456,10 +464,22 @@ class Sandbox:
         ]
 
     def _compile_now(self, wasm: bytes) -> Any:
+        """Compile within limits.compile_timeout, the timeout and the run's deadline."""
+        from .backends.compiling import compile_bounded
+        from .units import format_duration
+
+        v = self.policy.values
+        seconds = v["limits.compile_timeout"]
+        what = f"limits.compile_timeout ({format_duration(seconds)})"
+        if v["limits.timeout"] < seconds:
+            seconds = v["limits.timeout"]
+            what = f"the {format_duration(seconds)} timeout, which covers compiling"
+        if self.deadline is not None and self.deadline - time.monotonic() < seconds:
+            seconds = max(0.001, self.deadline - time.monotonic())
         if self.progress is None:
-            return self.engine.compile(wasm)
+            return compile_bounded(self.engine, wasm, seconds, self.path.name, what)
         with self.progress(f"compiling {self.path.name}"):
-            return self.engine.compile(wasm)
+            return compile_bounded(self.engine, wasm, seconds, self.path.name, what)
 
     # --------------------------------------------------------------- calling
     @property
@@ -487,9 +507,8 @@ class Sandbox:
 
     def instantiate(self, wasi: Optional[WasiSetup] = None) -> Any:
         started = time.perf_counter()
-        instance = self.engine.instantiate(
-            self.module, limits_from(self.policy), wasi or self.wasi_setup()
-        )
+        limits = limits_from(self.policy)._replace(deadline=self.deadline)
+        instance = self.engine.instantiate(self.module, limits, wasi or self.wasi_setup())
         self.timings["instantiate"] = time.perf_counter() - started
         if any(e.name == "_initialize" for e in self.export_list):
             instance.call("_initialize", [])

@@ -159,8 +159,9 @@ class EngineOptions(
 class Limits(
     namedtuple(
         "Limits",
-        ["memory", "timeout", "fuel", "stack", "table_elements", "instances", "output"],
+        ["memory", "timeout", "fuel", "stack", "table_elements", "instances", "output", "deadline"],
         defaults=(
+            None,
             None,
             None,
             None,
@@ -178,7 +179,17 @@ class Limits(
     # table_elements: Optional[int]
     # instances: Optional[int]
     # output: Optional[int]
+    # deadline: Optional[float]  a time.monotonic() instant no call may outlive (a run's
+    #   --timeout covers compiling too); the timeout message still names ``timeout``
     __slots__ = ()
+
+    def seconds(self) -> float:
+        """What the next call may take: the timeout, or less when the deadline is nearer."""
+        if self.deadline is None:
+            return self.timeout
+        import time
+
+        return max(0.0, min(self.timeout, self.deadline - time.monotonic()))
 
 
 class WasiSetup(

@@ -418,7 +418,7 @@ class WasmerInstance(Instance):
     # ------------------------------------------------------------------ the wait loop
     def _wait(self, where: str) -> tuple:
         """The child's next answer, pumping its output meanwhile; kill it at the deadline."""
-        deadline = time.monotonic() + self.limits.timeout
+        deadline = time.monotonic() + self.limits.seconds()
         answers = self.fds["parent_answers"]
         try:
             while True:

@@ -270,7 +270,7 @@ class WasmtimeInstance(Instance):
     def _guarded(self, where: str, func: Any, *args: Any) -> Any:
         """``func(*args)`` under the deadline: the keeper watches it, the store is armed
         with the epoch delta the keeper computed (one FFI call)."""
-        watch = KEEPER.enter(self.engine.clock, self.limits.timeout, lambda: self._stuck(where))
+        watch = KEEPER.enter(self.engine.clock, self.limits.seconds(), lambda: self._stuck(where))
         self.watch = watch
         self.store.set_epoch_deadline(watch.ticks)
         try:

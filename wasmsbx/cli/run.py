@@ -79,9 +79,13 @@ def execute(args: opts.RunArgs, log: Any = None) -> int:
         from .run_batch import execute as execute_batch
 
         return execute_batch(args, policy, log)
+    import time
+
     from ..runner import Sandbox
 
     kind = "call" if func else "command"
+    # One deadline instant for the whole run: --timeout covers compiling too.
+    deadline = time.monotonic() + policy.values["limits.timeout"]
     box = Sandbox(
         module,
         policy,
@@ -90,6 +94,7 @@ def execute(args: opts.RunArgs, log: Any = None) -> int:
         artifact=o["artifact"],
         cache_dir=o["cache_dir"],
         progress=output.progress_factory(),
+        deadline=deadline,
     )
     for warning in box.warnings:  # at once: the run itself may still fail
         output.warning(warning)
