@@ -54,7 +54,9 @@ def finish(proc: subprocess.Popen, started: float) -> tuple:
         _, err = proc.communicate(timeout=STOPPED_WITHIN + 60)
     except subprocess.TimeoutExpired:
         proc.kill()
-        _, err = proc.communicate()
+        # A leftover holding the pipes (a worker that outlived wasmsbx) must not hang us.
+        err = b"(killed: it did not stop)"
+        proc.wait()
     return proc.returncode, err.decode("utf-8", "replace"), time.monotonic() - started
 
 

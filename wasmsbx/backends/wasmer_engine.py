@@ -287,11 +287,25 @@ def _child_stdio(stdin: Any, out_w: int, err_w: int) -> None:
     os.dup2(err_w, 2)
 
 
+def _die_with_parent(parent: int) -> None:
+    """SIGKILL this child when the process that forked it dies, however it dies (a hard
+    stop, SIGKILL, a batch worker ended by its parent): a guest never outlives its host."""
+    import ctypes
+
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return  # not Linux: RLIMIT_CPU remains the backstop
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os._exit(70)
+
+
 def _run_child(child: _Child, stdin: Any, fds: dict) -> None:
     """The body of the forked process; never returns."""
     code = 0
     try:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides; Ctrl-C kills it
+        _die_with_parent(child.parent)
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # SIGXCPU must not dump core
         for name in ("parent_requests", "parent_answers", "out_r", "err_r"):
             os.close(fds[name])
@@ -361,6 +375,7 @@ class WasmerInstance(Instance):
         fds["err_r"], fds["err_w"] = os.pipe()
         child = _Child(self.engine.store, module.module, wasi, self.limits.timeout)
         child.shift = module.shift
+        child.parent = os.getpid()  # for the child's PR_SET_PDEATHSIG check
         for stream in (sys.stdout, sys.stderr):
             try:
                 stream.flush()
