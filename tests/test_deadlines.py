@@ -281,3 +281,24 @@ def test_large_module_compiled_in_a_child_runs(cli, backend, tmp_path):
     res = cli("run", module, "f", "0", "--backend", backend, "--no-cache", "--timeout", "60s")
     assert res.code == 0, res
     assert res.stdout.strip() == "0"  # ((0 + 1) * 0 + 2) * 0 ...
+
+
+def test_keeper_interrupt_stops_a_running_call_from_another_thread(backend):
+    """The library's Ctrl-C: KEEPER.interrupt() from any thread; later calls are unaffected."""
+    import threading
+
+    from wasmsbx import Sandbox, policy
+    from wasmsbx.backends.deadline import KEEPER
+
+    require_capability(backend, "interrupt")
+    pol = policy.discover()
+    policy.override(pol, "limits.timeout", "10m")
+    box = Sandbox(GUESTS / "spin.wat", pol, backend=backend)
+    timer = threading.Timer(0.5, KEEPER.interrupt)
+    timer.start()
+    started = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        box.call("spin")  # the 10 min timeout would end it much later
+    assert time.monotonic() - started < STOPPED_WITHIN
+    timer.join()
+    assert KEEPER.signalled is None  # no hard stop is pending in a library

@@ -52,13 +52,14 @@ class _EngineClock:
 class Watch:
     """One running call (or compile) the keeper watches: its deadline and what to say."""
 
-    __slots__ = ("clock", "deadline", "error", "ticks")
+    __slots__ = ("clock", "deadline", "error", "interrupted", "ticks")
 
     def __init__(self, clock: Optional[_EngineClock], deadline: float, error: Callable) -> None:
         self.clock = clock
         self.deadline = deadline
         self.error = error  # () -> WasmsbxError, for the hard stop's message and exit code
         self.ticks = 0
+        self.interrupted = False  # set by Keeper.interrupt(): report KeyboardInterrupt
 
 
 class Keeper:
@@ -70,7 +71,6 @@ class Keeper:
         self.running = False
         self.wake_r, self.wake_w = -1, -1
         self.hard_stop: Optional[Callable] = None  # (error) -> never returns
-        self.interrupted = False
         self.signalled: Optional[float] = None  # monotonic instant of the last SIGINT/SIGTERM
         # Held from start_new_thread until the thread runs: a thread that only
         # bootstraps once the interpreter is finalizing crashes it (SIGSEGV seen on 3.9),
@@ -158,7 +158,7 @@ class Keeper:
         import signal
 
         if any(b in (signal.SIGINT, signal.SIGTERM) for b in data):
-            self.interrupt()
+            self.interrupt(signalled=True)
 
     def _advance(self) -> None:
         """Bring every engine with a running call up to the epoch the clock says."""
@@ -186,13 +186,15 @@ class Keeper:
             self.hard_stop(late[0].error())
 
     # ------------------------------------------------------------------ interrupts
-    def interrupt(self) -> None:
-        """Stop every running call now (Ctrl-C): its epoch deadline passes at once."""
-        self.interrupted = True
-        self.signalled = time.monotonic()
+    def interrupt(self, signalled: bool = False) -> None:
+        """Stop every running call now (Ctrl-C): its epoch deadline passes at once, and
+        the call raises KeyboardInterrupt. Safe from any thread."""
+        if signalled:
+            self.signalled = time.monotonic()
         with self.lock:
             watches = list(self.watches.values())
             for watch in watches:
+                watch.interrupted = True
                 watch.deadline = min(watch.deadline, time.monotonic())
         for watch in watches:
             if watch.clock is not None:

@@ -378,7 +378,7 @@ class WasmtimeInstance(Instance):
         if code == wasmtime.TrapCode.INTERRUPT:
             if self.budget.exceeded:
                 return self._output_error(frames)
-            if KEEPER.interrupted:  # Ctrl-C or SIGTERM (the command line's keeper)
+            if self.watch is not None and self.watch.interrupted:  # Ctrl-C, SIGTERM
                 raise KeyboardInterrupt
             return errors.TimeoutExceeded(
                 f"timeout: {where} still running after {format_duration(self.limits.timeout)}",
