@@ -465,21 +465,19 @@ class Sandbox:
 
     def _compile_now(self, wasm: bytes) -> Any:
         """Compile within limits.compile_timeout, the timeout and the run's deadline."""
-        from .backends.compiling import compile_bounded
-        from .units import format_duration
+        from .backends.compiling import compile_bounded, out_of_time, too_slow
 
-        v = self.policy.values
-        seconds = v["limits.compile_timeout"]
-        what = f"limits.compile_timeout ({format_duration(seconds)})"
-        if v["limits.timeout"] < seconds:
-            seconds = v["limits.timeout"]
-            what = f"the {format_duration(seconds)} timeout, which covers compiling"
-        if self.deadline is not None and self.deadline - time.monotonic() < seconds:
-            seconds = max(0.001, self.deadline - time.monotonic())
+        v, name = self.policy.values, self.path.name
+        limit, timeout = v["limits.compile_timeout"], v["limits.timeout"]
+        left = timeout if self.deadline is None else self.deadline - time.monotonic()
+        if limit <= left:
+            seconds, error = limit, lambda: too_slow(name, limit)  # exit 117
+        else:  # the run's timeout covers compiling: exit 112
+            seconds, error = max(0.001, left), lambda: out_of_time(name, timeout)
         if self.progress is None:
-            return compile_bounded(self.engine, wasm, seconds, self.path.name, what)
-        with self.progress(f"compiling {self.path.name}"):
-            return compile_bounded(self.engine, wasm, seconds, self.path.name, what)
+            return compile_bounded(self.engine, wasm, seconds, error)
+        with self.progress(f"compiling {name}"):
+            return compile_bounded(self.engine, wasm, seconds, error)
 
     # --------------------------------------------------------------- calling
     @property

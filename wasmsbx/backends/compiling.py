@@ -16,19 +16,16 @@ timeout). So:
 
 from __future__ import annotations
 
-import json
 import os
-import struct
 import sys
 import time
 from typing import Any, Optional
 
 from .. import errors
 from ..errors import CompileLimitExceeded
-from ..units import format_size
+from ..units import format_duration, format_size
 
 CHILD_MIN = 256 * 1024  # bytes: compiles this large run in a child process
-_HEADER = struct.Struct("<I")
 
 # The child: argv[1] is the backend name, argv[2:] the parent's sys.path. Reads a JSON
 # header (EngineOptions) and the module on stdin; writes b"ok" + native code, or b"er" +
@@ -50,33 +47,43 @@ def check_size(size: int, limit: Optional[int], name: str) -> None:
         )
 
 
-def too_slow(name: str, seconds: float, what: str) -> CompileLimitExceeded:
-    """``what`` names the bound, e.g. "limits.compile_timeout (60.0 s)"."""
+def too_slow(name: str, seconds: float) -> CompileLimitExceeded:
+    """limits.compile_timeout passed (exit 117)."""
     return CompileLimitExceeded(
-        f"compiling {name} did not finish within {what}",
-        hint="raise limits.compile_timeout (and --timeout, which covers compiling), or "
-        "precompile it once with `wasmsbx compile`",
+        f"compiling {name} did not finish within limits.compile_timeout "
+        f"({format_duration(seconds)})",
+        hint="raise limits.compile_timeout, or precompile it once with `wasmsbx compile`",
         limit_value=seconds,
     )
 
 
-def compile_bounded(
-    engine: Any, wasm: bytes, seconds: float, name: str, what: str = "limits.compile_timeout"
-) -> Any:
-    """``engine.compile(wasm)`` that ends within ``seconds`` or raises CompileLimitExceeded."""
+def out_of_time(name: str, timeout: float) -> errors.TimeoutExceeded:
+    """The run's timeout, which covers compiling, passed while compiling (exit 112)."""
+    return errors.TimeoutExceeded(
+        f"timeout: still compiling {name} after {format_duration(timeout)} "
+        "(the timeout covers compiling)",
+        hint="raise limits.timeout (--timeout 30s), or precompile it once with "
+        "`wasmsbx compile` (later runs load it from the cache)",
+        limit_value=timeout,
+    )
+
+
+def compile_bounded(engine: Any, wasm: bytes, seconds: float, error: Any) -> Any:
+    """``engine.compile(wasm)`` that ends within ``seconds`` or raises ``error()``."""
     if len(wasm) >= CHILD_MIN:
-        return compile_in_child(engine, wasm, seconds, name, what)
+        return compile_in_child(engine, wasm, seconds, error)
     from .deadline import KEEPER
 
-    watch = KEEPER.enter(None, seconds, lambda: too_slow(name, seconds, what))
+    watch = KEEPER.enter(None, seconds, error)
     try:
         return engine.compile(wasm)
     finally:
         KEEPER.leave(watch)
 
 
-def compile_in_child(engine: Any, wasm: bytes, seconds: float, name: str, what: str) -> Any:
+def compile_in_child(engine: Any, wasm: bytes, seconds: float, error: Any) -> Any:
     """Compile in a fresh interpreter that is killed at the deadline; load its code here."""
+    import json
     import subprocess
 
     options = json.dumps(engine.options._asdict()).encode()
@@ -86,10 +93,12 @@ def compile_in_child(engine: Any, wasm: bytes, seconds: float, name: str, what: 
         argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE
     )
     try:
-        out, err = proc.communicate(_HEADER.pack(len(options)) + options + wasm, timeout=seconds)
+        out, err = proc.communicate(
+            len(options).to_bytes(4, "little") + options + wasm, timeout=seconds
+        )
     except subprocess.TimeoutExpired:
         _kill(proc)
-        raise too_slow(name, seconds, what) from None
+        raise error() from None
     except BaseException:  # Ctrl-C: the child must not outlive us
         _kill(proc)
         raise
@@ -98,12 +107,12 @@ def compile_in_child(engine: Any, wasm: bytes, seconds: float, name: str, what: 
         engine.describe(module, wasm)
         return module
     if out[:2] == b"er":
-        raise _error(json.loads(out[2:]))
+        raise _error(json.loads(out[2:]))  # our own child's JSON
     left = seconds - (time.monotonic() - started)
     lines = err.decode("utf-8", "replace").strip().splitlines()
     detail = lines[-1:] or [f"status {proc.returncode}"]
     raise errors.ModuleError(
-        f"compiling {name} failed in its worker process ({detail[0][:200]})",
+        f"compiling failed in its worker process ({detail[0][:200]})",
         hint="the compiler crashed on this module" if left > 0 else None,
     )
 
@@ -125,13 +134,15 @@ def _error(data: dict) -> errors.WasmsbxError:
 
 def child_main(name: str) -> None:
     """The child's body: compile what stdin holds, answer on stdout, exit."""
+    import json
+
     from . import get
     from .base import EngineOptions
 
     data = sys.stdin.buffer.read()
-    size = _HEADER.unpack_from(data)[0]
-    options = EngineOptions(**json.loads(data[_HEADER.size : _HEADER.size + size]))
-    wasm = data[_HEADER.size + size :]
+    size = int.from_bytes(data[:4], "little")
+    options = EngineOptions(**json.loads(data[4 : 4 + size]))
+    wasm = data[4 + size :]
     out = sys.stdout.buffer
     try:
         engine = get(name).engine(options)

@@ -57,6 +57,7 @@ from .base import (
     memory_limit_error,
     totals_error,
 )
+from .deadline import KEEPER
 from .wasm_limits import (
     HIDDEN_EXPORT,
     PAGE,
@@ -432,8 +433,18 @@ class WasmerInstance(Instance):
 
     # ------------------------------------------------------------------ the wait loop
     def _wait(self, where: str) -> tuple:
-        """The child's next answer, pumping its output meanwhile; kill it at the deadline."""
-        deadline = time.monotonic() + self.limits.seconds()
+        """The child's next answer, pumping its output meanwhile; kill it at the deadline.
+
+        The deadline keeper watches too: if this process itself is stuck (writing the
+        guest's output to a pipe nobody reads), the command line's hard stop ends it."""
+        seconds = self.limits.seconds()
+        watch = KEEPER.enter(None, seconds, lambda: self._timeout(where))
+        try:
+            return self._wait_until(where, time.monotonic() + seconds)
+        finally:
+            KEEPER.leave(watch)
+
+    def _wait_until(self, where: str, deadline: float) -> tuple:
         answers = self.fds["parent_answers"]
         try:
             while True:

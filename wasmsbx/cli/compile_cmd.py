@@ -171,13 +171,11 @@ def _native(adapter, compiler, wasm, name, policy, out, cache_dir, force) -> dic
     engine = adapter.engine(engine_options(policy, compiler))
 
     def compile_fn(data: bytes) -> Any:
-        from ..backends.compiling import compile_bounded
-        from ..units import format_duration
+        from ..backends.compiling import compile_bounded, too_slow
 
         seconds = policy.values["limits.compile_timeout"]
-        what = f"limits.compile_timeout ({format_duration(seconds)})"
         with _spinner(f"compiling {name} for {adapter.name}"):
-            return compile_bounded(engine, data, seconds, name, what)
+            return compile_bounded(engine, data, seconds, lambda: too_slow(name, seconds))
 
     if out is None:
         result = cache.store_compiled(engine, wasm, policy, name, compile_fn, cache_dir, force)
