@@ -137,3 +137,12 @@ def test_wasmtime_trap_offsets_are_those_of_the_module_file(tmp_path):
     wasm = bytes(wasmtime.wat2wasm(text))
     offset = int(caught.value.backtrace[0].rsplit("0x", 1)[1], 16)
     assert wasm[offset] in (0x00, 0x01)  # the unreachable (or the nop) of the original bytes
+
+
+def test_a_module_using_the_reserved_export_names_keeps_them(cli, backend, tmp_path):
+    module = tmp_path / "reserved.wat"
+    module.write_text(
+        '(module (memory 2) (func (export "wasmsbx:memory:0") (result i32) i32.const 7))'
+    )
+    res = cli("run", module, "wasmsbx:memory:0", "--backend", backend)
+    assert (res.code, res.stdout) == (0, "7\n"), res

@@ -293,7 +293,9 @@ def export_memories(wasm: bytes) -> Exported:
     except FactsError:
         return Exported(wasm, len(wasm), 0)
     defined = [m.index for m in parser.memories if not m.imported]
-    if not defined:
+    if not defined or any(e.name.startswith(HIDDEN_EXPORT) for e in parser.exports):
+        # Nothing to count, or a module that uses the reserved names itself (it then
+        # keeps them, and --stats counts only the memories it exports).
         return Exported(wasm, len(wasm), 0)
     entries = b"".join(_export(HIDDEN_EXPORT + str(i), 2, i) for i in defined)
     pos, insert_at = 8, None

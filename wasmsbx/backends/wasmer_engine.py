@@ -148,6 +148,8 @@ class _Child:
 
     def memory_bytes(self) -> Optional[int]:
         held = [m for n, m in self.memories.items() if n.startswith(HIDDEN_EXPORT)]
+        if self.shift is not None and not self.shift.shift:
+            held = []  # the module's own exports under the reserved prefix: not ours
         if not (held or self.memories):
             return None
         return sum(memory.data_size for memory in held or self.memories.values())
@@ -794,8 +796,8 @@ class WasmerEngine(Engine):
         if module.exports is None:
             out = []
             for export in module.module.exports:
-                if export.name.startswith(HIDDEN_EXPORT):
-                    continue
+                if export.name.startswith(HIDDEN_EXPORT) and module.shift.shift:
+                    continue  # one of the memory exports _build added
                 kind = KINDS.get(type(export.type).__name__, "tag")
                 sig = _signature(export.type) if kind == "func" else None
                 out.append(ExportInfo(export.name, kind, sig))

@@ -125,7 +125,11 @@ class WasmtimeInstance(Instance):
         self.fuel_armed = 0
         self.memories = [e.name for e in engine.exports(module) if e.kind == "memory"]
         # Every defined memory, exported under a hidden name at compile time (--stats).
-        self.held = [e.name for e in module.exports if e.name.startswith(HIDDEN_EXPORT)]
+        self.held = [
+            e.name
+            for e in module.exports
+            if e.name.startswith(HIDDEN_EXPORT) and _kind(e.type) == "memory"
+        ]
         self.shift = getattr(module, "_wasmsbx_shift", None)
         self._arm()
         linker = wasmtime.Linker(engine.engine)
@@ -431,6 +435,13 @@ class WasmtimeInstance(Instance):
         return errors.LinkError(f"cannot instantiate module: {first}", detail=text)
 
 
+def _hides_memories(module: Any) -> bool:
+    """Whether compile() added the hidden memory exports (export_memories): then every
+    export under the reserved prefix is one of ours, never the module's own."""
+    shift = getattr(module, "_wasmsbx_shift", None)
+    return shift is not None and shift.shift > 0
+
+
 def _loop(func: Any, store: Any, args: tuple, calls: int) -> None:
     for _ in range(calls):
         func(store, *args)
@@ -491,8 +502,13 @@ class WasmtimeEngine(Engine):
     def describe(self, module: Any, wasm: bytes) -> None:
         if getattr(module, "_wasmsbx_layout", None) is None:
             module._wasmsbx_layout = layout(wasm)
-        if any(e.name.startswith(HIDDEN_EXPORT) for e in module.exports):
-            module._wasmsbx_shift = export_memories(wasm)._replace(wasm=b"")
+        if getattr(module, "_wasmsbx_shift", None) is None:
+            exported = export_memories(wasm)._replace(wasm=b"")
+            ours = any(
+                e.name.startswith(HIDDEN_EXPORT) and _kind(e.type) == "memory"
+                for e in module.exports
+            )
+            module._wasmsbx_shift = exported if ours and exported.shift else None
 
     def serialize(self, module: Any) -> bytes:
         return bytes(module.serialize())
@@ -512,7 +528,7 @@ class WasmtimeEngine(Engine):
         out = [
             ExportInfo(export.name, _kind(export.type))
             for export in module.exports
-            if not export.name.startswith(HIDDEN_EXPORT)
+            if not (export.name.startswith(HIDDEN_EXPORT) and _hides_memories(module))
         ]
         module._wasmsbx_exports = out  # type information is immutable: read it once
         return out
