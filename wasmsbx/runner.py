@@ -327,8 +327,9 @@ class Sandbox:
         deadline: Optional[float] = None,
     ) -> None:
         """``deadline``: a ``time.monotonic()`` instant the whole run, compiling included,
-        must end by (``wasmsbx run`` passes start + limits.timeout). Without it, compiling
-        is bounded by limits.compile_timeout and the timeout, and each call by the timeout."""
+        must end by (``wasmsbx run`` passes start + limits.timeout when the timeout is set
+        by a flag or the policy). Without it, compiling is bounded by
+        limits.compile_timeout, and each call by limits.timeout."""
         self.path = Path(module)
         self.deadline = deadline
         self.policy = policy if policy is not None else policy_mod.discover()
@@ -469,7 +470,7 @@ class Sandbox:
 
         v, name = self.policy.values, self.path.name
         limit, timeout = v["limits.compile_timeout"], v["limits.timeout"]
-        left = timeout if self.deadline is None else self.deadline - time.monotonic()
+        left = limit if self.deadline is None else self.deadline - time.monotonic()
         if limit <= left:
             seconds, error = limit, lambda: too_slow(name, limit)  # exit 117
         else:  # the run's timeout covers compiling: exit 112

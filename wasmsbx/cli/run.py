@@ -84,8 +84,12 @@ def execute(args: opts.RunArgs, log: Any = None) -> int:
     from ..runner import Sandbox
 
     kind = "call" if func else "command"
-    # One deadline instant for the whole run: --timeout covers compiling too.
-    deadline = time.monotonic() + policy.values["limits.timeout"]
+    # One deadline instant for the whole run: a timeout set by a flag or the policy covers
+    # compiling too. The default timeout does not (limits.compile_timeout bounds that):
+    # a slow compiler (wasmer:llvm) on a busy machine must not fail a default run.
+    deadline = None
+    if "limits.timeout" in policy.explicit:
+        deadline = time.monotonic() + policy.values["limits.timeout"]
     box = Sandbox(
         module,
         policy,
