@@ -69,6 +69,7 @@ class Keeper:
         self.lock = _thread.allocate_lock()
         self.watches: dict = {}  # id -> Watch
         self.running = False
+        self.sleeping = False  # the thread waits IDLE, not TICK: enter() must wake it
         self.wake_r, self.wake_w = -1, -1
         self.hard_stop: Optional[Callable] = None  # (error) -> never returns
         self.signalled: Optional[float] = None  # monotonic instant of the last SIGINT/SIGTERM
@@ -103,7 +104,16 @@ class Keeper:
             self.watches[id(watch)] = watch
             if not self.running:
                 self._start()
+            elif self.sleeping:  # only after a quiet second: busy calls pay no syscall
+                self.sleeping = False
+                self._wake()
         return watch
+
+    def _wake(self) -> None:
+        try:
+            os.write(self.wake_w, b"\0")
+        except OSError:  # the pipe is full: the thread is awake anyway
+            pass
 
     def leave(self, watch: Watch) -> None:
         with self.lock:
@@ -140,10 +150,12 @@ class Keeper:
                 now = time.monotonic()
                 if busy:
                     idle_since = now
-                elif now - idle_since >= IDLE and self.hard_stop is None:
-                    self.running = False
-                    return
-            wait = TICK if busy else IDLE
+                elif now - idle_since >= IDLE:
+                    if self.hard_stop is None:
+                        self.running = False
+                        return
+                    self.sleeping = True  # a command line's thread stays, waiting long
+                wait = IDLE if self.sleeping else TICK
             ready, _, _ = select.select([self.wake_r], [], [], wait)
             if ready:
                 self._signals()
