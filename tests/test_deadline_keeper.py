@@ -79,3 +79,23 @@ def test_a_call_stuck_past_its_deadline_is_hard_stopped():
     assert stopped[0] == "the error"
     keeper.hard_stop = None  # let the thread end
     keeper.leave(watch)
+
+
+def test_many_sandboxes_share_one_deadline_thread():
+    """Issue 13: 1,000 sandboxes held 381 threads (one ticker per engine)."""
+    import os
+
+    from tests.conftest import GUESTS
+    from wasmsbx import Sandbox
+
+    def threads() -> int:
+        return len(os.listdir("/proc/self/task"))
+
+    boxes = [Sandbox(GUESTS / "counter.wat", use_cache=False, backend="wasmtime")]
+    boxes[0].call("next")  # the runtime's own threads, and the keeper, exist from here
+    before = threads()
+    for _ in range(100):  # each its own engine: a ticker per engine would add 100 threads
+        box = Sandbox(GUESTS / "counter.wat", use_cache=False, backend="wasmtime")
+        box.call("next")
+        boxes.append(box)
+    assert threads() - before <= 3
