@@ -8,7 +8,7 @@ on ``time.monotonic``": the thread computes the epoch the clock says and increme
 it, so a late wake-up on a loaded machine catches up instead of stretching the timeout
 (the old ticker counted ``sleep(TICK)`` calls: 1 s fired at 2.3 s under load).
 
-Arming a call stays one FFI call (``store.set_epoch_deadline``): ``Keeper.ticks`` turns
+Arming a call stays one FFI call (``store.set_epoch_deadline``): ``Keeper.enter`` turns
 the deadline instant into ticks from the engine's current epoch with plain arithmetic.
 
 What an epoch cannot stop: a guest blocked inside a host call (a WASI sleep, a read of a
@@ -52,13 +52,14 @@ class _EngineClock:
 class Watch:
     """One running call (or compile) the keeper watches: its deadline and what to say."""
 
-    __slots__ = ("clock", "deadline", "error", "interrupted", "ticks")
+    __slots__ = ("clock", "deadline", "error", "interrupted", "ticks", "until")
 
     def __init__(self, clock: Optional[_EngineClock], deadline: float, error: Callable) -> None:
         self.clock = clock
         self.deadline = deadline
         self.error = error  # () -> WasmsbxError, for the hard stop's message and exit code
         self.ticks = 0
+        self.until = 0  # the engine epoch at which the call's store traps
         self.interrupted = False  # set by Keeper.interrupt(): report KeyboardInterrupt
 
 
@@ -85,12 +86,20 @@ class Keeper:
         return _EngineClock(engine)
 
     # ------------------------------------------------------------------ watches
-    def enter(self, clock: Optional[_EngineClock], timeout: float, error: Callable) -> Watch:
+    def enter(
+        self,
+        clock: Optional[_EngineClock],
+        timeout: float,
+        error: Callable,
+        arm: Optional[Callable] = None,
+    ) -> Watch:
         """Start watching a call that must end ``timeout`` seconds from now.
 
-        ``watch.ticks`` is the epoch delta to arm the call's store with (+1 tick: the
-        guest always gets at least the full timeout). An engine with no call running is
-        rebased to now, so epochs it missed while idle are never caught up.
+        ``arm(ticks)`` (the store's ``set_epoch_deadline``) is called with the epoch delta
+        (+1 tick: the guest always gets at least the full timeout) while no epoch can
+        advance, so ``watch.until`` is exactly the epoch at which the store traps. An
+        engine with no call running is rebased to now, so epochs it missed while idle
+        are never caught up.
         """
         now = time.monotonic()
         watch = Watch(clock, now + timeout, error)
@@ -101,6 +110,9 @@ class Keeper:
                 clock.active += 1
                 target = int((watch.deadline - clock.base) / TICK) + 1
                 watch.ticks = max(1, target - clock.done)
+                watch.until = clock.done + watch.ticks
+                if arm is not None:
+                    arm(watch.ticks)
             self.watches[id(watch)] = watch
             if not self.running:
                 self._start()
@@ -210,16 +222,21 @@ class Keeper:
                 watch.deadline = min(watch.deadline, time.monotonic())
         for watch in watches:
             if watch.clock is not None:
-                self.expire(watch.clock, watch.ticks)
+                self.expire(watch)
 
-    def expire(self, clock: _EngineClock, ticks: int) -> None:
-        """Make a call armed ``ticks`` epochs ahead pass its deadline now (this ends
-        every call running on that engine: it is used for Ctrl-C and output floods)."""
+    def expire(self, watch: Watch) -> None:
+        """Make a running call pass its deadline now (this ends every call running on
+        that engine: it is used for Ctrl-C and output floods). One FFI call per epoch
+        still ahead of it: ~1 us each, so ~60 ms for a call with 10 minutes left."""
+        clock = watch.clock
+        if clock is None:
+            return
         with self.lock:
-            for _ in range(ticks + 1):
+            ahead = max(0, watch.until - clock.done)
+            for _ in range(ahead):
                 clock.engine.increment_epoch()
-            clock.done += ticks + 1
-            clock.base -= (ticks + 1) * TICK  # the clock stays in step with ``done``
+            clock.done += ahead
+            clock.base -= ahead * TICK  # the clock stays in step with ``done``
 
     def settle(self) -> None:
         """The main thread has handled the interrupt: no hard stop for it."""

@@ -274,9 +274,13 @@ class WasmtimeInstance(Instance):
     def _guarded(self, where: str, func: Any, *args: Any) -> Any:
         """``func(*args)`` under the deadline: the keeper watches it, the store is armed
         with the epoch delta the keeper computed (one FFI call)."""
-        watch = KEEPER.enter(self.engine.clock, self.limits.seconds(), lambda: self._stuck(where))
+        watch = KEEPER.enter(
+            self.engine.clock,
+            self.limits.seconds(),
+            lambda: self._stuck(where),
+            self.store.set_epoch_deadline,
+        )
         self.watch = watch
-        self.store.set_epoch_deadline(watch.ticks)
         try:
             return func(*args)
         finally:
@@ -296,7 +300,7 @@ class WasmtimeInstance(Instance):
     def _stop_flood(self) -> None:
         """The output limit is reached: end the running call as a timeout would."""
         if self.watch is not None:
-            KEEPER.expire(self.engine.clock, self.watch.ticks)
+            KEEPER.expire(self.watch)
 
     def _account_fuel(self) -> None:
         if self.limits.fuel is not None:
