@@ -506,6 +506,12 @@ def _parallel(
                 ) from None
             sizer.learn(len(results), seconds)
             yield from results
+    except BaseException:
+        # Ctrl-C or a failure: stop the workers now rather than wait for their chunks (a
+        # guest may have minutes left of its timeout).
+        for process in list((getattr(pool, "_processes", None) or {}).values()):
+            process.terminate()
+        raise
     finally:
         feeder.stop()
         pool.shutdown(wait=True, cancel_futures=True)
@@ -521,12 +527,16 @@ _WORKER: dict = {}
 
 
 def _worker_init(spec: WorkerSpec) -> None:
+    import multiprocessing
     import os
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and stops us
     os.dup2(2, 1)  # a guest printing to "inherit" stdout must not mix into the results
-    _watch_parent(os.getppid())
+    # The pid the parent had when it spawned us: it may already be gone (Ctrl-C while
+    # workers start), and then os.getppid() here would name init and never change.
+    parent = multiprocessing.parent_process()
+    _watch_parent(parent.pid if parent is not None else os.getppid())
     try:
         _WORKER["caller"] = Caller(_worker_box(spec), spec.func, spec.fresh)
     except errors.WasmsbxError as exc:

@@ -529,7 +529,7 @@ class _BackendBench:
         try:
             self.engine = self.adapter.engine(engine_options(self.policy, self.result.compiler))
             self.limits = limits_from(self.policy)
-            self.module = self.engine.compile(self.prepared["wasm"])
+            self.module = self._first_compile()
             for phase in self.wanted():
                 self.result.phases[phase] = getattr(self, f"_{phase}")()
         except errors.WasmsbxError as exc:
@@ -563,6 +563,17 @@ class _BackendBench:
             stdin=v["stdio.stdin"],
             stdout=v["stdio.stdout"],
             stderr=v["stdio.stderr"],
+        )
+
+    def _first_compile(self) -> Any:
+        """The untrusted module's first compile, bounded by limits.compile_timeout (the
+        compile phase then repeats what is known to finish)."""
+        from .backends.compiling import compile_bounded, too_slow
+
+        seconds = self.policy.values["limits.compile_timeout"]
+        name = os.path.basename(str(self.case.module))
+        return compile_bounded(
+            self.engine, self.prepared["wasm"], seconds, lambda: too_slow(name, seconds)
         )
 
     def _instance(self) -> Any:

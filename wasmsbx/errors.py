@@ -35,6 +35,7 @@ class ExitCode:
     LIMIT_TABLE = 114
     LIMIT_OUTPUT = 115
     LIMIT_INSTANCES = 116
+    LIMIT_COMPILE = 117
     REGRESSION = 120
     AUDIT_FINDINGS = 121
     BATCH_FAILURES = 122
@@ -171,6 +172,14 @@ class OutputLimitExceeded(LimitExceeded):
 class InstanceLimitExceeded(LimitExceeded):
     exit_code = ExitCode.LIMIT_INSTANCES
     limit = "instances"
+
+
+class CompileLimitExceeded(LimitExceeded):
+    """The module is larger than limits.module_size, or compiling it took longer than
+    limits.compile_timeout (or than the run's timeout, which covers compiling)."""
+
+    exit_code = ExitCode.LIMIT_COMPILE
+    limit = "compile"
 
 
 class BackendUnavailable(WasmsbxError):

@@ -147,7 +147,8 @@ SCHEMA: tuple = (
         "memory",
         "size",
         "256MiB",
-        "Linear memory cap per instance. memory.grow beyond it fails.",
+        "Linear memory cap per instance: a total over all its memories (each gets a "
+        "share). memory.grow beyond it fails.",
         bounds=(0, MAX_MEMORY),  # 0 gets its own message in check_value
     ),
     Key(
@@ -180,7 +181,8 @@ SCHEMA: tuple = (
         "table_elements",
         "count",
         10000,
-        "Maximum elements in any table (table.grow beyond it fails).",
+        "Maximum table elements per instance, a total over all its tables (table.grow "
+        "beyond it fails).",
         bounds=(0, MAX_TABLE_ELEMENTS),
     ),
     Key(
@@ -190,6 +192,21 @@ SCHEMA: tuple = (
         1,
         "Maximum module instances per store.",
         bounds=(1, MAX_INSTANCES),
+    ),
+    Key(
+        "limits",
+        "compile_timeout",
+        "duration",
+        "60s",
+        "Wall-clock limit for compiling the module (a run's timeout covers compiling too). "
+        "Large modules compile in a child process that is killed when it passes.",
+    ),
+    Key(
+        "limits",
+        "module_size",
+        "size",
+        "128MiB",
+        "Largest module (or text module) accepted; larger ones are refused before compiling.",
     ),
     Key(
         "limits",
@@ -492,7 +509,7 @@ def check_value(key: Key, value: Any, origin: str, base: Optional[Path] = None) 
         )
     if key.dotted == "runtime.backend":
         _check_backend_name(checked, origin)
-    if key.dotted in ("limits.memory", "limits.timeout") and not checked:
+    if key.dotted in ZERO_IS_IMPOSSIBLE and not checked:
         raise _fail(
             origin,
             key.dotted,
@@ -501,6 +518,13 @@ def check_value(key: Key, value: Any, origin: str, base: Optional[Path] = None) 
         )
     return checked
 
+
+ZERO_IS_IMPOSSIBLE = (
+    "limits.memory",
+    "limits.timeout",
+    "limits.compile_timeout",
+    "limits.module_size",
+)
 
 BACKEND_NAMES = (
     "auto",

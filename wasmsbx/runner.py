@@ -454,8 +454,14 @@ class Sandbox:
         progress: Any = None,
         function: Optional[str] = None,
         args: Optional[Sequence[Any]] = None,
+        deadline: Optional[float] = None,
     ) -> None:
+        """``deadline``: a ``time.monotonic()`` instant the whole run, compiling included,
+        must end by (``wasmsbx run`` passes start + limits.timeout when the timeout is set
+        by a flag or the policy). Without it, compiling is bounded by
+        limits.compile_timeout, and each call by limits.timeout."""
         self.path = Path(module)
+        self.deadline = deadline
         self.policy = policy if policy is not None else policy_mod.discover()
         self.timings: dict = {}
         self.warnings: list = []  # cache and artifact problems worked around
@@ -463,6 +469,9 @@ class Sandbox:
         self.cache_dir = cache_dir
         started = time.perf_counter()
         data = read_file(self.path)
+        from .backends.compiling import check_size
+
+        check_size(len(data), self.policy.values["limits.module_size"], self.path.name)
         self.artifact = None
         self.wasm: Optional[bytes] = None
         if data[:1] == ARTIFACT_FIRST_BYTE and artifact is None:
@@ -496,6 +505,8 @@ class Sandbox:
             self.module = aot.load_for(self)
         if self.module is None:
             self.module = self._compile(cache_wanted)
+        if self.wasm is not None:  # native code from the cache: the totals need the layout
+            self.engine.describe(self.module, self.wasm)
         self.export_list = self._interface()
         self._instance = None
 
@@ -586,10 +597,20 @@ class Sandbox:
         ]
 
     def _compile_now(self, wasm: bytes) -> Any:
+        """Compile within limits.compile_timeout, the timeout and the run's deadline."""
+        from .backends.compiling import compile_bounded, out_of_time, too_slow
+
+        v, name = self.policy.values, self.path.name
+        limit, timeout = v["limits.compile_timeout"], v["limits.timeout"]
+        left = limit if self.deadline is None else self.deadline - time.monotonic()
+        if limit <= left:
+            seconds, error = limit, lambda: too_slow(name, limit)  # exit 117
+        else:  # the run's timeout covers compiling: exit 112
+            seconds, error = max(0.001, left), lambda: out_of_time(name, timeout)
         if self.progress is None:
-            return self.engine.compile(wasm)
-        with self.progress(f"compiling {self.path.name}"):
-            return self.engine.compile(wasm)
+            return compile_bounded(self.engine, wasm, seconds, error)
+        with self.progress(f"compiling {name}"):
+            return compile_bounded(self.engine, wasm, seconds, error)
 
     # --------------------------------------------------------------- calling
     @property
@@ -617,9 +638,8 @@ class Sandbox:
 
     def instantiate(self, wasi: Optional[WasiSetup] = None) -> Any:
         started = time.perf_counter()
-        instance = self.engine.instantiate(
-            self.module, limits_from(self.policy), wasi or self.wasi_setup()
-        )
+        limits = limits_from(self.policy)._replace(deadline=self.deadline)
+        instance = self.engine.instantiate(self.module, limits, wasi or self.wasi_setup())
         self.timings["instantiate"] = time.perf_counter() - started
         if any(e.name == "_initialize" for e in self.export_list):
             instance.call("_initialize", [])

@@ -164,8 +164,9 @@ class EngineOptions(
 class Limits(
     namedtuple(
         "Limits",
-        ["memory", "timeout", "fuel", "stack", "table_elements", "instances", "output"],
+        ["memory", "timeout", "fuel", "stack", "table_elements", "instances", "output", "deadline"],
         defaults=(
+            None,
             None,
             None,
             None,
@@ -183,7 +184,17 @@ class Limits(
     # table_elements: Optional[int]
     # instances: Optional[int]
     # output: Optional[int]
+    # deadline: Optional[float]  a time.monotonic() instant no call may outlive (a run's
+    #   --timeout covers compiling too); the timeout message still names ``timeout``
     __slots__ = ()
+
+    def seconds(self) -> float:
+        """What the next call may take: the timeout, or less when the deadline is nearer."""
+        if self.deadline is None:
+            return self.timeout
+        import time
+
+        return max(0.0, min(self.timeout, self.deadline - time.monotonic()))
 
 
 class WasiSetup(
@@ -336,6 +347,10 @@ class Engine(ABC):
         self, module: Any, limits: Limits, wasi: Optional[WasiSetup] = None
     ) -> Instance: ...
 
+    def describe(self, module: Any, wasm: bytes) -> None:  # noqa: B027 - optional hook
+        """Note what ``wasm`` declares (memories, tables) on ``module`` loaded from native
+        code (cache, artifact), for limits that are totals (wasm_limits.plan)."""
+
     @abstractmethod
     def fingerprint(self) -> dict:
         """Backend, versions, compiler, opt level, features and target: the cache key's basis."""
@@ -389,4 +404,23 @@ def memory_limit_error(
         hint="raise limits.memory (--memory 512MiB) if the guest needs more",
         backtrace=frames,
         limit_value=limit,
+    )
+
+
+def totals_error(exc: Any, limits: Limits) -> Any:
+    """The limit error for a wasm_limits.TotalsError (a module that cannot start)."""
+    from .. import errors
+    from ..units import format_count, format_size
+
+    if exc.kind == "memory":
+        return errors.MemoryLimitExceeded(
+            f"memory limit {format_size(limits.memory)} reached: {exc}",
+            hint="raise limits.memory (--memory SIZE); it is a total over all the "
+            "module's memories",
+            limit_value=limits.memory,
+        )
+    return errors.TableLimitExceeded(
+        f"table limit {format_count(limits.table_elements or 0)} elements reached: {exc}",
+        hint="raise limits.table_elements; it is a total over all the module's tables",
+        limit_value=limits.table_elements,
     )

@@ -42,7 +42,7 @@ from wasmer import engine as wasmer_engine
 from wasmer import wasi as wasmer_wasi
 
 from .. import errors
-from ..units import format_count, format_duration, format_size
+from ..units import format_duration, format_size
 from .base import (
     Engine,
     EngineOptions,
@@ -55,8 +55,19 @@ from .base import (
     Usage,
     WasiSetup,
     memory_limit_error,
+    totals_error,
 )
-from .wasm_limits import PAGE, LimitsError, cap_limits
+from .deadline import KEEPER
+from .wasm_limits import (
+    HIDDEN_EXPORT,
+    PAGE,
+    LimitsError,
+    TotalsError,
+    cap_limits,
+    export_memories,
+    layout,
+    plan,
+)
 
 TYPE_NAMES = {1: "i32", 2: "i64", 3: "f32", 4: "f64", 5: "v128", 6: "externref", 7: "funcref"}
 KINDS = {
@@ -76,11 +87,12 @@ _HEADER = struct.Struct("<I")
 class WasmerModule:
     """A compiled module plus what is needed to recompile it under other caps."""
 
-    def __init__(self, wasm: bytes, caps: tuple, module: Any, declared: Any) -> None:
+    def __init__(self, wasm: bytes, caps: tuple, module: Any, declared: Any, shift: Any) -> None:
         self.wasm = wasm  # the original bytes, before capping
         self.caps = caps  # (memory pages or None, table elements or None) compiled in
         self.module = module
         self.declared = declared  # wasm_limits.Capped with the declared limits
+        self.shift = shift  # wasm_limits.Exported (no bytes): maps trap offsets back
         self.variants: dict = {caps: self}
         self.exports: Optional[list] = None
 
@@ -131,12 +143,16 @@ class _Child:
         self.module = module
         self.wasi = wasi
         self.timeout = timeout
-        self.memories: list = []
+        self.memories: dict = {}
+        self.shift: Any = None  # wasm_limits.Exported: trap offsets back to the module file
 
     def memory_bytes(self) -> Optional[int]:
-        if not self.memories:
+        held = [m for n, m in self.memories.items() if n.startswith(HIDDEN_EXPORT)]
+        if self.shift is not None and not self.shift.shift:
+            held = []  # the module's own exports under the reserved prefix: not ours
+        if not (held or self.memories):
             return None
-        return sum(memory.data_size for memory in self.memories.values())
+        return sum(memory.data_size for memory in held or self.memories.values())
 
     def arm_cpu_limit(self) -> None:
         """A backstop for a parent that died: this child stops itself after ~timeout CPU."""
@@ -212,7 +228,9 @@ class _Child:
                 match = _FRAME.search(line)
                 if match:
                     name, offset = match.groups()
-                    where = f" @ 0x{offset}" if offset != "ffffffff" else ""
+                    where = ""
+                    if offset != "ffffffff":
+                        where = f" @ 0x{self.shift.original_offset(int(offset, 16)):x}"
                     frames.append(f"{name}{where}")
             return ("trap", _strip(lines[0].strip()), frames, self.memory_bytes())
         if _is_panic(exc):
@@ -274,11 +292,25 @@ def _child_stdio(stdin: Any, out_w: int, err_w: int) -> None:
     os.dup2(err_w, 2)
 
 
+def _die_with_parent(parent: int) -> None:
+    """SIGKILL this child when the process that forked it dies, however it dies (a hard
+    stop, SIGKILL, a batch worker ended by its parent): a guest never outlives its host."""
+    import ctypes
+
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return  # not Linux: RLIMIT_CPU remains the backstop
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os._exit(70)
+
+
 def _run_child(child: _Child, stdin: Any, fds: dict) -> None:
     """The body of the forked process; never returns."""
     code = 0
     try:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides; Ctrl-C kills it
+        _die_with_parent(child.parent)
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # SIGXCPU must not dump core
         for name in ("parent_requests", "parent_answers", "out_r", "err_r"):
             os.close(fds[name])
@@ -347,6 +379,8 @@ class WasmerInstance(Instance):
         fds["out_r"], fds["out_w"] = os.pipe()
         fds["err_r"], fds["err_w"] = os.pipe()
         child = _Child(self.engine.store, module.module, wasi, self.limits.timeout)
+        child.shift = module.shift
+        child.parent = os.getpid()  # for the child's PR_SET_PDEATHSIG check
         for stream in (sys.stdout, sys.stderr):
             try:
                 stream.flush()
@@ -403,8 +437,18 @@ class WasmerInstance(Instance):
 
     # ------------------------------------------------------------------ the wait loop
     def _wait(self, where: str) -> tuple:
-        """The child's next answer, pumping its output meanwhile; kill it at the deadline."""
-        deadline = time.monotonic() + self.limits.timeout
+        """The child's next answer, pumping its output meanwhile; kill it at the deadline.
+
+        The deadline keeper watches too: if this process itself is stuck (writing the
+        guest's output to a pipe nobody reads), the command line's hard stop ends it."""
+        seconds = self.limits.seconds()
+        watch = KEEPER.enter(None, seconds, lambda: self._timeout(where))
+        try:
+            return self._wait_until(where, time.monotonic() + seconds)
+        finally:
+            KEEPER.leave(watch)
+
+    def _wait_until(self, where: str, deadline: float) -> tuple:
         answers = self.fds["parent_answers"]
         try:
             while True:
@@ -722,14 +766,15 @@ class WasmerEngine(Engine):
         except (LimitsError, IndexError, ValueError) as exc:
             raise errors.ModuleError(f"invalid module: {exc}") from None
         try:
-            module = wasmer.Module(self.store, capped.wasm)
+            exported = export_memories(capped.wasm)  # every memory visible: --stats
+            module = wasmer.Module(self.store, exported.wasm)
         except (RuntimeError, ValueError) as exc:
             raise self._lacking(wasm) or _module_error(exc, self.options.compiler) from None
         except BaseException as exc:  # pyo3's PanicException is a BaseException
             if not _is_panic(exc):
                 raise
             raise self._lacking(wasm) or self._panicked(exc) from None
-        return WasmerModule(wasm, caps, module, capped)
+        return WasmerModule(wasm, caps, module, capped, exported._replace(wasm=b""))
 
     def _validate(self, wasm: bytes) -> None:
         """ModuleError unless wasmer's validator accepts ``wasm`` unchanged."""
@@ -831,12 +876,17 @@ class WasmerEngine(Engine):
             capped = cap_limits(wasm, None if caps[0] is None else caps[0] * PAGE, caps[1])
         except (RuntimeError, ValueError) as exc:
             raise errors.ModuleError(f"cannot load precompiled code: {_first_line(exc)}") from None
-        return WasmerModule(wasm, caps, module, capped)
+        shift = export_memories(capped.wasm)._replace(wasm=b"")
+        if not any(e.name.startswith(HIDDEN_EXPORT) for e in module.exports):
+            shift = shift._replace(shift=0)  # code from before memories were exported
+        return WasmerModule(wasm, caps, module, capped, shift)
 
     def exports(self, module: WasmerModule) -> list:
         if module.exports is None:
             out = []
             for export in module.module.exports:
+                if export.name.startswith(HIDDEN_EXPORT) and module.shift.shift:
+                    continue  # one of the memory exports _build added
                 kind = KINDS.get(type(export.type).__name__, "tag")
                 sig = _signature(export.type) if kind == "func" else None
                 out.append(ExportInfo(export.name, kind, sig))
@@ -875,20 +925,10 @@ class WasmerEngine(Engine):
                 f"instance limit reached: limits.instances = {limits.instances}",
                 hint="raise limits.instances",
             )
-        for minimum, _ in module.declared.memories:
-            if minimum * PAGE > limits.memory:
-                raise errors.MemoryLimitExceeded(
-                    f"memory limit {format_size(limits.memory)} reached: module needs "
-                    f"{format_size(minimum * PAGE)} at start",
-                    hint="raise limits.memory (--memory SIZE)",
-                )
-        for minimum, _ in module.declared.tables:
-            if limits.table_elements is not None and minimum > limits.table_elements:
-                raise errors.TableLimitExceeded(
-                    f"table limit {format_count(limits.table_elements)} elements reached "
-                    "at instantiation",
-                    hint="raise limits.table_elements",
-                )
+        try:  # the totals, as wasmtime checks them (the caps compiled in keep them after)
+            plan(layout(module.wasm), limits.memory, limits.table_elements)
+        except TotalsError as exc:
+            raise totals_error(exc, limits) from None
         missing = [
             i.describe() for i in self.imports(module) if not (i.is_wasi and i.kind == "func")
         ]
@@ -916,6 +956,7 @@ class WasmerEngine(Engine):
             "compiler": self.options.compiler,
             "engine": "universal",
             "memory_cap_pages": memory,
+            "memory_exports": 1,  # _build exports every memory under a hidden name
             "table_cap": table,
             "features": sorted(_features(self.options.compiler)),
             "target": f"{sys.platform}-{os.uname().machine}",

@@ -1,18 +1,17 @@
 """The wasmtime adapter (PyPI ``wasmtime``): every limit enforced in-process.
 
 Memory, table and instance caps use the store limiter; fuel uses fuel metering; the
-timeout uses epoch interruption driven by one ticker thread; guest output goes through
+timeout uses epoch interruption driven by the process's one deadline keeper
+(deadline.py); guest output goes through
 counting callbacks so a flood is cut off at ``limits.output``.
 """
 
 from __future__ import annotations
 
-import _thread
 import errno
 import functools
 import os
 import sys
-import time
 from collections.abc import Sequence
 from typing import Any, Optional
 
@@ -35,9 +34,11 @@ from .base import (
     Usage,
     WasiSetup,
     memory_limit_error,
+    totals_error,
 )
+from .deadline import KEEPER
+from .wasm_limits import HIDDEN_EXPORT, TotalsError, export_memories, layout, plan
 
-TICK = 0.01  # seconds per epoch tick: the timeout's resolution
 MAX_FRAMES = 12
 _OPT_LEVELS = {"none": "none", "speed": "speed", "size": "speed_and_size", "aggressive": "speed"}
 
@@ -66,74 +67,6 @@ def _version() -> str:
         return version("wasmtime")
     except Exception:  # pragma: no cover - metadata missing in odd installs
         return "unknown"
-
-
-class _Ticker:
-    """Advances the engine's epoch every TICK seconds while calls are running.
-
-    One daemon thread per engine; a call sets its store's deadline in ticks, so arming
-    a timeout costs one FFI call, not a thread. The thread exits after IDLE_TICKS
-    without calls and is restarted on demand. It is started with ``_thread`` rather
-    than ``threading``: ``Thread.start()`` waits for a handshake that costs about a
-    millisecond of every ``wasmsbx run`` on a busy machine.
-    """
-
-    IDLE_TICKS = 100
-
-    def __init__(self, engine: wasmtime.Engine) -> None:
-        self.engine = engine
-        self.active = 0
-        self.running = False
-        self.lock = _thread.allocate_lock()
-        # Held from start_new_thread until the thread runs. A thread that only bootstraps
-        # once the interpreter is finalizing crashes it (SIGSEGV in _PyThreadState_Init,
-        # seen on 3.9 after a short call), so an atexit hook waits for it; run paths
-        # that exit later pay nothing.
-        self.starting = _thread.allocate_lock()
-        self.hooked = False
-
-    def __enter__(self) -> _Ticker:
-        with self.lock:
-            self.active += 1
-            if not self.running:
-                self.running = True
-                self.starting.acquire()
-                if not self.hooked:
-                    import atexit
-
-                    atexit.register(self._started)
-                    self.hooked = True
-                _thread.start_new_thread(self._loop, ())
-        return self
-
-    def _started(self) -> None:
-        if self.starting.acquire(timeout=2):
-            self.starting.release()
-
-    def __exit__(self, *exc: Any) -> None:
-        with self.lock:
-            self.active -= 1
-
-    def _loop(self) -> None:
-        self.starting.release()
-        idle = 0
-        while True:
-            time.sleep(TICK)
-            with self.lock:
-                if self.active:
-                    idle = 0
-                else:
-                    idle += 1
-                    if idle >= self.IDLE_TICKS:
-                        self.running = False
-                        return
-            if self.active:
-                self.engine.increment_epoch()
-
-    def expire(self, ticks: int) -> None:
-        """Make every running deadline pass now (used to stop an output flood)."""
-        for _ in range(ticks + 1):
-            self.engine.increment_epoch()
 
 
 class _Output(OutputSink):
@@ -209,19 +142,21 @@ class WasmtimeInstance(Instance):
         self.engine = engine
         self.limits = limits
         self.store = wasmtime.Store(engine.engine)
-        # +1: a tick may land right after arming, so the guest always gets >= timeout.
-        self.deadline_ticks = int(-(-limits.timeout // TICK)) + 1  # ceil, without importing math
+        self.watch = None  # the running call's deadline.Watch
         self.outputs: list = []
-        self.budget = _Budget(limits.output, lambda: engine.ticker.expire(self.deadline_ticks))
+        self.budget = _Budget(limits.output, self._stop_flood)
         self.warnings: list = []
-        self.store.set_limits(
-            memory_size=limits.memory,
-            table_elements=-1 if limits.table_elements is None else limits.table_elements,
-            instances=-1 if limits.instances is None else limits.instances,
-        )
+        self._set_limits(getattr(module, "_wasmsbx_layout", None))
         self.fuel_used = 0
         self.fuel_armed = 0
         self.memories = [e.name for e in engine.exports(module) if e.kind == "memory"]
+        # Every defined memory, exported under a hidden name at compile time (--stats).
+        self.held = [
+            e.name
+            for e in module.exports
+            if e.name.startswith(HIDDEN_EXPORT) and _kind(e.type) == "memory"
+        ]
+        self.shift = getattr(module, "_wasmsbx_shift", None)
         self._arm()
         linker = wasmtime.Linker(engine.engine)
         imports = engine.imports(module)
@@ -231,8 +166,7 @@ class WasmtimeInstance(Instance):
             _capture_exit(linker)
         self._check_imports(imports)
         try:
-            with engine.ticker:
-                self.instance = linker.instantiate(self.store, module)
+            self.instance = self._guarded("start function", linker.instantiate, self.store, module)
         except wasmtime.Trap as trap:
             raise self._trap_error(trap, "start function") from None
         except wasmtime.WasmtimeError as exc:
@@ -240,6 +174,22 @@ class WasmtimeInstance(Instance):
         self.exports = self.instance.exports(self.store)
 
     # ------------------------------------------------------------------ setup
+    def _set_limits(self, found: Any) -> None:
+        """The store limiter, with per-memory and per-table caps that keep the policy's
+        totals (wasm_limits.plan): the limiter itself caps each memory separately."""
+        limits = self.limits
+        try:
+            caps = plan(found, limits.memory, limits.table_elements)
+        except TotalsError as exc:
+            raise totals_error(exc, limits) from None
+        self.store.set_limits(
+            memory_size=caps.memory_each,
+            table_elements=-1 if caps.table_each is None else caps.table_each,
+            instances=-1 if limits.instances is None else limits.instances,
+            tables=caps.tables,
+            memories=caps.memories,
+        )
+
     def _wasi_config(self, wasi: WasiSetup) -> wasmtime.WasiConfig:
         config = wasmtime.WasiConfig()
         config.argv = list(wasi.argv)
@@ -283,7 +233,6 @@ class WasmtimeInstance(Instance):
             )
 
     def _arm(self, calls: int = 1) -> None:
-        self.store.set_epoch_deadline(self.deadline_ticks)
         if self.limits.fuel is not None:
             # n calls of a block get n times the fuel, held below wasmtime's i64 (a
             # larger value wraps to "exhausted").
@@ -298,8 +247,7 @@ class WasmtimeInstance(Instance):
         func = self.exports[name]
         self._arm()
         try:
-            with self.engine.ticker:
-                result = func(self.store, *args)
+            result = self._guarded(name, func, self.store, *args)
         except (wasmtime.Trap, wasmtime.WasmtimeError) as exc:
             raise self._call_error(exc, name) from None
         finally:
@@ -318,9 +266,7 @@ class WasmtimeInstance(Instance):
         def run(calls: int) -> None:
             self._arm(calls)
             try:
-                with self.engine.ticker:
-                    for _ in range(calls):
-                        func(store, *args)
+                self._guarded(name, _loop, func, store, args, calls)
             except (wasmtime.Trap, wasmtime.WasmtimeError) as exc:
                 raise self._call_error(exc, name) from None
             finally:
@@ -348,8 +294,7 @@ class WasmtimeInstance(Instance):
             ) from None
         self._arm()
         try:
-            with self.engine.ticker:
-                start(self.store)
+            self._guarded("_start", start, self.store)
             return 0
         except wasmtime.ExitTrap as exit_trap:
             return exit_trap.code
@@ -358,6 +303,37 @@ class WasmtimeInstance(Instance):
         finally:
             self._account_fuel()
             self.close()
+
+    def _guarded(self, where: str, func: Any, *args: Any) -> Any:
+        """``func(*args)`` under the deadline: the keeper watches it, the store is armed
+        with the epoch delta the keeper computed (one FFI call)."""
+        watch = KEEPER.enter(
+            self.engine.clock,
+            self.limits.seconds(),
+            lambda: self._stuck(where),
+            self.store.set_epoch_deadline,
+        )
+        self.watch = watch
+        try:
+            return func(*args)
+        finally:
+            KEEPER.leave(watch)
+
+    def _stuck(self, where: str) -> errors.WasmsbxError:
+        """The error of a call the keeper found blocked past its deadline (a host call)."""
+        if self.budget.exceeded:
+            return self._output_error([])
+        return errors.TimeoutExceeded(
+            f"timeout: {where} still running after {format_duration(self.limits.timeout)} "
+            "(blocked in a host call)",
+            hint="raise limits.timeout (--timeout 30s) if the guest needs longer",
+            limit_value=self.limits.timeout,
+        )
+
+    def _stop_flood(self) -> None:
+        """The output limit is reached: end the running call as a timeout would."""
+        if self.watch is not None:
+            KEEPER.expire(self.watch)
 
     def _account_fuel(self) -> None:
         if self.limits.fuel is not None:
@@ -416,9 +392,10 @@ class WasmtimeInstance(Instance):
         return ctypes.addressof(mem.data_ptr(self.store).contents)
 
     def _memory_bytes(self) -> Optional[int]:
-        if not self.memories or not hasattr(self, "exports"):
+        names = self.held or self.memories
+        if not names or not hasattr(self, "exports"):
             return None
-        return sum(self.exports[name].data_len(self.store) for name in self.memories)
+        return sum(self.exports[name].data_len(self.store) for name in names)
 
     def close(self) -> None:
         for output in self.outputs:
@@ -431,7 +408,7 @@ class WasmtimeInstance(Instance):
     # ------------------------------------------------------------------ errors
     def _trap_error(self, trap: wasmtime.Trap, where: str) -> errors.WasmsbxError:
         code = trap.trap_code
-        frames = _frames(trap)
+        frames = _frames(trap, self.shift)
         if code == wasmtime.TrapCode.OUT_OF_FUEL:
             return errors.FuelExhausted(
                 f"fuel exhausted after {format_count(self.limits.fuel or 0)} units in {where}",
@@ -441,13 +418,9 @@ class WasmtimeInstance(Instance):
             )
         if code == wasmtime.TrapCode.INTERRUPT:
             if self.budget.exceeded:
-                return errors.OutputLimitExceeded(
-                    f"output limit {format_size(self.limits.output or 0)} reached: guest wrote "
-                    f"more to stdout/stderr",
-                    hint="raise limits.output in the policy",
-                    backtrace=frames,
-                    limit_value=self.limits.output,
-                )
+                return self._output_error(frames)
+            if self.watch is not None and self.watch.interrupted:  # Ctrl-C, SIGTERM
+                raise KeyboardInterrupt
             return errors.TimeoutExceeded(
                 f"timeout: {where} still running after {format_duration(self.limits.timeout)}",
                 hint="raise limits.timeout (--timeout 30s) if the guest needs longer",
@@ -467,6 +440,15 @@ class WasmtimeInstance(Instance):
         if refused is not None:
             return refused
         return errors.TrapError(f"{where} trapped: {message}", backtrace=frames)
+
+    def _output_error(self, frames: list) -> errors.WasmsbxError:
+        return errors.OutputLimitExceeded(
+            f"output limit {format_size(self.limits.output or 0)} reached: guest wrote "
+            f"more to stdout/stderr",
+            hint="raise limits.output in the policy",
+            backtrace=frames,
+            limit_value=self.limits.output,
+        )
 
     def _instantiate_error(self, exc: Exception, module: Any) -> errors.WasmsbxError:
         text = str(exc).strip()
@@ -490,6 +472,18 @@ class WasmtimeInstance(Instance):
         return errors.LinkError(f"cannot instantiate module: {first}", detail=text)
 
 
+def _hides_memories(module: Any) -> bool:
+    """Whether compile() added the hidden memory exports (export_memories): then every
+    export under the reserved prefix is one of ours, never the module's own."""
+    shift = getattr(module, "_wasmsbx_shift", None)
+    return shift is not None and shift.shift > 0
+
+
+def _loop(func: Any, store: Any, args: tuple, calls: int) -> None:
+    for _ in range(calls):
+        func(store, *args)
+
+
 def _declared_memory(engine: WasmtimeEngine, module: Any) -> Optional[int]:
     for export in module.exports:
         if type(export.type).__name__ == "MemoryType":
@@ -506,11 +500,13 @@ def _trap_message(trap: wasmtime.Trap) -> str:
     return lines[-1] if lines else "trap"
 
 
-def _frames(trap: wasmtime.Trap) -> list:
+def _frames(trap: wasmtime.Trap, shift: Any = None) -> list:
     out = []
     for frame in trap.frames[:MAX_FRAMES]:
         name = frame.func_name or f"<func {frame.func_index}>"
         offset = frame.module_offset
+        if shift is not None and 0 <= offset < 2**63:
+            offset = shift.original_offset(offset)  # as in the module file
         where = f" @ 0x{offset:x}" if 0 <= offset < 2**63 else ""
         out.append(f"{name}{where}")
     return out
@@ -528,13 +524,28 @@ class WasmtimeEngine(Engine):
         if options.stack:
             config.max_wasm_stack = options.stack
         self.engine = wasmtime.Engine(config)
-        self.ticker = _Ticker(self.engine)
+        self.clock = KEEPER.clock(self.engine)  # epochs advanced by the process's one keeper
 
     def compile(self, wasm: bytes) -> Any:
+        exported = export_memories(wasm)
         try:
-            return wasmtime.Module(self.engine, wasm)
+            module = wasmtime.Module(self.engine, exported.wasm)
         except wasmtime.WasmtimeError as exc:
             raise _module_error(exc) from None
+        module._wasmsbx_layout = layout(wasm)
+        module._wasmsbx_shift = exported._replace(wasm=b"")
+        return module
+
+    def describe(self, module: Any, wasm: bytes) -> None:
+        if getattr(module, "_wasmsbx_layout", None) is None:
+            module._wasmsbx_layout = layout(wasm)
+        if getattr(module, "_wasmsbx_shift", None) is None:
+            exported = export_memories(wasm)._replace(wasm=b"")
+            ours = any(
+                e.name.startswith(HIDDEN_EXPORT) and _kind(e.type) == "memory"
+                for e in module.exports
+            )
+            module._wasmsbx_shift = exported if ours and exported.shift else None
 
     def serialize(self, module: Any) -> bytes:
         return bytes(module.serialize())
@@ -555,7 +566,11 @@ class WasmtimeEngine(Engine):
             return cached
         # Names and kinds only: wasmtime-py aborts the process when asked for the params of
         # a function that takes v128, so signatures come from wasmsbx.facts instead.
-        out = [ExportInfo(export.name, _kind(export.type)) for export in module.exports]
+        out = [
+            ExportInfo(export.name, _kind(export.type))
+            for export in module.exports
+            if not (export.name.startswith(HIDDEN_EXPORT) and _hides_memories(module))
+        ]
         module._wasmsbx_exports = out  # type information is immutable: read it once
         return out
 
@@ -576,6 +591,7 @@ class WasmtimeEngine(Engine):
             "fuel": self.options.fuel,
             "stack": self.options.stack,
             "epoch": True,
+            "memory_exports": 1,  # compile() exports every memory under a hidden name
             "features": sorted(FEATURES),
             "target": f"{sys.platform}-{os.uname().machine}",
         }

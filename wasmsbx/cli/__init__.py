@@ -10,7 +10,7 @@ import os
 import sys
 from typing import Optional
 
-from ..errors import ExitCode
+from ..errors import ExitCode, WasmsbxError
 
 
 def _lean_run(argv: list) -> bool:
@@ -40,6 +40,51 @@ def _fill_closed_stdio() -> None:
             setattr(sys, name, open(fd, "r" if fd == 0 else "w", closefd=False))  # noqa: SIM115
 
 
+# Commands whose guests the deadline keeper guards with signals and a hard stop.
+GUARDED = ("run", "bench", "compile")
+
+
+def _hard_stop(error: WasmsbxError) -> None:
+    """Called by the deadline keeper's thread when the main thread is stuck in a runtime
+    call past its deadline (a guest blocked in a host call, a compile) or ignores Ctrl-C:
+    flush what was written, print the error, leave with its exit code."""
+    import threading
+
+    flusher = threading.Thread(target=_flush_all, daemon=True)
+    flusher.start()
+    flusher.join(0.5)  # a stdout pipe nobody reads must not keep the process alive
+    lines = f"error: {error.message}\n" + (f"hint: {error.hint}\n" if error.hint else "")
+    if "--json" in sys.argv[1:]:
+        import json
+
+        _write(1, json.dumps({"error": error.to_dict(), "exit_source": "wasmsbx"}) + "\n")
+    _write(2, lines)
+    os._exit(int(error.exit_code))
+
+
+def _flush_all() -> None:
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+
+
+def _write(fd: int, text: str) -> None:
+    try:
+        os.write(fd, text.encode("utf-8", "replace"))
+    except OSError:
+        pass
+
+
+def _guard(argv: list) -> None:
+    """Ctrl-C/SIGTERM and deadlines that hold even when a runtime call blocks (deadline.py)."""
+    if argv and argv[0] in GUARDED:
+        from ..backends.deadline import KEEPER
+
+        KEEPER.install_cli(_hard_stop)
+
+
 def main(argv: Optional[list] = None) -> int:
     _fill_closed_stdio()
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -67,6 +112,7 @@ def entry() -> None:
     WASI guest wrote through Python output callbacks. Everything wasmsbx writes is
     flushed or closed before this point.
     """
+    _guard(sys.argv[1:])
     code = main()
     for stream in (sys.stdout, sys.stderr):
         try:

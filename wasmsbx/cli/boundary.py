@@ -23,6 +23,9 @@ def report(exc: BaseException, json_mode: bool = False) -> int:
             output.err(f"  at {frame}")
         return int(exc.exit_code)
     if isinstance(exc, KeyboardInterrupt):
+        from ..backends.deadline import KEEPER
+
+        KEEPER.settle()  # handled here: the keeper's hard stop is not needed
         output.error("interrupted")
         return int(ExitCode.INTERRUPTED)
     if os.environ.get("WASMSBX_DEBUG"):

@@ -202,8 +202,11 @@ def _native(adapter, compiler, wasm, name, policy, out, cache_dir, force, signer
     engine = adapter.engine(engine_options(policy, compiler))
 
     def compile_fn(data: bytes) -> Any:
+        from ..backends.compiling import compile_bounded, too_slow
+
+        seconds = policy.values["limits.compile_timeout"]
         with _spinner(f"compiling {name} for {adapter.name}"):
-            return engine.compile(data)
+            return compile_bounded(engine, data, seconds, lambda: too_slow(name, seconds))
 
     if out is None:
         result = cache.store_compiled(engine, wasm, policy, name, compile_fn, cache_dir, force)

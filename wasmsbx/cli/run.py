@@ -89,10 +89,18 @@ def execute(args: opts.RunArgs, log: Any = None) -> int:
         from .run_batch import execute as execute_batch
 
         return execute_batch(args, policy, log)
+    import time
+
     from ..runner import Sandbox
 
     kind = "call" if func else "command"
     call_args = args.positionals[2:] + (args.passthrough or [])
+    # One deadline instant for the whole run: a timeout set by a flag or the policy covers
+    # compiling too. The default timeout does not (limits.compile_timeout bounds that):
+    # a slow compiler (wasmer:llvm) on a busy machine must not fail a default run.
+    deadline = None
+    if "limits.timeout" in policy.explicit:
+        deadline = time.monotonic() + policy.values["limits.timeout"]
     box = Sandbox(
         module,
         policy,
@@ -103,6 +111,7 @@ def execute(args: opts.RunArgs, log: Any = None) -> int:
         progress=progress_factory(),
         function=func,
         args=call_args if func else None,
+        deadline=deadline,
     )
     for warning in box.warnings:  # at once: the run itself may still fail
         output.warning(warning)

@@ -1,0 +1,157 @@
+"""Compiling an untrusted module, bounded in size and time.
+
+A compile cannot be interrupted in process (wasmtime and wasmer run it in native code to
+the end: an 18.7 MB module of 100,000 functions compiled for 2 min 50 s under a 1 s
+timeout). So:
+
+* ``limits.module_size`` refuses larger modules before anything reads their code;
+* a module of ``CHILD_MIN`` bytes or more compiles in a child process (a fresh
+  interpreter, so no runtime threads or locks are inherited) that is killed at the
+  deadline; its native code comes back over a pipe this process created and reads
+  itself, so it needs no further authentication: no other process can write to it;
+* a smaller module compiles in process, watched by the deadline keeper: the command
+  line's hard stop ends a compile that overruns (measured on this 2-core machine,
+  wasmtime compiles ~0.3 MB/s of dense code, so CHILD_MIN is well under a second).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from typing import Any, Optional
+
+from .. import errors
+from ..errors import CompileLimitExceeded
+from ..units import format_duration, format_size
+
+CHILD_MIN = 256 * 1024  # bytes: compiles this large run in a child process
+
+# The child: argv[1] is the backend name, argv[2:] the parent's sys.path. Reads a JSON
+# header (EngineOptions) and the module on stdin; writes b"ok" + native code, or b"er" +
+# a JSON error, on stdout.
+_CHILD = """
+import sys
+name, sys.path[:] = sys.argv[1], sys.argv[2:]
+from wasmsbx.backends.compiling import child_main
+child_main(name)
+"""
+
+
+def check_size(size: int, limit: Optional[int], name: str) -> None:
+    if limit is not None and size > limit:
+        raise CompileLimitExceeded(
+            f"{name} is {format_size(size)}, larger than limits.module_size {format_size(limit)}",
+            hint="raise limits.module_size in the policy if you trust this module",
+            limit_value=limit,
+        )
+
+
+def too_slow(name: str, seconds: float) -> CompileLimitExceeded:
+    """limits.compile_timeout passed (exit 117)."""
+    return CompileLimitExceeded(
+        f"compiling {name} did not finish within limits.compile_timeout "
+        f"({format_duration(seconds)})",
+        hint="raise limits.compile_timeout, or precompile it once with `wasmsbx compile`",
+        limit_value=seconds,
+    )
+
+
+def out_of_time(name: str, timeout: float) -> errors.TimeoutExceeded:
+    """The run's timeout, which covers compiling, passed while compiling (exit 112)."""
+    return errors.TimeoutExceeded(
+        f"timeout: still compiling {name} after {format_duration(timeout)} "
+        "(the timeout covers compiling)",
+        hint="raise limits.timeout (--timeout 30s), or precompile it once with "
+        "`wasmsbx compile` (later runs load it from the cache)",
+        limit_value=timeout,
+    )
+
+
+def compile_bounded(engine: Any, wasm: bytes, seconds: float, error: Any) -> Any:
+    """``engine.compile(wasm)`` that ends within ``seconds`` or raises ``error()``."""
+    if len(wasm) >= CHILD_MIN:
+        return compile_in_child(engine, wasm, seconds, error)
+    from .deadline import KEEPER
+
+    watch = KEEPER.enter(None, seconds, error)
+    try:
+        return engine.compile(wasm)
+    finally:
+        KEEPER.leave(watch)
+
+
+def compile_in_child(engine: Any, wasm: bytes, seconds: float, error: Any) -> Any:
+    """Compile in a fresh interpreter that is killed at the deadline; load its code here."""
+    import json
+    import subprocess
+
+    options = json.dumps(engine.options._asdict()).encode()
+    argv = [sys.executable, "-E", "-s", "-c", _CHILD, engine.backend, *sys.path]
+    started = time.monotonic()
+    proc = subprocess.Popen(
+        argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    try:
+        out, err = proc.communicate(
+            len(options).to_bytes(4, "little") + options + wasm, timeout=seconds
+        )
+    except subprocess.TimeoutExpired:
+        _kill(proc)
+        raise error() from None
+    except BaseException:  # Ctrl-C: the child must not outlive us
+        _kill(proc)
+        raise
+    if out[:2] == b"ok":
+        module = engine.deserialize(memoryview(out)[2:])
+        engine.describe(module, wasm)
+        return module
+    if out[:2] == b"er":
+        raise _error(json.loads(out[2:]))  # our own child's JSON
+    left = seconds - (time.monotonic() - started)
+    lines = err.decode("utf-8", "replace").strip().splitlines()
+    detail = lines[-1:] or [f"status {proc.returncode}"]
+    raise errors.ModuleError(
+        f"compiling failed in its worker process ({detail[0][:200]})",
+        hint="the compiler crashed on this module" if left > 0 else None,
+    )
+
+
+def _kill(proc: Any) -> None:
+    proc.kill()
+    proc.communicate()
+
+
+def _error(data: dict) -> errors.WasmsbxError:
+    kinds = {
+        "module": errors.ModuleError,
+        "unlinkable": errors.LinkError,
+        "backend": errors.BackendUnavailable,
+    }
+    cls = kinds.get(data.get("kind"), errors.ModuleError)
+    return cls(data.get("message", "compile failed"), hint=data.get("hint"))
+
+
+def child_main(name: str) -> None:
+    """The child's body: compile what stdin holds, answer on stdout, exit."""
+    import json
+
+    from . import get
+    from .base import EngineOptions
+
+    data = sys.stdin.buffer.read()
+    size = int.from_bytes(data[:4], "little")
+    options = EngineOptions(**json.loads(data[4 : 4 + size]))
+    wasm = data[4 + size :]
+    out = sys.stdout.buffer
+    try:
+        engine = get(name).engine(options)
+        code = engine.serialize(engine.compile(wasm))
+    except errors.WasmsbxError as exc:
+        out.write(b"er" + json.dumps(exc.to_dict()).encode())
+        out.flush()
+        os._exit(0)
+    out.write(b"ok")
+    out.write(code)
+    out.flush()
+    os._exit(0)  # skip teardown (wasmtime-py's tokio threads; see cli.entry)

@@ -1,0 +1,265 @@
+"""One deadline keeper per process: epochs read off a monotonic clock, signals, a watchdog.
+
+wasmtime interrupts a guest with *epochs*: a store traps once its engine's epoch counter
+reaches the deadline the store was armed with. This module owns the only thread that
+advances epochs, for every engine of the process (1,000 sandboxes: one thread, not one
+per engine). Epoch n of an engine means "TICK * n seconds after the engine's base instant
+on ``time.monotonic``": the thread computes the epoch the clock says and increments up to
+it, so a late wake-up on a loaded machine catches up instead of stretching the timeout
+(the old ticker counted ``sleep(TICK)`` calls: 1 s fired at 2.3 s under load).
+
+Arming a call stays one FFI call (``store.set_epoch_deadline``): ``Keeper.enter`` turns
+the deadline instant into ticks from the engine's current epoch with plain arithmetic.
+
+What an epoch cannot stop: a guest blocked inside a host call (a WASI sleep, a read of a
+pipe that never closes, a FIFO) or a compile, since wasmtime checks epochs only in wasm
+code. The keeper knows every running call's deadline instant; when one is overrun by
+GRACE, it calls the *hard stop* a command line installed (``install_cli``), which writes
+the error, flushes the output and ends the process with that error's exit code. A library
+caller has no hard stop: see README "Limits from Python" for what holds there.
+
+Signals (command line only): SIGINT and SIGTERM reach this thread through
+``signal.set_wakeup_fd`` even while the main thread sits in a runtime's C code, where a
+Python handler cannot run. The thread then expires every running call at once (the call
+returns, the main thread raises KeyboardInterrupt: exit 130), and if the process is still
+there GRACE later (blocked in a host call or a compile), it hard-stops with 130.
+"""
+
+from __future__ import annotations
+
+import _thread
+import os
+import time
+from typing import Any, Callable, Optional
+
+TICK = 0.01  # seconds per epoch: the timeout's resolution
+GRACE = 0.25  # seconds a blocked call may overrun its deadline before a hard stop
+IDLE = 1.0  # seconds without calls before the thread exits (restarted on demand)
+
+
+class _EngineClock:
+    """One engine's epoch bookkeeping: epoch ``done`` is the instant ``base + done*TICK``."""
+
+    __slots__ = ("active", "base", "done", "engine")
+
+    def __init__(self, engine: Any) -> None:
+        self.engine = engine
+        self.base = time.monotonic()
+        self.done = 0
+        self.active = 0
+
+
+class Watch:
+    """One running call (or compile) the keeper watches: its deadline and what to say."""
+
+    __slots__ = ("clock", "deadline", "error", "interrupted", "ticks", "until")
+
+    def __init__(self, clock: Optional[_EngineClock], deadline: float, error: Callable) -> None:
+        self.clock = clock
+        self.deadline = deadline
+        self.error = error  # () -> WasmsbxError, for the hard stop's message and exit code
+        self.ticks = 0
+        self.until = 0  # the engine epoch at which the call's store traps
+        self.interrupted = False  # set by Keeper.interrupt(): report KeyboardInterrupt
+
+
+class Keeper:
+    """The process's deadline thread and its table of running calls."""
+
+    def __init__(self) -> None:
+        self.lock = _thread.allocate_lock()
+        self.watches: dict = {}  # id -> Watch
+        self.running = False
+        self.sleeping = False  # the thread waits IDLE, not TICK: enter() must wake it
+        self.wake_r, self.wake_w = -1, -1
+        self.hard_stop: Optional[Callable] = None  # (error) -> never returns
+        self.signalled: Optional[float] = None  # monotonic instant of the last SIGINT/SIGTERM
+        # Held from start_new_thread until the thread runs: a thread that only
+        # bootstraps once the interpreter is finalizing crashes it (SIGSEGV seen on 3.9),
+        # so an atexit hook waits for it.
+        self.starting = _thread.allocate_lock()
+        self.hooked = False
+
+    # ------------------------------------------------------------------ engines
+    @staticmethod
+    def clock(engine: Any) -> _EngineClock:
+        return _EngineClock(engine)
+
+    # ------------------------------------------------------------------ watches
+    def enter(
+        self,
+        clock: Optional[_EngineClock],
+        timeout: float,
+        error: Callable,
+        arm: Optional[Callable] = None,
+    ) -> Watch:
+        """Start watching a call that must end ``timeout`` seconds from now.
+
+        ``arm(ticks)`` (the store's ``set_epoch_deadline``) is called with the epoch delta
+        (+1 tick: the guest always gets at least the full timeout) while no epoch can
+        advance, so ``watch.until`` is exactly the epoch at which the store traps. An
+        engine with no call running is rebased to now, so epochs it missed while idle
+        are never caught up.
+        """
+        now = time.monotonic()
+        watch = Watch(clock, now + timeout, error)
+        with self.lock:
+            if clock is not None:
+                if not clock.active:
+                    clock.base = now - clock.done * TICK
+                clock.active += 1
+                target = int((watch.deadline - clock.base) / TICK) + 1
+                watch.ticks = max(1, target - clock.done)
+                watch.until = clock.done + watch.ticks
+                if arm is not None:
+                    arm(watch.ticks)
+            self.watches[id(watch)] = watch
+            if not self.running:
+                self._start()
+            elif self.sleeping:  # only after a quiet second: busy calls pay no syscall
+                self.sleeping = False
+                self._wake()
+        return watch
+
+    def _wake(self) -> None:
+        try:
+            os.write(self.wake_w, b"\0")
+        except OSError:  # the pipe is full: the thread is awake anyway
+            pass
+
+    def leave(self, watch: Watch) -> None:
+        with self.lock:
+            if self.watches.pop(id(watch), None) is not None and watch.clock is not None:
+                watch.clock.active -= 1
+
+    def _start(self) -> None:
+        """Start the thread (lock held)."""
+        if self.wake_r < 0:
+            self.wake_r, self.wake_w = os.pipe()
+            os.set_blocking(self.wake_w, False)
+        self.running = True
+        self.starting.acquire()
+        if not self.hooked:
+            import atexit
+
+            atexit.register(self._started)
+            self.hooked = True
+        _thread.start_new_thread(self._loop, ())
+
+    def _started(self) -> None:
+        if self.starting.acquire(timeout=2):
+            self.starting.release()
+
+    # ------------------------------------------------------------------ the thread
+    def _loop(self) -> None:
+        import select
+
+        self.starting.release()
+        idle_since = time.monotonic()
+        while True:
+            with self.lock:
+                busy = bool(self.watches) or self.signalled is not None
+                now = time.monotonic()
+                if busy:
+                    idle_since = now
+                elif now - idle_since >= IDLE:
+                    if self.hard_stop is None:
+                        self.running = False
+                        return
+                    self.sleeping = True  # a command line's thread stays, waiting long
+                wait = IDLE if self.sleeping else TICK
+            ready, _, _ = select.select([self.wake_r], [], [], wait)
+            if ready:
+                self._signals()
+            self._advance()
+            self._overruns()
+
+    def _signals(self) -> None:
+        try:
+            data = os.read(self.wake_r, 64)
+        except OSError:
+            return
+        import signal
+
+        if any(b in (signal.SIGINT, signal.SIGTERM) for b in data):
+            self.interrupt(signalled=True)
+
+    def _advance(self) -> None:
+        """Bring every engine with a running call up to the epoch the clock says."""
+        now = time.monotonic()
+        with self.lock:
+            clocks = {id(w.clock): w.clock for w in self.watches.values() if w.clock is not None}
+            for clock in clocks.values():
+                target = int((now - clock.base) / TICK)
+                while clock.done < target:
+                    clock.engine.increment_epoch()
+                    clock.done += 1
+
+    def _overruns(self) -> None:
+        """Hard-stop a call stuck past its deadline, or a process that ignores a signal."""
+        if self.hard_stop is None:
+            return
+        now = time.monotonic()
+        if self.signalled is not None and now - self.signalled > GRACE:
+            from ..errors import Interrupted
+
+            self.hard_stop(Interrupted("interrupted"))
+        with self.lock:
+            late = [w for w in self.watches.values() if now - w.deadline > GRACE]
+        if late:
+            self.hard_stop(late[0].error())
+
+    # ------------------------------------------------------------------ interrupts
+    def interrupt(self, signalled: bool = False) -> None:
+        """Stop every running call now (Ctrl-C): its epoch deadline passes at once, and
+        the call raises KeyboardInterrupt. Safe from any thread."""
+        if signalled:
+            self.signalled = time.monotonic()
+        with self.lock:
+            watches = list(self.watches.values())
+            for watch in watches:
+                watch.interrupted = True
+                watch.deadline = min(watch.deadline, time.monotonic())
+        for watch in watches:
+            if watch.clock is not None:
+                self.expire(watch)
+
+    def expire(self, watch: Watch) -> None:
+        """Make a running call pass its deadline now (this ends every call running on
+        that engine: it is used for Ctrl-C and output floods). One FFI call per epoch
+        still ahead of it: ~1 us each, so ~60 ms for a call with 10 minutes left."""
+        clock = watch.clock
+        if clock is None:
+            return
+        with self.lock:
+            ahead = max(0, watch.until - clock.done)
+            for _ in range(ahead):
+                clock.engine.increment_epoch()
+            clock.done += ahead
+            clock.base -= ahead * TICK  # the clock stays in step with ``done``
+
+    def settle(self) -> None:
+        """The main thread has handled the interrupt: no hard stop for it."""
+        self.signalled = None
+
+    # ------------------------------------------------------------------ the command line
+    def install_cli(self, hard_stop: Callable) -> None:
+        """For the command line (main thread only): SIGINT/SIGTERM wake this thread, and a
+        call stuck past its deadline ends the process through ``hard_stop(error)``."""
+        import signal
+
+        with self.lock:
+            self.hard_stop = hard_stop
+            if not self.running:
+                self._start()
+        signal.set_wakeup_fd(self.wake_w, warn_on_full_buffer=False)
+        if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+            signal.signal(signal.SIGTERM, _terminate)
+
+
+def _terminate(signum: int, frame: Any) -> None:
+    """SIGTERM ends a run like Ctrl-C: exit 130 with the usual clean-up."""
+    raise KeyboardInterrupt
+
+
+KEEPER = Keeper()
