@@ -38,6 +38,7 @@ class ExitCode:
     REGRESSION = 120
     AUDIT_FINDINGS = 121
     BATCH_FAILURES = 122
+    CLUSTER = 123
     INTERRUPTED = 130
 
 
@@ -163,6 +164,14 @@ class BackendUnavailable(WasmsbxError):
 
     exit_code = ExitCode.BACKEND_UNAVAILABLE
     kind = "backend"
+
+
+class ClusterError(WasmsbxError):
+    """A ``--cluster`` batch could not run: no Dask here, the scheduler is unreachable or
+    went away, or a chunk lost too many workers."""
+
+    exit_code = ExitCode.CLUSTER
+    kind = "cluster"
 
 
 class Interrupted(WasmsbxError):

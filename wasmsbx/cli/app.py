@@ -25,6 +25,7 @@ HELP = (
     "Exit codes: 0 ok, 2 usage, 100 internal, 101 policy, 102 module, 103 trap, "
     "104 no backend, 105 i/o, 110 memory, 111 fuel, 112 timeout, 113 stack, 114 table, "
     "115 output, 116 instances, 120 regression, 121 audit findings, 122 batch failures, "
+    "123 cluster unavailable, "
     "130 interrupted; a WASI command's own exit code is passed through."
 )
 
