@@ -8,7 +8,8 @@ from .. import errors
 from . import options as opts
 from . import output
 
-BATCH_OPTIONS = ("batch", "stream", "jobs", "fresh", "chunk_size", "checkpoint")  # run_batch.py
+# Options handled by run_batch.py.
+BATCH_OPTIONS = ("batch", "stream", "jobs", "fresh", "cluster", "chunk_size", "checkpoint")
 FLAG_KEYS = {
     "memory": "limits.memory",
     "fuel": "limits.fuel",

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple, Optional
 
-ENV_ADDRESS = "WASMSBX_CLUSTER"
+ENV_ADDRESS = "WASMSBX_CLUSTER"  # read by cli/run_batch.py (which avoids importing this)
 ENV_TIMEOUT = "WASMSBX_CLUSTER_TIMEOUT"
 DEFAULT_TIMEOUT = 10.0  # seconds to reach the scheduler, and for it to have a worker
 
@@ -36,11 +36,6 @@ class Cluster(NamedTuple):
 def as_cluster(value: Any) -> Cluster:
     """A Cluster from what a caller gave: a Cluster, an address or a distributed.Client."""
     return value if isinstance(value, Cluster) else Cluster(value)
-
-
-def address_from(option: Optional[str], environ: Any) -> Optional[str]:
-    """The cluster named by ``--cluster``, else by $WASMSBX_CLUSTER (empty means none)."""
-    return option or environ.get(ENV_ADDRESS) or None
 
 
 def run_cluster(box: Any, func: str, numbered: Any, **kw: Any) -> Any:

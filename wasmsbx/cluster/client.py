@@ -137,7 +137,9 @@ def _ship(client: Any, wasm: bytes, timeout: float) -> Any:
             f"(waited {timeout:g} s)",
             hint=f"start some: dask worker {client.scheduler.address}",
         ) from None
-    return client.scatter(wasm, broadcast=True, hash=True)
+    # A key of its own (hash=False): a job that ends releases its copy, which must not be
+    # the one a job starting at the same moment uses (Dask: "lost dependencies").
+    return client.scatter(wasm, broadcast=True, hash=False)
 
 
 # ---------------------------------------------------------------------------- dispatch
