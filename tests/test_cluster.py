@@ -254,6 +254,31 @@ def test_a_checkpoint_resumes_a_cluster_run_after_sigkill(tmp_path, cluster):
     assert not ckpt.exists()
 
 
+@pytest.mark.slow
+def test_a_scheduler_lost_mid_run_is_exit_123_and_the_output_a_clean_prefix(tmp_path):
+    local = distributed.LocalCluster(
+        n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None
+    )
+    out = tmp_path / "out.jsonl"
+    args = ["run", LOOP, "count", "--batch", "-", "--cluster", local.scheduler_address]
+    with open(out, "wb") as sink:
+        proc = spawn(args, subprocess.PIPE, sink)
+        try:
+            proc.stdin.write(b"".join(b"[%d]\n" % (1000 + i) for i in range(500)))
+            proc.stdin.flush()  # and left open: the run cannot finish on its own
+            deadline = time.monotonic() + 300
+            while out.stat().st_size == 0 and time.monotonic() < deadline:
+                assert proc.poll() is None, proc.stderr.read()
+                time.sleep(0.05)
+        finally:
+            local.close()
+        _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 123, err
+    assert err.startswith(b"error: ") and b"Traceback" not in err, err
+    rows = jsonl(out.read_text())
+    assert [r["results"][0] for r in rows] == [1000 + i for i in range(len(rows))]
+
+
 def wait_for_checkpoint(path, minimum, proc, timeout=300):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

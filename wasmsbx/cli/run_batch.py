@@ -220,7 +220,13 @@ def _cluster(o: dict) -> Any:
 
     from ..cluster import Cluster
 
-    logging.getLogger("distributed").setLevel(logging.CRITICAL)
+    try:
+        import distributed  # noqa: F401 - sets its loggers' levels on import: quiet them after
+    except ImportError:
+        pass  # wasmsbx.cluster reports it as an error with a hint
+    for name in ["distributed", *logging.root.manager.loggerDict]:
+        if name.split(".")[0] == "distributed":
+            logging.getLogger(name).setLevel(logging.CRITICAL)
     return Cluster(o["cluster"], chunk_items=o["chunk_size"])
 
 
