@@ -131,7 +131,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--items", type=int, default=3000)
     parser.add_argument("--iterations", type=int, default=500_000)
-    parser.add_argument("--overhead-items", type=int, default=2000)
+    parser.add_argument("--overhead-items", type=int, default=500)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()

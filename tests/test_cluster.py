@@ -21,7 +21,7 @@ from wasmsbx.batch import BatchResult
 from wasmsbx.policy import defaults, override
 from wasmsbx.runner import Sandbox
 
-from .conftest import EXAMPLES, GUESTS
+from .conftest import EXAMPLES, GUESTS, require_module
 
 distributed = pytest.importorskip("distributed")
 
@@ -296,8 +296,9 @@ def wait_for_checkpoint(path, minimum, proc, timeout=300):
 # ---------------------------------------------------------------------------- the library
 
 
-def test_sandbox_batch_takes_a_client_and_matches_a_local_run(client):
-    box = Sandbox(ADD, defaults())
+def test_sandbox_batch_takes_a_client_and_matches_a_local_run(client, backend):
+    require_module(backend, ADD)
+    box = Sandbox(ADD, defaults(), backend=backend)
     items = [[1, 2], {"args": [5, 0], "id": "z"}, [7], "oops", [9, 3]]
     local = [r.to_dict() for r in box.batch("div", items)]
     remote = list(box.batch("div", items, cluster=client))
@@ -314,9 +315,31 @@ def test_fresh_is_honoured_and_instances_are_reused_without_it(client):
     assert max(reused) > 1  # state carried from call to call on a worker's instance
 
 
-def test_a_trap_replaces_the_instance_on_the_worker(client):
+def test_each_worker_compiles_the_module_once_per_job(client):
+    policy = defaults()
+    override(policy, "limits.fuel", 987_654)  # a job (spec) no other test runs
+    box = Sandbox(ADD, policy)
+
+    def compiled_here() -> list:
+        from wasmsbx.cluster import worker
+
+        return [id(job.box) for job in worker._JOBS.values() if job.box.policy.fuel == 987_654]
+
+    items = [[i, 1] for i in range(200)]
+    assert all(r.ok for r in box.batch("add", items, cluster=client))
+    first = client.run(compiled_here)
+    assert all(len(ids) <= 1 for ids in first.values()) and any(first.values())
+    assert all(r.ok for r in box.batch("add", items, cluster=client))
+    second = client.run(compiled_here)
+    # The same compiled Sandbox where there was one (a worker idle the first time may
+    # compile now, once).
+    assert all(second[w] == ids for w, ids in first.items() if ids)
+    assert all(len(ids) <= 1 for ids in second.values())
+
+
+def test_a_trap_replaces_the_instance_on_the_worker(client, backend):
     # bump(1) counts, then traps: the next item must not see the trapped instance's count.
-    box = Sandbox(COUNTER, defaults())
+    box = Sandbox(COUNTER, defaults(), backend=backend)
     cluster = __import__("wasmsbx.cluster", fromlist=["Cluster"]).Cluster(client, chunk_items=4)
     results = list(box.batch("bump", [[0], [1], [0], [0]], cluster=cluster))
     assert [r.error_kind for r in results] == [None, "trap", None, None]
@@ -452,3 +475,12 @@ def test_a_run_without_cluster_imports_no_dask(tmp_path):
     names = {line.rsplit("|", 1)[1].strip() for line in proc.stderr.splitlines() if "|" in line}
     assert "wasmsbx.batch" in names
     assert not {"dask", "distributed", "wasmsbx.cluster"} & names
+
+
+def test_without_dask_installed_the_error_says_what_to_install(monkeypatch):
+    from wasmsbx.cluster.client import connect
+
+    monkeypatch.setitem(sys.modules, "distributed", None)  # import distributed fails
+    with pytest.raises(errors.ClusterError, match="needs Dask") as info:
+        connect("tcp://127.0.0.1:9", 1.0)
+    assert info.value.exit_code == 123 and "wasmsbx[dask]" in info.value.hint
