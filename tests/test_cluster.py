@@ -386,6 +386,32 @@ def test_a_worker_killed_mid_run_loses_and_repeats_nothing(client):
     assert all(r.ok for r in got)
 
 
+@pytest.mark.slow
+def test_the_only_worker_killed_mid_run_the_module_is_sent_again(tmp_path):
+    # Its restart loses the module bytes (no other worker held them): Dask cancels the
+    # chunks; the client sends the bytes again and resubmits them in their places.
+    from wasmsbx.cluster import Cluster
+
+    n = 200
+    base = 2_000_000
+    policy = defaults()
+    override(policy, "limits.timeout", "60s")
+    box = Sandbox(LOOP, policy)
+    with (
+        distributed.LocalCluster(
+            n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None
+        ) as one,
+        distributed.Client(one, set_as_default=False) as client,
+    ):
+        items = [{"args": [base + i], "id": i} for i in range(n)]
+        results = box.batch("count", items, cluster=Cluster(client, chunk_items=10))
+        got = [next(results) for _ in range(15)]
+        assert kill_a_busy_worker(client)
+        got.extend(results)
+    assert [r.id for r in got] == list(range(n)), "lost or repeated items"
+    assert [r.values for r in got] == [[base + i] for i in range(n)]
+
+
 def kill_a_busy_worker(client) -> bool:
     """SIGKILL the process of a worker that is running a chunk now (its nanny restarts it)."""
     deadline = time.monotonic() + 60

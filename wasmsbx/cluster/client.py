@@ -26,6 +26,7 @@ CHUNK_TARGET_SECONDS = 0.25  # a task costs ~5 ms of Dask overhead: keep it ~2% 
 CHUNK_MAX_ITEMS = 8192  # and CHUNK_MAX_BYTES (256 KiB) of input, as in a local batch
 WINDOW_PER_THREAD = 3  # chunks in flight per worker thread
 REFRESH_WORKERS = 2.0  # seconds between looks at how many worker threads there are
+MAX_RESHIPS = 5  # times the module's bytes are sent again after every holder died
 
 
 def run_cluster(
@@ -51,13 +52,12 @@ def run_cluster(
     timeout = _timeout(target.timeout)
     client, owned = connect(target.where, timeout)
     try:
-        spec = _spec(box, func, fresh)
-        wasm = _ship(client, box.wasm, timeout)
+        job = _Job(client, _spec(box, func, fresh), box.wasm, timeout)
     except BaseException:
         if owned:
             client.close()
         raise
-    return _dispatch(client, owned, spec, wasm, numbered, encoded, idle, target.chunk_items)
+    return _dispatch(job, owned, numbered, encoded, idle, target.chunk_items)
 
 
 def _timeout(given: Optional[float]) -> float:
@@ -177,11 +177,47 @@ class _Threads:
         return self.count
 
 
+class _Job:
+    """The job on the cluster: its spec, the module bytes the workers hold, and how a
+    chunk is submitted (again, when those bytes were lost with the workers holding them)."""
+
+    def __init__(self, client: Any, spec: str, wasm: bytes, timeout: float) -> None:
+        self.client = client
+        self.spec = spec
+        self.wasm = wasm
+        self.timeout = timeout
+        self.data = _ship(client, wasm, timeout)
+        self.reships = 0
+        self.wake = threading.Event()  # set whenever a chunk finishes
+
+    def submit(self, chunk: list) -> tuple:
+        from .worker import run_chunk
+
+        future = self.client.submit(run_chunk, self.spec, self.data, chunk, pure=False)
+        future.add_done_callback(lambda _: self.wake.set())
+        return future, chunk
+
+    def recover(self, pending: deque) -> bool:
+        """When every worker holding the module's bytes died (a one-worker cluster whose
+        worker restarted), Dask cancels the chunks that needed them: send the bytes again
+        and resubmit the unfinished chunks in their places. False if that is not it."""
+        if (
+            self.client.status != "running"
+            or self.data.status == "finished"
+            or self.reships >= MAX_RESHIPS
+        ):
+            return False
+        self.reships += 1
+        self.data = _ship(self.client, self.wasm, self.timeout)
+        for i, (future, chunk) in enumerate(pending):
+            if future.status != "finished":
+                pending[i] = self.submit(chunk)
+        return True
+
+
 def _dispatch(
-    client: Any,
+    job: _Job,
     owned: bool,
-    spec: str,
-    wasm: Any,
     numbered: Iterable,
     encoded: bool,
     idle: bool,
@@ -190,11 +226,9 @@ def _dispatch(
     """Submit chunks, yield their results in input order (``None`` as an idle tick when
     ``idle`` and nothing came for IDLE_TICK seconds). The input is read by a _Feeder
     thread, so a stalled input never holds back finished results."""
-    from .worker import run_chunk
-
-    wake = threading.Event()
+    client, wake = job.client, job.wake
     feeder = _Feeder(numbered, wake)
-    pending: deque = deque()  # (future, lines of its items)
+    pending: deque = deque()  # (future, chunk), oldest first
     sizer = _Sizer(chunk_items)
     threads = _Threads(client)
     chunk: list = []
@@ -210,9 +244,7 @@ def _dispatch(
                 starved = sum(not f.done() for f, _ in pending) < slots
                 if not chunk or not (full or starved or _chunk_bytes(chunk) >= CHUNK_MAX_BYTES):
                     break
-                future = client.submit(run_chunk, spec, wasm, chunk, pure=False)
-                future.add_done_callback(lambda _: wake.set())
-                pending.append((future, [line for line, _ in chunk]))
+                pending.append(job.submit(chunk))
                 chunk = []
             if not pending and exhausted and not chunk:
                 return
@@ -221,8 +253,12 @@ def _dispatch(
                 if not wake.wait(IDLE_TICK) and idle:
                     yield None
                 continue
-            future, lines = pending.popleft()
+            future, done = pending[0]
+            lines = [line for line, _ in done]
+            if future.cancelled() and job.recover(pending):
+                continue
             results, seconds = wire.read_results(_outcome(future, lines), lines)
+            pending.popleft()
             future.release()
             sizer.learn(len(results), seconds)
             for result in results:
