@@ -77,6 +77,8 @@ def _timeout(given: Optional[float]) -> float:
 def connect(where: Any, timeout: float) -> tuple:
     """``(client, owned)``: a distributed.Client for ``where`` (made here, owned) or
     ``where`` itself. An unreachable scheduler is a ClusterError after ``timeout``."""
+    import asyncio
+
     try:
         import distributed
     except ImportError:
@@ -92,7 +94,7 @@ def connect(where: Any, timeout: float) -> tuple:
         return where, False
     try:
         return distributed.Client(where, timeout=timeout, set_as_default=False), True
-    except (OSError, TimeoutError) as exc:
+    except (OSError, TimeoutError, asyncio.TimeoutError) as exc:
         raise errors.ClusterError(
             f"cannot reach the Dask scheduler at {where} within {timeout:g} s",
             hint=f"is `dask scheduler` running there? ({_reason(exc)}; "
@@ -129,9 +131,11 @@ def _spec(box: Any, func: str, fresh: bool) -> str:
 def _ship(client: Any, wasm: bytes, timeout: float) -> Any:
     """The module bytes on every worker, sent once (a worker that joins later fetches them
     from a peer); waits up to ``timeout`` for the scheduler to have a worker at all."""
+    import asyncio
+
     try:
         client.wait_for_workers(1, timeout=timeout)
-    except TimeoutError:
+    except (TimeoutError, asyncio.TimeoutError):  # one class from Python 3.11 on
         raise errors.ClusterError(
             f"the Dask scheduler at {client.scheduler.address} has no workers "
             f"(waited {timeout:g} s)",
