@@ -103,7 +103,7 @@ RUN_OPTIONS: tuple = (
         "cluster",
         "value",
         "With --batch: make the calls on the workers of this Dask scheduler (default: "
-        "$WASMSBX_CLUSTER; needs wasmsbx[dask]).",
+        "$WASMSBX_CLUSTER; needs the dask extra).",
         "ADDRESS",
     ),
     Opt(
