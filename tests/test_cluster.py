@@ -142,6 +142,17 @@ def test_a_fixed_chunk_size_gives_the_same_output(cli, tmp_path, cluster):
     assert [row["results"][0] for row in jsonl(r.stdout)] == [2 * i for i in range(300)]
 
 
+def test_the_audit_log_records_where_the_work_went(cli, tmp_path, cluster):
+    src = tmp_path / "in.jsonl"
+    src.write_text("[1, 2]\n")
+    log = tmp_path / "audit.jsonl"
+    r = cli("run", ADD, "add", "--batch", src, "--cluster", cluster, "--audit-log", log)
+    assert r.code == 0, r
+    events = jsonl(log.read_text())
+    assert [e["address"] for e in events if e["event"] == "cluster"] == [cluster]
+    assert events[-1]["event"] == "exit" and events[-1]["exit_code"] == 0
+
+
 @pytest.mark.parametrize(
     "extra, message",
     [

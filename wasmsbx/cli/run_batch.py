@@ -104,15 +104,18 @@ def _check_cluster_options(o: dict) -> None:
             hint=f"unset {ENV_CLUSTER} to run locally" if not given else _usage(),
         )
     if o["chunk_size"] is not None:
-        try:
-            o["chunk_size"] = int(o["chunk_size"])
-        except ValueError:
-            o["chunk_size"] = 0
-        if o["chunk_size"] < 1:
-            raise errors.UsageError(
-                "--chunk-size with --cluster is a number of items, at least 1",
-                hint="e.g. --chunk-size 500 (default: sized to about 0.25 s of work per task)",
-            )
+        o["chunk_size"] = _chunk_items(o["chunk_size"])
+
+
+def _chunk_items(text: str) -> int:
+    """--chunk-size with a cluster: items per task, a whole number >= 1."""
+    items = int(text) if text.isdigit() else 0
+    if items < 1:
+        raise errors.UsageError(
+            "--chunk-size with --cluster is a number of items, at least 1",
+            hint="e.g. --chunk-size 500 (default: sized to about 0.25 s of work per task)",
+        )
+    return items
 
 
 def _usage() -> str:
@@ -174,6 +177,9 @@ def _progress(kind: str, results_file: Any) -> Any:
 def _batch(box: Any, func: str, o: dict, log: Any) -> int:
     from ..batch import run_jsonl
     from ..checkpoint import Sink, Source
+
+    if log is not None and o["cluster"] is not None:  # where the items and module go
+        log.event("cluster", address=o["cluster"])
 
     stream = _open_input(o["batch"])
     try:
