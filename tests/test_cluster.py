@@ -176,6 +176,17 @@ def test_cluster_only_applies_to_a_batch(cli):
     assert r.code == 2 and "error: --cluster only applies with --batch" in r.stderr, r
 
 
+def test_a_policy_cannot_name_a_cluster(cli, tmp_path, isolated):
+    # A sandbox.toml found in the working folder is untrusted: it must not be able to send
+    # the items and the module to an address of its choosing.
+    (isolated / "sandbox.toml").write_text('[runtime]\ncluster = "tcp://203.0.113.9:8786"\n')
+    src = tmp_path / "in.jsonl"
+    src.write_text("[1, 2]\n")
+    r = cli("run", ADD, "add", "--batch", src)
+    assert r.code == 101, r
+    assert "runtime.cluster: unknown key" in r.stderr
+
+
 def test_jobs_with_the_environment_variable_says_how_to_run_locally(cli, tmp_path):
     src = tmp_path / "in.jsonl"
     src.write_text("[1, 2]\n")
