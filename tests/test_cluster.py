@@ -277,6 +277,33 @@ def test_a_checkpoint_resumes_a_cluster_run_after_sigkill(tmp_path, cluster):
 
 
 @pytest.mark.slow
+def test_ctrl_c_saves_the_checkpoint_and_the_rerun_completes(tmp_path, cluster):
+    n = 1000
+    lines = b"".join(b"[%d]\n" % (200_000 + i) for i in range(n))
+    src = tmp_path / "in.jsonl"
+    src.write_bytes(lines)
+    out = tmp_path / "out.jsonl"
+    ckpt = tmp_path / "run.ckpt"
+    common = ["run", LOOP, "count", "--cluster", cluster, "--checkpoint", ckpt]
+    with open(out, "ab") as sink:
+        proc = spawn([*common, "--batch", "-"], subprocess.PIPE, sink)
+        proc.stdin.write(lines[: len(lines) // 2])
+        proc.stdin.flush()  # and left open: it cannot finish before the Ctrl-C
+        wait_for_checkpoint(ckpt, 50, proc)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 130, err
+    assert f"interrupted; progress is saved in {ckpt}".encode() in err
+    assert b"Traceback" not in err
+    assert json.loads(ckpt.read_text())["state"]["output_offset"] == out.stat().st_size
+    with open(out, "ab") as sink:
+        proc = spawn([*common, "--batch", src], subprocess.DEVNULL, sink)
+        _, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err
+    assert [r["results"][0] for r in jsonl(out.read_text())] == [200_000 + i for i in range(n)]
+
+
+@pytest.mark.slow
 def test_a_scheduler_lost_mid_run_is_exit_123_and_the_output_a_clean_prefix(tmp_path):
     local = distributed.LocalCluster(
         n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None
