@@ -122,7 +122,8 @@ def _module_file(sha256: str, name: str, wasm: bytes) -> Path:
     """The module written where only this user can read it, under the client's file name
     (messages and a WASI guest's argv[0] name it as a local run does)."""
     folder = Path(tempfile.mkdtemp(prefix=f"wasmsbx-{sha256[:16]}-"))
-    path = folder / Path(name).name
+    base = Path(name).name
+    path = folder / (base if base not in ("", ".", "..") else "module.wasm")
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "wb") as f:
         f.write(wasm)
