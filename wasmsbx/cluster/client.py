@@ -55,7 +55,7 @@ def run_cluster(
         job = _Job(client, _spec(box, func, fresh), box.wasm, timeout)
     except BaseException:
         if owned:
-            client.close()
+            _close(client)
         raise
     return _dispatch(job, owned, numbered, encoded, idle, target.chunk_items)
 
@@ -133,17 +133,26 @@ def _ship(client: Any, wasm: bytes, timeout: float) -> Any:
     from a peer); waits up to ``timeout`` for the scheduler to have a worker at all."""
     import asyncio
 
+    address = client.scheduler.address
     try:
         client.wait_for_workers(1, timeout=timeout)
+        # A key of its own (hash=False): a job that ends releases its copy, which must not
+        # be the one a job starting at the same moment uses (Dask: "lost dependencies").
+        return client.scatter(wasm, broadcast=True, hash=False)
     except (TimeoutError, asyncio.TimeoutError):  # one class from Python 3.11 on
         raise errors.ClusterError(
-            f"the Dask scheduler at {client.scheduler.address} has no workers "
-            f"(waited {timeout:g} s)",
-            hint=f"start some: dask worker {client.scheduler.address}",
+            f"the Dask scheduler at {address} has no workers (waited {timeout:g} s)",
+            hint=f"start some: dask worker {address}",
         ) from None
-    # A key of its own (hash=False): a job that ends releases its copy, which must not be
-    # the one a job starting at the same moment uses (Dask: "lost dependencies").
-    return client.scatter(wasm, broadcast=True, hash=False)
+    except OSError as exc:  # the scheduler went away (or never answered)
+        raise _lost_scheduler(address, exc) from None
+
+
+def _lost_scheduler(address: str, exc: BaseException) -> errors.ClusterError:
+    return errors.ClusterError(
+        f"lost the connection to the Dask scheduler at {address}: {_reason(exc)}",
+        hint="is it still running? with --checkpoint, rerun the command to resume",
+    )
 
 
 # ---------------------------------------------------------------------------- dispatch
@@ -190,6 +199,7 @@ class _Job:
         self.spec = spec
         self.wasm = wasm
         self.timeout = timeout
+        self.address = client.scheduler.address
         self.data = _ship(client, wasm, timeout)
         self.reships = 0
         self.wake = threading.Event()  # set whenever a chunk finishes
@@ -205,11 +215,9 @@ class _Job:
         """When every worker holding the module's bytes died (a one-worker cluster whose
         worker restarted), Dask cancels the chunks that needed them: send the bytes again
         and resubmit the unfinished chunks in their places. False if that is not it."""
-        if (
-            self.client.status != "running"
-            or self.data.status == "finished"
-            or self.reships >= MAX_RESHIPS
-        ):
+        # Not gated on the bytes' own future: its "lost" status may arrive after the
+        # cancellation of the chunks that needed it.
+        if self.client.status != "running" or self.reships >= MAX_RESHIPS:
             return False
         self.reships += 1
         self.data = _ship(self.client, self.wasm, self.timeout)
@@ -253,7 +261,7 @@ def _dispatch(
             if not pending and exhausted and not chunk:
                 return
             if not (pending and pending[0][0].done()):
-                _check_client(client)
+                _check_client(job)
                 if not wake.wait(IDLE_TICK) and idle:
                     yield None
                 continue
@@ -271,7 +279,7 @@ def _dispatch(
         feeder.stop()
         _cancel(client, [f for f, _ in pending])
         if owned:
-            client.close()
+            _close(client)
 
 
 def _outcome(future: Any, lines: list) -> Any:
@@ -296,12 +304,18 @@ def _outcome(future: Any, lines: list) -> Any:
         ) from None
 
 
-def _check_client(client: Any) -> None:
-    if client.status in ("closed", "closing", "failed"):
-        raise errors.ClusterError(
-            "lost the connection to the Dask scheduler",
-            hint="is it still running? with --checkpoint, rerun the command to resume",
-        )
+def _check_client(job: _Job) -> None:
+    if job.client.status in ("closed", "closing", "failed"):
+        raise _lost_scheduler(job.address, RuntimeError("the client gave up reconnecting"))
+
+
+def _close(client: Any) -> None:
+    """Close a client made here; a failure to say goodbye to a scheduler that is gone must
+    not replace the error that ended the job."""
+    try:
+        client.close()
+    except Exception:  # noqa: S110 - the job is over either way
+        pass
 
 
 def _cancel(client: Any, futures: list) -> None:
