@@ -336,6 +336,20 @@ def test_a_scheduler_lost_mid_run_is_exit_123_and_the_output_a_clean_prefix(tmp_
     assert [r["results"][0] for r in rows] == [base + i for i in range(len(rows))]
 
 
+@pytest.mark.slow
+def test_progress_shows_on_a_terminal(tmp_path, cluster):
+    from .test_batch import stderr_on_a_terminal
+
+    src = tmp_path / "in.jsonl"
+    src.write_text("[300000]\n" * 2000)
+    argv = ["run", LOOP, "count", "--batch", src, "--cluster", cluster]
+    with open(tmp_path / "out", "wb") as out:
+        text = stderr_on_a_terminal(argv, None, out)
+    assert "items" in text and "%" in text  # the bar, drawn before the summary
+    assert "batch: 2,000 items, 2,000 ok" in text
+    assert len((tmp_path / "out").read_text().splitlines()) == 2000
+
+
 def wait_for_checkpoint(path, minimum, proc, timeout=300):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
