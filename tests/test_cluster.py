@@ -18,7 +18,7 @@ import pytest
 
 from wasmsbx import errors
 from wasmsbx.batch import BatchResult
-from wasmsbx.policy import defaults, override
+from wasmsbx.policy import add_grant, defaults, override
 from wasmsbx.runner import Sandbox
 
 from .conftest import EXAMPLES, GUESTS, require_module
@@ -581,3 +581,42 @@ def test_without_dask_installed_the_error_says_what_to_install(monkeypatch):
     with pytest.raises(errors.ClusterError, match="needs Dask") as info:
         connect("tcp://127.0.0.1:9", 1.0)
     assert info.value.exit_code == 123 and "wasmsbx[dask]" in info.value.hint
+
+
+def worker_spec(box, func="add", **changes) -> str:
+    from wasmsbx.cluster.client import _spec
+
+    spec = json.loads(_spec(box, func, False))
+    spec.update(changes)
+    return json.dumps(spec, sort_keys=True)
+
+
+def test_a_worker_refuses_another_version_or_bytes_that_do_not_match_their_digest():
+    from wasmsbx.cluster.worker import run_chunk
+
+    box = Sandbox(ADD, defaults())
+    chunk = [(1, b"[1, 2]")]
+    ok = json.loads(run_chunk(worker_spec(box), box.wasm, chunk))
+    assert ok["results"][0][:4] == [1, 1, [3], None]
+    old = json.loads(run_chunk(worker_spec(box, version="0.0.1"), box.wasm, chunk))["error"]
+    assert old["exit_code"] == 123 and "the client 0.0.1" in old["message"]
+    forged = box.wasm[:-1] + bytes([box.wasm[-1] ^ 1])
+    bad = json.loads(run_chunk(worker_spec(box, func="div"), forged, chunk))["error"]
+    assert bad["exit_code"] == 123 and "do not match their digest" in bad["message"]
+
+
+def test_a_grant_missing_on_the_worker_stops_the_job_with_exit_101(tmp_path):
+    from wasmsbx.cluster.wire import read_results
+    from wasmsbx.cluster.worker import run_chunk
+
+    data = tmp_path / "data"
+    data.mkdir()
+    box = Sandbox(ADD, defaults())
+    policy = defaults()
+    add_grant(policy, str(data), writable=False)
+    box.policy = policy
+    spec = worker_spec(box, func="mul64")
+    data.rmdir()  # as on a worker where the path does not exist
+    with pytest.raises(errors.WasmsbxError, match="does not exist on this worker") as info:
+        read_results(run_chunk(spec, box.wasm, [(1, b"[1, 2]")]), [1])
+    assert info.value.exit_code == 101
