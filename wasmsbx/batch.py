@@ -261,13 +261,15 @@ def run_batch(
     fresh: bool = False,
     jobs: int = 1,
     start_line: int = 1,
+    cluster: Any = None,
 ) -> Iterator[BatchResult]:
     """Call ``func`` once per item; yield one BatchResult per item, in input order.
 
     FUNC and instantiation are checked now (errors raise here); items are read lazily.
     ``jobs > 1`` starts worker processes with ``spawn``, which re-imports the main
     module: in a script, call it under ``if __name__ == "__main__":``."""
-    return run_numbered(box, func, enumerate(items, start_line), fresh=fresh, jobs=jobs)
+    numbered = enumerate(items, start_line)
+    return run_numbered(box, func, numbered, fresh=fresh, jobs=jobs, cluster=cluster)
 
 
 # More worker processes than this is a fork bomb, not a speed-up (each compiles the
@@ -295,6 +297,7 @@ def run_numbered(
     jobs: int = 1,
     encoded: bool = False,
     idle: bool = False,
+    cluster: Any = None,
 ) -> Iterator:
     """Like run_batch over ``(line, payload)`` pairs. Checks FUNC and instantiation first.
     With ``encoded``, yields Encoded lines (rendered in the workers, not in this process).
@@ -303,8 +306,19 @@ def run_numbered(
     result has come for IDLE_TICK seconds (e.g. a pipe that stays open but sends
     nothing), so the consumer can make the results it has durable meanwhile."""
     check_jobs(jobs)
+    if cluster is not None and jobs != 1:
+        raise errors.UsageError(
+            "-j/--jobs does not apply with a cluster (its workers run the calls)"
+        )
     caller = Caller(box, func, fresh)  # an unknown export fails here, before any item
     caller.ready()
+    if cluster is not None:  # the workers of a Dask cluster make the calls (wasmsbx.cluster)
+        caller.close()
+        from .cluster import run_cluster
+
+        return run_cluster(
+            box, func, numbered, cluster=cluster, fresh=fresh, encoded=encoded, idle=idle
+        )
     if jobs == 1:
         serial = _serial_fed if idle else _serial
         return serial(caller, numbered, encoded)
@@ -641,6 +655,7 @@ def run_jsonl(
     checkpoint: Optional[str] = None,
     progress: Optional[Callable] = None,
     warn: Optional[Callable] = None,
+    cluster: Any = None,
 ) -> Summary:
     """Read JSONL calls from ``source`` (checkpoint.Source), write JSONL results to ``sink``
     (checkpoint.Sink), in input order. Returns the summary; resumes from ``checkpoint``."""
@@ -664,7 +679,9 @@ def run_jsonl(
     reader = _Reader(source, state["next_line"] if state else 1)
     # A pipe may stall with items done: idle ticks let us save them meanwhile.
     idle = not source.seekable
-    results = run_numbered(box, func, reader, fresh=fresh, jobs=jobs, encoded=True, idle=idle)
+    results = run_numbered(
+        box, func, reader, fresh=fresh, jobs=jobs, encoded=True, idle=idle, cluster=cluster
+    )
     last = None
     saved = None  # the span ``last`` had at the latest save (or flush, without a checkpoint)
     tick = time.monotonic()

@@ -496,6 +496,7 @@ class Sandbox:
             engine_options(self.policy, self.compiler)
         )
         cache_wanted = self.policy.values["runtime.cache"] if use_cache is None else use_cache
+        self.use_cache = cache_wanted  # a cluster's workers follow the same choice
         self.cache_state = "off"
         self.recorded_exports: Optional[list] = None
         self.module = None
@@ -680,13 +681,17 @@ class Sandbox:
             return None
         return values[0] if len(values) == 1 else tuple(values)
 
-    def batch(self, func: str, items: Any, *, fresh: bool = False, jobs: int = 1) -> Any:
+    def batch(
+        self, func: str, items: Any, *, fresh: bool = False, jobs: int = 1, cluster: Any = None
+    ) -> Any:
         """Call ``func`` once per item (a list of arguments, a dict ``{"args", "id"}`` or a
         JSON line); an iterator of ``batch.BatchResult``, in input order, one per item.
-        A failing item is a result with ``.error``, not an exception. See wasmsbx.batch."""
+        A failing item is a result with ``.error``, not an exception. See wasmsbx.batch.
+        ``cluster`` (a Dask address, a ``distributed.Client`` or a ``cluster.Cluster``)
+        runs the calls on that cluster's workers instead; see wasmsbx.cluster."""
         from .batch import run_batch
 
-        return run_batch(self, func, items, fresh=fresh, jobs=jobs)
+        return run_batch(self, func, items, fresh=fresh, jobs=jobs, cluster=cluster)
 
     def stream(
         self,

@@ -99,6 +99,14 @@ RUN_OPTIONS: tuple = (
     Opt(("--jobs", "-j"), "jobs", "value", "With --batch: worker processes (default 1).", "N", int),
     Opt(("--fresh",), "fresh", "flag", "With --batch: a fresh instance for every call."),
     Opt(
+        ("--cluster",),
+        "cluster",
+        "value",
+        "With --batch: make the calls on the workers of this Dask scheduler (default: "
+        "$WASMSBX_CLUSTER; needs the dask extra).",
+        "ADDRESS",
+    ),
+    Opt(
         ("--stream",),
         "stream",
         "flag",
@@ -109,7 +117,8 @@ RUN_OPTIONS: tuple = (
         ("--chunk-size",),
         "chunk_size",
         "value",
-        "With --stream: bytes per chunk (default 64KiB).",
+        "With --stream: bytes per chunk (default 64KiB). With --batch --cluster: items per "
+        "task (default: sized to about 0.25 s of work).",
         "SIZE",
     ),
     Opt(

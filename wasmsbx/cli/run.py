@@ -10,7 +10,8 @@ from . import output
 from .progress import progress_factory
 from .run_view import render_explain, render_stats
 
-BATCH_OPTIONS = ("batch", "stream", "jobs", "fresh", "chunk_size", "checkpoint")  # run_batch.py
+# Options handled by run_batch.py.
+BATCH_OPTIONS = ("batch", "stream", "jobs", "fresh", "cluster", "chunk_size", "checkpoint")
 FLAG_KEYS = {
     "memory": "limits.memory",
     "fuel": "limits.fuel",
