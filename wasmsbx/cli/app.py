@@ -18,7 +18,7 @@ from . import options as run_options
 _ARGV: list = []  # the raw argv, for the typer face of `run`
 
 # Command modules, in the order ``wasmsbx --help`` lists them.
-COMMANDS = ["run", "compile", "cache", "bench", "audit", "watch", "backends"]
+COMMANDS = ["run", "compile", "cache", "bench", "audit", "watch", "backends", "mcp"]
 
 HELP = (
     "Run untrusted WebAssembly under an explicit policy (sandbox.toml).\n\n"
