@@ -38,6 +38,9 @@ class Stats(BaseModel):
     fuel_used: Optional[int] = None
     memory_bytes: Optional[int] = Field(None, description="guest linear memory at the end")
     cpu_seconds: Optional[float] = Field(None, description="CPU time of the call")
+    module_load: Optional[str] = Field(
+        None, description="reused (compiled code kept by the worker) | cache hit | compiled"
+    )
 
 
 class CodeResult(BaseModel):
@@ -138,6 +141,7 @@ def _code_result(data: dict) -> CodeResult:
             fuel_used=stats.get("fuel_used"),
             memory_bytes=stats.get("memory_bytes"),
             cpu_seconds=data.get("cpu_seconds"),
+            module_load=data.get("module_load"),
         ),
     )
 
@@ -318,4 +322,5 @@ def _stat_fields(data: dict) -> dict:
         "fuel_used": stats.get("fuel_used"),
         "memory_bytes": stats.get("memory_bytes"),
         "cpu_seconds": data.get("cpu_seconds"),
+        "module_load": data.get("module_load"),
     }

@@ -41,6 +41,7 @@ class Worker:
 
     def __init__(self) -> None:
         self.boxes: OrderedDict = OrderedDict()
+        self.load = ""  # how the last call got its module: reused | cache hit | compiled
 
     def sandbox(self, path: str, digest: str, policy: Any, kind: str) -> Any:
         """A Sandbox for the module, compiled (or loaded from the cache) once per worker.
@@ -59,8 +60,10 @@ class Worker:
             v["runtime.backend"],
         )
         box = self.boxes.get(key)
+        self.load = "reused"
         if box is None:
             box = Sandbox(path, policy, kind=kind)
+            self.load = "cache hit" if box.cache_state == "hit" else "compiled"
             self.boxes[key] = box
             while len(self.boxes) > MAX_MODULES:
                 self.boxes.popitem(last=False)[1].close()
@@ -99,6 +102,7 @@ class Worker:
         else:
             raise errors.UsageError(f"unknown operation {op!r}")
         data["sandbox"] = info
+        data["module_load"] = self.load
         return data
 
 
