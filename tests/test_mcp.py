@@ -229,7 +229,7 @@ def test_session_keeps_globals_and_sessions_are_isolated():
                 await c.call_tool(
                     "run_python",
                     {
-                        "code": "print('x' in globals()); print(open('/scratch/secret.txt').read())",
+                        "code": "print('x' in globals())\nprint(open('/scratch/secret.txt').read())",  # noqa: E501
                         "session": b,
                     },
                 )
@@ -378,7 +378,7 @@ def test_hostile_modules_do_not_hurt_the_server():
             return out, garbage, probe, alive
 
     out, garbage, probe, alive = run(scenario())
-    for (tool, path, _, expect), result in zip(cases, out):
+    for (_tool, path, _, expect), result in zip(cases, out):
         if expect:
             assert result.is_error, f"{path.name}: {result}"
             assert expect in text_of(result), f"{path.name}: {text_of(result)}"
