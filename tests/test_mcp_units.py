@@ -304,3 +304,19 @@ def test_worker_serves_calls_and_reports_failures_as_data(tmp_path):
     assert first["result"]["module_load"] == "compiled"
     assert not second["ok"] and second["error"]["class"] == "TrapError"
     assert not third["ok"] and third["error"]["kind"] == "usage"
+
+
+def test_expired_sessions_are_reaped_without_a_call(service_in):
+    service = service_in(session_idle=0.2)
+    service.pool.size = 0  # no worker: only the reaper is under test
+
+    async def scenario():
+        service.start()
+        session = service.sessions.start()
+        await asyncio.sleep(1.5)
+        await service.close()
+        return session
+
+    session = asyncio.run(scenario())
+    assert session.id not in service.sessions.open
+    assert not session.scratch.exists()

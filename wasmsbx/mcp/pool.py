@@ -58,8 +58,11 @@ class _Worker:
 class WorkerPool:
     """Up to ``size`` workers; idle ones are kept warm (interpreters loaded) for the next call."""
 
-    def __init__(self, size: int, warm: list, reply_limit: int, spawn_timeout: float) -> None:
+    def __init__(
+        self, size: int, warm: list, reply_limit: int, spawn_timeout: float, cwd: str
+    ) -> None:
         self.size = size
+        self.cwd = cwd  # python -m puts the cwd first on sys.path: a private, empty-ish dir
         self.warm = warm  # requests ({"op": "warm", ...}) each new worker runs first
         self.reply_limit = reply_limit
         self.spawn_timeout = spawn_timeout
@@ -79,6 +82,7 @@ class WorkerPool:
             stderr=None if os.environ.get("WASMSBX_DEBUG") else asyncio.subprocess.DEVNULL,
             limit=self.reply_limit,
             env=env,
+            cwd=self.cwd,
         )
         worker = _Worker(proc)
         self.all.add(worker)

@@ -39,7 +39,9 @@ class Service:
         self.active = 0
         self.interpreters = self._find_interpreters()
         reply_limit = 8 * config.output_ceiling() + 4 * 1024 * 1024  # JSON escapes \u00XX
-        self.pool = WorkerPool(config.max_concurrent, self._warm(), reply_limit, SPAWN_TIMEOUT)
+        self.pool = WorkerPool(
+            config.max_concurrent, self._warm(), reply_limit, SPAWN_TIMEOUT, str(self.root)
+        )
 
     # ------------------------------------------------------------------ lifecycle
     def _find_interpreters(self) -> dict:
@@ -65,10 +67,24 @@ class Service:
         ]
 
     def start(self) -> None:
-        """Start the first worker in the background (call from the running event loop)."""
+        """Start the first worker and the session reaper (call from the running loop)."""
+        import asyncio
+
         self.pool.replenish()
+        self._reaper = asyncio.ensure_future(self._reap_forever())
+
+    async def _reap_forever(self) -> None:
+        """Expired sessions go even when no call comes to notice them."""
+        import asyncio
+
+        while True:
+            await asyncio.sleep(max(0.5, min(30.0, self.config.session_idle / 4)))
+            self.sessions.reap()
 
     async def close(self) -> None:
+        reaper = getattr(self, "_reaper", None)
+        if reaper is not None:
+            reaper.cancel()
         await self.pool.close()
         self.sessions.close()
         shutil.rmtree(self.root, ignore_errors=True)

@@ -296,7 +296,7 @@ def build(service: Service) -> Any:
         data = service.config.describe()
         data["module_dirs"] = [str(d) for d in service.allowed_dirs()]
         data["interpreters"] = {
-            n: (str(p) if not isinstance(p, Exception) else f"missing: {p}")
+            n: "installed" if not isinstance(p, Exception) else "missing: wasmsbx mcp setup"
             for n, p in service.interpreters.items()
         }
         return data
