@@ -4,6 +4,7 @@ interpreter digests, the bearer check, the worker protocol (no server process)."
 from __future__ import annotations
 
 import asyncio
+import base64
 import io
 import json
 import os
@@ -320,3 +321,14 @@ def test_expired_sessions_are_reaped_without_a_call(service_in):
     session = asyncio.run(scenario())
     assert session.id not in service.sessions.open
     assert not session.scratch.exists()
+
+
+def test_text_that_argv_cannot_carry(service_in):
+    service = service_in(module_dirs=(str(EXAMPLES),))
+    for bad in ("print(1)\x00", "\ud800"):
+        with pytest.raises(errors.UsageError):
+            service.argv_text("code", bad)
+    with pytest.raises(errors.UsageError):
+        service.module(str(EXAMPLES / "add.wat") + "\x00", None)
+    wrapped = base64.encodebytes((EXAMPLES / "add.wat").read_bytes()).decode()  # with newlines
+    assert service.module(None, wrapped)[2] == "module.wasm"

@@ -128,7 +128,7 @@ def text(data: Optional[bytes]) -> Any:
 def run_python(box: Any, code: str, scratch: Optional[str], stdin: str = "") -> dict:
     """Run ``code`` in CPython-on-WASI; with ``scratch`` (the session's folder), keep globals."""
     argv = ["-c", PYTHON_BOOTSTRAP, code] + ([STATE_DIR] if scratch else [])
-    result = box.run_command(argv, stdin=stdin.encode("utf-8"), capture=True)
+    result = box.run_command(argv, stdin=stdin.encode("utf-8", "replace"), capture=True)
     data = {
         "exit_code": result.exit_code,
         "stdout": text(result.stdout),

@@ -103,6 +103,17 @@ class Service:
             )
         return size
 
+    @staticmethod
+    def argv_text(name: str, value: str) -> str:
+        """Text that travels as a C string (WASI argv): no NUL, valid Unicode."""
+        if "\x00" in value:
+            raise errors.UsageError(f"{name} contains a NUL character, which argv cannot carry")
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise errors.UsageError(f"{name} is not valid Unicode (a lone surrogate)") from None
+        return value
+
     def module(self, path: Optional[str], data_b64: Optional[str]) -> tuple:
         """(server-private copy, sha256, label) of the module named by path or given as base64.
 
@@ -115,7 +126,7 @@ class Service:
             )
         if data_b64:
             try:
-                data = base64.b64decode(data_b64, validate=True)
+                data = base64.b64decode("".join(data_b64.split()), validate=True)
             except (binascii.Error, ValueError):
                 raise errors.UsageError("module_base64 is not valid base64") from None
             label = "module.wasm"
@@ -149,6 +160,8 @@ class Service:
             fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOCTTY", 0) | os.O_NONBLOCK)
         except OSError as exc:
             raise errors.InputError(f"module_path {path!r}: cannot open: {exc.strerror}") from None
+        except ValueError:  # an embedded NUL
+            raise errors.UsageError("module_path contains a NUL character") from None
         with os.fdopen(fd, "rb") as fh:
             real = (
                 Path(os.readlink(f"/proc/self/fd/{fd}"))

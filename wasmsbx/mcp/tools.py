@@ -176,6 +176,7 @@ def build(service: Service) -> Any:
         files (a session adds a private /scratch), only the standard library. Returns stdout,
         stderr and the exit code (1 with a traceback on stderr if the code raised)."""
         service.check_request(code, stdin, session)
+        service.argv_text("code", code)
         req = {
             "op": "python",
             "module": str(service.interpreter("python")),
@@ -248,6 +249,8 @@ def build(service: Service) -> Any:
         """Run a WebAssembly module as a WASI command (its _start) with argv and stdin; the
         command's exit code, stdout and stderr come back."""
         service.check_request(module_base64, module_path, argv, stdin)
+        for i, arg in enumerate(argv):
+            service.argv_text(f"argv[{i}]", arg)
         module, digest, _ = service.module(module_path, module_base64)
         import base64
 
@@ -256,7 +259,7 @@ def build(service: Service) -> Any:
             "module": module,
             "sha256": digest,
             "argv": list(argv),
-            "stdin": base64.b64encode(stdin.encode()).decode(),
+            "stdin": base64.b64encode(stdin.encode("utf-8", "replace")).decode(),
         }
         data = await service.run("run_wasi_command", req, _limits(limits), log_args=list(argv))
         return _code_result(data)
