@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import os
 import subprocess
 import sys
 import time
@@ -538,3 +539,113 @@ def test_client_disconnect_mid_call(tmp_path):
         waited = time.monotonic() - started
     assert isinstance(data, dict) and data["stdout"] == "still here\n", data
     assert waited < 60  # far below the guest's 120 s: the call did not run to its timeout
+
+
+def _children(pid: int) -> list:
+    from pathlib import Path
+
+    found = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        found += [int(p) for p in (task / "children").read_text().split()]
+    return found
+
+
+def _alive(pid: int) -> bool:
+    from pathlib import Path
+
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    return "\nState:\tZ" not in status
+
+
+def test_stdio_client_gone_mid_call_stops_the_server_and_its_workers(tmp_path):
+    """The client closes the pipe while a call runs: the server exits, its worker processes
+    are stopped and its private folder (sessions' scratch) is removed."""
+    policy = tmp_path / "sandbox.toml"
+    policy.write_text('[limits]\ntimeout = "300s"\n')
+    proc = subprocess.Popen(
+        wasmsbx_argv("--policy", str(policy)),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        env=server_env(),
+    )
+
+    def send(message: dict) -> None:
+        proc.stdin.write((json.dumps({"jsonrpc": "2.0", **message}) + "\n").encode())
+        proc.stdin.flush()
+
+    try:
+        send(
+            {
+                "id": 1,
+                "method": "initialize",
+                "params": {
+                    "protocolVersion": "2025-06-18",
+                    "capabilities": {},
+                    "clientInfo": {"name": "test", "version": "1"},
+                },
+            }
+        )
+        assert json.loads(proc.stdout.readline())["id"] == 1
+        send({"method": "notifications/initialized"})
+        send(
+            {"id": 2, "method": "tools/call", "params": {"name": "start_session", "arguments": {}}}
+        )
+        session = json.loads(proc.stdout.readline())["result"]["structuredContent"]["session"]
+        send(
+            {
+                "id": 3,
+                "method": "tools/call",
+                "params": {
+                    "name": "run_python",
+                    "arguments": {"code": "while True: pass", "session": session},
+                },
+            }
+        )
+        deadline = time.monotonic() + 120
+        while not _children(proc.pid) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        time.sleep(3)  # the call is running in a worker now
+        workers = _children(proc.pid)
+        assert workers
+        from pathlib import Path
+
+        root = Path(os.readlink(f"/proc/{workers[0]}/cwd"))
+        assert (root / f"session-{session}").is_dir()
+        proc.stdin.close()
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    deadline = time.monotonic() + 30
+    while any(_alive(w) for w in workers) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not any(_alive(w) for w in workers)
+    assert not root.exists()
+
+
+def test_a_session_survives_its_own_corrupted_state():
+    junk = (
+        "import os\n"
+        "open('/scratch/.wasmsbx/globals.pickle', 'wb').write(b'not a pickle')\n"
+        "os._exit(0)"  # skips the save: the junk stays
+    )
+
+    async def scenario():
+        async with stdio_client() as c:
+            s = ok(await c.call_tool("start_session", {}))["session"]
+            ok(await c.call_tool("run_python", {"code": "x = 1", "session": s}))
+            ok(await c.call_tool("run_python", {"code": junk, "session": s}))
+            after = ok(
+                await c.call_tool("run_python", {"code": "y = 2\nprint('ok')", "session": s})
+            )
+            again = ok(await c.call_tool("run_python", {"code": "print(y)", "session": s}))
+            return after, again
+
+    after, again = run(scenario())
+    assert after["stdout"] == "ok\n" and "could not be read" in after["not_kept"]["*"]
+    assert again["stdout"] == "2\n"

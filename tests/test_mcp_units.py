@@ -332,3 +332,22 @@ def test_text_that_argv_cannot_carry(service_in):
         service.module(str(EXAMPLES / "add.wat") + "\x00", None)
     wrapped = base64.encodebytes((EXAMPLES / "add.wat").read_bytes()).decode()  # with newlines
     assert service.module(None, wrapped)[2] == "module.wasm"
+
+
+def test_session_report_is_not_read_through_a_symlink(tmp_path):
+    from wasmsbx.mcp.guest import _session_report
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "report.json").write_text('{"kept": ["leaked"], "not_kept": {}}')
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    (scratch / ".wasmsbx").symlink_to(elsewhere)
+    assert _session_report(str(scratch)) == {"kept": [], "not_kept": {}}
+    (scratch / ".wasmsbx").unlink()
+    (scratch / ".wasmsbx").mkdir()
+    (scratch / ".wasmsbx" / "report.json").symlink_to(elsewhere / "report.json")
+    assert _session_report(str(scratch)) == {"kept": [], "not_kept": {}}
+    (scratch / ".wasmsbx" / "report.json").unlink()
+    (scratch / ".wasmsbx" / "report.json").write_text('{"kept": ["x"], "not_kept": {"f": "y"}}')
+    assert _session_report(str(scratch)) == {"kept": ["x"], "not_kept": {"f": "y"}}

@@ -48,8 +48,11 @@ def _wasmsbx_main():
     kept, lost = [], {}
     path = os.path.join(state_dir, "globals.pickle") if state_dir else ""
     if path and os.path.exists(path):
-        with open(path, "rb") as fh:
-            saved = pickle.load(fh)
+        try:  # the code may have overwritten the file: a bad one costs the state, not the session
+            with open(path, "rb") as fh:
+                saved = dict(pickle.load(fh))
+        except Exception as exc:
+            saved, lost["*"] = {}, "the saved globals could not be read: %s" % exc
         for name, blob in saved.items():
             try:
                 g[name] = pickle.loads(blob)
@@ -84,12 +87,15 @@ def _wasmsbx_main():
                 kept.append(name)
             except Exception as exc:
                 lost[name] = "%s: %s" % (type(value).__name__, str(exc)[:120] or "not picklable")
-        os.makedirs(state_dir, exist_ok=True)
-        with open(path + ".tmp", "wb") as fh:
-            pickle.dump(out, fh, protocol=4)
-        os.replace(path + ".tmp", path)
-        with open(os.path.join(state_dir, "report.json"), "w") as fh:
-            json.dump({"kept": sorted(kept), "not_kept": lost}, fh)
+        try:  # the code may have replaced /scratch/.wasmsbx with something unwritable
+            os.makedirs(state_dir, exist_ok=True)
+            with open(path + ".tmp", "wb") as fh:
+                pickle.dump(out, fh, protocol=4)
+            os.replace(path + ".tmp", path)
+            with open(os.path.join(state_dir, "report.json"), "w") as fh:
+                json.dump({"kept": sorted(kept), "not_kept": lost}, fh)
+        except Exception as exc:
+            print("wasmsbx: the session's globals were not saved: %s" % exc, file=_s.stderr)
     return status
 
 def _wasmsbx_fn(code, name, defaults, kwdefaults, qualname):
@@ -144,9 +150,19 @@ def _session_report(scratch: str) -> dict:
     """Which globals the guest kept (it writes the report itself; read it defensively)."""
     import os
 
-    path = os.path.join(scratch, ".wasmsbx", "report.json")
+    nofollow = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0)
     try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        # Component by component without following links: the guest owns this folder and
+        # may have made .wasmsbx a symlink out of it.
+        top = os.open(scratch, nofollow | os.O_DIRECTORY)
+        try:
+            sub = os.open(".wasmsbx", nofollow | os.O_DIRECTORY, dir_fd=top)
+        finally:
+            os.close(top)
+        try:
+            fd = os.open("report.json", nofollow | os.O_NONBLOCK, dir_fd=sub)
+        finally:
+            os.close(sub)
         with os.fdopen(fd, "rb") as fh:
             report = json.loads(fh.read(REPORT_MAX))
         kept = [str(k) for k in report.get("kept", [])][:1000]

@@ -155,6 +155,10 @@ class WorkerPool:
                 self.all.discard(worker)
             self.replenish()
 
+    def kill_all(self) -> None:
+        for worker in list(self.all):
+            worker.kill()
+
     async def close(self) -> None:
         for worker in list(self.all):
             worker.kill()

@@ -78,20 +78,34 @@ def serve(
     allow_remote: bool = False,
 ) -> None:
     """Run the server until the client goes away (stdio) or it is interrupted (HTTP)."""
+    import signal
+
     import anyio
+
+    from .service import Service
 
     if transport == "http":
         check_bind(host, token, allow_remote)
-    anyio.run(_main, config, transport, host, port, token)
+    service = Service(config)
+
+    def stop(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt  # unwinds through the cleanup below
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        anyio.run(_main, service, config, transport, host, port, token)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        service.close_now()  # whatever the async close did not reach
 
 
 async def _main(
-    config: ServerConfig, transport: str, host: str, port: int, token: Optional[str]
+    service: Any, config: ServerConfig, transport: str, host: str, port: int, token: Any
 ) -> None:
-    from .service import Service
     from .tools import build
 
-    service = Service(config)
     try:
         service.start()
         server = build(service)

@@ -86,6 +86,12 @@ class Service:
         if reaper is not None:
             reaper.cancel()
         await self.pool.close()
+        self.close_now()
+
+    def close_now(self) -> None:
+        """Synchronous last resort (a signal, a crash of the loop): no worker and no session
+        folder outlives the server."""
+        self.pool.kill_all()
         self.sessions.close()
         shutil.rmtree(self.root, ignore_errors=True)
 
