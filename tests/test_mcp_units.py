@@ -351,3 +351,17 @@ def test_session_report_is_not_read_through_a_symlink(tmp_path):
     (scratch / ".wasmsbx" / "report.json").unlink()
     (scratch / ".wasmsbx" / "report.json").write_text('{"kept": ["x"], "not_kept": {"f": "y"}}')
     assert _session_report(str(scratch)) == {"kept": ["x"], "not_kept": {"f": "y"}}
+
+
+def test_relative_module_paths_are_refused_and_copies_do_not_pile_up(service_in):
+    service = service_in(module_dirs=(str(EXAMPLES),))
+    with pytest.raises(errors.UsageError) as info:
+        service.module("add.wat", None)
+    assert "not absolute" in info.value.message
+    first = service.module(str(EXAMPLES / "add.wat"), None)[0]
+    second = service.module(str(EXAMPLES / "add.wat"), None)[0]
+    assert first != second  # one private copy per call
+    service._drop_copy(first)
+    service._drop_copy(str(EXAMPLES / "add.wat"))  # not a copy: left alone
+    assert not Path(first).exists() and Path(second).exists()
+    assert (EXAMPLES / "add.wat").exists()

@@ -141,11 +141,10 @@ class Service:
         if not data:
             raise errors.ModuleError("the module is empty")
         digest = hashlib.sha256(data).hexdigest()
-        copy = self.root / "modules" / f"{digest}.wasm"
-        if not copy.exists():
-            tmp = copy.with_suffix(".part")
-            tmp.write_bytes(data)
-            os.replace(tmp, copy)
+        # One copy per call (removed when the call ends: see run), so a long-running server
+        # does not collect modules; workers key compiled code on the digest, not the name.
+        copy = self.root / "modules" / f"{digest}-{os.urandom(6).hex()}.wasm"
+        copy.write_bytes(data)
         return str(copy), digest, label
 
     def allowed_dirs(self) -> list:
@@ -162,24 +161,27 @@ class Service:
                 f"module_path {path!r}: this server reads no modules from disk",
                 hint="send the module as module_base64, or start the server with --module-dir",
             )
+        if "\x00" in path:
+            raise errors.UsageError("module_path contains a NUL character")
+        if not os.path.isabs(path):
+            raise errors.UsageError(
+                f"module_path {path!r} is not absolute",
+                hint="allowed directories: " + ", ".join(str(d) for d in allowed),
+            )
+        # Checked before opening (opening some devices has effects) and again on the file
+        # actually opened (a link swapped in between).
+        self._inside(path, Path(path).resolve(), allowed)
         try:
             fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOCTTY", 0) | os.O_NONBLOCK)
         except OSError as exc:
             raise errors.InputError(f"module_path {path!r}: cannot open: {exc.strerror}") from None
-        except ValueError:  # an embedded NUL
-            raise errors.UsageError("module_path contains a NUL character") from None
         with os.fdopen(fd, "rb") as fh:
             real = (
                 Path(os.readlink(f"/proc/self/fd/{fd}"))
                 if os.path.exists("/proc/self/fd")
                 else Path(path).resolve()
             )
-            if not any(real == d or d in real.parents for d in allowed):
-                raise errors.PolicyError(
-                    f"module_path {path!r} is outside the directories this server allows",
-                    hint="allowed: " + ", ".join(str(d) for d in allowed),
-                    key="module_path",
-                )
+            self._inside(path, real, allowed)
             import stat
 
             if not stat.S_ISREG(os.fstat(fd).st_mode):
@@ -191,6 +193,15 @@ class Service:
                 limit_value=self.config.max_request,
             )
         return data
+
+    @staticmethod
+    def _inside(path: str, real: Path, allowed: list) -> None:
+        if not any(real == d or d in real.parents for d in allowed):
+            raise errors.PolicyError(
+                f"module_path {path!r} is outside the directories this server allows",
+                hint="allowed: " + ", ".join(str(d) for d in allowed),
+                key="module_path",
+            )
 
     def interpreter(self, name: str) -> Path:
         found = self.interpreters[name]
@@ -216,9 +227,19 @@ class Service:
                 log.failure(exc)
                 log.exit(getattr(exc, "exit_code", errors.ExitCode.INTERRUPTED))
             raise
+        finally:
+            self._drop_copy(req.get("module"))
         if log is not None:
             log.exit(int(result.get("exit_code") or 0))
         return result
+
+    def _drop_copy(self, module: Optional[str]) -> None:
+        """Remove the call's private module copy (never an interpreter)."""
+        if module and Path(module).parent == self.root / "modules":
+            try:
+                os.unlink(module)
+            except FileNotFoundError:
+                pass
 
     async def _admitted(self, req: dict, limits: Any, session_id: Any, log: Any) -> dict:
         self.rate.admit()
@@ -304,7 +325,9 @@ class Service:
 
         log = AuditLog(self.config.audit_log)
         func = req.get("function")
-        log.start(req.get("module"), func, args)
+        # A module given by path is logged by that path; one sent as bytes by its digest
+        # (in the sandbox event): the private copy it ran from is gone after the call.
+        log.start(req.get("source"), func, args)
         code = req.get("code")
         log.event(
             "mcp",

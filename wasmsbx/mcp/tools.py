@@ -181,6 +181,7 @@ def build(service: Service) -> Any:
             "op": "python",
             "module": str(service.interpreter("python")),
             "sha256": _sha("python"),
+            "source": str(service.interpreter("python")),
             "code": code,
             "stdin": stdin,
         }
@@ -201,6 +202,7 @@ def build(service: Service) -> Any:
             "op": "javascript",
             "module": str(service.interpreter("javascript")),
             "sha256": _sha("javascript"),
+            "source": str(service.interpreter("javascript")),
             "code": code,
         }
         return _code_result(await service.run("run_javascript", req, _limits(limits)))
@@ -225,6 +227,7 @@ def build(service: Service) -> Any:
             "op": "call",
             "module": module,
             "sha256": digest,
+            "source": module_path,
             "function": function,
             "args": list(args),
         }
@@ -258,6 +261,7 @@ def build(service: Service) -> Any:
             "op": "command",
             "module": module,
             "sha256": digest,
+            "source": module_path,
             "argv": list(argv),
             "stdin": base64.b64encode(stdin.encode("utf-8", "replace")).decode(),
         }

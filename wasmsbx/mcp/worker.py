@@ -84,14 +84,9 @@ class Worker:
         box = self.sandbox(req["module"], req["sha256"], policy, kind)
         if op == "warm":  # compile (or load from the cache) before the first real call
             return {}
-        info = _sandbox_info(box)
+        info = _sandbox_info(box, req["sha256"])
         if op == "call":
-            wasi = box.wasi_setup((), b"", capture=True)  # never the protocol pipe as stdin
-            result = box.invoke(req["function"], req.get("args") or [], fresh=True, wasi=wasi)
-            stdout, stderr = box.output()
-            box.close()
-            data = result.to_dict()
-            data["stdout"], data["stderr"] = guest.text(stdout), guest.text(stderr)
+            data = _call(box, req["function"], req.get("args") or [])
         elif op == "command":
             stdin = base64.b64decode(req.get("stdin") or "")
             data = _command(box.run_command(req.get("argv") or [], stdin=stdin, capture=True))
@@ -106,6 +101,18 @@ class Worker:
         return data
 
 
+def _call(box: Any, func: str, args: list) -> dict:
+    wasi = box.wasi_setup((), b"", capture=True)  # never the protocol pipe as stdin
+    try:
+        result = box.invoke(func, args, fresh=True, wasi=wasi)
+        stdout, stderr = box.output()
+    finally:
+        box.close()  # the instance goes; the compiled module stays
+    data = result.to_dict()
+    data["stdout"], data["stderr"] = guest.text(stdout), guest.text(stderr)
+    return data
+
+
 def _command(result: Any) -> dict:
     data = result.to_dict()
     data["stdout"] = guest.text(result.stdout)
@@ -113,13 +120,12 @@ def _command(result: Any) -> dict:
     return data
 
 
-def _sandbox_info(box: Any) -> dict:
-    """What the audit log's ``sandbox`` event records (see wasmsbx/auditlog.py)."""
-    import hashlib
-
+def _sandbox_info(box: Any, digest: str) -> dict:
+    """What the audit log's ``sandbox`` event records (see wasmsbx/auditlog.py); the digest
+    is the server's (of the module's bytes, or the interpreter's pinned one)."""
     v = box.policy.values
     return {
-        "sha256": hashlib.sha256(box.wasm).hexdigest(),
+        "sha256": digest,
         "size": len(box.wasm),
         "backend": box.backend_name,
         "compiler": box.compiler,
