@@ -649,3 +649,41 @@ def test_a_session_survives_its_own_corrupted_state():
     after, again = run(scenario())
     assert after["stdout"] == "ok\n" and "could not be read" in after["not_kept"]["*"]
     assert again["stdout"] == "2\n"
+
+
+def test_resource_bombs_and_file_escapes_through_the_tools():
+    probe = b64(GUESTS / "fsprobe.wasm")
+    escapes = [["read", "/etc/passwd"], ["read", "../../../../etc/passwd"], ["ls", "/"]]
+    escapes += [["write", "/tmp/wasmsbx-mcp-escape", "x"], ["symlink", "/etc/passwd", "l"]]
+
+    async def scenario():
+        async with stdio_client() as c:
+            grow = ok(
+                await c.call_tool(
+                    "call_export",
+                    {
+                        "module_base64": b64(GUESTS / "memgrow_loop.wat"),
+                        "function": "run",
+                        "limits": {"memory": "1MiB"},
+                    },
+                )
+            )
+            table = ok(
+                await c.call_tool(
+                    "call_export",
+                    {"module_base64": b64(GUESTS / "table_grow.wat"), "function": "grow_table"},
+                )
+            )
+            fs = []
+            for argv in escapes:
+                args = {"module_base64": probe, "argv": argv}
+                fs.append(ok(await c.call_tool("run_wasi_command", args)))
+            return grow, table, fs
+
+    grow, table, fs = run(scenario())
+    assert grow["results"][0]["value"] <= 16  # 1 MiB of 64 KiB pages
+    assert table["results"][0]["value"] <= 10000  # limits.table_elements
+    for argv, result in zip(escapes, fs):
+        assert result["exit_code"] != 0, (argv, result)
+        assert "root:" not in result["stdout"], argv
+    assert not os.path.exists("/tmp/wasmsbx-mcp-escape")
