@@ -24,11 +24,57 @@ from typing import Any, Optional
 STATE_DIR = "/scratch/.wasmsbx"
 PYTHON_BOOTSTRAP = r"""
 import sys as _s
+# Only what every call needs is imported here: the interpreter starts in ~30 ms of CPU and
+# `ast`, `pickle`, `traceback` and `json` would add ~90 ms. _ast is the C half of ast;
+# sys.__excepthook__ prints a traceback without importing traceback.
 def _wasmsbx_main():
-    import ast, marshal, os, pickle, types, traceback, json, copyreg
+    import _ast
     code, state_dir = _s.argv[1], (_s.argv[2] if len(_s.argv) > 2 else "")
     g = {"__name__": "__main__", "__builtins__": __builtins__}
     _s.modules["__main__"].__dict__["_wasmsbx_globals"] = g
+    lost = _wasmsbx_load(g, state_dir) if state_dir else {}
+    status = 0
+    try:
+        tree = compile(code, "<code>", "exec", _ast.PyCF_ONLY_AST)
+        last = tree.body.pop() if tree.body and isinstance(tree.body[-1], _ast.Expr) else None
+        exec(compile(tree, "<code>", "exec"), g)
+        if last is not None:
+            value = eval(compile(_ast.Expression(last.value), "<code>", "eval"), g)
+            if value is not None:
+                print(repr(value))
+    except SystemExit as exc:
+        status = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    except BaseException:
+        kind, exc, tb = _s.exc_info()
+        _s.stdout.flush()
+        exc.__traceback__ = tb.tb_next  # without this bootstrap's frame
+        _s.__excepthook__(kind, exc, tb.tb_next)
+        status = 1
+    _s.stdout.flush()
+    if state_dir:
+        _wasmsbx_save(g, state_dir, lost)
+    return status
+
+def _wasmsbx_load(g, state_dir):
+    import os, pickle
+    lost = {}
+    path = os.path.join(state_dir, "globals.pickle")
+    if not os.path.exists(path):
+        return lost
+    try:  # the code may have overwritten the file: a bad one costs the state, not the session
+        with open(path, "rb") as fh:
+            saved = dict(pickle.load(fh))
+    except Exception as exc:
+        saved, lost["*"] = {}, "the saved globals could not be read: %s" % exc
+    for name, blob in saved.items():
+        try:
+            g[name] = pickle.loads(blob)
+        except Exception as exc:
+            lost[name] = "cannot be restored: %s" % exc
+    return lost
+
+def _wasmsbx_save(g, state_dir, lost):
+    import io, json, marshal, os, pickle, types
 
     class P(pickle.Pickler):
         def reducer_override(self, obj):
@@ -45,58 +91,27 @@ def _wasmsbx_main():
                 return __import__, (obj.__name__,)
             return NotImplemented
 
-    kept, lost = [], {}
-    path = os.path.join(state_dir, "globals.pickle") if state_dir else ""
-    if path and os.path.exists(path):
-        try:  # the code may have overwritten the file: a bad one costs the state, not the session
-            with open(path, "rb") as fh:
-                saved = dict(pickle.load(fh))
+    out, kept = {}, []
+    for name, value in list(g.items()):
+        if name.startswith("__"):
+            continue
+        buf = io.BytesIO()
+        try:
+            P(buf, protocol=4).dump(value)
+            out[name] = buf.getvalue()
+            kept.append(name)
         except Exception as exc:
-            saved, lost["*"] = {}, "the saved globals could not be read: %s" % exc
-        for name, blob in saved.items():
-            try:
-                g[name] = pickle.loads(blob)
-            except Exception as exc:
-                lost[name] = "cannot be restored: %s" % exc
-    status = 0
-    try:
-        tree = ast.parse(code, "<code>")
-        last = tree.body.pop() if tree.body and isinstance(tree.body[-1], ast.Expr) else None
-        exec(compile(tree, "<code>", "exec"), g)
-        if last is not None:
-            value = eval(compile(ast.Expression(last.value), "<code>", "eval"), g)
-            if value is not None:
-                print(repr(value))
-    except SystemExit as exc:
-        status = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-    except BaseException:
-        kind, exc, tb = _s.exc_info()
-        traceback.print_exception(kind, exc, tb.tb_next)
-        status = 1
-    _s.stdout.flush()
-    if state_dir:
-        import io
-        out = {}
-        for name, value in list(g.items()):
-            if name.startswith("__") or name == "_wasmsbx_globals":
-                continue
-            buf = io.BytesIO()
-            try:
-                P(buf, protocol=4).dump(value)
-                out[name] = buf.getvalue()
-                kept.append(name)
-            except Exception as exc:
-                lost[name] = "%s: %s" % (type(value).__name__, str(exc)[:120] or "not picklable")
-        try:  # the code may have replaced /scratch/.wasmsbx with something unwritable
-            os.makedirs(state_dir, exist_ok=True)
-            with open(path + ".tmp", "wb") as fh:
-                pickle.dump(out, fh, protocol=4)
-            os.replace(path + ".tmp", path)
-            with open(os.path.join(state_dir, "report.json"), "w") as fh:
-                json.dump({"kept": sorted(kept), "not_kept": lost}, fh)
-        except Exception as exc:
-            print("wasmsbx: the session's globals were not saved: %s" % exc, file=_s.stderr)
-    return status
+            lost[name] = "%s: %s" % (type(value).__name__, str(exc)[:120] or "not picklable")
+    path = os.path.join(state_dir, "globals.pickle")
+    try:  # the code may have replaced /scratch/.wasmsbx with something unwritable
+        os.makedirs(state_dir, exist_ok=True)
+        with open(path + ".tmp", "wb") as fh:
+            pickle.dump(out, fh, protocol=4)
+        os.replace(path + ".tmp", path)
+        with open(os.path.join(state_dir, "report.json"), "w") as fh:
+            json.dump({"kept": sorted(kept), "not_kept": lost}, fh)
+    except Exception as exc:
+        print("wasmsbx: the session's globals were not saved: %s" % exc, file=_s.stderr)
 
 def _wasmsbx_fn(code, name, defaults, kwdefaults, qualname):
     import marshal, types
