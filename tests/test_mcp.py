@@ -455,7 +455,13 @@ def test_audit_log_records_every_call(tmp_path):
 
 
 def test_http_on_loopback():
-    with http_server() as (url, _):
+    import httpx2
+
+    with http_server("--max-request", "64KiB") as (url, _):
+        body = b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"run_python",'
+        body += b'"arguments":{"code":"' + b"x" * 1_000_000 + b'"}}}'
+        headers = {"content-type": "application/json", "accept": "application/json"}
+        too_big = httpx2.post(url, content=body, headers=headers)
 
         async def scenario():
             async with http_client(url) as c:
@@ -464,6 +470,7 @@ def test_http_on_loopback():
                 return names, data
 
         names, data = run(scenario())
+    assert too_big.status_code == 413  # refused before it is parsed
     assert "run_python" in names
     assert data["stdout"] == "over http\n"
 
