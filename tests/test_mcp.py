@@ -130,7 +130,7 @@ def test_guest_blocked_in_a_wasi_sleep_is_stopped_and_the_server_lives_on():
     its worker process is stopped at timeout + grace, and the next call gets a fresh one."""
 
     async def scenario():
-        async with stdio_client() as c:
+        async with stdio_client("--grace", "2s") as c:
             slept = await c.call_tool(
                 "run_wasi_command",
                 {
@@ -144,6 +144,9 @@ def test_guest_blocked_in_a_wasi_sleep_is_stopped_and_the_server_lives_on():
 
     slept, after = run(scenario())
     assert slept.is_error and "timeout" in text_of(slept)
+    # Stopped in process (if the runtime can interrupt the sleep) or with its worker at
+    # timeout + grace; either way within the call's budget.
+    assert "within 3 s" in text_of(slept) or "still running after 1.00 s" in text_of(slept)
     assert after["stdout"] == "alive\n"
 
 

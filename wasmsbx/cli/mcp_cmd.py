@@ -39,6 +39,12 @@ SESSION_MEMORY = typer.Option(
 )
 SESSION_IDLE = typer.Option("10m", "--session-idle", metavar="DURATION", help="Idle expiry.")
 MAX_SESSIONS = typer.Option(16, "--max-sessions", metavar="N", help="Sessions open at once.")
+GRACE = typer.Option(
+    "10s",
+    "--grace",
+    metavar="DURATION",
+    help="Past limits.timeout, stop a call's worker after this (compile, blocked WASI).",
+)
 AUDIT_LOG = typer.Option(
     None, "--audit-log", metavar="FILE", help="Append every call as JSON lines (as run does)."
 )
@@ -74,6 +80,7 @@ def serve(
     session_memory: Optional[str] = SESSION_MEMORY,
     session_idle: str = SESSION_IDLE,
     max_sessions: int = MAX_SESSIONS,
+    grace: str = GRACE,
     audit_log: Optional[str] = AUDIT_LOG,
 ) -> int:
     """Serve MCP on stdio (default) or streamable HTTP; see README, "MCP server"."""
@@ -98,6 +105,7 @@ def serve(
         session_idle=_parse(parse_duration, session_idle, "--session-idle"),
         max_sessions=_positive(max_sessions, "--max-sessions"),
         module_dirs=tuple(_dirs(module_dir or [])),
+        grace=_parse(parse_duration, grace, "--grace"),
         audit_log=_audit_log(audit_log),
     )
     token = _token(token_file)
