@@ -9,6 +9,7 @@ deadline. Failures come back as :class:`wasmsbx.errors.WasmsbxError`; the MCP la
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import hashlib
@@ -68,15 +69,11 @@ class Service:
 
     def start(self) -> None:
         """Start the first worker and the session reaper (call from the running loop)."""
-        import asyncio
-
         self.pool.replenish()
         self._reaper = asyncio.ensure_future(self._reap_forever())
 
     async def _reap_forever(self) -> None:
         """Expired sessions go even when no call comes to notice them."""
-        import asyncio
-
         while True:
             await asyncio.sleep(max(0.5, min(30.0, self.config.session_idle / 4)))
             self.sessions.reap()
@@ -284,7 +281,8 @@ class Service:
             )
         grants: tuple = ()
         if session is not None:
-            left = self.sessions.check_budget(session)
+            # A hostile session may hold many files: walk them off the event loop.
+            left = await asyncio.to_thread(self.sessions.check_budget, session)
             if left < policy.values["limits.memory"]:
                 policy.values["limits.memory"] = left
             from ..policy import Grant
