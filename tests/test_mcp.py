@@ -697,3 +697,25 @@ def test_resource_bombs_and_file_escapes_through_the_tools():
         assert result["exit_code"] != 0, (argv, result)
         assert "root:" not in result["stdout"], argv
     assert not os.path.exists("/tmp/wasmsbx-mcp-escape")
+
+
+def test_the_policy_is_the_servers_not_the_working_folders(tmp_path, isolated):
+    """./sandbox.toml is untrusted and not read; --policy's grants reach every call."""
+    (isolated / "sandbox.toml").write_text('[limits]\nmemory = "1GiB"\ntimeout = "1h"\n')
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "input.txt").write_text("granted")
+    policy = tmp_path / "ceiling.toml"
+    policy.write_text(f'[filesystem]\nread_only = ["{data}:/data"]\n')
+
+    async def scenario():
+        async with stdio_client("--policy", str(policy)) as c:
+            limits = ok(await c.call_tool("limits", {}))
+            read = ok(await c.call_tool("run_python", {"code": "open('/data/input.txt').read()"}))
+            write = ok(await c.call_tool("run_python", {"code": "open('/data/x', 'w')"}))
+            return limits, read, write
+
+    limits, read, write = run(scenario())
+    assert limits["memory"] == "256 MiB" and limits["timeout"] == "10.00 s"
+    assert read["stdout"] == "'granted'\n"
+    assert write["exit_code"] == 1 and not (data / "x").exists()

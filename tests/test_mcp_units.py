@@ -414,3 +414,12 @@ def test_tool_errors_say_what_a_model_can_do():
     assert "hint: delete files" in str(tool_error(session))  # the server's own hint stays
     busy = errors.LimitExceeded("busy: 4 calls are running", hint="wait")
     assert str(tool_error(busy)) == "limit: busy: 4 calls are running\nhint: wait"
+
+
+def test_missing_interpreters_are_a_tool_error_with_the_fix(tmp_path, monkeypatch, service_in):
+    monkeypatch.setenv("WASMSBX_DATA_DIR", str(tmp_path))
+    service = service_in()
+    assert service.pool.warm == []  # modules still run; workers start without interpreters
+    with pytest.raises(errors.InputError) as info:
+        service.interpreter("python")
+    assert "wasmsbx mcp setup" in info.value.hint
