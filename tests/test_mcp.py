@@ -518,6 +518,24 @@ def test_http_refuses_other_addresses_without_flag_and_token():
     assert no_token.returncode == 2 and "token is required" in no_token.stderr
 
 
+def test_http_port_in_use_is_one_line():
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        proc = subprocess.run(
+            wasmsbx_argv("--http", "--port", str(port)),
+            capture_output=True,
+            text=True,
+            env=server_env(),
+            timeout=120,
+        )
+    assert proc.returncode == 105
+    assert proc.stderr.splitlines()[0].endswith("cannot listen: Address already in use")
+
+
 def test_client_disconnect_mid_call(tmp_path):
     """A client that goes away mid-call: the call is cancelled and its worker stopped long
     before the guest's own 120 s timeout, so the one slot frees for the next client."""

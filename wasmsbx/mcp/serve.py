@@ -43,6 +43,26 @@ def check_bind(host: str, token: Optional[str], allow_remote: bool) -> None:
         )
 
 
+def check_port(host: str, port: int) -> None:
+    """A one-line error for an address in use, instead of uvicorn's log line and exit 1."""
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise errors.UsageError(f"--host {host}: {exc.strerror}") from None
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            raise errors.InputError(
+                f"--host {host} --port {port}: cannot listen: {exc.strerror}",
+                hint="choose another --port",
+            ) from None
+
+
 class BearerAuth:
     """ASGI middleware: every HTTP request must carry ``Authorization: Bearer <token>``."""
 
@@ -86,6 +106,7 @@ def serve(
 
     if transport == "http":
         check_bind(host, token, allow_remote)
+        check_port(host, port)
     service = Service(config)
 
     def stop(signum: int, frame: Any) -> None:
