@@ -189,8 +189,9 @@ def build(service: Service) -> Any:
         limits: Limits = None,
     ) -> CodeResult:
         """Run Python code in CPython 3.11 compiled to WebAssembly (WASI). No network, no host
-        files (a session adds a private /scratch), only the standard library. Returns stdout,
-        stderr and the exit code (1 with a traceback on stderr if the code raised)."""
+        files (a session adds a private /scratch), only the standard library; no threads,
+        subprocesses or time.sleep. Returns stdout, stderr and the exit code (1 with a
+        traceback on stderr if the code raised)."""
         service.check_request(code, stdin, session)
         service.argv_text("code", code)
         req = {
