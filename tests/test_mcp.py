@@ -259,17 +259,22 @@ def test_session_keeps_globals_and_sessions_are_isolated():
 
 def test_session_cpu_budget():
     async def scenario():
-        async with stdio_client("--session-cpu", "1s") as c:
+        async with stdio_client("--session-cpu", "500ms") as c:
             s = ok(await c.call_tool("start_session", {}))["session"]
+            other = ok(await c.call_tool("start_session", {}))["session"]
             results = []
-            for _ in range(12):
-                results.append(await c.call_tool("run_python", {"code": "pass", "session": s}))
+            for _ in range(40):  # each call costs >= ~40 ms of CPU, most far more
+                code = {"code": "sum(range(200000))", "session": s}
+                results.append(await c.call_tool("run_python", code))
                 if results[-1].is_error:
                     break
-            return results
+            fresh = ok(await c.call_tool("run_python", {"code": "print(1)", "session": other}))
+            return results, fresh
 
-    results = run(scenario())
+    results, fresh = run(scenario())
     assert results[-1].is_error and "CPU budget" in text_of(results[-1])
+    assert len(results) > 1  # the budget was spent by calls that ran, not refused up front
+    assert fresh["stdout"] == "1\n"  # one session's budget is not another's
 
 
 def test_javascript_prints_and_is_stopped():
