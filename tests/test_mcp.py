@@ -742,3 +742,26 @@ def test_the_policy_is_the_servers_not_the_working_folders(tmp_path, isolated):
     assert limits["memory"] == "256 MiB" and limits["timeout"] == "10.00 s"
     assert read["stdout"] == "'granted'\n"
     assert write["exit_code"] == 1 and not (data / "x").exists()
+
+
+def test_sigterm_stops_the_http_server_cleanly():
+    """SIGTERM: exit 0, no worker left running, the private folder removed."""
+    import signal
+
+    with http_server() as (_, proc):
+        deadline = time.monotonic() + 120
+        while not _children(proc.pid) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        workers = _children(proc.pid)
+        assert workers
+        from pathlib import Path
+
+        root = Path(os.readlink(f"/proc/{workers[0]}/cwd"))
+        assert root.name.startswith("wasmsbx-mcp-")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0
+    deadline = time.monotonic() + 30
+    while any(_alive(w) for w in workers) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not any(_alive(w) for w in workers)
+    assert not root.exists()
