@@ -765,3 +765,15 @@ def test_sigterm_stops_the_http_server_cleanly():
         time.sleep(0.2)
     assert not any(_alive(w) for w in workers)
     assert not root.exists()
+
+
+def test_output_that_is_not_utf8_comes_back_as_base64():
+    code = "import sys\nsys.stdout.buffer.write(b'\\xff\\xfe ok')\nsys.stdout.flush()"
+
+    async def scenario():
+        async with stdio_client() as c:
+            return ok(await c.call_tool("run_python", {"code": code}))
+
+    data = run(scenario())
+    assert data["stdout"] == "" and base64.b64decode(data["stdout_base64"]) == b"\xff\xfe ok"
+    assert data["stderr_base64"] is None

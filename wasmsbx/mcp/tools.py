@@ -68,6 +68,8 @@ class ExportResult(BaseModel):
     results: list[TypedValue]
     stdout: str
     stderr: str
+    stdout_base64: Optional[str] = Field(None, description="set when stdout is not UTF-8")
+    stderr_base64: Optional[str] = None
     stats: Stats
 
 
@@ -141,14 +143,10 @@ def guarded(func: Any) -> Any:
 
 
 def _code_result(data: dict) -> CodeResult:
-    stdout, stderr = data.get("stdout", ""), data.get("stderr", "")
     stats = data.get("stats") or {}
     return CodeResult(
         exit_code=int(data.get("exit_code") or 0),
-        stdout=stdout if isinstance(stdout, str) else "",
-        stderr=stderr if isinstance(stderr, str) else "",
-        stdout_base64=stdout.get("base64") if isinstance(stdout, dict) else None,
-        stderr_base64=stderr.get("base64") if isinstance(stderr, dict) else None,
+        **_streams(data),
         session=data.get("session"),
         kept=data.get("kept"),
         not_kept=data.get("not_kept"),
@@ -252,8 +250,7 @@ def build(service: Service) -> Any:
         return ExportResult(
             function=data["function"],
             results=[TypedValue(**r) for r in data["results"]],
-            stdout=_str(data.get("stdout")),
-            stderr=_str(data.get("stderr")),
+            **_streams(data),
             stats=Stats(**_stat_fields(data)),
         )
 
@@ -334,10 +331,15 @@ def _sha(name: str) -> str:
     return INTERPRETERS[name].sha256
 
 
-def _str(value: Any) -> str:
-    if isinstance(value, dict):
-        return "base64:" + value.get("base64", "")
-    return value or ""
+def _streams(data: dict) -> dict:
+    """stdout/stderr as text, or in *_base64 when the guest wrote bytes that are not UTF-8."""
+    out = {}
+    for name in ("stdout", "stderr"):
+        value = data.get(name)
+        binary = isinstance(value, dict)
+        out[name] = "" if binary else (value or "")
+        out[f"{name}_base64"] = value.get("base64") if binary else None
+    return out
 
 
 def _stat_fields(data: dict) -> dict:
