@@ -267,28 +267,10 @@ class Service:
             self.active -= 1
 
     async def _execute(self, req: dict, limits: Any, session: Any, log: Any) -> dict:
+        """Build the call's policy, run it in a worker under a hard deadline, account."""
         policy = config_mod.call_policy(self.config, limits)
-        if req["op"] in ("python", "javascript", "warm") and (
-            policy.values["limits.fuel"] is not None and self.config.policy.fuel is None
-        ):
-            # Metering changes the machine code: the interpreters are compiled once, as the
-            # server's policy says, and a per-call switch would mean compiling 20 MB again.
-            raise errors.UsageError(
-                "limits.fuel: the server's policy does not meter fuel, so interpreter calls "
-                "cannot be metered per call",
-                hint="tighten limits.timeout instead, or start the server with a policy that "
-                "sets limits.fuel",
-            )
-        grants: tuple = ()
-        if session is not None:
-            # A hostile session may hold many files: walk them off the event loop.
-            left = await asyncio.to_thread(self.sessions.check_budget, session)
-            if left < policy.values["limits.memory"]:
-                policy.values["limits.memory"] = left
-            from ..policy import Grant
-
-            grants = (Grant(str(session.scratch), "/scratch", True),)
-            req["scratch"] = str(session.scratch)
+        self._check_fuel(req["op"], policy)
+        grants = await self._enter_session(req, policy, session) if session else ()
         req["policy"] = config_mod.to_wire(policy, grants)
         deadline = deadline_for(policy.values["limits.timeout"], self.config.grace)
         started = time.monotonic()
@@ -300,6 +282,33 @@ class Service:
             raise
         if session is not None:
             session.cpu_used += float(reply.get("cpu") or 0)
+        return self._outcome(reply, policy, session, log)
+
+    def _check_fuel(self, op: str, policy: Any) -> None:
+        if op in ("python", "javascript") and (
+            policy.values["limits.fuel"] is not None and self.config.policy.fuel is None
+        ):
+            # Metering changes the machine code: the interpreters are compiled once, as the
+            # server's policy says, and a per-call switch would mean compiling 20 MB again.
+            raise errors.UsageError(
+                "limits.fuel: the server's policy does not meter fuel, so interpreter calls "
+                "cannot be metered per call",
+                hint="tighten limits.timeout instead, or start the server with a policy that "
+                "sets limits.fuel",
+            )
+
+    async def _enter_session(self, req: dict, policy: Any, session: Any) -> tuple:
+        """The session's budget caps the call's memory; its folder is granted as /scratch."""
+        from ..policy import Grant
+
+        # A hostile session may hold many files: walk them off the event loop.
+        left = await asyncio.to_thread(self.sessions.check_budget, session)
+        policy.values["limits.memory"] = min(policy.values["limits.memory"], left)
+        req["scratch"] = str(session.scratch)
+        return (Grant(str(session.scratch), "/scratch", True),)
+
+    def _outcome(self, reply: dict, policy: Any, session: Any, log: Any) -> dict:
+        """The worker's reply as the tool's result, or the error it carries."""
         result = reply.get("result") or {}
         if log is not None and result.get("sandbox"):
             log.event("sandbox", **result["sandbox"], policy=policy.source)
