@@ -423,3 +423,19 @@ def test_missing_interpreters_are_a_tool_error_with_the_fix(tmp_path, monkeypatc
     with pytest.raises(errors.InputError) as info:
         service.interpreter("python")
     assert "wasmsbx mcp setup" in info.value.hint
+
+
+def test_per_call_fuel_for_interpreters_needs_a_metering_server(service_in):
+    unmetered = service_in()
+    policy = config_mod.call_policy(unmetered.config, {"fuel": 1000})
+    with pytest.raises(errors.UsageError) as info:
+        unmetered._check_fuel("python", policy)
+    assert "does not meter fuel" in info.value.message
+    unmetered._check_fuel("call", policy)  # a module is compiled per engine key anyway
+    metered_policy = policy_mod.defaults()
+    policy_mod.override(metered_policy, "limits.fuel", 10**9)
+    metered = Service(config_mod.ServerConfig(policy=metered_policy))
+    try:
+        metered._check_fuel("python", config_mod.call_policy(metered.config, {"fuel": 1000}))
+    finally:
+        asyncio.run(metered.close())
