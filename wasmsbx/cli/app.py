@@ -19,7 +19,7 @@ from .boundary import boundary, report  # noqa: F401 - boundary re-exported for 
 _ARGV: list = []  # the raw argv, for the typer face of `run`
 
 # Command modules, in the order ``wasmsbx --help`` lists them.
-COMMANDS = ["run", "compile", "cache", "trust", "bench", "audit", "watch", "backends"]
+COMMANDS = ["run", "compile", "cache", "trust", "bench", "audit", "watch", "backends", "mcp"]
 
 HELP = (
     "Run untrusted WebAssembly under an explicit policy (sandbox.toml).\n\n"
