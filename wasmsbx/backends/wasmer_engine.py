@@ -57,6 +57,7 @@ from .base import (
     memory_limit_error,
 )
 from .wasm_limits import PAGE, LimitsError, cap_limits
+from .wasmer_values import RefusedValue, adapter_wat, from_wire, to_wire
 
 TYPE_NAMES = {1: "i32", 2: "i64", 3: "f32", 4: "f64", 5: "v128", 6: "externref", 7: "funcref"}
 KINDS = {
@@ -83,6 +84,7 @@ class WasmerModule:
         self.declared = declared  # wasm_limits.Capped with the declared limits
         self.variants: dict = {caps: self}
         self.exports: Optional[list] = None
+        self.adapter: Any = None  # (wasmer.Module or None, names it adapts); wasmer_values
 
 
 def _first_line(exc: BaseException) -> str:
@@ -126,12 +128,22 @@ def _recv(fd: int) -> Any:
 class _Child:
     """Runs in the forked process: instantiate, then answer requests until told to stop."""
 
-    def __init__(self, store: Any, module: Any, wasi: Optional[WasiSetup], timeout: float) -> None:
+    def __init__(
+        self,
+        store: Any,
+        module: Any,
+        wasi: Optional[WasiSetup],
+        timeout: float,
+        adapter: Any = None,
+    ) -> None:
         self.store = store
         self.module = module
         self.wasi = wasi
         self.timeout = timeout
         self.memories: list = []
+        self.adapter = adapter  # (module, names): exact values through wasmer_values
+        self.adapted: Any = None
+        self.globals: dict = {}
 
     def memory_bytes(self) -> Optional[int]:
         if not self.memories:
@@ -167,6 +179,14 @@ class _Child:
         self.memories = {
             name: obj for name, obj in instance.exports if isinstance(obj, wasmer.Memory)
         }
+        self.globals = {
+            name: obj for name, obj in instance.exports if isinstance(obj, wasmer.Global)
+        }
+        if self.adapter is not None and self.adapter[0] is not None:
+            module, names = self.adapter
+            imports = wasmer.ImportObject()
+            imports.register("t", {name: getattr(instance.exports, name) for name in names})
+            self.adapted = wasmer.Instance(module, imports).exports
         return instance
 
     def memory_view(self, name: str, offset: int, length: int) -> memoryview:
@@ -185,7 +205,20 @@ class _Child:
         """One request: call, repeat (n calls, for benchmarks), read or write memory."""
         op = request[0]
         if op == "call":
-            return _values(getattr(exports, request[1])(*request[2]))
+            via = self.adapted if request[3:4] == (True,) else exports
+            return _values(getattr(via, request[1])(*request[2]))
+        if op == "msize":
+            return [len(memoryview(self.memory_view(request[1], 0, 0).obj))]
+        if op == "mgrow":
+            memory = self.memories.get(request[1])
+            if memory is None:
+                raise IndexError(f"the module exports no memory named {request[1]!r}")
+            return [memory.grow(request[2])]
+        if op == "gget":
+            return [self.globals[request[1]].value]
+        if op == "gset":
+            self.globals[request[1]].value = request[2]
+            return []
         if op == "repeat":
             func, args = getattr(exports, request[1]), request[2]
             for _ in range(request[3]):
@@ -299,6 +332,32 @@ def _run_child(child: _Child, stdin: Any, fds: dict) -> None:
 # ---------------------------------------------------------------------------- the parent
 
 
+class _WasmerMemory:
+    """A memory of the child's instance, reached by requests (it lives in the child)."""
+
+    def __init__(self, instance: WasmerInstance, name: str) -> None:
+        self.instance = instance
+        self.name = name
+
+    def size(self) -> int:
+        return int(self.instance._memory(("msize", self.name))[0])
+
+    def read(self, offset: int, length: int) -> bytes:
+        return self.instance.read_memory(offset, length, self.name)
+
+    def write(self, offset: int, data: Any) -> None:
+        self.instance.write_memory(offset, bytes(data), self.name)
+
+    def grow(self, pages: int) -> int:
+        return int(self.instance._memory(("mgrow", self.name, pages))[0])
+
+    def view(self) -> memoryview:
+        raise errors.BackendUnavailable(
+            "wasmer's guest memory lives in a child process: no memoryview of it",
+            hint="use read() and write(), or --backend wasmtime",
+        )
+
+
 class WasmerInstance(Instance):
     """One wasm instance living in its own child process."""
 
@@ -344,7 +403,10 @@ class WasmerInstance(Instance):
         fds["parent_answers"], fds["child_answers"] = os.pipe()
         fds["out_r"], fds["out_w"] = os.pipe()
         fds["err_r"], fds["err_w"] = os.pipe()
-        child = _Child(self.engine.store, module.module, wasi, self.limits.timeout)
+        child = _Child(
+            self.engine.store, module.module, wasi, self.limits.timeout, self.engine.adapter(module)
+        )
+        self.adapted = frozenset(child.adapter[1]) if child.adapter[0] is not None else frozenset()
         for stream in (sys.stdout, sys.stderr):
             try:
                 stream.flush()
@@ -524,9 +586,55 @@ class WasmerInstance(Instance):
         raise RuntimeError(f"wasmer worker: {answer[1]}")
 
     # ------------------------------------------------------------------ contract
-    def call(self, name: str, args: Sequence[Any]) -> list:
+    def call(
+        self,
+        name: str,
+        args: Sequence[Any],
+        timeout: Optional[float] = None,
+        fuel: Optional[int] = None,
+        types: Optional[tuple] = None,
+    ) -> list:
+        """Exact values through the adapter module where the signature needs one."""
         signature = self._check_args(name, args)
-        return self._result(self._request(("call", name, list(args)), name), name, signature)
+        adapted = name in self.adapted
+        try:
+            wire = to_wire(list(args), signature, self, adapted)
+        except RefusedValue as exc:
+            raise errors.BackendUnavailable(
+                f"{name}: {exc}", hint="use --backend wasmtime for this call"
+            ) from None
+        limits = self.limits
+        if timeout is not None:  # this call only, never above the policy's
+            self.limits = limits._replace(timeout=min(timeout, limits.timeout))
+        try:
+            answer = self._request(("call", name, wire, adapted), name)
+        finally:
+            self.limits = limits
+        return from_wire(self._result(answer, name, signature), signature, self, adapted)
+
+    def memory(self, name: str = "memory") -> _WasmerMemory:
+        if self.memory_bytes is None:
+            raise IndexError(f"the module exports no memory named {name!r}")
+        return _WasmerMemory(self, name)
+
+    def global_get(self, name: str, wasm_type: Optional[str] = None) -> Any:
+        value = self._memory(("gget", name))[0]
+        sig = Signature((), (wasm_type or "i64",))
+        return from_wire([value], sig, self, False)[0]
+
+    def global_set(self, name: str, value: Any, wasm_type: Optional[str] = None) -> None:
+        sig = Signature((wasm_type or "i64",), ())
+        try:
+            wire = to_wire([value], sig, self, False)
+        except RefusedValue as exc:
+            raise errors.BackendUnavailable(f"global {name}: {exc}") from None
+        self._memory(("gset", name, wire[0]))
+
+    def export_handle(self, name: str) -> Any:
+        raise errors.BackendUnavailable(
+            "wasmer runs each instance in its own child process, so instances cannot be linked",
+            hint="use --backend wasmtime (wasmsbx.Group) to link modules",
+        )
 
     def repeat(self, name: str, args: Sequence[Any]):
         """``run(n)``: n calls in a loop inside the child, one round trip per block (the
@@ -707,6 +815,24 @@ class WasmerEngine(Engine):
             missing=missing,
         )
 
+    def adapter(self, module: WasmerModule) -> tuple:
+        """(adapter wasmer.Module or None, export names it adapts), compiled once per module
+        here in the parent (wasmer_values explains why and how)."""
+        if module.adapter is None:
+            signatures = {e.name: e.signature for e in self.exports(module) if e.kind == "func"}
+            text = adapter_wat(signatures)
+            compiled = None
+            if text is not None:
+                try:
+                    compiled = wasmer.Module(self.store, wasmer.wat2wasm(text))
+                except Exception:  # noqa: BLE001 - e.g. singlepass lacks multi-value: direct path
+                    compiled = None
+            names = [n for n, sig in signatures.items() if compiled is not None and sig is not None]
+            from .wasmer_values import needs_adapter
+
+            module.adapter = (compiled, [n for n in names if needs_adapter(signatures[n])])
+        return module.adapter
+
     def compile(self, wasm: bytes) -> WasmerModule:
         return self._build(wasm, self._caps(self.options.memory_cap, self.options.table_cap))
 
@@ -811,8 +937,21 @@ class WasmerEngine(Engine):
             )
 
     def instantiate(
-        self, module: WasmerModule, limits: Limits, wasi: Optional[WasiSetup] = None
+        self,
+        module: WasmerModule,
+        limits: Limits,
+        wasi: Optional[WasiSetup] = None,
+        imports: Optional[dict] = None,
+        shared: Optional[Instance] = None,
+        register: Optional[str] = None,
     ) -> WasmerInstance:
+        if imports or shared is not None or register is not None:
+            raise errors.BackendUnavailable(
+                "wasmer runs each instance in a forked child process: host imports and "
+                "linked groups are not available on it",
+                hint="use --backend wasmtime (the default choice when imports= or a Group "
+                "is used under runtime.backend = auto)",
+            )
         wasi = wasi or WasiSetup()
         self._refuse(limits, wasi)
         module = self._for_limits(module, limits)

@@ -1,0 +1,164 @@
+"""Exact values on wasmer through a helper "trampoline" module.
+
+wasmer-python 1.1 converts f32/f64 through C floats and doubles (a signalling NaN comes
+back quieted: ``nan:0x200001`` reads as ``nan:0x600001``) and panics on any
+reference-typed parameter or result ("not implemented", a pyo3 PanicException). So
+every export whose signature has f32, f64, funcref or externref is called through a
+small adapter module, written here as text and compiled in the parent (a forked child
+must not compile): it imports the export and re-exports it with a "wire" signature that
+wasmer does carry exactly:
+
+- f32 <-> i32 and f64 <-> i64 bit patterns (``f32.reinterpret_i32`` and back);
+- funcref <-> an i32 index into the adapter's own table (``table.grow`` stores a
+  result, ``table.get`` passes it back), -1 for null;
+- externref <-> likewise (only null can come from Python: wasmer-python cannot make
+  a non-null externref, so such an argument is refused with that reason).
+
+v128 needs no adapter: wasmer carries it as a Python int. An adapter that cannot be
+compiled (wasmer:singlepass has no multi-value) leaves the export on the direct path,
+where floats are not bit-exact and references are refused with the reason.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+from ..values import F32, F64, V128, FuncRef, float_bits
+
+WIRE = {"f32": "i32", "f64": "i64", "funcref": "i32", "externref": "i32"}
+_TABLE = {"funcref": "$ft", "externref": "$et"}
+_NULL = {"funcref": "func", "externref": "extern"}
+
+
+def needs_adapter(signature: Any) -> bool:
+    return any(t in WIRE for t in (*signature.params, *signature.results))
+
+
+def _name(text: str) -> str:
+    """A WAT string literal for any export name."""
+    out = []
+    for byte in text.encode("utf-8"):
+        if 0x20 <= byte < 0x7F and byte not in (0x22, 0x5C):
+            out.append(chr(byte))
+        else:
+            out.append(f"\\{byte:02x}")
+    return '"' + "".join(out) + '"'
+
+
+def _param_in(i: int, wasm_type: str) -> str:
+    if wasm_type == "f32":
+        return f"(f32.reinterpret_i32 (local.get {i}))"
+    if wasm_type == "f64":
+        return f"(f64.reinterpret_i64 (local.get {i}))"
+    if wasm_type in _TABLE:
+        return (
+            f"(if (result {wasm_type}) (i32.eq (local.get {i}) (i32.const -1)) "
+            f"(then (ref.null {_NULL[wasm_type]})) (else (table.get {_TABLE[wasm_type]} "
+            f"(local.get {i}))))"
+        )
+    return f"(local.get {i})"
+
+
+def _result_out(local: str, wasm_type: str) -> str:
+    if wasm_type == "f32":
+        return f"(i32.reinterpret_f32 (local.get {local}))"
+    if wasm_type == "f64":
+        return f"(i64.reinterpret_f64 (local.get {local}))"
+    if wasm_type in _TABLE:
+        return (
+            f"(if (result i32) (ref.is_null (local.get {local})) (then (i32.const -1)) "
+            f"(else (table.grow {_TABLE[wasm_type]} (local.get {local}) (i32.const 1))))"
+        )
+    return f"(local.get {local})"
+
+
+def _types(keyword: str, types: Any) -> str:
+    return f"({keyword} {' '.join(types)})" if types else ""
+
+
+def adapter_wat(signatures: dict) -> Optional[str]:
+    """The adapter module's text for the exports that need one (None if none do)."""
+    funcs = [(name, sig) for name, sig in signatures.items() if needs_adapter(sig)]
+    if not funcs:
+        return None
+    imports, bodies = [], []
+    for n, (name, sig) in enumerate(funcs):
+        params, results = sig.params, sig.results
+        imports.append(
+            f'(import "t" {_name(name)} (func $f{n} {_types("param", params)} '
+            f"{_types('result', results)}))"
+        )
+        wire_params = [WIRE.get(t, t) for t in params]
+        wire_results = [WIRE.get(t, t) for t in results]
+        locals_ = " ".join(f"(local $r{j} {t})" for j, t in enumerate(results))
+        body = [f"(call $f{n} " + " ".join(_param_in(i, t) for i, t in enumerate(params)) + ")"]
+        body += [f"(local.set $r{j})" for j in reversed(range(len(results)))]
+        body += [_result_out(f"$r{j}", t) for j, t in enumerate(results)]
+        bodies.append(
+            f"(func (export {_name(name)}) {_types('param', wire_params)} "
+            f"{_types('result', wire_results)} {locals_}\n  " + "\n  ".join(body) + ")"
+        )
+    return "\n".join(
+        ["(module", *imports, "(table $ft 0 funcref)", "(table $et 0 externref)", *bodies, ")"]
+    )
+
+
+class RefusedValue(Exception):
+    """A value wasmer cannot carry (the message says why)."""
+
+
+def to_wire(args: list, signature: Any, owner: Any, adapted: bool) -> list:
+    """Typed values (values.coerce) as what wasmer takes for this call."""
+    out = []
+    for value, wasm_type in zip(args, signature.params):
+        if wasm_type in ("f32", "f64"):
+            if adapted:
+                bits = float_bits(value, wasm_type)
+                width = 32 if wasm_type == "f32" else 64
+                out.append(bits - 2**width if bits >= 2 ** (width - 1) else bits)
+            else:
+                out.append(float(value))
+        elif wasm_type in _TABLE:
+            if not adapted:
+                raise RefusedValue(
+                    "wasmer-python cannot pass reference values to this export "
+                    "(its helper module did not compile with this compiler)"
+                )
+            if value is None:
+                out.append(-1)
+            elif wasm_type == "funcref" and isinstance(value, FuncRef) and value._owner is owner:
+                out.append(value._func)
+            elif wasm_type == "funcref":
+                raise RefusedValue("this funcref belongs to another sandbox")
+            else:
+                raise RefusedValue(
+                    "wasmer-python cannot create a non-null externref; only null is possible "
+                    "on this backend (wasmtime passes any Python object)"
+                )
+        elif wasm_type == "v128":
+            out.append(int(value))
+        else:
+            out.append(value)
+    return out
+
+
+def from_wire(values: list, signature: Any, owner: Any, adapted: bool) -> list:
+    """What wasmer returned, as typed values (F32/F64 with bits, V128, FuncRef)."""
+    out: list = []
+    for value, wasm_type in zip(values, signature.results):
+        if wasm_type in ("f32", "f64"):
+            wrap = F32 if wasm_type == "f32" else F64
+            if adapted:
+                out.append(wrap.from_bits(value % 2 ** (32 if wasm_type == "f32" else 64)))
+            else:
+                out.append(wrap(value))
+        elif wasm_type == "v128":
+            out.append(V128(value % 2**128))
+        elif wasm_type in _TABLE:
+            if value == -1:
+                out.append(None)
+            else:
+                out.append(FuncRef(value, owner))  # an index in the adapter's table
+        else:
+            out.append(value)
+    return out
