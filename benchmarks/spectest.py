@@ -186,6 +186,12 @@ class Script:
         self.current: Any = None
         self.imports = spectest_imports()
 
+    def renew(self) -> None:
+        self.group.close()
+        self.group = wasmsbx.Group(self.policy, backend=self.backend)
+        self.named.clear()
+        self.current = None
+
     def add(self, filename: str) -> Any:
         data = (self.folder / filename).read_bytes()
         return self.group.add(data, imports=self.imports)
@@ -255,6 +261,8 @@ class Script:
             self.add(cmd["filename"])
         except expected:
             return "passed"
+        except errors.BackendUnavailable:
+            raise
         except errors.WasmsbxError as exc:
             return f"failed: {type(exc).__name__}: {exc}"
         return "failed: accepted"
@@ -307,10 +315,15 @@ def run_file(wast: Path, backend: Optional[str], counts: dict, reasons: dict, sh
                     outcome = script.run(cmd)
                 except NotExpressible as exc:
                     outcome = f"not expressible: {exc}"
+                except errors.BackendUnavailable as exc:
+                    outcome = f"not expressible: {exc}"
                 except errors.WasmsbxError as exc:
                     outcome = f"failed: {type(exc).__name__}: {exc}"
-                except Exception as exc:  # a bug of wasmsbx: counted, and the run goes on
+                except (KeyboardInterrupt, SystemExit):
+                    raise
+                except BaseException as exc:  # noqa: BLE001 - a bug (or a runtime's panic)
                     outcome = f"failed: crash {type(exc).__name__}: {exc}"
+                    script.renew()  # a runtime that panicked may be poisoned: a new group
                 key = outcome.split(":", 1)[0]
                 counts[key] += 1
                 if key != "passed":
@@ -323,6 +336,42 @@ def run_file(wast: Path, backend: Optional[str], counts: dict, reasons: dict, sh
     return True
 
 
+def run_isolated(files: list, args: Any, root: Path) -> tuple:
+    """Each file in a child process: a runtime that panicked (wasmer poisons a global
+    lock) or crashed then costs that file only, which is counted as failed."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    counts: dict = collections.Counter()
+    reasons: dict = collections.defaultdict(collections.Counter)
+    unconverted = []
+
+    def one(wast: Path) -> tuple:
+        argv = [sys.executable, __file__, str(wast), "--worker"]
+        argv += ["--backend", args.backend] if args.backend else []
+        argv += ["--quiet"] if args.quiet else []
+        proc = subprocess.run(argv, capture_output=True, text=True)
+        return wast, proc
+
+    with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+        for wast, proc in pool.map(one, files):
+            lines = proc.stdout.strip().splitlines()
+            for line in lines[:-1]:
+                if line.startswith("  "):
+                    print(line)
+            try:
+                data = json.loads(lines[-1])
+            except (IndexError, ValueError):
+                counts["failed"] += 1
+                reasons["failed"][f"{wast.name}: the worker died (exit {proc.returncode})"] += 1
+                continue
+            if not data["converted"]:
+                unconverted.append(wast.name)
+            counts.update(data["counts"])
+            for key, items in data["reasons"].items():
+                reasons[key].update(items)
+    return counts, reasons, unconverted
+
+
 def main(argv: Optional[list] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("path", help="spec testsuite checkout (folder of .wast) or one .wast")
@@ -330,6 +379,8 @@ def main(argv: Optional[list] = None) -> int:
     parser.add_argument("--only", nargs="*", default=None, help="file stems to run")
     parser.add_argument("--json", action="store_true", help="counts as JSON")
     parser.add_argument("--quiet", action="store_true", help="do not list failures")
+    parser.add_argument("--jobs", type=int, default=2, help="files run at once (default 2)")
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if shutil.which("wast2json") is None:
         print("error: wast2json (wabt) is not installed; scripts/install-toolchain installs it")
@@ -338,12 +389,13 @@ def main(argv: Optional[list] = None) -> int:
     files = [root] if root.is_file() else sorted(root.glob("*.wast"))
     if args.only:
         files = [f for f in files if f.stem in args.only]
-    counts: dict = collections.Counter()
-    reasons: dict = collections.defaultdict(collections.Counter)
-    unconverted = []
-    for wast in files:
-        if not run_file(wast, args.backend, counts, reasons, 0 if args.quiet else 1):
-            unconverted.append(wast.name)
+    if args.worker:  # one file, in a process of its own (see run_isolated)
+        counts: dict = collections.Counter()
+        reasons: dict = collections.defaultdict(collections.Counter)
+        converted = run_file(files[0], args.backend, counts, reasons, 0 if args.quiet else 1)
+        print(json.dumps({"converted": converted, "counts": counts, "reasons": reasons}))
+        return 0
+    counts, reasons, unconverted = run_isolated(files, args, root)
     total = sum(counts.values())
     label = args.backend or "auto"
     report = {

@@ -438,6 +438,16 @@ class Sandbox:
         (mutable globals only)."""
         return Globals(self)
 
+    def audit(self) -> Any:
+        """The static audit (wasmsbx.audit) of this module under this sandbox's policy,
+        with the host imports granted here shown as provided by the host."""
+        if self.wasm is None:
+            raise errors.UsageError("a precompiled artifact cannot be audited: audit its module")
+        from .audit import audit
+        from .facts import read_facts
+
+        return audit(read_facts(self.wasm), self.policy, self.path.name, self.wasm, self.imports)
+
     def _global_types(self) -> dict:
         """Exported globals' (type, mutable), read from the module's bytes (the runtime's
         C API aborts on a v128 global type)."""

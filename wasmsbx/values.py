@@ -332,7 +332,7 @@ def parse_float_text(text: str, wasm_type: str) -> _Float:
                 raise ValueError
             number = float(body)
     except (ValueError, OverflowError):
-        raise ValueTextError(f"not a {wasm_type}: {text!r}") from None
+        raise ValueTextError(f"cannot read {text!r} as {wasm_type}") from None
     return wrap(-number if sign else number)
 
 
@@ -449,7 +449,7 @@ def parse_arg(value: Any, wasm_type: str, index: int, func: str, sig: Any) -> An
     except (ValueError, TypeError) as exc:
         raise errors.UsageError(
             f"{func}: argument {index + 1} ({value!r}) is not a valid {wasm_type} ({exc})",
-            hint=f"signature {func}{sig}; {wasm_type} examples: {_example(wasm_type)}",
+            hint=f"signature {func} {sig}; {wasm_type} examples: {_example(wasm_type)}",
         ) from None
 
 

@@ -329,6 +329,10 @@ class Instance(ABC):
         """An export as a handle another instance of the same group can import."""
         raise NotImplementedError
 
+    def register_as(self, name: str) -> None:
+        """Make this instance's exports importable as ``name.<export>`` in its group."""
+        raise NotImplementedError
+
 
 class Engine(ABC):
     """A configured compiler for one backend: compile, (de)serialize, instantiate."""

@@ -630,6 +630,9 @@ class WasmerInstance(Instance):
             raise errors.BackendUnavailable(f"global {name}: {exc}") from None
         self._memory(("gset", name, wire[0]))
 
+    def register_as(self, name: str) -> None:
+        """Nothing to do: a module importing ``name`` is refused when it is instantiated."""
+
     def export_handle(self, name: str) -> Any:
         raise errors.BackendUnavailable(
             "wasmer runs each instance in its own child process, so instances cannot be linked",
@@ -945,7 +948,10 @@ class WasmerEngine(Engine):
         shared: Optional[Instance] = None,
         register: Optional[str] = None,
     ) -> WasmerInstance:
-        if imports or shared is not None or register is not None:
+        wanted = [i for i in self.imports(module) if not i.is_wasi]
+        if wanted and (imports or shared is not None):
+            # Imports the caller (or a group) would satisfy: wasmer cannot. A module that
+            # imports nothing but WASI runs, host imports or group or not.
             raise errors.BackendUnavailable(
                 "wasmer runs each instance in a forked child process: host imports and "
                 "linked groups are not available on it",
