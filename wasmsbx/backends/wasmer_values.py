@@ -76,12 +76,40 @@ def _types(keyword: str, types: Any) -> str:
     return f"({keyword} {' '.join(types)})" if types else ""
 
 
-def adapter_wat(signatures: dict) -> Optional[str]:
-    """The adapter module's text for the exports that need one (None if none do)."""
+GET, SET = "\0get:", "\0set:"  # the adapter's accessors of exported globals
+
+
+def _global_result(global_ref: str, wasm_type: str) -> str:
+    if wasm_type in _TABLE:
+        return (
+            f"(if (result i32) (ref.is_null (global.get {global_ref})) (then (i32.const -1)) "
+            f"(else (table.grow {_TABLE[wasm_type]} (global.get {global_ref}) (i32.const 1))))"
+        )
+    return f"({WIRE[wasm_type]}.reinterpret_{wasm_type} (global.get {global_ref}))"
+
+
+def adapter_wat(signatures: dict, globals_: Optional[dict] = None) -> Optional[str]:
+    """The adapter module's text for the exports that need one (None if none do).
+
+    ``globals_``: exported globals ``name -> (type, mutable)``; those of a type that needs
+    it get accessor functions ``"\0get:name"`` (and ``"\0set:name"`` when mutable)."""
     funcs = [(name, sig) for name, sig in signatures.items() if needs_adapter(sig)]
-    if not funcs:
+    globs = [(n, t, m) for n, (t, m) in (globals_ or {}).items() if t in WIRE]
+    if not funcs and not globs:
         return None
     imports, bodies = [], []
+    for n, (name, wasm_type, mutable) in enumerate(globs):
+        ty = f"(mut {wasm_type})" if mutable else wasm_type
+        imports.append(f'(import "t" {_name(name)} (global $g{n} {ty}))')
+        bodies.append(
+            f"(func (export {_name(GET + name)}) (result {WIRE[wasm_type]}) "
+            f"{_global_result(f'$g{n}', wasm_type)})"
+        )
+        if mutable:
+            bodies.append(
+                f"(func (export {_name(SET + name)}) (param {WIRE[wasm_type]}) "
+                f"(global.set $g{n} {_param_in(0, wasm_type)}))"
+            )
     for n, (name, sig) in enumerate(funcs):
         params, results = sig.params, sig.results
         imports.append(
