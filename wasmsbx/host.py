@@ -201,15 +201,16 @@ def normalize(imports: Optional[Mapping[str, Mapping[str, Any]]]) -> dict:
                 entries[name] = func(item)
             else:
                 raise TypeError(
-                    f"imports[{module!r}][{name!r}]: a host function, wasmsbx.Global, Memory "
-                    f"or Table, not {type(item).__name__}"
+                    f"imports[{module!r}][{name!r}]: a host function, wasmsbx.Global, Memory, "
+                    f"Table or a group member's export, not {type(item).__name__}"
                 )
         out[str(module)] = entries
     return out
 
 
 def _is_export(item: Any) -> bool:
-    return type(item).__name__ == "Export"
+    """An export handle of a group member (``Sandbox.export(name)``)."""
+    return hasattr(item, "_extern") and hasattr(item, "_owner")
 
 
 def describe(imports: Mapping[str, Mapping[str, Any]]) -> list:

@@ -419,6 +419,8 @@ class Sandbox:
     def memory(self, name: str = "memory") -> Memory:
         """The exported memory ``name``: read, write, size, grow (see Memory)."""
         try:
+            if not any(e.name == name and e.kind == "memory" for e in self.export_list):
+                raise KeyError(name)
             access = self._live().memory(name)
         except NotImplementedError:
             raise errors.BackendUnavailable(
