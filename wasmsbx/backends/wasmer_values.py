@@ -14,7 +14,10 @@ wasmer does carry exactly:
 - externref <-> likewise (only null can come from Python: wasmer-python cannot make
   a non-null externref, so such an argument is refused with that reason).
 
-v128 needs no adapter: wasmer carries it as a Python int. An adapter that cannot be
+- v128 <-> two i64 (low, high): wasmer-python's own v128 conversion mixes up lanes
+  when a function takes two v128 (spec simd_select: measured).
+
+An adapter that cannot be
 compiled (wasmer:singlepass has no multi-value) leaves the export on the direct path,
 where floats are not bit-exact and references are refused with the reason.
 """
@@ -25,7 +28,7 @@ from typing import Any, Optional
 
 from ..values import F32, F64, V128, FuncRef, float_bits
 
-WIRE = {"f32": "i32", "f64": "i64", "funcref": "i32", "externref": "i32"}
+WIRE = {"f32": "i32", "f64": "i64", "funcref": "i32", "externref": "i32", "v128": "i64 i64"}
 _TABLE = {"funcref": "$ft", "externref": "$et"}
 _NULL = {"funcref": "func", "externref": "extern"}
 
@@ -46,6 +49,12 @@ def _name(text: str) -> str:
 
 
 def _param_in(i: int, wasm_type: str) -> str:
+    """The wire parameter(s) from local ``i`` on, as one value of ``wasm_type``."""
+    if wasm_type == "v128":
+        return (
+            f"(i64x2.replace_lane 1 (i64x2.replace_lane 0 (v128.const i64x2 0 0) "
+            f"(local.get {i})) (local.get {i + 1}))"
+        )
     if wasm_type == "f32":
         return f"(f32.reinterpret_i32 (local.get {i}))"
     if wasm_type == "f64":
@@ -60,6 +69,10 @@ def _param_in(i: int, wasm_type: str) -> str:
 
 
 def _result_out(local: str, wasm_type: str) -> str:
+    if wasm_type == "v128":
+        return (
+            f"(i64x2.extract_lane 0 (local.get {local})) (i64x2.extract_lane 1 (local.get {local}))"
+        )
     if wasm_type == "f32":
         return f"(i32.reinterpret_f32 (local.get {local}))"
     if wasm_type == "f64":
@@ -80,6 +93,11 @@ GET, SET = "\0get:", "\0set:"  # the adapter's accessors of exported globals
 
 
 def _global_result(global_ref: str, wasm_type: str) -> str:
+    if wasm_type == "v128":
+        return (
+            f"(i64x2.extract_lane 0 (global.get {global_ref})) "
+            f"(i64x2.extract_lane 1 (global.get {global_ref}))"
+        )
     if wasm_type in _TABLE:
         return (
             f"(if (result i32) (ref.is_null (global.get {global_ref})) (then (i32.const -1)) "
@@ -119,7 +137,11 @@ def adapter_wat(signatures: dict, globals_: Optional[dict] = None) -> Optional[s
         wire_params = [WIRE.get(t, t) for t in params]
         wire_results = [WIRE.get(t, t) for t in results]
         locals_ = " ".join(f"(local $r{j} {t})" for j, t in enumerate(results))
-        body = [f"(call $f{n} " + " ".join(_param_in(i, t) for i, t in enumerate(params)) + ")"]
+        wire_index, args_in = 0, []
+        for t in params:
+            args_in.append(_param_in(wire_index, t))
+            wire_index += 2 if t == "v128" else 1
+        body = [f"(call $f{n} " + " ".join(args_in) + ")"]
         body += [f"(local.set $r{j})" for j in reversed(range(len(results)))]
         body += [_result_out(f"$r{j}", t) for j, t in enumerate(results)]
         bodies.append(
@@ -164,16 +186,29 @@ def to_wire(args: list, signature: Any, owner: Any, adapted: bool) -> list:
                     "on this backend (wasmtime passes any Python object)"
                 )
         elif wasm_type == "v128":
-            out.append(int(value))
+            if adapted:
+                number = int(value)
+                out += [_signed(number % 2**64, 64), _signed(number >> 64, 64)]
+            else:
+                out.append(int(value))
         else:
             out.append(value)
     return out
 
 
+def _signed(value: int, width: int) -> int:
+    return value - 2**width if value >= 2 ** (width - 1) else value
+
+
 def from_wire(values: list, signature: Any, owner: Any, adapted: bool) -> list:
     """What wasmer returned, as typed values (F32/F64 with bits, V128, FuncRef)."""
     out: list = []
-    for value, wasm_type in zip(values, signature.results):
+    values = list(values)
+    for wasm_type in signature.results:
+        value = values.pop(0)
+        if wasm_type == "v128" and adapted:
+            out.append(V128(value % 2**64 + (values.pop(0) % 2**64 << 64)))
+            continue
         if wasm_type in ("f32", "f64"):
             wrap = F32 if wasm_type == "f32" else F64
             if adapted:
