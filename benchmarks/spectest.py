@@ -14,8 +14,11 @@ Debian's wabt), then every command runs through ``wasmsbx.Group`` (one per file,
 - The ``spectest`` host module (print functions, globals, table, memory) is granted as
   host imports, as the spec's reference interpreter defines it.
 
-Each command is counted as passed, failed, or not expressible (the API or the backend
-cannot state it: the reason is counted too). Files wast2json cannot convert (newer
+Each command is counted as passed, failed, not expressible (the public API cannot state
+it on this backend, e.g. host imports on wasmer) or unsupported (the backend lacks a
+proposal the module uses, e.g. memory64 on wasmer); the reasons are counted too. After a
+module or register that could not be stated, a later failure in the same file counts
+as not expressible (the script's state is no longer the spec's). Files wast2json cannot convert (newer
 proposals than the installed wabt knows) are listed apart and are not commands.
 Exit status: 0 when nothing failed, 1 otherwise.
 """
@@ -185,6 +188,9 @@ class Script:
         self.named: dict = {}
         self.current: Any = None
         self.imports = spectest_imports()
+        # Set once a module or register could not be stated: the script's later state
+        # (shared memories, tables, registered names) is then not the spec's.
+        self.tainted: Optional[str] = None
 
     def renew(self) -> None:
         self.group.close()
@@ -316,7 +322,9 @@ def run_file(wast: Path, backend: Optional[str], counts: dict, reasons: dict, sh
                 except NotExpressible as exc:
                     outcome = f"not expressible: {exc}"
                 except errors.BackendUnavailable as exc:
-                    outcome = f"not expressible: {exc}"
+                    # A proposal the runtime lacks is the backend's gap, not the API's.
+                    lacks = "it uses" in str(exc) or "no backend can run" in str(exc)
+                    outcome = f"{'unsupported' if lacks else 'not expressible'}: {exc}"
                 except errors.WasmsbxError as exc:
                     outcome = f"failed: {type(exc).__name__}: {exc}"
                 except (KeyboardInterrupt, SystemExit):
@@ -324,6 +332,10 @@ def run_file(wast: Path, backend: Optional[str], counts: dict, reasons: dict, sh
                 except BaseException as exc:  # noqa: BLE001 - a bug (or a runtime's panic)
                     outcome = f"failed: crash {type(exc).__name__}: {exc}"
                     script.renew()  # a runtime that panicked may be poisoned: a new group
+                if cmd["type"] in ("module", "register") and outcome.startswith(("not", "unsup")):
+                    script.tainted = outcome
+                if outcome.startswith("failed") and script.tainted and cmd["type"] != "module":
+                    outcome = "not expressible: depends on a module that could not be loaded"
                 key = outcome.split(":", 1)[0]
                 counts[key] += 1
                 if key != "passed":
@@ -407,7 +419,9 @@ def main(argv: Optional[list] = None) -> int:
         "passed": counts["passed"],
         "failed": counts["failed"],
         "not_expressible": counts["not expressible"],
+        "unsupported": counts["unsupported"],
         "not_expressible_reasons": dict(reasons["not expressible"].most_common(20)),
+        "unsupported_reasons": dict(reasons["unsupported"].most_common(20)),
         "failed_reasons": dict(reasons["failed"].most_common(20)),
     }
     if args.json:
@@ -417,11 +431,13 @@ def main(argv: Optional[list] = None) -> int:
         print(f"backend {label} (Python {report['python']}): {len(files)} files, {total} commands")
         if unconverted:
             print(f"  not converted by wast2json ({len(unconverted)}): {' '.join(unconverted)}")
-        for reason, n in report["not_expressible_reasons"].items():
-            print(f"  not expressible x{n}: {reason}")
+        for key in ("not_expressible", "unsupported"):
+            for reason, n in report[f"{key}_reasons"].items():
+                print(f"  {key.replace('_', ' ')} x{n}: {reason}")
         print(
             f"{counts['passed']} passed, {counts['failed']} failed, "
-            f"{counts['not expressible']} not expressible ({share:.2f} %)"
+            f"{counts['not expressible']} not expressible ({share:.2f} %), "
+            f"{counts['unsupported']} unsupported by the backend"
         )
     return 1 if counts["failed"] else 0
 
