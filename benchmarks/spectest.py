@@ -18,8 +18,9 @@ Each command is counted as passed, failed, not expressible (the public API canno
 it on this backend, e.g. host imports on wasmer) or unsupported (the backend lacks a
 proposal the module uses, e.g. memory64 on wasmer); the reasons are counted too. After a
 module or register that could not be stated, a later failure in the same file counts
-as not expressible (the script's state is no longer the spec's). Files wast2json cannot convert (newer
-proposals than the installed wabt knows) are listed apart and are not commands.
+as not expressible (the script's state is no longer the spec's). Files wast2json cannot
+convert (newer proposals than the installed wabt knows) are listed apart and are not
+commands.
 Exit status: 0 when nothing failed, 1 otherwise.
 """
 
