@@ -215,10 +215,9 @@ class Script:
         if action["type"] == "get":
             return [box.globals[action["field"]]]
         args = [arg_value(a) for a in action.get("args", [])]
-        result = box.call(action["field"], *args)
-        if result is None:
-            return []
-        return list(result) if isinstance(result, tuple) else [result]
+        # invoke(): the results as a list (call() gives None for "no result" and for
+        # one null reference alike)
+        return list(box.invoke(action["field"], args).values)
 
     def run(self, cmd: dict) -> str:
         kind = cmd["type"]
