@@ -504,6 +504,13 @@ class Sandbox:
         instance = self.engine.instantiate(
             self.module, limits_from(self.policy), wasi or self.wasi_setup(), **extra
         )
+        instance.know_types(
+            {
+                e.name: (tuple(e.signature.params), tuple(e.signature.results))
+                for e in self.export_list
+                if e.kind == "func" and e.signature is not None
+            }
+        )
         if self._group is not None and self._group.first_instance is None:
             self._group.first_instance = instance
         self.timings["instantiate"] = time.perf_counter() - started

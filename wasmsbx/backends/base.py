@@ -329,6 +329,10 @@ class Instance(ABC):
         """An export as a handle another instance of the same group can import."""
         raise NotImplementedError
 
+    def know_types(self, types: dict) -> None:  # noqa: B027 - optional hook
+        """Export name -> (params, results), read from the module's bytes, for backends
+        that cannot ask their runtime safely (wasmtime's C API aborts on v128)."""
+
     def register_as(self, name: str) -> None:
         """Make this instance's exports importable as ``name.<export>`` in its group."""
         raise NotImplementedError

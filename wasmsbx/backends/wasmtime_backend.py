@@ -396,6 +396,9 @@ class WasmtimeInstance(Instance):
     def func(self, name: str) -> Any:
         return self.exports[name]
 
+    def know_types(self, types: dict) -> None:
+        self.types.update(types)
+
     def func_types(self, name: str) -> tuple:
         types = self.types.get(name)
         if types is None:
