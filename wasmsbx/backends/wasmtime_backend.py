@@ -444,16 +444,18 @@ class WasmtimeInstance(Instance):
         The block must finish within the timeout and gets n times the per-call fuel.
         """
         func, store, args = self.exports[name], self.store, tuple(args)
+        types, group = self.func_types(name), self.group
 
         def run(calls: int) -> None:
             self._arm(calls)
             try:
                 with self.engine.ticker:
                     for _ in range(calls):
-                        func(store, *args)
+                        call_raw(store, func, types, args, group)
             except (wasmtime.Trap, wasmtime.WasmtimeError) as exc:
-                raise self._call_error(exc, name) from None
+                raise self._call_error(exc, name) from self._host_raised()
             finally:
+                self.deadline = 0.0
                 self._account_fuel()
 
         return run
