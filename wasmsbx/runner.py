@@ -23,7 +23,7 @@ ARTIFACT_FIRST_BYTE = b"\x89"  # of aot.MAGIC: checked before importing aot
 # ---------------------------------------------------------------------------- module files
 
 
-def read_module(path) -> bytes:
+def read_module(path: Union[str, os.PathLike]) -> bytes:
     """The module's binary: .wasm as is, .wat (or any text module) converted."""
     path = Path(path)
     return module_bytes(read_file(path), path)
@@ -913,7 +913,7 @@ def _exports(records: list) -> list:
 
 
 def run(
-    module,
+    module: Union[str, os.PathLike, bytes, bytearray, memoryview],
     func: str,
     *args: Any,
     policy: Optional[policy_mod.Policy] = None,
