@@ -119,33 +119,37 @@ def test_host_globals_memory_and_table(box):
     assert box.call("tab_null", 1) == 0
 
 
-def test_plugin_example_reads_guest_memory_through_caller():
+def test_plugin_example_reads_guest_memory_through_caller(backend):
     lines = []
 
     def log(caller: wasmsbx.Caller, ptr: wasmsbx.i32, n: wasmsbx.i32) -> None:
         lines.append(caller.memory().read(ptr, n))
 
     rnd = wasmsbx.func(lambda: 10, params=[], results=["i64"])
-    with wasmsbx.Sandbox(PLUGIN, imports={"env": {"log": log, "random": rnd}}) as box:
+    imports = {"env": {"log": log, "random": rnd}}
+    with wasmsbx.Sandbox(PLUGIN, imports=imports, backend=backend) as box:
         assert box.call("greet", 3) == 13
     assert lines == [b"hello from the plugin"] * 3
 
 
-def test_caller_memory_is_range_checked():
+def test_caller_memory_is_range_checked(backend):
     def log(caller: wasmsbx.Caller, ptr: wasmsbx.i32, n: wasmsbx.i32) -> None:
         caller.memory().read(ptr, 2**20)
 
     rnd = wasmsbx.func(lambda: 0, params=[], results=["i64"])
-    with wasmsbx.Sandbox(PLUGIN, imports={"env": {"log": log, "random": rnd}}) as box:
+    imports = {"env": {"log": log, "random": rnd}}
+    with wasmsbx.Sandbox(PLUGIN, imports=imports, backend=backend) as box:
         with pytest.raises(errors.TrapError) as info:
             box.call("greet", 1)
         assert isinstance(info.value.__cause__, IndexError)
+        assert box.call("greet", 0) == 0  # still usable
 
 
-def test_wrong_result_from_host_is_a_trap():
+def test_wrong_result_from_host_is_a_trap(backend):
     bad = wasmsbx.func(lambda: "not an int", params=[], results=["i64"])
     log = wasmsbx.func(lambda p, n: None, params=["i32", "i32"], results=[])
-    with wasmsbx.Sandbox(PLUGIN, imports={"env": {"log": log, "random": bad}}) as box:
+    imports = {"env": {"log": log, "random": bad}}
+    with wasmsbx.Sandbox(PLUGIN, imports=imports, backend=backend) as box:
         with pytest.raises(errors.TrapError) as info:
             box.call("greet", 0)
         assert isinstance(info.value.__cause__, (TypeError, ValueError))
@@ -191,11 +195,22 @@ def test_funcref_through_host(box):
     assert isinstance(seen[0], FuncRef)
 
 
-@pytest.mark.skipif(not any(b.startswith("wasmer") for b in BACKENDS), reason="no wasmer here")
-def test_wasmer_refuses_host_imports_with_the_reason():
-    log = wasmsbx.func(lambda p, n: None, params=["i32", "i32"], results=[])
+def test_host_time_counts_on_every_backend(backend):
+    def log(ptr: wasmsbx.i32, n: wasmsbx.i32) -> None:
+        time.sleep(0.3)
+
     rnd = wasmsbx.func(lambda: 0, params=[], results=["i64"])
-    box = wasmsbx.Sandbox(PLUGIN, imports={"env": {"log": log, "random": rnd}}, backend="wasmer")
+    imports = {"env": {"log": log, "random": rnd}}
+    box = wasmsbx.Sandbox(PLUGIN, imports=imports, backend=backend)
+    with pytest.raises(errors.TimeoutExceeded, match="env.log"):
+        box.call("greet", 10, timeout=0.5)
+    box.close()
+
+
+@pytest.mark.skipif(not any(b.startswith("wasmer") for b in BACKENDS), reason="no wasmer here")
+def test_wasmer_refuses_host_globals_with_the_reason():
+    wat = b'(module (import "env" "g" (global i32)) (func (export "f")))'
+    box = wasmsbx.Sandbox(wat, imports={"env": {"g": wasmsbx.Global("i32", 1)}}, backend="wasmer")
     with pytest.raises(errors.BackendUnavailable, match="child process") as info:
-        box.call("greet", 1)
+        box.call("f")
     assert info.value.exit_code == 104

@@ -60,6 +60,12 @@ from .wasm_limits import PAGE, LimitsError, cap_limits
 from .wasmer_values import WIRE, RefusedValue, adapter_wat, from_wire, to_wire
 
 TYPE_NAMES = {1: "i32", 2: "i64", 3: "f32", 4: "f64", 5: "v128", 6: "externref", 7: "funcref"}
+_TYPE = {
+    "i32": wasmer.Type.I32,
+    "i64": wasmer.Type.I64,
+    "f32": wasmer.Type.F32,
+    "f64": wasmer.Type.F64,
+}
 KINDS = {
     "FunctionType": "func",
     "MemoryType": "memory",
@@ -135,7 +141,11 @@ class _Child:
         wasi: Optional[WasiSetup],
         timeout: float,
         adapter: Any = None,
+        host: Optional[list] = None,
     ) -> None:
+        self.host = host or []  # [(module, name, params, results)]: served by the parent
+        self.fds: tuple = (3, 4)  # requests, answers (set by serve)
+        self.exports: Any = None
         self.store = store
         self.module = module
         self.wasi = wasi
@@ -163,7 +173,11 @@ class _Child:
         version = wasmer_wasi.get_version(self.module, strict=False)
         self.arm_cpu_limit()
         if version is None:
-            instance = wasmer.Instance(self.module)
+            instance = (
+                wasmer.Instance(self.module, self.host_imports(wasmer.ImportObject()))
+                if self.host
+                else wasmer.Instance(self.module)
+            )
         else:
             setup = self.wasi or WasiSetup()
             argv = list(setup.argv) or ["module"]
@@ -173,9 +187,8 @@ class _Child:
             if setup.env:
                 builder = builder.environments(dict(setup.env))
             environment = builder.finalize()
-            instance = wasmer.Instance(
-                self.module, environment.generate_import_object(self.store, version)
-            )
+            imports = environment.generate_import_object(self.store, version)
+            instance = wasmer.Instance(self.module, self.host_imports(imports))
         self.memories = {
             name: obj for name, obj in instance.exports if isinstance(obj, wasmer.Memory)
         }
@@ -189,6 +202,38 @@ class _Child:
             imports.register("t", {name: getattr(instance.exports, name) for name in names})
             self.adapted = wasmer.Instance(module, imports).exports
         return instance
+
+    def host_imports(self, imports: Any) -> Any:
+        """Host functions as wasmer Functions that ask the parent to run them."""
+        namespaces: dict = {}
+        for key, (module, name, params, results) in enumerate(self.host):
+            ty = wasmer.FunctionType([_TYPE[t] for t in params], [_TYPE[t] for t in results])
+            namespaces.setdefault(module, {})[name] = wasmer.Function(
+                self.store, self._host_call(key, len(results)), ty
+            )
+        for module, functions in namespaces.items():
+            imports.register(module, functions)
+        return imports
+
+    def _host_call(self, key: int, count: int) -> Any:
+        def call(*args: Any) -> Any:
+            requests, answers = self.fds
+            _send(answers, ("host", key, list(args)))
+            while True:  # serve the parent's requests (memory reads...) until it answers
+                request = _recv(requests)
+                if request is None:
+                    os._exit(70)
+                if request[0] == "host-ok":
+                    values = request[1]
+                    return None if count == 0 else values[0] if count == 1 else tuple(values)
+                if request[0] == "host-err":
+                    raise RuntimeError(request[1])
+                try:
+                    _send(answers, ("ok", self.perform(self.exports, request), self.memory_bytes()))
+                except BaseException as exc:  # noqa: BLE001 - reported to the parent
+                    _send(answers, self.outcome(exc))
+
+        return call
 
     def memory_view(self, name: str, offset: int, length: int) -> memoryview:
         """The bytes ``offset .. offset+length`` of an exported memory (IndexError outside)."""
@@ -261,6 +306,7 @@ class _Child:
         return ("error", f"{type(exc).__name__}: {_first_line(exc)}", self.memory_bytes())
 
     def serve(self, requests: int, answers: int) -> None:
+        self.fds = (requests, answers)
         try:
             instance = self.instantiate()
         except BaseException as exc:  # noqa: BLE001 - reported to the parent
@@ -271,7 +317,7 @@ class _Child:
                 _send(answers, ("link", _first_line(exc)))
             return
         _send(answers, ("ready", self.memory_bytes()))
-        exports = instance.exports
+        exports = self.exports = instance.exports
         while True:
             request = _recv(requests)
             if request is None or request[0] == "close":
@@ -338,6 +384,18 @@ def _run_child(child: _Child, stdin: Any, fds: dict) -> None:
 # ---------------------------------------------------------------------------- the parent
 
 
+class _WasmerCaller:
+    """A host function's view of the calling instance (its memories, in the child)."""
+
+    def __init__(self, instance: WasmerInstance) -> None:
+        self.instance = instance
+
+    def memory(self, name: str = "memory") -> Any:
+        from ..runner import Memory
+
+        return Memory(_WasmerMemory(self.instance, name), name)
+
+
 class _WasmerMemory:
     """A memory of the child's instance, reached by requests (it lives in the child)."""
 
@@ -368,8 +426,15 @@ class WasmerInstance(Instance):
     """One wasm instance living in its own child process."""
 
     def __init__(
-        self, engine: WasmerEngine, module: WasmerModule, limits: Limits, wasi: WasiSetup
+        self,
+        engine: WasmerEngine,
+        module: WasmerModule,
+        limits: Limits,
+        wasi: WasiSetup,
+        host: Optional[list] = None,
     ) -> None:
+        self.host = host or []  # [(module, name, HostFunc)], in the child's key order
+        self.host_raised: Optional[BaseException] = None
         self.engine = engine
         self.limits = limits
         self.signatures = {e.name: e.signature for e in engine.exports(module) if e.kind == "func"}
@@ -390,7 +455,7 @@ class WasmerInstance(Instance):
         for fd in (self.fds["parent_answers"], *self.sinks):
             self.poller.register(fd, select.POLLIN)
         try:
-            answer = self._wait("start function")
+            answer = self._answer("start function")
         except BaseException:
             self.close()
             raise
@@ -399,7 +464,7 @@ class WasmerInstance(Instance):
             return
         self.close()
         if answer[0] == "start":
-            raise self._error(answer[1], "start function")
+            raise self._error(answer[1], "start function") from self._raised()
         raise _link_error(answer[1])
 
     # ------------------------------------------------------------------ process
@@ -410,7 +475,12 @@ class WasmerInstance(Instance):
         fds["out_r"], fds["out_w"] = os.pipe()
         fds["err_r"], fds["err_w"] = os.pipe()
         child = _Child(
-            self.engine.store, module.module, wasi, self.limits.timeout, self.engine.adapter(module)
+            self.engine.store,
+            module.module,
+            wasi,
+            self.limits.timeout,
+            self.engine.adapter(module),
+            [(m, n, f.params, f.results) for m, n, f in self.host],
         )
         compiled, names, global_names = child.adapter
         self.adapted = frozenset(names) if compiled is not None else frozenset()
@@ -563,9 +633,48 @@ class WasmerInstance(Instance):
             _send(self.fds["parent_requests"], request)
         except BrokenPipeError:
             raise self._died(where) from None
-        answer = self._wait(where)
+        answer = self._answer(where)
         self.memory_bytes = answer[-1]
         return answer
+
+    def _answer(self, where: str) -> tuple:
+        """The child's answer, running the host functions it asks for meanwhile. Time spent
+        in them counts: past the timeout the child is killed and the call times out."""
+        started = time.monotonic()
+        while True:
+            answer = self._wait(where)
+            if answer[0] != "host":
+                return answer
+            reply = self._serve_host(answer[1], answer[2])
+            if time.monotonic() - started > self.limits.timeout:
+                self._kill(
+                    f"it was stopped after the {format_duration(self.limits.timeout)} timeout"
+                )
+                raise self._timeout(f"{where} (in host function {self._host_name(answer[1])})")
+            try:
+                _send(self.fds["parent_requests"], reply)
+            except BrokenPipeError:
+                raise self._died(where) from None
+
+    def _host_name(self, key: int) -> str:
+        module, name, _ = self.host[key]
+        return f"{module}.{name}"
+
+    def _serve_host(self, key: int, args: list) -> tuple:
+        from ..values import coerce
+
+        _, _, func = self.host[key]
+        try:
+            typed = [coerce(v, t) for v, t in zip(args, func.params)]
+            values = func.invoke(_WasmerCaller(self), typed)
+            return ("host-ok", to_wire(values, Signature(func.results, ()), self, False))
+        except Exception as exc:  # noqa: BLE001 - the guest sees a trap; the call chains it
+            self.host_raised = exc
+            return ("host-err", f"host function raised {type(exc).__name__}: {exc}")
+
+    def _raised(self) -> Optional[BaseException]:
+        exc, self.host_raised = self.host_raised, None
+        return exc
 
     def _check_args(self, name: str, args: Sequence[Any]) -> Signature:
         signature = self.signatures.get(name)
@@ -627,6 +736,10 @@ class WasmerInstance(Instance):
             answer = self._request(("call", name, wire, adapted), name)
         finally:
             self.limits = limits
+        if answer[0] == "trap" and self.host_raised is not None:
+            raise errors.TrapError(
+                f"{name} trapped: {answer[1]}", backtrace=answer[2], trap_code="host"
+            ) from self._raised()
         return from_wire(self._result(answer, name, signature), signature, self, adapted)
 
     def memory(self, name: str = "memory") -> _WasmerMemory:
@@ -938,7 +1051,7 @@ class WasmerEngine(Engine):
                 hint="use --backend wasmtime for filesystem grants",
             )
 
-    def _check_start(self, module: WasmerModule, limits: Limits) -> None:
+    def _check_start(self, module: WasmerModule, limits: Limits, provided: Any = ()) -> None:
         if limits.instances is not None and limits.instances < 1:
             raise errors.InstanceLimitExceeded(
                 f"instance limit reached: limits.instances = {limits.instances}",
@@ -959,12 +1072,15 @@ class WasmerEngine(Engine):
                     hint="raise limits.table_elements",
                 )
         missing = [
-            f"{i.module}.{i.name}" for i in self.imports(module) if not i.module.startswith("wasi_")
+            f"{i.module}.{i.name}"
+            for i in self.imports(module)
+            if not i.module.startswith("wasi_") and (i.module, i.name) not in provided
         ]
         if missing:
             raise errors.LinkError(
-                f"module imports host functions the sandbox does not provide: {', '.join(missing)}",
-                hint="wasmsbx provides WASI preview1 only; rebuild the module without these",
+                f"module imports what the sandbox does not provide: {', '.join(missing)}",
+                hint="grant host functions with imports={module: {name: ...}} (Python API); "
+                "the command line provides WASI only",
                 imports=missing,
             )
 
@@ -978,20 +1094,39 @@ class WasmerEngine(Engine):
         register: Optional[str] = None,
     ) -> WasmerInstance:
         wanted = [i for i in self.imports(module) if not i.is_wasi]
-        if wanted and (imports or shared is not None):
+        host = self._host_functions(wanted, imports or {}) if shared is None else None
+        if wanted and host is None and (imports or shared is not None):
             # Imports the caller (or a group) would satisfy: wasmer cannot. A module that
             # imports nothing but WASI runs, host imports or group or not.
             raise errors.BackendUnavailable(
-                "wasmer runs each instance in a forked child process: host imports and "
-                "linked groups are not available on it",
+                "wasmer runs each instance in a forked child process: it takes host "
+                "functions of i32/i64/f32/f64 only (no host globals, memories, tables, "
+                "v128 or references) and no linked groups",
                 hint="use --backend wasmtime (the default choice when imports= or a Group "
                 "is used under runtime.backend = auto)",
             )
         wasi = wasi or WasiSetup()
         self._refuse(limits, wasi)
         module = self._for_limits(module, limits)
-        self._check_start(module, limits)
-        return WasmerInstance(self, module, limits, wasi)
+        self._check_start(module, limits, {(m, n) for m, n, _ in host or ()})
+        return WasmerInstance(self, module, limits, wasi, host)
+
+    @staticmethod
+    def _host_functions(wanted: list, imports: dict) -> Optional[list]:
+        """The host functions that satisfy every non-WASI import, or None when some import
+        is not one (a global, memory, table or group export: wasmer cannot provide those)
+        or has a type wasmer-python cannot carry (v128, references)."""
+        from ..host import HostFunc
+
+        out = []
+        for imp in wanted:
+            item = imports.get(imp.module, {}).get(imp.name)
+            if not isinstance(item, HostFunc) or any(
+                t not in _TYPE for t in (*item.params, *item.results)
+            ):
+                return None
+            out.append((imp.module, imp.name, item))
+        return out
 
     def fingerprint(self) -> dict:
         memory, table = self._caps(self.options.memory_cap, self.options.table_cap)
