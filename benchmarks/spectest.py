@@ -56,6 +56,10 @@ class NotExpressible(Exception):
     """The command cannot be stated through the public API on this backend."""
 
 
+class Inherited(Exception):
+    """A command on a module that could not be loaded: counted as that module was."""
+
+
 class HostRef:
     """The spec's ``ref.extern N``: a host object identified by N."""
 
@@ -207,7 +211,7 @@ class Script:
         name = action.get("module")
         box = self.named.get(name) if name else self.current
         if box is None:
-            raise NotExpressible("action on a module that failed to load")
+            raise Inherited("action on a module that could not be loaded")
         return box
 
     def act(self, action: dict) -> list:
@@ -230,7 +234,7 @@ class Script:
         if kind == "register":
             box = self.named.get(cmd.get("name")) if cmd.get("name") else self.current
             if box is None:
-                raise NotExpressible("register of a module that failed to load")
+                raise Inherited("register of a module that could not be loaded")
             self.group.register(cmd["as"], box)
             return "passed"
         if kind == "action":
@@ -321,6 +325,10 @@ def run_file(wast: Path, backend: Optional[str], counts: dict, reasons: dict, sh
                     outcome = script.run(cmd)
                 except NotExpressible as exc:
                     outcome = f"not expressible: {exc}"
+                except Inherited as exc:
+                    # as its module: unsupported, not expressible, or failed
+                    category = (script.tainted or "failed:").split(":", 1)[0]
+                    outcome = f"{category}: {exc}"
                 except errors.BackendUnavailable as exc:
                     # A proposal the runtime lacks is the backend's gap, not the API's.
                     lacks = "it uses" in str(exc) or "no backend can run" in str(exc)
@@ -332,9 +340,13 @@ def run_file(wast: Path, backend: Optional[str], counts: dict, reasons: dict, sh
                 except BaseException as exc:  # noqa: BLE001 - a bug (or a runtime's panic)
                     outcome = f"failed: crash {type(exc).__name__}: {exc}"
                     script.renew()  # a runtime that panicked may be poisoned: a new group
-                if cmd["type"] in ("module", "register") and outcome.startswith(("not", "unsup")):
+                if cmd["type"] in ("module", "register") and not outcome.startswith("passed"):
                     script.tainted = outcome
-                if outcome.startswith("failed") and script.tainted and cmd["type"] != "module":
+                if (
+                    outcome.startswith("failed")
+                    and (script.tainted or "").startswith(("not", "unsup"))
+                    and cmd["type"] != "module"
+                ):
                     outcome = "not expressible: depends on a module that could not be loaded"
                 key = outcome.split(":", 1)[0]
                 counts[key] += 1
