@@ -159,3 +159,15 @@ def test_public_names_resolve():
         assert getattr(wasmsbx, name) is not None
     with pytest.raises(AttributeError):
         wasmsbx.nope  # noqa: B018
+
+
+def test_sandbox_from_artifact_bytes_is_verified(cli, tmp_path):
+    out = tmp_path / "add.cwasm"
+    assert cli("compile", ADD, "-o", out, "--backend", "wasmtime").code == 0
+    data = out.read_bytes()
+    with wasmsbx.Sandbox(data, P.defaults()) as box:
+        assert box.artifact is not None and box.call("add", 2, 3) == 5
+    tampered = bytearray(data)
+    tampered[-100] ^= 1
+    with pytest.raises(wasmsbx.errors.ModuleError, match="refused precompiled artifact"):
+        wasmsbx.Sandbox(bytes(tampered), P.defaults())
