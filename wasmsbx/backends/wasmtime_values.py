@@ -175,10 +175,13 @@ class HostFuncs:
         self.owner = owner
         self.entries: list = []  # (types, fn); the index is the callback's env
         self.raised: Optional[BaseException] = None
-        self.callback = ffi.wasmtime_func_callback_t(self._trampoline)
-        self.finalizer = ctypes.CFUNCTYPE(None, ctypes.c_void_p)(lambda _env: None)
+        self.callback: Any = None  # made on first use: most sandboxes have no host function
+        self.finalizer: Any = None
 
     def make(self, types: tuple, fn: Callable[[Any, list], Sequence[Any]]) -> wasmtime.Func:
+        if self.callback is None:
+            self.callback = ffi.wasmtime_func_callback_t(self._trampoline)
+            self.finalizer = ctypes.CFUNCTYPE(None, ctypes.c_void_p)(lambda _env: None)
         self.entries.append((types, fn))
         func = ffi.wasmtime_func_t()
         ty = functype(*types)  # kept alive across the call: .ptr() does not own it
