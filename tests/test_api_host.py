@@ -214,3 +214,19 @@ def test_wasmer_refuses_host_globals_with_the_reason():
     with pytest.raises(errors.BackendUnavailable, match="child process") as info:
         box.call("f")
     assert info.value.exit_code == 104
+
+
+def test_audit_shows_host_imports_as_provided(cli):
+    res = cli("audit", PLUGIN, "--json")
+    (custom,) = [c for c in res.json()["capabilities"] if c["name"] == "custom"]
+    assert custom["status"] == "never"
+    assert any(f["rule"] == "WSX001" for f in res.json()["findings"])
+    res = cli("audit", PLUGIN, "--json", "--host-import", "env.log", "--host-import", "env.*")
+    data = res.json()
+    (custom,) = [c for c in data["capabilities"] if c["name"] == "custom"]
+    assert custom["status"] == "granted" and "provided by the host" in custom["detail"]
+    assert not any(f["rule"] == "WSX001" for f in data["findings"])
+    assert all(i["provided"] for i in data["imports"]) if "imports" in data else True
+    res = cli("audit", PLUGIN, "--json", "--host-import", "env.log")
+    (custom,) = [c for c in res.json()["capabilities"] if c["name"] == "custom"]
+    assert custom["status"] == "never" and "not provided: env.random" in custom["detail"]
