@@ -227,6 +227,12 @@ class Sandbox:
     >>> box = Sandbox("examples/add.wat")
     >>> box.call("add", 5, 3)
     8
+
+    ``module``: a path, or bytes (a binary, WAT text or a precompiled artifact, which is
+    verified before it loads). ``imports``: host imports the caller grants
+    (``{module: {name: fn | wasmsbx.Global | Memory | Table}}``, see wasmsbx.host).
+    ``group``/``name``: used by :class:`Group` (linking). The instance is created on
+    first use; ``close()`` (or ``with``) releases it.
     """
 
     def __init__(
