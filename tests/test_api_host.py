@@ -230,3 +230,14 @@ def test_audit_shows_host_imports_as_provided(cli):
     res = cli("audit", PLUGIN, "--json", "--host-import", "env.log")
     (custom,) = [c for c in res.json()["capabilities"] if c["name"] == "custom"]
     assert custom["status"] == "never" and "not provided: env.random" in custom["detail"]
+
+
+def test_ctrl_c_in_a_host_function_is_not_a_trap():
+    def log(ptr: wasmsbx.i32, n: wasmsbx.i32) -> None:
+        raise KeyboardInterrupt
+
+    rnd = wasmsbx.func(lambda: 0, params=[], results=["i64"])
+    box = wasmsbx.Sandbox(PLUGIN, imports={"env": {"log": log, "random": rnd}})
+    with pytest.raises(KeyboardInterrupt):
+        box.call("greet", 1)
+    box.close()

@@ -381,7 +381,7 @@ class WasmtimeInstance(Instance):
         seconds = self.limits.timeout if timeout is None else min(timeout, self.limits.timeout)
         self.call_timeout = seconds
         self.store.set_epoch_deadline(int(-(-seconds // TICK)) + 1)
-        self.deadline = time.monotonic() + seconds * calls
+        self.deadline = time.monotonic() + seconds  # a repeat() block shares one timeout
         budget = self.limits.fuel
         if fuel is not None and budget is not None:
             budget = min(fuel, budget)
@@ -462,6 +462,9 @@ class WasmtimeInstance(Instance):
 
     def _call_error(self, exc: Exception, name: str) -> errors.WasmsbxError:
         raised = self.host.raised
+        if isinstance(raised, (KeyboardInterrupt, SystemExit)):
+            self.host.raised = None
+            raise raised  # Ctrl-C in a host function stops the run, as anywhere else
         if isinstance(raised, _HostTimeout):
             return errors.TimeoutExceeded(
                 f"timeout: {name} still running after {format_duration(self.call_timeout)} "
