@@ -25,7 +25,7 @@ from typing import Any, Callable, NamedTuple, Optional
 
 from . import errors
 from .errors import ExitCode
-from .runner import format_value, json_value, parse_args
+from .runner import json_value, parse_args
 
 MAX_LINE = 1 << 20  # longer input lines are refused (item error), never loaded whole
 MAX_SKIP = 64 << 20  # an overlong line is skipped up to this; longer ends the batch
@@ -188,10 +188,9 @@ def error_record(exc: errors.WasmsbxError) -> dict:
 
 
 def json_result(value: Any, wasm_type: str) -> Any:
-    """A result as JSON: f32 in its shortest round-tripping form, inf/nan as strings."""
-    if wasm_type == "f32" and isinstance(value, float) and value == value and abs(value) < 1e39:
-        return float(format_value(value, "f32"))
-    return json_value(value)
+    """A result as JSON (values.json_value): f32 in its shortest round-tripping form;
+    inf, NaNs, v128 and references as strings in the command line's spellings."""
+    return json_value(value, wasm_type)
 
 
 def guest_wasi(box: Any) -> Any:
@@ -207,12 +206,6 @@ class Caller:
         self.box = box
         self.func = func
         self.sig = box.signature(func)
-        unsupported = [t for t in self.sig.params if t not in ("i32", "i64", "f32", "f64")]
-        if unsupported:
-            raise errors.UsageError(
-                f"{func} takes a {unsupported[0]} parameter, which a batch cannot pass",
-                hint=f"only i32, i64, f32 and f64 parameters are supported; signature {self.sig}",
-            )
         self.fresh = fresh
         self.wasi = guest_wasi(box)
         self.instance: Any = None

@@ -149,6 +149,12 @@ class TrapError(WasmsbxError):
         super().__init__(message, **kw)
         self.backtrace = list(backtrace or [])
 
+    @property
+    def trap_code(self) -> Optional[str]:
+        """The runtime's trap code (e.g. "integer_division_by_zero", "unreachable_code_reached",
+        "host" for an exception in a host function), when the runtime reports one."""
+        return self.context.get("trap_code")
+
     def to_dict(self) -> dict:
         data = super().to_dict()
         if self.backtrace:

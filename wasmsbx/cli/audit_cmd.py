@@ -48,6 +48,13 @@ def register(app: typer.Typer) -> None:
             "--fail-on",
             help="Exit 121 when a finding at or above this severity exists.",
         ),
+        host_import: Optional[list[str]] = typer.Option(
+            None,
+            "--host-import",
+            metavar="MODULE.NAME",
+            help="An import the embedding host provides (Python imports=); MODULE.* for all "
+            "of a module. Repeatable.",
+        ),
     ) -> int:
         """Audit MODULE against the policy without running it.
 
@@ -63,7 +70,7 @@ def register(app: typer.Typer) -> None:
             from ..outfile import check_output
 
             check_output(output_file, inputs)
-        report = audit_file(module, loaded)
+        report = audit_file(module, loaded, host_imports=set(host_import or ()))
         if mode == "report":
             render(report)
         else:
