@@ -311,7 +311,17 @@ class Sandbox:
     >>> box = Sandbox("examples/add.wat")
     >>> box.call("add", 5, 3)
     8
+
+    A WebAssembly component gives a ``components.sandbox.ComponentSandbox`` (same
+    methods, WIT-typed values), chosen by the file's header before anything else.
     """
+
+    def __new__(cls, module=None, *args: Any, **kwargs: Any):
+        if cls is Sandbox and module is not None and _is_component_file(module):
+            from .components.sandbox import ComponentSandbox
+
+            return super().__new__(ComponentSandbox)
+        return super().__new__(cls)
 
     def __init__(
         self,
@@ -588,6 +598,19 @@ class Sandbox:
         if self._instance is not None:
             self._instance.close()
             self._instance = None
+
+
+def _is_component_file(module: Any) -> bool:
+    """The header check of ``components.is_component``, without importing the package
+    for core modules (8 bytes read; any error is left for the regular path)."""
+    try:
+        with open(module, "rb") as f:
+            head = f.read(64)
+    except (OSError, TypeError, ValueError):
+        return False
+    if head[:4] == WASM_MAGIC:
+        return head[6:8] == b"\x01\x00"
+    return head.lstrip().startswith(b"(component")  # a component in WAT text
 
 
 def _exports(records: list) -> list:

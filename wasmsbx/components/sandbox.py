@@ -1,0 +1,314 @@
+"""``Sandbox`` for a component: the same face as for a core module, WIT-typed.
+
+``runner.Sandbox("c.wasm")`` returns a ``ComponentSandbox`` when the file's header says
+component (``components.is_component``), so the Python API and every command take
+components as they are. Functions are named as users see them: ``greet`` for a root
+export, ``ns:pkg/iface@1.0.0#greet`` inside an interface (the interface may be written
+without its version, and a function name that is unique in the component needs no
+interface at all).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import namedtuple
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Optional
+
+from .. import errors
+from .. import policy as policy_mod
+from ..backends.base import ExportInfo, WasiSetup
+from ..runner import RunStats, Sandbox, engine_options, limits_from, read_file
+from . import binary, runtime, wave
+from .types import passable
+from .values import ValueProblem, check, to_json
+
+RUN_INTERFACE = "wasi:cli/run@"
+# Parameter kinds whose command-line word is the value itself, not WAVE.
+PLAIN_WORDS = ("string", "char", "enum")
+
+
+def component_bytes(data: bytes, path: Any) -> bytes:
+    """The component's binary: as is, or converted from WAT text (``(component ...)``)."""
+    from . import is_component
+
+    if is_component(data):
+        return data
+    from ..runner import wat_to_wasm
+
+    wasm = wat_to_wasm(data, path)
+    if not is_component(wasm):
+        raise errors.ModuleError(f"{path}: not a WebAssembly component", path=str(path))
+    return wasm
+
+
+class ComponentCallResult(namedtuple("ComponentCallResult", "function value type stats")):
+    """One call's result: the canonical Python value and its WIT type (None: no result)."""
+
+    function: str
+    value: Any
+    type: Any
+    stats: RunStats
+    __slots__ = ()
+
+    @property
+    def values(self) -> list:
+        return [] if self.type is None else [self.value]
+
+    @property
+    def types(self) -> tuple:
+        return () if self.type is None else (str(self.type),)
+
+    def text_lines(self) -> list:
+        """As ``wasmsbx run`` prints it: strings and scalars plain, the rest as WAVE."""
+        t = self.type
+        if t is None:
+            return []
+        if t.kind in ("string", "char", "enum", "bool") or t.kind in wave.INTS:
+            return [wave.format(self.value, t) if t.kind == "bool" else str(self.value)]
+        if t.kind in ("f32", "f64"):
+            return [wave.format_float(self.value, t.kind)]
+        return [wave.format(self.value, t)]
+
+    def to_dict(self) -> dict:
+        results = []
+        if self.type is not None:
+            results.append({"type": str(self.type), "value": to_json(self.value, self.type)})
+        return {"function": self.function, "results": results, "stats": self.stats.to_dict()}
+
+
+class ComponentSandbox(Sandbox):
+    """A component loaded under a policy, ready to call or run as a command."""
+
+    is_component = True
+
+    def __init__(
+        self,
+        module,
+        policy: Optional[policy_mod.Policy] = None,
+        *,
+        backend: Optional[str] = None,
+        kind: str = "call",
+        use_cache: Optional[bool] = None,
+        artifact: Optional[str] = None,
+        cache_dir: Optional[str] = None,
+        progress: Any = None,
+    ) -> None:
+        self.path = Path(module)
+        self.policy = policy if policy is not None else policy_mod.discover()
+        self.timings: dict = {}
+        self.warnings: list = []
+        self.progress = progress
+        self.cache_dir = cache_dir
+        if artifact is not None:
+            raise errors.UsageError(
+                "--artifact: precompiled components are not supported yet",
+                hint="run the component itself",
+            )
+        started = time.perf_counter()
+        self.wasm: Optional[bytes] = component_bytes(read_file(self.path), self.path)
+        self.artifact = None
+        self.timings["read"] = time.perf_counter() - started
+        try:
+            self.layout = binary.scan(self.wasm)
+        except binary.ComponentFormatError as exc:
+            raise errors.ModuleError(f"{self.path}: {exc}", path=str(self.path)) from None
+        self.selection = None
+        self._spec = backend
+        self.backend_name, self.compiler = self._choose(backend, kind)
+        from .. import backends
+
+        self.engine = backends.get(self.backend_name).engine(
+            engine_options(self.policy, self.compiler)
+        )
+        self.cache_state = "off"
+        self.recorded_exports = None
+        self.module = self._compile_component()
+        self.component_exports = runtime.exports(self.engine, self.module)
+        self.import_names = [i.name for i in runtime.imports(self.engine, self.module)]
+        self.export_list = [ExportInfo(e.name, "func", e.sig) for e in self.component_exports]
+        self._instance: Any = None
+
+    # --------------------------------------------------------------- choosing
+    def _choose(self, backend: Optional[str], kind: str) -> tuple:
+        """Always scored: the component model is a hard requirement a backend may lack."""
+        from ..backends import select
+
+        self.selection = select.select(self.policy, self._features(), kind, backend)
+        return self.selection.backend, self.selection.compiler
+
+    def _features(self) -> frozenset:
+        return frozenset({"component-model"})
+
+    def explain(self, kind: str = "call") -> Any:
+        return self.selection
+
+    def _compile_component(self) -> Any:
+        started = time.perf_counter()
+        if self.progress is None:
+            component = runtime.compile_component(self.engine, self.wasm)
+        else:
+            with self.progress(f"compiling {self.path.name}"):
+                component = runtime.compile_component(self.engine, self.wasm)
+        self.timings["compile"] = time.perf_counter() - started
+        return component
+
+    # --------------------------------------------------------------- exports
+    def resolve(self, name: str) -> runtime.ComponentExport:
+        """The export called ``name`` (see the module docstring for the spellings)."""
+        exact = [e for e in self.component_exports if e.name == name]
+        if exact:
+            return exact[0]
+        if "#" in name:
+            iface, _, func = name.rpartition("#")
+            found = [
+                e
+                for e in self.component_exports
+                if e.func == func and e.interface and e.interface.split("@")[0] == iface
+            ]
+        else:
+            found = [e for e in self.component_exports if e.func == name]
+        if len(found) == 1:
+            return found[0]
+        if len(found) > 1:
+            raise errors.UsageError(
+                f"{name!r} is exported by several interfaces",
+                hint="name one: " + ", ".join(e.name for e in found),
+            )
+        import difflib
+
+        close = difflib.get_close_matches(name, [e.name for e in self.component_exports], n=1)
+        raise errors.UsageError(
+            f"{self.path.name} has no exported function {name!r}",
+            hint=(f"did you mean {close[0]!r}? " if close else "") + self._exports_hint(),
+            function=name,
+        )
+
+    def signature(self, func: str) -> Any:
+        return self.resolve(func).sig
+
+    def _exports_hint(self) -> str:
+        funcs = [f"{e.name}: {e.sig}" for e in self.component_exports]
+        if not funcs:
+            return "the component exports no functions"
+        more = " ..." if len(funcs) > 8 else ""
+        return "exported functions: " + "; ".join(funcs[:8]) + more
+
+    # --------------------------------------------------------------- arguments
+    def typed_args(self, export: runtime.ComponentExport, args: Sequence[Any], text: bool) -> list:
+        """Arguments checked against the WIT parameter types.
+
+        ``text``: every argument is WAVE (``--invoke``). Otherwise a str is a command-line
+        word: taken as is for string, char and enum parameters, read as WAVE for the rest;
+        any other Python value is checked as it is.
+        """
+        sig = export.sig
+        for pname, ptype in sig.params:
+            reason = passable(ptype)
+            if reason:
+                raise errors.UsageError(f"{export.name}: parameter {pname}: {reason}")
+        if len(args) != len(sig.params):
+            n = len(sig.params)
+            raise errors.UsageError(
+                f"{export.name} takes {n} argument{'s' if n != 1 else ''}, got {len(args)}",
+                hint=f"signature: {export.name}: {sig}",
+            )
+        return [
+            self._arg(export, i, pname, ptype, value, text)
+            for i, ((pname, ptype), value) in enumerate(zip(sig.params, args))
+        ]
+
+    def _arg(self, export, index: int, pname: str, ptype, value: Any, text: bool) -> Any:
+        try:
+            if isinstance(value, str) and (text or ptype.kind not in PLAIN_WORDS):
+                if ptype.kind == "char" and not text and len(value) == 1:
+                    return value
+                return wave.parse(value, ptype)
+            return check(value, ptype)
+        except ValueProblem as exc:
+            raise errors.UsageError(
+                f"{export.name}: argument {index + 1} ({pname}: {ptype}): {exc}",
+                hint=f"signature: {export.name}: {export.sig}; compound values are WAVE, "
+                'e.g. [1, 2], {name: "x"}, some(1), ok("y")',
+                function=export.name,
+            ) from None
+
+    # --------------------------------------------------------------- calling
+    def instantiate(self, wasi: Optional[WasiSetup] = None) -> Any:
+        started = time.perf_counter()
+        instance = runtime.ComponentInstance(
+            self.engine,
+            self.module,
+            self.layout,
+            limits_from(self.policy),
+            wasi or self.wasi_setup(),
+            self.import_names,
+        )
+        self.timings["instantiate"] = time.perf_counter() - started
+        return instance
+
+    def invoke(
+        self,
+        func: str,
+        args: Sequence[Any] = (),
+        fresh: bool = False,
+        wasi: Optional[WasiSetup] = None,
+        wave_args: bool = False,
+    ) -> ComponentCallResult:
+        """Call ``func``; ``wave_args``: every argument is WAVE text (``--invoke``)."""
+        export = self.resolve(func)
+        reason = passable(export.sig.result)
+        if reason:
+            raise errors.UsageError(f"{export.name}: its result cannot be returned: {reason}")
+        typed = self.typed_args(export, args, wave_args)
+        if self._instance is None or fresh or self._instance.poisoned:
+            if self._instance is not None:
+                self._instance.close()
+            self._instance = self.instantiate(wasi)
+        started = time.perf_counter()
+        try:
+            value = self._instance.call(export, typed)
+        finally:
+            self.timings["run"] = time.perf_counter() - started
+        return ComponentCallResult(
+            export.name, value, export.sig.result, self._stats(self._instance)
+        )
+
+    def call(self, func: str, *args: Any) -> Any:
+        """``box.call("greet", "World") == "Hello, World"``: Python values in and out."""
+        return self.invoke(func, args).value
+
+    def run_command(
+        self, argv: Sequence[str] = (), stdin: Any = None, capture: bool = False
+    ) -> Any:
+        """Run the component's ``wasi:cli/run`` export; its exit code is returned."""
+        from ..runner import CommandResult
+
+        run = [e for e in self.component_exports if (e.interface or "").startswith(RUN_INTERFACE)]
+        if not run:
+            raise errors.UsageError(
+                f"{self.path.name} does not export wasi:cli/run, so it cannot run as a command",
+                hint=self._exports_hint() + " (name one to call it)",
+            )
+        instance = self.instantiate(self.wasi_setup(argv, stdin, capture))
+        started = time.perf_counter()
+        try:
+            code = instance.run_command(run[0])
+        finally:
+            self.timings["run"] = time.perf_counter() - started
+            instance.close()
+        usage = instance.usage()
+        return CommandResult(code, self._stats(instance, usage), usage.stdout, usage.stderr)
+
+    def stream(self, *args: Any, **kwargs: Any) -> Any:
+        raise errors.UsageError(
+            "--stream needs a core module (the streaming ABI reads guest memory); "
+            "this is a component",
+            hint="call the component's functions instead",
+        )
+
+    def close(self) -> None:
+        if self._instance is not None:
+            self._instance.close()
+            self._instance = None
