@@ -605,12 +605,24 @@ def _is_component_file(module: Any) -> bool:
     for core modules (8 bytes read; any error is left for the regular path)."""
     try:
         with open(module, "rb") as f:
-            head = f.read(64)
+            head = f.read(4096)
     except (OSError, TypeError, ValueError):
         return False
     if head[:4] == WASM_MAGIC:
         return head[6:8] == b"\x01\x00"
-    return head.lstrip().startswith(b"(component")  # a component in WAT text
+    return _wat_head(head).startswith(b"(component")  # a component in WAT text
+
+
+def _wat_head(text: bytes) -> bytes:
+    """``text`` after leading whitespace and ``;;`` / ``(; ;)`` comments."""
+    while True:
+        text = text.lstrip()
+        if text.startswith(b";;"):
+            text = text.partition(b"\n")[2]
+        elif text.startswith(b"(;"):
+            text = text.partition(b";)")[2]
+        else:
+            return text
 
 
 def _exports(records: list) -> list:

@@ -127,6 +127,7 @@ class ComponentSandbox(Sandbox):
         self.module = self._compile_component()
         self.component_exports = runtime.exports(self.engine, self.module)
         self.import_names = [i.name for i in runtime.imports(self.engine, self.module)]
+        runtime.check_imports(self.import_names)  # refused at load, before any call
         self.export_list = [ExportInfo(e.name, "func", e.sig) for e in self.component_exports]
         self._instance: Any = None
 

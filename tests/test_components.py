@@ -1,0 +1,364 @@
+"""WebAssembly components (WASI 0.2): detection, WIT values, run, limits, network."""
+
+from __future__ import annotations
+
+import pytest
+
+from wasmsbx import errors
+from wasmsbx.components import binary, is_component, runtime
+from wasmsbx.components.values import Err, Ok, Some, Variant
+
+from .component_guests import HERE, c_command, wasmtime_cli
+
+TYPES = HERE / "types.wat"
+
+
+@pytest.fixture(scope="module")
+def types_box():
+    from wasmsbx import Sandbox
+    from wasmsbx.policy import Policy
+
+    box = Sandbox(TYPES, Policy.defaults() if hasattr(Policy, "defaults") else None)
+    yield box
+    box.close()
+
+
+# ------------------------------------------------------------------ detection and layout
+
+
+def test_header_decides():
+    assert is_component(b"\0asm\x0d\x00\x01\x00")
+    assert is_component(b"\0asm\x0e\x00\x01\x00")  # a later component version too
+    assert not is_component(b"\0asm\x01\x00\x00\x00")
+    assert not is_component(b"(component)")
+    assert not is_component(b"\0asm")
+
+
+def test_sandbox_picks_component_by_header(tmp_path):
+    from wasmsbx import Sandbox
+    from wasmsbx.components.sandbox import ComponentSandbox
+
+    box = Sandbox(TYPES)
+    assert isinstance(box, ComponentSandbox)
+    assert box.call("greet", "World") == "Hello, World"
+
+
+def test_layout_of_the_wat_guest():
+    import wasmtime
+
+    layout = binary.scan(bytes(wasmtime.wat2wasm(TYPES.read_text())))
+    assert layout.core_instances == 1
+    assert layout.memories == ((65536, None),)
+
+
+def test_layout_of_an_adapted_c_command():
+    layout = binary.scan(c_command().read_bytes())
+    assert layout.core_instances == 4  # main, adapter, shim, fixup: what wasmtime counts
+    assert len(layout.memories) == 1  # the adapter imports main's memory
+
+
+@pytest.mark.parametrize(
+    "memories, cap",
+    [
+        ((), 100),
+        (((0, None),), 100),
+        (((0, 10), (0, None)), 90),  # a small bounded memory keeps its maximum
+        (((0, None), (0, None)), 50),  # unbounded ones share
+        (((0, 80), (0, 80)), 50),
+        (((60, None), (60, None)), None),  # the minimums alone do not fit
+    ],
+)
+def test_memory_cap_keeps_the_total(memories, cap):
+    got = binary.memory_cap(100, memories)
+    assert got == cap
+    if got is not None:
+        assert sum(min(high or got, got) for _, high in memories) <= 100
+
+
+def test_truncated_component_is_a_module_error(cli, tmp_path):
+    path = tmp_path / "c.wasm"
+    import wasmtime
+
+    data = bytes(wasmtime.wat2wasm(TYPES.read_text()))
+    path.write_bytes(data[: len(data) // 2])
+    res = cli("run", path, "greet", "x")
+    assert res.code == 102 and res.stderr.startswith("error: "), res
+    assert "Traceback" not in res.stderr
+
+
+# ------------------------------------------------------------------ typed calls (Python)
+
+
+@pytest.mark.parametrize(
+    "func, args, expected",
+    [
+        ("greet", ("World",), "Hello, World"),
+        ("greet", ("Wörld ✓",), "Hello, Wörld ✓"),
+        ("add", (5, 3), 8),
+        ("add", (-2147483648, 0), -2147483648),
+        ("sum", ([1.5, 2.5],), 4.0),
+        ("sum", ([],), 0.0),
+        ("divide", (7, 2), Ok(3)),
+        ("divide", (7, 0), Err("division by zero")),
+        ("divide", (-(2**63), 1), Ok(-(2**63))),
+        ("bump", (None,), None),
+        ("bump", (4,), 5),
+        ("swap", ({"x": 1, "y": 2},), (2, 1)),
+        ("next", ("blue",), "red"),
+        ("toggle", ({"read"},), {"write"}),
+        ("toggle", (set(),), {"read", "write"}),
+        ("wasmsbx:test/api@0.1.0#double", (21,), 42),
+        ("wasmsbx:test/api#double", (-21,), -42),
+        ("double", (2**62,), 2**63 - 2**63 * 2 + 2**63),  # wraps in the guest: 2**63 -> -2**63
+    ],
+)
+def test_call_python_values(types_box, func, args, expected):
+    if func == "double" and args == (2**62,):
+        expected = -(2**63)
+    assert types_box.call(func, *args) == expected
+
+
+@pytest.mark.parametrize(
+    "func, args, message",
+    [
+        ("add", (2**40, 1), "out of range for s32"),
+        ("add", (2**31, 1), "out of range for s32"),
+        ("add", (True, 1), "expected an integer"),
+        ("add", (1.5, 1), "expected an integer"),
+        ("add", (1,), "takes 2 arguments, got 1"),
+        ("bump", (-1,), "out of range for u32"),
+        ("bump", (2**32,), "out of range for u32"),
+        ("divide", (2**63, 1), "out of range for s64"),
+        ("swap", ({"x": 1},), "missing field 'y'"),
+        ("swap", ({"x": 1, "y": 2, "z": 3},), "unknown field 'z'"),
+        ("next", ("purple",), "expected one of red, green, blue"),
+        ("toggle", ({"exec"},), "unknown flag 'exec'"),
+        ("greet", ("\ud800",), "lone surrogate"),
+        ("sum", (["x"],), "expected a number"),
+        ("nope", (), "no exported function 'nope'"),
+    ],
+)
+def test_arguments_are_checked_before_the_call(types_box, func, args, message):
+    with pytest.raises(errors.UsageError, match=message):
+        types_box.call(func, *args)
+
+
+def test_record_takes_attributes_and_snake_case(types_box):
+    class P:
+        x, y = 3, 4
+
+    assert types_box.call("swap", P()) == (4, 3)
+
+
+def test_trap_then_a_fresh_instance(types_box):
+    with pytest.raises(errors.TrapError, match="unreachable"):
+        types_box.call("fail")
+    assert types_box.call("add", 1, 2) == 3  # the poisoned instance was replaced
+
+
+# ------------------------------------------------------------------ the CLI
+
+
+@pytest.mark.parametrize(
+    "argv, out",
+    [
+        (["greet", "World"], "Hello, World"),
+        (["add", "5", "3"], "8"),
+        (["add", "--", "-5", "3"], "-2"),
+        (["sum", "[1.5, 2.5]"], "4.0"),
+        (["divide", "7", "2"], "ok(3)"),
+        (["divide", "7", "0"], 'err("division by zero")'),
+        (["bump", "some(4)"], "some(5)"),
+        (["bump", "none"], "none"),
+        (["swap", "{x: 1, y: 2}"], "(2, 1)"),
+        (["next", "green"], "blue"),
+        (["toggle", "{write}"], "{read}"),
+        (["wasmsbx:test/api#double", "21"], "42"),
+        (["--invoke", 'greet("World")'], "Hello, World"),
+        (["--invoke", "sum([1, 2, 3.5])"], "6.5"),
+        (["--invoke", "wasmsbx:test/api@0.1.0#double(4)"], "8"),
+    ],
+)
+def test_run_prints_plain_scalars_and_wave(cli, argv, out):
+    res = cli("run", TYPES, *argv)
+    assert res.code == 0, res
+    assert res.stdout == out + "\n"
+
+
+def test_json_has_typed_tags(cli):
+    res = cli("run", TYPES, "divide", "7", "0", "--json")
+    assert res.code == 0, res
+    assert res.json()["results"] == [
+        {"type": "result<s64, string>", "value": {"err": "division by zero"}}
+    ]
+    res = cli("run", TYPES, "bump", "none", "--json")
+    assert res.json()["results"][0]["value"] == {"none": None}
+    res = cli("run", TYPES, "swap", "{x: 1, y: 2}", "--json")
+    assert res.json()["results"][0] == {"type": "tuple<s32, s32>", "value": [2, 1]}
+
+
+@pytest.mark.parametrize(
+    "argv, code, message",
+    [
+        (["add", "5", "99999999999"], 2, "out of range for s32"),
+        (["add", "5"], 2, "takes 2 arguments"),
+        (["sum", "[1.5, oops]"], 2, "argument 1"),
+        (["gret", "x"], 2, "did you mean 'greet'"),
+        (["--invoke", "greet(World"], 2, "--invoke"),
+        (["--invoke", "greet(World)"], 2, "argument 1"),
+        (["fail"], 103, "unreachable"),
+        (["deep"], 113, "stack exhausted"),
+        (["spin", "--fuel", "100000"], 111, "fuel exhausted"),
+        (["spin", "--timeout", "200ms"], 112, "timeout"),
+    ],
+)
+def test_run_errors(cli, argv, code, message):
+    res = cli("run", TYPES, *argv)
+    assert res.code == code, res
+    assert res.stderr.startswith("error: ") and message in res.stderr, res
+    assert "Traceback" not in res.stderr
+
+
+def test_memory_limit_holds_for_components(types_box, tmp_path):
+    from wasmsbx import Sandbox
+    from wasmsbx.policy import discover, override
+
+    policy = discover(None)
+    override(policy, "limits.memory", "8MiB")
+    box = Sandbox(TYPES, policy)
+    assert box.call("hog", 4) is False  # 64 KiB + 4 MiB fits
+    assert box.call("hog", 8) is True  # memory.grow refused at the cap
+    box.close()
+
+
+def test_command_component_without_run_export(cli):
+    res = cli("run", TYPES, "--", "a")
+    assert res.code == 2 and "does not export wasi:cli/run" in res.stderr
+
+
+# ------------------------------------------------------------------ imports and network
+
+HTTP = """(component
+  (import "wasi:http/outgoing-handler@0.2.0" (instance (export "handle" (func))))
+)"""
+CUSTOM = """(component
+  (import "acme:host/log@1.0.0" (instance (export "log" (func (param "m" string)))))
+)"""
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        (HTTP, "wasi:http/outgoing-handler@0.2.0: network access is off"),
+        (CUSTOM, "does not provide: acme:host/log@1.0.0"),
+    ],
+)
+def test_imports_the_sandbox_refuses(cli, tmp_path, text, message):
+    path = tmp_path / "c.wat"
+    path.write_text(text)
+    res = cli("run", path, "--", "x")
+    assert res.code == 102, res
+    assert message in res.stderr
+
+
+def test_sockets_link_but_are_classed_as_network():
+    network, other = runtime.refused_imports(
+        ["wasi:sockets/tcp@0.2.0", "wasi:http/types@0.2.0", "wasi:cli/stdout@0.2.0"]
+    )
+    assert network == ["wasi:http/types@0.2.0"] and other == []
+
+
+# ------------------------------------------------------------------ backends
+
+
+def test_component_model_is_a_capability():
+    from wasmsbx import backends
+
+    assert backends.get("wasmtime").capabilities().has("component-model")
+    wasmer = backends.get("wasmer")
+    for compiler in wasmer.compilers:
+        caps = wasmer.capabilities(compiler)
+        assert not caps.has("component-model")
+        assert any("no component model" in note for note in caps.notes)
+
+
+def test_wasmer_is_refused_with_the_reason(cli):
+    res = cli("run", TYPES, "add", "1", "2", "--backend", "wasmer", "--explain")
+    assert res.code == 104, res
+    assert "component-model" in res.stderr or "unavailable" in res.stderr
+
+
+# ------------------------------------------------------------------ the C command (zig)
+
+
+@pytest.fixture(scope="module")
+def command():
+    return c_command()
+
+
+def test_command_argv_env_and_exit(cli, command):
+    res = cli("run", command, "--env", "GREETING=hi", "--", "a", "b c")
+    assert res.code == 0, res
+    assert res.stdout == "arg[0]=command.wasm\narg[1]=a\narg[2]=b c\nGREETING=hi\n".replace(
+        "command.wasm", command.name
+    )
+
+
+def test_command_exit_codes_through_the_adapter(cli, command):
+    assert cli("run", command, "--", "exit", "0").code == 0
+    # The preview1 adapter reports every nonzero exit as 1 (the wasmtime CLI shows the same).
+    assert cli("run", command, "--", "exit", "7").code == 1
+
+
+def test_command_stdin(cli, command):
+    res = cli("run", command, "--policy", "p.toml", "--", "stdin", input=b"piped\n")
+    assert res.code == 101  # no such policy file
+    res = cli("run", command, "--", "stdin", input=b"piped\n")
+    assert res.code == 0 and res.stdout.endswith("piped\n"), res
+
+
+def test_command_read_only_dir(cli, command, tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "in.txt").write_text("secret")
+    res = cli("run", command, "--dir-ro", f"{data}:/data", "--", "read", "/data/in.txt")
+    assert res.code == 0 and "read:secret" in res.stdout, res
+    res = cli("run", command, "--dir-ro", f"{data}:/data", "--", "write", "/data/out.txt")
+    assert res.code == 1 and not (data / "out.txt").exists(), res  # fopen failed: exit(4)->1
+    res = cli("run", command, "--dir", f"{data}:/data", "--", "write", "/data/out.txt")
+    assert res.code == 0 and (data / "out.txt").read_text() == "written\n", res
+    res = cli("run", command, "--", "read", "/etc/passwd")
+    assert res.code == 1 and "read:" not in res.stdout
+
+
+def test_command_limits(cli, command):
+    res = cli("run", command, "--fuel", "1000000", "--", "spin")
+    assert res.code == 111, res
+    res = cli("run", command, "--timeout", "300ms", "--", "spin")
+    assert res.code == 112, res
+    res = cli("run", command, "--", "flood")
+    assert res.code == 115, res
+    res = cli("run", command, "--memory", "40MiB", "--", "alloc", "64")
+    assert res.code == 1 and "malloc failed" in res.stdout, res
+    res = cli("run", command, "--memory", "40MiB", "--", "alloc", "4")
+    assert res.code == 0 and "allocated" in res.stdout, res
+
+
+def test_command_json_captures_output(cli, command):
+    res = cli("run", command, "--json", "--", "x")
+    assert res.code == 0, res
+    assert res.json()["stdout"].startswith("arg[0]=")
+
+
+def test_command_matches_the_wasmtime_cli(cli, command, tmp_path):
+    import subprocess
+
+    wasmtime = wasmtime_cli()
+    ours = cli("run", command, "--env", "GREETING=hi", "--", "x", "y")
+    theirs = subprocess.run(
+        [str(wasmtime), "run", "--env", "GREETING=hi", "--argv0", command.name, str(command),
+         "x", "y"],
+        capture_output=True, timeout=60,
+    )  # fmt: skip
+    assert ours.code == theirs.returncode == 0
+    assert ours.stdout_bytes == theirs.stdout
