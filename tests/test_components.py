@@ -6,7 +6,7 @@ import pytest
 
 from wasmsbx import errors
 from wasmsbx.components import binary, is_component, runtime
-from wasmsbx.components.values import Err, Ok, Some, Variant
+from wasmsbx.components.values import Err, Ok
 
 from .component_guests import HERE, c_command, wasmtime_cli
 
