@@ -94,3 +94,23 @@ def wasmtime_cli() -> Path:
         tmp.chmod(tmp.stat().st_mode | stat.S_IXUSR)
         os.replace(tmp, dest)
     return dest
+
+
+def python_guest() -> Path:
+    """tests/guests/components/pyguest (app.py + wit/) built by componentize-py: an 18 MB
+    component, about a minute to build; cached by the digest of its sources."""
+    src = HERE / "pyguest"
+    componentize = tool("componentize-py")
+    key = b"pyguest\0" + (src / "app.py").read_bytes() + (src / "wit" / "world.wit").read_bytes()
+    version = subprocess.run(
+        [str(componentize), "--version"], capture_output=True, text=True, timeout=60
+    ).stdout
+
+    def build(out: Path) -> None:
+        subprocess.run(
+            [str(componentize), "-d", str(src / "wit"), "-w", "pyguest", "componentize",
+             "-p", str(src), "app", "-o", str(out)],
+            check=True, capture_output=True, timeout=900,
+        )  # fmt: skip
+
+    return _cached(key + version.encode(), build)

@@ -362,3 +362,30 @@ def test_command_matches_the_wasmtime_cli(cli, command, tmp_path):
     )  # fmt: skip
     assert ours.code == theirs.returncode == 0
     assert ours.stdout_bytes == theirs.stdout
+
+
+# ------------------------------------------------------------------ componentize-py (slow)
+
+
+@pytest.fixture(scope="module")
+def python_box():
+    from wasmsbx import Sandbox
+
+    from .component_guests import python_guest
+
+    box = Sandbox(python_guest())
+    yield box
+    box.close()
+
+
+@pytest.mark.slow
+def test_python_guest(python_box):
+    from wasmsbx.components import binary
+
+    assert python_box.call("greet", "World") == "Hello, World"
+    assert python_box.call("describe", {"name": "Ada", "age": 36}) == "Ada is 36"
+    assert python_box.call("divide", 7, 2) == Ok(3)  # result<s64, string>: untagged inside
+    assert python_box.call("divide", 7, 0) == Err("division by zero")
+    with pytest.raises(errors.UsageError, match="out of range for u32"):
+        python_box.call("describe", {"name": "Ada", "age": -1})
+    assert binary.scan(python_box.wasm).core_instances > 4  # runs under limits.instances = 1

@@ -124,7 +124,7 @@ def check(value: Any, t: WitType, path: str = "") -> Any:
     if k in ("f32", "f64"):
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ValueProblem(f"expected a number ({k}), got {_show(value)}", path)
-        return float(value)
+        return _f32(float(value), path) if k == "f32" else float(value)
     if k == "bool":
         if not isinstance(value, bool):
             raise ValueProblem(f"expected true or false, got {_show(value)}", path)
@@ -132,6 +132,16 @@ def check(value: Any, t: WitType, path: str = "") -> Any:
     if k in ("char", "string"):
         return _text(value, k, path)
     return _CHECKERS[k](value, t, path)
+
+
+def _f32(value: float, path: str) -> float:
+    """The nearest f32 (what the guest receives), or a ValueProblem beyond its range."""
+    import struct
+
+    try:
+        return struct.unpack("<f", struct.pack("<f", value))[0]
+    except OverflowError:
+        raise ValueProblem(f"{value!r} is out of range for f32", path) from None
 
 
 def _int(value: Any, kind: str, path: str) -> int:
