@@ -389,3 +389,69 @@ def test_python_guest(python_box):
     with pytest.raises(errors.UsageError, match="out of range for u32"):
         python_box.call("describe", {"name": "Ada", "age": -1})
     assert binary.scan(python_box.wasm).core_instances > 4  # runs under limits.instances = 1
+
+
+# ------------------------------------------------------------------ audit
+
+
+def test_audit_json_of_the_wat_component(cli):
+    res = cli("audit", TYPES, "--json")
+    assert res.code == 0, res
+    data = res.json()
+    assert data["schema"] == "wasmsbx.audit-component/1"
+    assert data["component"]["core_instances"] == 1
+    assert data["imports"] == [] and data["capabilities"] == []
+    sigs = {e["name"]: e["signature"] for e in data["exports"]}
+    assert sigs["greet"] == "func(name: string) -> string"
+    assert sigs["divide"] == "func(a: s64, b: s64) -> result<s64, string>"
+    assert sigs["wasmsbx:test/api@0.1.0#double"] == "func(x: s64) -> s64"
+    assert [f["rule"] for f in data["findings"]] == ["WSX201"]
+
+
+def test_audit_of_an_adapted_command(cli, command, tmp_path):
+    res = cli("audit", command, "--json")
+    assert res.code == 0, res
+    data = res.json()
+    assert data["component"]["adapted_preview1"] is True
+    assert data["component"]["core_instances"] == 4
+    caps = {c["name"]: c["status"] for c in data["capabilities"]}
+    assert caps["filesystem"] == "denied" and caps["environment"] == "denied"
+    assert caps["stdio"] == caps["clock"] == "always"
+    rules = {f["rule"]: f for f in data["findings"]}
+    assert "adapter imports it" in rules["WSX003"]["message"]
+    assert "WASI SDK" not in res.stdout and "rebuild against" not in res.stdout
+    policy = tmp_path / "p.toml"
+    policy.write_text(f'[filesystem]\nread_write = ["{tmp_path}:/data"]\n')
+    data = cli("audit", command, "--json", "--policy", policy).json()
+    assert {c["name"]: c["status"] for c in data["capabilities"]}["filesystem"] == "granted"
+    assert "WSX110" in {f["rule"] for f in data["findings"]}
+
+
+def test_audit_flags_network_and_custom_imports(cli, tmp_path):
+    path = tmp_path / "c.wat"
+    path.write_text(HTTP.replace(")\n)", ")\n" + CUSTOM.split("\n", 1)[1]))
+    res = cli("audit", path, "--json", "--fail-on", "high")
+    assert res.code == 121, res
+    data = res.json()
+    imports = {i["name"]: i for i in data["imports"]}
+    assert imports["wasi:http/outgoing-handler@0.2.0"]["provided"] is False
+    assert imports["acme:host/log@1.0.0"]["capability"] == "custom"
+    assert data["findings"][0]["rule"] == "WSX001"
+
+
+def test_audit_sarif_of_a_component_is_valid(cli):
+    import json
+    from pathlib import Path
+
+    import jsonschema
+
+    res = cli("audit", TYPES, "--sarif")
+    assert res.code == 0, res
+    schema = json.loads((Path(__file__).parent / "data" / "sarif-schema-2.1.0.json").read_text())
+    jsonschema.Draft4Validator(schema).validate(res.json())
+
+
+def test_audit_text_report_of_a_component(cli):
+    res = cli("audit", TYPES)
+    assert res.code == 0, res
+    assert "native component" in res.stdout and "exports (WIT)" in res.stdout

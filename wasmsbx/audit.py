@@ -269,11 +269,9 @@ def audit_file(path: Any, policy: Any = None) -> AuditReport:
         facts = read_facts(data)
     except FactsError as exc:
         if exc.component:
-            raise errors.ModuleError(
-                f"{path}: is a WebAssembly component, not a core module",
-                hint="wasmsbx audits and runs core modules (WASI preview1)",
-                path=str(path),
-            ) from None
+            from .components.audit import audit_component
+
+            return audit_component(str(path), data, policy)
         raise errors.ModuleError(
             f"{path}: not a valid WebAssembly module: {exc}",
             hint="check that the file is a complete .wasm binary or valid .wat text",

@@ -53,8 +53,9 @@ def scan(data: bytes) -> Layout:
     """The layout of the component ``data`` (ComponentFormatError if it cannot be read)."""
     try:
         return _scan(memoryview(data), 0, len(data))
-    except (IndexError, FactsError) as exc:
-        raise ComponentFormatError(f"malformed component: {exc}") from None
+    except (IndexError, FactsError, ComponentFormatError) as exc:
+        reason = str(exc) if not isinstance(exc, IndexError) else "unexpected end of the binary"
+        raise ComponentFormatError(f"malformed component: {reason}") from None
 
 
 def _scan(data: memoryview, start: int, end: int) -> Layout:
