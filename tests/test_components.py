@@ -455,3 +455,43 @@ def test_audit_text_report_of_a_component(cli):
     res = cli("audit", TYPES)
     assert res.code == 0, res
     assert "native component" in res.stdout and "exports (WIT)" in res.stdout
+
+
+# ------------------------------------------------------------------ compile and the cache
+
+
+def test_compile_then_run_hits_the_cache(cli, command):
+    res = cli("compile", command, "--json")
+    assert res.code == 0, res
+    assert res.json()["targets"][0]["state"] == "stored"
+    res = cli("run", command, "--stats", "--", "x")
+    assert res.code == 0 and "hit (native code loaded from the cache)" in res.stderr, res
+    assert res.stdout.startswith("arg[0]=")
+
+
+def test_sandbox_cache_round_trip(command):
+    from wasmsbx import Sandbox
+
+    first = Sandbox(command)
+    second = Sandbox(command)
+    assert (first.cache_state, second.cache_state) == ("miss", "hit")
+    assert (
+        second.run_command(["y"], capture=True).stdout
+        == first.run_command(["y"], capture=True).stdout
+    )
+
+
+def test_a_component_entry_never_loads_as_a_module(command):
+    from wasmsbx.backends.base import EngineOptions
+    from wasmsbx.backends.wasmtime_backend import WasmtimeEngine
+    from wasmsbx.components.runtime import ComponentEngine
+
+    inner = WasmtimeEngine(EngineOptions())
+    assert ComponentEngine(inner).fingerprint()["kind"] == "component"
+    assert "kind" not in inner.fingerprint()
+
+
+def test_compile_to_an_artifact_is_refused(cli, command, tmp_path):
+    res = cli("compile", command, "-o", tmp_path / "c.cwasm")
+    assert res.code == 2 and "not supported yet" in res.stderr, res
+    assert not (tmp_path / "c.cwasm").exists()

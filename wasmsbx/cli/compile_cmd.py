@@ -153,6 +153,7 @@ def _targets(policy: Any, wasm: bytes, all_backends: bool) -> list:
     if all_backends:
         pairs = [(a, c) for a, c in select.candidates_for("auto") if a.probe().available]
         return pairs
+    from ..components import is_component
     from ..facts import FactsError, read_facts
 
     try:
@@ -160,6 +161,8 @@ def _targets(policy: Any, wasm: bytes, all_backends: bool) -> list:
         features, kind = facts.features, "command" if facts.export("_start") else "call"
     except FactsError:
         features, kind = frozenset(), "call"
+    if is_component(wasm):  # only a backend with the component model can compile it
+        features = frozenset({"component-model"})
     chosen = select.select(policy, features, kind)
     return [(get(chosen.backend), chosen.compiler)]
 
@@ -169,6 +172,7 @@ def _native(adapter, compiler, wasm, name, policy, out, cache_dir, force) -> dic
     from ..runner import engine_options
 
     engine = adapter.engine(engine_options(policy, compiler))
+    engine = _for_components(engine, wasm, out)
 
     def compile_fn(data: bytes) -> Any:
         with _spinner(f"compiling {name} for {adapter.name}"):
@@ -179,6 +183,29 @@ def _native(adapter, compiler, wasm, name, policy, out, cache_dir, force) -> dic
         result["cache_dir"] = str(cache.resolve_dir(policy, cache_dir)[0])
         return result
     return _artifact(engine, wasm, name, compile_fn, out)
+
+
+def _for_components(engine: Any, wasm: bytes, out: Optional[str]) -> Any:
+    """A component compiles through ``components.runtime.ComponentEngine`` (into the cache;
+    standalone artifacts of components are not supported yet)."""
+    from ..components import is_component
+
+    if not is_component(wasm):
+        return engine
+    if out is not None:
+        from ..errors import UsageError
+
+        raise UsageError(
+            "-o FILE: precompiled artifacts of components are not supported yet",
+            hint="`wasmsbx compile COMPONENT` (no -o) fills the cache that `wasmsbx run` uses",
+        )
+    if engine.backend != "wasmtime":
+        from ..errors import BackendUnavailable
+
+        raise BackendUnavailable(f"{engine.backend} cannot compile components (no component model)")
+    from ..components.runtime import ComponentEngine
+
+    return ComponentEngine(engine)
 
 
 def _artifact(engine: Any, wasm: bytes, name: str, compile_fn: Any, out: str) -> dict:

@@ -119,12 +119,13 @@ class ComponentSandbox(Sandbox):
         self.backend_name, self.compiler = self._choose(backend, kind)
         from .. import backends
 
-        self.engine = backends.get(self.backend_name).engine(
-            engine_options(self.policy, self.compiler)
+        self.engine = runtime.ComponentEngine(
+            backends.get(self.backend_name).engine(engine_options(self.policy, self.compiler))
         )
         self.cache_state = "off"
         self.recorded_exports = None
-        self.module = self._compile_component()
+        cache_wanted = self.policy.values["runtime.cache"] if use_cache is None else use_cache
+        self.module = self._compile(cache_wanted)
         self.component_exports = runtime.exports(self.engine, self.module)
         self.import_names = [i.name for i in runtime.imports(self.engine, self.module)]
         runtime.check_imports(self.import_names)  # refused at load, before any call
@@ -145,15 +146,8 @@ class ComponentSandbox(Sandbox):
     def explain(self, kind: str = "call") -> Any:
         return self.selection
 
-    def _compile_component(self) -> Any:
-        started = time.perf_counter()
-        if self.progress is None:
-            component = runtime.compile_component(self.engine, self.wasm)
-        else:
-            with self.progress(f"compiling {self.path.name}"):
-                component = runtime.compile_component(self.engine, self.wasm)
-        self.timings["compile"] = time.perf_counter() - started
-        return component
+    # ``_compile`` (the cache, or compiling now) and ``_compile_now`` are Sandbox's: the
+    # ComponentEngine gives them components, serialized with Component.serialize.
 
     # --------------------------------------------------------------- exports
     def resolve(self, name: str) -> runtime.ComponentExport:
