@@ -114,3 +114,21 @@ def python_guest() -> Path:
         )  # fmt: skip
 
     return _cached(key + version.encode(), build)
+
+
+def sockets_probe(tmp_path: Path) -> Path:
+    """tests/guests/components/sockets: a component that asks wasi:sockets to resolve a
+    name (wasm-tools component embed + new; no compiler needed)."""
+    src = HERE / "sockets"
+    wasm_tools = str(tool("wasm-tools"))
+    embedded, out = tmp_path / "probe.embedded.wasm", tmp_path / "sockets.wasm"
+    subprocess.run(
+        [wasm_tools, "component", "embed", str(src / "wit"), str(src / "probe.wat"),
+         "--world", "probe", "-o", str(embedded)],
+        check=True, capture_output=True, timeout=60,
+    )  # fmt: skip
+    subprocess.run(
+        [wasm_tools, "component", "new", str(embedded), "-o", str(out)],
+        check=True, capture_output=True, timeout=60,
+    )  # fmt: skip
+    return out

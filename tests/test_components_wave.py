@@ -201,7 +201,9 @@ def test_wave_errors(text, t, message):
 
 
 def test_format_spellings():
-    assert wave.format(1e20, W("f64")) == "1e20"
+    assert wave.format(1e20, W("f64")) == "100000000000000000000"
+    assert wave.format(4.0, W("f64")) == "4" and wave.format(-0.0, W("f64")) == "-0"
+    assert wave.format(1e-7, W("f64")) == "0.0000001"
     assert wave.format(0.1, W("f32")) == "0.1"
     assert wave.format('a"\n\x01', W("string")) == '"a\\"\\n\\u{1}"'
     assert wave.format(Ok(None), W("result", (None, None))) == "ok"

@@ -394,23 +394,25 @@ def format(value: Any, t: WitType) -> str:  # noqa: A001 - the module's verb, as
 
 
 def format_float(value: float, kind: str) -> str:
-    """Shortest text that reads back to the same f32/f64."""
+    """The shortest digits that read back to the same f32/f64, written positionally as
+    wasm-wave (and so the wasmtime CLI) writes them: 4, 0.1, 100000000000000000000."""
     if value != value:
         return "nan"
     if value in (float("inf"), float("-inf")):
         return "inf" if value > 0 else "-inf"
+    digits = repr(value)
     if kind == "f32":
         target = struct.pack("<f", value)
-        for digits in range(1, 10):
-            text = f"{value:.{digits}g}"
-            if struct.pack("<f", float(text)) == target:
-                return _plain_float(text)
-    return _plain_float(repr(value))
+        for precision in range(1, 10):
+            digits = f"{value:.{precision}g}"
+            if struct.pack("<f", float(digits)) == target:
+                break
+    from decimal import Decimal
 
-
-def _plain_float(text: str) -> str:
-    """Python's float text as WAVE reads it ("1e+20" -> "1e20", "1.0" stays)."""
-    return text.replace("e+", "e")
+    text = f"{Decimal(digits):f}"
+    if "." in text:
+        text = text.rstrip("0").rstrip(".")
+    return text
 
 
 def _escape(text: str, quote: str) -> str:
