@@ -547,3 +547,33 @@ def test_compile_to_an_artifact_is_refused(cli, command, tmp_path):
     res = cli("compile", command, "-o", tmp_path / "c.cwasm")
     assert res.code == 2 and "not supported yet" in res.stderr, res
     assert not (tmp_path / "c.cwasm").exists()
+
+
+# ------------------------------------------------------------------ --batch
+
+
+def test_batch_takes_and_gives_typed_json(cli):
+    lines = b'[7, 2]\n[7, 0]\n{"args": [1, 99999999999], "id": "big"}\n[1]\n'
+    res = cli("run", TYPES, "divide", "--batch", "-", input=lines)
+    assert res.code == 122, res  # one item failed
+    out = [__import__("json").loads(line) for line in res.stdout.splitlines()]
+    assert out[0]["results"] == [{"ok": 3}]
+    assert out[1]["results"] == [{"err": "division by zero"}]
+    assert out[2]["id"] == "big" and out[2]["results"] == [{"ok": 0}]
+    assert out[3]["error"]["message"] == "divide takes 2 arguments, got 1"
+    lines = b'[{"x": 1, "y": 2}]\n[{"x": 1}]\n'
+    out = cli("run", TYPES, "swap", "--batch", "-", input=lines).stdout.splitlines()
+    assert '"results":[[2,1]]' in out[0] and "missing field 'y'" in out[1]
+
+
+def test_batch_range_check_and_parallel_workers(cli):
+    lines = b"[2147483647, 0]\n[2147483648, 0]\n[1, 2]\n[3, 4]\n"
+    res = cli("run", TYPES, "add", "--batch", "-", "-j", "2", input=lines)
+    out = [__import__("json").loads(line) for line in res.stdout.splitlines()]
+    assert [o.get("results") for o in out] == [[2147483647], None, [3], [7]]
+    assert "out of range for s32" in out[1]["error"]["message"]
+
+
+def test_batch_from_python(types_box):
+    results = list(types_box.batch("bump", [[{"some": 1}], [None], [{"none": None}]]))
+    assert [r.values for r in results] == [[{"some": 2}], [{"none": None}], [{"none": None}]]

@@ -249,6 +249,12 @@ class Caller:
         self._drop()
 
 
+def make_caller(box: Any, func: str, fresh: bool = False) -> Any:
+    """A Caller, or a component's (``box.batch_caller``: WIT values as typed JSON)."""
+    factory = getattr(box, "batch_caller", None)
+    return factory(func, fresh) if factory is not None else Caller(box, func, fresh)
+
+
 # ---------------------------------------------------------------------------- running
 
 
@@ -287,7 +293,7 @@ def run_numbered(
     nothing), so the consumer can make the results it has durable meanwhile."""
     if jobs < 1:
         raise errors.UsageError(f"-j/--jobs must be at least 1, got {jobs}")
-    caller = Caller(box, func, fresh)  # an unknown export fails here, before any item
+    caller = make_caller(box, func, fresh)  # an unknown export fails here, before any item
     caller.ready()
     if jobs == 1:
         serial = _serial_fed if idle else _serial
@@ -510,7 +516,7 @@ def _worker_init(spec: WorkerSpec) -> None:
     os.dup2(2, 1)  # a guest printing to "inherit" stdout must not mix into the results
     _watch_parent(os.getppid())
     try:
-        _WORKER["caller"] = Caller(_worker_box(spec), spec.func, spec.fresh)
+        _WORKER["caller"] = make_caller(_worker_box(spec), spec.func, spec.fresh)
     except errors.WasmsbxError as exc:
         _WORKER["error"] = exc
 
@@ -530,12 +536,15 @@ def _watch_parent(parent: int) -> None:
 
 
 def _worker_box(spec: WorkerSpec) -> Any:
-    from .runner import Sandbox
+    from .runner import Sandbox, _is_component_file
 
     if spec.artifact is None:
         return Sandbox(spec.module, spec.policy, backend=spec.backend, use_cache=True)
+    base: Any = Sandbox
+    if _is_component_file(spec.module):  # the parent serialized a component
+        from .components.sandbox import ComponentSandbox as base
 
-    class Precompiled(Sandbox):
+    class Precompiled(base):
         def _compile(self, use_cache: bool) -> Any:
             return self.engine.deserialize(spec.artifact)
 
