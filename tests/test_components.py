@@ -577,3 +577,24 @@ def test_batch_range_check_and_parallel_workers(cli):
 def test_batch_from_python(types_box):
     results = list(types_box.batch("bump", [[{"some": 1}], [None], [{"none": None}]]))
     assert [r.values for r in results] == [[{"some": 2}], [{"none": None}], [{"none": None}]]
+
+
+# ------------------------------------------------------------------ bench
+
+
+def test_bench_a_component_call_and_command(cli, command):
+    res = cli("bench", TYPES, "greet", "World", "-n", "3", "--budget", "1s", "--json")
+    assert res.code == 0, res
+    case = res.json()["cases"][0]
+    assert case["kind"] == "call"
+    (wasmtime,) = [r for r in case["results"] if r["label"] == "wasmtime"]
+    assert list(wasmtime["phases"]) == ["compile", "load", "instantiate", "call"]
+    res = cli("bench", command, "-n", "2", "--budget", "1s", "--json", "--", "x")
+    assert res.code == 0, res
+    (result,) = res.json()["cases"][0]["results"]
+    assert result["exit_code"] == 0 and "run" in result["phases"]
+
+
+def test_bench_checks_component_arguments(cli):
+    res = cli("bench", TYPES, "add", "5", "99999999999", "-n", "2")
+    assert res.code == 2 and "out of range for s32" in res.stderr, res

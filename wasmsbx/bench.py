@@ -447,6 +447,12 @@ def _prepare(case: Case, result: CaseResult) -> dict:
     from .runner import find_signature, parse_args, read_module
 
     wasm = read_module(case.module)
+    from .components import is_component
+
+    if is_component(wasm):
+        from .components.bench import prepare
+
+        return prepare(case, result, wasm)
     try:
         facts = read_facts(wasm)
     except FactsError as exc:
@@ -515,6 +521,11 @@ class _BackendBench:
         phase = "compile"
         try:
             self.engine = self.adapter.engine(engine_options(self.policy, self.result.compiler))
+            if self.prepared.get("component"):
+                from .components.bench import BenchEngine
+
+                p = self.prepared
+                self.engine = BenchEngine(self.engine, p["wasm"], p["component_exports"])
             self.limits = limits_from(self.policy)
             self.module = self.engine.compile(self.prepared["wasm"])
             for phase in self.wanted():

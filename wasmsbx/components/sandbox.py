@@ -43,6 +43,57 @@ def component_bytes(data: bytes, path: Any) -> bytes:
     return wasm
 
 
+def find_export(exports: list, name: str, where: str) -> runtime.ComponentExport:
+    """The function ``name`` names: exactly, as ``iface#func`` without the version, or
+    as a bare function name only one interface exports."""
+    exact = [e for e in exports if e.name == name]
+    if exact:
+        return exact[0]
+    if "#" in name:
+        iface, _, func = name.rpartition("#")
+        found = [
+            e
+            for e in exports
+            if e.func == func and e.interface and e.interface.split("@")[0] == iface
+        ]
+    else:
+        found = [e for e in exports if e.func == name]
+    if len(found) == 1:
+        return found[0]
+    if len(found) > 1:
+        raise errors.UsageError(
+            f"{name!r} is exported by several interfaces",
+            hint="name one: " + ", ".join(e.name for e in found),
+        )
+    import difflib
+
+    close = difflib.get_close_matches(name, [e.name for e in exports], n=1)
+    raise errors.UsageError(
+        f"{where} has no exported function {name!r}",
+        hint=(f"did you mean {close[0]!r}? " if close else "") + exports_hint(exports),
+        function=name,
+    )
+
+
+def exports_hint(exports: list) -> str:
+    funcs = [f"{e.name}: {e.sig}" for e in exports]
+    if not funcs:
+        return "the component exports no functions"
+    more = " ..." if len(funcs) > 8 else ""
+    return "exported functions: " + "; ".join(funcs[:8]) + more
+
+
+def run_export(exports: list, where: str) -> runtime.ComponentExport:
+    """The ``wasi:cli/run`` function, or a UsageError."""
+    run = [e for e in exports if (e.interface or "").startswith(RUN_INTERFACE)]
+    if not run:
+        raise errors.UsageError(
+            f"{where} does not export wasi:cli/run, so it cannot run as a command",
+            hint=exports_hint(exports) + " (name one to call it)",
+        )
+    return run[0]
+
+
 class ComponentCallResult(namedtuple("ComponentCallResult", "function value type stats")):
     """One call's result: the canonical Python value and its WIT type (None: no result)."""
 
@@ -152,43 +203,13 @@ class ComponentSandbox(Sandbox):
     # --------------------------------------------------------------- exports
     def resolve(self, name: str) -> runtime.ComponentExport:
         """The export called ``name`` (see the module docstring for the spellings)."""
-        exact = [e for e in self.component_exports if e.name == name]
-        if exact:
-            return exact[0]
-        if "#" in name:
-            iface, _, func = name.rpartition("#")
-            found = [
-                e
-                for e in self.component_exports
-                if e.func == func and e.interface and e.interface.split("@")[0] == iface
-            ]
-        else:
-            found = [e for e in self.component_exports if e.func == name]
-        if len(found) == 1:
-            return found[0]
-        if len(found) > 1:
-            raise errors.UsageError(
-                f"{name!r} is exported by several interfaces",
-                hint="name one: " + ", ".join(e.name for e in found),
-            )
-        import difflib
-
-        close = difflib.get_close_matches(name, [e.name for e in self.component_exports], n=1)
-        raise errors.UsageError(
-            f"{self.path.name} has no exported function {name!r}",
-            hint=(f"did you mean {close[0]!r}? " if close else "") + self._exports_hint(),
-            function=name,
-        )
+        return find_export(self.component_exports, name, self.path.name)
 
     def signature(self, func: str) -> Any:
         return self.resolve(func).sig
 
     def _exports_hint(self) -> str:
-        funcs = [f"{e.name}: {e.sig}" for e in self.component_exports]
-        if not funcs:
-            return "the component exports no functions"
-        more = " ..." if len(funcs) > 8 else ""
-        return "exported functions: " + "; ".join(funcs[:8]) + more
+        return exports_hint(self.component_exports)
 
     # --------------------------------------------------------------- arguments
     def typed_args(self, export: runtime.ComponentExport, args: Sequence[Any], text: bool) -> list:
@@ -280,16 +301,11 @@ class ComponentSandbox(Sandbox):
         """Run the component's ``wasi:cli/run`` export; its exit code is returned."""
         from ..runner import CommandResult
 
-        run = [e for e in self.component_exports if (e.interface or "").startswith(RUN_INTERFACE)]
-        if not run:
-            raise errors.UsageError(
-                f"{self.path.name} does not export wasi:cli/run, so it cannot run as a command",
-                hint=self._exports_hint() + " (name one to call it)",
-            )
+        run = run_export(self.component_exports, self.path.name)
         instance = self.instantiate(self.wasi_setup(argv, stdin, capture))
         started = time.perf_counter()
         try:
-            code = instance.run_command(run[0])
+            code = instance.run_command(run)
         finally:
             self.timings["run"] = time.perf_counter() - started
             instance.close()

@@ -128,6 +128,8 @@ class _Parser:
         try:
             return check(raw, t)
         except ValueProblem as exc:
+            if start == 0 and self.pos >= len(self.text.rstrip()):
+                raise ValueProblem(exc.message) from None  # the whole text: no position
             self.pos = start
             raise self.error(exc.message) from None
 
