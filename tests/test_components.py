@@ -598,3 +598,9 @@ def test_bench_a_component_call_and_command(cli, command):
 def test_bench_checks_component_arguments(cli):
     res = cli("bench", TYPES, "add", "5", "99999999999", "-n", "2")
     assert res.code == 2 and "out of range for s32" in res.stderr, res
+
+
+def test_backends_explain_a_component(cli):
+    res = cli("backends", "--explain", TYPES)
+    assert res.code == 0, res
+    assert "component-model" in res.stdout and "wasmtime" in res.stdout

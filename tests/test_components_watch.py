@@ -17,7 +17,10 @@ COMPONENT = """(component
     (canon lift (core func $i "add")))
   {extra}
 )"""
-SUB = '(func (export "sub") (param "a" s32) (param "b" s32) (result s32) (canon lift (core func $i "sub")))'
+SUB = (
+    '(func (export "sub") (param "a" s32) (param "b" s32) (result s32)'
+    ' (canon lift (core func $i "sub")))'
+)
 
 
 @pytest.fixture
