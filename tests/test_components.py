@@ -604,3 +604,15 @@ def test_backends_explain_a_component(cli):
     res = cli("backends", "--explain", TYPES)
     assert res.code == 0, res
     assert "component-model" in res.stdout and "wasmtime" in res.stdout
+
+
+def test_suggested_policy_for_a_component_loads_and_runs(cli, command, tmp_path):
+    out = tmp_path / "sandbox.toml"
+    res = cli("audit", command, "--suggest-policy", "-o", out)
+    assert res.code == 0, res
+    text = out.read_text()
+    assert "adapter imports it" in text and "read_only = []" in text
+    res = cli("run", command, "--policy", out, "--", "a")
+    assert res.code == 0 and "arg[1]=a" in res.stdout, res
+    text = cli("audit", TYPES, "--suggest-policy").stdout
+    assert 'stdin = "null"' in text and 'stdout = "null"' in text

@@ -817,6 +817,10 @@ def suggest_policy(report: AuditReport) -> SuggestedPolicy:
     commented-out placeholder. Limits come from what the module declares where it declares
     them; fuel, timeout, stack and output are the policy's.
     """
+    if getattr(report, "is_component", False):
+        from .components.audit import suggest_policy as suggest_for_component
+
+        return suggest_for_component(report)
     ctx = _Context(report.facts, report.policy, report.imports)
     old = report.policy.values
     new = policy_mod.defaults()

@@ -364,3 +364,99 @@ def _status(ctx: _Ctx, cap: str) -> tuple:
     if cap in ("http", "custom"):
         return "never", "not linked: instantiation fails"
     return "always", "provided to every component"
+
+
+# ---------------------------------------------------------------------------- suggestion
+
+
+def suggest_policy(report: ComponentAuditReport) -> Any:
+    """The least-privilege policy for the audited component (as for modules: grants it
+    can use are kept, needed ones become commented-out placeholders, never invented)."""
+    from .. import policy as policy_mod
+    from ..audit import SuggestedPolicy
+
+    old = report.policy.values
+    new = policy_mod.defaults()
+    for key in policy_mod.SCHEMA:
+        if key.section == "runtime" or key.dotted in (
+            "limits.fuel",
+            "limits.timeout",
+            "limits.stack",
+            "limits.output",
+            "limits.table_elements",
+        ):
+            new.values[key.dotted] = old[key.dotted]
+    ctx = _Ctx(report.policy, report.imports, report.facts)
+    notes: list = []
+    placeholders: dict = {}
+    _suggest_memory(ctx, new, notes, old["limits.memory"])
+    new.values["limits.instances"] = 1
+    notes.append(
+        "limits.instances = 1: one instance of the component (with the "
+        f"{ctx.facts.layout.core_instances} core instances it declares)"
+    )
+    _suggest_grants(ctx, new, notes, placeholders)
+    _suggest_streams(ctx, new, notes, old)
+    values = new.to_toml_dict()
+    runtime = {
+        k: v for k, v in values["runtime"].items() if f"runtime.{k}" in report.policy.explicit
+    }
+    if runtime:
+        values["runtime"] = runtime
+    else:
+        del values["runtime"]
+    return SuggestedPolicy(values, tuple(notes), placeholders)
+
+
+def _suggest_memory(ctx: _Ctx, new: Any, notes: list, limit: int) -> None:
+    memories = ctx.facts.layout.memories
+    if memories and all(high is not None for _, high in memories):
+        total = sum(high for _, high in memories)
+        if total <= limit:
+            new.values["limits.memory"] = max(total, PAGE)
+            notes.append(f"limits.memory: the total of the declared memory maxima ({total:,} B)")
+            return
+    new.values["limits.memory"] = limit
+    notes.append("limits.memory: kept from the policy (a memory declares no maximum)")
+
+
+PAGE = 65536
+
+
+def _suggest_grants(ctx: _Ctx, new: Any, notes: list, placeholders: dict) -> None:
+    if "filesystem" not in ctx.caps:
+        new.values["filesystem.read_only"] = []
+        new.values["filesystem.read_write"] = []
+        notes.append("filesystem: no grant; the component imports no wasi:filesystem")
+    else:
+        new.values["filesystem.read_only"] = ctx.read_only
+        new.values["filesystem.read_write"] = ctx.read_write
+        notes.append("filesystem: the policy's grants are kept (it imports wasi:filesystem)")
+        if not ctx.grants:
+            placeholders["filesystem"] = [
+                "# The component imports wasi:filesystem" + ctx.adapter_note + ".",
+                "# If it opens files, grant only the directory it needs, e.g.:",
+                '# read_only = ["HOST_DIR:/data"]',
+            ]
+    if "environment" not in ctx.caps:
+        new.values["env.inherit"] = []
+        new.values["env.set"] = {}
+        notes.append("env: nothing passed; the component imports no wasi:cli/environment")
+        return
+    new.values["env.inherit"] = [p for p in ctx.inherit if not _matches_everything(p)]
+    new.values["env.set"] = dict(ctx.env_set)
+    notes.append("env: the policy's variables are kept (an inherit-everything '*' is dropped)")
+    if not (new.values["env.inherit"] or ctx.env_set):
+        placeholders["env"] = [
+            "# The component imports wasi:cli/environment. Pass only what it needs, e.g.:",
+            '# inherit = ["LANG"]',
+        ]
+
+
+def _suggest_streams(ctx: _Ctx, new: Any, notes: list, old: Any) -> None:
+    names = [i.name for i in ctx.imports]
+    for stream in ("stdin", "stdout", "stderr"):
+        used = any(n.startswith(f"wasi:cli/{stream}") for n in names)
+        new.values[f"stdio.{stream}"] = old[f"stdio.{stream}"] if used else "null"
+        if not used:
+            notes.append(f"stdio.{stream} = null: the component imports no wasi:cli/{stream}")
