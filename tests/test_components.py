@@ -616,3 +616,53 @@ def test_suggested_policy_for_a_component_loads_and_runs(cli, command, tmp_path)
     assert res.code == 0 and "arg[1]=a" in res.stdout, res
     text = cli("audit", TYPES, "--suggest-policy").stdout
     assert 'stdin = "null"' in text and 'stdout = "null"' in text
+
+
+# ------------------------------------------------------------------ hostile binaries
+
+
+def _leb(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, n = n & 0x7F, n >> 7
+        out.append(byte | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def _section(sid: int, body: bytes) -> bytes:
+    return bytes([sid]) + _leb(len(body)) + body
+
+
+HEADER = b"\0asm\x0d\x00\x01\x00"
+
+
+def test_deeply_nested_components_are_refused(cli, tmp_path):
+    data = HEADER
+    for _ in range(200):
+        data = HEADER + _section(4, data)
+    with pytest.raises(binary.ComponentFormatError, match="nested more than"):
+        binary.scan(data)
+    path = tmp_path / "deep.wasm"
+    path.write_bytes(data)
+    res = cli("run", path, "f")
+    assert res.code == 102 and "Traceback" not in res.stderr, res
+
+
+def test_lying_counts_cannot_blow_up_the_scan():
+    module = b"\0asm\x01\x00\x00\x00" + _section(5, b"\x01\x00\x01")  # one memory
+    inner = HEADER + _section(1, module) + _section(2, b"\x01\x00\x00\x00")
+    data = HEADER + _section(4, inner) + _section(5, _leb(2**40) + b"\x00" * 30)
+    layout = binary.scan(data)  # the count is capped by the section's size
+    assert layout.core_instances <= 12 and len(layout.memories) <= 12  # 36 bytes // 3
+
+
+def test_control_characters_are_escaped_on_a_terminal():
+    from wasmsbx.components.sandbox import ComponentCallResult
+    from wasmsbx.components.types import WitType
+    from wasmsbx.runner import RunStats
+
+    stats = RunStats("wasmtime", None, {})
+    result = ComponentCallResult("f", "hi\x1b]52;c;x\x07", WitType("string"), stats)
+    assert result.text_lines(terminal=True) == ['"hi\\u{1b}]52;c;x\\u{7}"']
+    assert result.text_lines(terminal=False) == ["hi\x1b]52;c;x\x07"]

@@ -111,7 +111,9 @@ def execute(args: opts.RunArgs, log: Any = None) -> int:
     if o["json"]:
         output.emit_json(result.to_dict())
     elif hasattr(result, "text_lines"):  # a component's: WAVE for compound values
-        for line in result.text_lines():
+        import sys
+
+        for line in result.text_lines(terminal=sys.stdout.isatty()):
             output.out(line)
     else:
         from ..runner import format_value

@@ -23,6 +23,8 @@ from typing import Optional
 from ..facts import FactsError, _leb, read_facts
 
 PAGE = 65536
+MAX_DEPTH = 64  # nested components; wasmtime's own limit is lower
+MAX_COUNT = 100_000  # core instances or memories: far beyond any real component
 _CORE_MODULE, _CORE_INSTANCE, _COMPONENT, _INSTANCE = 1, 2, 4, 5
 
 
@@ -52,13 +54,15 @@ class ComponentFormatError(ValueError):
 def scan(data: bytes) -> Layout:
     """The layout of the component ``data`` (ComponentFormatError if it cannot be read)."""
     try:
-        return _scan(memoryview(data), 0, len(data))
+        return _scan(memoryview(data), 0, len(data), 0)
     except (IndexError, FactsError, ComponentFormatError) as exc:
         reason = str(exc) if not isinstance(exc, IndexError) else "unexpected end of the binary"
         raise ComponentFormatError(f"malformed component: {reason}") from None
 
 
-def _scan(data: memoryview, start: int, end: int) -> Layout:
+def _scan(data: memoryview, start: int, end: int, depth: int) -> Layout:
+    if depth > MAX_DEPTH:
+        raise ComponentFormatError(f"components nested more than {MAX_DEPTH} deep")
     pos = start + 8
     modules: list = []
     memories: list = []
@@ -79,12 +83,17 @@ def _scan(data: memoryview, start: int, end: int) -> Layout:
             for index in used:
                 memories.extend(_module_memories(data, modules, index))
         elif section == _COMPONENT:
-            nested.append(_scan(data, pos, body_end))
+            nested.append(_scan(data, pos, body_end, depth + 1))
         elif section == _INSTANCE:
-            instantiations += _leb(data, pos)[0]
+            # An entry takes at least 3 bytes: a count beyond that is a lie.
+            instantiations += min(_leb(data, pos)[0], size // 3)
         pos = body_end
+        if instances > MAX_COUNT or len(memories) > MAX_COUNT:
+            raise ComponentFormatError(f"more than {MAX_COUNT:,} core instances or memories")
     widest = max(nested, key=lambda n: n.core_instances, default=None)
     if widest is not None and instantiations:
+        if max(widest.core_instances, len(widest.memories)) * instantiations > MAX_COUNT:
+            raise ComponentFormatError(f"more than {MAX_COUNT:,} core instances or memories")
         # Which nested component each instantiation names is not tracked: count the
         # most demanding one for every instantiation (an upper bound).
         instances += widest.core_instances * instantiations

@@ -111,11 +111,16 @@ class ComponentCallResult(namedtuple("ComponentCallResult", "function value type
     def types(self) -> tuple:
         return () if self.type is None else (str(self.type),)
 
-    def text_lines(self) -> list:
-        """As ``wasmsbx run`` prints it: strings and scalars plain, the rest as WAVE."""
+    def text_lines(self, terminal: bool = False) -> list:
+        """As ``wasmsbx run`` prints it: strings and scalars plain, the rest as WAVE.
+
+        ``terminal``: the text goes to a terminal, where a guest's control characters
+        could drive it (``\x1b]52;...``), so they are written as WAVE escapes there."""
         t = self.type
         if t is None:
             return []
+        if t.kind in ("string", "char") and terminal and _controls(self.value):
+            return [wave.format(self.value, t)]
         if t.kind in ("string", "char", "enum", "bool") or t.kind in wave.INTS:
             return [wave.format(self.value, t) if t.kind == "bool" else str(self.value)]
         if t.kind in ("f32", "f64"):
@@ -127,6 +132,11 @@ class ComponentCallResult(namedtuple("ComponentCallResult", "function value type
         if self.type is not None:
             results.append({"type": str(self.type), "value": to_json(self.value, self.type)})
         return {"function": self.function, "results": results, "stats": self.stats.to_dict()}
+
+
+def _controls(text: str) -> bool:
+    """True if ``text`` holds control characters other than newline and tab."""
+    return any((ord(c) < 0x20 and c not in "\n\t") or 0x7F <= ord(c) < 0xA0 for c in text)
 
 
 class ComponentSandbox(Sandbox):

@@ -424,7 +424,7 @@ def _escape(text: str, quote: str) -> str:
             out.append("\\" + c)
         elif c in _WRITE_ESCAPES:
             out.append(_WRITE_ESCAPES[c])
-        elif ord(c) < 0x20 or ord(c) == 0x7F:
+        elif ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0:
             out.append(f"\\u{{{ord(c):x}}}")
         else:
             out.append(c)
