@@ -666,3 +666,10 @@ def test_control_characters_are_escaped_on_a_terminal():
     result = ComponentCallResult("f", "hi\x1b]52;c;x\x07", WitType("string"), stats)
     assert result.text_lines(terminal=True) == ['"hi\\u{1b}]52;c;x\\u{7}"']
     assert result.text_lines(terminal=False) == ["hi\x1b]52;c;x\x07"]
+
+
+def test_instance_limit_zero_allows_no_component(cli, tmp_path):
+    policy = tmp_path / "p.toml"
+    policy.write_text("[limits]\ninstances = 0\n")
+    res = cli("run", TYPES, "add", "1", "2", "--policy", policy)
+    assert res.code == 116 and "instance limit" in res.stderr, res

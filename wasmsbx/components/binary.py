@@ -90,14 +90,16 @@ def _scan(data: memoryview, start: int, end: int, depth: int) -> Layout:
         pos = body_end
         if instances > MAX_COUNT or len(memories) > MAX_COUNT:
             raise ComponentFormatError(f"more than {MAX_COUNT:,} core instances or memories")
-    widest = max(nested, key=lambda n: n.core_instances, default=None)
-    if widest is not None and instantiations:
-        if max(widest.core_instances, len(widest.memories)) * instantiations > MAX_COUNT:
+    if nested and instantiations:
+        # Which nested component each instantiation names is not tracked: count the most
+        # demanding one for every instantiation (an upper bound, for instances and
+        # memories alike: an undercount would only make instantiation fail).
+        most = max(n.core_instances for n in nested)
+        widest = max(nested, key=lambda n: len(n.memories)).memories
+        if max(most, len(widest)) * instantiations > MAX_COUNT:
             raise ComponentFormatError(f"more than {MAX_COUNT:,} core instances or memories")
-        # Which nested component each instantiation names is not tracked: count the
-        # most demanding one for every instantiation (an upper bound).
-        instances += widest.core_instances * instantiations
-        memories.extend(widest.memories * instantiations)
+        instances += most * instantiations
+        memories.extend(widest * instantiations)
     return Layout(
         tuple(modules + [m for n in nested for m in n.core_modules]),
         instances,

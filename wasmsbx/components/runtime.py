@@ -210,12 +210,13 @@ class ComponentInstance:
                 limit_value=limits.memory,
             )
         self.memory_cap = cap
-        per = max(layout.core_instances, 1)
+        # limits.instances counts component instances (0 allows none: never weakened).
+        count = limits.instances
         self.store.set_limits(
             memory_size=cap,
             table_elements=-1 if limits.table_elements is None else limits.table_elements,
-            instances=per * (limits.instances or 1),
-            memories=len(layout.memories) * (limits.instances or 1),
+            instances=-1 if count is None else max(layout.core_instances, 1) * count,
+            memories=-1 if count is None else len(layout.memories) * count,
         )
 
     def _wasi_config(self, wasi: WasiSetup) -> wasmtime.WasiConfig:
