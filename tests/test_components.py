@@ -217,12 +217,20 @@ def test_json_has_typed_tags(cli):
     res = cli("run", TYPES, "divide", "7", "0", "--json")
     assert res.code == 0, res
     assert res.json()["results"] == [
-        {"type": "result<s64, string>", "value": {"err": "division by zero"}}
+        {
+            "type": "result<s64, string>",
+            "value": {"err": "division by zero"},
+            "wave": 'err("division by zero")',
+        }
     ]
     res = cli("run", TYPES, "bump", "none", "--json")
     assert res.json()["results"][0]["value"] == {"none": None}
     res = cli("run", TYPES, "swap", "{x: 1, y: 2}", "--json")
-    assert res.json()["results"][0] == {"type": "tuple<s32, s32>", "value": [2, 1]}
+    assert res.json()["results"][0] == {
+        "type": "tuple<s32, s32>",
+        "value": [2, 1],
+        "wave": "(2, 1)",
+    }
 
 
 @pytest.mark.parametrize(
@@ -673,3 +681,16 @@ def test_instance_limit_zero_allows_no_component(cli, tmp_path):
     policy.write_text("[limits]\ninstances = 0\n")
     res = cli("run", TYPES, "add", "1", "2", "--policy", policy)
     assert res.code == 116 and "instance limit" in res.stderr, res
+
+
+def test_command_sees_only_the_environment_the_policy_passes(cli, command):
+    env = {"GREETING": "from-host"}
+    res = cli("run", command, "--", "x", env=env)
+    assert "GREETING=(unset)" in res.stdout, res  # nothing passed by default
+    res = cli("run", command, "--env", "GREETING", "--", "x", env=env)
+    assert "GREETING=from-host" in res.stdout, res
+
+
+def test_stack_limit_applies_to_components(cli):
+    res = cli("run", TYPES, "deep", "--stack", "64KiB")
+    assert res.code == 113 and "64 KiB" in res.stderr, res

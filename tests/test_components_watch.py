@@ -42,7 +42,7 @@ def test_watch_reports_wit_changes(watch, isolated):
     mod.write_text(COMPONENT.format(t="s32", extra=""))
     w = watch(mod.name, "add", 5, 3)
     run = w.wait("run", cycle=1)
-    assert run["ok"] and run["results"] == [{"type": "s32", "value": 8}]
+    assert run["ok"] and run["results"] == [{"type": "s32", "value": 8, "wave": "8"}]
 
     save(mod, COMPONENT.format(t="s32", extra=SUB))
     run = w.wait("run", cycle=2)
@@ -60,7 +60,7 @@ def test_watch_reports_wit_changes(watch, isolated):
         ("add", "signature"),
         ("sub", "removed"),
     }
-    assert run["ok"] and run["results"] == [{"type": "u8", "value": 8}]
+    assert run["ok"] and run["results"] == [{"type": "u8", "value": 8, "wave": "8"}]
     w.stop()
 
 

@@ -130,7 +130,13 @@ class ComponentCallResult(namedtuple("ComponentCallResult", "function value type
     def to_dict(self) -> dict:
         results = []
         if self.type is not None:
-            results.append({"type": str(self.type), "value": to_json(self.value, self.type)})
+            results.append(
+                {
+                    "type": str(self.type),
+                    "value": to_json(self.value, self.type),
+                    "wave": wave.format(self.value, self.type),
+                }
+            )
         return {"function": self.function, "results": results, "stats": self.stats.to_dict()}
 
 
