@@ -30,3 +30,16 @@ def sniff_file(path) -> bool:
             return is_component(f.read(8))
     except OSError:
         return False  # the regular path reports the precise error
+
+
+_VALUES = ("Ok", "Err", "Some", "Variant")
+
+
+def __getattr__(name: str):
+    """``from wasmsbx.components import Ok, Err, Some, Variant`` (the Python forms of WIT
+    results, options and variants), imported only when asked for."""
+    if name in _VALUES:
+        from . import values
+
+        return getattr(values, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
