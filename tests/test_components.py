@@ -6,7 +6,7 @@ import pytest
 
 from wasmsbx import errors
 from wasmsbx.components import binary, is_component, runtime
-from wasmsbx.components.values import Err, Ok
+from wasmsbx.components.values import Err, Ok, Some, Variant
 
 from .component_guests import HERE, c_command, wasmtime_cli
 
@@ -694,3 +694,60 @@ def test_command_sees_only_the_environment_the_policy_passes(cli, command):
 def test_stack_limit_applies_to_components(cli):
     res = cli("run", TYPES, "deep", "--stack", "64KiB")
     assert res.code == 113 and "64 KiB" in res.stderr, res
+
+
+# ------------------------------------------------------------------ variant-like round trips
+
+ECHO = HERE / "echo.wat"
+
+
+@pytest.fixture(scope="module")
+def echo_box():
+    from wasmsbx import Sandbox
+
+    box = Sandbox(ECHO)
+    yield box
+    box.close()
+
+
+@pytest.mark.parametrize(
+    "func, value",
+    [
+        ("maybe-fail", Ok()),  # result<_, string>: untagged in wasmtime-py
+        ("maybe-fail", Err("bad")),
+        ("either", Ok(3)),  # result<u32, u32>: tagged
+        ("either", Err(4)),
+        ("nested", None),  # option<option<u8>>
+        ("nested", Some(None)),
+        ("nested", Some(7)),
+        ("shape", Variant("num", -5)),  # variant { num(s32), text(string), empty }
+        ("shape", Variant("text", "hé")),
+        ("shape", Variant("empty")),
+        ("size", Variant("x", 255)),  # variant { x(u8), y(u16) }: tagged
+        ("size", Variant("y", 65535)),
+        ("wide", Ok(-(2**63))),  # result<s64, bool>
+    ],
+)
+def test_variant_like_values_round_trip(echo_box, func, value):
+    assert echo_box.call(func, value) == value
+
+
+def test_an_ambiguous_untagged_value_is_refused(echo_box):
+    # wasmtime-py would pass Err(True) of result<s64, bool> as ok(1): refused instead
+    with pytest.raises(errors.UsageError, match="as case 'ok', not 'err'"):
+        echo_box.call("wide", Err(True))
+
+
+@pytest.mark.parametrize(
+    "argv, out",
+    [
+        (["maybe-fail", "ok"], "ok"),
+        (["maybe-fail", 'err("x")'], 'err("x")'),
+        (["nested", "some(none)"], "some(none)"),
+        (["shape", 'text("a b")'], 'text("a b")'),
+        (["shape", "empty"], "empty"),
+    ],
+)
+def test_variant_like_values_on_the_command_line(cli, argv, out):
+    res = cli("run", ECHO, *argv)
+    assert res.code == 0 and res.stdout == out + "\n", res

@@ -33,7 +33,7 @@ from ..backends.base import Limits, OutputSink, Usage, WasiSetup
 from ..units import format_count, format_duration, format_size
 from . import binary
 from .types import FuncSig, func_sig
-from .values import lift, lower
+from .values import ValueProblem, lift, lower
 
 TICK = 0.01  # as the wasmtime backend's ticker
 MAX_FRAMES = 12
@@ -275,7 +275,13 @@ class ComponentInstance:
         if self.poisoned:
             raise errors.TrapError("this component instance trapped before; use a fresh one")
         func = self.func(export)
-        raw_args = [lower(a, t) for a, t in zip(args, export.sig.param_types)]
+        try:
+            raw_args = [lower(a, t) for a, t in zip(args, export.sig.param_types)]
+        except ValueProblem as exc:
+            raise errors.UsageError(
+                f"{export.name}: {exc}",
+                hint="a limit of wasmtime-py's untagged variants: the value cannot be passed",
+            ) from None
         self._arm()
         try:
             with self.engine.ticker:
