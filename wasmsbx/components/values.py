@@ -33,6 +33,7 @@ name, and explicit tags for the rest: ``{"some": v}``/``{"none": null}``,
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, Optional
 
@@ -299,6 +300,7 @@ def _cases(t: WitType) -> list:
     return list(t.items)
 
 
+@functools.lru_cache(maxsize=1024)
 def _classes(t: Optional[WitType]) -> frozenset:
     """The Python classes wasmtime-py uses for ``t`` (mirrors its ``add_classes``)."""
     from wasmtime.component import Record
@@ -325,6 +327,7 @@ def _classes(t: Optional[WitType]) -> frozenset:
     return frozenset({object})
 
 
+@functools.lru_cache(maxsize=1024)
 def tagged(t: WitType) -> bool:
     """Whether wasmtime-py passes this variant-like type as ``Variant(tag, payload)``:
     when two cases share a Python class (mirrors its ``_tagged``)."""
