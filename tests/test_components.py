@@ -551,10 +551,26 @@ def test_a_component_entry_never_loads_as_a_module(command):
     assert "kind" not in inner.fingerprint()
 
 
-def test_compile_to_an_artifact_is_refused(cli, command, tmp_path):
-    res = cli("compile", command, "-o", tmp_path / "c.cwasm")
-    assert res.code == 2 and "not supported yet" in res.stderr, res
-    assert not (tmp_path / "c.cwasm").exists()
+def test_artifact_round_trip_and_refusals(cli, command, tmp_path):
+    art = tmp_path / "c.cwasm"
+    res = cli("compile", command, "-o", art)
+    assert res.code == 0 and f"--artifact {art}" in res.stdout, res
+    res = cli("run", command, "--artifact", art, "--stats", "--", "a")
+    assert res.code == 0 and "precompiled artifact loaded" in res.stderr, res
+    assert "arg[1]=a" in res.stdout
+    # alone, it is refused: component code never loads as a module's
+    res = cli("run", art, "--", "a")
+    assert res.code == 102 and "component" in res.stderr, res
+    # for another component: a warning, and that component is compiled instead
+    res = cli("run", TYPES, "--artifact", art, "add", "1", "2")
+    assert res.code == 0 and res.stdout == "3\n" and "different module" in res.stderr, res
+    # tampered native code: refused, the component compiled instead
+    data = bytearray(art.read_bytes())
+    data[-100] ^= 0xFF
+    art.write_bytes(bytes(data))
+    res = cli("run", command, "--artifact", art, "--stats", "--", "a")
+    assert res.code == 0 and "refused precompiled artifact" in res.stderr, res
+    assert "precompiled artifact loaded" not in res.stderr
 
 
 # ------------------------------------------------------------------ --batch

@@ -182,23 +182,19 @@ def _native(adapter, compiler, wasm, name, policy, out, cache_dir, force) -> dic
         result = cache.store_compiled(engine, wasm, policy, name, compile_fn, cache_dir, force)
         result["cache_dir"] = str(cache.resolve_dir(policy, cache_dir)[0])
         return result
-    return _artifact(engine, wasm, name, compile_fn, out)
+    result = _artifact(engine, wasm, name, compile_fn, out)
+    if getattr(engine, "is_component", False):  # its code runs beside the component
+        result["run_with"] = f"{name} --artifact {out}"
+    return result
 
 
 def _for_components(engine: Any, wasm: bytes, out: Optional[str]) -> Any:
-    """A component compiles through ``components.runtime.ComponentEngine`` (into the cache;
-    standalone artifacts of components are not supported yet)."""
+    """A component compiles through ``components.runtime.ComponentEngine``: into the
+    cache, or into an artifact (its fingerprint says ``kind: component``)."""
     from ..components import is_component
 
     if not is_component(wasm):
         return engine
-    if out is not None:
-        from ..errors import UsageError
-
-        raise UsageError(
-            "-o FILE: precompiled artifacts of components are not supported yet",
-            hint="`wasmsbx compile COMPONENT` (no -o) fills the cache that `wasmsbx run` uses",
-        )
     if engine.backend != "wasmtime":
         from ..errors import BackendUnavailable
 
@@ -282,7 +278,7 @@ def _say_native(target: dict, policy: Any, module_size: int) -> None:
     if target["state"] == "written":
         output.out(
             f"wrote {target['path']}: native code for {label} ({format_size(target['size'])})"
-            f"{took}; run it with `wasmsbx run {target['path']} ...`"
+            f"{took}; run it with `wasmsbx run {target.get('run_with') or target['path']} ...`"
         )
         return
     if target["state"] == "cached":

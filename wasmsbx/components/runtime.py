@@ -434,6 +434,8 @@ class ComponentEngine:
     (``cache.load_or_compile``) and ``wasmsbx compile`` call. The fingerprint carries
     ``kind: component``, so a component's native code never loads as a module's."""
 
+    is_component = True
+
     def __init__(self, engine: Any) -> None:
         self.inner = engine
         self.engine = engine.engine

@@ -168,14 +168,13 @@ class ComponentSandbox(Sandbox):
         self.warnings: list = []
         self.progress = progress
         self.cache_dir = cache_dir
-        if artifact is not None:
-            raise errors.UsageError(
-                "--artifact: precompiled components are not supported yet",
-                hint="run the component itself",
-            )
         started = time.perf_counter()
         self.wasm: Optional[bytes] = component_bytes(read_file(self.path), self.path)
         self.artifact = None
+        if artifact is not None:  # verified as for modules; refused -> warning, compiled
+            from .. import aot
+
+            self.artifact = aot.open_for(self, None, artifact)
         self.timings["read"] = time.perf_counter() - started
         try:
             self.layout = binary.scan(self.wasm)
@@ -192,7 +191,14 @@ class ComponentSandbox(Sandbox):
         self.cache_state = "off"
         self.recorded_exports = None
         cache_wanted = self.policy.values["runtime.cache"] if use_cache is None else use_cache
-        self.module = self._compile(cache_wanted)
+        self.module = None
+        if self.artifact is not None:
+            from .. import aot
+
+            # Built from this very component (sha256) for this engine (kind: component).
+            self.module = aot.load_for(self)
+        if self.module is None:
+            self.module = self._compile(cache_wanted)
         self.component_exports = runtime.exports(self.engine, self.module)
         self.import_names = [i.name for i in runtime.imports(self.engine, self.module)]
         runtime.check_imports(self.import_names)  # refused at load, before any call
