@@ -289,11 +289,9 @@ def audit_file(path: Any, policy: Any = None, host_imports: Any = None) -> Audit
         facts = read_facts(data)
     except FactsError as exc:
         if exc.component:
-            raise errors.ModuleError(
-                f"{path}: is a WebAssembly component, not a core module",
-                hint="wasmsbx audits and runs core modules (WASI preview1)",
-                path=str(path),
-            ) from None
+            from .components.audit import audit_component
+
+            return audit_component(str(path), data, policy)
         raise errors.ModuleError(
             f"{path}: not a valid WebAssembly module: {exc}",
             hint="check that the file is a complete .wasm binary or valid .wat text",
@@ -839,6 +837,10 @@ def suggest_policy(report: AuditReport) -> SuggestedPolicy:
     commented-out placeholder. Limits come from what the module declares where it declares
     them; fuel, timeout, stack and output are the policy's.
     """
+    if getattr(report, "is_component", False):
+        from .components.audit import suggest_policy as suggest_for_component
+
+        return suggest_for_component(report)
     ctx = _Context(report.facts, report.policy, report.imports)
     old = report.policy.values
     new = policy_mod.defaults()

@@ -243,6 +243,12 @@ class Caller:
         self._drop()
 
 
+def make_caller(box: Any, func: str, fresh: bool = False) -> Any:
+    """A Caller, or a component's (``box.batch_caller``: WIT values as typed JSON)."""
+    factory = getattr(box, "batch_caller", None)
+    return factory(func, fresh) if factory is not None else Caller(box, func, fresh)
+
+
 # ---------------------------------------------------------------------------- running
 
 
@@ -303,7 +309,7 @@ def run_numbered(
         raise errors.UsageError(
             "-j/--jobs does not apply with a cluster (its workers run the calls)"
         )
-    caller = Caller(box, func, fresh)  # an unknown export fails here, before any item
+    caller = make_caller(box, func, fresh)  # an unknown export fails here, before any item
     caller.ready()
     if cluster is not None:  # the workers of a Dask cluster make the calls (wasmsbx.cluster)
         caller.close()
@@ -545,7 +551,7 @@ def _worker_init(spec: WorkerSpec) -> None:
     parent = multiprocessing.parent_process()
     _watch_parent(parent.pid if parent is not None else os.getppid())
     try:
-        _WORKER["caller"] = Caller(_worker_box(spec), spec.func, spec.fresh)
+        _WORKER["caller"] = make_caller(_worker_box(spec), spec.func, spec.fresh)
     except errors.WasmsbxError as exc:
         _WORKER["error"] = exc
 
@@ -565,14 +571,17 @@ def _watch_parent(parent: int) -> None:
 
 
 def _worker_box(spec: WorkerSpec) -> Any:
-    from .runner import Sandbox
+    from .runner import Sandbox, _is_component_file
     from .trust import unseal
 
     native = None if spec.artifact is None else unseal(spec.artifact)
     if native is None:
         return Sandbox(spec.module, spec.policy, backend=spec.backend, use_cache=True)
+    base: Any = Sandbox
+    if _is_component_file(spec.module):  # the parent serialized a component
+        from .components.sandbox import ComponentSandbox as base
 
-    class Precompiled(Sandbox):
+    class Precompiled(base):
         def _compile(self, use_cache: bool) -> Any:
             return self.engine.deserialize(native)
 

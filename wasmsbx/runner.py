@@ -365,7 +365,17 @@ class Sandbox:
     (``{module: {name: fn | wasmsbx.Global | Memory | Table}}``, see wasmsbx.host).
     ``group``/``name``: used by :class:`Group` (linking). The instance is created on
     first use; ``close()`` (or ``with``) releases it.
+
+    A WebAssembly component gives a ``components.sandbox.ComponentSandbox`` (same
+    methods, WIT-typed values), chosen by the file's header before anything else.
     """
+
+    def __new__(cls, module=None, *args: Any, **kwargs: Any):
+        if cls is Sandbox and module is not None and _is_component_file(module):
+            from .components.sandbox import ComponentSandbox
+
+            return super().__new__(ComponentSandbox)
+        return super().__new__(cls)
 
     def __init__(
         self,
@@ -1078,6 +1088,34 @@ class Group:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+def _is_component_file(module: Any) -> bool:
+    """The header check of ``components.is_component``, without importing the package
+    for core modules (8 bytes read; any error is left for the regular path)."""
+    if isinstance(module, (bytes, bytearray, memoryview)):
+        head = bytes(module[:4096])
+    else:
+        try:
+            with open(module, "rb") as f:
+                head = f.read(4096)
+        except (OSError, TypeError, ValueError):
+            return False
+    if head[:4] == WASM_MAGIC:
+        return head[6:8] == b"\x01\x00"
+    return _wat_head(head).startswith(b"(component")  # a component in WAT text
+
+
+def _wat_head(text: bytes) -> bytes:
+    """``text`` after leading whitespace and ``;;`` / ``(; ;)`` comments."""
+    while True:
+        text = text.lstrip()
+        if text.startswith(b";;"):
+            text = text.partition(b"\n")[2]
+        elif text.startswith(b"(;"):
+            text = text.partition(b";)")[2]
+        else:
+            return text
 
 
 def _exports(records: list) -> list:

@@ -953,7 +953,9 @@ class WasmtimeBackend(Backend):
 
     def capabilities(self, compiler: Optional[str] = None) -> Capabilities:
         return Capabilities(
-            features=FEATURES,
+            # Components run through wasmtime.component (wasmsbx.components); the core
+            # FEATURES stay the cache key's list.
+            features=FEATURES | {"component-model"},
             security=frozenset(
                 {
                     "fuel",

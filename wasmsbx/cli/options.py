@@ -77,6 +77,13 @@ RUN_OPTIONS: tuple = (
         "Set NAME=VALUE, or pass host NAME through; NAME may be a glob ('APP_*') (repeatable).",
         "NAME[=VALUE]",
     ),
+    Opt(
+        ("--invoke",),
+        "invoke",
+        "value",
+        "Call a function as the wasmtime CLI does: 'greet(\"World\")' (arguments in WAVE).",
+        "CALL",
+    ),
     Opt(("--json",), "json", "flag", "Print the result as JSON."),
     Opt(("--stats",), "stats", "flag", "Print fuel, memory, cache and phase timings (stderr)."),
     Opt(("--explain",), "explain", "flag", "Print why this backend was chosen (stderr)."),
