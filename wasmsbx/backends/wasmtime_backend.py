@@ -1,9 +1,9 @@
 """The wasmtime adapter (PyPI ``wasmtime``): every limit enforced in-process.
 
-Memory, table and instance caps use the store limiter; fuel uses fuel metering; the
-timeout uses epoch interruption driven by the process's one deadline keeper
-(deadline.py); guest output goes through
-counting callbacks so a flood is cut off at ``limits.output``.
+Memory, table and instance caps use the store limiter (with shares that keep the totals,
+wasm_limits.plan); fuel uses fuel metering; the timeout uses epoch interruption driven
+by the process's one deadline keeper (deadline.py); guest output goes through counting
+callbacks so a flood is cut off at ``limits.output``.
 """
 
 from __future__ import annotations
@@ -124,12 +124,7 @@ class WasmtimeInstance(Instance):
         self.fuel_used = 0
         self.fuel_armed = 0
         self.memories = [e.name for e in engine.exports(module) if e.kind == "memory"]
-        # Every defined memory, exported under a hidden name at compile time (--stats).
-        self.held = [
-            e.name
-            for e in module.exports
-            if e.name.startswith(HIDDEN_EXPORT) and _kind(e.type) == "memory"
-        ]
+        self.held = _held(module)
         self.shift = getattr(module, "_wasmsbx_shift", None)
         self._arm()
         linker = wasmtime.Linker(engine.engine)
@@ -437,6 +432,20 @@ class WasmtimeInstance(Instance):
         if "instance" in lowered and "limit" in lowered:
             return errors.InstanceLimitExceeded(f"instance limit reached: {first}")
         return errors.LinkError(f"cannot instantiate module: {first}", detail=text)
+
+
+def _held(module: Any) -> list:
+    """The hidden exports of every defined memory (compile() adds them; --stats sums
+    them), read once per module: listing a module's exports costs FFI calls."""
+    held = getattr(module, "_wasmsbx_held", None)
+    if held is None:
+        held = [
+            e.name
+            for e in module.exports
+            if e.name.startswith(HIDDEN_EXPORT) and _kind(e.type) == "memory"
+        ]
+        module._wasmsbx_held = held
+    return held
 
 
 def _hides_memories(module: Any) -> bool:
