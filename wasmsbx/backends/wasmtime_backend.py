@@ -269,11 +269,9 @@ class WasmtimeInstance(Instance):
     def _guarded(self, where: str, func: Any, *args: Any) -> Any:
         """``func(*args)`` under the deadline: the keeper watches it, the store is armed
         with the epoch delta the keeper computed (one FFI call)."""
+        self.where = where  # for _stuck: a bound method costs less than a closure per call
         watch = KEEPER.enter(
-            self.engine.clock,
-            self.limits.seconds(),
-            lambda: self._stuck(where),
-            self.store.set_epoch_deadline,
+            self.engine.clock, self.limits.seconds(), self._stuck, self.store.set_epoch_deadline
         )
         self.watch = watch
         try:
@@ -281,8 +279,9 @@ class WasmtimeInstance(Instance):
         finally:
             KEEPER.leave(watch)
 
-    def _stuck(self, where: str) -> errors.WasmsbxError:
+    def _stuck(self) -> errors.WasmsbxError:
         """The error of a call the keeper found blocked past its deadline (a host call)."""
+        where = self.where
         if self.budget.exceeded:
             return self._output_error([])
         return errors.TimeoutExceeded(
