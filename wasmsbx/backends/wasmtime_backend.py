@@ -1,9 +1,9 @@
 """The wasmtime adapter (PyPI ``wasmtime``): every limit enforced in-process.
 
-Memory, table and instance caps use the store limiter; fuel uses fuel metering; the
-timeout uses epoch interruption driven by the process's one deadline keeper
-(deadline.py); guest output goes through
-counting callbacks so a flood is cut off at ``limits.output``.
+Memory, table and instance caps use the store limiter (with shares that keep the totals,
+wasm_limits.plan); fuel uses fuel metering; the timeout uses epoch interruption driven
+by the process's one deadline keeper (deadline.py); guest output goes through counting
+callbacks so a flood is cut off at ``limits.output``.
 """
 
 from __future__ import annotations
@@ -183,12 +183,7 @@ class WasmtimeInstance(Instance):
         self.fuel_used = 0
         self.fuel_armed = 0
         self.memories = [e.name for e in engine.exports(module) if e.kind == "memory"]
-        # Every defined memory, exported under a hidden name at compile time (--stats).
-        self.held = [
-            e.name
-            for e in module.exports
-            if e.name.startswith(HIDDEN_EXPORT) and _kind(e.type) == "memory"
-        ]
+        self.held = _held(module)
         self.shift = getattr(module, "_wasmsbx_shift", None)
         self.types: dict = {}  # export name -> (params, results)
         self.deadline = 0.0  # monotonic instant the running call must end by
@@ -512,12 +507,8 @@ class WasmtimeInstance(Instance):
         if self.call_timeout is not None:  # a per-call timeout= (only ever lower)
             seconds = min(seconds, self.call_timeout)
         self.call_timeout = seconds  # what the errors of this call report
-        watch = KEEPER.enter(
-            self.engine.clock,
-            seconds,
-            lambda: self._stuck(where),
-            self.store.set_epoch_deadline,
-        )
+        self.where = where  # for _stuck: a bound method costs less than a closure per call
+        watch = KEEPER.enter(self.engine.clock, seconds, self._stuck, self.store.set_epoch_deadline)
         self.watch = watch
         self.deadline = watch.deadline  # host functions check it on entry and return
         try:
@@ -526,8 +517,9 @@ class WasmtimeInstance(Instance):
             self.deadline = 0.0
             KEEPER.leave(watch)
 
-    def _stuck(self, where: str) -> errors.WasmsbxError:
+    def _stuck(self) -> errors.WasmsbxError:
         """The error of a call the keeper found blocked past its deadline (a host call)."""
+        where = self.where
         if self.budget.exceeded:
             return self._output_error([])
         return errors.TimeoutExceeded(
@@ -680,6 +672,20 @@ class WasmtimeInstance(Instance):
         if "instance" in lowered and "limit" in lowered:
             return errors.InstanceLimitExceeded(f"instance limit reached: {first}")
         return errors.LinkError(f"cannot instantiate module: {first}", detail=text)
+
+
+def _held(module: Any) -> list:
+    """The hidden exports of every defined memory (compile() adds them; --stats sums
+    them), read once per module: listing a module's exports costs FFI calls."""
+    held = getattr(module, "_wasmsbx_held", None)
+    if held is None:
+        held = [
+            e.name
+            for e in module.exports
+            if e.name.startswith(HIDDEN_EXPORT) and _kind(e.type) == "memory"
+        ]
+        module._wasmsbx_held = held
+    return held
 
 
 def _hides_memories(module: Any) -> bool:
