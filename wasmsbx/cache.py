@@ -101,6 +101,7 @@ def resolve_dir(policy: Any = None, override: Optional[str] = None) -> tuple:
 
 def prepare_dir(root: Path) -> None:
     """Create ``root`` private to this user (0700), refuse one that belongs to another."""
+    _refuse_trust(root)  # before mkdir: a policy must not create folders in the trust folder
     try:
         root.mkdir(parents=True, exist_ok=True, mode=0o700)
         info = root.stat()
@@ -140,16 +141,24 @@ def _refuse_foreign(root: Path) -> None:
         ]
     except OSError as exc:
         raise CacheUnavailable(f"cannot read {root}: {exc.strerror}") from None
-    from .trust import trust_dir
-
-    keys, root = trust_dir().resolve(), root.resolve()
-    if root == keys or root in keys.parents or keys in root.parents:
-        raise CacheUnavailable(f"{root} overlaps the trust folder {keys}; not a cache")
+    _refuse_trust(root)  # again, now that it exists: a symlink may have changed meanwhile
     if names:
         raise CacheUnavailable(
             f"{root} is not empty and is not a wasmsbx cache (no CACHEDIR.TAG); "
             "choose an empty or new directory"
         )
+
+
+def _refuse_trust(root: Path) -> None:
+    """The trust folder, a folder around it or one inside it is never a cache."""
+    from .trust import trust_dir
+
+    try:
+        keys, root = trust_dir().resolve(), root.resolve()
+    except (OSError, RuntimeError) as exc:  # RuntimeError: a symlink loop (Python < 3.13)
+        raise CacheUnavailable(f"cannot resolve {root}: {exc}") from None
+    if root == keys or root in keys.parents or keys in root.parents:
+        raise CacheUnavailable(f"{root} overlaps the trust folder {keys}; not a cache")
 
 
 def exists(root: Path) -> bool:

@@ -49,6 +49,7 @@ class Checkpoint:
 
     def load(self) -> Optional[dict]:
         """The saved progress, or None when there is no checkpoint yet."""
+        self._check_kind()
         try:
             from .inputs import STATE_MAX_BYTES, read_capped
 
@@ -74,6 +75,30 @@ class Checkpoint:
                     f"belongs to another run ({key}: {identity.get(key)!r}, now {value!r})"
                 )
         return state
+
+    def _check_kind(self) -> None:
+        """A checkpoint is a regular file wasmsbx rewrites and deletes: anything else there
+        (a FIFO, whose open would block for ever; a device; a directory) is refused before
+        any work, and so is a path it could not write later (a missing folder, a link to
+        nothing), as for every output."""
+        try:
+            info = os.stat(self.path)
+        except FileNotFoundError:
+            from .outfile import check_output
+
+            check_output(self.path)
+            return
+        except OSError:
+            return  # load() reports it with the path
+        if not stat.S_ISREG(info.st_mode):
+            kinds = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"))
+            kind = next((name for test, name in kinds if test(info.st_mode)), "a device")
+            raise errors.InputError(
+                f"{self.path}: is {kind}; a checkpoint must be a regular file (it is "
+                "rewritten and deleted)",
+                hint="give the name of a new or existing checkpoint file",
+                path=str(self.path),
+            )
 
     def _refuse(self, why: str) -> errors.UsageError:
         return errors.UsageError(

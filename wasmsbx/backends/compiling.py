@@ -105,9 +105,9 @@ def compile_in_child(engine: Any, wasm: bytes, seconds: float, error: Any) -> An
     if out[:2] == b"ok":
         from ..trust import Authenticated
 
-        # Our own compiler process, started here with our sys.path, answering on a pipe
-        # only we hold: its code needs no tag (the trust boundary is other parties' files).
-        module = engine.deserialize(Authenticated(memoryview(out)[2:], "a compile worker"))
+        # Vouched for by this process: the child it started wrote it into a pipe only
+        # the two of them hold (see the module docstring).
+        module = engine.deserialize(Authenticated(memoryview(out)[2:], "this process"))
         engine.describe(module, wasm)
         return module
     if out[:2] == b"er":

@@ -1050,7 +1050,7 @@ class WasmerEngine(Engine):
         """A module this compiler cannot run, judged from its bytes: a proposal it lacks,
         or a gap inside one it has (see wasmer_backend.FEATURES)."""
         from ..facts import FactsError, read_code_details
-        from .wasmer_backend import CRANELIFT_MISSING_SIMD
+        from .wasmer_features import CRANELIFT_MISSING_SIMD
 
         try:
             details = read_code_details(wasm)

@@ -112,7 +112,7 @@ def entry() -> None:
     WASI guest wrote through Python output callbacks. Everything wasmsbx writes is
     flushed or closed before this point.
     """
-    _fill_closed_stdio()  # first: the keeper's hard stop writes to fds 1 and 2
+    _fill_closed_stdio()  # first: the keeper's pipe must not take a closed fd 1 (>&-)
     _guard(sys.argv[1:])
     code = main()
     for stream in (sys.stdout, sys.stderr):

@@ -1,0 +1,53 @@
+"""Red-team regressions for outputs: a --checkpoint that is not a regular file."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+UPPER = Path(__file__).resolve().parent.parent / "examples" / "stream" / "upper.wat"
+
+ADD = '(module (func (export "add") (param i32 i32) (result i32) local.get 0 local.get 1 i32.add))'
+
+
+@pytest.fixture
+def batch(isolated):
+    (isolated / "add.wat").write_text(ADD)
+    (isolated / "items.jsonl").write_text("".join(f"[{i}, 1]\n" for i in range(50)))
+    return isolated
+
+
+def test_a_fifo_checkpoint_is_refused_not_waited_on(cli, batch):
+    """Reading a FIFO named as --checkpoint blocked for ever (no writer ever comes)."""
+    os.mkfifo(batch / "ck")
+    for mode in (["add.wat", "add", "--batch", "items.jsonl"], [UPPER, "--stream"]):
+        res = cli("run", *mode, "--checkpoint", "ck", input=b"x", timeout=60)
+        assert res.code == 105, res
+        assert "is a FIFO; a checkpoint must be a regular file" in res.stderr
+        assert res.stdout == ""
+
+
+@pytest.mark.parametrize("target", ["/dev/null", "."])
+def test_a_device_or_directory_checkpoint_is_refused(cli, batch, target):
+    res = cli("run", "add.wat", "add", "--batch", "items.jsonl", "--checkpoint", target)
+    assert res.code == 105, res
+    assert "a checkpoint must be a regular file" in res.stderr
+
+
+def test_an_unwritable_checkpoint_is_refused_before_any_item_runs(cli, batch):
+    """A missing folder or a link to nothing failed only at the first save, after
+    results had been written."""
+    os.symlink("/nonexistent/x", batch / "dangling")
+    for target, why in (("nodir/ck", "does not exist"), ("dangling", "missing file")):
+        res = cli("run", "add.wat", "add", "--batch", "items.jsonl", "--checkpoint", target)
+        assert res.code == 105, res
+        assert why in res.stderr and res.stdout == ""
+    assert os.path.islink(batch / "dangling") and not (batch / "nodir").exists()
+
+
+def test_a_regular_checkpoint_still_works(cli, batch):
+    res = cli("run", "add.wat", "add", "--batch", "items.jsonl", "--checkpoint", "ck")
+    assert res.code == 0 and len(res.stdout.splitlines()) == 50
+    assert not (batch / "ck").exists()  # deleted when the run completes
