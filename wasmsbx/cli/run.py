@@ -8,6 +8,7 @@ from .. import errors
 from . import options as opts
 from . import output
 
+_STDIN_DIR: list = []  # the private folder of a module read from stdin (MODULE "-")
 BATCH_OPTIONS = ("batch", "stream", "jobs", "fresh", "chunk_size", "checkpoint")  # run_batch.py
 FLAG_KEYS = {
     "memory": "limits.memory",
@@ -46,6 +47,8 @@ def run_main(argv: list) -> int:
     except (Exception, KeyboardInterrupt) as exc:
         from . import report
 
+        if _STDIN_DIR and isinstance(exc, errors.WasmsbxError):
+            exc.message = exc.message.replace(_STDIN_DIR[0], "")
         code = report(exc, json_mode)
         if log is not None:
             log.failure(exc)
@@ -73,7 +76,7 @@ def execute(args: opts.RunArgs, log: Any = None) -> int:
         raise errors.UsageError(
             "missing MODULE", hint="usage: wasmsbx run MODULE [FUNC [ARGS...]] [-- ARGS...]"
         )
-    module, func = args.positionals[0], (args.positionals[1:2] or [None])[0]
+    module, func, call_args = _target(args)
     policy = build_policy(o)
     if any(o[dest] not in (None, False) for dest in BATCH_OPTIONS):
         from .run_batch import execute as execute_batch
@@ -83,7 +86,7 @@ def execute(args: opts.RunArgs, log: Any = None) -> int:
 
     kind = "call" if func else "command"
     box = Sandbox(
-        module,
+        _module_path(module, o),
         policy,
         kind=kind,
         use_cache=False if o["no_cache"] else None,
@@ -99,7 +102,7 @@ def execute(args: opts.RunArgs, log: Any = None) -> int:
         render_explain(box.explain(kind))
     if func is None:
         return _command(box, args.passthrough or [], o, log)
-    call_args = args.positionals[2:] + (args.passthrough or [])
+    _check_func(box, func, module, call_args)
     result = box.invoke(func, call_args)
     if o["json"]:
         output.emit_json(result.to_dict())
@@ -110,6 +113,76 @@ def execute(args: opts.RunArgs, log: Any = None) -> int:
             output.out(format_value(value, wasm_type))
     _after(result.stats, o, log, box.warnings)
     return 0
+
+
+def _target(args: opts.RunArgs) -> tuple:
+    """(MODULE, FUNC or None, the call's arguments), from the positionals or --invoke."""
+    module, words, after = args.positionals[0], args.positionals[1:], args.passthrough or []
+    invoke = args.options.get("invoke")
+    if invoke is None:
+        return module, (words[:1] or [None])[0], words[1:] + after
+    name, inline = parse_invoke(invoke)
+    return module, name, inline + words + after
+
+
+def parse_invoke(text: str) -> tuple:
+    """``--invoke add`` or ``--invoke 'add(5, -3)'`` (core modules: comma-separated
+    numbers, as the wasmtime CLI writes them) -> ("add", ["5", "-3"])."""
+    import re
+
+    match = re.fullmatch(r"\s*([^()\s]+)\s*(?:\((.*)\))?\s*", text, re.S)
+    if not match:
+        raise errors.UsageError(
+            f"--invoke {text!r}: expected FUNC or FUNC(ARG, ...)",
+            hint="for example --invoke add 5 3, or --invoke 'add(5, 3)'",
+        )
+    name, inside = match.group(1), match.group(2)
+    if inside is None or not inside.strip():
+        return name, []
+    values = [part.strip() for part in inside.split(",")]
+    if any(not v for v in values):
+        raise errors.UsageError(
+            f"--invoke {text!r}: an empty argument", hint="separate arguments with one comma"
+        )
+    return name, values
+
+
+def _module_path(module: str, o: dict) -> str:
+    """MODULE, or for ``-`` the module read from stdin into a private temporary file."""
+    if module != "-":
+        return module
+    if o.get("batch") == "-" or o.get("stream"):
+        raise errors.UsageError(
+            "MODULE and the input cannot both come from stdin",
+            hint="give the module as a file, or --batch FILE",
+        )
+    import atexit
+    import shutil
+    import sys
+    import tempfile
+
+    folder = tempfile.mkdtemp(prefix="wasmsbx-stdin-")
+    atexit.register(shutil.rmtree, folder, True)
+    _STDIN_DIR[:] = [folder + "/"]  # cut from messages, which then read "<stdin>: ..."
+    path = f"{folder}/<stdin>"
+    with open(path, "wb") as fh:
+        shutil.copyfileobj(sys.stdin.buffer, fh)
+    return path
+
+
+def _check_func(box: Any, func: str, module: str, call_args: list) -> None:
+    """An unknown FUNC on a WASI command most likely is argv missing its ``--``."""
+    names = {e.name for e in box.exports}
+    if func in names or "_start" not in names:
+        return
+    import shlex
+
+    words = [func, *call_args]
+    raise errors.UsageError(
+        f"{box.path.name} has no export named {func!r}; it is a WASI command",
+        hint=f"its arguments go after --: wasmsbx run {shlex.join([module, '--', *words])}",
+        function=func,
+    )
 
 
 def _command(box: Any, argv: list, o: dict, log: Any = None) -> int:
