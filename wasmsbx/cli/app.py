@@ -20,7 +20,7 @@ _ARGV: list = []  # the raw argv, for the typer face of `run`
 _PASSTHROUGH: list = []  # the words the user wrote after `--` (see FuncArgsCommand)
 
 # Command modules, in the order ``wasmsbx --help`` lists them.
-COMMANDS = ["run", "compile", "cache", "bench", "audit", "watch", "backends"]
+COMMANDS = ["run", "compile", "cache", "bench", "audit", "watch", "backends", "policy"]
 
 HELP = (
     "Run untrusted WebAssembly under an explicit policy (sandbox.toml).\n\n"

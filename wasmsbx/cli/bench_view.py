@@ -121,7 +121,9 @@ def _phase_table(console: Any, case: Any, phase: str, results: list) -> None:
 
     table = _table(f"[bold]{phase}[/]: {PHASE_HELP[phase]}")
     for column in COLUMNS:
-        table.add_column(column, justify="left" if column == "backend" else "right", no_wrap=True)
+        table.add_column(
+            column, justify="left" if column == "backend" else "right", overflow="fold"
+        )
     for result in results:
         entry = result.phases.get(phase)
         if entry is None:
@@ -200,7 +202,7 @@ def _comparison(console: Any, comparison: dict) -> None:
     table = _table(title)
     for column in ("case", "backend", "phase", "baseline", "now", "change", "noise", "verdict"):
         right = column in ("baseline", "now", "change", "noise")
-        table.add_column(column, justify="right" if right else "left", no_wrap=column != "case")
+        table.add_column(column, justify="right" if right else "left", overflow="fold")
     colours = {"regression": "red", "slower": "yellow", "faster": "green", "same": "dim"}
     for d in comparison["deltas"]:
         change = "-" if d["change"] is None else f"{d['change'] * 100:+.1f}%"

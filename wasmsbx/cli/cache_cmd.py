@@ -99,7 +99,7 @@ def _render_list(rows: list, root: Any) -> None:
     table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
     for column in ("module", "sha256", "backend", "opt", "size", "age", "idle", "hits"):
         right = column in ("size", "age", "idle", "hits")
-        table.add_column(column, justify="right" if right else "left", no_wrap=True)
+        table.add_column(column, justify="right" if right else "left", overflow="fold")
     for row in rows:
         module = row.get("module", {})
         table.add_row(
@@ -161,7 +161,9 @@ def _render_stats(data: dict) -> None:
 
     table = Table(title="per backend")
     for column in ("backend", "entries", "size", "hits", "misses", "hit rate"):
-        table.add_column(column, justify="left" if column == "backend" else "right")
+        table.add_column(
+            column, justify="left" if column == "backend" else "right", overflow="fold"
+        )
     for label, slot in data["backends"].items():
         slot_rate = "-" if slot["hit_rate"] is None else f"{100 * slot['hit_rate']:.1f}%"
         table.add_row(

@@ -22,7 +22,13 @@ def build_policy(options: dict) -> Any:
     """The policy file (or defaults) with the command-line overrides applied."""
     from .. import policy as policy_mod
 
-    policy = policy_mod.discover(options.get("policy"))
+    return apply_flags(policy_mod.discover(options.get("policy")), options)
+
+
+def apply_flags(policy: Any, options: dict) -> Any:
+    """Apply run's policy flags (--memory, --dir, --env, ...) to ``policy``; return it."""
+    from .. import policy as policy_mod
+
     for dest, dotted in FLAG_KEYS.items():
         if options.get(dest) is not None:
             policy_mod.override(policy, dotted, options[dest])
@@ -35,6 +41,20 @@ def build_policy(options: dict) -> Any:
     for spec in options.get("env", []):
         policy_mod.add_env(policy, spec)
     return policy
+
+
+def flag_keys(options: dict) -> dict:
+    """The policy keys the flags in ``options`` set: {dotted key: "--flag"}."""
+    keys = {dotted: f"--{dest}" for dest, dotted in FLAG_KEYS.items() if options.get(dest)}
+    if options.get("backend"):
+        keys["runtime.backend"] = "--backend"
+    if options.get("dir"):
+        keys["filesystem.read_write"] = "--dir"
+    if options.get("dir_ro"):
+        keys["filesystem.read_only"] = "--dir-ro"
+    for spec in options.get("env", []):
+        keys["env.set" if "=" in spec else "env.inherit"] = "--env"
+    return keys
 
 
 def run_main(argv: list) -> int:

@@ -245,7 +245,7 @@ class Renderer:
         breaking = sum(1 for c in changes if c["breaking"])
         grid = Table.grid(padding=(0, 1))
         for _ in range(4):
-            grid.add_column()
+            grid.add_column(overflow="fold")
         signs = {"added": "[green]+[/]", "removed": "[red]-[/]"}
         for c in changes:
             detail = c["new"] if c["change"] == "added" else c["old"]
