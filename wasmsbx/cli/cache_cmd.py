@@ -100,10 +100,12 @@ def _render_list(rows: list, root: Any) -> None:
     for column in ("module", "sha256", "backend", "opt", "size", "age", "idle", "hits"):
         right = column in ("size", "age", "idle", "hits")
         table.add_column(column, justify="right" if right else "left", overflow="fold")
+    from rich.markup import escape
+
     for row in rows:
         module = row.get("module", {})
         table.add_row(
-            module.get("name") or "-",
+            escape(module.get("name") or "-"),  # a file name is data, not markup
             (module.get("sha256") or "")[:10],
             f"{row.get('label') or '-'} {row.get('version') or ''}".strip(),
             row.get("optimize") or "-",

@@ -60,6 +60,7 @@ def flag_keys(options: dict) -> dict:
 def run_main(argv: list) -> int:
     json_mode = "--json" in argv[: argv.index("--")] if "--" in argv else "--json" in argv
     log = None
+    _STDIN_DIR[:] = []
     try:
         args = opts.parse(argv)
         log = _audit_log(args)
@@ -98,6 +99,9 @@ def execute(args: opts.RunArgs, log: Any = None) -> int:
         )
     module, func, call_args = _target(args)
     policy = build_policy(o)
+    if module == "-":  # read stdin once, before anything else may want it
+        path = _module_path(module, o)
+        args = args._replace(positionals=[path, *args.positionals[1:]])
     if any(o[dest] not in (None, False) for dest in BATCH_OPTIONS):
         from .run_batch import execute as execute_batch
 
@@ -106,7 +110,7 @@ def execute(args: opts.RunArgs, log: Any = None) -> int:
 
     kind = "call" if func else "command"
     box = Sandbox(
-        _module_path(module, o),
+        args.positionals[0],
         policy,
         kind=kind,
         use_cache=False if o["no_cache"] else None,
