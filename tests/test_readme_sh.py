@@ -7,13 +7,16 @@ The rules the README's ```sh blocks follow (README, "Development"):
   and stdin empty; the lines of one block run in order in the same copy;
 - it must exit 0, or the code its comment names as ``exit N``;
 - a comment containing ``illustrative`` marks a line that is not run: placeholder file
-  names, commands that never end (``watch``), the installer and the test suite itself.
+  names, commands that never end (``watch``), the installer and the test suite itself;
+- a comment containing ``needs clang`` marks a line that runs only where clang can build
+  wasm32-wasi (scripts/install-toolchain installs it).
 
 The ```python blocks are tested elsewhere (the library's README test).
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import shlex
@@ -42,6 +45,7 @@ class Line:
         found = EXIT.search(comment)
         self.expect = int(found.group(1)) if found else 0
         self.illustrative = "illustrative" in comment
+        self.needs_clang = "needs clang" in comment
 
     def __repr__(self) -> str:
         return f"README.md:{self.number}: {self.command}"
@@ -96,6 +100,23 @@ def test_comment_split_respects_quotes():
     assert split_comment("wasmsbx run a.wat f") == ("wasmsbx run a.wat f", "")
 
 
+@functools.cache
+def clang_builds_wasm() -> bool:
+    """What scripts/install-toolchain checks: clang builds a wasm32-wasi program."""
+    proc = subprocess.run(
+        ["bash", str(ROOT / "scripts" / "install-toolchain"), "--list"],
+        capture_output=True,
+        text=True,
+    )
+    return "clang" not in proc.stdout.split()
+
+
+def test_bench_suite_example_is_the_file():
+    text = README.read_text(encoding="utf-8")
+    start = text.index("```toml\n[bench]") + len("```toml\n")
+    assert text[start : text.index("```", start)] == (ROOT / "examples" / "bench.toml").read_text()
+
+
 @pytest.fixture
 def repo_copy(tmp_path) -> Path:
     copy = tmp_path / "repo"
@@ -112,7 +133,7 @@ def test_readme_shell_block_runs(block, repo_copy):
     env = dict(os.environ)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     for line in lines:
-        if line.illustrative:
+        if line.illustrative or (line.needs_clang and not clang_builds_wasm()):
             continue
         proc = subprocess.run(
             ["bash", "-c", f"set -o pipefail\n{line.command}"],
