@@ -20,7 +20,17 @@ _ARGV: list = []  # the raw argv, for the typer face of `run`
 _PASSTHROUGH: list = []  # the words the user wrote after `--` (see FuncArgsCommand)
 
 # Command modules, in the order ``wasmsbx --help`` lists them.
-COMMANDS = ["run", "compile", "cache", "bench", "audit", "watch", "backends", "policy"]
+COMMANDS = [
+    "run",
+    "compile",
+    "cache",
+    "bench",
+    "audit",
+    "watch",
+    "backends",
+    "policy",
+    "completions",
+]
 
 HELP = (
     "Run untrusted WebAssembly under an explicit policy (sandbox.toml).\n\n"
@@ -122,7 +132,7 @@ def build_app() -> typer.Typer:
         name="wasmsbx",
         help=HELP,
         no_args_is_help=True,
-        add_completion=True,
+        add_completion=False,  # static scripts instead: `wasmsbx completions install`
         pretty_exceptions_enable=False,
         # Plain help: no boxes, and no markup, so `pip install 'wasmsbx[wasmer]'` in a help
         # text prints as written; no `<bool>` type placeholders either.
@@ -147,7 +157,8 @@ def build_app() -> typer.Typer:
         if name == "run":
             register_run(app)
         else:
-            importlib.import_module(f"wasmsbx.cli.{name}_cmd").register(app)
+            module = "completion" if name == "completions" else name
+            importlib.import_module(f"wasmsbx.cli.{module}_cmd").register(app)
     return app
 
 
