@@ -111,8 +111,10 @@ def run_cli(
 
 
 @pytest.fixture
-def cli():
-    return run_cli
+def cli(request):
+    """The CLI: a child process (the real entry point), or, in a module marked
+    ``pytest.mark.inprocess``, ``run_main`` in this process (~15x less CPU per call)."""
+    return run_main if request.node.get_closest_marker("inprocess") else run_cli
 
 
 def run_main(

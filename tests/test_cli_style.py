@@ -222,7 +222,10 @@ def test_policy_show_names_each_source(cli_inproc, isolated):
     assert lines["read_only"].endswith("sandbox.toml + --dir-ro")
     assert re.search(r"# default$", lines["optimize"]) and "inherit = " in result.stdout
     assert lines["# fuel"].startswith("# fuel = (unset)")
-    import tomllib
+    try:
+        import tomllib
+    except ImportError:  # Python < 3.11
+        import tomli as tomllib
 
     from wasmsbx import policy
 
