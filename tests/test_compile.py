@@ -408,3 +408,7 @@ def test_no_spinner_without_a_terminal():
     from wasmsbx.cli import output
 
     assert output.progress_factory() is None  # pytest captures stderr
+
+
+# CLI calls run in this process (see the cli fixture): none here needs the real entry point.
+pytestmark = pytest.mark.inprocess
