@@ -365,9 +365,9 @@ def test_baseline_without_threshold_only_reports(cli, tmp_path):
 
 def test_regression_within_noise_does_not_fail(cli, tmp_path):
     path, data = saved_baseline(cli, tmp_path, "--phase", "call")
-    median = data["cases"][0]["results"][0]["phases"]["call"]["stats"]["median"]
-    # 4x faster on paper, but with a spread far larger than the difference.
-    path.write_text(json.dumps(rewrite(data, 0.25, median * 10)))
+    # 1000x faster on paper, but with a spread (MAD 1000 s) far larger than any difference:
+    # two measurements on a loaded machine can differ by 10x, so the margins are wide.
+    path.write_text(json.dumps(rewrite(data, 0.001, 1000.0)))
     r = cli("bench", ADD, "add", "1", "2", "--baseline", path, "--fail-on-regression", "10%",
             "--phase", "call", "--json", *STEADY)  # fmt: skip
     assert r.code == 0, r
