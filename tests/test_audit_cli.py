@@ -182,3 +182,7 @@ def test_help_lists_audit(cli):
     assert result.code == 0
     for flag in ("--policy", "--json", "--sarif", "--suggest-policy", "--output", "--fail-on"):
         assert flag in result.stdout
+
+
+# CLI calls run in this process (see the cli fixture): none here needs the real entry point.
+pytestmark = pytest.mark.inprocess

@@ -209,3 +209,7 @@ def test_sarif_fingerprints_are_stable_and_distinct(cli):
 
     first = prints()
     assert first == prints() and len(set(first)) == len(first) > 1
+
+
+# CLI calls run in this process (see the cli fixture): none here needs the real entry point.
+pytestmark = pytest.mark.inprocess

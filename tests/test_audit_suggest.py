@@ -181,3 +181,7 @@ def test_every_suggestion_loads(isolated, module):
     path = isolated / "s.toml"
     path.write_text(text)
     policy_mod.load(path)
+
+
+# CLI calls run in this process (see the cli fixture): none here needs the real entry point.
+pytestmark = pytest.mark.inprocess

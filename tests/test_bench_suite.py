@@ -180,5 +180,5 @@ def test_readme_suite_example_is_valid(tmp_path):
     (tmp_path / "examples").symlink_to(EXAMPLES)
     specs = read_suite(str(write(tmp_path, block)))
     assert [s["name"] for s in specs] == ["add", "hello.wasm"]
-    assert specs[0]["iterations"] == 100 and specs[0]["backend"] == ("all",)
-    assert specs[1]["argv"] == ["--exit", "0"] and specs[1]["budget"] == 5.0
+    assert specs[0]["iterations"] == 20 and specs[0]["backend"] == ("all",)
+    assert specs[1]["argv"] == ["--exit", "0"] and specs[1]["budget"] == 1.0

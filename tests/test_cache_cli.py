@@ -321,6 +321,7 @@ def test_hits_with_a_damaged_database_fold_rarely_and_are_kept(
     assert 2 <= len(folds) <= 4, folds  # one try per 300 bytes, not one per hit
 
 
+@pytest.mark.entry_point  # the open cache is kept per process: damage it from outside
 def test_damaged_database(cli, cache_all, tmp_path):
     cli("run", ADD, "add", "1", "1")
     root = damage_database(tmp_path / "cache")
@@ -349,3 +350,7 @@ def test_batch_uses_the_cache_options(cli, cache_all, tmp_path):
     )
     assert result.code == 0, result
     assert (tmp_path / "b" / "cache.db").exists()
+
+
+# CLI calls run in this process (see the cli fixture): none here needs the real entry point.
+pytestmark = pytest.mark.inprocess

@@ -413,3 +413,7 @@ def test_no_spinner_without_a_terminal():
     from wasmsbx.cli.progress import progress_factory
 
     assert progress_factory() is None  # pytest captures stderr
+
+
+# CLI calls run in this process (see the cli fixture): none here needs the real entry point.
+pytestmark = pytest.mark.inprocess

@@ -263,3 +263,7 @@ def test_stdin_null_by_policy(cli, backend, isolated):
         "run", GUESTS / "fsprobe.wasm", "--backend", backend, "--", "cat-stdin", input=b"ignored"
     )
     assert res.code == 0 and res.stdout == ""
+
+
+# CLI calls run in this process (see the cli fixture): none here needs the real entry point.
+pytestmark = pytest.mark.inprocess

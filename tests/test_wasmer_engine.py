@@ -76,7 +76,7 @@ def test_a_timeout_kills_the_child_and_the_instance_is_gone(engine):
     started = time.monotonic()
     with pytest.raises(errors.TimeoutExceeded, match="spin still running after 200"):
         instance.call("spin", [])
-    assert time.monotonic() - started < 3
+    assert time.monotonic() - started < 30  # it stopped at all (a generous bound: load)
     assert not alive(pid)
     with pytest.raises(errors.TrapError, match="stopped after the 200.0 ms timeout"):
         instance.call("inc", [])

@@ -73,8 +73,9 @@ SECTIONS = {
     "runtime": "Which runtime runs the module and how it compiles it.",
     "limits": "Resource limits, enforced in-process. Each hit stops the guest with its own "
     "exit code.",
-    "filesystem": 'Directory grants, as "HOST" or "HOST:GUEST" (relative HOST paths are '
-    "relative to this file). Nothing is granted by default.",
+    "filesystem": 'Directory grants, as "HOST", "HOST::GUEST" or "HOST:GUEST" (use "::" when '
+    'HOST contains ":"; relative HOST paths are relative to this file). Nothing is granted by '
+    "default.",
     "env": "Environment variables the guest sees. None by default.",
     "network": "Network access. WASI preview1 guests get no sockets; only false is accepted.",
     "stdio": 'Guest stdin/stdout/stderr: "inherit", "null", or a file path.',
@@ -333,9 +334,17 @@ class Policy:
             elif key.kind == "duration":
                 value = _duration_text(value)
             elif key.kind == "grants":
-                value = [g.host if g.host == g.guest else f"{g.host}:{g.guest}" for g in value]
+                value = [_grant_text(g) for g in value]
             out.setdefault(key.section, {})[key.name] = value
         return out
+
+
+def _grant_text(grant: Grant) -> str:
+    """A grant as written in a policy; ``::`` when a name holds ``:`` (parse_grant's rule)."""
+    if grant.host == grant.guest and ":" not in grant.host:
+        return grant.host
+    sep = "::" if ":" in grant.host or ":" in grant.guest else ":"
+    return f"{grant.host}{sep}{grant.guest}"
 
 
 def _size_text(n: int) -> str:
@@ -442,14 +451,19 @@ def _check_table(value: Any) -> dict:
 
 
 def parse_grant(text: str, writable: bool, base: Optional[Path] = None) -> Grant:
-    """``HOST`` or ``HOST:GUEST``; HOST must be an existing directory."""
+    """``HOST``, ``HOST::GUEST`` (the wasmtime CLI's spelling) or ``HOST:GUEST``.
+
+    With ``::`` the split is at the first ``::``, so ``HOST::GUEST`` grants a host folder
+    whose name contains ``:`` (``a:b::/data``, or ``a:b::a:b`` for the same name).
+    HOST must be an existing directory.
+    """
     if not isinstance(text, str) or not text:
-        raise ValueError('expected "HOST" or "HOST:GUEST"')
-    host, sep, guest = text.partition(":")
+        raise ValueError('expected "HOST", "HOST::GUEST" or "HOST:GUEST"')
+    host, sep, guest = text.partition("::") if "::" in text else text.partition(":")
     if not sep:
         guest = host
     if not host or not guest:
-        raise ValueError(f'expected "HOST" or "HOST:GUEST", found {text!r}')
+        raise ValueError(f'expected "HOST", "HOST::GUEST" or "HOST:GUEST", found {text!r}')
     try:
         host_path = Path(host).expanduser()
     except RuntimeError:  # "~someone" for a user that does not exist
@@ -661,15 +675,16 @@ def override(
 
 
 def add_grant(policy: Policy, spec: str, writable: bool) -> None:
-    """``--dir HOST[:GUEST]`` / ``--dir-ro``: add one directory grant."""
+    """``--dir HOST[::GUEST]`` / ``--dir-ro``: add one directory grant."""
     dotted = "filesystem.read_write" if writable else "filesystem.read_only"
     try:
         grant = parse_grant(spec, writable, Path.cwd())
     except ValueError as exc:
         flag = "--dir" if writable else "--dir-ro"
-        raise PolicyError(
-            f"{flag} {spec}: {exc}", hint="give an existing host directory", key=dotted
-        ) from None
+        hint = "give an existing host directory"
+        if ":" in spec and "::" not in spec:
+            hint += '; for a host folder whose name contains ":", write HOST::GUEST'
+        raise PolicyError(f"{flag} {spec}: {exc}", hint=hint, key=dotted) from None
     policy.values[dotted] = list(policy.values[dotted]) + [grant]
     policy.explicit.add(dotted)
 

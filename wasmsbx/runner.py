@@ -102,6 +102,25 @@ def module_bytes(data: bytes, path) -> bytes:
     return wat_to_wasm(data, path)
 
 
+def _looks_like_wat(text: str) -> bool:
+    """Whether ``text`` starts, after blanks and comments, with ``(`` as every WAT module
+    does: a README or a shell script is refused by name, not parsed into a riddle."""
+    pos, depth = 0, 0
+    while pos < len(text):
+        if text.startswith("(;", pos):  # block comments nest
+            depth, pos = depth + 1, pos + 2
+        elif depth and text.startswith(";)", pos):
+            depth, pos = depth - 1, pos + 2
+        elif depth or text[pos].isspace():
+            pos += 1
+        elif text.startswith(";;", pos):
+            end = text.find("\n", pos)
+            pos = len(text) if end < 0 else end + 1
+        else:
+            return text[pos] == "("
+    return False
+
+
 def wat_to_wasm(data: bytes, path) -> bytes:
     try:
         text = data.decode("utf-8")
@@ -111,6 +130,13 @@ def wat_to_wasm(data: bytes, path) -> bytes:
             hint="give a .wasm binary or a .wat text module",
             path=str(path),
         ) from None
+    if not _looks_like_wat(text):
+        raise errors.ModuleError(
+            f"{path}: not a WebAssembly module (no \\0asm header, and the text does not "
+            "start with `(`, as WebAssembly text does)",
+            hint="give a .wasm binary or a .wat text module",
+            path=str(path),
+        )
     import wasmtime
 
     try:
@@ -119,7 +145,9 @@ def wat_to_wasm(data: bytes, path) -> bytes:
         lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
         reason = lines[0] if lines else "invalid text"
         detail = next((line for line in lines[1:] if line.startswith("-->")), "")
-        where = f" ({detail.lstrip('-> ')})" if detail else ""
+        # wasmtime names the text "<anon>": name the file instead (file:line:column).
+        detail = detail.lstrip("-> ").replace("<anon>", str(path), 1)
+        where = f" ({detail})" if detail else ""
         raise errors.ModuleError(
             f"{path}: invalid WebAssembly text: {reason}{where}",
             hint="fix the .wat file",

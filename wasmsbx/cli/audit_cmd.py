@@ -9,6 +9,7 @@ import typer
 
 from .. import errors
 from . import output
+from .app import run_opt
 from .boundary import boundary
 
 
@@ -26,9 +27,14 @@ def register(app: typer.Typer) -> None:
         module: str = typer.Argument(
             ..., metavar="MODULE", help="A .wasm or .wat module (read, never run)."
         ),
-        policy: Optional[str] = typer.Option(
-            None, "--policy", "-p", metavar="PATH", help="Policy file (default ./sandbox.toml)."
-        ),
+        policy: Optional[str] = run_opt("policy"),
+        memory: Optional[str] = run_opt("memory"),
+        fuel: Optional[int] = run_opt("fuel"),
+        timeout: Optional[str] = run_opt("timeout"),
+        stack: Optional[str] = run_opt("stack"),
+        dir: Optional[list[str]] = run_opt("dir"),
+        dir_ro: Optional[list[str]] = run_opt("dir_ro"),
+        env: Optional[list[str]] = run_opt("env"),
         json_output: bool = typer.Option(
             False, "--json", help="Print the JSON report (schema wasmsbx.audit/1, see README)."
         ),
@@ -59,12 +65,15 @@ def register(app: typer.Typer) -> None:
         """Audit MODULE against the policy without running it.
 
         Imports by capability, exports, memory and table limits, findings with rule ids
-        and fixes, and a risk score."""
+        and fixes, and a risk score. The policy is the one `wasmsbx run` would use with
+        the same flags (--policy, --dir, --dir-ro, --env, limits)."""
         mode = _mode(json_output, sarif, suggest, output_file)
         from ..audit import audit_file
-        from ..policy import discover
+        from .run import build_policy
 
-        loaded = discover(policy)
+        flags = {"policy": policy, "memory": memory, "fuel": fuel, "timeout": timeout}
+        flags.update(stack=stack, dir=dir or [], dir_ro=dir_ro or [], env=env or [])
+        loaded = build_policy(flags)
         inputs = [module, loaded.source]
         if output_file:  # refused before the work, not after
             from ..outfile import check_output
@@ -169,8 +178,8 @@ def _header(console: Any, report: Any) -> None:
 
     facts = report.facts
     grid = Table.grid(padding=(0, 2))
-    grid.add_column(style="bold")
-    grid.add_column()
+    grid.add_column(style="bold", overflow="fold")
+    grid.add_column(overflow="fold")
     rows = [
         ("module", safe(report.path)),
         ("size", f"{facts.size:,} bytes"),
@@ -214,7 +223,7 @@ def _capabilities(console: Any, report: Any) -> None:
         return
     table = Table(title="imports by capability", title_justify="left", show_lines=False)
     for column in ("capability", "under this policy", "import", "what it lets the module do"):
-        table.add_column(column)
+        table.add_column(column, overflow="fold")
     by_group: dict = {}
     for imp in report.imports:
         by_group.setdefault(imp.capability, []).append(imp)
@@ -239,7 +248,7 @@ def _exports(console: Any, report: Any) -> None:
         return
     table = Table(title="exports", title_justify="left")
     for column in ("name", "kind", "signature"):
-        table.add_column(column)
+        table.add_column(column, overflow="fold")
     for exp in exports:
         sig = str(exp.type) if exp.type is not None else f"{exp.kind} {exp.index}"
         table.add_row(safe(exp.name), exp.kind, sig)
@@ -256,7 +265,7 @@ def _layout(console: Any, report: Any) -> None:
     facts = report.facts
     table = Table(title="memories, tables, globals, start, data", title_justify="left")
     for column in ("item", "declared", "notes"):
-        table.add_column(column)
+        table.add_column(column, overflow="fold")
     for mem in facts.memories:
         lim = mem.limits
         top = "no maximum" if lim.max is None else format_size(lim.max * 65536)
@@ -293,7 +302,7 @@ def _findings(console: Any, report: Any) -> None:
     counts = ", ".join(f"{n} {sev}" for sev, n in reversed(report.counts.items()) if n)
     table = Table(title=f"findings ({counts})", title_justify="left", show_lines=True)
     for column in ("severity", "rule", "finding", "fix"):
-        table.add_column(column)
+        table.add_column(column, overflow="fold")
     for f in report.findings:
         sev = f"[{SEVERITY_STYLE[f.severity]}]{f.severity}[/]"
         text = f"[bold]{f.title}[/]\n{safe(f.message)}"

@@ -62,7 +62,7 @@ def _render(report: list) -> None:
     console = output.console()
     table = Table(title="backends")
     for column in ("backend", "version", "available", "about"):
-        table.add_column(column)
+        table.add_column(column, overflow="fold")
     shared: dict = {}  # backend -> notes common to all its compilers
     for entry in report:
         avail = entry["availability"]
@@ -87,7 +87,7 @@ def _render_matrix(console, report: list) -> None:
     from rich.table import Table
 
     matrix = Table(title=escape("capabilities (declared; [not available here] in brackets)"))
-    matrix.add_column("capability", no_wrap=True)
+    matrix.add_column("capability", overflow="fold")
     for entry in report:
         label = f"{entry['backend']}\n{entry['compiler'] or ''}".strip()
         if not entry["availability"]["available"]:

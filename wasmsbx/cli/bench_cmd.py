@@ -8,6 +8,7 @@ import typer
 
 from .. import errors
 from . import output
+from .app import FuncArgsCommand, run_opt
 from .boundary import boundary
 
 HELP = (
@@ -22,7 +23,7 @@ HELP = (
 
 
 def register(app: typer.Typer) -> None:
-    @app.command("bench", help=HELP)
+    @app.command("bench", help=HELP, cls=FuncArgsCommand)
     @boundary
     def bench(
         module: Optional[str] = typer.Argument(None, metavar="MODULE", help="A .wasm or .wat."),
@@ -78,30 +79,14 @@ def register(app: typer.Typer) -> None:
             help="Exit 120 if a phase's median is slower than the baseline by more than PCT "
             "(e.g. 10%) and by more than the noise.",
         ),
-        policy: Optional[str] = typer.Option(
-            None, "--policy", "-p", metavar="PATH", help="Policy file (default ./sandbox.toml)."
-        ),
-        memory: Optional[str] = typer.Option(
-            None, "--memory", metavar="SIZE", help="Override limits.memory, e.g. 64MiB."
-        ),
-        fuel: Optional[int] = typer.Option(
-            None, "--fuel", metavar="N", help="Meter fuel (reports fuel per call)."
-        ),
-        timeout: Optional[str] = typer.Option(
-            None, "--timeout", metavar="DURATION", help="Override limits.timeout (per call)."
-        ),
-        stack: Optional[str] = typer.Option(
-            None, "--stack", metavar="SIZE", help="Override limits.stack."
-        ),
-        dir: Optional[list[str]] = typer.Option(
-            None, "--dir", metavar="HOST[:GUEST]", help="Grant a directory read-write."
-        ),
-        dir_ro: Optional[list[str]] = typer.Option(
-            None, "--dir-ro", metavar="HOST[:GUEST]", help="Grant a directory read-only."
-        ),
-        env: Optional[list[str]] = typer.Option(
-            None, "--env", metavar="NAME[=VALUE]", help="Pass or set a guest variable."
-        ),
+        policy: Optional[str] = run_opt("policy"),
+        memory: Optional[str] = run_opt("memory"),
+        fuel: Optional[int] = run_opt("fuel", "Meter fuel (reports fuel per call)."),
+        timeout: Optional[str] = run_opt("timeout", "Override limits.timeout (per call)."),
+        stack: Optional[str] = run_opt("stack"),
+        dir: Optional[list[str]] = run_opt("dir"),
+        dir_ro: Optional[list[str]] = run_opt("dir_ro"),
+        env: Optional[list[str]] = run_opt("env"),
     ) -> int:
         from .. import bench as core
         from .bench_view import Progress, render
@@ -211,12 +196,9 @@ def _cases(module, func_and_args: list, suite, overrides: dict, flags: dict) -> 
 
 def _split_positionals(values: list) -> tuple:
     """(function, args, argv): words after a literal -- are argv when no FUNC came before."""
-    from .app import _ARGV
+    from .app import split_passthrough
 
-    after = 0
-    if "--" in _ARGV:
-        after = len(_ARGV) - _ARGV.index("--") - 1
-    before, tail = values[: len(values) - after], values[len(values) - after :]
+    before, tail = split_passthrough(values)
     if not before:
         return None, [], tail
     return before[0], before[1:] + tail, []

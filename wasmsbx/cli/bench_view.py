@@ -69,7 +69,10 @@ class Progress:
     def update(self, case: str, backend: str, phase: str, done: int, total: int) -> None:
         if self.bar is not None:
             self.bar.update(
-                self.task, description=f"{case} [{backend}] {phase}", completed=done, total=total
+                self.task,
+                description=esc(f"{case} [{backend}] {phase}"),
+                completed=done,
+                total=total,
             )
 
     def __exit__(self, *exc: Any) -> None:
@@ -87,20 +90,29 @@ def render(report: Any) -> None:
         _comparison(console, report.comparison)
 
 
+def esc(text: Any) -> str:
+    """Data made inert for rich markup: ``pip install 'wasmsbx[wasmer]'`` keeps its
+    ``[wasmer]``, and a module named ``[red]x`` prints as named."""
+    from rich.markup import escape
+
+    return escape(str(text))
+
+
 def _case(console: Any, case: Any) -> None:
     what = f"{case.function}({', '.join(str(a) for a in case.args)})" if case.function else "run"
     argv = f" -- {' '.join(case.argv)}" if case.argv else ""
-    console.print(f"[bold]{case.name}[/]  {case.module}  {what}{argv}")
+    console.print(f"[bold]{esc(case.name)}[/]  {esc(case.module)}  {esc(what + argv)}")
     if case.error:
-        console.print(f"  [red]error[/]: {case.error['message']}")
+        console.print(f"  [red]error[/]: {esc(case.error['message'])}")
         return
     for result in case.results:
         if result.status == "skipped":
-            console.print(f"  [yellow]skipped[/] {result.label}: {result.reason}")
+            console.print(f"  [yellow]skipped[/] {esc(result.label)}: {esc(result.reason)}")
         elif result.status == "failed":
             err = result.error or {}
             console.print(
-                f"  [red]failed[/] {result.label} in {err.get('phase')}: {err.get('message')}"
+                f"  [red]failed[/] {esc(result.label)} in {esc(err.get('phase'))}: "
+                f"{esc(err.get('message'))}"
             )
     measured = [r for r in case.results if r.phases]
     phases = [
@@ -121,18 +133,20 @@ def _phase_table(console: Any, case: Any, phase: str, results: list) -> None:
 
     table = _table(f"[bold]{phase}[/]: {PHASE_HELP[phase]}")
     for column in COLUMNS:
-        table.add_column(column, justify="left" if column == "backend" else "right", no_wrap=True)
+        table.add_column(
+            column, justify="left" if column == "backend" else "right", overflow="fold"
+        )
     for result in results:
         entry = result.phases.get(phase)
         if entry is None:
             continue
         if entry.stats is None:
-            table.add_row(result.label, "-", *["" for _ in range(6)], entry.skipped or "")
+            table.add_row(esc(result.label), "-", *["" for _ in range(6)], esc(entry.skipped or ""))
             continue
         s = entry.stats
         samples = f"{s.samples}×{s.ops_per_sample}" + ("*" if entry.budget_exhausted else "")
         table.add_row(
-            result.label,
+            esc(result.label),
             samples,
             seconds(s.min),
             f"[bold]{seconds(s.median)}[/]",
@@ -165,7 +179,7 @@ def _usage_table(console: Any, results: list) -> None:
             parts.append(f"fuel {r.fuel_per_op:,.0f} per op")
         if r.exit_code is not None:
             parts.append(f"exit code {r.exit_code}")
-        console.print(f"  {r.label}: " + ", ".join(parts))
+        console.print(f"  {esc(r.label)}: " + ", ".join(parts))
 
 
 def _bars(console: Any, phases: list, results: list) -> None:
@@ -187,20 +201,20 @@ def _bars(console: Any, phases: list, results: list) -> None:
             n = max(1, round(BAR_WIDTH * value / slowest)) if slowest > 0 else 1
             ratio = value / fastest if fastest > 0 else 1.0
             console.print(
-                f"    {label.ljust(width)} [cyan]{'█' * n}[/]{' ' * (BAR_WIDTH - n)} "
+                f"    {esc(label.ljust(width))} [cyan]{'█' * n}[/]{' ' * (BAR_WIDTH - n)} "
                 f"{seconds(value):>9}  ×{ratio:.2f}"
             )
 
 
 def _comparison(console: Any, comparison: dict) -> None:
     threshold = comparison.get("threshold")
-    title = f"[bold]against baseline[/] {comparison['baseline']}"
+    title = f"[bold]against baseline[/] {esc(comparison['baseline'])}"
     if threshold is not None:
         title += f" (fails above +{threshold * 100:g}% and beyond the noise)"
     table = _table(title)
     for column in ("case", "backend", "phase", "baseline", "now", "change", "noise", "verdict"):
         right = column in ("baseline", "now", "change", "noise")
-        table.add_column(column, justify="right" if right else "left", no_wrap=column != "case")
+        table.add_column(column, justify="right" if right else "left", overflow="fold")
     colours = {"regression": "red", "slower": "yellow", "faster": "green", "same": "dim"}
     for d in comparison["deltas"]:
         change = "-" if d["change"] is None else f"{d['change'] * 100:+.1f}%"
@@ -208,9 +222,9 @@ def _comparison(console: Any, comparison: dict) -> None:
         colour = colours.get(d["verdict"], "")
         verdict = f"[{colour}]{d['verdict']}[/]" if colour else d["verdict"]
         table.add_row(
-            d["case"],
-            d["backend"],
-            d["phase"],
+            esc(d["case"]),
+            esc(d["backend"]),
+            esc(d["phase"]),
             seconds(d["base_median"]),
             seconds(d["median"]),
             change,

@@ -99,11 +99,13 @@ def _render_list(rows: list, root: Any) -> None:
     table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
     for column in ("module", "sha256", "backend", "opt", "size", "age", "idle", "hits"):
         right = column in ("size", "age", "idle", "hits")
-        table.add_column(column, justify="right" if right else "left", no_wrap=True)
+        table.add_column(column, justify="right" if right else "left", overflow="fold")
+    from rich.markup import escape
+
     for row in rows:
         module = row.get("module", {})
         table.add_row(
-            module.get("name") or "-",
+            escape(module.get("name") or "-"),  # a file name is data, not markup
             (module.get("sha256") or "")[:10],
             f"{row.get('label') or '-'} {row.get('version') or ''}".strip(),
             row.get("optimize") or "-",
@@ -161,7 +163,9 @@ def _render_stats(data: dict) -> None:
 
     table = Table(title="per backend")
     for column in ("backend", "entries", "size", "hits", "misses", "hit rate"):
-        table.add_column(column, justify="left" if column == "backend" else "right")
+        table.add_column(
+            column, justify="left" if column == "backend" else "right", overflow="fold"
+        )
     for label, slot in data["backends"].items():
         slot_rate = "-" if slot["hit_rate"] is None else f"{100 * slot['hit_rate']:.1f}%"
         table.add_row(

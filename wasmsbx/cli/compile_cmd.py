@@ -42,7 +42,6 @@ def register(app: typer.Typer) -> None:
         exports: Optional[list[str]] = typer.Option(
             None,
             "--export",
-            "-e",
             metavar="NAME",
             help="C/Rust: export this function (repeatable); builds a library, not a command.",
         ),

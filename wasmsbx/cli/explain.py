@@ -26,10 +26,10 @@ def render(selection: Any, stderr: bool = False) -> None:
         f"{1 - selection.run_share:.0%} compile speed (measured), and flags"
     )
     table = Table(title="scores: features, security, performance, debugging (0..1 each)")
-    table.add_column("candidate", no_wrap=True)
+    table.add_column("candidate", overflow="fold")
     for column in ("feat", "sec", "perf", "debug", "bonus", "total"):
-        table.add_column(column, justify="right")
-    table.add_column("verdict", no_wrap=True)
+        table.add_column(column, justify="right", overflow="fold")
+    table.add_column("verdict", overflow="fold")
     for cand in selection.candidates:
         if cand is selection.winner:
             verdict = "[bold green]chosen[/]"

@@ -9,7 +9,7 @@ from typing import Optional
 import typer
 
 from .. import errors
-from .app import boundary
+from .boundary import boundary
 
 POLICY = typer.Option(
     None, "--policy", "-p", metavar="PATH", help="The ceiling policy (default: the defaults)."

@@ -62,13 +62,20 @@ RUN_OPTIONS: tuple = (
     ),
     Opt(("--timeout",), "timeout", "value", "Override limits.timeout, e.g. 500ms, 2s.", "DURATION"),
     Opt(("--stack",), "stack", "value", "Override limits.stack, e.g. 1MiB.", "SIZE"),
-    Opt(("--dir",), "dir", "multi", "Grant a directory read-write (repeatable).", "HOST[:GUEST]"),
+    Opt(
+        ("--dir",),
+        "dir",
+        "multi",
+        "Grant a directory read-write (repeatable); GUEST defaults to HOST; "
+        "HOST:GUEST also works when HOST has no ':'.",
+        "HOST[::GUEST]",
+    ),
     Opt(
         ("--dir-ro",),
         "dir_ro",
         "multi",
-        "Grant a directory read-only (repeatable).",
-        "HOST[:GUEST]",
+        "Grant a directory read-only (repeatable), spelled like --dir.",
+        "HOST[::GUEST]",
     ),
     Opt(
         ("--env", "-e"),
@@ -81,8 +88,10 @@ RUN_OPTIONS: tuple = (
         ("--invoke",),
         "invoke",
         "value",
-        "Call a function as the wasmtime CLI does: 'greet(\"World\")' (arguments in WAVE).",
-        "CALL",
+        "Call this export (the wasmtime CLI's spelling): --invoke add 5 3, or with the "
+        "arguments inline, --invoke 'add(5, 3)' (for a component, inline arguments are "
+        "WAVE: --invoke 'greet(\"World\")').",
+        "FUNC",
     ),
     Opt(("--json",), "json", "flag", "Print the result as JSON."),
     Opt(("--stats",), "stats", "flag", "Print fuel, memory, cache and phase timings (stderr)."),

@@ -37,6 +37,22 @@ def emit_json(data: Any, stream=None) -> None:
 
 def console(stderr: bool = False):
     """A rich Console for tables and progress (imported on first use)."""
+    import os
+
     from rich.console import Console
 
-    return Console(stderr=stderr, highlight=False, soft_wrap=False)
+    stream = sys.stderr if stderr else sys.stdout
+    width = None
+    if not os.environ.get("COLUMNS") and not _isatty(stream):
+        # In a pipe or a file, rich would assume 80 columns and wrap; a line as long as
+        # its content is what grep and awk want (and tables wrap, never cut, where the
+        # width is known: see overflow="fold" on their columns).
+        width = 1000
+    return Console(stderr=stderr, highlight=False, soft_wrap=False, width=width)
+
+
+def _isatty(stream: Any) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False

@@ -7,7 +7,7 @@ from typing import Optional
 import typer
 
 from . import output
-from .app import boundary
+from .boundary import boundary
 
 JSON = typer.Option(False, "--json", help="Print JSON.")
 

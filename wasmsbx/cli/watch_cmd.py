@@ -14,22 +14,14 @@ import typer
 
 from . import options as run_options
 from . import output
-from .app import _ARGV
+from .app import RUN_OPTS, FuncArgsCommand, run_opt, split_passthrough
 from .boundary import boundary
-
-_RUN_OPTS = {opt.dest: opt for opt in run_options.RUN_OPTIONS}
-
-
-def _run_opt(dest: str) -> Any:
-    """A typer option declared like the same option of ``run`` (one help text)."""
-    opt = _RUN_OPTS[dest]
-    return typer.Option(None, *opt.flags, help=opt.help, metavar=opt.metavar)
 
 
 def register(app: typer.Typer) -> None:
     @app.command(
         "watch",
-        context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
+        cls=FuncArgsCommand,
     )
     @boundary
     def watch(
@@ -47,15 +39,15 @@ def register(app: typer.Typer) -> None:
         also: Optional[list[str]] = typer.Option(
             None, "--also", metavar="PATH", help="Also re-run when PATH changes (repeatable)."
         ),
-        policy: Optional[str] = _run_opt("policy"),
-        backend: Optional[str] = _run_opt("backend"),
-        memory: Optional[str] = _run_opt("memory"),
-        fuel: Optional[str] = _run_opt("fuel"),
-        timeout: Optional[str] = _run_opt("timeout"),
-        stack: Optional[str] = _run_opt("stack"),
-        dir: Optional[list[str]] = _run_opt("dir"),
-        dir_ro: Optional[list[str]] = _run_opt("dir_ro"),
-        env: Optional[list[str]] = _run_opt("env"),
+        policy: Optional[str] = run_opt("policy"),
+        backend: Optional[str] = run_opt("backend"),
+        memory: Optional[str] = run_opt("memory"),
+        fuel: Optional[str] = run_opt("fuel"),
+        timeout: Optional[str] = run_opt("timeout"),
+        stack: Optional[str] = run_opt("stack"),
+        dir: Optional[list[str]] = run_opt("dir"),
+        dir_ro: Optional[list[str]] = run_opt("dir_ro"),
+        env: Optional[list[str]] = run_opt("env"),
         debounce: str = typer.Option(
             "100ms",
             "--debounce",
@@ -84,13 +76,13 @@ def register(app: typer.Typer) -> None:
         from .. import watch as core
         from .run import build_policy
 
-        words, argv = _split_words(list(func_and_args or []))
+        words, argv = split_passthrough(list(func_and_args or []))
         func = words[0] if words else None
         options = {
             "policy": policy,
             "backend": backend,
             "memory": memory,
-            "fuel": None if fuel is None else run_options._value(_RUN_OPTS["fuel"], fuel),
+            "fuel": None if fuel is None else run_options._value(RUN_OPTS["fuel"], fuel),
             "timeout": timeout,
             "stack": stack,
             "dir": dir or [],
@@ -136,16 +128,6 @@ def _exit_now(code: int) -> None:
         except (OSError, ValueError):  # a closed pipe: nothing more to say
             pass
     os._exit(code)
-
-
-def _split_words(words: list) -> tuple:
-    """(words before ``--``, words after it): click drops the ``--`` itself."""
-    raw = _ARGV
-    if "--" not in raw:
-        return words, []
-    after = len(raw) - raw.index("--") - 1
-    cut = max(0, len(words) - after)
-    return words[:cut], words[cut:]
 
 
 def _debounce(text: str) -> float:
@@ -264,7 +246,7 @@ class Renderer:
         breaking = sum(1 for c in changes if c["breaking"])
         grid = Table.grid(padding=(0, 1))
         for _ in range(4):
-            grid.add_column()
+            grid.add_column(overflow="fold")
         signs = {"added": "[green]+[/]", "removed": "[red]-[/]"}
         for c in changes:
             detail = c["new"] if c["change"] == "added" else c["old"]
