@@ -272,10 +272,18 @@ def find_signature(export_list: Sequence[Any], func: str, module_name: str) -> S
 
 
 def exports_hint(export_list: Sequence[Any]) -> str:
-    funcs = [f"{e.name}{e.signature}" for e in export_list if e.kind == "func"]
+    funcs = [_call_form(e.name, e.signature) for e in export_list if e.kind == "func"]
     if not funcs:
         return "the module exports no functions"
     return "exported functions: " + ", ".join(funcs[:12]) + (" ..." if len(funcs) > 12 else "")
+
+
+def _call_form(name: str, sig: Optional[Signature]) -> str:
+    """ "add(i32, i32) -> i32", "free(i32) -> ()": the parameters always in parentheses."""
+    if sig is None:
+        return f"{name}(?)"
+    results = sig.results[0] if len(sig.results) == 1 else f"({', '.join(sig.results)})"
+    return f"{name}({', '.join(sig.params)}) -> {results}"
 
 
 def check_interface(

@@ -143,10 +143,23 @@ def call(store: Any, func: wasmtime.Func, types: tuple, args: Sequence[Any], own
     finally:
         unroot(args_raw, written)
     if error:
-        raise wasmtime.WasmtimeError._from_ptr(error)
+        failure = wasmtime.WasmtimeError._from_ptr(error)
+        _raise_callback_exception()
+        raise failure
     if trap:
-        raise wasmtime.Trap._from_ptr(trap)
+        trapped = wasmtime.Trap._from_ptr(trap)
+        _raise_callback_exception()
+        raise trapped
     return [read(store, out[i], t, owner) for i, t in enumerate(results)]
+
+
+def _raise_callback_exception() -> None:
+    """What a Python callback defined through wasmtime-py (``Linker.define_func``: WASI's
+    shadowed proc_exit raises an ExitTrap) raised, as wasmtime-py's own call re-raises it;
+    the trap itself only says "python exception"."""
+    from wasmtime._func import maybe_raise_last_exn
+
+    maybe_raise_last_exn()
 
 
 # ---------------------------------------------------------------------------- host side

@@ -80,7 +80,8 @@ class Worker:
             from ..audit import audit_file
 
             return {"report": audit_file(req["module"], policy).to_dict()}
-        kind = "call" if op in ("call", "javascript") else "command"  # warm: either
+        # warm compiles a reactor (QuickJS) too: "call" asks for no _start up front
+        kind = "call" if op in ("call", "javascript", "warm") else "command"
         box = self.sandbox(req["module"], req["sha256"], policy, kind)
         if op == "warm":  # compile (or load from the cache) before the first real call
             return {}
