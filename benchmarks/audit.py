@@ -37,7 +37,7 @@ def median_seconds(func, runs: int) -> float:
 
 def measure(module: Path, runs: int) -> dict:
     from wasmsbx import policy
-    from wasmsbx.audit import audit_file, suggest_policy
+    from wasmsbx.audit.report import audit_file, suggest_policy
 
     defaults = policy.defaults()
     report = audit_file(module, defaults)  # warm: imports, the validating engine

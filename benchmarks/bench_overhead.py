@@ -6,7 +6,7 @@ For each function, rounds alternate between:
 
 - raw: a plain ``wasmtime.Engine()``/``Store``/``Instance`` and the loop
   ``for _ in range(n): func(store, *args)`` timed with perf_counter (median of samples);
-- bench: ``wasmsbx.bench.run_case`` with only the ``call`` phase, default policy
+- bench: ``wasmsbx.bench.measure.run_case`` with only the ``call`` phase, default policy
   (median per call, as the report gives it);
 - raw-sbx: the same raw loop over the Func and Store of the instance wasmsbx built (its
   engine config and store limits), which separates the sandbox's own cost (epoch
@@ -33,11 +33,11 @@ import wasmtime
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from wasmsbx import bench  # noqa: E402
 from wasmsbx.backends import get  # noqa: E402
 from wasmsbx.backends.base import EngineOptions  # noqa: E402
+from wasmsbx.bench import measure as bench  # noqa: E402
 from wasmsbx.policy import defaults  # noqa: E402
-from wasmsbx.runner import limits_from  # noqa: E402
+from wasmsbx.runner.sandbox import limits_from  # noqa: E402
 
 CASES = (
     ("examples/add.wat", "add", (5, 3)),

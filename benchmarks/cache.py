@@ -43,10 +43,10 @@ sys.path.insert(0, str(ROOT))
 
 import wasmtime  # noqa: E402
 
-from wasmsbx import cache  # noqa: E402
 from wasmsbx import policy as policy_mod  # noqa: E402
 from wasmsbx.backends import get  # noqa: E402
-from wasmsbx.runner import engine_options, read_module  # noqa: E402
+from wasmsbx.native import cache  # noqa: E402
+from wasmsbx.runner.sandbox import engine_options, read_module  # noqa: E402
 
 
 def generate(funcs: int, ops: int = 80) -> bytes:

@@ -35,7 +35,7 @@ sys.path.insert(0, sys.argv[1] + "/benchmarks")
 from cache import generate
 from wasmsbx import cache, policy as policy_mod
 from wasmsbx.backends import get
-from wasmsbx.runner import engine_options
+from wasmsbx.runner.sandbox import engine_options
 wasm = generate(int(sys.argv[3]))
 open(sys.argv[4], "wb").write(wasm)
 policy = policy_mod.defaults()

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from wasmsbx import policy as policy_mod
-from wasmsbx.audit import audit_file
+from wasmsbx.audit.report import audit_file
 
 WASI = "wasi_snapshot_preview1"
 

@@ -56,8 +56,8 @@ def require_capability(label: str, *names: str) -> None:
 def require_module(label: str, *paths) -> None:
     """Skip when a module uses a wasm feature the label does not declare (e.g. add.wat's
     multi-value divmod on wasmer:singlepass): a skip by declared capability."""
-    from wasmsbx.facts import read_facts
-    from wasmsbx.runner import read_module
+    from wasmsbx.runner.sandbox import read_module
+    from wasmsbx.wasm.facts import read_facts
 
     for path in paths:
         used = read_facts(read_module(path)).features - {"unknown"}
@@ -191,7 +191,7 @@ def rust_env(monkeypatch) -> dict:
     printed, where there is none."""
     import shutil
 
-    from wasmsbx import build
+    from wasmsbx.native import build
 
     for rustc, cargo in ((shutil.which("rustc"), shutil.which("cargo")), DEBIAN_RUST):
         if not (rustc and cargo and os.access(rustc, os.X_OK) and os.access(cargo, os.X_OK)):

@@ -31,7 +31,7 @@ def wasmsbx_argv(*args: str) -> list:
 
 
 def b64(path) -> str:
-    from wasmsbx.runner import read_module
+    from wasmsbx.runner.sandbox import read_module
 
     return base64.b64encode(read_module(path)).decode()
 

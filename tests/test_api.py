@@ -74,7 +74,7 @@ def test_sandbox_from_bytes_text_and_binary(backend):
     wat = b'(module (func (export "f") (result i32) i32.const 5))'
     with wasmsbx.Sandbox(wat, P.defaults(), backend=backend) as box:
         assert box.call("f") == 5
-    from wasmsbx.runner import read_module
+    from wasmsbx.runner.sandbox import read_module
 
     binary = read_module(ADD)
     require_module(backend, ADD)

@@ -1,4 +1,4 @@
-"""wasmsbx.audit: each rule on a purpose-built module, the risk score, the report data."""
+"""wasmsbx.audit.report: each rule on a purpose-built module, the risk score, the report data."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 
 from wasmsbx import errors
 from wasmsbx import policy as policy_mod
-from wasmsbx.audit import RULES, audit_file, compute_risk
+from wasmsbx.audit.report import RULES, audit_file, compute_risk
 
 from .audit_helpers import (
     HEADER,
@@ -347,7 +347,7 @@ def test_failure_findings_add_no_points(tmp_path):
 
 
 def test_risk_levels():
-    from wasmsbx.audit import Finding
+    from wasmsbx.audit.report import Finding
 
     def risk(points):
         return compute_risk([Finding("WSX201", "low", "m", "f", points, "s")]).level
@@ -480,8 +480,8 @@ def test_mutated_c_module_never_crashes_the_checks():
     from hypothesis import given, settings
     from hypothesis import strategies as st
 
-    from wasmsbx.audit import audit, suggest_policy
-    from wasmsbx.facts import FactsError, read_facts
+    from wasmsbx.audit.report import audit, suggest_policy
+    from wasmsbx.wasm.facts import FactsError, read_facts
 
     original = (EXAMPLES / "wasi" / "hello.wasm").read_bytes()
 

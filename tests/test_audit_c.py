@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from wasmsbx import policy as policy_mod
-from wasmsbx.audit import audit_file, suggest_policy
+from wasmsbx.audit.report import audit_file, suggest_policy
 
 pytestmark = pytest.mark.needs_clang
 

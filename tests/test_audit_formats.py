@@ -11,8 +11,8 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-from wasmsbx.audit import RULES
-from wasmsbx.audit_schema import SCHEMA
+from wasmsbx.audit.report import RULES
+from wasmsbx.audit.schema import SCHEMA
 
 from .conftest import EXAMPLES, GUESTS, ROOT
 
@@ -83,7 +83,7 @@ def test_json_with_policy_findings_matches_the_schema(cli, granting_policy):
 def test_json_schema_is_closed():
     """An undocumented field fails validation, so the schema test above can fail."""
     from wasmsbx import policy as policy_mod
-    from wasmsbx.audit import audit_file
+    from wasmsbx.audit.report import audit_file
 
     data = json.loads(json.dumps(audit_file(EXAMPLES / "add.wat", policy_mod.defaults()).to_dict()))
     for where in (data, data["module"], data["risk"]):

@@ -171,7 +171,7 @@ def test_no_log_no_import():
     code = (
         "import sys; from wasmsbx.cli import main; "
         f"main(['run', {str(ADD)!r}, 'add', '1', '2']); "
-        "print('wasmsbx.auditlog' in sys.modules, 'wasmsbx.audit' in sys.modules)"
+        "print('wasmsbx.auditlog' in sys.modules, 'wasmsbx.audit.report' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout
     assert out.splitlines() == ["3", "False False"]

@@ -175,7 +175,7 @@ def test_memory_limit_raised_to_the_initial_size(cli, isolated):
     ids=lambda p: p.name,
 )
 def test_every_suggestion_loads(isolated, module):
-    from wasmsbx.audit import audit_file, suggest_policy
+    from wasmsbx.audit.report import audit_file, suggest_policy
 
     text = suggest_policy(audit_file(module, policy_mod.defaults())).to_toml()
     path = isolated / "s.toml"

@@ -12,10 +12,10 @@ import time
 
 import pytest
 
-from wasmsbx import batch
-from wasmsbx.checkpoint import Sink, Source
 from wasmsbx.policy import defaults, override
-from wasmsbx.runner import Sandbox
+from wasmsbx.runner import batch
+from wasmsbx.runner.checkpoint import Sink, Source
+from wasmsbx.runner.sandbox import Sandbox
 
 from .conftest import EXAMPLES, GUESTS, require_capability, require_module
 
@@ -441,7 +441,7 @@ def test_batch_checkpoint_refuses_other_module_or_truncated_output(cli, tmp_path
     ckpt = tmp_path / "c.json"
     box = Sandbox(ADD)
     # A checkpoint as an interrupted run would leave it: one item done, 60 bytes written.
-    from wasmsbx.checkpoint import Checkpoint, digest
+    from wasmsbx.runner.checkpoint import Checkpoint, digest
 
     marker = Checkpoint(
         ckpt, {"kind": "batch", "module_sha256": digest(box.wasm), "function": "add"}
@@ -493,7 +493,7 @@ def test_sink_resume_cuts_back_the_same_file_and_refuses_a_shorter_one(tmp_path)
 
 
 def test_checkpoint_writes_are_atomic_and_leave_no_temp_files(tmp_path):
-    from wasmsbx.checkpoint import Checkpoint
+    from wasmsbx.runner.checkpoint import Checkpoint
 
     where = tmp_path / "ckpt"
     where.mkdir()
@@ -546,7 +546,7 @@ def test_ctrl_c_right_after_a_result_is_written_checkpoints_that_result(tmp_path
 
 
 def test_hold_interrupt_defers_one_ctrl_c_and_lets_a_second_through():
-    from wasmsbx.checkpoint import HoldInterrupt
+    from wasmsbx.runner.checkpoint import HoldInterrupt
 
     with HoldInterrupt() as guard:
         guard.hold()

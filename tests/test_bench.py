@@ -6,9 +6,10 @@ import json
 
 import pytest
 
-from wasmsbx import bench, bench_schema
 from wasmsbx.backends import get, split
 from wasmsbx.backends.base import EngineOptions, Limits
+from wasmsbx.bench import measure as bench
+from wasmsbx.bench import schema as bench_schema
 from wasmsbx.errors import FuelExhausted, TimeoutExceeded, TrapError
 
 from .conftest import BACKENDS, EXAMPLES, capabilities_of

@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from wasmsbx import bench_schema
+from wasmsbx.bench import schema as bench_schema
 
 from .conftest import EXAMPLES, ROOT
 
@@ -17,7 +17,7 @@ DOC = ROOT / "docs" / "bench-schema.md"
 
 def test_document_is_generated_from_the_declaration():
     assert DOC.read_text() == bench_schema.render_doc(), (
-        "docs/bench-schema.md is stale: python -m wasmsbx.bench_schema > docs/bench-schema.md"
+        "docs/bench-schema.md is stale: python -m wasmsbx.bench.schema > docs/bench-schema.md"
     )
 
 

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from wasmsbx.bench_stats import (
+from wasmsbx.bench.stats import (
     compare,
     judge,
     mad,

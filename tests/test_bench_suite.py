@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from wasmsbx.bench_suite import SuiteError, build_cases, read_suite
+from wasmsbx.bench.suite import SuiteError, build_cases, read_suite
 
 from .conftest import EXAMPLES
 

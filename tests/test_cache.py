@@ -13,9 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from wasmsbx import aot, cache, trust
 from wasmsbx import policy as policy_mod
-from wasmsbx.runner import Sandbox, read_module
+from wasmsbx.native import artifact as aot
+from wasmsbx.native import cache, trust
+from wasmsbx.runner.sandbox import Sandbox, read_module
 
 from .conftest import capabilities_of, require_capability
 
@@ -93,7 +94,7 @@ def test_loaded_code_does_not_depend_on_the_buffer_it_came_from(backend, add):
     """The cache lends its read buffer to the backend without a copy; the module must
     own its code afterwards, so scribbling over the buffer changes nothing."""
     from wasmsbx.backends import get, split
-    from wasmsbx.runner import engine_options, limits_from
+    from wasmsbx.runner.sandbox import engine_options, limits_from
 
     name, compiler = split(backend)
     engine = get(name).engine(engine_options(make_policy(), compiler))
@@ -179,7 +180,7 @@ def test_compile_stores_again_code_that_lost_its_record(add):
     """Code without a record (a crash between the two writes) is not reported as cached
     by `compile`: it is stored again, record and all, so prune will not remove it."""
     from wasmsbx.backends import get
-    from wasmsbx.runner import engine_options, read_module
+    from wasmsbx.runner.sandbox import engine_options, read_module
 
     policy = make_policy()
     engine = get("wasmtime").engine(engine_options(policy, None))
@@ -276,7 +277,7 @@ def test_engine_options_miss(backend, change, add):
 
 def test_fingerprint_has_every_part(backend):
     from wasmsbx import backends
-    from wasmsbx.runner import engine_options
+    from wasmsbx.runner.sandbox import engine_options
 
     name, compiler = backends.split(backend)
     engine = backends.get(name).engine(engine_options(make_policy(), compiler))

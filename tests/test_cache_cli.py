@@ -8,8 +8,8 @@ import sys
 
 import pytest
 
-from wasmsbx import cache
 from wasmsbx import policy as policy_mod
+from wasmsbx.native import cache
 
 from .conftest import EXAMPLES
 

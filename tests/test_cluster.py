@@ -17,9 +17,9 @@ import time
 import pytest
 
 from wasmsbx import errors
-from wasmsbx.batch import BatchResult
 from wasmsbx.policy import add_grant, defaults, override
-from wasmsbx.runner import Sandbox
+from wasmsbx.runner.batch import BatchResult
+from wasmsbx.runner.sandbox import Sandbox
 
 from .conftest import EXAMPLES, GUESTS, require_module
 
@@ -570,7 +570,7 @@ def test_a_run_without_cluster_imports_no_dask(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr
     names = {line.rsplit("|", 1)[1].strip() for line in proc.stderr.splitlines() if "|" in line}
-    assert "wasmsbx.batch" in names
+    assert "wasmsbx.runner.batch" in names
     assert not {"dask", "distributed", "wasmsbx.cluster"} & names
 
 

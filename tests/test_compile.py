@@ -7,7 +7,8 @@ import shutil
 
 import pytest
 
-from wasmsbx import aot, build, trust
+from wasmsbx.native import artifact as aot
+from wasmsbx.native import build, trust
 
 from .conftest import EXAMPLES
 

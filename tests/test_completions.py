@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from wasmsbx.cli.completion_cmd import SHELLS, render
+from wasmsbx.cli.commands.completion import SHELLS, render
 
 from .conftest import ROOT
 

@@ -543,7 +543,7 @@ def test_sandbox_cache_round_trip(command):
 
 def test_a_component_entry_never_loads_as_a_module(command):
     from wasmsbx.backends.base import EngineOptions
-    from wasmsbx.backends.wasmtime_backend import WasmtimeEngine
+    from wasmsbx.backends.wasmtime.backend import WasmtimeEngine
     from wasmsbx.components.runtime import ComponentEngine
 
     inner = WasmtimeEngine(EngineOptions())
@@ -684,7 +684,7 @@ def test_lying_counts_cannot_blow_up_the_scan():
 def test_control_characters_are_escaped_on_a_terminal():
     from wasmsbx.components.sandbox import ComponentCallResult
     from wasmsbx.components.types import WitType
-    from wasmsbx.runner import RunStats
+    from wasmsbx.runner.sandbox import RunStats
 
     stats = RunStats("wasmtime", None, {})
     result = ComponentCallResult("f", "hi\x1b]52;c;x\x07", WitType("string"), stats)

@@ -1,4 +1,4 @@
-"""Tests for wasmsbx.facts: the pure-Python WebAssembly module reader."""
+"""Tests for wasmsbx.wasm.facts: the pure-Python WebAssembly module reader."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from wasmsbx.facts import (
+from wasmsbx.wasm.facts import (
     FEATURES,
     FactsError,
     FuncType,

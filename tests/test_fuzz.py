@@ -41,7 +41,7 @@ SLOW = settings(FAST, max_examples=80)
 @functools.cache
 def seeds() -> tuple:
     """The binary form of every guest module in the repository."""
-    from wasmsbx.runner import read_module
+    from wasmsbx.runner.sandbox import read_module
 
     paths = sorted(GUESTS.glob("*.wat")) + sorted(EXAMPLES.glob("**/*.wat"))
     paths += [EXAMPLES / "wasi" / "hello.wasm", EXAMPLES / "stream" / "upper.wasm"]
@@ -105,7 +105,7 @@ def mutated(draw) -> bytes:
 
 
 def first_export(wasm: bytes) -> str:
-    from wasmsbx.facts import FactsError, read_interface
+    from wasmsbx.wasm.facts import FactsError, read_interface
 
     try:
         funcs = [e.name for e in read_interface(wasm).exports if e.kind == "func"]

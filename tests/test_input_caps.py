@@ -9,7 +9,8 @@ import threading
 
 import pytest
 
-from wasmsbx import errors, inputs, policy, runner
+from wasmsbx import errors, inputs, policy
+from wasmsbx.runner import sandbox as runner
 
 from .conftest import EXAMPLES
 

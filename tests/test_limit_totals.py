@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from tests.conftest import require_capability
-from wasmsbx.backends.wasm_limits import PAGE, Layout, TotalsError, plan, share
+from wasmsbx.backends.limits import PAGE, Layout, TotalsError, plan, share
 
 MIB = 1 << 20
 

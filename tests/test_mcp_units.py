@@ -288,7 +288,7 @@ def test_errors_come_back_as_the_same_class():
 
 def test_worker_serves_calls_and_reports_failures_as_data(tmp_path):
     from wasmsbx.mcp.worker import serve
-    from wasmsbx.runner import read_module
+    from wasmsbx.runner.sandbox import read_module
 
     module = tmp_path / "add.wasm"
     module.write_bytes(read_module(EXAMPLES / "add.wat"))

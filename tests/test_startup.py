@@ -63,5 +63,5 @@ def test_a_cache_hit_opens_no_database(tmp_path):
     first = imported_modules(*args)
     assert "diskcache" in first, "the miss stores the entry and its record"
     names = imported_modules(*args, "--stats")
-    assert "wasmsbx.cache" in names
+    assert "wasmsbx.native.cache" in names
     assert not {"diskcache", "sqlite3", "hashlib"} & names

@@ -17,8 +17,8 @@ import pytest
 
 from wasmsbx import errors
 from wasmsbx.policy import defaults, override
-from wasmsbx.runner import Sandbox
-from wasmsbx.stream import StreamSession
+from wasmsbx.runner.sandbox import Sandbox
+from wasmsbx.runner.stream import StreamSession
 
 from .conftest import EXAMPLES, GUESTS, require_capability
 
@@ -277,7 +277,7 @@ def test_stream_resumes_after_sigkill_byte_exact(tmp_path):
 
 
 def test_stream_checkpoint_refuses_another_chunk_size(cli, tmp_path):
-    from wasmsbx.checkpoint import Checkpoint, digest
+    from wasmsbx.runner.checkpoint import Checkpoint, digest
 
     ckpt = tmp_path / "c.json"
     box = Sandbox(UPPER_WAT)

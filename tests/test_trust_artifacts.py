@@ -8,7 +8,8 @@ import json
 
 import pytest
 
-from wasmsbx import aot, trust
+from wasmsbx.native import artifact as aot
+from wasmsbx.native import trust
 
 from .conftest import capabilities_of
 from .trust_helpers import attacker_key, forge, write_modules

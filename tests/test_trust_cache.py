@@ -11,10 +11,11 @@ import sys
 
 import pytest
 
-from wasmsbx import aot, cache, trust
 from wasmsbx import policy as policy_mod
 from wasmsbx.backends import get, split
-from wasmsbx.runner import Sandbox, engine_options, read_module
+from wasmsbx.native import artifact as aot
+from wasmsbx.native import cache, trust
+from wasmsbx.runner.sandbox import Sandbox, engine_options, read_module
 
 from .conftest import capabilities_of
 from .trust_helpers import GOOD_WAT, attacker_key, write_modules

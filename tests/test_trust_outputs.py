@@ -226,7 +226,7 @@ def test_writer_refuses_a_block_device(tmp_path):
 def test_checkpoints_go_through_the_writer(tmp_path):
     """--checkpoint FILE is an output too: a symlink stays a link, a missing folder is
     exit 105."""
-    from wasmsbx.checkpoint import Checkpoint
+    from wasmsbx.runner.checkpoint import Checkpoint
 
     target = tmp_path / "state.json"
     target.write_text("")

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 import wasmsbx
 from wasmsbx import errors
-from wasmsbx.values import (
+from wasmsbx.runner.values import (
     F32,
     F64,
     V128,

@@ -1,4 +1,4 @@
-"""The WASI preview1 table (wasmsbx/wasi.py) against the real runtime and wasi-libc."""
+"""The WASI preview1 table (wasmsbx/wasm/wasi.py) against the real runtime and wasi-libc."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from wasmsbx import wasi
+from wasmsbx.wasm import wasi
 
 WASI_API_H = Path("/usr/include/wasm32-wasi/wasi/api.h")
 

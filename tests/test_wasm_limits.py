@@ -7,8 +7,8 @@ import wasmtime
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from wasmsbx.backends.wasm_limits import PAGE, LimitsError, cap_limits
-from wasmsbx.facts import read_facts
+from wasmsbx.backends.limits import PAGE, LimitsError, cap_limits
+from wasmsbx.wasm.facts import read_facts
 
 
 def wat(text: str) -> bytes:

@@ -14,7 +14,7 @@ import wasmtime
 
 from wasmsbx import backends, errors
 from wasmsbx.backends.base import EngineOptions, Limits, WasiSetup
-from wasmsbx.trust import Authenticated
+from wasmsbx.native.trust import Authenticated
 
 from .conftest import GUESTS
 

@@ -13,8 +13,8 @@ import sys
 import pytest
 
 from wasmsbx import backends
-from wasmsbx.backends import wasmer_backend
 from wasmsbx.backends.base import Availability
+from wasmsbx.backends.wasmer import backend as wasmer_backend
 
 from .conftest import EXAMPLES
 

@@ -22,7 +22,7 @@ import pytest
 
 from wasmsbx import errors
 from wasmsbx import policy as policy_mod
-from wasmsbx.facts import read_facts
+from wasmsbx.wasm.facts import read_facts
 from wasmsbx.watch import build_source, compare, policy_changes, wasi_need
 
 from .conftest import EXAMPLES, GUESTS
@@ -647,7 +647,7 @@ def test_clear_clears_a_terminal_between_cycles():
 
     from rich.console import Console
 
-    from wasmsbx.cli.watch_cmd import Renderer
+    from wasmsbx.cli.commands.watch import Renderer
     from wasmsbx.watch import Event
 
     screen = io.StringIO()

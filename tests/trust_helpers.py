@@ -9,7 +9,7 @@ from pathlib import Path
 
 from blake3 import blake3
 
-from wasmsbx import aot
+from wasmsbx.native import artifact as aot
 
 # Both export add(i32, i32) -> i32; the "evil" one returns 77 whatever it is given, so a
 # run that prints 77 ran the swapped-in native code.

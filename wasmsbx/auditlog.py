@@ -113,8 +113,8 @@ class AuditLog:
         the event does not depend on how a backend words its link error)."""
         if self.wasm is None:
             return []
-        from .audit import classify_import
-        from .facts import FactsError, read_facts
+        from .audit.report import classify_import
+        from .wasm.facts import FactsError, read_facts
 
         try:
             imports = read_facts(self.wasm).imports

@@ -3,8 +3,8 @@
 The core of the watch command, usable from Python. A :class:`Watcher` keeps a module
 under watch (with its source, its policy file and any extra paths), and on every change
 rebuilds the source, reloads the policy, reloads the module, compares its interface with
-the last good version (:func:`compare`, built on :mod:`wasmsbx.facts`) and runs it again.
-Each step is reported as an :class:`Event` (plain data); ``wasmsbx/cli/watch_cmd.py``
+the last good version (:func:`compare`, built on :mod:`wasmsbx.wasm.facts`) and runs it again.
+Each step is reported as an :class:`Event` (plain data); ``wasmsbx/cli/commands/watch.py``
 renders events as rich text or as one JSON object per line.
 
 Runs happen in a worker thread so that Ctrl-C stops watching at once, even while a guest
@@ -78,9 +78,9 @@ class CompatReport:
 
 
 def wasi_need(module: str, name: str) -> Optional[str]:
-    """The capability group a WASI import asks for (wasmsbx.wasi's table), e.g.
+    """The capability group a WASI import asks for (wasmsbx.wasm.wasi's table), e.g.
     "filesystem"; None when the sandbox cannot link the import at all."""
-    from . import wasi
+    from .wasm import wasi
 
     function = wasi.BY_NAME.get(name) if wasi.is_wasi_module(module) else None
     return None if function is None else function.group
@@ -153,7 +153,7 @@ def _import_changes(old: Any, new: Any) -> list:
 
 def _import_need(module: str, name: str) -> tuple:
     """(breaking, note) for a new import: what it needs, or why it will not link."""
-    from . import wasi
+    from .wasm import wasi
 
     group = wasi_need(module, name)
     if group is None:
@@ -194,7 +194,7 @@ def _memory_verdict(was: Any, now: Any, memory_limit: Optional[int]) -> tuple:
 
 
 def compare(old: Any, new: Any, memory_limit: Optional[int] = None) -> CompatReport:
-    """The interface diff of two :class:`wasmsbx.facts.ModuleFacts`.
+    """The interface diff of two :class:`wasmsbx.wasm.facts.ModuleFacts`.
 
     Exports removed, changed in kind or signature are breaking; exports added are not.
     Imports added are breaking when the sandbox cannot provide them (non-WASI), otherwise
@@ -232,7 +232,7 @@ def policy_changes(old: Any, new: Any) -> list:
 
 # ---------------------------------------------------------------------------- source builds
 #
-# Sources are built by wasmsbx.build, the same builder as `wasmsbx compile`.
+# Sources are built by wasmsbx.native.build, the same builder as `wasmsbx compile`.
 
 SOURCE_KINDS = ("c", "rust")  # a MODULE of these kinds is a source to build
 BUILDABLE_KINDS = ("wat", "c", "rust")  # what --source accepts
@@ -240,7 +240,7 @@ BUILDABLE_KINDS = ("wat", "c", "rust")  # what --source accepts
 
 def source_kind(path: Any) -> str:
     """wasm, wat, c, rust (a .rs file) or cargo (a Cargo project)."""
-    from . import build
+    from .native import build
 
     return build.source_kind(path)
 
@@ -252,7 +252,7 @@ def build_source(source: Path, output: Path, export: Optional[str] = None) -> di
     C is built for wasm32-wasi with clang: as a reactor exporting ``export`` when one is
     given (a library function to call), else as a command (a program with ``main``).
     """
-    from . import build
+    from .native import build
 
     result = build.build(source, [export] if export else [], out=output)
     return {
@@ -656,7 +656,7 @@ class Watcher:
         key = (_digest(Path(self.module)), self.policy_version)
         if self.box is not None and key == self.box_key:
             return self.box
-        from .runner import Sandbox
+        from .runner.sandbox import Sandbox
 
         kind = "call" if self.config.func else "command"
         box = Sandbox(
@@ -668,7 +668,7 @@ class Watcher:
         return box
 
     def _compare(self, box: Any) -> None:
-        from .facts import FactsError, read_facts
+        from .wasm.facts import FactsError, read_facts
 
         if getattr(box, "is_component", False):
             self._compare_component(box)

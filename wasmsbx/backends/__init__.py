@@ -9,8 +9,8 @@ from .base import Backend
 
 # name -> "module:Class". Order is the documented tie-break order of the selector.
 REGISTRY = {
-    "wasmtime": "wasmsbx.backends.wasmtime_backend:WasmtimeBackend",
-    "wasmer": "wasmsbx.backends.wasmer_backend:WasmerBackend",
+    "wasmtime": "wasmsbx.backends.wasmtime.backend:WasmtimeBackend",
+    "wasmer": "wasmsbx.backends.wasmer.backend:WasmerBackend",
 }
 
 _LOADED: dict = {}

@@ -285,7 +285,7 @@ class Instance(ABC):
         timeout: Optional[float] = None,
         fuel: Optional[int] = None,
     ) -> list:
-        """Call an export with already-typed values (wasmsbx.values.coerce); return its
+        """Call an export with already-typed values (wasmsbx.runner.values.coerce); return its
         results as a list of typed values. ``timeout``/``fuel`` lower the limits for
         this call only."""
 
@@ -328,7 +328,7 @@ class Instance(ABC):
 
     def memory(self, name: str = "memory") -> Any:
         """An accessor of an exported memory: size(), read(), write(), grow(), view()
-        (see wasmsbx.runner.Memory); IndexError when there is no such memory."""
+        (see wasmsbx.runner.sandbox.Memory); IndexError when there is no such memory."""
         raise NotImplementedError
 
     def global_info(self, name: str) -> tuple:
@@ -387,7 +387,7 @@ class Engine(ABC):
         shared: Optional[Instance] = None,
         register: Optional[str] = None,
     ) -> Instance:
-        """A new instance. ``imports``: the caller's host imports (wasmsbx.host objects,
+        """A new instance. ``imports``: the caller's host imports (wasmsbx.runner.host objects,
         normalized); ``shared``: an instance of the same group whose store (and limits)
         this one joins; ``register``: the name the group's later modules import it by.
         A backend that cannot do one of these raises BackendUnavailable saying why."""

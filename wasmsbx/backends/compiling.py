@@ -103,7 +103,7 @@ def compile_in_child(engine: Any, wasm: bytes, seconds: float, error: Any) -> An
         _kill(proc)
         raise
     if out[:2] == b"ok":
-        from ..trust import Authenticated
+        from ..native.trust import Authenticated
 
         # Vouched for by this process: the child it started wrote it into a pipe only
         # the two of them hold (see the module docstring).

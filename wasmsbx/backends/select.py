@@ -14,7 +14,7 @@
    (wasmtime, then wasmer), then each backend's compiler order (cranelift, llvm,
    singlepass).
 
-The module's features are read (wasmsbx.facts) only when more than one candidate is
+The module's features are read (wasmsbx.wasm.facts) only when more than one candidate is
 left after the policy's requirements: with one left they cannot change the choice, and
 the runtime itself reports a feature it lacks. That keeps ``wasmsbx run`` lean.
 """

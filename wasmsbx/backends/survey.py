@@ -43,8 +43,8 @@ def explain(
     features: frozenset = frozenset()
     if module:
         from ..errors import ModuleError
-        from ..facts import FactsError, read_facts
-        from ..runner import read_module
+        from ..runner.sandbox import read_module
+        from ..wasm.facts import FactsError, read_facts
 
         wasm = read_module(module)
         try:

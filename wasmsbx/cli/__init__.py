@@ -89,7 +89,7 @@ def main(argv: Optional[list] = None) -> int:
     _fill_closed_stdio()
     argv = list(sys.argv[1:] if argv is None else argv)
     if _lean_run(argv):
-        from .run import run_main
+        from .commands.run import run_main
 
         code = run_main(argv[1:])
     else:

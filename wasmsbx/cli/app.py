@@ -141,7 +141,7 @@ def build_app() -> typer.Typer:
             register_run(app)
         else:
             module = "completion" if name == "completions" else name
-            importlib.import_module(f"wasmsbx.cli.{module}_cmd").register(app)
+            importlib.import_module(f"wasmsbx.cli.commands.{module}").register(app)
     return app
 
 
@@ -149,7 +149,7 @@ def register_run(app: typer.Typer) -> None:
     """The typer face of ``run``: help and completions, built from RUN_OPTIONS."""
 
     def run(ctx: typer.Context, **kwargs: Any) -> None:
-        from .run import run_main
+        from .commands.run import run_main
 
         raise typer.Exit(run_main(list(_ARGV[1:])))
 

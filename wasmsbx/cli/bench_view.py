@@ -129,7 +129,7 @@ def _case(console: Any, case: Any) -> None:
 
 
 def _phase_table(console: Any, case: Any, phase: str, results: list) -> None:
-    from ..bench import PHASE_HELP
+    from ..bench.measure import PHASE_HELP
 
     table = _table(f"[bold]{phase}[/]: {PHASE_HELP[phase]}")
     for column in COLUMNS:

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple, Optional
 
-ENV_ADDRESS = "WASMSBX_CLUSTER"  # read by cli/run_batch.py (which avoids importing this)
+ENV_ADDRESS = "WASMSBX_CLUSTER"  # read by cli/commands/run_batch.py (which avoids importing this)
 ENV_TIMEOUT = "WASMSBX_CLUSTER_TIMEOUT"
 DEFAULT_TIMEOUT = 30.0  # seconds to reach the scheduler, and for it to have a worker (as Dask)
 

@@ -19,7 +19,7 @@ from collections.abc import Iterable, Iterator
 from typing import Any, Optional
 
 from .. import errors
-from ..batch import CHUNK_MAX_BYTES, IDLE_TICK, _chunk_bytes, _Feeder, encode
+from ..runner.batch import CHUNK_MAX_BYTES, IDLE_TICK, _chunk_bytes, _Feeder, encode
 from . import DEFAULT_TIMEOUT, ENV_TIMEOUT, as_cluster, wire
 
 CHUNK_TARGET_SECONDS = 0.25  # a task costs ~5 ms of Dask overhead: keep it ~2% of a chunk

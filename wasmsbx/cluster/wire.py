@@ -114,7 +114,7 @@ def read_results(text: Any, lines: list) -> tuple:
 
     Everything is checked: the text is JSON, one result per submitted item, in the same
     order, each of the documented shape. A failure the worker reported raises it here."""
-    from ..batch import BatchResult
+    from ..runner.batch import BatchResult
 
     if not isinstance(text, str):
         raise _bad(f"a chunk's result is a {type(text).__name__}, not JSON text")

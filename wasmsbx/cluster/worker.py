@@ -42,7 +42,7 @@ class _Job:
         self.lock = threading.Lock()
 
     def take(self) -> Any:
-        from ..batch import Caller
+        from ..runner.batch import Caller
 
         with self.lock:
             if self.idle:
@@ -98,7 +98,7 @@ def _job(key: str, wasm: bytes) -> _Job:
 
 def _build(spec: dict, wasm: bytes) -> _Job:
     from .. import __version__
-    from ..runner import Sandbox
+    from ..runner.sandbox import Sandbox
 
     where = _where()
     if spec["version"] != __version__:

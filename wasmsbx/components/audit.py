@@ -1,7 +1,7 @@
 """``wasmsbx audit`` for a component: its WIT world read as capabilities, under the policy.
 
 Nothing is instantiated. wasmtime compiles the component (at the lowest optimisation
-level) only to read its WIT types; the core modules inside are read by ``wasmsbx.facts``.
+level) only to read its WIT types; the core modules inside are read by ``wasmsbx.wasm.facts``.
 The findings reuse the module audit's rules and risk score (README, "Findings"), with
 component wording: imports are WASI 0.2 interfaces, not preview1 functions.
 
@@ -17,8 +17,8 @@ import hashlib
 from collections import namedtuple
 from typing import Any, Optional
 
-from ..audit import CapabilityUse, _finding, _matches_everything, _sensitive, compute_risk
-from ..audit_rules import SEVERITIES, severity_rank
+from ..audit.report import CapabilityUse, _finding, _matches_everything, _sensitive, compute_risk
+from ..audit.rules import SEVERITIES, severity_rank
 from . import binary
 
 SCHEMA = "wasmsbx.audit-component/1"
@@ -103,7 +103,7 @@ class ComponentAuditReport:
 
     def to_dict(self) -> dict:
         from .. import __version__
-        from ..audit_formats import _policy
+        from ..audit.formats import _policy
 
         return {
             "schema": SCHEMA,
@@ -134,7 +134,7 @@ class ComponentAuditReport:
         }
 
     def to_sarif(self) -> dict:
-        from ..audit_formats import sarif_log
+        from ..audit.formats import sarif_log
 
         return sarif_log(self)  # reads path, facts.size/sha256, policy, findings, risk
 
@@ -173,7 +173,7 @@ def _introspect(wasm: bytes, findings: list) -> tuple:
     """(exports, import names) from wasmtime; a WSX008 finding if it rejects the component."""
     from .. import errors
     from ..backends.base import EngineOptions
-    from ..backends.wasmtime_backend import WasmtimeEngine
+    from ..backends.wasmtime.backend import WasmtimeEngine
     from . import runtime
 
     engine = WasmtimeEngine(EngineOptions(optimize="none"))
@@ -186,7 +186,7 @@ def _introspect(wasm: bytes, findings: list) -> tuple:
 
 
 def _core_modules(wasm: bytes, layout: Any) -> list:
-    from ..facts import FactsError, read_facts
+    from ..wasm.facts import FactsError, read_facts
 
     out = []
     for module in layout.core_modules:
@@ -373,7 +373,7 @@ def suggest_policy(report: ComponentAuditReport) -> Any:
     """The least-privilege policy for the audited component (as for modules: grants it
     can use are kept, needed ones become commented-out placeholders, never invented)."""
     from .. import policy as policy_mod
-    from ..audit import SuggestedPolicy
+    from ..audit.report import SuggestedPolicy
 
     old = report.policy.values
     new = policy_mod.defaults()

@@ -22,7 +22,7 @@ def prepare(case: Any, result: Any, wasm: bytes) -> dict:
 
     from .. import errors
     from ..backends.base import EngineOptions
-    from ..backends.wasmtime_backend import WasmtimeEngine
+    from ..backends.wasmtime.backend import WasmtimeEngine
     from .sandbox import ComponentSandbox
 
     result.sha256 = hashlib.sha256(wasm).hexdigest()

@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections import namedtuple
 from typing import Optional
 
-from ..facts import FactsError, _leb, read_facts
+from ..wasm.facts import FactsError, _leb, read_facts
 
 PAGE = 65536
 MAX_DEPTH = 64  # nested components; wasmtime's own limit is lower

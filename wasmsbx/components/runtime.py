@@ -478,7 +478,7 @@ class ComponentEngine:
 
     def deserialize(self, native: Any) -> Any:
         """Only code that passed the trust checks (a ``trust.Authenticated``)."""
-        from ..trust import require
+        from ..native.trust import require
 
         data = require(native)
         try:

@@ -19,7 +19,7 @@ from typing import Any, Optional
 from .. import errors
 from .. import policy as policy_mod
 from ..backends.base import ExportInfo, WasiSetup
-from ..runner import RunStats, Sandbox, engine_options, limits_from, read_file
+from ..runner.sandbox import RunStats, Sandbox, engine_options, limits_from, read_file
 from . import binary, runtime, wave
 from .types import passable
 from .values import ValueProblem, check, to_json
@@ -35,7 +35,7 @@ def component_bytes(data: bytes, path: Any) -> bytes:
 
     if is_component(data):
         return data
-    from ..runner import wat_to_wasm
+    from ..runner.sandbox import wat_to_wasm
 
     wasm = wat_to_wasm(data, path)
     if not is_component(wasm):
@@ -193,7 +193,7 @@ class ComponentSandbox(Sandbox):
         self.wasm: Optional[bytes] = component_bytes(data, self.path)
         self.artifact = None
         if artifact is not None:  # verified as for modules; refused -> warning, compiled
-            from .. import aot
+            from ..native import artifact as aot
 
             self.artifact = aot.open_for(self, None, artifact)
         self.timings["read"] = time.perf_counter() - started
@@ -214,7 +214,7 @@ class ComponentSandbox(Sandbox):
         cache_wanted = self.policy.values["runtime.cache"] if use_cache is None else use_cache
         self.module = None
         if self.artifact is not None:
-            from .. import aot
+            from ..native import artifact as aot
 
             # Built from this very component (sha256) for this engine (kind: component).
             self.module = aot.load_for(self)
@@ -342,7 +342,7 @@ class ComponentSandbox(Sandbox):
         self, argv: Sequence[str] = (), stdin: Any = None, capture: bool = False
     ) -> Any:
         """Run the component's ``wasi:cli/run`` export; its exit code is returned."""
-        from ..runner import CommandResult
+        from ..runner.sandbox import CommandResult
 
         run = run_export(self.component_exports, self.path.name)
         instance = self.instantiate(self.wasi_setup(argv, stdin, capture))
@@ -378,7 +378,7 @@ class ComponentCaller:
     against the WIT signature; results come back as typed JSON too."""
 
     def __init__(self, box: ComponentSandbox, func: str, fresh: bool = False) -> None:
-        from ..batch import guest_wasi
+        from ..runner.batch import guest_wasi
 
         self.box = box
         self.export = box.resolve(func)
@@ -394,7 +394,7 @@ class ComponentCaller:
         self.instance = self.box.instantiate(self.wasi)
 
     def run(self, line: int, payload: Any) -> Any:
-        from ..batch import BatchResult, error_record, parse_item
+        from ..runner.batch import BatchResult, error_record, parse_item
 
         started = time.perf_counter()
         ident: Any = line

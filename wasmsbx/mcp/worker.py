@@ -49,7 +49,7 @@ class Worker:
         The call's policy only tightens store-level limits (memory, time, fuel amount,
         output), which are read when an instance is made; the engine settings that change
         machine code (fuel metering on/off, stack, optimisation) are part of the key."""
-        from ..runner import Sandbox
+        from ..runner.sandbox import Sandbox
 
         v = policy.values
         key = (
@@ -77,7 +77,7 @@ class Worker:
         op = req["op"]
         policy = policy_mod.from_dict(req["policy"], origin="mcp call policy")
         if op == "audit":
-            from ..audit import audit_file
+            from ..audit.report import audit_file
 
             return {"report": audit_file(req["module"], policy).to_dict()}
         # warm compiles a reactor (QuickJS) too: "call" asks for no _start up front

@@ -1,0 +1,1 @@
+"""``wasmsbx audit``: the static security audit."""

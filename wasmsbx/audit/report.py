@@ -1,0 +1,935 @@
+"""Static security audit: what a module asks for, checked against a policy, without running it.
+
+``audit_file(path, policy)`` reads the module with :mod:`wasmsbx.wasm.facts` (nothing is compiled
+or instantiated) and returns an :class:`AuditReport`: its imports grouped by the capability
+they need, its exports, memories, tables, globals, start function and data, and a list of
+:class:`Finding` s, each from a rule in :data:`RULES` with a stable id (``WSX001`` ...), a
+severity, a one-line explanation and a fix. The report also carries a 0-100 risk score whose
+computation is part of the data (:class:`Risk`), and it converts itself to the versioned JSON
+report (``to_dict``, described by :mod:`wasmsbx.audit.schema`) and to SARIF 2.1.0
+(``to_sarif``). :func:`suggest_policy` derives a least-privilege ``sandbox.toml``.
+
+Rule ids are grouped: ``WSX0xx`` the module will fail under this policy, ``WSX1xx`` what the
+policy grants (over-privilege and real exposure), ``WSX2xx`` the module's own structure.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from .. import policy as policy_mod
+from ..wasm import wasi
+from ..wasm.facts import ModuleFacts
+from .rules import PAGE, RULES, SEVERITIES, severity_rank, start_export
+
+LARGE_DATA = 1 << 20  # total data segment bytes from which WSX207 fires
+RISK_LEVELS = ((60, "high"), (30, "moderate"), (10, "low"), (0, "minimal"))
+
+# ---------------------------------------------------------------------------- findings
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One rule firing on one subject (an import module, a memory, a grant ...)."""
+
+    rule: str
+    severity: str
+    message: str
+    fix: str
+    points: int
+    subject: str
+    where: str = "module"  # "module" or "policy"
+    key: Optional[str] = None  # the dotted policy key, when where == "policy"
+
+    @property
+    def title(self) -> str:
+        return RULES[self.rule].title
+
+    def to_dict(self) -> dict:
+        return {
+            "rule": self.rule,
+            "name": RULES[self.rule].name,
+            "severity": self.severity,
+            "title": self.title,
+            "message": self.message,
+            "fix": self.fix,
+            "points": self.points,
+            "subject": self.subject,
+            "where": self.where,
+            "key": self.key,
+        }
+
+
+def _finding(rule_id: str, message: str, subject: str, **kw: Any) -> Finding:
+    rule = RULES[rule_id]
+    return Finding(
+        rule=rule_id,
+        severity=kw.pop("severity", rule.severity),
+        message=message,
+        fix=kw.pop("fix", rule.fix),
+        points=kw.pop("points", rule.points),
+        subject=subject,
+        **kw,
+    )
+
+
+# ---------------------------------------------------------------------------- imports
+
+
+@dataclass(frozen=True)
+class ImportUse:
+    """One import, with the capability it needs and whether the sandbox links it."""
+
+    module: str
+    name: str
+    kind: str
+    signature: Optional[str]
+    capability: str  # a key of wasi.GROUPS
+    explanation: str
+    provided: bool
+    problem: Optional[str] = None  # why it does not link
+
+    def to_dict(self) -> dict:
+        return {
+            "module": self.module,
+            "name": self.name,
+            "kind": self.kind,
+            "signature": self.signature,
+            "capability": self.capability,
+            "explanation": self.explanation,
+            "provided": self.provided,
+            "problem": self.problem,
+        }
+
+
+def host_provides(host_imports: Any, module: str, name: str) -> bool:
+    """Whether the caller grants ``module.name`` as a host import: ``host_imports`` is a
+    Sandbox ``imports=`` mapping, or names "module.name" / "module.*"."""
+    if not host_imports:
+        return False
+    if isinstance(host_imports, dict):
+        return name in host_imports.get(module, ())
+    return f"{module}.{name}" in host_imports or f"{module}.*" in host_imports
+
+
+def classify_import(imp: Any, host_imports: Any = None) -> ImportUse:
+    """Which capability an import needs, what it is for, and whether it links.
+
+    An import the caller grants (``host_imports``) is provided by the host: a capability
+    given explicitly, shown in the "custom" group as granted."""
+    sig = str(imp.type) if imp.type is not None else None
+    if host_provides(host_imports, imp.module, imp.name):
+        what = f"host {imp.kind} granted by the caller (imports=)"
+        return ImportUse(imp.module, imp.name, imp.kind, sig, "custom", what, True, None)
+    if imp.kind != "func":
+        what = f"imports a {imp.kind}"
+        problem = f"a {imp.kind} import: the sandbox provides no {imp.kind}s"
+        return ImportUse(imp.module, imp.name, imp.kind, sig, "custom", what, False, problem)
+    fn = wasi.BY_NAME.get(imp.name) if imp.module in (wasi.PREVIEW1, wasi.UNSTABLE) else None
+    if fn is None:
+        what = "custom host function"
+        if imp.module.startswith("wasi"):
+            what = f"not a WASI preview1 function ({imp.module})"
+        problem = "not provided by the sandbox"
+        return ImportUse(imp.module, imp.name, "func", sig, "custom", what, False, problem)
+    problem = None
+    if imp.module == wasi.UNSTABLE:
+        problem = "wasi_unstable (WASI snapshot 0) is not provided; only wasi_snapshot_preview1"
+    elif imp.type is None:
+        problem = "its type index does not name a function type"
+    elif (tuple(imp.type.params), tuple(imp.type.results)) != (fn.params, fn.results):
+        problem = f"signature {sig} does not match WASI's {fn.signature}"
+    return ImportUse(imp.module, imp.name, "func", sig, fn.group, fn.doc, problem is None, problem)
+
+
+@dataclass(frozen=True)
+class CapabilityUse:
+    """One capability group the module imports from, and what the policy says about it."""
+
+    name: str
+    title: str
+    imports: tuple
+    status: str  # granted | denied | always | never
+    detail: str
+
+    def to_dict(self) -> dict:
+        return {
+            "name": self.name,
+            "title": self.title,
+            "imports": list(self.imports),
+            "status": self.status,
+            "detail": self.detail,
+        }
+
+
+# ---------------------------------------------------------------------------- the report
+
+
+@dataclass(frozen=True)
+class Risk:
+    """score = min(100, sum of the points of every finding); ``items`` are the addends."""
+
+    score: int
+    total: int
+    level: str
+    items: tuple  # (rule, subject, points)
+
+    @property
+    def formula(self) -> str:
+        if not self.items:
+            return "no finding adds points: 0"
+        terms = " + ".join(f"{points} [{rule}]" for rule, _, points in self.items)
+        return f"min(100, {terms}) = {self.score}"
+
+    def to_dict(self) -> dict:
+        return {
+            "score": self.score,
+            "level": self.level,
+            "total": self.total,
+            "items": [{"rule": r, "subject": s, "points": p} for r, s, p in self.items],
+            "formula": self.formula,
+        }
+
+
+def compute_risk(findings: Iterable[Finding]) -> Risk:
+    items = tuple((f.rule, f.subject, f.points) for f in findings if f.points)
+    total = sum(points for _, _, points in items)
+    score = min(100, total)
+    level = next(name for floor, name in RISK_LEVELS if score >= floor)
+    return Risk(score, total, level, items)
+
+
+@dataclass(frozen=True)
+class AuditReport:
+    """Everything ``wasmsbx audit`` shows, as plain data."""
+
+    path: str
+    facts: ModuleFacts
+    policy: Any  # wasmsbx.policy.Policy
+    imports: tuple
+    capabilities: tuple
+    findings: tuple
+    risk: Risk
+    counts: dict = field(default_factory=dict)
+
+    def worst(self) -> Optional[str]:
+        if not self.findings:
+            return None
+        return max((f.severity for f in self.findings), key=severity_rank)
+
+    def fails(self, threshold: str) -> bool:
+        """True when a finding at or above ``threshold`` exists (``--fail-on``)."""
+        floor = severity_rank(threshold)
+        return any(severity_rank(f.severity) >= floor for f in self.findings)
+
+    def to_dict(self) -> dict:
+        from .formats import report_dict
+
+        return report_dict(self)
+
+    def to_sarif(self) -> dict:
+        from .formats import sarif_log
+
+        return sarif_log(self)
+
+
+def audit(
+    facts: ModuleFacts,
+    policy: Any,
+    path: str = "<module>",
+    wasm: Optional[bytes] = None,
+    host_imports: Any = None,
+) -> AuditReport:
+    """Audit already-read module facts against a policy; with the module's bytes (``wasm``)
+    the runtime's validator is consulted too (validation compiles nothing).
+    ``host_imports``: what the caller grants as host imports (see host_provides)."""
+    imports = tuple(classify_import(imp, host_imports) for imp in facts.imports)
+    ctx = _Context(facts, policy, imports)
+    findings = [f for check in CHECKS for f in check(ctx)]
+    problem = validation_error(wasm) if wasm is not None else None
+    if problem:
+        findings.append(_finding("WSX008", f"wasmtime rejects the module: {problem}", "module"))
+    findings.sort(key=lambda f: (-severity_rank(f.severity), f.rule, f.subject))
+    counts = {sev: sum(1 for f in findings if f.severity == sev) for sev in SEVERITIES}
+    return AuditReport(
+        path=path,
+        facts=facts,
+        policy=policy,
+        imports=imports,
+        capabilities=capabilities(ctx),
+        findings=tuple(findings),
+        risk=compute_risk(findings),
+        counts=counts,
+    )
+
+
+def audit_file(path: Any, policy: Any = None, host_imports: Any = None) -> AuditReport:
+    """Read ``path`` (.wasm or .wat) without instantiating it, and audit it.
+
+    Raises InputError for an unreadable file and ModuleError for a malformed module.
+    """
+    from .. import errors
+    from ..runner.sandbox import read_module
+    from ..wasm.facts import FactsError, read_facts
+
+    policy = policy if policy is not None else policy_mod.discover()
+    data = read_module(path)
+    try:
+        facts = read_facts(data)
+    except FactsError as exc:
+        if exc.component:
+            from ..components.audit import audit_component
+
+            return audit_component(str(path), data, policy)
+        raise errors.ModuleError(
+            f"{path}: not a valid WebAssembly module: {exc}",
+            hint="check that the file is a complete .wasm binary or valid .wat text",
+            path=str(path),
+        ) from None
+    return audit(facts, policy, str(path), data, host_imports)
+
+
+_ENGINE: list = []  # one validating engine per process (creating one costs milliseconds)
+
+
+def validation_error(wasm: bytes) -> Optional[str]:
+    """The first line of wasmtime's validation error, or None if the module is valid."""
+    try:
+        import wasmtime
+    except ImportError:  # pragma: no cover - wasmtime is a dependency
+        return None
+    if not _ENGINE:
+        _ENGINE.append(wasmtime.Engine())
+    try:
+        wasmtime.Module.validate(_ENGINE[0], wasm)
+    except Exception as exc:  # wasmtime.WasmtimeError
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        return lines[0] if lines else type(exc).__name__
+    return None
+
+
+# ---------------------------------------------------------------------------- checks
+
+
+class _Context:
+    """What the checks look at: the module's facts, its imports and the policy."""
+
+    def __init__(self, facts: ModuleFacts, policy: Any, imports: tuple) -> None:
+        self.facts = facts
+        self.policy = policy
+        self.imports = imports
+        self.wasi = [i.name for i in imports if i.provided and i.capability != "custom"]
+        values = policy.values
+        self.read_only = list(values["filesystem.read_only"])
+        self.read_write = list(values["filesystem.read_write"])
+        self.inherit = list(values["env.inherit"])
+        self.env_set = dict(values["env.set"])
+        self.memory_limit = values["limits.memory"]
+        self.table_limit = values["limits.table_elements"]
+
+    def imported(self, *names: str) -> list:
+        return [n for n in self.wasi if n in names]
+
+    @property
+    def path_functions(self) -> list:
+        return [n for n in self.wasi if wasi.opens_paths(n)]
+
+    @property
+    def env_functions(self) -> list:
+        return self.imported("environ_get", "environ_sizes_get")
+
+    @property
+    def env_passed(self) -> bool:
+        return bool(self.inherit or self.env_set)
+
+    @property
+    def grants(self) -> list:
+        return self.read_only + self.read_write
+
+
+def _names(names: Iterable[str], limit: int = 6) -> str:
+    names = list(names)
+    shown = ", ".join(names[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+def _size(n: int) -> str:
+    from ..units import format_size
+
+    return format_size(n)
+
+
+def _grant_text(grant: Any) -> str:
+    return grant.host if grant.host == grant.guest else f"{grant.host} (as {grant.guest})"
+
+
+def _env_text(ctx: _Context) -> str:
+    parts = []
+    if ctx.inherit:
+        parts.append("inherit " + ", ".join(ctx.inherit))
+    if ctx.env_set:
+        parts.append("set " + ", ".join(sorted(ctx.env_set)))
+    return "; ".join(parts)
+
+
+def check_link(ctx: _Context) -> Iterator[Finding]:
+    """WSX001 (non-WASI imports, one finding per import module) and WSX002."""
+    custom: dict = {}
+    for imp in ctx.imports:
+        if imp.provided:
+            continue
+        wasi_module = imp.module in (wasi.PREVIEW1, wasi.UNSTABLE)
+        if imp.kind == "func" and wasi_module and imp.name in wasi.BY_NAME:
+            yield _finding(
+                "WSX002",
+                f"{imp.module}.{imp.name}: {imp.problem}, so the module does not link",
+                f"import {imp.module}.{imp.name}",
+            )
+            continue
+        custom.setdefault(imp.module, []).append(imp)
+    for module, imps in custom.items():
+        funcs = [i.name for i in imps if i.kind == "func"]
+        others = [f"{i.kind} {i.name}" for i in imps if i.kind != "func"]
+        what = []
+        if funcs:
+            what.append(f"{len(funcs)} function{'s' if len(funcs) > 1 else ''} ({_names(funcs)})")
+        if others:
+            what.append(_names(others))
+        rule = "WSX002" if module.startswith("wasi") and not others else "WSX001"
+        yield _finding(
+            rule,
+            f"imports {' and '.join(what)} from {module!r}, which the sandbox does not "
+            "provide: instantiation fails",
+            f"import module {module}",
+        )
+
+
+def check_filesystem(ctx: _Context) -> Iterator[Finding]:
+    """WSX003 (needs files, none granted), WSX101 (granted, never used), WSX110/WSX111."""
+    paths = ctx.path_functions
+    if paths and not ctx.grants:
+        yield _finding(
+            "WSX003",
+            f"imports {_names(paths)} (opens host files by path), but the policy grants no "
+            "directory: every path it opens fails at run time",
+            "capability filesystem",
+        )
+    if not paths:
+        for grant in ctx.grants:
+            mode = "read-write" if grant.writable else "read-only"
+            yield _finding(
+                "WSX101",
+                f"the policy grants {mode} {_grant_text(grant)}, but the module imports no "
+                "path_* function, so it can never open anything there",
+                f"grant {grant.host}",
+                severity="medium" if grant.writable else "low",
+                where="policy",
+                key="filesystem.read_write" if grant.writable else "filesystem.read_only",
+            )
+        return
+    if ctx.read_write:
+        yield _finding(
+            "WSX110",
+            "it opens paths, and the policy grants read-write "
+            f"{_names(_grant_text(g) for g in ctx.read_write)}: it can create, change and "
+            "delete files there",
+            "capability filesystem (read-write)",
+            where="policy",
+            key="filesystem.read_write",
+        )
+    if ctx.read_only:
+        yield _finding(
+            "WSX111",
+            "it opens paths, and the policy grants read-only "
+            f"{_names(_grant_text(g) for g in ctx.read_only)}: it can read every file there",
+            "capability filesystem (read-only)",
+            where="policy",
+            key="filesystem.read_only",
+        )
+
+
+SENSITIVE_DIRS = ("/", "/bin", "/boot", "/dev", "/etc", "/home", "/lib", "/proc", "/root")
+SENSITIVE_DIRS += ("/run", "/sbin", "/sys", "/usr", "/var", "/tmp")
+
+
+def _sensitive(host: str) -> Optional[str]:
+    """Why granting ``host`` exposes too much, or None."""
+    path = Path(host)
+    if str(path) == "/":
+        return "the host's root directory"
+    if str(path) in SENSITIVE_DIRS:
+        return "a system directory"
+    home = os.environ.get("HOME")
+    if home and Path(home) != Path("/"):
+        home_path = Path(home).resolve()
+        if path == home_path:
+            return "the home directory"
+        if path in home_path.parents:
+            return "a parent of the home directory"
+    return None
+
+
+def check_sensitive_grants(ctx: _Context) -> Iterator[Finding]:
+    """WSX104: root, system or home directories granted."""
+    for grant in ctx.grants:
+        why = _sensitive(grant.host)
+        if why is None:
+            continue
+        mode = "read-write" if grant.writable else "read-only"
+        used = bool(ctx.path_functions)
+        tail = "" if used else " (the module opens no paths, but the grant is still too broad)"
+        yield _finding(
+            "WSX104",
+            f"the policy grants {mode} {_grant_text(grant)}, {why}{tail}",
+            f"grant {grant.host}",
+            points=RULES["WSX104"].points if used else 0,
+            where="policy",
+            key="filesystem.read_write" if grant.writable else "filesystem.read_only",
+        )
+
+
+def _matches_everything(pattern: str) -> bool:
+    """True for env.inherit patterns that pass every variable: "*", "**", "?*"."""
+    return pattern in ("?*", "*?") or (bool(pattern) and set(pattern) == {"*"})
+
+
+def check_environment(ctx: _Context) -> Iterator[Finding]:
+    """WSX004 (reads env, none passed), WSX102 (passed, never read), WSX103, WSX112."""
+    reads = ctx.env_functions
+    if reads and not ctx.env_passed:
+        yield _finding(
+            "WSX004",
+            f"imports {_names(reads)}, but the policy passes no variables: the module sees "
+            "an empty environment",
+            "capability environment",
+        )
+    elif not reads and ctx.env_passed:
+        yield _finding(
+            "WSX102",
+            f"the policy passes variables ({_env_text(ctx)}), but the module does not "
+            "import environ_get, so it can never read them",
+            "policy env",
+            where="policy",
+            key="env.inherit" if ctx.inherit else "env.set",
+        )
+    elif reads:
+        everything = [p for p in ctx.inherit if _matches_everything(p)]
+        if everything:
+            yield _finding(
+                "WSX103",
+                f"env.inherit contains {everything[0]!r} and the module reads its "
+                "environment: every host variable, including tokens and keys, is visible to it",
+                "policy env.inherit",
+                where="policy",
+                key="env.inherit",
+            )
+        yield _finding(
+            "WSX112",
+            f"it reads its environment, and the policy passes variables ({_env_text(ctx)})",
+            "capability environment",
+            where="policy",
+            key="env.inherit" if ctx.inherit else "env.set",
+        )
+
+
+def check_sockets(ctx: _Context) -> Iterator[Finding]:
+    """WSX005: socket functions never work."""
+    socks = [n for n in ctx.wasi if wasi.BY_NAME[n].group == "sockets"]
+    if socks:
+        yield _finding(
+            "WSX005",
+            f"imports {_names(socks)}, but the sandbox provides no sockets: these calls fail "
+            "at run time",
+            "capability sockets",
+        )
+
+
+def _memory_label(mem: Any) -> str:
+    return f"memory {mem.index}" + (" (imported)" if mem.imported else "")
+
+
+def _pages(n: int) -> str:
+    return f"{_size(n * PAGE)} ({n} page{'s' if n != 1 else ''})"
+
+
+def check_memories(ctx: _Context) -> Iterator[Finding]:
+    """WSX006, WSX201, WSX202, WSX203 (shared), WSX204."""
+    limit = ctx.memory_limit
+    for mem in ctx.facts.memories:
+        lim, label = mem.limits, _memory_label(mem)
+        subject = f"memory {mem.index}"
+        if lim.min * PAGE > limit:
+            yield _finding(
+                "WSX006",
+                f"{label} starts at {_pages(lim.min)}, but limits.memory is {_size(limit)}: "
+                "instantiation fails",
+                subject,
+                fix=f"raise limits.memory to at least {_size(lim.min * PAGE)}, or rebuild with "
+                "a smaller initial memory",
+            )
+        if lim.max is None:
+            yield _finding(
+                "WSX201",
+                f"{label} starts at {_pages(lim.min)} and declares no maximum: it can grow "
+                f"until limits.memory ({_size(limit)}) stops it",
+                subject,
+            )
+        elif lim.max * PAGE > limit:
+            yield _finding(
+                "WSX202",
+                f"{label} may grow to {_pages(lim.max)}, but limits.memory is {_size(limit)}: "
+                "growing past the limit fails",
+                subject,
+            )
+        if lim.shared:
+            yield _finding(
+                "WSX203",
+                f"{label} is shared (threads): wasmsbx runs guests on one thread, and its "
+                "wasmtime backend does not instantiate shared memories",
+                subject,
+            )
+        if lim.memory64:
+            yield _finding(
+                "WSX204",
+                f"{label} uses 64-bit addresses: it can address more than 4GiB; "
+                f"limits.memory ({_size(limit)}) still caps it",
+                subject,
+            )
+
+
+def check_atomics(ctx: _Context) -> Iterator[Finding]:
+    """WSX203 for atomic instructions on unshared memory (shared memory is reported above)."""
+    shared = any(m.limits.shared for m in ctx.facts.memories)
+    if "threads" in ctx.facts.features and not shared:
+        yield _finding(
+            "WSX203",
+            "the code uses atomic instructions (threads proposal) on unshared memory; in a "
+            "single-threaded sandbox they act as plain loads and stores",
+            "feature threads",
+            severity="low",
+            points=5,
+        )
+
+
+def check_tables(ctx: _Context) -> Iterator[Finding]:
+    """WSX007, WSX205."""
+    limit = ctx.table_limit
+    for table in ctx.facts.tables:
+        lim, subject = table.limits, f"table {table.index}"
+        label = subject + (" (imported)" if table.imported else "") + f" ({table.elem})"
+        if lim.min > limit:
+            yield _finding(
+                "WSX007",
+                f"{label} starts with {lim.min:,} elements, but limits.table_elements is "
+                f"{limit:,}: instantiation fails",
+                subject,
+                fix=f"raise limits.table_elements to at least {lim.min}",
+            )
+        if lim.max is None:
+            yield _finding(
+                "WSX205",
+                f"{label} starts with {lim.min:,} elements and declares no maximum: it can grow "
+                f"until limits.table_elements ({limit:,}) stops it",
+                subject,
+            )
+
+
+def check_structure(ctx: _Context) -> Iterator[Finding]:
+    """WSX206 (start function), WSX207 (large data), WSX208 (unknown code), WSX209 (DWARF)."""
+    facts = ctx.facts
+    if facts.start is not None:
+        name = start_export(facts)
+        label = f"function {facts.start}" + (f" (exported as {name!r})" if name else "")
+        yield _finding(
+            "WSX206",
+            f"{label} runs automatically when the module is instantiated, before any export "
+            "is called",
+            "start function",
+        )
+    total = sum(facts.data_segments)
+    if total >= LARGE_DATA:
+        n = len(facts.data_segments)
+        yield _finding(
+            "WSX207",
+            f"{n} data segment{'s' if n != 1 else ''} hold {_size(total)} (largest "
+            f"{_size(max(facts.data_segments))}), copied into memory at instantiation",
+            "data segments",
+        )
+    if "unknown" in facts.features:
+        yield _finding(
+            "WSX208",
+            "some function bodies use opcodes or types this reader does not know; the "
+            "features and findings of this audit may be incomplete",
+            "code",
+        )
+    if facts.has_debug_info:
+        debug = [c for c in facts.custom_sections if c.name.startswith(".debug")]
+        yield _finding(
+            "WSX209",
+            f"{len(debug)} DWARF sections ({_size(sum(c.size for c in debug))}) reveal source "
+            "file paths and names",
+            "debug info",
+        )
+
+
+def check_nondeterminism(ctx: _Context) -> Iterator[Finding]:
+    """WSX210."""
+    used = ctx.imported("clock_time_get", "clock_res_get", "random_get")
+    if used:
+        yield _finding(
+            "WSX210",
+            f"imports {_names(used)}: results may differ between runs with the same input",
+            "capability clock/random",
+        )
+
+
+CHECKS = (
+    check_link,
+    check_filesystem,
+    check_sensitive_grants,
+    check_environment,
+    check_sockets,
+    check_memories,
+    check_atomics,
+    check_tables,
+    check_structure,
+    check_nondeterminism,
+)
+
+
+# ---------------------------------------------------------------------------- capabilities
+
+
+def _capability_status(ctx: _Context, group: str) -> tuple:
+    """(status, detail) of one capability group under the policy."""
+    v = ctx.policy.values
+    if group == "filesystem":
+        if not ctx.grants:
+            return "denied", "no directory granted"
+        ro = [f"ro {_grant_text(g)}" for g in ctx.read_only]
+        rw = [f"rw {_grant_text(g)}" for g in ctx.read_write]
+        return "granted", ", ".join(ro + rw)
+    if group == "environment":
+        if not ctx.env_passed:
+            return "denied", "no variables passed: empty environment"
+        return "granted", _env_text(ctx)
+    if group == "stdio":
+        streams = ", ".join(f"{s} {v['stdio.' + s]}" for s in ("stdin", "stdout", "stderr"))
+        return "granted", streams
+    if group == "args":
+        return "granted", "the arguments after -- on the command line"
+    if group == "sockets":
+        return "never", "no sockets are ever provided: calls fail at run time"
+    if group == "custom":
+        return "never", "not provided: the module does not link"
+    return "always", "provided to every module"
+
+
+def capabilities(ctx: _Context) -> tuple:
+    """The capability groups the module imports from, in the order of wasi.GROUPS."""
+    out = []
+    for group, (title, _) in wasi.GROUPS.items():
+        names = [f"{i.module}.{i.name}" if group == "custom" else i.name for i in ctx.imports]
+        names = [n for n, i in zip(names, ctx.imports) if i.capability == group]
+        if not names:
+            continue
+        status, detail = _capability_status(ctx, group)
+        hosted = [
+            f"{i.module}.{i.name}" for i in ctx.imports if i.capability == group and i.provided
+        ]
+        if group == "custom" and hosted:
+            status = "granted" if len(hosted) == len(names) else status
+            missing = [n for n in names if n not in hosted]
+            detail = "provided by the host: " + ", ".join(hosted)
+            detail += f"; not provided: {', '.join(missing)}" if missing else ""
+        out.append(CapabilityUse(group, title, tuple(names), status, detail))
+    return tuple(out)
+
+
+# ---------------------------------------------------------------------------- suggestion
+
+
+@dataclass(frozen=True)
+class SuggestedPolicy:
+    """A least-privilege policy for one module: values as written in sandbox.toml, the
+    reason for each decision, and commented-out grants the user has to fill in."""
+
+    values: dict  # section -> key -> TOML value
+    notes: tuple  # one line per decision
+    placeholders: dict  # section -> commented lines
+
+    def to_toml(self) -> str:
+        import textwrap
+
+        import tomli_w
+
+        lines = ["# sandbox.toml suggested by `wasmsbx audit --suggest-policy`."]
+        lines += ["# Least privilege for this module: only the grants it can use."]
+        for note in self.notes:
+            wrapped = textwrap.wrap(note, 86)
+            lines += [f"# - {wrapped[0]}"] + [f"#   {rest}" for rest in wrapped[1:]]
+        for section, body in self.values.items():
+            body = {k: v for k, v in body.items() if v != {}}  # an empty env.set says nothing
+            text = tomli_w.dumps({section: body}).rstrip("\n").split("\n")
+            header, rest = text[0], text[1:]
+            lines += ["", header, *self.placeholders.get(section, ()), *rest]
+        return "\n".join(lines) + "\n"
+
+    def to_dict(self) -> dict:
+        return {
+            "values": self.values,
+            "notes": list(self.notes),
+            "placeholders": {k: list(v) for k, v in self.placeholders.items()},
+        }
+
+
+def _memory_need(facts: ModuleFacts, limit: int) -> tuple:
+    """(bytes, reason) for limits.memory."""
+    mems = facts.memories
+    if not mems:
+        return PAGE, "the module has no memory: limits.memory is one page, the least allowed"
+    largest_min = max(m.limits.min for m in mems) * PAGE
+    if all(m.limits.max is not None for m in mems):
+        largest_max = max(m.limits.max for m in mems) * PAGE
+        if largest_max <= limit:
+            return largest_max, f"the module declares a memory maximum of {_size(largest_max)}"
+        return limit, f"kept at the policy's {_size(limit)} (the module may ask for up to " + (
+            f"{_size(largest_max)})"
+        )
+    if largest_min > limit:
+        return largest_min, f"raised to the module's initial memory, {_size(largest_min)}"
+    return limit, (
+        f"kept at the policy's {_size(limit)}: the module declares no maximum "
+        f"(it starts at {_size(largest_min)}); lower it to what your inputs need"
+    )
+
+
+def _table_need(facts: ModuleFacts, limit: int) -> tuple:
+    """(elements, reason) for limits.table_elements."""
+    tables = facts.tables
+    if not tables:
+        return 0, "the module has no table: limits.table_elements = 0"
+    largest_min = max(t.limits.min for t in tables)
+    if all(t.limits.max is not None for t in tables):
+        largest_max = max(t.limits.max for t in tables)
+        return min(largest_max, max(limit, largest_min)), (
+            f"the module's tables declare at most {largest_max:,} elements"
+        )
+    return max(limit, largest_min), "a table declares no maximum: kept at the policy's limit"
+
+
+def suggest_policy(report: AuditReport) -> SuggestedPolicy:
+    """The least-privilege policy for the audited module, starting from the audited policy.
+
+    Grants the module can use are kept (a static audit cannot tell which files it needs, so
+    it never invents a directory); a capability it needs but the policy lacks becomes a
+    commented-out placeholder. Limits come from what the module declares where it declares
+    them; fuel, timeout, stack and output are the policy's.
+    """
+    if getattr(report, "is_component", False):
+        from ..components.audit import suggest_policy as suggest_for_component
+
+        return suggest_for_component(report)
+    ctx = _Context(report.facts, report.policy, report.imports)
+    old = report.policy.values
+    new = policy_mod.defaults()
+    notes: list = []
+    placeholders: dict = {}
+    for key in policy_mod.SCHEMA:
+        if key.section == "runtime" or key.dotted in (
+            "limits.fuel",
+            "limits.timeout",
+            "limits.stack",
+            "limits.output",
+        ):
+            new.values[key.dotted] = old[key.dotted]
+    _suggest_limits(ctx, new, notes)
+    _suggest_filesystem(ctx, new, notes, placeholders)
+    _suggest_env(ctx, new, notes, placeholders)
+    _suggest_stdio(ctx, new, notes)
+    values = new.to_toml_dict()
+    explicit = report.policy.explicit
+    runtime = {k: v for k, v in values["runtime"].items() if f"runtime.{k}" in explicit}
+    if runtime:
+        values["runtime"] = runtime
+    else:
+        del values["runtime"]
+    return SuggestedPolicy(values, tuple(notes), placeholders)
+
+
+def _suggest_limits(ctx: _Context, new: Any, notes: list) -> None:
+    memory, why = _memory_need(ctx.facts, ctx.memory_limit)
+    new.values["limits.memory"] = memory
+    notes.append(f"limits.memory: {why}")
+    tables, why = _table_need(ctx.facts, ctx.table_limit)
+    new.values["limits.table_elements"] = tables
+    notes.append(f"limits.table_elements: {why}")
+    new.values["limits.instances"] = 1
+    notes.append(
+        "limits.fuel, timeout, stack and output: kept from the policy (set them from "
+        "measured runs: wasmsbx run --stats)"
+    )
+
+
+def _suggest_filesystem(ctx: _Context, new: Any, notes: list, placeholders: dict) -> None:
+    paths = ctx.path_functions
+    if not paths:
+        new.values["filesystem.read_only"] = []
+        new.values["filesystem.read_write"] = []
+        notes.append("filesystem: no grant; the module imports no path_* function")
+        return
+    new.values["filesystem.read_only"] = ctx.read_only
+    new.values["filesystem.read_write"] = ctx.read_write
+    if ctx.grants:
+        notes.append(
+            f"filesystem: the policy's grants are kept; the module opens paths ({_names(paths, 3)})"
+        )
+        return
+    notes.append(
+        "filesystem: the module opens paths but the policy grants none; fill in the "
+        "placeholder with the one directory it needs"
+    )
+    placeholders["filesystem"] = [
+        "# The module opens files by path (it imports path_open and friends). Grant only",
+        "# the directory it needs, read-only unless it must write, for example:",
+        '# read_only = ["HOST_DIR:/data"]',
+    ]
+
+
+def _suggest_env(ctx: _Context, new: Any, notes: list, placeholders: dict) -> None:
+    if not ctx.env_functions:
+        new.values["env.inherit"] = []
+        new.values["env.set"] = {}
+        notes.append("env: nothing passed; the module does not read its environment")
+        return
+    keep = [p for p in ctx.inherit if not _matches_everything(p)]
+    new.values["env.inherit"] = keep
+    new.values["env.set"] = dict(ctx.env_set)
+    if len(keep) < len(ctx.inherit):
+        notes.append("env: dropped an inherit pattern that passed every host variable")
+    if keep or ctx.env_set:
+        notes.append("env: the policy's variables are kept; the module reads its environment")
+        return
+    notes.append("env: the module reads its environment but nothing is passed; see placeholder")
+    placeholders["env"] = [
+        "# The module reads environment variables. Pass only the ones it needs, e.g.:",
+        '# inherit = ["LANG"]',
+        '# set = { MODE = "fast" }',
+    ]
+
+
+def _suggest_stdio(ctx: _Context, new: Any, notes: list) -> None:
+    old = ctx.policy.values
+    reads = bool(ctx.imported("fd_read", "fd_pread"))
+    writes = bool(ctx.imported("fd_write", "fd_pwrite"))
+    new.values["stdio.stdin"] = old["stdio.stdin"] if reads else "null"
+    for stream in ("stdout", "stderr"):
+        new.values[f"stdio.{stream}"] = old[f"stdio.{stream}"] if writes else "null"
+    if not reads:
+        notes.append("stdio.stdin = null: the module imports no fd_read")
+    if not writes:
+        notes.append("stdio.stdout/stderr = null: the module imports no fd_write")

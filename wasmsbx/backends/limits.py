@@ -1,0 +1,322 @@
+"""Compile a policy's memory and table caps into a module's own declared maxima.
+
+wasmer (1.1.0 / engine 2.1) has no memory-limit or table-limit API, but it honours a
+module's declared maximum: ``memory.grow`` past it returns -1, ``table.grow`` too. So
+before compiling for wasmer, every memory and table the module *defines* gets
+``max = min(declared max, cap)``. Only the limits in the memory section (5) and the table
+section (4) change; every other byte is kept, so function offsets in traps stay right.
+
+Imported memories and tables are left alone: wasmsbx provides WASI only, which exports
+neither, so such a module cannot link anyway. The section layout follows
+``wasmsbx.wasm.facts`` (which reads but does not rewrite).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple, Optional
+
+PAGE = 65536
+MAX_PAGES32 = 65536  # 4 GiB: the most a 32-bit memory can declare
+_MEMORY_SECTION = 5
+_TABLE_SECTION = 4
+_REF_TYPES = (0x70, 0x6F)  # funcref, externref (typed refs need function-references)
+
+
+class LimitsError(ValueError):
+    """The module's limits could not be read or rewritten."""
+
+
+class Capped(NamedTuple):
+    """Declared ``(min, max)`` per defined memory (pages) and table (elements), before capping."""
+
+    wasm: bytes
+    memories: tuple  # ((min, max or None), ...)
+    tables: tuple
+
+
+def _uleb(data: bytes, pos: int) -> tuple:
+    result = shift = 0
+    while True:
+        if pos >= len(data):
+            raise LimitsError(f"truncated LEB128 at offset 0x{pos:x}")
+        byte = data[pos]
+        pos += 1
+        result |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return result, pos
+        shift += 7
+        if shift > 63:
+            raise LimitsError(f"LEB128 too long at offset 0x{pos:x}")
+
+
+def _leb(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte = value & 0x7F
+        value >>= 7
+        if value:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+def _limits(data: bytes, pos: int, cap: Optional[int], what: str) -> tuple:
+    """Re-encode one limits entry at ``pos``: (new bytes, end position, (min, max))."""
+    flags = data[pos]
+    if flags & ~0x07:
+        raise LimitsError(f"{what} limits flags 0x{flags:02x} are not supported")
+    minimum, pos = _uleb(data, pos + 1)
+    maximum = None
+    if flags & 1:
+        maximum, pos = _uleb(data, pos)
+    declared = (minimum, maximum)
+    if cap is not None and what == "memory" and not flags & 4:
+        cap = min(cap, MAX_PAGES32)  # a larger maximum is invalid for a 32-bit memory
+    if cap is None or minimum > cap or (maximum is not None and maximum <= cap):
+        # No cap, a module that cannot start under it (refused at instantiation), or
+        # already within it: keep the entry as it is.
+        new_max, new_flags = maximum, flags
+    else:
+        new_max, new_flags = cap, flags | 1
+    body = bytes([new_flags]) + _leb(minimum) + (_leb(new_max) if new_flags & 1 else b"")
+    return body, pos, declared
+
+
+def _memory_section(body: bytes, cap: Optional[int]) -> tuple:
+    count, pos = _uleb(body, 0)
+    out, declared = bytearray(_leb(count)), []
+    for _ in range(count):
+        entry, pos, limits = _limits(body, pos, cap, "memory")
+        out += entry
+        declared.append(limits)
+    if pos != len(body):
+        raise LimitsError("memory section has trailing bytes")
+    return bytes(out), declared
+
+
+def _table_section(body: bytes, cap: Optional[int]) -> tuple:
+    count, pos = _uleb(body, 0)
+    out, declared = bytearray(_leb(count)), []
+    for _ in range(count):
+        if pos >= len(body) or body[pos] not in _REF_TYPES:
+            raise LimitsError("table with a typed reference or initialiser is not supported")
+        out.append(body[pos])
+        entry, pos, limits = _limits(body, pos + 1, cap, "table")
+        out += entry
+        declared.append(limits)
+    if pos != len(body):
+        raise LimitsError("table section has trailing bytes")
+    return bytes(out), declared
+
+
+def cap_limits(wasm: bytes, memory_bytes: Optional[int], table_elements: Optional[int]) -> Capped:
+    """``wasm`` with its defined memories capped so that together they hold at most
+    ``memory_bytes`` (whole pages), and its tables at most ``table_elements`` elements
+    (each gets its share, see plan()); None leaves that kind alone."""
+    if wasm[:8] != b"\0asm\x01\0\0\0":
+        raise LimitsError("not a WebAssembly core module")
+    found = layout(wasm)
+    if found is not None and memory_bytes is not None:
+        # The caps are totals: each memory and table gets its share (see plan()).
+        try:
+            caps = plan(found, memory_bytes, table_elements)
+        except TotalsError:
+            pass  # cannot start under the totals: instantiation refuses it
+        else:
+            memory_bytes, table_elements = caps.memory_each, caps.table_each
+    memory_cap = None if memory_bytes is None else memory_bytes // PAGE
+    out = bytearray(wasm[:8])
+    memories: list = []
+    tables: list = []
+    pos = 8
+    while pos < len(wasm):
+        sid = wasm[pos]
+        size, body_at = _uleb(wasm, pos + 1)
+        end = body_at + size
+        if end > len(wasm):
+            raise LimitsError(f"truncated section {sid} at offset 0x{pos:x}")
+        body = wasm[body_at:end]
+        if sid == _MEMORY_SECTION:
+            body, memories = _memory_section(body, memory_cap)
+        elif sid == _TABLE_SECTION:
+            body, tables = _table_section(body, table_elements)
+        else:
+            out += wasm[pos:end]
+            pos = end
+            continue
+        out += bytes([sid]) + _leb(len(body)) + body
+        pos = end
+    return Capped(bytes(out), tuple(memories), tuple(tables))
+
+
+# ---------------------------------------------------------------------------- totals
+#
+# limits.memory and limits.table_elements are totals over everything an instance holds,
+# but runtimes cap each memory (and each table) separately: wasmtime's store limiter has
+# one per-memory size plus a count of memories; wasmer honours each declared maximum. So
+# each memory gets a share: the largest per-memory cap X with sum(min(max_i, X)) <=
+# total ("water-filling"), which lets a memory with a small declared maximum leave the
+# rest to the others, and bounds the sum whatever the guest grows. Shared memories grow
+# outside wasmtime's limiter (measured: wasmtime 50 grows a shared memory past
+# memory_size), so each counts at its declared maximum, which the validator requires.
+
+
+class Layout(NamedTuple):
+    """What a module defines: ``(min, max or None, shared)`` per memory in bytes, and
+    ``(min, max or None)`` per table in elements."""
+
+    memories: tuple
+    tables: tuple
+
+
+class Plan(NamedTuple):
+    """Per-item caps that keep the totals: a runtime caps each memory at
+    ``memory_each`` bytes (at most ``memories`` of them), each table likewise."""
+
+    memory_each: int
+    memories: int
+    table_each: Optional[int]
+    tables: int
+
+
+class TotalsError(ValueError):
+    """The module cannot start within the totals (``kind`` is "memory" or "table")."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+def layout(wasm: bytes) -> Optional[Layout]:
+    """The memories and tables ``wasm`` defines, or None when it cannot be read (the
+    runtime then reports the module as invalid, or the fallback plan applies)."""
+    from ..wasm.facts import FactsError, _parse
+
+    try:
+        parser = _parse(wasm, scan_code=False)
+    except FactsError:
+        return None
+    memories = tuple(
+        (
+            m.limits.min * PAGE,
+            None if m.limits.max is None else m.limits.max * PAGE,
+            m.limits.shared,
+        )
+        for m in parser.memories
+        if not m.imported
+    )
+    tables = tuple((t.limits.min, t.limits.max) for t in parser.tables if not t.imported)
+    return Layout(memories, tables)
+
+
+def _bytes(pages: Optional[int]) -> Optional[int]:
+    return None if pages is None else pages * PAGE
+
+
+def share(maxima: list, total: int) -> int:
+    """The largest X with ``sum(min(m, X) for m in maxima) <= total`` (None = unbounded)."""
+    left, count = total, len(maxima)
+    for m in sorted(maxima, key=lambda m: float("inf") if m is None else m):
+        if m is not None and m * count <= left:
+            left -= m
+            count -= 1
+            continue
+        return left // count
+    return total  # every maximum fits: the cap never binds
+
+
+def plan(found: Optional[Layout], memory: int, tables: Optional[int]) -> Plan:
+    """Per-item caps for a module (or, later, a linked group's layouts summed) under the
+    totals. An unknown layout (native code without its module) allows one memory and one
+    table, each up to the total: sound, and enough for nearly every module."""
+    if found is None:
+        return Plan(memory, 1, tables, 1)
+    fixed = sum(m[1] for m in found.memories if m[2])
+    growable = [m for m in found.memories if not m[2]]
+    if fixed > memory:
+        raise TotalsError(
+            "memory",
+            f"its shared memories can grow to {_size(fixed)}, more than limits.memory "
+            f"{_size(memory)} (a shared memory counts at its declared maximum)",
+        )
+    each = share([m[1] for m in growable], memory - fixed) if growable else memory
+    needed = sum(m[0] for m in found.memories)
+    if needed > memory or any(m[0] > each for m in growable):
+        raise TotalsError("memory", f"module needs {_size(needed)} of memory at start")
+    table_each = None
+    if tables is not None and found.tables:
+        table_each = share([t[1] for t in found.tables], tables)
+        if sum(t[0] for t in found.tables) > tables or any(t[0] > table_each for t in found.tables):
+            raise TotalsError("table", "module needs more table elements at start")
+    return Plan(each, len(found.memories), table_each, len(found.tables))
+
+
+def _size(n: int) -> str:
+    from ..units import format_size
+
+    return format_size(n)
+
+
+# ---------------------------------------------------------------------------- memory in use
+
+HIDDEN_EXPORT = "wasmsbx:memory:"  # + the memory's index
+_EXPORT_SECTION = 7
+_AFTER_EXPORTS = (8, 9, 12, 10, 11)  # start, element, data count, code, data
+
+
+class Exported(NamedTuple):
+    """A module with every defined memory exported (so the host can read how much memory
+    it holds, ``--stats``), and where the bytes moved: offsets at or after ``at`` in the
+    original are ``shift`` bytes later in ``wasm``."""
+
+    wasm: bytes
+    at: int
+    shift: int
+
+    def original_offset(self, offset: int) -> int:
+        """A code offset in ``wasm`` (a trap's frame) as an offset in the original module."""
+        return offset - self.shift if offset >= self.at + self.shift else offset
+
+
+def export_memories(wasm: bytes) -> Exported:
+    """``wasm`` plus one export named ``HIDDEN_EXPORT + index`` per defined memory.
+
+    Runtimes report only exported memories, and a module with 8 unexported memories held
+    512 MiB while ``--stats`` said null. The export section is extended (or inserted in
+    its place in the section order); no other byte changes, and ``Exported`` says how to
+    map offsets back. An unreadable module is returned as is (the runtime refuses it)."""
+    from ..wasm.facts import FactsError, _parse
+
+    try:
+        parser = _parse(wasm, scan_code=False)
+    except FactsError:
+        return Exported(wasm, len(wasm), 0)
+    defined = [m.index for m in parser.memories if not m.imported]
+    if not defined or any(e.name.startswith(HIDDEN_EXPORT) for e in parser.exports):
+        # Nothing to count, or a module that uses the reserved names itself (it then
+        # keeps them, and --stats counts only the memories it exports).
+        return Exported(wasm, len(wasm), 0)
+    entries = b"".join(_export(HIDDEN_EXPORT + str(i), 2, i) for i in defined)
+    pos, insert_at = 8, None
+    while pos < len(wasm):
+        sid = wasm[pos]
+        size, body_at = _uleb(wasm, pos + 1)
+        end = body_at + size
+        if sid == _EXPORT_SECTION:
+            count, first = _uleb(wasm, body_at)
+            body = _leb(count + len(defined)) + wasm[first:end] + entries
+            new = bytes([sid]) + _leb(len(body)) + body
+            return Exported(wasm[:pos] + new + wasm[end:], pos, len(new) - (end - pos))
+        if insert_at is None and sid in _AFTER_EXPORTS:
+            insert_at = pos
+        pos = end
+    at = len(wasm) if insert_at is None else insert_at
+    body = _leb(len(defined)) + entries
+    new = bytes([_EXPORT_SECTION]) + _leb(len(body)) + body
+    return Exported(wasm[:at] + new + wasm[at:], at, len(new))
+
+
+def _export(name: str, kind: int, index: int) -> bytes:
+    raw = name.encode("utf-8")
+    return _leb(len(raw)) + raw + bytes([kind]) + _leb(index)

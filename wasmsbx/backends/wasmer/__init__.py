@@ -1,0 +1,1 @@
+"""The wasmer-python backend (CPython <= 3.10)."""

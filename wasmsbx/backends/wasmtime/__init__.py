@@ -1,0 +1,1 @@
+"""The wasmtime-py backend (every Python)."""

@@ -1,0 +1,983 @@
+"""The wasmtime adapter (PyPI ``wasmtime``): every limit enforced in-process.
+
+Memory, table and instance caps use the store limiter (with shares that keep the totals,
+wasm_limits.plan); fuel uses fuel metering; the timeout uses epoch interruption driven
+by the process's one deadline keeper (deadline.py); guest output goes through counting
+callbacks so a flood is cut off at ``limits.output``.
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import os
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any, Optional
+
+import wasmtime
+
+from ... import errors
+from ...capabilities import WASM_FEATURES
+from ...units import format_count, format_duration, format_size
+from ..base import (
+    Availability,
+    Backend,
+    Capabilities,
+    Engine,
+    EngineOptions,
+    ExportInfo,
+    ImportInfo,
+    Instance,
+    Limits,
+    OutputSink,
+    Usage,
+    WasiSetup,
+    memory_limit_error,
+    totals_error,
+)
+from ..deadline import KEEPER
+from ..limits import HIDDEN_EXPORT, TotalsError, export_memories, layout, plan
+from .values import HostFuncs, func_types, global_get, global_new, global_set, global_type, valtype
+from .values import call as call_raw
+
+MAX_FRAMES = 12
+_OPT_LEVELS = {"none": "none", "speed": "speed", "size": "speed_and_size", "aggressive": "speed"}
+
+# Every proposal wasmsbx names except the component model: this wasmtime build compiles
+# them all by default (a test compiles one module per proposal and checks the claim).
+FEATURES = frozenset(WASM_FEATURES) - {"component-model"}
+
+
+@functools.cache
+def _version() -> str:
+    """The installed wasmtime-py version. Read from the name of its .dist-info directory:
+    the cache key needs it on every cached run, and importlib.metadata scans every path
+    entry (tens of milliseconds)."""
+    site = os.path.dirname(os.path.dirname(wasmtime.__file__))
+    try:
+        found = [
+            e for e in os.listdir(site) if e.startswith("wasmtime-") and e.endswith(".dist-info")
+        ]
+    except OSError:
+        found = []
+    if len(found) == 1:
+        return found[0][len("wasmtime-") : -len(".dist-info")]
+    try:
+        from importlib.metadata import version
+
+        return version("wasmtime")
+    except Exception:  # pragma: no cover - metadata missing in odd installs
+        return "unknown"
+
+
+class _Output(OutputSink):
+    """A guest output stream that counts bytes against the shared output budget."""
+
+    def __init__(self, target: str, budget: _Budget, fallback) -> None:
+        super().__init__(target, fallback)
+        self.budget = budget
+
+    def __call__(self, data: bytes) -> int:
+        if not self.budget.take(len(data)):
+            return -errno.EFBIG
+        try:
+            self.write(data)
+        except OSError:
+            return -errno.EPIPE
+        return len(data)
+
+
+class _Budget:
+    def __init__(self, limit: Optional[int], on_exceeded) -> None:
+        self.limit = limit
+        self.used = 0
+        self.exceeded = False
+        self.on_exceeded = on_exceeded
+
+    def take(self, n: int) -> bool:
+        self.used += n
+        if self.limit is not None and self.used > self.limit:
+            if not self.exceeded:
+                self.exceeded = True
+                self.on_exceeded()
+            return False
+        return True
+
+
+def _kind(extern_type: Any) -> str:
+    return {
+        "FuncType": "func",
+        "MemoryType": "memory",
+        "TableType": "table",
+        "GlobalType": "global",
+    }.get(type(extern_type).__name__, "tag")
+
+
+class _GuestExit(wasmtime.ExitTrap):
+    """proc_exit(status) with the status whole: wasmtime's own proc_exit refuses any
+    status outside 0..125 with an error that does not say which (issue #13)."""
+
+    def __init__(self, status: int) -> None:
+        super().__init__(f"guest called proc_exit({status})")
+        self.code = status & 0xFFFFFFFF  # WASI's exitcode is a u32
+
+
+def _proc_exit(status: int) -> None:
+    raise _GuestExit(status)
+
+
+def _capture_exit(linker: wasmtime.Linker) -> None:
+    """Shadow WASI's proc_exit with one that reports any status (see _GuestExit)."""
+    linker.allow_shadowing = True
+    i32 = wasmtime.ValType.i32()
+    linker.define_func(
+        "wasi_snapshot_preview1", "proc_exit", wasmtime.FuncType([i32], []), _proc_exit
+    )
+    linker.allow_shadowing = False
+
+
+class _Group:
+    """What the instances of one store share: imports provided, names registered."""
+
+    def __init__(self) -> None:
+        self.provided: set = set()  # (module, name) defined by the host
+        self.registered: set = set()  # module names of linked instances
+        self.wasi_defined = False
+        self.host_objects: dict = {}  # id(host item) -> (item, wasmtime object)
+
+
+class _HostTimeout(Exception):
+    """A host function ran past the call's deadline."""
+
+
+class WasmtimeInstance(Instance):
+    """One instance in a store. Instances of a linked group (``shared``) share the first
+    one's store, linker and output budget: one set of limits for the whole group."""
+
+    def __init__(
+        self,
+        engine: WasmtimeEngine,
+        module: Any,
+        limits: Limits,
+        wasi: Optional[WasiSetup],
+        imports: Optional[dict] = None,
+        shared: Optional[WasmtimeInstance] = None,
+        register: Optional[str] = None,
+    ) -> None:
+        self.engine = engine
+        self.limits = limits
+        self.engine = engine
+        self.limits = limits
+        self.watch = None  # the running call's deadline.Watch
+        self.warnings: list = []
+        self.fuel_used = 0
+        self.fuel_armed = 0
+        self.memories = [e.name for e in engine.exports(module) if e.kind == "memory"]
+        self.held = _held(module)
+        self.shift = getattr(module, "_wasmsbx_shift", None)
+        self.types: dict = {}  # export name -> (params, results)
+        self.deadline = 0.0  # monotonic instant the running call must end by
+        if shared is None:
+            self._new_store(limits, getattr(module, "_wasmsbx_layout", None))
+        else:
+            self.store, self.linker, self.budget = shared.store, shared.linker, shared.budget
+            self.outputs, self.host, self.group = shared.outputs, shared.host, shared.group
+        self._arm()
+        imports_list = engine.imports(module)
+        if any(i.is_wasi for i in imports_list) and not self.group.wasi_defined:
+            self.store.set_wasi(self._wasi_config(wasi or WasiSetup()))
+            self.linker.define_wasi()
+            _capture_exit(self.linker)
+            self.group.wasi_defined = True
+        self._define(imports or {})
+        self._check_imports(imports_list)
+        try:
+            self.instance = self._guarded(
+                "start function", self.linker.instantiate, self.store, module
+            )
+        except wasmtime.Trap as trap:
+            raise self._trap_error(trap, "start function") from self._host_raised()
+        except wasmtime.WasmtimeError as exc:
+            raise self._instantiate_error(exc, module) from None
+        self.exports = self.instance.exports(self.store)
+        if register is not None:
+            self.register_as(register)
+
+    def register_as(self, name: str) -> None:
+        """Make this instance's exports importable as ``name.<export>`` in its group."""
+        self.linker.define_instance(self.store, name, self.instance)
+        self.group.registered.add(name)
+
+    def _new_store(self, limits: Limits, found: Any) -> None:
+        self.store = wasmtime.Store(self.engine.engine)
+        self.outputs: list = []
+        self.budget = _Budget(limits.output, self._stop_flood)
+        self._set_limits(found)
+        self.linker = wasmtime.Linker(self.engine.engine)
+        self.linker.allow_shadowing = True  # a group may register a name again (spec tests do)
+        self.group = _Group()
+        self.host = HostFuncs(self.store, self.group)
+
+    # ------------------------------------------------------------------ setup
+    def _set_limits(self, found: Any) -> None:
+        """The store limiter, with per-memory and per-table caps that keep the policy's
+        totals (wasm_limits.plan): the limiter itself caps each memory separately."""
+        limits = self.limits
+        try:
+            caps = plan(found, limits.memory, limits.table_elements)
+        except TotalsError as exc:
+            raise totals_error(exc, limits) from None
+        self.store.set_limits(
+            memory_size=caps.memory_each,
+            table_elements=-1 if caps.table_each is None else caps.table_each,
+            instances=-1 if limits.instances is None else limits.instances,
+            tables=caps.tables,
+            memories=caps.memories,
+        )
+
+    # ------------------------------------------------------------------ setup
+    def _set_limits(self, found: Any) -> None:
+        """The store limiter, with per-memory and per-table caps that keep the policy's
+        totals (wasm_limits.plan): the limiter itself caps each memory separately."""
+        limits = self.limits
+        try:
+            caps = plan(found, limits.memory, limits.table_elements)
+        except TotalsError as exc:
+            raise totals_error(exc, limits) from None
+        self.store.set_limits(
+            memory_size=caps.memory_each,
+            table_elements=-1 if caps.table_each is None else caps.table_each,
+            instances=-1 if limits.instances is None else limits.instances,
+            tables=caps.tables,
+            memories=caps.memories,
+        )
+
+    def _wasi_config(self, wasi: WasiSetup) -> wasmtime.WasiConfig:
+        config = wasmtime.WasiConfig()
+        config.argv = list(wasi.argv)
+        config.env = list(wasi.env.items())
+        if wasi.grants:  # never the folder of the keys that vouch for native code
+            from ...native.trust import refuse_key_grants
+
+            refuse_key_grants(wasi.grants)
+        for grant in wasi.grants:
+            config.preopen_dir(grant.host, grant.guest, grant.writable)
+        stdin = wasi.stdin
+        if stdin == "inherit":
+            config.inherit_stdin()
+        elif isinstance(stdin, (bytes, bytearray)):
+            config.stdin_file = self._bytes_file(stdin)
+        elif stdin != "null":
+            config.stdin_file = stdin
+        out = _Output(wasi.stdout, self.budget, sys.stdout.buffer)
+        err = _Output(wasi.stderr, self.budget, sys.stderr.buffer)
+        self.outputs = [out, err]
+        config.stdout_custom = out
+        config.stderr_custom = err
+        return config
+
+    def _bytes_file(self, data: bytes) -> str:
+        import tempfile
+
+        handle, path = tempfile.mkstemp(prefix="wasmsbx-stdin-")
+        with os.fdopen(handle, "wb") as f:
+            f.write(data)
+        self._tmp = path
+        return path
+
+    def _define(self, imports: dict) -> None:
+        """Define the caller's host imports (wasmsbx.runner.host objects) in the linker."""
+        made = self.group.host_objects
+        for module, names in imports.items():
+            for name, item in names.items():
+                # The same Python object is the same wasm object within a group.
+                if id(item) not in made:
+                    made[id(item)] = (item, self._host_item(module, name, item))
+                self.linker.define(self.store, module, name, made[id(item)][1])
+                self.group.provided.add((module, name))
+
+    def _host_item(self, module: str, name: str, item: Any) -> Any:
+        from ...runner.host import Global, HostFunc, Memory, Table
+
+        if "v128" in (*getattr(item, "params", ()), *getattr(item, "results", ())) or (
+            getattr(item, "type", None) == "v128"
+        ):
+            raise errors.BackendUnavailable(
+                f"import {module}.{name}: wasmtime's C API cannot declare a host function or "
+                "global with a v128 type (wasm_valtype_new aborts on it)",
+                hint="pass v128 values through an exported function or memory instead",
+            )
+        if isinstance(item, HostFunc):
+            return self.host.make((item.params, item.results), self._host_call(module, name, item))
+        if isinstance(item, Global):
+            return global_new(self.store, item.type, item.mutable, item.value)
+        if isinstance(item, Memory):
+            limits = wasmtime.Limits(item.min, item.max)
+            return wasmtime.Memory(self.store, wasmtime.MemoryType(limits))
+        if isinstance(item, Table):
+            ty = wasmtime.TableType(valtype(item.type), wasmtime.Limits(item.min, item.max))
+            return wasmtime.Table(self.store, ty, None)
+        if getattr(item, "_owner", None) is self.group:  # an export of a group member
+            return item._extern
+        raise errors.LinkError(
+            f"import {module}.{name}: {type(item).__name__} cannot be provided to this group",
+            hint="pass host functions, wasmsbx.Global/Memory/Table, or exports of the same group",
+        )
+
+    def _host_call(self, module: str, name: str, item: Any) -> Any:
+        """The trampoline's view of a host function: the deadline is checked before and
+        after it, so time spent in Python counts against the call's timeout."""
+
+        def run(caller: Any, args: list) -> list:
+            if self.deadline and time.monotonic() > self.deadline:
+                raise _HostTimeout(f"{module}.{name}")
+            out = item.invoke(_CallerView(caller, self), args)
+            if self.deadline and time.monotonic() > self.deadline:
+                raise _HostTimeout(f"{module}.{name}")
+            return out
+
+        return run
+
+    def _host_raised(self) -> Optional[BaseException]:
+        exc, self.host.raised = self.host.raised, None
+        return exc
+
+    def _check_imports(self, imports: list) -> None:
+        group = self.group
+        missing = [
+            i.describe()
+            for i in imports
+            if not (i.is_wasi and i.kind == "func")
+            and (i.module, i.name) not in group.provided
+            and i.module not in group.registered
+        ]
+        if missing:
+            raise errors.LinkError(
+                f"module imports what the sandbox does not provide: {', '.join(missing)}",
+                hint="grant them with imports={module: {name: ...}} (Python API), or link the "
+                "module that exports them (wasmsbx.Group); the command line provides WASI only",
+                imports=[m.split(" ", 1)[1] for m in missing],
+            )
+
+    def _arm(
+        self, calls: int = 1, timeout: Optional[float] = None, fuel: Optional[int] = None
+    ) -> None:
+        """Arm the fuel of the next call and remember its timeout (``timeout``/``fuel``
+        lower the policy's for one call; they never raise them). The deadline itself is
+        armed by _guarded, through the process's deadline keeper."""
+        self.call_timeout = None if timeout is None else min(timeout, self.limits.timeout)
+        budget = self.limits.fuel
+        if fuel is not None and budget is not None:
+            budget = min(fuel, budget)
+        elif fuel is not None and self.engine.options.fuel:
+            budget = fuel
+        self.call_fuel = budget
+        if budget is not None:
+            # n calls of a block get n times the fuel, held below wasmtime's i64 (a
+            # larger value wraps to "exhausted").
+            self.fuel_armed = min(budget * calls, 2**63 - 1)
+            self.store.set_fuel(self.fuel_armed)
+
+    # ------------------------------------------------------------------ calls
+    def func(self, name: str) -> Any:
+        return self.exports[name]
+
+    def know_types(self, types: dict) -> None:
+        self.types.update(types)
+
+    def func_types(self, name: str) -> tuple:
+        types = self.types.get(name)
+        if types is None:
+            types = self.types[name] = func_types(self.store, self.exports[name])
+        return types
+
+    def call(
+        self,
+        name: str,
+        args: Sequence[Any],
+        timeout: Optional[float] = None,
+        fuel: Optional[int] = None,
+        types: Optional[tuple] = None,
+    ) -> list:
+        """``types`` (params, results) from the module's facts: wasmtime's C API aborts
+        the process when asked for a type with v128 in it."""
+        types = types or self.func_types(name)
+        return self.call_func(self.exports[name], types, args, name, timeout, fuel)
+
+    def call_func(
+        self,
+        func: Any,
+        types: tuple,
+        args: Sequence[Any],
+        name: str,
+        timeout: Optional[float] = None,
+        fuel: Optional[int] = None,
+    ) -> list:
+        """Call a wasmtime Func with typed args (exact floats, v128, references)."""
+        self._arm(timeout=timeout, fuel=fuel)
+        try:
+            return self._guarded(name, call_raw, self.store, func, types, args, self.group)
+        except (wasmtime.Trap, wasmtime.WasmtimeError) as exc:
+            raise self._call_error(exc, name) from self._host_raised()
+        finally:
+            self.deadline = 0.0
+            self._account_fuel()
+
+    def repeat(self, name: str, args: Sequence[Any]):
+        """``run(n)``: n calls in a tight loop over the raw wasmtime Func, armed once.
+
+        The block must finish within the timeout and gets n times the per-call fuel.
+        """
+        func, store, args = self.exports[name], self.store, tuple(args)
+        types, group = self.func_types(name), self.group
+
+        def run(calls: int) -> None:
+            self._arm(calls)
+            try:
+                self._guarded(name, _loop, store, func, types, args, group, calls)
+            except (wasmtime.Trap, wasmtime.WasmtimeError) as exc:
+                raise self._call_error(exc, name) from self._host_raised()
+            finally:
+                self.deadline = 0.0
+                self._account_fuel()
+
+        return run
+
+    def _call_error(self, exc: Exception, name: str) -> errors.WasmsbxError:
+        raised = self.host.raised
+        if isinstance(raised, (KeyboardInterrupt, SystemExit)):
+            self.host.raised = None
+            raise raised  # Ctrl-C in a host function stops the run, as anywhere else
+        if isinstance(raised, _HostTimeout):
+            return errors.TimeoutExceeded(
+                f"timeout: {name} still running after {format_duration(self.call_timeout)} "
+                f"(in host function {raised})",
+                hint="raise limits.timeout (--timeout 30s) if the guest needs longer",
+                limit_value=self.call_timeout,
+            )
+        if raised is not None:
+            return errors.TrapError(
+                f"{name} trapped: host function raised {type(raised).__name__}: {raised}",
+                backtrace=_frames(exc) if isinstance(exc, wasmtime.Trap) else [],
+                trap_code="host",
+            )
+        if isinstance(exc, wasmtime.ExitTrap):
+            return errors.TrapError(
+                f"guest called proc_exit({exc.code}) in {name}", exit_code_guest=exc.code
+            )
+        if isinstance(exc, wasmtime.Trap):
+            return self._trap_error(exc, name)
+        # Any other runtime refusal (e.g. a WASI call on a module without a memory export)
+        return errors.ModuleError(f"{name} failed: {_first_line(exc)}")
+
+    def run_command(self) -> int:
+        try:
+            start = self.exports["_start"]
+        except KeyError:
+            raise errors.UsageError(
+                "module has no _start export, so it is not a WASI command",
+                hint="name an exported function to call",
+            ) from None
+        self._arm()
+        try:
+            self._guarded("_start", start, self.store)
+            return 0
+        except wasmtime.ExitTrap as exit_trap:
+            return exit_trap.code
+        except (wasmtime.Trap, wasmtime.WasmtimeError) as exc:
+            raise self._call_error(exc, "_start") from None
+        finally:
+            self._account_fuel()
+            self.close()
+
+    def _guarded(self, where: str, func: Any, *args: Any) -> Any:
+        """``func(*args)`` under the deadline: the keeper watches it, the store is armed
+        with the epoch delta the keeper computed (one FFI call)."""
+        seconds = self.limits.seconds()
+        if self.call_timeout is not None:  # a per-call timeout= (only ever lower)
+            seconds = min(seconds, self.call_timeout)
+        self.call_timeout = seconds  # what the errors of this call report
+        self.where = where  # for _stuck: a bound method costs less than a closure per call
+        watch = KEEPER.enter(self.engine.clock, seconds, self._stuck, self.store.set_epoch_deadline)
+        self.watch = watch
+        self.deadline = watch.deadline  # host functions check it on entry and return
+        try:
+            return func(*args)
+        finally:
+            self.deadline = 0.0
+            KEEPER.leave(watch)
+
+    def _stuck(self) -> errors.WasmsbxError:
+        """The error of a call the keeper found blocked past its deadline (a host call)."""
+        where = self.where
+        if self.budget.exceeded:
+            return self._output_error([])
+        return errors.TimeoutExceeded(
+            f"timeout: {where} still running after {format_duration(self.limits.timeout)} "
+            "(blocked in a host call)",
+            hint="raise limits.timeout (--timeout 30s) if the guest needs longer",
+            limit_value=self.limits.timeout,
+        )
+
+    def _stop_flood(self) -> None:
+        """The output limit is reached: end the running call as a timeout would."""
+        if self.watch is not None:
+            KEEPER.expire(self.watch)
+
+    def _account_fuel(self) -> None:
+        if self.call_fuel is not None:
+            self.fuel_used += self.fuel_armed - self.store.get_fuel()
+
+    def usage(self) -> Usage:
+        fuel_used = self.fuel_used if self.limits.fuel is not None else None
+        memory = self._memory_bytes()
+        if memory is not None and memory + 65536 > self.limits.memory:
+            self.warnings.append(
+                f"memory limit {format_size(self.limits.memory)} reached: "
+                f"guest holds {format_size(memory)}; further memory.grow fails"
+            )
+        out, err = (self.outputs + [None, None])[:2]
+        return Usage(
+            fuel_used=fuel_used,
+            memory_bytes=memory,
+            stdout=bytes(out.captured) if out and out.captured is not None else None,
+            stderr=bytes(err.captured) if err and err.captured is not None else None,
+            warnings=tuple(dict.fromkeys(self.warnings)),
+        )
+
+    def read_memory(self, offset: int, length: int, memory: str = "memory") -> bytes:
+        return self.memory(memory).read(offset, length)
+
+    def write_memory(self, offset: int, data: bytes, memory: str = "memory") -> None:
+        self.memory(memory).write(offset, data)
+
+    def memory(self, name: str = "memory") -> _MemoryAccess:
+        """Access to an exported memory (IndexError when there is none)."""
+        mem = self.exports[name] if name in self.memories else None
+        if mem is None:
+            raise IndexError(f"the module exports no memory named {name!r}")
+        return _MemoryAccess(self.store, mem)
+
+    def global_info(self, name: str) -> tuple:
+        """(type, mutable) of an exported global (KeyError when there is none)."""
+        glob = self.exports[name]
+        if not isinstance(glob, wasmtime.Global):
+            raise KeyError(name)
+        return global_type(self.store, glob)
+
+    def global_get(self, name: str, wasm_type: Optional[str] = None) -> Any:
+        wasm_type = wasm_type or self.global_info(name)[0]
+        return global_get(self.store, self.exports[name], wasm_type, self.group)
+
+    def global_set(self, name: str, value: Any, wasm_type: Optional[str] = None) -> None:
+        wasm_type = wasm_type or self.global_info(name)[0]
+        global_set(self.store, self.exports[name], wasm_type, value)
+
+    def export_handle(self, name: str) -> Any:
+        """An export as an opaque handle another module of the group can import."""
+        return _Export(self.exports[name], self.group)
+
+    def _memory_bytes(self) -> Optional[int]:
+        names = self.held or self.memories
+        if not names or not hasattr(self, "exports"):
+            return None
+        return sum(self.exports[name].data_len(self.store) for name in names)
+
+    def close(self) -> None:
+        for output in self.outputs:
+            output.close()
+        tmp = getattr(self, "_tmp", None)
+        if tmp:
+            os.unlink(tmp)
+            self._tmp = None
+
+    # ------------------------------------------------------------------ errors
+    def _trap_error(self, trap: wasmtime.Trap, where: str) -> errors.WasmsbxError:
+        code = trap.trap_code
+        frames = _frames(trap, self.shift)
+        if code == wasmtime.TrapCode.OUT_OF_FUEL:
+            return errors.FuelExhausted(
+                f"fuel exhausted after {format_count(self.limits.fuel or 0)} units in {where}",
+                hint="raise limits.fuel (--fuel N) if the guest needs more",
+                backtrace=frames,
+                limit_value=self.limits.fuel,
+            )
+        if code == wasmtime.TrapCode.INTERRUPT:
+            if self.budget.exceeded:
+                return self._output_error(frames)
+            if self.watch is not None and self.watch.interrupted:  # Ctrl-C, SIGTERM
+                raise KeyboardInterrupt
+            return errors.TimeoutExceeded(
+                f"timeout: {where} still running after {format_duration(self.limits.timeout)}",
+                hint="raise limits.timeout (--timeout 30s) if the guest needs longer",
+                backtrace=frames,
+                limit_value=self.limits.timeout,
+            )
+        if code == wasmtime.TrapCode.STACK_OVERFLOW:
+            size = format_size(self.limits.stack) if self.limits.stack else "the default"
+            return errors.StackExhausted(
+                f"wasm stack exhausted in {where} (stack limit {size})",
+                hint="unbounded recursion? raise limits.stack if the guest needs deeper calls",
+                backtrace=frames[:MAX_FRAMES],
+            )
+        message = _trap_message(trap)
+        held = self._memory_bytes()
+        refused = memory_limit_error(self.limits.memory, held, where, message, frames)
+        if refused is not None:
+            return refused
+        return errors.TrapError(
+            f"{where} trapped: {message}",
+            backtrace=frames,
+            trap_code=code.name.lower() if code is not None else None,
+        )
+
+    def _output_error(self, frames: list) -> errors.WasmsbxError:
+        return errors.OutputLimitExceeded(
+            f"output limit {format_size(self.limits.output or 0)} reached: guest wrote "
+            f"more to stdout/stderr",
+            hint="raise limits.output in the policy",
+            backtrace=frames,
+            limit_value=self.limits.output,
+        )
+
+    def _instantiate_error(self, exc: Exception, module: Any) -> errors.WasmsbxError:
+        text = str(exc).strip()
+        first = text.splitlines()[0] if text else "instantiation failed"
+        lowered = text.lower()
+        if "incompatible import type" in lowered or "unknown import" in lowered:
+            return errors.LinkError(f"cannot link module: {_first_line(exc)}", detail=text)
+        if "memory" in lowered and ("limit" in lowered or "minimum" in lowered):
+            need = _declared_memory(self.engine, module)
+            asked = f": module needs {format_size(need)} at start" if need else ""
+            return errors.MemoryLimitExceeded(
+                f"memory limit {format_size(self.limits.memory)} reached{asked}",
+                hint="raise limits.memory (--memory SIZE)",
+            )
+        if "table" in lowered and ("limit" in lowered or "minimum" in lowered):
+            return errors.TableLimitExceeded(
+                f"table limit {format_count(self.limits.table_elements or 0)} elements reached "
+                "at instantiation",
+                hint="raise limits.table_elements",
+            )
+        if "instance" in lowered and "limit" in lowered:
+            return errors.InstanceLimitExceeded(f"instance limit reached: {first}")
+        return errors.LinkError(f"cannot instantiate module: {first}", detail=text)
+
+
+def _held(module: Any) -> list:
+    """The hidden exports of every defined memory (compile() adds them; --stats sums
+    them), read once per module: listing a module's exports costs FFI calls."""
+    held = getattr(module, "_wasmsbx_held", None)
+    if held is None:
+        held = [
+            e.name
+            for e in module.exports
+            if e.name.startswith(HIDDEN_EXPORT) and _kind(e.type) == "memory"
+        ]
+        module._wasmsbx_held = held
+    return held
+
+
+def _hides_memories(module: Any) -> bool:
+    """Whether compile() added the hidden memory exports (export_memories): then every
+    export under the reserved prefix is one of ours, never the module's own."""
+    shift = getattr(module, "_wasmsbx_shift", None)
+    return shift is not None and shift.shift > 0
+
+
+def _loop(store: Any, func: Any, types: tuple, args: Any, group: Any, calls: int) -> None:
+    for _ in range(calls):
+        call_raw(store, func, types, args, group)
+
+
+class _Export:
+    """An export of a group member, to pass in another member's imports."""
+
+    def __init__(self, extern: Any, owner: Any) -> None:
+        self._extern = extern
+        self._owner = owner
+
+
+class _MemoryAccess:
+    """Reads, writes and grows one wasmtime memory; every range is checked first."""
+
+    def __init__(self, store: Any, mem: Any) -> None:
+        self.store = store
+        self.mem = mem
+
+    def size(self) -> int:
+        return self.mem.data_len(self.store)
+
+    def address(self, offset: int, length: int) -> int:
+        """The host address of byte ``offset`` after checking the range is inside."""
+        import ctypes
+
+        size = self.size()
+        if offset < 0 or length < 0 or offset + length > size:
+            raise IndexError(
+                f"bytes {offset}..{offset + length} are outside the {size}-byte memory"
+            )
+        return ctypes.addressof(self.mem.data_ptr(self.store).contents) + offset
+
+    def read(self, offset: int, length: int) -> bytes:
+        import ctypes
+
+        address = self.address(offset, length)
+        return ctypes.string_at(address, length) if length else b""
+
+    def write(self, offset: int, data: Any) -> None:
+        import ctypes
+
+        address = self.address(offset, len(data))
+        if not data:
+            return
+        if isinstance(data, bytes):
+            source = data
+        else:
+            try:  # a bytearray (or a writable view of one): no intermediate copy
+                source = (ctypes.c_char * len(data)).from_buffer(data)
+            except TypeError:
+                source = bytes(data)
+        ctypes.memmove(address, source, len(data))
+
+    def grow(self, pages: int) -> int:
+        """Grow by ``pages``; the old size in pages. WasmtimeError when refused."""
+        return self.mem.grow(self.store, pages)
+
+    def view(self) -> memoryview:
+        """A memoryview of the whole memory as it is now (invalid after a grow)."""
+        import ctypes
+
+        size = self.size()
+        if not size:
+            return memoryview(b"")
+        array = (ctypes.c_ubyte * size).from_address(self.address(0, size))
+        return memoryview(array).cast("B")
+
+
+class _CallerView:
+    """What a host function's ``Caller`` reaches: the calling instance's exports."""
+
+    def __init__(self, caller: Any, instance: WasmtimeInstance) -> None:
+        self.caller = caller
+        self.instance = instance
+
+    def memory(self, name: str = "memory") -> Any:
+        from ...runner.sandbox import Memory
+
+        mem = self.caller.get(name)
+        if not isinstance(mem, wasmtime.Memory):
+            raise IndexError(f"the calling module exports no memory named {name!r}")
+        return Memory(_MemoryAccess(self.caller, mem), name)
+
+
+def _declared_memory(engine: WasmtimeEngine, module: Any) -> Optional[int]:
+    for export in module.exports:
+        if type(export.type).__name__ == "MemoryType":
+            return export.type.limits.min * 65536
+    return None
+
+
+def _trap_message(trap: wasmtime.Trap) -> str:
+    text = trap.message
+    marker = "wasm trap: "
+    if marker in text:
+        return text.split(marker, 1)[1].strip().splitlines()[0]
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    return lines[-1] if lines else "trap"
+
+
+def _frames(trap: wasmtime.Trap, shift: Any = None) -> list:
+    out = []
+    for frame in trap.frames[:MAX_FRAMES]:
+        name = frame.func_name or f"<func {frame.func_index}>"
+        offset = frame.module_offset
+        if shift is not None and 0 <= offset < 2**63:
+            offset = shift.original_offset(offset)  # as in the module file
+        where = f" @ 0x{offset:x}" if 0 <= offset < 2**63 else ""
+        out.append(f"{name}{where}")
+    return out
+
+
+class WasmtimeEngine(Engine):
+    backend = "wasmtime"
+
+    def __init__(self, options: EngineOptions) -> None:
+        self.options = options
+        config = wasmtime.Config()
+        config.epoch_interruption = True
+        config.consume_fuel = bool(options.fuel)
+        config.cranelift_opt_level = _OPT_LEVELS.get(options.optimize, "speed")
+        if options.stack:
+            config.max_wasm_stack = options.stack
+        self.engine = wasmtime.Engine(config)
+        self.clock = KEEPER.clock(self.engine)  # epochs advanced by the process's one keeper
+
+    def compile(self, wasm: bytes) -> Any:
+        exported = export_memories(wasm)
+        try:
+            module = wasmtime.Module(self.engine, exported.wasm)
+        except wasmtime.WasmtimeError as exc:
+            raise _module_error(exc) from None
+        module._wasmsbx_layout = layout(wasm)
+        module._wasmsbx_shift = exported._replace(wasm=b"")
+        return module
+
+    def describe(self, module: Any, wasm: bytes) -> None:
+        if getattr(module, "_wasmsbx_layout", None) is None:
+            module._wasmsbx_layout = layout(wasm)
+        if getattr(module, "_wasmsbx_shift", None) is None:
+            exported = export_memories(wasm)._replace(wasm=b"")
+            ours = any(
+                e.name.startswith(HIDDEN_EXPORT) and _kind(e.type) == "memory"
+                for e in module.exports
+            )
+            module._wasmsbx_shift = exported if ours and exported.shift else None
+
+    def serialize(self, module: Any) -> bytes:
+        return bytes(module.serialize())
+
+    def deserialize(self, native: Any) -> Any:
+        """Load native code that passed authentication (a ``trust.Authenticated``)."""
+        from ...native.trust import require
+
+        data = require(native)
+        try:
+            return _deserialize(self.engine, data)
+        except wasmtime.WasmtimeError as exc:
+            raise errors.ModuleError(f"cannot load precompiled code: {_first_line(exc)}") from None
+
+    def exports(self, module: Any) -> list:
+        cached = getattr(module, "_wasmsbx_exports", None)
+        if cached is not None:
+            return cached
+        # Names and kinds only: wasmtime-py aborts the process when asked for the params of
+        # a function that takes v128, so signatures come from wasmsbx.wasm.facts instead.
+        out = [
+            ExportInfo(export.name, _kind(export.type))
+            for export in module.exports
+            if not (export.name.startswith(HIDDEN_EXPORT) and _hides_memories(module))
+        ]
+        module._wasmsbx_exports = out  # type information is immutable: read it once
+        return out
+
+    def imports(self, module: Any) -> list:
+        return [ImportInfo(i.module, i.name or "", _kind(i.type)) for i in module.imports]
+
+    def instantiate(
+        self,
+        module: Any,
+        limits: Limits,
+        wasi: Optional[WasiSetup] = None,
+        imports: Optional[dict] = None,
+        shared: Optional[Instance] = None,
+        register: Optional[str] = None,
+    ) -> WasmtimeInstance:
+        return WasmtimeInstance(self, module, limits, wasi, imports, shared, register)
+
+    def fingerprint(self) -> dict:
+        return {
+            "backend": "wasmtime",
+            "version": _version(),
+            "compiler": "cranelift",
+            "optimize": self.options.optimize,
+            "fuel": self.options.fuel,
+            "stack": self.options.stack,
+            "epoch": True,
+            "memory_exports": 1,  # compile() exports every memory under a hidden name
+            "features": sorted(FEATURES),
+            "target": f"{sys.platform}-{os.uname().machine}",
+        }
+
+
+def _deserialize(engine: Any, data: Any) -> Any:
+    """``wasmtime.Module.deserialize`` without its copy of a writable buffer.
+
+    wasmtime-py copies its argument into a ctypes array before handing it to
+    ``wasmtime_module_deserialize`` (which copies the code into memory of its own anyway):
+    about a millisecond for a 2 MB artifact, a third of a cached load. A writable buffer
+    (the cache reads entries into a bytearray) is lent to the C call as it is; anything
+    else, or a wasmtime-py without these internals, takes the public path.
+    """
+    import ctypes
+
+    view = memoryview(data)
+    ffi = getattr(wasmtime, "_ffi", None)
+    deserialize = getattr(ffi, "wasmtime_module_deserialize", None)
+    from_ptr = getattr(wasmtime.Module, "_from_ptr", None)
+    if view.readonly or not view.contiguous or deserialize is None or from_ptr is None:
+        return wasmtime.Module.deserialize(
+            engine, data if isinstance(data, (bytes, bytearray)) else view.tobytes()
+        )
+    buffer = (ctypes.c_uint8 * view.nbytes).from_buffer(view.cast("B"))
+    ptr = ctypes.POINTER(ffi.wasmtime_module_t)()
+    error = deserialize(engine.ptr(), buffer, view.nbytes, ctypes.byref(ptr))
+    del buffer  # releases the buffer export before anything can resize ``data``
+    if error:
+        raise wasmtime.WasmtimeError._from_ptr(error)
+    return from_ptr(ptr)
+
+
+def _first_line(exc: Exception) -> str:
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    # wasmtime puts the cause last: "failed to parse ... Caused by: unexpected end-of-file"
+    if "Caused by:" in lines[:-1]:
+        cause = lines[lines.index("Caused by:") + 1]
+        if lines[0].startswith("error while executing"):  # a backtrace follows, not a reason
+            return cause
+        return f"{lines[0]}: {cause}"
+    return lines[0] if lines else "unknown error"
+
+
+def _module_error(exc: Exception) -> errors.ModuleError:
+    return errors.ModuleError(
+        f"invalid module: {_first_line(exc)}",
+        hint="check that the file is a WebAssembly module built for wasm32",
+    )
+
+
+class WasmtimeBackend(Backend):
+    name = "wasmtime"
+    compilers = ("cranelift",)
+    default_compiler = "cranelift"
+
+    def probe(self) -> Availability:
+        return Availability(True)
+
+    def version(self) -> str:
+        return _version()
+
+    def capabilities(self, compiler: Optional[str] = None) -> Capabilities:
+        return Capabilities(
+            # Components run through wasmtime.component (wasmsbx.components); the core
+            # FEATURES stay the cache key's list.
+            features=FEATURES | {"component-model"},
+            security=frozenset(
+                {
+                    "fuel",
+                    "timeout",
+                    "interrupt",
+                    "memory-limit",
+                    "table-limit",
+                    "stack-limit",
+                    "instance-limit",
+                    "wasi",
+                    "wasi-readonly",
+                    "stdio-redirect",
+                    "fs-confined",
+                }
+            ),
+            performance=frozenset({"aot", "opt-levels", "in-process", "releases-gil"}),
+            debugging=frozenset({"backtrace", "profiling", "debug-info"}),
+            compilers=self.compilers,
+            # benchmarks/backends.py (cpu.c): compile 56 ms, run bench(4) 98 ms; see wasmer's
+            # SPEED for the scale. Epoch interruption costs it some run speed.
+            compile_speed=0.65,
+            run_speed=0.85,
+            notes=("every limit is enforced in-process",),
+        )
+
+    def engine(self, options: EngineOptions) -> WasmtimeEngine:
+        return WasmtimeEngine(options)

@@ -1,0 +1,1 @@
+"""``wasmsbx bench``: phase timings, statistics, suites and reports."""

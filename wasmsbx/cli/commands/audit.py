@@ -1,0 +1,373 @@
+"""``wasmsbx audit MODULE``: static security audit of a module against a policy."""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import Any, Optional
+
+import typer
+
+from ... import errors
+from .. import output
+from ..app import run_opt
+from ..boundary import boundary
+
+
+class Severity(str, Enum):
+    info = "info"
+    low = "low"
+    medium = "medium"
+    high = "high"
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("audit")
+    @boundary
+    def audit(
+        module: str = typer.Argument(
+            ..., metavar="MODULE", help="A .wasm or .wat module (read, never run)."
+        ),
+        policy: Optional[str] = run_opt("policy"),
+        memory: Optional[str] = run_opt("memory"),
+        fuel: Optional[int] = run_opt("fuel"),
+        timeout: Optional[str] = run_opt("timeout"),
+        stack: Optional[str] = run_opt("stack"),
+        dir: Optional[list[str]] = run_opt("dir"),
+        dir_ro: Optional[list[str]] = run_opt("dir_ro"),
+        env: Optional[list[str]] = run_opt("env"),
+        json_output: bool = typer.Option(
+            False, "--json", help="Print the JSON report (schema wasmsbx.audit/1, see README)."
+        ),
+        sarif: bool = typer.Option(False, "--sarif", help="Print the findings as SARIF 2.1.0."),
+        suggest: bool = typer.Option(
+            False, "--suggest-policy", help="Print a least-privilege sandbox.toml for MODULE."
+        ),
+        output_file: Optional[str] = typer.Option(
+            None,
+            "--output",
+            "-o",
+            metavar="FILE",
+            help="Write the --suggest-policy, --json or --sarif output to FILE.",
+        ),
+        fail_on: Optional[Severity] = typer.Option(
+            None,
+            "--fail-on",
+            help="Exit 121 when a finding at or above this severity exists.",
+        ),
+        host_import: Optional[list[str]] = typer.Option(
+            None,
+            "--host-import",
+            metavar="MODULE.NAME",
+            help="An import the embedding host provides (Python imports=); MODULE.* for all "
+            "of a module. Repeatable.",
+        ),
+    ) -> int:
+        """Audit MODULE against the policy without running it.
+
+        Imports by capability, exports, memory and table limits, findings with rule ids
+        and fixes, and a risk score. The policy is the one `wasmsbx run` would use with
+        the same flags (--policy, --dir, --dir-ro, --env, limits)."""
+        mode = _mode(json_output, sarif, suggest, output_file)
+        from ...audit.report import audit_file
+        from .run import build_policy
+
+        flags = {"policy": policy, "memory": memory, "fuel": fuel, "timeout": timeout}
+        flags.update(stack=stack, dir=dir or [], dir_ro=dir_ro or [], env=env or [])
+        loaded = build_policy(flags)
+        inputs = [module, loaded.source]
+        if output_file:  # refused before the work, not after
+            from ...outfile import check_output
+
+            check_output(output_file, inputs)
+        report = audit_file(module, loaded, host_imports=set(host_import or ()))
+        if mode == "report":
+            render(report)
+        else:
+            _emit(_machine_text(report, mode), output_file, inputs)
+        return _exit_code(report, fail_on)
+
+
+def _mode(json_output: bool, sarif: bool, suggest: bool, output_file: Optional[str]) -> str:
+    chosen = [
+        name for name, on in (("json", json_output), ("sarif", sarif), ("suggest", suggest)) if on
+    ]
+    if len(chosen) > 1:
+        flags = {"json": "--json", "sarif": "--sarif", "suggest": "--suggest-policy"}
+        raise errors.UsageError(
+            f"{' and '.join(flags[c] for c in chosen)} cannot be combined",
+            hint="choose one output format",
+        )
+    if output_file and not chosen:
+        raise errors.UsageError(
+            "--output needs --json, --sarif or --suggest-policy",
+            hint="the rich report is for the terminal; write a machine format to a file",
+        )
+    return chosen[0] if chosen else "report"
+
+
+def _machine_text(report: Any, mode: str) -> str:
+    if mode == "suggest":
+        from ...audit.report import suggest_policy
+
+        return suggest_policy(report).to_toml()
+    import json
+
+    data = report.to_dict() if mode == "json" else report.to_sarif()
+    return json.dumps(data, indent=2) + "\n"
+
+
+def _emit(text: str, output_file: Optional[str], inputs: list) -> None:
+    if not output_file:
+        import sys
+
+        sys.stdout.write(text)
+        return
+    from ...outfile import write_output
+
+    write_output(output_file, text, inputs=inputs)
+    output.err(f"wrote {output_file}")
+
+
+def _exit_code(report: Any, fail_on: Optional[Severity]) -> int:
+    if fail_on is None or not report.fails(fail_on.value):
+        return 0
+    from ...audit.report import severity_rank
+
+    floor = severity_rank(fail_on.value)
+    n = sum(1 for f in report.findings if severity_rank(f.severity) >= floor)
+    output.err(
+        f"audit: {n} finding{'s' if n != 1 else ''} at or above {fail_on.value} "
+        f"(--fail-on {fail_on.value})"
+    )
+    return int(errors.ExitCode.AUDIT_FINDINGS)
+
+
+# ---------------------------------------------------------------------------- the rich report
+
+SEVERITY_STYLE = {"high": "bold red", "medium": "yellow", "low": "cyan", "info": "dim"}
+STATUS_STYLE = {"granted": "green", "denied": "yellow", "always": "dim", "never": "red"}
+
+
+def safe(text: Any) -> str:
+    """Module-controlled text, made inert: control characters escaped, rich markup escaped.
+
+    Names inside a module are attacker-controlled; printed raw, an export named
+    ``"\\x1b]52;..."`` could drive the terminal.
+    """
+    from rich.markup import escape
+
+    cleaned = "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in str(text))
+    return escape(cleaned)
+
+
+def render(report: Any) -> None:
+    console = output.console()
+    if getattr(report, "is_component", False):
+        render_component(console, report)
+        return
+    _header(console, report)
+    _capabilities(console, report)
+    _exports(console, report)
+    _layout(console, report)
+    _findings(console, report)
+    _risk(console, report)
+
+
+def _header(console: Any, report: Any) -> None:
+    from rich.table import Table
+
+    facts = report.facts
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(style="bold", overflow="fold")
+    grid.add_column(overflow="fold")
+    rows = [
+        ("module", safe(report.path)),
+        ("size", f"{facts.size:,} bytes"),
+        ("sha256", facts.sha256),
+        ("policy", safe(report.policy.source or "defaults (no sandbox.toml)")),
+        ("toolchain", _toolchain(facts)),
+        ("functions", f"{facts.functions} defined, {len(facts.imports)} imports"),
+        ("features", ", ".join(sorted(facts.features)) or "MVP only"),
+        ("sections", _sections(facts)),
+    ]
+    for key, value in rows:
+        grid.add_row(key, value)
+    console.print("[bold]wasmsbx audit[/]")
+    console.print(grid)
+
+
+def _toolchain(facts: Any) -> str:
+    if not facts.producers:
+        return "not recorded (no producers section)"
+    parts = [f"{', '.join(values)} ({field})" for field, values in facts.producers.items()]
+    return safe("; ".join(parts))
+
+
+def _sections(facts: Any) -> str:
+    debug = sum(c.size for c in facts.custom_sections if c.name.startswith(".debug"))
+    parts = [
+        f"name section: {'yes' if facts.has_name_section else 'no'}",
+        f"debug info: {f'yes ({debug:,} bytes)' if facts.has_debug_info else 'no'}",
+    ]
+    others = [c for c in facts.custom_sections if not c.name.startswith(".debug")]
+    if others:
+        parts.append("custom: " + ", ".join(f"{c.name} ({c.size:,} B)" for c in others[:8]))
+    return safe("; ".join(parts))
+
+
+def _capabilities(console: Any, report: Any) -> None:
+    from rich.table import Table
+
+    if not report.imports:
+        console.print("\n[bold]imports[/]: none (the module needs nothing from the host)")
+        return
+    table = Table(title="imports by capability", title_justify="left", show_lines=False)
+    for column in ("capability", "under this policy", "import", "what it lets the module do"):
+        table.add_column(column, overflow="fold")
+    by_group: dict = {}
+    for imp in report.imports:
+        by_group.setdefault(imp.capability, []).append(imp)
+    for cap in report.capabilities:
+        style = STATUS_STYLE[cap.status]
+        status = f"[{style}]{cap.status}[/]: {safe(cap.detail)}"
+        for i, imp in enumerate(by_group[cap.name]):
+            name = imp.name if imp.capability != "custom" else f"{imp.module}.{imp.name}"
+            what = imp.explanation + (f" [red]({imp.problem})[/]" if imp.problem else "")
+            first = i == 0
+            table.add_row(cap.title if first else "", status if first else "", safe(name), what)
+    console.print()
+    console.print(table)
+
+
+def _exports(console: Any, report: Any) -> None:
+    from rich.table import Table
+
+    exports = report.facts.exports
+    if not exports:
+        console.print("\n[bold]exports[/]: none")
+        return
+    table = Table(title="exports", title_justify="left")
+    for column in ("name", "kind", "signature"):
+        table.add_column(column, overflow="fold")
+    for exp in exports:
+        sig = str(exp.type) if exp.type is not None else f"{exp.kind} {exp.index}"
+        table.add_row(safe(exp.name), exp.kind, sig)
+    console.print()
+    console.print(table)
+
+
+def _layout(console: Any, report: Any) -> None:
+    from rich.table import Table
+
+    from ...audit.report import start_export
+    from ...units import format_size
+
+    facts = report.facts
+    table = Table(title="memories, tables, globals, start, data", title_justify="left")
+    for column in ("item", "declared", "notes"):
+        table.add_column(column, overflow="fold")
+    for mem in facts.memories:
+        lim = mem.limits
+        top = "no maximum" if lim.max is None else format_size(lim.max * 65536)
+        notes = [n for n, on in (("imported", mem.imported), ("shared", lim.shared)) if on]
+        notes += ["memory64"] if lim.memory64 else []
+        declared = f"{format_size(lim.min * 65536)} initial, {top}"
+        table.add_row(f"memory {mem.index}", declared, ", ".join(notes))
+    for t in facts.tables:
+        top = "no maximum" if t.limits.max is None else f"max {t.limits.max:,}"
+        declared = f"{t.elem}, {t.limits.min:,} initial, {top}"
+        table.add_row(f"table {t.index}", declared, "imported" if t.imported else "")
+    for g in facts.globals:
+        kind = ("mutable " if g.mutable else "") + g.type
+        table.add_row(f"global {g.index}", kind, "imported" if g.imported else "")
+    if facts.start is not None:
+        name = start_export(facts)
+        note = f"exported as {safe(name)}" if name else "runs at instantiation"
+        table.add_row("start", f"function {facts.start}", note)
+    sizes = facts.data_segments
+    if sizes:
+        declared = f"{len(sizes)} segments, {format_size(sum(sizes))}"
+        table.add_row("data", declared, f"largest {format_size(max(sizes))}")
+    if table.row_count:
+        console.print()
+        console.print(table)
+
+
+def _findings(console: Any, report: Any) -> None:
+    from rich.table import Table
+
+    if not report.findings:
+        console.print("\n[bold]findings[/]: none")
+        return
+    counts = ", ".join(f"{n} {sev}" for sev, n in reversed(report.counts.items()) if n)
+    table = Table(title=f"findings ({counts})", title_justify="left", show_lines=True)
+    for column in ("severity", "rule", "finding", "fix"):
+        table.add_column(column, overflow="fold")
+    for f in report.findings:
+        sev = f"[{SEVERITY_STYLE[f.severity]}]{f.severity}[/]"
+        text = f"[bold]{f.title}[/]\n{safe(f.message)}"
+        table.add_row(sev, f.rule, text, safe(f.fix))
+    console.print()
+    console.print(table)
+
+
+def _risk(console: Any, report: Any) -> None:
+    risk = report.risk
+    console.print()
+    console.print(f"[bold]risk score {risk.score}/100[/] ({risk.level})")
+    for rule, subject, points in risk.items:
+        console.print(f"  +{points:<3} {rule}  {safe(subject)}")
+    console.print(f"  = {risk.formula}")
+    console.print(
+        "  [dim]each finding adds its rule's points (what the module could reach); "
+        "findings that only predict a failure add none[/]"
+    )
+
+
+# ---------------------------------------------------------------------------- components
+
+
+def render_component(console: Any, report: Any) -> None:
+    """A component's report: its WIT world's imports as capabilities, its exports and
+    the core modules inside, then the same findings and risk as for a module."""
+    from rich.table import Table
+
+    facts = report.facts
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(style="bold")
+    grid.add_column()
+    built = "wasm32-wasi module + WASI preview1 adapter" if facts.adapted else "native component"
+    rows = [
+        ("component", safe(report.path)),
+        ("size", f"{facts.size:,} bytes"),
+        ("sha256", facts.sha256),
+        ("policy", safe(report.policy.source or "defaults (no sandbox.toml)")),
+        ("built as", built),
+        ("inside", f"{len(report.core_modules)} core modules, "
+                   f"{facts.layout.core_instances} core instances"),
+    ]  # fmt: skip
+    for key, value in rows:
+        grid.add_row(key, value)
+    console.print("[bold]wasmsbx audit[/]")
+    console.print(grid)
+    table = Table(title="imports by capability", title_justify="left")
+    table.add_column("capability")
+    table.add_column("under this policy")
+    table.add_column("interfaces", overflow="fold")
+    for cap in report.capabilities:
+        status = f"[{STATUS_STYLE[cap.status]}]{cap.status}[/]: {safe(cap.detail)}"
+        uses = [i for i in report.imports if i.capability == cap.name]
+        names = "\n".join(safe(i.name) for i in uses)
+        what = uses[0].explanation + (f" [red]({uses[0].problem})[/]" if uses[0].problem else "")
+        table.add_row(f"{cap.title}\n[dim]{what}[/]", status, names)
+    console.print()
+    console.print(table if report.imports else "[bold]imports[/]: none")
+    exports = Table(title="exports (WIT)", title_justify="left")
+    exports.add_column("function")
+    exports.add_column("signature")
+    for exp in report.exports:
+        exports.add_row(safe(exp.name), safe(str(exp.sig)))
+    console.print()
+    console.print(exports if report.exports else "[bold]exports[/]: no functions")
+    _findings(console, report)
+    _risk(console, report)

@@ -1,0 +1,354 @@
+"""``wasmsbx compile SOURCE``: source to wasm, wasm to native code (cache or -o FILE)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+from .. import output
+from ..boundary import boundary
+from ..progress import progress_factory
+
+
+def register(app: typer.Typer) -> None:
+    @app.command(
+        "compile",
+        help="Precompile SOURCE to native code, into the cache or (-o FILE) a standalone "
+        "artifact; C, Rust and .wat sources are built to WebAssembly first.",
+    )
+    @boundary
+    def compile_(
+        source: str = typer.Argument(
+            ...,
+            metavar="SOURCE",
+            help="A .wasm or .wat module, a .c or .rs file, or a Cargo project directory.",
+        ),
+        out: Optional[str] = typer.Option(
+            None,
+            "--output",
+            "-o",
+            metavar="FILE",
+            help="FILE.wasm: write the WebAssembly module only. Any other name: write a "
+            "standalone native artifact for `wasmsbx run` instead of using the cache.",
+        ),
+        backend: Optional[str] = typer.Option(
+            None, "--backend", "-b", metavar="NAME", help="Compile for this backend."
+        ),
+        all_backends: bool = typer.Option(
+            False, "--all-backends", help="Compile for every available backend and compiler."
+        ),
+        exports: Optional[list[str]] = typer.Option(
+            None,
+            "--export",
+            metavar="NAME",
+            help="C/Rust: export this function (repeatable); builds a library, not a command.",
+        ),
+        policy: Optional[str] = typer.Option(
+            None,
+            "--policy",
+            "-p",
+            metavar="PATH",
+            help="Policy whose optimize/fuel/stack settings the code is built for.",
+        ),
+        cache_dir: Optional[str] = typer.Option(
+            None, "--cache-dir", metavar="PATH", help="Cache directory."
+        ),
+        force: bool = typer.Option(False, "--force", help="Recompile even if cached."),
+        sign: bool = typer.Option(
+            False,
+            "--sign",
+            help="With -o FILE: also sign the artifact with your signing key (`wasmsbx trust "
+            "keygen`), so machines that trust your key (`wasmsbx trust add`) run it.",
+        ),
+        json_output: bool = typer.Option(False, "--json", help="Print JSON."),
+    ) -> int:
+        return run_compile(
+            source,
+            out,
+            backend,
+            all_backends,
+            exports or [],
+            policy,
+            cache_dir,
+            force,
+            json_output,
+            sign,
+        )
+
+
+def run_compile(
+    source,
+    out,
+    backend,
+    all_backends,
+    exports,
+    policy_path,
+    cache_dir,
+    force,
+    json_output,
+    sign=False,
+) -> int:
+    from ... import policy as policy_mod
+    from ...errors import UsageError, WasmsbxError
+
+    if backend and all_backends:
+        raise UsageError("--backend and --all-backends exclude each other")
+    emit_wasm = out is not None and out.lower().endswith(".wasm")
+    if all_backends and out is not None and not emit_wasm:
+        raise UsageError(
+            "-o FILE holds native code for one backend", hint="use --backend NAME with -o"
+        )
+    if sign and (out is None or emit_wasm):
+        raise UsageError(
+            "--sign applies to a standalone artifact", hint="add -o FILE (not ending in .wasm)"
+        )
+    policy = policy_mod.discover(policy_path)
+    signer = _signer() if sign else None
+    if out is not None:  # refused now, not after a long compile
+        from ...outfile import check_output
+
+        check_output(out, [source, policy.source])
+    if backend:
+        policy_mod.override(policy, "runtime.backend", backend, flag="--backend")
+    built, wasm_path = _build(source, exports, out if emit_wasm else None, policy.source)
+    report: dict = {
+        "source": source,
+        "build": built.to_dict(),
+        "wasm": {"path": wasm_path, "size": len(built.wasm)},
+        "targets": [],
+        "artifact": None,
+    }
+    if not json_output:
+        _say_built(source, built, wasm_path)
+    if emit_wasm:
+        return _finish(report, json_output)
+    name = Path(wasm_path).name if wasm_path else Path(source).name
+    inputs = [source, wasm_path, policy.source]  # what -o must not overwrite
+    failures = []
+    for adapter, compiler in _targets(policy, built.wasm, all_backends):
+        try:
+            target = _native(
+                adapter, compiler, built.wasm, name, policy, out, cache_dir, force, signer, inputs
+            )
+        except WasmsbxError as exc:
+            if not all_backends:
+                raise
+            # --all-backends: every backend that can; one lacking a feature is skipped.
+            label = f"{adapter.name}:{compiler}" if len(adapter.compilers) > 1 else adapter.name
+            output.warning(f"skipped {label}: {exc.message}")
+            failures.append(exc)
+            target = {"backend": label, "state": "failed", "error": exc.to_dict()}
+        report["targets"].append(target)
+        if not json_output and target["state"] != "failed":
+            _say_native(target, policy, len(built.wasm))
+    if failures and len(failures) == len(report["targets"]):
+        raise failures[0]
+    if out is not None:
+        report["artifact"] = out
+    return _finish(report, json_output)
+
+
+def _build(
+    source: str, exports: list, wasm_out: Optional[str], policy_file: Optional[str]
+) -> tuple:
+    """The module's bytes, and the .wasm file written (C and Rust write one by default)."""
+    from ...native import build
+
+    kind = build.source_kind(source) if Path(source).exists() else None
+    if wasm_out is None and kind in ("c", "rust", "cargo"):
+        # Like cc: the output goes to the current directory, named after the source.
+        path = Path(source).resolve()
+        stem = path.stem if kind != "cargo" else (path if path.is_dir() else path.parent).name
+        wasm_out = f"{stem}.wasm"
+    if exports and kind not in ("c", "rust", "cargo"):
+        from ...errors import UsageError
+
+        raise UsageError("--export applies to C and Rust sources only")
+    try:
+        with _spinner(f"building {Path(source).name}"):
+            result = build.build(source, exports, wasm_out, inputs=[source, policy_file])
+    except build.BuildFailed as exc:
+        if exc.output:
+            output.err(exc.output.rstrip("\n"))  # the compiler's messages, as printed
+        raise
+    return result, wasm_out
+
+
+def _targets(policy: Any, wasm: bytes, all_backends: bool) -> list:
+    """(adapter, compiler) pairs: every available one, or the one the policy selects."""
+    from ...backends import get, select
+
+    if all_backends:
+        pairs = [(a, c) for a, c in select.candidates_for("auto") if a.probe().available]
+        return pairs
+    from ...components import is_component
+    from ...wasm.facts import FactsError, read_facts
+
+    try:
+        facts = read_facts(wasm)
+        features, kind = facts.features, "command" if facts.export("_start") else "call"
+    except FactsError:
+        features, kind = frozenset(), "call"
+    if is_component(wasm):  # only a backend with the component model can compile it
+        features = frozenset({"component-model"})
+    chosen = select.select(policy, features, kind)
+    return [(get(chosen.backend), chosen.compiler)]
+
+
+def _native(adapter, compiler, wasm, name, policy, out, cache_dir, force, signer, inputs) -> dict:
+    from ...native import cache
+    from ...runner.sandbox import engine_options
+
+    engine = adapter.engine(engine_options(policy, compiler))
+    engine = _for_components(engine, wasm, out)
+
+    def compile_fn(data: bytes) -> Any:
+        from ...backends.compiling import compile_bounded, too_slow
+
+        seconds = policy.values["limits.compile_timeout"]
+        with _spinner(f"compiling {name} for {adapter.name}"):
+            return compile_bounded(engine, data, seconds, lambda: too_slow(name, seconds))
+
+    if out is None:
+        result = cache.store_compiled(engine, wasm, policy, name, compile_fn, cache_dir, force)
+        result["cache_dir"] = str(cache.resolve_dir(policy, cache_dir)[0])
+        return result
+    result = _artifact(engine, wasm, name, compile_fn, out, signer, inputs)
+    if getattr(engine, "is_component", False):  # its code runs beside the component
+        result["run_with"] = f"{name} --artifact {out}"
+    return result
+
+
+def _for_components(engine: Any, wasm: bytes, out: Optional[str]) -> Any:
+    """A component compiles through ``components.runtime.ComponentEngine``: into the
+    cache, or into an artifact (its fingerprint says ``kind: component``)."""
+    from ...components import is_component
+
+    if not is_component(wasm):
+        return engine
+    if engine.backend != "wasmtime":
+        from ...errors import BackendUnavailable
+
+        raise BackendUnavailable(f"{engine.backend} cannot compile components (no component model)")
+    from ...components.runtime import ComponentEngine
+
+    return ComponentEngine(engine)
+
+
+def _signer() -> Any:
+    """The user's signing key, or a UsageError saying how to make one."""
+    from ...errors import UsageError
+    from ...native import trust
+
+    mine = trust.signer()
+    if mine is None:
+        raise UsageError(
+            "--sign needs your signing key, and you have none yet",
+            hint="create it with `wasmsbx trust keygen`, then give its public key to those "
+            "who will run your artifacts",
+        )
+    return mine
+
+
+def _artifact(
+    engine: Any, wasm: bytes, name: str, compile_fn: Any, out: str, signer: Any, inputs: list
+) -> dict:
+    """Compile and write a standalone artifact, tagged with the user's key (and signed)."""
+    import time
+
+    from ...native import artifact as aot
+    from ...native import trust
+    from ...outfile import write_output
+    from ...wasm.facts import FactsError, read_facts
+
+    started = time.perf_counter()
+    module = compile_fn(wasm)
+    seconds = time.perf_counter() - started
+    try:
+        features = tuple(read_facts(wasm).features)
+    except FactsError:
+        features = ()
+    exports = aot.export_records(wasm)
+    fingerprint = engine.fingerprint()
+    blob = aot.pack(
+        "artifact",
+        fingerprint,
+        engine.serialize(module),
+        aot.sha256(wasm),
+        len(wasm),
+        name,
+        features,
+        exports,
+        key=trust.tag_key("artifact", create=True),
+        signer=signer,
+    )
+    write_output(out, blob, inputs=inputs)
+    from ...native.cache import fingerprint_label
+
+    return {
+        "backend": fingerprint_label(aot.normalise(fingerprint)),
+        "version": fingerprint.get("version"),
+        "state": "written",
+        "path": out,
+        "signed": None if signer is None else trust.encode_public(signer.public),
+        "size": len(blob),
+        "timings": {"compile": round(seconds, 6)},
+        "warnings": [],
+    }
+
+
+def _spinner(label: str) -> Any:
+    factory = progress_factory()
+    if factory is None:
+        import contextlib
+
+        return contextlib.nullcontext()
+    return factory(label)
+
+
+def _say_built(source: str, built: Any, wasm_path: Optional[str]) -> None:
+    from ...units import format_duration, format_size
+
+    if built.output.strip():
+        output.err(built.output.rstrip("\n"))  # compiler warnings, as printed
+    if built.kind == "wasm":
+        return
+    where = f"wrote {wasm_path}" if wasm_path else "built"
+    output.out(
+        f"{where} from {source} ({format_size(len(built.wasm))}, {built.kind}, "
+        f"{format_duration(built.seconds)})"
+    )
+
+
+def _say_native(target: dict, policy: Any, module_size: int) -> None:
+    from ...units import format_duration, format_size
+
+    for warning in target.get("warnings", []):
+        output.warning(warning)
+    took = target["timings"].get("compile")
+    took = f" in {format_duration(took)}" if took is not None else ""
+    label = f"{target['backend']} {target.get('version') or ''}".strip()
+    if target["state"] == "written":
+        output.out(
+            f"wrote {target['path']}: native code for {label} ({format_size(target['size'])})"
+            f"{took}; run it with `wasmsbx run {target.get('run_with') or target['path']} ...`"
+        )
+        return
+    if target["state"] == "cached":
+        output.out(f"already cached for {label} (verified) in {target['cache_dir']}")
+    else:
+        output.out(f"compiled for {label}{took}; stored in the cache at {target['cache_dir']}")
+    threshold = policy.values["runtime.cache_min_size"]
+    if module_size < threshold:
+        output.err(
+            f"note: `wasmsbx run` compiles modules under {format_size(threshold)} directly "
+            "(runtime.cache_min_size), so it uses this entry only for larger modules"
+        )
+
+
+def _finish(report: dict, json_output: bool) -> int:
+    if json_output:
+        output.emit_json(report)
+    return 0

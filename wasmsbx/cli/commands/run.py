@@ -1,0 +1,324 @@
+"""``wasmsbx run MODULE FUNC [ARGS...]`` and ``wasmsbx run MODULE [-- ARGS...]``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ... import errors
+from .. import options as opts
+from .. import output
+from ..progress import progress_factory
+from ..run_view import render_explain, render_stats
+
+_STDIN_DIR: list = []  # the private folder of a module read from stdin (MODULE "-")
+# Options handled by run_batch.py.
+BATCH_OPTIONS = ("batch", "stream", "jobs", "fresh", "cluster", "chunk_size", "checkpoint")
+FLAG_KEYS = {
+    "memory": "limits.memory",
+    "fuel": "limits.fuel",
+    "timeout": "limits.timeout",
+    "stack": "limits.stack",
+}
+
+
+def build_policy(options: dict) -> Any:
+    """The policy file (or defaults) with the command-line overrides applied."""
+    from ... import policy as policy_mod
+
+    return apply_flags(policy_mod.discover(options.get("policy")), options)
+
+
+def apply_flags(policy: Any, options: dict) -> Any:
+    """Apply run's policy flags (--memory, --dir, --env, ...) to ``policy``; return it."""
+    from ... import policy as policy_mod
+
+    for dest, dotted in FLAG_KEYS.items():
+        if options.get(dest) is not None:
+            flag = "--" + dest.replace("_", "-")
+            policy_mod.override(policy, dotted, options[dest], flag=flag)
+    if options.get("backend"):
+        policy_mod.override(policy, "runtime.backend", options["backend"], flag="--backend")
+    for spec in options.get("dir", []):
+        policy_mod.add_grant(policy, spec, writable=True)
+    for spec in options.get("dir_ro", []):
+        policy_mod.add_grant(policy, spec, writable=False)
+    for spec in options.get("env", []):
+        policy_mod.add_env(policy, spec)
+    return policy
+
+
+def flag_keys(options: dict) -> dict:
+    """The policy keys the flags in ``options`` set: {dotted key: "--flag"}."""
+    keys = {dotted: f"--{dest}" for dest, dotted in FLAG_KEYS.items() if options.get(dest)}
+    if options.get("backend"):
+        keys["runtime.backend"] = "--backend"
+    if options.get("dir"):
+        keys["filesystem.read_write"] = "--dir"
+    if options.get("dir_ro"):
+        keys["filesystem.read_only"] = "--dir-ro"
+    for spec in options.get("env", []):
+        keys["env.set" if "=" in spec else "env.inherit"] = "--env"
+    return keys
+
+
+def run_main(argv: list) -> int:
+    json_mode = "--json" in argv[: argv.index("--")] if "--" in argv else "--json" in argv
+    log = None
+    _STDIN_DIR[:] = []
+    try:
+        args = opts.parse(argv)
+        log = _audit_log(args)
+        code = execute(args, log)
+    except (Exception, KeyboardInterrupt) as exc:
+        from ..boundary import report
+
+        if _STDIN_DIR and isinstance(exc, errors.WasmsbxError):
+            exc.message = exc.message.replace(_STDIN_DIR[0], "")
+        code = report(exc, json_mode)
+        if log is not None:
+            log.failure(exc)
+    if log is not None:
+        log.exit(code)
+    return code
+
+
+def _audit_log(args: opts.RunArgs) -> Any:
+    """--audit-log FILE: the event log (imported and opened only when asked for)."""
+    if not args.options.get("audit_log"):
+        return None
+    import os
+
+    from ...auditlog import AuditLog
+
+    path = args.options["audit_log"]
+    if os.path.lexists(path):  # appended to, never replaced; but not an input or a disk
+        from ...outfile import check_output
+
+        check_output(path, [(args.positionals or [None])[0], args.options.get("policy")])
+    log = AuditLog(path)
+    func = (args.positionals[1:2] or [None])[0]
+    extra = args.positionals[2:] + (args.passthrough or [])
+    log.start((args.positionals or [None])[0], func, extra)
+    return log
+
+
+def execute(args: opts.RunArgs, log: Any = None) -> int:
+    o = args.options
+    if not args.positionals:
+        raise errors.UsageError(
+            "missing MODULE", hint="usage: wasmsbx run MODULE [FUNC [ARGS...]] [-- ARGS...]"
+        )
+    module, func, call_args = _target(args)
+    policy = build_policy(o)
+    if module == "-":  # read stdin once, before anything else may want it
+        path = _module_path(module, o)
+        args = args._replace(positionals=[path, *args.positionals[1:]])
+    if any(o[dest] not in (None, False) for dest in BATCH_OPTIONS):
+        from .run_batch import execute as execute_batch
+
+        return execute_batch(args, policy, log)
+    import time
+
+    from ...runner.sandbox import Sandbox
+
+    kind = "call" if func else "command"
+    # One deadline instant for the whole run: a timeout set by a flag or the policy covers
+    # compiling too. The default timeout does not (limits.compile_timeout bounds that):
+    # a slow compiler (wasmer:llvm) on a busy machine must not fail a default run.
+    deadline = None
+    if "limits.timeout" in policy.explicit:
+        deadline = time.monotonic() + policy.values["limits.timeout"]
+    try:
+        box = Sandbox(
+            args.positionals[0],
+            policy,
+            kind=kind,
+            use_cache=False if o["no_cache"] else None,
+            artifact=o["artifact"],
+            cache_dir=o["cache_dir"],
+            progress=progress_factory(),
+            function=func,
+            args=call_args if func and "(" not in (o.get("invoke") or "") else None,
+            deadline=deadline,
+        )
+    except errors.UsageError as exc:
+        if func is not None and exc.message.endswith(f"has no export named {func!r}"):
+            _check_func(args.positionals[0], func, module, call_args)
+        raise
+    for warning in box.warnings:  # at once: the run itself may still fail
+        output.warning(warning)
+    if log is not None:
+        log.sandbox(box)
+    if o["explain"]:
+        render_explain(box.explain(kind))
+    if func is None:
+        return _command(box, args.passthrough or [], o, log)
+    result = _invoke(box, func, call_args, o)
+    if o["json"]:
+        output.emit_json(result.to_dict())
+    elif hasattr(result, "text_lines"):  # a component's: WAVE for compound values
+        import sys
+
+        for line in result.text_lines(terminal=sys.stdout.isatty()):
+            output.out(line)
+    else:
+        from ...runner.sandbox import format_value
+
+        for value, wasm_type in zip(result.values, result.types):
+            output.out(format_value(value, wasm_type))
+    _after(result.stats, o, log, box.warnings)
+    return 0
+
+
+def _target(args: opts.RunArgs) -> tuple:
+    """(MODULE, FUNC or None, the call's arguments), from the positionals or --invoke."""
+    module, words, after = args.positionals[0], args.positionals[1:], args.passthrough or []
+    invoke = args.options.get("invoke")
+    if invoke is None:
+        return module, (words[:1] or [None])[0], words[1:] + after
+    name, inline = parse_invoke(invoke)
+    return module, name, inline + words + after
+
+
+def parse_invoke(text: str) -> tuple:
+    """``--invoke add`` or ``--invoke 'add(5, -3)'`` (core modules: comma-separated
+    numbers, as the wasmtime CLI writes them) -> ("add", ["5", "-3"])."""
+    import re
+
+    match = re.fullmatch(r"\s*([^()\s]+)\s*(?:\((.*)\))?\s*", text, re.S)
+    if not match:
+        raise errors.UsageError(
+            f"--invoke {text!r}: expected FUNC or FUNC(ARG, ...)",
+            hint="for example --invoke add 5 3, or --invoke 'add(5, 3)'",
+        )
+    name, inside = match.group(1), match.group(2)
+    if inside is None or not inside.strip():
+        return name, []
+    values = [part.strip() for part in inside.split(",")]
+    if any(not v for v in values):
+        raise errors.UsageError(
+            f"--invoke {text!r}: an empty argument", hint="separate arguments with one comma"
+        )
+    return name, values
+
+
+def _module_path(module: str, o: dict) -> str:
+    """MODULE, or for ``-`` the module read from stdin into a private temporary file."""
+    if module != "-":
+        return module
+    if o.get("batch") == "-" or o.get("stream"):
+        raise errors.UsageError(
+            "MODULE and the input cannot both come from stdin",
+            hint="give the module as a file, or --batch FILE",
+        )
+    import atexit
+    import shutil
+    import sys
+    import tempfile
+
+    folder = tempfile.mkdtemp(prefix="wasmsbx-stdin-")
+    atexit.register(shutil.rmtree, folder, True)
+    _STDIN_DIR[:] = [folder + "/"]  # cut from messages, which then read "<stdin>: ..."
+    path = f"{folder}/<stdin>"
+    from ...inputs import MODULE_MAX_BYTES, TooLarge, _read_upto
+
+    try:  # capped like a module file: `run - < /dev/zero` must not fill the disk
+        data = _read_upto(sys.stdin.buffer.read, b"", MODULE_MAX_BYTES)
+    except TooLarge:
+        raise errors.InputError(
+            f"<stdin>: more than {MODULE_MAX_BYTES >> 20} MiB, larger than any module "
+            "wasmsbx reads",
+            hint="give the module as a file",
+        ) from None
+    with open(path, "wb") as fh:
+        fh.write(data)
+    return path
+
+
+def _check_func(path: str, func: str, module: str, call_args: list) -> None:
+    """An unknown FUNC on a WASI command most likely is argv missing its ``--``."""
+    from pathlib import Path
+
+    from ...runner.sandbox import read_module
+    from ...wasm.facts import FactsError, read_interface
+
+    try:
+        names = {e.name for e in read_interface(read_module(path)).exports}
+    except (FactsError, errors.WasmsbxError):
+        return
+    if func in names or "_start" not in names:
+        return
+    import shlex
+
+    words = [func, *call_args]
+    raise errors.UsageError(
+        f"{Path(path).name} has no export named {func!r}; it is a WASI command",
+        hint=f"its arguments go after --: wasmsbx run {shlex.join([module, '--', *words])}",
+        function=func,
+    )
+
+
+def _invoke(box: Any, func: str, call_args: list, o: dict) -> Any:
+    """The call. ``--invoke 'NAME(ARGS)'`` on a component: the arguments are WAVE, as in
+    the wasmtime CLI (parse_invoke's comma split is for core modules' numbers)."""
+    invoke = o.get("invoke")
+    if invoke and "(" in invoke and getattr(box, "is_component", False):
+        return box.invoke(func, wave_call_args(invoke)[1], wave_args=True)
+    return box.invoke(func, call_args)
+
+
+def wave_call_args(text: str) -> tuple:
+    from ...components.wave import WaveError, parse_call
+
+    try:
+        return parse_call(text)
+    except WaveError as exc:
+        raise errors.UsageError(f"--invoke: {exc}") from None
+
+
+def _command(box: Any, argv: list, o: dict, log: Any = None) -> int:
+    result = box.run_command(argv, capture=o["json"])
+    if o["json"]:
+        data = result.to_dict()
+        data["stdout"] = _text(result.stdout)
+        data["stderr"] = _text(result.stderr)
+        output.emit_json(data)
+    _after(result.stats, o, log, box.warnings)
+    _explain_status(result)
+    return result.exit_code
+
+
+def _explain_status(result: Any) -> None:
+    """A guest status that could be mistaken for one of ours gets one line on stderr."""
+    status, code = result.guest_status, result.exit_code
+    if status is None or code < errors.ExitCode.INTERNAL:
+        return
+    if status > errors.ExitCode.GUEST_STATUS_MAX:
+        signed = f" ({status - 2**32} as an i32)" if status >= 2**31 else ""
+        output.warning(
+            f"the guest exited with status {status}{signed}, outside 0..125: exit code "
+            f"{code} (see README, Exit codes)"
+        )
+    else:
+        output.warning(f"exit code {code} is the guest's own status, not a wasmsbx error")
+
+
+def _text(data: Any) -> Any:
+    if data is None:
+        return None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        import base64
+
+        return {"base64": base64.b64encode(data).decode("ascii")}
+
+
+def _after(stats: Any, o: dict, log: Any = None, shown: Any = ()) -> None:
+    if log is not None:
+        log.usage(stats)
+    for warning in stats.warnings:
+        if warning not in shown:
+            output.warning(warning)
+    if o["stats"]:
+        render_stats(stats)

@@ -1,0 +1,335 @@
+"""``wasmsbx watch MODULE [FUNC [ARGS...]] [-- ARGS...]``: re-run on every change.
+
+Parses the options, hands a WatchConfig to the core watcher (wasmsbx/watch.py) and
+renders its events: rich text, or one JSON object per line with ``--json``.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+from .. import options as run_options
+from .. import output
+from ..app import RUN_OPTS, FuncArgsCommand, run_opt, split_passthrough
+from ..boundary import boundary
+
+
+def register(app: typer.Typer) -> None:
+    @app.command(
+        "watch",
+        cls=FuncArgsCommand,
+    )
+    @boundary
+    def watch(
+        module: str = typer.Argument(
+            ..., metavar="MODULE", help="A .wasm/.wat module, or a .c source to build."
+        ),
+        func_and_args: Optional[list[str]] = typer.Argument(
+            None,
+            metavar="[FUNC [ARGS...]] [-- ARGS...]",
+            help="An export to call and its arguments, or, after --, a WASI command's argv.",
+        ),
+        source: Optional[str] = typer.Option(
+            None, "--source", metavar="PATH", help="The source of MODULE: rebuild it on change."
+        ),
+        also: Optional[list[str]] = typer.Option(
+            None, "--also", metavar="PATH", help="Also re-run when PATH changes (repeatable)."
+        ),
+        policy: Optional[str] = run_opt("policy"),
+        backend: Optional[str] = run_opt("backend"),
+        memory: Optional[str] = run_opt("memory"),
+        fuel: Optional[str] = run_opt("fuel"),
+        timeout: Optional[str] = run_opt("timeout"),
+        stack: Optional[str] = run_opt("stack"),
+        dir: Optional[list[str]] = run_opt("dir"),
+        dir_ro: Optional[list[str]] = run_opt("dir_ro"),
+        env: Optional[list[str]] = run_opt("env"),
+        debounce: str = typer.Option(
+            "100ms",
+            "--debounce",
+            metavar="DURATION",
+            help="Quiet time that ends a burst of changes (one save runs once).",
+        ),
+        clear: bool = typer.Option(False, "--clear", help="Clear the screen before each run."),
+        poll: bool = typer.Option(
+            False,
+            "--poll",
+            help="Poll the file system instead of notifications (network drives, some "
+            "containers); sees changes at 1-second mtime granularity.",
+        ),
+        no_cache: bool = typer.Option(False, "--no-cache", help="Do not use the compile cache."),
+        json_output: bool = typer.Option(
+            False, "--json", help="One JSON object per event (schema in the README)."
+        ),
+    ) -> int:
+        """Re-run MODULE on every change, with a compatibility report of its interface.
+
+        Runs once, then again whenever the module, its source, the policy or an --also
+        path changes. Ctrl-C stops (exit 0).
+
+        Examples: wasmsbx watch add.wat add 5 3;  wasmsbx watch src/add.c add 5 3;
+        wasmsbx watch build/tool.wasm --source tool.c -- --flag input"""
+        from ... import watch as core
+        from .run import build_policy
+
+        words, argv = split_passthrough(list(func_and_args or []))
+        func = words[0] if words else None
+        options = {
+            "policy": policy,
+            "backend": backend,
+            "memory": memory,
+            "fuel": None if fuel is None else run_options._value(RUN_OPTS["fuel"], fuel),
+            "timeout": timeout,
+            "stack": stack,
+            "dir": dir or [],
+            "dir_ro": dir_ro or [],
+            "env": env or [],
+        }
+        config = core.WatchConfig(
+            target=module,
+            func=func,
+            args=words[1:] + (argv if func else []),
+            argv=[] if func else argv,
+            source=source,
+            also=list(also or []),
+            policy_loader=lambda: build_policy(options),
+            policy_path=policy,
+            use_cache=False if no_cache else None,
+            capture=json_output,
+            debounce=_debounce(debounce),
+            poll=poll,
+        )
+        stop = core.Stop()
+        with core.stop_on_signals(stop):
+            watcher = core.Watcher(config, Renderer(json_output, clear))
+            watcher.serve(stop)
+        _exit_now(0)
+        return 0  # not reached
+
+
+def _exit_now(code: int) -> None:
+    """Flush and leave without interpreter finalization.
+
+    Two things may still run once watching stops: a guest cut short by Ctrl-C (in its
+    worker thread), and wasmtime's tokio threads, which hold the Python stdio callbacks of
+    WASI guests; at finalization such a thread is force-unwound and prints a Rust panic
+    ("panic in a function that cannot unwind"), reproducible with wasmtime-py 50 alone.
+    serve() has already closed everything watch owns, so there is nothing left to finalize.
+    """
+    import os
+
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe: nothing more to say
+            pass
+    os._exit(code)
+
+
+def _debounce(text: str) -> float:
+    from ...errors import UsageError
+    from ...units import parse_duration
+
+    try:
+        seconds = parse_duration(text)
+    except ValueError as exc:
+        raise UsageError(f"--debounce: {exc}", hint="e.g. --debounce 100ms") from None
+    if not 0.001 <= seconds <= 10:
+        raise UsageError(f"--debounce: {text} is out of range", hint="use 1ms .. 10s")
+    return seconds
+
+
+# ---------------------------------------------------------------------------- rendering
+
+
+class Renderer:
+    """Events to stdout: one JSON object per line, or short rich blocks."""
+
+    def __init__(self, json_mode: bool, clear: bool) -> None:
+        self.json_mode = json_mode
+        self.clear = clear
+        self.cycle = 0
+        self.console = None if json_mode else output.console()
+
+    def __call__(self, event: Any) -> None:
+        if self.json_mode:
+            import json
+
+            sys.stdout.write(json.dumps(event.to_dict(), default=str) + "\n")
+            sys.stdout.flush()
+            return
+        try:
+            if self.clear and event.cycle > self.cycle and event.kind != "stop":
+                self.console.clear()
+            self.cycle = max(self.cycle, event.cycle)
+            getattr(self, f"_{event.kind}")(event)
+            sys.stdout.flush()
+        except SystemExit:  # rich's answer to a closed pipe: let the watcher stop instead
+            raise BrokenPipeError("stdout closed") from None
+
+    # ------------------------------------------------------------ one per kind
+    def _print(self, text: str, **kw: Any) -> None:
+        self.console.print(text, **kw)
+
+    def _head(self, event: Any) -> str:
+        return f"[dim]{event.time[11:23]}[/]"
+
+    def _start(self, event: Any) -> None:
+        from rich.markup import escape
+
+        d = event.data
+        what = _call_text(d) if d["mode"] == "call" else _argv_text(d["argv"])
+        paths = ", ".join(d["watching"])
+        policy = d["policy"] or "defaults"
+        self._print(
+            f"[bold]watching[/] {escape(paths)}  [dim]run:[/] {escape(what)}  "
+            f"[dim]policy:[/] {escape(policy)}  [dim](Ctrl-C to stop)[/]"
+        )
+
+    def _policy(self, event: Any) -> None:
+        from rich.markup import escape
+
+        d = event.data
+        if not d["ok"]:
+            err = d["error"]
+            self._print(f"{self._head(event)} [red]✗ policy[/] {escape(err['message'])}")
+            if err.get("hint"):
+                self._print(f"  [dim]hint: {escape(err['hint'])}[/]")
+            self._print(f"  [yellow]keeping the last good policy ({escape(d['kept'])})[/]")
+            return
+        if not d["changes"]:
+            self._print(f"{self._head(event)} policy reloaded: no effective change")
+            return
+        self._print(f"{self._head(event)} policy reloaded ({escape(d['path'])}):")
+        for change in d["changes"]:
+            old, new = (
+                _policy_value(change["key"], change["old"]),
+                _policy_value(change["key"], change["new"]),
+            )
+            self._print(f"  {change['key']}: {escape(old)} → {escape(new)}")
+
+    def _build(self, event: Any) -> None:
+        from rich.markup import escape
+
+        d = event.data
+        if d["ok"]:
+            tool = Path(d["command"][0]).name if d["command"] else d["kind"]
+            self._print(
+                f"{self._head(event)} built {escape(d['module'])} from {escape(d['source'])} "
+                f"[dim]({escape(tool)}, {_ms(d['duration_ms'])})[/]"
+            )
+            lines = d["messages"].splitlines()  # warnings
+        else:
+            err = d["error"]
+            self._print(f"{self._head(event)} [red]✗ build failed[/]: {escape(err['message'])}")
+            if err.get("hint"):
+                self._print(f"  [dim]hint: {escape(err['hint'])}[/]")
+            lines = (err.get("output") or "").splitlines()
+        for line in lines[:30]:
+            self._print(f"  {escape(line)}", style="dim")
+        if len(lines) > 30:
+            self._print(f"  ... {len(lines) - 30} more lines", style="dim")
+
+    def _interface(self, event: Any) -> None:
+        from rich.markup import escape
+        from rich.panel import Panel
+        from rich.table import Table
+
+        changes = event.data["changes"]
+        if not changes:
+            self._print(f"{self._head(event)} interface unchanged")
+            return
+        breaking = sum(1 for c in changes if c["breaking"])
+        grid = Table.grid(padding=(0, 1))
+        for _ in range(4):
+            grid.add_column(overflow="fold")
+        signs = {"added": "[green]+[/]", "removed": "[red]-[/]"}
+        for c in changes:
+            detail = c["new"] if c["change"] == "added" else c["old"]
+            if c["change"] not in ("added", "removed"):
+                detail = f"{c['old']} → {c['new']}"
+            verdict = "[bold red]breaking[/]" if c["breaking"] else "[dim]ok[/]"
+            note = f" [dim]({escape(c['note'])})[/]" if c["note"] else ""
+            grid.add_row(
+                signs.get(c["change"], "[yellow]~[/]"),
+                f"{c['kind']} [bold]{escape(c['name'])}[/]",
+                escape(detail or "") + note,
+                verdict,
+            )
+        count = f"{len(changes)} change{'s' if len(changes) != 1 else ''}"
+        title = f"{self._head(event)} interface: {count}, " + (
+            f"[bold red]{breaking} breaking[/]" if breaking else "[green]none breaking[/]"
+        )
+        self._print(Panel(grid, title=title, title_align="left", expand=False))
+
+    def _run(self, event: Any) -> None:
+        from rich.markup import escape
+
+        d = event.data
+        took = f"[dim]{_ms(d.get('duration_ms'))}[/]"
+        head = f"{self._head(event)} [bold]#{event.cycle}[/]"
+        trigger = d.get("trigger")
+        cause = "" if trigger in (None, "start") else f" [dim]({escape(', '.join(trigger))})[/]"
+        if not d["ok"] and "error" in d:
+            err = d["error"]
+            label = "load failed" if d["phase"] == "load" else err["kind"]
+            self._print(f"{head} [red]✗ {label}[/]: {escape(err['message'])}  {took}{cause}")
+            if err.get("hint"):
+                self._print(f"  [dim]hint: {escape(err['hint'])}[/]")
+            for frame in err.get("backtrace", [])[:5]:
+                self._print(f"  [dim]at {escape(frame)}[/]")
+            return
+        if "exit_code" in d:
+            mark = "[green]✓[/]" if d["ok"] else "[red]✗[/]"
+            self._print(f"{head} {mark} exit {d['exit_code']}  {took}{cause}")
+            return
+        results = ", ".join(_result_text(r) for r in d["results"])
+        shown = f" = {results}" if results else ""
+        self._print(f"{head} [green]✓[/] {escape(_call_text(d) + shown)}  {took}{cause}")
+
+    def _stop(self, event: Any) -> None:
+        d = event.data
+        runs = f"{d['cycles']} cycle{'s' if d['cycles'] != 1 else ''}"
+        note = " (a run was cut short)" if d["interrupted_run"] else ""
+        self._print(f"[dim]stopped ({d['reason']}) after {runs}{note}[/]")
+
+
+def _call_text(d: dict) -> str:
+    return f"{d['function']}({', '.join(str(a) for a in d['args'])})"
+
+
+def _argv_text(argv: list) -> str:
+    return "_start " + " ".join(argv) if argv else "_start"
+
+
+def _result_text(result: dict) -> str:
+    from ...runner.sandbox import format_value
+
+    if "wave" in result:  # a component's result: its WAVE text
+        return result["wave"]
+    value = result["value"]
+    return value if isinstance(value, str) else format_value(value, result["type"])
+
+
+def _ms(value: Optional[float]) -> str:
+    from ...units import format_duration
+
+    return format_duration(value / 1e3) if value is not None else ""
+
+
+def _policy_value(key: str, value: Any) -> str:
+    from ...policy import KEYS
+    from ...units import format_duration, format_size
+
+    if value is None:
+        return "unset"
+    kind = KEYS[key].kind if key in KEYS else ""
+    if kind == "size" and isinstance(value, int):
+        return format_size(value)
+    if kind == "duration" and isinstance(value, (int, float)):
+        return format_duration(value)
+    return str(value)

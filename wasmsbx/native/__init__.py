@@ -1,0 +1,1 @@
+"""Native code: artifacts, the compile cache, keys, and source builds."""

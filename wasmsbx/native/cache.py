@@ -1,0 +1,1032 @@
+"""The compiled-code cache: native code kept between runs, safely.
+
+A private directory (``resolve_dir``: ``--cache-dir``, then the policy's
+``runtime.cache_dir``, then ``$WASMSBX_CACHE_DIR``, then platformdirs' user cache dir).
+Each module compiled by one engine is one entry, keyed by the module's BLAKE3 digest and
+``Engine.fingerprint()`` (backend, versions, compiler, optimisation level, features,
+target). Per entry:
+
+- ``code/KEY[:2]/KEY.entry``: the entry's bytes in the :mod:`wasmsbx.native.artifact` format
+  (header + native code), written to a new file renamed into place; they are verified (size,
+  digest, fingerprint, module digest) before any deserialization, and an entry that
+  fails is deleted, recompiled and reported;
+- in the diskcache database, ``m:KEY``: a JSON record for listing: module, backend,
+  sizes, created, last used, hits.
+
+Also in the database: counters ``n:hits:LABEL`` / ``n:misses:LABEL`` for hit rates, and
+``l:KEY``, the lock that makes concurrent processes compile a module once while the
+others wait. Values are only text and integers, so diskcache never unpickles anything.
+A hit appends a line to ``hits.log`` instead of writing the database; the journal is
+folded into the records whenever they are read. The total size is bounded by
+``runtime.cache_size``: after each store the least recently used entries go.
+
+Why the code is not a diskcache value (diskcache would keep values this big in files of
+its own anyway): a hit then needs no database at all, and importing diskcache and
+sqlite3 costs 13 ms, six times the rest of a cached load of a 1 MB module.
+
+Only the run path imports this module, and only for modules of at least
+``runtime.cache_min_size`` bytes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Callable, NamedTuple, Optional
+
+from .. import errors
+from . import artifact as aot
+
+CODE_DIR = "code"  # native code: code/KEY[:2]/KEY.entry, in the wasmsbx.native.artifact format
+CODE_SUFFIX = ".entry"
+HITS = "hits.log"  # the hit journal: "KEY LABEL TIME" per hit
+HITS_FOLD_SIZE = 1 << 16  # the hit that takes the journal past a multiple of this folds it
+HITS_MAX = 16 << 20  # a journal that cannot be folded stops growing here
+ORPHAN_GRACE = 60.0  # a code file this young may be waiting for its record (a store under way)
+LOCK_TTL = 600.0  # a lock older than this is stale (its holder died on another host)
+LOCK_WAIT = 600.0  # the longest a process waits for another to finish compiling
+# What wasmsbx keeps in a cache directory (diskcache: the database and its journals).
+OURS = ("CACHEDIR.TAG", "cache.db", "cache.db-wal", "cache.db-shm", CODE_DIR, HITS, "probes")
+TAG_TEXT = (
+    "Signature: 8a477f597d28d172789f06886806bc55\n"
+    "# This file is a cache directory tag created by wasmsbx.\n"
+    "# For information about cache directory tags see https://bford.info/cachedir/\n"
+)
+
+
+class CacheUnavailable(Exception):
+    """The cache directory cannot be used (not ours, not a directory, unwritable...)."""
+
+
+class Outcome(NamedTuple):
+    module: Any
+    state: str  # hit | miss | error
+    timings: dict
+    warnings: list
+    key: Optional[str] = None
+    exports: Optional[list] = None  # the module's export records (aot.export_records)
+
+
+# ---------------------------------------------------------------------------- where
+
+
+def _expand(text: str, what: str) -> Path:
+    try:
+        return Path(text).expanduser()
+    except RuntimeError:  # "~someone" for a user that does not exist
+        raise errors.UsageError(f"{what}: cannot expand {text!r}: no such user") from None
+
+
+def resolve_dir(policy: Any = None, override: Optional[str] = None) -> tuple:
+    """(directory, where it came from): option, policy, env or default."""
+    if override:
+        return _expand(override, "--cache-dir").absolute(), "option"
+    configured = policy.values.get("runtime.cache_dir") if policy is not None else ""
+    if configured:
+        path = _expand(configured, "runtime.cache_dir")
+        source = getattr(policy, "source", None)
+        if not path.is_absolute() and source and Path(source).is_file():
+            path = Path(source).resolve().parent / path
+        return path.absolute(), "policy"
+    env = os.environ.get("WASMSBX_CACHE_DIR")
+    if env:
+        return _expand(env, "WASMSBX_CACHE_DIR").absolute(), "env"
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("wasmsbx", appauthor=False)), "default"
+
+
+def prepare_dir(root: Path) -> None:
+    """Create ``root`` private to this user (0700), refuse one that belongs to another."""
+    _refuse_trust(root)  # before mkdir: a policy must not create folders in the trust folder
+    try:
+        root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        info = root.stat()
+    except OSError as exc:
+        raise CacheUnavailable(f"cannot create {root}: {exc.strerror or exc}") from None
+    if not stat.S_ISDIR(info.st_mode):
+        raise CacheUnavailable(f"{root} is not a directory")
+    if hasattr(os, "getuid") and info.st_uid != os.getuid():
+        raise CacheUnavailable(
+            f"{root} belongs to another user (uid {info.st_uid}); native code is only "
+            "loaded from a cache directory of your own"
+        )
+    tag = root / "CACHEDIR.TAG"
+    tagged = tag.exists()
+    if not tagged:
+        _refuse_foreign(root)
+    if info.st_mode & 0o077:
+        try:
+            os.chmod(root, 0o700)
+        except OSError as exc:
+            raise CacheUnavailable(f"cannot make {root} private: {exc.strerror}") from None
+    if not tagged:
+        tmp = root / f".CACHEDIR.TAG.{os.getpid()}"
+        try:
+            tmp.write_text(TAG_TEXT)
+            os.replace(tmp, tag)
+        except OSError as exc:
+            raise CacheUnavailable(f"cannot write in {root}: {exc.strerror}") from None
+
+
+def _refuse_foreign(root: Path) -> None:
+    """A directory with files but no CACHEDIR.TAG is not a cache: wasmsbx will not tag it
+    (backup tools skip tagged folders), tighten its mode or write a database into it."""
+    try:
+        names = [
+            n for n in os.listdir(root) if n not in OURS and not n.startswith(".CACHEDIR.TAG.")
+        ]
+    except OSError as exc:
+        raise CacheUnavailable(f"cannot read {root}: {exc.strerror}") from None
+    _refuse_trust(root)  # again, now that it exists: a symlink may have changed meanwhile
+    if names:
+        raise CacheUnavailable(
+            f"{root} is not empty and is not a wasmsbx cache (no CACHEDIR.TAG); "
+            "choose an empty or new directory"
+        )
+
+
+def _refuse_trust(root: Path) -> None:
+    """The trust folder, a folder around it or one inside it is never a cache."""
+    from .trust import trust_dir
+
+    try:
+        keys, root = trust_dir().resolve(), root.resolve()
+    except (OSError, RuntimeError) as exc:  # RuntimeError: a symlink loop (Python < 3.13)
+        raise CacheUnavailable(f"cannot resolve {root}: {exc}") from None
+    if root == keys or root in keys.parents or keys in root.parents:
+        raise CacheUnavailable(f"{root} overlaps the trust folder {keys}; not a cache")
+
+
+def exists(root: Path) -> bool:
+    """A database, or code files (``verify`` must see code that was put there without
+    one, e.g. committed to a repository)."""
+    return (root / "cache.db").is_file() or (root / CODE_DIR).is_dir()
+
+
+def wipe(root: Path) -> None:
+    """Delete a cache directory whose database is damaged: only one tagged as ours, and
+    only what wasmsbx keeps there (a policy may name the directory: whatever else is in
+    it stays)."""
+    import shutil
+
+    tag = root / "CACHEDIR.TAG"
+    if not tag.is_file() or "created by wasmsbx" not in tag.read_text(errors="replace"):
+        raise CacheUnavailable(f"{root} has no wasmsbx CACHEDIR.TAG; not deleting it")
+    for name in os.listdir(root):
+        path = root / name
+        if name not in OURS and not name.startswith(".CACHEDIR.TAG."):
+            continue
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
+    try:
+        root.rmdir()
+    except OSError:
+        pass  # something else lives there
+
+
+# ---------------------------------------------------------------------------- keys
+
+
+def entry_key(module_digest: str, fingerprint: dict) -> str:
+    """The cache key: the module's digest (``aot.digest``, BLAKE3) and everything that
+    changes the machine code."""
+    text = json.dumps(
+        {"format": aot.FORMAT, "module": module_digest, "fingerprint": fingerprint},
+        sort_keys=True,
+    )
+    return aot.digest(text.encode("utf-8"))
+
+
+def fingerprint_label(fp: dict) -> str:
+    """ "wasmtime", "wasmer:llvm": how users name the backend that built an entry."""
+    backend = fp.get("backend", "?")
+    compiler = fp.get("compiler")
+    if compiler and backend != "wasmtime":
+        return f"{backend}:{compiler}"
+    return backend
+
+
+# ---------------------------------------------------------------------------- the store
+
+
+class Store:
+    """The cache directory: native code in files named by key, everything else in diskcache.
+
+    The diskcache database (``cache.db``) is opened only when something needs it: a
+    miss (the compile lock, the record, eviction), a damaged entry, the ``cache``
+    commands. A hit reads one file and appends one line to the hit journal, so it never
+    imports diskcache or sqlite3 (13 ms, more than the rest of a cached load).
+    """
+
+    def __init__(self, root: Path, size_limit: int) -> None:
+        self.root = root
+        self.size_limit = size_limit
+        self._db: Any = None
+
+    @property
+    def db(self) -> Any:
+        if self._db is None:
+            import diskcache
+
+            # eviction_policy="none" + cull_limit=0: entries leave only by evict()/prune/
+            # clear, which keep the code and its record together. sqlite_synchronous=0: no
+            # fsync. With fsyncs every open and close of the database cost 10-30 ms; what
+            # they protect against, an OS crash tearing the database, costs a cache at
+            # most: entries are verified before use, and `wasmsbx cache clear` removes a
+            # damaged database.
+            self._db = diskcache.Cache(
+                str(self.root),
+                disk=_safe_disk(),
+                eviction_policy="none",
+                cull_limit=0,
+                statistics=False,
+                timeout=60,
+                sqlite_synchronous=0,
+            )
+        return self._db
+
+    @classmethod
+    def open(
+        cls, root: Path, size_limit: int, create: bool = True, connect: bool = False
+    ) -> Optional[Store]:
+        """The store in ``root`` (None if ``create`` is false and there is none); with
+        ``connect``, its database is opened now, so a damaged one fails here."""
+        if not create and not exists(root):
+            return None
+        prepare_dir(root)
+        store = cls(root, size_limit)
+        if connect:
+            store.db  # noqa: B018 - opens it
+        return store
+
+    def close(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+
+    # ---------------------------------------------------------- native code
+    def code_path(self, key: str) -> Path:
+        return self.root / CODE_DIR / key[:2] / (key + CODE_SUFFIX)
+
+    def blob(self, key: str) -> Optional[bytearray]:
+        """The entry's bytes, read into a writable buffer so the backend can deserialize
+        from it without another copy (wasmtime-py copies anything read-only)."""
+        try:
+            with open(self.code_path(key), "rb") as handle:
+                size = os.fstat(handle.fileno()).st_size
+                data = bytearray(size)
+                got = handle.readinto(data)
+        except FileNotFoundError:
+            return None
+        if got != size:  # shrank while we read: the digest check will reject what is left
+            del data[got:]
+        return data
+
+    def has(self, key: str) -> bool:
+        return self.code_path(key).is_file()
+
+    def write_blob(self, key: str, blob: bytes) -> None:
+        """Write the entry's file as a new file renamed into place, so no reader ever sees
+        part of one. (Not fsynced: after a power loss the file may be empty or damaged,
+        which the digest check catches.)"""
+        path = self.code_path(key)
+        for folder in (path.parent.parent, path.parent):  # mkdir(parents=) ignores mode
+            folder.mkdir(mode=0o700, exist_ok=True)
+        tmp = path.parent / f".{key[:16]}.{os.getpid()}.{time.monotonic_ns()}.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(blob)
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+
+    def put(self, key: str, blob: bytes, record: dict) -> None:
+        self.write_blob(key, blob)  # first the code, then the record that lists it
+        with self.db.transact():
+            self.db.set("m:" + key, json.dumps(record, sort_keys=True))
+            self.db.delete("a:" + key)  # its code as an earlier build kept it, if any
+
+    def _code_files(self, pattern: str) -> Iterator:
+        """(path, stat) of the files in the code folders matching ``pattern``."""
+        for path in (self.root / CODE_DIR).glob(pattern):
+            try:
+                yield path, path.stat()
+            except OSError:  # removed meanwhile
+                continue
+
+    def code_keys(self) -> list:
+        """Keys of every code file, with how old the file is (seconds)."""
+        now = time.time()
+        return [
+            (path.name[: -len(CODE_SUFFIX)], now - info.st_mtime)
+            for path, info in self._code_files("??/*" + CODE_SUFFIX)
+        ]
+
+    def code_volume(self) -> int:
+        return sum(info.st_size for _, info in self._code_files("??/*"))
+
+    # ---------------------------------------------------------- records
+    def record(self, key: str) -> Optional[dict]:
+        text = self.db.get("m:" + key)
+        if not isinstance(text, str):
+            return None
+        try:
+            data = json.loads(text)
+        except ValueError:
+            return None
+        return data if isinstance(data, dict) else None
+
+    def hit(self, key: str, label: str) -> None:
+        """One more hit for ``key`` (its record's hits and last use) and for ``label``:
+        a line appended to the hit journal, folded into the records when they are read.
+
+        The hit that takes the journal past a multiple of ``HITS_FOLD_SIZE`` folds it, so
+        a cache only ever hit stays small; if the database cannot be opened, that is tried
+        again only at the next multiple, and past ``HITS_MAX`` hits are no longer counted.
+        """
+        line = f"{key} {label} {time.time():.3f}\n".encode()
+        fd = os.open(self.root / HITS, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        try:
+            _flock(fd)
+            if os.fstat(fd).st_size > HITS_MAX:
+                return
+            os.write(fd, line)
+            size = os.fstat(fd).st_size
+        finally:
+            os.close(fd)  # releases the lock
+        if size // HITS_FOLD_SIZE > (size - len(line)) // HITS_FOLD_SIZE:
+            self.fold_hits()
+
+    def fold_hits(self) -> int:
+        """Move the hit journal into the records and counters; the number of hits.
+
+        The database is opened first (a journal is kept while it cannot be); the journal's
+        lock is held only to take its lines and empty it, never while waiting for the
+        database. Hits taken by a fold that then fails are lost: they are statistics.
+        """
+        db = self.db
+        try:
+            fd = os.open(self.root / HITS, os.O_RDWR)
+        except FileNotFoundError:
+            return 0
+        try:
+            _flock(fd)
+            with os.fdopen(os.dup(fd), "rb") as f:
+                lines = f.read().splitlines()
+            if lines:
+                os.ftruncate(fd, 0)
+        finally:
+            os.close(fd)
+        per_key: dict = {}
+        per_label: dict = {}
+        for line in lines:
+            parts = line.decode("utf-8", "replace").split()
+            if len(parts) != 3:
+                continue
+            try:
+                when = float(parts[2])
+            except ValueError:
+                continue
+            count, last = per_key.get(parts[0], (0, 0.0))
+            per_key[parts[0]] = (count + 1, max(last, when))
+            per_label[parts[1]] = per_label.get(parts[1], 0) + 1
+        if not per_label:
+            return 0
+        with db.transact():
+            for key, (count, last) in per_key.items():
+                record = self.record(key)
+                if record is not None:
+                    record["hits"] = int(record.get("hits", 0)) + count
+                    record["last_used"] = max(float(record.get("last_used", 0)), last)
+                    db.set("m:" + key, json.dumps(record, sort_keys=True))
+            for label, count in per_label.items():
+                db.incr(f"n:hits:{label}", count)
+        return sum(per_label.values())
+
+    def miss(self, label: str) -> None:
+        self.db.incr(f"n:misses:{label}")
+
+    def remove(self, key: str) -> int:
+        """Delete an entry; return the bytes it held."""
+        record = self.record(key) or {}
+        self.db.delete("m:" + key)
+        self.db.delete("a:" + key)  # its code, if an earlier build kept it in the database
+        try:
+            self.code_path(key).unlink()
+        except FileNotFoundError:
+            pass
+        return int(record.get("size", 0))
+
+    def clear(self) -> None:
+        """Every entry, counter and lock, and the hit journal."""
+        import shutil
+
+        self.db.clear()
+        shutil.rmtree(self.root / CODE_DIR, ignore_errors=True)
+        (self.root / HITS).unlink(missing_ok=True)
+
+    def keys(self, prefix: str) -> list:
+        return [
+            k[len(prefix) :] for k in self.db.iterkeys() if isinstance(k, str) and k[:2] == prefix
+        ]
+
+    def records(self) -> list:
+        self.fold_hits()
+        out = []
+        for key in self.keys("m:"):
+            record = self.record(key)
+            if record is not None:
+                record["key"] = key
+                out.append(record)
+        return out
+
+    def counters(self) -> dict:
+        """{(event, label): n} for hits and misses."""
+        self.fold_hits()
+        out = {}
+        for name in self.keys("n:"):
+            event, _, label = name.partition(":")
+            value = self.db.get("n:" + name)
+            if isinstance(value, int):
+                out[(event, label)] = value
+        return out
+
+    def volume(self) -> int:
+        return int(self.db.volume()) + self.code_volume()
+
+    def evict(self, limit: int, keep: tuple = ()) -> list:
+        """Remove least recently used entries until their sizes add up to ``limit`` or less.
+
+        The bound counts the entries (native code and headers), not SQLite's own pages,
+        which it reuses but never returns to the file system.
+        """
+        records = sorted(self.records(), key=lambda r: r.get("last_used", 0))
+        total = sum(int(r.get("size", 0)) for r in records)
+        removed = []
+        for record in records:
+            if total <= limit:
+                break
+            if record["key"] in keep:
+                continue
+            total -= self.remove(record["key"])
+            removed.append(record)
+        return removed
+
+    # ---------------------------------------------------------- the compile lock
+    def lock(self, key: str, wait: float = LOCK_WAIT) -> Optional[str]:
+        """Take the compile lock for ``key``; None if the entry appeared while waiting
+        (or the wait ran out: then the caller compiles anyway)."""
+        token = f"{os.uname().nodename}:{os.getpid()}:{time.time()}"
+        deadline = time.monotonic() + wait
+        delay = 0.005
+        while True:
+            if self.db.add("l:" + key, token, expire=LOCK_TTL):
+                return token
+            if self.has(key) or time.monotonic() > deadline:
+                return None
+            self._break_stale("l:" + key)
+            time.sleep(delay)
+            delay = min(delay * 2, 0.05)
+
+    def _break_stale(self, lock_key: str) -> None:
+        holder = self.db.get(lock_key)
+        if not isinstance(holder, str):
+            return
+        host, _, rest = holder.partition(":")
+        pid = rest.partition(":")[0]
+        if host != os.uname().nodename or not pid.isdigit() or _alive(int(pid)):
+            return
+        with self.db.transact():
+            if self.db.get(lock_key) == holder:
+                self.db.delete(lock_key)
+
+    def unlock(self, key: str, token: Optional[str]) -> None:
+        if token is None:
+            return
+        with self.db.transact():
+            if self.db.get("l:" + key) == token:
+                self.db.delete("l:" + key)
+
+
+def _safe_disk() -> type:
+    """diskcache's Disk, minus what a database someone else wrote could abuse.
+
+    A cache directory may come with its ``cache.db`` (a policy's ``cache_dir`` in a
+    cloned repository), and diskcache trusts its rows: a pickled key or value would be
+    unpickled (running code), a row's ``filename`` read or deleted wherever it points.
+    wasmsbx stores only text and integers, inline: anything else is treated as absent.
+    """
+    import diskcache
+
+    class SafeDisk(diskcache.Disk):
+        def get(self, key: Any, raw: bool) -> Any:
+            return super().get(key, raw) if raw else None  # never unpickles a key
+
+        def fetch(self, mode: int, filename: Any, value: Any, read: bool) -> Any:
+            if mode != diskcache.core.MODE_RAW or filename is not None:
+                return None  # never unpickles, never opens a file a row names
+            return super().fetch(mode, filename, value, read)
+
+        def remove(self, file_path: Any) -> Any:
+            return None  # wasmsbx keeps no values in files: a row naming one was planted
+
+    return SafeDisk
+
+
+def _flock(fd: int) -> None:
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: hit counts may lose a line under contention
+        return
+    fcntl.flock(fd, fcntl.LOCK_EX)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # exists, but not ours to signal
+    return True
+
+
+def cache_errors() -> tuple:
+    """What a broken or busy cache raises; the run goes on without it. sqlite3's and
+    diskcache's errors only if they are loaded: if not, nothing can have raised them
+    (and a hit, which never loads them, does not pay for importing them here)."""
+    import sys
+
+    found = [OSError, ValueError, CacheUnavailable]
+    sqlite3, diskcache = sys.modules.get("sqlite3"), sys.modules.get("diskcache")
+    if sqlite3 is not None:
+        found.append(sqlite3.Error)
+    if diskcache is not None:
+        found.append(diskcache.Timeout)
+    return tuple(found)
+
+
+_SHARED: dict = {}  # root -> Store kept open by the run path, for this process
+
+
+def open_store(policy: Any, override: Optional[str] = None, create: bool = True):
+    """A new Store with its database open (close it when done), or None if ``create`` is
+    false and none exists."""
+    root, _ = resolve_dir(policy, override)
+    return Store.open(root, policy.values["runtime.cache_size"], create=create, connect=True)
+
+
+def shared_store(policy: Any, override: Optional[str] = None) -> Store:
+    """The run path's Store for this directory, opened once per process: opening the
+    database costs about a millisecond, which matters to a process that runs many
+    modules (``watch``, the Python API) and to the cached load time."""
+    root, _ = resolve_dir(policy, override)
+    store = _SHARED.get(root)
+    if store is not None and exists(root):
+        prepare_dir(root)  # still ours, still private
+        store.size_limit = policy.values["runtime.cache_size"]
+        return store
+    store = Store.open(root, policy.values["runtime.cache_size"])
+    _SHARED[root] = store
+    return store
+
+
+# ---------------------------------------------------------------------------- the run path
+
+
+def load_or_compile(
+    engine: Any,
+    wasm: bytes,
+    policy: Any,
+    name: Optional[str] = None,
+    compile_fn: Optional[Callable[[bytes], Any]] = None,
+    cache_dir: Optional[str] = None,
+) -> Outcome:
+    """The module from the cache if an intact entry exists, else compiled and stored.
+
+    Never fails because of the cache: a broken cache is reported in ``warnings`` and
+    the module is compiled as if there were none.
+    """
+    started = time.perf_counter()
+    try:
+        lookup = Lookup(shared_store(policy, cache_dir), engine, wasm, name, compile_fn)
+    except cache_errors() as exc:
+        timings: dict = {}
+        module = _timed(compile_fn or engine.compile, wasm, timings)
+        warning = f"cache unavailable ({reason(exc)}); compiled without it"
+        return Outcome(module, "error", timings, [warning])
+    lookup.timings["cache"] = time.perf_counter() - started
+    return lookup.run()
+
+
+class Lookup:
+    """One module's trip through the cache: find, verify and load it, or compile and store."""
+
+    def __init__(
+        self,
+        store: Store,
+        engine: Any,
+        wasm: bytes,
+        name: Optional[str],
+        compile_fn: Optional[Callable] = None,
+    ) -> None:
+        self.store = store
+        self.engine = engine
+        self.wasm = wasm
+        self.name = name
+        self.compile_fn = compile_fn or engine.compile
+        self.fingerprint = aot.normalise(engine.fingerprint())
+        self.module_digest = aot.digest(wasm)
+        self.key = entry_key(self.module_digest, self.fingerprint)
+        self._module_sha: Optional[str] = None
+        self.label = fingerprint_label(self.fingerprint)
+        self.timings: dict = {}
+        self.warnings: list = []
+        self.exports: Optional[list] = None
+
+    @property
+    def module_sha(self) -> str:
+        """SHA-256 of the module, for its record and header: computed on a miss only."""
+        if self._module_sha is None:
+            self._module_sha = aot.sha256(self.wasm)
+        return self._module_sha
+
+    def outcome(self, module: Any, state: str) -> Outcome:
+        return Outcome(module, state, self.timings, self.warnings, self.key, self.exports)
+
+    def run(self) -> Outcome:
+        try:
+            module = self.load()
+            if module is not None:
+                return self.outcome(module, "hit")
+            waited = time.perf_counter()
+            token = self.store.lock(self.key)  # one process compiles, the others wait
+            self.timings["cache"] += time.perf_counter() - waited
+        except cache_errors() as exc:
+            self.warnings.append(f"cache unavailable ({reason(exc)}); compiled without it")
+            return self.outcome(self.compile(), "error")
+        try:
+            if token is None or self.store.has(self.key):  # stored by another process
+                module = self.load()
+                if module is not None:
+                    return self.outcome(module, "hit")
+            module = self.compile()
+            try:
+                self.save(module)
+                self.store.miss(self.label)
+            except cache_errors() as exc:
+                self.warnings.append(f"could not store compiled code in the cache ({reason(exc)})")
+            return self.outcome(module, "miss")
+        finally:
+            try:
+                self.store.unlock(self.key, token)
+            except cache_errors():
+                pass  # the lock expires on its own
+
+    def compile(self) -> Any:
+        return _timed(self.compile_fn, self.wasm, self.timings)
+
+    def load(self, touch: bool = True) -> Any:
+        """Read, authenticate, verify, deserialize; a bad entry is deleted and reported,
+        never loaded. With a key file that is refused (see trust), the cache is
+        unavailable: nothing is loaded, nothing deleted."""
+        started = time.perf_counter()
+        blob = self.store.blob(self.key)
+        if blob is None:
+            return None
+        key = self.tag_key(create=True)  # a first entry found without a key is not ours
+        try:
+            artifact = aot.open_sealed(blob, key, "cache-entry")
+            if artifact.module_digest != self.module_digest:
+                raise aot.Corrupt("it belongs to another module")
+            diff = aot.differences(artifact.fingerprint, self.fingerprint)
+            if diff:
+                raise aot.Corrupt("built for another engine: " + "; ".join(diff[:2]))
+            module = self.engine.deserialize(artifact.native())
+        except (aot.Corrupt, errors.ModuleError) as exc:
+            self.store.remove(self.key)
+            what = f"cache entry for {self.name or self.module_digest[:12]} ({self.label})"
+            self.warnings.append(
+                f"{what} failed its integrity check ({reason(exc)}); discarded and recompiled"
+            )
+            return None
+        self.exports = artifact.header["module"].get("exports")
+        if touch:
+            try:
+                self.store.hit(self.key, self.label)
+            except cache_errors():
+                pass  # a hit that cannot be counted is still a hit
+        self.timings["load"] = time.perf_counter() - started
+        return module
+
+    def tag_key(self, create: bool) -> Optional[bytes]:
+        """The user's key for cache entries (trust.tag_key); a refused key file is
+        reported once and the run goes on without the cache."""
+        from . import trust
+
+        try:
+            return trust.tag_key("cache-entry", create=create)
+        except trust.KeyProblem as exc:
+            raise CacheUnavailable(exc.message) from None
+
+    def save(self, module: Any) -> None:
+        started = time.perf_counter()
+        key = self.tag_key(create=True)
+        payload = self.engine.serialize(module)
+        self.exports = aot.export_records(self.wasm)  # so a hit need not parse the module
+        blob = aot.pack(
+            "cache-entry",
+            self.fingerprint,
+            payload,
+            self.module_sha,
+            len(self.wasm),
+            self.name,
+            exports=self.exports,
+            module_digest=self.module_digest,
+            key=key,
+        )
+        if len(blob) <= self.store.size_limit:  # an entry bigger than the cache is not kept
+            self.store.put(self.key, blob, self.record(len(blob)))
+            self.store.evict(self.store.size_limit, keep=(self.key,))
+        self.timings["store"] = time.perf_counter() - started
+
+    def record(self, size: int) -> dict:
+        fp, now = self.fingerprint, time.time()
+        return {
+            "module": {"name": self.name, "sha256": self.module_sha, "size": len(self.wasm)},
+            "backend": fp.get("backend"),
+            "label": self.label,
+            "compiler": fp.get("compiler"),
+            "version": fp.get("version"),
+            "optimize": fp.get("optimize"),
+            "target": fp.get("target"),
+            "size": size,
+            "created": now,
+            "last_used": now,
+            "hits": 0,
+        }
+
+
+def _timed(compile_fn: Callable, wasm: bytes, timings: dict) -> Any:
+    started = time.perf_counter()
+    module = compile_fn(wasm)
+    timings["compile"] = time.perf_counter() - started
+    return module
+
+
+def reason(exc: BaseException) -> str:
+    if isinstance(exc, errors.WasmsbxError):
+        return exc.message
+    if isinstance(exc, OSError) and exc.strerror:
+        return f"{exc.strerror}: {exc.filename}" if exc.filename else exc.strerror
+    return str(exc) or type(exc).__name__
+
+
+# ---------------------------------------------------------------------------- compile command
+
+
+def store_compiled(
+    engine: Any,
+    wasm: bytes,
+    policy: Any,
+    name: Optional[str] = None,
+    compile_fn: Optional[Callable] = None,
+    cache_dir: Optional[str] = None,
+    force: bool = False,
+) -> dict:
+    """``wasmsbx compile`` into the cache: compile (unless an intact entry exists) and store.
+
+    Unlike the run path, failures to use the cache are errors here: storing is the point.
+    """
+    try:
+        store = open_store(policy, cache_dir)
+    except cache_errors() as exc:
+        raise errors.InputError(
+            f"cache unavailable: {reason(exc)}", hint="choose another --cache-dir"
+        ) from None
+    try:
+        lookup = Lookup(store, engine, wasm, name, compile_fn)
+        try:
+            listed = store.has(lookup.key) and store.record(lookup.key) is not None
+            if not force and listed and lookup.load(touch=False) is not None:
+                return _compiled(lookup, "cached")  # (code without a record is stored again)
+        except cache_errors() as exc:
+            raise errors.InputError(
+                f"cannot read the cache: {reason(exc)}", hint="choose another --cache-dir"
+            ) from None
+        module = lookup.compile()
+        try:
+            lookup.save(module)
+        except cache_errors() as exc:
+            raise errors.InputError(
+                f"cannot store in the cache: {reason(exc)}",
+                hint="free some space, or choose another --cache-dir",
+            ) from None
+        if not store.has(lookup.key):
+            lookup.warnings.append(
+                f"compiled code is larger than runtime.cache_size ({store.size_limit} bytes); "
+                "not kept"
+            )
+        return _compiled(lookup, "stored")
+    finally:
+        store.close()
+
+
+def _compiled(lookup: Lookup, state: str) -> dict:
+    record = lookup.store.record(lookup.key) or {}
+    return {
+        "backend": lookup.label,
+        "version": lookup.fingerprint.get("version"),
+        "state": state,
+        "key": lookup.key,
+        "size": record.get("size"),
+        "timings": {k: round(v, 6) for k, v in lookup.timings.items()},
+        "warnings": list(lookup.warnings),
+    }
+
+
+# ---------------------------------------------------------------------------- reports
+
+
+def entries(store: Store) -> list:
+    """Every entry's record, newest use first, with its age in seconds."""
+    now = time.time()
+    out = []
+    for record in store.records():
+        record["age"] = max(0.0, now - record.get("created", now))
+        record["idle"] = max(0.0, now - record.get("last_used", now))
+        out.append(record)
+    return sorted(out, key=lambda r: -r.get("last_used", 0))
+
+
+def stats(store: Store) -> dict:
+    records = store.records()
+    counters = store.counters()
+    per: dict = {}
+    for record in records:
+        slot = per.setdefault(record.get("label", "?"), _slot())
+        slot["entries"] += 1
+        slot["size"] += int(record.get("size", 0))
+    for (event, label), n in counters.items():
+        if event in ("hits", "misses"):
+            per.setdefault(label, _slot())[event] += n
+    for slot in per.values():
+        slot["hit_rate"] = _rate(slot["hits"], slot["misses"])
+    hits = sum(s["hits"] for s in per.values())
+    misses = sum(s["misses"] for s in per.values())
+    return {
+        "entries": len(records),
+        "total_size": sum(int(r.get("size", 0)) for r in records),
+        "disk_usage": store.volume(),
+        "size_limit": store.size_limit,
+        "hits": hits,
+        "misses": misses,
+        "hit_rate": _rate(hits, misses),
+        "backends": dict(sorted(per.items())),
+    }
+
+
+def _slot() -> dict:
+    return {"entries": 0, "size": 0, "hits": 0, "misses": 0}
+
+
+def _rate(hits: int, misses: int) -> Optional[float]:
+    return round(hits / (hits + misses), 4) if hits + misses else None
+
+
+def clear(store: Store, module_sha: Optional[str] = None, backend: Optional[str] = None) -> dict:
+    """Remove every entry, or those of one module and/or one backend."""
+    if module_sha is None and backend is None:
+        count, size = len(store.keys("m:")), stats_size(store)
+        store.clear()
+        return {"removed": count, "freed": size}
+    removed, freed = 0, 0
+    for record in store.records():
+        if module_sha and record.get("module", {}).get("sha256") != module_sha:
+            continue
+        if backend and backend not in (record.get("label"), record.get("backend")):
+            continue
+        freed += store.remove(record["key"])
+        removed += 1
+    return {"removed": removed, "freed": freed}
+
+
+def stats_size(store: Store) -> int:
+    return sum(int(r.get("size", 0)) for r in store.records())
+
+
+def prune(store: Store, older_than: Optional[float] = None, max_size: Optional[int] = None) -> dict:
+    """Remove entries unused for ``older_than`` seconds, then LRU ones beyond ``max_size``
+    (default: the configured runtime.cache_size); also orphans and stale locks."""
+    now = time.time()
+    removed, freed = [], 0
+    for record in store.records():
+        if older_than is not None and now - record.get("last_used", 0) >= older_than:
+            freed += store.remove(record["key"])
+            removed.append(record["key"])
+    limit = store.size_limit if max_size is None else max_size
+    for record in store.evict(limit):
+        freed += int(record.get("size", 0))
+        removed.append(record["key"])
+    orphans = _orphans(store)
+    store.db.expire()  # stale compile locks
+    return {
+        "removed": len(removed),
+        "freed": freed,
+        "orphans": orphans,
+        "entries": len(store.keys("m:")),
+        "total_size": stats_size(store),
+    }
+
+
+def _unlisted(records: set, code: dict) -> list:
+    """Keys of code files (``code``: key -> age) without a record, old enough not to be
+    a store under way."""
+    return [key for key, age in code.items() if key not in records and age > ORPHAN_GRACE]
+
+
+def _orphans(store: Store) -> int:
+    """Remove records without code and code without records (or a torn temporary file)."""
+    records, code = set(store.keys("m:")), dict(store.code_keys())
+    removed = 0
+    for key in records - set(code):
+        store.db.delete("m:" + key)
+        removed += 1
+    for key in _unlisted(records, code):
+        store.code_path(key).unlink(missing_ok=True)
+        removed += 1
+    for key in store.keys("a:"):  # native code as diskcache values (earlier builds)
+        store.db.delete("a:" + key)
+        removed += 1
+    now = time.time()
+    for tmp, info in store._code_files("??/.*.tmp"):
+        if now - info.st_mtime > ORPHAN_GRACE:
+            try:
+                tmp.unlink()
+            except OSError:
+                pass
+    return removed
+
+
+def verify(store: Store, remove: bool = True) -> dict:
+    """Check every entry: tagged with the user's key, header agreeing with its key."""
+    from . import trust
+
+    try:
+        tag_key = trust.tag_key("cache-entry")
+    except trust.KeyProblem as exc:
+        raise errors.InputError(f"cannot verify the cache: {exc.message}", hint=exc.hint) from None
+    checked, bad = 0, []
+    for record in store.records():
+        checked += 1
+        key = record["key"]
+        reason = _check_entry(store, key, record, tag_key)
+        if reason:
+            bad.append(
+                {"key": key, "module": record.get("module", {}).get("name"), "reason": reason}
+            )
+            if remove:
+                store.remove(key)
+    listed = set(store.keys("m:"))
+    for key, age in store.code_keys():
+        if key in listed:
+            continue
+        # Code without a record: a store under way (young, and then authentic) or a file
+        # put there by someone else, which fails the tag at any age.
+        reason = _check_entry(store, key, {}, tag_key)
+        if reason is None and age > ORPHAN_GRACE:
+            reason = "no record for this entry"
+        if reason is None:
+            continue
+        checked += 1
+        bad.append({"key": key, "module": None, "reason": reason})
+        if remove:
+            store.remove(key)
+    return {"checked": checked, "ok": checked - len(bad), "bad": bad, "removed": remove}
+
+
+def _check_entry(store: Store, key: str, record: dict, tag_key: Optional[bytes]) -> Optional[str]:
+    try:
+        blob = store.blob(key)
+    except OSError as exc:
+        return f"unreadable: {exc.strerror}"
+    if blob is None:
+        return "its native code is missing"
+    if tag_key is None:
+        return "not authenticated: you have no secret key, so this entry is not yours"
+    try:
+        artifact = aot.open_sealed(blob, tag_key, "cache-entry")
+    except aot.Corrupt as exc:
+        return str(exc)
+    if entry_key(artifact.module_digest, artifact.fingerprint) != key:
+        return "its header does not match its key"
+    return None

@@ -1,0 +1,581 @@
+"""Who may vouch for native code: the user's secret key, their signing key, trusted keys.
+
+Native code (cache entries, artifacts) skips WebAssembly validation, so it is loaded only
+when something the user trusts vouches for it (see README, "Security model"):
+
+- **the secret key**: 32 random bytes, created on first use, private to the user (0600
+  in a 0700 folder). Everything wasmsbx compiles for this user is tagged with a keyed
+  BLAKE3 of it, so the user's own cache entries and artifacts need no ceremony;
+- **trusted public keys**: Ed25519 keys the user added with ``wasmsbx trust add``,
+  whose signatures let artifacts built elsewhere (CI, a colleague) run here;
+- **the signing key**: the user's own Ed25519 key (``wasmsbx trust keygen``), which
+  ``wasmsbx compile --sign`` uses for artifacts meant for other machines.
+
+All three live in the *trust folder*: ``$WASMSBX_TRUST_DIR``, else the user config dir
+(``$XDG_CONFIG_HOME/wasmsbx/trust``, ``~/.config/wasmsbx/trust`` on Linux). Only the
+user's environment chooses it; no policy can, because a policy found in the working
+folder is written by someone else.
+
+This module is imported by every cached load, so it imports nothing heavy: platformdirs
+only off Linux, ``cryptography`` only to sign or to check a signature.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+import sys
+from collections import namedtuple
+from pathlib import Path
+from typing import Any, Optional
+
+from .. import errors
+
+SECRET_FILE = "secret.key"
+SIGNING_FILE = "signing.key"
+TRUSTED_FILE = "trusted_keys"
+SECRET_SIZE = 32
+KEY_PREFIX = "ed25519:"
+# Each use of the secret gets a key of its own (BLAKE3's derive_key mode), so a tag made
+# for one purpose never verifies for another.
+CONTEXTS = {
+    "cache-entry": "wasmsbx 2026-12-02 native code tag: cache entry",
+    "artifact": "wasmsbx 2026-12-02 native code tag: artifact",
+    "handoff": "wasmsbx 2026-12-02 native code tag: handoff to a worker process",
+}
+SIGNATURE_CONTEXT = b"wasmsbx 2026-12-02 artifact signature\0"
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+_NONBLOCK = getattr(os, "O_NONBLOCK", 0)  # a FIFO planted as a key must not hang the run
+
+
+class KeyProblem(errors.InputError):
+    """A key file that exists but must not be used (wrong owner, mode, type or size)."""
+
+
+class Authenticated(namedtuple("Authenticated", "code by")):
+    """Native code that passed a check: the only thing a backend's ``deserialize`` takes.
+
+    ``code`` is the engine's serialized module (a buffer), ``by`` says who vouched for
+    it ("your key", "signature by NAME", "this process"), for messages and ``--stats``.
+    (``collections.namedtuple``: ``typing.NamedTuple`` costs the run path ~0.3 ms.)
+    """
+
+    code: Any
+    by: str
+    __slots__ = ()
+
+
+def require(native: Any) -> Any:
+    """The code inside ``native``; a TypeError for anything not Authenticated, so no
+    caller can hand raw bytes to a deserializer by mistake."""
+    if not isinstance(native, Authenticated):
+        raise TypeError(
+            "native code must be authenticated before it is deserialized "
+            f"(got {type(native).__name__}; see wasmsbx.native.trust)"
+        )
+    return native.code
+
+
+# ---------------------------------------------------------------------------- the folder
+
+
+def trust_dir() -> Path:
+    """$WASMSBX_TRUST_DIR, else the user config dir + "wasmsbx/trust"."""
+    return Path(_trust_dir_text())
+
+
+def _trust_dir_text() -> str:
+    """The trust folder as text (Path objects cost the cached load tens of µs). On
+    Linux the user config dir is platformdirs' rule ($XDG_CONFIG_HOME if absolute, else
+    ~/.config), written out because importing platformdirs costs a run several ms."""
+    explicit = os.environ.get("WASMSBX_TRUST_DIR", "").strip()
+    if explicit:
+        return os.path.abspath(os.path.expanduser(explicit))
+    if sys.platform.startswith("linux"):
+        base = os.environ.get("XDG_CONFIG_HOME", "").strip()
+        if not (base and os.path.isabs(base)):
+            base = os.path.join(os.path.expanduser("~"), ".config")
+        return os.path.join(base, "wasmsbx", "trust")
+    import platformdirs  # pragma: no cover - Linux is the supported platform
+
+    return os.path.join(platformdirs.user_config_dir("wasmsbx", appauthor=False), "trust")
+
+
+def _owned(info: os.stat_result) -> bool:
+    return not hasattr(os, "getuid") or info.st_uid == os.getuid()
+
+
+def private_dir(create: bool) -> Optional[Path]:
+    """The trust folder, checked (ours, a directory) and made private (0700); None if it
+    does not exist and ``create`` is false."""
+    root = trust_dir()
+    if create:
+        _make_dir(root)
+    try:
+        info = root.stat()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise KeyProblem(f"cannot read the trust folder {root}: {exc.strerror}") from None
+    _check_dir(root, info)
+    return root
+
+
+def _make_dir(root: Path) -> None:
+    try:
+        root.parent.mkdir(parents=True, exist_ok=True)
+        root.mkdir(mode=0o700, exist_ok=True)
+    except OSError as exc:
+        raise KeyProblem(
+            f"cannot create the trust folder {root}: {exc.strerror or exc}",
+            hint="set WASMSBX_TRUST_DIR to a folder of your own",
+            path=str(root),
+        ) from None
+
+
+def _check_dir(root: Path, info: os.stat_result) -> None:
+    if not stat.S_ISDIR(info.st_mode):
+        raise KeyProblem(f"the trust folder {root} is not a directory", path=str(root))
+    if not _owned(info):
+        raise KeyProblem(
+            f"the trust folder {root} belongs to another user (uid {info.st_uid})",
+            hint="set WASMSBX_TRUST_DIR to a folder of your own",
+            path=str(root),
+        )
+    if info.st_mode & 0o077:  # ours, but open to others: close it (files are checked too)
+        try:
+            os.chmod(root, 0o700)
+        except OSError as exc:
+            raise KeyProblem(f"cannot make {root} private: {exc.strerror}") from None
+
+
+# ---------------------------------------------------------------------------- the secret
+
+
+def _open_private(path: Path, what: str) -> Optional[int]:
+    """A descriptor on ``path`` if it is a private regular file of ours; None if absent.
+    Symbolic links are refused: the key is a file the user never needs to link."""
+    try:
+        fd = os.open(path, os.O_RDONLY | _NOFOLLOW | _CLOEXEC | _NONBLOCK)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise _problem(path, what, "is a symbolic link") from None
+        raise _problem(path, what, f"cannot be read ({exc.strerror})") from None
+    info = os.fstat(fd)
+    why = None
+    if not stat.S_ISREG(info.st_mode):
+        why = "is not a regular file"
+    elif not _owned(info):
+        why = f"belongs to another user (uid {info.st_uid})"
+    elif info.st_mode & 0o077:
+        why = f"is readable or writable by others (mode {stat.S_IMODE(info.st_mode):04o})"
+    if why:
+        os.close(fd)
+        raise _problem(path, what, why)
+    return fd
+
+
+def _problem(path: Path, what: str, why: str) -> KeyProblem:
+    hint = (
+        "anyone who could read or replace it can forge native code for you: run "
+        "`wasmsbx trust rotate` to make a new one (the cache is then recompiled, and your "
+        "own artifacts must be compiled again)"
+        if what == "secret key"
+        else f"fix or remove {path}"
+    )
+    return KeyProblem(f"your wasmsbx {what} {path} {why}; not used", hint=hint, path=str(path))
+
+
+def _read_secret(path: Path) -> Optional[bytes]:
+    fd = _open_private(path, "secret key")
+    if fd is None:
+        return None
+    try:
+        data = os.read(fd, SECRET_SIZE + 1)
+    finally:
+        os.close(fd)
+    if len(data) != SECRET_SIZE:
+        raise _problem(path, "secret key", f"holds {len(data)} bytes, not {SECRET_SIZE}")
+    return data
+
+
+def _create_secret(path: Path) -> None:
+    """Write a new secret to a private temporary file, then link it into place: the link
+    fails if another process got there first (its key wins), and no reader ever sees a
+    partial key."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW | _CLOEXEC, 0o600)
+    try:
+        os.write(fd, os.urandom(SECRET_SIZE))
+        os.fsync(fd)
+        os.close(fd)
+        fd = -1
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            pass  # created meanwhile by another process: use that one
+    finally:
+        if fd >= 0:
+            os.close(fd)
+        tmp.unlink(missing_ok=True)
+
+
+def secret(create: bool = False) -> Optional[bytes]:
+    """The user's secret key (created if missing and ``create``), or None."""
+    root = private_dir(create)
+    if root is None:
+        return None
+    path = root / SECRET_FILE
+    data = _read_secret(path)
+    if data is None and create:
+        try:
+            _create_secret(path)
+        except OSError as exc:
+            raise KeyProblem(
+                f"cannot create your secret key {path}: {exc.strerror or exc}", path=str(path)
+            ) from None
+        data = _read_secret(path)
+    return data
+
+
+_DERIVED: dict = {}  # (secret path, purpose) -> (the file's lstat signature, derived key)
+
+
+def _signature(info: os.stat_result) -> tuple:
+    """What identifies one unchanged file: any write, chmod, chown, rename or
+    replacement changes it (mtime, ctime, inode)."""
+    return (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
+
+
+def tag_key(purpose: str, create: bool = False) -> Optional[bytes]:
+    """The key that tags native code for ``purpose`` ("cache-entry", "artifact",
+    "handoff"), derived from the secret; None if there is no secret (and ``create`` is
+    false).
+
+    Every cached load asks for it, so a process that checked the key file once keeps
+    the derived key while one lstat() shows the file unchanged (0.3 ms of checks and
+    Path objects otherwise, a tenth of a cached load of a 1 MB module)."""
+    path = os.path.join(_trust_dir_text(), SECRET_FILE)
+    try:
+        seen = _signature(os.lstat(path))
+    except OSError:
+        seen = None
+    known = _DERIVED.get((path, purpose))
+    if known is not None and seen is not None and known[0] == seen:
+        return known[1]
+    from blake3 import blake3
+
+    material = secret(create)
+    if material is None:
+        return None
+    derived = blake3(material, derive_key_context=CONTEXTS[purpose]).digest()
+    try:
+        _DERIVED[(path, purpose)] = (_signature(os.lstat(path)), derived)
+    except OSError:
+        pass
+    return derived
+
+
+def rotate() -> Path:
+    """Replace the secret key with a new one (whatever state the old one is in)."""
+    root = private_dir(create=True)
+    assert root is not None
+    path = root / SECRET_FILE
+    try:
+        if path.is_dir() and not path.is_symlink():
+            path.rmdir()
+        else:
+            path.unlink(missing_ok=True)
+    except OSError as exc:
+        raise KeyProblem(f"cannot remove {path}: {exc.strerror}", path=str(path)) from None
+    secret(create=True)
+    return path
+
+
+def seal(code: Any, purpose: str = "handoff") -> bytes:
+    """``code`` followed by its tag: native code handed to another process of this user
+    (batch workers), which checks it with :func:`unseal`."""
+    from blake3 import blake3
+
+    key = tag_key(purpose, create=True)
+    assert key is not None
+    return bytes(code) + blake3(code, key=key).digest()
+
+
+def unseal(blob: Any, purpose: str = "handoff") -> Optional[Authenticated]:
+    """The code :func:`seal` sealed, authenticated; None if the tag does not match (or
+    there is no usable key here, e.g. on another machine)."""
+    from _operator import _compare_digest
+
+    from blake3 import blake3
+
+    try:
+        key = tag_key(purpose)
+    except KeyProblem:
+        return None
+    if key is None or len(blob) < 32:
+        return None
+    view = memoryview(blob)
+    if not _compare_digest(blake3(view[:-32], key=key).digest(), bytes(view[-32:])):
+        return None
+    return Authenticated(view[:-32], "your key")
+
+
+def refuse_key_grants(grants: list) -> None:
+    """A PolicyError if a directory grant would show the guest the trust folder: a guest
+    that reads the secret key can forge native code that runs outside the sandbox."""
+    keys = os.path.realpath(trust_dir())
+    for grant in grants:
+        host = os.path.realpath(grant.host)
+        if (
+            keys == host
+            or keys.startswith(host.rstrip(os.sep) + os.sep)
+            or host.startswith(keys + os.sep)
+        ):
+            raise errors.PolicyError(
+                f"the grant of {grant.host} would give the guest your wasmsbx keys ({keys})",
+                hint="grant a folder that does not contain the trust folder",
+                key="filesystem",
+            )
+
+
+# ---------------------------------------------------------------------------- public keys
+
+
+def encode_public(raw: bytes) -> str:
+    import base64
+
+    return KEY_PREFIX + base64.b64encode(raw).decode("ascii")
+
+
+def decode_public(text: str) -> bytes:
+    """The 32 raw bytes of an "ed25519:BASE64" public key; UsageError if malformed."""
+    import base64
+    import binascii
+
+    text = text.strip()
+    if not text.startswith(KEY_PREFIX):
+        raise errors.UsageError(
+            f"{text[:60]!r} is not a wasmsbx public key",
+            hint=f"keys look like {KEY_PREFIX}BASE64 (`wasmsbx trust keygen` prints one)",
+        )
+    try:
+        raw = base64.b64decode(text[len(KEY_PREFIX) :], validate=True)
+    except (binascii.Error, ValueError):
+        raw = b""
+    if len(raw) != 32:
+        raise errors.UsageError(
+            f"{text[:60]!r} is not a valid Ed25519 public key (32 bytes in base64)"
+        )
+    return raw
+
+
+def key_id(raw: bytes) -> str:
+    """A short name for a public key in messages: 16 hex digits of its BLAKE3."""
+    from blake3 import blake3
+
+    return blake3(raw).hexdigest()[:16]
+
+
+class TrustedKey(namedtuple("TrustedKey", "key name")):
+    key: str  # "ed25519:BASE64"
+    name: str
+    __slots__ = ()
+
+    @property
+    def raw(self) -> bytes:
+        return decode_public(self.key)
+
+    def to_dict(self) -> dict:
+        return {"key": self.key, "name": self.name, "id": key_id(self.raw)}
+
+
+def _trusted_path(create: bool = False) -> Optional[Path]:
+    root = private_dir(create)
+    return None if root is None else root / TRUSTED_FILE
+
+
+def trusted_keys() -> list:
+    """The keys the user trusts, from the trusted-keys file: one "ed25519:BASE64 NAME" a
+    line. A file that others could have written is refused, not half-trusted."""
+    path = _trusted_path()
+    if path is None:
+        return []
+    try:
+        fd = os.open(path, os.O_RDONLY | _CLOEXEC | _NONBLOCK)
+    except FileNotFoundError:
+        return []
+    except OSError as exc:
+        raise _problem(path, "trusted keys file", f"cannot be read ({exc.strerror})") from None
+    with os.fdopen(fd, "rb") as handle:
+        info = os.fstat(handle.fileno())
+        if not stat.S_ISREG(info.st_mode) or not _owned(info) or info.st_mode & 0o022:
+            raise _problem(path, "trusted keys file", "is not a regular file only you can write")
+        text = handle.read().decode("utf-8", "replace")
+    keys = []
+    for line in text.splitlines():
+        words = line.split(None, 1)
+        if not words or words[0].startswith("#"):
+            continue
+        try:
+            decode_public(words[0])
+        except errors.UsageError:
+            continue  # a damaged line trusts nothing
+        keys.append(TrustedKey(words[0], words[1].strip() if len(words) > 1 else ""))
+    return keys
+
+
+def _write_trusted(keys: list) -> Path:
+    from ..outfile import write_output
+
+    path = _trusted_path(create=True)
+    assert path is not None
+    lines = ["# wasmsbx trusted signing keys: artifacts they sign run here (wasmsbx trust)"]
+    lines += [f"{k.key} {k.name}".rstrip() for k in keys]
+    write_output(path, ("\n".join(lines) + "\n").encode("utf-8"), mode=0o600)
+    return path
+
+
+def add_trusted(text: str, name: Optional[str] = None) -> TrustedKey:
+    """Trust a public key (under ``name``); re-adding a key renames it."""
+    raw = decode_public(text)
+    key = encode_public(raw)
+    name = (name or key_id(raw)).strip().replace("\n", " ")
+    keys = [k for k in trusted_keys() if k.key != key]
+    if any(k.name == name for k in keys):
+        raise errors.UsageError(
+            f"another trusted key is already named {name!r}", hint="choose another --name"
+        )
+    entry = TrustedKey(key, name)
+    _write_trusted(keys + [entry])
+    return entry
+
+
+def remove_trusted(which: str) -> list:
+    """Stop trusting the keys named ``which`` (a name, a key, or a key id)."""
+    keys = trusted_keys()
+    gone = [k for k in keys if which in (k.name, k.key, key_id(k.raw))]
+    if not gone:
+        raise errors.UsageError(
+            f"no trusted key matches {which!r}", hint="`wasmsbx trust list` shows them"
+        )
+    _write_trusted([k for k in keys if k not in gone])
+    return gone
+
+
+def find_trusted(raw: bytes) -> Optional[TrustedKey]:
+    key = encode_public(raw)
+    return next((k for k in trusted_keys() if k.key == key), None)
+
+
+# ---------------------------------------------------------------------------- signing
+
+
+class Signer(namedtuple("Signer", "private public")):
+    private: Any  # cryptography's Ed25519PrivateKey
+    public: bytes  # raw
+    __slots__ = ()
+
+    def sign(self, digest: bytes) -> bytes:
+        return self.private.sign(SIGNATURE_CONTEXT + digest)
+
+
+def _signing_path(create: bool = False) -> Optional[Path]:
+    root = private_dir(create)
+    return None if root is None else root / SIGNING_FILE
+
+
+def keygen(force: bool = False) -> str:
+    """Create the user's Ed25519 signing key; its public key as text."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    path = _signing_path(create=True)
+    assert path is not None
+    if not force and (path.exists() or path.is_symlink()):
+        raise errors.UsageError(
+            f"you already have a signing key ({path})",
+            hint="`wasmsbx trust show` prints its public key; --force replaces it (artifacts "
+            "signed with the old one are then no longer trusted by those who trust it)",
+        )
+    private = Ed25519PrivateKey.generate()
+    pem = private.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    from ..outfile import write_output
+
+    if path.is_symlink():
+        path.unlink()
+    write_output(path, pem, mode=0o600)
+    return encode_public(_public_raw(private))
+
+
+def _public_raw(private: Any) -> bytes:
+    from cryptography.hazmat.primitives import serialization
+
+    return private.public_key().public_bytes(
+        serialization.Encoding.Raw, serialization.PublicFormat.Raw
+    )
+
+
+def signer() -> Optional[Signer]:
+    """The user's signing key, or None if they have none."""
+    path = _signing_path()
+    if path is None:
+        return None
+    fd = _open_private(path, "signing key")
+    if fd is None:
+        return None
+    with os.fdopen(fd, "rb") as handle:
+        pem = handle.read(1 << 16)
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    try:
+        private = serialization.load_pem_private_key(pem, password=None)
+    except (ValueError, TypeError):
+        private = None
+    if not isinstance(private, Ed25519PrivateKey):
+        raise _problem(path, "signing key", "is not an unencrypted Ed25519 key in PEM")
+    return Signer(private, _public_raw(private))
+
+
+def verify_signature(public: bytes, signature: bytes, digest: bytes) -> bool:
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+    try:
+        Ed25519PublicKey.from_public_bytes(public).verify(signature, SIGNATURE_CONTEXT + digest)
+    except (InvalidSignature, ValueError):
+        return False
+    return True
+
+
+def status() -> dict:
+    """What ``wasmsbx trust show`` reports: the folder, the keys, and any problem."""
+    root = trust_dir()
+    report: dict = {"trust_dir": str(root), "secret_key": None, "signing_key": None}
+    problems = []
+    try:
+        report["secret_key"] = "present" if secret() is not None else "not created yet"
+    except KeyProblem as exc:
+        report["secret_key"] = "unusable"
+        problems.append(exc.message)
+    try:
+        mine = signer()
+        report["signing_key"] = None if mine is None else encode_public(mine.public)
+    except KeyProblem as exc:
+        problems.append(exc.message)
+    try:
+        report["trusted"] = [k.to_dict() for k in trusted_keys()]
+    except KeyProblem as exc:
+        report["trusted"] = []
+        problems.append(exc.message)
+    report["problems"] = problems
+    return report

@@ -1,0 +1,752 @@
+"""Batch calls: one export called once per input item, results in input order.
+
+The module is compiled once. With one job the calls run in this process on one reused
+instance; with ``jobs=N`` they run in N worker processes, each with its own instance of
+the precompiled module. ``fresh=True`` instantiates afresh for every call instead
+(state isolation). Limits apply per call: fuel and the timeout are re-armed before each
+call; memory and table caps hold per instance. After a call traps or hits a limit its
+instance is replaced, so a half-finished call never leaks state into the next item.
+
+Memory stays bounded for any input size: items are read lazily, at most
+``WINDOW_PER_JOB`` chunks per worker are in flight, and results are yielded as soon as
+their turn comes.
+
+Input items (``parse_item``): a JSON array of arguments, or an object ``{"args": [...],
+"id": ...}``; the Python API also takes lists, tuples and dicts directly.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import deque
+from collections.abc import Iterable, Iterator
+from typing import Any, Callable, NamedTuple, Optional
+
+from .. import errors
+from ..errors import ExitCode
+from .sandbox import json_value, parse_args
+
+MAX_LINE = 1 << 20  # longer input lines are refused (item error), never loaded whole
+MAX_SKIP = 64 << 20  # an overlong line is skipped up to this; longer ends the batch
+WINDOW_PER_JOB = 4  # chunks in flight per worker
+CHUNK_MAX_ITEMS = 1024
+CHUNK_MAX_BYTES = 256 * 1024
+CHUNK_TARGET_SECONDS = 0.02  # a chunk should keep a worker busy about this long
+FEED_AHEAD = 256  # items read ahead of their call by the input thread
+IDLE_TICK = 0.05  # seconds without progress before an idle tick (``idle=True``)
+PROGRESS_EVERY = 0.1  # seconds
+
+
+class BadItem(errors.WasmsbxError):
+    """An input line that is not a call: bad JSON, wrong shape, too long."""
+
+    exit_code = ExitCode.USAGE
+    kind = "input"
+
+
+class BatchWorkerDied(errors.WasmsbxError):
+    kind = "worker"
+
+
+class BatchResult(NamedTuple):
+    """One item's outcome. ``values`` are JSON-ready (inf/nan as strings); ``error`` is
+    ``{"kind", "message"}`` plus ``"limit"`` for limits, when the item failed."""
+
+    line: int
+    id: Any
+    values: Optional[list]
+    error: Optional[dict]
+    seconds: float
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    @property
+    def error_kind(self) -> Optional[str]:
+        """ "trap", "usage", "input", "limit:fuel", ... (the summary's counting key)."""
+        if self.error is None:
+            return None
+        limit = self.error.get("limit")
+        return f"limit:{limit}" if limit else self.error["kind"]
+
+    def to_dict(self) -> dict:
+        data: dict = {"line": self.line, "id": self.id, "ok": self.error is None}
+        if self.error is None:
+            data["results"] = self.values
+        else:
+            data["error"] = self.error
+        data["time_ms"] = round(self.seconds * 1000, 3)
+        return data
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), separators=(",", ":"))
+
+
+class Encoded(NamedTuple):
+    """A result already rendered as its JSONL line (what ``run_jsonl`` writes)."""
+
+    line: int
+    error_kind: Optional[str]
+    data: bytes
+
+    @property
+    def ok(self) -> bool:
+        return self.error_kind is None
+
+
+def encode(result: BatchResult) -> Encoded:
+    return Encoded(result.line, result.error_kind, result.to_json().encode() + b"\n")
+
+
+class Summary:
+    """Counts over a batch (across resumed runs too) and this run's throughput."""
+
+    def __init__(self, saved: Optional[dict] = None) -> None:
+        saved = saved or {}
+        self.ok = saved.get("ok", 0)
+        self.failed = saved.get("failed", 0)
+        self.errors: dict = dict(saved.get("errors", {}))
+        self.resumed_at = saved.get("next_line") if saved else None
+        self.this_run = 0
+        self.started = time.perf_counter()
+        self.finished: Optional[float] = None
+
+    def add(self, result: Any) -> None:
+        """Count a BatchResult or an Encoded one."""
+        self.this_run += 1
+        kind = result.error_kind
+        if kind is None:
+            self.ok += 1
+        else:
+            self.failed += 1
+            self.errors[kind] = self.errors.get(kind, 0) + 1
+
+    @property
+    def items(self) -> int:
+        return self.ok + self.failed
+
+    @property
+    def seconds(self) -> float:
+        return (self.finished or time.perf_counter()) - self.started
+
+    @property
+    def rate(self) -> float:
+        return self.this_run / self.seconds if self.seconds > 0 else 0.0
+
+    def counts(self) -> dict:
+        return {"ok": self.ok, "failed": self.failed, "errors": dict(self.errors)}
+
+    def to_dict(self) -> dict:
+        return {
+            "items": self.items,
+            "ok": self.ok,
+            "failed": self.failed,
+            "errors": dict(sorted(self.errors.items())),
+            "this_run": self.this_run,
+            "resumed_at_line": self.resumed_at,
+            "seconds": round(self.seconds, 6),
+            "items_per_second": round(self.rate, 1),
+        }
+
+
+# ---------------------------------------------------------------------------- items
+
+
+def parse_item(payload: Any) -> tuple:
+    """``(args, id)`` from a JSON line (bytes/str) or a list/tuple/dict; BadItem if neither."""
+    if isinstance(payload, (bytes, bytearray, str)):
+        if len(payload) > MAX_LINE:
+            raise BadItem(f"line longer than {MAX_LINE} bytes")
+        try:
+            payload = json.loads(payload)
+        except ValueError as exc:
+            raise BadItem(f"not JSON: {exc}") from None
+    if isinstance(payload, (list, tuple)):
+        return list(payload), None
+    if isinstance(payload, dict):
+        unknown = sorted(set(payload) - {"args", "id"})
+        if unknown:
+            raise BadItem(f"unknown key {unknown[0]!r} (an item has 'args' and optional 'id')")
+        args = payload.get("args")
+        if not isinstance(args, list):
+            raise BadItem("'args' must be a JSON array of arguments")
+        return args, payload.get("id")
+    raise BadItem(
+        f"expected a JSON array of arguments or an object with 'args', got {type(payload).__name__}"
+    )
+
+
+def error_record(exc: errors.WasmsbxError) -> dict:
+    data = {"kind": exc.kind, "message": exc.message}
+    if isinstance(exc, errors.LimitExceeded):
+        data["limit"] = exc.limit
+    if exc.hint:
+        data["hint"] = exc.hint
+    return data
+
+
+def json_result(value: Any, wasm_type: str) -> Any:
+    """A result as JSON (values.json_value): f32 in its shortest round-tripping form;
+    inf, NaNs, v128 and references as strings in the command line's spellings."""
+    return json_value(value, wasm_type)
+
+
+def guest_wasi(box: Any) -> Any:
+    """The guest's WASI setup in batch/stream mode: it never reads the host's stdin."""
+    stdin = box.policy.values["stdio.stdin"]
+    return box.wasi_setup(stdin="null" if stdin == "inherit" else stdin)
+
+
+class Caller:
+    """One worker's state: the export's signature and the instance calls reuse."""
+
+    def __init__(self, box: Any, func: str, fresh: bool = False) -> None:
+        self.box = box
+        self.func = func
+        self.sig = box.signature(func)
+        self.fresh = fresh
+        self.wasi = guest_wasi(box)
+        self.instance: Any = None
+
+    def ready(self) -> None:
+        """Instantiate now, so a module that cannot start fails the batch, not each item."""
+        self.instance = self.box.instantiate(self.wasi)
+
+    def run(self, line: int, payload: Any) -> BatchResult:
+        started = time.perf_counter()
+        ident: Any = line
+        try:
+            args, given = parse_item(payload)
+            if given is not None:
+                ident = given
+            typed = parse_args(self.func, self.sig, args)
+            if self.instance is None:
+                self.instance = self.box.instantiate(self.wasi)
+            values = self.instance.call(self.func, typed)
+            if self.fresh:
+                self._drop()  # the next item gets an instance no call has touched
+        except errors.WasmsbxError as exc:
+            if isinstance(exc, errors.TrapError):
+                self._drop()  # its state may be half-updated: the next item gets a new one
+            return BatchResult(line, ident, None, error_record(exc), time.perf_counter() - started)
+        out = [json_result(v, t) for v, t in zip(values, self.sig.results)]
+        return BatchResult(line, ident, out, None, time.perf_counter() - started)
+
+    def _drop(self) -> None:
+        if self.instance is not None:
+            self.instance.close()
+            self.instance = None
+
+    def close(self) -> None:
+        self._drop()
+
+
+def make_caller(box: Any, func: str, fresh: bool = False) -> Any:
+    """A Caller, or a component's (``box.batch_caller``: WIT values as typed JSON)."""
+    factory = getattr(box, "batch_caller", None)
+    return factory(func, fresh) if factory is not None else Caller(box, func, fresh)
+
+
+# ---------------------------------------------------------------------------- running
+
+
+def run_batch(
+    box: Any,
+    func: str,
+    items: Iterable,
+    *,
+    fresh: bool = False,
+    jobs: int = 1,
+    start_line: int = 1,
+    cluster: Any = None,
+) -> Iterator[BatchResult]:
+    """Call ``func`` once per item; yield one BatchResult per item, in input order.
+
+    FUNC and instantiation are checked now (errors raise here); items are read lazily.
+    ``jobs > 1`` starts worker processes with ``spawn``, which re-imports the main
+    module: in a script, call it under ``if __name__ == "__main__":``."""
+    numbered = enumerate(items, start_line)
+    return run_numbered(box, func, numbered, fresh=fresh, jobs=jobs, cluster=cluster)
+
+
+# More worker processes than this is a fork bomb, not a speed-up (each compiles the
+# module and holds its own instance).
+MAX_JOBS = 256
+
+
+def check_jobs(jobs: int) -> None:
+    """-j/--jobs: 1 .. MAX_JOBS worker processes (UsageError otherwise)."""
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+        raise errors.UsageError(f"-j/--jobs must be at least 1, got {jobs!r}")
+    if jobs > MAX_JOBS:
+        raise errors.UsageError(
+            f"-j/--jobs must be at most {MAX_JOBS}, got {jobs}",
+            hint="one worker process per CPU core is usually the most that helps",
+        )
+
+
+def run_numbered(
+    box: Any,
+    func: str,
+    numbered: Iterable,
+    *,
+    fresh: bool = False,
+    jobs: int = 1,
+    encoded: bool = False,
+    idle: bool = False,
+    cluster: Any = None,
+) -> Iterator:
+    """Like run_batch over ``(line, payload)`` pairs. Checks FUNC and instantiation first.
+    With ``encoded``, yields Encoded lines (rendered in the workers, not in this process).
+
+    With ``idle``, the input is read in a thread and ``None`` is yielded whenever no
+    result has come for IDLE_TICK seconds (e.g. a pipe that stays open but sends
+    nothing), so the consumer can make the results it has durable meanwhile."""
+    check_jobs(jobs)
+    if cluster is not None and jobs != 1:
+        raise errors.UsageError(
+            "-j/--jobs does not apply with a cluster (its workers run the calls)"
+        )
+    caller = make_caller(box, func, fresh)  # an unknown export fails here, before any item
+    caller.ready()
+    if cluster is not None:  # the workers of a Dask cluster make the calls (wasmsbx.cluster)
+        caller.close()
+        from ..cluster import run_cluster
+
+        return run_cluster(
+            box, func, numbered, cluster=cluster, fresh=fresh, encoded=encoded, idle=idle
+        )
+    if jobs == 1:
+        serial = _serial_fed if idle else _serial
+        return serial(caller, numbered, encoded)
+    caller.close()
+    return _parallel(box, func, fresh, jobs, numbered, encoded, idle)
+
+
+def _serial(caller: Caller, numbered: Iterable, encoded: bool) -> Iterator:
+    try:
+        for line, payload in numbered:
+            result = caller.run(line, payload)
+            yield encode(result) if encoded else result
+    finally:
+        caller.close()
+
+
+def _serial_fed(caller: Caller, numbered: Iterable, encoded: bool) -> Iterator:
+    """_serial with the input read by a _Feeder thread and idle ticks while it stalls."""
+    import threading
+
+    wake = threading.Event()
+    feeder = _Feeder(numbered, wake)
+    try:
+        while True:
+            wake.clear()  # before looking: an item arriving during this pass is not lost
+            chunk: list = []
+            more = feeder.fill(chunk, CHUNK_MAX_ITEMS)
+            for line, payload in chunk:
+                result = caller.run(line, payload)
+                yield encode(result) if encoded else result
+            if not more:
+                return
+            if not chunk and not wake.wait(IDLE_TICK):
+                yield None
+    finally:
+        feeder.stop()
+        caller.close()
+
+
+class WorkerSpec(NamedTuple):
+    """Everything a worker process needs to rebuild the sandbox without recompiling."""
+
+    module: str
+    policy: Any
+    backend: str
+    artifact: Optional[bytes]  # the engine's serialized module; None: compile in the worker
+    func: str
+    fresh: bool
+
+
+def worker_spec(box: Any, func: str, fresh: bool) -> WorkerSpec:
+    from ..native.trust import seal
+
+    try:  # sealed with the user's key: the worker loads only what this process compiled
+        artifact: Optional[bytes] = seal(box.engine.serialize(box.module))
+    except (errors.WasmsbxError, NotImplementedError):
+        artifact = None
+    backend = f"{box.backend_name}:{box.compiler}" if box.compiler else box.backend_name
+    return WorkerSpec(str(box.path), box.policy, backend, artifact, func, fresh)
+
+
+class _ChunkSizer:
+    """Small chunks until the cost of an item is known, then ~CHUNK_TARGET_SECONDS each."""
+
+    def __init__(self) -> None:
+        self.size = 1
+
+    def learn(self, count: int, seconds: float) -> None:
+        if count:
+            per_item = max(seconds / count, 1e-7)
+            self.size = max(1, min(CHUNK_MAX_ITEMS, int(CHUNK_TARGET_SECONDS / per_item)))
+
+
+_END = object()  # the feeder's last entry: the input is exhausted
+
+
+class _Feeder:
+    """Reads the input in a thread, so waiting for input (a pipe that stays open) never
+    keeps finished results from being collected, written and checkpointed.
+
+    At most ``FEED_AHEAD`` items wait in the queue (memory stays bounded); ``wake`` is set
+    whenever an item arrives and whenever a submitted chunk finishes."""
+
+    def __init__(self, numbered: Iterable, wake: Any) -> None:
+        import queue
+        import threading
+
+        self.queue: Any = queue.Queue(FEED_AHEAD)
+        self.wake = wake
+        self.stopped = False
+        self.thread = threading.Thread(
+            target=self._read, args=(iter(numbered),), name="wasmsbx-batch-input", daemon=True
+        )
+        self.thread.start()
+
+    def _read(self, iterator: Iterator) -> None:
+        try:
+            for item in iterator:
+                if not self._put(item):
+                    return
+            self._put(_END)
+        except BaseException as exc:  # a read error belongs to the consumer
+            self._put(exc)
+
+    def _put(self, entry: Any) -> bool:
+        import queue
+
+        while not self.stopped:
+            try:
+                self.queue.put(entry, timeout=0.1)
+            except queue.Full:
+                continue
+            self.wake.set()
+            return True
+        return False
+
+    def fill(self, chunk: list, size: int) -> bool:
+        """Move queued items into ``chunk`` (without waiting) until it holds ``size`` items
+        or CHUNK_MAX_BYTES; False once the input is exhausted. Read errors raise here."""
+        import queue
+
+        nbytes = sum(_item_bytes(item) for item in chunk)
+        while len(chunk) < size and nbytes < CHUNK_MAX_BYTES:
+            try:
+                entry = self.queue.get_nowait()
+            except queue.Empty:
+                return True
+            if entry is _END:
+                return False
+            if isinstance(entry, BaseException):
+                raise entry
+            chunk.append(entry)
+            nbytes += _item_bytes(entry)
+        return True
+
+    def stop(self) -> None:
+        self.stopped = True
+
+
+def _item_bytes(item: tuple) -> int:
+    payload = item[1]
+    return len(payload) if isinstance(payload, (bytes, str)) else 64
+
+
+def _parallel(
+    box: Any, func: str, fresh: bool, jobs: int, numbered: Iterable, encoded: bool, idle: bool
+) -> Iterator:
+    """Dispatch chunks to the pool and yield results in order.
+
+    Never blocks on the input while results are ready: the input is read by a _Feeder
+    thread, and this loop sleeps only until an item arrives or a chunk finishes. A chunk
+    goes out when it is full, at the end of the input, or early (partly filled) when a
+    worker would otherwise sit idle waiting for more input."""
+    import multiprocessing
+    import threading
+    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures.process import BrokenProcessPool
+
+    spec = worker_spec(box, func, fresh)
+    # spawn, not fork: the parent may hold runtime threads (the epoch ticker) and locks.
+    pool = ProcessPoolExecutor(
+        jobs,
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=_worker_init,
+        initargs=(spec,),
+    )
+    wake = threading.Event()
+    feeder = _Feeder(numbered, wake)
+    pending: deque = deque()
+    sizer = _ChunkSizer()
+    chunk: list = []
+    exhausted = False
+    try:
+        while True:
+            wake.clear()  # before looking: a wake-up during this pass is not lost
+            while len(pending) < jobs * WINDOW_PER_JOB and (chunk or not exhausted):
+                if not exhausted:
+                    exhausted = not feeder.fill(chunk, sizer.size)
+                full = len(chunk) >= sizer.size or exhausted
+                idle = sum(not f.done() for f in pending) < jobs
+                if not chunk or not (full or idle or _chunk_bytes(chunk) >= CHUNK_MAX_BYTES):
+                    break
+                future = pool.submit(_worker_run, chunk, encoded)
+                future.add_done_callback(lambda _: wake.set())
+                pending.append(future)
+                chunk = []
+            if not pending and exhausted and not chunk:
+                return
+            if not (pending and pending[0].done()):
+                if not wake.wait(IDLE_TICK) and idle:
+                    yield None
+                continue
+            try:
+                results, seconds = pending.popleft().result()
+            except BrokenProcessPool:
+                raise BatchWorkerDied(
+                    "a batch worker process died unexpectedly",
+                    hint="rerun with -j 1 to see the failure in this process",
+                ) from None
+            sizer.learn(len(results), seconds)
+            yield from results
+    except BaseException:
+        # Ctrl-C or a failure: stop the workers now rather than wait for their chunks (a
+        # guest may have minutes left of its timeout).
+        for process in list((getattr(pool, "_processes", None) or {}).values()):
+            process.terminate()
+        raise
+    finally:
+        feeder.stop()
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _chunk_bytes(chunk: list) -> int:
+    return sum(_item_bytes(item) for item in chunk)
+
+
+# ---------------------------------------------------------------------------- worker side
+
+_WORKER: dict = {}
+
+
+def _worker_init(spec: WorkerSpec) -> None:
+    import multiprocessing
+    import os
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and stops us
+    os.dup2(2, 1)  # a guest printing to "inherit" stdout must not mix into the results
+    # The pid the parent had when it spawned us: it may already be gone (Ctrl-C while
+    # workers start), and then os.getppid() here would name init and never change.
+    parent = multiprocessing.parent_process()
+    _watch_parent(parent.pid if parent is not None else os.getppid())
+    try:
+        _WORKER["caller"] = make_caller(_worker_box(spec), spec.func, spec.fresh)
+    except errors.WasmsbxError as exc:
+        _WORKER["error"] = exc
+
+
+def _watch_parent(parent: int) -> None:
+    """Exit when the parent dies (even by SIGKILL): the pool's pipes would never close,
+    because every worker holds both ends of its queue."""
+    import _thread
+    import os
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.2)
+        os._exit(1)
+
+    _thread.start_new_thread(watch, ())
+
+
+def _worker_box(spec: WorkerSpec) -> Any:
+    from ..native.trust import unseal
+    from .sandbox import Sandbox, _is_component_file
+
+    native = None if spec.artifact is None else unseal(spec.artifact)
+    if native is None:
+        return Sandbox(spec.module, spec.policy, backend=spec.backend, use_cache=True)
+    base: Any = Sandbox
+    if _is_component_file(spec.module):  # the parent serialized a component
+        from ..components.sandbox import ComponentSandbox as base
+
+    class Precompiled(base):
+        def _compile(self, use_cache: bool) -> Any:
+            return self.engine.deserialize(native)
+
+    box = Precompiled(spec.module, spec.policy, backend=spec.backend, use_cache=False)
+    box.cache_state = "precompiled"
+    return box
+
+
+def _worker_run(chunk: list, encoded: bool) -> tuple:
+    if "error" in _WORKER:
+        raise _WORKER["error"]
+    caller = _WORKER["caller"]
+    started = time.perf_counter()
+    results = [caller.run(line, payload) for line, payload in chunk]
+    seconds = time.perf_counter() - started
+    return ([encode(r) for r in results] if encoded else results), seconds
+
+
+# ---------------------------------------------------------------------------- JSONL files
+
+
+class _Reader:
+    """JSONL lines with their byte offsets, read lazily; over-long lines are cut, not loaded."""
+
+    def __init__(self, source: Any, first_line: int) -> None:
+        self.source = source
+        self.line = first_line - 1
+        self.spans: deque = deque()  # (line, start, end, raw) of items handed out, oldest first
+
+    def __iter__(self) -> Iterator:
+        stream = self.source.stream
+        while True:
+            start = self.source.offset
+            raw = stream.readline(MAX_LINE + 1)
+            if not raw:
+                return
+            self.line += 1
+            if len(raw) > MAX_LINE and not raw.endswith(b"\n"):
+                self.source.offset += len(raw) + self._skip_rest(stream)
+                self.spans.append((self.line, self.source.offset, self.source.offset, b""))
+                yield self.line, raw  # parse_item refuses it as too long
+                continue
+            self.source.offset += len(raw)
+            if not raw.strip():
+                continue  # blank lines are not items (but they keep their line numbers)
+            self.spans.append((self.line, start, self.source.offset, raw))
+            yield self.line, raw
+
+    def _skip_rest(self, stream: Any) -> int:
+        """Skip the rest of an overlong line, up to MAX_SKIP: a line that never ends
+        (``--batch /dev/zero``) is an input error, not a loop that never ends."""
+        skipped = 0
+        while skipped <= MAX_SKIP:
+            part = stream.readline(1 << 16)
+            skipped += len(part)
+            if not part or part.endswith(b"\n"):
+                return skipped
+        raise errors.InputError(
+            f"input line {self.line} goes on for more than {MAX_SKIP >> 20} MiB without "
+            "a newline: not a JSONL file (a device that never ends?)",
+            hint="give a file or pipe of JSON lines",
+        )
+
+
+def run_jsonl(
+    box: Any,
+    func: str,
+    source: Any,
+    sink: Any,
+    *,
+    fresh: bool = False,
+    jobs: int = 1,
+    checkpoint: Optional[str] = None,
+    progress: Optional[Callable] = None,
+    warn: Optional[Callable] = None,
+    cluster: Any = None,
+) -> Summary:
+    """Read JSONL calls from ``source`` (checkpoint.Source), write JSONL results to ``sink``
+    (checkpoint.Sink), in input order. Returns the summary; resumes from ``checkpoint``."""
+    from . import checkpoint as cp
+
+    box.signature(func)  # an unknown export is a usage error before anything is read
+    marker = None
+    state = None
+    if checkpoint:
+        marker = cp.Checkpoint(
+            checkpoint,
+            {"kind": "batch", "module_sha256": cp.digest(box.wasm), "function": func},
+        )
+        state = marker.load()
+        if state is not None:
+            source.resume(state)
+            note = sink.resume(state, f"results from line {state['next_line']} on")
+            if note and warn:
+                warn(note)
+    summary = Summary(state)
+    reader = _Reader(source, state["next_line"] if state else 1)
+    # A pipe may stall with items done: idle ticks let us save them meanwhile.
+    idle = not source.seekable
+    results = run_numbered(
+        box, func, reader, fresh=fresh, jobs=jobs, encoded=True, idle=idle, cluster=cluster
+    )
+    last = None
+    saved = None  # the span ``last`` had at the latest save (or flush, without a checkpoint)
+    tick = time.monotonic()
+    guard = cp.HoldInterrupt()
+    with guard:
+        try:
+            for result in results:
+                if result is None:  # no result for a while: make those written so far durable
+                    if last is not saved and (marker is None or marker.due()):
+                        guard.hold()
+                        if marker is not None:
+                            _save_batch(marker, sink, summary, last)
+                        else:
+                            sink.flush()
+                        saved = last
+                        guard.release()
+                    continue
+                # Writing a result, counting it and taking its span is one step that Ctrl-C
+                # waits for: a checkpoint never covers output whose item it does not count.
+                guard.hold()
+                sink.write(result.data)
+                summary.add(result)
+                last = reader.spans.popleft()
+                if marker is not None and marker.due():
+                    _save_batch(marker, sink, summary, last)
+                    saved = last
+                guard.release()
+                if progress is not None and time.monotonic() - tick >= PROGRESS_EVERY:
+                    tick = time.monotonic()
+                    progress(summary, source)
+        except BaseException:  # interrupted or failed: record what did reach the output
+            guard.hold()  # a second Ctrl-C waits for this save (the first one is raised)
+            summary.finished = time.perf_counter()
+            if marker is not None and last is not None and not guard.forced:
+                try:
+                    _save_batch(marker, sink, summary, last)
+                except Exception:  # noqa: S110 - the original failure is the one to report
+                    pass
+            raise
+    summary.finished = time.perf_counter()
+    sink.flush()
+    if marker is not None:
+        marker.remove()
+    if progress is not None:
+        progress(summary, source)
+    return summary
+
+
+def _save_batch(marker: Any, sink: Any, summary: Summary, last: tuple) -> None:
+    """Checkpoint once the result of item ``last`` (and all before it) is in the output.
+
+    The input is identified by the SHA-256 of that item's line (over-long lines, which
+    are not kept, identify nothing)."""
+    from .checkpoint import digest
+
+    line, start, end, raw = last
+    sink.flush()
+    state = {
+        "input_offset": end,
+        "tail_start": start,
+        "tail_sha256": digest(raw),
+        "next_line": line + 1,
+        **sink.state(),
+        **summary.counts(),
+    }
+    marker.save(state)

@@ -1,0 +1,294 @@
+"""Checkpoints for ``--batch`` and ``--stream``: resume an interrupted run exactly.
+
+A checkpoint is a small JSON file that says how far the input has been consumed and how
+far the output has been written *for the same items*. The order of every step is what
+makes resuming exact:
+
+1. the results of items up to input offset N are written and flushed to the output;
+2. then the checkpoint (input offset N, output offset M) replaces the old one
+   atomically: a temp file in the same directory, fsync, ``os.replace``.
+
+A kill between 1 and 2 leaves output past M that the checkpoint does not cover. On
+resume, when the output is the same regular file (same device and inode), it is cut
+back to M and the items after N run again: nothing lost, nothing repeated. When the
+output is a pipe or another file, that cut is impossible, so the results after the
+checkpoint may appear twice (at least once); resuming says so on stderr.
+
+The input is identified by the SHA-256 of the last item (or chunk) before N; resuming
+against different input, another module or another function is refused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import stat
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+from .. import errors
+
+VERSION = 1
+INTERVAL = 0.25  # seconds between checkpoint writes while running
+
+
+def digest(data: Any) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+class Checkpoint:
+    """One checkpoint file: ``identity`` must match for a resume; ``state`` is progress."""
+
+    def __init__(self, path, identity: dict) -> None:
+        self.path = Path(path)
+        self.identity = dict(identity)
+        self.last_save = 0.0
+        self.saves = 0
+
+    def load(self) -> Optional[dict]:
+        """The saved progress, or None when there is no checkpoint yet."""
+        self._check_kind()
+        try:
+            from ..inputs import STATE_MAX_BYTES, read_capped
+
+            text = read_capped(self.path, STATE_MAX_BYTES)  # bytes: json.loads decodes them
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise errors.InputError(
+                f"{self.path}: cannot read checkpoint: {exc.strerror}", path=str(self.path)
+            ) from None
+        try:
+            data = json.loads(text)
+            state = data["state"]
+            identity = data["identity"]
+            version = data["version"]
+        except (ValueError, KeyError, TypeError):
+            raise self._refuse("is not a wasmsbx checkpoint (or is damaged)") from None
+        if version != VERSION:
+            raise self._refuse(f"was written by checkpoint format {version}, not {VERSION}")
+        for key, value in self.identity.items():
+            if identity.get(key) != value:
+                raise self._refuse(
+                    f"belongs to another run ({key}: {identity.get(key)!r}, now {value!r})"
+                )
+        return state
+
+    def _check_kind(self) -> None:
+        """A checkpoint is a regular file wasmsbx rewrites and deletes: anything else there
+        (a FIFO, whose open would block for ever; a device; a directory) is refused before
+        any work, and so is a path it could not write later (a missing folder, a link to
+        nothing), as for every output."""
+        try:
+            info = os.stat(self.path)
+        except FileNotFoundError:
+            from ..outfile import check_output
+
+            check_output(self.path)
+            return
+        except OSError:
+            return  # load() reports it with the path
+        if not stat.S_ISREG(info.st_mode):
+            kinds = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"))
+            kind = next((name for test, name in kinds if test(info.st_mode)), "a device")
+            raise errors.InputError(
+                f"{self.path}: is {kind}; a checkpoint must be a regular file (it is "
+                "rewritten and deleted)",
+                hint="give the name of a new or existing checkpoint file",
+                path=str(self.path),
+            )
+
+    def _refuse(self, why: str) -> errors.UsageError:
+        return errors.UsageError(
+            f"checkpoint {self.path} {why}",
+            hint="rerun the interrupted command unchanged, or delete the checkpoint to start over",
+            path=str(self.path),
+        )
+
+    def due(self) -> bool:
+        return time.monotonic() - self.last_save >= INTERVAL
+
+    def save(self, state: dict) -> None:
+        """Replace the checkpoint atomically (a reader sees the old or the new one, whole)."""
+        payload = {"version": VERSION, "identity": self.identity, "state": state}
+        from ..outfile import write_output
+
+        write_output(self.path, json.dumps(payload), durable=True)
+        self.last_save = time.monotonic()
+        self.saves += 1
+
+    def remove(self) -> None:
+        try:
+            self.path.unlink()
+        except FileNotFoundError:
+            pass
+
+
+class HoldInterrupt:
+    """Defers Ctrl-C (SIGINT) between ``hold()`` and ``release()``, which then raises it:
+    writing output and recording what it covers is one step, so a checkpoint saved on
+    Ctrl-C never covers output of an item (or chunk) it does not count as done.
+
+    Outside that span Ctrl-C raises KeyboardInterrupt at once as usual (so waiting for a
+    result stays interruptible). A second Ctrl-C inside the span raises at once too (a
+    write to a stalled pipe must not make the process unstoppable) and sets ``forced``:
+    what the span was recording is then unknown, so no checkpoint may be saved from it.
+    Active only in the main thread and only while SIGINT has Python's default handler;
+    otherwise it changes nothing."""
+
+    def __init__(self) -> None:
+        self.busy = False
+        self.pending = False
+        self.forced = False
+        self.previous: Any = None
+
+    def __enter__(self) -> HoldInterrupt:
+        import signal
+        import threading
+
+        main = threading.current_thread() is threading.main_thread()
+        if main and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+            self.previous = signal.signal(signal.SIGINT, self._signal)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.previous is not None:
+            import signal
+
+            signal.signal(signal.SIGINT, self.previous)
+            self.previous = None
+
+    def _signal(self, signum: int, frame: Any) -> None:
+        if self.busy and not self.pending:
+            self.pending = True
+            return
+        self.forced = self.busy
+        raise KeyboardInterrupt
+
+    def hold(self) -> None:
+        self.busy = True
+
+    def release(self) -> None:
+        self.busy = False
+        if self.pending:
+            self.pending = False
+            raise KeyboardInterrupt
+
+
+# ---------------------------------------------------------------------------- input
+
+
+class Source:
+    """A binary input read front to back, with the offset consumed and (for files) the size."""
+
+    def __init__(self, stream: Any, name: str = "-") -> None:
+        self.stream = stream
+        self.name = name
+        self.offset = 0
+        self.size: Optional[int] = None
+        self.seekable = False
+        try:
+            st = os.fstat(stream.fileno())
+            if stat.S_ISREG(st.st_mode):
+                self.size = st.st_size
+                self.seekable = True
+                self.offset = stream.tell()
+        except (AttributeError, OSError, ValueError):
+            pass
+
+    def resume(self, state: dict) -> None:
+        """Move to the checkpoint's input offset, checking the input is the one it saw."""
+        start, end = state["tail_start"], state["input_offset"]
+        if self.seekable:
+            self.stream.seek(start)
+        else:
+            self._discard(start)
+        tail = self._read_exactly(end - start)
+        if len(tail) != end - start or digest(tail) != state["tail_sha256"]:
+            raise errors.UsageError(
+                f"input {self.name} is not the input of the interrupted run "
+                f"(its bytes {start}..{end} differ from the checkpoint's)",
+                hint="resume with the same input, or delete the checkpoint to start over",
+            )
+        self.offset = end
+
+    def _discard(self, count: int) -> None:
+        while count > 0:
+            data = self.stream.read(min(count, 1 << 20))
+            if not data:
+                break
+            count -= len(data)
+
+    def _read_exactly(self, count: int) -> bytes:
+        parts, left = [], count
+        while left > 0:
+            data = self.stream.read(left)
+            if not data:
+                break
+            parts.append(data)
+            left -= len(data)
+        return b"".join(parts)
+
+
+# ---------------------------------------------------------------------------- output
+
+
+class Sink:
+    """The output: writes, flushes, and knows its offset and identity (for a regular file)."""
+
+    def __init__(self, stream: Any) -> None:
+        self.stream = stream
+        self.written = 0
+        self.fd: Optional[int] = None
+        self.file_id: Optional[list] = None
+        try:
+            fd = stream.fileno()
+            st = os.fstat(fd)
+            if stat.S_ISREG(st.st_mode):
+                self.fd = fd
+                self.file_id = [st.st_dev, st.st_ino]
+        except (AttributeError, OSError, ValueError):
+            pass
+        self.base = self._size() if self.fd is not None else 0
+
+    def write(self, data: bytes) -> None:
+        self.stream.write(data)
+        self.written += len(data)
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+    def _size(self) -> int:
+        return os.fstat(self.fd).st_size
+
+    def offset(self) -> int:
+        """Bytes of output so far (flush first): the file's size, or bytes written to a pipe."""
+        return self._size() if self.fd is not None else self.base + self.written
+
+    def resume(self, state: dict, what: str) -> Optional[str]:
+        """Cut the output back to the checkpoint; a warning when that is impossible."""
+        recorded = state["output_offset"]
+        same = self.fd is not None and self.file_id == state.get("output_file")
+        if not same:
+            self.base = recorded if self.fd is None else self.base
+            return (
+                f"output is not the file the interrupted run wrote to, so it cannot be cut "
+                f"back to the checkpoint: {what} written after the checkpoint may appear twice"
+            )
+        size = self._size()
+        if size < recorded:
+            raise errors.UsageError(
+                f"output file has {size} bytes but the checkpoint recorded {recorded}: "
+                "it was truncated since the interrupted run",
+                hint="resume appending to the same output (>> out.jsonl), or delete the "
+                "checkpoint to start over",
+            )
+        if size > recorded:
+            os.ftruncate(self.fd, recorded)
+        os.lseek(self.fd, recorded, os.SEEK_SET)
+        return None
+
+    def state(self) -> dict:
+        return {"output_offset": self.offset(), "output_file": self.file_id}

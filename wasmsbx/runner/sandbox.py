@@ -1,0 +1,1193 @@
+"""The runner: policy + module -> backend -> result, as plain data.
+
+``Sandbox`` is the Python API; ``wasmsbx run`` is a thin renderer over it.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import namedtuple
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Optional, Union
+
+from .. import errors
+from .. import policy as policy_mod
+from ..backends.base import EngineOptions, ExportInfo, Limits, Signature, WasiSetup
+
+WASM_MAGIC = b"\0asm"
+ARTIFACT_FIRST_BYTE = b"\x89"  # of aot.MAGIC: checked before importing aot
+
+
+# ---------------------------------------------------------------------------- module files
+
+
+def read_module(path: Union[str, os.PathLike]) -> bytes:
+    """The module's binary: .wasm as is, .wat (or any text module) converted."""
+    path = Path(path)
+    return module_bytes(read_file(path), path)
+
+
+def read_file(path: Path) -> bytes:
+    """A module or artifact file, read with a cap (a device that never ends is refused)."""
+    from ..inputs import TooLarge, read_capped
+
+    try:
+        data = read_capped(path, _size_cap)
+    except errors.ModuleError as exc:  # from _size_cap: the path belongs in the message
+        raise errors.ModuleError(f"{path}: {exc.message}", hint=exc.hint, path=str(path)) from None
+    except TooLarge as exc:
+        what = "precompiled artifact" if exc.limit == _size_cap(ARTIFACT_FIRST_BYTE) else "module"
+        raise errors.ModuleError(
+            f"{path}: {what} too large: {exc.strerror}",
+            hint="is this the right file? (a device or a pipe that never ends is refused)",
+            path=str(path),
+        ) from None
+    except FileNotFoundError:
+        raise errors.InputError(
+            f"{path}: no such file", hint="check the module path", path=str(path)
+        ) from None
+    except IsADirectoryError:
+        raise errors.InputError(
+            f"{path}: is a directory, not a module file", path=str(path)
+        ) from None
+    except OSError as exc:
+        raise errors.InputError(f"{path}: cannot read: {exc.strerror}", path=str(path)) from None
+    return data
+
+
+def _size_cap(head: bytes) -> int:
+    """The cap of a file starting with ``head``: artifacts are larger than modules.
+
+    Judged from the first bytes, so /dev/zero or /dev/urandom is refused at once: a
+    module starts with \0asm (or is text, which has no NUL), an artifact with \x89."""
+    from .. import inputs
+
+    if head[:1] == ARTIFACT_FIRST_BYTE:
+        return inputs.ARTIFACT_MAX_BYTES
+    if head[:4] != WASM_MAGIC[: len(head)] and not _text_start(head):
+        raise errors.ModuleError(
+            "not a WebAssembly module (no \\0asm header, and not text)",
+            hint="give a .wasm binary or a .wat text module",
+        )
+    return inputs.MODULE_MAX_BYTES
+
+
+def _text_start(head: bytes) -> bool:
+    """Could a text module start so? UTF-8 (an unfinished last character allowed), no NUL."""
+    import codecs
+
+    try:
+        codecs.getincrementaldecoder("utf-8")().decode(head, final=False)
+    except UnicodeDecodeError:
+        return False
+    return b"\0" not in head
+
+
+def module_bytes(data: bytes, path) -> bytes:
+    if not data:
+        raise errors.ModuleError(f"{path}: empty file, not a WebAssembly module", path=str(path))
+    if data[:4] == WASM_MAGIC:
+        return data
+    if data[:1] == ARTIFACT_FIRST_BYTE:
+        from ..native import artifact as aot
+
+        if aot.is_artifact(data):
+            raise errors.ModuleError(
+                f"{path}: is precompiled native code (wasmsbx compile -o), not a module",
+                hint="run it with `wasmsbx run`; other commands need the original module",
+                path=str(path),
+            )
+    return wat_to_wasm(data, path)
+
+
+def _looks_like_wat(text: str) -> bool:
+    """Whether ``text`` starts, after blanks and comments, with ``(`` as every WAT module
+    does: a README or a shell script is refused by name, not parsed into a riddle."""
+    pos, depth = 0, 0
+    while pos < len(text):
+        if text.startswith("(;", pos):  # block comments nest
+            depth, pos = depth + 1, pos + 2
+        elif depth and text.startswith(";)", pos):
+            depth, pos = depth - 1, pos + 2
+        elif depth or text[pos].isspace():
+            pos += 1
+        elif text.startswith(";;", pos):
+            end = text.find("\n", pos)
+            pos = len(text) if end < 0 else end + 1
+        else:
+            return text[pos] == "("
+    return False
+
+
+def wat_to_wasm(data: bytes, path) -> bytes:
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise errors.ModuleError(
+            f"{path}: not a WebAssembly module (no \\0asm header, and not UTF-8 text)",
+            hint="give a .wasm binary or a .wat text module",
+            path=str(path),
+        ) from None
+    if not _looks_like_wat(text):
+        raise errors.ModuleError(
+            f"{path}: not a WebAssembly module (no \\0asm header, and the text does not "
+            "start with `(`, as WebAssembly text does)",
+            hint="give a .wasm binary or a .wat text module",
+            path=str(path),
+        )
+    import wasmtime
+
+    try:
+        return bytes(wasmtime.wat2wasm(text))
+    except Exception as exc:
+        lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+        reason = lines[0] if lines else "invalid text"
+        detail = next((line for line in lines[1:] if line.startswith("-->")), "")
+        # wasmtime names the text "<anon>": name the file instead (file:line:column).
+        detail = detail.lstrip("-> ").replace("<anon>", str(path), 1)
+        where = f" ({detail})" if detail else ""
+        raise errors.ModuleError(
+            f"{path}: invalid WebAssembly text: {reason}{where}",
+            hint="fix the .wat file",
+            path=str(path),
+        ) from None
+
+
+# ---------------------------------------------------------------------------- typed values
+# (wasmsbx.runner.values; re-exported here for the callers that imported them from the runner)
+from .values import format_value, json_value, parse_args  # noqa: E402
+
+# ---------------------------------------------------------------------------- results
+
+
+class RunStats(
+    namedtuple(
+        "RunStats",
+        ["backend", "compiler", "timings", "cache", "fuel_used", "memory_bytes", "warnings"],
+        defaults=(
+            None,
+            None,
+            None,
+            (),
+        ),
+    )
+):
+    # backend: str
+    # compiler: Optional[str]
+    # timings: dict  phase -> seconds
+    # cache: Optional[str]  hit | miss | off
+    # fuel_used: Optional[int]
+    # memory_bytes: Optional[int]
+    # warnings: tuple
+    __slots__ = ()
+
+    def to_dict(self) -> dict:
+        return {
+            "backend": self.backend,
+            "compiler": self.compiler,
+            "timings": {k: round(v, 6) for k, v in self.timings.items()},
+            "cache": self.cache,
+            "fuel_used": self.fuel_used,
+            "memory_bytes": self.memory_bytes,
+            "warnings": list(self.warnings),
+        }
+
+
+class CallResult(namedtuple("CallResult", "function values types stats")):
+    # function: str
+    # values: list
+    # types: tuple
+    # stats: RunStats
+    __slots__ = ()
+
+    def to_dict(self) -> dict:
+        return {
+            "function": self.function,
+            "results": [
+                {"type": t, "value": json_value(v, t)} for v, t in zip(self.values, self.types)
+            ],
+            "stats": self.stats.to_dict(),
+        }
+
+
+class CommandResult(
+    namedtuple(
+        "CommandResult",
+        "exit_code stats stdout stderr guest_status",
+        defaults=(
+            None,
+            None,
+            None,
+        ),
+    )
+):
+    # exit_code: int  what wasmsbx exits with (errors.guest_exit_code of the status)
+    # stats: RunStats
+    # stdout: Optional[bytes]
+    # stderr: Optional[bytes]
+    # guest_status: Optional[int]  the status the guest gave proc_exit (a u32), or 0
+    __slots__ = ()
+
+    def to_dict(self) -> dict:
+        status = self.exit_code if self.guest_status is None else self.guest_status
+        return {
+            "exit_code": self.exit_code,
+            "exit_source": "guest",  # errors say "wasmsbx" (see cli.report)
+            "guest_status": status,
+            "stats": self.stats.to_dict(),
+        }
+
+
+# ---------------------------------------------------------------------------- the sandbox
+
+
+def find_signature(export_list: Sequence[Any], func: str, module_name: str) -> Signature:
+    """The signature of exported function ``func``; a UsageError that suggests a name if not."""
+    for export in export_list:
+        if export.name == func:
+            if export.kind != "func":
+                raise errors.UsageError(
+                    f"export {func!r} is a {export.kind}, not a function",
+                    hint=exports_hint(export_list),
+                )
+            if export.signature is None:  # its type index resolves to nothing
+                raise errors.ModuleError(
+                    f"{module_name}: export {func!r} has no valid function type "
+                    "(the module is invalid: a missing or short type section)",
+                    hint="rebuild the module; wasm-validate says where",
+                )
+            return export.signature
+    import difflib
+
+    funcs = [e.name for e in export_list if e.kind == "func"]
+    close = difflib.get_close_matches(func, funcs, n=1)
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    raise errors.UsageError(
+        f"{module_name} has no export named {func!r}",
+        hint=hint + exports_hint(export_list),
+        function=func,
+    )
+
+
+def exports_hint(export_list: Sequence[Any]) -> str:
+    funcs = [_call_form(e.name, e.signature) for e in export_list if e.kind == "func"]
+    if not funcs:
+        return "the module exports no functions"
+    return "exported functions: " + ", ".join(funcs[:12]) + (" ..." if len(funcs) > 12 else "")
+
+
+def _call_form(name: str, sig: Optional[Signature]) -> str:
+    """ "add(i32, i32) -> i32", "free(i32) -> ()": the parameters always in parentheses."""
+    if sig is None:
+        return f"{name}(?)"
+    results = sig.results[0] if len(sig.results) == 1 else f"({', '.join(sig.results)})"
+    return f"{name}({', '.join(sig.params)}) -> {results}"
+
+
+def check_interface(
+    wasm: bytes,
+    module_name: str,
+    kind: str = "call",
+    function: Optional[str] = None,
+    args: Optional[Sequence[Any]] = None,
+    provided: Any = frozenset(),
+) -> None:
+    """Refuse, from the module's bytes and before anything is compiled, a run that cannot
+    work: a command without ``_start``, a call to a missing export or with arguments its
+    signature refuses, imports the sandbox does not provide (WASI preview1 functions of
+    the right type are the only imports it has). Compiling a 99 MB module only to learn
+    it has no ``_start`` took 199 s of CPU and wrote a 272 MB cache entry (issue #13).
+    ``provided``: (module, name) pairs the caller grants as host imports, or ``all`` for
+    a module of a linked group (the group's runtime checks its imports when it links)."""
+    from ..wasm.facts import FactsError, read_interface
+
+    try:
+        interface = read_interface(wasm)
+    except FactsError:
+        return  # the runtime gives the precise error when it compiles
+    if provided is not all:
+        _check_imports([i for i in interface.imports if (i.module, i.name) not in provided])
+    exports = [
+        ExportInfo(e.name, e.kind, Signature(e.type.params, e.type.results))
+        if e.kind == "func" and e.type is not None
+        else ExportInfo(e.name, e.kind)
+        for e in interface.exports
+    ]
+    if kind == "command":
+        start = next((e for e in exports if e.name == "_start"), None)
+        if start is None or start.kind != "func":
+            raise errors.UsageError(
+                f"{module_name} has no _start export, so it cannot run as a command",
+                hint=exports_hint(exports) + " (name one to call it)",
+            )
+    elif function is not None:
+        sig = find_signature(exports, function, module_name)
+        if args is not None:
+            parse_args(function, sig, args)
+
+
+def _check_imports(imports: Sequence[Any]) -> None:
+    """LinkError naming each import the sandbox cannot provide, by its kind."""
+    from ..wasm import wasi
+
+    missing, names = [], []
+    for imp in imports:
+        count = len(missing)
+        known = wasi.BY_NAME.get(imp.name) if wasi.is_wasi_module(imp.module) else None
+        if imp.kind != "func":
+            missing.append(f"{imp.kind} {imp.module}.{imp.name}")  # memory, table, global, tag
+        elif known is None:
+            missing.append(f"function {imp.module}.{imp.name}")
+        elif imp.type is not None and (
+            tuple(imp.type.params) != known.params or tuple(imp.type.results) != known.results
+        ):
+            missing.append(
+                f"function {imp.module}.{imp.name} with type {imp.type} "
+                f"(WASI preview1 has {known.signature})"
+            )
+        if len(missing) > count:
+            names.append(f"{imp.module}.{imp.name}")
+    if missing:
+        what = ", ".join(sorted({m.split(" ", 1)[0] for m in missing}))
+        raise errors.LinkError(
+            f"module imports what the sandbox does not provide ({what}): "
+            + ", ".join(missing[:8])
+            + (f" and {len(missing) - 8} more" if len(missing) > 8 else ""),
+            hint="wasmsbx provides WASI preview1 functions only (wasi_snapshot_preview1); "
+            "rebuild the module without these imports",
+            imports=names,
+        )
+
+
+def limits_from(policy: policy_mod.Policy) -> Limits:
+    v = policy.values
+    return Limits(
+        memory=v["limits.memory"],
+        timeout=v["limits.timeout"],
+        fuel=v["limits.fuel"],
+        stack=v["limits.stack"],
+        table_elements=v["limits.table_elements"],
+        instances=v["limits.instances"],
+        output=v["limits.output"],  # 0 is a limit too: the guest may write nothing
+    )
+
+
+def engine_options(policy: policy_mod.Policy, compiler: Optional[str]) -> EngineOptions:
+    v = policy.values
+    return EngineOptions(
+        compiler=compiler,
+        optimize=v["runtime.optimize"],
+        fuel=v["limits.fuel"] is not None,
+        stack=v["limits.stack"],
+        memory_cap=v["limits.memory"],
+        table_cap=v["limits.table_elements"],
+    )
+
+
+class Sandbox:
+    """A module loaded under a policy, ready to call.
+
+    >>> box = Sandbox("examples/add.wat")
+    >>> box.call("add", 5, 3)
+    8
+
+    ``function`` (and its ``args``), when given, are checked against the module's
+    interface before anything is compiled, like ``_start`` for ``kind="command"``.
+
+    ``module``: a path, or bytes (a binary, WAT text or a precompiled artifact, which is
+    verified before it loads). ``imports``: host imports the caller grants
+    (``{module: {name: fn | wasmsbx.Global | Memory | Table}}``, see wasmsbx.runner.host).
+    ``group``/``name``: used by :class:`Group` (linking). The instance is created on
+    first use; ``close()`` (or ``with``) releases it.
+
+    A WebAssembly component gives a ``components.sandbox.ComponentSandbox`` (same
+    methods, WIT-typed values), chosen by the file's header before anything else.
+    """
+
+    def __new__(cls, module=None, *args: Any, **kwargs: Any):
+        if cls is Sandbox and module is not None and _is_component_file(module):
+            from ..components.sandbox import ComponentSandbox
+
+            return super().__new__(ComponentSandbox)
+        return super().__new__(cls)
+
+    def __init__(
+        self,
+        module: Union[str, os.PathLike, bytes, bytearray, memoryview],
+        policy: Optional[policy_mod.Policy] = None,
+        *,
+        imports: Optional[Mapping[str, Mapping[str, Any]]] = None,
+        backend: Optional[str] = None,
+        kind: str = "call",
+        use_cache: Optional[bool] = None,
+        artifact: Optional[str] = None,
+        cache_dir: Optional[str] = None,
+        progress: Any = None,
+        function: Optional[str] = None,
+        args: Optional[Sequence[Any]] = None,
+        deadline: Optional[float] = None,
+        group: Optional[Group] = None,
+        name: Optional[str] = None,
+    ) -> None:
+        """``deadline``: a ``time.monotonic()`` instant the whole run, compiling included,
+        must end by (``wasmsbx run`` passes start + limits.timeout when the timeout is set
+        by a flag or the policy). Without it, compiling is bounded by
+        limits.compile_timeout, and each call by limits.timeout."""
+        self._group = group
+        self.link_name = name
+        if group is not None:
+            policy = group.policy
+        from_bytes = isinstance(module, (bytes, bytearray, memoryview))
+        self.path = Path(name or "<bytes>") if from_bytes else Path(module)  # type: ignore[arg-type]
+        self.deadline = deadline
+        self.policy = policy if policy is not None else policy_mod.discover()
+        self.imports = _normalize_imports(imports)
+        self.timings: dict = {}
+        self.warnings: list = []  # cache and artifact problems worked around
+        self.progress = progress  # label -> context manager shown around long compiles
+        self.cache_dir = cache_dir
+        started = time.perf_counter()
+        data = bytes(module) if from_bytes else read_file(self.path)  # type: ignore[arg-type]
+        from ..backends.compiling import check_size
+
+        check_size(len(data), self.policy.values["limits.module_size"], self.path.name)
+        self.artifact = None
+        self.wasm: Optional[bytes] = None
+        if data[:1] == ARTIFACT_FIRST_BYTE and artifact is None:
+            from ..native import artifact as aot  # standalone artifacts: kept out of the hot path
+
+            self.artifact = aot.open_for(self, data, str(self.path))
+        if self.artifact is None:
+            self.wasm = module_bytes(data, self.path)
+            # Before any compile or cache write: a run that cannot work fails now.
+            provided = (
+                all
+                if group is not None
+                else frozenset((m, n) for m, names in self.imports.items() for n in names)
+            )
+            check_interface(self.wasm, self.path.name, kind, function, args, provided)
+        if artifact is not None:
+            from ..native import artifact as aot
+
+            self.artifact = aot.open_for(self, None, artifact)
+        self.timings["read"] = time.perf_counter() - started
+        self.selection = None
+        self._spec: Optional[str] = None
+        if group is not None and group.engine is not None:
+            self.backend_name, self.compiler = group.backend_name, group.compiler
+            self.engine = group.engine
+        else:
+            if (self.imports or group is not None) and backend is None:
+                backend = _linking_backend(self.policy)
+            self.backend_name, self.compiler = self._choose(backend, kind)
+            from .. import backends
+
+            self.engine = backends.get(self.backend_name).engine(
+                engine_options(self.policy, self.compiler)
+            )
+            if group is not None:
+                group._adopt(self)
+        cache_wanted = self.policy.values["runtime.cache"] if use_cache is None else use_cache
+        self.use_cache = cache_wanted  # a cluster's workers follow the same choice
+        self.cache_state = "off"
+        self.recorded_exports: Optional[list] = None
+        self.module = None
+        if self.artifact is not None:
+            from ..native import artifact as aot
+
+            self.module = aot.load_for(self)
+        if self.module is None:
+            self.module = self._compile(cache_wanted)
+        if self.wasm is not None:  # native code from the cache: the totals need the layout
+            self.engine.describe(self.module, self.wasm)
+        self.export_list = self._interface()
+        self._instance: Any = None
+
+    def __enter__(self) -> Sandbox:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    # --------------------------------------------------------------- choosing
+    def _choose(self, backend: Optional[str], kind: str) -> tuple:
+        from ..backends import get, names, select, split
+
+        if self.artifact is not None:
+            from ..native.artifact import backend_for
+
+            chosen = backend_for(self, backend, kind)
+            if chosen is not None:
+                return chosen
+
+        spec = backend or self.policy.values["runtime.backend"]
+        self._spec = backend
+        name, compiler = split(spec)
+        if spec != "auto" and len(names()) == 1 and name in names():
+            # One backend installed and named: nothing to score, keep start-up lean.
+            return name, compiler or get(name).default_compiler
+        # The module's features are read only if they can change the choice (select.py).
+        self.selection = select.select(self.policy, self._features, kind, backend)
+        return self.selection.backend, self.selection.compiler
+
+    def _features(self) -> frozenset:
+        from ..wasm.facts import FactsError, read_features
+
+        if self.wasm is None:  # a standalone artifact records its module's features
+            return frozenset(self.artifact.header["module"].get("features", ()))
+        try:
+            return read_features(self.wasm)
+        except FactsError:
+            return frozenset()  # the runtime will give the precise error
+
+    def explain(self, kind: str = "call") -> Any:
+        """The scoring table that chose the backend (computed if it was skipped)."""
+        if self.selection is None or not self.selection.features_checked:
+            from ..backends import select
+
+            features = self._features()
+            self.selection = select.select(self.policy, features, kind, self._spec)
+        return self.selection
+
+    # --------------------------------------------------------------- compiling
+    def _compile(self, use_cache: bool) -> Any:
+        """Compile, or load from the cache: only for modules of runtime.cache_min_size and
+        up, since opening the cache costs more than compiling a small module."""
+        if use_cache and len(self.wasm) >= self.policy.values["runtime.cache_min_size"]:
+            from ..native.cache import load_or_compile
+
+            outcome = load_or_compile(
+                self.engine,
+                self.wasm,
+                self.policy,
+                self.path.name,
+                self._compile_now,
+                self.cache_dir,
+            )
+            self.timings.update(outcome.timings)
+            self.warnings.extend(outcome.warnings)
+            self.cache_state = outcome.state
+            self.recorded_exports = outcome.exports
+            return outcome.module
+        self.cache_state = "skip" if use_cache else "off"
+        started = time.perf_counter()
+        module = self._compile_now(self.wasm)
+        self.timings["compile"] = time.perf_counter() - started
+        return module
+
+    def _interface(self) -> list:
+        """Exports with their signatures, read from the binary (see facts.read_interface)."""
+        from ..wasm.facts import FactsError, read_interface
+
+        if self.wasm is None:  # a standalone artifact records its module's exports
+            records = self.artifact.header["module"].get("exports")
+            return self.engine.exports(self.module) if records is None else _exports(records)
+        if self.recorded_exports is not None:  # a cache entry does too: no parse on a hit
+            return _exports(self.recorded_exports)
+        try:
+            exports = read_interface(self.wasm).exports
+        except FactsError:
+            return self.engine.exports(self.module)  # the runtime accepted it: ask the runtime
+        return [
+            ExportInfo(e.name, e.kind, Signature(e.type.params, e.type.results))
+            if e.kind == "func" and e.type is not None
+            else ExportInfo(e.name, e.kind)
+            for e in exports
+        ]
+
+    def _compile_now(self, wasm: bytes) -> Any:
+        """Compile within limits.compile_timeout, the timeout and the run's deadline."""
+        from ..backends.compiling import compile_bounded, out_of_time, too_slow
+
+        v, name = self.policy.values, self.path.name
+        limit, timeout = v["limits.compile_timeout"], v["limits.timeout"]
+        left = limit if self.deadline is None else self.deadline - time.monotonic()
+        if limit <= left:
+            seconds, error = limit, lambda: too_slow(name, limit)  # exit 117
+        else:  # the run's timeout covers compiling: exit 112
+            seconds, error = max(0.001, left), lambda: out_of_time(name, timeout)
+        if self.progress is None:
+            return compile_bounded(self.engine, wasm, seconds, error)
+        with self.progress(f"compiling {name}"):
+            return compile_bounded(self.engine, wasm, seconds, error)
+
+    # --------------------------------------------------------------- calling
+    @property
+    def exports(self) -> Exports:
+        """The exports (a list of ExportInfo); exported functions are also attributes:
+        ``box.exports.add(1, 2)``."""
+        return Exports(self, self.export_list)
+
+    def __getitem__(self, name: str) -> Function:
+        """``box["add"](1, 2)``: an exported function as a callable."""
+        self.signature(name)  # UsageError (with a suggestion) when there is none
+        return Function(self, name)
+
+    def _live(self) -> Any:
+        """The instance, created on first use."""
+        if self._instance is None:
+            self._instance = self.instantiate()
+        return self._instance
+
+    def memory(self, name: str = "memory") -> Memory:
+        """The exported memory ``name``: read, write, size, grow (see Memory)."""
+        try:
+            if not any(e.name == name and e.kind == "memory" for e in self.export_list):
+                raise KeyError(name)
+            access = self._live().memory(name)
+        except NotImplementedError:
+            raise errors.BackendUnavailable(
+                f"the {self.backend_name} backend cannot reach guest memory from Python"
+            ) from None
+        except (IndexError, KeyError):
+            names = [e.name for e in self.export_list if e.kind == "memory"]
+            raise errors.UsageError(
+                f"{self.path.name} exports no memory named {name!r}",
+                hint=f"exported memories: {', '.join(names)}" if names else "it exports none",
+            ) from None
+        return Memory(access, name)
+
+    @property
+    def globals(self) -> Globals:
+        """Exported globals by name: ``box.globals["g"]``, ``box.globals["g"] = 5``
+        (mutable globals only)."""
+        return Globals(self)
+
+    def audit(self) -> Any:
+        """The static audit (wasmsbx.audit.report) of this module under this sandbox's policy,
+        with the host imports granted here shown as provided by the host."""
+        if self.wasm is None:
+            raise errors.UsageError("a precompiled artifact cannot be audited: audit its module")
+        from ..audit.report import audit
+        from ..wasm.facts import read_facts
+
+        return audit(read_facts(self.wasm), self.policy, self.path.name, self.wasm, self.imports)
+
+    def _global_types(self) -> dict:
+        """Exported globals' (type, mutable), read from the module's bytes (the runtime's
+        C API aborts on a v128 global type)."""
+        if self.wasm is None:
+            return {}
+        from ..wasm.facts import FactsError, read_facts
+
+        try:
+            facts = read_facts(self.wasm, scan_code=False)
+        except FactsError:
+            return {}
+        by_index = {g.index: (g.type, g.mutable) for g in facts.globals}
+        return {
+            e.name: by_index[e.index]
+            for e in facts.exports
+            if e.kind == "global" and e.index in by_index
+        }
+
+    def export(self, name: str) -> Any:
+        """An export as a handle for another module of the same Group's imports."""
+        if not any(e.name == name for e in self.export_list):
+            raise errors.UsageError(f"{self.path.name} has no export named {name!r}")
+        return self._live().export_handle(name)
+
+    def signature(self, func: str) -> Signature:
+        return find_signature(self.export_list, func, self.path.name)
+
+    def _exports_hint(self) -> str:
+        return exports_hint(self.export_list)
+
+    def wasi_setup(
+        self, argv: Sequence[str] = (), stdin: Any = None, capture: bool = False
+    ) -> WasiSetup:
+        v = self.policy.values
+        return WasiSetup(
+            argv=[self.path.name, *argv],
+            env=self.policy.env_for_guest(),
+            grants=self.policy.grants,
+            stdin=v["stdio.stdin"] if stdin is None else stdin,
+            stdout="capture" if capture else v["stdio.stdout"],
+            stderr="capture" if capture else v["stdio.stderr"],
+        )
+
+    def instantiate(self, wasi: Optional[WasiSetup] = None) -> Any:
+        started = time.perf_counter()
+        limits = limits_from(self.policy)._replace(deadline=self.deadline)
+        extra: dict = {}
+        if self.imports:
+            extra["imports"] = self.imports
+        if self._group is not None:
+            extra["shared"] = self._group.first_instance
+            extra["register"] = self.link_name
+        instance = self.engine.instantiate(self.module, limits, wasi or self.wasi_setup(), **extra)
+        instance.know_types(
+            {
+                e.name: (tuple(e.signature.params), tuple(e.signature.results))
+                for e in self.export_list
+                if e.kind == "func" and e.signature is not None
+            }
+        )
+        if self._group is not None and self._group.first_instance is None:
+            self._group.first_instance = instance
+        self.timings["instantiate"] = time.perf_counter() - started
+        if any(e.name == "_initialize" for e in self.export_list):
+            instance.call("_initialize", [])
+        return instance
+
+    def invoke(
+        self,
+        func: str,
+        args: Sequence[Any] = (),
+        fresh: bool = False,
+        wasi: Optional[WasiSetup] = None,
+        timeout: Optional[float] = None,
+        fuel: Optional[int] = None,
+    ) -> CallResult:
+        """Call ``func`` with arguments parsed by its signature; results as a CallResult.
+
+        ``wasi`` sets up a new instance's WASI (e.g. ``wasi_setup(capture=True)``);
+        ``timeout`` (seconds) and ``fuel`` lower the policy's limits for this call."""
+        sig = self.signature(func)
+        typed = parse_args(func, sig, args)
+        limits = self._call_limits(timeout, fuel)
+        if self._instance is None or fresh:
+            self._instance = self.instantiate(wasi)
+        started = time.perf_counter()
+        try:
+            values = self._instance.call(func, typed, types=(sig.params, sig.results), **limits)
+        finally:
+            self.timings["run"] = time.perf_counter() - started
+        return CallResult(func, values, sig.results, self._stats(self._instance))
+
+    def output(self) -> tuple:
+        """(stdout, stderr) the current instance captured (None when not captured)."""
+        if self._instance is None:
+            return None, None
+        usage = self._instance.usage()
+        return usage.stdout, usage.stderr
+
+    def call(
+        self,
+        func: str,
+        *args: Any,
+        timeout: Optional[float] = None,
+        fuel: Optional[int] = None,
+    ) -> Any:
+        """Python-friendly call: one result as a value, several as a tuple, none as None.
+
+        ``timeout`` (seconds) and ``fuel`` lower the policy's limits for this call only;
+        asking for more than the policy allows is a UsageError."""
+        values = self.invoke(func, args, timeout=timeout, fuel=fuel).values
+        if not values:
+            return None
+        return values[0] if len(values) == 1 else tuple(values)
+
+    def _call_limits(self, timeout: Optional[float], fuel: Optional[int]) -> dict:
+        """Per-call limits, checked against the policy's (never above them)."""
+        out: dict = {}
+        v = self.policy.values
+        if timeout is not None:
+            if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
+                raise errors.UsageError(f"timeout={timeout!r}: a positive number of seconds")
+            if timeout > v["limits.timeout"]:
+                raise errors.UsageError(
+                    f"timeout={timeout:g}s is above the policy's limits.timeout "
+                    f"({v['limits.timeout']:g}s)",
+                    hint="a call may only lower the policy's limits",
+                )
+            out["timeout"] = float(timeout)
+        if fuel is not None:
+            if isinstance(fuel, bool) or not isinstance(fuel, int) or fuel <= 0:
+                raise errors.UsageError(f"fuel={fuel!r}: a positive integer")
+            if v["limits.fuel"] is None:
+                raise errors.UsageError(
+                    "fuel= needs a policy with limits.fuel (fuel metering is compiled in)",
+                    hint="set limits.fuel in the policy; fuel= can then lower it per call",
+                )
+            if fuel > v["limits.fuel"]:
+                raise errors.UsageError(
+                    f"fuel={fuel} is above the policy's limits.fuel ({v['limits.fuel']})",
+                    hint="a call may only lower the policy's limits",
+                )
+            out["fuel"] = fuel
+        return out
+
+    def batch(
+        self, func: str, items: Any, *, fresh: bool = False, jobs: int = 1, cluster: Any = None
+    ) -> Any:
+        """Call ``func`` once per item (a list of arguments, a dict ``{"args", "id"}`` or a
+        JSON line); an iterator of ``batch.BatchResult``, in input order, one per item.
+        A failing item is a result with ``.error``, not an exception. See wasmsbx.runner.batch.
+        ``cluster`` (a Dask address, a ``distributed.Client`` or a ``cluster.Cluster``)
+        runs the calls on that cluster's workers instead; see wasmsbx.cluster."""
+        from .batch import run_batch
+
+        return run_batch(self, func, items, fresh=fresh, jobs=jobs, cluster=cluster)
+
+    def stream(
+        self,
+        src: Any,
+        dst: Any,
+        func: str = "process",
+        *,
+        chunk_size: int = 64 * 1024,
+        checkpoint: Any = None,
+    ) -> Any:
+        """Stream binary file ``src`` through ``func`` (the streaming ABI) into binary file
+        ``dst``, chunk by chunk; returns ``stream.StreamStats``. See wasmsbx.runner.stream."""
+        from .checkpoint import Sink, Source
+        from .stream import run_stream
+
+        return run_stream(
+            self, func, Source(src), Sink(dst), chunk_size=chunk_size, checkpoint=checkpoint
+        )
+
+    def run_command(
+        self, argv: Sequence[str] = (), stdin: Any = None, capture: bool = False
+    ) -> CommandResult:
+        """Run the module's ``_start`` as a WASI command; the guest's exit code is returned."""
+        if not any(e.name == "_start" for e in self.export_list):
+            raise errors.UsageError(
+                f"{self.path.name} has no _start export, so it cannot run as a command",
+                hint=self._exports_hint() + " (name one to call it)",
+            )
+        instance = self.instantiate(self.wasi_setup(argv, stdin, capture))
+        started = time.perf_counter()
+        try:
+            status = instance.run_command() & 0xFFFFFFFF
+        finally:
+            self.timings["run"] = time.perf_counter() - started
+        usage = instance.usage()
+        return CommandResult(
+            errors.guest_exit_code(status),
+            self._stats(instance, usage),
+            usage.stdout,
+            usage.stderr,
+            status,
+        )
+
+    def _stats(self, instance: Any, usage: Any = None) -> RunStats:
+        usage = usage or instance.usage()
+        return RunStats(
+            backend=self.backend_name,
+            compiler=self.compiler,
+            timings=dict(self.timings),
+            cache=self.cache_state,
+            fuel_used=usage.fuel_used,
+            memory_bytes=usage.memory_bytes,
+            warnings=tuple(self.warnings) + tuple(usage.warnings),
+        )
+
+    def close(self) -> None:
+        """Release the instance (and its captured output and temporary files)."""
+        if self._instance is not None:
+            if self._group is None:
+                self._instance.close()
+            self._instance = None
+
+
+def _normalize_imports(imports: Optional[Mapping[str, Mapping[str, Any]]]) -> dict:
+    if not imports:
+        return {}
+    from .host import normalize
+
+    try:
+        return normalize(imports)
+    except TypeError as exc:
+        raise errors.UsageError(f"imports: {exc}") from None
+
+
+def _linking_backend(policy: policy_mod.Policy) -> Optional[str]:
+    """Host imports and groups need a backend that links in-process (wasmtime): under
+    ``runtime.backend = "auto"`` it is chosen; a named backend is kept (and refuses)."""
+    spec = policy.values["runtime.backend"]
+    return "wasmtime" if spec == "auto" else None
+
+
+class Function:
+    """An exported function as a callable: ``box["add"](1, 2)``, ``box.exports.add(1, 2)``."""
+
+    def __init__(self, box: Sandbox, name: str) -> None:
+        self.box = box
+        self.name = name
+
+    @property
+    def signature(self) -> Signature:
+        return self.box.signature(self.name)
+
+    def __call__(
+        self, *args: Any, timeout: Optional[float] = None, fuel: Optional[int] = None
+    ) -> Any:
+        return self.box.call(self.name, *args, timeout=timeout, fuel=fuel)
+
+    def __repr__(self) -> str:
+        return f"<wasm function {self.name} {self.signature}>"
+
+
+class Exports(list):
+    """A sandbox's exports (ExportInfo records); functions are also attributes."""
+
+    def __init__(self, box: Sandbox, items: Sequence[ExportInfo]) -> None:
+        super().__init__(items)
+        self._box = box
+
+    def __getattr__(self, name: str) -> Function:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        for export in self:
+            if export.name == name and export.kind == "func":
+                return Function(self._box, name)
+        raise AttributeError(f"no exported function {name!r}")
+
+
+class Globals:
+    """Exported globals by name; assignment only to mutable ones."""
+
+    def __init__(self, box: Sandbox) -> None:
+        self._box = box
+
+    def _info(self, name: str) -> tuple:
+        if not any(e.name == name and e.kind == "global" for e in self._box.export_list):
+            names = [e.name for e in self._box.export_list if e.kind == "global"]
+            raise KeyError(f"no exported global {name!r} (exported: {', '.join(names) or 'none'})")
+        known = self._box._global_types().get(name)
+        if known is not None:
+            return known
+        try:
+            return self._box._live().global_info(name)
+        except NotImplementedError:
+            raise errors.BackendUnavailable(
+                f"the {self._box.backend_name} backend cannot reach globals from Python"
+            ) from None
+
+    def __getitem__(self, name: str) -> Any:
+        wasm_type, _ = self._info(name)
+        return self._box._live().global_get(name, wasm_type)
+
+    def __setitem__(self, name: str, value: Any) -> None:
+        wasm_type, mutable = self._info(name)
+        if not mutable:
+            raise errors.UsageError(f"global {name!r} is immutable")
+        from .values import coerce
+
+        try:
+            typed = coerce(value, wasm_type)
+        except (ValueError, TypeError) as exc:
+            raise errors.UsageError(f"global {name!r} is a {wasm_type}: {exc}") from None
+        self._box._live().global_set(name, typed, wasm_type)
+
+    def type(self, name: str) -> tuple:
+        """(value type, mutable)."""
+        return self._info(name)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter([e.name for e in self._box.export_list if e.kind == "global"])
+
+    def __contains__(self, name: object) -> bool:
+        return any(e.name == name and e.kind == "global" for e in self._box.export_list)
+
+
+class Memory:
+    """A guest memory. Every access is range-checked: IndexError, never a crash.
+
+    ``read(offset, length) -> bytes``, ``write(offset, data)``, ``size`` (bytes),
+    ``pages``, ``grow(pages) -> old pages`` (within the policy's memory limit), and
+    ``with mem.view() as buf:`` a memoryview of the whole memory, valid inside the block
+    (a grow may move the memory, so the view is released when the block ends)."""
+
+    PAGE = 65536
+
+    def __init__(self, access: Any, name: str = "memory") -> None:
+        self._access = access
+        self.name = name
+
+    @property
+    def size(self) -> int:
+        return int(self._access.size())
+
+    @property
+    def pages(self) -> int:
+        return self.size // self.PAGE
+
+    def __len__(self) -> int:
+        return self.size
+
+    def read(self, offset: int, length: int) -> bytes:
+        _check_int(offset, length)
+        return bytes(self._access.read(offset, length))
+
+    def write(self, offset: int, data: Union[bytes, bytearray, memoryview]) -> None:
+        _check_int(offset)
+        self._access.write(offset, data)
+
+    def read_cstring(self, offset: int, limit: int = 1 << 20) -> bytes:
+        """Bytes from ``offset`` up to (not including) the first NUL, at most ``limit``."""
+        end = min(self.size, offset + limit)
+        data = self.read(offset, max(0, end - offset))
+        return data.split(b"\0", 1)[0]
+
+    def grow(self, pages: int) -> int:
+        _check_int(pages)
+        try:
+            return int(self._access.grow(pages))
+        except IndexError:
+            raise
+        except Exception as exc:
+            raise errors.MemoryLimitExceeded(
+                f"memory {self.name!r} cannot grow by {pages} pages: {str(exc).splitlines()[0]}",
+                hint="the policy's limits.memory or the memory's maximum",
+            ) from None
+
+    def view(self) -> _View:
+        return _View(self._access)
+
+
+class _View:
+    def __init__(self, access: Any) -> None:
+        self._access = access
+        self._view: Optional[memoryview] = None
+
+    def __enter__(self) -> memoryview:
+        self._view = self._access.view()
+        return self._view
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._view is not None:
+            self._view.release()
+            self._view = None
+
+
+def _check_int(*numbers: Any) -> None:
+    for n in numbers:
+        if isinstance(n, bool) or not isinstance(n, int):
+            raise TypeError(f"expected an int, got {type(n).__name__}")
+        if n < 0:
+            raise IndexError(f"negative offset or length: {n}")
+
+
+class Group:
+    """Several modules instantiated together in one store, under one policy and one set
+    of limits (memory, tables and instances are counted over the whole group); each
+    module added under a name satisfies the imports of the modules added after it, as
+    the spec's ``register`` does::
+
+        with wasmsbx.Group(policy) as group:
+            group.add("lib.wat", name="lib")          # exports registered as "lib"
+            app = group.add("app.wat", imports={"env": {"log": log}})
+            app.call("main")
+    """
+
+    def __init__(
+        self, policy: Optional[policy_mod.Policy] = None, *, backend: Optional[str] = None
+    ) -> None:
+        self.policy = policy if policy is not None else policy_mod.discover()
+        self.backend = backend
+        self.engine: Any = None
+        self.backend_name: Optional[str] = None
+        self.compiler: Optional[str] = None
+        self.first_instance: Any = None
+        self.members: list = []
+
+    def _adopt(self, box: Sandbox) -> None:
+        self.engine, self.backend_name, self.compiler = box.engine, box.backend_name, box.compiler
+
+    def add(
+        self,
+        module: Union[str, os.PathLike, bytes, bytearray, memoryview],
+        name: Optional[str] = None,
+        *,
+        imports: Optional[Mapping[str, Mapping[str, Any]]] = None,
+    ) -> Sandbox:
+        """Compile and instantiate ``module`` in the group (its start function runs now);
+        with ``name``, later modules can import its exports as ``name.export``."""
+        box = Sandbox(
+            module, self.policy, imports=imports, backend=self.backend, group=self, name=name
+        )
+        box._live()
+        self.members.append(box)
+        return box
+
+    def register(self, name: str, box: Sandbox) -> None:
+        """Make an added module's exports importable under another name too."""
+        if box not in self.members:
+            raise errors.UsageError("register: that sandbox is not a member of this group")
+        box._live().register_as(name)
+
+    def close(self) -> None:
+        for box in self.members:
+            box._instance = None
+        if self.first_instance is not None:
+            self.first_instance.close()
+            self.first_instance = None
+        self.members = []
+
+    def __enter__(self) -> Group:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def _is_component_file(module: Any) -> bool:
+    """The header check of ``components.is_component``, without importing the package
+    for core modules (8 bytes read; any error is left for the regular path)."""
+    if isinstance(module, (bytes, bytearray, memoryview)):
+        head = bytes(module[:4096])
+    else:
+        try:
+            with open(module, "rb") as f:
+                head = f.read(4096)
+        except (OSError, TypeError, ValueError):
+            return False
+    if head[:4] == WASM_MAGIC:
+        return head[6:8] == b"\x01\x00"
+    return _wat_head(head).startswith(b"(component")  # a component in WAT text
+
+
+def _wat_head(text: bytes) -> bytes:
+    """``text`` after leading whitespace and ``;;`` / ``(; ;)`` comments."""
+    while True:
+        text = text.lstrip()
+        if text.startswith(b";;"):
+            text = text.partition(b"\n")[2]
+        elif text.startswith(b"(;"):
+            text = text.partition(b";)")[2]
+        else:
+            return text
+
+
+def _exports(records: list) -> list:
+    """ExportInfo from the export records an artifact or cache entry carries."""
+    return [
+        ExportInfo(e["name"], e["kind"], Signature(tuple(e["params"]), tuple(e["results"])))
+        if e.get("params") is not None
+        else ExportInfo(e["name"], e["kind"])
+        for e in records
+    ]
+
+
+def run(
+    module: Union[str, os.PathLike, bytes, bytearray, memoryview],
+    func: str,
+    *args: Any,
+    policy: Optional[policy_mod.Policy] = None,
+    backend: Optional[str] = None,
+) -> Any:
+    """``wasmsbx.run("add.wat", "add", 5, 3) -> 8``."""
+    box = Sandbox(module, policy, backend=backend)
+    try:
+        return box.call(func, *args)
+    finally:
+        box.close()
+
+
+__all__ = [
+    "Sandbox",
+    "Group",
+    "Memory",
+    "Function",
+    "Exports",
+    "Globals",
+    "run",
+    "read_module",
+    "parse_args",
+    "format_value",
+]

@@ -1,0 +1,291 @@
+"""Streaming bytes through a module in fixed-size chunks, with bounded buffering.
+
+The guest ABI (README "Batch and streaming", examples/stream/):
+
+``memory``
+    the guest's exported linear memory.
+``alloc(len: i32) -> i32``
+    called once, right after instantiation, with the chunk size; returns the address
+    of an input buffer of at least ``len`` bytes that stays valid for the instance's
+    life (a static buffer is fine).
+``FUNC(ptr: i32, len: i32) -> i64`` or ``-> (i32, i32)``
+    called once per chunk, the chunk's bytes at ``ptr``. Every chunk is exactly the
+    chunk size except the last (which is shorter, never empty). Returns where its
+    output is: packed as ``(out_ptr << 32) | out_len`` in one i64, or as the two
+    results ``out_ptr, out_len``. The output must stay valid until the next call;
+    ``out_len`` 0 means no output for this chunk.
+``finish() -> i64`` or ``-> (i32, i32)``, optional
+    called once at the end of the input; its output is written last.
+
+The host holds one input chunk and one chunk's output at a time and writes each output
+before reading more input, so a slow reader of our output stops us reading (backpressure)
+and memory stays bounded whatever the input size. Fuel and the timeout apply to each call
+(alloc, every chunk, finish); the memory limit to the instance.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable, Optional
+
+from .. import errors
+
+DEFAULT_CHUNK = 64 * 1024
+MAX_CHUNK = 1 << 30
+ABI_HINT = (
+    "a streaming module exports memory, alloc(i32) -> i32 and FUNC(i32, i32) -> i64 "
+    "(or -> (i32, i32)), optionally finish() -> i64; see examples/stream/"
+)
+
+
+class StreamStats:
+    """What a stream did: bytes in and out, chunks, time, and the host buffer high-water mark."""
+
+    def __init__(self, chunk_size: int) -> None:
+        self.chunk_size = chunk_size
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self.chunks = 0
+        self.peak_buffer = 0  # input chunk + output held by the host at once
+        self.resumed_at: Optional[int] = None
+        self.started = time.perf_counter()
+        self.finished: Optional[float] = None
+
+    @property
+    def seconds(self) -> float:
+        return (self.finished or time.perf_counter()) - self.started
+
+    def to_dict(self) -> dict:
+        seconds = self.seconds
+        return {
+            "chunk_size": self.chunk_size,
+            "chunks": self.chunks,
+            "bytes_in": self.bytes_in,
+            "bytes_out": self.bytes_out,
+            "peak_buffer": self.peak_buffer,
+            "resumed_at_offset": self.resumed_at,
+            "seconds": round(seconds, 6),
+            "bytes_per_second": round(self.bytes_in / seconds, 1) if seconds > 0 else 0.0,
+        }
+
+
+def _packing(box: Any, name: str, params: tuple) -> str:
+    """ "packed" (one i64) or "pair" (two i32): how ``name`` returns its output location."""
+    sig = box.signature(name)
+    if sig.params != params:
+        raise errors.UsageError(
+            f"{name} has signature {sig}, the streaming ABI needs {len(params)} i32 "
+            f"parameter{'s' if len(params) != 1 else ''}",
+            hint=ABI_HINT,
+        )
+    if sig.results == ("i64",):
+        return "packed"
+    if sig.results == ("i32", "i32"):
+        return "pair"
+    raise errors.UsageError(
+        f"{name} returns {sig.results or 'nothing'}; the streaming ABI needs i64 "
+        "(out_ptr << 32 | out_len) or (i32, i32)",
+        hint=ABI_HINT,
+    )
+
+
+class StreamSession:
+    """One instance speaking the streaming ABI: ``feed(chunk) -> bytes``, ``finish()``."""
+
+    def __init__(self, box: Any, func: str = "process", chunk_size: int = DEFAULT_CHUNK) -> None:
+        from .batch import guest_wasi
+
+        if not 1 <= chunk_size <= MAX_CHUNK:
+            raise errors.UsageError(
+                f"chunk size must be between 1 byte and 1 GiB, got {chunk_size}",
+                hint="e.g. --chunk-size 64KiB",
+            )
+        names = {e.name: e.kind for e in box.exports}
+        if names.get("memory") != "memory" or names.get("alloc") != "func":
+            raise errors.UsageError(
+                f"{box.path.name} does not speak the streaming ABI "
+                f"(missing export {'memory' if names.get('memory') != 'memory' else 'alloc'})",
+                hint=ABI_HINT,
+            )
+        self.func = func
+        self.chunk_size = chunk_size
+        self.packing = _packing(box, func, ("i32", "i32"))
+        alloc_sig = box.signature("alloc")
+        if alloc_sig.params != ("i32",) or alloc_sig.results != ("i32",):
+            raise errors.UsageError(
+                f"alloc has signature {alloc_sig}, the streaming ABI needs (i32) -> i32",
+                hint=ABI_HINT,
+            )
+        self.finish_packing = _packing(box, "finish", ()) if names.get("finish") else None
+        self.instance = box.instantiate(guest_wasi(box))
+        self.ptr = self.instance.call("alloc", [chunk_size])[0] & 0xFFFFFFFF
+        if self.ptr == 0:
+            raise errors.TrapError(
+                f"alloc({chunk_size}) returned 0: the guest could not allocate its input buffer",
+                hint="use a smaller --chunk-size, or raise limits.memory (--memory SIZE)",
+            )
+        try:
+            self.instance.read_memory(self.ptr, 0)
+            self._check(self.ptr, chunk_size, "alloc")
+        except NotImplementedError:
+            raise errors.BackendUnavailable(
+                f"the {box.backend_name} backend cannot reach guest memory, which --stream needs",
+                hint="use --backend wasmtime",
+            ) from None
+
+    def _check(self, ptr: int, length: int, where: str) -> None:
+        try:
+            self.instance.read_memory(ptr + length, 0)
+        except IndexError as exc:
+            raise errors.TrapError(
+                f"{where} returned the range {ptr}..{ptr + length}, outside guest memory: {exc}",
+                hint=ABI_HINT,
+            ) from None
+
+    def _output(self, values: list, packing: str, where: str) -> bytes:
+        if packing == "packed":
+            packed = values[0] & 0xFFFFFFFFFFFFFFFF
+            ptr, length = packed >> 32, packed & 0xFFFFFFFF
+        else:
+            ptr, length = values[0] & 0xFFFFFFFF, values[1] & 0xFFFFFFFF
+        if not length:
+            return b""
+        try:
+            return self.instance.read_memory(ptr, length)
+        except IndexError as exc:
+            raise errors.TrapError(
+                f"{where} returned output at {ptr}..{ptr + length}, outside guest memory: {exc}",
+                hint=ABI_HINT,
+            ) from None
+
+    def feed(self, chunk: Any) -> bytes:
+        """Process one chunk (at most chunk_size bytes); the guest's output for it."""
+        if not chunk:
+            return b""
+        if len(chunk) > self.chunk_size:
+            raise ValueError(f"chunk of {len(chunk)} bytes exceeds chunk size {self.chunk_size}")
+        self.instance.write_memory(self.ptr, chunk)
+        values = self.instance.call(self.func, [self.ptr, len(chunk)])
+        return self._output(values, self.packing, self.func)
+
+    def finish(self) -> bytes:
+        if self.finish_packing is None:
+            return b""
+        return self._output(self.instance.call("finish", []), self.finish_packing, "finish")
+
+    def close(self) -> None:
+        self.instance.close()
+
+
+def _fill(stream: Any, view: memoryview) -> int:
+    """Read until ``view`` is full or the input ends; the number of bytes read."""
+    got = 0
+    size = len(view)
+    readinto = getattr(stream, "readinto", None)
+    while got < size:
+        if readinto is not None:
+            n = readinto(view[got:])
+        else:
+            data = stream.read(size - got)
+            n = len(data)
+            view[got : got + n] = data
+        if not n:
+            break
+        got += n
+    return got
+
+
+def run_stream(
+    box: Any,
+    func: str,
+    source: Any,
+    sink: Any,
+    *,
+    chunk_size: int = DEFAULT_CHUNK,
+    checkpoint: Optional[str] = None,
+    progress: Optional[Callable] = None,
+    warn: Optional[Callable] = None,
+) -> StreamStats:
+    """Stream ``source`` (checkpoint.Source) through the guest into ``sink`` (checkpoint.Sink).
+
+    With ``checkpoint``, progress is recorded after each written chunk (at most every
+    0.25 s) and an existing checkpoint is resumed. Resuming starts a fresh instance at
+    the recorded input offset, so it is exact only for guests whose output for a chunk
+    depends on that chunk alone (or whose state can be re-derived from it)."""
+    from . import checkpoint as cp
+
+    session = StreamSession(box, func, chunk_size)
+    stats = StreamStats(chunk_size)
+    marker = None
+    if checkpoint:
+        marker = cp.Checkpoint(
+            checkpoint,
+            {
+                "kind": "stream",
+                "module_sha256": cp.digest(box.wasm),
+                "function": func,
+                "chunk_size": chunk_size,
+            },
+        )
+        state = marker.load()
+        if state is not None:
+            source.resume(state)
+            stats.resumed_at = state["input_offset"]
+            note = sink.resume(state, "output of the chunks after it")
+            if note and warn:
+                warn(note)
+    buffer = bytearray(chunk_size)
+    view = memoryview(buffer)
+    tick = time.monotonic()
+    last = None  # (start, end, sha256) of the last chunk whose output is written
+    guard = cp.HoldInterrupt()
+    with guard:
+        try:
+            while True:
+                n = _fill(source.stream, view)
+                if not n:
+                    break
+                start = source.offset
+                source.offset += n
+                out = session.feed(view[:n])
+                guard.hold()  # Ctrl-C waits until ``last`` covers this chunk's output
+                sink.write(out)
+                sink.flush()
+                stats.chunks += 1
+                stats.bytes_in += n
+                stats.bytes_out += len(out)
+                stats.peak_buffer = max(stats.peak_buffer, n + len(out))
+                if marker is not None:
+                    last = (start, source.offset, cp.digest(view[:n]))
+                    if marker.due():
+                        marker.save(_stream_state(sink, last))
+                guard.release()
+                if progress is not None and time.monotonic() - tick >= 0.1:
+                    tick = time.monotonic()
+                    progress(stats, source)
+            out = session.finish()
+            sink.write(out)
+            stats.bytes_out += len(out)
+            sink.flush()
+        except BaseException:  # interrupted or trapped: record what did reach the output
+            guard.hold()  # a second Ctrl-C waits for this save (the first one is raised)
+            if marker is not None and last is not None and not guard.forced:
+                try:
+                    marker.save(_stream_state(sink, last))
+                except Exception:  # noqa: S110 - the original failure is the one to report
+                    pass
+            raise
+        finally:
+            stats.finished = time.perf_counter()
+            session.close()
+    if marker is not None:
+        marker.remove()
+    if progress is not None:
+        progress(stats, source)
+    return stats
+
+
+def _stream_state(sink: Any, last: tuple) -> dict:
+    start, end, sha = last
+    sink.flush()
+    return {"input_offset": end, "tail_start": start, "tail_sha256": sha, **sink.state()}

@@ -1,0 +1,1 @@
+"""WebAssembly module facts, read from the bytes without a runtime."""
