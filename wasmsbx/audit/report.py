@@ -24,7 +24,14 @@ from typing import Any, Optional
 from .. import policy as policy_mod
 from ..wasm import wasi
 from ..wasm.facts import ModuleFacts
-from .rules import PAGE, RULES, SEVERITIES, severity_rank, start_export
+from .rules import (  # noqa: F401 - re-exported
+    PAGE,
+    RULES,
+    SEVERITIES,
+    Rule,
+    severity_rank,
+    start_export,
+)
 
 LARGE_DATA = 1 << 20  # total data segment bytes from which WSX207 fires
 RISK_LEVELS = ((60, "high"), (30, "moderate"), (10, "low"), (0, "minimal"))

@@ -22,11 +22,14 @@ from collections import namedtuple
 from typing import Any, Optional, Union
 
 from ..capabilities import WASM_FEATURES
-from .reader import (
+from .reader import (  # noqa: F401 - FactsError is re-exported
     _HEAP_TYPES,
     _NUM_TYPES,
+    _VALTYPE_BYTES,
     FactsError,
+    _leb,
     _Reader,
+    _sleb,
     _UnknownEncoding,
 )
 
