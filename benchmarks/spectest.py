@@ -39,7 +39,7 @@ from typing import Any, Optional
 
 import wasmsbx
 from wasmsbx import errors
-from wasmsbx.runner.values import F32, F64, V128, ExternRef, FuncRef, unsigned
+from wasmsbx.values import F32, F64, V128, ExternRef, FuncRef, unsigned
 
 SPECTEST_PRINT = {
     "print": [],

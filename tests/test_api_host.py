@@ -8,7 +8,7 @@ import pytest
 
 import wasmsbx
 from wasmsbx import errors
-from wasmsbx.runner.values import F32, FuncRef
+from wasmsbx.values import F32, FuncRef
 
 from .conftest import BACKENDS, EXAMPLES
 

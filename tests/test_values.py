@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 import wasmsbx
 from wasmsbx import errors
-from wasmsbx.runner.values import (
+from wasmsbx.values import (
     F32,
     F64,
     V128,

@@ -22,10 +22,7 @@ from ._version import __version__
 
 if TYPE_CHECKING:  # what type checkers see; at run time __getattr__ imports on first use
     from . import errors
-    from .policy import Policy
-    from .policy import defaults as default_policy
-    from .policy import load as load_policy
-    from .runner.host import (
+    from .host import (
         Caller,
         Global,
         HostFunc,
@@ -40,9 +37,12 @@ if TYPE_CHECKING:  # what type checkers see; at run time __getattr__ imports on 
         i64,
         v128,
     )
-    from .runner.sandbox import Exports, Function, Globals, Group, Sandbox, run
-    from .runner.sandbox import Memory as GuestMemory
-    from .runner.values import F32, F64, V128, ExternRef, FuncRef, unsigned
+    from .memory import Memory as GuestMemory
+    from .policy import Policy
+    from .policy import defaults as default_policy
+    from .policy import load as load_policy
+    from .runner import Exports, Function, Globals, Group, Sandbox, run
+    from .values import F32, F64, V128, ExternRef, FuncRef, unsigned
 
 _LAZY = {
     "Sandbox": ("runner", "Sandbox"),
@@ -51,29 +51,29 @@ _LAZY = {
     "Function": ("runner", "Function"),
     "Exports": ("runner", "Exports"),
     "Globals": ("runner", "Globals"),
-    "GuestMemory": ("runner", "Memory"),
+    "GuestMemory": ("memory", "Memory"),
     "load_policy": ("policy", "load"),
     "default_policy": ("policy", "defaults"),
     "Policy": ("policy", "Policy"),
-    "F32": ("runner.values", "F32"),
-    "F64": ("runner.values", "F64"),
-    "V128": ("runner.values", "V128"),
-    "FuncRef": ("runner.values", "FuncRef"),
-    "ExternRef": ("runner.values", "ExternRef"),
-    "unsigned": ("runner.values", "unsigned"),
-    "func": ("runner.host", "func"),
-    "HostFunc": ("runner.host", "HostFunc"),
-    "Caller": ("runner.host", "Caller"),
-    "Global": ("runner.host", "Global"),
-    "Memory": ("runner.host", "Memory"),
-    "Table": ("runner.host", "Table"),
-    "i32": ("runner.host", "i32"),
-    "i64": ("runner.host", "i64"),
-    "f32": ("runner.host", "f32"),
-    "f64": ("runner.host", "f64"),
-    "v128": ("runner.host", "v128"),
-    "funcref": ("runner.host", "funcref"),
-    "externref": ("runner.host", "externref"),
+    "F32": ("values", "F32"),
+    "F64": ("values", "F64"),
+    "V128": ("values", "V128"),
+    "FuncRef": ("values", "FuncRef"),
+    "ExternRef": ("values", "ExternRef"),
+    "unsigned": ("values", "unsigned"),
+    "func": ("host", "func"),
+    "HostFunc": ("host", "HostFunc"),
+    "Caller": ("host", "Caller"),
+    "Global": ("host", "Global"),
+    "Memory": ("host", "Memory"),
+    "Table": ("host", "Table"),
+    "i32": ("host", "i32"),
+    "i64": ("host", "i64"),
+    "f32": ("host", "f32"),
+    "f64": ("host", "f64"),
+    "v128": ("host", "v128"),
+    "funcref": ("host", "funcref"),
+    "externref": ("host", "externref"),
     "errors": ("errors", None),
 }
 

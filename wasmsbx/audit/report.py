@@ -280,8 +280,8 @@ def audit_file(path: Any, policy: Any = None, host_imports: Any = None) -> Audit
     Raises InputError for an unreadable file and ModuleError for a malformed module.
     """
     from .. import errors
-    from ..runner.sandbox import read_module
     from ..wasm.facts import FactsError, read_facts
+    from ..wasm.source import read_module
 
     policy = policy if policy is not None else policy_mod.discover()
     data = read_module(path)

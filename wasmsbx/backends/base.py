@@ -285,7 +285,7 @@ class Instance(ABC):
         timeout: Optional[float] = None,
         fuel: Optional[int] = None,
     ) -> list:
-        """Call an export with already-typed values (wasmsbx.runner.values.coerce); return its
+        """Call an export with already-typed values (wasmsbx.values.coerce); return its
         results as a list of typed values. ``timeout``/``fuel`` lower the limits for
         this call only."""
 
@@ -387,7 +387,7 @@ class Engine(ABC):
         shared: Optional[Instance] = None,
         register: Optional[str] = None,
     ) -> Instance:
-        """A new instance. ``imports``: the caller's host imports (wasmsbx.runner.host objects,
+        """A new instance. ``imports``: the caller's host imports (wasmsbx.host objects,
         normalized); ``shared``: an instance of the same group whose store (and limits)
         this one joins; ``register``: the name the group's later modules import it by.
         A backend that cannot do one of these raises BackendUnavailable saying why."""

@@ -43,8 +43,8 @@ def explain(
     features: frozenset = frozenset()
     if module:
         from ..errors import ModuleError
-        from ..runner.sandbox import read_module
         from ..wasm.facts import FactsError, read_facts
+        from ..wasm.source import read_module
 
         wasm = read_module(module)
         try:

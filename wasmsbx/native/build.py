@@ -104,7 +104,7 @@ def build(path, exports: Sequence[str] = (), out=None, inputs: Sequence = ()) ->
     kind = source_kind(path)
     started = time.perf_counter()
     if kind in ("wasm", "wat"):
-        from ..runner.sandbox import read_module
+        from ..wasm.source import read_module
 
         wasm, command, output = read_module(path), [], ""
     elif kind == "c":

@@ -15,149 +15,22 @@ from typing import Any, Optional, Union
 from .. import errors
 from .. import policy as policy_mod
 from ..backends.base import EngineOptions, ExportInfo, Limits, Signature, WasiSetup
-
-WASM_MAGIC = b"\0asm"
-ARTIFACT_FIRST_BYTE = b"\x89"  # of aot.MAGIC: checked before importing aot
-
-
-# ---------------------------------------------------------------------------- module files
-
-
-def read_module(path: Union[str, os.PathLike]) -> bytes:
-    """The module's binary: .wasm as is, .wat (or any text module) converted."""
-    path = Path(path)
-    return module_bytes(read_file(path), path)
-
-
-def read_file(path: Path) -> bytes:
-    """A module or artifact file, read with a cap (a device that never ends is refused)."""
-    from ..inputs import TooLarge, read_capped
-
-    try:
-        data = read_capped(path, _size_cap)
-    except errors.ModuleError as exc:  # from _size_cap: the path belongs in the message
-        raise errors.ModuleError(f"{path}: {exc.message}", hint=exc.hint, path=str(path)) from None
-    except TooLarge as exc:
-        what = "precompiled artifact" if exc.limit == _size_cap(ARTIFACT_FIRST_BYTE) else "module"
-        raise errors.ModuleError(
-            f"{path}: {what} too large: {exc.strerror}",
-            hint="is this the right file? (a device or a pipe that never ends is refused)",
-            path=str(path),
-        ) from None
-    except FileNotFoundError:
-        raise errors.InputError(
-            f"{path}: no such file", hint="check the module path", path=str(path)
-        ) from None
-    except IsADirectoryError:
-        raise errors.InputError(
-            f"{path}: is a directory, not a module file", path=str(path)
-        ) from None
-    except OSError as exc:
-        raise errors.InputError(f"{path}: cannot read: {exc.strerror}", path=str(path)) from None
-    return data
-
-
-def _size_cap(head: bytes) -> int:
-    """The cap of a file starting with ``head``: artifacts are larger than modules.
-
-    Judged from the first bytes, so /dev/zero or /dev/urandom is refused at once: a
-    module starts with \0asm (or is text, which has no NUL), an artifact with \x89."""
-    from .. import inputs
-
-    if head[:1] == ARTIFACT_FIRST_BYTE:
-        return inputs.ARTIFACT_MAX_BYTES
-    if head[:4] != WASM_MAGIC[: len(head)] and not _text_start(head):
-        raise errors.ModuleError(
-            "not a WebAssembly module (no \\0asm header, and not text)",
-            hint="give a .wasm binary or a .wat text module",
-        )
-    return inputs.MODULE_MAX_BYTES
-
-
-def _text_start(head: bytes) -> bool:
-    """Could a text module start so? UTF-8 (an unfinished last character allowed), no NUL."""
-    import codecs
-
-    try:
-        codecs.getincrementaldecoder("utf-8")().decode(head, final=False)
-    except UnicodeDecodeError:
-        return False
-    return b"\0" not in head
-
-
-def module_bytes(data: bytes, path) -> bytes:
-    if not data:
-        raise errors.ModuleError(f"{path}: empty file, not a WebAssembly module", path=str(path))
-    if data[:4] == WASM_MAGIC:
-        return data
-    if data[:1] == ARTIFACT_FIRST_BYTE:
-        from ..native import artifact as aot
-
-        if aot.is_artifact(data):
-            raise errors.ModuleError(
-                f"{path}: is precompiled native code (wasmsbx compile -o), not a module",
-                hint="run it with `wasmsbx run`; other commands need the original module",
-                path=str(path),
-            )
-    return wat_to_wasm(data, path)
-
-
-def _looks_like_wat(text: str) -> bool:
-    """Whether ``text`` starts, after blanks and comments, with ``(`` as every WAT module
-    does: a README or a shell script is refused by name, not parsed into a riddle."""
-    pos, depth = 0, 0
-    while pos < len(text):
-        if text.startswith("(;", pos):  # block comments nest
-            depth, pos = depth + 1, pos + 2
-        elif depth and text.startswith(";)", pos):
-            depth, pos = depth - 1, pos + 2
-        elif depth or text[pos].isspace():
-            pos += 1
-        elif text.startswith(";;", pos):
-            end = text.find("\n", pos)
-            pos = len(text) if end < 0 else end + 1
-        else:
-            return text[pos] == "("
-    return False
-
-
-def wat_to_wasm(data: bytes, path) -> bytes:
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError:
-        raise errors.ModuleError(
-            f"{path}: not a WebAssembly module (no \\0asm header, and not UTF-8 text)",
-            hint="give a .wasm binary or a .wat text module",
-            path=str(path),
-        ) from None
-    if not _looks_like_wat(text):
-        raise errors.ModuleError(
-            f"{path}: not a WebAssembly module (no \\0asm header, and the text does not "
-            "start with `(`, as WebAssembly text does)",
-            hint="give a .wasm binary or a .wat text module",
-            path=str(path),
-        )
-    import wasmtime
-
-    try:
-        return bytes(wasmtime.wat2wasm(text))
-    except Exception as exc:
-        lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
-        reason = lines[0] if lines else "invalid text"
-        detail = next((line for line in lines[1:] if line.startswith("-->")), "")
-        # wasmtime names the text "<anon>": name the file instead (file:line:column).
-        detail = detail.lstrip("-> ").replace("<anon>", str(path), 1)
-        where = f" ({detail})" if detail else ""
-        raise errors.ModuleError(
-            f"{path}: invalid WebAssembly text: {reason}{where}",
-            hint="fix the .wat file",
-            path=str(path),
-        ) from None
-
+from ..memory import Memory  # noqa: F401 - re-exported (wasmsbx.GuestMemory)
 
 # ---------------------------------------------------------------------------- typed values
-# (wasmsbx.runner.values; re-exported here for the callers that imported them from the runner)
-from .values import format_value, json_value, parse_args  # noqa: E402
+# (wasmsbx.values; re-exported here for the callers that imported them from the runner)
+from ..values import format_value, json_value, parse_args  # noqa: E402
+from ..wasm.source import (  # noqa: F401 - re-exported for the runner's callers
+    ARTIFACT_FIRST_BYTE,
+    WASM_MAGIC,
+    _looks_like_wat,
+    _size_cap,
+    _text_start,
+    module_bytes,
+    read_file,
+    read_module,
+    wat_to_wasm,
+)
 
 # ---------------------------------------------------------------------------- results
 
@@ -398,7 +271,7 @@ class Sandbox:
 
     ``module``: a path, or bytes (a binary, WAT text or a precompiled artifact, which is
     verified before it loads). ``imports``: host imports the caller grants
-    (``{module: {name: fn | wasmsbx.Global | Memory | Table}}``, see wasmsbx.runner.host).
+    (``{module: {name: fn | wasmsbx.Global | Memory | Table}}``, see wasmsbx.host).
     ``group``/``name``: used by :class:`Group` (linking). The instance is created on
     first use; ``close()`` (or ``with``) releases it.
 
@@ -887,7 +760,7 @@ class Sandbox:
 def _normalize_imports(imports: Optional[Mapping[str, Mapping[str, Any]]]) -> dict:
     if not imports:
         return {}
-    from .host import normalize
+    from ..host import normalize
 
     try:
         return normalize(imports)
@@ -966,7 +839,7 @@ class Globals:
         wasm_type, mutable = self._info(name)
         if not mutable:
             raise errors.UsageError(f"global {name!r} is immutable")
-        from .values import coerce
+        from ..values import coerce
 
         try:
             typed = coerce(value, wasm_type)
@@ -983,84 +856,6 @@ class Globals:
 
     def __contains__(self, name: object) -> bool:
         return any(e.name == name and e.kind == "global" for e in self._box.export_list)
-
-
-class Memory:
-    """A guest memory. Every access is range-checked: IndexError, never a crash.
-
-    ``read(offset, length) -> bytes``, ``write(offset, data)``, ``size`` (bytes),
-    ``pages``, ``grow(pages) -> old pages`` (within the policy's memory limit), and
-    ``with mem.view() as buf:`` a memoryview of the whole memory, valid inside the block
-    (a grow may move the memory, so the view is released when the block ends)."""
-
-    PAGE = 65536
-
-    def __init__(self, access: Any, name: str = "memory") -> None:
-        self._access = access
-        self.name = name
-
-    @property
-    def size(self) -> int:
-        return int(self._access.size())
-
-    @property
-    def pages(self) -> int:
-        return self.size // self.PAGE
-
-    def __len__(self) -> int:
-        return self.size
-
-    def read(self, offset: int, length: int) -> bytes:
-        _check_int(offset, length)
-        return bytes(self._access.read(offset, length))
-
-    def write(self, offset: int, data: Union[bytes, bytearray, memoryview]) -> None:
-        _check_int(offset)
-        self._access.write(offset, data)
-
-    def read_cstring(self, offset: int, limit: int = 1 << 20) -> bytes:
-        """Bytes from ``offset`` up to (not including) the first NUL, at most ``limit``."""
-        end = min(self.size, offset + limit)
-        data = self.read(offset, max(0, end - offset))
-        return data.split(b"\0", 1)[0]
-
-    def grow(self, pages: int) -> int:
-        _check_int(pages)
-        try:
-            return int(self._access.grow(pages))
-        except IndexError:
-            raise
-        except Exception as exc:
-            raise errors.MemoryLimitExceeded(
-                f"memory {self.name!r} cannot grow by {pages} pages: {str(exc).splitlines()[0]}",
-                hint="the policy's limits.memory or the memory's maximum",
-            ) from None
-
-    def view(self) -> _View:
-        return _View(self._access)
-
-
-class _View:
-    def __init__(self, access: Any) -> None:
-        self._access = access
-        self._view: Optional[memoryview] = None
-
-    def __enter__(self) -> memoryview:
-        self._view = self._access.view()
-        return self._view
-
-    def __exit__(self, *exc: Any) -> None:
-        if self._view is not None:
-            self._view.release()
-            self._view = None
-
-
-def _check_int(*numbers: Any) -> None:
-    for n in numbers:
-        if isinstance(n, bool) or not isinstance(n, int):
-            raise TypeError(f"expected an int, got {type(n).__name__}")
-        if n < 0:
-            raise IndexError(f"negative offset or length: {n}")
 
 
 class Group:

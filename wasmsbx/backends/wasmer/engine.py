@@ -425,7 +425,7 @@ class _WasmerCaller:
         self.instance = instance
 
     def memory(self, name: str = "memory") -> Any:
-        from ...runner.sandbox import Memory
+        from ...memory import Memory
 
         return Memory(_WasmerMemory(self.instance, name), name)
 
@@ -722,7 +722,7 @@ class WasmerInstance(Instance):
         return f"{module}.{name}"
 
     def _serve_host(self, key: int, args: list) -> tuple:
-        from ...runner.values import coerce
+        from ...values import coerce
 
         _, _, func = self.host[key]
         try:
@@ -1245,7 +1245,7 @@ class WasmerEngine(Engine):
         """The host functions that satisfy every non-WASI import, or None when some import
         is not one (a global, memory, table or group export: wasmer cannot provide those)
         or has a type wasmer-python cannot carry (v128, references)."""
-        from ...runner.host import HostFunc
+        from ...host import HostFunc
 
         out = []
         for imp in wanted:

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-from ...runner.values import F32, F64, V128, FuncRef, float_bits
+from ...values import F32, F64, V128, FuncRef, float_bits
 
 WIRE = {"f32": "i32", "f64": "i64", "funcref": "i32", "externref": "i32", "v128": "i64 i64"}
 _TABLE = {"funcref": "$ft", "externref": "$et"}

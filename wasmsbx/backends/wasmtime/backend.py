@@ -288,7 +288,7 @@ class WasmtimeInstance(Instance):
         return path
 
     def _define(self, imports: dict) -> None:
-        """Define the caller's host imports (wasmsbx.runner.host objects) in the linker."""
+        """Define the caller's host imports (wasmsbx.host objects) in the linker."""
         made = self.group.host_objects
         for module, names in imports.items():
             for name, item in names.items():
@@ -299,7 +299,7 @@ class WasmtimeInstance(Instance):
                 self.group.provided.add((module, name))
 
     def _host_item(self, module: str, name: str, item: Any) -> Any:
-        from ...runner.host import Global, HostFunc, Memory, Table
+        from ...host import Global, HostFunc, Memory, Table
 
         if "v128" in (*getattr(item, "params", ()), *getattr(item, "results", ())) or (
             getattr(item, "type", None) == "v128"
@@ -765,7 +765,7 @@ class _CallerView:
         self.instance = instance
 
     def memory(self, name: str = "memory") -> Any:
-        from ...runner.sandbox import Memory
+        from ...memory import Memory
 
         mem = self.caller.get(name)
         if not isinstance(mem, wasmtime.Memory):

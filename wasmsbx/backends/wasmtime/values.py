@@ -20,7 +20,7 @@ from typing import Any, Callable, Optional
 import wasmtime
 from wasmtime import _ffi as ffi
 
-from ...runner.values import F32, F64, V128, FuncRef, float_bits
+from ...values import F32, F64, V128, FuncRef, float_bits
 
 KIND = {
     "i32": ffi.WASMTIME_I32.value,

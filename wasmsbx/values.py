@@ -24,7 +24,7 @@ import struct
 from collections.abc import Sequence
 from typing import Any, Optional, Union
 
-from .. import errors
+from . import errors
 
 INT_BITS = {"i32": 32, "i64": 64}
 FLOAT_TYPES = ("f32", "f64")

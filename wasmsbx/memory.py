@@ -1,0 +1,89 @@
+"""A guest's linear memory seen from Python: ``box.memory()`` and ``Caller.memory()``.
+
+In the core because both the runner and the backends (for a host function's caller) hand
+these out; the backend supplies the ``access`` object that does the reads and writes.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional, Union
+
+from . import errors
+
+
+class Memory:
+    """A guest memory. Every access is range-checked: IndexError, never a crash.
+
+    ``read(offset, length) -> bytes``, ``write(offset, data)``, ``size`` (bytes),
+    ``pages``, ``grow(pages) -> old pages`` (within the policy's memory limit), and
+    ``with mem.view() as buf:`` a memoryview of the whole memory, valid inside the block
+    (a grow may move the memory, so the view is released when the block ends)."""
+
+    PAGE = 65536
+
+    def __init__(self, access: Any, name: str = "memory") -> None:
+        self._access = access
+        self.name = name
+
+    @property
+    def size(self) -> int:
+        return int(self._access.size())
+
+    @property
+    def pages(self) -> int:
+        return self.size // self.PAGE
+
+    def __len__(self) -> int:
+        return self.size
+
+    def read(self, offset: int, length: int) -> bytes:
+        _check_int(offset, length)
+        return bytes(self._access.read(offset, length))
+
+    def write(self, offset: int, data: Union[bytes, bytearray, memoryview]) -> None:
+        _check_int(offset)
+        self._access.write(offset, data)
+
+    def read_cstring(self, offset: int, limit: int = 1 << 20) -> bytes:
+        """Bytes from ``offset`` up to (not including) the first NUL, at most ``limit``."""
+        end = min(self.size, offset + limit)
+        data = self.read(offset, max(0, end - offset))
+        return data.split(b"\0", 1)[0]
+
+    def grow(self, pages: int) -> int:
+        _check_int(pages)
+        try:
+            return int(self._access.grow(pages))
+        except IndexError:
+            raise
+        except Exception as exc:
+            raise errors.MemoryLimitExceeded(
+                f"memory {self.name!r} cannot grow by {pages} pages: {str(exc).splitlines()[0]}",
+                hint="the policy's limits.memory or the memory's maximum",
+            ) from None
+
+    def view(self) -> _View:
+        return _View(self._access)
+
+
+class _View:
+    def __init__(self, access: Any) -> None:
+        self._access = access
+        self._view: Optional[memoryview] = None
+
+    def __enter__(self) -> memoryview:
+        self._view = self._access.view()
+        return self._view
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._view is not None:
+            self._view.release()
+            self._view = None
+
+
+def _check_int(*numbers: Any) -> None:
+    for n in numbers:
+        if isinstance(n, bool) or not isinstance(n, int):
+            raise TypeError(f"expected an int, got {type(n).__name__}")
+        if n < 0:
+            raise IndexError(f"negative offset or length: {n}")

@@ -1,0 +1,151 @@
+"""Reading a module's bytes: a .wasm binary as is, WebAssembly text converted, files capped.
+
+Below the runner (the sandbox, the audit, the builders and the backend survey all read
+modules through it); it needs no runtime except wasmtime's ``wat2wasm`` for text.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Union
+
+from .. import errors
+
+WASM_MAGIC = b"\0asm"
+ARTIFACT_FIRST_BYTE = b"\x89"  # of aot.MAGIC: checked before importing aot
+
+
+# ---------------------------------------------------------------------------- module files
+
+
+def read_module(path: Union[str, os.PathLike]) -> bytes:
+    """The module's binary: .wasm as is, .wat (or any text module) converted."""
+    path = Path(path)
+    return module_bytes(read_file(path), path)
+
+
+def read_file(path: Path) -> bytes:
+    """A module or artifact file, read with a cap (a device that never ends is refused)."""
+    from ..inputs import TooLarge, read_capped
+
+    try:
+        data = read_capped(path, _size_cap)
+    except errors.ModuleError as exc:  # from _size_cap: the path belongs in the message
+        raise errors.ModuleError(f"{path}: {exc.message}", hint=exc.hint, path=str(path)) from None
+    except TooLarge as exc:
+        what = "precompiled artifact" if exc.limit == _size_cap(ARTIFACT_FIRST_BYTE) else "module"
+        raise errors.ModuleError(
+            f"{path}: {what} too large: {exc.strerror}",
+            hint="is this the right file? (a device or a pipe that never ends is refused)",
+            path=str(path),
+        ) from None
+    except FileNotFoundError:
+        raise errors.InputError(
+            f"{path}: no such file", hint="check the module path", path=str(path)
+        ) from None
+    except IsADirectoryError:
+        raise errors.InputError(
+            f"{path}: is a directory, not a module file", path=str(path)
+        ) from None
+    except OSError as exc:
+        raise errors.InputError(f"{path}: cannot read: {exc.strerror}", path=str(path)) from None
+    return data
+
+
+def _size_cap(head: bytes) -> int:
+    """The cap of a file starting with ``head``: artifacts are larger than modules.
+
+    Judged from the first bytes, so /dev/zero or /dev/urandom is refused at once: a
+    module starts with \0asm (or is text, which has no NUL), an artifact with \x89."""
+    from .. import inputs
+
+    if head[:1] == ARTIFACT_FIRST_BYTE:
+        return inputs.ARTIFACT_MAX_BYTES
+    if head[:4] != WASM_MAGIC[: len(head)] and not _text_start(head):
+        raise errors.ModuleError(
+            "not a WebAssembly module (no \\0asm header, and not text)",
+            hint="give a .wasm binary or a .wat text module",
+        )
+    return inputs.MODULE_MAX_BYTES
+
+
+def _text_start(head: bytes) -> bool:
+    """Could a text module start so? UTF-8 (an unfinished last character allowed), no NUL."""
+    import codecs
+
+    try:
+        codecs.getincrementaldecoder("utf-8")().decode(head, final=False)
+    except UnicodeDecodeError:
+        return False
+    return b"\0" not in head
+
+
+def module_bytes(data: bytes, path) -> bytes:
+    if not data:
+        raise errors.ModuleError(f"{path}: empty file, not a WebAssembly module", path=str(path))
+    if data[:4] == WASM_MAGIC:
+        return data
+    if data[:1] == ARTIFACT_FIRST_BYTE:
+        from ..native import artifact as aot
+
+        if aot.is_artifact(data):
+            raise errors.ModuleError(
+                f"{path}: is precompiled native code (wasmsbx compile -o), not a module",
+                hint="run it with `wasmsbx run`; other commands need the original module",
+                path=str(path),
+            )
+    return wat_to_wasm(data, path)
+
+
+def _looks_like_wat(text: str) -> bool:
+    """Whether ``text`` starts, after blanks and comments, with ``(`` as every WAT module
+    does: a README or a shell script is refused by name, not parsed into a riddle."""
+    pos, depth = 0, 0
+    while pos < len(text):
+        if text.startswith("(;", pos):  # block comments nest
+            depth, pos = depth + 1, pos + 2
+        elif depth and text.startswith(";)", pos):
+            depth, pos = depth - 1, pos + 2
+        elif depth or text[pos].isspace():
+            pos += 1
+        elif text.startswith(";;", pos):
+            end = text.find("\n", pos)
+            pos = len(text) if end < 0 else end + 1
+        else:
+            return text[pos] == "("
+    return False
+
+
+def wat_to_wasm(data: bytes, path) -> bytes:
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise errors.ModuleError(
+            f"{path}: not a WebAssembly module (no \\0asm header, and not UTF-8 text)",
+            hint="give a .wasm binary or a .wat text module",
+            path=str(path),
+        ) from None
+    if not _looks_like_wat(text):
+        raise errors.ModuleError(
+            f"{path}: not a WebAssembly module (no \\0asm header, and the text does not "
+            "start with `(`, as WebAssembly text does)",
+            hint="give a .wasm binary or a .wat text module",
+            path=str(path),
+        )
+    import wasmtime
+
+    try:
+        return bytes(wasmtime.wat2wasm(text))
+    except Exception as exc:
+        lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+        reason = lines[0] if lines else "invalid text"
+        detail = next((line for line in lines[1:] if line.startswith("-->")), "")
+        # wasmtime names the text "<anon>": name the file instead (file:line:column).
+        detail = detail.lstrip("-> ").replace("<anon>", str(path), 1)
+        where = f" ({detail})" if detail else ""
+        raise errors.ModuleError(
+            f"{path}: invalid WebAssembly text: {reason}{where}",
+            hint="fix the .wat file",
+            path=str(path),
+        ) from None
