@@ -59,7 +59,7 @@ def bench_cli_batch(path: Path, jobs: int, repeat: int, module=ADD, func="add") 
 
 def bench_api_batch(calls: int, repeat: int) -> float:
     sys.path.insert(0, str(ROOT))
-    from wasmsbx.runner.sandbox import Sandbox
+    from wasmsbx.runner import Sandbox
 
     box = Sandbox(ADD)
 

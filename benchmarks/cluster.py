@@ -108,7 +108,7 @@ def chunk_overhead(args: argparse.Namespace, address: str) -> dict:
     from distributed import Client
 
     from wasmsbx.cluster import Cluster
-    from wasmsbx.runner.sandbox import Sandbox
+    from wasmsbx.runner import Sandbox
 
     box = Sandbox(ADD)
     items = [[i, 3] for i in range(args.overhead_items)]

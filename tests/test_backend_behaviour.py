@@ -11,7 +11,7 @@ import pytest
 
 from wasmsbx import errors
 from wasmsbx import policy as policy_mod
-from wasmsbx.runner.sandbox import Sandbox
+from wasmsbx.runner import Sandbox
 
 from .conftest import EXAMPLES, GUESTS, capabilities_of, require_capability
 

@@ -13,9 +13,8 @@ import time
 import pytest
 
 from wasmsbx.policy import defaults, override
-from wasmsbx.runner import batch
+from wasmsbx.runner import Sandbox, batch
 from wasmsbx.runner.checkpoint import Sink, Source
-from wasmsbx.runner.sandbox import Sandbox
 
 from .conftest import EXAMPLES, GUESTS, require_capability, require_module
 

@@ -16,7 +16,7 @@ import pytest
 from wasmsbx import policy as policy_mod
 from wasmsbx.native import artifact as aot
 from wasmsbx.native import cache, trust
-from wasmsbx.runner.sandbox import Sandbox, read_module
+from wasmsbx.runner import Sandbox, read_module
 
 from .conftest import capabilities_of, require_capability
 

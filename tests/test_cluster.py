@@ -18,8 +18,8 @@ import pytest
 
 from wasmsbx import errors
 from wasmsbx.policy import add_grant, defaults, override
+from wasmsbx.runner import Sandbox
 from wasmsbx.runner.batch import BatchResult
-from wasmsbx.runner.sandbox import Sandbox
 
 from .conftest import EXAMPLES, GUESTS, require_module
 

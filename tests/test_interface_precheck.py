@@ -7,8 +7,8 @@ from __future__ import annotations
 import pytest
 
 from wasmsbx import errors
+from wasmsbx.runner import Sandbox
 from wasmsbx.runner import sandbox as runner
-from wasmsbx.runner.sandbox import Sandbox
 
 from .conftest import EXAMPLES
 

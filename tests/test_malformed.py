@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from wasmsbx import policy as P
 from wasmsbx.errors import ModuleError, PolicyError, UsageError, WasmsbxError
-from wasmsbx.runner.sandbox import Sandbox
+from wasmsbx.runner import Sandbox
 
 from .conftest import EXAMPLES, GUESTS
 

@@ -17,7 +17,7 @@ import pytest
 
 from wasmsbx import errors
 from wasmsbx.policy import defaults, override
-from wasmsbx.runner.sandbox import Sandbox
+from wasmsbx.runner import Sandbox
 from wasmsbx.runner.stream import StreamSession
 
 from .conftest import EXAMPLES, GUESTS, require_capability

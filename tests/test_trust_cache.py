@@ -15,7 +15,8 @@ from wasmsbx import policy as policy_mod
 from wasmsbx.backends import get, split
 from wasmsbx.native import artifact as aot
 from wasmsbx.native import cache, trust
-from wasmsbx.runner.sandbox import Sandbox, engine_options, read_module
+from wasmsbx.runner import Sandbox, read_module
+from wasmsbx.runner.sandbox import engine_options
 
 from .conftest import capabilities_of
 from .trust_helpers import GOOD_WAT, attacker_key, write_modules

@@ -656,7 +656,7 @@ class Watcher:
         key = (_digest(Path(self.module)), self.policy_version)
         if self.box is not None and key == self.box_key:
             return self.box
-        from .runner.sandbox import Sandbox
+        from .runner import Sandbox
 
         kind = "call" if self.config.func else "command"
         box = Sandbox(

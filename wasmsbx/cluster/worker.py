@@ -98,7 +98,7 @@ def _job(key: str, wasm: bytes) -> _Job:
 
 def _build(spec: dict, wasm: bytes) -> _Job:
     from .. import __version__
-    from ..runner.sandbox import Sandbox
+    from ..runner.sandbox import Sandbox, _is_component_file
 
     where = _where()
     if spec["version"] != __version__:
@@ -111,7 +111,10 @@ def _build(spec: dict, wasm: bytes) -> _Job:
     policy = wire.policy_from_wire(spec["policy"], where)
     path = _module_file(spec["sha256"], spec["name"], wasm)
     try:
-        box = Sandbox(path, policy, backend=spec["backend"], kind="call")
+        kind: Any = Sandbox
+        if _is_component_file(path):  # the worker calls; batch and stream stay client-side
+            from ..components.sandbox import ComponentSandbox as kind
+        box = kind(path, policy, backend=spec["backend"], kind="call")
     finally:
         path.unlink()
         path.parent.rmdir()

@@ -442,3 +442,7 @@ class ComponentCaller:
 
     def close(self) -> None:
         self._drop()
+
+
+# A batch worker rebuilds this class for a component (runner.batch reads it off the box).
+ComponentSandbox.worker_kind = ComponentSandbox

@@ -49,7 +49,7 @@ class Worker:
         The call's policy only tightens store-level limits (memory, time, fuel amount,
         output), which are read when an instance is made; the engine settings that change
         machine code (fuel metering on/off, stack, optimisation) are part of the key."""
-        from ..runner.sandbox import Sandbox
+        from ..runner import Sandbox
 
         v = policy.values
         key = (

@@ -1,10 +1,18 @@
 """The runner: policy + module -> backend -> result, as plain data.
 
-``sandbox`` is the core (one module instance under a policy); ``batch`` and ``stream`` run
-many calls through it, ``checkpoint`` persists a stream's progress, ``values`` and ``host``
-convert values and host imports at the boundary.
+``sandbox`` is the core (one module instance under a policy, with no feature above it);
+``batch`` and ``stream`` run many calls through it, ``checkpoint`` persists their
+progress, ``services`` adds them (and the audit) as methods. The public ``Sandbox`` here
+is the core one with those methods, and gives a component sandbox for a component.
 """
 
+from __future__ import annotations
+
+import os
+from typing import Any, Optional, Union
+
+from .. import policy as policy_mod
+from . import sandbox as _core
 from .sandbox import (
     CallResult,
     CommandResult,
@@ -14,10 +22,64 @@ from .sandbox import (
     Group,
     Memory,
     RunStats,
-    Sandbox,
+    _is_component_file,
+    format_value,
+    json_value,
+    parse_args,
     read_module,
-    run,
 )
+from .services import Services
+
+_COMPONENT_CLASS: list = []  # the public component sandbox, made on first use
+
+
+class Sandbox(_core.Sandbox, Services):
+    """A module loaded under a policy, ready to call (see runner.sandbox.Sandbox), with
+    ``batch``, ``stream`` and ``audit``.
+
+    >>> box = Sandbox("examples/add.wat")
+    >>> box.call("add", 5, 3)
+    8
+
+    A WebAssembly component gives a ``components.sandbox.ComponentSandbox`` (same
+    methods, WIT-typed values), chosen by the file's header before anything else.
+    """
+
+    def __new__(cls, module: Any = None, *args: Any, **kwargs: Any) -> Any:
+        if cls is Sandbox and module is not None and _is_component_file(module):
+            # Not an instance of cls, so Python does not call __init__ again on it.
+            return component_class()(module, *args, **kwargs)
+        return super().__new__(cls)
+
+
+def component_class() -> type:
+    """ComponentSandbox with ``batch`` (Services): the components feature sits above the
+    core sandbox and below nothing here, so the public class is assembled at this level."""
+    if not _COMPONENT_CLASS:
+        from ..components.sandbox import ComponentSandbox
+
+        class PublicComponentSandbox(ComponentSandbox, Services):
+            __doc__ = ComponentSandbox.__doc__
+
+        PublicComponentSandbox.__name__ = PublicComponentSandbox.__qualname__ = "ComponentSandbox"
+        _COMPONENT_CLASS.append(PublicComponentSandbox)
+    return _COMPONENT_CLASS[0]
+
+
+def run(
+    module: Union[str, os.PathLike, bytes, bytearray, memoryview],
+    func: str,
+    *args: Any,
+    policy: Optional[policy_mod.Policy] = None,
+    backend: Optional[str] = None,
+) -> Any:
+    """``wasmsbx.run("add.wat", "add", 5, 3) -> 8``."""
+    box = Sandbox(module, policy, backend=backend)
+    try:
+        return box.call(func, *args)
+    finally:
+        box.close()
+
 
 __all__ = [
     "CallResult",
@@ -29,6 +91,9 @@ __all__ = [
     "Memory",
     "RunStats",
     "Sandbox",
+    "format_value",
+    "json_value",
+    "parse_args",
     "read_module",
     "run",
 ]

@@ -260,15 +260,19 @@ def run_batch(
     fresh: bool = False,
     jobs: int = 1,
     start_line: int = 1,
-    cluster: Any = None,
+    remote: Optional[Callable[..., Iterator]] = None,
 ) -> Iterator[BatchResult]:
     """Call ``func`` once per item; yield one BatchResult per item, in input order.
 
     FUNC and instantiation are checked now (errors raise here); items are read lazily.
     ``jobs > 1`` starts worker processes with ``spawn``, which re-imports the main
-    module: in a script, call it under ``if __name__ == "__main__":``."""
+    module: in a script, call it under ``if __name__ == "__main__":``.
+
+    ``remote``: who makes the calls instead of this process (``wasmsbx.cluster``'s
+    ``run_cluster`` bound to a cluster); passed in by the caller so that the runner never
+    imports the cluster feature, which sits above it."""
     numbered = enumerate(items, start_line)
-    return run_numbered(box, func, numbered, fresh=fresh, jobs=jobs, cluster=cluster)
+    return run_numbered(box, func, numbered, fresh=fresh, jobs=jobs, remote=remote)
 
 
 # More worker processes than this is a fork bomb, not a speed-up (each compiles the
@@ -296,7 +300,7 @@ def run_numbered(
     jobs: int = 1,
     encoded: bool = False,
     idle: bool = False,
-    cluster: Any = None,
+    remote: Optional[Callable[..., Iterator]] = None,
 ) -> Iterator:
     """Like run_batch over ``(line, payload)`` pairs. Checks FUNC and instantiation first.
     With ``encoded``, yields Encoded lines (rendered in the workers, not in this process).
@@ -305,19 +309,15 @@ def run_numbered(
     result has come for IDLE_TICK seconds (e.g. a pipe that stays open but sends
     nothing), so the consumer can make the results it has durable meanwhile."""
     check_jobs(jobs)
-    if cluster is not None and jobs != 1:
+    if remote is not None and jobs != 1:
         raise errors.UsageError(
             "-j/--jobs does not apply with a cluster (its workers run the calls)"
         )
     caller = make_caller(box, func, fresh)  # an unknown export fails here, before any item
     caller.ready()
-    if cluster is not None:  # the workers of a Dask cluster make the calls (wasmsbx.cluster)
+    if remote is not None:  # e.g. the workers of a Dask cluster make the calls
         caller.close()
-        from ..cluster import run_cluster
-
-        return run_cluster(
-            box, func, numbered, cluster=cluster, fresh=fresh, encoded=encoded, idle=idle
-        )
+        return remote(box, func, numbered, fresh=fresh, encoded=encoded, idle=idle)
     if jobs == 1:
         serial = _serial_fed if idle else _serial
         return serial(caller, numbered, encoded)
@@ -366,6 +366,7 @@ class WorkerSpec(NamedTuple):
     artifact: Optional[bytes]  # the engine's serialized module; None: compile in the worker
     func: str
     fresh: bool
+    kind: Any = None  # the sandbox class to rebuild (ComponentSandbox); None: a core Sandbox
 
 
 def worker_spec(box: Any, func: str, fresh: bool) -> WorkerSpec:
@@ -376,7 +377,8 @@ def worker_spec(box: Any, func: str, fresh: bool) -> WorkerSpec:
     except (errors.WasmsbxError, NotImplementedError):
         artifact = None
     backend = f"{box.backend_name}:{box.compiler}" if box.compiler else box.backend_name
-    return WorkerSpec(str(box.path), box.policy, backend, artifact, func, fresh)
+    kind = getattr(box, "worker_kind", None)
+    return WorkerSpec(str(box.path), box.policy, backend, artifact, func, fresh, kind)
 
 
 class _ChunkSizer:
@@ -572,14 +574,14 @@ def _watch_parent(parent: int) -> None:
 
 def _worker_box(spec: WorkerSpec) -> Any:
     from ..native.trust import unseal
-    from .sandbox import Sandbox, _is_component_file
+    from .sandbox import Sandbox
 
+    # The parent names the class (a component's is ComponentSandbox): the runner does not
+    # import the components feature, which sits above it.
+    base: Any = spec.kind or Sandbox
     native = None if spec.artifact is None else unseal(spec.artifact)
     if native is None:
-        return Sandbox(spec.module, spec.policy, backend=spec.backend, use_cache=True)
-    base: Any = Sandbox
-    if _is_component_file(spec.module):  # the parent serialized a component
-        from ..components.sandbox import ComponentSandbox as base
+        return base(spec.module, spec.policy, backend=spec.backend, use_cache=True)
 
     class Precompiled(base):
         def _compile(self, use_cache: bool) -> Any:
@@ -657,7 +659,7 @@ def run_jsonl(
     checkpoint: Optional[str] = None,
     progress: Optional[Callable] = None,
     warn: Optional[Callable] = None,
-    cluster: Any = None,
+    remote: Optional[Callable[..., Iterator]] = None,
 ) -> Summary:
     """Read JSONL calls from ``source`` (checkpoint.Source), write JSONL results to ``sink``
     (checkpoint.Sink), in input order. Returns the summary; resumes from ``checkpoint``."""
@@ -682,7 +684,7 @@ def run_jsonl(
     # A pipe may stall with items done: idle ticks let us save them meanwhile.
     idle = not source.seekable
     results = run_numbered(
-        box, func, reader, fresh=fresh, jobs=jobs, encoded=True, idle=idle, cluster=cluster
+        box, func, reader, fresh=fresh, jobs=jobs, encoded=True, idle=idle, remote=remote
     )
     last = None
     saved = None  # the span ``last`` had at the latest save (or flush, without a checkpoint)

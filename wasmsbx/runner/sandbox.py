@@ -1,6 +1,7 @@
-"""The runner: policy + module -> backend -> result, as plain data.
+"""The core sandbox: policy + module -> backend -> result, as plain data.
 
-``Sandbox`` is the Python API; ``wasmsbx run`` is a thin renderer over it.
+The public ``wasmsbx.Sandbox`` (wasmsbx.runner) extends ``Sandbox`` here with batch,
+stream and audit; ``wasmsbx run`` is a thin renderer over it.
 """
 
 from __future__ import annotations
@@ -275,16 +276,12 @@ class Sandbox:
     ``group``/``name``: used by :class:`Group` (linking). The instance is created on
     first use; ``close()`` (or ``with``) releases it.
 
-    A WebAssembly component gives a ``components.sandbox.ComponentSandbox`` (same
-    methods, WIT-typed values), chosen by the file's header before anything else.
+    This is the core class: ``batch``, ``stream`` and ``audit`` are added by the public
+    ``wasmsbx.Sandbox`` (wasmsbx.runner), which also picks ``ComponentSandbox`` for a
+    WebAssembly component; the core imports none of those features.
     """
 
-    def __new__(cls, module=None, *args: Any, **kwargs: Any):
-        if cls is Sandbox and module is not None and _is_component_file(module):
-            from ..components.sandbox import ComponentSandbox
-
-            return super().__new__(ComponentSandbox)
-        return super().__new__(cls)
+    worker_kind: Any = None  # what a batch worker rebuilds (see runner.batch._worker_box)
 
     def __init__(
         self,
@@ -528,16 +525,6 @@ class Sandbox:
         (mutable globals only)."""
         return Globals(self)
 
-    def audit(self) -> Any:
-        """The static audit (wasmsbx.audit.report) of this module under this sandbox's policy,
-        with the host imports granted here shown as provided by the host."""
-        if self.wasm is None:
-            raise errors.UsageError("a precompiled artifact cannot be audited: audit its module")
-        from ..audit.report import audit
-        from ..wasm.facts import read_facts
-
-        return audit(read_facts(self.wasm), self.policy, self.path.name, self.wasm, self.imports)
-
     def _global_types(self) -> dict:
         """Exported globals' (type, mutable), read from the module's bytes (the runtime's
         C API aborts on a v128 global type)."""
@@ -682,36 +669,6 @@ class Sandbox:
                 )
             out["fuel"] = fuel
         return out
-
-    def batch(
-        self, func: str, items: Any, *, fresh: bool = False, jobs: int = 1, cluster: Any = None
-    ) -> Any:
-        """Call ``func`` once per item (a list of arguments, a dict ``{"args", "id"}`` or a
-        JSON line); an iterator of ``batch.BatchResult``, in input order, one per item.
-        A failing item is a result with ``.error``, not an exception. See wasmsbx.runner.batch.
-        ``cluster`` (a Dask address, a ``distributed.Client`` or a ``cluster.Cluster``)
-        runs the calls on that cluster's workers instead; see wasmsbx.cluster."""
-        from .batch import run_batch
-
-        return run_batch(self, func, items, fresh=fresh, jobs=jobs, cluster=cluster)
-
-    def stream(
-        self,
-        src: Any,
-        dst: Any,
-        func: str = "process",
-        *,
-        chunk_size: int = 64 * 1024,
-        checkpoint: Any = None,
-    ) -> Any:
-        """Stream binary file ``src`` through ``func`` (the streaming ABI) into binary file
-        ``dst``, chunk by chunk; returns ``stream.StreamStats``. See wasmsbx.runner.stream."""
-        from .checkpoint import Sink, Source
-        from .stream import run_stream
-
-        return run_stream(
-            self, func, Source(src), Sink(dst), chunk_size=chunk_size, checkpoint=checkpoint
-        )
 
     def run_command(
         self, argv: Sequence[str] = (), stdin: Any = None, capture: bool = False
@@ -959,21 +916,6 @@ def _exports(records: list) -> list:
     ]
 
 
-def run(
-    module: Union[str, os.PathLike, bytes, bytearray, memoryview],
-    func: str,
-    *args: Any,
-    policy: Optional[policy_mod.Policy] = None,
-    backend: Optional[str] = None,
-) -> Any:
-    """``wasmsbx.run("add.wat", "add", 5, 3) -> 8``."""
-    box = Sandbox(module, policy, backend=backend)
-    try:
-        return box.call(func, *args)
-    finally:
-        box.close()
-
-
 __all__ = [
     "Sandbox",
     "Group",
@@ -981,7 +923,6 @@ __all__ = [
     "Function",
     "Exports",
     "Globals",
-    "run",
     "read_module",
     "parse_args",
     "format_value",

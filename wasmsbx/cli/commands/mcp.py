@@ -211,7 +211,7 @@ def setup(
 def _precompile(path, policy) -> None:
     """Fill the cache the way the server's workers will look it up (see mcp/worker.py)."""
     from ...mcp.config import ServerConfig, call_policy
-    from ...runner.sandbox import Sandbox
+    from ...runner import Sandbox
 
     box = Sandbox(str(path), call_policy(ServerConfig(policy=policy)), kind="command")
     box.close()

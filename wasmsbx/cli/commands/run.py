@@ -119,7 +119,7 @@ def execute(args: opts.RunArgs, log: Any = None) -> int:
         return execute_batch(args, policy, log)
     import time
 
-    from ...runner.sandbox import Sandbox
+    from ...runner import Sandbox
 
     kind = "call" if func else "command"
     # One deadline instant for the whole run: a timeout set by a flag or the policy covers

@@ -23,7 +23,7 @@ def execute(args: Any, policy: Any, log: Any = None) -> int:
     """Run a batch or a stream; ``log`` is the --audit-log (start/exit come from run.py)."""
     o = args.options
     func = check_options(args)
-    from ...runner.sandbox import Sandbox
+    from ...runner import Sandbox
 
     box = Sandbox(
         args.positionals[0],
@@ -179,6 +179,7 @@ def _progress(kind: str, results_file: Any) -> Any:
 def _batch(box: Any, func: str, o: dict, log: Any) -> int:
     from ...runner.batch import run_jsonl
     from ...runner.checkpoint import Sink, Source
+    from ...runner.services import remote_for
 
     if log is not None and o["cluster"] is not None:  # where the items and module go
         log.event("cluster", address=o["cluster"])
@@ -198,7 +199,7 @@ def _batch(box: Any, func: str, o: dict, log: Any) -> int:
                     checkpoint=o["checkpoint"],
                     progress=progress.update if progress else None,
                     warn=output.warning,
-                    cluster=_cluster(o),
+                    remote=remote_for(_cluster(o)),
                 )
             except BrokenPipeError:
                 return 0  # the reader of our output stopped early (| head): not our error
