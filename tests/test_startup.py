@@ -46,6 +46,12 @@ def test_run_imports_nothing_heavy():
     assert "wasmtime" in names
     heavy = sorted(n for n in names if n.split(".")[0] in HEAVY or n in HEAVY)
     assert heavy == []
+    # the layout's point: a plain call loads the core and the runner, no feature package
+    features = ("audit", "bench", "watch", "cluster", "mcp", "components")
+    loaded = sorted(n for n in names if n.split(".")[:2] in [["wasmsbx", f] for f in features])
+    assert loaded == []
+    assert not {"wasmsbx.runner.batch", "wasmsbx.runner.stream"} & names
+    assert {"wasmsbx.runner.sandbox", "wasmsbx.wasm.source", "wasmsbx.cli.commands.run"} <= names
 
 
 def test_help_uses_the_typer_app():

@@ -18,24 +18,15 @@ address of its choosing. Where the data goes is the user's decision, like ``-o``
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple, Optional
+from typing import Any
 
-ENV_ADDRESS = "WASMSBX_CLUSTER"  # read by cli/commands/run_batch.py (which avoids importing this)
-ENV_TIMEOUT = "WASMSBX_CLUSTER_TIMEOUT"
-DEFAULT_TIMEOUT = 30.0  # seconds to reach the scheduler, and for it to have a worker (as Dask)
-
-
-class Cluster(NamedTuple):
-    """Where and how a batch runs on Dask."""
-
-    where: Any  # "tcp://HOST:PORT" (any Dask address), or a distributed.Client
-    chunk_items: Optional[int] = None  # items per chunk; None: sized to the work
-    timeout: Optional[float] = None  # None: $WASMSBX_CLUSTER_TIMEOUT, else DEFAULT_TIMEOUT
-
-
-def as_cluster(value: Any) -> Cluster:
-    """A Cluster from what a caller gave: a Cluster, an address or a distributed.Client."""
-    return value if isinstance(value, Cluster) else Cluster(value)
+from .target import (  # noqa: F401 - the package's public names
+    DEFAULT_TIMEOUT,
+    ENV_ADDRESS,
+    ENV_TIMEOUT,
+    Cluster,
+    as_cluster,
+)
 
 
 def run_cluster(box: Any, func: str, numbered: Any, **kw: Any) -> Any:

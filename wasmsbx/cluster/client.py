@@ -20,7 +20,8 @@ from typing import Any, Optional
 
 from .. import errors
 from ..runner.batch import CHUNK_MAX_BYTES, IDLE_TICK, _chunk_bytes, _Feeder, encode
-from . import DEFAULT_TIMEOUT, ENV_TIMEOUT, as_cluster, wire
+from . import wire
+from .target import DEFAULT_TIMEOUT, ENV_TIMEOUT, as_cluster
 
 CHUNK_TARGET_SECONDS = 0.25  # a task costs ~5 ms of Dask overhead: keep it ~2% of a chunk
 CHUNK_MAX_ITEMS = 8192  # and CHUNK_MAX_BYTES (256 KiB) of input, as in a local batch
