@@ -12,7 +12,7 @@ import hashlib
 from collections import namedtuple
 from typing import Any
 
-from ..watch import Change, CompatReport
+from ..watch.report import Change, CompatReport
 from .audit import classify
 
 

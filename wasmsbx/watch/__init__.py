@@ -24,7 +24,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from . import errors
+from .. import errors
 
 SCHEMA_VERSION = 1
 PAGE = 65536  # bytes per wasm page
@@ -32,55 +32,13 @@ PAGE = 65536  # bytes per wasm page
 # ---------------------------------------------------------------------------- interface diff
 
 
-@dataclass(frozen=True)
-class Change:
-    """One difference between two versions of a module's interface."""
-
-    kind: str  # export | import | memory
-    name: str
-    change: str  # added | removed | signature | kind | limits
-    old: Optional[str]
-    new: Optional[str]
-    breaking: bool
-    note: str = ""
-
-    def to_dict(self) -> dict:
-        return {
-            "kind": self.kind,
-            "name": self.name,
-            "change": self.change,
-            "old": self.old,
-            "new": self.new,
-            "breaking": self.breaking,
-            "note": self.note,
-        }
-
-
-@dataclass(frozen=True)
-class CompatReport:
-    """What changed between the last good module and the new one."""
-
-    previous: str  # sha256 of the previous module
-    current: str
-    changes: tuple = ()
-
-    @property
-    def breaking(self) -> bool:
-        return any(c.breaking for c in self.changes)
-
-    def to_dict(self) -> dict:
-        return {
-            "previous_sha256": self.previous,
-            "sha256": self.current,
-            "breaking": self.breaking,
-            "changes": [c.to_dict() for c in self.changes],
-        }
+from .report import Change, CompatReport  # noqa: E402, F401 - re-exported
 
 
 def wasi_need(module: str, name: str) -> Optional[str]:
     """The capability group a WASI import asks for (wasmsbx.wasm.wasi's table), e.g.
     "filesystem"; None when the sandbox cannot link the import at all."""
-    from .wasm import wasi
+    from ..wasm import wasi
 
     function = wasi.BY_NAME.get(name) if wasi.is_wasi_module(module) else None
     return None if function is None else function.group
@@ -153,7 +111,7 @@ def _import_changes(old: Any, new: Any) -> list:
 
 def _import_need(module: str, name: str) -> tuple:
     """(breaking, note) for a new import: what it needs, or why it will not link."""
-    from .wasm import wasi
+    from ..wasm import wasi
 
     group = wasi_need(module, name)
     if group is None:
@@ -240,7 +198,7 @@ BUILDABLE_KINDS = ("wat", "c", "rust")  # what --source accepts
 
 def source_kind(path: Any) -> str:
     """wasm, wat, c, rust (a .rs file) or cargo (a Cargo project)."""
-    from .native import build
+    from ..native import build
 
     return build.source_kind(path)
 
@@ -252,7 +210,7 @@ def build_source(source: Path, output: Path, export: Optional[str] = None) -> di
     C is built for wasm32-wasi with clang: as a reactor exporting ``export`` when one is
     given (a library function to call), else as a command (a program with ``main``).
     """
-    from .native import build
+    from ..native import build
 
     result = build.build(source, [export] if export else [], out=output)
     return {
@@ -316,7 +274,7 @@ def stop_on_signals(stop: Stop):
 
 def _digest(path: Path) -> Optional[str]:
     try:
-        from .inputs import ARTIFACT_MAX_BYTES, read_capped
+        from ..inputs import ARTIFACT_MAX_BYTES, read_capped
 
         return hashlib.sha256(read_capped(path, ARTIFACT_MAX_BYTES)).hexdigest()
     except OSError:
@@ -440,7 +398,7 @@ class Watcher:
     def _load_policy(self) -> Any:
         if self.config.policy_loader is not None:
             return self.config.policy_loader()
-        from . import policy as policy_mod
+        from .. import policy as policy_mod
 
         if self.config.policy_path:
             return policy_mod.load(self.config.policy_path)
@@ -656,7 +614,7 @@ class Watcher:
         key = (_digest(Path(self.module)), self.policy_version)
         if self.box is not None and key == self.box_key:
             return self.box
-        from .runner import Sandbox
+        from ..runner import Sandbox
 
         kind = "call" if self.config.func else "command"
         box = Sandbox(
@@ -668,7 +626,7 @@ class Watcher:
         return box
 
     def _compare(self, box: Any) -> None:
-        from .wasm.facts import FactsError, read_facts
+        from ..wasm.facts import FactsError, read_facts
 
         if getattr(box, "is_component", False):
             self._compare_component(box)
@@ -684,8 +642,8 @@ class Watcher:
 
     def _compare_component(self, box: Any) -> None:
         """A component's WIT-level report (wasmsbx.components.watch)."""
-        from .components.watch import compare as compare_wit
-        from .components.watch import interface_of
+        from ..components.watch import compare as compare_wit
+        from ..components.watch import interface_of
 
         now = interface_of(box)
         was = self.facts
