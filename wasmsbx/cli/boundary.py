@@ -16,8 +16,8 @@ def report(exc: BaseException, json_mode: bool = False) -> int:
     from . import output
 
     if isinstance(exc, WasmsbxError):
-        if json_mode:
-            output.emit_json({"error": exc.to_dict()})
+        if json_mode:  # exit_source: the code is wasmsbx's, not a guest's status
+            output.emit_json({"error": exc.to_dict(), "exit_source": "wasmsbx"})
         output.error(exc.message, exc.hint)
         for frame in getattr(exc, "backtrace", [])[:12]:
             output.err(f"  at {frame}")
