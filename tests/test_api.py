@@ -65,3 +65,109 @@ def test_run_command_stdin_bytes(backend):
 
 def test_version():
     assert wasmsbx.__version__.count(".") == 2
+
+
+# ---------------------------------------------------------------------------- issue 14
+
+
+def test_sandbox_from_bytes_text_and_binary(backend):
+    wat = b'(module (func (export "f") (result i32) i32.const 5))'
+    with wasmsbx.Sandbox(wat, P.defaults(), backend=backend) as box:
+        assert box.call("f") == 5
+    from wasmsbx.runner import read_module
+
+    binary = read_module(ADD)
+    require_module(backend, ADD)
+    with wasmsbx.Sandbox(bytearray(binary), P.defaults(), backend=backend) as box:
+        assert box.call("add", 2, 2) == 4
+    with pytest.raises(wasmsbx.errors.ModuleError):
+        wasmsbx.Sandbox(b"\0asm\x01\0\0\0\xff", P.defaults(), backend=backend)
+
+
+def test_call_forms(backend):
+    require_module(backend, ADD)
+    with wasmsbx.Sandbox(ADD, P.defaults(), backend=backend) as box:
+        assert box.exports.add(1, 2) == 3
+        assert box["add"](3, 4) == 7
+        assert str(box["add"].signature) == "(i32, i32) -> i32"
+        with pytest.raises(UsageError, match="no export named 'ad'"):
+            box["ad"]
+        with pytest.raises(AttributeError):
+            box.exports.nope  # noqa: B018
+    box.close()  # closing twice is fine
+
+
+def test_per_call_limits_only_lower_the_policy(backend):
+    pol = P.defaults()
+    P.override(pol, "limits.timeout", 5)
+    with wasmsbx.Sandbox(EXAMPLES / "loop.wat", pol, backend=backend) as box:
+        with pytest.raises(UsageError, match="above the policy"):
+            box.call("spin", timeout=6)
+        with pytest.raises(UsageError, match="needs a policy with limits.fuel"):
+            box.call("spin", fuel=10)
+        with pytest.raises(wasmsbx.errors.TimeoutExceeded):
+            box.call("spin", timeout=0.2)
+
+
+def test_per_call_fuel(backend):
+    require_capability(backend, "fuel")
+    pol = P.defaults()
+    P.override(pol, "limits.fuel", 10_000_000)
+    with wasmsbx.Sandbox(EXAMPLES / "loop.wat", pol, backend=backend) as box:
+        with pytest.raises(FuelExhausted):
+            box.call("spin", fuel=1000)
+        with pytest.raises(UsageError, match="above the policy"):
+            box.call("spin", fuel=10_000_001)
+
+
+def test_memory_is_range_checked(backend):
+    pol = P.defaults()
+    P.override(pol, "limits.memory", "2MiB")
+    with wasmsbx.Sandbox(EXAMPLES / "reactor.wat", pol, backend=backend) as box:
+        memory = box.memory()
+        assert memory.size == 65536 and memory.pages == 1
+        memory.write(100, b"abc")
+        assert memory.read(100, 3) == b"abc"
+        for offset, length in ((-1, 1), (65535, 2), (2**64, 1), (0, -1)):
+            with pytest.raises(IndexError):
+                memory.read(offset, length)
+        with pytest.raises(IndexError):
+            memory.write(65534, b"xyz")
+        assert memory.grow(1) == 1 and memory.size == 2 * 65536
+        with pytest.raises(wasmsbx.errors.MemoryLimitExceeded):
+            memory.grow(100)
+        with pytest.raises(UsageError, match="no memory named"):
+            box.memory("other")
+
+
+def test_memory_view_is_released(backend):
+    with wasmsbx.Sandbox(EXAMPLES / "reactor.wat", P.defaults(), backend=backend) as box:
+        memory = box.memory()
+        if backend.startswith("wasmer"):
+            with pytest.raises(wasmsbx.errors.BackendUnavailable), memory.view():
+                pass
+            return
+        with memory.view() as view:
+            view[0:2] = b"hi"
+        assert memory.read(0, 2) == b"hi"
+        with pytest.raises(ValueError):
+            view[0]  # released at the end of the block  # noqa: B018
+
+
+def test_public_names_resolve():
+    for name in wasmsbx.__all__:
+        assert getattr(wasmsbx, name) is not None
+    with pytest.raises(AttributeError):
+        wasmsbx.nope  # noqa: B018
+
+
+def test_sandbox_from_artifact_bytes_is_verified(cli, tmp_path):
+    out = tmp_path / "add.cwasm"
+    assert cli("compile", ADD, "-o", out, "--backend", "wasmtime").code == 0
+    data = out.read_bytes()
+    with wasmsbx.Sandbox(data, P.defaults()) as box:
+        assert box.artifact is not None and box.call("add", 2, 3) == 5
+    tampered = bytearray(data)
+    tampered[-100] ^= 1
+    with pytest.raises(wasmsbx.errors.ModuleError, match="refused precompiled artifact"):
+        wasmsbx.Sandbox(bytes(tampered), P.defaults())

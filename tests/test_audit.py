@@ -424,7 +424,7 @@ def test_policy_env_values_never_reach_the_report(tmp_path):
     [
         (b"", "empty file"),
         (HEADER + b"\x05\xff", "not a valid WebAssembly module"),
-        (b"\0asm\x0d\x00\x01\x00", "component"),
+        (b"\0asm\x0d\x00\x01\x00\x01\xff\x01", "malformed component"),
         (b"\xff\xfe\x00garbage", "not a WebAssembly module"),
         (b"(module (func (result i32)", "invalid WebAssembly text"),
     ],

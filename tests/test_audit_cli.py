@@ -130,7 +130,7 @@ def test_output_file_in_a_missing_directory(cli):
     [
         (b"", "empty file"),
         (b"\0asm\x01\0\0\0\x01\x05\x01\x60\x00", "not a valid WebAssembly module"),
-        (b"\0asm\x0d\x00\x01\x00", "is a WebAssembly component"),
+        (b"\0asm\x0d\x00\x01\x00\x01\xff\x01", "malformed component"),
         (b"(module (func", "invalid WebAssembly text"),
         (b"\x89PNG\r\n\x1a\n\xff\xfe", "not a WebAssembly module"),
     ],

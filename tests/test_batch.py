@@ -148,7 +148,6 @@ def test_batch_float_and_multi_value_results(cli, tmp_path):
         (["add", "--batch", "-", "-j", "x"], 2, "expected a whole number"),
         (["add", "--batch", "-", "--stream"], 2, "cannot be combined"),
         (["add", "--batch", "-", "--chunk-size", "1KiB"], 2, "--chunk-size only applies"),
-        ([GUESTS / "types.wat", "takes_v128", "--batch", "-"], 2, "a batch cannot pass"),
     ],
 )
 def test_batch_usage_errors(cli, argv, code, text):
@@ -157,6 +156,20 @@ def test_batch_usage_errors(cli, argv, code, text):
     assert r.code == code, r
     assert text in r.stderr
     assert r.stderr.count("\n") <= 2 and "Traceback" not in r.stderr
+
+
+def test_batch_passes_every_value_type(cli):
+    """v128 and references in batch items, in the command line's spellings (README Values)."""
+    r = cli(
+        "run", GUESTS / "types.wat", "takes_v128", "--batch", "-",
+        input=b'["i32x4:9,0,0,0"]\n["0x7"]\n["x"]\n',
+    )  # fmt: skip
+    assert r.code == 122, r
+    rows = jsonl(r.stdout)
+    assert [row.get("results") for row in rows[:2]] == [[9], [7]]
+    assert "not a valid v128" in rows[2]["error"]["message"]
+    r = cli("run", GUESTS / "types.wat", "takes_ref", "--batch", "-", input=b'["null"]\n')
+    assert (r.code, jsonl(r.stdout)[0]["results"]) == (0, [1]), r
 
 
 def test_batch_guest_output_does_not_mix_into_results(cli):

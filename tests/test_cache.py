@@ -612,5 +612,6 @@ def test_a_hit_types_calls_from_the_recorded_exports():
     assert (miss.cache_state, hit.cache_state) == ("miss", "hit")
     assert hit.recorded_exports is not None and hit.exports == miss.exports
     assert hit.call("two_results", 3) == (4, 30000000000)
+    assert hit.call("takes_v128", "i32x4:7,0,0,0") == 7  # typed from the record: no abort
     with pytest.raises(errors.UsageError, match="v128"):
-        hit.invoke("takes_v128", ["1"])
+        hit.invoke("takes_v128", ["x"])

@@ -111,7 +111,7 @@ def test_cli_random_module_no_traceback(cli, tmp_path):
         [
             b"\0asm",
             b"\0asm\x01\0\0\0\x01\xff\xff\xff\xff\x0f",
-            b"\0asm\x0d\0\x01\0",
+            b"\0asm\x0d\0\x01\0\x01\xff\x01",  # a component whose section runs past the end
             VALID[: len(VALID) // 3],
         ]
     ):
@@ -122,11 +122,12 @@ def test_cli_random_module_no_traceback(cli, tmp_path):
         assert "Traceback" not in res.stderr and res.stderr.startswith("error: ")
 
 
-def test_component_is_refused_clearly(cli, tmp_path):
+def test_malformed_component_is_refused_clearly(cli, tmp_path):
     path = tmp_path / "component.wasm"
-    path.write_bytes(b"\0asm\x0d\0\x01\0")
+    path.write_bytes(b"\0asm\x0d\0\x01\0\x01\xff\x01")  # a section past the end
     res = cli("run", path, "f")
     assert res.code == 102 and "Traceback" not in res.stderr
+    assert "malformed component" in res.stderr
 
 
 def test_guest_imports_reported(cli):

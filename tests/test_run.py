@@ -96,12 +96,15 @@ def test_usage_errors(cli, backend, args, needle, hint):
     assert res.stderr.startswith("error: ")
 
 
-def test_unsupported_param_types(cli, backend):
+def test_v128_and_ref_params(cli, backend):
+    """v128 and references come from the command line too (README "Values")."""
     require_module(backend, TYPES)  # skips labels lacking a feature they use
-    for func in ("takes_v128", "takes_ref"):
-        res = cli("run", TYPES, func, "1", "--backend", backend)
-        assert res.code == 2
-        assert "cannot be passed from the command line" in res.stderr
+    res = cli("run", TYPES, "takes_v128", "i32x4:7,2,3,4", "--backend", backend)
+    assert (res.code, res.stdout) == (0, "7\n"), res
+    res = cli("run", TYPES, "takes_ref", "null", "--backend", backend)
+    assert (res.code, res.stdout) == (0, "1\n"), res
+    res = cli("run", TYPES, "takes_ref", "1", "--backend", backend)
+    assert res.code == 2 and "not a valid externref" in res.stderr, res
 
 
 def test_trap_with_backtrace(cli, backend):

@@ -24,6 +24,8 @@ HEAVY = (
     "tomli_w",
     "wasmer",
     "json",
+    "dask",
+    "distributed",
 )
 
 

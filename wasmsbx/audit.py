@@ -113,9 +113,25 @@ class ImportUse:
         }
 
 
-def classify_import(imp: Any) -> ImportUse:
-    """Which capability an import needs, what it is for, and whether it links."""
+def host_provides(host_imports: Any, module: str, name: str) -> bool:
+    """Whether the caller grants ``module.name`` as a host import: ``host_imports`` is a
+    Sandbox ``imports=`` mapping, or names "module.name" / "module.*"."""
+    if not host_imports:
+        return False
+    if isinstance(host_imports, dict):
+        return name in host_imports.get(module, ())
+    return f"{module}.{name}" in host_imports or f"{module}.*" in host_imports
+
+
+def classify_import(imp: Any, host_imports: Any = None) -> ImportUse:
+    """Which capability an import needs, what it is for, and whether it links.
+
+    An import the caller grants (``host_imports``) is provided by the host: a capability
+    given explicitly, shown in the "custom" group as granted."""
     sig = str(imp.type) if imp.type is not None else None
+    if host_provides(host_imports, imp.module, imp.name):
+        what = f"host {imp.kind} granted by the caller (imports=)"
+        return ImportUse(imp.module, imp.name, imp.kind, sig, "custom", what, True, None)
     if imp.kind != "func":
         what = f"imports a {imp.kind}"
         problem = f"a {imp.kind} import: the sandbox provides no {imp.kind}s"
@@ -229,11 +245,16 @@ class AuditReport:
 
 
 def audit(
-    facts: ModuleFacts, policy: Any, path: str = "<module>", wasm: Optional[bytes] = None
+    facts: ModuleFacts,
+    policy: Any,
+    path: str = "<module>",
+    wasm: Optional[bytes] = None,
+    host_imports: Any = None,
 ) -> AuditReport:
     """Audit already-read module facts against a policy; with the module's bytes (``wasm``)
-    the runtime's validator is consulted too (validation compiles nothing)."""
-    imports = tuple(classify_import(imp) for imp in facts.imports)
+    the runtime's validator is consulted too (validation compiles nothing).
+    ``host_imports``: what the caller grants as host imports (see host_provides)."""
+    imports = tuple(classify_import(imp, host_imports) for imp in facts.imports)
     ctx = _Context(facts, policy, imports)
     findings = [f for check in CHECKS for f in check(ctx)]
     problem = validation_error(wasm) if wasm is not None else None
@@ -253,7 +274,7 @@ def audit(
     )
 
 
-def audit_file(path: Any, policy: Any = None) -> AuditReport:
+def audit_file(path: Any, policy: Any = None, host_imports: Any = None) -> AuditReport:
     """Read ``path`` (.wasm or .wat) without instantiating it, and audit it.
 
     Raises InputError for an unreadable file and ModuleError for a malformed module.
@@ -268,17 +289,15 @@ def audit_file(path: Any, policy: Any = None) -> AuditReport:
         facts = read_facts(data)
     except FactsError as exc:
         if exc.component:
-            raise errors.ModuleError(
-                f"{path}: is a WebAssembly component, not a core module",
-                hint="wasmsbx audits and runs core modules (WASI preview1)",
-                path=str(path),
-            ) from None
+            from .components.audit import audit_component
+
+            return audit_component(str(path), data, policy)
         raise errors.ModuleError(
             f"{path}: not a valid WebAssembly module: {exc}",
             hint="check that the file is a complete .wasm binary or valid .wat text",
             path=str(path),
         ) from None
-    return audit(facts, policy, str(path), data)
+    return audit(facts, policy, str(path), data, host_imports)
 
 
 _ENGINE: list = []  # one validating engine per process (creating one costs milliseconds)
@@ -310,7 +329,7 @@ class _Context:
         self.facts = facts
         self.policy = policy
         self.imports = imports
-        self.wasi = [i.name for i in imports if i.provided]
+        self.wasi = [i.name for i in imports if i.provided and i.capability != "custom"]
         values = policy.values
         self.read_only = list(values["filesystem.read_only"])
         self.read_write = list(values["filesystem.read_write"])
@@ -726,6 +745,14 @@ def capabilities(ctx: _Context) -> tuple:
         if not names:
             continue
         status, detail = _capability_status(ctx, group)
+        hosted = [
+            f"{i.module}.{i.name}" for i in ctx.imports if i.capability == group and i.provided
+        ]
+        if group == "custom" and hosted:
+            status = "granted" if len(hosted) == len(names) else status
+            missing = [n for n in names if n not in hosted]
+            detail = "provided by the host: " + ", ".join(hosted)
+            detail += f"; not provided: {', '.join(missing)}" if missing else ""
         out.append(CapabilityUse(group, title, tuple(names), status, detail))
     return tuple(out)
 
@@ -810,6 +837,10 @@ def suggest_policy(report: AuditReport) -> SuggestedPolicy:
     commented-out placeholder. Limits come from what the module declares where it declares
     them; fuel, timeout, stack and output are the policy's.
     """
+    if getattr(report, "is_component", False):
+        from .components.audit import suggest_policy as suggest_for_component
+
+        return suggest_for_component(report)
     ctx = _Context(report.facts, report.policy, report.imports)
     old = report.policy.values
     new = policy_mod.defaults()

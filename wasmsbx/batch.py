@@ -25,7 +25,7 @@ from typing import Any, Callable, NamedTuple, Optional
 
 from . import errors
 from .errors import ExitCode
-from .runner import format_value, json_value, parse_args
+from .runner import json_value, parse_args
 
 MAX_LINE = 1 << 20  # longer input lines are refused (item error), never loaded whole
 MAX_SKIP = 64 << 20  # an overlong line is skipped up to this; longer ends the batch
@@ -188,10 +188,9 @@ def error_record(exc: errors.WasmsbxError) -> dict:
 
 
 def json_result(value: Any, wasm_type: str) -> Any:
-    """A result as JSON: f32 in its shortest round-tripping form, inf/nan as strings."""
-    if wasm_type == "f32" and isinstance(value, float) and value == value and abs(value) < 1e39:
-        return float(format_value(value, "f32"))
-    return json_value(value)
+    """A result as JSON (values.json_value): f32 in its shortest round-tripping form;
+    inf, NaNs, v128 and references as strings in the command line's spellings."""
+    return json_value(value, wasm_type)
 
 
 def guest_wasi(box: Any) -> Any:
@@ -207,12 +206,6 @@ class Caller:
         self.box = box
         self.func = func
         self.sig = box.signature(func)
-        unsupported = [t for t in self.sig.params if t not in ("i32", "i64", "f32", "f64")]
-        if unsupported:
-            raise errors.UsageError(
-                f"{func} takes a {unsupported[0]} parameter, which a batch cannot pass",
-                hint=f"only i32, i64, f32 and f64 parameters are supported; signature {self.sig}",
-            )
         self.fresh = fresh
         self.wasi = guest_wasi(box)
         self.instance: Any = None
@@ -250,6 +243,12 @@ class Caller:
         self._drop()
 
 
+def make_caller(box: Any, func: str, fresh: bool = False) -> Any:
+    """A Caller, or a component's (``box.batch_caller``: WIT values as typed JSON)."""
+    factory = getattr(box, "batch_caller", None)
+    return factory(func, fresh) if factory is not None else Caller(box, func, fresh)
+
+
 # ---------------------------------------------------------------------------- running
 
 
@@ -261,13 +260,15 @@ def run_batch(
     fresh: bool = False,
     jobs: int = 1,
     start_line: int = 1,
+    cluster: Any = None,
 ) -> Iterator[BatchResult]:
     """Call ``func`` once per item; yield one BatchResult per item, in input order.
 
     FUNC and instantiation are checked now (errors raise here); items are read lazily.
     ``jobs > 1`` starts worker processes with ``spawn``, which re-imports the main
     module: in a script, call it under ``if __name__ == "__main__":``."""
-    return run_numbered(box, func, enumerate(items, start_line), fresh=fresh, jobs=jobs)
+    numbered = enumerate(items, start_line)
+    return run_numbered(box, func, numbered, fresh=fresh, jobs=jobs, cluster=cluster)
 
 
 # More worker processes than this is a fork bomb, not a speed-up (each compiles the
@@ -295,6 +296,7 @@ def run_numbered(
     jobs: int = 1,
     encoded: bool = False,
     idle: bool = False,
+    cluster: Any = None,
 ) -> Iterator:
     """Like run_batch over ``(line, payload)`` pairs. Checks FUNC and instantiation first.
     With ``encoded``, yields Encoded lines (rendered in the workers, not in this process).
@@ -303,8 +305,19 @@ def run_numbered(
     result has come for IDLE_TICK seconds (e.g. a pipe that stays open but sends
     nothing), so the consumer can make the results it has durable meanwhile."""
     check_jobs(jobs)
-    caller = Caller(box, func, fresh)  # an unknown export fails here, before any item
+    if cluster is not None and jobs != 1:
+        raise errors.UsageError(
+            "-j/--jobs does not apply with a cluster (its workers run the calls)"
+        )
+    caller = make_caller(box, func, fresh)  # an unknown export fails here, before any item
     caller.ready()
+    if cluster is not None:  # the workers of a Dask cluster make the calls (wasmsbx.cluster)
+        caller.close()
+        from .cluster import run_cluster
+
+        return run_cluster(
+            box, func, numbered, cluster=cluster, fresh=fresh, encoded=encoded, idle=idle
+        )
     if jobs == 1:
         serial = _serial_fed if idle else _serial
         return serial(caller, numbered, encoded)
@@ -538,7 +551,7 @@ def _worker_init(spec: WorkerSpec) -> None:
     parent = multiprocessing.parent_process()
     _watch_parent(parent.pid if parent is not None else os.getppid())
     try:
-        _WORKER["caller"] = Caller(_worker_box(spec), spec.func, spec.fresh)
+        _WORKER["caller"] = make_caller(_worker_box(spec), spec.func, spec.fresh)
     except errors.WasmsbxError as exc:
         _WORKER["error"] = exc
 
@@ -558,14 +571,17 @@ def _watch_parent(parent: int) -> None:
 
 
 def _worker_box(spec: WorkerSpec) -> Any:
-    from .runner import Sandbox
+    from .runner import Sandbox, _is_component_file
     from .trust import unseal
 
     native = None if spec.artifact is None else unseal(spec.artifact)
     if native is None:
         return Sandbox(spec.module, spec.policy, backend=spec.backend, use_cache=True)
+    base: Any = Sandbox
+    if _is_component_file(spec.module):  # the parent serialized a component
+        from .components.sandbox import ComponentSandbox as base
 
-    class Precompiled(Sandbox):
+    class Precompiled(base):
         def _compile(self, use_cache: bool) -> Any:
             return self.engine.deserialize(native)
 
@@ -641,6 +657,7 @@ def run_jsonl(
     checkpoint: Optional[str] = None,
     progress: Optional[Callable] = None,
     warn: Optional[Callable] = None,
+    cluster: Any = None,
 ) -> Summary:
     """Read JSONL calls from ``source`` (checkpoint.Source), write JSONL results to ``sink``
     (checkpoint.Sink), in input order. Returns the summary; resumes from ``checkpoint``."""
@@ -664,7 +681,9 @@ def run_jsonl(
     reader = _Reader(source, state["next_line"] if state else 1)
     # A pipe may stall with items done: idle ticks let us save them meanwhile.
     idle = not source.seekable
-    results = run_numbered(box, func, reader, fresh=fresh, jobs=jobs, encoded=True, idle=idle)
+    results = run_numbered(
+        box, func, reader, fresh=fresh, jobs=jobs, encoded=True, idle=idle, cluster=cluster
+    )
     last = None
     saved = None  # the span ``last`` had at the latest save (or flush, without a checkpoint)
     tick = time.monotonic()

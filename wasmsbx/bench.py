@@ -460,6 +460,12 @@ def _prepare(case: Case, result: CaseResult) -> dict:
     from .runner import find_signature, parse_args, read_module
 
     wasm = read_module(case.module)
+    from .components import is_component
+
+    if is_component(wasm):
+        from .components.bench import prepare
+
+        return prepare(case, result, wasm)
     try:
         facts = read_facts(wasm)
     except FactsError as exc:
@@ -528,6 +534,11 @@ class _BackendBench:
         phase = "compile"
         try:
             self.engine = self.adapter.engine(engine_options(self.policy, self.result.compiler))
+            if self.prepared.get("component"):
+                from .components.bench import BenchEngine
+
+                p = self.prepared
+                self.engine = BenchEngine(self.engine, p["wasm"], p["component_exports"])
             self.limits = limits_from(self.policy)
             self.module = self._first_compile()
             for phase in self.wanted():

@@ -39,6 +39,7 @@ class ExitCode:
     REGRESSION = 120
     AUDIT_FINDINGS = 121
     BATCH_FAILURES = 122
+    CLUSTER = 123
     GUEST_STATUS_OUT_OF_RANGE = 126  # a WASI command's status outside 0..125 (see below)
     INTERRUPTED = 130
 
@@ -47,6 +48,34 @@ class ExitCode:
     # an exit code as is: the shell keeps 126/127 and 128+N for signals, and status & 0xFF
     # turns 256 into 0, a failure into a success. Those all become 126.
     GUEST_STATUS_MAX = 125
+
+
+#: A few words for each code: ``wasmsbx --help`` is built from this, and a test checks
+#: that the README's exit-code table lists exactly these codes.
+EXIT_WORDS = {
+    ExitCode.OK: "ok",
+    ExitCode.USAGE: "usage",
+    ExitCode.INTERNAL: "internal",
+    ExitCode.POLICY: "policy",
+    ExitCode.MODULE: "module",
+    ExitCode.TRAP: "trap",
+    ExitCode.BACKEND_UNAVAILABLE: "no backend",
+    ExitCode.IO: "i/o",
+    ExitCode.LIMIT_MEMORY: "memory",
+    ExitCode.LIMIT_FUEL: "fuel",
+    ExitCode.LIMIT_TIMEOUT: "timeout",
+    ExitCode.LIMIT_STACK: "stack",
+    ExitCode.LIMIT_TABLE: "table",
+    ExitCode.LIMIT_OUTPUT: "output",
+    ExitCode.LIMIT_INSTANCES: "instances",
+    ExitCode.LIMIT_COMPILE: "compile",
+    ExitCode.REGRESSION: "regression",
+    ExitCode.AUDIT_FINDINGS: "audit findings",
+    ExitCode.BATCH_FAILURES: "batch failures",
+    ExitCode.CLUSTER: "cluster unavailable",
+    ExitCode.GUEST_STATUS_OUT_OF_RANGE: "guest status outside 0-125",
+    ExitCode.INTERRUPTED: "interrupted",
+}
 
 
 def guest_exit_code(status: int) -> int:
@@ -120,6 +149,12 @@ class TrapError(WasmsbxError):
         super().__init__(message, **kw)
         self.backtrace = list(backtrace or [])
 
+    @property
+    def trap_code(self) -> Optional[str]:
+        """The runtime's trap code (e.g. "integer_division_by_zero", "unreachable_code_reached",
+        "host" for an exception in a host function), when the runtime reports one."""
+        return self.context.get("trap_code")
+
     def to_dict(self) -> dict:
         data = super().to_dict()
         if self.backtrace:
@@ -187,6 +222,14 @@ class BackendUnavailable(WasmsbxError):
 
     exit_code = ExitCode.BACKEND_UNAVAILABLE
     kind = "backend"
+
+
+class ClusterError(WasmsbxError):
+    """A ``--cluster`` batch could not run: no Dask here, the scheduler is unreachable or
+    went away, or a chunk lost too many workers."""
+
+    exit_code = ExitCode.CLUSTER
+    kind = "cluster"
 
 
 class Interrupted(WasmsbxError):

@@ -9,24 +9,22 @@ import os
 import stat
 import time
 from collections import namedtuple
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 from . import errors
 from . import policy as policy_mod
 from .backends.base import EngineOptions, ExportInfo, Limits, Signature, WasiSetup
 
-_INF = float("inf")
 WASM_MAGIC = b"\0asm"
 ARTIFACT_FIRST_BYTE = b"\x89"  # of aot.MAGIC: checked before importing aot
-INT_RANGES = {"i32": 32, "i64": 64}
 
 
 # ---------------------------------------------------------------------------- module files
 
 
-def read_module(path) -> bytes:
+def read_module(path: Union[str, os.PathLike]) -> bytes:
     """The module's binary: .wasm as is, .wat (or any text module) converted."""
     path = Path(path)
     return module_bytes(read_file(path), path)
@@ -131,91 +129,8 @@ def wat_to_wasm(data: bytes, path) -> bytes:
 
 
 # ---------------------------------------------------------------------------- typed values
-
-
-def parse_arg(text: Any, wasm_type: str, index: int, func: str, sig: Signature) -> Any:
-    """One command-line argument converted to the export's parameter type."""
-    if wasm_type in INT_RANGES:
-        if isinstance(text, bool):
-            raise _bad_arg(text, wasm_type, index, func, sig)
-        if isinstance(text, int):
-            value = text
-        else:
-            try:
-                value = int(str(text).strip(), 0)
-            except ValueError:
-                raise _bad_arg(text, wasm_type, index, func, sig) from None
-        bits = INT_RANGES[wasm_type]
-        if not -(2 ** (bits - 1)) <= value < 2**bits:
-            raise errors.UsageError(
-                f"{func}: argument {index + 1} ({text}) is out of range for {wasm_type}",
-                hint=f"{wasm_type} takes {-(2 ** (bits - 1))} .. {2**bits - 1}; signature {sig}",
-            )
-        return value - 2**bits if value >= 2 ** (bits - 1) else value
-    if wasm_type in ("f32", "f64"):
-        if isinstance(text, (int, float)) and not isinstance(text, bool):
-            return float(text)
-        try:
-            return float(str(text).strip().replace("_", ""))
-        except ValueError:
-            raise _bad_arg(text, wasm_type, index, func, sig) from None
-    raise errors.UsageError(
-        f"{func}: parameter {index + 1} has type {wasm_type}, which cannot be passed "
-        "from the command line",
-        hint=f"only i32, i64, f32 and f64 parameters are supported; signature {sig}",
-    )
-
-
-def _bad_arg(text: Any, wasm_type: str, index: int, func: str, sig: Signature):
-    examples = {
-        "i32": "42, -7, 0xff, 1_000",
-        "i64": "42, -7, 0xff, 1_000",
-        "f32": "1.5, -2, inf, nan",
-        "f64": "1.5, -2, inf, nan",
-    }
-    return errors.UsageError(
-        f"{func}: argument {index + 1} ({text!r}) is not a valid {wasm_type}",
-        hint=f"signature {func}{sig}; {wasm_type} examples: {examples[wasm_type]}",
-    )
-
-
-def parse_args(func: str, sig: Signature, args: Sequence[Any]) -> list:
-    if len(args) != len(sig.params):
-        raise errors.UsageError(
-            f"{func} takes {len(sig.params)} argument{'s' if len(sig.params) != 1 else ''}, "
-            f"got {len(args)}",
-            hint=f"signature: {func} {sig}",
-        )
-    return [parse_arg(a, t, i, func, sig) for i, (a, t) in enumerate(zip(args, sig.params))]
-
-
-def format_value(value: Any, wasm_type: str) -> str:
-    """Results as users expect to read them: shortest round-tripping floats."""
-    if wasm_type in ("f32", "f64") and isinstance(value, float):
-        if value != value:  # nan
-            return "nan"
-        if value in (_INF, -_INF):
-            return "inf" if value > 0 else "-inf"
-        if wasm_type == "f32":
-            import struct
-
-            target = struct.pack("<f", value)
-            for digits in range(1, 10):
-                text = f"{value:.{digits}g}"
-                if struct.pack("<f", float(text)) == target:
-                    return text
-        return repr(value)
-    if value is None:
-        return "null"
-    return str(value)
-
-
-def json_value(value: Any) -> Any:
-    """JSON has no inf/nan: those go out as strings."""
-    if isinstance(value, float) and (value != value or value in (_INF, -_INF)):
-        return format_value(value, "f64")
-    return value
-
+# (wasmsbx.values; re-exported here for the callers that imported them from the runner)
+from .values import format_value, json_value, parse_args  # noqa: E402
 
 # ---------------------------------------------------------------------------- results
 
@@ -264,7 +179,7 @@ class CallResult(namedtuple("CallResult", "function values types stats")):
         return {
             "function": self.function,
             "results": [
-                {"type": t, "value": json_value(v)} for v, t in zip(self.values, self.types)
+                {"type": t, "value": json_value(v, t)} for v, t in zip(self.values, self.types)
             ],
             "stats": self.stats.to_dict(),
         }
@@ -342,19 +257,23 @@ def check_interface(
     kind: str = "call",
     function: Optional[str] = None,
     args: Optional[Sequence[Any]] = None,
+    provided: Any = frozenset(),
 ) -> None:
     """Refuse, from the module's bytes and before anything is compiled, a run that cannot
     work: a command without ``_start``, a call to a missing export or with arguments its
     signature refuses, imports the sandbox does not provide (WASI preview1 functions of
     the right type are the only imports it has). Compiling a 99 MB module only to learn
-    it has no ``_start`` took 199 s of CPU and wrote a 272 MB cache entry (issue #13)."""
+    it has no ``_start`` took 199 s of CPU and wrote a 272 MB cache entry (issue #13).
+    ``provided``: (module, name) pairs the caller grants as host imports, or ``all`` for
+    a module of a linked group (the group's runtime checks its imports when it links)."""
     from .facts import FactsError, read_interface
 
     try:
         interface = read_interface(wasm)
     except FactsError:
         return  # the runtime gives the precise error when it compiles
-    _check_imports(interface.imports)
+    if provided is not all:
+        _check_imports([i for i in interface.imports if (i.module, i.name) not in provided])
     exports = [
         ExportInfo(e.name, e.kind, Signature(e.type.params, e.type.results))
         if e.kind == "func" and e.type is not None
@@ -472,13 +391,30 @@ class Sandbox:
 
     ``function`` (and its ``args``), when given, are checked against the module's
     interface before anything is compiled, like ``_start`` for ``kind="command"``.
+
+    ``module``: a path, or bytes (a binary, WAT text or a precompiled artifact, which is
+    verified before it loads). ``imports``: host imports the caller grants
+    (``{module: {name: fn | wasmsbx.Global | Memory | Table}}``, see wasmsbx.host).
+    ``group``/``name``: used by :class:`Group` (linking). The instance is created on
+    first use; ``close()`` (or ``with``) releases it.
+
+    A WebAssembly component gives a ``components.sandbox.ComponentSandbox`` (same
+    methods, WIT-typed values), chosen by the file's header before anything else.
     """
+
+    def __new__(cls, module=None, *args: Any, **kwargs: Any):
+        if cls is Sandbox and module is not None and _is_component_file(module):
+            from .components.sandbox import ComponentSandbox
+
+            return super().__new__(ComponentSandbox)
+        return super().__new__(cls)
 
     def __init__(
         self,
-        module,
+        module: Union[str, os.PathLike, bytes, bytearray, memoryview],
         policy: Optional[policy_mod.Policy] = None,
         *,
+        imports: Optional[Mapping[str, Mapping[str, Any]]] = None,
         backend: Optional[str] = None,
         kind: str = "call",
         use_cache: Optional[bool] = None,
@@ -488,21 +424,29 @@ class Sandbox:
         function: Optional[str] = None,
         args: Optional[Sequence[Any]] = None,
         deadline: Optional[float] = None,
+        group: Optional[Group] = None,
+        name: Optional[str] = None,
     ) -> None:
         """``deadline``: a ``time.monotonic()`` instant the whole run, compiling included,
         must end by (``wasmsbx run`` passes start + limits.timeout when the timeout is set
         by a flag or the policy). Without it, compiling is bounded by
         limits.compile_timeout, and each call by limits.timeout."""
-        self.path = Path(module)
+        self._group = group
+        self.link_name = name
+        if group is not None:
+            policy = group.policy
+        from_bytes = isinstance(module, (bytes, bytearray, memoryview))
+        self.path = Path(name or "<bytes>") if from_bytes else Path(module)  # type: ignore[arg-type]
         self.deadline = deadline
         self.policy = policy if policy is not None else policy_mod.discover()
+        self.imports = _normalize_imports(imports)
         self.timings: dict = {}
         self.warnings: list = []  # cache and artifact problems worked around
         self.progress = progress  # label -> context manager shown around long compiles
         self.cache_dir = cache_dir
         check_stdio(self.policy, [self.path, artifact])
         started = time.perf_counter()
-        data = read_file(self.path)
+        data = bytes(module) if from_bytes else read_file(self.path)  # type: ignore[arg-type]
         from .backends.compiling import check_size
 
         check_size(len(data), self.policy.values["limits.module_size"], self.path.name)
@@ -515,7 +459,12 @@ class Sandbox:
         if self.artifact is None:
             self.wasm = module_bytes(data, self.path)
             # Before any compile or cache write: a run that cannot work fails now.
-            check_interface(self.wasm, self.path.name, kind, function, args)
+            provided = (
+                all
+                if group is not None
+                else frozenset((m, n) for m, names in self.imports.items() for n in names)
+            )
+            check_interface(self.wasm, self.path.name, kind, function, args, provided)
         if artifact is not None:
             from . import aot
 
@@ -523,13 +472,22 @@ class Sandbox:
         self.timings["read"] = time.perf_counter() - started
         self.selection = None
         self._spec: Optional[str] = None
-        self.backend_name, self.compiler = self._choose(backend, kind)
-        from . import backends
+        if group is not None and group.engine is not None:
+            self.backend_name, self.compiler = group.backend_name, group.compiler
+            self.engine = group.engine
+        else:
+            if (self.imports or group is not None) and backend is None:
+                backend = _linking_backend(self.policy)
+            self.backend_name, self.compiler = self._choose(backend, kind)
+            from . import backends
 
-        self.engine = backends.get(self.backend_name).engine(
-            engine_options(self.policy, self.compiler)
-        )
+            self.engine = backends.get(self.backend_name).engine(
+                engine_options(self.policy, self.compiler)
+            )
+            if group is not None:
+                group._adopt(self)
         cache_wanted = self.policy.values["runtime.cache"] if use_cache is None else use_cache
+        self.use_cache = cache_wanted  # a cluster's workers follow the same choice
         self.cache_state = "off"
         self.recorded_exports: Optional[list] = None
         self.module = None
@@ -542,7 +500,13 @@ class Sandbox:
         if self.wasm is not None:  # native code from the cache: the totals need the layout
             self.engine.describe(self.module, self.wasm)
         self.export_list = self._interface()
-        self._instance = None
+        self._instance: Any = None
+
+    def __enter__(self) -> Sandbox:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
 
     # --------------------------------------------------------------- choosing
     def _choose(self, backend: Optional[str], kind: str) -> tuple:
@@ -648,8 +612,79 @@ class Sandbox:
 
     # --------------------------------------------------------------- calling
     @property
-    def exports(self) -> list:
-        return list(self.export_list)
+    def exports(self) -> Exports:
+        """The exports (a list of ExportInfo); exported functions are also attributes:
+        ``box.exports.add(1, 2)``."""
+        return Exports(self, self.export_list)
+
+    def __getitem__(self, name: str) -> Function:
+        """``box["add"](1, 2)``: an exported function as a callable."""
+        self.signature(name)  # UsageError (with a suggestion) when there is none
+        return Function(self, name)
+
+    def _live(self) -> Any:
+        """The instance, created on first use."""
+        if self._instance is None:
+            self._instance = self.instantiate()
+        return self._instance
+
+    def memory(self, name: str = "memory") -> Memory:
+        """The exported memory ``name``: read, write, size, grow (see Memory)."""
+        try:
+            if not any(e.name == name and e.kind == "memory" for e in self.export_list):
+                raise KeyError(name)
+            access = self._live().memory(name)
+        except NotImplementedError:
+            raise errors.BackendUnavailable(
+                f"the {self.backend_name} backend cannot reach guest memory from Python"
+            ) from None
+        except (IndexError, KeyError):
+            names = [e.name for e in self.export_list if e.kind == "memory"]
+            raise errors.UsageError(
+                f"{self.path.name} exports no memory named {name!r}",
+                hint=f"exported memories: {', '.join(names)}" if names else "it exports none",
+            ) from None
+        return Memory(access, name)
+
+    @property
+    def globals(self) -> Globals:
+        """Exported globals by name: ``box.globals["g"]``, ``box.globals["g"] = 5``
+        (mutable globals only)."""
+        return Globals(self)
+
+    def audit(self) -> Any:
+        """The static audit (wasmsbx.audit) of this module under this sandbox's policy,
+        with the host imports granted here shown as provided by the host."""
+        if self.wasm is None:
+            raise errors.UsageError("a precompiled artifact cannot be audited: audit its module")
+        from .audit import audit
+        from .facts import read_facts
+
+        return audit(read_facts(self.wasm), self.policy, self.path.name, self.wasm, self.imports)
+
+    def _global_types(self) -> dict:
+        """Exported globals' (type, mutable), read from the module's bytes (the runtime's
+        C API aborts on a v128 global type)."""
+        if self.wasm is None:
+            return {}
+        from .facts import FactsError, read_facts
+
+        try:
+            facts = read_facts(self.wasm, scan_code=False)
+        except FactsError:
+            return {}
+        by_index = {g.index: (g.type, g.mutable) for g in facts.globals}
+        return {
+            e.name: by_index[e.index]
+            for e in facts.exports
+            if e.kind == "global" and e.index in by_index
+        }
+
+    def export(self, name: str) -> Any:
+        """An export as a handle for another module of the same Group's imports."""
+        if not any(e.name == name for e in self.export_list):
+            raise errors.UsageError(f"{self.path.name} has no export named {name!r}")
+        return self._live().export_handle(name)
 
     def signature(self, func: str) -> Signature:
         return find_signature(self.export_list, func, self.path.name)
@@ -673,7 +708,22 @@ class Sandbox:
     def instantiate(self, wasi: Optional[WasiSetup] = None) -> Any:
         started = time.perf_counter()
         limits = limits_from(self.policy)._replace(deadline=self.deadline)
-        instance = self.engine.instantiate(self.module, limits, wasi or self.wasi_setup())
+        extra: dict = {}
+        if self.imports:
+            extra["imports"] = self.imports
+        if self._group is not None:
+            extra["shared"] = self._group.first_instance
+            extra["register"] = self.link_name
+        instance = self.engine.instantiate(self.module, limits, wasi or self.wasi_setup(), **extra)
+        instance.know_types(
+            {
+                e.name: (tuple(e.signature.params), tuple(e.signature.results))
+                for e in self.export_list
+                if e.kind == "func" and e.signature is not None
+            }
+        )
+        if self._group is not None and self._group.first_instance is None:
+            self._group.first_instance = instance
         self.timings["instantiate"] = time.perf_counter() - started
         if any(e.name == "_initialize" for e in self.export_list):
             instance.call("_initialize", [])
@@ -685,17 +735,21 @@ class Sandbox:
         args: Sequence[Any] = (),
         fresh: bool = False,
         wasi: Optional[WasiSetup] = None,
+        timeout: Optional[float] = None,
+        fuel: Optional[int] = None,
     ) -> CallResult:
         """Call ``func`` with arguments parsed by its signature; results as a CallResult.
 
-        ``wasi`` sets up a new instance's WASI (e.g. ``wasi_setup(capture=True)``)."""
+        ``wasi`` sets up a new instance's WASI (e.g. ``wasi_setup(capture=True)``);
+        ``timeout`` (seconds) and ``fuel`` lower the policy's limits for this call."""
         sig = self.signature(func)
         typed = parse_args(func, sig, args)
+        limits = self._call_limits(timeout, fuel)
         if self._instance is None or fresh:
             self._instance = self.instantiate(wasi)
         started = time.perf_counter()
         try:
-            values = self._instance.call(func, typed)
+            values = self._instance.call(func, typed, types=(sig.params, sig.results), **limits)
         finally:
             self.timings["run"] = time.perf_counter() - started
         return CallResult(func, values, sig.results, self._stats(self._instance))
@@ -707,20 +761,63 @@ class Sandbox:
         usage = self._instance.usage()
         return usage.stdout, usage.stderr
 
-    def call(self, func: str, *args: Any) -> Any:
-        """Python-friendly call: one result as a value, several as a tuple, none as None."""
-        values = self.invoke(func, args).values
+    def call(
+        self,
+        func: str,
+        *args: Any,
+        timeout: Optional[float] = None,
+        fuel: Optional[int] = None,
+    ) -> Any:
+        """Python-friendly call: one result as a value, several as a tuple, none as None.
+
+        ``timeout`` (seconds) and ``fuel`` lower the policy's limits for this call only;
+        asking for more than the policy allows is a UsageError."""
+        values = self.invoke(func, args, timeout=timeout, fuel=fuel).values
         if not values:
             return None
         return values[0] if len(values) == 1 else tuple(values)
 
-    def batch(self, func: str, items: Any, *, fresh: bool = False, jobs: int = 1) -> Any:
+    def _call_limits(self, timeout: Optional[float], fuel: Optional[int]) -> dict:
+        """Per-call limits, checked against the policy's (never above them)."""
+        out: dict = {}
+        v = self.policy.values
+        if timeout is not None:
+            if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
+                raise errors.UsageError(f"timeout={timeout!r}: a positive number of seconds")
+            if timeout > v["limits.timeout"]:
+                raise errors.UsageError(
+                    f"timeout={timeout:g}s is above the policy's limits.timeout "
+                    f"({v['limits.timeout']:g}s)",
+                    hint="a call may only lower the policy's limits",
+                )
+            out["timeout"] = float(timeout)
+        if fuel is not None:
+            if isinstance(fuel, bool) or not isinstance(fuel, int) or fuel <= 0:
+                raise errors.UsageError(f"fuel={fuel!r}: a positive integer")
+            if v["limits.fuel"] is None:
+                raise errors.UsageError(
+                    "fuel= needs a policy with limits.fuel (fuel metering is compiled in)",
+                    hint="set limits.fuel in the policy; fuel= can then lower it per call",
+                )
+            if fuel > v["limits.fuel"]:
+                raise errors.UsageError(
+                    f"fuel={fuel} is above the policy's limits.fuel ({v['limits.fuel']})",
+                    hint="a call may only lower the policy's limits",
+                )
+            out["fuel"] = fuel
+        return out
+
+    def batch(
+        self, func: str, items: Any, *, fresh: bool = False, jobs: int = 1, cluster: Any = None
+    ) -> Any:
         """Call ``func`` once per item (a list of arguments, a dict ``{"args", "id"}`` or a
         JSON line); an iterator of ``batch.BatchResult``, in input order, one per item.
-        A failing item is a result with ``.error``, not an exception. See wasmsbx.batch."""
+        A failing item is a result with ``.error``, not an exception. See wasmsbx.batch.
+        ``cluster`` (a Dask address, a ``distributed.Client`` or a ``cluster.Cluster``)
+        runs the calls on that cluster's workers instead; see wasmsbx.cluster."""
         from .batch import run_batch
 
-        return run_batch(self, func, items, fresh=fresh, jobs=jobs)
+        return run_batch(self, func, items, fresh=fresh, jobs=jobs, cluster=cluster)
 
     def stream(
         self,
@@ -777,9 +874,281 @@ class Sandbox:
         )
 
     def close(self) -> None:
+        """Release the instance (and its captured output and temporary files)."""
         if self._instance is not None:
-            self._instance.close()
+            if self._group is None:
+                self._instance.close()
             self._instance = None
+
+
+def _normalize_imports(imports: Optional[Mapping[str, Mapping[str, Any]]]) -> dict:
+    if not imports:
+        return {}
+    from .host import normalize
+
+    try:
+        return normalize(imports)
+    except TypeError as exc:
+        raise errors.UsageError(f"imports: {exc}") from None
+
+
+def _linking_backend(policy: policy_mod.Policy) -> Optional[str]:
+    """Host imports and groups need a backend that links in-process (wasmtime): under
+    ``runtime.backend = "auto"`` it is chosen; a named backend is kept (and refuses)."""
+    spec = policy.values["runtime.backend"]
+    return "wasmtime" if spec == "auto" else None
+
+
+class Function:
+    """An exported function as a callable: ``box["add"](1, 2)``, ``box.exports.add(1, 2)``."""
+
+    def __init__(self, box: Sandbox, name: str) -> None:
+        self.box = box
+        self.name = name
+
+    @property
+    def signature(self) -> Signature:
+        return self.box.signature(self.name)
+
+    def __call__(
+        self, *args: Any, timeout: Optional[float] = None, fuel: Optional[int] = None
+    ) -> Any:
+        return self.box.call(self.name, *args, timeout=timeout, fuel=fuel)
+
+    def __repr__(self) -> str:
+        return f"<wasm function {self.name} {self.signature}>"
+
+
+class Exports(list):
+    """A sandbox's exports (ExportInfo records); functions are also attributes."""
+
+    def __init__(self, box: Sandbox, items: Sequence[ExportInfo]) -> None:
+        super().__init__(items)
+        self._box = box
+
+    def __getattr__(self, name: str) -> Function:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        for export in self:
+            if export.name == name and export.kind == "func":
+                return Function(self._box, name)
+        raise AttributeError(f"no exported function {name!r}")
+
+
+class Globals:
+    """Exported globals by name; assignment only to mutable ones."""
+
+    def __init__(self, box: Sandbox) -> None:
+        self._box = box
+
+    def _info(self, name: str) -> tuple:
+        if not any(e.name == name and e.kind == "global" for e in self._box.export_list):
+            names = [e.name for e in self._box.export_list if e.kind == "global"]
+            raise KeyError(f"no exported global {name!r} (exported: {', '.join(names) or 'none'})")
+        known = self._box._global_types().get(name)
+        if known is not None:
+            return known
+        try:
+            return self._box._live().global_info(name)
+        except NotImplementedError:
+            raise errors.BackendUnavailable(
+                f"the {self._box.backend_name} backend cannot reach globals from Python"
+            ) from None
+
+    def __getitem__(self, name: str) -> Any:
+        wasm_type, _ = self._info(name)
+        return self._box._live().global_get(name, wasm_type)
+
+    def __setitem__(self, name: str, value: Any) -> None:
+        wasm_type, mutable = self._info(name)
+        if not mutable:
+            raise errors.UsageError(f"global {name!r} is immutable")
+        from .values import coerce
+
+        try:
+            typed = coerce(value, wasm_type)
+        except (ValueError, TypeError) as exc:
+            raise errors.UsageError(f"global {name!r} is a {wasm_type}: {exc}") from None
+        self._box._live().global_set(name, typed, wasm_type)
+
+    def type(self, name: str) -> tuple:
+        """(value type, mutable)."""
+        return self._info(name)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter([e.name for e in self._box.export_list if e.kind == "global"])
+
+    def __contains__(self, name: object) -> bool:
+        return any(e.name == name and e.kind == "global" for e in self._box.export_list)
+
+
+class Memory:
+    """A guest memory. Every access is range-checked: IndexError, never a crash.
+
+    ``read(offset, length) -> bytes``, ``write(offset, data)``, ``size`` (bytes),
+    ``pages``, ``grow(pages) -> old pages`` (within the policy's memory limit), and
+    ``with mem.view() as buf:`` a memoryview of the whole memory, valid inside the block
+    (a grow may move the memory, so the view is released when the block ends)."""
+
+    PAGE = 65536
+
+    def __init__(self, access: Any, name: str = "memory") -> None:
+        self._access = access
+        self.name = name
+
+    @property
+    def size(self) -> int:
+        return int(self._access.size())
+
+    @property
+    def pages(self) -> int:
+        return self.size // self.PAGE
+
+    def __len__(self) -> int:
+        return self.size
+
+    def read(self, offset: int, length: int) -> bytes:
+        _check_int(offset, length)
+        return bytes(self._access.read(offset, length))
+
+    def write(self, offset: int, data: Union[bytes, bytearray, memoryview]) -> None:
+        _check_int(offset)
+        self._access.write(offset, data)
+
+    def read_cstring(self, offset: int, limit: int = 1 << 20) -> bytes:
+        """Bytes from ``offset`` up to (not including) the first NUL, at most ``limit``."""
+        end = min(self.size, offset + limit)
+        data = self.read(offset, max(0, end - offset))
+        return data.split(b"\0", 1)[0]
+
+    def grow(self, pages: int) -> int:
+        _check_int(pages)
+        try:
+            return int(self._access.grow(pages))
+        except IndexError:
+            raise
+        except Exception as exc:
+            raise errors.MemoryLimitExceeded(
+                f"memory {self.name!r} cannot grow by {pages} pages: {str(exc).splitlines()[0]}",
+                hint="the policy's limits.memory or the memory's maximum",
+            ) from None
+
+    def view(self) -> _View:
+        return _View(self._access)
+
+
+class _View:
+    def __init__(self, access: Any) -> None:
+        self._access = access
+        self._view: Optional[memoryview] = None
+
+    def __enter__(self) -> memoryview:
+        self._view = self._access.view()
+        return self._view
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._view is not None:
+            self._view.release()
+            self._view = None
+
+
+def _check_int(*numbers: Any) -> None:
+    for n in numbers:
+        if isinstance(n, bool) or not isinstance(n, int):
+            raise TypeError(f"expected an int, got {type(n).__name__}")
+        if n < 0:
+            raise IndexError(f"negative offset or length: {n}")
+
+
+class Group:
+    """Several modules instantiated together in one store, under one policy and one set
+    of limits (memory, tables and instances are counted over the whole group); each
+    module added under a name satisfies the imports of the modules added after it, as
+    the spec's ``register`` does::
+
+        with wasmsbx.Group(policy) as group:
+            group.add("lib.wat", name="lib")          # exports registered as "lib"
+            app = group.add("app.wat", imports={"env": {"log": log}})
+            app.call("main")
+    """
+
+    def __init__(
+        self, policy: Optional[policy_mod.Policy] = None, *, backend: Optional[str] = None
+    ) -> None:
+        self.policy = policy if policy is not None else policy_mod.discover()
+        self.backend = backend
+        self.engine: Any = None
+        self.backend_name: Optional[str] = None
+        self.compiler: Optional[str] = None
+        self.first_instance: Any = None
+        self.members: list = []
+
+    def _adopt(self, box: Sandbox) -> None:
+        self.engine, self.backend_name, self.compiler = box.engine, box.backend_name, box.compiler
+
+    def add(
+        self,
+        module: Union[str, os.PathLike, bytes, bytearray, memoryview],
+        name: Optional[str] = None,
+        *,
+        imports: Optional[Mapping[str, Mapping[str, Any]]] = None,
+    ) -> Sandbox:
+        """Compile and instantiate ``module`` in the group (its start function runs now);
+        with ``name``, later modules can import its exports as ``name.export``."""
+        box = Sandbox(
+            module, self.policy, imports=imports, backend=self.backend, group=self, name=name
+        )
+        box._live()
+        self.members.append(box)
+        return box
+
+    def register(self, name: str, box: Sandbox) -> None:
+        """Make an added module's exports importable under another name too."""
+        if box not in self.members:
+            raise errors.UsageError("register: that sandbox is not a member of this group")
+        box._live().register_as(name)
+
+    def close(self) -> None:
+        for box in self.members:
+            box._instance = None
+        if self.first_instance is not None:
+            self.first_instance.close()
+            self.first_instance = None
+        self.members = []
+
+    def __enter__(self) -> Group:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def _is_component_file(module: Any) -> bool:
+    """The header check of ``components.is_component``, without importing the package
+    for core modules (8 bytes read; any error is left for the regular path)."""
+    if isinstance(module, (bytes, bytearray, memoryview)):
+        head = bytes(module[:4096])
+    else:
+        try:
+            with open(module, "rb") as f:
+                head = f.read(4096)
+        except (OSError, TypeError, ValueError):
+            return False
+    if head[:4] == WASM_MAGIC:
+        return head[6:8] == b"\x01\x00"
+    return _wat_head(head).startswith(b"(component")  # a component in WAT text
+
+
+def _wat_head(text: bytes) -> bytes:
+    """``text`` after leading whitespace and ``;;`` / ``(; ;)`` comments."""
+    while True:
+        text = text.lstrip()
+        if text.startswith(b";;"):
+            text = text.partition(b"\n")[2]
+        elif text.startswith(b"(;"):
+            text = text.partition(b";)")[2]
+        else:
+            return text
 
 
 def _exports(records: list) -> list:
@@ -793,7 +1162,7 @@ def _exports(records: list) -> list:
 
 
 def run(
-    module,
+    module: Union[str, os.PathLike, bytes, bytearray, memoryview],
     func: str,
     *args: Any,
     policy: Optional[policy_mod.Policy] = None,
@@ -807,4 +1176,15 @@ def run(
         box.close()
 
 
-__all__ = ["Sandbox", "run", "read_module", "parse_args", "format_value"]
+__all__ = [
+    "Sandbox",
+    "Group",
+    "Memory",
+    "Function",
+    "Exports",
+    "Globals",
+    "run",
+    "read_module",
+    "parse_args",
+    "format_value",
+]

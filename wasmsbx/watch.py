@@ -670,6 +670,9 @@ class Watcher:
     def _compare(self, box: Any) -> None:
         from .facts import FactsError, read_facts
 
+        if getattr(box, "is_component", False):
+            self._compare_component(box)
+            return
         try:
             facts = read_facts(box.wasm)
         except FactsError:
@@ -678,6 +681,17 @@ class Watcher:
             report = compare(self.facts, facts, self.policy.values.get("limits.memory"))
             self.emit("interface", report.to_dict())
         self.facts = facts
+
+    def _compare_component(self, box: Any) -> None:
+        """A component's WIT-level report (wasmsbx.components.watch)."""
+        from .components.watch import compare as compare_wit
+        from .components.watch import interface_of
+
+        now = interface_of(box)
+        was = self.facts
+        if was is not None and was.sha256 != now.sha256 and hasattr(was, "imports"):
+            self.emit("interface", compare_wit(was, now).to_dict())
+        self.facts = now
 
     def _load_and_run(self, trigger: Any) -> None:
         c = self.config

@@ -302,8 +302,16 @@ class Instance(ABC):
     """One instantiated module in its own store."""
 
     @abstractmethod
-    def call(self, name: str, args: Sequence[Any]) -> list:
-        """Call an export with already-typed Python values; return its results as a list."""
+    def call(
+        self,
+        name: str,
+        args: Sequence[Any],
+        timeout: Optional[float] = None,
+        fuel: Optional[int] = None,
+    ) -> list:
+        """Call an export with already-typed values (wasmsbx.values.coerce); return its
+        results as a list of typed values. ``timeout``/``fuel`` lower the limits for
+        this call only."""
 
     @abstractmethod
     def run_command(self) -> int:
@@ -342,6 +350,33 @@ class Instance(ABC):
         """Copy ``data`` into the exported memory at ``offset`` (IndexError when outside)."""
         raise NotImplementedError
 
+    def memory(self, name: str = "memory") -> Any:
+        """An accessor of an exported memory: size(), read(), write(), grow(), view()
+        (see wasmsbx.runner.Memory); IndexError when there is no such memory."""
+        raise NotImplementedError
+
+    def global_info(self, name: str) -> tuple:
+        """(type, mutable) of an exported global; KeyError when there is none."""
+        raise NotImplementedError
+
+    def global_get(self, name: str) -> Any:
+        raise NotImplementedError
+
+    def global_set(self, name: str, value: Any) -> None:
+        raise NotImplementedError
+
+    def export_handle(self, name: str) -> Any:
+        """An export as a handle another instance of the same group can import."""
+        raise NotImplementedError
+
+    def know_types(self, types: dict) -> None:  # noqa: B027 - optional hook
+        """Export name -> (params, results), read from the module's bytes, for backends
+        that cannot ask their runtime safely (wasmtime's C API aborts on v128)."""
+
+    def register_as(self, name: str) -> None:
+        """Make this instance's exports importable as ``name.<export>`` in its group."""
+        raise NotImplementedError
+
 
 class Engine(ABC):
     """A configured compiler for one backend: compile, (de)serialize, instantiate."""
@@ -368,8 +403,18 @@ class Engine(ABC):
 
     @abstractmethod
     def instantiate(
-        self, module: Any, limits: Limits, wasi: Optional[WasiSetup] = None
-    ) -> Instance: ...
+        self,
+        module: Any,
+        limits: Limits,
+        wasi: Optional[WasiSetup] = None,
+        imports: Optional[dict] = None,
+        shared: Optional[Instance] = None,
+        register: Optional[str] = None,
+    ) -> Instance:
+        """A new instance. ``imports``: the caller's host imports (wasmsbx.host objects,
+        normalized); ``shared``: an instance of the same group whose store (and limits)
+        this one joins; ``register``: the name the group's later modules import it by.
+        A backend that cannot do one of these raises BackendUnavailable saying why."""
 
     def describe(self, module: Any, wasm: bytes) -> None:  # noqa: B027 - optional hook
         """Note what ``wasm`` declares (memories, tables) on ``module`` loaded from native

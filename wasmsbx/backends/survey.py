@@ -46,10 +46,16 @@ def explain(
         from ..facts import FactsError, read_facts
         from ..runner import read_module
 
+        wasm = read_module(module)
         try:
-            facts = read_facts(read_module(module))
+            facts = read_facts(wasm)
         except FactsError as exc:
-            raise ModuleError(f"{module}: {exc}") from None
+            if not exc.component:
+                raise ModuleError(f"{module}: {exc}") from None
+            # A component needs the component model (wasmer lacks it: the table says so).
+            return select.select(
+                policy, {"component-model"}, "call" if kind == "auto" else kind, backend
+            )
         features = facts.features
         if kind == "auto":
             kind = "command" if facts.export("_start") else "call"

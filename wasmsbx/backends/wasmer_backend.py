@@ -83,6 +83,8 @@ COMMON_NOTES = (
     "(kill at the deadline, caps compiled into the module); costs a fork per instance "
     "and ~40 us per call",
     "no fuel, no stack limit; directory grants are refused (not confinable: CVE-2024-38358)",
+    "no component model: wasmer-python 1.1.0 runs core modules only, so WebAssembly "
+    "components (WASI 0.2) go to wasmtime",
 )
 
 

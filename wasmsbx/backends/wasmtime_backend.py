@@ -1,9 +1,9 @@
 """The wasmtime adapter (PyPI ``wasmtime``): every limit enforced in-process.
 
-Memory, table and instance caps use the store limiter; fuel uses fuel metering; the
-timeout uses epoch interruption driven by the process's one deadline keeper
-(deadline.py); guest output goes through
-counting callbacks so a flood is cut off at ``limits.output``.
+Memory, table and instance caps use the store limiter (with shares that keep the totals,
+wasm_limits.plan); fuel uses fuel metering; the timeout uses epoch interruption driven
+by the process's one deadline keeper (deadline.py); guest output goes through counting
+callbacks so a flood is cut off at ``limits.output``.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import errno
 import functools
 import os
 import sys
+import time
 from collections.abc import Sequence
 from typing import Any, Optional
 
@@ -38,6 +39,16 @@ from .base import (
 )
 from .deadline import KEEPER
 from .wasm_limits import HIDDEN_EXPORT, TotalsError, export_memories, layout, plan
+from .wasmtime_values import (
+    HostFuncs,
+    func_types,
+    global_get,
+    global_new,
+    global_set,
+    global_type,
+    valtype,
+)
+from .wasmtime_values import call as call_raw
 
 MAX_FRAMES = 12
 _OPT_LEVELS = {"none": "none", "speed": "speed", "size": "speed_and_size", "aggressive": "speed"}
@@ -135,43 +146,104 @@ def _capture_exit(linker: wasmtime.Linker) -> None:
     linker.allow_shadowing = False
 
 
+class _Group:
+    """What the instances of one store share: imports provided, names registered."""
+
+    def __init__(self) -> None:
+        self.provided: set = set()  # (module, name) defined by the host
+        self.registered: set = set()  # module names of linked instances
+        self.wasi_defined = False
+        self.host_objects: dict = {}  # id(host item) -> (item, wasmtime object)
+
+
+class _HostTimeout(Exception):
+    """A host function ran past the call's deadline."""
+
+
 class WasmtimeInstance(Instance):
+    """One instance in a store. Instances of a linked group (``shared``) share the first
+    one's store, linker and output budget: one set of limits for the whole group."""
+
     def __init__(
-        self, engine: WasmtimeEngine, module: Any, limits: Limits, wasi: Optional[WasiSetup]
+        self,
+        engine: WasmtimeEngine,
+        module: Any,
+        limits: Limits,
+        wasi: Optional[WasiSetup],
+        imports: Optional[dict] = None,
+        shared: Optional[WasmtimeInstance] = None,
+        register: Optional[str] = None,
     ) -> None:
         self.engine = engine
         self.limits = limits
-        self.store = wasmtime.Store(engine.engine)
+        self.engine = engine
+        self.limits = limits
         self.watch = None  # the running call's deadline.Watch
-        self.outputs: list = []
-        self.budget = _Budget(limits.output, self._stop_flood)
         self.warnings: list = []
-        self._set_limits(getattr(module, "_wasmsbx_layout", None))
         self.fuel_used = 0
         self.fuel_armed = 0
         self.memories = [e.name for e in engine.exports(module) if e.kind == "memory"]
-        # Every defined memory, exported under a hidden name at compile time (--stats).
-        self.held = [
-            e.name
-            for e in module.exports
-            if e.name.startswith(HIDDEN_EXPORT) and _kind(e.type) == "memory"
-        ]
+        self.held = _held(module)
         self.shift = getattr(module, "_wasmsbx_shift", None)
+        self.types: dict = {}  # export name -> (params, results)
+        self.deadline = 0.0  # monotonic instant the running call must end by
+        if shared is None:
+            self._new_store(limits, getattr(module, "_wasmsbx_layout", None))
+        else:
+            self.store, self.linker, self.budget = shared.store, shared.linker, shared.budget
+            self.outputs, self.host, self.group = shared.outputs, shared.host, shared.group
         self._arm()
-        linker = wasmtime.Linker(engine.engine)
-        imports = engine.imports(module)
-        if any(i.is_wasi for i in imports):
+        imports_list = engine.imports(module)
+        if any(i.is_wasi for i in imports_list) and not self.group.wasi_defined:
             self._set_wasi(wasi or WasiSetup())
-            linker.define_wasi()
-            _capture_exit(linker)
-        self._check_imports(imports)
+            self.linker.define_wasi()
+            _capture_exit(self.linker)
+            self.group.wasi_defined = True
+        self._define(imports or {})
+        self._check_imports(imports_list)
         try:
-            self.instance = self._guarded("start function", linker.instantiate, self.store, module)
+            self.instance = self._guarded(
+                "start function", self.linker.instantiate, self.store, module
+            )
         except wasmtime.Trap as trap:
-            raise self._trap_error(trap, "start function") from None
+            raise self._trap_error(trap, "start function") from self._host_raised()
         except wasmtime.WasmtimeError as exc:
             raise self._instantiate_error(exc, module) from None
         self.exports = self.instance.exports(self.store)
+        if register is not None:
+            self.register_as(register)
+
+    def register_as(self, name: str) -> None:
+        """Make this instance's exports importable as ``name.<export>`` in its group."""
+        self.linker.define_instance(self.store, name, self.instance)
+        self.group.registered.add(name)
+
+    def _new_store(self, limits: Limits, found: Any) -> None:
+        self.store = wasmtime.Store(self.engine.engine)
+        self.outputs: list = []
+        self.budget = _Budget(limits.output, self._stop_flood)
+        self._set_limits(found)
+        self.linker = wasmtime.Linker(self.engine.engine)
+        self.linker.allow_shadowing = True  # a group may register a name again (spec tests do)
+        self.group = _Group()
+        self.host = HostFuncs(self.store, self.group)
+
+    # ------------------------------------------------------------------ setup
+    def _set_limits(self, found: Any) -> None:
+        """The store limiter, with per-memory and per-table caps that keep the policy's
+        totals (wasm_limits.plan): the limiter itself caps each memory separately."""
+        limits = self.limits
+        try:
+            caps = plan(found, limits.memory, limits.table_elements)
+        except TotalsError as exc:
+            raise totals_error(exc, limits) from None
+        self.store.set_limits(
+            memory_size=caps.memory_each,
+            table_elements=-1 if caps.table_each is None else caps.table_each,
+            instances=-1 if limits.instances is None else limits.instances,
+            tables=caps.tables,
+            memories=caps.memories,
+        )
 
     # ------------------------------------------------------------------ setup
     def _set_limits(self, found: Any) -> None:
@@ -194,7 +266,8 @@ class WasmtimeInstance(Instance):
         """WASI for the store. wasmtime opens a stdin path itself, and a FIFO's open
         waits for a writer: the keeper watches it like a blocked host call (the command
         line's hard stop ends it at the deadline, exit 112)."""
-        watch = KEEPER.enter(None, self.limits.seconds(), lambda: self._stuck("opening stdin"))
+        self.where = "opening stdin"  # for _stuck
+        watch = KEEPER.enter(None, self.limits.seconds(), self._stuck)
         try:
             self.store.set_wasi(self._wasi_config(wasi))
         except wasmtime.WasmtimeError as exc:
@@ -238,38 +311,143 @@ class WasmtimeInstance(Instance):
         self._tmp = path
         return path
 
+    def _define(self, imports: dict) -> None:
+        """Define the caller's host imports (wasmsbx.host objects) in the linker."""
+        made = self.group.host_objects
+        for module, names in imports.items():
+            for name, item in names.items():
+                # The same Python object is the same wasm object within a group.
+                if id(item) not in made:
+                    made[id(item)] = (item, self._host_item(module, name, item))
+                self.linker.define(self.store, module, name, made[id(item)][1])
+                self.group.provided.add((module, name))
+
+    def _host_item(self, module: str, name: str, item: Any) -> Any:
+        from ..host import Global, HostFunc, Memory, Table
+
+        if "v128" in (*getattr(item, "params", ()), *getattr(item, "results", ())) or (
+            getattr(item, "type", None) == "v128"
+        ):
+            raise errors.BackendUnavailable(
+                f"import {module}.{name}: wasmtime's C API cannot declare a host function or "
+                "global with a v128 type (wasm_valtype_new aborts on it)",
+                hint="pass v128 values through an exported function or memory instead",
+            )
+        if isinstance(item, HostFunc):
+            return self.host.make((item.params, item.results), self._host_call(module, name, item))
+        if isinstance(item, Global):
+            return global_new(self.store, item.type, item.mutable, item.value)
+        if isinstance(item, Memory):
+            limits = wasmtime.Limits(item.min, item.max)
+            return wasmtime.Memory(self.store, wasmtime.MemoryType(limits))
+        if isinstance(item, Table):
+            ty = wasmtime.TableType(valtype(item.type), wasmtime.Limits(item.min, item.max))
+            return wasmtime.Table(self.store, ty, None)
+        if getattr(item, "_owner", None) is self.group:  # an export of a group member
+            return item._extern
+        raise errors.LinkError(
+            f"import {module}.{name}: {type(item).__name__} cannot be provided to this group",
+            hint="pass host functions, wasmsbx.Global/Memory/Table, or exports of the same group",
+        )
+
+    def _host_call(self, module: str, name: str, item: Any) -> Any:
+        """The trampoline's view of a host function: the deadline is checked before and
+        after it, so time spent in Python counts against the call's timeout."""
+
+        def run(caller: Any, args: list) -> list:
+            if self.deadline and time.monotonic() > self.deadline:
+                raise _HostTimeout(f"{module}.{name}")
+            out = item.invoke(_CallerView(caller, self), args)
+            if self.deadline and time.monotonic() > self.deadline:
+                raise _HostTimeout(f"{module}.{name}")
+            return out
+
+        return run
+
+    def _host_raised(self) -> Optional[BaseException]:
+        exc, self.host.raised = self.host.raised, None
+        return exc
+
     def _check_imports(self, imports: list) -> None:
-        missing = [i.describe() for i in imports if not (i.is_wasi and i.kind == "func")]
+        group = self.group
+        missing = [
+            i.describe()
+            for i in imports
+            if not (i.is_wasi and i.kind == "func")
+            and (i.module, i.name) not in group.provided
+            and i.module not in group.registered
+        ]
         if missing:
             raise errors.LinkError(
                 f"module imports what the sandbox does not provide: {', '.join(missing)}",
-                hint="wasmsbx provides WASI preview1 only; rebuild the module without these",
+                hint="grant them with imports={module: {name: ...}} (Python API), or link the "
+                "module that exports them (wasmsbx.Group); the command line provides WASI only",
                 imports=[m.split(" ", 1)[1] for m in missing],
             )
 
-    def _arm(self, calls: int = 1) -> None:
-        if self.limits.fuel is not None:
+    def _arm(
+        self, calls: int = 1, timeout: Optional[float] = None, fuel: Optional[int] = None
+    ) -> None:
+        """Arm the fuel of the next call and remember its timeout (``timeout``/``fuel``
+        lower the policy's for one call; they never raise them). The deadline itself is
+        armed by _guarded, through the process's deadline keeper."""
+        self.call_timeout = None if timeout is None else min(timeout, self.limits.timeout)
+        budget = self.limits.fuel
+        if fuel is not None and budget is not None:
+            budget = min(fuel, budget)
+        elif fuel is not None and self.engine.options.fuel:
+            budget = fuel
+        self.call_fuel = budget
+        if budget is not None:
             # n calls of a block get n times the fuel, held below wasmtime's i64 (a
             # larger value wraps to "exhausted").
-            self.fuel_armed = min(self.limits.fuel * calls, 2**63 - 1)
+            self.fuel_armed = min(budget * calls, 2**63 - 1)
             self.store.set_fuel(self.fuel_armed)
 
     # ------------------------------------------------------------------ calls
     def func(self, name: str) -> Any:
         return self.exports[name]
 
-    def call(self, name: str, args: Sequence[Any]) -> list:
-        func = self.exports[name]
-        self._arm()
+    def know_types(self, types: dict) -> None:
+        self.types.update(types)
+
+    def func_types(self, name: str) -> tuple:
+        types = self.types.get(name)
+        if types is None:
+            types = self.types[name] = func_types(self.store, self.exports[name])
+        return types
+
+    def call(
+        self,
+        name: str,
+        args: Sequence[Any],
+        timeout: Optional[float] = None,
+        fuel: Optional[int] = None,
+        types: Optional[tuple] = None,
+    ) -> list:
+        """``types`` (params, results) from the module's facts: wasmtime's C API aborts
+        the process when asked for a type with v128 in it."""
+        types = types or self.func_types(name)
+        return self.call_func(self.exports[name], types, args, name, timeout, fuel)
+
+    def call_func(
+        self,
+        func: Any,
+        types: tuple,
+        args: Sequence[Any],
+        name: str,
+        timeout: Optional[float] = None,
+        fuel: Optional[int] = None,
+    ) -> list:
+        """Call a wasmtime Func with typed args (exact floats, v128, references)."""
+        self._arm(timeout=timeout, fuel=fuel)
         try:
-            result = self._guarded(name, func, self.store, *args)
+            return self._guarded(name, call_raw, self.store, func, types, args, self.group)
         except (wasmtime.Trap, wasmtime.WasmtimeError) as exc:
-            raise self._call_error(exc, name) from None
+            raise self._call_error(exc, name) from self._host_raised()
         finally:
+            self.deadline = 0.0
             self._account_fuel()
-        if result is None:
-            return []
-        return list(result) if isinstance(result, list) else [result]
 
     def repeat(self, name: str, args: Sequence[Any]):
         """``run(n)``: n calls in a tight loop over the raw wasmtime Func, armed once.
@@ -277,19 +455,38 @@ class WasmtimeInstance(Instance):
         The block must finish within the timeout and gets n times the per-call fuel.
         """
         func, store, args = self.exports[name], self.store, tuple(args)
+        types, group = self.func_types(name), self.group
 
         def run(calls: int) -> None:
             self._arm(calls)
             try:
-                self._guarded(name, _loop, func, store, args, calls)
+                self._guarded(name, _loop, store, func, types, args, group, calls)
             except (wasmtime.Trap, wasmtime.WasmtimeError) as exc:
-                raise self._call_error(exc, name) from None
+                raise self._call_error(exc, name) from self._host_raised()
             finally:
+                self.deadline = 0.0
                 self._account_fuel()
 
         return run
 
     def _call_error(self, exc: Exception, name: str) -> errors.WasmsbxError:
+        raised = self.host.raised
+        if isinstance(raised, (KeyboardInterrupt, SystemExit)):
+            self.host.raised = None
+            raise raised  # Ctrl-C in a host function stops the run, as anywhere else
+        if isinstance(raised, _HostTimeout):
+            return errors.TimeoutExceeded(
+                f"timeout: {name} still running after {format_duration(self.call_timeout)} "
+                f"(in host function {raised})",
+                hint="raise limits.timeout (--timeout 30s) if the guest needs longer",
+                limit_value=self.call_timeout,
+            )
+        if raised is not None:
+            return errors.TrapError(
+                f"{name} trapped: host function raised {type(raised).__name__}: {raised}",
+                backtrace=_frames(exc) if isinstance(exc, wasmtime.Trap) else [],
+                trap_code="host",
+            )
         if isinstance(exc, wasmtime.ExitTrap):
             return errors.TrapError(
                 f"guest called proc_exit({exc.code}) in {name}", exit_code_guest=exc.code
@@ -322,20 +519,23 @@ class WasmtimeInstance(Instance):
     def _guarded(self, where: str, func: Any, *args: Any) -> Any:
         """``func(*args)`` under the deadline: the keeper watches it, the store is armed
         with the epoch delta the keeper computed (one FFI call)."""
-        watch = KEEPER.enter(
-            self.engine.clock,
-            self.limits.seconds(),
-            lambda: self._stuck(where),
-            self.store.set_epoch_deadline,
-        )
+        seconds = self.limits.seconds()
+        if self.call_timeout is not None:  # a per-call timeout= (only ever lower)
+            seconds = min(seconds, self.call_timeout)
+        self.call_timeout = seconds  # what the errors of this call report
+        self.where = where  # for _stuck: a bound method costs less than a closure per call
+        watch = KEEPER.enter(self.engine.clock, seconds, self._stuck, self.store.set_epoch_deadline)
         self.watch = watch
+        self.deadline = watch.deadline  # host functions check it on entry and return
         try:
             return func(*args)
         finally:
+            self.deadline = 0.0
             KEEPER.leave(watch)
 
-    def _stuck(self, where: str) -> errors.WasmsbxError:
+    def _stuck(self) -> errors.WasmsbxError:
         """The error of a call the keeper found blocked past its deadline (a host call)."""
+        where = self.where
         if self.budget.exceeded:
             return self._output_error([])
         return errors.TimeoutExceeded(
@@ -351,7 +551,7 @@ class WasmtimeInstance(Instance):
             KEEPER.expire(self.watch)
 
     def _account_fuel(self) -> None:
-        if self.limits.fuel is not None:
+        if self.call_fuel is not None:
             self.fuel_used += self.fuel_armed - self.store.get_fuel()
 
     def usage(self) -> Usage:
@@ -372,39 +572,36 @@ class WasmtimeInstance(Instance):
         )
 
     def read_memory(self, offset: int, length: int, memory: str = "memory") -> bytes:
-        import ctypes
-
-        base = self._memory_range(offset, length, memory)
-        return ctypes.string_at(base + offset, length) if length else b""
+        return self.memory(memory).read(offset, length)
 
     def write_memory(self, offset: int, data: bytes, memory: str = "memory") -> None:
-        import ctypes
+        self.memory(memory).write(offset, data)
 
-        base = self._memory_range(offset, len(data), memory)
-        if not data:
-            return
-        if isinstance(data, bytes):
-            source = data
-        else:
-            try:  # a bytearray (or a writable view of one): no intermediate copy
-                source = (ctypes.c_char * len(data)).from_buffer(data)
-            except TypeError:
-                source = bytes(data)
-        ctypes.memmove(base + offset, source, len(data))
-
-    def _memory_range(self, offset: int, length: int, memory: str) -> int:
-        """The host address of the memory's byte 0, after checking the range is inside it."""
-        import ctypes
-
-        mem = self.exports[memory] if memory in self.memories else None
+    def memory(self, name: str = "memory") -> _MemoryAccess:
+        """Access to an exported memory (IndexError when there is none)."""
+        mem = self.exports[name] if name in self.memories else None
         if mem is None:
-            raise IndexError(f"the module exports no memory named {memory!r}")
-        size = mem.data_len(self.store)
-        if offset < 0 or length < 0 or offset + length > size:
-            raise IndexError(
-                f"bytes {offset}..{offset + length} are outside the {size}-byte memory"
-            )
-        return ctypes.addressof(mem.data_ptr(self.store).contents)
+            raise IndexError(f"the module exports no memory named {name!r}")
+        return _MemoryAccess(self.store, mem)
+
+    def global_info(self, name: str) -> tuple:
+        """(type, mutable) of an exported global (KeyError when there is none)."""
+        glob = self.exports[name]
+        if not isinstance(glob, wasmtime.Global):
+            raise KeyError(name)
+        return global_type(self.store, glob)
+
+    def global_get(self, name: str, wasm_type: Optional[str] = None) -> Any:
+        wasm_type = wasm_type or self.global_info(name)[0]
+        return global_get(self.store, self.exports[name], wasm_type, self.group)
+
+    def global_set(self, name: str, value: Any, wasm_type: Optional[str] = None) -> None:
+        wasm_type = wasm_type or self.global_info(name)[0]
+        global_set(self.store, self.exports[name], wasm_type, value)
+
+    def export_handle(self, name: str) -> Any:
+        """An export as an opaque handle another module of the group can import."""
+        return _Export(self.exports[name], self.group)
 
     def _memory_bytes(self) -> Optional[int]:
         names = self.held or self.memories
@@ -454,7 +651,11 @@ class WasmtimeInstance(Instance):
         refused = memory_limit_error(self.limits.memory, held, where, message, frames)
         if refused is not None:
             return refused
-        return errors.TrapError(f"{where} trapped: {message}", backtrace=frames)
+        return errors.TrapError(
+            f"{where} trapped: {message}",
+            backtrace=frames,
+            trap_code=code.name.lower() if code is not None else None,
+        )
 
     def _output_error(self, frames: list) -> errors.WasmsbxError:
         return errors.OutputLimitExceeded(
@@ -469,6 +670,8 @@ class WasmtimeInstance(Instance):
         text = str(exc).strip()
         first = text.splitlines()[0] if text else "instantiation failed"
         lowered = text.lower()
+        if "incompatible import type" in lowered or "unknown import" in lowered:
+            return errors.LinkError(f"cannot link module: {_first_line(exc)}", detail=text)
         if "memory" in lowered and ("limit" in lowered or "minimum" in lowered):
             need = _declared_memory(self.engine, module)
             asked = f": module needs {format_size(need)} at start" if need else ""
@@ -487,6 +690,20 @@ class WasmtimeInstance(Instance):
         return errors.LinkError(f"cannot instantiate module: {first}", detail=text)
 
 
+def _held(module: Any) -> list:
+    """The hidden exports of every defined memory (compile() adds them; --stats sums
+    them), read once per module: listing a module's exports costs FFI calls."""
+    held = getattr(module, "_wasmsbx_held", None)
+    if held is None:
+        held = [
+            e.name
+            for e in module.exports
+            if e.name.startswith(HIDDEN_EXPORT) and _kind(e.type) == "memory"
+        ]
+        module._wasmsbx_held = held
+    return held
+
+
 def _hides_memories(module: Any) -> bool:
     """Whether compile() added the hidden memory exports (export_memories): then every
     export under the reserved prefix is one of ours, never the module's own."""
@@ -494,9 +711,90 @@ def _hides_memories(module: Any) -> bool:
     return shift is not None and shift.shift > 0
 
 
-def _loop(func: Any, store: Any, args: tuple, calls: int) -> None:
+def _loop(store: Any, func: Any, types: tuple, args: Any, group: Any, calls: int) -> None:
     for _ in range(calls):
-        func(store, *args)
+        call_raw(store, func, types, args, group)
+
+
+class _Export:
+    """An export of a group member, to pass in another member's imports."""
+
+    def __init__(self, extern: Any, owner: Any) -> None:
+        self._extern = extern
+        self._owner = owner
+
+
+class _MemoryAccess:
+    """Reads, writes and grows one wasmtime memory; every range is checked first."""
+
+    def __init__(self, store: Any, mem: Any) -> None:
+        self.store = store
+        self.mem = mem
+
+    def size(self) -> int:
+        return self.mem.data_len(self.store)
+
+    def address(self, offset: int, length: int) -> int:
+        """The host address of byte ``offset`` after checking the range is inside."""
+        import ctypes
+
+        size = self.size()
+        if offset < 0 or length < 0 or offset + length > size:
+            raise IndexError(
+                f"bytes {offset}..{offset + length} are outside the {size}-byte memory"
+            )
+        return ctypes.addressof(self.mem.data_ptr(self.store).contents) + offset
+
+    def read(self, offset: int, length: int) -> bytes:
+        import ctypes
+
+        address = self.address(offset, length)
+        return ctypes.string_at(address, length) if length else b""
+
+    def write(self, offset: int, data: Any) -> None:
+        import ctypes
+
+        address = self.address(offset, len(data))
+        if not data:
+            return
+        if isinstance(data, bytes):
+            source = data
+        else:
+            try:  # a bytearray (or a writable view of one): no intermediate copy
+                source = (ctypes.c_char * len(data)).from_buffer(data)
+            except TypeError:
+                source = bytes(data)
+        ctypes.memmove(address, source, len(data))
+
+    def grow(self, pages: int) -> int:
+        """Grow by ``pages``; the old size in pages. WasmtimeError when refused."""
+        return self.mem.grow(self.store, pages)
+
+    def view(self) -> memoryview:
+        """A memoryview of the whole memory as it is now (invalid after a grow)."""
+        import ctypes
+
+        size = self.size()
+        if not size:
+            return memoryview(b"")
+        array = (ctypes.c_ubyte * size).from_address(self.address(0, size))
+        return memoryview(array).cast("B")
+
+
+class _CallerView:
+    """What a host function's ``Caller`` reaches: the calling instance's exports."""
+
+    def __init__(self, caller: Any, instance: WasmtimeInstance) -> None:
+        self.caller = caller
+        self.instance = instance
+
+    def memory(self, name: str = "memory") -> Any:
+        from ..runner import Memory
+
+        mem = self.caller.get(name)
+        if not isinstance(mem, wasmtime.Memory):
+            raise IndexError(f"the calling module exports no memory named {name!r}")
+        return Memory(_MemoryAccess(self.caller, mem), name)
 
 
 def _declared_memory(engine: WasmtimeEngine, module: Any) -> Optional[int]:
@@ -593,9 +891,15 @@ class WasmtimeEngine(Engine):
         return [ImportInfo(i.module, i.name or "", _kind(i.type)) for i in module.imports]
 
     def instantiate(
-        self, module: Any, limits: Limits, wasi: Optional[WasiSetup] = None
+        self,
+        module: Any,
+        limits: Limits,
+        wasi: Optional[WasiSetup] = None,
+        imports: Optional[dict] = None,
+        shared: Optional[Instance] = None,
+        register: Optional[str] = None,
     ) -> WasmtimeInstance:
-        return WasmtimeInstance(self, module, limits, wasi)
+        return WasmtimeInstance(self, module, limits, wasi, imports, shared, register)
 
     def fingerprint(self) -> dict:
         return {
@@ -671,7 +975,9 @@ class WasmtimeBackend(Backend):
 
     def capabilities(self, compiler: Optional[str] = None) -> Capabilities:
         return Capabilities(
-            features=FEATURES,
+            # Components run through wasmtime.component (wasmsbx.components); the core
+            # FEATURES stay the cache key's list.
+            features=FEATURES | {"component-model"},
             security=frozenset(
                 {
                     "fuel",

@@ -12,21 +12,20 @@ from typing import Any, Optional
 import typer
 
 from .._version import __version__
+from ..errors import EXIT_WORDS
 from . import options as run_options
 from .boundary import boundary, report  # noqa: F401 - boundary re-exported for commands
 
 _ARGV: list = []  # the raw argv, for the typer face of `run`
 
 # Command modules, in the order ``wasmsbx --help`` lists them.
-COMMANDS = ["run", "compile", "cache", "trust", "bench", "audit", "watch", "backends"]
+COMMANDS = ["run", "compile", "cache", "trust", "bench", "audit", "watch", "backends", "mcp"]
 
 HELP = (
     "Run untrusted WebAssembly under an explicit policy (sandbox.toml).\n\n"
-    "Exit codes: 0 ok, 2 usage, 100 internal, 101 policy, 102 module, 103 trap, "
-    "104 no backend, 105 i/o, 110 memory, 111 fuel, 112 timeout, 113 stack, 114 table, "
-    "115 output, 116 instances, 117 compile, 120 regression, 121 audit findings, "
-    "122 batch failures, 126 guest status outside 0-125, 130 interrupted; a WASI "
-    "command's own exit status 0-125 is passed through."
+    "Exit codes: "
+    + ", ".join(f"{code} {words}" for code, words in EXIT_WORDS.items())
+    + "; a WASI command's own exit status 0-125 is passed through."
 )
 
 

@@ -48,6 +48,13 @@ def register(app: typer.Typer) -> None:
             "--fail-on",
             help="Exit 121 when a finding at or above this severity exists.",
         ),
+        host_import: Optional[list[str]] = typer.Option(
+            None,
+            "--host-import",
+            metavar="MODULE.NAME",
+            help="An import the embedding host provides (Python imports=); MODULE.* for all "
+            "of a module. Repeatable.",
+        ),
     ) -> int:
         """Audit MODULE against the policy without running it.
 
@@ -63,7 +70,7 @@ def register(app: typer.Typer) -> None:
             from ..outfile import check_output
 
             check_output(output_file, inputs)
-        report = audit_file(module, loaded)
+        report = audit_file(module, loaded, host_imports=set(host_import or ()))
         if mode == "report":
             render(report)
         else:
@@ -146,6 +153,9 @@ def safe(text: Any) -> str:
 
 def render(report: Any) -> None:
     console = output.console()
+    if getattr(report, "is_component", False):
+        render_component(console, report)
+        return
     _header(console, report)
     _capabilities(console, report)
     _exports(console, report)
@@ -303,3 +313,52 @@ def _risk(console: Any, report: Any) -> None:
         "  [dim]each finding adds its rule's points (what the module could reach); "
         "findings that only predict a failure add none[/]"
     )
+
+
+# ---------------------------------------------------------------------------- components
+
+
+def render_component(console: Any, report: Any) -> None:
+    """A component's report: its WIT world's imports as capabilities, its exports and
+    the core modules inside, then the same findings and risk as for a module."""
+    from rich.table import Table
+
+    facts = report.facts
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(style="bold")
+    grid.add_column()
+    built = "wasm32-wasi module + WASI preview1 adapter" if facts.adapted else "native component"
+    rows = [
+        ("component", safe(report.path)),
+        ("size", f"{facts.size:,} bytes"),
+        ("sha256", facts.sha256),
+        ("policy", safe(report.policy.source or "defaults (no sandbox.toml)")),
+        ("built as", built),
+        ("inside", f"{len(report.core_modules)} core modules, "
+                   f"{facts.layout.core_instances} core instances"),
+    ]  # fmt: skip
+    for key, value in rows:
+        grid.add_row(key, value)
+    console.print("[bold]wasmsbx audit[/]")
+    console.print(grid)
+    table = Table(title="imports by capability", title_justify="left")
+    table.add_column("capability")
+    table.add_column("under this policy")
+    table.add_column("interfaces", overflow="fold")
+    for cap in report.capabilities:
+        status = f"[{STATUS_STYLE[cap.status]}]{cap.status}[/]: {safe(cap.detail)}"
+        uses = [i for i in report.imports if i.capability == cap.name]
+        names = "\n".join(safe(i.name) for i in uses)
+        what = uses[0].explanation + (f" [red]({uses[0].problem})[/]" if uses[0].problem else "")
+        table.add_row(f"{cap.title}\n[dim]{what}[/]", status, names)
+    console.print()
+    console.print(table if report.imports else "[bold]imports[/]: none")
+    exports = Table(title="exports (WIT)", title_justify="left")
+    exports.add_column("function")
+    exports.add_column("signature")
+    for exp in report.exports:
+        exports.add_row(safe(exp.name), safe(str(exp.sig)))
+    console.print()
+    console.print(exports if report.exports else "[bold]exports[/]: no functions")
+    _findings(console, report)
+    _risk(console, report)

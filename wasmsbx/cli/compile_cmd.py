@@ -184,6 +184,7 @@ def _targets(policy: Any, wasm: bytes, all_backends: bool) -> list:
     if all_backends:
         pairs = [(a, c) for a, c in select.candidates_for("auto") if a.probe().available]
         return pairs
+    from ..components import is_component
     from ..facts import FactsError, read_facts
 
     try:
@@ -191,6 +192,8 @@ def _targets(policy: Any, wasm: bytes, all_backends: bool) -> list:
         features, kind = facts.features, "command" if facts.export("_start") else "call"
     except FactsError:
         features, kind = frozenset(), "call"
+    if is_component(wasm):  # only a backend with the component model can compile it
+        features = frozenset({"component-model"})
     chosen = select.select(policy, features, kind)
     return [(get(chosen.backend), chosen.compiler)]
 
@@ -200,6 +203,7 @@ def _native(adapter, compiler, wasm, name, policy, out, cache_dir, force, signer
     from ..runner import engine_options
 
     engine = adapter.engine(engine_options(policy, compiler))
+    engine = _for_components(engine, wasm, out)
 
     def compile_fn(data: bytes) -> Any:
         from ..backends.compiling import compile_bounded, too_slow
@@ -212,7 +216,26 @@ def _native(adapter, compiler, wasm, name, policy, out, cache_dir, force, signer
         result = cache.store_compiled(engine, wasm, policy, name, compile_fn, cache_dir, force)
         result["cache_dir"] = str(cache.resolve_dir(policy, cache_dir)[0])
         return result
-    return _artifact(engine, wasm, name, compile_fn, out, signer, inputs)
+    result = _artifact(engine, wasm, name, compile_fn, out, signer, inputs)
+    if getattr(engine, "is_component", False):  # its code runs beside the component
+        result["run_with"] = f"{name} --artifact {out}"
+    return result
+
+
+def _for_components(engine: Any, wasm: bytes, out: Optional[str]) -> Any:
+    """A component compiles through ``components.runtime.ComponentEngine``: into the
+    cache, or into an artifact (its fingerprint says ``kind: component``)."""
+    from ..components import is_component
+
+    if not is_component(wasm):
+        return engine
+    if engine.backend != "wasmtime":
+        from ..errors import BackendUnavailable
+
+        raise BackendUnavailable(f"{engine.backend} cannot compile components (no component model)")
+    from ..components.runtime import ComponentEngine
+
+    return ComponentEngine(engine)
 
 
 def _signer() -> Any:
@@ -310,7 +333,7 @@ def _say_native(target: dict, policy: Any, module_size: int) -> None:
     if target["state"] == "written":
         output.out(
             f"wrote {target['path']}: native code for {label} ({format_size(target['size'])})"
-            f"{took}; run it with `wasmsbx run {target['path']} ...`"
+            f"{took}; run it with `wasmsbx run {target.get('run_with') or target['path']} ...`"
         )
         return
     if target["state"] == "cached":

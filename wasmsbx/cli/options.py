@@ -77,6 +77,13 @@ RUN_OPTIONS: tuple = (
         "Set NAME=VALUE, or pass host NAME through; NAME may be a glob ('APP_*') (repeatable).",
         "NAME[=VALUE]",
     ),
+    Opt(
+        ("--invoke",),
+        "invoke",
+        "value",
+        "Call a function as the wasmtime CLI does: 'greet(\"World\")' (arguments in WAVE).",
+        "CALL",
+    ),
     Opt(("--json",), "json", "flag", "Print the result as JSON."),
     Opt(("--stats",), "stats", "flag", "Print fuel, memory, cache and phase timings (stderr)."),
     Opt(("--explain",), "explain", "flag", "Print why this backend was chosen (stderr)."),
@@ -99,6 +106,14 @@ RUN_OPTIONS: tuple = (
     Opt(("--jobs", "-j"), "jobs", "value", "With --batch: worker processes (default 1).", "N", int),
     Opt(("--fresh",), "fresh", "flag", "With --batch: a fresh instance for every call."),
     Opt(
+        ("--cluster",),
+        "cluster",
+        "value",
+        "With --batch: make the calls on the workers of this Dask scheduler (default: "
+        "$WASMSBX_CLUSTER; needs the dask extra).",
+        "ADDRESS",
+    ),
+    Opt(
         ("--stream",),
         "stream",
         "flag",
@@ -109,7 +124,8 @@ RUN_OPTIONS: tuple = (
         ("--chunk-size",),
         "chunk_size",
         "value",
-        "With --stream: bytes per chunk (default 64KiB).",
+        "With --stream: bytes per chunk (default 64KiB). With --batch --cluster: items per "
+        "task (default: sized to about 0.25 s of work).",
         "SIZE",
     ),
     Opt(

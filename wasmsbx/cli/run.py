@@ -10,7 +10,8 @@ from . import output
 from .progress import progress_factory
 from .run_view import render_explain, render_stats
 
-BATCH_OPTIONS = ("batch", "stream", "jobs", "fresh", "chunk_size", "checkpoint")  # run_batch.py
+# Options handled by run_batch.py.
+BATCH_OPTIONS = ("batch", "stream", "jobs", "fresh", "cluster", "chunk_size", "checkpoint")
 FLAG_KEYS = {
     "memory": "limits.memory",
     "fuel": "limits.fuel",
@@ -84,6 +85,13 @@ def execute(args: opts.RunArgs, log: Any = None) -> int:
             "missing MODULE", hint="usage: wasmsbx run MODULE [FUNC [ARGS...]] [-- ARGS...]"
         )
     module, func = args.positionals[0], (args.positionals[1:2] or [None])[0]
+    if o.get("invoke"):
+        if func is not None or args.passthrough:
+            raise errors.UsageError(
+                "--invoke names the function and carries its arguments: give no FUNC or ARGS",
+                hint="wasmsbx run c.wasm --invoke 'greet(\"World\")'",
+            )
+        func = wave_call_args(o["invoke"])[0]
     policy = build_policy(o)
     if any(o[dest] not in (None, False) for dest in BATCH_OPTIONS):
         from .run_batch import execute as execute_batch
@@ -110,7 +118,7 @@ def execute(args: opts.RunArgs, log: Any = None) -> int:
         cache_dir=o["cache_dir"],
         progress=progress_factory(),
         function=func,
-        args=call_args if func else None,
+        args=call_args if func and not o.get("invoke") else None,
         deadline=deadline,
     )
     for warning in box.warnings:  # at once: the run itself may still fail
@@ -121,9 +129,14 @@ def execute(args: opts.RunArgs, log: Any = None) -> int:
         render_explain(box.explain(kind))
     if func is None:
         return _command(box, args.passthrough or [], o, log)
-    result = box.invoke(func, call_args)
+    result = _invoke(box, func, call_args, o)
     if o["json"]:
         output.emit_json(result.to_dict())
+    elif hasattr(result, "text_lines"):  # a component's: WAVE for compound values
+        import sys
+
+        for line in result.text_lines(terminal=sys.stdout.isatty()):
+            output.out(line)
     else:
         from ..runner import format_value
 
@@ -131,6 +144,24 @@ def execute(args: opts.RunArgs, log: Any = None) -> int:
             output.out(format_value(value, wasm_type))
     _after(result.stats, o, log, box.warnings)
     return 0
+
+
+def _invoke(box: Any, func: str, call_args: list, o: dict) -> Any:
+    """The call: FUNC ARGS..., or ``--invoke 'NAME(ARGS)'`` (WAVE, as the wasmtime CLI)."""
+    if not o.get("invoke"):
+        return box.invoke(func, call_args)
+    if getattr(box, "is_component", False):
+        return box.invoke(func, wave_call_args(o["invoke"])[1], wave_args=True)
+    return box.invoke(func, wave_call_args(o["invoke"])[1])
+
+
+def wave_call_args(text: str) -> tuple:
+    from ..components.wave import WaveError, parse_call
+
+    try:
+        return parse_call(text)
+    except WaveError as exc:
+        raise errors.UsageError(f"--invoke: {exc}") from None
 
 
 def _command(box: Any, argv: list, o: dict, log: Any = None) -> int:

@@ -16,6 +16,8 @@ from .. import errors
 from ..errors import ExitCode
 from . import output
 
+ENV_CLUSTER = "WASMSBX_CLUSTER"  # --cluster's default (never a policy key: wasmsbx.cluster)
+
 
 def execute(args: Any, policy: Any, log: Any = None) -> int:
     """Run a batch or a stream; ``log`` is the --audit-log (start/exit come from run.py)."""
@@ -52,17 +54,19 @@ def check_options(args: Any) -> str:
         raise errors.UsageError("--batch and --stream cannot be combined", hint=_usage())
     if not o["stream"] and o["batch"] is None:
         used = next(
-            d for d in ("jobs", "fresh", "chunk_size", "checkpoint") if o[d] not in (None, False)
+            d
+            for d in ("jobs", "fresh", "cluster", "chunk_size", "checkpoint")
+            if o[d] not in (None, False)
         )
         raise errors.UsageError(
             f"--{used.replace('_', '-')} only applies with --batch or --stream", hint=_usage()
         )
     if o["stream"]:
-        for dest in ("jobs", "fresh"):
+        for dest in ("jobs", "fresh", "cluster"):
             if o[dest] not in (None, False):
                 raise errors.UsageError(f"--{dest} only applies with --batch", hint=_usage())
-    elif o["chunk_size"] is not None:
-        raise errors.UsageError("--chunk-size only applies with --stream", hint=_usage())
+    else:
+        _check_cluster_options(o)
     func = (args.positionals[1:2] or [None])[0]
     if func is None and not o["stream"]:
         raise errors.UsageError("--batch needs FUNC, the export to call", hint=_usage())
@@ -83,9 +87,43 @@ def check_options(args: Any) -> str:
     return func or "process"
 
 
+def _check_cluster_options(o: dict) -> None:
+    """Set ``o["cluster"]`` (from --cluster or $WASMSBX_CLUSTER; never from a policy, see
+    wasmsbx.cluster) and refuse what does not combine with it."""
+    given = o["cluster"]
+    # Not wasmsbx.cluster.ENV_ADDRESS: a batch without a cluster imports nothing of it.
+    o["cluster"] = given or os.environ.get(ENV_CLUSTER) or None
+    if o["cluster"] is None:
+        if o["chunk_size"] is not None:
+            raise errors.UsageError(
+                "--chunk-size only applies with --stream or --batch --cluster", hint=_usage()
+            )
+        return
+    if o["jobs"] is not None:
+        source = "--cluster" if given else f"${ENV_CLUSTER}"
+        raise errors.UsageError(
+            f"-j/--jobs does not apply with {source}: the cluster's workers make the calls",
+            hint=f"unset {ENV_CLUSTER} to run locally" if not given else _usage(),
+        )
+    if o["chunk_size"] is not None:
+        o["chunk_size"] = _chunk_items(o["chunk_size"])
+
+
+def _chunk_items(text: str) -> int:
+    """--chunk-size with a cluster: items per task, a whole number >= 1."""
+    items = int(text) if text.isdigit() else 0
+    if items < 1:
+        raise errors.UsageError(
+            "--chunk-size with --cluster is a number of items, at least 1",
+            hint="e.g. --chunk-size 500 (default: sized to about 0.25 s of work per task)",
+        )
+    return items
+
+
 def _usage() -> str:
     return (
-        "usage: wasmsbx run MODULE FUNC --batch INPUT.jsonl [-j N] [--fresh] [--checkpoint FILE]"
+        "usage: wasmsbx run MODULE FUNC --batch INPUT.jsonl [-j N | --cluster ADDRESS] [--fresh]"
+        " [--checkpoint FILE]"
         " | wasmsbx run MODULE [FUNC] --stream [--chunk-size SIZE] [--checkpoint FILE]"
     )
 
@@ -142,6 +180,9 @@ def _batch(box: Any, func: str, o: dict, log: Any) -> int:
     from ..batch import run_jsonl
     from ..checkpoint import Sink, Source
 
+    if log is not None and o["cluster"] is not None:  # where the items and module go
+        log.event("cluster", address=o["cluster"])
+
     stream = _open_input(o["batch"])
     try:
         with _Results() as results:
@@ -157,6 +198,7 @@ def _batch(box: Any, func: str, o: dict, log: Any) -> int:
                     checkpoint=o["checkpoint"],
                     progress=progress.update if progress else None,
                     warn=output.warning,
+                    cluster=_cluster(o),
                 )
             except BrokenPipeError:
                 return 0  # the reader of our output stopped early (| head): not our error
@@ -175,6 +217,25 @@ def _batch(box: Any, func: str, o: dict, log: Any) -> int:
         if summary.failed:
             log.outcome = "batch_failures"
     return int(ExitCode.BATCH_FAILURES) if summary.failed else 0
+
+
+def _cluster(o: dict) -> Any:
+    """The --cluster target, with Dask's own log lines kept off stderr (its failures
+    reach the user as one error line)."""
+    if o["cluster"] is None:
+        return None
+    import logging
+
+    from ..cluster import Cluster
+
+    try:
+        import distributed  # noqa: F401 - sets its loggers' levels on import: quiet them after
+    except ImportError:
+        pass  # wasmsbx.cluster reports it as an error with a hint
+    for name in ["distributed", *logging.root.manager.loggerDict]:
+        if name.split(".")[0] == "distributed":
+            logging.getLogger(name).setLevel(logging.CRITICAL)
+    return Cluster(o["cluster"], chunk_items=o["chunk_size"])
 
 
 def _batch_summary(summary: Any, o: dict) -> None:

@@ -327,6 +327,8 @@ def _argv_text(argv: list) -> str:
 def _result_text(result: dict) -> str:
     from ..runner import format_value
 
+    if "wave" in result:  # a component's result: its WAVE text
+        return result["wave"]
     value = result["value"]
     return value if isinstance(value, str) else format_value(value, result["type"])
 

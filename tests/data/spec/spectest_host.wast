@@ -1,0 +1,52 @@
+;; The spectest host module as the spec harness defines it: print functions, globals,
+;; a table and a memory, granted to every module as host imports.
+(module
+  (import "spectest" "print" (func $print))
+  (import "spectest" "print_i32" (func $print_i32 (param i32)))
+  (import "spectest" "print_i64" (func $print_i64 (param i64)))
+  (import "spectest" "print_f32" (func $print_f32 (param f32)))
+  (import "spectest" "print_f64" (func $print_f64 (param f64)))
+  (import "spectest" "print_i32_f32" (func $print_i32_f32 (param i32 f32)))
+  (import "spectest" "print_f64_f64" (func $print_f64_f64 (param f64 f64)))
+  (import "spectest" "global_i32" (global $gi32 i32))
+  (import "spectest" "global_i64" (global $gi64 i64))
+  (import "spectest" "global_f32" (global $gf32 f32))
+  (import "spectest" "global_f64" (global $gf64 f64))
+  (import "spectest" "table" (table $t 10 20 funcref))
+  (import "spectest" "memory" (memory $m 1 2))
+  (func (export "prints")
+    (call $print) (call $print_i32 (i32.const 1)) (call $print_i64 (i64.const 2))
+    (call $print_f32 (f32.const 3)) (call $print_f64 (f64.const 4))
+    (call $print_i32_f32 (i32.const 5) (f32.const 6))
+    (call $print_f64_f64 (f64.const 7) (f64.const 8)))
+  (func (export "gi32") (result i32) (global.get $gi32))
+  (func (export "gi64") (result i64) (global.get $gi64))
+  (func (export "gf32") (result f32) (global.get $gf32))
+  (func (export "gf64") (result f64) (global.get $gf64))
+  (func (export "table_size") (result i32) (table.size $t))
+  (func (export "mem_size") (result i32) (memory.size))
+  (func (export "store") (param i32 i32) (i32.store (local.get 0) (local.get 1)))
+  (func (export "load") (param i32) (result i32) (i32.load (local.get 0)))
+)
+(assert_return (invoke "prints"))
+(assert_return (invoke "gi32") (i32.const 666))
+(assert_return (invoke "gi64") (i64.const 666))
+(assert_return (invoke "gf32") (f32.const 666.6))
+(assert_return (invoke "gf64") (f64.const 666.6))
+(assert_return (invoke "table_size") (i32.const 10))
+(assert_return (invoke "mem_size") (i32.const 1))
+(assert_return (invoke "store" (i32.const 8) (i32.const 42)))
+
+;; The same spectest memory in a second module: the store above is visible.
+(module
+  (import "spectest" "memory" (memory 1 2))
+  (func (export "load") (param i32) (result i32) (i32.load (local.get 0))))
+(assert_return (invoke "load" (i32.const 8)) (i32.const 42))
+(assert_trap (invoke "load" (i32.const 65535)) "out of bounds memory access")
+
+(assert_unlinkable
+  (module (import "spectest" "unknown" (func)))
+  "unknown import")
+(assert_unlinkable
+  (module (import "spectest" "global_i32" (global i64)))
+  "incompatible import type")

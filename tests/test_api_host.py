@@ -1,0 +1,243 @@
+"""Host imports: Python functions, globals, memories and tables granted with imports=."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+import wasmsbx
+from wasmsbx import errors
+from wasmsbx.values import F32, FuncRef
+
+from .conftest import BACKENDS, EXAMPLES
+
+PLUGIN = EXAMPLES / "plugin.wat"
+WASMTIME = [b for b in BACKENDS if b.startswith("wasmtime")]
+
+HOST_WAT = b"""(module
+  (import "env" "add" (func $add (param i32 i64) (result i64)))
+  (import "env" "pair" (func $pair (param f32) (result f32 i32)))
+  (import "env" "fail" (func $fail))
+  (import "env" "slow" (func $slow))
+  (import "env" "g" (global $g (mut i32)))
+  (import "env" "k" (global $k f64))
+  (import "env" "mem" (memory 1 2))
+  (import "env" "tab" (table $tab 2 funcref))
+  (func $seven (result i32) i32.const 7)
+  (elem declare func $seven)
+  (func (export "add") (param i32 i64) (result i64) (call $add (local.get 0) (local.get 1)))
+  (func (export "pair") (param f32) (result f32 i32) (call $pair (local.get 0)))
+  (func (export "fail") (call $fail))
+  (func (export "slow") (call $slow) (call $slow) (call $slow))
+  (func (export "bump") (result i32)
+    (global.set $g (i32.add (global.get $g) (i32.const 1))) (global.get $g))
+  (func (export "k") (result f64) global.get $k)
+  (func (export "poke") (param i32 i32) (i32.store8 (local.get 0) (local.get 1)))
+  (func (export "size") (result i32) memory.size)
+  (func (export "grow") (param i32) (result i32) (memory.grow (local.get 0)))
+  (func (export "set_tab") (table.set $tab (i32.const 1) (ref.func $seven)))
+  (func (export "tab_null") (param i32) (result i32)
+    (ref.is_null (table.get $tab (local.get 0)))))"""
+
+
+class Boom(Exception):
+    pass
+
+
+def host_imports(calls: list) -> dict:
+    def add(a: wasmsbx.i32, b: wasmsbx.i64) -> wasmsbx.i64:
+        calls.append((a, b))
+        return a + b
+
+    def pair(x: wasmsbx.f32) -> tuple[wasmsbx.f32, wasmsbx.i32]:
+        return x, 1
+
+    def fail() -> None:
+        raise Boom("no")
+
+    def slow() -> None:
+        time.sleep(0.2)
+
+    return {
+        "env": {
+            "add": add,
+            "pair": pair,
+            "fail": fail,
+            "slow": slow,
+            "g": wasmsbx.Global("i32", 41, mutable=True),
+            "k": wasmsbx.Global("f64", 2.5),
+            "mem": wasmsbx.Memory(1, 2),
+            "tab": wasmsbx.Table("funcref", 2),
+        }
+    }
+
+
+@pytest.fixture(params=WASMTIME)
+def box(request):
+    calls: list = []
+    sandbox = wasmsbx.Sandbox(
+        HOST_WAT, wasmsbx.default_policy(), imports=host_imports(calls), backend=request.param
+    )
+    sandbox.calls = calls
+    yield sandbox
+    sandbox.close()
+
+
+def test_host_function_types_from_annotations(box):
+    assert box.call("add", -1, 2**40) == 2**40 - 1
+    assert box.calls == [(-1, 2**40)]
+    value, one = box.call("pair", F32.from_bits(0x7FA00000))
+    assert value.bits == 0x7FA00000 and one == 1  # exact bits through the host too
+
+
+def test_host_exception_is_a_trap_with_the_cause(box):
+    with pytest.raises(errors.TrapError) as info:
+        box.call("fail")
+    assert isinstance(info.value.__cause__, Boom)
+    assert info.value.trap_code == "host" and info.value.exit_code == 103
+    assert "Boom" in str(info.value)
+    assert box.call("bump") == 42  # the instance is still usable
+
+
+def test_host_time_counts_against_the_timeout(box):
+    with pytest.raises(errors.TimeoutExceeded) as info:
+        box.call("slow", timeout=0.1)
+    assert "host function env.slow" in str(info.value)
+    box.call("bump")  # the next call gets its own deadline
+
+
+def test_host_globals_memory_and_table(box):
+    assert box.call("bump") == 42 and box.call("bump") == 43
+    assert box.call("k") == 2.5
+    box.call("poke", 10, 0xAB)
+    assert box.call("size") == 1
+    assert box.call("grow", 1) == 1
+    assert box.call("grow", 1) == -1  # the host memory's maximum is 2 pages
+    assert box.call("tab_null", 1) == 1
+    box.call("set_tab")
+    assert box.call("tab_null", 1) == 0
+
+
+def test_plugin_example_reads_guest_memory_through_caller(backend):
+    lines = []
+
+    def log(caller: wasmsbx.Caller, ptr: wasmsbx.i32, n: wasmsbx.i32) -> None:
+        lines.append(caller.memory().read(ptr, n))
+
+    rnd = wasmsbx.func(lambda: 10, params=[], results=["i64"])
+    imports = {"env": {"log": log, "random": rnd}}
+    with wasmsbx.Sandbox(PLUGIN, imports=imports, backend=backend) as box:
+        assert box.call("greet", 3) == 13
+    assert lines == [b"hello from the plugin"] * 3
+
+
+def test_caller_memory_is_range_checked(backend):
+    def log(caller: wasmsbx.Caller, ptr: wasmsbx.i32, n: wasmsbx.i32) -> None:
+        caller.memory().read(ptr, 2**20)
+
+    rnd = wasmsbx.func(lambda: 0, params=[], results=["i64"])
+    imports = {"env": {"log": log, "random": rnd}}
+    with wasmsbx.Sandbox(PLUGIN, imports=imports, backend=backend) as box:
+        with pytest.raises(errors.TrapError) as info:
+            box.call("greet", 1)
+        assert isinstance(info.value.__cause__, IndexError)
+        assert box.call("greet", 0) == 0  # still usable
+
+
+def test_wrong_result_from_host_is_a_trap(backend):
+    bad = wasmsbx.func(lambda: "not an int", params=[], results=["i64"])
+    log = wasmsbx.func(lambda p, n: None, params=["i32", "i32"], results=[])
+    imports = {"env": {"log": log, "random": bad}}
+    with wasmsbx.Sandbox(PLUGIN, imports=imports, backend=backend) as box:
+        with pytest.raises(errors.TrapError) as info:
+            box.call("greet", 0)
+        assert isinstance(info.value.__cause__, (TypeError, ValueError))
+
+
+def test_missing_and_mistyped_imports_are_link_errors():
+    log = wasmsbx.func(lambda p, n: None, params=["i32", "i32"], results=[])
+    with pytest.raises(errors.LinkError, match="env.random") as info:
+        wasmsbx.Sandbox(PLUGIN, imports={"env": {"log": log}}).call("greet", 0)
+    assert info.value.exit_code == 102
+    wrong = wasmsbx.func(lambda: None, params=[], results=[])
+    with pytest.raises(errors.LinkError):
+        wasmsbx.Sandbox(PLUGIN, imports={"env": {"log": log, "random": wrong}}).call("greet", 0)
+
+
+def test_unannotated_callable_is_refused_with_a_hint():
+    with pytest.raises(errors.UsageError, match="annotate"):
+        wasmsbx.Sandbox(PLUGIN, imports={"env": {"log": lambda p, n: None}})
+    with pytest.raises(errors.UsageError, match="host function"):
+        wasmsbx.Sandbox(PLUGIN, imports={"env": {"log": 42}})
+
+
+def test_v128_host_function_refused_on_wasmtime():
+    wat = b'(module (import "env" "v" (func (param v128))) (func (export "f")))'
+    v = wasmsbx.func(lambda x: None, params=["v128"], results=[])
+    box = wasmsbx.Sandbox(wat, imports={"env": {"v": v}}, backend="wasmtime")
+    with pytest.raises(errors.BackendUnavailable, match="v128"):
+        box.call("f")
+
+
+def test_funcref_through_host(box):
+    seen = []
+
+    def keep(ref: wasmsbx.funcref) -> wasmsbx.funcref:
+        seen.append(ref)
+        return ref
+
+    wat = b"""(module (import "env" "keep" (func $keep (param funcref) (result funcref)))
+      (func $f) (elem declare func $f)
+      (func (export "go") (result i32) (ref.is_null (call $keep (ref.func $f)))))"""
+    with wasmsbx.Sandbox(wat, imports={"env": {"keep": keep}}) as other:
+        assert other.call("go") == 0
+    assert isinstance(seen[0], FuncRef)
+
+
+def test_host_time_counts_on_every_backend(backend):
+    def log(ptr: wasmsbx.i32, n: wasmsbx.i32) -> None:
+        time.sleep(0.3)
+
+    rnd = wasmsbx.func(lambda: 0, params=[], results=["i64"])
+    imports = {"env": {"log": log, "random": rnd}}
+    box = wasmsbx.Sandbox(PLUGIN, imports=imports, backend=backend)
+    with pytest.raises(errors.TimeoutExceeded, match="env.log"):
+        box.call("greet", 10, timeout=0.5)
+    box.close()
+
+
+@pytest.mark.skipif(not any(b.startswith("wasmer") for b in BACKENDS), reason="no wasmer here")
+def test_wasmer_refuses_host_globals_with_the_reason():
+    wat = b'(module (import "env" "g" (global i32)) (func (export "f")))'
+    box = wasmsbx.Sandbox(wat, imports={"env": {"g": wasmsbx.Global("i32", 1)}}, backend="wasmer")
+    with pytest.raises(errors.BackendUnavailable, match="child process") as info:
+        box.call("f")
+    assert info.value.exit_code == 104
+
+
+def test_audit_shows_host_imports_as_provided(cli):
+    res = cli("audit", PLUGIN, "--json")
+    (custom,) = [c for c in res.json()["capabilities"] if c["name"] == "custom"]
+    assert custom["status"] == "never"
+    assert any(f["rule"] == "WSX001" for f in res.json()["findings"])
+    res = cli("audit", PLUGIN, "--json", "--host-import", "env.log", "--host-import", "env.*")
+    data = res.json()
+    (custom,) = [c for c in data["capabilities"] if c["name"] == "custom"]
+    assert custom["status"] == "granted" and "provided by the host" in custom["detail"]
+    assert not any(f["rule"] == "WSX001" for f in data["findings"])
+    assert all(i["provided"] for i in data["imports"]) if "imports" in data else True
+    res = cli("audit", PLUGIN, "--json", "--host-import", "env.log")
+    (custom,) = [c for c in res.json()["capabilities"] if c["name"] == "custom"]
+    assert custom["status"] == "never" and "not provided: env.random" in custom["detail"]
+
+
+def test_ctrl_c_in_a_host_function_is_not_a_trap():
+    def log(ptr: wasmsbx.i32, n: wasmsbx.i32) -> None:
+        raise KeyboardInterrupt
+
+    rnd = wasmsbx.func(lambda: 0, params=[], results=["i64"])
+    box = wasmsbx.Sandbox(PLUGIN, imports={"env": {"log": log, "random": rnd}})
+    with pytest.raises(KeyboardInterrupt):
+        box.call("greet", 1)
+    box.close()

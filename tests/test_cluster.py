@@ -1,0 +1,622 @@
+"""Batches on a Dask cluster: `run --batch --cluster` and `Sandbox.batch(cluster=...)`.
+
+One LocalCluster of two worker *processes* serves the module; its workers were started
+in a folder holding a hostile sandbox.toml (fuel = 1), which they must never read: every
+result that matches a local run shows the client's policy travelled with the work.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from wasmsbx import errors
+from wasmsbx.batch import BatchResult
+from wasmsbx.policy import add_grant, defaults, override
+from wasmsbx.runner import Sandbox
+
+from .conftest import EXAMPLES, GUESTS, require_module
+
+distributed = pytest.importorskip("distributed")
+
+ADD = EXAMPLES / "add.wat"
+LOOP = EXAMPLES / "loop.wat"
+COUNTER = GUESTS / "counter.wat"
+HOSTILE = '[limits]\nfuel = 1\nmemory = "64KiB"\n[env]\nset = { MODE = "hostile" }\n'
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    """A LocalCluster of two single-threaded worker processes, started in a folder with a
+    hostile sandbox.toml; yields its scheduler address."""
+    folder = tmp_path_factory.mktemp("hostile-worker-home")
+    (folder / "sandbox.toml").write_text(HOSTILE)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(folder)
+        mp.setenv("WASMSBX_CACHE_DIR", str(folder / "cache"))
+        local = distributed.LocalCluster(
+            n_workers=2,
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address=None,
+            silence_logs=50,
+        )
+    try:
+        yield local.scheduler_address
+    finally:
+        local.close()
+
+
+@pytest.fixture
+def client(cluster):
+    with distributed.Client(cluster, set_as_default=False) as c:
+        yield c
+
+
+def jsonl(text: str) -> list:
+    return [json.loads(line) for line in text.splitlines()]
+
+
+def untimed(rows: list) -> list:
+    return [{k: v for k, v in row.items() if k != "time_ms"} for row in rows]
+
+
+def summary_line(stderr: str) -> str:
+    line = next(x for x in stderr.splitlines() if x.startswith("batch:"))
+    return line.split(" in ")[0]  # the counts, without the time and the rate
+
+
+def spawn(args, stdin, stdout, env=None):
+    return subprocess.Popen(
+        [sys.executable, "-m", "wasmsbx", *[str(a) for a in args]],
+        stdin=stdin,
+        stdout=stdout,
+        stderr=subprocess.PIPE,
+        env={**os.environ, **(env or {})},
+    )
+
+
+# ---------------------------------------------------------------------------- the CLI
+
+
+def test_ten_thousand_items_match_a_local_run(cli, tmp_path, cluster):
+    # Successes, traps (divide by zero), usage errors and bad lines, with and without ids.
+    rows = []
+    for i in range(10_000):
+        if i % 997 == 0:
+            rows.append("not json")
+        elif i % 101 == 0:
+            rows.append(json.dumps({"args": [i, 0], "id": f"zero-{i}"}))
+        elif i % 503 == 0:
+            rows.append(json.dumps([i]))
+        else:
+            rows.append(json.dumps([i * 7, (i % 13) + 1]))
+    src = tmp_path / "in.jsonl"
+    src.write_text("\n".join(rows) + "\n")
+    local = cli("run", ADD, "div", "--batch", src)
+    remote = cli("run", ADD, "div", "--batch", src, "--cluster", cluster, timeout=600)
+    assert local.code == remote.code == 122, remote
+    assert untimed(jsonl(remote.stdout)) == untimed(jsonl(local.stdout))
+    assert len(jsonl(remote.stdout)) == 10_000
+    assert summary_line(remote.stderr) == summary_line(local.stderr)
+    assert "trap" in summary_line(remote.stderr) and "input" in summary_line(remote.stderr)
+
+
+def test_the_client_policy_travels_not_the_workers_sandbox_toml(cli, tmp_path, cluster):
+    # The client's flag (--fuel) decides which items run out of fuel; the workers' own
+    # sandbox.toml (fuel = 1, 64 KiB memory) would fail them all.
+    src = tmp_path / "in.jsonl"
+    src.write_text("".join(f"[{n}]\n" for n in (10, 100_000, 20, 200_000)))
+    args = ("run", LOOP, "count", "--batch", src, "--fuel", "50000")
+    local = cli(*args)
+    remote = cli(*args, "--cluster", cluster, timeout=300)
+    assert remote.code == local.code == 122, remote
+    rows = untimed(jsonl(remote.stdout))
+    assert rows == untimed(jsonl(local.stdout))
+    assert [r["ok"] for r in rows] == [True, False, True, False]
+    assert rows[1]["error"]["limit"] == "fuel"
+
+
+def test_the_environment_variable_names_the_cluster(cli, tmp_path, cluster):
+    src = tmp_path / "in.jsonl"
+    src.write_text("[1, 2]\n[3, 4]\n")
+    r = cli("run", ADD, "add", "--batch", src, env={"WASMSBX_CLUSTER": cluster}, timeout=300)
+    assert r.code == 0, r
+    assert [row["results"] for row in jsonl(r.stdout)] == [[3], [7]]
+    # A plain call ignores it (only --batch runs on a cluster).
+    r = cli("run", ADD, "add", "1", "2", env={"WASMSBX_CLUSTER": "tcp://127.0.0.1:9"})
+    assert (r.code, r.stdout) == (0, "3\n")
+
+
+def test_a_fixed_chunk_size_gives_the_same_output(cli, tmp_path, cluster):
+    src = tmp_path / "in.jsonl"
+    src.write_text("".join(f"[{i}, {i}]\n" for i in range(300)))
+    r = cli("run", ADD, "add", "--batch", src, "--cluster", cluster, "--chunk-size", "7")
+    assert r.code == 0, r
+    assert [row["results"][0] for row in jsonl(r.stdout)] == [2 * i for i in range(300)]
+
+
+def test_the_audit_log_records_where_the_work_went(cli, tmp_path, cluster):
+    src = tmp_path / "in.jsonl"
+    src.write_text("[1, 2]\n")
+    log = tmp_path / "audit.jsonl"
+    r = cli("run", ADD, "add", "--batch", src, "--cluster", cluster, "--audit-log", log)
+    assert r.code == 0, r
+    events = jsonl(log.read_text())
+    assert [e["address"] for e in events if e["event"] == "cluster"] == [cluster]
+    assert events[-1]["event"] == "exit" and events[-1]["exit_code"] == 0
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["-j", "2"], "-j/--jobs does not apply with --cluster"),
+        (["--chunk-size", "0"], "--chunk-size with --cluster is a number of items"),
+        (["--chunk-size", "64KiB"], "--chunk-size with --cluster is a number of items"),
+    ],
+)
+def test_options_that_do_not_combine_with_a_cluster(cli, tmp_path, extra, message):
+    src = tmp_path / "in.jsonl"
+    src.write_text("[1, 2]\n")
+    r = cli("run", ADD, "add", "--batch", src, "--cluster", "tcp://127.0.0.1:9", *extra)
+    assert r.code == 2, r
+    assert r.stderr.startswith(f"error: {message}")
+
+
+def test_cluster_only_applies_to_a_batch(cli):
+    r = cli("run", ADD, "add", "--cluster", "tcp://127.0.0.1:9")
+    assert r.code == 2 and "error: --cluster only applies with --batch" in r.stderr, r
+    r = cli("run", ADD, "--stream", "--cluster", "tcp://127.0.0.1:9")
+    assert r.code == 2 and "error: --cluster only applies with --batch" in r.stderr, r
+
+
+def test_a_policy_cannot_name_a_cluster(cli, tmp_path, isolated):
+    # A sandbox.toml found in the working folder is untrusted: it must not be able to send
+    # the items and the module to an address of its choosing.
+    (isolated / "sandbox.toml").write_text('[runtime]\ncluster = "tcp://203.0.113.9:8786"\n')
+    src = tmp_path / "in.jsonl"
+    src.write_text("[1, 2]\n")
+    r = cli("run", ADD, "add", "--batch", src)
+    assert r.code == 101, r
+    assert "runtime.cluster: unknown key" in r.stderr
+
+
+def test_jobs_with_the_environment_variable_says_how_to_run_locally(cli, tmp_path):
+    src = tmp_path / "in.jsonl"
+    src.write_text("[1, 2]\n")
+    env = {"WASMSBX_CLUSTER": "tcp://127.0.0.1:9"}
+    r = cli("run", ADD, "add", "--batch", src, "-j", "2", env=env)
+    assert r.code == 2, r
+    assert "$WASMSBX_CLUSTER" in r.stderr and "hint: unset WASMSBX_CLUSTER" in r.stderr
+
+
+def test_an_unreachable_scheduler_is_exit_123_within_the_timeout(cli, tmp_path):
+    import socket
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    src = tmp_path / "in.jsonl"
+    src.write_text("[1, 2]\n")
+    started = time.monotonic()
+    r = cli(
+        "run",
+        ADD,
+        "add",
+        "--batch",
+        src,
+        "--cluster",
+        f"tcp://127.0.0.1:{port}",
+        env={"WASMSBX_CLUSTER_TIMEOUT": "2s"},
+    )
+    assert r.code == 123, r
+    assert r.stderr.startswith(f"error: cannot reach the Dask scheduler at tcp://127.0.0.1:{port}")
+    assert "hint:" in r.stderr and "Traceback" not in r.stderr
+    assert r.stdout == ""
+    assert time.monotonic() - started < 90  # it stopped at all (2 s wait + start-up)
+
+
+def test_a_scheduler_without_workers_is_exit_123(cli, tmp_path):
+    with distributed.LocalCluster(
+        n_workers=0, processes=False, protocol="tcp://", dashboard_address=None, silence_logs=50
+    ) as empty:
+        src = tmp_path / "in.jsonl"
+        src.write_text("[1, 2]\n")
+        r = cli(
+            "run",
+            ADD,
+            "add",
+            "--batch",
+            src,
+            "--cluster",
+            empty.scheduler_address,
+            env={"WASMSBX_CLUSTER_TIMEOUT": "1s"},
+        )
+    assert r.code == 123, r
+    assert "has no workers" in r.stderr and "hint: start some: dask worker" in r.stderr
+
+
+@pytest.mark.slow
+def test_a_checkpoint_resumes_a_cluster_run_after_sigkill(tmp_path, cluster):
+    n = 2000
+    base = 200_000  # iterations per item: about a millisecond
+    rows = [b'{"args": [%d], "id": %d}\n' % (base + i, i) for i in range(n)]
+    lines = b"".join(rows)
+    src = tmp_path / "in.jsonl"
+    src.write_bytes(lines)
+    out = tmp_path / "out.jsonl"
+    ckpt = tmp_path / "run.ckpt"
+    args = ["run", LOOP, "count", "--batch", "-", "--cluster", cluster, "--checkpoint", ckpt]
+    # Run 1 reads half the items from a pipe that stays open, so it cannot finish; it is
+    # killed (no chance to save) once a checkpoint covers some of them.
+    with open(out, "ab") as sink:
+        proc = spawn(args, subprocess.PIPE, sink)
+        proc.stdin.write(b"".join(rows[: n // 2]))
+        proc.stdin.flush()
+        state = wait_for_checkpoint(ckpt, 100, proc)
+        time.sleep(0.1)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        proc.stdin.close()
+        proc.stderr.close()
+    assert state["next_line"] <= n // 2 + 1
+    with open(out, "ab") as sink, open(src, "rb") as stdin:
+        proc = spawn(args, stdin, sink)
+        _, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err
+    rows = jsonl(out.read_text())
+    assert [row["id"] for row in rows] == list(range(n)), "lost or repeated items"
+    assert [row["results"][0] for row in rows] == [base + i for i in range(n)]
+    assert b"resumed at line" in err and b"2,000 items" in err
+    assert not ckpt.exists()
+
+
+@pytest.mark.slow
+def test_ctrl_c_saves_the_checkpoint_and_the_rerun_completes(tmp_path, cluster):
+    n = 1000
+    lines = b"".join(b"[%d]\n" % (200_000 + i) for i in range(n))
+    src = tmp_path / "in.jsonl"
+    src.write_bytes(lines)
+    out = tmp_path / "out.jsonl"
+    ckpt = tmp_path / "run.ckpt"
+    common = ["run", LOOP, "count", "--cluster", cluster, "--checkpoint", ckpt]
+    with open(out, "ab") as sink:
+        proc = spawn([*common, "--batch", "-"], subprocess.PIPE, sink)
+        proc.stdin.write(lines[: len(lines) // 2])
+        proc.stdin.flush()  # and left open: it cannot finish before the Ctrl-C
+        wait_for_checkpoint(ckpt, 50, proc)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 130, err
+    assert f"interrupted; progress is saved in {ckpt}".encode() in err
+    assert b"Traceback" not in err
+    assert json.loads(ckpt.read_text())["state"]["output_offset"] == out.stat().st_size
+    with open(out, "ab") as sink:
+        proc = spawn([*common, "--batch", src], subprocess.DEVNULL, sink)
+        _, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err
+    assert [r["results"][0] for r in jsonl(out.read_text())] == [200_000 + i for i in range(n)]
+
+
+@pytest.mark.slow
+def test_a_scheduler_lost_mid_run_is_exit_123_and_the_output_a_clean_prefix(tmp_path):
+    local = distributed.LocalCluster(
+        n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None
+    )
+    out = tmp_path / "out.jsonl"
+    args = ["run", LOOP, "count", "--batch", "-", "--cluster", local.scheduler_address]
+    args += ["--chunk-size", "5", "--timeout", "60s"]
+    base = 3_000_000  # iterations: milliseconds per item, so chunks are still pending
+    with open(out, "wb") as sink:
+        proc = spawn(args, subprocess.PIPE, sink)
+        try:
+            proc.stdin.write(b"".join(b"[%d]\n" % (base + i) for i in range(2000)))
+            proc.stdin.flush()  # and left open until the end: EOF would finish the run
+            deadline = time.monotonic() + 300
+            while out.stat().st_size == 0 and time.monotonic() < deadline:
+                assert proc.poll() is None, proc.stderr.read()
+                time.sleep(0.05)
+        finally:
+            local.close()
+        try:
+            code = proc.wait(timeout=300)
+        finally:
+            proc.stdin.close()
+        err = proc.stderr.read()
+    assert code == 123, err
+    assert err.startswith(b"error: ") and b"Traceback" not in err, err
+    rows = jsonl(out.read_text())
+    assert 0 < len(rows) < 2000
+    assert [r["results"][0] for r in rows] == [base + i for i in range(len(rows))]
+
+
+@pytest.mark.slow
+def test_progress_shows_on_a_terminal(tmp_path, cluster):
+    from .test_batch import stderr_on_a_terminal
+
+    src = tmp_path / "in.jsonl"
+    src.write_text("[300000]\n" * 2000)
+    argv = ["run", LOOP, "count", "--batch", src, "--cluster", cluster]
+    with open(tmp_path / "out", "wb") as out:
+        text = stderr_on_a_terminal(argv, None, out)
+    assert "items" in text and "%" in text  # the bar, drawn before the summary
+    assert "batch: 2,000 items, 2,000 ok" in text
+    assert len((tmp_path / "out").read_text().splitlines()) == 2000
+
+
+def wait_for_checkpoint(path, minimum, proc, timeout=300):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            state = json.loads(path.read_text())["state"]
+            if state["next_line"] >= minimum:
+                return state
+        except (FileNotFoundError, ValueError):
+            pass
+        assert proc.poll() is None, proc.stderr.read()
+        time.sleep(0.02)
+    raise AssertionError("no checkpoint appeared")
+
+
+# ---------------------------------------------------------------------------- the library
+
+
+def test_sandbox_batch_takes_a_client_and_matches_a_local_run(client, backend):
+    require_module(backend, ADD)
+    box = Sandbox(ADD, defaults(), backend=backend)
+    items = [[1, 2], {"args": [5, 0], "id": "z"}, [7], "oops", [9, 3]]
+    local = [r.to_dict() for r in box.batch("div", items)]
+    remote = list(box.batch("div", items, cluster=client))
+    assert all(isinstance(r, BatchResult) for r in remote)
+    assert untimed([r.to_dict() for r in remote]) == untimed(local)
+    assert [r.error_kind for r in remote] == [None, "trap", "usage", "input", None]
+
+
+def test_fresh_is_honoured_and_instances_are_reused_without_it(client):
+    box = Sandbox(COUNTER, defaults())
+    fresh = [r.values[0] for r in box.batch("next", [[]] * 50, fresh=True, cluster=client)]
+    assert fresh == [1] * 50
+    reused = [r.values[0] for r in box.batch("next", [[]] * 50, cluster=client)]
+    assert max(reused) > 1  # state carried from call to call on a worker's instance
+
+
+def test_each_worker_compiles_the_module_once_per_job(client):
+    policy = defaults()
+    override(policy, "limits.fuel", 987_654)  # a job (spec) no other test runs
+    box = Sandbox(ADD, policy)
+
+    def compiled_here() -> list:
+        from wasmsbx.cluster import worker
+
+        return [id(job.box) for job in worker._JOBS.values() if job.box.policy.fuel == 987_654]
+
+    items = [[i, 1] for i in range(200)]
+    assert all(r.ok for r in box.batch("add", items, cluster=client))
+    first = client.run(compiled_here)
+    assert all(len(ids) <= 1 for ids in first.values()) and any(first.values())
+    assert all(r.ok for r in box.batch("add", items, cluster=client))
+    second = client.run(compiled_here)
+    # The same compiled Sandbox where there was one (a worker idle the first time may
+    # compile now, once).
+    assert all(second[w] == ids for w, ids in first.items() if ids)
+    assert all(len(ids) <= 1 for ids in second.values())
+
+
+def test_a_trap_replaces_the_instance_on_the_worker(client, backend):
+    # bump(1) counts, then traps: the next item must not see the trapped instance's count.
+    box = Sandbox(COUNTER, defaults(), backend=backend)
+    cluster = __import__("wasmsbx.cluster", fromlist=["Cluster"]).Cluster(client, chunk_items=4)
+    results = list(box.batch("bump", [[0], [1], [0], [0]], cluster=cluster))
+    assert [r.error_kind for r in results] == [None, "trap", None, None]
+    assert [r.values for r in results] == [[1], None, [1], [2]]
+
+
+def test_an_address_is_connected_to_and_closed(cluster):
+    box = Sandbox(ADD, defaults())
+    assert [r.values for r in box.batch("add", [[1, 1]], cluster=cluster)] == [[2]]
+
+
+def test_a_precompiled_artifact_is_refused(tmp_path, client, cli):
+    art = tmp_path / "add.cwasm"
+    r = cli("compile", ADD, "-o", art)
+    assert r.code == 0, r
+    box = Sandbox(art, defaults())
+    with pytest.raises(errors.UsageError, match="a cluster needs the module itself"):
+        list(box.batch("add", [[1, 2]], cluster=client))
+
+
+def test_a_wrong_cluster_object_is_a_usage_error():
+    box = Sandbox(ADD, defaults())
+    with pytest.raises(errors.UsageError, match="takes an address or a distributed.Client"):
+        list(box.batch("add", [[1, 2]], cluster=42))
+
+
+@pytest.mark.slow
+def test_a_worker_killed_mid_run_loses_and_repeats_nothing(client):
+    from wasmsbx.cluster import Cluster
+
+    n = 400
+    base = 2_000_000  # iterations: a few milliseconds per item
+    policy = defaults()
+    override(policy, "limits.timeout", "60s")
+    box = Sandbox(LOOP, policy)
+    items = [{"args": [base + i], "id": i} for i in range(n)]
+    results = box.batch("count", items, cluster=Cluster(client, chunk_items=20))
+    got = [next(results) for _ in range(30)]
+    killed = kill_a_busy_worker(client)
+    got.extend(results)
+    assert killed
+    assert [r.id for r in got] == list(range(n)), "lost or repeated items"
+    assert [r.values for r in got] == [[base + i] for i in range(n)]
+    assert all(r.ok for r in got)
+
+
+@pytest.mark.slow
+def test_the_only_worker_killed_mid_run_the_module_is_sent_again(tmp_path):
+    # Its restart loses the module bytes (no other worker held them): Dask cancels the
+    # chunks; the client sends the bytes again and resubmits them in their places.
+    from wasmsbx.cluster import Cluster
+
+    n = 200
+    base = 2_000_000
+    policy = defaults()
+    override(policy, "limits.timeout", "60s")
+    box = Sandbox(LOOP, policy)
+    with (
+        distributed.LocalCluster(
+            n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None
+        ) as one,
+        distributed.Client(one, set_as_default=False) as client,
+    ):
+        items = [{"args": [base + i], "id": i} for i in range(n)]
+        results = box.batch("count", items, cluster=Cluster(client, chunk_items=10))
+        got = [next(results) for _ in range(15)]
+        assert kill_a_busy_worker(client)
+        got.extend(results)
+    assert [r.id for r in got] == list(range(n)), "lost or repeated items"
+    assert [r.values for r in got] == [[base + i] for i in range(n)]
+
+
+def kill_a_busy_worker(client) -> bool:
+    """SIGKILL the process of a worker that is running a chunk now (its nanny restarts it)."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        busy = [w for w, tasks in client.processing().items() if tasks]
+        if busy:
+            pids = client.run(os.getpid, workers=busy[:1])
+            os.kill(pids[busy[0]], signal.SIGKILL)
+            return True
+        time.sleep(0.01)
+    return False
+
+
+# ---------------------------------------------------------------------------- the wire
+
+
+def test_results_are_checked_before_they_count():
+    from wasmsbx.cluster.wire import read_results
+
+    good = json.dumps({"results": [[3, "a", [1], None, 0.1]], "seconds": 0.1})
+    assert read_results(good, [3])[0][0] == BatchResult(3, "a", [1], None, 0.1)
+    bad = [
+        b"{}",  # bytes, not text
+        "not json",
+        "[]",
+        json.dumps({"results": [], "seconds": 0}),  # one item sent, none back
+        json.dumps({"results": [[4, 4, [1], None, 0]], "seconds": 0}),  # another line
+        json.dumps({"results": [[3, 3, None, None, 0]], "seconds": 0}),
+        json.dumps({"results": [[3, 3, [1], {"kind": "trap"}, 0]], "seconds": 0}),
+        json.dumps({"results": [[3, 3, [1], None, "fast"]], "seconds": 0}),
+        json.dumps({"results": [[3, 3, [1], None]], "seconds": 0}),
+        json.dumps({"error": "no"}),
+    ]
+    for text in bad:
+        with pytest.raises(errors.ClusterError):
+            read_results(text, [3])
+
+
+def test_a_worker_failure_comes_back_with_its_exit_code():
+    from wasmsbx.cluster.wire import error_to_wire, read_results
+
+    text = error_to_wire(errors.PolicyError("granted directory missing", hint="share it"))
+    with pytest.raises(errors.WasmsbxError) as info:
+        read_results(text, [1])
+    assert (info.value.exit_code, info.value.message, info.value.hint) == (
+        101,
+        "granted directory missing",
+        "share it",
+    )
+
+
+def test_the_policy_on_the_wire_is_the_effective_one(tmp_path, monkeypatch):
+    from wasmsbx.cluster.wire import policy_from_wire, policy_to_wire
+
+    data = tmp_path / "data"
+    data.mkdir()
+    monkeypatch.setenv("LANG_TEST", "client")
+    policy = defaults()
+    override(policy, "limits.fuel", 1000)
+    override(policy, "env.inherit", ["LANG_TEST"])
+    override(policy, "runtime.cache_dir", str(tmp_path / "client-cache"))
+    policy.values["filesystem.read_only"] = [
+        __import__("wasmsbx.policy", fromlist=["Grant"]).Grant(str(data), "/data", False)
+    ]
+    wire = json.loads(json.dumps(policy_to_wire(policy, use_cache=False)))
+    monkeypatch.setenv("LANG_TEST", "worker")
+    back = policy_from_wire(wire, "worker w")
+    assert back.fuel == 1000 and back.values["runtime.cache"] is False
+    assert back.env_for_guest() == {"LANG_TEST": "client"}  # resolved on the client
+    assert back.values["runtime.cache_dir"] == ""  # the worker's own cache
+    assert back.grants[0].host == str(data)
+    data.rmdir()
+    with pytest.raises(errors.PolicyError, match="does not exist on this worker") as info:
+        policy_from_wire(wire, "worker w")
+    assert "must exist on every worker" in info.value.hint
+
+
+def test_a_run_without_cluster_imports_no_dask(tmp_path):
+    src = tmp_path / "in.jsonl"
+    src.write_text("[1, 2]\n")
+    proc = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "wasmsbx", "run", ADD, "add", "--batch", src],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, proc.stderr
+    names = {line.rsplit("|", 1)[1].strip() for line in proc.stderr.splitlines() if "|" in line}
+    assert "wasmsbx.batch" in names
+    assert not {"dask", "distributed", "wasmsbx.cluster"} & names
+
+
+def test_without_dask_installed_the_error_says_what_to_install(monkeypatch):
+    from wasmsbx.cluster.client import connect
+
+    monkeypatch.setitem(sys.modules, "distributed", None)  # import distributed fails
+    with pytest.raises(errors.ClusterError, match="needs Dask") as info:
+        connect("tcp://127.0.0.1:9", 1.0)
+    assert info.value.exit_code == 123 and "wasmsbx[dask]" in info.value.hint
+
+
+def worker_spec(box, func="add", **changes) -> str:
+    from wasmsbx.cluster.client import _spec
+
+    spec = json.loads(_spec(box, func, False))
+    spec.update(changes)
+    return json.dumps(spec, sort_keys=True)
+
+
+def test_a_worker_refuses_another_version_or_bytes_that_do_not_match_their_digest():
+    from wasmsbx.cluster.worker import run_chunk
+
+    box = Sandbox(ADD, defaults())
+    chunk = [(1, b"[1, 2]")]
+    ok = json.loads(run_chunk(worker_spec(box), box.wasm, chunk))
+    assert ok["results"][0][:4] == [1, 1, [3], None]
+    old = json.loads(run_chunk(worker_spec(box, version="0.0.1"), box.wasm, chunk))["error"]
+    assert old["exit_code"] == 123 and "the client 0.0.1" in old["message"]
+    forged = box.wasm[:-1] + bytes([box.wasm[-1] ^ 1])
+    bad = json.loads(run_chunk(worker_spec(box, func="div"), forged, chunk))["error"]
+    assert bad["exit_code"] == 123 and "do not match their digest" in bad["message"]
+
+
+def test_a_grant_missing_on_the_worker_stops_the_job_with_exit_101(tmp_path):
+    from wasmsbx.cluster.wire import read_results
+    from wasmsbx.cluster.worker import run_chunk
+
+    data = tmp_path / "data"
+    data.mkdir()
+    box = Sandbox(ADD, defaults())
+    policy = defaults()
+    add_grant(policy, str(data), writable=False)
+    box.policy = policy
+    spec = worker_spec(box, func="mul64")
+    data.rmdir()  # as on a worker where the path does not exist
+    with pytest.raises(errors.WasmsbxError, match="does not exist on this worker") as info:
+        read_results(run_chunk(spec, box.wasm, [(1, b"[1, 2]")]), [1])
+    assert info.value.exit_code == 101

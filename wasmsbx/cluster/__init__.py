@@ -1,0 +1,45 @@
+"""Batch jobs across machines on Dask (``run --batch --cluster``, ``Sandbox.batch(cluster=)``).
+
+The client (``client.py``) connects to a Dask scheduler, sends the module bytes once to
+every worker and the job's spec (the client's effective policy, as JSON values), then
+feeds chunks of items and writes their results in input order, exactly as a local batch
+does. Each worker (``worker.py``) compiles the module once and reuses instances from
+chunk to chunk. ``wire.py`` is what travels between the two; results come back as JSON
+text that the client checks, never as objects it would have to unpickle.
+
+This package is imported only when a cluster is named, so ``wasmsbx run`` never pays for
+Dask; and Dask itself is imported only inside ``client.connect``.
+
+Where the address comes from: ``--cluster``, else ``$WASMSBX_CLUSTER``, never a policy. A
+policy is found in the working folder and is untrusted; if it could name a cluster, a
+``sandbox.toml`` dropped into a folder could send every input item, and the module, to an
+address of its choosing. Where the data goes is the user's decision, like ``-o``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple, Optional
+
+ENV_ADDRESS = "WASMSBX_CLUSTER"  # read by cli/run_batch.py (which avoids importing this)
+ENV_TIMEOUT = "WASMSBX_CLUSTER_TIMEOUT"
+DEFAULT_TIMEOUT = 30.0  # seconds to reach the scheduler, and for it to have a worker (as Dask)
+
+
+class Cluster(NamedTuple):
+    """Where and how a batch runs on Dask."""
+
+    where: Any  # "tcp://HOST:PORT" (any Dask address), or a distributed.Client
+    chunk_items: Optional[int] = None  # items per chunk; None: sized to the work
+    timeout: Optional[float] = None  # None: $WASMSBX_CLUSTER_TIMEOUT, else DEFAULT_TIMEOUT
+
+
+def as_cluster(value: Any) -> Cluster:
+    """A Cluster from what a caller gave: a Cluster, an address or a distributed.Client."""
+    return value if isinstance(value, Cluster) else Cluster(value)
+
+
+def run_cluster(box: Any, func: str, numbered: Any, **kw: Any) -> Any:
+    """See client.run_cluster (imported here lazily: it is the only way in)."""
+    from .client import run_cluster as run
+
+    return run(box, func, numbered, **kw)

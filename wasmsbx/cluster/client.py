@@ -1,0 +1,327 @@
+"""The client side of a ``--cluster`` batch: connect, ship the job, collect in order.
+
+Faults are Dask's to handle where Dask can: a task whose worker dies is rerun by the
+scheduler on another worker, and since a chunk's results only count once its task has
+finished (one JSON text for the whole chunk), a rerun chunk is written once, whole, in
+its place: nothing lost, nothing repeated. A chunk that kills several workers in a row
+(Dask's ``distributed.scheduler.allowed-failures``, 3 by default) stops the job.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import threading
+import time
+from collections import deque
+from collections.abc import Iterable, Iterator
+from typing import Any, Optional
+
+from .. import errors
+from ..batch import CHUNK_MAX_BYTES, IDLE_TICK, _chunk_bytes, _Feeder, encode
+from . import DEFAULT_TIMEOUT, ENV_TIMEOUT, as_cluster, wire
+
+CHUNK_TARGET_SECONDS = 0.25  # a task costs ~5 ms of Dask overhead: keep it ~2% of a chunk
+CHUNK_MAX_ITEMS = 8192  # and CHUNK_MAX_BYTES (256 KiB) of input, as in a local batch
+WINDOW_PER_THREAD = 3  # chunks in flight per worker thread
+REFRESH_WORKERS = 2.0  # seconds between looks at how many worker threads there are
+MAX_RESHIPS = 5  # times the module's bytes are sent again after every holder died
+
+
+def run_cluster(
+    box: Any,
+    func: str,
+    numbered: Iterable,
+    *,
+    cluster: Any,
+    fresh: bool = False,
+    encoded: bool = False,
+    idle: bool = False,
+) -> Iterator:
+    """Like batch.run_numbered, with the calls made by the workers of a Dask cluster.
+
+    ``cluster`` is a wasmsbx.cluster.Cluster, an address or a distributed.Client (a client
+    given is used as it is and left open; one made here is closed at the end)."""
+    target = as_cluster(cluster)
+    if box.wasm is None:
+        raise errors.UsageError(
+            f"{box.path.name} is precompiled native code: a cluster needs the module itself",
+            hint="run the .wasm/.wat module; each worker compiles it (or uses its own cache)",
+        )
+    timeout = _timeout(target.timeout)
+    client, owned = connect(target.where, timeout)
+    try:
+        job = _Job(client, _spec(box, func, fresh), box.wasm, timeout)
+    except BaseException:
+        if owned:
+            _close(client)
+        raise
+    return _dispatch(job, owned, numbered, encoded, idle, target.chunk_items)
+
+
+def _timeout(given: Optional[float]) -> float:
+    if given is not None:
+        return float(given)
+    text = os.environ.get(ENV_TIMEOUT)
+    if not text:
+        return DEFAULT_TIMEOUT
+    from ..units import parse_duration
+
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise errors.UsageError(f"${ENV_TIMEOUT}: {exc}", hint="e.g. 30s or 2min") from None
+
+
+def connect(where: Any, timeout: float) -> tuple:
+    """``(client, owned)``: a distributed.Client for ``where`` (made here, owned) or
+    ``where`` itself. An unreachable scheduler is a ClusterError after ``timeout``."""
+    import asyncio
+
+    try:
+        import distributed
+    except ImportError:
+        raise errors.ClusterError(
+            "--cluster needs Dask, which is not installed",
+            hint="pip install 'wasmsbx[dask]' (on the client and on every worker)",
+        ) from None
+    if not isinstance(where, str):
+        if not isinstance(where, distributed.Client):
+            raise errors.UsageError(
+                f"cluster= takes an address or a distributed.Client, not {type(where).__name__}"
+            )
+        return where, False
+    try:
+        return distributed.Client(where, timeout=timeout, set_as_default=False), True
+    except (OSError, TimeoutError, asyncio.TimeoutError) as exc:
+        raise errors.ClusterError(
+            f"cannot reach the Dask scheduler at {where} within {timeout:g} s",
+            hint=f"is `dask scheduler` running there? ({_reason(exc)}; "
+            f"${ENV_TIMEOUT} sets the wait)",
+        ) from None
+    except ValueError as exc:
+        raise errors.UsageError(
+            f"--cluster {where}: {exc}", hint="give a scheduler address, e.g. tcp://host:8786"
+        ) from None
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def _spec(box: Any, func: str, fresh: bool) -> str:
+    """The job as JSON text: also its identity on the workers (one compile per spec)."""
+    from .. import __version__
+
+    backend = f"{box.backend_name}:{box.compiler}" if box.compiler else box.backend_name
+    spec = {
+        "version": __version__,
+        "sha256": hashlib.sha256(box.wasm).hexdigest(),
+        "name": box.path.name,
+        "policy": wire.policy_to_wire(box.policy, getattr(box, "use_cache", None)),
+        "backend": backend,
+        "func": func,
+        "fresh": bool(fresh),
+    }
+    return json.dumps(spec, sort_keys=True)
+
+
+def _ship(client: Any, wasm: bytes, timeout: float) -> Any:
+    """The module bytes on every worker, sent once (a worker that joins later fetches them
+    from a peer); waits up to ``timeout`` for the scheduler to have a worker at all."""
+    import asyncio
+
+    address = client.scheduler.address
+    try:
+        client.wait_for_workers(1, timeout=timeout)
+        # A key of its own (hash=False): a job that ends releases its copy, which must not
+        # be the one a job starting at the same moment uses (Dask: "lost dependencies").
+        return client.scatter(wasm, broadcast=True, hash=False)
+    except (TimeoutError, asyncio.TimeoutError):  # one class from Python 3.11 on
+        raise errors.ClusterError(
+            f"the Dask scheduler at {address} has no workers (waited {timeout:g} s)",
+            hint=f"start some: dask worker {address}",
+        ) from None
+    except OSError as exc:  # the scheduler went away (or never answered)
+        raise _lost_scheduler(address, exc) from None
+
+
+def _lost_scheduler(address: str, exc: BaseException) -> errors.ClusterError:
+    return errors.ClusterError(
+        f"lost the connection to the Dask scheduler at {address}: {_reason(exc)}",
+        hint="is it still running? with --checkpoint, rerun the command to resume",
+    )
+
+
+# ---------------------------------------------------------------------------- dispatch
+
+
+class _Sizer:
+    """Chunks of ``fixed`` items, or small ones until an item's cost is known, then about
+    CHUNK_TARGET_SECONDS of work each."""
+
+    def __init__(self, fixed: Optional[int]) -> None:
+        self.fixed = fixed
+        self.size = fixed or 1
+
+    def learn(self, count: int, seconds: float) -> None:
+        if count and not self.fixed:
+            per_item = max(seconds / count, 1e-7)
+            self.size = max(1, min(CHUNK_MAX_ITEMS, int(CHUNK_TARGET_SECONDS / per_item)))
+
+
+class _Threads:
+    """How many worker threads the cluster has now (looked up every REFRESH_WORKERS s)."""
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+        self.count = 1
+        self.looked = 0.0
+
+    def get(self) -> int:
+        if time.monotonic() - self.looked >= REFRESH_WORKERS:
+            self.looked = time.monotonic()
+            try:
+                self.count = max(1, sum(self.client.nthreads().values()))
+            except Exception:  # noqa: S110 - a lost scheduler shows up in the futures
+                pass
+        return self.count
+
+
+class _Job:
+    """The job on the cluster: its spec, the module bytes the workers hold, and how a
+    chunk is submitted (again, when those bytes were lost with the workers holding them)."""
+
+    def __init__(self, client: Any, spec: str, wasm: bytes, timeout: float) -> None:
+        self.client = client
+        self.spec = spec
+        self.wasm = wasm
+        self.timeout = timeout
+        self.address = client.scheduler.address
+        self.data = _ship(client, wasm, timeout)
+        self.reships = 0
+        self.wake = threading.Event()  # set whenever a chunk finishes
+
+    def submit(self, chunk: list) -> tuple:
+        from .worker import run_chunk
+
+        future = self.client.submit(run_chunk, self.spec, self.data, chunk, pure=False)
+        future.add_done_callback(lambda _: self.wake.set())
+        return future, chunk
+
+    def recover(self, pending: deque) -> bool:
+        """When every worker holding the module's bytes died (a one-worker cluster whose
+        worker restarted), Dask cancels the chunks that needed them: send the bytes again
+        and resubmit the unfinished chunks in their places. False if that is not it."""
+        # Not gated on the bytes' own future: its "lost" status may arrive after the
+        # cancellation of the chunks that needed it.
+        if self.client.status != "running" or self.reships >= MAX_RESHIPS:
+            return False
+        self.reships += 1
+        self.data = _ship(self.client, self.wasm, self.timeout)
+        for i, (future, chunk) in enumerate(pending):
+            if future.status != "finished":
+                pending[i] = self.submit(chunk)
+        return True
+
+
+def _dispatch(
+    job: _Job,
+    owned: bool,
+    numbered: Iterable,
+    encoded: bool,
+    idle: bool,
+    chunk_items: Optional[int],
+) -> Iterator:
+    """Submit chunks, yield their results in input order (``None`` as an idle tick when
+    ``idle`` and nothing came for IDLE_TICK seconds). The input is read by a _Feeder
+    thread, so a stalled input never holds back finished results."""
+    client, wake = job.client, job.wake
+    feeder = _Feeder(numbered, wake)
+    pending: deque = deque()  # (future, chunk), oldest first
+    sizer = _Sizer(chunk_items)
+    threads = _Threads(client)
+    chunk: list = []
+    exhausted = False
+    try:
+        while True:
+            wake.clear()  # before looking: a wake-up during this pass is not lost
+            slots = threads.get()
+            while len(pending) < slots * WINDOW_PER_THREAD and (chunk or not exhausted):
+                if not exhausted:
+                    exhausted = not feeder.fill(chunk, sizer.size)
+                full = len(chunk) >= sizer.size or exhausted
+                starved = sum(not f.done() for f, _ in pending) < slots
+                if not chunk or not (full or starved or _chunk_bytes(chunk) >= CHUNK_MAX_BYTES):
+                    break
+                pending.append(job.submit(chunk))
+                chunk = []
+            if not pending and exhausted and not chunk:
+                return
+            if not (pending and pending[0][0].done()):
+                _check_client(job)
+                if not wake.wait(IDLE_TICK) and idle:
+                    yield None
+                continue
+            future, done = pending[0]
+            lines = [line for line, _ in done]
+            if future.cancelled() and job.recover(pending):
+                continue
+            results, seconds = wire.read_results(_outcome(future, lines), lines)
+            pending.popleft()
+            future.release()
+            sizer.learn(len(results), seconds)
+            for result in results:
+                yield encode(result) if encoded else result
+    finally:
+        feeder.stop()
+        _cancel(client, [f for f, _ in pending])
+        if owned:
+            _close(client)
+
+
+def _outcome(future: Any, lines: list) -> Any:
+    """The chunk's JSON text; a chunk Dask gave up on is a ClusterError."""
+    from distributed import KilledWorker
+
+    where = f"lines {lines[0]}-{lines[-1]}" if len(lines) > 1 else f"line {lines[0]}"
+    try:
+        return future.result()
+    except KilledWorker:
+        raise errors.ClusterError(
+            f"the chunk of {where} was retried on several workers and each one died",
+            hint="an item there may crash the worker process: run those lines without "
+            "--cluster to see which",
+        ) from None
+    except errors.WasmsbxError:
+        raise
+    except Exception as exc:  # the scheduler went away, the task was cancelled
+        raise errors.ClusterError(
+            f"the chunk of {where} was lost: {_reason(exc)}",
+            hint="is the Dask scheduler still running? rerun with --checkpoint to resume",
+        ) from None
+
+
+def _check_client(job: _Job) -> None:
+    if job.client.status in ("closed", "closing", "failed"):
+        raise _lost_scheduler(job.address, RuntimeError("the client gave up reconnecting"))
+
+
+def _close(client: Any) -> None:
+    """Close a client made here; a failure to say goodbye to a scheduler that is gone must
+    not replace the error that ended the job."""
+    try:
+        client.close()
+    except Exception:  # noqa: S110 - the job is over either way
+        pass
+
+
+def _cancel(client: Any, futures: list) -> None:
+    if not futures or client.status != "running":
+        return
+    try:
+        client.cancel(futures)
+    except Exception:  # noqa: S110 - best effort: the job is over either way
+        pass

@@ -1,0 +1,172 @@
+"""What travels between a ``--cluster`` client and its Dask workers, as JSON data.
+
+Client -> worker: a *spec* (JSON text: the module's digest and name, the client's
+effective policy values, backend, FUNC, ``fresh``, the wasmsbx version), the module bytes
+(scattered once to every worker) and chunks of ``(line, payload)`` items.
+
+Worker -> client: one JSON text per chunk, ``{"results": [[line, id, values, error,
+seconds], ...], "seconds": s}`` or ``{"error": {"kind", "message", "hint",
+"exit_code"}}``. The client parses and checks it (``read_results``) before anything
+reaches the output; it never unpickles an object a worker built.
+
+No Dask import here: both sides use this module, and the checks are plain Python.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Optional
+
+from .. import errors
+from ..policy import KEYS, Grant, Policy
+
+# Keys that name places on the client's machine, not limits: a worker keeps its own.
+WORKER_OWN = {"runtime.cache_dir": ""}
+
+
+# ---------------------------------------------------------------------------- the policy
+
+
+def policy_to_wire(policy: Policy, use_cache: Optional[bool] = None) -> dict:
+    """The client's effective policy as JSON-ready values (flag overrides included).
+
+    The guest's environment is resolved here, against the client's environment, into
+    ``env.set``: a worker's own variables never leak in through ``env.inherit``. The
+    cache switch is the client's effective one (``--no-cache`` included)."""
+    values: dict = {}
+    for dotted in KEYS:
+        value = policy.values[dotted]
+        if KEYS[dotted].kind == "grants":
+            value = [[g.host, g.guest, g.writable] for g in value]
+        values[dotted] = value
+    values["env.set"] = policy.env_for_guest()
+    values["env.inherit"] = []
+    if use_cache is not None:
+        values["runtime.cache"] = bool(use_cache)
+    values.update(WORKER_OWN)
+    return {
+        "values": values,
+        "explicit": sorted(policy.explicit),
+        "source": policy.source,
+    }
+
+
+def policy_from_wire(data: dict, where: str) -> Policy:
+    """Rebuild the client's policy on a worker; never reads a sandbox.toml of its own.
+
+    The values were validated on the client (same wasmsbx version, checked by the spec),
+    so they are taken as they are, except that every granted directory must exist here:
+    a grant names a path on each worker, and a missing one fails the job, not each item."""
+    values = dict(data["values"])
+    missing = sorted(set(KEYS) - set(values))
+    if missing:
+        raise errors.ClusterError(f"the client's policy lacks {missing[0]} (a version mismatch?)")
+    for dotted in ("filesystem.read_only", "filesystem.read_write"):
+        values[dotted] = [_grant_here(item, where) for item in values[dotted]]
+    source = data.get("source") or "defaults"
+    return Policy(values, f"{source} (from the cluster client)", set(data.get("explicit", ())))
+
+
+def _grant_here(item: list, where: str) -> Grant:
+    host, guest, writable = item
+    if not Path(host).is_dir():
+        flag = "--dir" if writable else "--dir-ro"
+        raise errors.PolicyError(
+            f"{where}: granted directory {host} (guest {guest}) does not exist on this worker",
+            hint=f"a directory grant ({flag}, filesystem.*) names a path that must exist on "
+            "every worker: use a shared filesystem or the same path on each machine",
+            path=host,
+        )
+    return Grant(host=host, guest=guest, writable=bool(writable))
+
+
+# ---------------------------------------------------------------------------- results
+
+
+def results_to_wire(results: list, seconds: float) -> str:
+    """A chunk's BatchResults as the JSON text a worker returns."""
+    rows = [[r.line, r.id, r.values, r.error, r.seconds] for r in results]
+    return json.dumps({"results": rows, "seconds": seconds}, separators=(",", ":"))
+
+
+def error_to_wire(exc: BaseException) -> str:
+    """A failure that stops the job (not an item's): JSON text naming its kind and code."""
+    if isinstance(exc, errors.WasmsbxError):
+        data = {"kind": exc.kind, "message": exc.message, "exit_code": int(exc.exit_code)}
+        if exc.hint:
+            data["hint"] = exc.hint
+    else:
+        data = {
+            "kind": "internal",
+            "message": f"{type(exc).__name__}: {exc}",
+            "exit_code": int(errors.ExitCode.INTERNAL),
+        }
+    return json.dumps({"error": data})
+
+
+class _Remote(errors.WasmsbxError):
+    """A worker's job-stopping failure, re-raised on the client with the worker's code."""
+
+
+def read_results(text: Any, lines: list) -> tuple:
+    """``(BatchResults, seconds)`` from a worker's JSON text for a chunk of ``lines``.
+
+    Everything is checked: the text is JSON, one result per submitted item, in the same
+    order, each of the documented shape. A failure the worker reported raises it here."""
+    from ..batch import BatchResult
+
+    if not isinstance(text, str):
+        raise _bad(f"a chunk's result is a {type(text).__name__}, not JSON text")
+    try:
+        data = json.loads(text)
+    except ValueError as exc:
+        raise _bad(f"a chunk's result is not JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise _bad("a chunk's result is not a JSON object")
+    if "error" in data:
+        raise _remote_error(data["error"])
+    rows, seconds = data.get("results"), data.get("seconds")
+    if not isinstance(rows, list) or not isinstance(seconds, (int, float)):
+        raise _bad("a chunk's result lacks 'results' or 'seconds'")
+    if len(rows) != len(lines):
+        raise _bad(f"a chunk of {len(lines)} items came back with {len(rows)} results")
+    return [BatchResult(*_row(row, line)) for row, line in zip(rows, lines)], float(seconds)
+
+
+def _row(row: Any, line: int) -> tuple:
+    if not (isinstance(row, list) and len(row) == 5 and row[0] == line):
+        raise _bad(f"the result for line {line} is malformed or out of order")
+    _, ident, values, error, seconds = row
+    if not isinstance(seconds, (int, float)) or isinstance(seconds, bool):
+        raise _bad(f"the result for line {line} has no time")
+    if error is None:
+        if not isinstance(values, list):
+            raise _bad(f"the result for line {line} has neither results nor an error")
+    elif not (
+        values is None
+        and isinstance(error, dict)
+        and isinstance(error.get("kind"), str)
+        and isinstance(error.get("message"), str)
+    ):
+        raise _bad(f"the error for line {line} is malformed")
+    return line, ident, values, error, float(seconds)
+
+
+def _bad(message: str) -> errors.ClusterError:
+    return errors.ClusterError(
+        f"cluster: {message}",
+        hint="are the workers running the same wasmsbx version as this client?",
+    )
+
+
+def _remote_error(data: Any) -> errors.WasmsbxError:
+    if not isinstance(data, dict) or not isinstance(data.get("message"), str):
+        return _bad("a worker reported a malformed error")
+    exc = _Remote(
+        data["message"], hint=data.get("hint") if isinstance(data.get("hint"), str) else None
+    )
+    code = data.get("exit_code")
+    exc.exit_code = code if isinstance(code, int) and 0 < code < 256 else errors.ExitCode.CLUSTER
+    exc.kind = data["kind"] if isinstance(data.get("kind"), str) else "cluster"
+    return exc

@@ -1,0 +1,499 @@
+"""Components on ``wasmtime.component``: compile, introspect, instantiate under limits.
+
+The engine is the wasmtime backend's (``WasmtimeEngine``: its config, epoch ticker and
+cache fingerprint), so a component gets exactly the engine options a module would.
+Every policy knob maps onto the store as for a core module, with two differences the
+component model brings (see README, "Components"):
+
+- memory: wasmtime's store limit caps each linear memory alone; a component may hold
+  several, so the per-memory cap is chosen (``binary.memory_cap``) to keep their
+  *total* within ``limits.memory``, and the store may create no more memories than the
+  binary declares.
+- instances: a component holds several core instances (4 for an adapted C command);
+  ``limits.instances`` counts instances of the component, each allowed the core
+  instances its binary declares (``binary.scan``).
+
+Network: ``wasi:http`` is never linked (the import is refused before instantiation);
+``wasi:sockets`` is linked because toolchains import it by habit, but the WASI context
+grants no socket address and no name lookup, so every socket call is denied.
+"""
+
+from __future__ import annotations
+
+import errno
+import sys
+from collections import namedtuple
+from typing import Any, Optional
+
+import wasmtime
+import wasmtime.component as wc
+
+from .. import errors
+from ..backends.base import Limits, OutputSink, Usage, WasiSetup
+from ..units import format_count, format_duration, format_size
+from . import binary
+from .types import FuncSig, func_sig
+from .values import ValueProblem, lift, lower
+
+MAX_FRAMES = 12
+# Interfaces ``Linker.add_wasip2`` provides; anything else is refused before linking.
+WASI_PROVIDED = ("wasi:cli/", "wasi:io/", "wasi:clocks/", "wasi:filesystem/", "wasi:random/")
+WASI_SOCKETS = "wasi:sockets/"
+NETWORK_DENIED = ("wasi:http/",)
+
+
+class ComponentExport(namedtuple("ComponentExport", "name interface func sig")):
+    """One exported function: ``name`` is how users call it (``greet``, or
+    ``ns:pkg/iface@1.0.0#greet`` inside an interface)."""
+
+    name: str
+    interface: Optional[str]
+    func: str
+    sig: FuncSig
+    __slots__ = ()
+
+
+class ComponentImport(namedtuple("ComponentImport", "name kind")):
+    """One import: an interface (``wasi:cli/stdout@0.2.0``) or a function."""
+
+    name: str
+    kind: str  # interface | func | type | module | component
+    __slots__ = ()
+
+
+def compile_component(engine: Any, wasm: bytes) -> Any:
+    """A ``wasmtime.component.Component`` (ModuleError when wasmtime refuses it)."""
+    try:
+        return wc.Component(engine.engine, wasm)
+    except wasmtime.WasmtimeError as exc:
+        raise errors.ModuleError(
+            f"invalid component: {_first_line(exc)}",
+            hint="check that the file is a WebAssembly component (wasm-tools validate)",
+        ) from None
+
+
+def exports(engine: Any, component: Any) -> list:
+    """Every exported function, root ones first, with its WIT signature."""
+    out = []
+    for name, item in component.type.exports(engine.engine).items():
+        kind = type(item.ty).__name__
+        if kind == "FuncType":
+            out.append(ComponentExport(name, None, name, func_sig(item.ty)))
+        elif kind == "ComponentInstanceType":
+            for fname, member in item.ty.exports(engine.engine).items():
+                if type(member.ty).__name__ == "FuncType":
+                    out.append(ComponentExport(f"{name}#{fname}", name, fname, func_sig(member.ty)))
+    return out
+
+
+def imports(engine: Any, component: Any) -> list:
+    kinds = {
+        "ComponentInstanceType": "interface",
+        "FuncType": "func",
+        "ModuleType": "module",
+        "ComponentType": "component",
+    }
+    return [
+        ComponentImport(name, kinds.get(type(item.ty).__name__, "type"))
+        for name, item in component.type.imports(engine.engine).items()
+    ]
+
+
+def refused_imports(names: list) -> tuple:
+    """(network imports, other imports) the sandbox does not provide."""
+    network = [n for n in names if n.startswith(NETWORK_DENIED)]
+    other = [
+        n for n in names if not n.startswith(WASI_PROVIDED + (WASI_SOCKETS,)) and n not in network
+    ]
+    return network, other
+
+
+def check_imports(names: list) -> None:
+    network, other = refused_imports(names)
+    if network:
+        raise errors.LinkError(
+            f"component imports {', '.join(network)}: network access is off in this sandbox",
+            hint="network.enabled = false: wasmsbx links no wasi:http; rebuild without it",
+            imports=network,
+        )
+    if other:
+        raise errors.LinkError(
+            f"component imports what the sandbox does not provide: {', '.join(other)}",
+            hint="wasmsbx provides the WASI 0.2 interfaces (cli, io, clocks, filesystem, "
+            "random; sockets always denied)",
+            imports=other,
+        )
+
+
+class _Budget:
+    """Bytes the guest may still write to stdout and stderr together."""
+
+    def __init__(self, limit: Optional[int], on_exceeded: Any) -> None:
+        self.limit = limit
+        self.used = 0
+        self.exceeded = False
+        self.on_exceeded = on_exceeded
+
+    def take(self, n: int) -> bool:
+        self.used += n
+        if self.limit is not None and self.used > self.limit:
+            if not self.exceeded:
+                self.exceeded = True
+                self.on_exceeded()
+            return False
+        return True
+
+
+class _Output(OutputSink):
+    def __init__(self, target: str, budget: _Budget, fallback: Any) -> None:
+        super().__init__(target, fallback)
+        self.budget = budget
+
+    def __call__(self, data: bytes) -> int:
+        if not self.budget.take(len(data)):
+            return -errno.EFBIG
+        self.write(data)
+        return len(data)
+
+
+class ComponentInstance:
+    """One instance of a component in its own store, under the limits."""
+
+    def __init__(
+        self,
+        engine: Any,
+        component: Any,
+        layout: binary.Layout,
+        limits: Limits,
+        wasi: WasiSetup,
+        import_names: list,
+    ) -> None:
+        self.engine = engine
+        self.limits = limits
+        self.layout = layout
+        self.poisoned = False
+        self.fuel_used = 0
+        self.fuel_armed = 0
+        self.outputs: list = []
+        self.warnings: list = []
+        self._tmp: Optional[str] = None
+        self.watch: Any = None  # the running call's deadline.Watch
+        self.budget = _Budget(limits.output, self._stop_flood)
+        check_imports(import_names)
+        self.store = wasmtime.Store(engine.engine)
+        self._set_limits()
+        self.store.set_wasi(self._wasi_config(wasi))
+        linker = wc.Linker(engine.engine)
+        linker.add_wasip2()
+        self._arm()
+        try:
+            self.instance = self._guarded(
+                "instantiation", linker.instantiate, self.store, component
+            )
+        except wasmtime.WasmtimeError as exc:
+            self.close()
+            raise self._error(exc, "instantiation") from None
+        finally:
+            self._account_fuel()
+        self._funcs: dict = {}
+
+    # ------------------------------------------------------------------ setup
+    def _set_limits(self) -> None:
+        layout, limits = self.layout, self.limits
+        cap = binary.memory_cap(limits.memory, layout.memories)
+        if cap is None:
+            need = sum(low for low, _ in layout.memories)
+            raise errors.MemoryLimitExceeded(
+                f"memory limit {format_size(limits.memory)} reached: component needs "
+                f"{format_size(need)} at start",
+                hint="raise limits.memory (--memory SIZE)",
+                limit_value=limits.memory,
+            )
+        self.memory_cap = cap
+        # limits.instances counts component instances (0 allows none: never weakened).
+        count = limits.instances
+        self.store.set_limits(
+            memory_size=cap,
+            table_elements=-1 if limits.table_elements is None else limits.table_elements,
+            instances=-1 if count is None else max(layout.core_instances, 1) * count,
+            memories=-1 if count is None else len(layout.memories) * count,
+        )
+
+    def _wasi_config(self, wasi: WasiSetup) -> wasmtime.WasiConfig:
+        config = wasmtime.WasiConfig()
+        config.argv = list(wasi.argv)
+        config.env = list(wasi.env.items())
+        for grant in wasi.grants:
+            config.preopen_dir(grant.host, grant.guest, grant.writable)
+        stdin = wasi.stdin
+        if stdin == "inherit":
+            config.inherit_stdin()
+        elif isinstance(stdin, (bytes, bytearray)):
+            config.stdin_file = self._bytes_file(stdin)
+        elif stdin != "null":
+            config.stdin_file = stdin
+        out = _Output(wasi.stdout, self.budget, sys.stdout.buffer)
+        err = _Output(wasi.stderr, self.budget, sys.stderr.buffer)
+        self.outputs = [out, err]
+        config.stdout_custom = out
+        config.stderr_custom = err
+        return config
+
+    def _bytes_file(self, data: bytes) -> str:
+        import os
+        import tempfile
+
+        handle, path = tempfile.mkstemp(prefix="wasmsbx-stdin-")
+        with os.fdopen(handle, "wb") as f:
+            f.write(data)
+        self._tmp = path
+        return path
+
+    def _arm(self) -> None:
+        """Arm the fuel; the deadline is armed by _guarded through the process's keeper."""
+        if self.limits.fuel is not None:
+            self.fuel_armed = self.limits.fuel
+            self.store.set_fuel(self.fuel_armed)
+
+    def _guarded(self, where: str, func: Any, *args: Any) -> Any:
+        """``func(*args)`` under the deadline, watched by the process's deadline keeper
+        (backends/deadline.py), which also stops a call blocked in a host call."""
+        from ..backends.deadline import KEEPER
+
+        limits = self.limits
+        watch = KEEPER.enter(
+            self.engine.clock,
+            limits.seconds(),
+            lambda: errors.TimeoutExceeded(
+                f"timeout: {where} still running after {format_duration(limits.timeout)}",
+                hint="raise limits.timeout (--timeout 30s) if the guest needs longer",
+                limit_value=limits.timeout,
+            ),
+            self.store.set_epoch_deadline,
+        )
+        self.watch = watch
+        try:
+            return func(*args)
+        finally:
+            KEEPER.leave(watch)
+
+    def _stop_flood(self) -> None:
+        """The output limit is reached: end the running call as a timeout would."""
+        if self.watch is not None:
+            from ..backends.deadline import KEEPER
+
+            KEEPER.expire(self.watch)
+
+    def _account_fuel(self) -> None:
+        if self.limits.fuel is not None:
+            self.fuel_used += self.fuel_armed - self.store.get_fuel()
+
+    # ------------------------------------------------------------------ calls
+    def func(self, export: ComponentExport) -> Any:
+        found = self._funcs.get(export.name)
+        if found is None:
+            index = None
+            if export.interface is not None:
+                index = self.instance.get_export_index(self.store, export.interface)
+            index = self.instance.get_export_index(self.store, export.func, index)
+            found = self._funcs[export.name] = self.instance.get_func(self.store, index)
+        return found
+
+    def call(self, export: ComponentExport, args: list) -> Any:
+        """Call with canonical values (already checked); the result, canonical."""
+        if self.poisoned:
+            raise errors.TrapError("this component instance trapped before; use a fresh one")
+        func = self.func(export)
+        try:
+            raw_args = [lower(a, t) for a, t in zip(args, export.sig.param_types)]
+        except ValueProblem as exc:
+            raise errors.UsageError(
+                f"{export.name}: {exc}",
+                hint="a limit of wasmtime-py's untagged variants: the value cannot be passed",
+            ) from None
+        self._arm()
+        try:
+            raw = self._guarded(export.name, _call_and_return, func, self.store, raw_args)
+        except wasmtime.ExitTrap as exit_trap:
+            self.poisoned = True
+            raise errors.TrapError(
+                f"guest called exit({exit_trap.code}) in {export.name}",
+                exit_code_guest=exit_trap.code,
+            ) from None
+        except wasmtime.WasmtimeError as exc:
+            self.poisoned = True
+            raise self._error(exc, export.name) from None
+        finally:
+            self._account_fuel()
+        return lift(raw, export.sig.result)
+
+    def run_command(self, export: ComponentExport) -> int:
+        """Run ``wasi:cli/run#run``: 0 for ok, 1 for err, or the code passed to exit."""
+        func = self.func(export)
+        self._arm()
+        try:
+            raw = self._guarded(export.name, _call_and_return, func, self.store, [])
+        except wasmtime.ExitTrap as exit_trap:
+            return exit_trap.code
+        except wasmtime.WasmtimeError as exc:
+            raise self._error(exc, export.name) from None
+        finally:
+            self._account_fuel()
+            self.poisoned = True  # a command runs once
+        return 0 if getattr(raw, "tag", "ok") == "ok" else 1
+
+    # ------------------------------------------------------------------ usage
+    def usage(self) -> Usage:
+        out, err = (self.outputs + [None, None])[:2]
+        return Usage(
+            fuel_used=self.fuel_used if self.limits.fuel is not None else None,
+            memory_bytes=None,  # component memories are not exported to the host
+            stdout=bytes(out.captured) if out and out.captured is not None else None,
+            stderr=bytes(err.captured) if err and err.captured is not None else None,
+            warnings=tuple(dict.fromkeys(self.warnings)),
+        )
+
+    def close(self) -> None:
+        for output in self.outputs:
+            output.close()
+        if self._tmp:
+            import os
+
+            os.unlink(self._tmp)
+            self._tmp = None
+
+    # ------------------------------------------------------------------ errors
+    def _error(self, exc: Exception, where: str) -> errors.WasmsbxError:
+        """A wasmtime error as wasmsbx's: component traps carry no trap code, so the
+        cause is read from the message's ``wasm trap:`` line."""
+        text = str(exc)
+        cause = _trap_cause(text)
+        frames = _frames(text)
+        limits = self.limits
+        if cause is None:
+            return self._setup_error(text, where)
+        if "all fuel consumed" in cause:
+            return errors.FuelExhausted(
+                f"fuel exhausted after {format_count(limits.fuel or 0)} units in {where}",
+                hint="raise limits.fuel (--fuel N) if the guest needs more",
+                backtrace=frames,
+                limit_value=limits.fuel,
+            )
+        if cause == "interrupt":
+            if self.watch is not None and self.watch.interrupted:  # Ctrl-C, SIGTERM
+                raise KeyboardInterrupt
+            if self.budget.exceeded:
+                return errors.OutputLimitExceeded(
+                    f"output limit {format_size(limits.output or 0)} reached: guest wrote "
+                    "more to stdout/stderr",
+                    hint="raise limits.output in the policy",
+                    backtrace=frames,
+                    limit_value=limits.output,
+                )
+            return errors.TimeoutExceeded(
+                f"timeout: {where} still running after {format_duration(limits.timeout)}",
+                hint="raise limits.timeout (--timeout 30s) if the guest needs longer",
+                backtrace=frames,
+                limit_value=limits.timeout,
+            )
+        if "call stack exhausted" in cause:
+            size = format_size(limits.stack) if limits.stack else "the default"
+            return errors.StackExhausted(
+                f"wasm stack exhausted in {where} (stack limit {size})",
+                hint="unbounded recursion? raise limits.stack if the guest needs deeper calls",
+                backtrace=frames,
+            )
+        return errors.TrapError(f"{where} trapped: {cause}", backtrace=frames)
+
+    def _setup_error(self, text: str, where: str) -> errors.WasmsbxError:
+        first = _first_line_text(text)
+        lowered = text.lower()
+        if "instance count too high" in lowered or ("instance" in lowered and "limit" in lowered):
+            return errors.InstanceLimitExceeded(
+                f"instance limit reached: the component makes {self.layout.core_instances} "
+                f"core instances; {first}",
+                hint="raise limits.instances",
+            )
+        if "memory" in lowered and ("limit" in lowered or "minimum" in lowered):
+            return errors.MemoryLimitExceeded(
+                f"memory limit {format_size(self.limits.memory)} reached at {where}: {first}",
+                hint="raise limits.memory (--memory SIZE)",
+                limit_value=self.limits.memory,
+            )
+        if "table" in lowered and "limit" in lowered:
+            return errors.TableLimitExceeded(
+                f"table limit reached at {where}: {first}", hint="raise limits.table_elements"
+            )
+        return errors.LinkError(f"cannot instantiate component: {first}", detail=text)
+
+
+def _trap_cause(text: str) -> Optional[str]:
+    for line in reversed(text.strip().splitlines()):
+        line = line.strip()
+        marker = line.find("wasm trap: ")
+        if marker >= 0:
+            return line[marker + len("wasm trap: ") :].strip()
+    return None
+
+
+def _frames(text: str) -> list:
+    out = []
+    for line in text.splitlines():
+        head, sep, rest = line.strip().partition(" - ")
+        if sep and head[:1].isdigit() and ":" in head:
+            out.append(rest.strip())
+    return out[:MAX_FRAMES]
+
+
+def _first_line_text(text: str) -> str:
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    if len(lines) >= 3 and lines[1] == "Caused by:":
+        return f"{lines[0]}: {lines[2]}"
+    return lines[0] if lines else "unknown error"
+
+
+def _first_line(exc: Exception) -> str:
+    return _first_line_text(str(exc))
+
+
+class ComponentEngine:
+    """The wasmtime backend's engine with components in place of modules: what the cache
+    (``cache.load_or_compile``) and ``wasmsbx compile`` call. The fingerprint carries
+    ``kind: component``, so a component's native code never loads as a module's."""
+
+    is_component = True
+
+    def __init__(self, engine: Any) -> None:
+        self.inner = engine
+        self.engine = engine.engine
+        self.clock = engine.clock
+        self.backend = engine.backend
+        self.options = engine.options
+
+    def compile(self, wasm: bytes) -> Any:
+        return compile_component(self.inner, wasm)
+
+    def serialize(self, component: Any) -> bytes:
+        return bytes(component.serialize())
+
+    def deserialize(self, native: Any) -> Any:
+        """Only code that passed the trust checks (a ``trust.Authenticated``)."""
+        from ..trust import require
+
+        data = require(native)
+        try:
+            return wc.Component.deserialize(self.engine, bytes(data))
+        except wasmtime.WasmtimeError as exc:
+            raise errors.ModuleError(
+                f"cannot load precompiled component: {_first_line(exc)}"
+            ) from None
+
+    def fingerprint(self) -> dict:
+        return {**self.inner.fingerprint(), "kind": "component"}
+
+
+def _call_and_return(func: Any, store: Any, args: list) -> Any:
+    """A component call and its ``post_return`` (required after every call)."""
+    raw = func(store, *args)
+    func.post_return(store)
+    return raw

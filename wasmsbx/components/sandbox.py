@@ -1,0 +1,444 @@
+"""``Sandbox`` for a component: the same face as for a core module, WIT-typed.
+
+``runner.Sandbox("c.wasm")`` returns a ``ComponentSandbox`` when the file's header says
+component (``components.is_component``), so the Python API and every command take
+components as they are. Functions are named as users see them: ``greet`` for a root
+export, ``ns:pkg/iface@1.0.0#greet`` inside an interface (the interface may be written
+without its version, and a function name that is unique in the component needs no
+interface at all).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import namedtuple
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Optional
+
+from .. import errors
+from .. import policy as policy_mod
+from ..backends.base import ExportInfo, WasiSetup
+from ..runner import RunStats, Sandbox, engine_options, limits_from, read_file
+from . import binary, runtime, wave
+from .types import passable
+from .values import ValueProblem, check, to_json
+
+RUN_INTERFACE = "wasi:cli/run@"
+# Parameter kinds whose command-line word is the value itself, not WAVE.
+PLAIN_WORDS = ("string", "char", "enum")
+
+
+def component_bytes(data: bytes, path: Any) -> bytes:
+    """The component's binary: as is, or converted from WAT text (``(component ...)``)."""
+    from . import is_component
+
+    if is_component(data):
+        return data
+    from ..runner import wat_to_wasm
+
+    wasm = wat_to_wasm(data, path)
+    if not is_component(wasm):
+        raise errors.ModuleError(f"{path}: not a WebAssembly component", path=str(path))
+    return wasm
+
+
+def find_export(exports: list, name: str, where: str) -> runtime.ComponentExport:
+    """The function ``name`` names: exactly, as ``iface#func`` without the version, or
+    as a bare function name only one interface exports."""
+    exact = [e for e in exports if e.name == name]
+    if exact:
+        return exact[0]
+    if "#" in name:
+        iface, _, func = name.rpartition("#")
+        found = [
+            e
+            for e in exports
+            if e.func == func and e.interface and e.interface.split("@")[0] == iface
+        ]
+    else:
+        found = [e for e in exports if e.func == name]
+    if len(found) == 1:
+        return found[0]
+    if len(found) > 1:
+        raise errors.UsageError(
+            f"{name!r} is exported by several interfaces",
+            hint="name one: " + ", ".join(e.name for e in found),
+        )
+    import difflib
+
+    close = difflib.get_close_matches(name, [e.name for e in exports], n=1)
+    raise errors.UsageError(
+        f"{where} has no exported function {name!r}",
+        hint=(f"did you mean {close[0]!r}? " if close else "") + exports_hint(exports),
+        function=name,
+    )
+
+
+def exports_hint(exports: list) -> str:
+    funcs = [f"{e.name}: {e.sig}" for e in exports]
+    if not funcs:
+        return "the component exports no functions"
+    more = " ..." if len(funcs) > 8 else ""
+    return "exported functions: " + "; ".join(funcs[:8]) + more
+
+
+def run_export(exports: list, where: str) -> runtime.ComponentExport:
+    """The ``wasi:cli/run`` function, or a UsageError."""
+    run = [e for e in exports if (e.interface or "").startswith(RUN_INTERFACE)]
+    if not run:
+        raise errors.UsageError(
+            f"{where} does not export wasi:cli/run, so it cannot run as a command",
+            hint=exports_hint(exports) + " (name one to call it)",
+        )
+    return run[0]
+
+
+class ComponentCallResult(namedtuple("ComponentCallResult", "function value type stats")):
+    """One call's result: the canonical Python value and its WIT type (None: no result)."""
+
+    function: str
+    value: Any
+    type: Any
+    stats: RunStats
+    __slots__ = ()
+
+    @property
+    def values(self) -> list:
+        return [] if self.type is None else [self.value]
+
+    @property
+    def types(self) -> tuple:
+        return () if self.type is None else (str(self.type),)
+
+    def text_lines(self, terminal: bool = False) -> list:
+        """As ``wasmsbx run`` prints it: strings and scalars plain, the rest as WAVE.
+
+        ``terminal``: the text goes to a terminal, where a guest's control characters
+        could drive it (``\x1b]52;...``), so they are written as WAVE escapes there."""
+        t = self.type
+        if t is None:
+            return []
+        if t.kind in ("string", "char") and terminal and _controls(self.value):
+            return [wave.format(self.value, t)]
+        if t.kind in ("string", "char", "enum", "bool") or t.kind in wave.INTS:
+            return [wave.format(self.value, t) if t.kind == "bool" else str(self.value)]
+        if t.kind in ("f32", "f64"):
+            return [wave.format_float(self.value, t.kind)]
+        return [wave.format(self.value, t)]
+
+    def to_dict(self) -> dict:
+        results = []
+        if self.type is not None:
+            results.append(
+                {
+                    "type": str(self.type),
+                    "value": to_json(self.value, self.type),
+                    "wave": wave.format(self.value, self.type),
+                }
+            )
+        return {"function": self.function, "results": results, "stats": self.stats.to_dict()}
+
+
+def _controls(text: str) -> bool:
+    """True if ``text`` holds control characters other than newline and tab."""
+    return any((ord(c) < 0x20 and c not in "\n\t") or 0x7F <= ord(c) < 0xA0 for c in text)
+
+
+class ComponentSandbox(Sandbox):
+    """A component loaded under a policy, ready to call or run as a command."""
+
+    is_component = True
+
+    def __init__(
+        self,
+        module,
+        policy: Optional[policy_mod.Policy] = None,
+        *,
+        backend: Optional[str] = None,
+        kind: str = "call",
+        use_cache: Optional[bool] = None,
+        artifact: Optional[str] = None,
+        cache_dir: Optional[str] = None,
+        progress: Any = None,
+        function: Optional[str] = None,
+        args: Any = None,
+        deadline: Optional[float] = None,
+        imports: Any = None,
+        group: Any = None,
+        name: Optional[str] = None,
+    ) -> None:
+        """As :class:`wasmsbx.Sandbox`; ``function``/``args`` are checked when the call is
+        made (against the WIT signature), ``deadline`` bounds the whole run. Host imports
+        and linking are for core modules: a component is refused with them."""
+        if imports or group is not None:
+            raise errors.UsageError(
+                "host imports and linking (imports=, Group) are for core modules; "
+                "a component's imports are WASI 0.2 only",
+                hint="build the host interface into the component's world instead",
+            )
+        from_bytes = isinstance(module, (bytes, bytearray, memoryview))
+        self.path = Path(name or "<bytes>") if from_bytes else Path(module)
+        self.deadline = deadline
+        self.policy = policy if policy is not None else policy_mod.discover()
+        self.timings: dict = {}
+        self.warnings: list = []
+        self.progress = progress
+        self.cache_dir = cache_dir
+        started = time.perf_counter()
+        data = bytes(module) if from_bytes else read_file(self.path)
+        from ..backends.compiling import check_size
+
+        check_size(len(data), self.policy.values["limits.module_size"], self.path.name)
+        self.wasm: Optional[bytes] = component_bytes(data, self.path)
+        self.artifact = None
+        if artifact is not None:  # verified as for modules; refused -> warning, compiled
+            from .. import aot
+
+            self.artifact = aot.open_for(self, None, artifact)
+        self.timings["read"] = time.perf_counter() - started
+        try:
+            self.layout = binary.scan(self.wasm)
+        except binary.ComponentFormatError as exc:
+            raise errors.ModuleError(f"{self.path}: {exc}", path=str(self.path)) from None
+        self.selection = None
+        self._spec = backend
+        self.backend_name, self.compiler = self._choose(backend, kind)
+        from .. import backends
+
+        self.engine = runtime.ComponentEngine(
+            backends.get(self.backend_name).engine(engine_options(self.policy, self.compiler))
+        )
+        self.cache_state = "off"
+        self.recorded_exports = None
+        cache_wanted = self.policy.values["runtime.cache"] if use_cache is None else use_cache
+        self.module = None
+        if self.artifact is not None:
+            from .. import aot
+
+            # Built from this very component (sha256) for this engine (kind: component).
+            self.module = aot.load_for(self)
+        if self.module is None:
+            self.module = self._compile(cache_wanted)
+        self.component_exports = runtime.exports(self.engine, self.module)
+        self.import_names = [i.name for i in runtime.imports(self.engine, self.module)]
+        runtime.check_imports(self.import_names)  # refused at load, before any call
+        self.export_list = [ExportInfo(e.name, "func", e.sig) for e in self.component_exports]
+        self._instance: Any = None
+
+    # --------------------------------------------------------------- choosing
+    def _choose(self, backend: Optional[str], kind: str) -> tuple:
+        """Always scored: the component model is a hard requirement a backend may lack."""
+        from ..backends import select
+
+        self.selection = select.select(self.policy, self._features(), kind, backend)
+        return self.selection.backend, self.selection.compiler
+
+    def _features(self) -> frozenset:
+        return frozenset({"component-model"})
+
+    def explain(self, kind: str = "call") -> Any:
+        return self.selection
+
+    # ``_compile`` (the cache, or compiling now) and ``_compile_now`` are Sandbox's: the
+    # ComponentEngine gives them components, serialized with Component.serialize.
+
+    # --------------------------------------------------------------- exports
+    def resolve(self, name: str) -> runtime.ComponentExport:
+        """The export called ``name`` (see the module docstring for the spellings)."""
+        return find_export(self.component_exports, name, self.path.name)
+
+    def signature(self, func: str) -> Any:
+        return self.resolve(func).sig
+
+    def _exports_hint(self) -> str:
+        return exports_hint(self.component_exports)
+
+    # --------------------------------------------------------------- arguments
+    def typed_args(self, export: runtime.ComponentExport, args: Sequence[Any], text: bool) -> list:
+        """Arguments checked against the WIT parameter types.
+
+        ``text``: every argument is WAVE (``--invoke``). Otherwise a str is a command-line
+        word: taken as is for string, char and enum parameters, read as WAVE for the rest;
+        any other Python value is checked as it is.
+        """
+        sig = export.sig
+        for pname, ptype in sig.params:
+            reason = passable(ptype)
+            if reason:
+                raise errors.UsageError(f"{export.name}: parameter {pname}: {reason}")
+        if len(args) != len(sig.params):
+            n = len(sig.params)
+            raise errors.UsageError(
+                f"{export.name} takes {n} argument{'s' if n != 1 else ''}, got {len(args)}",
+                hint=f"signature: {export.name}: {sig}",
+            )
+        return [
+            self._arg(export, i, pname, ptype, value, text)
+            for i, ((pname, ptype), value) in enumerate(zip(sig.params, args))
+        ]
+
+    def _arg(self, export, index: int, pname: str, ptype, value: Any, text: bool) -> Any:
+        try:
+            if isinstance(value, str) and (text or ptype.kind not in PLAIN_WORDS):
+                if ptype.kind == "char" and not text and len(value) == 1:
+                    return value
+                return wave.parse(value, ptype)
+            return check(value, ptype)
+        except ValueProblem as exc:
+            raise errors.UsageError(
+                f"{export.name}: argument {index + 1} ({pname}: {ptype}): {exc}",
+                hint=f"signature: {export.name}: {export.sig}; compound values are WAVE, "
+                'e.g. [1, 2], {name: "x"}, some(1), ok("y")',
+                function=export.name,
+            ) from None
+
+    # --------------------------------------------------------------- calling
+    def instantiate(self, wasi: Optional[WasiSetup] = None) -> Any:
+        started = time.perf_counter()
+        instance = runtime.ComponentInstance(
+            self.engine,
+            self.module,
+            self.layout,
+            limits_from(self.policy)._replace(deadline=self.deadline),
+            wasi or self.wasi_setup(),
+            self.import_names,
+        )
+        self.timings["instantiate"] = time.perf_counter() - started
+        return instance
+
+    def invoke(
+        self,
+        func: str,
+        args: Sequence[Any] = (),
+        fresh: bool = False,
+        wasi: Optional[WasiSetup] = None,
+        wave_args: bool = False,
+    ) -> ComponentCallResult:
+        """Call ``func``; ``wave_args``: every argument is WAVE text (``--invoke``)."""
+        export = self.resolve(func)
+        reason = passable(export.sig.result)
+        if reason:
+            raise errors.UsageError(f"{export.name}: its result cannot be returned: {reason}")
+        typed = self.typed_args(export, args, wave_args)
+        if self._instance is None or fresh or self._instance.poisoned:
+            if self._instance is not None:
+                self._instance.close()
+            self._instance = self.instantiate(wasi)
+        started = time.perf_counter()
+        try:
+            value = self._instance.call(export, typed)
+        finally:
+            self.timings["run"] = time.perf_counter() - started
+        return ComponentCallResult(
+            export.name, value, export.sig.result, self._stats(self._instance)
+        )
+
+    def call(self, func: str, *args: Any) -> Any:
+        """``box.call("greet", "World") == "Hello, World"``: Python values in and out."""
+        return self.invoke(func, args).value
+
+    def run_command(
+        self, argv: Sequence[str] = (), stdin: Any = None, capture: bool = False
+    ) -> Any:
+        """Run the component's ``wasi:cli/run`` export; its exit code is returned."""
+        from ..runner import CommandResult
+
+        run = run_export(self.component_exports, self.path.name)
+        instance = self.instantiate(self.wasi_setup(argv, stdin, capture))
+        started = time.perf_counter()
+        try:
+            code = instance.run_command(run)
+        finally:
+            self.timings["run"] = time.perf_counter() - started
+            instance.close()
+        usage = instance.usage()
+        return CommandResult(code, self._stats(instance, usage), usage.stdout, usage.stderr)
+
+    def batch_caller(self, func: str, fresh: bool = False) -> ComponentCaller:
+        """What ``--batch`` calls per item (``batch.make_caller``)."""
+        return ComponentCaller(self, func, fresh)
+
+    def stream(self, *args: Any, **kwargs: Any) -> Any:
+        raise errors.UsageError(
+            "--stream needs a core module (the streaming ABI reads guest memory); "
+            "this is a component",
+            hint="call the component's functions instead",
+        )
+
+    def close(self) -> None:
+        if self._instance is not None:
+            self._instance.close()
+            self._instance = None
+
+
+class ComponentCaller:
+    """``--batch`` for a component: each item's arguments are typed JSON (as ``--json``
+    prints values: ``{"some": 1}``, ``{"ok": 2}``, records as objects...), checked
+    against the WIT signature; results come back as typed JSON too."""
+
+    def __init__(self, box: ComponentSandbox, func: str, fresh: bool = False) -> None:
+        from ..batch import guest_wasi
+
+        self.box = box
+        self.export = box.resolve(func)
+        for pname, ptype in self.export.sig.params:
+            reason = passable(ptype)
+            if reason:
+                raise errors.UsageError(f"{self.export.name}: parameter {pname}: {reason}")
+        self.fresh = fresh
+        self.wasi = guest_wasi(box)
+        self.instance: Any = None
+
+    def ready(self) -> None:
+        self.instance = self.box.instantiate(self.wasi)
+
+    def run(self, line: int, payload: Any) -> Any:
+        from ..batch import BatchResult, error_record, parse_item
+
+        started = time.perf_counter()
+        ident: Any = line
+        try:
+            args, given = parse_item(payload)
+            ident = line if given is None else given
+            typed = self._args(args)
+            if self.instance is None or self.instance.poisoned:
+                self._drop()
+                self.instance = self.box.instantiate(self.wasi)
+            value = self.instance.call(self.export, typed)
+            if self.fresh:
+                self._drop()
+        except errors.WasmsbxError as exc:
+            if isinstance(exc, errors.TrapError):
+                self._drop()
+            return BatchResult(line, ident, None, error_record(exc), time.perf_counter() - started)
+        result = self.export.sig.result
+        out = [] if result is None else [to_json(value, result)]
+        return BatchResult(line, ident, out, None, time.perf_counter() - started)
+
+    def _args(self, args: list) -> list:
+        from .values import from_json
+
+        params = self.export.sig.params
+        if len(args) != len(params):
+            raise errors.UsageError(
+                f"{self.export.name} takes {len(params)} arguments, got {len(args)}",
+                hint=f"signature: {self.export.name}: {self.export.sig}",
+            )
+        out = []
+        for i, ((pname, ptype), value) in enumerate(zip(params, args)):
+            try:
+                out.append(from_json(value, ptype))
+            except ValueProblem as exc:
+                raise errors.UsageError(
+                    f"{self.export.name}: argument {i + 1} ({pname}: {ptype}): {exc}"
+                ) from None
+        return out
+
+    def _drop(self) -> None:
+        if self.instance is not None:
+            self.instance.close()
+            self.instance = None
+
+    def close(self) -> None:
+        self._drop()

@@ -1,0 +1,177 @@
+"""WIT types, read from wasmtime-py's component introspection into plain records.
+
+``WitType`` is a small tree (kind plus what the kind needs) that the value converters,
+WAVE, typed JSON, audit and watch share; ``str()`` spells it as WIT does
+(``list<f64>``, ``result<s64, string>``, ``record { name: string, n: u32 }``;
+introspection has no type names, so records, variants, enums and flags are spelled out).
+"""
+
+from __future__ import annotations
+
+from collections import namedtuple
+from typing import Any, Optional
+
+INTS = {
+    "s8": (-(2**7), 2**7 - 1),
+    "s16": (-(2**15), 2**15 - 1),
+    "s32": (-(2**31), 2**31 - 1),
+    "s64": (-(2**63), 2**63 - 1),
+    "u8": (0, 2**8 - 1),
+    "u16": (0, 2**16 - 1),
+    "u32": (0, 2**32 - 1),
+    "u64": (0, 2**64 - 1),
+}
+FLOATS = ("f32", "f64")
+SCALARS = frozenset(INTS) | frozenset(FLOATS) | {"bool", "char", "string"}
+# The simple wasmtime-py ValType classes, by class name.
+_SIMPLE = {
+    "Bool": "bool",
+    "S8": "s8",
+    "S16": "s16",
+    "S32": "s32",
+    "S64": "s64",
+    "U8": "u8",
+    "U16": "u16",
+    "U32": "u32",
+    "U64": "u64",
+    "F32": "f32",
+    "F64": "f64",
+    "Char": "char",
+    "String": "string",
+    "ErrorContext": "error-context",
+}
+
+
+class WitType(namedtuple("WitType", "kind items", defaults=((),))):
+    """One WIT value type.
+
+    ``items`` by kind: list/option: (element,); result: (ok or None, err or None);
+    tuple: element types; record: ((field, type), ...); variant: ((case, type or None),
+    ...); enum/flags: names; own/borrow: (resource name,); scalars: ().
+    """
+
+    kind: str
+    items: tuple
+    __slots__ = ()
+
+    def __str__(self) -> str:
+        return spell(self)
+
+    def to_dict(self) -> dict:
+        return {"wit": spell(self), "kind": self.kind}
+
+
+class FuncSig(namedtuple("FuncSig", "params result")):
+    """A component function's type: ((name, WitType), ...) and one result or None."""
+
+    params: tuple
+    result: Optional[WitType]
+    __slots__ = ()
+
+    def __str__(self) -> str:
+        params = ", ".join(f"{n}: {t}" for n, t in self.params)
+        return f"func({params})" + (f" -> {self.result}" if self.result is not None else "")
+
+    @property
+    def param_types(self) -> tuple:
+        return tuple(t for _, t in self.params)
+
+
+def spell(t: WitType) -> str:
+    """The WIT spelling of ``t``."""
+    k, items = t.kind, t.items
+    if k in ("list", "option", "future", "stream"):
+        return f"{k}<{spell(items[0])}>" if items and items[0] is not None else k
+    if k == "result":
+        ok, err = items
+        if ok is None and err is None:
+            return "result"
+        if err is None:
+            return f"result<{spell(ok)}>"
+        return f"result<{'_' if ok is None else spell(ok)}, {spell(err)}>"
+    if k == "tuple":
+        return "tuple<" + ", ".join(spell(e) for e in items) + ">"
+    if k == "record":
+        return "record { " + ", ".join(f"{n}: {spell(f)}" for n, f in items) + " }"
+    if k == "variant":
+        cases = (n if c is None else f"{n}({spell(c)})" for n, c in items)
+        return "variant { " + ", ".join(cases) + " }"
+    if k in ("enum", "flags"):
+        return f"{k} {{ " + ", ".join(items) + " }"
+    if k in ("own", "borrow"):
+        return f"{k}<{items[0]}>"
+    return k
+
+
+def from_wasmtime(vt: Any) -> WitType:
+    """The WitType of a wasmtime-py ``ValType``."""
+    name = type(vt).__name__
+    if name in _SIMPLE:
+        return WitType(_SIMPLE[name])
+    if name == "ListType":
+        return WitType("list", (from_wasmtime(vt.element),))
+    if name == "OptionType":
+        return WitType("option", (from_wasmtime(vt.payload),))
+    if name == "ResultType":
+        return WitType("result", (_maybe(vt.ok), _maybe(vt.err)))
+    if name == "TupleType":
+        return WitType("tuple", tuple(from_wasmtime(e) for e in vt.elements))
+    if name == "RecordType":
+        return WitType("record", tuple((n, from_wasmtime(f)) for n, f in vt.fields))
+    if name == "VariantType":
+        return WitType("variant", tuple((n, _maybe(c)) for n, c in vt.cases))
+    if name == "EnumType":
+        return WitType("enum", tuple(vt.names))
+    if name == "FlagsType":
+        return WitType("flags", tuple(vt.names))
+    if name in ("OwnType", "BorrowType"):
+        return WitType("own" if name == "OwnType" else "borrow", (_resource_name(vt),))
+    if name in ("FutureType", "StreamType"):
+        payload = getattr(vt, "payload", None)
+        return WitType(name[:-4].lower(), (_maybe(payload),))
+    return WitType(name)  # an unknown kind: refused when a value of it is needed
+
+
+def _maybe(vt: Any) -> Optional[WitType]:
+    return None if vt is None else from_wasmtime(vt)
+
+
+def _resource_name(vt: Any) -> str:
+    return "resource"  # introspection gives no resource names
+
+
+def func_sig(ft: Any) -> FuncSig:
+    """The FuncSig of a wasmtime-py component ``FuncType``."""
+    result = ft.result
+    return FuncSig(
+        tuple((n, from_wasmtime(t)) for n, t in ft.params),
+        None if result is None else from_wasmtime(result),
+    )
+
+
+def passable(t: Optional[WitType]) -> Optional[str]:
+    """Why values of ``t`` cannot cross the boundary here (None when they can)."""
+    if t is None:
+        return None
+    if t.kind in ("own", "borrow"):
+        return "resource handles cannot be passed from outside the component"
+    if t.kind in ("future", "stream", "error-context"):
+        return f"{t.kind} values are not supported by wasmtime-py"
+    if t.kind not in SCALARS and t.kind not in (
+        "list",
+        "option",
+        "result",
+        "tuple",
+        "record",
+        "variant",
+        "enum",
+        "flags",
+    ):
+        return f"unknown type {t.kind}"
+    for item in t.items:
+        inner = item[1] if isinstance(item, tuple) and not isinstance(item, WitType) else item
+        if isinstance(inner, WitType):
+            reason = passable(inner)
+            if reason:
+                return reason
+    return None

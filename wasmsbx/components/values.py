@@ -1,0 +1,530 @@
+"""WIT values in Python, checked against their type, and their typed JSON.
+
+The Python forms (what ``Sandbox.call`` takes and returns):
+
+====================  ==============================================================
+WIT                   Python
+====================  ==============================================================
+bool, sN/uN, fN       bool, int (range-checked), float
+char, string          str (one code point for char; no lone surrogates)
+list<u8>              bytes (a list of ints is accepted)
+list<T>               list (a tuple is accepted)
+tuple<...>            tuple (a list is accepted)
+record { ... }        dict keyed by field name (``first-name`` or ``first_name``);
+                      any object with those attributes is accepted
+enum                  str, the case name
+flags                 set of case names (any iterable of names is accepted)
+option<T>             None, or the value; ``Some(v)`` when T is itself an option
+result<T, E>          ``Ok(v)`` or ``Err(e)`` (v/e None without a payload)
+variant               ``Variant(case, payload)``
+====================  ==============================================================
+
+wasmtime-py 50 passes variant-like values untagged when their cases' Python classes
+do not overlap (``result<s64, string>`` comes back as 16 or a bare str) and does not
+range-check integers (``add(2**40, 1)`` returns 1). ``lower`` and ``lift`` hide both:
+every value is checked here first, and tagged or untagged forms are chosen (and read)
+exactly as wasmtime-py does, refusing the few values it would pass as the wrong case.
+
+Typed JSON (``--json``, ``--batch``): scalars as JSON scalars (``inf``/``nan`` as
+strings), lists, tuples and flags as arrays, records as objects, enums as the case
+name, and explicit tags for the rest: ``{"some": v}``/``{"none": null}``,
+``{"ok": v}``/``{"err": e}``, ``{"<case>": payload-or-null}`` for a variant.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Any, Optional
+
+from .types import INTS, WitType
+
+_INF = float("inf")
+
+
+class ValueProblem(ValueError):
+    """A value that does not fit its WIT type; ``path`` says where inside it."""
+
+    def __init__(self, message: str, path: str = "") -> None:
+        super().__init__(message)
+        self.message = message
+        self.path = path
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.message}" if self.path else self.message
+
+
+class _Tagged:
+    """Base of the tagged Python forms: equal only to the same class with equal fields."""
+
+    __slots__ = ()
+    _fields: tuple = ()
+
+    def _key(self) -> tuple:
+        return tuple(getattr(self, f) for f in self._fields)
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is type(self) and other._key() == self._key()
+
+    def __hash__(self) -> int:
+        return hash((type(self).__name__, *self._key()))
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({', '.join(repr(v) for v in self._key())})"
+
+
+class Ok(_Tagged):
+    """The ok case of a WIT ``result``."""
+
+    __slots__ = ("value",)
+    _fields = ("value",)
+
+    def __init__(self, value: Any = None) -> None:
+        self.value = value
+
+
+class Err(_Tagged):
+    """The err case of a WIT ``result``."""
+
+    __slots__ = ("value",)
+    _fields = ("value",)
+
+    def __init__(self, value: Any = None) -> None:
+        self.value = value
+
+
+class Some(_Tagged):
+    """A present ``option`` value, needed only when the payload is itself an option."""
+
+    __slots__ = ("value",)
+    _fields = ("value",)
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+
+class Variant(_Tagged):
+    """A WIT ``variant`` case with its payload (None without one)."""
+
+    __slots__ = ("case", "payload")
+    _fields = ("case", "payload")
+
+    def __init__(self, case: str, payload: Any = None) -> None:
+        self.case = case
+        self.payload = payload
+
+
+# ---------------------------------------------------------------- checking (Python -> canon)
+
+
+def check(value: Any, t: WitType, path: str = "") -> Any:
+    """``value`` in the canonical Python form of ``t``; ValueProblem if it does not fit."""
+    k = t.kind
+    if k in INTS:
+        return _int(value, k, path)
+    if k in ("f32", "f64"):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueProblem(f"expected a number ({k}), got {_show(value)}", path)
+        return _f32(float(value), path) if k == "f32" else float(value)
+    if k == "bool":
+        if not isinstance(value, bool):
+            raise ValueProblem(f"expected true or false, got {_show(value)}", path)
+        return value
+    if k in ("char", "string"):
+        return _text(value, k, path)
+    return _CHECKERS[k](value, t, path)
+
+
+def _f32(value: float, path: str) -> float:
+    """The nearest f32 (what the guest receives), or a ValueProblem beyond its range."""
+    import struct
+
+    try:
+        return struct.unpack("<f", struct.pack("<f", value))[0]
+    except OverflowError:
+        raise ValueProblem(f"{value!r} is out of range for f32", path) from None
+
+
+def _int(value: Any, kind: str, path: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        else:
+            raise ValueProblem(f"expected an integer ({kind}), got {_show(value)}", path)
+    low, high = INTS[kind]
+    if not low <= value <= high:
+        raise ValueProblem(f"{value} is out of range for {kind} ({low} .. {high})", path)
+    return value
+
+
+def _text(value: Any, kind: str, path: str) -> str:
+    if not isinstance(value, str):
+        raise ValueProblem(f"expected a {kind}, got {_show(value)}", path)
+    if kind == "char" and len(value) != 1:
+        raise ValueProblem(f"a char is one character, got {value!r}", path)
+    if any(0xD800 <= ord(c) <= 0xDFFF for c in value):
+        raise ValueProblem(f"{value!r} holds a lone surrogate, not Unicode text", path)
+    return value
+
+
+def _list(value: Any, t: WitType, path: str) -> Any:
+    element = t.items[0]
+    if element.kind == "u8" and isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value)
+    if not isinstance(value, (list, tuple)):
+        raise ValueProblem(f"expected a list ({t}), got {_show(value)}", path)
+    items = [check(v, element, f"{path}[{i}]") for i, v in enumerate(value)]
+    return bytes(items) if element.kind == "u8" else items
+
+
+def _tuple(value: Any, t: WitType, path: str) -> tuple:
+    if not isinstance(value, (list, tuple)) or len(value) != len(t.items):
+        raise ValueProblem(f"expected a tuple of {len(t.items)} ({t}), got {_show(value)}", path)
+    return tuple(check(v, e, f"{path}.{i}") for i, (v, e) in enumerate(zip(value, t.items)))
+
+
+def _record(value: Any, t: WitType, path: str) -> dict:
+    names = [n for n, _ in t.items]
+    if isinstance(value, dict):
+        known = set(names) | {n.replace("-", "_") for n in names}
+        extra = [k for k in value if k not in known]
+        if extra:
+            raise ValueProblem(f"unknown field {extra[0]!r}; fields: {', '.join(names)}", path)
+    out = {}
+    for name, ftype in t.items:
+        found, field = _field(value, name)
+        if not found:
+            if ftype.kind != "option":
+                raise ValueProblem(f"missing field {name!r} ({ftype})", path)
+            field = None  # an absent option field is none, as in WAVE
+        out[name] = check(field, ftype, f"{path}.{name}")
+    return out
+
+
+def _field(value: Any, name: str) -> tuple:
+    for key in (name, name.replace("-", "_")):
+        if isinstance(value, dict):
+            if key in value:
+                return True, value[key]
+        elif hasattr(value, key):
+            return True, getattr(value, key)
+    return False, None
+
+
+def _enum(value: Any, t: WitType, path: str) -> str:
+    if not isinstance(value, str) or value not in t.items:
+        raise ValueProblem(f"expected one of {', '.join(t.items)}, got {_show(value)}", path)
+    return value
+
+
+def _flags(value: Any, t: WitType, path: str) -> set:
+    if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
+        raise ValueProblem(f"expected a set of flags ({t}), got {_show(value)}", path)
+    out = set(value)
+    unknown = sorted(str(v) for v in out if v not in t.items)
+    if unknown:
+        raise ValueProblem(f"unknown flag {unknown[0]!r}; flags: {', '.join(t.items)}", path)
+    return out
+
+
+def _option(value: Any, t: WitType, path: str) -> Any:
+    payload = t.items[0]
+    if value is None:
+        return None
+    if isinstance(value, Some):
+        inner = check(value.value, payload, f"{path}.some")
+    else:
+        inner = check(value, payload, f"{path}.some")
+    return Some(inner) if payload.kind == "option" else inner
+
+
+def _result(value: Any, t: WitType, path: str) -> Any:
+    ok, err = t.items
+    if isinstance(value, Ok):
+        return Ok(_payload(value.value, ok, f"{path}.ok"))
+    if isinstance(value, Err):
+        return Err(_payload(value.value, err, f"{path}.err"))
+    raise ValueProblem(f"expected Ok(...) or Err(...) for {t}, got {_show(value)}", path)
+
+
+def _variant(value: Any, t: WitType, path: str) -> Variant:
+    if not isinstance(value, Variant):
+        raise ValueProblem(f"expected Variant(case, payload) for {t}, got {_show(value)}", path)
+    cases = dict(t.items)
+    if value.case not in cases:
+        raise ValueProblem(f"unknown case {value.case!r}; cases: {', '.join(cases)}", path)
+    return Variant(value.case, _payload(value.payload, cases[value.case], f"{path}.{value.case}"))
+
+
+def _payload(value: Any, t: Optional[WitType], path: str) -> Any:
+    if t is None:
+        if value is not None:
+            raise ValueProblem(f"this case has no payload, got {_show(value)}", path)
+        return None
+    return check(value, t, path)
+
+
+def _refuse(value: Any, t: WitType, path: str) -> Any:
+    from .types import passable
+
+    raise ValueProblem(passable(t) or f"cannot pass a {t}", path)
+
+
+_CHECKERS = {
+    "list": _list,
+    "tuple": _tuple,
+    "record": _record,
+    "enum": _enum,
+    "flags": _flags,
+    "option": _option,
+    "result": _result,
+    "variant": _variant,
+}
+for _kind in ("own", "borrow", "future", "stream", "error-context"):
+    _CHECKERS[_kind] = _refuse
+
+
+def _show(value: Any) -> str:
+    text = repr(value)
+    return (text[:40] + "...") if len(text) > 43 else text
+
+
+# ---------------------------------------------------------------- wasmtime-py's forms
+
+
+def _cases(t: WitType) -> list:
+    if t.kind == "option":
+        return [("none", None), ("some", t.items[0])]
+    if t.kind == "result":
+        return [("ok", t.items[0]), ("err", t.items[1])]
+    return list(t.items)
+
+
+@functools.lru_cache(maxsize=1024)
+def _classes(t: Optional[WitType]) -> frozenset:
+    """The Python classes wasmtime-py uses for ``t`` (mirrors its ``add_classes``)."""
+    from wasmtime.component import Record
+    from wasmtime.component import Variant as WVariant
+
+    if t is None:
+        return frozenset({object})
+    k = t.kind
+    if k in INTS:
+        return frozenset({int})
+    simple = {"bool": bool, "f32": float, "f64": float, "char": str, "string": str}
+    simple.update({"enum": str, "tuple": tuple, "flags": set, "record": Record})
+    if k in simple:
+        return frozenset({simple[k]})
+    if k == "list":
+        return frozenset({bytes if t.items[0].kind == "u8" else list})
+    if k in ("option", "result", "variant"):
+        if tagged(t):
+            return frozenset({WVariant})
+        out: frozenset = frozenset()
+        for _, case in _cases(t):
+            out |= _classes(case)
+        return out
+    return frozenset({object})
+
+
+@functools.lru_cache(maxsize=1024)
+def tagged(t: WitType) -> bool:
+    """Whether wasmtime-py passes this variant-like type as ``Variant(tag, payload)``:
+    when two cases share a Python class (mirrors its ``_tagged``)."""
+    seen: frozenset = frozenset()
+    for _, case in _cases(t):
+        mine = _classes(case)
+        if mine & seen:
+            return True
+        seen |= mine
+    return False
+
+
+def lower(value: Any, t: WitType) -> Any:
+    """A canonical value (from ``check``) in the form wasmtime-py takes."""
+    k = t.kind
+    if k == "list":
+        if t.items[0].kind == "u8":
+            return value
+        return [lower(v, t.items[0]) for v in value]
+    if k == "tuple":
+        return tuple(lower(v, e) for v, e in zip(value, t.items))
+    if k == "record":
+        from wasmtime.component import Record
+
+        out = Record()
+        for name, ftype in t.items:
+            setattr(out, name, lower(value[name], ftype))
+        return out
+    if k in ("option", "result", "variant"):
+        return _lower_case(value, t)
+    return value
+
+
+def _lower_case(value: Any, t: WitType) -> Any:
+    case, payload = _case_of(value, t)
+    ptype = dict(_cases(t))[case]
+    raw = None if ptype is None else lower(payload, ptype)
+    if tagged(t):
+        from wasmtime.component import Variant as WVariant
+
+        return WVariant(case, raw)
+    picked = _wasmtime_pick(t, raw)
+    if picked != case:
+        raise ValueProblem(
+            f"wasmtime-py would pass this {t} value as case {picked!r}, not {case!r} "
+            "(its untagged form is ambiguous here)"
+        )
+    return raw
+
+
+def _case_of(value: Any, t: WitType) -> tuple:
+    if t.kind == "option":
+        if value is None:
+            return "none", None
+        return "some", value.value if isinstance(value, Some) else value
+    if t.kind == "result":
+        return ("ok" if isinstance(value, Ok) else "err"), value.value
+    return value.case, value.payload
+
+
+def _wasmtime_pick(t: WitType, raw: Any) -> Optional[str]:
+    """The case wasmtime-py's untagged lowering chooses for ``raw``."""
+    for name, case in _cases(t):
+        if case is None:
+            if raw is None:
+                return name
+        elif isinstance(raw, tuple(_classes(case))):
+            return name
+    return None
+
+
+def lift(raw: Any, t: Optional[WitType]) -> Any:
+    """A value wasmtime-py returned, in the canonical Python form of ``t``."""
+    if t is None:
+        return None
+    k = t.kind
+    if k == "list":
+        if t.items[0].kind == "u8":
+            return bytes(raw)
+        return [lift(v, t.items[0]) for v in raw]
+    if k == "tuple":
+        return tuple(lift(v, e) for v, e in zip(raw, t.items))
+    if k == "record":
+        return {n: lift(getattr(raw, n), f) for n, f in t.items}
+    if k == "flags":
+        return set(raw)
+    if k in ("option", "result", "variant"):
+        return _lift_case(raw, t)
+    return raw
+
+
+def _lift_case(raw: Any, t: WitType) -> Any:
+    if tagged(t):
+        case, payload = raw.tag, raw.payload
+    else:
+        case, payload = _untagged_case(raw, t), raw
+    ptype = dict(_cases(t))[case]
+    value = None if ptype is None else lift(payload, ptype)
+    if t.kind == "option":
+        if case == "none":
+            return None
+        return Some(value) if t.items[0].kind == "option" else value
+    if t.kind == "result":
+        return Ok(value) if case == "ok" else Err(value)
+    return Variant(case, value)
+
+
+def _untagged_case(raw: Any, t: WitType) -> str:
+    """Which case an untagged value is: by exact class first (bool is an int too)."""
+    cases = _cases(t)
+    for name, case in cases:
+        if case is None and raw is None:
+            return name
+    for name, case in cases:
+        if case is not None and type(raw) in _classes(case):
+            return name
+    for name, case in cases:
+        if case is not None and isinstance(raw, tuple(_classes(case))):
+            return name
+    raise ValueProblem(f"cannot tell which case of {t} the value {_show(raw)} is")
+
+
+# ---------------------------------------------------------------- typed JSON
+
+
+def to_json(value: Any, t: Optional[WitType]) -> Any:
+    """A canonical value as typed JSON (see the module docstring)."""
+    if t is None:
+        return None
+    k = t.kind
+    if k in ("f32", "f64"):
+        return _json_float(value)
+    if k == "list":
+        return [to_json(v, t.items[0]) for v in value]
+    if k == "tuple":
+        return [to_json(v, e) for v, e in zip(value, t.items)]
+    if k == "record":
+        return {n: to_json(value[n], f) for n, f in t.items}
+    if k == "flags":
+        return [n for n in t.items if n in value]
+    if k in ("option", "result", "variant"):
+        case, payload = _case_of(value, t)
+        ptype = dict(_cases(t))[case]
+        return {case: None if ptype is None else to_json(payload, ptype)}
+    return value
+
+
+def _json_float(value: float) -> Any:
+    if math.isnan(value):
+        return "nan"
+    if value in (_INF, -_INF):
+        return "inf" if value > 0 else "-inf"
+    return value
+
+
+def from_json(data: Any, t: WitType, path: str = "") -> Any:
+    """Typed JSON (as ``to_json`` writes it; bare values accepted where unambiguous)
+    in the canonical Python form, checked."""
+    k = t.kind
+    if k in ("f32", "f64") and isinstance(data, str):
+        try:
+            data = float(data)
+        except ValueError:
+            raise ValueProblem(f"expected a number ({k}), got {_show(data)}", path) from None
+    if k == "list" and isinstance(data, list):
+        data = [from_json(v, t.items[0], f"{path}[{i}]") for i, v in enumerate(data)]
+    elif k == "tuple" and isinstance(data, list) and len(data) == len(t.items):
+        data = [from_json(v, e, f"{path}.{i}") for i, (v, e) in enumerate(zip(data, t.items))]
+    elif k == "record" and isinstance(data, dict):
+        types = dict(t.items)
+        data = {
+            n: (from_json(v, types[n], f"{path}.{n}") if n in types else v) for n, v in data.items()
+        }
+    elif k in ("option", "result", "variant"):
+        data = _case_from_json(data, t, path)
+    return check(data, t, path)
+
+
+def _case_from_json(data: Any, t: WitType, path: str) -> Any:
+    cases = dict(_cases(t))
+    if not (isinstance(data, dict) and len(data) == 1 and next(iter(data)) in cases):
+        if t.kind == "option":  # a bare value (or null) for an option is clear enough
+            return None if data is None else from_json(data, t.items[0], f"{path}.some")
+        tags = ", ".join(f'{{"{c}": ...}}' for c in cases)
+        raise ValueProblem(f"expected one of {tags} for {t}, got {_show(data)}", path)
+    ((case, payload),) = data.items()
+    ptype = cases[case]
+    if ptype is None:
+        if payload is not None:
+            raise ValueProblem(f"case {case!r} has no payload, got {_show(payload)}", path)
+        inner = None
+    else:
+        inner = from_json(payload, ptype, f"{path}.{case}")
+    if t.kind == "option":
+        if case == "none":
+            return None
+        return Some(inner) if t.items[0].kind == "option" else inner
+    if t.kind == "result":
+        return Ok(inner) if case == "ok" else Err(inner)
+    return Variant(case, inner)

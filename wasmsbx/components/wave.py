@@ -1,0 +1,435 @@
+"""WAVE, the WebAssembly Value Encoding: the value syntax of the wasmtime CLI.
+
+``parse(text, type)`` reads one value of a WIT type into its canonical Python form
+(``values``); ``format(value, type)`` writes one back. The syntax (wasm-wave):
+
+    true  false  42  -7  1.5  -2e10  nan  inf  -inf  'c'  "text\\n"
+    [1, 2, 3]  (1, "a")  {name: "x", n: 2}  red  circle(1.5)  {read, write}  {}
+    some(5)  none  ok(1)  err("no")  ok  err
+
+Escapes in chars and strings: ``\\' \\" \\\\ \\t \\n \\r \\u{1F600}``. Labels are
+kebab-case; a label that is a keyword is written with a leading ``%`` (``%none``).
+Trailing commas are allowed, and record fields of option type may be left out
+(``none``). When parsing, ``some(...)`` and ``ok(...)`` may also be left out where the
+payload cannot be mistaken for a tag, as the wasmtime CLI allows.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Any
+
+from .types import INTS, WitType
+from .values import Err, Ok, Some, ValueProblem, Variant, check
+
+KEYWORDS = frozenset({"true", "false", "some", "none", "ok", "err", "inf", "nan"})
+_ESCAPES = {"'": "'", '"': '"', "\\": "\\", "t": "\t", "n": "\n", "r": "\r"}
+_WRITE_ESCAPES = {"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"}
+
+
+class WaveError(ValueProblem):
+    """Text that is not a WAVE value of the expected type; ``offset`` into the text."""
+
+    def __init__(self, message: str, offset: int, text: str) -> None:
+        super().__init__(f"{message} at offset {offset} of {text!r}")
+        self.offset = offset
+
+
+def parse(text: str, t: WitType) -> Any:
+    """One WAVE value of type ``t`` (all of ``text``), in canonical Python form."""
+    p = _Parser(text)
+    value = p.value(t)
+    p.space()
+    if p.pos != len(text):
+        raise p.error("unexpected text after the value")
+    return value
+
+
+def parse_call(text: str) -> tuple:
+    """``name(arg, ...)`` (the wasmtime CLI's ``--invoke``): (name, [argument texts]).
+
+    The arguments are split at top-level commas and parsed later, once the function
+    (and so their types) is known."""
+    text = text.strip()
+    open_at = text.find("(")
+    if open_at <= 0 or not text.endswith(")"):
+        raise WaveError('expected NAME(ARGS...), e.g. greet("World")', 0, text)
+    name, inner = text[:open_at].strip(), text[open_at + 1 : -1]
+    return name, _split_top(inner, text, open_at + 1)
+
+
+def _split_top(inner: str, text: str, base: int) -> list:
+    parts, depth, start, i = [], 0, 0, 0
+    while i < len(inner):
+        c = inner[i]
+        if c in "\"'":
+            i = _Parser(inner, i).quoted_end(c)
+            continue
+        if c in "([{":
+            depth += 1
+        elif c in ")]}":
+            depth -= 1
+            if depth < 0:
+                raise WaveError("unbalanced brackets", base + i, text)
+        elif c == "," and depth == 0:
+            parts.append(inner[start:i])
+            start = i + 1
+        i += 1
+    if depth:
+        raise WaveError("unbalanced brackets", base + len(inner), text)
+    last = inner[start:]
+    if last.strip() or parts:
+        parts.append(last)
+    if parts and not parts[-1].strip():  # a trailing comma
+        parts.pop()
+    return [p.strip() for p in parts]
+
+
+class _Parser:
+    def __init__(self, text: str, pos: int = 0) -> None:
+        self.text = text
+        self.pos = pos
+
+    def error(self, message: str) -> WaveError:
+        return WaveError(message, self.pos, self.text)
+
+    def space(self) -> None:
+        text = self.text
+        while self.pos < len(text):
+            if text[self.pos].isspace():
+                self.pos += 1
+            elif text.startswith("//", self.pos):
+                end = text.find("\n", self.pos)
+                self.pos = len(text) if end < 0 else end
+            else:
+                return
+
+    def peek(self) -> str:
+        self.space()
+        return self.text[self.pos : self.pos + 1]
+
+    def expect(self, char: str) -> None:
+        if self.peek() != char:
+            found = self.text[self.pos : self.pos + 1] or "the end"
+            raise self.error(f"expected {char!r}, found {found!r}")
+        self.pos += 1
+
+    def eat(self, char: str) -> bool:
+        if self.peek() == char:
+            self.pos += 1
+            return True
+        return False
+
+    # ------------------------------------------------------------ values
+    def value(self, t: WitType) -> Any:
+        self.space()
+        start = self.pos
+        raw = self._value(t)
+        try:
+            return check(raw, t)
+        except ValueProblem as exc:
+            if start == 0 and self.pos >= len(self.text.rstrip()):
+                raise ValueProblem(exc.message) from None  # the whole text: no position
+            self.pos = start
+            raise self.error(exc.message) from None
+
+    def _value(self, t: WitType) -> Any:
+        k = t.kind
+        if k in INTS or k in ("f32", "f64"):
+            return self.number(k)
+        if k == "bool":
+            word = self.label(allow_keywords=True)
+            if word not in ("true", "false"):
+                raise self.error(f"expected true or false, found {word!r}")
+            return word == "true"
+        if k == "char":
+            text = self.quoted("'")
+            return text
+        if k == "string":
+            return self.quoted('"')
+        reader = getattr(self, "read_" + k, None)
+        if reader is None:
+            from .types import passable
+
+            raise self.error(passable(t) or f"cannot write a {t} value")
+        return reader(t)
+
+    def number(self, kind: str) -> Any:
+        self.space()
+        text = self.text
+        end = self.pos
+        while end < len(text) and (text[end].isalnum() or text[end] in "+-._"):
+            end += 1
+        word = text[self.pos : end]
+        if not word:
+            raise self.error(f"expected a number ({kind})")
+        try:
+            if kind in INTS:
+                if not word.lstrip("-").isdigit():
+                    raise ValueError
+                value: Any = int(word)
+            else:
+                if word.lstrip("-") not in ("inf", "nan") and not _is_decimal(word):
+                    raise ValueError
+                value = float(word)
+        except ValueError:
+            raise self.error(f"{word!r} is not a valid {kind}") from None
+        self.pos = end
+        return value
+
+    def quoted_end(self, quote: str) -> int:
+        """The offset just past the quoted literal that starts at ``pos``."""
+        self.quoted(quote)
+        return self.pos
+
+    def quoted(self, quote: str) -> str:
+        self.space()
+        if self.text[self.pos : self.pos + 1] != quote:
+            what = "a string in double quotes" if quote == '"' else "a char in single quotes"
+            raise self.error(f"expected {what}")
+        self.pos += 1
+        out = []
+        text = self.text
+        while True:
+            if self.pos >= len(text):
+                raise self.error("unterminated literal")
+            c = text[self.pos]
+            self.pos += 1
+            if c == quote:
+                return "".join(out)
+            if c == "\\":
+                out.append(self.escape())
+            elif c == "\n":
+                raise self.error("line break inside a literal (write \\n)")
+            else:
+                out.append(c)
+
+    def escape(self) -> str:
+        c = self.text[self.pos : self.pos + 1]
+        self.pos += 1
+        if c in _ESCAPES:
+            return _ESCAPES[c]
+        if c == "u" and self.text[self.pos : self.pos + 1] == "{":
+            end = self.text.find("}", self.pos)
+            digits = self.text[self.pos + 1 : end] if end > 0 else ""
+            try:
+                code = int(digits, 16)
+                if not digits or len(digits) > 6 or 0xD800 <= code <= 0xDFFF:
+                    raise ValueError
+                char = chr(code)
+            except ValueError:
+                raise self.error(f"invalid escape \\u{{{digits}}}") from None
+            self.pos = end + 1
+            return char
+        raise self.error(f"invalid escape \\{c}")
+
+    def label(self, allow_keywords: bool = False) -> str:
+        self.space()
+        text = self.text
+        escaped = text[self.pos : self.pos + 1] == "%"
+        start = self.pos + escaped
+        end = start
+        while end < len(text) and (text[end].isalnum() or text[end] == "-"):
+            end += 1
+        word = text[start:end]
+        if not word:
+            raise self.error("expected a name")
+        if word in KEYWORDS and not escaped and not allow_keywords:
+            raise self.error(f"{word!r} is a keyword; write %{word} for the name")
+        self.pos = end
+        return word
+
+    def items(self, close: str, read) -> list:
+        out = []
+        while not self.eat(close):
+            out.append(read())
+            if not self.eat(","):
+                self.expect(close)
+                break
+        return out
+
+    def read_list(self, t: WitType) -> list:
+        self.expect("[")
+        return self.items("]", lambda: self.value(t.items[0]))
+
+    def read_tuple(self, t: WitType) -> tuple:
+        self.expect("(")
+        types = iter(t.items)
+
+        def one() -> Any:
+            element = next(types, None)
+            if element is None:
+                raise self.error(f"too many elements for {t}")
+            return self.value(element)
+
+        return tuple(self.items(")", one))
+
+    def read_record(self, t: WitType) -> dict:
+        self.expect("{")
+        types = dict(t.items)
+        out: dict = {}
+
+        def one() -> None:
+            name = self.label(allow_keywords=True)
+            if name not in types:
+                raise self.error(f"unknown field {name!r}; fields: {', '.join(types)}")
+            if name in out:
+                raise self.error(f"field {name!r} given twice")
+            self.expect(":")
+            out[name] = self.value(types[name])
+
+        self.items("}", one)
+        return out
+
+    def read_enum(self, t: WitType) -> str:
+        return self.label()
+
+    def read_flags(self, t: WitType) -> set:
+        self.expect("{")
+        return set(self.items("}", self.label))
+
+    def read_variant(self, t: WitType) -> Variant:
+        name = self.label()
+        cases = dict(t.items)
+        if name not in cases:
+            raise self.error(f"unknown case {name!r}; cases: {', '.join(cases)}")
+        return Variant(name, self.payload(cases[name], name))
+
+    def payload(self, ptype: Any, case: str) -> Any:
+        if ptype is None:
+            if self.peek() == "(":
+                raise self.error(f"case {case!r} has no payload")
+            return None
+        self.expect("(")
+        value = self.value(ptype)
+        self.expect(")")
+        return value
+
+    def _tag(self, tags: tuple) -> Any:
+        """The keyword at ``pos`` if it is one of ``tags`` (not consumed otherwise)."""
+        self.space()
+        save = self.pos
+        text = self.text
+        end = save
+        while end < len(text) and (text[end].isalnum() or text[end] == "-"):
+            end += 1
+        word = text[save:end]
+        if word in tags:
+            self.pos = end
+            return word
+        return None
+
+    def read_option(self, t: WitType) -> Any:
+        tag = self._tag(("some", "none"))
+        if tag == "none":
+            return None
+        if tag == "some":
+            value = self.payload(t.items[0], "some")
+            return Some(value) if t.items[0].kind == "option" else value
+        if t.items[0].kind == "option":
+            raise self.error("write some(...) or none for a nested option")
+        return self.value(t.items[0])
+
+    def read_result(self, t: WitType) -> Any:
+        tag = self._tag(("ok", "err"))
+        ok, err = t.items
+        if tag == "ok":
+            return Ok(self.payload(ok, "ok"))
+        if tag == "err":
+            return Err(self.payload(err, "err"))
+        if ok is None:
+            raise self.error(f"expected ok or err for {t}")
+        return Ok(self.value(ok))
+
+
+def _is_decimal(word: str) -> bool:
+    body = word[1:] if word[:1] == "-" else word
+    mantissa, _, exponent = body.lower().partition("e")
+    whole, _, fraction = mantissa.partition(".")
+    if not whole.isdigit() or (fraction and not fraction.isdigit()) or mantissa.endswith("."):
+        return False
+    if exponent:
+        exponent = exponent[1:] if exponent[:1] in "+-" else exponent
+        return exponent.isdigit()
+    return "e" not in body.lower()
+
+
+# ---------------------------------------------------------------- printing
+
+
+def format(value: Any, t: WitType) -> str:  # noqa: A001 - the module's verb, as json.dumps
+    """``value`` (canonical Python form of ``t``) as WAVE text."""
+    k = t.kind
+    if k in INTS:
+        return str(value)
+    if k in ("f32", "f64"):
+        return format_float(value, k)
+    if k == "bool":
+        return "true" if value else "false"
+    if k == "char":
+        return "'" + _escape(value, "'") + "'"
+    if k == "string":
+        return '"' + _escape(value, '"') + '"'
+    if k == "list":
+        return "[" + ", ".join(format(v, t.items[0]) for v in value) + "]"
+    if k == "tuple":
+        return "(" + ", ".join(format(v, e) for v, e in zip(value, t.items)) + ")"
+    if k == "record":
+        return "{" + ", ".join(f"{_label(n)}: {format(value[n], f)}" for n, f in t.items) + "}"
+    if k == "enum":
+        return _label(value)
+    if k == "flags":
+        return "{" + ", ".join(_label(n) for n in t.items if n in value) + "}"
+    if k == "option":
+        if value is None:
+            return "none"
+        inner = value.value if isinstance(value, Some) else value
+        return f"some({format(inner, t.items[0])})"
+    if k == "result":
+        case, ptype = ("ok", t.items[0]) if isinstance(value, Ok) else ("err", t.items[1])
+        return case if ptype is None else f"{case}({format(value.value, ptype)})"
+    if k == "variant":
+        ptype = dict(t.items)[value.case]
+        label = _label(value.case)
+        return label if ptype is None else f"{label}({format(value.payload, ptype)})"
+    raise ValueProblem(f"cannot print a {t} value")
+
+
+def format_float(value: float, kind: str) -> str:
+    """The shortest digits that read back to the same f32/f64, written positionally as
+    wasm-wave (and so the wasmtime CLI) writes them: 4, 0.1, 100000000000000000000."""
+    if value != value:
+        return "nan"
+    if value in (float("inf"), float("-inf")):
+        return "inf" if value > 0 else "-inf"
+    digits = repr(value)
+    if kind == "f32":
+        target = struct.pack("<f", value)
+        for precision in range(1, 10):
+            digits = f"{value:.{precision}g}"
+            if struct.pack("<f", float(digits)) == target:
+                break
+    from decimal import Decimal
+
+    text = f"{Decimal(digits):f}"
+    if "." in text:
+        text = text.rstrip("0").rstrip(".")
+    return text
+
+
+def _escape(text: str, quote: str) -> str:
+    out = []
+    for c in text:
+        if c == quote:
+            out.append("\\" + c)
+        elif c in _WRITE_ESCAPES:
+            out.append(_WRITE_ESCAPES[c])
+        elif ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0:
+            out.append(f"\\u{{{ord(c):x}}}")
+        else:
+            out.append(c)
+    return "".join(out)
+
+
+def _label(name: str) -> str:
+    return f"%{name}" if name in KEYWORDS else name

@@ -1,0 +1,175 @@
+"""The server's own limits (those ``wasmtime serve`` lacks), and how a call tightens the policy.
+
+The server's policy (``--policy``, else the secure defaults) is the ceiling: a call may ask
+for a lower timeout, memory, fuel or output limit, never a higher one. Grants, environment
+and backend always come from the server's policy; a call cannot add any.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque, namedtuple
+from typing import Any, Optional
+
+from .. import errors
+from .. import policy as policy_mod
+from ..units import format_duration, format_size, parse_duration, parse_size
+
+
+class ServerConfig(
+    namedtuple(
+        "ServerConfig",
+        [
+            "policy",
+            "max_request",
+            "max_concurrent",
+            "calls_per_minute",
+            "max_output",
+            "session_cpu",
+            "session_memory",
+            "session_idle",
+            "max_sessions",
+            "module_dirs",
+            "grace",
+            "audit_log",
+        ],
+        defaults=(
+            1024 * 1024,
+            4,
+            120,
+            1024 * 1024,
+            60.0,
+            None,
+            600.0,
+            16,
+            (),
+            10.0,
+            None,
+        ),
+    )
+):
+    """Everything the server enforces besides the policy (defaults in README, "MCP")."""
+
+    policy: Any  # the ceiling (wasmsbx.policy.Policy)
+    max_request: int  # bytes of tool arguments (code, module, stdin, args) per call
+    max_concurrent: int  # calls running at once; more are refused, not queued
+    calls_per_minute: int  # over a sliding minute, all clients together
+    max_output: int  # stdout + stderr bytes per call (tightens limits.output)
+    session_cpu: float  # CPU seconds one session may spend over its life
+    session_memory: Optional[int]  # guest memory + scratch bytes of a session (None: policy)
+    session_idle: float  # seconds without a call before a session expires
+    max_sessions: int  # sessions open at once
+    module_dirs: tuple  # directories modules may be read from by path
+    grace: float  # seconds past limits.timeout before a worker is stopped
+    audit_log: Optional[str]  # --audit-log FILE
+    __slots__ = ()
+
+    def describe(self) -> dict:
+        """The limits as a model reads them (the ``limits`` tool and session info)."""
+        v = self.policy.values
+        return {
+            "timeout": format_duration(v["limits.timeout"]),
+            "memory": format_size(v["limits.memory"]),
+            "fuel": v["limits.fuel"],
+            "output_per_call": format_size(self.output_ceiling()),
+            "request_size": format_size(self.max_request),
+            "concurrent_calls": self.max_concurrent,
+            "calls_per_minute": self.calls_per_minute,
+            "session_cpu_seconds": self.session_cpu,
+            "session_memory": format_size(self.session_budget()),
+            "session_idle_expiry_seconds": self.session_idle,
+            "max_sessions": self.max_sessions,
+        }
+
+    def output_ceiling(self) -> int:
+        policy_output = self.policy.values["limits.output"]
+        return min(self.max_output, policy_output) if policy_output else self.max_output
+
+    def session_budget(self) -> int:
+        return self.session_memory or self.policy.values["limits.memory"]
+
+
+LIMIT_KEYS = {
+    "timeout": ("limits.timeout", parse_duration, format_duration),
+    "memory": ("limits.memory", parse_size, format_size),
+    "fuel": ("limits.fuel", None, str),
+    "output": ("limits.output", parse_size, format_size),
+}
+
+
+def call_policy(config: ServerConfig, limits: Optional[dict] = None) -> Any:
+    """A copy of the server's policy with the call's limits applied, each at most the
+    ceiling; stdio never inherits the server's (the worker's stdin is its request pipe)."""
+    ceiling = config.policy
+    values = dict(ceiling.values)
+    values["limits.output"] = config.output_ceiling()
+    for key in ("stdio.stdin", "stdio.stdout", "stdio.stderr"):
+        values[key] = "null"
+    for name, raw in (limits or {}).items():
+        if raw is None:
+            continue
+        if name not in LIMIT_KEYS:
+            raise errors.UsageError(
+                f"limits.{name}: unknown limit",
+                hint=f"a call may tighten: {', '.join(LIMIT_KEYS)}",
+            )
+        dotted, parse, show = LIMIT_KEYS[name]
+        value = _parse_limit(name, raw, parse)
+        top = values[dotted]
+        if top is not None and value > top:
+            raise errors.PolicyError(
+                f"limits.{name} = {show(value)} is above the server's ceiling of {show(top)}",
+                hint=f"a call may only tighten the server's limits; ask for {show(top)} or less",
+                key=dotted,
+            )
+        values[dotted] = value
+    return policy_mod.Policy(values, source=ceiling.source, explicit=set(ceiling.explicit))
+
+
+def _parse_limit(name: str, raw: Any, parse: Any) -> Any:
+    try:
+        if parse is None:
+            if isinstance(raw, bool) or not isinstance(raw, int) or raw <= 0:
+                raise ValueError("expected a whole number > 0")
+            return raw
+        value = parse(raw)
+    except (ValueError, TypeError) as exc:
+        raise errors.UsageError(
+            f"limits.{name}: {raw!r} is not valid: {exc}",
+            hint='sizes like "16MiB", durations like "500ms" or "2s", fuel as a whole number',
+        ) from None
+    if not value:
+        raise errors.UsageError(f"limits.{name} must be greater than zero")
+    return value
+
+
+def to_wire(policy: Any, extra_grants: tuple = ()) -> dict:
+    """The policy as the worker rebuilds it (TOML-shaped data), with extra directory grants."""
+    data = policy.to_toml_dict()
+    rw = list(data.get("filesystem", {}).get("read_write", []))
+    rw += [f"{g.host}:{g.guest}" for g in extra_grants]
+    if rw:
+        data.setdefault("filesystem", {})["read_write"] = rw
+    return data
+
+
+class RateLimiter:
+    """At most ``per_minute`` calls over any sliding 60 s window."""
+
+    def __init__(self, per_minute: int, clock: Any = time.monotonic) -> None:
+        self.per_minute = per_minute
+        self.clock = clock
+        self.times: deque = deque()
+
+    def admit(self) -> None:
+        now = self.clock()
+        while self.times and now - self.times[0] >= 60:
+            self.times.popleft()
+        if len(self.times) >= self.per_minute:
+            wait = 60 - (now - self.times[0])
+            raise errors.LimitExceeded(
+                f"rate limit: {self.per_minute} calls per minute reached",
+                hint=f"retry in {wait:.0f} s",
+                limit_value=self.per_minute,
+            )
+        self.times.append(now)

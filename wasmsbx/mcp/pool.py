@@ -1,0 +1,177 @@
+"""A pool of worker processes (see worker.py), driven from the server's event loop.
+
+Each worker runs one call at a time. A call that passes its hard deadline, or whose caller
+goes away (the MCP request is cancelled), costs the worker its life: it is killed, never
+reused, and a fresh one is started in the background. So a guest that hangs in a blocking
+WASI call, loops in a runtime bug, or crashes the runtime never blocks the event loop or
+another call, and never leaves state behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+from typing import Any
+
+from .. import errors
+
+
+class WorkerDied(Exception):
+    """The worker exited, or broke the protocol, during a call."""
+
+
+class _Worker:
+    def __init__(self, proc: Any) -> None:
+        self.proc = proc
+
+    @property
+    def alive(self) -> bool:
+        return self.proc.returncode is None
+
+    async def request(self, req: dict) -> dict:
+        self.proc.stdin.write(json.dumps(req).encode("utf-8") + b"\n")
+        try:
+            await self.proc.stdin.drain()
+            line = await self.proc.stdout.readline()
+        except (ConnectionError, BrokenPipeError) as exc:
+            raise WorkerDied(f"the worker's pipe broke: {exc}") from None
+        except (ValueError, asyncio.LimitOverrunError):
+            raise WorkerDied("the worker's reply was larger than the output limit allows") from None
+        if not line:
+            code = await self.proc.wait()
+            raise WorkerDied(f"the worker process exited with status {code} during the call")
+        try:
+            return json.loads(line)
+        except ValueError:
+            raise WorkerDied("the worker sent a malformed reply") from None
+
+    def kill(self) -> None:
+        if self.alive:
+            try:
+                self.proc.kill()
+            except ProcessLookupError:
+                pass
+
+
+class WorkerPool:
+    """Up to ``size`` workers; idle ones are kept warm (interpreters loaded) for the next call."""
+
+    def __init__(
+        self, size: int, warm: list, reply_limit: int, spawn_timeout: float, cwd: str
+    ) -> None:
+        self.size = size
+        self.cwd = cwd  # python -m puts the cwd first on sys.path: a private, empty-ish dir
+        self.warm = warm  # requests ({"op": "warm", ...}) each new worker runs first
+        self.reply_limit = reply_limit
+        self.spawn_timeout = spawn_timeout
+        self.idle: list = []
+        self.starting = 0
+        self.all: set = set()
+        self._tasks: set = set()
+
+    async def _spawn(self) -> _Worker:
+        env = dict(os.environ)
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "wasmsbx.mcp.worker",
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=None if os.environ.get("WASMSBX_DEBUG") else asyncio.subprocess.DEVNULL,
+            limit=self.reply_limit,
+            env=env,
+            cwd=self.cwd,
+        )
+        worker = _Worker(proc)
+        self.all.add(worker)
+        try:
+            for req in self.warm:
+                reply = await asyncio.wait_for(worker.request(req), self.spawn_timeout)
+                if not reply.get("ok"):
+                    message = reply.get("error", {}).get("message", "unknown error")
+                    raise errors.BackendUnavailable(f"a worker could not load: {message}")
+        except BaseException:
+            worker.kill()
+            self.all.discard(worker)
+            raise
+        return worker
+
+    def replenish(self) -> None:
+        """Keep one warm worker ready while the pool has room (started in the background)."""
+        busy = len(self.all) - len(self.idle)
+        if self.idle or self.starting or busy + self.starting >= self.size:
+            return
+        self.starting += 1
+        task = asyncio.ensure_future(self._spawn_idle())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _spawn_idle(self) -> None:
+        try:
+            worker = await self._spawn()
+        except BaseException:
+            return
+        finally:
+            self.starting -= 1
+        self.idle.append(worker)
+
+    async def acquire(self) -> _Worker:
+        while self.idle:
+            worker = self.idle.pop()
+            if worker.alive:
+                return worker
+            self.all.discard(worker)
+        return await self._spawn()
+
+    async def call(self, req: dict, deadline: float) -> dict:
+        """Run ``req`` on a worker; kill the worker if it is late, dies or is cancelled."""
+        worker = await self.acquire()
+        self.replenish()
+        reusable = False
+        try:
+            reply = await asyncio.wait_for(worker.request(req), deadline)
+            reusable = True
+            return reply
+        except asyncio.TimeoutError:
+            raise errors.TimeoutExceeded(
+                f"timeout: the call did not finish within {deadline:g} s, so its worker "
+                "process was stopped",
+                hint="the guest may be blocked (e.g. sleeping or reading); tighten the code "
+                "or ask for a longer limits.timeout within the server's policy",
+                limit_value=deadline,
+            ) from None
+        except WorkerDied as exc:
+            raise errors.TrapError(
+                f"the sandbox worker stopped during the call: {exc}",
+                hint="the guest or the runtime crashed the worker; the server is unaffected",
+            ) from None
+        finally:
+            if reusable and worker.alive:
+                self.idle.append(worker)
+            else:
+                worker.kill()
+                self.all.discard(worker)
+            self.replenish()
+
+    def kill_all(self) -> None:
+        for worker in list(self.all):
+            worker.kill()
+
+    async def close(self) -> None:
+        for worker in list(self.all):
+            worker.kill()
+        for worker in list(self.all):
+            try:
+                await asyncio.wait_for(worker.proc.wait(), 5)
+            except (asyncio.TimeoutError, ProcessLookupError):
+                pass
+        self.all.clear()
+        self.idle.clear()
+
+
+def deadline_for(timeout: float, grace: float) -> float:
+    """The hard deadline of a call: the guest's own timeout plus the time to read, compile
+    (a module not seen before) and report; past it, the worker is stopped."""
+    return timeout + grace

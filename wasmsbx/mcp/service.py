@@ -1,0 +1,378 @@
+"""The MCP server's work, without the MCP SDK: admit, tighten, run in a worker, account.
+
+Every tool call goes through :meth:`Service.run`: request size, rate and concurrency are
+checked first (refusals cost no worker), then the call's policy is built from the server's
+ceiling, the session's budget is applied, and a worker runs the guest under a hard
+deadline. Failures come back as :class:`wasmsbx.errors.WasmsbxError`; the MCP layer
+(tools.py) turns them into tool errors the model can read and act on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import hashlib
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+from .. import errors
+from ..units import format_size
+from . import config as config_mod
+from . import interpreters
+from .pool import WorkerPool, deadline_for
+from .sessions import Sessions
+
+SPAWN_TIMEOUT = 600.0  # a new worker loading the interpreters (compiling them the first time)
+
+
+class Service:
+    def __init__(self, config: config_mod.ServerConfig) -> None:
+        self.config = config
+        self.root = Path(tempfile.mkdtemp(prefix="wasmsbx-mcp-"))  # 0700, ours alone
+        (self.root / "modules").mkdir(mode=0o700)
+        self.sessions = Sessions(self.root, config)
+        self.rate = config_mod.RateLimiter(config.calls_per_minute)
+        self.active = 0
+        self.interpreters = self._find_interpreters()
+        reply_limit = 8 * config.output_ceiling() + 4 * 1024 * 1024  # JSON escapes \u00XX
+        self.pool = WorkerPool(
+            config.max_concurrent, self._warm(), reply_limit, SPAWN_TIMEOUT, str(self.root)
+        )
+
+    # ------------------------------------------------------------------ lifecycle
+    def _find_interpreters(self) -> dict:
+        found = {}
+        for name in interpreters.INTERPRETERS:
+            try:
+                found[name] = interpreters.path_of(name)
+            except errors.WasmsbxError as exc:
+                found[name] = exc  # the tool says so when called; modules still run
+        return found
+
+    def _warm(self) -> list:
+        policy = config_mod.to_wire(config_mod.call_policy(self.config))
+        return [
+            {
+                "op": "warm",
+                "module": str(path),
+                "sha256": interpreters.INTERPRETERS[n].sha256,
+                "policy": policy,
+            }
+            for n, path in self.interpreters.items()
+            if isinstance(path, Path)
+        ]
+
+    def start(self) -> None:
+        """Start the first worker and the session reaper (call from the running loop)."""
+        self.pool.replenish()
+        self._reaper = asyncio.ensure_future(self._reap_forever())
+
+    async def _reap_forever(self) -> None:
+        """Expired sessions go even when no call comes to notice them."""
+        while True:
+            await asyncio.sleep(max(0.5, min(30.0, self.config.session_idle / 4)))
+            self.sessions.reap()
+
+    async def close(self) -> None:
+        reaper = getattr(self, "_reaper", None)
+        if reaper is not None:
+            reaper.cancel()
+        await self.pool.close()
+        self.close_now()
+
+    def close_now(self) -> None:
+        """Synchronous last resort (a signal, a crash of the loop): no worker and no session
+        folder outlives the server."""
+        self.pool.kill_all()
+        self.sessions.close()
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    # ------------------------------------------------------------------ admission
+    def check_request(self, *parts: Any) -> int:
+        """Bytes of the call's arguments, refused over --max-request."""
+        size = sum(_size(p) for p in parts)
+        if size > self.config.max_request:
+            raise errors.LimitExceeded(
+                f"request too large: {format_size(size)} of arguments, the server accepts "
+                f"{format_size(self.config.max_request)}",
+                hint="send less code or a smaller module; modules can also be given by path "
+                "from a directory the server allows",
+                limit_value=self.config.max_request,
+            )
+        return size
+
+    @staticmethod
+    def argv_text(name: str, value: str) -> str:
+        """Text that travels as a C string (WASI argv): no NUL, valid Unicode."""
+        if "\x00" in value:
+            raise errors.UsageError(f"{name} contains a NUL character, which argv cannot carry")
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise errors.UsageError(f"{name} is not valid Unicode (a lone surrogate)") from None
+        return value
+
+    def module(self, path: Optional[str], data_b64: Optional[str]) -> tuple:
+        """(server-private copy, sha256, label) of the module named by path or given as base64.
+
+        The worker only ever reads the private copy, so a file swapped after the check
+        cannot be what runs."""
+        if bool(path) == bool(data_b64):
+            raise errors.UsageError(
+                "give exactly one of module_path and module_base64",
+                hint="module_path must lie in a directory the server allows (see the limits tool)",
+            )
+        if data_b64:
+            try:
+                data = base64.b64decode("".join(data_b64.split()), validate=True)
+            except (binascii.Error, ValueError):
+                raise errors.UsageError("module_base64 is not valid base64") from None
+            label = "module.wasm"
+        else:
+            data, label = self._read_allowed(path), os.path.basename(path)
+        if not data:
+            raise errors.ModuleError("the module is empty")
+        digest = hashlib.sha256(data).hexdigest()
+        # One copy per call (removed when the call ends: see run), so a long-running server
+        # does not collect modules; workers key compiled code on the digest, not the name.
+        copy = self.root / "modules" / f"{digest}-{os.urandom(6).hex()}.wasm"
+        copy.write_bytes(data)
+        return str(copy), digest, label
+
+    def allowed_dirs(self) -> list:
+        dirs = [Path(d).resolve() for d in self.config.module_dirs]
+        dirs += [Path(g.host).resolve() for g in self.config.policy.grants]
+        return dirs
+
+    def _read_allowed(self, path: str) -> bytes:
+        """Read ``path`` if it lies inside an allowed directory. The check is made on the
+        file actually opened (/proc/self/fd), so symlinks and renames cannot escape."""
+        allowed = self.allowed_dirs()
+        if not allowed:
+            raise errors.PolicyError(
+                f"module_path {path!r}: this server reads no modules from disk",
+                hint="send the module as module_base64, or start the server with --module-dir",
+            )
+        if "\x00" in path:
+            raise errors.UsageError("module_path contains a NUL character")
+        if not os.path.isabs(path):
+            raise errors.UsageError(
+                f"module_path {path!r} is not absolute",
+                hint="allowed directories: " + ", ".join(str(d) for d in allowed),
+            )
+        # Checked before opening (opening some devices has effects) and again on the file
+        # actually opened (a link swapped in between).
+        self._inside(path, Path(path).resolve(), allowed)
+        try:
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOCTTY", 0) | os.O_NONBLOCK)
+        except OSError as exc:
+            raise errors.InputError(f"module_path {path!r}: cannot open: {exc.strerror}") from None
+        with os.fdopen(fd, "rb") as fh:
+            real = (
+                Path(os.readlink(f"/proc/self/fd/{fd}"))
+                if os.path.exists("/proc/self/fd")
+                else Path(path).resolve()
+            )
+            self._inside(path, real, allowed)
+            import stat
+
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise errors.InputError(f"module_path {path!r} is not a regular file")
+            data = fh.read(self.config.max_request + 1)
+        if len(data) > self.config.max_request:
+            raise errors.LimitExceeded(
+                f"module too large: over {format_size(self.config.max_request)}",
+                limit_value=self.config.max_request,
+            )
+        return data
+
+    @staticmethod
+    def _inside(path: str, real: Path, allowed: list) -> None:
+        if not any(real == d or d in real.parents for d in allowed):
+            raise errors.PolicyError(
+                f"module_path {path!r} is outside the directories this server allows",
+                hint="allowed: " + ", ".join(str(d) for d in allowed),
+                key="module_path",
+            )
+
+    def interpreter(self, name: str) -> Path:
+        found = self.interpreters[name]
+        if isinstance(found, Exception):
+            raise found
+        return found
+
+    # ------------------------------------------------------------------ running
+    async def run(
+        self,
+        tool: str,
+        req: dict,
+        limits: Optional[dict] = None,
+        session_id: Optional[str] = None,
+        log_args: Optional[list] = None,
+    ) -> dict:
+        """Admit the call, run ``req`` in a worker, account for it; the result as data."""
+        log = self._log(tool, req, log_args or [])
+        try:
+            result = await self._admitted(req, limits, session_id, log)
+        except BaseException as exc:
+            if log is not None:
+                log.failure(exc)
+                log.exit(getattr(exc, "exit_code", errors.ExitCode.INTERRUPTED))
+            raise
+        finally:
+            self._drop_copy(req.get("module"))
+        if log is not None:
+            log.exit(int(result.get("exit_code") or 0))
+        return result
+
+    def _drop_copy(self, module: Optional[str]) -> None:
+        """Remove the call's private module copy (never an interpreter)."""
+        if module and Path(module).parent == self.root / "modules":
+            try:
+                os.unlink(module)
+            except FileNotFoundError:
+                pass
+
+    async def _admitted(self, req: dict, limits: Any, session_id: Any, log: Any) -> dict:
+        self.rate.admit()
+        if self.active >= self.config.max_concurrent:
+            raise errors.LimitExceeded(
+                f"busy: {self.active} calls are running, the server allows "
+                f"{self.config.max_concurrent} at once",
+                hint="wait for a call to finish, then retry",
+                limit_value=self.config.max_concurrent,
+            )
+        self.active += 1
+        try:
+            session = self.sessions.get(session_id) if session_id else None
+            if session is None:
+                return await self._execute(req, limits, None, log)
+            if session.lock.locked():
+                raise errors.UsageError(
+                    "this session is running another call",
+                    hint="calls of one session run one at a time; wait for the other",
+                )
+            async with session.lock:
+                try:
+                    return await self._execute(req, limits, session, log)
+                finally:
+                    session.last_used = time.monotonic()
+                    session.calls += 1
+        finally:
+            self.active -= 1
+
+    async def _execute(self, req: dict, limits: Any, session: Any, log: Any) -> dict:
+        """Build the call's policy, run it in a worker under a hard deadline, account."""
+        policy = config_mod.call_policy(self.config, limits)
+        self._check_fuel(req["op"], policy)
+        grants = await self._enter_session(req, policy, session) if session else ()
+        req["policy"] = config_mod.to_wire(policy, grants)
+        deadline = deadline_for(policy.values["limits.timeout"], self.config.grace)
+        started = time.monotonic()
+        try:
+            reply = await self.pool.call(req, deadline)
+        except BaseException:
+            if session is not None:  # killed or cancelled: charge the wall time
+                session.cpu_used += time.monotonic() - started
+            raise
+        if session is not None:
+            session.cpu_used += float(reply.get("cpu") or 0)
+        return self._outcome(reply, policy, session, log)
+
+    def _check_fuel(self, op: str, policy: Any) -> None:
+        if op in ("python", "javascript") and (
+            policy.values["limits.fuel"] is not None and self.config.policy.fuel is None
+        ):
+            # Metering changes the machine code: the interpreters are compiled once, as the
+            # server's policy says, and a per-call switch would mean compiling 20 MB again.
+            raise errors.UsageError(
+                "limits.fuel: the server's policy does not meter fuel, so interpreter calls "
+                "cannot be metered per call",
+                hint="tighten limits.timeout instead, or start the server with a policy that "
+                "sets limits.fuel",
+            )
+
+    async def _enter_session(self, req: dict, policy: Any, session: Any) -> tuple:
+        """The session's budget caps the call's memory; its folder is granted as /scratch."""
+        from ..policy import Grant
+
+        # A hostile session may hold many files: walk them off the event loop.
+        left = await asyncio.to_thread(self.sessions.check_budget, session)
+        policy.values["limits.memory"] = min(policy.values["limits.memory"], left)
+        req["scratch"] = str(session.scratch)
+        return (Grant(str(session.scratch), "/scratch", True),)
+
+    def _outcome(self, reply: dict, policy: Any, session: Any, log: Any) -> dict:
+        """The worker's reply as the tool's result, or the error it carries."""
+        result = reply.get("result") or {}
+        if log is not None and result.get("sandbox"):
+            log.event("sandbox", **result["sandbox"], policy=policy.source)
+        if not reply.get("ok"):
+            raise rebuild_error(reply.get("error") or {})
+        result.pop("sandbox", None)
+        result["cpu_seconds"] = reply.get("cpu")
+        if log is not None:
+            log.usage(_Stats(result.get("stats") or {}))
+        if session is not None:
+            result["session"] = session.id
+            result["session_cpu_seconds_left"] = round(
+                max(0.0, self.config.session_cpu - session.cpu_used), 3
+            )
+        return result
+
+    def _log(self, tool: str, req: dict, args: list) -> Any:
+        if not self.config.audit_log:
+            return None
+        from ..auditlog import AuditLog
+
+        log = AuditLog(self.config.audit_log)
+        func = req.get("function")
+        # A module given by path is logged by that path; one sent as bytes by its digest
+        # (in the sandbox event): the private copy it ran from is gone after the call.
+        log.start(req.get("source"), func, args)
+        code = req.get("code")
+        log.event(
+            "mcp",
+            tool=tool,
+            code_sha256=hashlib.sha256(code.encode()).hexdigest() if code else None,
+            code_bytes=len(code.encode()) if code else None,
+        )
+        return log
+
+
+class _Stats:
+    """What AuditLog.usage reads, from a worker's stats dict."""
+
+    def __init__(self, stats: dict) -> None:
+        self.warnings = list(stats.get("warnings") or [])
+        self.fuel_used = stats.get("fuel_used")
+        self.memory_bytes = stats.get("memory_bytes")
+
+
+def rebuild_error(data: dict) -> errors.WasmsbxError:
+    """The worker's error (as data) as the same WasmsbxError class again."""
+    cls = getattr(errors, str(data.get("class")), None)
+    if not (isinstance(cls, type) and issubclass(cls, errors.WasmsbxError)):
+        cls = errors.WasmsbxError
+    context = dict(data.get("context") or {})
+    message = str(data.get("message") or "the call failed")
+    if issubclass(cls, errors.TrapError):
+        return cls(message, hint=data.get("hint"), backtrace=data.get("backtrace"), **context)
+    return cls(message, hint=data.get("hint"), **context)
+
+
+def _size(part: Any) -> int:
+    if part is None:
+        return 0
+    if isinstance(part, str):
+        return len(part.encode("utf-8", "surrogatepass"))
+    if isinstance(part, (list, tuple)):
+        return sum(_size(p) for p in part) + len(part)
+    if isinstance(part, dict):
+        return sum(_size(k) + _size(v) for k, v in part.items())
+    return len(str(part))

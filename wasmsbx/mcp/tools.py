@@ -1,0 +1,352 @@
+"""The MCP face of the service: tools with JSON schemas, typed results, actionable errors.
+
+Imported only by ``wasmsbx mcp`` (the SDK is the optional extra ``wasmsbx[mcp]``).
+Every expected failure becomes a tool error (``is_error``) whose text names what was
+refused, the limit and its value, and what to do instead; the server keeps serving.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Annotated, Any, Optional, Union
+
+from pydantic import BaseModel, Field
+
+from .. import __version__, errors
+from .service import Service
+
+INSTRUCTIONS = (
+    "wasmsbx runs untrusted code in WebAssembly sandboxes. run_python and run_javascript "
+    "run code in interpreters compiled to WebAssembly (CPython 3.11, QuickJS): no network, "
+    "no host files, bounded time, memory and output. Start a session (start_session) to keep "
+    "Python globals and a private /scratch folder between calls. call_export and "
+    "run_wasi_command run WebAssembly modules; audit_module reports what a module can do. "
+    "The limits tool lists every limit; a call may tighten them, never loosen them."
+)
+
+
+class CallLimits(BaseModel):
+    """Tighter limits for one call (each at most the server's; see the limits tool)."""
+
+    timeout: Optional[Union[str, float]] = Field(None, description='e.g. "500ms", "2s", or seconds')
+    memory: Optional[str] = Field(None, description='guest linear memory, e.g. "32MiB"')
+    fuel: Optional[int] = Field(None, description="instructions (only if the server meters fuel)")
+    output: Optional[str] = Field(None, description='stdout+stderr bytes, e.g. "64KiB"')
+
+
+class Stats(BaseModel):
+    fuel_used: Optional[int] = None
+    memory_bytes: Optional[int] = Field(None, description="guest linear memory at the end")
+    cpu_seconds: Optional[float] = Field(None, description="CPU time of the call")
+    module_load: Optional[str] = Field(
+        None, description="reused (compiled code kept by the worker) | cache hit | compiled"
+    )
+
+
+class CodeResult(BaseModel):
+    """The outcome of code that ran: a non-zero exit_code means it raised (see stderr)."""
+
+    exit_code: int
+    stdout: str
+    stderr: str
+    stdout_base64: Optional[str] = Field(None, description="set when stdout is not UTF-8")
+    stderr_base64: Optional[str] = None
+    session: Optional[str] = None
+    kept: Optional[list[str]] = Field(None, description="globals the session keeps")
+    not_kept: Optional[dict[str, str]] = Field(None, description="globals dropped, and why")
+    session_cpu_seconds_left: Optional[float] = None
+    stats: Stats
+
+
+class TypedValue(BaseModel):
+    type: str = Field(description="i32, i64, f32, f64, ...")
+    value: Any
+
+
+class ExportResult(BaseModel):
+    function: str
+    results: list[TypedValue]
+    stdout: str
+    stderr: str
+    stdout_base64: Optional[str] = Field(None, description="set when stdout is not UTF-8")
+    stderr_base64: Optional[str] = None
+    stats: Stats
+
+
+class SessionInfo(BaseModel):
+    session: str = Field(description="pass this as `session` to run_python")
+    scratch: str = Field(description="the session's private folder, as the guest sees it")
+    calls: int
+    cpu_seconds_used: float
+    cpu_seconds_left: float
+    scratch_bytes: int
+    memory_budget: str
+    idle_expiry_seconds: float
+
+
+class Ended(BaseModel):
+    session: str
+    ended: bool
+
+
+ModulePath = Annotated[
+    Optional[str],
+    Field(description="a .wasm/.wat file inside a directory the server allows (see limits)"),
+]
+ModuleB64 = Annotated[Optional[str], Field(description="the module's bytes, base64")]
+Limits = Annotated[Optional[CallLimits], Field(description="tighter limits for this call")]
+
+
+# The runtime's hints speak to a person at a shell ("--timeout 30s"); a model calling a
+# tool cannot raise a limit, so the hint says what it can do instead.
+LIMIT_HINTS = {
+    "timeout": "the code ran out of time: make it do less per call, or ask for no tighter "
+    "limits.timeout than the server's (see the limits tool)",
+    "fuel": "the code ran out of fuel (instructions): make it do less per call",
+    "memory": "the code needed more memory than allowed: use less, or process in parts",
+    "output": "the code wrote more than the output limit: print less (summarise, truncate)",
+    "stack": "the call stack overflowed: look for unbounded recursion",
+    "table_elements": "the module grew a table beyond the limit",
+}
+
+
+def tool_error(exc: errors.WasmsbxError) -> Exception:
+    """One actionable message: what happened, which limit, and the hint."""
+    from mcp.server.mcpserver.exceptions import ToolError
+
+    text = f"{exc.kind}: {exc.message}"
+    limit = getattr(exc, "limit", None)
+    hint = exc.hint
+    if isinstance(exc, errors.LimitExceeded) and limit and limit != "limit":
+        text += f" [limit: {limit}]"
+        if hint and ("--" in hint or "raise limits" in hint):  # the runtime's, for a shell
+            hint = LIMIT_HINTS.get(limit, hint)
+    if hint:
+        text += f"\nhint: {hint}"
+    frames = getattr(exc, "backtrace", None)
+    if frames:
+        text += "\nwasm backtrace: " + " <- ".join(frames[:6])
+    return ToolError(text)
+
+
+def guarded(func: Any) -> Any:
+    """WasmsbxError -> ToolError; anything else is a bug, reported without internals."""
+
+    @functools.wraps(func)
+    async def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return await func(*args, **kwargs)
+        except errors.WasmsbxError as exc:
+            raise tool_error(exc) from None
+
+    return wrapper
+
+
+def _code_result(data: dict) -> CodeResult:
+    stats = data.get("stats") or {}
+    return CodeResult(
+        exit_code=int(data.get("exit_code") or 0),
+        **_streams(data),
+        session=data.get("session"),
+        kept=data.get("kept"),
+        not_kept=data.get("not_kept"),
+        session_cpu_seconds_left=data.get("session_cpu_seconds_left"),
+        stats=Stats(
+            fuel_used=stats.get("fuel_used"),
+            memory_bytes=stats.get("memory_bytes"),
+            cpu_seconds=data.get("cpu_seconds"),
+            module_load=data.get("module_load"),
+        ),
+    )
+
+
+def _limits(limits: Optional[CallLimits]) -> Optional[dict]:
+    return limits.model_dump(exclude_none=True) if limits is not None else None
+
+
+def build(service: Service) -> Any:
+    """The MCPServer with every tool bound to ``service``."""
+    from mcp.server.mcpserver import MCPServer
+    from mcp.types import ToolAnnotations
+
+    server = MCPServer(
+        "wasmsbx", version=__version__, instructions=INSTRUCTIONS, log_level="WARNING"
+    )
+    sandboxed = ToolAnnotations(readOnlyHint=False, destructiveHint=False, openWorldHint=False)
+
+    @server.tool(annotations=sandboxed)
+    @guarded
+    async def run_python(
+        code: Annotated[
+            str, Field(description="Python 3.11 source; a last bare expression is printed")
+        ],
+        session: Annotated[
+            Optional[str], Field(description="a session id from start_session: keep globals")
+        ] = None,
+        stdin: Annotated[str, Field(description="text the code reads from stdin")] = "",
+        limits: Limits = None,
+    ) -> CodeResult:
+        """Run Python code in CPython 3.11 compiled to WebAssembly (WASI). No network, no host
+        files (a session adds a private /scratch), only the standard library; no threads,
+        subprocesses or time.sleep. Returns stdout, stderr and the exit code (1 with a
+        traceback on stderr if the code raised)."""
+        service.check_request(code, stdin, session)
+        service.argv_text("code", code)
+        req = {
+            "op": "python",
+            "module": str(service.interpreter("python")),
+            "sha256": _sha("python"),
+            "source": str(service.interpreter("python")),
+            "code": code,
+            "stdin": stdin,
+        }
+        return _code_result(await service.run("run_python", req, _limits(limits), session))
+
+    @server.tool(annotations=sandboxed)
+    @guarded
+    async def run_javascript(
+        code: Annotated[
+            str, Field(description="JavaScript (ES2023) source; the completion value is printed")
+        ],
+        limits: Limits = None,
+    ) -> CodeResult:
+        """Run JavaScript in QuickJS compiled to WebAssembly. console.log/print write to stdout;
+        no network, no host files, no timers or event loop (synchronous code only)."""
+        service.check_request(code)
+        req = {
+            "op": "javascript",
+            "module": str(service.interpreter("javascript")),
+            "sha256": _sha("javascript"),
+            "source": str(service.interpreter("javascript")),
+            "code": code,
+        }
+        return _code_result(await service.run("run_javascript", req, _limits(limits)))
+
+    @server.tool(annotations=sandboxed)
+    @guarded
+    async def call_export(
+        function: Annotated[str, Field(description="the exported function to call")],
+        args: Annotated[
+            list[Union[int, float, str]],
+            Field(description='arguments typed by the signature: 5, -1.5, "0xff", "nan"'),
+        ] = [],  # noqa: B006 - pydantic copies defaults
+        module_path: ModulePath = None,
+        module_base64: ModuleB64 = None,
+        limits: Limits = None,
+    ) -> ExportResult:
+        """Call an exported function of a WebAssembly module in a fresh instance; the results
+        come back typed ({"type": "i32", "value": 8})."""
+        service.check_request(module_base64, module_path, function, [str(a) for a in args])
+        module, digest, _ = service.module(module_path, module_base64)
+        req = {
+            "op": "call",
+            "module": module,
+            "sha256": digest,
+            "source": module_path,
+            "function": function,
+            "args": list(args),
+        }
+        data = await service.run("call_export", req, _limits(limits), log_args=list(args))
+        return ExportResult(
+            function=data["function"],
+            results=[TypedValue(**r) for r in data["results"]],
+            **_streams(data),
+            stats=Stats(**_stat_fields(data)),
+        )
+
+    @server.tool(annotations=sandboxed)
+    @guarded
+    async def run_wasi_command(
+        argv: Annotated[list[str], Field(description="arguments after the program name")] = [],  # noqa: B006
+        stdin: Annotated[str, Field(description="text on the command's stdin")] = "",
+        module_path: ModulePath = None,
+        module_base64: ModuleB64 = None,
+        limits: Limits = None,
+    ) -> CodeResult:
+        """Run a WebAssembly module as a WASI command (its _start) with argv and stdin; the
+        command's exit code, stdout and stderr come back."""
+        service.check_request(module_base64, module_path, argv, stdin)
+        for i, arg in enumerate(argv):
+            service.argv_text(f"argv[{i}]", arg)
+        module, digest, _ = service.module(module_path, module_base64)
+        import base64
+
+        req = {
+            "op": "command",
+            "module": module,
+            "sha256": digest,
+            "source": module_path,
+            "argv": list(argv),
+            "stdin": base64.b64encode(stdin.encode("utf-8", "replace")).decode(),
+        }
+        data = await service.run("run_wasi_command", req, _limits(limits), log_args=list(argv))
+        return _code_result(data)
+
+    @server.tool(annotations=ToolAnnotations(readOnlyHint=True, openWorldHint=False))
+    @guarded
+    async def audit_module(
+        module_path: ModulePath = None, module_base64: ModuleB64 = None
+    ) -> dict[str, Any]:
+        """Audit a module without running it: the same report as `wasmsbx audit --json`
+        (schema wasmsbx.audit/1): imports by capability, exports, limits, findings, risk."""
+        service.check_request(module_base64, module_path)
+        module, digest, _ = service.module(module_path, module_base64)
+        req = {"op": "audit", "module": module, "sha256": digest}
+        data = await service.run("audit_module", req)
+        return data["report"]
+
+    @server.tool()
+    @guarded
+    async def start_session() -> SessionInfo:
+        """Start a session: run_python calls that pass its id keep their globals and share a
+        private /scratch folder. It expires when idle (see limits) and is removed then."""
+        return SessionInfo(**service.sessions.start().to_dict(service.config))
+
+    @server.tool()
+    @guarded
+    async def end_session(
+        session: Annotated[str, Field(description="the id from start_session")],
+    ) -> Ended:
+        """End a session now: its globals and /scratch folder are deleted."""
+        return Ended(session=session, ended=service.sessions.end(session))
+
+    @server.tool(annotations=ToolAnnotations(readOnlyHint=True, openWorldHint=False))
+    async def limits() -> dict[str, Any]:
+        """The server's limits (the ceiling every call is held to) and where modules may be
+        read from."""
+        data = service.config.describe()
+        data["module_dirs"] = [str(d) for d in service.allowed_dirs()]
+        data["interpreters"] = {
+            n: "installed" if not isinstance(p, Exception) else "missing: wasmsbx mcp setup"
+            for n, p in service.interpreters.items()
+        }
+        return data
+
+    return server
+
+
+def _sha(name: str) -> str:
+    from .interpreters import INTERPRETERS
+
+    return INTERPRETERS[name].sha256
+
+
+def _streams(data: dict) -> dict:
+    """stdout/stderr as text, or in *_base64 when the guest wrote bytes that are not UTF-8."""
+    out = {}
+    for name in ("stdout", "stderr"):
+        value = data.get(name)
+        binary = isinstance(value, dict)
+        out[name] = "" if binary else (value or "")
+        out[f"{name}_base64"] = value.get("base64") if binary else None
+    return out
+
+
+def _stat_fields(data: dict) -> dict:
+    stats = data.get("stats") or {}
+    return {
+        "fuel_used": stats.get("fuel_used"),
+        "memory_bytes": stats.get("memory_bytes"),
+        "cpu_seconds": data.get("cpu_seconds"),
+        "module_load": data.get("module_load"),
+    }

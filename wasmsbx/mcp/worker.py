@@ -1,0 +1,179 @@
+"""The worker process: runs one guest call at a time for the MCP server.
+
+Why a child process and not a thread: a guest blocked in a WASI call (a sleep, a read) is
+not interruptible in process on every wasmtime version, and a runtime bug a hostile module
+finds must not take the server down. The server kills a worker whose call passes its hard
+deadline and starts another; the worker itself enforces the policy's limits in process.
+
+Why a long-lived worker and not one process per call: a fresh process pays Python start-up,
+``import wasmtime`` and loading the 20 MB CPython module on every call (benchmarks/mcp.py
+measures both). A worker keeps compiled modules; every call still gets a fresh instance
+(its own store, memory and WASI context), so nothing a call does reaches the next.
+
+Protocol: one JSON object per line on stdin (a request), one per line on the protocol pipe
+(the reply). The worker's own stdout is pointed at stderr first, so nothing a runtime or a
+guest writes there can forge a reply.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import resource
+import sys
+from collections import OrderedDict
+from typing import Any
+
+from .. import errors
+from . import guest
+
+MAX_MODULES = 8  # compiled modules kept per worker (least recently used dropped)
+
+
+def _cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+class Worker:
+    """Keeps compiled modules (one Sandbox per module digest and engine settings)."""
+
+    def __init__(self) -> None:
+        self.boxes: OrderedDict = OrderedDict()
+        self.load = ""  # how the last call got its module: reused | cache hit | compiled
+
+    def sandbox(self, path: str, digest: str, policy: Any, kind: str) -> Any:
+        """A Sandbox for the module, compiled (or loaded from the cache) once per worker.
+
+        The call's policy only tightens store-level limits (memory, time, fuel amount,
+        output), which are read when an instance is made; the engine settings that change
+        machine code (fuel metering on/off, stack, optimisation) are part of the key."""
+        from ..runner import Sandbox
+
+        v = policy.values
+        key = (
+            digest,
+            v["limits.fuel"] is not None,
+            v["limits.stack"],
+            v["runtime.optimize"],
+            v["runtime.backend"],
+        )
+        box = self.boxes.get(key)
+        self.load = "reused"
+        if box is None:
+            box = Sandbox(path, policy, kind=kind)
+            self.load = "cache hit" if box.cache_state == "hit" else "compiled"
+            self.boxes[key] = box
+            while len(self.boxes) > MAX_MODULES:
+                self.boxes.popitem(last=False)[1].close()
+        self.boxes.move_to_end(key)
+        box.policy = policy
+        return box
+
+    def handle(self, req: dict) -> dict:
+        from .. import policy as policy_mod
+
+        op = req["op"]
+        policy = policy_mod.from_dict(req["policy"], origin="mcp call policy")
+        if op == "audit":
+            from ..audit import audit_file
+
+            return {"report": audit_file(req["module"], policy).to_dict()}
+        kind = "call" if op in ("call", "javascript") else "command"  # warm: either
+        box = self.sandbox(req["module"], req["sha256"], policy, kind)
+        if op == "warm":  # compile (or load from the cache) before the first real call
+            return {}
+        info = _sandbox_info(box, req["sha256"])
+        if op == "call":
+            data = _call(box, req["function"], req.get("args") or [])
+        elif op == "command":
+            stdin = base64.b64decode(req.get("stdin") or "")
+            data = _command(box.run_command(req.get("argv") or [], stdin=stdin, capture=True))
+        elif op == "python":
+            data = guest.run_python(box, req["code"], req.get("scratch"), req.get("stdin", ""))
+        elif op == "javascript":
+            data = guest.run_javascript(box, req["code"])
+        else:
+            raise errors.UsageError(f"unknown operation {op!r}")
+        data["sandbox"] = info
+        data["module_load"] = self.load
+        return data
+
+
+def _call(box: Any, func: str, args: list) -> dict:
+    wasi = box.wasi_setup((), b"", capture=True)  # never the protocol pipe as stdin
+    try:
+        result = box.invoke(func, args, fresh=True, wasi=wasi)
+        stdout, stderr = box.output()
+    finally:
+        box.close()  # the instance goes; the compiled module stays
+    data = result.to_dict()
+    data["stdout"], data["stderr"] = guest.text(stdout), guest.text(stderr)
+    return data
+
+
+def _command(result: Any) -> dict:
+    data = result.to_dict()
+    data["stdout"] = guest.text(result.stdout)
+    data["stderr"] = guest.text(result.stderr)
+    return data
+
+
+def _sandbox_info(box: Any, digest: str) -> dict:
+    """What the audit log's ``sandbox`` event records (see wasmsbx/auditlog.py); the digest
+    is the server's (of the module's bytes, or the interpreter's pinned one)."""
+    v = box.policy.values
+    return {
+        "sha256": digest,
+        "size": len(box.wasm),
+        "backend": box.backend_name,
+        "compiler": box.compiler,
+        "limits": {
+            key: v[f"limits.{key}"]
+            for key in ("memory", "fuel", "timeout", "stack", "table_elements", "output")
+        },
+        "grants": [g.to_dict() for g in box.policy.grants],
+        "env": sorted(box.policy.env_for_guest()),
+    }
+
+
+def error_dict(exc: BaseException) -> dict:
+    """An exception as data the server turns back into the same error class."""
+    if isinstance(exc, errors.WasmsbxError):
+        data = exc.to_dict()
+        data["class"] = type(exc).__name__
+        data["backtrace"] = list(getattr(exc, "backtrace", []))[:8]
+        return data
+    return {
+        "class": "WasmsbxError",
+        "kind": "internal",
+        "message": f"internal error in the worker: {type(exc).__name__}: {exc}",
+        "exit_code": errors.ExitCode.INTERNAL,
+    }
+
+
+def serve(requests: Any, replies: Any) -> None:
+    worker = Worker()
+    for line in requests:
+        if not line.strip():
+            continue
+        started = _cpu()
+        try:
+            reply = {"ok": True, "result": worker.handle(json.loads(line))}
+        except Exception as exc:  # every failure goes back as data; the worker lives on
+            reply = {"ok": False, "error": error_dict(exc)}
+        reply["cpu"] = round(_cpu() - started, 6)
+        replies.write(json.dumps(reply, default=str) + "\n")
+        replies.flush()
+
+
+def main() -> None:
+    replies = os.fdopen(os.dup(1), "w", encoding="utf-8")
+    os.dup2(2, 1)  # stray writes to fd 1 (runtime, guest) go to stderr, not to the protocol
+    sys.stdout = sys.stderr
+    serve(sys.stdin, replies)
+
+
+if __name__ == "__main__":
+    main()
