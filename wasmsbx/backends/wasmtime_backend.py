@@ -195,7 +195,7 @@ class WasmtimeInstance(Instance):
         self._arm()
         imports_list = engine.imports(module)
         if any(i.is_wasi for i in imports_list) and not self.group.wasi_defined:
-            self.store.set_wasi(self._wasi_config(wasi or WasiSetup()))
+            self._set_wasi(wasi or WasiSetup())
             self.linker.define_wasi()
             _capture_exit(self.linker)
             self.group.wasi_defined = True
@@ -261,6 +261,22 @@ class WasmtimeInstance(Instance):
             tables=caps.tables,
             memories=caps.memories,
         )
+
+    def _set_wasi(self, wasi: WasiSetup) -> None:
+        """WASI for the store. wasmtime opens a stdin path itself, and a FIFO's open
+        waits for a writer: the keeper watches it like a blocked host call (the command
+        line's hard stop ends it at the deadline, exit 112)."""
+        self.where = "opening stdin"  # for _stuck
+        watch = KEEPER.enter(None, self.limits.seconds(), self._stuck)
+        try:
+            self.store.set_wasi(self._wasi_config(wasi))
+        except wasmtime.WasmtimeError as exc:
+            raise errors.InputError(
+                f"cannot set up the guest's stdio: {_first_line(exc)}",
+                path=wasi.stdin if isinstance(wasi.stdin, str) else None,
+            ) from None
+        finally:
+            KEEPER.leave(watch)
 
     def _wasi_config(self, wasi: WasiSetup) -> wasmtime.WasiConfig:
         config = wasmtime.WasiConfig()
