@@ -52,8 +52,8 @@ def test_stdout_through_a_link_to_nothing_is_refused(cli, isolated, backend):
 
 @pytest.mark.parametrize("target", ["/", "nodir/out.txt", "/proc/self/status"])
 def test_odd_stdout_paths_are_not_internal_errors(cli, isolated, backend, target):
-    _policy(isolated, stdout=target)
-    res = cli("run", HELLO, "--backend", backend)
+    _policy(isolated, stdout=target)  # given explicitly: trusted as it is
+    res = cli("run", HELLO, "--backend", backend, "--policy", isolated / "sandbox.toml")
     assert res.code in (0, 105), res  # /proc/self/status opens; each write fails in the guest
     assert "internal error" not in res.stderr and "Traceback" not in res.stderr
 
@@ -68,8 +68,8 @@ def test_a_fifo_nobody_reads_as_stdout_is_an_error_at_once(cli, isolated, backen
 @pytest.mark.parametrize("target", ["missing.txt", "/"])
 def test_an_unreadable_stdin_is_an_input_error(cli, isolated, backend, target):
     (isolated / "reader.wat").write_text(READER)
-    _policy(isolated, stdin=target)
-    res = cli("run", "reader.wat", "--backend", backend)
+    _policy(isolated, stdin=target)  # given explicitly: "/" is outside the project
+    res = cli("run", "reader.wat", "--backend", backend, "--policy", isolated / "sandbox.toml")
     assert res.code == 105 and "stdio.stdin" in res.stderr, res
 
 

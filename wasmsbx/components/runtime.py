@@ -261,15 +261,23 @@ class ComponentInstance:
         from ..backends.deadline import KEEPER
 
         limits = self.limits
-        watch = KEEPER.enter(
-            self.engine.clock,
-            limits.seconds(),
-            lambda: errors.TimeoutExceeded(
+
+        def stuck() -> errors.WasmsbxError:  # the keeper's error for a call it must end
+            if self.budget.exceeded:
+                return errors.OutputLimitExceeded(
+                    f"output limit {format_size(limits.output or 0)} reached: guest wrote "
+                    "more to stdout/stderr",
+                    hint="raise limits.output in the policy",
+                    limit_value=limits.output,
+                )
+            return errors.TimeoutExceeded(
                 f"timeout: {where} still running after {format_duration(limits.timeout)}",
                 hint="raise limits.timeout (--timeout 30s) if the guest needs longer",
                 limit_value=limits.timeout,
-            ),
-            self.store.set_epoch_deadline,
+            )
+
+        watch = KEEPER.enter(
+            self.engine.clock, limits.seconds(), stuck, self.store.set_epoch_deadline
         )
         self.watch = watch
         try:
