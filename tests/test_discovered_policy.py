@@ -74,3 +74,10 @@ def test_the_same_policy_given_with_policy_is_trusted_as_it_is(cli, project):
     res = cli("run", "tool.wasm", "--policy", project / "sandbox.toml", cwd=project)
     assert res.code == 0, res
     assert (outside / "out.txt").exists()
+
+
+def test_a_size_that_is_not_whole_bytes_is_refused(cli):
+    # red-team: `--memory 1.5` was taken as 1 byte
+    res = cli("run", EXAMPLES / "add.wat", "add", "1", "2", "--memory", "1.5")
+    assert res.code == 2 and "not a whole number of bytes" in res.stderr, res
+    assert cli("run", EXAMPLES / "add.wat", "add", "1", "2", "--memory", "1.5MiB").code == 0
