@@ -245,23 +245,6 @@ class WasmtimeInstance(Instance):
             memories=caps.memories,
         )
 
-    # ------------------------------------------------------------------ setup
-    def _set_limits(self, found: Any) -> None:
-        """The store limiter, with per-memory and per-table caps that keep the policy's
-        totals (wasm_limits.plan): the limiter itself caps each memory separately."""
-        limits = self.limits
-        try:
-            caps = plan(found, limits.memory, limits.table_elements)
-        except TotalsError as exc:
-            raise totals_error(exc, limits) from None
-        self.store.set_limits(
-            memory_size=caps.memory_each,
-            table_elements=-1 if caps.table_each is None else caps.table_each,
-            instances=-1 if limits.instances is None else limits.instances,
-            tables=caps.tables,
-            memories=caps.memories,
-        )
-
     def _set_wasi(self, wasi: WasiSetup) -> None:
         """WASI for the store. wasmtime opens a stdin path itself, and a FIFO's open
         waits for a writer: the keeper watches it like a blocked host call (the command
