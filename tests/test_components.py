@@ -391,12 +391,14 @@ def test_command_read_only_dir(cli, command, tmp_path):
     assert res.code == 1 and "read:" not in res.stdout
 
 
-def test_command_limits(cli, command):
+def test_command_limits(cli, command, tmp_path):
     res = cli("run", command, "--fuel", "1000000", "--", "spin")
     assert res.code == 111, res
     res = cli("run", command, "--timeout", "300ms", "--", "spin")
     assert res.code == 112, res
-    res = cli("run", command, "--", "flood")
+    flood = tmp_path / "flood.toml"  # a small output limit, a timeout that load
+    flood.write_text('[limits]\noutput = "1MiB"\ntimeout = "120s"\n')  # cannot reach first
+    res = cli("run", command, "--policy", flood, "--", "flood")
     assert res.code == 115, res
     res = cli("run", command, "--memory", "40MiB", "--", "alloc", "64")
     assert res.code == 1 and "malloc failed" in res.stdout, res
