@@ -770,3 +770,15 @@ def test_an_ambiguous_untagged_value_is_refused(echo_box):
 def test_variant_like_values_on_the_command_line(cli, argv, out):
     res = cli("run", ECHO, *argv)
     assert res.code == 0 and res.stdout == out + "\n", res
+
+
+def test_a_component_cannot_be_granted_the_trust_folder(cli, tmp_path):
+    """As for modules (tests/test_trust_cache.py): a guest that reads the secret key could
+    forge native code. The component runtime had its own WASI setup without the check."""
+    from wasmsbx import trust
+
+    trust.secret(create=True)
+    policy = tmp_path / "p.toml"
+    policy.write_text(f'[filesystem]\nread_only = ["{trust.trust_dir().parent}"]\n')
+    res = cli("run", TYPES, "add", "1", "2", "--policy", policy)
+    assert res.code == 101 and "would give the guest your wasmsbx keys" in res.stderr, res

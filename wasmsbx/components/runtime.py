@@ -195,6 +195,10 @@ class ComponentInstance:
         config = wasmtime.WasiConfig()
         config.argv = list(wasi.argv)
         config.env = list(wasi.env.items())
+        if wasi.grants:  # never the folder of the keys that vouch for native code
+            from ..trust import refuse_key_grants
+
+            refuse_key_grants(wasi.grants)
         for grant in wasi.grants:
             config.preopen_dir(grant.host, grant.guest, grant.writable)
         stdin = wasi.stdin
