@@ -34,11 +34,6 @@ from typing import Any, Callable, Optional
 
 TICK = 0.01  # seconds per epoch: the timeout's resolution
 GRACE = 0.25  # seconds a blocked call may overrun its deadline before a hard stop
-# With no call running the main thread is in Python code, which turns Ctrl-C into a
-# KeyboardInterrupt and cleans up (a batch saves its checkpoint, a cluster run closes its
-# client): that may take longer than GRACE on a loaded machine, and a hard stop then would
-# skip the checkpoint. The hard stop stays as a backstop for a process that hangs.
-SIGNAL_GRACE_IDLE = 15.0
 IDLE = 1.0  # seconds without calls before the thread exits (restarted on demand)
 
 
@@ -205,13 +200,10 @@ class Keeper:
         if self.hard_stop is None:
             return
         now = time.monotonic()
-        if self.signalled is not None:
-            with self.lock:
-                busy = bool(self.watches)
-            if now - self.signalled > (GRACE if busy else SIGNAL_GRACE_IDLE):
-                from ..errors import Interrupted
+        if self.signalled is not None and now - self.signalled > GRACE:
+            from ..errors import Interrupted
 
-                self.hard_stop(Interrupted("interrupted"))
+            self.hard_stop(Interrupted("interrupted"))
         with self.lock:
             late = [w for w in self.watches.values() if now - w.deadline > GRACE]
         if late:
