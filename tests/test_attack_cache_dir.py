@@ -11,7 +11,9 @@ from tests.trust_helpers import write_modules
 def _run_with_cache_dir(cli, work, target: str):
     (work / "sandbox.toml").write_text(f'[runtime]\ncache_min_size = 0\ncache_dir = "{target}"\n')
     good = write_modules(work)[0]
-    return cli("run", good, "add", "1", "2", cwd=work)
+    # --policy: trusted as it is (a discovered one may not name paths outside its folder,
+    # tests/test_discovered_policy.py); the trust-folder check must hold even then.
+    return cli("run", good, "add", "1", "2", "--policy", work / "sandbox.toml", cwd=work)
 
 
 def test_a_cache_dir_inside_the_trust_folder_is_not_created(cli, isolated, tmp_path):

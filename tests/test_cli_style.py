@@ -243,7 +243,7 @@ def test_policy_show_json(cli_inproc, isolated):
     assert data["sources"]["limits.memory"] == "--memory"
     assert data["sources"]["limits.timeout"] == "default"
     result = cli_inproc("policy", "show", "--memory", "lots")
-    assert result.code == 101 and result.stderr.startswith("error: "), result
+    assert result.code == 2 and result.stderr.startswith("error: "), result
 
 
 def test_audit_takes_the_run_flags(cli_inproc, isolated):

@@ -464,7 +464,9 @@ def test_the_only_worker_killed_mid_run_the_module_is_sent_again(tmp_path):
     from wasmsbx.cluster import Cluster
 
     n = 200
-    base = 2_000_000
+    # Heavy enough (~50 ms an item) that the submitted window of chunks is still running
+    # when kill_a_busy_worker looks, however fast or loaded the machine is.
+    base = 20_000_000
     policy = defaults()
     override(policy, "limits.timeout", "60s")
     box = Sandbox(LOOP, policy)

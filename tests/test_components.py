@@ -391,12 +391,14 @@ def test_command_read_only_dir(cli, command, tmp_path):
     assert res.code == 1 and "read:" not in res.stdout
 
 
-def test_command_limits(cli, command):
+def test_command_limits(cli, command, tmp_path):
     res = cli("run", command, "--fuel", "1000000", "--", "spin")
     assert res.code == 111, res
     res = cli("run", command, "--timeout", "300ms", "--", "spin")
     assert res.code == 112, res
-    res = cli("run", command, "--", "flood")
+    flood = tmp_path / "flood.toml"  # a small output limit, a timeout that load
+    flood.write_text('[limits]\noutput = "1MiB"\ntimeout = "120s"\n')  # cannot reach first
+    res = cli("run", command, "--policy", flood, "--", "flood")
     assert res.code == 115, res
     res = cli("run", command, "--memory", "40MiB", "--", "alloc", "64")
     assert res.code == 1 and "malloc failed" in res.stdout, res
@@ -768,3 +770,15 @@ def test_an_ambiguous_untagged_value_is_refused(echo_box):
 def test_variant_like_values_on_the_command_line(cli, argv, out):
     res = cli("run", ECHO, *argv)
     assert res.code == 0 and res.stdout == out + "\n", res
+
+
+def test_a_component_cannot_be_granted_the_trust_folder(cli, tmp_path):
+    """As for modules (tests/test_trust_cache.py): a guest that reads the secret key could
+    forge native code. The component runtime had its own WASI setup without the check."""
+    from wasmsbx import trust
+
+    trust.secret(create=True)
+    policy = tmp_path / "p.toml"
+    policy.write_text(f'[filesystem]\nread_only = ["{trust.trust_dir().parent}"]\n')
+    res = cli("run", TYPES, "add", "1", "2", "--policy", policy)
+    assert res.code == 101 and "would give the guest your wasmsbx keys" in res.stderr, res

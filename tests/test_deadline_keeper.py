@@ -99,3 +99,21 @@ def test_many_sandboxes_share_one_deadline_thread():
         box.call("next")
         boxes.append(box)
     assert threads() - before <= 3
+
+
+def test_an_error_factory_that_raises_still_hard_stops():
+    """Red-team regression: a watch whose error factory raised (a caller's signature
+    mismatch) ended the keeper's thread, so nothing was ever hard-stopped again."""
+    from wasmsbx.errors import TimeoutExceeded
+
+    keeper, stopped = Keeper(), []
+    keeper.hard_stop = stopped.append
+
+    def broken() -> None:
+        raise TypeError("missing argument")
+
+    watch = keeper.enter(None, 0.05, broken)
+    assert wait_for(lambda: stopped)
+    assert isinstance(stopped[0], TimeoutExceeded)
+    keeper.hard_stop = None  # let the thread end
+    keeper.leave(watch)

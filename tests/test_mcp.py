@@ -121,7 +121,7 @@ def test_python_loop_forever_is_stopped_and_the_server_lives_on():
     loop, took, after = run(scenario())
     assert loop.is_error
     assert "timeout" in text_of(loop)
-    assert took < 60  # generous: "it stopped at all"
+    assert took < 300  # generous (includes loading CPython on a loaded machine): it stopped
     assert after["stdout"] == "alive\n"
 
 
@@ -352,7 +352,7 @@ def test_hostile_modules_do_not_hurt_the_server():
         ("call_export", GUESTS / "recurse.wat", {"function": "recurse"}, "stack"),
         ("call_export", GUESTS / "trap.wat", {"function": "div0"}, "trap"),
         ("call_export", GUESTS / "start_trap.wat", {"function": "f"}, "trap"),
-        ("call_export", GUESTS / "imports_env.wat", {"function": "f"}, "host functions"),
+        ("call_export", GUESTS / "imports_env.wat", {"function": "f"}, "does not provide"),
         (
             "call_export",
             EXAMPLES / "memory_hog.wat",

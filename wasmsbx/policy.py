@@ -646,8 +646,46 @@ def discover(explicit: Optional[str] = None, cwd: Optional[Path] = None) -> Poli
         return load(explicit)
     candidate = (cwd or Path.cwd()) / POLICY_FILENAME
     if candidate.is_file():
-        return load(candidate)
+        policy = load(candidate)
+        confine(policy, candidate)
+        return policy
     return defaults()
+
+
+def confine(policy: Policy, path: Path) -> None:
+    """A ``sandbox.toml`` found in the working folder came with the project, not from the
+    user: it may grant folders, name stdio files and a cache folder only inside its own
+    folder. Anything outside (``read_write = ["~"]``, ``stdout = "~/.bashrc"``,
+    ``cache_dir = "~/.ssh"``) is a policy error; ``--policy FILE`` trusts a file as it is."""
+    import os
+
+    root = os.path.realpath(path.parent)
+    hint = (
+        "a sandbox.toml found in the working folder may only name paths inside its own "
+        f"folder; if you trust it as it is, pass it explicitly: --policy {path}"
+    )
+
+    def inside(target: str) -> bool:
+        real = os.path.realpath(os.path.join(root, os.path.expanduser(target)))
+        return real == root or real.startswith(root + os.sep)
+
+    named = [
+        (f"filesystem.{'read_write' if g.writable else 'read_only'}", g.host) for g in policy.grants
+    ]
+    for stream in ("stdin", "stdout", "stderr"):
+        value = policy.values.get(f"stdio.{stream}")
+        if isinstance(value, str) and value not in ("inherit", "null"):
+            named.append((f"stdio.{stream}", value))
+    if policy.values.get("runtime.cache_dir"):
+        named.append(("runtime.cache_dir", policy.values["runtime.cache_dir"]))
+    for dotted, target in named:
+        if not inside(str(target)):
+            raise PolicyError(
+                f"{path}: {dotted} names {target}, outside the folder of this sandbox.toml",
+                hint=hint,
+                path=str(path),
+                key=dotted,
+            )
 
 
 def override(

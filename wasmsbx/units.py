@@ -68,7 +68,10 @@ def parse_size(value: Union[str, int], maximum: int = MAX_SIZE) -> int:
     if len(whole) > 40:  # far beyond any maximum; keeps int() of hostile text cheap
         raise ValueError(f"{value!r} is too large (at most {_exact_size(maximum)})")
     factor = _SIZE_UNITS[unit]
-    n = int(whole) * factor + (int(fraction[:40] or 0) * factor) // 10 ** len(fraction[:40])
+    part, scale = int(fraction[:40] or 0) * factor, 10 ** len(fraction[:40])
+    if part % scale:  # "1.5" (bytes) or "0.3KiB": never silently rounded to whole bytes
+        raise ValueError(f"{value!r} is not a whole number of bytes")
+    n = int(whole) * factor + part // scale
     return _in_range(n, maximum, value, _exact_size)
 
 

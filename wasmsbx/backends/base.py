@@ -11,6 +11,7 @@ are data, so the selector, ``wasmsbx backends`` and the tests all read the same 
 
 from __future__ import annotations
 
+import os
 from abc import ABC, abstractmethod
 from collections import namedtuple
 from collections.abc import Sequence
@@ -244,6 +245,26 @@ class Usage(
     __slots__ = ()
 
 
+def _open_output(target: str) -> Any:
+    """A guest output file, opened without blocking: a FIFO that nobody reads is an
+    error at once (ENXIO) instead of an open that waits for ever, outside any deadline.
+    Writes then block as usual (a reader that stalls is the deadline's business)."""
+    import errno
+
+    from .. import errors
+
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(target, flags, 0o666)
+    except OSError as exc:
+        why = "a FIFO nobody reads" if exc.errno == errno.ENXIO else exc.strerror
+        raise errors.InputError(
+            f"{target}: cannot write the guest's output there: {why}", path=target
+        ) from None
+    os.set_blocking(fd, True)
+    return os.fdopen(fd, "wb")
+
+
 class OutputSink:
     """Where a guest's stdout or stderr goes: "inherit" (``fallback``, e.g. our own
     stdout), "null", "capture" (kept in ``captured``) or a file path (opened here and
@@ -258,7 +279,7 @@ class OutputSink:
         elif target == "inherit":
             self.file = fallback
         elif target != "null":
-            self.file = open(target, "wb")  # noqa: SIM115 - closed in close()
+            self.file = _open_output(target)
             self.own = True
 
     def write(self, data: bytes) -> None:
@@ -270,7 +291,10 @@ class OutputSink:
 
     def close(self) -> None:
         if self.own and self.file is not None:
-            self.file.close()
+            try:
+                self.file.close()
+            except OSError:  # a file that refuses writes (/proc/self/status): the guest
+                pass  # already saw each write fail
             self.file = None
 
 

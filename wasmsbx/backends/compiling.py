@@ -70,7 +70,9 @@ def out_of_time(name: str, timeout: float) -> errors.TimeoutExceeded:
 
 def compile_bounded(engine: Any, wasm: bytes, seconds: float, error: Any) -> Any:
     """``engine.compile(wasm)`` that ends within ``seconds`` or raises ``error()``."""
-    if len(wasm) >= CHILD_MIN:
+    # Components compile here, watched by the keeper (the CLI's hard stop ends a compile
+    # past its deadline); the child process compiles core modules only.
+    if len(wasm) >= CHILD_MIN and not getattr(engine, "is_component", False):
         return compile_in_child(engine, wasm, seconds, error)
     from .deadline import KEEPER
 

@@ -207,7 +207,7 @@ class Keeper:
         with self.lock:
             late = [w for w in self.watches.values() if now - w.deadline > GRACE]
         if late:
-            self.hard_stop(late[0].error())
+            self.hard_stop(_late_error(late[0]))
 
     # ------------------------------------------------------------------ interrupts
     def interrupt(self, signalled: bool = False) -> None:
@@ -263,3 +263,14 @@ def _terminate(signum: int, frame: Any) -> None:
 
 
 KEEPER = Keeper()
+
+
+def _late_error(watch: Watch) -> Any:
+    """The overrunning call's own error; a generic timeout if building it fails, since an
+    exception here would end this thread and with it every deadline of the process."""
+    try:
+        return watch.error()
+    except Exception:
+        from ..errors import TimeoutExceeded
+
+        return TimeoutExceeded("timeout: a call is still running past its deadline")

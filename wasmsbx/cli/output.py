@@ -7,6 +7,7 @@ commands that draw tables. rich honours NO_COLOR and drops colour when not on a 
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Any, Optional
 
@@ -16,7 +17,23 @@ def out(text: str) -> None:
 
 
 def err(text: str) -> None:
-    sys.stderr.write(text + "\n")
+    """A line on stderr; dropped when stderr is a closed pipe (``2>&1 | head -1``), so
+    the exit code stays the run's (the uncaught BrokenPipeError made it 1)."""
+    try:
+        sys.stderr.write(text + "\n")
+    except (OSError, ValueError):
+        _to_null(2)
+
+
+def _to_null(fd: int) -> None:
+    """Put /dev/null on a descriptor whose reader has gone: later writes and the final
+    flush succeed silently."""
+    try:
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, fd)
+        os.close(null)
+    except OSError:
+        pass
 
 
 def error(message: str, hint: Optional[str] = None) -> None:

@@ -270,7 +270,13 @@ def _dispatch(
             lines = [line for line, _ in done]
             if future.cancelled() and job.recover(pending):
                 continue
-            results, seconds = wire.read_results(_outcome(future, lines), lines)
+            try:
+                text = _outcome(future, lines)
+            except _Cancelled:  # cancelled after the check above (e.g. "already forgotten")
+                if job.recover(pending):
+                    continue
+                raise
+            results, seconds = wire.read_results(text, lines)
             pending.popleft()
             future.release()
             sizer.learn(len(results), seconds)
@@ -298,11 +304,23 @@ def _outcome(future: Any, lines: list) -> Any:
         ) from None
     except errors.WasmsbxError:
         raise
-    except Exception as exc:  # the scheduler went away, the task was cancelled
-        raise errors.ClusterError(
+    except BaseException as exc:  # the scheduler went away, the task was cancelled
+        if not isinstance(exc, Exception) and not _is_cancel(exc):
+            raise
+        error = _Cancelled if _is_cancel(exc) else errors.ClusterError
+        raise error(
             f"the chunk of {where} was lost: {_reason(exc)}",
             hint="is the Dask scheduler still running? rerun with --checkpoint to resume",
         ) from None
+
+
+class _Cancelled(errors.ClusterError):
+    """A chunk Dask cancelled (its data was lost with its workers): recoverable."""
+
+
+def _is_cancel(exc: BaseException) -> bool:
+    """distributed's FutureCancelledError and the CancelledErrors it derives from."""
+    return any(c.__name__ == "CancelledError" for c in type(exc).__mro__)
 
 
 def _check_client(job: _Job) -> None:

@@ -20,7 +20,6 @@ grants no socket address and no name lookup, so every socket call is denied.
 
 from __future__ import annotations
 
-import errno
 import sys
 from collections import namedtuple
 from typing import Any, Optional
@@ -29,7 +28,11 @@ import wasmtime
 import wasmtime.component as wc
 
 from .. import errors
-from ..backends.base import Limits, OutputSink, Usage, WasiSetup
+from ..backends.base import Limits, Usage, WasiSetup
+
+# The module backend's output counting: one budget for stdout and stderr, and a write
+# into a closed pipe is EPIPE inside the guest (the copy kept here lacked that).
+from ..backends.wasmtime.backend import _Budget, _Output
 from ..units import format_count, format_duration, format_size
 from . import binary
 from .types import FuncSig, func_sig
@@ -125,37 +128,6 @@ def check_imports(names: list) -> None:
         )
 
 
-class _Budget:
-    """Bytes the guest may still write to stdout and stderr together."""
-
-    def __init__(self, limit: Optional[int], on_exceeded: Any) -> None:
-        self.limit = limit
-        self.used = 0
-        self.exceeded = False
-        self.on_exceeded = on_exceeded
-
-    def take(self, n: int) -> bool:
-        self.used += n
-        if self.limit is not None and self.used > self.limit:
-            if not self.exceeded:
-                self.exceeded = True
-                self.on_exceeded()
-            return False
-        return True
-
-
-class _Output(OutputSink):
-    def __init__(self, target: str, budget: _Budget, fallback: Any) -> None:
-        super().__init__(target, fallback)
-        self.budget = budget
-
-    def __call__(self, data: bytes) -> int:
-        if not self.budget.take(len(data)):
-            return -errno.EFBIG
-        self.write(data)
-        return len(data)
-
-
 class ComponentInstance:
     """One instance of a component in its own store, under the limits."""
 
@@ -223,6 +195,10 @@ class ComponentInstance:
         config = wasmtime.WasiConfig()
         config.argv = list(wasi.argv)
         config.env = list(wasi.env.items())
+        if wasi.grants:  # never the folder of the keys that vouch for native code
+            from ..trust import refuse_key_grants
+
+            refuse_key_grants(wasi.grants)
         for grant in wasi.grants:
             config.preopen_dir(grant.host, grant.guest, grant.writable)
         stdin = wasi.stdin
@@ -261,15 +237,23 @@ class ComponentInstance:
         from ..backends.deadline import KEEPER
 
         limits = self.limits
-        watch = KEEPER.enter(
-            self.engine.clock,
-            limits.seconds(),
-            lambda: errors.TimeoutExceeded(
+
+        def stuck() -> errors.WasmsbxError:  # the keeper's error for a call it must end
+            if self.budget.exceeded:
+                return errors.OutputLimitExceeded(
+                    f"output limit {format_size(limits.output or 0)} reached: guest wrote "
+                    "more to stdout/stderr",
+                    hint="raise limits.output in the policy",
+                    limit_value=limits.output,
+                )
+            return errors.TimeoutExceeded(
                 f"timeout: {where} still running after {format_duration(limits.timeout)}",
                 hint="raise limits.timeout (--timeout 30s) if the guest needs longer",
                 limit_value=limits.timeout,
-            ),
-            self.store.set_epoch_deadline,
+            )
+
+        watch = KEEPER.enter(
+            self.engine.clock, limits.seconds(), stuck, self.store.set_epoch_deadline
         )
         self.watch = watch
         try:

@@ -7,6 +7,7 @@ stream and audit; ``wasmsbx run`` is a thin renderer over it.
 from __future__ import annotations
 
 import os
+import stat
 import time
 from collections import namedtuple
 from collections.abc import Iterator, Mapping, Sequence
@@ -260,6 +261,37 @@ def engine_options(policy: policy_mod.Policy, compiler: Optional[str]) -> Engine
     )
 
 
+def check_stdio(policy: policy_mod.Policy, inputs: Sequence[Any]) -> None:
+    """The policy's stdio paths, before any work: an output the guest cannot write, or
+    must not (a directory, a block device, a link to nothing, the module or the policy
+    itself: a discovered sandbox.toml must not turn the guest's output into a file
+    clobberer), and a stdin that cannot be read are errors (exit 105), as for ``-o``."""
+    from .outfile import check_output
+
+    v = policy.values
+    for key in ("stdio.stdout", "stdio.stderr"):
+        target = v[key]
+        if isinstance(target, str) and target not in SPECIAL_STDIO:
+            check_output(target, [*inputs, getattr(policy, "source", None)])
+    target = v["stdio.stdin"]
+    if isinstance(target, str) and target not in SPECIAL_STDIO:
+        try:
+            info = os.stat(target)
+        except OSError as exc:
+            raise errors.InputError(
+                f"{target}: cannot read the guest's stdin (stdio.stdin): {exc.strerror}",
+                path=target,
+            ) from None
+        if stat.S_ISDIR(info.st_mode):
+            raise errors.InputError(
+                f"{target}: is a directory, not a file for the guest's stdin (stdio.stdin)",
+                path=target,
+            )
+
+
+SPECIAL_STDIO = ("inherit", "null", "capture")
+
+
 class Sandbox:
     """A module loaded under a policy, ready to call.
 
@@ -318,6 +350,7 @@ class Sandbox:
         self.warnings: list = []  # cache and artifact problems worked around
         self.progress = progress  # label -> context manager shown around long compiles
         self.cache_dir = cache_dir
+        check_stdio(self.policy, [self.path, artifact])
         started = time.perf_counter()
         data = bytes(module) if from_bytes else read_file(self.path)  # type: ignore[arg-type]
         from ..backends.compiling import check_size

@@ -187,7 +187,7 @@ class WasmtimeInstance(Instance):
         self._arm()
         imports_list = engine.imports(module)
         if any(i.is_wasi for i in imports_list) and not self.group.wasi_defined:
-            self.store.set_wasi(self._wasi_config(wasi or WasiSetup()))
+            self._set_wasi(wasi or WasiSetup())
             self.linker.define_wasi()
             _capture_exit(self.linker)
             self.group.wasi_defined = True
@@ -237,22 +237,21 @@ class WasmtimeInstance(Instance):
             memories=caps.memories,
         )
 
-    # ------------------------------------------------------------------ setup
-    def _set_limits(self, found: Any) -> None:
-        """The store limiter, with per-memory and per-table caps that keep the policy's
-        totals (wasm_limits.plan): the limiter itself caps each memory separately."""
-        limits = self.limits
+    def _set_wasi(self, wasi: WasiSetup) -> None:
+        """WASI for the store. wasmtime opens a stdin path itself, and a FIFO's open
+        waits for a writer: the keeper watches it like a blocked host call (the command
+        line's hard stop ends it at the deadline, exit 112)."""
+        self.where = "opening stdin"  # for _stuck
+        watch = KEEPER.enter(None, self.limits.seconds(), self._stuck)
         try:
-            caps = plan(found, limits.memory, limits.table_elements)
-        except TotalsError as exc:
-            raise totals_error(exc, limits) from None
-        self.store.set_limits(
-            memory_size=caps.memory_each,
-            table_elements=-1 if caps.table_each is None else caps.table_each,
-            instances=-1 if limits.instances is None else limits.instances,
-            tables=caps.tables,
-            memories=caps.memories,
-        )
+            self.store.set_wasi(self._wasi_config(wasi))
+        except wasmtime.WasmtimeError as exc:
+            raise errors.InputError(
+                f"cannot set up the guest's stdio: {_first_line(exc)}",
+                path=wasi.stdin if isinstance(wasi.stdin, str) else None,
+            ) from None
+        finally:
+            KEEPER.leave(watch)
 
     def _wasi_config(self, wasi: WasiSetup) -> wasmtime.WasiConfig:
         config = wasmtime.WasiConfig()

@@ -213,5 +213,6 @@ def _precompile(path, policy) -> None:
     from ...mcp.config import ServerConfig, call_policy
     from ...runner import Sandbox
 
-    box = Sandbox(str(path), call_policy(ServerConfig(policy=policy)), kind="command")
+    # kind="call": no _start is asked for up front (QuickJS is a reactor)
+    box = Sandbox(str(path), call_policy(ServerConfig(policy=policy)), kind="call")
     box.close()
