@@ -196,7 +196,7 @@ class ComponentInstance:
         config.argv = list(wasi.argv)
         config.env = list(wasi.env.items())
         if wasi.grants:  # never the folder of the keys that vouch for native code
-            from ..trust import refuse_key_grants
+            from ..native.trust import refuse_key_grants
 
             refuse_key_grants(wasi.grants)
         for grant in wasi.grants:

@@ -266,7 +266,7 @@ def check_stdio(policy: policy_mod.Policy, inputs: Sequence[Any]) -> None:
     must not (a directory, a block device, a link to nothing, the module or the policy
     itself: a discovered sandbox.toml must not turn the guest's output into a file
     clobberer), and a stdin that cannot be read are errors (exit 105), as for ``-o``."""
-    from .outfile import check_output
+    from ..outfile import check_output
 
     v = policy.values
     for key in ("stdio.stdout", "stdio.stderr"):
