@@ -775,7 +775,7 @@ def test_variant_like_values_on_the_command_line(cli, argv, out):
 def test_a_component_cannot_be_granted_the_trust_folder(cli, tmp_path):
     """As for modules (tests/test_trust_cache.py): a guest that reads the secret key could
     forge native code. The component runtime had its own WASI setup without the check."""
-    from wasmsbx import trust
+    from wasmsbx.native import trust
 
     trust.secret(create=True)
     policy = tmp_path / "p.toml"

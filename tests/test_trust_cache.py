@@ -271,7 +271,7 @@ def test_key_file_of_another_user_is_refused(tmp_path, monkeypatch):
 def test_concurrent_processes_agree_on_one_key(tmp_path):
     """Eight processes creating the key at once all end up with the same one."""
     code = (
-        "import sys, time; from wasmsbx import trust\n"
+        "import sys, time; from wasmsbx.native import trust\n"
         "while time.time() < float(sys.argv[1]): pass\n"
         "print(trust.secret(create=True).hex())"
     )
