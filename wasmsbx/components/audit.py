@@ -17,7 +17,7 @@ import hashlib
 from collections import namedtuple
 from typing import Any, Optional
 
-from ..audit.report import CapabilityUse, _finding, _matches_everything, _sensitive, compute_risk
+from ..audit.findings import CapabilityUse, _finding, _matches_everything, _sensitive, compute_risk
 from ..audit.rules import SEVERITIES, severity_rank
 from . import binary
 
@@ -373,7 +373,7 @@ def suggest_policy(report: ComponentAuditReport) -> Any:
     """The least-privilege policy for the audited component (as for modules: grants it
     can use are kept, needed ones become commented-out placeholders, never invented)."""
     from .. import policy as policy_mod
-    from ..audit.report import SuggestedPolicy
+    from ..audit.findings import SuggestedPolicy
 
     old = report.policy.values
     new = policy_mod.defaults()
