@@ -1,0 +1,174 @@
+"""Audit records shared by the module audit (report.py) and the component audit
+(components/audit.py): findings, capability uses, the risk score, the suggested policy,
+and the small judgements both make. Below both, so neither imports the other's module."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+from .rules import RULES
+
+RISK_LEVELS = ((60, "high"), (30, "moderate"), (10, "low"), (0, "minimal"))
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One rule firing on one subject (an import module, a memory, a grant ...)."""
+
+    rule: str
+    severity: str
+    message: str
+    fix: str
+    points: int
+    subject: str
+    where: str = "module"  # "module" or "policy"
+    key: Optional[str] = None  # the dotted policy key, when where == "policy"
+
+    @property
+    def title(self) -> str:
+        return RULES[self.rule].title
+
+    def to_dict(self) -> dict:
+        return {
+            "rule": self.rule,
+            "name": RULES[self.rule].name,
+            "severity": self.severity,
+            "title": self.title,
+            "message": self.message,
+            "fix": self.fix,
+            "points": self.points,
+            "subject": self.subject,
+            "where": self.where,
+            "key": self.key,
+        }
+
+
+def _finding(rule_id: str, message: str, subject: str, **kw: Any) -> Finding:
+    rule = RULES[rule_id]
+    return Finding(
+        rule=rule_id,
+        severity=kw.pop("severity", rule.severity),
+        message=message,
+        fix=kw.pop("fix", rule.fix),
+        points=kw.pop("points", rule.points),
+        subject=subject,
+        **kw,
+    )
+
+
+@dataclass(frozen=True)
+class CapabilityUse:
+    """One capability group the module imports from, and what the policy says about it."""
+
+    name: str
+    title: str
+    imports: tuple
+    status: str  # granted | denied | always | never
+    detail: str
+
+    def to_dict(self) -> dict:
+        return {
+            "name": self.name,
+            "title": self.title,
+            "imports": list(self.imports),
+            "status": self.status,
+            "detail": self.detail,
+        }
+
+
+@dataclass(frozen=True)
+class Risk:
+    """score = min(100, sum of the points of every finding); ``items`` are the addends."""
+
+    score: int
+    total: int
+    level: str
+    items: tuple  # (rule, subject, points)
+
+    @property
+    def formula(self) -> str:
+        if not self.items:
+            return "no finding adds points: 0"
+        terms = " + ".join(f"{points} [{rule}]" for rule, _, points in self.items)
+        return f"min(100, {terms}) = {self.score}"
+
+    def to_dict(self) -> dict:
+        return {
+            "score": self.score,
+            "level": self.level,
+            "total": self.total,
+            "items": [{"rule": r, "subject": s, "points": p} for r, s, p in self.items],
+            "formula": self.formula,
+        }
+
+
+def compute_risk(findings: Iterable[Finding]) -> Risk:
+    items = tuple((f.rule, f.subject, f.points) for f in findings if f.points)
+    total = sum(points for _, _, points in items)
+    score = min(100, total)
+    level = next(name for floor, name in RISK_LEVELS if score >= floor)
+    return Risk(score, total, level, items)
+
+
+SENSITIVE_DIRS = ("/", "/bin", "/boot", "/dev", "/etc", "/home", "/lib", "/proc", "/root")
+SENSITIVE_DIRS += ("/run", "/sbin", "/sys", "/usr", "/var", "/tmp")
+
+
+def _sensitive(host: str) -> Optional[str]:
+    """Why granting ``host`` exposes too much, or None."""
+    path = Path(host)
+    if str(path) == "/":
+        return "the host's root directory"
+    if str(path) in SENSITIVE_DIRS:
+        return "a system directory"
+    home = os.environ.get("HOME")
+    if home and Path(home) != Path("/"):
+        home_path = Path(home).resolve()
+        if path == home_path:
+            return "the home directory"
+        if path in home_path.parents:
+            return "a parent of the home directory"
+    return None
+
+
+def _matches_everything(pattern: str) -> bool:
+    """True for env.inherit patterns that pass every variable: "*", "**", "?*"."""
+    return pattern in ("?*", "*?") or (bool(pattern) and set(pattern) == {"*"})
+
+
+@dataclass(frozen=True)
+class SuggestedPolicy:
+    """A least-privilege policy for one module: values as written in sandbox.toml, the
+    reason for each decision, and commented-out grants the user has to fill in."""
+
+    values: dict  # section -> key -> TOML value
+    notes: tuple  # one line per decision
+    placeholders: dict  # section -> commented lines
+
+    def to_toml(self) -> str:
+        import textwrap
+
+        import tomli_w
+
+        lines = ["# sandbox.toml suggested by `wasmsbx audit --suggest-policy`."]
+        lines += ["# Least privilege for this module: only the grants it can use."]
+        for note in self.notes:
+            wrapped = textwrap.wrap(note, 86)
+            lines += [f"# - {wrapped[0]}"] + [f"#   {rest}" for rest in wrapped[1:]]
+        for section, body in self.values.items():
+            body = {k: v for k, v in body.items() if v != {}}  # an empty env.set says nothing
+            text = tomli_w.dumps({section: body}).rstrip("\n").split("\n")
+            header, rest = text[0], text[1:]
+            lines += ["", header, *self.placeholders.get(section, ()), *rest]
+        return "\n".join(lines) + "\n"
+
+    def to_dict(self) -> dict:
+        return {
+            "values": self.values,
+            "notes": list(self.notes),
+            "placeholders": {k: list(v) for k, v in self.placeholders.items()},
+        }
