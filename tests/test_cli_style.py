@@ -255,3 +255,26 @@ def test_audit_takes_the_run_flags(cli_inproc, isolated):
     assert "/d" in text and str(isolated / "data") in text
     result = cli_inproc("audit", HELLO, "--dir", "missing::/x")
     assert result.code == 101 and "--dir missing::/x" in result.stderr
+
+
+class _Interrupted:
+    """A module whose every attribute raises KeyboardInterrupt: Ctrl-C while importing."""
+
+    def __getattr__(self, name):
+        raise KeyboardInterrupt
+
+
+@pytest.mark.parametrize(
+    ("module", "argv"),
+    [("wasmsbx.cli.app", ["backends"]), ("wasmsbx.cli.commands.run", ["run", "x.wat"])],
+)
+def test_ctrl_c_while_a_command_is_imported_is_exit_130_not_a_traceback(
+    monkeypatch, capsys, module, argv
+):
+    import sys
+
+    from wasmsbx.cli import main
+
+    monkeypatch.setitem(sys.modules, module, _Interrupted())
+    assert main(argv) == 130
+    assert capsys.readouterr().err == "error: interrupted\n"

@@ -9,6 +9,7 @@ the guests would otherwise run for an hour.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -340,3 +341,23 @@ def test_sigint_while_compiling_in_a_child(backend, tmp_path):
     code, err, took = interrupt(proc, signal.SIGINT, settle=0.5)
     assert code == 130, err
     assert took < STOPPED_WITHIN
+
+
+def test_a_hard_stopped_call_still_writes_its_audit_log(backend, tmp_path):
+    """A guest blocked in a host call is ended by the keeper's hard stop (os._exit): the
+    --audit-log still gets the limit and exit events before the process leaves."""
+    read, write = os.pipe()  # stdin that never closes: the guest blocks in fd_read
+    log = tmp_path / "a.log"
+    try:
+        code, err, took = run_blocked(
+            "run", FSPROBE, "--timeout", "1s", "--backend", backend, "--audit-log", log,
+            "--", "cat-stdin", stdin=read,
+        )  # fmt: skip
+    finally:
+        os.close(read)
+        os.close(write)
+    assert code == 112, err
+    events = [json.loads(line) for line in log.read_text().splitlines()]
+    kinds = [e["event"] for e in events]
+    assert kinds[-2:] == ["limit", "exit"], kinds
+    assert events[-2]["limit"] == "timeout" and events[-1]["exit_code"] == 112

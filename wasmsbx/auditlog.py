@@ -108,6 +108,14 @@ class AuditLog:
         self.outcome = name
         self.event(name, **fields)
 
+    def last_words(self, exc: BaseException) -> None:
+        """From the deadline keeper's thread, just before a hard stop leaves the process: the
+        failure and the exit events, unless the run already wrote its exit."""
+        if self.fh.closed:
+            return
+        self.failure(exc)
+        self.exit(int(getattr(exc, "exit_code", 100)))
+
     def _refused_imports(self) -> list:
         """The module's imports the sandbox does not link, read from the module itself (so
         the event does not depend on how a backend words its link error)."""

@@ -42,6 +42,8 @@ def _fill_closed_stdio() -> None:
 
 # Commands whose guests the deadline keeper guards with signals and a hard stop.
 GUARDED = ("run", "bench", "compile")
+# Called with the error before a hard stop leaves (e.g. --audit-log writes its last events).
+AT_HARD_STOP: list = []
 
 
 def _hard_stop(error: WasmsbxError) -> None:
@@ -50,7 +52,15 @@ def _hard_stop(error: WasmsbxError) -> None:
     flush what was written, print the error, leave with its exit code."""
     import threading
 
-    flusher = threading.Thread(target=_flush_all, daemon=True)
+    def last_words() -> None:
+        for hook in AT_HARD_STOP:
+            try:
+                hook(error)
+            except Exception:  # noqa: BLE001 - leaving anyway; the error line still goes out
+                pass
+        _flush_all()
+
+    flusher = threading.Thread(target=last_words, daemon=True)
     flusher.start()
     flusher.join(0.5)  # a stdout pipe nobody reads must not keep the process alive
     lines = f"error: {error.message}\n" + (f"hint: {error.hint}\n" if error.hint else "")
@@ -88,14 +98,19 @@ def _guard(argv: list) -> None:
 def main(argv: Optional[list] = None) -> int:
     _fill_closed_stdio()
     argv = list(sys.argv[1:] if argv is None else argv)
-    if _lean_run(argv):
-        from .commands.run import run_main
+    try:
+        if _lean_run(argv):
+            from .commands.run import run_main
 
-        code = run_main(argv[1:])
-    else:
-        from .app import run_app
+            code = run_main(argv[1:])
+        else:
+            from .app import run_app
 
-        code = run_app(argv)
+            code = run_app(argv)
+    except KeyboardInterrupt:  # Ctrl-C while a command was still being imported
+        from .boundary import report
+
+        code = report(KeyboardInterrupt())
     try:
         sys.stdout.flush()
     except BrokenPipeError:  # a closed pipe (| head) is not an error of ours
