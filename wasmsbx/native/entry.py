@@ -48,6 +48,7 @@ TAG_SIZE = 32
 TRAILER = FOOTER.size + TAG_SIZE
 OLD_MAGIC = b"\x89WSBX\r\n\x1a"  # formats 1 and 2 start with it
 MAX_HEADER = 1 << 20
+CHUNK = 1 << 20  # decompressed a MiB at a time
 MAX_NATIVE = 1 << 30  # no module's native code is larger; a header saying so is refused
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
@@ -171,10 +172,14 @@ def open_buffer(data: Any, key: Optional[bytes]) -> Artifact:
     header = _header(memoryview(data)[stored : stored + header_size], stored)
     view = memoryview(data)[:stored]
     if header["payload"]["encoding"] == "zstd":
-        out = bytearray(header["payload"]["size"])
-        _decompress_into(view, memoryview(out))
-        view = memoryview(out)
+        view = memoryview(_into_buffer(view, header["payload"]["size"]))
     return Artifact(header, view)
+
+
+def _into_buffer(stored: Any, size: int) -> bytearray:
+    out = bytearray()
+    _decompress_into(stored, size, out.extend)
+    return out
 
 
 def _digest(data: Any, key: bytes) -> bytes:
@@ -183,24 +188,27 @@ def _digest(data: Any, key: bytes) -> bytes:
     return blake3(data, key=key).digest()
 
 
-def _decompress_into(stored: Any, out: memoryview) -> None:
-    """Decompress ``stored`` into ``out``, which the authenticated header sized: a frame
-    that holds more or less than that is refused, and nothing beyond ``out`` is ever
-    allocated for its output."""
+def _decompress_into(stored: Any, size: int, write: Callable) -> None:
+    """Decompress ``stored`` through ``write`` (a chunk at a time): exactly ``size``
+    bytes, the size the authenticated header gives. A frame that holds more or less is
+    refused, and no more than a chunk beyond ``size`` is ever decompressed."""
     import zstandard
 
     reader = zstandard.ZstdDecompressor().stream_reader(stored, read_across_frames=False)
     try:
         filled = 0
-        while filled < len(out):
-            got = reader.readinto(out[filled:])
-            if not got:
-                raise Corrupt(f"compressed payload holds {filled} bytes, header says {len(out)}")
-            filled += got
-        if reader.read(1):
-            raise Corrupt(
-                f"compressed payload holds more than the {len(out)} bytes its header says"
-            )
+        while True:
+            chunk = reader.read(min(CHUNK, size - filled + 1))
+            if not chunk:
+                break
+            filled += len(chunk)
+            if filled > size:
+                raise Corrupt(
+                    f"compressed payload holds more than the {size} bytes its header says"
+                )
+            write(chunk)
+        if filled != size:
+            raise Corrupt(f"compressed payload holds {filled} bytes, header says {size}")
     except zstandard.ZstdError as exc:
         raise Corrupt(f"compressed payload does not decompress ({exc})") from None
     finally:
@@ -340,7 +348,12 @@ def _load_copy(
         _check(hasher, text, tail, key, tag)
         header = _header(text, stored)
         if header["payload"]["encoding"] == "zstd":
-            return _decompressed(header, sealed, data if sealed is None else None)
+            try:
+                return _decompressed(header, sealed, data if sealed is None else None)
+            finally:
+                if sealed is not None:  # the compressed copy: no longer needed
+                    os.close(sealed)
+                    sealed = None
         if sealed is not None:
             from .trust import VerifiedFile
 
@@ -362,14 +375,9 @@ def _decompressed(header: dict, sealed: Optional[int], data: Optional[bytearray]
         stored = header["payload"]["stored"]
         source = mmap.mmap(sealed, stored, prot=mmap.PROT_READ) if stored else b""
         try:
-            out = _memfd(raw)
+            out = _memfd(0)
             try:
-                if raw:
-                    target = mmap.mmap(out, raw)  # shared, writable: sealed once unmapped
-                    try:
-                        _decompress_into(source, memoryview(target))
-                    finally:
-                        target.close()
+                _decompress_into(source, raw, lambda chunk: _write_all(out, chunk))
                 _seal(out)
             except BaseException:
                 os.close(out)
@@ -377,13 +385,16 @@ def _decompressed(header: dict, sealed: Optional[int], data: Optional[bytearray]
         finally:
             if not isinstance(source, bytes):
                 source.close()
-            os.close(sealed)
         from .trust import VerifiedFile
 
         return Loaded(header, VerifiedFile(out, raw), (out,))
-    buffer = bytearray(raw)
-    _decompress_into(memoryview(data), memoryview(buffer))
-    return Loaded(header, buffer)
+    return Loaded(header, _into_buffer(memoryview(data), raw))
+
+
+def _write_all(fd: int, chunk: bytes) -> None:
+    view = memoryview(chunk)
+    while view:
+        view = view[os.write(fd, view) :]
 
 
 _PROC: list = []  # [bool]: whether /proc/self/fd works here (checked once)
