@@ -342,6 +342,11 @@ def export_records(wasm: bytes) -> Optional[list]:
         exports = read_interface(wasm).exports
     except FactsError:
         return None
+    return records_of(exports)
+
+
+def records_of(exports: Any) -> list:
+    """Header records of ``facts.Export`` values (read_interface's or read_facts')."""
     return [
         {
             "name": e.name,
