@@ -6,10 +6,10 @@ Each module compiled by one engine is one entry, keyed by the module's BLAKE3 di
 ``Engine.fingerprint()`` (backend, versions, compiler, optimisation level, features,
 target). Per entry:
 
-- ``code/KEY[:2]/KEY.entry``: the entry's bytes in the :mod:`wasmsbx.native.artifact` format
-  (header + native code), written to a new file renamed into place; they are verified (size,
-  digest, fingerprint, module digest) before any deserialization, and an entry that
-  fails is deleted, recompiled and reported;
+- ``code/KEY[:2]/KEY.entry``: the entry in the :mod:`wasmsbx.native.entry` format (native
+  code, raw or zstd-compressed, then header and tag), written to a new file renamed into
+  place; it is authenticated (the tag), then checked (fingerprint, module digest) before
+  any deserialization, and an entry that fails is deleted, recompiled and reported;
 - in the diskcache database, ``m:KEY``: a JSON record for listing: module, backend,
   sizes, created, last used, hits.
 
@@ -42,7 +42,7 @@ from .. import errors
 from . import artifact as aot
 from . import entry as entry_format
 
-CODE_DIR = "code"  # native code: code/KEY[:2]/KEY.entry, in the wasmsbx.native.artifact format
+CODE_DIR = "code"  # native code: code/KEY[:2]/KEY.entry, in the wasmsbx.native.entry format
 CODE_SUFFIX = ".entry"
 # Payloads of COMPRESS_MIN bytes and more are stored zstd-compressed at COMPRESS_LEVEL
 # (benchmarks/cached_load.py): smaller ones stay raw so that a hit maps them in place.
