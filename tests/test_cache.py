@@ -15,7 +15,7 @@ import pytest
 
 from wasmsbx import policy as policy_mod
 from wasmsbx.native import artifact as aot
-from wasmsbx.native import cache, trust
+from wasmsbx.native import cache, entry, trust
 from wasmsbx.runner import Sandbox, read_module
 
 from .conftest import capabilities_of, require_capability
@@ -319,23 +319,25 @@ def test_tampered_payload_is_discarded(backend, add):
 
 
 def test_truncated_entry_is_discarded(backend, add):
+    # Cut from the end (the footer and tag go) or from the start (the native code does).
     box = _damaged_run(backend, add, lambda store, key, blob: replace_blob(store, key, blob[:-100]))
+    assert "failed its integrity check" in box.warnings[0]
+    box = _damaged_run(backend, add, lambda store, key, blob: replace_blob(store, key, blob[100:]))
     assert "not tagged with your key" in box.warnings[0]
 
 
 def test_truncated_header_is_discarded(backend, add):
-    box = _damaged_run(backend, add, lambda store, key, blob: replace_blob(store, key, blob[:20]))
+    box = _damaged_run(backend, add, lambda store, key, blob: replace_blob(store, key, blob[-20:]))
     assert "truncated" in box.warnings[0]
 
 
 def test_entry_for_another_engine_is_not_loaded(backend, add):
     def foreign(store, key, blob):
         tag_key = trust.tag_key("cache-entry")
-        art = aot.open_sealed(blob, tag_key, "cache-entry")
+        art = entry.open_buffer(blob, tag_key)
         fp = {**art.fingerprint, "version": "0.0.1"}
         m = art.header["module"]
-        blob = aot.pack(
-            "cache-entry",
+        blob = entry.pack(
             fp,
             art.payload,
             m["sha256"],
@@ -396,14 +398,13 @@ def test_garbage_with_a_valid_digest_is_refused_by_the_runtime(add):
 
     def garbage(store, key, blob):
         tag_key = trust.tag_key("cache-entry")
-        art = aot.open_sealed(blob, tag_key, "cache-entry")
+        art = entry.open_buffer(blob, tag_key)
         m = art.header["module"]
         junk = b"\x7fELF" + os.urandom(4000)
         replace_blob(
             store,
             key,
-            aot.pack(
-                "cache-entry",
+            entry.pack(
                 art.fingerprint,
                 junk,
                 m["sha256"],

@@ -121,7 +121,10 @@ def test_a_cache_entry_is_not_an_artifact(cli, isolated, tmp_path):
     assert cli("run", good, "add", "1", "1").code == 0
     (entry,) = (tmp_path / "cache").rglob("*.entry")
     result = cli("run", entry, "add", "1", "1")
-    assert result.code == 102 and "not authenticated" in result.stderr
+    # An entry starts with bare native code (cache format 3): not a module, not an artifact.
+    assert result.code == 102 and "not a WebAssembly module" in result.stderr
+    result = cli("run", good, "add", "1", "1", "--artifact", entry)
+    assert result.code == 0 and "refused precompiled artifact: not a wasmsbx" in result.stderr
 
 
 def test_an_artifact_of_wasmsbx_0_1_is_refused(cli, isolated):

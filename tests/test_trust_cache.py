@@ -14,7 +14,7 @@ import pytest
 from wasmsbx import policy as policy_mod
 from wasmsbx.backends import get, split
 from wasmsbx.native import artifact as aot
-from wasmsbx.native import cache, trust
+from wasmsbx.native import cache, entry, trust
 from wasmsbx.runner import Sandbox, read_module
 from wasmsbx.runner.sandbox import engine_options
 
@@ -48,8 +48,7 @@ def crafted_entry(backend: str, module, donor, key) -> tuple:
     fingerprint = aot.normalise(engine.fingerprint())
     digest = aot.digest(wasm)
     payload = engine.serialize(engine.compile(read_module(donor)))
-    blob = aot.pack(
-        "cache-entry",
+    blob = entry.pack(
         fingerprint,
         payload,
         aot.sha256(wasm),
@@ -60,7 +59,7 @@ def crafted_entry(backend: str, module, donor, key) -> tuple:
         key=key or bytes(32),
     )
     if key is None:  # what an unkeyed digest would let anyone write
-        body = blob[: -aot.TAG_SIZE]
+        body = blob[: -entry.TAG_SIZE]
         blob = body + blake3(body).digest()
     return cache.entry_key(digest, fingerprint), blob
 
@@ -131,15 +130,15 @@ def _lookup(store, backend, module) -> cache.Lookup:
 
 
 def test_every_header_byte_is_covered(tmp_path, native):
-    """Issue 12, attack 3: flip one bit of any byte of the prefix or header (the
+    """Issue 12, attack 3: flip one bit of any byte of the header or footer (the
     exports list among them): discarded and reported, never loaded, and `verify`
     finds it."""
     good = write_modules(tmp_path)[0]
     policy, store, key, blob = _entry(tmp_path, native, good)
     try:
-        end = aot.layout(blob).header_end
-        assert b'"exports"' in blob[:end]
-        for where in range(end):
+        start, end = entry.spans(blob)
+        assert b'"exports"' in blob[start:end]
+        for where in range(start, len(blob) - entry.TAG_SIZE):
             damaged = bytearray(blob)
             damaged[where] ^= 1 << (where % 8)
             store.write_blob(key, bytes(damaged))
@@ -175,9 +174,10 @@ def test_truncated_extended_and_swapped_entries(tmp_path, native):
     policy, store, key, blob = _entry(tmp_path, native, good)
     _, _, other_key, other = _entry(tmp_path, native, evil)
     try:
-        a, b = aot.layout(blob), aot.layout(other)
-        swapped = blob[: a.header_end] + other[b.header_end :]  # our header, their code
-        for bad in (blob[:-1], blob + b"\0", blob + blob[-32:], swapped, other[: b.header_end]):
+        a, b = entry.spans(blob)[0], entry.spans(other)[0]
+        swapped = other[:b] + blob[a:]  # their code, our header
+        bad_ones = (blob[:-1], blob + b"\0", blob + blob[-32:], b"\0" + blob, swapped, blob[a:])
+        for bad in bad_ones:
             store.write_blob(key, bad)
             lookup = _lookup(store, native, good)
             assert lookup.load() is None and "discarded" in lookup.warnings[0]

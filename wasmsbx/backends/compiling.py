@@ -83,8 +83,29 @@ def compile_bounded(engine: Any, wasm: bytes, seconds: float, error: Any) -> Any
         KEEPER.leave(watch)
 
 
+def native_bounded(engine: Any, wasm: bytes, seconds: float, error: Any) -> Any:
+    """``engine.serialize(engine.compile(wasm))`` within ``seconds`` (what ``compile -o``
+    writes): a large module's code comes as its compile worker wrote it, never loaded
+    and serialized again here."""
+    if len(wasm) >= CHILD_MIN and not getattr(engine, "is_component", False):
+        return _child_code(engine, wasm, seconds, error)
+    return engine.serialize(compile_bounded(engine, wasm, seconds, error))
+
+
 def compile_in_child(engine: Any, wasm: bytes, seconds: float, error: Any) -> Any:
     """Compile in a fresh interpreter that is killed at the deadline; load its code here."""
+    from ..native.trust import Authenticated
+
+    # Vouched for by this process: the child it started wrote it into a pipe only
+    # the two of them hold (see the module docstring).
+    code = _child_code(engine, wasm, seconds, error)
+    module = engine.deserialize(Authenticated(code, "this process"))
+    engine.describe(module, wasm)
+    return module
+
+
+def _child_code(engine: Any, wasm: bytes, seconds: float, error: Any) -> memoryview:
+    """The native code a compile worker made of ``wasm``, or its error raised here."""
     import json
     import subprocess
 
@@ -105,13 +126,7 @@ def compile_in_child(engine: Any, wasm: bytes, seconds: float, error: Any) -> An
         _kill(proc)
         raise
     if out[:2] == b"ok":
-        from ..native.trust import Authenticated
-
-        # Vouched for by this process: the child it started wrote it into a pipe only
-        # the two of them hold (see the module docstring).
-        module = engine.deserialize(Authenticated(memoryview(out)[2:], "this process"))
-        engine.describe(module, wasm)
-        return module
+        return memoryview(out)[2:]
     if out[:2] == b"er":
         raise _error(json.loads(out[2:]))  # our own child's JSON
     left = seconds - (time.monotonic() - started)

@@ -1,4 +1,5 @@
-"""The on-disk format of precompiled native code: cache entries and standalone artifacts.
+"""The on-disk format of standalone artifacts (``compile -o``), and what they share with
+cache entries (whose own layout, format 3, is in :mod:`wasmsbx.native.entry`).
 
 Loading native code runs whatever machine code it holds, so nothing is deserialized
 before it is *authenticated* (see README, "Security model"): its last 32 bytes are a
@@ -342,6 +343,11 @@ def export_records(wasm: bytes) -> Optional[list]:
         exports = read_interface(wasm).exports
     except FactsError:
         return None
+    return records_of(exports)
+
+
+def records_of(exports: Any) -> list:
+    """Header records of ``facts.Export`` values (read_interface's or read_facts')."""
     return [
         {
             "name": e.name,

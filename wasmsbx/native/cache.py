@@ -6,10 +6,10 @@ Each module compiled by one engine is one entry, keyed by the module's BLAKE3 di
 ``Engine.fingerprint()`` (backend, versions, compiler, optimisation level, features,
 target). Per entry:
 
-- ``code/KEY[:2]/KEY.entry``: the entry's bytes in the :mod:`wasmsbx.native.artifact` format
-  (header + native code), written to a new file renamed into place; they are verified (size,
-  digest, fingerprint, module digest) before any deserialization, and an entry that
-  fails is deleted, recompiled and reported;
+- ``code/KEY[:2]/KEY.entry``: the entry in the :mod:`wasmsbx.native.entry` format (native
+  code, raw or zstd-compressed, then header and tag), written to a new file renamed into
+  place; it is authenticated (the tag), then checked (fingerprint, module digest) before
+  any deserialization, and an entry that fails is deleted, recompiled and reported;
 - in the diskcache database, ``m:KEY``: a JSON record for listing: module, backend,
   sizes, created, last used, hits.
 
@@ -40,9 +40,14 @@ from typing import Any, Callable, NamedTuple, Optional
 
 from .. import errors
 from . import artifact as aot
+from . import entry as entry_format
 
-CODE_DIR = "code"  # native code: code/KEY[:2]/KEY.entry, in the wasmsbx.native.artifact format
+CODE_DIR = "code"  # native code: code/KEY[:2]/KEY.entry, in the wasmsbx.native.entry format
 CODE_SUFFIX = ".entry"
+# Payloads of COMPRESS_MIN bytes and more are stored zstd-compressed at COMPRESS_LEVEL
+# (benchmarks/cached_load.py): smaller ones stay raw so that a hit maps them in place.
+COMPRESS_MIN = 8 << 20
+COMPRESS_LEVEL = 3
 HITS = "hits.log"  # the hit journal: "KEY LABEL TIME" per hit
 HITS_FOLD_SIZE = 1 << 16  # the hit that takes the journal past a multiple of this folds it
 HITS_MAX = 16 << 20  # a journal that cannot be folded stops growing here
@@ -198,6 +203,8 @@ def entry_key(module_digest: str, fingerprint: dict) -> str:
     """The cache key: the module's digest (``aot.digest``, BLAKE3) and everything that
     changes the machine code."""
     text = json.dumps(
+        # (aot.FORMAT, 2, not the entry format: an entry of an earlier format sits where
+        # its successor goes, so it is found, refused and replaced rather than left over)
         {"format": aot.FORMAT, "module": module_digest, "fingerprint": fingerprint},
         sort_keys=True,
     )
@@ -226,9 +233,13 @@ class Store:
     """
 
     def __init__(self, root: Path, size_limit: int) -> None:
+        from .trust import in_cache_roots
+
         self.root = root
         self.size_limit = size_limit
         self._db: Any = None
+        # The user's own cache (no guest is granted it): entries are mapped in place.
+        self.protected = in_cache_roots(str(root))
 
     @property
     def db(self) -> Any:
@@ -696,30 +707,38 @@ class Lookup:
         return _timed(self.compile_fn, self.wasm, self.timings)
 
     def load(self, touch: bool = True) -> Any:
-        """Read, authenticate, verify, deserialize; a bad entry is deleted and reported,
-        never loaded. With a key file that is refused (see trust), the cache is
-        unavailable: nothing is loaded, nothing deleted."""
+        """Open, authenticate, verify, deserialize (native/entry.py says how, and what
+        is checked when); a bad entry is deleted and reported, never loaded. With a key
+        file that is refused (see trust), the cache is unavailable: nothing is loaded,
+        nothing deleted."""
         started = time.perf_counter()
-        blob = self.store.blob(self.key)
-        if blob is None:
-            return None
-        key = self.tag_key(create=True)  # a first entry found without a key is not ours
         try:
-            artifact = aot.open_sealed(blob, key, "cache-entry")
-            if artifact.module_digest != self.module_digest:
-                raise aot.Corrupt("it belongs to another module")
-            diff = aot.differences(artifact.fingerprint, self.fingerprint)
-            if diff:
-                raise aot.Corrupt("built for another engine: " + "; ".join(diff[:2]))
-            module = self.engine.deserialize(artifact.native())
+            loaded = entry_format.load(
+                str(self.store.code_path(self.key)),
+                lambda: self.tag_key(create=True),  # a first entry found without a key
+                self.store.protected,  # is not ours
+            )
+            if loaded is None:
+                return None
+            with loaded:
+                header = loaded.header
+                if header["module"].get("blake3") != self.module_digest:
+                    raise aot.Corrupt("it belongs to another module")
+                diff = aot.differences(header["fingerprint"], self.fingerprint)
+                if diff:
+                    raise aot.Corrupt("built for another engine: " + "; ".join(diff[:2]))
+                module = self.engine.deserialize(loaded.native())
         except (aot.Corrupt, errors.ModuleError) as exc:
             self.store.remove(self.key)
             what = f"cache entry for {self.name or self.module_digest[:12]} ({self.label})"
-            self.warnings.append(
-                f"{what} failed its integrity check ({reason(exc)}); discarded and recompiled"
-            )
+            if isinstance(exc, entry_format.OldFormat):
+                self.warnings.append(f"{what} {reason(exc)}; discarded and recompiled")
+            else:
+                self.warnings.append(
+                    f"{what} failed its integrity check ({reason(exc)}); discarded and recompiled"
+                )
             return None
-        self.exports = artifact.header["module"].get("exports")
+        self.exports = header["module"].get("exports")
         if touch:
             try:
                 self.store.hit(self.key, self.label)
@@ -743,8 +762,7 @@ class Lookup:
         key = self.tag_key(create=True)
         payload = self.engine.serialize(module)
         self.exports = aot.export_records(self.wasm)  # so a hit need not parse the module
-        blob = aot.pack(
-            "cache-entry",
+        blob = entry_format.pack(
             self.fingerprint,
             payload,
             self.module_sha,
@@ -753,13 +771,14 @@ class Lookup:
             exports=self.exports,
             module_digest=self.module_digest,
             key=key,
+            level=COMPRESS_LEVEL if len(payload) >= COMPRESS_MIN else None,
         )
         if len(blob) <= self.store.size_limit:  # an entry bigger than the cache is not kept
-            self.store.put(self.key, blob, self.record(len(blob)))
+            self.store.put(self.key, blob, self.record(len(blob), len(payload)))
             self.store.evict(self.store.size_limit, keep=(self.key,))
         self.timings["store"] = time.perf_counter() - started
 
-    def record(self, size: int) -> dict:
+    def record(self, size: int, native: int) -> dict:
         fp, now = self.fingerprint, time.time()
         return {
             "module": {"name": self.name, "sha256": self.module_sha, "size": len(self.wasm)},
@@ -769,7 +788,8 @@ class Lookup:
             "version": fp.get("version"),
             "optimize": fp.get("optimize"),
             "target": fp.get("target"),
-            "size": size,
+            "size": size,  # on disk
+            "native_size": native,  # the native code, decompressed
             "created": now,
             "last_used": now,
             "hits": 0,
@@ -1024,7 +1044,7 @@ def _check_entry(store: Store, key: str, record: dict, tag_key: Optional[bytes])
     if tag_key is None:
         return "not authenticated: you have no secret key, so this entry is not yours"
     try:
-        artifact = aot.open_sealed(blob, tag_key, "cache-entry")
+        artifact = entry_format.open_buffer(blob, tag_key)
     except aot.Corrupt as exc:
         return str(exc)
     if entry_key(artifact.module_digest, artifact.fingerprint) != key:

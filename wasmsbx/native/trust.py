@@ -67,6 +67,31 @@ class Authenticated(namedtuple("Authenticated", "code by")):
     __slots__ = ()
 
 
+class VerifiedFile:
+    """Authenticated native code in a file no other process can change (a sealed memfd,
+    or an entry in the user's own cache, see native/entry.py), held open by ``fd``: an
+    engine that can map a file opens ``path``, which names that descriptor and not a
+    path someone could swap; ``bytes()`` reads it for the others."""
+
+    __slots__ = ("fd", "size")
+
+    def __init__(self, fd: int, size: int) -> None:
+        self.fd, self.size = fd, size
+
+    @property
+    def path(self) -> str:
+        return f"/proc/self/fd/{self.fd}"
+
+    def __bytes__(self) -> bytes:
+        data = os.pread(self.fd, self.size, 0)
+        if len(data) != self.size:
+            raise OSError(errno.EIO, "native code file shrank")
+        return data
+
+    def __len__(self) -> int:
+        return self.size
+
+
 def require(native: Any) -> Any:
     """The code inside ``native``; a TypeError for anything not Authenticated, so no
     caller can hand raw bytes to a deserializer by mistake."""
@@ -325,22 +350,65 @@ def unseal(blob: Any, purpose: str = "handoff") -> Optional[Authenticated]:
     return Authenticated(view[:-32], "your key")
 
 
+def cache_roots() -> list:
+    """The user's own cache folders: $WASMSBX_CACHE_DIR and the default one (the user
+    cache dir + "wasmsbx"). Only the user's environment chooses them, and no guest is
+    ever granted them (:func:`refuse_key_grants`), so only the user's own processes
+    write there: cache entries there are mapped where they are once authenticated."""
+    roots = []
+    explicit = os.environ.get("WASMSBX_CACHE_DIR", "").strip()
+    if explicit:
+        roots.append(os.path.abspath(os.path.expanduser(explicit)))
+    if sys.platform.startswith("linux"):
+        base = os.environ.get("XDG_CACHE_HOME", "").strip()
+        if not (base and os.path.isabs(base)):
+            base = os.path.join(os.path.expanduser("~"), ".cache")
+        roots.append(os.path.join(base, "wasmsbx"))
+    else:  # pragma: no cover - Linux is the supported platform
+        import platformdirs
+
+        roots.append(platformdirs.user_cache_dir("wasmsbx", appauthor=False))
+    return roots
+
+
+def _overlaps(a: str, b: str) -> bool:
+    return (
+        a == b or a.startswith(b.rstrip(os.sep) + os.sep) or b.startswith(a.rstrip(os.sep) + os.sep)
+    )
+
+
+def in_cache_roots(folder: str) -> bool:
+    """Whether ``folder`` is one of :func:`cache_roots` or inside one."""
+    real = os.path.realpath(folder)
+    return any(
+        real == root or real.startswith(root.rstrip(os.sep) + os.sep)
+        for root in map(os.path.realpath, cache_roots())
+    )
+
+
 def refuse_key_grants(grants: list) -> None:
-    """A PolicyError if a directory grant would show the guest the trust folder: a guest
-    that reads the secret key can forge native code that runs outside the sandbox."""
+    """A PolicyError if a directory grant would show the guest the trust folder or the
+    user's own cache: a guest that reads the secret key can forge native code, and one
+    that writes in the cache could change native code after it was checked; either
+    would then run outside the sandbox."""
     keys = os.path.realpath(trust_dir())
+    caches = [os.path.realpath(root) for root in cache_roots()]
     for grant in grants:
         host = os.path.realpath(grant.host)
-        if (
-            keys == host
-            or keys.startswith(host.rstrip(os.sep) + os.sep)
-            or host.startswith(keys + os.sep)
-        ):
+        if _overlaps(host, keys):
             raise errors.PolicyError(
                 f"the grant of {grant.host} would give the guest your wasmsbx keys ({keys})",
                 hint="grant a folder that does not contain the trust folder",
                 key="filesystem",
             )
+        for root in caches:
+            if _overlaps(host, root):
+                raise errors.PolicyError(
+                    f"the grant of {grant.host} would give the guest your wasmsbx cache "
+                    f"({root}), whose native code runs outside the sandbox",
+                    hint="grant a folder that does not contain the cache",
+                    key="filesystem",
+                )
 
 
 # ---------------------------------------------------------------------------- public keys

@@ -844,6 +844,8 @@ class WasmtimeEngine(Engine):
 
         data = require(native)
         try:
+            if isinstance(getattr(data, "path", None), str):  # a trust.VerifiedFile: mapped
+                return wasmtime.Module.deserialize_file(self.engine, data.path)
             return _deserialize(self.engine, data)
         except wasmtime.WasmtimeError as exc:
             raise errors.ModuleError(f"cannot load precompiled code: {_first_line(exc)}") from None

