@@ -32,6 +32,20 @@ def available_backends() -> list:
 BACKENDS = available_backends()
 
 
+def _restore_sigint() -> None:
+    """A shell starts a background job (``scripts/test &``, nohup, some CI runners) with
+    SIGINT ignored, and every process it starts inherits that: a CLI child would then
+    never see the Ctrl-C its test sends (Python installs its handler only where SIGINT is
+    not ignored at start). Give this process, and so its children, the default back."""
+    import signal
+
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+_restore_sigint()
+
+
 @pytest.fixture(params=BACKENDS)
 def backend(request) -> str:
     """Parametrizes a behaviour test over every available backend and compiler."""

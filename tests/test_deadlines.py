@@ -144,9 +144,13 @@ def handler_installed(pid: int, signum: int) -> bool:
 
 
 def interrupt(proc: subprocess.Popen, signum: int, settle: float = 1.0) -> tuple:
-    """Send ``signum`` once the process handles it and the guest had ``settle`` s to start."""
+    """Send ``signum`` once the process handles it and the guest had ``settle`` s to start.
+
+    Ready means the deadline keeper is installed, which is when a SIGTERM handler appears
+    (Python's own SIGINT handler is there from the first instant, long before wasmsbx has
+    even been imported on a loaded machine)."""
     waited = time.monotonic()
-    while not handler_installed(proc.pid, signum) and time.monotonic() - waited < 60:
+    while not handler_installed(proc.pid, signal.SIGTERM) and time.monotonic() - waited < 60:
         time.sleep(0.02)
     time.sleep(settle)
     started = time.monotonic()
