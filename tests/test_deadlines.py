@@ -74,6 +74,7 @@ def run_blocked(*args, stdin=subprocess.DEVNULL) -> tuple:
     return finish(popen(*args, stdin=stdin), started)
 
 
+@pytest.mark.any_compiler  # blocked in a host call: not the compiler's code
 def test_sleep_in_a_wasi_call_times_out(backend):
     code, err, took = run_blocked(
         "run", FSPROBE, "--timeout", "1s", "--backend", backend, "--", "sleep", HOUR_MS
@@ -83,6 +84,7 @@ def test_sleep_in_a_wasi_call_times_out(backend):
     assert took < STOPPED_WITHIN
 
 
+@pytest.mark.any_compiler  # blocked in a host call: not the compiler's code
 def test_raw_poll_oneoff_times_out(backend, tmp_path):
     module = tmp_path / "poll.wat"
     module.write_text(POLL_WAT)
@@ -91,6 +93,7 @@ def test_raw_poll_oneoff_times_out(backend, tmp_path):
     assert took < STOPPED_WITHIN
 
 
+@pytest.mark.any_compiler  # blocked in a host call: not the compiler's code
 def test_stdin_pipe_that_never_closes_times_out(backend):
     read, write = os.pipe()  # the write end stays open (and silent) until the end
     try:
@@ -104,6 +107,7 @@ def test_stdin_pipe_that_never_closes_times_out(backend):
     assert took < STOPPED_WITHIN
 
 
+@pytest.mark.any_compiler  # blocked in a host call: not the compiler's code
 def test_fifo_inside_a_grant_times_out(backend, tmp_path):
     require_capability(backend, "fs-confined")  # grants are refused where not confinable
     data = tmp_path / "data"
@@ -170,6 +174,7 @@ def test_signal_stops_a_busy_guest(backend, signum):
     assert took < STOPPED_WITHIN
 
 
+@pytest.mark.any_compiler  # blocked in a host call: not the compiler's code
 @pytest.mark.parametrize("signum", SIGNALS, ids=["SIGINT", "SIGTERM"])
 def test_signal_stops_a_guest_blocked_in_a_host_call(backend, signum):
     proc = popen("run", FSPROBE, "--timeout", "10m", "--backend", backend, "--", "sleep", HOUR_MS)
