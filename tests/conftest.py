@@ -32,10 +32,69 @@ def available_backends() -> list:
 BACKENDS = available_backends()
 
 
+def _restore_sigint() -> None:
+    """A shell starts a background job (``scripts/test &``, nohup, some CI runners) with
+    SIGINT ignored, and every process it starts inherits that: a CLI child would then
+    never see the Ctrl-C its test sends (Python installs its handler only where SIGINT is
+    not ignored at start). Give this process, and so its children, the default back."""
+    import signal
+
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+_restore_sigint()
+
+
 @pytest.fixture(params=BACKENDS)
 def backend(request) -> str:
     """Parametrizes a behaviour test over every available backend and compiler."""
     return request.param
+
+
+def one_compiler_each(labels: list) -> list:
+    """Of ``labels``, one per backend: its default compiler (wasmtime, wasmer:cranelift)."""
+    from wasmsbx import backends
+
+    chosen = []
+    for label in labels:
+        name, compiler = backends.split(label)
+        default = getattr(backends.get(name), "default_compiler", None)
+        if compiler is None or compiler == default:
+            chosen.append(label)
+    return chosen
+
+
+@pytest.hookimpl(tryfirst=True)  # a parametrize mark, set before pytest reads the marks
+def pytest_generate_tests(metafunc) -> None:
+    """A test marked ``any_compiler`` gets ``backend`` over one compiler per backend.
+
+    For tests whose subject is the host side of a backend (WASI and stdio plumbing, grants,
+    exit codes, a guest blocked in a host call, wasmer's child process), which wasmer's
+    three compilers share: running them under each compiler re-tests the same code at
+    three compile costs (LLVM's is the largest in the suite). Code generation (traps,
+    fuel, stack, features, values) stays tested on every compiler."""
+    if "backend" in metafunc.fixturenames and metafunc.definition.get_closest_marker(
+        "any_compiler"
+    ):
+        metafunc.definition.add_marker(
+            pytest.mark.parametrize("backend", one_compiler_each(BACKENDS))
+        )
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """Keep a module whose tests share a module- or session-scoped fixture (a dask cluster,
+    real bench reports, built components) on one xdist worker (``--dist loadgroup``, as
+    scripts/test runs it): each worker would otherwise build that fixture again."""
+    for item in items:
+        info = getattr(item, "_fixtureinfo", None)
+        if info is None or item.get_closest_marker("xdist_group"):
+            continue
+        for name in item.fixturenames:
+            defs = info.name2fixturedefs.get(name)
+            if defs and defs[-1].scope in ("module", "session") and defs[-1].baseid:
+                item.add_marker(pytest.mark.xdist_group(item.module.__name__))
+                break
 
 
 def capabilities_of(label: str):

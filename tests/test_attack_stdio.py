@@ -15,6 +15,9 @@ import pytest
 
 from tests.conftest import EXAMPLES
 
+# The host side (stdio, WASI exit): the same for wasmer's three compilers.
+pytestmark = pytest.mark.any_compiler
+
 HELLO = EXAMPLES / "wasi" / "hello.wasm"
 # Reads stdin for ever (a guest blocked in fd_read once stdin stalls).
 READER = """(module

@@ -16,6 +16,9 @@ import pytest
 
 from .conftest import EXAMPLES
 
+# The host side (stdio, WASI exit): the same for wasmer's three compilers.
+pytestmark = pytest.mark.any_compiler
+
 HELLO = EXAMPLES / "wasi" / "hello.wasm"
 # A guest that writes to stdout until a write fails, then exits with 7 (or 0 if never).
 FLOOD = """(module

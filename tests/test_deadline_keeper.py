@@ -27,8 +27,8 @@ def wait_for(predicate, seconds: float = 30.0) -> bool:
 def test_epochs_follow_the_clock_not_the_number_of_wakeups():
     keeper, engine = Keeper(), FakeEngine()
     clock = keeper.clock(engine)
-    watch = keeper.enter(clock, 60.0, lambda: None)
-    started = time.monotonic()
+    started = time.monotonic()  # before enter(), which sets the clock's base: on a loaded
+    watch = keeper.enter(clock, 60.0, lambda: None)  # machine the two may be far apart
     time.sleep(0.3)
     keeper._advance()  # a late wake-up catches up in one go
     elapsed = time.monotonic() - started
@@ -117,3 +117,153 @@ def test_an_error_factory_that_raises_still_hard_stops():
     assert isinstance(stopped[0], TimeoutExceeded)
     keeper.hard_stop = None  # let the thread end
     keeper.leave(watch)
+
+
+# ------------------------------------------------------- Ctrl-C: the hard stop's two graces
+
+
+def started(keeper: Keeper) -> Keeper:
+    """The keeper's thread running with a command line's hard stop (as install_cli leaves
+    it, without the process-wide signal handlers)."""
+    with keeper.lock:
+        keeper._start()
+    return keeper
+
+
+def test_a_signal_nobody_handles_is_hard_stopped_after_the_grace():
+    """The main thread stuck in a runtime's C code never runs its handler: 130 after GRACE."""
+    from wasmsbx.backends.deadline import GRACE
+    from wasmsbx.errors import Interrupted
+
+    keeper, stopped = Keeper(), []
+    keeper.hard_stop = stopped.append
+    started(keeper)
+    signalled = time.monotonic()
+    keeper.interrupt(signalled=True)  # what the thread does when SIGINT wakes it
+    assert wait_for(lambda: stopped)
+    assert time.monotonic() - signalled >= GRACE
+    assert isinstance(stopped[0], Interrupted)
+    keeper.hard_stop = None
+
+
+def test_a_main_thread_handling_the_interrupt_gets_the_clean_up_time(monkeypatch):
+    """Its handler ran, so it is unwinding (saving a checkpoint): no hard stop after GRACE,
+    only after CLEANUP, whichever of the two saw the signal first."""
+    from wasmsbx.backends import deadline
+    from wasmsbx.errors import Interrupted
+
+    monkeypatch.setattr(deadline, "CLEANUP", 8 * deadline.GRACE)
+    for handler_first in (False, True):
+        keeper, stopped = Keeper(), []
+        keeper.hard_stop = stopped.append
+        started(keeper)
+        if handler_first:
+            keeper.handling_interrupt()
+        keeper.interrupt(signalled=True)
+        keeper.handling_interrupt()
+        handling = keeper.handling
+        time.sleep(4 * deadline.GRACE)  # well past GRACE, and the thread ticks every 10 ms
+        keeper.handling_interrupt()  # a later call does not push the bound back
+        assert not stopped and keeper.handling == handling
+        assert wait_for(stopped.__len__)  # a clean-up that hangs still ends
+        assert time.monotonic() - handling >= deadline.CLEANUP
+        assert isinstance(stopped[0], Interrupted)
+        keeper.hard_stop = None
+
+
+def test_a_call_still_blocked_is_hard_stopped_after_the_grace_even_while_handling(monkeypatch):
+    """Handling the interrupt buys clean-up time, never time for a call blocked in a host
+    call: it stops GRACE after Ctrl-C, with 130 (not its timeout's code)."""
+    from wasmsbx.backends import deadline
+    from wasmsbx.errors import Interrupted
+
+    monkeypatch.setattr(deadline, "CLEANUP", 600.0)
+    keeper, stopped = Keeper(), []
+    keeper.hard_stop = stopped.append
+    watch = keeper.enter(None, 600.0, lambda: "its timeout")  # blocked: it never leaves
+    keeper.interrupt(signalled=True)
+    keeper.handling_interrupt()
+    assert wait_for(lambda: stopped)
+    assert isinstance(stopped[0], Interrupted)
+    keeper.hard_stop = None
+    keeper.leave(watch)
+
+
+def test_settle_ends_the_interrupt_and_a_library_keeper_records_nothing():
+    keeper = Keeper()
+    keeper.handling_interrupt()  # no hard stop (a library caller): nothing to tell
+    assert keeper.handling is None
+    keeper.hard_stop = lambda error: None
+    keeper.signalled = time.monotonic()
+    keeper.handling_interrupt()
+    assert keeper.handling is not None
+    keeper.settle()
+    assert keeper.signalled is None and keeper.handling is None
+
+
+def test_hold_interrupt_tells_the_keeper_when_it_raises(monkeypatch):
+    """The batch's Ctrl-C guard replaces the command line's handler while it is active: the
+    KeyboardInterrupt it raises must count as the main thread handling the interrupt."""
+    import os
+    import signal
+
+    import pytest
+
+    from wasmsbx.backends.deadline import KEEPER, on_interrupt
+    from wasmsbx.runner.checkpoint import HoldInterrupt
+
+    monkeypatch.setattr(KEEPER, "hard_stop", lambda error: None)
+    monkeypatch.setattr(KEEPER, "handling", None)
+    previous = signal.signal(signal.SIGINT, on_interrupt)  # as install_cli leaves it
+    try:
+        with HoldInterrupt() as guard:
+            assert signal.getsignal(signal.SIGINT) == guard._signal  # active over ours too
+            guard.hold()
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.01)
+            assert guard.pending and KEEPER.handling is None  # held: the short grace stays
+            with pytest.raises(KeyboardInterrupt):
+                guard.release()
+            assert KEEPER.handling is not None
+        assert signal.getsignal(signal.SIGINT) is on_interrupt
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        KEEPER.settle()
+
+
+# A command line's keeper and handlers (install_cli), then a Python-level wait that Ctrl-C
+# interrupts, and a clean-up slower than GRACE (a checkpoint saved on a loaded machine).
+CLEAN_UP_DRIVER = r"""
+import os, sys, time
+from wasmsbx.backends.deadline import KEEPER
+from wasmsbx.cli import _hard_stop
+KEEPER.install_cli(_hard_stop)
+try:
+    print("ready", flush=True)
+    time.sleep(600)
+except KeyboardInterrupt:
+    time.sleep(float(sys.argv[1]))
+    print("cleaned up", flush=True)
+    os._exit(130)
+"""
+
+
+def test_a_clean_up_slower_than_the_grace_is_not_cut_short():
+    """The cluster Ctrl-C test's flake: the hard stop came 250 ms after Ctrl-C while the
+    main thread was still writing its checkpoint."""
+    import signal
+    import subprocess
+    import sys
+
+    from wasmsbx.backends.deadline import GRACE
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        proc = subprocess.Popen(
+            [sys.executable, "-c", CLEAN_UP_DRIVER, str(4 * GRACE)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        assert proc.stdout.readline() == b"ready\n"
+        proc.send_signal(signum)
+        out, err = proc.communicate(timeout=120)
+        assert (proc.returncode, out, err) == (130, b"cleaned up\n", b"")

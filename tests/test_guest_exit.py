@@ -12,6 +12,9 @@ import pytest
 
 from wasmsbx import errors
 
+# The host side (stdio, WASI exit): the same for wasmer's three compilers.
+pytestmark = pytest.mark.any_compiler
+
 EXIT_WAT = (
     '(module (import "wasi_snapshot_preview1" "proc_exit" (func $e (param i32))) '
     '(memory (export "memory") 1) (func (export "_start") (call $e (i32.const {n}))))'

@@ -23,6 +23,14 @@ Signals (command line only): SIGINT and SIGTERM reach this thread through
 Python handler cannot run. The thread then expires every running call at once (the call
 returns, the main thread raises KeyboardInterrupt: exit 130), and if the process is still
 there GRACE later (blocked in a host call or a compile), it hard-stops with 130.
+
+Unless the main thread has begun handling the interrupt: its Python signal handler
+(``on_interrupt``, installed by ``install_cli``) runs only while it executes Python code,
+so once it has run the main thread is not stuck in a runtime call but unwinding, and its
+clean-up (a batch or cluster run saving its checkpoint, a pool stopping its workers) may
+take longer than GRACE on a loaded machine. The hard stop then waits CLEANUP instead. A
+call still running is not helped by that: it stays watched, and GRACE after its (expired)
+deadline it is hard-stopped as before.
 """
 
 from __future__ import annotations
@@ -34,6 +42,10 @@ from typing import Any, Callable, Optional
 
 TICK = 0.01  # seconds per epoch: the timeout's resolution
 GRACE = 0.25  # seconds a blocked call may overrun its deadline before a hard stop
+# Seconds the main thread may take to clean up once it has begun handling Ctrl-C/SIGTERM
+# (it saves a checkpoint in milliseconds; seconds when the machine is loaded). A bound, so
+# a clean-up that hangs still ends in the hard stop.
+CLEANUP = 20.0
 IDLE = 1.0  # seconds without calls before the thread exits (restarted on demand)
 
 
@@ -74,6 +86,7 @@ class Keeper:
         self.wake_r, self.wake_w = -1, -1
         self.hard_stop: Optional[Callable] = None  # (error) -> never returns
         self.signalled: Optional[float] = None  # monotonic instant of the last SIGINT/SIGTERM
+        self.handling: Optional[float] = None  # when the main thread began handling it
         # Held from start_new_thread until the thread runs: a thread that only
         # bootstraps once the interpreter is finalizing crashes it (SIGSEGV seen on 3.9),
         # so an atexit hook waits for it.
@@ -200,7 +213,10 @@ class Keeper:
         if self.hard_stop is None:
             return
         now = time.monotonic()
-        if self.signalled is not None and now - self.signalled > GRACE:
+        signalled, handling = self.signalled, self.handling
+        if signalled is not None and (
+            now - handling > CLEANUP if handling is not None else now - signalled > GRACE
+        ):
             from ..errors import Interrupted
 
             self.hard_stop(Interrupted("interrupted"))
@@ -238,9 +254,18 @@ class Keeper:
             clock.done += ahead
             clock.base -= ahead * TICK  # the clock stays in step with ``done``
 
+    def handling_interrupt(self) -> None:
+        """The main thread has begun handling Ctrl-C/SIGTERM (its Python signal handler ran,
+        so it is not stuck in a runtime call): give its clean-up CLEANUP, not GRACE.
+        Only the first call of an interrupt counts, so the bound cannot be pushed back;
+        without a hard stop (a library caller) there is nothing to tell."""
+        if self.hard_stop is not None and self.handling is None:
+            self.handling = time.monotonic()
+
     def settle(self) -> None:
         """The main thread has handled the interrupt: no hard stop for it."""
         self.signalled = None
+        self.handling = None
 
     # ------------------------------------------------------------------ the command line
     def install_cli(self, hard_stop: Callable) -> None:
@@ -253,12 +278,17 @@ class Keeper:
             if not self.running:
                 self._start()
         signal.set_wakeup_fd(self.wake_w, warn_on_full_buffer=False)
+        if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+            signal.signal(signal.SIGINT, on_interrupt)
         if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
-            signal.signal(signal.SIGTERM, _terminate)
+            signal.signal(signal.SIGTERM, on_interrupt)
 
 
-def _terminate(signum: int, frame: Any) -> None:
-    """SIGTERM ends a run like Ctrl-C: exit 130 with the usual clean-up."""
+def on_interrupt(signum: int, frame: Any) -> None:
+    """The command line's SIGINT and SIGTERM handler (SIGTERM ends a run like Ctrl-C: exit
+    130 with the usual clean-up). Python runs it in the main thread, between bytecodes:
+    the main thread is not stuck in a runtime call, so tell the keeper before unwinding."""
+    KEEPER.handling_interrupt()
     raise KeyboardInterrupt
 
 
@@ -266,8 +296,14 @@ KEEPER = Keeper()
 
 
 def _late_error(watch: Watch) -> Any:
-    """The overrunning call's own error; a generic timeout if building it fails, since an
-    exception here would end this thread and with it every deadline of the process."""
+    """The overrunning call's own error (an interrupted call's is the interrupt: exit 130,
+    also when the main thread had begun handling it); a generic timeout if building it
+    fails, since an exception here would end this thread and with it every deadline of
+    the process."""
+    if watch.interrupted:
+        from ..errors import Interrupted
+
+        return Interrupted("interrupted")
     try:
         return watch.error()
     except Exception:

@@ -129,7 +129,12 @@ def entry() -> None:
     """
     _fill_closed_stdio()  # first: the keeper's pipe must not take a closed fd 1 (>&-)
     _guard(sys.argv[1:])
-    code = main()
+    try:
+        code = main()
+    except KeyboardInterrupt:  # Ctrl-C before a command's own boundary (still importing)
+        from .boundary import report
+
+        code = report(KeyboardInterrupt())
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()

@@ -135,8 +135,12 @@ class HoldInterrupt:
     result stays interruptible). A second Ctrl-C inside the span raises at once too (a
     write to a stalled pipe must not make the process unstoppable) and sets ``forced``:
     what the span was recording is then unknown, so no checkpoint may be saved from it.
-    Active only in the main thread and only while SIGINT has Python's default handler;
-    otherwise it changes nothing."""
+    Active only in the main thread and only while SIGINT has Python's default handler or
+    the command line's (``deadline.on_interrupt``); otherwise it changes nothing. When it
+    raises, it tells the deadline keeper that the main thread is handling the interrupt
+    (its hard stop then leaves the checkpoint the time to be saved); while it holds, the
+    keeper's short grace still applies, so a write stuck in a stalled pipe is not waited
+    for."""
 
     def __init__(self) -> None:
         self.busy = False
@@ -148,8 +152,10 @@ class HoldInterrupt:
         import signal
         import threading
 
+        from ..backends.deadline import on_interrupt
+
         main = threading.current_thread() is threading.main_thread()
-        if main and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        if main and signal.getsignal(signal.SIGINT) in (signal.default_int_handler, on_interrupt):
             self.previous = signal.signal(signal.SIGINT, self._signal)
         return self
 
@@ -165,7 +171,7 @@ class HoldInterrupt:
             self.pending = True
             return
         self.forced = self.busy
-        raise KeyboardInterrupt
+        _raise_interrupt()
 
     def hold(self) -> None:
         self.busy = True
@@ -174,7 +180,15 @@ class HoldInterrupt:
         self.busy = False
         if self.pending:
             self.pending = False
-            raise KeyboardInterrupt
+            _raise_interrupt()
+
+
+def _raise_interrupt() -> None:
+    """Raise KeyboardInterrupt in the main thread, which from here on handles it."""
+    from ..backends.deadline import KEEPER
+
+    KEEPER.handling_interrupt()
+    raise KeyboardInterrupt
 
 
 # ---------------------------------------------------------------------------- input
