@@ -196,6 +196,16 @@ class Script:
         # Set once a module or register could not be stated: the script's later state
         # (shared memories, tables, registered names) is then not the spec's.
         self.tainted: Optional[str] = None
+        self.lost: dict = {}  # registered names whose module could not be loaded -> category
+
+    def lost_import(self, outcome: str) -> str:
+        """A module that fails to link only because it imports from a name whose module
+        could not be loaded counts as that module did (unsupported, not expressible)."""
+        if outcome.startswith("failed: LinkError"):
+            for name, category in self.lost.items():
+                if f" {name}." in outcome and category != "failed":
+                    return f"{category}: imports from {name}, which could not be loaded"
+        return outcome
 
     def renew(self) -> None:
         self.group.close()
@@ -285,8 +295,8 @@ POLICY = """\
 # One Group holds every module of a .wast file: many instances, the spec's own sizes.
 [limits]
 instances = 1000
-memory = "4GiB"
-table_elements = 10000000
+memory = "64TiB"
+table_elements = 4294967295
 timeout = "60s"
 """
 
@@ -341,7 +351,10 @@ def run_file(wast: Path, backend: Optional[str], counts: dict, reasons: dict, sh
                     outcome = f"failed: crash {type(exc).__name__}: {exc}"
                     script.renew()  # a runtime that panicked may be poisoned: a new group
                 if cmd["type"] in ("module", "register") and not outcome.startswith("passed"):
+                    outcome = script.lost_import(outcome)
                     script.tainted = outcome
+                if cmd["type"] == "register" and not outcome.startswith("passed"):
+                    script.lost[cmd["as"]] = outcome.split(":", 1)[0]
                 if (
                     outcome.startswith("failed")
                     and (script.tainted or "").startswith(("not", "unsup"))

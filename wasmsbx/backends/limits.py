@@ -110,14 +110,17 @@ def _table_section(body: bytes, cap: Optional[int]) -> tuple:
     return bytes(out), declared
 
 
-def cap_limits(wasm: bytes, memory_bytes: Optional[int], table_elements: Optional[int]) -> Capped:
+def cap_limits(
+    wasm: bytes, memory_bytes: Optional[int], table_elements: Optional[int], each: bool = False
+) -> Capped:
     """``wasm`` with its defined memories capped so that together they hold at most
     ``memory_bytes`` (whole pages), and its tables at most ``table_elements`` elements
-    (each gets its share, see plan()); None leaves that kind alone."""
+    (each gets its share, see plan()); None leaves that kind alone. ``each``: the two
+    are already per-item caps (a member of a group, planned over the group)."""
     if wasm[:8] != b"\0asm\x01\0\0\0":
         raise LimitsError("not a WebAssembly core module")
     found = layout(wasm)
-    if found is not None and memory_bytes is not None:
+    if found is not None and memory_bytes is not None and not each:
         # The caps are totals: each memory and table gets its share (see plan()).
         try:
             caps = plan(found, memory_bytes, table_elements)

@@ -873,6 +873,7 @@ class WasmtimeEngine(Engine):
         imports: Optional[dict] = None,
         shared: Optional[Instance] = None,
         register: Optional[str] = None,
+        group: bool = False,
     ) -> WasmtimeInstance:
         return WasmtimeInstance(self, module, limits, wasi, imports, shared, register)
 
