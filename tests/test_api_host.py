@@ -73,7 +73,7 @@ def host_imports(calls: list) -> dict:
     }
 
 
-@pytest.fixture(params=WASMTIME)
+@pytest.fixture(params=BACKENDS)
 def box(request):
     calls: list = []
     sandbox = wasmsbx.Sandbox(

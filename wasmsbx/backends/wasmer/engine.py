@@ -1385,7 +1385,7 @@ class WasmerEngine(Engine):
             wanted, imports or {}, state, lambda k: state.members[k].export_names
         )
         try:
-            memory_each, table_each = plan_member(layout(module.wasm), items, state, limits)
+            memory_each, table_each = plan_member(layout(module.wasm), items, state)
         except TotalsError as exc:
             raise totals_error(exc, limits) from None
         keys = list(range(len(state.items), len(state.items) + len(items)))
@@ -1400,7 +1400,7 @@ class WasmerEngine(Engine):
             for m, n, src in link
         ]
         state.host.extend(funcs)
-        if state.in_group or items:
+        if state.budget.in_group or items:
             module = self._for_caps(module, memory_each, table_each)
         else:
             module = self._for_limits(module, limits)

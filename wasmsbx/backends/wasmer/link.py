@@ -7,11 +7,7 @@ or table (made in the child by a small generated module, so a global keeps its e
 bits and every memory and table gets the cap the limits allow), or an export of an
 earlier member (registered by name, or passed as ``box.export(name)``).
 
-Limits in a group: wasmer fixes a memory's or table's maximum when it is created, so a
-member cannot hand back budget later. Each member's memories and tables (its own and the
-host ones it brings) are capped at an even share of what the group has left, shared with
-the instances the policy still allows after it (``limits.instances``), and that share is
-then taken from the budget: the total holds whatever the members grow.
+Limits in a group: see limits.Budget.
 """
 
 from __future__ import annotations
@@ -19,11 +15,7 @@ from __future__ import annotations
 from typing import Any, Optional
 
 from ... import errors
-from ..limits import PAGE, Layout, plan
-
-MAX_PAGES32 = 65536
-MAX_TABLE = 2**32 - 1
-MAX_FUTURE = 256  # future members the shares are kept for (bounds the planning cost)
+from ..limits import PAGE, Budget, Layout
 
 
 class GroupState:
@@ -31,9 +23,7 @@ class GroupState:
 
     def __init__(self, limits: Any, in_group: bool) -> None:
         self.in_group = in_group
-        self.instances = limits.instances
-        self.memory_left = limits.memory
-        self.table_left = limits.table_elements
+        self.budget = Budget(limits, in_group)
         self.items: dict = {}  # id(host Global/Memory/Table) -> key in the child
         self.kept: list = []  # the host objects themselves (their ids stay theirs)
         self.host: list = []  # [(module, name, HostFunc)]: key = index
@@ -110,43 +100,19 @@ def _check_func(imp: Any, item: Any) -> None:
         )
 
 
-def plan_member(found: Optional[Layout], items: list, state: GroupState, limits: Any) -> tuple:
+def plan_member(found: Optional[Layout], items: list, state: GroupState) -> tuple:
     """Per-item caps ``(memory bytes each, table elements each or None)`` for a new
-    member and the host memories and tables it brings; takes them from the budget.
-    TotalsError when they cannot start within what is left."""
+    member and the host memories and tables it brings (limits.Budget)."""
     from ...host import Memory, Table
 
-    found = found or Layout((), ())
-    memories = [(m[0], _mem_max(m[1]), m[2]) for m in found.memories]
-    for item in items:
-        if isinstance(item, Memory):
-            memories.append((item.min * PAGE, _mem_max(_pages(item.max)), False))
-    tables = [(t[0], MAX_TABLE if t[1] is None else t[1]) for t in found.tables]
-    for item in items:
-        if isinstance(item, Table):
-            tables.append((item.min, MAX_TABLE if item.max is None else item.max))
-    future = 0
-    if state.in_group and state.instances is not None:
-        future = min(MAX_FUTURE, max(0, state.instances - len(state.members) - 1))
-    layout = Layout(
-        tuple(memories) + ((0, None, False),) * (future if memories else 0),
-        tuple(tables) + ((0, None),) * (future if tables else 0),
-    )
-    caps = plan(layout, state.memory_left, state.table_left)
-    state.memory_left -= sum(m[1] if m[2] else min(m[1], caps.memory_each) for m in memories)
-    if state.table_left is not None and caps.table_each is not None:
-        state.table_left -= sum(min(t[1], caps.table_each) for t in tables)
+    memories = [(m.min * PAGE, _pages(m.max)) for m in items if isinstance(m, Memory)]
+    tables = [(t.min, t.max) for t in items if isinstance(t, Table)]
+    caps = state.budget.take(found, memories, tables)
     return caps.memory_each, caps.table_each
 
 
 def _pages(pages: Optional[int]) -> Optional[int]:
     return None if pages is None else pages * PAGE
-
-
-def _mem_max(maximum: Optional[int]) -> int:
-    """A 32-bit memory never holds more than 4 GiB, declared maximum or not."""
-    top = MAX_PAGES32 * PAGE
-    return top if maximum is None else min(maximum, top)
 
 
 def items_wat(items: list, keys: list, memory_each: int, table_each: Optional[int]) -> str:
