@@ -360,7 +360,8 @@ def run_file(wast: Path, backend: Optional[str], counts: dict, reasons: dict, sh
                     and (script.tainted or "").startswith(("not", "unsup"))
                     and cmd["type"] != "module"
                 ):
-                    outcome = "not expressible: depends on a module that could not be loaded"
+                    category = (script.tainted or "").split(":", 1)[0]
+                    outcome = f"{category}: depends on a module that could not be loaded"
                 key = outcome.split(":", 1)[0]
                 counts[key] += 1
                 if key != "passed":
