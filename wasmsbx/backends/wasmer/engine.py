@@ -67,7 +67,7 @@ from ..limits import (
     export_memories,
     layout,
 )
-from .link import Export, GroupState, plan_member, resolve
+from .link import Export, GroupState, plan_member, resolve, wire_types, wire_wat
 from .values import WIRE, RefusedValue, adapter_wat, from_wire, to_wire
 
 TYPE_NAMES = {1: "i32", 2: "i64", 3: "f32", 4: "f64", 5: "v128", 6: "externref", 7: "funcref"}
@@ -174,6 +174,8 @@ class _Child:
         self.link: list = []  # [(module, name, source)] for the first member (see link.py)
         self.wasi_imports: Any = None  # the group's one WASI environment
         self.current = 0
+        self.wires: dict = {}  # host function key -> wire module (link.wire_wat)
+        self.alive: list = []  # helper instances whose exports the members use
 
     def select(self, member: int) -> None:
         """Make ``member``'s instance the one requests act on."""
@@ -206,7 +208,9 @@ class _Child:
         """Instantiate one member: its host items first, then the module linked to them,
         to the host functions and to earlier members; the adapter last."""
         if items is not None:
-            made = wasmer.Instance(items[0]).exports
+            maker = wasmer.Instance(items[0])
+            self.alive.append(maker)
+            made = maker.exports
             for key in items[1]:
                 self.items[key] = getattr(made, f"h{key}")
         version = wasmer_wasi.get_version(module, strict=False)
@@ -247,8 +251,18 @@ class _Child:
         """One import's value: a host function, a host item or an earlier member's export."""
         if source[0] == "func":
             _, _, params, results = self.host[source[1]]
+            wire = self.wires.get(source[1])
+            if wire is not None:  # exact floats and v128 as bit patterns (link.wire_wat)
+                params, results = wire_types(params), wire_types(results)
             ty = wasmer.FunctionType([_TYPE[t] for t in params], [_TYPE[t] for t in results])
-            return wasmer.Function(self.store, self._host_call(source[1], len(results)), ty)
+            func = wasmer.Function(self.store, self._host_call(source[1], len(results)), ty)
+            if wire is None:
+                return func
+            imports = wasmer.ImportObject()
+            imports.register("h", {"f": func})
+            instance = wasmer.Instance(wire, imports)
+            self.alive.append(instance)  # an export does not keep its instance alive
+            return instance.exports.f
         if source[0] == "item":
             return self.items[source[1]]
         return getattr(self.members[source[1]][0], source[2])
@@ -337,9 +351,10 @@ class _Child:
     def perform_add(self, request: tuple) -> list:
         """Instantiate a new member sent as serialized native code (a forked child must
         not compile: the parent compiled it)."""
-        _, module_bytes, adapter, shift, host, items, link = request
+        _, module_bytes, adapter, shift, host, items, link, wires = request
         load = lambda data: wasmer.Module.deserialize(self.store, data)  # noqa: E731
         self.host.extend(host)
+        self.wires.update({key: load(data) for key, data in wires.items()})
         if adapter is not None and adapter[0] is not None:
             adapter = (load(adapter[0]), adapter[1], adapter[2])
         if items is not None:
@@ -599,6 +614,8 @@ class WasmerInstance(Instance):
             [(m, n, f.params, f.results) for m, n, f in self.state.host],
         )
         child.items_module, child.link = self.items, self.link
+        child.wires = dict(self.state.wires)
+        self.state.sent_wires = set(self.state.wires)
         self.state.sent_host = len(self.state.host)
         compiled, names, global_names = child.adapter
         self.adapted = frozenset(names) if compiled is not None else frozenset()
@@ -810,10 +827,14 @@ class WasmerInstance(Instance):
 
         _, _, func = self.state.host[key]
         caller = self.state.members[member] if member < len(self.state.members) else self
+        wired = key in self.state.wires
         try:
-            typed = [coerce(v, t) for v, t in zip(args, func.params)]
+            if wired:  # bit patterns both ways (link.wire_wat)
+                typed = from_wire(args, Signature((), func.params), self, True)
+            else:
+                typed = [coerce(v, t) for v, t in zip(args, func.params)]
             values = func.invoke(_WasmerCaller(caller), typed)
-            return ("host-ok", to_wire(values, Signature(func.results, ()), self, False))
+            return ("host-ok", to_wire(values, Signature(func.results, ()), self, wired))
         except Exception as exc:  # noqa: BLE001 - the guest sees a trap; the call chains it
             self.state.host_raised = exc
             return ("host-err", f"host function raised {type(exc).__name__}: {exc}")
@@ -1069,7 +1090,13 @@ class WasmerMember(WasmerInstance):
             new_host,
             items_data,
             self.link,
+            {
+                key: bytes(wire.serialize())
+                for key, wire in self.state.wires.items()
+                if key not in self.state.sent_wires
+            },
         )
+        self.state.sent_wires = set(self.state.wires)
         self.state.sent_host = hosts
         self.state.members.append(self)
         self.index = len(self.state.members) - 1
@@ -1399,6 +1426,10 @@ class WasmerEngine(Engine):
             (m, n, ("item", state.items[id(src[1])]) if src[0] == "item" else src)
             for m, n, src in link
         ]
+        for offset, (_, _, func) in enumerate(funcs):
+            text = wire_wat(func.params, func.results)
+            if text is not None:
+                state.wires[len(state.host) + offset] = self._compile_helper(text)
         state.host.extend(funcs)
         if state.budget.in_group or items:
             module = self._for_caps(module, memory_each, table_each)
@@ -1417,12 +1448,16 @@ class WasmerEngine(Engine):
         """The generated module that makes the host globals, memories and tables."""
         from .link import items_wat
 
-        text = items_wat(items, keys, memory_each, table_each)
+        return self._compile_helper(items_wat(items, keys, memory_each, table_each))
+
+    def _compile_helper(self, text: str) -> Any:
+        """A helper module (host items, wires) compiled here: a forked child must not."""
         try:
             return wasmer.Module(self.store, wasmer.wat2wasm(text))
         except (RuntimeError, ValueError) as exc:
             raise errors.BackendUnavailable(
-                f"wasmer:{self.options.compiler} cannot make these host items: {_first_line(exc)}",
+                f"wasmer:{self.options.compiler} cannot make a host import helper: "
+                f"{_first_line(exc)}",
                 hint="use --backend wasmtime",
             ) from None
 

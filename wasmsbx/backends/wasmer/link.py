@@ -31,6 +31,8 @@ class GroupState:
         self.registered: dict = {}  # name -> member index
         self.host_raised: Optional[BaseException] = None
         self.sent_host = 0  # host functions the child already knows
+        self.wires: dict = {}  # host function key -> compiled wire module (wire_wat)
+        self.sent_wires: set = set()
 
 
 class Export:
@@ -91,12 +93,12 @@ def _check_func(imp: Any, item: Any) -> None:
             f"cannot link module: import {imp.module}.{imp.name} is a {imp.kind}, "
             "but a host function was given"
         )
-    odd = [t for t in (*item.params, *item.results) if t not in ("i32", "i64", "f32", "f64")]
+    odd = [t for t in (*item.params, *item.results) if t in ("funcref", "externref")]
     if odd:
         raise errors.BackendUnavailable(
-            f"import {imp.module}.{imp.name}: wasmer-python's host functions take "
-            f"i32/i64/f32/f64 only, not {', '.join(sorted(set(odd)))}",
-            hint="use --backend wasmtime for host functions with v128 or reference types",
+            f"import {imp.module}.{imp.name}: wasmer-python's host functions cannot take "
+            f"reference values ({', '.join(sorted(set(odd)))})",
+            hint="use --backend wasmtime for host functions with reference types",
         )
 
 
@@ -168,3 +170,56 @@ def _float_text(value: Any, wasm_type: str) -> str:
     if exponent == (1 << (width - 1 - mantissa)) - 1:
         return f"{sign}inf" if payload == 0 else f"{sign}nan:0x{payload:x}"
     return float(value).hex()
+
+
+WIRED = {"f32": ["i32"], "f64": ["i64"], "v128": ["i64", "i64"]}
+
+
+def wire_types(types: Any) -> list:
+    """The types a wired host function takes and gives across wasmer-python."""
+    return [w for t in types for w in WIRED.get(t, [t])]
+
+
+def wire_wat(params: Any, results: Any) -> Optional[str]:
+    """A module that turns a host function over bit patterns (``h.f``, wire types) into
+    one of the declared types (export ``f``): wasmer-python converts f32/f64 through C
+    floats (a signalling NaN comes back quieted) and cannot declare v128. None when the
+    signature needs no wiring."""
+    if not any(t in WIRED for t in (*params, *results)):
+        return None
+    args = []
+    for i, t in enumerate(params):
+        if t == "f32":
+            args.append(f"(i32.reinterpret_f32 (local.get {i}))")
+        elif t == "f64":
+            args.append(f"(i64.reinterpret_f64 (local.get {i}))")
+        elif t == "v128":
+            args.append(f"(i64x2.extract_lane 0 (local.get {i}))")
+            args.append(f"(i64x2.extract_lane 1 (local.get {i}))")
+        else:
+            args.append(f"(local.get {i})")
+    wired = wire_types(results)
+    first = len(params)  # the wire results go to locals first..first+len(wired)-1
+    keep = " ".join(f"(local.set {first + i})" for i in reversed(range(len(wired))))
+    out, at = [], first
+    for t in results:
+        if t == "f32":
+            out.append(f"(f32.reinterpret_i32 (local.get {at}))")
+        elif t == "f64":
+            out.append(f"(f64.reinterpret_i64 (local.get {at}))")
+        elif t == "v128":
+            out.append(
+                f"(i64x2.replace_lane 1 (i64x2.replace_lane 0 (v128.const i64x2 0 0) "
+                f"(local.get {at})) (local.get {at + 1}))"
+            )
+        else:
+            out.append(f"(local.get {at})")
+        at += len(WIRED.get(t, [t]))
+    sig_p = " ".join(wire_types(params))
+    sig_r = " ".join(wired)
+    return (
+        f'(module (import "h" "f" (func $h (param {sig_p}) (result {sig_r})))\n'
+        f'(func (export "f") (param {" ".join(params)}) (result {" ".join(results)})'
+        f" (local {sig_r})\n"
+        f"(call $h {' '.join(args)}) {keep} {' '.join(out)}))"
+    )
