@@ -280,6 +280,13 @@ class Budget:
         """Per-item caps for a new member (``found``) plus host ``memories`` (``(min,
         max)`` in bytes) and ``tables`` (elements). TotalsError when they cannot start
         within what is left."""
+        if self.instances is not None and self.members >= self.instances:
+            from ..errors import InstanceLimitExceeded
+
+            raise InstanceLimitExceeded(
+                f"instance limit reached: limits.instances = {self.instances}",
+                hint="raise limits.instances",
+            )
         found = found or Layout((), ())
         mems = [(m[0], _mem_max(m[1]), m[2]) for m in found.memories]
         mems += [(low, _mem_max(high), False) for low, high in memories]
@@ -287,14 +294,29 @@ class Budget:
         future = 0
         if self.in_group and self.instances is not None:
             future = min(MAX_FUTURE, max(0, self.instances - self.members - 1))
-        caps = plan(
-            Layout(
-                tuple(mems) + ((0, None, False),) * (future if mems else 0),
-                tuple(tabs) + ((0, None),) * (future if tabs else 0),
-            ),
-            self.memory_left,
-            self.table_left,
-        )
+        caps = plan(Layout(tuple(mems), tuple(tabs)), self.memory_left, self.table_left)
+        if future:  # keep shares for the members to come, never below what this one needs
+            try:
+                kept = plan(
+                    Layout(
+                        tuple(mems) + ((0, None, False),) * (future if mems else 0),
+                        tuple(tabs) + ((0, None),) * (future if tabs else 0),
+                    ),
+                    self.memory_left,
+                    self.table_left,
+                )
+            except TotalsError:
+                kept = Plan(0, 0, 0, 0)
+            table_floor = max((t[0] for t in tabs), default=0)
+            caps = caps._replace(
+                memory_each=min(
+                    caps.memory_each,
+                    max(kept.memory_each, max((m[0] for m in mems if not m[2]), default=0)),
+                ),
+                table_each=None
+                if caps.table_each is None
+                else min(caps.table_each, max(kept.table_each or 0, table_floor)),
+            )
         self.memory_left -= sum(m[1] if m[2] else min(m[1], caps.memory_each) for m in mems)
         if self.table_left is not None and caps.table_each is not None:
             self.table_left -= sum(min(t[1], caps.table_each) for t in tabs)
