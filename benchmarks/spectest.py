@@ -423,7 +423,7 @@ def main(argv: Optional[list] = None) -> int:
     if shutil.which("wast2json") is None:
         print("error: wast2json (wabt) is not installed; scripts/install-toolchain installs it")
         return 2
-    root = Path(args.path)
+    root = Path(args.path).resolve()  # wast2json runs in a temporary folder
     files = [root] if root.is_file() else sorted(root.glob("*.wast"))
     if args.only:
         files = [f for f in files if f.stem in args.only]
