@@ -196,6 +196,16 @@ class Script:
         # Set once a module or register could not be stated: the script's later state
         # (shared memories, tables, registered names) is then not the spec's.
         self.tainted: Optional[str] = None
+        self.lost: dict = {}  # registered names whose module could not be loaded -> category
+
+    def lost_import(self, outcome: str) -> str:
+        """A module that fails to link only because it imports from a name whose module
+        could not be loaded counts as that module did (unsupported, not expressible)."""
+        if outcome.startswith("failed: LinkError"):
+            for name, category in self.lost.items():
+                if f" {name}." in outcome and category != "failed":
+                    return f"{category}: imports from {name}, which could not be loaded"
+        return outcome
 
     def renew(self) -> None:
         self.group.close()
@@ -285,8 +295,8 @@ POLICY = """\
 # One Group holds every module of a .wast file: many instances, the spec's own sizes.
 [limits]
 instances = 1000
-memory = "4GiB"
-table_elements = 10000000
+memory = "64TiB"
+table_elements = 4294967295
 timeout = "60s"
 """
 
@@ -341,13 +351,17 @@ def run_file(wast: Path, backend: Optional[str], counts: dict, reasons: dict, sh
                     outcome = f"failed: crash {type(exc).__name__}: {exc}"
                     script.renew()  # a runtime that panicked may be poisoned: a new group
                 if cmd["type"] in ("module", "register") and not outcome.startswith("passed"):
+                    outcome = script.lost_import(outcome)
                     script.tainted = outcome
+                if cmd["type"] == "register" and not outcome.startswith("passed"):
+                    script.lost[cmd["as"]] = outcome.split(":", 1)[0]
                 if (
                     outcome.startswith("failed")
                     and (script.tainted or "").startswith(("not", "unsup"))
                     and cmd["type"] != "module"
                 ):
-                    outcome = "not expressible: depends on a module that could not be loaded"
+                    category = (script.tainted or "").split(":", 1)[0]
+                    outcome = f"{category}: depends on a module that could not be loaded"
                 key = outcome.split(":", 1)[0]
                 counts[key] += 1
                 if key != "passed":
@@ -409,7 +423,7 @@ def main(argv: Optional[list] = None) -> int:
     if shutil.which("wast2json") is None:
         print("error: wast2json (wabt) is not installed; scripts/install-toolchain installs it")
         return 2
-    root = Path(args.path)
+    root = Path(args.path).resolve()  # wast2json runs in a temporary folder
     files = [root] if root.is_file() else sorted(root.glob("*.wast"))
     if args.only:
         files = [f for f in files if f.stem in args.only]

@@ -1,4 +1,4 @@
-"""Every ```python block of README.md runs, and passes ``mypy --strict``."""
+"""Every ```python block of README.md runs, and passes ``mypy --strict`` and pyright."""
 
 from __future__ import annotations
 
@@ -51,3 +51,55 @@ def test_readme_examples_pass_mypy_strict(tmp_path):
         timeout=600,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+# Misuses a type checker must flag: if the public API decays to Any (as it did when
+# Sandbox.__new__ was annotated Any), the README blocks still pass, so this must fail.
+MISUSE = """import wasmsbx
+
+with wasmsbx.Sandbox("examples/add.wat") as box:
+    box.call(1)
+    box.memory().read("0", 4)
+    box.audit(1)
+"""
+
+
+def _misuse_flagged(output: str) -> bool:
+    return all(f"misuse.py:{line}" in output for line in (4, 5, 6))
+
+
+@pytest.mark.slow
+def test_type_checkers_see_the_api(tmp_path):
+    """mypy flags misuses of the public API: it sees types, not Any."""
+    pytest.importorskip("mypy")
+    if sys.version_info < (3, 10):
+        pytest.skip("mypy on Python 3.9 misreads facts.py's field comments")
+    (tmp_path / "misuse.py").write_text(MISUSE)
+    proc = subprocess.run(
+        [sys.executable, "-m", "mypy", "--strict", "--no-incremental", "--follow-imports=silent"]
+        + [str(tmp_path / "misuse.py")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 1 and _misuse_flagged(proc.stdout), proc.stdout + proc.stderr
+
+
+@pytest.mark.slow
+def test_readme_examples_pass_pyright(tmp_path):
+    """pyright (PyPI; it runs on Node.js) accepts the README's code and flags misuses."""
+    pytest.importorskip("pyright")
+    if shutil.which("node") is None:
+        pytest.skip("pyright needs Node.js (apt install nodejs)")
+    for index, block in enumerate(BLOCKS):
+        (tmp_path / f"readme_{index}.py").write_text(block)
+    argv = [sys.executable, "-m", "pyright", "--pythonpath", sys.executable]
+    files = [str(p) for p in sorted(tmp_path.glob("readme_*.py"))]
+    proc = subprocess.run(argv + files, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    (tmp_path / "misuse.py").write_text(MISUSE)
+    proc = subprocess.run(
+        argv + [str(tmp_path / "misuse.py")], cwd=ROOT, capture_output=True, text=True, timeout=600
+    )
+    assert proc.returncode == 1 and _misuse_flagged(proc.stdout), proc.stdout + proc.stderr

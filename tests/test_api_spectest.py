@@ -47,13 +47,9 @@ def test_wasmer_fails_nothing_and_says_why(backend):
     report = spectest("--backend", backend)
     assert report["failed"] == 0, report
     reasons = " ".join(report["not_expressible_reasons"])
+    # Host globals, memories, tables and linked modules work on wasmer too (one child
+    # process per group): the one thing left is a non-null externref from Python.
     for reason in report["not_expressible_reasons"]:
-        assert any(
-            known in reason
-            for known in (
-                "child process",
-                "non-null externref",
-                "could not be loaded",
-                "depends on",
-            )
-        ), reasons
+        assert "non-null externref" in reason, reasons
+    assert report["not_expressible"] <= 2, report
+    assert report["passed"] >= report["commands"] - 2

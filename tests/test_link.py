@@ -18,8 +18,8 @@ def policy(**limits):
     return from_dict({"limits": {"instances": 10, **limits}})
 
 
-def test_exports_satisfy_later_imports():
-    with wasmsbx.Group(policy()) as group:
+def test_exports_satisfy_later_imports(backend):
+    with wasmsbx.Group(policy(), backend=backend) as group:
         lib = group.add(LIB, name="lib")
         app = group.add(APP)
         assert app.call("run", 3) == 9
@@ -27,20 +27,20 @@ def test_exports_satisfy_later_imports():
         assert lib.memory().read(0, 4) == (9).to_bytes(4, "little")  # shared memory
 
 
-def test_register_under_another_name_and_explicit_exports():
+def test_register_under_another_name_and_explicit_exports(backend):
     other = b"""(module (import "counter" "bump" (func $b (param i32) (result i32)))
       (import "x" "f" (func $f (param i32) (result i32)))
       (func (export "go") (result i32)
         (i32.add (call $b (i32.const 1)) (call $f (i32.const 0)))))"""
-    with wasmsbx.Group(policy()) as group:
+    with wasmsbx.Group(policy(), backend=backend) as group:
         lib = group.add(LIB)
         group.register("counter", lib)
         box = group.add(other, imports={"x": {"f": lib.export("bump")}})
         assert box.call("go") == 2  # bump(1) == 1, then bump(0) == 1
 
 
-def test_unlinkable_module_is_a_link_error():
-    with wasmsbx.Group(policy()) as group:
+def test_unlinkable_module_is_a_link_error(backend):
+    with wasmsbx.Group(policy(), backend=backend) as group:
         with pytest.raises(errors.LinkError, match="lib.bump"):
             group.add(APP)
         bad = b'(module (import "lib" "bump" (func (param i64))))'
@@ -50,24 +50,67 @@ def test_unlinkable_module_is_a_link_error():
         assert info.value.exit_code == 102
 
 
-def test_one_set_of_limits_for_the_group():
+def test_one_set_of_limits_for_the_group(backend):
     """limits.instances counts the whole group; memory in the group shares one store."""
-    with wasmsbx.Group(policy(instances=1)) as group:
+    with wasmsbx.Group(policy(instances=1), backend=backend) as group:
         group.add(LIB, name="lib")
         with pytest.raises(errors.InstanceLimitExceeded):
             group.add(APP)
 
 
-def test_start_trap_in_a_member_is_a_trap():
+def test_start_trap_in_a_member_is_a_trap(backend):
     bad = b"(module (func $s unreachable) (start $s))"
-    with wasmsbx.Group(policy()) as group, pytest.raises(errors.TrapError):
+    with wasmsbx.Group(policy(), backend=backend) as group, pytest.raises(errors.TrapError):
         group.add(bad)
 
 
-def test_groups_refuse_a_member_of_another_group():
-    with wasmsbx.Group(policy()) as one, wasmsbx.Group(policy()) as two:
+def test_groups_refuse_a_member_of_another_group(backend):
+    with (
+        wasmsbx.Group(policy(), backend=backend) as one,
+        wasmsbx.Group(policy(), backend=backend) as two,
+    ):
         lib = one.add(LIB)
         with pytest.raises(errors.UsageError, match="not a member"):
             two.register("lib", lib)
         with pytest.raises(errors.LinkError):
             two.add(APP, imports={"lib": {"bump": lib.export("bump")}})
+
+
+def test_members_share_host_items_by_identity(backend):
+    """The same wasmsbx.Memory / Global object is one wasm object in the whole group."""
+    writer = b"""(module (import "env" "m" (memory 1)) (import "env" "g" (global (mut i32)))
+      (func (export "put") (param i32) (i32.store (i32.const 0) (local.get 0))
+        (global.set 0 (local.get 0))))"""
+    reader = b"""(module (import "env" "m" (memory 1)) (import "env" "g" (global (mut i32)))
+      (func (export "get") (result i32) (i32.add (i32.load (i32.const 0)) (global.get 0))))"""
+    shared = {"env": {"m": wasmsbx.Memory(1, 2), "g": wasmsbx.Global("i32", 0, mutable=True)}}
+    with wasmsbx.Group(policy(), backend=backend) as group:
+        one = group.add(writer, imports=shared)
+        two = group.add(reader, imports=shared)
+        one.call("put", 21)
+        assert two.call("get") == 42
+
+
+def test_group_memory_is_one_budget(backend):
+    """Members' memories together stay within limits.memory, however they grow."""
+    grower = b"""(module (memory 1)
+      (func (export "grow") (param i32) (result i32) (memory.grow (local.get 0))))"""
+    total = 8  # pages
+    with wasmsbx.Group(policy(memory=f"{total * 64}KiB", instances=3), backend=backend) as group:
+        boxes = [group.add(grower) for _ in range(3)]
+        pages = 3  # each starts with one page
+        for _ in range(2):
+            for box in boxes:
+                if box.call("grow", 1) != -1:
+                    pages += 1
+        assert 3 < pages <= total
+        with pytest.raises(errors.InstanceLimitExceeded):
+            group.add(grower)
+
+
+def test_group_member_that_cannot_start_in_what_is_left(backend):
+    with wasmsbx.Group(policy(memory="128KiB"), backend=backend) as group:
+        group.add(b"(module (memory 1))")
+        with pytest.raises(errors.MemoryLimitExceeded) as info:
+            group.add(b"(module (memory 2))")
+        assert info.value.exit_code == 110

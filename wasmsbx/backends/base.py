@@ -410,10 +410,12 @@ class Engine(ABC):
         imports: Optional[dict] = None,
         shared: Optional[Instance] = None,
         register: Optional[str] = None,
+        group: bool = False,
     ) -> Instance:
         """A new instance. ``imports``: the caller's host imports (wasmsbx.host objects,
         normalized); ``shared``: an instance of the same group whose store (and limits)
-        this one joins; ``register``: the name the group's later modules import it by.
+        this one joins; ``register``: the name the group's later modules import it by;
+        ``group``: the instance belongs to a group (more members may follow).
         A backend that cannot do one of these raises BackendUnavailable saying why."""
 
     def describe(self, module: Any, wasm: bytes) -> None:  # noqa: B027 - optional hook

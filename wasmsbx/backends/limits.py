@@ -13,7 +13,7 @@ neither, so such a module cannot link anyway. The section layout follows
 
 from __future__ import annotations
 
-from typing import NamedTuple, Optional
+from typing import Any, NamedTuple, Optional
 
 PAGE = 65536
 MAX_PAGES32 = 65536  # 4 GiB: the most a 32-bit memory can declare
@@ -110,14 +110,17 @@ def _table_section(body: bytes, cap: Optional[int]) -> tuple:
     return bytes(out), declared
 
 
-def cap_limits(wasm: bytes, memory_bytes: Optional[int], table_elements: Optional[int]) -> Capped:
+def cap_limits(
+    wasm: bytes, memory_bytes: Optional[int], table_elements: Optional[int], each: bool = False
+) -> Capped:
     """``wasm`` with its defined memories capped so that together they hold at most
     ``memory_bytes`` (whole pages), and its tables at most ``table_elements`` elements
-    (each gets its share, see plan()); None leaves that kind alone."""
+    (each gets its share, see plan()); None leaves that kind alone. ``each``: the two
+    are already per-item caps (a member of a group, planned over the group)."""
     if wasm[:8] != b"\0asm\x01\0\0\0":
         raise LimitsError("not a WebAssembly core module")
     found = layout(wasm)
-    if found is not None and memory_bytes is not None:
+    if found is not None and memory_bytes is not None and not each:
         # The caps are totals: each memory and table gets its share (see plan()).
         try:
             caps = plan(found, memory_bytes, table_elements)
@@ -250,6 +253,81 @@ def plan(found: Optional[Layout], memory: int, tables: Optional[int]) -> Plan:
         if sum(t[0] for t in found.tables) > tables or any(t[0] > table_each for t in found.tables):
             raise TotalsError("table", "module needs more table elements at start")
     return Plan(each, len(found.memories), table_each, len(found.tables))
+
+
+MAX_TABLE = 2**32 - 1
+MAX_FUTURE = 256  # future members a group's shares are kept for (bounds the planning cost)
+
+
+class Budget:
+    """What a linked group has left of limits.memory and limits.table_elements.
+
+    A runtime fixes a memory's or table's maximum when it is created (wasmer), or caps
+    every memory of a store alike (wasmtime), so a member cannot hand budget back later.
+    Each member's memories and tables (its own and the host ones it brings) are capped
+    at an even share of what is left, shared with the instances the policy still allows
+    after it (``limits.instances``), and that share is taken from the budget: the total
+    holds whatever the members grow. A lone instance (``in_group`` False) gets it all."""
+
+    def __init__(self, limits: Any, in_group: bool) -> None:
+        self.in_group = in_group
+        self.instances = limits.instances
+        self.memory_left = limits.memory
+        self.table_left = limits.table_elements
+        self.members = 0
+
+    def take(self, found: Optional[Layout], memories: list, tables: list) -> Plan:
+        """Per-item caps for a new member (``found``) plus host ``memories`` (``(min,
+        max)`` in bytes) and ``tables`` (elements). TotalsError when they cannot start
+        within what is left."""
+        if self.instances is not None and self.members >= self.instances:
+            from ..errors import InstanceLimitExceeded
+
+            raise InstanceLimitExceeded(
+                f"instance limit reached: limits.instances = {self.instances}",
+                hint="raise limits.instances",
+            )
+        found = found or Layout((), ())
+        mems = [(m[0], _mem_max(m[1]), m[2]) for m in found.memories]
+        mems += [(low, _mem_max(high), False) for low, high in memories]
+        tabs = [(t[0], MAX_TABLE if t[1] is None else t[1]) for t in (*found.tables, *tables)]
+        future = 0
+        if self.in_group and self.instances is not None:
+            future = min(MAX_FUTURE, max(0, self.instances - self.members - 1))
+        caps = plan(Layout(tuple(mems), tuple(tabs)), self.memory_left, self.table_left)
+        if future:  # keep shares for the members to come, never below what this one needs
+            try:
+                kept = plan(
+                    Layout(
+                        tuple(mems) + ((0, None, False),) * (future if mems else 0),
+                        tuple(tabs) + ((0, None),) * (future if tabs else 0),
+                    ),
+                    self.memory_left,
+                    self.table_left,
+                )
+            except TotalsError:
+                kept = Plan(0, 0, 0, 0)
+            table_floor = max((t[0] for t in tabs), default=0)
+            caps = caps._replace(
+                memory_each=min(
+                    caps.memory_each,
+                    max(kept.memory_each, max((m[0] for m in mems if not m[2]), default=0)),
+                ),
+                table_each=None
+                if caps.table_each is None
+                else min(caps.table_each, max(kept.table_each or 0, table_floor)),
+            )
+        self.memory_left -= sum(m[1] if m[2] else min(m[1], caps.memory_each) for m in mems)
+        if self.table_left is not None and caps.table_each is not None:
+            self.table_left -= sum(min(t[1], caps.table_each) for t in tabs)
+        self.members += 1
+        return caps
+
+
+def _mem_max(maximum: Optional[int]) -> int:
+    """A 32-bit memory never holds more than 4 GiB, declared maximum or not."""
+    top = MAX_PAGES32 * PAGE
+    return top if maximum is None else min(maximum, top)
 
 
 def _size(n: int) -> str:

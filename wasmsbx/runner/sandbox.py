@@ -610,6 +610,7 @@ class Sandbox:
         if self._group is not None:
             extra["shared"] = self._group.first_instance
             extra["register"] = self.link_name
+            extra["group"] = True  # wasmer keeps budget for the members still to come
         instance = self.engine.instantiate(self.module, limits, wasi or self.wasi_setup(), **extra)
         instance.know_types(
             {

@@ -66,8 +66,8 @@ from ..limits import (
     cap_limits,
     export_memories,
     layout,
-    plan,
 )
+from .link import Export, GroupState, plan_member, resolve, wire_types, wire_wat
 from .values import WIRE, RefusedValue, adapter_wat, from_wire, to_wire
 
 TYPE_NAMES = {1: "i32", 2: "i64", 3: "f32", 4: "f64", 5: "v128", 6: "externref", 7: "funcref"}
@@ -167,14 +167,29 @@ class _Child:
         self.adapter = adapter  # (module, names): exact values through wasmer_values
         self.adapted: Any = None
         self.globals: dict = {}
+        # per member of a group: (exports, memories, globals, adapted, shift)
+        self.members: list = []
+        self.items: dict = {}  # key -> host global/memory/table (made by a generated module)
+        self.items_module: Any = None  # (wasmer.Module, keys) for the first member
+        self.link: list = []  # [(module, name, source)] for the first member (see link.py)
+        self.wasi_imports: Any = None  # the group's one WASI environment
+        self.current = 0
+        self.wires: dict = {}  # host function key -> wire module (link.wire_wat)
+        self.alive: list = []  # helper instances whose exports the members use
+
+    def select(self, member: int) -> None:
+        """Make ``member``'s instance the one requests act on."""
+        self.current = member
+        (self.exports, self.memories, self.globals, self.adapted, self.shift) = self.members[member]
 
     def memory_bytes(self) -> Optional[int]:
-        held = [m for n, m in self.memories.items() if n.startswith(HIDDEN_EXPORT)]
-        if self.shift is not None and not self.shift.shift:
-            held = []  # the module's own exports under the reserved prefix: not ours
-        if not (held or self.memories):
+        """What every memory of the group holds (its members' and the host's)."""
+        members = self.members or [(None, self.memories, None, None, self.shift)]
+        sizes = [_held_bytes(m[1], m[4]) for m in members]
+        hosted = [i.data_size for i in self.items.values() if isinstance(i, wasmer.Memory)]
+        if all(s is None for s in sizes) and not hosted:
             return None
-        return sum(memory.data_size for memory in held or self.memories.values())
+        return sum(s or 0 for s in sizes) + sum(hosted)
 
     def arm_cpu_limit(self) -> None:
         """A backstop for a parent that died: this child stops itself after ~timeout CPU."""
@@ -186,15 +201,42 @@ class _Child:
         resource.setrlimit(resource.RLIMIT_CPU, (soft, hard))
 
     def instantiate(self) -> Any:
-        version = wasmer_wasi.get_version(self.module, strict=False)
         self.arm_cpu_limit()
-        if version is None:
-            instance = (
-                wasmer.Instance(self.module, self.host_imports(wasmer.ImportObject()))
-                if self.host
-                else wasmer.Instance(self.module)
-            )
-        else:
+        return self.add_member(self.module, self.adapter, self.shift, self.items_module, self.link)
+
+    def add_member(self, module: Any, adapter: Any, shift: Any, items: Any, link: list) -> Any:
+        """Instantiate one member: its host items first, then the module linked to them,
+        to the host functions and to earlier members; the adapter last."""
+        if items is not None:
+            maker = wasmer.Instance(items[0])
+            self.alive.append(maker)
+            made = maker.exports
+            for key in items[1]:
+                self.items[key] = getattr(made, f"h{key}")
+        version = wasmer_wasi.get_version(module, strict=False)
+        imports = wasmer.ImportObject() if version is None else self.wasi_for(version)
+        namespaces: dict = {}
+        for namespace, name, source in link:
+            namespaces.setdefault(namespace, {})[name] = self.resolve(source)
+        for namespace, entries in namespaces.items():
+            imports.register(namespace, entries)
+        instance = wasmer.Instance(module, imports)
+        memories = {name: obj for name, obj in instance.exports if isinstance(obj, wasmer.Memory)}
+        globals_ = {name: obj for name, obj in instance.exports if isinstance(obj, wasmer.Global)}
+        adapted = None
+        if adapter is not None and adapter[0] is not None:
+            adapter_module, funcs, globs = adapter
+            names = [*funcs, *globs]
+            wired = wasmer.ImportObject()
+            wired.register("t", {name: getattr(instance.exports, name) for name in names})
+            adapted = wasmer.Instance(adapter_module, wired).exports
+        self.members.append((instance.exports, memories, globals_, adapted, shift))
+        self.select(len(self.members) - 1)
+        return instance
+
+    def wasi_for(self, version: Any) -> Any:
+        """The WASI imports, from one environment per child (the first member's setup)."""
+        if self.wasi_imports is None:
             setup = self.wasi or WasiSetup()
             argv = list(setup.argv) or ["module"]
             builder = wasmer_wasi.StateBuilder(argv[0])
@@ -202,39 +244,35 @@ class _Child:
                 builder = builder.arguments(argv[1:])
             if setup.env:
                 builder = builder.environments(dict(setup.env))
-            environment = builder.finalize()
-            imports = environment.generate_import_object(self.store, version)
-            instance = wasmer.Instance(self.module, self.host_imports(imports))
-        self.memories = {
-            name: obj for name, obj in instance.exports if isinstance(obj, wasmer.Memory)
-        }
-        self.globals = {
-            name: obj for name, obj in instance.exports if isinstance(obj, wasmer.Global)
-        }
-        if self.adapter is not None and self.adapter[0] is not None:
-            module, funcs, globs = self.adapter
-            names = [*funcs, *globs]
-            imports = wasmer.ImportObject()
-            imports.register("t", {name: getattr(instance.exports, name) for name in names})
-            self.adapted = wasmer.Instance(module, imports).exports
-        return instance
+            self.wasi_imports = builder.finalize()
+        return self.wasi_imports.generate_import_object(self.store, version)
 
-    def host_imports(self, imports: Any) -> Any:
-        """Host functions as wasmer Functions that ask the parent to run them."""
-        namespaces: dict = {}
-        for key, (module, name, params, results) in enumerate(self.host):
+    def resolve(self, source: tuple) -> Any:
+        """One import's value: a host function, a host item or an earlier member's export."""
+        if source[0] == "func":
+            _, _, params, results = self.host[source[1]]
+            wire = self.wires.get(source[1])
+            if wire is not None:  # exact floats and v128 as bit patterns (link.wire_wat)
+                params, results = wire_types(params), wire_types(results)
             ty = wasmer.FunctionType([_TYPE[t] for t in params], [_TYPE[t] for t in results])
-            namespaces.setdefault(module, {})[name] = wasmer.Function(
-                self.store, self._host_call(key, len(results)), ty
-            )
-        for module, functions in namespaces.items():
-            imports.register(module, functions)
-        return imports
+            func = wasmer.Function(self.store, self._host_call(source[1], len(results)), ty)
+            if wire is None:
+                return func
+            imports = wasmer.ImportObject()
+            imports.register("h", {"f": func})
+            instance = wasmer.Instance(wire, imports)
+            self.alive.append(instance)  # an export does not keep its instance alive
+            return instance.exports.f
+        if source[0] == "item":
+            return self.items[source[1]]
+        return getattr(self.members[source[1]][0], source[2])
 
     def _host_call(self, key: int, count: int) -> Any:
+        member = len(self.members)  # the member being instantiated calls it
+
         def call(*args: Any) -> Any:
             requests, answers = self.fds
-            _send(answers, ("host", key, list(args)))
+            _send(answers, ("host", key, list(args), member))
             while True:  # serve the parent's requests (memory reads...) until it answers
                 request = _recv(requests)
                 if request is None:
@@ -245,6 +283,8 @@ class _Child:
                 if request[0] == "host-err":
                     raise RuntimeError(request[1])
                 try:
+                    if request[0] != "at":  # the owner's own request (member 0)
+                        request = ("at", 0, request)
                     _send(answers, ("ok", self.perform(self.exports, request), self.memory_bytes()))
                 except BaseException as exc:  # noqa: BLE001 - reported to the parent
                     _send(answers, self.outcome(exc))
@@ -266,6 +306,15 @@ class _Child:
     def perform(self, exports: Any, request: tuple) -> list:
         """One request: call, repeat (n calls, for benchmarks), read or write memory."""
         op = request[0]
+        if op == "at":  # a request for another member of the group
+            before = self.current
+            self.select(request[1])
+            try:
+                return self.perform(self.members[request[1]][0], request[2])
+            finally:
+                self.select(before)
+        if op == "add":
+            return self.perform_add(request)
         if op == "call":
             via = self.adapted if request[3:4] == (True,) else exports
             return _values(getattr(via, request[1])(*request[2]))
@@ -299,6 +348,29 @@ class _Child:
             return []
         raise ValueError(f"unknown request {op!r}")
 
+    def perform_add(self, request: tuple) -> list:
+        """Instantiate a new member sent as serialized native code (a forked child must
+        not compile: the parent compiled it)."""
+        _, module_bytes, adapter, shift, host, items, link, wires = request
+        load = lambda data: wasmer.Module.deserialize(self.store, data)  # noqa: E731
+        self.host.extend(host)
+        self.wires.update({key: load(data) for key, data in wires.items()})
+        if adapter is not None and adapter[0] is not None:
+            adapter = (load(adapter[0]), adapter[1], adapter[2])
+        if items is not None:
+            items = (load(items[0]), items[1])
+        before = self.current
+        try:
+            self.add_member(load(module_bytes), adapter, shift, items, link)
+        except BaseException as exc:  # noqa: BLE001 - the parent maps it
+            text = str(exc)[:MAX_MESSAGE]
+            if isinstance(exc, RuntimeError) and text.startswith("RuntimeError: "):
+                raise _StartFailed(self.outcome(exc)) from None
+            raise _LinkFailed(_first_line(exc)) from None
+        finally:
+            self.select(before)
+        return [len(self.members) - 1]
+
     def outcome(self, exc: BaseException) -> tuple:
         """An exception raised by wasm, as data for the parent."""
         if isinstance(exc, RuntimeError):
@@ -317,6 +389,10 @@ class _Child:
                         where = f" @ 0x{self.shift.original_offset(int(offset, 16)):x}"
                     frames.append(f"{name}{where}")
             return ("trap", _strip(lines[0].strip()), frames, self.memory_bytes())
+        if isinstance(exc, _StartFailed):
+            return ("start", exc.args[0], self.memory_bytes())
+        if isinstance(exc, _LinkFailed):
+            return ("link", exc.args[0], self.memory_bytes())
         if _is_panic(exc):
             return ("panic", _first_line(exc)[:MAX_MESSAGE], self.memory_bytes())
         if isinstance(exc, IndexError):
@@ -337,18 +413,35 @@ class _Child:
                 _send(answers, ("link", _first_line(exc)))
             return
         _send(answers, ("ready", self.memory_bytes()))
-        exports = self.exports = instance.exports
         while True:
             request = _recv(requests)
             if request is None or request[0] == "close":
                 return
             self.arm_cpu_limit()
             try:
-                values = self.perform(exports, request)
+                values = self.perform(instance.exports, request)
             except BaseException as exc:  # noqa: BLE001 - reported to the parent
                 _send(answers, self.outcome(exc))
                 continue
             _send(answers, ("ok", values, self.memory_bytes()))
+
+
+class _StartFailed(Exception):
+    """A new member's start function trapped (args: the trap as data)."""
+
+
+class _LinkFailed(Exception):
+    """A new member could not be linked (args: wasmer's message)."""
+
+
+def _held_bytes(memories: dict, shift: Any) -> Optional[int]:
+    """What one instance's memories hold: its hidden exports (every defined memory)."""
+    held = [m for n, m in memories.items() if n.startswith(HIDDEN_EXPORT)]
+    if shift is not None and not shift.shift:
+        held = []  # the module's own exports under the reserved prefix: not ours
+    if not (held or memories):
+        return None
+    return sum(memory.data_size for memory in held or memories.values())
 
 
 def _values(result: Any) -> list:
@@ -465,13 +558,17 @@ class WasmerInstance(Instance):
         module: WasmerModule,
         limits: Limits,
         wasi: WasiSetup,
-        host: Optional[list] = None,
+        member: Optional[tuple] = None,
     ) -> None:
-        self.host = host or []  # [(module, name, HostFunc)], in the child's key order
-        self.host_raised: Optional[BaseException] = None
+        # member: (GroupState, link, items module or None, item keys) from engine.instantiate
+        self.state, self.link, items, keys = member or (GroupState(limits, False), [], None, [])
+        self.state.members.append(self)
+        self.index = len(self.state.members) - 1
+        self.items = None if items is None else (items, keys)
         self.engine = engine
         self.limits = limits
         self.signatures = {e.name: e.signature for e in engine.exports(module) if e.kind == "func"}
+        self.export_names = {e.name for e in engine.exports(module)}
         self.pid: Optional[int] = None
         self.dead: Optional[str] = None
         self.memory_bytes: Optional[int] = None
@@ -514,8 +611,12 @@ class WasmerInstance(Instance):
             wasi,
             self.limits.timeout,
             self.engine.adapter(module),
-            [(m, n, f.params, f.results) for m, n, f in self.host],
+            [(m, n, f.params, f.results) for m, n, f in self.state.host],
         )
+        child.items_module, child.link = self.items, self.link
+        child.wires = dict(self.state.wires)
+        self.state.sent_wires = set(self.state.wires)
+        self.state.sent_host = len(self.state.host)
         compiled, names, global_names = child.adapter
         self.adapted = frozenset(names) if compiled is not None else frozenset()
         self.adapted_globals = frozenset(global_names) if compiled is not None else frozenset()
@@ -706,7 +807,7 @@ class WasmerInstance(Instance):
             answer = self._wait(where)
             if answer[0] != "host":
                 return answer
-            reply = self._serve_host(answer[1], answer[2])
+            reply = self._serve_host(answer[1], answer[2], answer[3])
             if time.monotonic() - started > self.limits.timeout:
                 self._kill(
                     f"it was stopped after the {format_duration(self.limits.timeout)} timeout"
@@ -718,23 +819,32 @@ class WasmerInstance(Instance):
                 raise self._died(where) from None
 
     def _host_name(self, key: int) -> str:
-        module, name, _ = self.host[key]
+        module, name, _ = self.state.host[key]
         return f"{module}.{name}"
 
-    def _serve_host(self, key: int, args: list) -> tuple:
+    def _serve_host(self, key: int, args: list, member: int = 0) -> tuple:
         from ...values import coerce
 
-        _, _, func = self.host[key]
+        _, _, func = self.state.host[key]
+        caller = self.state.members[member] if member < len(self.state.members) else self
+        wired = key in self.state.wires
         try:
-            typed = [coerce(v, t) for v, t in zip(args, func.params)]
-            values = func.invoke(_WasmerCaller(self), typed)
-            return ("host-ok", to_wire(values, Signature(func.results, ()), self, False))
+            if wired:  # bit patterns both ways (link.wire_wat)
+                typed = from_wire(args, Signature((), func.params), self, True)
+            else:
+                typed = [coerce(v, t) for v, t in zip(args, func.params)]
+            values = func.invoke(_WasmerCaller(caller), typed)
+            return ("host-ok", to_wire(values, Signature(func.results, ()), self, wired))
         except Exception as exc:  # noqa: BLE001 - the guest sees a trap; the call chains it
-            self.host_raised = exc
+            self.state.host_raised = exc
             return ("host-err", f"host function raised {type(exc).__name__}: {exc}")
 
+    @property
+    def host_raised(self) -> Optional[BaseException]:
+        return self.state.host_raised
+
     def _raised(self) -> Optional[BaseException]:
-        exc, self.host_raised = self.host_raised, None
+        exc, self.state.host_raised = self.state.host_raised, None
         return exc
 
     def _check_args(self, name: str, args: Sequence[Any]) -> Signature:
@@ -824,13 +934,12 @@ class WasmerInstance(Instance):
         self._memory(("gset", name, wire if adapted else wire[0], adapted))
 
     def register_as(self, name: str) -> None:
-        """Nothing to do: a module importing ``name`` is refused when it is instantiated."""
+        """Later members of the group may import this instance's exports as ``name.*``."""
+        self.state.registered[name] = self.index
 
     def export_handle(self, name: str) -> Any:
-        raise errors.BackendUnavailable(
-            "wasmer runs each instance in its own child process, so instances cannot be linked",
-            hint="use --backend wasmtime (wasmsbx.Group) to link modules",
-        )
+        """An export to pass in the ``imports=`` of a later member of the same group."""
+        return Export(self.state, self.index, name)
 
     def repeat(self, name: str, args: Sequence[Any]):
         """``run(n)``: n calls in a loop inside the child, one round trip per block (the
@@ -942,6 +1051,90 @@ class WasmerInstance(Instance):
         return errors.TrapError(f"{where} trapped: {message}", backtrace=frames)
 
 
+class WasmerMember(WasmerInstance):
+    """A later instance of a group: it lives in the first instance's child process, and
+    every request goes there addressed to it (``("at", index, request)``)."""
+
+    def __init__(
+        self,
+        engine: WasmerEngine,
+        module: WasmerModule,
+        limits: Limits,
+        owner: WasmerInstance,
+        member: tuple,
+    ) -> None:
+        self.state, self.link, items, keys = member
+        self.owner = owner
+        self.engine = engine
+        self.limits = limits
+        self.signatures = {e.name: e.signature for e in engine.exports(module) if e.kind == "func"}
+        self.export_names = {e.name for e in engine.exports(module)}
+        self.dead: Optional[str] = None
+        self.warnings: list = []
+        self.stdout, self.stderr = owner.stdout, owner.stderr
+        compiled, names, global_names = engine.adapter(module)
+        self.adapted = frozenset(names) if compiled is not None else frozenset()
+        self.adapted_globals = frozenset(global_names) if compiled is not None else frozenset()
+        hosts = len(self.state.host)
+        fresh = self.state.host[self.state.sent_host :]
+        new_host = [(m, n, f.params, f.results) for m, n, f in fresh]
+        adapter = None
+        if compiled is not None:
+            adapter = (bytes(compiled.serialize()), names, global_names)
+        items_data = None if items is None else (bytes(items.serialize()), keys)
+        request = (
+            "add",
+            bytes(module.module.serialize()),
+            adapter,
+            module.shift,
+            new_host,
+            items_data,
+            self.link,
+            {
+                key: bytes(wire.serialize())
+                for key, wire in self.state.wires.items()
+                if key not in self.state.sent_wires
+            },
+        )
+        self.state.sent_wires = set(self.state.wires)
+        self.state.sent_host = hosts
+        self.state.members.append(self)
+        self.index = len(self.state.members) - 1
+        answer = owner._request(request, "start function")
+        if answer[0] == "ok":
+            return
+        self.state.members.pop()
+        self.dead = "it could not be instantiated"
+        if answer[0] == "start":
+            raise owner._error(answer[1], "start function") from owner._raised()
+        raise _link_error(answer[1])
+
+    @property
+    def memory_bytes(self) -> Optional[int]:  # type: ignore[override]
+        return self.owner.memory_bytes
+
+    @memory_bytes.setter
+    def memory_bytes(self, value: Optional[int]) -> None:
+        self.owner.memory_bytes = value
+
+    def _request(self, request: tuple, where: str) -> tuple:
+        if self.dead is not None or self.owner.dead is not None:
+            raise errors.TrapError(
+                f"cannot run {where}: this wasmer instance is gone "
+                f"({self.dead or self.owner.dead})",
+                hint="instantiate the module again",
+            )
+        return self.owner._request(("at", self.index, request), where)
+
+    def close(self) -> None:
+        """The group's first instance owns the process; closing it ends every member."""
+        if self.dead is None:
+            self.dead = "it was closed"
+
+    def __del__(self) -> None:
+        pass
+
+
 def _is_panic(exc: BaseException) -> bool:
     """pyo3's PanicException (a Rust panic inside wasmer), which derives from
     BaseException, so ``except Exception`` does not stop it."""
@@ -994,7 +1187,8 @@ class WasmerEngine(Engine):
         return (None if memory is None else memory // PAGE, table)
 
     def _build(self, wasm: bytes, caps: tuple) -> WasmerModule:
-        memory_pages, table = caps
+        each = caps[0] == "each"  # per-item caps (a group member, host items: link.py)
+        memory_pages, table = caps[-2:]
         # A proposal this compiler lacks is refused from the bytes, before wasmer sees
         # them: some such modules make it panic (an exception tag on any compiler, a
         # v128 global on singlepass) instead of failing.
@@ -1005,7 +1199,8 @@ class WasmerEngine(Engine):
         # (memory 0 65537) would turn an invalid module into a valid one.
         self._validate(wasm)
         try:
-            capped = cap_limits(wasm, None if memory_pages is None else memory_pages * PAGE, table)
+            memory = None if memory_pages is None else memory_pages * PAGE
+            capped = cap_limits(wasm, memory, table, each=each)
         except (LimitsError, IndexError, ValueError) as exc:
             raise errors.ModuleError(f"invalid module: {exc}") from None
         try:
@@ -1190,29 +1385,6 @@ class WasmerEngine(Engine):
                 hint="use --backend wasmtime for filesystem grants",
             )
 
-    def _check_start(self, module: WasmerModule, limits: Limits, provided: Any = ()) -> None:
-        if limits.instances is not None and limits.instances < 1:
-            raise errors.InstanceLimitExceeded(
-                f"instance limit reached: limits.instances = {limits.instances}",
-                hint="raise limits.instances",
-            )
-        try:  # the totals, as wasmtime checks them (the caps compiled in keep them after)
-            plan(layout(module.wasm), limits.memory, limits.table_elements)
-        except TotalsError as exc:
-            raise totals_error(exc, limits) from None
-        missing = [
-            i.describe()
-            for i in self.imports(module)
-            if not (i.is_wasi and i.kind == "func") and (i.module, i.name) not in provided
-        ]
-        if missing:
-            raise errors.LinkError(
-                f"module imports what the sandbox does not provide: {', '.join(missing)}",
-                hint="grant host functions with imports={module: {name: ...}} (Python API); "
-                "the command line provides WASI only",
-                imports=[m.split(" ", 1)[1] for m in missing],
-            )
-
     def instantiate(
         self,
         module: WasmerModule,
@@ -1221,41 +1393,82 @@ class WasmerEngine(Engine):
         imports: Optional[dict] = None,
         shared: Optional[Instance] = None,
         register: Optional[str] = None,
+        group: bool = False,
     ) -> WasmerInstance:
-        wanted = [i for i in self.imports(module) if not i.is_wasi]
-        host = self._host_functions(wanted, imports or {}) if shared is None else None
-        if wanted and host is None and (imports or shared is not None):
-            # Imports the caller (or a group) would satisfy: wasmer cannot. A module that
-            # imports nothing but WASI runs, host imports or group or not.
-            raise errors.BackendUnavailable(
-                "wasmer runs each instance in a forked child process: it takes host "
-                "functions of i32/i64/f32/f64 only (no host globals, memories, tables, "
-                "v128 or references) and no linked groups",
-                hint="use --backend wasmtime (the default choice when imports= or a Group "
-                "is used under runtime.backend = auto)",
-            )
+        """An instance in a child process of its own, or, for a later member of a group
+        (``shared``), in the group's child, linked to its host imports and to the
+        members registered before it (link.py)."""
         wasi = wasi or WasiSetup()
         self._refuse(limits, wasi)
-        module = self._for_limits(module, limits)
-        self._check_start(module, limits, {(m, n) for m, n, _ in host or ()})
-        return WasmerInstance(self, module, limits, wasi, host)
+        owner = shared if isinstance(shared, WasmerInstance) else None
+        state = owner.state if owner is not None else GroupState(limits, group)
+        if limits.instances is not None and len(state.members) >= limits.instances:
+            raise errors.InstanceLimitExceeded(
+                f"instance limit reached: limits.instances = {limits.instances}",
+                hint="raise limits.instances",
+            )
+        wanted = [i for i in self.imports(module) if not (i.is_wasi and i.kind == "func")]
+        link, funcs, items = resolve(
+            wanted, imports or {}, state, lambda k: state.members[k].export_names
+        )
+        try:
+            memory_each, table_each = plan_member(layout(module.wasm), items, state)
+        except TotalsError as exc:
+            raise totals_error(exc, limits) from None
+        keys = list(range(len(state.items), len(state.items) + len(items)))
+        made = None
+        if items:
+            made = self._compile_items(items, keys, memory_each, table_each)
+        for key, item in zip(keys, items):
+            state.items[id(item)] = key
+            state.kept.append(item)
+        link = [
+            (m, n, ("item", state.items[id(src[1])]) if src[0] == "item" else src)
+            for m, n, src in link
+        ]
+        for offset, (_, _, func) in enumerate(funcs):
+            text = wire_wat(func.params, func.results)
+            if text is not None:
+                state.wires[len(state.host) + offset] = self._compile_helper(text)
+        state.host.extend(funcs)
+        if state.budget.in_group or items:
+            module = self._for_caps(module, memory_each, table_each)
+        else:
+            module = self._for_limits(module, limits)
+        member = (state, link, made, keys)
+        if owner is None:
+            instance = WasmerInstance(self, module, limits, wasi, member)
+        else:
+            instance = WasmerMember(self, module, limits, owner, member)
+        if register is not None:
+            instance.register_as(register)
+        return instance
 
-    @staticmethod
-    def _host_functions(wanted: list, imports: dict) -> Optional[list]:
-        """The host functions that satisfy every non-WASI import, or None when some import
-        is not one (a global, memory, table or group export: wasmer cannot provide those)
-        or has a type wasmer-python cannot carry (v128, references)."""
-        from ...host import HostFunc
+    def _compile_items(self, items: list, keys: list, memory_each: int, table_each: Any) -> Any:
+        """The generated module that makes the host globals, memories and tables."""
+        from .link import items_wat
 
-        out = []
-        for imp in wanted:
-            item = imports.get(imp.module, {}).get(imp.name)
-            if not isinstance(item, HostFunc) or any(
-                t not in _TYPE for t in (*item.params, *item.results)
-            ):
-                return None
-            out.append((imp.module, imp.name, item))
-        return out
+        return self._compile_helper(items_wat(items, keys, memory_each, table_each))
+
+    def _compile_helper(self, text: str) -> Any:
+        """A helper module (host items, wires) compiled here: a forked child must not."""
+        try:
+            return wasmer.Module(self.store, wasmer.wat2wasm(text))
+        except (RuntimeError, ValueError) as exc:
+            raise errors.BackendUnavailable(
+                f"wasmer:{self.options.compiler} cannot make a host import helper: "
+                f"{_first_line(exc)}",
+                hint="use --backend wasmtime",
+            ) from None
+
+    def _for_caps(self, module: WasmerModule, memory_each: int, table_each: Any) -> WasmerModule:
+        """The module with each memory and table capped at these per-item caps."""
+        caps = ("each", memory_each // PAGE, table_each)
+        if caps not in module.variants:
+            variant = self._build(module.wasm, caps)
+            variant.variants = module.variants
+            module.variants[caps] = variant
+        return module.variants[caps]
 
     def fingerprint(self) -> dict:
         memory, table = self._caps(self.options.memory_cap, self.options.table_cap)

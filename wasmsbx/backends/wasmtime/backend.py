@@ -38,7 +38,7 @@ from ..base import (
     totals_error,
 )
 from ..deadline import KEEPER
-from ..limits import HIDDEN_EXPORT, TotalsError, export_memories, layout, plan
+from ..limits import HIDDEN_EXPORT, PAGE, TotalsError, export_memories, layout, plan
 from .values import HostFuncs, func_types, global_get, global_new, global_set, global_type, valtype
 from .values import call as call_raw
 
@@ -165,7 +165,9 @@ class WasmtimeInstance(Instance):
         imports: Optional[dict] = None,
         shared: Optional[WasmtimeInstance] = None,
         register: Optional[str] = None,
+        caps: Any = None,
     ) -> None:
+        self.caps = caps  # limits.Plan of a group member: its caps are in its declared maxima
         self.engine = engine
         self.limits = limits
         self.engine = engine
@@ -184,6 +186,15 @@ class WasmtimeInstance(Instance):
         else:
             self.store, self.linker, self.budget = shared.store, shared.linker, shared.budget
             self.outputs, self.host, self.group = shared.outputs, shared.host, shared.group
+        if caps is not None:  # each memory and table carries its own cap (limits.Budget)
+            self.group.budget = module._wasmsbx_budget
+            self.store.set_limits(
+                memory_size=limits.memory,
+                table_elements=-1 if limits.table_elements is None else limits.table_elements,
+                instances=-1 if limits.instances is None else limits.instances,
+                tables=10000,
+                memories=10000,
+            )
         self._arm()
         imports_list = engine.imports(module)
         if any(i.is_wasi for i in imports_list) and not self.group.wasi_defined:
@@ -313,10 +324,12 @@ class WasmtimeInstance(Instance):
         if isinstance(item, Global):
             return global_new(self.store, item.type, item.mutable, item.value)
         if isinstance(item, Memory):
-            limits = wasmtime.Limits(item.min, item.max)
+            top = _capped(item.max, self.caps and self.caps.memory_each // PAGE)
+            limits = wasmtime.Limits(item.min, top)
             return wasmtime.Memory(self.store, wasmtime.MemoryType(limits))
         if isinstance(item, Table):
-            ty = wasmtime.TableType(valtype(item.type), wasmtime.Limits(item.min, item.max))
+            top = _capped(item.max, self.caps and self.caps.table_each)
+            ty = wasmtime.TableType(valtype(item.type), wasmtime.Limits(item.min, top))
             return wasmtime.Table(self.store, ty, None)
         if getattr(item, "_owner", None) is self.group:  # an export of a group member
             return item._extern
@@ -665,6 +678,27 @@ class WasmtimeInstance(Instance):
         return errors.LinkError(f"cannot instantiate module: {first}", detail=text)
 
 
+def _capped(maximum: Optional[int], cap: Optional[int]) -> Optional[int]:
+    if cap is None:
+        return maximum
+    return cap if maximum is None else min(maximum, cap)
+
+
+def _hosts_storage(imports: Optional[dict]) -> bool:
+    """Whether the caller grants host memories or tables (they share the budget)."""
+    from ...host import Memory, Table
+
+    return any(
+        isinstance(item, (Memory, Table))
+        for names in (imports or {}).values()
+        for item in names.values()
+    )
+
+
+def _pages(pages: Optional[int]) -> Optional[int]:
+    return None if pages is None else pages * PAGE
+
+
 def _held(module: Any) -> list:
     """The hidden exports of every defined memory (compile() adds them; --stats sums
     them), read once per module: listing a module's exports costs FFI calls."""
@@ -822,9 +856,11 @@ class WasmtimeEngine(Engine):
             raise _module_error(exc) from None
         module._wasmsbx_layout = layout(wasm)
         module._wasmsbx_shift = exported._replace(wasm=b"")
+        module._wasmsbx_wasm = wasm  # a group member is compiled again with its caps
         return module
 
     def describe(self, module: Any, wasm: bytes) -> None:
+        module._wasmsbx_wasm = wasm
         if getattr(module, "_wasmsbx_layout", None) is None:
             module._wasmsbx_layout = layout(wasm)
         if getattr(module, "_wasmsbx_shift", None) is None:
@@ -875,8 +911,42 @@ class WasmtimeEngine(Engine):
         imports: Optional[dict] = None,
         shared: Optional[Instance] = None,
         register: Optional[str] = None,
+        group: bool = False,
     ) -> WasmtimeInstance:
-        return WasmtimeInstance(self, module, limits, wasi, imports, shared, register)
+        caps = None
+        if group or _hosts_storage(imports):
+            module, caps = self._member(module, limits, imports or {}, shared, group)
+        return WasmtimeInstance(self, module, limits, wasi, imports, shared, register, caps)
+
+    def _member(self, module: Any, limits: Limits, imports: dict, shared: Any, group: bool):
+        """A group member (or an instance given host memories or tables): its share of
+        the budget (limits.Budget), compiled into its memories' and tables' maxima."""
+        from ...host import Memory, Table
+        from ..limits import Budget, LimitsError, cap_limits
+
+        made = shared.group.host_objects if shared is not None else {}
+        if shared is not None and getattr(shared.group, "budget", None) is not None:
+            budget = shared.group.budget
+        else:
+            budget = Budget(limits, group)
+        fresh = {
+            id(i): i for names in imports.values() for i in names.values() if id(i) not in made
+        }
+        memories = [(m.min * PAGE, _pages(m.max)) for m in fresh.values() if isinstance(m, Memory)]
+        tables = [(t.min, t.max) for t in fresh.values() if isinstance(t, Table)]
+        try:
+            caps = budget.take(getattr(module, "_wasmsbx_layout", None), memories, tables)
+        except TotalsError as exc:
+            raise totals_error(exc, limits) from None
+        wasm = getattr(module, "_wasmsbx_wasm", None)
+        if wasm is not None:
+            try:
+                capped = cap_limits(wasm, caps.memory_each, caps.table_each, each=True)
+            except (LimitsError, IndexError, ValueError) as exc:
+                raise errors.ModuleError(f"invalid module: {exc}") from None
+            module = self.compile(capped.wasm)
+        module._wasmsbx_budget = budget
+        return module, caps
 
     def fingerprint(self) -> dict:
         return {
