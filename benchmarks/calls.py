@@ -157,15 +157,15 @@ def dump(label: str) -> None:
 
 def callgrind_child(n1: int, n2: int) -> None:
     """Run under callgrind: two loops per case and form, a dump after each."""
-    for label, export, args in CASES:
+    for i, (_, export, args) in enumerate(CASES):
         env = setup(export)
-        for form in FORMS:
+        for j, form in enumerate(FORMS):
             loop = make_loop(form, export, args, env)
-            dump(f"skip {label}|{form}")
+            dump(f"skip-{i}-{j}")  # labels without spaces or quotes (callgrind_control)
             loop(n1)
-            dump(f"n1 {label}|{form}")
+            dump(f"n1-{i}-{j}")
             loop(n2)
-            dump(f"n2 {label}|{form}")
+            dump(f"n2-{i}-{j}")
         env["box"].close()
 
 
@@ -200,10 +200,10 @@ def measure_instructions(n1: int, n2: int) -> dict:
             if trigger and total is not None:
                 costs[trigger] = total
     result: dict = {}
-    for label, _, _ in CASES:
+    for i, (label, _, _) in enumerate(CASES):
         result[label] = {
-            form: (costs[f"n2 {label}|{form}"] - costs[f"n1 {label}|{form}"]) / (n2 - n1)
-            for form in FORMS
+            form: (costs[f"n2-{i}-{j}"] - costs[f"n1-{i}-{j}"]) / (n2 - n1)
+            for j, form in enumerate(FORMS)
         }
     return result
 
