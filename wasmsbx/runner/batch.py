@@ -35,7 +35,8 @@ MAX_SKIP = 64 << 20  # an overlong line is skipped up to this; longer ends the b
 WINDOW_PER_JOB = 4  # chunks in flight per worker
 CHUNK_MAX_ITEMS = 1024
 CHUNK_MAX_BYTES = 256 * 1024
-CHUNK_TARGET_SECONDS = 0.02  # a chunk should keep a worker busy about this long
+CHUNK_TARGET_SECONDS = 0.05  # a chunk should keep a worker busy about this long: a chunk
+# costs the parent ~1 ms (submit, pickle both ways, wake-up), 2% of this
 FEED_AHEAD = 256  # items read ahead of their call by the input thread
 IDLE_TICK = 0.05  # seconds without progress before an idle tick (``idle=True``)
 PROGRESS_EVERY = 0.1  # seconds
