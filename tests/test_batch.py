@@ -217,7 +217,9 @@ def test_api_batch_reads_input_lazily(backend):
         for i in consumed:
             yield [i, 1]
 
-    bound = 2 * batch.WINDOW_PER_JOB * batch.CHUNK_MAX_ITEMS
+    # The design's bound for -j 2: the chunks in flight, the one being filled and the
+    # input thread's queue (plus the item it holds); -j 1 stays far below it.
+    bound = (2 * batch.WINDOW_PER_JOB + 1) * batch.CHUNK_MAX_ITEMS + batch.FEED_AHEAD + 1
     for jobs in (1, 2):
         results = box.batch("add", endless(), jobs=jobs)
         got = list(itertools.islice(results, 5000))

@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 from abc import ABC, abstractmethod
 from collections import namedtuple
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Optional
 
 
@@ -320,6 +320,18 @@ class Instance(ABC):
     @abstractmethod
     def usage(self) -> Usage:
         """Fuel and memory used so far, captured output, limit warnings."""
+
+    def caller(self, name: str, types: tuple, parse: Callable) -> Callable:
+        """``call(args, timeout=None, fuel=None) -> list``: export ``name`` (of ``types``,
+        (params, results)) called with plain Python arguments, which ``parse`` (a
+        values.parse_args) turns into typed values. Made once per export and instance
+        (``Sandbox.call``'s fast path); adapters override it to do the per-export work
+        once. This default parses and calls ``call``."""
+
+        def call(args: Sequence[Any], timeout: Any = None, fuel: Any = None) -> list:
+            return self.call(name, parse(args), timeout, fuel, types=types)  # type: ignore[call-arg]
+
+        return call
 
     def repeat(self, name: str, args: Sequence[Any]):
         """A callable ``run(n)`` that calls ``name(*args)`` n times, for benchmarks.

@@ -6,6 +6,7 @@ stream and audit; ``wasmsbx run`` is a thin renderer over it.
 
 from __future__ import annotations
 
+import functools
 import os
 import stat
 import time
@@ -314,6 +315,7 @@ class Sandbox:
     """
 
     worker_kind: Any = None  # what a batch worker rebuilds (see runner.batch._worker_box)
+    _functions: Optional[dict] = None  # set per sandbox by __init__ (subclasses may not)
 
     def __init__(
         self,
@@ -407,6 +409,8 @@ class Sandbox:
             self.engine.describe(self.module, self.wasm)
         self.export_list = self._interface()
         self._instance: Any = None
+        self._callers: dict = {}  # export name -> (instance, its caller): see call()
+        self._functions: dict = {}  # export name -> Function (box["f"], box.exports.f)
 
     def __enter__(self) -> Sandbox:
         return self
@@ -525,8 +529,14 @@ class Sandbox:
 
     def __getitem__(self, name: str) -> Function:
         """``box["add"](1, 2)``: an exported function as a callable."""
-        self.signature(name)  # UsageError (with a suggestion) when there is none
-        return Function(self, name)
+        functions = self._functions
+        function = functions.get(name) if functions is not None else None
+        if function is None:
+            self.signature(name)  # UsageError (with a suggestion) when there is none
+            function = Function(self, name)
+            if functions is not None:  # the export list never changes: nothing goes stale
+                functions[name] = function
+        return function
 
     def _live(self) -> Any:
         """The instance, created on first use."""
@@ -668,11 +678,35 @@ class Sandbox:
         """Python-friendly call: one result as a value, several as a tuple, none as None.
 
         ``timeout`` (seconds) and ``fuel`` lower the policy's limits for this call only;
-        asking for more than the policy allows is a UsageError."""
-        values = self.invoke(func, args, timeout=timeout, fuel=fuel).values
-        if not values:
-            return None
-        return values[0] if len(values) == 1 else tuple(values)
+        asking for more than the policy allows is a UsageError.
+
+        The hot path: the export's caller (``Instance.caller``: its type, converters and
+        arrays, made once) is kept with the instance it belongs to, so a new instance
+        (``close()``, a trap in a batch) gets a new one. Unlike ``invoke`` it records no
+        timings and builds no RunStats."""
+        entry = self._callers.get(func)
+        if entry is None or entry[0] is not self._instance:
+            entry = self._caller(func, args)
+        if timeout is None and fuel is None:
+            values = entry[1](args)
+        else:
+            values = entry[1](args, **self._call_limits(timeout, fuel))
+        if len(values) == 1:
+            return values[0]
+        return tuple(values) if values else None
+
+    def _caller(self, func: str, args: Sequence[Any]) -> tuple:
+        """(instance, caller) for ``func``: the signature and the arguments are checked
+        before the instance is created, as ``invoke`` does."""
+        sig = self.signature(func)
+        parse = functools.partial(parse_args, func, sig)
+        parse(args)
+        instance = self._live()
+        entry = self._callers[func] = (
+            instance,
+            instance.caller(func, (sig.params, sig.results), parse),
+        )
+        return entry
 
     def _call_limits(self, timeout: Optional[float], fuel: Optional[int]) -> dict:
         """Per-call limits, checked against the policy's (never above them)."""
@@ -780,6 +814,8 @@ class Function:
     def __call__(
         self, *args: Any, timeout: Optional[float] = None, fuel: Optional[int] = None
     ) -> Any:
+        if timeout is None and fuel is None:
+            return self.box.call(self.name, *args)
         return self.box.call(self.name, *args, timeout=timeout, fuel=fuel)
 
     def __repr__(self) -> str:
@@ -796,9 +832,12 @@ class Exports(list):
     def __getattr__(self, name: str) -> Function:
         if name.startswith("_"):
             raise AttributeError(name)
+        known = self._box._functions
+        if known and name in known:
+            return known[name]
         for export in self:
             if export.name == name and export.kind == "func":
-                return Function(self._box, name)
+                return self._box[name]
         raise AttributeError(f"no exported function {name!r}")
 
 

@@ -25,10 +25,13 @@ and memory stays bounded whatever the input size. Fuel and the timeout apply to 
 
 from __future__ import annotations
 
+import functools
+import io
 import time
 from typing import Any, Callable, Optional
 
 from .. import errors
+from ..values import parse_args
 
 DEFAULT_CHUNK = 64 * 1024
 MAX_CHUNK = 1 << 30
@@ -118,6 +121,9 @@ class StreamSession:
             )
         self.finish_packing = _packing(box, "finish", ()) if names.get("finish") else None
         self.instance = box.instantiate(guest_wasi(box))
+        sig = box.signature(func)
+        parse = functools.partial(parse_args, func, sig)
+        self.call = self.instance.caller(func, (sig.params, sig.results), parse)
         self.ptr = self.instance.call("alloc", [chunk_size])[0] & 0xFFFFFFFF
         if self.ptr == 0:
             raise errors.TrapError(
@@ -132,6 +138,36 @@ class StreamSession:
                 f"the {box.backend_name} backend cannot reach guest memory, which --stream needs",
                 hint="use --backend wasmtime",
             ) from None
+        self.direct = self._memory_view() is not None
+
+    def _memory_view(self) -> Optional[memoryview]:
+        """The whole guest memory as a memoryview, taken anew for each use (memory.grow
+        may move it); None where the backend has none (wasmer: another process)."""
+        try:
+            return self.instance.memory("memory").view()
+        except (NotImplementedError, errors.BackendUnavailable):
+            return None
+
+    def input_buffer(self) -> memoryview:
+        """The guest's input buffer itself (``direct`` only), to read a chunk into: no
+        host buffer and no copy. Valid until the next call into the guest."""
+        return self._memory_view()[self.ptr : self.ptr + self.chunk_size]  # type: ignore[index]
+
+    def process(self, n: int) -> Any:
+        """Process the ``n`` bytes already in the input buffer (``direct`` only): the
+        guest's output as a view of its memory, valid until the next call into it."""
+        values = self.call([self.ptr, n])
+        ptr, length = _location(values, self.packing)
+        if not length:
+            return b""
+        memory = self._memory_view()
+        if ptr + length > len(memory):  # type: ignore[arg-type]
+            raise errors.TrapError(
+                f"{self.func} returned output at {ptr}..{ptr + length}, outside guest memory "
+                f"({len(memory)} bytes)",  # type: ignore[arg-type]
+                hint=ABI_HINT,
+            )
+        return memory[ptr : ptr + length]  # type: ignore[index]
 
     def _check(self, ptr: int, length: int, where: str) -> None:
         try:
@@ -143,11 +179,7 @@ class StreamSession:
             ) from None
 
     def _output(self, values: list, packing: str, where: str) -> bytes:
-        if packing == "packed":
-            packed = values[0] & 0xFFFFFFFFFFFFFFFF
-            ptr, length = packed >> 32, packed & 0xFFFFFFFF
-        else:
-            ptr, length = values[0] & 0xFFFFFFFF, values[1] & 0xFFFFFFFF
+        ptr, length = _location(values, packing)
         if not length:
             return b""
         try:
@@ -165,8 +197,7 @@ class StreamSession:
         if len(chunk) > self.chunk_size:
             raise ValueError(f"chunk of {len(chunk)} bytes exceeds chunk size {self.chunk_size}")
         self.instance.write_memory(self.ptr, chunk)
-        values = self.instance.call(self.func, [self.ptr, len(chunk)])
-        return self._output(values, self.packing, self.func)
+        return self._output(self.call([self.ptr, len(chunk)]), self.packing, self.func)
 
     def finish(self) -> bytes:
         if self.finish_packing is None:
@@ -175,6 +206,20 @@ class StreamSession:
 
     def close(self) -> None:
         self.instance.close()
+
+
+def _location(values: list, packing: str) -> tuple:
+    """(out_ptr, out_len) from what FUNC or finish returned."""
+    if packing == "packed":
+        packed = values[0] & 0xFFFFFFFFFFFFFFFF
+        return packed >> 32, packed & 0xFFFFFFFF
+    return values[0] & 0xFFFFFFFF, values[1] & 0xFFFFFFFF
+
+
+# Guest memory is handed straight to these (read into, written from) and to nothing else:
+# they copy and keep no reference, so no view of guest memory outlives the call it was
+# taken for. Any other file object gets copies.
+_PLAIN_FILES = (io.BufferedReader, io.BufferedWriter, io.FileIO)
 
 
 def _fill(stream: Any, view: memoryview) -> int:
@@ -234,20 +279,29 @@ def run_stream(
             note = sink.resume(state, "output of the chunks after it")
             if note and warn:
                 warn(note)
-    buffer = bytearray(chunk_size)
-    view = memoryview(buffer)
+    # Zero-copy where both ends are plain files: the input is read into the guest's
+    # buffer and the output written from guest memory (two copies of each chunk fewer).
+    direct = (
+        session.direct and type(source.stream) in _PLAIN_FILES and type(sink.stream) in _PLAIN_FILES
+    )
+    view = None if direct else memoryview(bytearray(chunk_size))
     tick = time.monotonic()
     last = None  # (start, end, sha256) of the last chunk whose output is written
+    tail = None
     guard = cp.HoldInterrupt()
     with guard:
         try:
             while True:
-                n = _fill(source.stream, view)
+                data = session.input_buffer() if direct else view
+                n = _fill(source.stream, data)  # type: ignore[arg-type]
                 if not n:
                     break
                 start = source.offset
                 source.offset += n
-                out = session.feed(view[:n])
+                if marker is not None:  # before the call: the guest may rewrite its input
+                    tail = cp.digest(data[:n])  # type: ignore[index]
+                out = session.process(n) if direct else session.feed(data[:n])  # type: ignore[index]
+                del data
                 guard.hold()  # Ctrl-C waits until ``last`` covers this chunk's output
                 sink.write(out)
                 sink.flush()
@@ -255,8 +309,9 @@ def run_stream(
                 stats.bytes_in += n
                 stats.bytes_out += len(out)
                 stats.peak_buffer = max(stats.peak_buffer, n + len(out))
+                out = None  # no view of guest memory outlives its chunk
                 if marker is not None:
-                    last = (start, source.offset, cp.digest(view[:n]))
+                    last = (start, source.offset, tail)
                     if marker.due():
                         marker.save(_stream_state(sink, last))
                 guard.release()

@@ -8,6 +8,7 @@ callbacks so a flood is cut off at ``limits.output``.
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import functools
 import os
@@ -39,10 +40,26 @@ from ..base import (
 )
 from ..deadline import KEEPER
 from ..limits import HIDDEN_EXPORT, PAGE, TotalsError, export_memories, layout, plan
-from .values import HostFuncs, func_types, global_get, global_new, global_set, global_type, valtype
+from .values import (
+    RAW_CALL,
+    RAW_GET_FUEL,
+    RAW_SET_EPOCH_DEADLINE,
+    RAW_SET_FUEL,
+    HostFuncs,
+    RawCall,
+    context_address,
+    fast_types,
+    func_types,
+    global_get,
+    global_new,
+    global_set,
+    global_type,
+    valtype,
+)
 from .values import call as call_raw
 
 MAX_FRAMES = 12
+_U64 = ctypes.c_uint64
 _OPT_LEVELS = {"none": "none", "speed": "speed", "size": "speed_and_size", "aggressive": "speed"}
 
 # Every proposal wasmsbx names except the component model: this wasmtime build compiles
@@ -436,6 +453,65 @@ class WasmtimeInstance(Instance):
         finally:
             self.deadline = 0.0
             self._account_fuel()
+
+    def caller(self, name: str, types: tuple, parse: Any) -> Any:
+        """``call(args, timeout=None, fuel=None) -> list`` for export ``name``: plain
+        Python arguments in (``parse``, a values.parse_args, converts and checks what
+        the fast writers refuse), typed results out, with the limits, errors and fuel
+        accounting of ``call_func``. Made once per export of this instance (it dies with
+        it): the function's arrays, converters and addresses are set up here, so a call
+        is one FFI call for the guest plus one per armed limit (see values.RawCall)."""
+        func = self.exports[name]
+        if not fast_types(types):  # references (rooting) or v128 arguments
+
+            def slow(args: Sequence[Any], timeout: Any = None, fuel: Any = None) -> list:
+                return self.call_func(func, types, parse(args), name, timeout, fuel)
+
+            return slow
+        raw = RawCall(func, types)
+        put, put_typed, readers, trap = raw.put, raw.put_typed, raw.readers, raw.trap
+        context = context_address(self.store)
+        invoke = (context, raw.faddr, raw.args_addr, raw.nparams, raw.out_addr, raw.nresults)
+        trap_addr = raw.trap_addr
+        arm_epoch = functools.partial(RAW_SET_EPOCH_DEADLINE, context)
+        limits, clock, stuck = self.limits, self.engine.clock, self._stuck
+        enter, leave = KEEPER.enter, KEEPER.leave
+        budget = limits.fuel
+        fixed = limits.deadline is None  # else each call gets what is left of the run
+        left = _U64()
+        left_addr = ctypes.addressof(left)
+
+        def call(args: Sequence[Any], timeout: Any = None, fuel: Any = None) -> list:
+            if timeout is not None or fuel is not None:  # per-call limits: the general path
+                return self.call_func(func, types, parse(args), name, timeout, fuel)
+            if not put(args):
+                put_typed(parse(args))  # UsageError before anything is armed
+            self.call_fuel = budget
+            if budget is not None:
+                self.fuel_armed = budget
+                RAW_SET_FUEL(context, budget)
+            seconds = limits.timeout if fixed else limits.seconds()
+            self.call_timeout = seconds
+            self.where = name
+            watch = enter(clock, seconds, stuck, arm_epoch)
+            self.watch = watch
+            self.deadline = watch.deadline
+            try:
+                error = RAW_CALL(*invoke, trap_addr)
+            finally:
+                self.deadline = 0.0
+                leave(watch)
+                if budget is not None:
+                    RAW_GET_FUEL(context, left_addr)
+                    self.fuel_used += budget - left.value
+            if error or trap.value:
+                try:
+                    raise raw.failure(error)  # type: ignore[misc]
+                except (wasmtime.Trap, wasmtime.WasmtimeError) as exc:
+                    raise self._call_error(exc, name) from self._host_raised()
+            return [read_one(slot) for read_one, slot in readers]
+
+        return call
 
     def repeat(self, name: str, args: Sequence[Any]):
         """``run(n)``: n calls in a tight loop over the raw wasmtime Func, armed once.

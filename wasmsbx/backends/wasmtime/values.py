@@ -255,3 +255,199 @@ def global_set(store: Any, glob: wasmtime.Global, wasm_type: str, value: Any) ->
     ffi.wasmtime_val_unroot(ctypes.byref(raw))
     if error:
         raise wasmtime.WasmtimeError._from_ptr(error)
+
+
+# ---------------------------------------------------------------------------- the fast call
+# ``Sandbox.call`` on a function of numbers is the library's hot path. wasmtime-py's own
+# call asks the runtime for the function's type on every call (four FFI calls and a
+# ValType object per parameter); ``call`` above allocates two arrays and unroots every
+# argument. ``RawCall`` does the per-export work once: the argument and result arrays,
+# their kinds and the converters are made when the export is first called, and each call
+# goes through prototypes that take plain addresses (no argtypes conversion, no wrapper
+# frame). Only i32/i64/f32/f64 parameters and those or v128 results qualify (references
+# need rooting); everything else takes ``call``.
+
+_VP = ctypes.c_void_p
+_U64 = ctypes.c_uint64
+RAW_CALL = ctypes.CFUNCTYPE(_VP, _VP, _VP, _VP, ctypes.c_size_t, _VP, ctypes.c_size_t, _VP)(
+    ("wasmtime_func_call", ffi.dll)
+)
+RAW_SET_FUEL = ctypes.CFUNCTYPE(_VP, _VP, _U64)(("wasmtime_context_set_fuel", ffi.dll))
+RAW_GET_FUEL = ctypes.CFUNCTYPE(_VP, _VP, _VP)(("wasmtime_context_get_fuel", ffi.dll))
+RAW_SET_EPOCH_DEADLINE = ctypes.CFUNCTYPE(None, _VP, _U64)(
+    ("wasmtime_context_set_epoch_deadline", ffi.dll)
+)
+FAST_PARAMS = frozenset(("i32", "i64", "f32", "f64"))
+FAST_RESULTS = frozenset(("i32", "i64", "f32", "f64", "v128"))
+_M32, _M64 = 0xFFFFFFFF, 0xFFFFFFFFFFFFFFFF
+_new_float = float.__new__
+
+
+def context_address(store: Any) -> int:
+    """The store's ``wasmtime_context_t *`` as an int: fixed for the store's life."""
+    return ctypes.cast(store._context(), _VP).value or 0
+
+
+# Writers put a plain Python value into a union slot and say whether they could; a value
+# they refuse (text, a bool, an out-of-range int, a NaN, an F32/F64 with its own bits)
+# goes through values.parse_args and ``_put_typed``, which give the exact semantics.
+def _w_i32(slot: Any, value: Any) -> bool:
+    if type(value) is int and -0x80000000 <= value <= _M32:
+        slot.i32 = value  # ctypes keeps the low 32 bits: 0xffffffff is -1, as in wasm
+        return True
+    return False
+
+
+def _w_i64(slot: Any, value: Any) -> bool:
+    if type(value) is int and -0x8000000000000000 <= value <= _M64:
+        slot.i64 = value
+        return True
+    return False
+
+
+def _w_f32(slot: Any, value: Any) -> bool:
+    # A C float conversion rounds to nearest and overflows to inf, as values.coerce does;
+    # NaNs are left to coerce (a plain NaN becomes the canonical NaN of its sign).
+    if type(value) is float and value == value:
+        slot.f32 = value
+        return True
+    return False
+
+
+def _w_f64(slot: Any, value: Any) -> bool:
+    if type(value) is float and value == value:
+        slot.f64 = value  # a double is stored as its bits
+        return True
+    return False
+
+
+def _r_i32(slot: Any) -> int:
+    return slot.i32
+
+
+def _r_i64(slot: Any) -> int:
+    return slot.i64
+
+
+def _r_f32(slot: Any) -> F32:
+    value = _new_float(F32, slot.f32)
+    value.bits = slot.i32 & _M32  # the exact bits, whatever a C float read does to a NaN
+    return value
+
+
+def _r_f64(slot: Any) -> F64:
+    value = _new_float(F64, slot.f64)
+    value.bits = slot.i64 & _M64
+    return value
+
+
+def _r_v128(slot: Any) -> V128:
+    return V128(ctypes.string_at(ctypes.addressof(slot), 16))
+
+
+_WRITERS = {"i32": _w_i32, "i64": _w_i64, "f32": _w_f32, "f64": _w_f64}
+_READERS = {"i32": _r_i32, "i64": _r_i64, "f32": _r_f32, "f64": _r_f64, "v128": _r_v128}
+
+
+def fast_types(types: tuple) -> bool:
+    params, results = types
+    return FAST_PARAMS.issuperset(params) and FAST_RESULTS.issuperset(results)
+
+
+class RawCall:
+    """One export's call through the C API with arrays made once (see above).
+
+    ``put(args)`` writes plain Python arguments (False: one needs ``put_typed``);
+    ``invoke()`` calls and returns the error/trap state; ``results()`` reads them.
+    Reentrant calls (a host function calling the same export) are safe: wasmtime reads
+    the arguments before running the guest and writes the results after it returns."""
+
+    __slots__ = (
+        "args",
+        "args_addr",
+        "faddr",
+        "func",
+        "nparams",
+        "nresults",
+        "out",
+        "out_addr",
+        "params",
+        "pairs",
+        "readers",
+        "results_slots",
+        "trap",
+        "trap_addr",
+        "writers",
+    )
+
+    def __init__(self, func: wasmtime.Func, types: tuple) -> None:
+        params, results = types
+        self.func = func  # keeps the wasmtime_func_t at faddr alive
+        self.faddr = ctypes.addressof(func._func)
+        self.params = tuple(params)
+        self.nparams, self.nresults = len(params), len(results)
+        self.args = (ffi.wasmtime_val_t * max(1, len(params)))()
+        self.out = (ffi.wasmtime_val_t * max(1, len(results)))()
+        self.args_addr = ctypes.addressof(self.args)
+        self.out_addr = ctypes.addressof(self.out)
+        for i, name in enumerate(params):
+            self.args[i].kind = KIND[name]
+        slots = [self.args[i].of for i in range(len(params))]
+        self.writers = tuple(_WRITERS[t] for t in params)
+        self.pairs = tuple(zip(self.writers, slots))
+        self.results_slots = tuple(self.out[i].of for i in range(len(results)))
+        self.readers = tuple(zip(tuple(_READERS[t] for t in results), self.results_slots))
+        self.trap = _VP()
+        self.trap_addr = ctypes.addressof(self.trap)
+
+    def put(self, args: Sequence[Any]) -> bool:
+        if len(args) != self.nparams:
+            return False
+        for (write_one, slot), value in zip(self.pairs, args):  # noqa: SIM110 - no generator per call
+            if not write_one(slot, value):
+                return False
+        return True
+
+    def put_typed(self, typed: Sequence[Any]) -> None:
+        """Typed values (values.coerce's: signed ints, F32/F64 with their bits)."""
+        for (_, slot), wasm_type, value in zip(self.pairs, self.params, typed):
+            if wasm_type == "i32":
+                slot.i32 = value
+            elif wasm_type == "i64":
+                slot.i64 = value
+            else:
+                bits = float_bits(value, wasm_type)
+                if wasm_type == "f32":
+                    slot.i32 = bits
+                else:
+                    slot.i64 = bits
+
+    def invoke(self, context: int) -> Any:
+        """Call; the error pointer (an int, or None: see ``failure``)."""
+        return RAW_CALL(
+            context,
+            self.faddr,
+            self.args_addr,
+            self.nparams,
+            self.out_addr,
+            self.nresults,
+            self.trap_addr,
+        )
+
+    def failure(self, error: Any) -> Optional[Exception]:
+        """None after a call that returned; else the wasmtime exception for the error or
+        the trap, after re-raising what a wasmtime-py callback raised, as ``call`` does."""
+        if not error and not self.trap.value:
+            return None
+        trap, self.trap.value = self.trap.value, None
+        if error:
+            exc: Exception = wasmtime.WasmtimeError._from_ptr(
+                ctypes.cast(error, ctypes.POINTER(ffi.wasmtime_error_t))
+            )
+        else:
+            exc = wasmtime.Trap._from_ptr(ctypes.cast(trap, ctypes.POINTER(ffi.wasm_trap_t)))
+        _raise_callback_exception()
+        return exc
+
+    def results(self) -> list:
+        return [read_one(slot) for read_one, slot in self.readers]
