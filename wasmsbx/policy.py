@@ -668,7 +668,9 @@ def confine(policy: Policy, path: Path) -> None:
     ``cache_dir = "~/.ssh"``) is a policy error; ``--policy FILE`` trusts a file as it is.
     Inside, version-control metadata stays out of reach (``stdout = ".git/config"`` let a
     guest make git run a command on the host), and the folder itself is not writable (a
-    guest could create a ``.git`` there, where the user's shell runs git)."""
+    guest could create a ``.git`` there, where the user's shell runs git). It may pass
+    through only locale and terminal variables (``inherit = ["*"]`` handed the guest
+    every token in the environment)."""
     import os
 
     root = os.path.realpath(path.parent)
@@ -686,6 +688,29 @@ def confine(policy: Policy, path: Path) -> None:
                 path=str(path),
                 key=dotted,
             )
+    _confine_env(policy, path)
+
+
+# What a discovered policy may pass through from your environment: locale and terminal
+# settings. Everything else may be a secret (tokens, keys), which a guest can print into
+# a log or a file that others read; `--env NAME` passes it when you choose to.
+SAFE_INHERIT = ("LANG", "LANGUAGE", "LC_*", "TERM", "TZ", "COLUMNS", "LINES", "NO_COLOR")
+
+
+def _confine_env(policy: Policy, path: Path) -> None:
+    """A discovered policy's ``env.inherit`` may name only SAFE_INHERIT (or one LC_ name)."""
+    for pattern in policy.values["env.inherit"]:
+        locale = pattern.startswith("LC_") and pattern[3:].isalpha() and pattern.isupper()
+        if pattern in SAFE_INHERIT or locale:
+            continue
+        raise PolicyError(
+            f"{path}: env.inherit names {pattern!r}; a sandbox.toml found in the working "
+            f"folder may pass through only {', '.join(SAFE_INHERIT)} (your environment may "
+            "hold secrets the guest could print)",
+            hint=f"pass a variable yourself with --env NAME, or trust the file: --policy {path}",
+            path=str(path),
+            key="env.inherit",
+        )
 
 
 def _named_paths(policy: Policy) -> list:
@@ -707,8 +732,6 @@ def _outside_or_metadata(root: str, target: str, grant: bool, writable: bool) ->
     """Why a discovered policy may not name ``target`` (None: it may)."""
     import os
 
-    if "\0" in target:
-        return "a path with a NUL byte"
     real = os.path.realpath(os.path.join(root, os.path.expanduser(target)))
     if not (real == root or real.startswith(root.rstrip(os.sep) + os.sep)):
         return "outside the folder of this sandbox.toml"
