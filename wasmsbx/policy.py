@@ -439,6 +439,15 @@ def _check_str(value: Any) -> str:
     return value
 
 
+def _check_path_text(value: Any) -> str:
+    """A string that names a file: no NUL byte, which no file system accepts (the open
+    would fail with a ValueError, not an OSError)."""
+    text = _check_str(value)
+    if "\0" in text:
+        raise ValueError(f"{text!r} holds a NUL byte, which no path can contain")
+    return text
+
+
 def _check_table(value: Any) -> dict:
     if not isinstance(value, dict):
         raise ValueError(f'expected a table of NAME = "value", found {_type_name(value)}')
@@ -495,6 +504,8 @@ def _checker(key: Key, base: Optional[Path]) -> Callable[[Any], Any]:
             return [parse_grant(item, writable, base) for item in _check_names(value)]
 
         return grants
+    if key.kind == "stdio" or key.dotted == "runtime.cache_dir":
+        return _check_path_text
     if key.kind == "choice":
 
         def choice(value: Any) -> str:
