@@ -102,6 +102,7 @@ def resolve_dir(policy: Any = None, override: Optional[str] = None) -> tuple:
 
 def prepare_dir(root: Path) -> None:
     """Create ``root`` private to this user (0700), refuse one that belongs to another."""
+    _refuse_variables(root)
     _refuse_trust(root)  # before mkdir: a policy must not create folders in the trust folder
     try:
         root.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -147,6 +148,17 @@ def _refuse_foreign(root: Path) -> None:
         raise CacheUnavailable(
             f"{root} is not empty and is not a wasmsbx cache (no CACHEDIR.TAG); "
             "choose an empty or new directory"
+        )
+
+
+def _refuse_variables(root: Path) -> None:
+    """diskcache expands ``$NAME`` in the folder it opens (and wasmsbx does not), so the
+    database of ``c$EVIL`` would land wherever ``$EVIL`` leads, outside every check."""
+    text = str(root)
+    if os.path.expandvars(text) != text:
+        raise CacheUnavailable(
+            f"{root}: its name holds an environment variable ($NAME), which the cache's "
+            "database would expand to another folder; choose a name without $"
         )
 
 
