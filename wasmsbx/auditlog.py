@@ -30,6 +30,9 @@ class AuditLog:
 
     def __init__(self, path: str) -> None:
         self.path = path
+        from .outfile import refuse_trust_folder
+
+        refuse_trust_folder(path)  # appended lines must not land among your keys
         try:
             self.fh = open(path, "a", encoding="utf-8")  # noqa: SIM115 - closed by exit()
         except OSError as exc:

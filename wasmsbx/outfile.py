@@ -13,6 +13,9 @@
 - An output that is the same file as one of the command's inputs (module, source,
   policy, baseline) is refused, before any work where the command checks early.
 - A missing parent folder is an error with a hint, not created silently.
+- Nothing is written into the trust folder (symlinks followed), except the key files
+  ``wasmsbx trust`` writes: an output there could replace your secret key with bytes
+  someone else chose (a guest's stdout, an artifact).
 
 Every failure is an :class:`errors.InputError` (exit 105) naming the path.
 """
@@ -58,12 +61,15 @@ def _same_as_input(path: str, info: os.stat_result, inputs: Iterable) -> Optiona
     return None
 
 
-def check_output(path: Any, inputs: Iterable = ()) -> None:
+def check_output(path: Any, inputs: Iterable = (), *, trust_folder: bool = False) -> None:
     """Raise InputError now if writing ``path`` later would be refused (so a command
-    does not compile for a minute before finding out)."""
+    does not compile for a minute before finding out). ``trust_folder``: the caller is
+    ``native.trust`` writing a key file, the one writer allowed in the trust folder."""
     text = os.fspath(path)
     if not text:
         raise _fail("''", "an empty output path")
+    if not trust_folder:
+        refuse_trust_folder(text)
     info = _stat(text)
     if info is None:
         if os.path.islink(text):
@@ -79,6 +85,18 @@ def check_output(path: Any, inputs: Iterable = ()) -> None:
             text,
             f"is the same file as the input {same}; refusing to overwrite it",
             "choose another output name",
+        )
+
+
+def refuse_trust_folder(text: str) -> None:
+    """InputError if ``text`` is in the trust folder (symlinks followed)."""
+    from .native.trustdir import in_trust_dir
+
+    if in_trust_dir(text):
+        raise _fail(
+            text,
+            "is in the trust folder, which holds your keys; refusing to write there",
+            "choose an output outside it; only `wasmsbx trust` changes the files there",
         )
 
 
@@ -115,16 +133,18 @@ def write_output(
     inputs: Iterable = (),
     mode: Optional[int] = None,
     durable: bool = False,
+    trust_folder: bool = False,
 ) -> str:
     """Write ``data`` to ``path`` by the rules above; how it was done: "created",
     "replaced" or "written" (a device or FIFO). ``mode`` sets a new or replaced file's
     permissions (default: a new file gets 0666 less the umask, a replaced one keeps its
-    own); ``durable`` fsyncs before the rename."""
+    own); ``durable`` fsyncs before the rename; ``trust_folder`` lets ``native.trust``
+    write its key files."""
     text = os.fspath(path)
     blob = data.encode("utf-8") if isinstance(data, str) else data
     inputs = list(inputs)
     for _ in range(3):  # something appeared or changed at the name meanwhile: look again
-        check_output(text, inputs)
+        check_output(text, inputs, trust_folder=trust_folder)
         info = _stat(text)
         try:
             if info is None:

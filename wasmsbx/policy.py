@@ -439,6 +439,15 @@ def _check_str(value: Any) -> str:
     return value
 
 
+def _check_path_text(value: Any) -> str:
+    """A string that names a file: no NUL byte, which no file system accepts (the open
+    would fail with a ValueError, not an OSError)."""
+    text = _check_str(value)
+    if "\0" in text:
+        raise ValueError(f"{text!r} holds a NUL byte, which no path can contain")
+    return text
+
+
 def _check_table(value: Any) -> dict:
     if not isinstance(value, dict):
         raise ValueError(f'expected a table of NAME = "value", found {_type_name(value)}')
@@ -495,6 +504,8 @@ def _checker(key: Key, base: Optional[Path]) -> Callable[[Any], Any]:
             return [parse_grant(item, writable, base) for item in _check_names(value)]
 
         return grants
+    if key.kind == "stdio" or key.dotted == "runtime.cache_dir":
+        return _check_path_text
     if key.kind == "choice":
 
         def choice(value: Any) -> str:
@@ -652,40 +663,117 @@ def discover(explicit: Optional[str] = None, cwd: Optional[Path] = None) -> Poli
     return defaults()
 
 
+# Version-control metadata: git runs commands its config and hooks name (`core.fsmonitor`
+# runs on every `git status`, which shell prompts run on their own), Mercurial its hgrc's
+# hooks, and CI checkouts keep tokens there. A clone never brings these files, so a
+# discovered policy must not let a guest read or write them.
+VCS_NAMES = (".git", ".hg", ".svn", ".bzr", "_darcs")
+# Folders walked to look for metadata inside a discovered policy's grants.
+VCS_WALK_LIMIT = 20_000
+
+
 def confine(policy: Policy, path: Path) -> None:
     """A ``sandbox.toml`` found in the working folder came with the project, not from the
     user: it may grant folders, name stdio files and a cache folder only inside its own
     folder. Anything outside (``read_write = ["~"]``, ``stdout = "~/.bashrc"``,
-    ``cache_dir = "~/.ssh"``) is a policy error; ``--policy FILE`` trusts a file as it is."""
+    ``cache_dir = "~/.ssh"``) is a policy error; ``--policy FILE`` trusts a file as it is.
+    Inside, version-control metadata stays out of reach (``stdout = ".git/config"`` let a
+    guest make git run a command on the host), and the folder itself is not writable (a
+    guest could create a ``.git`` there, where the user's shell runs git). It may pass
+    through only locale and terminal variables (``inherit = ["*"]`` handed the guest
+    every token in the environment)."""
     import os
 
     root = os.path.realpath(path.parent)
     hint = (
         "a sandbox.toml found in the working folder may only name paths inside its own "
-        f"folder; if you trust it as it is, pass it explicitly: --policy {path}"
+        "folder, away from version-control metadata; if you trust it as it is, pass it "
+        f"explicitly: --policy {path}"
     )
-
-    def inside(target: str) -> bool:
-        real = os.path.realpath(os.path.join(root, os.path.expanduser(target)))
-        return real == root or real.startswith(root + os.sep)
-
-    named = [
-        (f"filesystem.{'read_write' if g.writable else 'read_only'}", g.host) for g in policy.grants
-    ]
-    for stream in ("stdin", "stdout", "stderr"):
-        value = policy.values.get(f"stdio.{stream}")
-        if isinstance(value, str) and value not in ("inherit", "null"):
-            named.append((f"stdio.{stream}", value))
-    if policy.values.get("runtime.cache_dir"):
-        named.append(("runtime.cache_dir", policy.values["runtime.cache_dir"]))
-    for dotted, target in named:
-        if not inside(str(target)):
+    for dotted, target, writable in _named_paths(policy):
+        why = _outside_or_metadata(root, str(target), dotted.startswith("filesystem"), writable)
+        if why:
             raise PolicyError(
-                f"{path}: {dotted} names {target}, outside the folder of this sandbox.toml",
+                f"{path}: {dotted} names {target}, {why}",
                 hint=hint,
                 path=str(path),
                 key=dotted,
             )
+    _confine_env(policy, path)
+
+
+# What a discovered policy may pass through from your environment: locale and terminal
+# settings. Everything else may be a secret (tokens, keys), which a guest can print into
+# a log or a file that others read; `--env NAME` passes it when you choose to.
+SAFE_INHERIT = ("LANG", "LANGUAGE", "LC_*", "TERM", "TZ", "COLUMNS", "LINES", "NO_COLOR")
+
+
+def _confine_env(policy: Policy, path: Path) -> None:
+    """A discovered policy's ``env.inherit`` may name only SAFE_INHERIT (or one LC_ name)."""
+    for pattern in policy.values["env.inherit"]:
+        locale = pattern.startswith("LC_") and pattern[3:].isalpha() and pattern.isupper()
+        if pattern in SAFE_INHERIT or locale:
+            continue
+        raise PolicyError(
+            f"{path}: env.inherit names {pattern!r}; a sandbox.toml found in the working "
+            f"folder may pass through only {', '.join(SAFE_INHERIT)} (your environment may "
+            "hold secrets the guest could print)",
+            hint=f"pass a variable yourself with --env NAME, or trust the file: --policy {path}",
+            path=str(path),
+            key="env.inherit",
+        )
+
+
+def _named_paths(policy: Policy) -> list:
+    """(dotted key, path, writable) for every path a policy names."""
+    named = [
+        (f"filesystem.{'read_write' if g.writable else 'read_only'}", g.host, g.writable)
+        for g in policy.grants
+    ]
+    for stream in ("stdin", "stdout", "stderr"):
+        value = policy.values.get(f"stdio.{stream}")
+        if isinstance(value, str) and value not in ("inherit", "null"):
+            named.append((f"stdio.{stream}", value, stream != "stdin"))
+    if policy.values.get("runtime.cache_dir"):
+        named.append(("runtime.cache_dir", policy.values["runtime.cache_dir"], True))
+    return named
+
+
+def _outside_or_metadata(root: str, target: str, grant: bool, writable: bool) -> Optional[str]:
+    """Why a discovered policy may not name ``target`` (None: it may)."""
+    import os
+
+    real = os.path.realpath(os.path.join(root, os.path.expanduser(target)))
+    if not (real == root or real.startswith(root.rstrip(os.sep) + os.sep)):
+        return "outside the folder of this sandbox.toml"
+    parts = os.path.relpath(real, root).split(os.sep)
+    if any(part.lower() in VCS_NAMES for part in parts):
+        return "inside version-control metadata (git would run commands written there)"
+    if grant and writable and real == root:
+        return (
+            "the folder of this sandbox.toml itself, writable (the guest could plant a "
+            ".git there); grant a subfolder"
+        )
+    if grant:
+        return _metadata_below(real)
+    return None
+
+
+def _metadata_below(folder: str) -> Optional[str]:
+    """Why a granted folder is refused for what it holds (None: nothing found)."""
+    import os
+
+    for seen, (top, dirs, files) in enumerate(os.walk(folder)):
+        found = [n for n in (*dirs, *files) if n.lower() in VCS_NAMES]
+        if found:
+            shown = os.path.relpath(os.path.join(top, found[0]), folder)
+            return f"which holds version-control metadata ({shown}); grant a folder without it"
+        if seen >= VCS_WALK_LIMIT:
+            return (
+                f"which holds more than {VCS_WALK_LIMIT:,} folders to check for "
+                "version-control metadata; grant a smaller folder"
+            )
+    return None
 
 
 def override(

@@ -154,7 +154,7 @@ class ComponentInstance:
         check_imports(import_names)
         self.store = wasmtime.Store(engine.engine)
         self._set_limits()
-        self.store.set_wasi(self._wasi_config(wasi))
+        self._set_wasi(wasi)
         linker = wc.Linker(engine.engine)
         linker.add_wasip2()
         self._arm()
@@ -190,6 +190,20 @@ class ComponentInstance:
             instances=-1 if count is None else max(layout.core_instances, 1) * count,
             memories=-1 if count is None else len(layout.memories) * count,
         )
+
+    def _set_wasi(self, wasi: WasiSetup) -> None:
+        """WASI for the store. wasmtime opens a stdin path itself, and a FIFO's open waits
+        for a writer: watched by the keeper like a call, so the command line's hard stop
+        ends it at the deadline (exit 112), as for core modules."""
+        try:  # the config's stdin_file setter is what opens the file
+            self._guarded("opening stdin", lambda: self.store.set_wasi(self._wasi_config(wasi)))
+        except wasmtime.WasmtimeError as exc:
+            raise errors.InputError(
+                f"cannot set up the guest's stdio: {str(exc).splitlines()[0]}",
+                path=wasi.stdin if isinstance(wasi.stdin, str) else None,
+            ) from None
+        finally:
+            self.watch = None
 
     def _wasi_config(self, wasi: WasiSetup) -> wasmtime.WasiConfig:
         config = wasmtime.WasiConfig()

@@ -185,6 +185,10 @@ class ComponentSandbox(Sandbox):
         self.warnings: list = []
         self.progress = progress
         self.cache_dir = cache_dir
+        from ..runner.sandbox import check_stdio
+
+        # As for core modules: no output over the component, the policy, the trust folder.
+        check_stdio(self.policy, [self.path, artifact])
         started = time.perf_counter()
         data = bytes(module) if from_bytes else read_file(self.path)
         from ..backends.compiling import check_size

@@ -48,6 +48,7 @@ CODE_SUFFIX = ".entry"
 # (benchmarks/cached_load.py): smaller ones stay raw so that a hit maps them in place.
 COMPRESS_MIN = 8 << 20
 COMPRESS_LEVEL = 3
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 HITS = "hits.log"  # the hit journal: "KEY LABEL TIME" per hit
 HITS_FOLD_SIZE = 1 << 16  # the hit that takes the journal past a multiple of this folds it
 HITS_MAX = 16 << 20  # a journal that cannot be folded stops growing here
@@ -107,6 +108,7 @@ def resolve_dir(policy: Any = None, override: Optional[str] = None) -> tuple:
 
 def prepare_dir(root: Path) -> None:
     """Create ``root`` private to this user (0700), refuse one that belongs to another."""
+    _refuse_variables(root)
     _refuse_trust(root)  # before mkdir: a policy must not create folders in the trust folder
     try:
         root.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -120,6 +122,7 @@ def prepare_dir(root: Path) -> None:
             f"{root} belongs to another user (uid {info.st_uid}); native code is only "
             "loaded from a cache directory of your own"
         )
+    _refuse_links(root)
     tag = root / "CACHEDIR.TAG"
     tagged = tag.exists()
     if not tagged:
@@ -152,6 +155,29 @@ def _refuse_foreign(root: Path) -> None:
         raise CacheUnavailable(
             f"{root} is not empty and is not a wasmsbx cache (no CACHEDIR.TAG); "
             "choose an empty or new directory"
+        )
+
+
+def _refuse_links(root: Path) -> None:
+    """wasmsbx writes the files of a cache by name (the hit journal, sqlite's database and
+    its -wal/-shm files), so a link planted there (a project's cache comes with its
+    repository, and git keeps links) would aim those writes at any file of yours."""
+    for name in OURS:
+        if os.path.islink(root / name):
+            raise CacheUnavailable(
+                f"{root / name} is a symbolic link; a cache folder holds none (writes "
+                "through it would land elsewhere); delete it or choose another cache folder"
+            )
+
+
+def _refuse_variables(root: Path) -> None:
+    """diskcache expands ``$NAME`` in the folder it opens (and wasmsbx does not), so the
+    database of ``c$EVIL`` would land wherever ``$EVIL`` leads, outside every check."""
+    text = str(root)
+    if os.path.expandvars(text) != text:
+        raise CacheUnavailable(
+            f"{root}: its name holds an environment variable ($NAME), which the cache's "
+            "database would expand to another folder; choose a name without $"
         )
 
 
@@ -365,7 +391,12 @@ class Store:
         again only at the next multiple, and past ``HITS_MAX`` hits are no longer counted.
         """
         line = f"{key} {label} {time.time():.3f}\n".encode()
-        fd = os.open(self.root / HITS, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        try:  # never through a link (one swapped in after prepare_dir: see _refuse_links)
+            fd = os.open(
+                self.root / HITS, os.O_WRONLY | os.O_APPEND | os.O_CREAT | _NOFOLLOW, 0o600
+            )
+        except OSError:  # ELOOP: a link; the hit goes uncounted (statistics only)
+            return
         try:
             _flock(fd)
             if os.fstat(fd).st_size > HITS_MAX:
@@ -386,8 +417,10 @@ class Store:
         """
         db = self.db
         try:
-            fd = os.open(self.root / HITS, os.O_RDWR)
+            fd = os.open(self.root / HITS, os.O_RDWR | _NOFOLLOW)
         except FileNotFoundError:
+            return 0
+        except OSError:  # ELOOP: a link, never emptied
             return 0
         try:
             _flock(fd)

@@ -25,12 +25,12 @@ from __future__ import annotations
 import errno
 import os
 import stat
-import sys
 from collections import namedtuple
 from pathlib import Path
 from typing import Any, Optional
 
 from .. import errors
+from .trustdir import trust_dir_text as _trust_dir_text
 
 SECRET_FILE = "secret.key"
 SIGNING_FILE = "signing.key"
@@ -109,23 +109,6 @@ def require(native: Any) -> Any:
 def trust_dir() -> Path:
     """$WASMSBX_TRUST_DIR, else the user config dir + "wasmsbx/trust"."""
     return Path(_trust_dir_text())
-
-
-def _trust_dir_text() -> str:
-    """The trust folder as text (Path objects cost the cached load tens of µs). On
-    Linux the user config dir is platformdirs' rule ($XDG_CONFIG_HOME if absolute, else
-    ~/.config), written out because importing platformdirs costs a run several ms."""
-    explicit = os.environ.get("WASMSBX_TRUST_DIR", "").strip()
-    if explicit:
-        return os.path.abspath(os.path.expanduser(explicit))
-    if sys.platform.startswith("linux"):
-        base = os.environ.get("XDG_CONFIG_HOME", "").strip()
-        if not (base and os.path.isabs(base)):
-            base = os.path.join(os.path.expanduser("~"), ".config")
-        return os.path.join(base, "wasmsbx", "trust")
-    import platformdirs  # pragma: no cover - Linux is the supported platform
-
-    return os.path.join(platformdirs.user_config_dir("wasmsbx", appauthor=False), "trust")
 
 
 def _owned(info: os.stat_result) -> bool:
@@ -504,7 +487,7 @@ def _write_trusted(keys: list) -> Path:
     assert path is not None
     lines = ["# wasmsbx trusted signing keys: artifacts they sign run here (wasmsbx trust)"]
     lines += [f"{k.key} {k.name}".rstrip() for k in keys]
-    write_output(path, ("\n".join(lines) + "\n").encode("utf-8"), mode=0o600)
+    write_output(path, ("\n".join(lines) + "\n").encode("utf-8"), mode=0o600, trust_folder=True)
     return path
 
 
@@ -580,7 +563,7 @@ def keygen(force: bool = False) -> str:
 
     if path.is_symlink():
         path.unlink()
-    write_output(path, pem, mode=0o600)
+    write_output(path, pem, mode=0o600, trust_folder=True)
     return encode_public(_public_raw(private))
 
 

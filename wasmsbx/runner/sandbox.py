@@ -270,6 +270,10 @@ def check_stdio(policy: policy_mod.Policy, inputs: Sequence[Any]) -> None:
     from ..outfile import check_output
 
     v = policy.values
+    for key in ("stdio.stdin", "stdio.stdout", "stdio.stderr"):
+        target = v[key]
+        if isinstance(target, str) and target not in SPECIAL_STDIO:
+            _refuse_guest_writable(policy, key, target)
     for key in ("stdio.stdout", "stdio.stderr"):
         target = v[key]
         if isinstance(target, str) and target not in SPECIAL_STDIO:
@@ -288,6 +292,30 @@ def check_stdio(policy: policy_mod.Policy, inputs: Sequence[Any]) -> None:
                 f"{target}: is a directory, not a file for the guest's stdin (stdio.stdin)",
                 path=target,
             )
+
+
+def _refuse_guest_writable(policy: policy_mod.Policy, key: str, target: str) -> None:
+    """A stdio file must not lie in, or be reached through, a folder the guest can write:
+    every new instance opens it again (a batch after a trap, ``--fresh``, a Sandbox from
+    Python), and by then the guest may have replaced it, or a folder on its way, with a
+    link to anywhere (``~/.bashrc`` for its stdout, a private key for its stdin)."""
+    writable = [g for g in policy.grants if g.writable]
+    path = os.path.abspath(target)
+    while writable:
+        real = os.path.realpath(path)
+        for grant in writable:
+            if real == grant.host or real.startswith(grant.host.rstrip(os.sep) + os.sep):
+                raise errors.PolicyError(
+                    f"{key} {target} lies in a folder the guest can write "
+                    f"(filesystem.read_write {grant.host}): the guest could replace it with "
+                    "a link to any file of yours before the next instance opens it",
+                    hint="name a stdio file outside the folders granted read-write",
+                    key=key,
+                )
+        parent = os.path.dirname(path)
+        if parent == path:
+            break
+        path = parent
 
 
 SPECIAL_STDIO = ("inherit", "null", "capture")

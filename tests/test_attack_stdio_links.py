@@ -1,0 +1,96 @@
+"""A guest's stdio file inside a folder the guest can write (red-team).
+
+The policy's stdio paths are checked once, but each new instance opens them again: in
+a batch, after a trap, with `--fresh`, or for each instance from Python. On 2827bd9 a
+discovered policy with `read_write = ["out::/o"]` and `stdout = "out/log.txt"` (both
+inside its folder, so allowed) let the guest's first item replace `log.txt` with a link
+to `../../victim` (WASI creates relative links) and trap; the next instance opened the
+link and the guest's output replaced the victim, a file outside the project (it could
+have been ~/.bashrc). A stdin there could be swapped for a link to a private key the
+same way. So no stdio file may lie in, or be reached through, a folder the guest can
+write."""
+
+from __future__ import annotations
+
+import pytest
+
+EXPLOIT = """(module
+  (import "wasi_snapshot_preview1" "path_unlink_file"
+    (func $unlink (param i32 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "path_symlink"
+    (func $symlink (param i32 i32 i32 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "fd_write" (func $write (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 0) "\\2c\\01\\00\\00\\0b\\00\\00\\00")
+  (data (i32.const 100) "log.txt")
+  (data (i32.const 200) "../../victim.txt")
+  (data (i32.const 300) "echo PWNED\\0a")
+  (func (export "f") (param i32) (result i32)
+    (if (i32.eq (local.get 0) (i32.const 1))
+      (then
+        (drop (call $unlink (i32.const 3) (i32.const 100) (i32.const 7)))
+        (drop (call $symlink (i32.const 200) (i32.const 16) (i32.const 3) (i32.const 100)
+          (i32.const 7)))
+        unreachable))
+    (drop (call $write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 48)))
+    (i32.const 0)))
+"""
+
+
+@pytest.fixture
+def project(tmp_path):
+    (tmp_path / "victim.txt").write_text("original\n")
+    root = tmp_path / "project"
+    (root / "out").mkdir(parents=True)
+    (root / "tool.wat").write_text(EXPLOIT)
+    (root / "items.jsonl").write_text("[1]\n[2]\n")
+    return root
+
+
+@pytest.mark.parametrize("named", [False, True])
+def test_a_guest_cannot_redirect_its_stdout_through_a_link_it_made(cli, project, named):
+    (project / "sandbox.toml").write_text(
+        '[filesystem]\nread_write = ["out::/o"]\n[stdio]\nstdout = "out/log.txt"\n'
+    )
+    flags = ["--policy", "sandbox.toml"] if named else []
+    result = cli("run", "tool.wat", "f", "--batch", "items.jsonl", *flags, cwd=project)
+    assert result.code == 101, result
+    assert "stdio.stdout" in result.stderr and "filesystem.read_write" in result.stderr
+    assert (project.parent / "victim.txt").read_text() == "original\n"
+    assert not (project / "out" / "log.txt").is_symlink()
+
+
+def test_a_path_reaching_the_grant_through_a_link_counts(cli, project):
+    (project / "via").symlink_to("out")
+    (project / "sandbox.toml").write_text(
+        '[filesystem]\nread_write = ["out::/o"]\n[stdio]\nstdout = "via/log.txt"\n'
+    )
+    result = cli("run", "tool.wat", "f", "2", cwd=project)
+    assert result.code == 101 and "stdio.stdout" in result.stderr, result
+
+
+def test_a_stdin_in_a_writable_grant_is_refused(cli, project):
+    (project / "out" / "in.txt").write_text("x")
+    (project / "sandbox.toml").write_text(
+        '[filesystem]\nread_write = ["out::/o"]\n[stdio]\nstdin = "out/in.txt"\n'
+    )
+    result = cli("run", "tool.wat", "f", "2", cwd=project)
+    assert result.code == 101 and "stdio.stdin" in result.stderr, result
+
+
+def test_stdio_beside_the_grant_or_in_a_read_only_one_is_fine(cli, project):
+    (project / "ro").mkdir()
+    (project / "sandbox.toml").write_text(
+        '[filesystem]\nread_write = ["out::/o"]\nread_only = ["ro::/r"]\n'
+        '[stdio]\nstdout = "log.txt"\nstderr = "ro/err.txt"\n'
+    )
+    result = cli("run", "tool.wat", "f", "--batch", "items.jsonl", cwd=project)
+    assert result.code == 122, result  # item 1 traps; no refusal
+    assert (project.parent / "victim.txt").read_text() == "original\n"
+    assert "PWNED" in (project / "log.txt").read_text()
+
+
+def test_a_dir_flag_counts_too(cli, project):
+    (project / "sandbox.toml").write_text('[stdio]\nstdout = "out/log.txt"\n')
+    result = cli("run", "tool.wat", "f", "2", "--dir", "out::/o", cwd=project)
+    assert result.code == 101 and "stdio.stdout" in result.stderr, result
