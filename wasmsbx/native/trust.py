@@ -25,6 +25,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
+import sys
 from collections import namedtuple
 from pathlib import Path
 from typing import Any, Optional
