@@ -168,6 +168,7 @@ def check_interface(
     function: Optional[str] = None,
     args: Optional[Sequence[Any]] = None,
     provided: Any = frozenset(),
+    interface: Any = None,
 ) -> None:
     """Refuse, from the module's bytes and before anything is compiled, a run that cannot
     work: a command without ``_start``, a call to a missing export or with arguments its
@@ -175,13 +176,15 @@ def check_interface(
     the right type are the only imports it has). Compiling a 99 MB module only to learn
     it has no ``_start`` took 199 s of CPU and wrote a 272 MB cache entry (issue #13).
     ``provided``: (module, name) pairs the caller grants as host imports, or ``all`` for
-    a module of a linked group (the group's runtime checks its imports when it links)."""
-    from ..wasm.facts import FactsError, read_interface
+    a module of a linked group (the group's runtime checks its imports when it links).
+    ``interface``: the module's, when the caller has it (runner.shared) already."""
+    if interface is None:
+        from ..wasm.facts import FactsError, read_interface
 
-    try:
-        interface = read_interface(wasm)
-    except FactsError:
-        return  # the runtime gives the precise error when it compiles
+        try:
+            interface = read_interface(wasm)
+        except FactsError:
+            return  # the runtime gives the precise error when it compiles
     if provided is not all:
         _check_imports([i for i in interface.imports if (i.module, i.name) not in provided])
     exports = [
@@ -362,15 +365,30 @@ class Sandbox:
             from ..native import artifact as aot  # standalone artifacts: kept out of the hot path
 
             self.artifact = aot.open_for(self, data, str(self.path))
+        self._prepared: Any = None
         if self.artifact is None:
-            self.wasm = module_bytes(data, self.path)
-            # Before any compile or cache write: a run that cannot work fails now.
-            provided = (
-                all
-                if group is not None
-                else frozenset((m, n) for m, names in self.imports.items() for n in names)
-            )
-            check_interface(self.wasm, self.path.name, kind, function, args, provided)
+            from . import shared
+
+            path = self.path
+            # Translated and parsed once per process for the same bytes (runner.shared).
+            self._prepared = shared.prepared(data, lambda d: module_bytes(d, path))
+            self.wasm = self._prepared.wasm
+            if self._prepared.interface is not None:
+                # Before any compile or cache write: a run that cannot work fails now.
+                provided = (
+                    all
+                    if group is not None
+                    else frozenset((m, n) for m, names in self.imports.items() for n in names)
+                )
+                check_interface(
+                    self.wasm,
+                    self.path.name,
+                    kind,
+                    function,
+                    args,
+                    provided,
+                    interface=self._prepared.interface,
+                )
         if artifact is not None:
             from ..native import artifact as aot
 
@@ -432,7 +450,11 @@ class Sandbox:
             # One backend installed and named: nothing to score, keep start-up lean.
             return name, compiler or get(name).default_compiler
         # The module's features are read only if they can change the choice (select.py).
-        self.selection = select.select(self.policy, self._features, kind, backend)
+        self.selection = _selection(self.policy, kind, backend)
+        if self.selection is None:
+            self.selection = select.select(self.policy, self._features, kind, backend)
+            if not self.selection.features_checked:  # the module did not matter: reuse it
+                _remember_selection(self.policy, kind, backend, self.selection)
         return self.selection.backend, self.selection.compiler
 
     def _features(self) -> frozenset:
@@ -476,7 +498,17 @@ class Sandbox:
             return outcome.module
         self.cache_state = "skip" if use_cache else "off"
         started = time.perf_counter()
-        module = self._compile_now(self.wasm)
+        # A module compiled in this process for the same engine is shared: a second
+        # sandbox of it costs a store and an instance, not a compile (issue #16).
+        prepared = getattr(self, "_prepared", None)  # None for a component (its own class)
+        if prepared is None:
+            module = self._compile_now(self.wasm)
+        else:
+            from . import shared
+
+            module, _ = shared.compiled(
+                self.engine, prepared.digest, len(self.wasm), lambda: self._compile_now(self.wasm)
+            )
         self.timings["compile"] = time.perf_counter() - started
         return module
 
@@ -489,16 +521,27 @@ class Sandbox:
             return self.engine.exports(self.module) if records is None else _exports(records)
         if self.recorded_exports is not None:  # a cache entry does too: no parse on a hit
             return _exports(self.recorded_exports)
-        try:
-            exports = read_interface(self.wasm).exports
-        except FactsError:
+        prepared = self._prepared
+        if prepared is not None:
+            if prepared.exports is not None:
+                return prepared.exports  # read once per process (runner.shared); never mutated
+            interface = prepared.interface
+        else:
+            try:
+                interface = read_interface(self.wasm)
+            except FactsError:
+                interface = None
+        if interface is None:
             return self.engine.exports(self.module)  # the runtime accepted it: ask the runtime
-        return [
+        out = [
             ExportInfo(e.name, e.kind, Signature(e.type.params, e.type.results))
             if e.kind == "func" and e.type is not None
             else ExportInfo(e.name, e.kind)
-            for e in exports
+            for e in interface.exports
         ]
+        if prepared is not None:
+            prepared.exports = out
+        return out
 
     def _compile_now(self, wasm: bytes) -> Any:
         """Compile within limits.compile_timeout, the timeout and the run's deadline."""
@@ -745,6 +788,24 @@ class Sandbox:
             if self._group is None:
                 self._instance.close()
             self._instance = None
+
+
+def _selection(policy: policy_mod.Policy, kind: str, backend: Optional[str]) -> Any:
+    """The selection made earlier for this policy object, kind and backend, while the
+    policy's values are still the ones it was made for (scoring costs ~0.2 ms: a
+    sandbox per tenant under one policy scores once)."""
+    memo = getattr(policy, "_wasmsbx_selections", None)
+    found = memo.get((kind, backend)) if memo else None
+    if found is not None and found[0] == policy.values:
+        return found[1]
+    return None
+
+
+def _remember_selection(policy: Any, kind: str, backend: Optional[str], selection: Any) -> None:
+    import copy
+
+    memo = policy.__dict__.setdefault("_wasmsbx_selections", {})
+    memo[(kind, backend)] = (copy.deepcopy(policy.values), selection)
 
 
 def _normalize_imports(imports: Optional[Mapping[str, Mapping[str, Any]]]) -> dict:

@@ -863,7 +863,11 @@ class WasmtimeEngine(Engine):
         return out
 
     def imports(self, module: Any) -> list:
-        return [ImportInfo(i.module, i.name or "", _kind(i.type)) for i in module.imports]
+        cached = getattr(module, "_wasmsbx_imports", None)
+        if cached is None:  # read once per module: every sandbox of it asks
+            cached = [ImportInfo(i.module, i.name or "", _kind(i.type)) for i in module.imports]
+            module._wasmsbx_imports = cached
+        return cached
 
     def instantiate(
         self,
@@ -979,4 +983,23 @@ class WasmtimeBackend(Backend):
         )
 
     def engine(self, options: EngineOptions) -> WasmtimeEngine:
-        return WasmtimeEngine(options)
+        """The process's engine for these options: one per engine configuration, shared
+        by every sandbox whose policy implies it (an engine costs ~3 ms and a thread
+        pool to build; sandboxes keep their own limits in their own stores)."""
+        key = engine_key(options)
+        engine = _ENGINES.get(key)
+        if engine is None:
+            engine = _ENGINES[key] = WasmtimeEngine(options)
+        return engine
+
+
+def engine_key(options: EngineOptions) -> tuple:
+    """What changes a wasmtime engine's configuration. The memory and table caps are
+    not in it: wasmtime enforces them per store (the limiter), not in machine code."""
+    return (options.compiler or "cranelift", options.optimize, bool(options.fuel), options.stack)
+
+
+# engine_key -> WasmtimeEngine. Bounded by the number of distinct configurations a
+# process's policies imply (optimize x fuel x stack: a handful); engines are never dropped,
+# so modules compiled for one stay valid (module_cache).
+_ENGINES: dict = {}
