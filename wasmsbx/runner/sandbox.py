@@ -644,6 +644,22 @@ class Sandbox:
             stderr="capture" if capture else v["stdio.stderr"],
         )
 
+    def _export_types(self) -> dict:
+        """Exported functions' (params, results), built once per module and shared by
+        its sandboxes' instances (types never change; an instance only adds to it the
+        types of the same module's functions)."""
+        prepared = getattr(self, "_prepared", None)
+        types = prepared.types if prepared is not None else None
+        if types is None:
+            types = {
+                e.name: (tuple(e.signature.params), tuple(e.signature.results))
+                for e in self.export_list
+                if e.kind == "func" and e.signature is not None
+            }
+            if prepared is not None:
+                prepared.types = types
+        return types
+
     def instantiate(self, wasi: Optional[WasiSetup] = None) -> Any:
         started = time.perf_counter()
         limits = limits_from(self.policy)._replace(deadline=self.deadline)
@@ -654,13 +670,7 @@ class Sandbox:
             extra["shared"] = self._group.first_instance
             extra["register"] = self.link_name
         instance = self.engine.instantiate(self.module, limits, wasi or self.wasi_setup(), **extra)
-        instance.know_types(
-            {
-                e.name: (tuple(e.signature.params), tuple(e.signature.results))
-                for e in self.export_list
-                if e.kind == "func" and e.signature is not None
-            }
-        )
+        instance.know_types(self._export_types())
         if self._group is not None and self._group.first_instance is None:
             self._group.first_instance = instance
         self.timings["instantiate"] = time.perf_counter() - started

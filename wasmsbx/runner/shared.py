@@ -64,13 +64,14 @@ class Prepared:
     """A module's binary, its digest and its interface (None when the reader refused it:
     the runtime then gives the precise error)."""
 
-    __slots__ = ("digest", "exports", "interface", "wasm")
+    __slots__ = ("digest", "exports", "interface", "types", "wasm")
 
     def __init__(self, wasm: bytes, digest: str, interface: Any) -> None:
         self.wasm = wasm
         self.digest = digest
         self.interface = interface
         self.exports: Optional[list] = None  # ExportInfo list, filled by the first sandbox
+        self.types: Optional[dict] = None  # export name -> (params, results), likewise
 
 
 _PREPARED = _Lru(MAX_ENTRIES * 4, MAX_BYTES)

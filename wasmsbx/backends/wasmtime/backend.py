@@ -90,6 +90,8 @@ class _Output(OutputSink):
 
 
 class _Budget:
+    __slots__ = ("exceeded", "limit", "on_exceeded", "used")
+
     def __init__(self, limit: Optional[int], on_exceeded) -> None:
         self.limit = limit
         self.used = 0
@@ -141,11 +143,28 @@ def _capture_exit(linker: wasmtime.Linker) -> None:
 class _Group:
     """What the instances of one store share: imports provided, names registered."""
 
+    __slots__ = ("host_objects", "provided", "registered", "wasi_defined")
+
     def __init__(self) -> None:
-        self.provided: set = set()  # (module, name) defined by the host
-        self.registered: set = set()  # module names of linked instances
+        # Shared empty sets until something is added (see provide, register): most
+        # stores import nothing, and two empty sets are 432 bytes per sandbox.
+        self.provided: Any = _EMPTY  # (module, name) defined by the host
+        self.registered: Any = _EMPTY  # module names of linked instances
         self.wasi_defined = False
         self.host_objects: dict = {}  # id(host item) -> (item, wasmtime object)
+
+    def provide(self, key: tuple) -> None:
+        if self.provided is _EMPTY:
+            self.provided = set()
+        self.provided.add(key)
+
+    def register(self, name: str) -> None:
+        if self.registered is _EMPTY:
+            self.registered = set()
+        self.registered.add(name)
+
+
+_EMPTY: frozenset = frozenset()
 
 
 class _HostTimeout(Exception):
@@ -168,13 +187,11 @@ class WasmtimeInstance(Instance):
     ) -> None:
         self.engine = engine
         self.limits = limits
-        self.engine = engine
-        self.limits = limits
         self.watch = None  # the running call's deadline.Watch
         self.warnings: list = []
         self.fuel_used = 0
         self.fuel_armed = 0
-        self.memories = [e.name for e in engine.exports(module) if e.kind == "memory"]
+        self.memories = _memories(engine, module)
         self.held = _held(module)
         self.shift = getattr(module, "_wasmsbx_shift", None)
         self.types: dict = {}  # export name -> (params, results)
@@ -182,7 +199,7 @@ class WasmtimeInstance(Instance):
         if shared is None:
             self._new_store(limits, getattr(module, "_wasmsbx_layout", None))
         else:
-            self.store, self.linker, self.budget = shared.store, shared.linker, shared.budget
+            self.store, self._linker, self.budget = shared.store, shared.linker, shared.budget
             self.outputs, self.host, self.group = shared.outputs, shared.host, shared.group
         self._arm()
         imports_list = engine.imports(module)
@@ -193,30 +210,39 @@ class WasmtimeInstance(Instance):
             self.group.wasi_defined = True
         self._define(imports or {})
         self._check_imports(imports_list)
+        # A module that imports nothing, outside a group, needs no linker (the common
+        # case of a sandbox per tenant: a Linker per store costs time and memory).
+        direct = not imports_list and shared is None and register is None
+        make = _instance_of if direct else self.linker.instantiate
         try:
-            self.instance = self._guarded(
-                "start function", self.linker.instantiate, self.store, module
-            )
+            self.instance = self._guarded("start function", make, self.store, module)
         except wasmtime.Trap as trap:
             raise self._trap_error(trap, "start function") from self._host_raised()
         except wasmtime.WasmtimeError as exc:
             raise self._instantiate_error(exc, module) from None
-        self.exports = self.instance.exports(self.store)
+        self.exports = _Exports(self.store, self.instance)
         if register is not None:
             self.register_as(register)
 
     def register_as(self, name: str) -> None:
         """Make this instance's exports importable as ``name.<export>`` in its group."""
         self.linker.define_instance(self.store, name, self.instance)
-        self.group.registered.add(name)
+        self.group.register(name)
+
+    @property
+    def linker(self) -> wasmtime.Linker:
+        """The store's linker, made on first use (imports, WASI, a group)."""
+        if self._linker is None:
+            self._linker = wasmtime.Linker(self.engine.engine)
+            self._linker.allow_shadowing = True  # a group may register a name again
+        return self._linker
 
     def _new_store(self, limits: Limits, found: Any) -> None:
         self.store = wasmtime.Store(self.engine.engine)
         self.outputs: list = []
         self.budget = _Budget(limits.output, self._stop_flood)
         self._set_limits(found)
-        self.linker = wasmtime.Linker(self.engine.engine)
-        self.linker.allow_shadowing = True  # a group may register a name again (spec tests do)
+        self._linker: Optional[wasmtime.Linker] = None
         self.group = _Group()
         self.host = HostFuncs(self.store, self.group)
 
@@ -295,7 +321,7 @@ class WasmtimeInstance(Instance):
                 if id(item) not in made:
                     made[id(item)] = (item, self._host_item(module, name, item))
                 self.linker.define(self.store, module, name, made[id(item)][1])
-                self.group.provided.add((module, name))
+                self.group.provide((module, name))
 
     def _host_item(self, module: str, name: str, item: Any) -> Any:
         from ...host import Global, HostFunc, Memory, Table
@@ -384,7 +410,10 @@ class WasmtimeInstance(Instance):
         return self.exports[name]
 
     def know_types(self, types: dict) -> None:
-        self.types.update(types)
+        if self.types:
+            self.types.update(types)
+        else:  # the module's own table (the sandbox keeps one per module): shared, not copied
+            self.types = types
 
     def func_types(self, name: str) -> tuple:
         types = self.types.get(name)
@@ -663,6 +692,48 @@ class WasmtimeInstance(Instance):
         if "instance" in lowered and "limit" in lowered:
             return errors.InstanceLimitExceeded(f"instance limit reached: {first}")
         return errors.LinkError(f"cannot instantiate module: {first}", detail=text)
+
+
+class _Exports(dict):
+    """An instance's exports by name, each looked up (one FFI call) on first use rather
+    than all wrapped when the instance is made: most sandboxes call one or two."""
+
+    __slots__ = ("instance", "store")
+
+    def __init__(self, store: Any, instance: Any) -> None:
+        super().__init__()
+        self.store = store
+        self.instance = instance
+
+    def __missing__(self, name: str) -> Any:
+        import ctypes
+
+        from wasmtime import _ffi as ffi
+        from wasmtime._extern import wrap_extern
+
+        raw = name.encode()
+        item = ffi.wasmtime_extern_t()
+        context = self.store._context()
+        if not ffi.wasmtime_instance_export_get(
+            context, ctypes.byref(self.instance._instance), raw, len(raw), ctypes.byref(item)
+        ):
+            raise KeyError(name)
+        extern = self[name] = wrap_extern(item)
+        return extern
+
+
+def _instance_of(store: Any, module: Any) -> Any:
+    """Instantiate a module that imports nothing, without a linker."""
+    return wasmtime.Instance(store, module, ())
+
+
+def _memories(engine: Any, module: Any) -> tuple:
+    """The exported memories' names, read once per module."""
+    names = getattr(module, "_wasmsbx_memories", None)
+    if names is None:
+        names = tuple(e.name for e in engine.exports(module) if e.kind == "memory")
+        module._wasmsbx_memories = names
+    return names
 
 
 def _held(module: Any) -> list:
