@@ -220,6 +220,8 @@ class WasmtimeInstance(Instance):
             raise self._trap_error(trap, "start function") from self._host_raised()
         except wasmtime.WasmtimeError as exc:
             raise self._instantiate_error(exc, module) from None
+        except MemoryError:
+            raise _exhausted("instantiating the module", "Python could not allocate") from None
         self.exports = _Exports(self.store, self.instance)
         if register is not None:
             self.register_as(register)
@@ -550,9 +552,16 @@ class WasmtimeInstance(Instance):
         )
 
     def _stop_flood(self) -> None:
-        """The output limit is reached: end the running call as a timeout would."""
-        if self.watch is not None:
-            KEEPER.expire(self.watch)
+        """The output limit is reached: end the running call as a timeout would.
+
+        Expiring moves the engine's epoch, and engines are shared by every sandbox of
+        the same configuration: with another call running on the engine (another
+        thread), that would cut its time short. Then this call is left to stop by
+        itself: each further write fails (EFBIG) and its timeout still holds; the error
+        is the output limit either way."""
+        watch = self.watch
+        if watch is not None and (watch.clock is None or watch.clock.active <= 1):
+            KEEPER.expire(watch)
 
     def _account_fuel(self) -> None:
         if self.call_fuel is not None:
@@ -674,6 +683,8 @@ class WasmtimeInstance(Instance):
         text = str(exc).strip()
         first = text.splitlines()[0] if text else "instantiation failed"
         lowered = text.lower()
+        if errors.is_exhaustion(text):  # the host ran out, not the policy: never a module error
+            return _exhausted("instantiating the module", _first_line(exc))
         if "incompatible import type" in lowered or "unknown import" in lowered:
             return errors.LinkError(f"cannot link module: {_first_line(exc)}", detail=text)
         if "memory" in lowered and ("limit" in lowered or "minimum" in lowered):
@@ -1005,7 +1016,18 @@ def _first_line(exc: Exception) -> str:
     return lines[0] if lines else "unknown error"
 
 
-def _module_error(exc: Exception) -> errors.ModuleError:
+def _exhausted(doing: str, why: str) -> errors.ResourceExhausted:
+    return errors.ResourceExhausted(
+        f"out of host memory or address space while {doing}: {why}",
+        hint="too many live sandboxes or linear memories for this process: close the ones "
+        'you no longer use (README "Density" gives the per-process limits and how to '
+        "raise them)",
+    )
+
+
+def _module_error(exc: Exception) -> errors.WasmsbxError:
+    if errors.is_exhaustion(str(exc)):
+        return _exhausted("compiling the module", _first_line(exc))
     return errors.ModuleError(
         f"invalid module: {_first_line(exc)}",
         hint="check that the file is a WebAssembly module built for wasm32",
