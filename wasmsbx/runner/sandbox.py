@@ -185,8 +185,10 @@ def check_interface(
             interface = read_interface(wasm)
         except FactsError:
             return  # the runtime gives the precise error when it compiles
-    if provided is not all:
+    if provided is not all and interface.imports:
         _check_imports([i for i in interface.imports if (i.module, i.name) not in provided])
+    if kind != "command" and function is None:
+        return  # nothing else to check (a sandbox per tenant stops here)
     exports = [
         ExportInfo(e.name, e.kind, Signature(e.type.params, e.type.results))
         if e.kind == "func" and e.type is not None
@@ -269,12 +271,12 @@ def check_stdio(policy: policy_mod.Policy, inputs: Sequence[Any]) -> None:
     must not (a directory, a block device, a link to nothing, the module or the policy
     itself: a discovered sandbox.toml must not turn the guest's output into a file
     clobberer), and a stdin that cannot be read are errors (exit 105), as for ``-o``."""
-    from ..outfile import check_output
-
     v = policy.values
     for key in ("stdio.stdout", "stdio.stderr"):
         target = v[key]
         if isinstance(target, str) and target not in SPECIAL_STDIO:
+            from ..outfile import check_output
+
             check_output(target, [*inputs, getattr(policy, "source", None)])
     target = v["stdio.stdin"]
     if isinstance(target, str) and target not in SPECIAL_STDIO:
@@ -293,6 +295,7 @@ def check_stdio(policy: policy_mod.Policy, inputs: Sequence[Any]) -> None:
 
 
 SPECIAL_STDIO = ("inherit", "null", "capture")
+_BYTES_PATH = Path("<bytes>")  # the name of a module given as bytes (one object for all)
 
 
 class Sandbox:
@@ -345,7 +348,10 @@ class Sandbox:
         if group is not None:
             policy = group.policy
         from_bytes = isinstance(module, (bytes, bytearray, memoryview))
-        self.path = Path(name or "<bytes>") if from_bytes else Path(module)  # type: ignore[arg-type]
+        if from_bytes:
+            self.path = Path(name) if name else _BYTES_PATH
+        else:
+            self.path = Path(module)  # type: ignore[arg-type]
         self.deadline = deadline
         self.policy = policy if policy is not None else policy_mod.discover()
         self.imports = _normalize_imports(imports)
@@ -644,6 +650,15 @@ class Sandbox:
             stderr="capture" if capture else v["stdio.stderr"],
         )
 
+    def _needs_wasi(self) -> bool:
+        """Whether the module imports WASI (unknown: assume it does). A sandbox of a
+        module that imports nothing skips building the guest's WASI setup."""
+        prepared = getattr(self, "_prepared", None)
+        interface = prepared.interface if prepared is not None else None
+        if interface is None or self.policy.grants:  # a backend refuses grants it cannot confine
+            return True
+        return any(i.module.startswith("wasi") for i in interface.imports)
+
     def _export_types(self) -> dict:
         """Exported functions' (params, results), built once per module and shared by
         its sandboxes' instances (types never change; an instance only adds to it the
@@ -669,7 +684,9 @@ class Sandbox:
         if self._group is not None:
             extra["shared"] = self._group.first_instance
             extra["register"] = self.link_name
-        instance = self.engine.instantiate(self.module, limits, wasi or self.wasi_setup(), **extra)
+        if wasi is None and self._needs_wasi():
+            wasi = self.wasi_setup()
+        instance = self.engine.instantiate(self.module, limits, wasi, **extra)
         instance.know_types(self._export_types())
         if self._group is not None and self._group.first_instance is None:
             self._group.first_instance = instance

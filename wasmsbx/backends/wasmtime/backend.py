@@ -200,7 +200,7 @@ class WasmtimeInstance(Instance):
             self._new_store(limits, getattr(module, "_wasmsbx_layout", None))
         else:
             self.store, self._linker, self.budget = shared.store, shared.linker, shared.budget
-            self.outputs, self.host, self.group = shared.outputs, shared.host, shared.group
+            self.outputs, self._host, self.group = shared.outputs, shared.host, shared.group
         self._arm()
         imports_list = engine.imports(module)
         if any(i.is_wasi for i in imports_list) and not self.group.wasi_defined:
@@ -239,24 +239,33 @@ class WasmtimeInstance(Instance):
             self._linker.allow_shadowing = True  # a group may register a name again
         return self._linker
 
+    @property
+    def host(self) -> HostFuncs:
+        """The store's host functions, made on first use (most sandboxes have none)."""
+        if self._host is None:
+            self._host = HostFuncs(self.store, self.group)
+        return self._host
+
     def _new_store(self, limits: Limits, found: Any) -> None:
         self.store = wasmtime.Store(self.engine.engine)
-        self.outputs: list = []
+        self.outputs: Sequence[Any] = ()  # [stdout, stderr] once WASI is set up
         self.budget = _Budget(limits.output, self._stop_flood)
         self._set_limits(found)
         self._linker: Optional[wasmtime.Linker] = None
         self.group = _Group()
-        self.host = HostFuncs(self.store, self.group)
+        self._host: Optional[HostFuncs] = None
 
     # ------------------------------------------------------------------ setup
     def _set_limits(self, found: Any) -> None:
         """The store limiter, with per-memory and per-table caps that keep the policy's
         totals (wasm_limits.plan): the limiter itself caps each memory separately."""
         limits = self.limits
-        try:
-            caps = plan(found, limits.memory, limits.table_elements)
-        except TotalsError as exc:
-            raise totals_error(exc, limits) from None
+        caps = _plan(found, limits.memory, limits.table_elements)
+        if caps is None:
+            try:
+                plan(found, limits.memory, limits.table_elements)
+            except TotalsError as exc:
+                raise totals_error(exc, limits) from None
         self.store.set_limits(
             memory_size=caps.memory_each,
             table_elements=-1 if caps.table_each is None else caps.table_each,
@@ -368,7 +377,9 @@ class WasmtimeInstance(Instance):
         return run
 
     def _host_raised(self) -> Optional[BaseException]:
-        exc, self.host.raised = self.host.raised, None
+        if self._host is None:
+            return None
+        exc, self._host.raised = self._host.raised, None
         return exc
 
     def _check_imports(self, imports: list) -> None:
@@ -476,7 +487,7 @@ class WasmtimeInstance(Instance):
         return run
 
     def _call_error(self, exc: Exception, name: str) -> errors.WasmsbxError:
-        raised = self.host.raised
+        raised = self._host.raised if self._host is not None else None
         if isinstance(raised, (KeyboardInterrupt, SystemExit)):
             self.host.raised = None
             raise raised  # Ctrl-C in a host function stops the run, as anywhere else
@@ -575,7 +586,7 @@ class WasmtimeInstance(Instance):
                 f"memory limit {format_size(self.limits.memory)} reached: "
                 f"guest holds {format_size(memory)}; further memory.grow fails"
             )
-        out, err = (self.outputs + [None, None])[:2]
+        out, err = ([*self.outputs, None, None])[:2]
         return Usage(
             fuel_used=fuel_used,
             memory_bytes=memory,
@@ -703,6 +714,26 @@ class WasmtimeInstance(Instance):
         if "instance" in lowered and "limit" in lowered:
             return errors.InstanceLimitExceeded(f"instance limit reached: {first}")
         return errors.LinkError(f"cannot instantiate module: {first}", detail=text)
+
+
+_PLANS: dict = {}  # (layout, memory, tables) -> caps; a few per module and policy
+
+
+def _plan(found: Any, memory: int, tables: Optional[int]) -> Any:
+    """plan()'s caps for a module's layout under these limits, computed once (every
+    sandbox of a module under one policy has the same); None when plan() refuses."""
+    key = (id(found), memory, tables)
+    hit = _PLANS.get(key)
+    if hit is not None and hit[0] is found:
+        return hit[1]
+    try:
+        caps = plan(found, memory, tables)
+    except TotalsError:
+        return None
+    if len(_PLANS) > 4096:  # bounded: a process that sees many modules starts over
+        _PLANS.clear()
+    _PLANS[key] = (found, caps)
+    return caps
 
 
 class _Exports(dict):
