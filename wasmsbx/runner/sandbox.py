@@ -507,7 +507,7 @@ class Sandbox:
         # A module compiled in this process for the same engine is shared: a second
         # sandbox of it costs a store and an instance, not a compile (issue #16).
         prepared = getattr(self, "_prepared", None)  # None for a component (its own class)
-        if prepared is None:
+        if prepared is None or not getattr(self.engine, "shared", False):
             module = self._compile_now(self.wasm)
         else:
             from . import shared

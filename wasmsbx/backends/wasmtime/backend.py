@@ -915,6 +915,7 @@ def _frames(trap: wasmtime.Trap, shift: Any = None) -> list:
 
 class WasmtimeEngine(Engine):
     backend = "wasmtime"
+    shared = True  # one per configuration per process: its modules are shared too
 
     def __init__(self, options: EngineOptions) -> None:
         self.options = options
@@ -1103,7 +1104,17 @@ class WasmtimeBackend(Backend):
             # SPEED for the scale. Epoch interruption costs it some run speed.
             compile_speed=0.65,
             run_speed=0.85,
-            notes=("every limit is enforced in-process",),
+            notes=(
+                "every limit is enforced in-process",
+                # benchmarks/epoch.py (cpu.wasm kernels, CPU time, ratios to no epochs)
+                "epoch interruption (the timeout, Ctrl-C) costs 1.0-2.0x on CPU-bound guests "
+                "(measured: mandelbrot 1.45x, sieve 1.9x, matmul 2.0x, quicksort 1.2x, "
+                "xorshift 1.0x); not avoided: every policy has a timeout, and epochs are how "
+                "a guest is stopped in process",
+                "engines are shared per process (one per optimize/fuel/stack setting); "
+                "memories get wasmtime's 4 GiB reservation, so no bounds checks "
+                "(a reservation sized to limits.memory measured 1.1-1.4x slower)",
+            ),
         )
 
     def engine(self, options: EngineOptions) -> WasmtimeEngine:
