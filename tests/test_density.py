@@ -178,3 +178,26 @@ def test_the_python_api_raises_resource_exhausted(tmp_path):
         timeout=120,
     )
     assert proc.stdout.decode().split() == ["118", "resources"], proc.stderr.decode()
+
+
+def test_a_start_function_is_still_under_the_deadline(backend):
+    """Instantiation skips the deadline thread only for modules without a start
+    function: one that loops for ever is stopped at the timeout."""
+    looping = b'(module (func $f (loop $l (br $l))) (start $f) (func (export "f")))'
+    with pytest.raises(errors.TimeoutExceeded):
+        Sandbox(looping, make_policy(timeout="200ms"), backend=backend).call("f")
+
+
+def test_a_module_without_start_but_with_data_and_elements_instantiates(backend):
+    wat = b"""(module (memory (export "memory") 1) (data (i32.const 8) "abc")
+      (table 2 funcref) (elem (i32.const 0) $g) (func $g (result i32) i32.const 7)
+      (func (export "f") (result i32) (i32.load8_u (i32.const 9))))"""
+    box = Sandbox(wat, make_policy(), backend=backend)
+    assert box.call("f") == ord("b")
+
+
+def test_backends_state_the_measured_cost_of_epoch_interruption():
+    from wasmsbx import backends
+
+    notes = " ".join(backends.get("wasmtime").capabilities().notes)
+    assert "epoch interruption" in notes and "not avoided" in notes

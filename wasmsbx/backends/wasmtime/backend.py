@@ -215,7 +215,15 @@ class WasmtimeInstance(Instance):
         direct = not imports_list and shared is None and register is None
         make = _instance_of if direct else self.linker.instantiate
         try:
-            self.instance = self._guarded("start function", make, self.store, module)
+            if direct and getattr(module, "_wasmsbx_start", True) is False:
+                # No start function: none of the guest's code runs while instantiating,
+                # so there is no deadline to watch; the store's epoch deadline (0 at
+                # first, which would trap at once) only has to be open. Every call arms
+                # its own deadline.
+                self.store.set_epoch_deadline(1 << 40)
+                self.instance = make(self.store, module)
+            else:
+                self.instance = self._guarded("start function", make, self.store, module)
         except wasmtime.Trap as trap:
             raise self._trap_error(trap, "start function") from self._host_raised()
         except wasmtime.WasmtimeError as exc:
@@ -765,8 +773,43 @@ class _Exports(dict):
 
 
 def _instance_of(store: Any, module: Any) -> Any:
-    """Instantiate a module that imports nothing, without a linker."""
-    return wasmtime.Instance(store, module, ())
+    """Instantiate a module that imports nothing, without a linker: one FFI call
+    (wasmtime.Instance adds an imports array and a context manager per instance)."""
+    import ctypes
+
+    from wasmtime import _ffi as ffi
+
+    instance = ffi.wasmtime_instance_t()
+    trap = ctypes.POINTER(ffi.wasm_trap_t)()
+    error = ffi.wasmtime_instance_new(
+        store._context(), module.ptr(), None, 0, ctypes.byref(instance), ctypes.byref(trap)
+    )
+    if error:
+        raise wasmtime.WasmtimeError._from_ptr(error)
+    if trap:
+        raise wasmtime.Trap._from_ptr(trap)
+    return wasmtime.Instance._from_raw(instance)
+
+
+def _has_start(wasm: bytes) -> bool:
+    """Whether a (valid) module has a start section; True when unsure."""
+    pos, end = 8, len(wasm)
+    try:
+        while pos < end:
+            section, pos = wasm[pos], pos + 1
+            size = shift = 0
+            while True:
+                byte, pos = wasm[pos], pos + 1
+                size |= (byte & 0x7F) << shift
+                shift += 7
+                if byte < 0x80:
+                    break
+            if section == 8:
+                return True
+            pos += size
+    except IndexError:
+        return True
+    return False
 
 
 def _memories(engine: Any, module: Any) -> tuple:
@@ -936,11 +979,14 @@ class WasmtimeEngine(Engine):
             raise _module_error(exc) from None
         module._wasmsbx_layout = layout(wasm)
         module._wasmsbx_shift = exported._replace(wasm=b"")
+        module._wasmsbx_start = _has_start(wasm)
         return module
 
     def describe(self, module: Any, wasm: bytes) -> None:
         if getattr(module, "_wasmsbx_layout", None) is None:
             module._wasmsbx_layout = layout(wasm)
+        if getattr(module, "_wasmsbx_start", None) is None:
+            module._wasmsbx_start = _has_start(wasm)
         if getattr(module, "_wasmsbx_shift", None) is None:
             exported = export_memories(wasm)._replace(wasm=b"")
             ours = any(
