@@ -165,6 +165,7 @@ class _Group:
 
 
 _EMPTY: frozenset = frozenset()
+_NO_WARNINGS: list = []  # shared, never appended to (WasmtimeInstance.warnings)
 
 
 class _HostTimeout(Exception):
@@ -188,7 +189,7 @@ class WasmtimeInstance(Instance):
         self.engine = engine
         self.limits = limits
         self.watch = None  # the running call's deadline.Watch
-        self.warnings: list = []
+        self.warnings: list = _NO_WARNINGS  # a list of its own from the first warning on
         self.fuel_used = 0
         self.fuel_armed = 0
         self.memories = _memories(engine, module)
@@ -199,7 +200,7 @@ class WasmtimeInstance(Instance):
         if shared is None:
             self._new_store(limits, getattr(module, "_wasmsbx_layout", None))
         else:
-            self.store, self._linker, self.budget = shared.store, shared.linker, shared.budget
+            self.store, self._linker, self._budget = shared.store, shared.linker, shared.budget
             self.outputs, self._host, self.group = shared.outputs, shared.host, shared.group
         self._arm()
         imports_list = engine.imports(module)
@@ -248,6 +249,14 @@ class WasmtimeInstance(Instance):
         return self._linker
 
     @property
+    def budget(self) -> _Budget:
+        """The store's output budget (limits.output), made on first use: only a guest
+        with WASI writes output (a bound method and a budget per sandbox otherwise)."""
+        if self._budget is None:
+            self._budget = _Budget(self.limits.output, self._stop_flood)
+        return self._budget
+
+    @property
     def host(self) -> HostFuncs:
         """The store's host functions, made on first use (most sandboxes have none)."""
         if self._host is None:
@@ -257,7 +266,7 @@ class WasmtimeInstance(Instance):
     def _new_store(self, limits: Limits, found: Any) -> None:
         self.store = wasmtime.Store(self.engine.engine)
         self.outputs: Sequence[Any] = ()  # [stdout, stderr] once WASI is set up
-        self.budget = _Budget(limits.output, self._stop_flood)
+        self._budget: Optional[_Budget] = None  # made on first use (WASI output)
         self._set_limits(found)
         self._linker: Optional[wasmtime.Linker] = None
         self.group = _Group()
@@ -557,6 +566,8 @@ class WasmtimeInstance(Instance):
         finally:
             self.deadline = 0.0
             KEEPER.leave(watch)
+            if not watch.interrupted:  # _trap_error reads only that: keep no Watch per sandbox
+                self.watch = None
 
     def _stuck(self) -> errors.WasmsbxError:
         """The error of a call the keeper found blocked past its deadline (a host call)."""
@@ -590,6 +601,8 @@ class WasmtimeInstance(Instance):
         fuel_used = self.fuel_used if self.limits.fuel is not None else None
         memory = self._memory_bytes()
         if memory is not None and memory + 65536 > self.limits.memory:
+            if self.warnings is _NO_WARNINGS:
+                self.warnings = []
             self.warnings.append(
                 f"memory limit {format_size(self.limits.memory)} reached: "
                 f"guest holds {format_size(memory)}; further memory.grow fails"
