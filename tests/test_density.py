@@ -201,3 +201,18 @@ def test_backends_state_the_measured_cost_of_epoch_interruption():
 
     notes = " ".join(backends.get("wasmtime").capabilities().notes)
     assert "epoch interruption" in notes and "not avoided" in notes
+
+
+def test_an_entry_is_used_only_for_the_very_same_bytes():
+    """The shared table finds entries by hash and length; a colliding entry (forged
+    here under the other module's key) must never be served."""
+    from wasmsbx.runner import shared
+    from wasmsbx.wasm.source import module_bytes
+
+    one = b'(module (func (export "f") (result i32) i32.const 1))'
+    two = b'(module (func (export "f") (result i32) i32.const 2))'
+    first = shared.prepared(one, lambda d: module_bytes(d, "one.wat"))
+    shared._PREPARED.put((hash(two), len(two)), first, len(one))
+    second = shared.prepared(two, lambda d: module_bytes(d, "two.wat"))
+    assert second is not first and second.data == two
+    assert Sandbox(two, backend="wasmtime").call("f") == 2

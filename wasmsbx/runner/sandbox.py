@@ -512,9 +512,7 @@ class Sandbox:
         else:
             from . import shared
 
-            module, _ = shared.compiled(
-                self.engine, prepared.digest, len(self.wasm), lambda: self._compile_now(self.wasm)
-            )
+            module, _ = shared.compiled(self.engine, prepared, lambda: self._compile_now(self.wasm))
         self.timings["compile"] = time.perf_counter() - started
         return module
 

@@ -5,9 +5,12 @@ for a Store and an Instance (issue #16), so everything that depends only on the 
 and the engine configuration is done once per process, not once per sandbox:
 
 - ``prepared(data)``: the binary (WAT translated) and its interface (imports, exports
-  with types), keyed by the SHA-256 of the bytes given;
-- ``compiled(engine, digest, make)``: the runtime's compiled module, keyed by the engine
-  (one per configuration, see backends/wasmtime ``engine_key``) and the binary's digest.
+  with types), for the bytes given: found by their hash and length, and compared byte
+  for byte before use (no digest: hashlib's OpenSSL costs ``wasmsbx run`` 2.5 ms to
+  import, and nothing here needs a cryptographic hash, since equality is checked);
+- ``compiled(engine, prepared, make)``: the runtime's compiled module, keyed by the
+  engine (one per configuration, see backends/wasmtime ``engine_key``) and the prepared
+  module.
 
 Each sandbox keeps its own store, limiter, fuel and deadline: nothing here holds
 per-sandbox state. Both tables are bounded LRUs (entries and bytes), so a process that
@@ -17,7 +20,6 @@ alive as long as a sandbox holds it.
 
 from __future__ import annotations
 
-import hashlib
 from collections import OrderedDict
 from typing import Any, Callable, Optional
 
@@ -61,14 +63,14 @@ class _Lru:
 
 
 class Prepared:
-    """A module's binary, its digest and its interface (None when the reader refused it:
-    the runtime then gives the precise error)."""
+    """The bytes given, the module's binary and its interface (None when the reader
+    refused it: the runtime then gives the precise error)."""
 
-    __slots__ = ("digest", "exports", "interface", "types", "wasm")
+    __slots__ = ("data", "exports", "interface", "types", "wasm")
 
-    def __init__(self, wasm: bytes, digest: str, interface: Any) -> None:
+    def __init__(self, data: bytes, wasm: bytes, interface: Any) -> None:
+        self.data = data
         self.wasm = wasm
-        self.digest = digest
         self.interface = interface
         self.exports: Optional[list] = None  # ExportInfo list, filled by the first sandbox
         self.types: Optional[dict] = None  # export name -> (params, results), likewise
@@ -81,9 +83,9 @@ _COMPILED = _Lru(MAX_ENTRIES, MAX_BYTES)
 def prepared(data: bytes, translate: Callable[[bytes], bytes]) -> Prepared:
     """The binary of ``data`` (``translate`` turns WAT into it) and its interface, once
     per process for the same bytes. Errors are raised, never cached."""
-    key = hashlib.sha256(data).digest()
+    key = (hash(data), len(data))
     found = _PREPARED.get(key)
-    if found is not None:
+    if found is not None and found.data == data:
         return found
     wasm = translate(data)
     from ..wasm.facts import FactsError, read_interface
@@ -92,22 +94,21 @@ def prepared(data: bytes, translate: Callable[[bytes], bytes]) -> Prepared:
         interface = read_interface(wasm)
     except FactsError:
         interface = None
-    digest = key if wasm is data else hashlib.sha256(wasm).digest()
-    entry = Prepared(wasm, digest.hex(), interface)
+    entry = Prepared(data, wasm, interface)
     _PREPARED.put(key, entry, len(data) + (0 if wasm is data else len(wasm)))
     return entry
 
 
-def compiled(engine: Any, digest: str, size: int, make: Callable[[], Any]) -> tuple:
-    """(module, shared): the engine's compiled module for ``digest``, compiled by
-    ``make()`` the first time. Keyed by the engine object: engines are shared per
-    configuration and never dropped, so the key stays meaningful."""
-    key = (id(engine), digest)
+def compiled(engine: Any, prepared: Prepared, make: Callable[[], Any]) -> tuple:
+    """(module, shared): the engine's compiled module of ``prepared``, compiled by
+    ``make()`` the first time. The entry holds the engine and the prepared module, so
+    the ids in its key cannot be reused while it is there."""
+    key = (id(engine), id(prepared))
     found = _COMPILED.get(key)
-    if found is not None and found[0] is engine:
-        return found[1], True
+    if found is not None and found[0] is engine and found[1] is prepared:
+        return found[2], True
     module = make()
-    _COMPILED.put(key, (engine, module), size)
+    _COMPILED.put(key, (engine, prepared, module), len(prepared.wasm))
     return module, False
 
 
