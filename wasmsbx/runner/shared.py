@@ -42,7 +42,10 @@ class _Lru:
         found = self.entries.get(key)
         if found is None:
             return None
-        self.entries.move_to_end(key)
+        try:
+            self.entries.move_to_end(key)
+        except KeyError:  # another thread evicted it meanwhile: the value is still good
+            pass
         return found[0]
 
     def put(self, key: Any, value: Any, size: int) -> None:
