@@ -216,16 +216,18 @@ def _check_imports(imports: Sequence[Any]) -> None:
     for imp in imports:
         count = len(missing)
         known = wasi.BY_NAME.get(imp.name) if wasi.is_wasi_module(imp.module) else None
+        # Names are the module's bytes: control characters are shown escaped, so the
+        # error stays one line (a flipped byte made "\nasi_snapshot_preview1").
+        label = f"{_printable(imp.module)}.{_printable(imp.name)}"
         if imp.kind != "func":
-            missing.append(f"{imp.kind} {imp.module}.{imp.name}")  # memory, table, global, tag
+            missing.append(f"{imp.kind} {label}")  # memory, table, global, tag
         elif known is None:
-            missing.append(f"function {imp.module}.{imp.name}")
+            missing.append(f"function {label}")
         elif imp.type is not None and (
             tuple(imp.type.params) != known.params or tuple(imp.type.results) != known.results
         ):
             missing.append(
-                f"function {imp.module}.{imp.name} with type {imp.type} "
-                f"(WASI preview1 has {known.signature})"
+                f"function {label} with type {imp.type} (WASI preview1 has {known.signature})"
             )
         if len(missing) > count:
             names.append(f"{imp.module}.{imp.name}")
@@ -239,6 +241,13 @@ def _check_imports(imports: Sequence[Any]) -> None:
             "rebuild the module without these imports",
             imports=names,
         )
+
+
+def _printable(text: str) -> str:
+    """``text`` with non-printable characters escaped (``\n``, ``\x00``)."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def limits_from(policy: policy_mod.Policy) -> Limits:
