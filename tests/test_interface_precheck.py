@@ -107,3 +107,11 @@ def test_cli_link_error_names_the_kind(cli, tmp_path, backend):
 def test_check_interface_accepts_what_it_cannot_read():
     """Bytes the reader cannot parse are left to the runtime's own error."""
     runner.check_interface(b"\0asm\x01\0\0\0\x63", "x.wasm", "command")
+
+
+def test_an_import_name_with_a_control_character_keeps_the_error_on_one_line():
+    """Found by test_malformed's byte flips: "\\nasi_snapshot_preview1" printed a newline."""
+    wat = b'(module (import "\\0aasi" "args_get" (func (param i32 i32) (result i32))))'
+    with pytest.raises(errors.LinkError) as caught:
+        Sandbox(wat, backend="wasmtime")
+    assert "\n" not in caught.value.message and "\\nasi.args_get" in caught.value.message

@@ -36,6 +36,7 @@ class ExitCode:
     LIMIT_OUTPUT = 115
     LIMIT_INSTANCES = 116
     LIMIT_COMPILE = 117
+    RESOURCES = 118  # the host ran out of memory or address space (not a policy limit)
     REGRESSION = 120
     AUDIT_FINDINGS = 121
     BATCH_FAILURES = 122
@@ -69,6 +70,7 @@ EXIT_WORDS = {
     ExitCode.LIMIT_OUTPUT: "output",
     ExitCode.LIMIT_INSTANCES: "instances",
     ExitCode.LIMIT_COMPILE: "compile",
+    ExitCode.RESOURCES: "out of host memory",
     ExitCode.REGRESSION: "regression",
     ExitCode.AUDIT_FINDINGS: "audit findings",
     ExitCode.BATCH_FAILURES: "batch failures",
@@ -215,6 +217,33 @@ class CompileLimitExceeded(LimitExceeded):
 
     exit_code = ExitCode.LIMIT_COMPILE
     limit = "compile"
+
+
+class ResourceExhausted(WasmsbxError):
+    """The host, not the policy, ran out: memory or address space for a store, an
+    instance or a linear memory (too many live sandboxes for this process or machine:
+    README "Density"). No guest did anything wrong; close sandboxes, or raise the
+    system's limits (``ulimit -v``, ``vm.max_map_count``)."""
+
+    exit_code = ExitCode.RESOURCES
+    kind = "resources"
+
+
+def is_exhaustion(text: str) -> bool:
+    """Whether a runtime's error message says the host ran out of memory or address
+    space (wasmtime: "mmap failed to reserve ...", "Cannot allocate memory (os error 12)")."""
+    lowered = text.lower()
+    return any(
+        marker in lowered
+        for marker in (
+            "os error 12",
+            "cannot allocate memory",
+            "mmap failed",
+            "failed to reserve",
+            "out of memory",
+            "failed to allocate",
+        )
+    )
 
 
 class BackendUnavailable(WasmsbxError):

@@ -22,6 +22,16 @@ def report(exc: BaseException, json_mode: bool = False) -> int:
         for frame in getattr(exc, "backtrace", [])[:12]:
             output.err(f"  at {frame}")
         return int(exc.exit_code)
+    if isinstance(exc, MemoryError):  # Python itself could not allocate: the host ran out
+        from ..errors import ResourceExhausted
+
+        return report(
+            ResourceExhausted(
+                "out of memory: the process could not allocate what it needed",
+                hint="close sandboxes you no longer use, or give the process more memory",
+            ),
+            json_mode,
+        )
     if isinstance(exc, KeyboardInterrupt):
         from ..backends.deadline import KEEPER
 

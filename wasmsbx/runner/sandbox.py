@@ -169,6 +169,7 @@ def check_interface(
     function: Optional[str] = None,
     args: Optional[Sequence[Any]] = None,
     provided: Any = frozenset(),
+    interface: Any = None,
 ) -> None:
     """Refuse, from the module's bytes and before anything is compiled, a run that cannot
     work: a command without ``_start``, a call to a missing export or with arguments its
@@ -176,15 +177,19 @@ def check_interface(
     the right type are the only imports it has). Compiling a 99 MB module only to learn
     it has no ``_start`` took 199 s of CPU and wrote a 272 MB cache entry (issue #13).
     ``provided``: (module, name) pairs the caller grants as host imports, or ``all`` for
-    a module of a linked group (the group's runtime checks its imports when it links)."""
-    from ..wasm.facts import FactsError, read_interface
+    a module of a linked group (the group's runtime checks its imports when it links).
+    ``interface``: the module's, when the caller has it (runner.shared) already."""
+    if interface is None:
+        from ..wasm.facts import FactsError, read_interface
 
-    try:
-        interface = read_interface(wasm)
-    except FactsError:
-        return  # the runtime gives the precise error when it compiles
-    if provided is not all:
+        try:
+            interface = read_interface(wasm)
+        except FactsError:
+            return  # the runtime gives the precise error when it compiles
+    if provided is not all and interface.imports:
         _check_imports([i for i in interface.imports if (i.module, i.name) not in provided])
+    if kind != "command" and function is None:
+        return  # nothing else to check (a sandbox per tenant stops here)
     exports = [
         ExportInfo(e.name, e.kind, Signature(e.type.params, e.type.results))
         if e.kind == "func" and e.type is not None
@@ -212,16 +217,18 @@ def _check_imports(imports: Sequence[Any]) -> None:
     for imp in imports:
         count = len(missing)
         known = wasi.BY_NAME.get(imp.name) if wasi.is_wasi_module(imp.module) else None
+        # Names are the module's bytes: control characters are shown escaped, so the
+        # error stays one line (a flipped byte made "\nasi_snapshot_preview1").
+        label = f"{_printable(imp.module)}.{_printable(imp.name)}"
         if imp.kind != "func":
-            missing.append(f"{imp.kind} {imp.module}.{imp.name}")  # memory, table, global, tag
+            missing.append(f"{imp.kind} {label}")  # memory, table, global, tag
         elif known is None:
-            missing.append(f"function {imp.module}.{imp.name}")
+            missing.append(f"function {label}")
         elif imp.type is not None and (
             tuple(imp.type.params) != known.params or tuple(imp.type.results) != known.results
         ):
             missing.append(
-                f"function {imp.module}.{imp.name} with type {imp.type} "
-                f"(WASI preview1 has {known.signature})"
+                f"function {label} with type {imp.type} (WASI preview1 has {known.signature})"
             )
         if len(missing) > count:
             names.append(f"{imp.module}.{imp.name}")
@@ -235,6 +242,13 @@ def _check_imports(imports: Sequence[Any]) -> None:
             "rebuild the module without these imports",
             imports=names,
         )
+
+
+def _printable(text: str) -> str:
+    """``text`` with non-printable characters escaped (``\n``, ``\x00``)."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def limits_from(policy: policy_mod.Policy) -> Limits:
@@ -267,8 +281,6 @@ def check_stdio(policy: policy_mod.Policy, inputs: Sequence[Any]) -> None:
     must not (a directory, a block device, a link to nothing, the module or the policy
     itself: a discovered sandbox.toml must not turn the guest's output into a file
     clobberer), and a stdin that cannot be read are errors (exit 105), as for ``-o``."""
-    from ..outfile import check_output
-
     v = policy.values
     for key in ("stdio.stdin", "stdio.stdout", "stdio.stderr"):
         target = v[key]
@@ -277,6 +289,8 @@ def check_stdio(policy: policy_mod.Policy, inputs: Sequence[Any]) -> None:
     for key in ("stdio.stdout", "stdio.stderr"):
         target = v[key]
         if isinstance(target, str) and target not in SPECIAL_STDIO:
+            from ..outfile import check_output
+
             check_output(target, [*inputs, getattr(policy, "source", None)])
     target = v["stdio.stdin"]
     if isinstance(target, str) and target not in SPECIAL_STDIO:
@@ -319,6 +333,7 @@ def _refuse_guest_writable(policy: policy_mod.Policy, key: str, target: str) -> 
 
 
 SPECIAL_STDIO = ("inherit", "null", "capture")
+_BYTES_PATH = Path("<bytes>")  # the name of a module given as bytes (one object for all)
 
 
 class Sandbox:
@@ -372,7 +387,10 @@ class Sandbox:
         if group is not None:
             policy = group.policy
         from_bytes = isinstance(module, (bytes, bytearray, memoryview))
-        self.path = Path(name or "<bytes>") if from_bytes else Path(module)  # type: ignore[arg-type]
+        if from_bytes:
+            self.path = Path(name) if name else _BYTES_PATH
+        else:
+            self.path = Path(module)  # type: ignore[arg-type]
         self.deadline = deadline
         self.policy = policy if policy is not None else policy_mod.discover()
         self.imports = _normalize_imports(imports)
@@ -392,15 +410,30 @@ class Sandbox:
             from ..native import artifact as aot  # standalone artifacts: kept out of the hot path
 
             self.artifact = aot.open_for(self, data, str(self.path))
+        self._prepared: Any = None
         if self.artifact is None:
-            self.wasm = module_bytes(data, self.path)
-            # Before any compile or cache write: a run that cannot work fails now.
-            provided = (
-                all
-                if group is not None
-                else frozenset((m, n) for m, names in self.imports.items() for n in names)
-            )
-            check_interface(self.wasm, self.path.name, kind, function, args, provided)
+            from . import shared
+
+            path = self.path
+            # Translated and parsed once per process for the same bytes (runner.shared).
+            self._prepared = shared.prepared(data, lambda d: module_bytes(d, path))
+            self.wasm = self._prepared.wasm
+            if self._prepared.interface is not None:
+                # Before any compile or cache write: a run that cannot work fails now.
+                provided = (
+                    all
+                    if group is not None
+                    else frozenset((m, n) for m, names in self.imports.items() for n in names)
+                )
+                check_interface(
+                    self.wasm,
+                    self.path.name,
+                    kind,
+                    function,
+                    args,
+                    provided,
+                    interface=self._prepared.interface,
+                )
         if artifact is not None:
             from ..native import artifact as aot
 
@@ -464,7 +497,11 @@ class Sandbox:
             # One backend installed and named: nothing to score, keep start-up lean.
             return name, compiler or get(name).default_compiler
         # The module's features are read only if they can change the choice (select.py).
-        self.selection = select.select(self.policy, self._features, kind, backend)
+        self.selection = _selection(self.policy, kind, backend)
+        if self.selection is None:
+            self.selection = select.select(self.policy, self._features, kind, backend)
+            if not self.selection.features_checked:  # the module did not matter: reuse it
+                _remember_selection(self.policy, kind, backend, self.selection)
         return self.selection.backend, self.selection.compiler
 
     def _features(self) -> frozenset:
@@ -508,7 +545,15 @@ class Sandbox:
             return outcome.module
         self.cache_state = "skip" if use_cache else "off"
         started = time.perf_counter()
-        module = self._compile_now(self.wasm)
+        # A module compiled in this process for the same engine is shared: a second
+        # sandbox of it costs a store and an instance, not a compile (issue #16).
+        prepared = getattr(self, "_prepared", None)  # None for a component (its own class)
+        if prepared is None or not getattr(self.engine, "shared", False):
+            module = self._compile_now(self.wasm)
+        else:
+            from . import shared
+
+            module, _ = shared.compiled(self.engine, prepared, lambda: self._compile_now(self.wasm))
         self.timings["compile"] = time.perf_counter() - started
         return module
 
@@ -521,16 +566,27 @@ class Sandbox:
             return self.engine.exports(self.module) if records is None else _exports(records)
         if self.recorded_exports is not None:  # a cache entry does too: no parse on a hit
             return _exports(self.recorded_exports)
-        try:
-            exports = read_interface(self.wasm).exports
-        except FactsError:
+        prepared = self._prepared
+        if prepared is not None:
+            if prepared.exports is not None:
+                return prepared.exports  # read once per process (runner.shared); never mutated
+            interface = prepared.interface
+        else:
+            try:
+                interface = read_interface(self.wasm)
+            except FactsError:
+                interface = None
+        if interface is None:
             return self.engine.exports(self.module)  # the runtime accepted it: ask the runtime
-        return [
+        out = [
             ExportInfo(e.name, e.kind, Signature(e.type.params, e.type.results))
             if e.kind == "func" and e.type is not None
             else ExportInfo(e.name, e.kind)
-            for e in exports
+            for e in interface.exports
         ]
+        if prepared is not None:
+            prepared.exports = out
+        return out
 
     def _compile_now(self, wasm: bytes) -> Any:
         """Compile within limits.compile_timeout, the timeout and the run's deadline."""
@@ -639,6 +695,31 @@ class Sandbox:
             stderr="capture" if capture else v["stdio.stderr"],
         )
 
+    def _needs_wasi(self) -> bool:
+        """Whether the module imports WASI (unknown: assume it does). A sandbox of a
+        module that imports nothing skips building the guest's WASI setup."""
+        prepared = getattr(self, "_prepared", None)
+        interface = prepared.interface if prepared is not None else None
+        if interface is None or self.policy.grants:  # a backend refuses grants it cannot confine
+            return True
+        return any(i.module.startswith("wasi") for i in interface.imports)
+
+    def _export_types(self) -> dict:
+        """Exported functions' (params, results), built once per module and shared by
+        its sandboxes' instances (types never change; an instance only adds to it the
+        types of the same module's functions)."""
+        prepared = getattr(self, "_prepared", None)
+        types = prepared.types if prepared is not None else None
+        if types is None:
+            types = {
+                e.name: (tuple(e.signature.params), tuple(e.signature.results))
+                for e in self.export_list
+                if e.kind == "func" and e.signature is not None
+            }
+            if prepared is not None:
+                prepared.types = types
+        return types
+
     def instantiate(self, wasi: Optional[WasiSetup] = None) -> Any:
         started = time.perf_counter()
         limits = limits_from(self.policy)._replace(deadline=self.deadline)
@@ -649,14 +730,10 @@ class Sandbox:
             extra["shared"] = self._group.first_instance
             extra["register"] = self.link_name
             extra["group"] = True  # wasmer keeps budget for the members still to come
-        instance = self.engine.instantiate(self.module, limits, wasi or self.wasi_setup(), **extra)
-        instance.know_types(
-            {
-                e.name: (tuple(e.signature.params), tuple(e.signature.results))
-                for e in self.export_list
-                if e.kind == "func" and e.signature is not None
-            }
-        )
+        if wasi is None and self._needs_wasi():
+            wasi = self.wasi_setup()
+        instance = self.engine.instantiate(self.module, limits, wasi, **extra)
+        instance.know_types(self._export_types())
         if self._group is not None and self._group.first_instance is None:
             self._group.first_instance = instance
         self.timings["instantiate"] = time.perf_counter() - started
@@ -808,6 +885,24 @@ class Sandbox:
             if self._group is None:
                 self._instance.close()
             self._instance = None
+
+
+def _selection(policy: policy_mod.Policy, kind: str, backend: Optional[str]) -> Any:
+    """The selection made earlier for this policy object, kind and backend, while the
+    policy's values are still the ones it was made for (scoring costs ~0.2 ms: a
+    sandbox per tenant under one policy scores once)."""
+    memo = getattr(policy, "_wasmsbx_selections", None)
+    found = memo.get((kind, backend)) if memo else None
+    if found is not None and found[0] == policy.values:
+        return found[1]
+    return None
+
+
+def _remember_selection(policy: Any, kind: str, backend: Optional[str], selection: Any) -> None:
+    import copy
+
+    memo = policy.__dict__.setdefault("_wasmsbx_selections", {})
+    memo[(kind, backend)] = (copy.deepcopy(policy.values), selection)
 
 
 def _normalize_imports(imports: Optional[Mapping[str, Mapping[str, Any]]]) -> dict:

@@ -107,6 +107,8 @@ class _Output(OutputSink):
 
 
 class _Budget:
+    __slots__ = ("exceeded", "limit", "on_exceeded", "used")
+
     def __init__(self, limit: Optional[int], on_exceeded) -> None:
         self.limit = limit
         self.used = 0
@@ -158,11 +160,29 @@ def _capture_exit(linker: wasmtime.Linker) -> None:
 class _Group:
     """What the instances of one store share: imports provided, names registered."""
 
+    __slots__ = ("host_objects", "provided", "registered", "wasi_defined")
+
     def __init__(self) -> None:
-        self.provided: set = set()  # (module, name) defined by the host
-        self.registered: set = set()  # module names of linked instances
+        # Shared empty sets until something is added (see provide, register): most
+        # stores import nothing, and two empty sets are 432 bytes per sandbox.
+        self.provided: Any = _EMPTY  # (module, name) defined by the host
+        self.registered: Any = _EMPTY  # module names of linked instances
         self.wasi_defined = False
         self.host_objects: dict = {}  # id(host item) -> (item, wasmtime object)
+
+    def provide(self, key: tuple) -> None:
+        if self.provided is _EMPTY:
+            self.provided = set()
+        self.provided.add(key)
+
+    def register(self, name: str) -> None:
+        if self.registered is _EMPTY:
+            self.registered = set()
+        self.registered.add(name)
+
+
+_EMPTY: frozenset = frozenset()
+_NO_WARNINGS: list = []  # shared, never appended to (WasmtimeInstance.warnings)
 
 
 class _HostTimeout(Exception):
@@ -187,13 +207,11 @@ class WasmtimeInstance(Instance):
         self.caps = caps  # limits.Plan of a group member: its caps are in its declared maxima
         self.engine = engine
         self.limits = limits
-        self.engine = engine
-        self.limits = limits
         self.watch = None  # the running call's deadline.Watch
-        self.warnings: list = []
+        self.warnings: list = _NO_WARNINGS  # a list of its own from the first warning on
         self.fuel_used = 0
         self.fuel_armed = 0
-        self.memories = [e.name for e in engine.exports(module) if e.kind == "memory"]
+        self.memories = _memories(engine, module)
         self.held = _held(module)
         self.shift = getattr(module, "_wasmsbx_shift", None)
         self.types: dict = {}  # export name -> (params, results)
@@ -201,8 +219,8 @@ class WasmtimeInstance(Instance):
         if shared is None:
             self._new_store(limits, getattr(module, "_wasmsbx_layout", None))
         else:
-            self.store, self.linker, self.budget = shared.store, shared.linker, shared.budget
-            self.outputs, self.host, self.group = shared.outputs, shared.host, shared.group
+            self.store, self._linker, self._budget = shared.store, shared.linker, shared.budget
+            self.outputs, self._host, self.group = shared.outputs, shared.host, shared.group
         if caps is not None:  # each memory and table carries its own cap (limits.Budget)
             self.group.budget = module._wasmsbx_budget
             self.store.set_limits(
@@ -221,42 +239,78 @@ class WasmtimeInstance(Instance):
             self.group.wasi_defined = True
         self._define(imports or {})
         self._check_imports(imports_list)
+        # A module that imports nothing, outside a group, needs no linker (the common
+        # case of a sandbox per tenant: a Linker per store costs time and memory).
+        direct = not imports_list and shared is None and register is None
+        make = _instance_of if direct else self.linker.instantiate
         try:
-            self.instance = self._guarded(
-                "start function", self.linker.instantiate, self.store, module
-            )
+            if direct and getattr(module, "_wasmsbx_start", True) is False:
+                # No start function: none of the guest's code runs while instantiating,
+                # so there is no deadline to watch; the store's epoch deadline (0 at
+                # first, which would trap at once) only has to be open. Every call arms
+                # its own deadline.
+                self.store.set_epoch_deadline(1 << 40)
+                self.instance = make(self.store, module)
+            else:
+                self.instance = self._guarded("start function", make, self.store, module)
         except wasmtime.Trap as trap:
             raise self._trap_error(trap, "start function") from self._host_raised()
         except wasmtime.WasmtimeError as exc:
             raise self._instantiate_error(exc, module) from None
-        self.exports = self.instance.exports(self.store)
+        except MemoryError:
+            raise _exhausted("instantiating the module", "Python could not allocate") from None
+        self.exports = _Exports(self.store, self.instance)
         if register is not None:
             self.register_as(register)
 
     def register_as(self, name: str) -> None:
         """Make this instance's exports importable as ``name.<export>`` in its group."""
         self.linker.define_instance(self.store, name, self.instance)
-        self.group.registered.add(name)
+        self.group.register(name)
+
+    @property
+    def linker(self) -> wasmtime.Linker:
+        """The store's linker, made on first use (imports, WASI, a group)."""
+        if self._linker is None:
+            self._linker = wasmtime.Linker(self.engine.engine)
+            self._linker.allow_shadowing = True  # a group may register a name again
+        return self._linker
+
+    @property
+    def budget(self) -> _Budget:
+        """The store's output budget (limits.output), made on first use: only a guest
+        with WASI writes output (a bound method and a budget per sandbox otherwise)."""
+        if self._budget is None:
+            self._budget = _Budget(self.limits.output, self._stop_flood)
+        return self._budget
+
+    @property
+    def host(self) -> HostFuncs:
+        """The store's host functions, made on first use (most sandboxes have none)."""
+        if self._host is None:
+            self._host = HostFuncs(self.store, self.group)
+        return self._host
 
     def _new_store(self, limits: Limits, found: Any) -> None:
         self.store = wasmtime.Store(self.engine.engine)
-        self.outputs: list = []
-        self.budget = _Budget(limits.output, self._stop_flood)
+        self.outputs: Sequence[Any] = ()  # [stdout, stderr] once WASI is set up
+        self._budget: Optional[_Budget] = None  # made on first use (WASI output)
         self._set_limits(found)
-        self.linker = wasmtime.Linker(self.engine.engine)
-        self.linker.allow_shadowing = True  # a group may register a name again (spec tests do)
+        self._linker: Optional[wasmtime.Linker] = None
         self.group = _Group()
-        self.host = HostFuncs(self.store, self.group)
+        self._host: Optional[HostFuncs] = None
 
     # ------------------------------------------------------------------ setup
     def _set_limits(self, found: Any) -> None:
         """The store limiter, with per-memory and per-table caps that keep the policy's
         totals (wasm_limits.plan): the limiter itself caps each memory separately."""
         limits = self.limits
-        try:
-            caps = plan(found, limits.memory, limits.table_elements)
-        except TotalsError as exc:
-            raise totals_error(exc, limits) from None
+        caps = _plan(found, limits.memory, limits.table_elements)
+        if caps is None:
+            try:
+                plan(found, limits.memory, limits.table_elements)
+            except TotalsError as exc:
+                raise totals_error(exc, limits) from None
         self.store.set_limits(
             memory_size=caps.memory_each,
             table_elements=-1 if caps.table_each is None else caps.table_each,
@@ -323,7 +377,7 @@ class WasmtimeInstance(Instance):
                 if id(item) not in made:
                     made[id(item)] = (item, self._host_item(module, name, item))
                 self.linker.define(self.store, module, name, made[id(item)][1])
-                self.group.provided.add((module, name))
+                self.group.provide((module, name))
 
     def _host_item(self, module: str, name: str, item: Any) -> Any:
         from ...host import Global, HostFunc, Memory, Table
@@ -370,7 +424,9 @@ class WasmtimeInstance(Instance):
         return run
 
     def _host_raised(self) -> Optional[BaseException]:
-        exc, self.host.raised = self.host.raised, None
+        if self._host is None:
+            return None
+        exc, self._host.raised = self._host.raised, None
         return exc
 
     def _check_imports(self, imports: list) -> None:
@@ -414,7 +470,10 @@ class WasmtimeInstance(Instance):
         return self.exports[name]
 
     def know_types(self, types: dict) -> None:
-        self.types.update(types)
+        if self.types:
+            self.types.update(types)
+        else:  # the module's own table (the sandbox keeps one per module): shared, not copied
+            self.types = types
 
     def func_types(self, name: str) -> tuple:
         types = self.types.get(name)
@@ -534,7 +593,7 @@ class WasmtimeInstance(Instance):
         return run
 
     def _call_error(self, exc: Exception, name: str) -> errors.WasmsbxError:
-        raised = self.host.raised
+        raised = self._host.raised if self._host is not None else None
         if isinstance(raised, (KeyboardInterrupt, SystemExit)):
             self.host.raised = None
             raise raised  # Ctrl-C in a host function stops the run, as anywhere else
@@ -596,6 +655,8 @@ class WasmtimeInstance(Instance):
         finally:
             self.deadline = 0.0
             KEEPER.leave(watch)
+            if not watch.interrupted:  # _trap_error reads only that: keep no Watch per sandbox
+                self.watch = None
 
     def _stuck(self) -> errors.WasmsbxError:
         """The error of a call the keeper found blocked past its deadline (a host call)."""
@@ -610,9 +671,16 @@ class WasmtimeInstance(Instance):
         )
 
     def _stop_flood(self) -> None:
-        """The output limit is reached: end the running call as a timeout would."""
-        if self.watch is not None:
-            KEEPER.expire(self.watch)
+        """The output limit is reached: end the running call as a timeout would.
+
+        Expiring moves the engine's epoch, and engines are shared by every sandbox of
+        the same configuration: with another call running on the engine (another
+        thread), that would cut its time short. Then this call is left to stop by
+        itself: each further write fails (EFBIG) and its timeout still holds; the error
+        is the output limit either way."""
+        watch = self.watch
+        if watch is not None and (watch.clock is None or watch.clock.active <= 1):
+            KEEPER.expire(watch)
 
     def _account_fuel(self) -> None:
         if self.call_fuel is not None:
@@ -622,11 +690,13 @@ class WasmtimeInstance(Instance):
         fuel_used = self.fuel_used if self.limits.fuel is not None else None
         memory = self._memory_bytes()
         if memory is not None and memory + 65536 > self.limits.memory:
+            if self.warnings is _NO_WARNINGS:
+                self.warnings = []
             self.warnings.append(
                 f"memory limit {format_size(self.limits.memory)} reached: "
                 f"guest holds {format_size(memory)}; further memory.grow fails"
             )
-        out, err = (self.outputs + [None, None])[:2]
+        out, err = ([*self.outputs, None, None])[:2]
         return Usage(
             fuel_used=fuel_used,
             memory_bytes=memory,
@@ -734,6 +804,8 @@ class WasmtimeInstance(Instance):
         text = str(exc).strip()
         first = text.splitlines()[0] if text else "instantiation failed"
         lowered = text.lower()
+        if errors.is_exhaustion(text):  # the host ran out, not the policy: never a module error
+            return _exhausted("instantiating the module", _first_line(exc))
         if "incompatible import type" in lowered or "unknown import" in lowered:
             return errors.LinkError(f"cannot link module: {_first_line(exc)}", detail=text)
         if "memory" in lowered and ("limit" in lowered or "minimum" in lowered):
@@ -773,6 +845,103 @@ def _hosts_storage(imports: Optional[dict]) -> bool:
 
 def _pages(pages: Optional[int]) -> Optional[int]:
     return None if pages is None else pages * PAGE
+
+
+_PLANS: dict = {}  # (layout, memory, tables) -> caps; a few per module and policy
+
+
+def _plan(found: Any, memory: int, tables: Optional[int]) -> Any:
+    """plan()'s caps for a module's layout under these limits, computed once (every
+    sandbox of a module under one policy has the same); None when plan() refuses."""
+    key = (id(found), memory, tables)
+    hit = _PLANS.get(key)
+    if hit is not None and hit[0] is found:
+        return hit[1]
+    try:
+        caps = plan(found, memory, tables)
+    except TotalsError:
+        return None
+    if len(_PLANS) > 4096:  # bounded: a process that sees many modules starts over
+        _PLANS.clear()
+    _PLANS[key] = (found, caps)
+    return caps
+
+
+class _Exports(dict):
+    """An instance's exports by name, each looked up (one FFI call) on first use rather
+    than all wrapped when the instance is made: most sandboxes call one or two."""
+
+    __slots__ = ("instance", "store")
+
+    def __init__(self, store: Any, instance: Any) -> None:
+        super().__init__()
+        self.store = store
+        self.instance = instance
+
+    def __missing__(self, name: str) -> Any:
+        import ctypes
+
+        from wasmtime import _ffi as ffi
+        from wasmtime._extern import wrap_extern
+
+        raw = name.encode()
+        item = ffi.wasmtime_extern_t()
+        context = self.store._context()
+        if not ffi.wasmtime_instance_export_get(
+            context, ctypes.byref(self.instance._instance), raw, len(raw), ctypes.byref(item)
+        ):
+            raise KeyError(name)
+        extern = self[name] = wrap_extern(item)
+        return extern
+
+
+def _instance_of(store: Any, module: Any) -> Any:
+    """Instantiate a module that imports nothing, without a linker: one FFI call
+    (wasmtime.Instance adds an imports array and a context manager per instance)."""
+    import ctypes
+
+    from wasmtime import _ffi as ffi
+
+    instance = ffi.wasmtime_instance_t()
+    trap = ctypes.POINTER(ffi.wasm_trap_t)()
+    error = ffi.wasmtime_instance_new(
+        store._context(), module.ptr(), None, 0, ctypes.byref(instance), ctypes.byref(trap)
+    )
+    if error:
+        raise wasmtime.WasmtimeError._from_ptr(error)
+    if trap:
+        raise wasmtime.Trap._from_ptr(trap)
+    return wasmtime.Instance._from_raw(instance)
+
+
+def _has_start(wasm: bytes) -> bool:
+    """Whether a (valid) module has a start section; True when unsure."""
+    pos, end = 8, len(wasm)
+    try:
+        while pos < end:
+            section, pos = wasm[pos], pos + 1
+            size = shift = 0
+            while True:
+                byte, pos = wasm[pos], pos + 1
+                size |= (byte & 0x7F) << shift
+                shift += 7
+                if byte < 0x80:
+                    break
+            if section == 8:
+                return True
+            pos += size
+    except IndexError:
+        return True
+    return False
+
+
+def _memories(engine: Any, module: Any) -> tuple:
+    """The exported memories' names, read once per module."""
+    names = getattr(module, "_wasmsbx_memories", None)
+    if names is None:
+        names = tuple(e.name for e in engine.exports(module) if e.kind == "memory")
+        module._wasmsbx_memories = names
+    return names
 
 
 def _held(module: Any) -> list:
@@ -912,6 +1081,7 @@ def _frames(trap: wasmtime.Trap, shift: Any = None) -> list:
 
 class WasmtimeEngine(Engine):
     backend = "wasmtime"
+    shared = True  # one per configuration per process: its modules are shared too
 
     def __init__(self, options: EngineOptions) -> None:
         self.options = options
@@ -933,12 +1103,15 @@ class WasmtimeEngine(Engine):
         module._wasmsbx_layout = layout(wasm)
         module._wasmsbx_shift = exported._replace(wasm=b"")
         module._wasmsbx_wasm = wasm  # a group member is compiled again with its caps
+        module._wasmsbx_start = _has_start(wasm)
         return module
 
     def describe(self, module: Any, wasm: bytes) -> None:
         module._wasmsbx_wasm = wasm
         if getattr(module, "_wasmsbx_layout", None) is None:
             module._wasmsbx_layout = layout(wasm)
+        if getattr(module, "_wasmsbx_start", None) is None:
+            module._wasmsbx_start = _has_start(wasm)
         if getattr(module, "_wasmsbx_shift", None) is None:
             exported = export_memories(wasm)._replace(wasm=b"")
             ours = any(
@@ -977,7 +1150,11 @@ class WasmtimeEngine(Engine):
         return out
 
     def imports(self, module: Any) -> list:
-        return [ImportInfo(i.module, i.name or "", _kind(i.type)) for i in module.imports]
+        cached = getattr(module, "_wasmsbx_imports", None)
+        if cached is None:  # read once per module: every sandbox of it asks
+            cached = [ImportInfo(i.module, i.name or "", _kind(i.type)) for i in module.imports]
+            module._wasmsbx_imports = cached
+        return cached
 
     def instantiate(
         self,
@@ -1078,7 +1255,18 @@ def _first_line(exc: Exception) -> str:
     return lines[0] if lines else "unknown error"
 
 
-def _module_error(exc: Exception) -> errors.ModuleError:
+def _exhausted(doing: str, why: str) -> errors.ResourceExhausted:
+    return errors.ResourceExhausted(
+        f"out of host memory or address space while {doing}: {why}",
+        hint="too many live sandboxes or linear memories for this process: close the ones "
+        'you no longer use (README "Density" gives the per-process limits and how to '
+        "raise them)",
+    )
+
+
+def _module_error(exc: Exception) -> errors.WasmsbxError:
+    if errors.is_exhaustion(str(exc)):
+        return _exhausted("compiling the module", _first_line(exc))
     return errors.ModuleError(
         f"invalid module: {_first_line(exc)}",
         hint="check that the file is a WebAssembly module built for wasm32",
@@ -1123,8 +1311,37 @@ class WasmtimeBackend(Backend):
             # SPEED for the scale. Epoch interruption costs it some run speed.
             compile_speed=0.65,
             run_speed=0.85,
-            notes=("every limit is enforced in-process",),
+            notes=(
+                "every limit is enforced in-process",
+                # benchmarks/epoch.py (cpu.wasm kernels, CPU time, ratios to no epochs)
+                "epoch interruption (the timeout, Ctrl-C) costs 1.0-2.0x on CPU-bound guests "
+                "(measured: mandelbrot 1.45x, sieve 1.9x, matmul 2.0x, quicksort 1.2x, "
+                "xorshift 1.0x); not avoided: every policy has a timeout, and epochs are how "
+                "a guest is stopped in process",
+                "engines are shared per process (one per optimize/fuel/stack setting); "
+                "memories get wasmtime's 4 GiB reservation, so no bounds checks "
+                "(a reservation sized to limits.memory measured 1.1-1.4x slower)",
+            ),
         )
 
     def engine(self, options: EngineOptions) -> WasmtimeEngine:
-        return WasmtimeEngine(options)
+        """The process's engine for these options: one per engine configuration, shared
+        by every sandbox whose policy implies it (an engine costs ~3 ms and a thread
+        pool to build; sandboxes keep their own limits in their own stores)."""
+        key = engine_key(options)
+        engine = _ENGINES.get(key)
+        if engine is None:
+            engine = _ENGINES[key] = WasmtimeEngine(options)
+        return engine
+
+
+def engine_key(options: EngineOptions) -> tuple:
+    """What changes a wasmtime engine's configuration. The memory and table caps are
+    not in it: wasmtime enforces them per store (the limiter), not in machine code."""
+    return (options.compiler or "cranelift", options.optimize, bool(options.fuel), options.stack)
+
+
+# engine_key -> WasmtimeEngine. Bounded by the number of distinct configurations a
+# process's policies imply (optimize x fuel x stack: a handful); engines are never dropped,
+# so modules compiled for one stay valid (module_cache).
+_ENGINES: dict = {}

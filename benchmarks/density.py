@@ -1,0 +1,206 @@
+"""Density: N live sandboxes in one process, wasmsbx beside raw wasmtime-py (issue #16).
+
+    python benchmarks/density.py                      # 10,000 of each, under a minute
+    python benchmarks/density.py --count 100000       # the issue's target
+    python benchmarks/density.py --guest memory       # a guest with a linear memory
+
+Each side runs in a fresh interpreter (so RSS, CPU and threads are its own), the sides
+alternated over ``--rounds``:
+
+- raw: wasmtime-py as a careful host program writes it: one Engine and one Module,
+  then per sandbox a Store, an Instance and one call of ``add``;
+- wasmsbx: ``wasmsbx.Sandbox(module, policy)`` per sandbox (the public API: its own
+  store with the policy's memory/table/instance limiter, its own deadline per call) and
+  one ``call("add", ...)``; one policy object for all, as a host serving tenants would.
+
+Reported per sandbox: CPU (``resource.getrusage``, user + system) for creation + one
+call, RSS growth (``/proc/self/statm``), the thread count before and after, and the cold
+start of a module already loaded in the process (a second ``Sandbox`` of it, no call:
+median wall time over 200). Every sandbox stays alive until the end. A side that cannot
+reach N (the host's memory or address space, see README "Density") says where it stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+PLAIN = b"""(module
+  (func (export "add") (param i32 i32) (result i32)
+    (i32.add (local.get 0) (local.get 1))))"""
+
+# A guest as a C program looks: one page of linear memory, data, a store and a load.
+MEMORY = b"""(module
+  (memory (export "memory") 1)
+  (data (i32.const 0) "tenant")
+  (func (export "add") (param i32 i32) (result i32)
+    (i32.store (i32.const 16) (i32.add (local.get 0) (local.get 1)))
+    (i32.load (i32.const 16))))"""
+
+GUESTS = {"plain": PLAIN, "memory": MEMORY}
+
+
+def cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def rss() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def threads() -> int:
+    return len(os.listdir("/proc/self/task"))
+
+
+# ----------------------------------------------------------------------------- one side
+
+
+def raw_side(wat: bytes, count: int) -> dict:
+    import wasmtime
+
+    engine = wasmtime.Engine()
+    module = wasmtime.Module(engine, wat)
+
+    def make() -> tuple:
+        store = wasmtime.Store(engine)
+        instance = wasmtime.Instance(store, module, [])
+        return store, instance
+
+    def call(pair: tuple, i: int) -> int:
+        store, instance = pair
+        return instance.exports(store)["add"](store, i, 1)
+
+    return measure(make, call, count)
+
+
+def wasmsbx_side(wat: bytes, count: int) -> dict:
+    import wasmsbx
+
+    policy = wasmsbx.default_policy()
+
+    def make() -> object:
+        return wasmsbx.Sandbox(wat, policy)
+
+    def call(box: object, i: int) -> int:
+        return box.call("add", i, 1)
+
+    return measure(make, call, count)
+
+
+def measure(make, call, count: int) -> dict:
+    """Warm up (the first sandbox compiles), then ``count`` sandboxes, each made and
+    called once, all kept alive; then the cold start of one more."""
+    first = make()
+    assert call(first, 1) == 2
+    live, stopped = [first], None
+    threads_before, rss_before, cpu_before = threads(), rss(), cpu()
+    for i in range(count):
+        try:
+            box = make()
+            if call(box, i) != i + 1:
+                raise AssertionError("wrong result")
+        except Exception as exc:  # the host ran out: report where, as data
+            stopped = {"at": i, "error": f"{type(exc).__name__}: {str(exc).splitlines()[0]}"}
+            break
+        live.append(box)
+    made = len(live) - 1
+    cpu_used, rss_used = cpu() - cpu_before, rss() - rss_before
+    threads_after = threads()
+    cold = []
+    for _ in range(200 if stopped is None else 0):
+        started = time.perf_counter()
+        make()
+        cold.append(time.perf_counter() - started)
+    return {
+        "count": made,
+        "stopped": stopped,
+        "cpu_ms_per_sandbox": cpu_used / max(made, 1) * 1e3,
+        "rss_kib_per_sandbox": rss_used / max(made, 1) / 1024,
+        "threads_before": threads_before,
+        "threads_after": threads_after,
+        "cold_start_ms": statistics.median(cold) * 1e3 if cold else None,
+    }
+
+
+# ----------------------------------------------------------------------------- driver
+
+
+def run_side(side: str, guest: str, count: int) -> dict:
+    proc = subprocess.run(
+        [sys.executable, __file__, "--child", side, "--guest", guest, "--count", str(count)],
+        capture_output=True,
+        text=True,
+    )
+    if proc.returncode != 0:
+        return {"count": 0, "stopped": {"at": 0, "error": proc.stderr.strip()[-300:]}}
+    return json.loads(proc.stdout)
+
+
+def best(results: list) -> dict:
+    """The round with the least CPU per sandbox (the least disturbed by other load)."""
+    return min(results, key=lambda r: r.get("cpu_ms_per_sandbox", float("inf")))
+
+
+def ratio(a: float, b: float) -> str:
+    return f"{a / b:.2f}x" if a and b else "-"
+
+
+def render(count: int, guest: str, sides: dict) -> str:
+    box, raw = sides["wasmsbx"], sides["raw"]
+    lines = [
+        f"density: {count:,} live sandboxes, guest {guest!r}, python {sys.version.split()[0]}",
+        f"{'':32}{'wasmsbx':>12}{'raw wasmtime-py':>18}{'ratio':>9}",
+    ]
+
+    def row(label: str, key: str, fmt: str) -> None:
+        a, b = box.get(key), raw.get(key)
+        cell = lambda v: format(v, fmt) if v is not None else "-"  # noqa: E731
+        lines.append(f"{label:32}{cell(a):>12}{cell(b):>18}{ratio(a, b):>9}")
+
+    row("sandboxes made", "count", ",")
+    row("CPU per sandbox (ms)", "cpu_ms_per_sandbox", ".4f")
+    row("RSS per sandbox (KiB)", "rss_kib_per_sandbox", ".2f")
+    row("threads before", "threads_before", "d")
+    row("threads after", "threads_after", "d")
+    row("cold start, module loaded (ms)", "cold_start_ms", ".4f")
+    for name, side in sides.items():
+        if side.get("stopped"):
+            lines.append(f"{name} stopped at {side['stopped']['at']:,}: {side['stopped']['error']}")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--count", type=int, default=10_000, help="live sandboxes per side")
+    parser.add_argument("--guest", choices=sorted(GUESTS), default="plain")
+    parser.add_argument("--rounds", type=int, default=1, help="alternated runs per side")
+    parser.add_argument("--json", action="store_true")
+    parser.add_argument("--child", choices=("raw", "wasmsbx"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        side = raw_side if args.child == "raw" else wasmsbx_side
+        print(json.dumps(side(GUESTS[args.guest], args.count)))
+        return 0
+    results: dict = {"raw": [], "wasmsbx": []}
+    for _ in range(args.rounds):
+        for side in ("raw", "wasmsbx"):
+            results[side].append(run_side(side, args.guest, args.count))
+    sides = {name: best(runs) for name, runs in results.items()}
+    sides = {"wasmsbx": sides["wasmsbx"], "raw": sides["raw"]}
+    if args.json:
+        print(json.dumps({"count": args.count, "guest": args.guest, "sides": sides}, indent=2))
+    else:
+        print(render(args.count, args.guest, sides))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

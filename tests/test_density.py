@@ -1,0 +1,218 @@
+"""Density (issue #16): sandboxes share engines and compiled modules, never their limits."""
+
+from __future__ import annotations
+
+import os
+import resource
+import sys
+
+import pytest
+
+from tests.conftest import require_capability
+from wasmsbx import Sandbox, errors
+from wasmsbx import policy as policy_mod
+
+GROW = b"""(module
+  (memory (export "memory") 1)
+  (func (export "grow") (result i32)
+    (block $done
+      (loop $next
+        (br_if $done (i32.eq (memory.grow (i32.const 1)) (i32.const -1)))
+        (br $next)))
+    (memory.size))
+  (func (export "size") (result i32) (memory.size))
+  (func (export "spin") (loop $l (br $l)))
+  (func (export "add") (param i32 i32) (result i32) (i32.add (local.get 0) (local.get 1))))"""
+
+
+def make_policy(**limits) -> policy_mod.Policy:
+    policy = policy_mod.defaults()
+    for key, value in limits.items():
+        policy_mod.override(policy, f"limits.{key}", value)
+    return policy
+
+
+def test_sandboxes_of_one_module_share_the_engine_and_the_compiled_module():
+    policy = make_policy(memory="1MiB")
+    first, second = (
+        Sandbox(GROW, policy, backend="wasmtime"),
+        Sandbox(GROW, policy, backend="wasmtime"),
+    )
+    assert first.engine is second.engine
+    assert first.module is second.module
+    other = Sandbox(GROW, make_policy(memory="4MiB"), backend="wasmtime")
+    assert other.engine is first.engine  # memory caps live in the store, not the engine
+    fueled = Sandbox(GROW, make_policy(fuel=10**6), backend="wasmtime")
+    assert fueled.engine is not first.engine  # fuel metering changes the machine code
+    assert fueled.module is not first.module
+
+
+def test_changed_bytes_are_never_served_from_the_shared_table():
+    one = b'(module (func (export "f") (result i32) i32.const 1))'
+    two = b'(module (func (export "f") (result i32) i32.const 2))'
+    assert Sandbox(one, backend="wasmtime").call("f") == 1
+    assert Sandbox(two, backend="wasmtime").call("f") == 2
+
+
+def test_each_sandbox_keeps_its_own_memory_limit(backend):
+    """Two sandboxes of one module (one engine, one compiled module on wasmtime): each
+    grows to its own policy's cap; one reaching its cap does not shrink the other's."""
+    small = Sandbox(GROW, make_policy(memory="1MiB"), backend=backend)
+    large = Sandbox(GROW, make_policy(memory="4MiB"), backend=backend)
+    same = Sandbox(GROW, make_policy(memory="1MiB"), backend=backend)
+    assert small.call("grow") == 16
+    assert large.call("grow") == 64
+    assert same.call("grow") == 16  # not what is left of a shared total
+    assert small.call("size") == 16 and large.call("size") == 64
+
+
+def test_one_sandbox_running_out_of_fuel_leaves_the_other_untouched(backend):
+    require_capability(backend, "fuel")
+    policy = make_policy(fuel=100_000)
+    spinner, worker = Sandbox(GROW, policy, backend=backend), Sandbox(GROW, policy, backend=backend)
+    assert worker.call("add", 1, 2) == 3
+    with pytest.raises(errors.FuelExhausted):
+        spinner.call("spin")
+    assert worker.call("add", 2, 3) == 5  # its own store, its own fuel
+    with pytest.raises(errors.FuelExhausted):
+        spinner.call("spin")  # refilled per call, and still bounded
+
+
+def test_one_sandbox_timing_out_leaves_the_other_untouched(backend):
+    policy = make_policy(timeout="200ms")
+    spinner, worker = Sandbox(GROW, policy, backend=backend), Sandbox(GROW, policy, backend=backend)
+    with pytest.raises(errors.TimeoutExceeded):
+        spinner.call("spin")
+    assert worker.call("add", 20, 22) == 42
+    with pytest.raises(errors.TimeoutExceeded):
+        worker.call("spin", timeout=0.05)
+
+
+def test_many_sandboxes_add_no_engine_and_no_thread():
+    from wasmsbx.backends.wasmtime import backend as wasmtime_backend
+
+    def threads() -> int:
+        return len(os.listdir("/proc/self/task"))
+
+    policy = make_policy(memory="1MiB")
+    boxes = [Sandbox(GROW, policy, backend="wasmtime")]
+    boxes[0].call("add", 1, 1)
+    engines, before = len(wasmtime_backend._ENGINES), threads()
+    for i in range(300):
+        box = Sandbox(GROW, policy, backend="wasmtime")
+        assert box.call("add", i, 1) == i + 1
+        boxes.append(box)
+    assert len(wasmtime_backend._ENGINES) == engines
+    assert threads() - before <= 2
+
+
+def test_the_shared_tables_are_bounded():
+    from wasmsbx.runner.shared import _Lru
+
+    table = _Lru(max_entries=3, max_bytes=100)
+    for key in range(5):
+        table.put(key, str(key), 10)
+    assert list(table.entries) == [2, 3, 4]
+    table.get(2)  # used: kept over 3
+    table.put(5, "5", 10)
+    assert list(table.entries) == [4, 2, 5]
+    table.put(6, "6", 90)  # over the byte budget: the oldest go
+    assert list(table.entries) == [5, 6] and table.bytes == 100
+    table.put(7, "7", 101)  # larger than the budget: not kept at all
+    assert table.get(7) is None
+
+
+def _limit_address_space() -> None:
+    # 2 GiB: enough for Python and the runtime, not for one 4 GiB memory reservation.
+    resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="RLIMIT_AS semantics are Linux's")
+def test_running_out_of_address_space_is_a_resource_error_not_a_module_error(tmp_path):
+    import subprocess
+
+    guest = tmp_path / "grow.wat"
+    guest.write_bytes(GROW)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "wasmsbx",
+            "run",
+            str(guest),
+            "add",
+            "1",
+            "2",
+            "--backend",
+            "wasmtime",
+        ],
+        capture_output=True,
+        preexec_fn=_limit_address_space,
+        timeout=120,
+    )
+    err = proc.stderr.decode()
+    assert proc.returncode == 118, err
+    assert err.startswith("error: out of host memory or address space"), err
+    assert "Traceback" not in err and "hint:" in err
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="RLIMIT_AS semantics are Linux's")
+def test_the_python_api_raises_resource_exhausted(tmp_path):
+    import subprocess
+
+    code = (
+        "import wasmsbx\n"
+        "from wasmsbx import errors\n"
+        f"box = wasmsbx.Sandbox({GROW!r}, backend='wasmtime')\n"
+        "try:\n"
+        "    box.call('add', 1, 2)\n"
+        "except errors.ModuleError:\n"
+        "    print('module error')\n"
+        "except errors.ResourceExhausted as exc:\n"
+        "    print(exc.exit_code, exc.kind)\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        preexec_fn=_limit_address_space,
+        timeout=120,
+    )
+    assert proc.stdout.decode().split() == ["118", "resources"], proc.stderr.decode()
+
+
+def test_a_start_function_is_still_under_the_deadline(backend):
+    """Instantiation skips the deadline thread only for modules without a start
+    function: one that loops for ever is stopped at the timeout."""
+    looping = b'(module (func $f (loop $l (br $l))) (start $f) (func (export "f")))'
+    with pytest.raises(errors.TimeoutExceeded):
+        Sandbox(looping, make_policy(timeout="200ms"), backend=backend).call("f")
+
+
+def test_a_module_without_start_but_with_data_and_elements_instantiates(backend):
+    wat = b"""(module (memory (export "memory") 1) (data (i32.const 8) "abc")
+      (table 2 funcref) (elem (i32.const 0) $g) (func $g (result i32) i32.const 7)
+      (func (export "f") (result i32) (i32.load8_u (i32.const 9))))"""
+    box = Sandbox(wat, make_policy(), backend=backend)
+    assert box.call("f") == ord("b")
+
+
+def test_backends_state_the_measured_cost_of_epoch_interruption():
+    from wasmsbx import backends
+
+    notes = " ".join(backends.get("wasmtime").capabilities().notes)
+    assert "epoch interruption" in notes and "not avoided" in notes
+
+
+def test_an_entry_is_used_only_for_the_very_same_bytes():
+    """The shared table finds entries by hash and length; a colliding entry (forged
+    here under the other module's key) must never be served."""
+    from wasmsbx.runner import shared
+    from wasmsbx.wasm.source import module_bytes
+
+    one = b'(module (func (export "f") (result i32) i32.const 1))'
+    two = b'(module (func (export "f") (result i32) i32.const 2))'
+    first = shared.prepared(one, lambda d: module_bytes(d, "one.wat"))
+    shared._PREPARED.put((hash(two), len(two)), first, len(one))
+    second = shared.prepared(two, lambda d: module_bytes(d, "two.wat"))
+    assert second is not first and second.data == two
+    assert Sandbox(two, backend="wasmtime").call("f") == 2

@@ -1,0 +1,121 @@
+"""What sandboxes of one process share: prepared module bytes and compiled modules.
+
+A ``Sandbox`` per tenant must cost about what a hand-written wasmtime-py program pays
+for a Store and an Instance (issue #16), so everything that depends only on the module
+and the engine configuration is done once per process, not once per sandbox:
+
+- ``prepared(data)``: the binary (WAT translated) and its interface (imports, exports
+  with types), for the bytes given: found by their hash and length, and compared byte
+  for byte before use (no digest: hashlib's OpenSSL costs ``wasmsbx run`` 2.5 ms to
+  import, and nothing here needs a cryptographic hash, since equality is checked);
+- ``compiled(engine, prepared, make)``: the runtime's compiled module, keyed by the
+  engine (one per configuration, see backends/wasmtime ``engine_key``) and the prepared
+  module.
+
+Each sandbox keeps its own store, limiter, fuel and deadline: nothing here holds
+per-sandbox state. Both tables are bounded LRUs (entries and bytes), so a process that
+loads many different modules keeps only the recent ones; a module evicted here stays
+alive as long as a sandbox holds it.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Any, Callable, Optional
+
+MAX_ENTRIES = 64  # modules per table
+MAX_BYTES = 256 << 20  # module bytes held per table (compiled code is a few times that)
+
+
+class _Lru:
+    """A small LRU with a byte budget (``size`` is the weight of each entry)."""
+
+    __slots__ = ("bytes", "entries", "max_bytes", "max_entries")
+
+    def __init__(self, max_entries: int, max_bytes: int) -> None:
+        self.entries: OrderedDict = OrderedDict()  # key -> (value, size)
+        self.bytes = 0
+        self.max_entries = max_entries
+        self.max_bytes = max_bytes
+
+    def get(self, key: Any) -> Any:
+        found = self.entries.get(key)
+        if found is None:
+            return None
+        try:
+            self.entries.move_to_end(key)
+        except KeyError:  # another thread evicted it meanwhile: the value is still good
+            pass
+        return found[0]
+
+    def put(self, key: Any, value: Any, size: int) -> None:
+        if size > self.max_bytes:
+            return  # larger than the whole budget: not kept
+        old = self.entries.pop(key, None)
+        if old is not None:
+            self.bytes -= old[1]
+        self.entries[key] = (value, size)
+        self.bytes += size
+        while len(self.entries) > self.max_entries or self.bytes > self.max_bytes:
+            _, (_, dropped) = self.entries.popitem(last=False)
+            self.bytes -= dropped
+
+    def clear(self) -> None:
+        self.entries.clear()
+        self.bytes = 0
+
+
+class Prepared:
+    """The bytes given, the module's binary and its interface (None when the reader
+    refused it: the runtime then gives the precise error)."""
+
+    __slots__ = ("data", "exports", "interface", "types", "wasm")
+
+    def __init__(self, data: bytes, wasm: bytes, interface: Any) -> None:
+        self.data = data
+        self.wasm = wasm
+        self.interface = interface
+        self.exports: Optional[list] = None  # ExportInfo list, filled by the first sandbox
+        self.types: Optional[dict] = None  # export name -> (params, results), likewise
+
+
+_PREPARED = _Lru(MAX_ENTRIES * 4, MAX_BYTES)
+_COMPILED = _Lru(MAX_ENTRIES, MAX_BYTES)
+
+
+def prepared(data: bytes, translate: Callable[[bytes], bytes]) -> Prepared:
+    """The binary of ``data`` (``translate`` turns WAT into it) and its interface, once
+    per process for the same bytes. Errors are raised, never cached."""
+    key = (hash(data), len(data))
+    found = _PREPARED.get(key)
+    if found is not None and found.data == data:
+        return found
+    wasm = translate(data)
+    from ..wasm.facts import FactsError, read_interface
+
+    try:
+        interface = read_interface(wasm)
+    except FactsError:
+        interface = None
+    entry = Prepared(data, wasm, interface)
+    _PREPARED.put(key, entry, len(data) + (0 if wasm is data else len(wasm)))
+    return entry
+
+
+def compiled(engine: Any, prepared: Prepared, make: Callable[[], Any]) -> tuple:
+    """(module, shared): the engine's compiled module of ``prepared``, compiled by
+    ``make()`` the first time. The entry holds the engine and the prepared module, so
+    the ids in its key cannot be reused while it is there."""
+    key = (id(engine), id(prepared))
+    found = _COMPILED.get(key)
+    if found is not None and found[0] is engine and found[1] is prepared:
+        return found[2], True
+    module = make()
+    _COMPILED.put(key, (engine, prepared, module), len(prepared.wasm))
+    return module, False
+
+
+def clear() -> None:
+    """Forget every shared module (tests; a long-lived host that wants memory back)."""
+    _PREPARED.clear()
+    _COMPILED.clear()
