@@ -439,3 +439,24 @@ def test_per_call_fuel_for_interpreters_needs_a_metering_server(service_in):
         metered._check_fuel("python", config_mod.call_policy(metered.config, {"fuel": 1000}))
     finally:
         asyncio.run(metered.close())
+
+
+def test_setup_gives_the_pinned_interpreters_a_generous_compile_timeout(tmp_path, monkeypatch):
+    """`mcp setup` compiles only SHA-256-pinned interpreters: on a busy machine the 20 MB
+    CPython may need more than the default 60 s compile_timeout (it was exit 117)."""
+    from wasmsbx.backends import compiling
+    from wasmsbx.cli.commands import mcp as mcp_cmd
+
+    monkeypatch.setenv("WASMSBX_CACHE_DIR", str(tmp_path / "cache"))
+    seen = []
+    real = compiling.compile_bounded
+
+    def spy(engine, wasm, seconds, error):
+        seen.append(seconds)
+        return real(engine, wasm, seconds, error)
+
+    monkeypatch.setattr(compiling, "compile_bounded", spy)
+    module = tmp_path / "m.wat"
+    module.write_text('(module (func (export "f") (result i32) (i32.const 42)))')
+    mcp_cmd._precompile(module, policy_mod.defaults())
+    assert seen and min(seen) >= mcp_cmd.SETUP_COMPILE_TIMEOUT >= 600

@@ -211,8 +211,20 @@ def setup(
 def _precompile(path, policy) -> None:
     """Fill the cache the way the server's workers will look it up (see mcp/worker.py)."""
     from ...mcp.config import ServerConfig, call_policy
+    from ...policy import Policy
     from ...runner import Sandbox
 
+    server = call_policy(ServerConfig(policy=policy))
+    # The interpreters are pinned by SHA-256 (interpreters.setup checked them), so their
+    # compile is not a hostile module's compile bomb: allow a busy machine up to
+    # SETUP_COMPILE_TIMEOUT for the 20 MB CPython (the default 60 s stops it at exit 117).
+    # The cache key does not depend on this limit, so the workers still hit the entry.
+    values = dict(server.values)
+    values["limits.compile_timeout"] = max(values["limits.compile_timeout"], SETUP_COMPILE_TIMEOUT)
+    server = Policy(values, source=server.source, explicit=set(server.explicit))
     # kind="call": no _start is asked for up front (QuickJS is a reactor)
-    box = Sandbox(str(path), call_policy(ServerConfig(policy=policy)), kind="call")
+    box = Sandbox(str(path), server, kind="call")
     box.close()
+
+
+SETUP_COMPILE_TIMEOUT = 900.0  # seconds, for the pinned interpreters only
