@@ -160,7 +160,7 @@ def _capture_exit(linker: wasmtime.Linker) -> None:
 class _Group:
     """What the instances of one store share: imports provided, names registered."""
 
-    __slots__ = ("host_objects", "provided", "registered", "wasi_defined")
+    __slots__ = ("budget", "host_objects", "provided", "registered", "wasi_defined")
 
     def __init__(self) -> None:
         # Shared empty sets until something is added (see provide, register): most
@@ -169,6 +169,7 @@ class _Group:
         self.registered: Any = _EMPTY  # module names of linked instances
         self.wasi_defined = False
         self.host_objects: dict = {}  # id(host item) -> (item, wasmtime object)
+        self.budget: Any = None  # limits.Budget of a group or of host memories/tables
 
     def provide(self, key: tuple) -> None:
         if self.provided is _EMPTY:
@@ -1178,7 +1179,7 @@ class WasmtimeEngine(Engine):
         from ..limits import Budget, LimitsError, cap_limits
 
         made = shared.group.host_objects if shared is not None else {}
-        if shared is not None and getattr(shared.group, "budget", None) is not None:
+        if shared is not None and shared.group.budget is not None:
             budget = shared.group.budget
         else:
             budget = Budget(limits, group)
