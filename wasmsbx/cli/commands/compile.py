@@ -215,10 +215,7 @@ def _native(adapter, compiler, wasm, name, policy, out, cache_dir, force, signer
         result = cache.store_compiled(engine, wasm, policy, name, compile_fn, cache_dir, force)
         result["cache_dir"] = str(cache.resolve_dir(policy, cache_dir)[0])
         return result
-    result = _artifact(engine, wasm, name, compile_fn, out, signer, inputs)
-    if getattr(engine, "is_component", False):  # its code runs beside the component
-        result["run_with"] = f"{name} --artifact {out}"
-    return result
+    return _artifact(engine, wasm, name, compile_fn, out, signer, inputs)
 
 
 def _for_components(engine: Any, wasm: bytes, out: Optional[str]) -> Any:
@@ -271,6 +268,15 @@ def _artifact(
     except FactsError:
         features = ()
     exports = aot.export_records(wasm)
+    component = None
+    if getattr(engine, "is_component", False):  # its limits need the layout when alone
+        from ...components.binary import ComponentFormatError, layout_record, scan
+        from ...errors import ModuleError
+
+        try:
+            component = layout_record(scan(wasm))
+        except ComponentFormatError as exc:
+            raise ModuleError(f"{name}: {exc}") from None
     fingerprint = engine.fingerprint()
     blob = aot.pack(
         "artifact",
@@ -283,6 +289,7 @@ def _artifact(
         exports,
         key=trust.tag_key("artifact", create=True),
         signer=signer,
+        component=component,
     )
     write_output(out, blob, inputs=inputs)
     from ...native.cache import fingerprint_label
