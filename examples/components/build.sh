@@ -4,6 +4,7 @@
 # and the WASI preview1 command adapter of npm @bytecodealliance/jco (fetched and
 # checked by scripts/fetch-wasi-adapter):
 #   calc.wasm  from calc.wat  (wasm-tools parse)
+#   upper.wasm from upper.wat (wasm-tools parse)
 #   cat.wasm   from cat.c     (zig cc for wasm32-wasi, then wasm-tools component new --adapt)
 # The .wasm files are committed so users can run the examples without these tools.
 # `build.sh --check` builds into a temporary folder and fails (exit 1) if the committed
@@ -25,16 +26,17 @@ bash ../../scripts/fetch-wasi-adapter
 [ -f "$ADAPTER" ] || { echo "build.sh: no WASI adapter at $ADAPTER (needs npm)" >&2; exit 3; }
 
 "$WASM_TOOLS" parse calc.wat -o "$out/calc.wasm"
+"$WASM_TOOLS" parse upper.wat -o "$out/upper.wasm"
 # -O2: optimise; -s: no debug info or names (a small, reproducible file)
 "$PYTHON" -m ziglang cc -target wasm32-wasi -O2 -s -o "$out/cat.core.wasm" cat.c
 "$WASM_TOOLS" component new "$out/cat.core.wasm" \
     --adapt "wasi_snapshot_preview1=$ADAPTER" -o "$out/cat.wasm"
 rm -f "$out/cat.core.wasm"
-chmod 644 "$out/calc.wasm" "$out/cat.wasm"  # data, not executables
+chmod 644 "$out/calc.wasm" "$out/upper.wasm" "$out/cat.wasm"  # data, not executables
 
 if [ "$out" != "." ]; then
     status=0
-    for f in calc.wasm cat.wasm; do
+    for f in calc.wasm upper.wasm cat.wasm; do
         if ! cmp -s "$f" "$out/$f"; then
             echo "build.sh: examples/components/$f is stale: run examples/components/build.sh" >&2
             status=1
@@ -42,4 +44,4 @@ if [ "$out" != "." ]; then
     done
     exit $status
 fi
-echo "built $(pwd)/calc.wasm ($(wc -c < calc.wasm) bytes), cat.wasm ($(wc -c < cat.wasm) bytes)"
+for f in calc.wasm upper.wasm cat.wasm; do echo "built $(pwd)/$f ($(wc -c < $f) bytes)"; done

@@ -34,10 +34,11 @@ from ..backends.base import Limits, Usage, WasiSetup
 # into a closed pipe is EPIPE inside the guest (the copy kept here lacked that).
 from ..backends.wasmtime.backend import _Budget, _Output
 from ..units import format_count, format_duration, format_size
-from . import binary
+from . import binary, fastbytes
 from .types import FuncSig, func_sig
 from .values import ValueProblem, lift, lower
 
+fastbytes.install()  # list<u8> in bulk: wasmtime-py converts it byte by byte
 MAX_FRAMES = 12
 # Interfaces ``Linker.add_wasip2`` provides; anything else is refused before linking.
 WASI_PROVIDED = ("wasi:cli/", "wasi:io/", "wasi:clocks/", "wasi:filesystem/", "wasi:random/")

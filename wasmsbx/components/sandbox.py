@@ -383,12 +383,11 @@ class ComponentSandbox(Sandbox):
         """What ``--batch`` calls per item (``batch.make_caller``)."""
         return ComponentCaller(self, func, fresh)
 
-    def stream(self, *args: Any, **kwargs: Any) -> Any:
-        raise errors.UsageError(
-            "--stream needs a core module (the streaming ABI reads guest memory); "
-            "this is a component",
-            hint="call the component's functions instead",
-        )
+    def stream_session(self, func: str, chunk_size: int) -> Any:
+        """What ``--stream`` feeds: FUNC(chunk: list<u8>) -> list<u8> (components.stream)."""
+        from .stream import ComponentStreamSession
+
+        return ComponentStreamSession(self, func, chunk_size)
 
     def close(self) -> None:
         if self._instance is not None:
