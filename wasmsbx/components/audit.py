@@ -18,8 +18,19 @@ from collections import namedtuple
 from pathlib import Path
 from typing import Any, Optional
 
-from ..audit.findings import CapabilityUse, _finding, _matches_everything, _sensitive, compute_risk
-from ..audit.rules import SEVERITIES, severity_rank
+from ..audit.findings import (
+    CapabilityUse,
+    PolicyGrants,
+    Verdict,
+    _finding,
+    _matches_everything,
+    _sensitive,
+    compute_risk,
+    count_by_severity,
+    suggestion_end,
+    suggestion_start,
+)
+from ..audit.rules import severity_rank
 from . import binary
 
 SCHEMA = "wasmsbx.audit-component/1"
@@ -76,7 +87,7 @@ def classify(name: str) -> InterfaceUse:
     return InterfaceUse(name, "custom", "custom interface", False, "not provided by the sandbox")
 
 
-class ComponentAuditReport:
+class ComponentAuditReport(Verdict):
     """Everything ``wasmsbx audit`` shows for a component, as plain data."""
 
     is_component = True
@@ -92,16 +103,7 @@ class ComponentAuditReport:
         self.capabilities: tuple = parts["capabilities"]
         self.findings: tuple = parts["findings"]
         self.risk = compute_risk(self.findings)
-        self.counts = {s: sum(1 for f in self.findings if f.severity == s) for s in SEVERITIES}
-
-    def worst(self) -> Optional[str]:
-        if not self.findings:
-            return None
-        return max((f.severity for f in self.findings), key=severity_rank)
-
-    def fails(self, threshold: str) -> bool:
-        floor = severity_rank(threshold)
-        return any(severity_rank(f.severity) >= floor for f in self.findings)
+        self.counts = count_by_severity(self.findings)
 
     def to_dict(self) -> dict:
         from .. import __version__
@@ -128,11 +130,7 @@ class ComponentAuditReport:
             "imports": [i.to_dict() for i in self.imports],
             "exports": [{"name": e.name, "signature": str(e.sig)} for e in self.exports],
             "findings": [f.to_dict() for f in self.findings],
-            "summary": {
-                "findings": len(self.findings),
-                "by_severity": dict(self.counts),
-                "worst": self.worst(),
-            },
+            "summary": self.summary(),
             "risk": self.risk.to_dict(),
         }
 
@@ -233,24 +231,15 @@ def _core_modules(wasm: bytes, layout: Any) -> list:
     return out
 
 
-class _Ctx:
+class _Ctx(PolicyGrants):
     def __init__(self, policy: Any, imports: tuple, facts: ComponentFacts) -> None:
-        v = policy.values
-        self.policy = policy
+        super().__init__(policy)
         self.imports = imports
         self.facts = facts
-        self.read_only = list(v["filesystem.read_only"])
-        self.read_write = list(v["filesystem.read_write"])
-        self.inherit = list(v["env.inherit"])
-        self.env_set = dict(v["env.set"])
         self.caps = {i.capability for i in imports}
 
     def names(self, capability: str) -> list:
         return [i.name for i in self.imports if i.capability == capability]
-
-    @property
-    def grants(self) -> list:
-        return self.read_only + self.read_write
 
     @property
     def adapter_note(self) -> str:
@@ -308,7 +297,7 @@ def check_filesystem(ctx: _Ctx) -> Any:
 
 def check_environment(ctx: _Ctx) -> Any:
     uses = "environment" in ctx.caps
-    passed = bool(ctx.inherit or ctx.env_set)
+    passed = ctx.env_passed
     if any(_matches_everything(p) for p in ctx.inherit):
         yield _finding(
             "WSX103", "every host environment variable is passed", "env.inherit", where="policy"
@@ -386,7 +375,7 @@ def _status(ctx: _Ctx, cap: str) -> tuple:
             return "granted", ", ".join(f"{g.host}:{g.guest}" for g in ctx.grants)
         return "denied", "no directory granted"
     if cap == "environment":
-        if ctx.inherit or ctx.env_set:
+        if ctx.env_passed:
             return "granted", "argv, and the variables the policy passes"
         return "denied", "argv only; no variables passed"
     if cap in ("sockets",):
@@ -402,20 +391,9 @@ def _status(ctx: _Ctx, cap: str) -> tuple:
 def suggest_policy(report: ComponentAuditReport) -> Any:
     """The least-privilege policy for the audited component (as for modules: grants it
     can use are kept, needed ones become commented-out placeholders, never invented)."""
-    from .. import policy as policy_mod
-    from ..audit.findings import SuggestedPolicy
-
     old = report.policy.values
-    new = policy_mod.defaults()
-    for key in policy_mod.SCHEMA:
-        if key.section == "runtime" or key.dotted in (
-            "limits.fuel",
-            "limits.timeout",
-            "limits.stack",
-            "limits.output",
-            "limits.table_elements",
-        ):
-            new.values[key.dotted] = old[key.dotted]
+    kept = ("limits.fuel", "limits.timeout", "limits.stack", "limits.output")
+    new = suggestion_start(report.policy, kept + ("limits.table_elements",))
     ctx = _Ctx(report.policy, report.imports, report.facts)
     notes: list = []
     placeholders: dict = {}
@@ -427,15 +405,7 @@ def suggest_policy(report: ComponentAuditReport) -> Any:
     )
     _suggest_grants(ctx, new, notes, placeholders)
     _suggest_streams(ctx, new, notes, old)
-    values = new.to_toml_dict()
-    runtime = {
-        k: v for k, v in values["runtime"].items() if f"runtime.{k}" in report.policy.explicit
-    }
-    if runtime:
-        values["runtime"] = runtime
-    else:
-        del values["runtime"]
-    return SuggestedPolicy(values, tuple(notes), placeholders)
+    return suggestion_end(new, report.policy, notes, placeholders)
 
 
 def _suggest_memory(ctx: _Ctx, new: Any, notes: list, limit: int) -> None:
