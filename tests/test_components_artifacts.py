@@ -195,3 +195,19 @@ def test_bad_layout_records_are_refused():
                 {**good, "components": True}):  # fmt: skip
         with pytest.raises(binary.ComponentFormatError):
             binary.layout_from_record(bad)
+
+
+def test_batch_and_checkpoint_from_an_artifact_alone(cli, art, isolated):
+    """A checkpoint names its module by SHA-256; an artifact alone has only the one its
+    header records (this was an internal error for module artifacts too)."""
+    core = isolated / "add.wat"
+    core.write_text(GOOD_WAT)
+    core_art = isolated / "add.cwasm"
+    compile_to(cli, core, core_art)
+    for artifact in (art, core_art):
+        checkpoint = isolated / "ck.json"
+        res = cli("run", artifact, "add", "--batch", "-", "--checkpoint", checkpoint,
+                  "-j", "2", input=b"[1, 2]\n[3, 4]\n")  # fmt: skip
+        assert res.code == 0, res
+        assert [line.count('"ok":true') for line in res.stdout.splitlines()] == [1, 1]
+        assert not checkpoint.exists()  # removed when the run completes

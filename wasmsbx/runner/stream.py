@@ -228,9 +228,7 @@ def run_stream(
             checkpoint,
             {
                 "kind": "stream",
-                "module_sha256": cp.digest(box.wasm)
-                if box.wasm is not None
-                else box.artifact.module_sha256,
+                "module_sha256": cp.module_sha256(box),
                 "function": func,
                 "chunk_size": chunk_size,
             },
