@@ -340,7 +340,7 @@ def _say_native(target: dict, policy: Any, module_size: int) -> None:
     if target["state"] == "written":
         output.out(
             f"wrote {target['path']}: native code for {label} ({format_size(target['size'])})"
-            f"{took}; run it with `wasmsbx run {target.get('run_with') or target['path']} ...`"
+            f"{took}; run it with `wasmsbx run {target['path']} ...`"
         )
         return
     if target["state"] == "cached":
