@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from .rules import RULES
+from .rules import RULES, severity_rank
 
 RISK_LEVELS = ((60, "high"), (30, "moderate"), (10, "low"), (0, "minimal"))
 
@@ -172,3 +172,81 @@ class SuggestedPolicy:
             "notes": list(self.notes),
             "placeholders": {k: list(v) for k, v in self.placeholders.items()},
         }
+
+
+# ---------------------------------------------------------------------------- shared by both audits
+
+
+class Verdict:
+    """``worst``/``fails`` over ``self.findings``: a module's report and a component's."""
+
+    findings: tuple
+
+    def worst(self) -> Optional[str]:
+        if not self.findings:
+            return None
+        return max((f.severity for f in self.findings), key=severity_rank)
+
+    def summary(self) -> dict:
+        """The ``summary`` of the JSON report."""
+        return {
+            "findings": len(self.findings),
+            "by_severity": count_by_severity(self.findings),
+            "worst": self.worst(),
+        }
+
+    def fails(self, threshold: str) -> bool:
+        """True when a finding at or above ``threshold`` exists (``--fail-on``)."""
+        floor = severity_rank(threshold)
+        return any(severity_rank(f.severity) >= floor for f in self.findings)
+
+
+def count_by_severity(findings: Iterable[Finding]) -> dict:
+    """{severity: number of findings}, every severity present (0 when none)."""
+    from .rules import SEVERITIES
+
+    findings = list(findings)
+    return {sev: sum(1 for f in findings if f.severity == sev) for sev in SEVERITIES}
+
+
+class PolicyGrants:
+    """What a policy grants, as the checks of both audits read it."""
+
+    def __init__(self, policy: Any) -> None:
+        values = policy.values
+        self.policy = policy
+        self.read_only = list(values["filesystem.read_only"])
+        self.read_write = list(values["filesystem.read_write"])
+        self.inherit = list(values["env.inherit"])
+        self.env_set = dict(values["env.set"])
+
+    @property
+    def grants(self) -> list:
+        return self.read_only + self.read_write
+
+    @property
+    def env_passed(self) -> bool:
+        return bool(self.inherit or self.env_set)
+
+
+def suggestion_start(policy: Any, kept: tuple) -> Any:
+    """The defaults with the audited policy's ``runtime`` section and ``kept`` keys
+    (the limits a static audit cannot derive): where a suggested policy starts."""
+    from .. import policy as policy_mod
+
+    old, new = policy.values, policy_mod.defaults()
+    for key in policy_mod.SCHEMA:
+        if key.section == "runtime" or key.dotted in kept:
+            new.values[key.dotted] = old[key.dotted]
+    return new
+
+
+def suggestion_end(new: Any, policy: Any, notes: list, placeholders: dict) -> SuggestedPolicy:
+    """The suggested policy, with only the runtime keys the audited policy set itself."""
+    values = new.to_toml_dict()
+    runtime = {k: v for k, v in values["runtime"].items() if f"runtime.{k}" in policy.explicit}
+    if runtime:
+        values["runtime"] = runtime
+    else:
+        del values["runtime"]
+    return SuggestedPolicy(values, tuple(notes), placeholders)

@@ -49,11 +49,7 @@ def report_dict(report: AuditReport) -> dict:
         "start": _start(facts),
         "data": _data(facts),
         "findings": [f.to_dict() for f in report.findings],
-        "summary": {
-            "findings": len(report.findings),
-            "by_severity": dict(report.counts),
-            "worst": report.worst(),
-        },
+        "summary": report.summary(),
         "risk": report.risk.to_dict(),
     }
 

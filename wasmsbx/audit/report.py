@@ -27,12 +27,17 @@ from .findings import (  # noqa: F401 - re-exported
     SENSITIVE_DIRS,
     CapabilityUse,
     Finding,
+    PolicyGrants,
     Risk,
     SuggestedPolicy,
+    Verdict,
     _finding,
     _matches_everything,
     _sensitive,
     compute_risk,
+    count_by_severity,
+    suggestion_end,
+    suggestion_start,
 )
 from .rules import (  # noqa: F401 - re-exported
     PAGE,
@@ -121,7 +126,7 @@ def classify_import(imp: Any, host_imports: Any = None) -> ImportUse:
 
 
 @dataclass(frozen=True)
-class AuditReport:
+class AuditReport(Verdict):
     """Everything ``wasmsbx audit`` shows, as plain data."""
 
     path: str
@@ -132,16 +137,6 @@ class AuditReport:
     findings: tuple
     risk: Risk
     counts: dict = field(default_factory=dict)
-
-    def worst(self) -> Optional[str]:
-        if not self.findings:
-            return None
-        return max((f.severity for f in self.findings), key=severity_rank)
-
-    def fails(self, threshold: str) -> bool:
-        """True when a finding at or above ``threshold`` exists (``--fail-on``)."""
-        floor = severity_rank(threshold)
-        return any(severity_rank(f.severity) >= floor for f in self.findings)
 
     def to_dict(self) -> dict:
         from .formats import report_dict
@@ -171,7 +166,7 @@ def audit(
     if problem:
         findings.append(_finding("WSX008", f"wasmtime rejects the module: {problem}", "module"))
     findings.sort(key=lambda f: (-severity_rank(f.severity), f.rule, f.subject))
-    counts = {sev: sum(1 for f in findings if f.severity == sev) for sev in SEVERITIES}
+    counts = count_by_severity(findings)
     return AuditReport(
         path=path,
         facts=facts,
@@ -232,19 +227,15 @@ def validation_error(wasm: bytes) -> Optional[str]:
 # ---------------------------------------------------------------------------- checks
 
 
-class _Context:
+class _Context(PolicyGrants):
     """What the checks look at: the module's facts, its imports and the policy."""
 
     def __init__(self, facts: ModuleFacts, policy: Any, imports: tuple) -> None:
+        super().__init__(policy)
         self.facts = facts
-        self.policy = policy
         self.imports = imports
         self.wasi = [i.name for i in imports if i.provided and i.capability != "custom"]
         values = policy.values
-        self.read_only = list(values["filesystem.read_only"])
-        self.read_write = list(values["filesystem.read_write"])
-        self.inherit = list(values["env.inherit"])
-        self.env_set = dict(values["env.set"])
         self.memory_limit = values["limits.memory"]
         self.table_limit = values["limits.table_elements"]
 
@@ -258,14 +249,6 @@ class _Context:
     @property
     def env_functions(self) -> list:
         return self.imported("environ_get", "environ_sizes_get")
-
-    @property
-    def env_passed(self) -> bool:
-        return bool(self.inherit or self.env_set)
-
-    @property
-    def grants(self) -> list:
-        return self.read_only + self.read_write
 
 
 def _names(names: Iterable[str], limit: int = 6) -> str:
@@ -692,30 +675,15 @@ def suggest_policy(report: AuditReport) -> SuggestedPolicy:
 
         return suggest_for_component(report)
     ctx = _Context(report.facts, report.policy, report.imports)
-    old = report.policy.values
-    new = policy_mod.defaults()
+    kept = ("limits.fuel", "limits.timeout", "limits.stack", "limits.output")
+    new = suggestion_start(report.policy, kept)
     notes: list = []
     placeholders: dict = {}
-    for key in policy_mod.SCHEMA:
-        if key.section == "runtime" or key.dotted in (
-            "limits.fuel",
-            "limits.timeout",
-            "limits.stack",
-            "limits.output",
-        ):
-            new.values[key.dotted] = old[key.dotted]
     _suggest_limits(ctx, new, notes)
     _suggest_filesystem(ctx, new, notes, placeholders)
     _suggest_env(ctx, new, notes, placeholders)
     _suggest_stdio(ctx, new, notes)
-    values = new.to_toml_dict()
-    explicit = report.policy.explicit
-    runtime = {k: v for k, v in values["runtime"].items() if f"runtime.{k}" in explicit}
-    if runtime:
-        values["runtime"] = runtime
-    else:
-        del values["runtime"]
-    return SuggestedPolicy(values, tuple(notes), placeholders)
+    return suggestion_end(new, report.policy, notes, placeholders)
 
 
 def _suggest_limits(ctx: _Context, new: Any, notes: list) -> None:

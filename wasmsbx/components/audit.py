@@ -15,10 +15,22 @@ from __future__ import annotations
 
 import hashlib
 from collections import namedtuple
+from pathlib import Path
 from typing import Any, Optional
 
-from ..audit.findings import CapabilityUse, _finding, _matches_everything, _sensitive, compute_risk
-from ..audit.rules import SEVERITIES, severity_rank
+from ..audit.findings import (
+    CapabilityUse,
+    PolicyGrants,
+    Verdict,
+    _finding,
+    _matches_everything,
+    _sensitive,
+    compute_risk,
+    count_by_severity,
+    suggestion_end,
+    suggestion_start,
+)
+from ..audit.rules import severity_rank
 from . import binary
 
 SCHEMA = "wasmsbx.audit-component/1"
@@ -75,7 +87,7 @@ def classify(name: str) -> InterfaceUse:
     return InterfaceUse(name, "custom", "custom interface", False, "not provided by the sandbox")
 
 
-class ComponentAuditReport:
+class ComponentAuditReport(Verdict):
     """Everything ``wasmsbx audit`` shows for a component, as plain data."""
 
     is_component = True
@@ -84,22 +96,14 @@ class ComponentAuditReport:
         self.path = path
         self.facts = facts
         self.policy = policy
+        self.types_from: str = parts["types_from"]  # "cache" or "compiled"
         self.imports: tuple = parts["imports"]
         self.exports: list = parts["exports"]
         self.core_modules: list = parts["core_modules"]
         self.capabilities: tuple = parts["capabilities"]
         self.findings: tuple = parts["findings"]
         self.risk = compute_risk(self.findings)
-        self.counts = {s: sum(1 for f in self.findings if f.severity == s) for s in SEVERITIES}
-
-    def worst(self) -> Optional[str]:
-        if not self.findings:
-            return None
-        return max((f.severity for f in self.findings), key=severity_rank)
-
-    def fails(self, threshold: str) -> bool:
-        floor = severity_rank(threshold)
-        return any(severity_rank(f.severity) >= floor for f in self.findings)
+        self.counts = count_by_severity(self.findings)
 
     def to_dict(self) -> dict:
         from .. import __version__
@@ -113,6 +117,7 @@ class ComponentAuditReport:
                 "size": self.facts.size,
                 "sha256": self.facts.sha256,
                 "adapted_preview1": self.facts.adapted,
+                "types_from": self.types_from,
                 "core_instances": self.facts.layout.core_instances,
                 "core_modules": self.core_modules,
                 "memories": [
@@ -125,11 +130,7 @@ class ComponentAuditReport:
             "imports": [i.to_dict() for i in self.imports],
             "exports": [{"name": e.name, "signature": str(e.sig)} for e in self.exports],
             "findings": [f.to_dict() for f in self.findings],
-            "summary": {
-                "findings": len(self.findings),
-                "by_severity": dict(self.counts),
-                "worst": self.worst(),
-            },
+            "summary": self.summary(),
             "risk": self.risk.to_dict(),
         }
 
@@ -151,7 +152,7 @@ def audit_component(path: str, wasm: bytes, policy: Any) -> ComponentAuditReport
         len(wasm), hashlib.sha256(wasm).hexdigest(), ADAPTER_MARK in wasm, layout
     )
     findings: list = []
-    exports, names = _introspect(wasm, findings)
+    exports, names, source = _introspect(wasm, policy, str(path), findings)
     imports = tuple(classify(n) for n in names)
     ctx = _Ctx(policy, imports, facts)
     for check in CHECKS:
@@ -161,6 +162,7 @@ def audit_component(path: str, wasm: bytes, policy: Any) -> ComponentAuditReport
         str(path),
         facts,
         policy,
+        types_from=source,
         imports=imports,
         exports=exports,
         core_modules=_core_modules(wasm, layout),
@@ -169,20 +171,46 @@ def audit_component(path: str, wasm: bytes, policy: Any) -> ComponentAuditReport
     )
 
 
-def _introspect(wasm: bytes, findings: list) -> tuple:
-    """(exports, import names) from wasmtime; a WSX008 finding if it rejects the component."""
+def _introspect(wasm: bytes, policy: Any, path: str, findings: list) -> tuple:
+    """(exports, import names, "cache" or "compiled") from wasmtime's introspection; a
+    WSX008 finding if it rejects the component."""
     from .. import errors
     from ..backends.base import EngineOptions
     from ..backends.wasmtime.backend import WasmtimeEngine
     from . import runtime
 
-    engine = WasmtimeEngine(EngineOptions(optimize="none"))
-    try:
-        component = runtime.compile_component(engine, wasm)
-    except errors.ModuleError as exc:
-        findings.append(_finding("WSX008", f"wasmtime rejects the component: {exc}", "component"))
-        return [], []
-    return runtime.exports(engine, component), [i.name for i in runtime.imports(engine, component)]
+    found = _from_cache(wasm, policy, path)
+    if found is not None:
+        engine, component = found
+        source = "cache"
+    else:  # compiled only to read its types: at the lowest optimisation level
+        engine, source = WasmtimeEngine(EngineOptions(optimize="none")), "compiled"
+        try:
+            component = runtime.compile_component(engine, wasm)
+        except errors.ModuleError as exc:
+            findings.append(
+                _finding("WSX008", f"wasmtime rejects the component: {exc}", "component")
+            )
+            return [], [], source
+    names = [i.name for i in runtime.imports(engine, component)]
+    return runtime.exports(engine, component), names, source
+
+
+def _from_cache(wasm: bytes, policy: Any, path: str) -> Optional[tuple]:
+    """(engine, component) from the cache entry ``run`` or ``compile`` made under this
+    policy, authenticated as ``run`` would (an 18 MB componentize-py guest: 42 s to
+    compile, well under a second from its entry); None if there is none."""
+    if not policy.values["runtime.cache"]:
+        return None
+    from ..backends import get
+    from ..native.cache import cached
+    from ..runner.sandbox import engine_options
+    from .runtime import ComponentEngine
+
+    adapter = get("wasmtime")
+    engine = ComponentEngine(adapter.engine(engine_options(policy, adapter.default_compiler)))
+    component = cached(engine, wasm, policy, Path(path).name)
+    return None if component is None else (engine.inner, component)
 
 
 def _core_modules(wasm: bytes, layout: Any) -> list:
@@ -203,24 +231,15 @@ def _core_modules(wasm: bytes, layout: Any) -> list:
     return out
 
 
-class _Ctx:
+class _Ctx(PolicyGrants):
     def __init__(self, policy: Any, imports: tuple, facts: ComponentFacts) -> None:
-        v = policy.values
-        self.policy = policy
+        super().__init__(policy)
         self.imports = imports
         self.facts = facts
-        self.read_only = list(v["filesystem.read_only"])
-        self.read_write = list(v["filesystem.read_write"])
-        self.inherit = list(v["env.inherit"])
-        self.env_set = dict(v["env.set"])
         self.caps = {i.capability for i in imports}
 
     def names(self, capability: str) -> list:
         return [i.name for i in self.imports if i.capability == capability]
-
-    @property
-    def grants(self) -> list:
-        return self.read_only + self.read_write
 
     @property
     def adapter_note(self) -> str:
@@ -278,7 +297,7 @@ def check_filesystem(ctx: _Ctx) -> Any:
 
 def check_environment(ctx: _Ctx) -> Any:
     uses = "environment" in ctx.caps
-    passed = bool(ctx.inherit or ctx.env_set)
+    passed = ctx.env_passed
     if any(_matches_everything(p) for p in ctx.inherit):
         yield _finding(
             "WSX103", "every host environment variable is passed", "env.inherit", where="policy"
@@ -356,7 +375,7 @@ def _status(ctx: _Ctx, cap: str) -> tuple:
             return "granted", ", ".join(f"{g.host}:{g.guest}" for g in ctx.grants)
         return "denied", "no directory granted"
     if cap == "environment":
-        if ctx.inherit or ctx.env_set:
+        if ctx.env_passed:
             return "granted", "argv, and the variables the policy passes"
         return "denied", "argv only; no variables passed"
     if cap in ("sockets",):
@@ -372,20 +391,9 @@ def _status(ctx: _Ctx, cap: str) -> tuple:
 def suggest_policy(report: ComponentAuditReport) -> Any:
     """The least-privilege policy for the audited component (as for modules: grants it
     can use are kept, needed ones become commented-out placeholders, never invented)."""
-    from .. import policy as policy_mod
-    from ..audit.findings import SuggestedPolicy
-
     old = report.policy.values
-    new = policy_mod.defaults()
-    for key in policy_mod.SCHEMA:
-        if key.section == "runtime" or key.dotted in (
-            "limits.fuel",
-            "limits.timeout",
-            "limits.stack",
-            "limits.output",
-            "limits.table_elements",
-        ):
-            new.values[key.dotted] = old[key.dotted]
+    kept = ("limits.fuel", "limits.timeout", "limits.stack", "limits.output")
+    new = suggestion_start(report.policy, kept + ("limits.table_elements",))
     ctx = _Ctx(report.policy, report.imports, report.facts)
     notes: list = []
     placeholders: dict = {}
@@ -397,15 +405,7 @@ def suggest_policy(report: ComponentAuditReport) -> Any:
     )
     _suggest_grants(ctx, new, notes, placeholders)
     _suggest_streams(ctx, new, notes, old)
-    values = new.to_toml_dict()
-    runtime = {
-        k: v for k, v in values["runtime"].items() if f"runtime.{k}" in report.policy.explicit
-    }
-    if runtime:
-        values["runtime"] = runtime
-    else:
-        del values["runtime"]
-    return SuggestedPolicy(values, tuple(notes), placeholders)
+    return suggestion_end(new, report.policy, notes, placeholders)
 
 
 def _suggest_memory(ctx: _Ctx, new: Any, notes: list, limit: int) -> None:

@@ -173,3 +173,35 @@ def memory_cap(limit: int, memories: tuple) -> Optional[int]:
             return share
         spent += high
     return limit - spent if unbounded == 0 else (limit - spent) // unbounded
+
+
+def layout_record(layout: Layout) -> dict:
+    """The layout as JSON data: what a component artifact's header carries, so the
+    artifact runs alone under the same limits (its header is authenticated with it)."""
+    return {
+        "core_modules": [list(m) for m in layout.core_modules],
+        "core_instances": layout.core_instances,
+        "memories": [list(m) for m in layout.memories],
+        "components": layout.components,
+    }
+
+
+def layout_from_record(record: object) -> Layout:
+    """A Layout from :func:`layout_record`'s data (ComponentFormatError if malformed)."""
+    try:
+        modules = tuple(CoreModule(*(_count(v) for v in m)) for m in record["core_modules"])
+        memories = tuple(
+            (_count(low), None if high is None else _count(high))
+            for low, high in record["memories"]
+        )
+        return Layout(
+            modules, _count(record["core_instances"]), memories, _count(record["components"])
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ComponentFormatError(f"unreadable component layout ({exc})") from None
+
+
+def _count(value: object) -> int:
+    if type(value) is not int or value < 0:
+        raise ValueError(f"{value!r} is not a count")
+    return value

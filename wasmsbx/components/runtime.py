@@ -20,7 +20,6 @@ grants no socket address and no name lookup, so every socket call is denied.
 
 from __future__ import annotations
 
-import sys
 from collections import namedtuple
 from typing import Any, Optional
 
@@ -30,14 +29,15 @@ import wasmtime.component as wc
 from .. import errors
 from ..backends.base import Limits, Usage, WasiSetup
 
-# The module backend's output counting: one budget for stdout and stderr, and a write
-# into a closed pipe is EPIPE inside the guest (the copy kept here lacked that).
-from ..backends.wasmtime.backend import _Budget, _Output
+# The module backend's output budget and WASI setup (one for stdout and stderr; a write
+# into a closed pipe is EPIPE inside the guest; a FIFO stdin's open is watched).
+from ..backends.wasmtime.backend import _Budget, set_wasi
 from ..units import format_count, format_duration, format_size
-from . import binary
+from . import binary, fastbytes
 from .types import FuncSig, func_sig
 from .values import ValueProblem, lift, lower
 
+fastbytes.install()  # list<u8> in bulk: wasmtime-py converts it byte by byte
 MAX_FRAMES = 12
 # Interfaces ``Linker.add_wasip2`` provides; anything else is refused before linking.
 WASI_PROVIDED = ("wasi:cli/", "wasi:io/", "wasi:clocks/", "wasi:filesystem/", "wasi:random/")
@@ -154,7 +154,9 @@ class ComponentInstance:
         check_imports(import_names)
         self.store = wasmtime.Store(engine.engine)
         self._set_limits()
-        self._set_wasi(wasi)
+        self.outputs, self._tmp = set_wasi(
+            self.store, wasi, self.budget, limits.seconds(), self._stuck_opening
+        )
         linker = wc.Linker(engine.engine)
         linker.add_wasip2()
         self._arm()
@@ -191,53 +193,9 @@ class ComponentInstance:
             memories=-1 if count is None else len(layout.memories) * count,
         )
 
-    def _set_wasi(self, wasi: WasiSetup) -> None:
-        """WASI for the store. wasmtime opens a stdin path itself, and a FIFO's open waits
-        for a writer: watched by the keeper like a call, so the command line's hard stop
-        ends it at the deadline (exit 112), as for core modules."""
-        try:  # the config's stdin_file setter is what opens the file
-            self._guarded("opening stdin", lambda: self.store.set_wasi(self._wasi_config(wasi)))
-        except wasmtime.WasmtimeError as exc:
-            raise errors.InputError(
-                f"cannot set up the guest's stdio: {str(exc).splitlines()[0]}",
-                path=wasi.stdin if isinstance(wasi.stdin, str) else None,
-            ) from None
-        finally:
-            self.watch = None
-
-    def _wasi_config(self, wasi: WasiSetup) -> wasmtime.WasiConfig:
-        config = wasmtime.WasiConfig()
-        config.argv = list(wasi.argv)
-        config.env = list(wasi.env.items())
-        if wasi.grants:  # never the folder of the keys that vouch for native code
-            from ..native.trust import refuse_key_grants
-
-            refuse_key_grants(wasi.grants)
-        for grant in wasi.grants:
-            config.preopen_dir(grant.host, grant.guest, grant.writable)
-        stdin = wasi.stdin
-        if stdin == "inherit":
-            config.inherit_stdin()
-        elif isinstance(stdin, (bytes, bytearray)):
-            config.stdin_file = self._bytes_file(stdin)
-        elif stdin != "null":
-            config.stdin_file = stdin
-        out = _Output(wasi.stdout, self.budget, sys.stdout.buffer)
-        err = _Output(wasi.stderr, self.budget, sys.stderr.buffer)
-        self.outputs = [out, err]
-        config.stdout_custom = out
-        config.stderr_custom = err
-        return config
-
-    def _bytes_file(self, data: bytes) -> str:
-        import os
-        import tempfile
-
-        handle, path = tempfile.mkstemp(prefix="wasmsbx-stdin-")
-        with os.fdopen(handle, "wb") as f:
-            f.write(data)
-        self._tmp = path
-        return path
+    def _stuck_opening(self) -> errors.WasmsbxError:
+        """The keeper's error for a stdin whose open blocks (a FIFO with no writer)."""
+        return self._stuck_error("opening stdin", " (blocked in a host call)")
 
     def _arm(self) -> None:
         """Arm the fuel; the deadline is armed by _guarded through the process's keeper."""
@@ -250,30 +208,33 @@ class ComponentInstance:
         (backends/deadline.py), which also stops a call blocked in a host call."""
         from ..backends.deadline import KEEPER
 
-        limits = self.limits
-
-        def stuck() -> errors.WasmsbxError:  # the keeper's error for a call it must end
-            if self.budget.exceeded:
-                return errors.OutputLimitExceeded(
-                    f"output limit {format_size(limits.output or 0)} reached: guest wrote "
-                    "more to stdout/stderr",
-                    hint="raise limits.output in the policy",
-                    limit_value=limits.output,
-                )
-            return errors.TimeoutExceeded(
-                f"timeout: {where} still running after {format_duration(limits.timeout)}",
-                hint="raise limits.timeout (--timeout 30s) if the guest needs longer",
-                limit_value=limits.timeout,
-            )
-
         watch = KEEPER.enter(
-            self.engine.clock, limits.seconds(), stuck, self.store.set_epoch_deadline
+            self.engine.clock,
+            self.limits.seconds(),
+            lambda: self._stuck_error(where),
+            self.store.set_epoch_deadline,
         )
         self.watch = watch
         try:
             return func(*args)
         finally:
             KEEPER.leave(watch)
+
+    def _stuck_error(self, where: str, how: str = "") -> errors.WasmsbxError:
+        """The keeper's error for a call it must end: output flood or timeout."""
+        limits = self.limits
+        if self.budget.exceeded:
+            return errors.OutputLimitExceeded(
+                f"output limit {format_size(limits.output or 0)} reached: guest wrote "
+                "more to stdout/stderr",
+                hint="raise limits.output in the policy",
+                limit_value=limits.output,
+            )
+        return errors.TimeoutExceeded(
+            f"timeout: {where} still running after {format_duration(limits.timeout)}{how}",
+            hint="raise limits.timeout (--timeout 30s) if the guest needs longer",
+            limit_value=limits.timeout,
+        )
 
     def _stop_flood(self) -> None:
         """The output limit is reached: end the running call as a timeout would, unless

@@ -20,6 +20,7 @@ from .. import errors
 from .. import policy as policy_mod
 from ..backends.base import ExportInfo, WasiSetup
 from ..runner.sandbox import RunStats, Sandbox, engine_options, limits_from, read_file
+from ..wasm.source import ARTIFACT_FIRST_BYTE
 from . import binary, runtime, wave
 from .types import passable
 from .values import ValueProblem, check, to_json
@@ -194,17 +195,21 @@ class ComponentSandbox(Sandbox):
         from ..backends.compiling import check_size
 
         check_size(len(data), self.policy.values["limits.module_size"], self.path.name)
-        self.wasm: Optional[bytes] = component_bytes(data, self.path)
+        self.wasm: Optional[bytes] = None
         self.artifact = None
+        if data[:1] == ARTIFACT_FIRST_BYTE and artifact is None:
+            from ..native import artifact as aot
+
+            # Alone: authenticated as a module's artifact is (refused -> exit 102).
+            self.artifact = aot.open_for(self, data, str(self.path))
+        if self.artifact is None:
+            self.wasm = component_bytes(data, self.path)
         if artifact is not None:  # verified as for modules; refused -> warning, compiled
             from ..native import artifact as aot
 
             self.artifact = aot.open_for(self, None, artifact)
         self.timings["read"] = time.perf_counter() - started
-        try:
-            self.layout = binary.scan(self.wasm)
-        except binary.ComponentFormatError as exc:
-            raise errors.ModuleError(f"{self.path}: {exc}", path=str(self.path)) from None
+        self.layout = self._layout()
         self.selection = None
         self._spec = backend
         self.backend_name, self.compiler = self._choose(backend, kind)
@@ -229,6 +234,25 @@ class ComponentSandbox(Sandbox):
         runtime.check_imports(self.import_names)  # refused at load, before any call
         self.export_list = [ExportInfo(e.name, "func", e.sig) for e in self.component_exports]
         self._instance: Any = None
+
+    def _layout(self) -> binary.Layout:
+        """What instantiating creates (the limits need it): scanned from the component, or
+        for an artifact alone, read from its authenticated header."""
+        try:
+            if self.wasm is not None:
+                return binary.scan(self.wasm)
+            record = self.artifact.header["module"].get("component")
+            if record is None:
+                raise errors.ModuleError(
+                    f"{self.path}: refused precompiled artifact: it does not record the "
+                    "component's layout, which the limits need (made by an older wasmsbx)",
+                    hint="compile it again: `wasmsbx compile COMPONENT -o FILE`, or run it "
+                    "beside its component (`--artifact FILE`)",
+                    path=str(self.path),
+                )
+            return binary.layout_from_record(record)
+        except binary.ComponentFormatError as exc:
+            raise errors.ModuleError(f"{self.path}: {exc}", path=str(self.path)) from None
 
     # --------------------------------------------------------------- choosing
     def _choose(self, backend: Optional[str], kind: str) -> tuple:
@@ -363,12 +387,11 @@ class ComponentSandbox(Sandbox):
         """What ``--batch`` calls per item (``batch.make_caller``)."""
         return ComponentCaller(self, func, fresh)
 
-    def stream(self, *args: Any, **kwargs: Any) -> Any:
-        raise errors.UsageError(
-            "--stream needs a core module (the streaming ABI reads guest memory); "
-            "this is a component",
-            hint="call the component's functions instead",
-        )
+    def stream_session(self, func: str, chunk_size: int) -> Any:
+        """What ``--stream`` feeds: FUNC(chunk: list<u8>) -> list<u8> (components.stream)."""
+        from .stream import ComponentStreamSession
+
+        return ComponentStreamSession(self, func, chunk_size)
 
     def close(self) -> None:
         if self._instance is not None:

@@ -133,9 +133,12 @@ def pack(
     *,
     key: bytes,
     signer: Any = None,
+    component: Optional[dict] = None,
 ) -> bytes:
     """Prefix, header, payload, [signature], tag made with ``key`` (``trust.tag_key``);
-    ``signer`` (a ``trust.Signer``) adds an Ed25519 signature for other machines."""
+    ``signer`` (a ``trust.Signer``) adds an Ed25519 signature for other machines.
+    ``component``: a component's layout (``components.binary.layout_record``), which its
+    limits need when the artifact runs alone."""
     header = {
         "format": FORMAT,
         "kind": kind,
@@ -154,6 +157,8 @@ def pack(
         },
         "payload": {"size": len(payload)},
     }
+    if component is not None:
+        header["module"]["component"] = component
     text = json.dumps(header, sort_keys=True, separators=(",", ":")).encode("utf-8")
     sig_size = SIGNATURE_SIZE if signer is not None else 0
     parts = [MAGIC, PREFIX.pack(len(text), sig_size), text, bytes(payload)]
@@ -240,6 +245,28 @@ def parse(data: Any, parts: Layout, kind: Optional[str], by: str = "your key") -
 def read_header(data: Any) -> dict:
     """The header alone, NOT authenticated: for tests and inspection only."""
     return parse(data, layout(data), None).header
+
+
+def claims_component(path: Any) -> bool:
+    """Whether the artifact file (or bytes) at ``path`` *says* it holds a component's
+    code. NOT authenticated: it only picks which sandbox opens the artifact, and that
+    sandbox authenticates it before reading anything else (a relabelled header breaks
+    the tag or signature). False for anything unreadable: the regular path reports it."""
+    try:
+        if isinstance(path, (bytes, bytearray, memoryview)):
+            head = bytes(path[: START + MAX_HEADER])
+        else:
+            with open(path, "rb") as f:
+                head = f.read(START)
+                if len(head) == START and is_artifact(head):
+                    head += f.read(min(PREFIX.unpack_from(head, len(MAGIC))[0], MAX_HEADER))
+        if not is_artifact(head) or len(head) < START:
+            return False
+        size = PREFIX.unpack_from(head, len(MAGIC))[0]
+        header = json.loads(head[START : START + size].decode("utf-8"))
+        return header["fingerprint"].get("kind") == "component"
+    except (OSError, TypeError, ValueError, KeyError, AttributeError, struct.error):
+        return False
 
 
 def open_sealed(data: Any, key: Optional[bytes], kind: str) -> Artifact:

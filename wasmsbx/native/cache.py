@@ -672,6 +672,28 @@ def load_or_compile(
     return lookup.run()
 
 
+def cached(
+    engine: Any,
+    wasm: bytes,
+    policy: Any,
+    name: Optional[str] = None,
+    cache_dir: Optional[str] = None,
+) -> Any:
+    """The module from an existing cache entry that passes every check ``run`` makes
+    (authenticated with the user's key, built from ``wasm`` for ``engine``), or None.
+    Looks only: creates no cache, stores and counts nothing; a broken cache is None."""
+    try:
+        store = open_store(policy, cache_dir, create=False)
+        if store is None:
+            return None
+        try:
+            return Lookup(store, engine, wasm, name).load(touch=False)
+        finally:
+            store.close()
+    except cache_errors():
+        return None
+
+
 class Lookup:
     """One module's trip through the cache: find, verify and load it, or compile and store."""
 

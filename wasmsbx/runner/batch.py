@@ -732,7 +732,7 @@ def run_jsonl(
     if checkpoint:
         marker = cp.Checkpoint(
             checkpoint,
-            {"kind": "batch", "module_sha256": cp.digest(box.wasm), "function": func},
+            {"kind": "batch", "module_sha256": cp.module_sha256(box), "function": func},
         )
         state = marker.load()
         if state is not None:

@@ -38,6 +38,12 @@ def digest(data: Any) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def module_sha256(box: Any) -> str:
+    """The identity of the module a checkpoint belongs to: its SHA-256, or for a
+    precompiled artifact run alone, the SHA-256 its authenticated header records."""
+    return digest(box.wasm) if box.wasm is not None else box.artifact.module_sha256
+
+
 class Checkpoint:
     """One checkpoint file: ``identity`` must match for a resume; ``state`` is progress."""
 

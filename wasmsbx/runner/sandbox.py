@@ -1087,6 +1087,10 @@ def _is_component_file(module: Any) -> bool:
             return False
     if head[:4] == WASM_MAGIC:
         return head[6:8] == b"\x01\x00"
+    if head[:1] == ARTIFACT_FIRST_BYTE:  # a component's precompiled artifact
+        from ..native.artifact import claims_component
+
+        return claims_component(module)
     return _wat_head(head).startswith(b"(component")  # a component in WAT text
 
 

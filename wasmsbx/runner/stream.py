@@ -92,17 +92,21 @@ def _packing(box: Any, name: str, params: tuple) -> str:
     )
 
 
+def check_chunk_size(chunk_size: int) -> None:
+    if not 1 <= chunk_size <= MAX_CHUNK:
+        raise errors.UsageError(
+            f"chunk size must be between 1 byte and 1 GiB, got {chunk_size}",
+            hint="e.g. --chunk-size 64KiB",
+        )
+
+
 class StreamSession:
     """One instance speaking the streaming ABI: ``feed(chunk) -> bytes``, ``finish()``."""
 
     def __init__(self, box: Any, func: str = "process", chunk_size: int = DEFAULT_CHUNK) -> None:
         from .batch import guest_wasi
 
-        if not 1 <= chunk_size <= MAX_CHUNK:
-            raise errors.UsageError(
-                f"chunk size must be between 1 byte and 1 GiB, got {chunk_size}",
-                hint="e.g. --chunk-size 64KiB",
-            )
+        check_chunk_size(chunk_size)
         names = {e.name: e.kind for e in box.exports}
         if names.get("memory") != "memory" or names.get("alloc") != "func":
             raise errors.UsageError(
@@ -259,7 +263,9 @@ def run_stream(
     depends on that chunk alone (or whose state can be re-derived from it)."""
     from . import checkpoint as cp
 
-    session = StreamSession(box, func, chunk_size)
+    # A component speaks the ABI in WIT (components.stream): the box makes its session.
+    make = getattr(box, "stream_session", None)
+    session = make(func, chunk_size) if make else StreamSession(box, func, chunk_size)
     stats = StreamStats(chunk_size)
     marker = None
     if checkpoint:
@@ -267,7 +273,7 @@ def run_stream(
             checkpoint,
             {
                 "kind": "stream",
-                "module_sha256": cp.digest(box.wasm),
+                "module_sha256": cp.module_sha256(box),
                 "function": func,
                 "chunk_size": chunk_size,
             },

@@ -14,8 +14,9 @@ import functools
 import os
 import sys
 import time
+from collections import namedtuple
 from collections.abc import Sequence
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import wasmtime
 
@@ -123,6 +124,73 @@ class _Budget:
                 self.on_exceeded()
             return False
         return True
+
+
+class GuestWasi(namedtuple("GuestWasi", "outputs tmp")):
+    """What ``set_wasi`` made: the guest's [stdout, stderr] sinks (close them when done)
+    and the temporary file holding stdin bytes, if any (delete it when done)."""
+
+    outputs: list
+    tmp: Optional[str]
+    __slots__ = ()
+
+
+def set_wasi(
+    store: Any, wasi: WasiSetup, budget: _Budget, seconds: float, stuck: Callable
+) -> GuestWasi:
+    """WASI for ``store``, a core module's (preview1) or a component's (WASI 0.2): one
+    ``wasmtime.WasiConfig`` serves both.
+
+    Grants never show the trust folder (the keys that vouch for native code); stdout and
+    stderr count against ``budget``. wasmtime opens a stdin path itself, and a FIFO's
+    open waits for a writer: the keeper watches it like a blocked host call (``stuck``
+    gives the error; the command line's hard stop ends it at the deadline, exit 112)."""
+    if wasi.grants:
+        from ...native.trust import refuse_key_grants
+
+        refuse_key_grants(wasi.grants)
+    config = wasmtime.WasiConfig()
+    config.argv = list(wasi.argv)
+    config.env = list(wasi.env.items())
+    for grant in wasi.grants:
+        config.preopen_dir(grant.host, grant.guest, grant.writable)
+    outputs = [
+        _Output(wasi.stdout, budget, sys.stdout.buffer),
+        _Output(wasi.stderr, budget, sys.stderr.buffer),
+    ]
+    config.stdout_custom, config.stderr_custom = outputs
+    stdin, tmp = wasi.stdin, None
+    if stdin == "inherit":
+        config.inherit_stdin()
+    elif isinstance(stdin, (bytes, bytearray)):
+        tmp = config.stdin_file = _bytes_file(stdin)
+    watch = KEEPER.enter(None, seconds, stuck)
+    try:
+        if isinstance(stdin, str) and stdin not in ("inherit", "null"):
+            config.stdin_file = stdin  # wasmtime opens it here: the open that may block
+        store.set_wasi(config)
+    except BaseException as exc:
+        if tmp:
+            os.unlink(tmp)
+        if isinstance(exc, wasmtime.WasmtimeError):
+            raise errors.InputError(
+                f"cannot set up the guest's stdio: {_first_line(exc)}",
+                path=stdin if isinstance(stdin, str) else None,
+            ) from None
+        raise
+    finally:
+        KEEPER.leave(watch)
+    return GuestWasi(outputs, tmp)
+
+
+def _bytes_file(data: bytes) -> str:
+    """A private temporary file holding ``data``: wasmtime reads stdin from a path."""
+    import tempfile
+
+    handle, path = tempfile.mkstemp(prefix="wasmsbx-stdin-")
+    with os.fdopen(handle, "wb") as f:
+        f.write(data)
+    return path
 
 
 def _kind(extern_type: Any) -> str:
@@ -321,53 +389,10 @@ class WasmtimeInstance(Instance):
         )
 
     def _set_wasi(self, wasi: WasiSetup) -> None:
-        """WASI for the store. wasmtime opens a stdin path itself, and a FIFO's open
-        waits for a writer: the keeper watches it like a blocked host call (the command
-        line's hard stop ends it at the deadline, exit 112)."""
         self.where = "opening stdin"  # for _stuck
-        watch = KEEPER.enter(None, self.limits.seconds(), self._stuck)
-        try:
-            self.store.set_wasi(self._wasi_config(wasi))
-        except wasmtime.WasmtimeError as exc:
-            raise errors.InputError(
-                f"cannot set up the guest's stdio: {_first_line(exc)}",
-                path=wasi.stdin if isinstance(wasi.stdin, str) else None,
-            ) from None
-        finally:
-            KEEPER.leave(watch)
-
-    def _wasi_config(self, wasi: WasiSetup) -> wasmtime.WasiConfig:
-        config = wasmtime.WasiConfig()
-        config.argv = list(wasi.argv)
-        config.env = list(wasi.env.items())
-        if wasi.grants:  # never the folder of the keys that vouch for native code
-            from ...native.trust import refuse_key_grants
-
-            refuse_key_grants(wasi.grants)
-        for grant in wasi.grants:
-            config.preopen_dir(grant.host, grant.guest, grant.writable)
-        stdin = wasi.stdin
-        if stdin == "inherit":
-            config.inherit_stdin()
-        elif isinstance(stdin, (bytes, bytearray)):
-            config.stdin_file = self._bytes_file(stdin)
-        elif stdin != "null":
-            config.stdin_file = stdin
-        out = _Output(wasi.stdout, self.budget, sys.stdout.buffer)
-        err = _Output(wasi.stderr, self.budget, sys.stderr.buffer)
-        self.outputs = [out, err]
-        config.stdout_custom = out
-        config.stderr_custom = err
-        return config
-
-    def _bytes_file(self, data: bytes) -> str:
-        import tempfile
-
-        handle, path = tempfile.mkstemp(prefix="wasmsbx-stdin-")
-        with os.fdopen(handle, "wb") as f:
-            f.write(data)
-        self._tmp = path
-        return path
+        self.outputs, self._tmp = set_wasi(
+            self.store, wasi, self.budget, self.limits.seconds(), self._stuck
+        )
 
     def _define(self, imports: dict) -> None:
         """Define the caller's host imports (wasmsbx.host objects) in the linker."""

@@ -244,10 +244,7 @@ def _native(
         result = cache.store_compiled(engine, wasm, policy, name, compile_fn, cache_dir, force)
         result["cache_dir"] = str(cache.resolve_dir(policy, cache_dir)[0])
         return result
-    result = _artifact(engine, wasm, name, native_fn, out, signer, inputs, facts)
-    if getattr(engine, "is_component", False):  # its code runs beside the component
-        result["run_with"] = f"{name} --artifact {out}"
-    return result
+    return _artifact(engine, wasm, name, native_fn, out, signer, inputs, facts)
 
 
 def _for_components(engine: Any, wasm: bytes, out: Optional[str]) -> Any:
@@ -304,6 +301,15 @@ def _artifact(
     seconds = time.perf_counter() - started
     features = tuple(facts.features) if facts is not None else ()
     exports = aot.records_of(facts.exports) if facts is not None else None
+    component = None
+    if getattr(engine, "is_component", False):  # its limits need the layout when alone
+        from ...components.binary import ComponentFormatError, layout_record, scan
+        from ...errors import ModuleError
+
+        try:
+            component = layout_record(scan(wasm))
+        except ComponentFormatError as exc:
+            raise ModuleError(f"{name}: {exc}") from None
     fingerprint = engine.fingerprint()
     blob = aot.pack(
         "artifact",
@@ -316,6 +322,7 @@ def _artifact(
         exports,
         key=trust.tag_key("artifact", create=True),
         signer=signer,
+        component=component,
     )
     write_output(out, blob, inputs=inputs)
     from ...native.cache import fingerprint_label
@@ -366,7 +373,7 @@ def _say_native(target: dict, policy: Any, module_size: int) -> None:
     if target["state"] == "written":
         output.out(
             f"wrote {target['path']}: native code for {label} ({format_size(target['size'])})"
-            f"{took}; run it with `wasmsbx run {target.get('run_with') or target['path']} ...`"
+            f"{took}; run it with `wasmsbx run {target['path']} ...`"
         )
         return
     if target["state"] == "cached":
