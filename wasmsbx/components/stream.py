@@ -35,6 +35,8 @@ class ComponentStreamSession:
     """One component instance fed chunk by chunk: ``feed(chunk) -> bytes``, ``finish()``
     (what ``runner.stream.run_stream`` drives, as for a module's session)."""
 
+    direct = False  # chunks cross as list<u8> values, never through guest memory in place
+
     def __init__(self, box: Any, func: str, chunk_size: int) -> None:
         from ..runner.batch import guest_wasi
         from ..runner.stream import check_chunk_size
