@@ -333,8 +333,8 @@ def test_call_export_by_base64_and_by_allowed_path(tmp_path):
             return by_b64, by_path, outside, via_link, bad_args
 
     by_b64, by_path, outside, via_link, bad_args = run(scenario())
-    assert by_b64["results"] == [{"type": "i32", "value": 8}]
-    assert by_path["results"] == [{"type": "f64", "value": 5.0}]
+    assert by_b64["results"] == [{"type": "i32", "value": 8, "wave": None}]
+    assert by_path["results"] == [{"type": "f64", "value": 5.0, "wave": None}]
     assert outside.is_error and "outside the directories" in text_of(outside)
     assert via_link.is_error and "outside the directories" in text_of(via_link)
     assert bad_args.is_error and "takes 2 arguments" in text_of(bad_args)
@@ -777,3 +777,219 @@ def test_output_that_is_not_utf8_comes_back_as_base64():
     data = run(scenario())
     assert data["stdout"] == "" and base64.b64decode(data["stdout_base64"]) == b"\xff\xfe ok"
     assert data["stderr_base64"] is None
+
+
+# ------------------------------------------------------------------------------ components
+
+
+def test_call_export_of_a_component_takes_and_gives_typed_values():
+    """WIT-typed arguments as typed JSON (or WAVE with wave=true), checked against the
+    component's signature; results as typed JSON with their WAVE spelling."""
+    types = b64(GUESTS / "components" / "types.wat")
+    echo = b64(GUESTS / "components" / "echo.wat")
+    calls = [
+        (types, "greet", ["World"], False),
+        (types, "add", [5, -3], False),
+        (types, "sum", [[1.5, 2.5, "inf"]], False),
+        (types, "divide", [7, 0], False),
+        (types, "divide", [-(2**63), 1], False),
+        (types, "bump", [None], False),
+        (types, "bump", [{"some": 4}], False),
+        (types, "bump", [4], False),
+        (types, "swap", [{"x": 1, "y": 2}], False),
+        (types, "next", ["blue"], False),
+        (types, "toggle", [["read"]], False),
+        (types, "wasmsbx:test/api#double", [21], False),
+        (types, "swap", ["{x: 3, y: 4}"], True),
+        (types, "divide", ["9", "2"], True),
+        (echo, "shape", [{"text": "hé"}], False),
+        (echo, "nested", [{"some": {"none": None}}], False),
+        (echo, "either", [{"err": 4}], False),
+        (echo, "maybe-fail", [{"ok": None}], False),
+    ]
+    refused = [
+        (types, "add", [2**31, 1], False, "out of range for s32"),
+        (types, "add", [1], False, "takes 2 arguments"),
+        (types, "swap", [{"x": 1}], False, "missing field 'y'"),
+        (types, "swap", ["{x: 1, y: 2}"], False, "set wave=true"),  # WAVE without wave=true
+        (types, "next", ["purple"], False, "expected one of red, green, blue"),
+        (types, "toggle", [["exec"]], False, "unknown flag 'exec'"),
+        (types, "divide", [{"ok": 1}, 2], False, "argument 1"),
+        (types, "swap", [{"x": 1, "y": 2}], True, "WAVE text"),
+        (types, "nope", [], False, "no exported function 'nope'"),
+        (echo, "shape", [{"circle": 1}], False, "expected one of"),
+        (b64(EXAMPLES / "add.wat"), "add", [[1], 2], False, "arguments are numbers"),
+        (b64(EXAMPLES / "add.wat"), "add", ["1", "2"], True, "wave=true is for components"),
+    ]
+
+    async def scenario():
+        async with stdio_client() as c:
+            tools = {t.name: t for t in (await c.list_tools()).tools}
+            good = []
+            for module, func, args, wave in calls:
+                arguments = {"module_base64": module, "function": func, "args": args}
+                if wave:
+                    arguments["wave"] = True
+                good.append(ok(await c.call_tool("call_export", arguments)))
+            bad = []
+            for module, func, args, wave, _ in refused:
+                arguments = {"module_base64": module, "function": func, "args": args, "wave": wave}
+                bad.append(await c.call_tool("call_export", arguments))
+            trap = await c.call_tool("call_export", {"module_base64": types, "function": "fail"})
+            spin = await c.call_tool(
+                "call_export",
+                {"module_base64": types, "function": "spin", "limits": {"timeout": "500ms"}},
+            )
+            alive = ok(
+                await c.call_tool(
+                    "call_export", {"module_base64": types, "function": "add", "args": [1, 2]}
+                )
+            )  # noqa: E501
+            return tools, good, bad, trap, spin, alive
+
+    tools, good, bad, trap, spin, alive = run(scenario())
+    schema = tools["call_export"].input_schema["properties"]
+    assert "typed JSON" in schema["args"]["description"]
+    assert schema["wave"]["type"] == "boolean"
+    results = [g["results"] for g in good]
+    assert results[0] == [{"type": "string", "value": "Hello, World", "wave": '"Hello, World"'}]
+    assert results[1][0]["value"] == 2 and results[1][0]["type"] == "s32"
+    assert results[2][0]["value"] == "inf" and results[2][0]["type"] == "f64"
+    assert results[3][0] == {
+        "type": "result<s64, string>",
+        "value": {"err": "division by zero"},
+        "wave": 'err("division by zero")',
+    }
+    assert results[4][0]["value"] == {"ok": -(2**63)}
+    assert results[5][0]["value"] == {"none": None} and results[5][0]["wave"] == "none"
+    assert results[6][0]["value"] == {"some": 5} and results[7][0]["value"] == {"some": 5}
+    assert results[8][0] == {"type": "tuple<s32, s32>", "value": [2, 1], "wave": "(2, 1)"}
+    assert results[9][0]["value"] == "red"
+    assert results[10][0]["value"] == ["write"]
+    assert results[11][0]["value"] == 42
+    assert results[12][0]["value"] == [4, 3]
+    assert results[13][0]["value"] == {"ok": 4}
+    assert results[14][0]["value"] == {"text": "hé"}
+    assert results[15][0]["value"] == {"some": {"none": None}}
+    assert results[16][0]["value"] == {"err": 4}
+    assert results[17][0]["value"] == {"ok": None}
+    for (_, func, args, _, needle), result in zip(refused, bad):
+        assert result.is_error, (func, args, result)
+        assert needle in text_of(result), (func, args, text_of(result))
+    assert trap.is_error and "unreachable" in text_of(trap)
+    assert spin.is_error and "timeout" in text_of(spin)
+    assert alive["results"][0]["value"] == 3
+
+
+# ------------------------------------------------------------------------------ stdio size cap
+
+
+def _hwm(pid: int) -> int:
+    """Peak resident memory of a process, in bytes (VmHWM)."""
+    from pathlib import Path
+
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmHWM")
+
+
+def _stdio_server(*args: str):
+    return subprocess.Popen(
+        wasmsbx_argv(*args),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        env=server_env(),
+    )
+
+
+def _send(proc, message: dict) -> None:
+    proc.stdin.write((json.dumps({"jsonrpc": "2.0", **message}) + "\n").encode())
+    proc.stdin.flush()
+
+
+def _initialize(proc) -> None:
+    params = {
+        "protocolVersion": "2025-06-18",
+        "capabilities": {},
+        "clientInfo": {"name": "test", "version": "1"},
+    }
+    _send(proc, {"id": 1, "method": "initialize", "params": params})
+    assert json.loads(proc.stdout.readline())["id"] == 1
+    _send(proc, {"method": "notifications/initialized"})
+
+
+def test_an_oversized_stdio_message_is_refused_without_being_held():
+    """A 256 MiB line to a server that reads at most 64 KiB + framing per message: a
+    JSON-RPC error that carries the request's id, the server's peak memory does not grow
+    with the message, and the next request is served."""
+    size = 256 * 1024 * 1024
+    proc = _stdio_server("--max-request", "64KiB")
+    try:
+        _initialize(proc)
+        _send(
+            proc, {"id": 2, "method": "tools/call", "params": {"name": "limits", "arguments": {}}}
+        )  # noqa: E501
+        assert json.loads(proc.stdout.readline())["id"] == 2
+        before = _hwm(proc.pid)
+        head = b'{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"run_python",'
+        head += b'"arguments":{"code":"'
+        proc.stdin.write(head)
+        block = b"x" * (4 * 1024 * 1024)
+        for _ in range(size // len(block)):
+            proc.stdin.write(block)
+        proc.stdin.write(b'"}}}\n')
+        proc.stdin.flush()
+        refused = json.loads(proc.stdout.readline())
+        after = _hwm(proc.pid)
+        _send(
+            proc, {"id": 8, "method": "tools/call", "params": {"name": "limits", "arguments": {}}}
+        )  # noqa: E501
+        alive = json.loads(proc.stdout.readline())
+        # one without a findable id, then the client goes away mid-message
+        proc.stdin.write(b'{"method":"x","params":{"p":"' + block + block)
+        proc.stdin.close()
+        nameless = json.loads(proc.stdout.readline())
+        code = proc.wait(60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert refused["id"] == 7 and refused["error"]["code"] == -32600
+    assert "request too large" in refused["error"]["message"]
+    assert after - before < 48 * 1024 * 1024, (before, after)  # vs a 256 MiB message
+    assert alive["id"] == 8 and "result" in alive
+    assert nameless["id"] is None and "request too large" in nameless["error"]["message"]
+    assert code == 0  # the client closed stdin: a clean exit
+
+
+def test_component_command_and_audit_through_the_tools():
+    """A WASI 0.2 command component (C through the preview1 adapter): argv, stdin, host
+    files refused, output and time limits; audit_module reports its WIT imports."""
+    from .component_guests import c_command
+
+    command = base64.b64encode(c_command().read_bytes()).decode()
+
+    async def scenario():
+        async with stdio_client() as c:
+            args = {"module_base64": command, "argv": ["stdin"], "stdin": "piped\n"}
+            piped = ok(await c.call_tool("run_wasi_command", args))
+            args = {"module_base64": command, "argv": ["read", "/etc/passwd"]}
+            read = ok(await c.call_tool("run_wasi_command", args))
+            args = {"module_base64": command, "argv": ["spin"], "limits": {"timeout": "500ms"}}
+            spin = await c.call_tool("run_wasi_command", args)
+            flood = await c.call_tool(
+                "run_wasi_command",
+                {"module_base64": command, "argv": ["flood"], "limits": {"output": "4KiB"}},
+            )
+            audit = ok(await c.call_tool("audit_module", {"module_base64": command}))
+            return piped, read, spin, flood, audit
+
+    piped, read, spin, flood, audit = run(scenario())
+    assert piped["exit_code"] == 0 and piped["stdout"].endswith("piped\n")
+    assert "arg[1]=stdin" in piped["stdout"]
+    assert read["exit_code"] != 0 and "open:" in read["stderr"] and "root:" not in read["stdout"]
+    assert spin.is_error and "timeout" in text_of(spin)
+    assert flood.is_error and "output" in text_of(flood)
+    assert "wasi:cli" in json.dumps(audit)

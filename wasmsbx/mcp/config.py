@@ -126,6 +126,23 @@ def call_policy(config: ServerConfig, limits: Optional[dict] = None) -> Any:
     return policy_mod.Policy(values, source=ceiling.source, explicit=set(ceiling.explicit))
 
 
+INTERPRETER_COMPILE_TIMEOUT = 600.0  # seconds (service.SPAWN_TIMEOUT allows for it)
+
+
+def interpreter_policy(policy: Any) -> Any:
+    """``policy`` with room to compile the interpreters (setup, a new worker's warm-up).
+
+    They are pinned by digest, so compiling them is trusted work: a busy machine gets 10
+    minutes, not the limits.compile_timeout meant for agents' modules (CPython's 20 MB can
+    take over a minute on two busy cores). The engine settings, and so the cache key, are
+    unchanged."""
+    values = dict(policy.values)
+    values["limits.compile_timeout"] = max(
+        values["limits.compile_timeout"] or 0, INTERPRETER_COMPILE_TIMEOUT
+    )
+    return policy_mod.Policy(values, source=policy.source, explicit=set(policy.explicit))
+
+
 def _parse_limit(name: str, raw: Any, parse: Any) -> Any:
     try:
         if parse is None:

@@ -131,11 +131,22 @@ async def _main(
         service.start()
         server = build(service)
         if transport == "stdio":
-            await server.run_stdio_async()
+            await _stdio(server, config)
         else:
             await _http(server, config, host, port, token)
     finally:
         await service.close()
+
+
+async def _stdio(server: Any, config: ServerConfig) -> None:
+    """``run_stdio_async`` with our capped reader in front of the SDK (see stdio.py). The SDK
+    has no public handle on its low-level server; mcp is pinned below 3 and the stdio tests
+    run through this path."""
+    from .stdio import capped_stdio
+
+    lowlevel = server._lowlevel_server
+    async with capped_stdio(config.max_request + BODY_OVERHEAD) as (read, write):
+        await lowlevel.run(read, write, lowlevel.create_initialization_options())
 
 
 async def _http(server: Any, config: ServerConfig, host: str, port: int, token: Any) -> None:

@@ -27,7 +27,8 @@ from . import interpreters
 from .pool import WorkerPool, deadline_for
 from .sessions import Sessions
 
-SPAWN_TIMEOUT = 600.0  # a new worker loading the interpreters (compiling them the first time)
+# A new worker loading the interpreters (compiling them the first time).
+SPAWN_TIMEOUT = config_mod.INTERPRETER_COMPILE_TIMEOUT + 60
 
 
 class Service:
@@ -55,7 +56,9 @@ class Service:
         return found
 
     def _warm(self) -> list:
-        policy = config_mod.to_wire(config_mod.call_policy(self.config))
+        policy = config_mod.to_wire(
+            config_mod.interpreter_policy(config_mod.call_policy(self.config))
+        )
         return [
             {
                 "op": "warm",

@@ -59,8 +59,9 @@ class CodeResult(BaseModel):
 
 
 class TypedValue(BaseModel):
-    type: str = Field(description="i32, i64, f32, f64, ...")
-    value: Any
+    type: str = Field(description="i32, i64, f32, f64, ... or a WIT type (components)")
+    value: Any = Field(description="a number, or typed JSON for a WIT type")
+    wave: Optional[str] = Field(None, description="the value in WAVE (components only)")
 
 
 class ExportResult(BaseModel):
@@ -95,6 +96,23 @@ ModulePath = Annotated[
 ]
 ModuleB64 = Annotated[Optional[str], Field(description="the module's bytes, base64")]
 Limits = Annotated[Optional[CallLimits], Field(description="tighter limits for this call")]
+
+EXPORT_DESCRIPTION = (
+    "the exported function; in a component a root export (greet) or one inside an "
+    "interface (ns:pkg/iface#greet; the bare name if only one interface exports it)"
+)
+ARGS_DESCRIPTION = (
+    "one JSON value per parameter. Core module: numbers or their text "
+    '(5, -1.5, "0xff", "nan", "inf"). Component: typed JSON by the WIT type: '
+    'string/char "text", integers and floats as numbers ("nan", "inf" as strings), '
+    "list and tuple as arrays, record as an object keyed by field name, enum as the "
+    'case name, flags as an array of names, option as null or the value (or {"some": v} / '
+    '{"none": null}), result as {"ok": v} / {"err": e}, variant as {"case": payload}'
+)
+WAVE_DESCRIPTION = (
+    "components only: each argument is a string of WAVE text, as `wasmtime run --invoke` "
+    'and `wasmsbx run` take them: ["{x: 1, y: 2}", "some(5)", "ok(\\"y\\")", "[1, 2]"]'
+)
 
 
 # The runtime's hints speak to a person at a shell ("--timeout 30s"); a model calling a
@@ -225,18 +243,19 @@ def build(service: Service) -> Any:
     @server.tool(annotations=sandboxed)
     @guarded
     async def call_export(
-        function: Annotated[str, Field(description="the exported function to call")],
-        args: Annotated[
-            list[Union[int, float, str]],
-            Field(description='arguments typed by the signature: 5, -1.5, "0xff", "nan"'),
-        ] = [],  # noqa: B006 - pydantic copies defaults
+        function: Annotated[str, Field(description=EXPORT_DESCRIPTION)],
+        args: Annotated[list[Any], Field(description=ARGS_DESCRIPTION)] = [],  # noqa: B006
+        wave: Annotated[bool, Field(description=WAVE_DESCRIPTION)] = False,
         module_path: ModulePath = None,
         module_base64: ModuleB64 = None,
         limits: Limits = None,
     ) -> ExportResult:
-        """Call an exported function of a WebAssembly module in a fresh instance; the results
-        come back typed ({"type": "i32", "value": 8})."""
-        service.check_request(module_base64, module_path, function, [str(a) for a in args])
+        """Call an exported function of a WebAssembly core module or component in a fresh
+        instance. Results come back typed: {"type": "i32", "value": 8} for a module;
+        {"type": "result<s64, string>", "value": {"err": "..."}, "wave": "err(...)"} for a
+        component (value in typed JSON, as args take it). audit_module lists the exports
+        and their signatures."""
+        service.check_request(module_base64, module_path, function, _json_size(args))
         module, digest, _ = service.module(module_path, module_base64)
         req = {
             "op": "call",
@@ -245,6 +264,7 @@ def build(service: Service) -> Any:
             "source": module_path,
             "function": function,
             "args": list(args),
+            "wave": wave,
         }
         data = await service.run("call_export", req, _limits(limits), log_args=list(args))
         return ExportResult(
@@ -340,6 +360,13 @@ def _streams(data: dict) -> dict:
         out[name] = "" if binary else (value or "")
         out[f"{name}_base64"] = value.get("base64") if binary else None
     return out
+
+
+def _json_size(value: Any) -> int:
+    """Bytes of a JSON argument as sent (nested values included)."""
+    import json
+
+    return len(json.dumps(value, ensure_ascii=False, default=str).encode("utf-8", "replace"))
 
 
 def _stat_fields(data: dict) -> dict:

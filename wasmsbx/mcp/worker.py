@@ -87,7 +87,7 @@ class Worker:
             return {}
         info = _sandbox_info(box, req["sha256"])
         if op == "call":
-            data = _call(box, req["function"], req.get("args") or [])
+            data = _call(box, req["function"], req.get("args") or [], bool(req.get("wave")))
         elif op == "command":
             stdin = base64.b64decode(req.get("stdin") or "")
             data = _command(box.run_command(req.get("argv") or [], stdin=stdin, capture=True))
@@ -102,16 +102,44 @@ class Worker:
         return data
 
 
-def _call(box: Any, func: str, args: list) -> dict:
+def _call(box: Any, func: str, args: list, wave: bool) -> dict:
+    """One export call. A component's arguments are typed JSON (or WAVE text with
+    ``wave``), checked against its WIT signature; a core module's are numbers or strings."""
     wasi = box.wasi_setup((), b"", capture=True)  # never the protocol pipe as stdin
+    if getattr(box, "is_component", False):
+        typed = {"wave_args": True} if wave else {"json_args": True}
+        if wave and not all(isinstance(a, str) for a in args):
+            raise errors.UsageError(
+                "with wave=true every argument is a string of WAVE text",
+                hint='e.g. ["{x: 1, y: 2}", "some(5)"]; or send typed JSON with wave=false',
+            )
+    else:
+        typed = {}
+        _check_core_args(args, wave)
     try:
-        result = box.invoke(func, args, fresh=True, wasi=wasi)
+        result = box.invoke(func, args, fresh=True, wasi=wasi, **typed)
         stdout, stderr = box.output()
     finally:
         box.close()  # the instance goes; the compiled module stays
     data = result.to_dict()
     data["stdout"], data["stderr"] = guest.text(stdout), guest.text(stderr)
     return data
+
+
+def _check_core_args(args: list, wave: bool) -> None:
+    """A core module takes numbers (or their text: "0xff", "nan", "-1.5") only."""
+    if wave:
+        raise errors.UsageError(
+            "wave=true is for components (WIT-typed exports); this is a core module",
+            hint="give a core module's arguments as numbers or strings of numbers",
+        )
+    for i, arg in enumerate(args):
+        if isinstance(arg, bool) or not isinstance(arg, (int, float, str)):
+            raise errors.UsageError(
+                f"argument {i + 1}: a core module's arguments are numbers, "
+                f"got {type(arg).__name__}",
+                hint='e.g. 5, -1.5, "0xff", "nan" (typed values are for components)',
+            )
 
 
 def _command(result: Any) -> dict:

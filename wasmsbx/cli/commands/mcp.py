@@ -210,9 +210,10 @@ def setup(
 
 def _precompile(path, policy) -> None:
     """Fill the cache the way the server's workers will look it up (see mcp/worker.py)."""
-    from ...mcp.config import ServerConfig, call_policy
+    from ...mcp.config import ServerConfig, call_policy, interpreter_policy
     from ...runner import Sandbox
 
+    wanted = interpreter_policy(call_policy(ServerConfig(policy=policy)))
     # kind="call": no _start is asked for up front (QuickJS is a reactor)
-    box = Sandbox(str(path), call_policy(ServerConfig(policy=policy)), kind="call")
+    box = Sandbox(str(path), wanted, kind="call")
     box.close()
