@@ -993,3 +993,61 @@ def test_component_command_and_audit_through_the_tools():
     assert spin.is_error and "timeout" in text_of(spin)
     assert flood.is_error and "output" in text_of(flood)
     assert "wasi:cli" in json.dumps(audit)
+
+
+# ------------------------------------------------------------------------------ slow HTTP clients
+
+
+def test_http_cuts_off_slow_and_surplus_connections():
+    """Slowloris: a request that does not arrive whole within --request-timeout (half a
+    request line; headers then a dripping body) has its connection closed; connections
+    beyond --max-connections are closed at accept; a normal client is served throughout."""
+    import socket
+
+    args = ("--request-timeout", "2s", "--max-connections", "8")
+    with http_server(*args) as (url, proc):
+        port = int(url.rsplit(":", 1)[1].split("/")[0])
+
+        def connect() -> socket.socket:
+            s = socket.create_connection(("127.0.0.1", port), timeout=120)
+            return s
+
+        half = connect()
+        half.sendall(b"POST /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+        drip = connect()
+        drip.sendall(
+            b"POST /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\ncontent-type: application/json\r\n"
+            b"accept: application/json, text/event-stream\r\ncontent-length: 1000\r\n\r\n{"
+        )
+        started = time.monotonic()
+        closed = []
+        for s in (half, drip):
+            try:
+                closed.append(s.recv(100))  # b"" when the server closes it
+            except ConnectionResetError:
+                closed.append(b"")
+        took = time.monotonic() - started
+        surplus = [connect() for _ in range(12)]
+        time.sleep(1)
+        cut = 0
+        for s in surplus:
+            s.settimeout(0.5)
+            try:
+                cut += s.recv(100) == b""
+            except socket.timeout:
+                pass
+            except ConnectionResetError:
+                cut += 1
+        for s in surplus:
+            s.close()
+
+        async def scenario():
+            async with http_client(url) as c:
+                return ok(await c.call_tool("run_javascript", {"code": "'served'"}))
+
+        data = run(scenario())
+        assert proc.poll() is None
+    assert closed == [b"", b""]
+    assert took < 100  # generous: they were cut off (2 s), not left open
+    assert cut >= 12 - 8  # the ones past the cap were closed at once
+    assert data["stdout"] == "served\n"

@@ -32,6 +32,8 @@ class ServerConfig(
             "module_dirs",
             "grace",
             "audit_log",
+            "request_timeout",
+            "max_connections",
         ],
         defaults=(
             1024 * 1024,
@@ -45,6 +47,8 @@ class ServerConfig(
             (),
             10.0,
             None,
+            30.0,
+            64,
         ),
     )
 ):
@@ -62,6 +66,8 @@ class ServerConfig(
     module_dirs: tuple  # directories modules may be read from by path
     grace: float  # seconds past limits.timeout before a worker is stopped
     audit_log: Optional[str]  # --audit-log FILE
+    request_timeout: float  # HTTP: seconds to send a whole request (headers and body)
+    max_connections: int  # HTTP: connections open at once; more are closed at accept
     __slots__ = ()
 
     def describe(self) -> dict:
@@ -79,6 +85,8 @@ class ServerConfig(
             "session_memory": format_size(self.session_budget()),
             "session_idle_expiry_seconds": self.session_idle,
             "max_sessions": self.max_sessions,
+            "http_request_timeout_seconds": self.request_timeout,
+            "http_max_connections": self.max_connections,
         }
 
     def output_ceiling(self) -> int:

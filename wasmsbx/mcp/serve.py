@@ -158,10 +158,68 @@ async def _http(server: Any, config: ServerConfig, host: str, port: int, token: 
         security = TransportSecuritySettings(enable_dns_rebinding_protection=False)
     app = server.streamable_http_app(
         max_request_body_size=config.max_request + BODY_OVERHEAD,
+        # MCP sessions (one per client that initializes), not wasmsbx's: the SDK allows
+        # 10 000 by default, each with its own tasks and streams.
+        max_sessions=4 * config.max_connections,
         transport_security=security,
         host=host,
     )
     if token:
         app = BearerAuth(app, token)
-    uv = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning"))
+    protocol = guarded_protocol(config.request_timeout, config.max_connections)
+    uv = uvicorn.Server(
+        uvicorn.Config(app, host=host, port=port, log_level="warning", http=protocol)
+    )
     await uv.serve()
+
+
+def guarded_protocol(request_timeout: float, max_connections: int) -> Any:
+    """uvicorn's h11 protocol with the two limits it lacks against slow or many clients.
+
+    uvicorn times out only idle keep-alive connections: a client that sends half a
+    request line, or headers and then a body one byte a minute (slowloris), holds its
+    connection and file descriptor for ever, and enough of them starve the server of
+    descriptors (its workers need pipes). Here each request must arrive whole (headers
+    and body) within ``request_timeout`` of its first byte, else the connection is
+    closed; and a connection beyond ``max_connections`` is closed as it is accepted.
+    Replies that take long (a running call, an SSE stream) are not limited: the server
+    is the one sending."""
+    import h11
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class GuardedH11(H11Protocol):
+        read_timer: Any = None
+
+        def connection_made(self, transport: Any) -> None:
+            if len(self.connections) >= max_connections:
+                transport.close()  # before it is counted: no descriptor kept for it
+                return
+            super().connection_made(transport)
+            self._arm()
+
+        def data_received(self, data: bytes) -> None:
+            self._arm()
+            super().data_received(data)
+            if self.conn.their_state is h11.DONE:  # the whole request is in
+                self._disarm()
+
+        def connection_lost(self, exc: Any) -> None:
+            self._disarm()
+            if self.transport is not None:
+                super().connection_lost(exc)
+
+        def _arm(self) -> None:
+            if self.read_timer is None and self.conn.their_state is not h11.DONE:
+                self.read_timer = self.loop.call_later(request_timeout, self._too_slow)
+
+        def _disarm(self) -> None:
+            if self.read_timer is not None:
+                self.read_timer.cancel()
+                self.read_timer = None
+
+        def _too_slow(self) -> None:
+            self.read_timer = None
+            if self.conn.their_state is not h11.DONE:
+                self.transport.close()
+
+    return GuardedH11
