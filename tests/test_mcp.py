@@ -1051,3 +1051,86 @@ def test_http_cuts_off_slow_and_surplus_connections():
     assert took < 100  # generous: they were cut off (2 s), not left open
     assert cut >= 12 - 8  # the ones past the cap were closed at once
     assert data["stdout"] == "served\n"
+
+
+# ------------------------------------------------------------------------------ hostile sessions
+
+
+def test_a_session_cannot_fill_the_disk_through_scratch():
+    """--session-memory bounds /scratch while a call runs, not only between calls: one
+    big file fails with EFBIG in the guest; many files get the call stopped."""
+    one_file = (
+        "f = open('/scratch/big', 'wb')\n"
+        "for _ in range(256): f.write(b'x' * (1 << 20))\n"  # 256 MiB
+    )
+    many_files = (
+        "for i in range(256):\n"  # 256 files of 2 MiB: 512 MiB if nothing stops it
+        "    open(f'/scratch/f{i}', 'wb').write(b'x' * (2 << 20))\n"
+        "print('wrote them all')"
+    )
+
+    async def scenario():
+        async with stdio_client("--session-memory", "32MiB") as c:
+            a = ok(await c.call_tool("start_session", {}))["session"]
+            big = ok(await c.call_tool("run_python", {"code": one_file, "session": a}))
+            b = ok(await c.call_tool("start_session", {}))["session"]
+            many = await c.call_tool("run_python", {"code": many_files, "session": b})
+            after = await c.call_tool("run_python", {"code": "print(1)", "session": b})
+            alive = ok(await c.call_tool("run_python", {"code": "print('alive')"}))
+            return big, many, after, alive
+
+    big, many, after, alive = run(scenario())
+    assert big["exit_code"] == 1 and "File too large" in big["stderr"], big
+    assert many.is_error and "session memory budget" in text_of(many), text_of(many)
+    assert after.is_error and "budget" in text_of(after)  # over budget: refused, not run
+    assert alive["stdout"] == "alive\n"
+
+
+def test_hostile_session_code_stays_in_its_own_scratch():
+    """Path tricks, symlinks and a poisoned pickle from one session: they reach neither
+    another session's folder, nor the host, nor the server (which never unpickles)."""
+    tricks = (
+        "import os\n"
+        "out = []\n"
+        "for p in ['/scratch/..', '/scratch/../..', '/', '/proc/self', '/tmp']:\n"
+        "    try: out.append((p, sorted(os.listdir(p))[:5]))\n"
+        "    except OSError as e: out.append((p, type(e).__name__))\n"
+        "for target in ['../', '/etc/passwd', '..']:\n"
+        "    try:\n"
+        "        os.symlink(target, '/scratch/l'); out.append(open('/scratch/l').read()[:20])\n"
+        "    except OSError as e: out.append(type(e).__name__)\n"
+        "    try: os.unlink('/scratch/l')\n"
+        "    except OSError: pass\n"
+        "print(out)"
+    )
+    # A pickle whose loading runs code: it runs inside the guest (the only place that
+    # unpickles), where the host's files are not there to write.
+    poison = (
+        "import os, pickle\n"
+        "class P:\n"
+        "    def __reduce__(self):\n"
+        "        return (eval, (\"open('/tmp/wasmsbx-pickled', 'w').write('x')\",))\n"
+        "os.makedirs('/scratch/.wasmsbx', exist_ok=True)\n"
+        "pickle.dump({'x': pickle.dumps(P())}, open('/scratch/.wasmsbx/globals.pickle', 'wb'))\n"
+        "os._exit(0)"
+    )
+
+    async def scenario():
+        async with stdio_client() as c:
+            a = ok(await c.call_tool("start_session", {}))["session"]
+            b = ok(await c.call_tool("start_session", {}))["session"]
+            code = f"open('/scratch/secret', 'w').write('{a}')"
+            ok(await c.call_tool("run_python", {"code": code, "session": a}))
+            seen = ok(await c.call_tool("run_python", {"code": tricks, "session": b}))
+            planted = ok(await c.call_tool("run_python", {"code": poison, "session": b}))
+            loaded = ok(
+                await c.call_tool("run_python", {"code": "print('x' in globals())", "session": b})
+            )  # noqa: E501
+            return a, seen, planted, loaded
+
+    a, seen, planted, loaded = run(scenario())
+    assert planted["exit_code"] == 0, planted
+    assert a not in seen["stdout"] and "secret" not in seen["stdout"]
+    assert "root:" not in seen["stdout"] and "session-" not in seen["stdout"]
+    assert not os.path.exists("/tmp/wasmsbx-pickled")
+    assert loaded["stdout"] == "False\n" and "No such file" in loaded["not_kept"]["x"]

@@ -25,7 +25,9 @@ from ..units import format_size
 from . import config as config_mod
 from . import interpreters
 from .pool import WorkerPool, deadline_for
-from .sessions import Sessions
+from .sessions import Sessions, scratch_bytes
+
+SCRATCH_POLL = 0.2  # seconds between looks at a running session's scratch folder
 
 # A new worker loading the interpreters (compiling them the first time).
 SPAWN_TIMEOUT = config_mod.INTERPRETER_COMPILE_TIMEOUT + 60
@@ -278,7 +280,10 @@ class Service:
         deadline = deadline_for(policy.values["limits.timeout"], self.config.grace)
         started = time.monotonic()
         try:
-            reply = await self.pool.call(req, deadline)
+            if session is None:
+                reply = await self.pool.call(req, deadline)
+            else:
+                reply = await self._watched(req, deadline, session)
         except BaseException:
             if session is not None:  # killed or cancelled: charge the wall time
                 session.cpu_used += time.monotonic() - started
@@ -286,6 +291,38 @@ class Service:
         if session is not None:
             session.cpu_used += float(reply.get("cpu") or 0)
         return self._outcome(reply, policy, session, log)
+
+    async def _watched(self, req: dict, deadline: float, session: Any) -> dict:
+        """A session's call, its scratch folder watched while it runs: past the session's
+        budget the call is stopped (its worker killed). RLIMIT_FSIZE in the worker bounds
+        each file; this bounds their sum, to within what a guest writes in one poll."""
+        call = asyncio.ensure_future(self.pool.call(req, deadline))
+        watch = asyncio.ensure_future(self._scratch_over(session))
+        try:
+            await asyncio.wait({call, watch}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            watch.cancel()
+            if not call.done():
+                call.cancel()
+        if call.done() and not call.cancelled():
+            return call.result()
+        used = watch.result()
+        budget = self.config.session_budget()
+        raise errors.MemoryLimitExceeded(
+            f"session memory budget: the call wrote {format_size(used)} into /scratch, "
+            f"the session may hold {format_size(budget)}; the call was stopped",
+            hint="write less into /scratch (delete what you no longer need), or end this "
+            "session and start a new one",
+            limit_value=budget,
+        )
+
+    async def _scratch_over(self, session: Any) -> int:
+        budget = self.config.session_budget()
+        while True:
+            await asyncio.sleep(SCRATCH_POLL)
+            used = await asyncio.to_thread(scratch_bytes, session.scratch)
+            if used > budget:
+                return used
 
     def _check_fuel(self, op: str, policy: Any) -> None:
         if op in ("python", "javascript") and (
@@ -307,6 +344,7 @@ class Service:
         # A hostile session may hold many files: walk them off the event loop.
         left = await asyncio.to_thread(self.sessions.check_budget, session)
         policy.values["limits.memory"] = min(policy.values["limits.memory"], left)
+        req["file_limit"] = left  # no one file in /scratch grows past what is left
         req["scratch"] = str(session.scratch)
         return (Grant(str(session.scratch), "/scratch", True),)
 

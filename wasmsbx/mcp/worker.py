@@ -18,6 +18,7 @@ guest writes there can forge a reply.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import resource
@@ -92,7 +93,8 @@ class Worker:
             stdin = base64.b64decode(req.get("stdin") or "")
             data = _command(box.run_command(req.get("argv") or [], stdin=stdin, capture=True))
         elif op == "python":
-            data = guest.run_python(box, req["code"], req.get("scratch"), req.get("stdin", ""))
+            with file_size_limit(req.get("file_limit")):
+                data = guest.run_python(box, req["code"], req.get("scratch"), req.get("stdin", ""))
         elif op == "javascript":
             data = guest.run_javascript(box, req["code"])
         else:
@@ -100,6 +102,24 @@ class Worker:
         data["sandbox"] = info
         data["module_load"] = self.load
         return data
+
+
+@contextlib.contextmanager
+def file_size_limit(limit: Any) -> Any:
+    """RLIMIT_FSIZE for the guest's call: no file it writes (in the session's scratch
+    folder) grows past ``limit`` bytes; the write fails with EFBIG, which the guest sees as
+    an error (Python ignores SIGXFSZ). Restored after the call: the worker writes the
+    compile cache at other times."""
+    if not limit:
+        yield
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    cap = int(limit) if hard == resource.RLIM_INFINITY else min(int(limit), hard)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (cap, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
 
 
 def _call(box: Any, func: str, args: list, wave: bool) -> dict:
