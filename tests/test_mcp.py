@@ -1134,3 +1134,59 @@ def test_hostile_session_code_stays_in_its_own_scratch():
     assert "root:" not in seen["stdout"] and "session-" not in seen["stdout"]
     assert not os.path.exists("/tmp/wasmsbx-pickled")
     assert loaded["stdout"] == "False\n" and "No such file" in loaded["not_kept"]["x"]
+
+
+class _LegacyHttpClient:
+    """A 2025-06-18 client (MCP session ids in the mcp-session-id header), raw JSON-RPC."""
+
+    def __init__(self, url: str) -> None:
+        import httpx2
+
+        self.url, self.http, self.headers, self.next = url, httpx2, {}, 1
+        params = {
+            "protocolVersion": "2025-06-18",
+            "capabilities": {},
+            "clientInfo": {"name": "legacy", "version": "1"},
+        }
+        reply = self.request("initialize", params)
+        assert reply["result"]["protocolVersion"] == "2025-06-18", reply
+        self.post({"jsonrpc": "2.0", "method": "notifications/initialized"})
+
+    def post(self, body: dict):
+        headers = {"accept": "application/json, text/event-stream", **self.headers}
+        response = self.http.post(self.url, json=body, headers=headers, timeout=300)
+        if "mcp-session-id" in response.headers:
+            self.headers["mcp-session-id"] = response.headers["mcp-session-id"]
+        return response
+
+    def request(self, method: str, params: dict) -> dict:
+        self.next += 1
+        response = self.post(
+            {"jsonrpc": "2.0", "id": self.next, "method": method, "params": params}
+        )
+        text = response.text
+        if response.headers.get("content-type", "").startswith("text/event-stream"):
+            text = [line[5:] for line in text.splitlines() if line.startswith("data:")][-1]
+        return json.loads(text)
+
+    def tool(self, name: str, arguments: dict) -> dict:
+        return self.request("tools/call", {"name": name, "arguments": arguments})["result"]
+
+
+def test_over_http_a_session_is_reachable_only_by_the_client_that_started_it():
+    """With MCP session ids (the 2025 protocol), a wasmsbx session is bound to the MCP
+    session that started it: another client holding its id cannot use or end it. (The
+    2026-07-28 protocol has no MCP sessions: the 128-bit session id is the capability.)"""
+    with http_server() as (url, _):
+        alice, mallory = _LegacyHttpClient(url), _LegacyHttpClient(url)
+        assert alice.headers["mcp-session-id"] != mallory.headers["mcp-session-id"]
+        s = alice.tool("start_session", {})["structuredContent"]["session"]
+        code = "open('/scratch/secret', 'w').write('alice'); x = 1"
+        assert not alice.tool("run_python", {"code": code, "session": s})["isError"]
+        read = "print(open('/scratch/secret').read(), x)"
+        stolen = mallory.tool("run_python", {"code": read, "session": s})
+        ended = mallory.tool("end_session", {"session": s})["structuredContent"]
+        mine = alice.tool("run_python", {"code": read, "session": s})
+    assert stolen["isError"] and "unknown or expired session" in stolen["content"][0]["text"]
+    assert ended["ended"] is False
+    assert mine["structuredContent"]["stdout"] == "alice 1\n"

@@ -102,6 +102,27 @@ def test_rate_limiter_over_a_sliding_minute():
     rate.admit()
 
 
+# ------------------------------------------------------------------ stdio cap
+
+
+@pytest.mark.parametrize(
+    "head, expected",
+    [
+        (b'{"jsonrpc":"2.0","id":5,"method":"tools/call","params":{"arguments":{"code":"xx', 5),
+        (b'{"params":{"id":9,"s":"}{\\"id\\": 3"},"id" : "abc", "method"', "abc"),
+        (b'{"method":"tools/call","params":{"arguments":{"code":"xxxxxxxxxxxx', None),
+        (b'{"id":true,"method":"x"', None),
+        (b'{"id":[1],"method":"x"', None),
+        (b'[{"id":1,"method":"x"}', None),
+        (b"\xff\xfe garbage", None),
+    ],
+)
+def test_the_id_of_an_oversized_message_is_read_from_its_head(head, expected):
+    from wasmsbx.mcp.stdio import message_id
+
+    assert message_id(head) == expected
+
+
 # ------------------------------------------------------------------ sessions
 
 
@@ -117,6 +138,21 @@ def test_sessions_are_private_and_removed(tmp_path):
         sessions.get(a.id)
     with pytest.raises(errors.UsageError):
         sessions.get(None)
+
+
+def test_a_session_belongs_to_the_client_that_started_it(tmp_path):
+    alice, mallory = "mcp-session-a", "mcp-session-m"  # MCP session ids (HTTP)
+    sessions = Sessions(tmp_path, make_config())
+    s = sessions.start(owner=alice)
+    assert sessions.get(s.id, alice) is s
+    with pytest.raises(errors.UsageError, match="unknown or expired session"):
+        sessions.get(s.id, mallory)  # the id alone is not enough
+    with pytest.raises(errors.UsageError, match="unknown or expired session"):
+        sessions.get(s.id)
+    assert sessions.end(s.id, mallory) is False and s.scratch.exists()
+    assert sessions.reap(now=s.last_used + 10_000) == [s.id] and not s.scratch.exists()
+    stdio = sessions.start()  # over stdio there is one client: no owner
+    assert sessions.get(stdio.id) is stdio
 
 
 def test_idle_sessions_expire(tmp_path):

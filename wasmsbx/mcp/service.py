@@ -219,11 +219,13 @@ class Service:
         limits: Optional[dict] = None,
         session_id: Optional[str] = None,
         log_args: Optional[list] = None,
+        owner: Any = None,
     ) -> dict:
-        """Admit the call, run ``req`` in a worker, account for it; the result as data."""
+        """Admit the call, run ``req`` in a worker, account for it; the result as data.
+        ``owner``: the MCP client session calling (a wasmsbx session is its starter's)."""
         log = self._log(tool, req, log_args or [])
         try:
-            result = await self._admitted(req, limits, session_id, log)
+            result = await self._admitted(req, limits, (session_id, owner), log)
         except BaseException as exc:
             if log is not None:
                 log.failure(exc)
@@ -243,7 +245,7 @@ class Service:
             except FileNotFoundError:
                 pass
 
-    async def _admitted(self, req: dict, limits: Any, session_id: Any, log: Any) -> dict:
+    async def _admitted(self, req: dict, limits: Any, asked: tuple, log: Any) -> dict:
         self.rate.admit()
         if self.active >= self.config.max_concurrent:
             raise errors.LimitExceeded(
@@ -254,7 +256,8 @@ class Service:
             )
         self.active += 1
         try:
-            session = self.sessions.get(session_id) if session_id else None
+            session_id, owner = asked
+            session = self.sessions.get(session_id, owner) if session_id else None
             if session is None:
                 return await self._execute(req, limits, None, log)
             if session.lock.locked():

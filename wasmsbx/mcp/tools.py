@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 from typing import Annotated, Any, Optional, Union
 
+from mcp.server.mcpserver import Context
 from pydantic import BaseModel, Field
 
 from .. import __version__, errors
@@ -203,6 +204,7 @@ def build(service: Service) -> Any:
         ] = None,
         stdin: Annotated[str, Field(description="text the code reads from stdin")] = "",
         limits: Limits = None,
+        ctx: Context = None,
     ) -> CodeResult:
         """Run Python code in CPython 3.11 compiled to WebAssembly (WASI). No network, no host
         files (a session adds a private /scratch), only the standard library; no threads,
@@ -218,7 +220,8 @@ def build(service: Service) -> Any:
             "code": code,
             "stdin": stdin,
         }
-        return _code_result(await service.run("run_python", req, _limits(limits), session))
+        data = await service.run("run_python", req, _limits(limits), session, owner=_client(ctx))
+        return _code_result(data)
 
     @server.tool(annotations=sandboxed)
     @guarded
@@ -317,18 +320,20 @@ def build(service: Service) -> Any:
 
     @server.tool()
     @guarded
-    async def start_session() -> SessionInfo:
+    async def start_session(ctx: Context = None) -> SessionInfo:
         """Start a session: run_python calls that pass its id keep their globals and share a
         private /scratch folder. It expires when idle (see limits) and is removed then."""
-        return SessionInfo(**service.sessions.start().to_dict(service.config))
+        started = service.sessions.start(owner=_client(ctx))
+        return SessionInfo(**started.to_dict(service.config))
 
     @server.tool()
     @guarded
     async def end_session(
         session: Annotated[str, Field(description="the id from start_session")],
+        ctx: Context = None,
     ) -> Ended:
         """End a session now: its globals and /scratch folder are deleted."""
-        return Ended(session=session, ended=service.sessions.end(session))
+        return Ended(session=session, ended=service.sessions.end(session, _client(ctx)))
 
     @server.tool(annotations=ToolAnnotations(readOnlyHint=True, openWorldHint=False))
     async def limits() -> dict[str, Any]:
@@ -343,6 +348,17 @@ def build(service: Service) -> Any:
         return data
 
     return server
+
+
+def _client(ctx: Any) -> Optional[str]:
+    """Who is calling: the MCP session id over HTTP (one per client that initialized);
+    None over stdio, where the process has one client."""
+    try:
+        request = ctx.request_context.request if ctx is not None else None
+    except ValueError:  # no request context
+        return None
+    headers = getattr(request, "headers", None)
+    return headers.get("mcp-session-id") if headers is not None else None
 
 
 def _sha(name: str) -> str:
