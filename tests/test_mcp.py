@@ -504,6 +504,20 @@ def test_http_bearer_token(tmp_path):
     assert data["stdout"] == "ok\n"
 
 
+def test_http_refuses_a_rebound_host_or_a_foreign_origin():
+    """DNS rebinding: a web page that points its own name at 127.0.0.1 sends its Host
+    and Origin; neither is accepted."""
+    import httpx2
+
+    body = {"jsonrpc": "2.0", "id": 1, "method": "tools/list"}
+    accept = {"accept": "application/json, text/event-stream"}
+    with http_server() as (url, _):
+        host = httpx2.post(url, json=body, headers={**accept, "host": "evil.example:80"})
+        origin = httpx2.post(url, json=body, headers={**accept, "origin": "http://evil.example"})
+    assert host.status_code == 421
+    assert origin.status_code == 403
+
+
 def test_http_refuses_other_addresses_without_flag_and_token():
     no_flag = subprocess.run(
         wasmsbx_argv("--http", "--host", "0.0.0.0"),
@@ -1190,3 +1204,24 @@ def test_over_http_a_session_is_reachable_only_by_the_client_that_started_it():
     assert stolen["isError"] and "unknown or expired session" in stolen["content"][0]["text"]
     assert ended["ended"] is False
     assert mine["structuredContent"]["stdout"] == "alice 1\n"
+
+
+def test_javascript_has_no_host_modules_and_keeps_nothing_between_calls():
+    probes = [
+        "typeof std + ' ' + typeof os",
+        "try { std.loadFile('/etc/passwd') } catch (e) { 'refused: ' + e.name }",
+        "globalThis.leak = 'left behind'; Object.prototype.polluted = 1; 'set'",
+        "typeof leak + ' ' + typeof ({}).polluted",
+    ]
+
+    async def scenario():
+        async with stdio_client() as c:
+            return [ok(await c.call_tool("run_javascript", {"code": p})) for p in probes]
+
+    results = [r["stdout"] for r in run(scenario())]
+    assert results == [
+        "undefined undefined\n",
+        "refused: ReferenceError\n",
+        "set\n",
+        "undefined undefined\n",
+    ]

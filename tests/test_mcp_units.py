@@ -59,7 +59,18 @@ def test_a_call_cannot_loosen_a_limit(limits, needle):
 
 @pytest.mark.parametrize(
     "limits",
-    [{"timeout": "soon"}, {"memory": -1}, {"fuel": True}, {"fuel": 0}, {"timeout": 0}, {"cpu": 1}],
+    [
+        {"timeout": "soon"},
+        {"memory": -1},
+        {"fuel": True},
+        {"fuel": 0},
+        {"fuel": 2**64},  # a server without fuel metering: the call may not overflow it
+        {"timeout": 0},
+        {"timeout": float("nan")},
+        {"timeout": float("inf")},
+        {"memory": "0.5B"},
+        {"cpu": 1},
+    ],
 )
 def test_bad_call_limits_are_usage_errors(limits):
     with pytest.raises(errors.UsageError):
@@ -475,3 +486,17 @@ def test_per_call_fuel_for_interpreters_needs_a_metering_server(service_in):
         metered._check_fuel("python", config_mod.call_policy(metered.config, {"fuel": 1000}))
     finally:
         asyncio.run(metered.close())
+
+
+@pytest.mark.skipif(sys.version_info < (3, 10), reason="the mcp SDK needs Python 3.10+")
+@pytest.mark.parametrize("host", ["127.0.0.1", "127.0.0.2", "::1", "localhost"])
+def test_every_loopback_address_checks_host_and_origin(host):
+    from wasmsbx.mcp.serve import transport_security
+
+    settings = transport_security(host)
+    assert settings.enable_dns_rebinding_protection
+    shown = f"[{host}]" if ":" in host else host
+    assert f"{shown}:*" in settings.allowed_hosts
+    assert f"http://{shown}:*" in settings.allowed_origins
+    assert not any("evil" in h for h in settings.allowed_hosts)
+    assert not transport_security("10.0.0.1").enable_dns_rebinding_protection

@@ -156,6 +156,8 @@ def _parse_limit(name: str, raw: Any, parse: Any) -> Any:
         if parse is None:
             if isinstance(raw, bool) or not isinstance(raw, int) or raw <= 0:
                 raise ValueError("expected a whole number > 0")
+            if raw >= 2**63:  # the runtime's fuel counter is a signed 64-bit number
+                raise ValueError("expected a whole number below 2**63")
             return raw
         value = parse(raw)
     except (ValueError, TypeError) as exc:

@@ -151,17 +151,13 @@ async def _stdio(server: Any, config: ServerConfig) -> None:
 
 async def _http(server: Any, config: ServerConfig, host: str, port: int, token: Any) -> None:
     import uvicorn
-    from mcp.server.transport_security import TransportSecuritySettings
 
-    security = None
-    if not is_loopback(host):  # the token guards it; Host headers vary with the address
-        security = TransportSecuritySettings(enable_dns_rebinding_protection=False)
     app = server.streamable_http_app(
         max_request_body_size=config.max_request + BODY_OVERHEAD,
         # MCP sessions (one per client that initializes), not wasmsbx's: the SDK allows
         # 10 000 by default, each with its own tasks and streams.
         max_sessions=4 * config.max_connections,
-        transport_security=security,
+        transport_security=transport_security(host),
         host=host,
     )
     if token:
@@ -171,6 +167,23 @@ async def _http(server: Any, config: ServerConfig, host: str, port: int, token: 
         uvicorn.Config(app, host=host, port=port, log_level="warning", http=protocol)
     )
     await uv.serve()
+
+
+def transport_security(host: str) -> Any:
+    """DNS-rebinding protection (Host and Origin checked) on every loopback address, not
+    only the three the SDK knows (127.0.0.1, localhost, ::1): a server on 127.0.0.2 must
+    not answer a web page that rebinds its own name to it. Off beyond loopback, where the
+    token guards it and Host headers vary with the address."""
+    from mcp.server.transport_security import TransportSecuritySettings
+
+    if not is_loopback(host):
+        return TransportSecuritySettings(enable_dns_rebinding_protection=False)
+    names = {"127.0.0.1", "localhost", "[::1]", f"[{host}]" if ":" in host else host}
+    return TransportSecuritySettings(
+        enable_dns_rebinding_protection=True,
+        allowed_hosts=sorted(f"{n}:*" for n in names),
+        allowed_origins=sorted(f"http://{n}:*" for n in names),
+    )
 
 
 def guarded_protocol(request_timeout: float, max_connections: int) -> Any:
