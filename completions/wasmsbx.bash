@@ -84,6 +84,8 @@ _wasmsbx() {
     "mcp:--max-sessions") : ;;
     "mcp:--grace") : ;;
     "mcp:--audit-log") files=1 ;;
+    "mcp:--request-timeout") : ;;
+    "mcp:--max-connections") : ;;
     "mcp setup:--policy"|"mcp setup:-p") files=1 ;;
     "policy show:--policy"|"policy show:-p") files=1 ;;
     "policy show:--backend"|"policy show:-b") : ;;
@@ -142,7 +144,7 @@ _wasmsbx() {
         "completions") opts=(--help -h); subs=(install show); files=0 ;;
         "completions install") opts=(--help -h); subs=(); files=0 ;;
         "completions show") opts=(--help -h); subs=(); files=0 ;;
-        "mcp") opts=(--policy -p --http --host --port --allow-remote --token-file --module-dir --max-request --max-concurrent --calls-per-minute --max-output --session-cpu --session-memory --session-idle --max-sessions --grace --audit-log --help -h); subs=(setup); files=0 ;;
+        "mcp") opts=(--policy -p --http --host --port --allow-remote --token-file --module-dir --max-request --max-concurrent --calls-per-minute --max-output --session-cpu --session-memory --session-idle --max-sessions --grace --audit-log --request-timeout --max-connections --help -h); subs=(setup); files=0 ;;
         "mcp setup") opts=(--policy -p --force --no-compile --help -h); subs=(); files=0 ;;
         "policy") opts=(--help -h); subs=(show); files=0 ;;
         "policy show") opts=(--policy -p --backend -b --memory --fuel --timeout --stack --dir --dir-ro --env -e --json --help -h); subs=(); files=0 ;;

@@ -127,6 +127,8 @@ complete -c wasmsbx -n '__fish_seen_subcommand_from mcp && not __fish_seen_subco
 complete -c wasmsbx -n '__fish_seen_subcommand_from mcp && not __fish_seen_subcommand_from setup' -l max-sessions -r -d 'Sessions open at once'
 complete -c wasmsbx -n '__fish_seen_subcommand_from mcp && not __fish_seen_subcommand_from setup' -l grace -r -d 'Past limits.timeout, stop a call\'s worker after this (compile, blocked WASI)'
 complete -c wasmsbx -n '__fish_seen_subcommand_from mcp && not __fish_seen_subcommand_from setup' -l audit-log -r -F -d 'Append every call as JSON lines (as run does)'
+complete -c wasmsbx -n '__fish_seen_subcommand_from mcp && not __fish_seen_subcommand_from setup' -l request-timeout -r -d 'HTTP: time a client has to send a whole request (slow clients are cut off)'
+complete -c wasmsbx -n '__fish_seen_subcommand_from mcp && not __fish_seen_subcommand_from setup' -l max-connections -r -d 'HTTP: connections at once (more are closed)'
 complete -c wasmsbx -n '__fish_seen_subcommand_from mcp && not __fish_seen_subcommand_from setup' -l help -s h -d 'Show the help and exit.'
 complete -c wasmsbx -n '__fish_seen_subcommand_from mcp && __fish_seen_subcommand_from setup' -l policy -s p -r -F -d 'The ceiling policy (default: the defaults)'
 complete -c wasmsbx -n '__fish_seen_subcommand_from mcp && __fish_seen_subcommand_from setup' -l force -d 'Download and check again'

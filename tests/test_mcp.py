@@ -333,8 +333,8 @@ def test_call_export_by_base64_and_by_allowed_path(tmp_path):
             return by_b64, by_path, outside, via_link, bad_args
 
     by_b64, by_path, outside, via_link, bad_args = run(scenario())
-    assert by_b64["results"] == [{"type": "i32", "value": 8}]
-    assert by_path["results"] == [{"type": "f64", "value": 5.0}]
+    assert by_b64["results"] == [{"type": "i32", "value": 8, "wave": None}]
+    assert by_path["results"] == [{"type": "f64", "value": 5.0, "wave": None}]
     assert outside.is_error and "outside the directories" in text_of(outside)
     assert via_link.is_error and "outside the directories" in text_of(via_link)
     assert bad_args.is_error and "takes 2 arguments" in text_of(bad_args)
@@ -502,6 +502,20 @@ def test_http_bearer_token(tmp_path):
         data = run(scenario())
     assert denied.status_code == 401 and wrong.status_code == 401
     assert data["stdout"] == "ok\n"
+
+
+def test_http_refuses_a_rebound_host_or_a_foreign_origin():
+    """DNS rebinding: a web page that points its own name at 127.0.0.1 sends its Host
+    and Origin; neither is accepted."""
+    import httpx2
+
+    body = {"jsonrpc": "2.0", "id": 1, "method": "tools/list"}
+    accept = {"accept": "application/json, text/event-stream"}
+    with http_server() as (url, _):
+        host = httpx2.post(url, json=body, headers={**accept, "host": "evil.example:80"})
+        origin = httpx2.post(url, json=body, headers={**accept, "origin": "http://evil.example"})
+    assert host.status_code == 421
+    assert origin.status_code == 403
 
 
 def test_http_refuses_other_addresses_without_flag_and_token():
@@ -777,3 +791,437 @@ def test_output_that_is_not_utf8_comes_back_as_base64():
     data = run(scenario())
     assert data["stdout"] == "" and base64.b64decode(data["stdout_base64"]) == b"\xff\xfe ok"
     assert data["stderr_base64"] is None
+
+
+# ------------------------------------------------------------------------------ components
+
+
+def test_call_export_of_a_component_takes_and_gives_typed_values():
+    """WIT-typed arguments as typed JSON (or WAVE with wave=true), checked against the
+    component's signature; results as typed JSON with their WAVE spelling."""
+    types = b64(GUESTS / "components" / "types.wat")
+    echo = b64(GUESTS / "components" / "echo.wat")
+    calls = [
+        (types, "greet", ["World"], False),
+        (types, "add", [5, -3], False),
+        (types, "sum", [[1.5, 2.5, "inf"]], False),
+        (types, "divide", [7, 0], False),
+        (types, "divide", [-(2**63), 1], False),
+        (types, "bump", [None], False),
+        (types, "bump", [{"some": 4}], False),
+        (types, "bump", [4], False),
+        (types, "swap", [{"x": 1, "y": 2}], False),
+        (types, "next", ["blue"], False),
+        (types, "toggle", [["read"]], False),
+        (types, "wasmsbx:test/api#double", [21], False),
+        (types, "swap", ["{x: 3, y: 4}"], True),
+        (types, "divide", ["9", "2"], True),
+        (echo, "shape", [{"text": "hé"}], False),
+        (echo, "nested", [{"some": {"none": None}}], False),
+        (echo, "either", [{"err": 4}], False),
+        (echo, "maybe-fail", [{"ok": None}], False),
+    ]
+    refused = [
+        (types, "add", [2**31, 1], False, "out of range for s32"),
+        (types, "add", [1], False, "takes 2 arguments"),
+        (types, "swap", [{"x": 1}], False, "missing field 'y'"),
+        (types, "swap", ["{x: 1, y: 2}"], False, "set wave=true"),  # WAVE without wave=true
+        (types, "next", ["purple"], False, "expected one of red, green, blue"),
+        (types, "toggle", [["exec"]], False, "unknown flag 'exec'"),
+        (types, "divide", [{"ok": 1}, 2], False, "argument 1"),
+        (types, "swap", [{"x": 1, "y": 2}], True, "WAVE text"),
+        (types, "nope", [], False, "no exported function 'nope'"),
+        (echo, "shape", [{"circle": 1}], False, "expected one of"),
+        (b64(EXAMPLES / "add.wat"), "add", [[1], 2], False, "arguments are numbers"),
+        (b64(EXAMPLES / "add.wat"), "add", ["1", "2"], True, "wave=true is for components"),
+    ]
+
+    async def scenario():
+        async with stdio_client() as c:
+            tools = {t.name: t for t in (await c.list_tools()).tools}
+            good = []
+            for module, func, args, wave in calls:
+                arguments = {"module_base64": module, "function": func, "args": args}
+                if wave:
+                    arguments["wave"] = True
+                good.append(ok(await c.call_tool("call_export", arguments)))
+            bad = []
+            for module, func, args, wave, _ in refused:
+                arguments = {"module_base64": module, "function": func, "args": args, "wave": wave}
+                bad.append(await c.call_tool("call_export", arguments))
+            trap = await c.call_tool("call_export", {"module_base64": types, "function": "fail"})
+            spin = await c.call_tool(
+                "call_export",
+                {"module_base64": types, "function": "spin", "limits": {"timeout": "500ms"}},
+            )
+            alive = ok(
+                await c.call_tool(
+                    "call_export", {"module_base64": types, "function": "add", "args": [1, 2]}
+                )
+            )  # noqa: E501
+            return tools, good, bad, trap, spin, alive
+
+    tools, good, bad, trap, spin, alive = run(scenario())
+    schema = tools["call_export"].input_schema["properties"]
+    assert "typed JSON" in schema["args"]["description"]
+    assert schema["wave"]["type"] == "boolean"
+    results = [g["results"] for g in good]
+    assert results[0] == [{"type": "string", "value": "Hello, World", "wave": '"Hello, World"'}]
+    assert results[1][0]["value"] == 2 and results[1][0]["type"] == "s32"
+    assert results[2][0]["value"] == "inf" and results[2][0]["type"] == "f64"
+    assert results[3][0] == {
+        "type": "result<s64, string>",
+        "value": {"err": "division by zero"},
+        "wave": 'err("division by zero")',
+    }
+    assert results[4][0]["value"] == {"ok": -(2**63)}
+    assert results[5][0]["value"] == {"none": None} and results[5][0]["wave"] == "none"
+    assert results[6][0]["value"] == {"some": 5} and results[7][0]["value"] == {"some": 5}
+    assert results[8][0] == {"type": "tuple<s32, s32>", "value": [2, 1], "wave": "(2, 1)"}
+    assert results[9][0]["value"] == "red"
+    assert results[10][0]["value"] == ["write"]
+    assert results[11][0]["value"] == 42
+    assert results[12][0]["value"] == [4, 3]
+    assert results[13][0]["value"] == {"ok": 4}
+    assert results[14][0]["value"] == {"text": "hé"}
+    assert results[15][0]["value"] == {"some": {"none": None}}
+    assert results[16][0]["value"] == {"err": 4}
+    assert results[17][0]["value"] == {"ok": None}
+    for (_, func, args, _, needle), result in zip(refused, bad):
+        assert result.is_error, (func, args, result)
+        assert needle in text_of(result), (func, args, text_of(result))
+    assert trap.is_error and "unreachable" in text_of(trap)
+    assert spin.is_error and "timeout" in text_of(spin)
+    assert alive["results"][0]["value"] == 3
+
+
+# ------------------------------------------------------------------------------ stdio size cap
+
+
+def _hwm(pid: int) -> int:
+    """Peak resident memory of a process, in bytes (VmHWM)."""
+    from pathlib import Path
+
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmHWM")
+
+
+def _stdio_server(*args: str):
+    return subprocess.Popen(
+        wasmsbx_argv(*args),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        env=server_env(),
+    )
+
+
+def _send(proc, message: dict) -> None:
+    proc.stdin.write((json.dumps({"jsonrpc": "2.0", **message}) + "\n").encode())
+    proc.stdin.flush()
+
+
+def _initialize(proc) -> None:
+    params = {
+        "protocolVersion": "2025-06-18",
+        "capabilities": {},
+        "clientInfo": {"name": "test", "version": "1"},
+    }
+    _send(proc, {"id": 1, "method": "initialize", "params": params})
+    assert json.loads(proc.stdout.readline())["id"] == 1
+    _send(proc, {"method": "notifications/initialized"})
+
+
+def test_an_oversized_stdio_message_is_refused_without_being_held():
+    """A 256 MiB line to a server that reads at most 64 KiB + framing per message: a
+    JSON-RPC error that carries the request's id, the server's peak memory does not grow
+    with the message, and the next request is served."""
+    size = 256 * 1024 * 1024
+    proc = _stdio_server("--max-request", "64KiB")
+    try:
+        _initialize(proc)
+        _send(
+            proc, {"id": 2, "method": "tools/call", "params": {"name": "limits", "arguments": {}}}
+        )  # noqa: E501
+        assert json.loads(proc.stdout.readline())["id"] == 2
+        before = _hwm(proc.pid)
+        head = b'{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"run_python",'
+        head += b'"arguments":{"code":"'
+        proc.stdin.write(head)
+        block = b"x" * (4 * 1024 * 1024)
+        for _ in range(size // len(block)):
+            proc.stdin.write(block)
+        proc.stdin.write(b'"}}}\n')
+        proc.stdin.flush()
+        refused = json.loads(proc.stdout.readline())
+        after = _hwm(proc.pid)
+        _send(
+            proc, {"id": 8, "method": "tools/call", "params": {"name": "limits", "arguments": {}}}
+        )  # noqa: E501
+        alive = json.loads(proc.stdout.readline())
+        # one without a findable id, then the client goes away mid-message
+        proc.stdin.write(b'{"method":"x","params":{"p":"' + block + block)
+        proc.stdin.close()
+        nameless = json.loads(proc.stdout.readline())
+        code = proc.wait(60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert refused["id"] == 7 and refused["error"]["code"] == -32600
+    assert "request too large" in refused["error"]["message"]
+    assert after - before < 48 * 1024 * 1024, (before, after)  # vs a 256 MiB message
+    assert alive["id"] == 8 and "result" in alive
+    assert nameless["id"] is None and "request too large" in nameless["error"]["message"]
+    assert code == 0  # the client closed stdin: a clean exit
+
+
+def test_component_command_and_audit_through_the_tools():
+    """A WASI 0.2 command component (C through the preview1 adapter): argv, stdin, host
+    files refused, output and time limits; audit_module reports its WIT imports."""
+    from .component_guests import c_command
+
+    command = base64.b64encode(c_command().read_bytes()).decode()
+
+    async def scenario():
+        async with stdio_client() as c:
+            args = {"module_base64": command, "argv": ["stdin"], "stdin": "piped\n"}
+            piped = ok(await c.call_tool("run_wasi_command", args))
+            args = {"module_base64": command, "argv": ["read", "/etc/passwd"]}
+            read = ok(await c.call_tool("run_wasi_command", args))
+            args = {"module_base64": command, "argv": ["spin"], "limits": {"timeout": "500ms"}}
+            spin = await c.call_tool("run_wasi_command", args)
+            flood = await c.call_tool(
+                "run_wasi_command",
+                {"module_base64": command, "argv": ["flood"], "limits": {"output": "4KiB"}},
+            )
+            audit = ok(await c.call_tool("audit_module", {"module_base64": command}))
+            return piped, read, spin, flood, audit
+
+    piped, read, spin, flood, audit = run(scenario())
+    assert piped["exit_code"] == 0 and piped["stdout"].endswith("piped\n")
+    assert "arg[1]=stdin" in piped["stdout"]
+    assert read["exit_code"] != 0 and "open:" in read["stderr"] and "root:" not in read["stdout"]
+    assert spin.is_error and "timeout" in text_of(spin)
+    assert flood.is_error and "output" in text_of(flood)
+    assert "wasi:cli" in json.dumps(audit)
+
+
+# ------------------------------------------------------------------------------ slow HTTP clients
+
+
+def test_http_cuts_off_slow_and_surplus_connections():
+    """Slowloris: a request that does not arrive whole within --request-timeout (half a
+    request line; headers then a dripping body) has its connection closed; connections
+    beyond --max-connections are closed at accept; a normal client is served throughout."""
+    import socket
+
+    args = ("--request-timeout", "2s", "--max-connections", "8")
+    with http_server(*args) as (url, proc):
+        port = int(url.rsplit(":", 1)[1].split("/")[0])
+
+        def connect() -> socket.socket:
+            s = socket.create_connection(("127.0.0.1", port), timeout=120)
+            return s
+
+        half = connect()
+        half.sendall(b"POST /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+        drip = connect()
+        drip.sendall(
+            b"POST /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\ncontent-type: application/json\r\n"
+            b"accept: application/json, text/event-stream\r\ncontent-length: 1000\r\n\r\n{"
+        )
+        started = time.monotonic()
+        closed = []
+        for s in (half, drip):
+            try:
+                closed.append(s.recv(100))  # b"" when the server closes it
+            except ConnectionResetError:
+                closed.append(b"")
+        took = time.monotonic() - started
+        surplus = [connect() for _ in range(12)]
+        time.sleep(1)
+        cut = 0
+        for s in surplus:
+            s.settimeout(0.5)
+            try:
+                cut += s.recv(100) == b""
+            except socket.timeout:
+                pass
+            except ConnectionResetError:
+                cut += 1
+        for s in surplus:
+            s.close()
+
+        async def scenario():
+            async with http_client(url) as c:
+                return ok(await c.call_tool("run_javascript", {"code": "'served'"}))
+
+        data = run(scenario())
+        assert proc.poll() is None
+    assert closed == [b"", b""]
+    assert took < 100  # generous: they were cut off (2 s), not left open
+    assert cut >= 12 - 8  # the ones past the cap were closed at once
+    assert data["stdout"] == "served\n"
+
+
+# ------------------------------------------------------------------------------ hostile sessions
+
+
+def test_a_session_cannot_fill_the_disk_through_scratch():
+    """--session-memory bounds /scratch while a call runs, not only between calls: one
+    big file fails with EFBIG in the guest; many files get the call stopped."""
+    one_file = (
+        "f = open('/scratch/big', 'wb')\n"
+        "for _ in range(256): f.write(b'x' * (1 << 20))\n"  # 256 MiB
+    )
+    many_files = (
+        "for i in range(256):\n"  # 256 files of 2 MiB: 512 MiB if nothing stops it
+        "    open(f'/scratch/f{i}', 'wb').write(b'x' * (2 << 20))\n"
+        "print('wrote them all')"
+    )
+
+    async def scenario():
+        async with stdio_client("--session-memory", "32MiB") as c:
+            a = ok(await c.call_tool("start_session", {}))["session"]
+            big = ok(await c.call_tool("run_python", {"code": one_file, "session": a}))
+            b = ok(await c.call_tool("start_session", {}))["session"]
+            many = await c.call_tool("run_python", {"code": many_files, "session": b})
+            after = await c.call_tool("run_python", {"code": "print(1)", "session": b})
+            alive = ok(await c.call_tool("run_python", {"code": "print('alive')"}))
+            return big, many, after, alive
+
+    big, many, after, alive = run(scenario())
+    assert big["exit_code"] == 1 and "File too large" in big["stderr"], big
+    assert many.is_error and "session memory budget" in text_of(many), text_of(many)
+    assert after.is_error and "budget" in text_of(after)  # over budget: refused, not run
+    assert alive["stdout"] == "alive\n"
+
+
+def test_hostile_session_code_stays_in_its_own_scratch():
+    """Path tricks, symlinks and a poisoned pickle from one session: they reach neither
+    another session's folder, nor the host, nor the server (which never unpickles)."""
+    tricks = (
+        "import os\n"
+        "out = []\n"
+        "for p in ['/scratch/..', '/scratch/../..', '/', '/proc/self', '/tmp']:\n"
+        "    try: out.append((p, sorted(os.listdir(p))[:5]))\n"
+        "    except OSError as e: out.append((p, type(e).__name__))\n"
+        "for target in ['../', '/etc/passwd', '..']:\n"
+        "    try:\n"
+        "        os.symlink(target, '/scratch/l'); out.append(open('/scratch/l').read()[:20])\n"
+        "    except OSError as e: out.append(type(e).__name__)\n"
+        "    try: os.unlink('/scratch/l')\n"
+        "    except OSError: pass\n"
+        "print(out)"
+    )
+    # A pickle whose loading runs code: it runs inside the guest (the only place that
+    # unpickles), where the host's files are not there to write.
+    poison = (
+        "import os, pickle\n"
+        "class P:\n"
+        "    def __reduce__(self):\n"
+        "        return (eval, (\"open('/tmp/wasmsbx-pickled', 'w').write('x')\",))\n"
+        "os.makedirs('/scratch/.wasmsbx', exist_ok=True)\n"
+        "pickle.dump({'x': pickle.dumps(P())}, open('/scratch/.wasmsbx/globals.pickle', 'wb'))\n"
+        "os._exit(0)"
+    )
+
+    async def scenario():
+        async with stdio_client() as c:
+            a = ok(await c.call_tool("start_session", {}))["session"]
+            b = ok(await c.call_tool("start_session", {}))["session"]
+            code = f"open('/scratch/secret', 'w').write('{a}')"
+            ok(await c.call_tool("run_python", {"code": code, "session": a}))
+            seen = ok(await c.call_tool("run_python", {"code": tricks, "session": b}))
+            planted = ok(await c.call_tool("run_python", {"code": poison, "session": b}))
+            loaded = ok(
+                await c.call_tool("run_python", {"code": "print('x' in globals())", "session": b})
+            )  # noqa: E501
+            return a, seen, planted, loaded
+
+    a, seen, planted, loaded = run(scenario())
+    assert planted["exit_code"] == 0, planted
+    assert a not in seen["stdout"] and "secret" not in seen["stdout"]
+    assert "root:" not in seen["stdout"] and "session-" not in seen["stdout"]
+    assert not os.path.exists("/tmp/wasmsbx-pickled")
+    assert loaded["stdout"] == "False\n" and "No such file" in loaded["not_kept"]["x"]
+
+
+class _LegacyHttpClient:
+    """A 2025-06-18 client (MCP session ids in the mcp-session-id header), raw JSON-RPC."""
+
+    def __init__(self, url: str) -> None:
+        import httpx2
+
+        self.url, self.http, self.headers, self.next = url, httpx2, {}, 1
+        params = {
+            "protocolVersion": "2025-06-18",
+            "capabilities": {},
+            "clientInfo": {"name": "legacy", "version": "1"},
+        }
+        reply = self.request("initialize", params)
+        assert reply["result"]["protocolVersion"] == "2025-06-18", reply
+        self.post({"jsonrpc": "2.0", "method": "notifications/initialized"})
+
+    def post(self, body: dict):
+        headers = {"accept": "application/json, text/event-stream", **self.headers}
+        response = self.http.post(self.url, json=body, headers=headers, timeout=300)
+        if "mcp-session-id" in response.headers:
+            self.headers["mcp-session-id"] = response.headers["mcp-session-id"]
+        return response
+
+    def request(self, method: str, params: dict) -> dict:
+        self.next += 1
+        response = self.post(
+            {"jsonrpc": "2.0", "id": self.next, "method": method, "params": params}
+        )
+        text = response.text
+        if response.headers.get("content-type", "").startswith("text/event-stream"):
+            text = [line[5:] for line in text.splitlines() if line.startswith("data:")][-1]
+        return json.loads(text)
+
+    def tool(self, name: str, arguments: dict) -> dict:
+        return self.request("tools/call", {"name": name, "arguments": arguments})["result"]
+
+
+def test_over_http_a_session_is_reachable_only_by_the_client_that_started_it():
+    """With MCP session ids (the 2025 protocol), a wasmsbx session is bound to the MCP
+    session that started it: another client holding its id cannot use or end it. (The
+    2026-07-28 protocol has no MCP sessions: the 128-bit session id is the capability.)"""
+    with http_server() as (url, _):
+        alice, mallory = _LegacyHttpClient(url), _LegacyHttpClient(url)
+        assert alice.headers["mcp-session-id"] != mallory.headers["mcp-session-id"]
+        s = alice.tool("start_session", {})["structuredContent"]["session"]
+        code = "open('/scratch/secret', 'w').write('alice'); x = 1"
+        assert not alice.tool("run_python", {"code": code, "session": s})["isError"]
+        read = "print(open('/scratch/secret').read(), x)"
+        stolen = mallory.tool("run_python", {"code": read, "session": s})
+        ended = mallory.tool("end_session", {"session": s})["structuredContent"]
+        mine = alice.tool("run_python", {"code": read, "session": s})
+    assert stolen["isError"] and "unknown or expired session" in stolen["content"][0]["text"]
+    assert ended["ended"] is False
+    assert mine["structuredContent"]["stdout"] == "alice 1\n"
+
+
+def test_javascript_has_no_host_modules_and_keeps_nothing_between_calls():
+    probes = [
+        "typeof std + ' ' + typeof os",
+        "try { std.loadFile('/etc/passwd') } catch (e) { 'refused: ' + e.name }",
+        "globalThis.leak = 'left behind'; Object.prototype.polluted = 1; 'set'",
+        "typeof leak + ' ' + typeof ({}).polluted",
+    ]
+
+    async def scenario():
+        async with stdio_client() as c:
+            return [ok(await c.call_tool("run_javascript", {"code": p})) for p in probes]
+
+    results = [r["stdout"] for r in run(scenario())]
+    assert results == [
+        "undefined undefined\n",
+        "refused: ReferenceError\n",
+        "set\n",
+        "undefined undefined\n",
+    ]

@@ -59,7 +59,18 @@ def test_a_call_cannot_loosen_a_limit(limits, needle):
 
 @pytest.mark.parametrize(
     "limits",
-    [{"timeout": "soon"}, {"memory": -1}, {"fuel": True}, {"fuel": 0}, {"timeout": 0}, {"cpu": 1}],
+    [
+        {"timeout": "soon"},
+        {"memory": -1},
+        {"fuel": True},
+        {"fuel": 0},
+        {"fuel": 2**64},  # a server without fuel metering: the call may not overflow it
+        {"timeout": 0},
+        {"timeout": float("nan")},
+        {"timeout": float("inf")},
+        {"memory": "0.5B"},
+        {"cpu": 1},
+    ],
 )
 def test_bad_call_limits_are_usage_errors(limits):
     with pytest.raises(errors.UsageError):
@@ -102,6 +113,27 @@ def test_rate_limiter_over_a_sliding_minute():
     rate.admit()
 
 
+# ------------------------------------------------------------------ stdio cap
+
+
+@pytest.mark.parametrize(
+    "head, expected",
+    [
+        (b'{"jsonrpc":"2.0","id":5,"method":"tools/call","params":{"arguments":{"code":"xx', 5),
+        (b'{"params":{"id":9,"s":"}{\\"id\\": 3"},"id" : "abc", "method"', "abc"),
+        (b'{"method":"tools/call","params":{"arguments":{"code":"xxxxxxxxxxxx', None),
+        (b'{"id":true,"method":"x"', None),
+        (b'{"id":[1],"method":"x"', None),
+        (b'[{"id":1,"method":"x"}', None),
+        (b"\xff\xfe garbage", None),
+    ],
+)
+def test_the_id_of_an_oversized_message_is_read_from_its_head(head, expected):
+    from wasmsbx.mcp.stdio import message_id
+
+    assert message_id(head) == expected
+
+
 # ------------------------------------------------------------------ sessions
 
 
@@ -117,6 +149,21 @@ def test_sessions_are_private_and_removed(tmp_path):
         sessions.get(a.id)
     with pytest.raises(errors.UsageError):
         sessions.get(None)
+
+
+def test_a_session_belongs_to_the_client_that_started_it(tmp_path):
+    alice, mallory = "mcp-session-a", "mcp-session-m"  # MCP session ids (HTTP)
+    sessions = Sessions(tmp_path, make_config())
+    s = sessions.start(owner=alice)
+    assert sessions.get(s.id, alice) is s
+    with pytest.raises(errors.UsageError, match="unknown or expired session"):
+        sessions.get(s.id, mallory)  # the id alone is not enough
+    with pytest.raises(errors.UsageError, match="unknown or expired session"):
+        sessions.get(s.id)
+    assert sessions.end(s.id, mallory) is False and s.scratch.exists()
+    assert sessions.reap(now=s.last_used + 10_000) == [s.id] and not s.scratch.exists()
+    stdio = sessions.start()  # over stdio there is one client: no owner
+    assert sessions.get(stdio.id) is stdio
 
 
 def test_idle_sessions_expire(tmp_path):
@@ -446,6 +493,7 @@ def test_setup_gives_the_pinned_interpreters_a_generous_compile_timeout(tmp_path
     CPython may need more than the default 60 s compile_timeout (it was exit 117)."""
     from wasmsbx.backends import compiling
     from wasmsbx.cli.commands import mcp as mcp_cmd
+    from wasmsbx.mcp.config import INTERPRETER_COMPILE_TIMEOUT
 
     monkeypatch.setenv("WASMSBX_CACHE_DIR", str(tmp_path / "cache"))
     seen = []
@@ -459,4 +507,18 @@ def test_setup_gives_the_pinned_interpreters_a_generous_compile_timeout(tmp_path
     module = tmp_path / "m.wat"
     module.write_text('(module (func (export "f") (result i32) (i32.const 42)))')
     mcp_cmd._precompile(module, policy_mod.defaults())
-    assert seen and min(seen) >= mcp_cmd.SETUP_COMPILE_TIMEOUT >= 600
+    assert seen and min(seen) >= INTERPRETER_COMPILE_TIMEOUT >= 600
+
+
+@pytest.mark.skipif(sys.version_info < (3, 10), reason="the mcp SDK needs Python 3.10+")
+@pytest.mark.parametrize("host", ["127.0.0.1", "127.0.0.2", "::1", "localhost"])
+def test_every_loopback_address_checks_host_and_origin(host):
+    from wasmsbx.mcp.serve import transport_security
+
+    settings = transport_security(host)
+    assert settings.enable_dns_rebinding_protection
+    shown = f"[{host}]" if ":" in host else host
+    assert f"{shown}:*" in settings.allowed_hosts
+    assert f"http://{shown}:*" in settings.allowed_origins
+    assert not any("evil" in h for h in settings.allowed_hosts)
+    assert not transport_security("10.0.0.1").enable_dns_rebinding_protection

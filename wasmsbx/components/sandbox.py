@@ -283,12 +283,19 @@ class ComponentSandbox(Sandbox):
         return exports_hint(self.component_exports)
 
     # --------------------------------------------------------------- arguments
-    def typed_args(self, export: runtime.ComponentExport, args: Sequence[Any], text: bool) -> list:
+    def typed_args(
+        self,
+        export: runtime.ComponentExport,
+        args: Sequence[Any],
+        text: bool,
+        as_json: bool = False,
+    ) -> list:
         """Arguments checked against the WIT parameter types.
 
-        ``text``: every argument is WAVE (``--invoke``). Otherwise a str is a command-line
-        word: taken as is for string, char and enum parameters, read as WAVE for the rest;
-        any other Python value is checked as it is.
+        ``text``: every argument is WAVE (``--invoke``). ``as_json``: every argument is typed
+        JSON (as ``--json`` prints values; the MCP server's ``call_export``). Otherwise a str
+        is a command-line word: taken as is for string, char and enum parameters, read as
+        WAVE for the rest; any other Python value is checked as it is.
         """
         sig = export.sig
         for pname, ptype in sig.params:
@@ -302,22 +309,34 @@ class ComponentSandbox(Sandbox):
                 hint=f"signature: {export.name}: {sig}",
             )
         return [
-            self._arg(export, i, pname, ptype, value, text)
+            self._arg(export, i, pname, ptype, value, text, as_json)
             for i, ((pname, ptype), value) in enumerate(zip(sig.params, args))
         ]
 
-    def _arg(self, export, index: int, pname: str, ptype, value: Any, text: bool) -> Any:
+    def _arg(
+        self, export, index: int, pname: str, ptype, value: Any, text: bool, as_json: bool
+    ) -> Any:
         try:
+            if as_json:
+                from .values import from_json
+
+                return from_json(value, ptype)
             if isinstance(value, str) and (text or ptype.kind not in PLAIN_WORDS):
                 if ptype.kind == "char" and not text and len(value) == 1:
                     return value
                 return wave.parse(value, ptype)
             return check(value, ptype)
         except ValueProblem as exc:
+            spelling = (
+                'typed JSON, e.g. [1, 2], {"name": "x"}, {"some": 1}, {"ok": "y"}'
+                if as_json
+                else 'WAVE, e.g. [1, 2], {name: "x"}, some(1), ok("y")'
+            )
+            if as_json and isinstance(value, str) and ptype.kind not in PLAIN_WORDS:
+                spelling += " (for WAVE text, set wave=true)"
             raise errors.UsageError(
                 f"{export.name}: argument {index + 1} ({pname}: {ptype}): {exc}",
-                hint=f"signature: {export.name}: {export.sig}; compound values are WAVE, "
-                'e.g. [1, 2], {name: "x"}, some(1), ok("y")',
+                hint=f"signature: {export.name}: {export.sig}; compound values are {spelling}",
                 function=export.name,
             ) from None
 
@@ -342,13 +361,15 @@ class ComponentSandbox(Sandbox):
         fresh: bool = False,
         wasi: Optional[WasiSetup] = None,
         wave_args: bool = False,
+        json_args: bool = False,
     ) -> ComponentCallResult:
-        """Call ``func``; ``wave_args``: every argument is WAVE text (``--invoke``)."""
+        """Call ``func``; ``wave_args``: every argument is WAVE text (``--invoke``);
+        ``json_args``: every argument is typed JSON (see components.values)."""
         export = self.resolve(func)
         reason = passable(export.sig.result)
         if reason:
             raise errors.UsageError(f"{export.name}: its result cannot be returned: {reason}")
-        typed = self.typed_args(export, args, wave_args)
+        typed = self.typed_args(export, args, wave_args, json_args)
         if self._instance is None or fresh or self._instance.poisoned:
             if self._instance is not None:
                 self._instance.close()

@@ -32,6 +32,8 @@ class ServerConfig(
             "module_dirs",
             "grace",
             "audit_log",
+            "request_timeout",
+            "max_connections",
         ],
         defaults=(
             1024 * 1024,
@@ -45,6 +47,8 @@ class ServerConfig(
             (),
             10.0,
             None,
+            30.0,
+            64,
         ),
     )
 ):
@@ -62,6 +66,8 @@ class ServerConfig(
     module_dirs: tuple  # directories modules may be read from by path
     grace: float  # seconds past limits.timeout before a worker is stopped
     audit_log: Optional[str]  # --audit-log FILE
+    request_timeout: float  # HTTP: seconds to send a whole request (headers and body)
+    max_connections: int  # HTTP: connections open at once; more are closed at accept
     __slots__ = ()
 
     def describe(self) -> dict:
@@ -79,6 +85,8 @@ class ServerConfig(
             "session_memory": format_size(self.session_budget()),
             "session_idle_expiry_seconds": self.session_idle,
             "max_sessions": self.max_sessions,
+            "http_request_timeout_seconds": self.request_timeout,
+            "http_max_connections": self.max_connections,
         }
 
     def output_ceiling(self) -> int:
@@ -126,11 +134,30 @@ def call_policy(config: ServerConfig, limits: Optional[dict] = None) -> Any:
     return policy_mod.Policy(values, source=ceiling.source, explicit=set(ceiling.explicit))
 
 
+INTERPRETER_COMPILE_TIMEOUT = 600.0  # seconds (service.SPAWN_TIMEOUT allows for it)
+
+
+def interpreter_policy(policy: Any) -> Any:
+    """``policy`` with room to compile the interpreters (setup, a new worker's warm-up).
+
+    They are pinned by digest, so compiling them is trusted work: a busy machine gets 10
+    minutes, not the limits.compile_timeout meant for agents' modules (CPython's 20 MB can
+    take over a minute on two busy cores). The engine settings, and so the cache key, are
+    unchanged."""
+    values = dict(policy.values)
+    values["limits.compile_timeout"] = max(
+        values["limits.compile_timeout"] or 0, INTERPRETER_COMPILE_TIMEOUT
+    )
+    return policy_mod.Policy(values, source=policy.source, explicit=set(policy.explicit))
+
+
 def _parse_limit(name: str, raw: Any, parse: Any) -> Any:
     try:
         if parse is None:
             if isinstance(raw, bool) or not isinstance(raw, int) or raw <= 0:
                 raise ValueError("expected a whole number > 0")
+            if raw >= 2**63:  # the runtime's fuel counter is a signed 64-bit number
+                raise ValueError("expected a whole number below 2**63")
             return raw
         value = parse(raw)
     except (ValueError, TypeError) as exc:

@@ -131,26 +131,108 @@ async def _main(
         service.start()
         server = build(service)
         if transport == "stdio":
-            await server.run_stdio_async()
+            await _stdio(server, config)
         else:
             await _http(server, config, host, port, token)
     finally:
         await service.close()
 
 
+async def _stdio(server: Any, config: ServerConfig) -> None:
+    """``run_stdio_async`` with our capped reader in front of the SDK (see stdio.py). The SDK
+    has no public handle on its low-level server; mcp is pinned below 3 and the stdio tests
+    run through this path."""
+    from .stdio import capped_stdio
+
+    lowlevel = server._lowlevel_server
+    async with capped_stdio(config.max_request + BODY_OVERHEAD) as (read, write):
+        await lowlevel.run(read, write, lowlevel.create_initialization_options())
+
+
 async def _http(server: Any, config: ServerConfig, host: str, port: int, token: Any) -> None:
     import uvicorn
-    from mcp.server.transport_security import TransportSecuritySettings
 
-    security = None
-    if not is_loopback(host):  # the token guards it; Host headers vary with the address
-        security = TransportSecuritySettings(enable_dns_rebinding_protection=False)
     app = server.streamable_http_app(
         max_request_body_size=config.max_request + BODY_OVERHEAD,
-        transport_security=security,
+        # MCP sessions (one per client that initializes), not wasmsbx's: the SDK allows
+        # 10 000 by default, each with its own tasks and streams.
+        max_sessions=4 * config.max_connections,
+        transport_security=transport_security(host),
         host=host,
     )
     if token:
         app = BearerAuth(app, token)
-    uv = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning"))
+    protocol = guarded_protocol(config.request_timeout, config.max_connections)
+    uv = uvicorn.Server(
+        uvicorn.Config(app, host=host, port=port, log_level="warning", http=protocol)
+    )
     await uv.serve()
+
+
+def transport_security(host: str) -> Any:
+    """DNS-rebinding protection (Host and Origin checked) on every loopback address, not
+    only the three the SDK knows (127.0.0.1, localhost, ::1): a server on 127.0.0.2 must
+    not answer a web page that rebinds its own name to it. Off beyond loopback, where the
+    token guards it and Host headers vary with the address."""
+    from mcp.server.transport_security import TransportSecuritySettings
+
+    if not is_loopback(host):
+        return TransportSecuritySettings(enable_dns_rebinding_protection=False)
+    names = {"127.0.0.1", "localhost", "[::1]", f"[{host}]" if ":" in host else host}
+    return TransportSecuritySettings(
+        enable_dns_rebinding_protection=True,
+        allowed_hosts=sorted(f"{n}:*" for n in names),
+        allowed_origins=sorted(f"http://{n}:*" for n in names),
+    )
+
+
+def guarded_protocol(request_timeout: float, max_connections: int) -> Any:
+    """uvicorn's h11 protocol with the two limits it lacks against slow or many clients.
+
+    uvicorn times out only idle keep-alive connections: a client that sends half a
+    request line, or headers and then a body one byte a minute (slowloris), holds its
+    connection and file descriptor for ever, and enough of them starve the server of
+    descriptors (its workers need pipes). Here each request must arrive whole (headers
+    and body) within ``request_timeout`` of its first byte, else the connection is
+    closed; and a connection beyond ``max_connections`` is closed as it is accepted.
+    Replies that take long (a running call, an SSE stream) are not limited: the server
+    is the one sending."""
+    import h11
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class GuardedH11(H11Protocol):
+        read_timer: Any = None
+
+        def connection_made(self, transport: Any) -> None:
+            if len(self.connections) >= max_connections:
+                transport.close()  # before it is counted: no descriptor kept for it
+                return
+            super().connection_made(transport)
+            self._arm()
+
+        def data_received(self, data: bytes) -> None:
+            self._arm()
+            super().data_received(data)
+            if self.conn.their_state is h11.DONE:  # the whole request is in
+                self._disarm()
+
+        def connection_lost(self, exc: Any) -> None:
+            self._disarm()
+            if self.transport is not None:
+                super().connection_lost(exc)
+
+        def _arm(self) -> None:
+            if self.read_timer is None and self.conn.their_state is not h11.DONE:
+                self.read_timer = self.loop.call_later(request_timeout, self._too_slow)
+
+        def _disarm(self) -> None:
+            if self.read_timer is not None:
+                self.read_timer.cancel()
+                self.read_timer = None
+
+        def _too_slow(self) -> None:
+            self.read_timer = None
+            if self.conn.their_state is not h11.DONE:
+                self.transport.close()
+
+    return GuardedH11

@@ -25,9 +25,12 @@ from ..units import format_size
 from . import config as config_mod
 from . import interpreters
 from .pool import WorkerPool, deadline_for
-from .sessions import Sessions
+from .sessions import Sessions, scratch_bytes
 
-SPAWN_TIMEOUT = 600.0  # a new worker loading the interpreters (compiling them the first time)
+SCRATCH_POLL = 0.2  # seconds between looks at a running session's scratch folder
+
+# A new worker loading the interpreters (compiling them the first time).
+SPAWN_TIMEOUT = config_mod.INTERPRETER_COMPILE_TIMEOUT + 60
 
 
 class Service:
@@ -55,7 +58,9 @@ class Service:
         return found
 
     def _warm(self) -> list:
-        policy = config_mod.to_wire(config_mod.call_policy(self.config))
+        policy = config_mod.to_wire(
+            config_mod.interpreter_policy(config_mod.call_policy(self.config))
+        )
         return [
             {
                 "op": "warm",
@@ -214,11 +219,13 @@ class Service:
         limits: Optional[dict] = None,
         session_id: Optional[str] = None,
         log_args: Optional[list] = None,
+        owner: Any = None,
     ) -> dict:
-        """Admit the call, run ``req`` in a worker, account for it; the result as data."""
+        """Admit the call, run ``req`` in a worker, account for it; the result as data.
+        ``owner``: the MCP client session calling (a wasmsbx session is its starter's)."""
         log = self._log(tool, req, log_args or [])
         try:
-            result = await self._admitted(req, limits, session_id, log)
+            result = await self._admitted(req, limits, (session_id, owner), log)
         except BaseException as exc:
             if log is not None:
                 log.failure(exc)
@@ -238,7 +245,7 @@ class Service:
             except FileNotFoundError:
                 pass
 
-    async def _admitted(self, req: dict, limits: Any, session_id: Any, log: Any) -> dict:
+    async def _admitted(self, req: dict, limits: Any, asked: tuple, log: Any) -> dict:
         self.rate.admit()
         if self.active >= self.config.max_concurrent:
             raise errors.LimitExceeded(
@@ -249,7 +256,8 @@ class Service:
             )
         self.active += 1
         try:
-            session = self.sessions.get(session_id) if session_id else None
+            session_id, owner = asked
+            session = self.sessions.get(session_id, owner) if session_id else None
             if session is None:
                 return await self._execute(req, limits, None, log)
             if session.lock.locked():
@@ -275,7 +283,10 @@ class Service:
         deadline = deadline_for(policy.values["limits.timeout"], self.config.grace)
         started = time.monotonic()
         try:
-            reply = await self.pool.call(req, deadline)
+            if session is None:
+                reply = await self.pool.call(req, deadline)
+            else:
+                reply = await self._watched(req, deadline, session)
         except BaseException:
             if session is not None:  # killed or cancelled: charge the wall time
                 session.cpu_used += time.monotonic() - started
@@ -283,6 +294,38 @@ class Service:
         if session is not None:
             session.cpu_used += float(reply.get("cpu") or 0)
         return self._outcome(reply, policy, session, log)
+
+    async def _watched(self, req: dict, deadline: float, session: Any) -> dict:
+        """A session's call, its scratch folder watched while it runs: past the session's
+        budget the call is stopped (its worker killed). RLIMIT_FSIZE in the worker bounds
+        each file; this bounds their sum, to within what a guest writes in one poll."""
+        call = asyncio.ensure_future(self.pool.call(req, deadline))
+        watch = asyncio.ensure_future(self._scratch_over(session))
+        try:
+            await asyncio.wait({call, watch}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            watch.cancel()
+            if not call.done():
+                call.cancel()
+        if call.done() and not call.cancelled():
+            return call.result()
+        used = watch.result()
+        budget = self.config.session_budget()
+        raise errors.MemoryLimitExceeded(
+            f"session memory budget: the call wrote {format_size(used)} into /scratch, "
+            f"the session may hold {format_size(budget)}; the call was stopped",
+            hint="write less into /scratch (delete what you no longer need), or end this "
+            "session and start a new one",
+            limit_value=budget,
+        )
+
+    async def _scratch_over(self, session: Any) -> int:
+        budget = self.config.session_budget()
+        while True:
+            await asyncio.sleep(SCRATCH_POLL)
+            used = await asyncio.to_thread(scratch_bytes, session.scratch)
+            if used > budget:
+                return used
 
     def _check_fuel(self, op: str, policy: Any) -> None:
         if op in ("python", "javascript") and (
@@ -304,6 +347,7 @@ class Service:
         # A hostile session may hold many files: walk them off the event loop.
         left = await asyncio.to_thread(self.sessions.check_budget, session)
         policy.values["limits.memory"] = min(policy.values["limits.memory"], left)
+        req["file_limit"] = left  # no one file in /scratch grows past what is left
         req["scratch"] = str(session.scratch)
         return (Grant(str(session.scratch), "/scratch", True),)
 

@@ -25,9 +25,12 @@ MAX_ENTRIES = 100_000  # a scratch folder with more files than this counts as ov
 
 
 class Session:
-    def __init__(self, sid: str, scratch: Path) -> None:
+    def __init__(self, sid: str, scratch: Path, owner: Any = None) -> None:
         self.id = sid
         self.scratch = scratch
+        # The MCP session id (HTTP) of the client that started it: another client holding
+        # this session's id is told it does not exist. None over stdio (one client).
+        self.owner = owner
         self.created = time.monotonic()
         self.last_used = self.created
         self.cpu_used = 0.0
@@ -76,7 +79,7 @@ class Sessions:
         self.config = config
         self.open: dict = {}
 
-    def start(self) -> Session:
+    def start(self, owner: Any = None) -> Session:
         self.reap()
         if len(self.open) >= self.config.max_sessions:
             raise errors.LimitExceeded(
@@ -87,13 +90,21 @@ class Sessions:
         sid = secrets.token_hex(16)
         scratch = self.root / f"session-{sid}"
         scratch.mkdir(mode=0o700)
-        session = Session(sid, scratch)
+        session = Session(sid, scratch, owner)
         self.open[sid] = session
         return session
 
-    def get(self, sid: Optional[str]) -> Session:
-        self.reap()
+    def _owned(self, sid: Optional[str], owner: Any) -> Optional[Session]:
+        """The session ``sid`` if ``owner`` started it (no owner: any caller, as in tests
+        and the library); a session of another client is as good as absent."""
         session = self.open.get(sid or "")
+        if session is not None and session.owner is not None and session.owner != owner:
+            return None
+        return session
+
+    def get(self, sid: Optional[str], owner: Any = None) -> Session:
+        self.reap()
+        session = self._owned(sid, owner)
         if session is None:
             raise errors.UsageError(
                 "unknown or expired session",
@@ -102,10 +113,10 @@ class Sessions:
             )
         return session
 
-    def end(self, sid: str) -> bool:
-        session = self.open.pop(sid, None)
-        if session is None:
+    def end(self, sid: str, owner: Any = None) -> bool:
+        if self._owned(sid, owner) is None:
             return False
+        session = self.open.pop(sid)
         shutil.rmtree(session.scratch, ignore_errors=True)
         return True
 
@@ -118,7 +129,7 @@ class Sessions:
             if not s.lock.locked() and now - s.last_used > self.config.session_idle
         ]
         for sid in stale:
-            self.end(sid)
+            self._remove(sid)
         return stale
 
     def check_budget(self, session: Session) -> int:
@@ -142,6 +153,11 @@ class Sessions:
             )
         return left
 
+    def _remove(self, sid: str) -> None:
+        session = self.open.pop(sid, None)
+        if session is not None:
+            shutil.rmtree(session.scratch, ignore_errors=True)
+
     def close(self) -> None:
         for sid in list(self.open):
-            self.end(sid)
+            self._remove(sid)

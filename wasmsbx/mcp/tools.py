@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 from typing import Annotated, Any, Optional, Union
 
+from mcp.server.mcpserver import Context
 from pydantic import BaseModel, Field
 
 from .. import __version__, errors
@@ -59,8 +60,9 @@ class CodeResult(BaseModel):
 
 
 class TypedValue(BaseModel):
-    type: str = Field(description="i32, i64, f32, f64, ...")
-    value: Any
+    type: str = Field(description="i32, i64, f32, f64, ... or a WIT type (components)")
+    value: Any = Field(description="a number, or typed JSON for a WIT type")
+    wave: Optional[str] = Field(None, description="the value in WAVE (components only)")
 
 
 class ExportResult(BaseModel):
@@ -95,6 +97,23 @@ ModulePath = Annotated[
 ]
 ModuleB64 = Annotated[Optional[str], Field(description="the module's bytes, base64")]
 Limits = Annotated[Optional[CallLimits], Field(description="tighter limits for this call")]
+
+EXPORT_DESCRIPTION = (
+    "the exported function; in a component a root export (greet) or one inside an "
+    "interface (ns:pkg/iface#greet; the bare name if only one interface exports it)"
+)
+ARGS_DESCRIPTION = (
+    "one JSON value per parameter. Core module: numbers or their text "
+    '(5, -1.5, "0xff", "nan", "inf"). Component: typed JSON by the WIT type: '
+    'string/char "text", integers and floats as numbers ("nan", "inf" as strings), '
+    "list and tuple as arrays, record as an object keyed by field name, enum as the "
+    'case name, flags as an array of names, option as null or the value (or {"some": v} / '
+    '{"none": null}), result as {"ok": v} / {"err": e}, variant as {"case": payload}'
+)
+WAVE_DESCRIPTION = (
+    "components only: each argument is a string of WAVE text, as `wasmtime run --invoke` "
+    'and `wasmsbx run` take them: ["{x: 1, y: 2}", "some(5)", "ok(\\"y\\")", "[1, 2]"]'
+)
 
 
 # The runtime's hints speak to a person at a shell ("--timeout 30s"); a model calling a
@@ -185,6 +204,7 @@ def build(service: Service) -> Any:
         ] = None,
         stdin: Annotated[str, Field(description="text the code reads from stdin")] = "",
         limits: Limits = None,
+        ctx: Context = None,
     ) -> CodeResult:
         """Run Python code in CPython 3.11 compiled to WebAssembly (WASI). No network, no host
         files (a session adds a private /scratch), only the standard library; no threads,
@@ -200,7 +220,8 @@ def build(service: Service) -> Any:
             "code": code,
             "stdin": stdin,
         }
-        return _code_result(await service.run("run_python", req, _limits(limits), session))
+        data = await service.run("run_python", req, _limits(limits), session, owner=_client(ctx))
+        return _code_result(data)
 
     @server.tool(annotations=sandboxed)
     @guarded
@@ -225,18 +246,19 @@ def build(service: Service) -> Any:
     @server.tool(annotations=sandboxed)
     @guarded
     async def call_export(
-        function: Annotated[str, Field(description="the exported function to call")],
-        args: Annotated[
-            list[Union[int, float, str]],
-            Field(description='arguments typed by the signature: 5, -1.5, "0xff", "nan"'),
-        ] = [],  # noqa: B006 - pydantic copies defaults
+        function: Annotated[str, Field(description=EXPORT_DESCRIPTION)],
+        args: Annotated[list[Any], Field(description=ARGS_DESCRIPTION)] = [],  # noqa: B006
+        wave: Annotated[bool, Field(description=WAVE_DESCRIPTION)] = False,
         module_path: ModulePath = None,
         module_base64: ModuleB64 = None,
         limits: Limits = None,
     ) -> ExportResult:
-        """Call an exported function of a WebAssembly module in a fresh instance; the results
-        come back typed ({"type": "i32", "value": 8})."""
-        service.check_request(module_base64, module_path, function, [str(a) for a in args])
+        """Call an exported function of a WebAssembly core module or component in a fresh
+        instance. Results come back typed: {"type": "i32", "value": 8} for a module;
+        {"type": "result<s64, string>", "value": {"err": "..."}, "wave": "err(...)"} for a
+        component (value in typed JSON, as args take it). audit_module lists the exports
+        and their signatures."""
+        service.check_request(module_base64, module_path, function, _json_size(args))
         module, digest, _ = service.module(module_path, module_base64)
         req = {
             "op": "call",
@@ -245,6 +267,7 @@ def build(service: Service) -> Any:
             "source": module_path,
             "function": function,
             "args": list(args),
+            "wave": wave,
         }
         data = await service.run("call_export", req, _limits(limits), log_args=list(args))
         return ExportResult(
@@ -297,18 +320,20 @@ def build(service: Service) -> Any:
 
     @server.tool()
     @guarded
-    async def start_session() -> SessionInfo:
+    async def start_session(ctx: Context = None) -> SessionInfo:
         """Start a session: run_python calls that pass its id keep their globals and share a
         private /scratch folder. It expires when idle (see limits) and is removed then."""
-        return SessionInfo(**service.sessions.start().to_dict(service.config))
+        started = service.sessions.start(owner=_client(ctx))
+        return SessionInfo(**started.to_dict(service.config))
 
     @server.tool()
     @guarded
     async def end_session(
         session: Annotated[str, Field(description="the id from start_session")],
+        ctx: Context = None,
     ) -> Ended:
         """End a session now: its globals and /scratch folder are deleted."""
-        return Ended(session=session, ended=service.sessions.end(session))
+        return Ended(session=session, ended=service.sessions.end(session, _client(ctx)))
 
     @server.tool(annotations=ToolAnnotations(readOnlyHint=True, openWorldHint=False))
     async def limits() -> dict[str, Any]:
@@ -323,6 +348,17 @@ def build(service: Service) -> Any:
         return data
 
     return server
+
+
+def _client(ctx: Any) -> Optional[str]:
+    """Who is calling: the MCP session id over HTTP (one per client that initialized);
+    None over stdio, where the process has one client."""
+    try:
+        request = ctx.request_context.request if ctx is not None else None
+    except ValueError:  # no request context
+        return None
+    headers = getattr(request, "headers", None)
+    return headers.get("mcp-session-id") if headers is not None else None
 
 
 def _sha(name: str) -> str:
@@ -340,6 +376,13 @@ def _streams(data: dict) -> dict:
         out[name] = "" if binary else (value or "")
         out[f"{name}_base64"] = value.get("base64") if binary else None
     return out
+
+
+def _json_size(value: Any) -> int:
+    """Bytes of a JSON argument as sent (nested values included)."""
+    import json
+
+    return len(json.dumps(value, ensure_ascii=False, default=str).encode("utf-8", "replace"))
 
 
 def _stat_fields(data: dict) -> dict:

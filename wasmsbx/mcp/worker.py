@@ -18,6 +18,7 @@ guest writes there can forge a reply.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import resource
@@ -87,12 +88,13 @@ class Worker:
             return {}
         info = _sandbox_info(box, req["sha256"])
         if op == "call":
-            data = _call(box, req["function"], req.get("args") or [])
+            data = _call(box, req["function"], req.get("args") or [], bool(req.get("wave")))
         elif op == "command":
             stdin = base64.b64decode(req.get("stdin") or "")
             data = _command(box.run_command(req.get("argv") or [], stdin=stdin, capture=True))
         elif op == "python":
-            data = guest.run_python(box, req["code"], req.get("scratch"), req.get("stdin", ""))
+            with file_size_limit(req.get("file_limit")):
+                data = guest.run_python(box, req["code"], req.get("scratch"), req.get("stdin", ""))
         elif op == "javascript":
             data = guest.run_javascript(box, req["code"])
         else:
@@ -102,16 +104,62 @@ class Worker:
         return data
 
 
-def _call(box: Any, func: str, args: list) -> dict:
-    wasi = box.wasi_setup((), b"", capture=True)  # never the protocol pipe as stdin
+@contextlib.contextmanager
+def file_size_limit(limit: Any) -> Any:
+    """RLIMIT_FSIZE for the guest's call: no file it writes (in the session's scratch
+    folder) grows past ``limit`` bytes; the write fails with EFBIG, which the guest sees as
+    an error (Python ignores SIGXFSZ). Restored after the call: the worker writes the
+    compile cache at other times."""
+    if not limit:
+        yield
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    cap = int(limit) if hard == resource.RLIM_INFINITY else min(int(limit), hard)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (cap, hard))
     try:
-        result = box.invoke(func, args, fresh=True, wasi=wasi)
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+
+
+def _call(box: Any, func: str, args: list, wave: bool) -> dict:
+    """One export call. A component's arguments are typed JSON (or WAVE text with
+    ``wave``), checked against its WIT signature; a core module's are numbers or strings."""
+    wasi = box.wasi_setup((), b"", capture=True)  # never the protocol pipe as stdin
+    if getattr(box, "is_component", False):
+        typed = {"wave_args": True} if wave else {"json_args": True}
+        if wave and not all(isinstance(a, str) for a in args):
+            raise errors.UsageError(
+                "with wave=true every argument is a string of WAVE text",
+                hint='e.g. ["{x: 1, y: 2}", "some(5)"]; or send typed JSON with wave=false',
+            )
+    else:
+        typed = {}
+        _check_core_args(args, wave)
+    try:
+        result = box.invoke(func, args, fresh=True, wasi=wasi, **typed)
         stdout, stderr = box.output()
     finally:
         box.close()  # the instance goes; the compiled module stays
     data = result.to_dict()
     data["stdout"], data["stderr"] = guest.text(stdout), guest.text(stderr)
     return data
+
+
+def _check_core_args(args: list, wave: bool) -> None:
+    """A core module takes numbers (or their text: "0xff", "nan", "-1.5") only."""
+    if wave:
+        raise errors.UsageError(
+            "wave=true is for components (WIT-typed exports); this is a core module",
+            hint="give a core module's arguments as numbers or strings of numbers",
+        )
+    for i, arg in enumerate(args):
+        if isinstance(arg, bool) or not isinstance(arg, (int, float, str)):
+            raise errors.UsageError(
+                f"argument {i + 1}: a core module's arguments are numbers, "
+                f"got {type(arg).__name__}",
+                hint='e.g. 5, -1.5, "0xff", "nan" (typed values are for components)',
+            )
 
 
 def _command(result: Any) -> dict:

@@ -45,6 +45,15 @@ GRACE = typer.Option(
     metavar="DURATION",
     help="Past limits.timeout, stop a call's worker after this (compile, blocked WASI).",
 )
+REQUEST_TIMEOUT = typer.Option(
+    "30s",
+    "--request-timeout",
+    metavar="DURATION",
+    help="HTTP: time a client has to send a whole request (slow clients are cut off).",
+)
+MAX_CONNECTIONS = typer.Option(
+    64, "--max-connections", metavar="N", help="HTTP: connections at once (more are closed)."
+)
 AUDIT_LOG = typer.Option(
     None, "--audit-log", metavar="FILE", help="Append every call as JSON lines (as run does)."
 )
@@ -82,6 +91,8 @@ def serve(
     max_sessions: int = MAX_SESSIONS,
     grace: str = GRACE,
     audit_log: Optional[str] = AUDIT_LOG,
+    request_timeout: str = REQUEST_TIMEOUT,
+    max_connections: int = MAX_CONNECTIONS,
 ) -> int:
     """Serve MCP on stdio (default) or streamable HTTP; see README, "MCP server"."""
     if ctx.invoked_subcommand is not None:
@@ -107,6 +118,8 @@ def serve(
         module_dirs=tuple(_dirs(module_dir or [])),
         grace=_parse(parse_duration, grace, "--grace"),
         audit_log=_audit_log(audit_log),
+        request_timeout=_parse(parse_duration, request_timeout, "--request-timeout"),
+        max_connections=_positive(max_connections, "--max-connections"),
     )
     token = _token(token_file)
     run_server(config, "http" if http else "stdio", host, port, token, allow_remote)
@@ -210,21 +223,10 @@ def setup(
 
 def _precompile(path, policy) -> None:
     """Fill the cache the way the server's workers will look it up (see mcp/worker.py)."""
-    from ...mcp.config import ServerConfig, call_policy
-    from ...policy import Policy
+    from ...mcp.config import ServerConfig, call_policy, interpreter_policy
     from ...runner import Sandbox
 
-    server = call_policy(ServerConfig(policy=policy))
-    # The interpreters are pinned by SHA-256 (interpreters.setup checked them), so their
-    # compile is not a hostile module's compile bomb: allow a busy machine up to
-    # SETUP_COMPILE_TIMEOUT for the 20 MB CPython (the default 60 s stops it at exit 117).
-    # The cache key does not depend on this limit, so the workers still hit the entry.
-    values = dict(server.values)
-    values["limits.compile_timeout"] = max(values["limits.compile_timeout"], SETUP_COMPILE_TIMEOUT)
-    server = Policy(values, source=server.source, explicit=set(server.explicit))
+    wanted = interpreter_policy(call_policy(ServerConfig(policy=policy)))
     # kind="call": no _start is asked for up front (QuickJS is a reactor)
-    box = Sandbox(str(path), server, kind="call")
+    box = Sandbox(str(path), wanted, kind="call")
     box.close()
-
-
-SETUP_COMPILE_TIMEOUT = 900.0  # seconds, for the pinned interpreters only

@@ -1,0 +1,209 @@
+"""The stdio transport with a size cap: no message is buffered past ``--max-request``.
+
+The SDK's ``stdio_server`` reads each line whole (``async for line in stdin``) before
+anything can look at its size, so a client sending a 1 GiB line makes the server hold
+1 GiB (several times over while it is decoded and parsed). Here the SDK gets its streams
+from :class:`CappedLines` and :class:`LineWriter` instead: lines are cut from fixed-size
+reads, a line that grows past the cap is dropped as it arrives (kept: its first bytes,
+to find its ``id``) and answered with a JSON-RPC error; the server keeps serving.
+
+Hand-written rather than a library: the SDK takes any async iterable of lines, and the
+cap has to sit below it, on the raw reads; what is here is a bounded line splitter.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from typing import Any, Optional
+
+CHUNK = 1024 * 1024  # bytes per read from the pipe
+HEAD = 64 * 1024  # of an oversized message: kept to find its id, the rest is dropped
+TOO_LARGE = -32600  # JSON-RPC "Invalid Request"
+
+
+class LineWriter:
+    """What the SDK writes replies to; also takes our own error replies. One lock, so a
+    reply is never torn by another written from the reading side."""
+
+    def __init__(self, fd: int) -> None:
+        import anyio
+
+        self.fh = os.fdopen(fd, "wb", buffering=0, closefd=False)
+        self.lock = anyio.Lock()
+        self.pending = b""
+
+    async def write(self, text: str) -> None:
+        self.pending += text.encode("utf-8")
+
+    async def flush(self) -> None:
+        import anyio
+
+        async with self.lock:
+            data, self.pending = self.pending, b""
+            if data:
+                await anyio.to_thread.run_sync(self._write_all, data)
+
+    async def send_line(self, message: dict) -> None:
+        import anyio
+
+        data = json.dumps(message, separators=(",", ":")).encode() + b"\n"
+        async with self.lock:
+            await anyio.to_thread.run_sync(self._write_all, data)
+
+    def _write_all(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            view = view[self.fh.write(view) :]
+
+
+class CappedLines:
+    """An async iterator of the lines on ``fd`` (as text), none longer than ``cap`` bytes.
+
+    A longer line is never held: its first HEAD bytes are kept, the rest is dropped as it
+    arrives, and ``writer`` answers it with a JSON-RPC error carrying its id (``null`` if
+    the id is not among the first bytes)."""
+
+    def __init__(self, fd: int, cap: int, writer: LineWriter) -> None:
+        self.fd = fd
+        self.cap = cap
+        self.writer = writer
+        self.buf = bytearray()
+        self.dropping: Optional[bytearray] = None  # the head of a line being dropped
+        self.dropped = 0
+        self.eof = False
+
+    def __aiter__(self) -> CappedLines:
+        return self
+
+    async def __anext__(self) -> str:
+        while True:
+            line = self._take_line()
+            if line is not None:
+                return line.decode("utf-8", "replace")
+            if self.eof:
+                raise StopAsyncIteration
+            await self._fill()
+
+    def _take_line(self) -> Optional[bytes]:
+        end = self.buf.find(b"\n")
+        if end < 0:
+            if self.eof and self.buf and self.dropping is None:
+                line, self.buf = bytes(self.buf), bytearray()
+                return line  # a last line without a newline
+            return None
+        line = bytes(self.buf[:end])
+        del self.buf[: end + 1]
+        return line
+
+    async def _fill(self) -> None:
+        import anyio
+
+        # abandon_on_cancel: a read blocked on a silent client must not hold up shutdown
+        chunk = await anyio.to_thread.run_sync(os.read, self.fd, CHUNK, abandon_on_cancel=True)
+        if not chunk:
+            self.eof = True
+            if self.dropping is not None:
+                await self._refuse()
+            return
+        if self.dropping is not None:
+            await self._drop(chunk)
+            return
+        self.buf += chunk
+        if self.buf.find(b"\n") < 0 and len(self.buf) > self.cap:
+            self.dropping, self.dropped = bytearray(self.buf[:HEAD]), len(self.buf)
+            self.buf = bytearray()
+
+    async def _drop(self, chunk: bytes) -> None:
+        """Throw away the oversized line up to its newline; keep what follows it."""
+        end = chunk.find(b"\n")
+        if end < 0:
+            self.dropped += len(chunk)
+            return
+        self.dropped += end
+        self.buf += chunk[end + 1 :]
+        await self._refuse()
+
+    async def _refuse(self) -> None:
+        head, size = bytes(self.dropping or b""), self.dropped
+        self.dropping, self.dropped = None, 0
+        await self.writer.send_line(
+            {
+                "jsonrpc": "2.0",
+                "id": message_id(head),
+                "error": {
+                    "code": TOO_LARGE,
+                    "message": f"request too large: a message of {size} bytes or more; "
+                    f"this server reads at most {self.cap} bytes per message",
+                    "data": {"limit": "max_request", "limit_value": self.cap},
+                },
+            }
+        )
+
+
+def message_id(head: bytes) -> Any:
+    """The top-level ``"id"`` of a JSON-RPC message from its first bytes, else None.
+
+    A small scanner (strings, nesting depth) so an ``"id"`` inside ``params`` is not
+    taken for the message's; only ids JSON-RPC allows (a number or a string) count."""
+    text = head.decode("utf-8", "replace")
+    depth, i, n = 0, 0, len(text)
+    decoder = json.JSONDecoder()
+    while i < n:
+        ch = text[i]
+        if ch == '"':
+            try:
+                key, after = decoder.raw_decode(text, i)
+            except ValueError:
+                return None  # cut inside a string
+            colon = _skip_space(text, after)
+            if depth == 1 and key == "id" and text.startswith(":", colon):
+                try:
+                    value, _ = decoder.raw_decode(text, _skip_space(text, colon + 1))
+                except ValueError:
+                    return None
+                ok = isinstance(value, (int, str)) and not isinstance(value, bool)
+                return value if ok else None
+            i = after
+            continue
+        if ch in "{[":
+            depth += 1
+        elif ch in "}]":
+            depth -= 1
+        i += 1
+    return None
+
+
+def _skip_space(text: str, i: int) -> int:
+    while i < len(text) and text[i] in " \t\r\n":
+        i += 1
+    return i
+
+
+@contextlib.asynccontextmanager
+async def capped_stdio(cap: int):
+    """The SDK's stdio streams over our capped reader and locked writer.
+
+    As the SDK does for its own: fd 0 and 1 are taken for the protocol and pointed at the
+    null device and stderr, so nothing else in the process reads requests or writes into
+    the reply stream; both are restored on the way out."""
+    from mcp.server.stdio import stdio_server
+
+    wire_in, wire_out = os.dup(0), os.dup(1)
+    saved_in, saved_out = os.dup(0), os.dup(1)
+    null = os.open(os.devnull, os.O_RDONLY)
+    try:
+        os.dup2(null, 0)
+        os.dup2(2, 1)
+        writer = LineWriter(wire_out)
+        async with stdio_server(CappedLines(wire_in, cap, writer), writer) as streams:
+            yield streams
+    finally:
+        os.dup2(saved_in, 0)
+        os.dup2(saved_out, 1)
+        # wire_in and wire_out stay open: an abandoned read may still be blocked on one,
+        # and a closed number could be reused under it (the SDK keeps its copies too).
+        for fd in (null, saved_in, saved_out):
+            with contextlib.suppress(OSError):
+                os.close(fd)
