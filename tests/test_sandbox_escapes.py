@@ -176,10 +176,15 @@ def test_env_only_as_allowed(cli, backend, isolated):
         '[env]\ninherit = ["ALLOWED_*"]\nset = { MODE = "fast" }\n'
     )
     env = {"ALLOWED_ONE": "1", "DENIED": "no"}
-    res = cli("run", FSPROBE, "--backend", backend, "--", "env", env=env)
+    # --policy: a discovered policy may inherit only locale and terminal variables
+    policy = isolated / "sandbox.toml"
+    res = cli("run", FSPROBE, "--backend", backend, "--policy", policy, "--", "env", env=env)
     assert res.code == 0, res
     assert res.stdout.splitlines() == ["ALLOWED_ONE=1", "MODE=fast"]
-    res = cli("run", FSPROBE, "--backend", backend, "--env", "EXTRA=2", "--", "getenv", "EXTRA")
+    res = cli(
+        "run", FSPROBE, "--backend", backend, "--policy", policy,
+        "--env", "EXTRA=2", "--", "getenv", "EXTRA",
+    )  # fmt: skip
     assert res.stdout == "2\n"
 
 

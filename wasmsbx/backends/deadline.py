@@ -293,6 +293,9 @@ def on_interrupt(signum: int, frame: Any) -> None:
 
 
 KEEPER = Keeper()
+# Called with the error on the keeper's thread just before the command line's hard stop
+# leaves the process (e.g. --audit-log writes its last events); see cli._hard_stop.
+AT_HARD_STOP: list = []
 
 
 def _late_error(watch: Watch) -> Any:

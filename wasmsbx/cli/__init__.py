@@ -42,8 +42,6 @@ def _fill_closed_stdio() -> None:
 
 # Commands whose guests the deadline keeper guards with signals and a hard stop.
 GUARDED = ("run", "bench", "compile")
-# Called with the error before a hard stop leaves (e.g. --audit-log writes its last events).
-AT_HARD_STOP: list = []
 
 
 def _hard_stop(error: WasmsbxError) -> None:
@@ -51,6 +49,8 @@ def _hard_stop(error: WasmsbxError) -> None:
     call past its deadline (a guest blocked in a host call, a compile) or ignores Ctrl-C:
     flush what was written, print the error, leave with its exit code."""
     import threading
+
+    from ..backends.deadline import AT_HARD_STOP
 
     def last_words() -> None:
         for hook in AT_HARD_STOP:

@@ -96,7 +96,7 @@ def _audit_log(args: opts.RunArgs) -> Any:
 
         check_output(path, [(args.positionals or [None])[0], args.options.get("policy")])
     log = AuditLog(path)
-    from .. import AT_HARD_STOP
+    from ...backends.deadline import AT_HARD_STOP
 
     AT_HARD_STOP.append(log.last_words)  # a call the keeper must stop still leaves its events
     func = (args.positionals[1:2] or [None])[0]
