@@ -428,7 +428,9 @@ def test_batch_ctrl_c_saves_the_checkpoint_and_exits_130(tmp_path, jobs):
     assert b"Traceback" not in err
     state = json.loads(ckpt.read_text())["state"]
     assert state["output_offset"] == out.stat().st_size  # saved exactly at the output's end
-    assert state["next_line"] <= n // 2
+    # Only half the items ever reached the pipe: the run may have done all of them (next
+    # line n/2 + 1, on a fast machine before the signal lands) but never more.
+    assert state["next_line"] <= n // 2 + 1
     with open(out, "ab") as sink:
         proc = _spawn([*common, "--batch", src], subprocess.DEVNULL, sink)
         proc.communicate(timeout=120)
