@@ -90,6 +90,8 @@ def pytest_collection_modifyitems(config, items) -> None:
         info = getattr(item, "_fixtureinfo", None)
         if info is None or item.get_closest_marker("xdist_group"):
             continue
+        if getattr(item.module, "XDIST_SPREAD", False):  # its shared fixture is cheap to redo
+            continue
         for name in item.fixturenames:
             defs = info.name2fixturedefs.get(name)
             if defs and defs[-1].scope in ("module", "session") and defs[-1].baseid:

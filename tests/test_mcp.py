@@ -33,6 +33,10 @@ from .mcp_helpers import (
 )
 
 pytestmark = pytest.mark.slow
+# Spread over the xdist workers rather than grouped on one (conftest): the session fixture
+# below is `mcp setup`, a cache hit after the first worker ran it, and these tests are the
+# suite's longest (grouped, they ran alone on one worker for minutes at the end).
+XDIST_SPREAD = True
 
 
 @pytest.fixture(scope="session", autouse=True)
