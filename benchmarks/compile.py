@@ -25,7 +25,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from cached_load import ROOT, fetch, wasmtime_cli  # noqa: E402
+from cached_load import ROOT, fetch  # noqa: E402
+from peer import wasmtime_cli  # noqa: E402
 
 
 def cpu_children() -> float:

@@ -14,18 +14,15 @@
 from __future__ import annotations
 
 import argparse
-import os
 import resource
-import shutil
-import stat
 import statistics
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import wasmtime
 import wasmtime.component as wc
+from peer import wasmtime_cli
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -92,16 +89,6 @@ def per_call(rounds: int, calls: int) -> None:
                 times[name].append((cpu() - started) / calls * 1e6)
         a, b = statistics.median(times["raw"]), statistics.median(times["sbx"])
         print(f"{func:10} {a:16.1f} {b:10.1f} {b / a:7.2f}")
-
-
-def wasmtime_cli() -> str:
-    import wasmtime_cli as pkg
-
-    dest = Path(tempfile.gettempdir()) / f"wasmtime-bench-{os.getuid()}"
-    if not dest.exists():
-        shutil.copyfile(Path(pkg.__file__).parent / "wasmtime", dest)
-        dest.chmod(dest.stat().st_mode | stat.S_IXUSR)
-    return str(dest)
 
 
 def one_run(rounds: int) -> None:

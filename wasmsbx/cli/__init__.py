@@ -95,10 +95,14 @@ def _guard(argv: list) -> None:
         KEEPER.install_cli(_hard_stop)
 
 
-def main(argv: Optional[list] = None) -> int:
-    _fill_closed_stdio()
-    argv = list(sys.argv[1:] if argv is None else argv)
+def main(argv: Optional[list] = None, *, guard: bool = False) -> int:
+    """Run one command and return its exit code (``guard``: the console script's
+    Ctrl-C/deadline keeper, installed by ``entry``)."""
     try:
+        _fill_closed_stdio()  # first: the keeper's pipe must not take a closed fd 1 (>&-)
+        argv = list(sys.argv[1:] if argv is None else argv)
+        if guard:
+            _guard(argv)
         if _lean_run(argv):
             from .commands.run import run_main
 
@@ -107,14 +111,14 @@ def main(argv: Optional[list] = None) -> int:
             from .app import run_app
 
             code = run_app(argv)
-    except KeyboardInterrupt:  # Ctrl-C while a command was still being imported
+        try:
+            sys.stdout.flush()
+        except BrokenPipeError:  # a closed pipe (| head) is not an error of ours
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except KeyboardInterrupt:  # Ctrl-C before a command's own boundary (still importing)
         from .boundary import report
 
         code = report(KeyboardInterrupt())
-    try:
-        sys.stdout.flush()
-    except BrokenPipeError:  # a closed pipe (| head) is not an error of ours
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return code
 
 
@@ -127,14 +131,7 @@ def entry() -> None:
     WASI guest wrote through Python output callbacks. Everything wasmsbx writes is
     flushed or closed before this point.
     """
-    _fill_closed_stdio()  # first: the keeper's pipe must not take a closed fd 1 (>&-)
-    _guard(sys.argv[1:])
-    try:
-        code = main()
-    except KeyboardInterrupt:  # Ctrl-C before a command's own boundary (still importing)
-        from .boundary import report
-
-        code = report(KeyboardInterrupt())
+    code = main(guard=True)
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()

@@ -15,6 +15,7 @@ from __future__ import annotations
 from typing import Any, Optional
 
 from ... import errors
+from ..base import missing_imports_error
 from ..limits import PAGE, Budget, Layout
 
 
@@ -78,12 +79,7 @@ def resolve(imports: list, given: dict, state: GroupState, exports_of: Any) -> t
                 "same group",
             )
     if missing:
-        raise errors.LinkError(
-            f"module imports what the sandbox does not provide: {', '.join(missing)}",
-            hint="grant host imports with imports={module: {name: ...}}, or add the module "
-            "that exports them to the group under that name",
-            imports=[m.split(" ", 1)[1] for m in missing],
-        )
+        raise missing_imports_error(missing)
     return link, funcs, items
 
 

@@ -37,6 +37,7 @@ from ..base import (
     Usage,
     WasiSetup,
     memory_limit_error,
+    missing_imports_error,
     totals_error,
 )
 from ..deadline import KEEPER
@@ -465,12 +466,7 @@ class WasmtimeInstance(Instance):
             and i.module not in group.registered
         ]
         if missing:
-            raise errors.LinkError(
-                f"module imports what the sandbox does not provide: {', '.join(missing)}",
-                hint="grant them with imports={module: {name: ...}} (Python API), or link the "
-                "module that exports them (wasmsbx.Group); the command line provides WASI only",
-                imports=[m.split(" ", 1)[1] for m in missing],
-            )
+            raise missing_imports_error(missing)
 
     def _arm(
         self, calls: int = 1, timeout: Optional[float] = None, fuel: Optional[int] = None
