@@ -386,7 +386,17 @@ class ComponentInstance:
         frames = _frames(text)
         limits = self.limits
         if cause is None:
-            return self._setup_error(text, where)
+            if where == "instantiation":
+                return self._setup_error(text, where)
+            # No trap, but the call failed: the guest broke the canonical ABI (a result
+            # string that is not UTF-8, a realloc out of bounds...). Its fault, as a trap
+            # is; wasmtime refuses the instance's further calls all the same.
+            return errors.TrapError(
+                f"{where} failed: {_first_line_text(text)}",
+                hint="the component passed a malformed value across its boundary "
+                "(a bug in the guest or its bindings)",
+                backtrace=frames,
+            )
         if "all fuel consumed" in cause:
             return errors.FuelExhausted(
                 f"fuel exhausted after {format_count(limits.fuel or 0)} units in {where}",
