@@ -332,11 +332,12 @@ class ComponentInstance:
         return 0 if getattr(raw, "tag", "ok") == "ok" else 1
 
     # ------------------------------------------------------------------ usage
-    def usage(self) -> Usage:
+    def usage(self, memory: bool = True) -> Usage:
+        """What the instance used; ``memory``: with the memory figure (a probe call)."""
         out, err = (self.outputs + [None, None])[:2]
         return Usage(
             fuel_used=self.fuel_used if self.limits.fuel is not None else None,
-            memory_bytes=self.memory_bytes(),
+            memory_bytes=self.memory_bytes() if memory else None,
             stdout=bytes(out.captured) if out and out.captured is not None else None,
             stderr=bytes(err.captured) if err and err.captured is not None else None,
             warnings=tuple(dict.fromkeys(self.warnings)),

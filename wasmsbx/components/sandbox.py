@@ -372,9 +372,11 @@ class ComponentSandbox(Sandbox):
         wasi: Optional[WasiSetup] = None,
         wave_args: bool = False,
         json_args: bool = False,
+        memory: bool = True,
     ) -> ComponentCallResult:
         """Call ``func``; ``wave_args``: every argument is WAVE text (``--invoke``);
-        ``json_args``: every argument is typed JSON (see components.values)."""
+        ``json_args``: every argument is typed JSON (see components.values); ``memory``:
+        read the memory figure for the stats (a call of the hidden probe, ~20 us)."""
         export = self.resolve(func)
         reason = passable(export.sig.result)
         if reason:
@@ -389,13 +391,14 @@ class ComponentSandbox(Sandbox):
             value = self._instance.call(export, typed)
         finally:
             self.timings["run"] = time.perf_counter() - started
+        usage = self._instance.usage(memory)
         return ComponentCallResult(
-            export.name, value, export.sig.result, self._stats(self._instance)
+            export.name, value, export.sig.result, self._stats(self._instance, usage)
         )
 
     def call(self, func: str, *args: Any) -> Any:
         """``box.call("greet", "World") == "Hello, World"``: Python values in and out."""
-        return self.invoke(func, args).value
+        return self.invoke(func, args, memory=False).value  # no stats: no memory probe
 
     def run_command(
         self, argv: Sequence[str] = (), stdin: Any = None, capture: bool = False
