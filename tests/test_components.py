@@ -451,6 +451,10 @@ def test_python_guest(python_box):
     with pytest.raises(errors.UsageError, match="out of range for u32"):
         python_box.call("describe", {"name": "Ada", "age": -1})
     assert binary.scan(python_box.wasm).core_instances > 4  # runs under limits.instances = 1
+    # --stats memory through the probe (components.probe): CPython's heap, 14 core instances
+    assert python_box.invoke("greet", ["World"]).stats.memory_bytes >= 8 << 20
+    assert python_box.layout.probed
+    assert "wasmsbx-memory-bytes" not in [e.name for e in python_box.component_exports]
 
 
 # ------------------------------------------------------------------ audit

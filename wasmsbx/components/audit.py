@@ -193,7 +193,8 @@ def _introspect(wasm: bytes, policy: Any, path: str, findings: list) -> tuple:
             )
             return [], [], source
     names = [i.name for i in runtime.imports(engine, component)]
-    return runtime.exports(engine, component), names, source
+    probed = runtime.has_probe(engine, component, wasm)  # a cached one carries it
+    return runtime.exports(engine, component, probed), names, source
 
 
 def _from_cache(wasm: bytes, policy: Any, path: str) -> Optional[tuple]:

@@ -10,7 +10,7 @@ also lowers and lifts its values), where a module's tight loop arms them per blo
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from . import binary, runtime
 from .sandbox import find_export, run_export
@@ -28,7 +28,7 @@ def prepare(case: Any, result: Any, wasm: bytes) -> dict:
     result.sha256 = hashlib.sha256(wasm).hexdigest()
     engine = runtime.ComponentEngine(WasmtimeEngine(EngineOptions(optimize="none")))
     component = engine.compile(wasm)  # introspection only; each backend compiles its own
-    exports = runtime.exports(engine, component)
+    exports = runtime.exports(engine, component, runtime.has_probe(engine, component, wasm))
     name = Path(case.module).name
     prepared = {"wasm": wasm, "features": frozenset({"component-model"}), "typed": []}
     prepared.update(component=True, exports=[], component_exports=exports)
@@ -51,9 +51,11 @@ class BenchEngine:
 
     def __init__(self, engine: Any, wasm: bytes, exports: list) -> None:
         self.inner = runtime.ComponentEngine(engine)
+        self.wasm = wasm
         self.layout = binary.scan(wasm)
         self.exports = exports
         self.imports: list = []
+        self.probed: Optional[bool] = None  # known at the first instantiation
 
     def compile(self, wasm: bytes) -> Any:
         component = self.inner.compile(wasm)
@@ -67,6 +69,10 @@ class BenchEngine:
         return self.inner.deserialize(data)
 
     def instantiate(self, component: Any, limits: Any, wasi: Any) -> BenchInstance:
+        if self.probed is None:  # the same binary every time: with the memory probe or not
+            self.probed = runtime.has_probe(self.inner, component, self.wasm)
+            if self.probed:
+                self.layout = runtime.with_probe(self.layout)
         instance = runtime.ComponentInstance(
             self.inner, component, self.layout, limits, wasi, self.imports
         )

@@ -37,13 +37,18 @@ class CoreModule(namedtuple("CoreModule", "index offset size")):
     __slots__ = ()
 
 
-class Layout(namedtuple("Layout", "core_modules core_instances memories components")):
+class Layout(
+    namedtuple(
+        "Layout", "core_modules core_instances memories components probed", defaults=(False,)
+    )
+):
     """What instantiating the component creates (see the module docstring)."""
 
     core_modules: tuple
     core_instances: int
     memories: tuple
     components: int  # nested component definitions, at every depth
+    probed: bool  # with wasmsbx's memory probe (components.probe): counted in core_instances
     __slots__ = ()
 
 
@@ -183,6 +188,7 @@ def layout_record(layout: Layout) -> dict:
         "core_instances": layout.core_instances,
         "memories": [list(m) for m in layout.memories],
         "components": layout.components,
+        "probed": layout.probed,
     }
 
 
@@ -194,10 +200,17 @@ def layout_from_record(record: object) -> Layout:
             (_count(low), None if high is None else _count(high))
             for low, high in record["memories"]
         )
+        probed = record.get("probed", False)
+        if type(probed) is not bool:
+            raise ValueError(f"{probed!r} is not a flag")
         return Layout(
-            modules, _count(record["core_instances"]), memories, _count(record["components"])
+            modules,
+            _count(record["core_instances"]),
+            memories,
+            _count(record["components"]),
+            probed,
         )
-    except (KeyError, TypeError, ValueError) as exc:
+    except (AttributeError, KeyError, TypeError, ValueError) as exc:
         raise ComponentFormatError(f"unreadable component layout ({exc})") from None
 
 

@@ -33,12 +33,14 @@ from ..backends.base import Limits, Usage, WasiSetup
 # into a closed pipe is EPIPE inside the guest; a FIFO stdin's open is watched).
 from ..backends.wasmtime.backend import _Budget, set_wasi
 from ..units import format_count, format_duration, format_size
-from . import binary, fastbytes
+from . import binary, fastbytes, probe
 from .types import FuncSig, func_sig
 from .values import ValueProblem, lift, lower
 
 fastbytes.install()  # list<u8> in bulk: wasmtime-py converts it byte by byte
 MAX_FRAMES = 12
+PROBE_FUEL = 10_000  # the memory probe runs a few instructions per memory
+PROBE_EPOCHS = 1 << 20  # its own deadline: ticks of the engine's epoch clock
 # Interfaces ``Linker.add_wasip2`` provides; anything else is refused before linking.
 WASI_PROVIDED = ("wasi:cli/", "wasi:io/", "wasi:clocks/", "wasi:filesystem/", "wasi:random/")
 WASI_SOCKETS = "wasi:sockets/"
@@ -75,11 +77,14 @@ def compile_component(engine: Any, wasm: bytes) -> Any:
         ) from None
 
 
-def exports(engine: Any, component: Any) -> list:
-    """Every exported function, root ones first, with its WIT signature."""
+def exports(engine: Any, component: Any, probed: bool = False) -> list:
+    """Every exported function, root ones first, with its WIT signature; ``probed``: the
+    component carries wasmsbx's memory probe (``probe.NAME``), which is left out."""
     out = []
     for name, item in component.type.exports(engine.engine).items():
         kind = type(item.ty).__name__
+        if probed and name == probe.NAME:
+            continue
         if kind == "FuncType":
             out.append(ComponentExport(name, None, name, func_sig(item.ty)))
         elif kind == "ComponentInstanceType":
@@ -87,6 +92,24 @@ def exports(engine: Any, component: Any) -> list:
                 if type(member.ty).__name__ == "FuncType":
                     out.append(ComponentExport(f"{name}#{fname}", name, fname, func_sig(member.ty)))
     return out
+
+
+def has_probe(engine: Any, component: Any, wasm: Optional[bytes]) -> bool:
+    """Whether ``component`` carries the memory probe ``ComponentEngine.compile`` adds:
+    it exports ``probe.NAME`` and its source (``wasm``) does not hold that name, so the
+    export cannot be the guest's own. ``wasm`` None: the caller knows from elsewhere
+    (an artifact's authenticated header) and only the export is checked."""
+    if wasm is not None and not probe.ours(wasm):
+        return False
+    item = component.type.exports(engine.engine).get(probe.NAME)
+    return item is not None and type(item.ty).__name__ == "FuncType"
+
+
+def with_probe(layout: binary.Layout) -> binary.Layout:
+    """The layout of the component with its probe: one core instance more."""
+    if layout.probed:
+        return layout
+    return layout._replace(core_instances=layout.core_instances + 1, probed=True)
 
 
 def imports(engine: Any, component: Any) -> list:
@@ -144,6 +167,8 @@ class ComponentInstance:
         self.limits = limits
         self.layout = layout
         self.poisoned = False
+        self.trapped = False  # a trap (exit included): the instance refuses every call
+        self._probe: Any = None
         self.fuel_used = 0
         self.fuel_armed = 0
         self.outputs: list = []
@@ -277,13 +302,13 @@ class ComponentInstance:
         try:
             raw = self._guarded(export.name, _call_and_return, func, self.store, raw_args)
         except wasmtime.ExitTrap as exit_trap:
-            self.poisoned = True
+            self.poisoned = self.trapped = True
             raise errors.TrapError(
                 f"guest called exit({exit_trap.code}) in {export.name}",
                 exit_code_guest=exit_trap.code,
             ) from None
         except wasmtime.WasmtimeError as exc:
-            self.poisoned = True
+            self.poisoned = self.trapped = True
             raise self._error(exc, export.name) from None
         finally:
             self._account_fuel()
@@ -296,8 +321,10 @@ class ComponentInstance:
         try:
             raw = self._guarded(export.name, _call_and_return, func, self.store, [])
         except wasmtime.ExitTrap as exit_trap:
+            self.trapped = True
             return exit_trap.code
         except wasmtime.WasmtimeError as exc:
+            self.trapped = True
             raise self._error(exc, export.name) from None
         finally:
             self._account_fuel()
@@ -305,15 +332,42 @@ class ComponentInstance:
         return 0 if getattr(raw, "tag", "ok") == "ok" else 1
 
     # ------------------------------------------------------------------ usage
-    def usage(self) -> Usage:
+    def usage(self, memory: bool = True) -> Usage:
+        """What the instance used; ``memory``: with the memory figure (a probe call)."""
         out, err = (self.outputs + [None, None])[:2]
         return Usage(
             fuel_used=self.fuel_used if self.limits.fuel is not None else None,
-            memory_bytes=None,  # component memories are not exported to the host
+            memory_bytes=self.memory_bytes() if memory else None,
             stdout=bytes(out.captured) if out and out.captured is not None else None,
             stderr=bytes(err.captured) if err and err.captured is not None else None,
             warnings=tuple(dict.fromkeys(self.warnings)),
         )
+
+    def memory_bytes(self) -> Optional[int]:
+        """The bytes the component's core memories hold now (memories only grow: the
+        peak), read through the probe ``ComponentEngine.compile`` added; None without
+        one, or once a trap left the instance refusing calls."""
+        if not self.layout.probed or self.trapped:
+            return None
+        store = self.store
+        try:
+            if self._probe is None:
+                index = self.instance.get_export_index(store, probe.NAME)
+                self._probe = self.instance.get_func(store, index)
+            # Outside the guest's budget: a few instructions, under fuel and a deadline
+            # of their own (the guest's may be spent), the guest's fuel left as it was.
+            fuel = store.get_fuel() if self.limits.fuel is not None else None
+            if fuel is not None:
+                store.set_fuel(fuel + PROBE_FUEL)
+            store.set_epoch_deadline(PROBE_EPOCHS)
+            try:
+                held = _call_and_return(self._probe, store, [])
+            finally:
+                if fuel is not None:
+                    store.set_fuel(fuel)
+        except wasmtime.WasmtimeError:
+            return None
+        return held if type(held) is int else None
 
     def close(self) -> None:
         for output in self.outputs:
@@ -333,7 +387,17 @@ class ComponentInstance:
         frames = _frames(text)
         limits = self.limits
         if cause is None:
-            return self._setup_error(text, where)
+            if where == "instantiation":
+                return self._setup_error(text, where)
+            # No trap, but the call failed: the guest broke the canonical ABI (a result
+            # string that is not UTF-8, a realloc out of bounds...). Its fault, as a trap
+            # is; wasmtime refuses the instance's further calls all the same.
+            return errors.TrapError(
+                f"{where} failed: {_first_line_text(text)}",
+                hint="the component passed a malformed value across its boundary "
+                "(a bug in the guest or its bindings)",
+                backtrace=frames,
+            )
         if "all fuel consumed" in cause:
             return errors.FuelExhausted(
                 f"fuel exhausted after {format_count(limits.fuel or 0)} units in {where}",
@@ -433,6 +497,14 @@ class ComponentEngine:
         self.options = engine.options
 
     def compile(self, wasm: bytes) -> Any:
+        """The component with its memory probe (``probe.instrument``), or as it is when the
+        probe cannot be added or wasmtime refuses the rewritten component."""
+        instrumented = probe.instrument(wasm)
+        if instrumented is not None:
+            try:
+                return wc.Component(self.engine, instrumented)
+            except wasmtime.WasmtimeError:
+                pass
         return compile_component(self.inner, wasm)
 
     def serialize(self, component: Any) -> bytes:
@@ -451,7 +523,8 @@ class ComponentEngine:
             ) from None
 
     def fingerprint(self) -> dict:
-        return {**self.inner.fingerprint(), "kind": "component"}
+        # probe: components compiled with the memory probe (components.probe).
+        return {**self.inner.fingerprint(), "kind": "component", "probe": 1}
 
 
 def _call_and_return(func: Any, store: Any, args: list) -> Any:

@@ -229,7 +229,8 @@ class ComponentSandbox(Sandbox):
             self.module = aot.load_for(self)
         if self.module is None:
             self.module = self._compile(cache_wanted)
-        self.component_exports = runtime.exports(self.engine, self.module)
+        self._note_probe()
+        self.component_exports = runtime.exports(self.engine, self.module, self.layout.probed)
         self.import_names = [i.name for i in runtime.imports(self.engine, self.module)]
         runtime.check_imports(self.import_names)  # refused at load, before any call
         self.export_list = [ExportInfo(e.name, "func", e.sig) for e in self.component_exports]
@@ -253,6 +254,15 @@ class ComponentSandbox(Sandbox):
             return binary.layout_from_record(record)
         except binary.ComponentFormatError as exc:
             raise errors.ModuleError(f"{self.path}: {exc}", path=str(self.path)) from None
+
+    def _note_probe(self) -> None:
+        """The compiled component carries the memory probe (``--stats`` memory): its
+        core instance joins the layout. An artifact alone says so in its header."""
+        if self.wasm is None:
+            if self.layout.probed and not runtime.has_probe(self.engine, self.module, None):
+                self.layout = self.layout._replace(probed=False)  # counted, never called
+        elif runtime.has_probe(self.engine, self.module, self.wasm):
+            self.layout = runtime.with_probe(self.layout)
 
     # --------------------------------------------------------------- choosing
     def _choose(self, backend: Optional[str], kind: str) -> tuple:
@@ -362,9 +372,11 @@ class ComponentSandbox(Sandbox):
         wasi: Optional[WasiSetup] = None,
         wave_args: bool = False,
         json_args: bool = False,
+        memory: bool = True,
     ) -> ComponentCallResult:
         """Call ``func``; ``wave_args``: every argument is WAVE text (``--invoke``);
-        ``json_args``: every argument is typed JSON (see components.values)."""
+        ``json_args``: every argument is typed JSON (see components.values); ``memory``:
+        read the memory figure for the stats (a call of the hidden probe, ~20 us)."""
         export = self.resolve(func)
         reason = passable(export.sig.result)
         if reason:
@@ -379,13 +391,14 @@ class ComponentSandbox(Sandbox):
             value = self._instance.call(export, typed)
         finally:
             self.timings["run"] = time.perf_counter() - started
+        usage = self._instance.usage(memory)
         return ComponentCallResult(
-            export.name, value, export.sig.result, self._stats(self._instance)
+            export.name, value, export.sig.result, self._stats(self._instance, usage)
         )
 
     def call(self, func: str, *args: Any) -> Any:
         """``box.call("greet", "World") == "Hello, World"``: Python values in and out."""
-        return self.invoke(func, args).value
+        return self.invoke(func, args, memory=False).value  # no stats: no memory probe
 
     def run_command(
         self, argv: Sequence[str] = (), stdin: Any = None, capture: bool = False

@@ -42,6 +42,7 @@ from ..base import (
 )
 from ..deadline import KEEPER
 from ..limits import HIDDEN_EXPORT, PAGE, TotalsError, export_memories, layout, plan
+from . import teardown
 from .values import (
     RAW_CALL,
     RAW_GET_FUEL,
@@ -170,6 +171,7 @@ def set_wasi(
         if isinstance(stdin, str) and stdin not in ("inherit", "null"):
             config.stdin_file = stdin  # wasmtime opens it here: the open that may block
         store.set_wasi(config)
+        teardown.track(store, outputs)  # closed before the interpreter exits (see teardown)
     except BaseException as exc:
         if tmp:
             os.unlink(tmp)

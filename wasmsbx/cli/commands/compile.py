@@ -303,11 +303,16 @@ def _artifact(
     exports = aot.records_of(facts.exports) if facts is not None else None
     component = None
     if getattr(engine, "is_component", False):  # its limits need the layout when alone
+        from ...components import probe
         from ...components.binary import ComponentFormatError, layout_record, scan
+        from ...components.runtime import with_probe
         from ...errors import ModuleError
 
         try:
-            component = layout_record(scan(wasm))
+            layout = scan(wasm)
+            if probe.instrument(wasm) is not None:  # what engine.compile built: its probe
+                layout = with_probe(layout)
+            component = layout_record(layout)
         except ComponentFormatError as exc:
             raise ModuleError(f"{name}: {exc}") from None
     fingerprint = engine.fingerprint()

@@ -1,0 +1,211 @@
+"""``--stats`` memory for components: the hidden probe added at compile time (#15)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import wasmtime
+
+from wasmsbx import errors
+from wasmsbx.components import binary, probe, runtime
+
+from .component_guests import HERE, c_command
+
+TYPES = HERE / "types.wat"
+MIB = 1 << 20
+PAGE = 65536
+
+
+def _box(source, limits: dict | None = None):
+    from wasmsbx import Sandbox
+    from wasmsbx import policy as P
+
+    return Sandbox(source, P.from_dict({"limits": limits or {}}), use_cache=False)
+
+
+def _wasm(wat: str) -> bytes:
+    return bytes(wasmtime.wat2wasm(wat))
+
+
+# Two instances of one module (a memory each) and a module of its own with two memories:
+# the probe must see all four.
+MANY = """
+(component
+  (core module $m
+    (memory 1)
+    (func (export "grow") (param i32) (result i32) (memory.grow (local.get 0))))
+  (core module $two
+    (memory 2) (memory $b 3)
+    (func (export "grow") (param i32) (result i32) (memory.grow $b (local.get 0))))
+  (core instance $a (instantiate $m))
+  (core instance $b (instantiate $m))
+  (core instance $c (instantiate $two))
+  (func (export "grow-a") (param "pages" u32) (result s32) (canon lift (core func $a "grow")))
+  (func (export "grow-b") (param "pages" u32) (result s32) (canon lift (core func $b "grow")))
+  (func (export "grow-c") (param "pages" u32) (result s32) (canon lift (core func $c "grow")))
+)
+"""
+
+
+def test_memory_of_every_core_instance_is_counted(tmp_path):
+    path = tmp_path / "many.wasm"
+    path.write_bytes(_wasm(MANY))
+    box = _box(path)
+    first = box.invoke("grow-a", [0])
+    assert first.stats.memory_bytes == (1 + 1 + 2 + 3) * PAGE
+    box.invoke("grow-b", [4])
+    box.invoke("grow-c", [5])
+    after = box.invoke("grow-a", [0]).stats.memory_bytes
+    assert after == (1 + 5 + 2 + 8) * PAGE
+    assert box.layout.probed and box.layout.core_instances == 4  # 3 + the probe
+    assert [e.name for e in box.component_exports] == ["grow-a", "grow-b", "grow-c"]
+    box.close()
+
+
+def test_wat_component_reports_growth_in_cli(cli, tmp_path):
+    out = cli("run", "--json", str(TYPES), "hog", "3")
+    assert out.code == 0, out.stderr
+    data = json.loads(out.stdout)
+    assert data["stats"]["memory_bytes"] == PAGE + 3 * MIB
+    out = cli("run", "--stats", str(TYPES), "add", "2", "3")
+    assert "memory            64 KiB" in out.stderr + out.stdout
+
+
+def test_probe_is_hidden_and_cannot_be_called(cli):
+    out = cli("run", str(TYPES), probe.NAME)
+    assert out.code != 0
+    assert "no exported function" in out.stderr
+    assert out.stderr.count(probe.NAME) == 1  # the name asked for; no export lists it
+    listing = cli("audit", "--json", str(TYPES))
+    assert probe.NAME not in listing.stdout
+
+
+def test_a_guest_exporting_the_reserved_name_keeps_it_and_cannot_fake_the_figure(tmp_path):
+    """The guest's own ``wasmsbx-memory-bytes`` is its function: listed, callable, and
+    never read as the memory figure (which it would fake: 12345)."""
+    path = tmp_path / "fake.wasm"
+    path.write_bytes(
+        _wasm(
+            f"""(component
+              (core module $m (memory 1) (func (export "f") (result i64) (i64.const 12345)))
+              (core instance $i (instantiate $m))
+              (func (export "{probe.NAME}") (result u64) (canon lift (core func $i "f"))))"""
+        )
+    )
+    box = _box(path)
+    result = box.invoke(probe.NAME, [])
+    assert result.value == 12345
+    assert result.stats.memory_bytes is None
+    assert [e.name for e in box.component_exports] == [probe.NAME]
+    assert not box.layout.probed
+    box.close()
+
+
+def test_no_figure_after_a_trap_rather_than_a_stale_one():
+    box = _box(TYPES)
+    assert box.invoke("hog", [1]).stats.memory_bytes == PAGE + MIB
+    with pytest.raises(errors.TrapError):
+        box.invoke("fail", [])
+    assert box._instance.usage().memory_bytes is None
+    assert box.invoke("add", [1, 2]).stats.memory_bytes == PAGE  # a fresh instance
+    box.close()
+
+
+def test_probe_runs_outside_the_guests_fuel():
+    box = _box(TYPES, {"fuel": 5_000})
+    with pytest.raises(errors.FuelExhausted):
+        box.invoke("spin", [])
+    box.close()
+    box = _box(TYPES, {"fuel": 5_000})
+    result = box.invoke("add", [1, 2])
+    used = result.stats.fuel_used
+    assert result.stats.memory_bytes == PAGE
+    instance = box._instance
+    for _ in range(3):  # reading the figure spends none of the guest's fuel
+        assert instance.usage().memory_bytes == PAGE
+    assert instance.usage().fuel_used == used
+    assert instance.store.get_fuel() == 5_000 - used
+    box.close()
+
+
+def test_instance_limit_allows_the_probe_and_no_more():
+    """The store may create the binary's core instances plus the probe's, not one
+    fewer (so the allowance is exactly what the probe needs)."""
+    from wasmsbx.runner.sandbox import limits_from
+
+    box = _box(TYPES, {"instances": 1})
+    assert box.invoke("add", [1, 2]).value == 3
+    layout = box.layout
+    assert layout.probed and layout.core_instances == 2
+    with pytest.raises(errors.InstanceLimitExceeded):
+        runtime.ComponentInstance(
+            box.engine,
+            box.module,
+            layout._replace(core_instances=1),
+            limits_from(box.policy),
+            box.wasi_setup(),
+            box.import_names,
+        )
+    box.close()
+
+
+def test_nested_component_memories_are_not_guessed(tmp_path):
+    path = tmp_path / "nested.wasm"
+    path.write_bytes(
+        _wasm(
+            """(component
+              (component $inner
+                (core module $m (memory 1) (func (export "f") (result i32) (i32.const 7)))
+                (core instance $i (instantiate $m))
+                (func (export "f") (result s32) (canon lift (core func $i "f"))))
+              (instance $x (instantiate $inner))
+              (export "f" (func $x "f")))"""
+        )
+    )
+    assert probe.instrument(path.read_bytes()) is None
+    box = _box(path)
+    result = box.invoke("f", [])
+    assert result.value == 7 and result.stats.memory_bytes is None
+    box.close()
+
+
+def test_instrumented_binary_is_valid_and_layout_counts_the_probe():
+    wasm = _wasm(TYPES.read_text())
+    out = probe.instrument(wasm)
+    assert out is not None
+    before, after = binary.scan(wasm), binary.scan(out)
+    assert after.core_instances == before.core_instances + 1
+    assert after.memories == before.memories  # the probe defines none
+    engine = wasmtime.Engine()
+    import wasmtime.component as wc
+
+    names = list(wc.Component(engine, out).type.exports(engine))
+    assert probe.NAME in names
+
+
+def test_artifact_alone_reports_memory(cli, tmp_path):
+    art = tmp_path / "types.cwasm"
+    made = cli("compile", str(TYPES), "-o", str(art))
+    assert made.code == 0, made.stderr
+    out = cli("run", "--json", str(art), "hog", "1")
+    assert out.code == 0, out.stderr
+    assert json.loads(out.stdout)["stats"]["memory_bytes"] == PAGE + MIB
+
+
+def test_adapted_c_command_reports_what_it_allocated(cli):
+    wasm = c_command()
+    small = json.loads(cli("run", "--json", str(wasm), "--", "alloc", "1").stdout)
+    big = json.loads(cli("run", "--json", str(wasm), "--", "alloc", "12").stdout)
+    grown = big["stats"]["memory_bytes"] - small["stats"]["memory_bytes"]
+    assert 11 * MIB <= grown <= 2 * 12 * MIB  # malloc's own overhead on top
+    out = cli("run", "--stats", str(wasm), "--", "alloc", "2")
+    assert "memory " in out.stderr
+
+
+def test_adapted_c_command_exit_code_kept_without_a_figure(cli):
+    """exit(3) is a trap (the adapter calls wasi:cli/exit): the instance refuses the
+    probe, so no figure, and the exit code is as before."""
+    out = cli("run", "--json", str(c_command()), "--", "exit", "3")
+    assert out.code == 1
+    assert json.loads(out.stdout)["stats"]["memory_bytes"] is None

@@ -1,0 +1,74 @@
+"""Before the interpreter finalizes: close the stores wasmsbx gave WASI output callbacks,
+then wait until wasmtime has let go of those callbacks.
+
+Why (reproduced with wasmtime-py 50 alone, for modules and components alike): a store's
+WASI stdout/stderr callbacks end up owned by wasmtime's WASI streams, which run on its
+tokio runtime. Once the guest has written, dropping the store hands the callbacks to a
+``tokio-rt-worker`` thread, which calls wasmtime-py's finalizer (Python) to free them a
+moment later. If the interpreter is finalizing by then, that thread cannot take the GIL:
+CPython ends it with ``pthread_exit``, whose forced unwind crosses a Rust frame that may
+not unwind, and the process prints "panic in a function that cannot unwind" (an abort;
+sometimes a segfault). A store still alive at exit is dropped during finalization, so it
+hit this most of the time; one dropped just before exit, whenever the worker was slower
+than the teardown.
+
+So an ``atexit`` hook (it runs before finalization, after non-daemon threads are joined)
+closes every store ``track`` saw, unless a guest call is still running somewhere (a
+daemon thread inside a store: closing it under that thread would be a use after free),
+and then waits, at most ``WAIT`` seconds, until no wasmsbx output callback is held any
+more. The ``wasmsbx`` command leaves with ``os._exit`` and never runs it.
+"""
+
+from __future__ import annotations
+
+import atexit
+import time
+import weakref
+from typing import Any
+
+WAIT = 2.0  # seconds; the workers let go within a millisecond or so
+_STORES: Any = weakref.WeakSet()
+_OUTPUTS: Any = weakref.WeakSet()  # the callbacks given to wasmtime-py's WasiConfig
+_registered = False
+
+
+def track(store: Any, outputs: list) -> None:
+    """Close ``store`` at exit if it is still alive then, and wait for wasmtime to let go
+    of ``outputs`` (its stdout and stderr callbacks; see the module docstring)."""
+    global _registered
+    _STORES.add(store)
+    _OUTPUTS.update(outputs)
+    if not _registered:
+        _registered = True
+        atexit.register(release)
+
+
+def release(wait: float = WAIT) -> bool:
+    """Close the tracked stores and wait for their output callbacks to be released;
+    True if none is held any more (False: a call still runs, or the wait ran out)."""
+    from ..deadline import KEEPER
+
+    if KEEPER.watches:  # a guest call still runs (a daemon thread): leave its store be
+        return False
+    for store in list(_STORES):
+        try:
+            store.close()
+        except Exception:  # noqa: BLE001 - exiting: a store that cannot close is left
+            pass
+    _STORES.clear()
+    until = time.monotonic() + wait
+    while _held():
+        if time.monotonic() >= until:
+            return False
+        time.sleep(0.001)  # lets the tokio workers take the GIL and run the finalizers
+    return True
+
+
+def _held() -> bool:
+    """Whether wasmtime-py still holds an output callback wasmsbx gave it."""
+    from wasmtime import _wasi
+
+    handles = getattr(getattr(_wasi, "CUSTOM_OUTPUTS", None), "handles", None)
+    if not isinstance(handles, dict):
+        return False  # another wasmtime-py layout: nothing to wait for that we can see
+    return any(v in _OUTPUTS for v in list(handles.values()))
