@@ -371,7 +371,8 @@ def show(report: dict) -> None:
     cold = report.get("cold")
     if cold:
         print(
-            f"\ncold start, Sandbox({cold['guest']}, kind='command'), CPU ms, medians (goal < 1 ms):"
+            f"\ncold start, Sandbox({cold['guest']}, kind='command'), CPU ms, medians"
+            " (goal < 1 ms):"
             f" first in a process (module in the disk cache) {cold['first_sandbox_ms']:.3f},"
             f" again in that process {cold['again_ms']:.3f}; cache states {cold['states']}"
         )

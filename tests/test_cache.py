@@ -16,8 +16,8 @@ import pytest
 from wasmsbx import policy as policy_mod
 from wasmsbx.native import artifact as aot
 from wasmsbx.native import cache, entry, trust
-from wasmsbx.runner import Sandbox as _Sandbox, read_module
-from wasmsbx.runner import shared
+from wasmsbx.runner import Sandbox as _Sandbox
+from wasmsbx.runner import read_module, shared
 
 from .conftest import capabilities_of, require_capability
 
@@ -28,6 +28,7 @@ def Sandbox(*args, **kwargs):  # noqa: N802 - stands for the class
     within a process; tests/test_cache_memory.py tests that layer)."""
     shared.forget_loaded()
     return _Sandbox(*args, **kwargs)
+
 
 # MVP only (no multi-value), so every backend and compiler can run it.
 ADD_WAT = (

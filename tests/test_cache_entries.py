@@ -29,6 +29,7 @@ def Sandbox(*args, **kwargs):  # noqa: N802 - stands for the class
     shared.forget_loaded()
     return _Sandbox(*args, **kwargs)
 
+
 KEY = bytes(range(32))
 FP = {"backend": "x"}
 

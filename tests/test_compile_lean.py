@@ -10,7 +10,9 @@ import pytest
 
 from wasmsbx.cli.commands.compile import lean_args
 
-ADD_WAT = '(module (func (export "add") (param i32 i32) (result i32) local.get 0 local.get 1 i32.add))'
+ADD_WAT = (
+    '(module (func (export "add") (param i32 i32) (result i32) local.get 0 local.get 1 i32.add))'
+)
 
 
 def test_plain_command_lines():

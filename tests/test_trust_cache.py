@@ -15,8 +15,8 @@ from wasmsbx import policy as policy_mod
 from wasmsbx.backends import get, split
 from wasmsbx.native import artifact as aot
 from wasmsbx.native import cache, entry, trust
-from wasmsbx.runner import Sandbox as _Sandbox, read_module
-from wasmsbx.runner import shared
+from wasmsbx.runner import Sandbox as _Sandbox
+from wasmsbx.runner import read_module, shared
 from wasmsbx.runner.sandbox import engine_options
 
 from .conftest import capabilities_of

@@ -296,7 +296,7 @@ class Memo:
 
     def _text(self, info: os.stat_result, tag: bytes) -> bytes:
         fields = (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
-        return ("%d %d %d %d %d " % fields).encode() + tag.hex().encode()
+        return (" ".join(map(str, fields)) + " " + tag.hex()).encode()
 
     def _mac(self, text: bytes) -> Optional[bytes]:
         key = self.key_fn()

@@ -11,8 +11,8 @@ and the engine configuration is done once per process, not once per sandbox:
 - ``compiled(engine, prepared, make)``: the runtime's compiled module, keyed by the
   engine (one per configuration, see backends/wasmtime ``engine_key``) and the prepared
   module. Modules loaded from the disk cache (or compiled and stored there) are kept in
-  a table of their own (``loaded``/``keep``): a second sandbox of a cached module reports ``cache_state``
-  "memory" and reads no cache entry.
+  a table of their own (``loaded``/``keep``): a second sandbox of a cached module
+  reports ``cache_state`` "memory" and reads no cache entry.
 
 Each sandbox keeps its own store, limiter, fuel and deadline: nothing here holds
 per-sandbox state. Both tables are bounded LRUs (entries and bytes), so a process that
