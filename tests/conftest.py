@@ -128,7 +128,10 @@ def require_module(label: str, *paths) -> None:
 @pytest.fixture(autouse=True)
 def isolated(tmp_path, monkeypatch):
     """Every test gets its own cache dir, trust folder (keys) and a cwd without a
-    sandbox.toml."""
+    sandbox.toml; no module an earlier test loaded from its cache is held in memory."""
+    from wasmsbx.runner import shared
+
+    shared.forget_loaded()
     cache = tmp_path / "cache"
     monkeypatch.setenv("WASMSBX_CACHE_DIR", str(cache))
     monkeypatch.setenv("WASMSBX_TRUST_DIR", str(tmp_path / "trust"))  # keys: never ~/.config
@@ -194,7 +197,9 @@ def run_main(
     import tempfile
 
     from wasmsbx.cli import main
+    from wasmsbx.runner import shared
 
+    shared.forget_loaded()  # a new process holds no module an earlier run loaded
     saved_env, saved_cwd = dict(os.environ), os.getcwd()
     saved_streams, saved_fds = (sys.stdin, sys.stdout, sys.stderr), {}
     files = [tempfile.TemporaryFile() for _ in range(3)]  # noqa: SIM115 (closed below)

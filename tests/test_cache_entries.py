@@ -15,10 +15,20 @@ from wasmsbx import policy as policy_mod
 from wasmsbx.native import artifact as aot
 from wasmsbx.native import cache, entry, trust
 from wasmsbx.policy import Grant
-from wasmsbx.runner import Sandbox
+from wasmsbx.runner import Sandbox as _Sandbox
+from wasmsbx.runner import shared
 
 from .conftest import capabilities_of
 from .trust_helpers import attacker_key, write_modules
+
+
+def Sandbox(*args, **kwargs):  # noqa: N802 - stands for the class
+    """A sandbox as a new run makes it: each one here stands for a process of its own, so
+    the modules earlier ones loaded are not held in memory (runner.shared keeps them
+    within a process; tests/test_cache_memory.py tests that layer)."""
+    shared.forget_loaded()
+    return _Sandbox(*args, **kwargs)
+
 
 KEY = bytes(range(32))
 FP = {"backend": "x"}

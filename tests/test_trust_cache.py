@@ -15,11 +15,20 @@ from wasmsbx import policy as policy_mod
 from wasmsbx.backends import get, split
 from wasmsbx.native import artifact as aot
 from wasmsbx.native import cache, entry, trust
-from wasmsbx.runner import Sandbox, read_module
+from wasmsbx.runner import Sandbox as _Sandbox
+from wasmsbx.runner import read_module, shared
 from wasmsbx.runner.sandbox import engine_options
 
 from .conftest import capabilities_of
 from .trust_helpers import GOOD_WAT, attacker_key, write_modules
+
+
+def Sandbox(*args, **kwargs):  # noqa: N802 - stands for the class
+    """A sandbox as a new run makes it: each one here stands for a process of its own, so
+    the modules earlier ones loaded are not held in memory (runner.shared keeps them
+    within a process; tests/test_cache_memory.py tests that layer)."""
+    shared.forget_loaded()
+    return _Sandbox(*args, **kwargs)
 
 
 @pytest.fixture

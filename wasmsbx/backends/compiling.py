@@ -110,7 +110,11 @@ def _child_code(engine: Any, wasm: bytes, seconds: float, error: Any) -> memoryv
     import subprocess
 
     options = json.dumps(engine.options._asdict()).encode()
-    argv = [sys.executable, "-E", "-s", "-c", _CHILD, engine.backend, *sys.path]
+    # -S: no site module (its .pth files cost the worker ~10 ms); the worker gets this
+    # process's sys.path, led by the folder wasmsbx itself is imported from (an
+    # editable install finds it through a .pth hook, which -S skips).
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    argv = [sys.executable, "-E", "-s", "-S", "-c", _CHILD, engine.backend, root, *sys.path]
     started = time.monotonic()
     proc = subprocess.Popen(
         argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE

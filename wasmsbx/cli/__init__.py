@@ -1,7 +1,8 @@
 """The ``wasmsbx`` command line: entry point and error boundary.
 
-``wasmsbx run ...`` is dispatched straight to the lean run path (see options.py); every
-other command, and ``run --help``, goes through the typer app.
+``wasmsbx run ...`` is dispatched straight to the lean run path (see options.py), and a
+plain ``wasmsbx compile ...`` to its own (commands/compile.py ``lean_args``); every
+other command, and their ``--help``, goes through the typer app.
 """
 
 from __future__ import annotations
@@ -18,6 +19,18 @@ def _lean_run(argv: list) -> bool:
         return False
     head = argv[: argv.index("--")] if "--" in argv else argv
     return "--help" not in head and "-h" not in head
+
+
+def _lean_compile(argv: list) -> Optional[dict]:
+    """run_compile's keywords for a plain ``compile`` command line, else None (typer)."""
+    if not argv or argv[0] != "compile" or "_WASMSBX_COMPLETE" in os.environ:
+        return None
+    head = argv[: argv.index("--")] if "--" in argv else argv
+    if "--help" in head or "-h" in head:
+        return None
+    from .commands.compile import lean_args
+
+    return lean_args(argv[1:])
 
 
 def _fill_closed_stdio() -> None:
@@ -103,10 +116,15 @@ def main(argv: Optional[list] = None, *, guard: bool = False) -> int:
         argv = list(sys.argv[1:] if argv is None else argv)
         if guard:
             _guard(argv)
+        lean = _lean_compile(argv)
         if _lean_run(argv):
             from .commands.run import run_main
 
             code = run_main(argv[1:])
+        elif lean is not None:
+            from .commands.compile import lean_main
+
+            code = lean_main(lean)
         else:
             from .app import run_app
 

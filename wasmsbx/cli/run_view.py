@@ -10,6 +10,7 @@ from . import output
 CACHE_STATES = {
     "hit": "hit (native code loaded from the cache)",
     "miss": "miss (compiled, then stored)",
+    "memory": "not read (module already loaded in this process)",
     "off": "off (--no-cache or runtime.cache = false)",
     "skip": "skipped (module smaller than runtime.cache_min_size)",
     "error": "unavailable (see the warning)",

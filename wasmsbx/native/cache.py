@@ -44,6 +44,7 @@ from . import entry as entry_format
 
 CODE_DIR = "code"  # native code: code/KEY[:2]/KEY.entry, in the wasmsbx.native.entry format
 CODE_SUFFIX = ".entry"
+MEMO_SUFFIX = ".verified"  # beside an entry: that it was verified (entry.Memo)
 # Payloads of COMPRESS_MIN bytes and more are stored zstd-compressed at COMPRESS_LEVEL
 # (benchmarks/cached_load.py): smaller ones stay raw so that a hit maps them in place.
 COMPRESS_MIN = 8 << 20
@@ -464,10 +465,12 @@ class Store:
         record = self.record(key) or {}
         self.db.delete("m:" + key)
         self.db.delete("a:" + key)  # its code, if an earlier build kept it in the database
-        try:
-            self.code_path(key).unlink()
-        except FileNotFoundError:
-            pass
+        code = self.code_path(key)
+        for path in (code, code.with_suffix(MEMO_SUFFIX)):
+            try:
+                path.unlink()
+            except FileNotFoundError:
+                pass
         return int(record.get("size", 0))
 
     def clear(self) -> None:
@@ -768,10 +771,12 @@ class Lookup:
         nothing deleted."""
         started = time.perf_counter()
         try:
+            path = str(self.store.code_path(self.key))
             loaded = entry_format.load(
-                str(self.store.code_path(self.key)),
+                path,
                 lambda: self.tag_key(create=True),  # a first entry found without a key
                 self.store.protected,  # is not ours
+                (path[: -len(CODE_SUFFIX)] + MEMO_SUFFIX, self.memo_key),
             )
             if loaded is None:
                 return None
@@ -811,6 +816,14 @@ class Lookup:
             return trust.tag_key("cache-entry", create=create)
         except trust.KeyProblem as exc:
             raise CacheUnavailable(exc.message) from None
+
+    def memo_key(self) -> Optional[bytes]:
+        from . import trust
+
+        try:
+            return trust.tag_key("cache-memo")
+        except trust.KeyProblem:
+            return None
 
     def save(self, module: Any) -> None:
         started = time.perf_counter()
@@ -1042,6 +1055,9 @@ def _orphans(store: Store) -> int:
     for key in store.keys("a:"):  # native code as diskcache values (earlier builds)
         store.db.delete("a:" + key)
         removed += 1
+    for memo, _ in store._code_files("??/*" + MEMO_SUFFIX):
+        if not memo.with_suffix(CODE_SUFFIX).exists():
+            memo.unlink(missing_ok=True)
     now = time.time()
     for tmp, info in store._code_files("??/.*.tmp"):
         if now - info.st_mtime > ORPHAN_GRACE:

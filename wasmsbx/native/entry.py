@@ -242,11 +242,14 @@ class Loaded:
         self.close()
 
 
-def load(path: str, key_fn: Callable, protected: bool) -> Optional[Loaded]:
+def load(
+    path: str, key_fn: Callable, protected: bool, memo: Optional[tuple] = None
+) -> Optional[Loaded]:
     """The entry at ``path`` authenticated with ``key_fn()`` (asked only if the file
     exists; None if there is none); Corrupt if it fails. ``protected``: the folder is
     one only the user's processes can write (see the module docstring), so an
-    uncompressed entry may be mapped where it is."""
+    uncompressed entry may be mapped where it is. ``memo``: (path, key function) of
+    the entry's verification memo (see :class:`Memo`), used only when ``protected``."""
     try:
         fd = os.open(path, os.O_RDONLY | _NOFOLLOW | _CLOEXEC | _NONBLOCK)
     except FileNotFoundError:
@@ -255,14 +258,102 @@ def load(path: str, key_fn: Callable, protected: bool) -> Optional[Loaded]:
         raise Corrupt(f"cannot be opened ({exc.strerror})") from None
     loaded = None
     try:
-        loaded = _load_fd(fd, key_fn(), protected)
+        loaded = _load_fd(fd, key_fn(), protected, Memo(*memo) if memo and protected else None)
         return loaded
     finally:
         if loaded is None or fd not in loaded._fds:  # else the engine maps it: kept open
             os.close(fd)
 
 
-def _load_fd(fd: int, key: Optional[bytes], protected: bool) -> Loaded:
+MEMO_MARGIN = 5.0  # seconds an entry's last change must precede its verification (see Memo)
+
+
+class Memo:
+    """That an entry in the user's own cache was verified, kept beside it, so that later
+    loads of the same, unchanged file need not hash it again.
+
+    The memo holds a keyed BLAKE3 (its own key, derived from the secret) of the entry's
+    file identity and last change as the kernel reports them (device, inode, size,
+    mtime and ctime in ns) and of the entry's tag. A load that finds the entry's fstat()
+    and tag equal to what the memo vouches for loads without hashing the entry: the
+    file is the one that was verified, unchanged since. Every way of changing a file's
+    bytes (write, truncate, rename or copy over it, even one that restores the mtime)
+    sets its ctime to the current time, which no unprivileged process can set back.
+
+    A memo is written only when the entry's ctime is at least ``MEMO_MARGIN`` seconds
+    older than the verification, so a change made later cannot fall in the same
+    timestamp tick (file systems count ctime in ticks of up to 2 s) and keep the ctime
+    the memo holds. Only for entries in the user's own cache, owned by the user (the
+    same condition under which an entry is mapped where it is: only the user's own
+    processes can write there, see the module docstring); a memo that is missing,
+    unreadable, damaged or for another file is ignored and the entry hashed in full.
+    """
+
+    __slots__ = ("key_fn", "path")
+
+    def __init__(self, path: str, key_fn: Callable) -> None:
+        self.path, self.key_fn = path, key_fn
+
+    def _text(self, info: os.stat_result, tag: bytes) -> bytes:
+        fields = (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
+        return (" ".join(map(str, fields)) + " " + tag.hex()).encode()
+
+    def _mac(self, text: bytes) -> Optional[bytes]:
+        key = self.key_fn()
+        if key is None:
+            return None
+        from blake3 import blake3
+
+        return blake3(b"wasmsbx cache memo 1\0" + text, key=key).digest()
+
+    def vouches(self, info: os.stat_result, tag: bytes) -> bool:
+        """Whether the memo says the file ``info`` describes, tagged ``tag``, was verified."""
+        if hasattr(os, "getuid") and info.st_uid != os.getuid():
+            return False
+        try:
+            fd = os.open(self.path, os.O_RDONLY | _NOFOLLOW | _CLOEXEC | _NONBLOCK)
+        except OSError:
+            return False
+        try:
+            data = os.read(fd, 513)
+        except OSError:
+            return False
+        finally:
+            os.close(fd)
+        try:
+            got = bytes.fromhex(data.decode("ascii"))
+        except ValueError:  # (UnicodeDecodeError too)
+            return False
+        mac = self._mac(self._text(info, tag))
+        return mac is not None and _equal(got, mac)
+
+    def record(self, info: os.stat_result, tag: bytes) -> None:
+        """Remember that the file ``info`` describes, tagged ``tag``, was just verified
+        (when its last change is old enough; failures are ignored: a memo only saves
+        time)."""
+        if hasattr(os, "getuid") and info.st_uid != os.getuid():
+            return
+        if info.st_ctime_ns > (time.time() - MEMO_MARGIN) * 1e9:
+            return
+        mac = self._mac(self._text(info, tag))
+        if mac is None:
+            return
+        tmp = f"{self.path}.{os.getpid()}.{time.monotonic_ns()}.tmp"
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW | _CLOEXEC, 0o600)
+            try:
+                os.write(fd, mac.hex().encode())
+            finally:
+                os.close(fd)
+            os.replace(tmp, self.path)
+        except OSError:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+
+
+def _load_fd(fd: int, key: Optional[bytes], protected: bool, memo: Optional[Memo] = None) -> Loaded:
     import stat
 
     info = os.fstat(fd)
@@ -286,6 +377,12 @@ def _load_fd(fd: int, key: Optional[bytes], protected: bool) -> Loaded:
         raise Corrupt("truncated while read")
     # (Which way to go is read from the header before it is checked: both ways check it.)
     if protected and b'"encoding":"none"' in text and _proc_fd(fd):
+        if memo is not None and memo.vouches(info, tag):  # verified before, unchanged since
+            header = _header(text, stored)
+            if header["payload"]["encoding"] == "none":
+                from .trust import VerifiedFile
+
+                return Loaded(header, VerifiedFile(fd, stored), (fd,))
         hashed = _hash_mapped(fd, stored, key)
         if hashed is not None:  # the file as it is: only the user's processes can write it
             _check(hashed, text, tail, key, tag)
@@ -293,8 +390,20 @@ def _load_fd(fd: int, key: Optional[bytes], protected: bool) -> Loaded:
             if header["payload"]["encoding"] == "none":
                 from .trust import VerifiedFile
 
+                if memo is not None and _same(info, os.fstat(fd)):  # unchanged while hashed
+                    memo.record(info, tag)
                 return Loaded(header, VerifiedFile(fd, stored), (fd,))
     return _load_copy(fd, size, stored, text, tail, key, tag)
+
+
+def _same(a: os.stat_result, b: os.stat_result) -> bool:
+    return (a.st_dev, a.st_ino, a.st_size, a.st_mtime_ns, a.st_ctime_ns) == (
+        b.st_dev,
+        b.st_ino,
+        b.st_size,
+        b.st_mtime_ns,
+        b.st_ctime_ns,
+    )
 
 
 def _check(hasher: Any, text: bytes, tail: bytes, key: bytes, tag: bytes) -> None:

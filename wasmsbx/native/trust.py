@@ -44,6 +44,7 @@ CONTEXTS = {
     "cache-entry": "wasmsbx 2026-12-02 native code tag: cache entry",
     "artifact": "wasmsbx 2026-12-02 native code tag: artifact",
     "handoff": "wasmsbx 2026-12-02 native code tag: handoff to a worker process",
+    "cache-memo": "wasmsbx 2026-12-02 cache entry verified and unchanged since",
 }
 SIGNATURE_CONTEXT = b"wasmsbx 2026-12-02 artifact signature\0"
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)

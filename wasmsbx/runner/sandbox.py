@@ -528,6 +528,14 @@ class Sandbox:
         """Compile, or load from the cache: only for modules of runtime.cache_min_size and
         up, since opening the cache costs more than compiling a small module."""
         if use_cache and len(self.wasm) >= self.policy.values["runtime.cache_min_size"]:
+            prepared = self._prepared if getattr(self.engine, "shared", False) else None
+            if prepared is not None:
+                from . import shared
+
+                module = shared.loaded(self.engine, prepared)
+                if module is not None:  # loaded or compiled in this process already
+                    self.cache_state = "memory"
+                    return module
             from ..native.cache import load_or_compile
 
             outcome = load_or_compile(
@@ -542,6 +550,10 @@ class Sandbox:
             self.warnings.extend(outcome.warnings)
             self.cache_state = outcome.state
             self.recorded_exports = outcome.exports
+            if prepared is not None:
+                from . import shared
+
+                shared.keep(self.engine, prepared, outcome.module)
             return outcome.module
         self.cache_state = "skip" if use_cache else "off"
         started = time.perf_counter()

@@ -10,7 +10,9 @@ and the engine configuration is done once per process, not once per sandbox:
   import, and nothing here needs a cryptographic hash, since equality is checked);
 - ``compiled(engine, prepared, make)``: the runtime's compiled module, keyed by the
   engine (one per configuration, see backends/wasmtime ``engine_key``) and the prepared
-  module.
+  module. Modules loaded from the disk cache (or compiled and stored there) are kept in
+  a table of their own (``loaded``/``keep``): a second sandbox of a cached module
+  reports ``cache_state`` "memory" and reads no cache entry.
 
 Each sandbox keeps its own store, limiter, fuel and deadline: nothing here holds
 per-sandbox state. Both tables are bounded LRUs (entries and bytes), so a process that
@@ -81,6 +83,7 @@ class Prepared:
 
 _PREPARED = _Lru(MAX_ENTRIES * 4, MAX_BYTES)
 _COMPILED = _Lru(MAX_ENTRIES, MAX_BYTES)
+_LOADED = _Lru(MAX_ENTRIES, MAX_BYTES)  # modules the disk cache gave (see loaded/keep)
 
 
 def prepared(data: bytes, translate: Callable[[bytes], bytes]) -> Prepared:
@@ -115,7 +118,32 @@ def compiled(engine: Any, prepared: Prepared, make: Callable[[], Any]) -> tuple:
     return module, False
 
 
+def loaded(engine: Any, prepared: Prepared) -> Any:
+    """The module of ``prepared`` this process already has for ``engine`` (compiled, or
+    loaded from the cache and verified then), or None: the cache's in-memory layer.
+    Found by the module's bytes (``prepared``), never by a path or a cache entry: a
+    module changed on disk is other bytes, hence another entry, and a cache entry
+    changed on disk is never read again for a module held here."""
+    key = (id(engine), id(prepared))
+    found = _LOADED.get(key)
+    if found is not None and found[0] is engine and found[1] is prepared:
+        return found[2]
+    return None
+
+
+def keep(engine: Any, prepared: Prepared, module: Any) -> None:
+    """Hold ``module`` (compiled from, or verified as, ``prepared`` for ``engine``)."""
+    _LOADED.put((id(engine), id(prepared)), (engine, prepared, module), len(prepared.wasm))
+
+
+def forget_loaded() -> None:
+    """Forget the modules kept by ``keep``: the next sandbox of each reads the disk cache
+    again, as a new process would (tests of the cache)."""
+    _LOADED.clear()
+
+
 def clear() -> None:
     """Forget every shared module (tests; a long-lived host that wants memory back)."""
     _PREPARED.clear()
     _COMPILED.clear()
+    _LOADED.clear()

@@ -1,0 +1,206 @@
+"""Attacks on the verification memo (native/entry.py ``Memo``): an entry of the user's
+own cache that was verified and has not changed since loads without being hashed again.
+Every way of changing or replacing the entry, or of forging the memo, must end in a
+full check (and so in a refusal for altered code)."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from wasmsbx import policy as policy_mod
+from wasmsbx.native import cache, entry
+from wasmsbx.runner import Sandbox as _Sandbox
+from wasmsbx.runner import shared
+
+from .trust_helpers import attacker_key
+
+WAT = '(module (func (export "f") (param i32 i32) (result i32) local.get 0 local.get 1 i32.add))'
+
+
+def Sandbox(*args, **kwargs):  # noqa: N802 - stands for the class
+    """A sandbox as a new run (a new process) makes it (see test_cache.py)."""
+    shared.forget_loaded()
+    return _Sandbox(*args, **kwargs)
+
+
+class _Later:
+    """time for native.entry, 10 s ahead: the entry looks old enough to be remembered."""
+
+    def __getattr__(self, name):
+        return getattr(time, name)
+
+    @staticmethod
+    def time() -> float:
+        return time.time() + 10.0
+
+
+@pytest.fixture
+def later(monkeypatch):
+    monkeypatch.setattr(entry, "time", _Later())
+
+
+@pytest.fixture
+def hashed(monkeypatch) -> list:
+    """The entries hashed in full (entry._hash_mapped calls)."""
+    calls: list = []
+    real = entry._hash_mapped
+
+    def spy(fd, stored, key):
+        calls.append(stored)
+        return real(fd, stored, key)
+
+    monkeypatch.setattr(entry, "_hash_mapped", spy)
+    return calls
+
+
+def make_policy(**keys) -> policy_mod.Policy:
+    policy = policy_mod.defaults()
+    policy_mod.override(policy, "runtime.cache_min_size", 0)
+    for name, value in keys.items():
+        policy_mod.override(policy, name.replace("__", "."), value)
+    return policy
+
+
+@pytest.fixture
+def module(tmp_path) -> Path:
+    path = tmp_path / "m.wat"
+    path.write_text(WAT)
+    return path
+
+
+def stored(tmp_path, folder: str = "cache") -> tuple:
+    (path,) = (tmp_path / folder).rglob("*.entry")
+    return path, path.with_suffix(cache.MEMO_SUFFIX)
+
+
+def remembered(module, tmp_path) -> tuple:
+    """An entry stored, then verified by a load that wrote its memo."""
+    policy = make_policy()
+    assert Sandbox(module, policy).cache_state == "miss"
+    assert Sandbox(module, policy).cache_state == "hit"
+    path, memo = stored(tmp_path)
+    assert memo.is_file(), "a verified entry old enough is remembered"
+    time.sleep(0.05)  # past the file system's timestamp tick: a change now shows
+    return policy, path, memo
+
+
+def test_a_young_entry_is_not_remembered(module, tmp_path):
+    policy = make_policy()
+    Sandbox(module, policy)
+    assert Sandbox(module, policy).cache_state == "hit"
+    assert not stored(tmp_path)[1].exists()
+
+
+def test_a_remembered_entry_loads_without_hashing(module, tmp_path, later, hashed):
+    policy, _, _ = remembered(module, tmp_path)
+    hashed.clear()
+    box = Sandbox(module, policy)
+    assert box.cache_state == "hit" and box.call("f", 5, 3) == 8
+    assert hashed == []
+
+
+def _refused(module, policy, hashed) -> None:
+    hashed.clear()
+    box = Sandbox(module, policy)
+    assert box.cache_state == "miss"
+    assert "not tagged with your key" in box.warnings[0]
+    assert hashed, "the entry was hashed in full"
+    assert box.call("f", 5, 3) == 8
+
+
+def test_altered_in_place_with_its_mtime_restored(module, tmp_path, later, hashed):
+    policy, path, _ = remembered(module, tmp_path)
+    info = path.stat()
+    with open(path, "r+b") as f:  # same inode, same size
+        f.seek(info.st_size // 3)
+        byte = f.read(1)
+        f.seek(info.st_size // 3)
+        f.write(bytes([byte[0] ^ 1]))
+    os.utime(path, ns=(info.st_atime_ns, info.st_mtime_ns))
+    assert path.stat().st_ino == info.st_ino and path.stat().st_mtime_ns == info.st_mtime_ns
+    _refused(module, policy, hashed)
+
+
+def test_swapped_for_an_altered_copy(module, tmp_path, later, hashed):
+    policy, path, _ = remembered(module, tmp_path)
+    info = path.stat()
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 1
+    other = path.with_name("swap.tmp")
+    other.write_bytes(bytes(data))
+    os.utime(other, ns=(info.st_atime_ns, info.st_mtime_ns))
+    os.replace(other, path)
+    _refused(module, policy, hashed)
+
+
+def test_truncated(module, tmp_path, later, hashed):
+    policy, path, _ = remembered(module, tmp_path)
+    os.truncate(path, path.stat().st_size - 1)
+    hashed.clear()
+    box = Sandbox(module, policy)
+    assert box.cache_state == "miss" and "discarded and recompiled" in box.warnings[0]
+
+
+def test_a_forged_memo_is_ignored(module, tmp_path, later, hashed):
+    """A memo made with another key, or garbage, vouches for nothing: the altered entry
+    is hashed and refused."""
+    from blake3 import blake3
+
+    policy, path, memo = remembered(module, tmp_path)
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 1
+    path.write_bytes(bytes(data))
+    info = path.stat()
+    tag = bytes(data[-entry.TAG_SIZE :])
+    text = entry.Memo(str(memo), lambda: None)._text(info, tag)
+    forged = blake3(b"wasmsbx cache memo 1\0" + text, key=attacker_key()).digest()
+    memo.write_text(forged.hex())
+    _refused(module, policy, hashed)
+    for junk in ("zz" * 32, "", "00" * 32):
+        path.write_bytes(bytes(data))
+        memo.write_text(junk)
+        _refused(module, policy, hashed)
+
+
+def test_a_memo_that_is_a_link_is_not_followed(module, tmp_path, later, hashed):
+    """A link named like the memo, pointing at a valid memo of this very entry: not
+    read (O_NOFOLLOW), the entry is hashed."""
+    policy, path, memo = remembered(module, tmp_path)
+    real = memo.with_name("elsewhere")
+    os.replace(memo, real)
+    memo.symlink_to(real)
+    hashed.clear()
+    assert Sandbox(module, policy).cache_state == "hit"
+    assert hashed, "the entry was hashed in full"
+
+
+@pytest.mark.skipif(not hasattr(os, "getuid") or os.getuid() != 0, reason="needs chown")
+def test_an_entry_of_another_user_is_never_taken_on_a_memo(module, tmp_path, later, hashed):
+    policy, path, _ = remembered(module, tmp_path)
+    os.chown(path, 12345, 12345)
+    hashed.clear()
+    Sandbox(module, policy)
+    assert hashed, "the entry was hashed in full"
+
+
+def test_a_policy_folder_never_uses_memos(module, tmp_path, later, hashed):
+    """Outside the user's own cache an entry is copied and hashed on every load (another
+    user may be able to write there): no memo is written or read."""
+    policy = make_policy(runtime__cache_dir=str(tmp_path / "shared"))
+    Sandbox(module, policy)
+    Sandbox(module, policy)
+    path, memo = stored(tmp_path, "shared")
+    assert not memo.exists()
+    copies: list = []
+    real = entry._load_copy
+    entry_load_copy = lambda *a: copies.append(1) or real(*a)  # noqa: E731
+    import pytest as _pytest
+
+    with _pytest.MonkeyPatch.context() as patch:
+        patch.setattr(entry, "_load_copy", entry_load_copy)
+        assert Sandbox(module, policy).cache_state == "hit"
+    assert copies == [1]
