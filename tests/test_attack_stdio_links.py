@@ -94,3 +94,54 @@ def test_a_dir_flag_counts_too(cli, project):
     (project / "sandbox.toml").write_text('[stdio]\nstdout = "out/log.txt"\n')
     result = cli("run", "tool.wat", "f", "2", "--dir", "out::/o", cwd=project)
     assert result.code == 101 and "stdio.stdout" in result.stderr, result
+
+
+def test_a_dotdot_after_a_link_into_the_grant_counts(cli, project):
+    """`a/../log.txt` with `a -> out/sub`: the kernel opens `out/log.txt` (`..` of where
+    `a` leads), inside the grant. On 0b0f967 the check normalised `..` away first, saw
+    `log.txt` beside the grant, and the guest's link there replaced the victim."""
+    (project / "out" / "sub").mkdir()
+    (project / "a").symlink_to("out/sub")
+    (project / "sandbox.toml").write_text(
+        '[filesystem]\nread_write = ["out::/o"]\n[stdio]\nstdout = "a/../log.txt"\n'
+    )
+    result = cli("run", "tool.wat", "f", "--batch", "items.jsonl", cwd=project)
+    assert result.code == 101, result
+    assert "stdio.stdout" in result.stderr and "filesystem.read_write" in result.stderr
+    assert (project.parent / "victim.txt").read_text() == "original\n"
+
+
+def test_a_link_whose_target_passes_through_the_grant_counts(cli, project):
+    """`via -> out/sub/../..` leads back to the project, but through `out/sub`, which
+    the guest can replace with a link to anywhere before the next instance opens it."""
+    (project / "out" / "sub").mkdir()
+    (project / "via").symlink_to("out/sub/../..")
+    (project / "sandbox.toml").write_text(
+        '[filesystem]\nread_write = ["out::/o"]\n[stdio]\nstdout = "via/log.txt"\n'
+    )
+    result = cli("run", "tool.wat", "f", "2", cwd=project)
+    assert result.code == 101 and "stdio.stdout" in result.stderr, result
+
+
+def test_a_chdir_after_creating_a_sandbox_does_not_move_its_stdio(project, monkeypatch):
+    """From Python: the stdio paths are checked when the Sandbox is made; a relative one
+    used to be opened again, relative to whatever folder the program had moved to, by
+    each new instance (here: into the granted folder, where the guest's link waited)."""
+    from wasmsbx import errors
+    from wasmsbx import policy as policy_mod
+    from wasmsbx.runner import Sandbox
+
+    monkeypatch.chdir(project)
+    policy = policy_mod.from_dict(
+        {"filesystem": {"read_write": ["out::/o"]}, "stdio": {"stdout": "log.txt"}},
+        base=project,
+    )
+    box = Sandbox(str(project / "tool.wat"), policy)
+    monkeypatch.chdir(project / "out")  # "log.txt" here is in the grant
+    with pytest.raises(errors.TrapError):
+        box.call("f", 1)  # replaces /o/log.txt with a link to the victim
+    box.close()
+    assert box.call("f", 2) == 0  # a new instance opens its stdout again
+    box.close()
+    assert (project.parent / "victim.txt").read_text() == "original\n"
+    assert "PWNED" in (project / "log.txt").read_text()
