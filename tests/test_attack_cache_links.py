@@ -52,3 +52,55 @@ def test_a_journal_replaced_by_a_link_later_is_not_followed(tmp_path):
     store.fold_hits()
     store.close()
     assert (tmp_path / "victim.txt").read_text() == "precious\n"
+
+
+# Red team 3: what a project's cache folder can hold besides links to files.
+KEY = "ab" + "0" * 62
+
+
+@pytest.mark.parametrize("kind", ["fifo", "sparse", "link"])
+def test_cache_verify_opens_a_planted_code_file_as_a_load_does(cli, project, kind):
+    """On 0b0f967 `cache verify` read code files with a plain open(): a FIFO planted as an
+    entry hung it for ever, a sparse file claiming 64 GiB was read into a buffer of that
+    size (MemoryError, exit 100), and a link was followed to the file it names."""
+    import os
+
+    folder = project / ".wc" / "code" / "ab"
+    folder.mkdir(parents=True)
+    path = folder / (KEY + cache.CODE_SUFFIX)
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "sparse":
+        with open(path, "wb") as handle:
+            handle.truncate(64 << 30)
+    else:
+        path.symlink_to(project.parent / "victim.txt")
+    result = cli("cache", "verify", "--json", cwd=project, timeout=60)
+    assert result.code == 0, result
+    assert KEY in result.stdout and "Traceback" not in result.stderr, result
+    assert not os.path.lexists(path)  # removed: the link itself, not what it names
+    assert (project.parent / "victim.txt").read_text() == "precious\n"
+
+
+def test_a_linked_code_folder_is_neither_written_nor_pruned_through(project):
+    """`code/ab -> ../../outside` (git keeps links): entries of keys starting with `ab`
+    were written there, and `cache prune` deleted the `.*.tmp` files it found there."""
+    import os
+    import time
+
+    outside = project.parent / "outside"
+    outside.mkdir()
+    stale = outside / ".notes.tmp"
+    stale.write_text("mine\n")
+    old = time.time() - 3600
+    os.utime(stale, (old, old))
+    (project / ".wc" / "code").mkdir()
+    (project / ".wc" / "code" / "ab").symlink_to("../../../outside")
+    store = cache.Store.open(project / ".wc", 1 << 30)
+    try:
+        with pytest.raises(cache.CacheUnavailable, match="symbolic link"):
+            store.write_blob(KEY, b"x" * 100)
+        cache.prune(store)
+    finally:
+        store.close()
+    assert sorted(p.name for p in outside.iterdir()) == [".notes.tmp"]

@@ -255,3 +255,25 @@ def test_large_payloads_are_stored_compressed_and_load(tmp_path, native, monkeyp
     payload = header["payload"]
     assert payload["encoding"] == "zstd" and payload["stored"] < payload["size"]
     assert record["native_size"] == payload["size"] and record["size"] > payload["stored"]
+
+
+@pytest.mark.parametrize("protected", [False, True])
+def test_a_sparse_giant_entry_is_refused_before_a_byte_is_read(tmp_path, monkeypatch, protected):
+    """A planted file of 1 TiB (sparse: it costs no disk) with a footer at its end: on
+    0b0f967 a project's cache copied it whole into a memfd (memory) before checking its
+    tag, and the user's own cache hashed it through a mapping (CPU, for minutes)."""
+    path = tmp_path / "giant.entry"
+    text = b'{"format":3}'
+    with open(path, "wb") as handle:
+        handle.truncate(1 << 40)
+        handle.seek((1 << 40) - entry.TRAILER - len(text))
+        handle.write(text + entry.FOOTER.pack(len(text), 0, entry.MAGIC) + bytes(32))
+
+    def never(*args):
+        raise AssertionError("read before its size was checked")
+
+    monkeypatch.setattr(entry, "_memfd_copy", never)
+    monkeypatch.setattr(entry, "_hash_mapped", never)
+    monkeypatch.setattr(entry.os, "preadv", never)
+    with pytest.raises(aot.Corrupt, match="larger than any cache entry"):
+        entry.load(str(path), lambda: KEY, protected)

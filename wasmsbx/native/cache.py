@@ -30,6 +30,7 @@ Only the run path imports this module, and only for modules of at least
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import stat
@@ -49,6 +50,7 @@ CODE_SUFFIX = ".entry"
 COMPRESS_MIN = 8 << 20
 COMPRESS_LEVEL = 3
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_NONBLOCK = getattr(os, "O_NONBLOCK", 0)
 HITS = "hits.log"  # the hit journal: "KEY LABEL TIME" per hit
 HITS_FOLD_SIZE = 1 << 16  # the hit that takes the journal past a multiple of this folds it
 HITS_MAX = 16 << 20  # a journal that cannot be folded stops growing here
@@ -314,15 +316,26 @@ class Store:
 
     def blob(self, key: str) -> Optional[bytearray]:
         """The entry's bytes, read into a writable buffer so the backend can deserialize
-        from it without another copy (wasmtime-py copies anything read-only)."""
+        from it without another copy (wasmtime-py copies anything read-only). As a load
+        opens it (entry.load): never through a link, never a FIFO or device (a planted one
+        would hang ``cache verify`` or hand it endless bytes), never more than an entry
+        can hold (a sparse file claiming a terabyte): OSError."""
+        flags = os.O_RDONLY | _NOFOLLOW | _NONBLOCK | getattr(os, "O_CLOEXEC", 0)
         try:
-            with open(self.code_path(key), "rb") as handle:
-                size = os.fstat(handle.fileno()).st_size
-                data = bytearray(size)
-                got = handle.readinto(data)
+            fd = os.open(self.code_path(key), flags)
         except FileNotFoundError:
             return None
-        if got != size:  # shrank while we read: the digest check will reject what is left
+        try:
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode):
+                raise OSError(errno.EINVAL, "not a regular file")
+            if info.st_size > entry_format.MAX_ENTRY:
+                raise OSError(errno.EFBIG, f"{info.st_size} bytes, larger than any entry")
+            data = bytearray(info.st_size)
+            got = os.preadv(fd, [data], 0) if data else 0
+        finally:
+            os.close(fd)
+        if got != len(data):  # shrank while we read: the digest check will reject what is left
             del data[got:]
         return data
 
@@ -336,6 +349,11 @@ class Store:
         path = self.code_path(key)
         for folder in (path.parent.parent, path.parent):  # mkdir(parents=) ignores mode
             folder.mkdir(mode=0o700, exist_ok=True)
+            if not stat.S_ISDIR(os.lstat(folder).st_mode):  # a link planted in a project's cache
+                raise CacheUnavailable(
+                    f"{folder} is a symbolic link; a cache folder holds none (the entry "
+                    "would be written wherever it leads)"
+                )
         tmp = path.parent / f".{key[:16]}.{os.getpid()}.{time.monotonic_ns()}.tmp"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
@@ -353,23 +371,39 @@ class Store:
             self.db.delete("a:" + key)  # its code as an earlier build kept it, if any
 
     def _code_files(self, pattern: str) -> Iterator:
-        """(path, stat) of the files in the code folders matching ``pattern``."""
-        for path in (self.root / CODE_DIR).glob(pattern):
+        """(path, lstat) of the files matching ``pattern`` in the code folders
+        (``code/??/``). A folder there that is a link is not followed: one planted in a
+        project's cache would have let ``prune`` delete files wherever it leads."""
+        from fnmatch import fnmatchcase
+
+        try:
+            folders = list(os.scandir(self.root / CODE_DIR))
+        except OSError:
+            return
+        for folder in folders:
             try:
-                yield path, path.stat()
+                if len(folder.name) != 2 or not folder.is_dir(follow_symlinks=False):
+                    continue
+                files = list(os.scandir(folder.path))
             except OSError:  # removed meanwhile
                 continue
+            for file in files:
+                if fnmatchcase(file.name, pattern):
+                    try:
+                        yield Path(file.path), file.stat(follow_symlinks=False)
+                    except OSError:  # removed meanwhile
+                        continue
 
     def code_keys(self) -> list:
         """Keys of every code file, with how old the file is (seconds)."""
         now = time.time()
         return [
             (path.name[: -len(CODE_SUFFIX)], now - info.st_mtime)
-            for path, info in self._code_files("??/*" + CODE_SUFFIX)
+            for path, info in self._code_files("*" + CODE_SUFFIX)
         ]
 
     def code_volume(self) -> int:
-        return sum(info.st_size for _, info in self._code_files("??/*"))
+        return sum(info.st_size for _, info in self._code_files("*"))
 
     # ---------------------------------------------------------- records
     def record(self, key: str) -> Optional[dict]:
@@ -1043,7 +1077,7 @@ def _orphans(store: Store) -> int:
         store.db.delete("a:" + key)
         removed += 1
     now = time.time()
-    for tmp, info in store._code_files("??/.*.tmp"):
+    for tmp, info in store._code_files(".*.tmp"):
         if now - info.st_mtime > ORPHAN_GRACE:
             try:
                 tmp.unlink()
