@@ -270,6 +270,9 @@ class Policy:
         self.values = values
         self.source = source
         self.explicit = set(explicit or ())
+        # {dotted: value asked}: limits a discovered policy raised above their defaults,
+        # held to the defaults (see cap_limits); a flag setting one removes it.
+        self.capped: dict = {}
 
     def __repr__(self) -> str:
         return f"Policy(source={self.source!r}, explicit={sorted(self.explicit)})"
@@ -659,8 +662,58 @@ def discover(explicit: Optional[str] = None, cwd: Optional[Path] = None) -> Poli
     if candidate.is_file():
         policy = load(candidate)
         confine(policy, candidate)
+        cap_limits(policy)
         return policy
     return defaults()
+
+
+# Limits a discovered policy may lower but not raise: each bounds what the guest may take
+# from the host (memory, time, disk through its output, compile time). limits.fuel has no
+# default (unmetered), so any value lowers it; limits.stack is bounded by its range.
+CAPPED_LIMITS = (
+    "limits.memory",
+    "limits.timeout",
+    "limits.table_elements",
+    "limits.instances",
+    "limits.output",
+    "limits.compile_timeout",
+    "limits.module_size",
+)
+# The flags that raise a capped limit again (the others: --policy FILE).
+LIMIT_FLAGS = {"limits.memory": "--memory", "limits.timeout": "--timeout"}
+
+
+def cap_limits(policy: Policy) -> None:
+    """Hold a discovered policy's limits to the defaults: a sandbox.toml that came with a
+    project may lower them, but one asking for 128 TiB of memory or a 366-day timeout is
+    run with 256 MiB and 10 s (``policy.capped`` says what it asked; the command line
+    warns). Raise a limit yourself with its flag (``--memory``, ``--timeout``), which
+    replaces the value, or trust the file with ``--policy``."""
+    base = defaults().values
+    for dotted in CAPPED_LIMITS:
+        asked, default = policy.values[dotted], base[dotted]
+        if asked is not None and default is not None and asked > default:
+            policy.capped[dotted] = asked
+            policy.values[dotted] = default
+
+
+def capped_warnings(policy: Policy) -> list:
+    """(message, hint) per limit :func:`cap_limits` held to its default and no flag set."""
+    out = []
+    for dotted, asked in getattr(policy, "capped", {}).items():
+        kind = KEYS[dotted].kind
+        show = _size_text if kind == "size" else _duration_text if kind == "duration" else str
+        flag = LIMIT_FLAGS.get(dotted)
+        how = f"{flag} {show(asked)}, or " if flag else ""
+        out.append(
+            (
+                f"{policy.source}: {dotted} = {show(asked)} is above the default; held to "
+                f"{show(policy.values[dotted])} (a sandbox.toml found in the working folder "
+                "may lower limits, not raise them)",
+                f"to allow it: {how}--policy {policy.source}",
+            )
+        )
+    return out
 
 
 # Version-control metadata: git runs commands its config and hooks name (`core.fsmonitor`
@@ -798,6 +851,7 @@ def override(
         message = exc.message.replace(f"{origin}: ", f"{flag}: ", 1)
         raise UsageError(message, hint=exc.hint, key=dotted, flag=flag) from None
     policy.explicit.add(dotted)
+    policy.capped.pop(dotted, None)  # the command line's value, not the capped file's
 
 
 def add_grant(policy: Policy, spec: str, writable: bool) -> None:
