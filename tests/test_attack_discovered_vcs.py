@@ -88,12 +88,44 @@ def test_a_grant_holding_a_nested_repository_is_refused(cli, repo, name):
     assert_refused(result, "filesystem.read_write")
 
 
-def test_a_subfolder_without_metadata_is_fine(cli, repo):
+def test_a_read_only_subfolder_without_metadata_is_fine(cli, repo):
     (repo / "data" / "in.txt").write_text("hi")
-    policy = '[filesystem]\nread_write = ["data::/d"]\n[stdio]\nstdout = "out.txt"\n'
+    policy = '[filesystem]\nread_only = ["data::/d"]\n[stdio]\nstdout = "out.txt"\n'
     result = run_in(cli, repo, policy, "read", "/d/in.txt")
     assert result.code == 0, result
     assert "hi" in (repo / "out.txt").read_text()
+
+
+# Red team 3: on 0b0f967 a discovered `read_write = ["data::/d"]` (a subfolder, allowed)
+# let the guest write data/meta/{HEAD,config,objects,refs} and then data/.git, a gitfile
+# ("gitdir: meta"); `cd data && git status`, what a shell prompt runs, ran the config's
+# core.fsmonitor. A clone can never bring a .git, and WASI lets a guest create any name in
+# a folder it can write, so a discovered policy grants nothing read-write.
+PLANT = [
+    ["mkdir", "/d/meta"],
+    ["mkdir", "/d/meta/objects"],
+    ["mkdir", "/d/meta/refs"],
+    ["write", "/d/meta/HEAD", "ref: refs/heads/main\n"],
+    ["write", "/d/meta/config", HOOK],
+    ["write", "/d/.git", "gitdir: meta\n"],
+]
+
+
+def test_a_writable_subfolder_could_get_a_repository_planted(cli, repo):
+    (repo / "sandbox.toml").write_text('[filesystem]\nread_write = ["data::/d"]\n')
+    for argv in PLANT:
+        result = cli("run", "tool.wasm", "--", *argv, cwd=repo)
+        assert_refused(result, "filesystem.read_write")
+        assert "--dir" in result.stderr, result
+    subprocess.run(["git", "status"], cwd=repo / "data", capture_output=True)
+    assert not (repo / "data" / "PWNED").exists() and not (repo / "data" / ".git").exists()
+
+
+def test_a_writable_grant_given_with_dir_is_the_users_choice(cli, repo):
+    (repo / "sandbox.toml").write_text('[stdio]\nstdout = "out.txt"\n')
+    result = cli("run", "tool.wasm", "--dir", "data::/d", "--", "write", "/d/x", "y", cwd=repo)
+    assert result.code == 0, result
+    assert (repo / "data" / "x").read_text() == "y"
 
 
 def test_the_same_policy_named_with_policy_is_trusted(cli, repo):

@@ -55,7 +55,9 @@ def test_a_guest_cannot_redirect_its_stdout_through_a_link_it_made(cli, project,
     flags = ["--policy", "sandbox.toml"] if named else []
     result = cli("run", "tool.wat", "f", "--batch", "items.jsonl", *flags, cwd=project)
     assert result.code == 101, result
-    assert "stdio.stdout" in result.stderr and "filesystem.read_write" in result.stderr
+    # (found, the policy may not grant read-write at all: see test_attack_discovered_vcs)
+    assert ("stdio.stdout" in result.stderr) == named, result
+    assert "filesystem.read_write" in result.stderr
     assert (project.parent / "victim.txt").read_text() == "original\n"
     assert not (project / "out" / "log.txt").is_symlink()
 
@@ -65,7 +67,7 @@ def test_a_path_reaching_the_grant_through_a_link_counts(cli, project):
     (project / "sandbox.toml").write_text(
         '[filesystem]\nread_write = ["out::/o"]\n[stdio]\nstdout = "via/log.txt"\n'
     )
-    result = cli("run", "tool.wat", "f", "2", cwd=project)
+    result = cli("run", "tool.wat", "f", "2", "--policy", "sandbox.toml", cwd=project)
     assert result.code == 101 and "stdio.stdout" in result.stderr, result
 
 
@@ -74,7 +76,7 @@ def test_a_stdin_in_a_writable_grant_is_refused(cli, project):
     (project / "sandbox.toml").write_text(
         '[filesystem]\nread_write = ["out::/o"]\n[stdio]\nstdin = "out/in.txt"\n'
     )
-    result = cli("run", "tool.wat", "f", "2", cwd=project)
+    result = cli("run", "tool.wat", "f", "2", "--policy", "sandbox.toml", cwd=project)
     assert result.code == 101 and "stdio.stdin" in result.stderr, result
 
 
@@ -84,7 +86,9 @@ def test_stdio_beside_the_grant_or_in_a_read_only_one_is_fine(cli, project):
         '[filesystem]\nread_write = ["out::/o"]\nread_only = ["ro::/r"]\n'
         '[stdio]\nstdout = "log.txt"\nstderr = "ro/err.txt"\n'
     )
-    result = cli("run", "tool.wat", "f", "--batch", "items.jsonl", cwd=project)
+    result = cli(
+        "run", "tool.wat", "f", "--batch", "items.jsonl", "--policy", "sandbox.toml", cwd=project
+    )
     assert result.code == 122, result  # item 1 traps; no refusal
     assert (project.parent / "victim.txt").read_text() == "original\n"
     assert "PWNED" in (project / "log.txt").read_text()
@@ -105,7 +109,9 @@ def test_a_dotdot_after_a_link_into_the_grant_counts(cli, project):
     (project / "sandbox.toml").write_text(
         '[filesystem]\nread_write = ["out::/o"]\n[stdio]\nstdout = "a/../log.txt"\n'
     )
-    result = cli("run", "tool.wat", "f", "--batch", "items.jsonl", cwd=project)
+    result = cli(
+        "run", "tool.wat", "f", "--batch", "items.jsonl", "--policy", "sandbox.toml", cwd=project
+    )
     assert result.code == 101, result
     assert "stdio.stdout" in result.stderr and "filesystem.read_write" in result.stderr
     assert (project.parent / "victim.txt").read_text() == "original\n"
@@ -119,7 +125,7 @@ def test_a_link_whose_target_passes_through_the_grant_counts(cli, project):
     (project / "sandbox.toml").write_text(
         '[filesystem]\nread_write = ["out::/o"]\n[stdio]\nstdout = "via/log.txt"\n'
     )
-    result = cli("run", "tool.wat", "f", "2", cwd=project)
+    result = cli("run", "tool.wat", "f", "2", "--policy", "sandbox.toml", cwd=project)
     assert result.code == 101 and "stdio.stdout" in result.stderr, result
 
 

@@ -731,8 +731,9 @@ def confine(policy: Policy, path: Path) -> None:
     folder. Anything outside (``read_write = ["~"]``, ``stdout = "~/.bashrc"``,
     ``cache_dir = "~/.ssh"``) is a policy error; ``--policy FILE`` trusts a file as it is.
     Inside, version-control metadata stays out of reach (``stdout = ".git/config"`` let a
-    guest make git run a command on the host), and the folder itself is not writable (a
-    guest could create a ``.git`` there, where the user's shell runs git). It may pass
+    guest make git run a command on the host), and nothing is granted read-write: a guest
+    can create a ``.git`` in any folder it can write (a subfolder too: ``cd out`` and the
+    shell prompt's ``git status`` ran its ``core.fsmonitor``). It may pass
     through only locale and terminal variables (``inherit = ["*"]`` handed the guest
     every token in the environment)."""
     import os
@@ -802,10 +803,12 @@ def _outside_or_metadata(root: str, target: str, grant: bool, writable: bool) ->
     parts = os.path.relpath(real, root).split(os.sep)
     if any(part.lower() in VCS_NAMES for part in parts):
         return "inside version-control metadata (git would run commands written there)"
-    if grant and writable and real == root:
+    if grant and writable:
         return (
-            "the folder of this sandbox.toml itself, writable (the guest could plant a "
-            ".git there); grant a subfolder"
+            "writable: a guest that can write a folder can plant a .git there, whose "
+            "config git runs as soon as a shell prompt or an editor runs git in it (WASI "
+            "lets the guest create any name in its folder); grant it yourself with "
+            "--dir if you accept that"
         )
     if grant:
         return _metadata_below(real)
