@@ -104,3 +104,26 @@ def test_a_linked_code_folder_is_neither_written_nor_pruned_through(project):
     finally:
         store.close()
     assert sorted(p.name for p in outside.iterdir()) == [".notes.tmp"]
+
+
+def test_a_planted_hit_journal_cannot_break_json_or_pin_an_entry(cli, project):
+    """Red team 3: `KEY wasmtime inf` lines in a project's hits.log made the entry's
+    last use Infinity: `cache list --json` printed it (not JSON), and `cache prune
+    --older-than` never removed the entry."""
+    import json
+
+    (project / "sandbox.toml").write_text('[runtime]\ncache_dir = ".wc"\ncache_min_size = 0\n')
+    assert cli("run", "tool.wasm", cwd=project).code == 0
+    key = next((project / ".wc" / "code").glob("??/*.entry")).name[: -len(cache.CODE_SUFFIX)]
+    lines = [f"{key} wasmtime {when}\n" for when in ("inf", "nan", "-inf", "1e308", "-5")]
+    with open(project / ".wc" / cache.HITS, "a") as journal:
+        journal.writelines(lines)
+    listed = cli("cache", "list", "--json", cwd=project)
+
+    def refuse(name):
+        raise AssertionError(f"{name} in cache list --json")
+
+    entries = json.loads(listed.stdout, parse_constant=refuse)["entries"]
+    assert len(entries) == 1 and entries[0]["last_used"] < 1e12, entries
+    pruned = cli("cache", "prune", "--older-than", "0s", "--json", cwd=project)
+    assert json.loads(pruned.stdout)["removed"] == 1, pruned

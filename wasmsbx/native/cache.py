@@ -466,6 +466,7 @@ class Store:
             os.close(fd)
         per_key: dict = {}
         per_label: dict = {}
+        now = time.time()
         for line in lines:
             parts = line.decode("utf-8", "replace").split()
             if len(parts) != 3:
@@ -473,6 +474,11 @@ class Store:
             try:
                 when = float(parts[2])
             except ValueError:
+                continue
+            # A journal planted in a project's cache: "inf" or "nan" made `cache list
+            # --json` print Infinity (not JSON) and a time to come kept an entry from
+            # ever being pruned. A hit is never later than now.
+            if not 0.0 <= when <= now:
                 continue
             count, last = per_key.get(parts[0], (0, 0.0))
             per_key[parts[0]] = (count + 1, max(last, when))
