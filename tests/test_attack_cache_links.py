@@ -127,3 +127,30 @@ def test_a_planted_hit_journal_cannot_break_json_or_pin_an_entry(cli, project):
     assert len(entries) == 1 and entries[0]["last_used"] < 1e12, entries
     pruned = cli("cache", "prune", "--older-than", "0s", "--json", cwd=project)
     assert json.loads(pruned.stdout)["removed"] == 1, pruned
+
+
+PLANTED_RECORDS = [
+    {"size": "huge", "last_used": "x", "created": None, "hits": "many", "module": "str"},
+    {"size": 1e999, "last_used": 1e999, "module": {"name": ["x"], "sha256": 5, "size": "q"}},
+    {"size": -(10**30), "native_size": "z", "module": None, "backend": {"x": 1}},
+    [1, 2, 3],
+]
+
+
+def test_planted_records_are_absent_not_internal_errors(cli, project):
+    """Red team 3: a project's `.wc/cache.db` with records of the wrong shape (diskcache
+    rows hold any JSON text) made every `cache` command, `cache clear` included, and
+    each `run` that missed (it evicts) end with an internal error, exit 100."""
+    import json
+
+    store = cache.Store.open(project / ".wc", 1 << 30)
+    for n, record in enumerate(PLANTED_RECORDS):
+        store.db.set("m:" + str(n) * 64, json.dumps(record))
+    store.close()
+    (project / "sandbox.toml").write_text('[runtime]\ncache_dir = ".wc"\ncache_min_size = 0\n')
+    for argv in (["run", "tool.wasm"], ["run", EXAMPLES / "add.wat", "add", "1", "2"]):
+        result = cli(*argv, cwd=project)
+        assert result.code == 0 and "internal error" not in result.stderr, result
+    for command in ("list", "stats", "verify", "prune", "clear"):
+        result = cli("cache", command, "--json", cwd=project)
+        assert result.code == 0 and "internal error" not in result.stderr, (command, result)

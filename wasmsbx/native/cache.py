@@ -407,6 +407,10 @@ class Store:
 
     # ---------------------------------------------------------- records
     def record(self, key: str) -> Optional[dict]:
+        """The record of ``key`` if it has the shape wasmsbx writes (None otherwise: a
+        database planted in a project's cache could hold any JSON, and a size of "huge"
+        or a last use of null made every `cache` command and each miss of `run`, which
+        evicts, fail with an internal error)."""
         text = self.db.get("m:" + key)
         if not isinstance(text, str):
             return None
@@ -414,7 +418,7 @@ class Store:
             data = json.loads(text)
         except ValueError:
             return None
-        return data if isinstance(data, dict) else None
+        return data if _well_formed(data) else None
 
     def hit(self, key: str, label: str) -> None:
         """One more hit for ``key`` (its record's hits and last use) and for ``label``:
@@ -599,6 +603,37 @@ class Store:
         with self.db.transact():
             if self.db.get("l:" + key) == token:
                 self.db.delete("l:" + key)
+
+
+_RECORD_NUMBERS = ("size", "native_size", "created", "last_used", "hits")
+_RECORD_TEXTS = ("backend", "label", "compiler", "version", "optimize", "target")
+
+
+def _number(value: Any) -> bool:
+    import math
+
+    return (
+        isinstance(value, (int, float))
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and 0 <= value < 1 << 63
+    )
+
+
+def _well_formed(data: Any) -> bool:
+    """Whether ``data`` has the shape of a record :meth:`Lookup.record` writes."""
+    if not isinstance(data, dict):
+        return False
+    if any(name in data and not _number(data[name]) for name in _RECORD_NUMBERS):
+        return False
+    if any(data.get(name) is not None and not isinstance(data[name], str) for name in _RECORD_TEXTS):
+        return False
+    module = data.get("module", {})
+    if not isinstance(module, dict):
+        return False
+    return all(module.get(n) is None or isinstance(module[n], str) for n in ("name", "sha256")) and (
+        module.get("size") is None or _number(module["size"])
+    )
 
 
 def _safe_disk() -> type:
