@@ -626,14 +626,16 @@ def _well_formed(data: Any) -> bool:
         return False
     if any(name in data and not _number(data[name]) for name in _RECORD_NUMBERS):
         return False
-    if any(data.get(name) is not None and not isinstance(data[name], str) for name in _RECORD_TEXTS):
+    if any(
+        data.get(name) is not None and not isinstance(data[name], str) for name in _RECORD_TEXTS
+    ):
         return False
     module = data.get("module", {})
     if not isinstance(module, dict):
         return False
-    return all(module.get(n) is None or isinstance(module[n], str) for n in ("name", "sha256")) and (
-        module.get("size") is None or _number(module["size"])
-    )
+    return all(
+        module.get(n) is None or isinstance(module[n], str) for n in ("name", "sha256")
+    ) and (module.get("size") is None or _number(module["size"]))
 
 
 def _safe_disk() -> type:
