@@ -354,7 +354,10 @@ def _walked(path: str) -> list:
             hops += 1
             if hops > 40:  # ELOOP: the open fails as well
                 break
-            target = os.readlink(candidate)
+            try:
+                target = os.readlink(candidate)
+            except OSError:  # replaced meanwhile: the open decides
+                break
             if os.path.isabs(target):
                 current = os.sep
             pending.extend(part for part in reversed(target.split(os.sep)) if part)
