@@ -65,6 +65,18 @@ def test_the_repository_metadata_is_out_of_reach(cli, repo, policy, key):
     assert not (repo / "PWNED").exists()
 
 
+def test_jujutsu_metadata_is_out_of_reach_too(cli, repo):
+    """Red team 3: `.jj/repo/config.toml` names the pager and diff tools jj runs (and a
+    colocated jj repo keeps git's store there); on 0b0f967 only git, hg, svn, bzr and
+    darcs metadata were out of reach, so a guest's stdout could rewrite it."""
+    (repo / ".jj" / "repo").mkdir(parents=True)
+    config = repo / ".jj" / "repo" / "config.toml"
+    config.write_text("")
+    result = run_in(cli, repo, '[stdio]\nstdout = ".jj/repo/config.toml"\n', "args", "x")
+    assert_refused(result, "stdio.stdout")
+    assert config.read_text() == ""
+
+
 def test_a_symlink_to_the_metadata_is_followed_and_refused(cli, repo):
     (repo / "log.txt").symlink_to(".git/config")
     assert_refused(run_in(cli, repo, '[stdio]\nstdout = "log.txt"\n', "args", "x"), "stdio.stdout")
@@ -80,12 +92,12 @@ def test_a_writable_working_folder_could_get_a_git_folder_planted(cli, tmp_path)
     assert not (root / ".git").exists()
 
 
-@pytest.mark.parametrize("name", [".git", ".hg", ".svn"])
+@pytest.mark.parametrize("name", [".git", ".hg", ".svn", ".jj", "_FOSSIL_", ".pijul"])
 def test_a_grant_holding_a_nested_repository_is_refused(cli, repo, name):
     """A submodule's or nested clone's metadata deep inside a granted folder counts too."""
     (repo / "data" / "vendor" / "lib" / name).mkdir(parents=True)
-    result = run_in(cli, repo, '[filesystem]\nread_write = ["data::/d"]\n', "ls", "/d")
-    assert_refused(result, "filesystem.read_write")
+    result = run_in(cli, repo, '[filesystem]\nread_only = ["data::/d"]\n', "ls", "/d")
+    assert_refused(result, "filesystem.read_only")
 
 
 def test_a_read_only_subfolder_without_metadata_is_fine(cli, repo):

@@ -720,7 +720,20 @@ def capped_warnings(policy: Policy) -> list:
 # runs on every `git status`, which shell prompts run on their own), Mercurial its hgrc's
 # hooks, and CI checkouts keep tokens there. A clone never brings these files, so a
 # discovered policy must not let a guest read or write them.
-VCS_NAMES = (".git", ".hg", ".svn", ".bzr", "_darcs")
+VCS_NAMES = (
+    ".git",
+    ".hg",
+    ".svn",
+    ".bzr",
+    "_darcs",
+    # Jujutsu (its repo config names a pager and diff tools jj runs; a colocated repo
+    # keeps git's store there too), Pijul, Fossil's checkout database: none of them
+    # comes with a clone.
+    ".jj",
+    ".pijul",
+    ".fslckout",
+    "_fossil_",
+)
 # Folders walked to look for metadata inside a discovered policy's grants.
 VCS_WALK_LIMIT = 20_000
 
