@@ -151,3 +151,35 @@ def test_a_chdir_after_creating_a_sandbox_does_not_move_its_stdio(project, monke
     box.close()
     assert (project.parent / "victim.txt").read_text() == "original\n"
     assert "PWNED" in (project / "log.txt").read_text()
+
+
+def test_a_bind_mount_of_the_grant_is_the_grant(cli, project):
+    """A granted folder seen at another path (a bind mount: `view` shows `out`) is the
+    same folder; on 0b0f967 `stdout = "view/log.txt"` passed the check by its path.
+    Run in a private mount namespace (unshare), skipped where there is none."""
+    import shutil
+    import subprocess
+    import sys
+
+    if shutil.which("unshare") is None:
+        pytest.skip("no unshare")
+    (project / "view").mkdir()
+    (project / "p.toml").write_text(
+        '[filesystem]\nread_write = ["out::/o"]\n[stdio]\nstdout = "view/log.txt"\n'
+    )
+    script = (
+        f"mount --bind out view && exec {sys.executable} -m wasmsbx run tool.wat f 2 "
+        "--policy p.toml"
+    )
+    probe = subprocess.run(["unshare", "-rm", "true"], capture_output=True)
+    if probe.returncode != 0:
+        pytest.skip("no private mount namespaces here")
+    result = subprocess.run(
+        ["unshare", "-rm", "sh", "-c", script],
+        cwd=project,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 101, result
+    assert "stdio.stdout" in result.stderr and "filesystem.read_write" in result.stderr

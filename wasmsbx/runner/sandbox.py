@@ -367,6 +367,15 @@ def _walked(path: str) -> list:
     return seen
 
 
+def _identity(path: str) -> Any:
+    """(device, inode) of the folder at ``path``, or None."""
+    try:
+        info = os.stat(path)
+    except OSError:
+        return None
+    return (info.st_dev, info.st_ino) if stat.S_ISDIR(info.st_mode) else None
+
+
 def _refuse_guest_writable(policy: policy_mod.Policy, key: str, target: str) -> None:
     """A stdio file must not lie in, or be reached through, a folder the guest can write:
     every new instance opens it again (a batch after a trap, ``--fresh``, a Sandbox from
@@ -378,10 +387,17 @@ def _refuse_guest_writable(policy: policy_mod.Policy, key: str, target: str) -> 
     writable = [g for g in policy.grants if g.writable]
     if not writable:
         return
+    # A granted folder seen at another path (a bind mount of it) is the same folder.
+    granted = {_identity(g.host): g for g in writable}
+    granted.pop(None, None)
     path = target if os.path.isabs(target) else os.path.join(os.getcwd(), target)
     for real in _walked(path):
         for grant in writable:
-            if real == grant.host or real.startswith(grant.host.rstrip(os.sep) + os.sep):
+            if (
+                real == grant.host
+                or real.startswith(grant.host.rstrip(os.sep) + os.sep)
+                or granted.get(_identity(real)) is grant
+            ):
                 raise errors.PolicyError(
                     f"{key} {target} lies in a folder the guest can write "
                     f"(filesystem.read_write {grant.host}): the guest could replace it with "
