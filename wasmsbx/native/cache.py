@@ -172,6 +172,31 @@ def _refuse_links(root: Path) -> None:
             )
 
 
+def _private_path(root: str) -> bool:
+    """Whether only this user (or root) can change what ``root`` leads to: every folder
+    on the way, as written and as resolved, and every link on the way, belongs to this
+    user or to root, and no folder is writable by others unless sticky (/tmp). Else
+    another user could swap a folder for one of theirs between an entry's check and its
+    mapping (`WASMSBX_CACHE_DIR=/tmp/wsx`, with /tmp/wsx a link someone else made), so
+    entries are loaded from sealed copies instead."""
+    if not hasattr(os, "getuid"):  # pragma: no cover - POSIX is the supported platform
+        return False
+    mine = (os.getuid(), 0)
+    for path in {os.path.abspath(root), os.path.realpath(root)}:
+        current = os.sep
+        for part in [os.sep] + [p for p in path.split(os.sep) if p]:
+            current = os.path.join(current, part)
+            try:
+                info = os.lstat(current)
+            except OSError:
+                return False
+            if info.st_uid not in mine:
+                return False
+            if stat.S_ISDIR(info.st_mode) and info.st_mode & 0o022 and not info.st_mode & 0o1000:
+                return False
+    return True
+
+
 def _refuse_variables(root: Path) -> None:
     """diskcache expands ``$NAME`` in the folder it opens (and wasmsbx does not), so the
     database of ``c$EVIL`` would land wherever ``$EVIL`` leads, outside every check."""
@@ -266,8 +291,9 @@ class Store:
         self.root = root
         self.size_limit = size_limit
         self._db: Any = None
-        # The user's own cache (no guest is granted it): entries are mapped in place.
-        self.protected = in_cache_roots(str(root))
+        # The user's own cache (no guest is granted it): entries are mapped in place,
+        # if no one else can change the folders on the way to it either.
+        self.protected = in_cache_roots(str(root)) and _private_path(str(root))
 
     @property
     def db(self) -> Any:
