@@ -107,3 +107,24 @@ def test_a_discovered_policy_may_lower_limits_but_not_raise_them(cli, project):
     assert "limits.memory" not in res.stderr and "limits.timeout" in res.stderr, res
     res = cli("run", "grow.wat", "grow", "--policy", "sandbox.toml", cwd=project)
     assert res.code == 0 and res.stdout.strip() == "1" and "warning" not in res.stderr, res
+
+
+def test_a_discovered_policys_stdio_files_stay_in_its_folder_from_python(
+    project, tmp_path, monkeypatch
+):
+    """Red team 3: confine() checked `stdout = ".bashrc"` inside the project (fine), but
+    the path stayed relative: `discover(cwd=project)` from a program elsewhere (or a
+    chdir before the Sandbox was made) opened ./.bashrc of wherever the program was."""
+    from wasmsbx import policy as policy_mod
+    from wasmsbx.runner import Sandbox
+
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / ".bashrc").write_text("mine\n")
+    write_policy(project, '[stdio]\nstdout = ".bashrc"\n')
+    monkeypatch.chdir(home)
+    found = policy_mod.discover(cwd=project)
+    with Sandbox(str(project / "tool.wasm"), found) as box:
+        box.run_command([])
+    assert (home / ".bashrc").read_text() == "mine\n"
+    assert "hello" in (project / ".bashrc").read_text()

@@ -767,6 +767,18 @@ def confine(policy: Policy, path: Path) -> None:
                 key=dotted,
             )
     _confine_env(policy, path)
+    # The stdio files were checked inside this folder: they are opened there too, wherever
+    # the program is when it runs the guest (``discover(cwd=...)``, or a chdir after it:
+    # `stdout = ".bashrc"`, fine inside a project, was opened in the folder the program
+    # had moved to, such as your home).
+    for stream in ("stdin", "stdout", "stderr"):
+        value = policy.values.get(f"stdio.{stream}")
+        if (
+            isinstance(value, str)
+            and value not in ("inherit", "null")
+            and not os.path.isabs(os.path.expanduser(value))
+        ):
+            policy.values[f"stdio.{stream}"] = os.path.join(root, value)
 
 
 # What a discovered policy may pass through from your environment: locale and terminal
