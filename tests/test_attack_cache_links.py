@@ -52,3 +52,105 @@ def test_a_journal_replaced_by_a_link_later_is_not_followed(tmp_path):
     store.fold_hits()
     store.close()
     assert (tmp_path / "victim.txt").read_text() == "precious\n"
+
+
+# Red team 3: what a project's cache folder can hold besides links to files.
+KEY = "ab" + "0" * 62
+
+
+@pytest.mark.parametrize("kind", ["fifo", "sparse", "link"])
+def test_cache_verify_opens_a_planted_code_file_as_a_load_does(cli, project, kind):
+    """On 0b0f967 `cache verify` read code files with a plain open(): a FIFO planted as an
+    entry hung it for ever, a sparse file claiming 64 GiB was read into a buffer of that
+    size (MemoryError, exit 100), and a link was followed to the file it names."""
+    import os
+
+    folder = project / ".wc" / "code" / "ab"
+    folder.mkdir(parents=True)
+    path = folder / (KEY + cache.CODE_SUFFIX)
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "sparse":
+        with open(path, "wb") as handle:
+            handle.truncate(64 << 30)
+    else:
+        path.symlink_to(project.parent / "victim.txt")
+    result = cli("cache", "verify", "--json", cwd=project, timeout=60)
+    assert result.code == 0, result
+    assert KEY in result.stdout and "Traceback" not in result.stderr, result
+    assert not os.path.lexists(path)  # removed: the link itself, not what it names
+    assert (project.parent / "victim.txt").read_text() == "precious\n"
+
+
+def test_a_linked_code_folder_is_neither_written_nor_pruned_through(project):
+    """`code/ab -> ../../outside` (git keeps links): entries of keys starting with `ab`
+    were written there, and `cache prune` deleted the `.*.tmp` files it found there."""
+    import os
+    import time
+
+    outside = project.parent / "outside"
+    outside.mkdir()
+    stale = outside / ".notes.tmp"
+    stale.write_text("mine\n")
+    old = time.time() - 3600
+    os.utime(stale, (old, old))
+    (project / ".wc" / "code").mkdir()
+    (project / ".wc" / "code" / "ab").symlink_to("../../../outside")
+    store = cache.Store.open(project / ".wc", 1 << 30)
+    try:
+        with pytest.raises(cache.CacheUnavailable, match="symbolic link"):
+            store.write_blob(KEY, b"x" * 100)
+        cache.prune(store)
+    finally:
+        store.close()
+    assert sorted(p.name for p in outside.iterdir()) == [".notes.tmp"]
+
+
+def test_a_planted_hit_journal_cannot_break_json_or_pin_an_entry(cli, project):
+    """Red team 3: `KEY wasmtime inf` lines in a project's hits.log made the entry's
+    last use Infinity: `cache list --json` printed it (not JSON), and `cache prune
+    --older-than` never removed the entry."""
+    import json
+
+    (project / "sandbox.toml").write_text('[runtime]\ncache_dir = ".wc"\ncache_min_size = 0\n')
+    assert cli("run", "tool.wasm", cwd=project).code == 0
+    key = next((project / ".wc" / "code").glob("??/*.entry")).name[: -len(cache.CODE_SUFFIX)]
+    lines = [f"{key} wasmtime {when}\n" for when in ("inf", "nan", "-inf", "1e308", "-5")]
+    with open(project / ".wc" / cache.HITS, "a") as journal:
+        journal.writelines(lines)
+    listed = cli("cache", "list", "--json", cwd=project)
+
+    def refuse(name):
+        raise AssertionError(f"{name} in cache list --json")
+
+    entries = json.loads(listed.stdout, parse_constant=refuse)["entries"]
+    assert len(entries) == 1 and entries[0]["last_used"] < 1e12, entries
+    pruned = cli("cache", "prune", "--older-than", "0s", "--json", cwd=project)
+    assert json.loads(pruned.stdout)["removed"] == 1, pruned
+
+
+PLANTED_RECORDS = [
+    {"size": "huge", "last_used": "x", "created": None, "hits": "many", "module": "str"},
+    {"size": 1e999, "last_used": 1e999, "module": {"name": ["x"], "sha256": 5, "size": "q"}},
+    {"size": -(10**30), "native_size": "z", "module": None, "backend": {"x": 1}},
+    [1, 2, 3],
+]
+
+
+def test_planted_records_are_absent_not_internal_errors(cli, project):
+    """Red team 3: a project's `.wc/cache.db` with records of the wrong shape (diskcache
+    rows hold any JSON text) made every `cache` command, `cache clear` included, and
+    each `run` that missed (it evicts) end with an internal error, exit 100."""
+    import json
+
+    store = cache.Store.open(project / ".wc", 1 << 30)
+    for n, record in enumerate(PLANTED_RECORDS):
+        store.db.set("m:" + str(n) * 64, json.dumps(record))
+    store.close()
+    (project / "sandbox.toml").write_text('[runtime]\ncache_dir = ".wc"\ncache_min_size = 0\n')
+    for argv in (["run", "tool.wasm"], ["run", EXAMPLES / "add.wat", "add", "1", "2"]):
+        result = cli(*argv, cwd=project)
+        assert result.code == 0 and "internal error" not in result.stderr, result
+    for command in ("list", "stats", "verify", "prune", "clear"):
+        result = cli("cache", command, "--json", cwd=project)
+        assert result.code == 0 and "internal error" not in result.stderr, (command, result)

@@ -55,7 +55,9 @@ def test_a_guest_cannot_redirect_its_stdout_through_a_link_it_made(cli, project,
     flags = ["--policy", "sandbox.toml"] if named else []
     result = cli("run", "tool.wat", "f", "--batch", "items.jsonl", *flags, cwd=project)
     assert result.code == 101, result
-    assert "stdio.stdout" in result.stderr and "filesystem.read_write" in result.stderr
+    # (found, the policy may not grant read-write at all: see test_attack_discovered_vcs)
+    assert ("stdio.stdout" in result.stderr) == named, result
+    assert "filesystem.read_write" in result.stderr
     assert (project.parent / "victim.txt").read_text() == "original\n"
     assert not (project / "out" / "log.txt").is_symlink()
 
@@ -65,7 +67,7 @@ def test_a_path_reaching_the_grant_through_a_link_counts(cli, project):
     (project / "sandbox.toml").write_text(
         '[filesystem]\nread_write = ["out::/o"]\n[stdio]\nstdout = "via/log.txt"\n'
     )
-    result = cli("run", "tool.wat", "f", "2", cwd=project)
+    result = cli("run", "tool.wat", "f", "2", "--policy", "sandbox.toml", cwd=project)
     assert result.code == 101 and "stdio.stdout" in result.stderr, result
 
 
@@ -74,7 +76,7 @@ def test_a_stdin_in_a_writable_grant_is_refused(cli, project):
     (project / "sandbox.toml").write_text(
         '[filesystem]\nread_write = ["out::/o"]\n[stdio]\nstdin = "out/in.txt"\n'
     )
-    result = cli("run", "tool.wat", "f", "2", cwd=project)
+    result = cli("run", "tool.wat", "f", "2", "--policy", "sandbox.toml", cwd=project)
     assert result.code == 101 and "stdio.stdin" in result.stderr, result
 
 
@@ -84,7 +86,9 @@ def test_stdio_beside_the_grant_or_in_a_read_only_one_is_fine(cli, project):
         '[filesystem]\nread_write = ["out::/o"]\nread_only = ["ro::/r"]\n'
         '[stdio]\nstdout = "log.txt"\nstderr = "ro/err.txt"\n'
     )
-    result = cli("run", "tool.wat", "f", "--batch", "items.jsonl", cwd=project)
+    result = cli(
+        "run", "tool.wat", "f", "--batch", "items.jsonl", "--policy", "sandbox.toml", cwd=project
+    )
     assert result.code == 122, result  # item 1 traps; no refusal
     assert (project.parent / "victim.txt").read_text() == "original\n"
     assert "PWNED" in (project / "log.txt").read_text()
@@ -94,3 +98,88 @@ def test_a_dir_flag_counts_too(cli, project):
     (project / "sandbox.toml").write_text('[stdio]\nstdout = "out/log.txt"\n')
     result = cli("run", "tool.wat", "f", "2", "--dir", "out::/o", cwd=project)
     assert result.code == 101 and "stdio.stdout" in result.stderr, result
+
+
+def test_a_dotdot_after_a_link_into_the_grant_counts(cli, project):
+    """`a/../log.txt` with `a -> out/sub`: the kernel opens `out/log.txt` (`..` of where
+    `a` leads), inside the grant. On 0b0f967 the check normalised `..` away first, saw
+    `log.txt` beside the grant, and the guest's link there replaced the victim."""
+    (project / "out" / "sub").mkdir()
+    (project / "a").symlink_to("out/sub")
+    (project / "sandbox.toml").write_text(
+        '[filesystem]\nread_write = ["out::/o"]\n[stdio]\nstdout = "a/../log.txt"\n'
+    )
+    result = cli(
+        "run", "tool.wat", "f", "--batch", "items.jsonl", "--policy", "sandbox.toml", cwd=project
+    )
+    assert result.code == 101, result
+    assert "stdio.stdout" in result.stderr and "filesystem.read_write" in result.stderr
+    assert (project.parent / "victim.txt").read_text() == "original\n"
+
+
+def test_a_link_whose_target_passes_through_the_grant_counts(cli, project):
+    """`via -> out/sub/../..` leads back to the project, but through `out/sub`, which
+    the guest can replace with a link to anywhere before the next instance opens it."""
+    (project / "out" / "sub").mkdir()
+    (project / "via").symlink_to("out/sub/../..")
+    (project / "sandbox.toml").write_text(
+        '[filesystem]\nread_write = ["out::/o"]\n[stdio]\nstdout = "via/log.txt"\n'
+    )
+    result = cli("run", "tool.wat", "f", "2", "--policy", "sandbox.toml", cwd=project)
+    assert result.code == 101 and "stdio.stdout" in result.stderr, result
+
+
+def test_a_chdir_after_creating_a_sandbox_does_not_move_its_stdio(project, monkeypatch):
+    """From Python: the stdio paths are checked when the Sandbox is made; a relative one
+    used to be opened again, relative to whatever folder the program had moved to, by
+    each new instance (here: into the granted folder, where the guest's link waited)."""
+    from wasmsbx import errors
+    from wasmsbx import policy as policy_mod
+    from wasmsbx.runner import Sandbox
+
+    monkeypatch.chdir(project)
+    policy = policy_mod.from_dict(
+        {"filesystem": {"read_write": ["out::/o"]}, "stdio": {"stdout": "log.txt"}},
+        base=project,
+    )
+    box = Sandbox(str(project / "tool.wat"), policy)
+    monkeypatch.chdir(project / "out")  # "log.txt" here is in the grant
+    with pytest.raises(errors.TrapError):
+        box.call("f", 1)  # replaces /o/log.txt with a link to the victim
+    box.close()
+    assert box.call("f", 2) == 0  # a new instance opens its stdout again
+    box.close()
+    assert (project.parent / "victim.txt").read_text() == "original\n"
+    assert "PWNED" in (project / "log.txt").read_text()
+
+
+def test_a_bind_mount_of_the_grant_is_the_grant(cli, project):
+    """A granted folder seen at another path (a bind mount: `view` shows `out`) is the
+    same folder; on 0b0f967 `stdout = "view/log.txt"` passed the check by its path.
+    Run in a private mount namespace (unshare), skipped where there is none."""
+    import shutil
+    import subprocess
+    import sys
+
+    if shutil.which("unshare") is None:
+        pytest.skip("no unshare")
+    (project / "view").mkdir()
+    (project / "p.toml").write_text(
+        '[filesystem]\nread_write = ["out::/o"]\n[stdio]\nstdout = "view/log.txt"\n'
+    )
+    script = (
+        f"mount --bind out view && exec {sys.executable} -m wasmsbx run tool.wat f 2 "
+        "--policy p.toml"
+    )
+    probe = subprocess.run(["unshare", "-rm", "true"], capture_output=True)
+    if probe.returncode != 0:
+        pytest.skip("no private mount namespaces here")
+    result = subprocess.run(
+        ["unshare", "-rm", "sh", "-c", script],
+        cwd=project,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 101, result
+    assert "stdio.stdout" in result.stderr and "filesystem.read_write" in result.stderr

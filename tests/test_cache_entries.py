@@ -265,3 +265,52 @@ def test_large_payloads_are_stored_compressed_and_load(tmp_path, native, monkeyp
     payload = header["payload"]
     assert payload["encoding"] == "zstd" and payload["stored"] < payload["size"]
     assert record["native_size"] == payload["size"] and record["size"] > payload["stored"]
+
+
+@pytest.mark.parametrize("protected", [False, True])
+def test_a_sparse_giant_entry_is_refused_before_a_byte_is_read(tmp_path, monkeypatch, protected):
+    """A planted file of 1 TiB (sparse: it costs no disk) with a footer at its end: on
+    0b0f967 a project's cache copied it whole into a memfd (memory) before checking its
+    tag, and the user's own cache hashed it through a mapping (CPU, for minutes)."""
+    path = tmp_path / "giant.entry"
+    text = b'{"format":3}'
+    with open(path, "wb") as handle:
+        handle.truncate(1 << 40)
+        handle.seek((1 << 40) - entry.TRAILER - len(text))
+        handle.write(text + entry.FOOTER.pack(len(text), 0, entry.MAGIC) + bytes(32))
+
+    def never(*args):
+        raise AssertionError("read before its size was checked")
+
+    monkeypatch.setattr(entry, "_memfd_copy", never)
+    monkeypatch.setattr(entry, "_hash_mapped", never)
+    monkeypatch.setattr(entry.os, "preadv", never)
+    with pytest.raises(aot.Corrupt, match="larger than any cache entry"):
+        entry.load(str(path), lambda: KEY, protected)
+
+
+def test_a_cache_reached_through_a_folder_others_can_change_is_not_mapped_in_place(
+    tmp_path, monkeypatch
+):
+    """Red team 3: entries of your own cache are mapped where they are, which is safe only
+    if no one else can swap a folder on the way between the check and the mapping
+    (`WASMSBX_CACHE_DIR=/tmp/shared/wsx` under a folder others can write, or a link
+    someone else made). Such a cache loads from sealed copies instead."""
+    import os
+
+    safe = tmp_path / "mine" / "wsx"
+    monkeypatch.setenv("WASMSBX_CACHE_DIR", str(safe))
+    assert cache.Store.open(safe, 1 << 30).protected
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    os.chmod(shared, 0o777)  # writable by others, not sticky
+    monkeypatch.setenv("WASMSBX_CACHE_DIR", str(shared / "wsx"))
+    assert not cache.Store.open(shared / "wsx", 1 << 30).protected
+    os.chmod(shared, 0o1777)  # sticky, like /tmp: others cannot swap what is ours
+    assert cache.Store.open(shared / "wsx", 1 << 30).protected
+    if os.getuid() == 0:  # a link someone else made on the way (only root can fake one)
+        link = tmp_path / "theirs"
+        link.symlink_to(safe)
+        os.lchown(link, 12345, 12345)
+        monkeypatch.setenv("WASMSBX_CACHE_DIR", str(link))
+        assert not cache.Store.open(link, 1 << 30).protected

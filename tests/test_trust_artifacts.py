@@ -179,3 +179,36 @@ def test_trust_commands(cli, isolated, tmp_path):
     assert cli("trust", "remove", "ci").code == 2
     again = cli("trust", "keygen", env={"WASMSBX_TRUST_DIR": str(tmp_path / "a")})
     assert again.code == 2 and "--force" in again.stderr
+
+
+def test_a_relative_trust_dir_is_ignored_not_looked_up_in_the_project(
+    cli, tmp_path, isolated, native
+):
+    """Red team 3: `WASMSBX_TRUST_DIR=keys` named ./keys of whatever folder wasmsbx ran
+    in; a cloned project holding keys/secret.key (0600 under umask 077, as git checks it
+    out) had artifacts it tagged with that key run as the user's own. A relative value is
+    ignored (the XDG rule), and `trust show` says so."""
+    import os
+
+    good, _ = write_modules(isolated)
+    secret = attacker_key()  # the project's author knows it
+    planted = tmp_path / "attacker" / "trust"
+    planted.mkdir(parents=True, mode=0o700)
+    (planted / "secret.key").write_bytes(secret)
+    os.chmod(planted / "secret.key", 0o600)
+    artifact = isolated / "tool.cwasm"
+    compile_to(cli, good, artifact, native, env={"WASMSBX_TRUST_DIR": str(planted)})
+    keys = isolated / "keys"
+    keys.mkdir(mode=0o700)
+    (keys / "secret.key").write_bytes(secret)
+    os.chmod(keys / "secret.key", 0o600)
+    env = {"WASMSBX_TRUST_DIR": "keys", "XDG_CONFIG_HOME": str(tmp_path / "config")}
+    control = cli(
+        "run", artifact, "add", "1", "2", "--backend", native, env={"WASMSBX_TRUST_DIR": str(keys)}
+    )
+    assert control.code == 0 and control.stdout.strip() == "3", control  # the key works
+    result = cli("run", artifact, "add", "1", "2", "--backend", native, env=env)
+    assert result.code == 102 and "not authenticated" in result.stderr, result
+    shown = cli("trust", "show", "--json", env=env).json()
+    assert shown["trust_dir"] == str(tmp_path / "config" / "wasmsbx" / "trust"), shown
+    assert any("WASMSBX_TRUST_DIR=keys" in p for p in shown["problems"]), shown

@@ -270,6 +270,9 @@ class Policy:
         self.values = values
         self.source = source
         self.explicit = set(explicit or ())
+        # {dotted: value asked}: limits a discovered policy raised above their defaults,
+        # held to the defaults (see cap_limits); a flag setting one removes it.
+        self.capped: dict = {}
 
     def __repr__(self) -> str:
         return f"Policy(source={self.source!r}, explicit={sorted(self.explicit)})"
@@ -659,15 +662,78 @@ def discover(explicit: Optional[str] = None, cwd: Optional[Path] = None) -> Poli
     if candidate.is_file():
         policy = load(candidate)
         confine(policy, candidate)
+        cap_limits(policy)
         return policy
     return defaults()
+
+
+# Limits a discovered policy may lower but not raise: each bounds what the guest may take
+# from the host (memory, time, disk through its output, compile time). limits.fuel has no
+# default (unmetered), so any value lowers it; limits.stack is bounded by its range.
+CAPPED_LIMITS = (
+    "limits.memory",
+    "limits.timeout",
+    "limits.table_elements",
+    "limits.instances",
+    "limits.output",
+    "limits.compile_timeout",
+    "limits.module_size",
+)
+# The flags that raise a capped limit again (the others: --policy FILE).
+LIMIT_FLAGS = {"limits.memory": "--memory", "limits.timeout": "--timeout"}
+
+
+def cap_limits(policy: Policy) -> None:
+    """Hold a discovered policy's limits to the defaults: a sandbox.toml that came with a
+    project may lower them, but one asking for 128 TiB of memory or a 366-day timeout is
+    run with 256 MiB and 10 s (``policy.capped`` says what it asked; the command line
+    warns). Raise a limit yourself with its flag (``--memory``, ``--timeout``), which
+    replaces the value, or trust the file with ``--policy``."""
+    base = defaults().values
+    for dotted in CAPPED_LIMITS:
+        asked, default = policy.values[dotted], base[dotted]
+        if asked is not None and default is not None and asked > default:
+            policy.capped[dotted] = asked
+            policy.values[dotted] = default
+
+
+def capped_warnings(policy: Policy) -> list:
+    """(message, hint) per limit :func:`cap_limits` held to its default and no flag set."""
+    out = []
+    for dotted, asked in getattr(policy, "capped", {}).items():
+        kind = KEYS[dotted].kind
+        show = _size_text if kind == "size" else _duration_text if kind == "duration" else str
+        flag = LIMIT_FLAGS.get(dotted)
+        how = f"{flag} {show(asked)}, or " if flag else ""
+        out.append(
+            (
+                f"{policy.source}: {dotted} = {show(asked)} is above the default; held to "
+                f"{show(policy.values[dotted])} (a sandbox.toml found in the working folder "
+                "may lower limits, not raise them)",
+                f"to allow it: {how}--policy {policy.source}",
+            )
+        )
+    return out
 
 
 # Version-control metadata: git runs commands its config and hooks name (`core.fsmonitor`
 # runs on every `git status`, which shell prompts run on their own), Mercurial its hgrc's
 # hooks, and CI checkouts keep tokens there. A clone never brings these files, so a
 # discovered policy must not let a guest read or write them.
-VCS_NAMES = (".git", ".hg", ".svn", ".bzr", "_darcs")
+VCS_NAMES = (
+    ".git",
+    ".hg",
+    ".svn",
+    ".bzr",
+    "_darcs",
+    # Jujutsu (its repo config names a pager and diff tools jj runs; a colocated repo
+    # keeps git's store there too), Pijul, Fossil's checkout database: none of them
+    # comes with a clone.
+    ".jj",
+    ".pijul",
+    ".fslckout",
+    "_fossil_",
+)
 # Folders walked to look for metadata inside a discovered policy's grants.
 VCS_WALK_LIMIT = 20_000
 
@@ -678,8 +744,9 @@ def confine(policy: Policy, path: Path) -> None:
     folder. Anything outside (``read_write = ["~"]``, ``stdout = "~/.bashrc"``,
     ``cache_dir = "~/.ssh"``) is a policy error; ``--policy FILE`` trusts a file as it is.
     Inside, version-control metadata stays out of reach (``stdout = ".git/config"`` let a
-    guest make git run a command on the host), and the folder itself is not writable (a
-    guest could create a ``.git`` there, where the user's shell runs git). It may pass
+    guest make git run a command on the host), and nothing is granted read-write: a guest
+    can create a ``.git`` in any folder it can write (a subfolder too: ``cd out`` and the
+    shell prompt's ``git status`` ran its ``core.fsmonitor``). It may pass
     through only locale and terminal variables (``inherit = ["*"]`` handed the guest
     every token in the environment)."""
     import os
@@ -700,6 +767,18 @@ def confine(policy: Policy, path: Path) -> None:
                 key=dotted,
             )
     _confine_env(policy, path)
+    # The stdio files were checked inside this folder: they are opened there too, wherever
+    # the program is when it runs the guest (``discover(cwd=...)``, or a chdir after it:
+    # `stdout = ".bashrc"`, fine inside a project, was opened in the folder the program
+    # had moved to, such as your home).
+    for stream in ("stdin", "stdout", "stderr"):
+        value = policy.values.get(f"stdio.{stream}")
+        if (
+            isinstance(value, str)
+            and value not in ("inherit", "null")
+            and not os.path.isabs(os.path.expanduser(value))
+        ):
+            policy.values[f"stdio.{stream}"] = os.path.join(root, value)
 
 
 # What a discovered policy may pass through from your environment: locale and terminal
@@ -749,10 +828,12 @@ def _outside_or_metadata(root: str, target: str, grant: bool, writable: bool) ->
     parts = os.path.relpath(real, root).split(os.sep)
     if any(part.lower() in VCS_NAMES for part in parts):
         return "inside version-control metadata (git would run commands written there)"
-    if grant and writable and real == root:
+    if grant and writable:
         return (
-            "the folder of this sandbox.toml itself, writable (the guest could plant a "
-            ".git there); grant a subfolder"
+            "writable: a guest that can write a folder can plant a .git there, whose "
+            "config git runs as soon as a shell prompt or an editor runs git in it (WASI "
+            "lets the guest create any name in its folder); grant it yourself with "
+            "--dir if you accept that"
         )
     if grant:
         return _metadata_below(real)
@@ -798,6 +879,7 @@ def override(
         message = exc.message.replace(f"{origin}: ", f"{flag}: ", 1)
         raise UsageError(message, hint=exc.hint, key=dotted, flag=flag) from None
     policy.explicit.add(dotted)
+    policy.capped.pop(dotted, None)  # the command line's value, not the capped file's
 
 
 def add_grant(policy: Policy, spec: str, writable: bool) -> None:

@@ -189,7 +189,7 @@ class ComponentSandbox(Sandbox):
         from ..runner.sandbox import check_stdio
 
         # As for core modules: no output over the component, the policy, the trust folder.
-        check_stdio(self.policy, [self.path, artifact])
+        self.policy = check_stdio(self.policy, [self.path, artifact])
         started = time.perf_counter()
         data = bytes(module) if from_bytes else read_file(self.path)
         from ..backends.compiling import check_size

@@ -30,6 +30,7 @@ Only the run path imports this module, and only for modules of at least
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import stat
@@ -50,6 +51,7 @@ MEMO_SUFFIX = ".verified"  # beside an entry: that it was verified (entry.Memo)
 COMPRESS_MIN = 8 << 20
 COMPRESS_LEVEL = 3
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_NONBLOCK = getattr(os, "O_NONBLOCK", 0)
 HITS = "hits.log"  # the hit journal: "KEY LABEL TIME" per hit
 HITS_FOLD_SIZE = 1 << 16  # the hit that takes the journal past a multiple of this folds it
 HITS_MAX = 16 << 20  # a journal that cannot be folded stops growing here
@@ -171,6 +173,31 @@ def _refuse_links(root: Path) -> None:
             )
 
 
+def _private_path(root: str) -> bool:
+    """Whether only this user (or root) can change what ``root`` leads to: every folder
+    on the way, as written and as resolved, and every link on the way, belongs to this
+    user or to root, and no folder is writable by others unless sticky (/tmp). Else
+    another user could swap a folder for one of theirs between an entry's check and its
+    mapping (`WASMSBX_CACHE_DIR=/tmp/wsx`, with /tmp/wsx a link someone else made), so
+    entries are loaded from sealed copies instead."""
+    if not hasattr(os, "getuid"):  # pragma: no cover - POSIX is the supported platform
+        return False
+    mine = (os.getuid(), 0)
+    for path in {os.path.abspath(root), os.path.realpath(root)}:
+        current = os.sep
+        for part in [os.sep] + [p for p in path.split(os.sep) if p]:
+            current = os.path.join(current, part)
+            try:
+                info = os.lstat(current)
+            except OSError:
+                return False
+            if info.st_uid not in mine:
+                return False
+            if stat.S_ISDIR(info.st_mode) and info.st_mode & 0o022 and not info.st_mode & 0o1000:
+                return False
+    return True
+
+
 def _refuse_variables(root: Path) -> None:
     """diskcache expands ``$NAME`` in the folder it opens (and wasmsbx does not), so the
     database of ``c$EVIL`` would land wherever ``$EVIL`` leads, outside every check."""
@@ -265,8 +292,9 @@ class Store:
         self.root = root
         self.size_limit = size_limit
         self._db: Any = None
-        # The user's own cache (no guest is granted it): entries are mapped in place.
-        self.protected = in_cache_roots(str(root))
+        # The user's own cache (no guest is granted it): entries are mapped in place,
+        # if no one else can change the folders on the way to it either.
+        self.protected = in_cache_roots(str(root)) and _private_path(str(root))
 
     @property
     def db(self) -> Any:
@@ -315,15 +343,26 @@ class Store:
 
     def blob(self, key: str) -> Optional[bytearray]:
         """The entry's bytes, read into a writable buffer so the backend can deserialize
-        from it without another copy (wasmtime-py copies anything read-only)."""
+        from it without another copy (wasmtime-py copies anything read-only). As a load
+        opens it (entry.load): never through a link, never a FIFO or device (a planted one
+        would hang ``cache verify`` or hand it endless bytes), never more than an entry
+        can hold (a sparse file claiming a terabyte): OSError."""
+        flags = os.O_RDONLY | _NOFOLLOW | _NONBLOCK | getattr(os, "O_CLOEXEC", 0)
         try:
-            with open(self.code_path(key), "rb") as handle:
-                size = os.fstat(handle.fileno()).st_size
-                data = bytearray(size)
-                got = handle.readinto(data)
+            fd = os.open(self.code_path(key), flags)
         except FileNotFoundError:
             return None
-        if got != size:  # shrank while we read: the digest check will reject what is left
+        try:
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode):
+                raise OSError(errno.EINVAL, "not a regular file")
+            if info.st_size > entry_format.MAX_ENTRY:
+                raise OSError(errno.EFBIG, f"{info.st_size} bytes, larger than any entry")
+            data = bytearray(info.st_size)
+            got = os.preadv(fd, [data], 0) if data else 0
+        finally:
+            os.close(fd)
+        if got != len(data):  # shrank while we read: the digest check will reject what is left
             del data[got:]
         return data
 
@@ -337,6 +376,11 @@ class Store:
         path = self.code_path(key)
         for folder in (path.parent.parent, path.parent):  # mkdir(parents=) ignores mode
             folder.mkdir(mode=0o700, exist_ok=True)
+            if not stat.S_ISDIR(os.lstat(folder).st_mode):  # a link planted in a project's cache
+                raise CacheUnavailable(
+                    f"{folder} is a symbolic link; a cache folder holds none (the entry "
+                    "would be written wherever it leads)"
+                )
         tmp = path.parent / f".{key[:16]}.{os.getpid()}.{time.monotonic_ns()}.tmp"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
@@ -354,26 +398,46 @@ class Store:
             self.db.delete("a:" + key)  # its code as an earlier build kept it, if any
 
     def _code_files(self, pattern: str) -> Iterator:
-        """(path, stat) of the files in the code folders matching ``pattern``."""
-        for path in (self.root / CODE_DIR).glob(pattern):
+        """(path, lstat) of the files matching ``pattern`` in the code folders
+        (``code/??/``). A folder there that is a link is not followed: one planted in a
+        project's cache would have let ``prune`` delete files wherever it leads."""
+        from fnmatch import fnmatchcase
+
+        try:
+            folders = list(os.scandir(self.root / CODE_DIR))
+        except OSError:
+            return
+        for folder in folders:
             try:
-                yield path, path.stat()
+                if len(folder.name) != 2 or not folder.is_dir(follow_symlinks=False):
+                    continue
+                files = list(os.scandir(folder.path))
             except OSError:  # removed meanwhile
                 continue
+            for file in files:
+                if fnmatchcase(file.name, pattern):
+                    try:
+                        yield Path(file.path), file.stat(follow_symlinks=False)
+                    except OSError:  # removed meanwhile
+                        continue
 
     def code_keys(self) -> list:
         """Keys of every code file, with how old the file is (seconds)."""
         now = time.time()
         return [
             (path.name[: -len(CODE_SUFFIX)], now - info.st_mtime)
-            for path, info in self._code_files("??/*" + CODE_SUFFIX)
+            for path, info in self._code_files("*" + CODE_SUFFIX)
         ]
 
     def code_volume(self) -> int:
-        return sum(info.st_size for _, info in self._code_files("??/*"))
+        return sum(info.st_size for _, info in self._code_files("*"))
 
     # ---------------------------------------------------------- records
     def record(self, key: str) -> Optional[dict]:
+        """The record of ``key`` if it has the shape wasmsbx writes (None otherwise: a
+        database planted in a project's cache could hold any JSON, and a size of "huge"
+        or a last use of null made every `cache` command and each miss of `run`, which
+        evicts, fail with an internal error)."""
         text = self.db.get("m:" + key)
         if not isinstance(text, str):
             return None
@@ -381,7 +445,7 @@ class Store:
             data = json.loads(text)
         except ValueError:
             return None
-        return data if isinstance(data, dict) else None
+        return data if _well_formed(data) else None
 
     def hit(self, key: str, label: str) -> None:
         """One more hit for ``key`` (its record's hits and last use) and for ``label``:
@@ -433,6 +497,7 @@ class Store:
             os.close(fd)
         per_key: dict = {}
         per_label: dict = {}
+        now = time.time()
         for line in lines:
             parts = line.decode("utf-8", "replace").split()
             if len(parts) != 3:
@@ -440,6 +505,11 @@ class Store:
             try:
                 when = float(parts[2])
             except ValueError:
+                continue
+            # A journal planted in a project's cache: "inf" or "nan" made `cache list
+            # --json` print Infinity (not JSON) and a time to come kept an entry from
+            # ever being pruned. A hit is never later than now.
+            if not 0.0 <= when <= now:
                 continue
             count, last = per_key.get(parts[0], (0, 0.0))
             per_key[parts[0]] = (count + 1, max(last, when))
@@ -562,6 +632,39 @@ class Store:
         with self.db.transact():
             if self.db.get("l:" + key) == token:
                 self.db.delete("l:" + key)
+
+
+_RECORD_NUMBERS = ("size", "native_size", "created", "last_used", "hits")
+_RECORD_TEXTS = ("backend", "label", "compiler", "version", "optimize", "target")
+
+
+def _number(value: Any) -> bool:
+    import math
+
+    return (
+        isinstance(value, (int, float))
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and 0 <= value < 1 << 63
+    )
+
+
+def _well_formed(data: Any) -> bool:
+    """Whether ``data`` has the shape of a record :meth:`Lookup.record` writes."""
+    if not isinstance(data, dict):
+        return False
+    if any(name in data and not _number(data[name]) for name in _RECORD_NUMBERS):
+        return False
+    if any(
+        data.get(name) is not None and not isinstance(data[name], str) for name in _RECORD_TEXTS
+    ):
+        return False
+    module = data.get("module", {})
+    if not isinstance(module, dict):
+        return False
+    return all(
+        module.get(n) is None or isinstance(module[n], str) for n in ("name", "sha256")
+    ) and (module.get("size") is None or _number(module["size"]))
 
 
 def _safe_disk() -> type:
@@ -1059,7 +1162,7 @@ def _orphans(store: Store) -> int:
         if not memo.with_suffix(CODE_SUFFIX).exists():
             memo.unlink(missing_ok=True)
     now = time.time()
-    for tmp, info in store._code_files("??/.*.tmp"):
+    for tmp, info in store._code_files(".*.tmp"):
         if now - info.st_mtime > ORPHAN_GRACE:
             try:
                 tmp.unlink()

@@ -50,6 +50,10 @@ OLD_MAGIC = b"\x89WSBX\r\n\x1a"  # formats 1 and 2 start with it
 MAX_HEADER = 1 << 20
 CHUNK = 1 << 20  # decompressed a MiB at a time
 MAX_NATIVE = 1 << 30  # no module's native code is larger; a header saying so is refused
+# No entry is larger: raw code is at most MAX_NATIVE, compressed code smaller still (kept
+# only when it saves a tenth). A file beyond it (a sparse file planted in a project's
+# cache) is refused before a byte of it is copied or hashed.
+MAX_ENTRY = MAX_NATIVE + MAX_HEADER + TRAILER
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 _NONBLOCK = getattr(os, "O_NONBLOCK", 0)
@@ -165,6 +169,8 @@ def open_buffer(data: Any, key: Optional[bytes]) -> Artifact:
     payload is the native code (decompressed into a new buffer if it was compressed)."""
     _old_format(bytes(data[: len(OLD_MAGIC)]))
     size = len(data)
+    if size > MAX_ENTRY:
+        raise Corrupt(f"is {size} bytes, larger than any cache entry (at most {MAX_ENTRY})")
     header_size, tag = _trailer(memoryview(data)[size - TRAILER :], size)
     if key is None or not _equal(_digest(memoryview(data)[: size - TAG_SIZE], key), tag):
         raise Unauthenticated("not tagged with your key: altered, damaged, or not made by you")
@@ -363,6 +369,8 @@ def _load_fd(fd: int, key: Optional[bytes], protected: bool, memo: Optional[Memo
     if size < TRAILER:
         _old_format(os.pread(fd, len(OLD_MAGIC), 0))
         raise Corrupt("truncated")
+    if size > MAX_ENTRY:
+        raise Corrupt(f"is {size} bytes, larger than any cache entry (at most {MAX_ENTRY})")
     if key is None:
         raise Unauthenticated("not tagged with your key: you have no secret key yet")
     tail = os.pread(fd, TRAILER, size - TRAILER)  # a private copy: what is checked is used

@@ -630,5 +630,12 @@ def status() -> dict:
     except KeyProblem as exc:
         report["trusted"] = []
         problems.append(exc.message)
+    from .trustdir import ignored_trust_dir
+
+    if ignored_trust_dir():
+        problems.append(
+            f"WASMSBX_TRUST_DIR={ignored_trust_dir()} is not an absolute path and is ignored "
+            "(it would name a folder inside whatever folder wasmsbx runs in)"
+        )
     report["problems"] = problems
     return report

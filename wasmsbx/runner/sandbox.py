@@ -276,11 +276,15 @@ def engine_options(policy: policy_mod.Policy, compiler: Optional[str]) -> Engine
     )
 
 
-def check_stdio(policy: policy_mod.Policy, inputs: Sequence[Any]) -> None:
+def check_stdio(policy: policy_mod.Policy, inputs: Sequence[Any]) -> policy_mod.Policy:
     """The policy's stdio paths, before any work: an output the guest cannot write, or
     must not (a directory, a block device, a link to nothing, the module or the policy
     itself: a discovered sandbox.toml must not turn the guest's output into a file
-    clobberer), and a stdin that cannot be read are errors (exit 105), as for ``-o``."""
+    clobberer), and a stdin that cannot be read are errors (exit 105), as for ``-o``.
+
+    Returns the policy to use from now on: a relative stdio path is pinned to the folder
+    it was checked in (a copy of ``policy`` if any is relative), so a ``chdir`` before the
+    next instance opens it cannot move it past these checks."""
     v = policy.values
     for key in ("stdio.stdin", "stdio.stdout", "stdio.stderr"):
         target = v[key]
@@ -306,19 +310,94 @@ def check_stdio(policy: policy_mod.Policy, inputs: Sequence[Any]) -> None:
                 f"{target}: is a directory, not a file for the guest's stdin (stdio.stdin)",
                 path=target,
             )
+    return _pin_stdio(policy)
+
+
+def _pin_stdio(policy: policy_mod.Policy) -> policy_mod.Policy:
+    """``policy``, or a copy whose relative stdio paths are joined to the working folder
+    (joined, not normalised: ``a/../x`` must keep meaning what the kernel makes of it)."""
+    v = policy.values
+    relative = {
+        key: v[key]
+        for key in ("stdio.stdin", "stdio.stdout", "stdio.stderr")
+        if isinstance(v[key], str) and v[key] not in SPECIAL_STDIO and not os.path.isabs(v[key])
+    }
+    if not relative:
+        return policy
+    here = os.getcwd()
+    pinned = policy_mod.Policy(dict(v), policy.source, set(policy.explicit))
+    for key, text in relative.items():
+        pinned.values[key] = os.path.join(here, text)
+    return pinned
+
+
+def _walked(path: str) -> list:
+    """Every folder and file the kernel passes through to open absolute ``path``, links
+    followed as it follows them (``a/..`` is the parent of where ``a`` leads, not ``.``;
+    a link's target is walked component by component). Each is a path free of links."""
+    pending = [part for part in reversed(path.split(os.sep)) if part]
+    current, seen, hops = os.sep, [os.sep], 0
+    while pending:
+        name = pending.pop()
+        if name == ".":
+            continue
+        if name == "..":
+            current = os.path.dirname(current)
+            seen.append(current)
+            continue
+        candidate = os.path.join(current, name)
+        try:
+            is_link = stat.S_ISLNK(os.lstat(candidate).st_mode)
+        except OSError:  # missing (to be created) or unreadable: the open decides
+            is_link = False
+        if is_link:
+            hops += 1
+            if hops > 40:  # ELOOP: the open fails as well
+                break
+            try:
+                target = os.readlink(candidate)
+            except OSError:  # replaced meanwhile: the open decides
+                break
+            if os.path.isabs(target):
+                current = os.sep
+            pending.extend(part for part in reversed(target.split(os.sep)) if part)
+            continue
+        current = candidate
+        seen.append(current)
+    return seen
+
+
+def _identity(path: str) -> Any:
+    """(device, inode) of the folder at ``path``, or None."""
+    try:
+        info = os.stat(path)
+    except OSError:
+        return None
+    return (info.st_dev, info.st_ino) if stat.S_ISDIR(info.st_mode) else None
 
 
 def _refuse_guest_writable(policy: policy_mod.Policy, key: str, target: str) -> None:
     """A stdio file must not lie in, or be reached through, a folder the guest can write:
     every new instance opens it again (a batch after a trap, ``--fresh``, a Sandbox from
     Python), and by then the guest may have replaced it, or a folder on its way, with a
-    link to anywhere (``~/.bashrc`` for its stdout, a private key for its stdin)."""
+    link to anywhere (``~/.bashrc`` for its stdout, a private key for its stdin). Every
+    folder the open passes through counts, as the kernel walks it: ``a/../log.txt`` with
+    ``a`` a link into a granted folder passes through that folder (on 0b0f967 a lexical
+    ``..`` hid it, and the guest could swap a folder there for a link to anywhere)."""
     writable = [g for g in policy.grants if g.writable]
-    path = os.path.abspath(target)
-    while writable:
-        real = os.path.realpath(path)
+    if not writable:
+        return
+    # A granted folder seen at another path (a bind mount of it) is the same folder.
+    granted = {_identity(g.host): g for g in writable}
+    granted.pop(None, None)
+    path = target if os.path.isabs(target) else os.path.join(os.getcwd(), target)
+    for real in _walked(path):
         for grant in writable:
-            if real == grant.host or real.startswith(grant.host.rstrip(os.sep) + os.sep):
+            if (
+                real == grant.host
+                or real.startswith(grant.host.rstrip(os.sep) + os.sep)
+                or granted.get(_identity(real)) is grant
+            ):
                 raise errors.PolicyError(
                     f"{key} {target} lies in a folder the guest can write "
                     f"(filesystem.read_write {grant.host}): the guest could replace it with "
@@ -326,10 +405,6 @@ def _refuse_guest_writable(policy: policy_mod.Policy, key: str, target: str) -> 
                     hint="name a stdio file outside the folders granted read-write",
                     key=key,
                 )
-        parent = os.path.dirname(path)
-        if parent == path:
-            break
-        path = parent
 
 
 SPECIAL_STDIO = ("inherit", "null", "capture")
@@ -398,7 +473,7 @@ class Sandbox:
         self.warnings: list = []  # cache and artifact problems worked around
         self.progress = progress  # label -> context manager shown around long compiles
         self.cache_dir = cache_dir
-        check_stdio(self.policy, [self.path, artifact])
+        self.policy = check_stdio(self.policy, [self.path, artifact])
         started = time.perf_counter()
         data = bytes(module) if from_bytes else read_file(self.path)  # type: ignore[arg-type]
         from ..backends.compiling import check_size

@@ -66,6 +66,10 @@ def value_sources(policy: Any, options: dict) -> dict:
         flag = flags.get(dotted)
         if flag and origin and dotted in merged:  # a flag adds to the file's list
             sources[dotted] = f"{origin} + {flag}"
+        elif dotted in policy.capped and not flag:
+            sources[dotted] = (
+                f"default ({origin} asks more; a discovered policy cannot raise limits)"
+            )
         else:
             sources[dotted] = flag or origin or "default"
     return sources

@@ -25,7 +25,10 @@ def build_policy(options: dict) -> Any:
     """The policy file (or defaults) with the command-line overrides applied."""
     from ... import policy as policy_mod
 
-    return apply_flags(policy_mod.discover(options.get("policy")), options)
+    policy = apply_flags(policy_mod.discover(options.get("policy")), options)
+    for message, hint in policy_mod.capped_warnings(policy):
+        output.warning(f"{message}; {hint}")
+    return policy
 
 
 def apply_flags(policy: Any, options: dict) -> Any:
