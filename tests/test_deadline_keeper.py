@@ -138,10 +138,33 @@ def test_a_signal_nobody_handles_is_hard_stopped_after_the_grace():
     keeper, stopped = Keeper(), []
     keeper.hard_stop = stopped.append
     started(keeper)
+    watch = keeper.enter(None, 600.0, lambda: None)  # the main thread in a runtime call
     signalled = time.monotonic()
     keeper.interrupt(signalled=True)  # what the thread does when SIGINT wakes it
     assert wait_for(lambda: stopped)
     assert time.monotonic() - signalled >= GRACE
+    assert isinstance(stopped[0], Interrupted)
+    keeper.hard_stop = None
+    keeper.leave(watch)
+
+
+def test_with_no_call_running_the_handler_gets_longer_than_the_grace(monkeypatch):
+    """No runtime call runs, so the main thread is in Python code and its handler runs
+    once the thread is scheduled, which on a loaded machine took more than GRACE (the
+    clean-up test below failed at load 30): the hard stop waits UNWATCHED, and still comes."""
+    from wasmsbx.backends import deadline
+    from wasmsbx.errors import Interrupted
+
+    monkeypatch.setattr(deadline, "UNWATCHED", 8 * deadline.GRACE)
+    keeper, stopped = Keeper(), []
+    keeper.hard_stop = stopped.append
+    started(keeper)
+    signalled = time.monotonic()
+    keeper.interrupt(signalled=True)
+    time.sleep(4 * deadline.GRACE)  # well past GRACE, and the thread ticks every 10 ms
+    assert not stopped
+    assert wait_for(stopped.__len__)  # a main thread that never handles it still ends
+    assert time.monotonic() - signalled >= deadline.UNWATCHED
     assert isinstance(stopped[0], Interrupted)
     keeper.hard_stop = None
 

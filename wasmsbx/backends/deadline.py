@@ -30,7 +30,9 @@ so once it has run the main thread is not stuck in a runtime call but unwinding,
 clean-up (a batch or cluster run saving its checkpoint, a pool stopping its workers) may
 take longer than GRACE on a loaded machine. The hard stop then waits CLEANUP instead. A
 call still running is not helped by that: it stays watched, and GRACE after its (expired)
-deadline it is hard-stopped as before.
+deadline it is hard-stopped as before. With no runtime call running, the main thread
+is in Python code and its handler will run once the thread is scheduled: the hard stop
+waits UNWATCHED for it rather than GRACE.
 """
 
 from __future__ import annotations
@@ -46,6 +48,11 @@ GRACE = 0.25  # seconds a blocked call may overrun its deadline before a hard st
 # (it saves a checkpoint in milliseconds; seconds when the machine is loaded). A bound, so
 # a clean-up that hangs still ends in the hard stop.
 CLEANUP = 20.0
+# Seconds a signal may wait for the main thread's Python handler when no runtime call is
+# running: the main thread is then in Python code or an interruptible system call, where
+# the handler runs as soon as the thread is scheduled; on a loaded machine that took more
+# than GRACE. A bound, so a process stuck elsewhere still ends in the hard stop.
+UNWATCHED = 5.0
 IDLE = 1.0  # seconds without calls before the thread exits (restarted on demand)
 
 
@@ -214,14 +221,17 @@ class Keeper:
             return
         now = time.monotonic()
         signalled, handling = self.signalled, self.handling
+        with self.lock:
+            late = [w for w in self.watches.values() if now - w.deadline > GRACE]
+            busy = bool(self.watches)
         if signalled is not None and (
-            now - handling > CLEANUP if handling is not None else now - signalled > GRACE
+            now - handling > CLEANUP
+            if handling is not None
+            else now - signalled > (GRACE if busy else UNWATCHED)
         ):
             from ..errors import Interrupted
 
             self.hard_stop(Interrupted("interrupted"))
-        with self.lock:
-            late = [w for w in self.watches.values() if now - w.deadline > GRACE]
         if late:
             self.hard_stop(_late_error(late[0]))
 
