@@ -130,47 +130,109 @@ def bench_items(tmp: str, calls: int, rounds: int) -> dict:
     }
 
 
-def _usage() -> tuple:
-    own = resource.getrusage(resource.RUSAGE_SELF)
-    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return own.ru_utime + own.ru_stime, kids.ru_utime + kids.ru_stime, time.perf_counter()
+def become_subreaper() -> None:
+    """Make this process the reaper of its orphaned descendants (Linux), so that the CPU
+    of every process a run leaves behind counts in RUSAGE_CHILDREN: -j 2's workers are
+    children of multiprocessing's fork server, which outlives its client by a moment."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(36, 1, 0, 0, 0) != 0:  # PR_SET_CHILD_SUBREAPER
+        raise SystemExit(f"prctl(PR_SET_CHILD_SUBREAPER): {os.strerror(ctypes.get_errno())}")
 
 
-def run_jobs(path: Path, jobs: int) -> dict:
-    """One run_jsonl over ``path`` in this process: parent CPU, workers' CPU, wall."""
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def reap_all(timeout: float = 120.0) -> None:
+    """Wait for every descendant (the subreaper's orphans too); a process that outlives
+    its parent by ``timeout`` is a failure of the parent-death guarantee."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            if time.monotonic() > deadline:
+                raise SystemExit("a process outlived its batch by more than two minutes")
+            time.sleep(0.01)
+
+
+def tree_cpu(argvs: list, env: dict) -> tuple:
+    """Processes run at the same time: CPU seconds of them and of all their descendants,
+    and what each printed on stdout."""
+    before = _children_cpu()
+    procs = [
+        subprocess.Popen(a, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env) for a in argvs
+    ]
+    outputs = []
+    for proc in procs:
+        out, err = proc.communicate()
+        if proc.returncode != 0:
+            raise SystemExit(f"{' '.join(map(str, proc.args[:6]))} failed: {err.decode()[-800:]}")
+        outputs.append(out)
+    reap_all()
+    return _children_cpu() - before, outputs
+
+
+def _self_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def one_run(path: str, jobs: int) -> dict:
+    """In a child process (``--one-run``): one run_jsonl over ``path`` as the command line
+    makes it (the fork server started before the module is compiled), timed from
+    run_jsonl's call: this process's CPU and wall, and when the first result came."""
     from wasmsbx.policy import defaults
     from wasmsbx.runner import Sandbox
-    from wasmsbx.runner.batch import run_jsonl
+    from wasmsbx.runner.batch import prestart, run_jsonl
     from wasmsbx.runner.checkpoint import Sink, Source
 
+    first: list = []
+
+    class Timed(Sink):
+        def write(self, data: bytes) -> None:
+            if not first:
+                first.append(time.perf_counter())
+            super().write(data)
+
+    prestart(jobs)
     box = Sandbox(LOOP, defaults())
-    before = _usage()
+    cpu0, wall0 = _self_cpu(), time.perf_counter()
     with open(path, "rb") as src, open(os.devnull, "wb") as dst:
-        summary = run_jsonl(box, "count", Source(src, str(path)), Sink(dst), jobs=jobs)
-    after = _usage()
+        summary = run_jsonl(box, "count", Source(src, path), Timed(dst), jobs=jobs)
+    cpu1, wall1 = _self_cpu(), time.perf_counter()
     box.close()
     assert summary.failed == 0, summary.to_dict()
-    parent, workers, wall = (a - b for a, b in zip(after, before))
-    return {"parent_cpu_s": parent, "workers_cpu_s": workers, "wall_s": wall}
+    return {
+        "parent_cpu_s": cpu1 - cpu0,
+        "wall_s": wall1 - wall0,
+        "first_result_s": first[0] - wall0 if first else None,
+        "process_cpu_s": _self_cpu(),  # this whole process: the rest of the tree is others'
+    }
 
 
-def concurrent_cpu(argvs: list, env: dict) -> float:
-    """Summed CPU seconds of processes run at the same time."""
-    procs = [
-        subprocess.Popen(a, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
-        for a in argvs
-    ]
-    total = 0.0
-    for proc in procs:
-        _, _, usage = os.wait4(proc.pid, 0)
-        total += usage.ru_utime + usage.ru_stime
-    return total
+def run_jobs(path: Path, jobs: int, env: dict) -> dict:
+    """one_run in a child: the parent's CPU during run_jsonl, the CPU of every other
+    process of the run (fork server, workers, multiprocessing's resource tracker: all of
+    it, start-up included), the wall time and the load average when it ended."""
+    argv = [sys.executable, str(Path(__file__).resolve()), "--one-run", str(jobs), str(path)]
+    total, (out,) = tree_cpu([argv], env)
+    run = json.loads(out)
+    run["others_cpu_s"] = max(0.0, total - run.pop("process_cpu_s"))
+    run["load"] = os.getloadavg()[0]
+    return run
 
 
 def contention(tmp: str, path: Path, items: int, iterations: int) -> dict:
-    """The control: the CPU of the same items as one ``-j 1`` process, and as two ``-j 1``
-    processes of half the items each running at the same time (no dispatching, no
-    pickling: what running two guests at once costs on this machine by itself)."""
+    """The control, as whole command-line processes and all their descendants: the CPU of
+    the same items as one ``-j 1`` process, as two ``-j 1`` processes of half the items
+    each running at the same time (no dispatching, no pickling: what running two guests
+    at once costs on this machine by itself), and as one ``-j 2`` process."""
     half = Path(tmp) / "half.jsonl"
     half.write_text(f"[{iterations}]\n" * (items // 2))
     env = child_env(tmp)
@@ -178,41 +240,52 @@ def contention(tmp: str, path: Path, items: int, iterations: int) -> dict:
     def cli(src: Path, jobs: int) -> list:
         return [*WASMSBX, "run", str(LOOP), "count", "--batch", str(src), "-j", str(jobs)]
 
-    concurrent_cpu([cli(half, 1)], env)  # warm the bytecode cache
+    tree_cpu([cli(half, 2)], env)  # warm the bytecode cache
     return {
-        "cli_j1_cpu_s": round(concurrent_cpu([cli(path, 1)], env), 3),
-        "cli_two_halves_at_once_cpu_s": round(concurrent_cpu([cli(half, 1)] * 2, env), 3),
-        "cli_j2_cpu_s": round(concurrent_cpu([cli(path, 2)], env), 3),
+        "cli_j1_cpu_s": round(tree_cpu([cli(path, 1)], env)[0], 3),
+        "cli_two_halves_at_once_cpu_s": round(tree_cpu([cli(half, 1)] * 2, env)[0], 3),
+        "cli_j2_cpu_s": round(tree_cpu([cli(path, 2)], env)[0], 3),
     }
 
 
 def bench_jobs(tmp: str, items: int, iterations: int, rounds: int) -> dict:
     path = Path(tmp) / "count.jsonl"
     path.write_text(f"[{iterations}]\n" * items)
+    tiny = Path(tmp) / "tiny.jsonl"
+    tiny.write_text("[1]\n" * 4)
+    env = child_env(tmp)
     runs: dict = {1: [], 2: []}
-    run_jobs(path, 2)  # warm: worker start-up paths, the bytecode cache
+    run_jobs(path, 2, env)  # warm: worker start-up paths, the bytecode cache
     for r in range(rounds):
         for jobs in (1, 2) if r % 2 == 0 else (2, 1):
-            runs[jobs].append(run_jobs(path, jobs))
+            runs[jobs].append(run_jobs(path, jobs, env))
+    # What -j 2 costs before any item: the same run over 4 items that take no time.
+    startup = [run_jobs(tiny, 2, env) for _ in range(rounds)]
     control = contention(tmp, path, items, iterations)
 
     def median(jobs: int, key: str) -> float:
         return statistics.median(x[key] for x in runs[jobs])
 
-    one = median(1, "parent_cpu_s") + median(1, "workers_cpu_s")
-    parent2, workers2 = median(2, "parent_cpu_s"), median(2, "workers_cpu_s")
+    one = median(1, "parent_cpu_s")
+    parent2, others2 = median(2, "parent_cpu_s"), median(2, "others_cpu_s")
     return {
         "items": items,
         "iterations": iterations,
         "j1_cpu_s": round(one, 3),
         "j2_parent_cpu_s": round(parent2, 3),
-        "j2_workers_cpu_s": round(workers2, 3),
-        "j2_total_cpu_s": round(parent2 + workers2, 3),
+        "j2_others_cpu_s": round(others2, 3),
+        "j2_total_cpu_s": round(parent2 + others2, 3),
+        "j2_overhead_cpu": round((parent2 + others2) / one, 3),
+        "j2_startup_cpu_s": round(statistics.median(x["others_cpu_s"] for x in startup), 3),
+        "j2_first_result_s": round(statistics.median(x["first_result_s"] for x in runs[2]), 3),
         "j1_wall_s": round(median(1, "wall_s"), 3),
         "j2_wall_s": round(median(2, "wall_s"), 3),
-        # the parent and two workers share two cores: at best they keep both busy
-        "speedup_on_two_idle_cores": round(one / max(parent2, (parent2 + workers2) / 2), 2),
+        # the parent and the workers share two cores: at best they keep both busy
+        "speedup_on_two_idle_cores": round(one / max(parent2, (parent2 + others2) / 2), 2),
         "speedup_wall_here": round(median(1, "wall_s") / median(2, "wall_s"), 2),
+        "runs": {
+            jobs: [{k: round(v, 3) for k, v in x.items()} for x in runs[jobs]] for jobs in runs
+        },
         "control": control,
     }
 
@@ -262,16 +335,19 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=200_000)
     parser.add_argument("--stream-mb", type=int, default=0)
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--skip-items", action="store_true", help="only the -j rows")
+    parser.add_argument("--one-run", nargs=2, metavar=("JOBS", "PATH"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.one_run:
+        print(json.dumps(one_run(args.one_run[1], int(args.one_run[0]))))
+        return
+    become_subreaper()
     with tempfile.TemporaryDirectory() as tmp:
-        # -j 2's workers are spawned from this process: the bytecode cache on for them too
-        os.environ.update(child_env(tmp))
-        os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
         report = {
             "cpus": os.cpu_count(),
             "load_average": os.getloadavg(),
             "python": sys.version.split()[0],
-            "items": bench_items(tmp, args.calls, args.rounds),
+            "items": None if args.skip_items else bench_items(tmp, args.calls, args.rounds),
             "jobs": bench_jobs(tmp, args.cpu_calls, args.iterations, args.rounds),
             "stream": bench_stream(args.stream_mb) if args.stream_mb else None,
         }
@@ -279,34 +355,45 @@ def main() -> None:
         print(json.dumps(report, indent=2))
         return
     items, jobs = report["items"], report["jobs"]
+    if items:
+        print(
+            f"{items['items']:,} items of add.wat `add`, CPU per whole process (median of "
+            f"{args.rounds} alternated rounds; {report['cpus']} CPUs, load "
+            f"{report['load_average'][0]:.1f})"
+        )
+        for label, key in (("wasmsbx --batch", "wasmsbx"), ("hand-written peer", "peer")):
+            cpu, per_item = items[f"{key}_cpu_s"], items[f"{key}_us_per_item"]
+            print(f"  {label:<20} {cpu:>9.3f} s  {per_item:>6.2f} us/item")
+        print(f"  wasmsbx / peer        {items['ratio']:>8.2f}x\n")
+    loads = [x["load"] for runs in jobs["runs"].values() for x in runs]
     print(
-        f"{items['items']:,} items of add.wat `add`, CPU per whole process (median of "
-        f"{args.rounds} alternated rounds; {report['cpus']} CPUs, load "
-        f"{report['load_average'][0]:.1f})"
-    )
-    for label, key in (("wasmsbx --batch", "wasmsbx"), ("hand-written peer", "peer")):
-        cpu, per_item = items[f"{key}_cpu_s"], items[f"{key}_us_per_item"]
-        print(f"  {label:<20} {cpu:>9.3f} s  {per_item:>6.2f} us/item")
-    print(f"  wasmsbx / peer        {items['ratio']:>8.2f}x")
-    print(
-        f"\n{jobs['items']:,} items of loop.wat `count {jobs['iterations']}` (CPU-bound), "
-        "run_jsonl in process"
+        f"{jobs['items']:,} items of loop.wat `count {jobs['iterations']}` (CPU-bound), "
+        f"run_jsonl as the command line runs it (median of {args.rounds} alternated rounds, "
+        f"load {min(loads):.1f}-{max(loads):.1f})"
     )
     print(
         f"  -j 1 CPU                    {jobs['j1_cpu_s']:>8.3f} s   wall {jobs['j1_wall_s']:.3f} s"
     )
     print(
-        f"  -j 2 CPU parent + workers   {jobs['j2_parent_cpu_s']:>8.3f} + "
-        f"{jobs['j2_workers_cpu_s']:.3f} s   wall {jobs['j2_wall_s']:.3f} s"
+        f"  -j 2 CPU parent + others    {jobs['j2_parent_cpu_s']:>8.3f} + "
+        f"{jobs['j2_others_cpu_s']:.3f} s = {jobs['j2_overhead_cpu']:.2f}x -j 1's"
+        f"   wall {jobs['j2_wall_s']:.3f} s (first result at {jobs['j2_first_result_s']:.3f} s)"
+    )
+    print(
+        f"  -j 2 start-up (fork server, workers, resource tracker; 4 empty items) "
+        f"{jobs['j2_startup_cpu_s']:.3f} s CPU"
     )
     print(
         f"  -j 2 speed-up on two idle cores (from CPU) {jobs['speedup_on_two_idle_cores']:.2f}x;"
         f" wall here {jobs['speedup_wall_here']:.2f}x"
     )
+    for n in (1, 2):
+        walls = [f"wall {x['wall_s']:.2f} s at load {x['load']:.1f}" for x in jobs["runs"][n]]
+        print(f"    -j {n} runs: " + ", ".join(walls))
     control = jobs["control"]
     print(
-        f"  control, whole processes: -j 1 {control['cli_j1_cpu_s']:.3f} s; two -j 1 of half "
-        f"the items at once {control['cli_two_halves_at_once_cpu_s']:.3f} s; "
+        f"  control, whole processes and their descendants: -j 1 {control['cli_j1_cpu_s']:.3f} s;"
+        f" two -j 1 of half the items at once {control['cli_two_halves_at_once_cpu_s']:.3f} s; "
         f"-j 2 {control['cli_j2_cpu_s']:.3f} s"
     )
     stream = report["stream"]

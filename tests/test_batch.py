@@ -404,6 +404,71 @@ def test_batch_from_an_open_pipe_checkpoints_everything_it_has_read(tmp_path, jo
             proc.stderr.close()
 
 
+def _process_table() -> dict:
+    """pid -> (parent pid, state letter) of every process, from /proc."""
+    table = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:  # gone meanwhile
+                continue
+            table[int(entry)] = (int(fields[1]), fields[0])
+    return table
+
+
+def _descendants(pid: int) -> set:
+    table = _process_table()
+    found: set = set()
+    frontier = [pid]
+    while frontier:
+        parent = frontier.pop()
+        children = {p for p, (ppid, _) in table.items() if ppid == parent} - found
+        found |= children
+        frontier.extend(children)
+    return found
+
+
+def _running(pids: set) -> set:
+    """Those of ``pids`` still running (a zombie has exited; it only awaits its reaper)."""
+    table = _process_table()
+    return {p for p in pids if p in table and table[p][1] != "Z"}
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="reads the process table in /proc")
+def test_batch_workers_never_outlive_a_parent_killed_with_sigkill(tmp_path):
+    # The workers are children of multiprocessing's fork server, not of wasmsbx: they must
+    # notice the death of wasmsbx itself (which no signal handler sees) and exit, however
+    # busy the pool's pipes, which they hold both ends of, keep them.
+    n = 400
+    out = tmp_path / "out.jsonl"
+    with open(out, "wb") as sink:
+        proc = _spawn(["run", LOOP, "count", "--batch", "-", "-j", "2"], subprocess.PIPE, sink)
+        try:
+            proc.stdin.write(b"[1000]\n" * n)
+            proc.stdin.flush()  # and the pipe stays open: the batch never ends by itself
+            deadline = time.monotonic() + 120
+            while out.read_bytes().count(b"\n") < n:
+                assert proc.poll() is None, proc.stderr.read()
+                assert time.monotonic() < deadline, "the workers made no results"
+                time.sleep(0.02)
+            family = _descendants(proc.pid)
+            assert len(family) >= 2, family  # the workers (their fork server, ...) run
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait()
+            deadline = time.monotonic() + 60
+            while _running(family) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert not _running(family), "processes outlived the batch that started them"
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            proc.stdin.close()
+            proc.stderr.close()
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("jobs", ["1", "2"])
 def test_batch_ctrl_c_saves_the_checkpoint_and_exits_130(tmp_path, jobs):

@@ -122,4 +122,6 @@ def __getattr__(name: str) -> Any:
     full = f"{__name__}.{module_name}"
     __import__(full)  # importlib would be one more import on the start-up path
     module = sys.modules[full]
-    return module if attr is None else getattr(module, attr)
+    value = module if attr is None else getattr(module, attr)
+    globals()[name] = value  # the next lookup is a plain attribute (wasmsbx.Sandbox per tenant)
+    return value

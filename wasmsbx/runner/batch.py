@@ -319,8 +319,9 @@ def run_batch(
     """Call ``func`` once per item; yield one BatchResult per item, in input order.
 
     FUNC and instantiation are checked now (errors raise here); items are read lazily.
-    ``jobs > 1`` starts worker processes with ``spawn``, which re-imports the main
-    module: in a script, call it under ``if __name__ == "__main__":``.
+    ``jobs > 1`` starts worker processes (``pool_context``: forks of a fork server, else
+    ``spawn``), which import the main module: in a script, call it under
+    ``if __name__ == "__main__":``.
 
     ``remote``: who makes the calls instead of this process (``wasmsbx.cluster``'s
     ``run_cluster`` bound to a cluster); passed in by the caller so that the runner never
@@ -535,18 +536,13 @@ def _parallel(
     thread, and this loop sleeps only until an item arrives or a chunk finishes. A chunk
     goes out when it is full, at the end of the input, or early (partly filled) when a
     worker would otherwise sit idle waiting for more input."""
-    import multiprocessing
     import threading
     from concurrent.futures import ProcessPoolExecutor
     from concurrent.futures.process import BrokenProcessPool
 
     spec = worker_spec(box, func, fresh)
-    # spawn, not fork: the parent may hold runtime threads (the epoch ticker) and locks.
     pool = ProcessPoolExecutor(
-        jobs,
-        mp_context=multiprocessing.get_context("spawn"),
-        initializer=_worker_init,
-        initargs=(spec,),
+        jobs, mp_context=pool_context(spec.backend), initializer=_worker_init, initargs=(spec,)
     )
     wake = threading.Event()
     feeder = _Feeder(numbered, wake)
@@ -594,6 +590,62 @@ def _parallel(
         pool.shutdown(wait=True, cancel_futures=True)
 
 
+def pool_context(backend: str) -> Any:
+    """How worker processes start: from a fork server where there is one (Linux), else
+    ``spawn``. Never ``fork``: the parent may hold runtime threads (the epoch ticker) and
+    locks.
+
+    The fork server is one fresh interpreter that imports the worker's modules (wasmsbx's
+    runner, the backend and its runtime: most of a worker's start-up) once and holds no
+    engine and no thread; each worker is a fork of it. Started by ``prestart`` while the
+    parent compiles, or with the pool. It is multiprocessing's, one per process: a server
+    already running keeps the modules it was started with (workers import the rest)."""
+    import multiprocessing
+
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("spawn")
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(_preload(backend))
+    return context
+
+
+def prestart(jobs: int, backend: str = "wasmtime") -> None:
+    """Start the fork server now (``jobs > 1``), so that it imports the worker's modules
+    while this process reads the policy and compiles the module. Nothing if there is none."""
+    if jobs > 1 and pool_context(backend).get_start_method() == "forkserver":
+        from multiprocessing import forkserver
+
+        forkserver.ensure_running()
+
+
+# What a worker imports beyond this module to rebuild and call the sandbox (a module
+# missing here is imported by each worker: slower, never wrong).
+_WORKER_MODULES = [
+    "wasmsbx.native.trust",
+    "wasmsbx.backends.select",
+    "wasmsbx.backends.compiling",
+    "wasmsbx.runner.shared",
+    "wasmsbx.wasm.facts",
+    "wasmsbx.host",
+    "wasmsbx.inputs",
+    "blake3",
+]
+
+
+def _preload(backend: str) -> list:
+    """What the fork server imports: the main module (as spawn would in every worker),
+    the worker's side of wasmsbx, and the backend's adapter and runtime package."""
+    from ..backends import REGISTRY, split
+
+    name, compiler = split(backend)
+    modules = ["__main__", __name__, *_WORKER_MODULES]
+    if name in REGISTRY:
+        modules += [REGISTRY[name].partition(":")[0], name]  # e.g. wasmtime, wasmer
+        if compiler:
+            modules.append(f"{name}_compiler_{compiler}")
+    return modules
+
+
 def _chunk_bytes(chunk: list) -> int:
     return sum(_item_bytes(item) for item in chunk)
 
@@ -610,25 +662,27 @@ def _worker_init(spec: WorkerSpec) -> None:
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and stops us
     os.dup2(2, 1)  # a guest printing to "inherit" stdout must not mix into the results
-    # The pid the parent had when it spawned us: it may already be gone (Ctrl-C while
-    # workers start), and then os.getppid() here would name init and never change.
-    parent = multiprocessing.parent_process()
-    _watch_parent(parent.pid if parent is not None else os.getppid())
+    _watch_parent(multiprocessing.parent_process())
     try:
         _WORKER["caller"] = make_caller(_worker_box(spec), spec.func, spec.fresh)
     except errors.WasmsbxError as exc:
         _WORKER["error"] = exc
 
 
-def _watch_parent(parent: int) -> None:
+def _watch_parent(parent: Any) -> None:
     """Exit when the parent dies (even by SIGKILL): the pool's pipes would never close,
-    because every worker holds both ends of its queue."""
+    because every worker holds both ends of its queue.
+
+    ``parent.join()`` waits on multiprocessing's parent sentinel: the read end of a pipe
+    whose write end only the parent holds, so it reaches EOF when the parent is gone,
+    however it died and whoever forked this worker (the fork server, not the parent, is
+    this process's parent: its pid says nothing). A thread blocked in that wait costs no
+    CPU, where polling getppid() woke up five times a second."""
     import _thread
     import os
 
     def watch() -> None:
-        while os.getppid() == parent:
-            time.sleep(0.2)
+        parent.join()
         os._exit(1)
 
     _thread.start_new_thread(watch, ())

@@ -17,7 +17,11 @@ from typing import Any, Optional, Union
 
 from .. import errors
 from .. import policy as policy_mod
+from ..backends import get as backend_get
+from ..backends import names as backend_names
+from ..backends import split as backend_split
 from ..backends.base import EngineOptions, ExportInfo, Limits, Signature, WasiSetup
+from ..backends.compiling import check_size
 from ..memory import Memory  # noqa: F401 - re-exported (wasmsbx.GuestMemory)
 
 # ---------------------------------------------------------------------------- typed values
@@ -34,6 +38,7 @@ from ..wasm.source import (  # noqa: F401 - re-exported for the runner's callers
     read_module,
     wat_to_wasm,
 )
+from . import shared
 
 # ---------------------------------------------------------------------------- results
 
@@ -286,6 +291,13 @@ def check_stdio(policy: policy_mod.Policy, inputs: Sequence[Any]) -> policy_mod.
     it was checked in (a copy of ``policy`` if any is relative), so a ``chdir`` before the
     next instance opens it cannot move it past these checks."""
     v = policy.values
+    special = SPECIAL_STDIO
+    if (
+        v["stdio.stdin"] in special
+        and v["stdio.stdout"] in special
+        and v["stdio.stderr"] in special
+    ):
+        return  # no paths: nothing below applies (the usual case, for every sandbox made)
     for key in ("stdio.stdin", "stdio.stdout", "stdio.stderr"):
         target = v[key]
         if isinstance(target, str) and target not in SPECIAL_STDIO:
@@ -476,8 +488,6 @@ class Sandbox:
         self.policy = check_stdio(self.policy, [self.path, artifact])
         started = time.perf_counter()
         data = bytes(module) if from_bytes else read_file(self.path)  # type: ignore[arg-type]
-        from ..backends.compiling import check_size
-
         check_size(len(data), self.policy.values["limits.module_size"], self.path.name)
         self.artifact = None
         self.wasm: Optional[bytes] = None
@@ -487,8 +497,6 @@ class Sandbox:
             self.artifact = aot.open_for(self, data, str(self.path))
         self._prepared: Any = None
         if self.artifact is None:
-            from . import shared
-
             path = self.path
             # Translated and parsed once per process for the same bytes (runner.shared).
             self._prepared = shared.prepared(data, lambda d: module_bytes(d, path))
@@ -523,9 +531,7 @@ class Sandbox:
             if (self.imports or group is not None) and backend is None:
                 backend = _linking_backend(self.policy)
             self.backend_name, self.compiler = self._choose(backend, kind)
-            from .. import backends
-
-            self.engine = backends.get(self.backend_name).engine(
+            self.engine = backend_get(self.backend_name).engine(
                 engine_options(self.policy, self.compiler)
             )
             if group is not None:
@@ -545,7 +551,7 @@ class Sandbox:
             self.engine.describe(self.module, self.wasm)
         self.export_list = self._interface()
         self._instance: Any = None
-        self._callers: dict = {}  # export name -> (instance, its caller): see call()
+        self._callers: dict = {}  # export name -> (instance, its caller or None): call()
         self._functions: dict = {}  # export name -> Function (box["f"], box.exports.f)
 
     def __enter__(self) -> Sandbox:
@@ -556,8 +562,6 @@ class Sandbox:
 
     # --------------------------------------------------------------- choosing
     def _choose(self, backend: Optional[str], kind: str) -> tuple:
-        from ..backends import get, names, select, split
-
         if self.artifact is not None:
             from ..native.artifact import backend_for
 
@@ -567,13 +571,15 @@ class Sandbox:
 
         spec = backend or self.policy.values["runtime.backend"]
         self._spec = backend
-        name, compiler = split(spec)
-        if spec != "auto" and len(names()) == 1 and name in names():
+        name, compiler = backend_split(spec)
+        if spec != "auto" and len(backend_names()) == 1 and name in backend_names():
             # One backend installed and named: nothing to score, keep start-up lean.
-            return name, compiler or get(name).default_compiler
+            return name, compiler or backend_get(name).default_compiler
         # The module's features are read only if they can change the choice (select.py).
         self.selection = _selection(self.policy, kind, backend)
         if self.selection is None:
+            from ..backends import select
+
             self.selection = select.select(self.policy, self._features, kind, backend)
             if not self.selection.features_checked:  # the module did not matter: reuse it
                 _remember_selection(self.policy, kind, backend, self.selection)
@@ -638,8 +644,6 @@ class Sandbox:
         if prepared is None or not getattr(self.engine, "shared", False):
             module = self._compile_now(self.wasm)
         else:
-            from . import shared
-
             module, _ = shared.compiled(self.engine, prepared, lambda: self._compile_now(self.wasm))
         self.timings["compile"] = time.perf_counter() - started
         return module
@@ -878,14 +882,32 @@ class Sandbox:
         timings and builds no RunStats."""
         entry = self._callers.get(func)
         if entry is None or entry[0] is not self._instance:
-            entry = self._caller(func, args)
-        if timeout is None and fuel is None:
-            values = entry[1](args)
+            values = self._first_call(func, args, timeout, fuel)
         else:
-            values = entry[1](args, **self._call_limits(timeout, fuel))
+            call = entry[1] or self._caller(func, args)[1]
+            if timeout is None and fuel is None:
+                values = call(args)
+            else:
+                values = call(args, **self._call_limits(timeout, fuel))
         if len(values) == 1:
             return values[0]
         return tuple(values) if values else None
+
+    def _first_call(
+        self, func: str, args: Sequence[Any], timeout: Optional[float], fuel: Optional[int]
+    ) -> list:
+        """The first call of ``func`` on this instance, through the general path (the
+        instance's ``call``: the same limits, errors and fuel accounting as the caller,
+        which uses it for per-call limits). The caller is made at the second call: a
+        sandbox called once (one per tenant, issue #16) never builds one, and keeps none
+        of its objects alive (a caller is a closure over ~20 values, and every live
+        object makes the garbage collector's passes longer)."""
+        sig = self.signature(func)
+        typed = parse_args(func, sig, args)  # before the instance is created, as invoke does
+        limits = self._call_limits(timeout, fuel)
+        instance = self._live()
+        self._callers[func] = (instance, None)
+        return instance.call(func, typed, types=(sig.params, sig.results), **limits)
 
     def _caller(self, func: str, args: Sequence[Any]) -> tuple:
         """(instance, caller) for ``func``: the signature and the arguments are checked

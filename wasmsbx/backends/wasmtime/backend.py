@@ -19,6 +19,8 @@ from collections.abc import Sequence
 from typing import Any, Callable, Optional
 
 import wasmtime
+from wasmtime import _ffi as ffi
+from wasmtime._extern import wrap_extern
 
 from ... import errors
 from ...capabilities import WASM_FEATURES
@@ -891,6 +893,9 @@ def _plan(found: Any, memory: int, tables: Optional[int]) -> Any:
     return caps
 
 
+_EXTERN_FUNC = ffi.WASMTIME_EXTERN_FUNC.value
+
+
 class _Exports(dict):
     """An instance's exports by name, each looked up (one FFI call) on first use rather
     than all wrapped when the instance is made: most sandboxes call one or two."""
@@ -903,11 +908,6 @@ class _Exports(dict):
         self.instance = instance
 
     def __missing__(self, name: str) -> Any:
-        import ctypes
-
-        from wasmtime import _ffi as ffi
-        from wasmtime._extern import wrap_extern
-
         raw = name.encode()
         item = ffi.wasmtime_extern_t()
         context = self.store._context()
@@ -915,17 +915,16 @@ class _Exports(dict):
             context, ctypes.byref(self.instance._instance), raw, len(raw), ctypes.byref(item)
         ):
             raise KeyError(name)
-        extern = self[name] = wrap_extern(item)
+        if item.kind == _EXTERN_FUNC:  # what a call looks up: no generic wrap
+            extern = self[name] = wasmtime.Func._from_raw(item.of.func)
+        else:
+            extern = self[name] = wrap_extern(item)
         return extern
 
 
 def _instance_of(store: Any, module: Any) -> Any:
     """Instantiate a module that imports nothing, without a linker: one FFI call
     (wasmtime.Instance adds an imports array and a context manager per instance)."""
-    import ctypes
-
-    from wasmtime import _ffi as ffi
-
     instance = ffi.wasmtime_instance_t()
     trap = ctypes.POINTER(ffi.wasm_trap_t)()
     error = ffi.wasmtime_instance_new(

@@ -25,6 +25,11 @@ def execute(args: Any, policy: Any, log: Any = None) -> int:
     func = check_options(args)
     from ...runner import Sandbox
 
+    if not o["stream"] and (o["jobs"] or 1) > 1:  # -j without --cluster (check_options)
+        from ...runner.batch import prestart
+
+        # The workers' fork server imports their modules while we compile the module.
+        prestart(o["jobs"], _backend_guess(policy))
     box = Sandbox(
         args.positionals[0],
         policy,
@@ -44,6 +49,13 @@ def execute(args: Any, policy: Any, log: Any = None) -> int:
     if o["stream"]:
         return _stream(box, func, o, log)
     return _batch(box, func, o, log)
+
+
+def _backend_guess(policy: Any) -> str:
+    """The backend the workers will most likely use, for what their fork server imports
+    (a wrong guess costs time, never correctness: workers import what they need)."""
+    spec = policy.values["runtime.backend"]
+    return "wasmtime" if spec == "auto" else spec
 
 
 def check_options(args: Any) -> str:
