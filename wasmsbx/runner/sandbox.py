@@ -297,7 +297,7 @@ def check_stdio(policy: policy_mod.Policy, inputs: Sequence[Any]) -> policy_mod.
         and v["stdio.stdout"] in special
         and v["stdio.stderr"] in special
     ):
-        return  # no paths: nothing below applies (the usual case, for every sandbox made)
+        return policy  # no paths: nothing below applies (the usual case, for every sandbox made)
     for key in ("stdio.stdin", "stdio.stdout", "stdio.stderr"):
         target = v[key]
         if isinstance(target, str) and target not in SPECIAL_STDIO:
@@ -611,8 +611,6 @@ class Sandbox:
         if use_cache and len(self.wasm) >= self.policy.values["runtime.cache_min_size"]:
             prepared = self._prepared if getattr(self.engine, "shared", False) else None
             if prepared is not None:
-                from . import shared
-
                 module = shared.loaded(self.engine, prepared)
                 if module is not None:  # loaded or compiled in this process already
                     self.cache_state = "memory"
@@ -632,8 +630,6 @@ class Sandbox:
             self.cache_state = outcome.state
             self.recorded_exports = outcome.exports
             if prepared is not None:
-                from . import shared
-
                 shared.keep(self.engine, prepared, outcome.module)
             return outcome.module
         self.cache_state = "skip" if use_cache else "off"
