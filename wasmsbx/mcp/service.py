@@ -181,18 +181,27 @@ class Service:
             fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOCTTY", 0) | os.O_NONBLOCK)
         except OSError as exc:
             raise errors.InputError(f"module_path {path!r}: cannot open: {exc.strerror}") from None
-        with os.fdopen(fd, "rb") as fh:
+        import stat
+
+        try:
+            # Checked on the descriptor before it becomes a file object: Python refuses to
+            # make one of a directory (IsADirectoryError, which no tool error caught).
             real = (
                 Path(os.readlink(f"/proc/self/fd/{fd}"))
                 if os.path.exists("/proc/self/fd")
                 else Path(path).resolve()
             )
             self._inside(path, real, allowed)
-            import stat
-
             if not stat.S_ISREG(os.fstat(fd).st_mode):
                 raise errors.InputError(f"module_path {path!r} is not a regular file")
-            data = fh.read(self.config.max_request + 1)
+        except BaseException:
+            os.close(fd)
+            raise
+        with os.fdopen(fd, "rb") as fh:
+            try:
+                data = fh.read(self.config.max_request + 1)
+            except OSError as exc:
+                raise errors.InputError(f"module_path {path!r}: {exc.strerror}") from None
         if len(data) > self.config.max_request:
             raise errors.LimitExceeded(
                 f"module too large: over {format_size(self.config.max_request)}",
