@@ -77,6 +77,7 @@ _wasmsbx() {
     "mcp:--max-request") : ;;
     "mcp:--max-concurrent") : ;;
     "mcp:--calls-per-minute") : ;;
+    "mcp:--rate-window") : ;;
     "mcp:--max-output") : ;;
     "mcp:--session-cpu") : ;;
     "mcp:--session-memory") : ;;
@@ -144,7 +145,7 @@ _wasmsbx() {
         "completions") opts=(--help -h); subs=(install show); files=0 ;;
         "completions install") opts=(--help -h); subs=(); files=0 ;;
         "completions show") opts=(--help -h); subs=(); files=0 ;;
-        "mcp") opts=(--policy -p --http --host --port --allow-remote --token-file --module-dir --max-request --max-concurrent --calls-per-minute --max-output --session-cpu --session-memory --session-idle --max-sessions --grace --audit-log --request-timeout --max-connections --help -h); subs=(setup); files=0 ;;
+        "mcp") opts=(--policy -p --http --host --port --allow-remote --token-file --module-dir --max-request --max-concurrent --calls-per-minute --rate-window --max-output --session-cpu --session-memory --session-idle --max-sessions --grace --audit-log --request-timeout --max-connections --help -h); subs=(setup); files=0 ;;
         "mcp setup") opts=(--policy -p --force --no-compile --help -h); subs=(); files=0 ;;
         "policy") opts=(--help -h); subs=(show); files=0 ;;
         "policy show") opts=(--policy -p --backend -b --memory --fuel --timeout --stack --dir --dir-ro --env -e --json --help -h); subs=(); files=0 ;;

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import atexit
 import base64
+import concurrent.futures
 import contextlib
 import os
 import socket
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -20,9 +24,16 @@ SHARED_CACHE = Path(
 )
 
 
+# The key that authenticates the shared cache's entries. Without it each test's server
+# would use the test's own trust folder (the autouse `isolated` fixture), fail the tag of
+# every entry `mcp setup` wrote, and compile CPython again: ~18 s of CPU per server.
+SHARED_TRUST = SHARED_CACHE.parent / "mcp-trust"
+
+
 def server_env() -> dict:
     env = dict(os.environ)
     env["WASMSBX_CACHE_DIR"] = str(SHARED_CACHE)
+    env["WASMSBX_TRUST_DIR"] = str(SHARED_TRUST)
     return env
 
 
@@ -37,15 +48,15 @@ def b64(path) -> str:
 
 
 @contextlib.asynccontextmanager
-async def stdio_client(*args: str):
+async def stdio_client(*args: str, cwd: str = None, env: dict = None):
     from mcp import Client
     from mcp.client.stdio import StdioServerParameters
 
     params = StdioServerParameters(
         command=sys.executable,
         args=["-m", "wasmsbx", "mcp", *args],
-        env=server_env(),
-        cwd=os.getcwd(),
+        env={**server_env(), **(env or {})},
+        cwd=cwd or os.getcwd(),
     )
     with open(os.devnull, "w") as errlog:
         from mcp.client.stdio import stdio_client as transport
@@ -116,3 +127,101 @@ def ok(result) -> dict:
     """The structured result of a call that must have succeeded."""
     assert not result.is_error, text_of(result)
     return result.structured_content
+
+
+# ------------------------------------------------------------------ setup, and a shared server
+
+_SETUP_DONE = []
+
+
+def ensure_setup() -> None:
+    """`wasmsbx mcp setup`: download, check digests, precompile into the shared cache; once
+    per test process (a cache hit after the first process on the machine)."""
+    if _SETUP_DONE:
+        return
+    proc = subprocess.run(
+        wasmsbx_argv("setup"), env=server_env(), capture_output=True, text=True, timeout=1800
+    )
+    assert proc.returncode == 0, f"wasmsbx mcp setup failed:\n{proc.stderr}"
+    assert "python-3.11.3.wasm" in proc.stdout and "qjs-wasi-reactor.wasm" in proc.stdout
+    _SETUP_DONE.append(True)
+
+
+class SharedServer:
+    """One `wasmsbx mcp` on stdio per test process (xdist worker), held by the SDK client on
+    an event loop in a thread of its own, so that each test's ``asyncio.run`` can use it.
+
+    For tests that need nothing but the defaults: it starts with the defaults except the
+    rate limit (all tests' calls together would pass 120 a minute), and no test may
+    depend on state another left (each makes its own sessions; the pool replaces a
+    worker a test had stopped)."""
+
+    ARGS = ("--calls-per-minute", "1000000")
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.cwd = tempfile.mkdtemp(prefix="wasmsbx-mcp-test-")
+        ready: concurrent.futures.Future = concurrent.futures.Future()
+        self.holder = asyncio.run_coroutine_threadsafe(self._hold(ready), self.loop)
+        self.client, self.stop = ready.result(timeout=600)
+
+    async def _hold(self, ready) -> None:
+        stop = asyncio.Event()
+        try:
+            cm = stdio_client(*self.ARGS, cwd=self.cwd)
+            client = await cm.__aenter__()
+        except BaseException as exc:
+            ready.set_exception(exc)
+            raise
+        ready.set_result((client, stop))
+        try:
+            await stop.wait()
+        finally:
+            await cm.__aexit__(None, None, None)
+
+    async def _remote(self, coro):
+        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, self.loop))
+
+    @contextlib.asynccontextmanager
+    async def connect(self):
+        """``async with server.connect() as c``: as ``stdio_client()`` gives, without a
+        server start."""
+        yield _Remote(self)
+
+    def close(self) -> None:
+        if self.holder.done():
+            return
+        self.loop.call_soon_threadsafe(self.stop.set)
+        try:
+            self.holder.result(timeout=60)
+        except Exception:
+            pass
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+
+
+class _Remote:
+    """The client's calls, run on the shared server's loop."""
+
+    def __init__(self, server: SharedServer) -> None:
+        self.server = server
+
+    async def call_tool(self, *args, **kwargs):
+        return await self.server._remote(self.server.client.call_tool(*args, **kwargs))
+
+    async def list_tools(self, *args, **kwargs):
+        return await self.server._remote(self.server.client.list_tools(*args, **kwargs))
+
+
+_SHARED = []
+
+
+def shared_server() -> SharedServer:
+    """The test process's shared server (started on first use, stopped at exit)."""
+    if not _SHARED:
+        ensure_setup()
+        _SHARED.append(SharedServer())
+        atexit.register(_SHARED[0].close)
+    return _SHARED[0]

@@ -21,12 +21,15 @@ if sys.version_info < (3, 10):  # the mcp SDK needs 3.10+; wasmsbx[mcp] is not i
 
 from .conftest import EXAMPLES, GUESTS
 from .mcp_helpers import (
+    SHARED_CACHE,
     b64,
+    ensure_setup,
     http_client,
     http_server,
     ok,
     run,
     server_env,
+    shared_server,
     stdio_client,
     text_of,
     wasmsbx_argv,
@@ -42,19 +45,22 @@ XDIST_SPREAD = True
 @pytest.fixture(scope="session", autouse=True)
 def interpreters_installed():
     """`wasmsbx mcp setup`: download, check digests, precompile into the shared cache."""
-    proc = subprocess.run(
-        wasmsbx_argv("setup"), env=server_env(), capture_output=True, text=True, timeout=1800
-    )
-    assert proc.returncode == 0, f"wasmsbx mcp setup failed:\n{proc.stderr}"
-    assert "python-3.11.3.wasm" in proc.stdout and "qjs-wasi-reactor.wasm" in proc.stdout
+    ensure_setup()
+
+
+@pytest.fixture(scope="session")
+def server():
+    """One stdio server for this test process, for the tests that need only the defaults
+    (see mcp_helpers.SharedServer); tests that need options start their own."""
+    return shared_server()
 
 
 # ------------------------------------------------------------------------------ stdio
 
 
-def test_lists_tools_with_schemas():
+def test_lists_tools_with_schemas(server):
     async def scenario():
-        async with stdio_client() as c:
+        async with server.connect() as c:
             return (await c.list_tools()).tools
 
     tools = {t.name: t for t in run(scenario())}
@@ -73,9 +79,9 @@ def test_lists_tools_with_schemas():
     assert "results" in tools["call_export"].output_schema["properties"]
 
 
-def test_python_prints_and_a_warm_call_does_not_recompile():
+def test_python_prints_and_a_warm_call_does_not_recompile(server):
     async def scenario():
-        async with stdio_client() as c:
+        async with server.connect() as c:
             first = ok(await c.call_tool("run_python", {"code": "print('hello', 6 * 7)"}))
             second = ok(await c.call_tool("run_python", {"code": "21 * 2"}))
             return first, second
@@ -86,9 +92,9 @@ def test_python_prints_and_a_warm_call_does_not_recompile():
     assert second["stats"]["module_load"] == "reused"
 
 
-def test_python_exception_is_a_result_with_the_traceback():
+def test_python_exception_is_a_result_with_the_traceback(server):
     async def scenario():
-        async with stdio_client() as c:
+        async with server.connect() as c:
             return ok(await c.call_tool("run_python", {"code": "1/0"}))
 
     data = run(scenario())
@@ -96,11 +102,11 @@ def test_python_exception_is_a_result_with_the_traceback():
     assert "ZeroDivisionError" in data["stderr"]
 
 
-def test_python_cannot_read_host_files():
+def test_python_cannot_read_host_files(server):
     code = "print(open('/etc/passwd').read())"
 
     async def scenario():
-        async with stdio_client() as c:
+        async with server.connect() as c:
             py = ok(await c.call_tool("run_python", {"code": code}))
             listing = ok(await c.call_tool("run_python", {"code": "import os; os.listdir('/')"}))
             return py, listing
@@ -111,9 +117,9 @@ def test_python_cannot_read_host_files():
     assert "etc" not in listing["stdout"]
 
 
-def test_python_loop_forever_is_stopped_and_the_server_lives_on():
+def test_python_loop_forever_is_stopped_and_the_server_lives_on(server):
     async def scenario():
-        async with stdio_client() as c:
+        async with server.connect() as c:
             started = time.monotonic()
             loop = await c.call_tool(
                 "run_python", {"code": "while True: pass", "limits": {"timeout": "1s"}}
@@ -154,9 +160,9 @@ def test_guest_blocked_in_a_wasi_sleep_is_stopped_and_the_server_lives_on():
     assert after["stdout"] == "alive\n"
 
 
-def test_call_may_tighten_but_not_loosen_limits():
+def test_call_may_tighten_but_not_loosen_limits(server):
     async def scenario():
-        async with stdio_client() as c:
+        async with server.connect() as c:
             loose = await c.call_tool("run_python", {"code": "1", "limits": {"timeout": "1h"}})
             mem = await c.call_tool(
                 "run_python",
@@ -199,13 +205,55 @@ def test_concurrent_calls_beyond_the_limit_are_refused():
 
 
 def test_calls_per_minute():
+    """Over a window of an hour, so that no load can let the first call age out of it
+    before the third (--rate-window; the window's sliding is tested with a fake clock in
+    test_mcp_units)."""
+
     async def scenario():
-        async with stdio_client("--calls-per-minute", "2") as c:
+        async with stdio_client("--calls-per-minute", "2", "--rate-window", "1h") as c:
             return [await c.call_tool("run_javascript", {"code": "1"}) for _ in range(3)]
 
     results = run(scenario())
     assert [r.is_error for r in results] == [False, False, True]
-    assert "rate limit" in text_of(results[2])
+    assert "rate limit: 2 calls per 3600 s reached" in text_of(results[2]), text_of(results[2])
+    assert "retry in 3" in text_of(results[2])  # 3599 s or so: the hour is what counts
+
+
+def test_a_second_server_start_does_not_recompile_the_interpreters(tmp_path):
+    """`wasmsbx mcp setup` filled the cache; every server's workers load the interpreters
+    from it: the cache counts hits and no misses over two server starts. (The key that
+    authenticates entries is the user's: a server run with another trust folder compiled
+    CPython again at every start, ~18 s of CPU each, as this suite's servers did.)"""
+    import shutil
+
+    cache = tmp_path / "cache"
+    shutil.copytree(SHARED_CACHE, cache)  # counters of our own, whatever else runs
+    env = {"WASMSBX_CACHE_DIR": str(cache)}
+
+    def stats() -> dict:
+        proc = subprocess.run(
+            [sys.executable, "-m", "wasmsbx", "cache", "stats", "--json"],
+            capture_output=True,
+            text=True,
+            env={**server_env(), **env},
+        )
+        assert proc.returncode == 0, proc.stderr
+        return json.loads(proc.stdout)
+
+    async def one_server():
+        async with stdio_client(env=env) as c:
+            py = ok(await c.call_tool("run_python", {"code": "print('py')"}))
+            js = ok(await c.call_tool("run_javascript", {"code": "'js'"}))
+            return py["stdout"], js["stdout"]
+
+    before = stats()
+    assert before["entries"] >= 2  # both interpreters, precompiled by setup
+    outputs = [run(one_server()) for _ in range(2)]
+    after = stats()
+    assert outputs == [("py\n", "js\n")] * 2
+    assert after["misses"] == before["misses"], (before, after)
+    assert after["hits"] >= before["hits"] + 4  # two interpreters, two server starts
+    assert after["entries"] == before["entries"]
 
 
 def test_output_over_the_limit_is_refused():
@@ -217,9 +265,9 @@ def test_output_over_the_limit_is_refused():
     assert result.is_error and "output" in text_of(result)
 
 
-def test_session_keeps_globals_and_sessions_are_isolated():
+def test_session_keeps_globals_and_sessions_are_isolated(server):
     async def scenario():
-        async with stdio_client() as c:
+        async with server.connect() as c:
             a = ok(await c.call_tool("start_session", {}))["session"]
             b = ok(await c.call_tool("start_session", {}))["session"]
             code = (
@@ -281,9 +329,9 @@ def test_session_cpu_budget():
     assert fresh["stdout"] == "1\n"  # one session's budget is not another's
 
 
-def test_javascript_prints_and_is_stopped():
+def test_javascript_prints_and_is_stopped(server):
     async def scenario():
-        async with stdio_client() as c:
+        async with server.connect() as c:
             js = ok(
                 await c.call_tool(
                     "run_javascript", {"code": "console.log('hi'); [1,2].map(x => x * 3)"}
@@ -344,7 +392,7 @@ def test_call_export_by_base64_and_by_allowed_path(tmp_path):
     assert bad_args.is_error and "takes 2 arguments" in text_of(bad_args)
 
 
-def test_hostile_modules_do_not_hurt_the_server():
+def test_hostile_modules_do_not_hurt_the_server(server):
     """The attack corpus of the escape and resource-bomb suites, through the tools."""
     cases = [
         (
@@ -367,7 +415,7 @@ def test_hostile_modules_do_not_hurt_the_server():
     ]
 
     async def scenario():
-        async with stdio_client() as c:
+        async with server.connect() as c:
             out = []
             for tool, path, args, _ in cases:
                 out.append(await c.call_tool(tool, {"module_base64": b64(path), **args}))
@@ -402,9 +450,9 @@ def test_hostile_modules_do_not_hurt_the_server():
     assert alive["stdout"] == "42\n"
 
 
-def test_wasi_command_argv_and_stdin():
+def test_wasi_command_argv_and_stdin(server):
     async def scenario():
-        async with stdio_client() as c:
+        async with server.connect() as c:
             return ok(
                 await c.call_tool(
                     "run_wasi_command",
@@ -420,11 +468,11 @@ def test_wasi_command_argv_and_stdin():
     assert data["exit_code"] == 0 and data["stdout"] == "from stdin"
 
 
-def test_audit_tool_matches_audit_json(isolated):
+def test_audit_tool_matches_audit_json(server, isolated):
     module = EXAMPLES / "add.wat"
 
     async def scenario():
-        async with stdio_client() as c:
+        async with server.connect() as c:
             return ok(await c.call_tool("audit_module", {"module_base64": b64(module)}))
 
     report = run(scenario())
@@ -506,6 +554,63 @@ def test_http_bearer_token(tmp_path):
         data = run(scenario())
     assert denied.status_code == 401 and wrong.status_code == 401
     assert data["stdout"] == "ok\n"
+
+
+def test_one_client_cannot_hold_every_session_slot():
+    """The session cap is global and every client on loopback shares an address: one
+    client opens more sessions than the server holds, a second client still gets one (the
+    least recently used idle session is evicted for it) and runs code in it."""
+    with http_server("--max-sessions", "4") as (url, _):
+
+        async def scenario():
+            async with http_client(url) as greedy, http_client(url) as other:
+                held = [ok(await greedy.call_tool("start_session", {}))["session"]]
+                for _ in range(7):
+                    held.append(ok(await greedy.call_tool("start_session", {}))["session"])
+                mine = ok(await other.call_tool("start_session", {}))["session"]
+                code = {"code": "x = 6 * 7\nprint(x)", "session": mine}
+                served = ok(await other.call_tool("run_python", code))
+                oldest = await greedy.call_tool("run_python", {"code": "1", "session": held[0]})
+                return served, oldest
+
+        served, oldest = run(scenario())
+    assert served["stdout"] == "42\n" and served["session"]
+    assert oldest.is_error and "unknown or expired session" in text_of(oldest)
+    assert "evicted" in text_of(oldest)
+
+
+def test_with_tokens_each_token_keeps_its_fair_share_of_sessions(tmp_path):
+    """With several tokens each is a client of its own: a token holding many sessions pays
+    for a newcomer, and its churning evicts its own sessions, never those of a token within
+    its share (here 2 of 4)."""
+    greedy_token, fair_token = "greedy-" + "g" * 20, "fair-" + "f" * 20
+    tokens = tmp_path / "tokens"
+    tokens.write_text(f"# one per client\n{greedy_token}\n\n{fair_token}\n")
+    with http_server("--max-sessions", "4", "--token-file", str(tokens)) as (url, _):
+
+        async def scenario():
+            async with (
+                http_client(url, greedy_token) as greedy,
+                http_client(url, fair_token) as fair,
+            ):
+                for _ in range(4):
+                    ok(await greedy.call_tool("start_session", {}))
+                mine = []
+                for i in range(2):
+                    mine.append(ok(await fair.call_tool("start_session", {}))["session"])
+                    code = {"code": f"v = {i}", "session": mine[-1]}
+                    ok(await fair.call_tool("run_python", code))
+                for _ in range(8):  # all more recent than fair's sessions
+                    ok(await greedy.call_tool("start_session", {}))
+                kept = []
+                for sid in mine:
+                    kept.append(
+                        ok(await fair.call_tool("run_python", {"code": "v", "session": sid}))
+                    )
+                return kept
+
+        kept = run(scenario())
+    assert [k["stdout"] for k in kept] == ["0\n", "1\n"]
 
 
 def test_http_refuses_a_rebound_host_or_a_foreign_origin():
@@ -679,7 +784,7 @@ def test_stdio_client_gone_mid_call_stops_the_server_and_its_workers(tmp_path):
     assert not root.exists()
 
 
-def test_a_session_survives_its_own_corrupted_state():
+def test_a_session_survives_its_own_corrupted_state(server):
     junk = (
         "import os\n"
         "open('/scratch/.wasmsbx/globals.pickle', 'wb').write(b'not a pickle')\n"
@@ -687,7 +792,7 @@ def test_a_session_survives_its_own_corrupted_state():
     )
 
     async def scenario():
-        async with stdio_client() as c:
+        async with server.connect() as c:
             s = ok(await c.call_tool("start_session", {}))["session"]
             ok(await c.call_tool("run_python", {"code": "x = 1", "session": s}))
             ok(await c.call_tool("run_python", {"code": junk, "session": s}))
@@ -702,13 +807,13 @@ def test_a_session_survives_its_own_corrupted_state():
     assert again["stdout"] == "2\n"
 
 
-def test_resource_bombs_and_file_escapes_through_the_tools():
+def test_resource_bombs_and_file_escapes_through_the_tools(server):
     probe = b64(GUESTS / "fsprobe.wasm")
     escapes = [["read", "/etc/passwd"], ["read", "../../../../etc/passwd"], ["ls", "/"]]
     escapes += [["write", "/tmp/wasmsbx-mcp-escape", "x"], ["symlink", "/etc/passwd", "l"]]
 
     async def scenario():
-        async with stdio_client() as c:
+        async with server.connect() as c:
             grow = ok(
                 await c.call_tool(
                     "call_export",
@@ -785,11 +890,11 @@ def test_sigterm_stops_the_http_server_cleanly():
     assert not root.exists()
 
 
-def test_output_that_is_not_utf8_comes_back_as_base64():
+def test_output_that_is_not_utf8_comes_back_as_base64(server):
     code = "import sys\nsys.stdout.buffer.write(b'\\xff\\xfe ok')\nsys.stdout.flush()"
 
     async def scenario():
-        async with stdio_client() as c:
+        async with server.connect() as c:
             return ok(await c.call_tool("run_python", {"code": code}))
 
     data = run(scenario())
@@ -800,7 +905,7 @@ def test_output_that_is_not_utf8_comes_back_as_base64():
 # ------------------------------------------------------------------------------ components
 
 
-def test_call_export_of_a_component_takes_and_gives_typed_values():
+def test_call_export_of_a_component_takes_and_gives_typed_values(server):
     """WIT-typed arguments as typed JSON (or WAVE with wave=true), checked against the
     component's signature; results as typed JSON with their WAVE spelling."""
     types = b64(GUESTS / "components" / "types.wat")
@@ -841,7 +946,7 @@ def test_call_export_of_a_component_takes_and_gives_typed_values():
     ]
 
     async def scenario():
-        async with stdio_client() as c:
+        async with server.connect() as c:
             tools = {t.name: t for t in (await c.list_tools()).tools}
             good = []
             for module, func, args, wave in calls:
@@ -982,7 +1087,7 @@ def test_an_oversized_stdio_message_is_refused_without_being_held():
     assert code == 0  # the client closed stdin: a clean exit
 
 
-def test_component_command_and_audit_through_the_tools():
+def test_component_command_and_audit_through_the_tools(server):
     """A WASI 0.2 command component (C through the preview1 adapter): argv, stdin, host
     files refused, output and time limits; audit_module reports its WIT imports."""
     from .component_guests import c_command
@@ -990,7 +1095,7 @@ def test_component_command_and_audit_through_the_tools():
     command = base64.b64encode(c_command().read_bytes()).decode()
 
     async def scenario():
-        async with stdio_client() as c:
+        async with server.connect() as c:
             args = {"module_base64": command, "argv": ["stdin"], "stdin": "piped\n"}
             piped = ok(await c.call_tool("run_wasi_command", args))
             args = {"module_base64": command, "argv": ["read", "/etc/passwd"]}
@@ -1104,7 +1209,7 @@ def test_a_session_cannot_fill_the_disk_through_scratch():
     assert alive["stdout"] == "alive\n"
 
 
-def test_hostile_session_code_stays_in_its_own_scratch():
+def test_hostile_session_code_stays_in_its_own_scratch(server):
     """Path tricks, symlinks and a poisoned pickle from one session: they reach neither
     another session's folder, nor the host, nor the server (which never unpickles)."""
     tricks = (
@@ -1134,7 +1239,7 @@ def test_hostile_session_code_stays_in_its_own_scratch():
     )
 
     async def scenario():
-        async with stdio_client() as c:
+        async with server.connect() as c:
             a = ok(await c.call_tool("start_session", {}))["session"]
             b = ok(await c.call_tool("start_session", {}))["session"]
             code = f"open('/scratch/secret', 'w').write('{a}')"
@@ -1210,7 +1315,7 @@ def test_over_http_a_session_is_reachable_only_by_the_client_that_started_it():
     assert mine["structuredContent"]["stdout"] == "alice 1\n"
 
 
-def test_javascript_has_no_host_modules_and_keeps_nothing_between_calls():
+def test_javascript_has_no_host_modules_and_keeps_nothing_between_calls(server):
     probes = [
         "typeof std + ' ' + typeof os",
         "try { std.loadFile('/etc/passwd') } catch (e) { 'refused: ' + e.name }",
@@ -1219,7 +1324,7 @@ def test_javascript_has_no_host_modules_and_keeps_nothing_between_calls():
     ]
 
     async def scenario():
-        async with stdio_client() as c:
+        async with server.connect() as c:
             return [ok(await c.call_tool("run_javascript", {"code": p})) for p in probes]
 
     results = [r["stdout"] for r in run(scenario())]

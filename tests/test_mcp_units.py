@@ -113,6 +113,18 @@ def test_rate_limiter_over_a_sliding_minute():
     rate.admit()
 
 
+def test_rate_limiter_over_a_configured_window():
+    now = [0.0]
+    rate = config_mod.RateLimiter(1, clock=lambda: now[0], window=3600.0)
+    rate.admit()
+    now[0] = 3599.0
+    with pytest.raises(errors.LimitExceeded) as info:
+        rate.admit()
+    assert "1 calls per 3600 s" in info.value.message and "retry in 1 s" in info.value.hint
+    now[0] = 3600.0
+    rate.admit()
+
+
 # ------------------------------------------------------------------ stdio cap
 
 
@@ -142,8 +154,6 @@ def test_sessions_are_private_and_removed(tmp_path):
     a, b = sessions.start(), sessions.start()
     assert a.id != b.id and len(a.id) == 32
     assert stat.S_IMODE(a.scratch.stat().st_mode) == 0o700
-    with pytest.raises(errors.LimitExceeded):
-        sessions.start()
     assert sessions.end(a.id) and not a.scratch.exists()
     with pytest.raises(errors.UsageError):
         sessions.get(a.id)
@@ -151,8 +161,62 @@ def test_sessions_are_private_and_removed(tmp_path):
         sessions.get(None)
 
 
+def _busy(session):
+    """Hold the session's lock as a call in flight does."""
+    asyncio.run(session.lock.acquire())
+
+
+def test_a_full_server_evicts_the_least_recently_used_idle_session(tmp_path):
+    """The cap is global: a newcomer is served by evicting the session nobody used for
+    longest among those with no call in flight; only when every one is busy is it refused."""
+    sessions = Sessions(tmp_path, make_config(max_sessions=3, session_idle=1e9))
+    a, b, c = sessions.start(), sessions.start(), sessions.start()
+    a.last_used, b.last_used, c.last_used = 30.0, 10.0, 20.0
+    _busy(b)  # the oldest, but running a call
+    d = sessions.start()
+    assert set(sessions.open) == {a.id, b.id, d.id} and not c.scratch.exists()
+    assert sessions.evicted == 1
+    with pytest.raises(errors.UsageError, match="unknown or expired session"):
+        sessions.get(c.id)
+    for s in (a, d):
+        _busy(s)
+    with pytest.raises(errors.LimitExceeded, match="every one of them is running a call"):
+        sessions.start()
+
+
+def test_the_holder_with_most_sessions_pays_for_a_newcomer(tmp_path):
+    """Holders are tokens (or MCP sessions): a newcomer evicts from whoever holds the most,
+    itself first among equals, so a holder within its fair share keeps its sessions however
+    many the other one starts."""
+    sessions = Sessions(tmp_path, make_config(max_sessions=4, session_idle=1e9))
+    greedy, fair = ("t-greedy", None), ("t-fair", None)
+    hogs = [sessions.start(owner=greedy) for _ in range(4)]
+    for i, s in enumerate(hogs):
+        s.last_used = 100.0 + i  # the greedy ones are all more recent than fair's below
+    mine = sessions.start(owner=fair)
+    mine.last_used = 1.0
+    assert not hogs[0].scratch.exists() and sessions.get(mine.id, fair) is mine
+    second = sessions.start(owner=fair)
+    second.last_used = 2.0
+    assert not hogs[1].scratch.exists()
+    for _ in range(10):  # greedy churns: at 2 of 4 it is tied with fair, so it evicts its own
+        sessions.start(owner=greedy).last_used = 500.0
+    assert sessions.get(mine.id, fair) is mine and sessions.get(second.id, fair) is second
+    holders = [s.holder for s in sessions.open.values()]
+    assert holders.count(("token", "t-greedy")) == 2
+
+
+def test_without_holders_eviction_is_least_recently_used(tmp_path):
+    """stdio and the 2026 protocol over HTTP name no client: plain LRU."""
+    sessions = Sessions(tmp_path, make_config(max_sessions=2, session_idle=1e9))
+    old, recent = sessions.start(), sessions.start()
+    old.last_used, recent.last_used = 1.0, 2.0
+    sessions.start()
+    assert not old.scratch.exists() and recent.scratch.exists()
+
+
 def test_a_session_belongs_to_the_client_that_started_it(tmp_path):
-    alice, mallory = "mcp-session-a", "mcp-session-m"  # MCP session ids (HTTP)
+    alice, mallory = (None, "mcp-session-a"), (None, "mcp-session-m")  # MCP session ids
     sessions = Sessions(tmp_path, make_config())
     s = sessions.start(owner=alice)
     assert sessions.get(s.id, alice) is s
@@ -223,7 +287,7 @@ def test_module_paths_only_from_allowed_dirs(tmp_path, service_in):
     os.mkfifo(allowed / "fifo")
     service = service_in(module_dirs=(str(allowed),))
     copy, digest, label = service.module(str(allowed / "add.wat"), None)
-    assert label == "add.wat"
+    assert label == str(allowed / "add.wat")  # errors name it as the client did
     assert Path(copy).read_bytes() == (allowed / "add.wat").read_bytes()
     for bad, kind in [
         (tmp_path / "secret.wat", errors.PolicyError),
@@ -320,6 +384,32 @@ def test_bearer_auth():
         ]
 
     assert asyncio.run(scenario()) == [401, 401, 200]
+
+
+def test_bearer_auth_with_several_tokens():
+    async def app(scope, receive, send):
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+
+    guard = BearerAuth(app, ["alice-token-0123456", "bob-token-0123456789"])
+
+    async def status(value: bytes):
+        sent = []
+
+        async def send(message):
+            sent.append(message)
+
+        await guard({"type": "http", "headers": [(b"authorization", value)]}, None, send)
+        return sent[0]["status"]
+
+    async def scenario():
+        return [
+            await status(b"Bearer alice-token-0123456"),
+            await status(b"Bearer bob-token-0123456789"),
+            await status(b"Bearer alice-token-0123456 bob-token-0123456789"),
+            await status(b"Bearer "),
+        ]
+
+    assert asyncio.run(scenario()) == [200, 200, 401, 401]
 
 
 # ------------------------------------------------------------------ worker protocol
@@ -522,3 +612,14 @@ def test_every_loopback_address_checks_host_and_origin(host):
     assert f"http://{shown}:*" in settings.allowed_origins
     assert not any("evil" in h for h in settings.allowed_hosts)
     assert not transport_security("10.0.0.1").enable_dns_rebinding_protection
+
+
+def test_native_code_is_not_a_module(tmp_path):
+    """Clients send WebAssembly; an artifact header or ELF is refused before any use."""
+    from wasmsbx.mcp.service import webassembly_only
+
+    webassembly_only(b"\0asm\x01\0\0\0", "m")
+    webassembly_only(b"(module)", "m")
+    for data in (b"\x89WSBX\r\n\x1a" + b"\0" * 16, b"\x7fELF\x02\x01\x01\0", b"(module)\0"):
+        with pytest.raises(errors.ModuleError, match="is not WebAssembly"):
+            webassembly_only(data, "module_base64")

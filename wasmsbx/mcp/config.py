@@ -34,6 +34,7 @@ class ServerConfig(
             "audit_log",
             "request_timeout",
             "max_connections",
+            "rate_window",
         ],
         defaults=(
             1024 * 1024,
@@ -49,6 +50,7 @@ class ServerConfig(
             None,
             30.0,
             64,
+            60.0,
         ),
     )
 ):
@@ -57,7 +59,7 @@ class ServerConfig(
     policy: Any  # the ceiling (wasmsbx.policy.Policy)
     max_request: int  # bytes of tool arguments (code, module, stdin, args) per call
     max_concurrent: int  # calls running at once; more are refused, not queued
-    calls_per_minute: int  # over a sliding minute, all clients together
+    calls_per_minute: int  # over a sliding rate_window (a minute), all clients together
     max_output: int  # stdout + stderr bytes per call (tightens limits.output)
     session_cpu: float  # CPU seconds one session may spend over its life
     session_memory: Optional[int]  # guest memory + scratch bytes of a session (None: policy)
@@ -68,6 +70,7 @@ class ServerConfig(
     audit_log: Optional[str]  # --audit-log FILE
     request_timeout: float  # HTTP: seconds to send a whole request (headers and body)
     max_connections: int  # HTTP: connections open at once; more are closed at accept
+    rate_window: float  # seconds calls_per_minute is counted over (default 60)
     __slots__ = ()
 
     def describe(self) -> dict:
@@ -81,6 +84,7 @@ class ServerConfig(
             "request_size": format_size(self.max_request),
             "concurrent_calls": self.max_concurrent,
             "calls_per_minute": self.calls_per_minute,
+            "rate_window_seconds": self.rate_window,
             "session_cpu_seconds": self.session_cpu,
             "session_memory": format_size(self.session_budget()),
             "session_idle_expiry_seconds": self.session_idle,
@@ -181,22 +185,24 @@ def to_wire(policy: Any, extra_grants: tuple = ()) -> dict:
 
 
 class RateLimiter:
-    """At most ``per_minute`` calls over any sliding 60 s window."""
+    """At most ``limit`` calls over any sliding window of ``window`` seconds (a minute)."""
 
-    def __init__(self, per_minute: int, clock: Any = time.monotonic) -> None:
-        self.per_minute = per_minute
+    def __init__(self, limit: int, clock: Any = time.monotonic, window: float = 60.0) -> None:
+        self.limit = limit
+        self.window = window
         self.clock = clock
         self.times: deque = deque()
 
     def admit(self) -> None:
         now = self.clock()
-        while self.times and now - self.times[0] >= 60:
+        while self.times and now - self.times[0] >= self.window:
             self.times.popleft()
-        if len(self.times) >= self.per_minute:
-            wait = 60 - (now - self.times[0])
+        if len(self.times) >= self.limit:
+            wait = self.window - (now - self.times[0])
+            per = "minute" if self.window == 60 else f"{self.window:g} s"
             raise errors.LimitExceeded(
-                f"rate limit: {self.per_minute} calls per minute reached",
+                f"rate limit: {self.limit} calls per {per} reached",
                 hint=f"retry in {wait:.0f} s",
-                limit_value=self.per_minute,
+                limit_value=self.limit,
             )
         self.times.append(now)

@@ -92,6 +92,8 @@ class WorkerPool:
                 if not reply.get("ok"):
                     message = reply.get("error", {}).get("message", "unknown error")
                     raise errors.BackendUnavailable(f"a worker could not load: {message}")
+                if (reply.get("result") or {}).get("module_load") == "compiled":
+                    _say_compiled(req)
         except BaseException:
             worker.kill()
             self.all.discard(worker)
@@ -169,6 +171,19 @@ class WorkerPool:
                 pass
         self.all.clear()
         self.idle.clear()
+
+
+def _say_compiled(req: dict) -> None:
+    """A worker's warm-up compiled an interpreter: the cache did not hold it for this
+    policy's engine settings and this user's key (or the policy turns the cache off).
+    Said on stderr, free on both transports: it costs seconds of CPU per occurrence."""
+    name = os.path.basename(str(req.get("module")))
+    print(
+        f"wasmsbx mcp: a new worker compiled {name} (not in the cache for this policy); "
+        "`wasmsbx mcp setup` with the same --policy, cache and trust folder avoids it",
+        file=sys.stderr,
+        flush=True,
+    )
 
 
 def deadline_for(timeout: float, grace: float) -> float:

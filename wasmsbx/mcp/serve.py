@@ -64,16 +64,21 @@ def check_port(host: str, port: int) -> None:
 
 
 class BearerAuth:
-    """ASGI middleware: every HTTP request must carry ``Authorization: Bearer <token>``."""
+    """ASGI middleware: every HTTP request must carry ``Authorization: Bearer <token>`` with
+    one of the server's tokens (each compared in constant time, all of them every time)."""
 
-    def __init__(self, app: Any, token: str) -> None:
+    def __init__(self, app: Any, tokens: Any) -> None:
         self.app = app
-        self.expected = f"Bearer {token}".encode()
+        tokens = [tokens] if isinstance(tokens, str) else list(tokens)
+        self.expected = [f"Bearer {t}".encode() for t in tokens]
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope.get("type") == "http":
             got = dict(scope.get("headers") or []).get(b"authorization", b"")
-            if not hmac.compare_digest(got, self.expected):
+            matched = False
+            for expected in self.expected:
+                matched |= hmac.compare_digest(got, expected)
+            if not matched:
                 await send(
                     {
                         "type": "http.response.start",

@@ -28,6 +28,7 @@ from .pool import WorkerPool, deadline_for
 from .sessions import Sessions, scratch_bytes
 
 SCRATCH_POLL = 0.2  # seconds between looks at a running session's scratch folder
+SAVE_RESERVE = 32 * 1024  # of a session's budget, kept for the globals a call saves
 
 # A new worker loading the interpreters (compiling them the first time).
 SPAWN_TIMEOUT = config_mod.INTERPRETER_COMPILE_TIMEOUT + 60
@@ -39,8 +40,9 @@ class Service:
         self.root = Path(tempfile.mkdtemp(prefix="wasmsbx-mcp-"))  # 0700, ours alone
         (self.root / "modules").mkdir(mode=0o700)
         self.sessions = Sessions(self.root, config)
-        self.rate = config_mod.RateLimiter(config.calls_per_minute)
+        self.rate = config_mod.RateLimiter(config.calls_per_minute, window=config.rate_window)
         self.active = 0
+        self._labels: dict = {}  # private module copy -> the name the client knows it by
         self.interpreters = self._find_interpreters()
         reply_limit = 8 * config.output_ceiling() + 4 * 1024 * 1024  # JSON escapes \u00XX
         self.pool = WorkerPool(
@@ -139,14 +141,16 @@ class Service:
                 raise errors.UsageError("module_base64 is not valid base64") from None
             label = "module.wasm"
         else:
-            data, label = self._read_allowed(path), os.path.basename(path)
+            data, label = self._read_allowed(path), path
         if not data:
             raise errors.ModuleError("the module is empty")
+        webassembly_only(data, "module_base64" if data_b64 else f"module_path {path!r}")
         digest = hashlib.sha256(data).hexdigest()
         # One copy per call (removed when the call ends: see run), so a long-running server
         # does not collect modules; workers key compiled code on the digest, not the name.
         copy = self.root / "modules" / f"{digest}-{os.urandom(6).hex()}.wasm"
         copy.write_bytes(data)
+        self._labels[str(copy)] = label
         return str(copy), digest, label
 
     def allowed_dirs(self) -> list:
@@ -177,18 +181,27 @@ class Service:
             fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOCTTY", 0) | os.O_NONBLOCK)
         except OSError as exc:
             raise errors.InputError(f"module_path {path!r}: cannot open: {exc.strerror}") from None
-        with os.fdopen(fd, "rb") as fh:
+        import stat
+
+        try:
+            # Checked on the descriptor before it becomes a file object: Python refuses to
+            # make one of a directory (IsADirectoryError, which no tool error caught).
             real = (
                 Path(os.readlink(f"/proc/self/fd/{fd}"))
                 if os.path.exists("/proc/self/fd")
                 else Path(path).resolve()
             )
             self._inside(path, real, allowed)
-            import stat
-
             if not stat.S_ISREG(os.fstat(fd).st_mode):
                 raise errors.InputError(f"module_path {path!r} is not a regular file")
-            data = fh.read(self.config.max_request + 1)
+        except BaseException:
+            os.close(fd)
+            raise
+        with os.fdopen(fd, "rb") as fh:
+            try:
+                data = fh.read(self.config.max_request + 1)
+            except OSError as exc:
+                raise errors.InputError(f"module_path {path!r}: {exc.strerror}") from None
         if len(data) > self.config.max_request:
             raise errors.LimitExceeded(
                 f"module too large: over {format_size(self.config.max_request)}",
@@ -227,6 +240,8 @@ class Service:
         try:
             result = await self._admitted(req, limits, (session_id, owner), log)
         except BaseException as exc:
+            if isinstance(exc, errors.WasmsbxError):
+                self._scrub(exc, req.get("module"))
             if log is not None:
                 log.failure(exc)
                 log.exit(getattr(exc, "exit_code", errors.ExitCode.INTERRUPTED))
@@ -237,8 +252,28 @@ class Service:
             log.exit(int(result.get("exit_code") or 0))
         return result
 
+    def _scrub(self, exc: errors.WasmsbxError, module: Optional[str]) -> None:
+        """Errors name the module as the client gave it (its path, or module.wasm for
+        bytes), not by a private copy: this call's, or the one a worker compiled the same
+        module from (workers keep compiled modules by digest)."""
+        label = self._labels.get(module or "")
+        if label is None:
+            return
+        import re
+
+        copy = re.compile(r"(?:/\S*/)?[0-9a-f]{64}-[0-9a-f]{12}\.wasm")
+
+        def clean(text: Any) -> Any:
+            return copy.sub(lambda _: label, text) if isinstance(text, str) else text
+
+        exc.message = clean(exc.message)
+        exc.hint = clean(exc.hint)
+        for key, value in list(exc.context.items()):
+            exc.context[key] = clean(value)
+
     def _drop_copy(self, module: Optional[str]) -> None:
         """Remove the call's private module copy (never an interpreter)."""
+        self._labels.pop(module or "", None)
         if module and Path(module).parent == self.root / "modules":
             try:
                 os.unlink(module)
@@ -347,7 +382,10 @@ class Service:
         # A hostile session may hold many files: walk them off the event loop.
         left = await asyncio.to_thread(self.sessions.check_budget, session)
         policy.values["limits.memory"] = min(policy.values["limits.memory"], left)
-        req["file_limit"] = left  # no one file in /scratch grows past what is left
+        # No one file in /scratch grows past what is left, less room for the globals the
+        # guest saves at the end of the call (check_budget leaves at least that much): a
+        # file stopped at EFBIG alone must not take the folder over the budget.
+        req["file_limit"] = max(4096, left - SAVE_RESERVE)
         req["scratch"] = str(session.scratch)
         return (Grant(str(session.scratch), "/scratch", True),)
 
@@ -396,6 +434,25 @@ class _Stats:
         self.warnings = list(stats.get("warnings") or [])
         self.fuel_used = stats.get("fuel_used")
         self.memory_bytes = stats.get("memory_bytes")
+
+
+def webassembly_only(data: bytes, what: str) -> None:
+    """A client sends WebAssembly (binary, or WAT text), never native code: a precompiled
+    artifact or cache entry signed with the server user's key would otherwise be
+    deserialized as machine code on the strength of that user's trust, not the client's."""
+    if data[:4] == b"\0asm":
+        return
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        text = None
+    if text is None or "\x00" in text:
+        raise errors.ModuleError(
+            f"{what} is not WebAssembly: neither a binary module (it starts with \\0asm) "
+            "nor WAT text",
+            hint="send the .wasm or .wat itself; precompiled code (wasmsbx artifacts, cache "
+            "entries, .cwasm, ELF) is never taken from a client",
+        )
 
 
 def rebuild_error(data: dict) -> errors.WasmsbxError:

@@ -4,8 +4,19 @@ A session id is 128 random bits; it is the only way to reach the session, so one
 cannot name another's. A session's folder is created 0700 under the server's private
 root and is preopened (as /scratch) only for that session's calls. Calls of one session
 run one at a time, so "memory per session" is one instance's linear memory plus the bytes
-in the scratch folder. The folder is removed when the session ends, expires, or the
-server stops.
+in the scratch folder. The folder is removed when the session ends, expires, is
+evicted, or the server stops.
+
+Fairness (the cap on open sessions is global): a session idle for ``session_idle`` expires;
+when the cap is reached, a newcomer is never refused while some session has no call in
+flight: one is evicted instead. The victim is the least recently used idle session of the
+*holder* with the most sessions, the newcomer's own holder winning ties, so a holder with
+at most ``max_sessions // holders`` sessions is never evicted by another. A holder is
+the bearer token a client authenticated with (when the server has tokens: a client cannot
+make more of those), else its MCP session id (the 2025 protocol over HTTP), else nobody in
+particular (stdio, the 2026 protocol): then eviction is plain least-recently-used, so a
+client that opens many sessions only pushes out the ones nobody used for longest, and every
+newcomer is served.
 """
 
 from __future__ import annotations
@@ -24,6 +35,16 @@ from ..units import format_size
 MAX_ENTRIES = 100_000  # a scratch folder with more files than this counts as over budget
 
 
+def holder_of(owner: Any) -> Any:
+    """Whom a session counts against for fairness: the token's principal, else the MCP
+    session id, else None (one anonymous holder). ``owner`` is what tools._client gives:
+    None, or a (principal, mcp_session_id) pair."""
+    if not owner:
+        return None
+    principal, mcp_session = owner
+    return ("token", principal) if principal else ("mcp", mcp_session)
+
+
 class Session:
     def __init__(self, sid: str, scratch: Path, owner: Any = None) -> None:
         self.id = sid
@@ -36,6 +57,7 @@ class Session:
         self.cpu_used = 0.0
         self.calls = 0
         self.lock = asyncio.Lock()
+        self.holder = holder_of(owner)
 
     def to_dict(self, config: Any) -> dict:
         return {
@@ -78,21 +100,42 @@ class Sessions:
         self.root = root
         self.config = config
         self.open: dict = {}
+        self.evicted = 0  # sessions evicted for newcomers since the server started
 
     def start(self, owner: Any = None) -> Session:
         self.reap()
         if len(self.open) >= self.config.max_sessions:
-            raise errors.LimitExceeded(
-                f"session limit: {self.config.max_sessions} sessions are open",
-                hint="end a session you no longer need (end_session), or call without one",
-                limit_value=self.config.max_sessions,
-            )
+            victim = self.victim(holder_of(owner))
+            if victim is None:
+                raise errors.LimitExceeded(
+                    f"session limit: {self.config.max_sessions} sessions are open and every "
+                    "one of them is running a call",
+                    hint="retry when a call has finished, or call without a session",
+                    limit_value=self.config.max_sessions,
+                )
+            self._remove(victim.id)
+            self.evicted += 1
         sid = secrets.token_hex(16)
         scratch = self.root / f"session-{sid}"
         scratch.mkdir(mode=0o700)
         session = Session(sid, scratch, owner)
         self.open[sid] = session
         return session
+
+    def victim(self, newcomer: Any = None) -> Optional[Session]:
+        """The session to evict for a newcomer (holder ``newcomer``): the least recently
+        used one with no call in flight, of the holder that has the most sessions (the
+        newcomer's own holder first among equals); None if every session is busy."""
+        counts: dict = {}
+        for s in self.open.values():
+            counts[s.holder] = counts.get(s.holder, 0) + 1
+        idle = [s for s in self.open.values() if not s.lock.locked()]
+        if not idle:
+            return None
+        return min(
+            idle,
+            key=lambda s: (-counts[s.holder], s.holder != newcomer, s.last_used),
+        )
 
     def _owned(self, sid: Optional[str], owner: Any) -> Optional[Session]:
         """The session ``sid`` if ``owner`` started it (no owner: any caller, as in tests
@@ -108,8 +151,9 @@ class Sessions:
         if session is None:
             raise errors.UsageError(
                 "unknown or expired session",
-                hint=f"sessions expire after {self.config.session_idle:g} s without a call; "
-                "start a new one with start_session",
+                hint=f"sessions expire after {self.config.session_idle:g} s without a call, "
+                "and when the server is full the least recently used are evicted; start a "
+                "new one with start_session",
             )
         return session
 

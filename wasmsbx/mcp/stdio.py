@@ -21,6 +21,7 @@ from typing import Any, Optional
 CHUNK = 1024 * 1024  # bytes per read from the pipe
 HEAD = 64 * 1024  # of an oversized message: kept to find its id, the rest is dropped
 TOO_LARGE = -32600  # JSON-RPC "Invalid Request"
+PARSE_ERROR = -32700  # JSON-RPC "Parse error" (or not a JSON-RPC message)
 
 
 class LineWriter:
@@ -81,10 +82,41 @@ class CappedLines:
         while True:
             line = self._take_line()
             if line is not None:
-                return line.decode("utf-8", "replace")
+                text = line.decode("utf-8", "replace")
+                if await self._parses(text, line):
+                    return text
+                continue
             if self.eof:
                 raise StopAsyncIteration
             await self._fill()
+
+    async def _parses(self, text: str, line: bytes) -> bool:
+        """Whether the SDK will parse ``text``; if not, the client gets a JSON-RPC error
+        with the message's id here. The SDK drops a message it cannot parse without a
+        reply, so a request the client could send (e.g. JSON with a lone surrogate escape,
+        "\\ud800", which the SDK's parser refuses) would wait for ever."""
+        if not text.strip():
+            return True
+        from mcp import types
+
+        try:
+            types.jsonrpc_message_adapter.validate_json(text, by_name=False)
+        except ValueError as exc:
+            lines = str(exc).strip().splitlines()
+            reason = (lines[1] if len(lines) > 1 else lines[0] if lines else "invalid").strip()
+            reason = reason.split(" [type=")[0]  # not the input pydantic quotes back
+            await self.writer.send_line(
+                {
+                    "jsonrpc": "2.0",
+                    "id": message_id(line[:HEAD]),
+                    "error": {
+                        "code": PARSE_ERROR,
+                        "message": f"invalid message: {reason[:200]}",
+                    },
+                }
+            )
+            return False
+        return True
 
     def _take_line(self) -> Optional[bytes]:
         end = self.buf.find(b"\n")

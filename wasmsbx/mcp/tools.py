@@ -350,15 +350,25 @@ def build(service: Service) -> Any:
     return server
 
 
-def _client(ctx: Any) -> Optional[str]:
-    """Who is calling: the MCP session id over HTTP (one per client that initialized);
-    None over stdio, where the process has one client."""
+def _client(ctx: Any) -> Optional[tuple]:
+    """Who is calling, over HTTP: (the bearer token's principal, the MCP session id), either
+    None when absent; None over stdio, where the process has one client. The token was
+    checked by serve.BearerAuth before the request got here; it is kept only as a digest."""
     try:
         request = ctx.request_context.request if ctx is not None else None
     except ValueError:  # no request context
         return None
     headers = getattr(request, "headers", None)
-    return headers.get("mcp-session-id") if headers is not None else None
+    if headers is None:
+        return None
+    auth = headers.get("authorization")
+    principal = None
+    if auth:
+        import hashlib
+
+        principal = hashlib.sha256(auth.encode("utf-8", "replace")).hexdigest()[:32]
+    mcp_session = headers.get("mcp-session-id")
+    return (principal, mcp_session) if principal or mcp_session else None
 
 
 def _sha(name: str) -> str:

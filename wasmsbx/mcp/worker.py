@@ -85,7 +85,7 @@ class Worker:
         kind = "call" if op in ("call", "javascript", "warm") else "command"
         box = self.sandbox(req["module"], req["sha256"], policy, kind)
         if op == "warm":  # compile (or load from the cache) before the first real call
-            return {}
+            return {"module_load": self.load}
         info = _sandbox_info(box, req["sha256"])
         if op == "call":
             data = _call(box, req["function"], req.get("args") or [], bool(req.get("wave")))

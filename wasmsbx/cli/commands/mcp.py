@@ -24,7 +24,7 @@ TOKEN_FILE = typer.Option(
     None,
     "--token-file",
     metavar="FILE",
-    help="Bearer token clients must send (else $WASMSBX_MCP_TOKEN).",
+    help="Bearer tokens, one per line; each is a client of its own (else $WASMSBX_MCP_TOKEN).",
 )
 MODULE_DIR = typer.Option(
     None, "--module-dir", metavar="DIR", help="A directory modules may be read from by path."
@@ -32,6 +32,12 @@ MODULE_DIR = typer.Option(
 MAX_REQUEST = typer.Option("1MiB", "--max-request", metavar="SIZE", help="Arguments per call.")
 MAX_CONCURRENT = typer.Option(4, "--max-concurrent", metavar="N", help="Calls at once.")
 RATE = typer.Option(120, "--calls-per-minute", metavar="N", help="Calls per minute, in all.")
+RATE_WINDOW = typer.Option(
+    "1m",
+    "--rate-window",
+    metavar="DURATION",
+    help="The sliding window --calls-per-minute counts over (N calls per window).",
+)
 MAX_OUTPUT = typer.Option("1MiB", "--max-output", metavar="SIZE", help="stdout+stderr per call.")
 SESSION_CPU = typer.Option("60s", "--session-cpu", metavar="DURATION", help="CPU per session.")
 SESSION_MEMORY = typer.Option(
@@ -84,6 +90,7 @@ def serve(
     max_request: str = MAX_REQUEST,
     max_concurrent: int = MAX_CONCURRENT,
     calls_per_minute: int = RATE,
+    rate_window: str = RATE_WINDOW,
     max_output: str = MAX_OUTPUT,
     session_cpu: str = SESSION_CPU,
     session_memory: Optional[str] = SESSION_MEMORY,
@@ -120,6 +127,7 @@ def serve(
         audit_log=_audit_log(audit_log),
         request_timeout=_parse(parse_duration, request_timeout, "--request-timeout"),
         max_connections=_positive(max_connections, "--max-connections"),
+        rate_window=_parse(parse_duration, rate_window, "--rate-window"),
     )
     token = _token(token_file)
     run_server(config, "http" if http else "stdio", host, port, token, allow_remote)
@@ -183,20 +191,36 @@ def _audit_log(path: Optional[str]) -> Optional[str]:
     return os.path.abspath(path)
 
 
-def _token(token_file: Optional[str]) -> Optional[str]:
+def _token(token_file: Optional[str]) -> Optional[list]:
+    """The bearer tokens: one per line of --token-file (blank lines and ``#`` comments
+    skipped; each token is a client of its own for session fairness), else
+    $WASMSBX_MCP_TOKEN; None when there is none."""
     if token_file:
         try:
             with open(token_file, encoding="utf-8") as fh:
-                token = fh.read().strip()
-        except OSError as exc:
-            raise errors.InputError(f"--token-file {token_file}: {exc.strerror}") from None
+                text = fh.read(1024 * 1024)
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = getattr(exc, "strerror", None) or "not UTF-8 text"
+            raise errors.InputError(f"--token-file {token_file}: {reason}") from None
+        tokens = [
+            line.strip()
+            for line in text.splitlines()
+            if line.strip() and not line.strip().startswith("#")
+        ]
+        if not tokens:
+            raise errors.UsageError(
+                f"--token-file {token_file}: no token in it",
+                hint="write one token (at least 16 random characters) per line",
+            )
     else:
-        token = os.environ.get("WASMSBX_MCP_TOKEN", "").strip() or None
-    if token is not None and len(token) < 16:
+        token = os.environ.get("WASMSBX_MCP_TOKEN", "").strip()
+        tokens = [token] if token else []
+    if any(len(t) < 16 or any(c.isspace() for c in t) for t in tokens):
         raise errors.UsageError(
-            "the bearer token is too short", hint="use at least 16 random characters"
+            "a bearer token is too short or contains spaces",
+            hint="use at least 16 random characters per token, one token per line",
         )
-    return token
+    return tokens or None
 
 
 @boundary
