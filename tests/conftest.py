@@ -218,22 +218,10 @@ WARM_WASMER_PROBES = frozenset(
 
 
 @pytest.fixture(autouse=True)
-def isolated(request, tmp_path, monkeypatch):
+def isolated(tmp_path, monkeypatch):
     """Every test gets its own cache dir, trust folder (keys) and a cwd without a
-    sandbox.toml.
-
-    In the modules of ``WARM_WASMER_PROBES`` the cache dir starts with wasmer's probe
-    verdicts, as after any earlier run: each CLI child there would otherwise probe the
-    three compilers in children of its own (0.09 s of CPU of the 0.19 s a small
-    `wasmsbx run` costs on the 3.9 leg). Probing itself: tests/test_wasmer_probe.py, and
-    every CLI child of the other modules."""
+    sandbox.toml."""
     cache = tmp_path / "cache"
-    if request.module.__name__ in WARM_WASMER_PROBES:
-        verdicts = wasmer_probe_verdicts()
-        if verdicts:
-            os.makedirs(cache / "probes")  # as wasmsbx's own probe leaves them
-            for name, data in verdicts:
-                (cache / "probes" / name).write_bytes(data)
     monkeypatch.setenv("WASMSBX_CACHE_DIR", str(cache))
     monkeypatch.setenv("WASMSBX_TRUST_DIR", str(tmp_path / "trust"))  # keys: never ~/.config
     monkeypatch.setenv("NO_COLOR", "1")
@@ -242,6 +230,21 @@ def isolated(request, tmp_path, monkeypatch):
     work.mkdir()
     monkeypatch.chdir(work)
     return work
+
+
+@pytest.fixture(autouse=True)
+def warm_wasmer_probes(request, isolated) -> None:
+    """In the modules of ``WARM_WASMER_PROBES`` the test's cache dir starts with wasmer's
+    probe verdicts, as after any earlier run: each CLI child there would otherwise probe
+    the three compilers in children of its own (0.09 s of CPU of the 0.19 s a small
+    `wasmsbx run` costs on the 3.9 leg). Probing itself: tests/test_wasmer_probe.py, and
+    every CLI child of the other modules."""
+    if request.module.__name__ not in WARM_WASMER_PROBES:
+        return
+    cache = isolated.parent / "cache"
+    for name, data in wasmer_probe_verdicts():
+        os.makedirs(cache / "probes", exist_ok=True)  # as wasmsbx's own probe leaves them
+        (cache / "probes" / name).write_bytes(data)
 
 
 class Result:
