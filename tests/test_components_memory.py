@@ -209,3 +209,61 @@ def test_adapted_c_command_exit_code_kept_without_a_figure(cli):
     out = cli("run", "--json", str(c_command()), "--", "exit", "3")
     assert out.code == 1
     assert json.loads(out.stdout)["stats"]["memory_bytes"] is None
+
+
+# A nested component that reaches its parent's core module through an outer alias (or
+# gets it as an import) and instantiates it: the scan read the nested component's own
+# module list by that index and counted none of the memory, so the per-memory cap let
+# the memories together hold twice limits.memory, and the probe missed the memory.
+BIG = """
+  (core module $big
+    (memory 1)
+    (func (export "grow") (param i32) (result i32) (memory.grow (local.get 0))))
+"""
+OUTER_ALIAS = f"""
+(component {BIG}
+  (component $inner
+    (alias outer 1 $big (core module $b))
+    (core module $tiny)
+    (core instance $i (instantiate $b))
+    (func (export "grow") (param "n" s32) (result s32) (canon lift (core func $i "grow"))))
+  (instance $n (instantiate $inner))
+  (core instance $top (instantiate $big))
+  (func (export "top-grow") (param "n" s32) (result s32) (canon lift (core func $top "grow")))
+  (alias export $n "grow" (func $ng))
+  (export "inner-grow" (func $ng))
+)
+"""
+IMPORTED_MODULE = f"""
+(component {BIG}
+  (component $inner
+    (import "m" (core module $b (export "grow" (func (param i32) (result i32)))))
+    (core module $tiny)
+    (core instance $i (instantiate $b))
+    (func (export "grow") (param "n" s32) (result s32) (canon lift (core func $i "grow"))))
+  (instance $n (instantiate $inner (with "m" (core module $big))))
+  (alias export $n "grow" (func $ng))
+  (export "inner-grow" (func $ng))
+)
+"""
+
+
+def test_outer_aliased_module_memory_counts_against_the_limit(tmp_path):
+    path = tmp_path / "outer.wasm"
+    path.write_bytes(_wasm(OUTER_ALIAS))
+    assert len(binary.scan(path.read_bytes()).memories) == 2
+    box = _box(path, {"instances": 3, "memory": "4MiB"})
+    grown = [box.invoke("inner-grow", [62]).value, box.invoke("top-grow", [62]).value]
+    assert -1 in grown  # two memories of 63 pages each would be 8 MiB under a 4 MiB limit
+    assert box.invoke("top-grow", [0]).stats.memory_bytes is None  # the probe cannot see it
+    box.close()
+
+
+def test_nested_component_instantiating_an_imported_module_is_refused(cli, tmp_path):
+    path = tmp_path / "imported.wasm"
+    path.write_bytes(_wasm(IMPORTED_MODULE))
+    for args in (("run", str(path), "inner-grow", "1"), ("audit", str(path))):
+        out = cli(*args)
+        assert out.code == 102, out
+        assert "cannot count the memories" in out.stderr and "hint:" in out.stderr
+        assert "Traceback" not in out.stderr
