@@ -262,7 +262,11 @@ def test_outer_aliased_module_memory_counts_against_the_limit(tmp_path):
 def test_nested_component_instantiating_an_imported_module_is_refused(cli, tmp_path):
     path = tmp_path / "imported.wasm"
     path.write_bytes(_wasm(IMPORTED_MODULE))
-    for args in (("run", str(path), "inner-grow", "1"), ("audit", str(path))):
+    for args in (
+        ("run", str(path), "inner-grow", "1"),
+        ("audit", str(path)),
+        ("bench", str(path), "inner-grow", "1"),  # was exit 100, the class name, no hint
+    ):
         out = cli(*args)
         assert out.code == 102, out
         assert "cannot count the memories" in out.stderr and "hint:" in out.stderr
