@@ -144,7 +144,7 @@ class _Scope:
     def __init__(self) -> None:
         self.modules: list = []
         self.components: list = []
-        self._memories: dict = {}  # module index -> its memories (read once)
+        self._memories: dict = {}  # module index, and module offset -> its memories (read once)
 
     def memories_of(self, data: memoryview, index: int) -> list:
         found = self._memories.get(index)
@@ -157,7 +157,10 @@ class _Scope:
                     f"core module {index} is imported or taken from an instance: "
                     "wasmsbx cannot count the memories it makes"
                 )
-            found = self._memories[index] = _module_memories(data, module)
+            found = self._memories.get(module.offset)
+            if found is None:
+                found = self._memories[module.offset] = _module_memories(data, module)
+            self._memories[index] = found
         return found
 
     def component(self, index: int) -> Layout:
