@@ -271,3 +271,32 @@ def test_nested_component_instantiating_an_imported_module_is_refused(cli, tmp_p
         assert out.code == 102, out
         assert "cannot count the memories" in out.stderr and "hint:" in out.stderr
         assert "Traceback" not in out.stderr
+
+
+# An alias to a hidden memory export the module does not have: invalid as written (wasmtime
+# and `wasm-tools validate` refuse it), and it became valid once the rewrite added that
+# export, so the component ran under wasmsbx only.
+HIDDEN_ALIAS = """
+(component
+  (core module $m (memory 1) (func (export "size") (result i32) (memory.size)))
+  (core module $n
+    (import "x" "mem" (memory 1))
+    (func (export "size") (result i32) (memory.size)))
+  (core instance $i (instantiate $m))
+  (alias core export $i "wasmsbx:memory:0" (core memory $mm))
+  (core instance $x (export "mem" (memory $mm)))
+  (core instance $j (instantiate $n (with "x" (instance $x))))
+  (func (export "size") (result s32) (canon lift (core func $j "size")))
+)
+"""
+
+
+def test_alias_to_a_hidden_export_stays_invalid(cli, tmp_path):
+    from wasmsbx.backends.limits import HIDDEN_EXPORT
+
+    assert HIDDEN_ALIAS.count(HIDDEN_EXPORT + "0") == 1  # the name the rewrite would add
+    path = tmp_path / "hidden.wasm"
+    path.write_bytes(_wasm(HIDDEN_ALIAS))
+    assert probe.instrument(path.read_bytes()) is None
+    out = cli("run", str(path), "size")
+    assert out.code == 102 and "no export named" in out.stderr, out
