@@ -212,38 +212,34 @@ def _index_spaces(data: memoryview, pos: int, section: int, scopes: tuple) -> No
                 pos = _skip_externdesc(data, pos + 1)
             else:
                 pos += 1
-            _append(scope, sort, lambda space: space[index] if index < len(space) else None)
+            _append(scope, sort, _item(scope, sort, index))
             continue
         target = data[pos]
         pos += 1
         if target in (0x00, 0x01):  # an instance's export: unknown
             pos = _skip_name(data, _leb(data, pos)[1])
-            _append(scope, sort, lambda space: None)
+            _append(scope, sort, None)
         elif target == 0x02:  # outer: ct enclosing components up, index there
             ct, pos = _leb(data, pos)
             index, pos = _leb(data, pos)
             if ct >= len(scopes):
                 raise ComponentFormatError(f"outer alias {ct} levels up")
-            there = scopes[-1 - ct]
-            _append(
-                scope,
-                sort,
-                lambda space, there=there: _outer(there, space, sort, index),
-            )
+            _append(scope, sort, _item(scopes[-1 - ct], sort, index))
         else:
             raise ComponentFormatError(f"unknown alias target 0x{target:02x}")
 
 
-def _outer(there: "_Scope", space: list, sort: tuple, index: int):
-    items = there.modules if sort == (True, _CORE_MODULE_SORT) else there.components
+def _item(scope: _Scope, sort: tuple, index: int) -> object:
+    """What ``index`` names in ``scope``'s index space of ``sort`` (None: unknown)."""
+    items = scope.modules if sort == (True, _CORE_MODULE_SORT) else scope.components
     return items[index] if index < len(items) else None
 
 
-def _append(scope: "_Scope", sort: tuple, pick) -> None:
+def _append(scope: _Scope, sort: tuple, item: object) -> None:
     if sort == (True, _CORE_MODULE_SORT):
-        scope.modules.append(pick(scope.modules))
+        scope.modules.append(item)
     elif sort == (False, _COMPONENT_SORT):
-        scope.components.append(pick(scope.components))
+        scope.components.append(item)
 
 
 def _sort(data: memoryview, pos: int) -> tuple:
