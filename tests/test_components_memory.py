@@ -300,3 +300,40 @@ def test_alias_to_a_hidden_export_stays_invalid(cli, tmp_path):
     assert probe.instrument(path.read_bytes()) is None
     out = cli("run", str(path), "size")
     assert out.code == 102 and "no export named" in out.stderr, out
+
+
+# The same through a component: a nested component instantiating its parent's component
+# (an outer alias) twice was counted as making nothing.
+OUTER_COMPONENT = """
+(component
+  (component $leaf
+    (core module $big
+      (memory 1)
+      (func (export "grow") (param i32) (result i32) (memory.grow (local.get 0))))
+    (core instance $i (instantiate $big))
+    (func (export "grow") (param "n" s32) (result s32) (canon lift (core func $i "grow"))))
+  (component $mid
+    (alias outer 1 $leaf (component $l))
+    (instance $a (instantiate $l))
+    (instance $b (instantiate $l))
+    (alias export $a "grow" (func $ga))
+    (alias export $b "grow" (func $gb))
+    (export "ga" (func $ga))
+    (export "gb" (func $gb)))
+  (instance $m (instantiate $mid))
+  (alias export $m "ga" (func $ga))
+  (alias export $m "gb" (func $gb))
+  (export "ga" (func $ga))
+  (export "gb" (func $gb))
+)
+"""
+
+
+def test_outer_aliased_component_counts_against_the_limit(tmp_path):
+    path = tmp_path / "outerc.wasm"
+    path.write_bytes(_wasm(OUTER_COMPONENT))
+    layout = binary.scan(path.read_bytes())
+    assert len(layout.memories) == 2 and layout.core_instances == 2
+    box = _box(path, {"instances": 3, "memory": "4MiB"})
+    assert -1 in [box.invoke("ga", [62]).value, box.invoke("gb", [62]).value]
+    box.close()
