@@ -209,3 +209,131 @@ def test_adapted_c_command_exit_code_kept_without_a_figure(cli):
     out = cli("run", "--json", str(c_command()), "--", "exit", "3")
     assert out.code == 1
     assert json.loads(out.stdout)["stats"]["memory_bytes"] is None
+
+
+# A nested component that reaches its parent's core module through an outer alias (or
+# gets it as an import) and instantiates it: the scan read the nested component's own
+# module list by that index and counted none of the memory, so the per-memory cap let
+# the memories together hold twice limits.memory, and the probe missed the memory.
+BIG = """
+  (core module $big
+    (memory 1)
+    (func (export "grow") (param i32) (result i32) (memory.grow (local.get 0))))
+"""
+OUTER_ALIAS = f"""
+(component {BIG}
+  (component $inner
+    (alias outer 1 $big (core module $b))
+    (core module $tiny)
+    (core instance $i (instantiate $b))
+    (func (export "grow") (param "n" s32) (result s32) (canon lift (core func $i "grow"))))
+  (instance $n (instantiate $inner))
+  (core instance $top (instantiate $big))
+  (func (export "top-grow") (param "n" s32) (result s32) (canon lift (core func $top "grow")))
+  (alias export $n "grow" (func $ng))
+  (export "inner-grow" (func $ng))
+)
+"""
+IMPORTED_MODULE = f"""
+(component {BIG}
+  (component $inner
+    (import "m" (core module $b (export "grow" (func (param i32) (result i32)))))
+    (core module $tiny)
+    (core instance $i (instantiate $b))
+    (func (export "grow") (param "n" s32) (result s32) (canon lift (core func $i "grow"))))
+  (instance $n (instantiate $inner (with "m" (core module $big))))
+  (alias export $n "grow" (func $ng))
+  (export "inner-grow" (func $ng))
+)
+"""
+
+
+def test_outer_aliased_module_memory_counts_against_the_limit(tmp_path):
+    path = tmp_path / "outer.wasm"
+    path.write_bytes(_wasm(OUTER_ALIAS))
+    assert len(binary.scan(path.read_bytes()).memories) == 2
+    box = _box(path, {"instances": 3, "memory": "4MiB"})
+    grown = [box.invoke("inner-grow", [62]).value, box.invoke("top-grow", [62]).value]
+    assert -1 in grown  # two memories of 63 pages each would be 8 MiB under a 4 MiB limit
+    assert box.invoke("top-grow", [0]).stats.memory_bytes is None  # the probe cannot see it
+    box.close()
+
+
+def test_nested_component_instantiating_an_imported_module_is_refused(cli, tmp_path):
+    path = tmp_path / "imported.wasm"
+    path.write_bytes(_wasm(IMPORTED_MODULE))
+    for args in (
+        ("run", str(path), "inner-grow", "1"),
+        ("audit", str(path)),
+        ("bench", str(path), "inner-grow", "1"),  # was exit 100, the class name, no hint
+    ):
+        out = cli(*args)
+        assert out.code == 102, out
+        assert "cannot count the memories" in out.stderr and "hint:" in out.stderr
+        assert "Traceback" not in out.stderr
+
+
+# An alias to a hidden memory export the module does not have: invalid as written (wasmtime
+# and `wasm-tools validate` refuse it), and it became valid once the rewrite added that
+# export, so the component ran under wasmsbx only.
+HIDDEN_ALIAS = """
+(component
+  (core module $m (memory 1) (func (export "size") (result i32) (memory.size)))
+  (core module $n
+    (import "x" "mem" (memory 1))
+    (func (export "size") (result i32) (memory.size)))
+  (core instance $i (instantiate $m))
+  (alias core export $i "wasmsbx:memory:0" (core memory $mm))
+  (core instance $x (export "mem" (memory $mm)))
+  (core instance $j (instantiate $n (with "x" (instance $x))))
+  (func (export "size") (result s32) (canon lift (core func $j "size")))
+)
+"""
+
+
+def test_alias_to_a_hidden_export_stays_invalid(cli, tmp_path):
+    from wasmsbx.backends.limits import HIDDEN_EXPORT
+
+    assert HIDDEN_ALIAS.count(HIDDEN_EXPORT + "0") == 1  # the name the rewrite would add
+    path = tmp_path / "hidden.wasm"
+    path.write_bytes(_wasm(HIDDEN_ALIAS))
+    assert probe.instrument(path.read_bytes()) is None
+    out = cli("run", str(path), "size")
+    assert out.code == 102 and "no export named" in out.stderr, out
+
+
+# The same through a component: a nested component instantiating its parent's component
+# (an outer alias) twice was counted as making nothing.
+OUTER_COMPONENT = """
+(component
+  (component $leaf
+    (core module $big
+      (memory 1)
+      (func (export "grow") (param i32) (result i32) (memory.grow (local.get 0))))
+    (core instance $i (instantiate $big))
+    (func (export "grow") (param "n" s32) (result s32) (canon lift (core func $i "grow"))))
+  (component $mid
+    (alias outer 1 $leaf (component $l))
+    (instance $a (instantiate $l))
+    (instance $b (instantiate $l))
+    (alias export $a "grow" (func $ga))
+    (alias export $b "grow" (func $gb))
+    (export "ga" (func $ga))
+    (export "gb" (func $gb)))
+  (instance $m (instantiate $mid))
+  (alias export $m "ga" (func $ga))
+  (alias export $m "gb" (func $gb))
+  (export "ga" (func $ga))
+  (export "gb" (func $gb))
+)
+"""
+
+
+def test_outer_aliased_component_counts_against_the_limit(tmp_path):
+    path = tmp_path / "outerc.wasm"
+    path.write_bytes(_wasm(OUTER_COMPONENT))
+    layout = binary.scan(path.read_bytes())
+    assert len(layout.memories) == 2 and layout.core_instances == 2
+    box = _box(path, {"instances": 3, "memory": "4MiB"})
+    assert -1 in [box.invoke("ga", [62]).value, box.invoke("gb", [62]).value]
+    box.close()

@@ -79,3 +79,33 @@ def test_release_leaves_a_store_whose_call_still_runs():
         pass  # closed
     else:
         raise AssertionError("release() left the store open")
+
+
+def test_release_leaves_the_stores_while_a_daemon_thread_lives():
+    """A daemon thread calling a guest in a loop is between two calls (no watch) when the
+    hook looks, and enters the next call as the store closes: the exit segfaulted (3 runs
+    in 28). With a daemon thread alive the stores are left as they are."""
+    import threading
+
+    import wasmtime
+
+    from wasmsbx.backends.wasmtime import teardown
+
+    store = wasmtime.Store()
+    teardown.track(store, [])
+    stop = threading.Event()
+    worker = threading.Thread(target=stop.wait, daemon=True)
+    worker.start()
+    try:
+        assert teardown.release(wait=0.01) is False
+        store.set_epoch_deadline(1)  # still open: usable
+    finally:
+        stop.set()
+        worker.join()
+    assert teardown.release(wait=1.0) is True
+    try:
+        store.set_epoch_deadline(1)
+    except ValueError:
+        pass  # closed
+    else:
+        raise AssertionError("release() left the store open")

@@ -147,7 +147,7 @@ def audit_component(path: str, wasm: bytes, policy: Any) -> ComponentAuditReport
     try:
         layout = binary.scan(wasm)
     except binary.ComponentFormatError as exc:
-        raise errors.ModuleError(f"{path}: {exc}", path=str(path)) from None
+        raise errors.ModuleError(f"{path}: {exc}", hint=exc.hint, path=str(path)) from None
     facts = ComponentFacts(
         len(wasm), hashlib.sha256(wasm).hexdigest(), ADAPTER_MARK in wasm, layout
     )

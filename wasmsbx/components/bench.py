@@ -26,10 +26,14 @@ def prepare(case: Any, result: Any, wasm: bytes) -> dict:
     from .sandbox import ComponentSandbox
 
     result.sha256 = hashlib.sha256(wasm).hexdigest()
+    name = Path(case.module).name
+    try:  # what BenchEngine scans for the limits: refused here, with its hint
+        binary.scan(wasm)
+    except binary.ComponentFormatError as exc:
+        raise errors.ModuleError(f"{name}: {exc}", hint=exc.hint) from None
     engine = runtime.ComponentEngine(WasmtimeEngine(EngineOptions(optimize="none")))
     component = engine.compile(wasm)  # introspection only; each backend compiles its own
     exports = runtime.exports(engine, component, runtime.has_probe(engine, component, wasm))
-    name = Path(case.module).name
     prepared = {"wasm": wasm, "features": frozenset({"component-model"}), "typed": []}
     prepared.update(component=True, exports=[], component_exports=exports)
     if case.function is None:

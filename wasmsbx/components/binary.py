@@ -6,8 +6,13 @@ store's limits from the policy:
 
 - ``core_instances``: core instances made by ``instantiate`` (the inline-export form
   makes none). wasmtime's instance limit counts exactly these: 4 for a C command built
-  with the preview1 adapter (main, adapter, shim, fixup). Nested components are counted
-  once per entry of their parent's instance section, an upper bound.
+  with the preview1 adapter (main, adapter, shim, fixup). A nested component counts
+  once per instantiation of it.
+- The core module and component index spaces are followed through aliases, imports and
+  exports, so an index names the module it names for wasmtime (an outer alias reaches
+  the parent's). A component that instantiates a core module or component it imports or
+  takes from an instance's exports is refused (ComponentUnsupported): what it makes
+  cannot be counted, and an undercount would loosen the per-memory cap.
 - ``memories``: ``(min_bytes, max_bytes or None)`` of every linear memory a core module
   defines, once per instantiation. Imported memories are the same memory again.
 
@@ -55,25 +60,42 @@ class Layout(
 class ComponentFormatError(ValueError):
     """The component binary is truncated or malformed where the scan reads it."""
 
+    hint: Optional[str] = "check it with `wasm-tools validate`"
+
+
+class ComponentUnsupported(ComponentFormatError):
+    """A valid component whose core instances or memories the scan cannot count: its
+    limits could not be enforced, so it is refused."""
+
+    hint = (
+        "wasmsbx runs components whose core modules and nested components are defined "
+        "in the component itself (not imported, not taken from an instance's exports)"
+    )
+
 
 def scan(data: bytes) -> Layout:
     """The layout of the component ``data`` (ComponentFormatError if it cannot be read)."""
     try:
         return _scan(memoryview(data), 0, len(data), 0)
+    except ComponentUnsupported as exc:
+        raise ComponentUnsupported(f"component not supported: {exc}") from None
     except (IndexError, FactsError, ComponentFormatError) as exc:
         reason = str(exc) if not isinstance(exc, IndexError) else "unexpected end of the binary"
         raise ComponentFormatError(f"malformed component: {reason}") from None
 
 
-def _scan(data: memoryview, start: int, end: int, depth: int) -> Layout:
+def _scan(data: memoryview, start: int, end: int, depth: int, outer: tuple = ()) -> Layout:
+    """The layout of the component whose bytes are ``data[start:end]``; ``outer``: the
+    enclosing components' scopes (innermost last), which outer aliases reach into."""
     if depth > MAX_DEPTH:
         raise ComponentFormatError(f"components nested more than {MAX_DEPTH} deep")
     pos = start + 8
-    modules: list = []
+    scope = _Scope()
+    scopes = outer + (scope,)
+    defined: list = []  # CoreModule and nested Layout definitions, for Layout's totals
+    nested_defined: list = []
     memories: list = []
     instances = 0
-    nested: list = []
-    instantiations = 0
     while pos < end:
         section = data[pos]
         size, pos = _leb(data, pos + 1)
@@ -81,36 +103,192 @@ def _scan(data: memoryview, start: int, end: int, depth: int) -> Layout:
         if body_end > end:
             raise ComponentFormatError(f"section {section} runs past the end at 0x{pos:x}")
         if section == _CORE_MODULE:
-            modules.append(CoreModule(len(modules), pos, size))
+            module = CoreModule(len(defined), pos, size)
+            defined.append(module)
+            scope.modules.append(module)
         elif section == _CORE_INSTANCE:
             made, used = _core_instances(data, pos)
             instances += made
             for index in used:
-                memories.extend(_module_memories(data, modules, index))
+                memories.extend(scope.memories_of(data, index))
         elif section == _COMPONENT:
-            nested.append(_scan(data, pos, body_end, depth + 1))
+            layout = _scan(data, pos, body_end, depth + 1, scopes)
+            nested_defined.append(layout)
+            scope.components.append(layout)
         elif section == _INSTANCE:
-            # An entry takes at least 3 bytes: a count beyond that is a lie.
-            instantiations += min(_leb(data, pos)[0], size // 3)
+            for index in _component_instances(data, pos):
+                layout = scope.component(index)
+                instances += layout.core_instances
+                memories.extend(layout.memories)
+                if instances > MAX_COUNT or len(memories) > MAX_COUNT:
+                    break
+        elif section in (_ALIAS, _IMPORT, _EXPORT):
+            _index_spaces(data, pos, section, scopes)
         pos = body_end
         if instances > MAX_COUNT or len(memories) > MAX_COUNT:
             raise ComponentFormatError(f"more than {MAX_COUNT:,} core instances or memories")
-    if nested and instantiations:
-        # Which nested component each instantiation names is not tracked: count the most
-        # demanding one for every instantiation (an upper bound, for instances and
-        # memories alike: an undercount would only make instantiation fail).
-        most = max(n.core_instances for n in nested)
-        widest = max(nested, key=lambda n: len(n.memories)).memories
-        if max(most, len(widest)) * instantiations > MAX_COUNT:
-            raise ComponentFormatError(f"more than {MAX_COUNT:,} core instances or memories")
-        instances += most * instantiations
-        memories.extend(widest * instantiations)
     return Layout(
-        tuple(modules + [m for n in nested for m in n.core_modules]),
+        tuple(defined + [m for n in nested_defined for m in n.core_modules]),
         instances,
         tuple(memories),
-        len(nested) + sum(n.components for n in nested),
+        len(nested_defined) + sum(n.components for n in nested_defined),
     )
+
+
+class _Scope:
+    """One component's core module and component index spaces. An entry is what the
+    index names: a CoreModule or a nested Layout defined (or re-exported, or reached by an
+    outer alias) here, or None for one imported or taken from an instance's exports, whose
+    memories and core instances this scan cannot count."""
+
+    def __init__(self) -> None:
+        self.modules: list = []
+        self.components: list = []
+        self._memories: dict = {}  # module index, and module offset -> its memories (read once)
+
+    def memories_of(self, data: memoryview, index: int) -> list:
+        found = self._memories.get(index)
+        if found is None:
+            if index >= len(self.modules):
+                raise ComponentFormatError(f"core module {index} is not defined")
+            module = self.modules[index]
+            if module is None:
+                raise ComponentUnsupported(
+                    f"core module {index} is imported or taken from an instance: "
+                    "wasmsbx cannot count the memories it makes"
+                )
+            found = self._memories.get(module.offset)
+            if found is None:
+                found = self._memories[module.offset] = _module_memories(data, module)
+            self._memories[index] = found
+        return found
+
+    def component(self, index: int) -> Layout:
+        if index >= len(self.components):
+            raise ComponentFormatError(f"component {index} is not defined")
+        layout = self.components[index]
+        if layout is None:
+            raise ComponentUnsupported(
+                f"component {index} is imported or taken from an instance: "
+                "wasmsbx cannot count the core instances and memories it makes"
+            )
+        return layout
+
+
+_CORE_SORT, _CORE_MODULE_SORT, _COMPONENT_SORT = 0x00, 0x11, 0x04
+_ALIAS, _IMPORT, _EXPORT = 6, 10, 11
+
+
+def _index_spaces(data: memoryview, pos: int, section: int, scopes: tuple) -> None:
+    """The core modules and components an alias, import or export section adds to the
+    index spaces of ``scopes[-1]`` (an export is a new index for the same item)."""
+    scope = scopes[-1]
+    count, pos = _leb(data, pos)
+    for _ in range(count):
+        if section == _IMPORT:
+            pos = _extern_name(data, pos)
+            kind = data[pos]
+            if kind == _CORE_SORT:
+                if data[pos + 1] == _CORE_MODULE_SORT:
+                    scope.modules.append(None)
+                pos = _leb(data, pos + 2)[1]
+            elif kind in (0x02, 0x03):  # value or type bound: 0x00 index / 0x01 ...
+                bound = data[pos + 1]
+                if kind == 0x02 or bound == 0x00:
+                    pos = _leb(data, pos + 2)[1]
+                else:
+                    pos += 2
+            else:
+                if kind == _COMPONENT_SORT:
+                    scope.components.append(None)
+                pos = _leb(data, pos + 1)[1]
+            continue
+        if section == _EXPORT:
+            pos = _extern_name(data, pos)
+        sort, pos = _sort(data, pos)
+        if section == _EXPORT:
+            index, pos = _leb(data, pos)
+            if data[pos] == 0x01:  # an ascribed type: ignored, the item is the same
+                pos = _skip_externdesc(data, pos + 1)
+            else:
+                pos += 1
+            _append(scope, sort, _item(scope, sort, index))
+            continue
+        target = data[pos]
+        pos += 1
+        if target in (0x00, 0x01):  # an instance's export: unknown
+            pos = _skip_name(data, _leb(data, pos)[1])
+            _append(scope, sort, None)
+        elif target == 0x02:  # outer: ct enclosing components up, index there
+            ct, pos = _leb(data, pos)
+            index, pos = _leb(data, pos)
+            if ct >= len(scopes):
+                raise ComponentFormatError(f"outer alias {ct} levels up")
+            _append(scope, sort, _item(scopes[-1 - ct], sort, index))
+        else:
+            raise ComponentFormatError(f"unknown alias target 0x{target:02x}")
+
+
+def _item(scope: _Scope, sort: tuple, index: int) -> object:
+    """What ``index`` names in ``scope``'s index space of ``sort`` (None: unknown)."""
+    items = scope.modules if sort == (True, _CORE_MODULE_SORT) else scope.components
+    return items[index] if index < len(items) else None
+
+
+def _append(scope: _Scope, sort: tuple, item: object) -> None:
+    if sort == (True, _CORE_MODULE_SORT):
+        scope.modules.append(item)
+    elif sort == (False, _COMPONENT_SORT):
+        scope.components.append(item)
+
+
+def _sort(data: memoryview, pos: int) -> tuple:
+    """((core?, sort byte), next position)."""
+    if data[pos] == _CORE_SORT:
+        return (True, data[pos + 1]), pos + 2
+    return (False, data[pos]), pos + 1
+
+
+def _extern_name(data: memoryview, pos: int) -> int:
+    if data[pos] not in (0x00, 0x01):
+        raise ComponentFormatError(f"unknown import or export name form 0x{data[pos]:02x}")
+    return _skip_name(data, pos + 1)
+
+
+def _skip_externdesc(data: memoryview, pos: int) -> int:
+    kind = data[pos]
+    if kind == _CORE_SORT:
+        return _leb(data, pos + 2)[1]
+    if kind in (0x02, 0x03):
+        if kind == 0x02 or data[pos + 1] == 0x00:
+            return _leb(data, pos + 2)[1]
+        return pos + 2
+    return _leb(data, pos + 1)[1]
+
+
+def _component_instances(data: memoryview, pos: int) -> list:
+    """The component index each ``instantiate`` of an instance section names (the
+    inline-export form makes no instance)."""
+    count, pos = _leb(data, pos)
+    used = []
+    for _ in range(count):
+        form = data[pos]
+        pos += 1
+        if form == 0x00:  # instantiate componentidx (name, sortidx)*
+            index, pos = _leb(data, pos)
+            used.append(index)
+            args, pos = _leb(data, pos)
+            for _ in range(args):
+                pos = _skip_name(data, pos)
+                pos = _leb(data, _sort(data, pos)[1])[1]
+        elif form == 0x01:  # inline exports (exportname', sortidx)*
+            exports, pos = _leb(data, pos)
+            for _ in range(exports):
+                pos = _extern_name(data, pos)
+                pos = _leb(data, _sort(data, pos)[1])[1]
+        else:
+            raise ComponentFormatError(f"unknown instance form 0x{form:02x}")
+    return used
 
 
 def _core_instances(data: memoryview, pos: int) -> tuple:
@@ -142,12 +320,8 @@ def _skip_name(data: memoryview, pos: int) -> int:
     return pos + length
 
 
-def _module_memories(data: memoryview, modules: list, index: int) -> list:
-    """The memories module ``index`` defines; one unbounded memory when the index names a
-    module this scan did not see defined (imported or aliased: assume the worst)."""
-    if index >= len(modules):
-        return [(0, None)]
-    module = modules[index]
+def _module_memories(data: memoryview, module: CoreModule) -> list:
+    """The memories ``module`` defines (not those it imports)."""
     facts = read_facts(bytes(data[module.offset : module.offset + module.size]), False)
     return [
         (m.limits.min * PAGE, None if m.limits.max is None else m.limits.max * PAGE)

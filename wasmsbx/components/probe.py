@@ -17,11 +17,12 @@ final size is the peak), and ``runtime.exports`` hides it from every listing. Th
 adds one core instance (``Layout.probed``) and no memory.
 
 What stays out (``instrument`` returns None, and ``--stats`` shows no memory figure): a
-component that already uses ``NAME`` anywhere, one whose memories sit in nested
-components or in core modules it does not define itself, one using a canonical
-built-in beyond lift, lower and the resource ones (the async proposals), a memory with a
-custom page size. After a trap (or ``exit`` with a nonzero code, which is a trap) the
-instance refuses every call, the probe's too: no figure then either.
+component that already uses ``NAME`` or a hidden memory export name anywhere, one
+whose memories sit in nested components or in core modules it does not define itself,
+one using a canonical built-in beyond lift, lower and the resource ones (the async
+proposals), a memory with a custom page size. After a trap (or ``exit`` with a nonzero
+code, which is a trap) the instance refuses every call, the probe's too: no figure then
+either.
 
 Hand-written rather than a library: no Python library edits component binaries, and the
 rewrite only appends sections whose indices it counts here.
@@ -51,7 +52,9 @@ def ours(wasm: bytes) -> bool:
 
 def instrument(wasm: bytes) -> Optional[bytes]:
     """``wasm`` with the memory probe, or None when it cannot be added (see above)."""
-    if not ours(wasm):
+    if not ours(wasm) or HIDDEN_EXPORT.encode() in wasm:
+        # The hidden names too: an alias naming one (invalid as written) would become
+        # valid once the rewrite adds that export, so the component would run here only.
         return None
     try:
         plan = _Plan(bytes(wasm))

@@ -253,7 +253,9 @@ class ComponentSandbox(Sandbox):
                 )
             return binary.layout_from_record(record)
         except binary.ComponentFormatError as exc:
-            raise errors.ModuleError(f"{self.path}: {exc}", path=str(self.path)) from None
+            raise errors.ModuleError(
+                f"{self.path}: {exc}", hint=exc.hint, path=str(self.path)
+            ) from None
 
     def _note_probe(self) -> None:
         """The compiled component carries the memory probe (``--stats`` memory): its

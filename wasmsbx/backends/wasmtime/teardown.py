@@ -13,8 +13,10 @@ hit this most of the time; one dropped just before exit, whenever the worker was
 than the teardown.
 
 So an ``atexit`` hook (it runs before finalization, after non-daemon threads are joined)
-closes every store ``track`` saw, unless a guest call is still running somewhere (a
-daemon thread inside a store: closing it under that thread would be a use after free),
+closes every store ``track`` saw, unless a guest call is still running somewhere or a
+daemon thread is still alive (it may be inside a store, or enter one between the check
+and the close: closing a store under that thread would be a use after free; then the
+stores are left to finalization as before, panic and all),
 and then waits, at most ``WAIT`` seconds, until no wasmsbx output callback is held any
 more. The ``wasmsbx`` command leaves with ``os._exit`` and never runs it.
 """
@@ -48,7 +50,7 @@ def release(wait: float = WAIT) -> bool:
     True if none is held any more (False: a call still runs, or the wait ran out)."""
     from ..deadline import KEEPER
 
-    if KEEPER.watches:  # a guest call still runs (a daemon thread): leave its store be
+    if KEEPER.watches or _daemons():  # a call may run, or start, under the close
         return False
     for store in list(_STORES):
         try:
@@ -62,6 +64,17 @@ def release(wait: float = WAIT) -> bool:
             return False
         time.sleep(0.001)  # lets the tokio workers take the GIL and run the finalizers
     return True
+
+
+def _daemons() -> bool:
+    """Whether a daemon thread other than this one is still alive: it may be inside a
+    guest call, or about to start one, on a tracked store at any moment (between two
+    calls no watch shows it), so closing a store under it could free it mid-call (a
+    segfault at exit, 3 runs in 28 with a daemon thread calling in a loop)."""
+    import threading
+
+    me = threading.current_thread()
+    return any(t.daemon and t.is_alive() and t is not me for t in threading.enumerate())
 
 
 def _held() -> bool:

@@ -397,7 +397,7 @@ def _artifact(
                 layout = with_probe(layout)
             component = layout_record(layout)
         except ComponentFormatError as exc:
-            raise ModuleError(f"{name}: {exc}") from None
+            raise ModuleError(f"{name}: {exc}", hint=exc.hint) from None
     fingerprint = engine.fingerprint()
     blob = aot.pack(
         "artifact",
