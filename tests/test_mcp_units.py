@@ -162,8 +162,13 @@ def test_sessions_are_private_and_removed(tmp_path):
 
 
 def _busy(session):
-    """Hold the session's lock as a call in flight does."""
-    asyncio.run(session.lock.acquire())
+    """Hold the session's lock as a call in flight does (made inside the loop, as a call
+    makes it: Python 3.9's asyncio.Lock binds the loop current when it is made)."""
+
+    async def hold():
+        await session.lock.acquire()
+
+    asyncio.run(hold())
 
 
 def test_a_full_server_evicts_the_least_recently_used_idle_session(tmp_path):

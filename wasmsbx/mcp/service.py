@@ -295,7 +295,7 @@ class Service:
             session = self.sessions.get(session_id, owner) if session_id else None
             if session is None:
                 return await self._execute(req, limits, None, log)
-            if session.lock.locked():
+            if session.busy():
                 raise errors.UsageError(
                     "this session is running another call",
                     hint="calls of one session run one at a time; wait for the other",

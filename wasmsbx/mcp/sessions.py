@@ -56,8 +56,20 @@ class Session:
         self.last_used = self.created
         self.cpu_used = 0.0
         self.calls = 0
-        self.lock = asyncio.Lock()
+        self._lock: Optional[asyncio.Lock] = None
         self.holder = holder_of(owner)
+
+    @property
+    def lock(self) -> asyncio.Lock:
+        """The session's one-call-at-a-time lock, made on first use: inside the event loop
+        (Python 3.9's asyncio.Lock binds the loop current when it is made)."""
+        if self._lock is None:
+            self._lock = asyncio.Lock()
+        return self._lock
+
+    def busy(self) -> bool:
+        """A call of this session is in flight."""
+        return self._lock is not None and self._lock.locked()
 
     def to_dict(self, config: Any) -> dict:
         return {
@@ -129,7 +141,7 @@ class Sessions:
         counts: dict = {}
         for s in self.open.values():
             counts[s.holder] = counts.get(s.holder, 0) + 1
-        idle = [s for s in self.open.values() if not s.lock.locked()]
+        idle = [s for s in self.open.values() if not s.busy()]
         if not idle:
             return None
         return min(
@@ -170,7 +182,7 @@ class Sessions:
         stale = [
             sid
             for sid, s in self.open.items()
-            if not s.lock.locked() and now - s.last_used > self.config.session_idle
+            if not s.busy() and now - s.last_used > self.config.session_idle
         ]
         for sid in stale:
             self._remove(sid)
