@@ -146,3 +146,51 @@ def test_a_client_minting_mcp_sessions_cannot_evict_recently_used_sessions_first
 
         kept = run(scenario())
     assert [ok(k)["stdout"] for k in kept] == ["0\n", "1\n"], [text_of(k) for k in kept]
+
+
+def test_initialize_requests_cannot_lock_other_clients_out():
+    """The SDK caps MCP sessions (2025 protocol) at 4 × --max-connections and answered 503
+    past it for as long as they stayed open (30 minutes idle each): one client sending that
+    many initialize requests locked every other 2025-protocol client out. Now the session
+    idle for longest is evicted for a newcomer; one that is in use stays."""
+    import httpx2
+
+    accept = {"accept": "application/json, text/event-stream", "content-type": "application/json"}
+    init = {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "initialize",
+        "params": {
+            "protocolVersion": "2025-06-18",
+            "capabilities": {},
+            "clientInfo": {"name": "flood", "version": "1"},
+        },
+    }
+    listing = {"jsonrpc": "2.0", "id": 2, "method": "tools/list"}
+    ensure_setup()
+    with (
+        http_server("--max-connections", "2") as (url, _),  # the SDK's cap: 8
+        httpx2.Client(timeout=60) as http,
+    ):
+
+        def initialize():
+            r = http.post(url, content=json.dumps(init), headers=accept)
+            return r.status_code, r.headers.get("mcp-session-id")
+
+        def use(sid):
+            if sid is None:  # refused at initialize
+                return None
+            headers = {**accept, "mcp-session-id": sid, "mcp-protocol-version": "2025-06-18"}
+            return http.post(url, content=json.dumps(listing), headers=headers).status_code
+
+        honest = initialize()[1]
+        flood = [initialize() for _ in range(7)]
+        assert use(honest) == 200  # the honest client is the most recently active now
+        flood += [initialize() for _ in range(5)]
+        late = initialize()
+        statuses = [use(sid) for _, sid in flood[-6:]]  # 5 + 1 evicted
+        first = use(flood[0][1])
+        still = use(honest)
+    assert [code for code, _ in flood] == [200] * 12 and late[0] == 200
+    assert first == 404  # the flood's own oldest went first
+    assert still == 200 and statuses == [200] * 6
