@@ -165,6 +165,7 @@ async def _http(server: Any, config: ServerConfig, host: str, port: int, token: 
         transport_security=transport_security(host),
         host=host,
     )
+    evict_idle_mcp_sessions(server.session_manager)
     if token:
         app = BearerAuth(app, token)
     protocol = guarded_protocol(config.request_timeout, config.max_connections)
@@ -241,3 +242,38 @@ def guarded_protocol(request_timeout: float, max_connections: int) -> Any:
                 self.transport.close()
 
     return GuardedH11
+
+
+def evict_idle_mcp_sessions(manager: Any) -> None:
+    """At the SDK's cap on MCP sessions (2025 protocol, one per ``initialize``), a newcomer
+    evicts the session that has been idle longest instead of getting 503 for as long as the
+    others stay open (30 minutes idle each): without this, one client that sent
+    4 × ``--max-connections`` initialize requests locked every other client out.
+
+    A session with a request in flight (an open GET stream included) is never evicted; at
+    most ``--max-connections`` can be, fewer than the cap, so some session is always idle.
+    The evicted client gets 404 for its session id, which tells an MCP client to initialize
+    again. Uses the SDK manager's private ``_admit_session`` and ``_server_instances``
+    (mcp is pinned below 3; tests/test_mcp_redteam.py checks the behaviour)."""
+    admit = manager._admit_session
+
+    def admit_fairly(requestor: Any) -> Any:
+        cap = manager.max_sessions
+        if cap is not None and len(manager._server_instances) >= cap:
+            victim = None
+            for sid, transport in manager._server_instances.items():
+                scope = transport.idle_scope
+                if scope is None or transport._requests_in_flight or scope.cancel_called:
+                    continue  # opening, busy, or already going
+                if victim is None or scope.deadline < victim[1].idle_scope.deadline:
+                    victim = (sid, transport)
+            if victim is not None:
+                # Forgotten now (its id answers 404 from here on), as the SDK's own
+                # _discard_session does first; cancelling its idle scope ends its task,
+                # which terminates the transport.
+                manager._server_instances.pop(victim[0], None)
+                manager._session_owners.pop(victim[0], None)
+                victim[1].idle_scope.cancel()
+        return admit(requestor)
+
+    manager._admit_session = admit_fairly

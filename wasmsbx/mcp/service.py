@@ -224,6 +224,12 @@ class Service:
             raise found
         return found
 
+    def start_session(self, owner: Any = None) -> Any:
+        """A new session; it counts as a call against the rate limit (a full server evicts
+        an idle session for it, and an unthrottled loop would evict them all at once)."""
+        self.rate.admit()
+        return self.sessions.start(owner)
+
     # ------------------------------------------------------------------ running
     async def run(
         self,

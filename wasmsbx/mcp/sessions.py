@@ -13,10 +13,11 @@ flight: one is evicted instead. The victim is the least recently used idle sessi
 *holder* with the most sessions, the newcomer's own holder winning ties, so a holder with
 at most ``max_sessions // holders`` sessions is never evicted by another. A holder is
 the bearer token a client authenticated with (when the server has tokens: a client cannot
-make more of those), else its MCP session id (the 2025 protocol over HTTP), else nobody in
-particular (stdio, the 2026 protocol): then eviction is plain least-recently-used, so a
+make more of those), else nobody in particular (stdio, HTTP without tokens: an MCP session
+id is free to make, so it is no identity): then eviction is plain least-recently-used, so a
 client that opens many sessions only pushes out the ones nobody used for longest, and every
-newcomer is served.
+newcomer is served. Starting a session counts as a call against the rate limit, so a loop
+of start_session cannot evict every idle session at once.
 """
 
 from __future__ import annotations
@@ -36,13 +37,18 @@ MAX_ENTRIES = 100_000  # a scratch folder with more files than this counts as ov
 
 
 def holder_of(owner: Any) -> Any:
-    """Whom a session counts against for fairness: the token's principal, else the MCP
-    session id, else None (one anonymous holder). ``owner`` is what tools._client gives:
-    None, or a (principal, mcp_session_id) pair."""
+    """Whom a session counts against for fairness: the token's principal, else None (one
+    anonymous holder). ``owner`` is what tools._client gives: None, or a (principal,
+    mcp_session_id) pair.
+
+    An MCP session id is not a holder: a client makes as many as it likes (one initialize
+    each, and the 2026 protocol has none), so counting by it let a client that spread its
+    sessions over fresh ids keep them all while a client with two sessions under one id,
+    or every 2026-protocol client (pooled as one anonymous holder), was evicted first."""
     if not owner:
         return None
-    principal, mcp_session = owner
-    return ("token", principal) if principal else ("mcp", mcp_session)
+    principal, _ = owner
+    return ("token", principal) if principal else None
 
 
 class Session:

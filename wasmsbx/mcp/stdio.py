@@ -21,6 +21,7 @@ from typing import Any, Optional
 CHUNK = 1024 * 1024  # bytes per read from the pipe
 HEAD = 64 * 1024  # of an oversized message: kept to find its id, the rest is dropped
 TOO_LARGE = -32600  # JSON-RPC "Invalid Request"
+INVALID_REQUEST = -32600
 PARSE_ERROR = -32700  # JSON-RPC "Parse error" (or not a JSON-RPC message)
 
 
@@ -100,7 +101,7 @@ class CappedLines:
         from mcp import types
 
         try:
-            types.jsonrpc_message_adapter.validate_json(text, by_name=False)
+            message = types.jsonrpc_message_adapter.validate_json(text, by_name=False)
         except ValueError as exc:
             lines = str(exc).strip().splitlines()
             reason = (lines[1] if len(lines) > 1 else lines[0] if lines else "invalid").strip()
@@ -112,6 +113,21 @@ class CappedLines:
                     "error": {
                         "code": PARSE_ERROR,
                         "message": f"invalid message: {reason[:200]}",
+                    },
+                }
+            )
+            return False
+        if isinstance(message, types.JSONRPCNotification) and _has_id(text):
+            # A request whose id is not a string or a number (an object, an array, null,
+            # a float, true): the SDK takes it for a notification and never answers, so
+            # the client would wait for ever. JSON-RPC: Invalid Request, id null.
+            await self.writer.send_line(
+                {
+                    "jsonrpc": "2.0",
+                    "id": None,
+                    "error": {
+                        "code": INVALID_REQUEST,
+                        "message": "invalid request: the id must be a string or an integer",
                     },
                 }
             )
@@ -205,6 +221,18 @@ def message_id(head: bytes) -> Any:
             depth -= 1
         i += 1
     return None
+
+
+def _has_id(text: str) -> bool:
+    """Whether a message the SDK took for a notification carries an ``id`` member anyway
+    (notifications are small; most have no "id" text at all and are not parsed again)."""
+    if '"id"' not in text:
+        return False
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return False
+    return isinstance(data, dict) and "id" in data
 
 
 def _skip_space(text: str, i: int) -> int:

@@ -323,7 +323,7 @@ def build(service: Service) -> Any:
     async def start_session(ctx: Context = None) -> SessionInfo:
         """Start a session: run_python calls that pass its id keep their globals and share a
         private /scratch folder. It expires when idle (see limits) and is removed then."""
-        started = service.sessions.start(owner=_client(ctx))
+        started = service.start_session(owner=_client(ctx))
         return SessionInfo(**started.to_dict(service.config))
 
     @server.tool()

@@ -1,0 +1,243 @@
+"""Red-team tests of `wasmsbx mcp` as a hostile client sees it: fairness of session slots
+between clients that can mint identities, and throttling of session churn.
+
+Each test here failed before the fix it guards (see CHANGELOG)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+
+from wasmsbx import policy as policy_mod
+from wasmsbx.mcp import config as config_mod
+from wasmsbx.mcp.sessions import Sessions
+
+pytest.importorskip("mcp")
+
+from .mcp_helpers import (  # noqa: E402
+    ensure_setup,
+    http_client,
+    http_server,
+    ok,
+    run,
+    stdio_client,
+    text_of,
+)
+
+
+def make_config(**kw):
+    return config_mod.ServerConfig(policy=policy_mod.defaults(), **kw)
+
+
+def test_fresh_mcp_session_ids_buy_no_priority_in_eviction(tmp_path):
+    """MCP session ids are free to make (one initialize each) and 2026-protocol clients
+    have none. Counted as holders, they let a client that starts each session under a new
+    id keep them all, while the sessions of clients without one (pooled as one anonymous
+    holder) were evicted first, however recently used."""
+    sessions = Sessions(tmp_path, make_config(max_sessions=4, session_idle=1e9))
+    honest = [sessions.start(), sessions.start()]  # two 2026-protocol clients
+    churn = [sessions.start(owner=(None, f"mcp-{i}")) for i in range(2)]
+    for i, s in enumerate(churn):
+        s.last_used = 1.0 + i  # the attacker's sessions have been idle for longest
+    for i, s in enumerate(honest):
+        s.last_used = 100.0 + i
+    sessions.start(owner=(None, "mcp-new"))
+    assert all(s.scratch.exists() for s in honest)
+    assert not churn[0].scratch.exists() and churn[1].scratch.exists()
+    # a 2025-protocol client with two sessions under its one MCP id is no hog either
+    (tmp_path / "two").mkdir()
+    sessions = Sessions(tmp_path / "two", make_config(max_sessions=4, session_idle=1e9))
+    two = [sessions.start(owner=(None, "mcp-h")) for _ in range(2)]
+    churn = [sessions.start(owner=(None, f"mcp-{i}")) for i in range(2)]
+    for i, s in enumerate(churn + two):
+        s.last_used = 1.0 + i
+    sessions.start(owner=(None, "mcp-new"))
+    assert all(s.scratch.exists() for s in two) and not churn[0].scratch.exists()
+
+
+def test_starting_a_session_counts_against_the_rate_limit():
+    """A full server evicts an idle session for each newcomer: an unthrottled start_session
+    loop emptied every other client's idle sessions in milliseconds."""
+    ensure_setup()
+
+    async def scenario():
+        args = ("--calls-per-minute", "2", "--rate-window", "1h", "--max-sessions", "1")
+        async with stdio_client(*args) as client:
+            return [await client.call_tool("start_session", {}) for _ in range(3)]
+
+    first, second, third = run(scenario())
+    ok(first), ok(second)
+    assert third.is_error and "rate limit: 2 calls per 3600 s" in text_of(third), text_of(third)
+
+
+def _raw_2025_client(url: str):
+    """A client speaking the 2025 protocol by hand: every initialize is a new MCP session."""
+    import httpx2
+
+    accept = {"accept": "application/json, text/event-stream", "content-type": "application/json"}
+
+    def answer(response) -> dict:
+        for line in response.text.splitlines():
+            if line.startswith("data:"):
+                return json.loads(line[5:])
+        return response.json()
+
+    def new_session() -> dict:
+        init = {
+            "jsonrpc": "2.0",
+            "id": 1,
+            "method": "initialize",
+            "params": {
+                "protocolVersion": "2025-06-18",
+                "capabilities": {},
+                "clientInfo": {"name": "churn", "version": "1"},
+            },
+        }
+        r = httpx2.post(url, content=json.dumps(init), headers=accept, timeout=60)
+        assert r.status_code == 200, r.text
+        headers = {
+            **accept,
+            "mcp-session-id": r.headers["mcp-session-id"],
+            "mcp-protocol-version": "2025-06-18",
+        }
+        note = {"jsonrpc": "2.0", "method": "notifications/initialized"}
+        httpx2.post(url, content=json.dumps(note), headers=headers, timeout=60)
+        return headers
+
+    def start_session() -> str:
+        headers = new_session()
+        call = {
+            "jsonrpc": "2.0",
+            "id": 2,
+            "method": "tools/call",
+            "params": {"name": "start_session", "arguments": {}},
+        }
+        r = httpx2.post(url, content=json.dumps(call), headers=headers, timeout=60)
+        result = answer(r)["result"]
+        assert not result.get("isError"), result
+        return result["structuredContent"]["session"]
+
+    return start_session
+
+
+def test_a_client_minting_mcp_sessions_cannot_evict_recently_used_sessions_first():
+    """Over HTTP: an SDK client (2026 protocol, no MCP session id) keeps two sessions it
+    uses; a raw 2025-protocol client starts each of its sessions under a fresh MCP
+    session id. A newcomer of the latter evicts the slot nobody used for longest (its own),
+    not the SDK client's recently used ones."""
+    ensure_setup()
+    with http_server("--max-sessions", "4") as (url, _):
+        start_churned = _raw_2025_client(url)
+
+        async def scenario():
+            async with http_client(url) as honest:
+                mine = [ok(await honest.call_tool("start_session", {}))["session"] for _ in "ab"]
+                await asyncio.to_thread(start_churned)
+                await asyncio.to_thread(start_churned)
+                for i, sid in enumerate(mine):  # used after the attacker's two
+                    ok(await honest.call_tool("run_python", {"code": f"v = {i}", "session": sid}))
+                await asyncio.to_thread(start_churned)  # the server is full: one is evicted
+                kept = []
+                for sid in mine:
+                    kept.append(await honest.call_tool("run_python", {"code": "v", "session": sid}))
+                return kept
+
+        kept = run(scenario())
+    assert [ok(k)["stdout"] for k in kept] == ["0\n", "1\n"], [text_of(k) for k in kept]
+
+
+def test_initialize_requests_cannot_lock_other_clients_out():
+    """The SDK caps MCP sessions (2025 protocol) at 4 × --max-connections and answered 503
+    past it for as long as they stayed open (30 minutes idle each): one client sending that
+    many initialize requests locked every other 2025-protocol client out. Now the session
+    idle for longest is evicted for a newcomer; one that is in use stays."""
+    import httpx2
+
+    accept = {"accept": "application/json, text/event-stream", "content-type": "application/json"}
+    init = {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "initialize",
+        "params": {
+            "protocolVersion": "2025-06-18",
+            "capabilities": {},
+            "clientInfo": {"name": "flood", "version": "1"},
+        },
+    }
+    listing = {"jsonrpc": "2.0", "id": 2, "method": "tools/list"}
+    ensure_setup()
+    with (
+        http_server("--max-connections", "2") as (url, _),  # the SDK's cap: 8
+        httpx2.Client(timeout=60) as http,
+    ):
+
+        def initialize():
+            r = http.post(url, content=json.dumps(init), headers=accept)
+            return r.status_code, r.headers.get("mcp-session-id")
+
+        def use(sid):
+            if sid is None:  # refused at initialize
+                return None
+            headers = {**accept, "mcp-session-id": sid, "mcp-protocol-version": "2025-06-18"}
+            return http.post(url, content=json.dumps(listing), headers=headers).status_code
+
+        honest = initialize()[1]
+        flood = [initialize() for _ in range(7)]
+        assert use(honest) == 200  # the honest client is the most recently active now
+        flood += [initialize() for _ in range(5)]
+        late = initialize()
+        statuses = [use(sid) for _, sid in flood[-6:]]  # 5 + 1 evicted
+        first = use(flood[0][1])
+        still = use(honest)
+    assert [code for code, _ in flood] == [200] * 12 and late[0] == 200
+    assert first == 404  # the flood's own oldest went first
+    assert still == 200 and statuses == [200] * 6
+
+
+def test_a_request_with_an_id_of_the_wrong_type_gets_an_answer_over_stdio():
+    """A request whose id is an object, an array, null, a float or true: the SDK takes it
+    for a notification and never answers (nor runs it), so over stdio the client waited
+    for ever. Each gets JSON-RPC Invalid Request (id null) now, and the server serves on."""
+    import select
+    import subprocess
+    import sys
+
+    from .mcp_helpers import server_env
+
+    ensure_setup()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "wasmsbx", "mcp"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        env=server_env(),
+    )
+
+    def send(message: dict) -> dict:
+        proc.stdin.write((json.dumps({"jsonrpc": "2.0", **message}) + "\n").encode())
+        proc.stdin.flush()
+        # no answer is the bug: wait a generous minute (the server answers in milliseconds)
+        ready, _, _ = select.select([proc.stdout], [], [], 60)
+        assert ready, f"no answer to {message}"
+        return json.loads(proc.stdout.readline())
+
+    listing = {"method": "tools/list"}
+    try:
+        params = {
+            "protocolVersion": "2025-06-18",
+            "capabilities": {},
+            "clientInfo": {"name": "raw", "version": "1"},
+        }
+        assert send({"id": 1, "method": "initialize", "params": params})["id"] == 1
+        proc.stdin.write(b'{"jsonrpc":"2.0","method":"notifications/initialized"}\n')
+        replies = [send({"id": bad, **listing}) for bad in ({"a": 1}, [1], None, 1.5, True)]
+        alive = send({"id": 9, **listing})
+    finally:
+        proc.kill()
+        proc.wait()
+    for reply in replies:
+        assert reply["id"] is None and reply["error"]["code"] == -32600, reply
+        assert "the id must be a string or an integer" in reply["error"]["message"]
+    assert alive["id"] == 9 and alive["result"]["tools"]
