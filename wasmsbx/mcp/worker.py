@@ -64,7 +64,7 @@ class Worker:
         self.load = "reused"
         if box is None:
             box = Sandbox(path, policy, kind=kind)
-            self.load = "cache hit" if box.cache_state == "hit" else "compiled"
+            self.load = "cache hit" if box.cache_state in ("hit", "memory") else "compiled"
             self.boxes[key] = box
             while len(self.boxes) > MAX_MODULES:
                 self.boxes.popitem(last=False)[1].close()
