@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import textwrap
 
 from .component_guests import c_command
 
@@ -57,55 +58,75 @@ def test_exit_after_component_runs_is_clean(tmp_path):
         assert "panic" not in err and "tokio" not in err, err
 
 
+def in_a_fresh_interpreter(source: str) -> None:
+    """Run ``source`` in a new interpreter: release() looks at every daemon thread of the
+    process, and a test process has its own (pytest-xdist's, the cluster tests')."""
+    proc = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(source)], capture_output=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr.decode("utf-8", "replace")
+    assert proc.stdout == b"ok\n"
+
+
 def test_release_leaves_a_store_whose_call_still_runs():
     """A guest call running at exit (a daemon thread): its store is not closed under it."""
-    import wasmtime
+    in_a_fresh_interpreter(
+        """
+        import wasmtime
 
-    from wasmsbx.backends.deadline import KEEPER
-    from wasmsbx.backends.wasmtime import teardown
+        from wasmsbx.backends.deadline import KEEPER
+        from wasmsbx.backends.wasmtime import teardown
 
-    store = wasmtime.Store()
-    teardown.track(store, [])
-    watch = KEEPER.enter(None, 30.0, lambda: None)
-    try:
-        assert teardown.release(wait=0.01) is False
-        store.set_epoch_deadline(1)  # still open: usable
-    finally:
-        KEEPER.leave(watch)
-    assert teardown.release(wait=1.0) is True
-    try:
-        store.set_epoch_deadline(1)
-    except ValueError:
-        pass  # closed
-    else:
-        raise AssertionError("release() left the store open")
+        store = wasmtime.Store()
+        teardown.track(store, [])
+        watch = KEEPER.enter(None, 30.0, lambda: None)
+        try:
+            assert teardown.release(wait=0.01) is False
+            store.set_epoch_deadline(1)  # still open: usable
+        finally:
+            KEEPER.leave(watch)
+        assert teardown.release(wait=1.0) is True
+        try:
+            store.set_epoch_deadline(1)
+        except ValueError:
+            pass  # closed
+        else:
+            raise AssertionError("release() left the store open")
+        print("ok")
+        """
+    )
 
 
 def test_release_leaves_the_stores_while_a_daemon_thread_lives():
     """A daemon thread calling a guest in a loop is between two calls (no watch) when the
     hook looks, and enters the next call as the store closes: the exit segfaulted (3 runs
     in 28). With a daemon thread alive the stores are left as they are."""
-    import threading
+    in_a_fresh_interpreter(
+        """
+        import threading
 
-    import wasmtime
+        import wasmtime
 
-    from wasmsbx.backends.wasmtime import teardown
+        from wasmsbx.backends.wasmtime import teardown
 
-    store = wasmtime.Store()
-    teardown.track(store, [])
-    stop = threading.Event()
-    worker = threading.Thread(target=stop.wait, daemon=True)
-    worker.start()
-    try:
-        assert teardown.release(wait=0.01) is False
-        store.set_epoch_deadline(1)  # still open: usable
-    finally:
-        stop.set()
-        worker.join()
-    assert teardown.release(wait=1.0) is True
-    try:
-        store.set_epoch_deadline(1)
-    except ValueError:
-        pass  # closed
-    else:
-        raise AssertionError("release() left the store open")
+        store = wasmtime.Store()
+        teardown.track(store, [])
+        stop = threading.Event()
+        worker = threading.Thread(target=stop.wait, daemon=True)
+        worker.start()
+        try:
+            assert teardown.release(wait=0.01) is False
+            store.set_epoch_deadline(1)  # still open: usable
+        finally:
+            stop.set()
+            worker.join()
+        assert teardown.release(wait=1.0) is True
+        try:
+            store.set_epoch_deadline(1)
+        except ValueError:
+            pass  # closed
+        else:
+            raise AssertionError("release() left the store open")
+        print("ok")
+        """
+    )
