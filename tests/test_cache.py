@@ -19,6 +19,7 @@ from wasmsbx.native import cache, entry, trust
 from wasmsbx.runner import Sandbox as _Sandbox
 from wasmsbx.runner import read_module, shared
 
+from .cache_helpers import make_policy
 from .conftest import capabilities_of, require_capability
 
 
@@ -41,15 +42,6 @@ def add(tmp_path) -> Path:
     path = tmp_path / "add.wat"
     path.write_text(ADD_WAT)
     return path
-
-
-def make_policy(**keys) -> policy_mod.Policy:
-    """Defaults with every module cached (cache_min_size 0) and ``runtime__x=...`` overrides."""
-    policy = policy_mod.defaults()
-    policy_mod.override(policy, "runtime.cache_min_size", 0)
-    for name, value in keys.items():
-        policy_mod.override(policy, name.replace("__", "."), value)
-    return policy
 
 
 def wat_module(path: Path, funcs: int, salt: int = 0) -> Path:

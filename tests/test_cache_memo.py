@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from wasmsbx import policy as policy_mod
 from wasmsbx.native import cache, entry
 from wasmsbx.runner import Sandbox as _Sandbox
 from wasmsbx.runner import shared
 
+from .cache_helpers import make_policy
 from .trust_helpers import attacker_key
 
 WAT = '(module (func (export "f") (param i32 i32) (result i32) local.get 0 local.get 1 i32.add))'
@@ -55,14 +55,6 @@ def hashed(monkeypatch) -> list:
 
     monkeypatch.setattr(entry, "_hash_mapped", spy)
     return calls
-
-
-def make_policy(**keys) -> policy_mod.Policy:
-    policy = policy_mod.defaults()
-    policy_mod.override(policy, "runtime.cache_min_size", 0)
-    for name, value in keys.items():
-        policy_mod.override(policy, name.replace("__", "."), value)
-    return policy
 
 
 @pytest.fixture

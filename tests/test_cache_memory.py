@@ -9,19 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from wasmsbx import policy as policy_mod
 from wasmsbx.runner import Sandbox, shared
+
+from .cache_helpers import make_policy
 
 ADD = '(module (func (export "f") (param i32 i32) (result i32) local.get 0 local.get 1 i32.add))'
 SUB = '(module (func (export "f") (param i32 i32) (result i32) local.get 0 local.get 1 i32.sub))'
-
-
-def make_policy(**keys) -> policy_mod.Policy:
-    policy = policy_mod.defaults()
-    policy_mod.override(policy, "runtime.cache_min_size", 0)
-    for name, value in keys.items():
-        policy_mod.override(policy, name.replace("__", "."), value)
-    return policy
 
 
 @pytest.fixture
