@@ -107,14 +107,12 @@ def prepared(data: bytes, translate: Callable[[bytes], bytes]) -> Prepared:
 
 def compiled(engine: Any, prepared: Prepared, make: Callable[[], Any]) -> tuple:
     """(module, shared): the engine's compiled module of ``prepared``, compiled by
-    ``make()`` the first time. The entry holds the engine and the prepared module, so
-    the ids in its key cannot be reused while it is there."""
-    key = (id(engine), id(prepared))
-    found = _COMPILED.get(key)
-    if found is not None and found[0] is engine and found[1] is prepared:
-        return found[2], True
+    ``make()`` the first time."""
+    module = _held(_COMPILED, engine, prepared)
+    if module is not None:
+        return module, True
     module = make()
-    _COMPILED.put(key, (engine, prepared, module), len(prepared.wasm))
+    _hold(_COMPILED, engine, prepared, module)
     return module, False
 
 
@@ -124,16 +122,26 @@ def loaded(engine: Any, prepared: Prepared) -> Any:
     Found by the module's bytes (``prepared``), never by a path or a cache entry: a
     module changed on disk is other bytes, hence another entry, and a cache entry
     changed on disk is never read again for a module held here."""
-    key = (id(engine), id(prepared))
-    found = _LOADED.get(key)
+    return _held(_LOADED, engine, prepared)
+
+
+def keep(engine: Any, prepared: Prepared, module: Any) -> None:
+    """Hold ``module`` (compiled from, or verified as, ``prepared`` for ``engine``)."""
+    _hold(_LOADED, engine, prepared, module)
+
+
+def _held(table: _Lru, engine: Any, prepared: Prepared) -> Any:
+    """The module ``table`` holds for ``engine`` and ``prepared``, or None. An entry holds
+    the engine and the prepared module, so the ids in its key cannot be reused while it
+    is there (checked by identity all the same)."""
+    found = table.get((id(engine), id(prepared)))
     if found is not None and found[0] is engine and found[1] is prepared:
         return found[2]
     return None
 
 
-def keep(engine: Any, prepared: Prepared, module: Any) -> None:
-    """Hold ``module`` (compiled from, or verified as, ``prepared`` for ``engine``)."""
-    _LOADED.put((id(engine), id(prepared)), (engine, prepared, module), len(prepared.wasm))
+def _hold(table: _Lru, engine: Any, prepared: Prepared, module: Any) -> None:
+    table.put((id(engine), id(prepared)), (engine, prepared, module), len(prepared.wasm))
 
 
 def forget_loaded() -> None:
