@@ -41,6 +41,47 @@ def wasmsbx_argv(*args: str) -> list:
     return [sys.executable, "-m", "wasmsbx", "mcp", *args]
 
 
+@contextlib.contextmanager
+def raw_stdio_server():
+    """``wasmsbx mcp`` over stdio, spoken to in raw JSON-RPC (for messages the SDK's own
+    client cannot send), past its ``initialize``: yields ``send(message)`` and
+    ``answer()``, which waits a generous minute for the next reply (no reply at all is
+    the bug some tests look for; the server answers in milliseconds)."""
+    import json
+    import select
+
+    proc = subprocess.Popen(
+        wasmsbx_argv(),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        env=server_env(),
+    )
+
+    def send(message: dict) -> None:
+        proc.stdin.write((json.dumps({"jsonrpc": "2.0", **message}) + "\n").encode())
+        proc.stdin.flush()
+
+    def answer() -> dict:
+        ready, _, _ = select.select([proc.stdout], [], [], 60)
+        assert ready, "no answer"
+        return json.loads(proc.stdout.readline())
+
+    try:
+        params = {
+            "protocolVersion": "2025-06-18",
+            "capabilities": {},
+            "clientInfo": {"name": "raw", "version": "1"},
+        }
+        send({"id": 1, "method": "initialize", "params": params})
+        assert answer()["id"] == 1
+        send({"method": "notifications/initialized"})
+        yield send, answer
+    finally:
+        proc.kill()
+        proc.wait()
+
+
 def b64(path) -> str:
     from wasmsbx.runner.sandbox import read_module
 

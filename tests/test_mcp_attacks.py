@@ -34,6 +34,7 @@ from .mcp_helpers import (
     b64,
     ensure_setup,
     ok,
+    raw_stdio_server,
     run,
     server_env,
     shared_server,
@@ -558,40 +559,17 @@ def test_lone_surrogates_get_an_answer_over_stdio():
     message and, over stdio, dropped it without a reply, so the client waited for ever.
     Each gets an error with its id now (the SDK's client cannot even send one, so this
     speaks JSON-RPC itself), and the server serves the next request."""
-    import json
+    with raw_stdio_server() as (send, answer):
 
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "wasmsbx", "mcp"],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        env=server_env(),
-    )
+        def call(i: int, name: str, arguments: dict) -> dict:
+            params = {"name": name, "arguments": arguments}
+            send({"id": i, "method": "tools/call", "params": params})
+            return answer()
 
-    def send(message: dict) -> None:
-        proc.stdin.write((json.dumps({"jsonrpc": "2.0", **message}) + "\n").encode())
-        proc.stdin.flush()
-
-    def call(i: int, name: str, arguments: dict) -> dict:
-        send({"id": i, "method": "tools/call", "params": {"name": name, "arguments": arguments}})
-        return json.loads(proc.stdout.readline())
-
-    try:
-        params = {
-            "protocolVersion": "2025-06-18",
-            "capabilities": {},
-            "clientInfo": {"name": "raw", "version": "1"},
-        }
-        send({"id": 1, "method": "initialize", "params": params})
-        assert json.loads(proc.stdout.readline())["id"] == 1
-        send({"method": "notifications/initialized"})
         probe = b64(GUESTS / "fsprobe.wasm")
         argv = call(2, "run_wasi_command", {"module_base64": probe, "argv": ["read", "\ud800"]})
         code = call(3, "run_python", {"code": "print('\ud800')"})
         alive = call(4, "run_javascript", {"code": "'alive'"})
-    finally:
-        proc.kill()
-        proc.wait()
     for i, reply in ((2, argv), (3, code)):
         assert reply["id"] == i and reply["error"]["code"] == -32700, reply
         assert reply["error"]["message"].startswith("invalid message: "), reply

@@ -200,43 +200,18 @@ def test_a_request_with_an_id_of_the_wrong_type_gets_an_answer_over_stdio():
     """A request whose id is an object, an array, null, a float or true: the SDK takes it
     for a notification and never answers (nor runs it), so over stdio the client waited
     for ever. Each gets JSON-RPC Invalid Request (id null) now, and the server serves on."""
-    import select
-    import subprocess
-    import sys
-
-    from .mcp_helpers import server_env
+    from .mcp_helpers import raw_stdio_server
 
     ensure_setup()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "wasmsbx", "mcp"],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        env=server_env(),
-    )
-
-    def send(message: dict) -> dict:
-        proc.stdin.write((json.dumps({"jsonrpc": "2.0", **message}) + "\n").encode())
-        proc.stdin.flush()
-        # no answer is the bug: wait a generous minute (the server answers in milliseconds)
-        ready, _, _ = select.select([proc.stdout], [], [], 60)
-        assert ready, f"no answer to {message}"
-        return json.loads(proc.stdout.readline())
-
     listing = {"method": "tools/list"}
-    try:
-        params = {
-            "protocolVersion": "2025-06-18",
-            "capabilities": {},
-            "clientInfo": {"name": "raw", "version": "1"},
-        }
-        assert send({"id": 1, "method": "initialize", "params": params})["id"] == 1
-        proc.stdin.write(b'{"jsonrpc":"2.0","method":"notifications/initialized"}\n')
-        replies = [send({"id": bad, **listing}) for bad in ({"a": 1}, [1], None, 1.5, True)]
-        alive = send({"id": 9, **listing})
-    finally:
-        proc.kill()
-        proc.wait()
+    with raw_stdio_server() as (send, answer):
+
+        def ask(message: dict) -> dict:
+            send(message)
+            return answer()
+
+        replies = [ask({"id": bad, **listing}) for bad in ({"a": 1}, [1], None, 1.5, True)]
+        alive = ask({"id": 9, **listing})
     for reply in replies:
         assert reply["id"] is None and reply["error"]["code"] == -32600, reply
         assert "the id must be a string or an integer" in reply["error"]["message"]
