@@ -282,9 +282,12 @@ class Memo:
     file identity and last change as the kernel reports them (device, inode, size,
     mtime and ctime in ns) and of the entry's tag. A load that finds the entry's fstat()
     and tag equal to what the memo vouches for loads without hashing the entry: the
-    file is the one that was verified, unchanged since. Every way of changing a file's
-    bytes (write, truncate, rename or copy over it, even one that restores the mtime)
-    sets its ctime to the current time, which no unprivileged process can set back.
+    file is the one that was verified, unchanged since. A write, a truncation, a rename
+    or copy over it (even one that restores the mtime) sets its ctime to the current
+    time, which no unprivileged process can set back. Not covered: a process of the
+    user's that keeps the entry mapped writable (MAP_SHARED) may change bytes without a
+    new ctime until writeback (seen: a changed `add` ran from its memo). Such a process
+    can read the user's key and forge a tag anyway (README "Integrity and authenticity").
 
     A memo is written only when the entry's ctime is at least ``MEMO_MARGIN`` seconds
     older than the verification, so a change made later cannot fall in the same
