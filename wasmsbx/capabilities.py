@@ -46,6 +46,8 @@ PERFORMANCE = {
     "opt-levels": "selectable optimisation levels",
     "in-process": "runs in this process (no per-call child process)",
     "releases-gil": "wasm runs without holding the GIL",
+    "dense-memory": "reserves limits.memory per linear memory, not 4 GiB "
+    '(runtime.memory_layout = "dense")',
 }
 
 DEBUGGING = {

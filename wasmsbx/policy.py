@@ -23,6 +23,7 @@ from .errors import PolicyError
 POLICY_FILENAME = "sandbox.toml"
 OPTIMIZE_LEVELS = ("none", "speed", "size", "aggressive")
 STDIO_SPECIAL = ("inherit", "null")
+MEMORY_LAYOUTS = ("fast", "dense")  # backends/reserve.py says what each reserves
 
 # Ranges of the numeric keys. Every number is checked against one, so no value can wrap
 # in a runtime's integer field or abort it (issue #13).
@@ -142,6 +143,17 @@ SCHEMA: tuple = (
         "16KiB",
         "Modules smaller than this are compiled on every run, not cached: compiling them "
         "is about as fast as loading them from the cache. 0 caches every module.",
+    ),
+    Key(
+        "runtime",
+        "memory_layout",
+        "choice",
+        "fast",
+        "Address space each linear memory reserves. fast: wasmtime's 4 GiB + guards, no "
+        "bounds checks. dense: limits.memory rounded up to a power of two (64KiB..4GiB) + "
+        "64 KiB guards, data copied in: 1.5x the live memories per process, memory-bound "
+        "code up to 1.6x slower (wasmtime only).",
+        choices=MEMORY_LAYOUTS,
     ),
     Key(
         "limits",

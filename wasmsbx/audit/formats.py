@@ -93,7 +93,17 @@ def _policy(policy: Any) -> dict:
         # Names only: values set in a policy may be secrets.
         "env": {"inherit": list(v["env.inherit"]), "set": sorted(v["env.set"])},
         "stdio": {s: v[f"stdio.{s}"] for s in ("stdin", "stdout", "stderr")},
+        "memory_layout": _memory_layout(v),
     }
+
+
+def _memory_layout(values: dict) -> dict:
+    """runtime.memory_layout and the bytes each linear memory reserves under it on
+    wasmtime (null: wasmtime's own 4 GiB + guards)."""
+    from ..backends.reserve import reservation
+
+    layout = values["runtime.memory_layout"]
+    return {"layout": layout, "reservation": reservation(layout, values["limits.memory"])}
 
 
 def _export(exp: Any) -> dict:

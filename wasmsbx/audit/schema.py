@@ -77,6 +77,16 @@ SCHEMA = _obj(
                 ),
                 "env": _obj({"inherit": STRINGS, "set": _d(STRINGS, "names only, no values")}),
                 "stdio": _obj({s: {"type": "string"} for s in ("stdin", "stdout", "stderr")}),
+                "memory_layout": _obj(
+                    {
+                        "layout": {"enum": ["fast", "dense"]},
+                        "reservation": _d(
+                            NULLABLE_INT,
+                            "bytes each linear memory reserves on wasmtime; null: "
+                            "wasmtime's own (4 GiB + guards)",
+                        ),
+                    }
+                ),
             }
         ),
         "capabilities": {

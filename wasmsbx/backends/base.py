@@ -137,11 +137,12 @@ class Availability(
 class EngineOptions(
     namedtuple(
         "EngineOptions",
-        "compiler optimize fuel stack memory_cap table_cap",
+        "compiler optimize fuel stack memory_cap table_cap reservation",
         defaults=(
             None,
             "speed",
             False,
+            None,
             None,
             None,
             None,
@@ -156,6 +157,8 @@ class EngineOptions(
     # stack: Optional[int]
     # memory_cap: Optional[int]  caps a backend may compile into the module
     # table_cap: Optional[int]   (wasmer rewrites the declared maxima)
+    # reservation: Optional[int]  bytes reserved per linear memory (runtime.memory_layout
+    #                             "dense", backends/reserve.py); None: the runtime's own
     __slots__ = ()
 
     def to_dict(self) -> dict:

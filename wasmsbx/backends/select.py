@@ -100,6 +100,7 @@ class Selection:
         self.run_share = run_share
         self.features_checked = features_checked
         self.reason = _reason(winner, candidates)
+        self.memory_layout: dict = {}  # reserve.in_force: the winner's memory layout
 
     @property
     def backend(self) -> str:
@@ -117,6 +118,7 @@ class Selection:
             "weights": {k: round(v, 3) for k, v in self.weights.items()},
             "run_share": self.run_share,
             "module_features_checked": self.features_checked,
+            "memory_layout": self.memory_layout,
             "candidates": [c.to_dict() for c in self.candidates],
         }
 
@@ -130,6 +132,8 @@ def requirements(policy, features: Iterable[str] = (), kind: str = "call") -> li
         ("memory-limit", f"limits.memory = {format_size(values['limits.memory'])}"),
         ("timeout", f"limits.timeout = {format_duration(values['limits.timeout'])}"),
     ]
+    if values["runtime.memory_layout"] == "dense":
+        needs.append(("dense-memory", 'runtime.memory_layout = "dense"'))
     if values["limits.fuel"] is not None:
         needs.append(("fuel", f"limits.fuel = {values['limits.fuel']}"))
     if values["limits.stack"] is not None:
@@ -270,7 +274,11 @@ def select(
         )
     # max() keeps the first of equal totals: the candidate order is the stable tie-break.
     winner = max(eligible, key=lambda c: round(c.total, 9))
-    return Selection(winner, result, needs, weights, run_share, checked)
+    selection = Selection(winner, result, needs, weights, run_share, checked)
+    from .reserve import in_force
+
+    selection.memory_layout = in_force(policy.values, winner.backend)
+    return selection
 
 
 def _reason(winner: Candidate, candidates: list) -> str:

@@ -49,3 +49,6 @@ def render(selection: Any, stderr: bool = False) -> None:
         for reason in cand.bonus_reasons:
             console.print(f"  {cand.label} bonus: {escape(reason)}")
     console.print(f"winner: [bold]{selection.winner.label}[/] — {escape(selection.reason)}")
+    layout = selection.memory_layout
+    if layout:
+        console.print(f"memory layout: {escape(layout['about'])}")

@@ -29,6 +29,8 @@ def render_stats(stats: Any) -> None:
         rows.append(("fuel used", format_count(stats.fuel_used)))
     if stats.memory_bytes is not None:
         rows.append(("memory", format_size(stats.memory_bytes)))
+    if stats.memory_layout:
+        rows.append(("memory layout", stats.memory_layout["about"]))
     width = max(len(k) for k, _ in rows)
     for key, value in rows:
         output.err(f"{key.ljust(width)}  {value}")

@@ -399,6 +399,8 @@ def differences(built: dict, here: dict) -> list:
 
 
 def _short(value: Any) -> str:
+    if value is None:
+        return "(not set)"  # a key only some engines have (memory_layout: the default)
     text = json.dumps(value)
     return text if len(text) <= 40 else text[:37] + "..."
 

@@ -22,6 +22,7 @@ from ..backends import names as backend_names
 from ..backends import split as backend_split
 from ..backends.base import EngineOptions, ExportInfo, Limits, Signature, WasiSetup
 from ..backends.compiling import check_size
+from ..backends.reserve import in_force, reservation
 from ..memory import Memory  # noqa: F401 - re-exported (wasmsbx.GuestMemory)
 
 # ---------------------------------------------------------------------------- typed values
@@ -46,12 +47,22 @@ from . import shared
 class RunStats(
     namedtuple(
         "RunStats",
-        ["backend", "compiler", "timings", "cache", "fuel_used", "memory_bytes", "warnings"],
+        [
+            "backend",
+            "compiler",
+            "timings",
+            "cache",
+            "fuel_used",
+            "memory_bytes",
+            "warnings",
+            "memory_layout",
+        ],
         defaults=(
             None,
             None,
             None,
             (),
+            None,
         ),
     )
 ):
@@ -62,6 +73,8 @@ class RunStats(
     # fuel_used: Optional[int]
     # memory_bytes: Optional[int]
     # warnings: tuple
+    # memory_layout: Optional[dict]  reserve.in_force: runtime.memory_layout and what
+    #                                each linear memory reserves (wasmtime)
     __slots__ = ()
 
     def to_dict(self) -> dict:
@@ -73,6 +86,7 @@ class RunStats(
             "fuel_used": self.fuel_used,
             "memory_bytes": self.memory_bytes,
             "warnings": list(self.warnings),
+            "memory_layout": self.memory_layout,
         }
 
 
@@ -278,6 +292,7 @@ def engine_options(policy: policy_mod.Policy, compiler: Optional[str]) -> Engine
         stack=v["limits.stack"],
         memory_cap=v["limits.memory"],
         table_cap=v["limits.table_elements"],
+        reservation=reservation(v["runtime.memory_layout"], v["limits.memory"]),
     )
 
 
@@ -982,6 +997,7 @@ class Sandbox:
             fuel_used=usage.fuel_used,
             memory_bytes=usage.memory_bytes,
             warnings=tuple(self.warnings) + tuple(usage.warnings),
+            memory_layout=in_force(self.policy.values, self.backend_name),
         )
 
     def close(self) -> None:

@@ -78,6 +78,14 @@ NOTES = {
     "singlepass": "fastest to compile (~10x cranelift), ~3.5x slower code; no SIMD, "
     "no multi-value, one-frame backtraces",
 }
+# wasmer-python 1.1.0's Store takes an engine only: its Tunables (how much a memory
+# reserves) are wasmer's defaults, 4 GiB + a 2 GiB guard per memory (measured: 6 GiB of
+# VmSize per instance of a one-page memory declaring a 16-page maximum), and cannot be set.
+DENSE_NOTE = (
+    'no dense-memory: runtime.memory_layout = "dense" excludes wasmer, since '
+    "wasmer-python 1.1.0 cannot size a memory's reservation (each reserves 6 GiB, in "
+    "the instance's own child process)"
+)
 COMMON_NOTES = (
     "runs each instance in a forked child process: limits enforced from outside "
     "(kill at the deadline, caps compiled into the module); costs a fork per instance "
@@ -85,6 +93,7 @@ COMMON_NOTES = (
     "no fuel, no stack limit; directory grants are refused (not confinable: CVE-2024-38358)",
     "no component model: wasmer-python 1.1.0 runs core modules only, so WebAssembly "
     "components (WASI 0.2) go to wasmtime",
+    DENSE_NOTE,
 )
 
 
@@ -375,6 +384,12 @@ class WasmerBackend(Backend):
         from ...errors import BackendUnavailable
 
         compiler = options.compiler or self.default_compiler
+        if options.reservation is not None:  # selection excludes it first (dense-memory)
+            raise BackendUnavailable(
+                'wasmer cannot run under runtime.memory_layout = "dense": wasmer-python '
+                "1.1.0 cannot size a linear memory's reservation",
+                hint='use the wasmtime backend, or runtime.memory_layout = "fast"',
+            )
         if compiler not in COMPILERS:
             raise BackendUnavailable(
                 f"wasmer has no compiler {compiler!r}",

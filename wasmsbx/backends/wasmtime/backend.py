@@ -44,6 +44,7 @@ from ..base import (
 )
 from ..deadline import KEEPER
 from ..limits import HIDDEN_EXPORT, PAGE, TotalsError, export_memories, layout, plan
+from ..reserve import FAST_NOTE, GUARD, exhausted_hint
 from . import teardown
 from .values import (
     RAW_CALL,
@@ -332,7 +333,9 @@ class WasmtimeInstance(Instance):
         except wasmtime.WasmtimeError as exc:
             raise self._instantiate_error(exc, module) from None
         except MemoryError:
-            raise _exhausted("instantiating the module", "Python could not allocate") from None
+            raise _exhausted(
+                "instantiating the module", "Python could not allocate", engine.options
+            ) from None
         self.exports = _Exports(self.store, self.instance)
         if register is not None:
             self.register_as(register)
@@ -831,7 +834,7 @@ class WasmtimeInstance(Instance):
         first = text.splitlines()[0] if text else "instantiation failed"
         lowered = text.lower()
         if errors.is_exhaustion(text):  # the host ran out, not the policy: never a module error
-            return _exhausted("instantiating the module", _first_line(exc))
+            return _exhausted("instantiating the module", _first_line(exc), self.engine.options)
         if "incompatible import type" in lowered or "unknown import" in lowered:
             return errors.LinkError(f"cannot link module: {_first_line(exc)}", detail=text)
         if "memory" in lowered and ("limit" in lowered or "minimum" in lowered):
@@ -1114,6 +1117,11 @@ class WasmtimeEngine(Engine):
         config.cranelift_opt_level = _OPT_LEVELS.get(options.optimize, "speed")
         if options.stack:
             config.max_wasm_stack = options.stack
+        if options.reservation is not None:  # runtime.memory_layout = "dense" (reserve.py)
+            config.memory_reservation = options.reservation
+            config.memory_reservation_for_growth = options.reservation  # only memory64 outgrows it
+            config.memory_guard_size = GUARD
+            config.memory_init_cow = False  # an image mapping is a third mapping per memory
         self.engine = wasmtime.Engine(config)
         self.clock = KEEPER.clock(self.engine)  # epochs advanced by the process's one keeper
 
@@ -1122,7 +1130,7 @@ class WasmtimeEngine(Engine):
         try:
             module = wasmtime.Module(self.engine, exported.wasm)
         except wasmtime.WasmtimeError as exc:
-            raise _module_error(exc) from None
+            raise _module_error(exc, self.options) from None
         module._wasmsbx_layout = layout(wasm)
         module._wasmsbx_shift = exported._replace(wasm=b"")
         module._wasmsbx_wasm = wasm  # a group member is compiled again with its caps
@@ -1225,6 +1233,7 @@ class WasmtimeEngine(Engine):
         return module, caps
 
     def fingerprint(self) -> dict:
+        reserved = self.options.reservation
         return {
             "backend": "wasmtime",
             "version": _version(),
@@ -1236,6 +1245,9 @@ class WasmtimeEngine(Engine):
             "memory_exports": 1,  # compile() exports every memory under a hidden name
             "features": sorted(FEATURES),
             "target": f"{sys.platform}-{os.uname().machine}",
+            # Only when set: under the default layout the code (and so every cache entry
+            # and artifact made before the key existed) is what it was.
+            **({} if reserved is None else {"memory_layout": f"dense:{reserved}"}),
         }
 
 
@@ -1278,18 +1290,16 @@ def _first_line(exc: Exception) -> str:
     return lines[0] if lines else "unknown error"
 
 
-def _exhausted(doing: str, why: str) -> errors.ResourceExhausted:
+def _exhausted(doing: str, why: str, options: EngineOptions) -> errors.ResourceExhausted:
     return errors.ResourceExhausted(
         f"out of host memory or address space while {doing}: {why}",
-        hint="too many live sandboxes or linear memories for this process: close the ones "
-        'you no longer use (README "Density" gives the per-process limits and how to '
-        "raise them)",
+        hint=exhausted_hint(options.reservation),
     )
 
 
-def _module_error(exc: Exception) -> errors.WasmsbxError:
+def _module_error(exc: Exception, options: EngineOptions) -> errors.WasmsbxError:
     if errors.is_exhaustion(str(exc)):
-        return _exhausted("compiling the module", _first_line(exc))
+        return _exhausted("compiling the module", _first_line(exc), options)
     return errors.ModuleError(
         f"invalid module: {_first_line(exc)}",
         hint="check that the file is a WebAssembly module built for wasm32",
@@ -1327,7 +1337,9 @@ class WasmtimeBackend(Backend):
                     "fs-confined",
                 }
             ),
-            performance=frozenset({"aot", "opt-levels", "in-process", "releases-gil"}),
+            performance=frozenset(
+                {"aot", "opt-levels", "in-process", "releases-gil", "dense-memory"}
+            ),
             debugging=frozenset({"backtrace", "profiling", "debug-info"}),
             compilers=self.compilers,
             # benchmarks/backends.py (cpu.c): compile 56 ms, run bench(4) 98 ms; see wasmer's
@@ -1341,9 +1353,9 @@ class WasmtimeBackend(Backend):
                 "(measured: mandelbrot 1.45x, sieve 1.9x, matmul 2.0x, quicksort 1.2x, "
                 "xorshift 1.0x); not avoided: every policy has a timeout, and epochs are how "
                 "a guest is stopped in process",
-                "engines are shared per process (one per optimize/fuel/stack setting); "
-                "memories get wasmtime's 4 GiB reservation, so no bounds checks "
-                "(a reservation sized to limits.memory measured 1.1-1.4x slower)",
+                "engines are shared per process (one per optimize/fuel/stack setting, "
+                "and reservation under the dense layout)",
+                FAST_NOTE,
             ),
         )
 
@@ -1360,11 +1372,20 @@ class WasmtimeBackend(Backend):
 
 def engine_key(options: EngineOptions) -> tuple:
     """What changes a wasmtime engine's configuration. The memory and table caps are
-    not in it: wasmtime enforces them per store (the limiter), not in machine code."""
-    return (options.compiler or "cranelift", options.optimize, bool(options.fuel), options.stack)
+    not in it: wasmtime enforces them per store (the limiter), not in machine code. The
+    reservation is (runtime.memory_layout "dense": limits.memory rounded up to a power
+    of two, so policies with nearby limits share an engine)."""
+    return (
+        options.compiler or "cranelift",
+        options.optimize,
+        bool(options.fuel),
+        options.stack,
+        options.reservation,
+    )
 
 
 # engine_key -> WasmtimeEngine. Bounded by the number of distinct configurations a
-# process's policies imply (optimize x fuel x stack: a handful); engines are never dropped,
+# process's policies imply (optimize x fuel x stack x reservation: a handful; at most 17
+# reservations, the powers of two from 64 KiB to 4 GiB); engines are never dropped,
 # so modules compiled for one stay valid (module_cache).
 _ENGINES: dict = {}

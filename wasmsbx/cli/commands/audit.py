@@ -266,11 +266,13 @@ def _layout(console: Any, report: Any) -> None:
     table = Table(title="memories, tables, globals, start, data", title_justify="left")
     for column in ("item", "declared", "notes"):
         table.add_column(column, overflow="fold")
+    reserves = _reserves(report.policy)
     for mem in facts.memories:
         lim = mem.limits
         top = "no maximum" if lim.max is None else format_size(lim.max * 65536)
         notes = [n for n, on in (("imported", mem.imported), ("shared", lim.shared)) if on]
         notes += ["memory64"] if lim.memory64 else []
+        notes += [] if mem.imported else [reserves]
         declared = f"{format_size(lim.min * 65536)} initial, {top}"
         table.add_row(f"memory {mem.index}", declared, ", ".join(notes))
     for t in facts.tables:
@@ -287,10 +289,27 @@ def _layout(console: Any, report: Any) -> None:
     sizes = facts.data_segments
     if sizes:
         declared = f"{len(sizes)} segments, {format_size(sum(sizes))}"
-        table.add_row("data", declared, f"largest {format_size(max(sizes))}")
+        dense = report.policy.values["runtime.memory_layout"] == "dense"
+        how = "copied into each instance (dense)" if dense else "mapped copy-on-write"
+        table.add_row("data", declared, f"largest {format_size(max(sizes))}; {how}")
     if table.row_count:
         console.print()
         console.print(table)
+
+
+def _reserves(policy: Any) -> str:
+    """What each instance of a memory reserves on wasmtime under the policy's layout."""
+    from ...backends.reserve import GUARD, reservation
+    from ...units import format_size
+
+    layout = policy.values["runtime.memory_layout"]
+    reserved = reservation(layout, policy.values["limits.memory"])
+    if reserved is None:
+        return "reserves 4 GiB + 64 MiB of address space per instance (fast)"
+    return (
+        f"reserves {format_size(reserved)} + {format_size(2 * GUARD)} of address space "
+        "per instance (dense)"
+    )
 
 
 def _findings(console: Any, report: Any) -> None:
