@@ -3,6 +3,10 @@
     python benchmarks/density.py                      # 10,000 of each, under a minute
     python benchmarks/density.py --count 100000       # the issue's target
     python benchmarks/density.py --guest memory       # a guest with a linear memory
+    python benchmarks/density.py --guest memory --layout dense --count 40000
+                                                      # runtime.memory_layout = "dense"
+    python benchmarks/density.py --guest memory --layout dense --address-space 64GiB
+                                                      # under `ulimit -v` (RLIMIT_AS)
 
 Each side runs in a fresh interpreter (so RSS, CPU and threads are its own), the sides
 alternated over ``--rounds``:
@@ -13,8 +17,14 @@ alternated over ``--rounds``:
   store with the policy's memory/table/instance limiter, its own deadline per call) and
   one ``call("add", ...)``; one policy object for all, as a host serving tenants would.
 
+``--layout`` picks ``runtime.memory_layout`` for wasmsbx and the same wasmtime
+configuration for raw (``fast``: wasmtime's 4 GiB reservation per memory; ``dense``:
+``--memory`` rounded up to a power of two, backends/reserve.py); ``--memory`` is the
+policy's ``limits.memory`` (raw caps each store the same way).
+
 Reported per sandbox: CPU (``resource.getrusage``, user + system) for creation + one
-call, RSS growth (``/proc/self/statm``), the thread count before and after, and the cold
+call, RSS growth (``/proc/self/statm``), address space (VmSize, ``/proc/self/status``)
+and mappings (``/proc/self/maps``) it adds, the thread count before and after, and the cold
 start of a module already loaded in the process (a second ``Sandbox`` of it, no call:
 median wall time over 200). Every sandbox stays alive until the end. A side that cannot
 reach N (the host's memory or address space, see README "Density") says where it stopped.
@@ -60,17 +70,45 @@ def threads() -> int:
     return len(os.listdir("/proc/self/task"))
 
 
+def vmsize() -> int:
+    """Address space of the process, bytes (what ``ulimit -v`` bounds)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmSize:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def mappings() -> int:
+    """Mappings of the process (what ``vm.max_map_count`` bounds)."""
+    with open("/proc/self/maps", "rb") as f:
+        return sum(1 for _ in f)
+
+
 # ----------------------------------------------------------------------------- one side
 
 
-def raw_side(wat: bytes, count: int) -> dict:
+def raw_config(layout: str, memory: int):
+    """The wasmtime configuration wasmsbx uses for ``layout``, without the epoch
+    interruption wasmsbx adds for the timeout (the raw host has no timeout)."""
+    from wasmsbx.backends.base import EngineOptions
+    from wasmsbx.backends.reserve import reservation
+    from wasmsbx.backends.wasmtime.backend import engine_config
+
+    config = engine_config(EngineOptions(reservation=reservation(layout, memory)))
+    config.epoch_interruption = False
+    return config
+
+
+def raw_side(wat: bytes, count: int, layout: str, memory: int) -> dict:
     import wasmtime
 
-    engine = wasmtime.Engine()
+    engine = wasmtime.Engine(raw_config(layout, memory))
     module = wasmtime.Module(engine, wat)
 
     def make() -> tuple:
         store = wasmtime.Store(engine)
+        store.set_limits(memory_size=memory)
         instance = wasmtime.Instance(store, module, [])
         return store, instance
 
@@ -81,10 +119,13 @@ def raw_side(wat: bytes, count: int) -> dict:
     return measure(make, call, count)
 
 
-def wasmsbx_side(wat: bytes, count: int) -> dict:
+def wasmsbx_side(wat: bytes, count: int, layout: str, memory: int) -> dict:
     import wasmsbx
+    from wasmsbx import policy as policy_mod
 
     policy = wasmsbx.default_policy()
+    policy_mod.override(policy, "runtime.memory_layout", layout)
+    policy_mod.override(policy, "limits.memory", str(memory))
 
     def make() -> object:
         return wasmsbx.Sandbox(wat, policy)
@@ -101,6 +142,7 @@ def measure(make, call, count: int) -> dict:
     first = make()
     assert call(first, 1) == 2
     live, stopped = [first], None
+    vm_before, maps_before = vmsize(), mappings()
     threads_before, rss_before, cpu_before = threads(), rss(), cpu()
     for i in range(count):
         try:
@@ -113,6 +155,7 @@ def measure(make, call, count: int) -> dict:
         live.append(box)
     made = len(live) - 1
     cpu_used, rss_used = cpu() - cpu_before, rss() - rss_before
+    vm_used, maps_used = vmsize() - vm_before, mappings() - maps_before
     threads_after = threads()
     cold = []
     for _ in range(200 if stopped is None else 0):
@@ -124,6 +167,8 @@ def measure(make, call, count: int) -> dict:
         "stopped": stopped,
         "cpu_ms_per_sandbox": cpu_used / max(made, 1) * 1e3,
         "rss_kib_per_sandbox": rss_used / max(made, 1) / 1024,
+        "vmsize_mib_per_sandbox": vm_used / max(made, 1) / 2**20,
+        "maps_per_sandbox": maps_used / max(made, 1),
         "threads_before": threads_before,
         "threads_after": threads_after,
         "cold_start_ms": statistics.median(cold) * 1e3 if cold else None,
@@ -133,11 +178,20 @@ def measure(make, call, count: int) -> dict:
 # ----------------------------------------------------------------------------- driver
 
 
-def run_side(side: str, guest: str, count: int) -> dict:
+def run_side(side: str, args: argparse.Namespace) -> dict:
+    def limit_address_space() -> None:
+        if args.address_space:
+            resource.setrlimit(resource.RLIMIT_AS, (args.address_space, args.address_space))
+
     proc = subprocess.run(
-        [sys.executable, __file__, "--child", side, "--guest", guest, "--count", str(count)],
+        [
+            *(sys.executable, __file__, "--child", side, "--guest", args.guest),
+            *("--count", str(args.count), "--layout", args.layout),
+            *("--memory", str(args.memory)),
+        ],
         capture_output=True,
         text=True,
+        preexec_fn=limit_address_space,
     )
     if proc.returncode != 0:
         return {"count": 0, "stopped": {"at": 0, "error": proc.stderr.strip()[-300:]}}
@@ -153,10 +207,13 @@ def ratio(a: float, b: float) -> str:
     return f"{a / b:.2f}x" if a and b else "-"
 
 
-def render(count: int, guest: str, sides: dict) -> str:
+def render(args: argparse.Namespace, sides: dict) -> str:
     box, raw = sides["wasmsbx"], sides["raw"]
+    limit = f", RLIMIT_AS {args.address_space:,} B" if args.address_space else ""
     lines = [
-        f"density: {count:,} live sandboxes, guest {guest!r}, python {sys.version.split()[0]}",
+        f"density: {args.count:,} live sandboxes, guest {args.guest!r}, layout "
+        f"{args.layout!r}, limits.memory {args.memory:,} B{limit}, "
+        f"python {sys.version.split()[0]}, vm.max_map_count {max_map_count()}",
         f"{'':32}{'wasmsbx':>12}{'raw wasmtime-py':>18}{'ratio':>9}",
     ]
 
@@ -168,6 +225,8 @@ def render(count: int, guest: str, sides: dict) -> str:
     row("sandboxes made", "count", ",")
     row("CPU per sandbox (ms)", "cpu_ms_per_sandbox", ".4f")
     row("RSS per sandbox (KiB)", "rss_kib_per_sandbox", ".2f")
+    row("address space per sandbox (MiB)", "vmsize_mib_per_sandbox", ".2f")
+    row("mappings per sandbox", "maps_per_sandbox", ".3f")
     row("threads before", "threads_before", "d")
     row("threads after", "threads_after", "d")
     row("cold start, module loaded (ms)", "cold_start_ms", ".4f")
@@ -177,28 +236,49 @@ def render(count: int, guest: str, sides: dict) -> str:
     return "\n".join(lines)
 
 
+def max_map_count() -> str:
+    try:
+        with open("/proc/sys/vm/max_map_count") as f:
+            return f"{int(f.read()):,}"
+    except (OSError, ValueError):
+        return "?"
+
+
+def size(text: str) -> int:
+    from wasmsbx.units import parse_size
+
+    return parse_size(text)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--count", type=int, default=10_000, help="live sandboxes per side")
     parser.add_argument("--guest", choices=sorted(GUESTS), default="plain")
+    parser.add_argument("--layout", choices=("fast", "dense"), default="fast")
+    parser.add_argument("--memory", type=size, default=256 << 20, help="limits.memory")
+    parser.add_argument(
+        "--address-space", type=size, default=0, metavar="SIZE", help="RLIMIT_AS per side"
+    )
     parser.add_argument("--rounds", type=int, default=1, help="alternated runs per side")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--child", choices=("raw", "wasmsbx"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         side = raw_side if args.child == "raw" else wasmsbx_side
-        print(json.dumps(side(GUESTS[args.guest], args.count)))
+        print(json.dumps(side(GUESTS[args.guest], args.count, args.layout, args.memory)))
         return 0
     results: dict = {"raw": [], "wasmsbx": []}
     for _ in range(args.rounds):
         for side in ("raw", "wasmsbx"):
-            results[side].append(run_side(side, args.guest, args.count))
+            results[side].append(run_side(side, args))
     sides = {name: best(runs) for name, runs in results.items()}
     sides = {"wasmsbx": sides["wasmsbx"], "raw": sides["raw"]}
     if args.json:
-        print(json.dumps({"count": args.count, "guest": args.guest, "sides": sides}, indent=2))
+        about = {"count": args.count, "guest": args.guest, "layout": args.layout}
+        about.update(memory=args.memory, address_space=args.address_space or None)
+        print(json.dumps({**about, "sides": sides}, indent=2))
     else:
-        print(render(args.count, args.guest, sides))
+        print(render(args, sides))
     return 0
 
 

@@ -1111,18 +1111,7 @@ class WasmtimeEngine(Engine):
 
     def __init__(self, options: EngineOptions) -> None:
         self.options = options
-        config = wasmtime.Config()
-        config.epoch_interruption = True
-        config.consume_fuel = bool(options.fuel)
-        config.cranelift_opt_level = _OPT_LEVELS.get(options.optimize, "speed")
-        if options.stack:
-            config.max_wasm_stack = options.stack
-        if options.reservation is not None:  # runtime.memory_layout = "dense" (reserve.py)
-            config.memory_reservation = options.reservation
-            config.memory_reservation_for_growth = options.reservation  # only memory64 outgrows it
-            config.memory_guard_size = GUARD
-            config.memory_init_cow = False  # an image mapping is a third mapping per memory
-        self.engine = wasmtime.Engine(config)
+        self.engine = wasmtime.Engine(engine_config(options))
         self.clock = KEEPER.clock(self.engine)  # epochs advanced by the process's one keeper
 
     def compile(self, wasm: bytes) -> Any:
@@ -1249,6 +1238,25 @@ class WasmtimeEngine(Engine):
             # and artifact made before the key existed) is what it was.
             **({} if reserved is None else {"memory_layout": f"dense:{reserved}"}),
         }
+
+
+def engine_config(options: EngineOptions) -> wasmtime.Config:
+    """The wasmtime configuration of an engine for ``options`` (benchmarks/epoch.py and
+    density.py build their raw engines from it, so they measure what wasmsbx runs)."""
+    config = wasmtime.Config()
+    config.epoch_interruption = True
+    config.consume_fuel = bool(options.fuel)
+    config.cranelift_opt_level = _OPT_LEVELS.get(options.optimize, "speed")
+    if options.stack:
+        config.max_wasm_stack = options.stack
+    if options.reservation is not None:  # runtime.memory_layout = "dense" (reserve.py)
+        config.memory_reservation = options.reservation
+        # Used only by a memory that outgrows the reservation (memory64 above 4 GiB): it
+        # moves once into room to grow, instead of on every memory.grow.
+        config.memory_reservation_for_growth = options.reservation
+        config.memory_guard_size = GUARD
+        config.memory_init_cow = False  # a copy-on-write image is a third mapping per memory
+    return config
 
 
 def _deserialize(engine: Any, data: Any) -> Any:
