@@ -1,5 +1,7 @@
-"""``runtime.memory_layout`` (issue #16): what a linear memory reserves, and that the
-dense layout changes only that: the limits, the traps and the trust checks stay."""
+"""``runtime.memory_layout`` and ``runtime.memory_init`` (issue #16): what a linear
+memory reserves and how many mappings it takes, and that they change only that (and,
+for ``copy``, the documented fuel of the data copy): limits, traps and trust checks
+stay."""
 
 from __future__ import annotations
 
@@ -40,9 +42,10 @@ GIB = 1 << 30
 MIB = 1 << 20
 
 
-def make_policy(layout: str = "dense", **keys) -> policy_mod.Policy:
+def make_policy(layout: str = "dense", init: str = "cow", **keys) -> policy_mod.Policy:
     policy = policy_mod.defaults()
     policy_mod.override(policy, "runtime.memory_layout", layout)
+    policy_mod.override(policy, "runtime.memory_init", init)
     for name, value in keys.items():
         policy_mod.override(policy, name.replace("__", "."), value)
     return policy
@@ -54,6 +57,11 @@ def vmsize() -> int:
             if line.startswith("VmSize:"):
                 return int(line.split()[1]) * 1024
     raise AssertionError("no VmSize")
+
+
+def mappings() -> int:
+    with open("/proc/self/maps", "rb") as f:
+        return sum(1 for _ in f)
 
 
 # ---------------------------------------------------------------------------- the layout
@@ -68,24 +76,32 @@ def test_the_reservation_is_the_limit_rounded_up_to_a_power_of_two():
     assert reserve.reservation("dense", policy_mod.MAX_MEMORY) == 4 * GIB
 
 
-@pytest.mark.skipif(sys.platform != "linux", reason="reads /proc/self/status")
+@pytest.mark.skipif(sys.platform != "linux", reason="reads /proc/self/status and maps")
 @pytest.mark.parametrize(
-    ("layout", "least", "most"),
-    [("dense", 1 * MIB, 1.5 * MIB), ("fast", 4 * GIB, 4.2 * GIB)],
+    ("layout", "init", "least", "most", "maps"),
+    [
+        ("dense", "cow", 1 * MIB, 1.5 * MIB, 3),
+        ("dense", "copy", 1 * MIB, 1.5 * MIB, 2),
+        ("fast", "cow", 4 * GIB, 4.2 * GIB, 3),
+        ("fast", "copy", 4 * GIB, 4.2 * GIB, 2),
+    ],
 )
-def test_each_live_memory_reserves_what_the_layout_says(layout, least, most):
+def test_each_live_memory_reserves_and_maps_what_the_policy_says(layout, init, least, most, maps):
     """The layout is in force: the address space a live sandbox with a memory adds is
-    about the policy's limit (1 MiB) under dense, and 4 GiB + guards under fast."""
-    policy = make_policy(layout, limits__memory="1MiB")
+    about the policy's limit (1 MiB) under dense, and 4 GiB + guards under fast; the
+    mappings it adds (what vm.max_map_count bounds) are 3 with the copy-on-write image
+    and 2 without."""
+    policy = make_policy(layout, init, limits__memory="1MiB")
     boxes = [Sandbox(GUEST, policy, backend="wasmtime")]
     assert boxes[0].call("size") == 1
-    before = vmsize()
+    before, maps_before = vmsize(), mappings()
     for _ in range(20):
         box = Sandbox(GUEST, policy, backend="wasmtime")
-        assert box.call("add", 2, 3) == 5
+        assert box.call("load", 0) == int.from_bytes(b"tena", "little")
         boxes.append(box)
     per_sandbox = (vmsize() - before) / 20
     assert least <= per_sandbox <= most, per_sandbox / MIB
+    assert round((mappings() - maps_before) / 20) == maps
 
 
 def test_the_engine_key_follows_the_reservation():
@@ -94,7 +110,11 @@ def test_the_engine_key_follows_the_reservation():
     other = Sandbox(GUEST, make_policy(limits__memory="2MiB"), backend="wasmtime")
     fast = Sandbox(GUEST, make_policy("fast", limits__memory="1MiB"), backend="wasmtime")
     fast_too = Sandbox(GUEST, make_policy("fast", limits__memory="2MiB"), backend="wasmtime")
+    copy = Sandbox(GUEST, make_policy(init="copy", limits__memory="1MiB"), backend="wasmtime")
     assert small.engine is same.engine and small.module is same.module  # both 1 MiB
+    assert copy.engine is not same.engine and copy.module is not same.module
+    assert copy.engine.fingerprint()["memory_init"] == "copy"
+    assert "memory_init" not in same.engine.fingerprint()
     assert other.engine is not same.engine and other.module is not same.module
     assert fast.engine is not same.engine and fast.engine is fast_too.engine
     assert same.engine.options.reservation == MIB and fast.engine.options.reservation is None
@@ -225,11 +245,17 @@ def test_wasmtime_itself_refuses_code_of_another_layout():
 
     fast = WasmtimeEngine(EngineOptions())
     dense = WasmtimeEngine(EngineOptions(reservation=MIB))
-    for source, target in ((fast, dense), (dense, fast)):
+    copy = WasmtimeEngine(EngineOptions(copy_data=True))
+    for source, target, why in (
+        (fast, dense, "memory reservation"),
+        (dense, fast, "memory reservation"),
+        (fast, copy, "CoW"),
+        (copy, fast, "CoW"),
+    ):
         native = source.serialize(source.compile(GUEST_WASM()))
         with pytest.raises(errors.ModuleError) as info:
             target.deserialize(trust.Authenticated(native, "this test"))
-        assert "memory reservation" in str(info.value)
+        assert why in str(info.value)
 
 
 def GUEST_WASM() -> bytes:  # noqa: N802 - a constant, computed once wasmtime is loaded
@@ -278,6 +304,19 @@ def test_a_bad_memory_layout_is_a_one_line_policy_error(tmp_path, value):
     lines = result.stderr.splitlines()
     assert lines[0].startswith(f"error: {policy}: runtime.memory_layout: "), lines
     assert "expected one of fast, dense" in lines[0]
+    assert len(lines) == 2 and lines[1].startswith("hint: "), lines
+
+
+@pytest.mark.parametrize("value", ['"COW"', '"mapped"', "0", "true", "[]"])
+def test_a_bad_memory_init_is_a_one_line_policy_error(tmp_path, value):
+    guest = tmp_path / "guest.wat"
+    guest.write_bytes(GUEST)
+    policy = tmp_path / "sandbox.toml"
+    policy.write_text(f"[runtime]\nmemory_init = {value}\n")
+    result = run_cli("run", guest, "add", "1", "2", "--policy", policy)
+    assert result.code == 101, result
+    lines = result.stderr.splitlines()
+    assert "runtime.memory_init: expected one of cow, copy" in lines[0], lines
     assert len(lines) == 2 and lines[1].startswith("hint: "), lines
 
 
@@ -356,21 +395,24 @@ def test_run_explain_and_stats_say_which_layout_is_in_force(tmp_path):
     assert result.code == 0 and result.stdout.strip() == "16", result
     assert "memory layout: dense: 1 MiB + 128 KiB of guards" in result.stderr
     assert "memory layout     dense: 1 MiB" in result.stderr
+    assert "data mapped copy-on-write (3 mappings per memory)" in result.stderr
     data = run_cli("run", guest, "size", "--json").json()
-    assert data["stats"]["memory_layout"]["layout"] == "fast"
-    assert data["stats"]["memory_layout"]["reservation"] is None
+    layout = data["stats"]["memory_layout"]
+    assert (layout["layout"], layout["reservation"], layout["init"]) == ("fast", None, "cow")
 
 
 def test_audit_reports_the_reservation_per_memory(tmp_path):
     guest = tmp_path / "guest.wat"
     guest.write_bytes(GUEST)
     policy = tmp_path / "dense.toml"
-    policy.write_text('[runtime]\nmemory_layout = "dense"\n')
+    policy.write_text('[runtime]\nmemory_layout = "dense"\nmemory_init = "copy"\n')
     text = run_cli("audit", guest, "--policy", policy)
     assert "reserves 256 MiB + 128 KiB of address space per instance (dense)" in text.stdout
-    assert "copied into each instance (dense)" in text.stdout
+    assert "copied into each instance (memory_init = copy" in text.stdout
     data = json.loads(run_cli("audit", guest, "--json").stdout)
-    assert data["policy"]["memory_layout"] == {"layout": "fast", "reservation": None}
+    want = {"layout": "fast", "reservation": None, "init": "cow"}
+    assert data["policy"]["memory_layout"] == want
+    assert "reserves 4 GiB + 64 MiB" in run_cli("audit", guest).stdout
 
 
 # ---------------------------------------------------------------------------- address space
@@ -403,3 +445,34 @@ def test_under_an_address_space_cap_dense_runs_where_fast_cannot(tmp_path):
     assert 'runtime.memory_layout = "dense"' in fast.stderr.decode()  # the hint says how
     ok = run("--policy", str(dense))
     assert (ok.returncode, ok.stdout.strip()) == (0, b"3"), ok.stderr
+
+
+# ---------------------------------------------------------------------------- memory_init
+
+
+DATA_64K = (
+    b'(module (memory 2) (data (i32.const 0) "'
+    + b"\\01" * 65536
+    + b'") (func (export "first") (result i32) (i32.load8_u (i32.const 65535))))'
+)
+
+
+def test_copying_data_spends_fuel_as_wasmtime_charges_it():
+    """Under "copy" wasmtime initialises memory with the copy charged as fuel (1 unit
+    per byte): 64 KiB of data does not fit a 1,000 fuel budget, which the same module
+    under "cow" (mapped, nothing copied) does. Documented, and never a weaker limit."""
+    assert Sandbox(DATA_64K, make_policy("fast", "cow", limits__fuel=1000)).call("first") == 1
+    box = Sandbox(DATA_64K, make_policy("fast", "copy", limits__fuel=1000), backend="wasmtime")
+    with pytest.raises(errors.FuelExhausted) as info:
+        box.call("first")
+    assert info.value.exit_code == 111
+    roomy = make_policy("dense", "copy", limits__fuel=70_000)
+    assert Sandbox(DATA_64K, roomy, backend="wasmtime").call("first") == 1
+
+
+def test_out_of_maps_hint_follows_the_init():
+    from wasmsbx.backends.reserve import exhausted_hint
+
+    assert 'memory_init = "copy"' in exhausted_hint(MIB, False)
+    assert "vm.max_map_count" in exhausted_hint(MIB, True)
+    assert 'memory_layout = "dense"' in exhausted_hint(None, False)

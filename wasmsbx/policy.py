@@ -24,6 +24,7 @@ POLICY_FILENAME = "sandbox.toml"
 OPTIMIZE_LEVELS = ("none", "speed", "size", "aggressive")
 STDIO_SPECIAL = ("inherit", "null")
 MEMORY_LAYOUTS = ("fast", "dense")  # backends/reserve.py says what each reserves
+MEMORY_INITS = ("cow", "copy")  # data segments: mapped copy-on-write, or copied
 
 # Ranges of the numeric keys. Every number is checked against one, so no value can wrap
 # in a runtime's integer field or abort it (issue #13).
@@ -151,9 +152,20 @@ SCHEMA: tuple = (
         "fast",
         "Address space each linear memory reserves. fast: wasmtime's 4 GiB + guards, no "
         "bounds checks. dense: limits.memory rounded up to a power of two (64KiB..4GiB) + "
-        "64 KiB guards, data copied in: 1.5x the live memories per process, memory-bound "
-        "code up to 1.6x slower (wasmtime only).",
+        "64 KiB guards: 18x the live memories under a 64 GiB ulimit -v, memory-bound code "
+        "up to 1.6x slower (wasmtime only).",
         choices=MEMORY_LAYOUTS,
+    ),
+    Key(
+        "runtime",
+        "memory_init",
+        "choice",
+        "cow",
+        "How data segments reach a memory. cow: mapped copy-on-write from one image per "
+        "module. copy: copied in at instantiation: one mapping fewer per memory (1.5x the "
+        "live memories under the default vm.max_map_count), but each sandbox holds its "
+        "data's pages, and the copy spends limits.fuel (1 per byte).",
+        choices=MEMORY_INITS,
     ),
     Key(
         "limits",

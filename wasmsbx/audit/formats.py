@@ -98,12 +98,16 @@ def _policy(policy: Any) -> dict:
 
 
 def _memory_layout(values: dict) -> dict:
-    """runtime.memory_layout and the bytes each linear memory reserves under it on
-    wasmtime (null: wasmtime's own 4 GiB + guards)."""
+    """runtime.memory_layout, the bytes each linear memory reserves under it on wasmtime
+    (null: wasmtime's own 4 GiB + guards), and runtime.memory_init."""
     from ..backends.reserve import reservation
 
     layout = values["runtime.memory_layout"]
-    return {"layout": layout, "reservation": reservation(layout, values["limits.memory"])}
+    return {
+        "layout": layout,
+        "reservation": reservation(layout, values["limits.memory"]),
+        "init": values["runtime.memory_init"],
+    }
 
 
 def _export(exp: Any) -> dict:

@@ -85,6 +85,10 @@ SCHEMA = _obj(
                             "bytes each linear memory reserves on wasmtime; null: "
                             "wasmtime's own (4 GiB + guards)",
                         ),
+                        "init": _d(
+                            {"enum": ["cow", "copy"]},
+                            "data segments mapped copy-on-write, or copied in",
+                        ),
                     }
                 ),
             }

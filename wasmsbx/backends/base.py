@@ -137,7 +137,7 @@ class Availability(
 class EngineOptions(
     namedtuple(
         "EngineOptions",
-        "compiler optimize fuel stack memory_cap table_cap reservation",
+        "compiler optimize fuel stack memory_cap table_cap reservation copy_data",
         defaults=(
             None,
             "speed",
@@ -146,6 +146,7 @@ class EngineOptions(
             None,
             None,
             None,
+            False,
         ),
     )
 ):
@@ -159,6 +160,8 @@ class EngineOptions(
     # table_cap: Optional[int]   (wasmer rewrites the declared maxima)
     # reservation: Optional[int]  bytes reserved per linear memory (runtime.memory_layout
     #                             "dense", backends/reserve.py); None: the runtime's own
+    # copy_data: bool  data segments copied into each memory (runtime.memory_init "copy"),
+    #                  not mapped copy-on-write from one image
     __slots__ = ()
 
     def to_dict(self) -> dict:

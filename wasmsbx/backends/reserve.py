@@ -1,25 +1,32 @@
-"""How much address space a linear memory reserves: ``runtime.memory_layout`` (issue #16).
+"""What a linear memory costs the process: ``runtime.memory_layout`` and
+``runtime.memory_init`` (issue #16).
 
-Two layouts, chosen by the policy (its one source of truth is here; the policy's key,
-the wasmtime engine, ``--explain`` and the out-of-memory hint all read it):
+One source of truth for the policy's two keys; the wasmtime engine, ``--explain``,
+``--stats``, audit and the out-of-memory hint all read it.
 
-- ``fast`` (the default): wasmtime's own layout. Each linear memory reserves 4 GiB of
-  address space plus 32 MiB guards before and after (4.06 GiB of VmSize), so 32-bit
-  loads and stores need no bounds checks, and its data segments are mapped
-  copy-on-write from one image of the module (3 mappings per memory).
-- ``dense``: each memory reserves ``limits.memory`` rounded up to a power of two (at
-  least 64 KiB, at most 4 GiB) with a 64 KiB guard on each side, and its data segments
-  are copied in (2 mappings per memory). The code then checks bounds explicitly, which
-  costs memory-bound code up to 1.6x (``benchmarks/epoch.py``), and each sandbox owns
-  the pages its data segments fill (a module with 1 MiB of data: 1 MiB and ~1 ms more
-  per sandbox). In exchange a process holds 1.5x the live memories under Linux's
-  default ``vm.max_map_count`` and 16x (256 MiB limit) and more under an address-space
-  cap (``ulimit -v``). The numbers are README "Density"'s, measured with
-  ``benchmarks/density.py`` and ``benchmarks/epoch.py``.
+``runtime.memory_layout``, the address space each memory reserves:
 
-Rounding to a power of two keeps the number of engines (and of compiled copies of each
-module) a process holds small: the reservation is compiled into the code, so every
-distinct reservation is an engine of its own and a cache entry of its own.
+- ``fast`` (the default): wasmtime's own layout. 4 GiB plus 32 MiB guards before and
+  after (4,160 MiB of VmSize), so 32-bit loads and stores need no bounds checks.
+- ``dense``: ``limits.memory`` rounded up to a power of two (at least 64 KiB, at most
+  4 GiB) with a 64 KiB guard on each side. The code then checks bounds explicitly, which
+  costs memory-bound code up to 1.6x (``benchmarks/epoch.py``); in exchange a process
+  under an address-space cap (``ulimit -v``) holds 18x the memories at a 256 MiB limit,
+  and the 128 TiB of user address space stop being the bound.
+
+``runtime.memory_init``, how data segments reach a memory:
+
+- ``cow`` (the default): mapped copy-on-write from one image of the module, shared by
+  every instance until written; 3 mappings per memory.
+- ``copy``: copied in at instantiation; 2 mappings per memory, so 1.5x the memories
+  under Linux's default ``vm.max_map_count`` (65,530), the first limit either layout
+  reaches. Each sandbox then holds its data's pages (1 MiB of data: 1 MiB and ~1 ms more
+  per sandbox), and wasmtime charges the copy as fuel (1 unit per byte, 2 per segment).
+
+The numbers are README "Memory layout"'s (``benchmarks/density.py``, ``epoch.py``).
+Rounding the reservation to a power of two keeps the number of engines (and of compiled
+copies of each module) a process holds small: the reservation is compiled into the code,
+so every distinct one is an engine of its own and a cache entry of its own.
 """
 
 from __future__ import annotations
@@ -29,14 +36,14 @@ from typing import Optional
 GUARD = 64 << 10  # one wasm page before and after each memory (dense)
 LEAST = 64 << 10  # one wasm page
 MOST = 4 << 30  # a 32-bit memory cannot outgrow 4 GiB; more would reserve more than fast
-FAST_RESERVATION = (4 << 30) + (64 << 20)  # wasmtime 50: 4 GiB + a 32 MiB guard each side
 
-# Measured 2026-12-02 (README "Density"): what the dense layout costs and gains.
+# Measured 2026-12-02 (README "Memory layout"): what the dense layout costs and gains.
 COST = "explicit bounds checks: memory-bound code 1.0-1.6x slower (benchmarks/epoch.py)"
 FAST_NOTE = (
-    "memories get wasmtime's 4 GiB reservation (4.06 GiB of address space each, no "
+    "memories get wasmtime's 4 GiB reservation (4,160 MiB of address space each, no "
     'bounds checks); runtime.memory_layout = "dense" reserves limits.memory instead '
-    "(1.5x the live memories per process, bounds checks 1.0-1.6x on memory-bound code)"
+    "(18x the live memories under a 64 GiB ulimit -v; bounds checks, 1.0-1.6x on "
+    'memory-bound code), runtime.memory_init = "copy" saves a mapping per memory'
 )
 
 
@@ -51,42 +58,58 @@ def reservation(layout: str, memory_limit: int) -> Optional[int]:
     return size
 
 
-def describe(reserved: Optional[int]) -> str:
-    """One line on the layout in force, for ``--explain`` and hints."""
+def describe(reserved: Optional[int], copy_data: bool = False) -> str:
+    """One line on the layout in force, for ``--explain``, ``--stats`` and hints."""
     from ..units import format_size
 
+    init = (
+        "; data copied in (2 mappings per memory; the copy spends fuel)"
+        if copy_data
+        else "; data mapped copy-on-write (3 mappings per memory)"
+    )
     if reserved is None:
         return (
             "fast: wasmtime's layout, 4 GiB + 64 MiB of guards reserved per linear memory, "
-            "no bounds checks"
+            "no bounds checks" + init
         )
     return (
         f"dense: {format_size(reserved)} + {format_size(2 * GUARD)} of guards reserved "
-        f"per linear memory (limits.memory, rounded up to a power of two); {COST}"
+        f"per linear memory (limits.memory, rounded up to a power of two); {COST}" + init
     )
 
 
-def exhausted_hint(reserved: Optional[int]) -> str:
+def exhausted_hint(reserved: Optional[int], copy_data: bool = False) -> str:
     """What to do when the process runs out of memory or address space."""
     if reserved is None:
         return (
             "too many live linear memories for this process (4 GiB of address space each): "
             'close the sandboxes you no longer use, or set runtime.memory_layout = "dense" '
-            'to reserve limits.memory per memory instead (README "Density")'
+            'to reserve limits.memory per memory instead (README "Memory layout")'
+        )
+    if not copy_data:
+        return (
+            "too many live linear memories for this process (3 mappings each; Linux allows "
+            "vm.max_map_count, 65,530 by default): close the sandboxes you no longer use, "
+            'set runtime.memory_init = "copy" (2 mappings each), or raise '
+            'vm.max_map_count (README "Memory layout")'
         )
     return (
         "too many live linear memories for this process (2 mappings each; Linux allows "
         "vm.max_map_count, 65,530 by default): close the sandboxes you no longer use, or "
-        'raise vm.max_map_count (README "Density")'
+        'raise vm.max_map_count (README "Memory layout")'
     )
 
 
 def in_force(values: dict, backend: str) -> dict:
     """The layout a run under this policy gets on ``backend``, as data for ``--explain``
-    and ``--json``: {layout, reservation (bytes, None: the runtime's own), about}."""
-    layout = values["runtime.memory_layout"]
-    reserved = reservation(layout, values["limits.memory"])
+    and ``--json``: {layout, reservation (bytes, None: the runtime's own), init, about}."""
+    layout, init = values["runtime.memory_layout"], values["runtime.memory_init"]
     if backend != "wasmtime":
-        about = "wasmer's own: 4 GiB + a 2 GiB guard per linear memory, in the instance's process"
-        return {"layout": layout, "reservation": None, "about": about}
-    return {"layout": layout, "reservation": reserved, "about": describe(reserved)}
+        about = (
+            "wasmer's own: 4 GiB + a 2 GiB guard per linear memory, data copied in, in "
+            "the instance's process"
+        )
+        return {"layout": layout, "reservation": None, "init": "copy", "about": about}
+    reserved = reservation(layout, values["limits.memory"])
+    about = describe(reserved, init == "copy")
+    return {"layout": layout, "reservation": reserved, "init": init, "about": about}

@@ -293,6 +293,7 @@ def engine_options(policy: policy_mod.Policy, compiler: Optional[str]) -> Engine
         memory_cap=v["limits.memory"],
         table_cap=v["limits.table_elements"],
         reservation=reservation(v["runtime.memory_layout"], v["limits.memory"]),
+        copy_data=v["runtime.memory_init"] == "copy",
     )
 
 

@@ -1237,6 +1237,7 @@ class WasmtimeEngine(Engine):
             # Only when set: under the default layout the code (and so every cache entry
             # and artifact made before the key existed) is what it was.
             **({} if reserved is None else {"memory_layout": f"dense:{reserved}"}),
+            **({"memory_init": "copy"} if self.options.copy_data else {}),
         }
 
 
@@ -1255,7 +1256,8 @@ def engine_config(options: EngineOptions) -> wasmtime.Config:
         # moves once into room to grow, instead of on every memory.grow.
         config.memory_reservation_for_growth = options.reservation
         config.memory_guard_size = GUARD
-        config.memory_init_cow = False  # a copy-on-write image is a third mapping per memory
+    if options.copy_data:  # runtime.memory_init = "copy": the image is a third mapping
+        config.memory_init_cow = False
     return config
 
 
@@ -1301,7 +1303,7 @@ def _first_line(exc: Exception) -> str:
 def _exhausted(doing: str, why: str, options: EngineOptions) -> errors.ResourceExhausted:
     return errors.ResourceExhausted(
         f"out of host memory or address space while {doing}: {why}",
-        hint=exhausted_hint(options.reservation),
+        hint=exhausted_hint(options.reservation, options.copy_data),
     )
 
 
@@ -1362,7 +1364,7 @@ class WasmtimeBackend(Backend):
                 "xorshift 1.0x); not avoided: every policy has a timeout, and epochs are how "
                 "a guest is stopped in process",
                 "engines are shared per process (one per optimize/fuel/stack setting, "
-                "and reservation under the dense layout)",
+                "reservation under the dense layout, and memory_init)",
                 FAST_NOTE,
             ),
         )
@@ -1382,13 +1384,15 @@ def engine_key(options: EngineOptions) -> tuple:
     """What changes a wasmtime engine's configuration. The memory and table caps are
     not in it: wasmtime enforces them per store (the limiter), not in machine code. The
     reservation is (runtime.memory_layout "dense": limits.memory rounded up to a power
-    of two, so policies with nearby limits share an engine)."""
+    of two, so policies with nearby limits share an engine), and so is how data reaches
+    a memory (runtime.memory_init: wasmtime refuses a module built for the other)."""
     return (
         options.compiler or "cranelift",
         options.optimize,
         bool(options.fuel),
         options.stack,
         options.reservation,
+        bool(options.copy_data),
     )
 
 

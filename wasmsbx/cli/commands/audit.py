@@ -289,8 +289,12 @@ def _layout(console: Any, report: Any) -> None:
     sizes = facts.data_segments
     if sizes:
         declared = f"{len(sizes)} segments, {format_size(sum(sizes))}"
-        dense = report.policy.values["runtime.memory_layout"] == "dense"
-        how = "copied into each instance (dense)" if dense else "mapped copy-on-write"
+        copied = report.policy.values["runtime.memory_init"] == "copy"
+        how = (
+            "copied into each instance (memory_init = copy: 1 fuel per byte)"
+            if copied
+            else "mapped copy-on-write"
+        )
         table.add_row("data", declared, f"largest {format_size(max(sizes))}; {how}")
     if table.row_count:
         console.print()
