@@ -153,7 +153,7 @@ SCHEMA: tuple = (
         "Address space each linear memory reserves. fast: wasmtime's 4 GiB + guards, no "
         "bounds checks. dense: limits.memory rounded up to a power of two (64KiB..4GiB) + "
         "64 KiB guards: 18x the live memories under a 64 GiB ulimit -v, memory-bound code "
-        "up to 1.6x slower (wasmtime only).",
+        "up to 1.7x slower (wasmtime only).",
         choices=MEMORY_LAYOUTS,
     ),
     Key(

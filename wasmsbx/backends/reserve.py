@@ -10,7 +10,8 @@ One source of truth for the policy's two keys; the wasmtime engine, ``--explain`
   after (4,160 MiB of VmSize), so 32-bit loads and stores need no bounds checks.
 - ``dense``: ``limits.memory`` rounded up to a power of two (at least 64 KiB, at most
   4 GiB) with a 64 KiB guard on each side. The code then checks bounds explicitly, which
-  costs memory-bound code up to 1.6x (``benchmarks/epoch.py``); in exchange a process
+  costs memory-bound code up to 1.7x (``benchmarks/epoch.py``: matmul; sieve 1.4x
+  and quicksort 1.3x in instructions, less in time); in exchange a process
   under an address-space cap (``ulimit -v``) holds 18x the memories at a 256 MiB limit,
   and the 128 TiB of user address space stop being the bound.
 
@@ -38,11 +39,14 @@ LEAST = 64 << 10  # one wasm page
 MOST = 4 << 30  # a 32-bit memory cannot outgrow 4 GiB; more would reserve more than fast
 
 # Measured 2026-12-02 (README "Memory layout"): what the dense layout costs and gains.
-COST = "explicit bounds checks: memory-bound code 1.0-1.6x slower (benchmarks/epoch.py)"
+COST = (
+    "explicit bounds checks: memory-bound code up to 1.7x slower (benchmarks/epoch.py: "
+    "matmul 1.71x, sieve 1.37x, quicksort 1.29x in instructions)"
+)
 FAST_NOTE = (
     "memories get wasmtime's 4 GiB reservation (4,160 MiB of address space each, no "
     'bounds checks); runtime.memory_layout = "dense" reserves limits.memory instead '
-    "(18x the live memories under a 64 GiB ulimit -v; bounds checks, 1.0-1.6x on "
+    "(18x the live memories under a 64 GiB ulimit -v; bounds checks, up to 1.7x on "
     'memory-bound code), runtime.memory_init = "copy" saves a mapping per memory'
 )
 
