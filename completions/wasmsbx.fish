@@ -98,7 +98,7 @@ complete -c wasmsbx -n '__fish_seen_subcommand_from compile' -l output -s o -r -
 complete -c wasmsbx -n '__fish_seen_subcommand_from compile' -l backend -s b -r -d 'Compile for this backend'
 complete -c wasmsbx -n '__fish_seen_subcommand_from compile' -l all-backends -d 'Compile for every available backend and compiler'
 complete -c wasmsbx -n '__fish_seen_subcommand_from compile' -l export -r -d 'C/Rust: export this function (repeatable); builds a library, not a command'
-complete -c wasmsbx -n '__fish_seen_subcommand_from compile' -l policy -s p -r -F -d 'Policy whose optimize/fuel/stack settings the code is built for'
+complete -c wasmsbx -n '__fish_seen_subcommand_from compile' -l policy -s p -r -F -d 'Policy whose optimize/fuel/stack/memory settings the code is built for'
 complete -c wasmsbx -n '__fish_seen_subcommand_from compile' -l cache-dir -r -F -d 'Cache directory'
 complete -c wasmsbx -n '__fish_seen_subcommand_from compile' -l force -d 'Recompile even if cached'
 complete -c wasmsbx -n '__fish_seen_subcommand_from compile' -l sign -d 'With -o FILE: also sign the artifact with your signing key (`wasmsbx trust keygen`), so machines that trust your key (`wasmsbx trust add`) run it'

@@ -53,7 +53,7 @@ def register(app: Any) -> None:
             "--policy",
             "-p",
             metavar="PATH",
-            help="Policy whose optimize/fuel/stack settings the code is built for.",
+            help="Policy whose optimize/fuel/stack/memory settings the code is built for.",
         ),
         cache_dir: Optional[str] = typer.Option(
             None, "--cache-dir", metavar="PATH", help="Cache directory."
