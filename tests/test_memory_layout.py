@@ -476,3 +476,31 @@ def test_out_of_maps_hint_follows_the_init():
     assert 'memory_init = "copy"' in exhausted_hint(MIB, False)
     assert "vm.max_map_count" in exhausted_hint(MIB, True)
     assert 'memory_layout = "dense"' in exhausted_hint(None, False)
+
+
+def test_mcp_workers_keep_a_module_per_layout(tmp_path):
+    """An MCP worker reuses a compiled Sandbox for calls whose engine settings match:
+    the reservation and the data initialisation are among them."""
+    from wasmsbx.mcp.worker import Worker
+
+    module = tmp_path / "guest.wat"
+    module.write_bytes(GUEST)
+    worker = Worker()
+    boxes = {
+        (layout, init, memory): worker.sandbox(
+            str(module), "digest", make_policy(layout, init, limits__memory=memory), "call"
+        )
+        for layout, init, memory in (
+            ("fast", "cow", "1MiB"),
+            ("dense", "cow", "1MiB"),
+            ("dense", "cow", "2MiB"),
+            ("dense", "copy", "1MiB"),
+        )
+    }
+    assert len({id(box.engine) for box in boxes.values()}) == 4
+    again = worker.sandbox(
+        str(module), "digest", make_policy("dense", "cow", limits__memory="700KiB"), "call"
+    )
+    assert again is boxes["dense", "cow", "1MiB"]  # the same 1 MiB reservation
+    for box in boxes.values():
+        assert box.call("add", 1, 2) == 3

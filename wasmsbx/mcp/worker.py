@@ -49,7 +49,9 @@ class Worker:
 
         The call's policy only tightens store-level limits (memory, time, fuel amount,
         output), which are read when an instance is made; the engine settings that change
-        machine code (fuel metering on/off, stack, optimisation) are part of the key."""
+        machine code (fuel metering on/off, stack, optimisation, the memory reservation
+        and data initialisation) are part of the key."""
+        from ..backends.reserve import reservation
         from ..runner import Sandbox
 
         v = policy.values
@@ -59,6 +61,8 @@ class Worker:
             v["limits.stack"],
             v["runtime.optimize"],
             v["runtime.backend"],
+            reservation(v["runtime.memory_layout"], v["limits.memory"]),
+            v["runtime.memory_init"],
         )
         box = self.boxes.get(key)
         self.load = "reused"
