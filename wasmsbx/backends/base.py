@@ -401,6 +401,7 @@ class Engine(ABC):
 
     backend: str
     options: EngineOptions
+    memory_layout: Optional[dict] = None  # backends/reserve.py in_force, for --stats/--json
 
     @abstractmethod
     def compile(self, wasm: bytes) -> Any: ...

@@ -104,16 +104,30 @@ def exhausted_hint(reserved: Optional[int], copy_data: bool = False) -> str:
     )
 
 
+WASMER = {
+    "layout": "fast",
+    "reservation": None,
+    "init": "copy",
+    "about": "wasmer's own: 4 GiB + a 2 GiB guard per linear memory, data copied in, in "
+    "the instance's process",
+}
+
+
 def in_force(values: dict, backend: str) -> dict:
     """The layout a run under this policy gets on ``backend``, as data for ``--explain``
     and ``--json``: {layout, reservation (bytes, None: the runtime's own), init, about}."""
-    layout, init = values["runtime.memory_layout"], values["runtime.memory_init"]
     if backend != "wasmtime":
-        about = (
-            "wasmer's own: 4 GiB + a 2 GiB guard per linear memory, data copied in, in "
-            "the instance's process"
-        )
-        return {"layout": layout, "reservation": None, "init": "copy", "about": about}
-    reserved = reservation(layout, values["limits.memory"])
-    about = describe(reserved, init == "copy")
-    return {"layout": layout, "reservation": reserved, "init": init, "about": about}
+        return dict(WASMER)
+    reserved = reservation(values["runtime.memory_layout"], values["limits.memory"])
+    return engine_layout(reserved, values["runtime.memory_init"] == "copy")
+
+
+def engine_layout(reserved: Optional[int], copy_data: bool) -> dict:
+    """in_force for a wasmtime engine's options (an engine computes it once: every
+    call's ``--stats``/``--json`` shows it)."""
+    return {
+        "layout": "fast" if reserved is None else "dense",
+        "reservation": reserved,
+        "init": "copy" if copy_data else "cow",
+        "about": describe(reserved, copy_data),
+    }

@@ -495,6 +495,7 @@ class ComponentEngine:
         self.clock = engine.clock
         self.backend = engine.backend
         self.options = engine.options
+        self.memory_layout = engine.memory_layout
 
     def compile(self, wasm: bytes) -> Any:
         """The component with its memory probe (``probe.instrument``), or as it is when the

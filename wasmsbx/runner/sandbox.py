@@ -22,7 +22,7 @@ from ..backends import names as backend_names
 from ..backends import split as backend_split
 from ..backends.base import EngineOptions, ExportInfo, Limits, Signature, WasiSetup
 from ..backends.compiling import check_size
-from ..backends.reserve import in_force, reservation
+from ..backends.reserve import reservation
 from ..memory import Memory  # noqa: F401 - re-exported (wasmsbx.GuestMemory)
 
 # ---------------------------------------------------------------------------- typed values
@@ -86,7 +86,7 @@ class RunStats(
             "fuel_used": self.fuel_used,
             "memory_bytes": self.memory_bytes,
             "warnings": list(self.warnings),
-            "memory_layout": self.memory_layout,
+            "memory_layout": dict(self.memory_layout) if self.memory_layout else None,
         }
 
 
@@ -998,7 +998,7 @@ class Sandbox:
             fuel_used=usage.fuel_used,
             memory_bytes=usage.memory_bytes,
             warnings=tuple(self.warnings) + tuple(usage.warnings),
-            memory_layout=in_force(self.policy.values, self.backend_name),
+            memory_layout=self.engine.memory_layout,
         )
 
     def close(self) -> None:

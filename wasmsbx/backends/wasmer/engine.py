@@ -43,6 +43,7 @@ from wasmer import wasi as wasmer_wasi
 
 from ... import errors
 from ...units import format_duration, format_size
+from .. import reserve
 from ..base import (
     Engine,
     EngineOptions,
@@ -1175,6 +1176,7 @@ def _module_error(exc: BaseException, compiler: str) -> errors.ModuleError:
 
 class WasmerEngine(Engine):
     backend = "wasmer"
+    memory_layout = reserve.WASMER  # its own, whatever the policy asks (dense: excluded)
 
     def __init__(self, options: EngineOptions, version: Optional[str] = None) -> None:
         self.options = options

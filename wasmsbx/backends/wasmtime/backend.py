@@ -44,7 +44,7 @@ from ..base import (
 )
 from ..deadline import KEEPER
 from ..limits import HIDDEN_EXPORT, PAGE, TotalsError, export_memories, layout, plan
-from ..reserve import FAST_NOTE, GUARD, exhausted_hint
+from ..reserve import FAST_NOTE, GUARD, engine_layout, exhausted_hint
 from . import teardown
 from .values import (
     RAW_CALL,
@@ -1112,6 +1112,7 @@ class WasmtimeEngine(Engine):
     def __init__(self, options: EngineOptions) -> None:
         self.options = options
         self.engine = wasmtime.Engine(engine_config(options))
+        self.memory_layout = engine_layout(options.reservation, bool(options.copy_data))
         self.clock = KEEPER.clock(self.engine)  # epochs advanced by the process's one keeper
 
     def compile(self, wasm: bytes) -> Any:
