@@ -37,7 +37,7 @@ MAX_SKIP = 64 << 20  # an overlong line is skipped up to this; longer ends the b
 WINDOW_PER_JOB = 4  # chunks in flight per worker
 CHUNK_MAX_ITEMS = 1024
 CHUNK_MAX_BYTES = 256 * 1024
-CHUNK_TARGET_SECONDS = 0.05  # a chunk should keep a worker busy about this long: a chunk
+CHUNK_TARGET_SECONDS = 0.02  # a chunk should keep a worker busy about this long: a chunk
 # costs the parent ~1 ms (submit, pickle both ways, wake-up), 2% of this
 FEED_AHEAD = 256  # items read ahead of their call by the input thread
 IDLE_TICK = 0.05  # seconds without progress before an idle tick (``idle=True``)
@@ -484,13 +484,15 @@ class _Feeder:
     keeps finished results from being collected, written and checkpointed.
 
     At most ``FEED_AHEAD`` items wait in the queue (memory stays bounded); ``wake`` is set
-    whenever an item arrives and whenever a submitted chunk finishes."""
+    whenever an item arrives. The queue is a SimpleQueue (a put or a get takes no Python
+    lock); the reader waits for ``room``, which the consumer sets once per ``take``."""
 
     def __init__(self, numbered: Iterable, wake: Any) -> None:
         import queue
         import threading
 
-        self.queue: Any = queue.Queue(FEED_AHEAD)
+        self.queue: Any = queue.SimpleQueue()
+        self.room = threading.Event()
         self.wake = wake
         self.stopped = False
         self.thread = threading.Thread(
@@ -508,16 +510,18 @@ class _Feeder:
             self._put(exc)
 
     def _put(self, entry: Any) -> bool:
-        import queue
-
-        while not self.stopped:
-            try:
-                self.queue.put(entry, timeout=0.1)
-            except queue.Full:
-                continue
-            self.wake.set()
-            return True
-        return False
+        while self.queue.qsize() >= FEED_AHEAD:
+            self.room.clear()
+            if self.queue.qsize() < FEED_AHEAD:  # taken between the check and the clear
+                break
+            self.room.wait(0.1)
+            if self.stopped:
+                return False
+        if self.stopped:
+            return False
+        self.queue.put(entry)
+        self.wake.set()
+        return True
 
     def fill(self, chunk: list, size: int) -> bool:
         """Move queued items into ``chunk`` (without waiting) until it holds ``size`` items
@@ -534,6 +538,7 @@ class _Feeder:
             try:
                 entry = get()
             except queue.Empty:
+                self.room.set()
                 return True, nbytes
             if entry is _END:
                 return False, nbytes
@@ -541,6 +546,7 @@ class _Feeder:
                 raise entry
             chunk.append(entry)
             nbytes += _item_bytes(entry)
+        self.room.set()
         return True, nbytes
 
     def stop(self) -> None:

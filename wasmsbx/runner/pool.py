@@ -167,6 +167,7 @@ def prefork(jobs: int, modules: list) -> bool:
         for _ in range(jobs):
             task_r, task_w = os.pipe()
             reply_r, reply_w = os.pipe()
+            _roomy(task_w, reply_w)
             pid = os.fork()
             if pid == 0:  # the worker: never returns
                 try:
@@ -183,6 +184,19 @@ def prefork(jobs: int, modules: list) -> bool:
         os.close(lifeline)
     _FORKED[os.getpid()] = (workers, keep)
     return True
+
+
+def _roomy(*fds: int) -> None:
+    """Pipes of 1 MiB where Linux allows it (the default 64 KiB holds a few chunks): a
+    parent that sends a chunk or a worker that replies then seldom waits for the other
+    side's reader to be scheduled. Best effort: a smaller pipe only waits more."""
+    import fcntl
+
+    for fd in fds:
+        try:
+            fcntl.fcntl(fd, getattr(fcntl, "F_SETPIPE_SZ", 1031), 1 << 20)
+        except OSError:
+            pass
 
 
 def _connections(write_fd: int, read_fd: int) -> tuple:
@@ -223,6 +237,8 @@ def start(jobs: int, context: Any) -> list:
     for _ in range(jobs):
         task_r, task_w = context.Pipe(duplex=False)
         reply_r, reply_w = context.Pipe(duplex=False)
+        if sys.platform.startswith("linux"):
+            _roomy(task_w.fileno(), reply_w.fileno())
         process = context.Process(
             target=_spawned_main, args=(task_r, reply_w), name="wasmsbx-batch", daemon=True
         )
