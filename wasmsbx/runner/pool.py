@@ -26,6 +26,7 @@ shows as the end of its reply pipe (``BatchWorkerDied`` in the parent).
 
 from __future__ import annotations
 
+import gc
 import os
 import sys
 from collections import deque
@@ -145,6 +146,12 @@ def prefork(jobs: int, modules: list) -> bool:
     if not hasattr(os, "fork") or not sys.platform.startswith("linux") or jobs < 2:
         return False
     discard()
+    import multiprocessing.connection  # noqa: F401 - and what a worker's loop uses
+    import queue  # noqa: F401
+    import signal  # noqa: F401
+
+    from . import batch  # noqa: F401
+
     for name in modules:  # what every worker needs, imported once, here
         if name != "__main__":
             try:
@@ -162,28 +169,42 @@ def prefork(jobs: int, modules: list) -> bool:
     with KEEPER.lock:  # the keeper's thread holds no lock of its own across the fork
         if _threads() != 1 + int(KEEPER.running):
             return False
-        lifeline, keep = os.pipe()  # only this process holds ``keep``
-        ours: list = [keep]
-        for _ in range(jobs):
-            task_r, task_w = os.pipe()
-            reply_r, reply_w = os.pipe()
-            _roomy(task_w, reply_w)
-            pid = os.fork()
-            if pid == 0:  # the worker: never returns
-                try:
-                    for fd in (*ours, task_w, reply_r):
-                        os.close(fd)
-                    KEEPER.after_fork_child()
-                    _forked_main(task_r, reply_w, lifeline)
-                finally:
-                    os._exit(1)
-            os.close(task_r)
-            os.close(reply_w)
-            ours += [task_w, reply_r]
-            workers.append(Worker(*_connections(task_w, reply_r), pid=pid))
-        os.close(lifeline)
+        # A worker's garbage collector never walks what it inherits: a full collection
+        # would write to every object's header, copying most of the parent's memory
+        # page by page. Only the parent unfreezes.
+        gc.freeze()
+        try:
+            workers, keep = _fork_all(jobs, KEEPER)
+        finally:
+            gc.unfreeze()
     _FORKED[os.getpid()] = (workers, keep)
     return True
+
+
+def _fork_all(jobs: int, keeper: Any) -> tuple:
+    """prefork's forks (``keeper.lock`` held): the workers and the lifeline's end."""
+    workers: list = []
+    lifeline, keep = os.pipe()  # only this process holds ``keep``
+    ours: list = [keep]
+    for _ in range(jobs):
+        task_r, task_w = os.pipe()
+        reply_r, reply_w = os.pipe()
+        _roomy(task_w, reply_w)
+        pid = os.fork()
+        if pid == 0:  # the worker: never returns
+            try:
+                for fd in (*ours, task_w, reply_r):
+                    os.close(fd)
+                keeper.after_fork_child()
+                _forked_main(task_r, reply_w, lifeline)
+            finally:
+                os._exit(1)
+        os.close(task_r)
+        os.close(reply_w)
+        ours += [task_w, reply_r]
+        workers.append(Worker(*_connections(task_w, reply_r), pid=pid))
+    os.close(lifeline)
+    return workers, keep
 
 
 def _roomy(*fds: int) -> None:
