@@ -626,8 +626,7 @@ def _parallel(
     finally:
         feeder.stop()
         wake.close()
-        for worker in workers:
-            worker.close()
+        pool.close_all(workers)
 
 
 def _load(worker: Any) -> int:

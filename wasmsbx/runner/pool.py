@@ -105,6 +105,9 @@ class Worker:
     def close(self) -> None:
         """Close its task pipe (it exits once it has read what came before) and reap it."""
         self.tasks.close()
+        self.reap()
+
+    def reap(self) -> None:
         try:
             if self.process is not None:
                 self.process.join()
@@ -114,6 +117,14 @@ class Worker:
             pass
         finally:
             self.replies.close()
+
+
+def close_all(workers: list) -> None:
+    """Close every worker's task pipe, then reap them: they exit at the same time."""
+    for worker in workers:
+        worker.tasks.close()
+    for worker in workers:
+        worker.reap()
 
 
 def wait(workers: list, extra: list, timeout: float) -> list:
@@ -248,7 +259,7 @@ def discard() -> None:
 def _end(workers: list, keep: int) -> None:
     for worker in workers:
         worker.terminate()
-        worker.close()
+    close_all(workers)
     os.close(keep)
 
 
