@@ -174,15 +174,22 @@ def test_prefork_refuses_while_another_thread_runs():
 
 PREFORKED_API = """
 import json, os, sys
-from wasmsbx.errors import ExitCode
 from wasmsbx.runner import Sandbox, batch, pool
 batch.prestart(2)
-forked = [w.pid for w in pool._FORKED[os.getpid()][0]]
+workers, keep = pool._FORKED[os.getpid()]
+forked = [w.pid for w in workers]
+ours = [keep, *(c.fileno() for w in workers for c in (w.tasks, w.replies))]
 box = Sandbox(sys.argv[1])
 assert pool._FORKED  # compiling did not touch them
 values = [r.values for r in box.batch("add", [[i, 1] for i in range(500)], jobs=2)]
 assert not pool._FORKED  # the batch took them
 assert values == [[i + 1] for i in range(500)], values[:5]
+for fd in ours:  # none left open
+    try:
+        os.fstat(fd)
+    except OSError:
+        continue
+    raise SystemExit(f"fd {fd} is still open")
 print(json.dumps(forked))
 """
 
@@ -190,7 +197,7 @@ print(json.dumps(forked))
 @needs_proc
 def test_prestart_forks_the_workers_a_later_batch_takes(tmp_path):
     """In a process with no other thread, prestart forks the workers; the batch uses
-    them (no fork server starts) and reaps them when it ends."""
+    them (no fork server starts), reaps them when it ends and leaves no pipe open."""
     r = subprocess.run(
         [sys.executable, "-c", PREFORKED_API, str(ADD)],
         capture_output=True,

@@ -64,6 +64,7 @@ class Worker:
         self.pid = pid
         self.process = process
         self.inflight: deque = deque()
+        self.lifeline = -1  # prefork's end of the workers' lifeline, kept by the first
 
     def send(self, message: Any) -> None:
         try:
@@ -125,6 +126,9 @@ def close_all(workers: list) -> None:
         worker.tasks.close()
     for worker in workers:
         worker.reap()
+        if worker.lifeline >= 0:
+            os.close(worker.lifeline)
+            worker.lifeline = -1
 
 
 def wait(workers: list, extra: list, timeout: float) -> list:
@@ -246,6 +250,7 @@ def take(jobs: int) -> Optional[list]:
     if len(workers) != jobs or not all(w.alive() for w in workers):
         _end(workers, keep)
         return None
+    workers[0].lifeline = keep  # closed by close_all, once the workers are done
     return workers
 
 
