@@ -1,8 +1,8 @@
 """Batch calls: one export called once per input item, results in input order.
 
 The module is compiled once. With one job the calls run in this process on one reused
-instance; with ``jobs=N`` they run in N worker processes, each with its own instance of
-the precompiled module. ``fresh=True`` instantiates afresh for every call instead
+instance; with ``jobs=N`` they run in N worker processes (runner.pool), each with its own
+instance of the precompiled module. ``fresh=True`` instantiates afresh for every call instead
 (state isolation). Limits apply per call: fuel and the timeout are re-armed before each
 call; memory and table caps hold per instance. After a call traps or hits a limit its
 instance is replaced, so a half-finished call never leaks state into the next item.
@@ -339,9 +339,9 @@ def run_batch(
     """Call ``func`` once per item; yield one BatchResult per item, in input order.
 
     FUNC and instantiation are checked now (errors raise here); items are read lazily.
-    ``jobs > 1`` starts worker processes (``pool_context``: forks of a fork server, else
-    ``spawn``), which import the main module: in a script, call it under
-    ``if __name__ == "__main__":``.
+    ``jobs > 1`` takes the workers ``prestart`` forked, else starts worker processes
+    (``pool_context``: forks of a fork server, else ``spawn``), which import the main
+    module: in a script, call it under ``if __name__ == "__main__":``.
 
     ``remote``: who makes the calls instead of this process (``wasmsbx.cluster``'s
     ``run_cluster`` bound to a cluster); passed in by the caller so that the runner never
@@ -378,7 +378,8 @@ def run_numbered(
     remote: Optional[Callable[..., Iterator]] = None,
 ) -> Iterator:
     """Like run_batch over ``(line, payload)`` pairs. Checks FUNC and instantiation first.
-    With ``encoded``, yields Encoded lines (rendered in the workers, not in this process).
+    With ``encoded``, yields Encoded lines; with ``jobs > 1`` an EncodedChunk per chunk
+    (rendered in the workers, not in this process).
 
     With ``idle``, the input is read in a thread and ``None`` is yielded whenever no
     result has come for IDLE_TICK seconds (e.g. a pipe that stays open but sends
