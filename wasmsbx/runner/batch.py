@@ -586,7 +586,7 @@ def _parallel(
         for worker in workers:
             worker.send(spec)
         while True:
-            wake.clear()  # before looking: an item arriving during this pass is not lost
+            wake.clear()
             # At most WINDOW_PER_JOB chunks a worker sent and not yet yielded (a worker
             # that has replied may not run ahead of one that is slow: memory is bounded).
             while len(pending) < window and (chunk or not exhausted):
@@ -612,7 +612,12 @@ def _parallel(
                 else:
                     yield from results
                 continue
-            ready = pool.wait(workers, [wake.reader], IDLE_TICK)
+            # Wait for a reply, and for input only when a chunk could go out for it:
+            # while the window is full, arriving items wake nobody.
+            wanted = len(pending) < window and not exhausted
+            if wanted and not wake.arm(feeder.queue):
+                continue  # items came in meanwhile: look again
+            ready = pool.wait(workers, [wake.reader] if wanted else [], IDLE_TICK)
             for worker in ready:
                 if worker is not wake.reader:
                     worker.receive()
@@ -636,8 +641,8 @@ def _load(worker: Any) -> int:
 
 class _PipeWake:
     """The feeder's wake-up for a loop that waits on pipes: ``set`` writes a byte to
-    ``reader`` only when the loop may wait (after ``clear``), so items arriving while it
-    is busy cost no system call."""
+    ``reader`` only when the loop is about to wait for input (``arm``), so items arriving
+    while it is busy or has no room for them cost no system call and no wake-up."""
 
     def __init__(self) -> None:
         from multiprocessing.connection import Connection
@@ -649,12 +654,18 @@ class _PipeWake:
         self.armed = False
 
     def clear(self) -> None:
+        self.armed = False
         try:
             while os.read(self.reader.fileno(), 4096):
                 pass
         except BlockingIOError:
             pass
+
+    def arm(self, queue: Any) -> bool:
+        """Armed for the next item; False if one came before (don't wait then): an item
+        is either seen here or, put after this, sets the wake-up."""
         self.armed = True
+        return queue.empty()
 
     def set(self) -> None:
         if self.armed:
