@@ -210,6 +210,31 @@ def test_prestart_forks_the_workers_a_later_batch_takes(tmp_path):
     assert not _running(set(forked))
 
 
+@needs_proc
+def test_prefork_refuses_once_an_engine_was_made():
+    """A fork would copy a live engine (and a worker could take it from the backend's
+    table of engines): after the first sandbox, prefork forks nothing."""
+    code = (
+        "import os, sys\n"
+        "from wasmsbx.backends.base import EngineOptions\n"
+        "from wasmsbx.backends.wasmtime.backend import WasmtimeEngine\n"
+        "from wasmsbx.runner import Sandbox, pool\n"
+        "engine = WasmtimeEngine(EngineOptions())\n"
+        "assert len(os.listdir('/proc/self/task')) == 1  # no thread: the engine says no\n"
+        "assert pool.prefork(2, []) is False\n"
+        "box = Sandbox(sys.argv[1])\n"
+        "assert pool.take(2) is None\n"
+        "print([r.values for r in box.batch('add', [[1, 2], [3, 4]], jobs=2)])\n"
+    )
+    r = subprocess.run(
+        [sys.executable, "-c", code, str(ADD)],
+        capture_output=True,
+        timeout=300,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+    )
+    assert r.returncode == 0 and r.stdout == b"[[3], [7]]\n", r.stderr.decode()
+
+
 def test_unused_preforked_workers_are_ended_by_discard():
     code = (
         "import os\n"

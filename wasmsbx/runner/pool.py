@@ -7,7 +7,7 @@ Two ways to start them:
   (wasmtime and the worker's modules imported first, so a fork costs a few milliseconds
   and no import), while no thread of its own runs but the deadline keeper, whose lock is
   held across the fork (``deadline.Keeper.after_fork_child``). Anything else (another
-  thread in ``/proc/self/task``, no ``os.fork``) and it forks nothing.
+  thread in ``/proc/self/task``, an engine made, no ``os.fork``) and it forks nothing.
 * ``start``, everyone else's (the Python API's ``jobs=N``, whose process may hold
   engines, runtime threads and locks): multiprocessing's fork server, else ``spawn``
   (``batch.pool_context``).
@@ -182,7 +182,7 @@ def prefork(jobs: int, modules: list) -> bool:
             pass
     workers: list = []
     with KEEPER.lock:  # the keeper's thread holds no lock of its own across the fork
-        if _threads() != 1 + int(KEEPER.running):
+        if _threads() != 1 + int(KEEPER.running) or _engines_made():
             return False
         # A worker's garbage collector never walks what it inherits: a full collection
         # would write to every object's header, copying most of the parent's memory
@@ -194,6 +194,13 @@ def prefork(jobs: int, modules: list) -> bool:
             gc.unfreeze()
     _FORKED[os.getpid()] = (workers, keep)
     return True
+
+
+def _engines_made() -> bool:
+    """Whether this process has made a runtime engine: a fork would copy it (and a
+    worker could pick it up from a backend's table of engines), so prefork declines."""
+    base = sys.modules.get("wasmsbx.backends.base")
+    return base is not None and base.Engine.made > 0
 
 
 def _fork_all(jobs: int, keeper: Any) -> tuple:
