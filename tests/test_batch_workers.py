@@ -257,3 +257,19 @@ def test_unused_preforked_workers_are_ended_by_discard():
         env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
     )
     assert r.returncode == 0 and r.stdout == b"ok\n", r.stderr.decode()
+
+
+def test_a_reply_that_cannot_be_pickled_arrives_as_its_text():
+    from multiprocessing import Pipe
+
+    class Unpicklable(Exception):
+        def __reduce__(self):
+            raise TypeError("no pickling here")
+
+    reader, writer = Pipe(duplex=False)
+    pool._send(writer, ("error", Unpicklable("guest said no")))
+    status, error = reader.recv()
+    assert status == "error" and isinstance(error, RuntimeError)
+    assert "guest said no" in str(error)
+    pool._send(writer, ("ok", b"{}\n", 1, 0.5))
+    assert reader.recv() == ("ok", b"{}\n", 1, 0.5)

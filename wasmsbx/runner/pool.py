@@ -372,6 +372,18 @@ def _serve(tasks: Any, replies: Any) -> int:
         except Exception as exc:  # an internal error: reported by the parent
             reply = ("error", RuntimeError(f"batch worker: {type(exc).__name__}: {exc}"))
         try:
-            replies.send(reply)
+            _send(replies, reply)
         except OSError:  # the parent is gone
             return 1
+
+
+def _send(replies: Any, reply: tuple) -> None:
+    """Send a reply; an error that cannot be pickled goes as its text."""
+    import pickle
+
+    try:
+        data = pickle.dumps(reply, pickle.HIGHEST_PROTOCOL)
+    except Exception as exc:  # noqa: BLE001 - whatever pickling raises
+        error = reply[1] if reply[0] == "error" else exc
+        data = pickle.dumps(("error", RuntimeError(f"batch worker: {error!r}")))
+    replies.send_bytes(data)
