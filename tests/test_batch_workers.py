@@ -163,7 +163,7 @@ def test_prefork_refuses_while_another_thread_runs():
     thread = threading.Thread(target=stop.wait)
     thread.start()
     try:
-        assert pool.prefork(2, []) is False
+        assert pool.prefork(2, [], batch._JOB) is False
         assert pool.take(2) is None
     finally:
         stop.set()
@@ -218,10 +218,10 @@ def test_prefork_refuses_once_an_engine_was_made():
         "import os, sys\n"
         "from wasmsbx.backends.base import EngineOptions\n"
         "from wasmsbx.backends.wasmtime.backend import WasmtimeEngine\n"
-        "from wasmsbx.runner import Sandbox, pool\n"
+        "from wasmsbx.runner import Sandbox, batch, pool\n"
         "engine = WasmtimeEngine(EngineOptions())\n"
         "assert len(os.listdir('/proc/self/task')) == 1  # no thread: the engine says no\n"
-        "assert pool.prefork(2, []) is False\n"
+        "assert pool.prefork(2, [], batch._JOB) is False\n"
         "box = Sandbox(sys.argv[1])\n"
         "assert pool.take(2) is None\n"
         "print([r.values for r in box.batch('add', [[1, 2], [3, 4]], jobs=2)])\n"
@@ -238,8 +238,8 @@ def test_prefork_refuses_once_an_engine_was_made():
 def test_unused_preforked_workers_are_ended_by_discard():
     code = (
         "import os\n"
-        "from wasmsbx.runner import pool\n"
-        "assert pool.prefork(2, [])\n"
+        "from wasmsbx.runner import batch, pool\n"
+        "assert pool.prefork(2, [], batch._JOB)\n"
         "pids = [w.pid for w in pool._FORKED[os.getpid()][0]]\n"
         "pool.discard()\n"
         "for pid in pids:\n"

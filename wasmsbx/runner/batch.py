@@ -573,7 +573,7 @@ def _parallel(
     from . import pool
 
     spec = worker_spec(box, func, fresh)
-    workers = pool.take(jobs) or pool.start(jobs, pool_context(spec.backend))
+    workers = pool.take(jobs) or pool.start(jobs, pool_context(spec.backend), _JOB)
     wake = _PipeWake()
     feeder = _Feeder(numbered, wake)
     pending: deque = deque()  # the slots of the chunks sent, oldest first
@@ -706,7 +706,7 @@ def prestart(jobs: int, backend: str = "wasmtime") -> None:
     them while this process reads the policy and compiles the module."""
     from . import pool
 
-    if jobs < 2 or pool.prefork(jobs, _preload(backend)):
+    if jobs < 2 or pool.prefork(jobs, _preload(backend), _JOB):
         return
     if pool_context(backend).get_start_method() == "forkserver":
         from multiprocessing import forkserver
@@ -767,6 +767,9 @@ def worker_chunk(state: Any, chunk: list, encoded: bool) -> tuple:
     results = [run(line, payload) for line, payload in chunk]
     seconds = perf_counter() - started
     return (encode_chunk(results) if encoded else results), len(results), seconds
+
+
+_JOB = (worker_state, worker_chunk)  # what a worker runs (runner.pool)
 
 
 def _worker_box(spec: WorkerSpec) -> Any:

@@ -152,9 +152,11 @@ def _threads() -> int:
         return -1
 
 
-def prefork(jobs: int, modules: list) -> bool:
+def prefork(jobs: int, modules: list, job: tuple) -> bool:
     """Fork ``jobs`` workers from this process now, before it makes any engine; ``take``
-    hands them to the batch. False (nothing forked) unless it is safe: Linux, and no
+    hands them to the batch. ``job``: what a worker runs, ``(make_state(spec),
+    run_chunk(state, chunk, encoded))`` (runner.batch's, which this module does not
+    import). False (nothing forked) unless it is safe: Linux, and no
     thread but this one and the deadline keeper's."""
     import importlib
 
@@ -164,8 +166,6 @@ def prefork(jobs: int, modules: list) -> bool:
     import multiprocessing.connection  # noqa: F401 - and what a worker's loop uses
     import queue  # noqa: F401
     import signal  # noqa: F401
-
-    from . import batch  # noqa: F401
 
     for name in modules:  # what every worker needs, imported once, here
         if name != "__main__":
@@ -189,7 +189,7 @@ def prefork(jobs: int, modules: list) -> bool:
         # page by page. Only the parent unfreezes.
         gc.freeze()
         try:
-            workers, keep = _fork_all(jobs, KEEPER)
+            workers, keep = _fork_all(jobs, KEEPER, job)
         finally:
             gc.unfreeze()
     _FORKED[os.getpid()] = (workers, keep)
@@ -203,7 +203,7 @@ def _engines_made() -> bool:
     return base is not None and base.Engine.made > 0
 
 
-def _fork_all(jobs: int, keeper: Any) -> tuple:
+def _fork_all(jobs: int, keeper: Any, job: tuple) -> tuple:
     """prefork's forks (``keeper.lock`` held): the workers and the lifeline's end."""
     workers: list = []
     lifeline, keep = os.pipe()  # only this process holds ``keep``
@@ -218,7 +218,7 @@ def _fork_all(jobs: int, keeper: Any) -> tuple:
                 for fd in (*ours, task_w, reply_r):
                     os.close(fd)
                 keeper.after_fork_child()
-                _forked_main(task_r, reply_w, lifeline)
+                _forked_main(task_r, reply_w, lifeline, job)
             finally:
                 os._exit(1)
         os.close(task_r)
@@ -275,8 +275,9 @@ def _end(workers: list, keep: int) -> None:
     os.close(keep)
 
 
-def start(jobs: int, context: Any) -> list:
-    """``jobs`` workers started by multiprocessing ``context`` (fork server or spawn)."""
+def start(jobs: int, context: Any, job: tuple) -> list:
+    """``jobs`` workers started by multiprocessing ``context`` (fork server or spawn);
+    ``job`` as for prefork, functions a worker can import."""
     workers = []
     for _ in range(jobs):
         task_r, task_w = context.Pipe(duplex=False)
@@ -284,7 +285,7 @@ def start(jobs: int, context: Any) -> list:
         if sys.platform.startswith("linux"):
             _roomy(task_w.fileno(), reply_w.fileno())
         process = context.Process(
-            target=_spawned_main, args=(task_r, reply_w), name="wasmsbx-batch", daemon=True
+            target=_spawned_main, args=(task_r, reply_w, job), name="wasmsbx-batch", daemon=True
         )
         process.start()
         task_r.close()
@@ -296,23 +297,24 @@ def start(jobs: int, context: Any) -> list:
 # ---------------------------------------------------------------------------- worker side
 
 
-def _forked_main(task_fd: int, reply_fd: int, lifeline: int) -> None:
+def _forked_main(task_fd: int, reply_fd: int, lifeline: int, job: tuple) -> None:
     from multiprocessing.connection import Connection
 
     _quiet_signals()
     _exit_with(lambda: os.read(lifeline, 1))
-    code = _serve(Connection(task_fd, writable=False), Connection(reply_fd, readable=False))
+    tasks = Connection(task_fd, writable=False)
+    code = _serve(tasks, Connection(reply_fd, readable=False), job)
     os._exit(code)
 
 
-def _spawned_main(tasks: Any, replies: Any) -> None:
+def _spawned_main(tasks: Any, replies: Any, job: tuple) -> None:
     import multiprocessing
 
     _quiet_signals()
     parent = multiprocessing.parent_process()
     if parent is not None:
         _exit_with(parent.join)
-    os._exit(_serve(tasks, replies))
+    os._exit(_serve(tasks, replies, job))
 
 
 def _quiet_signals() -> None:
@@ -340,7 +342,7 @@ def _exit_with(wait_for_parent: Callable) -> None:
     _thread.start_new_thread(watch, ())
 
 
-def _serve(tasks: Any, replies: Any) -> int:
+def _serve(tasks: Any, replies: Any, job: tuple) -> int:
     """The worker's loop: the spec, then one reply per chunk, until the task pipe ends."""
     import _thread
     import queue
@@ -355,18 +357,17 @@ def _serve(tasks: Any, replies: Any) -> int:
             inbox.put(None)
 
     _thread.start_new_thread(read, ())
-    from . import batch
-
+    make_state, run_chunk = job
     spec = inbox.get()
     if spec is None:
         return 0
-    state = batch.worker_state(spec)
+    state = make_state(spec)
     while True:
         message = inbox.get()
         if message is None:
             return 0
         try:
-            reply: Any = ("ok", *batch.worker_chunk(state, *message))
+            reply: Any = ("ok", *run_chunk(state, *message))
         except errors.WasmsbxError as exc:
             reply = ("error", exc)
         except Exception as exc:  # an internal error: reported by the parent
