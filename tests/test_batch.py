@@ -438,9 +438,9 @@ def _running(pids: set) -> set:
 
 @pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="reads the process table in /proc")
 def test_batch_workers_never_outlive_a_parent_killed_with_sigkill(tmp_path):
-    # The workers are children of multiprocessing's fork server, not of wasmsbx: they must
-    # notice the death of wasmsbx itself (which no signal handler sees) and exit, however
-    # busy the pool's pipes, which they hold both ends of, keep them.
+    # The workers (forks of wasmsbx itself; elsewhere of multiprocessing's fork server) must
+    # notice the death of wasmsbx (which no signal handler sees) and exit, however busy
+    # they are: each waits on a pipe only the parent holds open.
     n = 400
     out = tmp_path / "out.jsonl"
     with open(out, "wb") as sink:
@@ -454,7 +454,7 @@ def test_batch_workers_never_outlive_a_parent_killed_with_sigkill(tmp_path):
                 assert time.monotonic() < deadline, "the workers made no results"
                 time.sleep(0.02)
             family = _descendants(proc.pid)
-            assert len(family) >= 2, family  # the workers (their fork server, ...) run
+            assert len(family) >= 2, family  # the workers run
             os.kill(proc.pid, signal.SIGKILL)
             proc.wait()
             deadline = time.monotonic() + 60
