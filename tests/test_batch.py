@@ -438,9 +438,9 @@ def _running(pids: set) -> set:
 
 @pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="reads the process table in /proc")
 def test_batch_workers_never_outlive_a_parent_killed_with_sigkill(tmp_path):
-    # The workers are children of multiprocessing's fork server, not of wasmsbx: they must
-    # notice the death of wasmsbx itself (which no signal handler sees) and exit, however
-    # busy the pool's pipes, which they hold both ends of, keep them.
+    # The workers (forks of wasmsbx itself; elsewhere of multiprocessing's fork server) must
+    # notice the death of wasmsbx (which no signal handler sees) and exit, however busy
+    # they are: each waits on a pipe only the parent holds open.
     n = 400
     out = tmp_path / "out.jsonl"
     with open(out, "wb") as sink:
@@ -454,7 +454,7 @@ def test_batch_workers_never_outlive_a_parent_killed_with_sigkill(tmp_path):
                 assert time.monotonic() < deadline, "the workers made no results"
                 time.sleep(0.02)
             family = _descendants(proc.pid)
-            assert len(family) >= 2, family  # the workers (their fork server, ...) run
+            assert len(family) >= 2, family  # the workers run
             os.kill(proc.pid, signal.SIGKILL)
             proc.wait()
             deadline = time.monotonic() + 60
@@ -605,11 +605,15 @@ def test_ctrl_c_right_after_a_result_is_written_checkpoints_that_result(tmp_path
         batch.run_jsonl(box, "add", Source(f), CtrlCAfterWrite(o), jobs=jobs, checkpoint=ckpt)
     state = json.loads(ckpt.read_text())["state"]
     assert state["output_offset"] == out.stat().st_size
-    assert (state["next_line"], state["ok"]) == (11, 10)
+    written = len(jsonl(out.read_text()))
+    if jobs == 1:
+        assert (state["next_line"], state["ok"]) == (11, 10)
+    else:  # a worker's chunk is written, counted and checkpointed as one
+        assert 10 <= state["ok"] == written == state["next_line"] - 1 <= 40
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
     with open(src, "rb") as f, open(out, "ab") as o:
         summary = batch.run_jsonl(box, "add", Source(f), Sink(o), jobs=jobs, checkpoint=ckpt)
-    assert (summary.ok, summary.this_run) == (40, 30)
+    assert (summary.ok, summary.this_run) == (40, 40 - written)
     assert [row["results"][0] for row in jsonl(out.read_text())] == [i + 1 for i in range(40)]
 
 

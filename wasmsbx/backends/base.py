@@ -402,6 +402,11 @@ class Engine(ABC):
     backend: str
     options: EngineOptions
     memory_layout: Optional[dict] = None  # backends/reserve.py in_force, for --stats/--json
+    made = 0  # engines made in this process: none may be alive in a fork (runner.pool)
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> Any:
+        Engine.made += 1
+        return super().__new__(cls)
 
     @abstractmethod
     def compile(self, wasm: bytes) -> Any: ...

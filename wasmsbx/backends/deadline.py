@@ -100,6 +100,20 @@ class Keeper:
         self.starting = _thread.allocate_lock()
         self.hooked = False
 
+    def after_fork_child(self) -> None:
+        """In a child forked with ``self.lock`` held (runner.pool): the thread did not come
+        along, so start afresh, as a library's keeper (no hard stop, no signal wake-ups):
+        the parent's wake pipe and handlers are its own."""
+        import signal
+
+        signal.set_wakeup_fd(-1)
+        for fd in (self.wake_r, self.wake_w):
+            if fd >= 0:
+                os.close(fd)
+        hooked = self.hooked
+        self.__init__()  # type: ignore[misc]
+        self.hooked = hooked
+
     # ------------------------------------------------------------------ engines
     @staticmethod
     def clock(engine: Any) -> _EngineClock:

@@ -1,8 +1,8 @@
 """Batch calls: one export called once per input item, results in input order.
 
 The module is compiled once. With one job the calls run in this process on one reused
-instance; with ``jobs=N`` they run in N worker processes, each with its own instance of
-the precompiled module. ``fresh=True`` instantiates afresh for every call instead
+instance; with ``jobs=N`` they run in N worker processes (runner.pool), each with its own
+instance of the precompiled module. ``fresh=True`` instantiates afresh for every call instead
 (state isolation). Limits apply per call: fuel and the timeout are re-armed before each
 call; memory and table caps hold per instance. After a call traps or hits a limit its
 instance is replaced, so a half-finished call never leaks state into the next item.
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import time
 from collections import deque
 from collections.abc import Iterable, Iterator
@@ -26,6 +27,7 @@ from typing import Any, Callable, NamedTuple, Optional
 
 from .. import errors
 from ..errors import ExitCode
+from .pool import BatchWorkerDied  # noqa: F401 - where callers look for it
 from .sandbox import json_value, parse_args
 
 perf_counter = time.perf_counter
@@ -35,7 +37,7 @@ MAX_SKIP = 64 << 20  # an overlong line is skipped up to this; longer ends the b
 WINDOW_PER_JOB = 4  # chunks in flight per worker
 CHUNK_MAX_ITEMS = 1024
 CHUNK_MAX_BYTES = 256 * 1024
-CHUNK_TARGET_SECONDS = 0.05  # a chunk should keep a worker busy about this long: a chunk
+CHUNK_TARGET_SECONDS = 0.02  # a chunk should keep a worker busy about this long: a chunk
 # costs the parent ~1 ms (submit, pickle both ways, wake-up), 2% of this
 FEED_AHEAD = 256  # items read ahead of their call by the input thread
 IDLE_TICK = 0.05  # seconds without progress before an idle tick (``idle=True``)
@@ -47,10 +49,6 @@ class BadItem(errors.WasmsbxError):
 
     exit_code = ExitCode.USAGE
     kind = "input"
-
-
-class BatchWorkerDied(errors.WasmsbxError):
-    kind = "worker"
 
 
 class BatchResult(NamedTuple):
@@ -104,6 +102,20 @@ def encode(result: BatchResult) -> Encoded:
     return Encoded(result.line, result.error_kind, result.to_json().encode() + b"\n")
 
 
+class EncodedChunk(NamedTuple):
+    """A chunk's results as one piece of JSONL (what -j N workers send back): ``count``
+    lines, in input order; ``kinds`` the error kind of each item that failed."""
+
+    count: int
+    kinds: tuple
+    data: bytes
+
+
+def encode_chunk(results: list) -> EncodedChunk:
+    kinds = tuple(r.error_kind for r in results if r.error_kind is not None)
+    return EncodedChunk(len(results), kinds, b"".join(r.data for r in results))
+
+
 class Summary:
     """Counts over a batch (across resumed runs too) and this run's throughput."""
 
@@ -125,6 +137,14 @@ class Summary:
             self.ok += 1
         else:
             self.failed += 1
+            self.errors[kind] = self.errors.get(kind, 0) + 1
+
+    def add_chunk(self, chunk: EncodedChunk) -> None:
+        """Count an EncodedChunk's items."""
+        self.this_run += chunk.count
+        self.ok += chunk.count - len(chunk.kinds)
+        self.failed += len(chunk.kinds)
+        for kind in chunk.kinds:
             self.errors[kind] = self.errors.get(kind, 0) + 1
 
     @property
@@ -319,9 +339,9 @@ def run_batch(
     """Call ``func`` once per item; yield one BatchResult per item, in input order.
 
     FUNC and instantiation are checked now (errors raise here); items are read lazily.
-    ``jobs > 1`` starts worker processes (``pool_context``: forks of a fork server, else
-    ``spawn``), which import the main module: in a script, call it under
-    ``if __name__ == "__main__":``.
+    ``jobs > 1`` takes the workers ``prestart`` forked, else starts worker processes
+    (``pool_context``: forks of a fork server, else ``spawn``), which import the main
+    module: in a script, call it under ``if __name__ == "__main__":``.
 
     ``remote``: who makes the calls instead of this process (``wasmsbx.cluster``'s
     ``run_cluster`` bound to a cluster); passed in by the caller so that the runner never
@@ -358,7 +378,8 @@ def run_numbered(
     remote: Optional[Callable[..., Iterator]] = None,
 ) -> Iterator:
     """Like run_batch over ``(line, payload)`` pairs. Checks FUNC and instantiation first.
-    With ``encoded``, yields Encoded lines (rendered in the workers, not in this process).
+    With ``encoded``, yields Encoded lines; with ``jobs > 1`` an EncodedChunk per chunk
+    (rendered in the workers, not in this process).
 
     With ``idle``, the input is read in a thread and ``None`` is yielded whenever no
     result has come for IDLE_TICK seconds (e.g. a pipe that stays open but sends
@@ -464,13 +485,15 @@ class _Feeder:
     keeps finished results from being collected, written and checkpointed.
 
     At most ``FEED_AHEAD`` items wait in the queue (memory stays bounded); ``wake`` is set
-    whenever an item arrives and whenever a submitted chunk finishes."""
+    whenever an item arrives. The queue is a SimpleQueue (a put or a get takes no Python
+    lock); the reader waits for ``room``, which the consumer sets once per ``take``."""
 
     def __init__(self, numbered: Iterable, wake: Any) -> None:
         import queue
         import threading
 
-        self.queue: Any = queue.Queue(FEED_AHEAD)
+        self.queue: Any = queue.SimpleQueue()
+        self.room = threading.Event()
         self.wake = wake
         self.stopped = False
         self.thread = threading.Thread(
@@ -488,35 +511,44 @@ class _Feeder:
             self._put(exc)
 
     def _put(self, entry: Any) -> bool:
-        import queue
-
-        while not self.stopped:
-            try:
-                self.queue.put(entry, timeout=0.1)
-            except queue.Full:
-                continue
-            self.wake.set()
-            return True
-        return False
+        while self.queue.qsize() >= FEED_AHEAD:
+            self.room.clear()
+            if self.queue.qsize() < FEED_AHEAD:  # taken between the check and the clear
+                break
+            self.room.wait(0.1)
+            if self.stopped:
+                return False
+        if self.stopped:
+            return False
+        self.queue.put(entry)
+        self.wake.set()
+        return True
 
     def fill(self, chunk: list, size: int) -> bool:
         """Move queued items into ``chunk`` (without waiting) until it holds ``size`` items
         or CHUNK_MAX_BYTES; False once the input is exhausted. Read errors raise here."""
+        return self.take(chunk, size, _chunk_bytes(chunk))[0]
+
+    def take(self, chunk: list, size: int, nbytes: int) -> tuple:
+        """``fill`` for a caller that keeps count of ``chunk``'s bytes (``nbytes``):
+        (False once the input is exhausted, the bytes now in ``chunk``)."""
         import queue
 
-        nbytes = sum(_item_bytes(item) for item in chunk)
+        get = self.queue.get_nowait
         while len(chunk) < size and nbytes < CHUNK_MAX_BYTES:
             try:
-                entry = self.queue.get_nowait()
+                entry = get()
             except queue.Empty:
-                return True
+                self.room.set()
+                return True, nbytes
             if entry is _END:
-                return False
+                return False, nbytes
             if isinstance(entry, BaseException):
                 raise entry
             chunk.append(entry)
             nbytes += _item_bytes(entry)
-        return True
+        self.room.set()
+        return True, nbytes
 
     def stop(self) -> None:
         self.stopped = True
@@ -530,76 +562,134 @@ def _item_bytes(item: tuple) -> int:
 def _parallel(
     box: Any, func: str, fresh: bool, jobs: int, numbered: Iterable, encoded: bool, idle: bool
 ) -> Iterator:
-    """Dispatch chunks to the pool and yield results in order.
+    """Dispatch chunks to the workers (runner.pool) and yield results in order: with
+    ``encoded``, one EncodedChunk per chunk (its lines rendered by the worker), else
+    BatchResults.
 
     Never blocks on the input while results are ready: the input is read by a _Feeder
-    thread, and this loop sleeps only until an item arrives or a chunk finishes. A chunk
+    thread, and this loop sleeps only until an item arrives or a worker replies. A chunk
     goes out when it is full, at the end of the input, or early (partly filled) when a
     worker would otherwise sit idle waiting for more input."""
-    import threading
-    from concurrent.futures import ProcessPoolExecutor
-    from concurrent.futures.process import BrokenProcessPool
+    from . import pool
 
     spec = worker_spec(box, func, fresh)
-    pool = ProcessPoolExecutor(
-        jobs, mp_context=pool_context(spec.backend), initializer=_worker_init, initargs=(spec,)
-    )
-    wake = threading.Event()
+    workers = pool.take(jobs) or pool.start(jobs, pool_context(spec.backend), _JOB)
+    wake = _PipeWake()
     feeder = _Feeder(numbered, wake)
-    pending: deque = deque()
+    pending: deque = deque()  # the slots of the chunks sent, oldest first
     sizer = _ChunkSizer()
     chunk: list = []
+    nbytes = 0  # the bytes of ``chunk``'s payloads
     exhausted = False
+    window = jobs * WINDOW_PER_JOB
     try:
+        for worker in workers:
+            worker.send(spec)
         while True:
-            wake.clear()  # before looking: a wake-up during this pass is not lost
-            while len(pending) < jobs * WINDOW_PER_JOB and (chunk or not exhausted):
+            wake.clear()
+            # At most WINDOW_PER_JOB chunks a worker sent and not yet yielded (a worker
+            # that has replied may not run ahead of one that is slow: memory is bounded).
+            while len(pending) < window and (chunk or not exhausted):
+                worker = min(workers, key=_load)
                 if not exhausted:
-                    exhausted = not feeder.fill(chunk, sizer.size)
-                full = len(chunk) >= sizer.size or exhausted
-                idle = sum(not f.done() for f in pending) < jobs
-                if not chunk or not (full or idle or _chunk_bytes(chunk) >= CHUNK_MAX_BYTES):
+                    more, nbytes = feeder.take(chunk, sizer.size, nbytes)
+                    exhausted = not more
+                full = len(chunk) >= sizer.size or exhausted or nbytes >= CHUNK_MAX_BYTES
+                if not chunk or not (full or not worker.inflight):
                     break
-                future = pool.submit(_worker_run, chunk, encoded)
-                future.add_done_callback(lambda _: wake.set())
-                pending.append(future)
-                chunk = []
+                pending.append(worker.submit((chunk, encoded)))
+                chunk, nbytes = [], 0
             if not pending and exhausted and not chunk:
                 return
-            if not (pending and pending[0].done()):
-                if not wake.wait(IDLE_TICK) and idle:
-                    yield None
+            if pending and pending[0].reply is not None:
+                status, *reply = pending.popleft().reply
+                if status == "error":
+                    raise reply[0]
+                results, count, seconds = reply
+                sizer.learn(count, seconds)
+                if encoded:
+                    yield results
+                else:
+                    yield from results
                 continue
-            try:
-                results, seconds = pending.popleft().result()
-            except BrokenProcessPool:
-                raise BatchWorkerDied(
-                    "a batch worker process died unexpectedly",
-                    hint="rerun with -j 1 to see the failure in this process",
-                ) from None
-            sizer.learn(len(results), seconds)
-            yield from results
+            # Wait for a reply, and for input only when a chunk could go out for it:
+            # while the window is full, arriving items wake nobody.
+            wanted = len(pending) < window and not exhausted
+            if wanted and not wake.arm(feeder.queue):
+                continue  # items came in meanwhile: look again
+            ready = pool.wait(workers, [wake.reader] if wanted else [], IDLE_TICK)
+            for worker in ready:
+                if worker is not wake.reader:
+                    worker.receive()
+            if not ready and idle:
+                yield None
     except BaseException:
         # Ctrl-C or a failure: stop the workers now rather than wait for their chunks (a
         # guest may have minutes left of its timeout).
-        for process in list((getattr(pool, "_processes", None) or {}).values()):
-            process.terminate()
+        for worker in workers:
+            worker.terminate()
         raise
     finally:
         feeder.stop()
-        pool.shutdown(wait=True, cancel_futures=True)
+        wake.close()
+        pool.close_all(workers)
+
+
+def _load(worker: Any) -> int:
+    return len(worker.inflight)
+
+
+class _PipeWake:
+    """The feeder's wake-up for a loop that waits on pipes: ``set`` writes a byte to
+    ``reader`` only when the loop is about to wait for input (``arm``), so items arriving
+    while it is busy or has no room for them cost no system call and no wake-up."""
+
+    def __init__(self) -> None:
+        from multiprocessing.connection import Connection
+
+        r, self.w = os.pipe()
+        os.set_blocking(r, False)
+        os.set_blocking(self.w, False)
+        self.reader = Connection(r, writable=False)
+        self.armed = False
+
+    def clear(self) -> None:
+        self.armed = False
+        try:
+            while os.read(self.reader.fileno(), 4096):
+                pass
+        except BlockingIOError:
+            pass
+
+    def arm(self, queue: Any) -> bool:
+        """Armed for the next item; False if one came before (don't wait then): an item
+        is either seen here or, put after this, sets the wake-up."""
+        self.armed = True
+        return queue.empty()
+
+    def set(self) -> None:
+        if self.armed:
+            self.armed = False
+            try:
+                os.write(self.w, b"\0")
+            except BlockingIOError:  # full: a wake-up is pending anyway
+                pass
+
+    def close(self) -> None:
+        self.reader.close()
+        os.close(self.w)
 
 
 def pool_context(backend: str) -> Any:
-    """How worker processes start: from a fork server where there is one (Linux), else
-    ``spawn``. Never ``fork``: the parent may hold runtime threads (the epoch ticker) and
-    locks.
+    """How ``pool.start`` starts workers (when ``prestart`` forked none): from a fork
+    server where there is one (Linux), else ``spawn``. Never ``fork``: the parent may hold
+    runtime threads (the epoch ticker) and locks.
 
     The fork server is one fresh interpreter that imports the worker's modules (wasmsbx's
     runner, the backend and its runtime: most of a worker's start-up) once and holds no
-    engine and no thread; each worker is a fork of it. Started by ``prestart`` while the
-    parent compiles, or with the pool. It is multiprocessing's, one per process: a server
-    already running keeps the modules it was started with (workers import the rest)."""
+    engine and no thread; each worker is a fork of it. It is multiprocessing's, one per
+    process: a server already running keeps the modules it was started with (workers
+    import the rest)."""
     import multiprocessing
 
     if "forkserver" not in multiprocessing.get_all_start_methods():
@@ -610,9 +700,15 @@ def pool_context(backend: str) -> Any:
 
 
 def prestart(jobs: int, backend: str = "wasmtime") -> None:
-    """Start the fork server now (``jobs > 1``), so that it imports the worker's modules
-    while this process reads the policy and compiles the module. Nothing if there is none."""
-    if jobs > 1 and pool_context(backend).get_start_method() == "forkserver":
+    """The command line's, before it makes any engine (``jobs > 1``): import the worker's
+    modules and fork the workers now (``pool.prefork``; they wait for the module the
+    parent compiles), or where that is not safe start the fork server, so that it imports
+    them while this process reads the policy and compiles the module."""
+    from . import pool
+
+    if jobs < 2 or pool.prefork(jobs, _preload(backend), _JOB):
+        return
+    if pool_context(backend).get_start_method() == "forkserver":
         from multiprocessing import forkserver
 
         forkserver.ensure_running()
@@ -652,40 +748,28 @@ def _chunk_bytes(chunk: list) -> int:
 
 # ---------------------------------------------------------------------------- worker side
 
-_WORKER: dict = {}
 
-
-def _worker_init(spec: WorkerSpec) -> None:
-    import multiprocessing
-    import os
-    import signal
-
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and stops us
-    os.dup2(2, 1)  # a guest printing to "inherit" stdout must not mix into the results
-    _watch_parent(multiprocessing.parent_process())
+def worker_state(spec: WorkerSpec) -> Any:
+    """A worker's caller, made from the parent's spec; or the error that made it fail
+    (raised for every chunk, so the parent reports it)."""
     try:
-        _WORKER["caller"] = make_caller(_worker_box(spec), spec.func, spec.fresh)
+        return make_caller(_worker_box(spec), spec.func, spec.fresh)
     except errors.WasmsbxError as exc:
-        _WORKER["error"] = exc
+        return exc
 
 
-def _watch_parent(parent: Any) -> None:
-    """Exit when the parent dies (even by SIGKILL): the pool's pipes would never close,
-    because every worker holds both ends of its queue.
+def worker_chunk(state: Any, chunk: list, encoded: bool) -> tuple:
+    """(results, their count, seconds) of one chunk: an EncodedChunk with ``encoded``."""
+    if isinstance(state, errors.WasmsbxError):
+        raise state
+    run = _runner(state, encoded)
+    started = perf_counter()
+    results = [run(line, payload) for line, payload in chunk]
+    seconds = perf_counter() - started
+    return (encode_chunk(results) if encoded else results), len(results), seconds
 
-    ``parent.join()`` waits on multiprocessing's parent sentinel: the read end of a pipe
-    whose write end only the parent holds, so it reaches EOF when the parent is gone,
-    however it died and whoever forked this worker (the fork server, not the parent, is
-    this process's parent: its pid says nothing). A thread blocked in that wait costs no
-    CPU, where polling getppid() woke up five times a second."""
-    import _thread
-    import os
 
-    def watch() -> None:
-        parent.join()
-        os._exit(1)
-
-    _thread.start_new_thread(watch, ())
+_JOB = (worker_state, worker_chunk)  # what a worker runs (runner.pool)
 
 
 def _worker_box(spec: WorkerSpec) -> Any:
@@ -706,15 +790,6 @@ def _worker_box(spec: WorkerSpec) -> Any:
     box = Precompiled(spec.module, spec.policy, backend=spec.backend, use_cache=False)
     box.cache_state = "precompiled"
     return box
-
-
-def _worker_run(chunk: list, encoded: bool) -> tuple:
-    if "error" in _WORKER:
-        raise _WORKER["error"]
-    run = _runner(_WORKER["caller"], encoded)
-    started = time.perf_counter()
-    results = [run(line, payload) for line, payload in chunk]
-    return results, time.perf_counter() - started
 
 
 # ---------------------------------------------------------------------------- JSONL files
@@ -822,8 +897,13 @@ def run_jsonl(
                 # waits for: a checkpoint never covers output whose item it does not count.
                 guard.hold()
                 sink.write(result.data)
-                summary.add(result)
-                last = reader.spans.popleft()
+                if isinstance(result, EncodedChunk):  # -j N: a chunk's lines at once
+                    summary.add_chunk(result)
+                    for _ in range(result.count):
+                        last = reader.spans.popleft()
+                else:
+                    summary.add(result)
+                    last = reader.spans.popleft()
                 if marker is not None and marker.due():
                     _save_batch(marker, sink, summary, last)
                     saved = last

@@ -1,0 +1,390 @@
+"""The worker processes of ``run --batch -j N`` (runner.batch): how they start, how they
+talk to the parent, how they end.
+
+Two ways to start them:
+
+* ``prefork``, the command line's: forked from this process before it makes any engine
+  (wasmtime and the worker's modules imported first, so a fork costs a few milliseconds
+  and no import), while no thread of its own runs but the deadline keeper, whose lock is
+  held across the fork (``deadline.Keeper.after_fork_child``). Anything else (another
+  thread in ``/proc/self/task``, an engine made, no ``os.fork``) and it forks nothing.
+* ``start``, everyone else's (the Python API's ``jobs=N``, whose process may hold
+  engines, runtime threads and locks): multiprocessing's fork server, else ``spawn``
+  (``batch.pool_context``).
+
+A worker reads its tasks from one pipe and writes its replies to another: first the
+WorkerSpec, then chunks of items, one reply per chunk in order. A thread of the worker
+reads the tasks as they come, so the parent never blocks on a full task pipe while the
+worker waits to send a reply. Nothing else is shared: no queue, no semaphore, no
+resource tracker, no thread of the parent's per worker.
+
+The end: the parent closing a worker's task pipe makes it exit; the parent dying, even by
+SIGKILL, too (it waits on a pipe only the parent holds open: for a forked worker the
+parent's lifeline, for a fork server's multiprocessing's parent sentinel); a worker dying
+shows as the end of its reply pipe (``BatchWorkerDied`` in the parent).
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import sys
+from collections import deque
+from typing import Any, Callable, Optional
+
+from .. import errors
+
+
+class BatchWorkerDied(errors.WasmsbxError):
+    kind = "worker"
+
+
+def _died() -> BatchWorkerDied:
+    return BatchWorkerDied(
+        "a batch worker process died unexpectedly",
+        hint="rerun with -j 1 to see the failure in this process",
+    )
+
+
+class Slot:
+    """One chunk sent to a worker; ``reply`` once it has answered."""
+
+    __slots__ = ("reply",)
+
+    def __init__(self) -> None:
+        self.reply: Any = None
+
+
+class Worker:
+    """The parent's handle on one worker: its two pipes and the chunks it holds."""
+
+    def __init__(self, tasks: Any, replies: Any, pid: int = 0, process: Any = None) -> None:
+        self.tasks = tasks
+        self.replies = replies
+        self.pid = pid
+        self.process = process
+        self.inflight: deque = deque()
+        self.lifeline = -1  # prefork's end of the workers' lifeline, kept by the first
+
+    def send(self, message: Any) -> None:
+        try:
+            self.tasks.send(message)
+        except OSError:  # BrokenPipeError: it is gone
+            raise _died() from None
+
+    def submit(self, message: Any) -> Slot:
+        slot = Slot()
+        self.send(message)
+        self.inflight.append(slot)
+        return slot
+
+    def receive(self) -> None:
+        """Take one reply (one is ready): it belongs to the oldest chunk in flight."""
+        try:
+            reply = self.replies.recv()
+        except (EOFError, OSError):
+            raise _died() from None
+        self.inflight.popleft().reply = reply
+
+    def alive(self) -> bool:
+        if self.process is not None:
+            return self.process.is_alive()
+        try:
+            return os.waitpid(self.pid, os.WNOHANG) == (0, 0)
+        except ChildProcessError:
+            return False
+
+    def terminate(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            return
+        try:
+            os.kill(self.pid, 15)  # SIGTERM: a worker keeps its default action
+        except ProcessLookupError:
+            pass
+
+    def close(self) -> None:
+        """Close its task pipe (it exits once it has read what came before) and reap it."""
+        self.tasks.close()
+        self.reap()
+
+    def reap(self) -> None:
+        try:
+            if self.process is not None:
+                self.process.join()
+            else:
+                os.waitpid(self.pid, 0)
+        except ChildProcessError:
+            pass
+        finally:
+            self.replies.close()
+
+
+def close_all(workers: list) -> None:
+    """Close every worker's task pipe, then reap them: they exit at the same time."""
+    for worker in workers:
+        worker.tasks.close()
+    for worker in workers:
+        worker.reap()
+        if worker.lifeline >= 0:
+            os.close(worker.lifeline)
+            worker.lifeline = -1
+
+
+def wait(workers: list, extra: list, timeout: float) -> list:
+    """The workers with a reply ready and the ``extra`` connections that are readable."""
+    from multiprocessing.connection import wait as _wait
+
+    busy = {w.replies: w for w in workers if w.inflight}
+    ready = _wait([*busy, *extra], timeout)
+    return [busy.get(r, r) for r in ready]
+
+
+# ---------------------------------------------------------------------------- starting
+
+_FORKED: dict = {}  # prefork's workers, by the pid of the process that forked them
+
+
+def _threads() -> int:
+    try:
+        return len(os.listdir("/proc/self/task"))
+    except OSError:
+        return -1
+
+
+def prefork(jobs: int, modules: list, job: tuple) -> bool:
+    """Fork ``jobs`` workers from this process now, before it makes any engine; ``take``
+    hands them to the batch. ``job``: what a worker runs, ``(make_state(spec),
+    run_chunk(state, chunk, encoded))`` (runner.batch's, which this module does not
+    import). False (nothing forked) unless it is safe: Linux, and no
+    thread but this one and the deadline keeper's."""
+    import importlib
+
+    if not hasattr(os, "fork") or not sys.platform.startswith("linux") or jobs < 2:
+        return False
+    discard()
+    import multiprocessing.connection  # noqa: F401 - and what a worker's loop uses
+    import queue  # noqa: F401
+    import signal  # noqa: F401
+
+    for name in modules:  # what every worker needs, imported once, here
+        if name != "__main__":
+            try:
+                importlib.import_module(name)
+            except ImportError:
+                pass  # a worker imports what it needs (a backend not installed: its error)
+    from ..backends.deadline import KEEPER
+
+    for stream in (sys.stdout, sys.stderr):  # no buffered output is written twice
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    workers: list = []
+    with KEEPER.lock:  # the keeper's thread holds no lock of its own across the fork
+        if _threads() != 1 + int(KEEPER.running) or _engines_made():
+            return False
+        # A worker's garbage collector never walks what it inherits: a full collection
+        # would write to every object's header, copying most of the parent's memory
+        # page by page. Only the parent unfreezes.
+        gc.freeze()
+        try:
+            workers, keep = _fork_all(jobs, KEEPER, job)
+        finally:
+            gc.unfreeze()
+    _FORKED[os.getpid()] = (workers, keep)
+    return True
+
+
+def _engines_made() -> bool:
+    """Whether this process has made a runtime engine: a fork would copy it (and a
+    worker could pick it up from a backend's table of engines), so prefork declines."""
+    base = sys.modules.get("wasmsbx.backends.base")
+    return base is not None and base.Engine.made > 0
+
+
+def _fork_all(jobs: int, keeper: Any, job: tuple) -> tuple:
+    """prefork's forks (``keeper.lock`` held): the workers and the lifeline's end."""
+    workers: list = []
+    lifeline, keep = os.pipe()  # only this process holds ``keep``
+    ours: list = [keep]
+    for _ in range(jobs):
+        task_r, task_w = os.pipe()
+        reply_r, reply_w = os.pipe()
+        _roomy(task_w, reply_w)
+        pid = os.fork()
+        if pid == 0:  # the worker: never returns
+            try:
+                for fd in (*ours, task_w, reply_r):
+                    os.close(fd)
+                keeper.after_fork_child()
+                _forked_main(task_r, reply_w, lifeline, job)
+            finally:
+                os._exit(1)
+        os.close(task_r)
+        os.close(reply_w)
+        ours += [task_w, reply_r]
+        workers.append(Worker(*_connections(task_w, reply_r), pid=pid))
+    os.close(lifeline)
+    return workers, keep
+
+
+def _roomy(*fds: int) -> None:
+    """Pipes of 1 MiB where Linux allows it (the default 64 KiB holds a few chunks): a
+    parent that sends a chunk or a worker that replies then seldom waits for the other
+    side's reader to be scheduled. Best effort: a smaller pipe only waits more."""
+    import fcntl
+
+    for fd in fds:
+        try:
+            fcntl.fcntl(fd, getattr(fcntl, "F_SETPIPE_SZ", 1031), 1 << 20)
+        except OSError:
+            pass
+
+
+def _connections(write_fd: int, read_fd: int) -> tuple:
+    from multiprocessing.connection import Connection
+
+    return Connection(write_fd, readable=False), Connection(read_fd, writable=False)
+
+
+def take(jobs: int) -> Optional[list]:
+    """prefork's workers if there are ``jobs`` of them, all alive (each is used once)."""
+    entry = _FORKED.pop(os.getpid(), None)
+    if entry is None:
+        return None
+    workers, keep = entry
+    if len(workers) != jobs or not all(w.alive() for w in workers):
+        _end(workers, keep)
+        return None
+    workers[0].lifeline = keep  # closed by close_all, once the workers are done
+    return workers
+
+
+def discard() -> None:
+    """End prefork's workers if nothing took them."""
+    entry = _FORKED.pop(os.getpid(), None)
+    if entry is not None:
+        _end(*entry)
+
+
+def _end(workers: list, keep: int) -> None:
+    for worker in workers:
+        worker.terminate()
+    close_all(workers)
+    os.close(keep)
+
+
+def start(jobs: int, context: Any, job: tuple) -> list:
+    """``jobs`` workers started by multiprocessing ``context`` (fork server or spawn);
+    ``job`` as for prefork, functions a worker can import."""
+    workers = []
+    for _ in range(jobs):
+        task_r, task_w = context.Pipe(duplex=False)
+        reply_r, reply_w = context.Pipe(duplex=False)
+        if sys.platform.startswith("linux"):
+            _roomy(task_w.fileno(), reply_w.fileno())
+        process = context.Process(
+            target=_spawned_main, args=(task_r, reply_w, job), name="wasmsbx-batch", daemon=True
+        )
+        process.start()
+        task_r.close()
+        reply_w.close()
+        workers.append(Worker(task_w, reply_r, process=process))
+    return workers
+
+
+# ---------------------------------------------------------------------------- worker side
+
+
+def _forked_main(task_fd: int, reply_fd: int, lifeline: int, job: tuple) -> None:
+    from multiprocessing.connection import Connection
+
+    _quiet_signals()
+    _exit_with(lambda: os.read(lifeline, 1))
+    tasks = Connection(task_fd, writable=False)
+    code = _serve(tasks, Connection(reply_fd, readable=False), job)
+    os._exit(code)
+
+
+def _spawned_main(tasks: Any, replies: Any, job: tuple) -> None:
+    import multiprocessing
+
+    _quiet_signals()
+    parent = multiprocessing.parent_process()
+    if parent is not None:
+        _exit_with(parent.join)
+    os._exit(_serve(tasks, replies, job))
+
+
+def _quiet_signals() -> None:
+    """Ctrl-C is the parent's to handle (it stops us); SIGTERM ends us; and a guest
+    printing to an inherited stdout must not mix into the results."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    os.dup2(2, 1)
+
+
+def _exit_with(wait_for_parent: Callable) -> None:
+    """Exit when the parent is gone: ``wait_for_parent`` returns when a pipe only the
+    parent holds reaches EOF, however it died (by SIGKILL too). A thread blocked in that
+    wait costs no CPU."""
+    import _thread
+
+    def watch() -> None:
+        try:
+            wait_for_parent()
+        finally:
+            os._exit(1)
+
+    _thread.start_new_thread(watch, ())
+
+
+def _serve(tasks: Any, replies: Any, job: tuple) -> int:
+    """The worker's loop: the spec, then one reply per chunk, until the task pipe ends."""
+    import _thread
+    import queue
+
+    inbox: Any = queue.SimpleQueue()
+
+    def read() -> None:
+        try:
+            while True:
+                inbox.put(tasks.recv())
+        except (EOFError, OSError):
+            inbox.put(None)
+
+    _thread.start_new_thread(read, ())
+    make_state, run_chunk = job
+    spec = inbox.get()
+    if spec is None:
+        return 0
+    state = make_state(spec)
+    while True:
+        message = inbox.get()
+        if message is None:
+            return 0
+        try:
+            reply: Any = ("ok", *run_chunk(state, *message))
+        except errors.WasmsbxError as exc:
+            reply = ("error", exc)
+        except Exception as exc:  # an internal error: reported by the parent
+            reply = ("error", RuntimeError(f"batch worker: {type(exc).__name__}: {exc}"))
+        try:
+            _send(replies, reply)
+        except OSError:  # the parent is gone
+            return 1
+
+
+def _send(replies: Any, reply: tuple) -> None:
+    """Send a reply; an error that cannot be pickled goes as its text."""
+    import pickle
+
+    try:
+        data = pickle.dumps(reply, pickle.HIGHEST_PROTOCOL)
+    except Exception as exc:  # noqa: BLE001 - whatever pickling raises
+        error = reply[1] if reply[0] == "error" else exc
+        data = pickle.dumps(("error", RuntimeError(f"batch worker: {error!r}")))
+    replies.send_bytes(data)
