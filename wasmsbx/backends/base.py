@@ -162,6 +162,20 @@ class EngineOptions(
         return self._asdict()
 
 
+def engine_options(policy: Any, compiler: Optional[str]) -> EngineOptions:
+    """The engine options a policy implies for ``compiler`` (here rather than in the
+    runner, so that ``compile`` builds them without importing it)."""
+    v = policy.values
+    return EngineOptions(
+        compiler=compiler,
+        optimize=v["runtime.optimize"],
+        fuel=v["limits.fuel"] is not None,
+        stack=v["limits.stack"],
+        memory_cap=v["limits.memory"],
+        table_cap=v["limits.table_elements"],
+    )
+
+
 class Limits(
     namedtuple(
         "Limits",
