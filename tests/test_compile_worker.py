@@ -153,8 +153,18 @@ def test_a_worker_answer_is_taken_only_from_a_clean_exit(monkeypatch, status):
         assert (bytes(code), fingerprint) == (b"\x01\x02", {"backend": "wasmtime"})
 
 
-def test_a_worker_header_longer_than_its_answer_is_an_error(monkeypatch):
-    answer = b"ok" + (1000).to_bytes(4, "little") + b"{}"
+@pytest.mark.parametrize(
+    "answer",
+    [
+        b"ok" + (1000).to_bytes(4, "little") + b"{}",  # a header longer than the answer
+        b"ok" + (3).to_bytes(4, "little") + b"{x}code",  # a header that is not JSON
+        b"ok" + (2).to_bytes(4, "little") + b"[]code",  # nor an object
+        b"ok",
+        b"er{not json",
+        b"",
+    ],
+)
+def test_a_broken_worker_answer_is_a_one_line_error(monkeypatch, answer):
     fake_worker(
         monkeypatch,
         f"sys.stdin.buffer.read(); sys.stdout.buffer.write({answer!r}); sys.stdout.flush()\n"
@@ -195,3 +205,14 @@ def test_choosing_wasmtime_does_not_import_it():
     from wasmsbx.backends.wasmtime.backend import _version
 
     assert proc.stdout.split() == ["wasmtime", _version(), "False"], proc.stderr
+
+
+def test_an_invalid_large_module_is_the_workers_one_line_error(cli, isolated):
+    """The worker's own error (b"er" + JSON) comes back as the module error it was."""
+    bad = isolated / "bad.wasm"
+    # A valid header, then a code section of garbage (the compiler, not facts, says so).
+    bad.write_bytes(b"\0asm\1\0\0\0" + b"\x0a\x90\x80\x10" + b"\xff" * (compiling.CHILD_MIN + 8))
+    result = cli("compile", bad, "-o", isolated / "bad.cwasm")
+    assert result.code == 102, result
+    assert result.stderr.startswith("error: ") and "invalid module" in result.stderr, result
+    assert "Traceback" not in result.stderr and not (isolated / "bad.cwasm").exists()

@@ -135,10 +135,12 @@ def worker_code(backend: str, options: Any, wasm: bytes, seconds: float, error: 
     # "ok" only from a worker that exited 0 (after writing all of it): one killed while
     # writing could leave truncated code behind a whole header.
     size = int.from_bytes(out[2:6], "little") if len(out) >= 6 else len(out)
-    if out[:2] == b"ok" and proc.returncode == 0 and 6 + size <= len(out):
-        return memoryview(out)[6 + size :], json.loads(out[6 : 6 + size])  # our own child's
-    if out[:2] == b"er":
-        raise _error(json.loads(out[2:]))  # our own child's JSON
+    header = _json(out[6 : 6 + size]) if 6 + size <= len(out) else None
+    if out[:2] == b"ok" and proc.returncode == 0 and isinstance(header, dict):
+        return memoryview(out)[6 + size :], header
+    answer = _json(out[2:]) if out[:2] == b"er" else None
+    if isinstance(answer, dict):
+        raise _error(answer)
     left = seconds - (time.monotonic() - started)
     lines = err.decode("utf-8", "replace").strip().splitlines()
     detail = lines[-1:] or [f"status {proc.returncode}"]
@@ -146,6 +148,16 @@ def worker_code(backend: str, options: Any, wasm: bytes, seconds: float, error: 
         f"compiling failed in its worker process ({detail[0][:200]})",
         hint="the compiler crashed on this module" if left > 0 else None,
     )
+
+
+def _json(data: bytes) -> Any:
+    """A worker's JSON, or None if it is not JSON (a worker that died mid-write)."""
+    import json
+
+    try:
+        return json.loads(data)
+    except ValueError:
+        return None
 
 
 def _kill(proc: Any) -> None:
