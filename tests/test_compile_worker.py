@@ -216,3 +216,22 @@ def test_an_invalid_large_module_is_the_workers_one_line_error(cli, isolated):
     assert result.code == 102, result
     assert result.stderr.startswith("error: ") and "invalid module" in result.stderr, result
     assert "Traceback" not in result.stderr and not (isolated / "bad.cwasm").exists()
+
+
+def test_without_wasmtime_installed_the_adapter_says_so(monkeypatch):
+    """The adapter no longer imports wasmtime, so it must tell a missing package itself
+    (before, importing the adapter failed)."""
+    import importlib.util
+
+    from wasmsbx.backends.wasmtime import adapter, identity
+
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    monkeypatch.delitem(sys.modules, "wasmtime")
+    identity.origin.cache_clear()
+    try:
+        state = adapter.WasmtimeBackend().probe()
+    finally:
+        monkeypatch.undo()
+        identity.origin.cache_clear()
+    assert (state.available, state.fix) == (False, "pip install wasmtime")
+    assert adapter.WasmtimeBackend().probe().available  # found again: it is installed

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any, Optional
 
 from ..base import Availability, Backend, Capabilities, EngineOptions
-from .identity import FEATURES, _version
+from .identity import FEATURES, _version, origin
 
 
 class WasmtimeBackend(Backend):
@@ -20,6 +20,10 @@ class WasmtimeBackend(Backend):
     default_compiler = "cranelift"
 
     def probe(self) -> Availability:
+        if origin() is None:  # a dependency, but an environment can still lack it
+            return Availability(
+                False, reason="the wasmtime package is not installed", fix="pip install wasmtime"
+            )
         return Availability(True)
 
     def version(self) -> str:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import functools
 import os
 import sys
+from typing import Optional
 
 from ...capabilities import WASM_FEATURES
 from ..base import EngineOptions
@@ -18,19 +19,26 @@ FEATURES = frozenset(WASM_FEATURES) - {"component-model"}
 
 
 @functools.cache
-def _version() -> str:
-    """The installed wasmtime-py version. Read from the name of its .dist-info directory:
-    the cache key needs it on every cached run, and importlib.metadata scans every path
-    entry (tens of milliseconds). The package is located as ``import wasmtime`` would
-    find it, without importing it."""
+def origin() -> Optional[str]:
+    """The file ``import wasmtime`` loads (found as the import would find it, without
+    importing it), or None when wasmtime-py is not installed."""
     loaded = sys.modules.get("wasmtime")
-    origin = getattr(loaded, "__file__", None)
-    if origin is None:
+    found = getattr(loaded, "__file__", None)
+    if found is None:
         from importlib.util import find_spec
 
         spec = find_spec("wasmtime")
-        origin = spec.origin if spec is not None else None
-    site = os.path.dirname(os.path.dirname(origin)) if origin else ""
+        found = spec.origin if spec is not None else None
+    return found
+
+
+@functools.cache
+def _version() -> str:
+    """The installed wasmtime-py version. Read from the name of its .dist-info directory:
+    the cache key needs it on every cached run, and importlib.metadata scans every path
+    entry (tens of milliseconds)."""
+    found = origin()
+    site = os.path.dirname(os.path.dirname(found)) if found else ""
     try:
         found = [
             e for e in os.listdir(site) if e.startswith("wasmtime-") and e.endswith(".dist-info")
