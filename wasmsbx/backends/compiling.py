@@ -28,8 +28,9 @@ from ..units import format_duration, format_size
 CHILD_MIN = 256 * 1024  # bytes: compiles this large run in a child process
 
 # The child: argv[1] is the backend name, argv[2:] the parent's sys.path. Reads a JSON
-# header (EngineOptions) and the module on stdin; writes b"ok" + native code, or b"er" +
-# a JSON error, on stdout.
+# header (EngineOptions) and the module on stdin; writes b"ok" + a JSON header (its
+# engine's fingerprint) + native code, or b"er" + a JSON error, on stdout (each JSON
+# after its length, a little-endian u32).
 _CHILD = """
 import sys
 name, sys.path[:] = sys.argv[1], sys.argv[2:]
@@ -88,7 +89,7 @@ def native_bounded(engine: Any, wasm: bytes, seconds: float, error: Any) -> Any:
     writes): a large module's code comes as its compile worker wrote it, never loaded
     and serialized again here."""
     if len(wasm) >= CHILD_MIN and not getattr(engine, "is_component", False):
-        return _child_code(engine, wasm, seconds, error)
+        return worker_code(engine.backend, engine.options, wasm, seconds, error)[0]
     return engine.serialize(compile_bounded(engine, wasm, seconds, error))
 
 
@@ -98,23 +99,25 @@ def compile_in_child(engine: Any, wasm: bytes, seconds: float, error: Any) -> An
 
     # Vouched for by this process: the child it started wrote it into a pipe only
     # the two of them hold (see the module docstring).
-    code = _child_code(engine, wasm, seconds, error)
+    code = worker_code(engine.backend, engine.options, wasm, seconds, error)[0]
     module = engine.deserialize(Authenticated(code, "this process"))
     engine.describe(module, wasm)
     return module
 
 
-def _child_code(engine: Any, wasm: bytes, seconds: float, error: Any) -> memoryview:
-    """The native code a compile worker made of ``wasm``, or its error raised here."""
+def worker_code(backend: str, options: Any, wasm: bytes, seconds: float, error: Any) -> tuple:
+    """(native code, fingerprint): what a compile worker made of ``wasm`` with an engine
+    of ``backend`` built from ``options`` (EngineOptions), and that engine's fingerprint;
+    or its error raised here. This process needs no engine, nor the runtime's import."""
     import json
     import subprocess
 
-    options = json.dumps(engine.options._asdict()).encode()
+    options = json.dumps(options._asdict()).encode()
     # -S: no site module (its .pth files cost the worker ~10 ms); the worker gets this
     # process's sys.path, led by the folder wasmsbx itself is imported from (an
     # editable install finds it through a .pth hook, which -S skips).
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    argv = [sys.executable, "-E", "-s", "-S", "-c", _CHILD, engine.backend, root, *sys.path]
+    argv = [sys.executable, "-E", "-s", "-S", "-c", _CHILD, backend, root, *sys.path]
     started = time.monotonic()
     proc = subprocess.Popen(
         argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE
@@ -129,10 +132,15 @@ def _child_code(engine: Any, wasm: bytes, seconds: float, error: Any) -> memoryv
     except BaseException:  # Ctrl-C: the child must not outlive us
         _kill(proc)
         raise
-    if out[:2] == b"ok":
-        return memoryview(out)[2:]
-    if out[:2] == b"er":
-        raise _error(json.loads(out[2:]))  # our own child's JSON
+    # "ok" only from a worker that exited 0 (after writing all of it): one killed while
+    # writing could leave truncated code behind a whole header.
+    size = int.from_bytes(out[2:6], "little") if len(out) >= 6 else len(out)
+    header = _json(out[6 : 6 + size]) if 6 + size <= len(out) else None
+    if out[:2] == b"ok" and proc.returncode == 0 and isinstance(header, dict):
+        return memoryview(out)[6 + size :], header
+    answer = _json(out[2:]) if out[:2] == b"er" else None
+    if isinstance(answer, dict):
+        raise _error(answer)
     left = seconds - (time.monotonic() - started)
     lines = err.decode("utf-8", "replace").strip().splitlines()
     detail = lines[-1:] or [f"status {proc.returncode}"]
@@ -140,6 +148,16 @@ def _child_code(engine: Any, wasm: bytes, seconds: float, error: Any) -> memoryv
         f"compiling failed in its worker process ({detail[0][:200]})",
         hint="the compiler crashed on this module" if left > 0 else None,
     )
+
+
+def _json(data: bytes) -> Any:
+    """A worker's JSON, or None if it is not JSON (a worker that died mid-write)."""
+    import json
+
+    try:
+        return json.loads(data)
+    except ValueError:
+        return None
 
 
 def _kill(proc: Any) -> None:
@@ -176,7 +194,8 @@ def child_main(name: str) -> None:
         out.write(b"er" + json.dumps(exc.to_dict()).encode())
         out.flush()
         os._exit(0)
-    out.write(b"ok")
+    header = json.dumps(engine.fingerprint()).encode()
+    out.write(b"ok" + len(header).to_bytes(4, "little") + header)
     out.write(code)
     out.flush()
     os._exit(0)  # skip teardown (wasmtime-py's tokio threads; see cli.entry)

@@ -12,9 +12,7 @@ error raises :class:`BuildFailed` whose ``output`` is the compiler's own text, v
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
-import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -131,6 +129,9 @@ def write_atomic(path: Path, data: bytes, inputs: Sequence = ()) -> None:
 
 
 def _build_c(path: Path, exports: Sequence[str]) -> tuple:
+    import shutil
+    import tempfile
+
     clang = shutil.which("clang")
     if clang is None:
         raise ToolchainMissing(
@@ -185,6 +186,8 @@ class RustToolchain(NamedTuple):
 def _rust_tool(name: str) -> Optional[str]:
     """$RUSTC / $CARGO (as cargo itself reads them), else the one on PATH."""
     chosen = os.environ.get(name.upper())
+    import shutil
+
     return shutil.which(chosen) if chosen else shutil.which(name)
 
 
@@ -228,6 +231,8 @@ def _link_exports(exports: Sequence[str]) -> list:
 def _build_rust_file(path: Path, exports: Sequence[str]) -> tuple:
     given, path = path, path.resolve()  # rustc runs in the source's folder, as the target
     tools = rust_toolchain(cwd=path.parent)  # check did: a rust-toolchain file applies to both
+    import tempfile  # here: a .wasm source, what `compile` mostly gets, needs none of it
+
     with tempfile.TemporaryDirectory(prefix="wasmsbx-build-") as tmp:
         target = Path(tmp) / (path.stem + ".wasm")
         crate = ["--crate-type", "cdylib"] if exports else []

@@ -20,9 +20,15 @@ from .. import policy as policy_mod
 from ..backends import get as backend_get
 from ..backends import names as backend_names
 from ..backends import split as backend_split
-from ..backends.base import EngineOptions, ExportInfo, Limits, Signature, WasiSetup
+from ..backends.base import (  # noqa: F401 - engine_options is re-exported
+    EngineOptions,
+    ExportInfo,
+    Limits,
+    Signature,
+    WasiSetup,
+    engine_options,
+)
 from ..backends.compiling import check_size
-from ..backends.reserve import reservation
 from ..memory import Memory  # noqa: F401 - re-exported (wasmsbx.GuestMemory)
 
 # ---------------------------------------------------------------------------- typed values
@@ -280,20 +286,6 @@ def limits_from(policy: policy_mod.Policy) -> Limits:
         table_elements=v["limits.table_elements"],
         instances=v["limits.instances"],
         output=v["limits.output"],  # 0 is a limit too: the guest may write nothing
-    )
-
-
-def engine_options(policy: policy_mod.Policy, compiler: Optional[str]) -> EngineOptions:
-    v = policy.values
-    return EngineOptions(
-        compiler=compiler,
-        optimize=v["runtime.optimize"],
-        fuel=v["limits.fuel"] is not None,
-        stack=v["limits.stack"],
-        memory_cap=v["limits.memory"],
-        table_cap=v["limits.table_elements"],
-        reservation=reservation(v["runtime.memory_layout"], v["limits.memory"]),
-        copy_data=v["runtime.memory_init"] == "copy",
     )
 
 

@@ -22,6 +22,7 @@ alive as long as a sandbox holds it.
 
 from __future__ import annotations
 
+import atexit
 from collections import OrderedDict
 from typing import Any, Callable, Optional
 
@@ -155,3 +156,11 @@ def clear() -> None:
     _PREPARED.clear()
     _COMPILED.clear()
     _LOADED.clear()
+
+
+# At exit, before the interpreter finalizes modules: this module is often imported before
+# the runtime's (wasmtime is imported only with the first engine), so finalization would
+# clear the runtime's modules first and free the modules held here through a runtime
+# that is gone ("Exception ignored in Managed.__del__ ... 'NoneType' object is not
+# callable"). The ``wasmsbx`` command leaves with ``os._exit`` and never runs it.
+atexit.register(clear)

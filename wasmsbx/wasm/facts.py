@@ -467,9 +467,9 @@ class _Parser:
 
     def scan(self, pos: int, end: int, const: bool, what: str) -> int:
         """Decode instructions in [pos, end) (see wasmsbx.wasm.code, loaded on first use)."""
-        from .code import CodeScanner
+        if self._scanner is None:  # once: an import statement per body costs ~1 us
+            from .code import CodeScanner
 
-        if self._scanner is None:
             self._scanner = CodeScanner(self)
         return self._scanner.scan(pos, end, const, what)
 

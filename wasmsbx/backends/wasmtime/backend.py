@@ -23,12 +23,8 @@ from wasmtime import _ffi as ffi
 from wasmtime._extern import wrap_extern
 
 from ... import errors
-from ...capabilities import WASM_FEATURES
 from ...units import format_count, format_duration, format_size
 from ..base import (
-    Availability,
-    Backend,
-    Capabilities,
     Engine,
     EngineOptions,
     ExportInfo,
@@ -44,8 +40,9 @@ from ..base import (
 )
 from ..deadline import KEEPER
 from ..limits import HIDDEN_EXPORT, PAGE, TotalsError, export_memories, layout, plan
-from ..reserve import FAST_NOTE, GUARD, engine_layout, exhausted_hint
+from ..reserve import GUARD, engine_layout, exhausted_hint
 from . import teardown
+from .identity import FEATURES, _version, fingerprint  # noqa: F401 - FEATURES, _version re-exported
 from .values import (
     RAW_CALL,
     RAW_GET_FUEL,
@@ -67,32 +64,6 @@ from .values import call as call_raw
 MAX_FRAMES = 12
 _U64 = ctypes.c_uint64
 _OPT_LEVELS = {"none": "none", "speed": "speed", "size": "speed_and_size", "aggressive": "speed"}
-
-# Every proposal wasmsbx names except the component model: this wasmtime build compiles
-# them all by default (a test compiles one module per proposal and checks the claim).
-FEATURES = frozenset(WASM_FEATURES) - {"component-model"}
-
-
-@functools.cache
-def _version() -> str:
-    """The installed wasmtime-py version. Read from the name of its .dist-info directory:
-    the cache key needs it on every cached run, and importlib.metadata scans every path
-    entry (tens of milliseconds)."""
-    site = os.path.dirname(os.path.dirname(wasmtime.__file__))
-    try:
-        found = [
-            e for e in os.listdir(site) if e.startswith("wasmtime-") and e.endswith(".dist-info")
-        ]
-    except OSError:
-        found = []
-    if len(found) == 1:
-        return found[0][len("wasmtime-") : -len(".dist-info")]
-    try:
-        from importlib.metadata import version
-
-        return version("wasmtime")
-    except Exception:  # pragma: no cover - metadata missing in odd installs
-        return "unknown"
 
 
 class _Output(OutputSink):
@@ -1223,23 +1194,7 @@ class WasmtimeEngine(Engine):
         return module, caps
 
     def fingerprint(self) -> dict:
-        reserved = self.options.reservation
-        return {
-            "backend": "wasmtime",
-            "version": _version(),
-            "compiler": "cranelift",
-            "optimize": self.options.optimize,
-            "fuel": self.options.fuel,
-            "stack": self.options.stack,
-            "epoch": True,
-            "memory_exports": 1,  # compile() exports every memory under a hidden name
-            "features": sorted(FEATURES),
-            "target": f"{sys.platform}-{os.uname().machine}",
-            # Only when set: under the default layout the code (and so every cache entry
-            # and artifact made before the key existed) is what it was.
-            **({} if reserved is None else {"memory_layout": f"dense:{reserved}"}),
-            **({"memory_init": "copy"} if self.options.copy_data else {}),
-        }
+        return fingerprint(self.options)
 
 
 def engine_config(options: EngineOptions) -> wasmtime.Config:
@@ -1317,68 +1272,13 @@ def _module_error(exc: Exception, options: EngineOptions) -> errors.WasmsbxError
     )
 
 
-class WasmtimeBackend(Backend):
-    name = "wasmtime"
-    compilers = ("cranelift",)
-    default_compiler = "cranelift"
-
-    def probe(self) -> Availability:
-        return Availability(True)
-
-    def version(self) -> str:
-        return _version()
-
-    def capabilities(self, compiler: Optional[str] = None) -> Capabilities:
-        return Capabilities(
-            # Components run through wasmtime.component (wasmsbx.components); the core
-            # FEATURES stay the cache key's list.
-            features=FEATURES | {"component-model"},
-            security=frozenset(
-                {
-                    "fuel",
-                    "timeout",
-                    "interrupt",
-                    "memory-limit",
-                    "table-limit",
-                    "stack-limit",
-                    "instance-limit",
-                    "wasi",
-                    "wasi-readonly",
-                    "stdio-redirect",
-                    "fs-confined",
-                }
-            ),
-            performance=frozenset(
-                {"aot", "opt-levels", "in-process", "releases-gil", "dense-memory"}
-            ),
-            debugging=frozenset({"backtrace", "profiling", "debug-info"}),
-            compilers=self.compilers,
-            # benchmarks/backends.py (cpu.c): compile 56 ms, run bench(4) 98 ms; see wasmer's
-            # SPEED for the scale. Epoch interruption costs it some run speed.
-            compile_speed=0.65,
-            run_speed=0.85,
-            notes=(
-                "every limit is enforced in-process",
-                # benchmarks/epoch.py (cpu.wasm kernels, CPU time, ratios to no epochs)
-                "epoch interruption (the timeout, Ctrl-C) costs 1.0-2.0x on CPU-bound guests "
-                "(measured: mandelbrot 1.45x, sieve 1.9x, matmul 2.0x, quicksort 1.2x, "
-                "xorshift 1.0x); not avoided: every policy has a timeout, and epochs are how "
-                "a guest is stopped in process",
-                "engines are shared per process (one per optimize/fuel/stack setting, "
-                "reservation under the dense layout, and memory_init)",
-                FAST_NOTE,
-            ),
-        )
-
-    def engine(self, options: EngineOptions) -> WasmtimeEngine:
-        """The process's engine for these options: one per engine configuration, shared
-        by every sandbox whose policy implies it (an engine costs ~3 ms and a thread
-        pool to build; sandboxes keep their own limits in their own stores)."""
-        key = engine_key(options)
-        engine = _ENGINES.get(key)
-        if engine is None:
-            engine = _ENGINES[key] = WasmtimeEngine(options)
-        return engine
+def engine_for(options: EngineOptions) -> WasmtimeEngine:
+    """The process's engine for these options (``WasmtimeBackend.engine``)."""
+    key = engine_key(options)
+    engine = _ENGINES.get(key)
+    if engine is None:
+        engine = _ENGINES[key] = WasmtimeEngine(options)
+    return engine
 
 
 def engine_key(options: EngineOptions) -> tuple:

@@ -303,31 +303,51 @@ def _targets(policy: Any, wasm: bytes, all_backends: bool, facts: Any) -> list:
 def _native(
     adapter, compiler, wasm, name, policy, out, cache_dir, force, signer, inputs, facts
 ) -> dict:
-    from ...native import cache
-    from ...runner.sandbox import engine_options
+    from ...backends.base import engine_options
+    from ...backends.compiling import CHILD_MIN, too_slow
+    from ...components import is_component
 
-    engine = adapter.engine(engine_options(policy, compiler))
-    engine = _for_components(engine, wasm, out)
-
+    options = engine_options(policy, compiler)
     seconds = policy.values["limits.compile_timeout"]
+    label = f"compiling {name} for {adapter.name}"
+
+    def error() -> Any:
+        return too_slow(name, seconds)
+
+    if out is not None and len(wasm) >= CHILD_MIN and not is_component(wasm):
+        # A compile worker's (what compiling.native_bounded would do), asked directly:
+        # the worker builds the engine and says what it built for, so this process,
+        # which only waits, never imports the runtime (~50 ms of CPU for wasmtime).
+        def worker_fn(data: bytes) -> tuple:
+            from ...backends.compiling import worker_code
+
+            with _spinner(label):
+                return worker_code(adapter.name, options, data, seconds, error)
+
+        return _artifact(wasm, name, worker_fn, out, signer, inputs, facts, False)
+
+    engine = _for_components(adapter.engine(options), wasm, out)
 
     def compile_fn(data: bytes) -> Any:
-        from ...backends.compiling import compile_bounded, too_slow
+        from ...backends.compiling import compile_bounded
 
-        with _spinner(f"compiling {name} for {adapter.name}"):
-            return compile_bounded(engine, data, seconds, lambda: too_slow(name, seconds))
+        with _spinner(label):
+            return compile_bounded(engine, data, seconds, error)
 
-    def native_fn(data: bytes) -> Any:
-        from ...backends.compiling import native_bounded, too_slow
+    def native_fn(data: bytes) -> tuple:
+        from ...backends.compiling import native_bounded
 
-        with _spinner(f"compiling {name} for {adapter.name}"):
-            return native_bounded(engine, data, seconds, lambda: too_slow(name, seconds))
+        with _spinner(label):
+            return native_bounded(engine, data, seconds, error), engine.fingerprint()
 
     if out is None:
+        from ...native import cache
+
         result = cache.store_compiled(engine, wasm, policy, name, compile_fn, cache_dir, force)
         result["cache_dir"] = str(cache.resolve_dir(policy, cache_dir)[0])
         return result
-    return _artifact(engine, wasm, name, native_fn, out, signer, inputs, facts)
+    component = getattr(engine, "is_component", False)
+    return _artifact(wasm, name, native_fn, out, signer, inputs, facts, component)
 
 
 def _for_components(engine: Any, wasm: bytes, out: Optional[str]) -> Any:
@@ -362,7 +382,6 @@ def _signer() -> Any:
 
 
 def _artifact(
-    engine: Any,
     wasm: bytes,
     name: str,
     native_fn: Any,
@@ -370,8 +389,10 @@ def _artifact(
     signer: Any,
     inputs: list,
     facts: Any,
+    is_component: bool,
 ) -> dict:
-    """Compile and write a standalone artifact, tagged with the user's key (and signed).
+    """Compile (``native_fn(wasm)``: native code and the fingerprint of the engine that
+    made it) and write a standalone artifact, tagged with the user's key (and signed).
     The native code goes from the compiler to the file: it is not loaded here."""
     import time
 
@@ -380,12 +401,12 @@ def _artifact(
     from ...outfile import write_output
 
     started = time.perf_counter()
-    native = native_fn(wasm)
+    native, fingerprint = native_fn(wasm)
     seconds = time.perf_counter() - started
     features = tuple(facts.features) if facts is not None else ()
     exports = aot.records_of(facts.exports) if facts is not None else None
     component = None
-    if getattr(engine, "is_component", False):  # its limits need the layout when alone
+    if is_component:  # its limits need the layout when alone
         from ...components import probe
         from ...components.binary import ComponentFormatError, layout_record, scan
         from ...components.runtime import with_probe
@@ -398,7 +419,6 @@ def _artifact(
             component = layout_record(layout)
         except ComponentFormatError as exc:
             raise ModuleError(f"{name}: {exc}", hint=exc.hint) from None
-    fingerprint = engine.fingerprint()
     blob = aot.pack(
         "artifact",
         fingerprint,

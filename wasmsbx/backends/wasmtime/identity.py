@@ -1,0 +1,77 @@
+"""Which wasmtime native code is built by: the version installed, the proposals enabled,
+and the fingerprint that cache keys and artifacts record. Never imports wasmtime; shared
+by the adapter (adapter.py) and the engine (backend.py).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+from typing import Optional
+
+from ...capabilities import WASM_FEATURES
+from ..base import EngineOptions
+
+# Every proposal wasmsbx names except the component model: this wasmtime build compiles
+# them all by default (a test compiles one module per proposal and checks the claim).
+FEATURES = frozenset(WASM_FEATURES) - {"component-model"}
+
+
+@functools.cache
+def origin() -> Optional[str]:
+    """The file ``import wasmtime`` loads (found as the import would find it, without
+    importing it), or None when wasmtime-py is not installed."""
+    loaded = sys.modules.get("wasmtime")
+    found = getattr(loaded, "__file__", None)
+    if found is None:
+        from importlib.util import find_spec
+
+        spec = find_spec("wasmtime")
+        found = spec.origin if spec is not None else None
+    return found
+
+
+@functools.cache
+def _version() -> str:
+    """The installed wasmtime-py version. Read from the name of its .dist-info directory:
+    the cache key needs it on every cached run, and importlib.metadata scans every path
+    entry (tens of milliseconds)."""
+    found = origin()
+    site = os.path.dirname(os.path.dirname(found)) if found else ""
+    try:
+        found = [
+            e for e in os.listdir(site) if e.startswith("wasmtime-") and e.endswith(".dist-info")
+        ]
+    except OSError:
+        found = []
+    if len(found) == 1:
+        return found[0][len("wasmtime-") : -len(".dist-info")]
+    try:
+        from importlib.metadata import version
+
+        return version("wasmtime")
+    except Exception:  # pragma: no cover - metadata missing in odd installs
+        return "unknown"
+
+
+def fingerprint(options: EngineOptions) -> dict:
+    """What native code from an engine with these options was built for (the cache
+    key's basis; ``WasmtimeEngine.fingerprint``)."""
+    reserved = options.reservation
+    return {
+        "backend": "wasmtime",
+        "version": _version(),
+        "compiler": "cranelift",
+        "optimize": options.optimize,
+        "fuel": options.fuel,
+        "stack": options.stack,
+        "epoch": True,
+        "memory_exports": 1,  # compile() exports every memory under a hidden name
+        "features": sorted(FEATURES),
+        "target": f"{sys.platform}-{os.uname().machine}",
+        # Only when set: under the default layout the code (and so every cache entry
+        # and artifact made before the key existed) is what it was.
+        **({} if reserved is None else {"memory_layout": f"dense:{reserved}"}),
+        **({"memory_init": "copy"} if options.copy_data else {}),
+    }
