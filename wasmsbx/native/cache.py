@@ -42,6 +42,7 @@ from typing import Any, Callable, NamedTuple, Optional
 from .. import errors
 from . import artifact as aot
 from . import entry as entry_format
+from . import recorded
 
 CODE_DIR = "code"  # native code: code/KEY[:2]/KEY.entry, in the wasmsbx.native.entry format
 CODE_SUFFIX = ".entry"
@@ -292,6 +293,7 @@ class Store:
         self.root = root
         self.size_limit = size_limit
         self._db: Any = None
+        self.checked: Optional[tuple] = None  # _folder_state when prepare_dir last passed
         # The user's own cache (no guest is granted it): entries are mapped in place,
         # if no one else can change the folders on the way to it either.
         self.protected = in_cache_roots(str(root)) and _private_path(str(root))
@@ -741,13 +743,50 @@ def shared_store(policy: Any, override: Optional[str] = None) -> Store:
     modules (``watch``, the Python API) and to the cached load time."""
     root, _ = resolve_dir(policy, override)
     store = _SHARED.get(root)
-    if store is not None and exists(root):
-        prepare_dir(root)  # still ours, still private
-        store.size_limit = policy.values["runtime.cache_size"]
-        return store
+    if store is not None:
+        seen = _folder_state(root)
+        if seen is None or seen != store.checked:
+            if not exists(root):
+                seen = None
+            else:
+                prepare_dir(root)  # still ours, still private
+                store.checked = _folder_state(root)
+        if seen is not None:
+            store.size_limit = policy.values["runtime.cache_size"]
+            return store
     store = Store.open(root, policy.values["runtime.cache_size"])
+    store.checked = _folder_state(root)
     _SHARED[root] = store
     return store
+
+
+def _folder_state(root: Path) -> Optional[tuple]:
+    """What stat() says of the cache folder (and where the trust folder is), after
+    ``prepare_dir`` passed: while it says the same, the checks hold still (a folder
+    swapped, chmodded, chowned, or with a name added or removed, a link planted say,
+    has another inode, mode, owner, mtime or ctime), so a process that loads many
+    modules checks its cache folder once, not on every load (0.2 ms each)."""
+    from .trustdir import trust_dir_text
+
+    keys = trust_dir_text()
+    try:
+        info = os.stat(root)
+    except OSError:
+        return None
+    try:
+        found = os.stat(keys)
+        trust = (keys, found.st_dev, found.st_ino)
+    except OSError:
+        trust = (keys, None, None)
+    return (
+        info.st_dev,
+        info.st_ino,
+        info.st_mode,
+        info.st_uid,
+        info.st_mtime_ns,
+        info.st_ctime_ns,
+        trust,
+    )
 
 
 # ---------------------------------------------------------------------------- the run path
@@ -760,15 +799,18 @@ def load_or_compile(
     name: Optional[str] = None,
     compile_fn: Optional[Callable[[bytes], Any]] = None,
     cache_dir: Optional[str] = None,
+    digest: Optional[str] = None,
 ) -> Outcome:
     """The module from the cache if an intact entry exists, else compiled and stored.
+    ``digest``: the module's (``aot.digest``), if the caller has it already.
 
     Never fails because of the cache: a broken cache is reported in ``warnings`` and
     the module is compiled as if there were none.
     """
     started = time.perf_counter()
     try:
-        lookup = Lookup(shared_store(policy, cache_dir), engine, wasm, name, compile_fn)
+        store = shared_store(policy, cache_dir)
+        lookup = Lookup(store, engine, wasm, name, compile_fn, digest)
     except cache_errors() as exc:
         timings: dict = {}
         module = _timed(compile_fn or engine.compile, wasm, timings)
@@ -776,6 +818,45 @@ def load_or_compile(
         return Outcome(module, "error", timings, [warning])
     lookup.timings["cache"] = time.perf_counter() - started
     return lookup.run()
+
+
+def module_facts(policy: Any, cache_dir: Optional[str], wasm: bytes) -> tuple:
+    """(digest, facts, recorded) of ``wasm`` for a run that uses the cache: its digest
+    (the cache key's), what a run needs to know of it (``recorded.RunFacts``: from its
+    authenticated record in the cache, else parsed; None if it cannot be parsed, the
+    runtime then gives the precise error) and whether that came from a record."""
+    digest = aot.digest(wasm)
+    try:
+        root = shared_store(policy, cache_dir).root
+        facts = recorded.recall(root, digest, _facts_key())
+    except cache_errors():
+        facts = None
+    if facts is not None:
+        return digest, facts, True
+    from ..wasm.facts import FactsError
+
+    try:
+        return digest, recorded.read(wasm), False
+    except FactsError:
+        return digest, None, False
+
+
+def remember_facts(policy: Any, cache_dir: Optional[str], digest: str, facts: Any) -> None:
+    """Record ``facts`` of the module of ``digest`` in the cache (see native.recorded),
+    for the next process; a cache that cannot take it is left alone."""
+    try:
+        recorded.remember(shared_store(policy, cache_dir).root, digest, facts, _facts_key())
+    except cache_errors():
+        pass
+
+
+def _facts_key() -> Optional[bytes]:
+    from . import trust
+
+    try:
+        return trust.tag_key("cache-facts")
+    except trust.KeyProblem:
+        return None
 
 
 def cached(
@@ -810,6 +891,7 @@ class Lookup:
         wasm: bytes,
         name: Optional[str],
         compile_fn: Optional[Callable] = None,
+        digest: Optional[str] = None,
     ) -> None:
         self.store = store
         self.engine = engine
@@ -817,7 +899,7 @@ class Lookup:
         self.name = name
         self.compile_fn = compile_fn or engine.compile
         self.fingerprint = aot.normalise(engine.fingerprint())
-        self.module_digest = aot.digest(wasm)
+        self.module_digest = digest or aot.digest(wasm)
         self.key = entry_key(self.module_digest, self.fingerprint)
         self._module_sha: Optional[str] = None
         self.label = fingerprint_label(self.fingerprint)
@@ -951,8 +1033,10 @@ class Lookup:
 
     def record(self, size: int, native: int) -> dict:
         fp, now = self.fingerprint, time.time()
+        module = {"name": self.name, "sha256": self.module_sha, "size": len(self.wasm)}
+        module["blake3"] = self.module_digest  # whose facts record (native.recorded) it keeps
         return {
-            "module": {"name": self.name, "sha256": self.module_sha, "size": len(self.wasm)},
+            "module": module,
             "backend": fp.get("backend"),
             "label": self.label,
             "compiler": fp.get("compiler"),
@@ -1158,9 +1242,17 @@ def _orphans(store: Store) -> int:
     for key in store.keys("a:"):  # native code as diskcache values (earlier builds)
         store.db.delete("a:" + key)
         removed += 1
-    for memo, _ in store._code_files("??/*" + MEMO_SUFFIX):
+    for memo, _ in store._code_files("*" + MEMO_SUFFIX):
         if not memo.with_suffix(CODE_SUFFIX).exists():
             memo.unlink(missing_ok=True)
+    # Facts records (native.recorded) of modules no entry holds any more. (Records made
+    # before they named their module's BLAKE3 name none: their facts are read again.)
+    modules = {(r.get("module") or {}).get("blake3") for r in store.records()}
+    now = time.time()
+    for facts, info in store._code_files("*" + recorded.SUFFIX):
+        module = facts.name[: -len(recorded.SUFFIX)]
+        if module not in modules and now - info.st_mtime > ORPHAN_GRACE:
+            facts.unlink(missing_ok=True)
     now = time.time()
     for tmp, info in store._code_files(".*.tmp"):
         if now - info.st_mtime > ORPHAN_GRACE:

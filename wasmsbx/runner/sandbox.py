@@ -496,10 +496,13 @@ class Sandbox:
 
             self.artifact = aot.open_for(self, data, str(self.path))
         self._prepared: Any = None
+        cache_wanted = self.policy.values["runtime.cache"] if use_cache is None else use_cache
         if self.artifact is None:
             path = self.path
-            # Translated and parsed once per process for the same bytes (runner.shared).
-            self._prepared = shared.prepared(data, lambda d: module_bytes(d, path))
+            # Translated and parsed once per process for the same bytes (runner.shared);
+            # a module the disk cache will hold is not parsed where its record is found.
+            learn = self._learn if cache_wanted else None
+            self._prepared = shared.prepared(data, lambda d: module_bytes(d, path), learn)
             self.wasm = self._prepared.wasm
             if self._prepared.interface is not None:
                 # Before any compile or cache write: a run that cannot work fails now.
@@ -536,7 +539,6 @@ class Sandbox:
             )
             if group is not None:
                 group._adopt(self)
-        cache_wanted = self.policy.values["runtime.cache"] if use_cache is None else use_cache
         self.use_cache = cache_wanted  # a cluster's workers follow the same choice
         self.cache_state = "off"
         self.recorded_exports: Optional[list] = None
@@ -548,7 +550,7 @@ class Sandbox:
         if self.module is None:
             self.module = self._compile(cache_wanted)
         if self.wasm is not None:  # native code from the cache: the totals need the layout
-            self.engine.describe(self.module, self.wasm)
+            self.engine.describe(self.module, self.wasm, getattr(self._prepared, "facts", None))
         self.export_list = self._interface()
         self._instance: Any = None
         self._callers: dict = {}  # export name -> (instance, its caller or None): call()
@@ -605,6 +607,33 @@ class Sandbox:
         return self.selection
 
     # --------------------------------------------------------------- compiling
+    def _learn(self, wasm: bytes) -> Optional[tuple]:
+        """(digest, facts, recorded) of a module that goes through the disk cache (see
+        native.cache.module_facts), else None (its interface is parsed)."""
+        if len(wasm) < self.policy.values["runtime.cache_min_size"]:
+            return None
+        from ..native.cache import module_facts
+
+        return module_facts(self.policy, self.cache_dir, wasm)
+
+    def _remember(self, prepared: Any) -> None:
+        """Record what a run needs to know of the module in the cache, for the next
+        process (native.recorded), unless it is recorded there already."""
+        from ..native import cache, recorded
+
+        if prepared.recorded:
+            return
+        if prepared.facts is None:
+            from ..wasm.facts import FactsError
+
+            try:
+                prepared.facts = recorded.read(prepared.wasm)
+            except FactsError:
+                return
+        digest = prepared.digest or cache.aot.digest(prepared.wasm)
+        cache.remember_facts(self.policy, self.cache_dir, digest, prepared.facts)
+        prepared.digest, prepared.recorded = digest, True
+
     def _compile(self, use_cache: bool) -> Any:
         """Compile, or load from the cache: only for modules of runtime.cache_min_size and
         up, since opening the cache costs more than compiling a small module."""
@@ -624,11 +653,14 @@ class Sandbox:
                 self.path.name,
                 self._compile_now,
                 self.cache_dir,
+                self._prepared.digest,
             )
             self.timings.update(outcome.timings)
             self.warnings.extend(outcome.warnings)
             self.cache_state = outcome.state
             self.recorded_exports = outcome.exports
+            if outcome.state in ("hit", "miss"):
+                self._remember(self._prepared)
             if prepared is not None:
                 shared.keep(self.engine, prepared, outcome.module)
             return outcome.module
