@@ -39,10 +39,16 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Callable, NamedTuple, Optional
 
+from blake3 import blake3  # noqa: F401 - see below
+
 from .. import errors
 from . import artifact as aot
 from . import entry as entry_format
-from . import recorded
+from . import recorded, trust
+
+# Every use of this module on the run path hashes the module (BLAKE3, to find its entry)
+# and asks for the user's key (trust): both are imported with it, once per process,
+# rather than by the first load (0.8 and 1 ms).
 
 CODE_DIR = "code"  # native code: code/KEY[:2]/KEY.entry, in the wasmsbx.native.entry format
 CODE_SUFFIX = ".entry"
@@ -851,7 +857,6 @@ def remember_facts(policy: Any, cache_dir: Optional[str], digest: str, facts: An
 
 
 def _facts_key() -> Optional[bytes]:
-    from . import trust
 
     try:
         return trust.tag_key("cache-facts")
@@ -881,6 +886,21 @@ def cached(
         return None
 
 
+def _identity(engine: Any) -> tuple:
+    """(fingerprint, label) of ``engine``, worked out once per engine: its fingerprint
+    names the runtime's version, which wasmtime's backend reads from the installed
+    package (0.2 ms a load otherwise). Callers must not change the dict."""
+    found = getattr(engine, "_wasmsbx_identity", None)
+    if found is None:
+        fingerprint = aot.normalise(engine.fingerprint())
+        found = (fingerprint, fingerprint_label(fingerprint))
+        try:
+            engine._wasmsbx_identity = found
+        except AttributeError:  # (an engine with __slots__)
+            pass
+    return found
+
+
 class Lookup:
     """One module's trip through the cache: find, verify and load it, or compile and store."""
 
@@ -898,11 +918,10 @@ class Lookup:
         self.wasm = wasm
         self.name = name
         self.compile_fn = compile_fn or engine.compile
-        self.fingerprint = aot.normalise(engine.fingerprint())
+        self.fingerprint, self.label = _identity(engine)
         self.module_digest = digest or aot.digest(wasm)
         self.key = entry_key(self.module_digest, self.fingerprint)
         self._module_sha: Optional[str] = None
-        self.label = fingerprint_label(self.fingerprint)
         self.timings: dict = {}
         self.warnings: list = []
         self.exports: Optional[list] = None
@@ -995,7 +1014,6 @@ class Lookup:
     def tag_key(self, create: bool) -> Optional[bytes]:
         """The user's key for cache entries (trust.tag_key); a refused key file is
         reported once and the run goes on without the cache."""
-        from . import trust
 
         try:
             return trust.tag_key("cache-entry", create=create)
@@ -1003,7 +1021,6 @@ class Lookup:
             raise CacheUnavailable(exc.message) from None
 
     def memo_key(self) -> Optional[bytes]:
-        from . import trust
 
         try:
             return trust.tag_key("cache-memo")
@@ -1265,7 +1282,6 @@ def _orphans(store: Store) -> int:
 
 def verify(store: Store, remove: bool = True) -> dict:
     """Check every entry: tagged with the user's key, header agreeing with its key."""
-    from . import trust
 
     try:
         tag_key = trust.tag_key("cache-entry")

@@ -26,7 +26,8 @@ from __future__ import annotations
 import json
 import os
 import stat
-from typing import Any, NamedTuple, Optional
+from collections import namedtuple
+from typing import Any, Optional
 
 from .._version import __version__
 
@@ -40,13 +41,14 @@ _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 _NONBLOCK = getattr(os, "O_NONBLOCK", 0)
 
 
-class RunFacts(NamedTuple):
+class RunFacts(namedtuple("RunFacts", "interface layout exported start")):
     """A module's facts as a run uses them."""
 
     interface: Any  # wasm.facts.Interface: imports and exports, with types
     layout: Any  # backends.limits.Layout, or None (unreadable: the runtime decides)
     exported: Any  # backends.limits.Exported without its bytes: where hidden exports go
     start: bool  # whether it has a start section
+    __slots__ = ()
 
 
 def read(wasm: bytes) -> RunFacts:
@@ -178,7 +180,7 @@ def _encode(facts: RunFacts, digest: str) -> dict:
 
 def _decode(data: dict, digest: str) -> Optional[RunFacts]:
     from ..backends.limits import Exported, Layout
-    from ..wasm.facts import Export, FuncType, Import, Interface, Limits
+    from ..wasm.model import Export, FuncType, Import, Interface, Limits
 
     if data["format"] != FORMAT or data["module"] != digest:
         return None

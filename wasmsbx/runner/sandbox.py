@@ -678,8 +678,6 @@ class Sandbox:
 
     def _interface(self) -> list:
         """Exports with their signatures, read from the binary (see facts.read_interface)."""
-        from ..wasm.facts import FactsError, read_interface
-
         if self.wasm is None:  # a standalone artifact records its module's exports
             records = self.artifact.header["module"].get("exports")
             return self.engine.exports(self.module) if records is None else _exports(records)
@@ -691,6 +689,8 @@ class Sandbox:
                 return prepared.exports  # read once per process (runner.shared); never mutated
             interface = prepared.interface
         else:
+            from ..wasm.facts import FactsError, read_interface
+
             try:
                 interface = read_interface(self.wasm)
             except FactsError:
