@@ -172,8 +172,9 @@ def _refuse_links(root: Path) -> None:
     """wasmsbx writes the files of a cache by name (the hit journal, sqlite's database and
     its -wal/-shm files), so a link planted there (a project's cache comes with its
     repository, and git keeps links) would aim those writes at any file of yours."""
+    text = str(root)
     for name in OURS:
-        if os.path.islink(root / name):
+        if os.path.islink(os.path.join(text, name)):
             raise CacheUnavailable(
                 f"{root / name} is a symbolic link; a cache folder holds none (writes "
                 "through it would land elsewhere); delete it or choose another cache folder"
@@ -218,14 +219,13 @@ def _refuse_variables(root: Path) -> None:
 
 def _refuse_trust(root: Path) -> None:
     """The trust folder, a folder around it or one inside it is never a cache."""
-    from .trust import trust_dir
+    from .trustdir import trust_dir_text
 
-    try:
-        keys, root = trust_dir().resolve(), root.resolve()
-    except (OSError, RuntimeError) as exc:  # RuntimeError: a symlink loop (Python < 3.13)
-        raise CacheUnavailable(f"cannot resolve {root}: {exc}") from None
-    if root == keys or root in keys.parents or keys in root.parents:
-        raise CacheUnavailable(f"{root} overlaps the trust folder {keys}; not a cache")
+    # (Text, not Path.resolve(): every first load of a process checks this, and Path
+    # objects cost it 0.1 ms. A symlink loop resolves to some path, which mkdir refuses.)
+    keys, real = os.path.realpath(trust_dir_text()), os.path.realpath(root)
+    if trust._overlaps(real, keys):
+        raise CacheUnavailable(f"{real} overlaps the trust folder {keys}; not a cache")
 
 
 def exists(root: Path) -> bool:
