@@ -69,7 +69,8 @@ def write(tmp_path, name: str, text: str):
 
 
 def record_path(module, folder) -> Path:
-    return Path(recorded.path_for(folder, aot.digest(read_module(module))))
+    """Where the record of ``module`` is in the cache ``folder``."""
+    return Path(recorded.path_for(folder / cache.CODE_DIR, aot.digest(read_module(module))))
 
 
 def own_key() -> bytes:
@@ -91,7 +92,8 @@ def test_a_cached_module_is_parsed_once_then_read_from_its_record(tmp_path, pars
     assert box["add"](2, 3) == 5
     # What the record gave is what parsing gives (the layout: limits that are totals).
     wasm = read_module(module)
-    assert recorded.recall(tmp_path / "cache", aot.digest(wasm), own_key()) == recorded.read(wasm)
+    code = tmp_path / "cache" / cache.CODE_DIR
+    assert recorded.recall(code, aot.digest(wasm), own_key()) == recorded.read(wasm)
 
 
 @pytest.mark.parametrize("text", [COMMAND, IMPORTS, LIBRARY])
@@ -141,7 +143,7 @@ def test_a_record_tagged_with_another_key_is_ignored(tmp_path, parses):
     wasm = read_module(module)
     digest = aot.digest(wasm)
     lie = recorded.read(read_module(write(tmp_path, "lib.wat", LIBRARY)))
-    recorded.remember(tmp_path / "cache", digest, lie, attacker_key())
+    recorded.remember(tmp_path / "cache" / "code", digest, lie, attacker_key())
     assert not reused(module, policy, parses)
 
 
@@ -166,7 +168,8 @@ def test_an_authentic_record_of_another_version_is_ignored(tmp_path, parses, mon
     wasm = read_module(module)
     with monkeypatch.context() as patch:
         patch.setattr(recorded, "__version__", "0.0.0-other")
-        recorded.remember(tmp_path / "cache", aot.digest(wasm), recorded.read(wasm), own_key())
+        code = tmp_path / "cache" / "code"
+        recorded.remember(code, aot.digest(wasm), recorded.read(wasm), own_key())
     assert not reused(module, policy, parses)
 
 
@@ -223,7 +226,7 @@ def test_no_record_without_a_key_and_none_written_for_a_refused_run(tmp_path, pa
     with pytest.raises(errors.UsageError):
         _Sandbox(module, policy, kind="command")
     assert not record_path(module, tmp_path / "cache").exists()
-    assert recorded.recall(tmp_path / "cache", "0" * 64, None) is None
+    assert recorded.recall(tmp_path / "cache" / "code", "0" * 64, None) is None
 
 
 def test_prune_removes_records_of_modules_no_entry_holds(tmp_path, monkeypatch):

@@ -833,8 +833,8 @@ def module_facts(policy: Any, cache_dir: Optional[str], wasm: bytes) -> tuple:
     runtime then gives the precise error) and whether that came from a record."""
     digest = aot.digest(wasm)
     try:
-        root = shared_store(policy, cache_dir).root
-        facts = recorded.recall(root, digest, _facts_key())
+        code = shared_store(policy, cache_dir).root / CODE_DIR
+        facts = recorded.recall(code, digest, _facts_key())
     except cache_errors():
         facts = None
     if facts is not None:
@@ -851,7 +851,8 @@ def remember_facts(policy: Any, cache_dir: Optional[str], digest: str, facts: An
     """Record ``facts`` of the module of ``digest`` in the cache (see native.recorded),
     for the next process; a cache that cannot take it is left alone."""
     try:
-        recorded.remember(shared_store(policy, cache_dir).root, digest, facts, _facts_key())
+        code = shared_store(policy, cache_dir).root / CODE_DIR
+        recorded.remember(code, digest, facts, _facts_key())
     except cache_errors():
         pass
 

@@ -66,10 +66,9 @@ def read(wasm: bytes) -> RunFacts:
     )
 
 
-def path_for(root: Any, digest: str) -> str:
-    from .cache import CODE_DIR
-
-    return os.path.join(str(root), CODE_DIR, digest[:2], digest + SUFFIX)
+def path_for(code: Any, digest: str) -> str:
+    """Where the record of the module of ``digest`` is, in the cache's code folder."""
+    return os.path.join(str(code), digest[:2], digest + SUFFIX)
 
 
 def _tag(key: bytes, digest: str, body: bytes) -> bytes:
@@ -79,13 +78,13 @@ def _tag(key: bytes, digest: str, body: bytes) -> bytes:
     return blake3(head + body, key=key).digest()
 
 
-def recall(root: Any, digest: str, key: Optional[bytes]) -> Optional[RunFacts]:
-    """The facts recorded for the module of ``digest`` in the cache at ``root``, if a
-    record is there and authentic; None otherwise (never an error)."""
+def recall(code: Any, digest: str, key: Optional[bytes]) -> Optional[RunFacts]:
+    """The facts recorded for the module of ``digest`` in the cache's code folder
+    ``code``, if a record is there and authentic; None otherwise (never an error)."""
     if key is None:
         return None
     try:
-        fd = os.open(path_for(root, digest), os.O_RDONLY | _NOFOLLOW | _CLOEXEC | _NONBLOCK)
+        fd = os.open(path_for(code, digest), os.O_RDONLY | _NOFOLLOW | _CLOEXEC | _NONBLOCK)
     except OSError:
         return None
     try:
@@ -110,7 +109,7 @@ def recall(root: Any, digest: str, key: Optional[bytes]) -> Optional[RunFacts]:
         return None  # (authentic, so never seen; an older record format, say)
 
 
-def remember(root: Any, digest: str, facts: RunFacts, key: Optional[bytes]) -> None:
+def remember(code: Any, digest: str, facts: RunFacts, key: Optional[bytes]) -> None:
     """Record ``facts`` for the module of ``digest`` (a new file renamed into place;
     failures are ignored: a record only saves time)."""
     if key is None:
@@ -118,7 +117,7 @@ def remember(root: Any, digest: str, facts: RunFacts, key: Optional[bytes]) -> N
     body = json.dumps(_encode(facts, digest), separators=(",", ":")).encode("utf-8")
     if len(body) + TAG_SIZE > MAX_SIZE:
         return
-    path = path_for(root, digest)
+    path = path_for(code, digest)
     folder = os.path.dirname(path)
     tmp = os.path.join(folder, f".{digest[:16]}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
     try:
