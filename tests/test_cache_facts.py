@@ -229,11 +229,13 @@ def test_no_record_without_a_key_and_none_written_for_a_refused_run(tmp_path, pa
     assert recorded.recall(tmp_path / "cache" / "code", "0" * 64, None) is None
 
 
-def test_prune_removes_records_of_modules_no_entry_holds(tmp_path, monkeypatch):
+def test_prune_removes_records_and_memos_nothing_holds(tmp_path, monkeypatch):
     module, policy, path = stored_record(tmp_path)
     other = tmp_path / "cache" / "code" / "ab" / ("ab" + "0" * 62 + recorded.SUFFIX)
     other.parent.mkdir(exist_ok=True)
     other.write_bytes(b"x" * 64)
+    memo = other.with_suffix(cache.MEMO_SUFFIX)  # the memo of an entry that is gone
+    memo.write_bytes(b"0" * 64)
     old = time.time() - cache.ORPHAN_GRACE - 10
     os.utime(other, (old, old))
     os.utime(path, (old, old))
@@ -243,6 +245,7 @@ def test_prune_removes_records_of_modules_no_entry_holds(tmp_path, monkeypatch):
     finally:
         store.close()
     assert not other.exists(), "a record no entry's module names goes"
+    assert not memo.exists(), "so does a memo without its entry"
     assert path.is_file(), "the record of a cached module stays"
 
 
