@@ -808,16 +808,18 @@ def load_or_compile(
     compile_fn: Optional[Callable[[bytes], Any]] = None,
     cache_dir: Optional[str] = None,
     digest: Optional[str] = None,
+    store: Optional[Store] = None,
 ) -> Outcome:
     """The module from the cache if an intact entry exists, else compiled and stored.
-    ``digest``: the module's (``aot.digest``), if the caller has it already.
+    ``digest``: the module's (``aot.digest``), if the caller has it already; ``store``:
+    the shared store of this cache folder, if the caller just had it (module_facts).
 
     Never fails because of the cache: a broken cache is reported in ``warnings`` and
     the module is compiled as if there were none.
     """
     started = time.perf_counter()
     try:
-        store = shared_store(policy, cache_dir)
+        store = store or shared_store(policy, cache_dir)
         lookup = Lookup(store, engine, wasm, name, compile_fn, digest)
     except cache_errors() as exc:
         timings: dict = {}
@@ -829,24 +831,26 @@ def load_or_compile(
 
 
 def module_facts(policy: Any, cache_dir: Optional[str], wasm: bytes) -> tuple:
-    """(digest, facts, recorded) of ``wasm`` for a run that uses the cache: its digest
-    (the cache key's), what a run needs to know of it (``recorded.RunFacts``: from its
-    authenticated record in the cache, else parsed; None if it cannot be parsed, the
-    runtime then gives the precise error) and whether that came from a record."""
+    """(digest, facts, recorded, store) of ``wasm`` for a run that uses the cache: its
+    digest (the cache key's), what a run needs to know of it (``recorded.RunFacts``: from
+    its authenticated record in the cache, else parsed; None if it cannot be parsed, the
+    runtime then gives the precise error), whether that came from a record, and the
+    store it looked in (for the load that follows; None if the cache is unavailable)."""
     digest = aot.digest(wasm)
+    store = None
     try:
-        code = shared_store(policy, cache_dir).root / CODE_DIR
-        facts = recorded.recall(code, digest, _facts_key())
+        store = shared_store(policy, cache_dir)
+        facts = recorded.recall(store.root / CODE_DIR, digest, _facts_key())
     except cache_errors():
         facts = None
     if facts is not None:
-        return digest, facts, True
+        return digest, facts, True, store
     from ..wasm.facts import FactsError
 
     try:
-        return digest, recorded.read(wasm), False
+        return digest, recorded.read(wasm), False, store
     except FactsError:
-        return digest, None, False
+        return digest, None, False, store
 
 
 def remember_facts(policy: Any, cache_dir: Optional[str], digest: str, facts: Any) -> None:

@@ -445,6 +445,7 @@ class Sandbox:
     """
 
     worker_kind: Any = None  # what a batch worker rebuilds (see runner.batch._worker_box)
+    _store: Any = None  # the cache store this sandbox's module facts came through
     _functions: Optional[dict] = None  # set per sandbox by __init__ (subclasses may not)
 
     def __init__(
@@ -614,7 +615,8 @@ class Sandbox:
             return None
         from ..native.cache import module_facts
 
-        return module_facts(self.policy, self.cache_dir, wasm)
+        digest, facts, recorded, self._store = module_facts(self.policy, self.cache_dir, wasm)
+        return digest, facts, recorded
 
     def _remember(self, prepared: Any) -> None:
         """Record what a run needs to know of the module in the cache, for the next
@@ -654,6 +656,7 @@ class Sandbox:
                 self._compile_now,
                 self.cache_dir,
                 self._prepared.digest,
+                self._store,
             )
             self.timings.update(outcome.timings)
             self.warnings.extend(outcome.warnings)
