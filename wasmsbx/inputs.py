@@ -56,6 +56,8 @@ def read_capped(path, limit: Union[int, Callable[[bytes], int]]) -> bytes:
             # chunks to join, so a module is copied once (a 0.9 MB one twice cost 0.5 ms).
             handle.seek(0)
             data = handle.read(info.st_size + 1)
+            if data[: len(head)] != head:  # changed meanwhile: the head the cap is for
+                data = head + data[len(head) :]
             if len(data) <= info.st_size:
                 return data
             return _read_upto(handle.read, data, cap)
