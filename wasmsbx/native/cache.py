@@ -762,10 +762,11 @@ def shared_store(policy: Any, override: Optional[str] = None) -> Store:
         if seen is not None:
             store.size_limit = policy.values["runtime.cache_size"]
             return store
-    store = Store.open(root, policy.values["runtime.cache_size"])
-    store.checked = _folder_state(root)
-    _SHARED[root] = store
-    return store
+    opened = Store.open(root, policy.values["runtime.cache_size"])
+    assert opened is not None  # (create=True: made if missing)
+    opened.checked = _folder_state(root)
+    _SHARED[root] = opened
+    return opened
 
 
 def _folder_state(root: Path) -> Optional[tuple]:
@@ -781,6 +782,7 @@ def _folder_state(root: Path) -> Optional[tuple]:
         info = os.stat(root)
     except OSError:
         return None
+    trust: tuple
     try:
         found = os.stat(keys)
         trust = (keys, found.st_dev, found.st_ino)
