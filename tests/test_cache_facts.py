@@ -278,3 +278,22 @@ def test_a_record_is_tagged_over_the_module_digest_and_version(tmp_path):
     digest = aot.digest(read_module(module))
     head = b"wasmsbx cache facts 1\0" + digest.encode() + b"\0" + recorded.__version__.encode()
     assert blake3(head + b"\0" + body, key=own_key()).digest() == tag
+
+
+def test_cache_verify_reports_and_removes_a_bad_record(tmp_path):
+    """`cache verify` checks records as a run does: a good one passes unreported, an
+    altered one is reported (and removed unless kept)."""
+    module, policy, path = stored_record(tmp_path)
+    store = cache.open_store(policy)
+    try:
+        assert not any(b["key"].endswith(recorded.SUFFIX) for b in cache.verify(store)["bad"])
+        data = bytearray(path.read_bytes())
+        data[3] ^= 1
+        path.write_bytes(bytes(data))
+        kept = cache.verify(store, remove=False)
+        assert [b["key"] for b in kept["bad"]] == [path.name]
+        assert path.is_file()
+        cache.verify(store)
+        assert not path.exists()
+    finally:
+        store.close()

@@ -1322,6 +1322,18 @@ def verify(store: Store, remove: bool = True) -> dict:
         bad.append({"key": key, "module": None, "reason": reason})
         if remove:
             store.remove(key)
+    # Facts records (native.recorded): like code without a record, counted only if bad
+    # (a run ignores a bad one; here it is reported and removed).
+    facts_key = _facts_key()
+    for path, _ in store._code_files("*" + recorded.SUFFIX):
+        digest = path.name[: -len(recorded.SUFFIX)]
+        if recorded.recall(path.parent.parent, digest, facts_key) is not None:
+            continue
+        checked += 1
+        reason = "facts record not authentic for its module and this wasmsbx version"
+        bad.append({"key": path.name, "module": None, "reason": reason})
+        if remove:
+            path.unlink(missing_ok=True)
     return {"checked": checked, "ok": checked - len(bad), "bad": bad, "removed": remove}
 
 
