@@ -749,7 +749,10 @@ def shared_store(policy: Any, override: Optional[str] = None) -> Store:
     """The run path's Store for this directory, opened once per process: opening the
     database costs about a millisecond, which matters to a process that runs many
     modules (``watch``, the Python API) and to the cached load time."""
-    root, _ = resolve_dir(policy, override)
+    return _shared_store_at(resolve_dir(policy, override)[0], policy)
+
+
+def _shared_store_at(root: Path, policy: Any) -> Store:
     store = _SHARED.get(root)
     if store is not None:
         seen = _folder_state(root)
@@ -839,10 +842,12 @@ def module_facts(policy: Any, cache_dir: Optional[str], wasm: bytes) -> tuple:
     runtime then gives the precise error), whether that came from a record, and the
     store it looked in (for the load that follows; None if the cache is unavailable)."""
     digest = aot.digest(wasm)
-    store = None
+    store, facts = None, None
     try:
-        store = shared_store(policy, cache_dir)
-        facts = recorded.recall(store.root / CODE_DIR, digest, _facts_key())
+        root = resolve_dir(policy, cache_dir)[0]
+        if exists(root):  # (a run refused before it compiles leaves no cache behind)
+            store = _shared_store_at(root, policy)
+            facts = recorded.recall(store.root / CODE_DIR, digest, _facts_key())
     except cache_errors():
         facts = None
     if facts is not None:

@@ -218,10 +218,17 @@ def _check_imports(imports: Sequence[Any]) -> None:
     """LinkError naming each import the sandbox cannot provide, by its kind."""
     from ..wasm import wasi
 
-    missing, names = [], []
+    missing: list = []
+    names: list = []
     for imp in imports:
-        count = len(missing)
         known = wasi.BY_NAME.get(imp.name) if wasi.is_wasi_module(imp.module) else None
+        same = imp.type is None or (
+            known is not None
+            and tuple(imp.type.params) == known.params
+            and tuple(imp.type.results) == known.results
+        )
+        if imp.kind == "func" and known is not None and same:
+            continue  # provided (the common case, on every sandbox: no label built)
         # Names are the module's bytes: control characters are shown escaped, so the
         # error stays one line (a flipped byte made "\nasi_snapshot_preview1").
         label = f"{_printable(imp.module)}.{_printable(imp.name)}"
@@ -229,14 +236,11 @@ def _check_imports(imports: Sequence[Any]) -> None:
             missing.append(f"{imp.kind} {label}")  # memory, table, global, tag
         elif known is None:
             missing.append(f"function {label}")
-        elif imp.type is not None and (
-            tuple(imp.type.params) != known.params or tuple(imp.type.results) != known.results
-        ):
+        else:
             missing.append(
                 f"function {label} with type {imp.type} (WASI preview1 has {known.signature})"
             )
-        if len(missing) > count:
-            names.append(f"{imp.module}.{imp.name}")
+        names.append(f"{imp.module}.{imp.name}")
     if missing:
         what = ", ".join(sorted({m.split(" ", 1)[0] for m in missing}))
         raise errors.LinkError(
@@ -648,6 +652,7 @@ class Sandbox:
                     return module
             from ..native.cache import load_or_compile
 
+            prepared_here = getattr(self, "_prepared", None)  # None for a component
             outcome = load_or_compile(
                 self.engine,
                 self.wasm,
@@ -655,15 +660,15 @@ class Sandbox:
                 self.path.name,
                 self._compile_now,
                 self.cache_dir,
-                self._prepared.digest,
+                getattr(prepared_here, "digest", None),
                 self._store,
             )
             self.timings.update(outcome.timings)
             self.warnings.extend(outcome.warnings)
             self.cache_state = outcome.state
             self.recorded_exports = outcome.exports
-            if outcome.state in ("hit", "miss"):
-                self._remember(self._prepared)
+            if outcome.state in ("hit", "miss") and prepared_here is not None:
+                self._remember(prepared_here)
             if prepared is not None:
                 shared.keep(self.engine, prepared, outcome.module)
             return outcome.module
