@@ -297,3 +297,20 @@ def test_cache_verify_reports_and_removes_a_bad_record(tmp_path):
         assert not path.exists()
     finally:
         store.close()
+
+
+def test_an_import_check_is_remembered_only_when_it_passed(tmp_path):
+    """A module's imports are checked once per process when nothing is provided (the
+    answer cannot change); one that imports what the sandbox lacks is refused by every
+    sandbox, and a sandbox that provides it is not refused."""
+    module = write(tmp_path, "env.wat", '(module (import "env" "f" (func)) (func (export "g")))')
+    new_process()
+    for _ in range(2):
+        with pytest.raises(errors.LinkError, match="env.f"):
+            _Sandbox(module, make_policy())
+    box = _Sandbox(module, make_policy(), imports={"env": {"f": lambda: None}})
+    assert [e.name for e in box.exports] == ["g"]
+    ok = write(tmp_path, "cmd.wat", COMMAND)
+    first = _Sandbox(ok, make_policy(), kind="command")
+    assert first._prepared.imports_ok
+    assert _Sandbox(ok, make_policy(), kind="command").run_command().guest_status == 7

@@ -175,6 +175,7 @@ def check_interface(
     args: Optional[Sequence[Any]] = None,
     provided: Any = frozenset(),
     interface: Any = None,
+    imports_checked: bool = False,
 ) -> None:
     """Refuse, from the module's bytes and before anything is compiled, a run that cannot
     work: a command without ``_start``, a call to a missing export or with arguments its
@@ -183,7 +184,8 @@ def check_interface(
     it has no ``_start`` took 199 s of CPU and wrote a 272 MB cache entry (issue #13).
     ``provided``: (module, name) pairs the caller grants as host imports, or ``all`` for
     a module of a linked group (the group's runtime checks its imports when it links).
-    ``interface``: the module's, when the caller has it (runner.shared) already."""
+    ``interface``: the module's, when the caller has it (runner.shared) already;
+    ``imports_checked``: its imports passed this check before, with nothing provided."""
     if interface is None:
         from ..wasm.facts import FactsError, read_interface
 
@@ -191,7 +193,7 @@ def check_interface(
             interface = read_interface(wasm)
         except FactsError:
             return  # the runtime gives the precise error when it compiles
-    if provided is not all and interface.imports:
+    if provided is not all and interface.imports and not imports_checked:
         _check_imports([i for i in interface.imports if (i.module, i.name) not in provided])
     if kind != "command" and function is None:
         return  # nothing else to check (a sandbox per tenant stops here)
@@ -516,6 +518,7 @@ class Sandbox:
                     if group is not None
                     else frozenset((m, n) for m, names in self.imports.items() for n in names)
                 )
+                alone = provided == frozenset()  # WASI only: the same answer every time
                 check_interface(
                     self.wasm,
                     self.path.name,
@@ -524,7 +527,10 @@ class Sandbox:
                     args,
                     provided,
                     interface=self._prepared.interface,
+                    imports_checked=alone and self._prepared.imports_ok,
                 )
+                if alone:
+                    self._prepared.imports_ok = True
         if artifact is not None:
             from ..native import artifact as aot
 

@@ -76,7 +76,17 @@ class Prepared:
     holds, its ``digest`` and ``facts`` (``native.recorded.RunFacts``), and whether
     they are ``recorded`` in the cache."""
 
-    __slots__ = ("data", "digest", "exports", "facts", "interface", "recorded", "types", "wasm")
+    __slots__ = (
+        "data",
+        "digest",
+        "exports",
+        "facts",
+        "imports_ok",
+        "interface",
+        "recorded",
+        "types",
+        "wasm",
+    )
 
     def __init__(self, data: bytes, wasm: bytes, interface: Any) -> None:
         self.data = data
@@ -85,6 +95,7 @@ class Prepared:
         self.digest: Optional[str] = None
         self.facts: Any = None
         self.recorded = False
+        self.imports_ok = False  # its imports passed check_interface with none provided
         self.exports: Optional[list] = None  # ExportInfo list, filled by the first sandbox
         self.types: Optional[dict] = None  # export name -> (params, results), likewise
 
