@@ -460,9 +460,11 @@ class Engine(ABC):
         ``group``: the instance belongs to a group (more members may follow).
         A backend that cannot do one of these raises BackendUnavailable saying why."""
 
-    def describe(self, module: Any, wasm: bytes) -> None:  # noqa: B027 - optional hook
+    def describe(self, module: Any, wasm: bytes, known: Any = None) -> None:  # noqa: B027
         """Note what ``wasm`` declares (memories, tables) on ``module`` loaded from native
-        code (cache, artifact), for limits that are totals (wasm_limits.plan)."""
+        code (cache, artifact), for limits that are totals (wasm_limits.plan). ``known``:
+        what the run already knows of ``wasm`` (a ``native.recorded.RunFacts``), so that
+        it need not be parsed again. (An optional hook.)"""
 
     @abstractmethod
     def fingerprint(self) -> dict:

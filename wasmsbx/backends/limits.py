@@ -191,13 +191,14 @@ class TotalsError(ValueError):
         self.kind = kind
 
 
-def layout(wasm: bytes) -> Optional[Layout]:
+def layout(wasm: bytes, parser: Any = None) -> Optional[Layout]:
     """The memories and tables ``wasm`` defines, or None when it cannot be read (the
-    runtime then reports the module as invalid, or the fallback plan applies)."""
+    runtime then reports the module as invalid, or the fallback plan applies).
+    ``parser``: ``wasm`` already parsed (``wasm.facts._parse``, scan_code=False)."""
     from ..wasm.facts import FactsError, _parse
 
     try:
-        parser = _parse(wasm, scan_code=False)
+        parser = parser or _parse(wasm, scan_code=False)
     except FactsError:
         return None
     memories = tuple(
@@ -357,17 +358,18 @@ class Exported(NamedTuple):
         return offset - self.shift if offset >= self.at + self.shift else offset
 
 
-def export_memories(wasm: bytes) -> Exported:
+def export_memories(wasm: bytes, parser: Any = None) -> Exported:
     """``wasm`` plus one export named ``HIDDEN_EXPORT + index`` per defined memory.
 
     Runtimes report only exported memories, and a module with 8 unexported memories held
     512 MiB while ``--stats`` said null. The export section is extended (or inserted in
     its place in the section order); no other byte changes, and ``Exported`` says how to
-    map offsets back. An unreadable module is returned as is (the runtime refuses it)."""
+    map offsets back. An unreadable module is returned as is (the runtime refuses it).
+    ``parser``: as for :func:`layout`."""
     from ..wasm.facts import FactsError, _parse
 
     try:
-        parser = _parse(wasm, scan_code=False)
+        parser = parser or _parse(wasm, scan_code=False)
     except FactsError:
         return Exported(wasm, len(wasm), 0)
     defined = [m.index for m in parser.memories if not m.imported]

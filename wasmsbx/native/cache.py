@@ -39,9 +39,20 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Callable, NamedTuple, Optional
 
+from blake3 import blake3  # noqa: F401 - see below
+
 from .. import errors
 from . import artifact as aot
 from . import entry as entry_format
+from . import recorded, trust
+
+# Every use of this module on the run path hashes the module (BLAKE3, to find its entry),
+# asks for the user's key (trust) and, on a hit, locks the hit journal (fcntl): all are
+# imported with it, once per process, rather than by the first load (0.8, 1, 0.2 ms).
+try:
+    import fcntl as _fcntl
+except ImportError:  # pragma: no cover - POSIX is the supported platform
+    _fcntl = None  # type: ignore[assignment]
 
 CODE_DIR = "code"  # native code: code/KEY[:2]/KEY.entry, in the wasmsbx.native.entry format
 CODE_SUFFIX = ".entry"
@@ -165,8 +176,9 @@ def _refuse_links(root: Path) -> None:
     """wasmsbx writes the files of a cache by name (the hit journal, sqlite's database and
     its -wal/-shm files), so a link planted there (a project's cache comes with its
     repository, and git keeps links) would aim those writes at any file of yours."""
+    text = str(root)
     for name in OURS:
-        if os.path.islink(root / name):
+        if os.path.islink(os.path.join(text, name)):
             raise CacheUnavailable(
                 f"{root / name} is a symbolic link; a cache folder holds none (writes "
                 "through it would land elsewhere); delete it or choose another cache folder"
@@ -211,14 +223,13 @@ def _refuse_variables(root: Path) -> None:
 
 def _refuse_trust(root: Path) -> None:
     """The trust folder, a folder around it or one inside it is never a cache."""
-    from .trust import trust_dir
+    from .trustdir import trust_dir_text
 
-    try:
-        keys, root = trust_dir().resolve(), root.resolve()
-    except (OSError, RuntimeError) as exc:  # RuntimeError: a symlink loop (Python < 3.13)
-        raise CacheUnavailable(f"cannot resolve {root}: {exc}") from None
-    if root == keys or root in keys.parents or keys in root.parents:
-        raise CacheUnavailable(f"{root} overlaps the trust folder {keys}; not a cache")
+    # (Text, not Path.resolve(): every first load of a process checks this, and Path
+    # objects cost it 0.1 ms. A symlink loop resolves to some path, which mkdir refuses.)
+    keys, real = os.path.realpath(trust_dir_text()), os.path.realpath(root)
+    if trust._overlaps(real, keys):
+        raise CacheUnavailable(f"{real} overlaps the trust folder {keys}; not a cache")
 
 
 def exists(root: Path) -> bool:
@@ -292,6 +303,7 @@ class Store:
         self.root = root
         self.size_limit = size_limit
         self._db: Any = None
+        self.checked: Optional[tuple] = None  # _folder_state when prepare_dir last passed
         # The user's own cache (no guest is granted it): entries are mapped in place,
         # if no one else can change the folders on the way to it either.
         self.protected = in_cache_roots(str(root)) and _private_path(str(root))
@@ -693,11 +705,9 @@ def _safe_disk() -> type:
 
 
 def _flock(fd: int) -> None:
-    try:
-        import fcntl
-    except ImportError:  # not POSIX: hit counts may lose a line under contention
+    if _fcntl is None:  # not POSIX: hit counts may lose a line under contention
         return
-    fcntl.flock(fd, fcntl.LOCK_EX)
+    _fcntl.flock(fd, _fcntl.LOCK_EX)
 
 
 def _alive(pid: int) -> bool:
@@ -739,15 +749,57 @@ def shared_store(policy: Any, override: Optional[str] = None) -> Store:
     """The run path's Store for this directory, opened once per process: opening the
     database costs about a millisecond, which matters to a process that runs many
     modules (``watch``, the Python API) and to the cached load time."""
-    root, _ = resolve_dir(policy, override)
+    return _shared_store_at(resolve_dir(policy, override)[0], policy)
+
+
+def _shared_store_at(root: Path, policy: Any) -> Store:
     store = _SHARED.get(root)
-    if store is not None and exists(root):
-        prepare_dir(root)  # still ours, still private
-        store.size_limit = policy.values["runtime.cache_size"]
-        return store
-    store = Store.open(root, policy.values["runtime.cache_size"])
-    _SHARED[root] = store
-    return store
+    if store is not None:
+        seen = _folder_state(root)
+        if seen is None or seen != store.checked:
+            if not exists(root):
+                seen = None
+            else:
+                prepare_dir(root)  # still ours, still private
+                store.checked = _folder_state(root)
+        if seen is not None:
+            store.size_limit = policy.values["runtime.cache_size"]
+            return store
+    opened = Store.open(root, policy.values["runtime.cache_size"])
+    assert opened is not None  # (create=True: made if missing)
+    opened.checked = _folder_state(root)
+    _SHARED[root] = opened
+    return opened
+
+
+def _folder_state(root: Path) -> Optional[tuple]:
+    """What stat() says of the cache folder (and where the trust folder is), after
+    ``prepare_dir`` passed: while it says the same, the checks hold still (a folder
+    swapped, chmodded, chowned, or with a name added or removed, a link planted say,
+    has another inode, mode, owner, mtime or ctime), so a process that loads many
+    modules checks its cache folder once, not on every load (0.2 ms each)."""
+    from .trustdir import trust_dir_text
+
+    keys = trust_dir_text()
+    try:
+        info = os.stat(root)
+    except OSError:
+        return None
+    trust: tuple
+    try:
+        found = os.stat(keys)
+        trust = (keys, found.st_dev, found.st_ino)
+    except OSError:
+        trust = (keys, None, None)
+    return (
+        info.st_dev,
+        info.st_ino,
+        info.st_mode,
+        info.st_uid,
+        info.st_mtime_ns,
+        info.st_ctime_ns,
+        trust,
+    )
 
 
 # ---------------------------------------------------------------------------- the run path
@@ -760,15 +812,20 @@ def load_or_compile(
     name: Optional[str] = None,
     compile_fn: Optional[Callable[[bytes], Any]] = None,
     cache_dir: Optional[str] = None,
+    digest: Optional[str] = None,
+    store: Optional[Store] = None,
 ) -> Outcome:
     """The module from the cache if an intact entry exists, else compiled and stored.
+    ``digest``: the module's (``aot.digest``), if the caller has it already; ``store``:
+    the shared store of this cache folder, if the caller just had it (module_facts).
 
     Never fails because of the cache: a broken cache is reported in ``warnings`` and
     the module is compiled as if there were none.
     """
     started = time.perf_counter()
     try:
-        lookup = Lookup(shared_store(policy, cache_dir), engine, wasm, name, compile_fn)
+        store = store or shared_store(policy, cache_dir)
+        lookup = Lookup(store, engine, wasm, name, compile_fn, digest)
     except cache_errors() as exc:
         timings: dict = {}
         module = _timed(compile_fn or engine.compile, wasm, timings)
@@ -776,6 +833,49 @@ def load_or_compile(
         return Outcome(module, "error", timings, [warning])
     lookup.timings["cache"] = time.perf_counter() - started
     return lookup.run()
+
+
+def module_facts(policy: Any, cache_dir: Optional[str], wasm: bytes) -> tuple:
+    """(digest, facts, recorded, store) of ``wasm`` for a run that uses the cache: its
+    digest (the cache key's), what a run needs to know of it (``recorded.RunFacts``: from
+    its authenticated record in the cache, else parsed; None if it cannot be parsed, the
+    runtime then gives the precise error), whether that came from a record, and the
+    store it looked in (for the load that follows; None if the cache is unavailable)."""
+    digest = aot.digest(wasm)
+    store, facts = None, None
+    try:
+        root = resolve_dir(policy, cache_dir)[0]
+        if exists(root):  # (a run refused before it compiles leaves no cache behind)
+            store = _shared_store_at(root, policy)
+            facts = recorded.recall(store.root / CODE_DIR, digest, _facts_key())
+    except cache_errors():
+        facts = None
+    if facts is not None:
+        return digest, facts, True, store
+    from ..wasm.facts import FactsError
+
+    try:
+        return digest, recorded.read(wasm), False, store
+    except FactsError:
+        return digest, None, False, store
+
+
+def remember_facts(policy: Any, cache_dir: Optional[str], digest: str, facts: Any) -> None:
+    """Record ``facts`` of the module of ``digest`` in the cache (see native.recorded),
+    for the next process; a cache that cannot take it is left alone."""
+    try:
+        code = shared_store(policy, cache_dir).root / CODE_DIR
+        recorded.remember(code, digest, facts, _facts_key())
+    except cache_errors():
+        pass
+
+
+def _facts_key() -> Optional[bytes]:
+
+    try:
+        return trust.tag_key("cache-facts")
+    except trust.KeyProblem:
+        return None
 
 
 def cached(
@@ -800,6 +900,21 @@ def cached(
         return None
 
 
+def _identity(engine: Any) -> tuple:
+    """(fingerprint, label) of ``engine``, worked out once per engine: its fingerprint
+    names the runtime's version, which wasmtime's backend reads from the installed
+    package (0.2 ms a load otherwise). Callers must not change the dict."""
+    found = getattr(engine, "_wasmsbx_identity", None)
+    if found is None:
+        fingerprint = aot.normalise(engine.fingerprint())
+        found = (fingerprint, fingerprint_label(fingerprint))
+        try:
+            engine._wasmsbx_identity = found
+        except AttributeError:  # (an engine with __slots__)
+            pass
+    return found
+
+
 class Lookup:
     """One module's trip through the cache: find, verify and load it, or compile and store."""
 
@@ -810,17 +925,17 @@ class Lookup:
         wasm: bytes,
         name: Optional[str],
         compile_fn: Optional[Callable] = None,
+        digest: Optional[str] = None,
     ) -> None:
         self.store = store
         self.engine = engine
         self.wasm = wasm
         self.name = name
         self.compile_fn = compile_fn or engine.compile
-        self.fingerprint = aot.normalise(engine.fingerprint())
-        self.module_digest = aot.digest(wasm)
+        self.fingerprint, self.label = _identity(engine)
+        self.module_digest = digest or aot.digest(wasm)
         self.key = entry_key(self.module_digest, self.fingerprint)
         self._module_sha: Optional[str] = None
-        self.label = fingerprint_label(self.fingerprint)
         self.timings: dict = {}
         self.warnings: list = []
         self.exports: Optional[list] = None
@@ -913,7 +1028,6 @@ class Lookup:
     def tag_key(self, create: bool) -> Optional[bytes]:
         """The user's key for cache entries (trust.tag_key); a refused key file is
         reported once and the run goes on without the cache."""
-        from . import trust
 
         try:
             return trust.tag_key("cache-entry", create=create)
@@ -921,7 +1035,6 @@ class Lookup:
             raise CacheUnavailable(exc.message) from None
 
     def memo_key(self) -> Optional[bytes]:
-        from . import trust
 
         try:
             return trust.tag_key("cache-memo")
@@ -951,8 +1064,10 @@ class Lookup:
 
     def record(self, size: int, native: int) -> dict:
         fp, now = self.fingerprint, time.time()
+        module = {"name": self.name, "sha256": self.module_sha, "size": len(self.wasm)}
+        module["blake3"] = self.module_digest  # whose facts record (native.recorded) it keeps
         return {
-            "module": {"name": self.name, "sha256": self.module_sha, "size": len(self.wasm)},
+            "module": module,
             "backend": fp.get("backend"),
             "label": self.label,
             "compiler": fp.get("compiler"),
@@ -1158,9 +1273,17 @@ def _orphans(store: Store) -> int:
     for key in store.keys("a:"):  # native code as diskcache values (earlier builds)
         store.db.delete("a:" + key)
         removed += 1
-    for memo, _ in store._code_files("??/*" + MEMO_SUFFIX):
+    for memo, _ in store._code_files("*" + MEMO_SUFFIX):
         if not memo.with_suffix(CODE_SUFFIX).exists():
             memo.unlink(missing_ok=True)
+    # Facts records (native.recorded) of modules no entry holds any more. (Records made
+    # before they named their module's BLAKE3 name none: their facts are read again.)
+    modules = {(r.get("module") or {}).get("blake3") for r in store.records()}
+    now = time.time()
+    for facts, info in store._code_files("*" + recorded.SUFFIX):
+        module = facts.name[: -len(recorded.SUFFIX)]
+        if module not in modules and now - info.st_mtime > ORPHAN_GRACE:
+            facts.unlink(missing_ok=True)
     now = time.time()
     for tmp, info in store._code_files(".*.tmp"):
         if now - info.st_mtime > ORPHAN_GRACE:
@@ -1173,7 +1296,6 @@ def _orphans(store: Store) -> int:
 
 def verify(store: Store, remove: bool = True) -> dict:
     """Check every entry: tagged with the user's key, header agreeing with its key."""
-    from . import trust
 
     try:
         tag_key = trust.tag_key("cache-entry")
@@ -1205,6 +1327,18 @@ def verify(store: Store, remove: bool = True) -> dict:
         bad.append({"key": key, "module": None, "reason": reason})
         if remove:
             store.remove(key)
+    # Facts records (native.recorded): like code without a record, counted only if bad
+    # (a run ignores a bad one; here it is reported and removed).
+    facts_key = _facts_key()
+    for path, _ in store._code_files("*" + recorded.SUFFIX):
+        digest = path.name[: -len(recorded.SUFFIX)]
+        if recorded.recall(path.parent.parent, digest, facts_key) is not None:
+            continue
+        checked += 1
+        reason = "facts record not authentic for its module and this wasmsbx version"
+        bad.append({"key": path.name, "module": None, "reason": reason})
+        if remove:
+            path.unlink(missing_ok=True)
     return {"checked": checked, "ok": checked - len(bad), "bad": bad, "removed": remove}
 
 

@@ -195,6 +195,7 @@ def check_interface(
     args: Optional[Sequence[Any]] = None,
     provided: Any = frozenset(),
     interface: Any = None,
+    imports_checked: bool = False,
 ) -> None:
     """Refuse, from the module's bytes and before anything is compiled, a run that cannot
     work: a command without ``_start``, a call to a missing export or with arguments its
@@ -203,7 +204,8 @@ def check_interface(
     it has no ``_start`` took 199 s of CPU and wrote a 272 MB cache entry (issue #13).
     ``provided``: (module, name) pairs the caller grants as host imports, or ``all`` for
     a module of a linked group (the group's runtime checks its imports when it links).
-    ``interface``: the module's, when the caller has it (runner.shared) already."""
+    ``interface``: the module's, when the caller has it (runner.shared) already;
+    ``imports_checked``: its imports passed this check before, with nothing provided."""
     if interface is None:
         from ..wasm.facts import FactsError, read_interface
 
@@ -211,7 +213,7 @@ def check_interface(
             interface = read_interface(wasm)
         except FactsError:
             return  # the runtime gives the precise error when it compiles
-    if provided is not all and interface.imports:
+    if provided is not all and interface.imports and not imports_checked:
         _check_imports([i for i in interface.imports if (i.module, i.name) not in provided])
     if kind != "command" and function is None:
         return  # nothing else to check (a sandbox per tenant stops here)
@@ -238,10 +240,17 @@ def _check_imports(imports: Sequence[Any]) -> None:
     """LinkError naming each import the sandbox cannot provide, by its kind."""
     from ..wasm import wasi
 
-    missing, names = [], []
+    missing: list = []
+    names: list = []
     for imp in imports:
-        count = len(missing)
         known = wasi.BY_NAME.get(imp.name) if wasi.is_wasi_module(imp.module) else None
+        same = imp.type is None or (
+            known is not None
+            and tuple(imp.type.params) == known.params
+            and tuple(imp.type.results) == known.results
+        )
+        if imp.kind == "func" and known is not None and same:
+            continue  # provided (the common case, on every sandbox: no label built)
         # Names are the module's bytes: control characters are shown escaped, so the
         # error stays one line (a flipped byte made "\nasi_snapshot_preview1").
         label = f"{_printable(imp.module)}.{_printable(imp.name)}"
@@ -249,14 +258,11 @@ def _check_imports(imports: Sequence[Any]) -> None:
             missing.append(f"{imp.kind} {label}")  # memory, table, global, tag
         elif known is None:
             missing.append(f"function {label}")
-        elif imp.type is not None and (
-            tuple(imp.type.params) != known.params or tuple(imp.type.results) != known.results
-        ):
+        else:
             missing.append(
                 f"function {label} with type {imp.type} (WASI preview1 has {known.signature})"
             )
-        if len(missing) > count:
-            names.append(f"{imp.module}.{imp.name}")
+        names.append(f"{imp.module}.{imp.name}")
     if missing:
         what = ", ".join(sorted({m.split(" ", 1)[0] for m in missing}))
         raise errors.LinkError(
@@ -453,6 +459,7 @@ class Sandbox:
     """
 
     worker_kind: Any = None  # what a batch worker rebuilds (see runner.batch._worker_box)
+    _store: Any = None  # the cache store this sandbox's module facts came through
     _functions: Optional[dict] = None  # set per sandbox by __init__ (subclasses may not)
 
     def __init__(
@@ -504,10 +511,13 @@ class Sandbox:
 
             self.artifact = aot.open_for(self, data, str(self.path))
         self._prepared: Any = None
+        cache_wanted = self.policy.values["runtime.cache"] if use_cache is None else use_cache
         if self.artifact is None:
             path = self.path
-            # Translated and parsed once per process for the same bytes (runner.shared).
-            self._prepared = shared.prepared(data, lambda d: module_bytes(d, path))
+            # Translated and parsed once per process for the same bytes (runner.shared);
+            # a module the disk cache will hold is not parsed where its record is found.
+            learn = self._learn if cache_wanted else None
+            self._prepared = shared.prepared(data, lambda d: module_bytes(d, path), learn)
             self.wasm = self._prepared.wasm
             if self._prepared.interface is not None:
                 # Before any compile or cache write: a run that cannot work fails now.
@@ -516,6 +526,7 @@ class Sandbox:
                     if group is not None
                     else frozenset((m, n) for m, names in self.imports.items() for n in names)
                 )
+                alone = provided == frozenset()  # WASI only: the same answer every time
                 check_interface(
                     self.wasm,
                     self.path.name,
@@ -524,7 +535,10 @@ class Sandbox:
                     args,
                     provided,
                     interface=self._prepared.interface,
+                    imports_checked=alone and self._prepared.imports_ok,
                 )
+                if alone:
+                    self._prepared.imports_ok = True
         if artifact is not None:
             from ..native import artifact as aot
 
@@ -544,7 +558,6 @@ class Sandbox:
             )
             if group is not None:
                 group._adopt(self)
-        cache_wanted = self.policy.values["runtime.cache"] if use_cache is None else use_cache
         self.use_cache = cache_wanted  # a cluster's workers follow the same choice
         self.cache_state = "off"
         self.recorded_exports: Optional[list] = None
@@ -556,7 +569,7 @@ class Sandbox:
         if self.module is None:
             self.module = self._compile(cache_wanted)
         if self.wasm is not None:  # native code from the cache: the totals need the layout
-            self.engine.describe(self.module, self.wasm)
+            self.engine.describe(self.module, self.wasm, getattr(self._prepared, "facts", None))
         self.export_list = self._interface()
         self._instance: Any = None
         self._callers: dict = {}  # export name -> (instance, its caller or None): call()
@@ -613,6 +626,34 @@ class Sandbox:
         return self.selection
 
     # --------------------------------------------------------------- compiling
+    def _learn(self, wasm: bytes) -> Optional[tuple]:
+        """(digest, facts, recorded) of a module that goes through the disk cache (see
+        native.cache.module_facts), else None (its interface is parsed)."""
+        if len(wasm) < self.policy.values["runtime.cache_min_size"]:
+            return None
+        from ..native.cache import module_facts
+
+        digest, facts, recorded, self._store = module_facts(self.policy, self.cache_dir, wasm)
+        return digest, facts, recorded
+
+    def _remember(self, prepared: Any) -> None:
+        """Record what a run needs to know of the module in the cache, for the next
+        process (native.recorded), unless it is recorded there already."""
+        from ..native import cache, recorded
+
+        if prepared.recorded:
+            return
+        if prepared.facts is None:
+            from ..wasm.facts import FactsError
+
+            try:
+                prepared.facts = recorded.read(prepared.wasm)
+            except FactsError:
+                return
+        digest = prepared.digest or cache.aot.digest(prepared.wasm)
+        cache.remember_facts(self.policy, self.cache_dir, digest, prepared.facts)
+        prepared.digest, prepared.recorded = digest, True
+
     def _compile(self, use_cache: bool) -> Any:
         """Compile, or load from the cache: only for modules of runtime.cache_min_size and
         up, since opening the cache costs more than compiling a small module."""
@@ -625,6 +666,7 @@ class Sandbox:
                     return module
             from ..native.cache import load_or_compile
 
+            prepared_here = getattr(self, "_prepared", None)  # None for a component
             outcome = load_or_compile(
                 self.engine,
                 self.wasm,
@@ -632,11 +674,15 @@ class Sandbox:
                 self.path.name,
                 self._compile_now,
                 self.cache_dir,
+                getattr(prepared_here, "digest", None),
+                self._store,
             )
             self.timings.update(outcome.timings)
             self.warnings.extend(outcome.warnings)
             self.cache_state = outcome.state
             self.recorded_exports = outcome.exports
+            if outcome.state in ("hit", "miss") and prepared_here is not None:
+                self._remember(prepared_here)
             if prepared is not None:
                 shared.keep(self.engine, prepared, outcome.module)
             return outcome.module
@@ -654,8 +700,6 @@ class Sandbox:
 
     def _interface(self) -> list:
         """Exports with their signatures, read from the binary (see facts.read_interface)."""
-        from ..wasm.facts import FactsError, read_interface
-
         if self.wasm is None:  # a standalone artifact records its module's exports
             records = self.artifact.header["module"].get("exports")
             return self.engine.exports(self.module) if records is None else _exports(records)
@@ -667,6 +711,8 @@ class Sandbox:
                 return prepared.exports  # read once per process (runner.shared); never mutated
             interface = prepared.interface
         else:
+            from ..wasm.facts import FactsError, read_interface
+
             try:
                 interface = read_interface(self.wasm)
             except FactsError:

@@ -22,6 +22,7 @@ from collections import namedtuple
 from typing import Any, Optional, Union
 
 from ..capabilities import WASM_FEATURES
+from .model import Export, FuncType, Import, Interface, Limits  # noqa: F401 - re-exported
 from .reader import (  # noqa: F401 - FactsError is re-exported
     _HEAP_TYPES,
     _NUM_TYPES,
@@ -62,94 +63,6 @@ _CORE_VERSION = b"\x01\x00\x00\x00"
 # --------------------------------------------------------------------------------------------
 # Public data model
 # --------------------------------------------------------------------------------------------
-
-
-class FuncType(namedtuple("FuncType", "params results")):
-    # params: tuple[str, ...]
-    # results: tuple[str, ...]
-    __slots__ = ()
-
-    def __str__(self) -> str:
-        params = "(" + ", ".join(self.params) + ")"
-        results = "(" + ", ".join(self.results) + ")"
-        if len(self.results) == 1:
-            results = self.results[0]
-        return f"{params} -> {results}"
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"params": list(self.params), "results": list(self.results)}
-
-
-class Limits(
-    namedtuple(
-        "Limits",
-        "min max shared memory64",
-        defaults=(
-            False,
-            False,
-        ),
-    )
-):
-    # min: int
-    # max: Optional[int]
-    # shared: bool
-    # memory64: bool
-    __slots__ = ()
-
-    def to_dict(self) -> dict[str, Any]:
-        return self._asdict()
-
-
-class Import(
-    namedtuple(
-        "Import",
-        ["module", "name", "kind", "type", "limits", "elem", "global_type", "mutable"],
-        defaults=(
-            None,
-            None,
-            None,
-            None,
-            False,
-        ),
-    )
-):
-    # module: str
-    # name: str
-    # kind: str  "func" | "table" | "memory" | "global" | "tag"
-    # type: Optional[FuncType]  func and tag imports
-    # limits: Optional[Limits]  memory and table imports
-    # elem: Optional[str]  table imports
-    # global_type: Optional[str]  global imports
-    # mutable: bool  global imports
-    __slots__ = ()
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "module": self.module,
-            "name": self.name,
-            "kind": self.kind,
-            "type": self.type.to_dict() if self.type is not None else None,
-            "limits": self.limits.to_dict() if self.limits is not None else None,
-            "elem": self.elem,
-            "global_type": self.global_type,
-            "mutable": self.mutable,
-        }
-
-
-class Export(namedtuple("Export", "name kind index type", defaults=(None,))):
-    # name: str
-    # kind: str  "func" | "table" | "memory" | "global" | "tag"
-    # index: int
-    # type: Optional[FuncType]  funcs and tags, when the index resolves
-    __slots__ = ()
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "kind": self.kind,
-            "index": self.index,
-            "type": self.type.to_dict() if self.type is not None else None,
-        }
 
 
 class Memory(namedtuple("Memory", "index limits imported")):
@@ -846,12 +759,6 @@ def read_code_details(data: bytes) -> CodeDetails:
     return CodeDetails(
         frozenset(parser.features), frozenset(parser.simd_ops), frozenset(parser.elem_types)
     )
-
-
-class Interface(namedtuple("Interface", "imports exports")):
-    # imports: tuple  of Import
-    # exports: tuple  of Export
-    __slots__ = ()
 
 
 def read_interface(data: bytes) -> Interface:

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Union
 
 from .. import errors
+from ..inputs import TooLarge, read_capped  # (light; every module read goes through it)
 
 WASM_MAGIC = b"\0asm"
 ARTIFACT_FIRST_BYTE = b"\x89"  # of aot.MAGIC: checked before importing aot
@@ -27,8 +28,6 @@ def read_module(path: Union[str, os.PathLike]) -> bytes:
 
 def read_file(path: Path) -> bytes:
     """A module or artifact file, read with a cap (a device that never ends is refused)."""
-    from ..inputs import TooLarge, read_capped
-
     try:
         data = read_capped(path, _size_cap)
     except errors.ModuleError as exc:  # from _size_cap: the path belongs in the message

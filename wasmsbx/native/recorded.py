@@ -1,0 +1,205 @@
+"""What a run needs to know of a module, kept in the cache, so that a cached module is
+never parsed in Python again.
+
+A ``Sandbox`` reads a module's imports and exports (to refuse a run that cannot work
+before anything is compiled), the memories and tables it defines (limits that are
+totals) and where the hidden memory exports shift its code (``--stats``). Reading them
+with the pure-Python reader (``wasm.facts``) took 30 of the 37 ms a cold start of a
+cached 0.9 MB module cost (graphviz.wasm), three parses of the whole binary.
+
+So the first process that parses a module for the cache writes what it read beside the
+entries: ``code/DI/DIGEST.facts`` (DIGEST: the module's BLAKE3, the cache key's module
+digest), JSON followed by a tag, a keyed BLAKE3 (a key of its own derived from the
+user's secret, ``trust.CONTEXTS["cache-facts"]``) of the module digest, the wasmsbx
+version and the JSON. A later process with the same module bytes (the same digest)
+reads the record instead of parsing. A record is read once into private memory (never
+through a link, never a FIFO, at most ``MAX_SIZE`` bytes), authenticated, and only then
+parsed; one that is missing, damaged, not tagged with the user's key, made for another
+module (a record renamed or copied over another's name) or by another wasmsbx version
+(its reader may read differently) is ignored: the module is parsed, and the record
+written again. So a record can only ever say what this wasmsbx read from these bytes,
+wherever the cache folder is (a folder a policy chose included).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from collections import namedtuple
+from typing import Any, Optional
+
+from .._version import __version__
+
+FORMAT = 1
+SUFFIX = ".facts"
+MAX_SIZE = 4 << 20  # no module's interface is larger (a larger record is not written)
+TAG_SIZE = 32
+_DOMAIN = b"wasmsbx cache facts 1\0"
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+_NONBLOCK = getattr(os, "O_NONBLOCK", 0)
+
+
+class RunFacts(namedtuple("RunFacts", "interface layout exported start")):
+    """A module's facts as a run uses them."""
+
+    interface: Any  # wasm.facts.Interface: imports and exports, with types
+    layout: Any  # backends.limits.Layout, or None (unreadable: the runtime decides)
+    exported: Any  # backends.limits.Exported without its bytes: where hidden exports go
+    start: bool  # whether it has a start section
+    __slots__ = ()
+
+
+def read(wasm: bytes) -> RunFacts:
+    """The facts of ``wasm``, read in one pass of the parser (FactsError if it cannot be
+    read: the runtime then gives the precise error)."""
+    from ..backends.limits import export_memories, layout
+    from ..wasm.facts import Interface, _parse
+
+    parser = _parse(wasm, scan_code=False)
+    return RunFacts(
+        Interface(tuple(parser.imports), tuple(parser.exports)),
+        layout(wasm, parser),
+        export_memories(wasm, parser)._replace(wasm=b""),
+        parser.start is not None,
+    )
+
+
+def path_for(code: Any, digest: str) -> str:
+    """Where the record of the module of ``digest`` is, in the cache's code folder."""
+    return os.path.join(str(code), digest[:2], digest + SUFFIX)
+
+
+def _tag(key: bytes, digest: str, body: bytes) -> bytes:
+    from blake3 import blake3
+
+    head = _DOMAIN + digest.encode("ascii") + b"\0" + __version__.encode() + b"\0"
+    return blake3(head + body, key=key).digest()
+
+
+def recall(code: Any, digest: str, key: Optional[bytes]) -> Optional[RunFacts]:
+    """The facts recorded for the module of ``digest`` in the cache's code folder
+    ``code``, if a record is there and authentic; None otherwise (never an error)."""
+    if key is None:
+        return None
+    try:
+        fd = os.open(path_for(code, digest), os.O_RDONLY | _NOFOLLOW | _CLOEXEC | _NONBLOCK)
+    except OSError:
+        return None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or not TAG_SIZE < info.st_size <= MAX_SIZE:
+            return None
+        data = os.read(fd, info.st_size + 1)  # a private copy: what is checked is used
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    if not TAG_SIZE < len(data) <= MAX_SIZE:
+        return None
+    from .artifact import _equal
+
+    body, tag = data[:-TAG_SIZE], data[-TAG_SIZE:]
+    if not _equal(_tag(key, digest, body), tag):
+        return None
+    try:
+        return _decode(json.loads(body), digest)
+    except (ValueError, TypeError, KeyError, AttributeError):
+        return None  # (authentic, so never seen; an older record format, say)
+
+
+def remember(code: Any, digest: str, facts: RunFacts, key: Optional[bytes]) -> None:
+    """Record ``facts`` for the module of ``digest`` (a new file renamed into place;
+    failures are ignored: a record only saves time)."""
+    if key is None:
+        return
+    body = json.dumps(_encode(facts, digest), separators=(",", ":")).encode("utf-8")
+    if len(body) + TAG_SIZE > MAX_SIZE:
+        return
+    path = path_for(code, digest)
+    folder = os.path.dirname(path)
+    tmp = os.path.join(folder, f".{digest[:16]}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
+    try:
+        for each in (os.path.dirname(folder), folder):
+            try:
+                os.mkdir(each, 0o700)
+            except FileExistsError:
+                pass
+            if not stat.S_ISDIR(os.lstat(each).st_mode):  # a link planted in the cache
+                return
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW | _CLOEXEC, 0o600)
+        try:
+            os.write(fd, body + _tag(key, digest, body))
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except OSError:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+
+
+# ---------------------------------------------------------------------------- JSON
+
+
+def _functype(t: Any) -> Any:
+    return None if t is None else [list(t.params), list(t.results)]
+
+
+def _limits(lim: Any) -> Any:
+    return None if lim is None else [lim.min, lim.max, lim.shared, lim.memory64]
+
+
+def _encode(facts: RunFacts, digest: str) -> dict:
+    interface = facts.interface
+    return {
+        "format": FORMAT,
+        "module": digest,
+        "imports": [
+            [
+                i.module,
+                i.name,
+                i.kind,
+                _functype(i.type),
+                _limits(i.limits),
+                i.elem,
+                i.global_type,
+                i.mutable,
+            ]
+            for i in interface.imports
+        ],
+        "exports": [[e.name, e.kind, e.index, _functype(e.type)] for e in interface.exports],
+        "layout": None if facts.layout is None else [facts.layout.memories, facts.layout.tables],
+        "exported": [facts.exported.at, facts.exported.shift],
+        "start": facts.start,
+    }
+
+
+def _decode(data: dict, digest: str) -> Optional[RunFacts]:
+    from ..backends.limits import Exported, Layout
+    from ..wasm.model import Export, FuncType, Import, Interface, Limits
+
+    if data["format"] != FORMAT or data["module"] != digest:
+        return None
+
+    def functype(t: Any) -> Any:
+        return None if t is None else FuncType(tuple(t[0]), tuple(t[1]))
+
+    def limits(lim: Any) -> Any:
+        return None if lim is None else Limits(*lim)
+
+    imports = tuple(
+        Import(m, n, k, functype(t), limits(lim), elem, gt, mut)
+        for m, n, k, t, lim, elem, gt, mut in data["imports"]
+    )
+    exports = tuple(Export(n, k, i, functype(t)) for n, k, i, t in data["exports"])
+    shape = data["layout"]
+    layout = None
+    if shape is not None:
+        layout = Layout(tuple(map(tuple, shape[0])), tuple(map(tuple, shape[1])))
+    at, shift = data["exported"]
+    return RunFacts(
+        Interface(imports, exports), layout, Exported(b"", at, shift), bool(data["start"])
+    )
