@@ -51,3 +51,22 @@ def test_a_regular_checkpoint_still_works(cli, batch):
     res = cli("run", "add.wat", "add", "--batch", "items.jsonl", "--checkpoint", "ck")
     assert res.code == 0 and len(res.stdout.splitlines()) == 50
     assert not (batch / "ck").exists()  # deleted when the run completes
+
+
+@pytest.mark.parametrize("name", ["-", "--json", "-x.bin"])
+@pytest.mark.parametrize("command", ["compile", "audit"])
+def test_an_output_named_like_an_option_is_refused_and_nothing_is_written(
+    cli, batch, name, command
+):
+    """`compile add.wat -o -` wrote a file named "-", and `-o --json` one named
+    "--json": what was meant was stdout or an option, never such a file."""
+    before = sorted(os.listdir(batch))
+    args = [command, "add.wat"] + (["--json"] if command == "audit" else [])
+    res = cli(*args, "-o", name)
+    assert res.code == 105, res
+    assert "hint: to write a file of that name, say ./" + name in res.stderr
+    assert "Traceback" not in res.stderr
+    assert sorted(os.listdir(batch)) == before
+    res = cli(*args, "-o", "./" + name)  # the way to ask for that name
+    assert res.code == 0, res
+    assert (batch / name).is_file()

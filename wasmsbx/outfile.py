@@ -68,6 +68,14 @@ def check_output(path: Any, inputs: Iterable = (), *, trust_folder: bool = False
     text = os.fspath(path)
     if not text:
         raise _fail("''", "an empty output path")
+    if text.startswith("-"):  # `-o -` or `-o --json`: an option or stdout meant, not a file
+        raise _fail(
+            text,
+            "looks like an option or standard output, not a file name; nothing was written"
+            if text != "-"
+            else "is not standard output here (native code and reports go to a file)",
+            f"to write a file of that name, say ./{text}",
+        )
     if not trust_folder:
         refuse_trust_folder(text)
     info = _stat(text)
