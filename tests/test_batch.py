@@ -99,6 +99,20 @@ def test_batch_over_long_line_is_one_item_error(cli, tmp_path):
     assert r.code == 122
 
 
+@pytest.mark.parametrize("jobs", ["1", "2"])
+def test_batch_deeply_nested_line_is_one_item_error(cli, tmp_path, jobs):
+    """A line of nested brackets (within MAX_LINE) is too deep for json: an input error
+    for that item, not an internal error that ends the batch (in a worker too)."""
+    src = tmp_path / "in.jsonl"
+    deep = b"[" * 200_000 + b"]" * 200_000
+    src.write_bytes(b"[1, 2]\n" + deep + b"\n" + b'{"args": ' + deep + b"}\n[3, 4]\n")
+    r = cli("run", ADD, "add", "--batch", src, "-j", jobs)
+    rows = jsonl(r.stdout)
+    assert [row.get("results") for row in rows] == [[3], None, None, [7]]
+    assert all("nested too deeply" in row["error"]["message"] for row in rows[1:3])
+    assert r.code == 122 and "Traceback" not in r.stderr
+
+
 def test_batch_empty_input(cli, tmp_path):
     for content in ("", "\n\n  \n"):
         src = tmp_path / "empty.jsonl"
