@@ -12,6 +12,7 @@ import time
 
 import pytest
 
+from wasmsbx import errors
 from wasmsbx.policy import defaults, override
 from wasmsbx.runner import Sandbox, batch
 from wasmsbx.runner.checkpoint import Sink, Source
@@ -586,6 +587,9 @@ def test_checkpoint_writes_are_atomic_and_leave_no_temp_files(tmp_path):
     assert sorted(p.name for p in where.iterdir()) == ["c.json"]
     (where / "c.json").write_text("{garbage")
     with pytest.raises(Exception, match="not a wasmsbx checkpoint"):
+        marker.load()
+    (where / "c.json").write_text("[" * 200_000 + "]" * 200_000)  # too deep for json
+    with pytest.raises(errors.WasmsbxError, match="not a wasmsbx checkpoint"):
         marker.load()
 
 
