@@ -12,6 +12,7 @@ import time
 
 import pytest
 
+from wasmsbx import errors
 from wasmsbx.policy import defaults, override
 from wasmsbx.runner import Sandbox, batch
 from wasmsbx.runner.checkpoint import Sink, Source
@@ -97,6 +98,20 @@ def test_batch_over_long_line_is_one_item_error(cli, tmp_path):
     assert [row.get("results") for row in rows] == [[3], None, [7]]
     assert rows[1]["line"] == 2 and "longer than" in rows[1]["error"]["message"]
     assert r.code == 122
+
+
+@pytest.mark.parametrize("jobs", ["1", "2"])
+def test_batch_deeply_nested_line_is_one_item_error(cli, tmp_path, jobs):
+    """A line of nested brackets (within MAX_LINE) is too deep for json: an input error
+    for that item, not an internal error that ends the batch (in a worker too)."""
+    src = tmp_path / "in.jsonl"
+    deep = b"[" * 200_000 + b"]" * 200_000
+    src.write_bytes(b"[1, 2]\n" + deep + b"\n" + b'{"args": ' + deep + b"}\n[3, 4]\n")
+    r = cli("run", ADD, "add", "--batch", src, "-j", jobs)
+    rows = jsonl(r.stdout)
+    assert [row.get("results") for row in rows] == [[3], None, None, [7]]
+    assert all("nested too deeply" in row["error"]["message"] for row in rows[1:3])
+    assert r.code == 122 and "Traceback" not in r.stderr
 
 
 def test_batch_empty_input(cli, tmp_path):
@@ -572,6 +587,9 @@ def test_checkpoint_writes_are_atomic_and_leave_no_temp_files(tmp_path):
     assert sorted(p.name for p in where.iterdir()) == ["c.json"]
     (where / "c.json").write_text("{garbage")
     with pytest.raises(Exception, match="not a wasmsbx checkpoint"):
+        marker.load()
+    (where / "c.json").write_text("[" * 200_000 + "]" * 200_000)  # too deep for json
+    with pytest.raises(errors.WasmsbxError, match="not a wasmsbx checkpoint"):
         marker.load()
 
 

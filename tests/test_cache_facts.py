@@ -314,3 +314,39 @@ def test_an_import_check_is_remembered_only_when_it_passed(tmp_path):
     first = _Sandbox(ok, make_policy(), kind="command")
     assert first._prepared.imports_ok
     assert _Sandbox(ok, make_policy(), kind="command").run_command().guest_status == 7
+
+
+@pytest.mark.parametrize("name", ["\u00e9x" + "0" * 62, "\u00e9x", "ab" * 32 + "\udcff"])
+def test_cache_verify_removes_a_planted_record_of_any_name(tmp_path, name):
+    """A file named like a record but not for a digest (a project's cache comes with its
+    repository) is reported and removed, never an internal error (the tag's ASCII
+    encoding of the name raised)."""
+    module, policy, good = stored_record(tmp_path)
+    folder = good.parent.parent / name[:2]
+    folder.mkdir(exist_ok=True)
+    planted = folder / (name + recorded.SUFFIX)
+    planted.write_bytes(b"x" * 100)
+    store = cache.open_store(policy)
+    try:
+        result = cache.verify(store)
+    finally:
+        store.close()
+    assert [b["key"] for b in result["bad"]] == [planted.name]
+    assert not planted.exists() and good.is_file()
+
+
+def test_cache_verify_removes_a_record_copied_into_another_folder(tmp_path):
+    """A record in a folder a run never looks in is no record: reported and removed
+    (verify checked the one at its right place, and kept the copy)."""
+    module, policy, good = stored_record(tmp_path)
+    other = good.parent.parent / ("00" if good.parent.name != "00" else "01")
+    other.mkdir(exist_ok=True)
+    copy = other / good.name
+    copy.write_bytes(good.read_bytes())
+    store = cache.open_store(policy)
+    try:
+        result = cache.verify(store)
+    finally:
+        store.close()
+    assert [b["key"] for b in result["bad"]] == [copy.name]
+    assert not copy.exists() and good.is_file()

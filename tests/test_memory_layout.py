@@ -466,6 +466,10 @@ def test_copying_data_spends_fuel_as_wasmtime_charges_it():
     with pytest.raises(errors.FuelExhausted) as info:
         box.call("first")
     assert info.value.exit_code == 111
+    # It names the copy, not a start function the module does not have, and the way out.
+    assert "in instantiation (copying its data in)" in info.value.message
+    assert "start function" not in info.value.message
+    assert 'memory_init = "cow"' in info.value.hint
     roomy = make_policy("dense", "copy", limits__fuel=70_000)
     assert Sandbox(DATA_64K, roomy, backend="wasmtime").call("first") == 1
 

@@ -39,6 +39,13 @@ _DOMAIN = b"wasmsbx cache facts 1\0"
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 _NONBLOCK = getattr(os, "O_NONBLOCK", 0)
+_HEX = frozenset("0123456789abcdef")
+
+
+def is_digest(name: str) -> bool:
+    """Whether ``name`` can be a module digest (BLAKE3: 64 lowercase hex digits), as a
+    record's file name must be (``cache verify`` reads names from the folder)."""
+    return len(name) == 64 and _HEX.issuperset(name)
 
 
 class RunFacts(namedtuple("RunFacts", "interface layout exported start")):
@@ -81,7 +88,7 @@ def _tag(key: bytes, digest: str, body: bytes) -> bytes:
 def recall(code: Any, digest: str, key: Optional[bytes]) -> Optional[RunFacts]:
     """The facts recorded for the module of ``digest`` in the cache's code folder
     ``code``, if a record is there and authentic; None otherwise (never an error)."""
-    if key is None:
+    if key is None or not is_digest(digest):
         return None
     try:
         fd = os.open(path_for(code, digest), os.O_RDONLY | _NOFOLLOW | _CLOEXEC | _NONBLOCK)

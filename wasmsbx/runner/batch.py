@@ -187,6 +187,8 @@ def parse_item(payload: Any) -> tuple:
             payload = json.loads(payload)
         except ValueError as exc:
             raise BadItem(f"not JSON: {exc}") from None
+        except RecursionError:  # [[[[... a line of 1 MB nests deeper than json can
+            raise BadItem("not JSON this reader accepts: nested too deeply") from None
     if isinstance(payload, (list, tuple)):
         return list(payload), None
     if isinstance(payload, dict):

@@ -71,7 +71,7 @@ class Checkpoint:
             state = data["state"]
             identity = data["identity"]
             version = data["version"]
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, RecursionError):  # [[[[... too deep for json
             raise self._refuse("is not a wasmsbx checkpoint (or is damaged)") from None
         if version != VERSION:
             raise self._refuse(f"was written by checkpoint format {version}, not {VERSION}")

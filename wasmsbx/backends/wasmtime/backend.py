@@ -300,7 +300,16 @@ class WasmtimeInstance(Instance):
             else:
                 self.instance = self._guarded("start function", make, self.store, module)
         except wasmtime.Trap as trap:
-            raise self._trap_error(trap, "start function") from self._host_raised()
+            where, hint = "start function", None
+            if engine.options.copy_data:  # the data copy is charged as fuel too
+                copying = "instantiation (copying its data in)"
+                start = getattr(module, "_wasmsbx_start", True) is not False
+                where = f"the start function or {copying}" if start else copying
+                hint = (
+                    'raise limits.fuel (--fuel N), or keep runtime.memory_init = "cow" '
+                    '(the default): "copy" charges the data copy as fuel, 1 unit per byte'
+                )
+            raise self._trap_error(trap, where, hint) from self._host_raised()
         except wasmtime.WasmtimeError as exc:
             raise self._instantiate_error(exc, module) from None
         except MemoryError:
@@ -752,13 +761,15 @@ class WasmtimeInstance(Instance):
             self._tmp = None
 
     # ------------------------------------------------------------------ errors
-    def _trap_error(self, trap: wasmtime.Trap, where: str) -> errors.WasmsbxError:
+    def _trap_error(
+        self, trap: wasmtime.Trap, where: str, fuel_hint: Optional[str] = None
+    ) -> errors.WasmsbxError:
         code = trap.trap_code
         frames = _frames(trap, self.shift)
         if code == wasmtime.TrapCode.OUT_OF_FUEL:
             return errors.FuelExhausted(
                 f"fuel exhausted after {format_count(self.limits.fuel or 0)} units in {where}",
-                hint="raise limits.fuel (--fuel N) if the guest needs more",
+                hint=fuel_hint or "raise limits.fuel (--fuel N) if the guest needs more",
                 backtrace=frames,
                 limit_value=self.limits.fuel,
             )
