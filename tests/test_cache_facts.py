@@ -173,6 +173,21 @@ def test_an_authentic_record_of_another_version_is_ignored(tmp_path, parses, mon
     assert not reused(module, policy, parses)
 
 
+def test_a_record_made_by_an_edited_reader_is_ignored(tmp_path, parses, monkeypatch):
+    """A development build keeps its version string across edits; a record written
+    before the reader changed (its sources' sizes and mtimes are in the tag) is not used,
+    since the old reader may have read the module otherwise (found by a red team)."""
+    module, policy, path = stored_record(tmp_path)
+    wasm = read_module(module)
+    with monkeypatch.context() as patch:
+        patch.setattr(recorded, "_reader_stamp", lambda: b"an older reader")
+        code = tmp_path / "cache" / "code"
+        recorded.remember(code, aot.digest(wasm), recorded.read(wasm), own_key())
+    assert not reused(module, policy, parses)
+    stamp = recorded._reader_stamp()
+    assert stamp.count(b",") == len(recorded._READERS) - 1 and b"-" not in stamp.split(b",")
+
+
 def test_a_linked_record_is_not_followed(tmp_path, parses):
     """A record that is a symbolic link (to a good record elsewhere, say one a project's
     cache carries) is ignored, and never written through."""
@@ -277,6 +292,7 @@ def test_a_record_is_tagged_over_the_module_digest_and_version(tmp_path):
     body, tag = data[:-32], data[-32:]
     digest = aot.digest(read_module(module))
     head = b"wasmsbx cache facts 1\0" + digest.encode() + b"\0" + recorded.__version__.encode()
+    head += b"\0" + recorded._reader_stamp()
     assert blake3(head + b"\0" + body, key=own_key()).digest() == tag
 
 

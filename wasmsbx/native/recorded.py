@@ -15,14 +15,16 @@ version and the JSON. A later process with the same module bytes (the same diges
 reads the record instead of parsing. A record is read once into private memory (never
 through a link, never a FIFO, at most ``MAX_SIZE`` bytes), authenticated, and only then
 parsed; one that is missing, damaged, not tagged with the user's key, made for another
-module (a record renamed or copied over another's name) or by another wasmsbx version
-(its reader may read differently) is ignored: the module is parsed, and the record
+module (a record renamed or copied over another's name), by another wasmsbx version or
+by an edited reader (its sources' sizes and mtimes are in the tag: a development build
+keeps its version string) is ignored: the module is parsed, and the record
 written again. So a record can only ever say what this wasmsbx read from these bytes,
 wherever the cache folder is (a folder a policy chose included).
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import stat
@@ -78,10 +80,37 @@ def path_for(code: Any, digest: str) -> str:
     return os.path.join(str(code), digest[:2], digest + SUFFIX)
 
 
+# The sources whose reading a record holds: the parser and what turns its result into
+# facts. A development build keeps one version string across edits, so the tag also
+# covers each file's size and mtime (a wheel's files never change; an edited reader's
+# records are then ignored, as another version's are).
+_READERS = (
+    "wasm/reader.py",
+    "wasm/facts.py",
+    "wasm/model.py",
+    "backends/limits.py",
+    "native/recorded.py",
+)
+
+
+@functools.cache
+def _reader_stamp() -> bytes:
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    parts = []
+    for name in _READERS:
+        try:
+            info = os.stat(os.path.join(root, name))
+            parts.append(f"{info.st_size}:{info.st_mtime_ns}")
+        except OSError:
+            parts.append("-")
+    return ",".join(parts).encode()
+
+
 def _tag(key: bytes, digest: str, body: bytes) -> bytes:
     from blake3 import blake3
 
     head = _DOMAIN + digest.encode("ascii") + b"\0" + __version__.encode() + b"\0"
+    head += _reader_stamp() + b"\0"
     return blake3(head + body, key=key).digest()
 
 
