@@ -273,3 +273,23 @@ def test_a_reply_that_cannot_be_pickled_arrives_as_its_text():
     assert "guest said no" in str(error)
     pool._send(writer, ("ok", b"{}\n", 1, 0.5))
     assert reader.recv() == ("ok", b"{}\n", 1, 0.5)
+
+
+def test_a_reaped_worker_is_never_signalled(monkeypatch):
+    """alive() reaps a worker that has exited; its pid may then belong to any process of
+    the user, so terminate() and reap() must leave it alone (found by a red team)."""
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0)
+    reader, writer = os.pipe()
+    worker = pool.Worker(None, os.fdopen(reader, "rb"), pid=pid)
+    os.close(writer)
+    deadline = time.monotonic() + 60
+    while worker.alive():
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    sent = []
+    monkeypatch.setattr(os, "kill", lambda *args: sent.append(args))
+    worker.terminate()
+    worker.reap()
+    assert sent == [] and not worker.alive()

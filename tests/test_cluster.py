@@ -537,6 +537,7 @@ def test_results_are_checked_before_they_count():
         json.dumps({"results": [[3, 3, [1], None, "fast"]], "seconds": 0}),
         json.dumps({"results": [[3, 3, [1], None]], "seconds": 0}),
         json.dumps({"error": "no"}),
+        "[" * 200_000 + "]" * 200_000,  # deeper than Python's stack: RecursionError
     ]
     for text in bad:
         with pytest.raises(errors.ClusterError):

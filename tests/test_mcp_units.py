@@ -628,3 +628,14 @@ def test_native_code_is_not_a_module(tmp_path):
     for data in (b"\x89WSBX\r\n\x1a" + b"\0" * 16, b"\x7fELF\x02\x01\x01\0", b"(module)\0"):
         with pytest.raises(errors.ModuleError, match="is not WebAssembly"):
             webassembly_only(data, "module_base64")
+
+
+def test_a_message_nested_deeper_than_the_stack_is_no_crash():
+    """json raises RecursionError, not ValueError, for nesting deeper than Python's
+    stack; the id scanners took only ValueError (found by a red team)."""
+    from wasmsbx.mcp.stdio import _has_id, message_id
+
+    deep = "[" * 200_000 + "]" * 200_000
+    assert _has_id('{"id": ' + deep + "}") is False
+    assert message_id(('{"id": ' + deep + "}").encode()) is None
+    assert message_id(b'{"jsonrpc": "2.0", "id": 7}') == 7

@@ -120,7 +120,7 @@ def read_results(text: Any, lines: list) -> tuple:
         raise _bad(f"a chunk's result is a {type(text).__name__}, not JSON text")
     try:
         data = json.loads(text)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:  # nesting deeper than Python's stack
         raise _bad(f"a chunk's result is not JSON: {exc}") from None
     if not isinstance(data, dict):
         raise _bad("a chunk's result is not a JSON object")

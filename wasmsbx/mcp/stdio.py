@@ -203,13 +203,13 @@ def message_id(head: bytes) -> Any:
         if ch == '"':
             try:
                 key, after = decoder.raw_decode(text, i)
-            except ValueError:
+            except (ValueError, RecursionError):
                 return None  # cut inside a string
             colon = _skip_space(text, after)
             if depth == 1 and key == "id" and text.startswith(":", colon):
                 try:
                     value, _ = decoder.raw_decode(text, _skip_space(text, colon + 1))
-                except ValueError:
+                except (ValueError, RecursionError):  # "id": [[[[... deeper than the stack
                     return None
                 ok = isinstance(value, (int, str)) and not isinstance(value, bool)
                 return value if ok else None
@@ -230,7 +230,7 @@ def _has_id(text: str) -> bool:
         return False
     try:
         data = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):  # nesting deeper than Python's stack
         return False
     return isinstance(data, dict) and "id" in data
 

@@ -65,6 +65,7 @@ class Worker:
         self.process = process
         self.inflight: deque = deque()
         self.lifeline = -1  # prefork's end of the workers' lifeline, kept by the first
+        self.reaped = False  # waited for: its pid may belong to another process now
 
     def send(self, message: Any) -> None:
         try:
@@ -89,14 +90,21 @@ class Worker:
     def alive(self) -> bool:
         if self.process is not None:
             return self.process.is_alive()
-        try:
-            return os.waitpid(self.pid, os.WNOHANG) == (0, 0)
-        except ChildProcessError:
+        if self.reaped:
             return False
+        try:
+            if os.waitpid(self.pid, os.WNOHANG) == (0, 0):
+                return True
+        except ChildProcessError:
+            pass
+        self.reaped = True
+        return False
 
     def terminate(self) -> None:
         if self.process is not None:
             self.process.terminate()
+            return
+        if self.reaped:  # never signal a pid that is no longer our child's
             return
         try:
             os.kill(self.pid, 15)  # SIGTERM: a worker keeps its default action
@@ -112,8 +120,9 @@ class Worker:
         try:
             if self.process is not None:
                 self.process.join()
-            else:
+            elif not self.reaped:
                 os.waitpid(self.pid, 0)
+                self.reaped = True
         except ChildProcessError:
             pass
         finally:
