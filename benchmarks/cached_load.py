@@ -329,8 +329,9 @@ def whole_runs(guest: Path, work: Path, runs: int) -> dict:
     (home / "sandbox.toml").write_text('[limits]\ncompile_timeout = "30m"\ntimeout = "10m"\n')
     env = {**os.environ, "HOME": str(home), "XDG_CACHE_HOME": str(home / ".cache")}
     env["WASMSBX_TRUST_DIR"] = str(work / "trust")
+    # (--policy: a sandbox.toml merely found in the working folder may not raise limits)
     wasmsbx = [str(Path(sys.executable).parent / "wasmsbx"), "run", str(guest)]
-    wasmsbx += ["--", "-c", "pass"]
+    wasmsbx += ["--policy", str(home / "sandbox.toml"), "--", "-c", "pass"]
     peer = [cli, "run", str(guest), "-c", "pass"]
     print("whole runs: first runs (compile and store) ...", file=sys.stderr)
     timed(wasmsbx, env, home)

@@ -44,7 +44,7 @@ from blake3 import blake3  # noqa: F401 - see below
 from .. import errors
 from . import artifact as aot
 from . import entry as entry_format
-from . import recorded, trust
+from . import located, recorded, trust
 
 # Every use of this module on the run path hashes the module (BLAKE3, to find its entry),
 # asks for the user's key (trust) and, on a hit, locks the hit journal (fcntl): all are
@@ -115,9 +115,9 @@ def resolve_dir(policy: Any = None, override: Optional[str] = None) -> tuple:
     env = os.environ.get("WASMSBX_CACHE_DIR")
     if env:
         return _expand(env, "WASMSBX_CACHE_DIR").absolute(), "env"
-    import platformdirs
+    from .trustdir import user_cache_text
 
-    return Path(platformdirs.user_cache_dir("wasmsbx", appauthor=False)), "default"
+    return Path(user_cache_text()), "default"
 
 
 def prepare_dir(root: Path) -> None:
@@ -816,7 +816,9 @@ def load_or_compile(
     store: Optional[Store] = None,
 ) -> Outcome:
     """The module from the cache if an intact entry exists, else compiled and stored.
-    ``digest``: the module's (``aot.digest``), if the caller has it already; ``store``:
+    ``wasm``: its bytes, or a function that reads them (called only if they are needed:
+    a miss). ``digest``: the module's (``aot.digest``), if the caller has it already
+    (required with a function); ``store``:
     the shared store of this cache folder, if the caller just had it (module_facts).
 
     Never fails because of the cache: a broken cache is reported in ``warnings`` and
@@ -828,6 +830,8 @@ def load_or_compile(
         lookup = Lookup(store, engine, wasm, name, compile_fn, digest)
     except cache_errors() as exc:
         timings: dict = {}
+        if callable(wasm):  # (read only now: the cache was to give the module)
+            wasm = wasm()
         module = _timed(compile_fn or engine.compile, wasm, timings)
         warning = f"cache unavailable ({reason(exc)}); compiled without it"
         return Outcome(module, "error", timings, [warning])
@@ -858,6 +862,46 @@ def module_facts(policy: Any, cache_dir: Optional[str], wasm: bytes) -> tuple:
         return digest, recorded.read(wasm), False, store
     except FactsError:
         return digest, None, False, store
+
+
+def known_file(policy: Any, cache_dir: Optional[str], path_text: str, info: Any) -> Optional[tuple]:
+    """(digest, facts, store) of the module file at ``path_text`` (absolute; ``info``:
+    its stat()), if an authentic source memo names exactly that file (native.located)
+    and the module's facts record is authentic; else None (never an error: the file is
+    then read and hashed as always)."""
+    try:
+        root = resolve_dir(policy, cache_dir)[0]
+        if not exists(root):
+            return None
+        store = _shared_store_at(root, policy)
+        code = store.root / CODE_DIR
+        digest = located.recall(code, path_text, info, _source_key())
+        if digest is None:
+            return None
+        facts = recorded.recall(code, digest, _facts_key())
+    except cache_errors():
+        return None
+    if facts is None or facts.interface is None:
+        return None
+    return digest, facts, store
+
+
+def remember_source(
+    policy: Any, cache_dir: Optional[str], path_text: str, info: Any, digest: str
+) -> None:
+    """Write the source memo of the module file at ``path_text`` (native.located)."""
+    try:
+        code = shared_store(policy, cache_dir).root / CODE_DIR
+        located.remember(code, path_text, info, digest, _source_key())
+    except cache_errors():
+        pass
+
+
+def _source_key() -> Optional[bytes]:
+    try:
+        return trust.tag_key("cache-source")
+    except trust.KeyProblem:
+        return None
 
 
 def remember_facts(policy: Any, cache_dir: Optional[str], digest: str, facts: Any) -> None:
@@ -929,16 +973,22 @@ class Lookup:
     ) -> None:
         self.store = store
         self.engine = engine
-        self.wasm = wasm
+        self._wasm = wasm  # the module's bytes, or a function that reads them (a miss)
         self.name = name
         self.compile_fn = compile_fn or engine.compile
         self.fingerprint, self.label = _identity(engine)
-        self.module_digest = digest or aot.digest(wasm)
+        self.module_digest = digest or aot.digest(self.wasm)
         self.key = entry_key(self.module_digest, self.fingerprint)
         self._module_sha: Optional[str] = None
         self.timings: dict = {}
         self.warnings: list = []
         self.exports: Optional[list] = None
+
+    @property
+    def wasm(self) -> bytes:
+        if callable(self._wasm):
+            self._wasm = self._wasm()
+        return self._wasm
 
     @property
     def module_sha(self) -> str:
@@ -1002,7 +1052,8 @@ class Lookup:
                 header = loaded.header
                 if header["module"].get("blake3") != self.module_digest:
                     raise aot.Corrupt("it belongs to another module")
-                diff = aot.differences(header["fingerprint"], self.fingerprint)
+                found = header["fingerprint"]
+                diff = [] if found == self.fingerprint else aot.differences(found, self.fingerprint)
                 if diff:
                     raise aot.Corrupt("built for another engine: " + "; ".join(diff[:2]))
                 module = self.engine.deserialize(loaded.native())
@@ -1284,6 +1335,22 @@ def _orphans(store: Store) -> int:
         module = facts.name[: -len(recorded.SUFFIX)]
         if module not in modules and now - info.st_mtime > ORPHAN_GRACE:
             facts.unlink(missing_ok=True)
+    # Source memos (native.located) naming a module no entry holds (or not files).
+    for memo, info in store._code_files("*" + located.SUFFIX):
+        if now - info.st_mtime <= ORPHAN_GRACE:
+            continue
+        named = None
+        if stat.S_ISREG(info.st_mode):
+            try:
+                fd = os.open(memo, os.O_RDONLY | _NOFOLLOW | _NONBLOCK)
+                try:
+                    named = located.digest_of(os.read(fd, 128))
+                finally:
+                    os.close(fd)
+            except OSError:
+                pass
+        if named is None or named not in modules:
+            memo.unlink(missing_ok=True)
     now = time.time()
     for tmp, info in store._code_files(".*.tmp"):
         if now - info.st_mtime > ORPHAN_GRACE:

@@ -25,7 +25,6 @@ from __future__ import annotations
 import errno
 import os
 import stat
-import sys
 from collections import namedtuple
 from pathlib import Path
 from typing import Any, Optional
@@ -46,6 +45,7 @@ CONTEXTS = {
     "handoff": "wasmsbx 2026-12-02 native code tag: handoff to a worker process",
     "cache-memo": "wasmsbx 2026-12-02 cache entry verified and unchanged since",
     "cache-facts": "wasmsbx 2026-12-02 cache facts record: what a module declares",
+    "cache-source": "wasmsbx 2026-12-02 cache source memo: which module a file holds",
 }
 SIGNATURE_CONTEXT = b"wasmsbx 2026-12-02 artifact signature\0"
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
@@ -351,15 +351,9 @@ def cache_roots() -> list:
     explicit = os.environ.get("WASMSBX_CACHE_DIR", "").strip()
     if explicit:
         roots.append(os.path.abspath(os.path.expanduser(explicit)))
-    if sys.platform.startswith("linux"):
-        base = os.environ.get("XDG_CACHE_HOME", "").strip()
-        if not (base and os.path.isabs(base)):
-            base = os.path.join(os.path.expanduser("~"), ".cache")
-        roots.append(os.path.join(base, "wasmsbx"))
-    else:  # pragma: no cover - Linux is the supported platform
-        import platformdirs
+    from .trustdir import user_cache_text
 
-        roots.append(platformdirs.user_cache_dir("wasmsbx", appauthor=False))
+    roots.append(user_cache_text())
     return roots
 
 

@@ -10,11 +10,59 @@ from __future__ import annotations
 import os
 import sys
 
+_MEMO: dict = {}  # (what, the variables it depends on) -> answer: asked on every cached load
+
+
+def _home() -> str:
+    """The user's home folder: $HOME if absolute, else the password database's (a
+    relative $HOME would put the user's folders in whatever folder wasmsbx runs in)."""
+    home = os.path.expanduser("~")
+    if not os.path.isabs(home):
+        import pwd
+
+        home = pwd.getpwuid(os.getuid()).pw_dir
+    return home
+
+
+def _xdg(variable: str, fallback: str) -> str:
+    """platformdirs' Linux rule for a user folder: ``$variable`` if absolute, else
+    ``~/fallback``."""
+    base = os.environ.get(variable, "").strip()
+    if base and os.path.isabs(base):
+        return base
+    return os.path.join(_home(), fallback)
+
+
+def user_cache_text() -> str:
+    """The user's default cache folder for wasmsbx (platformdirs' ``user_cache_dir``:
+    $XDG_CACHE_HOME if absolute, else ~/.cache, plus "wasmsbx" on Linux), written out
+    because importing platformdirs costs every run that opens the cache several ms."""
+    env = (os.environ.get("XDG_CACHE_HOME"), os.environ.get("HOME"))
+    known = _MEMO.get(("cache", env))
+    if known is not None:
+        return known
+    if sys.platform.startswith("linux"):
+        found = os.path.join(_xdg("XDG_CACHE_HOME", ".cache"), "wasmsbx")
+    else:  # pragma: no cover - Linux is the supported platform
+        import platformdirs
+
+        found = platformdirs.user_cache_dir("wasmsbx", appauthor=False)
+    _MEMO[("cache", env)] = found
+    return found
+
 
 def trust_dir_text() -> str:
     """The trust folder as text (Path objects cost the cached load tens of µs). On
     Linux the user config dir is platformdirs' rule ($XDG_CONFIG_HOME if absolute, else
     ~/.config), written out because importing platformdirs costs a run several ms."""
+    env = tuple(map(os.environ.get, ("WASMSBX_TRUST_DIR", "XDG_CONFIG_HOME", "HOME")))
+    known = _MEMO.get(("trust", env))
+    if known is None:
+        known = _MEMO[("trust", env)] = _trust_dir_text()
+    return known
+
+
+def _trust_dir_text() -> str:
     explicit = os.path.expanduser(os.environ.get("WASMSBX_TRUST_DIR", "").strip())
     if os.path.isabs(explicit):
         return os.path.abspath(explicit)
@@ -22,10 +70,7 @@ def trust_dir_text() -> str:
     # would name a folder in whatever folder wasmsbx runs in, and a cloned project could
     # bring one holding a secret key it knows (`wasmsbx trust show` reports it).
     if sys.platform.startswith("linux"):
-        base = os.environ.get("XDG_CONFIG_HOME", "").strip()
-        if not (base and os.path.isabs(base)):
-            base = os.path.join(os.path.expanduser("~"), ".config")
-        return os.path.join(base, "wasmsbx", "trust")
+        return os.path.join(_xdg("XDG_CONFIG_HOME", ".config"), "wasmsbx", "trust")
     import platformdirs  # pragma: no cover - Linux is the supported platform
 
     return os.path.join(platformdirs.user_config_dir("wasmsbx", appauthor=False), "trust")

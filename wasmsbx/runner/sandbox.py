@@ -437,6 +437,21 @@ SPECIAL_STDIO = ("inherit", "null", "capture")
 _BYTES_PATH = Path("<bytes>")  # the name of a module given as bytes (one object for all)
 
 
+def _read_known(path_text: str, digest: str) -> bytes:
+    """The bytes of a module file the cache knew (native.located), read when something
+    needs them: they must still be the module of ``digest``."""
+    from ..native.artifact import digest as blake3_digest
+
+    data = read_file(Path(path_text))
+    if blake3_digest(data) != digest:
+        raise errors.ModuleError(
+            f"{path_text}: the module file changed while it was in use",
+            hint="run it again (the new file is read then)",
+            path=path_text,
+        )
+    return data
+
+
 class Sandbox:
     """A module loaded under a policy, ready to call.
 
@@ -460,6 +475,9 @@ class Sandbox:
 
     worker_kind: Any = None  # what a batch worker rebuilds (see runner.batch._worker_box)
     _store: Any = None  # the cache store this sandbox's module facts came through
+    _known: Any = None  # shared.Prepared of a module file the cache knows (not yet read)
+    _wasm: Optional[bytes] = None
+    _source: Optional[tuple] = None
     _functions: Optional[dict] = None  # set per sandbox by __init__ (subclasses may not)
 
     def __init__(
@@ -502,23 +520,39 @@ class Sandbox:
         self.cache_dir = cache_dir
         self.policy = check_stdio(self.policy, [self.path, artifact])
         started = time.perf_counter()
-        data = bytes(module) if from_bytes else read_file(self.path)  # type: ignore[arg-type]
-        check_size(len(data), self.policy.values["limits.module_size"], self.path.name)
+        cache_wanted = self.policy.values["runtime.cache"] if use_cache is None else use_cache
+        self._source: Optional[tuple] = None  # (path, stat) of the file read, for its memo
+        self._prepared: Any = None
+        # A module file the cache knows (native.located) is not read nor hashed: its
+        # digest, facts and native code come from the cache, all authenticated there.
+        fast = cache_wanted and not from_bytes and not artifact and group is None
+        known = self._known_file() if fast else None
+        if known is not None:
+            data = None
+            size = known.size
+        else:
+            data = bytes(module) if from_bytes else self._read(cache_wanted and not artifact)
+            size = len(data)
+        check_size(size, self.policy.values["limits.module_size"], self.path.name)
         self.artifact = None
-        self.wasm: Optional[bytes] = None
-        if data[:1] == ARTIFACT_FIRST_BYTE and artifact is None:
+        self.wasm = None
+        if data is not None and data[:1] == ARTIFACT_FIRST_BYTE and artifact is None:
             from ..native import artifact as aot  # standalone artifacts: kept out of the hot path
 
             self.artifact = aot.open_for(self, data, str(self.path))
-        self._prepared: Any = None
-        cache_wanted = self.policy.values["runtime.cache"] if use_cache is None else use_cache
         if self.artifact is None:
             path = self.path
-            # Translated and parsed once per process for the same bytes (runner.shared);
-            # a module the disk cache will hold is not parsed where its record is found.
-            learn = self._learn if cache_wanted else None
-            self._prepared = shared.prepared(data, lambda d: module_bytes(d, path), learn)
-            self.wasm = self._prepared.wasm
+            if known is not None:
+                self._prepared = known
+            else:
+                # Translated and parsed once per process for the same bytes
+                # (runner.shared); a module the disk cache will hold is not parsed where
+                # its record is found.
+                learn = self._learn if cache_wanted else None
+                self._prepared = shared.prepared(data, lambda d: module_bytes(d, path), learn)
+            self._known = known  # (after self.wasm = None: the property reads through it)
+            if known is None:
+                self.wasm = self._prepared.wasm
             if self._prepared.interface is not None:
                 # Before any compile or cache write: a run that cannot work fails now.
                 provided = (
@@ -528,7 +562,7 @@ class Sandbox:
                 )
                 alone = provided == frozenset()  # WASI only: the same answer every time
                 check_interface(
-                    self.wasm,
+                    b"",  # (unread: the interface is given)
                     self.path.name,
                     kind,
                     function,
@@ -568,7 +602,9 @@ class Sandbox:
             self.module = aot.load_for(self)
         if self.module is None:
             self.module = self._compile(cache_wanted)
-        if self.wasm is not None:  # native code from the cache: the totals need the layout
+        if self._known is not None:  # (a file the cache knows: the facts are all it needs)
+            self.engine.describe(self.module, None, self._known.facts)
+        elif self.wasm is not None:  # native code from the cache: the totals need the layout
             self.engine.describe(self.module, self.wasm, getattr(self._prepared, "facts", None))
         self.export_list = self._interface()
         self._instance: Any = None
@@ -580,6 +616,72 @@ class Sandbox:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+    @property
+    def wasm(self) -> Optional[bytes]:
+        """The module's binary (None for a standalone artifact). A module file the cache
+        knows is read only when this is first asked for (and checked against its digest)."""
+        if self._known is not None:
+            return self._known.wasm
+        return self._wasm
+
+    @wasm.setter
+    def wasm(self, value: Optional[bytes]) -> None:
+        self._wasm, self._known = value, None
+
+    @property
+    def _size(self) -> int:
+        return self._known.size if self._known is not None else len(self.wasm or b"")
+
+    def _known_file(self) -> Any:
+        """A shared.Prepared for ``self.path`` without reading it, if the cache knows
+        the file as it is now (native.located); else None."""
+        try:
+            text = os.path.abspath(self.path)
+            info = os.stat(text)
+        except (OSError, ValueError):
+            return None
+        if not stat.S_ISREG(info.st_mode):
+            return None
+        if info.st_size < self.policy.values["runtime.cache_min_size"]:
+            return None
+        from ..native.located import identity
+
+        ident = identity(info)
+        found = shared.by_file(text, ident)
+        if found is not None:
+            return found
+        from ..native.cache import known_file
+
+        got = known_file(self.policy, self.cache_dir, text, info)
+        if got is None:
+            return None
+        digest, facts, self._store = got
+        return shared.file_prepared(
+            text, ident, digest, facts, functools.partial(_read_known, text, digest)
+        )
+
+    def _read(self, remember: bool) -> bytes:
+        """The module file's bytes; with ``remember``, also what the file was around the
+        read (for its source memo, native.located), if it did not change meanwhile."""
+        if not remember:
+            return read_file(self.path)
+        try:
+            text = os.path.abspath(self.path)
+            before = os.stat(text)
+        except (OSError, ValueError):
+            return read_file(self.path)
+        data = read_file(self.path)
+        try:
+            after = os.stat(text)
+        except OSError:
+            return data
+        from ..native.located import identity
+
+        same = identity(before) == identity(after) and after.st_size == len(data)
+        if stat.S_ISREG(after.st_mode) and same:
+            self._source = (text, after)
+        return data
 
     # --------------------------------------------------------------- choosing
     def _choose(self, backend: Optional[str], kind: str) -> tuple:
@@ -609,7 +711,7 @@ class Sandbox:
     def _features(self) -> frozenset:
         from ..wasm.facts import FactsError, read_features
 
-        if self.wasm is None:  # a standalone artifact records its module's features
+        if self._known is None and self.wasm is None:  # a standalone artifact records them
             return frozenset(self.artifact.header["module"].get("features", ()))
         try:
             return read_features(self.wasm)
@@ -641,6 +743,11 @@ class Sandbox:
         process (native.recorded), unless it is recorded there already."""
         from ..native import cache, recorded
 
+        if self._source is not None and prepared.digest and prepared.data is prepared.wasm:
+            if prepared.wasm[:4] == b"\0asm":  # a binary module as the file holds it
+                text, info = self._source
+                cache.remember_source(self.policy, self.cache_dir, text, info, prepared.digest)
+            self._source = None
         if prepared.recorded:
             return
         if prepared.facts is None:
@@ -657,7 +764,7 @@ class Sandbox:
     def _compile(self, use_cache: bool) -> Any:
         """Compile, or load from the cache: only for modules of runtime.cache_min_size and
         up, since opening the cache costs more than compiling a small module."""
-        if use_cache and len(self.wasm) >= self.policy.values["runtime.cache_min_size"]:
+        if use_cache and self._size >= self.policy.values["runtime.cache_min_size"]:
             prepared = self._prepared if getattr(self.engine, "shared", False) else None
             if prepared is not None:
                 module = shared.loaded(self.engine, prepared)
@@ -667,9 +774,10 @@ class Sandbox:
             from ..native.cache import load_or_compile
 
             prepared_here = getattr(self, "_prepared", None)  # None for a component
+            known = self._known
             outcome = load_or_compile(
                 self.engine,
-                self.wasm,
+                (lambda: known.wasm) if known is not None else self.wasm,
                 self.policy,
                 self.path.name,
                 self._compile_now,
@@ -700,7 +808,7 @@ class Sandbox:
 
     def _interface(self) -> list:
         """Exports with their signatures, read from the binary (see facts.read_interface)."""
-        if self.wasm is None:  # a standalone artifact records its module's exports
+        if self._known is None and self.wasm is None:  # a standalone artifact records them
             records = self.artifact.header["module"].get("exports")
             return self.engine.exports(self.module) if records is None else _exports(records)
         if self.recorded_exports is not None:  # a cache entry does too: no parse on a hit

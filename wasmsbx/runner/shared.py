@@ -78,6 +78,8 @@ class Prepared:
     they are ``recorded`` in the cache."""
 
     __slots__ = (
+        "_read",
+        "_wasm",
         "data",
         "digest",
         "exports",
@@ -85,13 +87,22 @@ class Prepared:
         "imports_ok",
         "interface",
         "recorded",
+        "size",
         "types",
-        "wasm",
     )
 
-    def __init__(self, data: bytes, wasm: bytes, interface: Any) -> None:
+    def __init__(
+        self,
+        data: Optional[bytes],
+        wasm: Optional[bytes],
+        interface: Any,
+        size: Optional[int] = None,
+        read: Optional[Callable[[], bytes]] = None,
+    ) -> None:
         self.data = data
-        self.wasm = wasm
+        self._wasm = wasm
+        self._read = read  # for a module known by its file (file_prepared): reads it
+        self.size = len(wasm) if wasm is not None else size
         self.interface = interface
         self.digest: Optional[str] = None
         self.facts: Any = None
@@ -100,10 +111,20 @@ class Prepared:
         self.exports: Optional[list] = None  # ExportInfo list, filled by the first sandbox
         self.types: Optional[dict] = None  # export name -> (params, results), likewise
 
+    @property
+    def wasm(self) -> bytes:
+        """The binary; for a module known by its file, read (and checked against its
+        digest) the first time something needs it."""
+        if self._wasm is None:
+            assert self._read is not None
+            self._wasm = self._read()
+        return self._wasm
+
 
 _PREPARED = _Lru(MAX_ENTRIES * 4, MAX_BYTES)
 _COMPILED = _Lru(MAX_ENTRIES, MAX_BYTES)
 _LOADED = _Lru(MAX_ENTRIES, MAX_BYTES)  # modules the disk cache gave (see loaded/keep)
+_FILES = _Lru(MAX_ENTRIES * 4, MAX_BYTES)  # (path, file identity) -> Prepared (file_prepared)
 
 
 def _key(data: bytes) -> tuple:
@@ -139,6 +160,30 @@ def prepared(
             interface = None
         entry = Prepared(data, wasm, interface)
     _PREPARED.put(key, entry, len(data) + (0 if wasm is data else len(wasm)))
+    return entry
+
+
+def by_file(path_text: str, identity: tuple) -> Optional[Prepared]:
+    """The module known by its file (``file_prepared``) at ``path_text`` while the file
+    is the same one, unchanged (``identity``: native.located.identity of its stat())."""
+    return _FILES.get((path_text, identity))
+
+
+def file_prepared(
+    path_text: str,
+    identity: tuple,
+    digest: str,
+    facts: Any,
+    read: Callable[[], bytes],
+) -> Prepared:
+    """A module known by its file, not read: its digest from an authentic source memo
+    (native.located), its facts from its authentic record (native.recorded); ``read()``
+    gives its bytes if something needs them. Kept for later sandboxes of the same file
+    in this process. Never shared with ``prepared`` (a group member, which needs the
+    bytes, reads them there)."""
+    entry = Prepared(None, None, facts.interface, identity[2], read)
+    entry.digest, entry.facts, entry.recorded = digest, facts, True
+    _FILES.put((path_text, identity), entry, identity[2])
     return entry
 
 
@@ -178,13 +223,14 @@ def _held(table: _Lru, engine: Any, prepared: Prepared) -> Any:
 
 
 def _hold(table: _Lru, engine: Any, prepared: Prepared, module: Any) -> None:
-    table.put((id(engine), id(prepared)), (engine, prepared, module), len(prepared.wasm))
+    table.put((id(engine), id(prepared)), (engine, prepared, module), prepared.size)
 
 
 def forget_loaded() -> None:
     """Forget the modules kept by ``keep``: the next sandbox of each reads the disk cache
     again, as a new process would (tests of the cache)."""
     _LOADED.clear()
+    _FILES.clear()
 
 
 def clear() -> None:
@@ -192,6 +238,7 @@ def clear() -> None:
     _PREPARED.clear()
     _COMPILED.clear()
     _LOADED.clear()
+    _FILES.clear()
 
 
 # At exit, before the interpreter finalizes modules: this module is often imported before

@@ -104,12 +104,9 @@ def cache_dir() -> str:
     explicit = os.environ.get("WASMSBX_CACHE_DIR")
     if explicit:
         return explicit
-    if sys.platform.startswith("linux"):
-        base = os.environ.get("XDG_CACHE_HOME", "").strip() or os.path.expanduser("~/.cache")
-        return os.path.join(base, "wasmsbx")
-    import platformdirs  # pragma: no cover - wasmer runs on Linux only
+    from ...native.trustdir import user_cache_text
 
-    return platformdirs.user_cache_dir("wasmsbx")
+    return user_cache_text()
 
 
 class _Found:

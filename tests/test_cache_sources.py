@@ -1,0 +1,225 @@
+"""Source memos (native/located.py): a module file the cache knows is neither read nor
+hashed on a later run. The memo only says which entry to look up; it is used only when
+authentic and naming exactly the file as it is now (device, inode, size, mtime, ctime),
+and anything else (a changed file, a forged or swapped memo, a link, a FIFO) falls back
+to reading the file. Bytes read later are checked against the memo's digest."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from wasmsbx import errors
+from wasmsbx.native import artifact as aot
+from wasmsbx.native import cache, located, trust
+from wasmsbx.runner import Group, shared
+from wasmsbx.runner import Sandbox as _Sandbox
+from wasmsbx.runner import sandbox as sandbox_mod
+from wasmsbx.wasm.source import read_module
+
+from .cache_helpers import make_policy
+from .trust_helpers import attacker_key
+
+ADD = """(module
+  (func (export "add") (param i32 i32) (result i32) local.get 0 local.get 1 i32.add)
+  (func (export "k") (result i32) i32.const {k}))"""
+
+
+@pytest.fixture(autouse=True)
+def no_margin(monkeypatch):
+    """Memos are written for files changed at least MARGIN seconds ago; these tests'
+    files are new (test_a_new_file_gets_no_memo keeps the real margin)."""
+    monkeypatch.setattr(located, "MARGIN", 0.0)
+
+
+@pytest.fixture
+def reads(monkeypatch) -> list:
+    """The module files the sandbox read."""
+    calls: list = []
+    real = sandbox_mod.read_file
+
+    def spy(path):
+        calls.append(str(path))
+        return real(path)
+
+    monkeypatch.setattr(sandbox_mod, "read_file", spy)
+    return calls
+
+
+def binary(tmp_path, k: int = 7, name: str = "m.wasm") -> Path:
+    """A binary module (memos are for binaries as the file holds them)."""
+    text = tmp_path / (name + ".wat")
+    text.write_text(ADD.format(k=k))
+    path = tmp_path / name
+    path.write_bytes(read_module(text))
+    return path
+
+
+def memo_path(tmp_path, module: Path) -> Path:
+    code = tmp_path / "cache" / cache.CODE_DIR
+    return Path(located.path_for(code, os.path.abspath(module)))
+
+
+def fresh(module, policy, **kw):
+    shared.clear()  # as a new process starts
+    return _Sandbox(module, policy, **kw)
+
+
+def test_a_known_file_is_not_read_again(tmp_path, reads):
+    module, policy = binary(tmp_path), make_policy()
+    assert fresh(module, policy).cache_state == "miss"
+    assert memo_path(tmp_path, module).is_file()
+    box = fresh(module, policy)
+    assert len(reads) == 1, "the second process read the file again"
+    assert box.cache_state == "hit"
+    assert box["add"](2, 3) == 5 and box["k"]() == 7
+    assert [e.name for e in box.exports] == ["add", "k"]
+    # again in the process: not read either, and from memory
+    again = _Sandbox(module, policy)
+    assert again.cache_state == "memory" and len(reads) == 1
+    # what needs the bytes reads them then (and they are the module's)
+    assert box.wasm == module.read_bytes() and len(reads) == 2
+
+
+def test_a_changed_file_is_read_and_runs_its_new_code(tmp_path, reads):
+    module, policy = binary(tmp_path, k=7), make_policy()
+    fresh(module, policy)
+    fresh(module, policy)
+    before = len(reads)
+    changed = read_module_text(tmp_path, k=8)
+    assert len(changed) == module.stat().st_size  # same size, new bytes
+    stamp = module.stat()
+    module.write_bytes(changed)
+    os.utime(module, ns=(stamp.st_atime_ns, stamp.st_mtime_ns))  # mtime put back
+    box = fresh(module, policy)
+    assert len(reads) == before + 1 and box["k"]() == 8
+
+
+def read_module_text(tmp_path, k: int) -> bytes:
+    text = tmp_path / f"k{k}.wat"
+    text.write_text(ADD.format(k=k))
+    return read_module(text)
+
+
+def test_a_file_replaced_by_rename_is_read(tmp_path, reads):
+    module, policy = binary(tmp_path, k=7), make_policy()
+    fresh(module, policy)
+    other = binary(tmp_path, k=9, name="other.wasm")
+    os.replace(other, module)
+    assert fresh(module, policy)["k"]() == 9
+
+
+@pytest.mark.parametrize(
+    "attack", ["forged", "other-key", "other-path", "other-digest", "truncated", "link", "fifo"]
+)
+def test_a_memo_that_is_not_authentic_for_this_file_is_ignored(tmp_path, reads, attack):
+    module, policy = binary(tmp_path, k=7), make_policy()
+    fresh(module, policy)
+    memo = memo_path(tmp_path, module)
+    data = memo.read_bytes()
+    body = data[: -located.TAG_SIZE]
+    info = module.stat()
+    evil = binary(tmp_path, k=66, name="evil.wasm")
+    fresh(evil, policy)  # evil's entry and facts are in the cache too
+    evil_digest = aot.digest(evil.read_bytes())
+    key = trust.tag_key("cache-source")
+    memo.unlink()
+    if attack == "forged":  # evil's digest, tag not recomputed
+        memo.write_bytes(body.replace(body[:64], evil_digest.encode()) + data[-32:])
+    elif attack == "other-key":  # a memo made with someone else's key
+        code, text = memo.parent.parent, os.path.abspath(module)
+        located.remember(code, text, info, evil_digest, attacker_key())
+    elif attack == "other-path":  # evil's own authentic memo, copied to module's name
+        os.replace(memo_path(tmp_path, evil), memo)
+    elif attack == "other-digest":  # authentic, but for another state of the file
+        fields = ("st_mode", "st_dev", "st_ino", "st_size", "st_ctime_ns")
+        stale = SimpleNamespace(
+            st_mtime_ns=info.st_mtime_ns - 1, **{f: getattr(info, f) for f in fields}
+        )
+        located.remember(memo.parent.parent, os.path.abspath(module), stale, evil_digest, key)
+    elif attack == "truncated":
+        memo.write_bytes(data[:40])
+    elif attack == "link":
+        target = tmp_path / "target.src"
+        target.write_bytes(data)
+        memo.symlink_to(target)
+    elif attack == "fifo":
+        os.mkfifo(memo)
+    before = len(reads)
+    box = fresh(module, policy)
+    assert box["k"]() == 7, "a memo that is not the file's made another module run"
+    assert len(reads) == before + 1
+
+
+def test_a_file_changed_after_it_was_known_is_refused_when_read(tmp_path):
+    module, policy = binary(tmp_path, k=7), make_policy()
+    fresh(module, policy)
+    box = fresh(module, policy)
+    module.write_bytes(read_module_text(tmp_path, k=5))
+    with pytest.raises(errors.ModuleError, match="changed while it was in use"):
+        box.wasm  # noqa: B018
+
+
+def test_a_miss_reads_the_file_then(tmp_path, reads):
+    """Memo and facts known, but the entry gone: the bytes are read (and checked) to
+    compile."""
+    module, policy = binary(tmp_path, k=7), make_policy()
+    fresh(module, policy)
+    for entry in (tmp_path / "cache" / cache.CODE_DIR).rglob("*" + cache.CODE_SUFFIX):
+        entry.unlink()
+    before = len(reads)
+    box = fresh(module, policy)
+    assert box.cache_state == "miss" and box["k"]() == 7 and len(reads) == before + 1
+
+
+def test_a_group_member_reads_its_file(tmp_path):
+    module, policy = binary(tmp_path, k=7), make_policy()
+    fresh(module, policy)
+    shared.clear()
+    with Group(policy) as group:
+        member = group.add(module, name="m")
+        assert member["k"]() == 7 and member.wasm == module.read_bytes()
+
+
+def test_text_modules_and_bytes_get_no_memo(tmp_path):
+    policy = make_policy()
+    text = tmp_path / "t.wat"
+    text.write_text(ADD.format(k=1))
+    fresh(text, policy)
+    fresh(read_module(text), policy)
+    assert not list((tmp_path / "cache").rglob("*" + located.SUFFIX))
+
+
+def test_a_new_file_gets_no_memo(tmp_path, monkeypatch):
+    """A file changed within MARGIN seconds could change again in the same timestamp
+    tick, keeping its ctime: no memo for it yet."""
+    monkeypatch.setattr(located, "MARGIN", 5.0)
+    module, policy = binary(tmp_path), make_policy()
+    fresh(module, policy)
+    fresh(module, policy)
+    assert not memo_path(tmp_path, module).exists()
+    info = module.stat()
+    assert not located.remember(tmp_path, str(module), info, "0" * 64, b"k" * 32)
+    old = time.time() - 10
+    assert info.st_ctime > old
+
+
+def test_prune_sweeps_memos_of_modules_the_cache_lost(tmp_path, monkeypatch):
+    module, policy = binary(tmp_path), make_policy()
+    fresh(module, policy)
+    memo = memo_path(tmp_path, module)
+    assert memo.is_file()
+    store = cache.open_store(policy)
+    try:
+        cache.prune(store)
+        assert memo.is_file(), "a memo of a cached module was swept"
+        cache.clear(store, module_sha=aot.sha256(module.read_bytes()))
+        monkeypatch.setattr(cache, "ORPHAN_GRACE", -1.0)
+        cache.prune(store)
+    finally:
+        store.close()
+    assert not memo.exists()

@@ -1,0 +1,157 @@
+"""Which module a file holds, remembered, so that a cached module file is neither read
+nor hashed on every run (issue #16: cold starts).
+
+A run finds a module's cache entry and facts record by the module's BLAKE3 digest, and
+the digest takes the whole file: for graphviz.wasm (0.9 MB) reading it into fresh
+memory and hashing it was about a third of a cold start; for a 20 MB module, 20-40 ms of
+every run. So once a run has read and hashed a module file and the run used the cache,
+wasmsbx writes a *source memo* beside the entries: ``code/NA/NAME.src`` (NAME: a BLAKE3
+of the file's absolute path as given), holding that path, the file's identity and last
+change as the kernel reported them around the read (device, inode, size, mtime and
+ctime in ns) and the module's digest, followed by a keyed BLAKE3 tag (a key of its own
+derived from the user's secret, ``trust.CONTEXTS["cache-source"]``). A later run
+stat()s the file; if a memo for that path is authentic and names that identity, its
+digest is taken, and the module's facts record and entry are looked up and
+authenticated as always. The file's bytes are read only if something needs them (a
+miss, an audit, a checkpoint), and then hashed again and compared with the digest.
+
+What the memo decides is only which entry to look up. Every entry is authenticated on
+its own (native/entry.py), so no memo can make code load that is not the user's own
+compile of some module. A write, a truncation, a rename or copy over the file (even one
+that restores its mtime) sets its ctime to the current time, which no unprivileged
+process can set back; memos are written only for files last changed ``MARGIN``
+seconds before, so a change in the same timestamp tick (file systems count in ticks of
+up to 2 s) cannot keep the ctime a memo holds. Not covered: a process with a writable
+shared mapping of the file changes bytes without moving ctime again until the page is
+written back; the run then uses the entry of what the file held when the memo was made,
+an authentic compile of bytes that process could have left in the file anyway.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import time
+from typing import Any, Optional
+
+SUFFIX = ".src"
+TAG_SIZE = 32
+MAX_SIZE = 8192  # a path of PATH_MAX bytes, the identity and the tag fit
+MARGIN = 5.0  # seconds a file's last change must precede its memo
+_DOMAIN = b"wasmsbx cache source memo 1\0"
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+_NONBLOCK = getattr(os, "O_NONBLOCK", 0)
+_HEX = frozenset("0123456789abcdef")
+
+
+def identity(info: os.stat_result) -> tuple:
+    """What must not change for a memo to hold: device, inode, size, mtime, ctime."""
+    return (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
+
+
+def path_for(code: Any, path_text: str) -> str:
+    """Where the memo of the file at ``path_text`` (absolute) is, in the code folder."""
+    from blake3 import blake3
+
+    name = blake3(_DOMAIN + os.fsencode(path_text)).hexdigest()
+    return os.path.join(str(code), name[:2], name + SUFFIX)
+
+
+def _body(path_text: str, ident: tuple, digest: str) -> bytes:
+    return " ".join([digest, *map(str, ident)]).encode("ascii") + b"\n" + os.fsencode(path_text)
+
+
+def _tag(key: bytes, body: bytes) -> bytes:
+    from blake3 import blake3
+
+    return blake3(_DOMAIN + body, key=key).digest()
+
+
+def recall(code: Any, path_text: str, info: os.stat_result, key: Optional[bytes]) -> Optional[str]:
+    """The digest of the module in the file ``info`` describes (at ``path_text``), if an
+    authentic memo says so for exactly that file as it is; None otherwise (never an
+    error)."""
+    if key is None:
+        return None
+    try:
+        fd = os.open(path_for(code, path_text), os.O_RDONLY | _NOFOLLOW | _CLOEXEC | _NONBLOCK)
+    except OSError:
+        return None
+    try:
+        found = os.fstat(fd)
+        if not stat.S_ISREG(found.st_mode) or not TAG_SIZE < found.st_size <= MAX_SIZE:
+            return None
+        data = os.read(fd, MAX_SIZE + 1)  # a private copy: what is checked is used
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    if not TAG_SIZE < len(data) <= MAX_SIZE:
+        return None
+    from .artifact import _equal
+
+    body, tag = data[:-TAG_SIZE], data[-TAG_SIZE:]
+    if not _equal(_tag(key, body), tag):
+        return None
+    line, _, named = body.partition(b"\n")
+    fields = line.split(b" ")
+    if named != os.fsencode(path_text) or len(fields) != 6:
+        return None
+    digest = fields[0].decode("ascii", "replace")
+    if len(digest) != 64 or not _HEX.issuperset(digest):
+        return None
+    try:
+        if [int(f) for f in fields[1:]] != list(identity(info)):
+            return None
+    except ValueError:  # (authentic, so never seen)
+        return None
+    return digest
+
+
+def remember(
+    code: Any, path_text: str, info: os.stat_result, digest: str, key: Optional[bytes]
+) -> bool:
+    """Write the memo that the file ``info`` describes holds the module of ``digest``,
+    if the file's last change is old enough (see the module docstring); failures are
+    ignored: a memo only saves time. Whether one was written."""
+    if key is None or not stat.S_ISREG(info.st_mode):
+        return False
+    if info.st_ctime_ns > (time.time() - MARGIN) * 1e9:
+        return False
+    body = _body(path_text, identity(info), digest)
+    if len(body) + TAG_SIZE > MAX_SIZE:
+        return False
+    path = path_for(code, path_text)
+    folder = os.path.dirname(path)
+    tmp = f"{path[: -len(SUFFIX)]}.{os.getpid()}.{os.urandom(4).hex()}.tmp"
+    tmp = os.path.join(folder, "." + os.path.basename(tmp))
+    try:
+        for each in (os.path.dirname(folder), folder):
+            try:
+                os.mkdir(each, 0o700)
+            except FileExistsError:
+                pass
+            if not stat.S_ISDIR(os.lstat(each).st_mode):  # a link planted in the cache
+                return False
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW | _CLOEXEC, 0o600)
+        try:
+            os.write(fd, body + _tag(key, body))
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except OSError:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        return False
+    return True
+
+
+def digest_of(data: bytes) -> Optional[str]:
+    """The digest a memo file ``data`` names (not authenticated: ``cache prune`` uses it
+    to find memos of modules the cache no longer holds)."""
+    line = data.partition(b"\n")[0]
+    digest = line.split(b" ", 1)[0].decode("ascii", "replace")
+    return digest if len(digest) == 64 and _HEX.issuperset(digest) else None
