@@ -223,3 +223,45 @@ def test_prune_sweeps_memos_of_modules_the_cache_lost(tmp_path, monkeypatch):
     finally:
         store.close()
     assert not memo.exists()
+
+
+TWO_MEMORIES = b"""(module (import "env" "m" (memory 1)) (memory $own 1)
+  (func (export "grow") (param i32) (result i32) (memory.grow $own (local.get 0))))"""
+
+
+def test_host_memories_keep_the_modules_caps_for_a_known_file(tmp_path):
+    """A host memory or table makes the backend compile the module again with a cap on
+    each of its memories (limits.Budget), from its bytes: a known file (not read) must
+    not lose them, or each own memory could take all of limits.memory (red team)."""
+    import wasmsbx
+    from wasmsbx.policy import from_dict
+
+    module = two_memories(tmp_path)
+    policy = from_dict({"limits": {"memory": "128KiB"}, "runtime": {"cache_min_size": 0}})
+    for state in ("miss", "hit"):
+        imports = {"env": {"m": wasmsbx.Memory(1)}}
+        with fresh(module, policy, imports=imports, backend="wasmtime") as box:
+            assert box.cache_state == state
+            assert box.call("grow", 1) == -1  # host 64 KiB + own 64 KiB = the limit
+        assert memo_path(tmp_path, module).is_file()
+
+
+def two_memories(tmp_path) -> Path:
+    text, module = tmp_path / "two.wat", tmp_path / "two.wasm"
+    text.write_bytes(TWO_MEMORIES)
+    module.write_bytes(read_module(text))
+    return module
+
+
+def test_a_standalone_artifact_is_refused_with_host_memories(tmp_path, cli):
+    """A standalone artifact has no binary to compile the caps into: with host memories
+    (or in a group) it is refused, not run with each memory allowed all of the limit."""
+    import wasmsbx
+    from wasmsbx.policy import from_dict
+
+    module, out = two_memories(tmp_path), tmp_path / "two.cwasm"
+    assert cli("compile", module, "-o", out, "--backend", "wasmtime").code == 0
+    policy = from_dict({"limits": {"memory": "128KiB"}})
+    imports = {"env": {"m": wasmsbx.Memory(1)}}
+    with pytest.raises(errors.ModuleError, match="binary is not at hand"):
+        fresh(out, policy, imports=imports).call("grow", 1)

@@ -452,6 +452,17 @@ def _read_known(path_text: str, digest: str) -> bytes:
     return data
 
 
+def _grants_storage(imports: Optional[dict]) -> bool:
+    """Whether host imports grant memories or tables (see _member in the backends)."""
+    from ..host import Memory, Table
+
+    return any(
+        isinstance(item, (Memory, Table))
+        for names in (imports or {}).values()
+        for item in names.values()
+    )
+
+
 class Sandbox:
     """A module loaded under a policy, ready to call.
 
@@ -525,7 +536,10 @@ class Sandbox:
         self._prepared: Any = None
         # A module file the cache knows (native.located) is not read nor hashed: its
         # digest, facts and native code come from the cache, all authenticated there.
+        # Not with host memories or tables: they make the backend compile the module
+        # again with per-memory caps (limits.Budget), from its bytes.
         fast = cache_wanted and not from_bytes and not artifact and group is None
+        fast = fast and not _grants_storage(self.imports)
         known = self._known_file() if fast else None
         if known is not None:
             data = None

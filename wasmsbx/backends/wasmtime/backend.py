@@ -1206,12 +1206,17 @@ class WasmtimeEngine(Engine):
         except TotalsError as exc:
             raise totals_error(exc, limits) from None
         wasm = getattr(module, "_wasmsbx_wasm", None)
-        if wasm is not None:
-            try:
-                capped = cap_limits(wasm, caps.memory_each, caps.table_each, each=True)
-            except (LimitsError, IndexError, ValueError) as exc:
-                raise errors.ModuleError(f"invalid module: {exc}") from None
-            module = self.compile(capped.wasm)
+        if wasm is None:  # its caps could not be compiled in: each memory would get it all
+            raise errors.ModuleError(
+                "this module cannot share a store's limits (a group, or host memories or "
+                "tables): its binary is not at hand to cap its memories and tables",
+                hint="run it from its .wasm file, not a standalone artifact",
+            )
+        try:
+            capped = cap_limits(wasm, caps.memory_each, caps.table_each, each=True)
+        except (LimitsError, IndexError, ValueError) as exc:
+            raise errors.ModuleError(f"invalid module: {exc}") from None
+        module = self.compile(capped.wasm)
         module._wasmsbx_budget = budget
         return module, caps
 
