@@ -265,3 +265,23 @@ def test_a_standalone_artifact_is_refused_with_host_memories(tmp_path, cli):
     imports = {"env": {"m": wasmsbx.Memory(1)}}
     with pytest.raises(errors.ModuleError, match="binary is not at hand"):
         fresh(out, policy, imports=imports).call("grow", 1)
+
+
+def test_a_path_through_a_link_and_dotdot_names_the_file_the_kernel_opens(tmp_path, monkeypatch):
+    """``proj/link/../m.wasm`` opens m.wasm beside link's target, not proj/m.wasm (what
+    os.path.abspath makes of it as text): its memo must not name proj/m.wasm, or a run
+    of proj/m.wasm runs the other module (red team)."""
+    proj, elsewhere = tmp_path / "proj", tmp_path / "elsewhere"
+    (elsewhere / "a" / "b").mkdir(parents=True)
+    proj.mkdir()
+    mine = binary(proj, k=7)
+    other = binary(elsewhere / "a", k=6)
+    assert mine.stat().st_size == other.stat().st_size
+    (proj / "link").symlink_to(elsewhere / "a" / "b")
+    monkeypatch.chdir(tmp_path)
+    policy = make_policy()
+    through = Path("proj", "link", "..", "m.wasm")
+    assert fresh(through, policy)["k"]() == 6
+    assert fresh(through, policy)["k"]() == 6
+    assert fresh(Path("proj", "m.wasm"), policy)["k"]() == 7
+    assert fresh(mine, policy)["k"]() == 7

@@ -452,6 +452,14 @@ def _read_known(path_text: str, digest: str) -> bytes:
     return data
 
 
+def _absolute(path: Path) -> str:
+    """``path`` made absolute the way the kernel resolves it: joined to the working
+    folder, never normalized (os.path.abspath drops ``link/..`` as text, naming another
+    file than the kernel opens when ``link`` is a symbolic link)."""
+    text = os.fspath(path)
+    return text if os.path.isabs(text) else os.path.join(os.getcwd(), text)
+
+
 def _grants_storage(imports: Optional[dict]) -> bool:
     """Whether host imports grant memories or tables (see _member in the backends)."""
     from ..host import Memory, Table
@@ -651,7 +659,7 @@ class Sandbox:
         """A shared.Prepared for ``self.path`` without reading it, if the cache knows
         the file as it is now (native.located); else None."""
         try:
-            text = os.path.abspath(self.path)
+            text = _absolute(self.path)
             info = os.stat(text)
         except (OSError, ValueError):
             return None
@@ -681,7 +689,7 @@ class Sandbox:
         if not remember:
             return read_file(self.path)
         try:
-            text = os.path.abspath(self.path)
+            text = _absolute(self.path)
             before = os.stat(text)
         except (OSError, ValueError):
             return read_file(self.path)
