@@ -285,3 +285,15 @@ def test_a_path_through_a_link_and_dotdot_names_the_file_the_kernel_opens(tmp_pa
     assert fresh(through, policy)["k"]() == 6
     assert fresh(Path("proj", "m.wasm"), policy)["k"]() == 7
     assert fresh(mine, policy)["k"]() == 7
+
+
+def test_the_margin_counts_from_the_read_not_from_the_memo(tmp_path, monkeypatch):
+    """A file changed just before it was read could change again in the same tick
+    after the read; a compile taking longer than MARGIN must not let its memo be
+    written (the ctime is recent to the read, however old it is when the memo is)."""
+    monkeypatch.setattr(located, "MARGIN", 5.0)
+    later = time.time() + 60  # as if the compile after the read took a minute
+    monkeypatch.setattr(located, "time", SimpleNamespace(time=lambda: later))
+    module, policy = binary(tmp_path), make_policy()
+    assert fresh(module, policy).cache_state == "miss"
+    assert not memo_path(tmp_path, module).exists()

@@ -887,12 +887,17 @@ def known_file(policy: Any, cache_dir: Optional[str], path_text: str, info: Any)
 
 
 def remember_source(
-    policy: Any, cache_dir: Optional[str], path_text: str, info: Any, digest: str
+    policy: Any,
+    cache_dir: Optional[str],
+    path_text: str,
+    info: Any,
+    digest: str,
+    read_at: Optional[float] = None,
 ) -> None:
     """Write the source memo of the module file at ``path_text`` (native.located)."""
     try:
         code = shared_store(policy, cache_dir).root / CODE_DIR
-        located.remember(code, path_text, info, digest, _source_key())
+        located.remember(code, path_text, info, digest, _source_key(), read_at)
     except cache_errors():
         pass
 

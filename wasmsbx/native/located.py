@@ -110,14 +110,20 @@ def recall(code: Any, path_text: str, info: os.stat_result, key: Optional[bytes]
 
 
 def remember(
-    code: Any, path_text: str, info: os.stat_result, digest: str, key: Optional[bytes]
+    code: Any,
+    path_text: str,
+    info: os.stat_result,
+    digest: str,
+    key: Optional[bytes],
+    read_at: Optional[float] = None,
 ) -> bool:
     """Write the memo that the file ``info`` describes holds the module of ``digest``,
-    if the file's last change is old enough (see the module docstring); failures are
-    ignored: a memo only saves time. Whether one was written."""
+    if the file's last change is old enough (see the module docstring) before the read
+    began (``read_at``, a time.time(); now if not given: a compile may have come
+    between); failures are ignored: a memo only saves time. Whether one was written."""
     if key is None or not stat.S_ISREG(info.st_mode):
         return False
-    if info.st_ctime_ns > (time.time() - MARGIN) * 1e9:
+    if info.st_ctime_ns > ((time.time() if read_at is None else read_at) - MARGIN) * 1e9:
         return False
     body = _body(path_text, identity(info), digest)
     if len(body) + TAG_SIZE > MAX_SIZE:

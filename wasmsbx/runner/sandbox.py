@@ -540,7 +540,7 @@ class Sandbox:
         self.policy = check_stdio(self.policy, [self.path, artifact])
         started = time.perf_counter()
         cache_wanted = self.policy.values["runtime.cache"] if use_cache is None else use_cache
-        self._source: Optional[tuple] = None  # (path, stat) of the file read, for its memo
+        self._source: Optional[tuple] = None  # (path, stat, time) of the read, for its memo
         self._prepared: Any = None
         # A module file the cache knows (native.located) is not read nor hashed: its
         # digest, facts and native code come from the cache, all authenticated there.
@@ -688,6 +688,7 @@ class Sandbox:
         read (for its source memo, native.located), if it did not change meanwhile."""
         if not remember:
             return read_file(self.path)
+        started = time.time()  # (before the stat: a change after it moves the ctime)
         try:
             text = _absolute(self.path)
             before = os.stat(text)
@@ -702,7 +703,7 @@ class Sandbox:
 
         same = identity(before) == identity(after) and after.st_size == len(data)
         if stat.S_ISREG(after.st_mode) and same:
-            self._source = (text, after)
+            self._source = (text, after, started)
         return data
 
     # --------------------------------------------------------------- choosing
@@ -767,8 +768,10 @@ class Sandbox:
 
         if self._source is not None and prepared.digest and prepared.data is prepared.wasm:
             if prepared.wasm[:4] == b"\0asm":  # a binary module as the file holds it
-                text, info = self._source
-                cache.remember_source(self.policy, self.cache_dir, text, info, prepared.digest)
+                text, info, read_at = self._source
+                cache.remember_source(
+                    self.policy, self.cache_dir, text, info, prepared.digest, read_at
+                )
             self._source = None
         if prepared.recorded:
             return
