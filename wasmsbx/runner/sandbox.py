@@ -462,6 +462,8 @@ def _absolute(path: Path) -> str:
 
 def _grants_storage(imports: Optional[dict]) -> bool:
     """Whether host imports grant memories or tables (see _member in the backends)."""
+    if not imports:
+        return False
     from ..host import Memory, Table
 
     return any(
