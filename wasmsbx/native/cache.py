@@ -235,7 +235,10 @@ def _refuse_trust(root: Path) -> None:
 def exists(root: Path) -> bool:
     """A database, or code files (``verify`` must see code that was put there without
     one, e.g. committed to a repository)."""
-    return (root / "cache.db").is_file() or (root / CODE_DIR).is_dir()
+    text = str(root)
+    return os.path.isfile(os.path.join(text, "cache.db")) or os.path.isdir(
+        os.path.join(text, CODE_DIR)
+    )
 
 
 def wipe(root: Path) -> None:
@@ -301,6 +304,9 @@ class Store:
         from .trust import in_cache_roots
 
         self.root = root
+        # (Text: Path objects cost a cold start tens of µs per join on the run path.)
+        self.code_text = os.path.join(str(root), CODE_DIR)
+        self.hits_text = os.path.join(str(root), HITS)
         self.size_limit = size_limit
         self._db: Any = None
         self.checked: Optional[tuple] = None  # _folder_state when prepare_dir last passed
@@ -351,7 +357,10 @@ class Store:
 
     # ---------------------------------------------------------- native code
     def code_path(self, key: str) -> Path:
-        return self.root / CODE_DIR / key[:2] / (key + CODE_SUFFIX)
+        return Path(self.code_text_for(key))
+
+    def code_text_for(self, key: str) -> str:
+        return os.path.join(self.code_text, key[:2], key + CODE_SUFFIX)
 
     def blob(self, key: str) -> Optional[bytearray]:
         """The entry's bytes, read into a writable buffer so the backend can deserialize
@@ -469,9 +478,7 @@ class Store:
         """
         line = f"{key} {label} {time.time():.3f}\n".encode()
         try:  # never through a link (one swapped in after prepare_dir: see _refuse_links)
-            fd = os.open(
-                self.root / HITS, os.O_WRONLY | os.O_APPEND | os.O_CREAT | _NOFOLLOW, 0o600
-            )
+            fd = os.open(self.hits_text, os.O_WRONLY | os.O_APPEND | os.O_CREAT | _NOFOLLOW, 0o600)
         except OSError:  # ELOOP: a link; the hit goes uncounted (statistics only)
             return
         try:
@@ -851,7 +858,7 @@ def module_facts(policy: Any, cache_dir: Optional[str], wasm: bytes) -> tuple:
         root = resolve_dir(policy, cache_dir)[0]
         if exists(root):  # (a run refused before it compiles leaves no cache behind)
             store = _shared_store_at(root, policy)
-            facts = recorded.recall(store.root / CODE_DIR, digest, _facts_key())
+            facts = recorded.recall(store.code_text, digest, _facts_key())
     except cache_errors():
         facts = None
     if facts is not None:
@@ -874,7 +881,7 @@ def known_file(policy: Any, cache_dir: Optional[str], path_text: str, info: Any)
         if not exists(root):
             return None
         store = _shared_store_at(root, policy)
-        code = store.root / CODE_DIR
+        code = store.code_text
         digest = located.recall(code, path_text, info, _source_key())
         if digest is None:
             return None
@@ -896,7 +903,7 @@ def remember_source(
 ) -> None:
     """Write the source memo of the module file at ``path_text`` (native.located)."""
     try:
-        code = shared_store(policy, cache_dir).root / CODE_DIR
+        code = shared_store(policy, cache_dir).code_text
         located.remember(code, path_text, info, digest, _source_key(), read_at)
     except cache_errors():
         pass
@@ -913,7 +920,7 @@ def remember_facts(policy: Any, cache_dir: Optional[str], digest: str, facts: An
     """Record ``facts`` of the module of ``digest`` in the cache (see native.recorded),
     for the next process; a cache that cannot take it is left alone."""
     try:
-        code = shared_store(policy, cache_dir).root / CODE_DIR
+        code = shared_store(policy, cache_dir).code_text
         recorded.remember(code, digest, facts, _facts_key())
     except cache_errors():
         pass
@@ -1044,7 +1051,7 @@ class Lookup:
         nothing deleted."""
         started = time.perf_counter()
         try:
-            path = str(self.store.code_path(self.key))
+            path = self.store.code_text_for(self.key)
             loaded = entry_format.load(
                 path,
                 lambda: self.tag_key(create=True),  # a first entry found without a key
