@@ -217,3 +217,20 @@ def test_parse_call_splits_at_top_level():
         ['"a, b"', "[1, (2, 3)]", "{x: 1}"],
     )
     assert wave.parse_call("ns:pkg/iface@1.0.0#f()") == ("ns:pkg/iface@1.0.0#f", [])
+
+
+@pytest.mark.parametrize(
+    "value",
+    [3.4025001647762064e38, 3.4028234663852886e38, -3.4028234663852886e38, 1.401298464324817e-45],
+)
+def test_f32_near_the_ends_of_its_range_round_trips(value):
+    # found by the property test on CPython 3.9: the shortest digits of a large f32 can
+    # round past the largest f32 ("3.403e+38"), which struct refuses to pack
+    t = WitType("f32")
+    text = wave.format(value, t)
+    assert wave.parse(text, t) == value, text
+
+
+def test_a_float_too_large_for_f32_is_a_value_problem():
+    with pytest.raises(ValueProblem):
+        wave.format(1e39, WitType("f32"))

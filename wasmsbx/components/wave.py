@@ -404,11 +404,18 @@ def format_float(value: float, kind: str) -> str:
         return "inf" if value > 0 else "-inf"
     digits = repr(value)
     if kind == "f32":
-        target = struct.pack("<f", value)
+        try:
+            target = struct.pack("<f", value)
+        except OverflowError:
+            raise ValueProblem(f"{value!r} is out of range for f32") from None
         for precision in range(1, 10):
             digits = f"{value:.{precision}g}"
-            if struct.pack("<f", float(digits)) == target:
-                break
+            try:
+                # digits rounded up past the largest f32 do not pack: try more of them
+                if struct.pack("<f", float(digits)) == target:
+                    break
+            except OverflowError:
+                continue
     from decimal import Decimal
 
     text = f"{Decimal(digits):f}"
