@@ -265,6 +265,28 @@ def test_key_changes_with_everything_that_changes_code():
         assert cache.entry_key("ab" * 32, {**fp, field: other}) != base, field
 
 
+def test_key_is_the_json_of_its_parts_as_it_always_was(backend):
+    # The key is put together from the engine's fingerprint text kept per engine; it
+    # must stay the BLAKE3 of json.dumps({...}, sort_keys=True), or every entry in
+    # every user's cache would be missed (and a key could mean two things).
+    import json
+
+    from wasmsbx.backends import get, split
+    from wasmsbx.runner.sandbox import engine_options
+
+    name, compiler = split(backend)
+    engine = get(name).engine(engine_options(make_policy(), compiler))
+    fp = aot.normalise(engine.fingerprint())
+    fingerprint, _, text = cache._identity(engine)
+    for digest in ("ab" * 32, "0f" * 32):
+        whole = json.dumps(
+            {"format": aot.FORMAT, "module": digest, "fingerprint": fp}, sort_keys=True
+        )
+        expected = aot.digest(whole.encode("utf-8"))
+        assert cache.entry_key(digest, fp) == expected
+        assert cache.entry_key(digest, fingerprint, text) == expected
+
+
 @pytest.mark.parametrize("change", [{"runtime__optimize": "none"}, {"limits__fuel": 1000000}])
 def test_engine_options_miss(backend, change, add):
     # Only a backend whose code changes with the setting must miss.

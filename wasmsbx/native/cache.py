@@ -267,14 +267,20 @@ def wipe(root: Path) -> None:
 # ---------------------------------------------------------------------------- keys
 
 
-def entry_key(module_digest: str, fingerprint: dict) -> str:
+def entry_key(module_digest: str, fingerprint: dict, fingerprint_text: str = "") -> str:
     """The cache key: the module's digest (``aot.digest``, BLAKE3) and everything that
-    changes the machine code."""
-    text = json.dumps(
-        # (aot.FORMAT, 2, not the entry format: an entry of an earlier format sits where
-        # its successor goes, so it is found, refused and replaced rather than left over)
-        {"format": aot.FORMAT, "module": module_digest, "fingerprint": fingerprint},
-        sort_keys=True,
+    changes the machine code. ``fingerprint_text``: ``json.dumps(fingerprint,
+    sort_keys=True)``, if the caller keeps it (per engine: see ``_identity``)."""
+    # The text is json.dumps({"fingerprint": ..., "format": ..., "module": ...},
+    # sort_keys=True), put together from its parts (tests/test_cache.py checks they are
+    # the same): the fingerprint is the same for every module of an engine.
+    # (aot.FORMAT, 2, not the entry format: an entry of an earlier format sits where its
+    # successor goes, so it is found, refused and replaced rather than left over)
+    if not fingerprint_text:
+        fingerprint_text = json.dumps(fingerprint, sort_keys=True)
+    text = (
+        f'{{"fingerprint": {fingerprint_text}, "format": {json.dumps(aot.FORMAT)}, '
+        f'"module": {json.dumps(module_digest)}}}'
     )
     return aot.digest(text.encode("utf-8"))
 
@@ -957,13 +963,15 @@ def cached(
 
 
 def _identity(engine: Any) -> tuple:
-    """(fingerprint, label) of ``engine``, worked out once per engine: its fingerprint
-    names the runtime's version, which wasmtime's backend reads from the installed
-    package (0.2 ms a load otherwise). Callers must not change the dict."""
+    """(fingerprint, label, fingerprint as the cache key's JSON) of ``engine``, worked
+    out once per engine: its fingerprint names the runtime's version, which wasmtime's
+    backend reads from the installed package (0.2 ms a load otherwise). Callers must not
+    change the dict."""
     found = getattr(engine, "_wasmsbx_identity", None)
     if found is None:
         fingerprint = aot.normalise(engine.fingerprint())
-        found = (fingerprint, fingerprint_label(fingerprint))
+        text = json.dumps(fingerprint, sort_keys=True)
+        found = (fingerprint, fingerprint_label(fingerprint), text)
         try:
             engine._wasmsbx_identity = found
         except AttributeError:  # (an engine with __slots__)
@@ -988,9 +996,9 @@ class Lookup:
         self._wasm = wasm  # the module's bytes, or a function that reads them (a miss)
         self.name = name
         self.compile_fn = compile_fn or engine.compile
-        self.fingerprint, self.label = _identity(engine)
+        self.fingerprint, self.label, fingerprint_text = _identity(engine)
         self.module_digest = digest or aot.digest(self.wasm)
-        self.key = entry_key(self.module_digest, self.fingerprint)
+        self.key = entry_key(self.module_digest, self.fingerprint, fingerprint_text)
         self._module_sha: Optional[str] = None
         self.timings: dict = {}
         self.warnings: list = []

@@ -9,9 +9,10 @@ cached 0.9 MB module cost (graphviz.wasm), three parses of the whole binary.
 
 So the first process that parses a module for the cache writes what it read beside the
 entries: ``code/DI/DIGEST.facts`` (DIGEST: the module's BLAKE3, the cache key's module
-digest), JSON followed by a tag, a keyed BLAKE3 (a key of its own derived from the
-user's secret, ``trust.CONTEXTS["cache-facts"]``) of the module digest, the wasmsbx
-version and the JSON. A later process with the same module bytes (the same digest)
+digest), the facts as nested tuples in ``marshal``'s version 4, followed by a tag, a
+keyed BLAKE3 (a key of its own derived from the user's secret,
+``trust.CONTEXTS["cache-facts"]``) of the module digest, the wasmsbx version and the
+body. A later process with the same module bytes (the same digest)
 reads the record instead of parsing. A record is read once into private memory (never
 through a link, never a FIFO, at most ``MAX_SIZE`` bytes), authenticated, and only then
 parsed; one that is missing, damaged, not tagged with the user's key, made for another
@@ -20,12 +21,20 @@ by an edited reader (its sources' sizes and mtimes are in the tag: a development
 keeps its version string) is ignored: the module is parsed, and the record
 written again. So a record can only ever say what this wasmsbx read from these bytes,
 wherever the cache folder is (a folder a policy chose included).
+
+Why ``marshal``: decoding the record is on every cold start of a cached module, and
+JSON took 40-80 us for graphviz.wasm's 2 KB against a few for marshal. marshal is
+not meant for untrusted data, and never sees any: a record is parsed only after its
+tag, keyed with the user's secret, matched, so the bytes are what this wasmsbx wrote
+(someone who can forge a tag can forge cache entries, i.e. native code, anyway). Only
+None, booleans, integers, strings and tuples are written, and the shape is checked as
+it is decoded.
 """
 
 from __future__ import annotations
 
 import functools
-import json
+import marshal
 import os
 import stat
 from collections import namedtuple
@@ -33,11 +42,11 @@ from typing import Any, Optional
 
 from .._version import __version__
 
-FORMAT = 1
+FORMAT = 2  # 1: JSON (its records fail the tag of 2: another domain)
 SUFFIX = ".facts"
 MAX_SIZE = 4 << 20  # no module's interface is larger (a larger record is not written)
 TAG_SIZE = 32
-_DOMAIN = b"wasmsbx cache facts 1\0"
+_DOMAIN = b"wasmsbx cache facts 2\0"
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 _NONBLOCK = getattr(os, "O_NONBLOCK", 0)
@@ -140,9 +149,9 @@ def recall(code: Any, digest: str, key: Optional[bytes]) -> Optional[RunFacts]:
     if not _equal(_tag(key, digest, body), tag):
         return None
     try:
-        return _decode(json.loads(body), digest)
-    except (ValueError, TypeError, KeyError, AttributeError):
-        return None  # (authentic, so never seen; an older record format, say)
+        return _decode(marshal.loads(body), digest)
+    except (ValueError, TypeError, EOFError, IndexError, AttributeError):
+        return None  # (authentic, so never seen)
 
 
 def remember(code: Any, digest: str, facts: RunFacts, key: Optional[bytes]) -> None:
@@ -150,7 +159,7 @@ def remember(code: Any, digest: str, facts: RunFacts, key: Optional[bytes]) -> N
     failures are ignored: a record only saves time)."""
     if key is None:
         return
-    body = json.dumps(_encode(facts, digest), separators=(",", ":")).encode("utf-8")
+    body = marshal.dumps(_encode(facts, digest), 4)
     if len(body) + TAG_SIZE > MAX_SIZE:
         return
     path = path_for(code, digest)
@@ -177,24 +186,26 @@ def remember(code: Any, digest: str, facts: RunFacts, key: Optional[bytes]) -> N
             pass
 
 
-# ---------------------------------------------------------------------------- JSON
+# ------------------------------------------------------------------------- the record
 
 
 def _functype(t: Any) -> Any:
-    return None if t is None else [list(t.params), list(t.results)]
+    return None if t is None else (tuple(t.params), tuple(t.results))
 
 
 def _limits(lim: Any) -> Any:
-    return None if lim is None else [lim.min, lim.max, lim.shared, lim.memory64]
+    return None if lim is None else (lim.min, lim.max, lim.shared, lim.memory64)
 
 
-def _encode(facts: RunFacts, digest: str) -> dict:
+def _encode(facts: RunFacts, digest: str) -> tuple:
+    """The record's body: plain tuples, in the order ``_decode`` reads them."""
     interface = facts.interface
-    return {
-        "format": FORMAT,
-        "module": digest,
-        "imports": [
-            [
+    layout = facts.layout
+    return (
+        FORMAT,
+        digest,
+        tuple(
+            (
                 i.module,
                 i.name,
                 i.kind,
@@ -203,39 +214,46 @@ def _encode(facts: RunFacts, digest: str) -> dict:
                 i.elem,
                 i.global_type,
                 i.mutable,
-            ]
+            )
             for i in interface.imports
-        ],
-        "exports": [[e.name, e.kind, e.index, _functype(e.type)] for e in interface.exports],
-        "layout": None if facts.layout is None else [facts.layout.memories, facts.layout.tables],
-        "exported": [facts.exported.at, facts.exported.shift],
-        "start": facts.start,
-    }
+        ),
+        tuple((e.name, e.kind, e.index, _functype(e.type)) for e in interface.exports),
+        None
+        if layout is None
+        else (tuple(map(tuple, layout.memories)), tuple(map(tuple, layout.tables))),
+        (facts.exported.at, facts.exported.shift),
+        bool(facts.start),
+    )
 
 
-def _decode(data: dict, digest: str) -> Optional[RunFacts]:
+def _decode(data: Any, digest: str) -> Optional[RunFacts]:
     from ..backends.limits import Exported, Layout
     from ..wasm.model import Export, FuncType, Import, Interface, Limits
 
-    if data["format"] != FORMAT or data["module"] != digest:
+    if type(data) is not tuple:  # (what _encode writes; anything else is not a record)
         return None
+    form, module, imports, exports, shape, exported, start = data
+    if form != FORMAT or module != digest:
+        return None
+    types: dict = {}  # (params, results) -> FuncType: modules repeat a few types
 
     def functype(t: Any) -> Any:
-        return None if t is None else FuncType(tuple(t[0]), tuple(t[1]))
+        if t is None:
+            return None
+        found = types.get(t)
+        if found is None:
+            found = types[t] = FuncType(tuple(t[0]), tuple(t[1]))
+        return found
 
-    def limits(lim: Any) -> Any:
-        return None if lim is None else Limits(*lim)
-
-    imports = tuple(
-        Import(m, n, k, functype(t), limits(lim), elem, gt, mut)
-        for m, n, k, t, lim, elem, gt, mut in data["imports"]
+    imported = tuple(
+        Import(m, n, k, functype(t), None if lim is None else Limits(*lim), elem, gt, mut)
+        for m, n, k, t, lim, elem, gt, mut in imports
     )
-    exports = tuple(Export(n, k, i, functype(t)) for n, k, i, t in data["exports"])
-    shape = data["layout"]
+    exported_names = tuple(Export(n, k, i, functype(t)) for n, k, i, t in exports)
     layout = None
     if shape is not None:
         layout = Layout(tuple(map(tuple, shape[0])), tuple(map(tuple, shape[1])))
-    at, shift = data["exported"]
+    at, shift = exported
     return RunFacts(
-        Interface(imports, exports), layout, Exported(b"", at, shift), bool(data["start"])
+        Interface(imported, exported_names), layout, Exported(b"", at, shift), bool(start)
     )
