@@ -366,7 +366,7 @@ class Store:
         return Path(self.code_text_for(key))
 
     def code_text_for(self, key: str) -> str:
-        return os.path.join(self.code_text, key[:2], key + CODE_SUFFIX)
+        return f"{self.code_text}{os.sep}{key[:2]}{os.sep}{key}{CODE_SUFFIX}"
 
     def blob(self, key: str) -> Optional[bytearray]:
         """The entry's bytes, read into a writable buffer so the backend can deserialize
@@ -888,10 +888,16 @@ def known_file(policy: Any, cache_dir: Optional[str], path_text: str, info: Any)
             return None
         store = _shared_store_at(root, policy)
         code = store.code_text
-        digest = located.recall(code, path_text, info, _source_key())
+        try:
+            keys = trust.tag_keys(("cache-source", "cache-facts"))
+        except trust.KeyProblem:
+            keys = None
+        if keys is None:
+            return None
+        digest = located.recall(code, path_text, info, keys[0])
         if digest is None:
             return None
-        facts = recorded.recall(code, digest, _facts_key())
+        facts = recorded.recall(code, digest, keys[1])
     except cache_errors():
         return None
     if facts is None or facts.interface is None:

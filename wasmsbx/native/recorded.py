@@ -86,7 +86,7 @@ def read(wasm: bytes) -> RunFacts:
 
 def path_for(code: Any, digest: str) -> str:
     """Where the record of the module of ``digest`` is, in the cache's code folder."""
-    return os.path.join(str(code), digest[:2], digest + SUFFIX)
+    return f"{code}{os.sep}{digest[:2]}{os.sep}{digest}{SUFFIX}"  # (on every cold start)
 
 
 # The sources whose reading a record holds: the parser and what turns its result into

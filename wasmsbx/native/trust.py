@@ -270,14 +270,27 @@ def tag_key(purpose: str, create: bool = False) -> Optional[bytes]:
     Every cached load asks for it, so a process that checked the key file once keeps
     the derived key while one lstat() shows the file unchanged (0.3 ms of checks and
     Path objects otherwise, a tenth of a cached load of a 1 MB module)."""
-    path = os.path.join(_trust_dir_text(), SECRET_FILE)
+    keys = tag_keys((purpose,), create)
+    return None if keys is None else keys[0]
+
+
+def tag_keys(purposes: tuple, create: bool = False) -> Optional[tuple]:
+    """The keys for each of ``purposes``, after one check of the key file (a cold start
+    asks for two at once); None if there is no secret (and ``create`` is false)."""
+    path = f"{_trust_dir_text()}{os.sep}{SECRET_FILE}"
     try:
         seen = _signature(os.lstat(path))
     except OSError:
         seen = None
-    known = _DERIVED.get((path, purpose))
-    if known is not None and seen is not None and known[0] == seen:
-        return known[1]
+    if seen is not None:
+        keys = []
+        for purpose in purposes:
+            known = _DERIVED.get((path, purpose))
+            if known is None or known[0] != seen:
+                break
+            keys.append(known[1])
+        else:
+            return tuple(keys)
     from blake3 import blake3
 
     material = secret(create)
@@ -288,13 +301,14 @@ def tag_key(purpose: str, create: bool = False) -> Optional[bytes]:
     derived = {
         name: blake3(material, derive_key_context=text).digest() for name, text in CONTEXTS.items()
     }
+    wanted = tuple(derived[purpose] for purpose in purposes)
     try:
         signature = _signature(os.lstat(path))
     except OSError:
-        return derived[purpose]
+        return wanted
     for name, key in derived.items():
         _DERIVED[(path, name)] = (signature, key)
-    return derived[purpose]
+    return wanted
 
 
 def rotate() -> Path:
