@@ -34,6 +34,8 @@ import stat
 import time
 from typing import Any, Optional
 
+from blake3 import blake3  # (imported with native.cache anyway; used on every cold start)
+
 SUFFIX = ".src"
 TAG_SIZE = 32
 MAX_SIZE = 8192  # a path of PATH_MAX bytes, the identity and the tag fit
@@ -52,8 +54,6 @@ def identity(info: os.stat_result) -> tuple:
 
 def path_for(code: Any, path_text: str) -> str:
     """Where the memo of the file at ``path_text`` (absolute) is, in the code folder."""
-    from blake3 import blake3
-
     name = blake3(_DOMAIN + os.fsencode(path_text)).hexdigest()
     return f"{code}{os.sep}{name[:2]}{os.sep}{name}{SUFFIX}"  # (os.path.join: 3x slower)
 
@@ -63,8 +63,6 @@ def _body(path_text: str, ident: tuple, digest: str) -> bytes:
 
 
 def _tag(key: bytes, body: bytes) -> bytes:
-    from blake3 import blake3
-
     return blake3(_DOMAIN + body, key=key).digest()
 
 

@@ -40,6 +40,8 @@ import stat
 from collections import namedtuple
 from typing import Any, Optional
 
+from blake3 import blake3  # (imported with native.cache anyway; used on every cold start)
+
 from .._version import __version__
 
 FORMAT = 2  # 1: JSON (its records fail the tag of 2: another domain)
@@ -116,8 +118,6 @@ def _reader_stamp() -> bytes:
 
 
 def _tag(key: bytes, digest: str, body: bytes) -> bytes:
-    from blake3 import blake3
-
     head = _DOMAIN + digest.encode("ascii") + b"\0" + __version__.encode() + b"\0"
     head += _reader_stamp() + b"\0"
     return blake3(head + body, key=key).digest()
@@ -226,6 +226,12 @@ def _encode(facts: RunFacts, digest: str) -> tuple:
     )
 
 
+def _fields(values: tuple, count: int) -> tuple:
+    if len(values) != count:
+        raise ValueError("not a record")
+    return values
+
+
 def _decode(data: Any, digest: str) -> Optional[RunFacts]:
     from ..backends.limits import Exported, Layout
     from ..wasm.model import Export, FuncType, Import, Interface, Limits
@@ -235,6 +241,9 @@ def _decode(data: Any, digest: str) -> Optional[RunFacts]:
     form, module, imports, exports, shape, exported, start = data
     if form != FORMAT or module != digest:
         return None
+    # The records are built with tuple.__new__ (a namedtuple's own __new__ is Python
+    # code: half of this function's time), from tuples of exactly their fields.
+    new = tuple.__new__
     types: dict = {}  # (params, results) -> FuncType: modules repeat a few types
 
     def functype(t: Any) -> Any:
@@ -242,14 +251,18 @@ def _decode(data: Any, digest: str) -> Optional[RunFacts]:
             return None
         found = types.get(t)
         if found is None:
-            found = types[t] = FuncType(tuple(t[0]), tuple(t[1]))
+            params, results = t
+            found = types[t] = new(FuncType, (tuple(params), tuple(results)))
         return found
 
     imported = tuple(
-        Import(m, n, k, functype(t), None if lim is None else Limits(*lim), elem, gt, mut)
-        for m, n, k, t, lim, elem, gt, mut in imports
+        new(
+            Import,
+            (m, n, k, functype(t), None if lim is None else new(Limits, _fields(lim, 4)), e, g, u),
+        )
+        for m, n, k, t, lim, e, g, u in imports
     )
-    exported_names = tuple(Export(n, k, i, functype(t)) for n, k, i, t in exports)
+    exported_names = tuple(new(Export, (n, k, i, functype(t))) for n, k, i, t in exports)
     layout = None
     if shape is not None:
         layout = Layout(tuple(map(tuple, shape[0])), tuple(map(tuple, shape[1])))
