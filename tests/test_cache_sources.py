@@ -42,9 +42,9 @@ def reads(monkeypatch) -> list:
     calls: list = []
     real = sandbox_mod.read_file
 
-    def spy(path):
+    def spy(path, *args, **kw):
         calls.append(str(path))
-        return real(path)
+        return real(path, *args, **kw)
 
     monkeypatch.setattr(sandbox_mod, "read_file", spy)
     return calls
@@ -300,3 +300,38 @@ def test_the_margin_counts_from_the_read_not_from_the_memo(tmp_path, monkeypatch
     module, policy = binary(tmp_path), make_policy()
     assert fresh(module, policy).cache_state == "miss"
     assert not memo_path(tmp_path, module).exists()
+
+
+def test_a_folder_swapped_during_the_read_cannot_bind_one_file_to_anothers_module(
+    tmp_path, monkeypatch
+):
+    """``proj/m.wasm`` with ``proj`` a link the module's owner flips to another folder
+    while the file is read, and back: stat() before and after the read names the same
+    file, whose bytes were not the ones read. The memo must describe the file the bytes
+    came from, or every later run of the first file runs the other's code (red team,
+    round 6: audit one file, run another)."""
+    (tmp_path / "d1").mkdir()
+    (tmp_path / "d2").mkdir()
+    binary(tmp_path / "d1", k=7)
+    binary(tmp_path / "d2", k=8)
+    proj = tmp_path / "proj"
+    proj.symlink_to(tmp_path / "d1")
+
+    def point(target: str) -> None:
+        (tmp_path / "next").symlink_to(tmp_path / target)
+        os.replace(tmp_path / "next", proj)
+
+    real = sandbox_mod.read_file
+
+    def racing(path, *args, **kw):
+        point("d2")
+        try:
+            return real(path, *args, **kw)
+        finally:
+            point("d1")
+
+    policy, module = make_policy(), proj / "m.wasm"
+    monkeypatch.setattr(sandbox_mod, "read_file", racing)
+    assert fresh(module, policy)["k"]() == 8  # (what was read)
+    monkeypatch.setattr(sandbox_mod, "read_file", real)
+    assert fresh(module, policy)["k"]() == 7, "the memo bound d1/m.wasm to d2's module"
