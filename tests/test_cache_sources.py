@@ -335,3 +335,33 @@ def test_a_folder_swapped_during_the_read_cannot_bind_one_file_to_anothers_modul
     assert fresh(module, policy)["k"]() == 8  # (what was read)
     monkeypatch.setattr(sandbox_mod, "read_file", real)
     assert fresh(module, policy)["k"]() == 7, "the memo bound d1/m.wasm to d2's module"
+
+
+def _fat(info: os.stat_result) -> os.stat_result:
+    """``info`` as Linux reports a FAT file's: its ctime is its mtime."""
+    fields = {n: getattr(info, n) for n in dir(info) if n.startswith("st_")}
+    fields.update(st_ctime=info.st_mtime, st_ctime_ns=info.st_mtime_ns)
+    sequence = list(info[:])
+    sequence[9] = int(info.st_mtime)
+    return os.stat_result(sequence, fields)
+
+
+def test_no_memo_where_the_file_system_lets_the_ctime_be_set_back(tmp_path, monkeypatch):
+    """Linux keeps a FAT file's ctime equal to its mtime (fs/fat: "ctime updates are
+    ignored"), which utime() sets: an edit in place with the mtime put back keeps the
+    whole identity, and a memo would run the module the file held before (red team,
+    round 6). Memos are written only on file systems whose ctime no unprivileged
+    process can set (ext4, xfs, btrfs, tmpfs, ...)."""
+    real_stat, real_fstat = os.stat, os.fstat
+    monkeypatch.setattr(os, "stat", lambda *a, **kw: _fat(real_stat(*a, **kw)))
+    monkeypatch.setattr(os, "fstat", lambda fd: _fat(real_fstat(fd)))
+    monkeypatch.setattr(located, "_fs_type", lambda fd: 0x4D44, raising=False)  # vfat's
+    module, policy = binary(tmp_path, k=7), make_policy()
+    stamp = module.stat()
+    fresh(module, policy)
+    assert fresh(module, policy)["k"]() == 7
+    module.write_bytes(read_module_text(tmp_path, k=8))
+    os.utime(module, ns=(stamp.st_atime_ns, stamp.st_mtime_ns))
+    assert module.stat() == stamp, "(not the identity the memo would hold)"
+    assert fresh(module, policy)["k"]() == 8, "a FAT file edited in place ran its old code"
+    assert not memo_path(tmp_path, module).exists()

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import os
 import stat
+import sys
 import time
 from typing import Any, Optional
 
@@ -42,6 +43,7 @@ _DOMAIN = b"wasmsbx cache source memo 1\0"
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 _NONBLOCK = getattr(os, "O_NONBLOCK", 0)
+_NOCTTY = getattr(os, "O_NOCTTY", 0)
 _HEX = frozenset("0123456789abcdef")
 
 
@@ -126,7 +128,7 @@ def remember(
     if info.st_ctime_ns > ((time.time() if read_at is None else read_at) - MARGIN) * 1e9:
         return False
     body = _body(path_text, identity(info), digest)
-    if len(body) + TAG_SIZE > MAX_SIZE:
+    if len(body) + TAG_SIZE > MAX_SIZE or not _keeps_ctime(path_text, info):
         return False
     path = path_for(code, path_text)
     folder = os.path.dirname(path)
@@ -153,6 +155,62 @@ def remember(
             pass
         return False
     return True
+
+
+# File systems (Linux statfs f_type) where every change to a file's bytes sets its ctime
+# to the current time, and no unprivileged process can set it otherwise: ext2/3/4, xfs,
+# btrfs, tmpfs, ramfs, overlay, f2fs, zfs, bcachefs, jfs; and the read-only erofs and
+# squashfs. Not FAT, whose ctime Linux keeps equal to the mtime (which utime() sets),
+# exFAT, NTFS, FUSE (the daemon says what the ctime is), nor network file systems (NFS
+# and SMB clients answer stat() from attributes cached for up to a minute).
+_CTIME_KEPT = frozenset(
+    (
+        0xEF53,
+        0x58465342,
+        0x9123683E,
+        0x01021994,
+        0x858458F6,
+        0x794C7630,
+        0xF2F52010,
+        0x2FC12FC1,
+        0xCA451A4E,
+        0x3153464A,
+        0xE0F5E1E2,
+        0x73717368,
+    )
+)
+
+
+def _keeps_ctime(path_text: str, info: os.stat_result) -> bool:
+    """Whether the file ``info`` describes (still at ``path_text``, unchanged) lies on a
+    file system whose ctime a memo can trust (_CTIME_KEPT). Elsewhere than on Linux, the
+    file system is not asked (see README, "Source memos")."""
+    if not sys.platform.startswith("linux"):
+        return True
+    try:
+        fd = os.open(path_text, os.O_RDONLY | _CLOEXEC | _NONBLOCK | _NOCTTY)
+    except OSError:
+        return False
+    try:
+        # the file the memo is for, not what the path names now
+        return identity(os.fstat(fd)) == identity(info) and _fs_type(fd) in _CTIME_KEPT
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+
+
+def _fs_type(fd: int) -> Optional[int]:
+    """The Linux file system magic number (statfs f_type) of the file open as ``fd``."""
+    import ctypes  # (loaded already: wasmtime-py is built on it)
+
+    fstatfs = getattr(ctypes.CDLL(None, use_errno=True), "fstatfs", None)
+    if fstatfs is None:
+        return None
+    buffer = ctypes.create_string_buffer(256)  # struct statfs is 120 bytes on 64-bit Linux
+    if fstatfs(fd, buffer) != 0:
+        return None
+    return ctypes.c_long.from_buffer(buffer).value & 0xFFFFFFFF  # f_type comes first
 
 
 def digest_of(data: bytes) -> Optional[str]:
