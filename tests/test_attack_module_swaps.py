@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from wasmsbx import errors
+from wasmsbx.native import located
 from wasmsbx.policy import from_dict
 from wasmsbx.runner import Sandbox, batch, shared
 from wasmsbx.wasm.source import read_module
@@ -58,13 +59,8 @@ def test_batch_workers_keep_the_memory_limit_when_the_file_is_replaced(tmp_path,
     path.write_bytes(module(tmp_path, TWO, "two"))
     with Sandbox(str(path), policy, backend="wasmtime") as box:
         path.write_bytes(module(tmp_path, DECOY, "decoy"))
-        try:
-            results = list(box.batch("grow", [[2]], jobs=2))
-        except errors.ModuleError as exc:
-            assert "changed while it was in use" in str(exc)
-        else:
-            assert results[0].values != [2], "memories grew past limits.memory"
-            assert results[0].error is not None
+        with pytest.raises(errors.ModuleError, match="changed while it was in use"):
+            list(box.batch("grow", [[2]], jobs=2))  # (it gave [2]: 192 KiB in each)
 
 
 def test_a_batch_worker_of_an_unchanged_file_runs(tmp_path, policy):
@@ -75,3 +71,25 @@ def test_a_batch_worker_of_an_unchanged_file_runs(tmp_path, policy):
         assert not isinstance(state, Exception), state
         assert state.run(1, [1]).values == [2]  # each was 1 page
         state.close()
+
+
+def test_a_batch_worker_refuses_a_replaced_file_the_parent_knew_by_its_memo(
+    tmp_path, policy, monkeypatch
+):
+    """The parent did not read the file (an authentic source memo named it): the
+    worker's check uses the memo's digest, and the parent still reads nothing."""
+    monkeypatch.setattr(located, "MARGIN", 0.0)  # (a file made just now gets no memo)
+    path = tmp_path / "m.wasm"
+    path.write_bytes(module(tmp_path, TWO, "two"))
+    shared.clear()  # (a module this process holds already is not cached again)
+    Sandbox(str(path), policy, backend="wasmtime").close()
+    shared.clear()
+    with Sandbox(str(path), policy, backend="wasmtime") as box:
+        assert box._known is not None and box.cache_state == "hit"
+        path.write_bytes(module(tmp_path, DECOY, "decoy"))
+        spec = batch.worker_spec(box, "grow", False)
+        assert box._known._wasm is None, "the parent read the file"
+        shared.clear()
+        state = batch.worker_state(spec)
+    assert isinstance(state, errors.ModuleError), "the worker ran the parent's code"
+    assert "changed while it was in use" in str(state)

@@ -21,7 +21,11 @@ compile of some module. A write, a truncation, a rename or copy over the file (e
 that restores its mtime) sets its ctime to the current time, which no unprivileged
 process can set back; memos are written only for files last changed ``MARGIN``
 seconds before, so a change in the same timestamp tick (file systems count in ticks of
-up to 2 s) cannot keep the ctime a memo holds. Not covered: a process with a writable
+up to 2 s) cannot keep the ctime a memo holds; and on Linux only on file systems where
+that is so (``_CTIME_KEPT``: not FAT, whose ctime follows the mtime, nor FUSE or network
+file systems). The identity is the open file's (fstat), before and after the read: a
+folder on the path swapped for the read and back cannot bind one file to another's
+module. Not covered: a process with a writable
 shared mapping of the file changes bytes without moving ctime again until the page is
 written back; the run then uses the entry of what the file held when the memo was made,
 an authentic compile of bytes that process could have left in the file anyway.
