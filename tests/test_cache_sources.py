@@ -346,7 +346,9 @@ def _fat(info: os.stat_result) -> os.stat_result:
     return os.stat_result(sequence, fields)
 
 
-def test_no_memo_where_the_file_system_lets_the_ctime_be_set_back(tmp_path, monkeypatch):
+# vfat; squashfs, whose one timestamp is the image's; FUSE; NFS
+@pytest.mark.parametrize("magic", [0x4D44, 0x73717368, 0x65735546, 0x6969])
+def test_no_memo_where_the_file_system_lets_the_ctime_be_set_back(tmp_path, monkeypatch, magic):
     """Linux keeps a FAT file's ctime equal to its mtime (fs/fat: "ctime updates are
     ignored"), which utime() sets: an edit in place with the mtime put back keeps the
     whole identity, and a memo would run the module the file held before (red team,
@@ -355,7 +357,7 @@ def test_no_memo_where_the_file_system_lets_the_ctime_be_set_back(tmp_path, monk
     real_stat, real_fstat = os.stat, os.fstat
     monkeypatch.setattr(os, "stat", lambda *a, **kw: _fat(real_stat(*a, **kw)))
     monkeypatch.setattr(os, "fstat", lambda fd: _fat(real_fstat(fd)))
-    monkeypatch.setattr(located, "_fs_type", lambda fd: 0x4D44, raising=False)  # vfat's
+    monkeypatch.setattr(located, "_fs_type", lambda fd: magic, raising=False)
     module, policy = binary(tmp_path, k=7), make_policy()
     stamp = module.stat()
     fresh(module, policy)

@@ -163,10 +163,13 @@ def remember(
 
 # File systems (Linux statfs f_type) where every change to a file's bytes sets its ctime
 # to the current time, and no unprivileged process can set it otherwise: ext2/3/4, xfs,
-# btrfs, tmpfs, ramfs, overlay, f2fs, zfs, bcachefs, jfs; and the read-only erofs and
-# squashfs. Not FAT, whose ctime Linux keeps equal to the mtime (which utime() sets),
-# exFAT, NTFS, FUSE (the daemon says what the ctime is), nor network file systems (NFS
-# and SMB clients answer stat() from attributes cached for up to a minute).
+# btrfs, tmpfs, ramfs, overlay, f2fs, zfs, bcachefs, jfs. Not FAT, whose ctime Linux
+# keeps equal to the mtime (which utime() sets), exFAT, NTFS, FUSE (the daemon says what
+# the ctime is), network file systems (NFS and SMB clients answer stat() from attributes
+# cached for up to a minute), nor the image file systems squashfs and erofs, whose only
+# timestamp is the one the image was built with (reproducible builds fix it: another
+# image mounted at the same place can show a file of another content with the same
+# inode number, size and times).
 _CTIME_KEPT = frozenset(
     (
         0xEF53,
@@ -179,8 +182,6 @@ _CTIME_KEPT = frozenset(
         0x2FC12FC1,
         0xCA451A4E,
         0x3153464A,
-        0xE0F5E1E2,
-        0x73717368,
     )
 )
 
