@@ -207,7 +207,7 @@ def _keeps_ctime(path_text: str, info: os.stat_result) -> bool:
 
 def _fs_type(fd: int) -> Optional[int]:
     """The Linux file system magic number (statfs f_type) of the file open as ``fd``."""
-    import ctypes  # (loaded already: wasmtime-py is built on it)
+    import ctypes  # (loaded already with wasmtime-py; else only a run writing a memo pays)
 
     fstatfs = getattr(ctypes.CDLL(None, use_errno=True), "fstatfs", None)
     if fstatfs is None:
