@@ -93,3 +93,26 @@ def test_a_batch_worker_refuses_a_replaced_file_the_parent_knew_by_its_memo(
         state = batch.worker_state(spec)
     assert isinstance(state, errors.ModuleError), "the worker ran the parent's code"
     assert "changed while it was in use" in str(state)
+
+
+def test_a_batch_worker_of_a_sandbox_made_from_bytes_never_describes_a_planted_file(
+    tmp_path, policy, monkeypatch
+):
+    """A sandbox made from bytes is named ``<bytes>``, and its workers rebuilt it from
+    that name as a path: a file ``<bytes>`` in the working folder (a hostile project's)
+    was described while the parent's code ran."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "<bytes>").write_bytes(module(tmp_path, DECOY, "decoy"))
+    with Sandbox(module(tmp_path, TWO, "two"), policy, backend="wasmtime") as box:
+        state = batch.worker_state(batch.worker_spec(box, "grow", False))
+        assert not isinstance(state, Exception), state
+        assert state.run(1, [2]).values == [-2], "the worker described the planted file"
+        state.close()
+
+
+def test_a_parallel_batch_of_a_sandbox_made_from_bytes_runs_those_bytes(tmp_path, policy):
+    """Its workers get the bytes themselves (no file of that name is read), and the
+    limits hold there as in the parent."""
+    with Sandbox(module(tmp_path, TWO, "two"), policy, backend="wasmtime") as box:
+        results = list(box.batch("grow", [[1], [2]], jobs=2))
+    assert [r.values for r in results] == [[2], [-2]]

@@ -23,7 +23,7 @@ import os
 import time
 from collections import deque
 from collections.abc import Iterable, Iterator
-from typing import Any, Callable, NamedTuple, Optional
+from typing import Any, Callable, NamedTuple, Optional, Union
 
 from .. import errors
 from ..errors import ExitCode
@@ -446,7 +446,7 @@ def _serial_fed(caller: Caller, numbered: Iterable, encoded: bool) -> Iterator:
 class WorkerSpec(NamedTuple):
     """Everything a worker process needs to rebuild the sandbox without recompiling."""
 
-    module: str
+    module: Union[str, bytes]  # the module's path, or the bytes a sandbox was made from
     policy: Any
     backend: str
     artifact: Optional[bytes]  # the engine's serialized module; None: compile in the worker
@@ -481,7 +481,9 @@ def worker_spec(box: Any, func: str, fresh: bool) -> WorkerSpec:
     backend = f"{box.backend_name}:{box.compiler}" if box.compiler else box.backend_name
     kind = getattr(box, "worker_kind", None)
     digest = module_digest(box)
-    return WorkerSpec(str(box.path), box.policy, backend, artifact, func, fresh, kind, digest)
+    given = getattr(box, "_given", None)  # made from bytes: not from a file of that name
+    module = given if given is not None else str(box.path)
+    return WorkerSpec(module, box.policy, backend, artifact, func, fresh, kind, digest)
 
 
 class _ChunkSizer:
@@ -823,9 +825,9 @@ def _same_module(box: Any, spec: WorkerSpec) -> None:
         return
     box.close()
     raise errors.ModuleError(
-        f"{spec.module}: the module file changed while it was in use",
+        f"{box.path}: the module file changed while it was in use",
         hint="run it again (the new file is read then)",
-        path=spec.module,
+        path=str(box.path),
     )
 
 

@@ -499,6 +499,7 @@ class Sandbox:
     _known: Any = None  # shared.Prepared of a module file the cache knows (not yet read)
     _wasm: Optional[bytes] = None
     _source: Optional[tuple] = None
+    _given: Optional[bytes] = None  # the bytes a sandbox made from bytes was given
     _functions: Optional[dict] = None  # set per sandbox by __init__ (subclasses may not)
 
     def __init__(
@@ -597,6 +598,8 @@ class Sandbox:
                 )
                 if alone:
                     self._prepared.imports_ok = True
+        if from_bytes:  # (batch workers rebuild the sandbox from them: runner.batch)
+            self._given = data if self._prepared is None else self._prepared.data
         if artifact is not None:
             from ..native import artifact as aot
 
