@@ -116,3 +116,16 @@ def test_a_parallel_batch_of_a_sandbox_made_from_bytes_runs_those_bytes(tmp_path
     with Sandbox(module(tmp_path, TWO, "two"), policy, backend="wasmtime") as box:
         results = list(box.batch("grow", [[1], [2]], jobs=2))
     assert [r.values for r in results] == [[2], [-2]]
+
+
+def test_a_parallel_batch_of_a_component_made_from_bytes_runs_those_bytes(tmp_path, monkeypatch):
+    import wasmsbx
+
+    from .component_guests import HERE
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "<bytes>").write_bytes(b"(component)")  # never read
+    with wasmsbx.Sandbox((HERE / "types.wat").read_bytes()) as box:
+        assert getattr(box, "is_component", False)
+        results = list(box.batch("add", [[1, 2], [3, 4]], jobs=2))
+    assert [r.values for r in results] == [[3], [7]]
