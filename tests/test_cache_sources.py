@@ -42,9 +42,9 @@ def reads(monkeypatch) -> list:
     calls: list = []
     real = sandbox_mod.read_file
 
-    def spy(path):
+    def spy(path, *args, **kw):
         calls.append(str(path))
-        return real(path)
+        return real(path, *args, **kw)
 
     monkeypatch.setattr(sandbox_mod, "read_file", spy)
     return calls
@@ -299,4 +299,71 @@ def test_the_margin_counts_from_the_read_not_from_the_memo(tmp_path, monkeypatch
     monkeypatch.setattr(located, "time", SimpleNamespace(time=lambda: later))
     module, policy = binary(tmp_path), make_policy()
     assert fresh(module, policy).cache_state == "miss"
+    assert not memo_path(tmp_path, module).exists()
+
+
+def test_a_folder_swapped_during_the_read_cannot_bind_one_file_to_anothers_module(
+    tmp_path, monkeypatch
+):
+    """``proj/m.wasm`` with ``proj`` a link the module's owner flips to another folder
+    while the file is read, and back: stat() before and after the read names the same
+    file, whose bytes were not the ones read. The memo must describe the file the bytes
+    came from, or every later run of the first file runs the other's code (red team,
+    round 6: audit one file, run another)."""
+    (tmp_path / "d1").mkdir()
+    (tmp_path / "d2").mkdir()
+    binary(tmp_path / "d1", k=7)
+    binary(tmp_path / "d2", k=8)
+    proj = tmp_path / "proj"
+    proj.symlink_to(tmp_path / "d1")
+
+    def point(target: str) -> None:
+        (tmp_path / "next").symlink_to(tmp_path / target)
+        os.replace(tmp_path / "next", proj)
+
+    real = sandbox_mod.read_file
+
+    def racing(path, *args, **kw):
+        point("d2")
+        try:
+            return real(path, *args, **kw)
+        finally:
+            point("d1")
+
+    policy, module = make_policy(), proj / "m.wasm"
+    monkeypatch.setattr(sandbox_mod, "read_file", racing)
+    assert fresh(module, policy)["k"]() == 8  # (what was read)
+    monkeypatch.setattr(sandbox_mod, "read_file", real)
+    assert fresh(module, policy)["k"]() == 7, "the memo bound d1/m.wasm to d2's module"
+
+
+def _fat(info: os.stat_result) -> os.stat_result:
+    """``info`` as Linux reports a FAT file's: its ctime is its mtime."""
+    fields = {n: getattr(info, n) for n in dir(info) if n.startswith("st_")}
+    fields.update(st_ctime=info.st_mtime, st_ctime_ns=info.st_mtime_ns)
+    sequence = list(info[:])
+    sequence[9] = int(info.st_mtime)
+    return os.stat_result(sequence, fields)
+
+
+# vfat; squashfs, whose one timestamp is the image's; FUSE; NFS
+@pytest.mark.parametrize("magic", [0x4D44, 0x73717368, 0x65735546, 0x6969])
+def test_no_memo_where_the_file_system_lets_the_ctime_be_set_back(tmp_path, monkeypatch, magic):
+    """Linux keeps a FAT file's ctime equal to its mtime (fs/fat: "ctime updates are
+    ignored"), which utime() sets: an edit in place with the mtime put back keeps the
+    whole identity, and a memo would run the module the file held before (red team,
+    round 6). Memos are written only on file systems whose ctime no unprivileged
+    process can set (ext4, xfs, btrfs, tmpfs, ...)."""
+    real_stat, real_fstat = os.stat, os.fstat
+    monkeypatch.setattr(os, "stat", lambda *a, **kw: _fat(real_stat(*a, **kw)))
+    monkeypatch.setattr(os, "fstat", lambda fd: _fat(real_fstat(fd)))
+    monkeypatch.setattr(located, "_fs_type", lambda fd: magic, raising=False)
+    module, policy = binary(tmp_path, k=7), make_policy()
+    stamp = module.stat()
+    fresh(module, policy)
+    assert fresh(module, policy)["k"]() == 7
+    module.write_bytes(read_module_text(tmp_path, k=8))
+    os.utime(module, ns=(stamp.st_atime_ns, stamp.st_mtime_ns))
+    assert module.stat() == stamp, "(not the identity the memo would hold)"
+    assert fresh(module, policy)["k"]() == 8, "a FAT file edited in place ran its old code"
     assert not memo_path(tmp_path, module).exists()

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import stat
-from typing import Callable, Union
+from typing import Any, Callable, Optional, Union
 
 # One place for the caps, so a policy key can replace a default later.
 MODULE_MAX_BYTES = 256 * 1024 * 1024  # modules (.wasm/.wat): PyPI's python.wasm is 99 MB
@@ -38,30 +38,44 @@ def _human(n: int) -> str:
     return format_size(n)
 
 
-def read_capped(path, limit: Union[int, Callable[[bytes], int]]) -> bytes:
+def read_capped(
+    path, limit: Union[int, Callable[[bytes], int]], seen: Optional[list] = None
+) -> bytes:
     """The bytes of ``path``, at most ``limit`` of them; :class:`TooLarge` beyond that.
 
     ``limit`` may be a function of the first 16 bytes (a module and an artifact given in
-    the same place have different caps). OSError as ``open`` raises it."""
+    the same place have different caps). OSError as ``open`` raises it. ``seen``: gets
+    the fstat() of the file read, as opened and after the read (the file the bytes came
+    from, whatever its path names before or after: native.located)."""
     with open(path, "rb") as handle:
         info = os.fstat(handle.fileno())
-        if stat.S_ISDIR(info.st_mode):
-            raise IsADirectoryError(21, "Is a directory", str(path))
-        head = handle.read(16) if callable(limit) else b""
-        cap = limit(head) if callable(limit) else limit
-        if stat.S_ISREG(info.st_mode) and info.st_size > cap:
-            raise TooLarge(info.st_size, cap)
-        if stat.S_ISREG(info.st_mode):
-            # One read of the whole file, and a byte more to see whether it grew: no
-            # chunks to join, so a module is copied once (a 0.9 MB one twice cost 0.5 ms).
-            handle.seek(0)
-            data = handle.read(info.st_size + 1)
-            if data[: len(head)] != head:  # changed meanwhile: the head the cap is for
-                data = head + data[len(head) :]
-            if len(data) <= info.st_size:
-                return data
-            return _read_upto(handle.read, data, cap)
-        return _read_upto(handle.read, head, cap)
+        if seen is not None:
+            seen.append(info)
+            data = _read_open(handle, info, limit, path)
+            seen.append(os.fstat(handle.fileno()))
+            return data
+        return _read_open(handle, info, limit, path)
+
+
+def _read_open(handle: Any, info: os.stat_result, limit: Any, path: Any) -> bytes:
+    """read_capped of the file open as ``handle`` (``info``: its fstat())."""
+    if stat.S_ISDIR(info.st_mode):
+        raise IsADirectoryError(21, "Is a directory", str(path))
+    head = handle.read(16) if callable(limit) else b""
+    cap = limit(head) if callable(limit) else limit
+    if stat.S_ISREG(info.st_mode) and info.st_size > cap:
+        raise TooLarge(info.st_size, cap)
+    if stat.S_ISREG(info.st_mode):
+        # One read of the whole file, and a byte more to see whether it grew: no
+        # chunks to join, so a module is copied once (a 0.9 MB one twice cost 0.5 ms).
+        handle.seek(0)
+        data = handle.read(info.st_size + 1)
+        if data[: len(head)] != head:  # changed meanwhile: the head the cap is for
+            data = head + data[len(head) :]
+        if len(data) <= info.st_size:
+            return data
+        return _read_upto(handle.read, data, cap)
+    return _read_upto(handle.read, head, cap)
 
 
 def _read_upto(read: Callable[[int], bytes], head: bytes, limit: int) -> bytes:

@@ -192,6 +192,8 @@ class ComponentSandbox(Sandbox):
         self.policy = check_stdio(self.policy, [self.path, artifact])
         started = time.perf_counter()
         data = bytes(module) if from_bytes else read_file(self.path)
+        if from_bytes:  # (batch workers rebuild the sandbox from them: runner.batch)
+            self._given = data
         from ..backends.compiling import check_size
 
         check_size(len(data), self.policy.values["limits.module_size"], self.path.name)

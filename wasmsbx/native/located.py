@@ -21,7 +21,11 @@ compile of some module. A write, a truncation, a rename or copy over the file (e
 that restores its mtime) sets its ctime to the current time, which no unprivileged
 process can set back; memos are written only for files last changed ``MARGIN``
 seconds before, so a change in the same timestamp tick (file systems count in ticks of
-up to 2 s) cannot keep the ctime a memo holds. Not covered: a process with a writable
+up to 2 s) cannot keep the ctime a memo holds; and on Linux only on file systems where
+that is so (``_CTIME_KEPT``: not FAT, whose ctime follows the mtime, nor FUSE or network
+file systems). The identity is the open file's (fstat), before and after the read: a
+folder on the path swapped for the read and back cannot bind one file to another's
+module. Not covered: a process with a writable
 shared mapping of the file changes bytes without moving ctime again until the page is
 written back; the run then uses the entry of what the file held when the memo was made,
 an authentic compile of bytes that process could have left in the file anyway.
@@ -31,6 +35,7 @@ from __future__ import annotations
 
 import os
 import stat
+import sys
 import time
 from typing import Any, Optional
 
@@ -44,6 +49,7 @@ _DOMAIN = b"wasmsbx cache source memo 1\0"
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 _NONBLOCK = getattr(os, "O_NONBLOCK", 0)
+_NOCTTY = getattr(os, "O_NOCTTY", 0)
 _HEX = frozenset("0123456789abcdef")
 
 
@@ -124,7 +130,7 @@ def remember(
     if info.st_ctime_ns > ((time.time() if read_at is None else read_at) - MARGIN) * 1e9:
         return False
     body = _body(path_text, identity(info), digest)
-    if len(body) + TAG_SIZE > MAX_SIZE:
+    if len(body) + TAG_SIZE > MAX_SIZE or not _keeps_ctime(path_text, info):
         return False
     path = path_for(code, path_text)
     folder = os.path.dirname(path)
@@ -151,6 +157,63 @@ def remember(
             pass
         return False
     return True
+
+
+# File systems (Linux statfs f_type) where every change to a file's bytes sets its ctime
+# to the current time, and no unprivileged process can set it otherwise: ext2/3/4, xfs,
+# btrfs, tmpfs, ramfs, overlay, f2fs, zfs, bcachefs, jfs. Not FAT, whose ctime Linux
+# keeps equal to the mtime (which utime() sets), exFAT, NTFS, FUSE (the daemon says what
+# the ctime is), network file systems (NFS and SMB clients answer stat() from attributes
+# cached for up to a minute), nor the image file systems squashfs and erofs, whose only
+# timestamp is the one the image was built with (reproducible builds fix it: another
+# image mounted at the same place can show a file of another content with the same
+# inode number, size and times).
+_CTIME_KEPT = frozenset(
+    (
+        0xEF53,
+        0x58465342,
+        0x9123683E,
+        0x01021994,
+        0x858458F6,
+        0x794C7630,
+        0xF2F52010,
+        0x2FC12FC1,
+        0xCA451A4E,
+        0x3153464A,
+    )
+)
+
+
+def _keeps_ctime(path_text: str, info: os.stat_result) -> bool:
+    """Whether the file ``info`` describes (still at ``path_text``, unchanged) lies on a
+    file system whose ctime a memo can trust (_CTIME_KEPT). Elsewhere than on Linux, the
+    file system is not asked (see README, "Source memos")."""
+    if not sys.platform.startswith("linux"):
+        return True
+    try:
+        fd = os.open(path_text, os.O_RDONLY | _CLOEXEC | _NONBLOCK | _NOCTTY)
+    except OSError:
+        return False
+    try:
+        # the file the memo is for, not what the path names now
+        return identity(os.fstat(fd)) == identity(info) and _fs_type(fd) in _CTIME_KEPT
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+
+
+def _fs_type(fd: int) -> Optional[int]:
+    """The Linux file system magic number (statfs f_type) of the file open as ``fd``."""
+    import ctypes  # (loaded already with wasmtime-py; else only a run writing a memo pays)
+
+    fstatfs = getattr(ctypes.CDLL(None, use_errno=True), "fstatfs", None)
+    if fstatfs is None:
+        return None
+    buffer = ctypes.create_string_buffer(256)  # struct statfs is 120 bytes on 64-bit Linux
+    if fstatfs(fd, buffer) != 0:
+        return None
+    return ctypes.c_long.from_buffer(buffer).value & 0xFFFFFFFF  # f_type comes first
 
 
 def digest_of(data: bytes) -> Optional[str]:

@@ -23,7 +23,7 @@ import os
 import time
 from collections import deque
 from collections.abc import Iterable, Iterator
-from typing import Any, Callable, NamedTuple, Optional
+from typing import Any, Callable, NamedTuple, Optional, Union
 
 from .. import errors
 from ..errors import ExitCode
@@ -446,13 +446,29 @@ def _serial_fed(caller: Caller, numbered: Iterable, encoded: bool) -> Iterator:
 class WorkerSpec(NamedTuple):
     """Everything a worker process needs to rebuild the sandbox without recompiling."""
 
-    module: str
+    module: Union[str, bytes]  # the module's path, or the bytes a sandbox was made from
     policy: Any
     backend: str
     artifact: Optional[bytes]  # the engine's serialized module; None: compile in the worker
     func: str
     fresh: bool
     kind: Any = None  # the sandbox class to rebuild (ComponentSandbox); None: a core Sandbox
+    digest: Optional[str] = None  # BLAKE3 of the binary the parent compiled (module_digest)
+
+
+def module_digest(box: Any) -> Optional[str]:
+    """BLAKE3 of the binary ``box`` was made from (a module file the cache knows is not
+    read for it: its digest is the authentic memo's); None for a standalone artifact,
+    which a worker authenticates on its own."""
+    for prepared in (getattr(box, "_known", None), getattr(box, "_prepared", None)):
+        if prepared is not None and prepared.digest:
+            return prepared.digest
+    wasm = box.wasm
+    if wasm is None:
+        return None
+    from ..native.artifact import digest
+
+    return digest(wasm)
 
 
 def worker_spec(box: Any, func: str, fresh: bool) -> WorkerSpec:
@@ -464,7 +480,10 @@ def worker_spec(box: Any, func: str, fresh: bool) -> WorkerSpec:
         artifact = None
     backend = f"{box.backend_name}:{box.compiler}" if box.compiler else box.backend_name
     kind = getattr(box, "worker_kind", None)
-    return WorkerSpec(str(box.path), box.policy, backend, artifact, func, fresh, kind)
+    digest = module_digest(box)
+    given = getattr(box, "_given", None)  # made from bytes: not from a file of that name
+    module = given if given is not None else str(box.path)
+    return WorkerSpec(module, box.policy, backend, artifact, func, fresh, kind, digest)
 
 
 class _ChunkSizer:
@@ -783,15 +802,33 @@ def _worker_box(spec: WorkerSpec) -> Any:
     base: Any = spec.kind or Sandbox
     native = None if spec.artifact is None else unseal(spec.artifact)
     if native is None:
-        return base(spec.module, spec.policy, backend=spec.backend, use_cache=True)
+        box = base(spec.module, spec.policy, backend=spec.backend, use_cache=True)
+    else:
 
-    class Precompiled(base):
-        def _compile(self, use_cache: bool) -> Any:
-            return self.engine.deserialize(native)
+        class Precompiled(base):
+            def _compile(self, use_cache: bool) -> Any:
+                return self.engine.deserialize(native)
 
-    box = Precompiled(spec.module, spec.policy, backend=spec.backend, use_cache=False)
-    box.cache_state = "precompiled"
+        box = Precompiled(spec.module, spec.policy, backend=spec.backend, use_cache=False)
+        box.cache_state = "precompiled"
+    _same_module(box, spec)
     return box
+
+
+def _same_module(box: Any, spec: WorkerSpec) -> None:
+    """The worker read the module file again: it must hold what the parent compiled.
+    Else the worker would describe one module (the memories and tables the limits that
+    are totals are planned from, its exports) and run the other's native code (red
+    team, round 6: a file replaced after the parent compiled let two memories each take
+    all of limits.memory)."""
+    if spec.digest is None or module_digest(box) == spec.digest:
+        return
+    box.close()
+    raise errors.ModuleError(
+        f"{box.path}: the module file changed while it was in use",
+        hint="run it again (the new file is read then)",
+        path=str(box.path),
+    )
 
 
 # ---------------------------------------------------------------------------- JSONL files

@@ -505,6 +505,7 @@ class Sandbox:
     _known: Any = None  # shared.Prepared of a module file the cache knows (not yet read)
     _wasm: Optional[bytes] = None
     _source: Optional[tuple] = None
+    _given: Optional[bytes] = None  # the bytes a sandbox made from bytes was given
     _functions: Optional[dict] = None  # set per sandbox by __init__ (subclasses may not)
 
     def __init__(
@@ -603,6 +604,8 @@ class Sandbox:
                 )
                 if alone:
                     self._prepared.imports_ok = True
+        if from_bytes:  # (batch workers rebuild the sandbox from them: runner.batch)
+            self._given = data if self._prepared is None else self._prepared.data
         if artifact is not None:
             from ..native import artifact as aot
 
@@ -696,19 +699,21 @@ class Sandbox:
         read (for its source memo, native.located), if it did not change meanwhile."""
         if not remember:
             return read_file(self.path)
-        started = time.time()  # (before the stat: a change after it moves the ctime)
+        started = time.time()  # (before the open: a change after it moves the ctime)
         try:
             text = _absolute(self.path)
-            before = os.stat(text)
         except (OSError, ValueError):
             return read_file(self.path)
-        data = read_file(self.path)
-        try:
-            after = os.stat(text)
-        except OSError:
+        # The file the bytes came from, as opened and after the read: not what the path
+        # names before and after (a folder on the way can be swapped for the read and
+        # back, binding one file's identity to another's module).
+        seen: list = []
+        data = read_file(self.path, seen=seen)
+        if len(seen) != 2:
             return data
         from ..native.located import identity
 
+        before, after = seen
         same = identity(before) == identity(after) and after.st_size == len(data)
         if stat.S_ISREG(after.st_mode) and same:
             self._source = (text, after, started)

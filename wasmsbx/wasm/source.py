@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Union
+from typing import Optional, Union
 
 from .. import errors
 from ..inputs import TooLarge, read_capped  # (light; every module read goes through it)
@@ -26,10 +26,11 @@ def read_module(path: Union[str, os.PathLike]) -> bytes:
     return module_bytes(read_file(path), path)
 
 
-def read_file(path: Path) -> bytes:
-    """A module or artifact file, read with a cap (a device that never ends is refused)."""
+def read_file(path: Path, seen: Optional[list] = None) -> bytes:
+    """A module or artifact file, read with a cap (a device that never ends is refused);
+    ``seen``: see inputs.read_capped."""
     try:
-        data = read_capped(path, _size_cap)
+        data = read_capped(path, _size_cap, seen)
     except errors.ModuleError as exc:  # from _size_cap: the path belongs in the message
         raise errors.ModuleError(f"{path}: {exc.message}", hint=exc.hint, path=str(path)) from None
     except TooLarge as exc:
