@@ -41,6 +41,8 @@ from typing import Any, Optional
 
 from blake3 import blake3  # (imported with native.cache anyway; used on every cold start)
 
+from .recorded import read_small
+
 SUFFIX = ".src"
 TAG_SIZE = 32
 MAX_SIZE = 8192  # a path of PATH_MAX bytes, the identity and the tag fit
@@ -78,20 +80,8 @@ def recall(code: Any, path_text: str, info: os.stat_result, key: Optional[bytes]
     error)."""
     if key is None:
         return None
-    try:
-        fd = os.open(path_for(code, path_text), os.O_RDONLY | _NOFOLLOW | _CLOEXEC | _NONBLOCK)
-    except OSError:
-        return None
-    try:
-        found = os.fstat(fd)
-        if not stat.S_ISREG(found.st_mode) or not TAG_SIZE < found.st_size <= MAX_SIZE:
-            return None
-        data = os.read(fd, MAX_SIZE + 1)  # a private copy: what is checked is used
-    except OSError:
-        return None
-    finally:
-        os.close(fd)
-    if not TAG_SIZE < len(data) <= MAX_SIZE:
+    data = read_small(path_for(code, path_text), MAX_SIZE)
+    if data is None:
         return None
     from .artifact import _equal
 

@@ -123,25 +123,34 @@ def _tag(key: bytes, digest: str, body: bytes) -> bytes:
     return blake3(head + body, key=key).digest()
 
 
+def read_small(path: str, max_size: int) -> Optional[bytes]:
+    """The bytes of the regular file at ``path`` (more than a tag's, at most
+    ``max_size``), read once into private memory (what is checked is what is used), never
+    through a link, never blocking on a FIFO; None otherwise (never an error). Records
+    and source memos (native.located) are read this way."""
+    try:
+        fd = os.open(path, os.O_RDONLY | _NOFOLLOW | _CLOEXEC | _NONBLOCK)
+    except OSError:
+        return None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or not TAG_SIZE < info.st_size <= max_size:
+            return None
+        data = os.read(fd, info.st_size + 1)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    return data if TAG_SIZE < len(data) <= max_size else None
+
+
 def recall(code: Any, digest: str, key: Optional[bytes]) -> Optional[RunFacts]:
     """The facts recorded for the module of ``digest`` in the cache's code folder
     ``code``, if a record is there and authentic; None otherwise (never an error)."""
     if key is None or not is_digest(digest):
         return None
-    try:
-        fd = os.open(path_for(code, digest), os.O_RDONLY | _NOFOLLOW | _CLOEXEC | _NONBLOCK)
-    except OSError:
-        return None
-    try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode) or not TAG_SIZE < info.st_size <= MAX_SIZE:
-            return None
-        data = os.read(fd, info.st_size + 1)  # a private copy: what is checked is used
-    except OSError:
-        return None
-    finally:
-        os.close(fd)
-    if not TAG_SIZE < len(data) <= MAX_SIZE:
+    data = read_small(path_for(code, digest), MAX_SIZE)
+    if data is None:
         return None
     from .artifact import _equal
 
