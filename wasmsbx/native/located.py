@@ -41,7 +41,7 @@ from typing import Any, Optional
 
 from blake3 import blake3  # (imported with native.cache anyway; used on every cold start)
 
-from .recorded import read_small
+from .recorded import read_small, write_small
 
 SUFFIX = ".src"
 TAG_SIZE = 32
@@ -123,30 +123,7 @@ def remember(
     if len(body) + TAG_SIZE > MAX_SIZE or not _keeps_ctime(path_text, info):
         return False
     path = path_for(code, path_text)
-    folder = os.path.dirname(path)
-    tmp = f"{path[: -len(SUFFIX)]}.{os.getpid()}.{os.urandom(4).hex()}.tmp"
-    tmp = os.path.join(folder, "." + os.path.basename(tmp))
-    try:
-        for each in (os.path.dirname(folder), folder):
-            try:
-                os.mkdir(each, 0o700)
-            except FileExistsError:
-                pass
-            if not stat.S_ISDIR(os.lstat(each).st_mode):  # a link planted in the cache
-                return False
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW | _CLOEXEC, 0o600)
-        try:
-            os.write(fd, body + _tag(key, body))
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    except OSError:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        return False
-    return True
+    return write_small(path, body + _tag(key, body), os.path.basename(path)[: -len(SUFFIX)])
 
 
 # File systems (Linux statfs f_type) where every change to a file's bytes sets its ctime

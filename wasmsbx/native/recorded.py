@@ -171,9 +171,16 @@ def remember(code: Any, digest: str, facts: RunFacts, key: Optional[bytes]) -> N
     body = marshal.dumps(_encode(facts, digest), 4)
     if len(body) + TAG_SIZE > MAX_SIZE:
         return
-    path = path_for(code, digest)
+    write_small(path_for(code, digest), body + _tag(key, digest, body), digest[:16])
+
+
+def write_small(path: str, data: bytes, stem: str) -> bool:
+    """Write ``data`` as the file ``path`` in a two-level folder of the cache's code
+    folder: a new file (``.STEM.PID.RANDOM.tmp``, mode 0600) renamed into place, the
+    folders made private if missing and refused if a link was planted for one. Whether
+    it was written (failures are ignored: records and memos only save time)."""
     folder = os.path.dirname(path)
-    tmp = os.path.join(folder, f".{digest[:16]}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
+    tmp = os.path.join(folder, f".{stem}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
     try:
         for each in (os.path.dirname(folder), folder):
             try:
@@ -181,10 +188,10 @@ def remember(code: Any, digest: str, facts: RunFacts, key: Optional[bytes]) -> N
             except FileExistsError:
                 pass
             if not stat.S_ISDIR(os.lstat(each).st_mode):  # a link planted in the cache
-                return
+                return False
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW | _CLOEXEC, 0o600)
         try:
-            os.write(fd, body + _tag(key, digest, body))
+            os.write(fd, data)
         finally:
             os.close(fd)
         os.replace(tmp, path)
@@ -193,6 +200,8 @@ def remember(code: Any, digest: str, facts: RunFacts, key: Optional[bytes]) -> N
             os.unlink(tmp)
         except OSError:
             pass
+        return False
+    return True
 
 
 # ------------------------------------------------------------------------- the record
