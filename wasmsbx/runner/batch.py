@@ -460,9 +460,9 @@ def module_digest(box: Any) -> Optional[str]:
     """BLAKE3 of the binary ``box`` was made from (a module file the cache knows is not
     read for it: its digest is the authentic memo's); None for a standalone artifact,
     which a worker authenticates on its own."""
-    for prepared in (getattr(box, "_known", None), getattr(box, "_prepared", None)):
-        if prepared is not None and prepared.digest:
-            return prepared.digest
+    prepared = getattr(box, "_prepared", None)  # (a known file's too: Sandbox._known is it)
+    if prepared is not None and prepared.digest:
+        return prepared.digest
     wasm = box.wasm
     if wasm is None:
         return None
