@@ -306,6 +306,10 @@ def tag_keys(purposes: tuple, create: bool = False) -> Optional[tuple]:
         signature = _signature(os.lstat(path))
     except OSError:
         return wanted
+    if signature != seen:
+        # Replaced (rotated) or created around the read: which file was read is not
+        # known, so nothing is kept (the next call reads the key file again).
+        return wanted
     for name, key in derived.items():
         _DERIVED[(path, name)] = (signature, key)
     return wanted
