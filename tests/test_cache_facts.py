@@ -391,3 +391,67 @@ def test_an_authentic_record_of_the_wrong_shape_is_ignored(tmp_path, body):
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(body + recorded._tag(key, digest, body))
     assert recorded.recall(tmp_path, digest, key) is None
+
+
+def test_a_record_tagged_with_a_rotated_out_key_is_ignored_in_the_same_process(tmp_path, parses):
+    """`trust rotate` between two loads of one process (red team, round 7): a record
+    tagged with the old key (which someone may have stolen: why it was rotated) is not
+    used, nor a record of another module made with it; the module is parsed and its
+    record written again with the new key."""
+    module = write(tmp_path, "cmd.wat", COMMAND)
+    policy = make_policy(runtime__cache_dir=str(tmp_path / "project-cache"))
+    new_process()
+    assert _Sandbox(module, policy, kind="command").cache_state == "miss"
+    path = record_path(module, tmp_path / "project-cache")
+    old = path.read_bytes()
+    assert reused(module, policy, parses)
+    trust.rotate()
+    path.write_bytes(old)  # the record the old key made, put back
+    new_process()
+    before = len(parses)
+    box = _Sandbox(module, policy, kind="command")
+    assert box.run_command().guest_status == 7
+    assert len(parses) == before + 1, "the old key's record was used"
+    assert path.read_bytes() != old
+    assert reused(module, policy, parses)
+
+
+def test_no_unauthenticated_byte_reaches_marshal(tmp_path, parses, monkeypatch):
+    """Bodies that would hurt marshal if it ever parsed them (deep nesting, huge sizes),
+    a format-1 (JSON) record tagged the old way with the user's own key, one tagged
+    with an attacker's key, another module's authentic record: none is given to
+    marshal.loads; each is ignored and the module parsed (red team, round 7)."""
+    import json
+    import marshal
+
+    module, policy, path = stored_record(tmp_path)
+    digest = path.name[: -len(recorded.SUFFIX)]
+    other_module = write(tmp_path, "lib.wat", LIBRARY)
+    new_process()
+    _Sandbox(other_module, policy, kind="call")
+    other = record_path(other_module, tmp_path / "cache").read_bytes()
+    loads: list = []
+    real_loads = marshal.loads
+
+    def spy(data, *args):
+        loads.append(bytes(data))
+        return real_loads(data, *args)
+
+    monkeypatch.setattr(recorded.marshal, "loads", spy)
+    head = digest.encode() + b"\0" + recorded.__version__.encode() + b"\0"
+    head += recorded._reader_stamp() + b"\0"
+    json_body = json.dumps({"format": 1, "module": digest}).encode()
+    old_tag = blake3(b"wasmsbx cache facts 1\0" + head + json_body, key=own_key()).digest()
+    deep = b"(\x01\x00\x00\x00" * 200_000 + b"N"
+    huge = b"s\xff\xff\xff\x7f" + b"x" * 64
+    planted = [
+        json_body + old_tag,
+        deep + recorded._tag(attacker_key(), digest, deep),
+        huge + recorded._tag(attacker_key(), digest, huge),
+        deep + bytes(32),
+        other,
+    ]
+    for data in planted:
+        path.write_bytes(data)
+        assert not reused(module, policy, parses)
+        assert all(loaded != data[:-32] for loaded in loads), "marshal saw planted bytes"
