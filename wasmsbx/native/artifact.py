@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import struct
 import time
+from _operator import _compare_digest  # (hmac's, without importing hmac: see _equal)
 from collections import namedtuple
 from typing import Any, NamedTuple, Optional
 
@@ -181,8 +182,6 @@ def _tag(key: bytes, data: Any, end: int) -> bytes:
 def _equal(a: bytes, b: bytes) -> bool:
     """Constant-time comparison (hmac.compare_digest, without importing hmac and so
     OpenSSL's hashlib, 2.5 ms, on the run path)."""
-    from _operator import _compare_digest
-
     return _compare_digest(a, b)
 
 

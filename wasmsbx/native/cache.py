@@ -45,6 +45,7 @@ from .. import errors
 from . import artifact as aot
 from . import entry as entry_format
 from . import located, recorded, trust
+from .trustdir import trust_dir_text, user_cache_text
 
 # Every use of this module on the run path hashes the module (BLAKE3, to find its entry),
 # asks for the user's key (trust) and, on a hit, locks the hit journal (fcntl): all are
@@ -114,10 +115,22 @@ def resolve_dir(policy: Any = None, override: Optional[str] = None) -> tuple:
         return path.absolute(), "policy"
     env = os.environ.get("WASMSBX_CACHE_DIR")
     if env:
+        if env[:1] == os.sep:  # (absolute, no ~: the same Path every time)
+            return _path_of(env), "env"
         return _expand(env, "WASMSBX_CACHE_DIR").absolute(), "env"
-    from .trustdir import user_cache_text
+    return _path_of(user_cache_text()), "default"
 
-    return Path(user_cache_text()), "default"
+
+_PATHS: dict = {}  # absolute text -> its Path: a cached load asks for the folder each time
+
+
+def _path_of(text: str) -> Path:
+    found = _PATHS.get(text)
+    if found is None:
+        if len(_PATHS) > 64:
+            _PATHS.clear()
+        found = _PATHS[text] = Path(text)
+    return found
 
 
 def prepare_dir(root: Path) -> None:
@@ -223,8 +236,6 @@ def _refuse_variables(root: Path) -> None:
 
 def _refuse_trust(root: Path) -> None:
     """The trust folder, a folder around it or one inside it is never a cache."""
-    from .trustdir import trust_dir_text
-
     # (Text, not Path.resolve(): every first load of a process checks this, and Path
     # objects cost it 0.1 ms. A symlink loop resolves to some path, which mkdir refuses.)
     keys, real = os.path.realpath(trust_dir_text()), os.path.realpath(root)
@@ -267,6 +278,9 @@ def wipe(root: Path) -> None:
 # ---------------------------------------------------------------------------- keys
 
 
+_FORMAT_TEXT = json.dumps(aot.FORMAT)
+
+
 def entry_key(module_digest: str, fingerprint: dict, fingerprint_text: str = "") -> str:
     """The cache key: the module's digest (``aot.digest``, BLAKE3) and everything that
     changes the machine code. ``fingerprint_text``: ``json.dumps(fingerprint,
@@ -278,10 +292,10 @@ def entry_key(module_digest: str, fingerprint: dict, fingerprint_text: str = "")
     # successor goes, so it is found, refused and replaced rather than left over)
     if not fingerprint_text:
         fingerprint_text = json.dumps(fingerprint, sort_keys=True)
-    text = (
-        f'{{"fingerprint": {fingerprint_text}, "format": {json.dumps(aot.FORMAT)}, '
-        f'"module": {json.dumps(module_digest)}}}'
-    )
+    digest = module_digest
+    quoted = f'"{digest}"' if recorded.is_digest(digest) else json.dumps(digest)
+    text = f'{{"fingerprint": {fingerprint_text}, "format": {_FORMAT_TEXT}, "module": {quoted}}}'
+
     return aot.digest(text.encode("utf-8"))
 
 
@@ -791,8 +805,6 @@ def _folder_state(root: Path) -> Optional[tuple]:
     swapped, chmodded, chowned, or with a name added or removed, a link planted say,
     has another inode, mode, owner, mtime or ctime), so a process that loads many
     modules checks its cache folder once, not on every load (0.2 ms each)."""
-    from .trustdir import trust_dir_text
-
     keys = trust_dir_text()
     try:
         info = os.stat(root)

@@ -40,6 +40,7 @@ from typing import Any, Callable, Optional
 
 from .._version import __version__
 from .artifact import Artifact, Corrupt, Unauthenticated, _equal, normalise
+from .trust import Authenticated, VerifiedFile
 
 FORMAT = 3  # 2: header first, never compressed (wasmsbx before 2026-12-02): refused
 MAGIC = b"\x89WSBXc3\n"
@@ -232,8 +233,6 @@ class Loaded:
         self.header, self.code, self._fds = header, code, fds
 
     def native(self) -> Any:
-        from .trust import Authenticated
-
         return Authenticated(self.code, "your key")
 
     def close(self) -> None:
@@ -391,16 +390,12 @@ def _load_fd(fd: int, key: Optional[bytes], protected: bool, memo: Optional[Memo
         if memo is not None and memo.vouches(info, tag):  # verified before, unchanged since
             header = _header(text, stored)
             if header["payload"]["encoding"] == "none":
-                from .trust import VerifiedFile
-
                 return Loaded(header, VerifiedFile(fd, stored), (fd,))
         hashed = _hash_mapped(fd, stored, key)
         if hashed is not None:  # the file as it is: only the user's processes can write it
             _check(hashed, text, tail, key, tag)
             header = _header(text, stored)
             if header["payload"]["encoding"] == "none":
-                from .trust import VerifiedFile
-
                 if memo is not None and _same(info, os.fstat(fd)):  # unchanged while hashed
                     memo.record(info, tag)
                 return Loaded(header, VerifiedFile(fd, stored), (fd,))
@@ -475,8 +470,6 @@ def _load_copy(
                     os.close(sealed)
                     sealed = None
         if sealed is not None:
-            from .trust import VerifiedFile
-
             return Loaded(header, VerifiedFile(sealed, stored), (sealed,))
         return Loaded(header, data)
     except BaseException:
@@ -505,8 +498,6 @@ def _decompressed(header: dict, sealed: Optional[int], data: Optional[bytearray]
         finally:
             if not isinstance(source, bytes):
                 source.close()
-        from .trust import VerifiedFile
-
         return Loaded(header, VerifiedFile(out, raw), (out,))
     return Loaded(header, _into_buffer(memoryview(data), raw))
 

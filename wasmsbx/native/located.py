@@ -41,7 +41,7 @@ from typing import Any, Optional
 
 from blake3 import blake3  # (imported with native.cache anyway; used on every cold start)
 
-from .recorded import read_small, write_small
+from .recorded import _equal, read_small, write_small
 
 SUFFIX = ".src"
 TAG_SIZE = 32
@@ -83,8 +83,6 @@ def recall(code: Any, path_text: str, info: os.stat_result, key: Optional[bytes]
     data = read_small(path_for(code, path_text), MAX_SIZE)
     if data is None:
         return None
-    from .artifact import _equal
-
     body, tag = data[:-TAG_SIZE], data[-TAG_SIZE:]
     if not _equal(_tag(key, body), tag):
         return None

@@ -37,6 +37,10 @@ import functools
 import marshal
 import os
 import stat
+
+# Constant-time comparison of tags (hmac.compare_digest without hmac, as artifact._equal;
+# that module is not imported here: it would bring json to every run)
+from _operator import _compare_digest as _equal
 from collections import namedtuple
 from typing import Any, Optional
 
@@ -152,8 +156,6 @@ def recall(code: Any, digest: str, key: Optional[bytes]) -> Optional[RunFacts]:
     data = read_small(path_for(code, digest), MAX_SIZE)
     if data is None:
         return None
-    from .artifact import _equal
-
     body, tag = data[:-TAG_SIZE], data[-TAG_SIZE:]
     if not _equal(_tag(key, digest, body), tag):
         return None
@@ -250,10 +252,20 @@ def _fields(values: tuple, count: int) -> tuple:
     return values
 
 
-def _decode(data: Any, digest: str) -> Optional[RunFacts]:
-    from ..backends.limits import Exported, Layout
-    from ..wasm.model import Export, FuncType, Import, Interface, Limits
+_TYPES: list = []  # the classes _decode builds, imported on its first use
 
+
+def _types() -> tuple:
+    if not _TYPES:
+        from ..backends.limits import Exported, Layout
+        from ..wasm.model import Export, FuncType, Import, Interface, Limits
+
+        _TYPES.append((Exported, Layout, Export, FuncType, Import, Interface, Limits))
+    return _TYPES[0]
+
+
+def _decode(data: Any, digest: str) -> Optional[RunFacts]:
+    Exported, Layout, Export, FuncType, Import, Interface, Limits = _types()
     if type(data) is not tuple:  # (what _encode writes; anything else is not a record)
         return None
     form, module, imports, exports, shape, exported, start = data
@@ -262,25 +274,21 @@ def _decode(data: Any, digest: str) -> Optional[RunFacts]:
     # The records are built with tuple.__new__ (a namedtuple's own __new__ is Python
     # code: half of this function's time), from tuples of exactly their fields.
     new = tuple.__new__
-    types: dict = {}  # (params, results) -> FuncType: modules repeat a few types
-
-    def functype(t: Any) -> Any:
-        if t is None:
-            return None
-        found = types.get(t)
-        if found is None:
+    types: dict = {None: None}  # (params, results) -> FuncType: modules repeat a few types
+    for t in {i[3] for i in imports}.union([e[3] for e in exports]):
+        if t is not None:
             params, results = t
-            found = types[t] = new(FuncType, (tuple(params), tuple(results)))
-        return found
-
+            types[t] = new(FuncType, (tuple(params), tuple(results)))
     imported = tuple(
-        new(
-            Import,
-            (m, n, k, functype(t), None if lim is None else new(Limits, _fields(lim, 4)), e, g, u),
-        )
-        for m, n, k, t, lim, e, g, u in imports
+        [
+            new(
+                Import,
+                (m, n, k, types[t], None if lim is None else new(Limits, _fields(lim, 4)), e, g, u),
+            )
+            for m, n, k, t, lim, e, g, u in imports
+        ]
     )
-    exported_names = tuple(new(Export, (n, k, i, functype(t))) for n, k, i, t in exports)
+    exported_names = tuple([new(Export, (n, k, i, types[t])) for n, k, i, t in exports])
     layout = None
     if shape is not None:
         layout = Layout(tuple(map(tuple, shape[0])), tuple(map(tuple, shape[1])))

@@ -11,6 +11,23 @@ import os
 import sys
 
 _MEMO: dict = {}  # (what, the variables it depends on) -> answer: asked on every cached load
+_ENVIRON = os.environ
+# os.environ's own dict of bytes (CPython, POSIX): one lookup per variable, where
+# os.environ.get is four Python calls (Mapping.get, __getitem__, encode, decode); the
+# memo keys below are read on every cached load.
+_DATA = getattr(_ENVIRON, "_data", None) if os.name == "posix" else None
+
+
+def variables(names: tuple) -> tuple:
+    """The values of the environment variables ``names`` (bytes, as os.fsencode gives
+    them) as a memo key: raw bytes, or str if os.environ was replaced (None if unset)."""
+    if _DATA is not None and os.environ is _ENVIRON:
+        return tuple(map(_DATA.get, names))
+    return tuple(os.environ.get(os.fsdecode(name)) for name in names)
+
+
+_CACHE_VARIABLES = (b"XDG_CACHE_HOME", b"HOME")
+_TRUST_VARIABLES = (b"WASMSBX_TRUST_DIR", b"XDG_CONFIG_HOME", b"HOME")
 
 
 def _home() -> str:
@@ -37,7 +54,7 @@ def user_cache_text() -> str:
     """The user's default cache folder for wasmsbx (platformdirs' ``user_cache_dir``:
     $XDG_CACHE_HOME if absolute, else ~/.cache, plus "wasmsbx" on Linux), written out
     because importing platformdirs costs every run that opens the cache several ms."""
-    env = (os.environ.get("XDG_CACHE_HOME"), os.environ.get("HOME"))
+    env = variables(_CACHE_VARIABLES)
     known = _MEMO.get(("cache", env))
     if known is not None:
         return known
@@ -55,7 +72,7 @@ def trust_dir_text() -> str:
     """The trust folder as text (Path objects cost the cached load tens of µs). On
     Linux the user config dir is platformdirs' rule ($XDG_CONFIG_HOME if absolute, else
     ~/.config), written out because importing platformdirs costs a run several ms."""
-    env = tuple(map(os.environ.get, ("WASMSBX_TRUST_DIR", "XDG_CONFIG_HOME", "HOME")))
+    env = variables(_TRUST_VARIABLES)
     known = _MEMO.get(("trust", env))
     if known is None:
         known = _MEMO[("trust", env)] = _trust_dir_text()

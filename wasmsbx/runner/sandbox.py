@@ -214,7 +214,10 @@ def check_interface(
         except FactsError:
             return  # the runtime gives the precise error when it compiles
     if provided is not all and interface.imports and not imports_checked:
-        _check_imports([i for i in interface.imports if (i.module, i.name) not in provided])
+        imports = interface.imports
+        if provided:
+            imports = [i for i in imports if (i.module, i.name) not in provided]
+        _check_imports(imports)
     if kind != "command" and function is None:
         return  # nothing else to check (a sandbox per tenant stops here)
     if kind == "command" and any(
@@ -242,8 +245,16 @@ def check_interface(
 
 def _check_imports(imports: Sequence[Any]) -> None:
     """LinkError naming each import the sandbox cannot provide, by its kind."""
-    from ..wasm import wasi
-
+    wasi = _WASI or _import_wasi()
+    provided, preview1 = wasi.PROVIDED, wasi.PREVIEW1
+    try:  # (the common case, on every sandbox: each import one set lookup)
+        imports = [
+            i
+            for i in imports
+            if not (i.kind == "func" and i.module == preview1 and (i.name, i.type) in provided)
+        ]
+    except TypeError:  # (a type with lists: the loop below compares them as tuples)
+        pass
     missing: list = []
     names: list = []
     for imp in imports:
@@ -277,6 +288,17 @@ def _check_imports(imports: Sequence[Any]) -> None:
             "rebuild the module without these imports",
             imports=names,
         )
+
+
+_WASI: Any = None  # wasm.wasi, imported when a module's imports are first checked
+
+
+def _import_wasi() -> Any:
+    global _WASI
+    from ..wasm import wasi
+
+    _WASI = wasi
+    return wasi
 
 
 def _printable(text: str) -> str:
@@ -456,6 +478,17 @@ def _read_known(path_text: str, digest: str) -> bytes:
             path=path_text,
         )
     return data
+
+
+_CACHE: Any = None  # native.cache, imported when a sandbox first uses the cache
+
+
+def _import_cache() -> Any:
+    global _CACHE
+    from ..native import cache
+
+    _CACHE = cache
+    return cache
 
 
 def _absolute(path: Path) -> str:
@@ -678,15 +711,12 @@ class Sandbox:
             return None
         if info.st_size < self.policy.values["runtime.cache_min_size"]:
             return None
-        from ..native.located import identity
-
-        ident = identity(info)
+        cache = _CACHE or _import_cache()
+        ident = cache.located.identity(info)
         found = shared.by_file(text, ident)
         if found is not None:
             return found
-        from ..native.cache import known_file
-
-        got = known_file(self.policy, self.cache_dir, text, info)
+        got = cache.known_file(self.policy, self.cache_dir, text, info)
         if got is None:
             return None
         digest, facts, self._store = got
@@ -777,8 +807,8 @@ class Sandbox:
     def _remember(self, prepared: Any) -> None:
         """Record what a run needs to know of the module in the cache, for the next
         process (native.recorded), unless it is recorded there already."""
-        from ..native import cache, recorded
-
+        cache = _CACHE or _import_cache()
+        recorded = cache.recorded
         if self._source is not None and prepared.digest and prepared.data is prepared.wasm:
             if prepared.wasm[:4] == b"\0asm":  # a binary module as the file holds it
                 text, info, read_at = self._source
@@ -809,11 +839,10 @@ class Sandbox:
                 if module is not None:  # loaded or compiled in this process already
                     self.cache_state = "memory"
                     return module
-            from ..native.cache import load_or_compile
-
+            cache = _CACHE or _import_cache()
             prepared_here = getattr(self, "_prepared", None)  # None for a component
             known = self._known
-            outcome = load_or_compile(
+            outcome = cache.load_or_compile(
                 self.engine,
                 (lambda: known.wasm) if known is not None else self.wasm,
                 self.policy,

@@ -125,6 +125,9 @@ FUNCTIONS: tuple = (
 del I
 
 BY_NAME = {f.name: f for f in FUNCTIONS}
+# (name, (params, results)) of each function: an import of the preview1 module that is
+# one of these is provided (one set lookup per import, on every sandbox of a module)
+PROVIDED = frozenset((f.name, (f.params, f.results)) for f in FUNCTIONS)
 
 
 def is_wasi_module(module: str) -> bool:

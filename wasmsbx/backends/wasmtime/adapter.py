@@ -76,6 +76,15 @@ class WasmtimeBackend(Backend):
         """The process's engine for these options: one per engine configuration, shared
         by every sandbox whose policy implies it (an engine costs ~3 ms and a thread
         pool to build; sandboxes keep their own limits in their own stores)."""
-        from .backend import engine_for
+        return (_ENGINE_FOR or _import_engine_for())(options)
 
-        return engine_for(options)
+
+_ENGINE_FOR: Any = None  # backend.engine_for, imported when the first engine is asked for
+
+
+def _import_engine_for() -> Any:
+    global _ENGINE_FOR
+    from .backend import engine_for
+
+    _ENGINE_FOR = engine_for
+    return engine_for

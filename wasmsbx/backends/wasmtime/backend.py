@@ -1139,11 +1139,10 @@ class WasmtimeEngine(Engine):
 
     def deserialize(self, native: Any) -> Any:
         """Load native code that passed authentication (a ``trust.Authenticated``)."""
-        from ...native.trust import require
-
-        data = require(native)
+        trust = _TRUST or _import_trust()
+        data = trust.require(native)
         try:
-            if isinstance(getattr(data, "path", None), str):  # a trust.VerifiedFile: mapped
+            if type(data) is trust.VerifiedFile:  # mapped where it is
                 return wasmtime.Module.deserialize_file(self.engine, data.path)
             return _deserialize(self.engine, data)
         except wasmtime.WasmtimeError as exc:
@@ -1270,6 +1269,17 @@ def _deserialize(engine: Any, data: Any) -> Any:
     if error:
         raise wasmtime.WasmtimeError._from_ptr(error)
     return from_ptr(ptr)
+
+
+_TRUST: Any = None  # native.trust, imported on the first load of native code
+
+
+def _import_trust() -> Any:
+    global _TRUST
+    from ...native import trust
+
+    _TRUST = trust
+    return trust
 
 
 def _first_line(exc: Exception) -> str:
