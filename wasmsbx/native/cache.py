@@ -502,11 +502,11 @@ class Store:
         except OSError:  # ELOOP: a link; the hit goes uncounted (statistics only)
             return
         try:
-            _flock(fd)
-            if os.fstat(fd).st_size > HITS_MAX:
-                return
-            os.write(fd, line)
+            _flock(fd)  # (so the journal's size is the one seen before this write)
             size = os.fstat(fd).st_size
+            if size > HITS_MAX:
+                return
+            size += os.write(fd, line)
         finally:
             os.close(fd)  # releases the lock
         if size // HITS_FOLD_SIZE > (size - len(line)) // HITS_FOLD_SIZE:
@@ -799,6 +799,20 @@ def _shared_store_at(root: Path, policy: Any) -> Store:
     return opened
 
 
+def _existing_store(root: Path, policy: Any) -> Optional[Store]:
+    """The shared store of ``root`` if a cache is there (``exists``), else None: looking
+    in the cache never creates one. A store this process opened, whose folder is as it
+    was (``_folder_state``: a database or code folder removed would change its mtime),
+    is not looked for again."""
+    store = _SHARED.get(root)
+    if store is not None and store.checked is not None and _folder_state(root) == store.checked:
+        store.size_limit = policy.values["runtime.cache_size"]
+        return store
+    if not exists(root):
+        return None
+    return _shared_store_at(root, policy)
+
+
 def _folder_state(root: Path) -> Optional[tuple]:
     """What stat() says of the cache folder (and where the trust folder is), after
     ``prepare_dir`` passed: while it says the same, the checks hold still (a folder
@@ -873,9 +887,9 @@ def module_facts(policy: Any, cache_dir: Optional[str], wasm: bytes) -> tuple:
     digest = aot.digest(wasm)
     store, facts = None, None
     try:
-        root = resolve_dir(policy, cache_dir)[0]
-        if exists(root):  # (a run refused before it compiles leaves no cache behind)
-            store = _shared_store_at(root, policy)
+        # (a run refused before it compiles leaves no cache behind)
+        store = _existing_store(resolve_dir(policy, cache_dir)[0], policy)
+        if store is not None:
             facts = recorded.recall(store.code_text, digest, _facts_key())
     except cache_errors():
         facts = None
@@ -895,10 +909,9 @@ def known_file(policy: Any, cache_dir: Optional[str], path_text: str, info: Any)
     and the module's facts record is authentic; else None (never an error: the file is
     then read and hashed as always)."""
     try:
-        root = resolve_dir(policy, cache_dir)[0]
-        if not exists(root):
+        store = _existing_store(resolve_dir(policy, cache_dir)[0], policy)
+        if store is None:
             return None
-        store = _shared_store_at(root, policy)
         code = store.code_text
         try:
             keys = trust.tag_keys(("cache-source", "cache-facts"))

@@ -570,6 +570,8 @@ class Sandbox:
         from_bytes = isinstance(module, (bytes, bytearray, memoryview))
         if from_bytes:
             self.path = Path(name) if name else _BYTES_PATH
+        elif type(module) is str:  # (its Path is made when asked for: see path)
+            self._path_text = module
         else:
             self.path = Path(module)  # type: ignore[arg-type]
         self.deadline = deadline
@@ -579,7 +581,7 @@ class Sandbox:
         self.warnings: list = []  # cache and artifact problems worked around
         self.progress = progress  # label -> context manager shown around long compiles
         self.cache_dir = cache_dir
-        self.policy = check_stdio(self.policy, [self.path, artifact])
+        self.policy = check_stdio(self.policy, [self._path_text or self.path, artifact])
         started = time.perf_counter()
         cache_wanted = self.policy.values["runtime.cache"] if use_cache is None else use_cache
         self._source: Optional[tuple] = None  # (path, stat, time) of the read, for its memo
@@ -597,7 +599,7 @@ class Sandbox:
         else:
             data = bytes(module) if from_bytes else self._read(cache_wanted and not artifact)
             size = len(data)
-        check_size(size, self.policy.values["limits.module_size"], self.path.name)
+        check_size(size, self.policy.values["limits.module_size"], self._name)
         self.artifact = None
         self.wasm = None
         if data is not None and data[:1] == ARTIFACT_FIRST_BYTE and artifact is None:
@@ -627,7 +629,7 @@ class Sandbox:
                 alone = provided == frozenset()  # WASI only: the same answer every time
                 check_interface(
                     b"",  # (unread: the interface is given)
-                    self.path.name,
+                    self._name,
                     kind,
                     function,
                     args,
@@ -677,6 +679,19 @@ class Sandbox:
         self._callers: dict = {}  # export name -> (instance, its caller or None): call()
         self._functions: dict = {}  # export name -> Function (box["f"], box.exports.f)
 
+    _path_text: Optional[str] = None  # the module's path as given, if a str
+
+    @functools.cached_property
+    def path(self) -> Path:
+        """The module's path (for bytes: ``name``, or ``<bytes>``)."""
+        return Path(self._path_text)  # (assigned in __init__ unless given as a str)
+
+    @property
+    def _name(self) -> str:
+        """The module's file name, for messages and cache records (``path.name``)."""
+        text = self._path_text
+        return self.path.name if text is None else os.path.basename(text.rstrip(os.sep))
+
     def __enter__(self) -> Sandbox:
         return self
 
@@ -703,7 +718,7 @@ class Sandbox:
         """A shared.Prepared for ``self.path`` without reading it, if the cache knows
         the file as it is now (native.located); else None."""
         try:
-            text = _absolute(self.path)
+            text = _absolute(self._path_text or self.path)
             info = os.stat(text)
         except (OSError, ValueError):
             return None
@@ -731,7 +746,7 @@ class Sandbox:
             return read_file(self.path)
         started = time.time()  # (before the open: a change after it moves the ctime)
         try:
-            text = _absolute(self.path)
+            text = _absolute(self._path_text or self.path)
         except (OSError, ValueError):
             return read_file(self.path)
         # The file the bytes came from, as opened and after the read: not what the path
@@ -846,7 +861,7 @@ class Sandbox:
                 self.engine,
                 (lambda: known.wasm) if known is not None else self.wasm,
                 self.policy,
-                self.path.name,
+                self._name,
                 self._compile_now,
                 self.cache_dir,
                 getattr(prepared_here, "digest", None),
