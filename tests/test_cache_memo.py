@@ -143,19 +143,38 @@ def test_a_forged_memo_is_ignored(module, tmp_path, later, hashed):
     from blake3 import blake3
 
     policy, path, memo = remembered(module, tmp_path)
+    body = memo.read_bytes()[2 * entry.TAG_SIZE :]  # the header as verified (marshal)
     data = bytearray(path.read_bytes())
     data[len(data) // 2] ^= 1
     path.write_bytes(bytes(data))
     info = path.stat()
     tag = bytes(data[-entry.TAG_SIZE :])
     text = entry.Memo(str(memo), lambda: None)._text(info, tag)
-    forged = blake3(b"wasmsbx cache memo 1\0" + text, key=attacker_key()).digest()
-    memo.write_text(forged.hex())
+    forged = blake3(entry._MEMO_DOMAIN + text + b"\0" + body, key=attacker_key()).digest()
+    memo.write_bytes(forged + tag + body)
+    _refused(module, policy, hashed)
+    # the format before (the tag's MAC alone, in hex), even with the right key: not read
+    memo.write_text(blake3(b"wasmsbx cache memo 1\0" + text, key=attacker_key()).hexdigest())
+    path.write_bytes(bytes(data))
     _refused(module, policy, hashed)
     for junk in ("zz" * 32, "", "00" * 32):
         path.write_bytes(bytes(data))
         memo.write_text(junk)
         _refused(module, policy, hashed)
+
+
+def test_a_memo_with_another_header_is_ignored(module, tmp_path, later, hashed):
+    """The header a memo keeps is covered by its tag: one byte of it changed (say, the
+    payload's size, to map more or less of the file) and the memo vouches for nothing:
+    the entry is hashed in full (and, intact, loads)."""
+    policy, path, memo = remembered(module, tmp_path)
+    data = bytearray(memo.read_bytes())
+    data[-3] ^= 1
+    memo.write_bytes(bytes(data))
+    hashed.clear()
+    box = Sandbox(module, policy)
+    assert box.cache_state == "hit" and box.call("f", 5, 3) == 8
+    assert hashed, "the entry was hashed in full"
 
 
 def test_a_memo_that_is_a_link_is_not_followed(module, tmp_path, later, hashed):

@@ -33,10 +33,14 @@ an entry whose frame holds more (or less) is refused, so a bomb cannot exhaust m
 from __future__ import annotations
 
 import json
+import marshal
 import os
+import stat
 import struct
 import time
 from typing import Any, Callable, Optional
+
+from blake3 import blake3  # (imported with native.cache anyway; memos: every cold start)
 
 from .._version import __version__
 from .artifact import Artifact, Corrupt, Unauthenticated, _equal, normalise
@@ -145,6 +149,20 @@ def _header(text: Any, stored: int) -> dict:
         header = json.loads(bytes(text).decode("utf-8"))
     except (UnicodeDecodeError, ValueError):
         raise Corrupt("unreadable header") from None
+    return _checked(header, stored)
+
+
+def _shape(header: Any, size: int) -> dict:
+    """A header a verification memo kept, checked as ``_header`` checks one, for an
+    entry of ``size`` bytes."""
+    payload = header.get("payload") if isinstance(header, dict) else None
+    stored = payload.get("stored") if isinstance(payload, dict) else None
+    if not isinstance(stored, int) or not 0 <= stored <= size - TRAILER:
+        raise Corrupt("its verification memo holds no header")
+    return _checked(header, stored)
+
+
+def _checked(header: Any, stored: int) -> dict:
     if not isinstance(header, dict) or header.get("format") != FORMAT:
         raise Corrupt("unsupported format")
     for field in ("fingerprint", "module", "payload", "kind"):
@@ -271,6 +289,8 @@ def load(
 
 
 MEMO_MARGIN = 5.0  # seconds an entry's last change must precede its verification (see Memo)
+MEMO_MAX = 1 << 20  # a memo is read only if it is at most this long (a header is ~1 KB)
+_MEMO_DOMAIN = b"wasmsbx cache memo 2\0"  # (1: the tag's MAC alone, in hex)
 
 
 class Memo:
@@ -295,6 +315,10 @@ class Memo:
     same condition under which an entry is mapped where it is: only the user's own
     processes can write there, see the module docstring); a memo that is missing,
     unreadable, damaged or for another file is ignored and the entry hashed in full.
+
+    Since memo format 2 it also holds the tag and the entry's header as verified
+    (``marshal``, read only after the memo's own tag matched, as native.recorded's
+    records are), so such a load reads neither the entry's trailer nor its header.
     """
 
     __slots__ = ("key_fn", "path")
@@ -306,51 +330,59 @@ class Memo:
         fields = (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
         return (" ".join(map(str, fields)) + " " + tag.hex()).encode()
 
-    def _mac(self, text: bytes) -> Optional[bytes]:
+    def _mac(self, text: bytes, body: bytes) -> Optional[bytes]:
         key = self.key_fn()
         if key is None:
             return None
-        from blake3 import blake3
+        return blake3(_MEMO_DOMAIN + text + b"\0" + body, key=key).digest()
 
-        return blake3(b"wasmsbx cache memo 1\0" + text, key=key).digest()
-
-    def vouches(self, info: os.stat_result, tag: bytes) -> bool:
-        """Whether the memo says the file ``info`` describes, tagged ``tag``, was verified."""
+    def recall(self, info: os.stat_result) -> Optional[tuple]:
+        """(tag, header) of the file ``info`` describes, if the memo says it was verified
+        as it is now; else None."""
         if hasattr(os, "getuid") and info.st_uid != os.getuid():
-            return False
+            return None
         try:
             fd = os.open(self.path, os.O_RDONLY | _NOFOLLOW | _CLOEXEC | _NONBLOCK)
         except OSError:
-            return False
+            return None
         try:
-            data = os.read(fd, 513)
+            data = os.read(fd, MEMO_MAX + 1)
         except OSError:
-            return False
+            return None
         finally:
             os.close(fd)
+        if not 2 * TAG_SIZE < len(data) <= MEMO_MAX:
+            return None
+        got, tag, body = data[:TAG_SIZE], data[TAG_SIZE : 2 * TAG_SIZE], data[2 * TAG_SIZE :]
+        mac = self._mac(self._text(info, tag), body)
+        if mac is None or not _equal(got, mac):
+            return None
         try:
-            got = bytes.fromhex(data.decode("ascii"))
-        except ValueError:  # (UnicodeDecodeError too)
-            return False
-        mac = self._mac(self._text(info, tag))
-        return mac is not None and _equal(got, mac)
+            header = marshal.loads(body)
+        except (ValueError, TypeError, EOFError):  # (authentic, so never seen)
+            return None
+        return tag, header
 
-    def record(self, info: os.stat_result, tag: bytes) -> None:
-        """Remember that the file ``info`` describes, tagged ``tag``, was just verified
-        (when its last change is old enough; failures are ignored: a memo only saves
-        time)."""
+    def record(self, info: os.stat_result, tag: bytes, header: dict) -> None:
+        """Remember that the file ``info`` describes, tagged ``tag``, with ``header``, was
+        just verified (when its last change is old enough; failures are ignored: a memo
+        only saves time)."""
         if hasattr(os, "getuid") and info.st_uid != os.getuid():
             return
         if info.st_ctime_ns > (time.time() - MEMO_MARGIN) * 1e9:
             return
-        mac = self._mac(self._text(info, tag))
-        if mac is None:
+        try:
+            body = marshal.dumps(header, 4)
+        except ValueError:
+            return
+        mac = self._mac(self._text(info, tag), body)
+        if mac is None or 2 * TAG_SIZE + len(body) > MEMO_MAX:
             return
         tmp = f"{self.path}.{os.getpid()}.{time.monotonic_ns()}.tmp"
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW | _CLOEXEC, 0o600)
             try:
-                os.write(fd, mac.hex().encode())
+                os.write(fd, mac + tag + body)
             finally:
                 os.close(fd)
             os.replace(tmp, self.path)
@@ -362,8 +394,6 @@ class Memo:
 
 
 def _load_fd(fd: int, key: Optional[bytes], protected: bool, memo: Optional[Memo] = None) -> Loaded:
-    import stat
-
     info = os.fstat(fd)
     if not stat.S_ISREG(info.st_mode):
         raise Corrupt("not a regular file")
@@ -375,6 +405,12 @@ def _load_fd(fd: int, key: Optional[bytes], protected: bool, memo: Optional[Memo
         raise Corrupt(f"is {size} bytes, larger than any cache entry (at most {MAX_ENTRY})")
     if key is None:
         raise Unauthenticated("not tagged with your key: you have no secret key yet")
+    if protected and memo is not None and _proc_fd(fd):
+        known = memo.recall(info)  # verified before, unchanged since: no trailer, no header
+        if known is not None:
+            header = _shape(known[1], size)
+            if header["payload"]["encoding"] == "none":
+                return Loaded(header, VerifiedFile(fd, header["payload"]["stored"]), (fd,))
     tail = os.pread(fd, TRAILER, size - TRAILER)  # a private copy: what is checked is used
     try:
         header_size, tag = _trailer(tail, size)
@@ -387,17 +423,13 @@ def _load_fd(fd: int, key: Optional[bytes], protected: bool, memo: Optional[Memo
         raise Corrupt("truncated while read")
     # (Which way to go is read from the header before it is checked: both ways check it.)
     if protected and b'"encoding":"none"' in text and _proc_fd(fd):
-        if memo is not None and memo.vouches(info, tag):  # verified before, unchanged since
-            header = _header(text, stored)
-            if header["payload"]["encoding"] == "none":
-                return Loaded(header, VerifiedFile(fd, stored), (fd,))
         hashed = _hash_mapped(fd, stored, key)
         if hashed is not None:  # the file as it is: only the user's processes can write it
             _check(hashed, text, tail, key, tag)
             header = _header(text, stored)
             if header["payload"]["encoding"] == "none":
                 if memo is not None and _same(info, os.fstat(fd)):  # unchanged while hashed
-                    memo.record(info, tag)
+                    memo.record(info, tag, header)
                 return Loaded(header, VerifiedFile(fd, stored), (fd,))
     return _load_copy(fd, size, stored, text, tail, key, tag)
 
