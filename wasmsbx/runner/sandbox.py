@@ -342,6 +342,10 @@ def check_stdio(policy: policy_mod.Policy, inputs: Sequence[Any]) -> policy_mod.
         target = v[key]
         if isinstance(target, str) and target not in SPECIAL_STDIO:
             _refuse_guest_writable(policy, key, target)
+    # A module given as text ("m.wasm/", "m.wasm/.") is read through its Path, which drops
+    # a trailing "/" or "/.": compared as that Path, so its text (which stat() refuses:
+    # ENOTDIR) cannot hide the module from the check below (red team round 8)
+    inputs = [Path(item) if isinstance(item, str) else item for item in inputs]
     for key in ("stdio.stdout", "stdio.stderr"):
         target = v[key]
         if isinstance(target, str) and target not in SPECIAL_STDIO:
@@ -690,7 +694,11 @@ class Sandbox:
     def _name(self) -> str:
         """The module's file name, for messages and cache records (``path.name``)."""
         text = self._path_text
-        return self.path.name if text is None else os.path.basename(text.rstrip(os.sep))
+        if text is None:
+            return self.path.name
+        # (Path's name: the last part that is neither empty nor ".", so "m.wasm/." and
+        # "m.wasm/" are named "m.wasm", as the file read)
+        return next((p for p in reversed(text.split(os.sep)) if p and p != "."), "")
 
     def __enter__(self) -> Sandbox:
         return self
