@@ -157,7 +157,7 @@ def _shape(header: Any, size: int) -> dict:
     entry of ``size`` bytes."""
     payload = header.get("payload") if isinstance(header, dict) else None
     stored = payload.get("stored") if isinstance(payload, dict) else None
-    if not isinstance(stored, int) or not 0 <= stored <= size - TRAILER:
+    if type(stored) is not int or not 0 <= stored <= size - TRAILER:
         raise Corrupt("its verification memo holds no header")
     return _checked(header, stored)
 
@@ -172,7 +172,7 @@ def _checked(header: Any, stored: int) -> dict:
         raise Corrupt(f"is a {header['kind']}, expected a cache-entry")
     payload = header["payload"]
     size, encoding = payload.get("size"), payload.get("encoding")
-    if payload.get("stored") != stored or not isinstance(size, int) or size < 0:
+    if payload.get("stored") != stored or type(size) is not int or size < 0:
         raise Corrupt(f"payload is {stored} bytes, header says {payload}")
     if encoding == "none" and size != stored:
         raise Corrupt(f"payload is {stored} bytes, header says {payload}")
