@@ -281,9 +281,7 @@ def _binary(where: Path, wat: str) -> None:
 @pytest.mark.parametrize(
     "names", [("m.wasm", "./m.wasm"), ("./m.wasm", "d//../m.wasm"), ("m.wasm", "ABS")]
 )
-def test_source_memos_under_other_spellings_never_give_another_module(
-    isolated, monkeypatch, names
-):
+def test_source_memos_under_other_spellings_never_give_another_module(isolated, monkeypatch, names):
     """A module file run under one spelling of its path (relative, "./", "//", "..",
     absolute, str or Path), then replaced by another module: every spelling runs the
     new module (a source memo binds the file's identity, not its name)."""
