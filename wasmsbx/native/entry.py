@@ -269,10 +269,11 @@ def load(
     path: str, key_fn: Callable, protected: bool, memo: Optional[tuple] = None
 ) -> Optional[Loaded]:
     """The entry at ``path`` authenticated with ``key_fn()`` (asked only if the file
-    exists; None if there is none); Corrupt if it fails. ``protected``: the folder is
-    one only the user's processes can write (see the module docstring), so an
-    uncompressed entry may be mapped where it is. ``memo``: (path, key function) of
-    the entry's verification memo (see :class:`Memo`), used only when ``protected``."""
+    exists and no memo vouches for it; None if there is none); Corrupt if it fails.
+    ``protected``: the folder is one only the user's processes can write (see the module
+    docstring), so an uncompressed entry may be mapped where it is. ``memo``: (path,
+    key function) of the entry's verification memo (see :class:`Memo`), used only when
+    ``protected``."""
     try:
         fd = os.open(path, os.O_RDONLY | _NOFOLLOW | _CLOEXEC | _NONBLOCK)
     except FileNotFoundError:
@@ -281,7 +282,7 @@ def load(
         raise Corrupt(f"cannot be opened ({exc.strerror})") from None
     loaded = None
     try:
-        loaded = _load_fd(fd, key_fn(), protected, Memo(*memo) if memo and protected else None)
+        loaded = _load_fd(fd, key_fn, protected, Memo(*memo) if memo and protected else None)
         return loaded
     finally:
         if loaded is None or fd not in loaded._fds:  # else the engine maps it: kept open
@@ -393,7 +394,8 @@ class Memo:
                 pass
 
 
-def _load_fd(fd: int, key: Optional[bytes], protected: bool, memo: Optional[Memo] = None) -> Loaded:
+def _load_fd(fd: int, key_fn: Callable, protected: bool, memo: Optional[Memo] = None) -> Loaded:
+    """``key_fn``: the entry key's (asked for unless a memo vouches for the entry)."""
     info = os.fstat(fd)
     if not stat.S_ISREG(info.st_mode):
         raise Corrupt("not a regular file")
@@ -403,14 +405,15 @@ def _load_fd(fd: int, key: Optional[bytes], protected: bool, memo: Optional[Memo
         raise Corrupt("truncated")
     if size > MAX_ENTRY:
         raise Corrupt(f"is {size} bytes, larger than any cache entry (at most {MAX_ENTRY})")
-    if key is None:
-        raise Unauthenticated("not tagged with your key: you have no secret key yet")
     if protected and memo is not None and _proc_fd(fd):
         known = memo.recall(info)  # verified before, unchanged since: no trailer, no header
         if known is not None:
             header = _shape(known[1], size)
             if header["payload"]["encoding"] == "none":
                 return Loaded(header, VerifiedFile(fd, header["payload"]["stored"]), (fd,))
+    key = key_fn()  # (no secret: no memo key either, so no memo vouched above)
+    if key is None:
+        raise Unauthenticated("not tagged with your key: you have no secret key yet")
     tail = os.pread(fd, TRAILER, size - TRAILER)  # a private copy: what is checked is used
     try:
         header_size, tag = _trailer(tail, size)
