@@ -690,7 +690,7 @@ class Sandbox:
         """The module's path (for bytes: ``name``, or ``<bytes>``)."""
         return Path(self._path_text)  # (assigned in __init__ unless given as a str)
 
-    @property
+    @functools.cached_property
     def _name(self) -> str:
         """The module's file name, for messages and cache records (``path.name``)."""
         text = self._path_text
