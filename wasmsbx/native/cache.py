@@ -45,6 +45,7 @@ from .. import errors
 from . import artifact as aot
 from . import entry as entry_format
 from . import located, recorded, trust
+from .trustdir import real as realpath
 from .trustdir import trust_dir_text, user_cache_text
 
 # Every use of this module on the run path hashes the module (BLAKE3, to find its entry),
@@ -137,9 +138,15 @@ def prepare_dir(root: Path) -> None:
     """Create ``root`` private to this user (0700), refuse one that belongs to another."""
     _refuse_variables(root)
     _refuse_trust(root)  # before mkdir: a policy must not create folders in the trust folder
+    text = str(root)  # (text, not Path methods: on the first cached load of every process)
     try:
-        root.mkdir(parents=True, exist_ok=True, mode=0o700)
-        info = root.stat()
+        try:
+            os.mkdir(text, 0o700)
+        except FileExistsError:
+            pass
+        except FileNotFoundError:
+            os.makedirs(text, 0o700, exist_ok=True)
+        info = os.stat(text)
     except OSError as exc:
         raise CacheUnavailable(f"cannot create {root}: {exc.strerror or exc}") from None
     if not stat.S_ISDIR(info.st_mode):
@@ -151,7 +158,7 @@ def prepare_dir(root: Path) -> None:
         )
     _refuse_links(root)
     tag = root / "CACHEDIR.TAG"
-    tagged = tag.exists()
+    tagged = os.path.exists(os.path.join(text, "CACHEDIR.TAG"))
     if not tagged:
         _refuse_foreign(root)
     if info.st_mode & 0o077:
@@ -208,7 +215,7 @@ def _private_path(root: str) -> bool:
     if not hasattr(os, "getuid"):  # pragma: no cover - POSIX is the supported platform
         return False
     mine = (os.getuid(), 0)
-    for path in {os.path.abspath(root), os.path.realpath(root)}:
+    for path in {os.path.abspath(root), realpath(root)}:
         current = os.sep
         for part in [os.sep] + [p for p in path.split(os.sep) if p]:
             current = os.path.join(current, part)
@@ -238,7 +245,7 @@ def _refuse_trust(root: Path) -> None:
     """The trust folder, a folder around it or one inside it is never a cache."""
     # (Text, not Path.resolve(): every first load of a process checks this, and Path
     # objects cost it 0.1 ms. A symlink loop resolves to some path, which mkdir refuses.)
-    keys, real = os.path.realpath(trust_dir_text()), os.path.realpath(root)
+    keys, real = realpath(trust_dir_text()), realpath(str(root))
     if trust._overlaps(real, keys):
         raise CacheUnavailable(f"{real} overlaps the trust folder {keys}; not a cache")
 

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from .. import errors
+from .trustdir import real as _real
 from .trustdir import trust_dir_text as _trust_dir_text
 
 SECRET_FILE = "secret.key"
@@ -383,10 +384,10 @@ def _overlaps(a: str, b: str) -> bool:
 
 def in_cache_roots(folder: str) -> bool:
     """Whether ``folder`` is one of :func:`cache_roots` or inside one."""
-    real = os.path.realpath(folder)
+    real = _real(folder)
     return any(
         real == root or real.startswith(root.rstrip(os.sep) + os.sep)
-        for root in map(os.path.realpath, cache_roots())
+        for root in map(_real, cache_roots())
     )
 
 
