@@ -137,8 +137,13 @@ def private_dir(create: bool) -> Optional[Path]:
 
 def _make_dir(root: Path) -> None:
     try:
-        root.parent.mkdir(parents=True, exist_ok=True)
-        root.mkdir(mode=0o700, exist_ok=True)
+        try:
+            os.mkdir(root, 0o700)  # (the parents first only if missing: one call usually)
+        except FileNotFoundError:
+            root.parent.mkdir(parents=True, exist_ok=True)
+            root.mkdir(mode=0o700, exist_ok=True)
+        except FileExistsError:
+            pass  # (a file there: private_dir refuses it)
     except OSError as exc:
         raise KeyProblem(
             f"cannot create the trust folder {root}: {exc.strerror or exc}",
