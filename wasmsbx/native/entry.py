@@ -44,6 +44,7 @@ from blake3 import blake3  # (imported with native.cache anyway; memos: every co
 
 from .._version import __version__
 from .artifact import Artifact, Corrupt, Unauthenticated, _equal, normalise
+from .recorded import read_small
 from .trust import Authenticated, VerifiedFile
 
 FORMAT = 3  # 2: header first, never compressed (wasmsbx before 2026-12-02): refused
@@ -342,17 +343,10 @@ class Memo:
         as it is now; else None."""
         if hasattr(os, "getuid") and info.st_uid != os.getuid():
             return None
-        try:
-            fd = os.open(self.path, os.O_RDONLY | _NOFOLLOW | _CLOEXEC | _NONBLOCK)
-        except OSError:
-            return None
-        try:
-            data = os.read(fd, MEMO_MAX + 1)
-        except OSError:
-            return None
-        finally:
-            os.close(fd)
-        if not 2 * TAG_SIZE < len(data) <= MEMO_MAX:
+        # (read as native.recorded reads its records: a regular file, never through a
+        # link, never blocking, read once into a buffer of its size)
+        data = read_small(self.path, MEMO_MAX)
+        if data is None or len(data) <= 2 * TAG_SIZE:
             return None
         got, tag, body = data[:TAG_SIZE], data[TAG_SIZE : 2 * TAG_SIZE], data[2 * TAG_SIZE :]
         mac = self._mac(self._text(info, tag), body)
