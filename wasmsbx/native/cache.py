@@ -207,26 +207,58 @@ def _refuse_links(root: Path) -> None:
 
 def _private_path(root: str) -> bool:
     """Whether only this user (or root) can change what ``root`` leads to: every folder
-    on the way, as written and as resolved, and every link on the way, belongs to this
-    user or to root, and no folder is writable by others unless sticky (/tmp). Else
-    another user could swap a folder for one of theirs between an entry's check and its
-    mapping (`WASMSBX_CACHE_DIR=/tmp/wsx`, with /tmp/wsx a link someone else made), so
-    entries are loaded from sealed copies instead."""
+    on the way as the kernel walks it, and every link on the way (a link to a link too,
+    and the folders it goes through), belongs to this user or to root, and no folder is
+    writable by others unless sticky (/tmp). Else another user could swap a folder for
+    one of theirs between an entry's check and its mapping (`WASMSBX_CACHE_DIR=/tmp/wsx`,
+    with /tmp/wsx a link someone else made, or ~/wsx a link of yours to it), so entries
+    are loaded from sealed copies instead."""
     if not hasattr(os, "getuid"):  # pragma: no cover - POSIX is the supported platform
         return False
     mine = (os.getuid(), 0)
-    for path in {os.path.abspath(root), realpath(root)}:
-        current = os.sep
-        for part in [os.sep] + [p for p in path.split(os.sep) if p]:
-            current = os.path.join(current, part)
-            try:
-                info = os.lstat(current)
-            except OSError:
-                return False
-            if info.st_uid not in mine:
-                return False
-            if stat.S_ISDIR(info.st_mode) and info.st_mode & 0o022 and not info.st_mode & 0o1000:
-                return False
+
+    def private(current: str) -> Optional[os.stat_result]:
+        try:
+            info = os.lstat(current)
+        except OSError:
+            return None
+        if info.st_uid not in mine:
+            return None
+        if stat.S_ISDIR(info.st_mode) and info.st_mode & 0o022 and not info.st_mode & 0o1000:
+            return None
+        return info
+
+    # Walked as the kernel walks it: each folder, each link, each link's target and the
+    # links that target passes too (realpath shows only where the walk ends).
+    start = root if os.path.isabs(root) else os.path.join(os.getcwd(), root)
+    todo = [p for p in reversed(start.split(os.sep)) if p]
+    current, hops = os.sep, 0
+    if private(current) is None:
+        return False
+    while todo:
+        part = todo.pop()
+        if part == ".":
+            continue
+        if part == "..":
+            current = os.path.dirname(current)  # (current holds no link: physical)
+            continue
+        step = os.path.join(current, part)
+        info = private(step)
+        if info is None:
+            return False
+        if not stat.S_ISLNK(info.st_mode):
+            current = step
+            continue
+        hops += 1
+        try:
+            target = os.readlink(step)
+        except OSError:
+            return False
+        if hops > 40 or not target:
+            return False
+        if target.startswith(os.sep):
+            current = os.sep
+        todo.extend(p for p in reversed(target.split(os.sep)) if p)
     return True
 
 
