@@ -143,7 +143,9 @@ def _make_dir(root: Path) -> None:
             root.parent.mkdir(parents=True, exist_ok=True)
             root.mkdir(mode=0o700, exist_ok=True)
         except FileExistsError:
-            pass  # (a file there: private_dir refuses it)
+            if not os.path.exists(root):  # a dangling link: nothing to check, none made
+                raise
+            # (a file there: private_dir refuses it)
     except OSError as exc:
         raise KeyProblem(
             f"cannot create the trust folder {root}: {exc.strerror or exc}",
