@@ -12,3 +12,50 @@ def make_policy(**keys) -> policy_mod.Policy:
     for name, value in keys.items():
         policy_mod.override(policy, name.replace("__", "."), value)
     return policy
+
+
+def new_run_sandbox(*args, **kwargs):
+    """A sandbox as a new run (a new process) makes it: nothing loaded in this process."""
+    from wasmsbx.runner import Sandbox, shared
+
+    shared.forget_loaded()
+    return Sandbox(*args, **kwargs)
+
+
+class _Later:
+    """time for native.entry, 10 s ahead: an entry looks old enough to be remembered
+    (entry.MEMO_MARGIN)."""
+
+    def __getattr__(self, name):
+        import time
+
+        return getattr(time, name)
+
+    @staticmethod
+    def time() -> float:
+        import time
+
+        return time.time() + 10.0
+
+
+def remember_entries_now(monkeypatch) -> None:
+    """Entries look old enough to be remembered (the ``later`` fixtures)."""
+    from wasmsbx.native import entry
+
+    monkeypatch.setattr(entry, "time", _Later())
+
+
+def spy_full_hashes(monkeypatch) -> list:
+    """The entries hashed in full from now on (entry._hash_mapped calls: the ``hashed``
+    fixtures)."""
+    from wasmsbx.native import entry
+
+    calls: list = []
+    real = entry._hash_mapped
+
+    def spy(fd, stored, key):
+        calls.append(stored)
+        return real(fd, stored, key)
+
+    monkeypatch.setattr(entry, "_hash_mapped", spy)
+    return calls

@@ -379,3 +379,19 @@ def rust_env(monkeypatch) -> dict:
     reason = "no Rust toolchain with a wasm32 WASI target (scripts/install-toolchain installs one)"
     print(f"SKIP: {reason}")
     pytest.skip(reason)
+
+
+@pytest.fixture
+def later(monkeypatch):
+    """Cache entries look old enough to be remembered (native.entry's MEMO_MARGIN)."""
+    from .cache_helpers import remember_entries_now
+
+    remember_entries_now(monkeypatch)
+
+
+@pytest.fixture
+def hashed(monkeypatch) -> list:
+    """The cache entries hashed in full from now on (entry._hash_mapped calls)."""
+    from .cache_helpers import spy_full_hashes
+
+    return spy_full_hashes(monkeypatch)

@@ -21,50 +21,18 @@ from wasmsbx import policy as policy_mod
 from wasmsbx.native import cache, entry, trust, trustdir
 from wasmsbx.runner import Sandbox as _Sandbox
 from wasmsbx.runner import sandbox as sandbox_mod
-from wasmsbx.runner import shared
 from wasmsbx.wasm import wasi
 from wasmsbx.wasm.model import FuncType, Import
 from wasmsbx.wasm.source import read_module
 
-from .cache_helpers import make_policy
+from .cache_helpers import make_policy, new_run_sandbox
 
 # Two modules whose entries have the same size (same shape, another operator).
 ADD = '(module (func (export "f") (param i32 i32) (result i32) local.get 0 local.get 1 i32.add))'
 SUB = '(module (func (export "f") (param i32 i32) (result i32) local.get 0 local.get 1 i32.sub))'
 
 
-def Sandbox(*args, **kwargs):  # noqa: N802 - stands for the class
-    """A sandbox as a new run (a new process) makes it."""
-    shared.forget_loaded()
-    return _Sandbox(*args, **kwargs)
-
-
-class _Later:
-    def __getattr__(self, name):
-        return getattr(time, name)
-
-    @staticmethod
-    def time() -> float:
-        return time.time() + 10.0
-
-
-@pytest.fixture
-def later(monkeypatch):
-    """Entries look old enough to be remembered (entry.MEMO_MARGIN)."""
-    monkeypatch.setattr(entry, "time", _Later())
-
-
-@pytest.fixture
-def hashed(monkeypatch) -> list:
-    calls: list = []
-    real = entry._hash_mapped
-
-    def spy(fd, stored, key):
-        calls.append(stored)
-        return real(fd, stored, key)
-
-    monkeypatch.setattr(entry, "_hash_mapped", spy)
-    return calls
+Sandbox = new_run_sandbox
 
 
 def _entries(tmp_path) -> dict:

@@ -12,49 +12,14 @@ from pathlib import Path
 import pytest
 
 from wasmsbx.native import cache, entry
-from wasmsbx.runner import Sandbox as _Sandbox
-from wasmsbx.runner import shared
 
-from .cache_helpers import make_policy
+from .cache_helpers import make_policy, new_run_sandbox
 from .trust_helpers import attacker_key
 
 WAT = '(module (func (export "f") (param i32 i32) (result i32) local.get 0 local.get 1 i32.add))'
 
 
-def Sandbox(*args, **kwargs):  # noqa: N802 - stands for the class
-    """A sandbox as a new run (a new process) makes it (see test_cache.py)."""
-    shared.forget_loaded()
-    return _Sandbox(*args, **kwargs)
-
-
-class _Later:
-    """time for native.entry, 10 s ahead: the entry looks old enough to be remembered."""
-
-    def __getattr__(self, name):
-        return getattr(time, name)
-
-    @staticmethod
-    def time() -> float:
-        return time.time() + 10.0
-
-
-@pytest.fixture
-def later(monkeypatch):
-    monkeypatch.setattr(entry, "time", _Later())
-
-
-@pytest.fixture
-def hashed(monkeypatch) -> list:
-    """The entries hashed in full (entry._hash_mapped calls)."""
-    calls: list = []
-    real = entry._hash_mapped
-
-    def spy(fd, stored, key):
-        calls.append(stored)
-        return real(fd, stored, key)
-
-    monkeypatch.setattr(entry, "_hash_mapped", spy)
-    return calls
+Sandbox = new_run_sandbox  # (see test_cache.py)
 
 
 @pytest.fixture
