@@ -62,10 +62,14 @@ def test_real_of_a_deleted_folder_and_a_nul(odd):
             assert real(path).endswith(" (deleted)" + path[len(f"/proc/self/fd/{fd}") :])
     finally:
         os.close(fd)
-    with pytest.raises(ValueError):
-        os.path.realpath("a\0b")  # (as before: realpath's own error)
-    with pytest.raises(ValueError):
-        real("a\0b")
+    # A NUL: whatever realpath does (3.11 raises ValueError, 3.9 answers), real does too
+    try:
+        expected = os.path.realpath("a\0b")
+    except ValueError:
+        with pytest.raises(ValueError):
+            real("a\0b")
+    else:
+        assert real("a\0b") == expected
 
 
 def test_real_never_blocks_on_a_fifo_or_opens_a_device(odd):
