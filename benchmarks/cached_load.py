@@ -27,7 +27,9 @@ by sample so that machine load falls on both alike:
 1b. **cold starts**: ``wasmsbx.Sandbox(graphviz.wasm, kind="command")`` in a new process
    whose disk cache holds the module (and its facts record, native/recorded.py), imports
    and engine made beforehand by a tiny WASI command, then again in that process (held
-   in memory: cache state "memory");
+   in memory: cache state "memory"); alternated with its peer, the first
+   ``deserialize_file`` of the same native code in a new process that has loaded a tiny
+   module (the ratio is the cold start's against that);
 2. **warm loads** (the same process loading again, the median of many): the same pair;
 3. **compression**: entry size and first-load time per zstd level (threads: all cores);
 4. **whole runs**: a second ``wasmsbx run python.wasm -- -c pass`` against a second
@@ -120,6 +122,27 @@ for _ in range(repeat):
     again.append(time.process_time() - started)
 print(json.dumps({"first": first, "state": state, "again": again,
                   "again_state": kept[-1].cache_state}))
+"""
+
+# The cold start's peer: argv = cwasm. The same engine configuration, a tiny module
+# compiled, serialized and deserialized first (a host that has loaded a module), then
+# the first Module.deserialize_file of the guest's native code. Prints {"first": s}.
+COLD_PEER = r"""
+import json, os, sys, time
+sys.path.insert(0, os.environ["BENCH_ROOT"])
+import wasmtime
+from wasmsbx import policy as policy_mod
+from wasmsbx.backends import get
+from wasmsbx.runner.sandbox import engine_options
+policy = policy_mod.defaults()
+engine = get("wasmtime").engine(engine_options(policy, "cranelift")).engine
+WARM = ('(module (import "wasi_snapshot_preview1" "proc_exit" (func (param i32)))'
+        ' (memory (export "memory") 1) (func (export "_start")))')
+wasmtime.Module.deserialize(engine, wasmtime.Module(engine, WARM).serialize())
+started = time.process_time()
+module = wasmtime.Module.deserialize_file(engine, sys.argv[1])
+first = time.process_time() - started
+print(json.dumps({"first": first}))
 """
 
 # Builds the entries: argv = guest, cwasm out, then "level:folder" pairs.
@@ -277,17 +300,33 @@ def in_process(name: str, guest: Path, work: Path, samples: int, repeat: int) ->
 
 
 def cold_starts(name: str, guest: Path, work: Path, samples: int) -> dict:
-    """Section 1b: a Sandbox of a cached module in a new process, and again."""
+    """Section 1b: a Sandbox of a cached module in a new process, and again; alternated,
+    sample by sample, with its peer: the first ``deserialize_file`` of the same native
+    code in a new process that has loaded a tiny module (``COLD_PEER``)."""
     env = {**os.environ, "BENCH_ROOT": str(ROOT), "WASMSBX_TRUST_DIR": str(work / "trust")}
     env["WASMSBX_CACHE_DIR"] = str(work / "cold")
-    first, again, states = [], [], set()
+    cwasm = work / f"{name}.cwasm"  # (written by in_process, from the same configuration)
+    first, again, states, floor = [], [], set(), []
+
+    def peer() -> None:
+        proc = subprocess.run(
+            [sys.executable, "-c", COLD_PEER, str(cwasm)], capture_output=True, text=True, env=env
+        )
+        if proc.returncode:
+            raise SystemExit(f"cold start peer failed: {proc.stderr[-2000:]}")
+        floor.append(json.loads(proc.stdout.strip().splitlines()[-1])["first"])
+
     for i in range(samples + 1):
+        if i % 2 == 0 and i and cwasm.is_file():
+            peer()
         proc = subprocess.run(
             [sys.executable, "-c", COLD, str(guest), "20"], capture_output=True, text=True, env=env
         )
         if proc.returncode:
             raise SystemExit(f"cold start failed: {proc.stderr[-2000:]}")
         out = json.loads(proc.stdout.strip().splitlines()[-1])
+        if i % 2 == 1 and cwasm.is_file():
+            peer()
         if i == 0:  # compiles and stores; then wait until the entry is remembered
             import time
 
@@ -296,12 +335,16 @@ def cold_starts(name: str, guest: Path, work: Path, samples: int) -> dict:
         first.append(out["first"])
         again.extend(out["again"])
         states.add((out["state"], out["again_state"]))
-    return {
+    out = {
         "guest": name,
         "first_sandbox_ms": ms(statistics.median(first)),
         "again_ms": ms(statistics.median(again)),
         "states": sorted(states),
     }
+    if floor:
+        out["deserialize_file_first_ms"] = ms(statistics.median(floor))
+        out["ratio"] = round(statistics.median(first) / statistics.median(floor), 2)
+    return out
 
 
 def cpu_children() -> float:
@@ -380,6 +423,12 @@ def show(report: dict) -> None:
             f" first in a process (module in the disk cache) {cold['first_sandbox_ms']:.3f},"
             f" again in that process {cold['again_ms']:.3f}; cache states {cold['states']}"
         )
+        if "ratio" in cold:
+            print(
+                "  its peer, the first deserialize_file of the same native code in a new"
+                f" process that has loaded a tiny module: {cold['deserialize_file_first_ms']:.3f}"
+                f" (wasmsbx {cold['ratio']:.2f}x)"
+            )
     runs = report.get("whole_runs")
     if runs:
         print("\nsecond run of python.wasm -c pass, CPU ms (children), medians")
