@@ -44,7 +44,7 @@ from blake3 import blake3  # (imported with native.cache anyway; memos: every co
 
 from .._version import __version__
 from .artifact import Artifact, Corrupt, Unauthenticated, _equal, normalise
-from .recorded import read_small
+from .recorded import read_small, write_small
 from .trust import Authenticated, VerifiedFile
 
 FORMAT = 3  # 2: header first, never compressed (wasmsbx before 2026-12-02): refused
@@ -373,19 +373,9 @@ class Memo:
         mac = self._mac(self._text(info, tag), body)
         if mac is None or 2 * TAG_SIZE + len(body) > MEMO_MAX:
             return
-        tmp = f"{self.path}.{os.getpid()}.{time.monotonic_ns()}.tmp"
-        try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW | _CLOEXEC, 0o600)
-            try:
-                os.write(fd, mac + tag + body)
-            finally:
-                os.close(fd)
-            os.replace(tmp, self.path)
-        except OSError:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
+        # (as records and source memos are written: a dot-named .tmp renamed into place,
+        # which `cache prune` removes if a crash leaves it)
+        write_small(self.path, mac + tag + body, os.path.basename(self.path)[:16])
 
 
 def _load_fd(fd: int, key_fn: Callable, protected: bool, memo: Optional[Memo] = None) -> Loaded:
