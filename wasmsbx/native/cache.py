@@ -615,10 +615,7 @@ class Store:
         self.db.delete("a:" + key)  # its code, if an earlier build kept it in the database
         code = self.code_path(key)
         for path in (code, code.with_suffix(MEMO_SUFFIX)):
-            try:
-                path.unlink()
-            except FileNotFoundError:
-                pass
+            _remove_file(path)
         return int(record.get("size", 0))
 
     def clear(self) -> None:
@@ -768,6 +765,16 @@ def _safe_disk() -> type:
             return None  # wasmsbx keeps no values in files: a row naming one was planted
 
     return SafeDisk
+
+
+def _remove_file(path: Any) -> None:
+    """Unlink ``path`` if it is there; a folder under a name the cache uses is left (a
+    hostile project's cache can bring one: nothing reads it as a file, and failing on it
+    made `cache prune`, `verify` and `clear` end in an internal error)."""
+    try:
+        os.unlink(path)
+    except (FileNotFoundError, IsADirectoryError):
+        pass
 
 
 def _flock(fd: int) -> None:
@@ -1409,14 +1416,14 @@ def _orphans(store: Store) -> int:
         store.db.delete("m:" + key)
         removed += 1
     for key in _unlisted(records, code):
-        store.code_path(key).unlink(missing_ok=True)
+        _remove_file(store.code_path(key))
         removed += 1
     for key in store.keys("a:"):  # native code as diskcache values (earlier builds)
         store.db.delete("a:" + key)
         removed += 1
     for memo, _ in store._code_files("*" + MEMO_SUFFIX):
         if not memo.with_suffix(CODE_SUFFIX).exists():
-            memo.unlink(missing_ok=True)
+            _remove_file(memo)
     # Facts records (native.recorded) of modules no entry holds any more. (Records made
     # before they named their module's BLAKE3 name none: their facts are read again.)
     modules = {(r.get("module") or {}).get("blake3") for r in store.records()}
@@ -1424,7 +1431,7 @@ def _orphans(store: Store) -> int:
     for facts, info in store._code_files("*" + recorded.SUFFIX):
         module = facts.name[: -len(recorded.SUFFIX)]
         if module not in modules and now - info.st_mtime > ORPHAN_GRACE:
-            facts.unlink(missing_ok=True)
+            _remove_file(facts)
     # Source memos (native.located) naming a module no entry holds (or not files).
     for memo, info in store._code_files("*" + located.SUFFIX):
         if now - info.st_mtime <= ORPHAN_GRACE:
@@ -1440,7 +1447,7 @@ def _orphans(store: Store) -> int:
             except OSError:
                 pass
         if named is None or named not in modules:
-            memo.unlink(missing_ok=True)
+            _remove_file(memo)
     now = time.time()
     for tmp, info in store._code_files(".*.tmp"):
         if now - info.st_mtime > ORPHAN_GRACE:
