@@ -23,7 +23,9 @@ by sample so that machine load falls on both alike:
    place; an entry verified by an earlier load and unchanged since is not hashed again,
    see native/entry.py ``Memo``; "1st verify" removes that memo first, so the entry is
    hashed in full) and in a cache folder a policy chose (verified through a sealed
-   copy, every time);
+   copy, every time); and a hand-written wasmtime-py program's cache (``Config.cache``:
+   wasmtime's own, which hashes the module and decompresses its entry as wasmsbx must
+   when given the module's bytes);
 1b. **cold starts**: ``wasmsbx.Sandbox(graphviz.wasm, kind="command")`` in a new process
    whose disk cache holds the module (and its facts record, native/recorded.py), imports
    and engine made beforehand by a tiny WASI command, then again in that process (held
@@ -32,8 +34,9 @@ by sample so that machine load falls on both alike:
    module (the ratio is the cold start's against that);
 2. **warm loads** (the same process loading again, the median of many): the same pair;
 3. **compression**: entry size and first-load time per zstd level (threads: all cores);
-4. **whole runs**: a second ``wasmsbx run python.wasm -- -c pass`` against a second
-   ``wasmtime run`` with the wasmtime CLI's own cache (RUSAGE_CHILDREN).
+4. **whole runs**: a second ``wasmsbx run python.wasm -- -c pass`` (the entry raw, the
+   default, and zstd-compressed: ``runtime.cache_compress``) against a second ``wasmtime
+   run`` with the wasmtime CLI's own cache, alternated (RUSAGE_CHILDREN).
 """
 
 from __future__ import annotations
@@ -80,6 +83,13 @@ if mode == "wasmsbx-unverified":  # as if never verified before: no memo (entry.
 if mode == "wasmtime":
     import wasmtime
     load = lambda: wasmtime.Module.deserialize_file(engine.engine, target)
+elif mode == "wasmtime-cache":  # a hand-written wasmtime-py program with Config.cache
+    import wasmtime
+    from wasmsbx.backends.wasmtime.backend import engine_config
+    config = engine_config(engine.options)
+    config.cache = target  # its TOML: the cache folder (filled by a run before)
+    own_engine = wasmtime.Engine(config)
+    load = lambda: wasmtime.Module(own_engine, wasm)
 else:
     def load():
         out = cache.load_or_compile(engine, wasm, policy, "guest", cache_dir=target)
@@ -166,6 +176,7 @@ for pair in sys.argv[3:]:
     cache.COMPRESS_LEVEL = None if level == "none" else int(level)
     store = cache.Store.open(Path(folder), 1 << 40)
     lookup = cache.Lookup(store, engine, wasm, "guest")
+    lookup.compress = level != "none"  # (runtime.cache_compress)
     if module is None:
         module = lookup.compile()
         open(sys.argv[2], "wb").write(engine.serialize(module))
@@ -254,6 +265,12 @@ def in_process(name: str, guest: Path, work: Path, samples: int, repeat: int) ->
     own = {**env, "WASMSBX_CACHE_DIR": raw}
     other = {**env, "WASMSBX_CACHE_DIR": str(work / "elsewhere")}
     contenders = [("wasmtime deserialize_file", "wasmtime", str(cwasm), env)]
+    # wasmtime's own cache (what Config.cache gives a wasmtime-py program): SHA-256 of the
+    # module, its entry found, zstd-decompressed and deserialized. Filled by one load.
+    peer_toml = work / f"{name}-wasmtime-cache.toml"
+    peer_toml.write_text(f'[cache]\ndirectory = "{work / (name + "-wasmtime-cache")}"\n')
+    child("wasmtime-cache", guest, str(peer_toml), 0, env)
+    contenders.append(("wasmtime-py, Config.cache", "wasmtime-cache", str(peer_toml), env))
     contenders.append(("wasmsbx, own cache", "wasmsbx", raw, own))
     contenders.append(("wasmsbx, own, 1st verify", "wasmsbx-unverified", raw, own))
     contenders.append(("wasmsbx, policy folder", "wasmsbx", raw, other))
@@ -272,11 +289,14 @@ def in_process(name: str, guest: Path, work: Path, samples: int, repeat: int) ->
     floor_first = statistics.median(first["wasmtime deserialize_file"])
     floor_warm = statistics.median(warm["wasmtime deserialize_file"])
     rows = []
-    for label, _, target, _ in contenders:  # (sizes: entries only, not their memos)
+    for label, mode, target, _ in contenders:  # (sizes: entries only, not their memos)
         f, w = statistics.median(first[label]), statistics.median(warm[label])
         size = None
         if label.startswith("wasmsbx"):
             size = sum(p.stat().st_size for p in Path(target).rglob("*.entry"))
+        elif mode == "wasmtime-cache":
+            folder = work / f"{name}-wasmtime-cache"
+            size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
         else:
             size = cwasm.stat().st_size
         level = label.rsplit("-", 1)[-1] if "zstd" in label else "none"
@@ -375,27 +395,43 @@ def whole_runs(guest: Path, work: Path, runs: int) -> dict:
     # (--policy: a sandbox.toml merely found in the working folder may not raise limits)
     wasmsbx = [str(Path(sys.executable).parent / "wasmsbx"), "run", str(guest)]
     wasmsbx += ["--policy", str(home / "sandbox.toml"), "--", "-c", "pass"]
+    # The same with runtime.cache_compress (the entry zstd-compressed), in its own cache.
+    (home / "compress.toml").write_text(
+        (home / "sandbox.toml").read_text() + "[runtime]\ncache_compress = true\n"
+    )
+    squeezed = [*wasmsbx[:3], "--policy", str(home / "compress.toml"), *wasmsbx[5:]]
+    squeezed_env = {**env, "WASMSBX_CACHE_DIR": str(work / "compressed-cache")}
     peer = [cli, "run", str(guest), "-c", "pass"]
+    contenders = {
+        "wasmsbx": (wasmsbx, env),
+        "wasmsbx_compressed": (squeezed, squeezed_env),
+        "wasmtime": (peer, env),
+    }
     print("whole runs: first runs (compile and store) ...", file=sys.stderr)
-    timed(wasmsbx, env, home)
-    timed(peer, env, home)
-    times: dict = {"wasmsbx": [], "wasmtime": []}
-    for _ in range(runs):
-        times["wasmsbx"].append(timed(wasmsbx, env, home))
-        times["wasmtime"].append(timed(peer, env, home))
-    ours, theirs = statistics.median(times["wasmsbx"]), statistics.median(times["wasmtime"])
+    for argv, environ in contenders.values():
+        timed(argv, environ, home)
+    times: dict = {name: [] for name in contenders}
+    for turn in range(runs):  # (alternated: the VM's speed wanders)
+        order = list(contenders) if turn % 2 == 0 else list(reversed(contenders))
+        for name in order:
+            times[name].append(timed(*contenders[name], home))
+    median = {name: statistics.median(values) for name, values in times.items()}
     wasmtime_cache = sum(p.stat().st_size for p in (home / ".cache").rglob("*") if p.is_file())
     wasmtime_cache -= sum(
         p.stat().st_size for p in (home / ".cache" / "wasmsbx").rglob("*") if p.is_file()
     )
-    ours_cache = sum(
-        p.stat().st_size for p in (home / ".cache" / "wasmsbx").rglob("*.entry") if p.is_file()
-    )
+
+    def entries(folder: Path) -> int:
+        return sum(p.stat().st_size for p in folder.rglob("*.entry") if p.is_file())
+
     return {
-        "wasmsbx_ms": ms(ours),
-        "wasmtime_cli_ms": ms(theirs),
-        "ratio": round(ours / theirs, 2),
-        "wasmsbx_entry_bytes": ours_cache,
+        "wasmsbx_ms": ms(median["wasmsbx"]),
+        "wasmsbx_compressed_ms": ms(median["wasmsbx_compressed"]),
+        "wasmtime_cli_ms": ms(median["wasmtime"]),
+        "ratio": round(median["wasmsbx"] / median["wasmtime"], 2),
+        "ratio_compressed": round(median["wasmsbx_compressed"] / median["wasmtime"], 2),
+        "wasmsbx_entry_bytes": entries(home / ".cache" / "wasmsbx"),
+        "wasmsbx_compressed_entry_bytes": entries(work / "compressed-cache"),
         "wasmtime_cache_bytes": wasmtime_cache,
     }
 

@@ -246,12 +246,14 @@ def test_an_old_format_entry_is_refused_with_its_reason_and_remade(tmp_path, nat
 
 
 def test_large_payloads_are_stored_compressed_and_load(tmp_path, native, monkeypatch):
-    """The store compresses payloads of COMPRESS_MIN bytes and up; such an entry loads
-    and runs, and `cache list` reports its size on disk and its native size."""
+    """With runtime.cache_compress, the store compresses payloads of COMPRESS_MIN bytes
+    and up; such an entry loads and runs, and `cache list` reports its size on disk and
+    its native size."""
     monkeypatch.setattr(cache, "COMPRESS_MIN", 0)
     good = write_modules(tmp_path)[0]
     policy = policy_mod.defaults()
     policy_mod.override(policy, "runtime.cache_min_size", 0)
+    policy_mod.override(policy, "runtime.cache_compress", True)
     assert Sandbox(good, policy, backend=native).cache_state == "miss"
     box = Sandbox(good, policy, backend=native)
     assert box.cache_state == "hit" and box.call("add", 2, 3) == 5
@@ -265,6 +267,33 @@ def test_large_payloads_are_stored_compressed_and_load(tmp_path, native, monkeyp
     payload = header["payload"]
     assert payload["encoding"] == "zstd" and payload["stored"] < payload["size"]
     assert record["native_size"] == payload["size"] and record["size"] > payload["stored"]
+
+
+def test_large_payloads_are_stored_raw_by_default(tmp_path, native, monkeypatch):
+    """Without runtime.cache_compress (the default), payloads of any size are stored raw,
+    so that a hit maps the entry in place; an entry compressed under another policy in
+    the same cache still loads."""
+    monkeypatch.setattr(cache, "COMPRESS_MIN", 0)
+    good, other = write_modules(tmp_path)[:2]
+    policy = policy_mod.defaults()
+    policy_mod.override(policy, "runtime.cache_min_size", 0)
+    assert Sandbox(good, policy, backend=native).cache_state == "miss"
+    squeeze = policy_mod.defaults()
+    policy_mod.override(squeeze, "runtime.cache_min_size", 0)
+    policy_mod.override(squeeze, "runtime.cache_compress", True)
+    assert Sandbox(other, squeeze, backend=native).cache_state == "miss"
+    store = cache.open_store(policy)
+    try:
+        key_file = trust.tag_key("cache-entry")
+        encodings = sorted(
+            entry.open_buffer(store.blob(key), key_file).header["payload"]["encoding"]
+            for key, _ in store.code_keys()
+        )
+    finally:
+        store.close()
+    assert encodings == ["none", "zstd"]
+    box = Sandbox(other, policy, backend=native)  # (compressed, loaded under the default)
+    assert box.cache_state == "hit" and box.exports
 
 
 @pytest.mark.parametrize("protected", [False, True])

@@ -59,8 +59,9 @@ except ImportError:  # pragma: no cover - POSIX is the supported platform
 CODE_DIR = "code"  # native code: code/KEY[:2]/KEY.entry, in the wasmsbx.native.entry format
 CODE_SUFFIX = ".entry"
 MEMO_SUFFIX = ".verified"  # beside an entry: that it was verified (entry.Memo)
-# Payloads of COMPRESS_MIN bytes and more are stored zstd-compressed at COMPRESS_LEVEL
-# (benchmarks/cached_load.py): smaller ones stay raw so that a hit maps them in place.
+# With runtime.cache_compress, payloads of COMPRESS_MIN bytes and more are stored
+# zstd-compressed at COMPRESS_LEVEL (benchmarks/cached_load.py); by default, and below it,
+# they stay raw so that a hit maps them in place (README "Size and compression").
 COMPRESS_MIN = 8 << 20
 COMPRESS_LEVEL = 3
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
@@ -913,6 +914,7 @@ def load_or_compile(
     try:
         store = store or shared_store(policy, cache_dir)
         lookup = Lookup(store, engine, wasm, name, compile_fn, digest)
+        lookup.compress = policy.values["runtime.cache_compress"]
     except cache_errors() as exc:
         timings: dict = {}
         if callable(wasm):  # (read only now: the cache was to give the module)
@@ -1059,6 +1061,8 @@ def _identity(engine: Any) -> tuple:
 class Lookup:
     """One module's trip through the cache: find, verify and load it, or compile and store."""
 
+    compress = False  # runtime.cache_compress: large native code stored zstd-compressed
+
     def __init__(
         self,
         store: Store,
@@ -1203,7 +1207,7 @@ class Lookup:
             exports=self.exports,
             module_digest=self.module_digest,
             key=key,
-            level=COMPRESS_LEVEL if len(payload) >= COMPRESS_MIN else None,
+            level=COMPRESS_LEVEL if self.compress and len(payload) >= COMPRESS_MIN else None,
         )
         if len(blob) <= self.store.size_limit:  # an entry bigger than the cache is not kept
             self.store.put(self.key, blob, self.record(len(blob), len(payload)))
@@ -1269,6 +1273,7 @@ def store_compiled(
         ) from None
     try:
         lookup = Lookup(store, engine, wasm, name, compile_fn)
+        lookup.compress = policy.values["runtime.cache_compress"]
         try:
             listed = store.has(lookup.key) and store.record(lookup.key) is not None
             if not force and listed and lookup.load(touch=False) is not None:

@@ -611,7 +611,6 @@ class Sandbox:
 
             self.artifact = aot.open_for(self, data, str(self.path))
         if self.artifact is None:
-            path = self.path
             if known is not None:
                 self._prepared = known
             else:
@@ -619,7 +618,7 @@ class Sandbox:
                 # (runner.shared); a module the disk cache will hold is not parsed where
                 # its record is found.
                 learn = self._learn if cache_wanted else None
-                self._prepared = shared.prepared(data, lambda d: module_bytes(d, path), learn)
+                self._prepared = shared.prepared(data, self._module_bytes, learn)
             self._known = known  # (after self.wasm = None: the property reads through it)
             if known is None:
                 self.wasm = self._prepared.wasm
@@ -684,6 +683,10 @@ class Sandbox:
         self._functions: dict = {}  # export name -> Function (box["f"], box.exports.f)
 
     _path_text: Optional[str] = None  # the module's path as given, if a str
+
+    def _module_bytes(self, data: bytes) -> bytes:
+        """``data`` as a binary module (WAT translated), named by the module's path."""
+        return module_bytes(data, self.path)
 
     @functools.cached_property
     def path(self) -> Path:
