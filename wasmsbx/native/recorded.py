@@ -264,13 +264,60 @@ def _types() -> tuple:
     return _TYPES[0]
 
 
-def _decode(data: Any, digest: str) -> Optional[RunFacts]:
+class RecordedInterface:
+    """A recorded module's imports and exports (``interface`` of the facts a record
+    gives): the records' own tuples, built into ``wasm.model`` objects only when
+    ``imports`` or ``exports`` is first asked for. The checks every cold start makes
+    (``runner.sandbox.check_interface``: are the imports WASI functions the sandbox
+    provides, is there a ``_start``) read the tuples as they are: building 24 objects
+    for graphviz.wasm was half the instructions of reading its record.
+
+    ``raw_imports``: (module, name, kind, (params, results) or None, limits, elem,
+    global_type, mutable) each; ``raw_exports``: (name, kind, index, type) each, as
+    ``_encode`` wrote them. Equal to the ``Interface`` it builds."""
+
+    __slots__ = ("raw_imports", "raw_exports", "_built")
+
+    def __init__(self, raw_imports: tuple, raw_exports: tuple) -> None:
+        self.raw_imports, self.raw_exports, self._built = raw_imports, raw_exports, None
+
+    def built(self) -> Any:
+        """The ``wasm.model.Interface``, built the first time."""
+        if self._built is None:
+            self._built = _build(self.raw_imports, self.raw_exports)
+        return self._built
+
+    @property
+    def imports(self) -> tuple:
+        return self.built().imports
+
+    @property
+    def exports(self) -> tuple:
+        return self.built().exports
+
+    def __iter__(self) -> Any:
+        return iter(self.built())
+
+    def __len__(self) -> int:
+        return 2
+
+    def __getitem__(self, index: Any) -> Any:
+        return self.built()[index]
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, RecordedInterface):
+            other = other.built()
+        return self.built() == other
+
+    def __hash__(self) -> int:
+        return hash(self.built())
+
+    def __repr__(self) -> str:
+        return repr(self.built())
+
+
+def _build(imports: tuple, exports: tuple) -> Any:
     Exported, Layout, Export, FuncType, Import, Interface, Limits = _types()
-    if type(data) is not tuple:  # (what _encode writes; anything else is not a record)
-        return None
-    form, module, imports, exports, shape, exported, start = data
-    if form != FORMAT or module != digest:
-        return None
     # The records are built with tuple.__new__ (a namedtuple's own __new__ is Python
     # code: half of this function's time), from tuples of exactly their fields.
     new = tuple.__new__
@@ -289,10 +336,28 @@ def _decode(data: Any, digest: str) -> Optional[RunFacts]:
         ]
     )
     exported_names = tuple([new(Export, (n, k, i, types[t])) for n, k, i, t in exports])
+    return Interface(imported, exported_names)
+
+
+def _decode(data: Any, digest: str) -> Optional[RunFacts]:
+    Exported, Layout = _types()[:2]
+    if type(data) is not tuple:  # (what _encode writes; anything else is not a record)
+        return None
+    form, module, imports, exports, shape, exported, start = data
+    if form != FORMAT or module != digest:
+        return None
+    # (authentic, so always what _encode wrote; the shapes are checked all the same,
+    # here rather than when the interface is built)
+    for rows, width in ((imports, 8), (exports, 4)):
+        if type(rows) is not tuple:
+            return None
+        for row in rows:
+            if type(row) is not tuple or len(row) != width:
+                return None
     layout = None
     if shape is not None:
         layout = Layout(tuple(map(tuple, shape[0])), tuple(map(tuple, shape[1])))
     at, shift = exported
     return RunFacts(
-        Interface(imported, exported_names), layout, Exported(b"", at, shift), bool(start)
+        RecordedInterface(imports, exports), layout, Exported(b"", at, shift), bool(start)
     )

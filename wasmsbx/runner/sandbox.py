@@ -213,17 +213,28 @@ def check_interface(
             interface = read_interface(wasm)
         except FactsError:
             return  # the runtime gives the precise error when it compiles
-    if provided is not all and interface.imports and not imports_checked:
+    # (an interface from the cache's record: its tuples answer the common cases,
+    # native.recorded.RecordedInterface)
+    raw_imports = getattr(interface, "raw_imports", None)
+    if (
+        provided is not all
+        and not imports_checked
+        and (raw_imports is None or provided or not _provided_wasi(raw_imports))
+    ):
         imports = interface.imports
         if provided:
             imports = [i for i in imports if (i.module, i.name) not in provided]
-        _check_imports(imports)
+        if imports:
+            _check_imports(imports)
     if kind != "command" and function is None:
         return  # nothing else to check (a sandbox per tenant stops here)
-    if kind == "command" and any(
-        e.name == "_start" and e.kind == "func" for e in interface.exports
-    ):
-        return  # (the common case: no export list built)
+    if kind == "command":
+        if raw_imports is not None:
+            start = any(e[0] == "_start" and e[1] == "func" for e in interface.raw_exports)
+        else:
+            start = any(e.name == "_start" and e.kind == "func" for e in interface.exports)
+        if start:
+            return  # (the common case: no export list built)
     exports = [
         ExportInfo(e.name, e.kind, Signature(e.type.params, e.type.results))
         if e.kind == "func" and e.type is not None
@@ -241,6 +252,21 @@ def check_interface(
         sig = find_signature(exports, function, module_name)
         if args is not None:
             parse_args(function, sig, args)
+
+
+def _provided_wasi(raw_imports: tuple) -> bool:
+    """Whether every import of a record's tuples (native.recorded) is a WASI preview1
+    function of the type the sandbox provides (one set lookup each, as _check_imports's
+    fast path; a FuncType equals its (params, results) tuple)."""
+    wasi = _WASI or _import_wasi()
+    provided, preview1 = wasi.PROVIDED, wasi.PREVIEW1
+    try:
+        for i in raw_imports:
+            if not (i[2] == "func" and i[0] == preview1 and (i[1], i[3]) in provided):
+                return False
+    except TypeError:  # (an unhashable type: the slow path says what is wrong)
+        return False
+    return True
 
 
 def _check_imports(imports: Sequence[Any]) -> None:
@@ -576,6 +602,7 @@ class Sandbox:
             self.path = Path(name) if name else _BYTES_PATH
         elif type(module) is str:  # (its Path is made when asked for: see path)
             self._path_text = module
+            self._name = _file_name(module)
         else:
             self.path = Path(module)  # type: ignore[arg-type]
         self.deadline = deadline
@@ -695,13 +722,10 @@ class Sandbox:
 
     @functools.cached_property
     def _name(self) -> str:
-        """The module's file name, for messages and cache records (``path.name``)."""
+        """The module's file name, for messages and cache records (``path.name``; set
+        in ``__init__`` for a path given as text)."""
         text = self._path_text
-        if text is None:
-            return self.path.name
-        # (Path's name: the last part that is neither empty nor ".", so "m.wasm/." and
-        # "m.wasm/" are named "m.wasm", as the file read)
-        return next((p for p in reversed(text.split(os.sep)) if p and p != "."), "")
+        return self.path.name if text is None else _file_name(text)
 
     def __enter__(self) -> Sandbox:
         return self
@@ -1044,6 +1068,9 @@ class Sandbox:
         interface = prepared.interface if prepared is not None else None
         if interface is None or self.policy.grants:  # a backend refuses grants it cannot confine
             return True
+        raw = getattr(interface, "raw_imports", None)  # (native.recorded: not built)
+        if raw is not None:
+            return any(i[0].startswith("wasi") for i in raw)
         return any(i.module.startswith("wasi") for i in interface.imports)
 
     def _export_types(self) -> dict:
@@ -1433,6 +1460,16 @@ class Group:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+def _file_name(text: str) -> str:
+    """``Path(text).name`` without making the Path (on every cold start): the last part
+    that is neither empty nor ".", so "m.wasm/." and "m.wasm/" are named "m.wasm", as
+    the file read."""
+    name = text.rpartition(os.sep)[2]
+    if name and name != ".":
+        return name
+    return next((p for p in reversed(text.split(os.sep)) if p and p != "."), "")
 
 
 def _is_component_file(module: Any) -> bool:
