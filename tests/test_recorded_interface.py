@@ -216,3 +216,31 @@ def test_known_modules_with_host_imports_check_against_them(isolated, tmp_path):
         with pytest.raises(errors.LinkError, match="function env.f"):
             _fresh(path, policy)
     assert trust.tag_key("cache-facts")
+
+
+def test_export_records_build_what_the_plain_constructors_build():
+    """`_exports` (every cold start) builds its namedtuples with tuple.__new__: the
+    same values, types and defaults as ExportInfo(...) and Signature(...)."""
+    from wasmsbx.backends.base import ExportInfo, Signature
+
+    records = [
+        {"name": "add", "kind": "func", "params": ["i32", "i32"], "results": ["i32"]},
+        {"name": "nothing", "kind": "func", "params": [], "results": []},
+        {"name": "memory", "kind": "memory"},
+        {"name": "g", "kind": "global", "params": None},
+        {"name": "é\0x", "kind": "table"},
+    ]
+    built = sandbox_mod._exports(records)
+    plain = [
+        ExportInfo(e["name"], e["kind"], Signature(tuple(e["params"]), tuple(e["results"])))
+        if e.get("params") is not None
+        else ExportInfo(e["name"], e["kind"])
+        for e in records
+    ]
+    assert built == plain
+    assert [type(b) for b in built] == [ExportInfo] * len(records)
+    assert [type(b.signature) for b in built[:2]] == [Signature] * 2
+    assert built[0].signature.params == ("i32", "i32") and built[2].signature is None
+    assert str(built[0].signature) == "(i32, i32) -> i32"
+    with pytest.raises(KeyError):
+        sandbox_mod._exports([{"name": "f", "kind": "func", "params": []}])

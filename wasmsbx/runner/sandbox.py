@@ -1512,11 +1512,21 @@ def _wat_head(text: bytes) -> bytes:
 
 
 def _exports(records: list) -> list:
-    """ExportInfo from the export records an artifact or cache entry carries."""
+    """ExportInfo from the export records an artifact or cache entry carries (on every
+    cold start: built with tuple.__new__, as native.recorded builds its records, since
+    a namedtuple's own __new__ is Python code)."""
+    new = tuple.__new__
     return [
-        ExportInfo(e["name"], e["kind"], Signature(tuple(e["params"]), tuple(e["results"])))
-        if e.get("params") is not None
-        else ExportInfo(e["name"], e["kind"])
+        new(
+            ExportInfo,
+            (
+                e["name"],
+                e["kind"],
+                new(Signature, (tuple(e["params"]), tuple(e["results"])))
+                if e.get("params") is not None
+                else None,
+            ),
+        )
         for e in records
     ]
 
