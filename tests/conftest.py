@@ -232,7 +232,12 @@ def isolated(tmp_path, monkeypatch):
     work = tmp_path / "work"
     work.mkdir()
     monkeypatch.chdir(work)
-    return work
+    yield work
+    # Cache hits the test kept in memory are written to its own cache's journal now
+    # (native.cache.flush_hits), not when a later test reads its records
+    from wasmsbx.native import flush_hits
+
+    flush_hits()
 
 
 @pytest.fixture(autouse=True)

@@ -12,6 +12,7 @@ import sys
 from typing import Optional
 
 from ..errors import ExitCode, WasmsbxError
+from ..native import flush_hits
 
 
 def _lean_run(argv: list) -> bool:
@@ -150,6 +151,7 @@ def entry() -> None:
     flushed or closed before this point.
     """
     code = main(guard=True)
+    flush_hits()  # (cache hits kept in memory: os._exit skips atexit)
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import errors
+from ..native import flush_hits
 from . import wire
 
 KEEP_JOBS = 4  # compiled modules kept per worker process, least recently used dropped
@@ -76,6 +77,7 @@ def run_chunk(spec: str, wasm: bytes, chunk: list) -> str:
             seconds = time.perf_counter() - started
         finally:
             job.give(caller)
+            flush_hits()  # (a Dask worker may be killed: its cache hits are written now)
         return wire.results_to_wire(results, seconds)
     except Exception as exc:
         return wire.error_to_wire(exc)

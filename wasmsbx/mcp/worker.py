@@ -27,6 +27,7 @@ from collections import OrderedDict
 from typing import Any
 
 from .. import errors
+from ..native import flush_hits
 from . import guest
 
 MAX_MODULES = 8  # compiled modules kept per worker (least recently used dropped)
@@ -219,6 +220,7 @@ def serve(requests: Any, replies: Any) -> None:
         reply["cpu"] = round(_cpu() - started, 6)
         replies.write(json.dumps(reply, default=str) + "\n")
         replies.flush()
+        flush_hits()  # (the server kills its workers: cache hits are written per call)
 
 
 def main() -> None:

@@ -33,6 +33,7 @@ from collections import deque
 from typing import Any, Callable, Optional
 
 from .. import errors
+from ..native import flush_hits
 
 
 class BatchWorkerDied(errors.WasmsbxError):
@@ -313,6 +314,7 @@ def _forked_main(task_fd: int, reply_fd: int, lifeline: int, job: tuple) -> None
     _exit_with(lambda: os.read(lifeline, 1))
     tasks = Connection(task_fd, writable=False)
     code = _serve(tasks, Connection(reply_fd, readable=False), job)
+    flush_hits()  # (os._exit skips atexit)
     os._exit(code)
 
 
@@ -323,7 +325,9 @@ def _spawned_main(tasks: Any, replies: Any, job: tuple) -> None:
     parent = multiprocessing.parent_process()
     if parent is not None:
         _exit_with(parent.join)
-    os._exit(_serve(tasks, replies, job))
+    code = _serve(tasks, replies, job)
+    flush_hits()  # (os._exit skips atexit)
+    os._exit(code)
 
 
 def _quiet_signals() -> None:

@@ -12,6 +12,7 @@ from typing import Any, Optional
 
 import typer
 
+from ...native import flush_hits
 from .. import options as run_options
 from .. import output
 from ..app import RUN_OPTS, FuncArgsCommand, run_opt, split_passthrough
@@ -127,6 +128,7 @@ def _exit_now(code: int) -> None:
             stream.flush()
         except (OSError, ValueError):  # a closed pipe: nothing more to say
             pass
+    flush_hits()  # (cache hits kept in memory: os._exit skips atexit)
     os._exit(code)
 
 
