@@ -714,6 +714,10 @@ CAPPED_LIMITS = (
 )
 # The flags that raise a capped limit again (the others: --policy FILE).
 LIMIT_FLAGS = {"limits.memory": "--memory", "limits.timeout": "--timeout"}
+# How a cache is kept: a discovered policy decides them only for a cache folder it names
+# itself (runtime.cache_dir, inside the project); your own cache keeps the defaults (a
+# cloned project's cache_size of a few bytes evicted every entry of your cache).
+OWN_CACHE_KEYS = ("runtime.cache_size", "runtime.cache_compress")
 
 
 def cap_limits(policy: Policy) -> None:
@@ -728,6 +732,12 @@ def cap_limits(policy: Policy) -> None:
         if asked is not None and default is not None and asked > default:
             policy.capped[dotted] = asked
             policy.values[dotted] = default
+    if not policy.values["runtime.cache_dir"]:  # the user's own cache (OWN_CACHE_KEYS)
+        for dotted in OWN_CACHE_KEYS:
+            asked, default = policy.values[dotted], base[dotted]
+            if asked != default:
+                policy.capped[dotted] = asked
+                policy.values[dotted] = default
 
 
 def capped_warnings(policy: Policy) -> list:
@@ -736,6 +746,19 @@ def capped_warnings(policy: Policy) -> list:
     for dotted, asked in getattr(policy, "capped", {}).items():
         kind = KEYS[dotted].kind
         show = _size_text if kind == "size" else _duration_text if kind == "duration" else str
+        if kind == "bool":
+            show = lambda value: "true" if value else "false"  # noqa: E731 - as in TOML
+        if dotted in OWN_CACHE_KEYS:
+            out.append(
+                (
+                    f"{policy.source}: {dotted} = {show(asked)} applies only to a cache "
+                    "folder the policy names (runtime.cache_dir); your cache keeps "
+                    f"{show(policy.values[dotted])} (a sandbox.toml found in the working "
+                    "folder does not manage your cache)",
+                    f"to apply it to your cache: --policy {policy.source}",
+                )
+            )
+            continue
         flag = LIMIT_FLAGS.get(dotted)
         how = f"{flag} {show(asked)}, or " if flag else ""
         out.append(

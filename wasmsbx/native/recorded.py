@@ -315,6 +315,9 @@ class RecordedInterface:
     def __repr__(self) -> str:
         return repr(self.built())
 
+    def __reduce__(self) -> tuple:  # (every pickle protocol, as the namedtuple)
+        return (RecordedInterface, (self.raw_imports, self.raw_exports))
+
 
 def _build(imports: tuple, exports: tuple) -> Any:
     Exported, Layout, Export, FuncType, Import, Interface, Limits = _types()
@@ -347,13 +350,22 @@ def _decode(data: Any, digest: str) -> Optional[RunFacts]:
     if form != FORMAT or module != digest:
         return None
     # (authentic, so always what _encode wrote; the shapes are checked all the same,
-    # here rather than when the interface is built)
-    for rows, width in ((imports, 8), (exports, 4)):
-        if type(rows) is not tuple:
-            return None
-        for row in rows:
-            if type(row) is not tuple or len(row) != width:
-                return None
+    # here, with every operation _build makes but the objects: a record that passes
+    # builds, one that does not is ignored, as before the interface was built lazily)
+    if type(imports) is not tuple or type(exports) is not tuple:
+        return None
+    for _, _, _, t, lim, _, _, _ in imports:
+        if t is not None:
+            hash(t)
+            params, results = t
+            tuple(params), tuple(results)
+        if lim is not None:
+            _fields(lim, 4)
+    for _, _, _, t in exports:
+        if t is not None:
+            hash(t)
+            params, results = t
+            tuple(params), tuple(results)
     layout = None
     if shape is not None:
         layout = Layout(tuple(map(tuple, shape[0])), tuple(map(tuple, shape[1])))

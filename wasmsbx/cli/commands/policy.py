@@ -66,6 +66,11 @@ def value_sources(policy: Any, options: dict) -> dict:
         flag = flags.get(dotted)
         if flag and origin and dotted in merged:  # a flag adds to the file's list
             sources[dotted] = f"{origin} + {flag}"
+        elif dotted in policy.capped and not flag and dotted in policy_mod.OWN_CACHE_KEYS:
+            sources[dotted] = (
+                f"default ({origin} sets it for a cache_dir of its own only; "
+                "a discovered policy does not manage your cache)"
+            )
         elif dotted in policy.capped and not flag:
             sources[dotted] = (
                 f"default ({origin} asks more; a discovered policy cannot raise limits)"
