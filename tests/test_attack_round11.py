@@ -4,7 +4,7 @@ _provided_wasi / _needs_wasi, Sandbox._name from _file_name) and native code sto
 by default with runtime.cache_compress opting into zstd (99f44f4).
 
 Tests whose docstring starts with "Held" pin what held; those starting with "FINDING"
-assert the safe behaviour and fail on the commit attacked."""
+assert the safe behaviour, failed on the commit attacked and pass since the fixes."""
 
 from __future__ import annotations
 
@@ -357,7 +357,7 @@ def test_recorded_interface_behaves_as_the_namedtuple_it_replaces(tmp_path):
 
 
 def test_recorded_interface_pickles_at_every_protocol(tmp_path):
-    """FINDING (minor; unreachable from wasmsbx's own code): pickle protocols 0 and 1
+    """FINDING, fixed since (minor; unreachable from wasmsbx's own code): pickle protocols 0 and 1
     (the namedtuple Interface pickles at all of them): a RecordedInterface (__slots__,
     no __getstate__) raises TypeError there, on 3.11 too ("a class that defines
     __slots__ without defining __getstate__ cannot be pickled"). No wasmsbx code
@@ -431,7 +431,7 @@ def _write_record(code: Path, digest: str, body_tuple: tuple, key: bytes) -> Non
     ids=["type-one-field", "limits-three", "type-three"],
 )
 def test_an_authentic_record_of_a_wrong_shape_is_refused_at_recall(tmp_path, imports):
-    """FINDING (defence in depth only: an authentic record always has _encode's shapes,
+    """FINDING, fixed since (defence in depth only: an authentic record always has _encode's shapes,
     and forging one needs the user's key, out of scope): before 36be5de every field was
     unpacked inside recall()'s try, so a record of a wrong inner shape was ignored
     (None); now rows are checked only for width and a wrong inner shape surfaces later,
@@ -682,13 +682,17 @@ def test_a_discovered_policy_cannot_wipe_the_users_default_cache(tmp_path):
     # Trusted with --policy, the same file decides (the user's call)
     trusted = policy_mod.discover(str(project / "sandbox.toml"))
     assert trusted.values["runtime.cache_size"] == one + 200 and not trusted.capped
-    # Naming a cache folder of its own, the project keeps its settings there
+    # Naming a cache folder of its own, the project keeps its settings there (and only
+    # there: not for a --cache-dir given with it, red team round 12)
     own = _discovered(
         project,
         f'[runtime]\ncache_dir = ".wc"\ncache_size = "{one + 200}B"\ncache_compress = true\n',
     )
-    assert own.values["runtime.cache_size"] == one + 200 and own.values["runtime.cache_compress"]
-    assert not own.capped
+    assert cache.settings(own, "policy") == (one + 200, True)
+    default_size = policy_mod.defaults().values["runtime.cache_size"]
+    for source in ("option", "env", "default"):
+        assert cache.settings(own, source) == (default_size, False)
+    assert policy_mod.capped_warnings(own) == []  # (nothing held from its own folder)
 
 
 def test_a_discovered_policy_cannot_switch_the_users_cache_to_compressed(tmp_path, monkeypatch):

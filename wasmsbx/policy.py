@@ -716,7 +716,9 @@ CAPPED_LIMITS = (
 LIMIT_FLAGS = {"limits.memory": "--memory", "limits.timeout": "--timeout"}
 # How a cache is kept: a discovered policy decides them only for a cache folder it names
 # itself (runtime.cache_dir, inside the project); your own cache keeps the defaults (a
-# cloned project's cache_size of a few bytes evicted every entry of your cache).
+# cloned project's cache_size of a few bytes evicted every entry of your cache). They
+# are held in ``capped`` like limits; native.cache.settings gives the asked values to
+# the policy's own folder only (not to a --cache-dir given with it, say).
 OWN_CACHE_KEYS = ("runtime.cache_size", "runtime.cache_compress")
 
 
@@ -732,12 +734,11 @@ def cap_limits(policy: Policy) -> None:
         if asked is not None and default is not None and asked > default:
             policy.capped[dotted] = asked
             policy.values[dotted] = default
-    if not policy.values["runtime.cache_dir"]:  # the user's own cache (OWN_CACHE_KEYS)
-        for dotted in OWN_CACHE_KEYS:
-            asked, default = policy.values[dotted], base[dotted]
-            if asked != default:
-                policy.capped[dotted] = asked
-                policy.values[dotted] = default
+    for dotted in OWN_CACHE_KEYS:
+        asked, default = policy.values[dotted], base[dotted]
+        if asked != default:
+            policy.capped[dotted] = asked
+            policy.values[dotted] = default
 
 
 def capped_warnings(policy: Policy) -> list:
@@ -749,6 +750,8 @@ def capped_warnings(policy: Policy) -> list:
         if kind == "bool":
             show = lambda value: "true" if value else "false"  # noqa: E731 - as in TOML
         if dotted in OWN_CACHE_KEYS:
+            if policy.values["runtime.cache_dir"]:
+                continue  # (its own folder gets it: native.cache.settings)
             out.append(
                 (
                     f"{policy.source}: {dotted} = {show(asked)} applies only to a cache "

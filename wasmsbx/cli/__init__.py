@@ -73,6 +73,7 @@ def _hard_stop(error: WasmsbxError) -> None:
             except Exception:  # noqa: BLE001 - leaving anyway; the error line still goes out
                 pass
         _flush_all()
+        flush_hits()  # (the run's cache hit, kept in memory; never raises)
 
     flusher = threading.Thread(target=last_words, daemon=True)
     flusher.start()
@@ -130,6 +131,7 @@ def main(argv: Optional[list] = None, *, guard: bool = False) -> int:
             from .app import run_app
 
             code = run_app(argv)
+        flush_hits()  # (cache hits kept in memory: entry leaves with os._exit, not atexit)
         try:
             sys.stdout.flush()
         except BrokenPipeError:  # a closed pipe (| head) is not an error of ours
@@ -151,7 +153,6 @@ def entry() -> None:
     flushed or closed before this point.
     """
     code = main(guard=True)
-    flush_hits()  # (cache hits kept in memory: os._exit skips atexit)
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()

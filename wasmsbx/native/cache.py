@@ -35,6 +35,7 @@ import errno
 import json
 import os
 import stat
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -362,6 +363,9 @@ class Store:
     imports diskcache or sqlite3 (13 ms, more than the rest of a cached load).
     """
 
+    compress = False  # runtime.cache_compress for this folder (cache.settings)
+    checked: Optional[tuple] = None  # _folder_state when its checks last passed
+
     def __init__(self, root: Path, size_limit: int) -> None:
         from .trust import in_cache_roots
 
@@ -541,13 +545,15 @@ class Store:
         Sandbox of graphviz.wasm). Hits of a process killed meanwhile are lost; they are
         statistics (``cache list``, and which entries are evicted first).
         """
-        line = f"{key} {label} {time.time():.3f}\n".encode()
+        ms = int(time.time() * 1000)  # (floored: a rounded time could be in the future)
+        line = f"{key} {label} {ms // 1000}.{ms % 1000:03d}\n".encode()
         global _PENDING_SINCE
         with _PENDING_LOCK:
             if not _PENDING:
                 _PENDING_SINCE = time.monotonic()
                 if not _FLUSH_AT_EXIT:
                     _FLUSH_AT_EXIT.append(atexit.register(flush_hits))
+                _flush_in_multiprocessing()
             _PENDING.append((self, line))
             due = len(_PENDING) >= HITS_BATCH or time.monotonic() - _PENDING_SINCE >= HITS_DELAY
         if due:
@@ -557,19 +563,34 @@ class Store:
         """Append ``lines`` (whole hit lines) to the hit journal; fold it when they take
         it past a multiple of ``HITS_FOLD_SIZE``, so a cache only ever hit stays small.
         If the database cannot be opened, that is tried again only at the next multiple;
-        past ``HITS_MAX`` hits are no longer counted."""
-        try:  # never through a link (one swapped in after prepare_dir: see _refuse_links)
-            fd = os.open(self.hits_text, os.O_WRONLY | os.O_APPEND | os.O_CREAT | _NOFOLLOW, 0o600)
-        except OSError:  # ELOOP: a link; the hit goes uncounted (statistics only)
-            return
-        try:
-            _flock(fd)  # (so the journal's size is the one seen before this write)
-            size = os.fstat(fd).st_size
-            if size > HITS_MAX:
+        past ``HITS_MAX`` hits are no longer counted.
+
+        Written only while the cache folder is the one checked when it was opened (the
+        device, inode, mode and owner ``_folder_state`` saw then; not its times, which
+        the journal's own creation moves): hits kept since may outlive a folder swapped
+        for a link to another (they are then dropped). Never through a link, never
+        blocking on a FIFO, and never while this process forks (``_JOURNAL_LOCK``: a
+        child would inherit the journal's lock, held, and wait for it forever)."""
+        if self.checked is not None:
+            now = _folder_state(self.root)
+            if now is None or now[:4] != self.checked[:4]:
                 return
-            size += os.write(fd, lines)
-        finally:
-            os.close(fd)  # releases the lock
+        with _JOURNAL_LOCK:
+            try:  # never through a link (one swapped in after prepare_dir: _refuse_links)
+                fd = os.open(self.hits_text, _JOURNAL_FLAGS | os.O_WRONLY | os.O_APPEND, 0o600)
+            except OSError:  # ELOOP: a link; the hits go uncounted (statistics only)
+                return
+            try:
+                info = os.fstat(fd)
+                if not stat.S_ISREG(info.st_mode) or info.st_size > HITS_MAX:
+                    return  # (a FIFO, a device: nothing written, nothing waited for)
+                _flock(fd)  # (so the journal's size is the one seen before this write)
+                size = os.fstat(fd).st_size
+                if size > HITS_MAX:
+                    return
+                size += os.write(fd, lines)
+            finally:
+                os.close(fd)  # releases the lock
         if size // HITS_FOLD_SIZE > (size - len(lines)) // HITS_FOLD_SIZE:
             self.fold_hits()
 
@@ -582,20 +603,23 @@ class Store:
         """
         flush_hits()  # (this process's own hits first)
         db = self.db
-        try:
-            fd = os.open(self.root / HITS, os.O_RDWR | _NOFOLLOW)
-        except FileNotFoundError:
-            return 0
-        except OSError:  # ELOOP: a link, never emptied
-            return 0
-        try:
-            _flock(fd)
-            with os.fdopen(os.dup(fd), "rb") as f:
-                lines = f.read().splitlines()
-            if lines:
-                os.ftruncate(fd, 0)
-        finally:
-            os.close(fd)
+        with _JOURNAL_LOCK:
+            try:
+                fd = os.open(self.root / HITS, (_JOURNAL_FLAGS & ~os.O_CREAT) | os.O_RDWR)
+            except FileNotFoundError:
+                return 0
+            except OSError:  # ELOOP: a link, never emptied
+                return 0
+            try:
+                if not stat.S_ISREG(os.fstat(fd).st_mode):
+                    return 0  # a FIFO or a device planted there: never read, never waited for
+                _flock(fd)
+                with os.fdopen(os.dup(fd), "rb") as f:
+                    lines = f.read().splitlines()
+                if lines:
+                    os.ftruncate(fd, 0)
+            finally:
+                os.close(fd)
         per_key: dict = {}
         per_label: dict = {}
         now = time.time()
@@ -834,21 +858,40 @@ def cache_errors() -> tuple:
 _SHARED: dict = {}  # root -> Store kept open by the run path, for this process
 
 
+def settings(policy: Any, source: str) -> tuple:
+    """(runtime.cache_size, runtime.cache_compress) for the cache folder ``resolve_dir``
+    found from ``source``: what a discovered policy asked (``policy.capped``, see
+    policy.OWN_CACHE_KEYS) only for the folder it names itself ("policy"); for any other
+    (yours: --cache-dir, $WASMSBX_CACHE_DIR, the default) the values in force."""
+    values = policy.values
+    size, compress = values["runtime.cache_size"], values["runtime.cache_compress"]
+    if source == "policy":
+        held = getattr(policy, "capped", None)
+        if held:
+            size = held.get("runtime.cache_size", size)
+            compress = held.get("runtime.cache_compress", compress)
+    return size, compress
+
+
 def open_store(policy: Any, override: Optional[str] = None, create: bool = True):
     """A new Store with its database open (close it when done), or None if ``create`` is
     false and none exists."""
-    root, _ = resolve_dir(policy, override)
-    return Store.open(root, policy.values["runtime.cache_size"], create=create, connect=True)
+    root, source = resolve_dir(policy, override)
+    size, compress = settings(policy, source)
+    store = Store.open(root, size, create=create, connect=True)
+    if store is not None:
+        store.compress = compress
+    return store
 
 
 def shared_store(policy: Any, override: Optional[str] = None) -> Store:
     """The run path's Store for this directory, opened once per process: opening the
     database costs about a millisecond, which matters to a process that runs many
     modules (``watch``, the Python API) and to the cached load time."""
-    return _shared_store_at(resolve_dir(policy, override)[0], policy)
+    return _shared_store_at(*resolve_dir(policy, override), policy)
 
 
-def _shared_store_at(root: Path, policy: Any) -> Store:
+def _shared_store_at(root: Path, source: str, policy: Any) -> Store:
     store = _SHARED.get(root)
     if store is not None:
         seen = _folder_state(root)
@@ -859,10 +902,12 @@ def _shared_store_at(root: Path, policy: Any) -> Store:
                 prepare_dir(root)  # still ours, still private
                 store.checked = _folder_state(root)
         if seen is not None:
-            store.size_limit = policy.values["runtime.cache_size"]
+            store.size_limit, store.compress = settings(policy, source)
             return store
-    opened = Store.open(root, policy.values["runtime.cache_size"])
+    size, compress = settings(policy, source)
+    opened = Store.open(root, size)
     assert opened is not None  # (create=True: made if missing)
+    opened.compress = compress
     opened.checked = _folder_state(root)
     _SHARED[root] = opened
     return opened
@@ -873,6 +918,9 @@ _PENDING: list = []
 _PENDING_SINCE = 0.0  # time.monotonic() of the oldest
 _PENDING_LOCK = threading.Lock()
 _FLUSH_AT_EXIT: list = []  # flush_hits once registered with atexit
+# Held while a journal is open (Store._journal, fold_hits) and by a fork (os.register_at_fork)
+_JOURNAL_LOCK = threading.Lock()
+_JOURNAL_FLAGS = os.O_CREAT | _NOFOLLOW | _NONBLOCK | getattr(os, "O_CLOEXEC", 0)
 HITS_BATCH = 64  # pending hits written together
 HITS_DELAY = 10.0  # seconds the oldest pending hit may wait for a later one
 
@@ -897,28 +945,77 @@ def flush_hits() -> None:
 
 
 def _forget_pending_hits() -> None:
-    """In a forked child: the parent writes its own pending hits."""
-    global _PENDING_LOCK
+    """In a forked child: the parent writes its own pending hits. A child of
+    multiprocessing leaves with os._exit after its finalizers: flush_hits is one."""
+    global _PENDING_LOCK, _JOURNAL_LOCK
     _PENDING_LOCK = threading.Lock()
+    _JOURNAL_LOCK = threading.Lock()
     del _PENDING[:]
+    _flush_in_multiprocessing()
+
+
+def _flush_in_multiprocessing() -> None:
+    """Have multiprocessing's exit (its children leave with os._exit after running
+    their finalizers, skipping atexit) write this process's hits: registered in each
+    process that has multiprocessing loaded, once (never imports it)."""
+    util = sys.modules.get("multiprocessing.util")
+    if util is None:
+        return
+    marker = (os.getpid(), "mp")
+    if marker in _FLUSH_AT_EXIT:
+        return
+    try:
+        util.Finalize(None, flush_hits, exitpriority=100)
+        # (a child's bootstrap clears the finalizers it inherited, then runs these)
+        util.register_after_fork(_MP_ANCHOR, _in_multiprocessing_child)
+    except Exception:  # noqa: BLE001 - statistics only
+        return
+    _FLUSH_AT_EXIT.append(marker)
+
+
+class _Anchor:
+    """What multiprocessing's after-fork registry holds (weakly) for this module."""
+
+
+_MP_ANCHOR = _Anchor()
+
+
+def _in_multiprocessing_child(_anchor: Any) -> None:
+    marker = (os.getpid(), "mp")
+    if marker in _FLUSH_AT_EXIT:
+        _FLUSH_AT_EXIT.remove(marker)
+    _flush_in_multiprocessing()
+
+
+def _before_fork() -> None:
+    _JOURNAL_LOCK.acquire()
+
+
+def _after_fork_in_parent() -> None:
+    _JOURNAL_LOCK.release()
 
 
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_forget_pending_hits)
+    os.register_at_fork(
+        before=_before_fork,
+        after_in_parent=_after_fork_in_parent,
+        after_in_child=_forget_pending_hits,
+    )
 
 
-def _existing_store(root: Path, policy: Any) -> Optional[Store]:
-    """The shared store of ``root`` if a cache is there (``exists``), else None: looking
-    in the cache never creates one. A store this process opened, whose folder is as it
-    was (``_folder_state``: a database or code folder removed would change its mtime),
-    is not looked for again."""
+def _existing_store(found: tuple, policy: Any) -> Optional[Store]:
+    """The shared store of the folder ``found`` names (``resolve_dir``: folder, source)
+    if a cache is there (``exists``), else None: looking in the cache never creates one.
+    A store this process opened, whose folder is as it was (``_folder_state``: a
+    database or code folder removed would change its mtime), is not looked for again."""
+    root, source = found
     store = _SHARED.get(root)
     if store is not None and store.checked is not None and _folder_state(root) == store.checked:
-        store.size_limit = policy.values["runtime.cache_size"]
+        store.size_limit, store.compress = settings(policy, source)
         return store
     if not exists(root):
         return None
-    return _shared_store_at(root, policy)
+    return _shared_store_at(root, source, policy)
 
 
 def _folder_state(root: Path) -> Optional[tuple]:
@@ -975,7 +1072,7 @@ def load_or_compile(
     try:
         store = store or shared_store(policy, cache_dir)
         lookup = Lookup(store, engine, wasm, name, compile_fn, digest)
-        lookup.compress = policy.values["runtime.cache_compress"]
+        lookup.compress = store.compress
     except cache_errors() as exc:
         timings: dict = {}
         if callable(wasm):  # (read only now: the cache was to give the module)
@@ -997,7 +1094,7 @@ def module_facts(policy: Any, cache_dir: Optional[str], wasm: bytes) -> tuple:
     store, facts = None, None
     try:
         # (a run refused before it compiles leaves no cache behind)
-        store = _existing_store(resolve_dir(policy, cache_dir)[0], policy)
+        store = _existing_store(resolve_dir(policy, cache_dir), policy)
         if store is not None:
             facts = recorded.recall(store.code_text, digest, _facts_key())
     except cache_errors():
@@ -1018,7 +1115,7 @@ def known_file(policy: Any, cache_dir: Optional[str], path_text: str, info: Any)
     and the module's facts record is authentic; else None (never an error: the file is
     then read and hashed as always)."""
     try:
-        store = _existing_store(resolve_dir(policy, cache_dir)[0], policy)
+        store = _existing_store(resolve_dir(policy, cache_dir), policy)
         if store is None:
             return None
         code = store.code_text
@@ -1334,7 +1431,7 @@ def store_compiled(
         ) from None
     try:
         lookup = Lookup(store, engine, wasm, name, compile_fn)
-        lookup.compress = policy.values["runtime.cache_compress"]
+        lookup.compress = store.compress
         try:
             listed = store.has(lookup.key) and store.record(lookup.key) is not None
             if not force and listed and lookup.load(touch=False) is not None:
