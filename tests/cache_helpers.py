@@ -59,3 +59,35 @@ def spy_full_hashes(monkeypatch) -> list:
 
     monkeypatch.setattr(entry, "_hash_mapped", spy)
     return calls
+
+
+def spy_known_files(patch) -> list:
+    """What ``cache.known_file`` answers from now on ((digest, facts, store), or None for
+    a file the cache does not know), on ``patch`` (a MonkeyPatch)."""
+    from wasmsbx.native import cache
+
+    seen: list = []
+    real = cache.known_file
+
+    def spy(*args):
+        got = real(*args)
+        seen.append(got)
+        return got
+
+    patch.setattr(cache, "known_file", spy)
+    return seen
+
+
+def hit_from_threads(store, key: str, threads: int, each: int) -> None:
+    """``threads`` threads each counting ``each`` hits of ``key`` in ``store`` at once."""
+    import threading
+
+    def hits() -> None:
+        for _ in range(each):
+            store.hit(key, "wasmtime")
+
+    running = [threading.Thread(target=hits) for _ in range(threads)]
+    for t in running:
+        t.start()
+    for t in running:
+        t.join()

@@ -30,7 +30,7 @@ from wasmsbx.wasm import wasi
 from wasmsbx.wasm.model import FuncType, Import, Interface
 from wasmsbx.wasm.source import read_module
 
-from .cache_helpers import make_policy
+from .cache_helpers import make_policy, spy_known_files
 
 ROOT = Path(__file__).resolve().parent.parent
 FD_WRITE = "(func (param i32 i32 i32 i32) (result i32))"
@@ -92,16 +92,8 @@ def _remember(path: Path, policy) -> None:
 def _known_outcome(path: Path, policy, **kw) -> tuple:
     """The outcome on the cached path (file known by its memo, facts from its record),
     asserting that this path was taken."""
-    seen: list = []
-    real = cache.known_file
-
-    def spy(*args):
-        got = real(*args)
-        seen.append(got)
-        return got
-
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(cache, "known_file", spy)
+        seen = spy_known_files(patch)
         got = _outcome(path, policy, **kw)
     assert seen and seen[0] is not None, "not known by its memo"
     assert isinstance(seen[0][1].interface, recorded.RecordedInterface)

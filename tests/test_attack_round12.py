@@ -21,7 +21,7 @@ import pytest
 from wasmsbx import policy as policy_mod
 from wasmsbx.native import cache
 
-from .cache_helpers import make_policy, new_run_sandbox
+from .cache_helpers import hit_from_threads, make_policy, new_run_sandbox
 from .conftest import GUESTS
 
 ADD = '(module (func (export "add") (param i32 i32) (result i32) local.get 0 local.get 1 i32.add))'
@@ -368,15 +368,7 @@ def test_folds_inside_flushes_from_many_threads_count_each_hit_once(add, monkeyp
     ((key, _),) = store.code_keys()
     base = _hits(policy)
 
-    def hits() -> None:
-        for _ in range(60):
-            store.hit(key, "wasmtime")
-
-    threads = [threading.Thread(target=hits) for _ in range(6)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    hit_from_threads(store, key, threads=6, each=60)
     assert _hits(policy) == base + 360
 
 

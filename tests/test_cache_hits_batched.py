@@ -9,14 +9,13 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import threading
 
 import pytest
 
 from wasmsbx.native import cache
 from wasmsbx.runner import Sandbox
 
-from .cache_helpers import make_policy, new_run_sandbox
+from .cache_helpers import hit_from_threads, make_policy, new_run_sandbox
 
 ADD = '(module (func (export "add") (param i32 i32) (result i32) local.get 0 local.get 1 i32.add))'
 
@@ -31,6 +30,13 @@ def add(isolated):
 def journal(policy) -> bytes:
     path = cache.resolve_dir(policy)[0] / cache.HITS
     return path.read_bytes() if path.exists() else b""
+
+
+def settled(add, policy) -> int:
+    """One sandbox of ``add`` (a miss, or a hit), every hit written: the journal's lines."""
+    new_run_sandbox(add, policy)
+    cache.flush_hits()
+    return len(journal(policy).splitlines())
 
 
 def test_a_hit_writes_nothing_until_the_hits_are_flushed(add):
@@ -62,9 +68,7 @@ def test_reading_the_records_counts_the_hits_kept_in_memory(add):
 def test_a_batch_is_written_when_full(add, monkeypatch):
     monkeypatch.setattr(cache, "HITS_BATCH", 3)
     policy = make_policy()
-    new_run_sandbox(add, policy)
-    cache.flush_hits()
-    start = len(journal(policy).splitlines())
+    start = settled(add, policy)
     for _ in range(2):
         new_run_sandbox(add, policy)
     assert len(journal(policy).splitlines()) == start
@@ -75,9 +79,7 @@ def test_a_batch_is_written_when_full(add, monkeypatch):
 def test_a_hit_older_than_the_delay_is_written_with_the_next(add, monkeypatch):
     monkeypatch.setattr(cache, "HITS_DELAY", 0.0)
     policy = make_policy()
-    new_run_sandbox(add, policy)
-    cache.flush_hits()
-    start = len(journal(policy).splitlines())
+    start = settled(add, policy)
     new_run_sandbox(add, policy)
     assert len(journal(policy).splitlines()) == start + 1
 
@@ -85,21 +87,11 @@ def test_a_hit_older_than_the_delay_is_written_with_the_next(add, monkeypatch):
 def test_hits_from_many_threads_are_each_written_once(add, monkeypatch):
     monkeypatch.setattr(cache, "HITS_BATCH", 7)
     policy = make_policy()
-    Sandbox(add, policy)
-    cache.flush_hits()
-    start = len(journal(policy).splitlines())
+    start = settled(add, policy)
     store = cache.shared_store(policy, None)
     ((key, _),) = store.code_keys()
 
-    def hits():
-        for _ in range(50):
-            store.hit(key, "wasmtime")
-
-    threads = [threading.Thread(target=hits) for _ in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    hit_from_threads(store, key, threads=8, each=50)
     cache.flush_hits()
     assert len(journal(policy).splitlines()) == start + 400
 

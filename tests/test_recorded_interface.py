@@ -22,7 +22,7 @@ from wasmsbx.wasm.facts import read_interface
 from wasmsbx.wasm.model import FuncType, Import
 from wasmsbx.wasm.source import read_module
 
-from .cache_helpers import make_policy
+from .cache_helpers import make_policy, spy_known_files
 
 FD_WRITE = "(func (param i32 i32 i32 i32) (result i32))"
 
@@ -154,16 +154,8 @@ def test_a_known_module_with_an_import_the_sandbox_lacks_is_refused(isolated, tm
     with pytest.raises(errors.LinkError, match="does not provide") as parsed:
         _fresh(path, policy, kind="command")
     _remember(path, policy)
-    seen: list = []
-    real = cache.known_file
-
-    def spy(*args):
-        got = real(*args)
-        seen.append(got)
-        return got
-
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(cache, "known_file", spy)
+        seen = spy_known_files(patch)
         for _ in range(2):
             with pytest.raises(errors.LinkError, match="does not provide") as known:
                 _fresh(path, policy, kind="command")
