@@ -260,16 +260,29 @@ def test_batch_workers_write_their_hits(add, tmp_path):
 # ----------------------------------------------------------------- processes and threads
 
 
-def _child_hits(path: str, n: int) -> None:  # (module level: spawn/forkserver import it)
+def _this_test_env(env: dict) -> None:
+    """The test's cache and trust folders in a child: a forkserver's children inherit the
+    environment of the server, which an earlier test of this worker may have started."""
+    os.environ.update(env)
+
+
+def _test_env() -> dict:
+    return {k: os.environ[k] for k in ("WASMSBX_CACHE_DIR", "WASMSBX_TRUST_DIR")}
+
+
+def _child_hits(path: str, n: int, env: dict) -> None:  # (module level: spawn imports it)
     from tests.cache_helpers import make_policy, new_run_sandbox
 
+    _this_test_env(env)
     for _ in range(n):
         assert new_run_sandbox(path, make_policy()).cache_state == "hit"
 
 
-def _pool_hit(path: str) -> str:
+def _pool_hit(job: tuple) -> str:
     from tests.cache_helpers import make_policy, new_run_sandbox
 
+    path, env = job
+    _this_test_env(env)
     return new_run_sandbox(path, make_policy()).cache_state
 
 
@@ -288,12 +301,12 @@ def test_hits_made_in_multiprocessing_children_are_counted(add, method):
     assert new_run_sandbox(add, policy).cache_state == "miss"
     cache.flush_hits()
     ctx = multiprocessing.get_context(method)
-    child = ctx.Process(target=_child_hits, args=(str(add), 2))
+    child = ctx.Process(target=_child_hits, args=(str(add), 2, _test_env()))
     child.start()
     child.join()
     assert child.exitcode == 0
     with ctx.Pool(2) as pool:
-        assert pool.map(_pool_hit, [str(add)] * 3) == ["hit"] * 3
+        assert pool.map(_pool_hit, [(str(add), _test_env())] * 3) == ["hit"] * 3
         pool.close()
         pool.join()
     assert _hits(policy) == 5, f"hits of {method} children lost"

@@ -362,7 +362,7 @@ def test_existing_store_not_reused_when_the_code_folder_went(isolated, tmp_path)
     policy = make_policy()
     Sandbox("m.wat", policy)
     root = tmp_path / "cache"
-    store = cache._existing_store(cache.resolve_dir(policy)[0], policy)
+    store = cache._existing_store(cache.resolve_dir(policy), policy)
     assert store is not None
     time.sleep(0.02)
     shutil.rmtree(root / cache.CODE_DIR)
@@ -370,7 +370,7 @@ def test_existing_store_not_reused_when_the_code_folder_went(isolated, tmp_path)
     for name in os.listdir(root):
         if name.startswith("cache.db"):
             os.unlink(root / name)
-    assert cache._existing_store(cache.resolve_dir(policy)[0], policy) is None
+    assert cache._existing_store(cache.resolve_dir(policy), policy) is None
 
 
 # ------------------------------------------------------------------ WASI imports
