@@ -91,3 +91,11 @@ def hit_from_threads(store, key: str, threads: int, each: int) -> None:
         t.start()
     for t in running:
         t.join()
+
+
+def stored_entry(tmp_path, folder: str = "cache") -> tuple:
+    """(entry, its verification memo's path) of the one entry in ``tmp_path/folder``."""
+    from wasmsbx.native import cache
+
+    (path,) = (tmp_path / folder).rglob("*" + cache.CODE_SUFFIX)
+    return path, path.with_suffix(cache.MEMO_SUFFIX)

@@ -17,7 +17,7 @@ import pytest
 
 from wasmsbx.native import cache, entry, recorded
 
-from .cache_helpers import make_policy, new_run_sandbox
+from .cache_helpers import make_policy, new_run_sandbox, stored_entry
 
 WAT = '(module (func (export "f") (param i32 i32) (result i32) local.get 0 local.get 1 i32.add))'
 
@@ -38,16 +38,11 @@ def victim(tmp_path) -> Path:
     return path
 
 
-def stored(tmp_path, folder: str = "cache") -> tuple:
-    (path,) = (tmp_path / folder).rglob("*.entry")
-    return path, path.with_suffix(cache.MEMO_SUFFIX)
-
-
 def first_store(module, tmp_path) -> tuple:
     """An entry stored, not yet verified by a load (so no memo yet)."""
     policy = make_policy()
     assert Sandbox(module, policy).cache_state == "miss"
-    path, memo = stored(tmp_path)
+    path, memo = stored_entry(tmp_path)
     assert not os.path.lexists(memo)
     return policy, path, memo
 

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from wasmsbx.native import cache, entry
+from wasmsbx.native import entry
 
-from .cache_helpers import make_policy, new_run_sandbox
+from .cache_helpers import make_policy, new_run_sandbox, stored_entry
 from .trust_helpers import attacker_key
 
 WAT = '(module (func (export "f") (param i32 i32) (result i32) local.get 0 local.get 1 i32.add))'
@@ -29,17 +29,12 @@ def module(tmp_path) -> Path:
     return path
 
 
-def stored(tmp_path, folder: str = "cache") -> tuple:
-    (path,) = (tmp_path / folder).rglob("*.entry")
-    return path, path.with_suffix(cache.MEMO_SUFFIX)
-
-
 def remembered(module, tmp_path) -> tuple:
     """An entry stored, then verified by a load that wrote its memo."""
     policy = make_policy()
     assert Sandbox(module, policy).cache_state == "miss"
     assert Sandbox(module, policy).cache_state == "hit"
-    path, memo = stored(tmp_path)
+    path, memo = stored_entry(tmp_path)
     assert memo.is_file(), "a verified entry old enough is remembered"
     time.sleep(0.05)  # past the file system's timestamp tick: a change now shows
     return policy, path, memo
@@ -49,7 +44,7 @@ def test_a_young_entry_is_not_remembered(module, tmp_path):
     policy = make_policy()
     Sandbox(module, policy)
     assert Sandbox(module, policy).cache_state == "hit"
-    assert not stored(tmp_path)[1].exists()
+    assert not stored_entry(tmp_path)[1].exists()
 
 
 def test_a_remembered_entry_loads_without_hashing(module, tmp_path, later, hashed):
@@ -169,7 +164,7 @@ def test_a_policy_folder_never_uses_memos(module, tmp_path, later, hashed):
     policy = make_policy(runtime__cache_dir=str(tmp_path / "shared"))
     Sandbox(module, policy)
     Sandbox(module, policy)
-    path, memo = stored(tmp_path, "shared")
+    path, memo = stored_entry(tmp_path, "shared")
     assert not memo.exists()
     copies: list = []
     real = entry._load_copy
