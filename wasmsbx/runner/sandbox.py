@@ -213,28 +213,23 @@ def check_interface(
             interface = read_interface(wasm)
         except FactsError:
             return  # the runtime gives the precise error when it compiles
-    # (an interface from the cache's record: its tuples answer the common cases,
-    # native.recorded.RecordedInterface)
-    raw_imports = getattr(interface, "raw_imports", None)
-    if (
-        provided is not all
-        and not imports_checked
-        and (raw_imports is None or provided or not _provided_wasi(raw_imports))
-    ):
-        imports = interface.imports
+    # The common cases read rows: a record's tuples (native.recorded.RecordedInterface,
+    # not built into objects) or the model's namedtuples, whose fields are in the same
+    # places (Import: module, name, kind, type, ...; Export: name, kind, ...).
+    recorded = getattr(interface, "raw_imports", None) is not None
+    if provided is not all and not imports_checked:
         if provided:
-            imports = [i for i in imports if (i.module, i.name) not in provided]
-        if imports:
+            imports = [i for i in interface.imports if (i.module, i.name) not in provided]
             _check_imports(imports)
+        elif not _provided_wasi(interface.raw_imports if recorded else interface.imports):
+            _check_imports(interface.imports)
     if kind != "command" and function is None:
         return  # nothing else to check (a sandbox per tenant stops here)
-    if kind == "command":
-        if raw_imports is not None:
-            start = any(e[0] == "_start" and e[1] == "func" for e in interface.raw_exports)
-        else:
-            start = any(e.name == "_start" and e.kind == "func" for e in interface.exports)
-        if start:
-            return  # (the common case: no export list built)
+    if kind == "command" and any(
+        e[0] == "_start" and e[1] == "func"
+        for e in (interface.raw_exports if recorded else interface.exports)
+    ):
+        return  # (the common case: no export list built)
     exports = [
         ExportInfo(e.name, e.kind, Signature(e.type.params, e.type.results))
         if e.kind == "func" and e.type is not None
@@ -254,17 +249,19 @@ def check_interface(
             parse_args(function, sig, args)
 
 
-def _provided_wasi(raw_imports: tuple) -> bool:
-    """Whether every import of a record's tuples (native.recorded) is a WASI preview1
-    function of the type the sandbox provides (one set lookup each, as _check_imports's
-    fast path; a FuncType equals its (params, results) tuple)."""
+def _provided_wasi(imports: Sequence[Any]) -> bool:
+    """Whether every import is a WASI preview1 function of the type the sandbox provides:
+    one set lookup each (the common case, on every sandbox). ``imports``: rows of
+    (module, name, kind, type, ...): model Imports, or a record's tuples (native.recorded;
+    a FuncType equals its (params, results) tuple). False when unsure (a type with
+    lists): _check_imports's loop then decides."""
     wasi = _WASI or _import_wasi()
     provided, preview1 = wasi.PROVIDED, wasi.PREVIEW1
     try:
-        for i in raw_imports:
+        for i in imports:
             if not (i[2] == "func" and i[0] == preview1 and (i[1], i[3]) in provided):
                 return False
-    except TypeError:  # (an unhashable type: the slow path says what is wrong)
+    except TypeError:  # (an unhashable type: the loop compares them as tuples)
         return False
     return True
 
@@ -272,15 +269,8 @@ def _provided_wasi(raw_imports: tuple) -> bool:
 def _check_imports(imports: Sequence[Any]) -> None:
     """LinkError naming each import the sandbox cannot provide, by its kind."""
     wasi = _WASI or _import_wasi()
-    provided, preview1 = wasi.PROVIDED, wasi.PREVIEW1
-    try:  # (the common case, on every sandbox: each import one set lookup)
-        imports = [
-            i
-            for i in imports
-            if not (i.kind == "func" and i.module == preview1 and (i.name, i.type) in provided)
-        ]
-    except TypeError:  # (a type with lists: the loop below compares them as tuples)
-        pass
+    if _provided_wasi(imports):
+        return
     missing: list = []
     names: list = []
     for imp in imports:
@@ -1069,9 +1059,8 @@ class Sandbox:
         if interface is None or self.policy.grants:  # a backend refuses grants it cannot confine
             return True
         raw = getattr(interface, "raw_imports", None)  # (native.recorded: not built)
-        if raw is not None:
-            return any(i[0].startswith("wasi") for i in raw)
-        return any(i.module.startswith("wasi") for i in interface.imports)
+        rows = interface.imports if raw is None else raw  # (module first in both)
+        return any(i[0].startswith("wasi") for i in rows)
 
     def _export_types(self) -> dict:
         """Exported functions' (params, results), built once per module and shared by
