@@ -175,8 +175,8 @@ for pair in sys.argv[3:]:
     cache.COMPRESS_MIN = 0 if level != "none" else 1 << 62
     cache.COMPRESS_LEVEL = None if level == "none" else int(level)
     store = cache.Store.open(Path(folder), 1 << 40)
+    store.compress = level != "none"  # (runtime.cache_compress)
     lookup = cache.Lookup(store, engine, wasm, "guest")
-    lookup.compress = level != "none"  # (runtime.cache_compress)
     if module is None:
         module = lookup.compile()
         open(sys.argv[2], "wb").write(engine.serialize(module))

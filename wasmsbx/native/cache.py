@@ -547,12 +547,13 @@ class Store:
         """
         ms = int(time.time() * 1000)  # (floored: a rounded time could be in the future)
         line = f"{key} {label} {ms // 1000}.{ms % 1000:03d}\n".encode()
-        global _PENDING_SINCE
+        global _PENDING_SINCE, _FLUSH_AT_EXIT
         with _PENDING_LOCK:
             if not _PENDING:
                 _PENDING_SINCE = time.monotonic()
                 if not _FLUSH_AT_EXIT:
-                    _FLUSH_AT_EXIT.append(atexit.register(flush_hits))
+                    atexit.register(flush_hits)
+                    _FLUSH_AT_EXIT = True
                 _flush_in_multiprocessing()
             _PENDING.append((self, line))
             due = len(_PENDING) >= HITS_BATCH or time.monotonic() - _PENDING_SINCE >= HITS_DELAY
@@ -581,9 +582,8 @@ class Store:
             except OSError:  # ELOOP: a link; the hits go uncounted (statistics only)
                 return
             try:
-                info = os.fstat(fd)
-                if not stat.S_ISREG(info.st_mode) or info.st_size > HITS_MAX:
-                    return  # (a FIFO, a device: nothing written, nothing waited for)
+                if not stat.S_ISREG(os.fstat(fd).st_mode):
+                    return  # (a FIFO, a device: nothing written, no lock waited for)
                 _flock(fd)  # (so the journal's size is the one seen before this write)
                 size = os.fstat(fd).st_size
                 if size > HITS_MAX:
@@ -917,7 +917,8 @@ def _shared_store_at(root: Path, source: str, policy: Any) -> Store:
 _PENDING: list = []
 _PENDING_SINCE = 0.0  # time.monotonic() of the oldest
 _PENDING_LOCK = threading.Lock()
-_FLUSH_AT_EXIT: list = []  # flush_hits once registered with atexit
+_FLUSH_AT_EXIT = False  # flush_hits registered with atexit
+_FLUSH_IN_MP: Optional[int] = None  # the process whose multiprocessing finalizers flush
 # Held while a journal is open (Store._journal, fold_hits) and by a fork (os.register_at_fork)
 _JOURNAL_LOCK = threading.Lock()
 _JOURNAL_FLAGS = os.O_CREAT | _NOFOLLOW | _NONBLOCK | getattr(os, "O_CLOEXEC", 0)
@@ -958,11 +959,9 @@ def _flush_in_multiprocessing() -> None:
     """Have multiprocessing's exit (its children leave with os._exit after running
     their finalizers, skipping atexit) write this process's hits: registered in each
     process that has multiprocessing loaded, once (never imports it)."""
+    global _FLUSH_IN_MP
     util = sys.modules.get("multiprocessing.util")
-    if util is None:
-        return
-    marker = (os.getpid(), "mp")
-    if marker in _FLUSH_AT_EXIT:
+    if util is None or os.getpid() == _FLUSH_IN_MP:
         return
     try:
         util.Finalize(None, flush_hits, exitpriority=100)
@@ -970,7 +969,7 @@ def _flush_in_multiprocessing() -> None:
         util.register_after_fork(_MP_ANCHOR, _in_multiprocessing_child)
     except Exception:  # noqa: BLE001 - statistics only
         return
-    _FLUSH_AT_EXIT.append(marker)
+    _FLUSH_IN_MP = os.getpid()
 
 
 class _Anchor:
@@ -981,9 +980,8 @@ _MP_ANCHOR = _Anchor()
 
 
 def _in_multiprocessing_child(_anchor: Any) -> None:
-    marker = (os.getpid(), "mp")
-    if marker in _FLUSH_AT_EXIT:
-        _FLUSH_AT_EXIT.remove(marker)
+    global _FLUSH_IN_MP
+    _FLUSH_IN_MP = None  # (registered at fork, then cleared by the child's bootstrap)
     _flush_in_multiprocessing()
 
 
@@ -1072,7 +1070,6 @@ def load_or_compile(
     try:
         store = store or shared_store(policy, cache_dir)
         lookup = Lookup(store, engine, wasm, name, compile_fn, digest)
-        lookup.compress = store.compress
     except cache_errors() as exc:
         timings: dict = {}
         if callable(wasm):  # (read only now: the cache was to give the module)
@@ -1219,8 +1216,6 @@ def _identity(engine: Any) -> tuple:
 class Lookup:
     """One module's trip through the cache: find, verify and load it, or compile and store."""
 
-    compress = False  # runtime.cache_compress: large native code stored zstd-compressed
-
     def __init__(
         self,
         store: Store,
@@ -1365,7 +1360,7 @@ class Lookup:
             exports=self.exports,
             module_digest=self.module_digest,
             key=key,
-            level=COMPRESS_LEVEL if self.compress and len(payload) >= COMPRESS_MIN else None,
+            level=COMPRESS_LEVEL if self.store.compress and len(payload) >= COMPRESS_MIN else None,
         )
         if len(blob) <= self.store.size_limit:  # an entry bigger than the cache is not kept
             self.store.put(self.key, blob, self.record(len(blob), len(payload)))
@@ -1431,7 +1426,6 @@ def store_compiled(
         ) from None
     try:
         lookup = Lookup(store, engine, wasm, name, compile_fn)
-        lookup.compress = store.compress
         try:
             listed = store.has(lookup.key) and store.record(lookup.key) is not None
             if not force and listed and lookup.load(touch=False) is not None:
