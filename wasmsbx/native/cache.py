@@ -45,6 +45,7 @@ from typing import Any, Callable, NamedTuple, Optional
 from blake3 import blake3  # noqa: F401 - see below
 
 from .. import errors
+from ..lru import Lru, sample_key
 from . import artifact as aot
 from . import entry as entry_format
 from . import located, recorded, trust
@@ -1213,6 +1214,29 @@ def _identity(engine: Any) -> tuple:
     return found
 
 
+# Digests of module bytes given to load_or_compile, held with the bytes they are of: a
+# process that loads the same module again (a server holding its modules, a worker) does
+# not hash it again. Found by length and ends, then compared with the bytes given (the
+# same object, else byte for byte: 0.1 ms for 0.9 MB against 0.3 ms of hashing), so a
+# digest is only ever used for exactly the bytes it was computed from. Bounded: entries
+# and bytes held (bytes a caller still holds cost nothing more).
+_DIGESTS = Lru(32, 128 << 20)
+
+
+def module_digest(wasm: Any) -> str:
+    """``aot.digest(wasm)``, computed once per process for the same ``bytes`` (mutable
+    buffers are hashed every time: they may change between two loads)."""
+    if type(wasm) is not bytes:
+        return aot.digest(wasm)
+    key = sample_key(wasm)
+    found = _DIGESTS.get(key)
+    if found is not None and (found[0] is wasm or found[0] == wasm):
+        return found[1]
+    digest = aot.digest(wasm)
+    _DIGESTS.put(key, (wasm, digest), len(wasm))
+    return digest
+
+
 class Lookup:
     """One module's trip through the cache: find, verify and load it, or compile and store."""
 
@@ -1231,7 +1255,7 @@ class Lookup:
         self.name = name
         self.compile_fn = compile_fn or engine.compile
         self.fingerprint, self.label, fingerprint_text = _identity(engine)
-        self.module_digest = digest or aot.digest(self.wasm)
+        self.module_digest = digest or module_digest(self.wasm)
         self.key = entry_key(self.module_digest, self.fingerprint, fingerprint_text)
         self._module_sha: Optional[str] = None
         self.timings: dict = {}

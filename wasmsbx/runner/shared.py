@@ -26,49 +26,14 @@ alive as long as a sandbox holds it.
 from __future__ import annotations
 
 import atexit
-from collections import OrderedDict
+import sys
 from typing import Any, Callable, Optional
+
+from ..lru import Lru as _Lru
+from ..lru import sample_key as _key
 
 MAX_ENTRIES = 64  # modules per table
 MAX_BYTES = 256 << 20  # module bytes held per table (compiled code is a few times that)
-
-
-class _Lru:
-    """A small LRU with a byte budget (``size`` is the weight of each entry)."""
-
-    __slots__ = ("bytes", "entries", "max_bytes", "max_entries")
-
-    def __init__(self, max_entries: int, max_bytes: int) -> None:
-        self.entries: OrderedDict = OrderedDict()  # key -> (value, size)
-        self.bytes = 0
-        self.max_entries = max_entries
-        self.max_bytes = max_bytes
-
-    def get(self, key: Any) -> Any:
-        found = self.entries.get(key)
-        if found is None:
-            return None
-        try:
-            self.entries.move_to_end(key)
-        except KeyError:  # another thread evicted it meanwhile: the value is still good
-            pass
-        return found[0]
-
-    def put(self, key: Any, value: Any, size: int) -> None:
-        if size > self.max_bytes:
-            return  # larger than the whole budget: not kept
-        old = self.entries.pop(key, None)
-        if old is not None:
-            self.bytes -= old[1]
-        self.entries[key] = (value, size)
-        self.bytes += size
-        while len(self.entries) > self.max_entries or self.bytes > self.max_bytes:
-            _, (_, dropped) = self.entries.popitem(last=False)
-            self.bytes -= dropped
-
-    def clear(self) -> None:
-        self.entries.clear()
-        self.bytes = 0
 
 
 class Prepared:
@@ -125,13 +90,6 @@ _PREPARED = _Lru(MAX_ENTRIES * 4, MAX_BYTES)
 _COMPILED = _Lru(MAX_ENTRIES, MAX_BYTES)
 _LOADED = _Lru(MAX_ENTRIES, MAX_BYTES)  # modules the disk cache gave (see loaded/keep)
 _FILES = _Lru(MAX_ENTRIES * 4, MAX_BYTES)  # (path, file identity) -> Prepared (file_prepared)
-
-
-def _key(data: bytes) -> tuple:
-    """Where ``data`` is looked for: its length and its ends (a module's custom
-    sections, name and producers, are last). Equal keys of other bytes only share a
-    slot: the bytes are compared before use."""
-    return len(data), data[:64], data[-512:]
 
 
 def prepared(
@@ -227,10 +185,14 @@ def _hold(table: _Lru, engine: Any, prepared: Prepared, module: Any) -> None:
 
 
 def forget_loaded() -> None:
-    """Forget the modules kept by ``keep``: the next sandbox of each reads the disk cache
-    again, as a new process would (tests of the cache)."""
+    """Forget the modules kept by ``keep``, and which cache entries this process found
+    verified (native.entry ``forget_recalled``): the next sandbox of each reads the disk
+    cache again, as a new process would (tests of the cache)."""
     _LOADED.clear()
     _FILES.clear()
+    entry = sys.modules.get("wasmsbx.native.entry")  # (loaded with the cache, if ever)
+    if entry is not None:
+        entry.forget_recalled()
 
 
 def clear() -> None:
