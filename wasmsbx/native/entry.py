@@ -329,13 +329,10 @@ class Memo:
         self.path, self.key_fn = path, key_fn
 
     def _text(self, info: os.stat_result, tag: bytes) -> bytes:
-        fields = (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
+        fields = _fields(info)
         return (" ".join(map(str, fields)) + " " + tag.hex()).encode()
 
-    def _mac(self, text: bytes, body: bytes) -> Optional[bytes]:
-        key = self.key_fn()
-        if key is None:
-            return None
+    def _mac(self, key: bytes, text: bytes, body: bytes) -> bytes:
         return blake3(_MEMO_DOMAIN + text + b"\0" + body, key=key).digest()
 
     def recall(self, info: os.stat_result) -> Optional[tuple]:
@@ -343,19 +340,26 @@ class Memo:
         as it is now; else None."""
         if hasattr(os, "getuid") and info.st_uid != os.getuid():
             return None
+        key = self.key_fn()
+        if key is None:
+            return None
+        fields = _fields(info)
+        held = _RECALLED.get(self.path)
+        if held is not None and held[0] == fields and _equal(held[1], key):
+            return held[2], held[3]  # (this process read or wrote the memo)
         # (read as native.recorded reads its records: a regular file, never through a
         # link, never blocking, read once into a buffer of its size)
         data = read_small(self.path, MEMO_MAX)
         if data is None or len(data) <= 2 * TAG_SIZE:
             return None
         got, tag, body = data[:TAG_SIZE], data[TAG_SIZE : 2 * TAG_SIZE], data[2 * TAG_SIZE :]
-        mac = self._mac(self._text(info, tag), body)
-        if mac is None or not _equal(got, mac):
+        if not _equal(got, self._mac(key, self._text(info, tag), body)):
             return None
         try:
             header = marshal.loads(body)
         except (ValueError, TypeError, EOFError):  # (authentic, so never seen)
             return None
+        _held(self.path, fields, key, tag, header)
         return tag, header
 
     def record(self, info: os.stat_result, tag: bytes, header: dict) -> None:
@@ -370,12 +374,44 @@ class Memo:
             body = marshal.dumps(header, 4)
         except ValueError:
             return
-        mac = self._mac(self._text(info, tag), body)
-        if mac is None or 2 * TAG_SIZE + len(body) > MEMO_MAX:
+        key = self.key_fn()
+        if key is None or 2 * TAG_SIZE + len(body) > MEMO_MAX:
             return
+        mac = self._mac(key, self._text(info, tag), body)
         # (as records and source memos are written: a dot-named .tmp renamed into place,
         # which `cache prune` removes if a crash leaves it)
-        write_small(self.path, mac + tag + body, os.path.basename(self.path)[:16])
+        if write_small(self.path, mac + tag + body, os.path.basename(self.path)[:16]):
+            _held(self.path, _fields(info), key, tag, header)
+
+
+# What this process's memos vouch for (Memo.recall, Memo.record): memo path -> (the
+# entry's file identity and last change, the memo key, tag, header), so that loading
+# the same unchanged entry again in this process (a server, a worker, another engine)
+# reads no memo: it takes the fstat() every load makes and, as the memo's own check
+# does, compares it and the current memo key (a key rotated since is another key).
+# Only what a memo vouched for or was written with goes in, so the margin on the last
+# change (MEMO_MARGIN) holds here as well. The header is shared: callers read it only.
+_RECALLED: dict = {}
+RECALLED_MAX = 256
+
+
+def _fields(info: os.stat_result) -> tuple:
+    return (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
+
+
+def _held(path: str, fields: tuple, key: bytes, tag: bytes, header: dict) -> None:
+    _RECALLED.pop(path, None)
+    while len(_RECALLED) >= RECALLED_MAX:
+        try:
+            del _RECALLED[next(iter(_RECALLED))]
+        except (KeyError, StopIteration, RuntimeError):  # (another thread got there first)
+            break
+    _RECALLED[path] = (fields, key, tag, header)
+
+
+def forget_recalled() -> None:
+    """Forget what this process's memos vouched for (tests: as a new process would)."""
+    _RECALLED.clear()
 
 
 def _load_fd(fd: int, key_fn: Callable, protected: bool, memo: Optional[Memo] = None) -> Loaded:
@@ -422,13 +458,7 @@ def _load_fd(fd: int, key_fn: Callable, protected: bool, memo: Optional[Memo] = 
 
 
 def _same(a: os.stat_result, b: os.stat_result) -> bool:
-    return (a.st_dev, a.st_ino, a.st_size, a.st_mtime_ns, a.st_ctime_ns) == (
-        b.st_dev,
-        b.st_ino,
-        b.st_size,
-        b.st_mtime_ns,
-        b.st_ctime_ns,
-    )
+    return _fields(a) == _fields(b)
 
 
 def _check(hasher: Any, text: bytes, tail: bytes, key: bytes, tag: bytes) -> None:
