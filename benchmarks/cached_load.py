@@ -32,7 +32,10 @@ by sample so that machine load falls on both alike:
    in memory: cache state "memory"); alternated with its peer, the first
    ``deserialize_file`` of the same native code in a new process that has loaded a tiny
    module (the ratio is the cold start's against that);
-2. **warm loads** (the same process loading again, the median of many): the same pair;
+2. **warm loads** (the same process loading again, the median of many): the same pair
+   (wasmsbx given the same bytes object again: their digest and the entry's verification
+   are held in the process, see README "Held in the process"; equal bytes in another
+   object are compared, not hashed);
 3. **compression**: entry size and first-load time per zstd level (threads: all cores);
 4. **whole runs**: a second ``wasmsbx run python.wasm -- -c pass`` (the entry raw, the
    default, and zstd-compressed: ``runtime.cache_compress``) against a second ``wasmtime
