@@ -99,3 +99,31 @@ def stored_entry(tmp_path, folder: str = "cache") -> tuple:
 
     (path,) = (tmp_path / folder).rglob("*" + cache.CODE_SUFFIX)
     return path, path.with_suffix(cache.MEMO_SUFFIX)
+
+
+def alter_in_place(path) -> None:
+    """Flip a byte a third of the way into the file at ``path`` (same inode, same size),
+    then put its mtime back."""
+    import os
+
+    info = path.stat()
+    with open(path, "r+b") as f:
+        f.seek(info.st_size // 3)
+        byte = f.read(1)
+        f.seek(info.st_size // 3)
+        f.write(bytes([byte[0] ^ 1]))
+    os.utime(path, ns=(info.st_atime_ns, info.st_mtime_ns))
+    assert path.stat().st_ino == info.st_ino and path.stat().st_mtime_ns == info.st_mtime_ns
+
+
+def swap_for_altered_copy(path) -> None:
+    """Rename over ``path`` a copy of it with a byte flipped and its mtime."""
+    import os
+
+    info = path.stat()
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 1
+    other = path.with_name("swap.tmp")
+    other.write_bytes(bytes(data))
+    os.utime(other, ns=(info.st_atime_ns, info.st_mtime_ns))
+    os.replace(other, path)

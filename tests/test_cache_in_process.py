@@ -6,7 +6,6 @@ changed in place, an entry altered or replaced on disk, a key that changed."""
 
 from __future__ import annotations
 
-import os
 import time
 
 import pytest
@@ -16,7 +15,7 @@ from wasmsbx.native import artifact, cache, entry
 from wasmsbx.runner import shared
 from wasmsbx.runner.sandbox import engine_options
 
-from .cache_helpers import make_policy, stored_entry
+from .cache_helpers import alter_in_place, make_policy, stored_entry, swap_for_altered_copy
 
 ADD = '(module (func (export "f") (param i32 i32) (result i32) local.get 0 local.get 1 i32.add))'
 
@@ -170,25 +169,13 @@ def _refused(engine, wasm, hashed) -> None:
 
 def test_altered_in_place_in_the_same_process(engine, later, hashed, tmp_path):
     wasm, path, _ = _remembered(engine, later, tmp_path)
-    info = path.stat()
-    with open(path, "r+b") as f:  # same inode, same size, then the mtime restored
-        f.seek(info.st_size // 3)
-        byte = f.read(1)
-        f.seek(info.st_size // 3)
-        f.write(bytes([byte[0] ^ 1]))
-    os.utime(path, ns=(info.st_atime_ns, info.st_mtime_ns))
+    alter_in_place(path)
     _refused(engine, wasm, hashed)
 
 
 def test_swapped_for_an_altered_copy_in_the_same_process(engine, later, hashed, tmp_path):
     wasm, path, _ = _remembered(engine, later, tmp_path)
-    info = path.stat()
-    data = bytearray(path.read_bytes())
-    data[len(data) // 2] ^= 1
-    other = path.with_name("swap.tmp")
-    other.write_bytes(bytes(data))
-    os.utime(other, ns=(info.st_atime_ns, info.st_mtime_ns))
-    os.replace(other, path)
+    swap_for_altered_copy(path)
     _refused(engine, wasm, hashed)
 
 

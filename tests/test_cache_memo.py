@@ -13,7 +13,13 @@ import pytest
 
 from wasmsbx.native import entry
 
-from .cache_helpers import make_policy, new_run_sandbox, stored_entry
+from .cache_helpers import (
+    alter_in_place,
+    make_policy,
+    new_run_sandbox,
+    stored_entry,
+    swap_for_altered_copy,
+)
 from .trust_helpers import attacker_key
 
 WAT = '(module (func (export "f") (param i32 i32) (result i32) local.get 0 local.get 1 i32.add))'
@@ -66,26 +72,13 @@ def _refused(module, policy, hashed) -> None:
 
 def test_altered_in_place_with_its_mtime_restored(module, tmp_path, later, hashed):
     policy, path, _ = remembered(module, tmp_path)
-    info = path.stat()
-    with open(path, "r+b") as f:  # same inode, same size
-        f.seek(info.st_size // 3)
-        byte = f.read(1)
-        f.seek(info.st_size // 3)
-        f.write(bytes([byte[0] ^ 1]))
-    os.utime(path, ns=(info.st_atime_ns, info.st_mtime_ns))
-    assert path.stat().st_ino == info.st_ino and path.stat().st_mtime_ns == info.st_mtime_ns
+    alter_in_place(path)
     _refused(module, policy, hashed)
 
 
 def test_swapped_for_an_altered_copy(module, tmp_path, later, hashed):
     policy, path, _ = remembered(module, tmp_path)
-    info = path.stat()
-    data = bytearray(path.read_bytes())
-    data[len(data) // 2] ^= 1
-    other = path.with_name("swap.tmp")
-    other.write_bytes(bytes(data))
-    os.utime(other, ns=(info.st_atime_ns, info.st_mtime_ns))
-    os.replace(other, path)
+    swap_for_altered_copy(path)
     _refused(module, policy, hashed)
 
 
