@@ -6,6 +6,7 @@ since. The others are attacks the change held."""
 
 from __future__ import annotations
 
+import os
 import sys
 import threading
 import time
@@ -65,3 +66,36 @@ def test_finding_digests_from_threads_never_fail_or_lose_count(monkeypatch, tiny
     assert errors == []
     assert table.bytes == sum(size for _, size in table.entries.values())
     assert len(table.entries) <= 4 and table.bytes <= 4 * 5000
+
+
+def _many_exports(count: int, seed: int) -> bytes:
+    """A module of ``count`` exports of one function (~7 bytes each): its cache entry's
+    header lists them all, so its verification memo is ~45 bytes per export."""
+    import wasmtime
+
+    exports = " ".join(f'(export "{n:x}" (func 0))' for n in range(count))
+    return bytes(wasmtime.wat2wasm(f"(module (func (result i32) i32.const {seed}) {exports})"))
+
+
+def test_finding_held_headers_are_bounded_in_bytes(later):
+    """FINDING: _RECALLED kept 256 headers whatever their size. A guest's module of
+    18,000 exports (120 KB) has a 790 KB memo whose header is 7 MB as Python objects,
+    so 256 such modules, each loaded twice, held ~1.8 GB for the process's life. Now
+    the memo bytes held are bounded as well (here 15,000 exports: 8 memos of ~0.7 MB)."""
+    from wasmsbx.backends import get
+    from wasmsbx.native import entry
+    from wasmsbx.runner.sandbox import engine_options
+
+    from .cache_helpers import make_policy
+
+    engine = get("wasmtime").engine(engine_options(make_policy(), "cranelift"))
+    entry.forget_recalled()
+    for seed in range(8):
+        wasm = _many_exports(15000, seed)
+        for state in ("miss", "hit"):
+            outcome = cache.load_or_compile(engine, wasm, make_policy(), "m")
+            assert outcome.state == state and outcome.warnings == []
+    held = list(getattr(entry._RECALLED, "entries", entry._RECALLED))
+    assert 0 < len(held) < 8
+    memos = sum(os.path.getsize(path) for path in held)
+    assert memos <= (4 << 20) + 64 * len(held)

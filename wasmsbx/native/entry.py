@@ -43,6 +43,7 @@ from typing import Any, Callable, Optional
 from blake3 import blake3  # (imported with native.cache anyway; memos: every cold start)
 
 from .._version import __version__
+from ..lru import Lru
 from .artifact import Artifact, Corrupt, Unauthenticated, _equal, normalise
 from .recorded import read_small, write_small
 from .trust import Authenticated, VerifiedFile
@@ -359,7 +360,7 @@ class Memo:
             header = marshal.loads(body)
         except (ValueError, TypeError, EOFError):  # (authentic, so never seen)
             return None
-        _held(self.path, fields, key, tag, header)
+        _held(self.path, fields, key, tag, header, len(body))
         return tag, header
 
     def record(self, info: os.stat_result, tag: bytes, header: dict) -> None:
@@ -381,7 +382,7 @@ class Memo:
         # (as records and source memos are written: a dot-named .tmp renamed into place,
         # which `cache prune` removes if a crash leaves it)
         if write_small(self.path, mac + tag + body, os.path.basename(self.path)[:16]):
-            _held(self.path, _fields(info), key, tag, header)
+            _held(self.path, _fields(info), key, tag, header, len(body))
 
 
 # What this process's memos vouch for (Memo.recall, Memo.record): memo path -> (the
@@ -391,22 +392,18 @@ class Memo:
 # does, compares it and the current memo key (a key rotated since is another key).
 # Only what a memo vouched for or was written with goes in, so the margin on the last
 # change (MEMO_MARGIN) holds here as well. The header is shared: callers read it only.
-_RECALLED: dict = {}
-RECALLED_MAX = 256
+# Bounded in entries and in the memo bytes they came from: a header of many exports (a
+# guest's module can have tens of thousands) is up to MEMO_MAX, ~9 times that as objects.
+_RECALLED = Lru(256, 4 << 20)
+RECALLED_MAX = _RECALLED.max_entries
 
 
 def _fields(info: os.stat_result) -> tuple:
     return (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
 
 
-def _held(path: str, fields: tuple, key: bytes, tag: bytes, header: dict) -> None:
-    _RECALLED.pop(path, None)
-    while len(_RECALLED) >= RECALLED_MAX:
-        try:
-            del _RECALLED[next(iter(_RECALLED))]
-        except (KeyError, StopIteration, RuntimeError):  # (another thread got there first)
-            break
-    _RECALLED[path] = (fields, key, tag, header)
+def _held(path: str, fields: tuple, key: bytes, tag: bytes, header: dict, size: int) -> None:
+    _RECALLED.put(path, (fields, key, tag, header), size)
 
 
 def forget_recalled() -> None:
