@@ -99,3 +99,32 @@ def test_finding_held_headers_are_bounded_in_bytes(later):
     assert 0 < len(held) < 8
     memos = sum(os.path.getsize(path) for path in held)
     assert memos <= (4 << 20) + 64 * len(held)
+
+
+def test_finding_a_callers_export_records_are_its_own(later):
+    """FINDING: a load vouched for by _RECALLED returned the very header objects held,
+    and Outcome.exports (Sandbox.recorded_exports) is that header's list: a caller that
+    changed it (a signature, an export added) changed what every later load of the
+    module in the process was told its exports are."""
+    import wasmtime
+
+    from wasmsbx.backends import get
+    from wasmsbx.native import entry
+    from wasmsbx.runner.sandbox import engine_options
+
+    from .cache_helpers import make_policy
+
+    engine = get("wasmtime").engine(engine_options(make_policy(), "cranelift"))
+    entry.forget_recalled()
+    wasm = bytes(
+        wasmtime.wat2wasm('(module (func (export "f") (param i32) (result i32) local.get 0))')
+    )
+    assert cache.load_or_compile(engine, wasm, make_policy(), "m").state == "miss"
+    first = cache.load_or_compile(engine, wasm, make_policy(), "m")
+    assert first.state == "hit" and len(entry._RECALLED.entries) == 1
+    expected = [{"name": "f", "kind": "func", "params": ["i32"], "results": ["i32"]}]
+    assert first.exports == expected
+    first.exports[0]["params"] = ["i64", "i64"]
+    first.exports.append({"name": "evil", "kind": "func", "params": [], "results": []})
+    later_load = cache.load_or_compile(engine, wasm, make_policy(), "m")
+    assert later_load.state == "hit" and later_load.exports == expected

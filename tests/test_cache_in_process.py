@@ -213,7 +213,7 @@ def test_a_young_entry_is_not_held(engine, tmp_path):
 def test_what_is_held_is_bounded(monkeypatch):
     monkeypatch.setattr(entry, "_RECALLED", cache.Lru(entry.RECALLED_MAX, 4 << 20))
     for n in range(entry.RECALLED_MAX + 10):
-        entry._held(f"/m{n}", (n,), b"k" * 32, b"t" * 32, {}, 100)
+        entry._held(f"/m{n}", (n,), b"k" * 32, b"t" * 32, bytes(100))
     held = entry._RECALLED.entries
     assert len(held) == entry.RECALLED_MAX
     assert "/m0" not in held and f"/m{entry.RECALLED_MAX + 9}" in held
