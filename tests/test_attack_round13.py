@@ -128,3 +128,43 @@ def test_finding_a_callers_export_records_are_its_own(later):
     first.exports.append({"name": "evil", "kind": "func", "params": [], "results": []})
     later_load = cache.load_or_compile(engine, wasm, make_policy(), "m")
     assert later_load.state == "hit" and later_load.exports == expected
+
+
+@pytest.mark.parametrize("how", ["rename", "hardlink"])
+def test_another_verified_entry_put_in_place_is_refused(later, tmp_path, how):
+    """Held: two entries verified and held; one moved (or hard-linked) over the other's
+    path. Its identity is not what the other's path holds, and its header (from its
+    own memo or hashed) names another module: refused, recompiled, never run for it."""
+    import wasmtime
+
+    from wasmsbx.backends import get
+    from wasmsbx.native import entry
+    from wasmsbx.runner.sandbox import engine_options
+
+    from .cache_helpers import make_policy
+
+    engine = get("wasmtime").engine(engine_options(make_policy(), "cranelift"))
+    entry.forget_recalled()
+    one, two = (
+        bytes(wasmtime.wat2wasm(f'(module (func (export "f") (result i32) i32.const {v}))'))
+        for v in (1, 2)
+    )
+    for wasm in (one, two):
+        for state in ("miss", "hit"):
+            assert cache.load_or_compile(engine, wasm, make_policy(), "m").state == state
+    assert len(entry._RECALLED.entries) == 2
+    paths = sorted((tmp_path / "cache").rglob("*" + cache.CODE_SUFFIX))
+    target = cache.load_or_compile(engine, two, make_policy(), "m").key
+    (dst,) = [p for p in paths if p.name.startswith(target)]
+    (src,) = [p for p in paths if p != dst]
+    if how == "rename":
+        os.replace(src, dst)
+    else:
+        os.link(src, dst.with_name("link.tmp"))
+        os.replace(dst.with_name("link.tmp"), dst)
+    outcome = cache.load_or_compile(engine, two, make_policy(), "m")
+    assert outcome.state == "miss"
+    assert "failed its integrity check" in outcome.warnings[0]
+    store = wasmtime.Store(engine.engine)
+    store.set_epoch_deadline(1 << 40)
+    assert wasmtime.Instance(store, outcome.module, []).exports(store)["f"](store) == 2
