@@ -123,7 +123,7 @@ def _remembered(engine, later, tmp_path) -> tuple:
     assert _load(engine, wasm).state == "hit"
     path, memo = stored_entry(tmp_path)
     assert memo.is_file()
-    assert str(memo) in entry._RECALLED
+    assert str(memo) in entry._RECALLED.entries
     time.sleep(0.05)  # past the file system's timestamp tick: a change now shows
     return wasm, path, memo
 
@@ -194,12 +194,13 @@ def test_a_young_entry_is_not_held(engine, tmp_path):
     wasm = _padded(6)
     _load(engine, wasm)
     assert _load(engine, wasm).state == "hit"
-    assert entry._RECALLED == {}
+    assert not entry._RECALLED.entries
 
 
 def test_what_is_held_is_bounded(monkeypatch):
-    monkeypatch.setattr(entry, "_RECALLED", {})
+    monkeypatch.setattr(entry, "_RECALLED", cache.Lru(entry.RECALLED_MAX, 4 << 20))
     for n in range(entry.RECALLED_MAX + 10):
-        entry._held(f"/m{n}", (n,), b"k" * 32, b"t" * 32, {})
-    assert len(entry._RECALLED) == entry.RECALLED_MAX
-    assert "/m0" not in entry._RECALLED and f"/m{entry.RECALLED_MAX + 9}" in entry._RECALLED
+        entry._held(f"/m{n}", (n,), b"k" * 32, b"t" * 32, bytes(100))
+    held = entry._RECALLED.entries
+    assert len(held) == entry.RECALLED_MAX
+    assert "/m0" not in held and f"/m{entry.RECALLED_MAX + 9}" in held

@@ -4,8 +4,16 @@ digests, for loads given bytes) keep. A leaf: imports nothing of wasmsbx."""
 
 from __future__ import annotations
 
+import os
+from _thread import allocate_lock  # (threading itself is not loaded on a cold start)
 from collections import OrderedDict
 from typing import Any
+
+# Held while a table changes: put() is several steps (pop, insert, evict, and the byte
+# count each time), and two threads interleaving them lost updates of the count, until
+# eviction emptied the table and popitem() raised KeyError. One lock for every table;
+# a fork waits for it, and the child takes a new one.
+_LOCK = allocate_lock()
 
 
 class Lru:
@@ -20,30 +28,54 @@ class Lru:
         self.max_bytes = max_bytes
 
     def get(self, key: Any) -> Any:
-        found = self.entries.get(key)
-        if found is None:
-            return None
-        try:
+        with _LOCK:
+            found = self.entries.get(key)
+            if found is None:
+                return None
             self.entries.move_to_end(key)
-        except KeyError:  # another thread evicted it meanwhile: the value is still good
-            pass
         return found[0]
 
     def put(self, key: Any, value: Any, size: int) -> None:
         if size > self.max_bytes:
             return  # larger than the whole budget: not kept
-        old = self.entries.pop(key, None)
-        if old is not None:
-            self.bytes -= old[1]
-        self.entries[key] = (value, size)
-        self.bytes += size
-        while len(self.entries) > self.max_entries or self.bytes > self.max_bytes:
-            _, (_, dropped) = self.entries.popitem(last=False)
-            self.bytes -= dropped
+        dropped = []  # (released after the lock: a value's finalizer may use a table)
+        with _LOCK:
+            old = self.entries.pop(key, None)
+            if old is not None:
+                dropped.append(old)
+                self.bytes -= old[1]
+            self.entries[key] = (value, size)
+            self.bytes += size
+            while len(self.entries) > self.max_entries or self.bytes > self.max_bytes:
+                _, evicted = self.entries.popitem(last=False)
+                dropped.append(evicted)
+                self.bytes -= evicted[1]
 
     def clear(self) -> None:
-        self.entries.clear()
-        self.bytes = 0
+        with _LOCK:
+            held, self.entries, self.bytes = self.entries, OrderedDict(), 0
+        del held  # (released after the lock, as in put)
+
+
+def _before_fork() -> None:
+    _LOCK.acquire()
+
+
+def _after_fork_in_parent() -> None:
+    _LOCK.release()
+
+
+def _after_fork_in_child() -> None:
+    global _LOCK
+    _LOCK = allocate_lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(
+        before=_before_fork,
+        after_in_parent=_after_fork_in_parent,
+        after_in_child=_after_fork_in_child,
+    )
 
 
 def sample_key(data: bytes) -> tuple:

@@ -43,6 +43,7 @@ from typing import Any, Callable, Optional
 from blake3 import blake3  # (imported with native.cache anyway; memos: every cold start)
 
 from .._version import __version__
+from ..lru import Lru
 from .artifact import Artifact, Corrupt, Unauthenticated, _equal, normalise
 from .recorded import read_small, write_small
 from .trust import Authenticated, VerifiedFile
@@ -346,7 +347,9 @@ class Memo:
         fields = _fields(info)
         held = _RECALLED.get(self.path)
         if held is not None and held[0] == fields and _equal(held[1], key):
-            return held[2], held[3]  # (this process read or wrote the memo)
+            # (this process read or wrote the memo; its header is read again from the
+            # bytes held: a caller may change what it is given, e.g. Outcome.exports)
+            return held[2], marshal.loads(held[3])
         # (read as native.recorded reads its records: a regular file, never through a
         # link, never blocking, read once into a buffer of its size)
         data = read_small(self.path, MEMO_MAX)
@@ -359,7 +362,7 @@ class Memo:
             header = marshal.loads(body)
         except (ValueError, TypeError, EOFError):  # (authentic, so never seen)
             return None
-        _held(self.path, fields, key, tag, header)
+        _held(self.path, fields, key, tag, body)
         return tag, header
 
     def record(self, info: os.stat_result, tag: bytes, header: dict) -> None:
@@ -381,32 +384,31 @@ class Memo:
         # (as records and source memos are written: a dot-named .tmp renamed into place,
         # which `cache prune` removes if a crash leaves it)
         if write_small(self.path, mac + tag + body, os.path.basename(self.path)[:16]):
-            _held(self.path, _fields(info), key, tag, header)
+            _held(self.path, _fields(info), key, tag, body)
 
 
 # What this process's memos vouch for (Memo.recall, Memo.record): memo path -> (the
-# entry's file identity and last change, the memo key, tag, header), so that loading
-# the same unchanged entry again in this process (a server, a worker, another engine)
-# reads no memo: it takes the fstat() every load makes and, as the memo's own check
-# does, compares it and the current memo key (a key rotated since is another key).
+# entry's file identity and last change, the memo key, tag, the memo's body), so that
+# loading the same unchanged entry again in this process (a server, a worker, another
+# engine) reads no memo: it takes the fstat() every load makes and, as the memo's own
+# check does, compares it and the current memo key (a key rotated since is another key).
 # Only what a memo vouched for or was written with goes in, so the margin on the last
-# change (MEMO_MARGIN) holds here as well. The header is shared: callers read it only.
-_RECALLED: dict = {}
-RECALLED_MAX = 256
+# change (MEMO_MARGIN) holds here as well. The header is held as the marshal bytes the
+# memo holds (a few µs to read) and each load gets its own: one held as objects was
+# handed to every later load, so a caller that changed the export records it was given
+# (Outcome.exports, Sandbox.recorded_exports) changed every later load's. Bounded in
+# entries and in bytes (a guest's module of tens of thousands of exports has a memo of
+# up to MEMO_MAX).
+_RECALLED = Lru(256, 4 << 20)
+RECALLED_MAX = _RECALLED.max_entries
 
 
 def _fields(info: os.stat_result) -> tuple:
     return (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
 
 
-def _held(path: str, fields: tuple, key: bytes, tag: bytes, header: dict) -> None:
-    _RECALLED.pop(path, None)
-    while len(_RECALLED) >= RECALLED_MAX:
-        try:
-            del _RECALLED[next(iter(_RECALLED))]
-        except (KeyError, StopIteration, RuntimeError):  # (another thread got there first)
-            break
-    _RECALLED[path] = (fields, key, tag, header)
+def _held(path: str, fields: tuple, key: bytes, tag: bytes, body: bytes) -> None:
+    _RECALLED.put(path, (fields, key, tag, body), len(body))
 
 
 def forget_recalled() -> None:
