@@ -13,7 +13,8 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parent.parent / "wasmsbx"
 
 # The core: policy, errors, units, capabilities, values and host imports, wasm facts,
-# backends, native code and its cache, the bounded tables of both (lru). It imports nothing above it.
+# backends, native code and its cache, the bounded tables of both (lru). It imports
+# nothing above it.
 CORE = (
     "wasmsbx._version",
     "wasmsbx.capabilities",
