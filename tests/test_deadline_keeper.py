@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import time
+
+import pytest
 
 from wasmsbx.backends.deadline import TICK, Keeper
 
@@ -290,3 +293,65 @@ def test_a_clean_up_slower_than_the_grace_is_not_cut_short():
         proc.send_signal(signum)
         out, err = proc.communicate(timeout=120)
         assert (proc.returncode, out, err) == (130, b"cleaned up\n", b"")
+
+
+def _blocked(tid: int) -> int:
+    """The signal mask (SigBlk) of this process's thread ``tid``."""
+    with open(f"/proc/self/task/{tid}/status") as status:
+        line = next(line for line in status if line.startswith("SigBlk:"))
+    return int(line.split()[1], 16)
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="Linux /proc")
+def test_threads_wasmsbx_starts_never_take_ctrl_c_from_the_main_thread():
+    """The flake of the test above: the kernel gave SIGTERM to the keeper's thread, and
+    the main thread, asleep in its clean-up's system call, never ran its handler (the
+    hard stop came 5 s later, with no clean-up). Threads started under quiet_threads
+    block SIGINT and SIGTERM; the thread that starts them keeps its own mask."""
+    import _thread
+    import signal
+    import threading
+
+    from wasmsbx.backends.deadline import quiet_threads
+
+    wanted = (1 << (signal.SIGINT - 1)) | (1 << (signal.SIGTERM - 1))
+    here = threading.get_native_id()
+    before = _blocked(here)
+    seen: list = []
+    done = _thread.allocate_lock()
+    done.acquire()
+
+    def body():
+        seen.append(_blocked(threading.get_native_id()))
+        done.release()
+
+    with quiet_threads():
+        _thread.start_new_thread(body, ())
+    assert done.acquire(timeout=60)
+    assert seen[0] & wanted == wanted
+    assert _blocked(here) == before and before & wanted == 0
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="Linux /proc")
+def test_the_keepers_thread_blocks_ctrl_c():
+    import subprocess
+    import sys
+
+    driver = (
+        "import os, signal\n"
+        "from wasmsbx.backends.deadline import KEEPER\n"
+        "from wasmsbx.cli import _hard_stop\n"
+        "KEEPER.install_cli(_hard_stop)\n"
+        "masks = {}\n"
+        "for tid in os.listdir('/proc/self/task'):\n"
+        "    for line in open(f'/proc/self/task/{tid}/status'):\n"
+        "        if line.startswith('SigBlk:'):\n"
+        "            masks[int(tid)] = int(line.split()[1], 16)\n"
+        "wanted = (1 << (signal.SIGINT - 1)) | (1 << (signal.SIGTERM - 1))\n"
+        "main = masks.pop(os.getpid())\n"
+        "print(main & wanted, sorted(m & wanted == wanted for m in masks.values()))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", driver], capture_output=True, text=True, timeout=120
+    )
+    assert out.stdout.split(None, 1) == ["0", "[True]\n"], out.stderr

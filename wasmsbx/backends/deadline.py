@@ -56,6 +56,34 @@ UNWATCHED = 5.0
 IDLE = 1.0  # seconds without calls before the thread exits (restarted on demand)
 
 
+class quiet_threads:
+    """``with quiet_threads(): start a thread``: the threads started inside begin with
+    SIGINT and SIGTERM blocked (a new thread inherits its creator's signal mask), so the
+    kernel never hands them one. It gives a process's signal to any thread that does not
+    block it, and Python runs its handlers only in the main thread, which notices a
+    signal another thread took only when it next runs Python code: a main thread asleep
+    in a system call (waiting for a checkpoint's clean-up, a pipe, a sleep) slept on
+    until the keeper's hard stop ended the process with no clean-up (seen in CI, the
+    signal taken by this module's own thread). Where the platform has no
+    ``pthread_sigmask``, nothing changes."""
+
+    __slots__ = ("old",)
+
+    def __enter__(self) -> quiet_threads:
+        import _signal
+
+        self.old = None
+        if hasattr(_signal, "pthread_sigmask"):
+            self.old = _signal.pthread_sigmask(_signal.SIG_BLOCK, (_signal.SIGINT, _signal.SIGTERM))
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.old is not None:
+            import _signal
+
+            _signal.pthread_sigmask(_signal.SIG_SETMASK, self.old)
+
+
 class _EngineClock:
     """One engine's epoch bookkeeping: epoch ``done`` is the instant ``base + done*TICK``."""
 
@@ -178,7 +206,8 @@ class Keeper:
 
             atexit.register(self._started)
             self.hooked = True
-        _thread.start_new_thread(self._loop, ())
+        with quiet_threads():
+            _thread.start_new_thread(self._loop, ())
 
     def _started(self) -> None:
         if self.starting.acquire(timeout=2):

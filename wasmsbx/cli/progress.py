@@ -82,7 +82,10 @@ class Spinner:
         self.gate = _thread.allocate_lock()
         self.gate.acquire()
         self.state = _thread.allocate_lock()
-        _thread.start_new_thread(self._watch, ())
+        from ..backends.deadline import quiet_threads
+
+        with quiet_threads():
+            _thread.start_new_thread(self._watch, ())
         return self
 
     def _watch(self) -> None:

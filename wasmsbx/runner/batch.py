@@ -520,7 +520,10 @@ class _Feeder:
         self.thread = threading.Thread(
             target=self._read, args=(iter(numbered),), name="wasmsbx-batch-input", daemon=True
         )
-        self.thread.start()
+        from ..backends.deadline import quiet_threads
+
+        with quiet_threads():
+            self.thread.start()
 
     def _read(self, iterator: Iterator) -> None:
         try:

@@ -352,7 +352,10 @@ def _exit_with(wait_for_parent: Callable) -> None:
         finally:
             os._exit(1)
 
-    _thread.start_new_thread(watch, ())
+    from ..backends.deadline import quiet_threads
+
+    with quiet_threads():
+        _thread.start_new_thread(watch, ())
 
 
 def _serve(tasks: Any, replies: Any, job: tuple) -> int:
@@ -369,7 +372,10 @@ def _serve(tasks: Any, replies: Any, job: tuple) -> int:
         except (EOFError, OSError):
             inbox.put(None)
 
-    _thread.start_new_thread(read, ())
+    from ..backends.deadline import quiet_threads
+
+    with quiet_threads():
+        _thread.start_new_thread(read, ())
     make_state, run_chunk = job
     spec = inbox.get()
     if spec is None:

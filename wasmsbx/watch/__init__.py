@@ -530,7 +530,10 @@ class Watcher:
         worker = threading.Thread(
             target=self._guarded_cycle, args=(changed,), name="wasmsbx-watch", daemon=True
         )
-        worker.start()
+        from ..backends.deadline import quiet_threads
+
+        with quiet_threads():  # (Ctrl-C is for the main thread, which stops the watch)
+            worker.start()
         return worker
 
     def _guarded_cycle(self, changed: Optional[set]) -> None:
