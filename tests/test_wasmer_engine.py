@@ -71,10 +71,11 @@ def test_each_instance_is_one_child_and_close_reaps_it(engine):
 
 def test_a_timeout_kills_the_child_and_the_instance_is_gone(engine):
     module = engine.compile(wat(COUNTER))
-    instance = engine.instantiate(module, LIMITS._replace(timeout=0.2))
+    # (3 s: the worker process starts within the timeout, 0.2 s failed on a loaded machine)
+    instance = engine.instantiate(module, LIMITS._replace(timeout=3.0))
     pid = instance.pid
     started = time.monotonic()
-    with pytest.raises(errors.TimeoutExceeded, match="spin still running after 200"):
+    with pytest.raises(errors.TimeoutExceeded, match="spin still running after"):
         instance.call("spin", [])
     assert time.monotonic() - started < 30  # it stopped at all (a generous bound: load)
     assert not alive(pid)
