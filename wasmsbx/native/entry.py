@@ -45,6 +45,7 @@ from blake3 import blake3  # (imported with native.cache anyway; memos: every co
 from .._version import __version__
 from ..lru import Lru
 from .artifact import Artifact, Corrupt, Unauthenticated, _equal, normalise
+from .located import identity  # (what a source memo holds of a file: the same five fields)
 from .recorded import read_small, write_small
 from .trust import Authenticated, VerifiedFile
 
@@ -330,7 +331,7 @@ class Memo:
         self.path, self.key_fn = path, key_fn
 
     def _text(self, info: os.stat_result, tag: bytes) -> bytes:
-        fields = _fields(info)
+        fields = identity(info)
         return (" ".join(map(str, fields)) + " " + tag.hex()).encode()
 
     def _mac(self, key: bytes, text: bytes, body: bytes) -> bytes:
@@ -344,7 +345,7 @@ class Memo:
         key = self.key_fn()
         if key is None:
             return None
-        fields = _fields(info)
+        fields = identity(info)
         held = _RECALLED.get(self.path)
         if held is not None and held[0] == fields and _equal(held[1], key):
             # (this process read or wrote the memo; its header is read again from the
@@ -384,7 +385,7 @@ class Memo:
         # (as records and source memos are written: a dot-named .tmp renamed into place,
         # which `cache prune` removes if a crash leaves it)
         if write_small(self.path, mac + tag + body, os.path.basename(self.path)[:16]):
-            _held(self.path, _fields(info), key, tag, body)
+            _held(self.path, identity(info), key, tag, body)
 
 
 # What this process's memos vouch for (Memo.recall, Memo.record): memo path -> (the
@@ -401,10 +402,6 @@ class Memo:
 # up to MEMO_MAX).
 _RECALLED = Lru(256, 4 << 20)
 RECALLED_MAX = _RECALLED.max_entries
-
-
-def _fields(info: os.stat_result) -> tuple:
-    return (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
 
 
 def _held(path: str, fields: tuple, key: bytes, tag: bytes, body: bytes) -> None:
@@ -460,7 +457,7 @@ def _load_fd(fd: int, key_fn: Callable, protected: bool, memo: Optional[Memo] = 
 
 
 def _same(a: os.stat_result, b: os.stat_result) -> bool:
-    return _fields(a) == _fields(b)
+    return identity(a) == identity(b)
 
 
 def _check(hasher: Any, text: bytes, tail: bytes, key: bytes, tag: bytes) -> None:
