@@ -578,14 +578,10 @@ class Store:
             if now is None or now[:4] != self.checked[:4]:
                 return
         with _JOURNAL_LOCK:
-            try:  # never through a link (one swapped in after prepare_dir: _refuse_links)
-                fd = os.open(self.hits_text, _JOURNAL_FLAGS | os.O_WRONLY | os.O_APPEND, 0o600)
-            except OSError:  # ELOOP: a link; the hits go uncounted (statistics only)
+            fd = self._open_journal(os.O_CREAT | os.O_WRONLY | os.O_APPEND)
+            if fd is None:  # the hits go uncounted (statistics only)
                 return
-            try:
-                if not stat.S_ISREG(os.fstat(fd).st_mode):
-                    return  # (a FIFO, a device: nothing written, no lock waited for)
-                _flock(fd)  # (so the journal's size is the one seen before this write)
+            try:  # (locked: the journal's size is the one seen before this write)
                 size = os.fstat(fd).st_size
                 if size > HITS_MAX:
                     return
@@ -594,6 +590,26 @@ class Store:
                 os.close(fd)  # releases the lock
         if size // HITS_FOLD_SIZE > (size - len(lines)) // HITS_FOLD_SIZE:
             self.fold_hits()
+
+    def _open_journal(self, flags: int) -> Optional[int]:
+        """The hit journal opened with ``flags`` and locked (``flock``; closing the
+        descriptor releases it), or None: missing, a link (never followed: one swapped in
+        after prepare_dir, see _refuse_links), or not a regular file (a FIFO or a device
+        planted there: never read nor written, and opened without blocking, no lock
+        waited for). Called with ``_JOURNAL_LOCK`` held."""
+        try:
+            fd = os.open(self.hits_text, _JOURNAL_FLAGS | flags, 0o600)
+        except OSError:
+            return None
+        try:
+            if stat.S_ISREG(os.fstat(fd).st_mode):
+                _flock(fd)
+                return fd
+        except BaseException:
+            os.close(fd)
+            raise
+        os.close(fd)
+        return None
 
     def fold_hits(self) -> int:
         """Move the hit journal into the records and counters; the number of hits.
@@ -605,16 +621,10 @@ class Store:
         flush_hits()  # (this process's own hits first)
         db = self.db
         with _JOURNAL_LOCK:
-            try:
-                fd = os.open(self.root / HITS, (_JOURNAL_FLAGS & ~os.O_CREAT) | os.O_RDWR)
-            except FileNotFoundError:
-                return 0
-            except OSError:  # ELOOP: a link, never emptied
+            fd = self._open_journal(os.O_RDWR)
+            if fd is None:  # (none, or one that is never emptied)
                 return 0
             try:
-                if not stat.S_ISREG(os.fstat(fd).st_mode):
-                    return 0  # a FIFO or a device planted there: never read, never waited for
-                _flock(fd)
                 with os.fdopen(os.dup(fd), "rb") as f:
                     lines = f.read().splitlines()
                 if lines:
@@ -922,7 +932,7 @@ _FLUSH_AT_EXIT = False  # flush_hits registered with atexit
 _FLUSH_IN_MP: Optional[int] = None  # the process whose multiprocessing finalizers flush
 # Held while a journal is open (Store._journal, fold_hits) and by a fork (os.register_at_fork)
 _JOURNAL_LOCK = threading.Lock()
-_JOURNAL_FLAGS = os.O_CREAT | _NOFOLLOW | _NONBLOCK | getattr(os, "O_CLOEXEC", 0)
+_JOURNAL_FLAGS = _NOFOLLOW | _NONBLOCK | getattr(os, "O_CLOEXEC", 0)  # (Store._open_journal)
 HITS_BATCH = 64  # pending hits written together
 HITS_DELAY = 10.0  # seconds the oldest pending hit may wait for a later one
 
