@@ -150,6 +150,8 @@ class ComponentSandbox(Sandbox):
     """A component loaded under a policy, ready to call or run as a command."""
 
     is_component = True
+    _keeps_functions = False  # box["f"] makes its Function each time, as it always did
+    use_cache = None  # (core sandboxes set it; a cluster then keeps the policy's own)
 
     def __init__(
         self,

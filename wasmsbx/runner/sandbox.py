@@ -553,13 +553,31 @@ class Sandbox:
     WebAssembly component; the core imports none of those features.
     """
 
+    # Attributes most sandboxes leave at None are class defaults, set on an instance only
+    # when they differ: CPython (3.11+) keeps an instance's attributes in a compact array
+    # shared with its class while the class's instances use at most 29 names, and past
+    # that gives every instance a full dict (1.3 KiB more per sandbox, and more work for
+    # the garbage collector: tests/test_density.py counts them).
     worker_kind: Any = None  # what a batch worker rebuilds (see runner.batch._worker_box)
     _store: Any = None  # the cache store this sandbox's module facts came through
     _known: Any = None  # shared.Prepared of a module file the cache knows (not yet read)
     _wasm: Optional[bytes] = None
-    _source: Optional[tuple] = None
+    _source: Optional[tuple] = None  # (path, stat, time) of the read, for its memo
     _given: Optional[bytes] = None  # the bytes a sandbox made from bytes was given
-    _functions: Optional[dict] = None  # set per sandbox by __init__ (subclasses may not)
+    _functions: Optional[dict] = None  # export name -> Function, made on first use
+    _keeps_functions = True  # whether box["f"] keeps its Function (subclasses may not)
+    _group: Optional[Group] = None
+    link_name: Optional[str] = None
+    deadline: Optional[float] = None
+    progress: Any = None  # label -> context manager shown around long compiles
+    cache_dir: Optional[str] = None
+    artifact: Any = None
+    recorded_exports: Optional[list] = None
+    _instance: Any = None
+    _warnings: Optional[list] = None
+    selection: Any = None  # select.Selection, once scored
+    _spec: Optional[str] = None  # the backend asked for, if any
+    use_cache = True  # runtime.cache, or use_cache= (a cluster's workers follow it)
 
     def __init__(
         self,
@@ -583,10 +601,11 @@ class Sandbox:
         must end by (``wasmsbx run`` passes start + limits.timeout when the timeout is set
         by a flag or the policy). Without it, compiling is bounded by
         limits.compile_timeout, and each call by limits.timeout."""
-        self._group = group
-        self.link_name = name
         if group is not None:
+            self._group = group
             policy = group.policy
+        if name is not None:
+            self.link_name = name
         from_bytes = isinstance(module, (bytes, bytearray, memoryview))
         if from_bytes:
             self.path = Path(name) if name else _BYTES_PATH
@@ -595,17 +614,18 @@ class Sandbox:
             self._name = _file_name(module)
         else:
             self.path = Path(module)  # type: ignore[arg-type]
-        self.deadline = deadline
+        if deadline is not None:
+            self.deadline = deadline
         self.policy = policy if policy is not None else policy_mod.discover()
         self.imports = _normalize_imports(imports)
         self.timings: dict = {}
-        self.warnings: list = []  # cache and artifact problems worked around
-        self.progress = progress  # label -> context manager shown around long compiles
-        self.cache_dir = cache_dir
+        if progress is not None:
+            self.progress = progress
+        if cache_dir is not None:
+            self.cache_dir = cache_dir
         self.policy = check_stdio(self.policy, [self._path_text or self.path, artifact])
         started = time.perf_counter()
         cache_wanted = self.policy.values["runtime.cache"] if use_cache is None else use_cache
-        self._source: Optional[tuple] = None  # (path, stat, time) of the read, for its memo
         self._prepared: Any = None
         # A module file the cache knows (native.located) is not read nor hashed: its
         # digest, facts and native code come from the cache, all authenticated there.
@@ -621,7 +641,6 @@ class Sandbox:
             data = bytes(module) if from_bytes else self._read(cache_wanted and not artifact)
             size = len(data)
         check_size(size, self.policy.values["limits.module_size"], self._name)
-        self.artifact = None
         self.wasm = None
         if data is not None and data[:1] == ARTIFACT_FIRST_BYTE and artifact is None:
             from ..native import artifact as aot  # standalone artifacts: kept out of the hot path
@@ -666,8 +685,6 @@ class Sandbox:
 
             self.artifact = aot.open_for(self, None, artifact)
         self.timings["read"] = time.perf_counter() - started
-        self.selection = None
-        self._spec: Optional[str] = None
         if group is not None and group.engine is not None:
             self.backend_name, self.compiler = group.backend_name, group.compiler
             self.engine = group.engine
@@ -680,9 +697,9 @@ class Sandbox:
             )
             if group is not None:
                 group._adopt(self)
-        self.use_cache = cache_wanted  # a cluster's workers follow the same choice
+        if not cache_wanted:  # (a cluster's workers follow the same choice)
+            self.use_cache = False
         self.cache_state = "off"
-        self.recorded_exports: Optional[list] = None
         self.module = None
         if self.artifact is not None:
             from ..native import artifact as aot
@@ -695,11 +712,21 @@ class Sandbox:
         elif self.wasm is not None:  # native code from the cache: the totals need the layout
             self.engine.describe(self.module, self.wasm, getattr(self._prepared, "facts", None))
         self.export_list = self._interface()
-        self._instance: Any = None
         self._callers: dict = {}  # export name -> (instance, its caller or None): call()
-        self._functions: dict = {}  # export name -> Function (box["f"], box.exports.f)
 
     _path_text: Optional[str] = None  # the module's path as given, if a str
+
+    @property
+    def warnings(self) -> list:
+        """Cache and artifact problems worked around (the list is made when first asked
+        for: most sandboxes have none)."""
+        if self._warnings is None:
+            self._warnings = []
+        return self._warnings
+
+    @warnings.setter
+    def warnings(self, value: list) -> None:
+        self._warnings = value
 
     def _module_bytes(self, data: bytes) -> bytes:
         """``data`` as a binary module (WAT translated), named by the module's path."""
@@ -799,7 +826,8 @@ class Sandbox:
                 return chosen
 
         spec = backend or self.policy.values["runtime.backend"]
-        self._spec = backend
+        if backend is not None:
+            self._spec = backend
         name, compiler = backend_split(spec)
         if spec != "auto" and len(backend_names()) == 1 and name in backend_names():
             # One backend installed and named: nothing to score, keep start-up lean.
@@ -893,7 +921,8 @@ class Sandbox:
                 self._store,
             )
             self.timings.update(outcome.timings)
-            self.warnings.extend(outcome.warnings)
+            if outcome.warnings:
+                self.warnings.extend(outcome.warnings)
             self.cache_state = outcome.state
             self.recorded_exports = outcome.exports
             if outcome.state in ("hit", "miss") and prepared_here is not None:
@@ -974,7 +1003,9 @@ class Sandbox:
         if function is None:
             self.signature(name)  # UsageError (with a suggestion) when there is none
             function = Function(self, name)
-            if functions is not None:  # the export list never changes: nothing goes stale
+            if self._keeps_functions:  # the export list never changes: nothing goes stale
+                if functions is None:
+                    self._functions = functions = {}
                 functions[name] = function
         return function
 
@@ -1080,7 +1111,9 @@ class Sandbox:
 
     def instantiate(self, wasi: Optional[WasiSetup] = None) -> Any:
         started = time.perf_counter()
-        limits = limits_from(self.policy)._replace(deadline=self.deadline)
+        limits = limits_from(self.policy)
+        if self.deadline is not None:
+            limits = limits._replace(deadline=self.deadline)
         extra: dict = {}
         if self.imports:
             extra["imports"] = self.imports
