@@ -453,14 +453,28 @@ def parse_arg(value: Any, wasm_type: str, index: int, func: str, sig: Any) -> An
         ) from None
 
 
+# An int within the signed range of its type is already the value a backend takes
+# (coerce would return it as it is): parse_args skips the general path for it.
+_SIGNED = {"i32": (-(1 << 31), 1 << 31), "i64": (-(1 << 63), 1 << 63)}
+
+
 def parse_args(func: str, sig: Any, args: Sequence[Any]) -> list:
-    if len(args) != len(sig.params):
+    params = sig.params
+    if len(args) != len(params):
         raise errors.UsageError(
-            f"{func} takes {len(sig.params)} argument{'s' if len(sig.params) != 1 else ''}, "
+            f"{func} takes {len(params)} argument{'s' if len(params) != 1 else ''}, "
             f"got {len(args)}",
             hint=f"signature: {func} {sig}",
         )
-    return [parse_arg(a, t, i, func, sig) for i, (a, t) in enumerate(zip(args, sig.params))]
+    out = list(args)
+    for i, wasm_type in enumerate(params):
+        value = out[i]
+        if type(value) is int:
+            bounds = _SIGNED.get(wasm_type)
+            if bounds is not None and bounds[0] <= value < bounds[1]:
+                continue
+        out[i] = parse_arg(value, wasm_type, i, func, sig)
+    return out
 
 
 # ---------------------------------------------------------------------------- value -> text

@@ -213,7 +213,7 @@ class _Group:
         self.provided: Any = _EMPTY  # (module, name) defined by the host
         self.registered: Any = _EMPTY  # module names of linked instances
         self.wasi_defined = False
-        self.host_objects: dict = {}  # id(host item) -> (item, wasmtime object)
+        self.host_objects: dict = _NO_OBJECTS  # id(host item) -> (item, wasmtime object)
         self.budget: Any = None  # limits.Budget of a group or of host memories/tables
 
     def provide(self, key: tuple) -> None:
@@ -228,6 +228,7 @@ class _Group:
 
 
 _EMPTY: frozenset = frozenset()
+_NO_OBJECTS: dict = {}  # shared, never added to (_Group.host_objects until _define adds)
 _NO_WARNINGS: list = []  # shared, never appended to (WasmtimeInstance.warnings)
 
 
@@ -283,8 +284,10 @@ class WasmtimeInstance(Instance):
             self.linker.define_wasi()
             _capture_exit(self.linker)
             self.group.wasi_defined = True
-        self._define(imports or {})
-        self._check_imports(imports_list)
+        if imports:
+            self._define(imports)
+        if imports_list:
+            self._check_imports(imports_list)
         # A module that imports nothing, outside a group, needs no linker (the common
         # case of a sandbox per tenant: a Linker per store costs time and memory).
         direct = not imports_list and shared is None and register is None
@@ -385,6 +388,8 @@ class WasmtimeInstance(Instance):
     def _define(self, imports: dict) -> None:
         """Define the caller's host imports (wasmsbx.host objects) in the linker."""
         made = self.group.host_objects
+        if made is _NO_OBJECTS and imports:
+            made = self.group.host_objects = {}
         for module, names in imports.items():
             for name, item in names.items():
                 # The same Python object is the same wasm object within a group.

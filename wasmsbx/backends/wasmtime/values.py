@@ -113,6 +113,9 @@ def read(store: Any, raw: Any, wasm_type: str, owner: Any, owned: bool = True) -
     return value
 
 
+_NUMBERS = frozenset(("i32", "i64", "f32", "f64", "v128"))  # values that hold no reference
+
+
 def unroot(params: Any, count: int) -> None:
     for i in range(count):
         ffi.wasmtime_val_unroot(ctypes.byref(params[i]))
@@ -141,7 +144,8 @@ def call(store: Any, func: wasmtime.Func, types: tuple, args: Sequence[Any], own
             ctypes.byref(trap),
         )
     finally:
-        unroot(args_raw, written)
+        if not _NUMBERS.issuperset(params):  # (references are rooted: unroot what was written)
+            unroot(args_raw, written)
     if error:
         failure = wasmtime.WasmtimeError._from_ptr(error)
         _raise_callback_exception()
