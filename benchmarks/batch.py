@@ -388,7 +388,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--calls", type=int, default=100_000)
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--cpu-calls", type=int, default=2000)
+    parser.add_argument("--cpu-calls", type=int, default=20000)
     parser.add_argument("--iterations", type=int, default=200_000)
     parser.add_argument("--stream-mb", type=int, default=0)
     parser.add_argument("--json", action="store_true")
