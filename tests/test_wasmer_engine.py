@@ -172,3 +172,38 @@ def test_memory_access_and_repeat_go_through_the_child(engine):
         assert instance.call("n", []) == [1000]
     finally:
         instance.close()
+
+
+def test_the_workers_start_up_is_not_the_guests_time(engine, monkeypatch):
+    """A worker process that takes long to come up (a fork on a loaded host) does not
+    use up the guest's timeout: the timeout starts when the worker says it is set up,
+    and still bounds the guest after that."""
+    from wasmsbx.backends.wasmer import engine as wasmer_engine
+
+    setup = wasmer_engine._child_stdio
+
+    def slow_setup(*args):  # runs in the forked child, before it answers "loaded"
+        time.sleep(1.0)
+        return setup(*args)
+
+    monkeypatch.setattr(wasmer_engine, "_child_stdio", slow_setup)
+    module = engine.compile(wat(COUNTER))
+    instance = engine.instantiate(module, LIMITS._replace(timeout=0.3))
+    try:
+        assert instance.call("add", [2, 3]) == [5]
+        started = time.monotonic()
+        with pytest.raises(errors.TimeoutExceeded, match="300.0 ms"):
+            instance.call("spin", [])
+        assert time.monotonic() - started < 30  # bounded by the timeout, not the start-up
+    finally:
+        instance.close()
+
+
+def test_a_worker_that_never_comes_up_is_reported(engine, monkeypatch):
+    from wasmsbx.backends.wasmer import engine as wasmer_engine
+
+    monkeypatch.setattr(wasmer_engine, "WORKER_START", 0.5)
+    monkeypatch.setattr(wasmer_engine, "_child_stdio", lambda *args: time.sleep(60))
+    module = engine.compile(wat(COUNTER))
+    with pytest.raises(errors.TrapError, match="did not start within"):
+        engine.instantiate(module, LIMITS)

@@ -90,6 +90,11 @@ ARTIFACT_MAGIC = b"WSBXWMR1"
 _EXIT = re.compile(r"(?:RuntimeError: )?WASI exited with code: (\d+)")
 _FRAME = re.compile(r"at (.*?) \((?:.*?)\[\d+\]:0x([0-9a-f]+)\)")
 _HEADER = struct.Struct("<I")
+# How long a forked worker may take to say it is set up ("loaded"), before any guest
+# code runs: a fork and a few system calls, which a loaded host can delay far beyond a
+# short limits.timeout. The timeout itself starts after it (a whole run's deadline, when
+# there is one, still bounds it).
+WORKER_START = 60.0
 
 
 class WasmerModule:
@@ -404,6 +409,7 @@ class _Child:
 
     def serve(self, requests: int, answers: int) -> None:
         self.fds = (requests, answers)
+        _send(answers, ("loaded",))  # set up: the guest's time starts now (WORKER_START)
         try:
             instance = self.instantiate()
         except BaseException as exc:  # noqa: BLE001 - reported to the parent
@@ -587,6 +593,7 @@ class WasmerInstance(Instance):
         for fd in (self.fds["parent_answers"], *self.sinks):
             self.poller.register(fd, select.POLLIN)
         try:
+            self._started()
             answer = self._answer("start function")
         except BaseException:
             self.close()
@@ -600,6 +607,25 @@ class WasmerInstance(Instance):
         raise _link_error(answer[1])
 
     # ------------------------------------------------------------------ process
+    def _started(self) -> None:
+        """Wait for the new worker's "loaded" (sent before it instantiates anything): its
+        start-up is bounded by WORKER_START, or by the run's deadline when that is
+        nearer, not by limits.timeout, which is the guest's."""
+        bound = WORKER_START
+        if self.limits.deadline is not None:
+            bound = min(bound, max(0.0, self.limits.deadline - time.monotonic()))
+        try:
+            answer = self._wait_until("starting the wasmer worker", time.monotonic() + bound)
+        except errors.TimeoutExceeded:
+            if self.limits.deadline is not None and bound < WORKER_START:
+                raise  # the run's own deadline
+            raise errors.TrapError(
+                f"the wasmer worker process did not start within {WORKER_START:.0f} s",
+                hint="the host is overloaded: try again, or use --backend wasmtime",
+            ) from None
+        if answer[0] != "loaded":  # (serve sends it first: never seen)
+            raise errors.TrapError(f"the wasmer worker process answered {answer[0]!r} first")
+
     def _spawn(self, module: WasmerModule, wasi: WasiSetup) -> None:
         fds = self.fds
         fds["child_requests"], fds["parent_requests"] = os.pipe()
