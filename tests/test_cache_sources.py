@@ -369,3 +369,29 @@ def test_no_memo_where_the_file_system_lets_the_ctime_be_set_back(tmp_path, monk
     assert os.stat(module) == stamp, "(not the identity the memo would hold)"
     assert fresh(module, policy)["k"]() == 8, "a FAT file edited in place ran its old code"
     assert not memo_path(tmp_path, module).exists()
+
+
+def test_clearing_a_module_removes_what_the_cache_knew_of_it(tmp_path):
+    """`cache clear --module` leaves no facts record nor source memo of the module (they
+    waited for `cache prune` before); another module's stay."""
+    from wasmsbx.native import recorded
+
+    module, policy = binary(tmp_path), make_policy()
+    other = tmp_path / "other" / module.name
+    other.parent.mkdir()
+    other.write_bytes(module.read_bytes().replace(b"add", b"sum"))
+    for path in (module, other):
+        fresh(path, policy)
+    memos = [memo_path(tmp_path, path) for path in (module, other)]
+    store = cache.open_store(policy)
+    try:
+        records = {r["module"]["sha256"]: r["module"]["blake3"] for r in store.records()}
+        facts = {sha: Path(recorded.path_for(store.code_text, b3)) for sha, b3 in records.items()}
+        assert all(m.is_file() for m in memos) and all(f.is_file() for f in facts.values())
+        gone = aot.sha256(module.read_bytes())
+        assert cache.clear(store, module_sha=gone)["removed"] == 1
+    finally:
+        store.close()
+    assert not memos[0].exists() and not facts[gone].exists()
+    kept = [f for sha, f in facts.items() if sha != gone]
+    assert memos[1].is_file() and kept and all(f.is_file() for f in kept)

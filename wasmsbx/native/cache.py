@@ -1554,7 +1554,7 @@ def clear(store: Store, module_sha: Optional[str] = None, backend: Optional[str]
         count, size = len(store.keys("m:")), stats_size(store)
         store.clear()
         return {"removed": count, "freed": size}
-    removed, freed = 0, 0
+    removed, freed, modules = 0, 0, set()
     for record in store.records():
         if module_sha and record.get("module", {}).get("sha256") != module_sha:
             continue
@@ -1562,7 +1562,33 @@ def clear(store: Store, module_sha: Optional[str] = None, backend: Optional[str]
             continue
         freed += store.remove(record["key"])
         removed += 1
+        modules.add((record.get("module") or {}).get("blake3"))
+    # What the cache knew of those modules (their facts records, the source memos naming
+    # them) goes too, unless an entry for another backend still holds the module.
+    modules -= {(r.get("module") or {}).get("blake3") for r in store.records()}
+    modules.discard(None)
+    if modules:
+        for digest in modules:
+            _remove_file(recorded.path_for(store.code_text, digest))
+        for memo, info in store._code_files("*" + located.SUFFIX):
+            if _memo_names(memo, info) in modules:
+                _remove_file(memo)
     return {"removed": removed, "freed": freed}
+
+
+def _memo_names(memo: Path, info: os.stat_result) -> Optional[str]:
+    """The module digest a source memo (native.located) names, unauthenticated; None for
+    one that is not a regular file or names none."""
+    if not stat.S_ISREG(info.st_mode):
+        return None
+    try:
+        fd = os.open(memo, os.O_RDONLY | _NOFOLLOW | _NONBLOCK)
+        try:
+            return located.digest_of(os.read(fd, 128))
+        finally:
+            os.close(fd)
+    except OSError:
+        return None
 
 
 def stats_size(store: Store) -> int:
@@ -1627,16 +1653,7 @@ def _orphans(store: Store) -> int:
     for memo, info in store._code_files("*" + located.SUFFIX):
         if now - info.st_mtime <= ORPHAN_GRACE:
             continue
-        named = None
-        if stat.S_ISREG(info.st_mode):
-            try:
-                fd = os.open(memo, os.O_RDONLY | _NOFOLLOW | _NONBLOCK)
-                try:
-                    named = located.digest_of(os.read(fd, 128))
-                finally:
-                    os.close(fd)
-            except OSError:
-                pass
+        named = _memo_names(memo, info)
         if named is None or named not in modules:
             _remove_file(memo)
     now = time.time()
