@@ -400,3 +400,19 @@ def hashed(monkeypatch) -> list:
     from .cache_helpers import spy_full_hashes
 
     return spy_full_hashes(monkeypatch)
+
+
+@pytest.fixture
+def reads(monkeypatch) -> list:
+    """The module files sandboxes read (runner.sandbox.read_file), as given."""
+    from wasmsbx.runner import sandbox as sandbox_mod
+
+    calls: list = []
+    real = sandbox_mod.read_file
+
+    def spy(path, *args, **kw):
+        calls.append(str(path))
+        return real(path, *args, **kw)
+
+    monkeypatch.setattr(sandbox_mod, "read_file", spy)
+    return calls

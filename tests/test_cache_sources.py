@@ -36,20 +36,6 @@ def no_margin(monkeypatch):
     monkeypatch.setattr(located, "MARGIN", 0.0)
 
 
-@pytest.fixture
-def reads(monkeypatch) -> list:
-    """The module files the sandbox read."""
-    calls: list = []
-    real = sandbox_mod.read_file
-
-    def spy(path, *args, **kw):
-        calls.append(str(path))
-        return real(path, *args, **kw)
-
-    monkeypatch.setattr(sandbox_mod, "read_file", spy)
-    return calls
-
-
 def binary(tmp_path, k: int = 7, name: str = "m.wasm") -> Path:
     """A binary module (memos are for binaries as the file holds them)."""
     text = tmp_path / (name + ".wat")

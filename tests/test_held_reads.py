@@ -32,19 +32,6 @@ def fresh_tables():
 
 
 @pytest.fixture
-def reads(monkeypatch) -> list:
-    calls: list = []
-    real = sandbox_mod.read_file
-
-    def spy(path, *args, **kw):
-        calls.append(str(path))
-        return real(path, *args, **kw)
-
-    monkeypatch.setattr(sandbox_mod, "read_file", spy)
-    return calls
-
-
-@pytest.fixture
 def no_margin(monkeypatch):
     """The test's files are new: let a read stand for the next one at once (the tests
     that change a file wait for its ctime to move first)."""
