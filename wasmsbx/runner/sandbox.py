@@ -511,12 +511,6 @@ def _import_cache() -> Any:
     return cache
 
 
-def _file_identity(info: os.stat_result) -> tuple:
-    """A file's identity and last change, as native.located.identity gives them (the
-    keys of runner.shared's file tables; written out: that module imports blake3)."""
-    return (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
-
-
 def _absolute(path: Path) -> str:
     """``path`` made absolute the way the kernel resolves it: joined to the working
     folder, never normalized (os.path.abspath drops ``link/..`` as text, naming another
@@ -637,20 +631,15 @@ class Sandbox:
         # digest, facts and native code come from the cache, all authenticated there.
         # Not with host memories or tables: they make the backend compile the module
         # again with per-memory caps (limits.Budget), from its bytes.
-        # A module file this process read before, unchanged since, is not read again
-        # (runner.shared.read_before: a sandbox per tenant made from a path).
-        readable = not from_bytes and not artifact and group is None
-        readable = readable and not _grants_storage(self.imports)
-        known, data = self._known_file(cache_wanted) if readable else (None, None)
+        fast = cache_wanted and not from_bytes and not artifact and group is None
+        fast = fast and not _grants_storage(self.imports)
+        known = self._known_file() if fast else None
         if known is not None:
+            data = None
             size = known.size
-        elif data is not None:
-            size = len(data)
         else:
-            data = bytes(module) if from_bytes else self._read(readable or cache_wanted)
+            data = bytes(module) if from_bytes else self._read(cache_wanted and not artifact)
             size = len(data)
-            if readable and self._source is not None:
-                self._hold_read(data, cache_wanted)
         check_size(size, self.policy.values["limits.module_size"], self._name)
         self.wasm = None
         if data is not None and data[:1] == ARTIFACT_FIRST_BYTE and artifact is None:
@@ -777,42 +766,30 @@ class Sandbox:
     def _size(self) -> int:
         return self._known.size if self._known is not None else len(self.wasm or b"")
 
-    def _known_file(self, cache_wanted: bool) -> tuple:
-        """(prepared, data) for ``self.path`` without reading it: a shared.Prepared if
-        the cache knows the file as it is now (native.located), else the bytes this
-        process read from it before if they still stand (shared.read_before); each
-        None if not."""
+    def _known_file(self) -> Any:
+        """A shared.Prepared for ``self.path`` without reading it, if the cache knows
+        the file as it is now (native.located); else None."""
         try:
             text = _absolute(self._path_text or self.path)
             info = os.stat(text)
         except (OSError, ValueError):
-            return None, None
+            return None
         if not stat.S_ISREG(info.st_mode):
-            return None, None
-        ident = _file_identity(info)
-        if not cache_wanted or info.st_size < self.policy.values["runtime.cache_min_size"]:
-            return None, shared.read_before(text, ident, info)
+            return None
+        if info.st_size < self.policy.values["runtime.cache_min_size"]:
+            return None
+        cache = _CACHE or _import_cache()
+        ident = cache.located.identity(info)
         found = shared.by_file(text, ident)
         if found is not None:
-            return found, None
-        cache = _CACHE or _import_cache()
+            return found
         got = cache.known_file(self.policy, self.cache_dir, text, info)
         if got is None:
-            return None, None
+            return None
         digest, facts, self._store = got
-        prepared = shared.file_prepared(
+        return shared.file_prepared(
             text, ident, digest, facts, functools.partial(_read_known, text, digest)
         )
-        return prepared, None
-
-    def _hold_read(self, data: bytes, cache_wanted: bool) -> None:
-        """Keep what ``_read`` read for later sandboxes of the same file, unless the disk
-        cache is the one to know the file (its source memo, see ``_known_file``)."""
-        if cache_wanted and len(data) >= self.policy.values["runtime.cache_min_size"]:
-            return
-        text, info, read_at = self._source
-        self._source = None
-        shared.remember_read(text, _file_identity(info), data, read_at)
 
     def _read(self, remember: bool) -> bytes:
         """The module file's bytes; with ``remember``, also what the file was around the

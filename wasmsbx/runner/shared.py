@@ -90,8 +90,6 @@ _PREPARED = _Lru(MAX_ENTRIES * 4, MAX_BYTES)
 _COMPILED = _Lru(MAX_ENTRIES, MAX_BYTES)
 _LOADED = _Lru(MAX_ENTRIES, MAX_BYTES)  # modules the disk cache gave (see loaded/keep)
 _FILES = _Lru(MAX_ENTRIES * 4, MAX_BYTES)  # (path, file identity) -> Prepared (file_prepared)
-_READS = _Lru(MAX_ENTRIES * 4, MAX_BYTES)  # (path, file identity) -> [bytes, fs checked]
-MARGIN = 5.0  # seconds a file's last change must precede its read (native.located.MARGIN)
 
 
 def prepared(
@@ -127,34 +125,6 @@ def by_file(path_text: str, identity: tuple) -> Optional[Prepared]:
     """The module known by its file (``file_prepared``) at ``path_text`` while the file
     is the same one, unchanged (``identity``: native.located.identity of its stat())."""
     return _FILES.get((path_text, identity))
-
-
-def read_before(path_text: str, identity: tuple, info: Any) -> Optional[bytes]:
-    """The bytes this process read from the module file at ``path_text`` when it was
-    the same file, unchanged (``identity``: native.located.identity of its stat()
-    ``info`` now), if that read may stand for a new one (``remember_read``); else None.
-
-    The rule is the source memos' (native.located), in process: a write, truncation,
-    rename or copy over a file sets its ctime to the current time, and the file's last
-    change preceded the read by MARGIN seconds, so the same identity means the same
-    bytes, on a file system whose ctime can be trusted (checked here, the first time
-    the bytes would be used: most processes read a module file once)."""
-    found = _READS.get((path_text, identity))
-    if found is None:
-        return None
-    if found[1] is None:
-        from ..native.located import _keeps_ctime
-
-        found[1] = _keeps_ctime(path_text, info)
-    return found[0] if found[1] else None
-
-
-def remember_read(path_text: str, identity: tuple, data: bytes, read_at: float) -> None:
-    """Hold ``data``, read from the file ``identity`` describes (fstat() around the
-    read, unchanged) starting at ``read_at`` (a time.time()), for ``read_before``; not
-    if the file changed less than MARGIN seconds before the read (identity[4]: ctime)."""
-    if identity[4] <= (read_at - MARGIN) * 1e9:
-        _READS.put((path_text, identity), [data, None], len(data))
 
 
 def file_prepared(
@@ -220,7 +190,6 @@ def forget_loaded() -> None:
     cache again, as a new process would (tests of the cache)."""
     _LOADED.clear()
     _FILES.clear()
-    _READS.clear()
     entry = sys.modules.get("wasmsbx.native.entry")  # (loaded with the cache, if ever)
     if entry is not None:
         entry.forget_recalled()
@@ -232,7 +201,6 @@ def clear() -> None:
     _COMPILED.clear()
     _LOADED.clear()
     _FILES.clear()
-    _READS.clear()
 
 
 # At exit, before the interpreter finalizes modules: this module is often imported before
