@@ -202,9 +202,7 @@ def measure(make, call, count: int) -> dict:
 
 
 def module_file(wat: bytes) -> str:
-    """The guest as a binary module file, last changed over 5 s ago: a module file
-    installed before the host starts, which a process reads once (README "Density":
-    a file changed less than 5 s before a read is read again every time)."""
+    """The guest as a binary module file (``--from-path``: each sandbox reads it)."""
     import tempfile
 
     import wasmtime
@@ -213,7 +211,6 @@ def module_file(wat: bytes) -> str:
     path = os.path.join(folder, "guest.wasm")
     with open(path, "wb") as out:
         out.write(bytes(wasmtime.wat2wasm(wat.decode())))
-    time.sleep(max(0.0, os.stat(path).st_ctime + 5.5 - time.time()))
     return path
 
 
