@@ -192,6 +192,20 @@ def test_sandboxes_use_few_enough_attribute_names_to_stay_compact(tmp_path):
     assert len(names) <= COMPACT_NAMES, sorted(names)
 
 
+def test_a_small_module_file_leaves_no_read_record_on_its_sandbox(tmp_path):
+    """What a read was (for the cache's source memo) is kept only for a module the cache
+    will hold: 100,000 sandboxes of a small file carried a stat result each (1 KiB)."""
+    from wasmsbx.wasm.source import module_bytes
+
+    small = tmp_path / "add.wasm"
+    small.write_bytes(module_bytes(GROW, small))
+    box = Sandbox(str(small), make_policy())
+    assert box.call("add", 1, 2) == 3 and box._source is None
+    cached = make_policy()
+    policy_mod.override(cached, "runtime.cache_min_size", 0)
+    assert Sandbox(str(small), cached)._source is None  # (used: its memo written)
+
+
 @pytest.mark.skipif(sys.version_info < (3, 11), reason="compact attributes: CPython 3.11+")
 def test_a_sandbox_called_once_holds_little_python_memory():
     """Python-side memory of a sandbox made from bytes and called once (tracemalloc:

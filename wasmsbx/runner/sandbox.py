@@ -707,6 +707,8 @@ class Sandbox:
             self.module = aot.load_for(self)
         if self.module is None:
             self.module = self._compile(cache_wanted)
+        if self._source is not None:  # (for the source memo, written by now if ever)
+            self._source = None
         if self._known is not None:  # (a file the cache knows: the facts are all it needs)
             self.engine.describe(self.module, None, self._known.facts)
         elif self.wasm is not None:  # native code from the cache: the totals need the layout
@@ -806,7 +808,9 @@ class Sandbox:
         # back, binding one file's identity to another's module).
         seen: list = []
         data = read_file(self.path, seen=seen)
-        if len(seen) != 2:
+        # Only for a module the cache will hold (a small one's sandbox would carry a stat
+        # result for nothing, and its run import what checks it).
+        if len(seen) != 2 or len(data) < self.policy.values["runtime.cache_min_size"]:
             return data
         from ..native.located import identity
 
