@@ -180,13 +180,13 @@ def test_the_workers_start_up_is_not_the_guests_time(engine, monkeypatch):
     and still bounds the guest after that."""
     from wasmsbx.backends.wasmer import engine as wasmer_engine
 
-    setup = wasmer_engine._child_stdio
+    setup = wasmer_engine._child_output
 
     def slow_setup(*args):  # runs in the forked child, before it answers "loaded"
         time.sleep(1.0)
         return setup(*args)
 
-    monkeypatch.setattr(wasmer_engine, "_child_stdio", slow_setup)
+    monkeypatch.setattr(wasmer_engine, "_child_output", slow_setup)
     module = engine.compile(wat(COUNTER))
     instance = engine.instantiate(module, LIMITS._replace(timeout=0.3))
     try:
@@ -203,7 +203,19 @@ def test_a_worker_that_never_comes_up_is_reported(engine, monkeypatch):
     from wasmsbx.backends.wasmer import engine as wasmer_engine
 
     monkeypatch.setattr(wasmer_engine, "WORKER_START", 0.5)
-    monkeypatch.setattr(wasmer_engine, "_child_stdio", lambda *args: time.sleep(60))
+    monkeypatch.setattr(wasmer_engine, "_child_output", lambda *args: time.sleep(60))
     module = engine.compile(wat(COUNTER))
     with pytest.raises(errors.TrapError, match="did not start within"):
         engine.instantiate(module, LIMITS)
+
+
+def test_a_fifo_stdin_without_a_writer_is_the_guests_time(engine, tmp_path):
+    """Opening a FIFO stdin waits for a writer: after "loaded", under the timeout (it
+    once came before it, and waited WORKER_START, 60 s)."""
+    fifo = tmp_path / "in"
+    os.mkfifo(fifo)
+    module = engine.compile(wat(COUNTER))
+    started = time.monotonic()
+    with pytest.raises(errors.TimeoutExceeded, match="500.0 ms"):
+        engine.instantiate(module, LIMITS._replace(timeout=0.5), WasiSetup(stdin=str(fifo)))
+    assert time.monotonic() - started < 30

@@ -407,9 +407,10 @@ class _Child:
             return ("usage", _first_line(exc), self.memory_bytes())
         return ("error", f"{type(exc).__name__}: {_first_line(exc)}", self.memory_bytes())
 
-    def serve(self, requests: int, answers: int) -> None:
+    def serve(self, requests: int, answers: int, stdin: Any = None) -> None:
         self.fds = (requests, answers)
         _send(answers, ("loaded",))  # set up: the guest's time starts now (WORKER_START)
+        _child_stdin(stdin)  # (a FIFO's open may wait for a writer: the guest's time)
         try:
             instance = self.instantiate()
         except BaseException as exc:  # noqa: BLE001 - reported to the parent
@@ -457,7 +458,14 @@ def _values(result: Any) -> list:
     return list(result) if isinstance(result, tuple) else [result]
 
 
-def _child_stdio(stdin: Any, out_w: int, err_w: int) -> None:
+def _child_output(out_w: int, err_w: int) -> None:
+    os.dup2(out_w, 1)
+    os.dup2(err_w, 2)
+
+
+def _child_stdin(stdin: Any) -> None:
+    """The guest's stdin as fd 0. After "loaded" (see _Child.serve): opening a FIFO blocks
+    until it has a writer, and that wait is the guest's, under its timeout."""
     if isinstance(stdin, (bytes, bytearray)):
         fd = os.memfd_create("wasmsbx-stdin")
         view = memoryview(bytes(stdin))
@@ -473,8 +481,6 @@ def _child_stdio(stdin: Any, out_w: int, err_w: int) -> None:
     if fd is not None:
         os.dup2(fd, 0)
         os.close(fd)
-    os.dup2(out_w, 1)
-    os.dup2(err_w, 2)
 
 
 def _die_with_parent(parent: int) -> None:
@@ -499,7 +505,7 @@ def _run_child(child: _Child, stdin: Any, fds: dict) -> None:
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # SIGXCPU must not dump core
         for name in ("parent_requests", "parent_answers", "out_r", "err_r"):
             os.close(fds[name])
-        _child_stdio(stdin, fds["out_w"], fds["err_w"])
+        _child_output(fds["out_w"], fds["err_w"])
         os.dup2(fds["child_requests"], 3)
         os.dup2(fds["child_answers"], 4)
         for fd in [int(name) for name in os.listdir("/proc/self/fd")]:
@@ -508,7 +514,7 @@ def _run_child(child: _Child, stdin: Any, fds: dict) -> None:
                     os.close(fd)
                 except OSError:
                     pass
-        child.serve(3, 4)
+        child.serve(3, 4, stdin)
     except BaseException:  # noqa: BLE001 - the parent sees EOF and reports the death
         code = 70
     finally:
