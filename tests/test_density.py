@@ -203,7 +203,7 @@ def test_a_small_module_file_leaves_no_read_record_on_its_sandbox(tmp_path):
     assert box.call("add", 1, 2) == 3 and box._source is None
     cached = make_policy()
     policy_mod.override(cached, "runtime.cache_min_size", 0)
-    assert Sandbox(str(small), cached)._source is None  # (used: its memo written)
+    assert Sandbox(str(small), cached)._source is None  # (dropped after the compile)
 
 
 @pytest.mark.skipif(sys.version_info < (3, 11), reason="compact attributes: CPython 3.11+")

@@ -455,7 +455,7 @@ def parse_arg(value: Any, wasm_type: str, index: int, func: str, sig: Any) -> An
 
 # An int within the signed range of its type is already the value a backend takes
 # (coerce would return it as it is): parse_args skips the general path for it.
-_SIGNED = {"i32": (-(1 << 31), 1 << 31), "i64": (-(1 << 63), 1 << 63)}
+_SIGNED = {t: (-(1 << (bits - 1)), 1 << (bits - 1)) for t, bits in INT_BITS.items()}
 
 
 def parse_args(func: str, sig: Any, args: Sequence[Any]) -> list:

@@ -388,7 +388,7 @@ class WasmtimeInstance(Instance):
     def _define(self, imports: dict) -> None:
         """Define the caller's host imports (wasmsbx.host objects) in the linker."""
         made = self.group.host_objects
-        if made is _NO_OBJECTS and imports:
+        if made is _NO_OBJECTS:
             made = self.group.host_objects = {}
         for module, names in imports.items():
             for name, item in names.items():

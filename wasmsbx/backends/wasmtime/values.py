@@ -20,7 +20,7 @@ from typing import Any, Callable, Optional
 import wasmtime
 from wasmtime import _ffi as ffi
 
-from ...values import F32, F64, V128, FuncRef, float_bits
+from ...values import F32, F64, REF_TYPES, V128, FuncRef, float_bits
 
 KIND = {
     "i32": ffi.WASMTIME_I32.value,
@@ -113,7 +113,7 @@ def read(store: Any, raw: Any, wasm_type: str, owner: Any, owned: bool = True) -
     return value
 
 
-_NUMBERS = frozenset(("i32", "i64", "f32", "f64", "v128"))  # values that hold no reference
+_REFERENCES = frozenset(REF_TYPES)  # the values a call roots (and must unroot)
 
 
 def unroot(params: Any, count: int) -> None:
@@ -144,7 +144,7 @@ def call(store: Any, func: wasmtime.Func, types: tuple, args: Sequence[Any], own
             ctypes.byref(trap),
         )
     finally:
-        if not _NUMBERS.issuperset(params):  # (references are rooted: unroot what was written)
+        if not _REFERENCES.isdisjoint(params):  # (unroot what was written)
             unroot(args_raw, written)
     if error:
         failure = wasmtime.WasmtimeError._from_ptr(error)
