@@ -154,3 +154,32 @@ def test_planted_records_are_absent_not_internal_errors(cli, project):
     for command in ("list", "stats", "verify", "prune", "clear"):
         result = cli("cache", command, "--json", cwd=project)
         assert result.code == 0 and "internal error" not in result.stderr, (command, result)
+
+
+def test_a_planted_records_module_digest_names_no_file_outside_the_cache(tmp_path):
+    """Red team (round 16, against `cache clear --module`, which removes the facts record
+    named by a record's module BLAKE3): a planted row naming "../../victim" deleted
+    victim.facts outside the cache, and one naming a list made `clear` and `prune` end
+    in an internal error. A record whose digest is not one is absent."""
+    import json
+
+    victim = tmp_path / "victim.facts"
+    victim.write_text("not the cache's")
+    store = cache.Store.open(tmp_path / "wc", 1 << 30)
+    try:
+        traversal = "../" * 40 + str(victim)[1 : -len(".facts")]
+        planted = {"a": traversal, "b": [1], "c": {"x": 1}, "d": "A" * 64}
+        for letter, digest in planted.items():
+            key = letter * 64
+            record = {"module": {"sha256": letter * 64, "blake3": digest}, "size": 1}
+            store.db.set("m:" + key, json.dumps(record))
+            code = store.code_path(key)
+            code.parent.mkdir(parents=True, exist_ok=True)
+            code.write_bytes(b"planted")
+            assert store.record(key) is None, digest
+        for letter in planted:
+            assert cache.clear(store, module_sha=letter * 64) == {"removed": 0, "freed": 0}
+        cache.prune(store)
+    finally:
+        store.close()
+    assert victim.read_text() == "not the cache's"

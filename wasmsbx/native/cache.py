@@ -795,6 +795,11 @@ def _well_formed(data: Any) -> bool:
     module = data.get("module", {})
     if not isinstance(module, dict):
         return False
+    # The module's BLAKE3 names files (its facts record, its source memos): a digest, or
+    # a planted row could name "../../x" and have `cache clear --module` delete x.facts.
+    digest = module.get("blake3")
+    if digest is not None and not (isinstance(digest, str) and recorded.is_digest(digest)):
+        return False
     return all(
         module.get(n) is None or isinstance(module[n], str) for n in ("name", "sha256")
     ) and (module.get("size") is None or _number(module["size"]))
