@@ -183,3 +183,46 @@ def test_a_planted_records_module_digest_names_no_file_outside_the_cache(tmp_pat
     finally:
         store.close()
     assert victim.read_text() == "not the cache's"
+
+
+def test_planted_keys_and_linked_code_folders_delete_nothing_outside(tmp_path):
+    """Red team round 16: record keys are file names (code/KEY[:2]/KEY.entry) and were not
+    checked, so a planted row "m:../../outside/x" had `verify`, `prune` and `clear`
+    delete outside/x.entry and x.verified; a code/NA folder planted as a link to
+    elsewhere had `clear` delete the entry, memo and facts record there; a file where a
+    code folder goes, or a NUL in a key, ended them in an internal error."""
+    import json
+
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    root = tmp_path / "wc"
+    store = cache.Store.open(root, 1 << 30)
+    try:
+        code = root / cache.CODE_DIR
+        code.mkdir(exist_ok=True)
+        linked, filed = "ab" + "1" * 62, "cd" + "2" * 62
+        (code / "ab").symlink_to(outside)  # a code folder that is a link
+        (code / "cd").write_text("a file where a folder goes")
+        victims = [outside / f"{linked}{cache.CODE_SUFFIX}", outside / f"{linked}.verified"]
+        victims += [outside / f"{filed}.facts", outside / f"trav{cache.CODE_SUFFIX}"]
+        victims += [outside / "trav.verified"]
+        for victim in victims:
+            victim.write_text("not the cache's")
+        sha = "5" * 64
+        rows = {
+            linked: {"module": {"sha256": sha, "blake3": filed}, "size": 1},
+            filed: {"module": {"sha256": sha, "blake3": linked}, "size": 1},
+            "../" * 3 + "outside/trav": {"module": {"sha256": sha}, "size": 1},
+            "ef\0" + "3" * 61: {"module": {"sha256": sha}, "size": 1},
+        }
+        for key, record in rows.items():
+            store.db.set("m:" + key, json.dumps(record))
+        cache.verify(store)
+        cache.prune(store, older_than=0)
+        for key, record in rows.items():
+            store.db.set("m:" + key, json.dumps(record))
+        cache.clear(store, module_sha=sha)
+        cache.clear(store, backend="wasmtime")
+    finally:
+        store.close()
+    assert all(victim.read_text() == "not the cache's" for victim in victims)

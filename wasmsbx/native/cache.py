@@ -70,6 +70,9 @@ COMPRESS_MIN = 8 << 20
 COMPRESS_LEVEL = 3
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _NONBLOCK = getattr(os, "O_NONBLOCK", 0)
+_DIRECTORY = getattr(os, "O_DIRECTORY", 0)
+_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+_ENTRY_ROWS = ("m:", "a:")  # database rows named by an entry key (Store.keys)
 HITS = "hits.log"  # the hit journal: "KEY LABEL TIME" per hit
 HITS_FOLD_SIZE = 1 << 16  # the hit that takes the journal past a multiple of this folds it
 HITS_MAX = 16 << 20  # a journal that cannot be folded stops growing here
@@ -685,9 +688,12 @@ class Store:
         (self.root / HITS).unlink(missing_ok=True)
 
     def keys(self, prefix: str) -> list:
-        return [
+        found = [
             k[len(prefix) :] for k in self.db.iterkeys() if isinstance(k, str) and k[:2] == prefix
         ]
+        if prefix in _ENTRY_ROWS:  # (keys that name files: only digests, as entry_key makes)
+            found = [k for k in found if recorded.is_digest(k)]
+        return found
 
     def records(self) -> list:
         self.fold_hits()
@@ -833,11 +839,20 @@ def _safe_disk() -> type:
 def _remove_file(path: Any) -> None:
     """Unlink ``path`` if it is there; a folder under a name the cache uses is left (a
     hostile project's cache can bring one: nothing reads it as a file, and failing on it
-    made `cache prune`, `verify` and `clear` end in an internal error)."""
+    made `cache prune`, `verify` and `clear` end in an internal error), and so is
+    anything whose folder is a link or not a folder (``code/NA`` planted as a link to
+    elsewhere: the unlink would have removed a file there) or whose name holds a NUL."""
+    folder, name = os.path.split(os.fspath(path))
     try:
-        os.unlink(path)
-    except (FileNotFoundError, IsADirectoryError):
+        fd = os.open(folder, os.O_RDONLY | _NOFOLLOW | _DIRECTORY | _CLOEXEC)
+    except (OSError, ValueError):  # ELOOP (a link), ENOTDIR, ENOENT, embedded NUL
+        return
+    try:
+        os.unlink(name, dir_fd=fd)
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError, ValueError):
         pass
+    finally:
+        os.close(fd)
 
 
 def _flock(fd: int) -> None:
