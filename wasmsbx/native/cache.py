@@ -840,16 +840,22 @@ def _remove_file(path: Any) -> None:
     """Unlink ``path`` if it is there; a folder under a name the cache uses is left (a
     hostile project's cache can bring one: nothing reads it as a file, and failing on it
     made `cache prune`, `verify` and `clear` end in an internal error), and so is
-    anything whose folder is a link or not a folder (``code/NA`` planted as a link to
-    elsewhere: the unlink would have removed a file there) or whose name holds a NUL."""
+    anything whose folder is a link (``code/NA`` planted as a link to elsewhere: the
+    unlink would have removed a file there). A folder that is a file is NotADirectoryError,
+    as the unlink raised it (the run path reports the cache unavailable)."""
     folder, name = os.path.split(os.fspath(path))
     try:
         fd = os.open(folder, os.O_RDONLY | _NOFOLLOW | _DIRECTORY | _CLOEXEC)
-    except (OSError, ValueError):  # ELOOP (a link), ENOTDIR, ENOENT, embedded NUL
+    except OSError as exc:
+        # none there, or a link (ELOOP; with O_DIRECTORY, Linux says ENOTDIR for one)
+        if exc.errno in (errno.ENOENT, errno.ELOOP) or os.path.islink(folder):
+            return
+        raise
+    except ValueError:  # an embedded NUL: no such file
         return
     try:
         os.unlink(name, dir_fd=fd)
-    except (FileNotFoundError, IsADirectoryError, NotADirectoryError, ValueError):
+    except (FileNotFoundError, IsADirectoryError):
         pass
     finally:
         os.close(fd)
