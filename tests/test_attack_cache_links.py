@@ -226,3 +226,57 @@ def test_planted_keys_and_linked_code_folders_delete_nothing_outside(tmp_path):
     finally:
         store.close()
     assert all(victim.read_text() == "not the cache's" for victim in victims)
+
+
+def _entry_folder(project):
+    """The project's cache after one cached run: (its code/NA folder, the entry's name)."""
+    entries = sorted((project / ".wc" / cache.CODE_DIR).glob("*/*" + cache.CODE_SUFFIX))
+    assert len(entries) == 1, entries
+    return entries[0].parent, entries[0].name
+
+
+@pytest.mark.parametrize("command", ["verify", "prune", "clear-module", "clear", "list"])
+def test_a_file_in_place_of_a_code_folder_is_no_internal_error(cli, project, command):
+    """Left from round 16 (dac3ea4): a file planted where `code/NA` goes ended `cache
+    verify`, `prune` and `clear --module` in an internal error (NotADirectoryError, exit
+    100). Now no entry is there: the record goes, the file stays, the run warns."""
+    assert cli("run", "tool.wasm", cwd=project).code == 0
+    folder, _ = _entry_folder(project)
+    shutil.rmtree(folder)
+    folder.write_text("in the way\n")
+    argv = {
+        "verify": ["verify"],
+        "prune": ["prune", "--older-than", "0s"],
+        "clear-module": ["clear", "--module", "tool.wasm"],
+        "clear": ["clear"],
+        "list": ["list"],
+    }[command]
+    result = cli("cache", *argv, cwd=project)
+    assert result.code == 0, result
+    assert "internal error" not in result.stderr and "Traceback" not in result.stderr
+    if command == "verify":
+        assert "Not a directory" in result.stdout, result
+    run = cli("run", "tool.wasm", cwd=project)
+    assert run.code == 0 and "internal error" not in run.stderr, run
+
+
+def test_an_entry_is_never_read_through_a_code_folder_that_is_a_link(cli, project):
+    """Left from round 16: a `code/NA` folder planted as a link was followed by the
+    reads (a run's load, `cache verify`, records and memos), so an entry, a FIFO or a
+    device elsewhere was opened. Here the link leads to the project's own authentic entry,
+    moved out: a read through the link would find it good (verify: "ok", run: a hit)."""
+    import json
+
+    assert cli("run", "tool.wasm", cwd=project).code == 0
+    folder, name = _entry_folder(project)
+    outside = project.parent / "outside"
+    shutil.move(str(folder), str(outside))
+    folder.symlink_to(outside)
+    run = cli("run", "tool.wasm", "--json", cwd=project)
+    assert run.code == 0, run
+    assert "cache unavailable" in run.stderr and "Not a directory" in run.stderr, run
+    verified = cli("cache", "verify", "--json", cwd=project)
+    assert verified.code == 0, verified
+    report = json.loads(verified.stdout)
+    assert report["ok"] == 0 and any(b["key"] == name[:64] for b in report["bad"]), report
+    assert (outside / name).is_file()  # read through nothing, deleted through nothing

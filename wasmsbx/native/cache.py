@@ -437,10 +437,11 @@ class Store:
         from it without another copy (wasmtime-py copies anything read-only). As a load
         opens it (entry.load): never through a link, never a FIFO or device (a planted one
         would hang ``cache verify`` or hand it endless bytes), never more than an entry
-        can hold (a sparse file claiming a terabyte): OSError."""
-        flags = os.O_RDONLY | _NOFOLLOW | _NONBLOCK | getattr(os, "O_CLOEXEC", 0)
+        can hold (a sparse file claiming a terabyte), never through a link in place of its
+        folder (recorded.open_in_folder): OSError."""
+        flags = os.O_RDONLY | _NOFOLLOW | _NONBLOCK | _CLOEXEC
         try:
-            fd = os.open(self.code_path(key), flags)
+            fd = recorded.open_in_folder(self.code_text_for(key), flags)
         except FileNotFoundError:
             return None
         try:
@@ -841,14 +842,16 @@ def _remove_file(path: Any) -> None:
     hostile project's cache can bring one: nothing reads it as a file, and failing on it
     made `cache prune`, `verify` and `clear` end in an internal error), and so is
     anything whose folder is a link (``code/NA`` planted as a link to elsewhere: the
-    unlink would have removed a file there). A folder that is a file is NotADirectoryError,
-    as the unlink raised it (the run path reports the cache unavailable)."""
+    unlink would have removed a file there), and anything whose folder is a file (no
+    file can be in it: `cache verify`, `prune` and `clear --module` went on to an
+    internal error)."""
     folder, name = os.path.split(os.fspath(path))
     try:
         fd = os.open(folder, os.O_RDONLY | _NOFOLLOW | _DIRECTORY | _CLOEXEC)
     except OSError as exc:
-        # none there, or a link (ELOOP; with O_DIRECTORY, Linux says ENOTDIR for one)
-        if exc.errno in (errno.ENOENT, errno.ELOOP) or os.path.islink(folder):
+        # none there, a link (ELOOP; with O_DIRECTORY, Linux says ENOTDIR for one), or
+        # not a folder (ENOTDIR)
+        if exc.errno in (errno.ENOENT, errno.ELOOP, errno.ENOTDIR):
             return
         raise
     except ValueError:  # an embedded NUL: no such file
@@ -1326,10 +1329,14 @@ class Lookup:
             self.warnings.append(f"cache unavailable ({reason(exc)}); compiled without it")
             return self.outcome(self.compile(), "error")
         try:
-            if token is None or self.store.has(self.key):  # stored by another process
-                module = self.load()
-                if module is not None:
-                    return self.outcome(module, "hit")
+            try:
+                if token is None or self.store.has(self.key):  # stored by another process
+                    module = self.load()
+                    if module is not None:
+                        return self.outcome(module, "hit")
+            except cache_errors() as exc:  # (its folder replaced meanwhile, say)
+                self.warnings.append(f"cache unavailable ({reason(exc)}); compiled without it")
+                return self.outcome(self.compile(), "error")
             module = self.compile()
             try:
                 self.save(module)

@@ -46,7 +46,7 @@ from .._version import __version__
 from ..lru import Lru
 from .artifact import Artifact, Corrupt, Unauthenticated, _equal, normalise
 from .located import identity  # (what a source memo holds of a file: the same five fields)
-from .recorded import read_small, write_small
+from .recorded import open_in_folder, read_small, write_small
 from .trust import Authenticated, VerifiedFile
 
 FORMAT = 3  # 2: header first, never compressed (wasmsbx before 2026-12-02): refused
@@ -278,9 +278,11 @@ def load(
     key function) of the entry's verification memo (see :class:`Memo`), used only when
     ``protected``."""
     try:
-        fd = os.open(path, os.O_RDONLY | _NOFOLLOW | _CLOEXEC | _NONBLOCK)
+        fd = open_in_folder(path, os.O_RDONLY | _NOFOLLOW | _CLOEXEC | _NONBLOCK)
     except FileNotFoundError:
         return None
+    except NotADirectoryError:  # a file or a link where a folder of the cache goes: the
+        raise  # cache's trouble, not this entry's (the run goes on without the cache)
     except OSError as exc:
         raise Corrupt(f"cannot be opened ({exc.strerror})") from None
     loaded = None

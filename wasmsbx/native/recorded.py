@@ -56,6 +56,9 @@ _DOMAIN = b"wasmsbx cache facts 2\0"
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 _NONBLOCK = getattr(os, "O_NONBLOCK", 0)
+# A folder opened only to open a file in it: never through a link (O_PATH: no read access
+# asked, the cheapest open; O_RDONLY where there is none)
+_FOLDER = getattr(os, "O_PATH", os.O_RDONLY) | getattr(os, "O_DIRECTORY", 0) | _NOFOLLOW | _CLOEXEC
 _HEX = frozenset("0123456789abcdef")
 
 
@@ -127,13 +130,28 @@ def _tag(key: bytes, digest: str, body: bytes) -> bytes:
     return blake3(head + body, key=key).digest()
 
 
+def open_in_folder(path: str, flags: int) -> int:
+    """``os.open(path, flags)`` without following a link that stands in place of the
+    file's folder: a cache's ``code/NA`` folders (a project's cache comes with its
+    repository, and git keeps links; ``code`` itself is refused as a link by the cache).
+    NotADirectoryError for a folder that is a link or a file (ELOOP where a system says
+    that for a link), FileNotFoundError for none."""
+    folder, name = os.path.split(path)
+    where = os.open(folder, _FOLDER)
+    try:
+        return os.open(name, flags, dir_fd=where)
+    finally:
+        os.close(where)
+
+
 def read_small(path: str, max_size: int) -> Optional[bytes]:
     """The bytes of the regular file at ``path`` (more than a tag's, at most
     ``max_size``), read once into private memory (what is checked is what is used), never
     through a link, never blocking on a FIFO; None otherwise (never an error). Records
-    and source memos (native.located) are read this way."""
+    and source memos (native.located) are read this way, never through a link in place
+    of their folder either (``open_in_folder``)."""
     try:
-        fd = os.open(path, os.O_RDONLY | _NOFOLLOW | _CLOEXEC | _NONBLOCK)
+        fd = open_in_folder(path, os.O_RDONLY | _NOFOLLOW | _CLOEXEC | _NONBLOCK)
     except OSError:
         return None
     try:
