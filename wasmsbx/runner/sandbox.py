@@ -797,7 +797,7 @@ class Sandbox:
         """The module file's bytes; with ``remember``, also what the file was around the
         read (for its source memo, native.located), if it did not change meanwhile."""
         if not remember:
-            return read_file(self.path)
+            return read_file(self._path_text or self.path)
         started = time.time()  # (before the open: a change after it moves the ctime)
         try:
             text = _absolute(self._path_text or self.path)
@@ -807,7 +807,7 @@ class Sandbox:
         # names before and after (a folder on the way can be swapped for the read and
         # back, binding one file's identity to another's module).
         seen: list = []
-        data = read_file(self.path, seen=seen)
+        data = read_file(self._path_text or self.path, seen=seen)
         # Only for a module the cache will hold (a small one's sandbox would carry a stat
         # result for nothing, and its run import what checks it).
         if len(seen) != 2 or len(data) < self.policy.values["runtime.cache_min_size"]:
@@ -981,7 +981,7 @@ class Sandbox:
         """Compile within limits.compile_timeout, the timeout and the run's deadline."""
         from ..backends.compiling import compile_bounded, out_of_time, too_slow
 
-        v, name = self.policy.values, self.path.name
+        v, name = self.policy.values, self._name
         limit, timeout = v["limits.compile_timeout"], v["limits.timeout"]
         left = limit if self.deadline is None else self.deadline - time.monotonic()
         if limit <= left:
@@ -1032,7 +1032,7 @@ class Sandbox:
         except (IndexError, KeyError):
             names = [e.name for e in self.export_list if e.kind == "memory"]
             raise errors.UsageError(
-                f"{self.path.name} exports no memory named {name!r}",
+                f"{self._name} exports no memory named {name!r}",
                 hint=f"exported memories: {', '.join(names)}" if names else "it exports none",
             ) from None
         return Memory(access, name)
@@ -1064,11 +1064,11 @@ class Sandbox:
     def export(self, name: str) -> Any:
         """An export as a handle for another module of the same Group's imports."""
         if not any(e.name == name for e in self.export_list):
-            raise errors.UsageError(f"{self.path.name} has no export named {name!r}")
+            raise errors.UsageError(f"{self._name} has no export named {name!r}")
         return self._live().export_handle(name)
 
     def signature(self, func: str) -> Signature:
-        return find_signature(self.export_list, func, self.path.name)
+        return find_signature(self.export_list, func, self._name)
 
     def _exports_hint(self) -> str:
         return exports_hint(self.export_list)
@@ -1262,7 +1262,7 @@ class Sandbox:
         """Run the module's ``_start`` as a WASI command; the guest's exit code is returned."""
         if not any(e.name == "_start" for e in self.export_list):
             raise errors.UsageError(
-                f"{self.path.name} has no _start export, so it cannot run as a command",
+                f"{self._name} has no _start export, so it cannot run as a command",
                 hint=self._exports_hint() + " (name one to call it)",
             )
         instance = self.instantiate(self.wasi_setup(argv, stdin, capture))
