@@ -280,3 +280,151 @@ def test_an_entry_is_never_read_through_a_code_folder_that_is_a_link(cli, projec
     report = json.loads(verified.stdout)
     assert report["ok"] == 0 and any(b["key"] == name[:64] for b in report["bad"]), report
     assert (outside / name).is_file()  # read through nothing, deleted through nothing
+
+
+# Red team round 17: writes and removals by path name, and what a clone can carry.
+def _swapping(store, monkeypatch, folder, outside, when):
+    """Make ``store._code_files`` swap ``folder`` for a link to ``outside`` once it has
+    listed the files matching ``when`` (a local process racing a command, made
+    deterministic)."""
+    listed = store._code_files
+
+    def racing(pattern):
+        found = list(listed(pattern))
+        if pattern == when and folder.is_dir() and not folder.is_symlink():
+            folder.rename(folder.with_name(folder.name + ".moved"))
+            folder.symlink_to(outside)
+        yield from found
+
+    monkeypatch.setattr(store, "_code_files", racing)
+
+
+@pytest.mark.parametrize("command", ["verify", "prune"])
+def test_removals_never_follow_a_folder_swapped_for_a_link(tmp_path, monkeypatch, command):
+    """On 2651fe5 `cache verify` removed a bad facts record, and `cache prune` an old
+    temporary file, by path name: a folder swapped for a link between the listing and
+    the unlink had them delete the same names wherever the link led (103 of 300 files)."""
+    import os
+    import time
+
+    from wasmsbx.native import recorded
+
+    root, outside = tmp_path / "wc", tmp_path / "outside"
+    outside.mkdir()
+    store = cache.Store.open(root, 1 << 30)
+    try:
+        folder = root / cache.CODE_DIR / "ab"
+        folder.mkdir(parents=True)
+        names = ["ab" + "7" * 62 + ".facts", ".old.1.2.tmp"]
+        old = time.time() - 3600
+        for name in names:
+            for where in (folder, outside):
+                (where / name).write_text("bad\n")
+                os.utime(where / name, (old, old))
+        when = "*" + recorded.SUFFIX if command == "verify" else ".*.tmp"
+        _swapping(store, monkeypatch, folder, outside, when)
+        if command == "verify":
+            cache.verify(store)
+        else:
+            cache.prune(store)
+    finally:
+        store.close()
+    assert sorted(p.name for p in outside.iterdir()) == sorted(names)
+
+
+def test_a_write_lands_in_the_folder_checked_not_where_its_name_leads_later(tmp_path):
+    """On 2651fe5 entries, records and memos were checked with lstat(), then created and
+    renamed by path name: a folder swapped for a link in between received the file (the
+    red team got a whole entry written into a folder of its choosing in 36 runs)."""
+    import os
+
+    from wasmsbx.native import recorded
+
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (tmp_path / "wc").mkdir()
+    folder = tmp_path / "wc" / cache.CODE_DIR / "ab"
+    where = recorded.open_code_folder(str(folder))
+    try:
+        folder.rename(folder.with_name("ab.moved"))
+        folder.symlink_to(outside)
+        recorded.write_in_folder(where, "x.facts", b"data", "x")
+    finally:
+        os.close(where)
+    assert list(outside.iterdir()) == []
+    assert (folder.with_name("ab.moved") / "x.facts").read_bytes() == b"data"
+    assert recorded.write_small(str(folder / "y.facts"), b"data", "y") is False
+    assert list(outside.iterdir()) == []
+
+
+def test_a_folder_named_like_a_record_is_no_internal_error(cli, project):
+    """A clone can carry `code/ab/x.facts/` (a folder): `cache verify` ended in an
+    internal error (IsADirectoryError) when it removed the "record"."""
+    planted = project / ".wc" / cache.CODE_DIR / "ab" / ("ab" + "1" * 62 + ".facts")
+    planted.mkdir(parents=True)
+    (planted / "keep").write_text("x")
+    for argv in (["verify"], ["prune", "--older-than", "0s"], ["clear"]):
+        result = cli("cache", *argv, cwd=project)
+        assert result.code == 0 and "internal error" not in result.stderr, (argv, result)
+
+
+def test_a_hit_journal_with_another_name_is_never_written_nor_emptied(tmp_path):
+    """`hits.log` made a hard link to a file elsewhere (same file system): a hit appended
+    to the file and `cache list` (a fold) emptied it."""
+    import os
+
+    victim = tmp_path / "precious.txt"
+    victim.write_text("precious\n")
+    root = tmp_path / "c"
+    store = cache.Store.open(root, 1 << 30)
+    try:
+        os.link(victim, root / cache.HITS)
+        store.hit("k" * 64, "wasmtime")
+        cache.flush_hits()
+        store.fold_hits()
+    finally:
+        store.close()
+    assert victim.read_text() == "precious\n"
+
+
+@pytest.mark.parametrize("kind", ["fifo", "file"])
+def test_cache_clear_removes_what_stands_in_place_of_the_code_folder(cli, project, kind):
+    """A FIFO at `code` hung `cache clear` for ever (removing the folder opened it and
+    waited for a writer); a file there was left, so the cache stayed unusable."""
+    import os
+
+    assert cli("run", "tool.wasm", cwd=project).code == 0
+    code = project / ".wc" / cache.CODE_DIR
+    shutil.rmtree(code)
+    if kind == "fifo":
+        os.mkfifo(code)
+    else:
+        code.write_text("in the way\n")
+    result = cli("cache", "clear", cwd=project, timeout=60)
+    assert result.code == 0, result
+    assert not os.path.lexists(code)
+    again = cli("run", "tool.wasm", cwd=project)
+    assert again.code == 0 and "cache unavailable" not in again.stderr, again
+
+
+@pytest.mark.parametrize(
+    "argv", [["prune", "--older-than", "0s"], ["verify"], ["clear", "--module", "tool.wasm"]]
+)
+def test_a_cache_file_that_cannot_be_removed_is_an_io_error(project, monkeypatch, argv):
+    """A folder without permissions (seen as an unprivileged user: chmod 300 or 500 on
+    a code folder) ended `cache prune` in an internal error (PermissionError, exit 100)."""
+    from .conftest import run_main
+
+    assert run_main("run", "tool.wasm", cwd=project).code == 0
+    if argv[0] == "verify":  # (a bad entry to remove)
+        entry = next((project / ".wc" / cache.CODE_DIR).glob("*/*" + cache.CODE_SUFFIX))
+        entry.write_bytes(b"\0" * 200)
+
+    def refused(path):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(cache, "_remove_file", refused)
+    result = run_main("cache", *argv, cwd=project)
+    assert result.code == 105, result
+    assert "cannot clean the cache" in result.stderr and "hint:" in result.stderr
+    assert "internal error" not in result.stderr

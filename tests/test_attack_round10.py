@@ -178,36 +178,33 @@ def test_a_code_folder_swapped_for_a_link_after_the_check_is_not_written_through
     assert not os.path.lexists(tmp_path / "moved" / memo.name)
 
 
-def test_a_code_folder_swapped_after_write_smalls_own_check(
-    module, tmp_path, later, monkeypatch, hashed
-):
-    """Held (by precondition): swapped after write_small's lstat, the memo does land where
-    the link leads (only the last component is O_NOFOLLOW). Memos are written only in a
-    `protected` cache, whose folders only the user can change, and what lands there is a
-    memo bound to the entry's device, inode and ctime: no later load skips hashing of
-    an altered entry because of it."""
+def test_a_code_folder_swapped_after_write_smalls_own_check(module, tmp_path, later, monkeypatch):
+    """Held here by precondition until round 17: swapped after write_small's lstat, the
+    memo landed where the link led. Now the memo is created and renamed relative to the
+    folder opened without following a link (recorded.open_code_folder): it lands in the
+    folder that was checked, nothing where the link leads, and a code folder that is a
+    link is not used at all afterwards (the cache is reported unavailable)."""
     policy, path, memo = first_store(module, tmp_path)
     folder = path.parent
-    moved = tmp_path / "moved"
-    real_lstat = os.lstat
-    done = []
+    moved, elsewhere = tmp_path / "moved", tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    real_open = recorded.open_code_folder
 
-    def lstat(target, *a, **k):
-        info = real_lstat(target, *a, **k)
-        if str(target) == str(folder) and not done:
-            done.append(1)
+    def swapping(where):
+        fd = real_open(where)
+        if where == str(folder) and not moved.exists():
             os.rename(folder, moved)
-            folder.symlink_to(moved)
-        return info
+            folder.symlink_to(elsewhere)
+        return fd
 
-    monkeypatch.setattr(recorded.os, "lstat", lstat)
+    monkeypatch.setattr(recorded, "open_code_folder", swapping)
     assert Sandbox(module, policy).cache_state == "hit"
-    monkeypatch.setattr(recorded.os, "lstat", real_lstat)
-    assert (moved / memo.name).is_file()  # written through the link: the TOCTOU window
-    alter(moved / path.name)
-    hashed.clear()
+    monkeypatch.setattr(recorded, "open_code_folder", real_open)
+    assert (moved / memo.name).is_file()
+    assert list(elsewhere.iterdir()) == []
     box = Sandbox(module, policy)
-    assert hashed and box.cache_state == "miss"
+    assert box.cache_state == "error", box.cache_state
+    assert any("cache unavailable" in w for w in box.warnings), box.warnings
 
 
 def test_the_code_folder_gone_before_the_memo_is_written(module, tmp_path, later, hashed):
@@ -339,8 +336,10 @@ def test_a_short_write_leaves_a_memo_that_vouches_for_nothing(
     module, tmp_path, later, hashed, monkeypatch
 ):
     """Held: a nearly full disk makes os.write write part of the memo and return its
-    count (write_small does not loop): the torn memo is renamed into place, but its MAC
-    fails, so the next load hashes in full and writes a whole memo again."""
+    count. Until round 17 write_small did not loop: the torn memo was renamed into place
+    (its MAC failed). Now a short write goes on where it stopped, and a write that makes
+    no progress (here: halves down to nothing) fails the memo: none is written, no
+    temporary file is left, and the next load hashes in full and writes a whole one."""
     policy, path, memo = first_store(module, tmp_path)
     real_write = os.write
 
@@ -352,10 +351,11 @@ def test_a_short_write_leaves_a_memo_that_vouches_for_nothing(
     monkeypatch.setattr(os, "write", short)
     assert Sandbox(module, policy).cache_state == "hit"
     monkeypatch.setattr(os, "write", real_write)
-    assert memo.is_file()
+    assert not memo.exists() and not list(memo.parent.glob(".*.tmp"))
     hashed.clear()
     assert Sandbox(module, policy).cache_state == "hit"
-    assert hashed, "a torn memo vouched"
+    assert hashed, "no memo, yet not hashed"
+    assert memo.is_file()
     alter(path)
     hashed.clear()
     assert Sandbox(module, policy).cache_state == "miss"

@@ -463,25 +463,24 @@ class Store:
 
     def write_blob(self, key: str, blob: bytes) -> None:
         """Write the entry's file as a new file renamed into place, so no reader ever sees
-        part of one. (Not fsynced: after a power loss the file may be empty or damaged,
-        which the digest check catches.)"""
-        path = self.code_path(key)
-        for folder in (path.parent.parent, path.parent):  # mkdir(parents=) ignores mode
-            folder.mkdir(mode=0o700, exist_ok=True)
-            if not stat.S_ISDIR(os.lstat(folder).st_mode):  # a link planted in a project's cache
-                raise CacheUnavailable(
-                    f"{folder} is a symbolic link; a cache folder holds none (the entry "
-                    "would be written wherever it leads)"
-                )
-        tmp = path.parent / f".{key[:16]}.{os.getpid()}.{time.monotonic_ns()}.tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        part of one, relative to its folder opened without following a link (a folder
+        planted or swapped in as a link would aim the write elsewhere). (Not fsynced:
+        after a power loss the file may be empty or damaged, which the digest check
+        catches.)"""
+        folder, name = os.path.split(self.code_text_for(key))
         try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(blob)
-            os.replace(tmp, path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+            where = recorded.open_code_folder(folder)
+        except OSError as exc:
+            if exc.errno not in (errno.ENOTDIR, errno.ELOOP):
+                raise
+            raise CacheUnavailable(
+                f"{folder} or its parent is a symbolic link or not a folder; a cache folder "
+                "holds none (the entry would be written wherever it leads)"
+            ) from None
+        try:
+            recorded.write_in_folder(where, name, blob, key[:16])
+        finally:
+            os.close(where)
 
     def put(self, key: str, blob: bytes, record: dict) -> None:
         self.write_blob(key, blob)  # first the code, then the record that lists it
@@ -598,7 +597,8 @@ class Store:
     def _open_journal(self, flags: int) -> Optional[int]:
         """The hit journal opened with ``flags`` and locked (``flock``; closing the
         descriptor releases it), or None: missing, a link (never followed: one swapped in
-        after prepare_dir, see _refuse_links), or not a regular file (a FIFO or a device
+        after prepare_dir, see _refuse_links), a hard link (a file with another name
+        elsewhere, which a fold would empty), or not a regular file (a FIFO or a device
         planted there: never read nor written, and opened without blocking, no lock
         waited for). Called with ``_JOURNAL_LOCK`` held."""
         try:
@@ -606,7 +606,9 @@ class Store:
         except OSError:
             return None
         try:
-            if stat.S_ISREG(os.fstat(fd).st_mode):
+            info = os.fstat(fd)
+            # (a second name is a hard link to a file elsewhere: appended to and emptied)
+            if stat.S_ISREG(info.st_mode) and info.st_nlink == 1:
                 _flock(fd)
                 return fd
         except BaseException:
@@ -681,12 +683,24 @@ class Store:
         return int(record.get("size", 0))
 
     def clear(self) -> None:
-        """Every entry, counter and lock, and the hit journal."""
+        """Every entry, counter and lock, and the hit journal. Whatever stands in place of
+        the code folder goes too (a file, a FIFO: removing the folder would open it and
+        wait for a writer forever); CacheUnavailable if something could not be removed."""
         import shutil
 
         self.db.clear()
-        shutil.rmtree(self.root / CODE_DIR, ignore_errors=True)
+        code = os.path.join(str(self.root), CODE_DIR)
+        try:
+            info: Optional[os.stat_result] = os.lstat(code)
+        except FileNotFoundError:
+            info = None
+        if info is not None and stat.S_ISDIR(info.st_mode):
+            shutil.rmtree(code, ignore_errors=True)
+        elif info is not None:
+            os.unlink(code)  # (a link is removed, never followed)
         (self.root / HITS).unlink(missing_ok=True)
+        if os.path.lexists(code):
+            raise CacheUnavailable(f"could not remove everything in {code}")
 
     def keys(self, prefix: str) -> list:
         found = [
@@ -847,7 +861,7 @@ def _remove_file(path: Any) -> None:
     internal error)."""
     folder, name = os.path.split(os.fspath(path))
     try:
-        fd = os.open(folder, os.O_RDONLY | _NOFOLLOW | _DIRECTORY | _CLOEXEC)
+        fd = os.open(folder, recorded.FOLDER_FLAGS)  # (O_PATH: needs no read permission)
     except OSError as exc:
         # none there, a link (ELOOP; with O_DIRECTORY, Linux says ENOTDIR for one), or
         # not a folder (ENOTDIR)
@@ -1693,7 +1707,7 @@ def _orphans(store: Store) -> int:
     for tmp, info in store._code_files(".*.tmp"):
         if now - info.st_mtime > ORPHAN_GRACE:
             try:
-                tmp.unlink()
+                _remove_file(tmp)  # (never through a folder swapped for a link meanwhile)
             except OSError:
                 pass
     return removed
@@ -1749,7 +1763,7 @@ def verify(store: Store, remove: bool = True) -> dict:
         reason = "facts record not authentic for its module and this wasmsbx version"
         bad.append({"key": path.name, "module": None, "reason": reason})
         if remove:
-            path.unlink(missing_ok=True)
+            _remove_file(path)  # (a folder of that name stays; never through a link)
     return {"checked": checked, "ok": checked - len(bad), "bad": bad, "removed": remove}
 
 

@@ -33,6 +33,7 @@ it is decoded.
 
 from __future__ import annotations
 
+import errno
 import functools
 import marshal
 import os
@@ -58,7 +59,8 @@ _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 _NONBLOCK = getattr(os, "O_NONBLOCK", 0)
 # A folder opened only to open a file in it: never through a link (O_PATH: no read access
 # asked, the cheapest open; O_RDONLY where there is none)
-_FOLDER = getattr(os, "O_PATH", os.O_RDONLY) | getattr(os, "O_DIRECTORY", 0) | _NOFOLLOW | _CLOEXEC
+FOLDER_FLAGS = getattr(os, "O_PATH", os.O_RDONLY) | getattr(os, "O_DIRECTORY", 0)
+FOLDER_FLAGS |= _NOFOLLOW | _CLOEXEC
 _HEX = frozenset("0123456789abcdef")
 
 
@@ -137,11 +139,60 @@ def open_in_folder(path: str, flags: int) -> int:
     NotADirectoryError for a folder that is a link or a file (ELOOP where a system says
     that for a link), FileNotFoundError for none."""
     folder, name = os.path.split(path)
-    where = os.open(folder, _FOLDER)
+    where = os.open(folder, FOLDER_FLAGS)
     try:
         return os.open(name, flags, dir_fd=where)
     finally:
         os.close(where)
+
+
+def open_code_folder(folder: str) -> int:
+    """A descriptor of the cache folder ``folder`` (``code/NA``), it and its parent
+    (``code``) made private if missing, each opened without following a link (a folder
+    swapped for a link while a file is written would aim the write elsewhere: the file is
+    created and renamed relative to this descriptor). OSError for a link or a file in
+    place of either (NotADirectoryError), or what mkdir and open raise."""
+    parent, name = os.path.split(folder)
+    try:
+        os.mkdir(parent, 0o700)
+    except FileExistsError:
+        pass
+    top = os.open(parent, FOLDER_FLAGS)
+    try:
+        try:
+            os.mkdir(name, 0o700, dir_fd=top)
+        except FileExistsError:
+            pass
+        return os.open(name, FOLDER_FLAGS, dir_fd=top)
+    finally:
+        os.close(top)
+
+
+def write_in_folder(where: int, name: str, data: bytes, stem: str) -> None:
+    """Write ``data`` as the file ``name`` of the folder open as ``where``: a new file
+    (``.STEM.PID.RANDOM.tmp``, mode 0600) renamed into place, so no reader ever sees part
+    of one. OSError (the temporary file removed)."""
+    tmp = f".{stem}.{os.getpid()}.{os.urandom(4).hex()}.tmp"
+    fd = os.open(
+        tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW | _CLOEXEC, 0o600, dir_fd=where
+    )
+    try:
+        try:
+            view, written = memoryview(data), 0
+            while written < len(view):  # (a short write goes on where it stopped)
+                done = os.write(fd, view[written:])
+                if done <= 0:  # (no progress: never spin)
+                    raise OSError(errno.EIO, "the write made no progress")
+                written += done
+        finally:
+            os.close(fd)
+        os.replace(tmp, name, src_dir_fd=where, dst_dir_fd=where)
+    except BaseException:
+        try:
+            os.unlink(tmp, dir_fd=where)
+        except OSError:
+            pass
+        raise
 
 
 def read_small(path: str, max_size: int) -> Optional[bytes]:
@@ -196,31 +247,20 @@ def remember(code: Any, digest: str, facts: RunFacts, key: Optional[bytes]) -> N
 
 def write_small(path: str, data: bytes, stem: str) -> bool:
     """Write ``data`` as the file ``path`` in a two-level folder of the cache's code
-    folder: a new file (``.STEM.PID.RANDOM.tmp``, mode 0600) renamed into place, the
-    folders made private if missing and refused if a link was planted for one. Whether
-    it was written (failures are ignored: records and memos only save time)."""
-    folder = os.path.dirname(path)
-    tmp = os.path.join(folder, f".{stem}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
+    folder (``open_code_folder``: made private if missing, refused if a link or a file
+    stands for one, never followed) as a new file renamed into place. Whether it was
+    written (failures are ignored: records and memos only save time)."""
+    folder, name = os.path.split(path)
     try:
-        for each in (os.path.dirname(folder), folder):
-            try:
-                os.mkdir(each, 0o700)
-            except FileExistsError:
-                pass
-            if not stat.S_ISDIR(os.lstat(each).st_mode):  # a link planted in the cache
-                return False
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW | _CLOEXEC, 0o600)
-        try:
-            os.write(fd, data)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    except OSError:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
+        where = open_code_folder(folder)
+    except (OSError, ValueError):
         return False
+    try:
+        write_in_folder(where, name, data, stem)
+    except OSError:
+        return False
+    finally:
+        os.close(where)
     return True
 
 

@@ -797,7 +797,7 @@ class Sandbox:
         """The module file's bytes; with ``remember``, also what the file was around the
         read (for its source memo, native.located), if it did not change meanwhile."""
         if not remember:
-            return read_file(self._path_text or self.path)
+            return read_file(self._read_target())
         started = time.time()  # (before the open: a change after it moves the ctime)
         try:
             text = _absolute(self._path_text or self.path)
@@ -807,7 +807,7 @@ class Sandbox:
         # names before and after (a folder on the way can be swapped for the read and
         # back, binding one file's identity to another's module).
         seen: list = []
-        data = read_file(self._path_text or self.path, seen=seen)
+        data = read_file(self._read_target(), seen=seen)
         # Only for a module the cache will hold (a small one's sandbox would carry a stat
         # result for nothing, and its run import what checks it).
         if len(seen) != 2 or len(data) < self.policy.values["runtime.cache_min_size"]:
@@ -819,6 +819,13 @@ class Sandbox:
         if stat.S_ISREG(after.st_mode) and same:
             self._source = (text, after, started)
         return data
+
+    def _read_target(self) -> Any:
+        """What the module file is read by: the path as given, if text (no Path object
+        made: a few µs of every Sandbox(path)), unless it ends in ``/`` or ``/.``, which
+        the Path drops (``m.wasm/.`` names m.wasm, as it always has)."""
+        text = self._path_text
+        return text if text is not None and not text.endswith(("/", "/.")) else self.path
 
     # --------------------------------------------------------------- choosing
     def _choose(self, backend: Optional[str], kind: str) -> tuple:

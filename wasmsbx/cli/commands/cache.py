@@ -203,6 +203,8 @@ def clear(
         return 0
     try:
         result = cache.clear(opened.store, module_sha, backend)
+    except cache.cache_errors() as exc:
+        raise _unusable(opened.root, exc) from None
     finally:
         opened.close()
     if json_output:
@@ -220,6 +222,19 @@ def clear(
             f"from {opened.root}"
         )
     return 0
+
+
+def _unusable(root: Any, exc: BaseException) -> Exception:
+    """An error of the cache's files met by clear, prune or verify (a folder without
+    permissions, a file that cannot be removed): exit 105 with a hint, never an
+    internal error."""
+    from ...errors import InputError
+    from ...native import cache
+
+    return InputError(
+        f"cannot clean the cache at {root}: {cache.reason(exc)}",
+        hint="fix the permissions of the cache's folders, or delete the cache folder",
+    )
 
 
 def _wipe_damaged(policy: Optional[str], cache_dir: Optional[str], json_output: bool) -> bool:
@@ -279,6 +294,8 @@ def prune(
         return 0
     try:
         result = cache.prune(opened.store, age, size)
+    except cache.cache_errors() as exc:
+        raise _unusable(opened.root, exc) from None
     finally:
         opened.close()
     if json_output:
@@ -310,6 +327,8 @@ def verify(
         return 0
     try:
         result = cache.verify(opened.store, remove=not keep)
+    except cache.cache_errors() as exc:
+        raise _unusable(opened.root, exc) from None
     finally:
         opened.close()
     if json_output:
