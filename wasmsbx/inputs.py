@@ -21,6 +21,7 @@ POLICY_MAX_BYTES = 1024 * 1024  # sandbox.toml, bench suites: text a human write
 REPORT_MAX_BYTES = 256 * 1024 * 1024  # bench baselines (every sample of every phase)
 STATE_MAX_BYTES = 64 * 1024 * 1024  # checkpoints
 _CHUNK = 1 << 20
+_SMALL = 1 << 16  # a file read whole before its cap is known (at most this much)
 _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 
 
@@ -67,6 +68,17 @@ def _read_fd(fd: int, info: os.stat_result, limit: Any, path: Any) -> bytes:
     """read_capped of the file open as ``fd`` (``info``: its fstat())."""
     if stat.S_ISDIR(info.st_mode):
         raise IsADirectoryError(21, "Is a directory", str(path))
+    if stat.S_ISREG(info.st_mode) and info.st_size < _SMALL:
+        # A small file: read whole at once, its cap judged from what was read (no
+        # separate read of its head and seek back: two system calls of every Sandbox
+        # made from a path)
+        data = _read_full(fd, info.st_size + 1)
+        cap = limit(data[:16]) if callable(limit) else limit
+        if len(data) > cap:
+            raise TooLarge(len(data), cap)
+        if len(data) <= info.st_size:
+            return data
+        return _read_upto(functools.partial(os.read, fd), data, cap)
     head = _read_full(fd, 16) if callable(limit) else b""
     cap = limit(head) if callable(limit) else limit
     if stat.S_ISREG(info.st_mode) and info.st_size > cap:
