@@ -428,3 +428,63 @@ def test_a_cache_file_that_cannot_be_removed_is_an_io_error(project, monkeypatch
     assert result.code == 105, result
     assert "cannot clean the cache" in result.stderr and "hint:" in result.stderr
     assert "internal error" not in result.stderr
+
+
+# Red team round 18: the same swap one level up, at `code` itself.
+@pytest.mark.parametrize("command", ["verify", "prune"])
+def test_removals_never_follow_a_code_folder_swapped_for_a_link(tmp_path, monkeypatch, command):
+    """On 3d984a8 the removals opened `code/NA` without following it, but `code` was
+    followed: `code` swapped for a link to a folder holding `ab/NAME` after the listing
+    had verify and prune delete those files there."""
+    import os
+    import time
+
+    from wasmsbx.native import recorded
+
+    root, outside = tmp_path / "wc", tmp_path / "outside"
+    (outside / "ab").mkdir(parents=True)
+    store = cache.Store.open(root, 1 << 30)
+    try:
+        code = root / cache.CODE_DIR
+        (code / "ab").mkdir(parents=True)
+        names = ["ab" + "7" * 62 + ".facts", ".old.1.2.tmp"]
+        old = time.time() - 3600
+        for name in names:
+            for where in (code / "ab", outside / "ab"):
+                (where / name).write_text("bad\n")
+                os.utime(where / name, (old, old))
+        listed = store._code_files
+        when = "*" + recorded.SUFFIX if command == "verify" else ".*.tmp"
+
+        def racing(pattern):
+            found = list(listed(pattern))
+            if pattern == when and not code.is_symlink():
+                code.rename(root / "code.moved")
+                code.symlink_to(outside)
+            yield from found
+
+        monkeypatch.setattr(store, "_code_files", racing)
+        if command == "verify":
+            cache.verify(store)
+        else:
+            cache.prune(store)
+    finally:
+        store.close()
+    assert sorted(p.name for p in (outside / "ab").iterdir()) == sorted(names)
+
+
+def test_cache_clear_removes_a_link_planted_where_the_cache_writes(cli, project):
+    """Every command refuses a cache holding `code -> elsewhere` and its hint says `cache
+    clear` repairs it, but `cache clear` refused it too (red team round 18)."""
+    outside = project.parent / "outside"
+    outside.mkdir()
+    (outside / "keep").write_text("mine\n")
+    (project / ".wc" / cache.CODE_DIR).symlink_to(outside)
+    refused = cli("cache", "list", cwd=project)
+    assert refused.code == 105 and "cache clear" in refused.stderr, refused
+    cleared = cli("cache", "clear", cwd=project)
+    assert cleared.code == 0 and "removed symbolic links" in cleared.stderr, cleared
+    assert not (project / ".wc" / cache.CODE_DIR).is_symlink()
+    assert (outside / "keep").read_text() == "mine\n"
+    run = cli("run", "tool.wasm", cwd=project)
+    assert run.code == 0 and "cache unavailable" not in run.stderr, run

@@ -43,6 +43,45 @@ def test_endless_inputs_are_refused(cli, args, code, text):
     assert text in res.stderr and "Traceback" not in res.stderr
 
 
+PAGEMAP = "/proc/self/pagemap"  # st_size 0, endless, and reads must be multiples of 8
+
+
+@pytest.mark.skipif(not os.path.exists(PAGEMAP), reason="needs /proc/self/pagemap")
+@pytest.mark.parametrize(
+    "args, code, text",
+    [
+        (["run", PAGEMAP, "add", "1", "2"], 102, "not a WebAssembly module"),
+        (["run", ADD, "add", "1", "2", "--policy", PAGEMAP], 101, "not a policy file"),
+    ],
+)
+def test_a_file_read_only_in_records_is_refused_as_before(cli, args, code, text):
+    """Red team round 18: unbuffered reads of 1 or 16 bytes made /proc/self/pagemap fail
+    with EINVAL (exit 105 "cannot read") where a buffered read had refused it as what it
+    is; files that say they are empty are read in whole chunks."""
+    res = cli(*args, timeout=60)
+    assert res.code == code, res
+    assert text in res.stderr and "Invalid argument" not in res.stderr
+
+
+@pytest.mark.parametrize("size", [0, 1, 15, 16, 17, 65535, 65536, 65537, 200000])
+@pytest.mark.parametrize("cap", [0, 16, 65536, 100000, 300000])
+def test_read_capped_exact_sizes_against_caps(tmp_path, size, cap):
+    """Every size around the one-read bound (64 KiB) and the head (16 bytes), against
+    caps below, at and above it, as an int and as a function of the head."""
+    path = tmp_path / "f"
+    data = os.urandom(size)
+    path.write_bytes(data)
+    for limit in (cap, lambda head: cap):
+        if size > cap:
+            with pytest.raises(inputs.TooLarge) as caught:
+                inputs.read_capped(path, limit)
+            assert caught.value.limit == cap
+        else:
+            seen: list = []
+            assert inputs.read_capped(path, limit, seen) == data
+            assert len(seen) == 2
+
+
 def test_endless_artifact_is_refused_and_the_module_runs(cli):
     res = cli("run", ADD, "add", "1", "2", "--artifact", ZERO, timeout=60)
     assert res.code == 0 and res.stdout == "3\n"

@@ -68,7 +68,7 @@ def _read_fd(fd: int, info: os.stat_result, limit: Any, path: Any) -> bytes:
     """read_capped of the file open as ``fd`` (``info``: its fstat())."""
     if stat.S_ISDIR(info.st_mode):
         raise IsADirectoryError(21, "Is a directory", str(path))
-    if stat.S_ISREG(info.st_mode) and info.st_size < _SMALL:
+    if stat.S_ISREG(info.st_mode) and 0 < info.st_size < _SMALL:
         # A small file: read whole at once, its cap judged from what was read (no
         # separate read of its head and seek back: two system calls of every Sandbox
         # made from a path)
@@ -83,7 +83,7 @@ def _read_fd(fd: int, info: os.stat_result, limit: Any, path: Any) -> bytes:
     cap = limit(head) if callable(limit) else limit
     if stat.S_ISREG(info.st_mode) and info.st_size > cap:
         raise TooLarge(info.st_size, cap)
-    if stat.S_ISREG(info.st_mode):
+    if stat.S_ISREG(info.st_mode) and info.st_size:  # (/proc says 0: read in chunks)
         # One read of the whole file, and a byte more to see whether it grew: no
         # chunks to join, so a module is copied once (a 0.9 MB one twice cost 0.5 ms).
         if head:
@@ -114,10 +114,13 @@ def _read_full(fd: int, size: int) -> bytes:
 
 
 def _read_upto(read: Callable[[int], bytes], head: bytes, limit: int) -> bytes:
+    """``head`` and what ``read`` gives after it, until its end; TooLarge past ``limit``.
+    Read in whole chunks (at most one chunk past the limit is held): some files take
+    only reads of a multiple of their record size (/proc/self/pagemap: 8 bytes)."""
     parts = [head]
     size = len(head)
     while size <= limit:
-        chunk = read(min(_CHUNK, limit + 1 - size))
+        chunk = read(_CHUNK)
         if not chunk:
             return b"".join(parts)
         parts.append(chunk)

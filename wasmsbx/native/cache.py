@@ -209,8 +209,30 @@ def _refuse_links(root: Path) -> None:
         if os.path.islink(os.path.join(text, name)):
             raise CacheUnavailable(
                 f"{root / name} is a symbolic link; a cache folder holds none (writes "
-                "through it would land elsewhere); delete it or choose another cache folder"
+                "through it would land elsewhere); `wasmsbx cache clear` removes it, or "
+                "choose another cache folder"
             )
+
+
+def unlink_planted(root: Path) -> list:
+    """Remove the symbolic links standing at names wasmsbx writes in the cache folder
+    ``root`` (``_refuse_links`` refuses a cache holding one), if ``root`` is a cache (a
+    ``CACHEDIR.TAG`` that is a file); the names removed. Never follows them: `cache
+    clear` repairs such a cache instead of refusing it as every other command does."""
+    text = str(root)
+    tag = os.path.join(text, "CACHEDIR.TAG")
+    if os.path.islink(tag) or not os.path.isfile(tag):
+        return []
+    removed = []
+    for name in OURS:
+        path = os.path.join(text, name)
+        if os.path.islink(path):
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                continue
+            removed.append(name)
+    return removed
 
 
 def _private_path(root: str) -> bool:
@@ -855,13 +877,14 @@ def _remove_file(path: Any) -> None:
     """Unlink ``path`` if it is there; a folder under a name the cache uses is left (a
     hostile project's cache can bring one: nothing reads it as a file, and failing on it
     made `cache prune`, `verify` and `clear` end in an internal error), and so is
-    anything whose folder is a link (``code/NA`` planted as a link to elsewhere: the
-    unlink would have removed a file there), and anything whose folder is a file (no
+    anything whose folder is a link (``code`` or ``code/NA`` planted or swapped in as a
+    link to elsewhere: the unlink would have removed a file there; recorded.open_folder
+    opens each level without following one), and anything whose folder is a file (no
     file can be in it: `cache verify`, `prune` and `clear --module` went on to an
     internal error)."""
     folder, name = os.path.split(os.fspath(path))
     try:
-        fd = os.open(folder, recorded.FOLDER_FLAGS)  # (O_PATH: needs no read permission)
+        fd = recorded.open_folder(folder)  # (O_PATH: needs no read permission)
     except OSError as exc:
         # none there, a link (ELOOP; with O_DIRECTORY, Linux says ENOTDIR for one), or
         # not a folder (ENOTDIR)

@@ -132,14 +132,38 @@ def _tag(key: bytes, digest: str, body: bytes) -> bytes:
     return blake3(head + body, key=key).digest()
 
 
+def open_folder(folder: str, make: bool = False) -> int:
+    """A descriptor of the cache folder ``folder`` (``code/NA``), opened without
+    following a link at either level: ``code`` by its path (the cache's own folder may be
+    a link; a link in place of ``code`` is not followed), then ``NA`` relative to it, so
+    neither a planted link nor one swapped in meanwhile (a project's cache comes with its
+    repository, and git keeps links) is ever gone through. With ``make``, each is made
+    private (0700) if missing. NotADirectoryError for a link or a file in place of
+    either (ELOOP where a system says that for a link), FileNotFoundError for none."""
+    parent, name = os.path.split(folder)
+    if make:
+        try:
+            os.mkdir(parent, 0o700)
+        except FileExistsError:
+            pass
+    top = os.open(parent, FOLDER_FLAGS)
+    try:
+        if make:
+            try:
+                os.mkdir(name, 0o700, dir_fd=top)
+            except FileExistsError:
+                pass
+        return os.open(name, FOLDER_FLAGS, dir_fd=top)
+    finally:
+        os.close(top)
+
+
 def open_in_folder(path: str, flags: int) -> int:
-    """``os.open(path, flags)`` without following a link that stands in place of the
-    file's folder: a cache's ``code/NA`` folders (a project's cache comes with its
-    repository, and git keeps links; ``code`` itself is refused as a link by the cache).
-    NotADirectoryError for a folder that is a link or a file (ELOOP where a system says
-    that for a link), FileNotFoundError for none."""
+    """``os.open(path, flags)`` of a file in a cache folder (``code/NA/NAME``), relative
+    to the folder opened by ``open_folder``: never through a link in place of ``code`` or
+    ``NA``. OSError as ``open_folder`` and ``os.open`` raise it."""
     folder, name = os.path.split(path)
-    where = os.open(folder, FOLDER_FLAGS)
+    where = open_folder(folder)
     try:
         return os.open(name, flags, dir_fd=where)
     finally:
@@ -147,25 +171,10 @@ def open_in_folder(path: str, flags: int) -> int:
 
 
 def open_code_folder(folder: str) -> int:
-    """A descriptor of the cache folder ``folder`` (``code/NA``), it and its parent
-    (``code``) made private if missing, each opened without following a link (a folder
-    swapped for a link while a file is written would aim the write elsewhere: the file is
-    created and renamed relative to this descriptor). OSError for a link or a file in
-    place of either (NotADirectoryError), or what mkdir and open raise."""
-    parent, name = os.path.split(folder)
-    try:
-        os.mkdir(parent, 0o700)
-    except FileExistsError:
-        pass
-    top = os.open(parent, FOLDER_FLAGS)
-    try:
-        try:
-            os.mkdir(name, 0o700, dir_fd=top)
-        except FileExistsError:
-            pass
-        return os.open(name, FOLDER_FLAGS, dir_fd=top)
-    finally:
-        os.close(top)
+    """``open_folder(folder, make=True)``: where entries, records and memos are written
+    (a folder swapped for a link while a file is written would aim the write elsewhere:
+    the file is created and renamed relative to this descriptor)."""
+    return open_folder(folder, make=True)
 
 
 def write_in_folder(where: int, name: str, data: bytes, stem: str) -> None:

@@ -196,8 +196,10 @@ def clear(
     from ...runner.sandbox import read_module
 
     module_sha = aot.sha256(read_module(module)) if module else None
-    if not (module or backend) and _wipe_damaged(policy, cache_dir, json_output):
-        return 0
+    if not (module or backend):
+        _unlink_planted(policy, cache_dir, json_output)
+        if _wipe_damaged(policy, cache_dir, json_output):
+            return 0
     opened = Opened(policy, cache_dir)
     if opened.missing(json_output, removed=0, freed=0):
         return 0
@@ -235,6 +237,21 @@ def _unusable(root: Any, exc: BaseException) -> Exception:
         f"cannot clean the cache at {root}: {cache.reason(exc)}",
         hint="fix the permissions of the cache's folders, or delete the cache folder",
     )
+
+
+def _unlink_planted(policy: Optional[str], cache_dir: Optional[str], json_output: bool) -> None:
+    """``cache clear`` of a cache holding a symbolic link where wasmsbx writes (every
+    other command refuses such a cache and says this repairs it): the links go."""
+    from ... import policy as policy_mod
+    from ...native import cache
+
+    root = cache.resolve_dir(policy_mod.discover(policy), cache_dir)[0]
+    try:
+        removed = cache.unlink_planted(root)
+    except OSError as exc:
+        raise _unusable(root, exc) from None
+    if removed and not json_output:
+        output.err(f"removed symbolic links planted in {root}: {', '.join(removed)}")
 
 
 def _wipe_damaged(policy: Optional[str], cache_dir: Optional[str], json_output: bool) -> bool:
