@@ -283,53 +283,52 @@ def test_an_entry_is_never_read_through_a_code_folder_that_is_a_link(cli, projec
 
 
 # Red team round 17: writes and removals by path name, and what a clone can carry.
-def _swapping(store, monkeypatch, folder, outside, when):
-    """Make ``store._code_files`` swap ``folder`` for a link to ``outside`` once it has
-    listed the files matching ``when`` (a local process racing a command, made
-    deterministic)."""
-    listed = store._code_files
-
-    def racing(pattern):
-        found = list(listed(pattern))
-        if pattern == when and folder.is_dir() and not folder.is_symlink():
-            folder.rename(folder.with_name(folder.name + ".moved"))
-            folder.symlink_to(outside)
-        yield from found
-
-    monkeypatch.setattr(store, "_code_files", racing)
-
-
+@pytest.mark.parametrize("level", ["code/ab", "code"])
 @pytest.mark.parametrize("command", ["verify", "prune"])
-def test_removals_never_follow_a_folder_swapped_for_a_link(tmp_path, monkeypatch, command):
+def test_removals_never_follow_a_folder_swapped_for_a_link(tmp_path, monkeypatch, command, level):
     """On 2651fe5 `cache verify` removed a bad facts record, and `cache prune` an old
-    temporary file, by path name: a folder swapped for a link between the listing and
-    the unlink had them delete the same names wherever the link led (103 of 300 files)."""
+    temporary file, by path name: `code/ab` swapped for a link between the listing and
+    the unlink had them delete the same names wherever the link led (103 of 300 files).
+    On 3d984a8 the same with `code` itself swapped (red team round 18). The swap is made
+    once ``store._code_files`` has listed the files (a racing process, made
+    deterministic)."""
     import os
     import time
 
     from wasmsbx.native import recorded
 
     root, outside = tmp_path / "wc", tmp_path / "outside"
-    outside.mkdir()
+    (outside / "ab").mkdir(parents=True)
     store = cache.Store.open(root, 1 << 30)
     try:
-        folder = root / cache.CODE_DIR / "ab"
-        folder.mkdir(parents=True)
+        code = root / cache.CODE_DIR
+        (code / "ab").mkdir(parents=True)
         names = ["ab" + "7" * 62 + ".facts", ".old.1.2.tmp"]
         old = time.time() - 3600
         for name in names:
-            for where in (folder, outside):
+            for where in (code / "ab", outside / "ab"):
                 (where / name).write_text("bad\n")
                 os.utime(where / name, (old, old))
+        swapped = root / level
+        target = outside / "ab" if level == "code/ab" else outside
+        listed = store._code_files
         when = "*" + recorded.SUFFIX if command == "verify" else ".*.tmp"
-        _swapping(store, monkeypatch, folder, outside, when)
+
+        def racing(pattern):
+            found = list(listed(pattern))
+            if pattern == when and not swapped.is_symlink():
+                swapped.rename(swapped.with_name(swapped.name + ".moved"))
+                swapped.symlink_to(target)
+            yield from found
+
+        monkeypatch.setattr(store, "_code_files", racing)
         if command == "verify":
             cache.verify(store)
         else:
             cache.prune(store)
     finally:
         store.close()
-    assert sorted(p.name for p in outside.iterdir()) == sorted(names)
+    assert sorted(p.name for p in (outside / "ab").iterdir()) == sorted(names)
 
 
 def test_a_write_lands_in_the_folder_checked_not_where_its_name_leads_later(tmp_path):
@@ -428,49 +427,6 @@ def test_a_cache_file_that_cannot_be_removed_is_an_io_error(project, monkeypatch
     assert result.code == 105, result
     assert "cannot clean the cache" in result.stderr and "hint:" in result.stderr
     assert "internal error" not in result.stderr
-
-
-# Red team round 18: the same swap one level up, at `code` itself.
-@pytest.mark.parametrize("command", ["verify", "prune"])
-def test_removals_never_follow_a_code_folder_swapped_for_a_link(tmp_path, monkeypatch, command):
-    """On 3d984a8 the removals opened `code/NA` without following it, but `code` was
-    followed: `code` swapped for a link to a folder holding `ab/NAME` after the listing
-    had verify and prune delete those files there."""
-    import os
-    import time
-
-    from wasmsbx.native import recorded
-
-    root, outside = tmp_path / "wc", tmp_path / "outside"
-    (outside / "ab").mkdir(parents=True)
-    store = cache.Store.open(root, 1 << 30)
-    try:
-        code = root / cache.CODE_DIR
-        (code / "ab").mkdir(parents=True)
-        names = ["ab" + "7" * 62 + ".facts", ".old.1.2.tmp"]
-        old = time.time() - 3600
-        for name in names:
-            for where in (code / "ab", outside / "ab"):
-                (where / name).write_text("bad\n")
-                os.utime(where / name, (old, old))
-        listed = store._code_files
-        when = "*" + recorded.SUFFIX if command == "verify" else ".*.tmp"
-
-        def racing(pattern):
-            found = list(listed(pattern))
-            if pattern == when and not code.is_symlink():
-                code.rename(root / "code.moved")
-                code.symlink_to(outside)
-            yield from found
-
-        monkeypatch.setattr(store, "_code_files", racing)
-        if command == "verify":
-            cache.verify(store)
-        else:
-            cache.prune(store)
-    finally:
-        store.close()
-    assert sorted(p.name for p in (outside / "ab").iterdir()) == sorted(names)
 
 
 def test_cache_clear_removes_a_link_planted_where_the_cache_writes(cli, project):
