@@ -275,6 +275,8 @@ def test_an_entry_is_never_read_through_a_code_folder_that_is_a_link(cli, projec
     run = cli("run", "tool.wasm", "--json", cwd=project)
     assert run.code == 0, run
     assert "cache unavailable" in run.stderr and "Not a directory" in run.stderr, run
+    # (the whole path, not the name relative to the folder opened: "Not a directory: 01")
+    assert f"{folder} (a file or a symbolic link where a folder belongs)" in run.stderr, run
     verified = cli("cache", "verify", "--json", cwd=project)
     assert verified.code == 0, verified
     report = json.loads(verified.stdout)

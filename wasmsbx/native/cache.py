@@ -501,6 +501,9 @@ class Store:
             ) from None
         try:
             recorded.write_in_folder(where, name, blob, key[:16])
+        except OSError as exc:
+            exc.filename = os.path.join(folder, name)  # (not the temporary file's name)
+            raise
         finally:
             os.close(where)
 
@@ -1501,6 +1504,8 @@ def _timed(compile_fn: Callable, wasm: bytes, timings: dict) -> Any:
 def reason(exc: BaseException) -> str:
     if isinstance(exc, errors.WasmsbxError):
         return exc.message
+    if isinstance(exc, NotADirectoryError) and exc.filename:
+        return f"{exc.strerror}: {exc.filename} (a file or a symbolic link where a folder belongs)"
     if isinstance(exc, OSError) and exc.strerror:
         return f"{exc.strerror}: {exc.filename}" if exc.filename else exc.strerror
     return str(exc) or type(exc).__name__

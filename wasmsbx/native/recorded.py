@@ -154,6 +154,9 @@ def open_folder(folder: str, make: bool = False) -> int:
             except FileExistsError:
                 pass
         return os.open(name, FOLDER_FLAGS, dir_fd=top)
+    except OSError as exc:
+        exc.filename = folder  # (the whole path in messages, not the name relative to top)
+        raise
     finally:
         os.close(top)
 
@@ -166,6 +169,9 @@ def open_in_folder(path: str, flags: int) -> int:
     where = open_folder(folder)
     try:
         return os.open(name, flags, dir_fd=where)
+    except OSError as exc:
+        exc.filename = path
+        raise
     finally:
         os.close(where)
 
