@@ -70,7 +70,6 @@ COMPRESS_MIN = 8 << 20
 COMPRESS_LEVEL = 3
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _NONBLOCK = getattr(os, "O_NONBLOCK", 0)
-_DIRECTORY = getattr(os, "O_DIRECTORY", 0)
 _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 _ENTRY_ROWS = ("m:", "a:")  # database rows named by an entry key (Store.keys)
 HITS = "hits.log"  # the hit journal: "KEY LABEL TIME" per hit
@@ -889,8 +888,8 @@ def _remove_file(path: Any) -> None:
     try:
         fd = recorded.open_folder(folder)  # (O_PATH: needs no read permission)
     except OSError as exc:
-        # none there, a link (ELOOP; with O_DIRECTORY, Linux says ENOTDIR for one), or
-        # not a folder (ENOTDIR)
+        # none there, a link in place of code or NA (ENOTDIR under O_DIRECTORY on
+        # Linux, ELOOP elsewhere), or a file there (ENOTDIR)
         if exc.errno in (errno.ENOENT, errno.ELOOP, errno.ENOTDIR):
             return
         raise
