@@ -429,6 +429,9 @@ def test_a_cache_file_that_cannot_be_removed_is_an_io_error(project, monkeypatch
     assert result.code == 105, result
     assert "cannot clean the cache" in result.stderr and "hint:" in result.stderr
     assert "internal error" not in result.stderr
+    # The entry's record stays with its file (it was deleted first, then the file failed)
+    listed = run_main("cache", "list", "--json", cwd=project)
+    assert "tool.wasm" in listed.stdout, listed
 
 
 def test_cache_clear_removes_a_link_planted_where_the_cache_writes(cli, project):
@@ -446,3 +449,19 @@ def test_cache_clear_removes_a_link_planted_where_the_cache_writes(cli, project)
     assert (outside / "keep").read_text() == "mine\n"
     run = cli("run", "tool.wasm", cwd=project)
     assert run.code == 0 and "cache unavailable" not in run.stderr, run
+
+
+def test_cache_clear_that_cannot_remove_the_code_keeps_the_records(project, monkeypatch):
+    """A code folder that cannot be removed (permissions) made `cache clear` empty the
+    database first and then fail: the entries stayed, unlisted. Now the records go only
+    once the code has gone."""
+    import shutil as shutil_mod
+
+    from .conftest import run_main
+
+    assert run_main("run", "tool.wasm", cwd=project).code == 0
+    monkeypatch.setattr(shutil_mod, "rmtree", lambda *a, **k: None)
+    result = run_main("cache", "clear", cwd=project)
+    assert result.code == 105 and "could not remove everything" in result.stderr, result
+    listed = run_main("cache", "list", "--json", cwd=project)
+    assert "tool.wasm" in listed.stdout, listed

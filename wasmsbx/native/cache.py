@@ -699,11 +699,11 @@ class Store:
     def remove(self, key: str) -> int:
         """Delete an entry; return the bytes it held."""
         record = self.record(key) or {}
+        code = self.code_path(key)
+        for path in (code, code.with_suffix(MEMO_SUFFIX)):  # (first: a file that cannot
+            _remove_file(path)  # be removed leaves its record, so the two stay together)
         self.db.delete("m:" + key)
         self.db.delete("a:" + key)  # its code, if an earlier build kept it in the database
-        code = self.code_path(key)
-        for path in (code, code.with_suffix(MEMO_SUFFIX)):
-            _remove_file(path)
         return int(record.get("size", 0))
 
     def clear(self) -> None:
@@ -712,7 +712,6 @@ class Store:
         wait for a writer forever); CacheUnavailable if something could not be removed."""
         import shutil
 
-        self.db.clear()
         code = os.path.join(str(self.root), CODE_DIR)
         try:
             info: Optional[os.stat_result] = os.lstat(code)
@@ -722,9 +721,10 @@ class Store:
             shutil.rmtree(code, ignore_errors=True)
         elif info is not None:
             os.unlink(code)  # (a link is removed, never followed)
-        (self.root / HITS).unlink(missing_ok=True)
-        if os.path.lexists(code):
+        if os.path.lexists(code):  # (the records stay with what is left)
             raise CacheUnavailable(f"could not remove everything in {code}")
+        self.db.clear()
+        (self.root / HITS).unlink(missing_ok=True)
 
     def keys(self, prefix: str) -> list:
         found = [
