@@ -75,14 +75,21 @@ def test_type_checkers_see_the_api(tmp_path):
     if sys.version_info < (3, 10):
         pytest.skip("mypy on Python 3.9 misreads facts.py's field comments")
     (tmp_path / "misuse.py").write_text(MISUSE)
-    proc = subprocess.run(
-        [sys.executable, "-m", "mypy", "--strict", "--no-incremental", "--follow-imports=silent"]
-        + [str(tmp_path / "misuse.py")],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    argv = [sys.executable, "-m", "mypy", "--strict", "--no-incremental", "--follow-imports=silent"]
+    argv += ["--show-traceback", "--cache-dir", str(tmp_path / "mypy-cache")]
+    for _ in range(2):
+        proc = subprocess.run(
+            [*argv, str(tmp_path / "misuse.py")],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        # mypy 2.4.1 once crashed ("INTERNAL ERROR") in a full parallel run on the same
+        # code that passed before and after: a crash of the checker is tried once more
+        # (its traceback is printed if it happens again); a verdict is never retried.
+        if "INTERNAL ERROR" not in proc.stdout + proc.stderr:
+            break
     assert proc.returncode == 1 and _misuse_flagged(proc.stdout), proc.stdout + proc.stderr
 
 
