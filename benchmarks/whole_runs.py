@@ -25,9 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -35,7 +33,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from cached_load import ROOT, fetch  # noqa: E402
+from cached_load import ROOT, fetch, timed  # noqa: E402
 from peer import wasmtime_cli  # noqa: E402
 
 ARGS = {"graphviz": ["-V"], "python": ["-c", "pass"]}
@@ -60,19 +58,6 @@ try:
 except wasmtime.ExitTrap as exit:
     sys.exit(exit.code)
 """
-
-
-def cpu_children() -> float:
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
-
-
-def timed(argv: list, env: dict, cwd: Path) -> float:
-    before = cpu_children()
-    proc = subprocess.run(argv, capture_output=True, env=env, cwd=cwd, stdin=subprocess.DEVNULL)
-    if proc.returncode:
-        raise SystemExit(f"{argv[:3]} failed ({proc.returncode}): {proc.stderr.decode()[-2000:]}")
-    return cpu_children() - before
 
 
 def main() -> None:
