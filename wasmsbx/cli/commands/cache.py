@@ -197,8 +197,11 @@ def clear(
 
     module_sha = aot.sha256(read_module(module)) if module else None
     if not (module or backend):
-        _unlink_planted(policy, cache_dir, json_output)
-        if _wipe_damaged(policy, cache_dir, json_output):
+        from ... import policy as policy_mod
+
+        loaded = policy_mod.discover(policy)  # (once for both repairs)
+        _unlink_planted(loaded, cache_dir, json_output)
+        if _wipe_damaged(loaded, cache_dir, json_output):
             return 0
     opened = Opened(policy, cache_dir)
     if opened.missing(json_output, removed=0, freed=0):
@@ -239,13 +242,13 @@ def _unusable(root: Any, exc: BaseException) -> Exception:
     )
 
 
-def _unlink_planted(policy: Optional[str], cache_dir: Optional[str], json_output: bool) -> None:
+def _unlink_planted(loaded: Any, cache_dir: Optional[str], json_output: bool) -> None:
     """``cache clear`` of a cache holding a symbolic link where wasmsbx writes (every
-    other command refuses such a cache and says this repairs it): the links go."""
-    from ... import policy as policy_mod
+    other command refuses such a cache and says this repairs it): the links go.
+    ``loaded``: the policy in force."""
     from ...native import cache
 
-    root = cache.resolve_dir(policy_mod.discover(policy), cache_dir)[0]
+    root = cache.resolve_dir(loaded, cache_dir)[0]
     try:
         removed = cache.unlink_planted(root)
     except OSError as exc:
@@ -254,14 +257,13 @@ def _unlink_planted(policy: Optional[str], cache_dir: Optional[str], json_output
         output.err(f"removed symbolic links planted in {root}: {', '.join(removed)}")
 
 
-def _wipe_damaged(policy: Optional[str], cache_dir: Optional[str], json_output: bool) -> bool:
-    """``cache clear`` of a cache whose database cannot be opened: delete the directory."""
+def _wipe_damaged(loaded: Any, cache_dir: Optional[str], json_output: bool) -> bool:
+    """``cache clear`` of a cache whose database cannot be opened: delete the directory.
+    ``loaded``: the policy in force."""
     import sqlite3
 
-    from ... import policy as policy_mod
     from ...native import cache
 
-    loaded = policy_mod.discover(policy)
     try:
         store = cache.open_store(loaded, cache_dir, create=False)
     except sqlite3.DatabaseError as exc:
