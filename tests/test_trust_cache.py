@@ -362,6 +362,33 @@ def test_wipe_removes_only_what_wasmsbx_keeps(tmp_path):
     assert [p.name for p in root.iterdir()] == ["project-file.c"]
 
 
+def test_wipe_reads_only_the_start_of_a_tag(tmp_path, monkeypatch):
+    """Red team round 19: `cache clear` of a damaged cache read CACHEDIR.TAG whole, so a
+    tag made sparse and 8 GB large was read into memory. Now at most 4 KiB are read, and
+    only from a regular file that is not a link."""
+    import os
+
+    root = tmp_path / "c"
+    cache.prepare_dir(root)
+    tag = root / "CACHEDIR.TAG"
+    with open(tag, "r+b") as handle:
+        handle.truncate(8 << 30)  # (sparse: no disk used)
+    asked: list = []
+    real_read = os.read
+    monkeypatch.setattr(os, "read", lambda fd, n: asked.append(n) or real_read(fd, n))
+    cache.wipe(root)
+    assert asked and max(asked) <= 4096
+    assert not root.exists()
+    other = tmp_path / "d"
+    cache.prepare_dir(other)
+    (other / "cache.db").write_bytes(b"garbage")
+    real = other / "real-tag"
+    os.replace(other / "CACHEDIR.TAG", real)
+    (other / "CACHEDIR.TAG").symlink_to(real)
+    with pytest.raises(cache.CacheUnavailable, match="no wasmsbx CACHEDIR.TAG"):
+        cache.wipe(other)
+
+
 def test_a_policy_cannot_show_the_guest_the_keys(cli, isolated, tmp_path):
     """A project's sandbox.toml granting the folder that holds the trust folder (the
     home, ~/.config) would let a WASI guest read the secret key and forge native code."""

@@ -320,14 +320,31 @@ def exists(root: Path) -> bool:
     )
 
 
+def _tag_head(root: Path) -> bytes:
+    """The start of the folder's CACHEDIR.TAG (ours is ~100 bytes), if it is a regular
+    file: never through a link, never blocking on a FIFO, never more than 4 KiB (a tag
+    made sparse and huge was read whole); b"" otherwise."""
+    try:
+        fd = os.open(
+            os.path.join(str(root), "CACHEDIR.TAG"), os.O_RDONLY | _NOFOLLOW | _NONBLOCK | _CLOEXEC
+        )
+    except (OSError, ValueError):
+        return b""
+    try:
+        return os.read(fd, 4096) if stat.S_ISREG(os.fstat(fd).st_mode) else b""
+    except OSError:
+        return b""
+    finally:
+        os.close(fd)
+
+
 def wipe(root: Path) -> None:
     """Delete a cache directory whose database is damaged: only one tagged as ours, and
     only what wasmsbx keeps there (a policy may name the directory: whatever else is in
     it stays)."""
     import shutil
 
-    tag = root / "CACHEDIR.TAG"
-    if not tag.is_file() or "created by wasmsbx" not in tag.read_text(errors="replace"):
+    if b"created by wasmsbx" not in _tag_head(root):
         raise CacheUnavailable(f"{root} has no wasmsbx CACHEDIR.TAG; not deleting it")
     for name in os.listdir(root):
         path = root / name
