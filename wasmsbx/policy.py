@@ -810,7 +810,14 @@ def confine(policy: Policy, path: Path) -> None:
     every token in the environment)."""
     import os
 
-    root = os.path.realpath(path.parent)
+    try:
+        root = os.path.realpath(path.parent)
+    except OSError as exc:  # a link swapped for a folder as realpath read it (EINVAL)
+        raise PolicyError(
+            f"{path}: its folder could not be resolved ({exc.strerror})",
+            hint="it changed while it was read; run the command again",
+            path=str(path),
+        ) from None
     hint = (
         "a sandbox.toml found in the working folder may only name paths inside its own "
         "folder, away from version-control metadata; if you trust it as it is, pass it "
@@ -881,7 +888,10 @@ def _outside_or_metadata(root: str, target: str, grant: bool, writable: bool) ->
     """Why a discovered policy may not name ``target`` (None: it may)."""
     import os
 
-    real = os.path.realpath(os.path.join(root, os.path.expanduser(target)))
+    try:
+        real = os.path.realpath(os.path.join(root, os.path.expanduser(target)))
+    except OSError as exc:  # a link swapped for a folder as realpath read it (EINVAL)
+        return f"which could not be resolved ({exc.strerror}: it changed as it was checked)"
     if not (real == root or real.startswith(root.rstrip(os.sep) + os.sep)):
         return "outside the folder of this sandbox.toml"
     parts = os.path.relpath(real, root).split(os.sep)
