@@ -281,6 +281,7 @@ def test_unwritable_cache(cli, cache_all, tmp_path):
     `compile` into the cache is an i/o error with a hint, never a traceback."""
     root = tmp_path / "cache"
     root.mkdir(mode=0o700)
+    (root / "CACHEDIR.TAG").write_text(cache.TAG_TEXT)  # (a cache: untagged, it is refused)
     (root / cache.CODE_DIR).write_text("in the way")
     run = cli("run", ADD, "add", "1", "1")
     assert (run.code, run.stdout) == (0, "2\n")

@@ -90,6 +90,9 @@ TAG_TEXT = (
 class CacheUnavailable(Exception):
     """The cache directory cannot be used (not ours, not a directory, unwritable...)."""
 
+    def __init__(self, message: str) -> None:
+        super().__init__(shown(message))  # (the folder's name, not its /proc/self/fd path)
+
 
 class Outcome(NamedTuple):
     module: Any
@@ -141,11 +144,15 @@ def _path_of(text: str) -> Path:
     return found
 
 
-def prepare_dir(root: Path) -> None:
-    """Create ``root`` private to this user (0700), refuse one that belongs to another."""
+def prepare_dir(root: Path) -> str:
+    """Create ``root`` private to this user (0700), refuse one that belongs to another;
+    the text through which the folder is used from then on (``pin``): on Linux its
+    descriptor's /proc/self/fd path, so the folder checked is the folder written, read
+    and cleared even if its name is swapped for a link meanwhile."""
     _refuse_variables(root)
     _refuse_trust(root)  # before mkdir: a policy must not create folders in the trust folder
     text = str(root)  # (text, not Path methods: on the first cached load of every process)
+    fd = None
     try:
         try:
             os.mkdir(text, 0o700)
@@ -153,9 +160,26 @@ def prepare_dir(root: Path) -> None:
             pass
         except FileNotFoundError:
             os.makedirs(text, 0o700, exist_ok=True)
-        info = os.stat(text)
+        if _PIN:
+            fd = os.open(text, _PIN | _CLOEXEC)
+            info = os.fstat(fd)
+        else:  # pragma: no cover - Linux is the supported platform
+            info = os.stat(text)
     except OSError as exc:
+        if exc.errno == errno.ENOTDIR:
+            raise CacheUnavailable(f"{root} is not a directory") from None
         raise CacheUnavailable(f"cannot create {root}: {exc.strerror or exc}") from None
+    try:
+        where = _check_dir(root, info, fd)
+    except BaseException:
+        if fd is not None:
+            os.close(fd)
+        raise
+    return where if fd is None else _pinned(text, fd, info)
+
+
+def _check_dir(root: Path, info: os.stat_result, fd: Optional[int]) -> str:
+    """prepare_dir's checks of the folder opened (``fd``, if pinned); its text."""
     if not stat.S_ISDIR(info.st_mode):
         raise CacheUnavailable(f"{root} is not a directory")
     if hasattr(os, "getuid") and info.st_uid != os.getuid():
@@ -163,35 +187,104 @@ def prepare_dir(root: Path) -> None:
             f"{root} belongs to another user (uid {info.st_uid}); native code is only "
             "loaded from a cache directory of your own"
         )
-    _refuse_links(root)
-    tag = root / "CACHEDIR.TAG"
-    tagged = os.path.exists(os.path.join(text, "CACHEDIR.TAG"))
+    where = str(root) if fd is None else f"/proc/self/fd/{fd}"
+    try:  # (again: the folder opened may not be the one checked before mkdir)
+        real = os.readlink(where) if fd is not None else ""
+    except OSError:  # pragma: no cover - /proc was there a moment ago
+        real = ""
+    _refuse_trust(root, real)
+    _refuse_links(root, where)
+    tagged = os.path.exists(os.path.join(where, "CACHEDIR.TAG"))
     if not tagged:
-        _refuse_foreign(root)
+        _refuse_foreign(root, where)
     if info.st_mode & 0o077:
         try:
-            os.chmod(root, 0o700)
+            os.chmod(where, 0o700)
         except OSError as exc:
             raise CacheUnavailable(f"cannot make {root} private: {exc.strerror}") from None
     if not tagged:
-        tmp = root / f".CACHEDIR.TAG.{os.getpid()}"
+        tmp = os.path.join(where, f".CACHEDIR.TAG.{os.getpid()}")
+        create = os.O_WRONLY | os.O_CREAT | os.O_EXCL | _CLOEXEC
         try:
-            tmp.write_text(TAG_TEXT)
-            os.replace(tmp, tag)
+            try:  # (created, never opened: a link planted at the name is not followed)
+                made = os.open(tmp, create, 0o600)
+            except FileExistsError:  # left by a process killed that had this pid
+                os.unlink(tmp)
+                made = os.open(tmp, create, 0o600)
+            try:
+                os.write(made, TAG_TEXT.encode())
+            finally:
+                os.close(made)
+            os.replace(tmp, os.path.join(where, "CACHEDIR.TAG"))
         except OSError as exc:
             raise CacheUnavailable(f"cannot write in {root}: {exc.strerror}") from None
+    return where
 
 
-def _refuse_foreign(root: Path) -> None:
+# Linux: the cache folder is opened once (O_PATH) and used through /proc/self/fd/N, so a
+# name swapped for a link after the checks (renameat2 RENAME_EXCHANGE of a project's
+# `.wc`, red team round 19) leads nowhere new: `cache clear` had deleted the code folder
+# of the folder the link named and made a database there. sqlite and diskcache take only
+# a path, which this is.
+_PIN = 0
+if getattr(os, "O_PATH", 0) and os.path.isdir("/proc/self/fd"):
+    _PIN = os.O_PATH | os.O_DIRECTORY
+
+# root text -> (descriptor, its /proc/self/fd text); the folder's root text by that text.
+# Never closed: texts made from them (entry paths, a store's database) may outlive any
+# store, and a number closed and reused would lead them into another folder. One per
+# folder a process uses, plus one each time that folder is replaced by another.
+_PINNED: dict = {}
+_SHOWN: dict = {}
+
+
+def _pinned(text: str, fd: int, info: os.stat_result) -> str:
+    """The /proc/self/fd text of the folder ``fd`` (checked; ``info`` its fstat): the one
+    already pinned for ``text`` if that is the same folder, still in place (one process
+    keeps one descriptor per folder), else ``fd``'s."""
+    known = _PINNED.get(text)
+    if known is not None:
+        try:
+            held = os.fstat(known[0])
+        except OSError:  # pragma: no cover - never closed
+            held = None
+        # (a folder removed has no links; its inode number may come again)
+        same = held is not None and (held.st_dev, held.st_ino) == (info.st_dev, info.st_ino)
+        if same and held is not None and held.st_nlink:
+            os.close(fd)
+            return known[1]
+    where = f"/proc/self/fd/{fd}"
+    _PINNED[text] = (fd, where)
+    _SHOWN[where] = text
+    return where
+
+
+def shown(text: str) -> str:
+    """``text`` with each pinned folder's /proc/self/fd path written as its name: what
+    users see (messages, reports)."""
+    if "/proc/self/fd/" in text:
+        for where, name in _SHOWN.items():
+            if where in text:
+                text = text.replace(where + os.sep, name + os.sep)
+                if text.endswith(where):
+                    text = text[: -len(where)] + name
+    return text
+
+
+def _refuse_foreign(root: Path, where: str) -> None:
     """A directory with files but no CACHEDIR.TAG is not a cache: wasmsbx will not tag it
-    (backup tools skip tagged folders), tighten its mode or write a database into it."""
+    (backup tools skip tagged folders), tighten its mode or write a database into it.
+    Names wasmsbx itself uses count too: a folder of the user's that holds only a
+    `code/` folder was adopted, tagged, and `cache clear` then deleted its `code/` (red
+    team, round 20; wasmsbx tags a folder before it puts anything there). Only the
+    wasmer backend's `probes/` (written without a tag, by ``wasmsbx backends``) and a tag
+    being written are allowed. (``where``: the folder opened, prepare_dir)"""
     try:
         names = [
-            n for n in os.listdir(root) if n not in OURS and not n.startswith(".CACHEDIR.TAG.")
+            n for n in os.listdir(where) if n != "probes" and not n.startswith(".CACHEDIR.TAG.")
         ]
     except OSError as exc:
         raise CacheUnavailable(f"cannot read {root}: {exc.strerror}") from None
-    _refuse_trust(root)  # again, now that it exists: a symlink may have changed meanwhile
     if names:
         raise CacheUnavailable(
             f"{root} is not empty and is not a wasmsbx cache (no CACHEDIR.TAG); "
@@ -199,13 +292,13 @@ def _refuse_foreign(root: Path) -> None:
         )
 
 
-def _refuse_links(root: Path) -> None:
+def _refuse_links(root: Path, where: str) -> None:
     """wasmsbx writes the files of a cache by name (the hit journal, sqlite's database and
     its -wal/-shm files), so a link planted there (a project's cache comes with its
-    repository, and git keeps links) would aim those writes at any file of yours."""
-    text = str(root)
+    repository, and git keeps links) would aim those writes at any file of yours.
+    (``where``: the folder opened, prepare_dir)"""
     for name in OURS:
-        if os.path.islink(os.path.join(text, name)):
+        if os.path.islink(os.path.join(where, name)):
             raise CacheUnavailable(
                 f"{root / name} is a symbolic link; a cache folder holds none (writes "
                 "through it would land elsewhere); `wasmsbx cache clear` removes it, or "
@@ -218,20 +311,22 @@ def unlink_planted(root: Path) -> list:
     ``root`` (``_refuse_links`` refuses a cache holding one), if ``root`` is a cache (a
     ``CACHEDIR.TAG`` that is a file); the names removed. Never follows them: `cache
     clear` repairs such a cache instead of refusing it as every other command does."""
-    text = str(root)
-    tag = os.path.join(text, "CACHEDIR.TAG")
-    if os.path.islink(tag) or not os.path.isfile(tag):
+    if not os.path.isdir(root):
         return []
-    removed = []
-    for name in OURS:
-        path = os.path.join(text, name)
-        if os.path.islink(path):
-            try:
-                os.unlink(path)
-            except FileNotFoundError:
-                continue
-            removed.append(name)
-    return removed
+    with _opened(root) as where:
+        tag = os.path.join(where, "CACHEDIR.TAG")
+        if os.path.islink(tag) or not os.path.isfile(tag):
+            return []
+        removed = []
+        for name in OURS:
+            path = os.path.join(where, name)
+            if os.path.islink(path):
+                try:
+                    os.unlink(path)
+                except FileNotFoundError:
+                    continue
+                removed.append(name)
+        return removed
 
 
 def _private_path(root: str) -> bool:
@@ -302,11 +397,12 @@ def _refuse_variables(root: Path) -> None:
         )
 
 
-def _refuse_trust(root: Path) -> None:
-    """The trust folder, a folder around it or one inside it is never a cache."""
+def _refuse_trust(root: Path, real: str = "") -> None:
+    """The trust folder, a folder around it or one inside it is never a cache (``real``:
+    the folder's real path, if known)."""
     # (Text, not Path.resolve(): every first load of a process checks this, and Path
     # objects cost it 0.1 ms. A symlink loop resolves to some path, which mkdir refuses.)
-    keys, real = realpath(trust_dir_text()), realpath(str(root))
+    keys, real = realpath(trust_dir_text()), real or realpath(str(root))
     if trust._overlaps(real, keys):
         raise CacheUnavailable(f"{real} overlaps the trust folder {keys}; not a cache")
 
@@ -320,7 +416,7 @@ def exists(root: Path) -> bool:
     )
 
 
-def _tag_head(root: Path) -> bytes:
+def _tag_head(root: Any) -> bytes:
     """The start of the folder's CACHEDIR.TAG (ours is ~100 bytes), if it is a regular
     file: never through a link, never blocking on a FIFO, never more than 4 KiB (a tag
     made sparse and huge was read whole); b"" otherwise."""
@@ -341,23 +437,56 @@ def _tag_head(root: Path) -> bytes:
 def wipe(root: Path) -> None:
     """Delete a cache directory whose database is damaged: only one tagged as ours, and
     only what wasmsbx keeps there (a policy may name the directory: whatever else is in
-    it stays)."""
+    it stays). Through the folder opened once (``_opened``): a name swapped for a link
+    meanwhile does not aim the deletions at another folder."""
     import shutil
 
-    if b"created by wasmsbx" not in _tag_head(root):
-        raise CacheUnavailable(f"{root} has no wasmsbx CACHEDIR.TAG; not deleting it")
-    for name in os.listdir(root):
-        path = root / name
-        if name not in OURS and not name.startswith(".CACHEDIR.TAG."):
-            continue
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path)
-        else:
-            path.unlink(missing_ok=True)
-    try:
-        root.rmdir()
-    except OSError:
-        pass  # something else lives there
+    with _opened(root) as where:
+        if b"created by wasmsbx" not in _tag_head(where):
+            raise CacheUnavailable(f"{root} has no wasmsbx CACHEDIR.TAG; not deleting it")
+        for name in os.listdir(where):
+            path = os.path.join(where, name)
+            if name not in OURS and not name.startswith(".CACHEDIR.TAG."):
+                continue
+            if os.path.isdir(path) and not os.path.islink(path):
+                shutil.rmtree(path)
+            else:
+                try:
+                    os.unlink(path)
+                except FileNotFoundError:
+                    pass
+        try:
+            if os.listdir(where):
+                return  # something else lives there
+            info, now = os.stat(where), os.lstat(root)
+            if (info.st_dev, info.st_ino) == (now.st_dev, now.st_ino):
+                os.rmdir(root)  # (by name: the folder emptied, if the name still is it)
+        except OSError:
+            pass
+
+
+class _opened:
+    """``with _opened(root) as where``: the folder ``root`` opened for the block (a
+    descriptor closed after it), ``where`` its /proc/self/fd text; ``root`` itself where
+    folders cannot be pinned. Only for texts that do not outlive the block (see _PINNED)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root, self.fd = str(root), None
+
+    def __enter__(self) -> str:
+        if not _PIN:  # pragma: no cover - Linux is the supported platform
+            return self.root
+        try:
+            self.fd = os.open(self.root, _PIN | _CLOEXEC)
+        except OSError as exc:
+            if exc.errno == errno.ENOTDIR:
+                raise CacheUnavailable(f"{self.root} is not a directory") from None
+            raise
+        return f"/proc/self/fd/{self.fd}"
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
 
 
 # ---------------------------------------------------------------------------- keys
@@ -408,13 +537,15 @@ class Store:
     compress = False  # runtime.cache_compress for this folder (cache.settings)
     checked: Optional[tuple] = None  # _folder_state when its checks last passed
 
-    def __init__(self, root: Path, size_limit: int) -> None:
+    def __init__(self, root: Path, size_limit: int, where: str = "") -> None:
         from .trust import in_cache_roots
 
-        self.root = root
+        self.root = root  # (what users see)
+        # The folder as prepare_dir opened it (pin): every file is reached through it.
+        self.where = where or str(root)
         # (Text: Path objects cost a cold start tens of µs per join on the run path.)
-        self.code_text = os.path.join(str(root), CODE_DIR)
-        self.hits_text = os.path.join(str(root), HITS)
+        self.code_text = os.path.join(self.where, CODE_DIR)
+        self.hits_text = os.path.join(self.where, HITS)
         self.size_limit = size_limit
         self._db: Any = None
         self.checked: Optional[tuple] = None  # _folder_state when prepare_dir last passed
@@ -434,7 +565,7 @@ class Store:
             # most: entries are verified before use, and `wasmsbx cache clear` removes a
             # damaged database.
             self._db = diskcache.Cache(
-                str(self.root),
+                self.where,
                 disk=_safe_disk(),
                 eviction_policy="none",
                 cull_limit=0,
@@ -452,8 +583,7 @@ class Store:
         ``connect``, its database is opened now, so a damaged one fails here."""
         if not create and not exists(root):
             return None
-        prepare_dir(root)
-        store = cls(root, size_limit)
+        store = cls(root, size_limit, prepare_dir(root))
         if connect:
             store.db  # noqa: B018 - opens it
         return store
@@ -536,7 +666,7 @@ class Store:
         from fnmatch import fnmatchcase
 
         try:
-            folders = list(os.scandir(self.root / CODE_DIR))
+            folders = list(os.scandir(self.code_text))
         except OSError:
             return
         for folder in folders:
@@ -729,7 +859,7 @@ class Store:
         wait for a writer forever); CacheUnavailable if something could not be removed."""
         import shutil
 
-        code = os.path.join(str(self.root), CODE_DIR)
+        code = self.code_text
         try:
             info: Optional[os.stat_result] = os.lstat(code)
         except FileNotFoundError:
@@ -739,9 +869,12 @@ class Store:
         elif info is not None:
             os.unlink(code)  # (a link is removed, never followed)
         if os.path.lexists(code):  # (the records stay with what is left)
-            raise CacheUnavailable(f"could not remove everything in {code}")
+            raise CacheUnavailable(f"could not remove everything in {shown(code)}")
         self.db.clear()
-        (self.root / HITS).unlink(missing_ok=True)
+        try:
+            os.unlink(self.hits_text)
+        except FileNotFoundError:
+            pass
 
     def keys(self, prefix: str) -> list:
         found = [
@@ -992,10 +1125,10 @@ def _shared_store_at(root: Path, source: str, policy: Any) -> Store:
     if store is not None:
         seen = _folder_state(root)
         if seen is None or seen != store.checked:
-            if not exists(root):
+            # (prepare_dir: still ours, still private; another folder if another text)
+            if not exists(root) or prepare_dir(root) != store.where:
                 seen = None
             else:
-                prepare_dir(root)  # still ours, still private
                 store.checked = _folder_state(root)
         if seen is not None:
             store.size_limit, store.compress = settings(policy, source)
@@ -1521,10 +1654,11 @@ def reason(exc: BaseException) -> str:
     if isinstance(exc, errors.WasmsbxError):
         return exc.message
     if isinstance(exc, NotADirectoryError) and exc.filename:
-        return f"{exc.strerror}: {exc.filename} (a file or a symbolic link where a folder belongs)"
+        name = shown(str(exc.filename))
+        return f"{exc.strerror}: {name} (a file or a symbolic link where a folder belongs)"
     if isinstance(exc, OSError) and exc.strerror:
-        return f"{exc.strerror}: {exc.filename}" if exc.filename else exc.strerror
-    return str(exc) or type(exc).__name__
+        return f"{exc.strerror}: {shown(str(exc.filename))}" if exc.filename else exc.strerror
+    return shown(str(exc)) or type(exc).__name__
 
 
 # ---------------------------------------------------------------------------- compile command
