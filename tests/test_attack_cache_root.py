@@ -258,3 +258,28 @@ def test_a_folder_holding_only_wasmer_probes_is_adopted(tmp_path):
     store = _store(folder)
     store.close()
     assert (folder / "CACHEDIR.TAG").is_file()
+
+
+def test_a_discovered_policys_cache_folder_swapped_after_its_check_is_refused(
+    tmp_path, monkeypatch
+):
+    """A sandbox.toml found in the working folder may only name a cache folder inside its
+    own folder (policy.confine, by name). The name swapped for a link to elsewhere after
+    that check and before the folder is opened: the folder opened is checked again."""
+    from wasmsbx import policy as policy_mod
+
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "sandbox.toml").write_text('[runtime]\ncache_dir = ".wc"\n')
+    (project / ".wc").mkdir()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    policy = policy_mod.discover(cwd=project)
+    assert policy.confined == os.path.realpath(project)
+    os.rename(project / ".wc", project / ".moved")
+    (project / ".wc").symlink_to(elsewhere)
+    with pytest.raises(cache.CacheUnavailable, match="outside the folder of the sandbox.toml"):
+        cache.shared_store(policy)
+    with pytest.raises(cache.CacheUnavailable, match="outside the folder of the sandbox.toml"):
+        cache.open_store(policy)
+    assert list(elsewhere.iterdir()) == []

@@ -306,6 +306,9 @@ class Policy:
         # {dotted: value asked}: limits a discovered policy raised above their defaults,
         # held to the defaults (see cap_limits); a flag setting one removes it.
         self.capped: dict = {}
+        # The real folder of a sandbox.toml found in the working folder (confine): what
+        # it names must stay in it.
+        self.confined = ""
 
     def __repr__(self) -> str:
         return f"Policy(source={self.source!r}, explicit={sorted(self.explicit)})"
@@ -833,6 +836,7 @@ def confine(policy: Policy, path: Path) -> None:
                 key=dotted,
             )
     _confine_env(policy, path)
+    policy.confined = root  # (the cache folder is checked to be in it again when opened)
     # The stdio files were checked inside this folder: they are opened there too, wherever
     # the program is when it runs the guest (``discover(cwd=...)``, or a chdir after it:
     # `stdout = ".bashrc"`, fine inside a project, was opened in the folder the program

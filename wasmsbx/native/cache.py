@@ -144,11 +144,12 @@ def _path_of(text: str) -> Path:
     return found
 
 
-def prepare_dir(root: Path) -> str:
+def prepare_dir(root: Path, inside: str = "") -> str:
     """Create ``root`` private to this user (0700), refuse one that belongs to another;
-    the text through which the folder is used from then on (``pin``): on Linux its
+    the text through which the folder is used from then on (``_pinned``): on Linux its
     descriptor's /proc/self/fd path, so the folder checked is the folder written, read
-    and cleared even if its name is swapped for a link meanwhile."""
+    and cleared even if its name is swapped for a link meanwhile. ``inside``: the real
+    folder that the folder opened must be in (a discovered policy's, ``_confined``)."""
     _refuse_variables(root)
     _refuse_trust(root)  # before mkdir: a policy must not create folders in the trust folder
     text = str(root)  # (text, not Path methods: on the first cached load of every process)
@@ -170,7 +171,7 @@ def prepare_dir(root: Path) -> str:
             raise CacheUnavailable(f"{root} is not a directory") from None
         raise CacheUnavailable(f"cannot create {root}: {exc.strerror or exc}") from None
     try:
-        where = _check_dir(root, info, fd)
+        where = _check_dir(root, info, fd, inside)
     except BaseException:
         if fd is not None:
             os.close(fd)
@@ -178,7 +179,7 @@ def prepare_dir(root: Path) -> str:
     return where if fd is None else _pinned(text, fd, info)
 
 
-def _check_dir(root: Path, info: os.stat_result, fd: Optional[int]) -> str:
+def _check_dir(root: Path, info: os.stat_result, fd: Optional[int], inside: str) -> str:
     """prepare_dir's checks of the folder opened (``fd``, if pinned); its text."""
     if not stat.S_ISDIR(info.st_mode):
         raise CacheUnavailable(f"{root} is not a directory")
@@ -193,6 +194,13 @@ def _check_dir(root: Path, info: os.stat_result, fd: Optional[int]) -> str:
     except OSError:  # pragma: no cover - /proc was there a moment ago
         real = ""
     _refuse_trust(root, real)
+    if inside:
+        real = real or realpath(where)
+        if real != inside and not real.startswith(inside.rstrip(os.sep) + os.sep):
+            raise CacheUnavailable(
+                f"{root} leads outside the folder of the sandbox.toml that names it "
+                f"({real}): it changed after the policy was checked"
+            )
     _refuse_links(root, where)
     tagged = os.path.exists(os.path.join(where, "CACHEDIR.TAG"))
     if not tagged:
@@ -577,13 +585,19 @@ class Store:
 
     @classmethod
     def open(
-        cls, root: Path, size_limit: int, create: bool = True, connect: bool = False
+        cls,
+        root: Path,
+        size_limit: int,
+        create: bool = True,
+        connect: bool = False,
+        inside: str = "",
     ) -> Optional[Store]:
         """The store in ``root`` (None if ``create`` is false and there is none); with
-        ``connect``, its database is opened now, so a damaged one fails here."""
+        ``connect``, its database is opened now, so a damaged one fails here. ``inside``:
+        see prepare_dir."""
         if not create and not exists(root):
             return None
-        store = cls(root, size_limit, prepare_dir(root))
+        store = cls(root, size_limit, prepare_dir(root, inside))
         if connect:
             store.db  # noqa: B018 - opens it
         return store
@@ -1107,10 +1121,17 @@ def open_store(policy: Any, override: Optional[str] = None, create: bool = True)
     false and none exists."""
     root, source = resolve_dir(policy, override)
     size, compress = settings(policy, source)
-    store = Store.open(root, size, create=create, connect=True)
+    store = Store.open(root, size, create, True, _confined(policy, source))
     if store is not None:
         store.compress = compress
     return store
+
+
+def _confined(policy: Any, source: str) -> str:
+    """The real folder of a discovered sandbox.toml that named the cache folder: the
+    folder opened must still be in it (policy.confine checked its name, and a name can
+    be swapped for a link to elsewhere before the folder is opened); "" otherwise."""
+    return getattr(policy, "confined", "") if source == "policy" else ""
 
 
 def shared_store(policy: Any, override: Optional[str] = None) -> Store:
@@ -1126,7 +1147,8 @@ def _shared_store_at(root: Path, source: str, policy: Any) -> Store:
         seen = _folder_state(root)
         if seen is None or seen != store.checked:
             # (prepare_dir: still ours, still private; another folder if another text)
-            if not exists(root) or prepare_dir(root) != store.where:
+            inside = _confined(policy, source)
+            if not exists(root) or prepare_dir(root, inside) != store.where:
                 seen = None
             else:
                 store.checked = _folder_state(root)
@@ -1134,7 +1156,7 @@ def _shared_store_at(root: Path, source: str, policy: Any) -> Store:
             store.size_limit, store.compress = settings(policy, source)
             return store
     size, compress = settings(policy, source)
-    opened = Store.open(root, size)
+    opened = Store.open(root, size, inside=_confined(policy, source))
     assert opened is not None  # (create=True: made if missing)
     opened.compress = compress
     opened.checked = _folder_state(root)
