@@ -90,46 +90,94 @@ def test_a_store_of_the_run_path_writes_entries_in_the_folder_checked(tmp_path, 
     assert (moved / "code" / "01" / (key + cache.CODE_SUFFIX)).read_bytes() == b"native code"
 
 
-def test_wipe_deletes_in_the_folder_it_opened(tmp_path, victim, monkeypatch):
-    """`cache clear` of a cache whose database is damaged: the name swapped right after
-    the folder was opened (where the tag is read)."""
+def test_wipe_deletes_in_the_folder_whose_database_failed(cli, tmp_path, victim, monkeypatch):
+    """`cache clear` of a cache whose database is damaged wipes the folder whose database
+    failed to open, never the name looked up again: another of the user's caches
+    swapped in at that name in between was wiped whole (red team round 20, F1)."""
+    import sqlite3
+
     root = tmp_path / "project" / ".wc"
     root.parent.mkdir()
     _store(root).close()
-    (root / "cache.db").write_bytes(b"not a database")
-    (victim / "CACHEDIR.TAG").write_text(cache.TAG_TEXT)
-    real_head = cache._tag_head
-    swapped = []
-
-    def swapping(where):
-        if not swapped:
-            swapped.append(_swap(root, victim))
-        return real_head(where)
-
-    monkeypatch.setattr(cache, "_tag_head", swapping)
-    cache.wipe(root)
-    assert (victim / "CACHEDIR.TAG").is_file()
-    (victim / "CACHEDIR.TAG").unlink()
-    _untouched(victim)
-    assert not (swapped[0] / "cache.db").exists()
+    (root / "cache.db").write_bytes(b"not a database" * 100)
+    other = tmp_path / "other-cache"  # another healthy cache of the user's
+    _store(other).close()
+    (other / "code" / "01").mkdir(parents=True)
+    (other / "code" / "01" / "keep.entry").write_text("precious\n")
+    with pytest.raises(sqlite3.DatabaseError) as caught:
+        _store(root)
+    moved = _swap(root, other)
+    cache.wipe(root, caught.value.cache_where)
+    assert (other / "code" / "01" / "keep.entry").read_text() == "precious\n"
+    assert (other / "cache.db").is_file() and (other / "CACHEDIR.TAG").is_file()
+    assert not moved.exists() or list(moved.iterdir()) == []
     assert root.is_symlink()  # (the name is not removed: it is no longer the folder wiped)
+
+
+def test_a_wipe_that_fails_halfway_leaves_a_cache_clear_still_knows(tmp_path, monkeypatch):
+    """The tag goes last (red team round 20, F7: it went first, in listing order, and a
+    wipe failing on the next name left a folder every command refused as not a cache)."""
+    import shutil
+
+    root = tmp_path / "c"
+    where = cache.prepare_dir(root)
+    (root / "code" / "01").mkdir(parents=True)
+    (root / "cache.db").write_bytes(b"damaged")
+
+    def failing(path, *args, **kwargs):
+        raise PermissionError(13, "Permission denied", path)
+
+    monkeypatch.setattr(shutil, "rmtree", failing)
+    with pytest.raises(PermissionError):
+        cache.wipe(root, where)
+    assert (root / "CACHEDIR.TAG").is_file()
 
 
 def test_a_folder_replaced_between_uses_is_checked_and_used_anew(tmp_path):
     """A long-lived process (watch, the MCP server): another process's `cache clear`
     removed the folder, and it was made again. The store of the run path must use the
-    new folder, not the removed one (whose descriptor it holds)."""
+    new folder, with a database of its own, not the removed one; the descriptor the
+    folder is used through is the same number, now the new folder's (no descriptor more
+    per replacement)."""
     root = tmp_path / "c"
     policy = make_policy(runtime__cache_dir=str(root))
     first = cache.shared_store(policy)
     first.miss("wasmtime")
-    os.rename(root, tmp_path / "old")
-    root.mkdir()
-    second = cache.shared_store(policy)
-    assert second is not first and second.where != first.where
-    second.miss("wasmtime")
-    assert (root / "cache.db").is_file()
-    assert (root / "CACHEDIR.TAG").is_file()
+    for n in range(20):
+        os.rename(root, tmp_path / f"old{n}")
+        root.mkdir()
+        second = cache.shared_store(policy)
+        assert second is not first and second.where == first.where
+        second.miss("wasmtime")
+        assert (root / "cache.db").is_file() and (root / "CACHEDIR.TAG").is_file()
+        first = second
+    assert _held(root) == 1
+
+
+def _held(folder) -> int:
+    """Descriptors of this process open on ``folder``."""
+    found = []
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            found.append(os.readlink(f"/proc/self/fd/{name}"))
+        except OSError:
+            continue
+    return found.count(str(folder))
+
+
+def test_a_process_using_many_folders_pins_a_bounded_number(tmp_path, monkeypatch):
+    """Red team round 20 (F5): every folder pinned for good let a process using thousands
+    of cache folders run out of descriptors, and then fail unrelated work. Past
+    _PIN_MAX folders are used by name."""
+    monkeypatch.setattr(cache, "_PINNED", {})
+    monkeypatch.setattr(cache, "_PIN_MAX", 8)
+    before = len(os.listdir("/proc/self/fd"))
+    wheres = [_store(tmp_path / f"c{n}", connect=False).where for n in range(30)]
+    assert sum(w.startswith("/proc/self/fd/") for w in wheres) == 8
+    assert wheres[-1] == str(tmp_path / "c29")
+    assert len(os.listdir("/proc/self/fd")) - before <= 8
+    for fd, _ in cache._PINNED.values():  # (this test's own: closed again)
+        os.close(fd)
 
 
 def test_users_see_the_folder_by_name(tmp_path):
@@ -154,17 +202,7 @@ def test_one_descriptor_per_folder_however_often_it_is_opened(tmp_path):
     root = tmp_path / "c"
     wheres = {_store(root, connect=False).where for _ in range(50)}
     assert len(wheres) == 1
-
-    def held():
-        found = []
-        for name in os.listdir("/proc/self/fd"):
-            try:
-                found.append(os.readlink(f"/proc/self/fd/{name}"))
-            except OSError:
-                continue
-        return found.count(str(root))
-
-    assert held() == 1
+    assert _held(root) == 1
 
 
 @pytest.mark.slow
@@ -283,3 +321,101 @@ def test_a_discovered_policys_cache_folder_swapped_after_its_check_is_refused(
     with pytest.raises(cache.CacheUnavailable, match="outside the folder of the sandbox.toml"):
         cache.open_store(policy)
     assert list(elsewhere.iterdir()) == []
+
+
+def _plant(folder, layout: str) -> None:
+    if layout == "probes holding data":
+        (folder / "probes" / "data").mkdir(parents=True)
+        (folder / "probes" / "data" / "results.csv").write_text("1,2\n")
+    elif layout == "a folder named like a tag being written":
+        (folder / ".CACHEDIR.TAG.backup" / "sub").mkdir(parents=True)
+        (folder / ".CACHEDIR.TAG.backup" / "sub" / "thesis.tex").write_text("x\n")
+    elif layout == "a folder named CACHEDIR.TAG":
+        (folder / "CACHEDIR.TAG").mkdir()
+        (folder / "code" / "src").mkdir(parents=True)
+        (folder / "code" / "src" / "main.c").write_text("int main;\n")
+    elif layout == "another tool's tag":
+        (folder / "CACHEDIR.TAG").write_text(
+            "Signature: 8a477f597d28d172789f06886806bc55\n# created by sometool\n"
+        )
+        (folder / "code").mkdir()
+        (folder / "code" / "notes.txt").write_text("precious\n")
+    elif layout == "another tool's tag and links":
+        (folder / "CACHEDIR.TAG").write_text(
+            "Signature: 8a477f597d28d172789f06886806bc55\n# created by sometool\n"
+        )
+        (folder / "real-code").mkdir()
+        (folder / "code").symlink_to("real-code")
+        (folder / "hits.log").symlink_to("/dev/null")
+
+
+@pytest.mark.parametrize(
+    "layout",
+    [
+        "probes holding data",
+        "a folder named like a tag being written",
+        "a folder named CACHEDIR.TAG",
+        "another tool's tag",
+        "another tool's tag and links",
+    ],
+)
+def test_folders_that_only_look_like_a_cache_are_left_alone(cli, tmp_path, layout):
+    """Red team round 20 (F2-F4): `probes/` and `.CACHEDIR.TAG.*` were exempt from the
+    "not empty" rule whatever they held, any `CACHEDIR.TAG` (a folder, another tool's)
+    made a folder a cache, and `cache clear` removed links in any tagged folder: each
+    ended with the user's files deleted. Such a folder is not a cache: nothing in it is
+    written, chmodded or deleted, by a run or by `cache clear`."""
+    folder = tmp_path / "mine"
+    folder.mkdir(mode=0o755)
+    _plant(folder, layout)
+
+    def snapshot():
+        return sorted(
+            (str(p.relative_to(folder)), p.is_symlink(), p.lstat().st_mode)
+            for p in folder.rglob("*")
+        )
+
+    before = snapshot()
+    run = cli("run", str(_example()), "--cache-dir", str(folder))
+    assert run.code == 0 and "cache unavailable" in run.stderr, run
+    cleared = cli("cache", "clear", "--cache-dir", str(folder))
+    assert cleared.code in (0, 105) and "internal error" not in cleared.stderr, cleared
+    assert snapshot() == before
+    assert oct(folder.stat().st_mode & 0o777) == "0o755"
+
+
+def test_wasmer_probe_results_alone_do_not_stop_a_folder_becoming_a_cache(tmp_path):
+    folder = tmp_path / "c"
+    (folder / "probes").mkdir(parents=True)
+    (folder / "probes" / "wasmer-0123456789abcdef.txt").write_text("v1\n")
+    (folder / ".CACHEDIR.TAG.12345").write_text("a tag being written")
+    _store(folder).close()
+    assert b"wasmsbx" in (folder / "CACHEDIR.TAG").read_bytes()
+
+
+def test_a_cache_tagged_by_another_run_while_this_one_looked_is_used(tmp_path, monkeypatch):
+    """Runs starting together on a new cache folder: this one saw no tag, then another
+    tagged the folder and made its database before this one listed it. It is a cache
+    (found by tests/test_cache_cli.py's sixteen concurrent runs)."""
+    root = tmp_path / "c"
+    root.mkdir(mode=0o700)
+    real_listdir = os.listdir
+
+    def other_run_first(path):
+        if not (root / "CACHEDIR.TAG").exists():
+            (root / "CACHEDIR.TAG").write_text(cache.TAG_TEXT)
+            (root / "cache.db").write_bytes(b"")
+        return real_listdir(path)
+
+    real_ours = cache._ours
+    looked = []
+
+    def untagged_at_first(where):
+        looked.append(where)
+        return real_ours(where) if len(looked) > 1 else False
+
+    monkeypatch.setattr(cache, "_ours", untagged_at_first)
+    monkeypatch.setattr(os, "listdir", other_run_first)
+    cache.prepare_dir(root)
+    monkeypatch.undo()
+    assert (root / "CACHEDIR.TAG").read_text() == cache.TAG_TEXT

@@ -354,11 +354,11 @@ def test_a_folder_of_other_files_is_not_made_a_cache(cli, isolated, tmp_path):
 
 def test_wipe_removes_only_what_wasmsbx_keeps(tmp_path):
     root = tmp_path / "c"
-    cache.prepare_dir(root)
+    where = cache.prepare_dir(root)
     (root / "cache.db").write_bytes(b"garbage")
     (root / "code").mkdir()
     (root / "project-file.c").write_text("int main;")
-    cache.wipe(root)
+    cache.wipe(root, where)
     assert [p.name for p in root.iterdir()] == ["project-file.c"]
 
 
@@ -369,24 +369,24 @@ def test_wipe_reads_only_the_start_of_a_tag(tmp_path, monkeypatch):
     import os
 
     root = tmp_path / "c"
-    cache.prepare_dir(root)
+    where = cache.prepare_dir(root)
     tag = root / "CACHEDIR.TAG"
     with open(tag, "r+b") as handle:
         handle.truncate(8 << 30)  # (sparse: no disk used)
     asked: list = []
     real_read = os.read
     monkeypatch.setattr(os, "read", lambda fd, n: asked.append(n) or real_read(fd, n))
-    cache.wipe(root)
+    cache.wipe(root, where)
     assert asked and max(asked) <= 4096
     assert not root.exists()
     other = tmp_path / "d"
-    cache.prepare_dir(other)
+    elsewhere = cache.prepare_dir(other)
     (other / "cache.db").write_bytes(b"garbage")
     real = other / "real-tag"
     os.replace(other / "CACHEDIR.TAG", real)
     (other / "CACHEDIR.TAG").symlink_to(real)
     with pytest.raises(cache.CacheUnavailable, match="no wasmsbx CACHEDIR.TAG"):
-        cache.wipe(other)
+        cache.wipe(other, elsewhere)
 
 
 def test_a_policy_cannot_show_the_guest_the_keys(cli, isolated, tmp_path):

@@ -202,9 +202,16 @@ def _check_dir(root: Path, info: os.stat_result, fd: Optional[int], inside: str)
                 f"({real}): it changed after the policy was checked"
             )
     _refuse_links(root, where)
-    tagged = os.path.exists(os.path.join(where, "CACHEDIR.TAG"))
+    tagged = _ours(where)
     if not tagged:
-        _refuse_foreign(root, where)
+        try:
+            _refuse_foreign(root, where)
+        except CacheUnavailable:
+            # Another process of ours tagged it since (runs starting together on a new
+            # cache: it tagged the folder, then made its database, after this looked).
+            if not _ours(where):
+                raise
+            tagged = True
     if info.st_mode & 0o077:
         try:
             os.chmod(where, 0o700)
@@ -247,24 +254,43 @@ _SHOWN: dict = {}
 
 
 def _pinned(text: str, fd: int, info: os.stat_result) -> str:
-    """The /proc/self/fd text of the folder ``fd`` (checked; ``info`` its fstat): the one
-    already pinned for ``text`` if that is the same folder, still in place (one process
-    keeps one descriptor per folder), else ``fd``'s."""
+    """The /proc/self/fd text of the folder ``fd`` (checked; ``info`` its fstat), kept
+    open for the process: the one already pinned for ``text`` if that is the same folder,
+    still in place (one descriptor per folder). A folder replaced at that name (removed
+    and made again by another process's `cache clear`) takes over its predecessor's
+    number (dup2), so texts made before lead to the folder that name now holds, as names
+    did, and a process that sees its cache replaced again and again holds one
+    descriptor, not one more each time. Past ``_PIN_MAX`` folders, further ones are used
+    by name (red team round 20: a descriptor per folder, kept forever, let a process
+    using thousands of cache folders run out of descriptors)."""
     known = _PINNED.get(text)
     if known is not None:
         try:
-            held = os.fstat(known[0])
+            held: Optional[os.stat_result] = os.fstat(known[0])
         except OSError:  # pragma: no cover - never closed
             held = None
         # (a folder removed has no links; its inode number may come again)
         same = held is not None and (held.st_dev, held.st_ino) == (info.st_dev, info.st_ino)
-        if same and held is not None and held.st_nlink:
-            os.close(fd)
-            return known[1]
+        if not (same and held is not None and held.st_nlink):
+            os.dup2(fd, known[0], inheritable=False)
+        os.close(fd)
+        return known[1]
+    if len(_PINNED) >= _PIN_MAX:
+        os.close(fd)
+        return text
     where = f"/proc/self/fd/{fd}"
     _PINNED[text] = (fd, where)
     _SHOWN[where] = text
     return where
+
+
+_PIN_MAX = 64  # folders a process pins (_pinned)
+
+
+def pinned_where(root: Path) -> Optional[str]:
+    """The text ``root``'s folder is used through in this process, if it was opened."""
+    known = _PINNED.get(str(root))
+    return known[1] if known is not None else None
 
 
 def shown(text: str) -> str:
@@ -280,24 +306,66 @@ def shown(text: str) -> str:
 
 
 def _refuse_foreign(root: Path, where: str) -> None:
-    """A directory with files but no CACHEDIR.TAG is not a cache: wasmsbx will not tag it
-    (backup tools skip tagged folders), tighten its mode or write a database into it.
-    Names wasmsbx itself uses count too: a folder of the user's that holds only a
-    `code/` folder was adopted, tagged, and `cache clear` then deleted its `code/` (red
-    team, round 20; wasmsbx tags a folder before it puts anything there). Only the
-    wasmer backend's `probes/` (written without a tag, by ``wasmsbx backends``) and a tag
-    being written are allowed. (``where``: the folder opened, prepare_dir)"""
+    """A directory with files but no CACHEDIR.TAG of wasmsbx is not a cache: wasmsbx will
+    not tag it (backup tools skip tagged folders), tighten its mode or write a database
+    into it. Names wasmsbx itself uses count too: a folder of the user's that holds only
+    a `code/` folder was adopted, tagged, and `cache clear` then deleted its `code/` (red
+    team, round 20; wasmsbx tags a folder before it puts anything there). Allowed: the
+    wasmer backend's probe results (``_probes_only``: written without a tag, by
+    ``wasmsbx backends``) and a tag being written (``.CACHEDIR.TAG.PID``, a file).
+    (``where``: the folder opened, prepare_dir)"""
     try:
-        names = [
-            n for n in os.listdir(where) if n != "probes" and not n.startswith(".CACHEDIR.TAG.")
-        ]
+        names = [n for n in os.listdir(where) if not _ours_untagged(where, n)]
     except OSError as exc:
         raise CacheUnavailable(f"cannot read {root}: {exc.strerror}") from None
     if names:
         raise CacheUnavailable(
-            f"{root} is not empty and is not a wasmsbx cache (no CACHEDIR.TAG); "
-            "choose an empty or new directory"
+            f"{root} is not empty and is not a wasmsbx cache (no CACHEDIR.TAG of "
+            "wasmsbx); choose an empty or new directory"
         )
+
+
+def _ours_untagged(where: str, name: str) -> bool:
+    """Whether ``name`` in the folder ``where`` is what wasmsbx may have left in a cache
+    folder before tagging it: a tag being written, or wasmer's probe results."""
+    try:
+        info = os.lstat(os.path.join(where, name))
+    except OSError:
+        return True  # (gone meanwhile)
+    if name.startswith(".CACHEDIR.TAG.") and name[14:].isdigit():  # (.CACHEDIR.TAG.PID)
+        return stat.S_ISREG(info.st_mode)
+    if name != "probes" or not stat.S_ISDIR(info.st_mode):
+        return False
+    folder = os.path.join(where, name)
+    try:
+        for entry in os.scandir(folder):
+            if not (_probe_name(entry.name) and entry.is_file(follow_symlinks=False)):
+                return False
+    except OSError:
+        return False
+    return True
+
+
+def _probe_name(name: str) -> bool:
+    """A name backends.wasmer gives its probe results: wasmer-HEX16.txt, .probe-XXX."""
+    if name.startswith(".probe-"):
+        return name[7:].replace("_", "").isalnum()
+    hexes = name[7:-4]
+    return (
+        name.startswith("wasmer-")
+        and name.endswith(".txt")
+        and len(hexes) == 16
+        and all(c in "0123456789abcdef" for c in hexes)
+    )
+
+
+def _ours(where: str) -> bool:
+    """Whether the folder ``where`` carries wasmsbx's CACHEDIR.TAG: a regular file (not
+    a link, not a folder) that is a cache tag naming wasmsbx. Any tag counted, so a
+    folder of another tool's (or a folder named CACHEDIR.TAG) holding a `code/` folder
+    was a cache whose `code/` `cache clear` deleted (red team, round 20)."""
+    head = _tag_head(where)
+    return head.startswith(b"Signature: 8a477f597d28d172789f06886806bc55") and b"wasmsbx" in head
 
 
 def _refuse_links(root: Path, where: str) -> None:
@@ -314,16 +382,24 @@ def _refuse_links(root: Path, where: str) -> None:
             )
 
 
-def unlink_planted(root: Path) -> list:
+def unlink_planted(root: Path, inside: str = "") -> list:
     """Remove the symbolic links standing at names wasmsbx writes in the cache folder
-    ``root`` (``_refuse_links`` refuses a cache holding one), if ``root`` is a cache (a
-    ``CACHEDIR.TAG`` that is a file); the names removed. Never follows them: `cache
-    clear` repairs such a cache instead of refusing it as every other command does."""
+    ``root`` (``_refuse_links`` refuses a cache holding one), if ``root`` is one of the
+    user's wasmsbx caches (its owner, its tag, not the trust folder, ``inside``: see
+    prepare_dir), checked on the folder opened; the names removed. Never follows them:
+    `cache clear` repairs such a cache instead of refusing it as every other command
+    does."""
     if not os.path.isdir(root):
         return []
     with _opened(root) as where:
-        tag = os.path.join(where, "CACHEDIR.TAG")
-        if os.path.islink(tag) or not os.path.isfile(tag):
+        info = os.stat(where)
+        if hasattr(os, "getuid") and info.st_uid != os.getuid():
+            return []
+        if not _ours(where):
+            return []
+        real = realpath(where)
+        _refuse_trust(root, real)
+        if inside and real != inside and not real.startswith(inside.rstrip(os.sep) + os.sep):
             return []
         removed = []
         for name in OURS:
@@ -442,35 +518,40 @@ def _tag_head(root: Any) -> bytes:
         os.close(fd)
 
 
-def wipe(root: Path) -> None:
+def wipe(root: Path, where: str) -> None:
     """Delete a cache directory whose database is damaged: only one tagged as ours, and
     only what wasmsbx keeps there (a policy may name the directory: whatever else is in
-    it stays). Through the folder opened once (``_opened``): a name swapped for a link
-    meanwhile does not aim the deletions at another folder."""
+    it stays). ``where``: the folder as the store whose database failed opened it
+    (Store.open's ``cache_where``), never the name again: a name swapped for a link to
+    another cache meanwhile had that cache deleted (red team, round 20). The tag goes
+    last, so a wipe that fails halfway leaves a cache `cache clear` still recognises."""
     import shutil
 
-    with _opened(root) as where:
-        if b"created by wasmsbx" not in _tag_head(where):
-            raise CacheUnavailable(f"{root} has no wasmsbx CACHEDIR.TAG; not deleting it")
-        for name in os.listdir(where):
-            path = os.path.join(where, name)
-            if name not in OURS and not name.startswith(".CACHEDIR.TAG."):
-                continue
-            if os.path.isdir(path) and not os.path.islink(path):
-                shutil.rmtree(path)
-            else:
-                try:
-                    os.unlink(path)
-                except FileNotFoundError:
-                    pass
-        try:
-            if os.listdir(where):
-                return  # something else lives there
-            info, now = os.stat(where), os.lstat(root)
-            if (info.st_dev, info.st_ino) == (now.st_dev, now.st_ino):
-                os.rmdir(root)  # (by name: the folder emptied, if the name still is it)
-        except OSError:
-            pass
+    if not _ours(where):
+        raise CacheUnavailable(f"{root} has no wasmsbx CACHEDIR.TAG; not deleting it")
+    names = [
+        n
+        for n in os.listdir(where)
+        if n in OURS or (n.startswith(".CACHEDIR.TAG.") and n[14:].isdigit())
+    ]
+    names.sort(key=lambda n: n == "CACHEDIR.TAG")
+    for name in names:
+        path = os.path.join(where, name)
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path)
+        else:
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+    try:
+        if os.listdir(where):
+            return  # something else lives there
+        info, now = os.stat(where), os.lstat(root)
+        if (info.st_dev, info.st_ino) == (now.st_dev, now.st_ino):
+            os.rmdir(root)  # (by name: the folder emptied, if the name still is it)
+    except OSError:
+        pass
 
 
 class _opened:
@@ -599,7 +680,12 @@ class Store:
             return None
         store = cls(root, size_limit, prepare_dir(root, inside))
         if connect:
-            store.db  # noqa: B018 - opens it
+            try:
+                store.db  # noqa: B018 - opens it
+            except Exception as exc:
+                # (the folder whose database failed, as checked: `cache clear` wipes it)
+                exc.cache_where = store.where  # type: ignore[attr-defined]
+                raise
         return store
 
     def close(self) -> None:
@@ -1146,9 +1232,12 @@ def _shared_store_at(root: Path, source: str, policy: Any) -> Store:
     if store is not None:
         seen = _folder_state(root)
         if seen is None or seen != store.checked:
-            # (prepare_dir: still ours, still private; another folder if another text)
+            # Another folder (another device or inode: removed and made again, say) gets
+            # a store of its own, with its own database; the same one is checked again
+            # (prepare_dir: still ours, still private).
+            another = seen is None or store.checked is None or seen[:2] != store.checked[:2]
             inside = _confined(policy, source)
-            if not exists(root) or prepare_dir(root, inside) != store.where:
+            if another or not exists(root) or prepare_dir(root, inside) != store.where:
                 seen = None
             else:
                 store.checked = _folder_state(root)

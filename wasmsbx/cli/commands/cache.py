@@ -43,10 +43,11 @@ class Opened:
         except cache.cache_errors() as exc:
             from ...errors import InputError
 
-            raise InputError(
-                f"cache unavailable at {self.root}: {cache.reason(exc)}",
-                hint="`wasmsbx cache clear` deletes a damaged cache; or choose another --cache-dir",
-            ) from None
+            why = cache.reason(exc)
+            hint = "`wasmsbx cache clear` deletes a damaged cache; or choose another --cache-dir"
+            if "is not a wasmsbx cache" in why:  # (clear leaves such a folder alone too)
+                hint = "choose another --cache-dir: wasmsbx touches no folder but its caches"
+            raise InputError(f"cache unavailable at {self.root}: {why}", hint=hint) from None
 
     def missing(self, json_output: bool, **empty: Any) -> bool:
         """Say so (once) and return True when there is no cache yet."""
@@ -248,9 +249,9 @@ def _unlink_planted(loaded: Any, cache_dir: Optional[str], json_output: bool) ->
     ``loaded``: the policy in force."""
     from ...native import cache
 
-    root = cache.resolve_dir(loaded, cache_dir)[0]
+    root, source = cache.resolve_dir(loaded, cache_dir)
     try:
-        removed = cache.unlink_planted(root)
+        removed = cache.unlink_planted(root, cache._confined(loaded, source))
     except OSError as exc:
         raise _unusable(root, exc) from None
     if removed and not json_output:
@@ -268,12 +269,18 @@ def _wipe_damaged(loaded: Any, cache_dir: Optional[str], json_output: bool) -> b
         store = cache.open_store(loaded, cache_dir, create=False)
     except sqlite3.DatabaseError as exc:
         root = cache.resolve_dir(loaded, cache_dir)[0]
-        try:
-            cache.wipe(root)
-        except (cache.CacheUnavailable, OSError) as problem:
-            from ...errors import InputError
+        from ...errors import InputError
 
-            raise InputError(f"cannot delete the damaged cache: {problem}") from None
+        where = getattr(exc, "cache_where", None)  # (the folder whose database failed)
+        try:  # (never the name looked up again: Store.open)
+            if where is None:
+                raise cache.CacheUnavailable(f"{root}: which folder failed is not known")
+            cache.wipe(root, where)
+        except (cache.CacheUnavailable, OSError) as problem:
+            raise InputError(
+                f"cannot delete the damaged cache: {cache.reason(problem)}",
+                hint=f"delete the folder {root} yourself",
+            ) from None
         if json_output:
             output.emit_json({"cache_dir": str(root), "exists": False, "removed": "all"})
         else:
