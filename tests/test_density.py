@@ -340,3 +340,103 @@ def test_an_entry_is_used_only_for_the_very_same_bytes():
     second = shared.prepared(two, lambda d: module_bytes(d, "two.wat"))
     assert second is not first and second.data == two
     assert Sandbox(two, backend="wasmtime").call("f") == 2
+
+
+# ------------------------------------------------- Sandbox(path): the file read once (#16)
+
+
+def _opens_of(monkeypatch, name: str) -> list:
+    """Every os.open of a path ending in ``name`` (whoever makes it)."""
+    seen: list = []
+    real = os.open
+
+    def counting(path, *args, **kwargs):
+        if str(path).endswith(name):
+            seen.append(path)
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", counting)
+    return seen
+
+
+def test_a_small_module_file_is_opened_once_per_sandbox(tmp_path, monkeypatch):
+    """The public Sandbox read a module file's head to tell a component (one open), stat
+    it for the cache, then read it whole (another open): ten system calls per sandbox
+    from a path, and the head judged was not the body run. Now one read serves both."""
+    from wasmsbx.wasm.source import module_bytes
+
+    small = tmp_path / "add.wasm"
+    small.write_bytes(module_bytes(GROW, small))
+    policy = make_policy()
+    Sandbox(str(small), policy).call("add", 1, 1)  # (the module compiled, shared)
+    opens = _opens_of(monkeypatch, "add.wasm")
+    for i in range(5):
+        assert Sandbox(str(small), policy).call("add", i, 1) == i + 1
+        assert Sandbox(small, policy).call("add", i, 2) == i + 2  # (a Path too)
+    assert len(opens) == 10
+
+
+@pytest.mark.parametrize(
+    "content, error",
+    [
+        (b"\x00\x01junk that is no module", "not a WebAssembly module"),
+        (b"(module (func (export \"f\") (result i32) i32.const 1))", None),
+        (b"\0asm\x01\0\0\0\x01\xff\xff", "invalid"),
+    ],
+)
+def test_a_small_file_read_once_is_judged_as_before(tmp_path, content, error):
+    path = tmp_path / "m.wasm"
+    path.write_bytes(content)
+    if error is None:
+        assert Sandbox(str(path), make_policy()).call("f") == 1
+        return
+    with pytest.raises(errors.ModuleError, match=error):
+        Sandbox(str(path), make_policy())
+
+
+def test_a_small_module_over_limits_module_size_is_refused(tmp_path):
+    from wasmsbx.wasm.source import module_bytes
+
+    small = tmp_path / "add.wasm"
+    small.write_bytes(module_bytes(GROW, small))
+    with pytest.raises(errors.WasmsbxError, match="larger than limits.module_size"):
+        Sandbox(str(small), make_policy(module_size="16B"))
+
+
+def test_sandboxes_from_paths_in_threads_each_run_their_own_file(tmp_path):
+    """What __new__ read is handed to the __init__ that follows it in the same thread:
+    threads making sandboxes of different files at once never swap them."""
+    import threading
+
+    from wasmsbx.wasm.source import module_bytes
+
+    files = []
+    for n in range(4):
+        path = tmp_path / f"k{n}.wasm"
+        wat = f'(module (func (export "k") (result i32) i32.const {n}))'.encode()
+        path.write_bytes(module_bytes(wat, path))
+        files.append(path)
+    policy = make_policy()
+    wrong: list = []
+
+    def work(n: int) -> None:
+        for _ in range(200):
+            got = Sandbox(str(files[n]), policy).call("k")
+            if got != n:
+                wrong.append((n, got))
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert wrong == []
+
+
+def test_a_component_file_still_makes_a_component_sandbox(tmp_path):
+    from wasmsbx.components.sandbox import ComponentSandbox
+
+    path = tmp_path / "c.wat"
+    path.write_text("(component)")
+    box = Sandbox(str(path), make_policy())
+    assert isinstance(box, ComponentSandbox)

@@ -26,6 +26,7 @@ from .sandbox import (
     format_value,
     json_value,
     parse_args,
+    preread,
     read_module,
 )
 from .services import Services
@@ -49,10 +50,16 @@ class Sandbox(_core.Sandbox, Services):
         # Annotated Sandbox, not Any: with Any, mypy and pyright typed every
         # ``Sandbox(...)`` as Any and checked nothing (a component sandbox has the same
         # methods, with WIT-typed values).
-        if cls is Sandbox and module is not None and _is_component_file(module):
+        if cls is not Sandbox or module is None:
+            return super().__new__(cls)
+        read = preread(module)  # (a small file: read once, here, for both)
+        if _is_component_file(module, read[0][:4096] if read is not None else None):
             # Not an instance of cls, so Python does not call __init__ again on it.
             return cast(Sandbox, component_class()(module, *args, **kwargs))
-        return super().__new__(cls)
+        box = super().__new__(cls)
+        if read is not None:  # (for the __init__ that follows, in this thread)
+            _core._PREREAD_SLOT.read = (id(box), module, *read)
+        return box
 
     def __enter__(self) -> Sandbox:  # this class, with batch/stream/audit, for checkers
         return self

@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import Optional, Union
 
-from .. import errors
+from .. import errors, inputs
 from ..inputs import TooLarge, read_capped  # (light; every module read goes through it)
 
 WASM_MAGIC = b"\0asm"
@@ -26,10 +26,18 @@ def read_module(path: Union[str, os.PathLike]) -> bytes:
     return module_bytes(read_file(path), path)
 
 
-def read_file(path: Path, seen: Optional[list] = None) -> bytes:
+def read_file(path: Path, seen: Optional[list] = None, given: Optional[bytes] = None) -> bytes:
     """A module or artifact file, read with a cap (a device that never ends is refused);
-    ``seen``: see inputs.read_capped."""
+    ``seen``: see inputs.read_capped. ``given``: the file's bytes, read already (see
+    runner.sandbox.preread): judged as a read would judge them, with the same errors."""
+    if given is not None and given[:4] == WASM_MAGIC and len(given) <= inputs.MODULE_MAX_BYTES:
+        return given  # (a binary module within its cap: what _size_cap says, sooner)
     try:
+        if given is not None:
+            cap = _size_cap(given[:16])
+            if len(given) > cap:
+                raise TooLarge(len(given), cap)
+            return given
         data = read_capped(path, _size_cap, seen)
     except errors.ModuleError as exc:  # from _size_cap: the path belongs in the message
         raise errors.ModuleError(f"{path}: {exc.message}", hint=exc.hint, path=str(path)) from None
@@ -58,8 +66,6 @@ def _size_cap(head: bytes) -> int:
 
     Judged from the first bytes, so /dev/zero or /dev/urandom is refused at once: a
     module starts with \0asm (or is text, which has no NUL), an artifact with \x89."""
-    from .. import inputs
-
     if head[:1] == ARTIFACT_FIRST_BYTE:
         return inputs.ARTIFACT_MAX_BYTES
     if head[:4] != WASM_MAGIC[: len(head)] and not _text_start(head):
