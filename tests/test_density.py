@@ -380,7 +380,7 @@ def test_a_small_module_file_is_opened_once_per_sandbox(tmp_path, monkeypatch):
     "content, error",
     [
         (b"\x00\x01junk that is no module", "not a WebAssembly module"),
-        (b"(module (func (export \"f\") (result i32) i32.const 1))", None),
+        (b'(module (func (export "f") (result i32) i32.const 1))', None),
         (b"\0asm\x01\0\0\0\x01\xff\xff", "invalid"),
     ],
 )
