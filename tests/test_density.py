@@ -440,3 +440,24 @@ def test_a_component_file_still_makes_a_component_sandbox(tmp_path):
     path.write_text("(component)")
     box = Sandbox(str(path), make_policy())
     assert isinstance(box, ComponentSandbox)
+
+
+def test_what_new_read_is_never_left_for_another_sandbox(tmp_path):
+    """A sandbox whose __init__ fails, or one made by a subclass or from bytes, leaves
+    nothing in the slot __new__ fills: a later sandbox (at the same address, of the same
+    path object) never runs bytes read for another."""
+    from wasmsbx.runner import sandbox as core
+    from wasmsbx.wasm.source import module_bytes
+
+    path = tmp_path / "add.wasm"
+    path.write_bytes(module_bytes(GROW, path))
+    text = str(path)
+    with pytest.raises(TypeError):  # (before __init__ runs: what __new__ read stays)
+        Sandbox(text, make_policy(), no_such_option=1)
+    big = b'(module (memory 2) (data (i32.const 0) "' + b"x" * 70000 + b'")'
+    big += b' (func (export "k") (result i32) i32.const 5))'
+    path.write_bytes(module_bytes(big, path))  # (over 64 KiB: __new__ reads nothing)
+    assert Sandbox(text, make_policy()).call("k") == 5
+    assert not core._PREREAD_SLOT.__dict__
+    core._PREREAD_SLOT.read = (12345, text, b"\0asm\x01\0\0\0", None)  # (another's)
+    assert Sandbox(text, make_policy()).call("k") == 5

@@ -52,6 +52,8 @@ class Sandbox(_core.Sandbox, Services):
         # methods, with WIT-typed values).
         if cls is not Sandbox or module is None:
             return super().__new__(cls)
+        if _core._PREREAD_SLOT.__dict__:  # (one an __init__ never took: never another's)
+            _core._PREREAD_SLOT.__dict__.clear()
         read = preread(module)  # (a small file: read once, here, for both)
         if _is_component_file(module, read[0][:4096] if read is not None else None):
             # Not an instance of cls, so Python does not call __init__ again on it.

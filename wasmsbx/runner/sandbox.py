@@ -602,6 +602,9 @@ class Sandbox:
         must end by (``wasmsbx run`` passes start + limits.timeout when the timeout is set
         by a flag or the policy). Without it, compiling is bounded by
         limits.compile_timeout, and each call by limits.timeout."""
+        # What the public Sandbox's __new__ read for this __init__ (first: nothing here
+        # may leave it for another sandbox to take)
+        read = _PREREAD_SLOT.__dict__.pop("read", None) if _PREREAD_SLOT.__dict__ else None
         if group is not None:
             self._group = group
             policy = group.policy
@@ -634,7 +637,7 @@ class Sandbox:
         # again with per-memory caps (limits.Budget), from its bytes.
         fast = cache_wanted and not from_bytes and not artifact and group is None
         fast = fast and not _grants_storage(self.imports)
-        given = self._preread_of(module, cache_wanted) if _PREREAD_SLOT.__dict__ else None
+        given = self._preread_of(read, module, cache_wanted) if read is not None else None
         known = self._known_file() if fast and given is None else None
         if known is not None:
             data = None
@@ -773,13 +776,12 @@ class Sandbox:
     def _size(self) -> int:
         return self._known.size if self._known is not None else len(self.wasm or b"")
 
-    def _preread_of(self, module: Any, cache_wanted: bool) -> Optional[bytes]:
-        """The bytes the public Sandbox read of ``module`` (runner.preread), if they
-        serve: a module too small for the cache (one it may hold is read as the cache
-        needs: with the file's identity around the read, or not at all if it knows the
-        file). Dropped from the sandbox either way."""
-        read = _PREREAD_SLOT.__dict__.pop("read", None)
-        if read is None or read[0] != id(self) or read[1] is not module:
+    def _preread_of(self, read: tuple, module: Any, cache_wanted: bool) -> Optional[bytes]:
+        """The bytes the public Sandbox read of ``module`` (runner.preread; ``read``: its
+        slot's), if they are this sandbox's and serve: a module too small for the cache
+        (one it may hold is read as the cache needs: with the file's identity around
+        the read, or not at all if it knows the file)."""
+        if read[0] != id(self) or read[1] is not module:
             return None
         read = read[1:]
         if cache_wanted and len(read[1]) >= self.policy.values["runtime.cache_min_size"]:
