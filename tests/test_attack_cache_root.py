@@ -419,3 +419,31 @@ def test_a_cache_tagged_by_another_run_while_this_one_looked_is_used(tmp_path, m
     cache.prepare_dir(root)
     monkeypatch.undo()
     assert (root / "CACHEDIR.TAG").read_text() == cache.TAG_TEXT
+
+
+def test_a_cache_folder_made_then_refused_is_removed_again(tmp_path, monkeypatch):
+    """Red team round 20 (F6): `cache_dir = "sub/.wc"` in a discovered sandbox.toml with
+    `sub` swapped for a link to elsewhere as the folder was made: the empty folder was
+    made elsewhere, then refused as outside the project, and left there. It is removed
+    again (it is empty, and this command made it)."""
+    from wasmsbx import policy as policy_mod
+
+    project = tmp_path / "project"
+    (project / "sub").mkdir(parents=True)
+    (project / "sandbox.toml").write_text('[runtime]\ncache_dir = "sub/.wc"\n')
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    policy = policy_mod.discover(cwd=project)
+    real_mkdir = os.mkdir
+
+    def swapping(path, *args, **kwargs):
+        if str(path).endswith(".wc") and not (project / "sub").is_symlink():
+            os.rename(project / "sub", project / "sub.old")
+            (project / "sub").symlink_to(elsewhere)
+        return real_mkdir(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "mkdir", swapping)
+    with pytest.raises(cache.CacheUnavailable, match="outside the folder"):
+        cache.open_store(policy)
+    monkeypatch.undo()
+    assert list(elsewhere.iterdir()) == []

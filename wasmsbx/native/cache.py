@@ -153,10 +153,11 @@ def prepare_dir(root: Path, inside: str = "") -> str:
     _refuse_variables(root)
     _refuse_trust(root)  # before mkdir: a policy must not create folders in the trust folder
     text = str(root)  # (text, not Path methods: on the first cached load of every process)
-    fd = None
+    fd, made = None, False
     try:
         try:
             os.mkdir(text, 0o700)
+            made = True
         except FileExistsError:
             pass
         except FileNotFoundError:
@@ -174,9 +175,30 @@ def prepare_dir(root: Path, inside: str = "") -> str:
         where = _check_dir(root, info, fd, inside)
     except BaseException:
         if fd is not None:
+            if made:
+                _unmake(fd, info, os.path.basename(text))
             os.close(fd)
         raise
     return where if fd is None else _pinned(text, fd, info)
+
+
+def _unmake(fd: int, info: os.stat_result, name: str) -> None:
+    """Remove the empty folder this prepare_dir made and then refused (a name on the way
+    swapped for a link as it was made: it was made where the link leads, outside a
+    project, red team round 20), relative to its parent as opened, if ``name`` there is
+    still that folder. Best effort: only an empty folder can go."""
+    try:
+        parent = os.open(f"/proc/self/fd/{fd}/..", _PIN | _CLOEXEC)
+    except OSError:
+        return
+    try:
+        now = os.stat(name, dir_fd=parent, follow_symlinks=False)
+        if (now.st_dev, now.st_ino) == (info.st_dev, info.st_ino):
+            os.rmdir(name, dir_fd=parent)
+    except OSError:
+        pass
+    finally:
+        os.close(parent)
 
 
 def _check_dir(root: Path, info: os.stat_result, fd: Optional[int], inside: str) -> str:
