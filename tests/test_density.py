@@ -442,22 +442,55 @@ def test_a_component_file_still_makes_a_component_sandbox(tmp_path):
     assert isinstance(box, ComponentSandbox)
 
 
-def test_what_new_read_is_never_left_for_another_sandbox(tmp_path):
-    """A sandbox whose __init__ fails, or one made by a subclass or from bytes, leaves
-    nothing in the slot __new__ fills: a later sandbox (at the same address, of the same
-    path object) never runs bytes read for another."""
-    from wasmsbx.runner import sandbox as core
-    from wasmsbx.wasm.source import module_bytes
+def _k(path, n: int) -> None:
+    path.write_text(f'(module (func (export "k") (result i32) i32.const {n}))')
 
-    path = tmp_path / "add.wasm"
-    path.write_bytes(module_bytes(GROW, path))
+
+def test_what_new_read_is_never_left_for_another_sandbox(tmp_path):
+    """Red team round 21: `Sandbox(path, bogus=1)` fails as Python binds __init__'s
+    arguments, after __new__ read the file; a subclass or the core class made next, at
+    the freed address and with the same path object, took those bytes although the file
+    had changed (it ran 1 where the file said 2). The slot holds a weak reference to
+    the sandbox it was read for, and every __new__ empties it."""
+    import wasmsbx
+    from wasmsbx.runner import sandbox as core
+
+    path = tmp_path / "s.wat"
     text = str(path)
-    with pytest.raises(TypeError):  # (before __init__ runs: what __new__ read stays)
-        Sandbox(text, make_policy(), no_such_option=1)
-    big = b'(module (memory 2) (data (i32.const 0) "' + b"x" * 70000 + b'")'
-    big += b' (func (export "k") (result i32) i32.const 5))'
-    path.write_bytes(module_bytes(big, path))  # (over 64 KiB: __new__ reads nothing)
-    assert Sandbox(text, make_policy()).call("k") == 5
-    assert not core._PREREAD_SLOT.__dict__
-    core._PREREAD_SLOT.read = (12345, text, b"\0asm\x01\0\0\0", None)  # (another's)
-    assert Sandbox(text, make_policy()).call("k") == 5
+
+    class Sub(wasmsbx.Sandbox):
+        pass
+
+    for cls in (Sub, core.Sandbox, wasmsbx.Sandbox):
+        _k(path, 1)
+        with pytest.raises(TypeError):
+            Sandbox(text, make_policy(), bogus=1)
+        _k(path, 2)
+        assert cls(text, make_policy()).call("k") == 2, cls
+        assert not core._PREREAD_SLOT.__dict__
+
+
+def test_a_path_that_names_another_file_when_asked_again_runs_the_file_it_names(tmp_path):
+    """Red team round 21: a PathLike whose __fspath__ changes (or a str subclass whose
+    str() differs from its value) named a.wat to __new__'s read and b.wat to __init__,
+    and the sandbox ran a.wat's bytes as b.wat. Only a str or a plain Path is read early;
+    anything else is read once, by __init__, as it names the file then."""
+    import os as os_mod
+
+    _k(tmp_path / "a.wat", 7)
+    _k(tmp_path / "b.wat", 99)
+
+    class Flip(os_mod.PathLike):
+        def __init__(self):
+            self.names = [str(tmp_path / "a.wat"), str(tmp_path / "b.wat")]
+
+        def __fspath__(self):
+            return self.names.pop(0) if len(self.names) > 1 else self.names[0]
+
+    class Text(str):
+        def __str__(self):
+            return str(tmp_path / "b.wat")
+
+    for module in (Flip(), Text(str(tmp_path / "a.wat"))):
+        box = Sandbox(module, make_policy())
+        assert box.path.name == "b.wat" and box.call("k") == 99

@@ -9,6 +9,7 @@ is the core one with those methods, and gives a component sandbox for a componen
 from __future__ import annotations
 
 import os
+import weakref
 from typing import Any, Optional, Union, cast
 
 from .. import policy as policy_mod
@@ -50,17 +51,18 @@ class Sandbox(_core.Sandbox, Services):
         # Annotated Sandbox, not Any: with Any, mypy and pyright typed every
         # ``Sandbox(...)`` as Any and checked nothing (a component sandbox has the same
         # methods, with WIT-typed values).
-        if cls is not Sandbox or module is None:
-            return super().__new__(cls)
         if _core._PREREAD_SLOT.__dict__:  # (one an __init__ never took: never another's)
             _core._PREREAD_SLOT.__dict__.clear()
+        if cls is not Sandbox or module is None:
+            return super().__new__(cls)
         read = preread(module)  # (a small file: read once, here, for both)
         if _is_component_file(module, read[0][:4096] if read is not None else None):
             # Not an instance of cls, so Python does not call __init__ again on it.
             return cast(Sandbox, component_class()(module, *args, **kwargs))
         box = super().__new__(cls)
         if read is not None:  # (for the __init__ that follows, in this thread)
-            _core._PREREAD_SLOT.read = (id(box), module, *read)
+            # (a weak reference: an id() comes again once its object is freed)
+            _core._PREREAD_SLOT.read = (weakref.ref(box), module, *read)
         return box
 
     def __enter__(self) -> Sandbox:  # this class, with batch/stream/audit, for checkers

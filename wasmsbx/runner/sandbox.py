@@ -781,7 +781,7 @@ class Sandbox:
         slot's), if they are this sandbox's and serve: a module too small for the cache
         (one it may hold is read as the cache needs: with the file's identity around
         the read, or not at all if it knows the file)."""
-        if read[0] != id(self) or read[1] is not module:
+        if read[0]() is not self or read[1] is not module:
             return None
         read = read[1:]
         if cache_wanted and len(read[1]) >= self.policy.values["runtime.cache_min_size"]:
@@ -1531,8 +1531,11 @@ def preread(module: Any) -> Optional[tuple]:
     them to __init__, which would otherwise open the file twice more and stat it (ten
     system calls of every Sandbox(path), four now: density from a path). None for
     anything else (a folder, a FIFO, a larger file, a file that changed size as it was
-    read, an error): the regular path reads it and says what is wrong."""
-    if not isinstance(module, (str, os.PathLike)):
+    read, an error): the regular path reads it and says what is wrong. Only for a path
+    that reads the same each time it is asked (a str, a plain Path): a PathLike of the
+    caller's, or a str subclass, may name one file to this open and another to
+    __init__ (red team round 21)."""
+    if type(module) is not str and type(module) is not _PLAIN_PATH:
         return None
     try:
         fd = os.open(module, os.O_RDONLY | _CLOEXEC | _NONBLOCK)
@@ -1551,8 +1554,9 @@ def preread(module: Any) -> Optional[tuple]:
 
 
 _PREREAD = 1 << 16
+_PLAIN_PATH = type(Path())  # PosixPath (WindowsPath there)
 # What the public Sandbox's __new__ read for the __init__ that follows it in this thread
-# ("read": (id of the sandbox, module, bytes, fstat)): not on the sandbox, whose
+# ("read": (weak reference to the sandbox, module, bytes, fstat)): not on the sandbox, whose
 # attributes every one of 100,000 sandboxes would carry (RSS).
 _PREREAD_SLOT = threading.local()
 
