@@ -64,6 +64,22 @@ def read_capped(
         os.close(fd)
 
 
+def read_whole(fd: int, more_than: int, at_most: int) -> Optional[tuple]:
+    """(bytes, fstat) of the regular file open as ``fd`` (closed here) if its size is
+    more than ``more_than`` and at most ``at_most``, read at once (a byte more than its
+    size, to see it grew: the caller compares); None for anything else, errors
+    included."""
+    try:
+        info = os.fstat(fd)
+        if not (stat.S_ISREG(info.st_mode) and more_than < info.st_size <= at_most):
+            return None
+        return os.read(fd, info.st_size + 1), info
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
 def _read_fd(fd: int, info: os.stat_result, limit: Any, path: Any) -> bytes:
     """read_capped of the file open as ``fd`` (``info``: its fstat())."""
     if stat.S_ISDIR(info.st_mode):

@@ -37,7 +37,6 @@ import errno
 import functools
 import marshal
 import os
-import stat
 
 # Constant-time comparison of tags (hmac.compare_digest without hmac, as artifact._equal;
 # that module is not imported here: it would bring json to every run)
@@ -48,6 +47,7 @@ from typing import Any, Optional
 from blake3 import blake3  # (imported with native.cache anyway; used on every cold start)
 
 from .._version import __version__
+from ..inputs import read_whole
 
 FORMAT = 2  # 1: JSON (its records fail the tag of 2: another domain)
 SUFFIX = ".facts"
@@ -220,16 +220,8 @@ def read_small(path: str, max_size: int) -> Optional[bytes]:
         fd = open_in_folder(path, os.O_RDONLY | _NOFOLLOW | _CLOEXEC | _NONBLOCK)
     except OSError:
         return None
-    try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode) or not TAG_SIZE < info.st_size <= max_size:
-            return None
-        data = os.read(fd, info.st_size + 1)
-    except OSError:
-        return None
-    finally:
-        os.close(fd)
-    return data if TAG_SIZE < len(data) <= max_size else None
+    read = read_whole(fd, TAG_SIZE, max_size)
+    return read[0] if read is not None and TAG_SIZE < len(read[0]) <= max_size else None
 
 
 def recall(code: Any, digest: str, key: Optional[bytes]) -> Optional[RunFacts]:

@@ -30,6 +30,7 @@ from ..backends.base import (  # noqa: F401 - engine_options is re-exported
     engine_options,
 )
 from ..backends.compiling import check_size
+from ..inputs import read_whole
 from ..memory import Memory  # noqa: F401 - re-exported (wasmsbx.GuestMemory)
 
 # ---------------------------------------------------------------------------- typed values
@@ -1541,16 +1542,8 @@ def preread(module: Any) -> Optional[tuple]:
         fd = os.open(module, os.O_RDONLY | _CLOEXEC | _NONBLOCK)
     except (OSError, TypeError, ValueError):
         return None
-    try:
-        info = os.fstat(fd)
-        if not (stat.S_ISREG(info.st_mode) and 0 < info.st_size < _PREREAD):
-            return None
-        data = os.read(fd, info.st_size + 1)
-    except OSError:
-        return None
-    finally:
-        os.close(fd)
-    return (data, info) if len(data) == info.st_size else None
+    read = read_whole(fd, 0, _PREREAD - 1)
+    return read if read is not None and len(read[0]) == read[1].st_size else None
 
 
 _PREREAD = 1 << 16
