@@ -19,7 +19,7 @@ from wasmsbx.native import cache, entry, trust
 from wasmsbx.runner import Sandbox as _Sandbox
 from wasmsbx.runner import read_module, shared
 
-from .cache_helpers import make_policy, new_run_sandbox
+from .cache_helpers import make_policy
 from .conftest import capabilities_of, require_capability
 
 
@@ -486,11 +486,7 @@ def test_eviction_keeps_the_cache_under_its_size(tmp_path):
     limit = int(size * 2.5)  # room for two entries
     policy = make_policy(runtime__cache_size=limit)
     Sandbox(modules[1], policy)
-    # A hit: m0 is now more recently used than m1. As a new run makes it: a sandbox of
-    # m0 still held in this process (until the garbage collector frees the first one)
-    # would be served from memory, reading no entry and so counting no use of it (CI
-    # failed so once, under load).
-    assert new_run_sandbox(modules[0], policy).cache_state == "hit"
+    Sandbox(modules[0], policy)  # a hit: m0 is now more recently used than m1
     Sandbox(modules[2], policy)  # evicts the least recently used: m1
     store = open_store(policy)
     try:
@@ -650,3 +646,53 @@ def test_a_hit_types_calls_from_the_recorded_exports():
     assert hit.call("takes_v128", "i32x4:7,0,0,0") == 7  # typed from the record: no abort
     with pytest.raises(errors.UsageError, match="v128"):
         hit.invoke("takes_v128", ["x"])
+
+
+def test_a_module_served_from_memory_counts_as_a_use_of_its_entry(tmp_path, monkeypatch):
+    """A long-lived process (watch, the MCP server, a host) serves a cached module from
+    memory and reads no entry: its entry looked unused, and another process's eviction
+    (least recently used first) removed it although it was in use all along. A use from
+    memory now counts, at most once every shared.USE_EVERY seconds."""
+    from wasmsbx.runner import shared
+
+    modules = [wat_module(tmp_path / f"m{i}.wat", 4, salt=i) for i in range(3)]
+    Sandbox(modules[0], make_policy())
+    store = open_store()
+    size = cache.entries(store)[0]["size"]
+    store.close()
+    policy = make_policy(runtime__cache_size=int(size * 2.5))  # room for two entries
+    held = Sandbox(modules[0], policy)  # the long-lived process's module (a hit)
+    assert held.cache_state == "hit"
+    assert _Sandbox(modules[1], policy).cache_state == "miss"  # stored after m0's hit
+    monkeypatch.setattr(shared, "USE_EVERY", 0.0)
+    time.sleep(0.01)  # (hits are counted in ms)
+    assert _Sandbox(modules[0], policy).cache_state == "memory"  # a use, counted
+    cache.flush_hits()
+    Sandbox(modules[2], policy)  # evicts the least recently used: m1, not m0
+    store = open_store(policy)
+    try:
+        names = sorted(r["module"]["name"] for r in cache.entries(store))
+    finally:
+        store.close()
+    assert names == ["m0.wat", "m2.wat"]
+
+
+@pytest.mark.parametrize("every, counted", [(60.0, 0), (0.0, 50)])
+def test_uses_from_memory_are_counted_at_most_once_a_minute(tmp_path, monkeypatch, every, counted):
+    """100,000 sandboxes of a module held in memory write no 100,000 hit lines."""
+    from wasmsbx.runner import shared
+
+    monkeypatch.setattr(shared, "USE_EVERY", every)
+    module = wat_module(tmp_path / "m.wat", 4)
+    policy = make_policy()
+    first = Sandbox(module, policy)
+    assert first.cache_state == "miss"
+    boxes = [_Sandbox(module, policy) for _ in range(50)]  # (held in memory: one process)
+    assert {b.cache_state for b in boxes} == {"memory"}
+    cache.flush_hits()
+    store = open_store(policy)
+    try:
+        (entry,) = cache.entries(store)
+    finally:
+        store.close()
+    assert entry["hits"] == counted

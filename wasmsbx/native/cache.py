@@ -101,6 +101,7 @@ class Outcome(NamedTuple):
     warnings: list
     key: Optional[str] = None
     exports: Optional[list] = None  # the module's export records (aot.export_records)
+    store: Any = None  # the Store of the entry (its uses are counted there)
 
 
 # ---------------------------------------------------------------------------- where
@@ -1637,7 +1638,9 @@ class Lookup:
         return self._module_sha
 
     def outcome(self, module: Any, state: str) -> Outcome:
-        return Outcome(module, state, self.timings, self.warnings, self.key, self.exports)
+        return Outcome(
+            module, state, self.timings, self.warnings, self.key, self.exports, self.store
+        )
 
     def run(self) -> Outcome:
         try:

@@ -960,7 +960,10 @@ class Sandbox:
             if outcome.state in ("hit", "miss") and prepared_here is not None:
                 self._remember(prepared_here)
             if prepared is not None:
-                shared.keep(self.engine, prepared, outcome.module)
+                use = None
+                if outcome.key is not None and outcome.store is not None:
+                    use = (outcome.store, outcome.key, cache._identity(self.engine)[1])
+                shared.keep(self.engine, prepared, outcome.module, use)
             return outcome.module
         self.cache_state = "skip" if use_cache else "off"
         started = time.perf_counter()

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import atexit
 import sys
+import time
 from typing import Any, Callable, Optional
 
 from ..lru import Lru as _Lru
@@ -161,13 +162,36 @@ def loaded(engine: Any, prepared: Prepared) -> Any:
     loaded from the cache and verified then), or None: the cache's in-memory layer.
     Found by the module's bytes (``prepared``), never by a path or a cache entry: a
     module changed on disk is other bytes, hence another entry, and a cache entry
-    changed on disk is never read again for a module held here."""
-    return _held(_LOADED, engine, prepared)
+    changed on disk is never read again for a module held here.
+
+    A use from here counts as a use of its cache entry (``keep``'s ``use``), at most
+    once every ``USE_EVERY`` seconds: a long-lived process (watch, the MCP server, a
+    host) serving a module from memory read no entry, so the entry looked unused and
+    went first when another process evicted (least recently used)."""
+    found = _LOADED.get((id(engine), id(prepared)))
+    if found is None or found[0] is not engine or found[1] is not prepared:
+        return None
+    use = found[3]
+    if use is not None:
+        now = time.monotonic()
+        if now - use[3] >= USE_EVERY:
+            use[3] = now
+            try:
+                use[0].hit(use[1], use[2])
+            except Exception:  # noqa: BLE001 - a use that cannot be counted is still a use
+                pass
+    return found[2]
 
 
-def keep(engine: Any, prepared: Prepared, module: Any) -> None:
-    """Hold ``module`` (compiled from, or verified as, ``prepared`` for ``engine``)."""
-    _hold(_LOADED, engine, prepared, module)
+USE_EVERY = 60.0  # seconds between two uses of a module held here counted in its entry
+
+
+def keep(engine: Any, prepared: Prepared, module: Any, use: Optional[tuple] = None) -> None:
+    """Hold ``module`` (compiled from, or verified as, ``prepared`` for ``engine``);
+    ``use``: (store, entry key, label) its cache entry's uses are counted with."""
+    counted = None if use is None else [*use, time.monotonic()]
+    entry = (engine, prepared, module, counted)
+    _LOADED.put((id(engine), id(prepared)), entry, prepared.size)
 
 
 def _held(table: _Lru, engine: Any, prepared: Prepared) -> Any:
