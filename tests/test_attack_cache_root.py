@@ -447,3 +447,35 @@ def test_a_cache_folder_made_then_refused_is_removed_again(tmp_path, monkeypatch
         cache.open_store(policy)
     monkeypatch.undo()
     assert list(elsewhere.iterdir()) == []
+
+
+def test_a_pinned_descriptor_closed_by_other_code_is_never_written_through(tmp_path):
+    """Paths through /proc/self/fd/N outlive nothing but the number: code elsewhere in the
+    process that closes that number by mistake (a double close) lets it be reused for
+    another folder, and the cache's writes, removals and journal would land there. Each
+    use checks the number still holds the folder pinned."""
+    root = tmp_path / "c"
+    store = _store(root)
+    store.close()
+    fd = int(store.where.rsplit("/", 1)[1])
+    other = tmp_path / "other"
+    other.mkdir()
+    # The mistake of some other code, and the number reused for another folder (dup2:
+    # the two at once, no other thread can take the number between them)
+    elsewhere = os.open(other, os.O_RDONLY | os.O_DIRECTORY)
+    os.dup2(elsewhere, fd)
+    os.close(elsewhere)
+    try:
+        with pytest.raises(OSError, match="closed by other code"):
+            store.write_blob("01" + "ab" * 31, b"native code")
+        with pytest.raises(OSError, match="closed by other code"):
+            store.clear()
+        with pytest.raises(OSError, match="closed by other code"):
+            store.db  # noqa: B018
+        store.hit("01" + "ab" * 31, "wasmtime")
+        cache.flush_hits()
+        assert list(other.iterdir()) == []
+    finally:
+        back = os.open(root, os.O_RDONLY | os.O_DIRECTORY)  # (as it was, for the others)
+        os.dup2(back, fd, inheritable=False)
+        os.close(back)

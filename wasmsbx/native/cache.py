@@ -296,6 +296,7 @@ def _pinned(text: str, fd: int, info: os.stat_result) -> str:
         same = held is not None and (held.st_dev, held.st_ino) == (info.st_dev, info.st_ino)
         if not (same and held is not None and held.st_nlink):
             os.dup2(fd, known[0], inheritable=False)
+            recorded.PINS[known[0]] = (info.st_dev, info.st_ino)
         os.close(fd)
         return known[1]
     if len(_PINNED) >= _PIN_MAX:
@@ -304,6 +305,7 @@ def _pinned(text: str, fd: int, info: os.stat_result) -> str:
     where = f"/proc/self/fd/{fd}"
     _PINNED[text] = (fd, where)
     _SHOWN[where] = text
+    recorded.PINS[fd] = (info.st_dev, info.st_ino)
     return where
 
 
@@ -670,6 +672,8 @@ class Store:
         if self._db is None:
             import diskcache
 
+            recorded.check_pin(self.where)
+
             # eviction_policy="none" + cull_limit=0: entries leave only by evict()/prune/
             # clear, which keep the code and its record together. sqlite_synchronous=0: no
             # fsync. With fsyncs every open and close of the database cost 10-30 ms; what
@@ -875,6 +879,10 @@ class Store:
             if now is None or now[:4] != self.checked[:4]:
                 return
         with _JOURNAL_LOCK:
+            try:
+                recorded.check_pin(self.hits_text)
+            except OSError:
+                return  # (the hits go uncounted: statistics only)
             fd = self._open_journal(os.O_CREAT | os.O_WRONLY | os.O_APPEND)
             if fd is None:  # the hits go uncounted (statistics only)
                 return
@@ -920,6 +928,7 @@ class Store:
         """
         flush_hits()  # (this process's own hits first)
         db = self.db
+        recorded.check_pin(self.hits_text)
         with _JOURNAL_LOCK:
             fd = self._open_journal(os.O_RDWR)
             if fd is None:  # (none, or one that is never emptied)
@@ -983,6 +992,7 @@ class Store:
         import shutil
 
         code = self.code_text
+        recorded.check_pin(code)
         try:
             info: Optional[os.stat_result] = os.lstat(code)
         except FileNotFoundError:

@@ -132,6 +132,32 @@ def _tag(key: bytes, digest: str, body: bytes) -> bytes:
     return blake3(head + body, key=key).digest()
 
 
+# Descriptor number -> (st_dev, st_ino) of the cache folder native.cache pinned there
+# (_pinned): paths through /proc/self/fd/N are checked against it before use, so a
+# number closed by other code of this process (a double close) and reused for another
+# folder is never written through.
+PINS: dict = {}
+_PROC_FD = "/proc/self/fd/"
+
+
+def check_pin(path: str) -> None:
+    """OSError if ``path`` goes through a pinned cache folder's descriptor that no longer
+    holds that folder (one fstat: every cache read, write and removal pays it)."""
+    if not path.startswith(_PROC_FD):
+        return
+    number = path[len(_PROC_FD) :].partition(os.sep)[0]
+    want = PINS.get(int(number)) if number.isdigit() else None
+    if want is None:
+        return
+    info = os.fstat(int(number))  # (EBADF if it was closed)
+    if (info.st_dev, info.st_ino) != want:
+        raise OSError(
+            errno.ESTALE,
+            "the cache folder's descriptor was closed by other code of this process",
+            path,
+        )
+
+
 def open_folder(folder: str, make: bool = False) -> int:
     """A descriptor of the cache folder ``folder`` (``code/NA``), opened without
     following a link at either level: ``code`` by its path (the cache's own folder may be
@@ -140,6 +166,7 @@ def open_folder(folder: str, make: bool = False) -> int:
     repository, and git keeps links) is ever gone through. With ``make``, each is made
     private (0700) if missing. NotADirectoryError for a link or a file in place of
     either (ELOOP where a system says that for a link), FileNotFoundError for none."""
+    check_pin(folder)
     parent, name = os.path.split(folder)
     if make:
         try:
