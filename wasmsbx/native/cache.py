@@ -245,14 +245,14 @@ def _check_dir(root: Path, info: os.stat_result, fd: Optional[int], inside: str)
         create = os.O_WRONLY | os.O_CREAT | os.O_EXCL | _CLOEXEC
         try:
             try:  # (created, never opened: a link planted at the name is not followed)
-                made = os.open(tmp, create, 0o600)
+                tag_fd = os.open(tmp, create, 0o600)
             except FileExistsError:  # left by a process killed that had this pid
                 os.unlink(tmp)
-                made = os.open(tmp, create, 0o600)
+                tag_fd = os.open(tmp, create, 0o600)
             try:
-                os.write(made, TAG_TEXT.encode())
+                os.write(tag_fd, TAG_TEXT.encode())
             finally:
-                os.close(made)
+                os.close(tag_fd)
             os.replace(tmp, os.path.join(where, "CACHEDIR.TAG"))
         except OSError as exc:
             raise CacheUnavailable(f"cannot write in {root}: {exc.strerror}") from None
@@ -312,12 +312,6 @@ def _pinned(text: str, fd: int, info: os.stat_result) -> str:
 _PIN_MAX = 64  # folders a process pins (_pinned)
 
 
-def pinned_where(root: Path) -> Optional[str]:
-    """The text ``root``'s folder is used through in this process, if it was opened."""
-    known = _PINNED.get(str(root))
-    return known[1] if known is not None else None
-
-
 def shown(text: str) -> str:
     """``text`` with each pinned folder's /proc/self/fd path written as its name: what
     users see (messages, reports)."""
@@ -336,7 +330,7 @@ def _refuse_foreign(root: Path, where: str) -> None:
     into it. Names wasmsbx itself uses count too: a folder of the user's that holds only
     a `code/` folder was adopted, tagged, and `cache clear` then deleted its `code/` (red
     team, round 20; wasmsbx tags a folder before it puts anything there). Allowed: the
-    wasmer backend's probe results (``_probes_only``: written without a tag, by
+    wasmer backend's probe results (``_ours_untagged``: written without a tag, by
     ``wasmsbx backends``) and a tag being written (``.CACHEDIR.TAG.PID``, a file).
     (``where``: the folder opened, prepare_dir)"""
     try:
@@ -357,7 +351,7 @@ def _ours_untagged(where: str, name: str) -> bool:
         info = os.lstat(os.path.join(where, name))
     except OSError:
         return True  # (gone meanwhile)
-    if name.startswith(".CACHEDIR.TAG.") and name[14:].isdigit():  # (.CACHEDIR.TAG.PID)
+    if _tag_being_written(name):
         return stat.S_ISREG(info.st_mode)
     if name != "probes" or not stat.S_ISDIR(info.st_mode):
         return False
@@ -369,6 +363,11 @@ def _ours_untagged(where: str, name: str) -> bool:
     except OSError:
         return False
     return True
+
+
+def _tag_being_written(name: str) -> bool:
+    """A name prepare_dir gives the tag it is writing: .CACHEDIR.TAG.PID."""
+    return name.startswith(".CACHEDIR.TAG.") and name[14:].isdigit()
 
 
 def _probe_name(name: str) -> bool:
@@ -554,11 +553,7 @@ def wipe(root: Path, where: str) -> None:
 
     if not _ours(where):
         raise CacheUnavailable(f"{root} has no wasmsbx CACHEDIR.TAG; not deleting it")
-    names = [
-        n
-        for n in os.listdir(where)
-        if n in OURS or (n.startswith(".CACHEDIR.TAG.") and n[14:].isdigit())
-    ]
+    names = [n for n in os.listdir(where) if n in OURS or _tag_being_written(n)]
     names.sort(key=lambda n: n == "CACHEDIR.TAG")
     for name in names:
         path = os.path.join(where, name)
