@@ -892,11 +892,13 @@ def _outside_or_metadata(root: str, target: str, grant: bool, writable: bool) ->
     """Why a discovered policy may not name ``target`` (None: it may)."""
     import os
 
+    from .native.trustdir import within
+
     try:
         real = os.path.realpath(os.path.join(root, os.path.expanduser(target)))
     except OSError as exc:  # a link swapped for a folder as realpath read it (EINVAL)
         return f"which could not be resolved ({exc.strerror}: it changed as it was checked)"
-    if not (real == root or real.startswith(root.rstrip(os.sep) + os.sep)):
+    if not within(real, root):
         return "outside the folder of this sandbox.toml"
     parts = os.path.relpath(real, root).split(os.sep)
     if any(part.lower() in VCS_NAMES for part in parts):

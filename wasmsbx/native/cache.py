@@ -50,7 +50,7 @@ from . import artifact as aot
 from . import entry as entry_format
 from . import located, recorded, trust
 from .trustdir import real as realpath
-from .trustdir import trust_dir_text, user_cache_text
+from .trustdir import trust_dir_text, user_cache_text, within
 
 # Every use of this module on the run path hashes the module (BLAKE3, to find its entry),
 # asks for the user's key (trust) and, on a hit, locks the hit journal (fcntl): all are
@@ -219,7 +219,7 @@ def _check_dir(root: Path, info: os.stat_result, fd: Optional[int], inside: str)
     _refuse_trust(root, real)
     if inside:
         real = real or realpath(where)
-        if real != inside and not real.startswith(inside.rstrip(os.sep) + os.sep):
+        if not within(real, inside):
             raise CacheUnavailable(
                 f"{root} leads outside the folder of the sandbox.toml that names it "
                 f"({real}): it changed after the policy was checked"
@@ -423,7 +423,7 @@ def unlink_planted(root: Path, inside: str = "") -> list:
             return []
         real = realpath(where)
         _refuse_trust(root, real)
-        if inside and real != inside and not real.startswith(inside.rstrip(os.sep) + os.sep):
+        if inside and not within(real, inside):
             return []
         removed = []
         for name in OURS:

@@ -32,6 +32,7 @@ from typing import Any, Optional
 from .. import errors
 from .trustdir import real as _real
 from .trustdir import trust_dir_text as _trust_dir_text
+from .trustdir import within as _within
 
 SECRET_FILE = "secret.key"
 SIGNING_FILE = "signing.key"
@@ -384,18 +385,13 @@ def cache_roots() -> list:
 
 
 def _overlaps(a: str, b: str) -> bool:
-    return (
-        a == b or a.startswith(b.rstrip(os.sep) + os.sep) or b.startswith(a.rstrip(os.sep) + os.sep)
-    )
+    return _within(a, b) or _within(b, a)
 
 
 def in_cache_roots(folder: str) -> bool:
     """Whether ``folder`` is one of :func:`cache_roots` or inside one."""
     real = _real(folder)
-    return any(
-        real == root or real.startswith(root.rstrip(os.sep) + os.sep)
-        for root in map(_real, cache_roots())
-    )
+    return any(_within(real, root) for root in map(_real, cache_roots()))
 
 
 def refuse_key_grants(grants: list) -> None:

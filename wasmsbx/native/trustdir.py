@@ -124,9 +124,13 @@ def ignored_trust_dir() -> str:
     return "" if not explicit or os.path.isabs(explicit) else explicit
 
 
+def within(path: str, folder: str) -> bool:
+    """Whether ``path`` is ``folder`` or lies inside it, as text (both real paths: no
+    link is resolved here)."""
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
 def in_trust_dir(path: str) -> bool:
     """Whether ``path`` (symlinks followed, a missing tail too) is the trust folder or
     lies inside it."""
-    keys = os.path.realpath(trust_dir_text())
-    real = os.path.realpath(path)
-    return real == keys or real.startswith(keys.rstrip(os.sep) + os.sep)
+    return within(os.path.realpath(path), os.path.realpath(trust_dir_text()))

@@ -461,17 +461,15 @@ def _refuse_guest_writable(policy: policy_mod.Policy, key: str, target: str) -> 
     writable = [g for g in policy.grants if g.writable]
     if not writable:
         return
+    from ..native.trustdir import within
+
     # A granted folder seen at another path (a bind mount of it) is the same folder.
     granted = {_identity(g.host): g for g in writable}
     granted.pop(None, None)
     path = target if os.path.isabs(target) else os.path.join(os.getcwd(), target)
     for real in _walked(path):
         for grant in writable:
-            if (
-                real == grant.host
-                or real.startswith(grant.host.rstrip(os.sep) + os.sep)
-                or granted.get(_identity(real)) is grant
-            ):
+            if within(real, grant.host) or granted.get(_identity(real)) is grant:
                 raise errors.PolicyError(
                     f"{key} {target} lies in a folder the guest can write "
                     f"(filesystem.read_write {grant.host}): the guest could replace it with "
