@@ -56,13 +56,13 @@ class Sandbox(_core.Sandbox, Services):
         if cls is not Sandbox or module is None:
             return super().__new__(cls)
         read = preread(module)  # (a small file: read once, here, for both)
-        if _is_component_file(module, read[0][:4096] if read is not None else None):
+        if _is_component_file(module, read[:4096] if read is not None else None):
             # Not an instance of cls, so Python does not call __init__ again on it.
             return cast(Sandbox, component_class()(module, *args, **kwargs))
         box = super().__new__(cls)
         if read is not None:  # (for the __init__ that follows, in this thread)
             # (a weak reference: an id() comes again once its object is freed)
-            _core._PREREAD_SLOT.read = (weakref.ref(box), module, *read)
+            _core._PREREAD_SLOT.read = (weakref.ref(box), module, read)
         return box
 
     def __enter__(self) -> Sandbox:  # this class, with batch/stream/audit, for checkers

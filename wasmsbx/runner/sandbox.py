@@ -780,12 +780,12 @@ class Sandbox:
         slot's), if they are this sandbox's and serve: a module too small for the cache
         (one it may hold is read as the cache needs: with the file's identity around
         the read, or not at all if it knows the file)."""
-        if read[0]() is not self or read[1] is not module:
+        owner, given, data = read
+        if owner() is not self or given is not module:
             return None
-        read = read[1:]
-        if cache_wanted and len(read[1]) >= self.policy.values["runtime.cache_min_size"]:
+        if cache_wanted and len(data) >= self.policy.values["runtime.cache_min_size"]:
             return None
-        return read[1]
+        return data
 
     def _known_file(self) -> Any:
         """A shared.Prepared for ``self.path`` without reading it, if the cache knows
@@ -1527,8 +1527,8 @@ def _file_name(text: str) -> str:
     return next((p for p in reversed(text.split(os.sep)) if p and p != "."), "")
 
 
-def preread(module: Any) -> Optional[tuple]:
-    """(bytes, fstat) of a module given as a path to a small regular file (under 64 KiB),
+def preread(module: Any) -> Optional[bytes]:
+    """The bytes of a module given as a path to a small regular file (under 64 KiB),
     read whole: the public Sandbox checks whether it is a component from them and hands
     them to __init__, which would otherwise open the file twice more and stat it (ten
     system calls of every Sandbox(path), four now: density from a path). None for
@@ -1544,13 +1544,13 @@ def preread(module: Any) -> Optional[tuple]:
     except (OSError, TypeError, ValueError):
         return None
     read = read_whole(fd, 0, _PREREAD - 1)
-    return read if read is not None and len(read[0]) == read[1].st_size else None
+    return read[0] if read is not None and len(read[0]) == read[1].st_size else None
 
 
 _PREREAD = 1 << 16
 _PLAIN_PATH = type(Path())  # PosixPath (WindowsPath there)
 # What the public Sandbox's __new__ read for the __init__ that follows it in this thread
-# ("read": (weak reference to the sandbox, module, bytes, fstat)): not on the sandbox, whose
+# ("read": (weak reference to the sandbox, module, bytes)): not on the sandbox, whose
 # attributes every one of 100,000 sandboxes would carry (RSS).
 _PREREAD_SLOT = threading.local()
 
@@ -1559,11 +1559,9 @@ def _is_component_file(module: Any, head: Optional[bytes] = None) -> bool:
     """The header check of ``components.is_component``, without importing the package
     for core modules (8 bytes read; any error is left for the regular path). ``head``:
     the file's first bytes, if read already (preread)."""
-    if head is not None:
-        pass
-    elif isinstance(module, (bytes, bytearray, memoryview)):
+    if head is None and isinstance(module, (bytes, bytearray, memoryview)):
         head = bytes(module[:4096])
-    else:
+    elif head is None:
         # (os.open, not open(): a buffered file object is most of this check's cost,
         # paid by every cold start; never blocks on a FIFO)
         try:
