@@ -268,12 +268,11 @@ _PIN = 0
 if getattr(os, "O_PATH", 0) and os.path.isdir("/proc/self/fd"):
     _PIN = os.O_PATH | os.O_DIRECTORY
 
-# root text -> (descriptor, its /proc/self/fd text); the folder's root text by that text.
+# root text -> (descriptor, its /proc/self/fd text).
 # Never closed: texts made from them (entry paths, a store's database) may outlive any
 # store, and a number closed and reused would lead them into another folder. One per
 # folder a process uses, plus one each time that folder is replaced by another.
 _PINNED: dict = {}
-_SHOWN: dict = {}
 
 
 def _pinned(text: str, fd: int, info: os.stat_result) -> str:
@@ -304,7 +303,6 @@ def _pinned(text: str, fd: int, info: os.stat_result) -> str:
         return text
     where = f"/proc/self/fd/{fd}"
     _PINNED[text] = (fd, where)
-    _SHOWN[where] = text
     recorded.PINS[fd] = (info.st_dev, info.st_ino)
     return where
 
@@ -316,7 +314,7 @@ def shown(text: str) -> str:
     """``text`` with each pinned folder's /proc/self/fd path written as its name: what
     users see (messages, reports)."""
     if "/proc/self/fd/" in text:
-        for where, name in _SHOWN.items():
+        for name, (_, where) in _PINNED.items():
             if where in text:
                 text = text.replace(where + os.sep, name + os.sep)
                 if text.endswith(where):

@@ -168,8 +168,8 @@ def loaded(engine: Any, prepared: Prepared) -> Any:
     once every ``USE_EVERY`` seconds: a long-lived process (watch, the MCP server, a
     host) serving a module from memory read no entry, so the entry looked unused and
     went first when another process evicted (least recently used)."""
-    found = _LOADED.get((id(engine), id(prepared)))
-    if found is None or found[0] is not engine or found[1] is not prepared:
+    found = _entry(_LOADED, engine, prepared)
+    if found is None:
         return None
     use = found[3]
     if use is not None:
@@ -195,12 +195,18 @@ def keep(engine: Any, prepared: Prepared, module: Any, use: Optional[tuple] = No
 
 
 def _held(table: _Lru, engine: Any, prepared: Prepared) -> Any:
-    """The module ``table`` holds for ``engine`` and ``prepared``, or None. An entry holds
-    the engine and the prepared module, so the ids in its key cannot be reused while it
-    is there (checked by identity all the same)."""
+    """The module ``table`` holds for ``engine`` and ``prepared``, or None."""
+    found = _entry(table, engine, prepared)
+    return None if found is None else found[2]
+
+
+def _entry(table: _Lru, engine: Any, prepared: Prepared) -> Optional[tuple]:
+    """``table``'s entry for ``engine`` and ``prepared`` (engine, prepared, module, ...),
+    or None. An entry holds the engine and the prepared module, so the ids in its key
+    cannot be reused while it is there (checked by identity all the same)."""
     found = table.get((id(engine), id(prepared)))
     if found is not None and found[0] is engine and found[1] is prepared:
-        return found[2]
+        return found
     return None
 
 
