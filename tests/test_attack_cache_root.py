@@ -479,3 +479,23 @@ def test_a_pinned_descriptor_closed_by_other_code_is_never_written_through(tmp_p
         back = os.open(root, os.O_RDONLY | os.O_DIRECTORY)  # (as it was, for the others)
         os.dup2(back, fd, inheritable=False)
         os.close(back)
+
+
+def test_a_pinned_number_closed_and_reused_by_another_pin_is_never_taken_back(tmp_path):
+    """Red team round 22: after a double close let folder B be pinned at A's old number,
+    messages named A for B's paths, and opening A again replaced the number (dup2),
+    taking B's descriptor for A. A number that no longer holds its pin is not ours:
+    A gets a number of its own, and B's keeps B."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    where_a = cache.prepare_dir(a)
+    fd = int(where_a.rsplit("/", 1)[1])
+    os.close(fd)  # the mistake of some other code
+    where_b = cache.prepare_dir(b)
+    if where_b != where_a:  # (another thread took the number first)
+        pytest.skip("the closed number was not reused for B")
+    assert cache.shown(where_b + "/code/01") == str(b / "code" / "01")
+    again = cache.prepare_dir(a)
+    assert again != where_b
+    assert os.path.samefile(where_b, b) and os.path.samefile(again, a)
+    assert cache.shown(again + "/code") == str(a / "code")
+    assert cache.shown(where_b + "/code") == str(b / "code")

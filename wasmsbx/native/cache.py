@@ -284,24 +284,33 @@ def _pinned(text: str, fd: int, info: os.stat_result) -> str:
     did, and a process that sees its cache replaced again and again holds one
     descriptor, not one more each time. Past ``_PIN_MAX`` folders, further ones are used
     by name (red team round 20: a descriptor per folder, kept forever, let a process
-    using thousands of cache folders run out of descriptors)."""
+    using thousands of cache folders run out of descriptors).
+
+    A number that no longer holds what was pinned there (closed by other code of the
+    process, then reused) is not ours: never replaced by dup2 (that would take another
+    pin's, or anyone's, descriptor), and its entry is dropped, here or when another
+    folder is pinned at that number (so one name stands for each number: cache.shown)."""
     known = _PINNED.get(text)
     if known is not None:
         try:
             held: Optional[os.stat_result] = os.fstat(known[0])
-        except OSError:  # pragma: no cover - never closed
+        except OSError:
             held = None
-        # (a folder removed has no links; its inode number may come again)
-        same = held is not None and (held.st_dev, held.st_ino) == (info.st_dev, info.st_ino)
-        if not (same and held is not None and held.st_nlink):
-            os.dup2(fd, known[0], inheritable=False)
-            recorded.PINS[known[0]] = (info.st_dev, info.st_ino)
-        os.close(fd)
-        return known[1]
+        if held is not None and (held.st_dev, held.st_ino) == recorded.PINS.get(known[0]):
+            # (a folder removed has no links; its inode number may come again)
+            same = (held.st_dev, held.st_ino) == (info.st_dev, info.st_ino)
+            if not (same and held.st_nlink):
+                os.dup2(fd, known[0], inheritable=False)
+                recorded.PINS[known[0]] = (info.st_dev, info.st_ino)
+            os.close(fd)
+            return known[1]
+        del _PINNED[text]
     if len(_PINNED) >= _PIN_MAX:
         os.close(fd)
         return text
     where = f"/proc/self/fd/{fd}"
+    for stale in [name for name, pin in _PINNED.items() if pin[0] == fd]:
+        del _PINNED[stale]
     _PINNED[text] = (fd, where)
     recorded.PINS[fd] = (info.st_dev, info.st_ino)
     return where
