@@ -396,15 +396,22 @@ def test_faster_than_baseline_passes(cli, tmp_path):
         ("not json", 2, "invalid JSON"),
         ('{"hello": 1}', 2, "not a bench report"),
         ('{"report_version": 99, "cases": []}', 2, "version 99 is not supported"),
+        (b"\xff\xfe{", 2, "not UTF-8 text"),
+        ("folder", 105, "cannot read baseline: Is a directory"),
     ],
 )
 def test_bad_baseline_files(cli, tmp_path, content, code, needle):
     path = tmp_path / "base.json"
-    if content is not None:
+    if content == "folder":
+        path.mkdir()
+    elif isinstance(content, bytes):
+        path.write_bytes(content)
+    elif content is not None:
         path.write_text(content)
     r = cli("bench", ADD, "add", "1", "2", "--baseline", path, *FAST)
     assert r.code == code, r
     assert needle in r.stderr and "Traceback" not in r.stderr
+    assert "Errno" not in r.stderr  # (the OS's words, not Python's repr of them)
 
 
 def test_bar_chart_compares_backends():

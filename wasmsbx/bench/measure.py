@@ -723,8 +723,17 @@ def load_baseline(path: str) -> dict:
         raise errors.InputError(
             f"{path}: baseline not found", hint="create one with --save-baseline FILE", path=path
         ) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise errors.InputError(f"{path}: cannot read baseline: {exc}", path=path) from None
+    except OSError as exc:
+        raise errors.InputError(
+            f"{path}: cannot read baseline: {exc.strerror or exc}",
+            hint="give the file --save-baseline or --output wrote",
+            path=path,
+        ) from None
+    except UnicodeDecodeError:
+        raise errors.UsageError(
+            f"{path}: not a bench report (not UTF-8 text)",
+            hint="a baseline is a file written by --save-baseline or --output",
+        ) from None
     try:
         data = json.loads(text)
     except ValueError as exc:
