@@ -355,3 +355,97 @@ def test_the_keepers_thread_blocks_ctrl_c():
         [sys.executable, "-c", driver], capture_output=True, text=True, timeout=120
     )
     assert out.stdout.split(None, 1) == ["0", "[True]\n"], out.stderr
+
+
+# ------------------------------------------------------------ red team round 24
+
+SPIN = b'(module (func (export "spin") (loop $l (br $l))) (func (export "nop")))'
+
+
+def _script(body: str, timeout: float = 60.0):
+    """Run ``body`` in a fresh interpreter (this checkout first on sys.path); bounded:
+    a call that never times out fails the test instead of hanging it."""
+    import subprocess
+    import sys
+    import textwrap
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    prelude = f"import sys; sys.path.insert(0, {root!r})\n"
+    return subprocess.run(
+        [sys.executable, "-c", prelude + textwrap.dedent(body)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def test_a_call_in_a_child_forked_just_after_a_call_still_times_out():
+    """A fork within a second of a call (the parent's thread still running): the child
+    had no thread but a keeper that said 'running', and its calls never timed out."""
+    out = _script(
+        f"""
+        import os, signal, wasmsbx
+        from wasmsbx.policy import from_dict
+        box = wasmsbx.Sandbox({SPIN!r}, from_dict({{"limits": {{"timeout": "1s"}}}}))
+        box.call("nop")
+        pid = os.fork()
+        if pid == 0:
+            signal.alarm(30)  # (the bound: the test fails, it does not hang)
+            try:
+                box.call("spin")
+            except wasmsbx.errors.TimeoutExceeded:
+                os._exit(7)
+            os._exit(1)
+        _, status = os.waitpid(pid, 0)
+        print("child", os.WEXITSTATUS(status) if os.WIFEXITED(status) else "killed")
+        """
+    )
+    assert out.stdout.strip() == "child 7", out
+
+
+def test_a_process_with_more_than_1024_descriptors_still_times_out():
+    """select() refuses descriptors numbered 1024 and up: the thread died at its first
+    wait on a wake pipe that high, and no call of the process ever timed out."""
+    out = _script(
+        f"""
+        import os, resource, signal, wasmsbx
+        from wasmsbx.policy import from_dict
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if hard != resource.RLIM_INFINITY and hard < 2048:
+            print("skip"); raise SystemExit
+        resource.setrlimit(resource.RLIMIT_NOFILE, (2048, hard))
+        held = [os.open(os.devnull, os.O_RDONLY) for _ in range(1100)]
+        box = wasmsbx.Sandbox({SPIN!r}, from_dict({{"limits": {{"timeout": "1s"}}}}))
+        signal.alarm(30)
+        try:
+            box.call("spin")
+        except wasmsbx.errors.TimeoutExceeded:
+            print("timed out")
+        """
+    )
+    if out.stdout.strip() == "skip":
+        pytest.skip("RLIMIT_NOFILE below 2048")
+    assert out.stdout.strip() == "timed out", out
+
+
+def test_a_deadline_thread_that_cannot_start_is_a_resource_error_and_tried_again(monkeypatch):
+    import _thread
+
+    from wasmsbx.backends import deadline
+    from wasmsbx.errors import ResourceExhausted
+
+    keeper, engine = Keeper(), FakeEngine()
+    clock = keeper.clock(engine)
+    real = _thread.start_new_thread
+
+    def refuse(*args):
+        raise RuntimeError("can't start new thread")
+
+    monkeypatch.setattr(deadline._thread, "start_new_thread", refuse)
+    with pytest.raises(ResourceExhausted, match="cannot start the deadline thread"):
+        keeper.enter(clock, 60.0, lambda: None)
+    assert not keeper.running and not keeper.watches and clock.active == 0
+    monkeypatch.setattr(deadline._thread, "start_new_thread", real)
+    watch = keeper.enter(clock, 60.0, lambda: None)  # (the next call starts it)
+    assert keeper.running
+    keeper.leave(watch)

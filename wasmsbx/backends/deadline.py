@@ -134,7 +134,10 @@ class Keeper:
         the parent's wake pipe and handlers are its own."""
         import signal
 
-        signal.set_wakeup_fd(-1)
+        try:
+            signal.set_wakeup_fd(-1)
+        except ValueError:  # (forked from a thread other than the main one)
+            pass
         for fd in (self.wake_r, self.wake_w):
             if fd >= 0:
                 os.close(fd)
@@ -177,7 +180,19 @@ class Keeper:
                     arm(watch.ticks)
             self.watches[id(watch)] = watch
             if not self.running:
-                self._start()
+                try:
+                    self._start()
+                except RuntimeError as exc:  # (no thread: nothing would ever time out)
+                    self.watches.pop(id(watch), None)
+                    if clock is not None:
+                        clock.active -= 1
+                    from ..errors import ResourceExhausted
+
+                    raise ResourceExhausted(
+                        f"cannot start the deadline thread ({exc})",
+                        hint="the process is out of threads or memory maps; end some "
+                        "sandboxes or raise the limits (ulimit -u, vm.max_map_count)",
+                    ) from None
             elif self.sleeping:  # only after a quiet second: busy calls pay no syscall
                 self.sleeping = False
                 self._wake()
@@ -199,15 +214,19 @@ class Keeper:
         if self.wake_r < 0:
             self.wake_r, self.wake_w = os.pipe()
             os.set_blocking(self.wake_w, False)
-        self.running = True
         self.starting.acquire()
         if not self.hooked:
             import atexit
 
             atexit.register(self._started)
             self.hooked = True
-        with quiet_threads():
-            _thread.start_new_thread(self._loop, ())
+        try:
+            with quiet_threads():
+                _thread.start_new_thread(self._loop, ())
+        except BaseException:
+            self.starting.release()  # (not running: the next call tries again)
+            raise
+        self.running = True
 
     def _started(self) -> None:
         if self.starting.acquire(timeout=2):
@@ -217,6 +236,11 @@ class Keeper:
     def _loop(self) -> None:
         import select
 
+        # poll, not select: select() refuses a descriptor numbered 1024 or more, which a
+        # busy server's wake pipe is (red team round 24: the thread died at its first
+        # wait, and no call of the process ever timed out again).
+        poller = select.poll()
+        poller.register(self.wake_r, select.POLLIN)
         self.starting.release()
         idle_since = time.monotonic()
         while True:
@@ -231,8 +255,7 @@ class Keeper:
                         return
                     self.sleeping = True  # a command line's thread stays, waiting long
                 wait = IDLE if self.sleeping else TICK
-            ready, _, _ = select.select([self.wake_r], [], [], wait)
-            if ready:
+            if poller.poll(wait * 1000.0):
                 self._signals()
             self._advance()
             self._overruns()
@@ -346,6 +369,12 @@ def on_interrupt(signum: int, frame: Any) -> None:
 
 
 KEEPER = Keeper()
+# Any fork, not only runner.pool's: the child has no deadline thread, yet its keeper said
+# "running" for a second after the parent's last call, and a call made in the child
+# then never timed out (red team round 24: a multiprocessing "fork" pool started right
+# after a call in the parent). The child starts afresh, as a library's keeper.
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=KEEPER.after_fork_child)
 # Called with the error on the keeper's thread just before the command line's hard stop
 # leaves the process (e.g. --audit-log writes its last events); see cli._hard_stop.
 AT_HARD_STOP: list = []
