@@ -244,6 +244,8 @@ class ComponentInstance:
             return func(*args)
         finally:
             KEEPER.leave(watch)
+            if not watch.interrupted:  # (its error refers to self: a cycle that kept every
+                self.watch = None  # dropped instance, and its memory, until gc ran)
 
     def _stuck_error(self, where: str, how: str = "") -> errors.WasmsbxError:
         """The keeper's error for a call it must end: output flood or timeout."""
@@ -309,7 +311,8 @@ class ComponentInstance:
             ) from None
         except wasmtime.WasmtimeError as exc:
             self.poisoned = self.trapped = True
-            raise self._error(exc, export.name) from None
+            exc.__traceback__ = None  # (its frames hold this instance: a cycle kept every
+            raise self._error(exc, export.name) from None  # trapped one until gc ran)
         finally:
             self._account_fuel()
         return lift(raw, export.sig.result)

@@ -33,6 +33,7 @@ import select
 import signal
 import struct
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from typing import Any, Optional
@@ -575,6 +576,10 @@ class WasmerInstance(Instance):
     ) -> None:
         # member: (GroupState, link, items module or None, item keys) from engine.instantiate
         self.state, self.link, items, keys = member or (GroupState(limits, False), [], None, [])
+        # One request to the child at a time: threads sharing a sandbox interleaved on its
+        # pipe and read each other's answers (red team round 24). Re-entrant: a host
+        # function may call back into its guest.
+        self.talking = threading.RLock()
         self.state.members.append(self)
         self.index = len(self.state.members) - 1
         self.items = None if items is None else (items, keys)
@@ -819,18 +824,19 @@ class WasmerInstance(Instance):
         )
 
     def _request(self, request: tuple, where: str) -> tuple:
-        if self.dead is not None:
-            raise errors.TrapError(
-                f"cannot run {where}: this wasmer instance is gone ({self.dead})",
-                hint="instantiate the module again",
-            )
-        try:
-            _send(self.fds["parent_requests"], request)
-        except BrokenPipeError:
-            raise self._died(where) from None
-        answer = self._answer(where)
-        self.memory_bytes = answer[-1]
-        return answer
+        with self.talking:
+            if self.dead is not None:
+                raise errors.TrapError(
+                    f"cannot run {where}: this wasmer instance is gone ({self.dead})",
+                    hint="instantiate the module again",
+                )
+            try:
+                _send(self.fds["parent_requests"], request)
+            except BrokenPipeError:
+                raise self._died(where) from None
+            answer = self._answer(where)
+            self.memory_bytes = answer[-1]
+            return answer
 
     def _answer(self, where: str) -> tuple:
         """The child's answer, running the host functions it asks for meanwhile. Time spent

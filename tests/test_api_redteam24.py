@@ -1,0 +1,160 @@
+"""Red team round 24 on the Python API: limits of re-entrant calls, calls from several
+threads, and sandboxes that were never freed."""
+
+from __future__ import annotations
+
+import gc
+import threading
+import weakref
+
+import pytest
+
+import wasmsbx
+from wasmsbx import errors
+from wasmsbx.policy import from_dict
+
+from .conftest import BACKENDS
+
+WASMTIME = [b for b in BACKENDS if b.startswith("wasmtime")]
+
+# The usual plugin pattern: the host asks its guest for a buffer (calls back in), here
+# from a loop that never ends unless a limit holds.
+REENTER = b"""(module
+ (import "env" "give" (func $give (result i32)))
+ (memory (export "memory") 1)
+ (func (export "alloc") (param i32) (result i32) (i32.const 1024))
+ (func (export "run") (loop $l (drop (call $give)) (br $l))))"""
+
+BOUND = 2_000_000  # host calls: the test's own bound, far past where the limit must stop it
+
+
+def _reentering(policy: dict, backend: str):
+    calls = [0]
+
+    def give() -> wasmsbx.i32:
+        calls[0] += 1
+        if calls[0] > BOUND:
+            raise RuntimeError("the limit did not hold")
+        return box.call("alloc", 16)
+
+    box = wasmsbx.Sandbox(
+        REENTER, from_dict(policy), imports={"env": {"give": give}}, backend=backend
+    )
+    return box, calls
+
+
+@pytest.mark.parametrize("backend", WASMTIME)
+def test_a_host_function_calling_back_in_does_not_refill_the_fuel(backend):
+    box, calls = _reentering({"limits": {"fuel": 100_000, "timeout": "10m"}}, backend)
+    with box, pytest.raises(errors.FuelExhausted):
+        box.call("run")
+    assert calls[0] < 100_000  # (each round trip costs fuel: the outer call's)
+
+
+@pytest.mark.parametrize("backend", WASMTIME)
+def test_a_host_function_calling_back_in_does_not_reset_the_timeout(backend):
+    """Before: each nested call armed a fresh timeout and cleared the outer call's, so
+    the guest ran until the test's bound (2 M host calls, ~20 s)."""
+    box, calls = _reentering({"limits": {"timeout": "300ms"}}, backend)
+    with box, pytest.raises(errors.TimeoutExceeded):
+        box.call("run")
+    assert calls[0] <= BOUND
+
+
+SLOW_ADD = b"""(module
+ (func (export "slowadd") (param i32 i32) (result i32) (local i32)
+   (loop $l (local.set 2 (i32.add (local.get 2) (i32.const 1)))
+     (br_if $l (i32.lt_u (local.get 2) (i32.const 2000))))
+   (i32.add (local.get 0) (local.get 1))))"""
+
+
+def test_one_sandbox_called_from_several_threads_gives_each_its_own_result(backend):
+    """wasmtime corrupted memory (another thread's results, double frees) and wasmer's
+    pipe interleaved: calls from several threads now take turns."""
+    box = wasmsbx.Sandbox(SLOW_ADD, backend=backend)
+    wrong, failed = [], []
+    rounds = 300 if backend.startswith("wasmtime") else 60
+
+    def worker(k: int) -> None:
+        for i in range(rounds):
+            try:
+                got = box.call("slowadd", k, i)
+            except Exception as exc:  # noqa: BLE001 - the test reports it
+                failed.append(repr(exc))
+                return
+            if got != k + i:
+                wrong.append((k, i, got))
+
+    threads = [threading.Thread(target=worker, args=(k * 100_000,)) for k in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    box.close()
+    assert not wrong and not failed, (wrong[:3], failed[:3])
+
+
+WASI = b"""(module
+ (import "wasi_snapshot_preview1" "fd_write" (func $w (param i32 i32 i32 i32) (result i32)))
+ (memory (export "memory") 1)
+ (func (export "f") (result i32) (i32.const 0)))"""
+
+
+@pytest.mark.parametrize("backend", WASMTIME)
+def test_a_dropped_wasi_sandbox_is_freed_without_the_cycle_collector(backend):
+    """wasmtime-py keeps each WASI output callback until its store is dropped, and the
+    callback held the instance: no sandbox of a WASI module was ever freed (32,262 of
+    them exhausted the address space)."""
+    alive = weakref.WeakSet()
+    gc.collect()
+    gc.disable()
+    try:
+        for _ in range(20):
+            box = wasmsbx.Sandbox(WASI, backend=backend)
+            box.call("f")
+            alive.add(box)
+            box.close()
+            del box
+        assert len(alive) == 0
+    finally:
+        gc.enable()
+
+
+TRAP = b"""(module (memory (export "memory") 1)
+ (func (export "boom") unreachable)
+ (func (export "ok") (result i32) (i32.const 1)))"""
+
+
+@pytest.mark.parametrize("backend", WASMTIME)
+def test_fresh_instances_that_trap_are_freed_without_the_cycle_collector(backend):
+    """The running call's watch named the instance's bound method: a cycle that kept each
+    instance of ``--batch --fresh`` (or one replaced after a trap), and its memory, until
+    the cycle collector ran (1.8 GB for 40 items of 64 MiB)."""
+    from wasmsbx.backends.wasmtime import backend as wasmtime_backend
+
+    made = []
+    real = wasmtime_backend.WasmtimeInstance.__init__
+
+    def spy(self, *args, **kwargs):
+        made.append(weakref.ref(self))
+        real(self, *args, **kwargs)
+
+    box = wasmsbx.Sandbox(TRAP, backend=backend)
+    gc.collect()
+    gc.disable()
+    try:
+        wasmtime_backend.WasmtimeInstance.__init__ = spy
+        trapped = 0
+        for _ in range(5):
+            try:
+                box.invoke("boom", [], fresh=True)
+            except errors.TrapError:  # (not pytest.raises: its record keeps the error)
+                trapped += 1
+            box.invoke("ok", [], fresh=True)
+        assert trapped == 5
+        alive = [i for i, ref in enumerate(made) if ref() is not None]
+        assert len(made) == 10 and alive in ([], [9])  # (the last may be kept: its usage)
+    finally:
+        wasmtime_backend.WasmtimeInstance.__init__ = real
+        gc.enable()
+        box.close()
