@@ -370,3 +370,51 @@ def test_a_hard_stopped_call_still_writes_its_audit_log(backend, tmp_path):
     kinds = [e["event"] for e in events]
     assert kinds[-2:] == ["limit", "exit"], kinds
     assert events[-2]["limit"] == "timeout" and events[-1]["exit_code"] == 112
+
+
+# _start: writes 4 KiB to stderr forever.
+FLOOD_WAT = """
+(module
+  (import "wasi_snapshot_preview1" "fd_write"
+    (func $write (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (func (export "_start")
+    (i32.store (i32.const 0) (i32.const 64))     ;; iovec: base
+    (i32.store (i32.const 4) (i32.const 4096))   ;; iovec: length
+    (loop $l
+      (drop (call $write (i32.const 2) (i32.const 0) (i32.const 1) (i32.const 16)))
+      (br $l))))
+"""
+
+
+@pytest.mark.any_compiler
+def test_the_timeout_holds_when_stderr_is_a_pipe_nobody_reads(tmp_path, backend):
+    """`wasmsbx run flood 2>&1 | consumer` where the consumer stops reading: the guest
+    blocks writing, the hard stop ends the run at the deadline; its own error line then
+    blocked on the same full pipe, until the reader went away (red team round 23)."""
+    module = tmp_path / "flood.wat"
+    module.write_text(FLOOD_WAT)
+    read_end, write_end = os.pipe()  # never read
+    try:
+        started = time.monotonic()
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "wasmsbx", "run", str(module), "--timeout", "1s"]
+            + ["--backend", backend],
+            stdin=subprocess.DEVNULL,
+            stdout=write_end,
+            stderr=write_end,
+        )
+        os.close(write_end)
+        write_end = -1
+        try:
+            code = proc.wait(timeout=STOPPED_WITHIN)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            pytest.fail("still running with its stderr full, past the timeout")
+        assert code == 112, code
+        assert time.monotonic() - started < STOPPED_WITHIN
+    finally:
+        os.close(read_end)
+        if write_end >= 0:
+            os.close(write_end)

@@ -79,11 +79,23 @@ def _hard_stop(error: WasmsbxError) -> None:
     flusher.start()
     flusher.join(0.5)  # a stdout pipe nobody reads must not keep the process alive
     lines = f"error: {error.message}\n" + (f"hint: {error.hint}\n" if error.hint else "")
+    report = None
     if "--json" in sys.argv[1:]:
         import json
 
-        _write(1, json.dumps({"error": error.to_dict(), "exit_source": "wasmsbx"}) + "\n")
-    _write(2, lines)
+        report = json.dumps({"error": error.to_dict(), "exit_source": "wasmsbx"}) + "\n"
+
+    def error_lines() -> None:
+        if report is not None:
+            _write(1, report)
+        _write(2, lines)
+
+    # Written from a thread too, and waited for a bounded time: a stderr pipe nobody
+    # reads (`2>&1 | consumer` with a guest flooding it) blocked this write, and with it
+    # the timeout, until the reader went away (red team round 23: 30 s for a 2 s timeout).
+    writer = threading.Thread(target=error_lines, daemon=True)
+    writer.start()
+    writer.join(0.5)
     os._exit(int(error.exit_code))
 
 
