@@ -113,6 +113,8 @@ def test_api_stream_session_feed_and_finish(backend):
 
 # ---------------------------------------------------------------------------- ABI errors
 
+PAST_END = GUESTS / "stream_past_end.wat"  # alloc returns an address past the end
+
 
 @pytest.mark.parametrize(
     "module, argv, code, text",
@@ -120,6 +122,13 @@ def test_api_stream_session_feed_and_finish(backend):
         (EXAMPLES / "add.wat", ["add"], 2, "does not speak the streaming ABI"),
         (BAD, ["bad_sig"], 2, "the streaming ABI needs i64"),
         (BAD, ["process"], 103, "alloc returned the range 1024..66560, outside guest memory"),
+        # (a buffer past the end of memory: an internal error, exit 100; red team round 23)
+        (
+            PAST_END,
+            ["process", "--chunk-size", "1KiB"],
+            103,
+            "alloc returned the range 70000..71024, outside guest",
+        ),
         (BAD, ["process", "--chunk-size", "1KiB"], 103, "returned output at 65520..69616"),
         (UPPER_WAT, ["--chunk-size", "lots"], 2, "--chunk-size: expected a size"),
         (UPPER_WAT, ["--chunk-size", "0"], 2, "chunk size must be between"),

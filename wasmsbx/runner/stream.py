@@ -134,8 +134,7 @@ class StreamSession:
                 f"alloc({chunk_size}) returned 0: the guest could not allocate its input buffer",
                 hint="use a smaller --chunk-size, or raise limits.memory (--memory SIZE)",
             )
-        try:
-            self.instance.read_memory(self.ptr, 0)
+        try:  # (a buffer starting past the memory's end was an internal error, exit 100)
             self._check(self.ptr, chunk_size, "alloc")
         except NotImplementedError:
             raise errors.BackendUnavailable(
