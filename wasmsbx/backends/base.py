@@ -289,6 +289,31 @@ def _open_output(target: str) -> Any:
     return os.fdopen(fd, "wb")
 
 
+class _TextStream:
+    """A text stream (``sys.stdout`` replaced by ``io.StringIO``, say) as a guest's
+    inherited output: the bytes decoded as UTF-8, undecodable ones replaced."""
+
+    __slots__ = ("stream",)
+
+    def __init__(self, stream: Any) -> None:
+        self.stream = stream
+
+    def write(self, data: bytes) -> None:
+        self.stream.write(data.decode("utf-8", "replace"))
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+
+def binary_stream(stream: Any) -> Any:
+    """Where a guest's inherited output goes for ``stream`` (``sys.stdout`` or
+    ``sys.stderr`` as it is now): its binary buffer, or the stream itself decoded for a
+    text-only one (``contextlib.redirect_stdout(io.StringIO())`` made the call fail with
+    a raw AttributeError; red team round 24)."""
+    buffer = getattr(stream, "buffer", None)
+    return buffer if buffer is not None else _TextStream(stream)
+
+
 class OutputSink:
     """Where a guest's stdout or stderr goes: "inherit" (``fallback``, e.g. our own
     stdout), "null", "capture" (kept in ``captured``) or a file path (opened here and

@@ -56,6 +56,7 @@ from ..base import (
     Signature,
     Usage,
     WasiSetup,
+    binary_stream,
     memory_limit_error,
     totals_error,
 )
@@ -596,8 +597,8 @@ class WasmerInstance(Instance):
         self.sinks = {}
         self.fds: dict = {}
         self._spawn(module, wasi)
-        self.stdout = OutputSink(wasi.stdout, sys.stdout.buffer)
-        self.stderr = OutputSink(wasi.stderr, sys.stderr.buffer)
+        self.stdout = OutputSink(wasi.stdout, binary_stream(sys.stdout))
+        self.stderr = OutputSink(wasi.stderr, binary_stream(sys.stderr))
         self.sinks = {self.fds["out_r"]: self.stdout, self.fds["err_r"]: self.stderr}
         self._open = set(self.sinks)
         self.poller = select.poll()
@@ -795,7 +796,8 @@ class WasmerInstance(Instance):
         self.output_used += len(chunk)
         try:
             self.sinks[fd].write(chunk)
-        except OSError:  # our stdout is a closed pipe (| head) or a closed descriptor
+        except (OSError, ValueError):  # our stdout is a closed pipe (| head), a closed
+            # descriptor, or sys.stdout closed (ValueError)
             self._hang_up(fd)
             return False
         return True

@@ -36,6 +36,7 @@ from ..base import (
     OutputSink,
     Usage,
     WasiSetup,
+    binary_stream,
     memory_limit_error,
     missing_imports_error,
     totals_error,
@@ -80,8 +81,8 @@ class _Output(OutputSink):
             return -errno.EFBIG
         try:
             self.write(data)
-        except OSError:
-            return -errno.EPIPE
+        except (OSError, ValueError):  # (ValueError: sys.stdout closed; raised into
+            return -errno.EPIPE  # wasmtime-py's callback, it aborted the process)
         return len(data)
 
 
@@ -141,8 +142,8 @@ def set_wasi(
     for grant in wasi.grants:
         config.preopen_dir(grant.host, grant.guest, grant.writable)
     outputs = [
-        _Output(wasi.stdout, budget, sys.stdout.buffer),
-        _Output(wasi.stderr, budget, sys.stderr.buffer),
+        _Output(wasi.stdout, budget, binary_stream(sys.stdout)),
+        _Output(wasi.stderr, budget, binary_stream(sys.stderr)),
     ]
     config.stdout_custom, config.stderr_custom = outputs
     stdin, tmp = wasi.stdin, None
