@@ -105,8 +105,12 @@ def test_per_call_limits_only_lower_the_policy(backend):
             box.call("spin", timeout=6)
         with pytest.raises(UsageError, match="needs a policy with limits.fuel"):
             box.call("spin", fuel=10)
-        with pytest.raises(wasmsbx.errors.TimeoutExceeded):
-            box.call("spin", timeout=0.2)
+        for odd in (float("nan"), 0, -1, "1s", True):  # (NaN slipped through: red team 24)
+            with pytest.raises(UsageError, match="a positive number of seconds"):
+                box.call("spin", timeout=odd)
+        assert box.call("count", 7, timeout=1) == 7  # (wasmer's pipe kept in step)
+        with pytest.raises(wasmsbx.errors.TimeoutExceeded, match=r"after 200(\.0)? ?ms"):
+            box.call("spin", timeout=0.2)  # (the call's timeout is the one reported)
 
 
 def test_per_call_fuel(backend):
@@ -114,8 +118,10 @@ def test_per_call_fuel(backend):
     pol = P.defaults()
     P.override(pol, "limits.fuel", 10_000_000)
     with wasmsbx.Sandbox(EXAMPLES / "loop.wat", pol, backend=backend) as box:
-        with pytest.raises(FuelExhausted):
+        with pytest.raises(FuelExhausted) as caught:
             box.call("spin", fuel=1000)
+        if backend.startswith("wasmtime"):  # (the call's fuel, not the policy's)
+            assert "after 1,000 units" in str(caught.value), caught.value
         with pytest.raises(UsageError, match="above the policy"):
             box.call("spin", fuel=10_000_001)
 

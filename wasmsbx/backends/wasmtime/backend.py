@@ -869,22 +869,25 @@ class WasmtimeInstance(Instance):
         code = trap.trap_code
         frames = _frames(trap, self.shift)
         if code == wasmtime.TrapCode.OUT_OF_FUEL:
+            # (the call's own fuel: a per-call fuel= lowers it; the policy's was reported)
+            fuel = self.call_fuel if self.call_fuel is not None else self.limits.fuel
             return errors.FuelExhausted(
-                f"fuel exhausted after {format_count(self.limits.fuel or 0)} units in {where}",
+                f"fuel exhausted after {format_count(fuel or 0)} units in {where}",
                 hint=fuel_hint or "raise limits.fuel (--fuel N) if the guest needs more",
                 backtrace=frames,
-                limit_value=self.limits.fuel,
+                limit_value=fuel,
             )
         if code == wasmtime.TrapCode.INTERRUPT:
             if self.budget.exceeded:
                 return self._output_error(frames)
             if self.watch is not None and self.watch.interrupted:  # Ctrl-C, SIGTERM
                 raise KeyboardInterrupt
+            seconds = self.call_timeout if self.call_timeout is not None else self.limits.timeout
             return errors.TimeoutExceeded(
-                f"timeout: {where} still running after {format_duration(self.limits.timeout)}",
+                f"timeout: {where} still running after {format_duration(seconds)}",
                 hint="raise limits.timeout (--timeout 30s) if the guest needs longer",
                 backtrace=frames,
-                limit_value=self.limits.timeout,
+                limit_value=seconds,
             )
         if code == wasmtime.TrapCode.STACK_OVERFLOW:
             size = format_size(self.limits.stack) if self.limits.stack else "the default"
