@@ -99,7 +99,11 @@ class _Budget:
         self.limit = limit
         self.used = 0
         self.exceeded = False
-        self.on_exceeded = weakref.WeakMethod(on_exceeded)
+        self.on_exceeded = (
+            weakref.WeakMethod(on_exceeded)
+            if hasattr(on_exceeded, "__self__")
+            else (lambda: on_exceeded)  # (a plain function, or None: nothing to call)
+        )
 
     def take(self, n: int) -> bool:
         self.used += n
@@ -882,7 +886,9 @@ class WasmtimeInstance(Instance):
                 return self._output_error(frames)
             if self.watch is not None and self.watch.interrupted:  # Ctrl-C, SIGTERM
                 raise KeyboardInterrupt
-            seconds = self.call_timeout if self.call_timeout is not None else self.limits.timeout
+            seconds = self.limits.timeout  # (a per-call timeout= lowers it in a library
+            if self.call_timeout is not None and self.limits.deadline is None:  # call; a
+                seconds = self.call_timeout  # run's remaining time is not what was asked)
             return errors.TimeoutExceeded(
                 f"timeout: {where} still running after {format_duration(seconds)}",
                 hint="raise limits.timeout (--timeout 30s) if the guest needs longer",
