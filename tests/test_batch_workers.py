@@ -122,6 +122,35 @@ def test_timeouts_hold_in_forked_workers(cli):
     assert [row["error"].get("limit") for row in rows] == ["timeout"] * 4
 
 
+# s(): poll_oneoff with one relative clock subscription of 100 s (a blocked host call).
+SLEEP_WAT = """
+(module
+  (import "wasi_snapshot_preview1" "poll_oneoff"
+    (func $poll (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (func (export "s")
+    (i32.store8 (i32.const 8) (i32.const 0))
+    (i32.store (i32.const 16) (i32.const 1))                  ;; clock id: monotonic
+    (i64.store (i32.const 24) (i64.const 100000000000))       ;; 100 s (ns)
+    (i64.store (i32.const 32) (i64.const 0))
+    (i32.store16 (i32.const 40) (i32.const 0))
+    (drop (call $poll (i32.const 0) (i32.const 64) (i32.const 1) (i32.const 128)))))
+"""
+
+
+def test_a_worker_blocked_in_a_host_call_ends_the_run_at_its_timeout(cli, tmp_path):
+    """Workers had a library's deadline keeper, with no hard stop: an item blocked in a
+    host call ran to its end (100 s under a 1 s timeout; red team round 23). Now, as with
+    -j 1, such a call ends the whole run with the timeout (exit 112)."""
+    module = tmp_path / "sleep.wat"
+    module.write_text(SLEEP_WAT)
+    started = time.monotonic()
+    r = cli("run", module, "s", "--batch", "-", "-j", "2", "--timeout", "1s", input=b"[]\n" * 2)
+    assert r.code == 112, r
+    assert "timeout" in r.stderr and "Traceback" not in r.stderr
+    assert time.monotonic() - started < 60  # (not the guest's 100 s)
+
+
 def test_chunks_come_back_whole_and_are_counted_as_items(tmp_path):
     """-j 2 through run_jsonl: each worker's chunk is one EncodedChunk, written at once;
     the summary counts its items, failures by kind, and the lines are -j 1's."""

@@ -380,6 +380,7 @@ def _serve(tasks: Any, replies: Any, job: tuple) -> int:
     spec = inbox.get()
     if spec is None:
         return 0
+    _hard_stop_to(replies)
     state = make_state(spec)
     while True:
         message = inbox.get()
@@ -395,6 +396,25 @@ def _serve(tasks: Any, replies: Any, job: tuple) -> int:
             _send(replies, reply)
         except OSError:  # the parent is gone
             return 1
+
+
+def _hard_stop_to(replies: Any) -> None:
+    """A worker's hard stop: a call of this worker stuck past its deadline (a guest
+    blocked in a host call: a sleep, a pipe) sends its error as the chunk's reply, which
+    ends the whole run with it as on the command line, and the worker leaves. Workers had
+    a library's keeper, with no hard stop: such an item ran to its end, 100 s under a 1 s
+    timeout (red team round 23). Set on the deadline keeper's thread."""
+    from ..backends.deadline import KEEPER
+
+    def stop(error: Any) -> None:
+        try:
+            _send(replies, ("error", error))
+        except Exception:  # noqa: BLE001 - leaving anyway: the parent sees us gone
+            pass
+        flush_hits()
+        os._exit(int(getattr(error, "exit_code", 1)))
+
+    KEEPER.hard_stop = stop
 
 
 def _send(replies: Any, reply: tuple) -> None:
