@@ -204,3 +204,36 @@ def test_a_guest_writing_to_a_closed_sys_stdout_fails_its_write_not_the_process(
     assert out.returncode == 0, out
     # (the writes fail, EPIPE; wasmer's child may finish one already in its pipe)
     assert out.stderr.strip().endswith(b"errno"), out
+
+
+def test_a_thread_waiting_for_the_running_call_waits_no_longer_than_its_timeout(backend):
+    """A host function that waits for another thread calling the same sandbox: that
+    thread waits for the running call, which waits for it. The wait is bounded by the
+    waiting call's timeout, so it is a TimeoutExceeded, not a deadlock."""
+    seen = []
+
+    def ask_another_thread() -> wasmsbx.i32:
+        def other() -> None:
+            try:
+                box.call("alloc", 1)
+            except errors.TimeoutExceeded as exc:
+                seen.append(str(exc))
+
+        thread = threading.Thread(target=other)
+        thread.start()
+        thread.join(60)
+        return 0
+
+    wat = REENTER.replace(b"(loop $l (drop (call $give)) (br $l))", b"(drop (call $give))")
+    box = wasmsbx.Sandbox(
+        wat,
+        from_dict({"limits": {"timeout": "500ms"}}),
+        imports={"env": {"give": ask_another_thread}},
+        backend=backend,
+    )
+    with box:
+        try:
+            box.call("run")
+        except errors.TimeoutExceeded:
+            pass  # (the outer call's own time ran out meanwhile: also a timeout)
+    assert seen and "another thread's call" in seen[0], seen

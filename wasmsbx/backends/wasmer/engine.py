@@ -826,7 +826,14 @@ class WasmerInstance(Instance):
         )
 
     def _request(self, request: tuple, where: str) -> tuple:
-        with self.talking:
+        if not self.talking.acquire(timeout=self.limits.timeout):
+            raise errors.TimeoutExceeded(  # (bounded: a host function waiting for a thread
+                f"timeout: waited {format_duration(self.limits.timeout)} for another "
+                "thread's call on this sandbox",  # that calls this sandbox would deadlock)
+                hint="a sandbox runs one call at a time: give each thread its own",
+                limit_value=self.limits.timeout,
+            )
+        try:
             if self.dead is not None:
                 raise errors.TrapError(
                     f"cannot run {where}: this wasmer instance is gone ({self.dead})",
@@ -839,6 +846,8 @@ class WasmerInstance(Instance):
             answer = self._answer(where)
             self.memory_bytes = answer[-1]
             return answer
+        finally:
+            self.talking.release()
 
     def _answer(self, where: str) -> tuple:
         """The child's answer, running the host functions it asks for meanwhile. Time spent

@@ -260,14 +260,21 @@ _allocate_lock = _thread.allocate_lock
 _get_ident = _thread.get_ident
 
 
-def _occupied(group: _Group) -> bool:
+def _occupied(group: _Group, seconds: float) -> bool:
     """Called when ``group``'s store is running a call: True if it is this thread's (a
     host function calling back in: the nested call runs within the running call's
     limits); else wait until that call ends and hold the store (False). Calls from
-    several threads are so taken one at a time: at once, wasmtime corrupted memory."""
+    several threads are so taken one at a time: at once, wasmtime corrupted memory.
+    The wait is bounded by the waiting call's timeout (``seconds``): a host function
+    that waits for a thread calling the same sandbox would otherwise deadlock."""
     if group.owner == _get_ident():
         return True
-    group.busy.acquire()
+    if not group.busy.acquire(timeout=seconds):
+        raise errors.TimeoutExceeded(
+            f"timeout: waited {format_duration(seconds)} for another thread's call on this sandbox",
+            hint="a sandbox runs one call at a time: give each thread its own",
+            limit_value=seconds,
+        )
     return False
 
 
@@ -562,7 +569,7 @@ class WasmtimeInstance(Instance):
     ) -> list:
         """Call a wasmtime Func with typed args (exact floats, v128, references)."""
         group = self.group
-        if not group.busy.acquire(False) and _occupied(group):
+        if not group.busy.acquire(False) and _occupied(group, self.limits.timeout):
             return self._reentered(func, types, args, name)
         try:
             group.owner = _get_ident()
@@ -622,7 +629,7 @@ class WasmtimeInstance(Instance):
         def call(args: Sequence[Any], timeout: Any = None, fuel: Any = None) -> list:
             if timeout is not None or fuel is not None:  # per-call limits: the general path
                 return self.call_func(func, types, parse(args), name, timeout, fuel)
-            if not busy.acquire(False) and _occupied(group):
+            if not busy.acquire(False) and _occupied(group, self.limits.timeout):
                 return self._reentered(func, types, parse(args), name)
             try:
                 return fast(args)
@@ -672,7 +679,7 @@ class WasmtimeInstance(Instance):
         types, group = self.func_types(name), self.group
 
         def run(calls: int) -> None:
-            nested = not group.busy.acquire(False) and _occupied(group)
+            nested = not group.busy.acquire(False) and _occupied(group, self.limits.timeout)
             try:
                 if nested:  # (within the running call's limits, as _reentered)
                     _loop(store, func, types, args, group, calls)
@@ -734,7 +741,7 @@ class WasmtimeInstance(Instance):
                 hint="name an exported function to call",
             ) from None
         group = self.group
-        if not group.busy.acquire(False) and _occupied(group):
+        if not group.busy.acquire(False) and _occupied(group, self.limits.timeout):
             raise errors.UsageError(
                 "_start called from a host function of its own sandbox",
                 hint="a WASI command runs once, from the outside",
