@@ -58,6 +58,27 @@ def test_batch_results_in_order_with_ids_and_summary(cli, tmp_path):
     assert "items/s" in r.stderr
 
 
+@pytest.mark.parametrize("jobs", ["1", "2"])
+def test_an_id_strict_json_cannot_hold_is_an_item_error(cli, tmp_path, jobs):
+    """Red team round 23: ids 1e999, NaN and "\\ud800" were echoed as Infinity, NaN and a
+    lone surrogate, which jq and other strict JSON readers reject."""
+    src = tmp_path / "in.jsonl"
+    src.write_text(
+        '{"args": [1, 2], "id": 1e999}\n{"args": [1, 2], "id": NaN}\n'
+        '{"args": [1, 2], "id": "\\ud800"}\n{"args": [1, 2], "id": [1, {"a": 2.5}]}\n'
+    )
+    r = cli("run", ADD, "add", "--batch", src, "-j", jobs)
+    assert r.code == 122, r
+    for line in r.stdout.splitlines():  # (strict: no NaN/Infinity, no lone surrogate)
+        json.loads(line, parse_constant=lambda name, line=line: pytest.fail(f"{name}: {line}"))
+        line.encode("utf-8")
+        assert "\\ud800" not in line, line
+    rows = jsonl(r.stdout)
+    assert [row["id"] for row in rows] == [1, 2, 3, [1, {"a": 2.5}]]
+    assert [row["ok"] for row in rows] == [False, False, False, True]
+    assert "plain JSON" in rows[0]["error"]["message"]
+
+
 def test_batch_per_line_errors_do_not_stop_the_batch(cli, tmp_path):
     src = tmp_path / "in.jsonl"
     src.write_text(
