@@ -237,3 +237,22 @@ def test_a_thread_waiting_for_the_running_call_waits_no_longer_than_its_timeout(
         except errors.TimeoutExceeded:
             pass  # (the outer call's own time ran out meanwhile: also a timeout)
     assert seen and "another thread's call" in seen[0], seen
+
+
+@pytest.mark.parametrize("backend", WASMTIME)
+def test_the_guests_stdin_bytes_never_stay_in_a_temporary_file(backend, tmp_path, monkeypatch):
+    """wasmtime reads stdin from a path: the bytes went to /tmp/wasmsbx-stdin-*, which
+    stayed there when the command's start function trapped (no close() follows a failed
+    instantiation). The name is removed as soon as wasmtime has opened the file."""
+    import tempfile
+
+    where = tmp_path / "tmp"
+    where.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(where))
+    wat = b"""(module
+     (import "wasi_snapshot_preview1" "fd_read" (func $r (param i32 i32 i32 i32) (result i32)))
+     (memory (export "memory") 1) (func $s unreachable) (start $s) (func (export "_start")))"""
+    for _ in range(3):
+        with wasmsbx.Sandbox(wat, backend=backend) as box, pytest.raises(errors.WasmsbxError):
+            box.run_command([], stdin=b"password=hunter2\n")
+    assert list(where.iterdir()) == []

@@ -155,6 +155,11 @@ def set_wasi(
         config.inherit_stdin()
     elif isinstance(stdin, (bytes, bytearray)):
         tmp = config.stdin_file = _bytes_file(stdin)
+        # wasmtime opened it just now (wasi_config_set_stdin_file): the name can go at
+        # once, so the guest's stdin (a secret, say) never outlives the call in /tmp,
+        # even when instantiating fails and no close() follows (red team round 24).
+        os.unlink(tmp)
+        tmp = None
     watch = KEEPER.enter(None, seconds, stuck)
     try:
         if isinstance(stdin, str) and stdin not in ("inherit", "null"):
