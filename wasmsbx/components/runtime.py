@@ -173,13 +173,12 @@ class ComponentInstance:
         self.fuel_armed = 0
         self.outputs: list = []
         self.warnings: list = []
-        self._tmp: Optional[str] = None
         self.watch: Any = None  # the running call's deadline.Watch
         self.budget = _Budget(limits.output, self._stop_flood)
         check_imports(import_names)
         self.store = wasmtime.Store(engine.engine)
         self._set_limits()
-        self.outputs, self._tmp = set_wasi(
+        self.outputs = set_wasi(
             self.store, wasi, self.budget, limits.seconds(), self._stuck_opening
         )
         linker = wc.Linker(engine.engine)
@@ -375,11 +374,6 @@ class ComponentInstance:
     def close(self) -> None:
         for output in self.outputs:
             output.close()
-        if self._tmp:
-            import os
-
-            os.unlink(self._tmp)
-            self._tmp = None
 
     # ------------------------------------------------------------------ errors
     def _error(self, exc: Exception, where: str) -> errors.WasmsbxError:

@@ -16,7 +16,6 @@ import os
 import sys
 import time
 import weakref
-from collections import namedtuple
 from collections.abc import Sequence
 from typing import Any, Callable, Optional
 
@@ -117,20 +116,10 @@ class _Budget:
         return True
 
 
-class GuestWasi(namedtuple("GuestWasi", "outputs tmp")):
-    """What ``set_wasi`` made: the guest's [stdout, stderr] sinks (close them when done)
-    and the temporary file holding stdin bytes, if any (delete it when done)."""
-
-    outputs: list
-    tmp: Optional[str]
-    __slots__ = ()
-
-
-def set_wasi(
-    store: Any, wasi: WasiSetup, budget: _Budget, seconds: float, stuck: Callable
-) -> GuestWasi:
+def set_wasi(store: Any, wasi: WasiSetup, budget: _Budget, seconds: float, stuck: Callable) -> list:
     """WASI for ``store``, a core module's (preview1) or a component's (WASI 0.2): one
-    ``wasmtime.WasiConfig`` serves both.
+    ``wasmtime.WasiConfig`` serves both. Returns the guest's [stdout, stderr] sinks
+    (close them when done).
 
     Grants never show the trust folder (the keys that vouch for native code); stdout and
     stderr count against ``budget``. wasmtime opens a stdin path itself, and a FIFO's
@@ -150,16 +139,18 @@ def set_wasi(
         _Output(wasi.stderr, budget, binary_stream(sys.stderr)),
     ]
     config.stdout_custom, config.stderr_custom = outputs
-    stdin, tmp = wasi.stdin, None
+    stdin = wasi.stdin
     if stdin == "inherit":
         config.inherit_stdin()
     elif isinstance(stdin, (bytes, bytearray)):
-        tmp = config.stdin_file = _bytes_file(stdin)
-        # wasmtime opened it just now (wasi_config_set_stdin_file): the name can go at
-        # once, so the guest's stdin (a secret, say) never outlives the call in /tmp,
-        # even when instantiating fails and no close() follows (red team round 24).
-        os.unlink(tmp)
-        tmp = None
+        tmp = _bytes_file(stdin)
+        try:
+            config.stdin_file = tmp  # (wasmtime opens it here, wasi_config_set_stdin_file)
+        finally:
+            # so the name goes at once: the guest's stdin (a secret, say) never stays in
+            # /tmp, not even when instantiating fails and no close() follows (it did:
+            # red team round 24)
+            os.unlink(tmp)
     watch = KEEPER.enter(None, seconds, stuck)
     try:
         if isinstance(stdin, str) and stdin not in ("inherit", "null"):
@@ -167,8 +158,6 @@ def set_wasi(
         store.set_wasi(config)
         teardown.track(store, outputs)  # closed before the interpreter exits (see teardown)
     except BaseException as exc:
-        if tmp:
-            os.unlink(tmp)
         if isinstance(exc, wasmtime.WasmtimeError):
             raise errors.InputError(
                 f"cannot set up the guest's stdio: {_first_line(exc)}",
@@ -177,7 +166,7 @@ def set_wasi(
         raise
     finally:
         KEEPER.leave(watch)
-    return GuestWasi(outputs, tmp)
+    return outputs
 
 
 def _bytes_file(data: bytes) -> str:
@@ -436,9 +425,7 @@ class WasmtimeInstance(Instance):
 
     def _set_wasi(self, wasi: WasiSetup) -> None:
         self.where = "opening stdin"  # for _stuck
-        self.outputs, self._tmp = set_wasi(
-            self.store, wasi, self.budget, self.limits.seconds(), self._stuck
-        )
+        self.outputs = set_wasi(self.store, wasi, self.budget, self.limits.seconds(), self._stuck)
 
     def _define(self, imports: dict) -> None:
         """Define the caller's host imports (wasmsbx.host objects) in the linker."""
@@ -873,10 +860,6 @@ class WasmtimeInstance(Instance):
     def close(self) -> None:
         for output in self.outputs:
             output.close()
-        tmp = getattr(self, "_tmp", None)
-        if tmp:
-            os.unlink(tmp)
-            self._tmp = None
 
     # ------------------------------------------------------------------ errors
     def _trap_error(
