@@ -256,3 +256,54 @@ def test_the_guests_stdin_bytes_never_stay_in_a_temporary_file(backend, tmp_path
         with wasmsbx.Sandbox(wat, backend=backend) as box, pytest.raises(errors.WasmsbxError):
             box.run_command([], stdin=b"password=hunter2\n")
     assert list(where.iterdir()) == []
+
+
+def test_one_component_sandbox_called_from_several_threads_gives_each_its_own_result():
+    """Red team round 25: component sandboxes had no per-store turn at all."""
+    from .conftest import EXAMPLES
+
+    box = wasmsbx.Sandbox(EXAMPLES / "components" / "calc.wasm")
+    wrong, failed = [], []
+
+    def worker(k: int) -> None:
+        for i in range(200):
+            try:
+                got = box.call("add", k, i)
+            except Exception as exc:  # noqa: BLE001 - the test reports it
+                failed.append(repr(exc))
+                return
+            if got != k + i:
+                wrong.append((k, i, got))
+
+    threads = [threading.Thread(target=worker, args=(k * 10_000,)) for k in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    box.close()
+    assert not wrong and not failed, (wrong[:3], failed[:3])
+
+
+def test_a_nested_calls_own_timeout_does_not_end_the_call_it_was_made_from(backend):
+    """Red team round 25: on wasmer a nested call's timeout= applied, killed the worker,
+    and the outer call failed with "the wasmer worker process died". A nested call runs
+    within the running call's limits on both backends: the outer call's timeout ends it."""
+    wat = REENTER.replace(
+        b'(func (export "alloc")',
+        b'(func (export "spin") (loop $s (br $s)))\n (func (export "alloc")',
+    ).replace(b"(loop $l (drop (call $give)) (br $l))", b"(drop (call $give))")
+    seen = []
+
+    def give() -> wasmsbx.i32:
+        try:
+            box.call("spin", timeout=0.1)
+        except errors.TimeoutExceeded as exc:
+            seen.append(str(exc))
+        return 0
+
+    box = wasmsbx.Sandbox(
+        wat, from_dict({"limits": {"timeout": "1s"}}), imports={"env": {"give": give}},
+        backend=backend,
+    )  # fmt: skip
+    with box, pytest.raises(errors.TimeoutExceeded, match=r"after 1\.00 s"):
+        box.call("run")

@@ -843,7 +843,15 @@ class WasmerInstance(Instance):
                 _send(self.fds["parent_requests"], request)
             except BrokenPipeError:
                 raise self._died(where) from None
-            answer = self._answer(where)
+            try:
+                answer = self._answer(where)
+            except OSError:  # (EBADF: closed by a host function while it served this)
+                if self.dead is None:
+                    raise
+                raise errors.TrapError(
+                    f"cannot finish {where}: this wasmer instance is gone ({self.dead})",
+                    hint="do not close a sandbox from a host function it is calling",
+                ) from None
             self.memory_bytes = answer[-1]
             return answer
         finally:
@@ -951,7 +959,10 @@ class WasmerInstance(Instance):
                 f"{name}: {exc}", hint="use --backend wasmtime for this call"
             ) from None
         limits = self.limits
-        if timeout is not None:  # this call only, never above the policy's
+        nested = getattr(self, "owner", self).talking._is_owned()  # (from a host function)
+        if timeout is not None and not nested:  # this call only, never above the policy's
+            # (a nested call runs within the running call's limits, as on wasmtime: its
+            # own timeout= killed the worker, and with it the call it was made from)
             self.limits = limits._replace(timeout=min(timeout, limits.timeout))
         try:
             answer = self._request(("call", name, wire, adapted), name)

@@ -738,9 +738,9 @@ class WasmtimeInstance(Instance):
                 "_start called from a host function of its own sandbox",
                 hint="a WASI command runs once, from the outside",
             )
-        group.owner = _get_ident()
-        self._arm()
-        try:
+        try:  # (owner and arming inside: the lock is released whatever they raise)
+            group.owner = _get_ident()
+            self._arm()
             self._guarded("_start", start, self.store)
             return 0
         except wasmtime.ExitTrap as exit_trap:
