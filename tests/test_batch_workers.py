@@ -322,3 +322,33 @@ def test_a_reaped_worker_is_never_signalled(monkeypatch):
     worker.terminate()
     worker.reap()
     assert sent == [] and not worker.alive()
+
+
+# sleep(ms): poll_oneoff with one relative monotonic clock subscription of ms milliseconds.
+SLEEP_MS_WAT = """
+(module
+  (import "wasi_snapshot_preview1" "poll_oneoff"
+    (func $poll (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (func (export "sleep") (param $ms i32) (result i32)
+    (i32.store8 (i32.const 8) (i32.const 0))
+    (i32.store (i32.const 16) (i32.const 1))
+    (i64.store (i32.const 24) (i64.mul (i64.extend_i32_u (local.get $ms)) (i64.const 1000000)))
+    (i64.store (i32.const 32) (i64.const 0))
+    (i32.store16 (i32.const 40) (i32.const 0))
+    (drop (call $poll (i32.const 0) (i32.const 64) (i32.const 1) (i32.const 128)))
+    (local.get $ms)))
+"""
+
+
+@pytest.mark.parametrize("jobs", ["1", "2"])
+def test_results_made_before_a_hard_stop_are_written(cli, tmp_path, jobs):
+    """Red team round 25: with -j 1 the hard stop (an item blocked in a host call past
+    its deadline) left with the results already made still in the writer's buffer."""
+    module = tmp_path / "sleep.wat"
+    module.write_text(SLEEP_MS_WAT)
+    r = cli("run", module, "sleep", "--batch", "-", "-j", jobs, "--timeout", "1s",
+            input=b"[10]\n[60000]\n[20]\n")  # fmt: skip
+    assert r.code == 112, r
+    rows = jsonl(r.stdout)
+    assert rows and rows[0]["line"] == 1 and rows[0]["results"] == [10], r

@@ -164,9 +164,25 @@ class _Results:
         self.fd = os.dup(1)
         os.dup2(2, 1)
         self.file = open(self.fd, "wb", closefd=False)  # noqa: SIM115 - closed in __exit__
+        from ...backends.deadline import AT_HARD_STOP
+
+        # A hard stop (a call stuck in a host call past its deadline) leaves with
+        # os._exit: the results already made must reach stdout first (red team round 25:
+        # with -j 1 none was written, though the first item had succeeded).
+        AT_HARD_STOP.append(self._flush)
         return self.file
 
+    def _flush(self, error: Any = None) -> None:
+        try:
+            self.file.flush()
+        except (OSError, ValueError):
+            pass
+
     def __exit__(self, *exc: Any) -> None:
+        from ...backends.deadline import AT_HARD_STOP
+
+        if self._flush in AT_HARD_STOP:
+            AT_HARD_STOP.remove(self._flush)
         try:
             self.file.close()
         except BrokenPipeError:
