@@ -72,20 +72,25 @@ def test_one_sandbox_called_from_several_threads_gives_each_its_own_result(backe
     """wasmtime corrupted memory (another thread's results, double frees) and wasmer's
     pipe interleaved: calls from several threads now take turns."""
     box = wasmsbx.Sandbox(SLOW_ADD, backend=backend)
+    _from_four_threads(box, "slowadd", 300 if backend.startswith("wasmtime") else 60)
+
+
+def _from_four_threads(box, add: str, rounds: int) -> None:
+    """``box.call(add, k, i)`` from four threads at once, ``rounds`` calls each: every
+    one must return k + i, and none may fail."""
     wrong, failed = [], []
-    rounds = 300 if backend.startswith("wasmtime") else 60
 
     def worker(k: int) -> None:
         for i in range(rounds):
             try:
-                got = box.call("slowadd", k, i)
+                got = box.call(add, k, i)
             except Exception as exc:  # noqa: BLE001 - the test reports it
                 failed.append(repr(exc))
                 return
             if got != k + i:
                 wrong.append((k, i, got))
 
-    threads = [threading.Thread(target=worker, args=(k * 100_000,)) for k in range(4)]
+    threads = [threading.Thread(target=worker, args=(k * 10_000,)) for k in range(4)]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -262,26 +267,7 @@ def test_one_component_sandbox_called_from_several_threads_gives_each_its_own_re
     """Red team round 25: component sandboxes had no per-store turn at all."""
     from .conftest import EXAMPLES
 
-    box = wasmsbx.Sandbox(EXAMPLES / "components" / "calc.wasm")
-    wrong, failed = [], []
-
-    def worker(k: int) -> None:
-        for i in range(200):
-            try:
-                got = box.call("add", k, i)
-            except Exception as exc:  # noqa: BLE001 - the test reports it
-                failed.append(repr(exc))
-                return
-            if got != k + i:
-                wrong.append((k, i, got))
-
-    threads = [threading.Thread(target=worker, args=(k * 10_000,)) for k in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    box.close()
-    assert not wrong and not failed, (wrong[:3], failed[:3])
+    _from_four_threads(wasmsbx.Sandbox(EXAMPLES / "components" / "calc.wasm"), "add", 200)
 
 
 def test_a_nested_calls_own_timeout_does_not_end_the_call_it_was_made_from(backend):
