@@ -293,3 +293,14 @@ def test_a_nested_calls_own_timeout_does_not_end_the_call_it_was_made_from(backe
     )  # fmt: skip
     with box, pytest.raises(errors.TimeoutExceeded, match=r"after 1\.00 s"):
         box.call("run")
+
+
+@pytest.mark.parametrize("wasm_type", ["i32", "i64", "f32", "f64"])
+def test_an_enormous_int_argument_is_a_usage_error(wasm_type):
+    """10**400 as an f32 raised a raw OverflowError; any int past 4,300 digits, a raw
+    ValueError from the message that tried to print it (red team round 24)."""
+    wat = b'(module (func (export "x") (param %s)))' % wasm_type.encode()
+    with wasmsbx.Sandbox(wat) as box:
+        for value in (10**400, 10**5000):
+            with pytest.raises(errors.UsageError, match="argument 1 .*(an int of|range)"):
+                box.call("x", value)

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Sequence
-from typing import Any, Optional, Union
+from typing import Any, Callable, Optional, Union
 
 from . import errors
 
@@ -413,7 +413,10 @@ def coerce(value: Any, wasm_type: str) -> Any:
     if wasm_type in FLOAT_TYPES:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise TypeError(f"an {wasm_type} is a float, not {type(value).__name__}")
-        return (F32 if wasm_type == "f32" else F64)(value)
+        try:
+            return (F32 if wasm_type == "f32" else F64)(value)
+        except OverflowError:  # (an int beyond any float: a raw OverflowError before)
+            raise ValueError(f"an int this large is not an {wasm_type}") from None
     if wasm_type == "v128":
         return V128(value)
     if wasm_type == "funcref":
@@ -443,14 +446,26 @@ def parse_arg(value: Any, wasm_type: str, index: int, func: str, sig: Any) -> An
         return coerce(value, wasm_type)
     except ValueRangeError as exc:
         raise errors.UsageError(
-            f"{func}: argument {index + 1} ({value}) is out of range for {wasm_type}",
+            f"{func}: argument {index + 1} ({_shown(value, str)}) is out of range for {wasm_type}",
             hint=f"{exc}; signature {sig}",
         ) from None
     except (ValueError, TypeError) as exc:
         raise errors.UsageError(
-            f"{func}: argument {index + 1} ({value!r}) is not a valid {wasm_type} ({exc})",
+            f"{func}: argument {index + 1} ({_shown(value, repr)}) is not a valid {wasm_type} "
+            f"({exc})",
             hint=f"signature {func} {sig}; {wasm_type} examples: {_example(wasm_type)}",
         ) from None
+
+
+def _shown(value: Any, how: Callable[[Any], str]) -> str:
+    """An argument as an error message shows it (``how``: str or repr): an int of
+    thousands of digits as its size (str() of one past 4,300 digits raised a raw
+    ValueError, and a shorter one filled the message), anything else cut at 80
+    characters."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 256:
+        return f"an int of {value.bit_length():,} bits"
+    text = how(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 # An int within the signed range of its type is already the value a backend takes
