@@ -304,3 +304,18 @@ def test_an_enormous_int_argument_is_a_usage_error(wasm_type):
         for value in (10**400, 10**5000):
             with pytest.raises(errors.UsageError, match="argument 1 .*(an int of|range)"):
                 box.call("x", value)
+
+
+def test_odd_memory_sizes_are_refused_plainly(backend):
+    """Memory(min=1.5) reached ctypes as a raw ArgumentError; memory.grow(2**64 + 3)
+    wrapped in a u64 and grew by 3 pages (red team round 24)."""
+    with pytest.raises(TypeError, match="a size is an int"):
+        wasmsbx.Memory(min=1.5)
+    with pytest.raises(TypeError, match="a size is an int"):
+        wasmsbx.Table(min=0, max=2.0)
+    wat = b'(module (memory (export "memory") 1 10))'
+    with wasmsbx.Sandbox(wat, backend=backend) as box:
+        memory = box.memory()
+        with pytest.raises(errors.MemoryLimitExceeded):
+            memory.grow(2**64 + 3)
+        assert memory.pages == 1  # (not grown by 3)

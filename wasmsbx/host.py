@@ -97,10 +97,19 @@ class Global:
         self.mutable = mutable
 
 
+def _whole(*sizes: Any) -> None:
+    """Sizes are ints (None for no maximum): Memory(min=1.5) reached ctypes as a raw
+    ArgumentError when the sandbox was made (red team round 24)."""
+    for size in sizes:
+        if size is not None and (isinstance(size, bool) or not isinstance(size, int)):
+            raise TypeError(f"a size is an int, not {type(size).__name__}")
+
+
 class Memory:
     """A host memory of ``min`` 64 KiB pages (at most ``max``), zero-filled."""
 
     def __init__(self, min: int = 1, max: Optional[int] = None) -> None:
+        _whole(min, max)
         if min < 0 or (max is not None and max < min):
             raise ValueError("a memory needs 0 <= min <= max pages")
         self.min = min
@@ -113,6 +122,7 @@ class Table:
     def __init__(self, type: str = "funcref", min: int = 0, max: Optional[int] = None) -> None:
         if type not in ("funcref", "externref"):
             raise TypeError("a table holds funcref or externref")
+        _whole(min, max)
         if min < 0 or (max is not None and max < min):
             raise ValueError("a table needs 0 <= min <= max elements")
         self.type = type

@@ -52,6 +52,12 @@ class Memory:
 
     def grow(self, pages: int) -> int:
         _check_int(pages)
+        if pages > GROW_MAX:  # (a u64 underneath: 2**64 + 3 grew by 3 pages)
+            raise errors.MemoryLimitExceeded(
+                f"memory {self.name!r} cannot grow by {pages} pages: more than any memory "
+                "holds",
+                hint="the policy's limits.memory or the memory's maximum",
+            )
         try:
             return int(self._access.grow(pages))
         except IndexError:
@@ -79,6 +85,9 @@ class _View:
         if self._view is not None:
             self._view.release()
             self._view = None
+
+
+GROW_MAX = 2**48  # pages: memory64's whole address space; more is never possible
 
 
 def _check_int(*numbers: Any) -> None:
