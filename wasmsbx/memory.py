@@ -54,8 +54,7 @@ class Memory:
         _check_int(pages)
         if pages > GROW_MAX:  # (a u64 underneath: 2**64 + 3 grew by 3 pages)
             raise errors.MemoryLimitExceeded(
-                f"memory {self.name!r} cannot grow by {pages} pages: more than any memory "
-                "holds",
+                f"memory {self.name!r} cannot grow by {pages} pages: more than any memory holds",
                 hint="the policy's limits.memory or the memory's maximum",
             )
         try:
