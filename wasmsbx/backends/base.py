@@ -525,6 +525,22 @@ class Backend(ABC):
 PAGE = 65536
 
 
+def take_turn(lock: Any, seconds: float) -> None:
+    """Take ``lock``, the turn to call into a sandbox that another thread is calling,
+    waiting at most ``seconds`` (the waiting call's timeout): TimeoutExceeded then. The
+    bound keeps a host function that waits for a thread calling the same sandbox from
+    deadlocking (red team round 24). Shared by every backend's turn-taking."""
+    if not lock.acquire(timeout=seconds):
+        from .. import errors
+        from ..units import format_duration
+
+        raise errors.TimeoutExceeded(
+            f"timeout: waited {format_duration(seconds)} for another thread's call on this sandbox",
+            hint="a sandbox runs one call at a time: give each thread its own",
+            limit_value=seconds,
+        )
+
+
 def memory_limit_error(
     limit: int, held: Optional[int], where: str, message: str, frames: list
 ) -> Optional[Any]:

@@ -28,7 +28,7 @@ import wasmtime
 import wasmtime.component as wc
 
 from .. import errors
-from ..backends.base import Limits, Usage, WasiSetup
+from ..backends.base import Limits, Usage, WasiSetup, take_turn
 
 # The module backend's output budget and WASI setup (one for stdout and stderr; a write
 # into a closed pipe is EPIPE inside the guest; a FIFO stdin's open is watched).
@@ -304,7 +304,7 @@ class ComponentInstance:
                 f"{export.name}: {exc}",
                 hint="a limit of wasmtime-py's untagged variants: the value cannot be passed",
             ) from None
-        self._take_turn()
+        take_turn(self.turn, self.limits.timeout)
         try:
             self._arm()
             raw = self._guarded(export.name, _call_and_return, func, self.store, raw_args)
@@ -323,21 +323,10 @@ class ComponentInstance:
             self.turn.release()
         return lift(raw, export.sig.result)
 
-    def _take_turn(self) -> None:
-        """Hold the store for one call, waiting at most the timeout for another
-        thread's (TimeoutExceeded then)."""
-        if not self.turn.acquire(timeout=self.limits.timeout):
-            raise errors.TimeoutExceeded(
-                f"timeout: waited {format_duration(self.limits.timeout)} for another "
-                "thread's call on this sandbox",
-                hint="a sandbox runs one call at a time: give each thread its own",
-                limit_value=self.limits.timeout,
-            )
-
     def run_command(self, export: ComponentExport) -> int:
         """Run ``wasi:cli/run#run``: 0 for ok, 1 for err, or the code passed to exit."""
         func = self.func(export)
-        self._take_turn()
+        take_turn(self.turn, self.limits.timeout)
         try:
             self._arm()
             raw = self._guarded(export.name, _call_and_return, func, self.store, [])

@@ -58,6 +58,7 @@ from ..base import (
     WasiSetup,
     binary_stream,
     memory_limit_error,
+    take_turn,
     totals_error,
 )
 from ..deadline import KEEPER
@@ -826,13 +827,7 @@ class WasmerInstance(Instance):
         )
 
     def _request(self, request: tuple, where: str) -> tuple:
-        if not self.talking.acquire(timeout=self.limits.timeout):
-            raise errors.TimeoutExceeded(  # (bounded: a host function waiting for a thread
-                f"timeout: waited {format_duration(self.limits.timeout)} for another "
-                "thread's call on this sandbox",  # that calls this sandbox would deadlock)
-                hint="a sandbox runs one call at a time: give each thread its own",
-                limit_value=self.limits.timeout,
-            )
+        take_turn(self.talking, self.limits.timeout)
         try:
             if self.dead is not None:
                 raise errors.TrapError(

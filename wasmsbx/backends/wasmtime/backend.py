@@ -38,6 +38,7 @@ from ..base import (
     binary_stream,
     memory_limit_error,
     missing_imports_error,
+    take_turn,
     totals_error,
 )
 from ..deadline import KEEPER
@@ -263,12 +264,7 @@ def _occupied(group: _Group, seconds: float) -> bool:
     that waits for a thread calling the same sandbox would otherwise deadlock."""
     if group.owner == _get_ident():
         return True
-    if not group.busy.acquire(timeout=seconds):
-        raise errors.TimeoutExceeded(
-            f"timeout: waited {format_duration(seconds)} for another thread's call on this sandbox",
-            hint="a sandbox runs one call at a time: give each thread its own",
-            limit_value=seconds,
-        )
+    take_turn(group.busy, seconds)
     return False
 
 
