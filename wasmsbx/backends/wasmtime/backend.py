@@ -101,7 +101,7 @@ class _Budget:
         self.exceeded = False
         self.on_exceeded = (
             weakref.WeakMethod(on_exceeded)
-            if hasattr(on_exceeded, "__self__")
+            if hasattr(on_exceeded, "__func__")  # (a bound method; builtins have __self__ too)
             else (lambda: on_exceeded)  # (a plain function, or None: nothing to call)
         )
 
