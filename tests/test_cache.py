@@ -498,6 +498,44 @@ def test_eviction_keeps_the_cache_under_its_size(tmp_path):
     assert total <= limit
 
 
+def test_a_hit_within_a_millisecond_of_a_newer_entry_still_counts_as_later(tmp_path, monkeypatch):
+    """Hits were journaled in whole milliseconds, floored: a hit less than 1 ms after
+    another entry was made sorted before it, and eviction took the entry just used
+    (the test above failed on CI that way). The clock here is fixed, so this fails
+    every time on that code."""
+    now = [1_800_000_000.0001]
+
+    class Clock:  # the cache module's time, with time() and time_ns() under our control
+        def __getattr__(self, name):
+            return getattr(time, name)
+
+        def time(self):
+            return now[0]
+
+        def time_ns(self):
+            return round(now[0] * 1e6) * 1000
+
+    monkeypatch.setattr(cache, "time", Clock())
+    modules = [wat_module(tmp_path / f"m{i}.wat", 4, salt=i) for i in range(3)]
+    Sandbox(modules[0], make_policy())
+    store = open_store()
+    size = cache.entries(store)[0]["size"]
+    store.close()
+    policy = make_policy(runtime__cache_size=int(size * 2.5))
+    now[0] += 0.0002
+    Sandbox(modules[1], policy)
+    now[0] += 0.0005  # m0 used 0.5 ms after m1 was made
+    Sandbox(modules[0], policy)
+    now[0] += 0.0002
+    Sandbox(modules[2], policy)  # evicts the least recently used: m1
+    store = open_store(policy)
+    try:
+        names = sorted(r["module"]["name"] for r in cache.entries(store))
+    finally:
+        store.close()
+    assert names == ["m0.wat", "m2.wat"]
+
+
 def test_entry_larger_than_the_cache_is_not_kept(add):
     box = Sandbox(add, make_policy(runtime__cache_size=100))
     assert box.cache_state == "miss" and box.call("add", 1, 1) == 2

@@ -849,8 +849,11 @@ class Store:
         Sandbox of graphviz.wasm). Hits of a process killed meanwhile are lost; they are
         statistics (``cache list``, and which entries are evicted first).
         """
-        ms = int(time.time() * 1000)  # (floored: a rounded time could be in the future)
-        line = f"{key} {label} {ms // 1000}.{ms % 1000:03d}\n".encode()
+        # In microseconds, floored (a rounded time could be in the future): milliseconds
+        # ordered a hit before the creation of an entry made less than 1 ms earlier, so
+        # eviction took the entry just used (CI failed on it twice).
+        us = time.time_ns() // 1000
+        line = f"{key} {label} {us // 1_000_000}.{us % 1_000_000:06d}\n".encode()
         global _PENDING_SINCE, _FLUSH_AT_EXIT
         with _PENDING_LOCK:
             if not _PENDING:
