@@ -233,9 +233,43 @@ def clear() -> None:
     _FILES.clear()
 
 
-# At exit, before the interpreter finalizes modules: this module is often imported before
-# the runtime's (wasmtime is imported only with the first engine), so finalization would
-# clear the runtime's modules first and free the modules held here through a runtime
-# that is gone ("Exception ignored in Managed.__del__ ... 'NoneType' object is not
-# callable"). The ``wasmsbx`` command leaves with ``os._exit`` and never runs it.
-atexit.register(clear)
+# wasmtime-py's tables of the Python objects its stores reach (externref values, host
+# functions, WASI output callbacks): module, table.
+_RUNTIME_TABLES = (
+    ("wasmtime._value", "SLAB"),
+    ("wasmtime._func", "FUNCTIONS"),
+    ("wasmtime._wasi", "CUSTOM_OUTPUTS"),
+    ("wasmtime.component._linker", "FUNCTIONS"),
+    ("wasmtime.component._linker", "RESOURCE_DTORS"),
+)
+
+
+def _at_exit() -> None:
+    """Free what is held here, and every store only wasmtime-py's own tables keep alive,
+    while the runtime is whole.
+
+    Otherwise finalization clears the runtime's modules first and frees what is held here
+    through a runtime that is gone ("Exception ignored in Managed.__del__ ...
+    'NoneType' object is not callable"; this module is often imported before the
+    runtime's). And a store reached only through such a table (an externref holding an
+    object that holds its sandbox: a cycle through the runtime, which the cycle
+    collector cannot see) was freed at the very end, after the ctypes thunk it calls to
+    release that externref: a segfault at exit (red team round 24). Emptying the tables
+    breaks those cycles now; a store freed later releases handles already gone, which
+    wasmtime-py ignores. The ``wasmsbx`` command leaves with ``os._exit`` and never runs
+    this."""
+    clear()
+    emptied = False
+    for module_name, name in _RUNTIME_TABLES:
+        table = getattr(sys.modules.get(module_name), name, None)
+        handles = getattr(table, "handles", None)
+        if isinstance(handles, dict) and handles:
+            handles.clear()
+            emptied = True
+    if emptied:
+        import gc
+
+        gc.collect()  # (sandboxes in cycles of their own: freed while the runtime is whole)
+
+
+atexit.register(_at_exit)

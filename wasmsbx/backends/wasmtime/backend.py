@@ -1091,9 +1091,10 @@ class _Export:
 class _MemoryAccess:
     """Reads, writes and grows one wasmtime memory; every range is checked first."""
 
-    def __init__(self, store: Any, mem: Any) -> None:
+    def __init__(self, store: Any, mem: Any, owner: Any = None) -> None:
         self.store = store
         self.mem = mem
+        self.owner = store if owner is None else owner  # the wasmtime.Store: see view()
 
     def size(self) -> int:
         return self.mem.data_len(self.store)
@@ -1142,6 +1143,11 @@ class _MemoryAccess:
         if not size:
             return memoryview(b"")
         array = (ctypes.c_ubyte * size).from_address(self.address(0, size))
+        # A slice of the view (or numpy.frombuffer of it) outlives the ``with`` block that
+        # releases the view itself, and read the memory after its store was freed
+        # (a segfault; red team round 24): the array, which every slice keeps, keeps the
+        # store, so the memory stays mapped while anything can still reach it.
+        array._wasmsbx_store = self.owner
         return memoryview(array).cast("B")
 
 
@@ -1158,7 +1164,7 @@ class _CallerView:
         mem = self.caller.get(name)
         if not isinstance(mem, wasmtime.Memory):
             raise IndexError(f"the calling module exports no memory named {name!r}")
-        return Memory(_MemoryAccess(self.caller, mem), name)
+        return Memory(_MemoryAccess(self.caller, mem, self.instance.store), name)
 
 
 def _declared_memory(engine: WasmtimeEngine, module: Any) -> Optional[int]:

@@ -179,6 +179,12 @@ class _CallerStore:
         return self.caller._context()
 
 
+# A NULL finalizer: the env is a number. One of ours (a ctypes thunk held by HostFuncs)
+# was called when the store was freed, and a store that outlived its HostFuncs (kept by a
+# slice of its memory, say, or freed after it by the cycle collector) called freed code.
+_NO_FINALIZER = ctypes.CFUNCTYPE(None, ctypes.c_void_p)()
+
+
 class HostFuncs:
     """Host functions of one store: ``wasmtime_func_new`` with one trampoline of ours.
 
@@ -193,12 +199,10 @@ class HostFuncs:
         self.entries: list = []  # (types, fn); the index is the callback's env
         self.raised: Optional[BaseException] = None
         self.callback: Any = None  # made on first use: most sandboxes have no host function
-        self.finalizer: Any = None
 
     def make(self, types: tuple, fn: Callable[[Any, list], Sequence[Any]]) -> wasmtime.Func:
         if self.callback is None:
             self.callback = ffi.wasmtime_func_callback_t(self._trampoline)
-            self.finalizer = ctypes.CFUNCTYPE(None, ctypes.c_void_p)(lambda _env: None)
         self.entries.append((types, fn))
         func = ffi.wasmtime_func_t()
         ty = functype(*types)  # kept alive across the call: .ptr() does not own it
@@ -207,7 +211,7 @@ class HostFuncs:
             ty.ptr(),
             self.callback,
             len(self.entries),  # env: 1-based, as 0 reads back as None
-            self.finalizer,
+            _NO_FINALIZER,
             ctypes.byref(func),
         )
         return wasmtime.Func._from_raw(func)
