@@ -96,3 +96,83 @@ print("done")
 
 def test_an_externref_that_holds_its_own_sandbox_does_not_crash_the_exit():
     assert _run(EXTERNREF_CYCLE) == "done"
+
+
+# ---------------------------------------------------------------------------- the GC heap
+# wasmtime keeps struct and array objects in a heap its store limiter caps like a memory:
+# it came on top of limits.memory (a guest held 2x the limit, red team round 23).
+
+GC_AND_MEMORY = b"""(module
+  (type $bytes (array (mut i8)))
+  (memory 1)
+  (table $kept 4096 (ref null $bytes))
+  (global $made (mut i32) (i32.const 0))
+  (func (export "grow_all") (result i32)
+    (block $full (loop $more
+      (br_if $full (i32.eq (memory.grow (i32.const 1)) (i32.const -1)))
+      (br $more)))
+    (memory.size))
+  (func (export "allocate") (param $mib i32)
+    (loop $more
+      (table.set $kept (global.get $made) (array.new_default $bytes (i32.const 1048576)))
+      (global.set $made (i32.add (global.get $made) (i32.const 1)))
+      (br_if $more (i32.lt_u (global.get $made) (local.get $mib))))))"""
+
+
+def _gc_box(memory: str):
+    import wasmsbx
+    from wasmsbx.policy import from_dict
+
+    policy = from_dict({"limits": {"memory": memory, "table_elements": 4096}})
+    return wasmsbx.Sandbox(GC_AND_MEMORY, policy, backend="wasmtime")
+
+
+def test_a_modules_gc_heap_takes_its_share_of_the_memory_limit():
+    box = _gc_box("64MiB")
+    pages = box.call("grow_all")
+    assert pages == 512  # half of 64 MiB: the other half is the GC heap's (1,024 before)
+
+
+def test_a_gc_heap_past_its_share_is_the_memory_limit():
+    from wasmsbx import errors
+
+    box = _gc_box("64MiB")
+    box.call("grow_all")
+    try:
+        box.call("allocate", 64)
+    except errors.MemoryLimitExceeded as exc:
+        assert "GC heap" in str(exc) and exc.exit_code == 110
+    else:
+        raise AssertionError("64 arrays of 1 MiB fit in the 32 MiB left for them")
+
+
+def test_an_array_too_large_for_the_limit_at_start_is_the_memory_limit():
+    import wasmsbx
+    from wasmsbx import errors
+    from wasmsbx.policy import from_dict
+
+    wat = b"""(module (type $bytes (array (mut i8)))
+      (global (ref $bytes) (array.new_default $bytes (i32.const 100000000)))
+      (func (export "f")))"""
+    policy = from_dict({"limits": {"memory": "64MiB"}})
+    try:
+        wasmsbx.Sandbox(wat, policy, backend="wasmtime").call("f")
+    except errors.MemoryLimitExceeded as exc:
+        assert "GC heap" in str(exc)
+    else:
+        raise AssertionError("a 100 MB array fit under 64 MiB")
+
+
+def test_a_gc_reference_result_is_a_plain_error():
+    import wasmsbx
+    from wasmsbx import errors
+
+    wat = b"""(module (type $bytes (array (mut i8)))
+      (func (export "make") (result (ref null $bytes)) (array.new_default $bytes (i32.const 4))))"""
+    box = wasmsbx.Sandbox(wat, backend="wasmtime")
+    try:
+        box.call("make")
+    except errors.ModuleError as exc:
+        assert "GC reference" in str(exc) and "valkind" not in str(exc)
+    else:
+        raise AssertionError("a GC reference reached Python")

@@ -210,8 +210,17 @@ def layout(wasm: bytes, parser: Any = None) -> Optional[Layout]:
         for m in parser.memories
         if not m.imported
     )
+    if parser.gc_heap:
+        # wasmtime keeps struct and array objects in a GC heap of its own, which its store
+        # limiter caps like one more memory: counted here as a growable memory, it takes
+        # its share of limits.memory (before, it came on top: 2x the limit, red team
+        # round 23).
+        memories += (GC_HEAP,)
     tables = tuple((t.limits.min, t.limits.max) for t in parser.tables if not t.imported)
     return Layout(memories, tables)
+
+
+GC_HEAP = (0, None, False)  # a Layout memory: the GC heap (starts empty, no maximum)
 
 
 def _bytes(pages: Optional[int]) -> Optional[int]:

@@ -223,6 +223,9 @@ class _Parser:
         self.scan_code = scan_code
         self._scanner = None
         self.features: set[str] = set()
+        # A struct or array type: instances may allocate on the runtime's GC heap, which
+        # shares limits.memory with the linear memories (backends.limits.layout).
+        self.gc_heap = False
         self.all_types: list[Optional[FuncType]] = []  # by type index; None for struct/array
         self.func_type_idx: list[int] = []  # by function index
         self.tag_type_idx: list[int] = []
@@ -306,6 +309,7 @@ class _Parser:
         if form == 0x60:
             return self.functype(r)
         self.features.add("gc")
+        self.gc_heap = form in (0x5F, 0x5E) or self.gc_heap
         if form == 0x5F:  # struct
             for _ in range(r.count("field")):
                 self.fieldtype(r)

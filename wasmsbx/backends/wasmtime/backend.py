@@ -717,8 +717,24 @@ class WasmtimeInstance(Instance):
             )
         if isinstance(exc, wasmtime.Trap):
             return self._trap_error(exc, name)
+        if _gc_heap_full(exc):
+            return self._gc_heap_error(name)
+        if "wasmtime_valkind_t" in str(exc):  # (wasmtime-py: "Unkown `ffi.wasmtime_valkind_t`")
+            return errors.ModuleError(
+                f"{name} returned a GC reference (anyref, eqref, i31ref, a struct or an array),"
+                " which cannot be passed to the host",
+                hint="return it to wasm code instead, or export a function that reads it",
+            )
         # Any other runtime refusal (e.g. a WASI call on a module without a memory export)
         return errors.ModuleError(f"{name} failed: {_first_line(exc)}")
+
+    def _gc_heap_error(self, where: str) -> errors.WasmsbxError:
+        return errors.MemoryLimitExceeded(
+            f"memory limit {format_size(self.limits.memory)} reached: {where} filled its GC "
+            "heap (struct and array objects, which share limits.memory with its memories)",
+            hint="raise limits.memory (--memory 512MiB) if the guest needs more",
+            limit_value=self.limits.memory,
+        )
 
     def run_command(self) -> int:
         try:
@@ -917,6 +933,8 @@ class WasmtimeInstance(Instance):
         text = str(exc).strip()
         first = text.splitlines()[0] if text else "instantiation failed"
         lowered = text.lower()
+        if _gc_heap_full(exc):  # (a global's array.new at start: the policy's limit)
+            return self._gc_heap_error("instantiating the module")
         if errors.is_exhaustion(text):  # the host ran out, not the policy: never a module error
             return _exhausted("instantiating the module", _first_line(exc), self.engine.options)
         if "incompatible import type" in lowered or "unknown import" in lowered:
@@ -937,6 +955,12 @@ class WasmtimeInstance(Instance):
         if "instance" in lowered and "limit" in lowered:
             return errors.InstanceLimitExceeded(f"instance limit reached: {first}")
         return errors.LinkError(f"cannot instantiate module: {first}", detail=text)
+
+
+def _gc_heap_full(exc: Exception) -> bool:
+    """Whether wasmtime refused a struct or array allocation: the GC heap reached its
+    share of limits.memory (wasmtime 50: "GC heap out of memory: no capacity for ...")."""
+    return "gc heap out of memory" in str(exc).lower()
 
 
 def _capped(maximum: Optional[int], cap: Optional[int]) -> Optional[int]:
