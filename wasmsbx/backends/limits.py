@@ -211,10 +211,10 @@ def layout(wasm: bytes, parser: Any = None) -> Optional[Layout]:
         if not m.imported
     )
     if parser.gc_heap:
-        # wasmtime keeps struct and array objects in a GC heap of its own, which its store
-        # limiter caps like one more memory: counted here as a growable memory, it takes
-        # its share of limits.memory (before, it came on top: 2x the limit, red team
-        # round 23).
+        # wasmtime keeps struct, array and exception objects in a GC heap of its own,
+        # which its store limiter caps like one more memory: counted here as a growable
+        # memory, it takes its share of limits.memory (before, it came on top: 2x the
+        # limit, red team rounds 23 and 26).
         memories += (GC_HEAP,)
     tables = tuple((t.limits.min, t.limits.max) for t in parser.tables if not t.imported)
     return Layout(memories, tables)
@@ -256,7 +256,8 @@ def plan(found: Optional[Layout], memory: int, tables: Optional[int]) -> Plan:
     each = share([m[1] for m in growable], memory - fixed) if growable else memory
     needed = sum(m[0] for m in found.memories)
     if needed > memory or any(m[0] > each for m in growable):
-        raise TotalsError("memory", f"module needs {_size(needed)} of memory at start")
+        gc = " (with its GC heap, which takes a share)" if GC_HEAP in found.memories else ""
+        raise TotalsError("memory", f"module needs {_size(needed)} of memory at start{gc}")
     table_each = None
     if tables is not None and found.tables:
         table_each = share([t[1] for t in found.tables], tables)

@@ -223,8 +223,9 @@ class _Parser:
         self.scan_code = scan_code
         self._scanner = None
         self.features: set[str] = set()
-        # A struct or array type: instances may allocate on the runtime's GC heap, which
-        # shares limits.memory with the linear memories (backends.limits.layout).
+        # A struct or array type, or a tag (exceptions): instances may allocate on the
+        # runtime's GC heap, which shares limits.memory with the linear memories
+        # (backends.limits.layout).
         self.gc_heap = False
         self.all_types: list[Optional[FuncType]] = []  # by type index; None for struct/array
         self.func_type_idx: list[int] = []  # by function index
@@ -520,6 +521,7 @@ class _Parser:
 
     def tagtype(self, r: _Reader) -> int:
         self.features.add("exceptions")
+        self.gc_heap = True  # (wasmtime keeps thrown exceptions on the GC heap too)
         at = r.pos
         if r.byte() != 0:
             raise r.error("invalid tag attribute", at)

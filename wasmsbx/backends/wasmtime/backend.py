@@ -731,7 +731,8 @@ class WasmtimeInstance(Instance):
     def _gc_heap_error(self, where: str) -> errors.WasmsbxError:
         return errors.MemoryLimitExceeded(
             f"memory limit {format_size(self.limits.memory)} reached: {where} filled its GC "
-            "heap (struct and array objects, which share limits.memory with its memories)",
+            "heap (struct, array and exception objects, which share limits.memory with its "
+            "memories)",
             hint="raise limits.memory (--memory 512MiB) if the guest needs more",
             limit_value=self.limits.memory,
         )
@@ -1172,6 +1173,7 @@ class _MemoryAccess:
         # (a segfault; red team round 24): the array, which every slice keeps, keeps the
         # store, so the memory stays mapped while anything can still reach it.
         array._wasmsbx_store = self.owner
+        teardown.viewed(array)  # (at exit, a WASI store is closed only if no view holds it)
         return memoryview(array).cast("B")
 
 

@@ -31,7 +31,16 @@ from typing import Any
 WAIT = 2.0  # seconds; the workers let go within a millisecond or so
 _STORES: Any = weakref.WeakSet()
 _OUTPUTS: Any = weakref.WeakSet()  # the callbacks given to wasmtime-py's WasiConfig
+_VIEWS: dict = {}  # id -> weak reference: the arrays behind memory views (unhashable)
+_KEPT: list = []  # stores a view still held at exit: never freed (see release)
+_OUTPUTS_OF: Any = weakref.WeakKeyDictionary()  # store -> weak references to its outputs
 _registered = False
+
+
+def viewed(array: Any) -> None:
+    """``array`` is behind a memory view and holds its store (``_wasmsbx_store``)."""
+    key = id(array)
+    _VIEWS[key] = weakref.ref(array, lambda _ref: _VIEWS.pop(key, None))
 
 
 def track(store: Any, outputs: list) -> None:
@@ -40,6 +49,7 @@ def track(store: Any, outputs: list) -> None:
     global _registered
     _STORES.add(store)
     _OUTPUTS.update(outputs)
+    _OUTPUTS_OF[store] = [weakref.ref(o) for o in outputs]  # (weak: never keeps them)
     if not _registered:
         _registered = True
         atexit.register(release)
@@ -52,7 +62,17 @@ def release(wait: float = WAIT) -> bool:
 
     if KEEPER.watches or _daemons():  # a call may run, or start, under the close
         return False
+    # A store that a slice of a memory view still reaches is not closed: the slice may be
+    # read later in the exit (an object's __del__, an atexit hook registered before
+    # wasmsbx's), and closing unmapped its memory under it (a segfault; red team round
+    # 26). Nor may finalization free it (the panic above): it is kept, a reference
+    # finalization never drops, and the process's exit takes its memory back.
+    arrays = [ref() for ref in list(_VIEWS.values())]
+    viewed = {id(s): s for s in (getattr(a, "_wasmsbx_store", None) for a in arrays)}
     for store in list(_STORES):
+        if id(store) in viewed:
+            _keep_forever(store)
+            continue
         try:
             store.close()
         except Exception:  # noqa: BLE001 - exiting: a store that cannot close is left
@@ -64,6 +84,17 @@ def release(wait: float = WAIT) -> bool:
             return False
         time.sleep(0.001)  # lets the tokio workers take the GIL and run the finalizers
     return True
+
+
+def _keep_forever(store: Any) -> None:
+    import ctypes
+
+    _KEPT.append(store)
+    for ref in _OUTPUTS_OF.get(store, ()):  # (held for good: not waited for)
+        output = ref()
+        if output is not None:
+            _OUTPUTS.discard(output)
+    ctypes.pythonapi.Py_IncRef(ctypes.py_object(store))  # (module globals are cleared too)
 
 
 def _daemons() -> bool:
