@@ -175,6 +175,17 @@ def test_signal_stops_a_busy_guest(backend, signum):
     assert took < STOPPED_WITHIN
 
 
+@pytest.mark.parametrize("signum", SIGNALS, ids=["SIGINT", "SIGTERM"])
+def test_signal_stops_a_busy_guest_with_the_longest_timeout(backend, signum):
+    """A call 366 days from its deadline is 3.2 billion epochs away: the keeper advanced
+    them one FFI call at a time before any hard stop, 23 s for a 7-day timeout and
+    about 20 minutes for this one."""
+    proc = popen("run", GUESTS / "spin.wat", "spin", "--timeout", "366d", "--backend", backend)
+    code, err, took = interrupt(proc, signum)
+    assert code == 130, err
+    assert took < STOPPED_WITHIN
+
+
 @pytest.mark.any_compiler  # blocked in a host call: not the compiler's code
 @pytest.mark.parametrize("signum", SIGNALS, ids=["SIGINT", "SIGTERM"])
 def test_signal_stops_a_guest_blocked_in_a_host_call(backend, signum):

@@ -54,6 +54,7 @@ CLEANUP = 20.0
 # than GRACE. A bound, so a process stuck elsewhere still ends in the hard stop.
 UNWATCHED = 5.0
 IDLE = 1.0  # seconds without calls before the thread exits (restarted on demand)
+FAR = 100_000  # epochs (16 minutes of timeout, ~0.1 s of FFI calls) expire() makes at a time
 
 
 class quiet_threads:
@@ -312,6 +313,14 @@ class Keeper:
             for watch in watches:
                 watch.interrupted = True
                 watch.deadline = min(watch.deadline, time.monotonic())
+            far = any(w.clock is not None and w.until - w.clock.done > FAR for w in watches)
+        if signalled and far and self.hard_stop is not None:
+            # A call with days left is minutes of epochs away (one FFI call each): Ctrl-C
+            # on `--timeout 7d` ran on for 10 minutes, this thread busy and no hard stop
+            # checked. The command line stops now, as the hard stop after GRACE would.
+            from ..errors import Interrupted
+
+            self.hard_stop(Interrupted("interrupted"))
         for watch in watches:
             if watch.clock is not None:
                 self.expire(watch)
@@ -323,12 +332,15 @@ class Keeper:
         clock = watch.clock
         if clock is None:
             return
-        with self.lock:
-            ahead = max(0, watch.until - clock.done)
-            for _ in range(ahead):
-                clock.engine.increment_epoch()
-            clock.done += ahead
-            clock.base -= ahead * TICK  # the clock stays in step with ``done``
+        while True:  # in steps, the lock let go between them: other calls go on meanwhile
+            with self.lock:
+                ahead = min(FAR, max(0, watch.until - clock.done))
+                if not ahead:
+                    return
+                for _ in range(ahead):
+                    clock.engine.increment_epoch()
+                clock.done += ahead
+                clock.base -= ahead * TICK  # the clock stays in step with ``done``
 
     def handling_interrupt(self) -> None:
         """The main thread has begun handling Ctrl-C/SIGTERM (its Python signal handler ran,

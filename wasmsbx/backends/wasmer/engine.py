@@ -743,7 +743,10 @@ class WasmerInstance(Instance):
                         f"it was stopped after the {format_duration(self.limits.timeout)} timeout"
                     )
                     raise self._timeout(where)
-                for fd, _ in self.poller.poll(max(1, math.ceil(remaining * 1000))):
+                # (at most an hour per wait: poll() refuses more than 2**31 ms, 24.8 days,
+                # and a longer timeout was an internal error)
+                wait = min(3_600_000, max(1, math.ceil(remaining * 1000)))
+                for fd, _ in self.poller.poll(wait):
                     if fd == answers:
                         chunk = self._read(fd)
                         if chunk == b"":
