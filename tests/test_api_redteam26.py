@@ -7,6 +7,10 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
+from .conftest import BACKENDS
+
 # Each case runs in a child: on the code before the fix it dies with SIGSEGV.
 KEPT_SLICE = """
 import gc
@@ -222,3 +226,56 @@ with box.memory().view() as view:
 
 def test_a_slice_read_during_the_exit_still_reads_the_memory():
     assert _run(SLICE_READ_AT_EXIT).split() == ["hello", "hello"]
+
+
+# ---------------------------------------------------------------------------- wasmer
+WASMER = [b for b in BACKENDS if b.startswith("wasmer")]
+
+
+@pytest.mark.parametrize("backend", WASMER or ["wasmer:cranelift"])
+def test_wasmer_compiles_every_core_module_in_a_child(backend, monkeypatch):
+    """wasmer compiles holding the GIL: in process, the deadline thread (and the command
+    line's hard stop) waited for the compile to end (a 230 KB module compiled for 5.9 s
+    under --timeout 1s). Every core module compiles in a child there."""
+    if not WASMER:
+        pytest.skip("wasmer is not available on this Python")
+    import wasmsbx
+    from wasmsbx.backends import compiling
+
+    children = []
+    real = compiling.compile_in_child
+
+    def counted(engine, wasm, seconds, error):
+        children.append(len(wasm))
+        return real(engine, wasm, seconds, error)
+
+    monkeypatch.setattr(compiling, "compile_in_child", counted)
+    wat = b'(module (func (export "f") (param i32) (result i32) local.get 0 i32.const 7 i32.add))'
+    box = wasmsbx.Sandbox(wat, backend=backend, use_cache=False)
+    assert box.call("f", 1) == 8
+    assert children and children[0] < compiling.CHILD_MIN
+
+
+# Each wasmer sandbox forks a worker; the worker inherits the parent's dropped sandboxes
+# (waiting for the cycle collector) and, when its own collector ran, closed them: it wrote
+# ("close",) to a descriptor number it had reused for its answers (the new sandbox read
+# it as its answer: IndexError) and killed another sandbox's worker. Seen with five
+# sandboxes made in a loop; which number is reused depends on the process, so this
+# checks the rule itself: an instance inherited by another process is never closed there.
+@pytest.mark.parametrize("backend", WASMER or ["wasmer:cranelift"])
+def test_a_wasmer_instance_inherited_by_a_worker_is_not_closed_there(backend):
+    if not WASMER:
+        pytest.skip("wasmer is not available on this Python")
+    import os
+
+    import wasmsbx
+
+    wat = b'(module (func (export "f") (param i32) (result i32) local.get 0 i32.const 7 i32.add))'
+    box = wasmsbx.Sandbox(wat, backend=backend, use_cache=False)
+    assert box.call("f", 1) == 8
+    instance = box._instance
+    instance.home = os.getpid() + 1  # what a worker forked from this process sees
+    instance.__del__()  # its cycle collector freeing the inherited copy
+    instance.home = os.getpid()
+    assert instance.pid is not None and instance.fds["parent_requests"] >= 0
+    assert box.call("f", 2) == 9

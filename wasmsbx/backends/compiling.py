@@ -12,6 +12,8 @@ timeout). So:
 * a smaller module compiles in process, watched by the deadline keeper: the command
   line's hard stop ends a compile that overruns (measured on this 2-core machine,
   wasmtime compiles ~0.3 MB/s of dense code, so CHILD_MIN is well under a second).
+  Not on wasmer, whose compile holds the GIL (the hard stop could not run): every core
+  module compiles in a child there (~25 ms more per compile; the cache keeps the code).
 """
 
 from __future__ import annotations
@@ -69,11 +71,20 @@ def out_of_time(name: str, timeout: float) -> errors.TimeoutExceeded:
     )
 
 
+def in_child(engine: Any, wasm: bytes) -> bool:
+    """Whether ``wasm`` compiles in a child process: a large core module, or any core
+    module for an engine that compiles holding the GIL (wasmer: the deadline thread, and
+    so the command line's hard stop, cannot run until its compile ends; a 230 KB module
+    compiled for 5.9 s under `--timeout 1s` before exit 112). Components compile here,
+    watched by the keeper (the child process compiles core modules only)."""
+    if getattr(engine, "is_component", False):
+        return False
+    return len(wasm) >= CHILD_MIN or getattr(engine, "compiles_holding_gil", False)
+
+
 def compile_bounded(engine: Any, wasm: bytes, seconds: float, error: Any) -> Any:
     """``engine.compile(wasm)`` that ends within ``seconds`` or raises ``error()``."""
-    # Components compile here, watched by the keeper (the CLI's hard stop ends a compile
-    # past its deadline); the child process compiles core modules only.
-    if len(wasm) >= CHILD_MIN and not getattr(engine, "is_component", False):
+    if in_child(engine, wasm):
         return compile_in_child(engine, wasm, seconds, error)
     from .deadline import KEEPER
 
@@ -88,7 +99,7 @@ def native_bounded(engine: Any, wasm: bytes, seconds: float, error: Any) -> Any:
     """``engine.serialize(engine.compile(wasm))`` within ``seconds`` (what ``compile -o``
     writes): a large module's code comes as its compile worker wrote it, never loaded
     and serialized again here."""
-    if len(wasm) >= CHILD_MIN and not getattr(engine, "is_component", False):
+    if in_child(engine, wasm):
         return worker_code(engine.backend, engine.options, wasm, seconds, error)[0]
     return engine.serialize(compile_bounded(engine, wasm, seconds, error))
 

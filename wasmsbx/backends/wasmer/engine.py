@@ -591,6 +591,7 @@ class WasmerInstance(Instance):
         self.export_names = {e.name for e in engine.exports(module)}
         self.pid: Optional[int] = None
         self.dead: Optional[str] = None
+        self.home = os.getpid()  # the process whose instance this is (see __del__)
         self.memory_bytes: Optional[int] = None
         self.warnings: list = []
         self.output_used = 0
@@ -1080,6 +1081,12 @@ class WasmerInstance(Instance):
             sink.close()
 
     def __del__(self) -> None:
+        # Not in a worker forked later: it inherits this object (unreachable, waiting for
+        # the cycle collector), and closing it there wrote ("close",) to a descriptor
+        # number the worker had reused for its answers (the new instance read it as its
+        # answer: IndexError) and killed another worker's process.
+        if os.getpid() != self.home:
+            return
         try:
             self.close()
         except Exception:  # noqa: BLE001 - interpreter shutdown
@@ -1235,6 +1242,7 @@ def _module_error(exc: BaseException, compiler: str) -> errors.ModuleError:
 class WasmerEngine(Engine):
     backend = "wasmer"
     memory_layout = reserve.WASMER  # its own, whatever the policy asks (dense: excluded)
+    compiles_holding_gil = True  # (so every core module compiles in a child: compiling.py)
 
     def __init__(self, options: EngineOptions, version: Optional[str] = None) -> None:
         self.options = options
