@@ -279,3 +279,41 @@ def test_a_wasmer_instance_inherited_by_a_worker_is_not_closed_there(backend):
     instance.home = os.getpid()
     assert instance.pid is not None and instance.fds["parent_requests"] >= 0
     assert box.call("f", 2) == 9
+
+
+def test_a_group_members_gc_heap_takes_its_share_too():
+    """In a Group the memories' shares are compiled into their maxima, which the GC heap
+    has none of: it had the whole limit on top of the member's memory (round 26)."""
+    import wasmsbx
+    from wasmsbx import errors
+    from wasmsbx.policy import from_dict
+
+    # (no table of typed references: a group member's tables are capped in its binary,
+    # which supports only funcref and externref tables)
+    wat = b"""(module
+      (type $bytes (array (mut i8)))
+      (type $list (array (mut (ref null $bytes))))
+      (memory 1)
+      (func (export "grow_all") (result i32)
+        (block $full (loop $more
+          (br_if $full (i32.eq (memory.grow (i32.const 1)) (i32.const -1)))
+          (br $more)))
+        (memory.size))
+      (func (export "allocate") (param $mib i32)
+        (local $kept (ref $list)) (local $i i32)
+        (local.set $kept (array.new_default $list (local.get $mib)))
+        (loop $more
+          (array.set $list (local.get $kept) (local.get $i)
+            (array.new_default $bytes (i32.const 1048576)))
+          (local.set $i (i32.add (local.get $i) (i32.const 1)))
+          (br_if $more (i32.lt_u (local.get $i) (local.get $mib))))))"""
+    policy = from_dict({"limits": {"memory": "64MiB", "instances": 1}})
+    with wasmsbx.Group(policy, backend="wasmtime") as group:
+        box = group.add(wat)
+        assert box.call("grow_all") == 512
+        try:
+            box.call("allocate", 32)
+        except errors.MemoryLimitExceeded as exc:
+            assert "GC heap" in str(exc)
+        else:
+            raise AssertionError("32 arrays of 1 MiB fit beside 32 MiB of memory under 64 MiB")

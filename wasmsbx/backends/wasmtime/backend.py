@@ -42,7 +42,7 @@ from ..base import (
     totals_error,
 )
 from ..deadline import KEEPER
-from ..limits import HIDDEN_EXPORT, PAGE, TotalsError, export_memories, layout, plan
+from ..limits import GC_HEAP, HIDDEN_EXPORT, PAGE, TotalsError, export_memories, layout, plan
 from ..reserve import GUARD, engine_layout, exhausted_hint
 from . import teardown
 from .identity import FEATURES, _version, fingerprint  # noqa: F401 - FEATURES, _version re-exported
@@ -218,6 +218,7 @@ class _Group:
     __slots__ = (
         "budget",
         "busy",
+        "gc_cap",
         "host_objects",
         "owner",
         "provided",
@@ -231,6 +232,7 @@ class _Group:
         # memory (double frees, another thread's results; red team round 24).
         self.busy = _allocate_lock()
         self.owner = 0
+        self.gc_cap: Optional[int] = None  # the store's GC heap: its member's share (bytes)
         # Shared empty sets until something is added (see provide, register): most
         # stores import nothing, and two empty sets are 432 bytes per sandbox.
         self.provided: Any = _EMPTY  # (module, name) defined by the host
@@ -309,9 +311,17 @@ class WasmtimeInstance(Instance):
             self.store, self._linker, self._budget = shared.store, shared.linker, shared.budget
             self.outputs, self._host, self.group = shared.outputs, shared.host, shared.group
         if caps is not None:  # each memory and table carries its own cap (limits.Budget)
-            self.group.budget = module._wasmsbx_budget
+            group = self.group
+            group.budget = module._wasmsbx_budget
+            found = getattr(module, "_wasmsbx_layout", None)
+            if found is not None and GC_HEAP in found.memories:
+                # The store's one GC heap has no maximum to compile in: the limiter caps
+                # it (and so every memory of the store) at the share this member was
+                # given for it (it had the whole limit: red team round 26).
+                share = caps.memory_each
+                group.gc_cap = share if group.gc_cap is None else min(group.gc_cap, share)
             self.store.set_limits(
-                memory_size=limits.memory,
+                memory_size=limits.memory if group.gc_cap is None else group.gc_cap,
                 table_elements=-1 if limits.table_elements is None else limits.table_elements,
                 instances=-1 if limits.instances is None else limits.instances,
                 tables=10000,
