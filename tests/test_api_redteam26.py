@@ -317,3 +317,43 @@ def test_a_group_members_gc_heap_takes_its_share_too():
             assert "GC heap" in str(exc)
         else:
             raise AssertionError("32 arrays of 1 MiB fit beside 32 MiB of memory under 64 MiB")
+
+
+# ---------------------------------------------------------------------------- audit
+# `wasmsbx audit COMPONENT` compiles the component to read its types, with no bound: a
+# component built to compile slowly held the command as long as it liked. The compile
+# here is made slow by a stand-in (a real one takes a crafted component); what is tested
+# is that the command stops it at limits.compile_timeout, as run does (exit 117).
+SLOW_AUDIT = """
+import sys, time
+from wasmsbx.components import runtime
+
+real = runtime.compile_component
+
+
+def slow(engine, wasm):
+    time.sleep(60)
+    return real(engine, wasm)
+
+
+runtime.compile_component = slow
+from wasmsbx.cli import entry
+
+sys.argv = ["wasmsbx", *sys.argv[1:]]
+entry()
+"""
+
+
+def test_audit_of_a_component_stops_a_compile_at_the_compile_timeout(tmp_path):
+    from pathlib import Path
+
+    component = Path(__file__).parent / "guests" / "components" / "echo.wat"
+    policy = tmp_path / "sandbox.toml"
+    policy.write_text('[limits]\ncompile_timeout = "1s"\n')
+    out = subprocess.run(
+        [sys.executable, "-c", SLOW_AUDIT, "audit", str(component), "--policy", str(policy)],
+        capture_output=True,
+        timeout=300,
+    )
+    assert out.returncode == 117, out.stderr.decode()[-2000:]
+    assert b"compile_timeout" in out.stderr

@@ -55,7 +55,7 @@ def _fill_closed_stdio() -> None:
 
 
 # Commands whose guests the deadline keeper guards with signals and a hard stop.
-GUARDED = ("run", "bench", "compile")
+GUARDED = ("run", "bench", "compile", "audit")  # (audit compiles a component to read it)
 
 
 def _hard_stop(error: WasmsbxError) -> None:

@@ -185,6 +185,14 @@ def _introspect(wasm: bytes, policy: Any, path: str, findings: list) -> tuple:
         source = "cache"
     else:  # compiled only to read its types: at the lowest optimisation level
         engine, source = WasmtimeEngine(EngineOptions(optimize="none")), "compiled"
+        from ..backends.compiling import too_slow
+        from ..backends.deadline import KEEPER
+
+        # Watched as run's compiles are: `wasmsbx audit` hard-stops a compile past
+        # limits.compile_timeout (exit 117). It ran unbounded (a hostile component built
+        # to compile slowly held the command as long as it liked).
+        seconds = policy.values["limits.compile_timeout"]
+        watch = KEEPER.enter(None, seconds, lambda: too_slow(path, seconds))
         try:
             component = runtime.compile_component(engine, wasm)
         except errors.ModuleError as exc:
@@ -192,6 +200,8 @@ def _introspect(wasm: bytes, policy: Any, path: str, findings: list) -> tuple:
                 _finding("WSX008", f"wasmtime rejects the component: {exc}", "component")
             )
             return [], [], source
+        finally:
+            KEEPER.leave(watch)
     names = [i.name for i in runtime.imports(engine, component)]
     probed = runtime.has_probe(engine, component, wasm)  # a cached one carries it
     return runtime.exports(engine, component, probed), names, source
