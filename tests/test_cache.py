@@ -477,12 +477,28 @@ def test_missing_file_is_a_miss(backend, tmp_path):
 # ---------------------------------------------------------------------------- eviction
 
 
+def _entry_size(module) -> int:
+    """The size of ``module``'s entry, cached by a sandbox made here (the cache's first)."""
+    Sandbox(module, make_policy())
+    store = open_store()
+    try:
+        return cache.entries(store)[0]["size"]
+    finally:
+        store.close()
+
+
+def _cached_names(policy) -> list:
+    """The module names of the entries in ``policy``'s cache, sorted."""
+    store = open_store(policy)
+    try:
+        return sorted(r["module"]["name"] for r in cache.entries(store))
+    finally:
+        store.close()
+
+
 def test_eviction_keeps_the_cache_under_its_size(tmp_path):
     modules = [wat_module(tmp_path / f"m{i}.wat", 4, salt=i) for i in range(4)]
-    Sandbox(modules[0], make_policy())
-    store = open_store()
-    size = cache.entries(store)[0]["size"]
-    store.close()
+    size = _entry_size(modules[0])
     limit = int(size * 2.5)  # room for two entries
     policy = make_policy(runtime__cache_size=limit)
     Sandbox(modules[1], policy)
@@ -517,10 +533,7 @@ def test_a_hit_within_a_millisecond_of_a_newer_entry_still_counts_as_later(tmp_p
 
     monkeypatch.setattr(cache, "time", Clock())
     modules = [wat_module(tmp_path / f"m{i}.wat", 4, salt=i) for i in range(3)]
-    Sandbox(modules[0], make_policy())
-    store = open_store()
-    size = cache.entries(store)[0]["size"]
-    store.close()
+    size = _entry_size(modules[0])
     policy = make_policy(runtime__cache_size=int(size * 2.5))
     now[0] += 0.0002
     Sandbox(modules[1], policy)
@@ -528,12 +541,7 @@ def test_a_hit_within_a_millisecond_of_a_newer_entry_still_counts_as_later(tmp_p
     Sandbox(modules[0], policy)
     now[0] += 0.0002
     Sandbox(modules[2], policy)  # evicts the least recently used: m1
-    store = open_store(policy)
-    try:
-        names = sorted(r["module"]["name"] for r in cache.entries(store))
-    finally:
-        store.close()
-    assert names == ["m0.wat", "m2.wat"]
+    assert _cached_names(policy) == ["m0.wat", "m2.wat"]
 
 
 def test_entry_larger_than_the_cache_is_not_kept(add):
@@ -694,25 +702,17 @@ def test_a_module_served_from_memory_counts_as_a_use_of_its_entry(tmp_path, monk
     from wasmsbx.runner import shared
 
     modules = [wat_module(tmp_path / f"m{i}.wat", 4, salt=i) for i in range(3)]
-    Sandbox(modules[0], make_policy())
-    store = open_store()
-    size = cache.entries(store)[0]["size"]
-    store.close()
+    size = _entry_size(modules[0])
     policy = make_policy(runtime__cache_size=int(size * 2.5))  # room for two entries
     held = Sandbox(modules[0], policy)  # the long-lived process's module (a hit)
     assert held.cache_state == "hit"
     assert _Sandbox(modules[1], policy).cache_state == "miss"  # stored after m0's hit
     monkeypatch.setattr(shared, "USE_EVERY", 0.0)
-    time.sleep(0.01)  # (hits are counted in ms)
+    time.sleep(0.01)  # (a later hit)
     assert _Sandbox(modules[0], policy).cache_state == "memory"  # a use, counted
     cache.flush_hits()
     Sandbox(modules[2], policy)  # evicts the least recently used: m1, not m0
-    store = open_store(policy)
-    try:
-        names = sorted(r["module"]["name"] for r in cache.entries(store))
-    finally:
-        store.close()
-    assert names == ["m0.wat", "m2.wat"]
+    assert _cached_names(policy) == ["m0.wat", "m2.wat"]
 
 
 @pytest.mark.parametrize("every, counted", [(60.0, 0), (0.0, 50)])
