@@ -108,19 +108,23 @@ def test_an_externref_that_holds_its_own_sandbox_does_not_crash_the_exit():
 
 GC_AND_MEMORY = b"""(module
   (type $bytes (array (mut i8)))
+  (type $list (array (mut (ref null $bytes))))
   (memory 1)
-  (table $kept 4096 (ref null $bytes))
-  (global $made (mut i32) (i32.const 0))
   (func (export "grow_all") (result i32)
     (block $full (loop $more
       (br_if $full (i32.eq (memory.grow (i32.const 1)) (i32.const -1)))
       (br $more)))
     (memory.size))
   (func (export "allocate") (param $mib i32)
+    (local $kept (ref $list)) (local $i i32)
+    (local.set $kept (array.new_default $list (local.get $mib)))
     (loop $more
-      (table.set $kept (global.get $made) (array.new_default $bytes (i32.const 1048576)))
-      (global.set $made (i32.add (global.get $made) (i32.const 1)))
-      (br_if $more (i32.lt_u (global.get $made) (local.get $mib))))))"""
+      (array.set $list (local.get $kept) (local.get $i)
+        (array.new_default $bytes (i32.const 1048576)))
+      (local.set $i (i32.add (local.get $i) (i32.const 1)))
+      (br_if $more (i32.lt_u (local.get $i) (local.get $mib))))))"""
+# (an array of arrays, not a table of typed references: a group member's tables are
+# capped in its binary, which supports only funcref and externref tables)
 
 
 def _gc_box(memory: str):
@@ -288,28 +292,9 @@ def test_a_group_members_gc_heap_takes_its_share_too():
     from wasmsbx import errors
     from wasmsbx.policy import from_dict
 
-    # (no table of typed references: a group member's tables are capped in its binary,
-    # which supports only funcref and externref tables)
-    wat = b"""(module
-      (type $bytes (array (mut i8)))
-      (type $list (array (mut (ref null $bytes))))
-      (memory 1)
-      (func (export "grow_all") (result i32)
-        (block $full (loop $more
-          (br_if $full (i32.eq (memory.grow (i32.const 1)) (i32.const -1)))
-          (br $more)))
-        (memory.size))
-      (func (export "allocate") (param $mib i32)
-        (local $kept (ref $list)) (local $i i32)
-        (local.set $kept (array.new_default $list (local.get $mib)))
-        (loop $more
-          (array.set $list (local.get $kept) (local.get $i)
-            (array.new_default $bytes (i32.const 1048576)))
-          (local.set $i (i32.add (local.get $i) (i32.const 1)))
-          (br_if $more (i32.lt_u (local.get $i) (local.get $mib))))))"""
     policy = from_dict({"limits": {"memory": "64MiB", "instances": 1}})
     with wasmsbx.Group(policy, backend="wasmtime") as group:
-        box = group.add(wat)
+        box = group.add(GC_AND_MEMORY)
         assert box.call("grow_all") == 512
         try:
             box.call("allocate", 32)
