@@ -342,3 +342,88 @@ def test_audit_of_a_component_stops_a_compile_at_the_compile_timeout(tmp_path):
     )
     assert out.returncode == 117, out.stderr.decode()[-2000:]
     assert b"compile_timeout" in out.stderr
+
+
+# A compile worker outlived its parent: killed with SIGKILL, the parent left the worker
+# compiling on, re-parented to init, for as long as the module took (red team round 27).
+# The module: 20,000 functions of 50,000 i64 locals each, which wasmer's singlepass
+# zeroes one by one (tens of seconds to compile).
+SLOW_TO_COMPILE = """
+import os, sys, threading
+from wasmsbx.backends import compiling
+from wasmsbx.backends.base import EngineOptions
+
+def leb(n):
+    out = bytearray()
+    while True:
+        b, n = n & 0x7F, n >> 7
+        if n:
+            out.append(b | 0x80)
+        else:
+            out.append(b)
+            return bytes(out)
+
+def section(sid, body):
+    return bytes([sid]) + leb(len(body)) + body
+
+count, body = 20000, leb(1) + leb(50000) + b"\\x7e" + b"\\x41\\x00\\x0b"
+wasm = b"\\0asm\\1\\0\\0\\0" + section(1, leb(1) + b"\\x60\\x00\\x01\\x7f")
+wasm += section(3, leb(count) + b"\\x00" * count)
+wasm += section(10, leb(count) + (leb(len(body)) + body) * count)
+options = EngineOptions(compiler="singlepass")
+threading.Thread(
+    target=compiling.worker_code,
+    args=("wasmer", options, wasm, 600, lambda: RuntimeError("late")),
+    daemon=True,
+).start()
+print(os.getpid(), flush=True)
+threading.Event().wait()
+"""
+
+
+def _workers_of(parent: int) -> list:
+    import os
+
+    found = []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmdline = f.read()
+            with open(f"/proc/{pid}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        if b"child_main" in cmdline and ppid == parent:
+            found.append(int(pid))
+    return found
+
+
+@pytest.mark.skipif(not WASMER, reason="wasmer is not available on this Python")
+def test_a_compile_worker_dies_with_its_parent():
+    import os
+    import signal
+    import time
+
+    parent = subprocess.Popen(
+        [sys.executable, "-c", SLOW_TO_COMPILE], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        pid = int(parent.stdout.readline())
+        until = time.monotonic() + 60
+        while not _workers_of(pid) and time.monotonic() < until:
+            time.sleep(0.05)
+        workers = _workers_of(pid)
+        assert workers, "no compile worker started"
+        time.sleep(1.0)  # (it is compiling now)
+    finally:
+        parent.kill()
+        parent.wait()
+    until = time.monotonic() + 10
+    while any(os.path.exists(f"/proc/{w}/cmdline") for w in workers) and time.monotonic() < until:
+        time.sleep(0.05)
+    left = [w for w in workers if os.path.exists(f"/proc/{w}/cmdline")]
+    for w in left:
+        os.kill(w, signal.SIGKILL)
+    assert not left, "the compile worker outlived its parent"

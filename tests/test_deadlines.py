@@ -186,6 +186,32 @@ def test_signal_stops_a_busy_guest_with_the_longest_timeout(backend, signum):
     assert took < STOPPED_WITHIN
 
 
+FLOOD = """(module
+  (import "wasi_snapshot_preview1" "fd_write" (func $w (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 100) "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA")
+  (func (export "flood")
+    (i32.store (i32.const 0) (i32.const 100))
+    (i32.store (i32.const 4) (i32.const 64))
+    (loop $l (drop (call $w (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8))) (br $l))))
+"""
+
+
+@pytest.mark.any_compiler
+def test_an_output_flood_under_the_longest_timeout_stops_at_the_output_limit(backend, tmp_path):
+    """A guest that ignores its failing writes was stopped by moving the epoch to its
+    deadline one FFI call at a time: 20 minutes past limits.output for 366 days."""
+    guest = tmp_path / "flood.wat"
+    guest.write_text(FLOOD)
+    policy = tmp_path / "sandbox.toml"
+    policy.write_text('[limits]\noutput = "1KiB"\ntimeout = "366d"\n')
+    started = time.monotonic()
+    proc = popen("run", guest, "flood", "--policy", policy, "--backend", backend)
+    code, err, took = finish(proc, started)
+    assert code == 115, err
+    assert took < STOPPED_WITHIN
+
+
 @pytest.mark.any_compiler  # blocked in a host call: not the compiler's code
 @pytest.mark.parametrize("signum", SIGNALS, ids=["SIGINT", "SIGTERM"])
 def test_signal_stops_a_guest_blocked_in_a_host_call(backend, signum):

@@ -525,6 +525,22 @@ class Backend(ABC):
 PAGE = 65536
 
 
+def die_with_parent(parent: int) -> None:
+    """SIGKILL this child process when ``parent`` (the process that made it) dies, however
+    it dies (a hard stop, SIGKILL, a batch worker ended by its parent): a guest, or a
+    compile, never outlives its host."""
+    import ctypes
+    import os
+    import signal
+
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return  # not Linux: the worker's RLIMIT_CPU, or the parent's kill, remains
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os._exit(70)
+
+
 def take_turn(lock: Any, seconds: float) -> None:
     """Take ``lock``, the turn to call into a sandbox that another thread is calling,
     waiting at most ``seconds`` (the waiting call's timeout): TimeoutExceeded then. The

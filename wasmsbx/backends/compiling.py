@@ -191,8 +191,15 @@ def child_main(name: str) -> None:
     import json
 
     from . import get
-    from .base import EngineOptions
+    from .base import EngineOptions, die_with_parent
 
+    # Killed with the process that started it (red team round 27: a parent killed with
+    # SIGKILL left its compile running on, re-parented to init; its deadline is the
+    # parent's to keep). A parent already gone reads as init.
+    parent = os.getppid()
+    if parent == 1:
+        os._exit(70)
+    die_with_parent(parent)
     data = sys.stdin.buffer.read()
     size = int.from_bytes(data[:4], "little")
     options = EngineOptions(**json.loads(data[4 : 4 + size]))

@@ -325,13 +325,23 @@ class Keeper:
             if watch.clock is not None:
                 self.expire(watch)
 
-    def expire(self, watch: Watch) -> None:
+    def expire(self, watch: Watch, error: Optional[Callable] = None) -> None:
         """Make a running call pass its deadline now (this ends every call running on
         that engine: it is used for Ctrl-C and output floods). One FFI call per epoch
-        still ahead of it: ~1 us each, so ~60 ms for a call with 10 minutes left."""
+        still ahead of it: ~1 us each, so ~60 ms for a call with 10 minutes left.
+
+        ``error()``: why (an output flood). A call farther than FAR epochs from its
+        deadline is minutes of those calls away, so a command line hard-stops with it
+        at once instead (red team round 27: an output flood under `--timeout 366d` ran
+        on for 20 minutes past limits.output, and starved Ctrl-C meanwhile)."""
         clock = watch.clock
         if clock is None:
             return
+        if error is not None and self.hard_stop is not None:
+            with self.lock:
+                far = watch.until - clock.done > FAR
+            if far:
+                self.hard_stop(error())
         while True:  # in steps, the lock let go between them: other calls go on meanwhile
             with self.lock:
                 ahead = min(FAR, max(0, watch.until - clock.done))

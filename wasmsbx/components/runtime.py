@@ -275,7 +275,7 @@ class ComponentInstance:
         if watch is not None and (watch.clock is None or watch.clock.active <= 1):
             from ..backends.deadline import KEEPER
 
-            KEEPER.expire(watch)
+            KEEPER.expire(watch, lambda: self._stuck_error("the call"))
 
     def _account_fuel(self) -> None:
         if self.limits.fuel is not None:

@@ -57,6 +57,7 @@ from ..base import (
     Usage,
     WasiSetup,
     binary_stream,
+    die_with_parent,
     memory_limit_error,
     take_turn,
     totals_error,
@@ -486,25 +487,12 @@ def _child_stdin(stdin: Any) -> None:
         os.close(fd)
 
 
-def _die_with_parent(parent: int) -> None:
-    """SIGKILL this child when the process that forked it dies, however it dies (a hard
-    stop, SIGKILL, a batch worker ended by its parent): a guest never outlives its host."""
-    import ctypes
-
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        return  # not Linux: RLIMIT_CPU remains the backstop
-    if os.getppid() != parent:  # the parent died before prctl took effect
-        os._exit(70)
-
-
 def _run_child(child: _Child, stdin: Any, fds: dict) -> None:
     """The body of the forked process; never returns."""
     code = 0
     try:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides; Ctrl-C kills it
-        _die_with_parent(child.parent)
+        die_with_parent(child.parent)
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # SIGXCPU must not dump core
         for name in ("parent_requests", "parent_answers", "out_r", "err_r"):
             os.close(fds[name])

@@ -817,7 +817,7 @@ class WasmtimeInstance(Instance):
         is the output limit either way."""
         watch = self.watch
         if watch is not None and (watch.clock is None or watch.clock.active <= 1):
-            KEEPER.expire(watch)
+            KEEPER.expire(watch, lambda: self._output_error([]))
 
     def _account_fuel(self) -> None:
         if self.call_fuel is not None:
