@@ -296,9 +296,7 @@ class Keeper:
             if handling is not None
             else now - signalled > (GRACE if busy else UNWATCHED)
         ):
-            from ..errors import Interrupted
-
-            self.hard_stop(Interrupted("interrupted"))
+            self.hard_stop(_interrupted())
         if late:
             self.hard_stop(_late_error(late[0]))
 
@@ -313,24 +311,20 @@ class Keeper:
             for watch in watches:
                 watch.interrupted = True
                 watch.deadline = min(watch.deadline, time.monotonic())
-            far = any(w.clock is not None and w.until - w.clock.done > FAR for w in watches)
-        if signalled and far and self.hard_stop is not None:
-            # A call with days left is minutes of epochs away (one FFI call each): Ctrl-C
-            # on `--timeout 7d` ran on for 10 minutes, this thread busy and no hard stop
-            # checked. The command line stops now, as the hard stop after GRACE would.
-            from ..errors import Interrupted
-
-            self.hard_stop(Interrupted("interrupted"))
+        # (a signal's: a call with days left is minutes of epochs away, and Ctrl-C on
+        # `--timeout 7d` waited for them, this thread busy and no hard stop checked; the
+        # command line stops at once instead, as the hard stop after GRACE would)
+        error = _interrupted if signalled else None
         for watch in watches:
             if watch.clock is not None:
-                self.expire(watch)
+                self.expire(watch, error)
 
     def expire(self, watch: Watch, error: Optional[Callable] = None) -> None:
         """Make a running call pass its deadline now (this ends every call running on
         that engine: it is used for Ctrl-C and output floods). One FFI call per epoch
         still ahead of it: ~1 us each, so ~60 ms for a call with 10 minutes left.
 
-        ``error()``: why (an output flood). A call farther than FAR epochs from its
+        ``error()``: why (a signal, an output flood). A call farther than FAR epochs from its
         deadline is minutes of those calls away, so a command line hard-stops with it
         at once instead (red team round 27: an output flood under `--timeout 366d` ran
         on for 20 minutes past limits.output, and starved Ctrl-C meanwhile)."""
@@ -402,15 +396,19 @@ if hasattr(os, "register_at_fork"):
 AT_HARD_STOP: list = []
 
 
+def _interrupted() -> Any:
+    from ..errors import Interrupted
+
+    return Interrupted("interrupted")
+
+
 def _late_error(watch: Watch) -> Any:
     """The overrunning call's own error (an interrupted call's is the interrupt: exit 130,
     also when the main thread had begun handling it); a generic timeout if building it
     fails, since an exception here would end this thread and with it every deadline of
     the process."""
     if watch.interrupted:
-        from ..errors import Interrupted
-
-        return Interrupted("interrupted")
+        return _interrupted()
     try:
         return watch.error()
     except Exception:
