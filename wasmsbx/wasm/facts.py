@@ -310,7 +310,7 @@ class _Parser:
         if form == 0x60:
             return self.functype(r)
         self.features.add("gc")
-        self.gc_heap = form in (0x5F, 0x5E) or self.gc_heap
+        self.gc_heap = True  # (a struct or an array: any other form is refused below)
         if form == 0x5F:  # struct
             for _ in range(r.count("field")):
                 self.fieldtype(r)

@@ -32,7 +32,6 @@ WAIT = 2.0  # seconds; the workers let go within a millisecond or so
 _STORES: Any = weakref.WeakSet()
 _OUTPUTS: Any = weakref.WeakSet()  # the callbacks given to wasmtime-py's WasiConfig
 _VIEWS: dict = {}  # id -> weak reference: the arrays behind memory views (unhashable)
-_KEPT: list = []  # stores a view still held at exit: never freed (see release)
 _OUTPUTS_OF: Any = weakref.WeakKeyDictionary()  # store -> weak references to its outputs
 _registered = False
 
@@ -89,12 +88,13 @@ def release(wait: float = WAIT) -> bool:
 def _keep_forever(store: Any) -> None:
     import ctypes
 
-    _KEPT.append(store)
     for ref in _OUTPUTS_OF.get(store, ()):  # (held for good: not waited for)
         output = ref()
         if output is not None:
             _OUTPUTS.discard(output)
-    ctypes.pythonapi.Py_IncRef(ctypes.py_object(store))  # (module globals are cleared too)
+    # A reference nothing holds: finalization clears module globals too, so a list here
+    # would drop it; never released, the store is never freed.
+    ctypes.pythonapi.Py_IncRef(ctypes.py_object(store))
 
 
 def _daemons() -> bool:
