@@ -489,6 +489,13 @@ def _child_stdin(stdin: Any) -> None:
 
 def _run_child(child: _Child, stdin: Any, fds: dict) -> None:
     """The body of the forked process; never returns."""
+    import gc
+
+    # What the parent left for its cycle collector came along, and the worker's collector
+    # freed it here: a wasmtime store (its tokio runtime has no threads in this process)
+    # aborted the worker (SIGABRT, "failed to wake I/O driver", seen on CI), a wasmer
+    # instance closed the parent's pipes. Frozen, it is never collected in the worker.
+    gc.freeze()
     code = 0
     try:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides; Ctrl-C kills it
