@@ -169,7 +169,7 @@ def test_public_names_resolve():
 
 def test_sandbox_from_artifact_bytes_is_verified(cli, tmp_path):
     out = tmp_path / "add.cwasm"
-    assert cli("compile", ADD, "-o", out, "--backend", "wasmtime").code == 0
+    assert cli("compile", ADD, "-o", out, "--backend", "wasmtime", "--interruptible").code == 0
     data = out.read_bytes()
     with wasmsbx.Sandbox(data, P.defaults()) as box:
         assert box.artifact is not None and box.call("add", 2, 3) == 5

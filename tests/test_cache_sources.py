@@ -249,7 +249,7 @@ def test_a_standalone_artifact_is_refused_with_host_memories(tmp_path, cli):
     from wasmsbx.policy import from_dict
 
     module, out = two_memories(tmp_path), tmp_path / "two.cwasm"
-    assert cli("compile", module, "-o", out, "--backend", "wasmtime").code == 0
+    assert cli("compile", module, "-o", out, "--backend", "wasmtime", "--interruptible").code == 0
     policy = from_dict({"limits": {"memory": "128KiB"}})
     imports = {"env": {"m": wasmsbx.Memory(1)}}
     with pytest.raises(errors.ModuleError, match="binary is not at hand"):

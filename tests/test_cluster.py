@@ -426,7 +426,7 @@ def test_an_address_is_connected_to_and_closed(cluster):
 
 def test_a_precompiled_artifact_is_refused(tmp_path, client, cli):
     art = tmp_path / "add.cwasm"
-    r = cli("compile", ADD, "-o", art)
+    r = cli("compile", ADD, "-o", art, "--interruptible")
     assert r.code == 0, r
     box = Sandbox(art, defaults())
     with pytest.raises(errors.UsageError, match="a cluster needs the module itself"):

@@ -115,8 +115,11 @@ def test_compile_bad_inputs(cli, isolated):
 
 
 def make_artifact(cli, isolated, *extra) -> object:
+    """add.wat compiled with -o (``--interruptible``: these tests run it in this process,
+    where nothing could end code without epoch checks; test_epochless.py has -o's
+    default)."""
     path = isolated / "add.cwasm"
-    result = cli("compile", ADD, "-o", path, *extra)
+    result = cli("compile", ADD, "-o", path, "--interruptible", *extra)
     assert result.code == 0, result
     assert "wrote" in result.stdout and path.exists()
     return path

@@ -28,7 +28,9 @@ def test_plain_command_lines():
         "force": False,
         "json_output": True,
         "sign": False,
+        "interruptible": False,
     }
+    assert lean_args(["m.wasm", "-o", "x", "--interruptible"])["interruptible"] is True
     args = lean_args(["--policy=p.toml", "-b", "wasmtime", "--force", "--", "-odd.wasm"])
     assert (args["source"], args["policy_path"], args["backend"], args["force"]) == (
         "-odd.wasm",

@@ -203,7 +203,7 @@ def test_batch_and_checkpoint_from_an_artifact_alone(cli, art, isolated):
     core = isolated / "add.wat"
     core.write_text(GOOD_WAT)
     core_art = isolated / "add.cwasm"
-    compile_to(cli, core, core_art)
+    compile_to(cli, core, core_art, "--interruptible")  # (batch: epochs stop its items)
     for artifact in (art, core_art):
         checkpoint = isolated / "ck.json"
         res = cli("run", artifact, "add", "--batch", "-", "--checkpoint", checkpoint,

@@ -139,7 +139,7 @@ class Availability(
 class EngineOptions(
     namedtuple(
         "EngineOptions",
-        "compiler optimize fuel stack memory_cap table_cap reservation copy_data",
+        "compiler optimize fuel stack memory_cap table_cap reservation copy_data epoch",
         defaults=(
             None,
             "speed",
@@ -149,6 +149,7 @@ class EngineOptions(
             None,
             None,
             False,
+            True,
         ),
     )
 ):
@@ -164,6 +165,10 @@ class EngineOptions(
     #                             "dense", backends/reserve.py); None: the runtime's own
     # copy_data: bool  data segments copied into each memory (runtime.memory_init "copy"),
     #                  not mapped copy-on-write from one image
+    # epoch: bool  epoch checks in the code (wasmtime), which a timeout needs to stop a
+    #              guest in-process. False only for `compile -o` artifacts made for
+    #              `wasmsbx run`, which ends the process at the deadline instead (see
+    #              README "Artifacts without epoch checks")
     __slots__ = ()
 
     def to_dict(self) -> dict:

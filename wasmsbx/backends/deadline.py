@@ -100,9 +100,10 @@ class _EngineClock:
 class Watch:
     """One running call (or compile) the keeper watches: its deadline and what to say."""
 
-    __slots__ = ("clock", "deadline", "error", "interrupted", "ticks", "until")
+    __slots__ = ("bare", "clock", "deadline", "error", "interrupted", "ticks", "until")
 
     def __init__(self, clock: Optional[_EngineClock], deadline: float, error: Callable) -> None:
+        self.bare = False  # a guest's call with no epochs to stop it: only the hard stop can
         self.clock = clock
         self.deadline = deadline
         self.error = error  # () -> WasmsbxError, for the hard stop's message and exit code
@@ -121,6 +122,9 @@ class Keeper:
         self.sleeping = False  # the thread waits IDLE, not TICK: enter() must wake it
         self.wake_r, self.wake_w = -1, -1
         self.hard_stop: Optional[Callable] = None  # (error) -> never returns
+        # Set by `wasmsbx run` (one guest, then the process ends) when it has a hard stop:
+        # then, and only then, a sandbox may load native code without epoch checks.
+        self.sole_run = False
         self.signalled: Optional[float] = None  # monotonic instant of the last SIGINT/SIGTERM
         self.handling: Optional[float] = None  # when the main thread began handling it
         # Held from start_new_thread until the thread runs: a thread that only
@@ -169,6 +173,11 @@ class Keeper:
         """
         now = time.monotonic()
         watch = Watch(clock, now + timeout, error)
+        if clock is None and arm is not None:
+            # A call into code compiled without epoch checks (a `compile -o` artifact,
+            # which only `wasmsbx run` loads: KEEPER.sole_run): the hard stop ends it at
+            # its deadline, with no GRACE, since nothing else will.
+            watch.bare = True
         with self.lock:
             if clock is not None:
                 if not clock.active:
@@ -289,7 +298,9 @@ class Keeper:
         now = time.monotonic()
         signalled, handling = self.signalled, self.handling
         with self.lock:
-            late = [w for w in self.watches.values() if now - w.deadline > GRACE]
+            late = [
+                w for w in self.watches.values() if now - w.deadline > (0.0 if w.bare else GRACE)
+            ]
             busy = bool(self.watches)
         if signalled is not None and (
             now - handling > CLEANUP
@@ -330,6 +341,8 @@ class Keeper:
         on for 20 minutes past limits.output, and starved Ctrl-C meanwhile)."""
         clock = watch.clock
         if clock is None:
+            if watch.bare and error is not None and self.hard_stop is not None:
+                self.hard_stop(error())  # (no epochs to move: the process must end)
             return
         if error is not None and self.hard_stop is not None:
             with self.lock:

@@ -83,7 +83,10 @@ def _hard_stop(error: WasmsbxError) -> None:
     if "--json" in sys.argv[1:]:
         import json
 
-        report = json.dumps({"error": error.to_dict(), "exit_source": "wasmsbx"}) + "\n"
+        # (as the boundary writes it: a timeout reads the same whether an epoch or this
+        # hard stop ended the guest)
+        report = json.dumps({"error": error.to_dict(), "exit_source": "wasmsbx"}, indent=2)
+        report += "\n"
 
     def error_lines() -> None:
         if report is not None:

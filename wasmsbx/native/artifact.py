@@ -472,6 +472,30 @@ def open_for(box: Any, data: Optional[bytes], origin: str) -> Optional[Artifact]
         return refuse(box, exc)
 
 
+def epochless(box: Any, group: Any) -> bool:
+    """May ``box`` load its artifact, compiled without epoch checks (``compile -o``'s
+    default)? Only in ``wasmsbx run``, which runs one guest and has a hard stop that ends
+    the process at the deadline (``KEEPER.sole_run``): anywhere else (Python, batch,
+    bench, watch, a server) nothing could stop that code at limits.timeout, so it is
+    refused (a warning and the module compiled instead, if it was given)."""
+    from ..backends.deadline import KEEPER
+
+    if group is None and KEEPER.sole_run and KEEPER.hard_stop is not None:
+        return True
+    origin = box.artifact.origin or str(box.path)
+    refuse(
+        box,
+        errors.ModuleError(
+            f"{origin}: compiled without epoch checks, for `wasmsbx run` alone (which ends "
+            "the process at the timeout): nothing here could stop it at limits.timeout",
+            hint="compile it with `wasmsbx compile MODULE -o FILE --interruptible` to load "
+            "it from Python, batch, stream, bench or a server",
+            path=origin,
+        ),
+    )
+    return False
+
+
 def backend_for(box: Any, backend: Optional[str], kind: str) -> Optional[tuple]:
     """(backend, compiler) the artifact was built for, if the policy and --backend allow."""
     from ..backends import get, names, select, split

@@ -692,6 +692,11 @@ class Sandbox:
 
             self.artifact = aot.open_for(self, None, artifact)
         self.timings["read"] = time.perf_counter() - started
+        epochless = False
+        if self.artifact is not None and self.artifact.fingerprint.get("epoch") is False:
+            from ..native import artifact as aot
+
+            epochless = aot.epochless(self, group)  # or refused (a warning, or the error)
         if group is not None and group.engine is not None:
             self.backend_name, self.compiler = group.backend_name, group.compiler
             self.engine = group.engine
@@ -699,9 +704,10 @@ class Sandbox:
             if (self.imports or group is not None) and backend is None:
                 backend = _linking_backend(self.policy)
             self.backend_name, self.compiler = self._choose(backend, kind)
-            self.engine = backend_get(self.backend_name).engine(
-                engine_options(self.policy, self.compiler)
-            )
+            options = engine_options(self.policy, self.compiler)
+            if epochless and self.artifact is not None:  # (_choose may have refused it)
+                options = options._replace(epoch=False)
+            self.engine = backend_get(self.backend_name).engine(options)
             if group is not None:
                 group._adopt(self)
         if not cache_wanted:  # (a cluster's workers follow the same choice)

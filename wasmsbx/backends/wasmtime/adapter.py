@@ -64,8 +64,10 @@ class WasmtimeBackend(Backend):
                 # benchmarks/epoch.py (cpu.wasm kernels, CPU time, ratios to no epochs)
                 "epoch interruption (the timeout, Ctrl-C) costs 1.0-2.0x on CPU-bound guests "
                 "(measured: mandelbrot 1.45x, sieve 1.9x, matmul 2.0x, quicksort 1.2x, "
-                "xorshift 1.0x); not avoided: every policy has a timeout, and epochs are how "
-                "a guest is stopped in process",
+                "xorshift 1.0x) and 1.23x on compiling; every policy has a timeout, and "
+                "epochs are how a guest is stopped in process, so they stay everywhere but "
+                "in `compile -o` artifacts, which `wasmsbx run` alone loads and ends "
+                "the process at the timeout instead (`--interruptible` keeps them)",
                 "engines are shared per process (one per optimize/fuel/stack setting, "
                 "reservation under the dense layout, and memory_init)",
                 FAST_NOTE,

@@ -800,9 +800,10 @@ class WasmtimeInstance(Instance):
         where = self.where
         if self.budget.exceeded:
             return self._output_error([])
+        # (code without epoch checks is stopped this way wherever it is, so say no more)
+        blocked = "" if self.engine.clock is None else " (blocked in a host call)"
         return errors.TimeoutExceeded(
-            f"timeout: {where} still running after {format_duration(self.limits.timeout)} "
-            "(blocked in a host call)",
+            f"timeout: {where} still running after {format_duration(self.limits.timeout)}{blocked}",
             hint="raise limits.timeout (--timeout 30s) if the guest needs longer",
             limit_value=self.limits.timeout,
         )
@@ -1239,7 +1240,9 @@ class WasmtimeEngine(Engine):
         self.options = options
         self.engine = wasmtime.Engine(engine_config(options))
         self.memory_layout = engine_layout(options.reservation, bool(options.copy_data))
-        self.clock = KEEPER.clock(self.engine)  # epochs advanced by the process's one keeper
+        # Epochs advanced by the process's one keeper; None for code without epoch checks
+        # (a `compile -o` artifact run by `wasmsbx run`): the hard stop ends those calls.
+        self.clock = KEEPER.clock(self.engine) if options.epoch else None
 
     def compile(self, wasm: bytes) -> Any:
         exported = export_memories(wasm)
@@ -1371,7 +1374,7 @@ def engine_config(options: EngineOptions) -> wasmtime.Config:
     """The wasmtime configuration of an engine for ``options`` (benchmarks/epoch.py and
     density.py build their raw engines from it, so they measure what wasmsbx runs)."""
     config = wasmtime.Config()
-    config.epoch_interruption = True
+    config.epoch_interruption = bool(options.epoch)
     config.consume_fuel = bool(options.fuel)
     config.cranelift_opt_level = _OPT_LEVELS.get(options.optimize, "speed")
     if options.stack:
@@ -1475,6 +1478,7 @@ def engine_key(options: EngineOptions) -> tuple:
         options.stack,
         options.reservation,
         bool(options.copy_data),
+        bool(options.epoch),
     )
 
 

@@ -66,7 +66,7 @@ def fingerprint(options: EngineOptions) -> dict:
         "optimize": options.optimize,
         "fuel": options.fuel,
         "stack": options.stack,
-        "epoch": True,
+        "epoch": bool(options.epoch),
         "memory_exports": 1,  # compile() exports every memory under a hidden name
         "features": sorted(FEATURES),
         "target": f"{sys.platform}-{os.uname().machine}",

@@ -125,8 +125,12 @@ def execute(args: opts.RunArgs, log: Any = None) -> int:
         return execute_batch(args, policy, log)
     import time
 
+    from ...backends.deadline import KEEPER
     from ...runner import Sandbox
 
+    # One guest, then the process ends: with the hard stop installed (the console
+    # script's), code compiled without epoch checks may run (native.artifact.epochless).
+    KEEPER.sole_run = KEEPER.hard_stop is not None
     kind = "call" if func else "command"
     # One deadline instant for the whole run: a timeout set by a flag or the policy covers
     # compiling too. The default timeout does not (limits.compile_timeout bounds that):
@@ -224,6 +228,9 @@ def _module_path(module: str, o: dict) -> str:
 
     folder = tempfile.mkdtemp(prefix="wasmsbx-stdin-")
     atexit.register(shutil.rmtree, folder, True)
+    from ...backends.deadline import AT_HARD_STOP  # (which leaves with os._exit: no atexit)
+
+    AT_HARD_STOP.append(lambda error: shutil.rmtree(folder, True))
     _STDIN_DIR[:] = [folder + "/"]  # cut from messages, which then read "<stdin>: ..."
     path = f"{folder}/<stdin>"
     from ...inputs import MODULE_MAX_BYTES, TooLarge, _read_upto
