@@ -141,7 +141,7 @@ _wasmsbx() {
         "cache prune") opts=(--older-than --max-size --policy -p --cache-dir --json --help -h); subs=(); files=0 ;;
         "cache stats") opts=(--policy -p --cache-dir --json --help -h); subs=(); files=0 ;;
         "cache verify") opts=(--keep --policy -p --cache-dir --json --help -h); subs=(); files=0 ;;
-        "compile") opts=(--output -o --backend -b --all-backends --export --policy -p --cache-dir --force --sign --json --help -h); subs=(); files=1 ;;
+        "compile") opts=(--output -o --backend -b --all-backends --export --policy -p --cache-dir --force --sign --interruptible --json --help -h); subs=(); files=1 ;;
         "completions") opts=(--help -h); subs=(install show); files=0 ;;
         "completions install") opts=(--help -h); subs=(); files=0 ;;
         "completions show") opts=(--help -h); subs=(); files=0 ;;

@@ -102,6 +102,7 @@ complete -c wasmsbx -n '__fish_seen_subcommand_from compile' -l policy -s p -r -
 complete -c wasmsbx -n '__fish_seen_subcommand_from compile' -l cache-dir -r -F -d 'Cache directory'
 complete -c wasmsbx -n '__fish_seen_subcommand_from compile' -l force -d 'Recompile even if cached'
 complete -c wasmsbx -n '__fish_seen_subcommand_from compile' -l sign -d 'With -o FILE: also sign the artifact with your signing key (`wasmsbx trust keygen`), so machines that trust your key (`wasmsbx trust add`) run it'
+complete -c wasmsbx -n '__fish_seen_subcommand_from compile' -l interruptible -d 'With -o FILE: keep wasmtime\'s epoch checks in the code, so that Python, batch, bench and servers can load the artifact too'
 complete -c wasmsbx -n '__fish_seen_subcommand_from compile' -l json -d 'Print JSON'
 complete -c wasmsbx -n '__fish_seen_subcommand_from compile' -l help -s h -d 'Show the help and exit.'
 complete -c wasmsbx -n '__fish_seen_subcommand_from completions && not __fish_seen_subcommand_from install show' -a install -d 'Install the completion script for SHELL where the shell loads it, and say where'
