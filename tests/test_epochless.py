@@ -208,22 +208,173 @@ def test_a_large_module_compiles_in_process_under_the_hard_stop(cli, isolated):
     assert time.monotonic() - started < STOPPED_WITHIN
 
 
-def test_the_run_path_does_not_leave_a_stdin_module_behind(spin_art):
-    """``run -`` keeps the module read from stdin in a private folder; the hard stop
-    (os._exit, no atexit) must still remove it."""
+@pytest.mark.parametrize("how", ["hard stop", "epoch", "success"])
+def test_the_run_path_does_not_leave_a_stdin_module_behind(cli, isolated, spin_art, how):
+    """``run -`` keeps the module read from stdin in a private folder; it must go however
+    the run ends: the hard stop and the console script both leave with os._exit (no
+    atexit; red team round 28 found it left behind on every run but the hard stop's)."""
     import os
-    import tempfile
 
-    tmp = tempfile.gettempdir()
-    before = set(os.listdir(tmp))
-    with open(spin_art, "rb") as module:
+    module, want = spin_art, 112
+    if how != "hard stop":
+        module = isolated / "spin2.cwasm"
+        compile_to(cli, SPIN, module, "--interruptible")
+    argv = ["run", "-", "spin", "--timeout", "1s"]
+    if how == "success":
+        source = isolated / "add.wat"
+        source.write_text(ADD)
+        module, argv, want = source, ["run", "-", "add", "1", "2"], 0
+    tmp = isolated / "tmp"  # (its own TMPDIR: other tests' runs come and go in /tmp)
+    tmp.mkdir()
+    with open(module, "rb") as stdin:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "wasmsbx", "run", "-", "spin", "--timeout", "1s"],
-            stdin=module,
+            [sys.executable, "-m", "wasmsbx", *argv],
+            stdin=stdin,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
+            env={**os.environ, "TMPDIR": str(tmp)},
         )
         code, err, _ = finish(proc, time.monotonic())
-    assert code == 112, err
-    left = {n for n in set(os.listdir(tmp)) - before if n.startswith("wasmsbx-stdin-")}
-    assert not left
+    assert code == want, err
+    assert not [n for n in os.listdir(tmp) if n.startswith("wasmsbx-stdin-")]
+
+
+def script(code: str) -> subprocess.CompletedProcess:
+    """``code`` in a fresh interpreter (what installs handlers or ends its process)."""
+    return subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=STOPPED_WITHIN + 60
+    )
+
+
+def test_the_hard_stop_ends_the_process_when_no_thread_can_start(spin_art):
+    """Red team round 28: a guest that filled the address space (under ulimit -v) left no
+    room for the threads the hard stop writes from; their RuntimeError killed the deadline
+    thread, and the guest spun on, deaf to SIGTERM. Thread.start fails here on purpose."""
+    proc = script(
+        "import sys, threading\n"
+        'def refuse(self): raise RuntimeError("can\'t start new thread")\n'
+        "from wasmsbx.cli import main\n"
+        "from wasmsbx.backends.deadline import KEEPER\n"
+        "KEEPER.leave(KEEPER.enter(None, 60, None))  # (the keeper's thread starts first)\n"
+        "threading.Thread.start = refuse\n"
+        f"main(['run', {str(spin_art)!r}, 'spin', '--timeout', '1s'], guard=True)\n"
+        "print('not stopped')\n"
+    )
+    assert proc.returncode == 112, proc
+    assert "timeout: spin still running" in proc.stderr and "not stopped" not in proc.stdout
+
+
+def test_a_failing_hard_stop_still_ends_the_process(spin_art):
+    """Whatever the installed hard stop does, the keeper leaves with the error's code."""
+    proc = script(
+        "from wasmsbx.cli import main\n"
+        "import wasmsbx.cli as cli\n"
+        "from wasmsbx.backends.deadline import KEEPER\n"
+        "def broken(error): raise MemoryError\n"
+        "real = KEEPER.install_cli\n"
+        "KEEPER.install_cli = lambda stop: real(broken)\n"
+        f"main(['run', {str(spin_art)!r}, 'spin', '--timeout', '1s'], guard=True)\n"
+        "print('not stopped')\n"
+    )
+    assert proc.returncode == 112 and "not stopped" not in proc.stdout, proc
+
+
+def test_leave_to_load_it_ends_with_the_run(cli, isolated, spin_art):
+    """Red team round 28: the leave was a process-wide flag set by any `run` once a hard
+    stop existed and never taken back, so a library sandbox made after (or beside) a
+    `main(["run", ...])` loaded such code, and its timeout ended the host process."""
+    source = isolated / "add.wat"
+    source.write_text(ADD)
+    add = isolated / "add.cwasm"
+    compile_to(cli, source, add)
+    proc = script(
+        "from wasmsbx.cli import main\n"
+        "from wasmsbx import Sandbox, errors, policy\n"
+        f"assert main(['compile', {str(source)!r}, '-o', {str(isolated / 'x.cwasm')!r}],"
+        " guard=True) == 0\n"
+        f"print('unguarded run', main(['run', {str(add)!r}, 'add', '1', '2']))\n"
+        f"print('guarded run', main(['run', {str(add)!r}, 'add', '1', '2'], guard=True))\n"
+        "try:\n"
+        f"    Sandbox({str(spin_art)!r}, policy.defaults())\n"
+        "    print('loaded')\n"
+        "except errors.ModuleError as exc:\n"
+        "    print('refused', exc.message)\n"
+    )
+    assert proc.returncode == 0, proc
+    lines = proc.stdout.splitlines()
+    assert "unguarded run 102" in lines and "guarded run 0" in lines, proc
+    assert lines[-1].startswith("refused") and "without epoch checks" in lines[-1]
+
+
+def test_a_refused_artifact_never_leaves_code_without_epochs_in_the_cache(cli, isolated):
+    """Refused after its engine was chosen (built from another module), the artifact's
+    module is compiled with the policy's engine, epochs and all, and that is cached."""
+    out = isolated / "spin.cwasm"
+    compile_to(cli, SPIN, out)
+    other = isolated / "add.wat"
+    other.write_text(ADD)
+    (isolated / "sandbox.toml").write_text('[runtime]\ncache_min_size = "0"\n')
+    result = cli("run", other, "add", "2", "3", "--artifact", out, "--policy",
+                 isolated / "sandbox.toml")  # fmt: skip
+    assert result.code == 0 and result.stdout == "5\n", result
+    assert "precompiled from a different module" in result.stderr
+    listed = json.loads(cli("cache", "list", "--json").stdout)["entries"]
+    assert listed, "the module was cached"
+    from wasmsbx.native import entry
+
+    headers = []
+    for path in (isolated.parent / "cache").rglob("*"):
+        data = path.read_bytes() if path.is_file() else b""
+        if len(data) > entry.TRAILER and data[-entry.TRAILER :][8:16] == entry.MAGIC:
+            size = entry.FOOTER.unpack_from(data[-entry.TRAILER :], 0)[0]
+            header = json.loads(data[-entry.TRAILER - size : -entry.TRAILER])
+            headers.append(header["fingerprint"])
+    assert headers and all(fp.get("epoch") is True for fp in headers), headers
+
+
+def test_json_after_the_double_dash_is_the_guests(cli, isolated):
+    """The hard stop wrote its error as JSON when ``--json`` was a word for the guest."""
+    source = isolated / "cmd.wat"
+    source.write_text(
+        '(module (memory (export "memory") 1) (func (export "_start") (loop (br 0))))'
+    )
+    out = isolated / "cmd.cwasm"
+    compile_to(cli, source, out)
+    result = cli("run", out, "--timeout", "300ms", "--", "--json")
+    assert result.code == 112 and result.stdout == "", result
+    assert result.stderr.startswith("error: timeout"), result
+
+
+def test_the_audit_log_of_an_artifact_alone_names_its_module(cli, isolated, spin_art):
+    log = isolated / "audit.jsonl"
+    result = cli("run", spin_art, "spin", "--timeout", "300ms", "--audit-log", log)
+    assert result.code == 112, result
+    events = [json.loads(line) for line in log.read_text().splitlines()]
+    sandbox = next(e for e in events if e["event"] == "sandbox")
+    header = aot.read_header(spin_art.read_bytes())["module"]
+    assert (sandbox["sha256"], sandbox["size"]) == (header["sha256"], header["size"])
+    assert events[-1]["event"] == "exit" and events[-1]["exit_code"] == 112
+
+
+def test_under_a_memory_limit_the_compile_goes_to_a_worker(monkeypatch):
+    """Red team round 28: out of memory (ulimit -v), the compiler aborts its process; in
+    process that was the command line itself (exit 134, a Rust backtrace), where the
+    worker's crash is an error (exit 102)."""
+    import resource
+
+    from wasmsbx.backends import get
+    from wasmsbx.backends.deadline import KEEPER
+    from wasmsbx.cli.commands.compile import _hard_stopped
+
+    monkeypatch.setattr(KEEPER, "hard_stop", lambda error: None)
+    adapter = get("wasmtime")
+    assert _hard_stopped(adapter)
+    real = resource.getrlimit
+
+    def limited(which):
+        if which == resource.RLIMIT_AS:
+            return (1 << 30, resource.RLIM_INFINITY)
+        return real(which)
+
+    monkeypatch.setattr(resource, "getrlimit", limited)
+    assert not _hard_stopped(adapter)

@@ -78,10 +78,15 @@ class AuditLog:
 
         v = box.policy.values
         self.wasm = box.wasm
+        if box.wasm is not None:
+            sha256, size = hashlib.sha256(box.wasm).hexdigest(), len(box.wasm)
+        else:  # a precompiled artifact alone: the module it was built from, as it records
+            module = box.artifact.header["module"]
+            sha256, size = module.get("sha256"), module.get("size")
         self.event(
             "sandbox",
-            sha256=hashlib.sha256(box.wasm).hexdigest(),
-            size=len(box.wasm),
+            sha256=sha256,
+            size=size,
             backend=box.backend_name,
             compiler=box.compiler,
             policy=box.policy.source,

@@ -125,6 +125,7 @@ class Keeper:
         # Set by `wasmsbx run` (one guest, then the process ends) when it has a hard stop:
         # then, and only then, a sandbox may load native code without epoch checks.
         self.sole_run = False
+        self.stopping = False  # the hard stop has begun: the process is ending
         self.signalled: Optional[float] = None  # monotonic instant of the last SIGINT/SIGTERM
         self.handling: Optional[float] = None  # when the main thread began handling it
         # Held from start_new_thread until the thread runs: a thread that only
@@ -307,9 +308,28 @@ class Keeper:
             if handling is not None
             else now - signalled > (GRACE if busy else UNWATCHED)
         ):
-            self.hard_stop(_interrupted())
+            self._stop(_interrupted())
         if late:
-            self.hard_stop(_late_error(late[0]))
+            self._stop(_late_error(late[0]))
+
+    def _stop(self, error: Any) -> None:
+        """The hard stop, which must end the process whatever happens in it: if it fails
+        (it starts threads to write without blocking, and a guest that filled the address
+        space leaves none to start: red team round 28), this thread, the only one that
+        can stop code without epoch checks and the one signals reach, would die with it
+        and the guest run on. So leave anyway, with the error's exit code."""
+        hard_stop = self.hard_stop
+        self.stopping = True  # the guest's further output is dropped (backend _Output)
+        try:
+            if hard_stop is not None:
+                hard_stop(error)
+        except BaseException:  # noqa: BLE001 - nothing may keep this process alive now
+            pass
+        try:
+            code = int(error.exit_code)
+        except Exception:  # noqa: BLE001
+            code = 1
+        os._exit(code)
 
     # ------------------------------------------------------------------ interrupts
     def interrupt(self, signalled: bool = False) -> None:
@@ -342,13 +362,13 @@ class Keeper:
         clock = watch.clock
         if clock is None:
             if watch.bare and error is not None and self.hard_stop is not None:
-                self.hard_stop(error())  # (no epochs to move: the process must end)
+                self._stop(error())  # (no epochs to move: the process must end)
             return
         if error is not None and self.hard_stop is not None:
             with self.lock:
                 far = watch.until - clock.done > FAR
             if far:
-                self.hard_stop(error())
+                self._stop(error())
         while True:  # in steps, the lock let go between them: other calls go on meanwhile
             with self.lock:
                 ahead = min(FAR, max(0, watch.until - clock.done))

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Optional
+from typing import Any, Optional
 
 from ..errors import ExitCode, WasmsbxError
 from ..native import flush_hits
@@ -62,8 +62,6 @@ def _hard_stop(error: WasmsbxError) -> None:
     """Called by the deadline keeper's thread when the main thread is stuck in a runtime
     call past its deadline (a guest blocked in a host call, a compile) or ignores Ctrl-C:
     flush what was written, print the error, leave with its exit code."""
-    import threading
-
     from ..backends.deadline import AT_HARD_STOP
 
     def last_words() -> None:
@@ -75,12 +73,11 @@ def _hard_stop(error: WasmsbxError) -> None:
         _flush_all()
         flush_hits()  # (the run's cache hit, kept in memory; never raises)
 
-    flusher = threading.Thread(target=last_words, daemon=True)
-    flusher.start()
-    flusher.join(0.5)  # a stdout pipe nobody reads must not keep the process alive
+    _bounded(last_words)  # a stdout pipe nobody reads must not keep the process alive
     lines = f"error: {error.message}\n" + (f"hint: {error.hint}\n" if error.hint else "")
     report = None
-    if "--json" in sys.argv[1:]:
+    argv = sys.argv[1:]
+    if "--json" in (argv[: argv.index("--")] if "--" in argv else argv):  # (not a guest's)
         import json
 
         # (as the boundary writes it: a timeout reads the same whether an epoch or this
@@ -96,10 +93,30 @@ def _hard_stop(error: WasmsbxError) -> None:
     # Written from a thread too, and waited for a bounded time: a stderr pipe nobody
     # reads (`2>&1 | consumer` with a guest flooding it) blocked this write, and with it
     # the timeout, until the reader went away (red team round 23: 30 s for a 2 s timeout).
-    writer = threading.Thread(target=error_lines, daemon=True)
-    writer.start()
-    writer.join(0.5)
+    _bounded(error_lines)
     os._exit(int(error.exit_code))
+
+
+def _bounded(work: Any) -> None:
+    """``work()`` for at most half a second: in a thread, or, when no thread can start
+    (a guest that filled the address space: red team round 28), here, with SIGALRM's
+    default action (the process ends) as the bound if it blocks."""
+    import threading
+
+    try:
+        worker = threading.Thread(target=work, daemon=True)
+        worker.start()
+    except RuntimeError:
+        import signal
+
+        try:
+            signal.setitimer(signal.ITIMER_REAL, 0.5)
+            signal.signal(signal.SIGALRM, signal.SIG_DFL)
+        except (ValueError, OSError, AttributeError):  # (not the main thread: no handler)
+            pass
+        work()
+        return
+    worker.join(0.5)
 
 
 def _flush_all() -> None:
@@ -123,6 +140,9 @@ def _guard(argv: list) -> None:
         from ..backends.deadline import KEEPER
 
         KEEPER.install_cli(_hard_stop)
+        # One guest, then the process ends: only then may code without epoch checks run
+        # (native.artifact.epochless; run's batch and stream modes take it back).
+        KEEPER.sole_run = argv[0] == "run"
 
 
 def main(argv: Optional[list] = None, *, guard: bool = False) -> int:
@@ -155,7 +175,17 @@ def main(argv: Optional[list] = None, *, guard: bool = False) -> int:
         from .boundary import report
 
         code = report(KeyboardInterrupt())
+    finally:
+        _end_sole_run()
     return code
+
+
+def _end_sole_run() -> None:
+    """The run is over: a caller that goes on (``main`` called from Python) gets no more
+    leave to load code without epoch checks."""
+    deadline = sys.modules.get("wasmsbx.backends.deadline")
+    if deadline is not None:
+        deadline.KEEPER.sole_run = False
 
 
 def entry() -> None:

@@ -719,6 +719,10 @@ class Sandbox:
 
             self.module = aot.load_for(self)
         if self.module is None:
+            if epochless:  # refused after all: the module compiles with epoch checks
+                self.engine = backend_get(self.backend_name).engine(
+                    engine_options(self.policy, self.compiler)
+                )
             self.module = self._compile(cache_wanted)
         if self._source is not None:  # (for the source memo, written by now if ever)
             self._source = None

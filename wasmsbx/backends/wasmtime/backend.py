@@ -77,6 +77,8 @@ class _Output(OutputSink):
         self.budget = budget
 
     def __call__(self, data: bytes) -> int:
+        if KEEPER.stopping:  # (the hard stop is writing the error: nothing after it)
+            return -errno.EPIPE
         if not self.budget.take(len(data)):
             return -errno.EFBIG
         try:

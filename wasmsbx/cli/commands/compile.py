@@ -413,12 +413,23 @@ def _native(
 
 
 def _hard_stopped(adapter: Any) -> bool:
-    """Whether this process's compile for ``adapter`` can be ended at its deadline by the
-    command line's hard stop: it is installed (the console script) and the runtime
-    compiles without holding the GIL (not wasmer: the hard stop's thread could not run)."""
+    """Whether this process may compile for ``adapter`` itself: the command line's hard
+    stop is installed (the console script) to end it at its deadline, the runtime
+    compiles without holding the GIL (not wasmer: the hard stop's thread could not run),
+    and nothing limits the memory it may take."""
     from ...backends.deadline import KEEPER
 
-    return KEEPER.hard_stop is not None and adapter.name == "wasmtime"
+    if KEEPER.hard_stop is None or adapter.name != "wasmtime":
+        return False
+    # Under an address-space or data limit (ulimit -v/-d) the compiler may run out of
+    # memory, and then it aborts its process (a Rust allocation failure): that must be
+    # a worker's, reported as an error, not this one's (red team round 28: exit 134).
+    import resource
+
+    for which in (resource.RLIMIT_AS, resource.RLIMIT_DATA):
+        if resource.getrlimit(which)[0] != resource.RLIM_INFINITY:
+            return False
+    return True
 
 
 def _for_components(engine: Any, wasm: bytes, out: Optional[str]) -> Any:

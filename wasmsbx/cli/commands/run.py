@@ -80,6 +80,10 @@ def run_main(argv: list) -> int:
         code = report(exc, json_mode)
         if log is not None:
             log.failure(exc)
+    if _STDIN_DIR:  # (the console script leaves with os._exit: its atexit hook never runs)
+        import shutil
+
+        shutil.rmtree(_STDIN_DIR[0].rstrip("/"), True)
     if log is not None:
         log.exit(code)
     return code
@@ -120,17 +124,15 @@ def execute(args: opts.RunArgs, log: Any = None) -> int:
         path = _module_path(module, o)
         args = args._replace(positionals=[path, *args.positionals[1:]])
     if any(o[dest] not in (None, False) for dest in BATCH_OPTIONS):
+        from ...backends.deadline import KEEPER
         from .run_batch import execute as execute_batch
 
+        KEEPER.sole_run = False  # many guests: every one must be stoppable in process
         return execute_batch(args, policy, log)
     import time
 
-    from ...backends.deadline import KEEPER
     from ...runner import Sandbox
 
-    # One guest, then the process ends: with the hard stop installed (the console
-    # script's), code compiled without epoch checks may run (native.artifact.epochless).
-    KEEPER.sole_run = KEEPER.hard_stop is not None
     kind = "call" if func else "command"
     # One deadline instant for the whole run: a timeout set by a flag or the policy covers
     # compiling too. The default timeout does not (limits.compile_timeout bounds that):
