@@ -319,10 +319,13 @@ class Keeper:
         can stop code without epoch checks and the one signals reach, would die with it
         and the guest run on. So leave anyway, with the error's exit code."""
         hard_stop = self.hard_stop
+        if hard_stop is None:
+            return
         self.stopping = True  # the guest's further output is dropped (backend _Output)
         try:
-            if hard_stop is not None:
-                hard_stop(error)
+            hard_stop(error)  # (never returns, but for tests' stand-ins)
+            self.stopping = False
+            return
         except BaseException:  # noqa: BLE001 - nothing may keep this process alive now
             pass
         try:
