@@ -34,8 +34,21 @@ class AuditLog:
 
         refuse_trust_folder(path)  # appended lines must not land among your keys
         try:
-            self.fh = open(path, "a", encoding="utf-8")  # noqa: SIM115 - closed by exit()
+            # O_NONBLOCK for the open only: a FIFO nobody reads is refused at once
+            # (ENXIO) instead of blocking the run before its deadline is even armed.
+            flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEXEC", 0)
+            fd = os.open(path, flags | getattr(os, "O_NONBLOCK", 0), 0o666)
+            os.set_blocking(fd, True)
+            self.fh = open(fd, "a", encoding="utf-8")  # noqa: SIM115 - closed by exit()
         except OSError as exc:
+            import errno
+
+            if exc.errno == errno.ENXIO:
+                raise errors.InputError(
+                    f"--audit-log {path}: a named pipe that no process is reading",
+                    hint="start its reader first, or give a file",
+                    path=path,
+                ) from None
             raise errors.InputError(
                 f"--audit-log {path}: cannot open for appending: {exc.strerror or exc}",
                 hint="give a writable file path (its directory must exist)",

@@ -139,7 +139,16 @@ def _guard(argv: list) -> None:
     if argv and argv[0] in GUARDED:
         from ..backends.deadline import KEEPER
 
-        KEEPER.install_cli(_hard_stop)
+        try:
+            KEEPER.install_cli(_hard_stop)
+        except RuntimeError as exc:  # (no thread can start: nothing could be bounded)
+            from ..errors import ResourceExhausted
+
+            raise ResourceExhausted(
+                f"cannot start the deadline thread ({exc})",
+                hint="the process is out of threads or memory maps; raise the limits "
+                "(ulimit -u, ulimit -v, vm.max_map_count)",
+            ) from None
         # One guest, then the process ends: only then may code without epoch checks run
         # (native.artifact.epochless; run's batch and stream modes take it back).
         KEEPER.sole_run = argv[0] == "run"
@@ -167,16 +176,47 @@ def main(argv: Optional[list] = None, *, guard: bool = False) -> int:
 
             code = run_app(argv)
         flush_hits()  # (cache hits kept in memory: entry leaves with os._exit, not atexit)
-        try:
-            sys.stdout.flush()
-        except BrokenPipeError:  # a closed pipe (| head) is not an error of ours
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-    except KeyboardInterrupt:  # Ctrl-C before a command's own boundary (still importing)
-        from .boundary import report
+        code = _stdout_written(code)
+    except (KeyboardInterrupt, WasmsbxError) as exc:  # before a command's own boundary
+        from .boundary import report  # (Ctrl-C while importing; no thread for the keeper)
 
-        code = report(KeyboardInterrupt())
+        code = report(exc)
+    except OSError as exc:
+        code = _stdout_error(exc)
     finally:
         _end_sole_run()
+    return code
+
+
+def _stdout_written(code: int) -> int:
+    """Flush stdout; a command whose results could not be written (a full disk,
+    /dev/full) ends with exit 105 instead of success. A closed pipe (``| head``) is not
+    an error of ours: the code stays."""
+    output = sys.modules.get("wasmsbx.cli.output")
+    if output is None:
+        try:
+            sys.stdout.flush()
+        except (OSError, ValueError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), 1)
+        return code
+    output.flush_stdout()
+    if output.STDOUT_FAILED and code == 0:
+        exc = output.STDOUT_FAILED[0]
+        why = getattr(exc, "strerror", None) or str(exc)
+        output.error(f"cannot write the results to stdout: {why}", "free space, or redirect stdout")
+        return int(ExitCode.IO)
+    return code
+
+
+def _stdout_error(exc: OSError) -> int:
+    """An OSError no command caught (typer's own output: `--version > /dev/full`)."""
+    from . import output
+
+    code = output.stdout_error(exc)
+    if code is None:
+        from .boundary import report
+
+        return report(exc)
     return code
 
 

@@ -32,6 +32,10 @@ def report(exc: BaseException, json_mode: bool = False) -> int:
             ),
             json_mode,
         )
+    if isinstance(exc, OSError):  # stdout full or gone (a table or an echo to /dev/full)
+        code = output.stdout_error(exc)
+        if code is not None:
+            return code
     if isinstance(exc, KeyboardInterrupt):
         from ..backends.deadline import KEEPER
 

@@ -7,13 +7,59 @@ commands that draw tables. rich honours NO_COLOR and drops colour when not on a 
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
 from typing import Any, Optional
 
+# The first failure to write stdout that is not a closed pipe (a full disk, /dev/full,
+# EIO): the command then ends with exit 105 if it would have succeeded (see cli.main).
+STDOUT_FAILED: list = []
+
 
 def out(text: str) -> None:
-    sys.stdout.write(text + "\n")
+    try:
+        sys.stdout.write(text + "\n")
+    except (OSError, ValueError) as exc:
+        stdout_failed(exc)
+
+
+def stdout_failed(exc: BaseException) -> None:
+    """Writing stdout failed: later writes go nowhere; a closed pipe (``| head``) is not
+    an error of ours, anything else is remembered for the exit code."""
+    if not isinstance(exc, BrokenPipeError) and not STDOUT_FAILED:
+        STDOUT_FAILED.append(exc)
+    _to_null(1)
+
+
+def stdout_error(exc: BaseException) -> Optional[int]:
+    """The exit code for ``exc`` if it is stdout failing (a command's own print, rich's,
+    typer's echo), else None: 105 with one error line, or 0 for a reader that went away
+    (``| head``). Told by asking fd 1 again: an empty write fails on ``/dev/full``, and
+    a full file system has no block left; a file of the command's own that failed is
+    neither."""
+    if not isinstance(exc, OSError):
+        return None
+    if not isinstance(exc, BrokenPipeError):
+        try:
+            os.write(1, b"")
+            if exc.errno != errno.ENOSPC or os.fstatvfs(1).f_bavail:
+                return None
+        except OSError:
+            pass
+    stdout_failed(exc)
+    if not STDOUT_FAILED:
+        return 0
+    why = getattr(exc, "strerror", None) or str(exc)
+    error(f"cannot write the results to stdout: {why}", "free space, or redirect stdout")
+    return 105
+
+
+def flush_stdout() -> None:
+    try:
+        sys.stdout.flush()
+    except (OSError, ValueError) as exc:
+        stdout_failed(exc)
 
 
 def err(text: str) -> None:
@@ -49,7 +95,14 @@ def warning(message: str) -> None:
 def emit_json(data: Any, stream=None) -> None:
     import json
 
-    (stream or sys.stdout).write(json.dumps(data, indent=2, sort_keys=False) + "\n")
+    text = json.dumps(data, indent=2, sort_keys=False) + "\n"
+    if stream is not None:
+        stream.write(text)
+        return
+    try:
+        sys.stdout.write(text)
+    except (OSError, ValueError) as exc:
+        stdout_failed(exc)
 
 
 def console(stderr: bool = False):

@@ -77,14 +77,20 @@ class _Output(OutputSink):
         self.budget = budget
 
     def __call__(self, data: bytes) -> int:
-        if KEEPER.stopping:  # (the hard stop is writing the error: nothing after it)
-            return -errno.EPIPE
-        if not self.budget.take(len(data)):
-            return -errno.EFBIG
+        # Nothing may leave this callback: wasmtime-py catches it, print()s a line to
+        # stdout (which then fails too, on /dev/full or a closed pipe) and hands the
+        # runtime a garbage count, and tokio panics (red team rounds 24 and 29: exit
+        # 134 when an out-of-memory guest's `--json` capture raised MemoryError).
         try:
+            if KEEPER.stopping:  # (the hard stop is writing the error: nothing after it)
+                return -errno.EPIPE
+            if not self.budget.take(len(data)):
+                return -errno.EFBIG
             self.write(data)
-        except (OSError, ValueError):  # (ValueError: sys.stdout closed; raised into
-            return -errno.EPIPE  # wasmtime-py's callback, it aborted the process)
+        except MemoryError:
+            return -errno.ENOMEM
+        except BaseException:  # noqa: BLE001 - (OSError, ValueError: sys.stdout closed;
+            return -errno.EPIPE  # Ctrl-C's KeyboardInterrupt: the keeper has it already)
         return len(data)
 
 
