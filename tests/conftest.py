@@ -217,6 +217,20 @@ WARM_WASMER_PROBES = frozenset(
 )
 
 
+# A module of one export, add(i32, i32) -> i32.
+ADD_WAT = (
+    '(module (func (export "add") (param i32 i32) (result i32) local.get 0 local.get 1 i32.add))'
+)
+
+
+@pytest.fixture
+def add(isolated):
+    """add.wat (``ADD_WAT``) in the test's own folder."""
+    path = isolated / "add.wat"
+    path.write_text(ADD_WAT)
+    return path
+
+
 @pytest.fixture(autouse=True)
 def isolated(tmp_path, monkeypatch):
     """Every test gets its own cache dir, trust folder (keys) and a cwd without a

@@ -28,13 +28,6 @@ ADD = '(module (func (export "add") (param i32 i32) (result i32) local.get 0 loc
 HANG_GUARD = 60  # seconds: only turns a hang into a failure, never a timing assertion
 
 
-@pytest.fixture
-def add(isolated):
-    path = isolated / "add.wat"
-    path.write_text(ADD)
-    return path
-
-
 def _root(policy=None) -> Path:
     return cache.resolve_dir(policy or make_policy())[0]
 

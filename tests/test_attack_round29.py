@@ -21,13 +21,6 @@ ADD = '(module (func (export "add") (param i32 i32) (result i32) local.get 0 loc
 FULL = "/dev/full"
 
 
-@pytest.fixture
-def add(isolated):
-    path = isolated / "add.wat"
-    path.write_text(ADD)
-    return path
-
-
 def run_to(stdout, *args) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "wasmsbx", *map(str, args)],

@@ -20,13 +20,6 @@ from .cache_helpers import hit_from_threads, make_policy, new_run_sandbox
 ADD = '(module (func (export "add") (param i32 i32) (result i32) local.get 0 local.get 1 i32.add))'
 
 
-@pytest.fixture
-def add(isolated):
-    path = isolated / "add.wat"
-    path.write_text(ADD)
-    return path
-
-
 def journal(policy) -> bytes:
     path = cache.resolve_dir(policy)[0] / cache.HITS
     return path.read_bytes() if path.exists() else b""

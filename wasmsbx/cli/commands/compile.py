@@ -5,6 +5,7 @@ A plain command line is parsed here (``lean_args``), without the typer app (see
 
 from __future__ import annotations
 
+from collections import namedtuple
 from pathlib import Path
 from typing import Any, Optional
 
@@ -229,22 +230,11 @@ def run_compile(
     inputs = [source, wasm_path, policy.source]  # what -o must not overwrite
     failures = []
     facts = _facts(built.wasm)  # parsed once: selection and the artifact's header use it
+    job = _Job(built.wasm, name, policy, out, cache_dir, force, signer, inputs, facts)
+    job = job._replace(interruptible=interruptible)
     for adapter, compiler in _targets(policy, built.wasm, all_backends, facts):
         try:
-            target = _native(
-                adapter,
-                compiler,
-                built.wasm,
-                name,
-                policy,
-                out,
-                cache_dir,
-                force,
-                signer,
-                inputs,
-                facts,
-                interruptible,
-            )
+            target = _native(adapter, compiler, job)
         except WasmsbxError as exc:
             if not all_backends:
                 raise
@@ -319,20 +309,20 @@ def _targets(policy: Any, wasm: bytes, all_backends: bool, facts: Any) -> list:
     return [(get(chosen.backend), chosen.compiler)]
 
 
-def _native(
-    adapter,
-    compiler,
-    wasm,
-    name,
-    policy,
-    out,
-    cache_dir,
-    force,
-    signer,
-    inputs,
-    facts,
-    interruptible=False,
-) -> dict:
+class _Job(
+    namedtuple(
+        "_Job",
+        "wasm name policy out cache_dir force signer inputs facts interruptible",
+        defaults=(False,),
+    )
+):
+    """What one compile command asks of every backend it compiles for."""
+
+    __slots__ = ()
+
+
+def _native(adapter: Any, compiler: Optional[str], job: _Job) -> dict:
+    wasm, name, policy, out, cache_dir, force, signer, inputs, facts, interruptible = job
     from ...backends.base import engine_options
     from ...backends.compiling import CHILD_MIN, too_slow
     from ...components import is_component
