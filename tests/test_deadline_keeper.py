@@ -449,3 +449,27 @@ def test_a_deadline_thread_that_cannot_start_is_a_resource_error_and_tried_again
     watch = keeper.enter(clock, 60.0, lambda: None)  # (the next call starts it)
     assert keeper.running
     keeper.leave(watch)
+
+
+def test_grace_counts_from_when_the_epoch_reached_the_deadline():
+    """CI: a keeper thread woken late (a loaded machine) advanced a busy call's epoch past
+    its deadline and, in the same pass, found it GRACE past the deadline and hard-stopped
+    it as "blocked in a host call", before its store could trap (exit 112 for a batch
+    whose items should each have timed out). GRACE now starts when the epoch got there."""
+    from wasmsbx.backends.deadline import GRACE
+
+    keeper, engine, stopped = Keeper(), FakeEngine(), []
+    keeper.running = True  # (as if: no thread, the passes below are this test's own)
+    clock = keeper.clock(engine)
+    watch = keeper.enter(clock, 0.01, lambda: "the error")
+    keeper.hard_stop = stopped.append
+    time.sleep(GRACE + 0.1)  # the thread "sleeps" through the deadline and the grace
+    keeper._advance()  # wakes: the epoch reaches the deadline now
+    keeper._overruns()
+    assert engine.epoch >= watch.until and watch.reached is not None
+    assert not stopped  # the store traps at its next epoch check: no hard stop yet
+    watch.reached -= GRACE + 0.01  # still running GRACE after that: blocked in a host call
+    keeper._overruns()
+    assert stopped == ["the error"]
+    keeper.hard_stop = None
+    keeper.leave(watch)
