@@ -82,9 +82,13 @@ def in_child(engine: Any, wasm: bytes) -> bool:
     return len(wasm) >= CHILD_MIN or getattr(engine, "compiles_holding_gil", False)
 
 
-def compile_bounded(engine: Any, wasm: bytes, seconds: float, error: Any) -> Any:
-    """``engine.compile(wasm)`` that ends within ``seconds`` or raises ``error()``."""
-    if in_child(engine, wasm):
+def compile_bounded(
+    engine: Any, wasm: bytes, seconds: float, error: Any, here: bool = False
+) -> Any:
+    """``engine.compile(wasm)`` that ends within ``seconds`` or raises ``error()``.
+    ``here``: in this process whatever its size (a command line whose hard stop ends it,
+    ``compile -o``)."""
+    if not here and in_child(engine, wasm):
         return compile_in_child(engine, wasm, seconds, error)
     from .deadline import KEEPER
 

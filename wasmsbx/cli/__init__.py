@@ -58,6 +58,11 @@ def _fill_closed_stdio() -> None:
 GUARDED = ("run", "bench", "compile", "audit")  # (audit compiles a component to read it)
 
 
+def json_flag(argv: list) -> bool:
+    """``--json`` among wasmsbx's own arguments (a word after ``--`` is the guest's)."""
+    return "--json" in (argv[: argv.index("--")] if "--" in argv else argv)
+
+
 def _hard_stop(error: WasmsbxError) -> None:
     """Called by the deadline keeper's thread when the main thread is stuck in a runtime
     call past its deadline (a guest blocked in a host call, a compile) or ignores Ctrl-C:
@@ -76,8 +81,7 @@ def _hard_stop(error: WasmsbxError) -> None:
     _bounded(last_words)  # a stdout pipe nobody reads must not keep the process alive
     lines = f"error: {error.message}\n" + (f"hint: {error.hint}\n" if error.hint else "")
     report = None
-    argv = sys.argv[1:]
-    if "--json" in (argv[: argv.index("--")] if "--" in argv else argv):  # (not a guest's)
+    if json_flag(sys.argv[1:]):
         import json
 
         # (as the boundary writes it: a timeout reads the same whether an epoch or this
@@ -181,8 +185,10 @@ def main(argv: Optional[list] = None, *, guard: bool = False) -> int:
         from .boundary import report  # (Ctrl-C while importing; no thread for the keeper)
 
         code = report(exc)
-    except OSError as exc:
-        code = _stdout_error(exc)
+    except OSError as exc:  # (typer's own output: `--version > /dev/full`)
+        from .boundary import report
+
+        code = report(exc)
     finally:
         _end_sole_run()
     return code
@@ -192,31 +198,11 @@ def _stdout_written(code: int) -> int:
     """Flush stdout; a command whose results could not be written (a full disk,
     /dev/full) ends with exit 105 instead of success. A closed pipe (``| head``) is not
     an error of ours: the code stays."""
-    output = sys.modules.get("wasmsbx.cli.output")
-    if output is None:
-        try:
-            sys.stdout.flush()
-        except (OSError, ValueError):
-            os.dup2(os.open(os.devnull, os.O_WRONLY), 1)
-        return code
-    output.flush_stdout()
-    if output.STDOUT_FAILED and code == 0:
-        exc = output.STDOUT_FAILED[0]
-        why = getattr(exc, "strerror", None) or str(exc)
-        output.error(f"cannot write the results to stdout: {why}", "free space, or redirect stdout")
-        return int(ExitCode.IO)
-    return code
-
-
-def _stdout_error(exc: OSError) -> int:
-    """An OSError no command caught (typer's own output: `--version > /dev/full`)."""
     from . import output
 
-    code = output.stdout_error(exc)
-    if code is None:
-        from .boundary import report
-
-        return report(exc)
+    output.flush_stdout()
+    if output.STDOUT_FAILED and code == 0:
+        return output.stdout_failure(output.STDOUT_FAILED[0])
     return code
 
 

@@ -48,8 +48,11 @@ def stdout_error(exc: BaseException) -> Optional[int]:
         except OSError:
             pass
     stdout_failed(exc)
-    if not STDOUT_FAILED:
-        return 0
+    return stdout_failure(exc) if STDOUT_FAILED else 0
+
+
+def stdout_failure(exc: BaseException) -> int:
+    """Say that stdout could not be written; its exit code (105, I/O)."""
     why = getattr(exc, "strerror", None) or str(exc)
     error(f"cannot write the results to stdout: {why}", "free space, or redirect stdout")
     return 105

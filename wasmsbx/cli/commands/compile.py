@@ -230,8 +230,9 @@ def run_compile(
     inputs = [source, wasm_path, policy.source]  # what -o must not overwrite
     failures = []
     facts = _facts(built.wasm)  # parsed once: selection and the artifact's header use it
-    job = _Job(built.wasm, name, policy, out, cache_dir, force, signer, inputs, facts)
-    job = job._replace(interruptible=interruptible)
+    job = _Job(
+        built.wasm, name, policy, out, cache_dir, force, signer, inputs, facts, interruptible
+    )
     for adapter, compiler in _targets(policy, built.wasm, all_backends, facts):
         try:
             target = _native(adapter, compiler, job)
@@ -313,7 +314,6 @@ class _Job(
     namedtuple(
         "_Job",
         "wasm name policy out cache_dir force signer inputs facts interruptible",
-        defaults=(False,),
     )
 ):
     """What one compile command asks of every backend it compiles for."""
@@ -353,15 +353,12 @@ def _native(adapter: Any, compiler: Optional[str], job: _Job) -> dict:
         def in_process(data: bytes) -> tuple:
             import time
 
-            from ...backends.deadline import KEEPER
+            from ...backends.compiling import compile_bounded
 
             with _spinner(label):
-                watch = KEEPER.enter(None, seconds, error)
-                try:
-                    module = engine.compile(data)
-                finally:
-                    KEEPER.leave(watch)
-                if time.monotonic() > watch.deadline:  # (within the hard stop's GRACE)
+                started = time.monotonic()
+                module = compile_bounded(engine, data, seconds, error, here=True)
+                if time.monotonic() - started > seconds:  # (within the hard stop's GRACE)
                     raise error()
                 return engine.serialize(module), engine.fingerprint()
 

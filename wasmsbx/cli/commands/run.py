@@ -65,7 +65,9 @@ def flag_keys(options: dict) -> dict:
 
 
 def run_main(argv: list) -> int:
-    json_mode = "--json" in argv[: argv.index("--")] if "--" in argv else "--json" in argv
+    from .. import json_flag
+
+    json_mode = json_flag(argv)
     log = None
     _STDIN_DIR[:] = []
     try:
@@ -223,13 +225,11 @@ def _module_path(module: str, o: dict) -> str:
             "MODULE and the input cannot both come from stdin",
             hint="give the module as a file, or --batch FILE",
         )
-    import atexit
     import shutil
     import sys
     import tempfile
 
-    folder = tempfile.mkdtemp(prefix="wasmsbx-stdin-")
-    atexit.register(shutil.rmtree, folder, True)
+    folder = tempfile.mkdtemp(prefix="wasmsbx-stdin-")  # (removed as run_main ends)
     from ...backends.deadline import AT_HARD_STOP  # (which leaves with os._exit: no atexit)
 
     AT_HARD_STOP.append(lambda error: shutil.rmtree(folder, True))
