@@ -58,11 +58,6 @@ def _fill_closed_stdio() -> None:
 GUARDED = ("run", "bench", "compile", "audit")  # (audit compiles a component to read it)
 
 
-def json_flag(argv: list) -> bool:
-    """``--json`` among wasmsbx's own arguments (a word after ``--`` is the guest's)."""
-    return "--json" in (argv[: argv.index("--")] if "--" in argv else argv)
-
-
 def _hard_stop(error: WasmsbxError) -> None:
     """Called by the deadline keeper's thread when the main thread is stuck in a runtime
     call past its deadline (a guest blocked in a host call, a compile) or ignores Ctrl-C:
@@ -81,6 +76,8 @@ def _hard_stop(error: WasmsbxError) -> None:
     _bounded(last_words)  # a stdout pipe nobody reads must not keep the process alive
     lines = f"error: {error.message}\n" + (f"hint: {error.hint}\n" if error.hint else "")
     report = None
+    from .options import json_flag
+
     if json_flag(sys.argv[1:]):
         import json
 

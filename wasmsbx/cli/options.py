@@ -240,3 +240,8 @@ def _looks_like_flag(token: str) -> bool:
     """``-x`` before FUNC is an unknown flag; ``-5``/``-inf`` are values."""
     body = token[1:]
     return bool(body) and not (body[0].isdigit() or body[0] == "." or body in ("inf", "nan"))
+
+
+def json_flag(argv: list) -> bool:
+    """``--json`` among wasmsbx's own arguments (a word after ``--`` is the guest's)."""
+    return "--json" in (argv[: argv.index("--")] if "--" in argv else argv)

@@ -65,9 +65,7 @@ def flag_keys(options: dict) -> dict:
 
 
 def run_main(argv: list) -> int:
-    from .. import json_flag
-
-    json_mode = json_flag(argv)
+    json_mode = opts.json_flag(argv)
     log = None
     _STDIN_DIR[:] = []
     try:
