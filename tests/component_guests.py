@@ -119,12 +119,24 @@ def python_guest() -> Path:
 def sockets_probe(tmp_path: Path) -> Path:
     """tests/guests/components/sockets: a component that asks wasi:sockets to resolve a
     name (wasm-tools component embed + new; no compiler needed)."""
-    src = HERE / "sockets"
+    return embedded_component("sockets", "probe.wat", "probe", tmp_path)
+
+
+def amplify_guest(tmp_path: Path) -> Path:
+    """tests/guests/components/amplify: results many times their size in the guest's
+    memory once lifted (strings and lists aliasing the same bytes)."""
+    return embedded_component("amplify", "core.wat", "amplify", tmp_path)
+
+
+def embedded_component(folder: str, core: str, world: str, tmp_path: Path) -> Path:
+    """The WAT core module ``core`` of tests/guests/components/``folder`` made a component
+    of ``world`` in its wit/ (wasm-tools component embed + new)."""
+    src = HERE / folder
     wasm_tools = str(tool("wasm-tools"))
-    embedded, out = tmp_path / "probe.embedded.wasm", tmp_path / "sockets.wasm"
+    embedded, out = tmp_path / f"{folder}.embedded.wasm", tmp_path / f"{folder}.wasm"
     subprocess.run(
-        [wasm_tools, "component", "embed", str(src / "wit"), str(src / "probe.wat"),
-         "--world", "probe", "-o", str(embedded)],
+        [wasm_tools, "component", "embed", str(src / "wit"), str(src / core),
+         "--world", world, "-o", str(embedded)],
         check=True, capture_output=True, timeout=60,
     )  # fmt: skip
     subprocess.run(

@@ -113,3 +113,13 @@ def test_bytes_cross_in_bulk():
     from wasmsbx.components import fastbytes, runtime  # noqa: F401 (installs it)
 
     assert fastbytes.install() is True
+
+
+def test_chunks_are_not_counted_as_output(cli, tmp_path):
+    # A call's result counts against limits.output (components/runtime.py _check_result);
+    # a stream's chunks do not: limits.output counts what the guest writes, not the stream.
+    policy = tmp_path / "sandbox.toml"
+    policy.write_text('[limits]\noutput = "0"\n')
+    data = b"a" * (300 << 10)
+    res = cli("run", UPPER, "--policy", policy, "--stream", "--chunk-size", "256KiB", input=data)
+    assert (res.code, res.stdout_bytes) == (0, b"A" * (300 << 10)), res

@@ -247,7 +247,8 @@ SCHEMA: tuple = (
         "output",
         "size",
         "64MiB",
-        "Maximum bytes a WASI guest may write to stdout and stderr together.",
+        "Maximum bytes a WASI guest may write to stdout and stderr together (and the "
+        "size a component call's result may have once printed).",
     ),
     Key(
         "filesystem",

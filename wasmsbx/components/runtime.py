@@ -36,12 +36,14 @@ from ..backends.wasmtime.backend import _Budget, set_wasi
 from ..units import format_count, format_duration, format_size
 from . import binary, fastbytes, probe
 from .types import FuncSig, func_sig
-from .values import ValueProblem, lift, lower
+from .values import ValueProblem, lift, lower, size_floor
 
 fastbytes.install()  # list<u8> in bulk: wasmtime-py converts it byte by byte
 MAX_FRAMES = 12
 PROBE_FUEL = 10_000  # the memory probe runs a few instructions per memory
 PROBE_EPOCHS = 1 << 20  # its own deadline: ticks of the engine's epoch clock
+RESULT_FREE = 64 << 10  # a call's result always allowed, whatever limits.output says
+HOSTCALL_FUEL = "fuel allocated for hostcalls has been exhausted"
 # Interfaces ``Linker.add_wasip2`` provides; anything else is refused before linking.
 WASI_PROVIDED = ("wasi:cli/", "wasi:io/", "wasi:clocks/", "wasi:filesystem/", "wasi:random/")
 WASI_SOCKETS = "wasi:sockets/"
@@ -292,8 +294,10 @@ class ComponentInstance:
             found = self._funcs[export.name] = self.instance.get_func(self.store, index)
         return found
 
-    def call(self, export: ComponentExport, args: list) -> Any:
-        """Call with canonical values (already checked); the result, canonical."""
+    def call(self, export: ComponentExport, args: list, bounded: bool = True) -> Any:
+        """Call with canonical values (already checked); the result, canonical.
+        ``bounded``: its result counts against limits.output (see ``_check_result``;
+        a stream's chunks, list<u8> written out as they come, count as its stream)."""
         if self.poisoned:
             raise errors.TrapError("this component instance trapped before; use a fresh one")
         func = self.func(export)
@@ -321,7 +325,30 @@ class ComponentInstance:
         finally:
             self._account_fuel()
             self.turn.release()
-        return lift(raw, export.sig.result)
+        value = lift(raw, export.sig.result)
+        if bounded:
+            self._check_result(export, value)
+        return value
+
+    def _check_result(self, export: ComponentExport, value: Any) -> None:
+        """A result counts against limits.output as the guest's writes do: once printed
+        (WAVE, JSON) a result many times its size in the guest's memory (a list of
+        strings that all point at the same bytes) would otherwise make the host allocate
+        and write gigabytes (red team). Results up to RESULT_FREE always pass, so
+        ``limits.output = 0`` silences a guest without refusing its results."""
+        limit, t = self.limits.output, export.sig.result
+        if limit is None or t is None:
+            return
+        limit = max(limit, RESULT_FREE)
+        size = size_floor(value, t, limit)
+        if size > limit:
+            raise errors.OutputLimitExceeded(
+                f"output limit {format_size(limit)} reached: the result of {export.name} "
+                f"is larger (at least {format_size(size)} printed)",
+                hint="raise limits.output in the policy, or have the component write bulk "
+                "data to stdout (a command component streams it)",
+                limit_value=self.limits.output,
+            )
 
     def run_command(self, export: ComponentExport) -> int:
         """Run ``wasi:cli/run#run``: 0 for ok, 1 for err, or the code passed to exit."""
@@ -396,6 +423,15 @@ class ComponentInstance:
         if cause is None:
             if where == "instantiation":
                 return self._setup_error(text, where)
+            if HOSTCALL_FUEL in text:  # (wasmtime's own bound on what one call copies)
+                return errors.TrapError(
+                    f"{where} failed: its arguments or result are more than wasmtime copies "
+                    "between host and guest in one call",
+                    hint="wasmtime bounds the values one call passes (a list<u8> of about 2 "
+                    "million bytes, a string of over 100 MiB); have the component write bulk "
+                    "data to stdout, or pass it in smaller pieces",
+                    backtrace=frames,
+                )
             # No trap, but the call failed: the guest broke the canonical ABI (a result
             # string that is not UTF-8, a realloc out of bounds...). Its fault, as a trap
             # is; wasmtime refuses the instance's further calls all the same.

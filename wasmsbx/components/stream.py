@@ -56,12 +56,12 @@ class ComponentStreamSession:
             return b""
         if len(chunk) > self.chunk_size:
             raise ValueError(f"chunk of {len(chunk)} bytes exceeds chunk size {self.chunk_size}")
-        return self.instance.call(self.export, [bytes(chunk)])
+        return self.instance.call(self.export, [bytes(chunk)], bounded=False)
 
     def finish(self) -> bytes:
         if self.finisher is None:
             return b""
-        return self.instance.call(self.finisher, [])
+        return self.instance.call(self.finisher, [], bounded=False)
 
     def close(self) -> None:
         self.instance.close()

@@ -16,6 +16,7 @@ payload cannot be mistaken for a tag, as the wasmtime CLI allows.
 
 from __future__ import annotations
 
+import re
 import struct
 from typing import Any
 
@@ -425,17 +426,25 @@ def format_float(value: float, kind: str) -> str:
 
 
 def _escape(text: str, quote: str) -> str:
-    out = []
-    for c in text:
-        if c == quote:
-            out.append("\\" + c)
-        elif c in _WRITE_ESCAPES:
-            out.append(_WRITE_ESCAPES[c])
-        elif ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0:
-            out.append(f"\\u{{{ord(c):x}}}")
-        else:
-            out.append(c)
-    return "".join(out)
+    """``text`` with the quote, backslash and control characters escaped. By table, in C:
+    a guest's result string of many MiB escaped character by character in Python took
+    seconds per MiB (red team: 25 s for 100 MiB)."""
+    if _PLAIN.search(text) is None:
+        return text
+    return text.translate(_ESCAPES_BY_QUOTE[quote])
+
+
+def _escape_table(quote: str) -> dict:
+    table = {ord(c): e for c, e in _WRITE_ESCAPES.items()}
+    for code in (*range(0x20), *range(0x7F, 0xA0)):
+        table.setdefault(code, f"\\u{{{code:x}}}")
+    table[ord(quote)] = "\\" + quote
+    return table
+
+
+_ESCAPES_BY_QUOTE = {q: _escape_table(q) for q in ("'", '"')}
+# Anything _escape changes: quotes, the backslash, C0 and C1 controls and DEL.
+_PLAIN = re.compile("[\"'\\\\\x00-\x1f\x7f-\x9f]")
 
 
 def _label(name: str) -> str:
