@@ -363,12 +363,12 @@ def test_under_a_memory_limit_the_compile_goes_to_a_worker(monkeypatch):
     import resource
 
     from wasmsbx.backends import get
+    from wasmsbx.backends.compiling import hard_stopped
     from wasmsbx.backends.deadline import KEEPER
-    from wasmsbx.cli.commands.compile import _hard_stopped
 
     monkeypatch.setattr(KEEPER, "hard_stop", lambda error: None)
     adapter = get("wasmtime")
-    assert _hard_stopped(adapter)
+    assert hard_stopped(adapter.name)
     real = resource.getrlimit
 
     def limited(which):
@@ -377,4 +377,4 @@ def test_under_a_memory_limit_the_compile_goes_to_a_worker(monkeypatch):
         return real(which)
 
     monkeypatch.setattr(resource, "getrlimit", limited)
-    assert not _hard_stopped(adapter)
+    assert not hard_stopped(adapter.name)

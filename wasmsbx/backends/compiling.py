@@ -13,7 +13,13 @@ timeout). So:
   line's hard stop ends a compile that overruns (measured on this 2-core machine,
   wasmtime compiles ~0.3 MB/s of dense code, so CHILD_MIN is well under a second).
   Not on wasmer, whose compile holds the GIL (the hard stop could not run): every core
-  module compiles in a child there (~25 ms more per compile; the cache keeps the code).
+  module compiles in a child there (~25 ms more per compile; the cache keeps the code);
+* in ``wasmsbx run`` (one guest, then the process ends: ``KEEPER.sole_run``) and in
+  ``wasmsbx compile -o``, a large module compiles in process too (``hard_stopped``):
+  the process is the place that can be stopped, and a worker would cost a second
+  interpreter, a second import of the runtime and a copy of the code. Not under an
+  address-space or data limit (``ulimit -v``/``-d``): a compiler that runs out of memory
+  aborts its process, which must then be a worker's (red team round 28).
 """
 
 from __future__ import annotations
@@ -79,7 +85,31 @@ def in_child(engine: Any, wasm: bytes) -> bool:
     watched by the keeper (the child process compiles core modules only)."""
     if getattr(engine, "is_component", False):
         return False
-    return len(wasm) >= CHILD_MIN or getattr(engine, "compiles_holding_gil", False)
+    if getattr(engine, "compiles_holding_gil", False):
+        return True
+    if len(wasm) < CHILD_MIN:
+        return False
+    from .deadline import KEEPER
+
+    return not (KEEPER.sole_run and hard_stopped(engine.backend))
+
+
+def hard_stopped(backend: str) -> bool:
+    """Whether this process may compile any module for ``backend`` itself: the command
+    line's hard stop is installed (the console script) to end it at its deadline, the
+    runtime compiles without holding the GIL (not wasmer: the hard stop's thread could
+    not run), and nothing limits the memory the compiler may take (out of memory, it
+    aborts the process: exit 134 with no error line, red team round 28)."""
+    from .deadline import KEEPER
+
+    if KEEPER.hard_stop is None or backend != "wasmtime":
+        return False
+    import resource
+
+    for which in (resource.RLIMIT_AS, resource.RLIMIT_DATA):
+        if resource.getrlimit(which)[0] != resource.RLIM_INFINITY:
+            return False
+    return True
 
 
 def compile_bounded(
@@ -92,11 +122,15 @@ def compile_bounded(
         return compile_in_child(engine, wasm, seconds, error)
     from .deadline import KEEPER
 
+    started = time.monotonic()
     watch = KEEPER.enter(None, seconds, error)
     try:
-        return engine.compile(wasm)
+        module = engine.compile(wasm)
     finally:
         KEEPER.leave(watch)
+    if KEEPER.hard_stop is not None and time.monotonic() - started > seconds:
+        raise error()  # (ended within the hard stop's GRACE: still too late)
+    return module
 
 
 def native_bounded(engine: Any, wasm: bytes, seconds: float, error: Any) -> Any:

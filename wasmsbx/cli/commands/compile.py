@@ -344,22 +344,19 @@ def _native(adapter: Any, compiler: Optional[str], job: _Job) -> dict:
     def error() -> Any:
         return too_slow(name, seconds)
 
-    if out is not None and _hard_stopped(adapter) and not is_component(wasm):
+    from ...backends.compiling import hard_stopped
+
+    if out is not None and hard_stopped(adapter.name) and not is_component(wasm):
         # The command line's hard stop bounds an in-process compile (compiling.py), so
         # no worker: one interpreter start and one import of the runtime, not two
         # (~40 ms of CPU, 4% of compiling a 1 MB module).
         engine = adapter.engine(options)
 
         def in_process(data: bytes) -> tuple:
-            import time
-
             from ...backends.compiling import compile_bounded
 
-            with _spinner(label):
-                started = time.monotonic()
+            with _spinner(label):  # (compile_bounded checks the deadline once more)
                 module = compile_bounded(engine, data, seconds, error, here=True)
-                if time.monotonic() - started > seconds:  # (within the hard stop's GRACE)
-                    raise error()
                 return engine.serialize(module), engine.fingerprint()
 
         return _artifact(wasm, name, in_process, out, signer, inputs, facts, False)
@@ -397,26 +394,6 @@ def _native(adapter: Any, compiler: Optional[str], job: _Job) -> dict:
         return result
     component = getattr(engine, "is_component", False)
     return _artifact(wasm, name, native_fn, out, signer, inputs, facts, component)
-
-
-def _hard_stopped(adapter: Any) -> bool:
-    """Whether this process may compile for ``adapter`` itself: the command line's hard
-    stop is installed (the console script) to end it at its deadline, the runtime
-    compiles without holding the GIL (not wasmer: the hard stop's thread could not run),
-    and nothing limits the memory it may take."""
-    from ...backends.deadline import KEEPER
-
-    if KEEPER.hard_stop is None or adapter.name != "wasmtime":
-        return False
-    # Under an address-space or data limit (ulimit -v/-d) the compiler may run out of
-    # memory, and then it aborts its process (a Rust allocation failure): that must be
-    # a worker's, reported as an error, not this one's (red team round 28: exit 134).
-    import resource
-
-    for which in (resource.RLIMIT_AS, resource.RLIMIT_DATA):
-        if resource.getrlimit(which)[0] != resource.RLIM_INFINITY:
-            return False
-    return True
 
 
 def _for_components(engine: Any, wasm: bytes, out: Optional[str]) -> Any:
