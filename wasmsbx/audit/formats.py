@@ -262,6 +262,45 @@ def _sarif_result(report: AuditReport, finding: Any, rule_index: dict, artifacts
     }
 
 
+def _sarif_tool() -> dict:
+    return {
+        "driver": {
+            "name": "wasmsbx",
+            "version": __version__,
+            "semanticVersion": __version__,
+            "informationUri": INFORMATION_URI,
+            "rules": _sarif_rules(),
+        }
+    }
+
+
+def sarif_failure(message: str, exit_code: int, hint: str = "") -> dict:
+    """A SARIF 2.1.0 log of an audit that could not be made (a module that cannot be
+    read, Ctrl-C): the invocation failed, with the error as its notification, and no
+    ``results`` (absent, not empty: an empty list would say the module was audited and
+    nothing was found). A CI step that uploads the log then shows the failure instead
+    of finding no file."""
+    text = f"{message} (hint: {hint})" if hint else message
+    return {
+        "$schema": SARIF_SCHEMA,
+        "version": "2.1.0",
+        "runs": [
+            {
+                "tool": _sarif_tool(),
+                "invocations": [
+                    {
+                        "executionSuccessful": False,
+                        "exitCode": exit_code,
+                        "toolExecutionNotifications": [
+                            {"level": "error", "message": {"text": text}}
+                        ],
+                    }
+                ],
+            }
+        ],
+    }
+
+
 def sarif_log(report: AuditReport) -> dict:
     """The findings as a SARIF 2.1.0 log with one run."""
     artifacts = [
@@ -284,15 +323,7 @@ def sarif_log(report: AuditReport) -> dict:
         "version": "2.1.0",
         "runs": [
             {
-                "tool": {
-                    "driver": {
-                        "name": "wasmsbx",
-                        "version": __version__,
-                        "semanticVersion": __version__,
-                        "informationUri": INFORMATION_URI,
-                        "rules": _sarif_rules(),
-                    }
-                },
+                "tool": _sarif_tool(),
                 "artifacts": artifacts,
                 "results": results,
                 "columnKind": "unicodeCodePoints",

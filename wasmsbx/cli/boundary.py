@@ -40,6 +40,12 @@ def report(exc: BaseException, json_mode: bool = False) -> int:
         from ..backends.deadline import KEEPER
 
         KEEPER.settle()  # handled here: the keeper's hard stop is not needed
+        if json_mode:  # (as the hard stop writes it: --json always gets its error object)
+            from ..errors import Interrupted
+
+            output.emit_json(
+                {"error": Interrupted("interrupted").to_dict(), "exit_source": "wasmsbx"}
+            )
         output.error("interrupted")
         return int(ExitCode.INTERRUPTED)
     if os.environ.get("WASMSBX_DEBUG"):

@@ -73,18 +73,43 @@ def register(app: typer.Typer) -> None:
 
         flags = {"policy": policy, "memory": memory, "fuel": fuel, "timeout": timeout}
         flags.update(stack=stack, dir=dir or [], dir_ro=dir_ro or [], env=env or [])
-        loaded = build_policy(flags)
-        inputs = [module, loaded.source]
-        if output_file:  # refused before the work, not after
-            from ...outfile import check_output
+        inputs, target = [module], None  # (target: --output, once accepted)
+        try:
+            loaded = build_policy(flags)
+            inputs.append(loaded.source)
+            if output_file:  # refused before the work, not after
+                from ...outfile import check_output
 
-            check_output(output_file, inputs)
-        report = audit_file(module, loaded, host_imports=set(host_import or ()))
+                check_output(output_file, inputs)
+                target = output_file
+            report = audit_file(module, loaded, host_imports=set(host_import or ()))
+        except (errors.WasmsbxError, KeyboardInterrupt) as exc:
+            if mode == "sarif":  # (--json's error object is the boundary's)
+                _sarif_failure(exc, target, inputs)
+            raise
         if mode == "report":
             render(report)
         else:
             _emit(_machine_text(report, mode), output_file, inputs)
         return _exit_code(report, fail_on)
+
+
+def _sarif_failure(exc: BaseException, target: Optional[str], inputs: list) -> None:
+    """The SARIF log of a failed audit (audit.formats.sarif_failure), where the log
+    would have gone (stdout if --output was not accepted); the boundary then prints the
+    error line and exits with its code. A log that cannot be written is only reported."""
+    import json
+
+    from ...audit.formats import sarif_failure
+
+    if isinstance(exc, KeyboardInterrupt):
+        log = sarif_failure("interrupted", int(errors.ExitCode.INTERRUPTED))
+    else:
+        log = sarif_failure(exc.message, int(exc.exit_code), exc.hint or "")
+    try:
+        _emit(json.dumps(log, indent=2) + "\n", target, [i for i in inputs if i])
+    except (errors.WasmsbxError, OSError) as problem:
+        output.err(f"could not write the SARIF log of the failure: {problem}")
 
 
 def _mode(json_output: bool, sarif: bool, suggest: bool, output_file: Optional[str]) -> str:

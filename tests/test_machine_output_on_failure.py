@@ -1,0 +1,98 @@
+"""A failed command still gives its machine format: `audit --sarif` a SARIF log whose
+invocation failed (no ``results``: absent, not empty), where the log would have gone;
+`--json` its error object on Ctrl-C too, as for any other error."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from .test_audit_formats import sarif_validator
+from .test_deadlines import handler_installed
+
+
+def _failed(log: dict) -> dict:
+    sarif_validator().validate(log)
+    (run,) = log["runs"]
+    assert "results" not in run  # (an empty list would say: audited, nothing found)
+    (invocation,) = run["invocations"]
+    assert invocation["executionSuccessful"] is False
+    return invocation
+
+
+def test_an_audit_that_fails_writes_a_failed_sarif_log(cli, tmp_path):
+    bad = tmp_path / "bad.wasm"
+    bad.write_bytes(b"garbage")
+    res = cli("audit", bad, "--sarif")
+    assert res.code == 102, res
+    invocation = _failed(json.loads(res.stdout))
+    assert invocation["exitCode"] == 102
+    (note,) = invocation["toolExecutionNotifications"]
+    assert note["level"] == "error"
+    assert "not a WebAssembly module" in note["message"]["text"]
+    assert "hint: give a .wasm binary" in note["message"]["text"]
+    assert "error: " in res.stderr  # the one line still comes
+
+
+def test_it_goes_where_the_log_would_have_gone(cli, tmp_path):
+    missing = tmp_path / "missing.wasm"
+    out = tmp_path / "audit.sarif"
+    res = cli("audit", missing, "--sarif", "--output", out)
+    assert res.code == 105, res  # (a module that cannot be read)
+    assert res.stdout == ""
+    assert _failed(json.loads(out.read_text()))["exitCode"] == 105
+
+
+def test_an_output_refused_sends_the_log_to_stdout(cli, tmp_path):
+    bad = tmp_path / "bad.wasm"
+    bad.write_bytes(b"garbage")
+    res = cli("audit", bad, "--sarif", "--output", bad)  # the input itself: refused
+    assert res.code == 105, res
+    assert bad.read_bytes() == b"garbage"
+    assert (
+        "same file as the input"
+        in _failed(json.loads(res.stdout))["toolExecutionNotifications"][0]["message"]["text"]
+    )
+
+
+def _interrupted(*args: str) -> tuple:
+    """``wasmsbx *args`` (stdin a pipe left open) interrupted with SIGINT once ready."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "wasmsbx", *args],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    waited = time.monotonic()
+    while not handler_installed(proc.pid, signal.SIGTERM) and time.monotonic() - waited < 60:
+        time.sleep(0.02)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    try:
+        out, err = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, err = proc.communicate()
+    return proc.returncode, out.decode(), err.decode()
+
+
+def test_ctrl_c_during_an_audit_writes_a_failed_sarif_log():
+    code, out, err = _interrupted("audit", "/dev/stdin", "--sarif")  # waits for its module
+    assert code == 130, err
+    assert _failed(json.loads(out))["exitCode"] == 130
+    assert "error: interrupted" in err
+
+
+@pytest.mark.parametrize("args", [["audit", "/dev/stdin"], ["run", "-", "f"]])
+def test_ctrl_c_gives_json_its_error_object(args):
+    code, out, err = _interrupted(*args, "--json")
+    assert code == 130, err
+    assert json.loads(out) == {
+        "error": {"kind": "interrupted", "message": "interrupted", "exit_code": 130},
+        "exit_source": "wasmsbx",
+    }
