@@ -11,7 +11,7 @@ from wasmsbx import errors
 from wasmsbx import policy as policy_mod
 from wasmsbx.components import wave
 from wasmsbx.components.types import WitType as T
-from wasmsbx.components.values import size_floor
+from wasmsbx.components.values import Err, Ok, Variant
 
 from .component_guests import amplify_guest
 
@@ -85,29 +85,81 @@ def test_wasmtimes_bound_on_one_call_is_named(cli, guest, tmp_path):
     assert "malformed" not in res.stderr
 
 
-STRING, U32 = T("string"), T("u32")
+STRING, U32, F64, F32 = T("string"), T("u32"), T("f64"), T("f32")
+NAMED = T("enum", ("l" + "o" * 998 + "ng", "true"))
+VALUES = [
+    (["ab", "c\x1f", "q'\"\\\n"], T("list", (STRING,))),
+    (b"\x00\x09\x0a\x63\x64\xff", T("list", (T("u8"),))),
+    ([[1, 2], [3]], T("list", (T("list", (U32,)),))),
+    ({"a": "xyz", "b": 5}, T("record", (("a", STRING), ("b", U32)))),
+    (None, T("option", (STRING,))),
+    ("q", T("option", (STRING,))),
+    (["true", "l" + "o" * 998 + "ng"], T("list", (NAMED,))),
+    ({"x", "true"}, T("flags", ("x", "y", "true"))),
+    (Ok(3), T("result", (U32, STRING))),
+    (Err("no"), T("result", (U32, STRING))),
+    (Ok(None), T("result", (None, STRING))),
+    (Variant("b", 7), T("variant", (("a", None), ("b", U32)))),
+    ((1, "x", True), T("tuple", (U32, STRING, T("bool")))),
+    ("\x9f", T("char")),
+    ("'", T("char")),
+]
+
+
+@pytest.mark.parametrize(("value", "t"), VALUES)
+def test_printed_size_is_the_length_of_the_wave_text(value, t):
+    assert wave.printed_size(value, t, 1 << 30) == len(wave.format(value, t))
+
+
+def test_printed_size_of_floats_is_at_least_theirs():
+    import math
+    import random
+    import struct
+
+    rng = random.Random(30)
+    floats = [-1.2345678901234567e-300, 5e-324, 1.7976931348623157e308, 1e16, 0.1, -0.0]
+    floats += [struct.unpack("<d", rng.randbytes(8))[0] for _ in range(3000)]
+    for value in floats:
+        if math.isnan(value):
+            continue
+        assert wave.printed_size(value, F64, 1 << 30) >= len(wave.format(value, F64)), value
+        try:
+            single = struct.unpack("<f", struct.pack("<f", value))[0]
+        except OverflowError:
+            continue
+        assert wave.printed_size(single, F32, 1 << 30) >= len(wave.format(single, F32))
+
+
+def test_printed_size_stops_past_the_limit():
+    many = [["x"] * 10] * 1000  # 43,002 characters in all
+    t = T("list", (T("list", (STRING,)),))
+    assert wave.printed_size(many, t, 1 << 30) == len(wave.format(many, t))
+    assert wave.printed_size(many, t, 100) < 2100  # the outer list, and its first element
 
 
 @pytest.mark.parametrize(
-    ("value", "t", "floor"),
+    ("call", "printed"),
     [
-        (["ab", "c"], T("list", (STRING,)), 4 + (2 + 2) + (1 + 2)),  # ["ab", "c"]: 11
-        (b"\0" * 10, T("list", (T("u8"),)), 12),
-        ([[1, 2], [3]], T("list", (T("list", (U32,)),)), 4 + 4 + 3),
-        ({"a": "xyz", "b": 5}, T("record", (("a", STRING), ("b", U32))), 5 + 1),
-        (None, T("option", (STRING,)), 1),
-        ("q", T("option", (STRING,)), 1 + 3),
+        (["floats", "300000"], "322 characters each"),  # red team round 30: 1 GB of RSS
+        (["controls", "20"], "\\u{1f} each"),
+        (["names", "70000"], "names of 1,001 characters"),
     ],
 )
-def test_size_floor(value, t, floor):
-    assert size_floor(value, t, 1 << 30) == floor
+def test_results_that_print_larger_than_they_are_are_refused(cli, guest, call, printed):
+    res = cli("run", guest, "--invoke", *call)
+    assert res.code == 115, (printed, res)
+    assert res.stdout == ""
+    assert f"the result of {call[0]} is larger" in res.stderr
 
 
-def test_size_floor_stops_past_the_limit():
-    many = [["x"] * 10] * 1000  # 43,002 in all
-    t = T("list", (T("list", (STRING,)),))
-    assert size_floor(many, t, 1 << 30) == 1002 + 1000 * (12 + 10 * 3)
-    assert size_floor(many, t, 100) < 1100  # the outer list, and its first element
+def test_under_output_zero_a_result_may_print_64_kib(cli, guest, tmp_path):
+    policy = tmp_path / "sandbox.toml"
+    policy.write_text('[limits]\noutput = "0"\n')
+    res = cli("run", guest, "--policy", policy, "--invoke", "names", "60")
+    assert res.code == 0, res  # 60 names: 60 KiB printed
+    res = cli("run", guest, "--policy", policy, "--invoke", "names", "70", "--json")
+    assert res.code == 115, res
+    assert res.json()["error"]["context"]["limit_value"] == 64 << 10  # the limit that was applied
 
 
 def _escaped_one_by_one(text: str, quote: str) -> str:

@@ -34,9 +34,9 @@ from ..backends.base import Limits, Usage, WasiSetup, take_turn
 # into a closed pipe is EPIPE inside the guest; a FIFO stdin's open is watched).
 from ..backends.wasmtime.backend import _Budget, set_wasi
 from ..units import format_count, format_duration, format_size
-from . import binary, fastbytes, probe
+from . import binary, fastbytes, probe, wave
 from .types import FuncSig, func_sig
-from .values import ValueProblem, lift, lower, size_floor
+from .values import ValueProblem, lift, lower
 
 fastbytes.install()  # list<u8> in bulk: wasmtime-py converts it byte by byte
 MAX_FRAMES = 12
@@ -331,23 +331,26 @@ class ComponentInstance:
         return value
 
     def _check_result(self, export: ComponentExport, value: Any) -> None:
-        """A result counts against limits.output as the guest's writes do: once printed
-        (WAVE, JSON) a result many times its size in the guest's memory (a list of
-        strings that all point at the same bytes) would otherwise make the host allocate
-        and write gigabytes (red team). Results up to RESULT_FREE always pass, so
-        ``limits.output = 0`` silences a guest without refusing its results."""
+        """A result counts against limits.output as the guest's writes do, by the length
+        of its WAVE text (``wave.printed_size``: counted, not built, and only up to the
+        limit): printed (WAVE, JSON) a result can be many times its size in the guest's
+        memory (a list of strings that all point at the same bytes; floats printed
+        positionally, 320 characters for 1e-300; long enum and field names), and the
+        host would allocate and write gigabytes (red team rounds 29 and 30). Results up
+        to RESULT_FREE always pass, so ``limits.output = 0`` silences a guest without
+        refusing its results."""
         limit, t = self.limits.output, export.sig.result
         if limit is None or t is None:
             return
         limit = max(limit, RESULT_FREE)
-        size = size_floor(value, t, limit)
+        size = wave.printed_size(value, t, limit)
         if size > limit:
             raise errors.OutputLimitExceeded(
                 f"output limit {format_size(limit)} reached: the result of {export.name} "
-                f"is larger (at least {format_size(size)} printed)",
+                "is larger, printed",
                 hint="raise limits.output in the policy, or have the component write bulk "
                 "data to stdout (a command component streams it)",
-                limit_value=self.limits.output,
+                limit_value=limit,
             )
 
     def run_command(self, export: ComponentExport) -> int:

@@ -399,50 +399,6 @@ def _wasmtime_pick(t: WitType, raw: Any) -> Optional[str]:
     return None
 
 
-# Kinds whose every value prints as at least one character (list<T> of these is counted
-# by its length alone).
-_SCALAR_KINDS = frozenset(INTS) | {"bool", "char", "f32", "f64", "enum"}
-
-
-def size_floor(value: Any, t: WitType, limit: int) -> int:
-    """At least how many bytes ``value`` (canonical, of ``t``) takes once printed, as
-    WAVE or as JSON: a string's characters, a byte each of a list<u8>, at least one for
-    every other element, field and scalar. Counting stops once past ``limit`` (a guest's
-    result of millions of elements is not walked whole to be refused)."""
-    total = 0
-
-    def walk(v: Any, t: WitType) -> None:
-        nonlocal total
-        k = t.kind
-        if k in ("string", "flags"):
-            total += len(v) + 2
-        elif k == "list":
-            item = t.items[0]
-            total += len(v) + 2
-            if item.kind not in _SCALAR_KINDS:
-                for x in v:
-                    walk(x, item)
-                    if total > limit:
-                        return
-        elif k == "tuple":
-            for x, e in zip(v, t.items):
-                walk(x, e)
-        elif k == "record":
-            for n, f in t.items:
-                walk(v[n], f)
-        elif k in ("option", "result", "variant"):
-            case, payload = _case_of(v, t)
-            ptype = dict(_cases(t)).get(case)
-            total += 1
-            if ptype is not None:
-                walk(payload, ptype)
-        else:
-            total += 1
-
-    walk(value, t)
-    return total
-
-
 def lift(raw: Any, t: Optional[WitType]) -> Any:
     """A value wasmtime-py returned, in the canonical Python form of ``t``."""
     if t is None:
