@@ -639,3 +639,35 @@ def test_a_message_nested_deeper_than_the_stack_is_no_crash():
     assert _has_id('{"id": ' + deep + "}") is False
     assert message_id(('{"id": ' + deep + "}").encode()) is None
     assert message_id(b'{"jsonrpc": "2.0", "id": 7}') == 7
+
+
+def test_a_reply_past_the_reply_limit_is_the_output_limit(tmp_path):
+    """A worker whose reply is larger than the pool takes (8x the output ceiling) answered
+    well, too much: OutputLimitExceeded (115), not "the worker crashed" (red team round
+    30)."""
+    import asyncio
+    import sys
+
+    from wasmsbx import errors
+    from wasmsbx.mcp import pool as pool_mod
+
+    big = "import sys; sys.stdin.readline(); sys.stdout.write('x' * 100000 + '\\n')"
+
+    async def main():
+        pool = pool_mod.WorkerPool(0, [], 1000, 10, str(tmp_path))
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", big, stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE, limit=pool.reply_limit,
+        )  # fmt: skip
+
+        async def acquire():
+            return pool_mod._Worker(proc)
+
+        pool.acquire = acquire
+        try:
+            await pool.call({"op": "call"}, 30)
+        finally:  # (killed by the pool; its pipe still holds the reply nobody reads)
+            proc._transport.close()
+
+    with pytest.raises(errors.OutputLimitExceeded, match="larger than the server allows"):
+        asyncio.run(main())

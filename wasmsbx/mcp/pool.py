@@ -16,10 +16,16 @@ import sys
 from typing import Any
 
 from .. import errors
+from ..units import format_size
 
 
 class WorkerDied(Exception):
     """The worker exited, or broke the protocol, during a call."""
+
+
+class ReplyTooLarge(WorkerDied):
+    """The worker's reply passed the reply limit (the server's output limit): the worker
+    is alive and well, its answer too big to take (it is stopped all the same)."""
 
 
 class _Worker:
@@ -38,7 +44,7 @@ class _Worker:
         except (ConnectionError, BrokenPipeError) as exc:
             raise WorkerDied(f"the worker's pipe broke: {exc}") from None
         except (ValueError, asyncio.LimitOverrunError):
-            raise WorkerDied("the worker's reply was larger than the output limit allows") from None
+            raise ReplyTooLarge() from None
         if not line:
             code = await self.proc.wait()
             raise WorkerDied(f"the worker process exited with status {code} during the call")
@@ -143,6 +149,14 @@ class WorkerPool:
                 hint="the guest may be blocked (e.g. sleeping or reading); tighten the code "
                 "or ask for a longer limits.timeout within the server's policy",
                 limit_value=deadline,
+            ) from None
+        except ReplyTooLarge:
+            raise errors.OutputLimitExceeded(
+                f"output limit reached: the call's reply (its results and output) was "
+                f"larger than the server allows ({format_size(self.reply_limit)})",
+                hint="ask for less (a smaller result, less output), or run the server with "
+                "a larger --max-output",
+                limit_value=self.reply_limit,
             ) from None
         except WorkerDied as exc:
             raise errors.TrapError(
