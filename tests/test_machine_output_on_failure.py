@@ -5,6 +5,7 @@ invocation failed (no ``results``: absent, not empty), where the log would have 
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -96,3 +97,62 @@ def test_ctrl_c_gives_json_its_error_object(args):
         "error": {"kind": "interrupted", "message": "interrupted", "exit_code": 130},
         "exit_source": "wasmsbx",
     }
+
+
+def _interrupt_in(monkeypatch, where: str) -> None:
+    """Ctrl-C at ``where``: "import" (main, before any command runs) or "dispatch"
+    (typer, which turns it into a silent exit 130 before the command's boundary)."""
+    from wasmsbx import cli
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    if where == "import":
+        monkeypatch.setattr(cli, "_lean_run", interrupted)
+    else:
+        import typer.main
+
+        real = typer.main.get_command
+
+        class Command:
+            def __init__(self, command):
+                self.command = command
+
+            def __getattr__(self, name):
+                return getattr(self.command, name)
+
+            def main(self, *args, **kwargs):
+                return 130  # what typer returns for Ctrl-C while it dispatches
+
+        monkeypatch.setattr(typer.main, "get_command", lambda app: Command(real(app)))
+
+
+@pytest.mark.parametrize("where", ["import", "dispatch"])
+def test_an_early_ctrl_c_still_gives_the_machine_formats(monkeypatch, where, tmp_path):
+    from .conftest import run_main
+
+    _interrupt_in(monkeypatch, where)
+    module = tmp_path / "m.wat"
+    module.write_text("(module)")
+    res = run_main("audit", module, "--sarif")
+    assert res.code == 130, res
+    assert _failed(json.loads(res.stdout))["exitCode"] == 130
+    assert "error: interrupted" in res.stderr
+    res = run_main("audit", module, "--json")
+    assert (res.code, json.loads(res.stdout)["error"]["kind"]) == (130, "interrupted"), res
+    res = run_main("audit", module)
+    assert (res.code, res.stdout) == (130, ""), res
+    assert "error: interrupted" in res.stderr
+
+
+@pytest.mark.parametrize("module", ["good", "bad"])
+def test_an_output_that_cannot_be_written_sends_the_log_to_stdout(cli, tmp_path, module):
+    if not os.path.exists("/dev/full"):
+        pytest.skip("no /dev/full")
+    path = tmp_path / "m.wat"
+    path.write_text("(module)" if module == "good" else "garbage")
+    res = cli("audit", path, "--sarif", "--output", "/dev/full")
+    code = 105 if module == "good" else 102  # (the audit's own failure comes first)
+    assert res.code == code, res
+    assert _failed(json.loads(res.stdout))["exitCode"] == code
+    assert res.stderr.count("error:") == 1

@@ -178,8 +178,12 @@ def main(argv: Optional[list] = None, *, guard: bool = False) -> int:
             code = run_app(argv)
         flush_hits()  # (cache hits kept in memory: entry leaves with os._exit, not atexit)
         code = _stdout_written(code)
-    except (KeyboardInterrupt, WasmsbxError) as exc:  # before a command's own boundary
-        from .boundary import report  # (Ctrl-C while importing; no thread for the keeper)
+    except KeyboardInterrupt:  # before a command's own boundary (while importing)
+        from .boundary import interrupted_before
+
+        code = interrupted_before(argv if isinstance(argv, list) else [])
+    except WasmsbxError as exc:  # (no thread for the keeper)
+        from .boundary import report
 
         code = report(exc)
     except OSError as exc:  # (typer's own output: `--version > /dev/full`)

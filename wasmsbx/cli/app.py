@@ -13,7 +13,7 @@ import typer
 from typer.core import TyperCommand
 
 from .._version import __version__
-from ..errors import EXIT_WORDS
+from ..errors import EXIT_WORDS, ExitCode
 from . import options as run_options
 from .boundary import report
 
@@ -204,6 +204,9 @@ def run_app(argv: list) -> int:
     command = typer.main.get_command(app)
     _plain_help(command)
     _ARGV[:] = argv
+    from . import boundary
+
+    boundary.REPORTED[0] = False
     try:
         code = command.main(args=argv, prog_name="wasmsbx", standalone_mode=False)
     except SystemExit as exc:
@@ -212,6 +215,10 @@ def run_app(argv: list) -> int:
         if not _is_click_error(exc):
             raise
         return _click_error(exc, argv)
+    if code == int(ExitCode.INTERRUPTED) and not boundary.REPORTED[0]:
+        # typer turns Ctrl-C before the command's boundary (while it parses and
+        # dispatches) into exit 130 and says nothing (red team round 30)
+        return boundary.interrupted_before(argv)
     return code if isinstance(code, int) else 0
 
 

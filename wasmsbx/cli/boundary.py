@@ -10,10 +10,14 @@ from typing import Any, Callable
 
 from ..errors import ExitCode, WasmsbxError
 
+REPORTED = [False]  # report() ran in this process (run_app: was an interrupt reported?)
+
 
 def report(exc: BaseException, json_mode: bool = False) -> int:
     """Print an expected failure as one line (plus hint); return its exit code."""
     from . import output
+
+    REPORTED[0] = True
 
     if isinstance(exc, WasmsbxError):
         if json_mode:  # exit_source: the code is wasmsbx's, not a guest's status
@@ -55,6 +59,26 @@ def report(exc: BaseException, json_mode: bool = False) -> int:
         "this is a bug in wasmsbx; rerun with WASMSBX_DEBUG=1 for a traceback",
     )
     return int(ExitCode.INTERNAL)
+
+
+def interrupted_before(argv: list) -> int:
+    """Ctrl-C before a command's own boundary could report it (while importing, parsing,
+    dispatching): the error line, and the machine format the command would have given
+    (``--json``'s error object; ``audit --sarif``'s failed log, on stdout, since its
+    ``--output`` was not checked yet)."""
+    words = argv[: argv.index("--")] if "--" in argv else argv
+    if words[:1] == ["audit"] and "--sarif" in words:
+        import json
+        import sys
+
+        from ..audit.formats import sarif_failure
+
+        try:
+            log = sarif_failure("interrupted", int(ExitCode.INTERRUPTED))
+            sys.stdout.write(json.dumps(log, indent=2) + "\n")
+        except (OSError, KeyboardInterrupt):
+            pass
+    return report(KeyboardInterrupt(), "--json" in words)
 
 
 def boundary(func: Callable) -> Callable:

@@ -90,14 +90,19 @@ def register(app: typer.Typer) -> None:
         if mode == "report":
             render(report)
         else:
-            _emit(_machine_text(report, mode), output_file, inputs)
+            try:
+                _emit(_machine_text(report, mode), output_file, inputs)
+            except errors.WasmsbxError as exc:  # --output not writable after all (full)
+                if mode == "sarif":
+                    _sarif_failure(exc, None, inputs)
+                raise
         return _exit_code(report, fail_on)
 
 
 def _sarif_failure(exc: BaseException, target: Optional[str], inputs: list) -> None:
     """The SARIF log of a failed audit (audit.formats.sarif_failure), where the log
-    would have gone (stdout if --output was not accepted); the boundary then prints the
-    error line and exits with its code. A log that cannot be written is only reported."""
+    would have gone (stdout if --output was not accepted, or cannot be written); the
+    boundary then prints the error line and exits with its code."""
     import json
 
     from ...audit.formats import sarif_failure
@@ -106,10 +111,12 @@ def _sarif_failure(exc: BaseException, target: Optional[str], inputs: list) -> N
         log = sarif_failure("interrupted", int(errors.ExitCode.INTERRUPTED))
     else:
         log = sarif_failure(exc.message, int(exc.exit_code), exc.hint or "")
+    text = json.dumps(log, indent=2) + "\n"
     try:
-        _emit(json.dumps(log, indent=2) + "\n", target, [i for i in inputs if i])
-    except (errors.WasmsbxError, OSError) as problem:
-        output.err(f"could not write the SARIF log of the failure: {problem}")
+        _emit(text, target, [i for i in inputs if i])
+    except (errors.WasmsbxError, OSError):  # (--output not writable after all: stdout)
+        if target is not None:
+            _sarif_failure(exc, None, inputs)
 
 
 def _mode(json_output: bool, sarif: bool, suggest: bool, output_file: Optional[str]) -> str:
