@@ -7,6 +7,8 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 from .conftest import EXAMPLES, GUESTS, require_capability, require_module
 
 ADD = EXAMPLES / "add.wat"
@@ -51,6 +53,15 @@ def test_a_clean_call(cli, backend, isolated):
     assert sandbox["limits"]["memory"] == 256 * 2**20 and sandbox["grants"] == []
     end = by_event(records, "exit")
     assert (end["exit_code"], end["outcome"]) == (0, "ok") and end["seconds"] >= 0
+
+
+@pytest.mark.parametrize("call", [["--invoke", "add", "5", "3"], ["--invoke", "add(5, 3)"]])
+def test_the_start_names_the_call_invoke_makes(cli, isolated, call):
+    # red team round 30: `--invoke add 5 3` was logged as function "5", args ["3"]
+    res = cli("run", ADD, *call, "--audit-log", "a.log")
+    assert (res.code, res.stdout) == (0, "8\n"), res
+    start = by_event(events(isolated / "a.log"), "start")
+    assert (start["kind"], start["function"], start["args"]) == ("call", "add", ["5", "3"])
 
 
 def test_command_exit_code_and_grants(cli, backend, isolated):

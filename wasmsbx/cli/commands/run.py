@@ -106,9 +106,12 @@ def _audit_log(args: opts.RunArgs) -> Any:
     from ...backends.deadline import AT_HARD_STOP
 
     AT_HARD_STOP.append(log.last_words)  # a call the keeper must stop still leaves its events
-    func = (args.positionals[1:2] or [None])[0]
-    extra = args.positionals[2:] + (args.passthrough or [])
-    log.start((args.positionals or [None])[0], func, extra)
+    module = (args.positionals or [None])[0]
+    try:  # (the call as run makes it: --invoke's function and arguments too)
+        _, func, extra = _target(args) if args.positionals else (None, None, [])
+    except errors.UsageError:  # (run reports it: the log names what was asked)
+        func, extra = args.options.get("invoke"), args.positionals[1:]
+    log.start(module, func, extra)
     return log
 
 
