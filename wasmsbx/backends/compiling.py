@@ -34,6 +34,19 @@ from ..errors import CompileLimitExceeded
 from ..units import format_duration, format_size
 
 CHILD_MIN = 256 * 1024  # bytes: compiles this large run in a child process
+# A compiler's memory grows with a function's locals times its size (SSA values live
+# across blocks): a 160 KB module of one function with 8,000 locals live across 8,000
+# loops took cranelift 2.6 GB and 8.8 s, one of 250 KB would take about 7 GB. A module
+# with a function above this weight (facts.compile_weight) compiles in a worker whatever
+# its size, and the worker's memory is bounded (WORKER_MEMORY). The largest
+# function of python.wasm (20 MB) weighs 6e6, graphviz's 3e6; 3e7 is about 100 MB of
+# compiler memory.
+HEAVY = 30_000_000
+# Bytes of data (RLIMIT_DATA: heap and private writable mappings, not the address space
+# reserved, which grows with the machine's threads) a compile worker may use, at least,
+# and per byte of module (python.wasm, 20 MB, compiled in 182 MB of data, 271 MB RSS).
+WORKER_MEMORY = 2 << 30
+WORKER_MEMORY_PER_BYTE = 32
 
 # The child: argv[1] is the backend name, argv[2:] the parent's sys.path. Reads a JSON
 # header (EngineOptions) and the module on stdin; writes b"ok" + a JSON header (its
@@ -87,11 +100,41 @@ def in_child(engine: Any, wasm: bytes) -> bool:
         return False
     if getattr(engine, "compiles_holding_gil", False):
         return True
+    if heavy(wasm):
+        return True
     if len(wasm) < CHILD_MIN:
         return False
     from .deadline import KEEPER
 
     return not (KEEPER.sole_run and hard_stopped(engine.backend))
+
+
+def heavy(wasm: bytes) -> bool:
+    """Whether ``wasm`` has a function heavy enough to compile (HEAVY) that its compile
+    must go to a worker, whose memory is bounded. (A module that cannot be read is left
+    to the runtime, which says why.)"""
+    from ..wasm.facts import FactsError, compile_weight
+
+    try:
+        return compile_weight(wasm) > HEAVY
+    except FactsError:
+        return False
+
+
+def worker_memory(size: int) -> int:
+    """The data a compile worker of a ``size``-byte module may use (RLIMIT_DATA):
+    $WASMSBX_COMPILE_MEMORY if set (a size: "4GiB"), else WORKER_MEMORY or
+    WORKER_MEMORY_PER_BYTE per byte, the larger. (The environment, not the policy: a
+    policy found in a folder must not lift a bound that protects the machine.)"""
+    explicit = os.environ.get("WASMSBX_COMPILE_MEMORY", "").strip()
+    if explicit:
+        from ..units import parse_size
+
+        try:
+            return max(1 << 20, parse_size(explicit))
+        except ValueError:
+            pass  # (the parent said so: worker_code)
+    return max(WORKER_MEMORY, WORKER_MEMORY_PER_BYTE * size)
 
 
 def hard_stopped(backend: str) -> bool:
@@ -161,6 +204,17 @@ def worker_code(backend: str, options: Any, wasm: bytes, seconds: float, error: 
     import json
     import subprocess
 
+    explicit = os.environ.get("WASMSBX_COMPILE_MEMORY", "").strip()
+    if explicit:  # (the worker reads it: one it cannot read is said here, not ignored)
+        from ..units import parse_size
+
+        try:
+            parse_size(explicit)
+        except ValueError as exc:
+            raise errors.UsageError(
+                f"WASMSBX_COMPILE_MEMORY={explicit!r}: {exc}",
+                hint="the memory a compile worker may use, e.g. 4GiB (unset: 2 GiB)",
+            ) from None
     options = json.dumps(options._asdict()).encode()
     # -S: no site module (its .pth files cost the worker ~10 ms); the worker gets this
     # process's sys.path, led by the folder wasmsbx itself is imported from (an
@@ -191,12 +245,28 @@ def worker_code(backend: str, options: Any, wasm: bytes, seconds: float, error: 
     if isinstance(answer, dict):
         raise _error(answer)
     left = seconds - (time.monotonic() - started)
-    lines = err.decode("utf-8", "replace").strip().splitlines()
+    text = err.decode("utf-8", "replace")
+    if _out_of_memory(text):
+        limit = worker_memory(len(wasm))
+        raise CompileLimitExceeded(
+            "compiling the module ran out of memory: its compile worker may use "
+            f"{format_size(limit)} (or less, under your ulimit -d or -v)",
+            hint="a function with many locals live across many blocks compiles in memory "
+            "that grows with both: split it, or compile it where you trust it",
+            limit_value=limit,
+        )
+    lines = text.strip().splitlines()
     detail = lines[-1:] or [f"status {proc.returncode}"]
     raise errors.ModuleError(
         f"compiling failed in its worker process ({detail[0][:200]})",
         hint="the compiler crashed on this module" if left > 0 else None,
     )
+
+
+def _out_of_memory(stderr: str) -> bool:
+    """Whether a worker's stderr says it could not allocate (Rust's abort, Python's
+    MemoryError)."""
+    return "memory allocation of" in stderr or "MemoryError" in stderr
 
 
 def _json(data: bytes) -> Any:
@@ -224,6 +294,21 @@ def _error(data: dict) -> errors.WasmsbxError:
     return cls(data.get("message", "compile failed"), hint=data.get("hint"))
 
 
+def _bound_memory(limit: int) -> None:
+    """Cap this worker's data at ``limit`` (never raising a lower cap): a compile that
+    needs more fails here, in the worker, not in the machine."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_DATA)
+    if soft == resource.RLIM_INFINITY or soft > limit:
+        if hard != resource.RLIM_INFINITY:
+            limit = min(limit, hard)
+        try:
+            resource.setrlimit(resource.RLIMIT_DATA, (limit, hard))
+        except (ValueError, OSError):
+            pass
+
+
 def child_main(name: str) -> None:
     """The child's body: compile what stdin holds, answer on stdout, exit."""
     import json
@@ -242,6 +327,7 @@ def child_main(name: str) -> None:
     size = int.from_bytes(data[:4], "little")
     options = EngineOptions(**json.loads(data[4 : 4 + size]))
     wasm = data[4 + size :]
+    _bound_memory(worker_memory(len(wasm)))
     out = sys.stdout.buffer
     try:
         engine = get(name).engine(options)

@@ -248,6 +248,9 @@ class _Parser:
         self.producers: dict[str, list[str]] = {}
         self.has_name = False
         self.has_debug = False
+        # The largest (locals x body bytes) of a function: what a compiler's memory grows
+        # with (backends.compiling.HEAVY); params count as locals.
+        self.compile_weight = 0
 
     # ---- types -----------------------------------------------------------------------------
 
@@ -639,18 +642,19 @@ class _Parser:
                 raise r.error(f"function body {i} runs past the end of the code section", size_at)
             body_end = r.pos + size
             what = f"function body {i}"
-            if not self.scan_code:
-                r.pos = body_end
-                continue
             br = _Reader(r.data, r.pos, body_end, what)
+            ftype = self.func_type(len(self.func_type_idx) - n + i)
+            locals_ = len(ftype.params) if ftype is not None else 0
             try:
                 for _ in range(br.count("local declaration", 2)):
-                    br.uleb()
+                    locals_ += br.uleb()
                     self.note_valtype(self.valtype(br))
             except _UnknownEncoding:
                 self.features.add("unknown")  # a local type this reader does not know
             else:
-                self.scan(br.pos, body_end, False, what)
+                if self.scan_code:
+                    self.scan(br.pos, body_end, False, what)
+            self.compile_weight = max(self.compile_weight, locals_ * size)
             r.pos = body_end
 
     def section_data(self, r: _Reader) -> None:
@@ -743,6 +747,12 @@ def read_facts(data: bytes, scan_code: bool = True) -> ModuleFacts:
     cheap to read, but ``features`` then only reflects what the other sections show.
     """
     return _parse(data, scan_code).facts()
+
+
+def compile_weight(data: bytes) -> int:
+    """The largest (locals x body bytes) of the module's functions, its params counted as
+    locals (backends.compiling.HEAVY): read without decoding any instruction."""
+    return _parse(data, scan_code=False).compile_weight
 
 
 def read_features(data: bytes) -> frozenset:

@@ -344,9 +344,11 @@ def _native(adapter: Any, compiler: Optional[str], job: _Job) -> dict:
     def error() -> Any:
         return too_slow(name, seconds)
 
-    from ...backends.compiling import hard_stopped
+    from ...backends.compiling import hard_stopped, heavy
 
-    if out is not None and hard_stopped(adapter.name) and not is_component(wasm):
+    core = out is not None and not is_component(wasm)
+    weighty = core and heavy(wasm)  # (its compile goes to a worker, whose memory is bounded)
+    if core and not weighty and hard_stopped(adapter.name):
         # The command line's hard stop bounds an in-process compile (compiling.py), so
         # no worker: one interpreter start and one import of the runtime, not two
         # (~40 ms of CPU, 4% of compiling a 1 MB module).
@@ -360,7 +362,7 @@ def _native(adapter: Any, compiler: Optional[str], job: _Job) -> dict:
                 return engine.serialize(module), engine.fingerprint()
 
         return _artifact(wasm, name, in_process, out, signer, inputs, facts, False)
-    if out is not None and len(wasm) >= CHILD_MIN and not is_component(wasm):
+    if core and (len(wasm) >= CHILD_MIN or weighty):
         # A compile worker's (what compiling.native_bounded would do), asked directly:
         # the worker builds the engine and says what it built for, so this process,
         # which only waits, never imports the runtime (~50 ms of CPU for wasmtime).

@@ -1,0 +1,103 @@
+"""Compiling is bounded in memory, not only in time (backends/compiling.py HEAVY): a small
+module of one function whose locals stay live across many loops makes the compiler's
+memory grow with locals x size (160 KB took cranelift 2.6 GB). A module with a function
+that heavy compiles in a worker whatever its size, and the worker's data is capped
+(WASMSBX_COMPILE_MEMORY, default 2 GiB): exit 117, not an exhausted machine."""
+
+from __future__ import annotations
+
+import pytest
+
+from wasmsbx import Sandbox, errors
+from wasmsbx import policy as policy_mod
+from wasmsbx.backends import compiling
+from wasmsbx.wasm.facts import compile_weight
+
+wasmtime = pytest.importorskip("wasmtime")
+
+
+def heavy_wat(locals_: int, loops: int) -> str:
+    """One function: ``locals_`` i64 locals, ``loops`` loops each updating one of them,
+    and a sum of all of them at the end (so all stay live through every loop)."""
+    out = ['(module (func (export "f") (param i32) (result i64)']
+    out.append("(local " + " ".join(["i64"] * locals_) + ")")
+    for b in range(loops):
+        i, j = 1 + b % locals_, 1 + (b * 7) % locals_
+        out.append(
+            f"(loop $l{b} (local.set {i} (i64.add (local.get {j}) (i64.const 1)))"
+            f" (br_if $l{b} (local.get 0)))"
+        )
+    out.append("(i64.const 0)")
+    out.extend(f"(local.get {i}) i64.add" for i in range(1, locals_ + 1))
+    out.append("))")
+    return "\n".join(out)
+
+
+@pytest.fixture(scope="module")
+def heavy_file(tmp_path_factory):
+    """40 KB, weight 8e7: 250 MB of compiler memory (4,000 x 4,000 takes 840 MB)."""
+    path = tmp_path_factory.mktemp("heavy") / "heavy.wasm"
+    path.write_bytes(bytes(wasmtime.wat2wasm(heavy_wat(2000, 2000))))
+    return path
+
+
+@pytest.fixture
+def heavy(heavy_file, isolated):
+    from wasmsbx.runner import shared
+
+    shared.clear()  # (compiled by an earlier test: shared in process, not compiled again)
+    return heavy_file
+
+
+def test_the_weight_is_locals_times_size(heavy):
+    data = heavy.read_bytes()
+    assert compile_weight(data) > compiling.HEAVY
+    assert len(data) < compiling.CHILD_MIN  # small: it compiled in process before
+    light = bytes(wasmtime.wat2wasm(heavy_wat(20, 20)))
+    assert compile_weight(light) < compiling.HEAVY
+    params = "(module (func (param i64 i64 i64) (local i32 i32) (nop)))"
+    assert compile_weight(bytes(wasmtime.wat2wasm(params))) == 5 * 5  # 3 params + 2, 5 bytes
+
+
+def test_a_heavy_module_compiles_in_a_worker(monkeypatch, heavy, isolated):
+    used = []
+    real = compiling.compile_in_child
+
+    def spy(*args, **kwargs):
+        used.append(True)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(compiling, "compile_in_child", spy)
+    with Sandbox(heavy, use_cache=False) as box:
+        assert isinstance(box.call("f", 0), int)
+    assert used == [True]
+    used.clear()
+    light = bytes(wasmtime.wat2wasm(heavy_wat(20, 20)))
+    with Sandbox(light, use_cache=False) as box:
+        box.call("f", 0)
+    assert used == []  # small and light: in process, as before
+
+
+def test_the_worker_runs_out_of_memory_cleanly(cli, heavy, isolated, monkeypatch):
+    # 250 MB needed, 64 MiB allowed: the worker's allocation fails, the run says why.
+    monkeypatch.setenv("WASMSBX_COMPILE_MEMORY", "64MiB")
+    res = cli("run", heavy, "f", "0", "--no-cache", env={"WASMSBX_COMPILE_MEMORY": "64MiB"})
+    assert res.code == 117, res
+    assert "compiling the module ran out of memory" in res.stderr
+    assert "64 MiB" in res.stderr
+    assert "Traceback" not in res.stderr
+    res = cli("compile", heavy, "-o", isolated / "h.cwasm", env={"WASMSBX_COMPILE_MEMORY": "64MiB"})
+    assert res.code == 117, res
+    assert not (isolated / "h.cwasm").exists()
+
+
+def test_the_library_gets_the_same_error(heavy, isolated, monkeypatch):
+    monkeypatch.setenv("WASMSBX_COMPILE_MEMORY", "64MiB")
+    with pytest.raises(errors.CompileLimitExceeded, match="ran out of memory"):
+        Sandbox(heavy, policy_mod.defaults(), use_cache=False)
+
+
+def test_a_bad_compile_memory_is_a_usage_error(heavy, isolated, monkeypatch):
+    monkeypatch.setenv("WASMSBX_COMPILE_MEMORY", "lots")
+    with pytest.raises(errors.UsageError, match="WASMSBX_COMPILE_MEMORY"):
+        Sandbox(heavy, policy_mod.defaults(), use_cache=False)
