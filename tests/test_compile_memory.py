@@ -55,6 +55,12 @@ def test_the_weight_is_locals_times_size(heavy):
     assert len(data) < compiling.CHILD_MIN  # small: it compiled in process before
     light = bytes(wasmtime.wat2wasm(heavy_wat(20, 20)))
     assert compile_weight(light) < compiling.HEAVY
+    # Functions compile in parallel: four of a quarter of the weight weigh as much.
+    one = heavy_wat(1000, 1000)
+    body = one[one.index("(func") : one.rindex(")")]
+    four = "(module " + "\n".join(body.replace('(export "f")', "") for _ in range(4)) + ")"
+    assert compile_weight(bytes(wasmtime.wat2wasm(four))) > compiling.HEAVY
+    assert compile_weight(bytes(wasmtime.wat2wasm(one))) < compiling.HEAVY
     params = "(module (func (param i64 i64 i64) (local i32 i32) (nop)))"
     assert compile_weight(bytes(wasmtime.wat2wasm(params))) == 5 * 5  # 3 params + 2, 5 bytes
 

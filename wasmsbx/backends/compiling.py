@@ -37,11 +37,11 @@ CHILD_MIN = 256 * 1024  # bytes: compiles this large run in a child process
 # A compiler's memory grows with a function's locals times its size (SSA values live
 # across blocks): a 160 KB module of one function with 8,000 locals live across 8,000
 # loops took cranelift 2.6 GB and 8.8 s, one of 250 KB would take about 7 GB. A module
-# with a function above this weight (facts.compile_weight) compiles in a worker whatever
-# its size, and the worker's memory is bounded (WORKER_MEMORY). The largest
-# function of python.wasm (20 MB) weighs 6e6, graphviz's 3e6; 3e7 is about 100 MB of
-# compiler memory.
-HEAVY = 30_000_000
+# whose weight (facts.compile_weight: locals x body bytes, summed over its functions,
+# which compile in parallel) passes this compiles in a worker whatever its size, and the
+# worker's memory is bounded (WORKER_MEMORY). python.wasm (20 MB) weighs 3.7e7 in all,
+# graphviz 2.2e7; one function of 5e7 takes cranelift about 150 MB.
+HEAVY = 50_000_000
 # Bytes of data (RLIMIT_DATA: heap and private writable mappings, not the address space
 # reserved, which grows with the machine's threads) a compile worker may use, at least,
 # and per byte of module (python.wasm, 20 MB, compiled in 182 MB of data, 271 MB RSS).

@@ -248,8 +248,9 @@ class _Parser:
         self.producers: dict[str, list[str]] = {}
         self.has_name = False
         self.has_debug = False
-        # The largest (locals x body bytes) of a function: what a compiler's memory grows
-        # with (backends.compiling.HEAVY); params count as locals.
+        # Locals x body bytes, summed over the functions: what a compiler's memory grows
+        # with (backends.compiling.HEAVY; functions compile in parallel); params count
+        # as locals.
         self.compile_weight = 0
 
     # ---- types -----------------------------------------------------------------------------
@@ -654,7 +655,7 @@ class _Parser:
             else:
                 if self.scan_code:
                     self.scan(br.pos, body_end, False, what)
-            self.compile_weight = max(self.compile_weight, locals_ * size)
+            self.compile_weight += locals_ * size
             r.pos = body_end
 
     def section_data(self, r: _Reader) -> None:
@@ -750,8 +751,8 @@ def read_facts(data: bytes, scan_code: bool = True) -> ModuleFacts:
 
 
 def compile_weight(data: bytes) -> int:
-    """The largest (locals x body bytes) of the module's functions, its params counted as
-    locals (backends.compiling.HEAVY): read without decoding any instruction."""
+    """Locals x body bytes summed over the module's functions, params counted as locals
+    (backends.compiling.HEAVY): read without decoding any instruction."""
     return _parse(data, scan_code=False).compile_weight
 
 
