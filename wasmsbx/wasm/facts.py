@@ -218,9 +218,10 @@ _SECTION_ORDER = {sid: i for i, sid in enumerate((1, 2, 3, 4, 5, 13, 6, 7, 8, 9,
 
 
 class _Parser:
-    def __init__(self, data: bytes, scan_code: bool = True):
+    def __init__(self, data: bytes, scan_code: bool = True, weigh: bool = False):
         self.data = data
         self.scan_code = scan_code
+        self.weigh = weigh or scan_code  # read the bodies' locals (compile_weight)
         self._scanner = None
         self.features: set[str] = set()
         # A struct or array type, or a tag (exceptions): instances may allocate on the
@@ -643,6 +644,9 @@ class _Parser:
                 raise r.error(f"function body {i} runs past the end of the code section", size_at)
             body_end = r.pos + size
             what = f"function body {i}"
+            if not self.weigh:  # (read_interface, on run's start-up path: bodies skipped)
+                r.pos = body_end
+                continue
             br = _Reader(r.data, r.pos, body_end, what)
             ftype = self.func_type(len(self.func_type_idx) - n + i)
             locals_ = len(ftype.params) if ftype is not None else 0
@@ -723,12 +727,12 @@ def _parse_producers(r: _Reader) -> dict[str, list[str]]:
 # --------------------------------------------------------------------------------------------
 
 
-def _parse(data: bytes, scan_code: bool) -> _Parser:
+def _parse(data: bytes, scan_code: bool, weigh: bool = False) -> _Parser:
     if isinstance(data, (bytearray, memoryview)):
         data = bytes(data)
     if not isinstance(data, bytes):
         raise TypeError(f"read_facts() needs bytes, not {type(data).__name__}")
-    parser = _Parser(data, scan_code)
+    parser = _Parser(data, scan_code, weigh)
     try:
         parser.parse()
     except FactsError:
@@ -753,7 +757,7 @@ def read_facts(data: bytes, scan_code: bool = True) -> ModuleFacts:
 def compile_weight(data: bytes) -> int:
     """Locals x body bytes summed over the module's functions, params counted as locals
     (backends.compiling.HEAVY): read without decoding any instruction."""
-    return _parse(data, scan_code=False).compile_weight
+    return _parse(data, scan_code=False, weigh=True).compile_weight
 
 
 def read_features(data: bytes) -> frozenset:
