@@ -23,7 +23,8 @@ pytestmark = pytest.mark.skipif(not os.path.exists(ZERO), reason="needs /dev/zer
     "args, code, text",
     [
         (["run", ZERO], 102, "not a WebAssembly module"),
-        (["run", "/dev/urandom"], 102, "not a WebAssembly module"),
+        # (random bytes: one in 256 begins as an artifact does, and is refused as one)
+        (["run", "/dev/urandom"], 102, "not a WebAssembly module|precompiled artifact too large"),
         (["audit", ZERO], 102, "not a WebAssembly module"),
         (["bench", ZERO], 102, "not a WebAssembly module"),
         (["run", ADD, "add", "1", "2", "--policy", ZERO], 101, "not a policy file"),
@@ -40,7 +41,8 @@ pytestmark = pytest.mark.skipif(not os.path.exists(ZERO), reason="needs /dev/zer
 def test_endless_inputs_are_refused(cli, args, code, text):
     res = cli(*args, timeout=60)  # a hang or an unbounded read fails here, or runs out of memory
     assert res.code == code, res
-    assert text in res.stderr and "Traceback" not in res.stderr
+    assert any(t in res.stderr for t in text.split("|")), res
+    assert "Traceback" not in res.stderr
 
 
 PAGEMAP = "/proc/self/pagemap"  # st_size 0, endless, and reads must be multiples of 8
