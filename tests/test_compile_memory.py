@@ -107,3 +107,34 @@ def test_a_bad_compile_memory_is_a_usage_error(heavy, isolated, monkeypatch):
     monkeypatch.setenv("WASMSBX_COMPILE_MEMORY", "lots")
     with pytest.raises(errors.UsageError, match="WASMSBX_COMPILE_MEMORY"):
         Sandbox(heavy, policy_mod.defaults(), use_cache=False)
+
+
+def nested_loops_wat(values: int, depth: int) -> str:
+    """Red team round 31: ``values`` i32s carried as parameters through ``depth`` nested
+    loops (multi-value block types). No locals, so a weight of 0, and 9 KB at 1,000 x
+    1,000, yet cranelift's memory grows about 1 GB a second compiling it."""
+    params = " ".join(["i32"] * values)
+    lines = [f"(module (type $t (func (param {params}) (result {params})))"]
+    lines.append('(func (export "f") (result i32)')
+    lines += [f"i32.const {i}" for i in range(values)]
+    lines += ["loop (type $t)"] * depth + ["end"] * depth
+    lines += ["i32.add"] * (values - 1)
+    lines.append("))")
+    return "\n".join(lines)
+
+
+def test_an_in_process_compile_is_watched_for_memory(cli, isolated):
+    # weight 0: it compiles in the command's own process, where the deadline thread
+    # ends it once the process has grown by the bound (exit 117), not the machine
+    module = isolated / "loops.wasm"
+    module.write_bytes(bytes(wasmtime.wat2wasm(nested_loops_wat(200, 200))))
+    assert compile_weight(module.read_bytes()) == 0
+    env = {"WASMSBX_COMPILE_MEMORY": "32MiB"}  # (about 270 MB needed)
+    res = cli("run", module, "f", "--no-cache", env=env)
+    assert res.code == 117, res
+    assert "compiling the module ran out of memory" in res.stderr
+    res = cli("compile", module, "-o", isolated / "l.cwasm", env=env)
+    assert res.code == 117, res
+    assert not (isolated / "l.cwasm").exists()
+    res = cli("run", module, "f", "--no-cache")  # within the default bound: it runs
+    assert res.code == 0, res

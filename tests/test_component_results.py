@@ -5,6 +5,8 @@ copies gets an error that says so."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from wasmsbx import errors
@@ -108,7 +110,26 @@ VALUES = [
 
 @pytest.mark.parametrize(("value", "t"), VALUES)
 def test_printed_size_is_the_length_of_the_wave_text(value, t):
-    assert wave.printed_size(value, t, 1 << 30) == len(wave.format(value, t))
+    text = wave.format(value, t)
+    size = wave.printed_size(value, t, 1 << 30)
+    assert size >= len(text.encode())
+    if text.isascii() and "\\u{" not in text:  # (C1 controls count as JSON escapes too)
+        assert size == len(text)
+
+
+@pytest.mark.parametrize("text", ["é", "😀", "a\x1fé😀\x9f", "\u2028\U0010ffff"])
+def test_printed_size_counts_bytes_as_json_prints_them(text):
+    # red team round 31: emoji counted 1 each, printed 4 bytes, and 12 through --json
+    size = wave.printed_size(text, STRING, 1 << 30)
+    assert size >= len(wave.format(text, STRING).encode())
+    assert size >= len(json.dumps(text))
+
+
+def test_printed_size_of_bytes_counts_their_digits():
+    # red team round 31: the count of two- and three-digit bytes was the other way round
+    t = T("list", (T("u8"),))
+    for data in (b"\xff" * 10, b"\x00" * 10, bytes(range(256)), b"\x09\x0a\x63\x64"):
+        assert wave.printed_size(data, t, 1 << 30) == len(wave.format(data, t))
 
 
 def test_printed_size_of_floats_is_at_least_theirs():

@@ -473,3 +473,27 @@ def test_grace_counts_from_when_the_epoch_reached_the_deadline():
     assert stopped == ["the error"]
     keeper.hard_stop = None
     keeper.leave(watch)
+
+
+def test_the_interrupt_handler_does_not_raise_where_it_would_be_lost(monkeypatch):
+    """Red team round 31: a KeyboardInterrupt raised in a finalizer is printed and lost
+    (`bench` ran on, exit 0), and one raised at a runtime callback's first bytecode makes
+    ctypes return an uninitialised value. There the handler leaves the stop to the keeper
+    (which expires the call, or hard-stops with 130)."""
+    import types
+
+    from wasmsbx.backends import deadline
+
+    keeper = deadline.Keeper()
+    monkeypatch.setattr(deadline, "KEEPER", keeper)
+
+    def frame(name):
+        return types.SimpleNamespace(f_code=types.SimpleNamespace(co_name=name))
+
+    assert deadline.on_interrupt(2, frame("__del__")) is None
+    with pytest.raises(KeyboardInterrupt):
+        deadline.on_interrupt(2, frame("main"))
+    clock = deadline.Keeper.clock(types.SimpleNamespace(increment_epoch=lambda: None))
+    watch = deadline.Watch(clock, time.monotonic() + 60, lambda: None)
+    keeper.watches[id(watch)] = watch  # a guest's call is running: we were called back
+    assert deadline.on_interrupt(2, frame("__call__")) is None

@@ -163,10 +163,16 @@ def compile_bounded(
     ``compile -o``)."""
     if not here and in_child(engine, wasm):
         return compile_in_child(engine, wasm, seconds, error)
-    from .deadline import KEEPER
+    from .deadline import KEEPER, resident_bytes
 
     started = time.monotonic()
     watch = KEEPER.enter(None, seconds, error)
+    if KEEPER.hard_stop is not None:
+        # The keeper watches this process's memory too, and ends a compile that grows it
+        # past what a worker could use (red team round 31: a 9 KB module of nested loops
+        # with block parameters, weight 0, took cranelift 1 GB a second).
+        limit = worker_memory(len(wasm))
+        watch.memory = (resident_bytes() + limit, lambda: out_of_memory(limit))
     try:
         module = engine.compile(wasm)
     finally:
@@ -247,19 +253,24 @@ def worker_code(backend: str, options: Any, wasm: bytes, seconds: float, error: 
     left = seconds - (time.monotonic() - started)
     text = err.decode("utf-8", "replace")
     if _out_of_memory(text):
-        limit = worker_memory(len(wasm))
-        raise CompileLimitExceeded(
-            "compiling the module ran out of memory: its compile worker may use "
-            f"{format_size(limit)} (or less, under your ulimit -d or -v)",
-            hint="a function with many locals live across many blocks compiles in memory "
-            "that grows with both: split it, or compile it where you trust it",
-            limit_value=limit,
-        )
+        raise out_of_memory(worker_memory(len(wasm)))
     lines = text.strip().splitlines()
     detail = lines[-1:] or [f"status {proc.returncode}"]
     raise errors.ModuleError(
         f"compiling failed in its worker process ({detail[0][:200]})",
         hint="the compiler crashed on this module" if left > 0 else None,
+    )
+
+
+def out_of_memory(limit: int) -> CompileLimitExceeded:
+    """A compile that needed more than ``limit`` bytes (exit 117)."""
+    return CompileLimitExceeded(
+        f"compiling the module ran out of memory: a compile may use {format_size(limit)} "
+        "(or less, under your ulimit -d or -v)",
+        hint="functions with many values live across many blocks compile in memory that "
+        "grows with both: split them, or compile the module where you trust it "
+        "(WASMSBX_COMPILE_MEMORY raises the bound)",
+        limit_value=limit,
     )
 
 

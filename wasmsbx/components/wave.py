@@ -455,11 +455,12 @@ def _label(name: str) -> str:
 
 
 def printed_size(value: Any, t: WitType, limit: int) -> int:
-    """How long ``format(value, t)`` is, without building it: exact but for floats, for
-    which an upper bound (their positional digits from ``repr``) is taken. Counting stops
-    once past ``limit``, so its cost is bounded by the limit, not by the value (a guest's
-    result of millions of elements, red team round 30: f64s printed 320 characters each
-    and enum names of 4,000 characters, from a few bytes of guest memory)."""
+    """How many bytes ``format(value, t)`` takes, without building it: exact for ASCII
+    but for floats, for which an upper bound (their positional digits from ``repr``) is
+    taken; non-ASCII characters at the width of their JSON escapes (``_escaped_width``).
+    Counting stops once past ``limit``, so its cost is bounded by the limit, not by the
+    value (a guest's result of millions of elements, red team round 30: f64s printed 320
+    characters each and enum names of 4,000 characters, from a few bytes of memory)."""
     total = 0
 
     def add(n: int) -> bool:
@@ -487,8 +488,8 @@ def printed_size(value: Any, t: WitType, limit: int) -> int:
             if add(2 + 2 * max(0, len(v) - 1)):
                 return True
             if item.kind == "u8" and isinstance(v, (bytes, bytearray)):
-                tens = len(v) - len(v.translate(None, _UNDER_10))
-                hundreds = len(v) - len(v.translate(None, _UNDER_100))
+                tens = len(v.translate(None, _UNDER_10))  # (bytes of two digits or more)
+                hundreds = len(v.translate(None, _UNDER_100))  # (of three)
                 return add(len(v) + tens + hundreds)
             return any(walk(x, item) for x in v)
         if k == "tuple":
@@ -531,11 +532,19 @@ _ESCAPE_EXTRA = {
 
 
 def _escaped_width(text: str, quote: str) -> int:
-    """len(_escape(text, quote)), counted (str.count, in C) rather than built."""
+    """At least the bytes of ``_escape(text, quote)`` once printed, and of the text as
+    ``--json`` prints it: a non-ASCII character counts 6 (JSON's \\uXXXX), one beyond
+    the BMP 12 (a surrogate pair), since the limit is in bytes (red team round 31: 24x
+    the limit through --json from a string of emoji). Counted in C, never built."""
+    width = len(text)
+    if not text.isascii():
+        ascii_ = len(text.encode("ascii", "ignore"))
+        astral = len(text.encode("utf-16-le", "surrogatepass")) // 2 - width
+        width += 5 * (width - ascii_ - astral) + 11 * astral
     if _PLAIN.search(text) is None:
-        return len(text)
+        return width
     count = text.count
-    return len(text) + sum(count(chr(code)) * more for code, more in _ESCAPE_EXTRA[quote].items())
+    return width + sum(count(chr(code)) * more for code, more in _ESCAPE_EXTRA[quote].items())
 
 
 def _float_width(value: float) -> int:

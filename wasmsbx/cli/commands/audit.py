@@ -68,13 +68,13 @@ def register(app: typer.Typer) -> None:
         and fixes, and a risk score. The policy is the one `wasmsbx run` would use with
         the same flags (--policy, --dir, --dir-ro, --env, limits)."""
         mode = _mode(json_output, sarif, suggest, output_file)
-        from ...audit.report import audit_file
-        from .run import build_policy
-
         flags = {"policy": policy, "memory": memory, "fuel": fuel, "timeout": timeout}
         flags.update(stack=stack, dir=dir or [], dir_ro=dir_ro or [], env=env or [])
         inputs, target = [module], None  # (target: --output, once accepted)
-        try:
+        try:  # (the imports too: a Ctrl-C while they run still gets its SARIF log)
+            from ...audit.report import audit_file
+            from .run import build_policy
+
             loaded = build_policy(flags)
             inputs.append(loaded.source)
             if output_file:  # refused before the work, not after
