@@ -108,7 +108,9 @@ def test_a_compile_that_ends_after_its_deadline_is_too_late(monkeypatch):
     def error():
         return Late()
 
-    monkeypatch.setattr(KEEPER, "enter", lambda *a: None)
+    import types
+
+    monkeypatch.setattr(KEEPER, "enter", lambda *a: types.SimpleNamespace(memory=None))
     monkeypatch.setattr(KEEPER, "leave", lambda watch: None)
     with pytest.raises(Late):
         compiling.compile_bounded(Engine(), b"\0asm", 1.0, error)
