@@ -209,3 +209,28 @@ def test_escapes_by_table_are_the_escapes_one_by_one():
     for text in samples:
         for quote in "'\"":
             assert wave._escape(text, quote) == _escaped_one_by_one(text, quote), (text, quote)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "error while executing at wasm backtrace:\n    0: 0x1 - <unknown>!f\n\nCaused by:\n"
+        "    too much data is being copied between the host and the guest: fuel allocated "
+        "for hostcalls has been exhausted\n",
+        "error while executing at wasm backtrace:\n    0: 0x1 - <unknown>!f\n\nCaused by:\n"
+        "    wasm trap: too much data is being copied between the host and the guest: fuel "
+        "allocated for hostcalls has been exhausted\n",
+    ],
+)
+def test_wasmtimes_bound_is_named_as_an_error_or_a_trap(text):
+    # (the clean-clone CI saw it as a "wasm trap:" cause, a local run as a plain error)
+    import types
+
+    import wasmtime
+
+    from wasmsbx.components import runtime
+
+    fake = types.SimpleNamespace(limits=None)
+    error = runtime.ComponentInstance._error(fake, wasmtime.WasmtimeError(text), "lists")
+    assert isinstance(error, errors.TrapError)
+    assert "more than wasmtime copies between host and guest in one call" in error.message

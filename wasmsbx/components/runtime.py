@@ -423,18 +423,19 @@ class ComponentInstance:
         cause = _trap_cause(text)
         frames = _frames(text)
         limits = self.limits
+        if HOSTCALL_FUEL in text:  # (wasmtime's own bound on one call's copies: a trap
+            # or an error, depending on where the copy failed)
+            return errors.TrapError(
+                f"{where} failed: its arguments or result are more than wasmtime copies "
+                "between host and guest in one call",
+                hint="wasmtime bounds the values one call passes (a list<u8> of about 2 "
+                "million bytes, a string of over 100 MiB); have the component write bulk "
+                "data to stdout, or pass it in smaller pieces",
+                backtrace=frames,
+            )
         if cause is None:
             if where == "instantiation":
                 return self._setup_error(text, where)
-            if HOSTCALL_FUEL in text:  # (wasmtime's own bound on what one call copies)
-                return errors.TrapError(
-                    f"{where} failed: its arguments or result are more than wasmtime copies "
-                    "between host and guest in one call",
-                    hint="wasmtime bounds the values one call passes (a list<u8> of about 2 "
-                    "million bytes, a string of over 100 MiB); have the component write bulk "
-                    "data to stdout, or pass it in smaller pieces",
-                    backtrace=frames,
-                )
             # No trap, but the call failed: the guest broke the canonical ABI (a result
             # string that is not UTF-8, a realloc out of bounds...). Its fault, as a trap
             # is; wasmtime refuses the instance's further calls all the same.
