@@ -301,6 +301,16 @@ def sarif_failure(message: str, exit_code: int, hint: str = "") -> dict:
     }
 
 
+def sarif_failure_of(exc: BaseException) -> dict:
+    """``sarif_failure`` of the error ``exc`` (a WasmsbxError, or Ctrl-C's
+    KeyboardInterrupt)."""
+    if isinstance(exc, KeyboardInterrupt):
+        from ..errors import ExitCode
+
+        return sarif_failure("interrupted", int(ExitCode.INTERRUPTED))
+    return sarif_failure(exc.message, int(exc.exit_code), exc.hint or "")  # type: ignore[attr-defined]
+
+
 def sarif_log(report: AuditReport) -> dict:
     """The findings as a SARIF 2.1.0 log with one run."""
     artifacts = [

@@ -100,13 +100,12 @@ def in_child(engine: Any, wasm: bytes) -> bool:
         return False
     if getattr(engine, "compiles_holding_gil", False):
         return True
-    if heavy(wasm):
-        return True
-    if len(wasm) < CHILD_MIN:
-        return False
-    from .deadline import KEEPER
+    if len(wasm) >= CHILD_MIN:
+        from .deadline import KEEPER
 
-    return not (KEEPER.sole_run and hard_stopped(engine.backend))
+        if not (KEEPER.sole_run and hard_stopped(engine.backend)):
+            return True  # (a worker anyway: no need to weigh it)
+    return heavy(wasm)
 
 
 def heavy(wasm: bytes) -> bool:
@@ -126,15 +125,23 @@ def worker_memory(size: int) -> int:
     $WASMSBX_COMPILE_MEMORY if set (a size: "4GiB"), else WORKER_MEMORY or
     WORKER_MEMORY_PER_BYTE per byte, the larger. (The environment, not the policy: a
     policy found in a folder must not lift a bound that protects the machine.)"""
-    explicit = os.environ.get("WASMSBX_COMPILE_MEMORY", "").strip()
-    if explicit:
-        from ..units import parse_size
-
-        try:
-            return max(1 << 20, parse_size(explicit))
-        except ValueError:
-            pass  # (the parent said so: worker_code)
+    try:
+        explicit = _explicit_memory()
+    except ValueError:  # (the parent said so: worker_code)
+        explicit = None
+    if explicit is not None:
+        return max(1 << 20, explicit)
     return max(WORKER_MEMORY, WORKER_MEMORY_PER_BYTE * size)
+
+
+def _explicit_memory() -> Optional[int]:
+    """$WASMSBX_COMPILE_MEMORY as bytes, None if unset; ValueError if not a size."""
+    text = os.environ.get("WASMSBX_COMPILE_MEMORY", "").strip()
+    if not text:
+        return None
+    from ..units import parse_size
+
+    return parse_size(text)
 
 
 def hard_stopped(backend: str) -> bool:
@@ -210,17 +217,13 @@ def worker_code(backend: str, options: Any, wasm: bytes, seconds: float, error: 
     import json
     import subprocess
 
-    explicit = os.environ.get("WASMSBX_COMPILE_MEMORY", "").strip()
-    if explicit:  # (the worker reads it: one it cannot read is said here, not ignored)
-        from ..units import parse_size
-
-        try:
-            parse_size(explicit)
-        except ValueError as exc:
-            raise errors.UsageError(
-                f"WASMSBX_COMPILE_MEMORY={explicit!r}: {exc}",
-                hint="the memory a compile worker may use, e.g. 4GiB (unset: 2 GiB)",
-            ) from None
+    try:  # (the worker reads it: one it cannot read is said here, not ignored)
+        _explicit_memory()
+    except ValueError as exc:
+        raise errors.UsageError(
+            f"WASMSBX_COMPILE_MEMORY={os.environ['WASMSBX_COMPILE_MEMORY'].strip()!r}: {exc}",
+            hint="the memory a compile worker may use, e.g. 4GiB (unset: 2 GiB)",
+        ) from None
     options = json.dumps(options._asdict()).encode()
     # -S: no site module (its .pth files cost the worker ~10 ms); the worker gets this
     # process's sys.path, led by the folder wasmsbx itself is imported from (an

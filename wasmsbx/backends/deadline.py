@@ -113,8 +113,9 @@ class Watch:
         self.ticks = 0
         self.until = 0  # the engine epoch at which the call's store traps
         self.interrupted = False  # set by Keeper.interrupt(): report KeyboardInterrupt
-        # (resident bytes, error): a compile in this process (watch_memory) that must not
-        # grow the process's RSS past the first; the hard stop ends it with the second.
+        # (resident bytes, error): a compile in this process (compiling.compile_bounded)
+        # that must not grow the process's RSS past the first; the hard stop ends it with
+        # the second.
         self.memory: Optional[tuple] = None
         # When the keeper saw the engine's epoch reach ``until`` (the store's trap is
         # due): GRACE is counted from then, not from the deadline, for a thread woken

@@ -18,7 +18,9 @@ from ..native import flush_hits
 def _lean_run(argv: list) -> bool:
     if not argv or argv[0] != "run" or "_WASMSBX_COMPLETE" in os.environ:
         return False
-    head = argv[: argv.index("--")] if "--" in argv else argv
+    from .options import own_words
+
+    head = own_words(argv)
     return "--help" not in head and "-h" not in head
 
 
@@ -26,7 +28,9 @@ def _lean_compile(argv: list) -> Optional[dict]:
     """run_compile's keywords for a plain ``compile`` command line, else None (typer)."""
     if not argv or argv[0] != "compile" or "_WASMSBX_COMPLETE" in os.environ:
         return None
-    head = argv[: argv.index("--")] if "--" in argv else argv
+    from .options import own_words
+
+    head = own_words(argv)
     if "--help" in head or "-h" in head:
         return None
     from .commands.compile import lean_args

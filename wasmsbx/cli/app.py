@@ -245,8 +245,7 @@ def _click_error(exc: Any, argv: list) -> int:
     if ctx is not None:
         hint = f"{ctx.get_usage().replace('Usage: ', 'usage: ', 1)}; {hint}"
     error = errors.UsageError(message[:1].lower() + message[1:], hint=hint)
-    json_mode = "--json" in (argv[: argv.index("--")] if "--" in argv else argv)
-    return report(error, json_mode)
+    return report(error, run_options.json_flag(argv))
 
 
 def _plain_help(command: Any) -> None:

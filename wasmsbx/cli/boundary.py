@@ -66,19 +66,20 @@ def interrupted_before(argv: list) -> int:
     dispatching): the error line, and the machine format the command would have given
     (``--json``'s error object; ``audit --sarif``'s failed log, on stdout, since its
     ``--output`` was not checked yet)."""
-    words = argv[: argv.index("--")] if "--" in argv else argv
-    if words[:1] == ["audit"] and "--sarif" in words:
+    from .options import json_flag, own_words
+
+    interrupt = KeyboardInterrupt()
+    if argv[:1] == ["audit"] and "--sarif" in own_words(argv):
         import json
         import sys
 
-        from ..audit.formats import sarif_failure
+        from ..audit.formats import sarif_failure_of
 
         try:
-            log = sarif_failure("interrupted", int(ExitCode.INTERRUPTED))
-            sys.stdout.write(json.dumps(log, indent=2) + "\n")
+            sys.stdout.write(json.dumps(sarif_failure_of(interrupt), indent=2) + "\n")
         except (OSError, KeyboardInterrupt):
             pass
-    return report(KeyboardInterrupt(), "--json" in words)
+    return report(interrupt, json_flag(argv))
 
 
 def boundary(func: Callable) -> Callable:

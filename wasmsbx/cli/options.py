@@ -242,6 +242,11 @@ def _looks_like_flag(token: str) -> bool:
     return bool(body) and not (body[0].isdigit() or body[0] == "." or body in ("inf", "nan"))
 
 
+def own_words(argv: list) -> list:
+    """wasmsbx's own arguments: those before ``--`` (a word after it is the guest's)."""
+    return argv[: argv.index("--")] if "--" in argv else argv
+
+
 def json_flag(argv: list) -> bool:
-    """``--json`` among wasmsbx's own arguments (a word after ``--`` is the guest's)."""
-    return "--json" in (argv[: argv.index("--")] if "--" in argv else argv)
+    """``--json`` among wasmsbx's own arguments."""
+    return "--json" in own_words(argv)

@@ -55,7 +55,9 @@ def stdout_failure(exc: BaseException) -> int:
     """Say that stdout could not be written; its exit code (105, I/O)."""
     why = getattr(exc, "strerror", None) or str(exc)
     error(f"cannot write the results to stdout: {why}", "free space, or redirect stdout")
-    return 105
+    from ..errors import ExitCode
+
+    return int(ExitCode.IO)
 
 
 def flush_stdout() -> None:

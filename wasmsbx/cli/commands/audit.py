@@ -105,13 +105,9 @@ def _sarif_failure(exc: BaseException, target: Optional[str], inputs: list) -> N
     boundary then prints the error line and exits with its code."""
     import json
 
-    from ...audit.formats import sarif_failure
+    from ...audit.formats import sarif_failure_of
 
-    if isinstance(exc, KeyboardInterrupt):
-        log = sarif_failure("interrupted", int(errors.ExitCode.INTERRUPTED))
-    else:
-        log = sarif_failure(exc.message, int(exc.exit_code), exc.hint or "")
-    text = json.dumps(log, indent=2) + "\n"
+    text = json.dumps(sarif_failure_of(exc), indent=2) + "\n"
     try:
         _emit(text, target, [i for i in inputs if i])
     except (errors.WasmsbxError, OSError):  # (--output not writable after all: stdout)
