@@ -138,3 +138,23 @@ def test_an_in_process_compile_is_watched_for_memory(cli, isolated):
     assert not (isolated / "l.cwasm").exists()
     res = cli("run", module, "f", "--no-cache")  # within the default bound: it runs
     assert res.code == 0, res
+
+
+def test_audit_of_a_component_is_watched_too(cli, isolated):
+    # red team round 32: `audit` compiled a component under a time watch only (1.9 GB
+    # for an 11 KB component of the nested loops above)
+    import subprocess
+
+    from .component_guests import tool
+
+    text = isolated / "loops.wat"
+    text.write_text(
+        "(component " + nested_loops_wat(200, 200).replace("(module", "(core module", 1) + ")"
+    )
+    component = isolated / "loops.wasm"
+    subprocess.run([str(tool("wasm-tools")), "parse", str(text), "-o", str(component)], check=True)
+    res = cli("audit", component, env={"WASMSBX_COMPILE_MEMORY": "32MiB"})
+    assert res.code == 117, res
+    assert "compiling the module ran out of memory" in res.stderr
+    res = cli("audit", component)
+    assert res.code == 0, res

@@ -170,16 +170,11 @@ def compile_bounded(
     ``compile -o``)."""
     if not here and in_child(engine, wasm):
         return compile_in_child(engine, wasm, seconds, error)
-    from .deadline import KEEPER, resident_bytes
+    from .deadline import KEEPER
 
     started = time.monotonic()
     watch = KEEPER.enter(None, seconds, error)
-    if KEEPER.hard_stop is not None:
-        # The keeper watches this process's memory too, and ends a compile that grows it
-        # past what a worker could use (red team round 31: a 9 KB module of nested loops
-        # with block parameters, weight 0, took cranelift 1 GB a second).
-        limit = worker_memory(len(wasm))
-        watch.memory = (resident_bytes() + limit, lambda: out_of_memory(limit))
+    watch_memory(watch, len(wasm))
     try:
         module = engine.compile(wasm)
     finally:
@@ -187,6 +182,19 @@ def compile_bounded(
     if KEEPER.hard_stop is not None and time.monotonic() - started > seconds:
         raise error()  # (ended within the hard stop's GRACE: still too late)
     return module
+
+
+def watch_memory(watch: Any, size: int) -> None:
+    """Have the keeper watch this process's memory during the compile ``watch`` stands
+    for (of a ``size``-byte module): on the command line, whose hard stop can end it,
+    a compile that grows the process past what a worker could use ends with 117 (red
+    team round 31: a 9 KB module of nested loops with block parameters, weight 0, took
+    cranelift 1 GB a second)."""
+    from .deadline import KEEPER, resident_bytes
+
+    if KEEPER.hard_stop is not None:
+        limit = worker_memory(size)
+        watch.memory = (resident_bytes() + limit, lambda: out_of_memory(limit))
 
 
 def native_bounded(engine: Any, wasm: bytes, seconds: float, error: Any) -> Any:

@@ -185,7 +185,7 @@ def _introspect(wasm: bytes, policy: Any, path: str, findings: list) -> tuple:
         source = "cache"
     else:  # compiled only to read its types: at the lowest optimisation level
         engine, source = WasmtimeEngine(EngineOptions(optimize="none")), "compiled"
-        from ..backends.compiling import too_slow
+        from ..backends.compiling import too_slow, watch_memory
         from ..backends.deadline import KEEPER
 
         # Watched as run's compiles are: `wasmsbx audit` hard-stops a compile past
@@ -193,6 +193,7 @@ def _introspect(wasm: bytes, policy: Any, path: str, findings: list) -> tuple:
         # to compile slowly held the command as long as it liked).
         seconds = policy.values["limits.compile_timeout"]
         watch = KEEPER.enter(None, seconds, lambda: too_slow(path, seconds))
+        watch_memory(watch, len(wasm))  # (and its memory, red team round 32)
         try:
             component = runtime.compile_component(engine, wasm)
         except errors.ModuleError as exc:
