@@ -11,6 +11,7 @@ import pytest
 from wasmsbx import Sandbox, errors
 from wasmsbx import policy as policy_mod
 from wasmsbx.backends import compiling
+from wasmsbx.backends.base import EngineOptions
 from wasmsbx.wasm.facts import compile_weight
 
 wasmtime = pytest.importorskip("wasmtime")
@@ -65,7 +66,24 @@ def test_the_weight_is_locals_times_size(heavy):
     assert compile_weight(bytes(wasmtime.wat2wasm(params))) == 5 * 5  # 3 params + 2, 5 bytes
 
 
-def test_a_heavy_module_compiles_in_a_worker(monkeypatch, heavy, isolated):
+def test_a_heavy_module_compiles_in_a_worker(heavy, monkeypatch):
+    # The command line (its hard stop installed) compiles a small light module itself,
+    # and sends a heavy one to a worker whatever its size.
+    from wasmsbx.backends import get
+    from wasmsbx.backends.deadline import KEEPER
+
+    engine = get("wasmtime").engine(EngineOptions())
+    light = bytes(wasmtime.wat2wasm(heavy_wat(20, 20)))
+    monkeypatch.setattr(KEEPER, "hard_stop", lambda error: None)
+    assert compiling.in_child(engine, heavy.read_bytes())
+    assert not compiling.in_child(engine, light)
+    monkeypatch.setattr(KEEPER, "hard_stop", None)  # the Python API: every module
+    assert compiling.in_child(engine, light)
+
+
+def test_the_library_compiles_every_module_in_a_worker(monkeypatch, heavy, isolated):
+    # Nothing could end a compile in the caller's process (no hard stop): a light module
+    # goes to the worker too, where the compile timeout and the memory bound hold.
     used = []
     real = compiling.compile_in_child
 
@@ -74,14 +92,10 @@ def test_a_heavy_module_compiles_in_a_worker(monkeypatch, heavy, isolated):
         return real(*args, **kwargs)
 
     monkeypatch.setattr(compiling, "compile_in_child", spy)
-    with Sandbox(heavy, use_cache=False) as box:
-        assert isinstance(box.call("f", 0), int)
-    assert used == [True]
-    used.clear()
     light = bytes(wasmtime.wat2wasm(heavy_wat(20, 20)))
     with Sandbox(light, use_cache=False) as box:
         box.call("f", 0)
-    assert used == []  # small and light: in process, as before
+    assert used == [True]
 
 
 def test_the_worker_runs_out_of_memory_cleanly(cli, heavy, isolated, monkeypatch):
@@ -138,6 +152,60 @@ def test_an_in_process_compile_is_watched_for_memory(cli, isolated):
     assert not (isolated / "l.cwasm").exists()
     res = cli("run", module, "f", "--no-cache")  # within the default bound: it runs
     assert res.code == 0, res
+
+
+def test_the_library_bounds_a_light_modules_compile_in_memory(isolated, monkeypatch):
+    # weight 0 and small, so the command line would compile it itself: from Python it
+    # compiled in the caller's process and nothing bounded it (red team round 31)
+    wasm = bytes(wasmtime.wat2wasm(nested_loops_wat(200, 200)))
+    monkeypatch.setenv("WASMSBX_COMPILE_MEMORY", "32MiB")
+    with pytest.raises(errors.CompileLimitExceeded, match="ran out of memory"):
+        Sandbox(wasm, policy_mod.defaults(), use_cache=False)
+    monkeypatch.delenv("WASMSBX_COMPILE_MEMORY")
+    with Sandbox(wasm, policy_mod.defaults(), use_cache=False) as box:
+        assert isinstance(box.call("f"), int)
+
+
+def test_the_library_bounds_a_light_modules_compile_in_time(isolated):
+    # 9 KB of the nested loops above: about 6 s of CPU (and 1.7 GB) to compile. The
+    # library ran it to the end in the caller's process under a 0.5 s compile timeout.
+    import time
+
+    wasm = bytes(wasmtime.wat2wasm(nested_loops_wat(20, 3000)))
+    policy = policy_mod.defaults()
+    policy_mod.override(policy, "limits.compile_timeout", "500ms")
+    started = time.monotonic()
+    with pytest.raises(errors.CompileLimitExceeded, match="compile_timeout"):
+        Sandbox(wasm, policy, use_cache=False)
+    assert time.monotonic() - started < 30  # (ended at the deadline, not at its end)
+
+
+@pytest.mark.parametrize("which", ["RLIMIT_DATA", "RLIMIT_AS"])
+def test_under_a_memory_rlimit_the_command_compiles_in_a_worker(isolated, which):
+    # red team round 31: under ulimit -d/-v a compile that runs out aborts its process
+    # (exit 134, no error line): the command line compiles every module in a worker then
+    import resource
+    import subprocess
+    import sys
+
+    module = isolated / "loops.wasm"
+    module.write_bytes(bytes(wasmtime.wat2wasm(nested_loops_wat(50, 1000))))  # ~600 MB
+    limit = getattr(resource, which)
+    cap = (1 << 30) if which == "RLIMIT_AS" else (400 << 20)
+
+    def bounded() -> None:
+        resource.setrlimit(limit, (cap, cap))
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "wasmsbx", "run", str(module), "f", "--no-cache"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        preexec_fn=bounded,
+    )
+    assert proc.returncode == 117, proc
+    assert "ran out of memory" in proc.stderr
+    assert "Traceback" not in proc.stderr
 
 
 def test_audit_of_a_component_is_watched_too(cli, isolated):

@@ -125,55 +125,99 @@ OPTIONS = EngineOptions(compiler="cranelift")
 
 
 def fake_worker(monkeypatch, body: str) -> None:
-    """Replace the worker's script (argv[1] backend, argv[2:] sys.path) with ``body``."""
-    monkeypatch.setattr(compiling, "_CHILD", "import os, sys\n" + body)
+    """Replace the worker's script (argv[1:] sys.path) with ``body``, run after it has
+    read one request (its bytes in ``request``)."""
+    read = (
+        "def take(n):\n"
+        "    b = b''\n"
+        "    while len(b) < n:\n"
+        "        c = os.read(0, n - len(b))\n"
+        "        if not c: os._exit(0)\n"
+        "        b += c\n"
+        "    return b\n"
+        "request = take(int.from_bytes(take(4), 'little'))\n"
+        "take(int.from_bytes(take(8), 'little'))\n"
+    )
+    monkeypatch.setattr(compiling, "_CHILD", "import os, sys\n" + read + body)
+    compiling.WORKERS.close()  # (a real one kept from an earlier test would answer)
 
 
 def too_slow() -> Exception:
     return RuntimeError("deadline")
 
 
+def ok_answer(header: bytes, code: bytes) -> bytes:
+    size = len(code).to_bytes(8, "little")
+    return b"ok" + len(header).to_bytes(4, "little") + header + size + code
+
+
 @pytest.mark.parametrize("status", [0, 3])
-def test_a_worker_answer_is_taken_only_from_a_clean_exit(monkeypatch, status):
+def test_a_worker_answer_is_taken_only_whole(monkeypatch, status):
     """A worker that dies after writing part of its answer (here, a whole header and
-    some code) gives an error, never truncated code; the same answer with exit 0 is
-    taken as it is."""
-    header = b'{"backend": "wasmtime"}'
-    answer = b"ok" + len(header).to_bytes(4, "little") + header + b"\x01\x02"
+    some of its code) gives an error, never truncated code, whatever its exit status;
+    the whole answer is taken as it is."""
+    header = b'{"fingerprint": {"backend": "wasmtime"}, "keep": false}'
+    answer = ok_answer(header, b"\x01\x02\x03")
     fake_worker(
         monkeypatch,
-        f"sys.stdin.buffer.read(); sys.stdout.buffer.write({answer!r}); sys.stdout.flush()\n"
-        f"os._exit({status})\n",
+        f"sys.stdout.buffer.write({answer[:-1]!r}); sys.stdout.flush()\nos._exit({status})\n",
     )
-    if status:
-        with pytest.raises(errors.ModuleError, match="worker process"):
-            compiling.worker_code("wasmtime", OPTIONS, b"\0asm\1\0\0\0", 60, too_slow)
-    else:
-        code, fingerprint = compiling.worker_code(
-            "wasmtime", OPTIONS, b"\0asm\1\0\0\0", 60, too_slow
-        )
-        assert (bytes(code), fingerprint) == (b"\x01\x02", {"backend": "wasmtime"})
+    with pytest.raises(errors.ModuleError, match="worker process"):
+        compiling.worker_code("wasmtime", OPTIONS, b"\0asm\1\0\0\0", 60, too_slow)
+    fake_worker(
+        monkeypatch,
+        f"sys.stdout.buffer.write({answer!r}); sys.stdout.flush()\nos._exit({status})\n",
+    )
+    code, fingerprint = compiling.worker_code("wasmtime", OPTIONS, b"\0asm\1\0\0\0", 60, too_slow)
+    assert (bytes(code), fingerprint) == (b"\x01\x02\x03", {"backend": "wasmtime"})
 
 
 @pytest.mark.parametrize(
     "answer",
     [
         b"ok" + (1000).to_bytes(4, "little") + b"{}",  # a header longer than the answer
-        b"ok" + (3).to_bytes(4, "little") + b"{x}code",  # a header that is not JSON
-        b"ok" + (2).to_bytes(4, "little") + b"[]code",  # nor an object
+        ok_answer(b"{x}", b"code"),  # a header that is not JSON
+        ok_answer(b"[]", b"code"),  # nor an object
+        ok_answer(b'{"keep": true}', b"code"),  # without a fingerprint
+        ok_answer(b'{"fingerprint": {}}', b"")[:-8] + (1 << 62).to_bytes(8, "little"),
         b"ok",
-        b"er{not json",
+        b"er" + (11).to_bytes(4, "little") + b"{not json}",
+        b"no",
         b"",
     ],
 )
 def test_a_broken_worker_answer_is_a_one_line_error(monkeypatch, answer):
     fake_worker(
         monkeypatch,
-        f"sys.stdin.buffer.read(); sys.stdout.buffer.write({answer!r}); sys.stdout.flush()\n"
-        "os._exit(0)\n",
+        f"sys.stdout.buffer.write({answer!r}); sys.stdout.flush()\nos._exit(0)\n",
     )
     with pytest.raises(errors.ModuleError, match="worker process"):
         compiling.worker_code("wasmtime", OPTIONS, b"\0asm\1\0\0\0", 60, too_slow)
+
+
+def test_a_silent_worker_is_ended_at_the_deadline(monkeypatch):
+    fake_worker(monkeypatch, "import time\ntime.sleep(60)\n")
+    with pytest.raises(RuntimeError, match="deadline"):
+        compiling.worker_code("wasmtime", OPTIONS, b"\0asm\1\0\0\0", 0.5, too_slow)
+
+
+def test_the_worker_is_kept_for_the_next_compile():
+    """One worker compiles one module after another (a new one costs an interpreter and
+    the runtime's import, ~50 ms); one that ended since (its idle timeout, or the thread
+    that started it ended: PR_SET_PDEATHSIG) is replaced without an error."""
+    compiling.WORKERS.close()
+    wasm = bytes(wasmtime.wat2wasm('(module (func (export "f")))'))
+    compiling.worker_code("wasmtime", OPTIONS, wasm, 120, too_slow)
+    kept = compiling.WORKERS.idle
+    assert kept is not None
+    compiling.worker_code("wasmtime", OPTIONS, wasm, 120, too_slow)
+    assert compiling.WORKERS.idle is kept
+    kept.proc.kill()
+    kept.proc.wait()
+    code, _ = compiling.worker_code("wasmtime", OPTIONS, wasm, 120, too_slow)
+    assert bytes(code)
+    assert compiling.WORKERS.idle not in (None, kept)
+    compiling.WORKERS.close()
 
 
 def test_the_worker_reports_its_engine_fingerprint():
@@ -237,3 +281,69 @@ def test_without_wasmtime_installed_the_adapter_says_so(monkeypatch):
         identity.origin.cache_clear()
     assert (state.available, state.fix) == (False, "pip install wasmtime")
     assert adapter.WasmtimeBackend().probe().available  # found again: it is installed
+
+
+def test_a_ctrl_c_at_the_terminal_does_not_reach_the_worker():
+    # Its own session: the terminal's SIGINT goes to the foreground process group, the
+    # parent's (which kills a worker compiling for it); an idle worker would die of it.
+    import os
+
+    compiling.WORKERS.close()
+    wasm = bytes(wasmtime.wat2wasm('(module (func (export "f")))'))
+    compiling.worker_code("wasmtime", OPTIONS, wasm, 120, too_slow)
+    worker = compiling.WORKERS.idle
+    assert os.getsid(worker.proc.pid) != os.getsid(0)
+    assert os.getpgid(worker.proc.pid) != os.getpgid(0)
+    compiling.WORKERS.close()
+
+
+def test_a_forked_child_starts_its_own_worker():
+    # The kept worker's pipes are the parent's: a forked child must not write into them.
+    import os
+
+    wasm = bytes(wasmtime.wat2wasm('(module (func (export "f")))'))
+    compiling.worker_code("wasmtime", OPTIONS, wasm, 120, too_slow)
+    parents = compiling.WORKERS.idle
+    assert parents is not None
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - (the child reports by its exit status)
+        status = 1
+        try:
+            if compiling.WORKERS.idle is None:
+                code, _ = compiling.worker_code("wasmtime", OPTIONS, wasm, 120, too_slow)
+                mine = compiling.WORKERS.idle
+                status = 0 if bytes(code) and mine.proc.pid != parents.proc.pid else 2
+        finally:
+            os._exit(status)
+    assert os.waitpid(pid, 0)[1] == 0
+    assert compiling.WORKERS.idle is parents  # the parent's own, still usable
+    code, _ = compiling.worker_code("wasmtime", OPTIONS, wasm, 120, too_slow)
+    assert bytes(code)
+    compiling.WORKERS.close()
+
+
+def test_a_component_from_python_compiles_in_the_worker(monkeypatch, isolated):
+    # wasmtime compiles a component whole, so nothing in the caller's process could
+    # bound it: from Python it goes to the worker too (ComponentEngine.worker_wrap).
+    from wasmsbx import Sandbox
+
+    from .component_guests import amplify_guest
+
+    asked = []
+    real = compiling.worker_code
+
+    def spy(*args, **kwargs):
+        asked.append(args[5:])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(compiling, "worker_code", spy)
+    with Sandbox(amplify_guest(isolated), use_cache=False) as box:
+        assert box.exports
+    assert asked == [("wasmsbx.components.runtime:ComponentEngine",)]
+
+
+def test_a_worker_builds_only_wasmsbx_engines():
+    with pytest.raises(errors.UsageError):
+        compiling._wrapper("os:system")
+    with pytest.raises(errors.UsageError):
+        compiling._wrapper("wasmsbx.components.runtime:x.y")

@@ -437,7 +437,7 @@ def run_case(case: Case, progress: Optional[Progress] = None) -> CaseResult:
     try:
         policy = bench_policy(case.policy)
         result.policy = {"source": policy.source, "values": policy.to_dict()}
-        prepared = _prepare(case, result)
+        prepared = _prepare(case, result, policy)
         targets = resolve_backends(case.backends, policy, prepared["features"], result.kind)
     except errors.WasmsbxError as exc:
         result.error = exc.to_dict()
@@ -453,7 +453,7 @@ def run_case(case: Case, progress: Optional[Progress] = None) -> CaseResult:
     return result
 
 
-def _prepare(case: Case, result: CaseResult) -> dict:
+def _prepare(case: Case, result: CaseResult, policy: Any) -> dict:
     """Read the module and check the function and its arguments once, before any backend."""
     from ..backends.base import ExportInfo, Signature
     from ..runner.sandbox import find_signature, parse_args, read_module
@@ -465,7 +465,7 @@ def _prepare(case: Case, result: CaseResult) -> dict:
     if is_component(wasm):
         from ..components.bench import prepare
 
-        return prepare(case, result, wasm)
+        return prepare(case, result, wasm, policy)
     try:
         facts = read_facts(wasm)
     except FactsError as exc:

@@ -16,7 +16,7 @@ from . import binary, runtime
 from .sandbox import find_export, run_export
 
 
-def prepare(case: Any, result: Any, wasm: bytes) -> dict:
+def prepare(case: Any, result: Any, wasm: bytes, policy: Any) -> dict:
     """The bench harness's ``prepared`` dict for a component case."""
     import hashlib
 
@@ -31,8 +31,13 @@ def prepare(case: Any, result: Any, wasm: bytes) -> dict:
         binary.scan(wasm)
     except binary.ComponentFormatError as exc:
         raise errors.ModuleError(f"{name}: {exc}", hint=exc.hint) from None
+    from ..backends.compiling import compile_bounded, too_slow
+
     engine = runtime.ComponentEngine(WasmtimeEngine(EngineOptions(optimize="none")))
-    component = engine.compile(wasm)  # introspection only; each backend compiles its own
+    # Introspection only (each backend compiles its own), bounded as run's compiles are:
+    # in time and memory (it compiled unwatched: red team round 32).
+    seconds = policy.values["limits.compile_timeout"]
+    component = compile_bounded(engine, wasm, seconds, lambda: too_slow(name, seconds))
     exports = runtime.exports(engine, component, runtime.has_probe(engine, component, wasm))
     prepared = {"wasm": wasm, "features": frozenset({"component-model"}), "typed": []}
     prepared.update(component=True, exports=[], component_exports=exports)
@@ -53,6 +58,8 @@ def prepare(case: Any, result: Any, wasm: bytes) -> dict:
 class BenchEngine:
     """A component engine with the module engine's ``instantiate(module, limits, wasi)``."""
 
+    is_component = True  # (compiling.in_child)
+
     def __init__(self, engine: Any, wasm: bytes, exports: list) -> None:
         self.inner = runtime.ComponentEngine(engine)
         self.wasm = wasm
@@ -61,10 +68,26 @@ class BenchEngine:
         self.imports: list = []
         self.probed: Optional[bool] = None  # known at the first instantiation
 
+    @property
+    def backend(self) -> str:
+        return self.inner.backend
+
+    @property
+    def options(self) -> Any:
+        return self.inner.options
+
+    @property
+    def worker_wrap(self) -> str:
+        return self.inner.worker_wrap
+
     def compile(self, wasm: bytes) -> Any:
         component = self.inner.compile(wasm)
-        self.imports = [i.name for i in runtime.imports(self.inner, component)]
+        self.describe(component, wasm)
         return component
+
+    def describe(self, component: Any, wasm: bytes) -> None:
+        """What the harness needs of a compiled component (one a worker compiled too)."""
+        self.imports = [i.name for i in runtime.imports(self.inner, component)]
 
     def serialize(self, component: Any) -> bytes:
         return self.inner.serialize(component)

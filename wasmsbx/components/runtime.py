@@ -535,6 +535,8 @@ class ComponentEngine:
     ``kind: component``, so a component's native code never loads as a module's."""
 
     is_component = True
+    # How a compile worker (backends.compiling) builds this engine around its backend's.
+    worker_wrap = "wasmsbx.components.runtime:ComponentEngine"
 
     def __init__(self, engine: Any) -> None:
         self.inner = engine

@@ -68,6 +68,8 @@ WARM_IMPORTS = (
     "wasmtime", "wasmer", "blake3", "hashlib", "json", "marshal", "mmap", "diskcache",
     "sqlite3", "tempfile", "shutil", "concurrent.futures.thread", "queue", "string",
     "logging", "traceback", "datetime",
+    # the compile worker (backends.compiling.worker_code)
+    "subprocess", "select",
 )  # fmt: skip
 WARM_COMPONENTS = (
     "wasmtime.component", "wasmsbx.components.types", "wasmsbx.components.values",
