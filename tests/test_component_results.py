@@ -6,16 +6,23 @@ copies gets an error that says so."""
 from __future__ import annotations
 
 import json
+import types
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from wasmsbx import errors
 from wasmsbx import policy as policy_mod
-from wasmsbx.components import wave
+from wasmsbx.components import runtime as runtime_mod
+from wasmsbx.components import values, wave
 from wasmsbx.components.types import WitType as T
-from wasmsbx.components.values import Err, Ok, Variant
+from wasmsbx.components.values import Err, Ok, Some, Variant, check, to_json
 
 from .component_guests import amplify_guest
+from .test_components_wave import values_of, wit_types
+
+W = T
 
 MIB = 1 << 20
 
@@ -234,3 +241,52 @@ def test_wasmtimes_bound_is_named_as_an_error_or_a_trap(text):
     error = runtime.ComponentInstance._error(fake, wasmtime.WasmtimeError(text), "lists")
     assert isinstance(error, errors.TrapError)
     assert "more than wasmtime copies between host and guest in one call" in error.message
+
+
+# ------------------------------------------------------- what --json prints of a result
+
+
+@settings(max_examples=400, deadline=None)
+@given(wit_types.flatmap(lambda t: st.tuples(values_of(t), st.just(t))))
+def test_json_size_is_the_length_of_the_indented_json(pair):
+    value, t = pair
+    value = check(value, t)
+    text = json.dumps(to_json(value, t), indent=2)
+    assert values.json_size(value, t, 1 << 30) == len(text)
+    # where --json puts it: three levels in (document, results list, result object)
+    doc = json.dumps({"a": [{"v": to_json(value, t)}]}, indent=2)
+    empty = json.dumps({"a": [{"v": 0}]}, indent=2)
+    assert values.json_size(value, t, 1 << 30, level=3) == len(doc) - len(empty) + 1
+
+
+def test_json_size_stops_past_the_limit():
+    t = W("list", (W("string"),))
+    many = ["x" * 10_000] * 1000  # (the same string: what an aliasing guest returns)
+    assert values.json_size(many, t, 100) < 20_000  # the list, and its first string
+
+
+@pytest.mark.parametrize("depth", [1, 50])
+def test_results_that_print_larger_as_json_are_refused(depth):
+    # red team round 32: --json printed 64x the limit (an option 100 deep around a
+    # list<u8>: every byte on its own line, indented 200 spaces); a result counts by the
+    # larger of its WAVE text and its typed JSON
+    from wasmsbx.components.runtime import ComponentInstance
+
+    t = W("list", (W("u8"),))
+    for _ in range(depth):
+        t = W("option", (t,))
+    value = bytes(4000)
+    for _ in range(depth):
+        value = Some(value)
+    wave_size = wave.printed_size(value, t, 1 << 30)
+    json_size = values.json_size(value, t, 1 << 30, level=3)
+    limit = max(wave_size, json_size) - 1
+    box = ComponentInstance.__new__(ComponentInstance)
+    box.limits = types.SimpleNamespace(output=limit)
+    export = types.SimpleNamespace(name="f", sig=types.SimpleNamespace(result=t))
+    with pytest.raises(errors.OutputLimitExceeded):
+        runtime_mod.RESULT_FREE, saved = 0, runtime_mod.RESULT_FREE
+        try:
+            box._check_result(export, value)
+        finally:
+            runtime_mod.RESULT_FREE = saved

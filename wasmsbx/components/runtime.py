@@ -36,7 +36,7 @@ from ..backends.wasmtime.backend import _Budget, set_wasi
 from ..units import format_count, format_duration, format_size
 from . import binary, fastbytes, probe, wave
 from .types import FuncSig, func_sig
-from .values import ValueProblem, lift, lower
+from .values import ValueProblem, json_size, lift, lower
 
 fastbytes.install()  # list<u8> in bulk: wasmtime-py converts it byte by byte
 MAX_FRAMES = 12
@@ -343,7 +343,10 @@ class ComponentInstance:
         if limit is None or t is None:
             return
         limit = max(limit, RESULT_FREE)
+        # The larger of its forms: WAVE, and the typed JSON --json prints (three levels in)
         size = wave.printed_size(value, t, limit)
+        if size <= limit:
+            size = json_size(value, t, limit, level=3)
         if size > limit:
             raise errors.OutputLimitExceeded(
                 f"output limit {format_size(limit)} reached: the result of {export.name} "
