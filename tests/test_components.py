@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from wasmsbx import errors
@@ -177,12 +179,38 @@ def test_trap_then_a_fresh_instance(types_box):
         (["--invoke", 'greet("World")'], "Hello, World"),
         (["--invoke", "sum([1, 2, 3.5])"], "6.5"),
         (["--invoke", "wasmsbx:test/api@0.1.0#double(4)"], "8"),
+        # WAVE strings hold commas, doubled too (the core modules' split refused ",,")
+        (["--invoke", 'greet("a,,b, c")'], "Hello, a,,b, c"),
+        (["--invoke", "swap({x: 1, y: 2})"], "(2, 1)"),
     ],
 )
 def test_run_prints_plain_scalars_and_wave(cli, argv, out):
     res = cli("run", TYPES, *argv)
     assert res.code == 0, res
     assert res.stdout == out + "\n"
+
+
+def test_invoke_with_wave_arguments_takes_no_more_after_it(cli, isolated):
+    # red team round 31: `--invoke 'add(1, 2)' 3` dropped the 3 without a word
+    res = cli("run", TYPES, "--invoke", "add(1, 2)", "3")
+    assert res.code == 2, res
+    assert "parentheses" in res.stderr and "Traceback" not in res.stderr
+    res = cli("run", TYPES, "--invoke", "add(1, 2)", "--", "3")
+    assert res.code == 2, res
+
+
+def test_the_audit_log_records_wave_arguments_whole(cli, isolated):
+    # red team round 31: the start event split WAVE arguments at every comma
+    res = cli("run", TYPES, "--invoke", 'greet("a, b")', "--audit-log", "a.log")
+    assert res.code == 0, res
+    lines = [json.loads(line) for line in (isolated / "a.log").read_text().splitlines()]
+    start = next(r for r in lines if r.get("event") == "start")
+    assert (start["function"], start["args"]) == ("greet", ['"a, b"'])
+
+
+def test_invoke_reads_a_component_from_stdin_as_wave(cli, isolated):
+    res = cli("run", "-", "--invoke", 'greet("x,,y")', input=TYPES.read_bytes())
+    assert (res.code, res.stdout) == (0, "Hello, x,,y\n"), res
 
 
 @pytest.mark.parametrize(

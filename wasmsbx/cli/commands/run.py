@@ -209,8 +209,17 @@ def parse_invoke(text: str) -> tuple:
     name, inside = match.group(1), match.group(2)
     if inside is None or not inside.strip():
         return name, []
-    values = [part.strip() for part in inside.split(",")]
-    if any(not v for v in values):
+    # At top-level commas: a component's arguments are WAVE, whose strings, lists and
+    # records hold commas of their own (a core module's are numbers: the same split)
+    from ...components.wave import WaveError, parse_call
+
+    try:
+        values = parse_call(text)[1]
+    except WaveError as exc:
+        raise errors.UsageError(
+            f"--invoke {text!r}: {exc}", hint="for example --invoke 'greet(\"a, b\")'"
+        ) from None
+    if any(not v for v in values) or inside.rstrip().endswith(","):
         raise errors.UsageError(
             f"--invoke {text!r}: an empty argument", hint="separate arguments with one comma"
         )
@@ -276,20 +285,19 @@ def _check_func(path: str, func: str, module: str, call_args: list) -> None:
 
 def _invoke(box: Any, func: str, call_args: list, o: dict) -> Any:
     """The call. ``--invoke 'NAME(ARGS)'`` on a component: the arguments are WAVE, as in
-    the wasmtime CLI (parse_invoke's comma split is for core modules' numbers)."""
+    the wasmtime CLI (parse_invoke splits them at top-level commas)."""
     invoke = o.get("invoke")
     if invoke and "(" in invoke and getattr(box, "is_component", False):
-        return box.invoke(func, wave_call_args(invoke)[1], wave_args=True)
+        inline = parse_invoke(invoke)[1]
+        if len(call_args) > len(inline):  # (one list with both: which would come first?)
+            raise errors.UsageError(
+                f"--invoke {invoke!r} gives the arguments in its parentheses; "
+                f"{' '.join(call_args[len(inline) :])!r} after it too",
+                hint="give them all inside --invoke's parentheses (WAVE), or all after "
+                "--invoke NAME",
+            )
+        return box.invoke(func, call_args, wave_args=True)
     return box.invoke(func, call_args)
-
-
-def wave_call_args(text: str) -> tuple:
-    from ...components.wave import WaveError, parse_call
-
-    try:
-        return parse_call(text)
-    except WaveError as exc:
-        raise errors.UsageError(f"--invoke: {exc}") from None
 
 
 def _command(box: Any, argv: list, o: dict, log: Any = None) -> int:
