@@ -121,3 +121,23 @@ def test_closed_stdout_does_not_receive_files(tmp_path):
     )
     assert proc.returncode == 1  # hello: x does not exist; said on stderr
     assert b"x: " in proc.stderr
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["backends"], ["backends", "--explain"], ["audit", EXAMPLES / "add.wat"], ["cache", "list"]],
+)
+def test_tables_into_a_closed_pipe_exit_as_they_would(argv, tmp_path):
+    # rich ends the process with exit 1 when its stdout's reader is gone: `wasmsbx
+    # backends | head -1` failed where the README says a reader that went away is not
+    # an error (exit 0, nothing on stderr)
+    read, write = os.pipe()
+    os.close(read)
+    env = {**os.environ, "WASMSBX_CACHE_DIR": str(tmp_path / "cache")}
+    proc = subprocess.run(
+        _wasmsbx(*argv), stdout=write, stderr=subprocess.PIPE, timeout=120, env=env
+    )
+    os.close(write)
+    assert proc.returncode == 0, proc
+    _clean(proc.stderr)
+    assert b"error" not in proc.stderr, proc

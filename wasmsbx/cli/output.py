@@ -123,7 +123,15 @@ def console(stderr: bool = False):
         # its content is what grep and awk want (and tables wrap, never cut, where the
         # width is known: see overflow="fold" on their columns).
         width = 1000
-    return Console(stderr=stderr, highlight=False, soft_wrap=False, width=width)
+
+    class Quiet(Console):
+        def on_broken_pipe(self) -> None:
+            """A reader that went away (``| head``) is not an error (rich's own: exit 1,
+            which the README's exit codes do not have): later writes go nowhere."""
+            self.quiet = True
+            _to_null(2 if stderr else 1)
+
+    return Quiet(stderr=stderr, highlight=False, soft_wrap=False, width=width)
 
 
 def _isatty(stream: Any) -> bool:
