@@ -347,3 +347,25 @@ def test_a_worker_builds_only_wasmsbx_engines():
         compiling._wrapper("os:system")
     with pytest.raises(errors.UsageError):
         compiling._wrapper("wasmsbx.components.runtime:x.y")
+
+
+def test_a_worker_that_cannot_start_is_a_resource_error(monkeypatch):
+    compiling.WORKERS.close()
+    monkeypatch.setattr(compiling.sys, "executable", "/nonexistent/python")
+    with pytest.raises(errors.ResourceExhausted, match="cannot start a compile worker") as info:
+        compiling.worker_code("wasmtime", OPTIONS, b"\0asm\1\0\0\0", 60, too_slow)
+    assert "WASMSBX_COMPILE_HERE" in info.value.hint
+
+
+def test_compile_here_keeps_the_compile_in_process(monkeypatch, isolated):
+    # an embedding that cannot start a worker, or a caller that trusts its modules
+    from wasmsbx import Sandbox
+
+    compiling.WORKERS.close()
+    monkeypatch.setattr(compiling.sys, "executable", "/nonexistent/python")
+    wasm = bytes(wasmtime.wat2wasm('(module (func (export "f") (result i32) i32.const 7))'))
+    with pytest.raises(errors.ResourceExhausted):
+        Sandbox(wasm, use_cache=False)
+    monkeypatch.setenv("WASMSBX_COMPILE_HERE", "1")
+    with Sandbox(wasm, use_cache=False) as box:
+        assert box.call("f") == 7

@@ -104,7 +104,7 @@ def in_child(engine: Any, wasm: bytes) -> bool:
     nothing could end it here (wasmtime compiles it whole, so its weight is not read);
     on the command line it compiles here, watched by the keeper."""
     if not hard_stopped(engine.backend):
-        return True
+        return not compiles_here()
     if getattr(engine, "is_component", False):
         return False  # (watched here: wasmtime compiles a component whole)
     if len(wasm) >= CHILD_MIN:
@@ -113,6 +113,14 @@ def in_child(engine: Any, wasm: bytes) -> bool:
         if not KEEPER.sole_run:
             return True  # (a worker anyway: no need to weigh it)
     return heavy(wasm)
+
+
+def compiles_here() -> bool:
+    """$WASMSBX_COMPILE_HERE=1: the caller trusts its modules, or cannot start a worker
+    (an embedding whose ``sys.executable`` is not a Python that imports wasmsbx): compile
+    in this process where no hard stop could end it, bounded by nothing. (The
+    environment, not the policy: a policy found in a folder must not lift the bound.)"""
+    return os.environ.get("WASMSBX_COMPILE_HERE", "").strip() == "1"
 
 
 def heavy(wasm: bytes) -> bool:
@@ -447,7 +455,16 @@ class _Workers:
 
             self.hooked = True
             atexit.register(self.close)
-        return _Worker(), False
+        try:
+            return _Worker(), False
+        except OSError as exc:  # (no interpreter there, out of processes or memory)
+            raise errors.ResourceExhausted(
+                f"cannot start a compile worker ({sys.executable or 'no sys.executable'}: "
+                f"{exc.strerror or exc})",
+                hint="wasmsbx compiles in a worker process where nothing could stop a "
+                "compile here; set WASMSBX_COMPILE_HERE=1 to compile modules you trust in "
+                "this process, or load precompiled code (`wasmsbx compile -o`)",
+            ) from None
 
     def give_back(self, worker: _Worker, keep: bool) -> None:
         if keep and worker.owner == os.getpid():
