@@ -126,10 +126,13 @@ def console(stderr: bool = False):
 
     class Quiet(Console):
         def on_broken_pipe(self) -> None:
-            """A reader that went away (``| head``) is not an error (rich's own: exit 1,
-            which the README's exit codes do not have): later writes go nowhere."""
+            """A reader that went away (``| head``): later writes go nowhere, and the
+            command learns of it as of its own writes' (a BrokenPipeError: exit 0 at the
+            command line's boundary, `watch` stops), not by rich's exit 1, which the
+            README's exit codes do not have."""
             self.quiet = True
             _to_null(2 if stderr else 1)
+            raise BrokenPipeError(errno.EPIPE, "the reader went away")
 
     return Quiet(stderr=stderr, highlight=False, soft_wrap=False, width=width)
 
