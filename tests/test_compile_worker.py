@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -125,9 +126,11 @@ OPTIONS = EngineOptions(compiler="cranelift")
 
 
 def fake_worker(monkeypatch, body: str) -> None:
-    """Replace the worker's script (argv[1:] sys.path) with ``body``, run after it has
-    read one request (its bytes in ``request``)."""
+    """Replace the worker's script (argv[1] the parent's pid, argv[2] the backend,
+    argv[3:] sys.path) with ``body``, run after it has said it is ready and read one
+    request (its bytes in ``request``)."""
     read = (
+        "os.write(1, b'R')\n"
         "def take(n):\n"
         "    b = b''\n"
         "    while len(b) < n:\n"
@@ -369,3 +372,156 @@ def test_compile_here_keeps_the_compile_in_process(monkeypatch, isolated):
     monkeypatch.setenv("WASMSBX_COMPILE_HERE", "1")
     with Sandbox(wasm, use_cache=False) as box:
         assert box.call("f") == 7
+
+
+# ------------------------------------------------------- red team round 33
+
+
+def _run_python(code: str, cwd, *args, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-c", code, *map(str, args)],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def test_the_worker_imports_nothing_from_the_working_folder(tmp_path):
+    # H1: a guest granted the working folder wrote a json.py there; the worker (its path
+    # the parent's, '' first under python -c) ran it as the user, and could have handed
+    # back any code. The host imported its own modules before the guest ran.
+    planted = tmp_path / "planted"
+    code = (
+        "import json, select, resource, typing, ctypes, sys, wasmtime\n"
+        "from wasmsbx import Sandbox\n"
+        "from wasmsbx.backends import compiling\n"
+        "for name in ('json', 'select', 'resource', 'typing', 'ctypes', 'wasmtime'):\n"
+        "    open(name + '.py', 'w').write(\n"
+        "        f'open({sys.argv[1]!r}, \"a\").write({name!r})')\n"
+        "wat = '(module (func (export \"f\") (result i32) i32.const 5))'\n"
+        "print(Sandbox(wat.encode(), use_cache=False).call('f'))\n"
+        "print(compiling.worker_path())\n"
+    )
+    proc = _run_python(code, tmp_path, planted)
+    assert proc.returncode == 0, proc
+    assert proc.stdout.splitlines()[0] == "5"
+    assert not planted.exists(), planted.read_text()
+    assert str(tmp_path) not in proc.stdout and "''" not in proc.stdout
+
+
+def test_a_worker_starts_under_a_parent_that_is_pid_1(tmp_path):
+    # H2: in a container whose Python is pid 1, the worker took its parent for gone
+    import shutil
+
+    unshare = shutil.which("unshare")
+    if unshare is None:
+        pytest.skip("no unshare")
+    code = (
+        "import os\n"
+        "from wasmsbx import Sandbox\n"
+        "wat = '(module (func (export \"f\") (result i32) i32.const 5))'\n"
+        "print(os.getpid(), Sandbox(wat.encode(), use_cache=False).call('f'))\n"
+    )
+    argv = [unshare, "--pid", "--fork", "--mount-proc", sys.executable, "-c", code]
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    if proc.returncode != 0 and "unshare" in proc.stderr:
+        pytest.skip(f"cannot make a pid namespace here: {proc.stderr.strip()}")
+    assert (proc.returncode, proc.stdout.split()) == (0, ["1", "5"]), proc
+
+
+def test_a_host_with_default_sigpipe_survives_a_worker_gone_idle(tmp_path):
+    # M1: writing into a kept worker that had ended killed such a host (exit 141)
+    code = (
+        "import os, signal\n"
+        "signal.signal(signal.SIGPIPE, signal.SIG_DFL)\n"
+        "from wasmsbx import Sandbox\n"
+        "from wasmsbx.backends import compiling\n"
+        "wat = '(module (func (export \"f%d\") (result i32) i32.const 5))'\n"
+        "Sandbox((wat % 1).encode(), use_cache=False)\n"
+        "worker = compiling.WORKERS.idle.proc\n"
+        "worker.kill(); worker.wait()\n"
+        "print(Sandbox((wat % 2).encode(), use_cache=False).call('f2'))\n"
+    )
+    proc = _run_python(code, tmp_path)
+    assert (proc.returncode, proc.stdout) == (0, "5\n"), proc
+
+
+def test_a_worker_outlives_the_thread_that_started_it():
+    # M2: PR_SET_PDEATHSIG killed the kept worker when the thread that started it ended
+    # (a thread per compile, `watch`'s cycles: a new interpreter every time)
+    import threading
+
+    compiling.WORKERS.close()
+    wasm = bytes(wasmtime.wat2wasm('(module (func (export "f")))'))
+    thread = threading.Thread(
+        target=compiling.worker_code, args=("wasmtime", OPTIONS, wasm, 120, too_slow)
+    )
+    thread.start()
+    thread.join()
+    kept = compiling.WORKERS.idle
+    time.sleep(0.5)  # (a killed one would be dead by now)
+    assert kept.proc.poll() is None
+    compiling.worker_code("wasmtime", OPTIONS, wasm, 120, too_slow)
+    assert compiling.WORKERS.idle is kept
+    compiling.WORKERS.close()
+
+
+def test_a_new_workers_start_is_not_the_compiles_time(monkeypatch):
+    # M3: its start (an interpreter, the runtime's import: ~100 ms) counted against the
+    # compile timeout, so a short one never let any compile finish
+    answer = ok_answer(b'{"fingerprint": {}, "keep": false}', b"c")
+    fake_worker(monkeypatch, f"sys.stdout.buffer.write({answer!r}); sys.stdout.flush()\n")
+    monkeypatch.setattr(
+        compiling, "_CHILD", "import time, os\ntime.sleep(1.5)\n" + compiling._CHILD
+    )
+    code, _ = compiling.worker_code("wasmtime", OPTIONS, b"\0asm\1\0\0\0", 0.5, too_slow)
+    assert bytes(code) == b"c"
+
+
+def test_a_worker_that_never_gets_ready_is_a_start_failure(monkeypatch):
+    monkeypatch.setattr(compiling, "_CHILD", "import time\ntime.sleep(60)\n")
+    monkeypatch.setattr(compiling, "STARTUP", 0.5)
+    compiling.WORKERS.close()
+    with pytest.raises(errors.ResourceExhausted, match="not ready"):
+        compiling.worker_code("wasmtime", OPTIONS, b"\0asm\1\0\0\0", 60, too_slow)
+
+
+@pytest.mark.parametrize("executable", ["/bin/true", "/bin/false"])
+def test_an_executable_that_is_not_python_is_a_start_failure(monkeypatch, executable):
+    # M4: "compiling failed in its worker process (status 0)", blamed on the module
+    compiling.WORKERS.close()
+    monkeypatch.setattr(compiling.sys, "executable", executable)
+    with pytest.raises(errors.ResourceExhausted, match="cannot start a compile worker"):
+        compiling.worker_code("wasmtime", OPTIONS, b"\0asm\1\0\0\0", 60, too_slow)
+
+
+def test_a_frozen_application_does_not_start_itself(monkeypatch):
+    compiling.WORKERS.close()
+    monkeypatch.setattr(compiling.sys, "frozen", True, raising=False)
+    with pytest.raises(errors.ResourceExhausted, match="frozen"):
+        compiling.worker_code("wasmtime", OPTIONS, b"\0asm\1\0\0\0", 60, too_slow)
+
+
+def test_a_stopped_worker_still_meets_the_deadline():
+    # LOW: the request was written with a blocking write: a stopped worker and a module
+    # larger than the pipe held the caller past its deadline
+    import os
+    import signal
+
+    compiling.WORKERS.close()
+    small = bytes(wasmtime.wat2wasm('(module (func (export "f")))'))
+    compiling.worker_code("wasmtime", OPTIONS, small, 120, too_slow)
+    worker = compiling.WORKERS.idle
+    os.kill(worker.proc.pid, signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        with pytest.raises(RuntimeError, match="deadline"):
+            compiling.worker_code(
+                "wasmtime", OPTIONS, b"\0asm\1\0\0\0" + bytes(400_000), 1, too_slow
+            )
+        assert time.monotonic() - started < 30
+    finally:
+        if worker.proc.poll() is None:
+            os.kill(worker.proc.pid, signal.SIGKILL)
+    assert compiling.WORKERS.idle is None  # (killed at the deadline, not kept)

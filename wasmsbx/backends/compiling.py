@@ -51,14 +51,15 @@ HEAVY = 50_000_000
 WORKER_MEMORY = 2 << 30
 WORKER_MEMORY_PER_BYTE = 32
 
-# The worker: argv[1:] is the parent's sys.path. For each compile it reads a JSON request
+# The worker: argv[1] is the parent's pid, argv[2] the backend to import before it says
+# it is ready (b"R"), argv[3:] its sys.path (worker_path). For each compile it reads a JSON request
 # ({"backend", "options": EngineOptions, "memory": its RLIMIT_DATA}) after its length (a
 # little-endian u32), then the module after its length (u64); it answers b"ok" + a JSON
 # header ({"fingerprint": its engine's, "keep": whether it may be kept}) + the native code
 # after its length (u64), or b"er" + a JSON error (each JSON after its length, a u32).
 _CHILD = """
 import sys
-sys.path[:] = sys.argv[1:]
+sys.path[:] = sys.argv[3:]
 from wasmsbx.backends.compiling import child_main
 child_main()
 """
@@ -252,7 +253,9 @@ def worker_code(
     imported: the layer above tells this one how to rebuild its engine.
 
     The worker stays for the next compile (``_Workers``): a new one costs ~50 ms of CPU
-    (an interpreter and the runtime's import), a compile of a small module ~1 ms."""
+    (an interpreter and the runtime's import), a compile of a small module ~1 ms. A new
+    worker's start is not the compile's: ``seconds`` counts from when it is ready (red
+    team round 33: under a 50 ms compile timeout no compile could ever finish)."""
     import json
 
     try:  # (the worker reads it: one it cannot read is said here, not ignored)
@@ -268,30 +271,35 @@ def worker_code(
         request["wrap"] = wrap
     head = json.dumps(request).encode()
     head = len(head).to_bytes(4, "little") + head + len(wasm).to_bytes(8, "little")
-    deadline = time.monotonic() + seconds
     retried = False
     while True:
-        worker, reused = WORKERS.take(fresh=retried)
+        worker, reused = WORKERS.take(backend, fresh=retried)
         try:
-            answer = worker.exchange(head, wasm, deadline)
+            if not reused:
+                worker.ready()
+            answer = worker.exchange(head, wasm, time.monotonic() + seconds)
         except _Late:
             worker.kill()
             raise error() from None
         except BaseException:  # Ctrl-C: the compile must not outlive the call
             worker.kill()
             raise
-        if answer is None:  # it ended without answering
+        if answer is _GONE and reused and not retried:
+            worker.ended()
+            retried = True  # (it ended idle as it was taken: its IDLE timeout, a signal)
+            continue
+        if answer is None or answer is _GONE:  # it ended without answering
             status, text = worker.ended()
-            if reused and _gone_idle(status) and time.monotonic() < deadline:
+            if reused and not retried and status == IDLE_EXIT:
                 retried = True
-                continue  # (it was ending as it was taken, or its thread's end killed it)
-            if _out_of_memory(text):
+                continue
+            if _out_of_memory(text) or status == -9:  # (-9: not ours, the OOM killer's)
                 raise out_of_memory(limit)
             lines = text.strip().splitlines()
             detail = lines[-1:] or [f"status {status}"]
             raise errors.ModuleError(
                 f"compiling failed in its worker process ({detail[0][:200]})",
-                hint="the compiler crashed on this module" if time.monotonic() < deadline else None,
+                hint="the compiler crashed on this module",
             )
         kind, header, code = answer
         if kind == b"er":
@@ -307,67 +315,129 @@ def worker_code(
 
 
 IDLE_EXIT = 75  # a worker that waited IDLE seconds for a compile ends with this status
-
-
-def _gone_idle(status: Optional[int]) -> bool:
-    """Whether a kept worker that ended without answering ended while idle (its IDLE
-    timeout, or killed: PR_SET_PDEATHSIG when the thread that started it ends, a
-    signal to every process), not in the compile (a crash: SIGABRT when out of memory,
-    SIGSEGV), so the compile is tried once more in a new worker."""
-    import signal
-
-    crashes = (signal.SIGABRT, signal.SIGSEGV, signal.SIGBUS, signal.SIGILL, signal.SIGFPE)
-    return status == IDLE_EXIT or (status is not None and status < 0 and -status not in crashes)
-
-
 IDLE = 60.0
+STARTUP = 60.0  # seconds a new worker may take to be ready (an interpreter, the runtime)
 # A worker that holds more than this after a compile (allocators keep what they freed:
 # python.wasm leaves ~270 MB) is not kept.
 KEEP_RESIDENT = 256 << 20
+_GONE = object()  # exchange(): the worker had ended before it took the request
 
 
 class _Late(Exception):
     """The compile's deadline passed."""
 
 
+def _start_failed(why: str) -> errors.ResourceExhausted:
+    return errors.ResourceExhausted(
+        f"cannot start a compile worker ({sys.executable or 'no sys.executable'}: {why})",
+        hint="wasmsbx compiles in a worker process where nothing could stop a compile "
+        "here; set WASMSBX_COMPILE_HERE=1 to compile modules you trust in this process, "
+        "or load precompiled code (`wasmsbx compile -o`)",
+    )
+
+
+def worker_path() -> list:
+    """The worker's sys.path: the standard library, the folder wasmsbx is imported from,
+    and the folders the runtimes are installed in; never ``''``, the working folder or
+    any other entry of this process's path (red team round 33: a guest granted the
+    working folder wrote a json.py there, and the next worker ran it as the user, with
+    the power to hand this process native code)."""
+    import importlib.util
+
+    here = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    std = [os.path.dirname(os.__file__)]  # (the standard library's folder)
+    std += [p for p in sys.path if p.endswith("lib-dynload") or p.endswith(".zip")]
+    found = []
+    for name in ("wasmtime", "wasmer", *_WASMER_COMPILERS):
+        try:
+            spec = importlib.util.find_spec(name)
+        except (ImportError, ValueError):
+            spec = None
+        if spec is not None and spec.origin:  # .../site-packages/<name>/__init__.py or .so
+            origin = os.path.dirname(spec.origin)
+            found.append(os.path.dirname(origin) if spec.submodule_search_locations else origin)
+    out: list = []
+    for p in [*std, here, *found]:
+        p = os.path.abspath(p)
+        if p not in out and (os.path.isdir(p) or p.endswith(".zip") and os.path.isfile(p)):
+            out.append(p)
+    return out
+
+
+_WASMER_COMPILERS = (
+    "wasmer_compiler_cranelift",
+    "wasmer_compiler_llvm",
+    "wasmer_compiler_singlepass",
+)
+
+
 class _Worker:
     """One compile worker: a fresh interpreter (no runtime threads or locks inherited)
     that compiles one module after another on its stdin, its answers on its stdout."""
 
-    def __init__(self) -> None:
+    def __init__(self, backend: str) -> None:
         import subprocess
         import tempfile
 
-        # -S: no site module (its .pth files cost the worker ~10 ms); the worker gets
-        # this process's sys.path, led by the folder wasmsbx itself is imported from (an
-        # editable install finds it through a .pth hook, which -S skips).
-        root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-        argv = [sys.executable, "-E", "-s", "-S", "-c", _CHILD, root, *sys.path]
+        if getattr(sys, "frozen", False):  # (sys.executable is the application itself)
+            raise _start_failed("a frozen application has no Python to start")
+        # -I: isolated (no environment, user site, script folder or working folder on
+        # its path); -S: no site module (its .pth files cost ~10 ms); its path is
+        # worker_path(); its working folder the root, so nothing on it is relative to
+        # a folder a guest may write.
+        argv = [sys.executable, "-I", "-S", "-c", _CHILD, str(os.getpid()), backend]
+        argv += WORKERS.path()
         # Its stderr goes to a file (read once it has died: why), never a pipe it could
         # fill and block on.
         self.err = tempfile.TemporaryFile()  # noqa: SIM115 - (closed when the worker is)
-        # Its own session: a Ctrl-C at the terminal is the parent's to handle (it kills a
-        # worker that is compiling for it); an idle worker must not die of it.
-        self.proc = subprocess.Popen(
-            argv,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=self.err,
-            bufsize=0,
-            start_new_session=True,
-        )
         self.owner = os.getpid()
+        try:
+            # Its own session: a Ctrl-C at the terminal is the parent's to handle (it
+            # kills a worker compiling for it); an idle worker must not die of it.
+            # Started by SPAWNER's thread, which lives as long as this process: the
+            # worker dies with the thread that started it (PR_SET_PDEATHSIG), and a
+            # caller's short-lived thread must not take it along (red team round 33).
+            self.proc = SPAWNER.run(
+                lambda: subprocess.Popen(
+                    argv,
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE,
+                    stderr=self.err,
+                    bufsize=0,
+                    cwd="/",
+                    start_new_session=True,
+                )
+            )
+        except BaseException:
+            self.err.close()
+            raise
+        os.set_blocking(self.proc.stdin.fileno(), False)  # (a stopped worker: _Late)
 
-    def exchange(self, head: bytes, wasm: bytes, deadline: float) -> Optional[tuple]:
-        """Send a request; (kind, header, code) of its answer, None if the worker ended
-        before it answered, _Late at the deadline."""
+    def ready(self) -> None:
+        """Wait for a new worker's b"R" (started, the runtime imported), up to STARTUP."""
+        try:
+            mark = _read_exact(self.proc.stdout.fileno(), 1, time.monotonic() + STARTUP)
+        except _Late:
+            self.kill()
+            raise _start_failed(f"not ready after {STARTUP:.0f} s") from None
+        if mark != b"R":
+            status, text = self.ended()
+            lines = text.strip().splitlines()
+            raise _start_failed((lines[-1:] or [f"it ended with status {status}"])[0][:200])
+
+    def exchange(self, head: bytes, wasm: bytes, deadline: float) -> Any:
+        """Send a request; (kind, header, code) of its answer; _GONE if the worker had
+        ended before it took the request, None if it ended without answering; _Late at
+        the deadline."""
         import json
 
+        if self.proc.poll() is not None:
+            return _GONE
         try:
             _write_all(self.proc.stdin.fileno(), head, deadline)
             _write_all(self.proc.stdin.fileno(), wasm, deadline)
         except BrokenPipeError:
-            return None
+            return _GONE
         fd = self.proc.stdout.fileno()
         kind = _read_exact(fd, 2, deadline)
         if kind not in (b"ok", b"er"):
@@ -397,7 +467,8 @@ class _Worker:
         return kind, header, code
 
     def ended(self) -> tuple:
-        """(exit status, the end of its stderr) of a worker that has ended."""
+        """(exit status, the end of its stderr) of a worker that has ended (or is made to:
+        one that answered nonsense)."""
         self.close(wait=True)
         try:
             self.err.seek(0, os.SEEK_END)
@@ -419,6 +490,7 @@ class _Worker:
 
     def close(self, wait: bool = False) -> None:
         """Close its pipes (an idle worker ends at the end of its stdin); reap it."""
+        WORKERS.live.discard(self)
         for pipe in (self.proc.stdin, self.proc.stdout):
             try:
                 pipe.close()
@@ -432,6 +504,54 @@ class _Worker:
                 self.proc.wait()
 
 
+class _Spawner:
+    """Runs the workers' starts on one thread that lives as long as the process."""
+
+    def __init__(self) -> None:
+        self.jobs: Any = None
+
+    def run(self, start: Any) -> Any:
+        import _thread
+
+        if self.jobs is None:
+            import queue
+
+            jobs = queue.SimpleQueue()
+            # A bare thread, as the deadline keeper's: not one of threading's daemon
+            # threads, which the wasmtime teardown must assume may be inside a store
+            # (backends.wasmtime.teardown); this one never enters one.
+            _thread.start_new_thread(self._serve, (jobs,))
+            self.jobs = jobs
+        done = _thread.allocate_lock()
+        done.acquire()
+        box: list = [None, None, False]  # result, exception, abandoned
+        self.jobs.put((start, box, done))
+        try:
+            done.acquire()
+        except BaseException:  # (Ctrl-C while it starts: it must not be left behind)
+            box[2] = True
+            raise
+        if box[1] is not None:
+            raise box[1]
+        return box[0]
+
+    @staticmethod
+    def _serve(jobs: Any) -> None:
+        while True:
+            start, box, done = jobs.get()
+            try:
+                box[0] = start()
+            except BaseException as exc:  # noqa: BLE001 - (the caller's to raise)
+                box[1] = exc
+            if box[2] and box[0] is not None:  # (its caller gave up)
+                box[0].kill()
+                box[0].wait()
+            done.release()
+
+
+SPAWNER = _Spawner()
+
+
 class _Workers:
     """At most one idle compile worker per process, kept for the next compile; a compile
     that finds it busy (another thread's) starts one of its own."""
@@ -441,9 +561,16 @@ class _Workers:
 
         self.lock = _thread.allocate_lock()
         self.idle: Optional[_Worker] = None
+        self.live: set = set()  # every worker of this process, busy or idle
         self.hooked = False
+        self.paths: Optional[list] = None
 
-    def take(self, fresh: bool = False) -> tuple:
+    def path(self) -> list:
+        if self.paths is None:
+            self.paths = worker_path()
+        return self.paths
+
+    def take(self, backend: str, fresh: bool = False) -> tuple:
         """(a worker, whether it was kept from an earlier compile); ``fresh``: a new one."""
         if not fresh:
             with self.lock:
@@ -456,15 +583,11 @@ class _Workers:
             self.hooked = True
             atexit.register(self.close)
         try:
-            return _Worker(), False
-        except OSError as exc:  # (no interpreter there, out of processes or memory)
-            raise errors.ResourceExhausted(
-                f"cannot start a compile worker ({sys.executable or 'no sys.executable'}: "
-                f"{exc.strerror or exc})",
-                hint="wasmsbx compiles in a worker process where nothing could stop a "
-                "compile here; set WASMSBX_COMPILE_HERE=1 to compile modules you trust in "
-                "this process, or load precompiled code (`wasmsbx compile -o`)",
-            ) from None
+            worker = _Worker(backend)
+        except OSError as exc:  # (no interpreter there, out of processes or descriptors)
+            raise _start_failed(exc.strerror or str(exc)) from None
+        self.live.add(worker)
+        return worker, False
 
     def give_back(self, worker: _Worker, keep: bool) -> None:
         if keep and worker.owner == os.getpid():
@@ -483,11 +606,14 @@ class _Workers:
             worker.close(wait=True)
 
     def forget(self) -> None:
-        """In a forked child: the idle worker is the parent's."""
-        worker, self.idle = self.idle, None
+        """In a forked child: every worker is the parent's (an idle one, and one busy
+        compiling in another thread, whose pipes kept open here would stall its end)."""
+        live = list(self.live)
+        paths = self.paths
         self.__init__()  # (the lock may have been held by another thread at the fork)
-        self.hooked = True
-        if worker is not None:
+        self.hooked, self.paths = True, paths
+        SPAWNER.jobs = None  # (its thread did not come along)
+        for worker in live:
             for pipe in (worker.proc.stdin, worker.proc.stdout, worker.err):
                 try:
                     pipe.close()
@@ -502,10 +628,25 @@ if hasattr(os, "register_at_fork"):
 
 
 def _write_all(fd: int, data: Any, deadline: float) -> None:
+    """All of ``data`` into ``fd`` (non-blocking) by ``deadline``. SIGPIPE is blocked in
+    this thread meanwhile (a host that restored its default would die of a worker that
+    had ended: exit 141, red team round 33): a write to it raises BrokenPipeError."""
+    import signal
+
     view = memoryview(data).cast("B")
-    while view:
-        _wait(fd, False, deadline)
-        view = view[os.write(fd, view[: 1 << 20]) :]
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGPIPE})
+    try:
+        while view:
+            _wait(fd, False, deadline)
+            try:
+                view = view[os.write(fd, view[: 1 << 20]) :]
+            except BlockingIOError:
+                pass
+    finally:
+        if signal.SIGPIPE not in mask:
+            if signal.SIGPIPE in signal.sigpending():
+                signal.sigtimedwait({signal.SIGPIPE}, 0)  # (ours: taken before unblocking)
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
 
 
 def _read_exact(fd: int, size: int, deadline: float) -> Optional[bytearray]:
@@ -589,7 +730,8 @@ def _bound_memory(limit: int, inherited: int) -> None:
 
 def child_main() -> None:
     """The worker's body: compile each module stdin brings, answer on stdout; end at the
-    end of stdin, or after IDLE seconds without a compile."""
+    end of stdin, or after IDLE seconds without a compile. argv: [-c, the parent's pid,
+    the backend to import first, the path...]."""
     import json
     import resource
     import select
@@ -600,11 +742,17 @@ def child_main() -> None:
 
     # Killed with the process that started it (red team round 27: a parent killed with
     # SIGKILL left its compile running on, re-parented to init; its deadline is the
-    # parent's to keep). A parent already gone reads as init.
-    parent = os.getppid()
-    if parent == 1:
+    # parent's to keep). A parent already gone: its pid is no longer ours (the parent
+    # may itself be pid 1, in a container: red team round 33).
+    parent = int(sys.argv[1])
+    if os.getppid() != parent:
         os._exit(70)
     die_with_parent(parent)
+    try:
+        get(sys.argv[2])  # (the runtime's import: before "ready", not in a compile's time)
+    except errors.WasmsbxError:
+        pass  # (said by the first compile)
+    _answer_bytes(b"R")
     inherited = resource.getrlimit(resource.RLIMIT_DATA)[0]
     engines: dict = {}
     while True:
@@ -670,6 +818,10 @@ def _answer(kind: bytes, header: dict, code: Any = None) -> None:
         parts.append(len(code).to_bytes(8, "little"))
         parts.append(code)
     for part in parts:
-        view = memoryview(part).cast("B")
-        while view:
-            view = view[os.write(1, view) :]
+        _answer_bytes(part)
+
+
+def _answer_bytes(data: Any) -> None:
+    view = memoryview(data).cast("B")
+    while view:
+        view = view[os.write(1, view) :]
