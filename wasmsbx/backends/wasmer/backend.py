@@ -3,7 +3,7 @@
 This module never imports wasmer. Its wheels exist only for CPython 3.7-3.10 on Linux
 x86_64, and the ``wasmer-compiler-llvm`` 1.1.0 wheel as published kills the process on
 import (an ld.so assertion over its renamed ``libtinfo``). So each compiler is first
-tried in a child process (``sys.executable``, this process's ``sys.path``), and the
+tried in a child process (``sys.executable -I``, ``compiling.worker_path()``), and the
 verdict is cached on disk, keyed by the interpreter and by the version, size and mtime
 of every wasmer extension module, so a later run pays one ``stat`` per package. Only
 after a compiler's probe passed does ``engine()`` import it (wasmer_engine.py).
@@ -176,10 +176,15 @@ def probe_in_child(compiler: str, path: Optional[list] = None, timeout: float = 
     import subprocess
 
     package = PACKAGES[compiler]
-    argv = [sys.executable, "-E", "-s", "-S", "-c", _PROBE_SCRIPT, package]
-    argv += list(sys.path if path is None else path)
+    if path is None:  # (never '' or the working folder: compiling.worker_path)
+        from ..compiling import WORKERS
+
+        path = WORKERS.path()
+    argv = [sys.executable, "-I", "-S", "-c", _PROBE_SCRIPT, package, *path]
     try:
-        proc = subprocess.run(argv, capture_output=True, timeout=timeout, stdin=subprocess.DEVNULL)
+        proc = subprocess.run(
+            argv, capture_output=True, timeout=timeout, stdin=subprocess.DEVNULL, cwd="/"
+        )
     except subprocess.TimeoutExpired:
         return False, None, f"probing {package} timed out after {timeout:g}s", None
     except OSError as exc:
