@@ -356,6 +356,9 @@ def worker_path() -> list:
         if spec is not None and spec.origin:  # .../site-packages/<name>/__init__.py or .so
             origin = os.path.dirname(spec.origin)
             found.append(os.path.dirname(origin) if spec.submodule_search_locations else origin)
+    # (in sys.path's order: the first that holds a package is the one this process has)
+    order = [os.path.abspath(p) for p in sys.path if p]
+    found.sort(key=lambda p: order.index(p) if p in order else len(order))
     out: list = []
     for p in [*std, here, *found]:
         p = os.path.abspath(p)

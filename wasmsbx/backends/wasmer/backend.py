@@ -274,8 +274,11 @@ class _Verdicts:
                 self.by_compiler[compiler] = Availability(
                     False, None, f"{dist} is not installed", f"`{INSTALL}`"
                 )
+        from ..compiling import WORKERS  # (here: 3.9's imports are not safe in threads)
+
+        path = WORKERS.path()
         with ThreadPoolExecutor(max_workers=max(1, len(wanted))) as pool:
-            results = list(pool.map(probe_in_child, wanted))
+            results = list(pool.map(lambda c: probe_in_child(c, path), wanted))
         for compiler, (ok, version, reason, fix) in zip(wanted, results):
             self.by_compiler[compiler] = Availability(ok, version, reason, fix)
         self.probed = True
