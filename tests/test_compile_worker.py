@@ -396,9 +396,13 @@ def test_the_worker_imports_nothing_from_the_working_folder(tmp_path):
         "import json, select, resource, typing, ctypes, sys, wasmtime\n"
         "from wasmsbx import Sandbox\n"
         "from wasmsbx.backends import compiling\n"
-        "for name in ('json', 'select', 'resource', 'typing', 'ctypes', 'wasmtime'):\n"
+        "import os\n"
+        "names = ('json', 'select', 'resource', 'typing', 'ctypes', 'wasmtime', '_winapi')\n"
+        "for name in names:\n"
         "    open(name + '.py', 'w').write(\n"
         "        f'open({sys.argv[1]!r}, \"a\").write({name!r})')\n"
+        "os.mkdir('wasmer')\n"  # (round 34: found by name, it put this folder on the path)
+        "open('wasmer/__init__.py', 'w').close()\n"
         "wat = '(module (func (export \"f\") (result i32) i32.const 5))'\n"
         "print(Sandbox(wat.encode(), use_cache=False).call('f'))\n"
         "print(compiling.worker_path())\n"
@@ -525,3 +529,26 @@ def test_a_stopped_worker_still_meets_the_deadline():
         if worker.proc.poll() is None:
             os.kill(worker.proc.pid, signal.SIGKILL)
     assert compiling.WORKERS.idle is None  # (killed at the deadline, not kept)
+
+
+@pytest.mark.parametrize("executable", [None, ""])
+def test_no_executable_is_a_start_failure(monkeypatch, executable):
+    # round 34: None raised a raw TypeError
+    compiling.WORKERS.close()
+    monkeypatch.setattr(compiling.sys, "executable", executable)
+    with pytest.raises(errors.ResourceExhausted, match="cannot start a compile worker"):
+        compiling.worker_code("wasmtime", OPTIONS, b"\0asm\1\0\0\0", 60, too_slow)
+
+
+def test_a_spawner_thread_that_cannot_start_is_a_start_failure(monkeypatch):
+    # round 34: under RLIMIT_NPROC the spawner's thread raised a raw RuntimeError
+    import _thread
+
+    def refuse(*args):
+        raise RuntimeError("can't start new thread")
+
+    compiling.WORKERS.close()
+    monkeypatch.setattr(compiling.SPAWNER, "jobs", None)
+    monkeypatch.setattr(_thread, "start_new_thread", refuse)
+    with pytest.raises(errors.ResourceExhausted, match="can't start new thread"):
+        compiling.worker_code("wasmtime", OPTIONS, b"\0asm\1\0\0\0", 60, too_slow)

@@ -290,3 +290,63 @@ def test_results_that_print_larger_as_json_are_refused(depth):
             box._check_result(export, value)
         finally:
             runtime_mod.RESULT_FREE = saved
+
+
+# ---------------------------------------------- types that expand exponentially
+
+
+def _doubling_component(tmp_path, depth: int, label: str = "a"):
+    """Red team round 34: a record doubled into a tuple ``depth`` times; wasmtime hands
+    the type over expanded (2**depth records), though the component is a few hundred
+    bytes."""
+    import subprocess
+
+    from .component_guests import tool
+
+    lines = [
+        "(component",
+        ' (core module $m (memory (export "memory") 1)',
+        '  (func (export "f") (result i32) (i32.store8 (i32.const 16) (i32.const 0))'
+        " (i32.const 16)))",
+        " (core instance $i (instantiate $m))",
+        ' (alias core export $i "memory" (core memory $mem))',
+        f' (type $r\' (record (field "{label}" u8)))',
+        ' (export $r "r" (type $r\'))',
+        " (type $t0 (tuple $r $r))",
+    ]
+    lines += [f" (type $t{i} (tuple $t{i - 1} $t{i - 1}))" for i in range(1, depth)]
+    lines.append(f" (type $big (option $t{depth - 1}))")
+    lines.append(' (func (export "f") (result $big) (canon lift (core func $i "f") (memory $mem)))')
+    lines.append(")")
+    text = tmp_path / f"doubling{depth}.wat"
+    text.write_text("\n".join(lines))
+    out = tmp_path / f"doubling{depth}.wasm"
+    subprocess.run([str(tool("wasm-tools")), "parse", str(text), "-o", str(out)], check=True)
+    return out
+
+
+def test_a_type_that_expands_exponentially_is_refused_at_once(cli, tmp_path):
+    # 2**18 records from 365 bytes: 6.3 s in Sandbox() outside every timeout, and with
+    # 1,000-character labels 134 MB of --json under a 64 KiB limit (the type is printed)
+    import time
+
+    from wasmsbx import Sandbox
+
+    component = _doubling_component(tmp_path, 18)
+    started = time.monotonic()
+    with pytest.raises(errors.ModuleError, match="WIT types are too large"):
+        Sandbox(component, use_cache=False)
+    assert time.monotonic() - started < 30
+    res = cli("run", component, "f", "--json")
+    assert res.code == 102 and "too large" in res.stderr, res
+    assert len(res.stdout) < 4096
+    long_names = _doubling_component(tmp_path, 7, "x" * 1000)  # 128 records, 128 KB of names
+    res = cli("run", long_names, "f")
+    assert res.code == 102 and "64 KiB of names" in res.stderr, res
+
+
+def test_an_ordinary_nesting_of_types_still_loads(tmp_path):
+    from wasmsbx import Sandbox
+
+    with Sandbox(_doubling_component(tmp_path, 8), use_cache=False) as box:  # 256 records
+        assert box.call("f") is None

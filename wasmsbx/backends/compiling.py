@@ -342,26 +342,41 @@ def worker_path() -> list:
     any other entry of this process's path (red team round 33: a guest granted the
     working folder wrote a json.py there, and the next worker ran it as the user, with
     the power to hand this process native code)."""
-    import importlib.util
+    import importlib.machinery
 
     here = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     std = [os.path.dirname(os.__file__)]  # (the standard library's folder)
     std += [p for p in sys.path if p.endswith("lib-dynload") or p.endswith(".zip")]
+    try:
+        cwd: Optional[str] = os.getcwd()
+    except OSError:
+        cwd = None
+    # Where each runtime is: the module this process imported, else a search of its
+    # path without '' and the working folder (red team round 34: an empty wasmer/
+    # planted there was found, and the working folder joined the worker's path).
+    safe = [os.path.abspath(p) for p in sys.path if p and os.path.isabs(p) and p != cwd]
     found = []
     for name in ("wasmtime", "wasmer", *_WASMER_COMPILERS):
-        try:
-            spec = importlib.util.find_spec(name)
-        except (ImportError, ValueError):
-            spec = None
-        if spec is not None and spec.origin:  # .../site-packages/<name>/__init__.py or .so
-            origin = os.path.dirname(spec.origin)
-            found.append(os.path.dirname(origin) if spec.submodule_search_locations else origin)
+        module = sys.modules.get(name)
+        origin = getattr(module, "__file__", None)
+        package = hasattr(module, "__path__")
+        if module is None:
+            try:
+                spec = importlib.machinery.PathFinder.find_spec(name, safe)
+            except (ImportError, ValueError):
+                spec = None
+            if spec is not None:
+                origin, package = spec.origin, spec.submodule_search_locations is not None
+        if origin:  # .../site-packages/<name>/__init__.py, or .../<name>.so
+            folder = os.path.dirname(origin)
+            found.append(os.path.dirname(folder) if package else folder)
     # (in sys.path's order: the first that holds a package is the one this process has)
-    order = [os.path.abspath(p) for p in sys.path if p]
-    found.sort(key=lambda p: order.index(p) if p in order else len(order))
+    found.sort(key=lambda p: safe.index(p) if p in safe else len(safe))
     out: list = []
     for p in [*std, here, *found]:
         p = os.path.abspath(p)
+        if p == cwd and p != here:
+            continue
         if p not in out and (os.path.isdir(p) or p.endswith(".zip") and os.path.isfile(p)):
             out.append(p)
     return out
@@ -585,10 +600,14 @@ class _Workers:
 
             self.hooked = True
             atexit.register(self.close)
+        if not sys.executable:
+            raise _start_failed("this interpreter does not know its own executable")
         try:
             worker = _Worker(backend)
         except OSError as exc:  # (no interpreter there, out of processes or descriptors)
             raise _start_failed(exc.strerror or str(exc)) from None
+        except RuntimeError as exc:  # (the spawner's thread could not start)
+            raise _start_failed(str(exc)) from None
         self.live.add(worker)
         return worker, False
 
@@ -647,8 +666,12 @@ def _write_all(fd: int, data: Any, deadline: float) -> None:
                 pass
     finally:
         if signal.SIGPIPE not in mask:
-            if signal.SIGPIPE in signal.sigpending():
-                signal.sigtimedwait({signal.SIGPIPE}, 0)  # (ours: taken before unblocking)
+            if signal.SIGPIPE in signal.sigpending():  # (ours: taken before unblocking)
+                take = getattr(signal, "sigtimedwait", None)  # (not on macOS)
+                if take is not None:
+                    take({signal.SIGPIPE}, 0)
+                else:
+                    signal.sigwait({signal.SIGPIPE})  # (pending: returns at once)
             signal.pthread_sigmask(signal.SIG_SETMASK, mask)
 
 

@@ -35,7 +35,7 @@ from ..backends.base import Limits, Usage, WasiSetup, take_turn
 from ..backends.wasmtime.backend import _Budget, set_wasi
 from ..units import format_count, format_duration, format_size
 from . import binary, fastbytes, probe, wave
-from .types import FuncSig, func_sig
+from .types import FuncSig, component_budget, func_sig
 from .values import ValueProblem, json_size, lift, lower
 
 fastbytes.install()  # list<u8> in bulk: wasmtime-py converts it byte by byte
@@ -84,17 +84,39 @@ def exports(engine: Any, component: Any, probed: bool = False) -> list:
     """Every exported function, root ones first, with its WIT signature; ``probed``: the
     component carries wasmsbx's memory probe (``probe.NAME``), which is left out."""
     out = []
+    total = component_budget()
     for name, item in component.type.exports(engine.engine).items():
         kind = type(item.ty).__name__
         if probed and name == probe.NAME:
             continue
         if kind == "FuncType":
-            out.append(ComponentExport(name, None, name, func_sig(item.ty)))
+            out.append(ComponentExport(name, None, name, _sig(name, item.ty, total)))
         elif kind == "ComponentInstanceType":
             for fname, member in item.ty.exports(engine.engine).items():
                 if type(member.ty).__name__ == "FuncType":
-                    out.append(ComponentExport(f"{name}#{fname}", name, fname, func_sig(member.ty)))
+                    full = f"{name}#{fname}"
+                    out.append(ComponentExport(full, name, fname, _sig(full, member.ty, total)))
     return out
+
+
+def _sig(name: str, ft: Any, total: Any) -> Any:
+    """``func_sig``, refused (ModuleError) when its types expand past the budgets."""
+    from .types import COMPONENT_PARTS, TYPE_PARTS, TypeTooLarge
+
+    try:
+        return func_sig(ft, total)
+    except TypeTooLarge:
+        raise errors.ModuleError(
+            f"the component's WIT types are too large: {_shown(name)}'s expand to more than "
+            f"{TYPE_PARTS:,} parts or 64 KiB of names (or all exports together to more "
+            f"than {COMPONENT_PARTS:,} parts)",
+            hint="wasmtime hands each function's types over expanded; a type built by "
+            "nesting one in another many times grows exponentially",
+        ) from None
+
+
+def _shown(name: str) -> str:
+    return name if len(name) <= 200 else name[:200] + "..."
 
 
 def has_probe(engine: Any, component: Any, wasm: Optional[bytes]) -> bool:

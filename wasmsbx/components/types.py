@@ -103,49 +103,96 @@ def spell(t: WitType) -> str:
     return k
 
 
-def from_wasmtime(vt: Any) -> WitType:
-    """The WitType of a wasmtime-py ``ValType``."""
+# What one function's WIT signature may expand to. wasmtime hands types over as a tree,
+# though a component stores them as a graph: a record doubled into a tuple 18 times is
+# 365 bytes of component and 262,144 records expanded (6.3 s in Sandbox(), outside every
+# timeout; with 1,000-character field names, 134 MB printed by --json: red team round 34).
+TYPE_PARTS = 10_000  # types and labels, per function
+TYPE_TEXT = 64 << 10  # bytes of labels (field, case, enum and flag names), per function
+COMPONENT_PARTS = 100_000  # and for every exported function together (~2 s to read)
+
+
+class TypeTooLarge(Exception):
+    """A function's WIT types expand past TYPE_PARTS or TYPE_TEXT."""
+
+
+class Budget:
+    """What is left of TYPE_PARTS and TYPE_TEXT (and of COMPONENT_PARTS: ``total``)."""
+
+    __slots__ = ("parts", "text", "total")
+
+    def __init__(self, total: Optional[Budget] = None) -> None:
+        self.parts, self.text, self.total = TYPE_PARTS, TYPE_TEXT, total
+
+    def spend(self, parts: int, text: int = 0) -> None:
+        self.parts -= parts
+        self.text -= text
+        if self.parts < 0 or self.text < 0:
+            raise TypeTooLarge
+        if self.total is not None:
+            self.total.spend(parts, 0)
+
+
+def component_budget() -> Budget:
+    """The budget of a whole component's exports (COMPONENT_PARTS)."""
+    budget = Budget()
+    budget.parts, budget.text = COMPONENT_PARTS, COMPONENT_PARTS * 64
+    return budget
+
+
+def from_wasmtime(vt: Any, budget: Optional[Budget] = None) -> WitType:
+    """The WitType of a wasmtime-py ``ValType``; TypeTooLarge past ``budget``."""
+    if budget is None:
+        budget = Budget()
+    budget.spend(1)
     name = type(vt).__name__
     if name in _SIMPLE:
         return WitType(_SIMPLE[name])
     if name == "ListType":
-        return WitType("list", (from_wasmtime(vt.element),))
+        return WitType("list", (from_wasmtime(vt.element, budget),))
     if name == "OptionType":
-        return WitType("option", (from_wasmtime(vt.payload),))
+        return WitType("option", (from_wasmtime(vt.payload, budget),))
     if name == "ResultType":
-        return WitType("result", (_maybe(vt.ok), _maybe(vt.err)))
+        return WitType("result", (_maybe(vt.ok, budget), _maybe(vt.err, budget)))
     if name == "TupleType":
-        return WitType("tuple", tuple(from_wasmtime(e) for e in vt.elements))
+        return WitType("tuple", tuple(from_wasmtime(e, budget) for e in vt.elements))
     if name == "RecordType":
-        return WitType("record", tuple((n, from_wasmtime(f)) for n, f in vt.fields))
+        return WitType("record", tuple(_labelled(n, f, budget) for n, f in vt.fields))
     if name == "VariantType":
-        return WitType("variant", tuple((n, _maybe(c)) for n, c in vt.cases))
-    if name == "EnumType":
-        return WitType("enum", tuple(vt.names))
-    if name == "FlagsType":
-        return WitType("flags", tuple(vt.names))
+        return WitType("variant", tuple(_labelled(n, c, budget) for n, c in vt.cases))
+    if name in ("EnumType", "FlagsType"):
+        names = tuple(vt.names)
+        budget.spend(len(names), sum(len(n) for n in names))
+        return WitType("enum" if name == "EnumType" else "flags", names)
     if name in ("OwnType", "BorrowType"):
         return WitType("own" if name == "OwnType" else "borrow", (_resource_name(vt),))
     if name in ("FutureType", "StreamType"):
         payload = getattr(vt, "payload", None)
-        return WitType(name[:-4].lower(), (_maybe(payload),))
+        return WitType(name[:-4].lower(), (_maybe(payload, budget),))
     return WitType(name)  # an unknown kind: refused when a value of it is needed
 
 
-def _maybe(vt: Any) -> Optional[WitType]:
-    return None if vt is None else from_wasmtime(vt)
+def _labelled(label: str, vt: Any, budget: Budget) -> tuple:
+    budget.spend(1, len(label))
+    return label, _maybe(vt, budget)
+
+
+def _maybe(vt: Any, budget: Optional[Budget] = None) -> Optional[WitType]:
+    return None if vt is None else from_wasmtime(vt, budget)
 
 
 def _resource_name(vt: Any) -> str:
     return "resource"  # introspection gives no resource names
 
 
-def func_sig(ft: Any) -> FuncSig:
-    """The FuncSig of a wasmtime-py component ``FuncType``."""
+def func_sig(ft: Any, total: Optional[Budget] = None) -> FuncSig:
+    """The FuncSig of a wasmtime-py component ``FuncType``; TypeTooLarge past a
+    function's budget (or ``total``, the component's)."""
+    budget = Budget(total)
     result = ft.result
     return FuncSig(
-        tuple((n, from_wasmtime(t)) for n, t in ft.params),
-        None if result is None else from_wasmtime(result),
+        tuple(_labelled(n, t, budget) for n, t in ft.params),
+        None if result is None else from_wasmtime(result, budget),
     )
 
 
