@@ -671,3 +671,20 @@ def test_a_reply_past_the_reply_limit_is_the_output_limit(tmp_path):
 
     with pytest.raises(errors.OutputLimitExceeded, match="larger than the server allows"):
         asyncio.run(main())
+
+
+def test_setup_runs_pip_in_its_private_download_folder(tmp_path, monkeypatch):
+    # red team round 34: `python -m pip` in the caller's folder ran a planted pip/
+    import subprocess
+
+    seen = []
+
+    def record(cmd, **kw):
+        seen.append(kw.get("cwd"))
+        return subprocess.CompletedProcess(cmd, 1, "", "ERROR: offline\n")
+
+    monkeypatch.setattr(interpreters.subprocess, "run", record)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(errors.InputError):
+        interpreters.setup(tmp_path / "data")
+    assert seen and seen[0] is not None and Path(seen[0]).name.startswith("wasmsbx-wheels-")

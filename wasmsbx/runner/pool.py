@@ -288,6 +288,8 @@ def _end(workers: list, keep: int) -> None:
 def start(jobs: int, context: Any, job: tuple) -> list:
     """``jobs`` workers started by multiprocessing ``context`` (fork server or spawn);
     ``job`` as for prefork, functions a worker can import."""
+    if context.get_start_method() == "forkserver":
+        _start_server(context)
     workers = []
     for _ in range(jobs):
         task_r, task_w = context.Pipe(duplex=False)
@@ -302,6 +304,33 @@ def start(jobs: int, context: Any, job: tuple) -> list:
         reply_w.close()
         workers.append(Worker(task_w, reply_r, process=process))
     return workers
+
+
+def _start_server(context: Any) -> None:
+    """Start multiprocessing's fork server (and its resource tracker) with ``''`` and the
+    working folder off the path it is given, and PYTHONSAFEPATH set for its own ``-c``:
+    both start as ``python -c ...`` in this process's working folder with its
+    ``sys.path``, where ``''`` (``python -c``, a REPL, Jupyter) would let a module planted
+    there (by a guest granted the folder) run in them as the user (red team round 34).
+    PYTHONSAFEPATH is Python 3.11's: before, their own start-up imports still search the
+    working folder (README "Limits from Python")."""
+    from multiprocessing import forkserver
+
+    try:
+        cwd = os.getcwd()
+    except OSError:
+        cwd = None
+    path, safe = sys.path[:], os.environ.get("PYTHONSAFEPATH")
+    sys.path[:] = [p for p in path if p and os.path.isabs(p) and p != cwd]
+    os.environ["PYTHONSAFEPATH"] = "1"
+    try:
+        forkserver.ensure_running()
+    finally:
+        sys.path[:] = path
+        if safe is None:
+            os.environ.pop("PYTHONSAFEPATH", None)
+        else:
+            os.environ["PYTHONSAFEPATH"] = safe
 
 
 # ---------------------------------------------------------------------------- worker side
