@@ -544,3 +544,19 @@ def test_a_spawner_thread_that_cannot_start_is_a_start_failure(monkeypatch):
     monkeypatch.setattr(_thread, "start_new_thread", refuse)
     with pytest.raises(errors.ResourceExhausted, match="can't start new thread"):
         compiling.worker_code("wasmtime", OPTIONS, b"\0asm\1\0\0\0", 60, too_slow)
+
+
+def test_a_runs_deadline_bounds_a_new_workers_start(monkeypatch):
+    # round 34 L6: a worker's start is outside the compile timeout, but not outside the
+    # deadline of a run that covers compiling (Sandbox(deadline=...)): a 5 s start ran
+    # past a 1 s deadline and the call then ran
+    from wasmsbx import Sandbox
+
+    compiling.WORKERS.close()
+    monkeypatch.setattr(compiling, "_CHILD", "import time\ntime.sleep(30)\n" + compiling._CHILD)
+    wasm = bytes(wasmtime.wat2wasm('(module (func (export "f") (result i32) i32.const 7))'))
+    started = time.monotonic()
+    with pytest.raises(errors.TimeoutExceeded):
+        Sandbox(wasm, use_cache=False, deadline=started + 1.0)
+    assert time.monotonic() - started < 20
+    assert compiling.READY_BY.get() is None

@@ -1027,10 +1027,21 @@ class Sandbox:
             seconds, error = limit, lambda: too_slow(name, limit)  # exit 117
         else:  # the run's timeout covers compiling: exit 112
             seconds, error = max(0.001, left), lambda: out_of_time(name, timeout)
-        if self.progress is None:
-            return compile_bounded(self.engine, wasm, seconds, error)
-        with self.progress(f"compiling {name}"):
-            return compile_bounded(self.engine, wasm, seconds, error)
+        token = None
+        if self.deadline is not None:  # (the run's timeout covers a worker's start too)
+            from ..backends.compiling import READY_BY
+
+            token = READY_BY.set((self.deadline, lambda: out_of_time(name, timeout)))
+        try:
+            if self.progress is None:
+                return compile_bounded(self.engine, wasm, seconds, error)
+            with self.progress(f"compiling {name}"):
+                return compile_bounded(self.engine, wasm, seconds, error)
+        finally:
+            if token is not None:
+                from ..backends.compiling import READY_BY
+
+                READY_BY.reset(token)
 
     # --------------------------------------------------------------- calling
     @property
