@@ -551,10 +551,13 @@ def test_a_runs_deadline_bounds_a_new_workers_start(monkeypatch):
     # deadline of a run that covers compiling (Sandbox(deadline=...)): a 5 s start ran
     # past a 1 s deadline and the call then ran
     from wasmsbx import Sandbox
+    from wasmsbx.runner import shared
 
     compiling.WORKERS.close()
+    shared.clear()  # (a module another test compiled is shared in process: no compile)
     monkeypatch.setattr(compiling, "_CHILD", "import time\ntime.sleep(30)\n" + compiling._CHILD)
-    wasm = bytes(wasmtime.wat2wasm('(module (func (export "f") (result i32) i32.const 7))'))
+    wat = '(module (func (export "late_start") (result i32) i32.const 4321))'
+    wasm = bytes(wasmtime.wat2wasm(wat))
     started = time.monotonic()
     with pytest.raises(errors.TimeoutExceeded):
         Sandbox(wasm, use_cache=False, deadline=started + 1.0)
