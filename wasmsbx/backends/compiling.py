@@ -27,6 +27,7 @@ timeout). So:
 
 from __future__ import annotations
 
+import contextvars
 import os
 import sys
 import time
@@ -284,14 +285,10 @@ def worker_code(
         except BaseException:  # Ctrl-C: the compile must not outlive the call
             worker.kill()
             raise
-        if answer is _GONE and reused and not retried:
-            worker.ended()
-            retried = True  # (it ended idle as it was taken: its IDLE timeout, a signal)
-            continue
         if answer is None or answer is _GONE:  # it ended without answering
             status, text = worker.ended()
-            if reused and not retried and status == IDLE_EXIT:
-                retried = True
+            if reused and not retried and (answer is _GONE or status == IDLE_EXIT):
+                retried = True  # (it ended idle as it was taken: its IDLE timeout, a signal)
                 continue
             if _out_of_memory(text) or status == -9:  # (-9: not ours, the OOM killer's)
                 raise out_of_memory(limit)
@@ -327,16 +324,10 @@ class _Late(Exception):
     """The compile's deadline passed."""
 
 
-def _ready_by() -> Any:
-    import contextvars
-
-    return contextvars.ContextVar("wasmsbx_compile_ready_by", default=None)
-
-
 # (instant, error) of a run whose deadline covers compiling (runner.sandbox: a Sandbox
 # made with deadline=): a new worker's start, not counted in the compile timeout, still
 # counts in the run's (red team round 34: a 5 s start ran past a 1 s deadline).
-READY_BY = _ready_by()
+READY_BY: Any = contextvars.ContextVar("wasmsbx_compile_ready_by", default=None)
 
 
 def _start_failed(why: str) -> errors.ResourceExhausted:
@@ -359,14 +350,11 @@ def worker_path() -> list:
     here = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     std = [os.path.dirname(os.__file__)]  # (the standard library's folder)
     std += [p for p in sys.path if p.endswith("lib-dynload") or p.endswith(".zip")]
-    try:
-        cwd: Optional[str] = os.getcwd()
-    except OSError:
-        cwd = None
+    cwd = _working_folder()
     # Where each runtime is: the module this process imported, else a search of its
     # path without '' and the working folder (red team round 34: an empty wasmer/
     # planted there was found, and the working folder joined the worker's path).
-    safe = [os.path.abspath(p) for p in sys.path if p and os.path.isabs(p) and p != cwd]
+    safe = [os.path.abspath(p) for p in safe_path()]
     found = []
     for name in ("wasmtime", "wasmer", *_WASMER_COMPILERS):
         module = sys.modules.get(name)
@@ -392,6 +380,21 @@ def worker_path() -> list:
         if p not in out and (os.path.isdir(p) or p.endswith(".zip") and os.path.isfile(p)):
             out.append(p)
     return out
+
+
+def safe_path() -> list:
+    """This process's sys.path without ``''``, relative entries and the working folder:
+    what a process wasmsbx starts may search (the compile worker, the batch workers' fork
+    server), where a guest granted the working folder may plant modules."""
+    cwd = _working_folder()
+    return [p for p in sys.path if p and os.path.isabs(p) and p != cwd]
+
+
+def _working_folder() -> Optional[str]:
+    try:
+        return os.getcwd()
+    except OSError:  # (removed under us)
+        return None
 
 
 _WASMER_COMPILERS = (
@@ -465,8 +468,6 @@ class _Worker:
         """Send a request; (kind, header, code) of its answer; _GONE if the worker had
         ended before it took the request, None if it ended without answering; _Late at
         the deadline."""
-        import json
-
         if self.proc.poll() is not None:
             return _GONE
         try:
@@ -485,10 +486,7 @@ class _Worker:
         header_bytes = _read_exact(fd, size, deadline) if size <= 1 << 20 else None
         if header_bytes is None:
             return None
-        try:
-            header = json.loads(header_bytes)
-        except ValueError:
-            header = None
+        header = _json(header_bytes)
         if kind == b"er":
             return kind, header, b""
         size = _read_exact(fd, 8, deadline)
@@ -521,6 +519,11 @@ class _Worker:
                 self.proc.kill()
             except OSError:
                 pass
+        self.retire()
+
+    def retire(self) -> None:
+        """Let it go: its pipes closed (an idle worker ends at the end of its stdin), reaped,
+        its stderr file closed."""
         self.close(wait=True)
         self.err.close()
 
@@ -635,15 +638,14 @@ class _Workers:
                 if self.idle is None:
                     self.idle = worker
                     return
-        worker.close(wait=True)
-        worker.err.close()
+        worker.retire()
 
     def close(self) -> None:
         """End the idle worker (at exit: it would end anyway, its stdin closed)."""
         with self.lock:
             worker, self.idle = self.idle, None
         if worker is not None and worker.owner == os.getpid():
-            worker.close(wait=True)
+            worker.retire()
 
     def forget(self) -> None:
         """In a forked child: every worker is the parent's (an idle one, and one busy
@@ -693,12 +695,14 @@ def _write_all(fd: int, data: Any, deadline: float) -> None:
             signal.pthread_sigmask(signal.SIG_SETMASK, mask)
 
 
-def _read_exact(fd: int, size: int, deadline: float) -> Optional[bytearray]:
-    """``size`` bytes from ``fd`` by ``deadline`` (else _Late); None at its end first."""
+def _read_exact(fd: int, size: int, deadline: Optional[float]) -> Optional[bytearray]:
+    """``size`` bytes from ``fd`` by ``deadline`` (else _Late; None: as long as it takes,
+    the worker's side); None at its end first."""
     buf = bytearray(size)
     view, got = memoryview(buf), 0
     while got < size:
-        _wait(fd, True, deadline)
+        if deadline is not None:
+            _wait(fd, True, deadline)
         n = os.readv(fd, [view[got:]])
         if not n:
             return None
@@ -843,14 +847,7 @@ def _wrapper(wrap: str) -> Any:
 
 def _take(size: int) -> Optional[bytearray]:
     """``size`` bytes of the worker's stdin; None at its end first."""
-    buf = bytearray(size)
-    view, got = memoryview(buf), 0
-    while got < size:
-        n = os.readv(0, [view[got:]])
-        if not n:
-            return None
-        got += n
-    return buf
+    return _read_exact(0, size, None)
 
 
 def _answer(kind: bytes, header: dict, code: Any = None) -> None:

@@ -35,7 +35,7 @@ from ..backends.base import Limits, Usage, WasiSetup, take_turn
 from ..backends.wasmtime.backend import _Budget, set_wasi
 from ..units import format_count, format_duration, format_size
 from . import binary, fastbytes, probe, wave
-from .types import FuncSig, component_budget, func_sig
+from .types import COMPONENT_PARTS, TYPE_PARTS, FuncSig, TypeTooLarge, component_budget, func_sig
 from .values import ValueProblem, json_size, lift, lower
 
 fastbytes.install()  # list<u8> in bulk: wasmtime-py converts it byte by byte
@@ -101,8 +101,6 @@ def exports(engine: Any, component: Any, probed: bool = False) -> list:
 
 def _sig(name: str, ft: Any, total: Any) -> Any:
     """``func_sig``, refused (ModuleError) when its types expand past the budgets."""
-    from .types import COMPONENT_PARTS, TYPE_PARTS, TypeTooLarge
-
     try:
         return func_sig(ft, total)
     except TypeTooLarge:

@@ -121,8 +121,10 @@ class Budget:
 
     __slots__ = ("parts", "text", "total")
 
-    def __init__(self, total: Optional[Budget] = None) -> None:
-        self.parts, self.text, self.total = TYPE_PARTS, TYPE_TEXT, total
+    def __init__(
+        self, total: Optional[Budget] = None, parts: int = TYPE_PARTS, text: int = TYPE_TEXT
+    ) -> None:
+        self.parts, self.text, self.total = parts, text, total
 
     def spend(self, parts: int, text: int = 0) -> None:
         self.parts -= parts
@@ -135,9 +137,7 @@ class Budget:
 
 def component_budget() -> Budget:
     """The budget of a whole component's exports (COMPONENT_PARTS)."""
-    budget = Budget()
-    budget.parts, budget.text = COMPONENT_PARTS, COMPONENT_PARTS * 64
-    return budget
+    return Budget(parts=COMPONENT_PARTS, text=COMPONENT_PARTS * 64)
 
 
 def from_wasmtime(vt: Any, budget: Optional[Budget] = None) -> WitType:

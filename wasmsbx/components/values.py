@@ -515,9 +515,7 @@ def json_size(value: Any, t: WitType, limit: int, level: int = 0) -> int:
             if container(len(v), level):
                 return True
             if item.kind == "u8" and isinstance(v, (bytes, bytearray)):
-                tens = len(v.translate(None, _UNDER_10))
-                hundreds = len(v.translate(None, _UNDER_100))
-                return add(len(v) + tens + hundreds)
+                return add(decimal_digits(v))
             return any(walk(x, item, level + 1) for x in v)
         if k == "tuple":
             if container(len(t.items), level):
@@ -537,6 +535,14 @@ def json_size(value: Any, t: WitType, limit: int, level: int = 0) -> int:
 
     walk(value, t, level)
     return total
+
+
+def decimal_digits(data: Any) -> int:
+    """The digits of every byte of ``data`` printed in decimal, counted in C (WAVE and
+    JSON print a ``list<u8>`` so: wave.printed_size, json_size)."""
+    tens = len(data.translate(None, _UNDER_10))  # (bytes of two digits or more)
+    hundreds = len(data.translate(None, _UNDER_100))  # (of three)
+    return len(data) + tens + hundreds
 
 
 _UNDER_10 = bytes(range(10))  # (bytes that print in one digit)

@@ -21,7 +21,7 @@ import struct
 from typing import Any
 
 from .types import INTS, WitType
-from .values import Err, Ok, Some, ValueProblem, Variant, check
+from .values import Err, Ok, Some, ValueProblem, Variant, check, decimal_digits
 
 KEYWORDS = frozenset({"true", "false", "some", "none", "ok", "err", "inf", "nan"})
 _ESCAPES = {"'": "'", '"': '"', "\\": "\\", "t": "\t", "n": "\n", "r": "\r"}
@@ -488,9 +488,7 @@ def printed_size(value: Any, t: WitType, limit: int) -> int:
             if add(2 + 2 * max(0, len(v) - 1)):
                 return True
             if item.kind == "u8" and isinstance(v, (bytes, bytearray)):
-                tens = len(v.translate(None, _UNDER_10))  # (bytes of two digits or more)
-                hundreds = len(v.translate(None, _UNDER_100))  # (of three)
-                return add(len(v) + tens + hundreds)
+                return add(decimal_digits(v))
             return any(walk(x, item) for x in v)
         if k == "tuple":
             if add(2 + 2 * max(0, len(t.items) - 1)):
@@ -521,8 +519,6 @@ def printed_size(value: Any, t: WitType, limit: int) -> int:
 
 # Bytes under 10 and under 100: what translate() deletes to count the ones printed with
 # two and with three digits.
-_UNDER_10 = bytes(range(10))
-_UNDER_100 = bytes(range(100))
 # What each escaped character adds, by quote: the quote and backslash 1, tab, newline and
 # return 1, the other controls their \u{..} form.
 _ESCAPE_EXTRA = {

@@ -69,7 +69,7 @@ WARM_IMPORTS = (
     "sqlite3", "tempfile", "shutil", "concurrent.futures.thread", "queue", "string",
     "logging", "traceback", "datetime",
     # the compile worker (backends.compiling.worker_code)
-    "subprocess", "select", "importlib.machinery", "queue",
+    "subprocess", "select", "importlib.machinery",
 )  # fmt: skip
 WARM_COMPONENTS = (
     "wasmtime.component", "wasmsbx.components.types", "wasmsbx.components.values",

@@ -316,12 +316,10 @@ def _start_server(context: Any) -> None:
     working folder (README "Limits from Python")."""
     from multiprocessing import forkserver
 
-    try:
-        cwd = os.getcwd()
-    except OSError:
-        cwd = None
+    from ..backends.compiling import safe_path
+
     path, safe = sys.path[:], os.environ.get("PYTHONSAFEPATH")
-    sys.path[:] = [p for p in path if p and os.path.isabs(p) and p != cwd]
+    sys.path[:] = safe_path()
     os.environ["PYTHONSAFEPATH"] = "1"
     try:
         forkserver.ensure_running()

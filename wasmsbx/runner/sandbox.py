@@ -1018,7 +1018,7 @@ class Sandbox:
 
     def _compile_now(self, wasm: bytes) -> Any:
         """Compile within limits.compile_timeout, the timeout and the run's deadline."""
-        from ..backends.compiling import compile_bounded, out_of_time, too_slow
+        from ..backends.compiling import READY_BY, compile_bounded, out_of_time, too_slow
 
         v, name = self.policy.values, self._name
         limit, timeout = v["limits.compile_timeout"], v["limits.timeout"]
@@ -1029,8 +1029,6 @@ class Sandbox:
             seconds, error = max(0.001, left), lambda: out_of_time(name, timeout)
         token = None
         if self.deadline is not None:  # (the run's timeout covers a worker's start too)
-            from ..backends.compiling import READY_BY
-
             token = READY_BY.set((self.deadline, lambda: out_of_time(name, timeout)))
         try:
             if self.progress is None:
@@ -1039,8 +1037,6 @@ class Sandbox:
                 return compile_bounded(self.engine, wasm, seconds, error)
         finally:
             if token is not None:
-                from ..backends.compiling import READY_BY
-
                 READY_BY.reset(token)
 
     # --------------------------------------------------------------- calling
