@@ -350,3 +350,28 @@ def test_an_ordinary_nesting_of_types_still_loads(tmp_path):
 
     with Sandbox(_doubling_component(tmp_path, 8), use_cache=False) as box:  # 256 records
         assert box.call("f") is None
+
+
+def test_many_exports_of_empty_functions_spend_the_budget(cli, tmp_path):
+    # red team round 35: func() spent nothing, and one instance exported 990 times
+    # listed its 1,000 functions each time (36 s, 960 MB in Sandbox(), 78 MB of audit)
+    import subprocess
+
+    from .component_guests import tool
+
+    lines = [
+        "(component",
+        ' (core module $m (func (export "f")))',
+        " (core instance $mi (instantiate $m))",
+        ' (core func $cf (alias core export $mi "f"))',
+        " (func $f (canon lift (core func $cf)))",
+        " (instance $i",
+    ]
+    lines += [f' (export "f{j}" (func $f))' for j in range(400)] + [")"]
+    lines += [f'(export "e{i}" (instance $i))' for i in range(400)] + [")"]
+    text = tmp_path / "many.wat"
+    text.write_text("\n".join(lines))
+    component = tmp_path / "many.wasm"
+    subprocess.run([str(tool("wasm-tools")), "parse", str(text), "-o", str(component)], check=True)
+    res = cli("run", component, "e0#f0")
+    assert res.code == 102 and "too large" in res.stderr, res

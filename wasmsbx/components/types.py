@@ -132,7 +132,7 @@ class Budget:
         if self.parts < 0 or self.text < 0:
             raise TypeTooLarge
         if self.total is not None:
-            self.total.spend(parts, 0)
+            self.total.spend(parts, text)
 
 
 def component_budget() -> Budget:
