@@ -34,11 +34,12 @@ from ..backends.base import Limits, Usage, WasiSetup, take_turn
 # into a closed pipe is EPIPE inside the guest; a FIFO stdin's open is watched).
 from ..backends.wasmtime.backend import _Budget, set_wasi
 from ..units import format_count, format_duration, format_size
-from . import binary, fastbytes, probe, wave
+from . import binary, fastbytes, fastlift, probe, wave
 from .types import COMPONENT_PARTS, TYPE_PARTS, FuncSig, TypeTooLarge, component_budget, func_sig
 from .values import ValueProblem, json_size, lift, lower
 
 fastbytes.install()  # list<u8> in bulk: wasmtime-py converts it byte by byte
+fastlift.install()  # each type read once per call: wasmtime-py reads it per value
 MAX_FRAMES = 12
 PROBE_FUEL = 10_000  # the memory probe runs a few instructions per memory
 PROBE_EPOCHS = 1 << 20  # its own deadline: ticks of the engine's epoch clock

@@ -33,11 +33,10 @@ name, and explicit tags for the rest: ``{"some": v}``/``{"none": null}``,
 
 from __future__ import annotations
 
-import functools
 import math
 from typing import Any, Optional
 
-from .types import INTS, WitType
+from .types import INTS, WitType, case_types, name_set, per_type
 
 _INF = float("inf")
 
@@ -212,7 +211,7 @@ def _field(value: Any, name: str) -> tuple:
 
 
 def _enum(value: Any, t: WitType, path: str) -> str:
-    if not isinstance(value, str) or value not in t.items:
+    if not isinstance(value, str) or value not in name_set(t):
         raise ValueProblem(f"expected one of {', '.join(t.items)}, got {_show(value)}", path)
     return value
 
@@ -221,7 +220,8 @@ def _flags(value: Any, t: WitType, path: str) -> set:
     if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
         raise ValueProblem(f"expected a set of flags ({t}), got {_show(value)}", path)
     out = set(value)
-    unknown = sorted(str(v) for v in out if v not in t.items)
+    known = name_set(t)
+    unknown = sorted(str(v) for v in out if v not in known)
     if unknown:
         raise ValueProblem(f"unknown flag {unknown[0]!r}; flags: {', '.join(t.items)}", path)
     return out
@@ -250,7 +250,7 @@ def _result(value: Any, t: WitType, path: str) -> Any:
 def _variant(value: Any, t: WitType, path: str) -> Variant:
     if not isinstance(value, Variant):
         raise ValueProblem(f"expected Variant(case, payload) for {t}, got {_show(value)}", path)
-    cases = dict(t.items)
+    cases = case_types(t)
     if value.case not in cases:
         raise ValueProblem(f"unknown case {value.case!r}; cases: {', '.join(cases)}", path)
     return Variant(value.case, _payload(value.payload, cases[value.case], f"{path}.{value.case}"))
@@ -300,7 +300,7 @@ def _cases(t: WitType) -> list:
     return list(t.items)
 
 
-@functools.lru_cache(maxsize=1024)
+@per_type
 def _classes(t: Optional[WitType]) -> frozenset:
     """The Python classes wasmtime-py uses for ``t`` (mirrors its ``add_classes``)."""
     from wasmtime.component import Record
@@ -327,7 +327,7 @@ def _classes(t: Optional[WitType]) -> frozenset:
     return frozenset({object})
 
 
-@functools.lru_cache(maxsize=1024)
+@per_type
 def tagged(t: WitType) -> bool:
     """Whether wasmtime-py passes this variant-like type as ``Variant(tag, payload)``:
     when two cases share a Python class (mirrors its ``_tagged``)."""
@@ -363,7 +363,7 @@ def lower(value: Any, t: WitType) -> Any:
 
 def _lower_case(value: Any, t: WitType) -> Any:
     case, payload = _case_of(value, t)
-    ptype = dict(_cases(t))[case]
+    ptype = case_types(t)[case]
     raw = None if ptype is None else lower(payload, ptype)
     if tagged(t):
         from wasmtime.component import Variant as WVariant
@@ -424,7 +424,7 @@ def _lift_case(raw: Any, t: WitType) -> Any:
         case, payload = raw.tag, raw.payload
     else:
         case, payload = _untagged_case(raw, t), raw
-    ptype = dict(_cases(t))[case]
+    ptype = case_types(t)[case]
     value = None if ptype is None else lift(payload, ptype)
     if t.kind == "option":
         if case == "none":
@@ -470,7 +470,7 @@ def to_json(value: Any, t: Optional[WitType]) -> Any:
         return [n for n in t.items if n in value]
     if k in ("option", "result", "variant"):
         case, payload = _case_of(value, t)
-        ptype = dict(_cases(t))[case]
+        ptype = case_types(t)[case]
         return {case: None if ptype is None else to_json(payload, ptype)}
     return value
 
@@ -527,7 +527,7 @@ def json_size(value: Any, t: WitType, limit: int, level: int = 0) -> int:
             return any(add(len(quoted(n)) + 2) or walk(v[n], f, level + 1) for n, f in t.items)
         if k in ("option", "result", "variant"):
             case, payload = _case_of(v, t)
-            ptype = dict(_cases(t))[case]
+            ptype = case_types(t)[case]
             if container(1, level) or add(len(quoted(case)) + 2):
                 return True
             return add(4) if ptype is None else walk(payload, ptype, level + 1)
@@ -581,7 +581,7 @@ def from_json(data: Any, t: WitType, path: str = "") -> Any:
 
 
 def _case_from_json(data: Any, t: WitType, path: str) -> Any:
-    cases = dict(_cases(t))
+    cases = case_types(t)
     if not (isinstance(data, dict) and len(data) == 1 and next(iter(data)) in cases):
         if t.kind == "option":  # a bare value (or null) for an option is clear enough
             return None if data is None else from_json(data, t.items[0], f"{path}.some")

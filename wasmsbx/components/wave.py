@@ -20,7 +20,7 @@ import re
 import struct
 from typing import Any
 
-from .types import INTS, WitType
+from .types import INTS, WitType, case_types
 from .values import Err, Ok, Some, ValueProblem, Variant, check, decimal_digits
 
 KEYWORDS = frozenset({"true", "false", "some", "none", "ok", "err", "inf", "nan"})
@@ -291,7 +291,7 @@ class _Parser:
 
     def read_variant(self, t: WitType) -> Variant:
         name = self.label()
-        cases = dict(t.items)
+        cases = case_types(t)
         if name not in cases:
             raise self.error(f"unknown case {name!r}; cases: {', '.join(cases)}")
         return Variant(name, self.payload(cases[name], name))
@@ -390,7 +390,7 @@ def format(value: Any, t: WitType) -> str:  # noqa: A001 - the module's verb, as
         case, ptype = ("ok", t.items[0]) if isinstance(value, Ok) else ("err", t.items[1])
         return case if ptype is None else f"{case}({format(value.value, ptype)})"
     if k == "variant":
-        ptype = dict(t.items)[value.case]
+        ptype = case_types(t)[value.case]
         label = _label(value.case)
         return label if ptype is None else f"{label}({format(value.payload, ptype)})"
     raise ValueProblem(f"cannot print a {t} value")
@@ -508,7 +508,7 @@ def printed_size(value: Any, t: WitType, limit: int) -> int:
                 return add(len(case))
             return add(len(case) + 2) or walk(v.value, ptype)
         if k == "variant":
-            ptype = dict(t.items)[v.case]
+            ptype = case_types(t)[v.case]
             label = len(_label(v.case))
             return add(label) if ptype is None else add(label + 2) or walk(v.payload, ptype)
         return add(1)

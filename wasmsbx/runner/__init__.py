@@ -74,6 +74,7 @@ WARM_IMPORTS = (
 WARM_COMPONENTS = (
     "wasmtime.component", "wasmsbx.components.types", "wasmsbx.components.values",
     "wasmsbx.components.wave", "wasmsbx.components.binary", "wasmsbx.components.fastbytes",
+    "wasmsbx.components.fastlift",
     "wasmsbx.components.probe", "wasmsbx.components.runtime", "wasmsbx.components.sandbox",
 )  # fmt: skip
 _WARMED: set = set()  # the tuples warm_imports went through

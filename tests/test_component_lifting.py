@@ -1,0 +1,199 @@
+"""A component's values cost their own size to convert, whatever their types.
+
+Red team round 35: wasmtime-py re-read a variant's cases for every value (a list of 500
+values of a 5,000-case variant: 66 s), and asked every case of nested options for its
+Python classes again at each level (an ``option`` 34 deep around a ``u8``: 13 s for one
+value, twice that for every two levels more). That runs in Python after the guest
+returned, where no epoch reaches, so a library call ran far past its timeout.
+wasmsbx's own conversions (canonical values, WAVE, typed JSON and their sizes) looked
+cases up the same way. The tests count the work, not the time: C API reads of the types
+for wasmtime-py's side, reads of a type's parts for wasmsbx's.
+"""
+
+from __future__ import annotations
+
+import struct
+import subprocess
+
+import pytest
+
+from wasmsbx import Sandbox, errors
+from wasmsbx import policy as policy_mod
+from wasmsbx.components import values, wave
+from wasmsbx.components.types import WitType as T
+from wasmsbx.components.values import Some, Variant
+
+from .component_guests import tool
+
+
+def _hex(data: bytes) -> str:
+    return "".join(f"\\{b:02x}" for b in data)
+
+
+def _component(tmp_path, types: str, element: bytes, count: int, name: str):
+    """``f: func() -> list<$e>`` returning ``count`` copies of ``element`` (its bytes in
+    the canonical ABI), and ``g: func(xs: list<$e>) -> u32`` returning the length."""
+    header = struct.pack("<II", 64, count)
+    wat = f"""(component
+ (core module $m
+  (memory (export "memory") 64)
+  (global $bump (mut i32) (i32.const 1048576))
+  (data (i32.const 16) "{_hex(header)}")
+  (data (i32.const 64) "{_hex(element * count)}")
+  (func (export "realloc") (param i32 i32 i32 i32) (result i32)
+   (local $p i32)
+   (local.set $p (global.get $bump))
+   (global.set $bump (i32.add (global.get $bump) (i32.add (local.get 3) (i32.const 8))))
+   (local.get $p))
+  (func (export "f") (result i32) (i32.const 16))
+  (func (export "g") (param i32 i32) (result i32) (local.get 1)))
+ (core instance $i (instantiate $m))
+ (alias core export $i "memory" (core memory $mem))
+ (alias core export $i "realloc" (core func $realloc))
+{types}
+ (type $l (list $e))
+ (func (export "f") (result $l) (canon lift (core func $i "f") (memory $mem)))
+ (func (export "g") (param "xs" $l) (result u32)
+  (canon lift (core func $i "g") (memory $mem) (realloc $realloc)))
+)"""
+    text = tmp_path / f"{name}.wat"
+    text.write_text(wat)
+    out = tmp_path / f"{name}.wasm"
+    subprocess.run([str(tool("wasm-tools")), "parse", str(text), "-o", str(out)], check=True)
+    return out
+
+
+def _wide_variant(tmp_path, cases: int, count: int):
+    names = " ".join(f'(case "c{i}")' for i in range(cases))
+    types = f" (type $e' (variant {names}))\n (export $e \"e\" (type $e'))"
+    return _component(tmp_path, types, struct.pack("<H", cases - 1), count, f"wide{cases}")
+
+
+def _deep_option(tmp_path, depth: int, count: int):
+    lines = [" (type $e0 (option u8))"]
+    lines += [f" (type $e{i} (option $e{i - 1}))" for i in range(1, depth)]
+    lines.append(f" (type $e (option $e{depth - 1}))")
+    element = bytes([1] * (depth + 1) + [7])  # some(some(...(7)))
+    return _component(tmp_path, "\n".join(lines), element, count, f"deep{depth}")
+
+
+def _counting(monkeypatch, *names: str) -> dict:
+    """Count calls of wasmtime-py's C API functions ``names`` (the reads of a type)."""
+    from wasmtime import _ffi as ffi
+    from wasmtime.component import _types
+
+    counts = dict.fromkeys(names, 0)
+    for name in names:
+        real = getattr(ffi, name)
+
+        def counted(*args, _real=real, _name=name):
+            counts[_name] += 1
+            return _real(*args)
+
+        monkeypatch.setattr(ffi, name, counted)
+        if hasattr(_types, name):
+            monkeypatch.setattr(_types, name, counted)
+    return counts
+
+
+def _policy():
+    policy = policy_mod.defaults()
+    policy_mod.override(policy, "limits.output", "16MiB")
+    return policy
+
+
+def test_a_list_of_a_wide_variant_reads_its_cases_once_per_call(tmp_path, monkeypatch):
+    cases, count = 2000, 300
+    component = _wide_variant(tmp_path, cases, count)
+    with Sandbox(component, _policy(), use_cache=False) as box:
+        counts = _counting(monkeypatch, "wasmtime_component_variant_type_case_nth")
+        got = box.call("f")
+        assert got == [Variant(f"c{cases - 1}")] * count
+        # before: every case read again for every element (600,000 reads; 8 s)
+        assert counts["wasmtime_component_variant_type_case_nth"] <= 2 * cases
+        counts["wasmtime_component_variant_type_case_nth"] = 0
+        assert box.call("g", got) == count  # and the same going in
+        assert counts["wasmtime_component_variant_type_case_nth"] <= 2 * cases
+        with pytest.raises(errors.UsageError, match="unknown case 'nope'"):
+            box.call("g", [Variant("nope")])
+        assert box.call("g", [Variant("c0"), Variant("c7")]) == 2
+
+
+def test_nested_options_cost_their_depth_not_twice_per_level(tmp_path, monkeypatch):
+    depth, count = 40, 50  # before: 2**20 reads for each value
+    component = _deep_option(tmp_path, depth, count)
+    with Sandbox(component, _policy(), use_cache=False) as box:
+        counts = _counting(monkeypatch, "wasmtime_component_option_type_ty")
+        got = box.call("f")
+        value = 7
+        for _ in range(depth):
+            value = Some(value)
+        value = value.value  # the outer option's some(x) is x unless x is an option too
+        assert got == [Some(value)] * count or got == [value] * count
+        assert counts["wasmtime_component_option_type_ty"] <= 4 * (depth + 1)
+        counts["wasmtime_component_option_type_ty"] = 0
+        assert box.call("g", got) == count
+        assert counts["wasmtime_component_option_type_ty"] <= 4 * (depth + 1)
+
+
+def test_the_command_line_prints_them(cli, tmp_path):
+    component = _wide_variant(tmp_path, 3000, 2000)
+    res = cli("run", component, "f")
+    assert res.code == 0, res
+    assert res.stdout == "[" + ", ".join(["c2999"] * 2000) + "]\n"
+    res = cli("run", component, "f", "--json")
+    assert res.code == 0, res
+    assert '"c2999": null' in res.stdout
+
+
+class _Items(tuple):
+    """A type's items that count how often they are walked or hashed."""
+
+    reads = 0
+
+    def __iter__(self):
+        _Items.reads += 1
+        return super().__iter__()
+
+    def __hash__(self):
+        _Items.reads += 1
+        return super().__hash__()
+
+    def __contains__(self, item):
+        _Items.reads += 1
+        return super().__contains__(item)
+
+
+@pytest.mark.parametrize("kind", ["variant", "enum", "payloads"])
+def test_wasmsbxs_own_conversions_read_a_type_once(kind):
+    # Canonical values, WAVE, typed JSON, and both sizes: looked up cases by building
+    # a dict of all of them (or walked an enum's names) for every value.
+    if kind == "variant":
+        t = T("variant", _Items((f"c{i}", None) for i in range(3000)))
+        raw = [Variant("c2999")] * 500
+        from wasmtime.component import Variant as Raw
+
+        wasmtime_form = [Raw("c2999")] * 500
+    elif kind == "enum":
+        t = T("enum", _Items(f"e{i}" for i in range(3000)))
+        raw = wasmtime_form = ["e2999"] * 500
+    else:
+        t = T("variant", _Items((f"c{i}", T("option", (T("u8"),))) for i in range(3000)))
+        raw = [Variant("c2999", 5), Variant("c1", None)] * 250
+        from wasmtime.component import Variant as Raw
+
+        wasmtime_form = [Raw("c2999", 5), Raw("c1", None)] * 250
+    listed = T("list", (t,))
+    _Items.reads = 0
+    checked = values.check(raw, listed)
+    lowered = values.lower(checked, listed)
+    lifted = values.lift(wasmtime_form, listed)
+    assert lifted == checked
+    assert lowered is not None
+    printed = wave.format(lifted, listed)
+    assert wave.printed_size(lifted, listed, 1 << 30) == len(printed)
+    values.to_json(lifted, listed)
+    values.json_size(lifted, listed, 1 << 30)
+    assert wave.parse(printed, listed) == checked
+    # a few reads per conversion, once; before: 500 per conversion
+    assert _Items.reads <= 40, _Items.reads
