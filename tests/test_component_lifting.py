@@ -197,3 +197,50 @@ def test_wasmsbxs_own_conversions_read_a_type_once(kind):
     assert wave.parse(printed, listed) == checked
     # a few reads per conversion, once; before: 500 per conversion
     assert _Items.reads <= 40, _Items.reads
+
+
+def _long_list(tmp_path, count: int):
+    """``f`` returns ``count`` values of a two-case variant (all zeroes: case c0), which
+    wasmtime copies in one call (up to about 3 million: its hostcall fuel)."""
+    pages = (count + 64) // 65536 + 1
+    header = struct.pack("<II", 64, count)
+    wat = f"""(component
+ (core module $m (memory (export "memory") {pages})
+  (data (i32.const 16) "{_hex(header)}")
+  (func (export "f") (result i32) (i32.const 16)))
+ (core instance $i (instantiate $m))
+ (alias core export $i "memory" (core memory $mem))
+ (type $e' (variant (case "c0") (case "c1")))
+ (export $e "e" (type $e'))
+ (type $l (list $e))
+ (func (export "f") (result $l) (canon lift (core func $i "f") (memory $mem)))
+)"""
+    text = tmp_path / "long.wat"
+    text.write_text(wat)
+    out = tmp_path / "long.wasm"
+    subprocess.run([str(tool("wasm-tools")), "parse", str(text), "-o", str(out)], check=True)
+    return out
+
+
+def test_converting_a_result_ends_at_the_calls_deadline(tmp_path):
+    # Linear is not enough: two million values take about 10 s of Python to convert
+    # after the guest returned in microseconds. The conversion looks at the call's
+    # deadline every 1,024 elements (values.paced).
+    from wasmsbx.components.values import CLOCK
+
+    component = _long_list(tmp_path, 2_000_000)
+    policy = _policy()
+    policy_mod.override(policy, "limits.output", "1GiB")
+    policy_mod.override(policy, "limits.timeout", "1s")
+    with Sandbox(component, policy, use_cache=False) as box:
+        with pytest.raises(errors.TimeoutExceeded, match="converting the result of f"):
+            box.call("f")
+        assert CLOCK.until is None
+        stopped = box._instance
+        assert stopped.poisoned  # stopped before its post_return: no further calls
+        with pytest.raises(errors.TimeoutExceeded, match="converting the result of f"):
+            box.call("f")  # (on a fresh instance)
+        assert box._instance is not stopped
+    small = _long_list(tmp_path, 3000)
+    with Sandbox(small, policy, use_cache=False) as box:
+        assert box.call("f") == [Variant("c0")] * 3000  # paced, and on time

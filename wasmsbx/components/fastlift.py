@@ -95,6 +95,10 @@ def install() -> bool:
         callable(getattr(like, m, None)) for m in ("_tagged", "_lift", "_lower", "add_classes")
     )
     wanted = wanted and all(callable(getattr(_types, c)._cases) for c in _VARIANTS)
+    wanted = wanted and all(
+        hasattr(ffi, name)
+        for name in ("wasmtime_component_vallist_delete", "WASMTIME_COMPONENT_LIST")
+    )
     if not wanted:
         _INSTALLED.append(False)
         return False
@@ -153,5 +157,39 @@ def install() -> bool:
     like.add_classes = add_classes
     like._lift = _lift
     like._lower = _lower
+    _types.ListType.convert_from_c = _paced_lists(_types.ListType.convert_from_c, ffi)
     _INSTALLED.append(True)
     return True
+
+
+def _paced_lists(slow: Callable, ffi: Any) -> Callable:
+    """A list's conversion that looks at the running call's clock every PACE elements
+    (``values.paced``): the elements are converted as wasmtime-py converts them, each
+    marked a bool once taken over, the list freed at the end, so stopping between two
+    elements leaves nothing freed twice."""
+    from .values import CLOCK, PACE, Overdue
+
+    kind_list, kind_bool = ffi.WASMTIME_COMPONENT_LIST.value, ffi.WASMTIME_COMPONENT_BOOL
+
+    def convert_from_c(self: Any, c: Any) -> Any:
+        until = CLOCK.until
+        if until is None or c.kind != kind_list or c.of.list.size <= PACE:
+            return slow(self, c)
+        import ctypes
+        import time
+
+        try:
+            out = []
+            element, data = self.element, c.of.list.data
+            for i in range(c.of.list.size):
+                if not i % PACE and time.monotonic() > until:
+                    raise Overdue
+                raw = data[i]
+                out.append(element.convert_from_c(raw))
+                raw.kind = kind_bool
+                raw.of.boolean = False
+            return bytes(out) if self._is_bytes() else out
+        finally:
+            ffi.wasmtime_component_vallist_delete(ctypes.byref(c.of.list))
+
+    return convert_from_c

@@ -21,6 +21,7 @@ grants no socket address and no name lookup, so every socket call is denied.
 from __future__ import annotations
 
 import threading
+import time
 from collections import namedtuple
 from typing import Any, Optional
 
@@ -36,10 +37,10 @@ from ..backends.wasmtime.backend import _Budget, set_wasi
 from ..units import format_count, format_duration, format_size
 from . import binary, fastbytes, fastlift, probe, wave
 from .types import COMPONENT_PARTS, TYPE_PARTS, FuncSig, TypeTooLarge, component_budget, func_sig
-from .values import ValueProblem, json_size, lift, lower
+from .values import CLOCK, Overdue, ValueProblem, json_size, lift, lower
 
+fastlift.install()  # each type read once per call (wasmtime-py: per value); lists paced
 fastbytes.install()  # list<u8> in bulk: wasmtime-py converts it byte by byte
-fastlift.install()  # each type read once per call: wasmtime-py reads it per value
 MAX_FRAMES = 12
 PROBE_FUEL = 10_000  # the memory probe runs a few instructions per memory
 PROBE_EPOCHS = 1 << 20  # its own deadline: ticks of the engine's epoch clock
@@ -331,26 +332,37 @@ class ComponentInstance:
                 hint="a limit of wasmtime-py's untagged variants: the value cannot be passed",
             ) from None
         take_turn(self.turn, self.limits.timeout)
+        seconds = self.limits.seconds()
+        # the result's conversion ends by the call's deadline too (values.paced)
+        CLOCK.until = None if seconds is None else time.monotonic() + seconds
         try:
-            self._arm()
-            raw = self._guarded(export.name, _call_and_return, func, self.store, raw_args)
-        except wasmtime.ExitTrap as exit_trap:
-            self.poisoned = self.trapped = True
-            raise errors.TrapError(
-                f"guest called exit({exit_trap.code}) in {export.name}",
-                exit_code_guest=exit_trap.code,
-            ) from None
-        except wasmtime.WasmtimeError as exc:
-            self.poisoned = self.trapped = True
-            exc.__traceback__ = None  # (its frames hold this instance: a cycle kept every
-            raise self._error(exc, export.name) from None  # trapped one until gc ran)
+            try:
+                self._arm()
+                raw = self._guarded(export.name, _call_and_return, func, self.store, raw_args)
+            except wasmtime.ExitTrap as exit_trap:
+                self.poisoned = self.trapped = True
+                raise errors.TrapError(
+                    f"guest called exit({exit_trap.code}) in {export.name}",
+                    exit_code_guest=exit_trap.code,
+                ) from None
+            except wasmtime.WasmtimeError as exc:
+                self.poisoned = self.trapped = True
+                exc.__traceback__ = None  # (its frames hold this instance: a cycle kept
+                raise self._error(exc, export.name) from None  # every trapped one until gc)
+            except Overdue:
+                self.poisoned = True  # stopped before its post_return: no further calls
+                raise self._stuck_error(f"converting the result of {export.name}") from None
+            finally:
+                self._account_fuel()
+                self.turn.release()
+            value = lift(raw, export.sig.result)
+            if bounded:
+                self._check_result(export, value)
+            return value
+        except Overdue:
+            raise self._stuck_error(f"converting the result of {export.name}") from None
         finally:
-            self._account_fuel()
-            self.turn.release()
-        value = lift(raw, export.sig.result)
-        if bounded:
-            self._check_result(export, value)
-        return value
+            CLOCK.until = None
 
     def _check_result(self, export: ComponentExport, value: Any) -> None:
         """A result counts against limits.output as the guest's writes do, by the length

@@ -34,11 +34,44 @@ name, and explicit tags for the rest: ``{"some": v}``/``{"none": null}``,
 from __future__ import annotations
 
 import math
+import threading
+import time
+from collections.abc import Iterable
 from typing import Any, Optional
 
 from .types import INTS, WitType, case_types, name_set, per_type
 
 _INF = float("inf")
+PACE = 1024  # list elements between two looks at the clock
+
+
+class Overdue(Exception):
+    """Converting a call's result ran past the call's deadline (see ``paced``)."""
+
+
+class _Clock(threading.local):
+    until: Optional[float] = None  # time.monotonic() the running call must end by
+
+
+CLOCK = _Clock()
+
+
+def paced(items: Any) -> Iterable:
+    """``items``, with a look at this thread's ``CLOCK`` every PACE of them, raising
+    ``Overdue`` once it is past. A result is converted, sized and printed in Python after
+    the guest has returned, where no epoch reaches: a list of two million variants took
+    10 s of it, from Python past any timeout (a library caller has no hard stop)."""
+    until = CLOCK.until
+    if until is None or len(items) <= PACE:
+        return items
+    return _paced(items, until)
+
+
+def _paced(items: Any, until: float) -> Iterable:
+    for i, item in enumerate(items):
+        if not i % PACE and time.monotonic() > until:
+            raise Overdue
+        yield item
 
 
 class ValueProblem(ValueError):
@@ -407,7 +440,7 @@ def lift(raw: Any, t: Optional[WitType]) -> Any:
     if k == "list":
         if t.items[0].kind == "u8":
             return bytes(raw)
-        return [lift(v, t.items[0]) for v in raw]
+        return [lift(v, t.items[0]) for v in paced(raw)]
     if k == "tuple":
         return tuple(lift(v, e) for v, e in zip(raw, t.items))
     if k == "record":
@@ -516,7 +549,7 @@ def json_size(value: Any, t: WitType, limit: int, level: int = 0) -> int:
                 return True
             if item.kind == "u8" and isinstance(v, (bytes, bytearray)):
                 return add(decimal_digits(v))
-            return any(walk(x, item, level + 1) for x in v)
+            return any(walk(x, item, level + 1) for x in paced(v))
         if k == "tuple":
             if container(len(t.items), level):
                 return True
