@@ -61,3 +61,55 @@ def test_batch_workers_import_nothing_from_the_working_folder(tmp_path):
     )
     assert (proc.returncode, proc.stdout) == (0, "[[3], [7]]\n"), proc
     assert not mark.exists(), mark.read_text()
+
+
+_GUARDED = """
+import sys, warnings
+import wasmsbx
+from wasmsbx import policy as policy_mod
+if __name__ == '__main__':
+    policy = policy_mod.defaults()
+    if sys.argv[1] == 'grant':
+        policy_mod.add_grant(policy, '.', True)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter('always')
+        box = wasmsbx.Sandbox(sys.argv[2], policy)
+    print(len(caught), caught[0].message if caught else '')
+    before = set(sys.modules)
+    assert box.call('add', 1, 2) == 3
+    try:
+        box.call('add', 'x')
+    except wasmsbx.errors.WasmsbxError as exc:
+        exc.to_dict()
+    print([r.values for r in box.batch('add', [[1, 2], [3, 4]], jobs=2)])
+    print([r.values for r in box.batch('add', [[5, 6]])])
+    box.audit()
+    builtin = set(sys.builtin_module_names) | {'__mp_main__'}
+    print(sorted(set(sys.modules) - before - builtin))
+"""
+
+
+@pytest.mark.parametrize("grant", ["grant", "none"])
+def test_a_guest_granted_a_folder_on_the_import_path_finds_wasmsbx_imported(tmp_path, grant):
+    # red team round 35: with '' on sys.path (python -c, a REPL, Jupyter) and the working
+    # folder granted read-write, wasmsbx's own later imports (blake3 on a cache miss,
+    # multiprocessing for batch(jobs=2), the audit's modules) would load what the guest
+    # wrote there. Now a sandbox with such a grant imports them before any guest runs,
+    # and warns; nothing is imported through the file system after it is made.
+    proc = subprocess.run(
+        [sys.executable, "-c", _GUARDED, grant, str(EXAMPLES / "add.wat")],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert proc.returncode == 0, proc
+    lines = proc.stdout.splitlines()
+    if grant == "grant":
+        assert lines[0].startswith("1 filesystem.read_write"), lines
+        assert "(the working folder), which is on this process's import path" in lines[0]
+        assert "python -P" in lines[0]
+        assert lines[-1] == "[]", lines[-1]
+    else:
+        assert lines[0] == "0 ", lines
+    assert lines[1:3] == ["[[3], [7]]", "[[11]]"], lines

@@ -627,6 +627,10 @@ class Sandbox:
         if cache_dir is not None:
             self.cache_dir = cache_dir
         self.policy = check_stdio(self.policy, [self._path_text or self.path, artifact])
+        if self.policy.grants:  # a folder the guest may write on the import path?
+            from .importpath import guard
+
+            guard(self.policy.grants, getattr(self, "is_component", False))
         started = time.perf_counter()
         cache_wanted = self.policy.values["runtime.cache"] if use_cache is None else use_cache
         self._prepared: Any = None

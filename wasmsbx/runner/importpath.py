@@ -1,0 +1,102 @@
+"""A guest that can write a folder on this process's import path.
+
+``python -c``, a REPL and Jupyter put ``''`` (the working folder) first on ``sys.path``;
+a policy that grants the working folder read-write (``--dir .`` from Python) then lets
+the guest create ``json.py``, ``array.py`` or ``multiprocessing/`` there, and the next
+``import`` of that name anywhere in the process runs the guest's Python as you (red team
+round 35: wasmsbx's own lazy imports, ``blake3`` for the cache and ``multiprocessing``
+for ``batch(jobs=2)``, did). wasmsbx cannot make your program's later imports safe, but
+it can make its own so and say what it found: ``guard`` imports, before any guest runs,
+everything a sandbox imports later (``LATER`` and the warm lists), and warns once with
+the folder and the path entry.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+# What a sandbox imports after it is made (calls, errors, batch with workers, stream,
+# audit), beyond runner.WARM_IMPORTS: tests/test_planted_modules.py checks that nothing
+# else is imported, through the file system, once a sandbox is made.
+LATER = (
+    "wasmsbx.runner.batch", "wasmsbx.runner.pool", "wasmsbx.runner.stream",
+    "wasmsbx.runner.checkpoint", "wasmsbx.outfile",
+    "wasmsbx.audit", "wasmsbx.audit.report", "wasmsbx.audit.rules", "wasmsbx.audit.findings",
+    "ast", "dis", "inspect", "dataclasses", "opcode",
+    "multiprocessing", "multiprocessing.connection", "multiprocessing.context",
+    "multiprocessing.forkserver", "multiprocessing.popen_fork",
+    "multiprocessing.popen_forkserver", "multiprocessing.process",
+    "multiprocessing.reduction", "multiprocessing.resource_tracker",
+    "multiprocessing.spawn", "multiprocessing.util", "multiprocessing.shared_memory",
+    "runpy", "importlib.util", "importlib.abc", "socket", "array", "selectors",
+)  # fmt: skip
+
+_SEEN: set = set()  # (sys.path, working folder, writable folders) already looked at
+
+
+def _entries() -> list:
+    """This process's import path as real folders (``''`` is the working folder)."""
+    out = []
+    for entry in sys.path:
+        if not isinstance(entry, str):
+            continue
+        try:
+            out.append((entry, os.path.realpath(entry or os.curdir)))
+        except (OSError, ValueError):
+            continue
+    return out
+
+
+def exposed(grants: Sequence[Any]) -> list:
+    """(path entry, granted folder) for each entry of ``sys.path`` that lies in a folder
+    the guest may write."""
+    from ..native.trustdir import within
+
+    writable = [g.host for g in grants if g.writable]
+    if not writable:
+        return []
+    return [
+        (entry, folder)
+        for entry, real in _entries()
+        for folder in writable
+        if within(real, os.path.realpath(folder))
+    ]
+
+
+def guard(grants: Sequence[Any], component: bool = False) -> None:
+    """Before a sandbox with read-write grants runs: if one holds a folder on the import
+    path, import what wasmsbx imports later, and warn (once per path and grants)."""
+    if not any(g.writable for g in grants):
+        return
+    try:
+        cwd = os.getcwd()
+    except OSError:
+        cwd = None
+    key = (tuple(p for p in sys.path if isinstance(p, str)), cwd, tuple(g.host for g in grants))
+    if key in _SEEN:
+        return
+    found = exposed(grants)
+    _SEEN.add(key)
+    if not found:
+        return
+    from . import WARM_COMPONENTS, WARM_IMPORTS, warm_imports
+
+    warm_imports(WARM_IMPORTS)
+    warm_imports(LATER)
+    if component:
+        warm_imports(WARM_COMPONENTS)
+    entry, folder = found[0]
+    shown = repr(entry) + (" (the working folder)" if entry in ("", ".") else "")
+    warnings.warn(
+        f"filesystem.read_write {folder} holds {shown}, which is on this process's import "
+        "path (sys.path): the guest can write Python modules there that your program "
+        "imports later by name. wasmsbx has imported what it needs before the guest "
+        "runs; for your own imports, take the folder off sys.path (python -P, "
+        "PYTHONSAFEPATH=1, sys.path.remove) or grant another folder",
+        RuntimeWarning,
+        stacklevel=4,
+    )
