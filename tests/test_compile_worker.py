@@ -563,3 +563,35 @@ def test_a_runs_deadline_bounds_a_new_workers_start(monkeypatch):
         Sandbox(wasm, use_cache=False, deadline=started + 1.0)
     assert time.monotonic() - started < 20
     assert compiling.READY_BY.get() is None
+
+
+def test_a_slow_start_leaves_the_compile_only_what_the_deadline_has_left(monkeypatch):
+    # red team round 35: the compile's own seconds were counted from when a new worker
+    # was ready, so a slow start added up to the whole start to the run's deadline. With a
+    # 1.5 s start, a compile_timeout of 2.4 s and a deadline at 2.5 s, the compile ran to
+    # 3.9 s and failed on the compile timeout; it must end at the deadline instead.
+    from wasmsbx import Sandbox
+    from wasmsbx import policy as policy_mod
+    from wasmsbx.runner import shared
+
+    compiling.WORKERS.close()
+    shared.clear()
+    slow = (  # a worker 1.5 s to start whose compiles take 30 s
+        "import sys, time\n"
+        "time.sleep(1.5)\n"
+        "sys.path[:] = sys.argv[3:]\n"
+        "from wasmsbx.backends import compiling\n"
+        "compiling._bound_memory = lambda *args: time.sleep(30)\n"
+        "compiling.child_main()\n"
+    )
+    monkeypatch.setattr(compiling, "_CHILD", slow)
+    wat = '(module (func (export "slow_start") (result i32) i32.const 1234))'
+    wasm = bytes(wasmtime.wat2wasm(wat))
+    policy = policy_mod.defaults()
+    policy_mod.override(policy, "limits.compile_timeout", "2400ms")
+    policy_mod.override(policy, "limits.timeout", "60s")
+    started = time.monotonic()
+    with pytest.raises(errors.TimeoutExceeded, match="at the run's deadline") as caught:
+        Sandbox(wasm, policy, use_cache=False, deadline=started + 2.5)
+    assert "after compiling began" in str(caught.value)
+    assert compiling.READY_BY.get() is None

@@ -1030,10 +1030,10 @@ class Sandbox:
         if limit <= left:
             seconds, error = limit, lambda: too_slow(name, limit)  # exit 117
         else:  # the run's timeout covers compiling: exit 112
-            seconds, error = max(0.001, left), lambda: out_of_time(name, timeout)
+            seconds, error = max(0.001, left), lambda: out_of_time(name, timeout, left)
         token = None
         if self.deadline is not None:  # (the run's timeout covers a worker's start too)
-            token = READY_BY.set((self.deadline, lambda: out_of_time(name, timeout)))
+            token = READY_BY.set((self.deadline, lambda: out_of_time(name, timeout, left)))
         try:
             if self.progress is None:
                 return compile_bounded(self.engine, wasm, seconds, error)
