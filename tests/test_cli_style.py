@@ -168,6 +168,11 @@ def test_invoke_spellings(cli_inproc):
     for bad in ("add(1,)", "add(1", "a b(1)"):
         result = cli_inproc("run", ADD, "--invoke", bad)
         assert result.code == 2 and "--invoke" in result.stderr, (bad, result)
+    # red team round 34 L9: `--invoke 'add(1)' 2` merged the two lists (as a component's
+    # call refuses, so does a core module's)
+    for after in (["2"], ["--", "2"]):
+        result = cli_inproc("run", ADD, "--invoke", "add(1)", *after)
+        assert result.code == 2 and "parentheses" in result.stderr, (after, result)
 
 
 def test_module_from_stdin(cli_inproc, cli):

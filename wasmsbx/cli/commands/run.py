@@ -287,16 +287,17 @@ def _invoke(box: Any, func: str, call_args: list, o: dict) -> Any:
     """The call. ``--invoke 'NAME(ARGS)'`` on a component: the arguments are WAVE, as in
     the wasmtime CLI (parse_invoke splits them at top-level commas)."""
     invoke = o.get("invoke")
-    if invoke and "(" in invoke and getattr(box, "is_component", False):
+    if invoke and "(" in invoke:
         inline = parse_invoke(invoke)[1]
         if len(call_args) > len(inline):  # (one list with both: which would come first?)
             raise errors.UsageError(
                 f"--invoke {invoke!r} gives the arguments in its parentheses; "
                 f"{' '.join(call_args[len(inline) :])!r} after it too",
-                hint="give them all inside --invoke's parentheses (WAVE), or all after "
+                hint="give them all inside --invoke's parentheses, or all after "
                 "--invoke NAME",
             )
-        return box.invoke(func, call_args, wave_args=True)
+        if getattr(box, "is_component", False):
+            return box.invoke(func, call_args, wave_args=True)
     return box.invoke(func, call_args)
 
 
