@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from typing import Any
 
 # What a sandbox imports after it is made (calls, errors, batch with workers, stream,
-# audit), beyond runner.WARM_IMPORTS: tests/test_planted_modules.py checks that nothing
+# audit), beyond warm.WARM_IMPORTS: tests/test_planted_modules.py checks that nothing
 # else is imported, through the file system, once a sandbox is made.
 LATER = (
     "wasmsbx.runner.batch", "wasmsbx.runner.pool", "wasmsbx.runner.stream",
@@ -83,7 +83,7 @@ def guard(grants: Sequence[Any], component: bool = False) -> None:
     _SEEN.add(key)
     if not found:
         return
-    from . import WARM_COMPONENTS, WARM_IMPORTS, warm_imports
+    from .warm import WARM_COMPONENTS, WARM_IMPORTS, warm_imports
 
     warm_imports(WARM_IMPORTS)
     warm_imports(LATER)
