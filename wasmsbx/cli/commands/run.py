@@ -293,8 +293,7 @@ def _invoke(box: Any, func: str, call_args: list, o: dict) -> Any:
             raise errors.UsageError(
                 f"--invoke {invoke!r} gives the arguments in its parentheses; "
                 f"{' '.join(call_args[len(inline) :])!r} after it too",
-                hint="give them all inside --invoke's parentheses, or all after "
-                "--invoke NAME",
+                hint="give them all inside --invoke's parentheses, or all after --invoke NAME",
             )
         if getattr(box, "is_component", False):
             return box.invoke(func, call_args, wave_args=True)
