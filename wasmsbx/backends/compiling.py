@@ -50,6 +50,11 @@ HEAVY = 50_000_000
 # reserved, which grows with the machine's threads) a compile worker may use, at least,
 # and per byte of module (python.wasm, 20 MB, compiled in 182 MB of data, 271 MB RSS).
 WORKER_MEMORY = 2 << 30
+# Under a memory cgroup's limit a compile in this process may grow by what the group has
+# left, less an eighth (at least CGROUP_MARGIN: the watch looks every 10 ms, and other
+# processes of the group grow too), and by CGROUP_FLOOR at least.
+CGROUP_MARGIN = 32 << 20
+CGROUP_FLOOR = 16 << 20
 WORKER_MEMORY_PER_BYTE = 32
 
 # The worker: argv[1] is the parent's pid, argv[2] the backend to import before it says
@@ -222,8 +227,15 @@ def watch_memory(watch: Any, size: int) -> None:
     from .deadline import KEEPER, resident_bytes
 
     if KEEPER.hard_stop is not None:
-        limit = worker_memory(size)
-        watch.memory = (resident_bytes() + limit, lambda: out_of_memory(limit))
+        limit, grouped = worker_memory(size), False
+        from .cgroup import headroom
+
+        room = headroom()  # under a memory cgroup's limit, the OOM killer comes first
+        if room is not None:
+            allowed = max(CGROUP_FLOOR, room - max(room // 8, CGROUP_MARGIN))
+            if allowed < limit:
+                limit, grouped = allowed, True
+        watch.memory = (resident_bytes() + limit, lambda: out_of_memory(limit, grouped))
 
 
 def native_bounded(engine: Any, wasm: bytes, seconds: float, error: Any) -> Any:
@@ -740,11 +752,16 @@ def _wait(fd: int, readable: bool, deadline: float) -> None:
         raise _Late
 
 
-def out_of_memory(limit: int) -> CompileLimitExceeded:
-    """A compile that needed more than ``limit`` bytes (exit 117)."""
+def out_of_memory(limit: int, grouped: bool = False) -> CompileLimitExceeded:
+    """A compile that needed more than ``limit`` bytes (exit 117); ``grouped``: the
+    limit is what this process's memory cgroup had left."""
+    where = (
+        "what this process's memory cgroup had left below its limit"
+        if grouped
+        else "or less, under your ulimit -d or -v"
+    )
     return CompileLimitExceeded(
-        f"compiling the module ran out of memory: a compile may use {format_size(limit)} "
-        "(or less, under your ulimit -d or -v)",
+        f"compiling the module ran out of memory: a compile may use {format_size(limit)} ({where})",
         hint="functions with many values live across many blocks compile in memory that "
         "grows with both: split them, or compile the module where you trust it "
         "(WASMSBX_COMPILE_MEMORY raises the bound)",

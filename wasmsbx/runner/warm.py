@@ -25,6 +25,7 @@ WARM_IMPORTS = (
     "wasmsbx.wasm.source", "wasmsbx.wasm.wasi",
     "wasmsbx.backends.base", "wasmsbx.backends.compiling", "wasmsbx.backends.deadline",
     "wasmsbx.backends.limits", "wasmsbx.backends.reserve", "wasmsbx.backends.select",
+    "wasmsbx.backends.cgroup",
     "wasmsbx.backends.wasmtime.identity", "wasmsbx.backends.wasmtime.adapter",
     "wasmsbx.backends.wasmtime.values", "wasmsbx.backends.wasmtime.teardown",
     "wasmsbx.backends.wasmtime.backend",
