@@ -244,3 +244,61 @@ def test_converting_a_result_ends_at_the_calls_deadline(tmp_path):
     small = _long_list(tmp_path, 3000)
     with Sandbox(small, policy, use_cache=False) as box:
         assert box.call("f") == [Variant("c0")] * 3000  # paced, and on time
+
+
+def _nested_lists(tmp_path, outer: int, mid: int, inner: int):
+    """``f: func() -> list<list<list<$e>>>``, every inner list the same ``inner`` bytes
+    of guest memory (and every middle list the same ``mid`` inner lists)."""
+    a, b, c = 0x10000, 0x20000, 0x40000
+    leaf = b"\x01" * inner
+    mids = struct.pack("<II", a, inner) * mid
+    outs = struct.pack("<II", b, mid) * outer
+    wat = f"""(component
+ (core module $m (memory (export "memory") 16)
+  (data (i32.const 16) "{_hex(struct.pack("<II", c, outer))}")
+  (data (i32.const {a}) "{_hex(leaf)}")
+  (data (i32.const {b}) "{_hex(mids)}")
+  (data (i32.const {c}) "{_hex(outs)}")
+  (func (export "f") (result i32) (i32.const 16)))
+ (core instance $i (instantiate $m))
+ (alias core export $i "memory" (core memory $mem))
+ (type $e' (variant (case "a") (case "b")))
+ (export $e "e" (type $e'))
+ (type $l1 (list $e))
+ (type $l2 (list $l1))
+ (type $l3 (list $l2))
+ (func (export "f") (result $l3) (canon lift (core func $i "f") (memory $mem)))
+)"""
+    text = tmp_path / "nested.wat"
+    text.write_text(wat)
+    out = tmp_path / f"nested{outer}x{mid}x{inner}.wasm"
+    subprocess.run([str(tool("wasm-tools")), "parse", str(text), "-o", str(out)], check=True)
+    return out
+
+
+def test_short_lists_count_together_against_the_deadline(tmp_path):
+    # red team round 36: each list looked at the clock only past 1,024 elements of its
+    # own, so 2 x 1,000 x 1,000 values (12 KB of component, all aliased) converted for
+    # 10 s under a 1 s timeout. Lists are charged together, by the weight of their type.
+    component = _nested_lists(tmp_path, 2, 1000, 1000)
+    policy = _policy()
+    policy_mod.override(policy, "limits.output", "1GiB")
+    policy_mod.override(policy, "limits.timeout", "1s")
+    with (
+        Sandbox(component, policy, use_cache=False) as box,
+        pytest.raises(errors.TimeoutExceeded, match="converting the result of f"),
+    ):
+        box.call("f")
+    small = _nested_lists(tmp_path, 2, 30, 40)
+    with Sandbox(small, policy, use_cache=False) as box:
+        assert box.call("f") == [[[Variant("b")] * 40] * 30] * 2
+
+
+def test_weights_count_a_values_parts():
+    u8, s = T("u8"), T("string")
+    assert values.weight(u8) == 1
+    assert values.weight(T("list", (T("record", (("a", u8), ("b", s))),))) == 1  # its own pace
+    assert values.weight(T("record", (("a", u8), ("b", T("tuple", (u8, u8)))))) == 5
+    assert values.weight(T("variant", (("a", None), ("b", T("tuple", (u8, u8)))))) == 4
+    wide = T("record", tuple((f"f{i}", u8) for i in range(5000)))
+    assert values.weight(wide) == values.PACE  # (a look at the clock every element)

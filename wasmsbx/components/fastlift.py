@@ -157,32 +157,73 @@ def install() -> bool:
     like.add_classes = add_classes
     like._lift = _lift
     like._lower = _lower
-    _types.ListType.convert_from_c = _paced_lists(_types.ListType.convert_from_c, ffi)
+    weight = _weigher(_types, like)
+    _types.ListType.convert_from_c = _paced_lists(_types.ListType.convert_from_c, ffi, weight)
     _INSTALLED.append(True)
     return True
 
 
-def _paced_lists(slow: Callable, ffi: Any) -> Callable:
-    """A list's conversion that looks at the running call's clock every PACE elements
-    (``values.paced``): the elements are converted as wasmtime-py converts them, each
-    marked a bool once taken over, the list freed at the end, so stopping between two
-    elements leaves nothing freed twice."""
-    from .values import CLOCK, PACE, Overdue
+def _weigher(_types: Any, like: Any) -> Callable:
+    """``weight(ty)`` for wasmtime-py's types, as ``values.weight`` for wasmsbx's:
+    about how many values one value converts, lists aside; kept on the type object."""
+    from .values import PACE
+
+    record, tuple_type = _types.RecordType, _types.TupleType
+
+    def weight(ty: Any) -> int:
+        if ty is None:
+            return 1
+        kept = getattr(ty, "__dict__", None)
+        if kept is not None and "_wasmsbx_weight" in kept:
+            return kept["_wasmsbx_weight"]
+        if isinstance(ty, record):
+            total = 1 + sum(weight(t) for _, t in ty.fields)
+        elif isinstance(ty, tuple_type):
+            total = 1 + sum(weight(t) for t in ty.elements)
+        elif isinstance(ty, like):
+            total = 1 + max((weight(t) for _, t in ty._cases()), default=0)
+        else:
+            total = 1
+        total = min(total, PACE)
+        if kept is not None:
+            kept["_wasmsbx_weight"] = total
+        return total
+
+    return weight
+
+
+def _paced_lists(slow: Callable, ffi: Any, weight: Callable) -> Callable:
+    """A list's conversion that counts against the running call's clock
+    (``values.paced``: every PACE units of conversion, across the call's lists). A long
+    list is converted here, as wasmtime-py converts it, each element marked a bool once
+    taken over and the list freed at the end (the C API empties a freed list, so the
+    caller's own free of it does nothing), so stopping between two elements frees
+    nothing twice; a short one is charged whole, then converted by wasmtime-py."""
+    import ctypes
+    import time
+
+    from .values import CLOCK, PACE, Overdue, charge
 
     kind_list, kind_bool = ffi.WASMTIME_COMPONENT_LIST.value, ffi.WASMTIME_COMPONENT_BOOL
 
     def convert_from_c(self: Any, c: Any) -> Any:
         until = CLOCK.until
-        if until is None or c.kind != kind_list or c.of.list.size <= PACE:
+        if until is None or c.kind != kind_list:
             return slow(self, c)
-        import ctypes
-        import time
-
+        n, units = c.of.list.size, weight(self.element)
+        step = max(1, PACE // units)
+        if n <= step:
+            try:
+                charge(n * units)
+            except Overdue:
+                ffi.wasmtime_component_vallist_delete(ctypes.byref(c.of.list))
+                raise
+            return slow(self, c)
         try:
             out = []
             element, data = self.element, c.of.list.data
-            for i in range(c.of.list.size):
-                if not i % PACE and time.monotonic() > until:
+            for i in range(n):
+                if not i % step and time.monotonic() > until:
                     raise Overdue
                 raw = data[i]
                 out.append(element.convert_from_c(raw))

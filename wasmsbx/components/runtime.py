@@ -37,7 +37,7 @@ from ..backends.wasmtime.backend import _Budget, set_wasi
 from ..units import format_count, format_duration, format_size
 from . import binary, fastbytes, fastlift, probe, wave
 from .types import COMPONENT_PARTS, TYPE_PARTS, FuncSig, TypeTooLarge, component_budget, func_sig
-from .values import CLOCK, Overdue, ValueProblem, json_size, lift, lower
+from .values import Overdue, ValueProblem, json_size, lift, lower, start_clock
 
 fastlift.install()  # each type read once per call (wasmtime-py: per value); lists paced
 fastbytes.install()  # list<u8> in bulk: wasmtime-py converts it byte by byte
@@ -334,7 +334,7 @@ class ComponentInstance:
         take_turn(self.turn, self.limits.timeout)
         seconds = self.limits.seconds()
         # the result's conversion ends by the call's deadline too (values.paced)
-        CLOCK.until = None if seconds is None else time.monotonic() + seconds
+        start_clock(None if seconds is None else time.monotonic() + seconds)
         try:
             try:
                 self._arm()
@@ -362,7 +362,7 @@ class ComponentInstance:
         except Overdue:
             raise self._stuck_error(f"converting the result of {export.name}") from None
         finally:
-            CLOCK.until = None
+            start_clock(None)
 
     def _check_result(self, export: ComponentExport, value: Any) -> None:
         """A result counts against limits.output as the guest's writes do, by the length

@@ -21,7 +21,7 @@ import struct
 from typing import Any
 
 from .types import INTS, WitType, case_types
-from .values import Err, Ok, Some, ValueProblem, Variant, check, decimal_digits, paced
+from .values import Err, Ok, Some, ValueProblem, Variant, check, decimal_digits, paced, weight
 
 KEYWORDS = frozenset({"true", "false", "some", "none", "ok", "err", "inf", "nan"})
 _ESCAPES = {"'": "'", '"': '"', "\\": "\\", "t": "\t", "n": "\n", "r": "\r"}
@@ -489,7 +489,7 @@ def printed_size(value: Any, t: WitType, limit: int) -> int:
                 return True
             if item.kind == "u8" and isinstance(v, (bytes, bytearray)):
                 return add(decimal_digits(v))
-            return any(walk(x, item) for x in paced(v))
+            return any(walk(x, item) for x in paced(v, weight(item)))
         if k == "tuple":
             if add(2 + 2 * max(0, len(t.items) - 1)):
                 return True
