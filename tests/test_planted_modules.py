@@ -77,10 +77,11 @@ if __name__ == '__main__':
     print(len(caught), caught[0].message if caught else '')
     before = set(sys.modules)
     assert box.call('add', 1, 2) == 3
-    try:
-        box.call('add', 'x')
-    except wasmsbx.errors.WasmsbxError as exc:
-        exc.to_dict()
+    for bad in (('add', 'x'), ('ad', 1, 2)):  # (a name it lacks: "did you mean")
+        try:
+            box.call(*bad)
+        except wasmsbx.errors.WasmsbxError as exc:
+            exc.to_dict()
     print([r.values for r in box.batch('add', [[1, 2], [3, 4]], jobs=2)])
     print([r.values for r in box.batch('add', [[5, 6]])])
     box.audit()

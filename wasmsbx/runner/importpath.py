@@ -33,6 +33,14 @@ LATER = (
     "multiprocessing.reduction", "multiprocessing.resource_tracker",
     "multiprocessing.spawn", "multiprocessing.util", "multiprocessing.shared_memory",
     "runpy", "importlib.util", "importlib.abc", "socket", "array", "selectors",
+    # "did you mean" in errors; a signed artifact's check; compressed cache entries;
+    # the trust folder; bench; the rest of what a library path imports lazily
+    "difflib", "cryptography.exceptions", "cryptography.hazmat.primitives.serialization",
+    "cryptography.hazmat.primitives.asymmetric.ed25519", "zstandard", "zlib",
+    "platformdirs", "platform", "pwd", "base64", "binascii", "codecs", "copy", "decimal",
+    "fnmatch", "textwrap", "importlib.metadata", "tomllib", "tomli", "tomli_w",
+    "concurrent.futures", "asyncio", "pickle", "io", "watchfiles",
+    "distributed",  # (Sandbox.batch(cluster=...): about 1 s, paid only in this case)
 )  # fmt: skip
 
 _SEEN: set = set()  # (sys.path, working folder, writable folders) already looked at
