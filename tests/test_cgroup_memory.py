@@ -71,6 +71,54 @@ def test_v1_and_a_namespaced_path(tmp_path, monkeypatch):
     assert cgroup.headroom() == 200 << 20
 
 
+def test_inactive_page_cache_counts_as_room(tmp_path, monkeypatch):
+    # red team round 36: 900 MiB of a file's page cache in a 1 GiB group refused a
+    # compile the kernel would have made room for (it drops that cache first)
+    _fake(
+        tmp_path,
+        monkeypatch,
+        "4:memory:/g\n",
+        {
+            "memory/g/memory.limit_in_bytes": str(1 << 30),
+            "memory/g/memory.usage_in_bytes": str(950 << 20),
+            "memory/g/memory.stat": f"cache 1\ntotal_inactive_file {900 << 20}\nx y\n",
+        },
+    )
+    assert cgroup.headroom() == (1 << 30) - (50 << 20)
+    _fake(
+        tmp_path,
+        monkeypatch,
+        "0::/g\n",
+        {
+            "g/memory.max": "1000\n",
+            "g/memory.current": "900\n",
+            "g/memory.stat": "anon 100\ninactive_file 850\n",
+        },
+    )
+    assert cgroup.headroom() == 950
+
+
+def test_the_watch_never_allows_more_than_is_left(monkeypatch):
+    # round 36: a 16 MiB floor let a compile in a nearly full group grow past it (137)
+    from wasmsbx.backends import compiling, deadline
+
+    class Watch:
+        memory = None
+
+    monkeypatch.setattr(deadline.KEEPER, "hard_stop", lambda error: None)
+    monkeypatch.setattr(deadline, "resident_bytes", lambda: 0)
+    for room in (1 << 20, 10 << 20, 100 << 20, 1 << 30):
+        monkeypatch.setattr(cgroup, "headroom", lambda room=room: room)
+        watch = Watch()
+        compiling.watch_memory(watch, 1000)
+        assert 0 < watch.memory[0] < room
+        assert "memory cgroup" in str(watch.memory[1]())
+    monkeypatch.setattr(cgroup, "headroom", lambda: 64 << 30)  # (more than the bound)
+    watch = Watch()
+    compiling.watch_memory(watch, 1000)
+    assert watch.memory[0] == compiling.WORKER_MEMORY
+
+
 def test_no_limit_is_none(tmp_path, monkeypatch):
     _fake(
         tmp_path,

@@ -595,3 +595,11 @@ def test_a_slow_start_leaves_the_compile_only_what_the_deadline_has_left(monkeyp
         Sandbox(wasm, policy, use_cache=False, deadline=started + 2.5)
     assert "after compiling began" in str(caught.value)
     assert compiling.READY_BY.get() is None
+
+
+def test_a_deadline_passed_before_compiling_says_so():
+    # red team round 36: "-39193.5 µs after compiling began"
+    error = compiling.out_of_time("m.wasm", 10.0, -0.04)
+    assert "had passed before compiling began" in str(error) and "-" not in str(error)
+    assert "500.0 ms after compiling began" in str(compiling.out_of_time("m.wasm", 10.0, 0.5))
+    assert "after 10.00 s" in str(compiling.out_of_time("m.wasm", 10.0, 9.9))

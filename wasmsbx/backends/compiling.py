@@ -51,10 +51,10 @@ HEAVY = 50_000_000
 # and per byte of module (python.wasm, 20 MB, compiled in 182 MB of data, 271 MB RSS).
 WORKER_MEMORY = 2 << 30
 # Under a memory cgroup's limit a compile in this process may grow by what the group has
-# left, less an eighth (at least CGROUP_MARGIN: the watch looks every 10 ms, and other
-# processes of the group grow too), and by CGROUP_FLOOR at least.
+# left, less an eighth, and less CGROUP_MARGIN at least (the watch looks every 10 ms,
+# and other processes of the group grow too) or half of it when less is left: never by
+# more than is left (red team round 36: a 16 MiB floor let the OOM killer come first).
 CGROUP_MARGIN = 32 << 20
-CGROUP_FLOOR = 16 << 20
 WORKER_MEMORY_PER_BYTE = 32
 
 # The worker: argv[1] is the parent's pid, argv[2] the backend to import before it says
@@ -97,12 +97,17 @@ def out_of_time(
     ``left``: the seconds the run's deadline left when compiling began; named instead of
     the timeout when clearly less (a library caller's ``Sandbox(deadline=...)``)."""
     if left is not None and (timeout is None or left < timeout - 0.5):
+        when = (
+            f"{format_duration(left)} after compiling began"
+            if left > 0
+            else "which had passed before compiling began"
+        )
         return errors.TimeoutExceeded(
-            f"timeout: still compiling {name} at the run's deadline, "
-            f"{format_duration(left)} after compiling began (the deadline covers compiling)",
+            f"timeout: still compiling {name} at the run's deadline, {when} "
+            "(the deadline covers compiling)",
             hint="give the run a later deadline, or precompile it once with "
             "`wasmsbx compile` (later runs load it from the cache)",
-            limit_value=left,
+            limit_value=max(0.0, left),
         )
     return errors.TimeoutExceeded(
         f"timeout: still compiling {name} after {format_duration(timeout)} "
@@ -232,7 +237,7 @@ def watch_memory(watch: Any, size: int) -> None:
 
         room = headroom()  # under a memory cgroup's limit, the OOM killer comes first
         if room is not None:
-            allowed = max(CGROUP_FLOOR, room - max(room // 8, CGROUP_MARGIN))
+            allowed = room - max(room // 8, min(CGROUP_MARGIN, room // 2))
             if allowed < limit:
                 limit, grouped = allowed, True
         watch.memory = (resident_bytes() + limit, lambda: out_of_memory(limit, grouped))
