@@ -71,9 +71,9 @@ def test_v1_and_a_namespaced_path(tmp_path, monkeypatch):
     assert cgroup.headroom() == 200 << 20
 
 
-def test_inactive_page_cache_counts_as_room(tmp_path, monkeypatch):
-    # red team round 36: 900 MiB of a file's page cache in a 1 GiB group refused a
-    # compile the kernel would have made room for (it drops that cache first)
+def test_file_page_cache_counts_as_room(tmp_path, monkeypatch):
+    # red team rounds 36 and 37: a file's page cache in a 1 GiB group, inactive or
+    # active, refused a compile the kernel would have made room for (it drops it first)
     _fake(
         tmp_path,
         monkeypatch,
@@ -81,7 +81,10 @@ def test_inactive_page_cache_counts_as_room(tmp_path, monkeypatch):
         {
             "memory/g/memory.limit_in_bytes": str(1 << 30),
             "memory/g/memory.usage_in_bytes": str(950 << 20),
-            "memory/g/memory.stat": f"cache 1\ntotal_inactive_file {900 << 20}\nx y\n",
+            "memory/g/memory.stat": (
+                f"cache 1\ntotal_inactive_file {600 << 20}\nx y\n"
+                f"total_active_file {300 << 20}\ntotal_active_anon 7\n"
+            ),
         },
     )
     assert cgroup.headroom() == (1 << 30) - (50 << 20)
@@ -92,7 +95,7 @@ def test_inactive_page_cache_counts_as_room(tmp_path, monkeypatch):
         {
             "g/memory.max": "1000\n",
             "g/memory.current": "900\n",
-            "g/memory.stat": "anon 100\ninactive_file 850\n",
+            "g/memory.stat": "anon 100\ninactive_file 800\nactive_file 50\n",
         },
     )
     assert cgroup.headroom() == 950

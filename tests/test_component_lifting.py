@@ -302,3 +302,73 @@ def test_weights_count_a_values_parts():
     assert values.weight(T("variant", (("a", None), ("b", T("tuple", (u8, u8)))))) == 4
     wide = T("record", tuple((f"f{i}", u8) for i in range(5000)))
     assert values.weight(wide) == values.PACE  # (a look at the clock every element)
+
+
+def _aliased_strings(tmp_path, count: int, size: int, prefix: bytes):
+    """``f: func() -> list<string>``: ``count`` strings, all the same ``size`` bytes of
+    guest memory (``prefix``, then "a"s), filled at run time."""
+    s, h = 0x100000, 0x10000
+    pages = (s + size + 0xFFFF) // 0x10000 + 1
+    wat = f"""(component
+ (core module $m (memory (export "memory") {pages})
+  (data (i32.const 16) "{_hex(struct.pack("<II", h, count))}")
+  (data (i32.const 0x8000) "{_hex(prefix)}")
+  (func (export "f") (result i32)
+    (local $i i32)
+    (memory.fill (i32.const {s}) (i32.const 0x61) (i32.const {size}))
+    (memory.copy (i32.const {s}) (i32.const 0x8000) (i32.const {len(prefix)}))
+    (block $done (loop $l
+      (br_if $done (i32.ge_u (local.get $i) (i32.const {count})))
+      (i32.store (i32.add (i32.const {h}) (i32.shl (local.get $i) (i32.const 3))) (i32.const {s}))
+      (i32.store (i32.add (i32.const {h + 4}) (i32.shl (local.get $i) (i32.const 3)))
+       (i32.const {size}))
+      (local.set $i (i32.add (local.get $i) (i32.const 1)))
+      (br $l)))
+    (i32.const 16)))
+ (core instance $i (instantiate $m))
+ (alias core export $i "memory" (core memory $mem))
+ (type $l (list string))
+ (func (export "f") (result $l) (canon lift (core func $i "f") (memory $mem) string-encoding=utf8))
+)"""
+    text = tmp_path / "strings.wat"
+    text.write_text(wat)
+    out = tmp_path / f"strings{count}x{size}.wasm"
+    subprocess.run([str(tool("wasm-tools")), "parse", str(text), "-o", str(out)], check=True)
+    return out
+
+
+def test_long_strings_are_charged_by_their_length(tmp_path):
+    # red team round 37: 1,024 aliased strings of 128 KiB with a control character and
+    # an emoji: sizing them (dozens of passes over each) took 2.5-4 s under a 1 s timeout,
+    # each string counted as one unit
+    component = _aliased_strings(tmp_path, 1024, 131000, "\x01\U0001f600".encode())
+    policy = _policy()
+    policy_mod.override(policy, "limits.output", "1GiB")
+    policy_mod.override(policy, "limits.timeout", "1s")
+    with (
+        Sandbox(component, policy, use_cache=False) as box,
+        pytest.raises(errors.TimeoutExceeded, match="converting the result of f"),
+    ):
+        box.call("f")
+    with Sandbox(_aliased_strings(tmp_path, 3, 5000, b"\x01"), policy, use_cache=False) as box:
+        assert box.call("f") == ["\x01" + "a" * 4999] * 3
+
+
+def test_sizing_a_long_string_looks_at_the_clock():
+    # (the unit behind the test above, without timing: a clock already past stops the
+    # sizing of three long strings; counted as one unit each, it never looked)
+    import time
+
+    t = T("list", (T("string"),))
+    value = ["\x01" + "a" * 200_000] * 3
+    for size in (
+        lambda: wave.printed_size(value, t, 1 << 30),
+        lambda: values.json_size(value, t, 1 << 30),
+    ):
+        values.start_clock(time.monotonic() - 1)
+        try:
+            with pytest.raises(values.Overdue):
+                size()
+        finally:
+            values.start_clock(None)
+        assert size() > 600_000  # (no clock: sized)

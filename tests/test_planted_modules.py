@@ -184,3 +184,86 @@ def test_the_guard_imports_every_lazy_import_of_the_library(tmp_path):
     )
     assert proc.returncode == 0, proc
     assert json.loads(proc.stdout) == [], "add these to importpath.LATER: " + proc.stdout
+
+
+_LATE = """
+import sys, warnings
+import wasmsbx
+from wasmsbx import policy as policy_mod
+warnings.simplefilter('always')
+import os
+os.mkdir('scratch')  # (writable, but not on sys.path)
+policy = policy_mod.defaults()
+policy_mod.add_grant(policy, '.', False)
+policy_mod.add_grant(policy, 'scratch', True)
+with warnings.catch_warnings(record=True) as caught:
+    box = wasmsbx.Sandbox(sys.argv[1], policy)
+print(len(caught), 'difflib' in sys.modules)
+with warnings.catch_warnings(record=True) as caught:
+    if sys.argv[2] == 'mutate':  # the same policy, changed before the first instance
+        policy_mod.add_grant(policy, '.', True)
+        other = box
+    else:  # another sandbox: the same folder, now writable (round 37: the same cache key)
+        writable = policy_mod.defaults()
+        policy_mod.add_grant(writable, '.', True)
+        policy_mod.add_grant(writable, 'scratch', True)
+        other = wasmsbx.Sandbox(sys.argv[1], writable)
+    assert other.call('f') == 7
+print(len(caught), 'difflib' in sys.modules)
+"""
+
+_WASI_MODULE = """(module
+  (import "wasi_snapshot_preview1" "proc_exit" (func (param i32)))
+  (memory (export "memory") 1)
+  (func (export "f") (result i32) i32.const 7))
+"""
+
+
+@pytest.mark.parametrize("how", ["mutate", "another"])
+def test_the_guard_sees_the_grants_each_instance_gets(tmp_path, how):
+    # red team round 37: the guard ran only as a sandbox was made, and remembered grants
+    # by folder only: a grant made writable before the first instance, or another
+    # sandbox granting the same folder writable, went unchecked (a guest's difflib.py
+    # then ran in the host)
+    work = tmp_path / "granted"  # (tmp_path holds the suite's trust folder: never granted)
+    work.mkdir()
+    module = work / "wasi.wat"
+    module.write_text(_WASI_MODULE)
+    proc = subprocess.run(
+        [sys.executable, "-c", _LATE, str(module), how],
+        cwd=work,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert proc.returncode == 0, proc
+    assert proc.stdout == "0 False\n1 True\n", proc
+
+
+def test_a_component_sandbox_is_guarded_too(tmp_path):
+    # red team round 37 (HIGH): a component sandbox never ran the guard
+    from .component_guests import wat_component
+
+    component = wat_component("echo.wat", tmp_path)
+    work = tmp_path / "granted"  # (tmp_path holds the suite's trust folder: never granted)
+    work.mkdir()
+    code = (
+        "import sys, warnings\n"
+        "import wasmsbx\n"
+        "from wasmsbx import policy as policy_mod\n"
+        "policy = policy_mod.defaults()\n"
+        "policy_mod.add_grant(policy, '.', True)\n"
+        "with warnings.catch_warnings(record=True) as caught:\n"
+        "    warnings.simplefilter('always')\n"
+        "    box = wasmsbx.Sandbox(sys.argv[1], policy)\n"
+        "print(len(caught), 'difflib' in sys.modules, 'wasmtime.component' in sys.modules)\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code, str(component)],
+        cwd=work,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert proc.returncode == 0, proc
+    assert proc.stdout == "1 True True\n", proc

@@ -16,9 +16,15 @@ import os
 from typing import Optional
 
 ROOT = "/sys/fs/cgroup"
-# (limit, usage, statistics, the statistic of page cache the kernel can drop first)
-_V1 = ("memory.limit_in_bytes", "memory.usage_in_bytes", "memory.stat", b"total_inactive_file")
-_V2 = ("memory.max", "memory.current", "memory.stat", b"inactive_file")
+# (limit, usage, statistics, the statistics of file page cache, which the kernel drops
+# before it kills: inactive first, active too)
+_V1 = (
+    "memory.limit_in_bytes",
+    "memory.usage_in_bytes",
+    "memory.stat",
+    (b"total_inactive_file", b"total_active_file"),
+)
+_V2 = ("memory.max", "memory.current", "memory.stat", (b"inactive_file", b"active_file"))
 _UNLIMITED = 1 << 60  # v1 writes "no limit" as about 2**63 rounded down to a page
 
 
@@ -37,28 +43,29 @@ def _number(path: str) -> Optional[int]:
     return None if value >= _UNLIMITED else value
 
 
-def _reclaimable(path: str, key: bytes) -> int:
-    """The group's inactive page cache: counted in its usage, yet the kernel drops it
-    before it kills anything (red team round 36: a group holding 900 MiB of a file's
-    cache refused a compile that then ran fine)."""
+def _reclaimable(path: str, keys: tuple) -> int:
+    """The group's file page cache: counted in its usage, yet the kernel drops it before
+    it kills anything (red team rounds 36 and 37: a group holding a file's cache, read
+    once or often, refused a compile that then ran fine)."""
     try:
         with open(path, "rb") as f:
             text = f.read(1 << 16)
     except OSError:
         return 0
+    total = 0
     for line in text.splitlines():
         name, _, value = line.partition(b" ")
-        if name == key:
+        if name in keys:
             try:
-                return max(0, int(value))
+                total += max(0, int(value))
             except ValueError:
-                return 0
-    return 0
+                pass
+    return total
 
 
 def _room(folder: str, names: tuple) -> Optional[int]:
-    """limit - usage in ``folder``, less its inactive page cache (None: no limit there,
-    or unreadable)."""
+    """limit - usage in ``folder``, less its file page cache (None: no limit there, or
+    unreadable)."""
     limit = _number(os.path.join(folder, names[0]))
     if limit is None:
         return None

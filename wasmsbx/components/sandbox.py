@@ -192,6 +192,10 @@ class ComponentSandbox(Sandbox):
 
         # As for core modules: no output over the component, the policy, the trust folder.
         self.policy = check_stdio(self.policy, [self.path, artifact])
+        if self.policy.grants:  # a folder the guest may write on the import path?
+            from ..runner.importpath import guard
+
+            guard(self.policy.grants, component=True)
         started = time.perf_counter()
         data = bytes(module) if from_bytes else read_file(self.path)
         if from_bytes:  # (batch workers rebuild the sandbox from them: runner.batch)
@@ -359,12 +363,17 @@ class ComponentSandbox(Sandbox):
     # --------------------------------------------------------------- calling
     def instantiate(self, wasi: Optional[WasiSetup] = None) -> Any:
         started = time.perf_counter()
+        wasi = wasi or self.wasi_setup()
+        if wasi.grants:  # the grants this instance gets (see runner/importpath.py)
+            from ..runner.importpath import guard
+
+            guard(wasi.grants, component=True)
         instance = runtime.ComponentInstance(
             self.engine,
             self.module,
             self.layout,
             limits_from(self.policy)._replace(deadline=self.deadline),
-            wasi or self.wasi_setup(),
+            wasi,
             self.import_names,
         )
         self.timings["instantiate"] = time.perf_counter() - started

@@ -582,6 +582,7 @@ def json_size(value: Any, t: WitType, limit: int, level: int = 0) -> int:
         if k == "bool":
             return add(4 if v else 5)
         if k in ("char", "string", "enum"):
+            charge(len(v) >> 6)
             return add(len(quoted(v)))
         if k == "flags":
             names = [n for n in t.items if n in v]

@@ -21,7 +21,18 @@ import struct
 from typing import Any
 
 from .types import INTS, WitType, case_types
-from .values import Err, Ok, Some, ValueProblem, Variant, check, decimal_digits, paced, weight
+from .values import (
+    Err,
+    Ok,
+    Some,
+    ValueProblem,
+    Variant,
+    charge,
+    check,
+    decimal_digits,
+    paced,
+    weight,
+)
 
 KEYWORDS = frozenset({"true", "false", "some", "none", "ok", "err", "inf", "nan"})
 _ESCAPES = {"'": "'", '"': '"', "\\": "\\", "t": "\t", "n": "\n", "r": "\r"}
@@ -477,6 +488,7 @@ def printed_size(value: Any, t: WitType, limit: int) -> int:
         if k == "bool":
             return add(4 if v else 5)
         if k in ("char", "string"):
+            charge(len(v) >> 6)  # (dozens of passes over it: red team round 37)
             return add(2 + _escaped_width(v, "'" if k == "char" else '"'))
         if k == "enum":
             return add(len(_label(v)))

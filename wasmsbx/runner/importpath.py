@@ -77,14 +77,21 @@ def exposed(grants: Sequence[Any]) -> list:
 
 def guard(grants: Sequence[Any], component: bool = False) -> None:
     """Before a sandbox with read-write grants runs: if one holds a folder on the import
-    path, import what wasmsbx imports later, and warn (once per path and grants)."""
+    path, import what wasmsbx imports later, and warn (once per path and grants). Called
+    as a sandbox is made, for the early warning, and again as each instance is made
+    from the grants it is given (a policy changed after the sandbox was made: red team
+    round 37)."""
     if not any(g.writable for g in grants):
         return
     try:
         cwd = os.getcwd()
     except OSError:
         cwd = None
-    key = (tuple(p for p in sys.path if isinstance(p, str)), cwd, tuple(g.host for g in grants))
+    key = (
+        tuple(p for p in sys.path if isinstance(p, str)),
+        cwd,
+        tuple((g.host, bool(g.writable)) for g in grants),
+    )
     if key in _SEEN:
         return
     found = exposed(grants)

@@ -1177,6 +1177,10 @@ class Sandbox:
             extra["group"] = True  # wasmer keeps budget for the members still to come
         if wasi is None and self._needs_wasi():
             wasi = self.wasi_setup()
+        if wasi is not None and wasi.grants:  # the grants this instance gets
+            from .importpath import guard
+
+            guard(wasi.grants)
         instance = self.engine.instantiate(self.module, limits, wasi, **extra)
         instance.know_types(self._export_types())
         if self._group is not None and self._group.first_instance is None:
