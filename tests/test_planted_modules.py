@@ -267,3 +267,37 @@ def test_a_component_sandbox_is_guarded_too(tmp_path):
     )
     assert proc.returncode == 0, proc
     assert proc.stdout == "1 True True\n", proc
+
+
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="PYTHONSAFEPATH is Python 3.11's")
+def test_batch_workers_of_a_guarded_sandbox_import_nothing_planted(tmp_path):
+    # red team round 38: multiprocessing gives each worker its parent's sys.path, ''
+    # included, and the workers imported queue, dataclasses, difflib... as they rebuilt
+    # the sandbox: a guest's difflib.py (written by an earlier call) ran in both workers
+    work = tmp_path / "granted"  # (tmp_path holds the suite's trust folder: never granted)
+    work.mkdir()
+    mark = tmp_path / "MARK"
+    code = (
+        "import sys, warnings\n"
+        "import wasmsbx\n"
+        "from wasmsbx import policy as policy_mod\n"
+        "if __name__ == '__main__':\n"
+        "    warnings.simplefilter('ignore')\n"
+        "    policy = policy_mod.defaults()\n"
+        "    policy_mod.add_grant(policy, '.', True)\n"
+        f"    box = wasmsbx.Sandbox({str(EXAMPLES / 'add.wat')!r}, policy)\n"
+        "    for name in ('queue', 'dataclasses', 'difflib', 'decimal', 'secrets', 'csv'):\n"
+        "        open(name + '.py', 'w').write(\n"
+        "            f'open({sys.argv[1]!r}, \"a\").write({name!r})')\n"
+        "    print([r.values for r in box.batch('add', [[1, 2], [3, 4]], jobs=2)])\n"
+        "    print([r.values for r in box.batch('add', [[5, 6]], jobs=2, fresh=True)])\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code, str(mark)],
+        cwd=work,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert (proc.returncode, proc.stdout) == (0, "[[3], [7]]\n[[11]]\n"), proc
+    assert not mark.exists(), mark.read_text()

@@ -115,3 +115,26 @@ def guard(grants: Sequence[Any], component: bool = False) -> None:
         RuntimeWarning,
         stacklevel=4,
     )
+
+
+def seal(grants: Sequence[Any]) -> None:
+    """In a batch worker: take ``''``, the working folder and every folder the guest may
+    write off ``sys.path`` before the worker imports anything more. multiprocessing sets
+    a worker's ``sys.path`` back to its parent's, working folder included, and the
+    worker imports lazily as it rebuilds the sandbox and runs: red team round 38 had a
+    guest's ``difflib.py`` (written by an earlier call) run in both workers of a
+    ``batch(jobs=2)``. Called once the job's spec is read, so the modules it names (a
+    host function of yours) are imported from where you put them."""
+    from ..backends.compiling import safe_path
+    from ..native.trustdir import within
+
+    writable = [os.path.realpath(g.host) for g in grants if g.writable]
+    keep = []
+    for entry in safe_path():
+        try:
+            real = os.path.realpath(entry)
+        except (OSError, ValueError):
+            continue
+        if not any(within(real, folder) for folder in writable):
+            keep.append(entry)
+    sys.path[:] = keep

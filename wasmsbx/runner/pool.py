@@ -290,6 +290,8 @@ def start(jobs: int, context: Any, job: tuple) -> list:
     ``job`` as for prefork, functions a worker can import."""
     if context.get_start_method() == "forkserver":
         _start_server(context)
+    from ..backends.compiling import safe_path
+
     workers = []
     for _ in range(jobs):
         task_r, task_w = context.Pipe(duplex=False)
@@ -299,7 +301,15 @@ def start(jobs: int, context: Any, job: tuple) -> list:
         process = context.Process(
             target=_spawned_main, args=(task_r, reply_w, job), name="wasmsbx-batch", daemon=True
         )
-        process.start()
+        # multiprocessing gives the worker this process's sys.path as it starts it:
+        # without '' and the working folder, where a guest may have planted modules
+        # (red team round 38: a guest's difflib.py and queue.py ran in both workers)
+        path = sys.path[:]
+        sys.path[:] = safe_path()
+        try:
+            process.start()
+        finally:
+            sys.path[:] = path
         task_r.close()
         reply_w.close()
         workers.append(Worker(task_w, reply_r, process=process))
@@ -335,6 +345,9 @@ def _start_server(context: Any) -> None:
 
 
 def _forked_main(task_fd: int, reply_fd: int, lifeline: int, job: tuple) -> None:
+    from ..backends.compiling import safe_path
+
+    sys.path[:] = safe_path()  # (a fork of the command line: as for _spawned_main)
     from multiprocessing.connection import Connection
 
     _quiet_signals()
@@ -407,6 +420,9 @@ def _serve(tasks: Any, replies: Any, job: tuple) -> int:
     spec = inbox.get()
     if spec is None:
         return 0
+    from .importpath import seal  # (nothing more from the working folder or a grant)
+
+    seal(getattr(getattr(spec, "policy", None), "grants", None) or ())
     _hard_stop_to(replies)
     state = make_state(spec)
     while True:
