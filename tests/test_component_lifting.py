@@ -12,6 +12,7 @@ for wasmtime-py's side, reads of a type's parts for wasmsbx's.
 
 from __future__ import annotations
 
+import json
 import struct
 import subprocess
 
@@ -372,3 +373,28 @@ def test_sizing_a_long_string_looks_at_the_clock():
         finally:
             values.start_clock(None)
         assert size() > 600_000  # (no clock: sized)
+
+
+def test_one_long_string_is_measured_a_slice_at_a_time(monkeypatch):
+    # red team round 38: one string of 60-120 MiB (what wasmtime copies in one call) was
+    # charged once, then measured in dozens of passes after the deadline (2-3.6 s under
+    # 1 s). Now a slice at a time, with a look at the clock between slices; and a string
+    # longer than the room left is past the limit at once.
+    t = T("list", (T("string"),))
+    value = ["\x01" * (3 * values.TEXT_SLICE)]
+    ticks = iter([0.0] + [200.0] * 10)
+    monkeypatch.setattr(values.time, "monotonic", lambda: next(ticks))
+    for size in (wave.printed_size, values.json_size):
+        ticks = iter([0.0] + [200.0] * 10)
+        values.start_clock(100.0)
+        try:
+            with pytest.raises(values.Overdue):
+                size(value, t, 1 << 30)
+        finally:
+            values.start_clock(None)
+    monkeypatch.undo()
+    exact = wave.printed_size(value, t, 1 << 30)
+    assert exact == len(wave.format(value, t))
+    printed = json.dumps(values.to_json(value, t), indent=2)
+    assert values.json_size(value, t, 1 << 30) == len(printed)
+    assert wave.printed_size(value, t, 1000) > 1000  # (past the room: not measured)
