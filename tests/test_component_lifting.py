@@ -31,6 +31,15 @@ def _hex(data: bytes) -> str:
     return "".join(f"\\{b:02x}" for b in data)
 
 
+def _parsed(tmp_path, name: str, wat: str):
+    """The component of WAT text ``wat``, as ``name``.wasm (wasm-tools parse)."""
+    text = tmp_path / f"{name}.wat"
+    text.write_text(wat)
+    out = tmp_path / f"{name}.wasm"
+    subprocess.run([str(tool("wasm-tools")), "parse", str(text), "-o", str(out)], check=True)
+    return out
+
+
 def _component(tmp_path, types: str, element: bytes, count: int, name: str):
     """``f: func() -> list<$e>`` returning ``count`` copies of ``element`` (its bytes in
     the canonical ABI), and ``g: func(xs: list<$e>) -> u32`` returning the length."""
@@ -57,11 +66,7 @@ def _component(tmp_path, types: str, element: bytes, count: int, name: str):
  (func (export "g") (param "xs" $l) (result u32)
   (canon lift (core func $i "g") (memory $mem) (realloc $realloc)))
 )"""
-    text = tmp_path / f"{name}.wat"
-    text.write_text(wat)
-    out = tmp_path / f"{name}.wasm"
-    subprocess.run([str(tool("wasm-tools")), "parse", str(text), "-o", str(out)], check=True)
-    return out
+    return _parsed(tmp_path, name, wat)
 
 
 def _wide_variant(tmp_path, cases: int, count: int):
@@ -216,11 +221,7 @@ def _long_list(tmp_path, count: int):
  (type $l (list $e))
  (func (export "f") (result $l) (canon lift (core func $i "f") (memory $mem)))
 )"""
-    text = tmp_path / "long.wat"
-    text.write_text(wat)
-    out = tmp_path / "long.wasm"
-    subprocess.run([str(tool("wasm-tools")), "parse", str(text), "-o", str(out)], check=True)
-    return out
+    return _parsed(tmp_path, "long", wat)
 
 
 def test_converting_a_result_ends_at_the_calls_deadline(tmp_path):
@@ -270,18 +271,12 @@ def _nested_lists(tmp_path, outer: int, mid: int, inner: int):
  (type $l3 (list $l2))
  (func (export "f") (result $l3) (canon lift (core func $i "f") (memory $mem)))
 )"""
-    text = tmp_path / "nested.wat"
-    text.write_text(wat)
-    out = tmp_path / f"nested{outer}x{mid}x{inner}.wasm"
-    subprocess.run([str(tool("wasm-tools")), "parse", str(text), "-o", str(out)], check=True)
-    return out
+    return _parsed(tmp_path, f"nested{outer}x{mid}x{inner}", wat)
 
 
-def test_short_lists_count_together_against_the_deadline(tmp_path):
-    # red team round 36: each list looked at the clock only past 1,024 elements of its
-    # own, so 2 x 1,000 x 1,000 values (12 KB of component, all aliased) converted for
-    # 10 s under a 1 s timeout. Lists are charged together, by the weight of their type.
-    component = _nested_lists(tmp_path, 2, 1000, 1000)
+def _stops_at_its_deadline(component):
+    """Call ``f`` under a 1 s timeout (output 1 GiB): the conversion of its result must
+    end with TimeoutExceeded; the policy, for the test's next calls."""
     policy = _policy()
     policy_mod.override(policy, "limits.output", "1GiB")
     policy_mod.override(policy, "limits.timeout", "1s")
@@ -290,6 +285,15 @@ def test_short_lists_count_together_against_the_deadline(tmp_path):
         pytest.raises(errors.TimeoutExceeded, match="converting the result of f"),
     ):
         box.call("f")
+    return policy
+
+
+def test_short_lists_count_together_against_the_deadline(tmp_path):
+    # red team round 36: each list looked at the clock only past 1,024 elements of its
+    # own, so 2 x 1,000 x 1,000 values (12 KB of component, all aliased) converted for
+    # 10 s under a 1 s timeout. Lists are charged together, by the weight of their type.
+    component = _nested_lists(tmp_path, 2, 1000, 1000)
+    policy = _stops_at_its_deadline(component)
     small = _nested_lists(tmp_path, 2, 30, 40)
     with Sandbox(small, policy, use_cache=False) as box:
         assert box.call("f") == [[[Variant("b")] * 40] * 30] * 2
@@ -331,11 +335,7 @@ def _aliased_strings(tmp_path, count: int, size: int, prefix: bytes):
  (type $l (list string))
  (func (export "f") (result $l) (canon lift (core func $i "f") (memory $mem) string-encoding=utf8))
 )"""
-    text = tmp_path / "strings.wat"
-    text.write_text(wat)
-    out = tmp_path / f"strings{count}x{size}.wasm"
-    subprocess.run([str(tool("wasm-tools")), "parse", str(text), "-o", str(out)], check=True)
-    return out
+    return _parsed(tmp_path, f"strings{count}x{size}", wat)
 
 
 def test_long_strings_are_charged_by_their_length(tmp_path):
@@ -343,14 +343,7 @@ def test_long_strings_are_charged_by_their_length(tmp_path):
     # an emoji: sizing them (dozens of passes over each) took 2.5-4 s under a 1 s timeout,
     # each string counted as one unit
     component = _aliased_strings(tmp_path, 1024, 131000, "\x01\U0001f600".encode())
-    policy = _policy()
-    policy_mod.override(policy, "limits.output", "1GiB")
-    policy_mod.override(policy, "limits.timeout", "1s")
-    with (
-        Sandbox(component, policy, use_cache=False) as box,
-        pytest.raises(errors.TimeoutExceeded, match="converting the result of f"),
-    ):
-        box.call("f")
+    policy = _stops_at_its_deadline(component)
     with Sandbox(_aliased_strings(tmp_path, 3, 5000, b"\x01"), policy, use_cache=False) as box:
         assert box.call("f") == ["\x01" + "a" * 4999] * 3
 

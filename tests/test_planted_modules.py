@@ -15,6 +15,13 @@ from .conftest import EXAMPLES
 NAMES = ("json", "rich", "typer", "click", "tomllib", "subprocess", "select")
 
 
+def _python(*argv: str, cwd) -> subprocess.CompletedProcess:
+    """``python -c CODE ARGS...`` in ``cwd``: ``''`` first on its sys.path, as in a REPL."""
+    return subprocess.run(
+        [sys.executable, "-c", *argv], cwd=cwd, capture_output=True, text=True, timeout=180
+    )
+
+
 def test_python_m_wasmsbx_imports_nothing_from_the_working_folder(tmp_path):
     mark = tmp_path / "MARK"
     for name in NAMES:
@@ -52,13 +59,7 @@ def test_batch_workers_import_nothing_from_the_working_folder(tmp_path):
         "            f'open({sys.argv[1]!r}, \"a\").write({name!r})')\n"
         "    print([r.values for r in box.batch('add', [[1, 2], [3, 4]], jobs=2)])\n"
     )
-    proc = subprocess.run(
-        [sys.executable, "-c", code, str(mark)],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
+    proc = _python(code, str(mark), cwd=tmp_path)
     assert (proc.returncode, proc.stdout) == (0, "[[3], [7]]\n"), proc
     assert not mark.exists(), mark.read_text()
 
@@ -97,13 +98,7 @@ def test_a_guest_granted_a_folder_on_the_import_path_finds_wasmsbx_imported(tmp_
     # multiprocessing for batch(jobs=2), the audit's modules) would load what the guest
     # wrote there. Now a sandbox with such a grant imports them before any guest runs,
     # and warns; nothing is imported through the file system after it is made.
-    proc = subprocess.run(
-        [sys.executable, "-c", _GUARDED, grant, str(EXAMPLES / "add.wat")],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
+    proc = _python(_GUARDED, grant, str(EXAMPLES / "add.wat"), cwd=tmp_path)
     assert proc.returncode == 0, proc
     lines = proc.stdout.splitlines()
     if grant == "grant":
@@ -175,13 +170,7 @@ def test_the_guard_imports_every_lazy_import_of_the_library(tmp_path):
 
     names = sorted(_lazy_imports())
     assert "difflib" in names and "blake3" in names  # (the scan sees them)
-    proc = subprocess.run(
-        [sys.executable, "-c", _LAZY_CHECK, str(EXAMPLES / "add.wat"), json.dumps(names)],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
+    proc = _python(_LAZY_CHECK, str(EXAMPLES / "add.wat"), json.dumps(names), cwd=tmp_path)
     assert proc.returncode == 0, proc
     assert json.loads(proc.stdout) == [], "add these to importpath.LATER: " + proc.stdout
 
@@ -229,13 +218,7 @@ def test_the_guard_sees_the_grants_each_instance_gets(tmp_path, how):
     work.mkdir()
     module = work / "wasi.wat"
     module.write_text(_WASI_MODULE)
-    proc = subprocess.run(
-        [sys.executable, "-c", _LATE, str(module), how],
-        cwd=work,
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
+    proc = _python(_LATE, str(module), how, cwd=work)
     assert proc.returncode == 0, proc
     assert proc.stdout == "0 False\n1 True\n", proc
 
@@ -258,13 +241,7 @@ def test_a_component_sandbox_is_guarded_too(tmp_path):
         "    box = wasmsbx.Sandbox(sys.argv[1], policy)\n"
         "print(len(caught), 'difflib' in sys.modules, 'wasmtime.component' in sys.modules)\n"
     )
-    proc = subprocess.run(
-        [sys.executable, "-c", code, str(component)],
-        cwd=work,
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
+    proc = _python(code, str(component), cwd=work)
     assert proc.returncode == 0, proc
     assert proc.stdout == "1 True True\n", proc
 
@@ -292,12 +269,6 @@ def test_batch_workers_of_a_guarded_sandbox_import_nothing_planted(tmp_path):
         "    print([r.values for r in box.batch('add', [[1, 2], [3, 4]], jobs=2)])\n"
         "    print([r.values for r in box.batch('add', [[5, 6]], jobs=2, fresh=True)])\n"
     )
-    proc = subprocess.run(
-        [sys.executable, "-c", code, str(mark)],
-        cwd=work,
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
+    proc = _python(code, str(mark), cwd=work)
     assert (proc.returncode, proc.stdout) == (0, "[[3], [7]]\n[[11]]\n"), proc
     assert not mark.exists(), mark.read_text()
