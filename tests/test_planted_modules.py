@@ -272,3 +272,67 @@ def test_batch_workers_of_a_guarded_sandbox_import_nothing_planted(tmp_path):
     proc = _python(code, str(mark), cwd=work)
     assert (proc.returncode, proc.stdout) == (0, "[[3], [7]]\n[[11]]\n"), proc
     assert not mark.exists(), mark.read_text()
+
+
+_APP = """
+import sys
+import helper  # next to this script: its folder is the working folder
+import wasmsbx
+if __name__ == '__main__':
+    box = wasmsbx.Sandbox(sys.argv[1])
+    print([r.values for r in box.batch('add', [[1, 2], [3, helper.FOUR]], jobs=2)])
+"""
+
+
+@pytest.mark.parametrize("how", ["script", "module"])
+def test_a_script_run_from_its_folder_still_batches(tmp_path, how):
+    # red team round 39: workers that always lost the working folder could not import
+    # the main script's own helper module (BatchWorkerDied), nor a `python -m` main
+    # module at all; the folder stays when no guest may write it
+    (tmp_path / "app.py").write_text(_APP)
+    (tmp_path / "helper.py").write_text("FOUR = 4\n")
+    argv = ["app.py"] if how == "script" else ["-m", "app"]
+    proc = subprocess.run(
+        [sys.executable, *argv, str(EXAMPLES / "add.wat")],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert (proc.returncode, proc.stdout) == (0, "[[3], [7]]\n"), proc
+
+
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="PYTHONSAFEPATH is Python 3.11's")
+def test_a_granted_folder_on_pythonpath_is_off_the_fork_servers(tmp_path):
+    # red team round 39: with the working folder on PYTHONPATH (and granted read-write),
+    # a sitecustomize.py planted after the sandbox was made ran in the batch fork server
+    # and its resource tracker, which read PYTHONPATH as they started
+    import os
+
+    work = tmp_path / "granted"  # (tmp_path holds the suite's trust folder: never granted)
+    work.mkdir()
+    mark = tmp_path / "MARK"
+    code = (
+        "import sys, warnings\n"
+        "import wasmsbx\n"
+        "from wasmsbx import policy as policy_mod\n"
+        "if __name__ == '__main__':\n"
+        "    warnings.simplefilter('ignore')\n"
+        "    policy = policy_mod.defaults()\n"
+        "    policy_mod.add_grant(policy, '.', True)\n"
+        f"    box = wasmsbx.Sandbox({str(EXAMPLES / 'add.wat')!r}, policy)\n"
+        "    open('sitecustomize.py', 'w').write(f'open({sys.argv[1]!r}, \"a\").write(\"x\")')\n"
+        "    print([r.values for r in box.batch('add', [[1, 2], [3, 4]], jobs=2)])\n"
+    )
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [env.get("PYTHONPATH"), str(work)]))
+    proc = subprocess.run(
+        [sys.executable, "-c", code, str(mark)],
+        cwd=work,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert (proc.returncode, proc.stdout) == (0, "[[3], [7]]\n"), proc
+    assert not mark.exists(), mark.read_text()

@@ -17,7 +17,7 @@ import os
 import sys
 import warnings
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Optional
 
 # What a sandbox imports after it is made (calls, errors, batch with workers, stream,
 # audit), beyond warm.WARM_IMPORTS: tests/test_planted_modules.py checks that nothing
@@ -44,6 +44,9 @@ LATER = (
 )  # fmt: skip
 
 _SEEN: set = set()  # (sys.path, working folder, writable folders) already looked at
+# Folders a guest of this process may write that hold an entry of its import path (real
+# paths), as guard found them: what the processes wasmsbx starts must not search.
+EXPOSED: list = []
 
 
 def _entries() -> list:
@@ -98,6 +101,10 @@ def guard(grants: Sequence[Any], component: bool = False) -> None:
     _SEEN.add(key)
     if not found:
         return
+    for _, folder in found:
+        real = os.path.realpath(folder)
+        if real not in EXPOSED:
+            EXPOSED.append(real)
     from .warm import WARM_COMPONENTS, WARM_IMPORTS, warm_imports
 
     warm_imports(WARM_IMPORTS)
@@ -117,14 +124,45 @@ def guard(grants: Sequence[Any], component: bool = False) -> None:
     )
 
 
+def clean(entries: Sequence[str]) -> list:
+    """``entries`` (a ``sys.path`` or ``PYTHONPATH``) without those in EXPOSED (``''``
+    and relative entries read from the working folder). Unchanged when nothing is
+    exposed: a script's own folder, a ``python -m`` package, stay for the processes it
+    starts (red team round 39: batch workers that always lost the working folder could
+    not import a script's helper module next to it)."""
+    if not EXPOSED:
+        return list(entries)
+    from ..native.trustdir import within
+
+    keep = []
+    for entry in entries:
+        try:
+            real = os.path.realpath(entry or os.curdir)
+        except (OSError, ValueError):
+            continue
+        if not any(within(real, folder) for folder in EXPOSED):
+            keep.append(entry)
+    return keep
+
+
+def clean_environ(env: Any) -> Optional[str]:
+    """Take EXPOSED folders off ``env["PYTHONPATH"]`` (a new interpreter reads it before
+    anything of ours runs: a ``sitecustomize.py`` planted there ran in the batch fork
+    server, red team round 39); the old value, to put back (None: it was unset)."""
+    old = env.get("PYTHONPATH")
+    if old is not None and EXPOSED:
+        env["PYTHONPATH"] = os.pathsep.join(clean(old.split(os.pathsep)))
+    return old
+
+
 def seal(grants: Sequence[Any]) -> None:
     """In a batch worker: take ``''``, the working folder and every folder the guest may
     write off ``sys.path`` before the worker imports anything more. multiprocessing sets
     a worker's ``sys.path`` back to its parent's, working folder included, and the
     worker imports lazily as it rebuilds the sandbox and runs: red team round 38 had a
     guest's ``difflib.py`` (written by an earlier call) run in both workers of a
-    ``batch(jobs=2)``. Called once the job's spec is read, so the modules it names (a
-    host function of yours) are imported from where you put them."""
+    ``batch(jobs=2)``. Called once the job's spec is read (it names wasmsbx's classes
+    only: host functions do not travel to batch workers)."""
     from ..backends.compiling import safe_path
     from ..native.trustdir import within
 

@@ -290,7 +290,7 @@ def start(jobs: int, context: Any, job: tuple) -> list:
     ``job`` as for prefork, functions a worker can import."""
     if context.get_start_method() == "forkserver":
         _start_server(context)
-    from ..backends.compiling import safe_path
+    from .importpath import clean
 
     workers = []
     for _ in range(jobs):
@@ -302,10 +302,10 @@ def start(jobs: int, context: Any, job: tuple) -> list:
             target=_spawned_main, args=(task_r, reply_w, job), name="wasmsbx-batch", daemon=True
         )
         # multiprocessing gives the worker this process's sys.path as it starts it:
-        # without '' and the working folder, where a guest may have planted modules
-        # (red team round 38: a guest's difflib.py and queue.py ran in both workers)
+        # without the folders a guest may write (red team round 38: a guest's difflib.py
+        # and queue.py ran in both workers); as it is when none is (round 39)
         path = sys.path[:]
-        sys.path[:] = safe_path()
+        sys.path[:] = clean(path)
         try:
             process.start()
         finally:
@@ -327,27 +327,27 @@ def _start_server(context: Any) -> None:
     from multiprocessing import forkserver
 
     from ..backends.compiling import safe_path
+    from .importpath import clean_environ
 
     path, safe = sys.path[:], os.environ.get("PYTHONSAFEPATH")
     sys.path[:] = safe_path()
     os.environ["PYTHONSAFEPATH"] = "1"
+    pythonpath = clean_environ(os.environ)
     try:
         forkserver.ensure_running()
     finally:
         sys.path[:] = path
-        if safe is None:
-            os.environ.pop("PYTHONSAFEPATH", None)
-        else:
-            os.environ["PYTHONSAFEPATH"] = safe
+        for name, old in (("PYTHONSAFEPATH", safe), ("PYTHONPATH", pythonpath)):
+            if old is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = old
 
 
 # ---------------------------------------------------------------------------- worker side
 
 
 def _forked_main(task_fd: int, reply_fd: int, lifeline: int, job: tuple) -> None:
-    from ..backends.compiling import safe_path
-
-    sys.path[:] = safe_path()  # (a fork of the command line: as for _spawned_main)
     from multiprocessing.connection import Connection
 
     _quiet_signals()
