@@ -317,3 +317,21 @@ def test_ctrl_c_in_a_host_function_is_not_a_trap():
     with pytest.raises(KeyboardInterrupt):
         box.call("greet", 1)
     box.close()
+
+
+def test_a_batch_with_host_functions_runs_in_this_process_only(tmp_path):
+    # round 39: with jobs > 1 the workers, which cannot call this process's functions,
+    # failed to link (LinkError per worker); now a usage error before any item, and
+    # jobs=1 runs them here
+    seen = []
+
+    def log(caller: wasmsbx.Caller, ptr: wasmsbx.i32, n: wasmsbx.i32) -> None:
+        seen.append(caller.memory().read(ptr, n))
+
+    rnd = wasmsbx.func(lambda: 4, params=[], results=["i64"])
+    box = wasmsbx.Sandbox(PLUGIN, imports={"env": {"log": log, "random": rnd}})
+    with pytest.raises(errors.UsageError, match="cannot call them") as caught:
+        box.batch("greet", [[0], [1]], jobs=2)
+    assert "jobs=1" in caught.value.hint
+    assert [r.values for r in box.batch("greet", [[0], [1]])] == [[4], [5]]
+    assert seen == [b"hello from the plugin"]

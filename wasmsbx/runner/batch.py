@@ -407,6 +407,12 @@ def run_numbered(
         raise errors.UsageError(
             "-j/--jobs does not apply with a cluster (its workers run the calls)"
         )
+    if jobs != 1 and getattr(box, "imports", None):  # (they failed to link: LinkError)
+        raise errors.UsageError(
+            "host functions (imports=) stay in this process: worker processes (jobs > 1) "
+            "cannot call them",
+            hint="run the batch with jobs=1",
+        )
     caller = make_caller(box, func, fresh)  # an unknown export fails here, before any item
     caller.ready()
     if remote is not None:  # e.g. the workers of a Dask cluster make the calls
