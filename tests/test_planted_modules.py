@@ -246,6 +246,20 @@ def test_a_component_sandbox_is_guarded_too(tmp_path):
     assert proc.stdout == "1 True True\n", proc
 
 
+# A script that makes a sandbox of add.wat with the working folder granted read-write
+# (as `python -c` runs it: '' first on sys.path), then goes on as the test says.
+_GRANTED = (
+    "import sys, warnings\n"
+    "import wasmsbx\n"
+    "from wasmsbx import policy as policy_mod\n"
+    "if __name__ == '__main__':\n"
+    "    warnings.simplefilter('ignore')\n"
+    "    policy = policy_mod.defaults()\n"
+    "    policy_mod.add_grant(policy, '.', True)\n"
+    f"    box = wasmsbx.Sandbox({str(EXAMPLES / 'add.wat')!r}, policy)\n"
+)
+
+
 @pytest.mark.skipif(sys.version_info < (3, 11), reason="PYTHONSAFEPATH is Python 3.11's")
 def test_batch_workers_of_a_guarded_sandbox_import_nothing_planted(tmp_path):
     # red team round 38: multiprocessing gives each worker its parent's sys.path, ''
@@ -254,15 +268,7 @@ def test_batch_workers_of_a_guarded_sandbox_import_nothing_planted(tmp_path):
     work = tmp_path / "granted"  # (tmp_path holds the suite's trust folder: never granted)
     work.mkdir()
     mark = tmp_path / "MARK"
-    code = (
-        "import sys, warnings\n"
-        "import wasmsbx\n"
-        "from wasmsbx import policy as policy_mod\n"
-        "if __name__ == '__main__':\n"
-        "    warnings.simplefilter('ignore')\n"
-        "    policy = policy_mod.defaults()\n"
-        "    policy_mod.add_grant(policy, '.', True)\n"
-        f"    box = wasmsbx.Sandbox({str(EXAMPLES / 'add.wat')!r}, policy)\n"
+    code = _GRANTED + (
         "    for name in ('queue', 'dataclasses', 'difflib', 'decimal', 'secrets', 'csv'):\n"
         "        open(name + '.py', 'w').write(\n"
         "            f'open({sys.argv[1]!r}, \"a\").write({name!r})')\n"
@@ -312,15 +318,7 @@ def test_a_granted_folder_on_pythonpath_is_off_the_fork_servers(tmp_path):
     work = tmp_path / "granted"  # (tmp_path holds the suite's trust folder: never granted)
     work.mkdir()
     mark = tmp_path / "MARK"
-    code = (
-        "import sys, warnings\n"
-        "import wasmsbx\n"
-        "from wasmsbx import policy as policy_mod\n"
-        "if __name__ == '__main__':\n"
-        "    warnings.simplefilter('ignore')\n"
-        "    policy = policy_mod.defaults()\n"
-        "    policy_mod.add_grant(policy, '.', True)\n"
-        f"    box = wasmsbx.Sandbox({str(EXAMPLES / 'add.wat')!r}, policy)\n"
+    code = _GRANTED + (
         "    open('sitecustomize.py', 'w').write(f'open({sys.argv[1]!r}, \"a\").write(\"x\")')\n"
         "    print([r.values for r in box.batch('add', [[1, 2], [3, 4]], jobs=2)])\n"
     )
