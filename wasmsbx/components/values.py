@@ -603,9 +603,6 @@ def json_size(value: Any, t: WitType, limit: int, level: int = 0) -> int:
         if k == "bool":
             return add(4 if v else 5)
         if k in ("char", "string", "enum"):
-            if len(v) <= TEXT_SLICE:  # (the usual string: one slice, no closure)
-                charge(len(v) >> 6)
-                return add(len(quoted(v)))
             return add(2) or add(text_width(v, lambda part: len(quoted(part)) - 2, limit - total))
         if k == "flags":
             names = [n for n in t.items if n in v]
