@@ -67,14 +67,14 @@ def exposed(grants: Sequence[Any]) -> list:
     the guest may write."""
     from ..native.trustdir import within
 
-    writable = [g.host for g in grants if g.writable]
+    writable = [(g.host, os.path.realpath(g.host)) for g in grants if g.writable]
     if not writable:
         return []
     return [
         (entry, folder)
         for entry, real in _entries()
-        for folder in writable
-        if within(real, os.path.realpath(folder))
+        for folder, folder_real in writable
+        if within(real, folder_real)
     ]
 
 
@@ -86,10 +86,9 @@ def guard(grants: Sequence[Any], component: bool = False) -> None:
     round 37)."""
     if not any(g.writable for g in grants):
         return
-    try:
-        cwd = os.getcwd()
-    except OSError:
-        cwd = None
+    from ..backends.compiling import _working_folder
+
+    cwd = _working_folder()
     key = (
         tuple(p for p in sys.path if isinstance(p, str)),
         cwd,
@@ -130,8 +129,12 @@ def clean(entries: Sequence[str]) -> list:
     exposed: a script's own folder, a ``python -m`` package, stay for the processes it
     starts (red team round 39: batch workers that always lost the working folder could
     not import a script's helper module next to it)."""
-    if not EXPOSED:
-        return list(entries)
+    return _without(entries, EXPOSED) if EXPOSED else list(entries)
+
+
+def _without(entries: Sequence[str], folders: Sequence[str]) -> list:
+    """``entries`` of an import path but those lying in one of ``folders`` (real paths),
+    or that cannot be resolved."""
     from ..native.trustdir import within
 
     keep = []
@@ -140,7 +143,7 @@ def clean(entries: Sequence[str]) -> list:
             real = os.path.realpath(entry or os.curdir)
         except (OSError, ValueError):
             continue
-        if not any(within(real, folder) for folder in EXPOSED):
+        if not any(within(real, folder) for folder in folders):
             keep.append(entry)
     return keep
 
@@ -164,15 +167,5 @@ def seal(grants: Sequence[Any]) -> None:
     ``batch(jobs=2)``. Called once the job's spec is read (it names wasmsbx's classes
     only: host functions do not travel to batch workers)."""
     from ..backends.compiling import safe_path
-    from ..native.trustdir import within
 
-    writable = [os.path.realpath(g.host) for g in grants if g.writable]
-    keep = []
-    for entry in safe_path():
-        try:
-            real = os.path.realpath(entry)
-        except (OSError, ValueError):
-            continue
-        if not any(within(real, folder) for folder in writable):
-            keep.append(entry)
-    sys.path[:] = keep
+    sys.path[:] = _without(safe_path(), [os.path.realpath(g.host) for g in grants if g.writable])
