@@ -200,15 +200,13 @@ def _paced_lists(slow: Callable, ffi: Any, weight: Callable) -> Callable:
     caller's own free of it does nothing), so stopping between two elements frees
     nothing twice; a short one is charged whole, then converted by wasmtime-py."""
     import ctypes
-    import time
 
-    from .values import CLOCK, PACE, Overdue, charge
+    from .values import CLOCK, PACE, Overdue, charge, paced
 
     kind_list, kind_bool = ffi.WASMTIME_COMPONENT_LIST.value, ffi.WASMTIME_COMPONENT_BOOL
 
     def convert_from_c(self: Any, c: Any) -> Any:
-        until = CLOCK.until
-        if until is None or c.kind != kind_list:
+        if CLOCK.until is None or c.kind != kind_list:
             return slow(self, c)
         n, units = c.of.list.size, weight(self.element)
         step = max(1, PACE // units)
@@ -222,9 +220,7 @@ def _paced_lists(slow: Callable, ffi: Any, weight: Callable) -> Callable:
         try:
             out = []
             element, data = self.element, c.of.list.data
-            for i in range(n):
-                if not i % step and time.monotonic() > until:
-                    raise Overdue
+            for i in paced(range(n), units):  # (a look at the clock every step elements)
                 raw = data[i]
                 out.append(element.convert_from_c(raw))
                 raw.kind = kind_bool
