@@ -152,23 +152,32 @@ def prepare_dir(root: Path, inside: str = "") -> str:
     and cleared even if its name is swapped for a link meanwhile. ``inside``: the real
     folder that the folder opened must be in (a discovered policy's, ``_confined``)."""
     _refuse_variables(root)
-    _refuse_trust(root)  # before mkdir: a policy must not create folders in the trust folder
     text = str(root)  # (text, not Path methods: on the first cached load of every process)
     fd, made = None, False
     try:
-        try:
-            os.mkdir(text, 0o700)
-            made = True
-        except FileExistsError:
-            pass
-        except FileNotFoundError:
-            os.makedirs(text, 0o700, exist_ok=True)
+        if _PIN:  # a folder already there is opened as it is and checked as opened
+            try:
+                fd = os.open(text, _PIN | _CLOEXEC)
+            except FileNotFoundError:
+                pass
+        if fd is None:
+            _refuse_trust(root)  # before mkdir: no folder is made in the trust folder
+            try:
+                os.mkdir(text, 0o700)
+                made = True
+            except FileExistsError:
+                pass
+            except FileNotFoundError:
+                os.makedirs(text, 0o700, exist_ok=True)
         if _PIN:
-            fd = os.open(text, _PIN | _CLOEXEC)
+            if fd is None:
+                fd = os.open(text, _PIN | _CLOEXEC)
             info = os.fstat(fd)
         else:  # pragma: no cover - Linux is the supported platform
             info = os.stat(text)
     except OSError as exc:
+        if fd is not None:
+            os.close(fd)
         if exc.errno == errno.ENOTDIR:
             raise CacheUnavailable(f"{root} is not a directory") from None
         raise CacheUnavailable(f"cannot create {root}: {exc.strerror or exc}") from None
@@ -224,7 +233,7 @@ def _check_dir(root: Path, info: os.stat_result, fd: Optional[int], inside: str)
                 f"{root} leads outside the folder of the sandbox.toml that names it "
                 f"({real}): it changed after the policy was checked"
             )
-    _refuse_links(root, where)
+    _refuse_links(root, where, fd)
     tagged = _ours(where)
     if not tagged:
         try:
@@ -390,6 +399,18 @@ def _probe_name(name: str) -> bool:
     )
 
 
+def _real_of(where: str) -> str:
+    """The real path of the folder pinned at ``where`` (a /proc/self/fd text: one system
+    call), or "" (work it out from the name)."""
+    if not where.startswith("/proc/self/fd/"):
+        return ""
+    try:
+        found = os.readlink(where)
+    except OSError:
+        return ""
+    return found if found.startswith(os.sep) and not found.endswith(" (deleted)") else ""
+
+
 def _ours(where: str) -> bool:
     """Whether the folder ``where`` carries wasmsbx's CACHEDIR.TAG: a regular file (not
     a link, not a folder) that is a cache tag naming wasmsbx. Any tag counted, so a
@@ -399,13 +420,22 @@ def _ours(where: str) -> bool:
     return head.startswith(b"Signature: 8a477f597d28d172789f06886806bc55") and b"wasmsbx" in head
 
 
-def _refuse_links(root: Path, where: str) -> None:
+def _refuse_links(root: Path, where: str, fd: Optional[int] = None) -> None:
     """wasmsbx writes the files of a cache by name (the hit journal, sqlite's database and
     its -wal/-shm files), so a link planted there (a project's cache comes with its
     repository, and git keeps links) would aim those writes at any file of yours.
-    (``where``: the folder opened, prepare_dir)"""
+    (``where``: the folder opened, prepare_dir; ``fd``: its descriptor, if pinned: each
+    name is then looked up in it, not through /proc again, half the time on every
+    process's first cached load)"""
     for name in OURS:
-        if os.path.islink(os.path.join(where, name)):
+        try:
+            if fd is None:
+                info = os.lstat(os.path.join(where, name))
+            else:
+                info = os.stat(name, dir_fd=fd, follow_symlinks=False)
+        except (OSError, ValueError):
+            continue
+        if stat.S_ISLNK(info.st_mode):
             raise CacheUnavailable(
                 f"{root / name} is a symbolic link; a cache folder holds none (writes "
                 "through it would land elsewhere); `wasmsbx cache clear` removes it, or "
@@ -667,7 +697,9 @@ class Store:
         self.checked: Optional[tuple] = None  # _folder_state when prepare_dir last passed
         # The user's own cache (no guest is granted it): entries are mapped in place,
         # if no one else can change the folders on the way to it either.
-        self.protected = in_cache_roots(str(root)) and _private_path(str(root))
+        self.protected = in_cache_roots(str(root), _real_of(self.where)) and _private_path(
+            str(root)
+        )
 
     @property
     def db(self) -> Any:
@@ -1581,8 +1613,10 @@ def _identity(engine: Any) -> tuple:
     change the dict."""
     found = getattr(engine, "_wasmsbx_identity", None)
     if found is None:
-        fingerprint = aot.normalise(engine.fingerprint())
-        text = json.dumps(fingerprint, sort_keys=True)
+        # (as aot.normalise gives it: what reads back from the text, which is also
+        # the text of what reads back, so it is dumped once)
+        text = json.dumps(engine.fingerprint(), sort_keys=True)
+        fingerprint = json.loads(text)
         found = (fingerprint, fingerprint_label(fingerprint), text)
         try:
             engine._wasmsbx_identity = found

@@ -388,9 +388,10 @@ def _overlaps(a: str, b: str) -> bool:
     return _within(a, b) or _within(b, a)
 
 
-def in_cache_roots(folder: str) -> bool:
-    """Whether ``folder`` is one of :func:`cache_roots` or inside one."""
-    real = _real(folder)
+def in_cache_roots(folder: str, real: str = "") -> bool:
+    """Whether ``folder`` is one of :func:`cache_roots` or inside one (``real``: its real
+    path, if known)."""
+    real = real or _real(folder)
     return any(_within(real, root) for root in map(_real, cache_roots()))
 
 
