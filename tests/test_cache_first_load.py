@@ -4,14 +4,17 @@ already there checked as opened, the links check through the pinned folder."""
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from importlib.metadata import version
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from wasmsbx.native import cache, trust
+from wasmsbx.native import artifact, cache, trust
 
 identity = pytest.importorskip("wasmsbx.backends.wasmtime.identity")
 
@@ -121,3 +124,36 @@ def test_protected_is_worked_out_from_the_folder_opened(tmp_path, monkeypatch):
             store.close()
     assert trust.in_cache_roots(str(tmp_path / "via"))
     assert not trust.in_cache_roots("whatever", real=str(tmp_path / "other"))
+
+
+JSONISH = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(),
+    lambda inner: (
+        st.lists(inner)
+        | st.tuples(inner, inner)
+        | st.dictionaries(st.text() | st.integers(), inner)
+    ),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.dictionaries(st.text(), JSONISH))
+def test_normalise_is_what_json_reads_back_in_order(fingerprint):
+    """normalise builds plain fingerprints directly: the same value, keys in the same
+    order, as the JSON round trip it replaces (which it still takes for the rest)."""
+    try:
+        through_json = json.loads(json.dumps(fingerprint, sort_keys=True))
+    except TypeError:  # (keys of mixed kinds cannot be sorted: JSON refuses them too)
+        with pytest.raises(TypeError):
+            artifact.normalise(fingerprint)
+        return
+    assert json.dumps(artifact.normalise(fingerprint)) == json.dumps(through_json)
+
+
+def test_normalise_copies():
+    given = {"features": ("a", "b"), "n": {"x": [1]}}
+    out = artifact.normalise(given)
+    assert out == {"features": ["a", "b"], "n": {"x": [1]}}
+    out["n"]["x"].append(2)
+    assert given["n"]["x"] == [1]

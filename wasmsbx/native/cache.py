@@ -1613,10 +1613,9 @@ def _identity(engine: Any) -> tuple:
     change the dict."""
     found = getattr(engine, "_wasmsbx_identity", None)
     if found is None:
-        # (as aot.normalise gives it: what reads back from the text, which is also
-        # the text of what reads back, so it is dumped once)
-        text = json.dumps(engine.fingerprint(), sort_keys=True)
-        fingerprint = json.loads(text)
+        given = engine.fingerprint()
+        fingerprint = aot.normalise(given)
+        text = json.dumps(fingerprint, sort_keys=True)
         found = (fingerprint, fingerprint_label(fingerprint), text)
         try:
             engine._wasmsbx_identity = found
