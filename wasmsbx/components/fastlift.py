@@ -159,8 +159,83 @@ def install() -> bool:
     like._lower = _lower
     weight = _weigher(_types, like)
     _types.ListType.convert_from_c = _paced_lists(_types.ListType.convert_from_c, ffi, weight)
+    _CALL.append(_typed_call(ffi))
     _INSTALLED.append(True)
     return True
+
+
+_CALL: list = []  # the call with the function's types kept (_typed_call), once installed
+
+
+def call(func: Any, store: Any, params: list) -> Any:
+    """``func(store, *params)``, wasmtime-py's component call, with the function's types
+    read once per function object rather than on every call (see _typed_call)."""
+    if _CALL:
+        return _CALL[0](func, store, params)
+    return func(store, *params)
+
+
+def _typed_call(ffi: Any) -> Callable:
+    """wasmtime-py 51's ``component.Func.__call__``, but its function type, parameter
+    types and result type are read once per ``Func`` (an instance's function: its type
+    never changes) and kept on it, where wasmtime-py reads them through the C API and
+    builds new type objects on every call (about a third of a small call's time). Kept,
+    the type objects also keep what this module caches on them, from call to call. The
+    conversion, the call, the errors and the frees are wasmtime-py's own, in its order.
+    None if wasmtime-py lacks what it uses (then its own ``__call__`` runs)."""
+    import ctypes
+
+    try:
+        from wasmtime.component import Func
+        from wasmtime.component._enter import enter_wasm
+    except ImportError:
+        return lambda func, store, params: func(store, *params)
+    needed = ("wasmtime_component_val_t", "wasmtime_component_func_call")
+    if not (callable(getattr(Func, "type", None)) and all(hasattr(ffi, n) for n in needed)):
+        return lambda func, store, params: func(store, *params)
+    val_t, func_call = ffi.wasmtime_component_val_t, ffi.wasmtime_component_func_call
+    val_delete = ffi.wasmtime_component_val_delete
+    byref, pointer = ctypes.byref, ctypes.pointer
+
+    def typed(func: Any, store: Any, params: list) -> Any:
+        kept = func.__dict__
+        types = kept.get("_wasmsbx_types")
+        if types is None:
+            fty = func.type(store)
+            types = kept["_wasmsbx_types"] = (fty, fty.params, fty.result)
+        _, param_tys, result_ty = types
+        if len(params) != len(param_tys):
+            raise TypeError(
+                f"wrong number of parameters provided: given {len(params)}, "
+                f"expected {len(param_tys)}"
+            )
+        param_capi = (val_t * len(params))()
+        n = 0
+        try:
+            for (_name, ty), val in zip(param_tys, params):
+                ty.convert_to_c(store, val, pointer(param_capi[n]))
+                n += 1
+            result_space = result_capi = None
+            result_len = 0
+            if result_ty is not None:
+                result_space = val_t()
+                result_capi = byref(result_space)
+                result_len = 1
+
+            def run() -> Any:
+                return func_call(
+                    byref(func._func), store._context(), param_capi, n, result_capi, result_len
+                )
+
+            enter_wasm(run)
+            if result_space is None:
+                return None
+            return result_ty.convert_from_c(result_space)
+        finally:
+            for i in range(n):
+                val_delete(byref(param_capi[i]))
+
+    return typed
 
 
 def _weigher(_types: Any, like: Any) -> Callable:

@@ -616,6 +616,6 @@ class ComponentEngine:
 
 def _call_and_return(func: Any, store: Any, args: list) -> Any:
     """A component call and its ``post_return`` (required after every call)."""
-    raw = func(store, *args)
+    raw = fastlift.call(func, store, args)
     func.post_return(store)
     return raw
