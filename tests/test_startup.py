@@ -71,3 +71,18 @@ def test_a_cache_hit_opens_no_database(tmp_path):
     names = imported_modules(*args, "--stats")
     assert "wasmsbx.native.cache" in names
     assert not {"diskcache", "sqlite3", "hashlib"} & names
+
+
+def test_a_component_call_hashes_no_core_module(tmp_path):
+    """A component's run reads the memories of the core modules inside it, not their
+    SHA-256: a hit imports no hashlib (2.5 ms of OpenSSL; a miss does, for its record)."""
+    from .conftest import ROOT
+
+    policy = tmp_path / "sandbox.toml"
+    policy.write_text("[runtime]\ncache_min_size = 0\n")
+    guest = ROOT / "tests" / "guests" / "components" / "types.wat"
+    args = ("run", str(guest), "add", "5", "3", "--policy", str(policy))
+    imported_modules(*args)
+    names = imported_modules(*args, "--stats")
+    assert "wasmsbx.components.runtime" in names
+    assert "hashlib" not in names

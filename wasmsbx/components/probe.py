@@ -226,7 +226,7 @@ class _Plan:
         found = self.facts.get(module)
         if found is None:
             offset, size = self.modules[module]
-            found = read_facts(self.data[offset : offset + size], False)
+            found = read_facts(self.data[offset : offset + size], False, hashed=False)
             if "unknown" in found.features:  # custom page sizes, among others
                 raise _Unsupported("a memory this probe cannot import")
             if any(e.name.startswith(HIDDEN_EXPORT) for e in found.exports):
