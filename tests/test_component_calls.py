@@ -5,12 +5,14 @@ call: about a third of a small call). Same values, same errors, as wasmtime-py's
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 wasmtime = pytest.importorskip("wasmtime")
 wc = pytest.importorskip("wasmtime.component")
 
 from wasmsbx import Sandbox  # noqa: E402
-from wasmsbx.components import fastlift  # noqa: E402
+from wasmsbx.components import fastlift, runtime  # noqa: E402
 
 from .conftest import ROOT  # noqa: E402
 
@@ -97,3 +99,35 @@ def test_a_functions_type_is_read_once(monkeypatch):
         assert box.call("greet", f"n{i}") == f"Hello, n{i}"
         assert box.call("add", i, 1) == i + 1
     assert 1 <= len(reads) <= 4, len(reads)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet=st.characters(codec=None), max_size=64))
+def test_no_character_prints_wider_than_the_bound(text):
+    """_check_result lets a string through unmeasured when 12 bytes a character fit."""
+    from wasmsbx.components import values, wave
+    from wasmsbx.components.types import WitType
+
+    t = WitType("string")
+    bound = runtime.WIDEST_ESCAPE * len(text) + 2
+    assert wave.printed_size(text, t, 1 << 30) <= bound
+    assert values.json_size(text, t, 1 << 30, level=3) <= bound
+
+
+@pytest.mark.parametrize("kind", sorted(runtime.SHORT_KINDS))
+def test_short_kinds_print_short(kind):
+    from wasmsbx.components import values, wave
+    from wasmsbx.components.types import INTS, WitType
+
+    t = WitType(kind)
+    if kind in INTS:
+        samples = list(INTS[kind])
+    elif kind in ("f32", "f64"):
+        samples = [5e-324, -1.7976931348623157e308, float("nan"), float("-inf"), -0.0, 1e-300]
+    elif kind == "bool":
+        samples = [True, False]
+    else:
+        samples = ["\U0010ffff", "\x00", "'", "\ud7ff"]
+    for v in samples:
+        for size in (wave.printed_size(v, t, 1 << 30), values.json_size(v, t, 1 << 30, 3)):
+            assert size <= 400 < runtime.RESULT_FREE, (kind, v, size)

@@ -36,7 +36,15 @@ from ..backends.base import Limits, Usage, WasiSetup, take_turn
 from ..backends.wasmtime.backend import _Budget, set_wasi
 from ..units import format_count, format_duration, format_size
 from . import binary, fastbytes, fastlift, probe, wave
-from .types import COMPONENT_PARTS, TYPE_PARTS, FuncSig, TypeTooLarge, component_budget, func_sig
+from .types import (
+    COMPONENT_PARTS,
+    INTS,
+    TYPE_PARTS,
+    FuncSig,
+    TypeTooLarge,
+    component_budget,
+    func_sig,
+)
 from .values import Overdue, ValueProblem, json_size, lift, lower, start_clock
 
 fastlift.install()  # each type read once per call (wasmtime-py: per value); lists paced
@@ -45,6 +53,10 @@ MAX_FRAMES = 12
 PROBE_FUEL = 10_000  # the memory probe runs a few instructions per memory
 PROBE_EPOCHS = 1 << 20  # its own deadline: ticks of the engine's epoch clock
 RESULT_FREE = 64 << 10  # a call's result always allowed, whatever limits.output says
+# Results that print in at most a few hundred bytes (a float positionally: 330), so never
+# past RESULT_FREE: _check_result does not measure them.
+SHORT_KINDS = frozenset(INTS) | {"bool", "f32", "f64", "char"}
+WIDEST_ESCAPE = 12  # a character's widest printed form: JSON's surrogate pair, \ud83d\ude00
 HOSTCALL_FUEL = "fuel allocated for hostcalls has been exhausted"
 # Interfaces ``Linker.add_wasip2`` provides; anything else is refused before linking.
 WASI_PROVIDED = ("wasi:cli/", "wasi:io/", "wasi:clocks/", "wasi:filesystem/", "wasi:random/")
@@ -377,6 +389,11 @@ class ComponentInstance:
         if limit is None or t is None:
             return
         limit = max(limit, RESULT_FREE)
+        kind = t.kind
+        if kind in SHORT_KINDS:
+            return  # (printed in at most a few hundred bytes: less than RESULT_FREE)
+        if kind == "string" and len(value) * WIDEST_ESCAPE + 2 <= limit:
+            return  # (no character prints wider, in WAVE or JSON)
         # The larger of its forms: WAVE, and the typed JSON --json prints (three levels in)
         size = wave.printed_size(value, t, limit)
         if size <= limit:
