@@ -643,3 +643,95 @@ def test_a_grant_missing_on_the_worker_stops_the_job_with_exit_101(tmp_path):
     with pytest.raises(errors.WasmsbxError, match="does not exist on this worker") as info:
         read_results(run_chunk(spec, box.wasm, [(1, b"[1, 2]")]), [1])
     assert info.value.exit_code == 101
+
+
+def test_a_components_batch_runs_on_the_cluster_its_large_results_in_order(client, tmp_path):
+    """A component's batch on the workers (red team round 40: they made a core module's
+    Caller for it, and every chunk failed), quick items then items of 1 MB each: every
+    item once, in order."""
+    from wasmsbx import Sandbox as AnySandbox  # (a component's too)
+    from wasmsbx.policy import from_dict
+
+    from .test_batch_large_results import COMPONENT, COPIES, WARM
+
+    guest = tmp_path / "big.wat"
+    guest.write_text(COMPONENT)
+    box = AnySandbox(guest, from_dict({"limits": {"output": "8MiB"}}))
+    items = WARM + 30
+    results = list(box.batch("f", ([i] for i in range(items)), cluster=client))
+    assert [r.line for r in results] == list(range(1, items + 1))
+    assert all(r.ok and len(r.values[0]) in (0, COPIES) for r in results)
+
+
+def test_the_client_submits_again_what_a_worker_left_of_a_chunk():
+    """A worker that answers only the first half of each chunk (its results grew large):
+    the client submits the rest in its place, and every item comes back once, in order."""
+    import threading
+
+    from wasmsbx.cluster import client as client_mod
+
+    class Future:
+        status = "finished"
+
+        def __init__(self, chunk):
+            half = max(1, len(chunk) // 2)
+            rows = [[line, None, [line], None, 0.0] for line, _ in chunk[:half]]
+            self.text = json.dumps({"results": rows, "seconds": 0.001})
+
+        def done(self):
+            return True
+
+        def cancelled(self):
+            return False
+
+        def result(self):
+            return self.text
+
+        def release(self):
+            pass
+
+    class Job:
+        def __init__(self):
+            self.client = type("C", (), {"status": "running", "nthreads": lambda s: {"w": 2}})()
+            self.wake = threading.Event()
+            self.sizes: list = []
+
+        def submit(self, chunk):
+            self.sizes.append(len(chunk))
+            self.wake.set()
+            return Future(chunk), chunk
+
+    job = Job()
+    items = [(line, b"[]") for line in range(1, 201)]
+    out = list(client_mod._dispatch(job, False, iter(items), False, False, 64))
+    assert [r.line for r in out] == list(range(1, 201))
+    assert any(size < 64 for size in job.sizes[1:])  # (the rests, submitted again)
+
+
+def test_a_worker_may_answer_the_first_items_of_a_chunk():
+    from wasmsbx.cluster.wire import read_results
+
+    one = json.dumps({"results": [[3, "a", [1], None, 0.1]], "seconds": 0.1})
+    assert [r.line for r in read_results(one, [3, 4, 5])[0]] == [3]
+    with pytest.raises(errors.ClusterError):
+        read_results(json.dumps({"results": [], "seconds": 0}), [3, 4])
+
+
+def test_a_worker_answers_a_chunk_only_until_its_results_pass_reply_bytes(tmp_path):
+    """In the worker: the items up to the one whose result passes REPLY_BYTES, in order
+    (the client submits the rest again); a component's chunk runs there too."""
+    from wasmsbx import Sandbox as AnySandbox
+    from wasmsbx.cluster.wire import read_results
+    from wasmsbx.cluster.worker import run_chunk
+    from wasmsbx.policy import from_dict
+
+    from .test_batch_large_results import COMPONENT, WARM
+
+    guest = tmp_path / "big.wat"
+    guest.write_text(COMPONENT)
+    box = AnySandbox(guest, from_dict({"limits": {"output": "8MiB"}}))
+    lines = list(range(1, WARM + 11))
+    chunk = [(line, json.dumps([line]).encode()) for line in lines]
+    results, _ = read_results(run_chunk(worker_spec(box, func="f"), box.wasm, chunk), lines)
+    assert WARM < len(results) < WARM + 10
+    assert [r.line for r in results] == lines[: len(results)]

@@ -19,7 +19,14 @@ from collections.abc import Iterable, Iterator
 from typing import Any, Optional
 
 from .. import errors
-from ..runner.batch import CHUNK_MAX_BYTES, IDLE_TICK, _chunk_bytes, _Feeder, encode
+from ..runner.batch import (
+    CHUNK_MAX_BYTES,
+    IDLE_TICK,
+    REPLY_BYTES,
+    _chunk_bytes,
+    _Feeder,
+    encode,
+)
 from . import wire
 from .target import DEFAULT_TIMEOUT, ENV_TIMEOUT, as_cluster
 
@@ -167,10 +174,13 @@ class _Sizer:
         self.fixed = fixed
         self.size = fixed or 1
 
-    def learn(self, count: int, seconds: float) -> None:
+    def learn(self, count: int, seconds: float, nbytes: int = 0) -> None:
         if count and not self.fixed:
             per_item = max(seconds / count, 1e-7)
-            self.size = max(1, min(CHUNK_MAX_ITEMS, int(CHUNK_TARGET_SECONDS / per_item)))
+            size = int(CHUNK_TARGET_SECONDS / per_item)
+            if nbytes:  # (and results of about REPLY_BYTES: see worker.run_chunk)
+                size = min(size, REPLY_BYTES * count // nbytes)
+            self.size = max(1, min(CHUNK_MAX_ITEMS, size))
 
 
 class _Threads:
@@ -279,7 +289,9 @@ def _dispatch(
             results, seconds = wire.read_results(text, lines)
             pending.popleft()
             future.release()
-            sizer.learn(len(results), seconds)
+            if len(results) < len(done):  # (its results grew large: the rest goes again)
+                pending.appendleft(job.submit(done[len(results) :]))
+            sizer.learn(len(results), seconds, len(text))
             for result in results:
                 yield encode(result) if encoded else result
     finally:

@@ -110,9 +110,11 @@ class _Remote(errors.WasmsbxError):
 
 
 def read_results(text: Any, lines: list) -> tuple:
-    """``(BatchResults, seconds)`` from a worker's JSON text for a chunk of ``lines``.
+    """``(BatchResults, seconds)`` from a worker's JSON text for a chunk of ``lines``:
+    of its first items, at least one (a worker leaves the rest of a chunk whose results
+    grew large to be submitted again, worker.run_chunk).
 
-    Everything is checked: the text is JSON, one result per submitted item, in the same
+    Everything is checked: the text is JSON, one result per item it answers, in the same
     order, each of the documented shape. A failure the worker reported raises it here."""
     from ..runner.batch import BatchResult
 
@@ -129,7 +131,7 @@ def read_results(text: Any, lines: list) -> tuple:
     rows, seconds = data.get("results"), data.get("seconds")
     if not isinstance(rows, list) or not isinstance(seconds, (int, float)):
         raise _bad("a chunk's result lacks 'results' or 'seconds'")
-    if len(rows) != len(lines):
+    if not 0 < len(rows) <= len(lines):
         raise _bad(f"a chunk of {len(lines)} items came back with {len(rows)} results")
     return [BatchResult(*_row(row, line)) for row, line in zip(rows, lines)], float(seconds)
 

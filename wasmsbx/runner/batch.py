@@ -514,10 +514,15 @@ class _ChunkSizer:
     def __init__(self) -> None:
         self.size = 1
 
-    def learn(self, count: int, seconds: float) -> None:
+    def learn(self, count: int, seconds: float, nbytes: int = 0) -> None:
+        """From a reply of ``count`` items that took ``seconds`` and ``nbytes``: chunks
+        of about CHUNK_TARGET_SECONDS, and of results under REPLY_BYTES."""
         if count:
             per_item = max(seconds / count, 1e-7)
-            self.size = max(1, min(CHUNK_MAX_ITEMS, int(CHUNK_TARGET_SECONDS / per_item)))
+            size = int(CHUNK_TARGET_SECONDS / per_item)
+            if nbytes:
+                size = min(size, REPLY_BYTES * count // nbytes)
+            self.size = max(1, min(CHUNK_MAX_ITEMS, size))
 
 
 _END = object()  # the feeder's last entry: the input is exhausted
@@ -628,6 +633,7 @@ def _parallel(
     nbytes = 0  # the bytes of ``chunk``'s payloads
     exhausted = False
     window = jobs * WINDOW_PER_JOB
+    ahead = 0  # bytes of replies received and not yet yielded
     try:
         for worker in workers:
             worker.send(spec)
@@ -647,26 +653,32 @@ def _parallel(
                 chunk, nbytes = [], 0
             if not pending and exhausted and not chunk:
                 return
-            if pending and pending[0].reply is not None:
-                status, *reply = pending.popleft().reply
+            if pending and pending[0].ready():
+                (status, *reply), size, last = pending[0].take()
+                ahead -= size
+                if last:
+                    pending.popleft()
                 if status == "error":
                     raise reply[0]
                 results, count, seconds = reply
-                sizer.learn(count, seconds)
+                sizer.learn(count, seconds, size)
                 if encoded:
                     yield results
                 else:
                     yield from results
                 continue
             # Wait for a reply, and for input only when a chunk could go out for it:
-            # while the window is full, arriving items wake nobody.
+            # while the window is full, arriving items wake nobody. Past AHEAD_BYTES of
+            # replies taken ahead of their turn, only the oldest chunk's worker is heard:
+            # the others wait to send (a guest's large results stay in its worker).
             wanted = len(pending) < window and not exhausted
             if wanted and not wake.arm(feeder.queue):
                 continue  # items came in meanwhile: look again
-            ready = pool.wait(workers, [wake.reader] if wanted else [], IDLE_TICK)
+            heard = workers if ahead <= AHEAD_BYTES or not pending else [pending[0].worker]
+            ready = pool.wait(heard, [wake.reader] if wanted else [], IDLE_TICK)
             for worker in ready:
                 if worker is not wake.reader:
-                    worker.receive()
+                    ahead += worker.receive()
             if not ready and idle:
                 yield None
     except BaseException:
@@ -804,15 +816,65 @@ def worker_state(spec: WorkerSpec) -> Any:
         return exc
 
 
-def worker_chunk(state: Any, chunk: list, encoded: bool) -> tuple:
-    """(results, their count, seconds) of one chunk: an EncodedChunk with ``encoded``."""
+def worker_chunk(state: Any, chunk: list, encoded: bool) -> Iterator:
+    """One chunk's replies, as (last, results, their count, seconds), results an
+    EncodedChunk with ``encoded``: one reply, unless the results pass REPLY_BYTES before
+    the chunk's end, when what the worker holds goes out as a part and the rest follows.
+    A chunk grows to CHUNK_MAX_ITEMS while items are quick, and a guest can make the
+    items that follow return megabytes each (a component's ``list<string>`` of one
+    string many times): held whole, a chunk's results took 1.6 GB in the worker and as
+    much again in the parent (red team round 40)."""
     if isinstance(state, errors.WasmsbxError):
         raise state
     run = _runner(state, encoded)
+    weigh = _encoded_bytes if encoded else _result_bytes
     started = perf_counter()
-    results = [run(line, payload) for line, payload in chunk]
+    results: list = []
+    held = 0
+    left = len(chunk)
+    for line, payload in chunk:
+        result = run(line, payload)
+        results.append(result)
+        left -= 1
+        held += weigh(result, REPLY_BYTES - held)
+        if held >= REPLY_BYTES and left:
+            seconds = perf_counter() - started
+            yield False, (encode_chunk(results) if encoded else results), len(results), seconds
+            results, held, started = [], 0, perf_counter()
     seconds = perf_counter() - started
-    return (encode_chunk(results) if encoded else results), len(results), seconds
+    yield True, (encode_chunk(results) if encoded else results), len(results), seconds
+
+
+REPLY_BYTES = 4 << 20  # a worker sends what it holds of a chunk's results past this
+AHEAD_BYTES = 16 << 20  # replies the parent takes in ahead of their turn (then one more)
+
+
+def _encoded_bytes(result: Any, room: int) -> int:
+    return len(result.data)
+
+
+def _result_bytes(result: Any, room: int) -> int:
+    """About how many bytes a BatchResult's values take (text and bytes by their length,
+    anything else 16 each), counted only until past ``room``."""
+    values = result.values
+    if not values:
+        return 64
+    total, todo = 64, [values]
+    while todo and total <= room:
+        value = todo.pop()
+        kind = type(value)
+        if kind is str or kind is bytes or kind is bytearray:
+            total += 16 + len(value)
+        elif kind is list or kind is tuple:
+            total += 16 + 8 * len(value)
+            todo.extend(value)
+        elif kind is dict:
+            total += 16 + 16 * len(value)
+            todo.extend(value.keys())
+            todo.extend(value.values())
+        else:
+            total += 16
+    return total
 
 
 _JOB = (worker_state, worker_chunk)  # what a worker runs (runner.pool)

@@ -48,12 +48,33 @@ def _died() -> BatchWorkerDied:
 
 
 class Slot:
-    """One chunk sent to a worker; ``reply`` once it has answered."""
+    """One chunk sent to a worker: ``parts``, the replies that hold some of its results
+    (a chunk whose results are large comes back in parts, see batch.worker_chunk), then
+    ``reply`` once it has answered all; ``held``, the bytes of those replies received
+    and not yet taken; ``worker``, its worker."""
 
-    __slots__ = ("reply",)
+    __slots__ = ("reply", "parts", "held", "worker")
 
-    def __init__(self) -> None:
+    def __init__(self, worker: Any = None) -> None:
         self.reply: Any = None
+        self.parts: deque = deque()
+        self.held = 0
+        self.worker = worker
+
+    def ready(self) -> bool:
+        return bool(self.parts) or self.reply is not None
+
+    def take(self) -> tuple:
+        """The oldest reply received (a part first): (reply, its bytes, whether it is the
+        chunk's last)."""
+        if self.parts:
+            reply, size = self.parts.popleft()
+            last = False
+        else:
+            reply, size, last = self.reply, self.held, True
+            self.reply = None
+        self.held -= size
+        return reply, size, last
 
 
 class Worker:
@@ -75,18 +96,29 @@ class Worker:
             raise _died() from None
 
     def submit(self, message: Any) -> Slot:
-        slot = Slot()
+        slot = Slot(self)
         self.send(message)
         self.inflight.append(slot)
         return slot
 
-    def receive(self) -> None:
-        """Take one reply (one is ready): it belongs to the oldest chunk in flight."""
+    def receive(self) -> int:
+        """Take one reply (one is ready): it belongs to the oldest chunk in flight, which
+        it completes unless it is a part. Its size in bytes."""
+        import pickle
+
         try:
-            reply = self.replies.recv()
+            data = self.replies.recv_bytes()
         except (EOFError, OSError):
             raise _died() from None
-        self.inflight.popleft().reply = reply
+        reply = pickle.loads(data)
+        slot = self.inflight[0]
+        slot.held += len(data)
+        if reply[0] == "part":
+            slot.parts.append((("ok", *reply[1:]), len(data)))
+        else:
+            self.inflight.popleft()
+            slot.reply = reply
+        return len(data)
 
     def alive(self) -> bool:
         if self.process is not None:
@@ -429,16 +461,20 @@ def _serve(tasks: Any, replies: Any, job: tuple) -> int:
         message = inbox.get()
         if message is None:
             return 0
+        gone = False
         try:
-            reply: Any = ("ok", *run_chunk(state, *message))
+            # (last, *body) for each reply: all but the last go as parts
+            for last, *body in run_chunk(state, *message):
+                if not _deliver(replies, ("ok" if last else "part", *body)):
+                    gone = True
+                    break
+            reply: Any = None
         except errors.WasmsbxError as exc:
             reply = ("error", exc)
         except Exception as exc:  # an internal error: reported by the parent
             reply = ("error", RuntimeError(f"batch worker: {type(exc).__name__}: {exc}"))
-        try:
-            _send(replies, reply)
-        except OSError:  # the parent is gone
-            return 1
+        if gone or (reply is not None and not _deliver(replies, reply)):
+            return 1  # the parent is gone
 
 
 def _hard_stop_to(replies: Any) -> None:
@@ -458,6 +494,15 @@ def _hard_stop_to(replies: Any) -> None:
         os._exit(int(getattr(error, "exit_code", 1)))
 
     KEEPER.hard_stop = stop
+
+
+def _deliver(replies: Any, reply: tuple) -> bool:
+    """Send a reply; False if the parent is gone."""
+    try:
+        _send(replies, reply)
+    except OSError:
+        return False
+    return True
 
 
 def _send(replies: Any, reply: tuple) -> None:
