@@ -11,7 +11,7 @@ from wasmsbx import errors
 from wasmsbx.policy import from_dict
 from wasmsbx.values import F32, F64, FuncRef
 
-from .conftest import BACKENDS, EXAMPLES, capabilities_of, require_module
+from .conftest import BACKENDS, EXAMPLES, capabilities_of, require_capability, require_module
 
 PLUGIN = EXAMPLES / "plugin.wat"
 WASMTIME = [b for b in BACKENDS if b.startswith("wasmtime")]
@@ -335,3 +335,42 @@ def test_a_batch_with_host_functions_runs_in_this_process_only(tmp_path):
     assert "jobs=1" in caught.value.hint
     assert [r.values for r in box.batch("greet", [[0], [1]])] == [[4], [5]]
     assert seen == [b"hello from the plugin"]
+
+
+def test_a_null_funcref_from_a_host_function_is_null(backend):
+    """Round 40: a null funcref result kept whatever the results buffer held as its
+    payload, and wasmtime refused it ("incompatible value") for most arguments."""
+    wat = b"""(module (import "env" "pick" (func $p (param funcref i64 i64) (result funcref)))
+     (func $k) (elem declare func $k)
+     (func (export "f") (param i64 i64) (result i32)
+      (ref.is_null (call $p (ref.func $k) (local.get 0) (local.get 1)))))"""
+
+    def pick(f: wasmsbx.funcref, a: wasmsbx.i64, b: wasmsbx.i64) -> wasmsbx.funcref:
+        return None
+
+    require_capability(backend, "reference-types")
+    try:
+        box = wasmsbx.Sandbox(wat, imports={"env": {"pick": pick}}, backend=backend)
+        first = box.call("f", 0, 0)
+    except errors.BackendUnavailable as exc:  # (wasmer: no references in host functions)
+        pytest.skip(exc.message)
+    assert [first] + [box.call("f", i * 0x100000001, -1) for i in range(200)] == [1] * 201
+
+
+def test_host_and_guest_calling_each_other_without_end_fail_never_return(backend):
+    """Round 40: near Python's recursion limit the next host call's trampoline could
+    not start; ctypes reported that as "ignored" and wasmtime read success, so the
+    guest went on with a result of 0 the host function never gave. Each level now
+    checks for room first: the call fails (a trap, or the guest's own stack), always."""
+    wat = b"""(module (import "env" "ask" (func $ask (param i32) (result i32)))
+     (func (export "alloc") (param i32) (result i32)
+      (call $ask (i32.add (local.get 0) (i32.const 1))))
+     (func (export "run") (result i32) (call $ask (i32.const 0))))"""
+
+    def ask(depth: wasmsbx.i32) -> wasmsbx.i32:
+        return box.call("alloc", depth) + 1
+
+    box = wasmsbx.Sandbox(wat, imports={"env": {"ask": ask}}, backend=backend)
+    for _ in range(2):
+        with pytest.raises((errors.TrapError, errors.StackExhausted)):
+            box.call("run")

@@ -139,7 +139,7 @@ class Availability(
 class EngineOptions(
     namedtuple(
         "EngineOptions",
-        "compiler optimize fuel stack memory_cap table_cap reservation copy_data epoch",
+        "compiler optimize fuel stack memory_cap table_cap reservation copy_data epoch isa_off",
         defaults=(
             None,
             "speed",
@@ -150,6 +150,7 @@ class EngineOptions(
             None,
             False,
             True,
+            (),
         ),
     )
 ):
@@ -169,6 +170,8 @@ class EngineOptions(
     #              guest in-process. False only for `compile -o` artifacts made for
     #              `wasmsbx run`, which ends the process at the deadline instead (see
     #              README "Artifacts without epoch checks")
+    # isa_off: tuple  CPU features the code must not use (a compile worker's, for a
+    #                 process that sees fewer than the CPU has: compiling.compile_in_child)
     __slots__ = ()
 
     def to_dict(self) -> dict:

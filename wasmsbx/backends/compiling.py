@@ -253,13 +253,27 @@ def native_bounded(engine: Any, wasm: bytes, seconds: float, error: Any) -> Any:
 
 
 def compile_in_child(engine: Any, wasm: bytes, seconds: float, error: Any) -> Any:
-    """Compile in a fresh interpreter that is killed at the deadline; load its code here."""
+    """Compile in a fresh interpreter that is killed at the deadline; load its code here.
+
+    A worker compiles for the CPU it sees. A process that sees fewer of its features (run
+    under valgrind, whose synthetic CPU lacks AVX-VNNI, say; valgrind does not follow the
+    worker) cannot load that code: wasmtime names the feature, which later workers are
+    told to leave off (``isa_off``), and the module is compiled again."""
     from ..native.trust import Authenticated
 
-    # Vouched for by this process: the child it started wrote it into a pipe only
-    # the two of them hold (see the module docstring).
-    code = _engine_code(engine, wasm, seconds, error)
-    module = engine.deserialize(Authenticated(code, "this process"))
+    while True:
+        # Vouched for by this process: the child it started wrote it into a pipe only
+        # the two of them hold (see the module docstring).
+        code = _engine_code(engine, wasm, seconds, error)
+        try:
+            module = engine.deserialize(Authenticated(code, "this process"))
+        except errors.ModuleError as exc:
+            flag = _unavailable(exc.message)
+            if flag is None or flag in ISA_OFF or len(ISA_OFF) >= 64:
+                raise
+            ISA_OFF.append(flag)
+            continue
+        break
     describe = getattr(engine, "describe", None)  # (a component engine has nothing to add)
     if describe is not None:
         describe(module, wasm)
@@ -297,6 +311,8 @@ def worker_code(
         ) from None
     limit = worker_memory(len(wasm))
     request = {"backend": backend, "options": options._asdict(), "memory": limit}
+    if ISA_OFF:
+        request["options"]["isa_off"] = list(ISA_OFF)
     if wrap is not None:
         request["wrap"] = wrap
     head = json.dumps(request).encode()
@@ -344,6 +360,26 @@ def worker_code(
             raise errors.ModuleError("compiling failed in its worker process (a broken answer)")
         WORKERS.give_back(worker, header.get("keep") is True)
         return memoryview(code), header["fingerprint"]
+
+
+# CPU features this process cannot run that its workers' code used (compile_in_child)
+ISA_OFF: list = []
+
+
+def _unavailable(message: str) -> Optional[str]:
+    """The feature wasmtime names in 'compilation setting "has_avx_vnni" is enabled,
+    but not available on the host', if that is the message."""
+    head, tail = 'compilation setting "', '" is enabled, but not available on the host'
+    start = message.find(head)
+    end = message.find(tail, start)
+    if start < 0 or end < 0:
+        return None
+    name = message[start + len(head) : end]
+    # (a CPU feature's: cranelift names them has_*; a setting it does not know crashes
+    # its compiles, so nothing else is passed on)
+    if not (name.startswith("has_") and len(name) <= 64 and name.isascii()):
+        return None
+    return name if name.replace("_", "").isalnum() else None
 
 
 IDLE_EXIT = 75  # a worker that waited IDLE seconds for a compile ends with this status
@@ -861,7 +897,9 @@ def child_main() -> None:
             key = json.dumps([request["backend"], request["options"], wrap], sort_keys=True)
             engine = engines.get(key)
             if engine is None:
-                options = EngineOptions(**request["options"])
+                given = dict(request["options"])
+                given["isa_off"] = tuple(given.get("isa_off") or ())
+                options = EngineOptions(**given)
                 engine = get(request["backend"]).engine(options)
                 if wrap is not None:
                     engine = _wrapper(wrap)(engine)

@@ -47,12 +47,14 @@ from ..reserve import GUARD, engine_layout, exhausted_hint
 from . import teardown
 from .identity import FEATURES, _version, fingerprint  # noqa: F401 - FEATURES, _version re-exported
 from .values import (
+    HOST_CALLS,
     RAW_CALL,
     RAW_GET_FUEL,
     RAW_SET_EPOCH_DEADLINE,
     RAW_SET_FUEL,
     HostFuncs,
     RawCall,
+    check_reentry,
     context_address,
     fast_types,
     func_types,
@@ -574,6 +576,7 @@ class WasmtimeInstance(Instance):
         fuel: Optional[int] = None,
     ) -> list:
         """Call a wasmtime Func with typed args (exact floats, v128, references)."""
+        check_reentry()
         group = self.group
         if not group.busy.acquire(False) and _occupied(group, self.limits.timeout):
             return self._reentered(func, types, args, name)
@@ -627,6 +630,7 @@ class WasmtimeInstance(Instance):
         enter, leave = KEEPER.enter, KEEPER.leave
         group = self.group
         busy = group.busy
+        host_calls = HOST_CALLS
         budget = limits.fuel
         fixed = limits.deadline is None  # else each call gets what is left of the run
         left = _U64()
@@ -635,6 +639,8 @@ class WasmtimeInstance(Instance):
         def call(args: Sequence[Any], timeout: Any = None, fuel: Any = None) -> list:
             if timeout is not None or fuel is not None:  # per-call limits: the general path
                 return self.call_func(func, types, parse(args), name, timeout, fuel)
+            if host_calls.depth:  # (from a host function: room for its next host call)
+                check_reentry()
             if not busy.acquire(False) and _occupied(group, self.limits.timeout):
                 return self._reentered(func, types, parse(args), name)
             try:
@@ -685,6 +691,7 @@ class WasmtimeInstance(Instance):
         types, group = self.func_types(name), self.group
 
         def run(calls: int) -> None:
+            check_reentry()
             nested = not group.busy.acquire(False) and _occupied(group, self.limits.timeout)
             try:
                 if nested:  # (within the running call's limits, as _reentered)
@@ -1395,6 +1402,8 @@ def engine_config(options: EngineOptions) -> wasmtime.Config:
         config.memory_guard_size = GUARD
     if options.copy_data:  # runtime.memory_init = "copy": the image is a third mapping
         config.memory_init_cow = False
+    for flag in options.isa_off:  # (a compile worker's for a process that lacks them)
+        config.cranelift_flag_set(flag, "false")
     return config
 
 
@@ -1487,6 +1496,7 @@ def engine_key(options: EngineOptions) -> tuple:
         options.reservation,
         bool(options.copy_data),
         bool(options.epoch),
+        tuple(options.isa_off),
     )
 
 

@@ -14,12 +14,15 @@ wasmtime-py's ``FuncType.params`` (which aborts the process on a v128 parameter)
 from __future__ import annotations
 
 import ctypes
+import sys
+import threading
 from collections.abc import Sequence
 from typing import Any, Callable, Optional
 
 import wasmtime
 from wasmtime import _ffi as ffi
 
+from ... import errors
 from ...values import F32, F64, REF_TYPES, V128, FuncRef, float_bits
 
 KIND = {
@@ -72,6 +75,9 @@ def global_type(store: Any, glob: wasmtime.Global) -> tuple:
 # ---------------------------------------------------------------------------- conversions
 
 
+_NULL_FUNC = ffi.wasmtime_func_t()  # all zero: a null funcref
+
+
 def write(store: Any, raw: Any, wasm_type: str, value: Any) -> None:
     """Fill ``raw`` (a wasmtime_val_t) with an already-typed value (see values.coerce)."""
     raw.kind = KIND[wasm_type]
@@ -89,8 +95,9 @@ def write(store: Any, raw: Any, wasm_type: str, value: Any) -> None:
     elif wasm_type == "externref":
         ctypes.pointer(raw)[0] = wasmtime.Val.externref(value)._new_raw(store)
     elif wasm_type == "funcref":
-        if value is not None:
-            raw.of.funcref = value._func._func
+        # (null: store id 0, the rest zero too; the payload was left as the buffer held
+        # it, and wasmtime refused a host function's null result at random: round 40)
+        raw.of.funcref = _NULL_FUNC if value is None else value._func._func
     else:  # pragma: no cover - types come from values.VALUE_TYPES
         raise TypeError(f"unknown value type {wasm_type}")
 
@@ -217,8 +224,11 @@ class HostFuncs:
         return wasmtime.Func._from_raw(func)
 
     def _trampoline(self, env: Any, caller: Any, params: Any, nparams: int, results: Any, n: int):
-        context = _CallerStore(caller)
+        context = None
+        depth = _HOST_CALLS.depth
         try:
+            _HOST_CALLS.depth = depth + 1
+            context = _CallerStore(caller)
             (param_types, result_types), fn = self.entries[(env or 0) - 1]
             args = [
                 read(context, params[i], t, self.owner, owned=False)
@@ -233,7 +243,43 @@ class HostFuncs:
             trap = wasmtime.Trap(f"host function raised {type(exc).__name__}")._consume()
             return ctypes.cast(trap, ctypes.c_void_p).value
         finally:
-            context.caller._invalidate()
+            _HOST_CALLS.depth = depth
+            if context is not None:
+                context.caller._invalidate()
+
+
+# How many host calls run on this thread (HostFuncs._trampoline): while one does, a call
+# into a guest first checks that Python's stack has room for the host call it may make
+# (check_reentry).
+class _HostCalls(threading.local):
+    depth = 0
+
+
+HOST_CALLS = _HOST_CALLS = _HostCalls()
+REENTRY_RESERVE = 120  # Python frames a call back into a guest must leave free
+
+
+def check_reentry() -> None:
+    """Refuse a call into a guest from a host function when Python's stack has fewer
+    than REENTRY_RESERVE frames left. A guest that calls its host, which calls back
+    into it, and so on (each level a dozen frames) met Python's recursion limit as
+    ctypes started the trampoline of the next host call: ctypes then reports the
+    RecursionError as "ignored" and returns a null trap, which wasmtime takes for
+    success, so the host function never ran and the guest read a result of 0 (red team
+    round 40). Refused here, the host function that called raises, and its own
+    trampoline, with the reserve to spare, turns that into a trap."""
+    if not _HOST_CALLS.depth:
+        return
+    frame, used = sys._getframe(), 0
+    while frame is not None:
+        frame, used = frame.f_back, used + 1
+    if sys.getrecursionlimit() - used < REENTRY_RESERVE:
+        raise errors.TrapError(
+            f"host calls nested too deep: {_HOST_CALLS.depth} host functions are calling "
+            "back into guests on this thread, and Python's stack is nearly full",
+            hint="a guest and its host calling each other without end; or raise "
+            "sys.setrecursionlimit if the nesting is meant",
+        )
 
 
 def global_new(store: Any, wasm_type: str, mutable: bool, value: Any) -> wasmtime.Global:
