@@ -574,3 +574,91 @@ def test_lone_surrogates_get_an_answer_over_stdio():
         assert reply["id"] == i and reply["error"]["code"] == -32700, reply
         assert reply["error"]["message"].startswith("invalid message: "), reply
     assert alive["id"] == 4 and alive["result"]["structuredContent"]["stdout"] == "alive\n"
+
+
+def _raw_server():
+    """``wasmsbx mcp`` over stdio, initialized; (process, send)."""
+    import json
+
+    from .mcp_helpers import server_env, wasmsbx_argv
+
+    proc = subprocess.Popen(
+        wasmsbx_argv(),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=server_env(),
+    )
+
+    def send(message: dict) -> None:
+        proc.stdin.write((json.dumps({"jsonrpc": "2.0", **message}) + "\n").encode())
+        proc.stdin.flush()
+
+    params = {
+        "protocolVersion": "2025-06-18",
+        "capabilities": {},
+        "clientInfo": {"name": "raw", "version": "1"},
+    }
+    send({"id": 1, "method": "initialize", "params": params})
+    assert json.loads(proc.stdout.readline())["id"] == 1
+    send({"method": "notifications/initialized"})
+    return proc, send
+
+
+def _rss(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        line = next(x for x in f if x.startswith("VmRSS:"))
+    return int(line.split()[1]) * 1024
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="reads /proc")
+def test_replies_a_client_leaves_unread_do_not_pile_up_in_the_server():
+    """Round 40: a client that sends calls and never reads the replies filled the pipe,
+    and every later reply waited in the server's memory (9 MB a call: 1 GB a minute at
+    the default rate). Past 16 MiB of unwritten replies the server reads no request;
+    once the client reads, every call is answered."""
+    import json
+    import time
+
+    code = "import sys\nsys.stdout.write('\\x01' * ((1 << 20) - 100))"
+    proc, send = _raw_server()
+    try:
+        before = _rss(proc.pid)
+        for i in range(2, 22):  # (spaced: not refused as busy, --max-concurrent 4)
+            call = {"name": "run_python", "arguments": {"code": code}}
+            send({"id": i, "method": "tools/call", "params": call})
+            time.sleep(0.4)
+        # (unbounded, the 20 calls ran within seconds and their 180 MB of replies waited)
+        until, peak = time.monotonic() + 20, 0
+        while time.monotonic() < until:
+            peak = max(peak, _rss(proc.pid))
+            time.sleep(0.25)
+        assert peak - before < 120 << 20, (before, peak)
+        replies = [json.loads(proc.stdout.readline()) for _ in range(20)]
+        assert sorted(r["id"] for r in replies) == list(range(2, 22))
+        # (those read together once the client reads may be refused as busy: 4 at once)
+        for reply in replies:
+            result = reply["result"]
+            text = result["content"][0]["text"]
+            assert not result.get("isError") or "busy" in text, reply
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_a_client_that_closes_its_reply_pipe_ends_the_server_quietly():
+    """Round 40: exit 100, "internal error: ExceptionGroup" (a BrokenPipeError in the
+    SDK's task group). A client gone is the end of the session, as the end of input."""
+    proc, send = _raw_server()
+    try:
+        proc.stdout.close()
+        call = {"name": "run_javascript", "arguments": {"code": "'x'"}}
+        send({"id": 2, "method": "tools/call", "params": call})
+        send({"id": 3, "method": "tools/call", "params": call})
+        code = proc.wait(timeout=120)
+        stderr = proc.stderr.read().decode()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert code == 0 and "internal error" not in stderr, (code, stderr)

@@ -147,11 +147,16 @@ async def _stdio(server: Any, config: ServerConfig) -> None:
     """``run_stdio_async`` with our capped reader in front of the SDK (see stdio.py). The SDK
     has no public handle on its low-level server; mcp is pinned below 3 and the stdio tests
     run through this path."""
-    from .stdio import capped_stdio
+    from .stdio import capped_stdio, client_gone
 
     lowlevel = server._lowlevel_server
-    async with capped_stdio(config.max_request + BODY_OVERHEAD) as (read, write):
-        await lowlevel.run(read, write, lowlevel.create_initialization_options())
+    try:
+        async with capped_stdio(config.max_request + BODY_OVERHEAD) as (read, write):
+            await lowlevel.run(read, write, lowlevel.create_initialization_options())
+    except BaseException as exc:
+        if not client_gone(exc):
+            raise
+        # the client closed its end of the replies: it has gone, as at the end of input
 
 
 async def _http(server: Any, config: ServerConfig, host: str, port: int, token: Any) -> None:

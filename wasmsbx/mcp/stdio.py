@@ -23,11 +23,32 @@ HEAD = 64 * 1024  # of an oversized message: kept to find its id, the rest is dr
 TOO_LARGE = -32600  # JSON-RPC "Invalid Request"
 INVALID_REQUEST = -32600
 PARSE_ERROR = -32700  # JSON-RPC "Parse error" (or not a JSON-RPC message)
+BACKLOG = 256 << 10  # bytes of replies not yet written past which, with a write under
+STUCK = 1.0  # way or one this many seconds old, no request is read (LineWriter.room)
+
+
+def client_gone(exc: BaseException) -> bool:
+    """Whether ``exc`` (or every exception of a group, as the SDK's task group raises
+    them) says the client closed its end of the replies: the server's end, not an error
+    (red team round 40: exit 100, "internal error")."""
+    import builtins
+
+    group = getattr(builtins, "BaseExceptionGroup", None)  # (Python 3.11 on)
+    if group is not None and isinstance(exc, group):
+        return all(client_gone(e) for e in exc.exceptions)
+    return isinstance(exc, (BrokenPipeError, ConnectionResetError))
 
 
 class LineWriter:
     """What the SDK writes replies to; also takes our own error replies. One lock, so a
-    reply is never torn by another written from the reading side."""
+    reply is never torn by another written from the reading side.
+
+    A client that sends requests and never reads the replies filled the pipe, and every
+    later reply waited in memory, each held by the task that made it (red team round
+    40: 9 MB a call, 1 GB a minute at the default rate). So the reader takes no further
+    request while a write is stuck (``room``): one of more than a pipe's worth
+    (``backlog``, the bytes handed to this writer and not yet written, past BACKLOG),
+    or one that has waited STUCK seconds for the client to read."""
 
     def __init__(self, fd: int) -> None:
         import anyio
@@ -35,9 +56,13 @@ class LineWriter:
         self.fh = os.fdopen(fd, "wb", buffering=0, closefd=False)
         self.lock = anyio.Lock()
         self.pending = b""
+        self.backlog = 0
+        self.writing_since: Optional[float] = None  # time.monotonic() of a write under way
 
     async def write(self, text: str) -> None:
-        self.pending += text.encode("utf-8")
+        data = text.encode("utf-8")
+        self.pending += data
+        self.backlog += len(data)
 
     async def flush(self) -> None:
         import anyio
@@ -45,19 +70,44 @@ class LineWriter:
         async with self.lock:
             data, self.pending = self.pending, b""
             if data:
-                await anyio.to_thread.run_sync(self._write_all, data)
+                try:
+                    await anyio.to_thread.run_sync(self._write_all, data)
+                finally:
+                    self.backlog -= len(data)
 
     async def send_line(self, message: dict) -> None:
         import anyio
 
         data = json.dumps(message, separators=(",", ":")).encode() + b"\n"
-        async with self.lock:
-            await anyio.to_thread.run_sync(self._write_all, data)
+        self.backlog += len(data)
+        try:
+            async with self.lock:
+                await anyio.to_thread.run_sync(self._write_all, data)
+        finally:
+            self.backlog -= len(data)
+
+    async def room(self) -> None:
+        """Return once no write is stuck (see the class docstring)."""
+        import time
+
+        import anyio
+
+        while True:
+            since = self.writing_since
+            if since is None or (self.backlog <= BACKLOG and time.monotonic() - since < STUCK):
+                return
+            await anyio.sleep(0.02)
 
     def _write_all(self, data: bytes) -> None:
+        import time
+
         view = memoryview(data)
-        while view:
-            view = view[self.fh.write(view) :]
+        self.writing_since = time.monotonic()
+        try:
+            while view:
+                view = view[self.fh.write(view) :]
+        finally:
+            self.writing_since = None
 
 
 class CappedLines:
@@ -80,6 +130,7 @@ class CappedLines:
         return self
 
     async def __anext__(self) -> str:
+        await self.writer.room()  # (no new request while the client leaves replies unread)
         while True:
             line = self._take_line()
             if line is not None:
