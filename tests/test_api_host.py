@@ -374,3 +374,31 @@ def test_host_and_guest_calling_each_other_without_end_fail_never_return(backend
     for _ in range(2):
         with pytest.raises((errors.TrapError, errors.StackExhausted)):
             box.call("run")
+
+
+def test_a_per_call_timeout_bounds_the_wait_for_another_threads_call(backend):
+    """Round 40: a call from another thread waited the policy's 2 s for the running
+    call, not its own timeout=0.3 (the README: "waits ... at most its own timeout")."""
+    import threading
+
+    wat = b"""(module (import "env" "h" (func $h)) (func (export "x") (result i32) i32.const 1)
+     (func (export "outer") (call $h)))"""
+    out: dict = {}
+
+    def h() -> None:
+        def other() -> None:
+            try:
+                box.call("x", timeout=0.3)
+                out["error"] = None
+            except errors.WasmsbxError as exc:
+                out["error"] = exc
+
+        thread = threading.Thread(target=other)
+        thread.start()
+        thread.join()
+
+    policy = from_dict({"limits": {"timeout": "30s"}})
+    box = wasmsbx.Sandbox(wat, policy, imports={"env": {"h": h}}, backend=backend)
+    box.call("outer")
+    assert isinstance(out["error"], errors.TimeoutExceeded), out
+    assert out["error"].context["limit_value"] == pytest.approx(0.3), out["error"].message

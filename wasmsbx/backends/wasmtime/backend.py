@@ -578,8 +578,14 @@ class WasmtimeInstance(Instance):
         """Call a wasmtime Func with typed args (exact floats, v128, references)."""
         check_reentry()
         group = self.group
-        if not group.busy.acquire(False) and _occupied(group, self.limits.timeout):
-            return self._reentered(func, types, args, name)
+        if not group.busy.acquire(False):
+            # (the wait for another thread's call counts against this call's own time:
+            # a per-call timeout= too, not only the policy's, red team round 40)
+            wait = self.limits.seconds()
+            if timeout is not None:
+                wait = min(wait, timeout)
+            if _occupied(group, wait):
+                return self._reentered(func, types, args, name)
         try:
             group.owner = _get_ident()
             self._arm(timeout=timeout, fuel=fuel)
