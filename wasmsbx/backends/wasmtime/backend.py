@@ -756,8 +756,18 @@ class WasmtimeInstance(Instance):
                 " which cannot be passed to the host",
                 hint="return it to wasm code instead, or export a function that reads it",
             )
+        why = _first_line(exc)
+        if str(exc).startswith("error while executing") and why not in _MODULE_REFUSALS:
+            # A WASI call that refused what the guest passed it (a pointer out of bounds
+            # or not aligned, bad UTF-8, an invalid flag): the guest's fault at run time,
+            # a trap like any other, its instance done (red team round 40: ModuleError,
+            # and batch kept the instance)
+            return errors.TrapError(
+                f"{name} trapped: a WASI call refused its arguments: {why}",
+                trap_code="wasi",
+            )
         # Any other runtime refusal (e.g. a WASI call on a module without a memory export)
-        return errors.ModuleError(f"{name} failed: {_first_line(exc)}")
+        return errors.ModuleError(f"{name} failed: {why}")
 
     def _gc_heap_error(self, where: str) -> errors.WasmsbxError:
         return errors.MemoryLimitExceeded(
@@ -1450,6 +1460,10 @@ def _import_trust() -> Any:
 
     _TRUST = trust
     return trust
+
+
+# What a WASI call refuses because of the module, not of what it was passed
+_MODULE_REFUSALS = frozenset({"missing required memory export"})
 
 
 def _first_line(exc: Exception) -> str:
