@@ -282,11 +282,14 @@ class ComponentInstance:
         )
         self.watch = watch
         try:
-            return func(*args)
+            result = func(*args)
         finally:
             KEEPER.leave(watch)
             if not watch.interrupted:  # (its error refers to self: a cycle that kept every
                 self.watch = None  # dropped instance, and its memory, until gc ran)
+        if watch.reached is not None:  # returned past its deadline (a host call that
+            raise self._stuck_error(where)  # blocked past it): a timeout all the same
+        return result
 
     def _stuck_error(self, where: str, how: str = "") -> errors.WasmsbxError:
         """The keeper's error for a call it must end: output flood or timeout."""

@@ -684,6 +684,8 @@ class WasmtimeInstance(Instance):
                     raise raw.failure(error)  # type: ignore[misc]
                 except (wasmtime.Trap, wasmtime.WasmtimeError) as exc:
                     raise self._call_error(exc, name) from self._host_raised()
+            if watch.reached is not None:  # returned past its deadline: a timeout all the
+                raise stuck()  # same (a host call that blocked past it, red team round 40)
             return [read_one(slot) for read_one, slot in readers]
 
         return call
@@ -819,12 +821,15 @@ class WasmtimeInstance(Instance):
         self.watch = watch
         self.deadline = watch.deadline  # host functions check it on entry and return
         try:
-            return func(*args)
+            result = func(*args)
         finally:
             self.deadline = 0.0
             KEEPER.leave(watch)
             if not watch.interrupted:  # _trap_error reads only that: keep no Watch per sandbox
                 self.watch = None
+        if watch.reached is not None:  # returned past its deadline (a host call that
+            raise self._stuck()  # blocked past it): a timeout all the same (round 40)
+        return result
 
     def _stuck(self) -> errors.WasmsbxError:
         """The error of a call the keeper found blocked past its deadline (a host call)."""
