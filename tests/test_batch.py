@@ -745,3 +745,25 @@ def test_batch_and_stream_in_the_audit_log(cli, tmp_path):
     assert events[2]["failed"] == 1 and events[2]["errors"] == {"trap": 1}
     assert events[3]["outcome"] == "batch_failures" and events[3]["exit_code"] == 122
     assert events[6]["bytes_in"] == 2 and events[7]["outcome"] == "ok"
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_ids_a_caller_gives_that_json_or_a_worker_cannot_take_are_bad_items(jobs):
+    """Round 40: an id of 10**5000 (more digits than Python prints), bytes, an object or
+    a lambda (which a worker process cannot be sent) ended the whole batch with a raw
+    ValueError, TypeError or PicklingError. Each is that item's input error now."""
+    box = Sandbox(ADD, defaults())
+    items = [
+        {"args": [1, 2], "id": 10**5000},
+        {"args": [1, 2], "id": b"x"},
+        {"args": [1, 2], "id": object()},
+        {"args": [1, 2], "id": lambda: 1},
+        {"args": [1, 2], "id": 2**4000},
+        [2, 3],
+    ]
+    results = list(box.batch("add", items, jobs=jobs))
+    assert [r.values for r in results] == [None, None, None, None, [3], [5]]
+    assert all(r.error["kind"] == "input" for r in results[:4] if r.error)
+    if jobs == 1:  # (in this process, a lambda is not JSON: refused as the others)
+        assert results[3].error is not None
+    assert [r.id for r in results[:4]] == [1, 2, 3, 4] and results[4].id == 2**4000

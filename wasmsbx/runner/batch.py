@@ -178,8 +178,18 @@ class Summary:
 # ---------------------------------------------------------------------------- items
 
 
+class Unsendable(NamedTuple):
+    """In place of an item a worker process could not be sent (jobs > 1: pickled), with
+    why: the worker answers it as a bad item, and the batch goes on (red team round 40:
+    an id that was a lambda ended the batch with a PicklingError)."""
+
+    reason: str
+
+
 def parse_item(payload: Any) -> tuple:
     """``(args, id)`` from a JSON line (bytes/str) or a list/tuple/dict; BadItem if neither."""
+    if type(payload) is Unsendable:
+        raise BadItem(payload.reason)
     if isinstance(payload, (bytes, bytearray, str)):
         if len(payload) > MAX_LINE:
             raise BadItem(f"line longer than {MAX_LINE} bytes")
@@ -199,7 +209,7 @@ def parse_item(payload: Any) -> tuple:
         if not isinstance(args, list):
             raise BadItem("'args' must be a JSON array of arguments")
         ident = payload.get("id")
-        if ident is not None and type(ident) is not int:
+        if ident is not None and (type(ident) is not int or ident.bit_length() > 4096):
             _check_id(ident)
         return args, ident
     raise BadItem(
@@ -213,10 +223,13 @@ def _check_id(ident: Any) -> None:
     and other strict readers reject (red team round 23). BadItem for those."""
     try:
         json.dumps(ident, allow_nan=False, ensure_ascii=False).encode("utf-8")
-    except (ValueError, UnicodeEncodeError):
+    except (ValueError, UnicodeEncodeError, TypeError, RecursionError):
+        # (also: an id a Python caller gave that is not JSON at all, bytes or an object,
+        # and an integer of more digits than Python prints: round 40, a raw exception
+        # that ended the batch)
         raise BadItem(
-            "'id' must be plain JSON (no NaN, Infinity or lone surrogates): it is written "
-            "back in the result"
+            "'id' must be plain JSON (no NaN, Infinity, lone surrogates, bytes or "
+            "objects; integers of at most 4,300 digits): it is written back in the result"
         ) from None
 
 
@@ -649,7 +662,7 @@ def _parallel(
                 full = len(chunk) >= sizer.size or exhausted or nbytes >= CHUNK_MAX_BYTES
                 if not chunk or not (full or not worker.inflight):
                     break
-                pending.append(worker.submit((chunk, encoded)))
+                pending.append(_submit(worker, chunk, encoded))
                 chunk, nbytes = [], 0
             if not pending and exhausted and not chunk:
                 return
@@ -695,6 +708,28 @@ def _parallel(
 
 def _load(worker: Any) -> int:
     return len(worker.inflight)
+
+
+def _submit(worker: Any, chunk: list, encoded: bool) -> Any:
+    """``worker.submit`` of a chunk; its items that cannot be pickled (a caller's Python
+    objects: a lambda, a local class) go as Unsendable, answered as bad items. Pickling
+    comes before any byte is sent, so a refused chunk is sent again whole."""
+    try:
+        return worker.submit((chunk, encoded))
+    except errors.WasmsbxError:
+        raise  # (BatchWorkerDied)
+    except Exception:  # noqa: BLE001 - whatever pickling an item raises
+        import pickle
+
+        def sendable(item: tuple) -> tuple:
+            try:
+                pickle.dumps(item[1], pickle.HIGHEST_PROTOCOL)
+                return item
+            except Exception as exc:  # noqa: BLE001
+                reason = f"cannot be sent to a worker process (jobs > 1): {type(exc).__name__}"
+                return item[0], Unsendable(f"{reason}: {str(exc)[:200]}")
+
+        return worker.submit(([sendable(item) for item in chunk], encoded))
 
 
 class _PipeWake:
