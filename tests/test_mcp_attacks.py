@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import os
 import re
 import subprocess
@@ -662,3 +663,47 @@ def test_a_client_that_closes_its_reply_pipe_ends_the_server_quietly():
         if proc.poll() is None:
             proc.kill()
     assert code == 0 and "internal error" not in stderr, (code, stderr)
+
+
+def test_link_loops_private_copies_and_a_broken_audit_log(tmp_path):
+    """Round 40: a module_path that is a link loop gave a bare "Error executing tool"
+    (Path.resolve's RuntimeError; a traceback on the server's stderr), inside or outside
+    the allowed folder; audit_module's report named the server's private copy of a
+    module sent as bytes; and an --audit-log that could not be opened left each call's
+    copy behind."""
+    mods = tmp_path / "mods"
+    mods.mkdir()
+    (mods / "l1").symlink_to("l2")
+    (mods / "l2").symlink_to("l1")
+    (tmp_path / "o1").symlink_to("o2")
+    (tmp_path / "o2").symlink_to("o1")
+    log = tmp_path / "audit.jsonl"
+    module = b64(EXAMPLES / "add.wat")
+
+    private = tmp_path / "tmp"  # (the server's own folder goes here: its TMPDIR)
+    private.mkdir()
+
+    async def scenario():
+        args = ("--module-dir", str(mods), "--audit-log", str(log))
+        async with stdio_client(*args, env={"TMPDIR": str(private)}) as c:
+            loops = [
+                await c.call_tool("call_export", {"function": "add", "module_path": p})
+                for p in (str(mods / "l1"), str(tmp_path / "o1"))
+            ]
+            report = ok(await c.call_tool("audit_module", {"module_base64": module}))
+            log.unlink()
+            log.mkdir()  # (the log cannot be opened from now on: every call is refused)
+            failed = [
+                await c.call_tool("call_export", {"function": "add", "module_base64": module})
+                for _ in range(3)
+            ]
+            left = list(private.glob("wasmsbx-mcp-*/modules/*"))
+            return loops, report, failed, left
+
+    loops, report, failed, left = run(scenario())
+    inside, outside = (clear(r, "loop") for r in loops)
+    assert loops[0].is_error and "cannot open" in inside, inside
+    assert loops[1].is_error and "outside the directories" in outside, outside
+    assert report["module"]["path"] == "module.wasm", report["module"]
+    assert not re.search(r"[0-9a-f]{64}-[0-9a-f]{12}", json.dumps(report))
+    assert all(r.is_error for r in failed) and left == [], left

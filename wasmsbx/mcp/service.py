@@ -176,7 +176,10 @@ class Service:
             )
         # Checked before opening (opening some devices has effects) and again on the file
         # actually opened (a link swapped in between).
-        self._inside(path, Path(path).resolve(), allowed)
+        # (realpath, not Path.resolve: a link loop raised RuntimeError there, a bare "Error
+        # executing tool" for the client and a traceback on the server's stderr, and told
+        # whether a path outside the allowed directories was a loop: red team round 40)
+        self._inside(path, Path(os.path.realpath(path)), allowed)
         try:
             fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOCTTY", 0) | os.O_NONBLOCK)
         except OSError as exc:
@@ -189,7 +192,7 @@ class Service:
             real = (
                 Path(os.readlink(f"/proc/self/fd/{fd}"))
                 if os.path.exists("/proc/self/fd")
-                else Path(path).resolve()
+                else Path(os.path.realpath(path))
             )
             self._inside(path, real, allowed)
             if not stat.S_ISREG(os.fstat(fd).st_mode):
@@ -242,8 +245,11 @@ class Service:
     ) -> dict:
         """Admit the call, run ``req`` in a worker, account for it; the result as data.
         ``owner``: the MCP client session calling (a wasmsbx session is its starter's)."""
-        log = self._log(tool, req, log_args or [])
+        log = None
         try:
+            # (in the try: a log that cannot be opened left the call's module copy behind,
+            # red team round 40)
+            log = self._log(tool, req, log_args or [])
             result = await self._admitted(req, limits, (session_id, owner), log)
         except BaseException as exc:
             if isinstance(exc, errors.WasmsbxError):
@@ -265,17 +271,14 @@ class Service:
         label = self._labels.get(module or "")
         if label is None:
             return
-        import re
-
-        copy = re.compile(r"(?:/\S*/)?[0-9a-f]{64}-[0-9a-f]{12}\.wasm")
-
-        def clean(text: Any) -> Any:
-            return copy.sub(lambda _: label, text) if isinstance(text, str) else text
-
-        exc.message = clean(exc.message)
-        exc.hint = clean(exc.hint)
+        exc.message = scrubbed(exc.message, label)
+        exc.hint = scrubbed(exc.hint, label)
         for key, value in list(exc.context.items()):
-            exc.context[key] = clean(value)
+            exc.context[key] = scrubbed(value, label)
+
+    def label(self, module: Optional[str]) -> Optional[str]:
+        """How the client named the module of a call still running (_scrub)."""
+        return self._labels.get(module or "")
 
     def _drop_copy(self, module: Optional[str]) -> None:
         """Remove the call's private module copy (never an interpreter)."""
@@ -431,6 +434,21 @@ class Service:
             code_bytes=len(code.encode()) if code else None,
         )
         return log
+
+
+def scrubbed(value: Any, label: str) -> Any:
+    """``value`` (text, or lists and dicts of it) with every private module copy's path
+    (``<root>/modules/<sha256>-<random>.wasm``) written as ``label``."""
+    import re
+
+    copy = re.compile(r"(?:/\S*/)?[0-9a-f]{64}-[0-9a-f]{12}\.wasm")
+    if isinstance(value, str):
+        return copy.sub(lambda _: label, value)
+    if isinstance(value, list):
+        return [scrubbed(v, label) for v in value]
+    if isinstance(value, dict):
+        return {k: scrubbed(v, label) for k, v in value.items()}
+    return value
 
 
 class _Stats:

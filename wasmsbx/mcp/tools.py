@@ -14,7 +14,7 @@ from mcp.server.mcpserver import Context
 from pydantic import BaseModel, Field
 
 from .. import __version__, errors
-from .service import Service
+from .service import Service, scrubbed
 
 INSTRUCTIONS = (
     "wasmsbx runs untrusted code in WebAssembly sandboxes. run_python and run_javascript "
@@ -315,8 +315,11 @@ def build(service: Service) -> Any:
         service.check_request(module_base64, module_path)
         module, digest, _ = service.module(module_path, module_base64)
         req = {"op": "audit", "module": module, "sha256": digest}
+        label = service.label(module) or module_path or "module.wasm"
         data = await service.run("audit_module", req)
-        return data["report"]
+        # (the report names the module as the client did, never by the server's private
+        # copy: red team round 40 saw its path in report.module.path)
+        return scrubbed(data["report"], label)
 
     @server.tool()
     @guarded
