@@ -70,3 +70,43 @@ def test_an_output_named_like_an_option_is_refused_and_nothing_is_written(
     res = cli(*args, "-o", "./" + name)  # the way to ask for that name
     assert res.code == 0, res
     assert (batch / name).is_file()
+
+
+@pytest.mark.parametrize("command", ["compile", "audit"])
+def test_an_output_fifo_nobody_reads_is_refused_not_waited_on(cli, tmp_path, command):
+    """Round 40: `compile -o FIFO` and `audit --sarif -o FIFO` waited for a reader for
+    ever (--audit-log refused such a FIFO at once). Now 105, nothing written; with a
+    reader, the FIFO is written as before."""
+    import threading
+
+    from .conftest import EXAMPLES
+
+    fifo = tmp_path / "out"
+    os.mkfifo(fifo)
+    args = [command, str(EXAMPLES / "add.wat"), "-o", str(fifo)]
+    if command == "audit":
+        args.insert(2, "--sarif")
+    res = cli(*args)
+    assert res.code == 105 and "FIFO nobody is reading" in res.stderr, res
+    got: list = []
+
+    def read() -> None:
+        with open(fifo, "rb") as f:
+            got.append(f.read())
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    try:
+        import time
+
+        deadline = time.monotonic() + 60
+        res = cli(*args)
+        while res.code == 105 and time.monotonic() < deadline:  # (reader not yet open)
+            time.sleep(0.05)
+            res = cli(*args)
+    finally:
+        if reader.is_alive():  # (free it whatever happened)
+            with open(fifo, "wb"):
+                pass
+        reader.join(60)
+    assert res.code == 0 and got and got[0], res

@@ -245,9 +245,22 @@ def _replace(
 
 def _write_direct(path: str, blob: bytes) -> None:
     """A character device or FIFO: opened for writing as it is, never created or
-    truncated (O_CREAT absent: if it vanished meanwhile, this fails instead)."""
-    fd = os.open(path, os.O_WRONLY | os.O_NOCTTY | _CLOEXEC)
+    truncated (O_CREAT absent: if it vanished meanwhile, this fails instead). A FIFO
+    nobody reads is refused at once (opened without blocking, as --audit-log opens one),
+    where the open waited for a reader for ever (red team round 40); writes then block
+    as a shell's ``>`` would."""
     try:
+        fd = os.open(path, os.O_WRONLY | os.O_NOCTTY | os.O_NONBLOCK | _CLOEXEC)
+    except OSError as exc:
+        if exc.errno == errno.ENXIO:
+            raise _fail(
+                path,
+                "is a FIFO nobody is reading; nothing was written",
+                "start its reader first (e.g. cat FIFO &), or write to a file",
+            ) from None
+        raise
+    try:
+        os.set_blocking(fd, True)
         info = os.fstat(fd)
         if not (stat.S_ISCHR(info.st_mode) or stat.S_ISFIFO(info.st_mode)):
             raise _fail(path, "changed while being written; not written")
