@@ -68,6 +68,8 @@ def test_a_call_cannot_loosen_a_limit(limits, needle):
         {"timeout": 0},
         {"timeout": float("nan")},
         {"timeout": float("inf")},
+        {"timeout": 1e-300},  # (round 40: a policy error about the server, from the worker)
+        {"timeout": "0.5ms"},
         {"memory": "0.5B"},
         {"cpu": 1},
     ],
@@ -688,3 +690,21 @@ def test_setup_runs_pip_in_its_private_download_folder(tmp_path, monkeypatch):
     with pytest.raises(errors.InputError):
         interpreters.setup(tmp_path / "data")
     assert seen and seen[0] is not None and Path(seen[0]).name.startswith("wasmsbx-wheels-")
+
+
+def test_a_session_memory_too_small_for_python_is_refused_at_start(cli):
+    """Round 40: --session-memory 4MiB was accepted and every session call then failed
+    ("module needs 10 MiB of memory at start")."""
+    res = cli("mcp", "--session-memory", "4MiB")
+    assert res.code == 2 and "needs 10 MiB to start" in res.stderr, res
+
+
+def test_a_spent_session_budget_does_not_ask_for_what_is_refused(tmp_path):
+    """Round 40: the hint said to delete files in /scratch, which a session whose every
+    call is refused cannot do."""
+    sessions = Sessions(tmp_path, make_config(session_memory=1024 * 1024))
+    session = sessions.start()
+    (session.scratch / "big").write_bytes(b"x" * (1024 * 1024))
+    with pytest.raises(errors.MemoryLimitExceeded) as info:
+        sessions.check_budget(session)
+    assert "delete" not in info.value.hint and "start a new one" in info.value.hint

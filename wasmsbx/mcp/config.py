@@ -171,7 +171,18 @@ def _parse_limit(name: str, raw: Any, parse: Any) -> Any:
         ) from None
     if not value:
         raise errors.UsageError(f"limits.{name} must be greater than zero")
+    if name == "timeout" and value < MIN_TIMEOUT:
+        # (1e-300 passed here and came back from the worker's policy as a policy error
+        # about the server, "limits cannot be switched off": red team round 40)
+        raise errors.UsageError(
+            f"limits.timeout: {raw!r} is shorter than the least a call can be given "
+            f"({format_duration(MIN_TIMEOUT)})",
+            hint='durations like "500ms" or "2s"',
+        )
     return value
+
+
+MIN_TIMEOUT = 0.001  # seconds: the deadline keeper's resolution
 
 
 def to_wire(policy: Any, extra_grants: tuple = ()) -> dict:

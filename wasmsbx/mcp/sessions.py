@@ -210,7 +210,10 @@ class Sessions:
             raise errors.MemoryLimitExceeded(
                 f"session memory budget spent: the scratch folder holds {format_size(used)} "
                 f"of {format_size(budget)}",
-                hint="delete files in /scratch (or drop large globals), or start a new session",
+                # (not "delete files": every call of the session is refused from now on,
+                # so nothing in it can make room: red team round 40)
+                hint="end this session and start a new one; within a session, keep "
+                "/scratch and large globals under --session-memory",
                 limit_value=budget,
             )
         return left

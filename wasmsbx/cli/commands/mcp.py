@@ -40,6 +40,7 @@ RATE_WINDOW = typer.Option(
 )
 MAX_OUTPUT = typer.Option("1MiB", "--max-output", metavar="SIZE", help="stdout+stderr per call.")
 SESSION_CPU = typer.Option("60s", "--session-cpu", metavar="DURATION", help="CPU per session.")
+SESSION_MEMORY_MIN = 16 << 20  # a session's CPython starts with 10 MiB of memory
 SESSION_MEMORY = typer.Option(
     None, "--session-memory", metavar="SIZE", help="Memory + scratch per session."
 )
@@ -129,6 +130,16 @@ def serve(
         max_connections=_positive(max_connections, "--max-connections"),
         rate_window=_parse(parse_duration, rate_window, "--rate-window"),
     )
+    from ...units import format_size
+
+    if config.session_memory is not None and config.session_memory < SESSION_MEMORY_MIN:
+        # (accepted, every session call then failed: "module needs 10 MiB of memory at
+        # start", red team round 40)
+        raise errors.UsageError(
+            f"--session-memory {session_memory}: a session's Python needs 10 MiB to start; "
+            f"give it at least {format_size(SESSION_MEMORY_MIN)}",
+            hint="e.g. --session-memory 256MiB (memory and /scratch together)",
+        )
     token = _token(token_file)
     run_server(config, "http" if http else "stdio", host, port, token, allow_remote)
     return 0
