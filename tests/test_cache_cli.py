@@ -356,3 +356,22 @@ def test_batch_uses_the_cache_options(cli, cache_all, tmp_path):
 
 # CLI calls run in this process (see the cli fixture): none here needs the real entry point.
 pytestmark = pytest.mark.inprocess
+
+
+@pytest.mark.parametrize("command", ["list", "stats", "clear", "verify", "prune"])
+def test_a_cache_dir_that_cannot_be_a_cache_is_refused(cli, tmp_path, command):
+    """Round 40: `cache clear --cache-dir` of the trust folder said "empty cache" and
+    exited 0, and /dev/null or a FIFO was "no cache yet"; `compile --cache-dir` refused
+    the trust folder with 105. Every cache command refuses them so now."""
+    import os
+
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    trust = os.environ["WASMSBX_TRUST_DIR"]
+    os.makedirs(trust, exist_ok=True)
+    for target in (trust, "/dev/null", str(fifo), str(tmp_path / "file")):
+        if target.endswith("file"):
+            (tmp_path / "file").write_text("x")
+        res = cli("cache", command, "--cache-dir", target)
+        assert res.code == 105, (target, res)
+        assert os.path.exists(target), target

@@ -48,6 +48,32 @@ class Opened:
             if "is not a wasmsbx cache" in why:  # (clear leaves such a folder alone too)
                 hint = "choose another --cache-dir: wasmsbx touches no folder but its caches"
             raise InputError(f"cache unavailable at {self.root}: {why}", hint=hint) from None
+        if self.store is None:
+            self._check_absent()
+
+    def _check_absent(self) -> None:
+        """A folder that holds no cache: say so only if one could be there. A file, a
+        device or a FIFO, or the trust folder (or a folder around or in it), is refused
+        as ``compile --cache-dir`` refuses it (red team round 40: `cache clear` on the
+        trust folder said "empty cache" and exited 0)."""
+        import os
+
+        from ...errors import InputError
+        from ...native import cache
+
+        text = str(self.root)
+        if os.path.lexists(text) and not os.path.isdir(text):
+            raise InputError(
+                f"{text} is not a folder, so not a cache",
+                hint="--cache-dir names the folder a cache is kept in",
+            )
+        try:
+            cache._refuse_trust(self.root)
+        except cache.CacheUnavailable as exc:
+            raise InputError(
+                f"cache unavailable at {text}: {cache.reason(exc)}",
+                hint="choose another --cache-dir: the trust folder holds your keys",
+            ) from None
 
     def missing(self, json_output: bool, **empty: Any) -> bool:
         """Say so (once) and return True when there is no cache yet."""
