@@ -25,6 +25,21 @@ from .cache_helpers import make_policy
 pytestmark = pytest.mark.skipif(not cache._PIN, reason="folders are pinned on Linux only")
 
 
+@pytest.fixture(autouse=True)
+def own_pins(monkeypatch):
+    """Each test pins its folders in a table of its own (closed after): the process's
+    holds at most _PIN_MAX folders, and earlier tests of the same worker may have
+    filled it, after which folders are used by name and these tests saw no pin."""
+    monkeypatch.setattr(cache, "_PINNED", {})
+    monkeypatch.setattr(cache, "_SHARED", {})
+    yield
+    for fd, _ in cache._PINNED.values():
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+
+
 @pytest.fixture
 def victim(tmp_path):
     """Another folder of the user's, with a `code/` folder of its own."""

@@ -19,6 +19,19 @@ from wasmsbx.native import artifact, cache, trust
 identity = pytest.importorskip("wasmsbx.backends.wasmtime.identity")
 
 
+@pytest.fixture(autouse=True)
+def own_pins(monkeypatch):
+    """The folders these tests open are pinned in a table of their own, closed after:
+    the process's table holds at most _PIN_MAX, and later tests need theirs pinned."""
+    monkeypatch.setattr(cache, "_PINNED", {})
+    yield
+    for fd, _ in cache._PINNED.values():
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+
+
 class FakeFinder:
     def __init__(self, names) -> None:
         self._path_cache = set(names)
