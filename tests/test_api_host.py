@@ -402,3 +402,32 @@ def test_a_per_call_timeout_bounds_the_wait_for_another_threads_call(backend):
     box.call("outer")
     assert isinstance(out["error"], errors.TimeoutExceeded), out
     assert out["error"].context["limit_value"] == pytest.approx(0.3), out["error"].message
+
+
+def test_host_results_are_not_parsed_from_text(backend):
+    """Round 40: a host function returning "5" for an i32 gave the guest 5 (text parsed
+    as a command-line argument), and "null" returned as an externref became a null
+    reference. Text is refused for numbers; an externref holds the object returned."""
+    wat = b"""(module (import "env" "five" (func $f (result i32)))
+     (func (export "g") (result i32) (call $f)))"""
+
+    def five() -> wasmsbx.i32:
+        return "5"
+
+    box = wasmsbx.Sandbox(wat, imports={"env": {"five": five}}, backend=backend)
+    with pytest.raises(errors.TrapError) as info:
+        box.call("g")
+    assert isinstance(info.value.__cause__, TypeError) and "text" in str(info.value.__cause__)
+    refs = b"""(module (import "env" "ref" (func $r (result externref)))
+     (func (export "h") (result externref) (call $r)))"""
+
+    def ref() -> wasmsbx.externref:
+        return "null"
+
+    require_capability(backend, "reference-types")
+    try:
+        box = wasmsbx.Sandbox(refs, imports={"env": {"ref": ref}}, backend=backend)
+        got = box.call("h")
+    except errors.BackendUnavailable as exc:  # (wasmer: no references in host functions)
+        pytest.skip(exc.message)
+    assert got == "null"

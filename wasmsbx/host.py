@@ -78,9 +78,21 @@ class HostFunc:
             out = [out]
         elif not isinstance(out, (tuple, list)) or len(out) != len(self.results):
             raise TypeError(f"{_name(self.fn)} must return {len(self.results)} results")
-        from .values import coerce
+        return [self._result(v, t) for v, t in zip(out, self.results)]
 
-        return [coerce(v, t) for v, t in zip(out, self.results)]
+    def _result(self, value: Any, wasm_type: str) -> Any:
+        """A result as its declared type. Text is not parsed as the command line's
+        arguments are (round 40: "5" was taken for an i32 5), and an externref holds
+        whatever object is returned, text included ("null" was read as a null ref)."""
+        from .values import ExternRef, coerce
+
+        if wasm_type == "externref":
+            return value.value if isinstance(value, ExternRef) else value
+        if isinstance(value, str):
+            raise TypeError(
+                f"{_name(self.fn)} returned text {value[:40]!r} for an {wasm_type} result"
+            )
+        return coerce(value, wasm_type)
 
 
 class Global:
