@@ -364,6 +364,10 @@ class WasmtimeInstance(Instance):
                 self.instance = self._guarded("start function", make, self.store, module)
         except wasmtime.Trap as trap:
             where, hint = "start function", None
+            if getattr(module, "_wasmsbx_start", True) is False:
+                # (no start function to blame: a data or element segment out of bounds,
+                # which instantiation checks; round 40 LOW)
+                where = "instantiation (its data and element segments)"
             if engine.options.copy_data:  # the data copy is charged as fuel too
                 copying = "instantiation (copying its data in)"
                 start = getattr(module, "_wasmsbx_start", True) is not False

@@ -1,0 +1,31 @@
+"""A trap while a module is instantiated names what trapped: its start function, or,
+without one, its data and element segments (round 40 LOW: "start function trapped" for
+a module that has none, whose data segment lies past its memory)."""
+
+from __future__ import annotations
+
+import pytest
+
+import wasmsbx
+from wasmsbx import errors
+
+from .conftest import BACKENDS
+
+pytestmark = pytest.mark.skipif("wasmtime" not in BACKENDS, reason="wasmtime's messages")
+
+
+def test_a_data_segment_out_of_bounds_without_a_start_function():
+    wat = (
+        b'(module (memory 1) (data (i32.const 70000) "x")'
+        b' (func (export "f") (result i32) i32.const 1))'
+    )
+    with pytest.raises(errors.TrapError) as info:
+        wasmsbx.Sandbox(wat, backend="wasmtime").call("f")
+    assert "start function" not in info.value.message
+    assert "data and element segments" in info.value.message
+
+
+def test_a_start_function_that_traps_is_named():
+    wat = b'(module (func $s unreachable) (start $s) (func (export "f") (result i32) i32.const 1))'
+    with pytest.raises(errors.TrapError, match="start function"):
+        wasmsbx.Sandbox(wat, backend="wasmtime").call("f")
