@@ -431,3 +431,19 @@ def test_host_results_are_not_parsed_from_text(backend):
     except errors.BackendUnavailable as exc:  # (wasmer: no references in host functions)
         pytest.skip(exc.message)
     assert got == "null"
+
+
+def test_a_caller_kept_past_its_call_says_so(backend):
+    """Round 40 LOW: a Caller kept after the host call raised IndexError ("exports no
+    memory named 'memory'", which it did) from caller.memory()."""
+    kept = []
+
+    def log(caller: wasmsbx.Caller, ptr: wasmsbx.i32, n: wasmsbx.i32) -> None:
+        kept.append(caller)
+
+    rnd = wasmsbx.func(lambda: 10, params=[], results=["i64"])
+    imports = {"env": {"log": log, "random": rnd}}
+    with wasmsbx.Sandbox(PLUGIN, imports=imports, backend=backend) as box:
+        box.call("greet", 1)
+        with pytest.raises(errors.UsageError, match="kept past the host call"):
+            kept[0].memory()

@@ -41,6 +41,14 @@ class Caller:
 
     def memory(self, name: str = "memory") -> Any:
         """The caller's exported memory (a :class:`wasmsbx.runner.sandbox.Memory`)."""
+        if self._caller is None:  # (kept past its call: round 40 saw an IndexError
+            from . import errors  # saying the memory did not exist)
+
+            raise errors.UsageError(
+                "this Caller was kept past the host call it was given to",
+                hint="read the guest's memory inside the host function, or use the "
+                "Sandbox's own memory() after the call",
+            )
         return self._caller.memory(name)
 
 
@@ -69,7 +77,14 @@ class HostFunc:
 
     def invoke(self, caller: Any, args: list) -> list:
         """Call the function; its return value as a list of results."""
-        out = self.fn(Caller(caller), *args) if self.caller else self.fn(*args)
+        if self.caller:
+            given = Caller(caller)
+            try:
+                out = self.fn(given, *args)
+            finally:
+                given._caller = None  # valid only during this call
+        else:
+            out = self.fn(*args)
         if not self.results:
             if out is not None:
                 raise TypeError(f"{_name(self.fn)} returned {out!r} but declares no results")
