@@ -127,3 +127,22 @@ def swap_for_altered_copy(path) -> None:
     other.write_bytes(bytes(data))
     os.utime(other, ns=(info.st_atime_ns, info.st_mtime_ns))
     os.replace(other, path)
+
+
+def own_pins(monkeypatch):
+    """Give a test its own table of pinned cache folders and its own shared stores
+    (closed after): the process's table holds at most _PIN_MAX folders, and earlier
+    tests of the same worker may have filled it, after which folders are used by name
+    and a test that looks for a pin finds none. A generator for a fixture."""
+    import os
+
+    from wasmsbx.native import cache
+
+    monkeypatch.setattr(cache, "_PINNED", {})
+    monkeypatch.setattr(cache, "_SHARED", {})
+    yield
+    for fd, _ in cache._PINNED.values():
+        try:
+            os.close(fd)
+        except OSError:
+            pass

@@ -41,20 +41,18 @@ def wasmsbx_argv(*args: str) -> list:
     return [sys.executable, "-m", "wasmsbx", "mcp", *args]
 
 
-@contextlib.contextmanager
-def raw_stdio_server():
-    """``wasmsbx mcp`` over stdio, spoken to in raw JSON-RPC (for messages the SDK's own
-    client cannot send), past its ``initialize``: yields ``send(message)`` and
-    ``answer()``, which waits a generous minute for the next reply (no reply at all is
-    the bug some tests look for; the server answers in milliseconds)."""
+def raw_server(*args: str, stderr=subprocess.DEVNULL) -> tuple:
+    """``wasmsbx mcp ARGS`` over stdio, spoken to in raw JSON-RPC, past its
+    ``initialize``: (process, ``send(message)``, ``answer()``), ``answer`` waiting a
+    generous minute for the next reply. The caller ends the process."""
     import json
     import select
 
     proc = subprocess.Popen(
-        wasmsbx_argv(),
+        wasmsbx_argv(*args),
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
+        stderr=stderr,
         env=server_env(),
     )
 
@@ -76,6 +74,20 @@ def raw_stdio_server():
         send({"id": 1, "method": "initialize", "params": params})
         assert answer()["id"] == 1
         send({"method": "notifications/initialized"})
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
+    return proc, send, answer
+
+
+@contextlib.contextmanager
+def raw_stdio_server():
+    """``raw_server`` for the length of a ``with``: yields ``send`` and ``answer`` (for
+    messages the SDK's own client cannot send; no reply at all is the bug some tests
+    look for, the server answers in milliseconds)."""
+    proc, send, answer = raw_server()
+    try:
         yield send, answer
     finally:
         proc.kill()

@@ -20,24 +20,14 @@ import pytest
 
 from wasmsbx.native import cache
 
-from .cache_helpers import make_policy
+from .cache_helpers import make_policy, own_pins
 
 pytestmark = pytest.mark.skipif(not cache._PIN, reason="folders are pinned on Linux only")
 
 
 @pytest.fixture(autouse=True)
-def own_pins(monkeypatch):
-    """Each test pins its folders in a table of its own (closed after): the process's
-    holds at most _PIN_MAX folders, and earlier tests of the same worker may have
-    filled it, after which folders are used by name and these tests saw no pin."""
-    monkeypatch.setattr(cache, "_PINNED", {})
-    monkeypatch.setattr(cache, "_SHARED", {})
-    yield
-    for fd, _ in cache._PINNED.values():
-        try:
-            os.close(fd)
-        except OSError:
-            pass
+def _own_pins(monkeypatch):
+    yield from own_pins(monkeypatch)
 
 
 @pytest.fixture

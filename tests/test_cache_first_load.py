@@ -16,20 +16,14 @@ from hypothesis import strategies as st
 
 from wasmsbx.native import artifact, cache, trust
 
+from .cache_helpers import own_pins
+
 identity = pytest.importorskip("wasmsbx.backends.wasmtime.identity")
 
 
 @pytest.fixture(autouse=True)
-def own_pins(monkeypatch):
-    """The folders these tests open are pinned in a table of their own, closed after:
-    the process's table holds at most _PIN_MAX, and later tests need theirs pinned."""
-    monkeypatch.setattr(cache, "_PINNED", {})
-    yield
-    for fd, _ in cache._PINNED.values():
-        try:
-            os.close(fd)
-        except OSError:
-            pass
+def _own_pins(monkeypatch):
+    yield from own_pins(monkeypatch)
 
 
 class FakeFinder:

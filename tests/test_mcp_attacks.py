@@ -578,31 +578,10 @@ def test_lone_surrogates_get_an_answer_over_stdio():
 
 
 def _raw_server():
-    """``wasmsbx mcp`` over stdio, initialized; (process, send)."""
-    import json
+    """``wasmsbx mcp`` over stdio, initialized; (process, send), stderr kept."""
+    from .mcp_helpers import raw_server
 
-    from .mcp_helpers import server_env, wasmsbx_argv
-
-    proc = subprocess.Popen(
-        wasmsbx_argv(),
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        env=server_env(),
-    )
-
-    def send(message: dict) -> None:
-        proc.stdin.write((json.dumps({"jsonrpc": "2.0", **message}) + "\n").encode())
-        proc.stdin.flush()
-
-    params = {
-        "protocolVersion": "2025-06-18",
-        "capabilities": {},
-        "clientInfo": {"name": "raw", "version": "1"},
-    }
-    send({"id": 1, "method": "initialize", "params": params})
-    assert json.loads(proc.stdout.readline())["id"] == 1
-    send({"method": "notifications/initialized"})
+    proc, send, _ = raw_server(stderr=subprocess.PIPE)
     return proc, send
 
 
