@@ -769,3 +769,24 @@ def test_ids_a_caller_gives_that_json_or_a_worker_cannot_take_are_bad_items(jobs
     if jobs == 1:  # (in this process, a lambda is not JSON: refused as the others)
         assert results[3].error is not None
     assert [r.id for r in results[1:4]] == [2, 3, 4] and results[4].id == 2**4000
+
+
+class _Unloadable:
+    """Pickles as a call that fails when read back (as a class a worker's __main__ lacks
+    fails: one defined under python -c or in a notebook)."""
+
+    def __reduce__(self):
+        return (int, ("not a number",))
+
+
+def test_an_item_a_worker_cannot_read_back_is_that_items_error():
+    """Round 41: an item that pickles but cannot be unpickled in the worker killed the
+    worker's reader thread, and the batch waited for ever. Items go pickled one by one:
+    that item is an input error and the batch goes on."""
+    box = Sandbox(ADD, defaults())
+    items = [{"args": [1, 2], "id": _Unloadable()}, [3, 4], {"args": [5, 6], "id": "x"}]
+    results = list(box.batch("add", items, jobs=2))
+    assert [r.values for r in results] == [None, [7], [11]]
+    assert results[0].error["kind"] == "input"
+    assert "cannot be read in a worker process" in results[0].error["message"]
+    assert results[2].id == "x"

@@ -186,6 +186,17 @@ class Unsendable(NamedTuple):
     reason: str
 
 
+class Pickled(NamedTuple):
+    """An item of a Python caller's (not a JSON line), pickled by the parent on its own
+    and read back by the worker on its own: one the worker cannot read (an id of a class
+    defined under ``python -c`` or in a notebook, which the worker's ``__main__`` lacks)
+    is that item's input error. Pickled with its chunk, it failed the whole chunk's read
+    in the worker's reader thread, which died, and the batch waited for ever (red team
+    round 41)."""
+
+    data: bytes
+
+
 def parse_item(payload: Any) -> tuple:
     """``(args, id)`` from a JSON line (bytes/str) or a list/tuple/dict; BadItem if neither."""
     if type(payload) is Unsendable:
@@ -711,25 +722,36 @@ def _load(worker: Any) -> int:
 
 
 def _submit(worker: Any, chunk: list, encoded: bool) -> Any:
-    """``worker.submit`` of a chunk; its items that cannot be pickled (a caller's Python
-    objects: a lambda, a local class) go as Unsendable, answered as bad items. Pickling
-    comes before any byte is sent, so a refused chunk is sent again whole."""
+    """``worker.submit`` of a chunk whose items a Python caller gave (not JSON lines)
+    each go pickled on their own (``Pickled``); one that cannot be pickled (a lambda, a
+    local class) goes as Unsendable, answered as a bad item."""
+    return worker.submit(([_sendable(item) for item in chunk], encoded))
+
+
+def _sendable(item: tuple) -> tuple:
+    line, payload = item
+    if type(payload) in (bytes, str):
+        return item
+    import pickle
+
     try:
-        return worker.submit((chunk, encoded))
-    except errors.WasmsbxError:
-        raise  # (BatchWorkerDied)
-    except Exception:  # noqa: BLE001 - whatever pickling an item raises
-        import pickle
+        return line, Pickled(pickle.dumps(payload, pickle.HIGHEST_PROTOCOL))
+    except Exception as exc:  # noqa: BLE001 - whatever pickling an item raises
+        reason = f"cannot be sent to a worker process (jobs > 1): {type(exc).__name__}"
+        return line, Unsendable(f"{reason}: {str(exc)[:200]}")
 
-        def sendable(item: tuple) -> tuple:
-            try:
-                pickle.dumps(item[1], pickle.HIGHEST_PROTOCOL)
-                return item
-            except Exception as exc:  # noqa: BLE001
-                reason = f"cannot be sent to a worker process (jobs > 1): {type(exc).__name__}"
-                return item[0], Unsendable(f"{reason}: {str(exc)[:200]}")
 
-        return worker.submit(([sendable(item) for item in chunk], encoded))
+def _received(payload: Any) -> Any:
+    """A worker's item as the parent gave it (``Pickled`` read back), or Unsendable."""
+    if type(payload) is not Pickled:
+        return payload
+    import pickle
+
+    try:
+        return pickle.loads(payload.data)
+    except Exception as exc:  # noqa: BLE001 - whatever unpickling an item raises
+        reason = f"cannot be read in a worker process (jobs > 1): {type(exc).__name__}"
+        return Unsendable(f"{reason}: {str(exc)[:200]}")
 
 
 class _PipeWake:
@@ -868,7 +890,7 @@ def worker_chunk(state: Any, chunk: list, encoded: bool) -> Iterator:
     held = 0
     left = len(chunk)
     for line, payload in chunk:
-        result = run(line, payload)
+        result = run(line, _received(payload))
         results.append(result)
         left -= 1
         held += weigh(result, REPLY_BYTES - held)

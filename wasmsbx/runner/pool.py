@@ -440,7 +440,14 @@ def _serve(tasks: Any, replies: Any, job: tuple) -> int:
     def read() -> None:
         try:
             while True:
-                inbox.put(tasks.recv())
+                try:
+                    inbox.put(tasks.recv())
+                except (EOFError, OSError):
+                    raise
+                except Exception as exc:  # noqa: BLE001 - a message it cannot read
+                    # (the chunk gets an error reply; this thread dying instead left the
+                    # parent waiting for that reply for ever: red team round 41)
+                    inbox.put(_Unreadable(f"{type(exc).__name__}: {str(exc)[:200]}"))
         except (EOFError, OSError):
             inbox.put(None)
 
@@ -462,6 +469,11 @@ def _serve(tasks: Any, replies: Any, job: tuple) -> int:
         if message is None:
             return 0
         gone = False
+        if isinstance(message, _Unreadable):
+            error = RuntimeError(f"batch worker: cannot read a chunk: {message.reason}")
+            if not _deliver(replies, ("error", error)):
+                return 1
+            continue
         try:
             # (last, *body) for each reply: all but the last go as parts
             for last, *body in run_chunk(state, *message):
@@ -494,6 +506,13 @@ def _hard_stop_to(replies: Any) -> None:
         os._exit(int(getattr(error, "exit_code", 1)))
 
     KEEPER.hard_stop = stop
+
+
+class _Unreadable:
+    """A task message the worker could not unpickle, with why."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
 
 
 def _deliver(replies: Any, reply: tuple) -> bool:
