@@ -447,3 +447,38 @@ def test_a_caller_kept_past_its_call_says_so(backend):
         box.call("greet", 1)
         with pytest.raises(errors.UsageError, match="kept past the host call"):
             kept[0].memory()
+
+
+def test_a_call_from_a_nearly_full_python_stack_never_returns_a_made_up_value(backend):
+    """Round 41: a first call (no host call running yet) made with 10-12 frames left on
+    Python's stack returned 1 where 501 was due: the host function's trampoline could
+    not start, ctypes reported that as ignored, and the guest read 0 as its result.
+    Now such a call raises (a trap, or Python's own RecursionError), or is right."""
+    import inspect
+    import sys
+
+    wat = b"""(module (import "env" "h" (func $h (param i32) (result i32)))
+     (func (export "f") (param i32) (result i32)
+      (i32.add (call $h (local.get 0)) (i32.const 1))))"""
+
+    def h(x: wasmsbx.i32) -> wasmsbx.i32:
+        return x * 100
+
+    box = wasmsbx.Sandbox(wat, imports={"env": {"h": h}}, backend=backend)
+    box.call("f", 5)  # (instantiated at a shallow stack)
+
+    def deep(n: int):
+        if n > 0:
+            return deep(n - 1)
+        try:
+            return box.call("f", 5)
+        except BaseException as exc:  # noqa: BLE001 - any exception is fine; a value not
+            return exc
+
+    base = len(inspect.stack(0))
+    for margin in range(2, 160):
+        try:
+            got = deep(sys.getrecursionlimit() - base - margin)
+        except RecursionError:  # (the descent itself found no room: not the call's)
+            continue
+        assert got == 501 or isinstance(got, BaseException), (margin, got)

@@ -580,7 +580,7 @@ class WasmtimeInstance(Instance):
         fuel: Optional[int] = None,
     ) -> list:
         """Call a wasmtime Func with typed args (exact floats, v128, references)."""
-        check_reentry()
+        check_reentry(self._host is not None or bool(self.outputs))
         group = self.group
         if not group.busy.acquire(False):
             # (the wait for another thread's call counts against this call's own time:
@@ -649,8 +649,8 @@ class WasmtimeInstance(Instance):
         def call(args: Sequence[Any], timeout: Any = None, fuel: Any = None) -> list:
             if timeout is not None or fuel is not None:  # per-call limits: the general path
                 return self.call_func(func, types, parse(args), name, timeout, fuel)
-            if host_calls.depth:  # (from a host function: room for its next host call)
-                check_reentry()
+            if host_calls.depth or self._host is not None or self.outputs:
+                check_reentry(True)  # (room on Python's stack for the guest's callbacks)
             if not busy.acquire(False) and _occupied(group, self.limits.timeout):
                 return self._reentered(func, types, parse(args), name)
             try:
@@ -703,7 +703,7 @@ class WasmtimeInstance(Instance):
         types, group = self.func_types(name), self.group
 
         def run(calls: int) -> None:
-            check_reentry()
+            check_reentry(self._host is not None or bool(self.outputs))
             nested = not group.busy.acquire(False) and _occupied(group, self.limits.timeout)
             try:
                 if nested:  # (within the running call's limits, as _reentered)

@@ -259,27 +259,39 @@ HOST_CALLS = _HOST_CALLS = _HostCalls()
 REENTRY_RESERVE = 120  # Python frames a call back into a guest must leave free
 
 
-def check_reentry() -> None:
-    """Refuse a call into a guest from a host function when Python's stack has fewer
-    than REENTRY_RESERVE frames left. A guest that calls its host, which calls back
-    into it, and so on (each level a dozen frames) met Python's recursion limit as
-    ctypes started the trampoline of the next host call: ctypes then reports the
-    RecursionError as "ignored" and returns a null trap, which wasmtime takes for
-    success, so the host function never ran and the guest read a result of 0 (red team
-    round 40). Refused here, the host function that called raises, and its own
-    trampoline, with the reserve to spare, turns that into a trap."""
-    if not _HOST_CALLS.depth:
+def check_reentry(callbacks: bool = False) -> None:
+    """Refuse a call into a guest when Python's stack has fewer than REENTRY_RESERVE
+    frames left and the guest may call back into Python (``callbacks``: its store has
+    host functions or captured WASI output; or a host call runs on this thread, which
+    makes this a call back into a guest).
+
+    A guest that calls its host, which calls back into it, and so on (each level a dozen
+    frames) met Python's recursion limit as ctypes started the trampoline of the next
+    host call: ctypes then reports the RecursionError as "ignored" and returns a null
+    trap, which wasmtime takes for success, so the host function never ran and the guest
+    read a result of 0 (red team round 40). So did a first call made from a Python stack
+    already that deep (round 41). Refused here, before the guest runs: from a host
+    function, that function raises and its own trampoline, with the reserve to spare,
+    turns it into a trap."""
+    depth = _HOST_CALLS.depth
+    if not (depth or callbacks):
         return
-    frame, used = sys._getframe(), 0
-    while frame is not None:
-        frame, used = frame.f_back, used + 1
-    if sys.getrecursionlimit() - used < REENTRY_RESERVE:
+    try:  # (a frame that deep exists: the stack is that full; 0.2 us, in C)
+        sys._getframe(sys.getrecursionlimit() - REENTRY_RESERVE)
+    except ValueError:
+        return
+    if depth:
         raise errors.TrapError(
-            f"host calls nested too deep: {_HOST_CALLS.depth} host functions are calling "
-            "back into guests on this thread, and Python's stack is nearly full",
+            f"host calls nested too deep: {depth} host functions are calling back into "
+            "guests on this thread, and Python's stack is nearly full",
             hint="a guest and its host calling each other without end; or raise "
             "sys.setrecursionlimit if the nesting is meant",
         )
+    raise errors.TrapError(
+        "called with Python's stack nearly full: the guest's calls back into Python (its "
+        "host functions, its output) would find no room",
+        hint="call from a shallower stack, or raise sys.setrecursionlimit",
+    )
 
 
 def global_new(store: Any, wasm_type: str, mutable: bool, value: Any) -> wasmtime.Global:
