@@ -686,3 +686,78 @@ def test_link_loops_private_copies_and_a_broken_audit_log(tmp_path):
     assert report["module"]["path"] == "module.wasm", report["module"]
     assert not re.search(r"[0-9a-f]{64}-[0-9a-f]{12}", json.dumps(report))
     assert all(r.is_error for r in failed) and left == [], left
+
+
+# A WASI command that writes 100,000 bytes of "a" to stdout.
+WRITE_100K = """(module
+ (import "wasi_snapshot_preview1" "fd_write" (func $w (param i32 i32 i32 i32) (result i32)))
+ (memory (export "memory") 2)
+ (func (export "_start")
+  (memory.fill (i32.const 1024) (i32.const 97) (i32.const 100000))
+  (i32.store (i32.const 0) (i32.const 1024))
+  (i32.store (i32.const 4) (i32.const 100000))
+  (drop (call $w (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 16)))))"""
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="reads /proc")
+def test_a_client_that_reads_slower_than_replies_come_does_not_grow_the_server(tmp_path):
+    """Round 41: a client reading steadily (64 KiB every 0.2 s) but slower than replies
+    came (20 calls a second of 100 KB each) never left one write stuck, and the replies
+    waiting to be written piled up in the server at 3.7 MB/s. The server now reads no
+    request while 8 replies wait: it stays flat, and the client's sends wait instead."""
+    import threading
+    import time
+
+    from .mcp_helpers import raw_server
+
+    mods = tmp_path / "mods"
+    mods.mkdir()
+    (mods / "out.wat").write_text(WRITE_100K)
+    proc, send, _ = raw_server(
+        "--module-dir", str(mods), "--calls-per-minute", "100000", stderr=subprocess.PIPE
+    )
+    stop = threading.Event()
+    read = [0]
+
+    def reader() -> None:
+        while not stop.is_set():
+            data = proc.stdout.read1(65536)
+            if not data:
+                return
+            read[0] += len(data)
+            time.sleep(0.2)
+
+    def sender() -> None:
+        arguments = {"module_path": str(mods / "out.wat"), "argv": [], "stdin": ""}
+        call = {"name": "run_wasi_command", "arguments": arguments}
+        for i in range(2, 100_000):
+            if stop.is_set():
+                return
+            try:
+                send({"id": i, "method": "tools/call", "params": call})
+            except (BrokenPipeError, ValueError):
+                return
+            time.sleep(0.05)
+
+    threads = [
+        threading.Thread(target=reader, daemon=True),
+        threading.Thread(target=sender, daemon=True),
+    ]
+    try:
+        before = _rss(proc.pid)
+        for thread in threads:
+            thread.start()
+        time.sleep(5)  # (settled: the runtime and the first calls)
+        settled = _rss(proc.pid)
+        peak, until = settled, time.monotonic() + 20
+        while time.monotonic() < until:
+            peak = max(peak, _rss(proc.pid))
+            time.sleep(0.25)
+        # (unbounded, 20 s of this grew the server by about 75 MB)
+        assert peak - settled < 30 << 20, (before, settled, peak)
+        assert read[0] > 2 << 20  # (the replies were the 100 KB outputs, read steadily)
+    finally:
+        stop.set()
+        proc.kill()
+        proc.wait()
