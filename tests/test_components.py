@@ -851,3 +851,12 @@ def test_component_stdin_bytes_leave_no_file_behind(tmp_path, monkeypatch):
         result = box.run_command([], stdin=b"from python\n", capture=True)
     assert (result.exit_code, result.stdout) == (0, b"from python\n")
     assert list(private.iterdir()) == []
+
+
+def test_a_component_command_that_writes_past_the_limit_and_exits_0_is_115(cli, command, tmp_path):
+    """Round 42: a write refused at limits.output, then a normal end: exit 0 and no
+    output. The limit's error, 115, as for a core module."""
+    tiny = tmp_path / "tiny.toml"
+    tiny.write_text("[limits]\noutput = 2\n")
+    res = cli("run", command, "--policy", tiny, "--", "x")
+    assert res.code == 115 and "output limit" in res.stderr, res

@@ -281,14 +281,17 @@ class ComponentInstance:
             self.store.set_epoch_deadline,
         )
         self.watch = watch
+        refused = self.budget.refused
         try:
             result = func(*args)
         finally:
             KEEPER.leave(watch)
             if not watch.interrupted:  # (its error refers to self: a cycle that kept every
                 self.watch = None  # dropped instance, and its memory, until gc ran)
-        if watch.reached is not None:  # returned past its deadline (a host call that
-            raise self._stuck_error(where)  # blocked past it): a timeout all the same
+        # returned past its deadline (a host call that blocked past it), or past
+        # limits.output (a write refused, the guest went on): the error all the same
+        if watch.reached is not None or self.budget.refused != refused:
+            raise self._stuck_error(where)
         return result
 
     def _stuck_error(self, where: str, how: str = "") -> errors.WasmsbxError:
@@ -414,11 +417,14 @@ class ComponentInstance:
         """Run ``wasi:cli/run#run``: 0 for ok, 1 for err, or the code passed to exit."""
         func = self.func(export)
         take_turn(self.turn, self.limits.timeout)
+        refused = self.budget.refused
         try:
             self._arm()
             raw = self._guarded(export.name, _call_and_return, func, self.store, [])
         except wasmtime.ExitTrap as exit_trap:
             self.trapped = True
+            if self.budget.refused != refused:  # wrote past limits.output, then exited
+                raise self._stuck_error(export.name) from None
             return exit_trap.code
         except wasmtime.WasmtimeError as exc:
             self.trapped = True

@@ -97,7 +97,7 @@ class _Output(OutputSink):
 
 
 class _Budget:
-    __slots__ = ("exceeded", "limit", "on_exceeded", "used")
+    __slots__ = ("exceeded", "limit", "on_exceeded", "refused", "used")
 
     def __init__(self, limit: Optional[int], on_exceeded) -> None:
         """``on_exceeded``: a bound method, held weakly. wasmtime-py keeps every WASI
@@ -109,6 +109,7 @@ class _Budget:
         self.limit = limit
         self.used = 0
         self.exceeded = False
+        self.refused = 0  # writes refused (a call that had one ends with the limit's error)
         self.on_exceeded = (
             weakref.WeakMethod(on_exceeded)
             if hasattr(on_exceeded, "__func__")  # (a bound method; builtins have __self__ too)
@@ -118,6 +119,7 @@ class _Budget:
     def take(self, n: int) -> bool:
         self.used += n
         if self.limit is not None and self.used > self.limit:
+            self.refused += 1
             if not self.exceeded:
                 self.exceeded = True
                 stop = self.on_exceeded()
@@ -125,6 +127,10 @@ class _Budget:
                     stop()
             return False
         return True
+
+
+def _refused(budget: Optional[_Budget]) -> int:
+    return 0 if budget is None else budget.refused
 
 
 def set_wasi(store: Any, wasi: WasiSetup, budget: _Budget, seconds: float, stuck: Callable) -> list:
@@ -673,6 +679,7 @@ class WasmtimeInstance(Instance):
             watch = enter(clock, seconds, stuck, arm_epoch)
             self.watch = watch
             self.deadline = watch.deadline
+            refused = _refused(self._budget)
             try:
                 error = RAW_CALL(*invoke, trap_addr)
             finally:
@@ -688,8 +695,8 @@ class WasmtimeInstance(Instance):
                     raise raw.failure(error)  # type: ignore[misc]
                 except (wasmtime.Trap, wasmtime.WasmtimeError) as exc:
                     raise self._call_error(exc, name) from self._host_raised()
-            if watch.reached is not None:  # returned past its deadline: a timeout all the
-                raise stuck()  # same (a host call that blocked past it, red team round 40)
+            if watch.reached is not None or _refused(self._budget) != refused:
+                raise stuck()  # (past its deadline, or past limits.output: see _guarded)
             return [read_one(slot) for read_one, slot in readers]
 
         return call
@@ -798,12 +805,15 @@ class WasmtimeInstance(Instance):
                 "_start called from a host function of its own sandbox",
                 hint="a WASI command runs once, from the outside",
             )
+        refused = _refused(self._budget)
         try:  # (owner and arming inside: the lock is released whatever they raise)
             group.owner = _get_ident()
             self._arm()
             self._guarded("_start", start, self.store)
             return 0
         except wasmtime.ExitTrap as exit_trap:
+            if _refused(self._budget) != refused:  # wrote past limits.output, then exited
+                raise self._stuck() from None
             return exit_trap.code
         except (wasmtime.Trap, wasmtime.WasmtimeError) as exc:
             raise self._call_error(exc, "_start") from None
@@ -824,6 +834,7 @@ class WasmtimeInstance(Instance):
         watch = KEEPER.enter(self.engine.clock, seconds, self._stuck, self.store.set_epoch_deadline)
         self.watch = watch
         self.deadline = watch.deadline  # host functions check it on entry and return
+        refused = _refused(self._budget)
         try:
             result = func(*args)
         finally:
@@ -831,8 +842,12 @@ class WasmtimeInstance(Instance):
             KEEPER.leave(watch)
             if not watch.interrupted:  # _trap_error reads only that: keep no Watch per sandbox
                 self.watch = None
-        if watch.reached is not None:  # returned past its deadline (a host call that
-            raise self._stuck()  # blocked past it): a timeout all the same (round 40)
+        # Returned past its deadline (a host call that blocked past it): a timeout all the
+        # same (round 40). Or it wrote past limits.output and, the write refused, went on
+        # to return normally: the limit's error all the same (round 42: exit 0, no
+        # output, no warning).
+        if watch.reached is not None or _refused(self._budget) != refused:
+            raise self._stuck()
         return result
 
     def _stuck(self) -> errors.WasmsbxError:
