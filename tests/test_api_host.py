@@ -482,3 +482,37 @@ def test_a_call_from_a_nearly_full_python_stack_never_returns_a_made_up_value(ba
         except RecursionError:  # (the descent itself found no room: not the call's)
             continue
         assert got == 501 or isinstance(got, BaseException), (margin, got)
+
+
+def test_a_start_function_from_a_nearly_full_python_stack_is_not_a_link_error(backend):
+    """Round 42: a start function calling its host, instantiated near Python's recursion
+    limit, failed as LinkError ("cannot instantiate module"), blaming its imports."""
+    import inspect
+    import sys
+
+    wat = b"""(module (import "env" "h" (func $h (param i32) (result i32)))
+     (global $g (mut i32) (i32.const 0))
+     (func $s (global.set $g (call $h (i32.const 5)))) (start $s)
+     (func (export "f") (result i32) (global.get $g)))"""
+
+    def h(x: wasmsbx.i32) -> wasmsbx.i32:
+        return x * 100
+
+    wasmsbx.Sandbox(wat, imports={"env": {"h": h}}, backend=backend).call("f")  # (compiled)
+
+    def deep(n: int):
+        if n > 0:
+            return deep(n - 1)
+        try:
+            return wasmsbx.Sandbox(wat, imports={"env": {"h": h}}, backend=backend).call("f")
+        except BaseException as exc:  # noqa: BLE001 - any exception but a link error
+            return exc
+
+    base = len(inspect.stack(0))
+    for margin in range(2, 160, 3):
+        try:
+            got = deep(sys.getrecursionlimit() - base - margin)
+        except RecursionError:
+            continue
+        assert got == 500 or isinstance(got, BaseException), (margin, got)
+        assert not isinstance(got, errors.LinkError), (margin, got)

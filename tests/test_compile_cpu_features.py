@@ -115,3 +115,35 @@ def test_a_sandbox_works_under_valgrind(tmp_path):
         timeout=600,
     )
     assert done.returncode == 0 and done.stdout.strip() == "42", done.stderr[-2000:]
+
+
+def test_a_cache_entry_for_other_cpu_features_is_not_called_tampered(tmp_path, monkeypatch):
+    """Round 42: an entry made natively, loaded under valgrind, was reported as failing
+    its integrity check (in the audit log too). It is recompiled, and said so plainly."""
+    from wasmsbx.backends.wasmtime.backend import WasmtimeEngine
+    from wasmsbx.native import cache
+
+    from .cache_helpers import make_policy
+
+    policy = make_policy()
+    engine = wasmsbx.Sandbox(_module(11), policy, backend="wasmtime").engine
+    first = cache.load_or_compile(engine, _module(12), policy, "m")
+    assert first.state == "miss"
+    cache._SHARED.clear()
+    from wasmsbx.native import entry
+
+    entry.forget_recalled()
+    load = WasmtimeEngine.deserialize
+    calls = []
+
+    def native_only(self, native):
+        calls.append(1)
+        if len(calls) == 1:
+            raise errors.ModuleError(MISSING.format("has_avx512f"))
+        return load(self, native)
+
+    monkeypatch.setattr(WasmtimeEngine, "deserialize", native_only)
+    again = cache.load_or_compile(engine, _module(12), policy, "m")
+    assert again.state == "miss" and again.module is not None
+    assert "CPU features this process cannot use" in again.warnings[0], again.warnings
+    assert "integrity" not in again.warnings[0]

@@ -59,3 +59,16 @@ def test_the_command_line_exits_103(cli, tmp_path):
     module.write_text(UNALIGNED)
     run = cli("run", str(module), "f", "3")
     assert run.code == 103 and "a WASI call refused its arguments" in run.stderr, run
+
+
+def test_the_whole_chain_of_causes_is_in_the_message():
+    """Round 42: only the first of wasmtime's numbered causes was kept ("0: failed to
+    call `get-random-bytes`"), not why."""
+    wat = """(module
+     (import "wasi_snapshot_preview1" "random_get" (func $r (param i32 i32) (result i32)))
+     (memory (export "memory") 1)
+     (func (export "f") (result i32) (call $r (i32.const 0) (i32.const 0x7fffffff))))"""
+    with pytest.raises(errors.TrapError) as info:
+        wasmsbx.Sandbox(wat.encode(), backend="wasmtime").call("f")
+    assert info.value.trap_code == "wasi"
+    assert "get-random-bytes" in info.value.message and "exceeds limit" in info.value.message

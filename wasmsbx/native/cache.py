@@ -1756,6 +1756,13 @@ class Lookup:
             what = f"cache entry for {self.name or self.module_digest[:12]} ({self.label})"
             if isinstance(exc, entry_format.OldFormat):
                 self.warnings.append(f"{what} {reason(exc)}; discarded and recompiled")
+            elif "incompatible with native host" in str(exc):
+                # (authentic, made where the CPU has features this process cannot use:
+                # under valgrind, say; not an integrity failure, round 42)
+                self.warnings.append(
+                    f"{what} was built for CPU features this process cannot use "
+                    f"({reason(exc)}); recompiled"
+                )
             else:
                 self.warnings.append(
                     f"{what} failed its integrity check ({reason(exc)}); discarded and recompiled"

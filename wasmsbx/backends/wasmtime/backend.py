@@ -358,6 +358,9 @@ class WasmtimeInstance(Instance):
         # case of a sandbox per tenant: a Linker per store costs time and memory).
         direct = not imports_list and shared is None and register is None
         make = _instance_of if direct else self.linker.instantiate
+        # (a start function may call back into Python: room on its stack first, or the
+        # refusal reads as a LinkError, round 42)
+        check_reentry(self._host is not None or bool(self.outputs))
         try:
             if direct and getattr(module, "_wasmsbx_start", True) is False:
                 # No start function: none of the guest's code runs while instantiating,
@@ -776,7 +779,7 @@ class WasmtimeInstance(Instance):
             # a trap like any other, its instance done (red team round 40: ModuleError,
             # and batch kept the instance)
             return errors.TrapError(
-                f"{name} trapped: a WASI call refused its arguments: {why}",
+                f"{name} trapped: a WASI call refused its arguments: {_causes(exc)}",
                 trap_code="wasi",
             )
         # Any other runtime refusal (e.g. a WASI call on a module without a memory export)
@@ -1484,6 +1487,22 @@ def _import_trust() -> Any:
 
     _TRUST = trust
     return trust
+
+
+def _causes(exc: Exception) -> str:
+    """wasmtime's chain of causes after "Caused by:", on one line ("failed to call
+    `get-random-bytes`: requested len 2147483647 exceeds limit 67108864"; round 42: only
+    the first, "0: failed to call ...", was kept)."""
+    lines = [line.strip() for line in str(exc).splitlines()]
+    if "Caused by:" not in lines:
+        return _first_line(exc)
+    causes = []
+    for line in lines[lines.index("Caused by:") + 1 :]:
+        if not line:
+            continue
+        head, _, rest = line.partition(": ")
+        causes.append(rest if head.isdigit() and rest else line)
+    return ": ".join(causes)[:500] or _first_line(exc)
 
 
 # What a WASI call refuses because of the module, not of what it was passed
