@@ -519,3 +519,36 @@ def test_a_start_function_from_a_nearly_full_python_stack_is_not_a_link_error(ba
             continue
         assert got == 500 or isinstance(got, BaseException), (margin, got)
         assert not isinstance(got, errors.LinkError), (margin, got)
+
+
+@pytest.mark.parametrize("backend", WASMTIME)
+def test_a_funcref_goes_back_only_to_its_own_sandbox(backend):
+    """Round 40 LOW: a funcref of another sandbox, or of a closed one, passed as an
+    argument was a ModuleError ("wrong store"), as if the module were at fault; returned
+    by a host function, an "incompatible value". A usage error, and a host trap whose
+    cause says why."""
+    wat = b"""(module (import "env" "back" (func $back (result funcref)))
+     (func $k) (elem declare func $k)
+     (func (export "get") (result funcref) (ref.func $k))
+     (func (export "put") (param funcref) (result i32) (ref.is_null (local.get 0)))
+     (func (export "via_host") (result i32) (ref.is_null (call $back))))"""
+    kept = []
+
+    def back() -> wasmsbx.funcref:
+        return kept[0]
+
+    imports = {"env": {"back": back}}
+    mine = wasmsbx.Sandbox(wat, imports=imports, backend=backend)
+    other = wasmsbx.Sandbox(wat, imports=imports, backend=backend)
+    ref = mine.call("get")
+    assert mine.call("put", ref) == 0 and mine.call("put", None) == 1
+    kept.append(ref)
+    assert mine.call("via_host") == 0
+    with pytest.raises(errors.UsageError, match="another sandbox"):
+        other.call("put", ref)
+    with pytest.raises(errors.TrapError) as info:
+        other.call("via_host")
+    assert "another sandbox" in str(info.value.__cause__)
+    mine.close()
+    with pytest.raises(errors.UsageError, match="closed since"):
+        mine.call("put", ref)

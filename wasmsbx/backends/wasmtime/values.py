@@ -78,6 +78,17 @@ def global_type(store: Any, glob: wasmtime.Global) -> tuple:
 _NULL_FUNC = ffi.wasmtime_func_t()  # all zero: a null funcref
 
 
+def _own_funcref(value: Any, owner: Any, where: str, error: Any) -> None:
+    """A funcref goes back only to the sandbox (store) that gave it out: one of another
+    sandbox, or of one closed since, was wasmtime's "wrong store" as a ModuleError
+    (round 40 LOW)."""
+    if value is not None and getattr(value, "_owner", owner) is not owner:
+        message = f"{where}: a funcref of another sandbox, or of one closed since"
+        if error is TypeError:
+            raise TypeError(message)
+        raise error(message, hint="pass a funcref only to the sandbox that returned it")
+
+
 def write(store: Any, raw: Any, wasm_type: str, value: Any) -> None:
     """Fill ``raw`` (a wasmtime_val_t) with an already-typed value (see values.coerce)."""
     raw.kind = KIND[wasm_type]
@@ -137,6 +148,8 @@ def call(store: Any, func: wasmtime.Func, types: tuple, args: Sequence[Any], own
     written = 0
     try:
         for i, (wasm_type, value) in enumerate(zip(params, args)):
+            if wasm_type == "funcref":
+                _own_funcref(value, owner, f"argument {i + 1}", errors.UsageError)
             write(store, args_raw[i], wasm_type, value)
             written += 1
         out = (ffi.wasmtime_val_t * max(1, len(results)))()
@@ -236,6 +249,8 @@ class HostFuncs:
             ]
             values = list(fn(context.caller, args))
             for i, wasm_type in enumerate(result_types):
+                if wasm_type == "funcref":
+                    _own_funcref(values[i], self.owner, f"result {i + 1}", TypeError)
                 write(context, results[i], wasm_type, values[i])
             return 0
         except BaseException as exc:  # noqa: BLE001 - every failure becomes a trap
