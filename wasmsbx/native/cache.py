@@ -49,8 +49,8 @@ from ..lru import Lru, sample_key
 from . import artifact as aot
 from . import entry as entry_format
 from . import located, recorded, trust
+from .trustdir import proc_target, trust_dir_text, user_cache_text, within
 from .trustdir import real as realpath
-from .trustdir import trust_dir_text, user_cache_text, within
 
 # Every use of this module on the run path hashes the module (BLAKE3, to find its entry),
 # asks for the user's key (trust) and, on a hit, locks the hit journal (fcntl): all are
@@ -402,13 +402,7 @@ def _probe_name(name: str) -> bool:
 def _real_of(where: str) -> str:
     """The real path of the folder pinned at ``where`` (a /proc/self/fd text: one system
     call), or "" (work it out from the name)."""
-    if not where.startswith("/proc/self/fd/"):
-        return ""
-    try:
-        found = os.readlink(where)
-    except OSError:
-        return ""
-    return found if found.startswith(os.sep) and not found.endswith(" (deleted)") else ""
+    return proc_target(where) if where.startswith("/proc/self/fd/") else ""
 
 
 def _ours(where: str) -> bool:
@@ -1613,8 +1607,7 @@ def _identity(engine: Any) -> tuple:
     change the dict."""
     found = getattr(engine, "_wasmsbx_identity", None)
     if found is None:
-        given = engine.fingerprint()
-        fingerprint = aot.normalise(given)
+        fingerprint = aot.normalise(engine.fingerprint())
         text = json.dumps(fingerprint, sort_keys=True)
         found = (fingerprint, fingerprint_label(fingerprint), text)
         try:

@@ -108,13 +108,22 @@ def real(path: str) -> str:
     except (OSError, ValueError):
         return os.path.realpath(path)
     try:
-        found = os.readlink(f"/proc/self/fd/{fd}")
-    except OSError:  # (no /proc)
-        return os.path.realpath(path)
+        found = proc_target(f"/proc/self/fd/{fd}")
     finally:
         os.close(fd)
+    return found or os.path.realpath(path)
+
+
+def proc_target(link: str) -> str:
+    """Where a /proc/self/fd link of an open descriptor leads, if that is a path that
+    can be used: "" when it cannot be read (no /proc), the file was removed meanwhile
+    ("... (deleted)"), or it lies outside this process's root (not absolute)."""
+    try:
+        found = os.readlink(link)
+    except OSError:
+        return ""
     if not found.startswith(os.sep) or found.endswith(" (deleted)"):
-        return os.path.realpath(path)  # (removed meanwhile, or outside this root)
+        return ""
     return found
 
 

@@ -360,7 +360,7 @@ class WasmtimeInstance(Instance):
         make = _instance_of if direct else self.linker.instantiate
         # (a start function may call back into Python: room on its stack first, or the
         # refusal reads as a LinkError, round 42)
-        check_reentry(self._host is not None or bool(self.outputs))
+        check_reentry(self._calls_back())
         try:
             if direct and getattr(module, "_wasmsbx_start", True) is False:
                 # No start function: none of the guest's code runs while instantiating,
@@ -513,6 +513,11 @@ class WasmtimeInstance(Instance):
 
         return run
 
+    def _calls_back(self) -> bool:
+        """Whether the guest may call back into Python: host functions, or WASI output
+        it writes through wasmsbx's sinks (check_reentry)."""
+        return self._host is not None or bool(self.outputs)
+
     def _host_raised(self) -> Optional[BaseException]:
         if self._host is None:
             return None
@@ -589,7 +594,7 @@ class WasmtimeInstance(Instance):
         fuel: Optional[int] = None,
     ) -> list:
         """Call a wasmtime Func with typed args (exact floats, v128, references)."""
-        check_reentry(self._host is not None or bool(self.outputs))
+        check_reentry(self._calls_back())
         group = self.group
         if not group.busy.acquire(False):
             # (the wait for another thread's call counts against this call's own time:
@@ -658,8 +663,8 @@ class WasmtimeInstance(Instance):
         def call(args: Sequence[Any], timeout: Any = None, fuel: Any = None) -> list:
             if timeout is not None or fuel is not None:  # per-call limits: the general path
                 return self.call_func(func, types, parse(args), name, timeout, fuel)
-            if host_calls.depth or self._host is not None or self.outputs:
-                check_reentry(True)  # (room on Python's stack for the guest's callbacks)
+            if host_calls.depth or self._host is not None or self.outputs:  # (inlined
+                check_reentry(True)  # _calls_back: room on the stack for the guest's calls)
             if not busy.acquire(False) and _occupied(group, self.limits.timeout):
                 return self._reentered(func, types, parse(args), name)
             try:
@@ -713,7 +718,7 @@ class WasmtimeInstance(Instance):
         types, group = self.func_types(name), self.group
 
         def run(calls: int) -> None:
-            check_reentry(self._host is not None or bool(self.outputs))
+            check_reentry(self._calls_back())
             nested = not group.busy.acquire(False) and _occupied(group, self.limits.timeout)
             try:
                 if nested:  # (within the running call's limits, as _reentered)

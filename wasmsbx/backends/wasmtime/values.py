@@ -78,15 +78,14 @@ def global_type(store: Any, glob: wasmtime.Global) -> tuple:
 _NULL_FUNC = ffi.wasmtime_func_t()  # all zero: a null funcref
 
 
-def _own_funcref(value: Any, owner: Any, where: str, error: Any) -> None:
-    """A funcref goes back only to the sandbox (store) that gave it out: one of another
-    sandbox, or of one closed since, was wasmtime's "wrong store" as a ModuleError
-    (round 40 LOW)."""
-    if value is not None and getattr(value, "_owner", owner) is not owner:
-        message = f"{where}: a funcref of another sandbox, or of one closed since"
-        if error is TypeError:
-            raise TypeError(message)
-        raise error(message, hint="pass a funcref only to the sandbox that returned it")
+def _foreign(value: Any, owner: Any) -> bool:
+    """Whether ``value`` is a funcref of a sandbox (store) other than ``owner``, or of
+    one closed since: a funcref goes back only to the sandbox that gave it out (it was
+    wasmtime's "wrong store", as a ModuleError: round 40 LOW)."""
+    return value is not None and getattr(value, "_owner", owner) is not owner
+
+
+_FOREIGN = "a funcref of another sandbox, or of one closed since"
 
 
 def write(store: Any, raw: Any, wasm_type: str, value: Any) -> None:
@@ -148,8 +147,11 @@ def call(store: Any, func: wasmtime.Func, types: tuple, args: Sequence[Any], own
     written = 0
     try:
         for i, (wasm_type, value) in enumerate(zip(params, args)):
-            if wasm_type == "funcref":
-                _own_funcref(value, owner, f"argument {i + 1}", errors.UsageError)
+            if wasm_type == "funcref" and _foreign(value, owner):
+                raise errors.UsageError(
+                    f"argument {i + 1}: {_FOREIGN}",
+                    hint="pass a funcref only to the sandbox that returned it",
+                )
             write(store, args_raw[i], wasm_type, value)
             written += 1
         out = (ffi.wasmtime_val_t * max(1, len(results)))()
@@ -238,9 +240,9 @@ class HostFuncs:
 
     def _trampoline(self, env: Any, caller: Any, params: Any, nparams: int, results: Any, n: int):
         context = None
-        depth = _HOST_CALLS.depth
+        depth = HOST_CALLS.depth
         try:
-            _HOST_CALLS.depth = depth + 1
+            HOST_CALLS.depth = depth + 1
             context = _CallerStore(caller)
             (param_types, result_types), fn = self.entries[(env or 0) - 1]
             args = [
@@ -249,8 +251,8 @@ class HostFuncs:
             ]
             values = list(fn(context.caller, args))
             for i, wasm_type in enumerate(result_types):
-                if wasm_type == "funcref":
-                    _own_funcref(values[i], self.owner, f"result {i + 1}", TypeError)
+                if wasm_type == "funcref" and _foreign(values[i], self.owner):
+                    raise TypeError(f"result {i + 1}: {_FOREIGN}")
                 write(context, results[i], wasm_type, values[i])
             return 0
         except BaseException as exc:  # noqa: BLE001 - every failure becomes a trap
@@ -258,7 +260,7 @@ class HostFuncs:
             trap = wasmtime.Trap(f"host function raised {type(exc).__name__}")._consume()
             return ctypes.cast(trap, ctypes.c_void_p).value
         finally:
-            _HOST_CALLS.depth = depth
+            HOST_CALLS.depth = depth
             if context is not None:
                 context.caller._invalidate()
 
@@ -270,7 +272,7 @@ class _HostCalls(threading.local):
     depth = 0
 
 
-HOST_CALLS = _HOST_CALLS = _HostCalls()
+HOST_CALLS = _HostCalls()
 REENTRY_RESERVE = 120  # Python frames a call back into a guest must leave free
 
 
@@ -288,7 +290,7 @@ def check_reentry(callbacks: bool = False) -> None:
     already that deep (round 41). Refused here, before the guest runs: from a host
     function, that function raises and its own trampoline, with the reserve to spare,
     turns it into a trap."""
-    depth = _HOST_CALLS.depth
+    depth = HOST_CALLS.depth
     if not (depth or callbacks):
         return
     try:  # (a frame that deep exists: the stack is that full; 0.2 us, in C)
