@@ -322,7 +322,9 @@ def _skip_name(data: memoryview, pos: int) -> int:
 
 def _module_memories(data: memoryview, module: CoreModule) -> list:
     """The memories ``module`` defines (not those it imports)."""
-    facts = read_facts(bytes(data[module.offset : module.offset + module.size]), False, False)
+    facts = read_facts(
+        bytes(data[module.offset : module.offset + module.size]), False, hashed=False
+    )
     return [
         (m.limits.min * PAGE, None if m.limits.max is None else m.limits.max * PAGE)
         for m in facts.memories

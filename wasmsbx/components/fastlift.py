@@ -182,7 +182,7 @@ def _typed_call(ffi: Any) -> Callable:
     builds new type objects on every call (about a third of a small call's time). Kept,
     the type objects also keep what this module caches on them, from call to call. The
     conversion, the call, the errors and the frees are wasmtime-py's own, in its order.
-    None if wasmtime-py lacks what it uses (then its own ``__call__`` runs)."""
+    wasmtime-py's own ``__call__`` if it lacks what this uses."""
     import ctypes
 
     try:

@@ -442,13 +442,17 @@ def scrubbed(value: Any, label: str) -> Any:
     import re
 
     copy = re.compile(r"(?:/\S*/)?[0-9a-f]{64}-[0-9a-f]{12}\.wasm")
-    if isinstance(value, str):
-        return copy.sub(lambda _: label, value)
-    if isinstance(value, list):
-        return [scrubbed(v, label) for v in value]
-    if isinstance(value, dict):
-        return {k: scrubbed(v, label) for k, v in value.items()}
-    return value
+
+    def clean(value: Any) -> Any:
+        if isinstance(value, str):
+            return copy.sub(lambda _: label, value)
+        if isinstance(value, list):
+            return [clean(v) for v in value]
+        if isinstance(value, dict):
+            return {k: clean(v) for k, v in value.items()}
+        return value
+
+    return clean(value)
 
 
 class _Stats:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 CHUNK = 1024 * 1024  # bytes per read from the pipe
 HEAD = 64 * 1024  # of an oversized message: kept to find its id, the rest is dropped
@@ -80,6 +80,9 @@ class LineWriter:
         self.pending = b""
         self.backlog = 0
         self.writing_since: Optional[float] = None  # time.monotonic() of a write under way
+        # Replies made and waiting to be handed to this writer: capped_stdio sets how to
+        # count them (the SDK's tasks blocked sending to its write stream), once it has it
+        self.waiting: Callable[[], int] = lambda: 0
 
     async def write(self, text: str) -> None:
         data = text.encode("utf-8")
@@ -123,11 +126,6 @@ class LineWriter:
             if not stuck and self.waiting() < WAITING:
                 return
             await anyio.sleep(0.005)  # (20 ms capped a client's pings at 400/s: round 42)
-
-    def waiting(self) -> int:
-        """Replies made and waiting to be handed to this writer (``capped_stdio`` sets
-        how to count them: the SDK's tasks blocked sending to its write stream)."""
-        return 0
 
     def _write_all(self, data: bytes) -> None:
         import time
@@ -340,7 +338,7 @@ async def capped_stdio(cap: int):
         os.dup2(2, 1)
         writer = LineWriter(wire_out)
         async with stdio_server(CappedLines(wire_in, cap, writer), writer) as streams:
-            writer.waiting = _waiting_on(streams[1])  # type: ignore[method-assign]
+            writer.waiting = _waiting_on(streams[1])
             yield streams
     finally:
         os.dup2(saved_in, 0)

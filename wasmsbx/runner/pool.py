@@ -468,24 +468,21 @@ def _serve(tasks: Any, replies: Any, job: tuple) -> int:
         message = inbox.get()
         if message is None:
             return 0
-        gone = False
         if isinstance(message, _Unreadable):
             error = RuntimeError(f"batch worker: cannot read a chunk: {message.reason}")
-            if not _deliver(replies, ("error", error)):
-                return 1
-            continue
-        try:
-            # (last, *body) for each reply: all but the last go as parts
-            for last, *body in run_chunk(state, *message):
-                if not _deliver(replies, ("ok" if last else "part", *body)):
-                    gone = True
-                    break
-            reply: Any = None
-        except errors.WasmsbxError as exc:
-            reply = ("error", exc)
-        except Exception as exc:  # an internal error: reported by the parent
-            reply = ("error", RuntimeError(f"batch worker: {type(exc).__name__}: {exc}"))
-        if gone or (reply is not None and not _deliver(replies, reply)):
+            reply: Any = ("error", error)
+        else:
+            try:
+                # (last, *body) for each reply: all but the last go as parts
+                for last, *body in run_chunk(state, *message):
+                    if not _deliver(replies, ("ok" if last else "part", *body)):
+                        return 1  # the parent is gone
+                continue
+            except errors.WasmsbxError as exc:
+                reply = ("error", exc)
+            except Exception as exc:  # an internal error: reported by the parent
+                reply = ("error", RuntimeError(f"batch worker: {type(exc).__name__}: {exc}"))
+        if not _deliver(replies, reply):
             return 1  # the parent is gone
 
 
