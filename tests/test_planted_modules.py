@@ -22,6 +22,17 @@ def _python(*argv: str, cwd) -> subprocess.CompletedProcess:
     )
 
 
+def _plant(*names: str) -> str:
+    """Lines of a script's main block (indented 4) that plant a module of each name in
+    the working folder, each appending its name to the file ``sys.argv[1]`` if it is
+    ever imported."""
+    return (
+        f"    for name in {names!r}:\n"
+        "        open(name + '.py', 'w').write(\n"
+        "            f'open({sys.argv[1]!r}, \"a\").write({name!r})')\n"
+    )
+
+
 def test_python_m_wasmsbx_imports_nothing_from_the_working_folder(tmp_path):
     mark = tmp_path / "MARK"
     for name in NAMES:
@@ -53,11 +64,8 @@ def test_batch_workers_import_nothing_from_the_working_folder(tmp_path):
         "import wasmsbx\n"
         "if __name__ == '__main__':\n"
         f"    box = wasmsbx.Sandbox({str(EXAMPLES / 'add.wat')!r})\n"
-        "    for name in ('selectors', 'signal', 'warnings', 'struct', 'threading',"
-        " 'socket', 'pickle'):\n"
-        "        open(name + '.py', 'w').write(\n"
-        "            f'open({sys.argv[1]!r}, \"a\").write({name!r})')\n"
-        "    print([r.values for r in box.batch('add', [[1, 2], [3, 4]], jobs=2)])\n"
+        + _plant("selectors", "signal", "warnings", "struct", "threading", "socket", "pickle")
+        + "    print([r.values for r in box.batch('add', [[1, 2], [3, 4]], jobs=2)])\n"
     )
     proc = _python(code, str(mark), cwd=tmp_path)
     assert (proc.returncode, proc.stdout) == (0, "[[3], [7]]\n"), proc
@@ -269,10 +277,8 @@ def test_batch_workers_of_a_guarded_sandbox_import_nothing_planted(tmp_path):
     work.mkdir()
     mark = tmp_path / "MARK"
     code = _GRANTED + (
-        "    for name in ('queue', 'dataclasses', 'difflib', 'decimal', 'secrets', 'csv'):\n"
-        "        open(name + '.py', 'w').write(\n"
-        "            f'open({sys.argv[1]!r}, \"a\").write({name!r})')\n"
-        "    print([r.values for r in box.batch('add', [[1, 2], [3, 4]], jobs=2)])\n"
+        _plant("queue", "dataclasses", "difflib", "decimal", "secrets", "csv")
+        + "    print([r.values for r in box.batch('add', [[1, 2], [3, 4]], jobs=2)])\n"
         "    print([r.values for r in box.batch('add', [[5, 6]], jobs=2, fresh=True)])\n"
     )
     proc = _python(code, str(mark), cwd=work)
