@@ -552,3 +552,24 @@ def test_a_funcref_goes_back_only_to_its_own_sandbox(backend):
     mine.close()
     with pytest.raises(errors.UsageError, match="closed since"):
         mine.call("put", ref)
+
+
+@pytest.mark.parametrize("backend", WASMTIME)
+def test_a_foreign_funcref_is_refused_as_a_global_value_too(backend):
+    """Round 43: the check of round 40 covered arguments and host results; a funcref of
+    another sandbox written to a global (``box.globals[...] = ref``, a host ``Global``
+    import) still reached wasmtime, a raw WasmtimeError."""
+    wat = b"""(module (func $k) (elem declare func $k)
+     (global (export "g") (mut funcref) (ref.null func))
+     (func (export "get") (result funcref) (ref.func $k)))"""
+    uses = b"""(module (import "env" "gf" (global $gf funcref))
+     (func (export "null") (result i32) (ref.is_null (global.get $gf))))"""
+    mine = wasmsbx.Sandbox(wat, backend=backend)
+    ref = mine.call("get")
+    mine.globals["g"] = ref  # (its own: fine)
+    other = wasmsbx.Sandbox(wat, backend=backend)
+    with pytest.raises(errors.UsageError, match="another sandbox"):
+        other.globals["g"] = ref
+    hosted = wasmsbx.Sandbox(uses, imports={"env": {"gf": wasmsbx.Global("funcref", ref)}})
+    with pytest.raises(errors.UsageError, match="another sandbox"):
+        hosted.call("null")

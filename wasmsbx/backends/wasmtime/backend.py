@@ -483,7 +483,7 @@ class WasmtimeInstance(Instance):
         if isinstance(item, HostFunc):
             return self.host.make((item.params, item.results), self._host_call(module, name, item))
         if isinstance(item, Global):
-            return global_new(self.store, item.type, item.mutable, item.value)
+            return global_new(self.store, item.type, item.mutable, item.value, self.group)
         if isinstance(item, Memory):
             top = _capped(item.max, self.caps and self.caps.memory_each // PAGE)
             limits = wasmtime.Limits(item.min, top)
@@ -932,7 +932,7 @@ class WasmtimeInstance(Instance):
 
     def global_set(self, name: str, value: Any, wasm_type: Optional[str] = None) -> None:
         wasm_type = wasm_type or self.global_info(name)[0]
-        global_set(self.store, self.exports[name], wasm_type, value)
+        global_set(self.store, self.exports[name], wasm_type, value, self.group)
 
     def export_handle(self, name: str) -> Any:
         """An export as an opaque handle another module of the group can import."""

@@ -88,6 +88,15 @@ def _foreign(value: Any, owner: Any) -> bool:
 _FOREIGN = "a funcref of another sandbox, or of one closed since"
 
 
+def _refuse_foreign(wasm_type: str, value: Any, owner: Any, where: str) -> None:
+    """UsageError for a foreign funcref (``_foreign``) the caller passes in: an argument,
+    a global's value (round 43: those still reached wasmtime, a raw WasmtimeError)."""
+    if wasm_type == "funcref" and _foreign(value, owner):
+        raise errors.UsageError(
+            f"{where}: {_FOREIGN}", hint="pass a funcref only to the sandbox that returned it"
+        )
+
+
 def write(store: Any, raw: Any, wasm_type: str, value: Any) -> None:
     """Fill ``raw`` (a wasmtime_val_t) with an already-typed value (see values.coerce)."""
     raw.kind = KIND[wasm_type]
@@ -147,11 +156,7 @@ def call(store: Any, func: wasmtime.Func, types: tuple, args: Sequence[Any], own
     written = 0
     try:
         for i, (wasm_type, value) in enumerate(zip(params, args)):
-            if wasm_type == "funcref" and _foreign(value, owner):
-                raise errors.UsageError(
-                    f"argument {i + 1}: {_FOREIGN}",
-                    hint="pass a funcref only to the sandbox that returned it",
-                )
+            _refuse_foreign(wasm_type, value, owner, f"argument {i + 1}")
             write(store, args_raw[i], wasm_type, value)
             written += 1
         out = (ffi.wasmtime_val_t * max(1, len(results)))()
@@ -311,7 +316,10 @@ def check_reentry(callbacks: bool = False) -> None:
     )
 
 
-def global_new(store: Any, wasm_type: str, mutable: bool, value: Any) -> wasmtime.Global:
+def global_new(
+    store: Any, wasm_type: str, mutable: bool, value: Any, owner: Any
+) -> wasmtime.Global:
+    _refuse_foreign(wasm_type, value, owner, "a host global's value")
     ty = wasmtime.GlobalType(valtype(wasm_type), mutable)
     raw = ffi.wasmtime_val_t()
     write(store, raw, wasm_type, value)
@@ -331,7 +339,8 @@ def global_get(store: Any, glob: wasmtime.Global, wasm_type: str, owner: Any) ->
     return read(store, raw, wasm_type, owner)
 
 
-def global_set(store: Any, glob: wasmtime.Global, wasm_type: str, value: Any) -> None:
+def global_set(store: Any, glob: wasmtime.Global, wasm_type: str, value: Any, owner: Any) -> None:
+    _refuse_foreign(wasm_type, value, owner, "the global's new value")
     raw = ffi.wasmtime_val_t()
     write(store, raw, wasm_type, value)
     error = ffi.wasmtime_global_set(store._context(), ctypes.byref(glob._global), ctypes.byref(raw))
