@@ -703,6 +703,8 @@ def _parallel(
             for worker in ready:
                 if worker is not wake.reader:
                     ahead += worker.receive()
+                    if worker.stopped:  # its call was stuck: its replacement goes on
+                        workers[workers.index(worker)] = _replace(worker, spec)
             if not ready and idle:
                 yield None
     except BaseException:
@@ -715,6 +717,29 @@ def _parallel(
         feeder.stop()
         wake.close()
         pool.close_all(workers)
+
+
+def _replace(worker: Any, spec: WorkerSpec) -> Any:
+    """A new worker in place of one that stopped (worker_stopped), given the spec and
+    then every chunk the old one held, from the first item no reply answered; the old
+    one is reaped (it exits once its reply is sent)."""
+    from . import pool
+
+    new = pool.start(1, pool_context(spec.backend), _JOB)[0]
+    new.lifeline, worker.lifeline = worker.lifeline, -1  # (prefork's: kept open to the end)
+    try:
+        new.send(spec)
+        for slot in worker.inflight:
+            new.resubmit(slot)
+    except BaseException:
+        new.terminate()
+        pool.close_all([new])
+        raise
+    finally:
+        worker.inflight.clear()
+        worker.terminate()
+        pool.close_all([worker])
+    return new
 
 
 def _load(worker: Any) -> int:
@@ -885,21 +910,89 @@ def worker_chunk(state: Any, chunk: list, encoded: bool) -> Iterator:
         raise state
     run = _runner(state, encoded)
     weigh = _encoded_bytes if encoded else _result_bytes
+    running = _RUNNING
     started = perf_counter()
     results: list = []
     held = 0
     left = len(chunk)
-    for line, payload in chunk:
-        result = run(line, _received(payload))
-        results.append(result)
-        left -= 1
-        held += weigh(result, REPLY_BYTES - held)
-        if held >= REPLY_BYTES and left:
-            seconds = perf_counter() - started
-            yield False, (encode_chunk(results) if encoded else results), len(results), seconds
-            results, held, started = [], 0, perf_counter()
-    seconds = perf_counter() - started
+    running.begin(results, encoded, started)
+    try:
+        for line, payload in chunk:
+            payload = _received(payload)
+            running.item = (line, payload, perf_counter())
+            result = run(line, payload)
+            with running.lock:  # (worker_stopped reads both at once)
+                results.append(result)
+                running.item = None
+            left -= 1
+            held += weigh(result, REPLY_BYTES - held)
+            if held >= REPLY_BYTES and left:
+                seconds = perf_counter() - started
+                out, count = (encode_chunk(results) if encoded else results), len(results)
+                results, held, started = [], 0, perf_counter()
+                running.begin(results, encoded, started)
+                yield False, out, count, seconds
+        seconds = perf_counter() - started
+    finally:
+        running.end()
     yield True, (encode_chunk(results) if encoded else results), len(results), seconds
+
+
+class _Running:
+    """The chunk this worker is running and the item it is at, for its hard stop
+    (``worker_stopped``): the results made and not yet sent, and the item in progress
+    with when it began. Only the worker's main thread writes it; the hard stop, on the
+    deadline keeper's thread, reads it under ``lock``."""
+
+    __slots__ = ("lock", "results", "encoded", "started", "item")
+
+    def __init__(self) -> None:
+        import _thread
+
+        self.lock = _thread.allocate_lock()
+        self.results: Optional[list] = None
+        self.encoded = False
+        self.started = 0.0
+        self.item: Optional[tuple] = None
+
+    def begin(self, results: list, encoded: bool, started: float) -> None:
+        with self.lock:
+            self.results, self.encoded, self.started = results, encoded, started
+
+    def end(self) -> None:
+        with self.lock:
+            self.results, self.item = None, None
+
+
+_RUNNING = _Running()
+
+
+def worker_stopped(error: Any) -> Optional[tuple]:
+    """The reply a worker's hard stop sends (runner.pool) when its call is stuck past
+    the deadline (a guest blocked in a host call: a sleep, a pipe that never delivers):
+    ``("stopped", results, count, seconds)``, the chunk's results made and not yet
+    sent, then the item in progress with ``error`` as its result (a ``timeout``, as a
+    call that ends past its deadline is). The parent takes them, starts another worker
+    and sends it the rest of the chunk (and the worker's other chunks): the batch goes
+    on. Before, the error ended the whole batch (README "Limits from Python").
+
+    None (the batch ends with ``error``, as before) outside a chunk, or for an
+    interrupt, which is the whole batch's."""
+    if not isinstance(error, errors.WasmsbxError) or isinstance(error, errors.Interrupted):
+        return None
+    running = _RUNNING
+    with running.lock:
+        if running.results is None:
+            return None
+        results, item, encoded = list(running.results), running.item, running.encoded
+        started = running.started
+    if item is not None:
+        line, payload, began = item
+        record = error_record(error)
+        result = BatchResult(line, _given_id(payload, line), None, record, perf_counter() - began)
+        results.append(encode(result) if encoded else result)
+    out = encode_chunk(results) if encoded else results
+    return ("stopped", out, len(results), perf_counter() - started)
 
 
 REPLY_BYTES = 4 << 20  # a worker sends what it holds of a chunk's results past this
@@ -934,7 +1027,7 @@ def _result_bytes(result: Any, room: int) -> int:
     return total
 
 
-_JOB = (worker_state, worker_chunk)  # what a worker runs (runner.pool)
+_JOB = (worker_state, worker_chunk, worker_stopped)  # what a worker runs (runner.pool)
 
 
 def _worker_box(spec: WorkerSpec) -> Any:

@@ -21,11 +21,14 @@ resource tracker, no thread of the parent's per worker.
 The end: the parent closing a worker's task pipe makes it exit; the parent dying, even by
 SIGKILL, too (it waits on a pipe only the parent holds open: for a forked worker the
 parent's lifeline, for a fork server's multiprocessing's parent sentinel); a worker dying
-shows as the end of its reply pipe (``BatchWorkerDied`` in the parent).
+shows as the end of its reply pipe (``BatchWorkerDied`` in the parent). A worker whose
+call is stuck past its deadline ends on purpose (``_hard_stop_to``): its last reply says
+so, and the parent sends what it had not answered to a new worker (``Worker.resubmit``).
 """
 
 from __future__ import annotations
 
+import _thread
 import gc
 import os
 import sys
@@ -53,13 +56,15 @@ class Slot:
     ``reply`` once it has answered all; ``held``, the bytes of those replies received
     and not yet taken; ``worker``, its worker."""
 
-    __slots__ = ("reply", "parts", "held", "worker")
+    __slots__ = ("reply", "parts", "held", "worker", "message", "done")
 
-    def __init__(self, worker: Any = None) -> None:
+    def __init__(self, worker: Any = None, message: Any = None) -> None:
         self.reply: Any = None
         self.parts: deque = deque()
         self.held = 0
         self.worker = worker
+        self.message = message  # (items, encoded), as sent: resent if its worker stops
+        self.done = 0  # how many of its items the replies received so far answer
 
     def ready(self) -> bool:
         return bool(self.parts) or self.reply is not None
@@ -88,6 +93,7 @@ class Worker:
         self.inflight: deque = deque()
         self.lifeline = -1  # prefork's end of the workers' lifeline, kept by the first
         self.reaped = False  # waited for: its pid may belong to another process now
+        self.stopped = False  # it sent a "stopped" reply and is leaving (see resubmit)
 
     def send(self, message: Any) -> None:
         try:
@@ -96,10 +102,20 @@ class Worker:
             raise _died() from None
 
     def submit(self, message: Any) -> Slot:
-        slot = Slot(self)
+        slot = Slot(self, message)
         self.send(message)
         self.inflight.append(slot)
         return slot
+
+    def resubmit(self, slot: Slot) -> None:
+        """Send this worker the items of ``slot`` that no reply has answered (another
+        worker stopped before them); the slot keeps its place in the caller's order."""
+        items, *rest = slot.message
+        slot.message = (items[slot.done :], *rest)
+        slot.done = 0
+        slot.worker = self
+        self.send(slot.message)
+        self.inflight.append(slot)
 
     def receive(self) -> int:
         """Take one reply (one is ready): it belongs to the oldest chunk in flight, which
@@ -113,8 +129,11 @@ class Worker:
         reply = pickle.loads(data)
         slot = self.inflight[0]
         slot.held += len(data)
-        if reply[0] == "part":
+        if reply[0] in ("part", "stopped"):  # (kind, results, their count, seconds)
             slot.parts.append((("ok", *reply[1:]), len(data)))
+            slot.done += reply[2]
+            if reply[0] == "stopped":  # its call was stuck: it is leaving (_hard_stop_to)
+                self.stopped = True
         else:
             self.inflight.popleft()
             slot.reply = reply
@@ -455,14 +474,14 @@ def _serve(tasks: Any, replies: Any, job: tuple) -> int:
 
     with quiet_threads():
         _thread.start_new_thread(read, ())
-    make_state, run_chunk = job
+    make_state, run_chunk, stopped = job
     spec = inbox.get()
     if spec is None:
         return 0
     from .importpath import seal  # (nothing more from the working folder or a grant)
 
     seal(getattr(getattr(spec, "policy", None), "grants", None) or ())
-    _hard_stop_to(replies)
+    _hard_stop_to(replies, stopped)
     state = make_state(spec)
     while True:
         message = inbox.get()
@@ -486,23 +505,37 @@ def _serve(tasks: Any, replies: Any, job: tuple) -> int:
             return 1  # the parent is gone
 
 
-def _hard_stop_to(replies: Any) -> None:
+def _hard_stop_to(replies: Any, stopped: Callable) -> None:
     """A worker's hard stop: a call of this worker stuck past its deadline (a guest
-    blocked in a host call: a sleep, a pipe) sends its error as the chunk's reply, which
-    ends the whole run with it as on the command line, and the worker leaves. Workers had
-    a library's keeper, with no hard stop: such an item ran to its end, 100 s under a 1 s
-    timeout (red team round 23). Set on the deadline keeper's thread."""
+    blocked in a host call: a sleep, a pipe) ends the worker. It first sends
+    ``stopped(error)``: the results of its chunk so far and that item's error, which the
+    parent takes before it sends the rest to a new worker (Worker.resubmit), so the
+    batch goes on; or, where that gives None (no chunk running, an interrupt), the error
+    as the chunk's reply, which ends the whole run with it. Workers had a library's
+    keeper, with no hard stop: such an item ran to its end, 100 s under a 1 s timeout
+    (red team round 23). Set on the deadline keeper's thread; it runs there."""
     from ..backends.deadline import KEEPER
 
     def stop(error: Any) -> None:
         try:
-            _send(replies, ("error", error))
-        except Exception:  # noqa: BLE001 - leaving anyway: the parent sees us gone
-            pass
+            reply = stopped(error) or ("error", error)
+        except Exception:  # noqa: BLE001 - the error then ends the batch, as before
+            reply = ("error", error)
+        # (not in the middle of a reply the main thread is sending: a call that came
+        # back just now; if it cannot finish, the parent sees this worker gone)
+        if _SENDING.acquire(timeout=STOP_SEND_WAIT):
+            try:
+                _send(replies, reply)
+            except Exception:  # noqa: BLE001 - leaving anyway: the parent sees us gone
+                pass
         flush_hits()
         os._exit(int(getattr(error, "exit_code", 1)))
 
     KEEPER.hard_stop = stop
+
+
+STOP_SEND_WAIT = 5.0  # seconds a hard stop waits for a reply being sent to finish
+_SENDING = _thread.allocate_lock()  # held while a reply is written (_deliver, the stop)
 
 
 class _Unreadable:
@@ -515,7 +548,8 @@ class _Unreadable:
 def _deliver(replies: Any, reply: tuple) -> bool:
     """Send a reply; False if the parent is gone."""
     try:
-        _send(replies, reply)
+        with _SENDING:
+            _send(replies, reply)
     except OSError:
         return False
     return True
