@@ -24,6 +24,7 @@ from wasmsbx.runner import Sandbox
 from wasmsbx.runner.batch import BatchResult
 
 from .conftest import EXAMPLES, GUESTS, require_module
+from .test_batch_workers import SLEEP_MS_WAT  # sleep(ms): a WASI sleep, no epoch stops it
 
 distributed = pytest.importorskip("distributed")
 
@@ -735,3 +736,109 @@ def test_a_worker_answers_a_chunk_only_until_its_results_pass_reply_bytes(tmp_pa
     results, _ = read_results(run_chunk(worker_spec(box, func="f"), box.wasm, chunk), lines)
     assert WARM < len(results) < WARM + 10
     assert [r.line for r in results] == lines[: len(results)]
+
+
+def test_a_call_blocked_in_a_host_call_is_given_up_and_the_batch_goes_on(client):
+    """An item sleeping (a WASI sleep of 60 s under a 1 s timeout) held its Dask worker
+    thread, and the whole batch, until it woke: its result came after 60 s. The worker
+    now gives the call up STUCK_GRACE past its timeout: the item is a timeout, the rest
+    of the chunk is submitted again, and every item comes back in order."""
+    policy = defaults()
+    override(policy, "limits.timeout", 1.0)
+    box = Sandbox(SLEEP_MS_WAT.encode(), policy)
+    items = [[1], [60000], [3], [4], {"args": [60000], "id": "s"}, [6]]
+    started = time.monotonic()
+    got = [(r.line, r.id, r.values, r.error and r.error["limit"]) for r in
+           box.batch("sleep", items, cluster=client)]  # fmt: skip
+    assert got == [
+        (1, 1, [1], None),
+        (2, 2, None, "timeout"),
+        (3, 3, [3], None),
+        (4, 4, [4], None),
+        (5, "s", None, "timeout"),
+        (6, 6, [6], None),
+    ]
+    assert time.monotonic() - started < 50  # (not the 60 s sleeps)
+
+
+class _Blocking:
+    """A caller whose call of line 2 blocks until ``release`` is set."""
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+        self.closed = threading.Event()
+
+    def run(self, line, payload):
+        if line == 2:
+            self.release.wait(60)
+        return BatchResult(line, line, [line], None, 0.001)
+
+    def close(self) -> None:
+        self.closed.set()
+
+
+def _fake_job(monkeypatch, caller, timeout):
+    from types import SimpleNamespace
+
+    from wasmsbx.cluster import worker
+
+    job = worker._Job(SimpleNamespace(policy=SimpleNamespace(timeout=timeout)), "f", False)
+    job.idle.append(caller)
+    monkeypatch.setattr(worker, "_job", lambda spec, wasm: job)
+    return job
+
+
+def test_the_worker_returns_what_it_made_and_the_stuck_items_timeout(monkeypatch):
+    """In the worker, with a stand-in caller: the results before the stuck item and its
+    timeout; the caller is never used again, and is closed once its call comes back."""
+    from wasmsbx.cluster import worker
+    from wasmsbx.cluster.wire import read_results
+
+    monkeypatch.setattr(worker, "STUCK_GRACE", 0.05)
+    caller = _Blocking()
+    job = _fake_job(monkeypatch, caller, 0.05)
+    before = worker._STUCK[0]
+    text = worker.run_chunk("{}", b"", [(1, b"[]"), (2, b'{"args": [], "id": "x"}'), (3, b"[]")])
+    results, _ = read_results(text, [1, 2, 3])
+    assert [(r.line, r.id, r.error and r.error["limit"]) for r in results] == [
+        (1, 1, None),
+        (2, "x", "timeout"),
+    ]
+    assert "blocked in a host call" in results[1].error["message"]
+    assert job.idle == [] and worker._STUCK[0] == before + 1
+    caller.release.set()  # (its call comes back: too late, its instance goes)
+    assert caller.closed.wait(30)
+    deadline = time.monotonic() + 30
+    while worker._STUCK[0] != before and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert worker._STUCK[0] == before
+
+
+def test_a_call_within_its_timeout_and_grace_is_waited_for(monkeypatch):
+    """A slow item that ends before its timeout plus the grace is not given up."""
+    from wasmsbx.cluster import worker
+    from wasmsbx.cluster.wire import read_results
+
+    caller = _Blocking()
+    job = _fake_job(monkeypatch, caller, 30.0)
+    threading.Timer(0.2, caller.release.set).start()
+    results, _ = read_results(worker.run_chunk("{}", b"", [(1, b"[]"), (2, b"[]")]), [1, 2])
+    assert [(r.line, r.error) for r in results] == [(1, None), (2, None)]
+    assert job.idle == [caller] and not caller.closed.is_set()
+
+
+def test_past_stuck_max_calls_left_running_the_worker_process_ends(monkeypatch):
+    """Each call given up holds a thread and an instance: past STUCK_MAX of them still
+    running, the worker process ends (Dask's nanny starts another)."""
+    from wasmsbx.cluster import worker
+
+    ended = threading.Event()
+    monkeypatch.setattr(worker, "STUCK_EXIT_DELAY", 0.01)
+    monkeypatch.setattr(worker, "_ENDING", [])
+    monkeypatch.setattr(worker.os, "_exit", lambda code: ended.set())
+    monkeypatch.setattr(worker, "_STUCK", [worker.STUCK_MAX])
+    worker._too_many()
+    assert not ended.wait(0.2)  # (at STUCK_MAX: not yet)
+    worker._STUCK[0] += 1
+    worker._too_many()
+    assert ended.wait(30)

@@ -68,28 +68,172 @@ def run_chunk(spec: str, wasm: bytes, chunk: list) -> str:
     again (a guest can make its later items' results megabytes each, after quick items
     grew the chunks to thousands: red team round 40).
 
+    The calls run in a thread of their own (``_Calls``), watched from the task's: a call
+    still running STUCK_GRACE past its timeout is blocked in a host call (a WASI sleep
+    of days, a pipe), which no epoch can stop and nothing can stop in a process that is
+    not ours to end. It is given up: the item is a timeout, the chunk's results so far
+    are returned (the client submits the rest again) and its thread and instance are
+    left to finish by themselves, never used again. Before, the task waited for the
+    call: one item sleeping for days held a Dask worker thread and the whole batch that
+    long. Past STUCK_MAX calls left running, the worker process ends (``_too_many``).
+
     An item's failure (bad input, trap, limit) is in its result. A failure that stops the
     job (the module does not compile here, a granted directory is missing here, another
     wasmsbx version) comes back as ``{"error": ...}``, also JSON, never as an exception
     object the client would have to unpickle."""
     try:
         job = _job(spec, wasm)
-        caller = job.take()
+        calls = _Calls(job.take(), chunk)
         try:
-            started = time.perf_counter()
-            results, held = [], 0
-            for line, payload in chunk:
-                results.append(caller.run(line, payload))
-                held += _result_bytes(results[-1], REPLY_BYTES - held)
-                if held >= REPLY_BYTES:  # the client submits the rest again (read_results)
-                    break
-            seconds = time.perf_counter() - started
+            results, seconds = calls.watch(_timeout(job), job.func)
         finally:
-            job.give(caller)
+            if calls.given_up:
+                _too_many()
+            else:
+                job.give(calls.caller)
             flush_hits()  # (a Dask worker may be killed: its cache hits are written now)
         return wire.results_to_wire(results, seconds)
     except Exception as exc:
         return wire.error_to_wire(exc)
+
+
+STUCK_GRACE = 1.0  # seconds past its timeout a call may run before it is given up
+STUCK_MAX = 8  # calls given up and still running before the worker process ends
+STUCK_EXIT_DELAY = 5.0  # seconds from then to its end (its task's results go first)
+_STUCK = [0]  # calls given up and still running in this process (under _LOCK)
+
+
+def _timeout(job: _Job) -> float:
+    policy = getattr(job.box, "policy", None)
+    timeout = getattr(policy, "timeout", None)
+    return float(timeout) if isinstance(timeout, (int, float)) and timeout > 0 else 0.0
+
+
+class _Calls:
+    """One chunk's calls, made in a thread of their own so that the task's thread can
+    give up a call blocked in a host call (run_chunk). ``item``: the item in progress
+    and when it began; ``results`` those made; both read and written under ``lock``."""
+
+    def __init__(self, caller: Any, chunk: list) -> None:
+        self.caller, self.chunk = caller, chunk
+        self.results: list = []
+        self.item: Any = None
+        self.lock = threading.Lock()
+        self.done = threading.Event()
+        self.given_up = False
+        self.failure: Any = None
+        self.started = time.perf_counter()
+        self.seconds = 0.0
+
+    def run(self) -> None:
+        try:
+            held = 0
+            for line, payload in self.chunk:
+                with self.lock:
+                    if self.given_up:
+                        return
+                    self.item = (line, payload, time.monotonic(), time.perf_counter())
+                result = self.caller.run(line, payload)
+                with self.lock:
+                    if self.given_up:  # (it came back after all: too late, not used)
+                        return
+                    self.results.append(result)
+                    self.item = None
+                held += _result_bytes(result, REPLY_BYTES - held)
+                if held >= REPLY_BYTES:  # the client submits the rest again (read_results)
+                    break
+        except BaseException as exc:  # noqa: BLE001 - the task's thread raises it
+            self.failure = exc
+        finally:
+            self.seconds = time.perf_counter() - self.started
+            self.done.set()
+            if self.given_up:
+                self._finish_late()
+
+    def _finish_late(self) -> None:
+        """The call given up has come back: its instance goes (it is nobody's now)."""
+        try:
+            self.caller.close()
+        except Exception:  # noqa: BLE001 - a late clean-up must never raise in a thread
+            pass
+        with _LOCK:
+            _STUCK[0] -= 1
+
+    def watch(self, timeout: float, func: str) -> tuple:
+        """Run the calls and wait for them; (results, seconds). With a ``timeout``, a call
+        still running STUCK_GRACE past it is given up (the item's timeout ends the
+        results)."""
+        from ..backends.deadline import quiet_threads
+
+        self.started = time.perf_counter()
+        with quiet_threads():
+            thread = threading.Thread(target=self.run, name="wasmsbx-cluster-calls", daemon=True)
+            thread.start()
+        while True:
+            wait = None
+            if timeout:
+                with self.lock:
+                    item = self.item
+                if item is not None:
+                    wait = item[2] + timeout + STUCK_GRACE - time.monotonic()
+                    if wait <= 0:
+                        given = self._give_up(item, timeout, func)
+                        if given is not None:
+                            return given
+                        continue
+                else:
+                    wait = min(timeout, 1.0)  # (the next item's start is seen within)
+            if self.done.wait(wait):
+                break
+        if self.failure is not None:
+            raise self.failure
+        return self.results, self.seconds
+
+    def _give_up(self, item: tuple, timeout: float, func: str) -> Any:
+        """The results with ``item``'s timeout last, or None if it came back meanwhile."""
+        from ..runner.batch import BatchResult, _given_id, error_record
+        from ..units import format_duration
+
+        with self.lock:
+            if self.item is not item or self.done.is_set():
+                return None
+            self.given_up = True
+            results = list(self.results)
+        with _LOCK:
+            _STUCK[0] += 1
+        line, payload, _, began = item
+        error = errors.TimeoutExceeded(
+            f"timeout: {func} still running after {format_duration(timeout)} "
+            "(blocked in a host call)",
+            hint="raise limits.timeout (--timeout 30s) if the guest needs longer",
+            limit_value=timeout,
+        )
+        now = time.perf_counter()
+        ident = _given_id(payload, line)
+        results.append(BatchResult(line, ident, None, error_record(error), now - began))
+        return results, now - self.started
+
+
+def _too_many() -> None:
+    """Past STUCK_MAX calls given up and still running (each holds a thread and an
+    instance, up to limits.memory), this worker process ends STUCK_EXIT_DELAY after
+    the task that gave up the last one has returned: Dask's nanny starts a new one, and
+    Dask runs again elsewhere the tasks that were running here (README "Faults")."""
+    with _LOCK:
+        if _STUCK[0] <= STUCK_MAX or _ENDING:
+            return
+        _ENDING.append(True)
+
+    def leave() -> None:
+        flush_hits()
+        os._exit(70)
+
+    timer = threading.Timer(STUCK_EXIT_DELAY, leave)
+    timer.daemon = True
+    timer.start()
+
+
+_ENDING: list = []  # the worker process is about to end (_too_many)
 
 
 def _job(key: str, wasm: bytes) -> _Job:
