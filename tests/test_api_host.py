@@ -573,3 +573,40 @@ def test_a_foreign_funcref_is_refused_as_a_global_value_too(backend):
     hosted = wasmsbx.Sandbox(uses, imports={"env": {"gf": wasmsbx.Global("funcref", ref)}})
     with pytest.raises(errors.UsageError, match="another sandbox"):
         hosted.call("null")
+
+
+def test_a_funcref_a_host_function_keeps_stays_the_same_function(backend):
+    """Round 44: a funcref given to a host function was a view into the store's buffer
+    of host-call arguments: kept past the call, it became the funcref (or the i64) of
+    a later host call, here the guest's $evil in place of its $safe callback."""
+    wat = b"""(module
+     (import "env" "register" (func $register (param funcref)))
+     (import "env" "log" (func $log (param funcref i64 i64 i64 i64)))
+     (table $t 1 funcref) (elem declare func $safe $evil)
+     (func $safe (result i32) i32.const 1)
+     (func $evil (result i32) i32.const 666)
+     (func (export "init") (call $register (ref.func $safe)))
+     (func (export "later") (param i64)
+      (call $log (ref.func $evil) (local.get 0) (local.get 0) (local.get 0) (local.get 0)))
+     (func (export "invoke") (param funcref) (result i32)
+      (table.set $t (i32.const 0) (local.get 0)) (call_indirect (result i32) (i32.const 0))))"""
+    kept: list = []
+
+    def register(f: wasmsbx.funcref) -> None:
+        kept.append(f)
+
+    def log(f: wasmsbx.funcref, a: wasmsbx.i64, b: wasmsbx.i64, c: wasmsbx.i64, d: wasmsbx.i64):
+        pass
+
+    require_capability(backend, "reference-types")
+    try:
+        box = wasmsbx.Sandbox(
+            wat, imports={"env": {"register": register, "log": log}}, backend=backend
+        )
+        box.call("init")
+    except errors.BackendUnavailable as exc:  # (wasmer: no references in host functions)
+        pytest.skip(exc.message)
+    assert box.call("invoke", kept[0]) == 1
+    for value in (0, -1, 0x0123456789ABCDEF, 7):
+        box.call("later", value)
+        assert box.call("invoke", kept[0]) == 1

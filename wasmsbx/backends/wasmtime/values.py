@@ -133,6 +133,15 @@ def read(store: Any, raw: Any, wasm_type: str, owner: Any, owned: bool = True) -
         return F64.from_bits(raw.of.i64 & 0xFFFFFFFFFFFFFFFF)
     if wasm_type == "v128":
         return V128(ctypes.string_at(ctypes.addressof(raw.of), 16))
+    if raw.kind == _FUNCREF:
+        # (a copy: wasmtime-py's Func would be a view into ``raw``, and a host function's
+        # arguments sit in a buffer of the store's that every later host call writes,
+        # or frees when it grows: a funcref a host function kept became another
+        # function of the guest at its next host call, red team round 44)
+        if raw.of.funcref.store_id == 0:
+            return None
+        copied = ffi.wasmtime_func_t.from_buffer_copy(raw.of.funcref)
+        return FuncRef(wasmtime.Func._from_raw(copied), owner)
     value = wasmtime.Val._from_raw(store, raw, owned=owned).value
     if wasm_type == "funcref":
         return None if value is None else FuncRef(value, owner)
@@ -140,6 +149,7 @@ def read(store: Any, raw: Any, wasm_type: str, owner: Any, owned: bool = True) -
 
 
 _REFERENCES = frozenset(REF_TYPES)  # the values a call roots (and must unroot)
+_FUNCREF = ffi.WASMTIME_FUNCREF.value
 
 
 def unroot(params: Any, count: int) -> None:
