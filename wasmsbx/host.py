@@ -44,12 +44,23 @@ class Caller:
         if self._caller is None:  # (kept past its call: round 40 saw an IndexError
             from . import errors  # saying the memory did not exist)
 
-            raise errors.UsageError(
-                "this Caller was kept past the host call it was given to",
-                hint="read the guest's memory inside the host function, or use the "
-                "Sandbox's own memory() after the call",
-            )
-        return self._caller.memory(name)
+            raise errors.UsageError(_KEPT[0], hint=_KEPT[1])
+        memory = self._caller.memory(name)
+        # (its memory too: kept, it raised wasmtime-py's ValueError, and on wasmer it
+        # went on reading and writing, red team round 44)
+        memory._alive, memory._gone = self._current, _KEPT_MEMORY
+        return memory
+
+    def _current(self) -> bool:
+        return self._caller is not None
+
+
+_KEPT = (
+    "this Caller was kept past the host call it was given to",
+    "read the guest's memory inside the host function, or use the Sandbox's own "
+    "memory() after the call",
+)
+_KEPT_MEMORY = ("this memory came from a Caller kept past its host call", _KEPT[1])
 
 
 class HostFunc:

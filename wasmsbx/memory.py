@@ -6,7 +6,7 @@ these out; the backend supplies the ``access`` object that does the reads and wr
 
 from __future__ import annotations
 
-from typing import Any, Optional, Union
+from typing import Any, Callable, Optional, Union
 
 from . import errors
 
@@ -17,17 +17,40 @@ class Memory:
     ``read(offset, length) -> bytes``, ``write(offset, data)``, ``size`` (bytes),
     ``pages``, ``grow(pages) -> old pages`` (within the policy's memory limit), and
     ``with mem.view() as buf:`` a memoryview of the whole memory, valid inside the block
-    (a grow may move the memory, so the view is released when the block ends)."""
+    (a grow may move the memory, so the view is released when the block ends).
+
+    It is the memory of one instance: once that instance is closed or replaced (the
+    Sandbox closed, a ``fresh`` call, its Group closed) or, from a ``Caller``, once the
+    host call is over, every use is a UsageError. Before, such a Memory went on reading
+    and writing the old instance, and a Sandbox's next call ran on a new one: a read
+    gave data the guest no longer had (red team round 44)."""
 
     PAGE = 65536
 
-    def __init__(self, access: Any, name: str = "memory") -> None:
+    def __init__(
+        self,
+        access: Any,
+        name: str = "memory",
+        alive: Optional[Callable[[], bool]] = None,
+        gone: tuple = (),
+    ) -> None:
         self._access = access
         self.name = name
+        self._alive = alive  # whether its instance (or call) is still current
+        self._gone = gone  # (message, hint) of the UsageError once it is not
+
+    def _check(self) -> Any:
+        if self._alive is not None and not self._alive():
+            message, hint = self._gone or (
+                f"memory {self.name!r} belongs to an instance that is gone",
+                "take the memory again",
+            )
+            raise errors.UsageError(message, hint=hint)
+        return self._access
 
     @property
     def size(self) -> int:
-        return int(self._access.size())
+        return int(self._check().size())
 
     @property
     def pages(self) -> int:
@@ -38,11 +61,11 @@ class Memory:
 
     def read(self, offset: int, length: int) -> bytes:
         _check_int(offset, length)
-        return bytes(self._access.read(offset, length))
+        return bytes(self._check().read(offset, length))
 
     def write(self, offset: int, data: Union[bytes, bytearray, memoryview]) -> None:
         _check_int(offset)
-        self._access.write(offset, data)
+        self._check().write(offset, data)
 
     def read_cstring(self, offset: int, limit: int = 1 << 20) -> bytes:
         """Bytes from ``offset`` up to (not including) the first NUL, at most ``limit``."""
@@ -57,8 +80,9 @@ class Memory:
                 f"memory {self.name!r} cannot grow by {pages} pages: more than any memory holds",
                 hint="the policy's limits.memory or the memory's maximum",
             )
+        access = self._check()
         try:
-            return int(self._access.grow(pages))
+            return int(access.grow(pages))
         except IndexError:
             raise
         except Exception as exc:
@@ -68,15 +92,17 @@ class Memory:
             ) from None
 
     def view(self) -> _View:
-        return _View(self._access)
+        return _View(self._check(), self._check)
 
 
 class _View:
-    def __init__(self, access: Any) -> None:
+    def __init__(self, access: Any, check: Callable) -> None:
         self._access = access
+        self._check = check
         self._view: Optional[memoryview] = None
 
     def __enter__(self) -> memoryview:
+        self._check()
         self._view = self._access.view()
         return self._view
 

@@ -1074,7 +1074,8 @@ class Sandbox:
         try:
             if not any(e.name == name and e.kind == "memory" for e in self.export_list):
                 raise KeyError(name)
-            access = self._live().memory(name)
+            instance = self._live()
+            access = instance.memory(name)
         except NotImplementedError:
             raise errors.BackendUnavailable(
                 f"the {self.backend_name} backend cannot reach guest memory from Python"
@@ -1085,7 +1086,12 @@ class Sandbox:
                 f"{self._name} exports no memory named {name!r}",
                 hint=f"exported memories: {', '.join(names)}" if names else "it exports none",
             ) from None
-        return Memory(access, name)
+        gone = (
+            f"memory {name!r} of {self._name} belongs to an instance that was closed or "
+            "replaced since (close(), a fresh call, its group closed)",
+            "take it again with memory() when you need it",
+        )
+        return Memory(access, name, lambda: self._instance is instance, gone)
 
     @property
     def globals(self) -> Globals:
@@ -1172,6 +1178,7 @@ class Sandbox:
         if self.imports:
             extra["imports"] = self.imports
         if self._group is not None:
+            self._group._refuse_instance(self)
             extra["shared"] = self._group.first_instance
             extra["register"] = self.link_name
             extra["group"] = True  # wasmer keeps budget for the members still to come
@@ -1352,7 +1359,10 @@ class Sandbox:
         )
 
     def close(self) -> None:
-        """Release the instance (and its captured output and temporary files)."""
+        """Release the instance (and its captured output and temporary files). A member
+        of a group shares its group's store, released by ``Group.close``: once closed,
+        it cannot be used again (a UsageError), while the members linked to its exports
+        go on using them."""
         if self._instance is not None:
             if self._group is None:
                 self._instance.close()
@@ -1505,6 +1515,26 @@ class Group:
         self.compiler: Optional[str] = None
         self.first_instance: Any = None
         self.members: list = []
+        self.closed = False
+
+    def _refuse_instance(self, box: Sandbox) -> None:
+        """A member has one instance, made when it is added: instantiating one again
+        (after ``close()``, a ``fresh`` call, a batch) put a second copy in the store,
+        registered under the same name, which members added later linked to while the
+        earlier ones kept the first (red team round 44). A closed group is closed."""
+        if self.closed:
+            raise errors.UsageError(
+                f"{box._name}: its group was closed",
+                hint="make a new Group and add the modules again",
+            )
+        if box in self.members:
+            closed = "was closed: a member" if box._instance is None else "is a member"
+            raise errors.UsageError(
+                f"{box._name} {closed} of a group, whose one instance Group.add made "
+                "(it is never instantiated again: not after close(), nor for a fresh "
+                "call or a batch)",
+                hint="close the whole group when done; call its members without fresh=",
+            )
 
     def _adopt(self, box: Sandbox) -> None:
         self.engine, self.backend_name, self.compiler = box.engine, box.backend_name, box.compiler
@@ -1518,6 +1548,10 @@ class Group:
     ) -> Sandbox:
         """Compile and instantiate ``module`` in the group (its start function runs now);
         with ``name``, later modules can import its exports as ``name.export``."""
+        if self.closed:
+            raise errors.UsageError(
+                "this group was closed", hint="make a new Group and add the modules again"
+            )
         box = Sandbox(
             module, self.policy, imports=imports, backend=self.backend, group=self, name=name
         )
@@ -1527,11 +1561,18 @@ class Group:
 
     def register(self, name: str, box: Sandbox) -> None:
         """Make an added module's exports importable under another name too."""
+        if self.closed:
+            raise errors.UsageError(
+                "register: this group was closed", hint="make a new Group and add the modules again"
+            )
         if box not in self.members:
             raise errors.UsageError("register: that sandbox is not a member of this group")
         box._live().register_as(name)
 
     def close(self) -> None:
+        """Release the store and every member's instance; the members cannot be used
+        again (each use is a UsageError)."""
+        self.closed = True
         for box in self.members:
             box._instance = None
         if self.first_instance is not None:

@@ -323,9 +323,39 @@ class WasmtimeInstance(Instance):
         self.deadline = 0.0  # monotonic instant the running call must end by
         if shared is None:
             self._new_store(limits, getattr(module, "_wasmsbx_layout", None))
-        else:
-            self.store, self._linker, self._budget = shared.store, shared.linker, shared.budget
-            self.outputs, self._host, self.group = shared.outputs, shared.host, shared.group
+            self._build(module, wasi, imports, shared, register, caps)
+            return
+        self.store, self._linker, self._budget = shared.store, shared.linker, shared.budget
+        self.outputs, self._host, self.group = shared.outputs, shared.host, shared.group
+        # A member joins the store between calls, never during one: it re-arms the
+        # store's fuel and deadline (a call running in another thread then ran 4 s
+        # under a 1 s timeout, and 59 rounds on fuel for 2), and a store runs one
+        # thing at a time (red team round 44).
+        group = self.group
+        if not group.busy.acquire(False) and _occupied(group, limits.seconds()):
+            raise errors.UsageError(
+                "a module cannot be added to a group from a host function of a call "
+                "running in that group",
+                hint="add every module to the group before calling into it",
+            )
+        try:
+            group.owner = _get_ident()
+            self._build(module, wasi, imports, shared, register, caps)
+        finally:
+            group.owner = 0
+            group.busy.release()
+
+    def _build(
+        self,
+        module: Any,
+        wasi: Optional[WasiSetup],
+        imports: Optional[dict],
+        shared: Optional[WasmtimeInstance],
+        register: Optional[str],
+        caps: Any,
+    ) -> None:
+        """The rest of __init__: limits, WASI and imports defined, instantiated."""
+        engine, limits = self.engine, self.limits
         if caps is not None:  # each memory and table carries its own cap (limits.Budget)
             group = self.group
             group.budget = module._wasmsbx_budget

@@ -1,0 +1,207 @@
+"""What the library hands out lives as long as what it came from (red team round 44).
+
+A ``Memory`` from ``box.memory()`` is the memory of one instance; one from
+``Caller.memory()`` is valid during its host call; a ``Group``'s members live with the
+group, each with the one instance ``Group.add`` made. Past that, every use is a
+UsageError: before, a Memory kept reading and writing the instance it came from after
+the sandbox had moved on to a new one (stale data, no error), a group's closed member
+was instantiated a second time in the shared store, and a closed group came back to life.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+import wasmsbx
+from wasmsbx import errors
+from wasmsbx.policy import from_dict
+
+MEM = b"""(module (memory (export "memory") 1)
+ (func (export "put") (param i32) (i32.store (i32.const 0) (local.get 0)))
+ (func (export "get") (result i32) (i32.load (i32.const 0))))"""
+
+LIB = b"""(module (memory (export "memory") 1)
+ (global $n (mut i32) (i32.const 0))
+ (func (export "bump") (param i32) (result i32)
+  (global.set $n (i32.add (global.get $n) (local.get 0))) (global.get $n)))"""
+
+APP = b"""(module (import "lib" "bump" (func $bump (param i32) (result i32)))
+ (func (export "run") (param i32) (result i32) (call $bump (local.get 0))))"""
+
+
+def _uses(memory) -> list:
+    """Every way to use a Memory, each as a thunk."""
+
+    def view():
+        with memory.view() as buf:
+            return len(buf)
+
+    return [
+        lambda: memory.read(0, 4),
+        lambda: memory.write(0, b"\1\2\3\4"),
+        lambda: memory.size,
+        lambda: memory.grow(0),
+        view,
+    ]
+
+
+def test_a_memory_of_a_closed_sandbox_is_refused(backend):
+    box = wasmsbx.Sandbox(MEM, backend=backend)
+    box.call("put", 7)
+    memory = box.memory()
+    assert memory.read(0, 4) == b"\7\0\0\0"
+    box.close()
+    for use in _uses(memory):
+        with pytest.raises(errors.UsageError, match="closed or replaced"):
+            use()
+
+
+def test_a_memory_of_an_instance_replaced_never_reads_the_old_one(backend):
+    """The sandbox's next call (after close()) or a fresh call runs on a new instance:
+    the old Memory read the old instance's 7 while the guest's memory held 0."""
+    box = wasmsbx.Sandbox(MEM, backend=backend)
+    box.call("put", 7)
+    old = box.memory()
+    box.close()
+    assert box.call("get") == 0
+    with pytest.raises(errors.UsageError):
+        old.read(0, 4)
+    current = box.memory()
+    assert current.read(0, 4) == b"\0\0\0\0"
+    box.call("put", 9)
+    assert current.read(0, 4) == b"\x09\0\0\0"
+    box.invoke("get", [], fresh=True)
+    with pytest.raises(errors.UsageError):
+        current.read(0, 4)
+    box.close()
+
+
+def test_a_memory_from_a_caller_is_valid_only_during_the_host_call(backend):
+    """It raised wasmtime-py's ValueError on wasmtime and went on working on wasmer."""
+    wat = b"""(module (import "env" "peek" (func $peek))
+     (memory (export "memory") 1) (data (i32.const 0) "SECRET")
+     (func (export "f") (call $peek)))"""
+    kept: list = []
+
+    def peek(caller: wasmsbx.Caller) -> None:
+        memory = caller.memory()
+        assert memory.read(0, 6) == b"SECRET"  # (inside the call: fine)
+        kept.append(memory)
+
+    box = wasmsbx.Sandbox(wat, imports={"env": {"peek": peek}}, backend=backend)
+    box.call("f")
+    for use in _uses(kept[0]):
+        with pytest.raises(errors.UsageError, match="kept past its host call"):
+            use()
+    box.close()
+
+
+def test_a_closed_group_and_its_members_stay_closed(backend):
+    """It came back to life: a member's call made a new store, and add() worked."""
+    with wasmsbx.Group(from_dict({"limits": {"instances": 4}}), backend=backend) as group:
+        lib = group.add(LIB, name="lib")
+        app = group.add(APP)
+        assert app.call("run", 2) == 2
+        memory = lib.memory()
+    for use in (
+        lambda: lib.call("bump", 1),
+        lambda: app.call("run", 1),
+        lambda: lib.memory(),
+        lambda: memory.read(0, 4),
+        lambda: group.add(LIB),
+        lambda: group.register("again", lib),
+    ):
+        with pytest.raises(errors.UsageError, match="closed"):
+            use()
+    group.close()  # (again: nothing to do)
+
+
+def test_a_closed_member_is_never_instantiated_again(backend):
+    """lib.close() then lib.call() made a second lib in the shared store (0 where the
+    group's lib held 2), while app went on with the first: one lib, or an error."""
+    policy = from_dict({"limits": {"instances": 3}})
+    with wasmsbx.Group(policy, backend=backend) as group:
+        lib = group.add(LIB, name="lib")
+        app = group.add(APP)
+        assert app.call("run", 2) == 2
+        lib.close()
+        with pytest.raises(errors.UsageError, match="was closed"):
+            lib.call("bump", 1)
+        assert app.call("run", 3) == 5  # (the members linked to it go on)
+        with pytest.raises(errors.UsageError, match="member of a group"):
+            app.invoke("run", [1], fresh=True)
+        for _ in range(3):  # (nothing taken from limits.instances)
+            with pytest.raises(errors.UsageError):
+                lib.call("bump", 1)
+        assert app.call("run", 1) == 6
+
+
+@pytest.mark.parametrize("backend", ["wasmtime"])
+def test_adding_to_a_group_from_its_running_call_is_refused(backend):
+    """A host function that added a module while its group's call ran re-armed the
+    store's fuel: 59 rounds on fuel for 2. (wasmer's group is another process, whose
+    call a member joining does not re-arm: there it is allowed.)"""
+    policy = from_dict({"limits": {"fuel": 20_000_000, "instances": 60}})
+    wat = b"""(module (import "env" "load" (func $load))
+     (global (export "rounds") (mut i32) (i32.const 0))
+     (func $burn (local $i i32) (loop $l (local.set $i (i32.add (local.get $i) (i32.const 1)))
+       (br_if $l (i32.lt_u (local.get $i) (i32.const 1000000)))))
+     (func (export "run") (loop $l (call $burn) (call $load)
+       (global.set 0 (i32.add (global.get 0) (i32.const 1))) (br $l))))"""
+    small = b'(module (func (export "f") (result i32) i32.const 1))'
+    holder: dict = {}
+
+    def load() -> None:
+        holder["group"].add(small)
+
+    with wasmsbx.Group(policy, backend=backend) as group:
+        holder["group"] = group
+        box = group.add(wat, imports={"env": {"load": load}})
+        with pytest.raises(errors.TrapError) as caught:
+            box.call("run")
+        assert isinstance(caught.value.__cause__, errors.UsageError)
+        assert box.globals["rounds"] == 0
+        assert group.add(small).call("f") == 1  # (between calls: fine)
+
+
+@pytest.mark.parametrize("backend", ["wasmtime"])
+def test_adding_from_another_thread_waits_for_the_running_call(backend):
+    """Another thread's add re-armed a running call's fuel and deadline (a call under
+    a 1 s timeout ran 4 s). It now waits for the call: the call ends on its own fuel,
+    after as many iterations as alone."""
+    policy = from_dict({"limits": {"fuel": 3_000_000, "instances": 100, "timeout": "60s"}})
+    wat = b"""(module (import "env" "tick" (func $tick (result i32)))
+     (global (export "iters") (mut i64) (i64.const 0))
+     (func (export "loop")
+      (loop $l (global.set 0 (i64.add (global.get 0) (i64.const 1)))
+       (br_if $l (i32.eqz (call $tick))))))"""
+    small = b'(module (func (export "f") (result i32) i32.const 1))'
+    started = threading.Event()
+    added: list = []
+
+    def tick() -> wasmsbx.i32:
+        started.set()
+        return 0
+
+    with wasmsbx.Group(policy, backend=backend) as group:
+        box = group.add(wat, imports={"env": {"tick": tick}})
+        with pytest.raises(errors.FuelExhausted):
+            box.call("loop")
+        alone = box.globals["iters"]
+        box.globals["iters"] = 0
+        started.clear()
+
+        def add_some() -> None:
+            started.wait(60)
+            for _ in range(20):
+                added.append(group.add(small))
+
+        thread = threading.Thread(target=add_some)
+        thread.start()
+        with pytest.raises(errors.FuelExhausted):
+            box.call("loop")
+        thread.join(60)
+        assert box.globals["iters"] == alone
+        assert len(added) == 20
