@@ -205,3 +205,48 @@ def test_adding_from_another_thread_waits_for_the_running_call(backend):
         thread.join(60)
         assert box.globals["iters"] == alone
         assert len(added) == 20
+
+
+class _Mine(BaseException):
+    """A BaseException of the caller's own (not an Exception)."""
+
+
+@pytest.mark.parametrize("raised", [GeneratorExit(), _Mine("mine")])
+def test_a_host_function_raising_a_base_exception_is_a_trap(backend, raised):
+    """On wasmer these left the call raw (only Exception was caught); wasmtime made them
+    a trap. KeyboardInterrupt and SystemExit still stop the caller, on both."""
+    wat = b"""(module (import "env" "cb" (func $cb (param i32) (result i32)))
+     (func (export "run") (param i32) (result i32) (call $cb (local.get 0))))"""
+    pending = [raised]
+
+    def cb(x: wasmsbx.i32) -> wasmsbx.i32:
+        if pending:
+            raise pending.pop()
+        return x * 2
+
+    box = wasmsbx.Sandbox(wat, imports={"env": {"cb": cb}}, backend=backend)
+    with pytest.raises(errors.TrapError, match=type(raised).__name__) as caught:
+        box.call("run", 1)
+    assert caught.value.__cause__ is raised
+    assert box.call("run", 21) == 42
+    box.close()
+
+
+def test_an_export_given_outside_its_group_is_refused_in_words(backend):
+    """The refusal named an internal class ("_Export cannot be provided")."""
+    with wasmsbx.Group(from_dict({"limits": {"instances": 2}}), backend=backend) as group:
+        lib = group.add(LIB, name="lib")
+        bump = lib.export("bump")
+        with pytest.raises(errors.LinkError, match="its own group") as caught:
+            wasmsbx.Sandbox(APP, imports={"lib": {"bump": bump}}, backend=backend).call("run", 1)
+        assert "_Export" not in caught.value.message
+
+
+def test_a_component_is_refused_by_a_group_with_a_usage_error():
+    component = b"""(component
+     (core module $m (func (export "f") (result i32) i32.const 1))
+     (core instance $i (instantiate $m))
+     (func (export "f") (result u32) (canon lift (core func $i "f"))))"""
+    group = wasmsbx.Group(from_dict({"limits": {"instances": 2}}))
+    with group, pytest.raises(errors.UsageError, match="component"):
+        group.add(component)

@@ -549,6 +549,19 @@ def die_with_parent(parent: int) -> None:
         os._exit(70)
 
 
+def unprovidable(item: Any) -> str:
+    """Why ``item`` cannot be given as an import (both backends' words)."""
+    if hasattr(item, "_owner") and hasattr(item, "_extern"):
+        return (
+            "an export of another sandbox or group (or of a group closed since) can "
+            "only be given to the members of its own group"
+        )
+    return f"a {type(item).__name__} cannot be given as an import"
+
+
+PROVIDABLE = "pass host functions, wasmsbx.Global/Memory/Table, or exports of the same group"
+
+
 def take_turn(lock: Any, seconds: float) -> None:
     """Take ``lock``, the turn to call into a sandbox that another thread is calling,
     waiting at most ``seconds`` (the waiting call's timeout): TimeoutExceeded then. The

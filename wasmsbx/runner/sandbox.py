@@ -1552,6 +1552,11 @@ class Group:
             raise errors.UsageError(
                 "this group was closed", hint="make a new Group and add the modules again"
             )
+        if _is_component_file(module):  # (the parser's "expected a module" said less)
+            raise errors.UsageError(
+                "a Group links core modules; this is a WebAssembly component",
+                hint="a component links its own parts: run it with wasmsbx.Sandbox",
+            )
         box = Sandbox(
             module, self.policy, imports=imports, backend=self.backend, group=self, name=name
         )

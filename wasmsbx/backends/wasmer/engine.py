@@ -887,7 +887,11 @@ class WasmerInstance(Instance):
                 typed = [coerce(v, t) for v, t in zip(args, func.params)]
             values = func.invoke(_WasmerCaller(caller), typed)
             return ("host-ok", to_wire(values, Signature(func.results, ()), self, wired))
-        except Exception as exc:  # noqa: BLE001 - the guest sees a trap; the call chains it
+        except BaseException as exc:  # noqa: BLE001 - the guest sees a trap; the call chains it
+            if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+                raise  # (the caller's, as on wasmtime)
+            # (GeneratorExit or a BaseException of the caller's own: a trap as on
+            # wasmtime; they left here raw, round 44)
             self.state.host_raised = exc
             return ("host-err", f"host function raised {type(exc).__name__}: {exc}")
 

@@ -72,11 +72,10 @@ def resolve(imports: list, given: dict, state: GroupState, exports_of: Any) -> t
         elif getattr(item, "_owner", None) is state:
             link.append((imp.module, imp.name, ("export", *item._extern)))
         else:
+            from ..base import PROVIDABLE, unprovidable
+
             raise errors.LinkError(
-                f"import {imp.module}.{imp.name}: {type(item).__name__} cannot be provided "
-                "to this group",
-                hint="pass host functions, wasmsbx.Global/Memory/Table, or exports of the "
-                "same group",
+                f"import {imp.module}.{imp.name}: {unprovidable(item)}", hint=PROVIDABLE
             )
     if missing:
         raise missing_imports_error(missing)

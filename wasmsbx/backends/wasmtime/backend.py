@@ -26,6 +26,7 @@ from wasmtime._extern import wrap_extern
 from ... import errors
 from ...units import format_count, format_duration, format_size
 from ..base import (
+    PROVIDABLE,
     Engine,
     EngineOptions,
     ExportInfo,
@@ -40,6 +41,7 @@ from ..base import (
     missing_imports_error,
     take_turn,
     totals_error,
+    unprovidable,
 )
 from ..deadline import KEEPER
 from ..limits import GC_HEAP, HIDDEN_EXPORT, PAGE, TotalsError, export_memories, layout, plan
@@ -524,10 +526,7 @@ class WasmtimeInstance(Instance):
             return wasmtime.Table(self.store, ty, None)
         if getattr(item, "_owner", None) is self.group:  # an export of a group member
             return item._extern
-        raise errors.LinkError(
-            f"import {module}.{name}: {type(item).__name__} cannot be provided to this group",
-            hint="pass host functions, wasmsbx.Global/Memory/Table, or exports of the same group",
-        )
+        raise errors.LinkError(f"import {module}.{name}: {unprovidable(item)}", hint=PROVIDABLE)
 
     def _host_call(self, module: str, name: str, item: Any) -> Any:
         """The trampoline's view of a host function: the deadline is checked before and
@@ -776,7 +775,7 @@ class WasmtimeInstance(Instance):
         raised = self._host.raised if self._host is not None else None
         if isinstance(raised, (KeyboardInterrupt, SystemExit)):
             self.host.raised = None
-            raise raised  # Ctrl-C in a host function stops the run, as anywhere else
+            raise raised from None  # Ctrl-C in a host function stops the run, as anywhere else
         if isinstance(raised, errors.LimitExceeded):  # in a call made back into the store:
             self.host.raised = None  # the running call's own limit (they share them)
             return raised
