@@ -10,6 +10,8 @@ test_batch_workers.py; these check the bookkeeping with stand-ins, without timin
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from wasmsbx import errors
@@ -62,19 +64,63 @@ def test_the_stop_sends_what_was_made_and_the_stuck_items_timeout(monkeypatch, e
         assert "blocked in a host call" in stuck.error["message"]
 
 
-def test_no_stop_reply_outside_a_chunk_or_for_an_interrupt():
-    """Outside a chunk (the worker setting up) and for Ctrl-C (the whole batch's) there
-    is nothing to hand back: the error ends the batch, as before."""
+@pytest.fixture(autouse=True)
+def _new_worker(monkeypatch):
+    """Each test is a worker of its own (what it has run is module state)."""
+    monkeypatch.setattr(batch, "_RUNNING", batch._Running())
+
+
+def test_no_stop_reply_while_setting_up_or_for_an_interrupt():
+    """While the worker sets up (before its first chunk) and for Ctrl-C (the whole
+    batch's) there is nothing to hand back: the error ends the batch, as before."""
     assert batch.worker_stopped(_timeout()) is None
     caller = _StopsAt(2, errors.Interrupted("interrupted"))
     list(batch.worker_chunk(caller, [(1, b"[]"), (2, b"[]")], False))
     assert caller.reply is None
-    assert batch.worker_stopped(_timeout()) is None  # (the chunk is over)
 
 
-def test_an_item_that_came_back_meanwhile_is_not_counted_twice(monkeypatch):
-    """The stuck call returns just as the stop comes: once its result is made it is
-    no longer in progress, so the stop sends it as made, with no timeout for it."""
+def test_a_late_call_that_came_back_is_not_stopped():
+    """Round 45: the keeper saw a call late, the call came back, and the stop then
+    gave its timeout to the next item (or, the worker waiting for work, ended the
+    batch). A call that began after the late one's deadline is not it; between items
+    and between chunks nothing is."""
+    late = _timeout()
+    late.watch_deadline = time.monotonic()  # (the late call's deadline: passed)
+    caller = _StopsAt(2, late)
+    list(batch.worker_chunk(caller, [(1, b"[]"), (2, b"[]")], False))
+    assert caller.reply == pool.STALE  # (item 2 began after that deadline)
+    assert batch.worker_stopped(_timeout()) == pool.STALE  # (waiting for work)
+    own = _timeout()
+    own.watch_deadline = time.monotonic() + 60  # (the running item's own call)
+    caller = _StopsAt(2, own)
+    list(batch.worker_chunk(caller, [(1, b"[]"), (2, b"[]")], False))
+    assert caller.reply[0] == "stopped" and caller.reply[2] == 2
+
+
+def test_a_stale_stop_leaves_the_worker_running(monkeypatch):
+    """The worker's hard stop, told the late call is gone, returns (the keeper goes
+    on) and lets others send; it neither sends nor exits."""
+    from wasmsbx.backends.deadline import KEEPER
+
+    monkeypatch.setattr(KEEPER, "hard_stop", None)
+    sent: list = []
+    exited: list = []
+
+    class Replies:
+        def send_bytes(self, data):
+            sent.append(data)
+
+    monkeypatch.setattr(pool.os, "_exit", exited.append)
+    pool._hard_stop_to(Replies(), lambda error: pool.STALE)
+    KEEPER.hard_stop(_timeout())
+    assert sent == [] and exited == []
+    assert pool._SENDING.acquire(False)
+    pool._SENDING.release()
+
+
+def test_an_item_that_came_back_meanwhile_is_not_stopped(monkeypatch):
+    """The stuck call returns just as the stop comes: once its result is recorded it is
+    no longer in progress, so there is nothing to stop (and nothing counted twice)."""
     stops = []
 
     def weigh(result, room):  # (right after item 2's result is recorded)
@@ -87,10 +133,9 @@ def test_an_item_that_came_back_meanwhile_is_not_counted_twice(monkeypatch):
             return batch.BatchResult(line, line, [line], None, 0.0)
 
     monkeypatch.setattr(batch, "_result_bytes", weigh)
-    list(batch.worker_chunk(Caller(), [(1, b"[]"), (2, b"[]"), (3, b"[]")], False))
-    kind, results, count, _ = stops[0]
-    assert kind == "stopped" and count == 2
-    assert [(r.line, r.error) for r in results] == [(1, None), (2, None)]
+    replies = list(batch.worker_chunk(Caller(), [(1, b"[]"), (2, b"[]"), (3, b"[]")], False))
+    assert stops == [pool.STALE]
+    assert [r.line for r in replies[-1][1]] == [1, 2, 3]
 
 
 class _Pipe:

@@ -497,3 +497,40 @@ def test_the_interrupt_handler_does_not_raise_where_it_would_be_lost(monkeypatch
     watch = deadline.Watch(clock, time.monotonic() + 60, lambda: None)
     keeper.watches[id(watch)] = watch  # a guest's call is running: we were called back
     assert deadline.on_interrupt(2, frame("__call__")) is None
+
+
+def test_a_late_call_that_comes_back_before_the_stop_is_not_stopped(monkeypatch):
+    """Round 45: the keeper listed the late calls, let its lock go, then stopped the
+    first: a call that came back in between was stopped all the same (a batch worker
+    then blamed its next item, or ended the batch). Seen late, then gone: no stop."""
+    from wasmsbx.backends import deadline
+
+    class Watches(dict):
+        def values(self):  # (a copy: the stand-in below removes one while listing)
+            return list(super().values())
+
+    keeper = Keeper()
+    keeper.watches = Watches()
+    keeper.running = True  # (no thread: _overruns is called here)
+    stopped: list = []
+    keeper.hard_stop = stopped.append
+    watch = keeper.enter(None, 0.0, lambda: RuntimeError("late"))
+    watch.bare = True  # (late at once: no grace)
+    real_late = deadline._late
+
+    def late_then_back(w, now):
+        found = real_late(w, now)
+        if found:
+            keeper.watches.pop(id(w), None)  # (the call comes back meanwhile)
+        return found
+
+    monkeypatch.setattr(deadline, "_late", late_then_back)
+    keeper._overruns()
+    assert stopped == []
+    monkeypatch.setattr(deadline, "_late", real_late)
+    watch = keeper.enter(None, 0.0, lambda: RuntimeError("late"))
+    watch.bare = True
+    keeper._overruns()
+    assert [str(e) for e in stopped] == ["late"]
+    assert stopped[0].watch_deadline == watch.deadline  # (which call: batch.worker_stopped)
+    keeper.leave(watch)

@@ -322,7 +322,10 @@ class Keeper:
         ):
             self._stop(_interrupted())
         if late:
-            self._stop(_late_error(late[0]))
+            with self.lock:  # (still running: the call may have come back meanwhile)
+                late = [w for w in late if self.watches.get(id(w)) is w]
+            if late:
+                self._stop(_late_error(late[0]))
         with self.lock:
             capped = [w.memory for w in self.watches.values() if w.memory is not None]
         if capped:
@@ -503,8 +506,13 @@ def _late_error(watch: Watch) -> Any:
     if watch.interrupted:
         return _interrupted()
     try:
-        return watch.error()
+        error = watch.error()
     except Exception:
         from ..errors import TimeoutExceeded
 
-        return TimeoutExceeded("timeout: a call is still running past its deadline")
+        error = TimeoutExceeded("timeout: a call is still running past its deadline")
+    try:  # (which call: a batch worker's stop checks it is the item it is running)
+        error.watch_deadline = watch.deadline
+    except AttributeError:
+        pass
+    return error

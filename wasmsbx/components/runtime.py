@@ -290,7 +290,11 @@ class ComponentInstance:
                 self.watch = None  # dropped instance, and its memory, until gc ran)
         # returned past its deadline (a host call that blocked past it), or past
         # limits.output (a write refused, the guest went on): the error all the same
-        if watch.reached is not None or self.budget.refused != refused:
+        if (
+            watch.reached is not None
+            or self.budget.refused != refused
+            or time.monotonic() > watch.deadline
+        ):
             raise self._stuck_error(where)
         return result
 

@@ -31,6 +31,7 @@ from .pool import BatchWorkerDied  # noqa: F401 - where callers look for it
 from .sandbox import json_value, parse_args
 
 perf_counter = time.perf_counter
+monotonic = time.monotonic
 
 MAX_LINE = 1 << 20  # longer input lines are refused (item error), never loaded whole
 MAX_SKIP = 64 << 20  # an overlong line is skipped up to this; longer ends the batch
@@ -893,7 +894,12 @@ def worker_state(spec: WorkerSpec) -> Any:
     """A worker's caller, made from the parent's spec; or the error that made it fail
     (raised for every chunk, so the parent reports it)."""
     try:
-        return make_caller(_worker_box(spec), spec.func, spec.fresh)
+        caller = make_caller(_worker_box(spec), spec.func, spec.fresh)
+        # Instantiated now, not in the first item's time: a worker that replaces one
+        # stopped (worker_stopped) starts on a loaded machine, and its first item's
+        # timeout paid for the instance (red team round 45: quick items timed out).
+        caller.ready()
+        return caller
     except errors.WasmsbxError as exc:
         return exc
 
@@ -919,7 +925,7 @@ def worker_chunk(state: Any, chunk: list, encoded: bool) -> Iterator:
     try:
         for line, payload in chunk:
             payload = _received(payload)
-            running.item = (line, payload, perf_counter())
+            running.item = (line, payload, perf_counter(), monotonic())
             result = run(line, payload)
             with running.lock:  # (worker_stopped reads both at once)
                 results.append(result)
@@ -944,7 +950,7 @@ class _Running:
     with when it began. Only the worker's main thread writes it; the hard stop, on the
     deadline keeper's thread, reads it under ``lock``."""
 
-    __slots__ = ("lock", "results", "encoded", "started", "item")
+    __slots__ = ("lock", "results", "encoded", "started", "item", "served")
 
     def __init__(self) -> None:
         import _thread
@@ -953,11 +959,13 @@ class _Running:
         self.results: Optional[list] = None
         self.encoded = False
         self.started = 0.0
-        self.item: Optional[tuple] = None
+        self.item: Optional[tuple] = None  # (line, payload, perf_counter, monotonic)
+        self.served = False  # a chunk has begun: past setting up
 
     def begin(self, results: list, encoded: bool, started: float) -> None:
         with self.lock:
             self.results, self.encoded, self.started = results, encoded, started
+            self.served = True
 
     def end(self) -> None:
         with self.lock:
@@ -976,21 +984,29 @@ def worker_stopped(error: Any) -> Optional[tuple]:
     and sends it the rest of the chunk (and the worker's other chunks): the batch goes
     on. Before, the error ended the whole batch (README "Limits from Python").
 
-    None (the batch ends with ``error``, as before) outside a chunk, or for an
-    interrupt, which is the whole batch's."""
+    None (the batch ends with ``error``, as before) while the worker sets up, or for an
+    interrupt, which is the whole batch's. ``pool.STALE`` (no stop) when the late call
+    is not running any more: the keeper saw it late, then it came back and the worker
+    went on with another item, or to wait for work (red team round 45: the next item
+    was given the timeout, or the batch ended). The call running now began before the
+    late one's deadline (``watch_deadline``, set by the keeper); a later one did not."""
+    from .pool import STALE
+
     if not isinstance(error, errors.WasmsbxError) or isinstance(error, errors.Interrupted):
         return None
+    deadline = getattr(error, "watch_deadline", None)
     running = _RUNNING
     with running.lock:
         if running.results is None:
-            return None
+            return STALE if running.served else None
         results, item, encoded = list(running.results), running.item, running.encoded
         started = running.started
-    if item is not None:
-        line, payload, began = item
-        record = error_record(error)
-        result = BatchResult(line, _given_id(payload, line), None, record, perf_counter() - began)
-        results.append(encode(result) if encoded else result)
+    if item is None or (deadline is not None and item[3] >= deadline):
+        return STALE
+    line, payload, began, _ = item
+    record = error_record(error)
+    result = BatchResult(line, _given_id(payload, line), None, record, perf_counter() - began)
+    results.append(encode(result) if encoded else result)
     out = encode_chunk(results) if encoded else results
     return ("stopped", out, len(results), perf_counter() - started)
 

@@ -517,15 +517,21 @@ def _hard_stop_to(replies: Any, stopped: Callable) -> None:
     from ..backends.deadline import KEEPER
 
     def stop(error: Any) -> None:
+        # The turn to send first, then what to send: a reply the main thread sends
+        # meanwhile (a call that came back just now) cannot go out after ours, answering
+        # items twice (red team round 45). If it cannot finish, the parent sees us gone.
+        sending = _SENDING.acquire(timeout=STOP_SEND_WAIT)
         try:
-            reply = stopped(error) or ("error", error)
+            reply = stopped(error)
         except Exception:  # noqa: BLE001 - the error then ends the batch, as before
-            reply = ("error", error)
-        # (not in the middle of a reply the main thread is sending: a call that came
-        # back just now; if it cannot finish, the parent sees this worker gone)
-        if _SENDING.acquire(timeout=STOP_SEND_WAIT):
+            reply = None
+        if reply is STALE:  # that call came back: nothing to stop (the keeper goes on)
+            if sending:
+                _SENDING.release()
+            return
+        if sending:
             try:
-                _send(replies, reply)
+                _send(replies, reply or ("error", error))
             except Exception:  # noqa: BLE001 - leaving anyway: the parent sees us gone
                 pass
         flush_hits()
@@ -535,6 +541,7 @@ def _hard_stop_to(replies: Any, stopped: Callable) -> None:
 
 
 STOP_SEND_WAIT = 5.0  # seconds a hard stop waits for a reply being sent to finish
+STALE = "stale"  # what a job's ``stopped`` says when the late call is no longer running
 _SENDING = _thread.allocate_lock()  # held while a reply is written (_deliver, the stop)
 
 
