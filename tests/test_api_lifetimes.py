@@ -18,6 +18,8 @@ import wasmsbx
 from wasmsbx import errors
 from wasmsbx.policy import from_dict
 
+from .conftest import BACKENDS
+
 MEM = b"""(module (memory (export "memory") 1)
  (func (export "put") (param i32) (i32.store (i32.const 0) (local.get 0)))
  (func (export "get") (result i32) (i32.load (i32.const 0))))"""
@@ -250,3 +252,110 @@ def test_a_component_is_refused_by_a_group_with_a_usage_error():
     group = wasmsbx.Group(from_dict({"limits": {"instances": 2}}))
     with group, pytest.raises(errors.UsageError, match="component"):
         group.add(component)
+
+
+def test_two_threads_adding_the_first_members_share_one_store(backend):
+    """Round 46: two threads adding the first members of a group at once each made a
+    store of its own; a module importing from both then failed to link."""
+    policy = from_dict({"limits": {"instances": 3}})
+    both = b"""(module (import "l1" "bump" (func $a (param i32) (result i32)))
+     (import "l2" "bump" (func $b (param i32) (result i32)))
+     (func (export "run") (result i32)
+      (i32.add (call $a (i32.const 1)) (call $b (i32.const 2)))))"""
+    for _ in range(5):
+        with wasmsbx.Group(policy, backend=backend) as group:
+            barrier = threading.Barrier(2)
+            failures: list = []
+
+            def add(name: str, group=group, barrier=barrier, failures=failures) -> None:
+                barrier.wait(30)
+                try:
+                    group.add(LIB, name=name)
+                except Exception as exc:  # noqa: BLE001 - reported below
+                    failures.append(exc)
+
+            threads = [threading.Thread(target=add, args=(n,)) for n in ("l1", "l2")]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join(60)
+            assert failures == []
+            assert group.add(both).call("run") == 3
+
+
+def test_a_start_function_whose_host_function_raises_says_so(backend):
+    """It was a LinkError "cannot instantiate module: error while executing" with no
+    cause; a call's host function raising is a TrapError naming it, and so is this."""
+    wat = b"""(module (import "env" "h" (func $h)) (func $s (call $h)) (start $s)
+     (func (export "f")))"""
+
+    def boom() -> None:
+        raise ValueError("host boom")
+
+    box = wasmsbx.Sandbox(wat, imports={"env": {"h": boom}}, backend=backend)
+    with pytest.raises(errors.TrapError, match="host boom") as caught:
+        box.call("f")  # (instantiates: the start function runs)
+    assert isinstance(caught.value.__cause__, ValueError)
+
+
+# A wasmer guest's process, made in a thread that has ended, running a loop (holding
+# the GIL) under a 60 s timeout; prints this process's pid, then the guest's.
+WASMER_ORPHAN = """
+import os, sys, threading, time
+import wasmsbx
+from wasmsbx.policy import from_dict
+policy = from_dict({"limits": {"timeout": "60s"}})
+made = []
+wat = (b'(module (func (export "spin") (loop $l (br $l)))'
+       b' (func (export "one") (result i32) i32.const 1))')
+def make():
+    made.append(wasmsbx.Sandbox(wat, policy, backend="wasmer"))
+    made[0].call("one")  # (its process: made by this thread, which then ends)
+thread = threading.Thread(target=make)
+thread.start(); thread.join()
+box = made[0]
+assert box.call("one") == 1  # (that process is alive)
+print(os.getpid(), box._instance.pid, flush=True)
+box.call("spin")
+"""
+
+
+def _gone(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except OSError:
+        return True
+
+
+@pytest.mark.skipif("wasmer" not in " ".join(BACKENDS), reason="wasmer is not available here")
+def test_a_wasmer_process_lives_with_its_host_process_not_the_thread_that_made_it():
+    """Round 46: a wasmer sandbox's process died with the thread that made it (its
+    PR_SET_PDEATHSIG), so a sandbox made in a thread that ended was "killed by SIGKILL"
+    at its next call. Now it lives as long as the process that made it, and no longer:
+    killed, that process takes it along, even while the guest loops."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    parent = subprocess.Popen(
+        [sys.executable, "-c", WASMER_ORPHAN], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    try:
+        line = parent.stdout.readline().split()
+        assert len(line) == 2, parent.communicate(timeout=60)
+        guest = int(line[1])
+        time.sleep(0.5)  # (looping now)
+        assert not _gone(guest)
+    finally:
+        parent.kill()
+        parent.wait()
+    until = time.monotonic() + 30
+    while not _gone(guest) and time.monotonic() < until:
+        time.sleep(0.05)
+    if not _gone(guest):
+        import os
+
+        os.kill(guest, signal.SIGKILL)
+        pytest.fail("the wasmer guest's process outlived the process that made it")

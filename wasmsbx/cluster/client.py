@@ -34,7 +34,7 @@ CHUNK_TARGET_SECONDS = 0.25  # a task costs ~5 ms of Dask overhead: keep it ~2% 
 CHUNK_MAX_ITEMS = 8192  # and CHUNK_MAX_BYTES (256 KiB) of input, as in a local batch
 WINDOW_PER_THREAD = 3  # chunks in flight per worker thread
 REFRESH_WORKERS = 2.0  # seconds between looks at how many worker threads there are
-MAX_RESHIPS = 5  # times the module's bytes are sent again after every holder died
+MAX_RESHIPS = 5  # times in a row the module's bytes are sent again, no chunk done between
 
 
 def run_cluster(
@@ -142,18 +142,29 @@ def _ship(client: Any, wasm: bytes, timeout: float) -> Any:
     import asyncio
 
     address = client.scheduler.address
-    try:
-        client.wait_for_workers(1, timeout=timeout)
-        # A key of its own (hash=False): a job that ends releases its copy, which must not
-        # be the one a job starting at the same moment uses (Dask: "lost dependencies").
-        return client.scatter(wasm, broadcast=True, hash=False)
-    except (TimeoutError, asyncio.TimeoutError):  # one class from Python 3.11 on
-        raise errors.ClusterError(
-            f"the Dask scheduler at {address} has no workers (waited {timeout:g} s)",
-            hint=f"start some: dask worker {address}",
-        ) from None
-    except OSError as exc:  # the scheduler went away (or never answered)
-        raise _lost_scheduler(address, exc) from None
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            client.wait_for_workers(1, timeout=max(0.1, deadline - time.monotonic()))
+            # A key of its own (hash=False): a job that ends releases its copy, which must
+            # not be the one a job starting at the same moment uses ("lost dependencies").
+            return client.scatter(wasm, broadcast=True, hash=False)
+        except (TimeoutError, asyncio.TimeoutError):  # one class from Python 3.11 on
+            raise errors.ClusterError(
+                f"the Dask scheduler at {address} has no workers (waited {timeout:g} s)",
+                hint=f"start some: dask worker {address}",
+            ) from None
+        except OSError as exc:  # the scheduler went away (or never answered)
+            raise _lost_scheduler(address, exc) from None
+        except Exception as exc:  # noqa: BLE001 - the scheduler's, as workers come and go
+            # (a worker that left as the bytes went out: the scheduler's replicate raised
+            # "Can not use replicate to delete data" through scatter, round 46)
+            if time.monotonic() >= deadline:
+                raise errors.ClusterError(
+                    f"could not send the module to the workers of {address}: {_reason(exc)}",
+                    hint="are the workers restarting? with --checkpoint, rerun to resume",
+                ) from None
+            time.sleep(0.5)
 
 
 def _lost_scheduler(address: str, exc: BaseException) -> errors.ClusterError:
@@ -287,6 +298,7 @@ def _dispatch(
                     continue
                 raise
             results, seconds = wire.read_results(text, lines)
+            job.reships = 0  # (MAX_RESHIPS counts the times in a row with no chunk done)
             pending.popleft()
             future.release()
             if len(results) < len(done):  # (its results grew large: the rest goes again)

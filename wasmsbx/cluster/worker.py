@@ -68,8 +68,9 @@ def run_chunk(spec: str, wasm: bytes, chunk: list) -> str:
     again (a guest can make its later items' results megabytes each, after quick items
     grew the chunks to thousands: red team round 40).
 
-    The calls run in a thread of their own (``_Calls``), watched from the task's: a call
-    still running STUCK_GRACE past its timeout is blocked in a host call (a WASI sleep
+    The calls run in a thread of their own (``_Calls``), watched from the task's: an item
+    still running STUCK_GRACE past twice its timeout (its instantiation may take one) is
+    blocked in a host call (a WASI sleep
     of days, a pipe), which no epoch can stop and nothing can stop in a process that is
     not ours to end. It is given up: the item is a timeout, the chunk's results so far
     are returned (the client submits the rest again) and its thread and instance are
@@ -97,8 +98,13 @@ def run_chunk(spec: str, wasm: bytes, chunk: list) -> str:
         return wire.error_to_wire(exc)
 
 
-STUCK_GRACE = 1.0  # seconds past its timeout a call may run before it is given up
-STUCK_MAX = 8  # calls given up and still running before the worker process ends
+STUCK_GRACE = 1.0  # seconds past twice its timeout an item may run before it is given up
+# Calls given up and still running before the worker process ends. Each holds a thread
+# and an instance that is not growing (it is blocked; back, it traps at once): the
+# memory is Dask's to watch (its nanny restarts a worker past its memory limit). An end
+# costs the job the module bytes on a one-worker cluster (the client sends them again):
+# at 8, a batch whose every item slept ended after 40-65 items (red team round 46).
+STUCK_MAX = 128
 STUCK_EXIT_DELAY = 5.0  # seconds from then to its end (its task's results go first)
 _STUCK = [0]  # calls given up and still running in this process (under _LOCK)
 
@@ -175,7 +181,9 @@ class _Calls:
                 with self.lock:
                     item = self.item
                 if item is not None:
-                    wait = item[2] + timeout + STUCK_GRACE - time.monotonic()
+                    # (an item may instantiate, a fresh one or the first of a new caller,
+                    # under a timeout of its own before its call: round 46)
+                    wait = item[2] + 2 * timeout + STUCK_GRACE - time.monotonic()
                     if wait <= 0:
                         given = self._give_up(item, timeout, func)
                         if given is not None:

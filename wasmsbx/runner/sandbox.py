@@ -1516,6 +1516,9 @@ class Group:
         self.first_instance: Any = None
         self.members: list = []
         self.closed = False
+        # One add at a time: two threads adding the first members at once each made a
+        # store of its own, and the later members could link to only one (round 46).
+        self._adding = threading.RLock()
 
     def _refuse_instance(self, box: Sandbox) -> None:
         """A member has one instance, made when it is added: instantiating one again
@@ -1557,12 +1560,17 @@ class Group:
                 "a Group links core modules; this is a WebAssembly component",
                 hint="a component links its own parts: run it with wasmsbx.Sandbox",
             )
-        box = Sandbox(
-            module, self.policy, imports=imports, backend=self.backend, group=self, name=name
-        )
-        box._live()
-        self.members.append(box)
-        return box
+        with self._adding:
+            if self.closed:  # (closed while this thread waited)
+                raise errors.UsageError(
+                    "this group was closed", hint="make a new Group and add the modules again"
+                )
+            box = Sandbox(
+                module, self.policy, imports=imports, backend=self.backend, group=self, name=name
+            )
+            box._live()
+            self.members.append(box)
+            return box
 
     def register(self, name: str, box: Sandbox) -> None:
         """Make an added module's exports importable under another name too."""

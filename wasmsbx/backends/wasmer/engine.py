@@ -57,7 +57,6 @@ from ..base import (
     Usage,
     WasiSetup,
     binary_stream,
-    die_with_parent,
     memory_limit_error,
     take_turn,
     totals_error,
@@ -487,6 +486,44 @@ def _child_stdin(stdin: Any) -> None:
         os.close(fd)
 
 
+# The read end of a pipe whose write end only this process holds, by pid: a wasmer child
+# reads it and leaves at EOF, when this process has ended however it ended.
+_LIFELINES: dict = {}
+
+
+def _lifeline() -> int:
+    """This process's lifeline for its wasmer children (made once per process)."""
+    found = _LIFELINES.get(os.getpid())
+    if found is None:
+        _LIFELINES.clear()  # (a forked process's inherited one is its parent's)
+        read, write = os.pipe()  # (neither inherited by an exec: O_CLOEXEC)
+        found = _LIFELINES[os.getpid()] = read
+        _LIFELINES["write"] = write  # (kept open for the life of this process)
+    return found
+
+
+def _die_with_process(lifeline: int, parent: int) -> None:
+    """End this child when the process that forked it ends, however it ends (a hard
+    stop, SIGKILL, a batch worker ended by its parent): a guest never outlives its host.
+    The lifeline's read end is set to signal this process (O_ASYNC, SIGIO, whose default
+    action ends it) once it can be read: at EOF, when every copy of the write end is
+    closed. The kernel sends it, whatever this process is doing (a guest holding the GIL
+    in a loop, or asleep). PR_SET_PDEATHSIG did this before, but it fires when the
+    *thread* that forked the child ends: a sandbox made in a thread that then ended lost
+    its process (a Group's members added from threads, red team round 46)."""
+    import fcntl
+
+    signal.signal(signal.SIGIO, signal.SIG_DFL)
+    fcntl.fcntl(lifeline, fcntl.F_SETOWN, os.getpid())
+    fcntl.fcntl(lifeline, fcntl.F_SETFL, fcntl.fcntl(lifeline, fcntl.F_GETFL) | os.O_ASYNC)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, (signal.SIGIO,))
+    # (ended before that was set: no signal will come)
+    ready = select.poll()
+    ready.register(lifeline, select.POLLIN)
+    if os.getppid() != parent or ready.poll(0):
+        os._exit(70)
+
+
 def _run_child(child: _Child, stdin: Any, fds: dict) -> None:
     """The body of the forked process; never returns."""
     import gc
@@ -499,19 +536,20 @@ def _run_child(child: _Child, stdin: Any, fds: dict) -> None:
     code = 0
     try:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides; Ctrl-C kills it
-        die_with_parent(child.parent)
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # SIGXCPU must not dump core
         for name in ("parent_requests", "parent_answers", "out_r", "err_r"):
             os.close(fds[name])
         _child_output(fds["out_w"], fds["err_w"])
         os.dup2(fds["child_requests"], 3)
         os.dup2(fds["child_answers"], 4)
+        os.dup2(child.lifeline, 5)
         for fd in [int(name) for name in os.listdir("/proc/self/fd")]:
-            if fd > 4:  # nothing else of the parent's, such as other instances' pipes
-                try:
+            if fd > 5:  # nothing else of the parent's: other instances' pipes, and the
+                try:  # lifeline's write end (held by the parent alone)
                     os.close(fd)
                 except OSError:
                     pass
+        _die_with_process(5, child.parent)
         child.serve(3, 4, stdin)
     except BaseException:  # noqa: BLE001 - the parent sees EOF and reports the death
         code = 70
@@ -611,8 +649,11 @@ class WasmerInstance(Instance):
             self.memory_bytes = answer[1]
             return
         self.close()
+        raised = self._raised()
         if answer[0] == "start":
-            raise self._error(answer[1], "start function") from self._raised()
+            raise self._error(answer[1], "start function") from raised
+        if raised is not None:  # (a host function its start called raised: as wasmtime)
+            raise errors.TrapError(f"start function trapped: {answer[1]}") from raised
         raise _link_error(answer[1])
 
     # ------------------------------------------------------------------ process
@@ -657,7 +698,8 @@ class WasmerInstance(Instance):
         self.adapted = frozenset(names) if compiled is not None else frozenset()
         self.adapted_globals = frozenset(global_names) if compiled is not None else frozenset()
         child.shift = module.shift
-        child.parent = os.getpid()  # for the child's PR_SET_PDEATHSIG check
+        child.parent = os.getpid()  # (the child checks it is still its parent)
+        child.lifeline = _lifeline()
         for stream in (sys.stdout, sys.stderr):
             try:
                 stream.flush()
@@ -1170,8 +1212,11 @@ class WasmerMember(WasmerInstance):
             return
         self.state.members.pop()
         self.dead = "it could not be instantiated"
+        raised = owner._raised()
         if answer[0] == "start":
-            raise owner._error(answer[1], "start function") from owner._raised()
+            raise owner._error(answer[1], "start function") from raised
+        if raised is not None:  # (a host function its start called raised: as wasmtime)
+            raise errors.TrapError(f"start function trapped: {answer[1]}") from raised
         raise _link_error(answer[1])
 
     @property

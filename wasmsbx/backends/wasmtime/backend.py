@@ -420,6 +420,11 @@ class WasmtimeInstance(Instance):
                 )
             raise self._trap_error(trap, where, hint) from self._host_raised()
         except wasmtime.WasmtimeError as exc:
+            if self._host is not None and self._host.raised is not None:
+                # (a host function its start function called raised, or a call it made
+                # into the group hit a limit: said as for a call, not as a bare
+                # "cannot instantiate module: error while executing", round 46)
+                raise self._call_error(exc, "start function") from self._host_raised()
             raise self._instantiate_error(exc, module) from None
         except MemoryError:
             raise _exhausted(
