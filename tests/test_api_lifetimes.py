@@ -310,13 +310,13 @@ wat = (b'(module (func (export "spin") (loop $l (br $l)))'
        b' (func (export "one") (result i32) i32.const 1))')
 def make():
     made.append(wasmsbx.Sandbox(wat, policy, backend="wasmer"))
-    made[0].call("one")  # (its process: made by this thread, which then ends)
-thread = threading.Thread(target=make)
-thread.start(); thread.join()
-box = made[0]
-assert box.call("one") == 1  # (that process is alive)
-print(os.getpid(), box._instance.pid, flush=True)
-box.call("spin")
+    made[-1].call("one")  # (its process: made by this thread, which then ends)
+for _ in range(3):
+    thread = threading.Thread(target=make)
+    thread.start(); thread.join()
+assert [box.call("one") for box in made] == [1, 1, 1]  # (their processes are alive)
+print(os.getpid(), *[box._instance.pid for box in made], flush=True)
+made[0].call("spin")
 """
 
 
@@ -344,18 +344,20 @@ def test_a_wasmer_process_lives_with_its_host_process_not_the_thread_that_made_i
     )
     try:
         line = parent.stdout.readline().split()
-        assert len(line) == 2, parent.communicate(timeout=60)
-        guest = int(line[1])
-        time.sleep(0.5)  # (looping now)
-        assert not _gone(guest)
+        assert len(line) == 4, parent.communicate(timeout=60)
+        guests = [int(pid) for pid in line[1:]]
+        time.sleep(0.5)  # (the first looping now, the others waiting for calls)
+        assert not any(_gone(guest) for guest in guests)
     finally:
         parent.kill()
         parent.wait()
     until = time.monotonic() + 30
-    while not _gone(guest) and time.monotonic() < until:
+    while not all(_gone(guest) for guest in guests) and time.monotonic() < until:
         time.sleep(0.05)
-    if not _gone(guest):
+    left = [guest for guest in guests if not _gone(guest)]
+    if left:
         import os
 
-        os.kill(guest, signal.SIGKILL)
-        pytest.fail("the wasmer guest's process outlived the process that made it")
+        for guest in left:
+            os.kill(guest, signal.SIGKILL)
+        pytest.fail(f"wasmer guests' processes outlived the process that made them: {left}")

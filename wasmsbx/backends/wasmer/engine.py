@@ -513,6 +513,12 @@ def _die_with_process(lifeline: int, parent: int) -> None:
     its process (a Group's members added from threads, red team round 46)."""
     import fcntl
 
+    # (its own open file description of the pipe: the owner F_SETOWN sets is one per
+    # description, and the one inherited is every sibling's, so only the last child
+    # to set itself was signalled)
+    opened = os.open(f"/proc/self/fd/{lifeline}", os.O_RDONLY | os.O_NONBLOCK)
+    os.dup2(opened, lifeline)
+    os.close(opened)
     signal.signal(signal.SIGIO, signal.SIG_DFL)
     fcntl.fcntl(lifeline, fcntl.F_SETOWN, os.getpid())
     fcntl.fcntl(lifeline, fcntl.F_SETFL, fcntl.fcntl(lifeline, fcntl.F_GETFL) | os.O_ASYNC)
