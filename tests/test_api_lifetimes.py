@@ -315,7 +315,11 @@ for _ in range(3):
     thread = threading.Thread(target=make)
     thread.start(); thread.join()
 assert [box.call("one") for box in made] == [1, 1, 1]  # (their processes are alive)
-print(os.getpid(), *[box._instance.pid for box in made], flush=True)
+helper = os.fork()  # (a long-lived fork of the host must not keep them alive: round 47)
+if helper == 0:
+    time.sleep(120)
+    os._exit(0)
+print(helper, *[box._instance.pid for box in made], flush=True)
 made[0].call("spin")
 """
 
@@ -345,7 +349,7 @@ def test_a_wasmer_process_lives_with_its_host_process_not_the_thread_that_made_i
     try:
         line = parent.stdout.readline().split()
         assert len(line) == 4, parent.communicate(timeout=60)
-        guests = [int(pid) for pid in line[1:]]
+        helper, guests = int(line[0]), [int(pid) for pid in line[1:]]
         time.sleep(0.5)  # (the first looping now, the others waiting for calls)
         assert not any(_gone(guest) for guest in guests)
     finally:
@@ -355,9 +359,46 @@ def test_a_wasmer_process_lives_with_its_host_process_not_the_thread_that_made_i
     while not all(_gone(guest) for guest in guests) and time.monotonic() < until:
         time.sleep(0.05)
     left = [guest for guest in guests if not _gone(guest)]
-    if left:
-        import os
+    import os
 
+    try:
+        os.kill(helper, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    if left:
         for guest in left:
             os.kill(guest, signal.SIGKILL)
         pytest.fail(f"wasmer guests' processes outlived the process that made them: {left}")
+
+
+def test_closing_a_group_while_another_thread_adds_leaves_no_member_alive(backend):
+    """Round 47: close() during another thread's add returned at once, and the add then
+    put a working member in the closed group. close() now waits for the add."""
+    policy = from_dict({"limits": {"instances": 2, "timeout": "30s"}})
+    wat = b"""(module (import "env" "h" (func $h)) (func $s (call $h)) (start $s)
+     (func (export "g") (result i32) i32.const 7))"""
+    started = threading.Event()
+
+    def h() -> None:
+        started.set()
+        threading.Event().wait(0.3)  # (still adding when close() comes)
+
+    group = wasmsbx.Group(policy, backend=backend)
+    added: list = []
+
+    def add() -> None:
+        try:
+            added.append(group.add(wat, imports={"env": {"h": h}}))
+        except errors.WasmsbxError as exc:
+            added.append(exc)
+
+    thread = threading.Thread(target=add)
+    thread.start()
+    assert started.wait(60)
+    group.close()
+    thread.join(60)
+    assert group.members == []
+    member = added[0]
+    if isinstance(member, wasmsbx.Sandbox):
+        with pytest.raises(errors.UsageError, match="closed"):
+            member.call("g")

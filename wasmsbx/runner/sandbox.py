@@ -1584,7 +1584,12 @@ class Group:
 
     def close(self) -> None:
         """Release the store and every member's instance; the members cannot be used
-        again (each use is a UsageError)."""
+        again (each use is a UsageError). An add in progress in another thread ends
+        first (round 47: it added a working member to a group closed meanwhile)."""
+        with self._adding:
+            self._close()
+
+    def _close(self) -> None:
         self.closed = True
         for box in self.members:
             box._instance = None

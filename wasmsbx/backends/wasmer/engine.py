@@ -495,11 +495,37 @@ def _lifeline() -> int:
     """This process's lifeline for its wasmer children (made once per process)."""
     found = _LIFELINES.get(os.getpid())
     if found is None:
-        _LIFELINES.clear()  # (a forked process's inherited one is its parent's)
         read, write = os.pipe()  # (neither inherited by an exec: O_CLOEXEC)
         found = _LIFELINES[os.getpid()] = read
         _LIFELINES["write"] = write  # (kept open for the life of this process)
     return found
+
+
+def _forked() -> None:
+    """In every process forked from this one: let go of its lifeline. A forked process
+    that held the write end kept every wasmer child of this one alive after this one
+    ended, for as long as it lived (round 47: a host that forked a long-lived helper).
+    The read end stays only in a wasmer child being forked (``_spawn``: it is that
+    child's lifeline)."""
+    write = _LIFELINES.pop("write", None)
+    for key, fd in list(_LIFELINES.items()):
+        if key != "write" and not _SPAWNING:
+            _close_quietly(fd)
+        _LIFELINES.pop(key, None)
+    if write is not None:
+        _close_quietly(write)
+
+
+def _close_quietly(fd: int) -> None:
+    try:
+        os.close(fd)
+    except OSError:
+        pass
+
+
+_SPAWNING: list = []  # non-empty while _spawn forks a wasmer child
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forked)
 
 
 def _die_with_process(lifeline: int, parent: int) -> None:
@@ -711,7 +737,11 @@ class WasmerInstance(Instance):
                 stream.flush()
             except (OSError, ValueError):
                 pass
-        pid = os.fork()
+        _SPAWNING.append(True)
+        try:
+            pid = os.fork()
+        finally:
+            _SPAWNING.clear()
         if pid == 0:
             _run_child(child, wasi.stdin, fds)
         self.pid = pid
