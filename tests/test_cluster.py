@@ -782,7 +782,8 @@ def _fake_job(monkeypatch, caller, timeout):
 
     from wasmsbx.cluster import worker
 
-    job = worker._Job(SimpleNamespace(policy=SimpleNamespace(timeout=timeout)), "f", False)
+    box = SimpleNamespace(policy=SimpleNamespace(timeout=timeout), backend_name="wasmtime")
+    job = worker._Job(box, "f", False)
     job.idle.append(caller)
     monkeypatch.setattr(worker, "_job", lambda spec, wasm: job)
     return job
@@ -842,3 +843,39 @@ def test_past_stuck_max_calls_left_running_the_worker_process_ends(monkeypatch):
     worker._STUCK[0] += 1
     worker._too_many()
     assert ended.wait(30)
+
+
+class _Panic(BaseException):
+    """Like pyo3's PanicException: a BaseException, not an Exception."""
+
+
+@pytest.mark.parametrize("backend_name", ["wasmtime", "wasmer:cranelift"])
+def test_a_base_exception_in_a_chunk_comes_back_as_the_jobs_error(monkeypatch, backend_name):
+    """Round 47: on Python 3.9 with wasmer, the calls' thread met pyo3's "unsendable"
+    PanicException, which left the Dask task: the worker never reported the task and
+    the client waited for ever (CI hung). It is the job's error now, and wasmer's calls
+    run in the task's own thread (each is in a child process ended at its deadline)."""
+    from types import SimpleNamespace
+
+    from wasmsbx.cluster import worker
+    from wasmsbx.cluster.wire import read_results
+
+    threads: list = []
+
+    class Caller:
+        def run(self, line, payload):
+            threads.append(threading.get_ident())
+            raise _Panic("unsendable")
+
+        def close(self):
+            pass
+
+    box = SimpleNamespace(policy=SimpleNamespace(timeout=5.0), backend_name=backend_name)
+    job = worker._Job(box, "f", False)
+    job.idle.append(Caller())
+    monkeypatch.setattr(worker, "_job", lambda spec, wasm: job)
+    text = worker.run_chunk("{}", b"", [(1, b"[]")])
+    with pytest.raises(errors.WasmsbxError, match="unsendable"):
+        read_results(text, [1])
+    here = threading.get_ident()
+    assert (threads == [here]) == backend_name.startswith("wasmer")

@@ -42,6 +42,10 @@ class _Job:
         self.fresh = fresh
         self.idle: list = []
         self.lock = threading.Lock()
+        # Calls run in this process (wasmtime): a blocked one is given up from another
+        # thread (_Calls.watch). wasmer runs each in a child process it ends at the
+        # deadline, and its objects may not change threads (pyo3 "unsendable").
+        self.in_process = str(getattr(box, "backend_name", "")).startswith("wasmtime")
 
     def take(self) -> Any:
         from ..runner.batch import make_caller
@@ -86,7 +90,10 @@ def run_chunk(spec: str, wasm: bytes, chunk: list) -> str:
         job = _job(spec, wasm)
         calls = _Calls(job.take(), chunk)
         try:
-            results, seconds = calls.watch(_timeout(job), job.func)
+            if job.in_process:
+                results, seconds = calls.watch(_timeout(job), job.func)
+            else:  # (wasmer: each call in a child process, ended at its deadline)
+                results, seconds = calls.run_here()
         finally:
             if calls.given_up:
                 _too_many()
@@ -94,7 +101,12 @@ def run_chunk(spec: str, wasm: bytes, chunk: list) -> str:
                 job.give(calls.caller)
             flush_hits()  # (a Dask worker may be killed: its cache hits are written now)
         return wire.results_to_wire(results, seconds)
-    except Exception as exc:
+    except BaseException as exc:  # noqa: BLE001 - never out of a Dask task (see below)
+        # (a BaseException that is not an Exception, such as pyo3's PanicException from
+        # wasmer, left the task and the Dask worker never reported it: the client waited
+        # for ever, round 47)
+        if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+            raise
         return wire.error_to_wire(exc)
 
 
@@ -155,6 +167,13 @@ class _Calls:
             self.done.set()
             if self.given_up:
                 self._finish_late()
+
+    def run_here(self) -> tuple:
+        """The calls made in this thread, none given up: (results, seconds)."""
+        self.run()
+        if self.failure is not None:
+            raise self.failure
+        return self.results, self.seconds
 
     def _finish_late(self) -> None:
         """The call given up has come back: its instance goes (it is nobody's now)."""
