@@ -133,7 +133,7 @@ def read(store: Any, raw: Any, wasm_type: str, owner: Any, owned: bool = True) -
         return F64.from_bits(raw.of.i64 & 0xFFFFFFFFFFFFFFFF)
     if wasm_type == "v128":
         return V128(ctypes.string_at(ctypes.addressof(raw.of), 16))
-    if raw.kind == _FUNCREF:
+    if wasm_type == "funcref":
         # (a copy: wasmtime-py's Func would be a view into ``raw``, and a host function's
         # arguments sit in a buffer of the store's that every later host call writes,
         # or frees when it grows: a funcref a host function kept became another
@@ -142,14 +142,10 @@ def read(store: Any, raw: Any, wasm_type: str, owner: Any, owned: bool = True) -
             return None
         copied = ffi.wasmtime_func_t.from_buffer_copy(raw.of.funcref)
         return FuncRef(wasmtime.Func._from_raw(copied), owner)
-    value = wasmtime.Val._from_raw(store, raw, owned=owned).value
-    if wasm_type == "funcref":
-        return None if value is None else FuncRef(value, owner)
-    return value
+    return wasmtime.Val._from_raw(store, raw, owned=owned).value
 
 
 _REFERENCES = frozenset(REF_TYPES)  # the values a call roots (and must unroot)
-_FUNCREF = ffi.WASMTIME_FUNCREF.value
 
 
 def unroot(params: Any, count: int) -> None:
