@@ -122,6 +122,13 @@ class Watch:
         # late on a loaded machine both advances the epoch and checks for overruns.
         self.reached: Optional[float] = None
 
+    def overran(self) -> bool:
+        """Whether the call, back now, came back past its deadline (a host call that
+        blocked past it): a timeout all the same, never a result (round 40). By the
+        clock too, not only once the keeper marked it: its thread may not have run yet
+        on a loaded machine (round 45)."""
+        return self.reached is not None or time.monotonic() > self.deadline
+
 
 class Keeper:
     """The process's deadline thread and its table of running calls."""

@@ -288,13 +288,9 @@ class ComponentInstance:
             KEEPER.leave(watch)
             if not watch.interrupted:  # (its error refers to self: a cycle that kept every
                 self.watch = None  # dropped instance, and its memory, until gc ran)
-        # returned past its deadline (a host call that blocked past it), or past
-        # limits.output (a write refused, the guest went on): the error all the same
-        if (
-            watch.reached is not None
-            or self.budget.refused != refused
-            or time.monotonic() > watch.deadline
-        ):
+        # returned past its deadline (Watch.overran), or past limits.output (a write
+        # refused, the guest went on): the error all the same
+        if watch.overran() or self.budget.refused != refused:
             raise self._stuck_error(where)
         return result
 

@@ -271,7 +271,6 @@ class _Group:
 
 
 _EMPTY: frozenset = frozenset()
-_monotonic = time.monotonic
 _allocate_lock = _thread.allocate_lock
 _get_ident = _thread.get_ident
 
@@ -738,11 +737,7 @@ class WasmtimeInstance(Instance):
                     raise raw.failure(error)  # type: ignore[misc]
                 except (wasmtime.Trap, wasmtime.WasmtimeError) as exc:
                     raise self._call_error(exc, name) from self._host_raised()
-            if (
-                watch.reached is not None
-                or _refused(self._budget) != refused
-                or _monotonic() > watch.deadline
-            ):
+            if watch.overran() or _refused(self._budget) != refused:
                 raise stuck()  # (past its deadline, or past limits.output: see _guarded)
             return [read_one(slot) for read_one, slot in readers]
 
@@ -889,16 +884,10 @@ class WasmtimeInstance(Instance):
             KEEPER.leave(watch)
             if not watch.interrupted:  # _trap_error reads only that: keep no Watch per sandbox
                 self.watch = None
-        # Returned past its deadline (a host call that blocked past it): a timeout all the
-        # same (round 40; by the clock too, not only once the keeper saw it: its thread
-        # may not have run yet on a loaded machine, round 45). Or it wrote past
-        # limits.output and, the write refused, went on to return normally: the limit's
-        # error all the same (round 42: exit 0, no output, no warning).
-        if (
-            watch.reached is not None
-            or _refused(self._budget) != refused
-            or _monotonic() > watch.deadline
-        ):
+        # Returned past its deadline (Watch.overran). Or it wrote past limits.output and,
+        # the write refused, went on to return normally: the limit's error all the same
+        # (round 42: exit 0, no output, no warning).
+        if watch.overran() or _refused(self._budget) != refused:
             raise self._stuck()
         return result
 
