@@ -1525,11 +1525,7 @@ class Group:
         (after ``close()``, a ``fresh`` call, a batch) put a second copy in the store,
         registered under the same name, which members added later linked to while the
         earlier ones kept the first (red team round 44). A closed group is closed."""
-        if self.closed:
-            raise errors.UsageError(
-                f"{box._name}: its group was closed",
-                hint="make a new Group and add the modules again",
-            )
+        self._refuse_closed(f"{box._name}: its group was closed")
         if box in self.members:
             closed = "was closed: a member" if box._instance is None else "is a member"
             raise errors.UsageError(
@@ -1538,6 +1534,10 @@ class Group:
                 "call or a batch)",
                 hint="close the whole group when done; call its members without fresh=",
             )
+
+    def _refuse_closed(self, message: str = "this group was closed") -> None:
+        if self.closed:
+            raise errors.UsageError(message, hint="make a new Group and add the modules again")
 
     def _adopt(self, box: Sandbox) -> None:
         self.engine, self.backend_name, self.compiler = box.engine, box.backend_name, box.compiler
@@ -1551,20 +1551,14 @@ class Group:
     ) -> Sandbox:
         """Compile and instantiate ``module`` in the group (its start function runs now);
         with ``name``, later modules can import its exports as ``name.export``."""
-        if self.closed:
-            raise errors.UsageError(
-                "this group was closed", hint="make a new Group and add the modules again"
-            )
+        self._refuse_closed()
         if _is_component_file(module):  # (the parser's "expected a module" said less)
             raise errors.UsageError(
                 "a Group links core modules; this is a WebAssembly component",
                 hint="a component links its own parts: run it with wasmsbx.Sandbox",
             )
         with self._adding:
-            if self.closed:  # (closed while this thread waited)
-                raise errors.UsageError(
-                    "this group was closed", hint="make a new Group and add the modules again"
-                )
+            self._refuse_closed()  # (closed while this thread waited)
             box = Sandbox(
                 module, self.policy, imports=imports, backend=self.backend, group=self, name=name
             )
@@ -1574,10 +1568,7 @@ class Group:
 
     def register(self, name: str, box: Sandbox) -> None:
         """Make an added module's exports importable under another name too."""
-        if self.closed:
-            raise errors.UsageError(
-                "register: this group was closed", hint="make a new Group and add the modules again"
-            )
+        self._refuse_closed("register: this group was closed")
         if box not in self.members:
             raise errors.UsageError("register: that sandbox is not a member of this group")
         box._live().register_as(name)
@@ -1587,16 +1578,13 @@ class Group:
         again (each use is a UsageError). An add in progress in another thread ends
         first (round 47: it added a working member to a group closed meanwhile)."""
         with self._adding:
-            self._close()
-
-    def _close(self) -> None:
-        self.closed = True
-        for box in self.members:
-            box._instance = None
-        if self.first_instance is not None:
-            self.first_instance.close()
-            self.first_instance = None
-        self.members = []
+            self.closed = True
+            for box in self.members:
+                box._instance = None
+            if self.first_instance is not None:
+                self.first_instance.close()
+                self.first_instance = None
+            self.members = []
 
     def __enter__(self) -> Group:
         return self
