@@ -27,7 +27,10 @@ from typing import Any, Callable, NamedTuple, Optional, Union
 
 from .. import errors
 from ..errors import ExitCode
-from .pool import BatchWorkerDied  # noqa: F401 - where callers look for it
+from .pool import (
+    STALE,
+    BatchWorkerDied,  # noqa: F401 - where callers look for it
+)
 from .sandbox import json_value, parse_args
 
 perf_counter = time.perf_counter
@@ -763,8 +766,7 @@ def _sendable(item: tuple) -> tuple:
     try:
         return line, Pickled(pickle.dumps(payload, pickle.HIGHEST_PROTOCOL))
     except Exception as exc:  # noqa: BLE001 - whatever pickling an item raises
-        reason = f"cannot be sent to a worker process (jobs > 1): {type(exc).__name__}"
-        return line, Unsendable(f"{reason}: {str(exc)[:200]}")
+        return line, _unsendable("sent to", exc)
 
 
 def _received(payload: Any) -> Any:
@@ -776,8 +778,14 @@ def _received(payload: Any) -> Any:
     try:
         return pickle.loads(payload.data)
     except Exception as exc:  # noqa: BLE001 - whatever unpickling an item raises
-        reason = f"cannot be read in a worker process (jobs > 1): {type(exc).__name__}"
-        return Unsendable(f"{reason}: {str(exc)[:200]}")
+        return _unsendable("read in", exc)
+
+
+def _unsendable(how: str, exc: Exception) -> Unsendable:
+    """An item that cannot be ``how`` a worker process, with why (a bad item)."""
+    return Unsendable(
+        f"cannot be {how} a worker process (jobs > 1): {type(exc).__name__}: {str(exc)[:200]}"
+    )
 
 
 class _PipeWake:
@@ -990,8 +998,6 @@ def worker_stopped(error: Any) -> Optional[tuple]:
     went on with another item, or to wait for work (red team round 45: the next item
     was given the timeout, or the batch ended). The call running now began before the
     late one's deadline (``watch_deadline``, set by the keeper); a later one did not."""
-    from .pool import STALE
-
     if not isinstance(error, errors.WasmsbxError) or isinstance(error, errors.Interrupted):
         return None
     deadline = getattr(error, "watch_deadline", None)
