@@ -486,19 +486,17 @@ def _child_stdin(stdin: Any) -> None:
         os.close(fd)
 
 
-# The read end of a pipe whose write end only this process holds, by pid: a wasmer child
-# reads it and leaves at EOF, when this process has ended however it ended.
-_LIFELINES: dict = {}
+# [read end, write end] of this process's lifeline, once made: a pipe whose write end
+# only this process holds (every fork lets go of it, ``_forked``). A wasmer child is
+# signalled at EOF, when this process has ended however it ended (_die_with_process).
+_LIFELINE: list = []
 
 
 def _lifeline() -> int:
-    """This process's lifeline for its wasmer children (made once per process)."""
-    found = _LIFELINES.get(os.getpid())
-    if found is None:
-        read, write = os.pipe()  # (neither inherited by an exec: O_CLOEXEC)
-        found = _LIFELINES[os.getpid()] = read
-        _LIFELINES["write"] = write  # (kept open for the life of this process)
-    return found
+    """The read end of this process's lifeline for its wasmer children."""
+    if not _LIFELINE:
+        _LIFELINE.extend(os.pipe())  # (neither inherited by an exec: O_CLOEXEC)
+    return _LIFELINE[0]
 
 
 def _forked() -> None:
@@ -507,20 +505,14 @@ def _forked() -> None:
     ended, for as long as it lived (round 47: a host that forked a long-lived helper).
     The read end stays only in a wasmer child being forked (``_spawn``: it is that
     child's lifeline)."""
-    write = _LIFELINES.pop("write", None)
-    for key, fd in list(_LIFELINES.items()):
-        if key != "write" and not _SPAWNING:
-            _close_quietly(fd)
-        _LIFELINES.pop(key, None)
-    if write is not None:
-        _close_quietly(write)
-
-
-def _close_quietly(fd: int) -> None:
-    try:
-        os.close(fd)
-    except OSError:
-        pass
+    if _LIFELINE:
+        read, write = _LIFELINE
+        _LIFELINE.clear()
+        for fd in (write,) if _SPAWNING else (write, read):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
 
 
 _SPAWNING: list = []  # non-empty while _spawn forks a wasmer child
