@@ -151,7 +151,7 @@ class _Calls:
                 with self.lock:
                     if self.given_up:
                         return
-                    self.item = (line, payload, time.monotonic(), time.perf_counter())
+                    self.item = (line, payload, time.monotonic())
                 result = self.caller.run(line, payload)
                 with self.lock:
                     if self.given_up:  # (it came back after all: too late, not used)
@@ -228,17 +228,17 @@ class _Calls:
             results = list(self.results)
         with _LOCK:
             _STUCK[0] += 1
-        line, payload, _, began = item
+        line, payload, began = item
         error = errors.TimeoutExceeded(
             f"timeout: {func} still running after {format_duration(timeout)} "
             "(blocked in a host call)",
             hint="raise limits.timeout (--timeout 30s) if the guest needs longer",
             limit_value=timeout,
         )
-        now = time.perf_counter()
         ident = _given_id(payload, line)
-        results.append(BatchResult(line, ident, None, error_record(error), now - began))
-        return results, now - self.started
+        seconds = time.monotonic() - began
+        results.append(BatchResult(line, ident, None, error_record(error), seconds))
+        return results, time.perf_counter() - self.started
 
 
 def _too_many() -> None:

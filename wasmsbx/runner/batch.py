@@ -933,7 +933,7 @@ def worker_chunk(state: Any, chunk: list, encoded: bool) -> Iterator:
     try:
         for line, payload in chunk:
             payload = _received(payload)
-            running.item = (line, payload, perf_counter(), monotonic())
+            running.item = (line, payload, monotonic())
             result = run(line, payload)
             with running.lock:  # (worker_stopped reads both at once)
                 results.append(result)
@@ -967,7 +967,7 @@ class _Running:
         self.results: Optional[list] = None
         self.encoded = False
         self.started = 0.0
-        self.item: Optional[tuple] = None  # (line, payload, perf_counter, monotonic)
+        self.item: Optional[tuple] = None  # (line, payload, its time.monotonic() start)
         self.served = False  # a chunk has begun: past setting up
 
     def begin(self, results: list, encoded: bool, started: float) -> None:
@@ -1007,11 +1007,11 @@ def worker_stopped(error: Any) -> Optional[tuple]:
             return STALE if running.served else None
         results, item, encoded = list(running.results), running.item, running.encoded
         started = running.started
-    if item is None or (deadline is not None and item[3] >= deadline):
+    if item is None or (deadline is not None and item[2] >= deadline):
         return STALE
-    line, payload, began, _ = item
+    line, payload, began = item
     record = error_record(error)
-    result = BatchResult(line, _given_id(payload, line), None, record, perf_counter() - began)
+    result = BatchResult(line, _given_id(payload, line), None, record, monotonic() - began)
     results.append(encode(result) if encoded else result)
     out = encode_chunk(results) if encoded else results
     return ("stopped", out, len(results), perf_counter() - started)
