@@ -17,6 +17,7 @@ import pytest
 from wasmsbx.errors import ExitCode
 from wasmsbx.runner import Sandbox, batch, pool
 
+from .blocking import BLOCK_MS_WAT, fifo_grant
 from .conftest import EXAMPLES
 from .test_batch import _descendants, _running, _spawn, jsonl
 
@@ -122,37 +123,24 @@ def test_timeouts_hold_in_forked_workers(cli):
     assert [row["error"].get("limit") for row in rows] == ["timeout"] * 4
 
 
-# s(): poll_oneoff with one relative clock subscription of 100 s (a blocked host call).
-SLEEP_WAT = """
-(module
-  (import "wasi_snapshot_preview1" "poll_oneoff"
-    (func $poll (param i32 i32 i32 i32) (result i32)))
-  (memory (export "memory") 1)
-  (func (export "s")
-    (i32.store8 (i32.const 8) (i32.const 0))
-    (i32.store (i32.const 16) (i32.const 1))                  ;; clock id: monotonic
-    (i64.store (i32.const 24) (i64.const 100000000000))       ;; 100 s (ns)
-    (i64.store (i32.const 32) (i64.const 0))
-    (i32.store16 (i32.const 40) (i32.const 0))
-    (drop (call $poll (i32.const 0) (i32.const 64) (i32.const 1) (i32.const 128)))))
-"""
-
-
 def test_a_worker_blocked_in_a_host_call_is_ended_at_its_timeout(cli, tmp_path):
     """Workers had a library's deadline keeper, with no hard stop: an item blocked in a
     host call ran to its end (100 s under a 1 s timeout; red team round 23). Such a call
     then ended the whole run (exit 112); now the item is a timeout, its worker is
-    replaced and the batch goes on (exit 122: some items failed)."""
-    module = tmp_path / "sleep.wat"
-    module.write_text(SLEEP_WAT)
+    replaced and the batch goes on (exit 122: some items failed). (Blocked: the open of
+    a FIFO nobody writes, tests/blocking.py; a WASI sleep now ends at the deadline.)"""
+    module = tmp_path / "block.wat"
+    module.write_text(BLOCK_MS_WAT)
     started = time.monotonic()
-    r = cli("run", module, "s", "--batch", "-", "-j", "2", "--timeout", "1s", input=b"[]\n" * 2)
+    with fifo_grant(tmp_path) as folder:
+        r = cli("run", module, "sleep", "--batch", "-", "-j", "2", "--timeout", "1s",
+                "--dir-ro", folder, input=b"[60000]\n" * 2)  # fmt: skip
     assert r.code == 122, r
     rows = jsonl(r.stdout)
     assert [row["line"] for row in rows] == [1, 2]
     assert all("blocked in a host call" in row["error"]["message"] for row in rows), rows
     assert "Traceback" not in r.stderr
-    assert time.monotonic() - started < 60  # (not the guest's 100 s)
+    assert time.monotonic() - started < 60  # (not for good)
 
 
 def test_chunks_come_back_whole_and_are_counted_as_items(tmp_path):
@@ -328,31 +316,15 @@ def test_a_reaped_worker_is_never_signalled(monkeypatch):
     assert sent == [] and not worker.alive()
 
 
-# sleep(ms): poll_oneoff with one relative monotonic clock subscription of ms milliseconds.
-SLEEP_MS_WAT = """
-(module
-  (import "wasi_snapshot_preview1" "poll_oneoff"
-    (func $poll (param i32 i32 i32 i32) (result i32)))
-  (memory (export "memory") 1)
-  (func (export "sleep") (param $ms i32) (result i32)
-    (i32.store8 (i32.const 8) (i32.const 0))
-    (i32.store (i32.const 16) (i32.const 1))
-    (i64.store (i32.const 24) (i64.mul (i64.extend_i32_u (local.get $ms)) (i64.const 1000000)))
-    (i64.store (i32.const 32) (i64.const 0))
-    (i32.store16 (i32.const 40) (i32.const 0))
-    (drop (call $poll (i32.const 0) (i32.const 64) (i32.const 1) (i32.const 128)))
-    (local.get $ms)))
-"""
-
-
 def test_results_made_before_a_hard_stop_are_written(cli, tmp_path):
     """Red team round 25: with -j 1 the hard stop (an item blocked in a host call past
     its deadline) left with the results already made still in the writer's buffer.
     (-j 1 runs its calls in this process: such a call ends the run, exit 112.)"""
-    module = tmp_path / "sleep.wat"
-    module.write_text(SLEEP_MS_WAT)
-    r = cli("run", module, "sleep", "--batch", "-", "-j", "1", "--timeout", "1s",
-            input=b"[10]\n[60000]\n[20]\n")  # fmt: skip
+    module = tmp_path / "block.wat"
+    module.write_text(BLOCK_MS_WAT)
+    with fifo_grant(tmp_path) as folder:
+        r = cli("run", module, "sleep", "--batch", "-", "-j", "1", "--timeout", "1s",
+                "--dir-ro", folder, input=b"[10]\n[60000]\n[20]\n")  # fmt: skip
     assert r.code == 112, r
     rows = jsonl(r.stdout)
     assert rows and rows[0]["line"] == 1 and rows[0]["results"] == [10], r
@@ -368,12 +340,13 @@ def test_with_jobs_a_blocked_item_is_a_timeout_and_the_batch_goes_on(cli, tmp_pa
     (exit 112; the rest of the input was never run). Now it is that item's timeout: its
     worker sends the chunk's results so far and leaves, another takes the rest of its
     chunks, and every item is answered in order (exit 122: some failed)."""
-    module = tmp_path / "sleep.wat"
-    module.write_text(SLEEP_MS_WAT)
+    module = tmp_path / "block.wat"
+    module.write_text(BLOCK_MS_WAT)
     items = [60000 if i % 4 == 2 else i for i in range(1, 13)]
     flags = ["--fresh"] if fresh else []
-    r = cli("run", module, "sleep", "--batch", "-", "-j", "2", "--timeout", "1s", *flags,
-            input="".join(f"[{i}]\n" for i in items).encode())  # fmt: skip
+    with fifo_grant(tmp_path) as folder:
+        r = cli("run", module, "sleep", "--batch", "-", "-j", "2", "--timeout", "1s", *flags,
+                "--dir-ro", folder, input="".join(f"[{i}]\n" for i in items).encode())  # fmt: skip
     assert r.code == 122, r
     rows = jsonl(r.stdout)
     want = [(n, "timeout" if i == 60000 else [i]) for n, i in enumerate(items, 1)]
@@ -382,17 +355,19 @@ def test_with_jobs_a_blocked_item_is_a_timeout_and_the_batch_goes_on(cli, tmp_pa
     assert "Traceback" not in r.stderr
 
 
-def test_from_python_a_blocked_item_is_a_timeout_and_the_batch_goes_on():
+def test_from_python_a_blocked_item_is_a_timeout_and_the_batch_goes_on(tmp_path):
     """The same from Python (jobs=2, workers from the fork server): the batch raised
     TimeoutExceeded at the first blocked item. Ids are kept, every item comes back."""
     from wasmsbx import policy as policy_mod
 
     policy = policy_mod.defaults()
     policy_mod.override(policy, "limits.timeout", 1.0)
-    box = Sandbox(SLEEP_MS_WAT.encode(), policy)
     items = [[1], {"args": [60000], "id": "stuck"}, [3], [4], [60000], [6]] * 2
-    got = [(r.line, r.id, r.values, r.error and r.error["limit"]) for r in
-           box.batch("sleep", items, jobs=2)]  # fmt: skip
+    with fifo_grant(tmp_path) as folder:
+        policy_mod.override(policy, "filesystem.read_only", [str(folder)])
+        box = Sandbox(BLOCK_MS_WAT.encode(), policy)
+        got = [(r.line, r.id, r.values, r.error and r.error["limit"]) for r in
+               box.batch("sleep", items, jobs=2)]  # fmt: skip
     want = []
     for line, item in enumerate(items, 1):
         args = item["args"] if isinstance(item, dict) else item

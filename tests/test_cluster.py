@@ -23,8 +23,8 @@ from wasmsbx.policy import add_grant, defaults, override
 from wasmsbx.runner import Sandbox
 from wasmsbx.runner.batch import BatchResult
 
+from .blocking import BLOCK_MS_WAT, fifo_grant  # sleep(ms): blocked for good at 60000
 from .conftest import EXAMPLES, GUESTS, require_module
-from .test_batch_workers import SLEEP_MS_WAT  # sleep(ms): a WASI sleep, no epoch stops it
 
 distributed = pytest.importorskip("distributed")
 
@@ -738,18 +738,21 @@ def test_a_worker_answers_a_chunk_only_until_its_results_pass_reply_bytes(tmp_pa
     assert [r.line for r in results] == lines[: len(results)]
 
 
-def test_a_call_blocked_in_a_host_call_is_given_up_and_the_batch_goes_on(client):
-    """An item sleeping (a WASI sleep of 60 s under a 1 s timeout) held its Dask worker
+def test_a_call_blocked_in_a_host_call_is_given_up_and_the_batch_goes_on(client, tmp_path):
+    """An item blocked in a host call (a WASI sleep of 60 s under a 1 s timeout, when
+    sleeps were not bounded; now the open of a FIFO nobody writes) held its Dask worker
     thread, and the whole batch, until it woke: its result came after 60 s. The worker
     now gives the call up STUCK_GRACE past its timeout: the item is a timeout, the rest
     of the chunk is submitted again, and every item comes back in order."""
     policy = defaults()
     override(policy, "limits.timeout", 1.0)
-    box = Sandbox(SLEEP_MS_WAT.encode(), policy)
     items = [[1], [60000], [3], [4], {"args": [60000], "id": "s"}, [6]]
     started = time.monotonic()
-    got = [(r.line, r.id, r.values, r.error and r.error["limit"]) for r in
-           box.batch("sleep", items, cluster=client)]  # fmt: skip
+    with fifo_grant(tmp_path) as folder:  # (60000: the open of a FIFO, blocked for good)
+        override(policy, "filesystem.read_only", [str(folder)])
+        box = Sandbox(BLOCK_MS_WAT.encode(), policy)
+        got = [(r.line, r.id, r.values, r.error and r.error["limit"]) for r in
+               box.batch("sleep", items, cluster=client)]  # fmt: skip
     assert got == [
         (1, 1, [1], None),
         (2, 2, None, "timeout"),

@@ -56,6 +56,7 @@ from .values import (
     RAW_SET_FUEL,
     HostFuncs,
     RawCall,
+    WasiRefused,
     check_reentry,
     context_address,
     fast_types,
@@ -230,6 +231,19 @@ def _capture_exit(linker: wasmtime.Linker) -> None:
     linker.allow_shadowing = False
 
 
+def _limit(store: wasmtime.Store, group: _Group, **limits: int) -> None:
+    """Set the store's limiter (``Store.set_limits``), with room for the instances
+    wasmsbx adds of its own (``group.helpers``: poll's helper, with its memory), which
+    the guest's limits do not count."""
+    group.limiter = limits
+    if group.helpers:  # (each an instance with a memory)
+        limits = dict(limits)
+        for name in ("instances", "memories"):
+            if limits[name] >= 0:
+                limits[name] += group.helpers
+    store.set_limits(**limits)
+
+
 class _Group:
     """What the instances of one store share: imports provided, names registered."""
 
@@ -237,8 +251,11 @@ class _Group:
         "budget",
         "busy",
         "gc_cap",
+        "helpers",
         "host_objects",
+        "limiter",
         "owner",
+        "polled",
         "provided",
         "registered",
         "wasi_defined",
@@ -256,6 +273,9 @@ class _Group:
         self.provided: Any = _EMPTY  # (module, name) defined by the host
         self.registered: Any = _EMPTY  # module names of linked instances
         self.wasi_defined = False
+        self.polled = False  # poll_oneoff defined: poll.bounded_poll
+        self.helpers = 0  # instances of wasmsbx's own in the store (poll's helper)
+        self.limiter: dict = {}  # the store's limits, as last set (_limit)
         self.host_objects: dict = _NO_OBJECTS  # id(host item) -> (item, wasmtime object)
         self.budget: Any = None  # limits.Budget of a group or of host memories/tables
 
@@ -368,7 +388,9 @@ class WasmtimeInstance(Instance):
                 # given for it (it had the whole limit: red team round 26).
                 share = caps.memory_each
                 group.gc_cap = share if group.gc_cap is None else min(group.gc_cap, share)
-            self.store.set_limits(
+            _limit(
+                self.store,
+                group,
                 memory_size=limits.memory if group.gc_cap is None else group.gc_cap,
                 table_elements=-1 if limits.table_elements is None else limits.table_elements,
                 instances=-1 if limits.instances is None else limits.instances,
@@ -382,6 +404,10 @@ class WasmtimeInstance(Instance):
             self.linker.define_wasi()
             _capture_exit(self.linker)
             self.group.wasi_defined = True
+        if not self.group.polled and any(
+            i.is_wasi and i.name == "poll_oneoff" for i in imports_list
+        ):
+            self._define_poll()
         if imports:
             self._define(imports)
         if imports_list:
@@ -465,9 +491,9 @@ class WasmtimeInstance(Instance):
         self.store = wasmtime.Store(self.engine.engine)
         self.outputs: Sequence[Any] = ()  # [stdout, stderr] once WASI is set up
         self._budget: Optional[_Budget] = None  # made on first use (WASI output)
+        self.group = _Group()
         self._set_limits(found)
         self._linker: Optional[wasmtime.Linker] = None
-        self.group = _Group()
         self._host: Optional[HostFuncs] = None
 
     # ------------------------------------------------------------------ setup
@@ -481,7 +507,9 @@ class WasmtimeInstance(Instance):
                 plan(found, limits.memory, limits.table_elements)
             except TotalsError as exc:
                 raise totals_error(exc, limits) from None
-        self.store.set_limits(
+        _limit(
+            self.store,
+            self.group,
             memory_size=caps.memory_each,
             table_elements=-1 if caps.table_each is None else caps.table_each,
             instances=-1 if limits.instances is None else limits.instances,
@@ -492,6 +520,36 @@ class WasmtimeInstance(Instance):
     def _set_wasi(self, wasi: WasiSetup) -> None:
         self.where = "opening stdin"  # for _stuck
         self.outputs = set_wasi(self.store, wasi, self.budget, self.limits.seconds(), self._stuck)
+
+    def _define_poll(self) -> None:
+        """WASI's poll_oneoff as wasmsbx's (poll.py: a sleep ends at the call's deadline).
+        Once per store, and only for a module that imports it: it costs the store a host
+        function."""
+        from . import poll
+
+        group = self.group
+
+        def raise_limit() -> None:
+            group.helpers = 1
+            _limit(self.store, group, **group.limiter)
+
+        helper = poll.helper_of(self.engine, raise_limit)
+        polling = poll.bounded_poll(self, helper, self._poll_stopped, self._poll_trapped)
+        func = self.host.make(poll.TYPES, polling)
+        linker = self.linker
+        linker.allow_shadowing = True  # (over define_wasi's)
+        linker.define(self.store, "wasi_snapshot_preview1", "poll_oneoff", func)
+        linker.allow_shadowing = False
+        group.polled = True
+
+    def _poll_stopped(self) -> BaseException:
+        """What ends a call whose guest waits in poll_oneoff past its deadline, or was
+        stopped meanwhile: the error an epoch's trap there would give."""
+        return self._interrupted(self.where, [])
+
+    def _poll_trapped(self, trap: Any) -> BaseException:
+        """A trap in poll's helper, which runs on the guest's fuel and deadline."""
+        return self._trap_error(trap, self.where)
 
     def _define(self, imports: dict) -> None:
         """Define the caller's host imports (wasmsbx.host objects) in the linker."""
@@ -784,6 +842,13 @@ class WasmtimeInstance(Instance):
         if isinstance(raised, errors.LimitExceeded):  # in a call made back into the store:
             self.host.raised = None  # the running call's own limit (they share them)
             return raised
+        if isinstance(raised, WasiRefused):
+            self.host.raised = None  # (poll.py: as wasmtime's own poll_oneoff refuses it)
+            return errors.TrapError(
+                f"{name} trapped: a WASI call refused its arguments: In func "
+                f"wasi_snapshot_preview1::poll_oneoff: {raised}",
+                trap_code="wasi",
+            )
         if isinstance(raised, _HostTimeout):
             return errors.TimeoutExceeded(
                 f"timeout: {name} still running after {format_duration(self.call_timeout)} "
@@ -823,6 +888,23 @@ class WasmtimeInstance(Instance):
             )
         # Any other runtime refusal (e.g. a WASI call on a module without a memory export)
         return errors.ModuleError(f"{name} failed: {why}")
+
+    def _interrupted(self, where: str, frames: list) -> errors.WasmsbxError:
+        """The error of a call stopped at its deadline (epoch interruption): the output
+        limit, Ctrl-C/SIGTERM (raised), or its timeout."""
+        if self.budget.exceeded:
+            return self._output_error(frames)
+        if self.watch is not None and self.watch.interrupted:  # Ctrl-C, SIGTERM
+            raise KeyboardInterrupt
+        seconds = self.limits.timeout  # (a per-call timeout= lowers it in a library
+        if self.call_timeout is not None and self.limits.deadline is None:  # call; a
+            seconds = self.call_timeout  # run's remaining time is not what was asked)
+        return errors.TimeoutExceeded(
+            f"timeout: {where} still running after {format_duration(seconds)}",
+            hint="raise limits.timeout (--timeout 30s) if the guest needs longer",
+            backtrace=frames,
+            limit_value=seconds,
+        )
 
     def _gc_heap_error(self, where: str) -> errors.WasmsbxError:
         return errors.MemoryLimitExceeded(
@@ -997,19 +1079,7 @@ class WasmtimeInstance(Instance):
                 limit_value=fuel,
             )
         if code == wasmtime.TrapCode.INTERRUPT:
-            if self.budget.exceeded:
-                return self._output_error(frames)
-            if self.watch is not None and self.watch.interrupted:  # Ctrl-C, SIGTERM
-                raise KeyboardInterrupt
-            seconds = self.limits.timeout  # (a per-call timeout= lowers it in a library
-            if self.call_timeout is not None and self.limits.deadline is None:  # call; a
-                seconds = self.call_timeout  # run's remaining time is not what was asked)
-            return errors.TimeoutExceeded(
-                f"timeout: {where} still running after {format_duration(seconds)}",
-                hint="raise limits.timeout (--timeout 30s) if the guest needs longer",
-                backtrace=frames,
-                limit_value=seconds,
-            )
+            return self._interrupted(where, frames)
         if code == wasmtime.TrapCode.STACK_OVERFLOW:
             size = format_size(self.limits.stack) if self.limits.stack else "the default"
             return errors.StackExhausted(

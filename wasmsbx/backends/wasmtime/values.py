@@ -202,6 +202,11 @@ def _raise_callback_exception() -> None:
 # ---------------------------------------------------------------------------- host side
 
 
+class WasiRefused(Exception):
+    """A WASI function of wasmsbx's (poll.py) refused the guest's arguments: a pointer
+    out of bounds or not aligned, as wasmtime's own refuse them (a trap)."""
+
+
 class _CallerStore:
     """What read/write need from a store (``_context()``), for the duration of a callback."""
 
@@ -216,6 +221,11 @@ class _CallerStore:
 # was called when the store was freed, and a store that outlived its HostFuncs (kept by a
 # slice of its memory, say, or freed after it by the cycle collector) called freed code.
 _NO_FINALIZER = ctypes.CFUNCTYPE(None, ctypes.c_void_p)()
+
+
+# FuncTypes of host functions by (params, results): a type is made once, not per store
+# (40 us each; WASI's poll_oneoff is defined in every store of a guest that imports it).
+_FUNC_TYPES: dict = {}
 
 
 class HostFuncs:
@@ -238,7 +248,12 @@ class HostFuncs:
             self.callback = ffi.wasmtime_func_callback_t(self._trampoline)
         self.entries.append((types, fn))
         func = ffi.wasmtime_func_t()
-        ty = functype(*types)  # kept alive across the call: .ptr() does not own it
+        key = (tuple(types[0]), tuple(types[1]))
+        ty = _FUNC_TYPES.get(key)  # (held: .ptr() does not own it, func_new copies it)
+        if ty is None:
+            if len(_FUNC_TYPES) >= 256:
+                _FUNC_TYPES.clear()
+            ty = _FUNC_TYPES[key] = functype(*types)
         ffi.wasmtime_func_new(
             self.store._context(),
             ty.ptr(),

@@ -1,0 +1,254 @@
+"""A WASI sleep (``poll_oneoff``) ends at the call's deadline, in process.
+
+wasmtime's own ``poll_oneoff`` sleeps in native code, where no epoch reaches: from
+Python, ``box.call`` of a guest that slept an hour under a 300 ms timeout returned after
+the hour (then as a timeout); ``batch -j 1`` and the MCP server's in-process calls waited
+as long, and the command line needed its hard stop. backends/wasmtime/poll.py hands the
+guest's subscriptions to wasmtime's own ``poll_oneoff`` plus a clock of its own that
+ends the wait at the deadline. These tests check both halves: the wait ends (on every
+backend: wasmer's calls run in a child killed at the deadline), and every answer is
+still wasmtime's (compared with a raw wasmtime-py store, subscription by subscription).
+"""
+
+from __future__ import annotations
+
+import struct
+import time
+
+import pytest
+
+import wasmsbx
+from wasmsbx import errors
+from wasmsbx.policy import from_dict
+
+from .conftest import BACKENDS, run_cli
+from .test_batch import jsonl
+
+STOPPED_WITHIN = 60.0  # seconds: a generous "it stopped at all" (the guests sleep an hour)
+HOUR_MS = 3_600_000
+
+# sleep(ms) -> errno of poll_oneoff with one relative monotonic clock of ms milliseconds.
+SLEEP_WAT = """
+(module
+  (import "wasi_snapshot_preview1" "poll_oneoff"
+    (func $poll (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (func $sleep (export "sleep") (param $ms i64) (result i32)
+    (i64.store (i32.const 0) (i64.const 7))
+    (i32.store8 (i32.const 8) (i32.const 0))
+    (i32.store (i32.const 16) (i32.const 1))
+    (i64.store (i32.const 24) (i64.mul (local.get $ms) (i64.const 1000000)))
+    (i64.store (i32.const 32) (i64.const 0))
+    (i32.store16 (i32.const 40) (i32.const 0))
+    (call $poll (i32.const 0) (i32.const 128) (i32.const 1) (i32.const 200)))
+  (func (export "_start") (drop (call $sleep (i64.const 3600000)))))
+"""
+
+# poll(in, out, n, ret) -> errno: poll_oneoff as the guest calls it, on subscriptions the
+# test writes into its memory (exported), for the comparison with wasmtime's own.
+POLL_WAT = """
+(module
+  (import "wasi_snapshot_preview1" "poll_oneoff"
+    (func $poll (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 8)
+  (func (export "poll") (param i32 i32 i32 i32) (result i32)
+    (call $poll (local.get 0) (local.get 1) (local.get 2) (local.get 3))))
+"""
+
+
+def policy(**limits):
+    return from_dict({"limits": {"timeout": "300ms", **limits}})
+
+
+def test_a_sleep_past_the_timeout_ends_at_the_deadline(backend):
+    box = wasmsbx.Sandbox(SLEEP_WAT.encode(), policy(), backend=backend)
+    started = time.monotonic()
+    with pytest.raises(errors.TimeoutExceeded, match="sleep still running after 300"):
+        box.call("sleep", HOUR_MS)
+    assert time.monotonic() - started < STOPPED_WITHIN
+    assert box.call("sleep", 1) == 0  # (the sandbox serves the next call)
+    started = time.monotonic()
+    with pytest.raises(errors.TimeoutExceeded):
+        box.call("sleep", HOUR_MS, timeout=0.1)  # (a per-call timeout bounds it too)
+    assert time.monotonic() - started < STOPPED_WITHIN
+
+
+def test_a_command_that_sleeps_ends_at_the_deadline(backend):
+    box = wasmsbx.Sandbox(SLEEP_WAT.encode(), policy(), backend=backend, kind="command")
+    started = time.monotonic()
+    with pytest.raises(errors.TimeoutExceeded, match="_start still running"):
+        box.run_command()
+    assert time.monotonic() - started < STOPPED_WITHIN
+
+
+@pytest.mark.skipif("wasmtime" not in BACKENDS, reason="wasmtime's own poll_oneoff")
+def test_a_sleep_longer_than_a_slice_is_whole():
+    """The wait goes in slices (poll.SLICE), each a new poll_oneoff with what is left of
+    the guest's relative clocks: a sleep of 3.5 slices ends once, with the guest's event,
+    and not before its time."""
+    from wasmsbx.backends.wasmtime import poll
+
+    box = wasmsbx.Sandbox(SLEEP_WAT.encode(), policy(timeout="30s"), backend="wasmtime")
+    ms = int(poll.SLICE * 3500)
+    started = time.monotonic()
+    assert box.call("sleep", ms) == 0
+    assert time.monotonic() - started >= ms / 1000
+    memory = box.memory()
+    assert memory.read(200, 4) == struct.pack("<I", 1)  # one event
+    userdata, error, kind = struct.unpack_from("<QHB", memory.read(128, 32))
+    assert (userdata, error, kind) == (7, 0, 0)  # the guest's clock, no error
+
+
+@pytest.mark.skipif("wasmtime" not in BACKENDS, reason="wasmtime's own poll_oneoff")
+def test_the_store_limits_do_not_count_the_helper():
+    """The helper instance that calls wasmtime's poll_oneoff is not the guest's: under
+    limits.instances = 1 the guest still sleeps (the store's limit gets one more)."""
+    box = wasmsbx.Sandbox(SLEEP_WAT.encode(), policy(instances=1), backend="wasmtime")
+    assert box.call("sleep", 1) == 0
+    assert box.call("sleep", 1) == 0
+
+
+@pytest.mark.skipif("wasmtime" not in BACKENDS, reason="wasmtime's own poll_oneoff")
+def test_a_group_gets_no_instance_from_the_helper():
+    """In a group the store is shared: once the helper exists, the members still get
+    exactly limits.instances instances between them."""
+    group = wasmsbx.Group(from_dict({"limits": {"instances": 2, "timeout": "5s"}}))
+    first = group.add(SLEEP_WAT.encode(), name="a")
+    assert first.call("sleep", 1) == 0  # (the helper is made here)
+    group.add(SLEEP_WAT.encode(), name="b")
+    with pytest.raises(errors.WasmsbxError, match="instance"):
+        group.add(SLEEP_WAT.encode(), name="c")
+
+
+def _subscription(userdata: int, tag: int, body: bytes) -> bytes:
+    return struct.pack("<QB7x", userdata, tag) + body.ljust(32, b"\0")
+
+
+def _clock(userdata: int, clock: int, ns: int, flags: int = 0) -> bytes:
+    return _subscription(userdata, 0, struct.pack("<IxxxxQQH", clock, ns, 0, flags))
+
+
+def _fd(userdata: int, tag: int, fd: int) -> bytes:
+    return _subscription(userdata, tag, struct.pack("<I", fd))
+
+
+OURS = 0x7761736D73627800  # poll.py's own userdata, unless a guest's subscription has it
+
+# (label, subscriptions, n): answered by wasmtime itself in both stores.
+CASES = [
+    ("no subscriptions", b"", 0),
+    ("more than wasmtime takes", _clock(7, 1, 1000), (1 << 21) + 1),
+    ("4 GiB of subscriptions", _clock(7, 1, 1000), 0xFFFFFFFF),
+    ("a short monotonic clock", _clock(7, 1, 1000), 1),
+    ("a realtime clock", _clock(7, 0, 1000), 1),
+    ("two clocks: the earlier fires", _clock(1, 1, 10**9) + _clock(2, 1, 1000), 2),
+    ("an absolute clock in the past", _clock(7, 1, 1000, flags=1), 1),
+    ("a cputime clock", _clock(7, 2, 1000), 1),
+    ("an unknown clock", _clock(7, 9, 1000), 1),
+    ("unknown flags", _clock(7, 1, 1000, flags=4), 1),
+    ("an unknown tag", _subscription(7, 5, b""), 1),
+    ("a descriptor that is not open", _fd(7, 1, 77), 1),
+    ("stdin readable", _fd(7, 1, 0), 1),
+    ("stdout writable", _fd(7, 2, 1), 1),
+    ("stdin and a long clock", _fd(3, 1, 0) + _clock(4, 1, 10**10), 2),
+    ("the helper's own userdata", _clock(OURS, 1, 1000), 1),
+    ("the helper's userdata twice", _clock(OURS, 1, 1000) + _clock(OURS + 1, 1, 2000), 2),
+]
+
+
+def _raw_poll(subs: bytes, n: int) -> tuple:
+    """(errno, nevents, events) from wasmtime-py with its own WASI, no wasmsbx."""
+    import wasmtime
+
+    engine = wasmtime.Engine()
+    store = wasmtime.Store(engine)
+    store.set_wasi(wasmtime.WasiConfig())
+    linker = wasmtime.Linker(engine)
+    linker.define_wasi()
+    instance = linker.instantiate(store, wasmtime.Module(engine, POLL_WAT))
+    memory = instance.exports(store)["memory"]
+    memory.write(store, subs, 0)
+    memory.write(store, b"\xee" * 4, 8192)
+    errno = instance.exports(store)["poll"](store, 0, 4096, n, 8192)
+    count = struct.unpack("<I", memory.read(store, 8192, 8196))[0]
+    return errno, count, memory.read(store, 4096, 4096 + 32 * min(count, 8))
+
+
+def _ours(subs: bytes, n: int) -> tuple:
+    box = wasmsbx.Sandbox(POLL_WAT.encode(), policy(timeout="30s"), backend="wasmtime")
+    memory = box.memory()
+    memory.write(0, subs)
+    memory.write(8192, b"\xee" * 4)
+    errno = box.call("poll", 0, 4096, n, 8192)
+    count = struct.unpack("<I", memory.read(8192, 4))[0]
+    return errno, count, memory.read(4096, 32 * min(count, 8))
+
+
+@pytest.mark.skipif("wasmtime" not in BACKENDS, reason="wasmtime's own poll_oneoff")
+@pytest.mark.parametrize("label,subs,n", CASES, ids=[c[0] for c in CASES])
+def test_every_answer_is_wasmtimes_own(label, subs, n):
+    """What the guest reads back (errno, the number of events, the events byte for
+    byte) is what wasmtime's poll_oneoff gives a raw store."""
+    assert _ours(subs, n) == _raw_poll(subs, n)
+
+
+@pytest.mark.skipif("wasmtime" not in BACKENDS, reason="wasmtime's own poll_oneoff")
+@pytest.mark.parametrize(
+    "args",
+    [
+        (4, 4096, 1, 8192),  # subscriptions not aligned to 8
+        (524280, 4096, 1, 8192),  # subscriptions past the end of memory
+        (0, 4100, 1, 8192),  # events not aligned
+        (0, 524270, 1, 8192),  # events past the end
+        (0, 4096, 1, 8193),  # the count not aligned to 4
+        (0, 4096, 1, 524286),  # the count past the end
+        (0, 4096, 1 << 21, 8192),  # 96 MiB of subscriptions
+    ],
+)
+def test_pointers_it_cannot_use_are_a_trap_as_wasmtimes_are(args):
+    """wasmtime's own poll_oneoff refuses them with an error (a trap of the call): so
+    does wasmsbx's, as it does for any WASI call that refuses its arguments."""
+    import wasmtime
+
+    engine = wasmtime.Engine()
+    store = wasmtime.Store(engine)
+    store.set_wasi(wasmtime.WasiConfig())
+    linker = wasmtime.Linker(engine)
+    linker.define_wasi()
+    raw = linker.instantiate(store, wasmtime.Module(engine, POLL_WAT))
+    raw.exports(store)["memory"].write(store, _clock(7, 1, 1000), 0)
+    with pytest.raises(wasmtime.WasmtimeError):
+        raw.exports(store)["poll"](store, *args)
+    box = wasmsbx.Sandbox(POLL_WAT.encode(), policy(timeout="30s"), backend="wasmtime")
+    box.memory().write(0, _clock(7, 1, 1000))
+    with pytest.raises(errors.TrapError, match="a WASI call refused its arguments") as caught:
+        box.call("poll", *args)
+    assert caught.value.trap_code == "wasi"
+
+
+@pytest.mark.skipif("wasmtime" not in BACKENDS, reason="wasmtime's own poll_oneoff")
+def test_more_subscriptions_than_it_takes_are_enomem():
+    """At most poll.MAX_SUBSCRIPTIONS at once (the helper copies them): more is ENOMEM,
+    wasmtime's own answer past 2**21 of them, not an unbounded copy."""
+    from wasmsbx.backends.wasmtime import poll
+
+    n = poll.MAX_SUBSCRIPTIONS + 1
+    box = wasmsbx.Sandbox(POLL_WAT.encode(), policy(timeout="30s"), backend="wasmtime")
+    box.memory().write(0, _clock(7, 1, 1000) * n)
+    assert box.call("poll", 0, 48 * n, n, 48 * n + 32 * n) == 48
+    assert box.call("poll", 0, 48 * (n - 1), n - 1, 48 * n + 32 * n) == 0  # (the most)
+
+
+def test_batch_j1_goes_on_past_a_sleeping_item(backend, tmp_path):
+    """`--batch -j 1` runs its calls in its own process: a sleeping item ended the whole
+    run there (exit 112, the hard stop). Now it is that item's timeout (exit 122)."""
+    module = tmp_path / "sleep.wat"
+    module.write_text(SLEEP_WAT)
+    started = time.monotonic()
+    r = run_cli("run", module, "sleep", "--batch", "-", "-j", "1", "--timeout", "1s",
+                "--backend", backend, input=b"[10]\n[3600000]\n[20]\n")  # fmt: skip
+    assert r.code == 122, r
+    rows = jsonl(r.stdout)
+    assert [(row["line"], row["ok"]) for row in rows] == [(1, True), (2, False), (3, True)]
+    assert rows[1]["error"]["limit"] == "timeout"
+    assert time.monotonic() - started < STOPPED_WITHIN
