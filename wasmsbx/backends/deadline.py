@@ -11,8 +11,9 @@ it, so a late wake-up on a loaded machine catches up instead of stretching the t
 Arming a call stays one FFI call (``store.set_epoch_deadline``): ``Keeper.enter`` turns
 the deadline instant into ticks from the engine's current epoch with plain arithmetic.
 
-What an epoch cannot stop: a guest blocked inside a host call (a WASI sleep, a read of a
-pipe that never closes, a FIFO) or a compile, since wasmtime checks epochs only in wasm
+What an epoch cannot stop: a guest blocked inside a host call (a read of a pipe that
+never closes, a FIFO; wasmtime's WASI sleeps end at the deadline by themselves,
+backends/wasmtime/poll.py) or a compile, since wasmtime checks epochs only in wasm
 code. The keeper knows every running call's deadline instant; when one is overrun by
 GRACE, it calls the *hard stop* a command line installed (``install_cli``), which writes
 the error, flushes the output and ends the process with that error's exit code. A library

@@ -74,14 +74,15 @@ def run_chunk(spec: str, wasm: bytes, chunk: list) -> str:
 
     On wasmtime the calls run in a thread of their own (``_Calls``), watched from the
     task's: an item still running STUCK_GRACE past twice its timeout (its instantiation
-    may take one) is blocked in a host call (a WASI sleep of days, a pipe), which no
+    may take one) is blocked in a host call (a pipe, a FIFO's open), which no
     epoch can stop and nothing can stop in a process that is not ours to end. It is
     given up: the item is a timeout, the chunk's results so far are returned (the client
     submits the rest again) and its thread and instance are left to finish by
     themselves, never used again. Before, the task waited for the call: one item
-    sleeping for days held a Dask worker thread and the whole batch that long. Past
-    STUCK_MAX calls left running, the worker process ends (``_too_many``). wasmer's
-    calls run in the task's thread: each is in a child process ended at its deadline.
+    blocked (or, before poll.py, sleeping) for days held a Dask worker thread and the
+    whole batch that long. Past STUCK_MAX calls left running, the worker process ends
+    (``_too_many``). wasmer's calls run in the task's thread: each is in a child process
+    ended at its deadline.
 
     An item's failure (bad input, trap, limit) is in its result. A failure that stops the
     job (the module does not compile here, a granted directory is missing here, another

@@ -1,7 +1,8 @@
 """The worker process: runs one guest call at a time for the MCP server.
 
-Why a child process and not a thread: a guest blocked in a WASI call (a sleep, a read) is
-not interruptible in process on every wasmtime version, and a runtime bug a hostile module
+Why a child process and not a thread: a guest blocked in a WASI call (a read of a pipe;
+its sleeps end at the deadline, backends/wasmtime/poll.py) is not interruptible in
+process, and a runtime bug a hostile module
 finds must not take the server down. The server kills a worker whose call passes its hard
 deadline and starts another; the worker itself enforces the policy's limits in process.
 

@@ -985,7 +985,7 @@ _RUNNING = _Running()
 
 def worker_stopped(error: Any) -> Optional[tuple]:
     """The reply a worker's hard stop sends (runner.pool) when its call is stuck past
-    the deadline (a guest blocked in a host call: a sleep, a pipe that never delivers):
+    the deadline (a guest blocked in a host call: a pipe that never delivers, a FIFO):
     ``("stopped", results, count, seconds)``, the chunk's results made and not yet
     sent, then the item in progress with ``error`` as its result (a ``timeout``, as a
     call that ends past its deadline is). The parent takes them, starts another worker

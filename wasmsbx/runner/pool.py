@@ -507,7 +507,8 @@ def _serve(tasks: Any, replies: Any, job: tuple) -> int:
 
 def _hard_stop_to(replies: Any, stopped: Callable) -> None:
     """A worker's hard stop: a call of this worker stuck past its deadline (a guest
-    blocked in a host call: a sleep, a pipe) ends the worker. It first sends
+    blocked in a host call: a pipe, a FIFO's open; a WASI sleep ends at the deadline by
+    itself, backends/wasmtime/poll.py) ends the worker. It first sends
     ``stopped(error)``: the results of its chunk so far and that item's error, which the
     parent takes before it sends the rest to a new worker (Worker.resubmit), so the
     batch goes on; or, where that gives None (no chunk running, an interrupt), the error

@@ -250,6 +250,7 @@ class _Group:
     __slots__ = (
         "budget",
         "busy",
+        "current",
         "gc_cap",
         "helpers",
         "host_objects",
@@ -267,6 +268,7 @@ class _Group:
         # memory (double frees, another thread's results; red team round 24).
         self.busy = _allocate_lock()
         self.owner = 0
+        self.current: Any = None  # the instance whose call runs on the store (poll.py)
         self.gc_cap: Optional[int] = None  # the store's GC heap: its member's share (bytes)
         # Shared empty sets until something is added (see provide, register): most
         # stores import nothing, and two empty sets are 432 bytes per sandbox.
@@ -524,7 +526,8 @@ class WasmtimeInstance(Instance):
     def _define_poll(self) -> None:
         """WASI's poll_oneoff as wasmsbx's (poll.py: a sleep ends at the call's deadline).
         Once per store, and only for a module that imports it: it costs the store a host
-        function."""
+        function. Its deadline and errors are the running call's (``group.current``: in a
+        group, the member called, not the one that imported poll_oneoff first)."""
         from . import poll
 
         group = self.group
@@ -533,9 +536,9 @@ class WasmtimeInstance(Instance):
             group.helpers = 1
             _limit(self.store, group, **group.limiter)
 
-        helper = poll.helper_of(self.engine, raise_limit)
-        polling = poll.bounded_poll(self, helper, self._poll_stopped, self._poll_trapped)
-        func = self.host.make(poll.TYPES, polling)
+        helper = poll.helper_of(self.engine, raise_limit, bool(self.engine.options.fuel))
+        polling = poll.bounded_poll(lambda: group.current, helper)
+        func = self.host.make(poll.TYPES, polling, poll.func_type(self.engine))
         linker = self.linker
         linker.allow_shadowing = True  # (over define_wasi's)
         linker.define(self.store, "wasi_snapshot_preview1", "poll_oneoff", func)
@@ -548,8 +551,11 @@ class WasmtimeInstance(Instance):
         return self._interrupted(self.where, [])
 
     def _poll_trapped(self, trap: Any) -> BaseException:
-        """A trap in poll's helper, which runs on the guest's fuel and deadline."""
-        return self._trap_error(trap, self.where)
+        """A trap in poll's helper (its epoch deadline passed: the guest's), said as the
+        guest's own, without the helper's frames."""
+        error = self._trap_error(trap, self.where)
+        error.backtrace = []
+        return error
 
     def _define(self, imports: dict) -> None:
         """Define the caller's host imports (wasmsbx.host objects) in the linker."""
@@ -779,11 +785,13 @@ class WasmtimeInstance(Instance):
             watch = enter(clock, seconds, stuck, arm_epoch)
             self.watch = watch
             self.deadline = watch.deadline
+            group.current = self
             refused = _refused(self._budget)
             try:
                 error = RAW_CALL(*invoke, trap_addr)
             finally:
                 self.deadline = 0.0
+                group.current = None  # (held, it made a cycle: instance, group, instance)
                 leave(watch)
                 if not watch.interrupted:  # (the watch's error is our bound method: a
                     self.watch = None  # cycle kept every dropped instance until gc ran)
@@ -958,11 +966,13 @@ class WasmtimeInstance(Instance):
         watch = KEEPER.enter(self.engine.clock, seconds, self._stuck, self.store.set_epoch_deadline)
         self.watch = watch
         self.deadline = watch.deadline  # host functions check it on entry and return
+        self.group.current = self  # (never nested on one store: calls back in skip this)
         refused = _refused(self._budget)
         try:
             result = func(*args)
         finally:
             self.deadline = 0.0
+            self.group.current = None  # (held, it made a cycle: instance, group, instance)
             KEEPER.leave(watch)
             if not watch.interrupted:  # _trap_error reads only that: keep no Watch per sandbox
                 self.watch = None

@@ -11,19 +11,24 @@ reported once the sleep ended. So a guest's ``poll_oneoff`` is this module's fun
   first;
 - if that clock is all that fired, the wait goes on (relative clocks shortened by the
   time waited) until the guest's own subscriptions fire, or the call passes its
-  deadline or is stopped (Ctrl-C, an output flood: ``Watch.overran``), which ends the
+  deadline or is stopped (Ctrl-C, an output flood: ``Watch.reached``), which ends the
   call as its timeout (or that stop) would: the guest never runs past it.
 
 wasmtime's ``poll_oneoff`` reads the subscriptions from the memory of the instance that
 calls it, so it is called from a helper instance in the guest's store (the same WASI
 context: the same descriptors), through a copy of the subscriptions in the helper's own
-memory. The helper is made at the store's first ``poll_oneoff``; the store's instance
-limit is raised by one for it then, so the guest's own limit is unchanged.
+memory: one page, never grown (at most ``MAX_SUBSCRIPTIONS`` a call). The helper is made
+at the store's first ``poll_oneoff``; the store's instance and memory limits are raised
+by one for it then, so the guest's own limits are unchanged. It runs on fuel the store
+is given back (the guest's fuel is what it was without it) and under the call's epoch
+deadline.
 
-What is not bounded: a ``poll_oneoff`` or ``fd_read`` that waits for a descriptor (a
-pipe, a FIFO) still waits in the clock subscription of its own time slice, so its
-deadline holds too; but a plain ``fd_read`` of a pipe that never delivers (no poll
-first) still blocks in native code (README "Limits from Python").
+The deadline and the errors are those of the call running on the store (``running()``:
+in a group, the member whose call it is, whichever member imported ``poll_oneoff``
+first; red team round 48).
+
+What is not bounded: other host calls that wait in native code (a plain ``fd_read`` of a
+pipe that never delivers, the open of a FIFO): README "Limits from Python".
 """
 
 from __future__ import annotations
@@ -35,16 +40,22 @@ from typing import Any, Callable
 
 import wasmtime
 
+from .values import RAW_GET_FUEL, RAW_SET_FUEL, functype
 from .values import WasiRefused as Refused
 from .values import call as call_raw
 
 SUB, EVENT = 48, 32  # sizes of a subscription and an event (wasi_snapshot_preview1)
 SLICE = 0.1  # seconds a wait lasts before the call's stop is looked at again
 # More subscriptions in one call: ENOMEM, which wasmtime's own gives past WASMTIME_MAX
-# (so a guest that handles the one handles the other), before a copy of them is made.
-MAX_SUBSCRIPTIONS = 4096
+# (so a guest that handles the one handles the other): they, their events and the
+# helper's own clock fill its one page.
+MAX_SUBSCRIPTIONS = (0x10000 - 4) // (SUB + EVENT) - 1  # 818
 WASMTIME_MAX = 1 << 21
 EINVAL, ENOMEM = 28, 48
+HELPER_FUEL = 10_000  # the helper's call takes about 6 units: never short of it
+# The fields of an event wasmtime writes (userdata, error, type; nbytes, flags): the
+# padding between them is left as the guest had it, as wasmtime leaves it.
+_EVENT_FIELDS = ((0, 11), (16, 10))
 _CLOCK = struct.Struct("<QB7xIxxxxQQH6x")  # userdata, tag 0, clock id, timeout, precision, flags
 _MONOTONIC, _REALTIME, _ABSTIME = 1, 0, 1
 _U32 = struct.Struct("<I")
@@ -68,18 +79,22 @@ def _helper_parts(engine: Any) -> tuple:
     return found
 
 
-def bounded_poll(
-    instance: Any,
-    helper_for: Callable[[Any], tuple],
-    stopped: Callable[[], BaseException],
-    trapped: Callable[[Any], BaseException],
-) -> Callable:
+def func_type(engine: Any) -> Any:
+    """poll_oneoff's FuncType for this engine, made once (wasmtime's C API ties a
+    FuncType to the engine it is first used with: one per engine, never shared)."""
+    found = getattr(engine, "_wasmsbx_poll_type", None)
+    if found is None:
+        found = engine._wasmsbx_poll_type = functype(*TYPES)
+    return found
+
+
+def bounded_poll(running: Callable[[], Any], helper_for: Callable[[Any], tuple]) -> Callable:
     """The host function (``HostFuncs.make``: ``fn(caller, args) -> [errno]``) of one
-    store. ``instance``: what holds the running call's ``deadline`` (monotonic; 0 when
-    none) and ``watch``; ``helper_for(caller)``: the store's helper (its memory, and
-    ``call(caller, in, out, n, ret) -> errno``); ``stopped()``: the error that ends a
-    call past its deadline or stopped; ``trapped(trap)``: the error of a trap in the
-    helper (its fuel, its epoch: the guest's)."""
+    store. ``running()``: the instance whose call runs on the store now (its
+    ``deadline``, monotonic, 0 when none; its ``watch``; ``_poll_stopped()``, the error
+    that ends a call past its deadline or stopped; ``_poll_trapped(trap)``, the error
+    of a trap in the helper); ``helper_for(caller)``: the store's helper (its memory's
+    address and ``call(caller, in, out, n, ret) -> errno``), None if it cannot be made."""
 
     def poll(caller: Any, args: list) -> list:
         in_ptr, out_ptr, count, ret_ptr = (a & 0xFFFFFFFF for a in args)
@@ -92,49 +107,54 @@ def bounded_poll(
             raise Refused("missing required memory export")
         size = memory.data_len(caller)
         _check(in_ptr, 8, SUB * count, size)
-        _check(out_ptr, 8, EVENT * count, size)
         if count > MAX_SUBSCRIPTIONS:
             return [ENOMEM]
         base = _address(memory, caller)
         subs = bytearray(ctypes.string_at(base + in_ptr, SUB * count))
-        helper_memory, helper_call = helper_for(caller)
+        helper = helper_for(caller)
+        if helper is None:  # (its page is past the store's limits)
+            return [ENOMEM]
+        helper_at, helper_call = helper
         ours = _free_userdata(subs, count)
         total = count + 1
         events_at, nevents_at = SUB * total, SUB * total + EVENT * total
-        have = helper_memory.data_len(caller)
-        if nevents_at + 4 > have:
-            helper_memory.grow(caller, (nevents_at + 4 - have + 0xFFFF) // 0x10000)
-        helper = _address(helper_memory, caller)
         began = time.monotonic()
         relative = _relative_clocks(subs, count)
+        call = running()
         while True:
             now = time.monotonic()
-            deadline = instance.deadline
+            deadline = call.deadline
             wait = SLICE if not deadline else min(SLICE, deadline - now)
-            if wait <= 0 or _stopped(instance):
-                raise stopped()
+            watch = call.watch
+            if wait <= 0 or (watch is not None and watch.reached is not None):
+                raise call._poll_stopped()
             if relative and now > began:  # (again after a slice: what is left of them)
                 _shorten(subs, relative, int((now - began) * 1e9))
-            ctypes.memmove(helper, bytes(subs), SUB * count)
+            ctypes.memmove(helper_at, bytes(subs), SUB * count)
             clock = _CLOCK.pack(ours, 0, _MONOTONIC, int(wait * 1e9), 0, 0)
-            ctypes.memmove(helper + SUB * count, clock, SUB)
+            ctypes.memmove(helper_at + SUB * count, clock, SUB)
             try:
                 result = helper_call(caller, 0, events_at, total, nevents_at)
             except wasmtime.Trap as trap:
-                raise trapped(trap) from None
+                raise call._poll_trapped(trap) from None
             if result:  # wasmtime's errno for the guest's subscriptions: as it is
                 return [result]
-            got = _U32.unpack(ctypes.string_at(helper + nevents_at, 4))[0]
-            events = ctypes.string_at(helper + events_at, EVENT * min(got, total))
-            theirs = b"".join(
-                events[i : i + EVENT]
-                for i in range(0, len(events), EVENT)
-                if int.from_bytes(events[i : i + 8], "little") != ours
-            )
+            got = min(_U32.unpack(ctypes.string_at(helper_at + nevents_at, 4))[0], total)
+            theirs = [
+                helper_at + events_at + i * EVENT
+                for i in range(got)
+                if int.from_bytes(ctypes.string_at(helper_at + events_at + i * EVENT, 8), "little")
+                != ours
+            ]
             if theirs:
-                ctypes.memmove(base + out_ptr, theirs, len(theirs))
-                _check(ret_ptr, 4, 4, size)  # (wasmtime checks it after the wait)
-                ctypes.memmove(base + ret_ptr, _U32.pack(len(theirs) // EVENT), 4)
+                # (checked as wasmtime writes them: only the events there are)
+                _check(out_ptr, 8, EVENT * len(theirs), size)
+                for n, at in enumerate(theirs):
+                    to = base + out_ptr + n * EVENT
+                    for offset, length in _EVENT_FIELDS:
+                        ctypes.memmove(to + offset, at + offset, length)
+                _check(ret_ptr, 4, 4, size)
+                ctypes.memmove(base + ret_ptr, _U32.pack(len(theirs)), 4)
                 return [0]
 
     return poll
@@ -150,11 +170,6 @@ def _check(pointer: int, align: int, length: int, size: int) -> None:
         raise Refused(f"pointer {pointer} not aligned to {align}")
     if pointer + length > size:
         raise Refused(f"{length} bytes at {pointer} out of bounds of its memory")
-
-
-def _stopped(instance: Any) -> bool:
-    watch = instance.watch
-    return watch is not None and watch.reached is not None
 
 
 def _free_userdata(subs: bytearray, count: int) -> int:
@@ -186,23 +201,37 @@ def _shorten(subs: bytearray, relative: list, waited_ns: int) -> None:
         subs[at : at + 8] = max(0, timeout - waited_ns).to_bytes(8, "little")
 
 
-def helper_of(engine: Any, raise_limit: Callable[[], None]) -> Callable:
-    """``helper_for(caller)`` for a store: its helper's (memory, call), instantiated at
-    its first use (``raise_limit()`` first: the store's instance limit gets one more)."""
+def helper_of(engine: Any, raise_limit: Callable[[], None], fuel: bool) -> Callable:
+    """``helper_for(caller)`` for a store: its helper's (memory address, call), made at
+    its first use (``raise_limit()`` first: the store's limits get room for it), or None
+    if the store's limits leave no room for its page. ``fuel``: the engine meters fuel,
+    so each call of the helper gives the store back what it took."""
     held: list = []
 
-    def helper_for(caller: Any) -> tuple:
+    def helper_for(caller: Any) -> Any:
         if not held:
             module, linker = _helper_parts(engine)
             raise_limit()
-            instance = linker.instantiate(caller, module)
+            try:
+                instance = linker.instantiate(caller, module)
+            except wasmtime.WasmtimeError:  # (a page past limits.memory's per-memory cap)
+                return None
             exports = instance.exports(caller)
-            func = exports["poll"]
+            func, memory = exports["poll"], exports["memory"]
 
             def call(caller: Any, *args: int) -> int:
-                return call_raw(caller, func, TYPES, args, None)[0]
+                if not fuel:
+                    return call_raw(caller, func, TYPES, args, None)[0]
+                context = ctypes.cast(caller._context(), ctypes.c_void_p).value
+                left = ctypes.c_uint64()
+                RAW_GET_FUEL(context, ctypes.addressof(left))
+                RAW_SET_FUEL(context, left.value + HELPER_FUEL)
+                try:
+                    return call_raw(caller, func, TYPES, args, None)[0]
+                finally:
+                    RAW_SET_FUEL(context, left.value)
 
-            held.append((exports["memory"], call))
+            held.append((_address(memory, caller), call))
         return held[0]
 
     return helper_for

@@ -223,11 +223,6 @@ class _CallerStore:
 _NO_FINALIZER = ctypes.CFUNCTYPE(None, ctypes.c_void_p)()
 
 
-# FuncTypes of host functions by (params, results): a type is made once, not per store
-# (40 us each; WASI's poll_oneoff is defined in every store of a guest that imports it).
-_FUNC_TYPES: dict = {}
-
-
 class HostFuncs:
     """Host functions of one store: ``wasmtime_func_new`` with one trampoline of ours.
 
@@ -243,17 +238,18 @@ class HostFuncs:
         self.raised: Optional[BaseException] = None
         self.callback: Any = None  # made on first use: most sandboxes have no host function
 
-    def make(self, types: tuple, fn: Callable[[Any, list], Sequence[Any]]) -> wasmtime.Func:
+    def make(
+        self, types: tuple, fn: Callable[[Any, list], Sequence[Any]], ty: Any = None
+    ) -> wasmtime.Func:
+        """``ty``: the FuncType of ``types``, if the caller keeps one (for this engine)."""
         if self.callback is None:
             self.callback = ffi.wasmtime_func_callback_t(self._trampoline)
         self.entries.append((types, fn))
         func = ffi.wasmtime_func_t()
-        key = (tuple(types[0]), tuple(types[1]))
-        ty = _FUNC_TYPES.get(key)  # (held: .ptr() does not own it, func_new copies it)
-        if ty is None:
-            if len(_FUNC_TYPES) >= 256:
-                _FUNC_TYPES.clear()
-            ty = _FUNC_TYPES[key] = functype(*types)
+        # (kept alive across the call: .ptr() does not own it. Not shared between engines:
+        # wasmtime's C API ties a FuncType to the first engine it is used with, and using
+        # it with another aborts the process.)
+        ty = functype(*types) if ty is None else ty
         ffi.wasmtime_func_new(
             self.store._context(),
             ty.ptr(),
