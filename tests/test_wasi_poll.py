@@ -159,8 +159,8 @@ CASES = [
 ]
 
 
-def _raw_poll(subs: bytes, n: int) -> tuple:
-    """(errno, nevents, events) from wasmtime-py with its own WASI, no wasmsbx."""
+def _raw() -> tuple:
+    """(store, poll, memory) of POLL_WAT in wasmtime-py with its own WASI, no wasmsbx."""
     import wasmtime
 
     engine = wasmtime.Engine()
@@ -168,12 +168,17 @@ def _raw_poll(subs: bytes, n: int) -> tuple:
     store.set_wasi(wasmtime.WasiConfig())
     linker = wasmtime.Linker(engine)
     linker.define_wasi()
-    instance = linker.instantiate(store, wasmtime.Module(engine, POLL_WAT))
-    memory = instance.exports(store)["memory"]
+    exports = linker.instantiate(store, wasmtime.Module(engine, POLL_WAT)).exports(store)
+    return store, exports["poll"], exports["memory"]
+
+
+def _raw_poll(subs: bytes, n: int) -> tuple:
+    """(errno, nevents, events) from wasmtime-py with its own WASI."""
+    store, poll, memory = _raw()
     memory.write(store, subs, 0)
     memory.write(store, b"\xee" * 260, 4096)  # (events' padding: left as it was)
     memory.write(store, b"\xee" * 4, 8192)
-    errno = instance.exports(store)["poll"](store, 0, 4096, n, 8192)
+    errno = poll(store, 0, 4096, n, 8192)
     count = struct.unpack("<I", memory.read(store, 8192, 8196))[0]
     return errno, count, memory.read(store, 4096, 4096 + 32 * min(count, 8))
 
@@ -215,15 +220,10 @@ def test_pointers_it_cannot_use_are_a_trap_as_wasmtimes_are(args):
     does wasmsbx's, as it does for any WASI call that refuses its arguments."""
     import wasmtime
 
-    engine = wasmtime.Engine()
-    store = wasmtime.Store(engine)
-    store.set_wasi(wasmtime.WasiConfig())
-    linker = wasmtime.Linker(engine)
-    linker.define_wasi()
-    raw = linker.instantiate(store, wasmtime.Module(engine, POLL_WAT))
-    raw.exports(store)["memory"].write(store, _clock(7, 1, 1000), 0)
+    store, poll, memory = _raw()
+    memory.write(store, _clock(7, 1, 1000), 0)
     with pytest.raises(wasmtime.WasmtimeError):
-        raw.exports(store)["poll"](store, *args)
+        poll(store, *args)
     box = wasmsbx.Sandbox(POLL_WAT.encode(), policy(timeout="30s"), backend="wasmtime")
     box.memory().write(0, _clock(7, 1, 1000))
     with pytest.raises(errors.TrapError, match="a WASI call refused its arguments") as caught:
@@ -263,16 +263,10 @@ def _raw_at(subs: bytes, args: tuple) -> tuple:
     """(errno or the error's type, memory after) of a raw wasmtime-py poll at ``args``."""
     import wasmtime
 
-    engine = wasmtime.Engine()
-    store = wasmtime.Store(engine)
-    store.set_wasi(wasmtime.WasiConfig())
-    linker = wasmtime.Linker(engine)
-    linker.define_wasi()
-    instance = linker.instantiate(store, wasmtime.Module(engine, POLL_WAT))
-    memory = instance.exports(store)["memory"]
+    store, poll, memory = _raw()
     memory.write(store, subs, 0)
     try:
-        got = instance.exports(store)["poll"](store, *args)
+        got = poll(store, *args)
     except wasmtime.WasmtimeError:
         got = "trap"
     return got, bytes(memory.read(store, 0, memory.data_len(store)))
