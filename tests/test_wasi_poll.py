@@ -297,6 +297,9 @@ END = 8 * 65536  # POLL_WAT's memory
         ("an unknown tag, events out of bounds", _subscription(7, 5, b""), (0, END, 1, 64)),
         ("the count inside the events", _clock(7, 1, 1000), (0, 4096, 1, 4096 + 8)),
         ("events over the subscriptions", _clock(7, 1, 1000) + _fd(8, 2, 1), (0, 0, 2, 4096)),
+        # room for one of the two events that fire: wasmtime writes it, then traps
+        ("room for one of two", _clock(1, 1, 0) + _clock(2, 1, 0), (0, END - 32, 2, 64)),
+        ("the scratch page's own bytes", _clock(7, 1, 1000), (0, 8, 1, 40)),
     ],
     ids=lambda v: v if isinstance(v, str) else "",
 )
@@ -387,3 +390,134 @@ def test_invoke_says_its_arguments_are_a_list(backend):
     with pytest.raises(errors.UsageError, match=r"args is the list of its arguments, not int"):
         box.invoke("sleep", 0)
     assert box.invoke("sleep", [0]).values == [0]
+
+
+NO_MEMORY_WAT = """
+(module
+  (import "wasi_snapshot_preview1" "poll_oneoff"
+    (func $poll (param i32 i32 i32 i32) (result i32)))
+  (func (export "poll") (param i32 i32 i32 i32) (result i32)
+    (call $poll (local.get 0) (local.get 1) (local.get 2) (local.get 3))))
+"""
+
+
+@pytest.mark.skipif("wasmtime" not in BACKENDS, reason="wasmtime's own poll_oneoff")
+@pytest.mark.parametrize("count", [0, 1, 1 << 22])
+def test_a_guest_without_memory_is_refused_as_for_any_wasi_call(count):
+    """wasmtime's own refuses a call from a module without a "memory" export before it
+    looks at anything (n = 0 too); wasmsbx says it as for any other WASI call, a
+    ModuleError (round 49: a TrapError, and EINVAL for n = 0)."""
+    box = wasmsbx.Sandbox(NO_MEMORY_WAT.encode(), policy(), backend="wasmtime")
+    with pytest.raises(errors.ModuleError, match="missing required memory export"):
+        box.call("poll", 0, 64, count, 128)
+
+
+@pytest.mark.skipif("wasmtime" not in BACKENDS, reason="wasmtime's own poll_oneoff")
+def test_a_sandbox_that_polled_is_freed_when_dropped():
+    """The helper's limit hook held the instance: a cycle through its own host function,
+    so every sandbox of a guest importing poll_oneoff (and its memory) waited for the
+    cycle collector (round 49: 2 GB for 2,000 sandboxes of 1 MiB)."""
+    import gc
+    import weakref
+
+    box = wasmsbx.Sandbox(SLEEP_WAT.encode(), policy(), backend="wasmtime")
+    assert box.call("sleep", 0) == 0
+    instance = weakref.ref(box._instance)
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        del box
+        assert instance() is None
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _address_space() -> int:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmSize:"))
+
+
+@pytest.mark.skipif("wasmtime" not in BACKENDS, reason="wasmtime's own poll_oneoff")
+def test_the_helper_reserves_no_memory_of_its_own():
+    """A helper with its own memory took the engine's whole reservation for it (4 GiB by
+    default): a sandbox that polled once took twice the address space (round 49)."""
+    boxes = [wasmsbx.Sandbox(SLEEP_WAT.encode(), policy()) for _ in range(8)]
+    for box in boxes:
+        box.call("sleep", 0) if box is boxes[0] else box.memory()  # (all instantiated)
+    before = _address_space()
+    for box in boxes[1:]:
+        assert box.call("sleep", 0) == 0  # (a helper each)
+    assert _address_space() - before < 256 << 20
+
+
+@pytest.mark.skipif("wasmtime" not in BACKENDS, reason="wasmtime's own poll_oneoff")
+def test_an_output_flood_ends_a_sleep_beside_another_call():
+    """With another call running on the same engine a flood does not move the epoch
+    (it would cut that call short): the sleep saw nothing and ran to its 4 s timeout
+    (round 49). It looks at the output limit itself now."""
+    import threading
+
+    from wasmsbx.backends.deadline import KEEPER
+
+    flood = """
+    (module
+      (import "wasi_snapshot_preview1" "fd_write"
+        (func $write (param i32 i32 i32 i32) (result i32)))
+      (import "wasi_snapshot_preview1" "poll_oneoff"
+        (func $poll (param i32 i32 i32 i32) (result i32)))
+      (memory (export "memory") 2)
+      (func (export "flood") (result i32) (local $i i32)
+        (i32.store (i32.const 1024) (i32.const 4096))
+        (i32.store (i32.const 1028) (i32.const 60000))
+        (loop $l
+          (drop (call $write (i32.const 1) (i32.const 1024) (i32.const 1) (i32.const 1040)))
+          (local.set $i (i32.add (local.get $i) (i32.const 1)))
+          (br_if $l (i32.lt_u (local.get $i) (i32.const 40))))
+        (i32.store (i32.const 16) (i32.const 1))
+        (i64.store (i32.const 24) (i64.const 3600000000000))
+        (call $poll (i32.const 0) (i32.const 128) (i32.const 1) (i32.const 200))))
+    """
+    chosen = from_dict(
+        {"limits": {"timeout": "60s", "output": "64KiB"}, "stdio": {"stdout": "discard"}}
+    )
+    busy = wasmsbx.Sandbox(b'(module (func (export "spin") (loop $l (br $l))))', chosen)
+
+    def spin() -> None:
+        try:
+            busy.call("spin")
+        except BaseException:  # noqa: BLE001 - ended by KEEPER.interrupt() below
+            pass
+
+    spinning = threading.Thread(target=spin)
+    spinning.start()
+    try:
+        time.sleep(0.2)  # (the busy call runs on the engine)
+        box = wasmsbx.Sandbox(flood.encode(), chosen, backend="wasmtime")
+        started = time.monotonic()
+        with pytest.raises(errors.OutputLimitExceeded):
+            box.call("flood")
+        assert time.monotonic() - started < 30  # (not the 60 s timeout)
+    finally:
+        KEEPER.interrupt()  # (ends the spinning call)
+        spinning.join(60)
+
+
+def test_imports_naming_a_wasi_function_is_a_link_error():
+    """imports= with a WASI function the guest imports (its poll_oneoff, say) raised
+    wasmtime's raw "defined twice" error (round 49): a LinkError that says why."""
+    import wasmsbx.host  # noqa: F401 - the annotations below (read as text)
+
+    def my_poll(
+        a: wasmsbx.host.i32, b: wasmsbx.host.i32, c: wasmsbx.host.i32, d: wasmsbx.host.i32
+    ) -> wasmsbx.host.i32:
+        return 77
+
+    box = wasmsbx.Sandbox(
+        SLEEP_WAT.encode(),
+        policy(),
+        backend="wasmtime",
+        imports={"wasi_snapshot_preview1": {"poll_oneoff": my_poll}},
+    )
+    with pytest.raises(errors.LinkError, match="wasi_snapshot_preview1.poll_oneoff is given twice"):
+        box.call("sleep", 1)

@@ -56,6 +56,7 @@ from .values import (
     RAW_SET_FUEL,
     HostFuncs,
     RawCall,
+    WasiNoMemory,
     WasiRefused,
     check_reentry,
     context_address,
@@ -233,14 +234,11 @@ def _capture_exit(linker: wasmtime.Linker) -> None:
 
 def _limit(store: wasmtime.Store, group: _Group, **limits: int) -> None:
     """Set the store's limiter (``Store.set_limits``), with room for the instances
-    wasmsbx adds of its own (``group.helpers``: poll's helper, with its memory), which
-    the guest's limits do not count."""
+    wasmsbx adds of its own (``group.helpers``: poll's helpers, which have no memory of
+    their own), which the guest's limits do not count."""
     group.limiter = limits
-    if group.helpers:  # (each an instance with a memory)
-        limits = dict(limits)
-        for name in ("instances", "memories"):
-            if limits[name] >= 0:
-                limits[name] += group.helpers
+    if group.helpers and limits["instances"] >= 0:  # (instances without memories)
+        limits = {**limits, "instances": limits["instances"] + group.helpers}
     store.set_limits(**limits)
 
 
@@ -276,7 +274,7 @@ class _Group:
         self.registered: Any = _EMPTY  # module names of linked instances
         self.wasi_defined = False
         self.polled = False  # poll_oneoff defined: poll.bounded_poll
-        self.helpers = 0  # instances of wasmsbx's own in the store (poll's helper)
+        self.helpers = 0  # instances of wasmsbx's own in the store (poll's helpers)
         self.limiter: dict = {}  # the store's limits, as last set (_limit)
         self.host_objects: dict = _NO_OBJECTS  # id(host item) -> (item, wasmtime object)
         self.budget: Any = None  # limits.Budget of a group or of host memories/tables
@@ -530,11 +528,11 @@ class WasmtimeInstance(Instance):
         group, the member called, not the one that imported poll_oneoff first)."""
         from . import poll
 
-        group = self.group
+        group, store = self.group, self.store
 
-        def raise_limit() -> None:
-            group.helpers = 1
-            _limit(self.store, group, **group.limiter)
+        def raise_limit() -> None:  # (not a method: no cycle through the host function)
+            group.helpers += 1
+            _limit(store, group, **group.limiter)
 
         helper = poll.helper_of(self.engine, raise_limit, bool(self.engine.options.fuel))
         polling = poll.bounded_poll(lambda: group.current, helper)
@@ -567,7 +565,17 @@ class WasmtimeInstance(Instance):
                 # The same Python object is the same wasm object within a group.
                 if id(item) not in made:
                     made[id(item)] = (item, self._host_item(module, name, item))
-                self.linker.define(self.store, module, name, made[id(item)][1])
+                try:
+                    self.linker.define(self.store, module, name, made[id(item)][1])
+                except wasmtime.WasmtimeError as exc:
+                    if "defined twice" not in str(exc):
+                        raise
+                    raise errors.LinkError(
+                        f"import {module}.{name} is given twice: wasmsbx provides the "
+                        f"guest's WASI ({module}), and imports= names it too",
+                        hint="leave WASI functions to the policy (stdio, grants, env), "
+                        "or import yours under a module name of your own",
+                    ) from None
                 self.group.provide((module, name))
 
     def _host_item(self, module: str, name: str, item: Any) -> Any:
@@ -850,6 +858,9 @@ class WasmtimeInstance(Instance):
         if isinstance(raised, errors.LimitExceeded):  # in a call made back into the store:
             self.host.raised = None  # the running call's own limit (they share them)
             return raised
+        if isinstance(raised, WasiNoMemory):  # (as for wasmtime's own WASI calls, below)
+            self.host.raised = None
+            return errors.ModuleError(f"{name} failed: {raised}")
         if isinstance(raised, WasiRefused):
             self.host.raised = None  # (poll.py: as wasmtime's own poll_oneoff refuses it)
             return errors.TrapError(

@@ -14,14 +14,17 @@ reported once the sleep ended. So a guest's ``poll_oneoff`` is this module's fun
   deadline or is stopped (Ctrl-C, an output flood: ``Watch.reached``), which ends the
   call as its timeout (or that stop) would: the guest never runs past it.
 
-wasmtime's ``poll_oneoff`` reads the subscriptions from the memory of the instance that
-calls it, so it is called from a helper instance in the guest's store (the same WASI
-context: the same descriptors), through a copy of the subscriptions in the helper's own
-memory: one page, never grown (at most ``MAX_SUBSCRIPTIONS`` a call). The helper is made
-at the store's first ``poll_oneoff``; the store's instance and memory limits are raised
-by one for it then, so the guest's own limits are unchanged. It runs on fuel the store
-is given back (the guest's fuel is what it was without it) and under the call's epoch
-deadline.
+wasmtime's ``poll_oneoff`` reads the subscriptions from the memory exported as "memory"
+by the instance that calls it, so it is called from a helper instance in the guest's
+store (the same WASI context: the same descriptors) that imports the guest's memory and
+exports it as its own: the subscriptions, wasmsbx's clock and the events are placed at
+the start of the guest's memory (at most ``MAX_SUBSCRIPTIONS``: one 64 KiB page), whose
+bytes are put back before the guest runs again. So the helper has no memory of its own
+(a memory reserves the engine's whole address-space reservation: 4 GiB by default,
+red team round 49). One helper per guest memory that polls, made at its first
+``poll_oneoff``; the store's instance limit is raised by one for each, so the guest's
+own limits are unchanged. It runs on fuel the store is given back (the guest's fuel is
+what it was without it) and under the call's epoch deadline.
 
 The deadline and the errors are those of the call running on the store (``running()``:
 in a group, the member whose call it is, whichever member imported ``poll_oneoff``
@@ -41,14 +44,15 @@ from typing import Any, Callable
 import wasmtime
 
 from .values import RAW_GET_FUEL, RAW_SET_FUEL, functype
+from .values import WasiNoMemory as NoMemory
 from .values import WasiRefused as Refused
 from .values import call as call_raw
 
 SUB, EVENT = 48, 32  # sizes of a subscription and an event (wasi_snapshot_preview1)
 SLICE = 0.1  # seconds a wait lasts before the call's stop is looked at again
 # More subscriptions in one call: ENOMEM, which wasmtime's own gives past WASMTIME_MAX
-# (so a guest that handles the one handles the other): they, their events and the
-# helper's own clock fill its one page.
+# (so a guest that handles the one handles the other): they, their events and
+# wasmsbx's clock fill one page, the least a memory holding subscriptions has.
 MAX_SUBSCRIPTIONS = (0x10000 - 4) // (SUB + EVENT) - 1  # 818
 WASMTIME_MAX = 1 << 21
 EINVAL, ENOMEM = 28, 48
@@ -60,16 +64,17 @@ _CLOCK = struct.Struct("<QB7xIxxxxQQH6x")  # userdata, tag 0, clock id, timeout,
 _MONOTONIC, _REALTIME, _ABSTIME = 1, 0, 1
 _U32 = struct.Struct("<I")
 
-# The helper: an instance that calls wasmtime's poll_oneoff on its own memory.
+# The helper: calls wasmtime's poll_oneoff on the memory it imports (the guest's).
 HELPER_WAT = """(module
   (import "wasi_snapshot_preview1" "poll_oneoff" (func $poll (param i32 i32 i32 i32) (result i32)))
-  (memory (export "memory") 1)
+  (import "wasmsbx" "memory" (memory 0))
+  (export "memory" (memory 0))
   (func (export "poll") (param i32 i32 i32 i32) (result i32)
     (call $poll (local.get 0) (local.get 1) (local.get 2) (local.get 3))))"""
 
 
 def _helper_parts(engine: Any) -> tuple:
-    """(module, linker) of the helper for this wasmsbx engine, made once per engine."""
+    """(module, linker with WASI) of the helper for this wasmsbx engine, made once."""
     found = getattr(engine, "_wasmsbx_poll", None)
     if found is None:
         module = wasmtime.Module(engine.engine, HELPER_WAT)
@@ -88,36 +93,37 @@ def func_type(engine: Any) -> Any:
     return found
 
 
-def bounded_poll(running: Callable[[], Any], helper_for: Callable[[Any], tuple]) -> Callable:
+def bounded_poll(running: Callable[[], Any], helper_for: Callable[[Any, Any], Any]) -> Callable:
     """The host function (``HostFuncs.make``: ``fn(caller, args) -> [errno]``) of one
     store. ``running()``: the instance whose call runs on the store now (its
-    ``deadline``, monotonic, 0 when none; its ``watch``; ``_poll_stopped()``, the error
-    that ends a call past its deadline or stopped; ``_poll_trapped(trap)``, the error
-    of a trap in the helper); ``helper_for(caller)``: the store's helper (its memory's
-    address and ``call(caller, in, out, n, ret) -> errno``), None if it cannot be made."""
+    ``deadline``, monotonic, 0 when none; its ``watch``; its output ``_budget``;
+    ``_poll_stopped()``, the error that ends a call past its deadline or stopped;
+    ``_poll_trapped(trap)``, the error of a trap in the helper); ``helper_for(caller,
+    memory)``: ``call(caller, in, out, n, ret) -> errno``, wasmtime's poll_oneoff on
+    that memory."""
 
     def poll(caller: Any, args: list) -> list:
         in_ptr, out_ptr, count, ret_ptr = (a & 0xFFFFFFFF for a in args)
+        memory = caller.get("memory")  # (wasmtime's first check, whatever the count)
+        if not isinstance(memory, wasmtime.Memory):
+            raise NoMemory("missing required memory export")
         if count == 0:
             return [EINVAL]
         if count > WASMTIME_MAX:  # (wasmtime's answer, before it looks at any pointer)
             return [ENOMEM]
-        memory = caller.get("memory")
-        if not isinstance(memory, wasmtime.Memory):
-            raise Refused("missing required memory export")
         size = memory.data_len(caller)
         _check(in_ptr, 8, SUB * count, size)
         if count > MAX_SUBSCRIPTIONS:
             return [ENOMEM]
         base = _address(memory, caller)
         subs = bytearray(ctypes.string_at(base + in_ptr, SUB * count))
-        helper = helper_for(caller)
-        if helper is None:  # (its page is past the store's limits)
-            return [ENOMEM]
-        helper_at, helper_call = helper
+        helper_call = helper_for(caller, memory)
         ours = _free_userdata(subs, count)
         total = count + 1
         events_at, nevents_at = SUB * total, SUB * total + EVENT * total
+        scratch = nevents_at + 4  # (at most one page: the guest's memory has one,
+        if scratch > size:  # unless its pages are smaller, custom-page-sizes)
+            return [ENOMEM]
         began = time.monotonic()
         relative = _relative_clocks(subs, count)
         call = running()
@@ -125,34 +131,41 @@ def bounded_poll(running: Callable[[], Any], helper_for: Callable[[Any], tuple])
             now = time.monotonic()
             deadline = call.deadline
             wait = SLICE if not deadline else min(SLICE, deadline - now)
-            watch = call.watch
-            if wait <= 0 or (watch is not None and watch.reached is not None):
+            watch, budget = call.watch, call._budget
+            if (
+                wait <= 0
+                or (watch is not None and watch.reached is not None)
+                or (budget is not None and budget.exceeded)
+            ):
                 raise call._poll_stopped()
             if relative and now > began:  # (again after a slice: what is left of them)
                 _shorten(subs, relative, int((now - began) * 1e9))
-            ctypes.memmove(helper_at, bytes(subs), SUB * count)
-            clock = _CLOCK.pack(ours, 0, _MONOTONIC, int(wait * 1e9), 0, 0)
-            ctypes.memmove(helper_at + SUB * count, clock, SUB)
+            kept = ctypes.string_at(base, scratch)  # (the guest's bytes, put back below)
             try:
-                result = helper_call(caller, 0, events_at, total, nevents_at)
-            except wasmtime.Trap as trap:
-                raise call._poll_trapped(trap) from None
+                ctypes.memmove(base, bytes(subs), SUB * count)
+                clock = _CLOCK.pack(ours, 0, _MONOTONIC, int(wait * 1e9), 0, 0)
+                ctypes.memmove(base + SUB * count, clock, SUB)
+                try:
+                    result = helper_call(caller, 0, events_at, total, nevents_at)
+                except wasmtime.Trap as trap:
+                    raise call._poll_trapped(trap) from None
+                got = min(_U32.unpack(ctypes.string_at(base + nevents_at, 4))[0], total)
+                events = ctypes.string_at(base + events_at, EVENT * got)
+            finally:
+                ctypes.memmove(base, kept, scratch)
             if result:  # wasmtime's errno for the guest's subscriptions: as it is
                 return [result]
-            got = min(_U32.unpack(ctypes.string_at(helper_at + nevents_at, 4))[0], total)
             theirs = [
-                helper_at + events_at + i * EVENT
-                for i in range(got)
-                if int.from_bytes(ctypes.string_at(helper_at + events_at + i * EVENT, 8), "little")
-                != ours
+                events[i : i + EVENT]
+                for i in range(0, len(events), EVENT)
+                if int.from_bytes(events[i : i + 8], "little") != ours
             ]
             if theirs:
-                # (checked as wasmtime writes them: only the events there are)
-                _check(out_ptr, 8, EVENT * len(theirs), size)
-                for n, at in enumerate(theirs):
+                for n, event in enumerate(theirs):  # (each checked as wasmtime writes it)
+                    _check(out_ptr + n * EVENT, 8, EVENT, size)
                     to = base + out_ptr + n * EVENT
                     for offset, length in _EVENT_FIELDS:
-                        ctypes.memmove(to + offset, at + offset, length)
+                        ctypes.memmove(to + offset, event[offset : offset + length], length)
                 _check(ret_ptr, 4, 4, size)
                 ctypes.memmove(base + ret_ptr, _U32.pack(len(theirs)), 4)
                 return [0]
@@ -202,37 +215,39 @@ def _shorten(subs: bytearray, relative: list, waited_ns: int) -> None:
 
 
 def helper_of(engine: Any, raise_limit: Callable[[], None], fuel: bool) -> Callable:
-    """``helper_for(caller)`` for a store: its helper's (memory address, call), made at
-    its first use (``raise_limit()`` first: the store's limits get room for it), or None
-    if the store's limits leave no room for its page. ``fuel``: the engine meters fuel,
-    so each call of the helper gives the store back what it took."""
-    held: list = []
+    """``helper_for(caller, memory)`` for a store: ``call(caller, in, out, n, ret)``,
+    wasmtime's poll_oneoff through a helper instance on that memory, made at its first
+    use (``raise_limit()`` first: the store's instance limit gets one more for it).
+    ``fuel``: the engine meters fuel, so each call of the helper gives the store back
+    what it took."""
+    calls: dict = {}  # the guest memory's identity in the store -> its helper's call
+    wasi: list = []  # wasmtime's own poll_oneoff, in this store
 
-    def helper_for(caller: Any) -> Any:
-        if not held:
-            module, linker = _helper_parts(engine)
-            raise_limit()
-            try:
-                instance = linker.instantiate(caller, module)
-            except wasmtime.WasmtimeError:  # (a page past limits.memory's per-memory cap)
-                return None
-            exports = instance.exports(caller)
-            func, memory = exports["poll"], exports["memory"]
+    def helper_for(caller: Any, memory: wasmtime.Memory) -> Callable:
+        key = bytes(memory._memory)  # (the store's id and the memory's index in it)
+        found = calls.get(key)
+        if found is not None:
+            return found
+        module, linker = _helper_parts(engine)
+        if not wasi:
+            wasi.append(linker.get(caller, "wasi_snapshot_preview1", "poll_oneoff"))
+        raise_limit()
+        func = wasmtime.Instance(caller, module, [wasi[0], memory]).exports(caller)["poll"]
 
-            def call(caller: Any, *args: int) -> int:
-                if not fuel:
-                    return call_raw(caller, func, TYPES, args, None)[0]
-                context = ctypes.cast(caller._context(), ctypes.c_void_p).value
-                left = ctypes.c_uint64()
-                RAW_GET_FUEL(context, ctypes.addressof(left))
+        def call(caller: Any, *args: int) -> int:
+            if not fuel:
+                return call_raw(caller, func, TYPES, args, None)[0]
+            context = ctypes.cast(caller._context(), ctypes.c_void_p).value
+            left = ctypes.c_uint64()
+            RAW_GET_FUEL(context, ctypes.addressof(left))
+            try:  # (set inside: an interrupt after it still puts the fuel back)
                 RAW_SET_FUEL(context, left.value + HELPER_FUEL)
-                try:
-                    return call_raw(caller, func, TYPES, args, None)[0]
-                finally:
-                    RAW_SET_FUEL(context, left.value)
+                return call_raw(caller, func, TYPES, args, None)[0]
+            finally:
+                RAW_SET_FUEL(context, left.value)
 
-            held.append((_address(memory, caller), call))
-        return held[0]
+        calls[key] = call
+        return call
 
     return helper_for
 

@@ -207,6 +207,11 @@ class WasiRefused(Exception):
     out of bounds or not aligned, as wasmtime's own refuse them (a trap)."""
 
 
+class WasiNoMemory(WasiRefused):
+    """The guest called a WASI function of wasmsbx's without exporting a memory named
+    "memory" (as wasmtime's own refuse it: the module's error, not the call's)."""
+
+
 class _CallerStore:
     """What read/write need from a store (``_context()``), for the duration of a callback."""
 
