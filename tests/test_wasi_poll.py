@@ -300,6 +300,8 @@ END = 8 * 65536  # POLL_WAT's memory
         # room for one of the two events that fire: wasmtime writes it, then traps
         ("room for one of two", _clock(1, 1, 0) + _clock(2, 1, 0), (0, END - 32, 2, 64)),
         ("the scratch page's own bytes", _clock(7, 1, 1000), (0, 8, 1, 40)),
+        # an event past the end: wasmtime writes the fields that fit, then traps (round 50)
+        ("an event's end past memory", _clock(7, 1, 0), (0, END - 8, 1, 64)),
     ],
     ids=lambda v: v if isinstance(v, str) else "",
 )
@@ -521,3 +523,44 @@ def test_imports_naming_a_wasi_function_is_a_link_error():
     )
     with pytest.raises(errors.LinkError, match="wasi_snapshot_preview1.poll_oneoff is given twice"):
         box.call("sleep", 1)
+
+
+MEMORY64_WAT = """
+(module
+  (import "wasi_snapshot_preview1" "poll_oneoff"
+    (func $poll (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") i64 1)
+  (func (export "sleep") (param $ms i64) (result i32)
+    (i64.store (i64.const 0) (i64.const 7))
+    (i32.store (i64.const 16) (i32.const 0))
+    (i64.store (i64.const 24) (i64.mul (local.get $ms) (i64.const 1000000)))
+    (call $poll (i32.const 0) (i32.const 128) (i32.const 1) (i32.const 200))))
+"""
+
+
+@pytest.mark.skipif("wasmtime" not in BACKENDS, reason="wasmtime's own poll_oneoff")
+def test_a_memory64_guest_sleeps_and_its_sleep_ends_at_the_deadline():
+    """The helper imported a 32-bit memory, which wasmtime will not link to a 64-bit
+    one: every sleep of a memory64 guest trapped (round 50)."""
+    box = wasmsbx.Sandbox(MEMORY64_WAT.encode(), policy(instances=1), backend="wasmtime")
+    assert box.call("sleep", 1) == 0
+    with pytest.raises(errors.TimeoutExceeded):
+        box.call("sleep", HOUR_MS)
+
+
+@pytest.mark.skipif("wasmtime" not in BACKENDS, reason="wasmtime's own poll_oneoff")
+def test_a_group_with_wasi_shares_one_host_memory():
+    """wasmsbx's WASI definitions left the store's linker refusing a name defined
+    again: one host Memory given to two members of a group with a WASI member failed
+    ("defined twice"; round 50)."""
+    import wasmsbx.host
+
+    shared = wasmsbx.host.Memory(1)
+    user = b"""(module (import "host" "mem" (memory 1))
+        (func (export "peek") (result i32) (i32.load8_u (i32.const 5))))"""
+    group = wasmsbx.Group(policy(instances=3))
+    sleeper = group.add(SLEEP_WAT.encode(), name="s")
+    first = group.add(user, name="a", imports={"host": {"mem": shared}})
+    second = group.add(user, name="b", imports={"host": {"mem": shared}})
+    assert sleeper.call("sleep", 0) == 0
+    assert first.call("peek") == second.call("peek") == 0

@@ -224,12 +224,13 @@ def _proc_exit(status: int) -> None:
 
 def _capture_exit(linker: wasmtime.Linker) -> None:
     """Shadow WASI's proc_exit with one that reports any status (see _GuestExit)."""
-    linker.allow_shadowing = True
+    # (over define_wasi's: the linker shadows, ``WasmtimeInstance.linker``; it was set back
+    # to False here, so a group with WASI could not be given one host memory for two
+    # members, nor register a name again; round 50)
     i32 = wasmtime.ValType.i32()
     linker.define_func(
         "wasi_snapshot_preview1", "proc_exit", wasmtime.FuncType([i32], []), _proc_exit
     )
-    linker.allow_shadowing = False
 
 
 def _limit(store: wasmtime.Store, group: _Group, **limits: int) -> None:
@@ -291,6 +292,7 @@ class _Group:
 
 
 _EMPTY: frozenset = frozenset()
+_WASI_MODULES = frozenset(("wasi_snapshot_preview1",))  # (what define_wasi defines)
 _allocate_lock = _thread.allocate_lock
 _get_ident = _thread.get_ident
 
@@ -530,17 +532,15 @@ class WasmtimeInstance(Instance):
 
         group, store = self.group, self.store
 
-        def raise_limit() -> None:  # (not a method: no cycle through the host function)
-            group.helpers += 1
+        def raise_limit(more: int) -> None:  # (not a method: no cycle through the host
+            group.helpers += more  # function)
             _limit(store, group, **group.limiter)
 
         helper = poll.helper_of(self.engine, raise_limit, bool(self.engine.options.fuel))
         polling = poll.bounded_poll(lambda: group.current, helper)
         func = self.host.make(poll.TYPES, polling, poll.func_type(self.engine))
-        linker = self.linker
-        linker.allow_shadowing = True  # (over define_wasi's)
-        linker.define(self.store, "wasi_snapshot_preview1", "poll_oneoff", func)
-        linker.allow_shadowing = False
+        # (over define_wasi's; the linker shadows: a group may register a name again)
+        self.linker.define(self.store, "wasi_snapshot_preview1", "poll_oneoff", func)
         group.polled = True
 
     def _poll_stopped(self) -> BaseException:
@@ -563,19 +563,16 @@ class WasmtimeInstance(Instance):
         for module, names in imports.items():
             for name, item in names.items():
                 # The same Python object is the same wasm object within a group.
-                if id(item) not in made:
-                    made[id(item)] = (item, self._host_item(module, name, item))
-                try:
-                    self.linker.define(self.store, module, name, made[id(item)][1])
-                except wasmtime.WasmtimeError as exc:
-                    if "defined twice" not in str(exc):
-                        raise
+                if module in _WASI_MODULES and self.group.wasi_defined:
                     raise errors.LinkError(
                         f"import {module}.{name} is given twice: wasmsbx provides the "
                         f"guest's WASI ({module}), and imports= names it too",
                         hint="leave WASI functions to the policy (stdio, grants, env), "
                         "or import yours under a module name of your own",
-                    ) from None
+                    )
+                if id(item) not in made:
+                    made[id(item)] = (item, self._host_item(module, name, item))
+                self.linker.define(self.store, module, name, made[id(item)][1])
                 self.group.provide((module, name))
 
     def _host_item(self, module: str, name: str, item: Any) -> Any:

@@ -57,30 +57,33 @@ MAX_SUBSCRIPTIONS = (0x10000 - 4) // (SUB + EVENT) - 1  # 818
 WASMTIME_MAX = 1 << 21
 EINVAL, ENOMEM = 28, 48
 HELPER_FUEL = 10_000  # the helper's call takes about 6 units: never short of it
-# The fields of an event wasmtime writes (userdata, error, type; nbytes, flags): the
-# padding between them is left as the guest had it, as wasmtime leaves it.
-_EVENT_FIELDS = ((0, 11), (16, 10))
+# The fields of an event as wasmtime writes them, in order (userdata, error, type,
+# nbytes, flags): the padding between them is left as the guest had it.
+_EVENT_FIELDS = ((0, 8), (8, 2), (10, 1), (16, 8), (24, 2))
 _CLOCK = struct.Struct("<QB7xIxxxxQQH6x")  # userdata, tag 0, clock id, timeout, precision, flags
 _MONOTONIC, _REALTIME, _ABSTIME = 1, 0, 1
 _U32 = struct.Struct("<I")
 
-# The helper: calls wasmtime's poll_oneoff on the memory it imports (the guest's).
+# The helper: calls wasmtime's poll_oneoff on the memory it imports (the guest's: a
+# 32-bit one, or with "i64" a 64-bit one, which must be imported as such).
 HELPER_WAT = """(module
   (import "wasi_snapshot_preview1" "poll_oneoff" (func $poll (param i32 i32 i32 i32) (result i32)))
-  (import "wasmsbx" "memory" (memory 0))
+  (import "wasmsbx" "memory" (memory %s0))
   (export "memory" (memory 0))
   (func (export "poll") (param i32 i32 i32 i32) (result i32)
     (call $poll (local.get 0) (local.get 1) (local.get 2) (local.get 3))))"""
 
 
 def _helper_parts(engine: Any) -> tuple:
-    """(module, linker with WASI) of the helper for this wasmsbx engine, made once."""
+    """(module for a 32-bit memory, for a 64-bit one, linker with WASI) of the helper
+    for this wasmsbx engine, made once."""
     found = getattr(engine, "_wasmsbx_poll", None)
     if found is None:
-        module = wasmtime.Module(engine.engine, HELPER_WAT)
+        narrow = wasmtime.Module(engine.engine, HELPER_WAT % "")
+        wide = wasmtime.Module(engine.engine, HELPER_WAT % "i64 ")
         linker = wasmtime.Linker(engine.engine)
         linker.define_wasi()
-        found = engine._wasmsbx_poll = (module, linker)
+        found = engine._wasmsbx_poll = (narrow, wide, linker)
     return found
 
 
@@ -161,11 +164,12 @@ def bounded_poll(running: Callable[[], Any], helper_for: Callable[[Any, Any], An
                 if int.from_bytes(events[i : i + 8], "little") != ours
             ]
             if theirs:
-                for n, event in enumerate(theirs):  # (each checked as wasmtime writes it)
-                    _check(out_ptr + n * EVENT, 8, EVENT, size)
-                    to = base + out_ptr + n * EVENT
+                for n, event in enumerate(theirs):  # (written as wasmtime writes them:
+                    at = out_ptr + n * EVENT  # field by field, each checked first)
+                    _check(at, 8, 0, size)
                     for offset, length in _EVENT_FIELDS:
-                        ctypes.memmove(to + offset, event[offset : offset + length], length)
+                        _check(at + offset, 1, length, size)
+                        ctypes.memmove(base + at + offset, event[offset : offset + length], length)
                 _check(ret_ptr, 4, 4, size)
                 ctypes.memmove(base + ret_ptr, _U32.pack(len(theirs)), 4)
                 return [0]
@@ -214,10 +218,10 @@ def _shorten(subs: bytearray, relative: list, waited_ns: int) -> None:
         subs[at : at + 8] = max(0, timeout - waited_ns).to_bytes(8, "little")
 
 
-def helper_of(engine: Any, raise_limit: Callable[[], None], fuel: bool) -> Callable:
+def helper_of(engine: Any, raise_limit: Callable[[int], None], fuel: bool) -> Callable:
     """``helper_for(caller, memory)`` for a store: ``call(caller, in, out, n, ret)``,
     wasmtime's poll_oneoff through a helper instance on that memory, made at its first
-    use (``raise_limit()`` first: the store's instance limit gets one more for it).
+    use (``raise_limit(1)`` first: the store's instance limit gets one more for it).
     ``fuel``: the engine meters fuel, so each call of the helper gives the store back
     what it took."""
     calls: dict = {}  # the guest memory's identity in the store -> its helper's call
@@ -228,11 +232,17 @@ def helper_of(engine: Any, raise_limit: Callable[[], None], fuel: bool) -> Calla
         found = calls.get(key)
         if found is not None:
             return found
-        module, linker = _helper_parts(engine)
+        narrow, wide, linker = _helper_parts(engine)
         if not wasi:
             wasi.append(linker.get(caller, "wasi_snapshot_preview1", "poll_oneoff"))
-        raise_limit()
-        func = wasmtime.Instance(caller, module, [wasi[0], memory]).exports(caller)["poll"]
+        module = wide if memory.type(caller).is_64 else narrow
+        raise_limit(1)
+        try:
+            instance = wasmtime.Instance(caller, module, [wasi[0], memory])
+        except BaseException:
+            raise_limit(-1)  # (none made: the limit as it was)
+            raise
+        func = instance.exports(caller)["poll"]
 
         def call(caller: Any, *args: int) -> int:
             if not fuel:
