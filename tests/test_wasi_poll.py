@@ -387,11 +387,14 @@ def test_the_helpers_page_fits_the_smallest_memory_limit():
 
 def test_invoke_says_its_arguments_are_a_list(backend):
     """``box.invoke("sleep", 0)`` raised a bare TypeError ("object of type 'int' has no
-    len()"): a UsageError with the right form now."""
+    len()"): a UsageError with the right form now, from values.parse_args, which every
+    caller's arguments go through (``Sandbox(..., args=)`` too)."""
     box = wasmsbx.Sandbox(SLEEP_WAT.encode(), policy(), backend=backend)
     with pytest.raises(errors.UsageError, match=r"args is the list of its arguments, not int"):
         box.invoke("sleep", 0)
     assert box.invoke("sleep", [0]).values == [0]
+    with pytest.raises(errors.UsageError, match=r"args is the list of its arguments, not str"):
+        wasmsbx.Sandbox(SLEEP_WAT.encode(), policy(), backend=backend, function="sleep", args="0")
 
 
 NO_MEMORY_WAT = """

@@ -475,6 +475,13 @@ _SIGNED = {t: (-(1 << (bits - 1)), 1 << (bits - 1)) for t, bits in INT_BITS.item
 
 def parse_args(func: str, sig: Any, args: Sequence[Any]) -> list:
     params = sig.params
+    if type(args) not in (list, tuple) and (
+        isinstance(args, (str, bytes)) or not isinstance(args, Sequence)
+    ):  # (``invoke("f", 0)``, ``Sandbox(..., args=5)``: not len()'s bare TypeError)
+        raise errors.UsageError(
+            f"{func}: args is the list of its arguments, not {type(args).__name__}",
+            hint=f"e.g. [1, 2] (signature: {func} {sig})",
+        )
     if len(args) != len(params):
         raise errors.UsageError(
             f"{func} takes {len(params)} argument{'s' if len(params) != 1 else ''}, "

@@ -1210,12 +1210,6 @@ class Sandbox:
 
         ``wasi`` sets up a new instance's WASI (e.g. ``wasi_setup(capture=True)``);
         ``timeout`` (seconds) and ``fuel`` lower the policy's limits for this call."""
-        if isinstance(args, (str, bytes)) or not isinstance(args, Sequence):
-            raise errors.UsageError(
-                f"invoke({func!r}, args): args is the list of its arguments, not "
-                f"{type(args).__name__}",
-                hint=f"box.invoke({func!r}, [1, 2]), or box.call({func!r}, 1, 2)",
-            )
         sig = self.signature(func)
         typed = parse_args(func, sig, args)
         limits = self._call_limits(timeout, fuel)
