@@ -476,8 +476,9 @@ _SIGNED = {t: (-(1 << (bits - 1)), 1 << (bits - 1)) for t, bits in INT_BITS.item
 def parse_args(func: str, sig: Any, args: Sequence[Any]) -> list:
     params = sig.params
     if type(args) not in (list, tuple) and (
-        isinstance(args, (str, bytes)) or not isinstance(args, Sequence)
-    ):  # (``invoke("f", 0)``, ``Sandbox(..., args=5)``: not len()'s bare TypeError)
+        isinstance(args, (str, bytes)) or not hasattr(args, "__len__")
+    ):  # (``invoke("f", 0)``, ``Sandbox(..., args=5)``: not len()'s bare TypeError; any
+        # sized collection, a numpy array say, is taken as before)
         raise errors.UsageError(
             f"{func}: args is the list of its arguments, not {type(args).__name__}",
             hint=f"e.g. [1, 2] (signature: {func} {sig})",

@@ -2,9 +2,9 @@
 
 Why a child process and not a thread: a guest blocked in a WASI call (a read of a pipe;
 its sleeps end at the deadline, backends/wasmtime/poll.py) is not interruptible in
-process, and a runtime bug a hostile module
-finds must not take the server down. The server kills a worker whose call passes its hard
-deadline and starts another; the worker itself enforces the policy's limits in process.
+process, and a runtime bug a hostile module finds must not take the server down. The
+server kills a worker whose call passes its hard deadline and starts another; the worker
+itself enforces the policy's limits in process.
 
 Why a long-lived worker and not one process per call: a fresh process pays Python start-up,
 ``import wasmtime`` and loading the 20 MB CPython module on every call (benchmarks/mcp.py
