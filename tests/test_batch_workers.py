@@ -330,6 +330,76 @@ def test_results_made_before_a_hard_stop_are_written(cli, tmp_path):
     assert rows and rows[0]["line"] == 1 and rows[0]["results"] == [10], r
 
 
+def _rerun_until_done(args: list, out, stdin_bytes: bytes = b"", runs: int = 8) -> list:
+    """Run the same batch command, its results appended to ``out``, until it ends with
+    something other than the hard stop (112): [(exit code, stderr)] of each run."""
+    seen = []
+    for _ in range(runs):
+        with open(out, "ab") as sink:
+            proc = subprocess.run(
+                [sys.executable, "-m", "wasmsbx", *map(str, args)],
+                input=stdin_bytes,
+                stdout=sink,
+                stderr=subprocess.PIPE,
+                timeout=300,
+            )
+        seen.append((proc.returncode, proc.stderr.decode()))
+        if proc.returncode != ExitCode.LIMIT_TIMEOUT:
+            return seen
+    raise AssertionError(f"still stopping after {runs} runs: {seen}")
+
+
+@pytest.mark.parametrize("piped", [False, True])
+def test_with_one_job_a_rerun_goes_on_past_a_blocked_item(tmp_path, piped):
+    """With -j 1 a call blocked in a host call ends the process (exit 112), and the
+    checkpoint stopped short of its item: every rerun with the same --checkpoint blocked
+    on it again, for ever. Now the hard stop writes the item's timeout (its id kept, as
+    under -j N) and saves the checkpoint past it, so each rerun gets past one more
+    blocked item and the results come out exactly once, in order. The hint says so.
+    Input from a file (seeked) and from a pipe (read again and skipped)."""
+    module = tmp_path / "block.wat"
+    module.write_text(BLOCK_MS_WAT)
+    items = [60000, 5, 60000, 60000, 7]
+    text = "".join(
+        json.dumps({"args": [i], "id": f"item{n}"}) + "\n" for n, i in enumerate(items, 1)
+    ).encode()
+    src = tmp_path / "in.jsonl"
+    src.write_bytes(text)
+    out, ckpt = tmp_path / "out.jsonl", tmp_path / "run.ckpt"
+    with fifo_grant(tmp_path) as folder:
+        args = ["run", module, "sleep", "--batch", "-" if piped else src, "-j", "1",
+                "--timeout", "1s", "--dir-ro", folder, "--checkpoint", ckpt]  # fmt: skip
+        seen = _rerun_until_done(args, out, text if piped else b"")
+    codes = [code for code, _ in seen]
+    assert codes == [112, 112, 112, ExitCode.BATCH_FAILURES], seen
+    first = seen[0][1]
+    assert "line 1's timeout is the last result" in first, first
+    assert "go on from line 2" in first and str(ckpt) in first, first
+    assert all("Traceback" not in err for _, err in seen), seen
+    rows = jsonl(out.read_text())
+    assert [(r["line"], r["id"]) for r in rows] == [(n, f"item{n}") for n in range(1, 6)]
+    assert _sleep_rows(rows) == [(1, "timeout"), (2, [5]), (3, "timeout"), (4, "timeout"),
+                                 (5, [7])]  # fmt: skip
+    assert "3 failed (limit:timeout 3)" in seen[-1][1], seen[-1][1]
+    assert not ckpt.exists()  # removed once the batch is through
+
+
+def test_with_one_job_and_no_checkpoint_the_blocked_item_is_the_last_result(cli, tmp_path):
+    """Without --checkpoint the stuck item's timeout is written as its result too (the
+    output says how far the run got), and the hint names -j 2 and --checkpoint."""
+    module = tmp_path / "block.wat"
+    module.write_text(BLOCK_MS_WAT)
+    with fifo_grant(tmp_path) as folder:
+        r = cli("run", module, "sleep", "--batch", "-", "--timeout", "1s", "--dir-ro", folder,
+                input=b'[10]\n{"args": [60000], "id": "x"}\n[20]\n')  # fmt: skip
+    assert r.code == 112, r
+    rows = jsonl(r.stdout)
+    assert [(row["line"], row["id"]) for row in rows] == [(1, 1), (2, "x")], r
+    assert _sleep_rows(rows) == [(1, [10]), (2, "timeout")], r
+    assert "line 2's timeout is the last result; with -j 2" in r.stderr, r.stderr
+    assert "--checkpoint FILE" in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
 def _sleep_rows(rows: list) -> list:
     return [(row["line"], row.get("results") or row["error"]["limit"]) for row in rows]
 

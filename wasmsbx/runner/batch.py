@@ -422,6 +422,7 @@ def run_numbered(
     encoded: bool = False,
     idle: bool = False,
     remote: Optional[Callable[..., Iterator]] = None,
+    running: Optional[_Running] = None,
 ) -> Iterator:
     """Like run_batch over ``(line, payload)`` pairs. Checks FUNC and instantiation first.
     With ``encoded``, yields Encoded lines; with ``jobs > 1`` an EncodedChunk per chunk
@@ -429,7 +430,10 @@ def run_numbered(
 
     With ``idle``, the input is read in a thread and ``None`` is yielded whenever no
     result has come for IDLE_TICK seconds (e.g. a pipe that stays open but sends
-    nothing), so the consumer can make the results it has durable meanwhile."""
+    nothing), so the consumer can make the results it has durable meanwhile.
+
+    ``running`` (jobs=1 in this process only): told the item each call is at, for a
+    hard stop that ends the process while a call is stuck (run_jsonl's ``_StuckItem``)."""
     check_jobs(jobs)
     if remote is not None and jobs != 1:
         raise errors.UsageError(
@@ -448,7 +452,7 @@ def run_numbered(
         return remote(box, func, numbered, fresh=fresh, encoded=encoded, idle=idle)
     if jobs == 1:
         serial = _serial_fed if idle else _serial
-        return serial(caller, numbered, encoded)
+        return serial(caller, numbered, encoded, running)
     caller.close()
     return _parallel(box, func, fresh, jobs, numbered, encoded, idle)
 
@@ -461,8 +465,25 @@ def _runner(caller: Any, encoded: bool) -> Callable:
     return run_encoded or (lambda line, payload: encode(caller.run(line, payload)))
 
 
-def _serial(caller: Caller, numbered: Iterable, encoded: bool) -> Iterator:
-    run = _runner(caller, encoded)
+def _tracked(run: Callable, running: Optional[_Running]) -> Callable:
+    """``run``, telling ``running`` (if any) the item it is at while it runs it."""
+    if running is None:
+        return run
+
+    def tracked(line: int, payload: Any) -> Any:
+        running.item = (line, payload, monotonic())
+        result = run(line, payload)
+        with running.lock:  # (a hard stop reads it under the lock: see _StuckItem)
+            running.item = None
+        return result
+
+    return tracked
+
+
+def _serial(
+    caller: Caller, numbered: Iterable, encoded: bool, running: Optional[_Running] = None
+) -> Iterator:
+    run = _tracked(_runner(caller, encoded), running)
     try:
         for line, payload in numbered:
             yield run(line, payload)
@@ -470,13 +491,15 @@ def _serial(caller: Caller, numbered: Iterable, encoded: bool) -> Iterator:
         caller.close()
 
 
-def _serial_fed(caller: Caller, numbered: Iterable, encoded: bool) -> Iterator:
+def _serial_fed(
+    caller: Caller, numbered: Iterable, encoded: bool, running: Optional[_Running] = None
+) -> Iterator:
     """_serial with the input read by a _Feeder thread and idle ticks while it stalls."""
     import threading
 
     wake = threading.Event()
     feeder = _Feeder(numbered, wake)
-    run = _runner(caller, encoded)
+    run = _tracked(_runner(caller, encoded), running)
     try:
         while True:
             wake.clear()  # before looking: an item arriving during this pass is not lost
@@ -1171,40 +1194,46 @@ def run_jsonl(
     reader = _Reader(source, state["next_line"] if state else 1)
     # A pipe may stall with items done: idle ticks let us save them meanwhile.
     idle = not source.seekable
+    stuck = _StuckItem(sink, summary, reader, marker) if jobs == 1 and remote is None else None
     results = run_numbered(
-        box, func, reader, fresh=fresh, jobs=jobs, encoded=True, idle=idle, remote=remote
-    )
+        box, func, reader, fresh=fresh, jobs=jobs, encoded=True, idle=idle, remote=remote,
+        running=stuck and stuck.running,
+    )  # fmt: skip
     last = None
     saved = None  # the span ``last`` had at the latest save (or flush, without a checkpoint)
     tick = time.monotonic()
     guard = cp.HoldInterrupt()
-    with guard:
+    # (stuck.writing: the hard stop's writer and this loop's never write at once)
+    writing = stuck.writing if stuck is not None else _NO_LOCK
+    with guard, _at_hard_stop(stuck):
         try:
             for result in results:
                 if result is None:  # no result for a while: make those written so far durable
                     if last is not saved and (marker is None or marker.due()):
                         guard.hold()
-                        if marker is not None:
-                            _save_batch(marker, sink, summary, last)
-                        else:
-                            sink.flush()
+                        with writing:
+                            if marker is not None:
+                                _save_batch(marker, sink, summary, last)
+                            else:
+                                sink.flush()
                         saved = last
                         guard.release()
                     continue
                 # Writing a result, counting it and taking its span is one step that Ctrl-C
                 # waits for: a checkpoint never covers output whose item it does not count.
                 guard.hold()
-                sink.write(result.data)
-                if isinstance(result, EncodedChunk):  # -j N: a chunk's lines at once
-                    summary.add_chunk(result)
-                    for _ in range(result.count):
+                with writing:
+                    sink.write(result.data)
+                    if isinstance(result, EncodedChunk):  # -j N: a chunk's lines at once
+                        summary.add_chunk(result)
+                        for _ in range(result.count):
+                            last = reader.spans.popleft()
+                    else:
+                        summary.add(result)
                         last = reader.spans.popleft()
-                else:
-                    summary.add(result)
-                    last = reader.spans.popleft()
-                if marker is not None and marker.due():
-                    _save_batch(marker, sink, summary, last)
-                    saved = last
+                    if marker is not None and marker.due():
+                        _save_batch(marker, sink, summary, last)
+                        saved = last
                 guard.release()
                 if progress is not None and time.monotonic() - tick >= PROGRESS_EVERY:
                     tick = time.monotonic()
@@ -1214,7 +1243,8 @@ def run_jsonl(
             summary.finished = time.perf_counter()
             if marker is not None and last is not None and not guard.forced:
                 try:
-                    _save_batch(marker, sink, summary, last)
+                    with writing:
+                        _save_batch(marker, sink, summary, last)
                 except Exception:  # noqa: S110 - the original failure is the one to report
                     pass
             raise
@@ -1225,6 +1255,103 @@ def run_jsonl(
     if progress is not None:
         progress(summary, source)
     return summary
+
+
+class _NoLock:
+    __slots__ = ()
+
+    def __enter__(self) -> None:
+        pass
+
+    def __exit__(self, *exc: Any) -> None:
+        pass
+
+
+_NO_LOCK = _NoLock()
+
+
+class _StuckItem:
+    """With jobs=1 the calls run in this process, so a call stuck in a host call past
+    its deadline (a pipe that never delivers, a FIFO's open) can only be ended with the
+    process: the command line's hard stop, exit 112. Called by it first
+    (``deadline.AT_HARD_STOP``, on the keeper's thread), this writes the stuck item's
+    result, the ``timeout`` it gets under -j N (``worker_stopped``), and saves the
+    checkpoint past it, so a rerun with the same ``--checkpoint`` goes on at the next
+    item. Before, the checkpoint stopped short of the item and every rerun blocked on it
+    again. The hard stop's hint says which of the two applies.
+
+    ``writing`` is held by run_jsonl while it writes and saves, and taken here for good
+    (the process ends next): the item's row is written once, by one of them. Nothing is
+    written for a call other than the stuck one (its watch's deadline, as for a worker),
+    nor for an interrupt (the whole batch's, saved by run_jsonl itself)."""
+
+    def __init__(self, sink: Any, summary: Summary, reader: _Reader, marker: Any) -> None:
+        import threading
+
+        self.running = _Running()
+        self.writing = threading.Lock()
+        self.sink, self.summary, self.reader, self.marker = sink, summary, reader, marker
+
+    def __call__(self, error: Any) -> None:
+        if not isinstance(error, errors.WasmsbxError) or isinstance(error, errors.Interrupted):
+            return
+        if not self.writing.acquire(timeout=STUCK_WAIT):
+            return  # (run_jsonl is stuck writing, not calling: nothing to add)
+        running, spans = self.running, self.reader.spans
+        deadline = getattr(error, "watch_deadline", None)
+        with running.lock:
+            item = running.item
+            late = item is not None and (deadline is None or item[2] < deadline)
+            if not late or not spans or spans[0][0] != item[0]:
+                self.writing.release()
+                return
+            running.item = None
+        line, payload, began = item
+        record, ident = error_record(error), _given_id(payload, line)
+        result = encode(BatchResult(line, ident, None, record, monotonic() - began))
+        self.sink.write(result.data)
+        self.summary.add(result)
+        last = spans.popleft()
+        if self.marker is None:
+            self.sink.flush()
+            error.hint = (
+                f"line {line}'s timeout is the last result; with -j 2 or more a blocked "
+                "item is its own timeout and the batch goes on (--checkpoint FILE: a "
+                "rerun resumes after it)"
+            )
+            return
+        _save_batch(self.marker, self.sink, self.summary, last)
+        error.hint = (
+            f"line {line}'s timeout is the last result and {self.marker.path} is saved "
+            f"past it: run the same command again to go on from line {line + 1} (with -j 2 "
+            "or more a blocked item is its own timeout and the batch goes on)"
+        )
+
+
+STUCK_WAIT = 0.2  # seconds the hard stop's writer waits for run_jsonl to finish a write
+
+
+class _at_hard_stop:
+    """``with _at_hard_stop(hook)``: ``hook`` in deadline.AT_HARD_STOP meanwhile, first
+    (before the command line's flush of the results); nothing for None."""
+
+    __slots__ = ("hook",)
+
+    def __init__(self, hook: Any) -> None:
+        self.hook = hook
+
+    def __enter__(self) -> None:
+        if self.hook is not None:
+            from ..backends.deadline import AT_HARD_STOP
+
+            AT_HARD_STOP.insert(0, self.hook)
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.hook is not None:
+            from ..backends.deadline import AT_HARD_STOP
+
+            if self.hook in AT_HARD_STOP:
+                AT_HARD_STOP.remove(self.hook)
 
 
 def _save_batch(marker: Any, sink: Any, summary: Summary, last: tuple) -> None:
