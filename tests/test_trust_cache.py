@@ -11,6 +11,7 @@ import sys
 
 import pytest
 
+from wasmsbx import errors
 from wasmsbx import policy as policy_mod
 from wasmsbx.backends import get, split
 from wasmsbx.native import artifact as aot
@@ -404,6 +405,49 @@ def test_a_policy_cannot_show_the_guest_the_keys(cli, isolated, tmp_path):
         assert result.code == 101 and "would give the guest your wasmsbx keys" in result.stderr
     (isolated / "sandbox.toml").write_text(f'[filesystem]\nread_only = ["{isolated}"]\n')
     assert cli("run", hello).code == 0
+
+
+@pytest.mark.parametrize("kind", ["module", "component"])
+@pytest.mark.parametrize("granted", ["/proc", "/proc/self", "/proc/self/fd"])
+def test_a_grant_of_proc_is_refused(cli, tmp_path, kind, granted):
+    """Red team round 52: WASI opens the guest's files in the process that runs it, so a
+    guest granted /proc wrote the host's own memory through /proc/self/mem (an int3 over
+    libc: SIGTRAP), and read-only it read the host's memory and environment. Refused
+    (exit 101) for a policy the user gives and for --dir, whatever the access."""
+    from .conftest import EXAMPLES
+
+    guest = EXAMPLES / "wasi" / "hello.wasm"
+    if kind == "component":
+        guest = EXAMPLES / "components" / "cat.wasm"
+    policy = tmp_path / "p.toml"
+    for access in ("read_only", "read_write"):
+        policy.write_text(f'[filesystem]\n{access} = ["{granted}"]\n')
+        res = cli("run", guest, "--policy", policy)
+        assert res.code == 101 and "process file system" in res.stderr, res
+    res = cli("run", guest, "--dir-ro", f"{granted}::/p")
+    assert res.code == 101 and "/proc/self there is the process" in res.stderr, res
+    assert "Traceback" not in res.stderr
+
+
+def test_a_grant_holding_or_inside_a_proc_mount_is_refused(tmp_path):
+    """Wherever procfs is mounted (a container's root folder holds one): the grant of the
+    mount, of a folder in it or of one around it is refused; a sibling is not."""
+    mount = tmp_path / "rootfs" / "proc"
+    (mount / "self").mkdir(parents=True)
+    (tmp_path / "data").mkdir()
+    procs = [str(mount)]
+    for host in (mount, mount / "self", tmp_path / "rootfs", tmp_path):
+        with pytest.raises(errors.PolicyError, match="process file system"):
+            trust.refuse_proc_grant(str(host), str(host), procs)
+    trust.refuse_proc_grant(str(tmp_path / "data"), str(tmp_path / "data"), procs)
+    info = (
+        b"22 1 0:21 / /proc rw,nosuid - proc proc rw\n"
+        b"45 27 0:40 / /srv/a\\040b/proc rw,relatime - proc proc rw\n"
+        b"46 27 0:41 / /srv/sys rw - sysfs sysfs rw\n"
+        b"47 27 0:42 / /srv/odd\\134name rw shared:1 - proc none rw\n"
+    )
+    assert trust.proc_mount_points(info) == ["/proc", "/proc", "/srv/a b/proc", "/srv/odd\\name"]
+    assert "/proc" in trust.proc_mounts()
 
 
 def test_backends_refuse_raw_bytes(backend):

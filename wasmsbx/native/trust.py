@@ -399,11 +399,15 @@ def refuse_key_grants(grants: list) -> None:
     """A PolicyError if a directory grant would show the guest the trust folder or the
     user's own cache: a guest that reads the secret key can forge native code, and one
     that writes in the cache could change native code after it was checked; either
-    would then run outside the sandbox."""
+    would then run outside the sandbox. Nor a procfs (``refuse_proc_grant``)."""
     keys = os.path.realpath(trust_dir())
     caches = [os.path.realpath(root) for root in cache_roots()]
+    procs = None
     for grant in grants:
         host = os.path.realpath(grant.host)
+        if procs is None:
+            procs = proc_mounts()
+        refuse_proc_grant(grant.host, host, procs)
         if _overlaps(host, keys):
             raise errors.PolicyError(
                 f"the grant of {grant.host} would give the guest your wasmsbx keys ({keys})",
@@ -418,6 +422,56 @@ def refuse_key_grants(grants: list) -> None:
                     hint="grant a folder that does not contain the cache",
                     key="filesystem",
                 )
+
+
+def refuse_proc_grant(given: str, host: str, procs: list) -> None:
+    """A PolicyError if the grant of ``given`` (real path ``host``) is a procfs, is inside
+    one, or holds one (``procs``: their mount points). WASI opens the guest's files in
+    the process that runs it, so ``/proc/self`` there is that process: its ``mem`` file
+    writes the host's own memory (red team round 52: a guest granted ``/proc`` wrote an
+    int3 over the host's libc, and read-only it read the host's memory and environment).
+    No directory grant can confine that."""
+    for mount in procs:
+        if _overlaps(host, mount):
+            raise errors.PolicyError(
+                f"the grant of {given} would give the guest the process file system "
+                f"({mount}): /proc/self there is the process that runs the guest",
+                hint="grant a folder that holds no /proc (copy the files the guest needs)",
+                key="filesystem",
+            )
+
+
+def proc_mounts() -> list:
+    """The mount points of this process's procfs file systems (real paths, from
+    /proc/self/mountinfo); ["/proc"] as well, whether or not it is one now."""
+    try:
+        with open("/proc/self/mountinfo", "rb") as f:
+            text = f.read()
+    except OSError:
+        text = b""
+    return proc_mount_points(text)
+
+
+def proc_mount_points(text: bytes) -> list:
+    """``proc_mounts`` of a mountinfo text: "/proc" and the mount point of each line
+    whose file system type (after the " - ") is proc."""
+    found = ["/proc"]
+    for line in text.splitlines():
+        fields, sep, rest = line.partition(b" - ")
+        parts = fields.split(b" ")
+        if sep and len(parts) >= 5 and rest.split(b" ", 1)[0] == b"proc":
+            found.append(os.fsdecode(_unescape_mount(parts[4])))
+    return found
+
+
+def _unescape_mount(raw: bytes) -> bytes:
+    """A mountinfo path field: space, tab, newline and backslash are written as octal
+    escapes (backslash, three digits)."""
+    if b"\\" not in raw:
+        return raw
+    import re
+
+    return re.sub(rb"\\([0-7]{3})", lambda m: bytes([int(m.group(1), 8) & 0xFF]), raw)
 
 
 # ---------------------------------------------------------------------------- public keys
