@@ -790,3 +790,56 @@ def test_an_item_a_worker_cannot_read_back_is_that_items_error():
     assert results[0].error["kind"] == "input"
     assert "cannot be read in a worker process" in results[0].error["message"]
     assert results[2].id == "x"
+
+
+def _run_into(args: list, stdout_path, stdin_path=None) -> subprocess.CompletedProcess:
+    """The CLI with its standard output appended to ``stdout_path`` (``>>``)."""
+    stdin = open(stdin_path, "rb") if stdin_path else subprocess.DEVNULL  # noqa: SIM115
+    try:
+        with open(stdout_path, "ab") as sink:
+            return subprocess.run(
+                [sys.executable, "-m", "wasmsbx", *map(str, args)],
+                stdin=stdin,
+                stdout=sink,
+                stderr=subprocess.PIPE,
+                timeout=120,
+            )
+    finally:
+        if stdin_path:
+            stdin.close()
+
+
+def test_results_appended_to_an_input_are_refused(tmp_path):
+    """Red team round 52: ``--batch L.jsonl >> L.jsonl`` read its own results back as
+    items and never ended (55 MB in 5 s), as did ``--stream < F >> F`` (4 GB). Standard
+    output that is the batch input, standard input, the module, the policy or the
+    checkpoint is refused before anything runs (exit 105), and the file is left as it
+    was."""
+    items = tmp_path / "in.jsonl"
+    items.write_bytes(b"".join(b"[%d, 1]\n" % i for i in range(200)))
+    module = tmp_path / "add.wat"
+    module.write_bytes(ADD.read_bytes())
+    policy = tmp_path / "p.toml"
+    policy.write_text('[limits]\ntimeout = "5s"\n')
+    ckpt = tmp_path / "run.ckpt"
+    upper = EXAMPLES / "stream" / "upper.wat"
+    text = tmp_path / "text.txt"
+    text.write_bytes(b"shout\n")
+    cases = [
+        (["run", module, "add", "--batch", items], items, None, "the batch input"),
+        (["run", module, "add", "--batch", "-"], items, items, "standard input"),
+        (["run", upper, "--stream"], text, text, "standard input"),
+        (["run", module, "add", "--batch", items], module, None, "the module"),
+        (["run", module, "add", "--batch", items, "--policy", policy], policy, None, "the policy"),
+        (["run", module, "add", "--batch", items, "--checkpoint", ckpt], ckpt, None,
+         "the checkpoint"),
+    ]  # fmt: skip
+    for args, out, stdin, what in cases:
+        before = out.read_bytes() if out.exists() else None
+        r = _run_into(args, out, stdin)
+        err = r.stderr.decode()
+        assert r.returncode == 105, (args, err)
+        assert what in err and "nothing was run" in err and "Traceback" not in err, err
+        assert (out.read_bytes() if out.exists() else None) in (before, b""), args
+    r = _run_into(["run", module, "add", "--batch", items], tmp_path / "out.jsonl")
+    assert r.returncode == 0 and len(jsonl((tmp_path / "out.jsonl").read_text())) == 200
