@@ -191,3 +191,38 @@ def test_no_log_no_import():
 def test_run_help_lists_the_option(cli):
     res = cli("run", "--help")
     assert "--audit-log" in res.stdout
+
+
+def test_the_log_is_never_an_input_nor_a_stand_in(cli, isolated):
+    """Red team round 52: --audit-log was checked only when the file existed, and only
+    against the module and --policy: its lines went into a signed artifact (refused as
+    unauthenticated from then on), a batch input (read back as items), a discovered
+    ./sandbox.toml (broken for good), a checkpoint; `-` made a file of that name and ''
+    turned the log off. Each is refused now (exit 105) and the file is left as it was."""
+    module = isolated / "add.wat"
+    module.write_bytes(ADD.read_bytes())
+    assert cli("compile", module, "-o", isolated / "add.cwasm").code == 0
+    items = isolated / "in.jsonl"
+    items.write_text("[1, 2]\n")
+    ckpt = isolated / "run.ckpt"
+    ckpt.write_text("{}")
+    cases = [
+        (["add", "1", "2", "--artifact", "add.cwasm"], "add.cwasm"),
+        (["add", "--batch", "in.jsonl"], "in.jsonl"),
+        (["add", "--batch", "in.jsonl", "--checkpoint", "run.ckpt"], "run.ckpt"),
+        (["add", "1", "2"], "add.wat"),
+    ]
+    for extra, log in cases:
+        before = (isolated / log).read_bytes()
+        r = cli("run", "add.wat", *extra, "--audit-log", log, cwd=isolated)
+        assert r.code == 105 and "same file as the input" in r.stderr, (extra, r)
+        assert (isolated / log).read_bytes() == before, extra
+    (isolated / "sandbox.toml").write_text('[limits]\ntimeout = "5s"\n')
+    r = cli("run", "add.wat", "add", "1", "2", "--audit-log", "sandbox.toml", cwd=isolated)
+    assert r.code == 105 and (isolated / "sandbox.toml").read_text().startswith("[limits]")
+    for name in ("-", ""):
+        r = cli("run", "add.wat", "add", "1", "2", "--audit-log", name, cwd=isolated)
+        assert r.code == 105 and "Traceback" not in r.stderr, (name, r)
+    assert not (isolated / "-").exists()
+    r = cli("run", "add.wat", "add", "1", "2", "--audit-log", "new.jsonl", cwd=isolated)
+    assert r.code == 0 and (isolated / "new.jsonl").stat().st_size > 0, r

@@ -125,7 +125,7 @@ def serve(
         max_sessions=_positive(max_sessions, "--max-sessions"),
         module_dirs=tuple(_dirs(module_dir or [])),
         grace=_parse(parse_duration, grace, "--grace"),
-        audit_log=_audit_log(audit_log),
+        audit_log=_audit_log(audit_log, [policy, token_file]),
         request_timeout=_parse(parse_duration, request_timeout, "--request-timeout"),
         max_connections=_positive(max_connections, "--max-connections"),
         rate_window=_parse(parse_duration, rate_window, "--rate-window"),
@@ -193,10 +193,13 @@ def _dirs(paths: list) -> list:
     return out
 
 
-def _audit_log(path: Optional[str]) -> Optional[str]:
+def _audit_log(path: Optional[str], inputs: list) -> Optional[str]:
     if path is None:
         return None
     from ...auditlog import AuditLog
+    from ...outfile import check_output
+
+    check_output(path, inputs)  # (appended to: never '', '-', a FIFO nor an input)
 
     AuditLog(path).fh.close()  # fail now, with the usual message, if it cannot be opened
     return os.path.abspath(path)

@@ -91,17 +91,19 @@ def run_main(argv: list) -> int:
 
 def _audit_log(args: opts.RunArgs) -> Any:
     """--audit-log FILE: the event log (imported and opened only when asked for)."""
-    if not args.options.get("audit_log"):
+    if args.options.get("audit_log") is None:
         return None
     import os
 
     from ...auditlog import AuditLog
+    from ...outfile import check_output
 
     path = args.options["audit_log"]
-    if os.path.lexists(path):  # appended to, never replaced; but not an input or a disk
-        from ...outfile import check_output
-
-        check_output(path, [(args.positionals or [None])[0], args.options.get("policy")])
+    # Appended to, never replaced; but never '' or '-', a device, a FIFO, the trust
+    # folder, nor any file the run reads, which the log's lines would change under it or
+    # for good (red team round 52: an artifact, a batch input, a discovered policy).
+    if not path or path.startswith("-") or os.path.lexists(path):
+        check_output(path, _inputs(args))  # (a new file: AuditLog says why it cannot be)
     log = AuditLog(path)
     from ...backends.deadline import AT_HARD_STOP
 
@@ -113,6 +115,17 @@ def _audit_log(args: opts.RunArgs) -> Any:
         func, extra = args.options.get("invoke"), args.positionals[1:]
     log.start(module, func, extra)
     return log
+
+
+def _inputs(args: opts.RunArgs) -> list:
+    """The files a run reads, as named: the module, the policy (given, or the one
+    discovery would find), the artifact, the batch input and the checkpoint."""
+    from ...policy import POLICY_FILENAME
+
+    o = args.options
+    named = [(args.positionals or [None])[0], o.get("policy") or POLICY_FILENAME]
+    named += [o.get("artifact"), o.get("batch"), o.get("checkpoint")]
+    return [path for path in named if path not in (None, "", "-")]
 
 
 def execute(args: opts.RunArgs, log: Any = None) -> int:
