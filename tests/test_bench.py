@@ -289,6 +289,19 @@ def test_cli_output_file_matches_stdout(cli, tmp_path):
     assert json.loads(out.read_text()) == r.json()
 
 
+@pytest.mark.parametrize("flag", ["--output", "--save-baseline"])
+def test_reports_never_replace_the_discovered_policy(cli, isolated, flag):
+    """Red team round 52: `bench ... -o sandbox.toml` in a folder whose sandbox.toml it
+    had just run under replaced the policy with the report (exit 0); `compile -o` and
+    `audit -o` refused it. Refused now (exit 105), the policy as it was."""
+    policy = isolated / "sandbox.toml"
+    policy.write_text('[limits]\ntimeout = "5s"\n')
+    r = cli("bench", ADD, "add", "1", "2", flag, "sandbox.toml", "--phase", "call", *FAST,
+            cwd=isolated)  # fmt: skip
+    assert r.code == 105 and "same file as the input" in r.stderr, r
+    assert policy.read_text() == '[limits]\ntimeout = "5s"\n'
+
+
 # ---------------------------------------------------------------------------- baselines
 
 # Ten samples: the noise band shrinks with sqrt(samples), so a busy machine cannot hide

@@ -92,7 +92,11 @@ def register(app: typer.Typer) -> None:
         from ..bench_view import Progress, render
 
         threshold = _threshold(fail_on_regression, baseline)
-        inputs = [module, suite, baseline, policy]  # what the reports must not overwrite
+        # What the reports must not overwrite: the policy too when it is the one discovery
+        # reads (red team round 52: `-o sandbox.toml` replaced it with the report).
+        from ...policy import POLICY_FILENAME
+
+        inputs = [module, suite, baseline, policy or POLICY_FILENAME]
         for path in filter(None, (output_file, save_baseline)):
             from ...outfile import check_output
 
