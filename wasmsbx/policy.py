@@ -688,6 +688,12 @@ def load(path) -> Policy:
             hint="see sandbox.toml.example for the syntax",
             file=origin,
         ) from None
+    except RecursionError:  # a = [[[[... : 1 KB nests deeper than tomllib's recursion can go
+        raise PolicyError(
+            f"{origin}: invalid TOML: arrays or tables nested too deeply",
+            hint="see sandbox.toml.example for the syntax",
+            file=origin,
+        ) from None
     return from_dict(data, origin, base=path.resolve().parent)
 
 

@@ -822,7 +822,7 @@ def _json(data: bytes) -> Any:
 
     try:
         return json.loads(data)
-    except ValueError:
+    except (ValueError, RecursionError):  # (RecursionError: nested deeper than this stack)
         return None
 
 

@@ -741,6 +741,11 @@ def load_baseline(path: str) -> dict:
             f"{path}: not a bench report (invalid JSON: {exc})",
             hint="a baseline is a file written by --save-baseline or --output",
         ) from None
+    except RecursionError:  # [[[[... nests deeper than json's recursion can go
+        raise errors.UsageError(
+            f"{path}: not a bench report (invalid JSON: nested too deeply)",
+            hint="a baseline is a file written by --save-baseline or --output",
+        ) from None
     version = data.get("report_version") if isinstance(data, dict) else None
     if version is None or not isinstance(data.get("cases"), list):
         raise errors.UsageError(

@@ -180,6 +180,11 @@ def read_suite(path: str) -> list:
         data = tomllib.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise SuiteError(f"{path}: invalid TOML: {exc}", hint="check the file's syntax") from None
+    except RecursionError:  # a = [[[[... : 1 KB nests deeper than tomllib's recursion can go
+        raise SuiteError(
+            f"{path}: invalid TOML: arrays or tables nested too deeply",
+            hint="check the file's syntax",
+        ) from None
     extra = [k for k in data if k != "bench"]
     if extra:
         raise reader.fail(extra[0], "unknown table", "a suite file has one [bench] table")

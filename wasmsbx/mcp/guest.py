@@ -183,7 +183,7 @@ def _session_report(scratch: str) -> dict:
         kept = [str(k) for k in report.get("kept", [])][:1000]
         lost = {str(k): str(v)[:200] for k, v in dict(report.get("not_kept", {})).items()}
         return {"kept": kept, "not_kept": lost}
-    except (OSError, ValueError, AttributeError, TypeError):
+    except (OSError, ValueError, AttributeError, TypeError, RecursionError):  # the guest's file
         return {"kept": [], "not_kept": {}}
 
 

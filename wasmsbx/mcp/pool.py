@@ -50,7 +50,7 @@ class _Worker:
             raise WorkerDied(f"the worker process exited with status {code} during the call")
         try:
             return json.loads(line)
-        except ValueError:
+        except (ValueError, RecursionError):  # (RecursionError: nested deeper than this stack)
             raise WorkerDied("the worker sent a malformed reply") from None
 
     def kill(self) -> None:

@@ -256,7 +256,7 @@ def parse(data: Any, parts: Layout, kind: Optional[str], by: str = "your key") -
     """The header and payload of authenticated bytes, checked for shape and kind."""
     try:
         header = json.loads(bytes(data[START : parts.header_end]).decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
+    except (UnicodeDecodeError, ValueError, RecursionError):  # (RecursionError: [[[[...)
         raise Corrupt("unreadable header") from None
     if not isinstance(header, dict) or header.get("format") != FORMAT:
         found = header.get("format") if isinstance(header, dict) else None
@@ -295,7 +295,8 @@ def claims_component(path: Any) -> bool:
         size = PREFIX.unpack_from(head, len(MAGIC))[0]
         header = json.loads(head[START : START + size].decode("utf-8"))
         return header["fingerprint"].get("kind") == "component"
-    except (OSError, TypeError, ValueError, KeyError, AttributeError, struct.error):
+    # (RecursionError: an unauthenticated header of [[[[... nests deeper than json can go)
+    except (OSError, TypeError, ValueError, KeyError, AttributeError, struct.error, RecursionError):
         return False
 
 

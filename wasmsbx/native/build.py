@@ -267,7 +267,7 @@ def _build_cargo(path: Path, exports: Sequence[str]) -> tuple:
     for line in proc.stdout.splitlines():
         try:
             message = json.loads(line)
-        except ValueError:
+        except (ValueError, RecursionError):  # (RecursionError: a line of [[[[...)
             continue
         if message.get("reason") == "compiler-artifact":
             wasm_files += [f for f in message.get("filenames", []) if f.endswith(".wasm")]

@@ -860,7 +860,7 @@ class Store:
             return None
         try:
             data = json.loads(text)
-        except ValueError:
+        except (ValueError, RecursionError):  # (RecursionError: a planted [[[[...)
             return None
         return data if _well_formed(data) else None
 

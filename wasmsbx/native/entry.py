@@ -150,7 +150,7 @@ def _header(text: Any, stored: int) -> dict:
     """The parsed, *already authenticated* header, checked for shape."""
     try:
         header = json.loads(bytes(text).decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
+    except (UnicodeDecodeError, ValueError, RecursionError):  # (RecursionError: [[[[...)
         raise Corrupt("unreadable header") from None
     return _checked(header, stored)
 

@@ -1,0 +1,99 @@
+"""Red team round 52: hostile input that made the command line fail as a bug.
+
+Input nested deeper than Python's parsers can recurse (a 1 KB policy of ``[[[[...``, an
+artifact's unauthenticated header, a baseline), ... : each ends with the documented exit
+code of that kind of input and one error line, never "internal error" (exit 100).
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from wasmsbx.native import artifact
+
+DEEP = 500  # 1 KB of [[[[...: deeper than tomllib's recursion can go
+DEEP_JSON = 200_000  # deeper than json's, whatever the stack depth of the caller
+
+
+def deep_toml() -> str:
+    return "a = " + "[" * DEEP + "]" * DEEP + "\n"
+
+
+def one_error(result, code: int) -> str:
+    """The error line of ``result``, checked: exit ``code``, no traceback."""
+    assert result.code == code, result
+    assert "Traceback" not in result.stderr and "internal error" not in result.stderr
+    assert result.stderr.startswith("error: "), result
+    return result.stderr.splitlines()[0]
+
+
+# -------------------------------------------------------------------- nested too deeply
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["run", "MODULE", "add", "1", "2"],
+        ["policy", "show"],
+        ["audit", "MODULE"],
+        ["backends", "--explain"],
+    ],
+    ids=lambda argv: argv[0],
+)
+@pytest.mark.parametrize("given", [True, False], ids=["--policy", "discovered"])
+def test_a_deeply_nested_policy_is_a_policy_error(cli, add, isolated, argv, given):
+    """Was exit 100, "internal error: RecursionError", for any command that loads it."""
+    argv = [str(add) if a == "MODULE" else a for a in argv]
+    if given:
+        policy = isolated / "deep.toml"
+        argv += ["--policy", str(policy)]
+    else:
+        policy = isolated / "sandbox.toml"
+    policy.write_text(deep_toml())
+    line = one_error(cli(*argv), 101)
+    assert "invalid TOML: arrays or tables nested too deeply" in line
+
+
+def test_a_deeply_nested_suite_is_a_usage_error(cli, isolated):
+    """As any other invalid TOML in a suite file (exit 2)."""
+    (isolated / "suite.toml").write_text(deep_toml())
+    line = one_error(cli("bench", "--suite", "suite.toml"), 2)
+    assert "suite.toml: invalid TOML: arrays or tables nested too deeply" in line
+
+
+def test_a_deeply_nested_baseline_is_a_usage_error(cli, add, isolated):
+    """As any other baseline that is not a bench report (exit 2)."""
+    (isolated / "deep.json").write_text("[" * DEEP_JSON + "]" * DEEP_JSON)
+    result = cli("bench", add, "add", "1", "2", "-n", "1", "--baseline", "deep.json")
+    line = one_error(result, 2)
+    assert "deep.json: not a bench report (invalid JSON: nested too deeply)" in line
+
+
+def deep_artifact() -> bytes:
+    """An artifact whose (unauthenticated) header nests deeper than json can go."""
+    header = b'{"fingerprint":' + b"[" * DEEP_JSON + b"]" * DEEP_JSON + b"}"
+    prefix = artifact.PREFIX.pack(len(header), 0)
+    return artifact.MAGIC + prefix + header + bytes(artifact.TAG_SIZE)
+
+
+def test_an_artifact_with_a_deeply_nested_header_is_refused(cli, isolated):
+    """`run` asks the header whether it holds a component before authenticating it:
+    that read raised RecursionError (exit 100). Now it is refused as unauthenticated."""
+    (isolated / "deep.cwasm").write_bytes(deep_artifact())
+    line = one_error(cli("run", "deep.cwasm", "add", "1", "2"), 102)
+    assert "refused precompiled artifact: it is not authenticated" in line
+
+
+def test_headers_nested_too_deeply_are_unreadable_not_a_crash():
+    data = deep_artifact()
+    assert artifact.claims_component(data) is False
+    with pytest.raises(artifact.Corrupt, match="unreadable header"):
+        artifact.read_header(data)
+
+
+def test_a_guests_session_report_nested_too_deeply_is_ignored(tmp_path):
+    """The MCP interpreters' guest writes report.json in its own folder: [[[[... there
+    raised RecursionError out of the tool call."""
+    from wasmsbx.mcp.guest import _session_report
+
+    (tmp_path / ".wasmsbx").mkdir()
+    (tmp_path / ".wasmsbx" / "report.json").write_text("[" * DEEP_JSON + "]" * DEEP_JSON)
+    assert _session_report(str(tmp_path)) == {"kept": [], "not_kept": {}}
