@@ -97,3 +97,13 @@ def test_a_guests_session_report_nested_too_deeply_is_ignored(tmp_path):
     (tmp_path / ".wasmsbx").mkdir()
     (tmp_path / ".wasmsbx" / "report.json").write_text("[" * DEEP_JSON + "]" * DEEP_JSON)
     assert _session_report(str(tmp_path)) == {"kept": [], "not_kept": {}}
+
+
+# -------------------------------------------------------------------- mcp --port
+@pytest.mark.parametrize("port", ["99999", "65536", "-1", "0"])
+def test_a_port_outside_1_to_65535_is_a_usage_error(cli, port):
+    """99999 and 65536 printed asyncio's traceback, then exit 100 (OverflowError out of
+    uvicorn); -1 said "Servname not supported". 0 would be a port nobody is told. The
+    check comes before anything starts, with or without the mcp SDK (Python 3.9)."""
+    line = one_error(cli("mcp", "--http", "--port", port, timeout=30), 2)
+    assert line == f"error: --port {port}: must be 1-65535"

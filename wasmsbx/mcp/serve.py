@@ -43,6 +43,19 @@ def check_bind(host: str, token: Optional[str], allow_remote: bool) -> None:
         )
 
 
+PORTS = (1, 65535)
+
+
+def check_port_number(port: int) -> None:
+    """1-65535, before anything starts (99999 was an OverflowError out of uvicorn, after a
+    traceback of asyncio's). Not 0, "any free port": the server does not say which port it
+    got, so no client could find it."""
+    if not PORTS[0] <= port <= PORTS[1]:
+        raise errors.UsageError(
+            f"--port {port}: must be {PORTS[0]}-{PORTS[1]}", hint="the default is 8765"
+        )
+
+
 def check_port(host: str, port: int) -> None:
     """A one-line error for an address in use, instead of uvicorn's log line and exit 1."""
     import socket
@@ -111,6 +124,7 @@ def serve(
 
     if transport == "http":
         check_bind(host, token, allow_remote)
+        check_port_number(port)
         check_port(host, port)
     service = Service(config)
 

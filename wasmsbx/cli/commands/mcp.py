@@ -105,6 +105,9 @@ def serve(
     """Serve MCP on stdio (default) or streamable HTTP; see README, "MCP server"."""
     if ctx.invoked_subcommand is not None:
         return 0
+    from ...mcp.serve import check_port_number  # (no SDK needed)
+
+    check_port_number(port)  # a bad value is refused with or without --http and the SDK
     _require_sdk()
     from ...mcp.config import ServerConfig
     from ...mcp.serve import serve as run_server
