@@ -107,3 +107,32 @@ def test_a_port_outside_1_to_65535_is_a_usage_error(cli, port):
     check comes before anything starts, with or without the mcp SDK (Python 3.9)."""
     line = one_error(cli("mcp", "--http", "--port", port, timeout=30), 2)
     assert line == f"error: --port {port}: must be 1-65535"
+
+
+# -------------------------------------------------------------------- backends' options
+@pytest.mark.parametrize("explain", [[], ["--explain"]], ids=["list", "explain"])
+@pytest.mark.parametrize(
+    "option, code, message",
+    [
+        (["--policy", "bad.toml"], 101, "error: bad.toml: invalid TOML: "),
+        (["--policy", "missing.toml"], 101, "error: missing.toml: policy file not found"),
+        (["--kind", "nope"], 2, "error: --kind nope: must be one of call, command, auto"),
+        (["--backend", "nope"], 104, "error: backend 'nope' is not known"),
+    ],
+    ids=["bad-policy", "missing-policy", "kind", "backend"],
+)
+def test_backends_refuses_what_run_refuses(cli, isolated, explain, option, code, message):
+    """Without --explain or a MODULE, a broken or missing --policy and a --backend not
+    known were ignored (exit 0); --kind nope was scored as a call even with --explain."""
+    (isolated / "bad.toml").write_text("[limits\n")
+    line = one_error(cli("backends", *option, *explain), code)
+    assert line.startswith(message)
+
+
+def test_backends_lists_under_a_good_policy_and_ignores_a_broken_discovered_one(cli, isolated):
+    (isolated / "good.toml").write_text("[limits]\nmemory = '32MiB'\n")
+    (isolated / "sandbox.toml").write_text("[limits\n")  # not asked for: the list does not use it
+    result = cli("backends", "--policy", "good.toml", "--kind", "call")
+    assert result.code == 0, result
+    assert "wasmtime" in result.stdout
+    assert cli("backends").code == 0

@@ -6,6 +6,8 @@ from typing import Optional
 
 from . import get, names
 
+KINDS = ("call", "command", "auto")  # (as --kind's metavar says)
+
 
 def survey() -> list:
     """One entry per backend and compiler: availability and capabilities."""
@@ -39,6 +41,7 @@ def explain(
     from .. import policy as policy_mod
     from . import select
 
+    _check_kind(kind)
     policy = policy_mod.discover(policy_path)
     features: frozenset = frozenset()
     if module:
@@ -62,3 +65,24 @@ def explain(
     if kind == "auto":
         kind = "call"
     return select.select(policy, features, kind, backend)
+
+
+def check_options(policy_path: Optional[str], kind: str, backend: Optional[str]) -> None:
+    """The errors ``explain`` gives for these options, without explaining: a policy given
+    (a discovered one does not matter to the list), --kind, a --backend not known. Not
+    "no backend eligible": the list is still worth seeing then."""
+    from .. import policy as policy_mod
+    from .select import _check_spec
+
+    _check_kind(kind)
+    if policy_path is not None:
+        policy_mod.load(policy_path)
+    if backend is not None:
+        _check_spec(backend)
+
+
+def _check_kind(kind: str) -> None:
+    if kind not in KINDS:  # (anything else was scored as a call)
+        from ..errors import UsageError
+
+        raise UsageError(f"--kind {kind}: must be one of {', '.join(KINDS)}")

@@ -36,10 +36,12 @@ def register(app: typer.Typer) -> None:
         """List backends and compilers: version, availability, capability matrix."""
         from ...backends import survey
 
-        report = survey.survey()
         selection = None
         if explain or module:
             selection = survey.explain(module, policy, kind, backend)
+        else:  # they only shape the explanation, but were ignored with exit 0 when wrong
+            survey.check_options(policy, kind, backend)
+        report = survey.survey()
         if json_output:
             data = {"backends": report}
             if selection is not None:
