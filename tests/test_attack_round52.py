@@ -136,3 +136,54 @@ def test_backends_lists_under_a_good_policy_and_ignores_a_broken_discovered_one(
     assert result.code == 0, result
     assert "wasmtime" in result.stdout
     assert cli("backends").code == 0
+
+
+# -------------------------------------------------------------------- completions install
+def bash_target(data) -> object:
+    folder = data / "bash-completion" / "completions"
+    folder.mkdir(parents=True)
+    return folder / "wasmsbx"
+
+
+def test_completions_install_over_a_directory_is_refused_and_leaves_nothing(cli, isolated):
+    """Was exit 100 (IsADirectoryError), with a .wasmsbx.PID.tmp left beside it."""
+    target = bash_target(isolated / "data")
+    target.mkdir()
+    result = cli("completions", "install", "bash", env={"XDG_DATA_HOME": isolated / "data"})
+    line = one_error(result, 105)
+    assert line == (
+        f"error: {target}: is a directory, not a file a shell can load completions from; "
+        "nothing was written"
+    )
+    assert [p.name for p in target.parent.iterdir()] == ["wasmsbx"]
+
+
+@pytest.mark.parametrize("data", ["/dev/null", "a-file"])
+def test_completions_install_where_no_folder_can_be_made_is_an_output_error(cli, isolated, data):
+    """XDG_DATA_HOME=/dev/null was exit 100 (NotADirectoryError)."""
+    (isolated / "a-file").write_text("")
+    result = cli("completions", "install", "bash", env={"XDG_DATA_HOME": data})
+    line = one_error(result, 105)
+    assert line.endswith("/bash-completion/completions: cannot create the folder: Not a directory")
+
+
+def test_completions_install_never_replaces_a_fifo(cli, isolated):
+    """A FIFO there was silently replaced by a regular file."""
+    import os
+    import stat
+
+    target = bash_target(isolated / "data")
+    os.mkfifo(target)
+    result = cli("completions", "install", "bash", env={"XDG_DATA_HOME": isolated / "data"})
+    assert "is a FIFO, not a file a shell can load completions from" in one_error(result, 105)
+    assert stat.S_ISFIFO(os.lstat(target).st_mode)
+    assert [p.name for p in target.parent.iterdir()] == ["wasmsbx"]
+
+
+def test_completions_install_replaces_its_own_file(cli, isolated):
+    target = bash_target(isolated / "data")
+    target.write_text("old")
+    result = cli("completions", "install", "bash", env={"XDG_DATA_HOME": isolated / "data"})
+    assert result.code == 0, result
+    assert target.read_text().startswith("# wasmsbx completion for bash")
+    assert [p.name for p in target.parent.iterdir()] == ["wasmsbx"]

@@ -10,6 +10,7 @@ wasmsbx on every Tab (~0.3 s). ``scripts/gen-completions`` writes the same text 
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
 from typing import Any, Optional
 
@@ -47,12 +48,15 @@ def show(shell: Optional[str] = SHELL_ARG) -> int:
 
 def install(shell: Optional[str] = SHELL_ARG) -> int:
     """Install the completion script for SHELL where the shell loads it, and say where."""
+    from ...outfile import write_output
+
     name = _shell(shell)
     target, note = _target(name)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    tmp.write_text(render(name), encoding="utf-8")
-    os.replace(tmp, target)
+    _make_folder(target.parent)
+    _refuse_special(target)
+    # As every output: written whole beside it and renamed into place (no temporary file
+    # left behind when that fails), a link written through, never into the trust folder
+    write_output(target, render(name))
     output.out(f"installed {name} completions: {target}")
     if note:
         output.out(note)
@@ -69,6 +73,52 @@ def _shell(shell: Optional[str]) -> str:
             hint="wasmsbx completions install bash|zsh|fish",
         )
     return name
+
+
+def _make_folder(folder: Path) -> None:
+    """The shell's completion folder, made if missing (install's one output folder that
+    may be created: it is where the shell looks)."""
+    from ...errors import InputError
+
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # $XDG_DATA_HOME=/dev/null, a file in the way, no permission
+        raise InputError(
+            f"{folder}: cannot create the folder: {exc.strerror or exc}",
+            hint="check $XDG_DATA_HOME and $XDG_CONFIG_HOME (or $HOME), "
+            "or print the script with `wasmsbx completions show`",
+            path=str(folder),
+        ) from None
+
+
+def _refuse_special(target: Path) -> None:
+    """Only a regular file (or nothing) may be there: every new shell reads the script,
+    so a FIFO or device would take it once and install nothing (and no output ever
+    replaces one with a file); a directory is not a script either."""
+    from ...errors import InputError
+
+    try:
+        mode = os.stat(target).st_mode
+    except FileNotFoundError:
+        return  # nothing, or a link to nothing (which the writer refuses)
+    except OSError as exc:
+        raise InputError(f"{target}: cannot write: {exc.strerror}", path=str(target)) from None
+    if not stat.S_ISREG(mode):
+        raise InputError(
+            f"{target}: is {_KINDS.get(stat.S_IFMT(mode), 'not a regular file')}, "
+            "not a file a shell can load completions from; nothing was written",
+            hint="remove it, or print the script with `wasmsbx completions show`",
+            path=str(target),
+        )
+
+
+_KINDS = {
+    stat.S_IFDIR: "a directory",
+    stat.S_IFIFO: "a FIFO",
+    stat.S_IFCHR: "a character device",
+    stat.S_IFBLK: "a block device",
+    stat.S_IFSOCK: "a socket",
+}
 
 
 def _target(shell: str) -> tuple:
