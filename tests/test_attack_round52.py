@@ -187,3 +187,48 @@ def test_completions_install_replaces_its_own_file(cli, isolated):
     assert result.code == 0, result
     assert target.read_text().startswith("# wasmsbx completion for bash")
     assert [p.name for p in target.parent.iterdir()] == ["wasmsbx"]
+
+
+# -------------------------------------------------------------------- integers of 4,300+ digits
+LONG = "1" * 5000
+
+
+@pytest.mark.parametrize("arg", [LONG, "-" + LONG, "1_" * 3000 + "1"], ids=["5000", "neg", "_"])
+def test_an_integer_of_thousands_of_digits_is_out_of_range_not_unreadable(cli, add, arg):
+    """Past 4,300 digits int() refuses to convert: that was "not an integer: '1111...'"
+    with all 5,000 digits in the message."""
+    line = one_error(cli("run", add, "add", arg, "1"), 2)
+    assert line.endswith("...) is out of range for i32")
+    assert len(line) < 200
+
+
+def test_leading_zeros_past_4300_digits_still_read(cli, add):
+    result = cli("run", add, "add", "0" * 5000 + "7", "1")
+    assert result.code == 0, result
+    assert result.stdout.strip() == "8"
+
+
+def test_what_is_not_an_integer_is_quoted_shortened():
+    from wasmsbx.values import ValueTextError, parse_text
+
+    for wasm_type, text in [
+        ("i32", "x" * 5000),
+        ("f64", "1" + "x" * 5000),
+        ("v128", "i32x4:1,2,3,x" + LONG),
+    ]:
+        with pytest.raises(ValueTextError) as info:
+            parse_text(text, wasm_type)
+        assert len(str(info.value)) < 100 and "'..." in str(info.value)
+
+
+def test_a_component_integer_of_thousands_of_digits_is_out_of_range():
+    from wasmsbx.components import wave
+    from wasmsbx.components.types import WitType
+    from wasmsbx.components.values import ValueProblem
+
+    with pytest.raises(ValueProblem) as info:
+        wave.parse(LONG, WitType("s32"))
+    message = str(info.value)
+    assert "is out of range for s32" in message  # (Python 3.9.2 converts any length)
+    assert len(message) < 200
+    assert wave.parse("0" * 5000 + "7", WitType("s32")) == 7

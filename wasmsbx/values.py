@@ -20,6 +20,7 @@ On the command line (and from Python strings) values are spelled as text; see
 
 from __future__ import annotations
 
+import re
 import struct
 from collections.abc import Sequence
 from typing import Any, Callable, Optional, Union
@@ -267,15 +268,45 @@ def _ascii(text: str) -> str:
 
 def parse_int_text(text: str, wasm_type: str) -> int:
     """Decimal, 0x hex, 0o, 0b, with _ separators; signed or unsigned range; signed out."""
-    text = _ascii(text)
+    return _int_in_range(_int_text(_ascii(text), "an integer"), wasm_type)
+
+
+def _int_text(text: str, what: str) -> int:
     try:
-        value = int(text, 0)
+        return int(text, 0)
     except ValueError:
-        try:  # int(.., 0) refuses leading zeros ("007"); plain decimal allows them
-            value = int(text, 10)
-        except ValueError:
-            raise ValueTextError(f"not an integer: {text!r}") from None
-    return _int_in_range(value, wasm_type)
+        pass
+    try:  # int(.., 0) refuses leading zeros ("007"); plain decimal allows them
+        return int(text, 10)
+    except ValueError:
+        value = _long_decimal(text)
+        if value is None:
+            raise ValueTextError(f"not {what}: {cut(text)}") from None
+        return value
+
+
+_DECIMAL = re.compile(r"[+-]?[0-9]+(?:_[0-9]+)*")  # what int(text, 10) reads
+_MAX_DIGITS = 4300  # (Python's default sys.get_int_max_str_digits())
+# Stands for a decimal too long to convert: past every type's range, as that one is
+_BEYOND = 1 << 128
+
+
+def _long_decimal(text: str) -> Optional[int]:
+    """A decimal int() refuses for its length alone (more than 4,300 digits, a guard
+    against quadratic conversion since Python 3.11 and 3.9.14), which was "not an
+    integer": without its leading zeros it may be short, else ``_BEYOND`` with its sign
+    (a range error follows). None if the text is no decimal at all."""
+    if not _DECIMAL.fullmatch(text):
+        return None
+    sign = -1 if text[0] == "-" else 1
+    digits = text.lstrip("+-").replace("_", "").lstrip("0") or "0"
+    return sign * (int(digits) if len(digits) <= _MAX_DIGITS else _BEYOND)
+
+
+def cut(text: str, keep: int = 40) -> str:
+    """``text`` as a message quotes it: repr of its first ``keep`` characters, then "..."
+    for the rest (an argument of 5,000 digits filled the error message)."""
+    return repr(text) if len(text) <= keep else repr(text[:keep]) + "..."
 
 
 def _int_in_range(value: int, wasm_type: str) -> int:
@@ -332,7 +363,7 @@ def parse_float_text(text: str, wasm_type: str) -> _Float:
                 raise ValueError
             number = float(body)
     except (ValueError, OverflowError):
-        raise ValueTextError(f"cannot read {text!r} as {wasm_type}") from None
+        raise ValueTextError(f"cannot read {cut(text)} as {wasm_type}") from None
     return wrap(-number if sign else number)
 
 
@@ -350,12 +381,7 @@ def parse_v128_text(text: str) -> V128:
         if is_float:
             lanes: list = [parse_float_text(p, "f32" if width == 32 else "f64") for p in parts]
         else:
-            lanes = []
-            for p in parts:
-                try:
-                    lanes.append(int(p, 0))
-                except ValueError:
-                    raise ValueTextError(f"not an integer lane: {p!r}") from None
+            lanes = [_int_text(p, "an integer lane") for p in parts]
         try:
             return V128.from_lanes(shape.lower(), lanes)
         except (ValueError, TypeError) as exc:

@@ -249,7 +249,7 @@ def _int(value: Any, kind: str, path: str) -> int:
             raise ValueProblem(f"expected an integer ({kind}), got {_show(value)}", path)
     low, high = INTS[kind]
     if not low <= value <= high:
-        raise ValueProblem(f"{value} is out of range for {kind} ({low} .. {high})", path)
+        raise ValueProblem(f"{_show(value)} is out of range for {kind} ({low} .. {high})", path)
     return value
 
 

@@ -20,6 +20,7 @@ import re
 import struct
 from typing import Any
 
+from ..values import _BEYOND, _long_decimal, cut
 from .types import INTS, WitType, case_types
 from .values import (
     Err,
@@ -39,11 +40,27 @@ _ESCAPES = {"'": "'", '"': '"', "\\": "\\", "t": "\t", "n": "\n", "r": "\r"}
 _WRITE_ESCAPES = {"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"}
 
 
+def _int(word: str) -> int:
+    """The digits of ``word``, even past the 4,300 int() converts (they were "not a valid
+    s32"): ``_BEYOND`` (signed) stands for what is beyond every type then."""
+    try:
+        return int(word)
+    except ValueError:
+        value = _long_decimal(word)
+        if value is None:
+            raise
+        return value
+
+
 class WaveError(ValueProblem):
     """Text that is not a WAVE value of the expected type; ``offset`` into the text."""
 
     def __init__(self, message: str, offset: int, text: str) -> None:
-        super().__init__(f"{message} at offset {offset} of {text!r}")
+        if len(text) > 80:  # (an argument of 5,000 digits filled the message)
+            text = f"{len(text):,} characters, near {text[max(0, offset - 20) : offset + 20]!r}"
+        else:
+            text = repr(text)
+        super().__init__(f"{message} at offset {offset} of {text}")
         self.offset = offset
 
 
@@ -179,13 +196,15 @@ class _Parser:
             if kind in INTS:
                 if not word.lstrip("-").isdigit():
                     raise ValueError
-                value: Any = int(word)
+                value: Any = _int(word)
             else:
                 if word.lstrip("-") not in ("inf", "nan") and not _is_decimal(word):
                     raise ValueError
                 value = float(word)
         except ValueError:
-            raise self.error(f"{word!r} is not a valid {kind}") from None
+            raise self.error(f"{cut(word)} is not a valid {kind}") from None
+        if kind in INTS and abs(value) == _BEYOND:
+            raise self.error(f"{cut(word)} is out of range for {kind}")
         self.pos = end
         return value
 
