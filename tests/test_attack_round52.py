@@ -232,3 +232,43 @@ def test_a_component_integer_of_thousands_of_digits_is_out_of_range():
     assert "is out of range for s32" in message  # (Python 3.9.2 converts any length)
     assert len(message) < 200
     assert wave.parse("0" * 5000 + "7", WitType("s32")) == 7
+
+
+# -------------------------------------------------------------------- small option checks
+def test_an_empty_policy_path_is_a_usage_error_not_discovery(cli, add, isolated):
+    """--policy '' fell back to ./sandbox.toml (or the defaults) without a word."""
+    (isolated / "sandbox.toml").write_text("[limits]\nmemory = '32MiB'\n")
+    for argv in (["run", add, "add", "1", "2"], ["policy", "show"]):
+        line = one_error(cli(*argv, "--policy", ""), 2)
+        assert line == "error: --policy '': an empty path"
+
+
+def test_invoke_given_twice_is_a_usage_error(cli, add):
+    """The last --invoke was the only one called."""
+    line = one_error(cli("run", add, "--invoke", "add", "--invoke", "sub", "1", "2"), 2)
+    assert line == "error: --invoke given twice ('add', 'sub'): a run calls one export"
+
+
+@pytest.mark.parametrize("item", ["", "noDot", ".", "env."])
+def test_a_host_import_that_is_not_module_dot_name_is_a_usage_error(cli, add, item):
+    """Each matched no import and was accepted."""
+    line = one_error(cli("audit", add, "--host-import", item), 2)
+    assert line == f"error: --host-import {item!r}: not MODULE.NAME"
+
+
+def test_host_imports_of_module_dot_name_are_still_taken(cli, add):
+    assert cli("audit", add, "--host-import", "env.log", "--host-import", "env.*").code == 0
+
+
+def test_watch_also_an_empty_path_is_a_usage_error(cli, add):
+    """It watched the current folder, whole."""
+    line = one_error(cli("watch", add, "add", "1", "2", "--also", "", timeout=30), 2)
+    assert line == "error: --also '': an empty path"
+
+
+def test_cache_clear_of_a_backend_not_known_is_refused(cli, add):
+    """-b nope matched nothing: "no matching entries", exit 0. Now what run -b nope says."""
+    assert cli("run", add, "add", "1", "2").code == 0
+    line = one_error(cli("cache", "clear", "-b", "nope"), 104)
+    assert line == "error: backend 'nope' is not known"
+    assert cli("cache", "clear", "-b", "wasmtime").code == 0

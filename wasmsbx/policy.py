@@ -663,6 +663,13 @@ def _toml_module():
 
 def load(path) -> Policy:
     """Load and validate a policy file."""
+    if isinstance(path, str) and not path:  # (--policy '' fell back to ./sandbox.toml)
+        from .errors import UsageError
+
+        raise UsageError(
+            "--policy '': an empty path",
+            hint="give a policy file, or leave --policy out for ./sandbox.toml or the defaults",
+        )
     path = Path(path)
     origin = str(path)
     from .inputs import POLICY_MAX_BYTES, TooLarge, read_capped
@@ -699,7 +706,7 @@ def load(path) -> Policy:
 
 def discover(explicit: Optional[str] = None, cwd: Optional[Path] = None) -> Policy:
     """``--policy PATH``, else ``./sandbox.toml``, else the secure defaults."""
-    if explicit:
+    if explicit is not None:
         return load(explicit)
     candidate = (cwd or Path.cwd()) / POLICY_FILENAME
     if candidate.is_file():

@@ -231,6 +231,13 @@ def parse(argv: list) -> RunArgs:
         value = _value(opt, inline)
         if opt.kind == "multi":
             options[opt.dest].append(value)
+        elif opt.dest == "invoke" and options["invoke"] is not None:
+            # (any other option's last value wins, as with click: an alias's value can be
+            # overridden; a second export was silently the only one called)
+            raise UsageError(
+                f"--invoke given twice ({options['invoke']!r}, {value!r}): a run calls one export",
+                hint="give --invoke once",
+            )
         else:
             options[opt.dest] = value
     return RunArgs(options, positionals, passthrough)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from enum import Enum
 from typing import Any, Optional
 
@@ -82,7 +83,7 @@ def register(app: typer.Typer) -> None:
 
                 check_output(output_file, inputs)
                 target = output_file
-            report = audit_file(module, loaded, host_imports=set(host_import or ()))
+            report = audit_file(module, loaded, host_imports=_host_imports(host_import or []))
         except (errors.WasmsbxError, KeyboardInterrupt) as exc:
             if mode == "sarif":  # (--json's error object is the boundary's)
                 _sarif_failure(exc, target, inputs)
@@ -97,6 +98,18 @@ def register(app: typer.Typer) -> None:
                     _sarif_failure(exc, None, inputs)
                 raise
         return _exit_code(report, fail_on)
+
+
+def _host_imports(given: list) -> set:
+    """MODULE.NAME or MODULE.*: anything else ('', 'noDot', '.') matched no import and
+    was accepted without a word."""
+    for item in given:
+        if not re.fullmatch(r".+\..+", item, re.DOTALL):
+            raise errors.UsageError(
+                f"--host-import {item!r}: not MODULE.NAME",
+                hint="e.g. --host-import env.log, or env.* for every import of env",
+            )
+    return set(given)
 
 
 def _sarif_failure(exc: BaseException, target: Optional[str], inputs: list) -> None:

@@ -222,6 +222,10 @@ def clear(
     from ...native import cache
     from ...runner.sandbox import read_module
 
+    if backend is not None:  # (one not known matched nothing: "no matching entries", exit 0)
+        from ...backends.select import _check_spec
+
+        _check_spec(backend)
     module_sha = aot.sha256(read_module(module)) if module else None
     if not (module or backend):
         from ... import policy as policy_mod

@@ -115,7 +115,7 @@ def serve(
     from ...units import parse_duration, parse_size
 
     config = ServerConfig(
-        policy=discover(policy, cwd=None) if policy else _defaults(),
+        policy=discover(policy, cwd=None) if policy is not None else _defaults(),
         max_request=_parse(parse_size, max_request, "--max-request"),
         max_concurrent=_positive(max_concurrent, "--max-concurrent"),
         calls_per_minute=_positive(calls_per_minute, "--calls-per-minute"),
@@ -252,8 +252,8 @@ def setup(
     from ...policy import defaults, load
     from .. import output
 
+    ceiling = load(policy) if policy is not None else defaults()  # (a bad one: before pip)
     paths = interpreters.setup(force=force, log=output.err)
-    ceiling = load(policy) if policy else defaults()
     for path in paths:
         if not no_compile:
             output.err(f"compiling {path.name} (once; later runs load it from the cache)")

@@ -12,6 +12,7 @@ from typing import Any, Optional
 
 import typer
 
+from ... import errors
 from ...native import flush_hits
 from .. import options as run_options
 from .. import output
@@ -96,7 +97,7 @@ def register(app: typer.Typer) -> None:
             args=words[1:] + (argv if func else []),
             argv=[] if func else argv,
             source=source,
-            also=list(also or []),
+            also=_also(also or []),
             policy_loader=lambda: build_policy(options),
             policy_path=policy,
             use_cache=False if no_cache else None,
@@ -335,3 +336,10 @@ def _policy_value(key: str, value: Any) -> str:
     if kind == "duration" and isinstance(value, (int, float)):
         return format_duration(value)
     return str(value)
+
+
+def _also(paths: list) -> list:
+    """--also paths; an empty one is refused: it was the current folder, watched whole."""
+    if "" in paths:
+        raise errors.UsageError("--also '': an empty path", hint="give a file or folder to watch")
+    return list(paths)
