@@ -88,6 +88,27 @@ def guest_exit_code(status: int) -> int:
     return ExitCode.GUEST_STATUS_OUT_OF_RANGE
 
 
+#: How many characters of a module-controlled name a message shows (``inert``): an
+#: export name of a megabyte made a one-megabyte hint line (red team, round 52).
+NAME_SHOWN = 200
+
+
+def inert(text: Any, limit: Optional[int] = NAME_SHOWN) -> str:
+    """Text from outside (a module's export, import or function names, a file name, a
+    guest's message) made safe to print: each non-printable character escaped as Python
+    writes it (``\\x1b``, ``\\n``, ``\\u202e``), so an ESC or OSC sequence cannot drive
+    the terminal and a CR/LF cannot forge an ``error:`` line; past ``limit`` characters
+    (None: no cap) the rest is dropped and the length said."""
+    text = str(text)
+    cut = ""
+    if limit is not None and len(text) > limit:
+        cut = f"... ({len(text):,} characters)"
+        text = text[:limit]
+    if not text.isprintable():
+        text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+    return text + cut
+
+
 class WasmsbxError(Exception):
     """Base of every expected failure."""
 

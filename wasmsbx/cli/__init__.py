@@ -78,7 +78,11 @@ def _hard_stop(error: WasmsbxError) -> None:
         flush_hits()  # (the run's cache hit, kept in memory; never raises)
 
     _bounded(last_words)  # a stdout pipe nobody reads must not keep the process alive
-    lines = f"error: {error.message}\n" + (f"hint: {error.hint}\n" if error.hint else "")
+    from .output import line
+
+    lines = f"error: {line(error.message)}\n" + (
+        f"hint: {line(error.hint)}\n" if error.hint else ""
+    )
     report = None
     from .options import json_flag
 

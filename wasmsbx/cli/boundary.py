@@ -24,7 +24,7 @@ def report(exc: BaseException, json_mode: bool = False) -> int:
             output.emit_json({"error": exc.to_dict(), "exit_source": "wasmsbx"})
         output.error(exc.message, exc.hint)
         for frame in getattr(exc, "backtrace", [])[:12]:
-            output.err(f"  at {frame}")
+            output.err(f"  at {output.line(frame)}")
         return int(exc.exit_code)
     if isinstance(exc, MemoryError):  # Python itself could not allocate: the host ran out
         from ..errors import ResourceExhausted

@@ -88,13 +88,24 @@ def _to_null(fd: int) -> None:
 
 
 def error(message: str, hint: Optional[str] = None) -> None:
-    err(f"error: {message}")
+    err(f"error: {line(message)}")
     if hint:
-        err(f"hint: {hint}")
+        err(f"hint: {line(hint)}")
 
 
 def warning(message: str) -> None:
-    err(f"warning: {message}")
+    err(f"warning: {line(message)}")
+
+
+def line(text: str) -> str:
+    """``text`` as one inert line: the last line of defence for what error, hint and
+    warning lines quote (names are escaped where they are read too, and cut there). A
+    module's names, a file's name, a runtime's message quoting them: a control character
+    in any of them reached the terminal (an OSC title, a CR/LF and a forged ``error:``
+    line: red team, round 52), so none but the newline ending the line gets there."""
+    from ..errors import inert
+
+    return inert(text, None)
 
 
 def emit_json(data: Any, stream=None) -> None:

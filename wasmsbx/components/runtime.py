@@ -129,7 +129,7 @@ def _sig(name: str, ft: Any, total: Any) -> Any:
 
 
 def _shown(name: str) -> str:
-    return name if len(name) <= 200 else name[:200] + "..."
+    return errors.inert(name)
 
 
 def has_probe(engine: Any, component: Any, wasm: Optional[bytes]) -> bool:
@@ -577,15 +577,19 @@ def _frames(text: str) -> list:
     for line in text.splitlines():
         head, sep, rest = line.strip().partition(" - ")
         if sep and head[:1].isdigit() and ":" in head:
-            out.append(rest.strip())
+            out.append(errors.inert(rest.strip()))  # names from the name section
     return out[:MAX_FRAMES]
 
 
 def _first_line_text(text: str) -> str:
     lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    # (wasmtime's text quotes the component's names: escaped, cut, as in any message)
     if len(lines) >= 3 and lines[1] == "Caused by:":
-        return f"{lines[0]}: {lines[2]}"
-    return lines[0] if lines else "unknown error"
+        return errors.inert(f"{lines[0]}: {lines[2]}", LINE_SHOWN)
+    return errors.inert(lines[0], LINE_SHOWN) if lines else "unknown error"
+
+
+LINE_SHOWN = 2000  # characters of a runtime's error line a message shows
 
 
 def _first_line(exc: Exception) -> str:

@@ -64,20 +64,21 @@ def find_export(exports: list, name: str, where: str) -> runtime.ComponentExport
     if len(found) > 1:
         raise errors.UsageError(
             f"{name!r} is exported by several interfaces",
-            hint="name one: " + ", ".join(e.name for e in found),
+            hint="name one: " + ", ".join(errors.inert(e.name) for e in found),
         )
     import difflib
 
     close = difflib.get_close_matches(name, [e.name for e in exports], n=1)
     raise errors.UsageError(
         f"{where} has no exported function {name!r}",
-        hint=(f"did you mean {close[0]!r}? " if close else "") + exports_hint(exports),
+        hint=(f"did you mean '{errors.inert(close[0])}'? " if close else "")
+        + exports_hint(exports),
         function=name,
     )
 
 
 def exports_hint(exports: list) -> str:
-    funcs = [f"{e.name}: {e.sig}" for e in exports]
+    funcs = [f"{errors.inert(e.name)}: {errors.inert(e.sig, 400)}" for e in exports]
     if not funcs:
         return "the component exports no functions"
     more = " ..." if len(funcs) > 8 else ""

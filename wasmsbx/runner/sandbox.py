@@ -166,7 +166,7 @@ def find_signature(export_list: Sequence[Any], func: str, module_name: str) -> S
 
     funcs = [e.name for e in export_list if e.kind == "func"]
     close = difflib.get_close_matches(func, funcs, n=1)
-    hint = f"did you mean {close[0]!r}? " if close else ""
+    hint = f"did you mean '{errors.inert(close[0])}'? " if close else ""
     raise errors.UsageError(
         f"{module_name} has no export named {func!r}",
         hint=hint + exports_hint(export_list),
@@ -182,7 +182,9 @@ def exports_hint(export_list: Sequence[Any]) -> str:
 
 
 def _call_form(name: str, sig: Optional[Signature]) -> str:
-    """ "add(i32, i32) -> i32", "free(i32) -> ()": the parameters always in parentheses."""
+    """ "add(i32, i32) -> i32", "free(i32) -> ()": the parameters always in parentheses.
+    The name is the module's: escaped and cut (errors.inert), as it goes into a hint."""
+    name = errors.inert(name)
     if sig is None:
         return f"{name}(?)"
     results = sig.results[0] if len(sig.results) == 1 else f"({', '.join(sig.results)})"
@@ -286,7 +288,7 @@ def _check_imports(imports: Sequence[Any]) -> None:
             continue  # provided (the common case, on every sandbox: no label built)
         # Names are the module's bytes: control characters are shown escaped, so the
         # error stays one line (a flipped byte made "\nasi_snapshot_preview1").
-        label = f"{_printable(imp.module)}.{_printable(imp.name)}"
+        label = f"{errors.inert(imp.module)}.{errors.inert(imp.name)}"
         if imp.kind != "func":
             missing.append(f"{imp.kind} {label}")  # memory, table, global, tag
         elif known is None:
@@ -317,13 +319,6 @@ def _import_wasi() -> Any:
 
     _WASI = wasi
     return wasi
-
-
-def _printable(text: str) -> str:
-    """``text`` with non-printable characters escaped (``\n``, ``\x00``)."""
-    if text.isprintable():
-        return text
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def limits_from(policy: policy_mod.Policy) -> Limits:
@@ -1081,7 +1076,7 @@ class Sandbox:
                 f"the {self.backend_name} backend cannot reach guest memory from Python"
             ) from None
         except (IndexError, KeyError):
-            names = [e.name for e in self.export_list if e.kind == "memory"]
+            names = [errors.inert(e.name) for e in self.export_list if e.kind == "memory"]
             raise errors.UsageError(
                 f"{self._name} exports no memory named {name!r}",
                 hint=f"exported memories: {', '.join(names)}" if names else "it exports none",

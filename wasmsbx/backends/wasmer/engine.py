@@ -396,7 +396,8 @@ class _Child:
                     where = ""
                     if offset != "ffffffff":
                         where = f" @ 0x{self.shift.original_offset(int(offset, 16)):x}"
-                    frames.append(f"{name}{where}")
+                    # (the name is the name section's: escaped and cut like any name)
+                    frames.append(f"{errors.inert(name)}{where}")
             return ("trap", _strip(lines[0].strip()), frames, self.memory_bytes())
         if isinstance(exc, _StartFailed):
             return ("start", exc.args[0], self.memory_bytes())

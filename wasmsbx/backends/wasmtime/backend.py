@@ -1407,7 +1407,9 @@ def _trap_message(trap: wasmtime.Trap) -> str:
 def _frames(trap: wasmtime.Trap, shift: Any = None) -> list:
     out = []
     for frame in trap.frames[:MAX_FRAMES]:
-        name = frame.func_name or f"<func {frame.func_index}>"
+        # The name section's name: the module's bytes, so escaped and cut (a name
+        # holding "\r\nerror: ..." forged an error line under the trap's: round 52).
+        name = errors.inert(frame.func_name) if frame.func_name else f"<func {frame.func_index}>"
         offset = frame.module_offset
         if shift is not None and 0 <= offset < 2**63:
             offset = shift.original_offset(offset)  # as in the module file

@@ -189,16 +189,22 @@ SEVERITY_STYLE = {"high": "bold red", "medium": "yellow", "low": "cyan", "info":
 STATUS_STYLE = {"granted": "green", "denied": "yellow", "always": "dim", "never": "red"}
 
 
-def safe(text: Any) -> str:
-    """Module-controlled text, made inert: control characters escaped, rich markup escaped.
+def safe(text: Any, limit: Optional[int] = None) -> str:
+    """Module-controlled text, made inert: control characters escaped (errors.inert, as
+    in error messages), rich markup escaped; cut past ``limit`` characters (a name).
 
     Names inside a module are attacker-controlled; printed raw, an export named
     ``"\\x1b]52;..."`` could drive the terminal.
     """
     from rich.markup import escape
 
-    cleaned = "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in str(text))
-    return escape(cleaned)
+    return escape(errors.inert(text, limit))
+
+
+def safe_name(text: Any) -> str:
+    """A name from the module (an export, an import): ``safe`` and cut, so a name of a
+    megabyte is not a megabyte of table."""
+    return safe(text, errors.NAME_SHOWN)
 
 
 def render(report: Any) -> None:
@@ -275,7 +281,9 @@ def _capabilities(console: Any, report: Any) -> None:
             name = imp.name if imp.capability != "custom" else f"{imp.module}.{imp.name}"
             what = imp.explanation + (f" [red]({imp.problem})[/]" if imp.problem else "")
             first = i == 0
-            table.add_row(cap.title if first else "", status if first else "", safe(name), what)
+            table.add_row(
+                cap.title if first else "", status if first else "", safe_name(name), what
+            )
     console.print()
     console.print(table)
 
@@ -292,7 +300,7 @@ def _exports(console: Any, report: Any) -> None:
         table.add_column(column, overflow="fold")
     for exp in exports:
         sig = str(exp.type) if exp.type is not None else f"{exp.kind} {exp.index}"
-        table.add_row(safe(exp.name), exp.kind, sig)
+        table.add_row(safe_name(exp.name), exp.kind, sig)
     console.print()
     console.print(table)
 
@@ -325,7 +333,7 @@ def _layout(console: Any, report: Any) -> None:
         table.add_row(f"global {g.index}", kind, "imported" if g.imported else "")
     if facts.start is not None:
         name = start_export(facts)
-        note = f"exported as {safe(name)}" if name else "runs at instantiation"
+        note = f"exported as {safe_name(name)}" if name else "runs at instantiation"
         table.add_row("start", f"function {facts.start}", note)
     sizes = facts.data_segments
     if sizes:
@@ -421,7 +429,7 @@ def render_component(console: Any, report: Any) -> None:
     for cap in report.capabilities:
         status = f"[{STATUS_STYLE[cap.status]}]{cap.status}[/]: {safe(cap.detail)}"
         uses = [i for i in report.imports if i.capability == cap.name]
-        names = "\n".join(safe(i.name) for i in uses)
+        names = "\n".join(safe_name(i.name) for i in uses)
         what = uses[0].explanation + (f" [red]({uses[0].problem})[/]" if uses[0].problem else "")
         table.add_row(f"{cap.title}\n[dim]{what}[/]", status, names)
     console.print()
@@ -430,7 +438,7 @@ def render_component(console: Any, report: Any) -> None:
     exports.add_column("function")
     exports.add_column("signature")
     for exp in report.exports:
-        exports.add_row(safe(exp.name), safe(str(exp.sig)))
+        exports.add_row(safe_name(exp.name), safe(str(exp.sig)))
     console.print()
     console.print(exports if report.exports else "[bold]exports[/]: no functions")
     _findings(console, report)

@@ -132,7 +132,9 @@ def _render_list(rows: list, root: Any) -> None:
     for row in rows:
         module = row.get("module", {})
         table.add_row(
-            escape(module.get("name") or "-"),  # a file name is data, not markup
+            # A file name is data: not markup, and its control characters escaped (an
+            # ESC in a module's name drove the terminal from the listing: round 52).
+            escape(output.line(module.get("name") or "-")),
             (module.get("sha256") or "")[:10],
             f"{row.get('label') or '-'} {row.get('version') or ''}".strip(),
             row.get("optimize") or "-",
@@ -285,7 +287,8 @@ def _unlink_planted(loaded: Any, cache_dir: Optional[str], json_output: bool) ->
     except OSError as exc:
         raise _unusable(root, exc) from None
     if removed and not json_output:
-        output.err(f"removed symbolic links planted in {root}: {', '.join(removed)}")
+        names = ", ".join(output.line(name) for name in removed)
+        output.err(f"removed symbolic links planted in {root}: {names}")
 
 
 def _wipe_damaged(loaded: Any, cache_dir: Optional[str], json_output: bool) -> bool:
@@ -395,7 +398,8 @@ def verify(
         return 0
     for bad in result["bad"]:
         action = "kept" if keep else "removed"
-        output.out(f"bad: {bad['module'] or bad['key'][:12]}: {bad['reason']} ({action})")
+        name = output.line(bad["module"]) if bad["module"] else bad["key"][:12]
+        output.out(f"bad: {name}: {bad['reason']} ({action})")
     output.out(f"verified {result['checked']} entries: {result['ok']} ok, {len(result['bad'])} bad")
     return 0
 

@@ -513,7 +513,7 @@ def _say_built(source: str, built: Any, wasm_path: Optional[str]) -> None:
         return
     where = f"wrote {wasm_path}" if wasm_path else "built"
     output.out(
-        f"{where} from {source} ({format_size(len(built.wasm))}, {built.kind}, "
+        f"{where} from {output.line(source)} ({format_size(len(built.wasm))}, {built.kind}, "
         f"{format_duration(built.seconds)})"
     )
 

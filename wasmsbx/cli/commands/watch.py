@@ -182,63 +182,56 @@ class Renderer:
         return f"[dim]{event.time[11:23]}[/]"
 
     def _start(self, event: Any) -> None:
-        from rich.markup import escape
-
         d = event.data
         what = _call_text(d) if d["mode"] == "call" else _argv_text(d["argv"])
         paths = ", ".join(d["watching"])
         policy = d["policy"] or "defaults"
         self._print(
-            f"[bold]watching[/] {escape(paths)}  [dim]run:[/] {escape(what)}  "
-            f"[dim]policy:[/] {escape(policy)}  [dim](Ctrl-C to stop)[/]"
+            f"[bold]watching[/] {_shown(paths)}  [dim]run:[/] {_shown(what)}  "
+            f"[dim]policy:[/] {_shown(policy)}  [dim](Ctrl-C to stop)[/]"
         )
 
     def _policy(self, event: Any) -> None:
-        from rich.markup import escape
-
         d = event.data
         if not d["ok"]:
             err = d["error"]
-            self._print(f"{self._head(event)} [red]✗ policy[/] {escape(err['message'])}")
+            self._print(f"{self._head(event)} [red]✗ policy[/] {_shown(err['message'])}")
             if err.get("hint"):
-                self._print(f"  [dim]hint: {escape(err['hint'])}[/]")
-            self._print(f"  [yellow]keeping the last good policy ({escape(d['kept'])})[/]")
+                self._print(f"  [dim]hint: {_shown(err['hint'])}[/]")
+            self._print(f"  [yellow]keeping the last good policy ({_shown(d['kept'])})[/]")
             return
         if not d["changes"]:
             self._print(f"{self._head(event)} policy reloaded: no effective change")
             return
-        self._print(f"{self._head(event)} policy reloaded ({escape(d['path'])}):")
+        self._print(f"{self._head(event)} policy reloaded ({_shown(d['path'])}):")
         for change in d["changes"]:
             old, new = (
                 _policy_value(change["key"], change["old"]),
                 _policy_value(change["key"], change["new"]),
             )
-            self._print(f"  {change['key']}: {escape(old)} → {escape(new)}")
+            self._print(f"  {change['key']}: {_shown(old)} → {_shown(new)}")
 
     def _build(self, event: Any) -> None:
-        from rich.markup import escape
-
         d = event.data
         if d["ok"]:
             tool = Path(d["command"][0]).name if d["command"] else d["kind"]
             self._print(
-                f"{self._head(event)} built {escape(d['module'])} from {escape(d['source'])} "
-                f"[dim]({escape(tool)}, {_ms(d['duration_ms'])})[/]"
+                f"{self._head(event)} built {_shown(d['module'])} from {_shown(d['source'])} "
+                f"[dim]({_shown(tool)}, {_ms(d['duration_ms'])})[/]"
             )
             lines = d["messages"].splitlines()  # warnings
         else:
             err = d["error"]
-            self._print(f"{self._head(event)} [red]✗ build failed[/]: {escape(err['message'])}")
+            self._print(f"{self._head(event)} [red]✗ build failed[/]: {_shown(err['message'])}")
             if err.get("hint"):
-                self._print(f"  [dim]hint: {escape(err['hint'])}[/]")
+                self._print(f"  [dim]hint: {_shown(err['hint'])}[/]")
             lines = (err.get("output") or "").splitlines()
         for line in lines[:30]:
-            self._print(f"  {escape(line)}", style="dim")
+            self._print(f"  {_shown(line)}", style="dim")
         if len(lines) > 30:
             self._print(f"  ... {len(lines) - 30} more lines", style="dim")
 
     def _interface(self, event: Any) -> None:
-        from rich.markup import escape
         from rich.panel import Panel
         from rich.table import Table
 
@@ -256,11 +249,11 @@ class Renderer:
             if c["change"] not in ("added", "removed"):
                 detail = f"{c['old']} → {c['new']}"
             verdict = "[bold red]breaking[/]" if c["breaking"] else "[dim]ok[/]"
-            note = f" [dim]({escape(c['note'])})[/]" if c["note"] else ""
+            note = f" [dim]({_shown(c['note'])})[/]" if c["note"] else ""
             grid.add_row(
                 signs.get(c["change"], "[yellow]~[/]"),
-                f"{c['kind']} [bold]{escape(c['name'])}[/]",
-                escape(detail or "") + note,
+                f"{c['kind']} [bold]{_shown(c['name'])}[/]",
+                _shown(detail or "") + note,
                 verdict,
             )
         count = f"{len(changes)} change{'s' if len(changes) != 1 else ''}"
@@ -270,21 +263,19 @@ class Renderer:
         self._print(Panel(grid, title=title, title_align="left", expand=False))
 
     def _run(self, event: Any) -> None:
-        from rich.markup import escape
-
         d = event.data
         took = f"[dim]{_ms(d.get('duration_ms'))}[/]"
         head = f"{self._head(event)} [bold]#{event.cycle}[/]"
         trigger = d.get("trigger")
-        cause = "" if trigger in (None, "start") else f" [dim]({escape(', '.join(trigger))})[/]"
+        cause = "" if trigger in (None, "start") else f" [dim]({_shown(', '.join(trigger))})[/]"
         if not d["ok"] and "error" in d:
             err = d["error"]
             label = "load failed" if d["phase"] == "load" else err["kind"]
-            self._print(f"{head} [red]✗ {label}[/]: {escape(err['message'])}  {took}{cause}")
+            self._print(f"{head} [red]✗ {label}[/]: {_shown(err['message'])}  {took}{cause}")
             if err.get("hint"):
-                self._print(f"  [dim]hint: {escape(err['hint'])}[/]")
+                self._print(f"  [dim]hint: {_shown(err['hint'])}[/]")
             for frame in err.get("backtrace", [])[:5]:
-                self._print(f"  [dim]at {escape(frame)}[/]")
+                self._print(f"  [dim]at {_shown(frame)}[/]")
             return
         if "exit_code" in d:
             mark = "[green]✓[/]" if d["ok"] else "[red]✗[/]"
@@ -292,7 +283,7 @@ class Renderer:
             return
         results = ", ".join(_result_text(r) for r in d["results"])
         shown = f" = {results}" if results else ""
-        self._print(f"{head} [green]✓[/] {escape(_call_text(d) + shown)}  {took}{cause}")
+        self._print(f"{head} [green]✓[/] {_shown(_call_text(d) + shown)}  {took}{cause}")
 
     def _stop(self, event: Any) -> None:
         d = event.data
@@ -343,3 +334,12 @@ def _also(paths: list) -> list:
     if "" in paths:
         raise errors.UsageError("--also '': an empty path", hint="give a file or folder to watch")
     return list(paths)
+
+
+def _shown(text: Any) -> str:
+    """What an event carries (a module's names in a trap's frames, a file's name, an
+    error's message) as rich text: its control characters escaped, as error lines are
+    (output.line), and its markup inert."""
+    from rich.markup import escape
+
+    return escape(output.line(text))
