@@ -8,7 +8,11 @@ names reached the terminal raw: an OSC sequence set its title, a CR/LF forged an
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
+import subprocess
+import sys
 
 import pytest
 
@@ -70,3 +74,66 @@ def test_error_lines_are_escaped_where_they_are_printed(capsys):
     output.warning("f\x9bg")
     err = capsys.readouterr().err
     assert err == "error: a\\x1b[2Jb\\r\\nerror: c\nhint: d\\x07e\nwarning: f\\x9bg\n"
+
+
+# ------------------------------------------------------------------ FIFOs as inputs
+
+# Where a FIFO nobody writes to was given: each waited in open(2) for ever, before any
+# deadline (--timeout) was armed. (What each command says, and its exit code.)
+FIFO_INPUTS = {
+    "module": (["run", "{fifo}", "add", "1", "2", "--timeout", "1s"], 105),
+    "policy": (["run", "{add}", "add", "1", "2", "--policy", "{fifo}"], 101),
+    "artifact": (["run", "{add}", "add", "1", "2", "--artifact", "{fifo}"], 0),
+    "baseline": (["bench", "{add}", "add", "1", "2", "-n", "1", "--baseline", "{fifo}"], 105),
+    "cache-clear": (["cache", "clear", "-m", "{fifo}"], 105),
+    "audit": (["audit", "{fifo}"], 105),
+}
+
+
+@pytest.mark.parametrize("where", list(FIFO_INPUTS))
+def test_a_fifo_without_a_writer_is_refused_at_once(cli, isolated, add, where):
+    os.mkfifo(isolated / "in.wasm")
+    words, code = FIFO_INPUTS[where]
+    args = [w.format(fifo=isolated / "in.wasm", add=add) for w in words]
+    result = cli(*args, timeout=30)  # (was: waited for ever)
+    assert result.code == code, result
+    assert "named pipe (FIFO) that nothing was written to" in result.stderr, result
+
+
+def _bash(command: str, cwd) -> subprocess.CompletedProcess:
+    """``command`` in bash, with ``W`` for the CLI: for bash's own process substitution."""
+    script = f'W() {{ "{sys.executable}" -m wasmsbx "$@"; }}; {command}'
+    return subprocess.run(
+        ["bash", "-c", script], cwd=cwd, capture_output=True, text=True, timeout=60
+    )
+
+
+@pytest.mark.skipif(not shutil.which("bash"), reason="no bash")
+def test_a_pipe_with_a_writer_is_read_as_before(isolated, add):
+    """`run <(cat m.wasm)`: a pipe whose writer writes it at once, or after a while. Was
+    an "empty file" even before this round: the component check read the pipe's bytes."""
+    for writer in ("cat add.wat", "sleep 1; cat add.wat"):
+        proc = _bash(f"W run <({writer}) add 1 2", isolated)
+        assert (proc.returncode, proc.stdout) == (0, "3\n"), proc
+    policy = _bash("W run add.wat add 1 2 --policy <(printf '[limits]\\nfuel = 1\\n')", isolated)
+    assert policy.returncode == 111, policy
+    empty = _bash("W run <(true) add 1 2", isolated)
+    assert empty.returncode == 105 and "nothing was written to" in empty.stderr, empty
+
+
+@pytest.mark.parametrize("kind", ["directory", "fifo", "device", "dangling"])
+def test_a_discovered_policy_that_is_no_file_is_refused(cli, isolated, add, kind):
+    """Was: silently ignored, the defaults in force instead of what the project meant."""
+    planted = isolated / "sandbox.toml"
+    if kind == "directory":
+        planted.mkdir()
+    elif kind == "fifo":
+        os.mkfifo(planted)
+    else:
+        planted.symlink_to("/dev/zero" if kind == "device" else isolated / "nowhere")
+    result = cli("run", add, "add", "1", "2", timeout=30)
+    assert result.code == 101, result
+    assert "sandbox.toml: found in the working folder" in result.stderr, result
+    assert "--policy FILE" in result.stderr
+    named = cli("run", add, "add", "1", "2", "--policy", "/dev/null", timeout=30)
+    assert named.code == 0 and named.stdout == "3\n", named

@@ -23,6 +23,23 @@ STATE_MAX_BYTES = 64 * 1024 * 1024  # checkpoints
 _CHUNK = 1 << 20
 _SMALL = 1 << 16  # a file read whole before its cap is known (at most this much)
 _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+# The open of a FIFO waits for a writer, for ever if none comes, and before any deadline
+# is armed (`run fifo --timeout 1s` hung: red team, round 52); without O_NONBLOCK it
+# returns at once, and the descriptor is made blocking again for the read (_blocking).
+_NONBLOCK = getattr(os, "O_NONBLOCK", 0)
+_NOCTTY = getattr(os, "O_NOCTTY", 0)
+
+
+class NothingWritten(OSError):
+    """A pipe (a FIFO, ``<(...)``) that ended before its first byte: most likely a FIFO
+    nobody writes to, whose read ends at once now that its open does not wait."""
+
+    def __init__(self) -> None:
+        super().__init__("nothing was written to the pipe")
+        self.strerror = (
+            "a named pipe (FIFO) that nothing was written to; give a regular file, or "
+            "start the pipe's writer first"
+        )
 
 
 class TooLarge(OSError):
@@ -51,9 +68,11 @@ def read_capped(
     the fstat() of the file read, as opened and after the read (the file the bytes came
     from, whatever its path names before or after: native.located). (Unbuffered: a
     buffered file object cost every Sandbox made from a path about 5 µs.)"""
-    fd = os.open(path, os.O_RDONLY | _CLOEXEC)
+    fd = os.open(path, os.O_RDONLY | _CLOEXEC | _NONBLOCK | _NOCTTY)
     try:
         info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):  # (a regular file ignores the flag)
+            _blocking(fd)
         if seen is None:
             return _read_fd(fd, info, limit, path)
         seen.append(info)
@@ -62,6 +81,13 @@ def read_capped(
         return data
     finally:
         os.close(fd)
+
+
+def _blocking(fd: int) -> None:
+    """Reads of ``fd`` wait for data again: a pipe with a writer (``run <(cat m.wasm)``)
+    is read whole, not refused at its first empty moment; one without a writer reads its
+    end at once (NothingWritten)."""
+    os.set_blocking(fd, True)
 
 
 def read_whole(fd: int, more_than: int, at_most: int) -> Optional[tuple]:
@@ -110,7 +136,10 @@ def _read_fd(fd: int, info: os.stat_result, limit: Any, path: Any) -> bytes:
         if len(data) <= info.st_size:
             return data
         return _read_upto(functools.partial(os.read, fd), data, cap)
-    return _read_upto(functools.partial(os.read, fd), head, cap)
+    data = _read_upto(functools.partial(os.read, fd), head, cap)
+    if not data and stat.S_ISFIFO(info.st_mode):
+        raise NothingWritten()
+    return data
 
 
 def _read_full(fd: int, size: int) -> bytes:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import fnmatch
 import os
+import stat
 import sys
 from collections import namedtuple
 from pathlib import Path
@@ -714,7 +715,36 @@ def discover(explicit: Optional[str] = None, cwd: Optional[Path] = None) -> Poli
         confine(policy, candidate)
         cap_limits(policy)
         return policy
+    if os.path.lexists(candidate):
+        _refuse_odd(candidate)
     return defaults()
+
+
+def _refuse_odd(candidate: Path) -> None:
+    """A ``./sandbox.toml`` that is there but is no regular file (a folder, a FIFO, a link
+    to /dev/zero or to nothing) is an error, not the defaults: they were taken silently,
+    so a project's lower limits or its stdio files gave way to the defaults without a
+    word (red team, round 52). Not read: the open of a FIFO would wait for a writer."""
+    try:
+        mode = candidate.stat().st_mode
+    except OSError:
+        what = "a symbolic link to nothing"
+    else:
+        what = next((w for test, w in _ODD_KINDS if test(mode)), "not a regular file")
+    raise PolicyError(
+        f"{candidate}: found in the working folder, but it is {what}, not a policy file",
+        hint="remove or rename it, or name a policy with --policy FILE",
+        file=str(candidate),
+    )
+
+
+_ODD_KINDS = (
+    (stat.S_ISDIR, "a directory"),
+    (stat.S_ISFIFO, "a named pipe (FIFO)"),
+    (stat.S_ISCHR, "a device"),
+    (stat.S_ISBLK, "a device"),
+    (stat.S_ISSOCK, "a socket"),
+)
 
 
 # Limits a discovered policy may lower but not raise: each bounds what the guest may take

@@ -1640,6 +1640,10 @@ def _is_component_file(module: Any, head: Optional[bytes] = None) -> bool:
         except (OSError, TypeError, ValueError):
             return False
         try:
+            # Only a regular file: the bytes read from a pipe (`run <(cat m.wasm)`) are
+            # gone for the read of the module that follows (an "empty file" then)
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                return False
             head = os.read(fd, 4096)
         except OSError:
             return False
