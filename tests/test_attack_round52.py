@@ -137,3 +137,15 @@ def test_a_discovered_policy_that_is_no_file_is_refused(cli, isolated, add, kind
     assert "--policy FILE" in result.stderr
     named = cli("run", add, "add", "1", "2", "--policy", "/dev/null", timeout=30)
     assert named.code == 0 and named.stdout == "3\n", named
+
+
+# ------------------------------------------------------------------ COLUMNS
+
+
+@pytest.mark.parametrize("columns", ["0", "00"])
+def test_a_terminal_width_of_zero_is_the_default(cli, add, columns):
+    """rich drew tables at COLUMNS=0 as nothing at all: empty output, exit 0."""
+    audit = cli("audit", add, env={"COLUMNS": columns})
+    assert audit.code == 0 and "sha256" in audit.stdout and "add" in audit.stdout, audit
+    listing = cli("backends", env={"COLUMNS": columns})
+    assert listing.code == 0 and "wasmtime" in listing.stdout, listing

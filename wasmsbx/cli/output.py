@@ -123,17 +123,18 @@ def emit_json(data: Any, stream=None) -> None:
 
 def console(stderr: bool = False):
     """A rich Console for tables and progress (imported on first use)."""
-    import os
-
     from rich.console import Console
 
     stream = sys.stderr if stderr else sys.stdout
     width = None
-    if not os.environ.get("COLUMNS") and not _isatty(stream):
+    columns = _columns()
+    if columns is None and not _isatty(stream):
         # In a pipe or a file, rich would assume 80 columns and wrap; a line as long as
         # its content is what grep and awk want (and tables wrap, never cut, where the
         # width is known: see overflow="fold" on their columns).
         width = 1000
+    elif columns is None and os.environ.get("COLUMNS"):
+        width = _terminal_width(stream)  # (rich would take COLUMNS=0 as it is)
 
     class Quiet(Console):
         def on_broken_pipe(self) -> None:
@@ -146,6 +147,22 @@ def console(stderr: bool = False):
             raise BrokenPipeError(errno.EPIPE, "the reader went away")
 
     return Quiet(stderr=stderr, highlight=False, soft_wrap=False, width=width)
+
+
+def _columns() -> Optional[int]:
+    """COLUMNS, if it is a width: a positive number. Anything else counts as unset:
+    rich drew at ``COLUMNS=0`` a width of nothing, so `audit` and `backends` printed
+    nothing and exited 0 (red team, round 52)."""
+    text = os.environ.get("COLUMNS", "")
+    return int(text) if text.isdigit() and int(text) > 0 else None
+
+
+def _terminal_width(stream: Any) -> int:
+    """The terminal's own width (80 where it does not say)."""
+    try:
+        return os.get_terminal_size(stream.fileno()).columns or 80
+    except (AttributeError, ValueError, OSError):
+        return 80
 
 
 def _isatty(stream: Any) -> bool:
