@@ -149,3 +149,34 @@ def test_a_terminal_width_of_zero_is_the_default(cli, add, columns):
     assert audit.code == 0 and "sha256" in audit.stdout and "add" in audit.stdout, audit
     listing = cli("backends", env={"COLUMNS": columns})
     assert listing.code == 0 and "wasmtime" in listing.stdout, listing
+
+
+# ------------------------------------------------------------------ variable names
+
+BAD_ENV_POLICIES = {
+    "nul-in-name": '[env]\nset = {"A\\u0000B" = "1"}\n',  # the guest saw A=1
+    "newline-in-name": '[env]\nset = {"A\\nB" = "1"}\n',
+    "escape-in-name": '[env]\nset = {"A\\u001bB" = "1"}\n',
+    "nul-in-value": '[env]\nset = {"A" = "1\\u0000x"}\n',
+    "newline-in-inherit": '[env]\ninherit = ["A\\nB"]\n',
+}
+
+
+@pytest.mark.parametrize("toml", list(BAD_ENV_POLICIES.values()), ids=list(BAD_ENV_POLICIES))
+def test_variable_names_with_control_characters_are_policy_errors(cli, isolated, add, toml):
+    (isolated / "p.toml").write_text(toml)
+    result = cli("run", add, "add", "1", "2", "--policy", "p.toml")
+    assert result.code == 101, result
+    assert "env." in result.stderr and _clean(result.stderr), result
+
+
+@pytest.mark.parametrize("spec", ["A\nB=1", "A\x1bB=1", "A\tB"])
+def test_env_flag_names_with_control_characters_are_refused(cli, add, spec):
+    result = cli("run", add, "add", "1", "2", "--env", spec)
+    assert result.code == 101, result  # (as --env =1 and a bad --dir)
+    assert "invalid variable name" in result.stderr and _clean(result.stderr), result
+
+
+def test_values_may_hold_newlines(cli, add):
+    result = cli("run", add, "add", "1", "2", "--env", "A=line 1\nline 2")
+    assert result.code == 0 and result.stdout == "3\n", result

@@ -495,9 +495,44 @@ def _check_table(value: Any) -> dict:
     for name, item in value.items():
         if not isinstance(item, str):
             raise ValueError(f"{name}: expected a string value, found {_type_name(item)}")
-        if not name or "=" in name:
-            raise ValueError(f"invalid variable name {name!r}")
+        _check_env_name(name)
+        _check_env_value(name, item)
     return dict(value)
+
+
+def _check_env_name(name: str) -> str:
+    """A variable's name (or an ``env.inherit`` pattern): not empty, no ``=``, and no
+    control character. ``"A\0B"`` reached the guest as ``A`` (the environment is C
+    strings) and ``"A\nB"`` as a name no program can look up (red team, round 52)."""
+    if not name or "=" in name:
+        raise ValueError(f"invalid variable name {_quoted(name)}")
+    if not name.isprintable():
+        raise ValueError(
+            f"invalid variable name {_quoted(name)}: it holds a NUL, newline or other "
+            "control character"
+        )
+    return name
+
+
+def _check_env_value(name: str, value: str) -> str:
+    """A variable's value: anything but NUL, which would end it early (``"a\0b"`` is
+    ``a`` to the guest); newlines are a value's own business."""
+    if "\0" in value:
+        raise ValueError(
+            f"{_quoted(name)}: the value holds a NUL byte, which an environment variable "
+            "cannot carry"
+        )
+    return value
+
+
+def _check_env_names(value: Any) -> list:
+    return [_check_env_name(name) for name in _check_names(value)]
+
+
+def _quoted(text: str) -> str:
+    from .errors import inert
+
+    return f"'{inert(text)}'"
 
 
 def parse_grant(text: str, writable: bool, base: Optional[Path] = None) -> Grant:
@@ -537,6 +572,8 @@ def _checker(key: Key, base: Optional[Path]) -> Callable[[Any], Any]:
             return lambda v: _check_capabilities(v, allow_backends=False)
         if key.dotted == "runtime.prefer":
             return lambda v: _check_capabilities(v, allow_backends=True)
+        if key.dotted == "env.inherit":
+            return _check_env_names
         return _check_names
     if key.kind == "grants":
         writable = key.name == "read_write"
@@ -1024,6 +1061,13 @@ def add_env(policy: Policy, spec: str) -> None:
             f"--env {spec!r}: expected NAME=VALUE or NAME",
             hint="for example --env MODE=fast or --env LANG",
         )
+    try:  # (as env.set and env.inherit check them in a policy)
+        _check_env_name(name)
+        _check_env_value(name, value)
+    except ValueError as exc:
+        raise PolicyError(
+            f"--env {_quoted(spec)}: {exc}", hint="for example --env MODE=fast or --env LANG"
+        ) from None
     if sep:
         policy.values["env.set"] = {**policy.values["env.set"], name: value}
         policy.explicit.add("env.set")
