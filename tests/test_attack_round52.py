@@ -180,3 +180,11 @@ def test_env_flag_names_with_control_characters_are_refused(cli, add, spec):
 def test_values_may_hold_newlines(cli, add):
     result = cli("run", add, "add", "1", "2", "--env", "A=line 1\nline 2")
     assert result.code == 0 and result.stdout == "3\n", result
+
+
+def test_a_file_name_is_escaped_in_the_bench_report(cli, isolated, add):
+    name = "e\x1b]0;t\x07.wat"
+    (isolated / name).write_text(add.read_text())
+    result = cli("bench", name, "add", "1", "2", "-n", "2")
+    assert result.code == 0, result
+    assert _clean(result.stdout) and "e\\x1b]0;t\\x07.wat" in result.stdout, result

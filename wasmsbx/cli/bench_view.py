@@ -92,10 +92,11 @@ def render(report: Any) -> None:
 
 def esc(text: Any) -> str:
     """Data made inert for rich markup: ``pip install 'wasmsbx[wasmer]'`` keeps its
-    ``[wasmer]``, and a module named ``[red]x`` prints as named."""
+    ``[wasmer]``, and a module named ``[red]x`` prints as named; its control characters
+    escaped too (an ESC in a module's file name: output.line)."""
     from rich.markup import escape
 
-    return escape(str(text))
+    return escape(output.line(str(text)))
 
 
 def _case(console: Any, case: Any) -> None:
