@@ -188,3 +188,25 @@ def test_a_file_name_is_escaped_in_the_bench_report(cli, isolated, add):
     result = cli("bench", name, "add", "1", "2", "-n", "2")
     assert result.code == 0, result
     assert _clean(result.stdout) and "e\\x1b]0;t\\x07.wat" in result.stdout, result
+
+
+def test_a_fifo_whose_writer_connects_after_the_open_is_read(tmp_path):
+    """The open no longer waits for a writer; one that connects a moment later (a writer
+    waiting in its own open, let go by ours) is waited for (inputs.WRITER_GRACE)."""
+    import threading
+    import time
+
+    from wasmsbx import inputs
+
+    fifo = tmp_path / "m.fifo"
+    os.mkfifo(fifo)
+
+    def writer() -> None:
+        time.sleep(0.3)
+        with open(fifo, "wb") as f:
+            f.write(b"(module)")
+
+    thread = threading.Thread(target=writer, daemon=True)
+    thread.start()
+    assert inputs.read_capped(fifo, 1 << 20) == b"(module)"
+    thread.join(5)

@@ -25,14 +25,18 @@ _SMALL = 1 << 16  # a file read whole before its cap is known (at most this much
 _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 # The open of a FIFO waits for a writer, for ever if none comes, and before any deadline
 # is armed (`run fifo --timeout 1s` hung: red team, round 52); without O_NONBLOCK it
-# returns at once, and the descriptor is made blocking again for the read (_blocking).
+# returns at once, and a FIFO is then read by _PipeReader.
 _NONBLOCK = getattr(os, "O_NONBLOCK", 0)
 _NOCTTY = getattr(os, "O_NOCTTY", 0)
+# How long a FIFO without a writer is given for one to come: a writer waiting in its
+# own open for a reader (`cat m.wasm > fifo &`) is let go by ours, and connects a moment
+# after it (a read at once told it "nothing written", now and then).
+WRITER_GRACE = 2.0
 
 
 class NothingWritten(OSError):
-    """A pipe (a FIFO, ``<(...)``) that ended before its first byte: most likely a FIFO
-    nobody writes to, whose read ends at once now that its open does not wait."""
+    """A pipe (a FIFO, ``<(...)``) that ended before its first byte: a FIFO nobody came
+    to write to within WRITER_GRACE, or a writer that wrote nothing."""
 
     def __init__(self) -> None:
         super().__init__("nothing was written to the pipe")
@@ -71,8 +75,8 @@ def read_capped(
     fd = os.open(path, os.O_RDONLY | _CLOEXEC | _NONBLOCK | _NOCTTY)
     try:
         info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):  # (a regular file ignores the flag)
-            _blocking(fd)
+        if not stat.S_ISREG(info.st_mode) and not stat.S_ISFIFO(info.st_mode):
+            os.set_blocking(fd, True)  # (a device: read as before; a file ignores it)
         if seen is None:
             return _read_fd(fd, info, limit, path)
         seen.append(info)
@@ -83,11 +87,34 @@ def read_capped(
         os.close(fd)
 
 
-def _blocking(fd: int) -> None:
-    """Reads of ``fd`` wait for data again: a pipe with a writer (``run <(cat m.wasm)``)
-    is read whole, not refused at its first empty moment; one without a writer reads its
-    end at once (NothingWritten)."""
-    os.set_blocking(fd, True)
+class _PipeReader:
+    """``os.read`` of a FIFO opened without waiting (O_NONBLOCK). As long as a writer
+    holds the pipe open it waits for data (``run <(curl ...)``: the user's own writer,
+    as a read always did); for a first writer to come, WRITER_GRACE only. A read of a
+    FIFO without a writer ends at once (b""); poll() then sees a writer that connects
+    later (Linux reports one that connected since the open, and only such a one)."""
+
+    def __init__(self, fd: int) -> None:
+        import select
+
+        self.fd = fd
+        self.poller = select.poll()
+        self.poller.register(fd, select.POLLIN)
+        self.waited = False
+
+    def __call__(self, size: int) -> bytes:
+        while True:
+            try:
+                data = os.read(self.fd, size)
+            except BlockingIOError:  # a writer that has written nothing yet
+                self.poller.poll()
+                continue
+            if data or self.waited:  # (after the first byte, or the grace: b"" is the end)
+                self.waited = True
+                return data
+            self.waited = True
+            if not self.poller.poll(WRITER_GRACE * 1000):
+                return b""
 
 
 def read_whole(fd: int, more_than: int, at_most: int) -> Optional[tuple]:
@@ -114,14 +141,15 @@ def _read_fd(fd: int, info: os.stat_result, limit: Any, path: Any) -> bytes:
         # A small file: read whole at once, its cap judged from what was read (no
         # separate read of its head and seek back: two system calls of every Sandbox
         # made from a path)
-        data = _read_full(fd, info.st_size + 1)
+        data = _read_full(functools.partial(os.read, fd), info.st_size + 1)
         cap = limit(data[:16]) if callable(limit) else limit
         if len(data) > cap:
             raise TooLarge(len(data), cap)
         if len(data) <= info.st_size:
             return data
         return _read_upto(functools.partial(os.read, fd), data, cap)
-    head = _read_full(fd, 16) if callable(limit) else b""
+    read = _PipeReader(fd) if stat.S_ISFIFO(info.st_mode) else functools.partial(os.read, fd)
+    head = _read_full(read, 16) if callable(limit) else b""
     cap = limit(head) if callable(limit) else limit
     if stat.S_ISREG(info.st_mode) and info.st_size > cap:
         raise TooLarge(info.st_size, cap)
@@ -130,27 +158,28 @@ def _read_fd(fd: int, info: os.stat_result, limit: Any, path: Any) -> bytes:
         # chunks to join, so a module is copied once (a 0.9 MB one twice cost 0.5 ms).
         if head:
             os.lseek(fd, 0, os.SEEK_SET)
-        data = _read_full(fd, info.st_size + 1)
+        data = _read_full(functools.partial(os.read, fd), info.st_size + 1)
         if data[: len(head)] != head:  # changed meanwhile: the head the cap is for
             data = head + data[len(head) :]
         if len(data) <= info.st_size:
             return data
         return _read_upto(functools.partial(os.read, fd), data, cap)
-    data = _read_upto(functools.partial(os.read, fd), head, cap)
+    data = _read_upto(read, head, cap)
     if not data and stat.S_ISFIFO(info.st_mode):
         raise NothingWritten()
     return data
 
 
-def _read_full(fd: int, size: int) -> bytes:
-    """``size`` bytes from ``fd``, fewer only at its end (a read may return fewer)."""
-    data = os.read(fd, size)
+def _read_full(read: Callable[[int], bytes], size: int) -> bytes:
+    """``size`` bytes by ``read`` (``os.read`` of a file), fewer only at its end (a read
+    may return fewer)."""
+    data = read(size)
     if len(data) == size or not data:
         return data
     parts = [data]
     got = len(data)
     while got < size:
-        chunk = os.read(fd, size - got)
+        chunk = read(size - got)
         if not chunk:
             break
         parts.append(chunk)
