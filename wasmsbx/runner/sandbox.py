@@ -12,8 +12,9 @@ import stat
 import threading
 import time
 from collections import namedtuple
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, Optional, Union
 
 from .. import errors
@@ -527,6 +528,33 @@ def _grants_storage(imports: Optional[dict]) -> bool:
     )
 
 
+_NO_CALLERS: Mapping = MappingProxyType({})  # (Sandbox._callers until a caller is made)
+
+
+class _lazy:
+    """``functools.cached_property`` without ``instance.__dict__``: the value is set as
+    an ordinary attribute (which then hides this descriptor). Asking for ``__dict__``
+    makes CPython 3.11+ give the instance a full dict instead of its compact inline
+    values: every Sandbox carried one (0.6 KiB and one more object for the garbage
+    collector per sandbox, issue #16), through ``_name`` or ``path``. No lock either
+    (3.11's cached_property takes one lock for every instance)."""
+
+    def __init__(self, func: Callable) -> None:
+        self.func = func
+        self.name = func.__name__
+        self.__doc__ = func.__doc__
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, instance: Any, owner: Optional[type] = None) -> Any:
+        if instance is None:
+            return self
+        value = self.func(instance)
+        setattr(instance, self.name, value)
+        return value
+
+
 class Sandbox:
     """A module loaded under a policy, ready to call.
 
@@ -730,9 +758,12 @@ class Sandbox:
         elif self.wasm is not None:  # native code from the cache: the totals need the layout
             self.engine.describe(self.module, self.wasm, getattr(self._prepared, "facts", None))
         self.export_list = self._interface()
-        self._callers: dict = {}  # export name -> (instance, its caller or None): call()
 
     _path_text: Optional[str] = None  # the module's path as given, if a str
+    # call(): export name -> (instance, its caller), a dict of the sandbox's own once a
+    # caller is made (at the second call); the name of the export called once before.
+    _callers: Mapping = _NO_CALLERS
+    _called_once: Optional[str] = None
 
     @property
     def warnings(self) -> list:
@@ -750,12 +781,12 @@ class Sandbox:
         """``data`` as a binary module (WAT translated), named by the module's path."""
         return module_bytes(data, self.path)
 
-    @functools.cached_property
+    @_lazy
     def path(self) -> Path:
         """The module's path (for bytes: ``name``, or ``<bytes>``)."""
         return Path(self._path_text)  # (assigned in __init__ unless given as a str)
 
-    @functools.cached_property
+    @_lazy
     def _name(self) -> str:
         """The module's file name, for messages and cache records (``path.name``; set
         in ``__init__`` for a path given as text)."""
@@ -1241,10 +1272,14 @@ class Sandbox:
         (``close()``, a trap in a batch) gets a new one. Unlike ``invoke`` it records no
         timings and builds no RunStats."""
         entry = self._callers.get(func)
-        if entry is None or entry[0] is not self._instance:
-            values = self._first_call(func, args, timeout, fuel)
+        if entry is not None and entry[0] is self._instance:
+            call = entry[1]
+        elif self._called_once == func:  # the second call: the caller is made now
+            call = self._caller(func, args)[1]
         else:
-            call = entry[1] or self._caller(func, args)[1]
+            values = self._first_call(func, args, timeout, fuel)
+            call = None
+        if call is not None:
             if timeout is None and fuel is None:
                 values = call(args)
             else:
@@ -1266,7 +1301,7 @@ class Sandbox:
         typed = parse_args(func, sig, args)  # before the instance is created, as invoke does
         limits = self._call_limits(timeout, fuel)
         instance = self._live()
-        self._callers[func] = (instance, None)
+        self._called_once = func
         return instance.call(func, typed, types=(sig.params, sig.results), **limits)
 
     def _caller(self, func: str, args: Sequence[Any]) -> tuple:
@@ -1276,6 +1311,8 @@ class Sandbox:
         parse = functools.partial(parse_args, func, sig)
         parse(args)
         instance = self._live()
+        if self._callers is _NO_CALLERS:
+            self._callers = {}
         entry = self._callers[func] = (
             instance,
             instance.caller(func, (sig.params, sig.results), parse),
