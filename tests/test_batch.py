@@ -843,3 +843,100 @@ def test_results_appended_to_an_input_are_refused(tmp_path):
         assert (out.read_bytes() if out.exists() else None) in (before, b""), args
     r = _run_into(["run", module, "add", "--batch", items], tmp_path / "out.jsonl")
     assert r.returncode == 0 and len(jsonl((tmp_path / "out.jsonl").read_text())) == 200
+
+
+def _run_with(args: list, cwd, stdin=None, stdout=None, stderr=None) -> tuple:
+    """(exit code, stderr text) of the CLI with its standard streams opened as given:
+    (path, mode) pairs, else /dev/null (stderr: a pipe)."""
+    opened = []
+
+    def stream(spec):
+        if spec is None:
+            return subprocess.DEVNULL
+        opened.append(open(*spec))  # noqa: SIM115 - closed below
+        return opened[-1]
+
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "wasmsbx", *map(str, args)],
+            cwd=cwd,
+            stdin=stream(stdin),
+            stdout=stream(stdout),
+            stderr=stream(stderr) if stderr else subprocess.PIPE,
+            timeout=120,
+        )
+    finally:
+        for f in opened:
+            f.close()
+    err = proc.stderr.decode() if proc.stderr else ""
+    return proc.returncode, err
+
+
+ECHO_WAT = """(module
+  (import "wasi_snapshot_preview1" "fd_write" (func $w (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 16) "[1]\\n")
+  (func (export "f") (param i32) (result i32)
+    (i32.store (i32.const 0) (i32.const 16)) (i32.store (i32.const 4) (i32.const 4))
+    (drop (call $w (local.get 0) (i32.const 0) (i32.const 1) (i32.const 8)))
+    (local.get 0)))"""
+
+
+def test_nothing_the_run_writes_is_what_it_reads_or_keeps(tmp_path):
+    """Red team round 53, past round 52's check of standard output: a discovered
+    sandbox.toml whose stdio.stdout named the batch input emptied it (exit 0); one naming
+    the --audit-log replaced the log with the guest's bytes; `2>> input` made a batch
+    that never ended (the guest's stdout goes to stderr in a batch); --audit-log was the
+    stream's input through stdin; a new --checkpoint and --audit-log of one name; plain
+    `run m.wat ... >> m.wat` spoilt the module. Each is refused before anything runs
+    (exit 105) and the files are as they were."""
+    work = tmp_path
+    (work / "t.wat").write_text(ECHO_WAT)
+    items = work / "items.jsonl"
+    items.write_text("[1]\n[2]\n")
+    log = work / "audit.jsonl"
+    log.write_text('{"old": 1}\n')
+    upper = EXAMPLES / "stream" / "upper.wat"
+    cases = [
+        # (sandbox.toml, args, stdin, stdout, stderr, the file that must not change)
+        ('[stdio]\nstdout = "items.jsonl"\n', ["run", "t.wat", "f", "--batch", "items.jsonl"],
+         None, None, None, items),
+        ('[stdio]\nstderr = "items.jsonl"\n', ["run", "t.wat", "f", "--batch", "-"],
+         (items, "rb"), None, None, items),
+        ('[stdio]\nstdout = "audit.jsonl"\n', ["run", "t.wat", "f", "1",
+         "--audit-log", "audit.jsonl"], None, None, None, log),
+        (None, ["run", "t.wat", "f", "--batch", "items.jsonl"], None, None, (items, "ab"), items),
+        (None, ["run", upper, "--stream", "--audit-log", "items.jsonl"], (items, "rb"), None,
+         None, items),
+        (None, ["run", "t.wat", "f", "--batch", "-", "--audit-log", "items.jsonl"],
+         (items, "rb"), None, None, items),
+        (None, ["run", "t.wat", "f", "2"], None, (work / "t.wat", "ab"), None, work / "t.wat"),
+        (None, ["run", "t.wat", "f", "--batch", "items.jsonl", "--checkpoint", "items.jsonl"],
+         None, None, None, items),
+    ]  # fmt: skip
+    for policy, args, stdin, stdout, stderr, kept in cases:
+        if policy is None:
+            (work / "sandbox.toml").unlink(missing_ok=True)
+        else:
+            (work / "sandbox.toml").write_text(policy)
+        before = kept.read_bytes()
+        code, err = _run_with(args, work, stdin, stdout, stderr)
+        if stderr is not None:
+            err = "(stderr is the file)"
+        assert code == 105, (args, policy, err)
+        after = kept.read_bytes()
+        if kept == log:  # (the run's own log records it: start, error, exit; no guest bytes)
+            assert after.startswith(before) and b"[1]" not in after, after
+        elif stderr is not None:  # (the error line goes where stderr goes; nothing else)
+            assert after.startswith(before) and after.count(b"\n") == 4, after
+        else:
+            assert after == before, (args, policy)
+        assert "Traceback" not in err
+    (work / "sandbox.toml").unlink(missing_ok=True)
+    code, err = _run_with(["run", "t.wat", "f", "--batch", "items.jsonl", "--checkpoint",
+                           "new.ckpt", "--audit-log", "new.ckpt"], work)  # fmt: skip
+    assert code == 105 and "is the checkpoint" in err and not (work / "new.ckpt").exists(), err
+    items.write_text("[1]\n[2]\n")  # (the 2>> case left its error line there)
+    code, err = _run_with(["run", "t.wat", "f", "--batch", "items.jsonl"], work, None,
+                          (work / "out.jsonl", "ab"), None)  # fmt: skip
+    assert code == 0 and len(jsonl((work / "out.jsonl").read_text())) == 2, err

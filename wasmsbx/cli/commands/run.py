@@ -104,6 +104,9 @@ def _audit_log(args: opts.RunArgs) -> Any:
     # for good (red team round 52: an artifact, a batch input, a discovered policy).
     if not path or path.startswith("-") or os.path.lexists(path):
         check_output(path, _inputs(args))  # (a new file: AuditLog says why it cannot be)
+    from ..crossed import refuse_log_early
+
+    refuse_log_early(path, args)
     log = AuditLog(path)
     from ...backends.deadline import AT_HARD_STOP
 
@@ -136,6 +139,9 @@ def execute(args: opts.RunArgs, log: Any = None) -> int:
         )
     module, func, call_args = _target(args)
     policy = build_policy(o)
+    from ..crossed import refuse_crossed
+
+    refuse_crossed(args, policy)  # nothing the run writes is what it reads or keeps
     if module == "-":  # read stdin once, before anything else may want it
         path = _module_path(module, o)
         args = args._replace(positionals=[path, *args.positionals[1:]])

@@ -9,7 +9,6 @@ inherited stdout cannot corrupt the results; they go to a duplicate of the real 
 from __future__ import annotations
 
 import os
-import stat
 import sys
 from typing import Any
 
@@ -24,7 +23,6 @@ def execute(args: Any, policy: Any, log: Any = None) -> int:
     """Run a batch or a stream; ``log`` is the --audit-log (start/exit come from run.py)."""
     o = args.options
     func = check_options(args)
-    _refuse_results_into_inputs(args.positionals[0], policy, o)
     from ...runner import Sandbox
 
     if not o["stream"] and (o["jobs"] or 1) > 1:  # -j without --cluster (check_options)
@@ -51,51 +49,6 @@ def execute(args: Any, policy: Any, log: Any = None) -> int:
     if o["stream"]:
         return _stream(box, func, o, log)
     return _batch(box, func, o, log)
-
-
-def _refuse_results_into_inputs(module: Any, policy: Any, o: dict) -> None:
-    """InputError (105) if standard output is one of the run's input files: the batch
-    input or standard input (``--batch FILE >> FILE``, ``--stream < F >> F``: the run
-    reads its own results back and never ends, red team round 52: 55 MB in 5 s, 4 GB for a
-    stream), or the module, the policy, the artifact or the checkpoint, which the results
-    would change under the run (``cat`` refuses the same: "input file is output file").
-    Only a regular file can be both; pipes and devices are left alone."""
-    try:
-        out = os.fstat(1)
-    except OSError:
-        return
-    if not stat.S_ISREG(out.st_mode):
-        return
-    named = [
-        ("the batch input", o["batch"] if o["batch"] not in (None, "-") else None),
-        ("the module", module if isinstance(module, str) and module != "-" else None),
-        ("the policy", getattr(policy, "source", None)),
-        ("the artifact", o["artifact"]),
-        ("the checkpoint", o["checkpoint"]),
-    ]
-    for what, path in named:
-        if path is None:
-            continue
-        try:
-            info = os.stat(path)
-        except (OSError, ValueError):
-            continue
-        if (info.st_dev, info.st_ino) == (out.st_dev, out.st_ino):
-            raise _same_file(f"standard output is {what} ({path})")
-    if o["stream"] or o["batch"] == "-":
-        try:
-            info = os.fstat(0)
-        except OSError:
-            return
-        if (info.st_dev, info.st_ino) == (out.st_dev, out.st_ino):
-            raise _same_file("standard output is the same file as standard input")
-
-
-def _same_file(what: str) -> errors.InputError:
-    return errors.InputError(
-        f"{what}: the results would be written into what the run reads; nothing was run",
-        hint="write the results to another file (e.g. >> results.jsonl)",
-    )
 
 
 def _backend_guess(policy: Any) -> str:

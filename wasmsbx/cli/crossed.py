@@ -1,0 +1,109 @@
+"""What a run writes never goes into what it reads or keeps (``refuse_crossed``).
+
+A run reads its module, its policy (given, or the ``./sandbox.toml`` discovery found),
+an artifact, a batch input, the guest's stdin file, and standard input when it is an
+input; it keeps a checkpoint and an audit log. It writes standard output and standard
+error (the shell's redirections), the guest's stdout and stderr files (``[stdio]``), the
+audit log and the checkpoint. If one of those writes is one of those files, the run
+eats its own input (``--batch L.jsonl >> L.jsonl`` never ended: red team round 52),
+truncates it (a discovered ``stdio.stdout`` naming the batch input emptied it, exit 0:
+round 53), or forges a record (a guest's stdout naming the audit log). Refused before
+anything runs: exit 105, as ``cat`` refuses "input file is output file".
+
+Files are compared by what they are (device and inode, so links and other spellings of
+a name are caught); a file that does not exist yet by its real path. Only regular files
+count for the standard streams (a terminal, a pipe or /dev/null is shared by design).
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from typing import Any, Optional
+
+from .. import errors
+
+SPECIAL = ("inherit", "null", "capture")  # stdio values that are not paths
+
+
+def refuse_crossed(args: Any, policy: Any) -> None:
+    """InputError (105) if a file the run writes is one it reads or keeps."""
+    o = args.options
+    module = (args.positionals or [None])[0]
+    values = policy.values
+    batch, stream = o.get("batch"), bool(o.get("stream"))
+    stdin_read = batch == "-" or stream or module == "-" or values["stdio.stdin"] == "inherit"
+    reads = [
+        ("the module", module if module != "-" else None),
+        ("the policy", getattr(policy, "source", None)),
+        ("the artifact", o.get("artifact")),
+        ("the batch input", batch if batch != "-" else None),
+        ("the guest's stdin file (stdio.stdin)", _path(values["stdio.stdin"])),
+        ("standard input", 0 if stdin_read else None),
+    ]
+    kept = [("the checkpoint", o.get("checkpoint")), ("the audit log", o.get("audit_log"))]
+    writes = [
+        ("standard output", 1),
+        ("standard error", 2),
+        ("the guest's stdout file (stdio.stdout)", _path(values["stdio.stdout"])),
+        ("the guest's stderr file (stdio.stderr)", _path(values["stdio.stderr"])),
+    ]
+    seen = {}
+    for what, where in reads + kept:
+        found = _identity(where, regular=isinstance(where, int))
+        if found is not None:
+            seen.setdefault(found, (what, where))
+    for what, where in writes + kept:
+        found = _identity(where, regular=isinstance(where, int))
+        other = seen.get(found) if found is not None else None
+        if other is not None and other[0] != what:
+            raise _crossed(what, other)
+
+
+def refuse_log_early(path: str, args: Any) -> None:
+    """The part of ``refuse_crossed`` that needs no policy, for the audit log before it
+    is opened (its first line would go into that file): the log is neither standard
+    input, when that is the run's input (``--stream --audit-log F < F``), nor the
+    checkpoint, even where neither exists yet."""
+    o = args.options
+    module = (args.positionals or [None])[0]
+    log = _identity(path, regular=False)
+    if o.get("batch") == "-" or o.get("stream") or module == "-":
+        found = _identity(0, regular=True)
+        if found is not None and found == log:
+            raise _crossed("the audit log", ("standard input", 0))
+    checkpoint = o.get("checkpoint")
+    if checkpoint and log is not None and _identity(checkpoint, regular=False) == log:
+        raise _crossed("the audit log", ("the checkpoint", checkpoint))
+
+
+def _path(value: Any) -> Optional[str]:
+    return value if isinstance(value, str) and value and value not in SPECIAL else None
+
+
+def _identity(where: Any, regular: bool) -> Optional[tuple]:
+    """("file", device, inode) of a descriptor (a regular file only, with ``regular``) or
+    of a path; ("new", real path) for a path where nothing is yet; None otherwise."""
+    if where is None or where == "":
+        return None
+    try:
+        info = os.fstat(where) if isinstance(where, int) else os.stat(where)
+    except FileNotFoundError:
+        if isinstance(where, int):
+            return None
+        return ("new", os.path.realpath(where))
+    except (OSError, ValueError):
+        return None
+    if regular and not stat.S_ISREG(info.st_mode):
+        return None
+    return ("file", info.st_dev, info.st_ino)
+
+
+def _crossed(what: str, other: tuple) -> errors.InputError:
+    name, where = other
+    shown = "" if isinstance(where, int) else f" ({errors.inert(where)})"
+    return errors.InputError(
+        f"{what} is {name}{shown}: the run would write into what it reads or keeps; "
+        "nothing was run",
+        hint="write results, logs and the guest's output to other files (e.g. >> results.jsonl)",
+    )
