@@ -302,6 +302,25 @@ def test_reports_never_replace_the_discovered_policy(cli, isolated, flag):
     assert policy.read_text() == '[limits]\ntimeout = "5s"\n'
 
 
+@pytest.mark.parametrize("flag", ["--output", "--save-baseline"])
+@pytest.mark.parametrize("target", ["add.wat", "p.toml"])
+def test_reports_never_replace_what_a_suite_reads(cli, tmp_path, flag, target):
+    """Red team round 53: `bench --suite s.toml -o add.wat` replaced the module a case
+    names with the report (exit 0), `--save-baseline p.toml` a case's policy. Refused
+    (exit 105) before anything runs, the files as they were."""
+    (tmp_path / "add.wat").write_bytes(ADD.read_bytes())
+    (tmp_path / "p.toml").write_text('[limits]\ntimeout = "5s"\n')
+    suite = tmp_path / "s.toml"
+    suite.write_text(
+        '[bench]\nphases = ["call"]\n[[bench.case]]\nmodule = "add.wat"\nfunction = "add"\n'
+        'args = [1, 2]\npolicy = "p.toml"\n'
+    )
+    before = (tmp_path / target).read_bytes()
+    r = cli("bench", "--suite", suite, flag, tmp_path / target, *FAST)
+    assert r.code == 105 and "same file as the input" in r.stderr, r
+    assert (tmp_path / target).read_bytes() == before
+
+
 # ---------------------------------------------------------------------------- baselines
 
 # Ten samples: the noise band shrinks with sqrt(samples), so a busy machine cannot hide

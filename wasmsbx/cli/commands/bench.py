@@ -97,14 +97,20 @@ def register(app: typer.Typer) -> None:
         from ...policy import POLICY_FILENAME
 
         inputs = [module, suite, baseline, policy or POLICY_FILENAME]
-        for path in filter(None, (output_file, save_baseline)):
-            from ...outfile import check_output
+        from ...outfile import check_output
 
+        for path in filter(None, (output_file, save_baseline)):
             check_output(path, inputs)
         flags = {"policy": policy, "memory": memory, "fuel": fuel, "timeout": timeout}
         flags.update({"stack": stack, "dir": dir or [], "dir_ro": dir_ro or [], "env": env or []})
         overrides = _overrides(backend, iterations, warmup, budget, sample_time, phase)
         cases = _cases(module, func_and_args or [], suite, overrides, flags)
+        # ...and neither what a suite's cases read: their modules and policies (red team
+        # round 53: `--suite s.toml -o add.wat` replaced a case's module with the report)
+        for case in cases:
+            inputs += [case.module, getattr(case.policy, "source", None)]
+        for path in filter(None, (output_file, save_baseline)):
+            check_output(path, inputs)
         base = core.load_baseline(baseline) if baseline else None
         with Progress(enabled=not json_output) as progress:
             report = core.run_cases(cases, progress.update)
