@@ -450,6 +450,17 @@ def test_a_grant_holding_or_inside_a_proc_mount_is_refused(tmp_path):
     assert "/proc" in trust.proc_mounts()
 
 
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs a procfs at /proc")
+def test_a_procfs_is_refused_where_mountinfo_says_nothing():
+    """Round 53: with /proc/self/mountinfo unreadable (a /proc hidden under a tmpfs) a
+    procfs mounted elsewhere passed. The grant's own file system is asked too (statfs):
+    here no mount point is known at all, and a procfs folder is still refused."""
+    for host in ("/proc", "/proc/self", "/proc/self/fd"):
+        with pytest.raises(errors.PolicyError, match="process file system"):
+            trust.refuse_proc_grant(host, host, [])
+    trust.refuse_proc_grant("/tmp", "/tmp", [])
+
+
 def test_backends_refuse_raw_bytes(backend):
     """The structural guarantee: a backend's deserialize takes only what passed a check."""
     name, compiler = split(backend)

@@ -25,6 +25,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
+import sys
 from collections import namedtuple
 from pathlib import Path
 from typing import Any, Optional
@@ -430,7 +431,11 @@ def refuse_proc_grant(given: str, host: str, procs: list) -> None:
     the process that runs it, so ``/proc/self`` there is that process: its ``mem`` file
     writes the host's own memory (red team round 52: a guest granted ``/proc`` wrote an
     int3 over the host's libc, and read-only it read the host's memory and environment).
-    No directory grant can confine that."""
+    No directory grant can confine that. Also when /proc/self/mountinfo cannot be read
+    (a /proc hidden under another file system, round 53): the grant's own file system is
+    asked (statfs), which catches one on or inside a procfs wherever it is mounted."""
+    if _on_procfs(host):
+        procs = [host, *procs]
     for mount in procs:
         if _overlaps(host, mount):
             raise errors.PolicyError(
@@ -439,6 +444,26 @@ def refuse_proc_grant(given: str, host: str, procs: list) -> None:
                 hint="grant a folder that holds no /proc (copy the files the guest needs)",
                 key="filesystem",
             )
+
+
+_PROC_SUPER_MAGIC = 0x9FA0  # statfs f_type of a procfs (linux/magic.h)
+
+
+def _on_procfs(path: str) -> bool:
+    """Whether ``path`` is on a procfs, by statfs() (Linux; False where it cannot say).
+    f_type is the first field of struct statfs, a C long."""
+    if not sys.platform.startswith("linux"):
+        return False
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        buffer = ctypes.create_string_buffer(256)  # (struct statfs: 120 bytes on 64-bit)
+        if libc.statfs(os.fsencode(path), buffer) != 0:
+            return False
+    except (OSError, AttributeError, ValueError):
+        return False
+    return ctypes.c_long.from_buffer(buffer).value == _PROC_SUPER_MAGIC
 
 
 def proc_mounts() -> list:
