@@ -215,7 +215,8 @@ def test_the_log_is_never_an_input_nor_a_stand_in(cli, isolated):
     for extra, log in cases:
         before = (isolated / log).read_bytes()
         r = cli("run", "add.wat", *extra, "--audit-log", log, cwd=isolated)
-        assert r.code == 105 and "same file as the input" in r.stderr, (extra, r)
+        said = ("same file as the input", "would write into what it reads")
+        assert r.code == 105 and any(s in r.stderr for s in said), (extra, r)
         assert (isolated / log).read_bytes() == before, extra
     (isolated / "sandbox.toml").write_text('[limits]\ntimeout = "5s"\n')
     r = cli("run", "add.wat", "add", "1", "2", "--audit-log", "sandbox.toml", cwd=isolated)

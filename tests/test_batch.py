@@ -940,3 +940,37 @@ def test_nothing_the_run_writes_is_what_it_reads_or_keeps(tmp_path):
     code, err = _run_with(["run", "t.wat", "f", "--batch", "items.jsonl"], work, None,
                           (work / "out.jsonl", "ab"), None)  # fmt: skip
     assert code == 0 and len(jsonl((work / "out.jsonl").read_text())) == 2, err
+
+
+def test_crossed_files_in_other_spellings_and_commands(tmp_path):
+    """Red team round 54, on the check above: a module spelled `t.wat/.` (the loaders
+    drop the `/.`), a guest stdout of `/proc/self/fd/5` (the batch input's number once
+    opened: emptied it), an audit log that is the guest's stdin file (its first line
+    went in before the refusal), `watch` and `bench` appending to the module (watch
+    looped, 75 runs in 8 s); and no refusal for /dev/null named on both sides."""
+    work = tmp_path
+    (work / "t.wat").write_text(ECHO_WAT)
+    items = work / "items.jsonl"
+    items.write_text("[1]\n[2]\n")
+    (work / "in.txt").write_text("data\n")
+    (work / "p5.toml").write_text('[stdio]\nstdout = "/proc/self/fd/5"\n')
+    (work / "pin.toml").write_text('[stdio]\nstdin = "in.txt"\n')
+    (work / "pnull.toml").write_text('[stdio]\nstdin = "/dev/null"\nstdout = "/dev/null"\n')
+    module = work / "t.wat"
+    cases = [
+        (["run", "t.wat/.", "f", "3"], (module, "ab"), module),
+        (["run", "t.wat", "f", "--batch", "items.jsonl", "--policy", "p5.toml"], None, items),
+        (["run", "t.wat", "f", "1", "--policy", "pin.toml", "--audit-log", "in.txt"], None,
+         work / "in.txt"),
+        (["watch", "t.wat", "f", "1"], (module, "ab"), module),
+        (["bench", "t.wat", "f", "1", "-n", "3", "--warmup", "0", "--phase", "call"],
+         (module, "ab"), module),
+    ]  # fmt: skip
+    for args, stdout, kept in cases:
+        before = kept.read_bytes()
+        code, err = _run_with(args, work, None, stdout, None)
+        assert code == 105, (args, err)
+        assert kept.read_bytes() == before and "Traceback" not in err, (args, err)
+    code, err = _run_with(["run", "t.wat", "f", "1", "--policy", "pnull.toml",
+                           "--audit-log", "/dev/null"], work)  # fmt: skip
+    assert code == 0, err

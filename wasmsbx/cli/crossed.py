@@ -18,7 +18,9 @@ count for the standard streams (a terminal, a pipe or /dev/null is shared by des
 from __future__ import annotations
 
 import os
+import re
 import stat
+from pathlib import Path
 from typing import Any, Optional
 
 from .. import errors
@@ -27,7 +29,7 @@ SPECIAL = ("inherit", "null", "capture")  # stdio values that are not paths
 
 
 def refuse_crossed(args: Any, policy: Any) -> None:
-    """InputError (105) if a file the run writes is one it reads or keeps."""
+    """InputError (105) if a file ``wasmsbx run`` writes is one it reads or keeps."""
     o = args.options
     module = (args.positionals or [None])[0]
     values = policy.values
@@ -38,23 +40,43 @@ def refuse_crossed(args: Any, policy: Any) -> None:
         ("the policy", getattr(policy, "source", None)),
         ("the artifact", o.get("artifact")),
         ("the batch input", batch if batch != "-" else None),
-        ("the guest's stdin file (stdio.stdin)", _path(values["stdio.stdin"])),
+        ("the guest's stdin file (stdio.stdin)", stdio_path(values["stdio.stdin"])),
         ("standard input", 0 if stdin_read else None),
     ]
     kept = [("the checkpoint", o.get("checkpoint")), ("the audit log", o.get("audit_log"))]
-    writes = [
-        ("standard output", 1),
-        ("standard error", 2),
-        ("the guest's stdout file (stdio.stdout)", _path(values["stdio.stdout"])),
-        ("the guest's stderr file (stdio.stderr)", _path(values["stdio.stderr"])),
+    refuse(reads, kept, [*standard_writes(), *guest_writes(policy)])
+
+
+def standard_writes() -> list:
+    return [("standard output", 1), ("standard error", 2)]
+
+
+def guest_writes(policy: Any) -> list:
+    """The guest's stdout and stderr files a policy names (``[stdio]``)."""
+    values = policy.values
+    return [
+        ("the guest's stdout file (stdio.stdout)", stdio_path(values["stdio.stdout"])),
+        ("the guest's stderr file (stdio.stderr)", stdio_path(values["stdio.stderr"])),
     ]
+
+
+def refuse(reads: list, kept: list, writes: list) -> None:
+    """InputError (105) if one of ``writes`` or ``kept`` is one of ``reads`` or another
+    of ``kept``: (what, where) pairs, ``where`` a path, a descriptor number or None."""
+    for what, where in writes:
+        if isinstance(where, str) and _closed_descriptor(where):
+            raise errors.InputError(
+                f"{what} ({errors.inert(where)}) names a file descriptor that is not open "
+                "now; nothing was run",
+                hint="name a file (a descriptor opened later would be another file)",
+            )
     seen = {}
     for what, where in reads + kept:
-        found = _identity(where, regular=isinstance(where, int))
+        found = _identity(where)
         if found is not None:
             seen.setdefault(found, (what, where))
     for what, where in writes + kept:
-        found = _identity(where, regular=isinstance(where, int))
+        found = _identity(where)
         other = seen.get(found) if found is not None else None
         if other is not None and other[0] != what:
             raise _crossed(what, other)
@@ -67,34 +89,64 @@ def refuse_log_early(path: str, args: Any) -> None:
     checkpoint, even where neither exists yet."""
     o = args.options
     module = (args.positionals or [None])[0]
-    log = _identity(path, regular=False)
+    log = _identity(path)
     if o.get("batch") == "-" or o.get("stream") or module == "-":
-        found = _identity(0, regular=True)
+        found = _identity(0)
         if found is not None and found == log:
             raise _crossed("the audit log", ("standard input", 0))
     checkpoint = o.get("checkpoint")
-    if checkpoint and log is not None and _identity(checkpoint, regular=False) == log:
+    if checkpoint and log is not None and _identity(checkpoint) == log:
         raise _crossed("the audit log", ("the checkpoint", checkpoint))
 
 
-def _path(value: Any) -> Optional[str]:
+def write_path(where: Any) -> Optional[str]:
+    """The real path of a regular file written: a path as given, or what a standard
+    stream's descriptor holds (/proc/self/fd); None for anything else."""
+    if _identity(where) is None:
+        return None
+    if isinstance(where, int):
+        try:
+            return os.readlink(f"/proc/self/fd/{where}")
+        except OSError:
+            return None
+    return os.path.realpath(where)
+
+
+def stdio_path(value: Any) -> Optional[str]:
     return value if isinstance(value, str) and value and value not in SPECIAL else None
 
 
-def _identity(where: Any, regular: bool) -> Optional[tuple]:
-    """("file", device, inode) of a descriptor (a regular file only, with ``regular``) or
-    of a path; ("new", real path) for a path where nothing is yet; None otherwise."""
+_DESCRIPTOR = re.compile(r"/(?:dev/fd|proc/(?:self|thread-self|[0-9]+)(?:/task/[0-9]+)?/fd)/[0-9]+")
+
+
+def _closed_descriptor(path: str) -> bool:
+    """Whether ``path`` names a file descriptor (/dev/fd/N, /proc/self/fd/N) that is not
+    open: opened later, it would be whatever file that number holds then, say the batch
+    input (red team round 54: ``stdio.stdout = "/proc/self/fd/5"`` emptied it)."""
+    text = os.path.normpath(os.path.abspath(path))
+    return bool(_DESCRIPTOR.fullmatch(text)) and not os.path.exists(path)
+
+
+def _identity(where: Any) -> Optional[tuple]:
+    """("file", device, inode) of a regular file, by descriptor or by path (a path as the
+    loaders read it: "m.wasm/." is m.wasm, round 54); ("new", real path) for a path where
+    nothing is yet; None for anything else (a terminal, a pipe, /dev/null: shared by
+    design)."""
     if where is None or where == "":
         return None
     try:
-        info = os.fstat(where) if isinstance(where, int) else os.stat(where)
+        if isinstance(where, int):
+            info = os.fstat(where)
+        else:
+            where = os.fspath(Path(where))
+            info = os.stat(where)
     except FileNotFoundError:
         if isinstance(where, int):
             return None
         return ("new", os.path.realpath(where))
     except (OSError, ValueError):
         return None
-    if regular and not stat.S_ISREG(info.st_mode):
+    if not stat.S_ISREG(info.st_mode):
         return None
     return ("file", info.st_dev, info.st_ino)
 

@@ -70,8 +70,9 @@ def run_main(argv: list) -> int:
     _STDIN_DIR[:] = []
     try:
         args = opts.parse(argv)
+        policy = _checked_before_the_log(args)
         log = _audit_log(args)
-        code = execute(args, log)
+        code = execute(args, log, policy)
     except (Exception, KeyboardInterrupt) as exc:
         from ..boundary import report
 
@@ -87,6 +88,23 @@ def run_main(argv: list) -> int:
     if log is not None:
         log.exit(code)
     return code
+
+
+def _checked_before_the_log(args: opts.RunArgs) -> Any:
+    """With --audit-log, the policy, built now, and what the run writes checked against
+    what it reads (cli/crossed.py) before the log is opened: its first line would
+    otherwise go into an input the check then refuses (round 54). None without a log, or
+    when the policy fails (execute reports that, and the log records it)."""
+    if args.options.get("audit_log") is None or not args.positionals:
+        return None
+    try:
+        policy = build_policy(args.options)
+    except errors.WasmsbxError:
+        return None
+    from ..crossed import refuse_crossed
+
+    refuse_crossed(args, policy)
+    return policy
 
 
 def _audit_log(args: opts.RunArgs) -> Any:
@@ -131,17 +149,18 @@ def _inputs(args: opts.RunArgs) -> list:
     return [path for path in named if path not in (None, "", "-")]
 
 
-def execute(args: opts.RunArgs, log: Any = None) -> int:
+def execute(args: opts.RunArgs, log: Any = None, policy: Any = None) -> int:
     o = args.options
     if not args.positionals:
         raise errors.UsageError(
             "missing MODULE", hint="usage: wasmsbx run MODULE [FUNC [ARGS...]] [-- ARGS...]"
         )
     module, func, call_args = _target(args)
-    policy = build_policy(o)
-    from ..crossed import refuse_crossed
+    if policy is None:  # (else built and checked before the audit log was opened)
+        policy = build_policy(o)
+        from ..crossed import refuse_crossed
 
-    refuse_crossed(args, policy)  # nothing the run writes is what it reads or keeps
+        refuse_crossed(args, policy)  # nothing the run writes is what it reads or keeps
     if module == "-":  # read stdin once, before anything else may want it
         path = _module_path(module, o)
         args = args._replace(positionals=[path, *args.positionals[1:]])

@@ -6,6 +6,7 @@ renders its events: rich text, or one JSON object per line with ``--json``.
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Any, Optional
@@ -91,6 +92,7 @@ def register(app: typer.Typer) -> None:
             "dir_ro": dir_ro or [],
             "env": env or [],
         }
+        _refuse_crossed(module, source, policy, also or [], options)
         config = core.WatchConfig(
             target=module,
             func=func,
@@ -327,6 +329,38 @@ def _policy_value(key: str, value: Any) -> str:
     if kind == "duration" and isinstance(value, (int, float)):
         return format_duration(value)
     return str(value)
+
+
+def _refuse_crossed(module: str, source: Any, policy: Any, also: list, options: dict) -> None:
+    """What watch writes (its reports on stdout and stderr, the guest's stdio files) is
+    none of what it watches: each write would be a change, and the next run another
+    (red team round 54: `watch t.wat f 1 >> t.wat` ran 75 times in 8 s, the module
+    growing). Checked once, with the policy as it is now (cli/crossed.py)."""
+    from ... import policy as policy_mod
+    from ..crossed import guest_writes, refuse, standard_writes, write_path
+    from .run import apply_flags
+
+    try:
+        loaded = apply_flags(policy_mod.discover(policy), options)
+    except errors.WasmsbxError:
+        loaded = None  # (the watcher reports it, and runs once it is mended)
+    writes = standard_writes() + (guest_writes(loaded) if loaded is not None else [])
+    reads = [("the module", module), ("the source", source)]
+    reads += [("the policy", policy or policy_mod.POLICY_FILENAME)]
+    reads += [("an --also path", path) for path in also]
+    refuse(reads, [], writes)
+    for folder in also:
+        if not os.path.isdir(folder):
+            continue
+        real = os.path.realpath(folder)
+        for what, where in writes:
+            target = write_path(where)
+            if target and (target + os.sep).startswith(real.rstrip(os.sep) + os.sep):
+                raise errors.InputError(
+                    f"{what} is in the --also folder {errors.inert(folder)}: each write "
+                    "would start another run; nothing was run",
+                    hint="write the output outside the folders watch watches",
+                )
 
 
 def _also(paths: list) -> list:
