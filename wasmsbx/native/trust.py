@@ -409,20 +409,27 @@ def refuse_key_grants(grants: list) -> None:
         if procs is None:
             procs = proc_mounts()
         refuse_proc_grant(grant.host, host, procs)
-        if _overlaps(host, keys):
+        _refuse_overlap(grant.host, host, [keys], "your wasmsbx keys ({})", "the trust folder")
+        _refuse_overlap(
+            grant.host,
+            host,
+            caches,
+            "your wasmsbx cache ({}), whose native code runs outside the sandbox",
+            "the cache",
+        )
+
+
+def _refuse_overlap(given: str, host: str, roots: list, what: str, holds: str) -> None:
+    """A PolicyError if ``host`` (the real path of the grant of ``given``) is one of
+    ``roots``, inside one or around one: ``what`` names the root ({}), ``holds`` what the
+    hint says to leave out."""
+    for root in roots:
+        if _overlaps(host, root):
             raise errors.PolicyError(
-                f"the grant of {grant.host} would give the guest your wasmsbx keys ({keys})",
-                hint="grant a folder that does not contain the trust folder",
+                f"the grant of {given} would give the guest {what.format(root)}",
+                hint=f"grant a folder that does not contain {holds}",
                 key="filesystem",
             )
-        for root in caches:
-            if _overlaps(host, root):
-                raise errors.PolicyError(
-                    f"the grant of {grant.host} would give the guest your wasmsbx cache "
-                    f"({root}), whose native code runs outside the sandbox",
-                    hint="grant a folder that does not contain the cache",
-                    key="filesystem",
-                )
 
 
 def refuse_proc_grant(given: str, host: str, procs: list) -> None:
@@ -436,14 +443,13 @@ def refuse_proc_grant(given: str, host: str, procs: list) -> None:
     asked (statfs), which catches one on or inside a procfs wherever it is mounted."""
     if _on_procfs(host):
         procs = [host, *procs]
-    for mount in procs:
-        if _overlaps(host, mount):
-            raise errors.PolicyError(
-                f"the grant of {given} would give the guest the process file system "
-                f"({mount}): /proc/self there is the process that runs the guest",
-                hint="grant a folder that holds no /proc (copy the files the guest needs)",
-                key="filesystem",
-            )
+    _refuse_overlap(
+        given,
+        host,
+        procs,
+        "the process file system ({}): /proc/self there is the process that runs the guest",
+        "a /proc (copy the files the guest needs)",
+    )
 
 
 _PROC_SUPER_MAGIC = 0x9FA0  # statfs f_type of a procfs (linux/magic.h)
