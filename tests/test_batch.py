@@ -974,3 +974,40 @@ def test_crossed_files_in_other_spellings_and_commands(tmp_path):
     code, err = _run_with(["run", "t.wat", "f", "1", "--policy", "pnull.toml",
                            "--audit-log", "/dev/null"], work)  # fmt: skip
     assert code == 0, err
+
+
+def test_what_a_run_keeps_never_lies_where_the_guest_writes(tmp_path):
+    """Red team round 55: a guest granted the folder of the --audit-log (read-write)
+    erased its record and wrote one of its own; the batch input and the checkpoint there
+    could be changed under the run the same way. Refused (exit 105) before anything runs;
+    a read-only grant is fine. And a guest stdout naming a descriptor not open, however
+    spelled (round 55: //proc/self/fd/5, a link to /proc/self/fd), is refused."""
+    work = tmp_path
+    (work / "t.wat").write_text(ECHO_WAT)
+    granted = work / "d"
+    granted.mkdir()
+    (granted / "items.jsonl").write_text("[1]\n")
+    (granted / "log.jsonl").write_text('{"old": 1}\n')
+    cases = [
+        ["--batch", "d/items.jsonl"],
+        ["--batch", "-", "--audit-log", "d/log.jsonl"],
+        ["--batch", "-", "--checkpoint", "d/run.ckpt"],
+    ]
+    for extra in cases:
+        before = {p.name: p.read_bytes() for p in granted.iterdir()}
+        code, err = _run_with(["run", "t.wat", "f", *extra, "--dir", "d"], work)
+        assert code == 105 and "folder the guest can write" in err, (extra, err)
+        assert {p.name: p.read_bytes() for p in granted.iterdir()} == before, extra
+    code, err = _run_with(["run", "t.wat", "f", "--batch", "d/items.jsonl", "--dir-ro", "d"],
+                          work, None, (work / "out.jsonl", "ab"), None)  # fmt: skip
+    assert code == 0, err
+    os.symlink("/proc/self/fd", work / "fds")
+    items = work / "items.jsonl"
+    for target in ("//proc/self/fd/5", "/proc/self/root/dev/fd/5", str(work / "fds" / "5")):
+        items.write_text("[1]\n[2]\n")
+        (work / "p.toml").write_text(f'[stdio]\nstdout = "{target}"\n')
+        code, err = _run_with(
+            ["run", "t.wat", "f", "--batch", "items.jsonl", "--policy", "p.toml"], work
+        )
+        assert code == 105 and "not open" in err, (target, err)
+        assert items.read_text() == "[1]\n[2]\n", target

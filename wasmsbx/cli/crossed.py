@@ -45,6 +45,31 @@ def refuse_crossed(args: Any, policy: Any) -> None:
     ]
     kept = [("the checkpoint", o.get("checkpoint")), ("the audit log", o.get("audit_log"))]
     refuse(reads, kept, [*standard_writes(), *guest_writes(policy)])
+    refuse_in_grants(policy, [reads[3], *kept])
+
+
+def refuse_in_grants(policy: Any, named: list) -> None:
+    """InputError (105) if one of ``named`` ((what, path) pairs) lies in a folder the
+    guest may write: it could change the batch input under the run (append items to it),
+    forge the audit log or the checkpoint (red team round 55: a guest granted the
+    folder of the log erased its record and wrote one of its own). As for stdio files
+    (runner.sandbox._refuse_guest_writable), by real path."""
+    writable = [grant for grant in policy.grants if grant.writable]
+    if not writable:
+        return
+    from ..native.trustdir import within
+
+    for what, where in named:
+        if not isinstance(where, str) or not where or where == "-":
+            continue
+        real = os.path.realpath(os.fspath(Path(where)))
+        for grant in writable:
+            if within(real, os.path.realpath(grant.host)):
+                raise errors.InputError(
+                    f"{what} ({errors.inert(where)}) lies in a folder the guest can write "
+                    f"(filesystem.read_write {errors.inert(grant.host)}); nothing was run",
+                    hint="keep it outside the folders granted read-write",
+                )
 
 
 def standard_writes() -> list:
@@ -122,9 +147,14 @@ _DESCRIPTOR = re.compile(r"/(?:dev/fd|proc/(?:self|thread-self|[0-9]+)(?:/task/[
 def _closed_descriptor(path: str) -> bool:
     """Whether ``path`` names a file descriptor (/dev/fd/N, /proc/self/fd/N) that is not
     open: opened later, it would be whatever file that number holds then, say the batch
-    input (red team round 54: ``stdio.stdout = "/proc/self/fd/5"`` emptied it)."""
+    input (red team round 54: ``stdio.stdout = "/proc/self/fd/5"`` emptied it). Judged
+    by the text and by the real path, which resolves every other spelling
+    (``//proc/self/fd/5``, ``/proc/self/root/dev/fd/5``, a link to /proc/self/fd: round
+    55)."""
+    if os.path.exists(path):
+        return False
     text = os.path.normpath(os.path.abspath(path))
-    return bool(_DESCRIPTOR.fullmatch(text)) and not os.path.exists(path)
+    return any(_DESCRIPTOR.fullmatch(t) for t in (text, os.path.realpath(path)))
 
 
 def _identity(where: Any) -> Optional[tuple]:

@@ -440,7 +440,9 @@ def refuse_proc_grant(given: str, host: str, procs: list) -> None:
     int3 over the host's libc, and read-only it read the host's memory and environment).
     No directory grant can confine that. Also when /proc/self/mountinfo cannot be read
     (a /proc hidden under another file system, round 53): the grant's own file system is
-    asked (statfs), which catches one on or inside a procfs wherever it is mounted."""
+    asked (statfs), which catches a grant on or inside a procfs wherever it is mounted,
+    though not one that holds a procfs mounted below it (round 55: only mountinfo says
+    where mounts are)."""
     if _on_procfs(host):
         procs = [host, *procs]
     _refuse_overlap(
