@@ -12,7 +12,11 @@ anything runs: exit 105, as ``cat`` refuses "input file is output file".
 
 Files are compared by what they are (device and inode, so links and other spellings of
 a name are caught); a file that does not exist yet by its real path. Only regular files
-count for the standard streams (a terminal, a pipe or /dev/null is shared by design).
+count (a terminal, a pipe or /dev/null is shared by design). What the run keeps, and
+the batch input, may not lie where the guest can write either (``refuse_in_grants``).
+Not covered: two new names of one file through a bind mount, and a name another
+process swaps for a link between this check and the open (README "Batch and
+streaming").
 """
 
 from __future__ import annotations
@@ -35,17 +39,18 @@ def refuse_crossed(args: Any, policy: Any) -> None:
     values = policy.values
     batch, stream = o.get("batch"), bool(o.get("stream"))
     stdin_read = batch == "-" or stream or module == "-" or values["stdio.stdin"] == "inherit"
+    batch_input = ("the batch input", batch if batch != "-" else None)
     reads = [
         ("the module", module if module != "-" else None),
         ("the policy", getattr(policy, "source", None)),
         ("the artifact", o.get("artifact")),
-        ("the batch input", batch if batch != "-" else None),
+        batch_input,
         ("the guest's stdin file (stdio.stdin)", stdio_path(values["stdio.stdin"])),
         ("standard input", 0 if stdin_read else None),
     ]
     kept = [("the checkpoint", o.get("checkpoint")), ("the audit log", o.get("audit_log"))]
     refuse(reads, kept, [*standard_writes(), *guest_writes(policy)])
-    refuse_in_grants(policy, [reads[3], *kept])
+    refuse_in_grants(policy, [batch_input, *kept])
 
 
 def refuse_in_grants(policy: Any, named: list) -> None:
