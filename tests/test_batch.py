@@ -1001,6 +1001,13 @@ def test_what_a_run_keeps_never_lies_where_the_guest_writes(tmp_path):
     code, err = _run_with(["run", "t.wat", "f", "--batch", "d/items.jsonl", "--dir-ro", "d"],
                           work, None, (work / "out.jsonl", "ab"), None)  # fmt: skip
     assert code == 0, err
+    # A policy the guest could rewrite for the next run (more grants, higher limits)
+    (granted / "p.toml").write_text('[limits]\ntimeout = "5s"\n')
+    code, err = _run_with(["run", "t.wat", "f", "1", "--policy", "d/p.toml", "--dir", "d"], work)
+    assert code == 105 and "the policy (d/p.toml) lies in a folder" in err, err
+    code, err = _run_with(["run", "t.wat", "f", "1", "--policy", "d/p.toml", "--dir-ro", "d"],
+                          work)  # fmt: skip
+    assert code == 0, err
     os.symlink("/proc/self/fd", work / "fds")
     items = work / "items.jsonl"
     for target in ("//proc/self/fd/5", "/proc/self/root/dev/fd/5", str(work / "fds" / "5")):

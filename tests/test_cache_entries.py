@@ -219,10 +219,11 @@ def test_a_grant_of_the_cache_is_refused_through_the_cli(cli, isolated, tmp_path
         (isolated / "sandbox.toml").write_text(f'[filesystem]\nread_write = ["{granted}"]\n')
         result = cli("run", hello, "--policy", isolated / "sandbox.toml")
         assert result.code == 101 and "would give the guest your wasmsbx cache" in result.stderr
-    (isolated / "sandbox.toml").write_text(f'[filesystem]\nread_write = ["{isolated}"]\n')
-    # a folder apart from the cache: granted (with --policy: a discovered policy may not
-    # grant its own folder read-write)
-    assert cli("run", hello, "--policy", isolated / "sandbox.toml").code == 0
+    (tmp_path / "p.toml").write_text(f'[filesystem]\nread_write = ["{isolated}"]\n')
+    # a folder apart from the cache: granted (with --policy, from outside that folder: a
+    # discovered policy may not grant its own folder read-write, and a policy the guest
+    # could rewrite is refused, cli/crossed.py)
+    assert cli("run", hello, "--policy", tmp_path / "p.toml").code == 0
 
 
 def test_an_old_format_entry_is_refused_with_its_reason_and_remade(tmp_path, native):

@@ -50,14 +50,19 @@ def refuse_crossed(args: Any, policy: Any) -> None:
     ]
     kept = [("the checkpoint", o.get("checkpoint")), ("the audit log", o.get("audit_log"))]
     refuse(reads, kept, [*standard_writes(), *guest_writes(policy)])
-    refuse_in_grants(policy, [batch_input, *kept])
+    # An explicit policy too: rewritten by the guest, the next run would read grants and
+    # limits of its choosing (a discovered one cannot name paths outside its folder and
+    # has its limits capped; it may grant its own folder).
+    given = ("the policy", getattr(policy, "source", None) if o.get("policy") else None)
+    refuse_in_grants(policy, [batch_input, given, *kept])
 
 
 def refuse_in_grants(policy: Any, named: list) -> None:
     """InputError (105) if one of ``named`` ((what, path) pairs) lies in a folder the
     guest may write: it could change the batch input under the run (append items to it),
     forge the audit log or the checkpoint (red team round 55: a guest granted the
-    folder of the log erased its record and wrote one of its own). As for stdio files
+    folder of the log erased its record and wrote one of its own), or rewrite the policy
+    the next run reads. As for stdio files
     (runner.sandbox._refuse_guest_writable), by real path."""
     writable = [grant for grant in policy.grants if grant.writable]
     if not writable:
