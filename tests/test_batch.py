@@ -1008,6 +1008,9 @@ def test_what_a_run_keeps_never_lies_where_the_guest_writes(tmp_path):
     code, err = _run_with(["run", "t.wat", "f", "1", "--policy", "d/p.toml", "--dir-ro", "d"],
                           work)  # fmt: skip
     assert code == 0, err
+    for args in (["watch", "t.wat", "f", "1"], ["bench", "t.wat", "f", "1", "-n", "3"]):
+        code, err = _run_with([*args, "--policy", "d/p.toml", "--dir", "d"], work)
+        assert code == 105 and "lies in a folder the guest can write" in err, (args, err)
     os.symlink("/proc/self/fd", work / "fds")
     items = work / "items.jsonl"
     for target in ("//proc/self/fd/5", "/proc/self/root/dev/fd/5", str(work / "fds" / "5")):

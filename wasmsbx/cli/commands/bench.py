@@ -113,12 +113,15 @@ def register(app: typer.Typer) -> None:
             check_output(path, inputs)
         # Nor its standard streams, nor a guest's stdio files (`bench t.wat f >> t.wat`
         # spoilt the module, exit 0: round 54; cli/crossed.py)
-        from ..crossed import guest_writes, refuse, standard_writes
+        from ..crossed import guest_writes, refuse, refuse_in_grants, standard_writes
 
         writes = standard_writes()
         for case in cases:
             writes += guest_writes(case.policy) if case.policy is not None else []
         refuse([("an input", path) for path in inputs if path], [], writes)
+        for case in cases:  # (a policy the guest could rewrite for the next run)
+            if case.policy is not None and getattr(case.policy, "source", None):
+                refuse_in_grants(case.policy, [("the policy", case.policy.source)])
         base = core.load_baseline(baseline) if baseline else None
         with Progress(enabled=not json_output) as progress:
             report = core.run_cases(cases, progress.update)

@@ -337,7 +337,7 @@ def _refuse_crossed(module: str, source: Any, policy: Any, also: list, options: 
     (red team round 54: `watch t.wat f 1 >> t.wat` ran 75 times in 8 s, the module
     growing). Checked once, with the policy as it is now (cli/crossed.py)."""
     from ... import policy as policy_mod
-    from ..crossed import guest_writes, refuse, standard_writes, write_path
+    from ..crossed import guest_writes, refuse, refuse_in_grants, standard_writes, write_path
     from .run import apply_flags
 
     try:
@@ -349,6 +349,8 @@ def _refuse_crossed(module: str, source: Any, policy: Any, also: list, options: 
     reads += [("the policy", policy or policy_mod.POLICY_FILENAME)]
     reads += [("an --also path", path) for path in also]
     refuse(reads, [], writes)
+    if loaded is not None and policy:  # (a policy the guest could rewrite for the next run)
+        refuse_in_grants(loaded, [("the policy", policy)])
     for folder in also:
         if not os.path.isdir(folder):
             continue
