@@ -62,24 +62,22 @@ def refuse_in_grants(policy: Any, named: list) -> None:
     guest may write: it could change the batch input under the run (append items to it),
     forge the audit log or the checkpoint (red team round 55: a guest granted the
     folder of the log erased its record and wrote one of its own), or rewrite the policy
-    the next run reads. As for stdio files
-    (runner.sandbox._refuse_guest_writable), by real path."""
-    writable = [grant for grant in policy.grants if grant.writable]
-    if not writable:
+    the next run reads. Judged as stdio files are (runner.sandbox.writable_grant_on_way:
+    every folder on the way to it)."""
+    if not any(grant.writable for grant in policy.grants):
         return
-    from ..native.trustdir import within
+    from ..runner.sandbox import writable_grant_on_way
 
     for what, where in named:
         if not isinstance(where, str) or not where or where == "-":
             continue
-        real = os.path.realpath(os.fspath(Path(where)))
-        for grant in writable:
-            if within(real, os.path.realpath(grant.host)):
-                raise errors.InputError(
-                    f"{what} ({errors.inert(where)}) lies in a folder the guest can write "
-                    f"(filesystem.read_write {errors.inert(grant.host)}); nothing was run",
-                    hint="keep it outside the folders granted read-write",
-                )
+        grant = writable_grant_on_way(policy, os.fspath(Path(where)))
+        if grant is not None:
+            raise errors.InputError(
+                f"{what} ({errors.inert(where)}) lies in a folder the guest can write "
+                f"(filesystem.read_write {errors.inert(grant.host)}); nothing was run",
+                hint="keep it outside the folders granted read-write",
+            )
 
 
 def standard_writes() -> list:

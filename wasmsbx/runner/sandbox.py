@@ -454,9 +454,24 @@ def _refuse_guest_writable(policy: policy_mod.Policy, key: str, target: str) -> 
     folder the open passes through counts, as the kernel walks it: ``a/../log.txt`` with
     ``a`` a link into a granted folder passes through that folder (on 0b0f967 a lexical
     ``..`` hid it, and the guest could swap a folder there for a link to anywhere)."""
+    grant = writable_grant_on_way(policy, target)
+    if grant is not None:
+        raise errors.PolicyError(
+            f"{key} {target} lies in a folder the guest can write "
+            f"(filesystem.read_write {grant.host}): the guest could replace it with "
+            "a link to any file of yours before the next instance opens it",
+            hint="name a stdio file outside the folders granted read-write",
+            key=key,
+        )
+
+
+def writable_grant_on_way(policy: policy_mod.Policy, target: str) -> Any:
+    """The read-write grant of ``policy`` that ``target`` lies in or is reached through
+    (every folder the kernel walks to open it: ``_walked``), or None. Also used for the
+    files a run reads or keeps (cli/crossed.py refuse_in_grants)."""
     writable = [g for g in policy.grants if g.writable]
     if not writable:
-        return
+        return None
     from ..native.trustdir import within
 
     # A granted folder seen at another path (a bind mount of it) is the same folder.
@@ -466,13 +481,8 @@ def _refuse_guest_writable(policy: policy_mod.Policy, key: str, target: str) -> 
     for real in _walked(path):
         for grant in writable:
             if within(real, grant.host) or granted.get(_identity(real)) is grant:
-                raise errors.PolicyError(
-                    f"{key} {target} lies in a folder the guest can write "
-                    f"(filesystem.read_write {grant.host}): the guest could replace it with "
-                    "a link to any file of yours before the next instance opens it",
-                    hint="name a stdio file outside the folders granted read-write",
-                    key=key,
-                )
+                return grant
+    return None
 
 
 SPECIAL_STDIO = ("inherit", "null", "capture")
