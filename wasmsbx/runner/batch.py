@@ -17,6 +17,7 @@ Input items (``parse_item``): a JSON array of arguments, or an object ``{"args":
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -1204,7 +1205,7 @@ def run_jsonl(
     tick = time.monotonic()
     guard = cp.HoldInterrupt()
     # (stuck.writing: the hard stop's writer and this loop's never write at once)
-    writing = stuck.writing if stuck is not None else _NO_LOCK
+    writing = stuck.writing if stuck is not None else contextlib.nullcontext()
     with guard, _at_hard_stop(stuck):
         try:
             for result in results:
@@ -1255,19 +1256,6 @@ def run_jsonl(
     if progress is not None:
         progress(summary, source)
     return summary
-
-
-class _NoLock:
-    __slots__ = ()
-
-    def __enter__(self) -> None:
-        pass
-
-    def __exit__(self, *exc: Any) -> None:
-        pass
-
-
-_NO_LOCK = _NoLock()
 
 
 class _StuckItem:
