@@ -337,6 +337,7 @@ def _refuse_crossed(module: str, source: Any, policy: Any, also: list, options: 
     (red team round 54: `watch t.wat f 1 >> t.wat` ran 75 times in 8 s, the module
     growing). Checked once, with the policy as it is now (cli/crossed.py)."""
     from ... import policy as policy_mod
+    from ...native.trustdir import within
     from ..crossed import guest_writes, refuse, refuse_in_grants, standard_writes, write_path
     from .run import apply_flags
 
@@ -357,7 +358,7 @@ def _refuse_crossed(module: str, source: Any, policy: Any, also: list, options: 
         real = os.path.realpath(folder)
         for what, where in writes:
             target = write_path(where)
-            if target and (target + os.sep).startswith(real.rstrip(os.sep) + os.sep):
+            if target and within(target, real):
                 raise errors.InputError(
                     f"{what} is in the --also folder {errors.inert(folder)}: each write "
                     "would start another run; nothing was run",
