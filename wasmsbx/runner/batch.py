@@ -1024,21 +1024,32 @@ def worker_stopped(error: Any) -> Optional[tuple]:
     late one's deadline (``watch_deadline``, set by the keeper); a later one did not."""
     if not isinstance(error, errors.WasmsbxError) or isinstance(error, errors.Interrupted):
         return None
-    deadline = getattr(error, "watch_deadline", None)
     running = _RUNNING
     with running.lock:
         if running.results is None:
             return STALE if running.served else None
         results, item, encoded = list(running.results), running.item, running.encoded
         started = running.started
-    if item is None or (deadline is not None and item[2] >= deadline):
+    result = stuck_result(item, error)
+    if result is None:
         return STALE
-    line, payload, began = item
-    record = error_record(error)
-    result = BatchResult(line, _given_id(payload, line), None, record, monotonic() - began)
     results.append(encode(result) if encoded else result)
     out = encode_chunk(results) if encoded else results
     return ("stopped", out, len(results), perf_counter() - started)
+
+
+def stuck_result(item: Optional[tuple], error: Any) -> Optional[BatchResult]:
+    """The result of ``item`` ((line, payload, its monotonic start), the item a call is
+    at) when a hard stop ends that call with ``error``: its ``timeout``, as a call that
+    ends past its deadline gets. None if there is no item, or it began at or after the
+    deadline of the call that overran (``watch_deadline``): a later call, not the stuck
+    one (worker_stopped, _StuckItem)."""
+    deadline = getattr(error, "watch_deadline", None)
+    if item is None or (deadline is not None and item[2] >= deadline):
+        return None
+    line, payload, began = item
+    record = error_record(error)
+    return BatchResult(line, _given_id(payload, line), None, record, monotonic() - began)
 
 
 REPLY_BYTES = 4 << 20  # a worker sends what it holds of a chunk's results past this
@@ -1286,17 +1297,14 @@ class _StuckItem:
         if not self.writing.acquire(timeout=STUCK_WAIT):
             return  # (run_jsonl is stuck writing, not calling: nothing to add)
         running, spans = self.running, self.reader.spans
-        deadline = getattr(error, "watch_deadline", None)
         with running.lock:
-            item = running.item
-            late = item is not None and (deadline is None or item[2] < deadline)
-            if not late or not spans or spans[0][0] != item[0]:
+            stopped = stuck_result(running.item, error)
+            if stopped is None or not spans or spans[0][0] != stopped.line:
                 self.writing.release()
                 return
             running.item = None
-        line, payload, began = item
-        record, ident = error_record(error), _given_id(payload, line)
-        result = encode(BatchResult(line, ident, None, record, monotonic() - began))
+        line = stopped.line
+        result = encode(stopped)
         self.sink.write(result.data)
         self.summary.add(result)
         last = spans.popleft()
