@@ -113,15 +113,24 @@ _HINT = "give the name of a regular file (or a FIFO or character device such as 
 
 def _kind_refused(info: os.stat_result) -> Optional[str]:
     mode = info.st_mode
-    if stat.S_ISDIR(mode):
-        return "a directory"
-    if stat.S_ISBLK(mode):
-        return "a block device"
-    if stat.S_ISSOCK(mode):
-        return "a socket"
     if stat.S_ISREG(mode) or stat.S_ISCHR(mode) or stat.S_ISFIFO(mode):
         return None
-    return "not a regular file"
+    return kind_of(mode)
+
+
+_KINDS = (
+    (stat.S_ISREG, "a regular file"),
+    (stat.S_ISDIR, "a directory"),
+    (stat.S_ISFIFO, "a FIFO"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISSOCK, "a socket"),
+)
+
+
+def kind_of(mode: int) -> str:
+    """What a file of ``st_mode`` is, as messages say it ("a directory", "a socket")."""
+    return next((name for test, name in _KINDS if test(mode)), "not a regular file")
 
 
 def _check_parent(path: str) -> None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import fnmatch
 import os
-import stat
 import sys
 from collections import namedtuple
 from pathlib import Path
@@ -767,21 +766,14 @@ def _refuse_odd(candidate: Path) -> None:
     except OSError:
         what = "a symbolic link to nothing"
     else:
-        what = next((w for test, w in _ODD_KINDS if test(mode)), "not a regular file")
+        from .outfile import kind_of
+
+        what = kind_of(mode)
     raise PolicyError(
         f"{candidate}: found in the working folder, but it is {what}, not a policy file",
         hint="remove or rename it, or name a policy with --policy FILE",
         file=str(candidate),
     )
-
-
-_ODD_KINDS = (
-    (stat.S_ISDIR, "a directory"),
-    (stat.S_ISFIFO, "a named pipe (FIFO)"),
-    (stat.S_ISCHR, "a device"),
-    (stat.S_ISBLK, "a device"),
-    (stat.S_ISSOCK, "a socket"),
-)
 
 
 # Limits a discovered policy may lower but not raise: each bounds what the guest may take

@@ -97,11 +97,11 @@ class Checkpoint:
         except OSError:
             return  # load() reports it with the path
         if not stat.S_ISREG(info.st_mode):
-            kinds = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"))
-            kind = next((name for test, name in kinds if test(info.st_mode)), "a device")
+            from ..outfile import kind_of
+
             raise errors.InputError(
-                f"{self.path}: is {kind}; a checkpoint must be a regular file (it is "
-                "rewritten and deleted)",
+                f"{self.path}: is {kind_of(info.st_mode)}; a checkpoint must be a regular "
+                "file (it is rewritten and deleted)",
                 hint="give the name of a new or existing checkpoint file",
                 path=str(self.path),
             )

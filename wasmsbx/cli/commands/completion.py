@@ -104,21 +104,14 @@ def _refuse_special(target: Path) -> None:
     except OSError as exc:
         raise InputError(f"{target}: cannot write: {exc.strerror}", path=str(target)) from None
     if not stat.S_ISREG(mode):
+        from ...outfile import kind_of
+
         raise InputError(
-            f"{target}: is {_KINDS.get(stat.S_IFMT(mode), 'not a regular file')}, "
+            f"{target}: is {kind_of(mode)}, "
             "not a file a shell can load completions from; nothing was written",
             hint="remove it, or print the script with `wasmsbx completions show`",
             path=str(target),
         )
-
-
-_KINDS = {
-    stat.S_IFDIR: "a directory",
-    stat.S_IFIFO: "a FIFO",
-    stat.S_IFCHR: "a character device",
-    stat.S_IFBLK: "a block device",
-    stat.S_IFSOCK: "a socket",
-}
 
 
 def _target(shell: str) -> tuple:
