@@ -90,13 +90,8 @@ def render(report: Any) -> None:
         _comparison(console, report.comparison)
 
 
-def esc(text: Any) -> str:
-    """Data made inert for rich markup: ``pip install 'wasmsbx[wasmer]'`` keeps its
-    ``[wasmer]``, and a module named ``[red]x`` prints as named; its control characters
-    escaped too (an ESC in a module's file name: output.line)."""
-    from rich.markup import escape
-
-    return escape(output.line(str(text)))
+# Data made inert for rich markup, control characters escaped (output.markup)
+esc = output.markup
 
 
 def _case(console: Any, case: Any) -> None:

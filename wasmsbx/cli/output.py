@@ -108,6 +108,18 @@ def line(text: str) -> str:
     return inert(text, None)
 
 
+def markup(text: Any, limit: Optional[int] = None) -> str:
+    """Text from outside (a module's names, a file's name, a message quoting them) for a
+    rich table or line: its control characters escaped and cut past ``limit`` characters
+    (errors.inert, as ``line``), and its markup inert (a module named ``[red]x`` prints as
+    named; ``pip install 'wasmsbx[wasmer]'`` keeps its ``[wasmer]``)."""
+    from rich.markup import escape
+
+    from ..errors import inert
+
+    return escape(inert(text, limit))
+
+
 def emit_json(data: Any, stream=None) -> None:
     import json
 

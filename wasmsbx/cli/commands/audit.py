@@ -189,22 +189,15 @@ SEVERITY_STYLE = {"high": "bold red", "medium": "yellow", "low": "cyan", "info":
 STATUS_STYLE = {"granted": "green", "denied": "yellow", "always": "dim", "never": "red"}
 
 
-def safe(text: Any, limit: Optional[int] = None) -> str:
-    """Module-controlled text, made inert: control characters escaped (errors.inert, as
-    in error messages), rich markup escaped; cut past ``limit`` characters (a name).
-
-    Names inside a module are attacker-controlled; printed raw, an export named
-    ``"\\x1b]52;..."`` could drive the terminal.
-    """
-    from rich.markup import escape
-
-    return escape(errors.inert(text, limit))
+# Module-controlled text, made inert (output.markup): names inside a module are the
+# attacker's; printed raw, an export named "\x1b]52;..." could drive the terminal.
+safe = output.markup
 
 
 def safe_name(text: Any) -> str:
     """A name from the module (an export, an import): ``safe`` and cut, so a name of a
     megabyte is not a megabyte of table."""
-    return safe(text, errors.NAME_SHOWN)
+    return output.markup(text, errors.NAME_SHOWN)
 
 
 def render(report: Any) -> None:

@@ -127,14 +127,13 @@ def _render_list(rows: list, root: Any) -> None:
     for column in ("module", "sha256", "backend", "opt", "size", "age", "idle", "hits"):
         right = column in ("size", "age", "idle", "hits")
         table.add_column(column, justify="right" if right else "left", overflow="fold")
-    from rich.markup import escape
 
     for row in rows:
         module = row.get("module", {})
         table.add_row(
             # A file name is data: not markup, and its control characters escaped (an
             # ESC in a module's name drove the terminal from the listing: round 52).
-            escape(output.line(module.get("name") or "-")),
+            output.markup(module.get("name") or "-"),
             (module.get("sha256") or "")[:10],
             f"{row.get('label') or '-'} {row.get('version') or ''}".strip(),
             row.get("optimize") or "-",

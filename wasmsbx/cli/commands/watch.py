@@ -373,10 +373,6 @@ def _also(paths: list) -> list:
     return list(paths)
 
 
-def _shown(text: Any) -> str:
-    """What an event carries (a module's names in a trap's frames, a file's name, an
-    error's message) as rich text: its control characters escaped, as error lines are
-    (output.line), and its markup inert."""
-    from rich.markup import escape
-
-    return escape(output.line(text))
+# What an event carries (a module's names in a trap's frames, a file's name, an error's
+# message) as rich text: control characters escaped, markup inert.
+_shown = output.markup
