@@ -993,6 +993,10 @@ def test_what_a_run_keeps_never_lies_where_the_guest_writes(tmp_path):
         ["--batch", "-", "--audit-log", "d/log.jsonl"],
         ["--batch", "-", "--checkpoint", "d/run.ckpt"],
     ]
+    # (stdin from a file there, as --batch FILE; round 56)
+    code, err = _run_with(["run", "t.wat", "f", "--batch", "-", "--dir", "d"], work,
+                          (granted / "items.jsonl", "rb"))  # fmt: skip
+    assert code == 105 and "standard input" in err and "guest can write" in err, err
     for extra in cases:
         before = {p.name: p.read_bytes() for p in granted.iterdir()}
         code, err = _run_with(["run", "t.wat", "f", *extra, "--dir", "d"], work)

@@ -14,9 +14,10 @@ Files are compared by what they are (device and inode, so links and other spelli
 a name are caught); a file that does not exist yet by its real path. Only regular files
 count (a terminal, a pipe or /dev/null is shared by design). What the run keeps, and
 the batch input, may not lie where the guest can write either (``refuse_in_grants``).
-Not covered: two new names of one file through a bind mount, and a name another
-process swaps for a link between this check and the open (README "Batch and
-streaming").
+Not covered: two new names of one file through a bind mount, a bind mount of a folder
+or file inside a read-write grant (a bind mount of the grant itself is seen), and a
+name another process swaps for a link between this check and the open (README "Batch
+and streaming").
 """
 
 from __future__ import annotations
@@ -54,7 +55,9 @@ def refuse_crossed(args: Any, policy: Any) -> None:
     # limits of its choosing (a discovered one cannot name paths outside its folder and
     # has its limits capped; it may grant its own folder).
     given = ("the policy", getattr(policy, "source", None) if o.get("policy") else None)
-    refuse_in_grants(policy, [batch_input, given, *kept])
+    # (a batch from `-` or a stream read from a file there, as --batch FILE: round 56)
+    piped = ("standard input", write_path(0) if batch == "-" or stream else None)
+    refuse_in_grants(policy, [batch_input, piped, given, *kept])
 
 
 def refuse_in_grants(policy: Any, named: list) -> None:
