@@ -252,42 +252,33 @@ def _limit(
     store.set_limits(memory_size, table_elements, instances, tables, memories)
 
 
-class _Group:
-    """What the instances of one store share: imports provided, names registered."""
+_EMPTY: frozenset = frozenset()
+_NO_OBJECTS: dict = {}  # shared, never added to (_Group.host_objects until _define adds)
 
-    __slots__ = (
-        "budget",
-        "busy",
-        "current",
-        "gc_cap",
-        "helpers",
-        "host_objects",
-        "limiter",
-        "owner",
-        "polled",
-        "provided",
-        "registered",
-        "wasi_defined",
-    )
+
+class _Group:
+    """What the instances of one store share: imports provided, names registered.
+    Attributes left at their class defaults are not kept per store (one per sandbox)."""
+
+    owner = 0  # the thread running a call on the store
+    current: Any = None  # the instance whose call runs on the store (poll.py)
+    gc_cap: Optional[int] = None  # the store's GC heap: its member's share (bytes)
+    # Shared empty sets until something is added (see provide, register): most stores
+    # import nothing, and two empty sets are 432 bytes per sandbox.
+    provided: Any = _EMPTY  # (module, name) defined by the host
+    registered: Any = _EMPTY  # module names of linked instances
+    wasi_defined = False
+    polled = False  # poll_oneoff defined: poll.bounded_poll
+    helpers = 0  # instances of wasmsbx's own in the store (poll's helpers)
+    limiter: tuple = ()  # the store's limits, as last set (_limit)
+    host_objects: dict = _NO_OBJECTS  # id(host item) -> (item, wasmtime object)
+    budget: Any = None  # limits.Budget of a group or of host memories/tables
 
     def __init__(self) -> None:
         # Held while a call runs on the store; ``owner``: the thread running it. A store
         # runs one call at a time: from several threads at once, wasmtime corrupted
         # memory (double frees, another thread's results; red team round 24).
         self.busy = _allocate_lock()
-        self.owner = 0
-        self.current: Any = None  # the instance whose call runs on the store (poll.py)
-        self.gc_cap: Optional[int] = None  # the store's GC heap: its member's share (bytes)
-        # Shared empty sets until something is added (see provide, register): most
-        # stores import nothing, and two empty sets are 432 bytes per sandbox.
-        self.provided: Any = _EMPTY  # (module, name) defined by the host
-        self.registered: Any = _EMPTY  # module names of linked instances
-        self.wasi_defined = False
-        self.polled = False  # poll_oneoff defined: poll.bounded_poll
-        self.helpers = 0  # instances of wasmsbx's own in the store (poll's helpers)
-        self.limiter: tuple = ()  # the store's limits, as last set (_limit)
-        self.host_objects: dict = _NO_OBJECTS  # id(host item) -> (item, wasmtime object)
-        self.budget: Any = None  # limits.Budget of a group or of host memories/tables
 
     def provide(self, key: tuple) -> None:
         if self.provided is _EMPTY:
@@ -300,7 +291,7 @@ class _Group:
         self.registered.add(name)
 
 
-_EMPTY: frozenset = frozenset()
+_NO_TYPES: dict = {}  # (never changed: see know_types, func_types)
 _WASI_MODULES = frozenset(("wasi_snapshot_preview1",))  # (what define_wasi defines)
 _allocate_lock = _thread.allocate_lock
 _get_ident = _thread.get_ident
@@ -319,7 +310,6 @@ def _occupied(group: _Group, seconds: float) -> bool:
     return False
 
 
-_NO_OBJECTS: dict = {}  # shared, never added to (_Group.host_objects until _define adds)
 _NO_WARNINGS: list = []  # shared, never appended to (WasmtimeInstance.warnings)
 
 
@@ -330,6 +320,19 @@ class _HostTimeout(Exception):
 class WasmtimeInstance(Instance):
     """One instance in a store. Instances of a linked group (``shared``) share the first
     one's store, linker and output budget: one set of limits for the whole group."""
+
+    caps: Any = None  # limits.Plan of a group member: its caps are in its declared maxima
+    watch: Any = None  # the running call's deadline.Watch
+    warnings: list = _NO_WARNINGS  # a list of its own from the first warning on
+    fuel_used = 0
+    fuel_armed = 0
+    shift: Any = None
+    types: dict = _NO_TYPES  # export name -> (params, results)
+    deadline = 0.0  # monotonic instant the running call must end by
+    outputs: Sequence[Any] = ()  # [stdout, stderr] once WASI is set up
+    _budget: Optional[_Budget] = None  # made on first use (WASI output)
+    _linker: Optional[wasmtime.Linker] = None
+    _host: Optional[HostFuncs] = None
 
     def __init__(
         self,
@@ -342,18 +345,15 @@ class WasmtimeInstance(Instance):
         register: Optional[str] = None,
         caps: Any = None,
     ) -> None:
-        self.caps = caps  # limits.Plan of a group member: its caps are in its declared maxima
+        if caps is not None:
+            self.caps = caps
         self.engine = engine
         self.limits = limits
-        self.watch = None  # the running call's deadline.Watch
-        self.warnings: list = _NO_WARNINGS  # a list of its own from the first warning on
-        self.fuel_used = 0
-        self.fuel_armed = 0
         self.memories = _memories(engine, module)
         self.held = _held(module)
-        self.shift = getattr(module, "_wasmsbx_shift", None)
-        self.types: dict = {}  # export name -> (params, results)
-        self.deadline = 0.0  # monotonic instant the running call must end by
+        shift = getattr(module, "_wasmsbx_shift", None)
+        if shift is not None:
+            self.shift = shift
         if shared is None:
             self._new_store(limits, getattr(module, "_wasmsbx_layout", None))
             self._build(module, wasi, imports, shared, register, caps)
@@ -502,12 +502,8 @@ class WasmtimeInstance(Instance):
 
     def _new_store(self, limits: Limits, found: Any) -> None:
         self.store = wasmtime.Store(self.engine.engine)
-        self.outputs: Sequence[Any] = ()  # [stdout, stderr] once WASI is set up
-        self._budget: Optional[_Budget] = None  # made on first use (WASI output)
         self.group = _Group()
         self._set_limits(found)
-        self._linker: Optional[wasmtime.Linker] = None
-        self._host: Optional[HostFuncs] = None
 
     # ------------------------------------------------------------------ setup
     def _set_limits(self, found: Any) -> None:
@@ -682,7 +678,10 @@ class WasmtimeInstance(Instance):
     def func_types(self, name: str) -> tuple:
         types = self.types.get(name)
         if types is None:
-            types = self.types[name] = func_types(self.store, self.exports[name])
+            types = func_types(self.store, self.exports[name])
+            if self.types is _NO_TYPES:
+                self.types = {}
+            self.types[name] = types
         return types
 
     def call(
