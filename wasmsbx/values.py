@@ -279,7 +279,7 @@ def _int_text(text: str, what: str) -> int:
     try:  # int(.., 0) refuses leading zeros ("007"); plain decimal allows them
         return int(text, 10)
     except ValueError:
-        value = _long_decimal(text)
+        value = long_decimal(text)
         if value is None:
             raise ValueTextError(f"not {what}: {cut(text)}") from None
         return value
@@ -288,19 +288,19 @@ def _int_text(text: str, what: str) -> int:
 _DECIMAL = re.compile(r"[+-]?[0-9]+(?:_[0-9]+)*")  # what int(text, 10) reads
 _MAX_DIGITS = 4300  # (Python's default sys.get_int_max_str_digits())
 # Stands for a decimal too long to convert: past every type's range, as that one is
-_BEYOND = 1 << 128
+BEYOND = 1 << 128
 
 
-def _long_decimal(text: str) -> Optional[int]:
+def long_decimal(text: str) -> Optional[int]:
     """A decimal int() refuses for its length alone (more than 4,300 digits, a guard
     against quadratic conversion since Python 3.11 and 3.9.14), which was "not an
-    integer": without its leading zeros it may be short, else ``_BEYOND`` with its sign
+    integer": without its leading zeros it may be short, else ``BEYOND`` with its sign
     (a range error follows). None if the text is no decimal at all."""
     if not _DECIMAL.fullmatch(text):
         return None
     sign = -1 if text[0] == "-" else 1
     digits = text.lstrip("+-").replace("_", "").lstrip("0") or "0"
-    return sign * (int(digits) if len(digits) <= _MAX_DIGITS else _BEYOND)
+    return sign * (int(digits) if len(digits) <= _MAX_DIGITS else BEYOND)
 
 
 def cut(text: str, keep: int = 40) -> str:

@@ -20,7 +20,7 @@ import re
 import struct
 from typing import Any
 
-from ..values import _BEYOND, _long_decimal, cut
+from ..values import BEYOND, cut, long_decimal
 from .types import INTS, WitType, case_types
 from .values import (
     Err,
@@ -42,11 +42,11 @@ _WRITE_ESCAPES = {"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"}
 
 def _int(word: str) -> int:
     """The digits of ``word``, even past the 4,300 int() converts (they were "not a valid
-    s32"): ``_BEYOND`` (signed) stands for what is beyond every type then."""
+    s32"): ``BEYOND`` (signed) stands for what is beyond every type then."""
     try:
         return int(word)
     except ValueError:
-        value = _long_decimal(word)
+        value = long_decimal(word)
         if value is None:
             raise
         return value
@@ -203,7 +203,7 @@ class _Parser:
                 value = float(word)
         except ValueError:
             raise self.error(f"{cut(word)} is not a valid {kind}") from None
-        if kind in INTS and abs(value) == _BEYOND:
+        if kind in INTS and abs(value) == BEYOND:
             raise self.error(f"{cut(word)} is out of range for {kind}")
         self.pos = end
         return value
