@@ -359,6 +359,26 @@ def test_policy_reload_good_broken_good(watch, isolated):
     assert w.stop() == 0
 
 
+def test_a_policy_edited_to_write_into_a_watched_folder_is_refused_and_kept(watch, isolated):
+    """Round 55: watch checked what it writes against what it watches once, at the
+    start. A policy edited afterwards to send the guest's stdout into an --also folder
+    was loaded, and each run's write started the next: a loop (without --json, which
+    captures the guest's output). Every policy loaded is checked now; one that would
+    loop is refused like a broken one, the last good kept."""
+    shutil.copy(EXAMPLES / "wasi" / "hello.wasm", isolated)
+    (isolated / "out").mkdir()
+    w = watch("hello.wasm", "--also", "out", "--", "a", "--exit", "0", json_mode=False)
+    w.wait_text("#1 ")
+    (isolated / "sandbox.toml").write_text('[stdio]\nstdout = "out/log.txt"\n')
+    seen = w.wait_text("keeping the last good policy (defaults)")
+    assert "the guest's stdout file (stdio.stdout) is in the --also folder out" in seen
+    time.sleep(2.0)  # (the loop ran a cycle every few tens of milliseconds)
+    assert w.stop() == 0
+    rest = "".join(w.rest())
+    assert "#2 " not in seen + rest and "after 2 cycles" in rest, seen + rest
+    assert not (isolated / "out" / "log.txt").exists()
+
+
 def test_explicit_policy_and_flag_overrides_survive_reload(watch, isolated):
     shutil.copy(GUESTS / "memgrow_loop.wat", isolated / "grow.wat")
     policy = isolated / "p.toml"

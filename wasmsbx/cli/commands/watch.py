@@ -93,6 +93,15 @@ def register(app: typer.Typer) -> None:
             "env": env or [],
         }
         _refuse_crossed(module, source, policy, also or [], options)
+
+        def load_policy() -> Any:
+            # Every policy the watch loads, not only the first: one edited to send the
+            # guest's output into a watched folder is refused like a broken one (the
+            # last good one is kept), or each run's write would start the next.
+            loaded = build_policy(options)
+            _refuse_crossed(module, source, policy, also or [], options, loaded)
+            return loaded
+
         config = core.WatchConfig(
             target=module,
             func=func,
@@ -100,7 +109,7 @@ def register(app: typer.Typer) -> None:
             argv=[] if func else argv,
             source=source,
             also=_also(also or []),
-            policy_loader=lambda: build_policy(options),
+            policy_loader=load_policy,
             policy_path=policy,
             use_cache=False if no_cache else None,
             capture=json_output,
@@ -331,20 +340,27 @@ def _policy_value(key: str, value: Any) -> str:
     return str(value)
 
 
-def _refuse_crossed(module: str, source: Any, policy: Any, also: list, options: dict) -> None:
+_UNREAD = object()  # (_refuse_crossed: no policy given, read it)
+
+
+def _refuse_crossed(
+    module: str, source: Any, policy: Any, also: list, options: dict, loaded: Any = _UNREAD
+) -> None:
     """What watch writes (its reports on stdout and stderr, the guest's stdio files) is
     none of what it watches: each write would be a change, and the next run another
     (red team round 54: `watch t.wat f 1 >> t.wat` ran 75 times in 8 s, the module
-    growing). Checked once, with the policy as it is now (cli/crossed.py)."""
+    growing). Checked at the start, with the policy as it is then, and again with each
+    policy loaded (``loaded``) when the policy file changes (cli/crossed.py)."""
     from ... import policy as policy_mod
     from ...native.trustdir import within
     from ..crossed import guest_writes, refuse, refuse_in_grants, standard_writes, write_path
     from .run import apply_flags
 
-    try:
-        loaded = apply_flags(policy_mod.discover(policy), options)
-    except errors.WasmsbxError:
-        loaded = None  # (the watcher reports it, and runs once it is mended)
+    if loaded is _UNREAD:
+        try:
+            loaded = apply_flags(policy_mod.discover(policy), options)
+        except errors.WasmsbxError:
+            loaded = None  # (the watcher reports it, and runs once it is mended)
     writes = standard_writes() + (guest_writes(loaded) if loaded is not None else [])
     reads = [("the module", module), ("the source", source)]
     reads += [("the policy", policy or policy_mod.POLICY_FILENAME)]
