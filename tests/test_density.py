@@ -179,6 +179,36 @@ def test_what_a_sandbox_keeps_is_quick_for_the_garbage_collector_to_walk():
     assert boxes[1]._instance.limits is boxes[2]._instance.limits
 
 
+def test_the_defaults_every_store_starts_with_are_never_changed_in_place(tmp_path):
+    """A store's bookkeeping starts from shared class defaults (an empty table of types,
+    of host objects, of warnings); a sandbox that fills its own must never fill those,
+    or every other sandbox would see it. They are read-only, and stay empty."""
+    import wasmsbx
+    from wasmsbx.backends.wasmtime import backend as wt
+
+    hosted = wasmsbx.func(lambda: 10, params=[], results=["i64"])
+    plugin = b"""(module (import "env" "r" (func $r (result i64)))
+      (func (export "go") (result i64) (call $r)))"""
+    box = Sandbox(plugin, make_policy(), imports={"env": {"r": hosted}}, backend="wasmtime")
+    assert box.call("go") == 10 and box["go"]() == 10
+    grows = Sandbox(GROW, make_policy(memory="128KiB"), backend="wasmtime")
+    assert grows.call("grow") == 2
+    assert "memory limit 128 KiB reached" in grows._instance.usage().warnings[0]
+    assert grows.invoke("grow", fresh=True).values == [2]
+    other = Sandbox(GROW, make_policy(), backend="wasmtime")
+    assert other.call("add", 1, 1) == 2 and other._instance.usage().warnings == ()
+    group = wasmsbx.Group(make_policy(instances=2))
+    group.add(GROW, name="lib")
+    assert group.add(GROW).call("add", 1, 2) == 3
+    group.close()
+    for shared in (wt._NO_TYPES, wt._NO_OBJECTS, wt._NO_WARNINGS, wt._EMPTY):
+        assert len(shared) == 0
+    with pytest.raises(TypeError):
+        wt._NO_TYPES["f"] = ((), ())
+    assert wt.WasmtimeInstance.types is wt._NO_TYPES
+    assert wt._Group.host_objects is wt._NO_OBJECTS
+
+
 def test_sandboxes_under_different_limits_keep_their_own(backend):
     """Equal limits are one object; different ones are not mixed up, however many (more
     kinds than the table of shared limits holds)."""

@@ -17,6 +17,7 @@ import sys
 import time
 import weakref
 from collections.abc import Sequence
+from types import MappingProxyType
 from typing import Any, Callable, Optional
 
 import wasmtime
@@ -253,7 +254,9 @@ def _limit(
 
 
 _EMPTY: frozenset = frozenset()
-_NO_OBJECTS: dict = {}  # shared, never added to (_Group.host_objects until _define adds)
+# Shared defaults every store starts with, read-only so that a change in place (which
+# every store would see) fails at once: writers replace them first (red team round 57).
+_NO_OBJECTS: Any = MappingProxyType({})  # _Group.host_objects until _define adds one
 
 
 class _Group:
@@ -271,7 +274,7 @@ class _Group:
     polled = False  # poll_oneoff defined: poll.bounded_poll
     helpers = 0  # instances of wasmsbx's own in the store (poll's helpers)
     limiter: tuple = ()  # the store's limits, as last set (_limit)
-    host_objects: dict = _NO_OBJECTS  # id(host item) -> (item, wasmtime object)
+    host_objects: Any = _NO_OBJECTS  # id(host item) -> (item, wasmtime object)
     budget: Any = None  # limits.Budget of a group or of host memories/tables
 
     def __init__(self) -> None:
@@ -291,7 +294,7 @@ class _Group:
         self.registered.add(name)
 
 
-_NO_TYPES: dict = {}  # (never changed: see know_types, func_types)
+_NO_TYPES: Any = MappingProxyType({})  # WasmtimeInstance.types (see know_types, func_types)
 _WASI_MODULES = frozenset(("wasi_snapshot_preview1",))  # (what define_wasi defines)
 _allocate_lock = _thread.allocate_lock
 _get_ident = _thread.get_ident
@@ -310,7 +313,7 @@ def _occupied(group: _Group, seconds: float) -> bool:
     return False
 
 
-_NO_WARNINGS: list = []  # shared, never appended to (WasmtimeInstance.warnings)
+_NO_WARNINGS: Any = ()  # WasmtimeInstance.warnings until its first warning
 
 
 class _HostTimeout(Exception):
@@ -323,11 +326,11 @@ class WasmtimeInstance(Instance):
 
     caps: Any = None  # limits.Plan of a group member: its caps are in its declared maxima
     watch: Any = None  # the running call's deadline.Watch
-    warnings: list = _NO_WARNINGS  # a list of its own from the first warning on
+    warnings: Any = _NO_WARNINGS  # a list of its own from the first warning on
     fuel_used = 0
     fuel_armed = 0
     shift: Any = None
-    types: dict = _NO_TYPES  # export name -> (params, results)
+    types: Any = _NO_TYPES  # export name -> (params, results)
     deadline = 0.0  # monotonic instant the running call must end by
     outputs: Sequence[Any] = ()  # [stdout, stderr] once WASI is set up
     _budget: Optional[_Budget] = None  # made on first use (WASI output)
