@@ -322,7 +322,11 @@ class _HostTimeout(Exception):
 
 class WasmtimeInstance(Instance):
     """One instance in a store. Instances of a linked group (``shared``) share the first
-    one's store, linker and output budget: one set of limits for the whole group."""
+    one's store, linker and output budget: one set of limits for the whole group.
+
+    What every new instance has alike is a class default, set on an instance only when
+    it differs: each is a reference fewer per sandbox for the garbage collector to visit
+    on every pass (100,000 sandboxes: README "Density"). Shared tables are read-only."""
 
     caps: Any = None  # limits.Plan of a group member: its caps are in its declared maxima
     watch: Any = None  # the running call's deadline.Watch
