@@ -1651,6 +1651,20 @@ class Group:
 
 
 def _file_name(text: str) -> str:
+    """``_name_of(text)``, one object for each text: 100,000 sandboxes of one file share
+    their name instead of holding a copy each (density from a path)."""
+    found = _NAMES.get(text)
+    if found is None:
+        if len(_NAMES) >= 256:
+            _NAMES.clear()
+        found = _NAMES[text] = _name_of(text)
+    return found
+
+
+_NAMES: dict = {}  # module path text -> its file name (_file_name)
+
+
+def _name_of(text: str) -> str:
     """``Path(text).name`` without making the Path (on every cold start): the last part
     that is neither empty nor ".", so "m.wasm/." and "m.wasm/" are named "m.wasm", as
     the file read."""
