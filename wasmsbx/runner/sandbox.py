@@ -1655,9 +1655,11 @@ def _file_name(text: str) -> str:
     their name instead of holding a copy each (density from a path)."""
     found = _NAMES.get(text)
     if found is None:
-        if len(_NAMES) >= 256:
-            _NAMES.clear()
-        found = _NAMES[text] = _name_of(text)
+        found = _name_of(text)
+        if len(text) <= 4096:  # (PATH_MAX: no longer text is a path, nor kept)
+            if len(_NAMES) >= 256:
+                _NAMES.clear()
+            _NAMES[text] = found
     return found
 
 
