@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -1015,6 +1016,20 @@ def test_what_a_run_keeps_never_lies_where_the_guest_writes(tmp_path):
     for args in (["watch", "t.wat", "f", "1"], ["bench", "t.wat", "f", "1", "-n", "3"]):
         code, err = _run_with([*args, "--policy", "d/p.toml", "--dir", "d"], work)
         assert code == 105 and "lies in a folder the guest can write" in err, (args, err)
+    # A discovered sandbox.toml too (round 58): `--dir .` let the guest rewrite the
+    # policy every later run in that folder discovers (its limits up to the defaults)
+    (granted / "sandbox.toml").write_text('[limits]\ntimeout = "5s"\n')
+    probe = os.path.join(os.path.dirname(__file__), "guests", "fsprobe.wasm")
+    shutil.copy(probe, granted / "probe.wasm")
+    module = str(work / "t.wat")
+    for args in (["run", module, "f", "1"], ["watch", module, "f", "1"],
+                 ["bench", module, "f", "1", "-n", "3"],
+                 ["run", "probe.wasm", "--", "append", "sandbox.toml", "#x"]):  # fmt: skip
+        code, err = _run_with([args[0], "--dir", ".", *args[1:]], granted)
+        assert code == 105 and "the policy" in err and "guest can write" in err, (args, err)
+    assert (granted / "sandbox.toml").read_text() == '[limits]\ntimeout = "5s"\n'
+    code, err = _run_with(["run", module, "f", "1", "--dir-ro", "."], granted)
+    assert code == 0, err
     os.symlink("/proc/self/fd", work / "fds")
     items = work / "items.jsonl"
     for target in ("//proc/self/fd/5", "/proc/self/root/dev/fd/5", str(work / "fds" / "5")):

@@ -379,6 +379,40 @@ def test_a_policy_edited_to_write_into_a_watched_folder_is_refused_and_kept(watc
     assert not (isolated / "out" / "log.txt").exists()
 
 
+def test_a_guest_that_may_write_what_is_watched_is_refused(watch, isolated):
+    """Round 58: a read-write grant holding a watched path (the module, the policy, an
+    --also folder) or inside an --also folder let the guest start the next run with
+    each write (60-70 runs in 8 s), and rewrite the policy the next run reads. Refused
+    at start-up (exit 105), and in a policy loaded while watching (the last good kept)."""
+    shutil.copy(GUESTS / "fsprobe.wasm", isolated)
+    (isolated / "out" / "sub").mkdir(parents=True)
+    (isolated / "sandbox.toml").write_text("# p\n")
+    cases = [
+        (["--also", "out", "--dir", "out"], "an --also path (out) lies in a folder"),
+        (["--dir", "."], "the module (fsprobe.wasm) lies in a folder"),
+        (["--also", "out", "--dir", "out/sub"], "filesystem.read_write"),
+    ]
+    for flags, said in cases:
+        argv = [sys.executable, "-m", "wasmsbx", "watch", "fsprobe.wasm", *flags]
+        argv += ["--", "append", "out/sub/log.txt", "x"]
+        proc = subprocess.run(argv, cwd=isolated, capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 105 and said in proc.stderr, (flags, proc.stderr)
+    assert (isolated / "sandbox.toml").read_text() == "# p\n"
+    assert not (isolated / "out" / "sub" / "log.txt").exists()
+    (isolated / "p.toml").write_text("")
+    w = watch(
+        "fsprobe.wasm", "--policy", "p.toml", "--also", "out", "--", "append", "out/log.txt", "x"
+    )
+    w.wait("run", cycle=1)
+    (isolated / "p.toml").write_text('[filesystem]\nread_write = ["out"]\n')
+    refused = w.wait("policy", ok=False)
+    assert "lies in a folder the guest can write" in refused["error"]["message"], refused
+    time.sleep(2.0)
+    assert w.stop() == 0
+    assert [e["event"] for e in w.events + w.rest()].count("run") == 1
+    assert not (isolated / "out" / "log.txt").exists()
+
+
 def test_explicit_policy_and_flag_overrides_survive_reload(watch, isolated):
     shutil.copy(GUESTS / "memgrow_loop.wat", isolated / "grow.wat")
     policy = isolated / "p.toml"

@@ -51,10 +51,11 @@ def refuse_crossed(args: Any, policy: Any) -> None:
     ]
     kept = [("the checkpoint", o.get("checkpoint")), ("the audit log", o.get("audit_log"))]
     refuse(reads, kept, [*standard_writes(), *guest_writes(policy)])
-    # An explicit policy too: rewritten by the guest, the next run would read grants and
-    # limits of its choosing (a discovered one cannot name paths outside its folder and
-    # has its limits capped; it may grant its own folder).
-    given = ("the policy", getattr(policy, "source", None) if o.get("policy") else None)
+    # The policy too: rewritten by the guest, the next run would read grants and limits
+    # of its choosing. A discovered one as well (red team round 58): it cannot grant its
+    # own folder, but `--dir .` can, and its guest then raised the limits the user had
+    # lowered (up to the defaults) for every later run in that folder.
+    given = ("the policy", getattr(policy, "source", None))
     # (a batch from `-` or a stream read from a file there, as --batch FILE: round 56)
     piped = ("standard input", write_path(0) if batch == "-" or stream else None)
     refuse_in_grants(policy, [batch_input, piped, given, *kept])

@@ -366,14 +366,23 @@ def _refuse_crossed(
     reads += [("the policy", policy or policy_mod.POLICY_FILENAME)]
     reads += [("an --also path", path) for path in also]
     refuse(reads, [], writes)
-    if loaded is not None and policy:  # (a policy the guest could rewrite for the next run)
-        refuse_in_grants(loaded, [("the policy", policy)])
+    if loaded is not None:
+        # Nor may the guest write what is watched (red team round 58: `--dir out --also
+        # out`, or a guest rewriting ./sandbox.toml, ran 60-70 times in 8 s): each write
+        # would start the next run, and a policy it rewrote would be the next run's.
+        refuse_in_grants(loaded, reads)
     for folder in also:
         if not os.path.isdir(folder):
             continue
         real = os.path.realpath(folder)
-        for what, where in writes:
-            target = write_path(where)
+        targets = [(what, write_path(where)) for what, where in writes]
+        if loaded is not None:  # (a folder the guest may write, inside the one watched)
+            for grant in loaded.grants:
+                if grant.writable:
+                    host = os.fspath(grant.host)
+                    what = f"filesystem.read_write {errors.inert(host)}"
+                    targets.append((what, os.path.realpath(host)))
+        for what, target in targets:
             if target and within(target, real):
                 raise errors.InputError(
                     f"{what} is in the --also folder {errors.inert(folder)}: each write "
