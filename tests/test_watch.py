@@ -379,6 +379,25 @@ def test_a_policy_edited_to_write_into_a_watched_folder_is_refused_and_kept(watc
     assert not (isolated / "out" / "log.txt").exists()
 
 
+def test_with_json_a_stdio_file_in_a_watched_folder_is_no_loop(watch, isolated):
+    """With --json the guest's output goes into the run events, never to the files its
+    policy names: such a file in an --also folder starts no run, and is not refused
+    (round 58: it was, at start-up and on reload)."""
+    shutil.copy(EXAMPLES / "wasi" / "hello.wasm", isolated)
+    (isolated / "out").mkdir()
+    (isolated / "sandbox.toml").write_text('[stdio]\nstdout = "out/log.txt"\n')
+    w = watch("hello.wasm", "--also", "out", "--", "a", "--exit", "0")
+    run = w.wait("run", cycle=1)
+    assert run["exit_code"] == 0 and "argv[1] = a" in run["stdout"]
+    (isolated / "sandbox.toml").write_text('[stdio]\nstderr = "out/err.txt"\n')
+    assert w.wait("policy")["ok"] is True
+    assert w.wait("run", cycle=2)["exit_code"] == 0
+    time.sleep(1.5)
+    assert w.stop() == 0
+    assert [e["event"] for e in w.events + w.rest()].count("run") == 2
+    assert list((isolated / "out").iterdir()) == []
+
+
 def test_a_guest_that_may_write_what_is_watched_is_refused(watch, isolated):
     """Round 58: a read-write grant holding a watched path (the module, the policy, an
     --also folder) or inside an --also folder let the guest start the next run with

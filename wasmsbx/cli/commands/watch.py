@@ -92,14 +92,14 @@ def register(app: typer.Typer) -> None:
             "dir_ro": dir_ro or [],
             "env": env or [],
         }
-        _refuse_crossed(module, source, policy, also or [], options)
+        _refuse_crossed(module, source, policy, also or [], options, capture=json_output)
 
         def load_policy() -> Any:
             # Every policy the watch loads, not only the first: one edited to send the
             # guest's output into a watched folder is refused like a broken one (the
             # last good one is kept), or each run's write would start the next.
             loaded = build_policy(options)
-            _refuse_crossed(module, source, policy, also or [], options, loaded)
+            _refuse_crossed(module, source, policy, also or [], options, loaded, json_output)
             return loaded
 
         config = core.WatchConfig(
@@ -344,13 +344,20 @@ _UNREAD = object()  # (_refuse_crossed: no policy given, read it)
 
 
 def _refuse_crossed(
-    module: str, source: Any, policy: Any, also: list, options: dict, loaded: Any = _UNREAD
+    module: str,
+    source: Any,
+    policy: Any,
+    also: list,
+    options: dict,
+    loaded: Any = _UNREAD,
+    capture: bool = False,
 ) -> None:
     """What watch writes (its reports on stdout and stderr, the guest's stdio files) is
     none of what it watches: each write would be a change, and the next run another
     (red team round 54: `watch t.wat f 1 >> t.wat` ran 75 times in 8 s, the module
     growing). Checked at the start, with the policy as it is then, and again with each
-    policy loaded (``loaded``) when the policy file changes (cli/crossed.py)."""
+    policy loaded (``loaded``) when the policy file changes (cli/crossed.py). ``capture``:
+    the guest's output goes into --json events, not to the files its policy names."""
     from ... import policy as policy_mod
     from ...native.trustdir import within
     from ..crossed import guest_writes, refuse, refuse_in_grants, standard_writes, write_path
@@ -361,7 +368,9 @@ def _refuse_crossed(
             loaded = apply_flags(policy_mod.discover(policy), options)
         except errors.WasmsbxError:
             loaded = None  # (the watcher reports it, and runs once it is mended)
-    writes = standard_writes() + (guest_writes(loaded) if loaded is not None else [])
+    # (with --json the guest's output is captured into the events: its files are unused)
+    guest = guest_writes(loaded) if loaded is not None and not capture else []
+    writes = standard_writes() + guest
     reads = [("the module", module), ("the source", source)]
     reads += [("the policy", policy or policy_mod.POLICY_FILENAME)]
     reads += [("an --also path", path) for path in also]
