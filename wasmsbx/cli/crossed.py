@@ -41,9 +41,10 @@ def refuse_crossed(args: Any, policy: Any) -> None:
     batch, stream = o.get("batch"), bool(o.get("stream"))
     stdin_read = batch == "-" or stream or module == "-" or values["stdio.stdin"] == "inherit"
     batch_input = ("the batch input", batch if batch != "-" else None)
+    the_policy = ("the policy", getattr(policy, "source", None))
     reads = [
         ("the module", module if module != "-" else None),
-        ("the policy", getattr(policy, "source", None)),
+        the_policy,
         ("the artifact", o.get("artifact")),
         batch_input,
         ("the guest's stdin file (stdio.stdin)", stdio_path(values["stdio.stdin"])),
@@ -55,10 +56,9 @@ def refuse_crossed(args: Any, policy: Any) -> None:
     # of its choosing. A discovered one as well (red team round 58): it cannot grant its
     # own folder, but `--dir .` can, and its guest then raised the limits the user had
     # lowered (up to the defaults) for every later run in that folder.
-    given = ("the policy", getattr(policy, "source", None))
     # (a batch from `-` or a stream read from a file there, as --batch FILE: round 56)
     piped = ("standard input", write_path(0) if batch == "-" or stream else None)
-    refuse_in_grants(policy, [batch_input, piped, given, *kept])
+    refuse_in_grants(policy, [batch_input, piped, the_policy, *kept])
 
 
 def refuse_in_grants(policy: Any, named: list) -> None:

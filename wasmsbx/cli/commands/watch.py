@@ -380,17 +380,18 @@ def _refuse_crossed(
         # out`, or a guest rewriting ./sandbox.toml, ran 60-70 times in 8 s): each write
         # would start the next run, and a policy it rewrote would be the next run's.
         refuse_in_grants(loaded, reads)
+    if not also:
+        return
+    # Nor in an --also folder: a write there, or a folder the guest may write there
+    targets = [(what, write_path(where)) for what, where in writes]
+    for grant in loaded.grants if loaded is not None else ():
+        if grant.writable:
+            host = os.fspath(grant.host)
+            targets.append((f"filesystem.read_write {errors.inert(host)}", os.path.realpath(host)))
     for folder in also:
         if not os.path.isdir(folder):
             continue
         real = os.path.realpath(folder)
-        targets = [(what, write_path(where)) for what, where in writes]
-        if loaded is not None:  # (a folder the guest may write, inside the one watched)
-            for grant in loaded.grants:
-                if grant.writable:
-                    host = os.fspath(grant.host)
-                    what = f"filesystem.read_write {errors.inert(host)}"
-                    targets.append((what, os.path.realpath(host)))
         for what, target in targets:
             if target and within(target, real):
                 raise errors.InputError(
