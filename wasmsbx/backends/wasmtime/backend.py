@@ -253,10 +253,12 @@ def _limit(
     store.set_limits(memory_size, table_elements, instances, tables, memories)
 
 
-_EMPTY: frozenset = frozenset()
 # Shared defaults every store starts with, read-only so that a change in place (which
 # every store would see) fails at once: writers replace them first (red team round 57).
+_EMPTY: frozenset = frozenset()  # _Group.provided and .registered until one is added
 _NO_OBJECTS: Any = MappingProxyType({})  # _Group.host_objects until _define adds one
+_NO_TYPES: Any = MappingProxyType({})  # WasmtimeInstance.types (see know_types, func_types)
+_NO_WARNINGS: Any = ()  # WasmtimeInstance.warnings until its first warning
 
 
 class _Group:
@@ -294,7 +296,6 @@ class _Group:
         self.registered.add(name)
 
 
-_NO_TYPES: Any = MappingProxyType({})  # WasmtimeInstance.types (see know_types, func_types)
 _WASI_MODULES = frozenset(("wasi_snapshot_preview1",))  # (what define_wasi defines)
 _allocate_lock = _thread.allocate_lock
 _get_ident = _thread.get_ident
@@ -311,9 +312,6 @@ def _occupied(group: _Group, seconds: float) -> bool:
         return True
     take_turn(group.busy, seconds)
     return False
-
-
-_NO_WARNINGS: Any = ()  # WasmtimeInstance.warnings until its first warning
 
 
 class _HostTimeout(Exception):
