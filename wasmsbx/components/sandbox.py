@@ -10,6 +10,7 @@ interface at all).
 
 from __future__ import annotations
 
+import threading
 import time
 from collections import namedtuple
 from collections.abc import Sequence
@@ -19,7 +20,8 @@ from typing import Any, Optional
 from .. import errors
 from .. import policy as policy_mod
 from ..backends.base import ExportInfo, WasiSetup
-from ..runner.sandbox import RunStats, Sandbox, engine_options, limits_from, read_file
+from ..runner.sandbox import RunStats, Sandbox, _making, engine_options, limits_from, read_file
+from ..runner.warm import _WARM_NEEDED, WARM_COMPONENTS, WARM_IMPORTS, warm_imports
 from ..wasm.source import ARTIFACT_FIRST_BYTE
 from . import binary, runtime, wave
 from .types import passable
@@ -398,18 +400,25 @@ class ComponentSandbox(Sandbox):
         if reason:
             raise errors.UsageError(f"{export.name}: its result cannot be returned: {reason}")
         typed = self.typed_args(export, args, wave_args, json_args)
-        if self._instance is None or fresh or self._instance.poisoned:
-            if self._instance is not None:
-                self._instance.close()
-            self._instance = self.instantiate(wasi)
+        instance = self._instance
+        if instance is None or fresh or instance.poisoned:
+            if _WARM_NEEDED and threading.active_count() > 1:  # (see runner/warm.py)
+                warm_imports(WARM_IMPORTS)
+                warm_imports(WARM_COMPONENTS)
+            with _making(self):  # (one instance made for the threads that found none)
+                instance = self._instance
+                if instance is None or fresh or instance.poisoned:
+                    if instance is not None:
+                        instance.close()
+                    instance = self._instance = self.instantiate(wasi)
         started = time.perf_counter()
         try:
-            value = self._instance.call(export, typed)
+            value = instance.call(export, typed)
         finally:
             self.timings["run"] = time.perf_counter() - started
-        usage = self._instance.usage(memory)
+        usage = instance.usage(memory)
         return ComponentCallResult(
-            export.name, value, export.sig.result, self._stats(self._instance, usage)
+            export.name, value, export.sig.result, self._stats(instance, usage)
         )
 
     def call(self, func: str, *args: Any) -> Any:

@@ -49,6 +49,7 @@ from ..wasm.source import (  # noqa: F401 - re-exported for the runner's callers
     wat_to_wasm,
 )
 from . import shared
+from .warm import _WARM_NEEDED, WARM_IMPORTS, warm_imports
 
 # ---------------------------------------------------------------------------- results
 
@@ -1114,11 +1115,19 @@ class Sandbox:
                 functions[name] = function
         return function
 
-    def _live(self) -> Any:
-        """The instance, created on first use."""
-        if self._instance is None:
-            self._instance = self.instantiate()
-        return self._instance
+    def _live(self, wasi: Optional[WasiSetup] = None) -> Any:
+        """The instance, created on first use (with ``wasi``, if given), once: calls from
+        several threads that find none wait for the one that makes it (each made its
+        own, and every call but those on the last one made was lost)."""
+        instance = self._instance
+        if instance is None:
+            if _WARM_NEEDED and threading.active_count() > 1:
+                warm_imports(WARM_IMPORTS)  # (made before the threads came: see warm.py)
+            with _making(self):
+                instance = self._instance
+                if instance is None:
+                    instance = self._instance = self.instantiate(wasi)
+        return instance
 
     def memory(self, name: str = "memory") -> Memory:
         """The exported memory ``name``: read, write, size, grow (see Memory)."""
@@ -1264,14 +1273,17 @@ class Sandbox:
         sig = self.signature(func)
         typed = parse_args(func, sig, args)
         limits = self._call_limits(timeout, fuel)
-        if self._instance is None or fresh:
-            self._instance = self.instantiate(wasi)
+        if fresh:
+            with _making(self):
+                instance = self._instance = self.instantiate(wasi)
+        else:
+            instance = self._live(wasi)
         started = time.perf_counter()
         try:
-            values = self._instance.call(func, typed, types=(sig.params, sig.results), **limits)
+            values = instance.call(func, typed, types=(sig.params, sig.results), **limits)
         finally:
             self.timings["run"] = time.perf_counter() - started
-        return CallResult(func, values, sig.results, self._stats(self._instance))
+        return CallResult(func, values, sig.results, self._stats(instance))
 
     def output(self) -> tuple:
         """(stdout, stderr) the current instance captured (None when not captured)."""
@@ -1424,6 +1436,17 @@ class Sandbox:
             if self._group is None:
                 self._instance.close()
             self._instance = None
+
+
+# Held while a sandbox makes its instance (Sandbox._live), one of these per sandbox by
+# its identity: a lock of its own would cost each of 100,000 sandboxes an attribute
+# (tests/test_density.py). Re-entrant: a start function's host function may call a
+# sandbox. Two sandboxes that share one only make their instances one after the other.
+_MAKING = tuple(threading.RLock() for _ in range(64))
+
+
+def _making(box: Any) -> Any:
+    return _MAKING[(id(box) >> 4) % len(_MAKING)]
 
 
 def _selection(policy: policy_mod.Policy, kind: str, backend: Optional[str]) -> Any:

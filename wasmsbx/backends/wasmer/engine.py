@@ -100,18 +100,49 @@ _HEADER = struct.Struct("<I")
 WORKER_START = 60.0
 
 
+class Native:
+    """A ``wasmer.Module`` usable from any thread.
+
+    wasmer-python's Module is pinned to the thread that made it (a pyo3 ``unsendable``
+    class): touched from another thread it panics, and pyo3's PanicException is a
+    BaseException, so a Sandbox made in one thread and first called in another died with
+    a Rust backtrace (so did a forked worker, which runs as the thread that forked it).
+    Each thread that needs the module gets its own, made once by ``remake`` (a deserialize
+    of the native code kept, or a compile) and held in that thread's local storage, which
+    goes when the thread ends (a thread's identity may be reused; its locals are not).
+    """
+
+    __slots__ = ("_local", "_remake")
+
+    def __init__(self, module: Any, remake: Any) -> None:
+        self._local = threading.local()
+        self._local.module = module  # (the thread that made it)
+        self._remake = remake
+
+    def get(self) -> Any:
+        module = getattr(self._local, "module", None)
+        if module is None:
+            module = self._local.module = self._remake()
+        return module
+
+
 class WasmerModule:
     """A compiled module plus what is needed to recompile it under other caps."""
 
-    def __init__(self, wasm: bytes, caps: tuple, module: Any, declared: Any, shift: Any) -> None:
+    def __init__(self, wasm: bytes, caps: tuple, module: Native, declared: Any, shift: Any) -> None:
         self.wasm = wasm  # the original bytes, before capping
         self.caps = caps  # (memory pages or None, table elements or None) compiled in
-        self.module = module
+        self.native = module
         self.declared = declared  # wasm_limits.Capped with the declared limits
         self.shift = shift  # wasm_limits.Exported (no bytes): maps trap offsets back
         self.variants: dict = {caps: self}
         self.exports: Optional[list] = None
-        self.adapter: Any = None  # (wasmer.Module or None, names it adapts); wasmer_values
+        self.adapter: Any = None  # (Native or None, names it adapts); wasmer_values
+
+    @property
+    def module(self) -> Any:
+        """The ``wasmer.Module``, as this thread may use it (see Native)."""
+        return self.native.get()
 
 
 def _first_line(exc: BaseException) -> str:
@@ -716,7 +747,7 @@ class WasmerInstance(Instance):
             [(m, n, f.params, f.results) for m, n, f in self.state.host],
         )
         child.items_module, child.link = self.items, self.link
-        child.wires = dict(self.state.wires)
+        child.wires = {key: wire.get() for key, wire in self.state.wires.items()}
         self.state.sent_wires = set(self.state.wires)
         self.state.sent_host = len(self.state.host)
         compiled, names, global_names = child.adapter
@@ -1227,7 +1258,7 @@ class WasmerMember(WasmerInstance):
             items_data,
             self.link,
             {
-                key: bytes(wire.serialize())
+                key: bytes(wire.get().serialize())
                 for key, wire in self.state.wires.items()
                 if key not in self.state.sent_wires
             },
@@ -1353,7 +1384,10 @@ class WasmerEngine(Engine):
             if not _is_panic(exc):
                 raise
             raise self._lacking(wasm) or self._panicked(exc) from None
-        return WasmerModule(wasm, caps, module, capped, exported._replace(wasm=b""))
+        # (Another thread compiles its own: the capped bytes are not kept, a variant is
+        # rarely used across threads, and a module from the cache comes by deserialize.)
+        native = Native(module, lambda: self._build(wasm, caps).module)
+        return WasmerModule(wasm, caps, native, capped, exported._replace(wasm=b""))
 
     def _validate(self, wasm: bytes) -> None:
         """ModuleError unless wasmer's validator accepts ``wasm`` unchanged."""
@@ -1418,8 +1452,9 @@ class WasmerEngine(Engine):
         )
 
     def adapter(self, module: WasmerModule) -> tuple:
-        """(adapter wasmer.Module or None, export names it adapts), compiled once per module
-        here in the parent (wasmer_values explains why and how)."""
+        """(adapter wasmer.Module or None, export names it adapts, globals it adapts),
+        compiled once per module here in the parent (wasmer_values explains why and how);
+        the Module is this thread's (see Native)."""
         if module.adapter is None:
             signatures = {e.name: e.signature for e in self.exports(module) if e.kind == "func"}
             globals_ = {
@@ -1431,9 +1466,12 @@ class WasmerEngine(Engine):
             compiled = None
             if text is not None:
                 try:
-                    compiled = wasmer.Module(self.store, wasmer.wat2wasm(text))
+                    wasm = wasmer.wat2wasm(text)
+                    compiled = wasmer.Module(self.store, wasm)
                 except Exception:  # noqa: BLE001 - e.g. singlepass lacks multi-value: direct path
                     compiled = None
+                else:  # (the same again in another thread: see Native)
+                    compiled = Native(compiled, lambda: wasmer.Module(self.store, wasm))
             names = [n for n, sig in signatures.items() if compiled is not None and sig is not None]
             from .values import needs_adapter
 
@@ -1443,7 +1481,8 @@ class WasmerEngine(Engine):
                 [n for n in names if needs_adapter(signatures[n])],
                 adapted_globals if compiled is not None else [],
             )
-        return module.adapter
+        native, names, adapted_globals = module.adapter
+        return (None if native is None else native.get(), names, adapted_globals)
 
     def compile(self, wasm: bytes) -> WasmerModule:
         return self._build(wasm, self._caps(self.options.memory_cap, self.options.table_cap))
@@ -1478,15 +1517,17 @@ class WasmerEngine(Engine):
         memory, table, wasm_len = struct.unpack_from("<qqI", data, len(ARTIFACT_MAGIC))
         wasm = data[size : size + wasm_len]
         caps = (None if memory < 0 else memory, None if table < 0 else table)
+        code = data[size + wasm_len :]  # (kept: another thread deserializes its own)
         try:
-            module = wasmer.Module.deserialize(self.store, data[size + wasm_len :])
+            module = wasmer.Module.deserialize(self.store, code)
             capped = cap_limits(wasm, None if caps[0] is None else caps[0] * PAGE, caps[1])
         except (RuntimeError, ValueError) as exc:
             raise errors.ModuleError(f"cannot load precompiled code: {_first_line(exc)}") from None
         shift = export_memories(capped.wasm)._replace(wasm=b"")
         if not any(e.name.startswith(HIDDEN_EXPORT) for e in module.exports):
             shift = shift._replace(shift=0)  # code from before memories were exported
-        return WasmerModule(wasm, caps, module, capped, shift)
+        native = Native(module, lambda: wasmer.Module.deserialize(self.store, code))
+        return WasmerModule(wasm, caps, native, capped, shift)
 
     def exports(self, module: WasmerModule) -> list:
         if module.exports is None:
@@ -1570,7 +1611,10 @@ class WasmerEngine(Engine):
         for offset, (_, _, func) in enumerate(funcs):
             text = wire_wat(func.params, func.results)
             if text is not None:
-                state.wires[len(state.host) + offset] = self._compile_helper(text)
+                wire = self._compile_helper(text)  # (the same again in another thread)
+                state.wires[len(state.host) + offset] = Native(
+                    wire, lambda text=text: self._compile_helper(text)
+                )
         state.host.extend(funcs)
         if state.budget.in_group or items:
             module = self._for_caps(module, memory_each, table_each)

@@ -15,6 +15,11 @@ from __future__ import annotations
 from typing import Any, Optional
 
 from ... import errors
+
+# (At import, not in the functions that use it: the first calls of sandboxes in several
+# threads at once imported it together, and Python 3.9 handed one of them the module
+# half made: "cannot import name 'Global' from partially initialized module".)
+from ...host import Global, HostFunc, Memory, Table
 from ..base import missing_imports_error
 from ..limits import PAGE, Budget, Layout
 
@@ -32,7 +37,7 @@ class GroupState:
         self.registered: dict = {}  # name -> member index
         self.host_raised: Optional[BaseException] = None
         self.sent_host = 0  # host functions the child already knows
-        self.wires: dict = {}  # host function key -> compiled wire module (wire_wat)
+        self.wires: dict = {}  # host function key -> its compiled wire module (wire_wat), a Native
         self.sent_wires: set = set()
 
 
@@ -49,8 +54,6 @@ def resolve(imports: list, given: dict, state: GroupState, exports_of: Any) -> t
 
     link: ``[(module, name, source)]`` with source ``("func", key)``, ``("item", key)`` or
     ``("export", member, name)``. LinkError names every import nobody provides."""
-    from ...host import Global, HostFunc, Memory, Table
-
     link, funcs, items, missing = [], [], [], []
     for imp in imports:
         item = given.get(imp.module, {}).get(imp.name)
@@ -100,8 +103,6 @@ def _check_func(imp: Any, item: Any) -> None:
 def plan_member(found: Optional[Layout], items: list, state: GroupState) -> tuple:
     """Per-item caps ``(memory bytes each, table elements each or None)`` for a new
     member and the host memories and tables it brings (limits.Budget)."""
-    from ...host import Memory, Table
-
     memories = [(m.min * PAGE, _pages(m.max)) for m in items if isinstance(m, Memory)]
     tables = [(t.min, t.max) for t in items if isinstance(t, Table)]
     caps = state.budget.take(found, memories, tables)
@@ -115,8 +116,6 @@ def _pages(pages: Optional[int]) -> Optional[int]:
 def items_wat(items: list, keys: list, memory_each: int, table_each: Optional[int]) -> str:
     """A module exporting each host item as ``h<key>``: globals with their exact value,
     memories and tables with their maximum capped at the member's share."""
-    from ...host import Global, Memory
-
     lines = ["(module"]
     for key, item in zip(keys, items):
         name = f'"h{key}"'

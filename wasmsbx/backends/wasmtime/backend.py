@@ -1182,6 +1182,8 @@ def _capped(maximum: Optional[int], cap: Optional[int]) -> Optional[int]:
 
 def _hosts_storage(imports: Optional[dict]) -> bool:
     """Whether the caller grants host memories or tables (they share the budget)."""
+    if not imports:  # (and nothing imported: see Sandbox._live on Python 3.9)
+        return False
     from ...host import Memory, Table
 
     return any(
