@@ -35,7 +35,7 @@ from ..backends.base import Limits, Usage, WasiSetup, take_turn
 # into a closed pipe is EPIPE inside the guest; a FIFO stdin's open is watched).
 from ..backends.wasmtime.backend import _Budget, set_wasi
 from ..units import format_count, format_duration, format_size
-from . import binary, fastbytes, fastlift, probe, wave
+from . import binary, clocks, fastbytes, fastlift, probe, wave
 from .types import (
     COMPONENT_PARTS,
     INTS,
@@ -212,19 +212,38 @@ class ComponentInstance:
         self.outputs: list = []
         self.warnings: list = []
         self.watch: Any = None  # the running call's deadline.Watch
+        self.clock_deadline: Optional[clocks.Deadline] = None  # (clocks.py)
         # One call at a time: calls from several threads take turns (wasmtime's store is
         # not safe to use from two at once; red team round 25), each waiting at most
         # its timeout.
         self.turn = threading.RLock()
         self.budget = _Budget(limits.output, self._stop_flood)
         check_imports(import_names)
+        # A clock it may sleep on, and a deadline to cut its sleeps at (clocks.py)
+        clock = clocks.versions(import_names)
+        if limits.timeout is None and limits.deadline is None:
+            clock = []
         self.store = wasmtime.Store(engine.engine)
-        self._set_limits()
+        self._set_limits(clocks.INSTANCES if clock else 0)
         self.outputs = set_wasi(
             self.store, wasi, self.budget, limits.seconds(), self._stuck_opening
         )
         linker = wc.Linker(engine.engine)
         linker.add_wasip2()
+        if clock:
+            self.clock_deadline = clocks.Deadline()
+            try:
+                clocks.stand_in(
+                    linker,
+                    self.store,
+                    engine,
+                    clock,
+                    self.clock_deadline,
+                    limits.fuel is not None,
+                )
+            except wasmtime.WasmtimeError as exc:
+                self.close()
+                raise self._error(exc, "instantiation") from None
         self._arm()
         try:
             self.instance = self._guarded(
@@ -238,7 +257,9 @@ class ComponentInstance:
         self._funcs: dict = {}
 
     # ------------------------------------------------------------------ setup
-    def _set_limits(self) -> None:
+    def _set_limits(self, helpers: int = 0) -> None:
+        """The store's limits; ``helpers``: core instances of wasmsbx's own it holds
+        beside the component's (clocks.INSTANCES), not counted against the policy."""
         layout, limits = self.layout, self.limits
         cap = binary.memory_cap(limits.memory, layout.memories)
         if cap is None:
@@ -255,7 +276,7 @@ class ComponentInstance:
         self.store.set_limits(
             memory_size=cap,
             table_elements=-1 if limits.table_elements is None else limits.table_elements,
-            instances=-1 if count is None else max(layout.core_instances, 1) * count,
+            instances=-1 if count is None else max(layout.core_instances, 1) * count + helpers,
             memories=-1 if count is None else len(layout.memories) * count,
         )
 
@@ -281,11 +302,15 @@ class ComponentInstance:
             self.store.set_epoch_deadline,
         )
         self.watch = watch
+        if self.clock_deadline is not None:  # (the clock's stand-ins cut sleeps at it)
+            self.clock_deadline.at = watch.deadline
         refused = self.budget.refused
         try:
             result = func(*args)
         finally:
             KEEPER.leave(watch)
+            if self.clock_deadline is not None:
+                self.clock_deadline.at = float("inf")
             if not watch.interrupted:  # (its error refers to self: a cycle that kept every
                 self.watch = None  # dropped instance, and its memory, until gc ran)
         # returned past its deadline (Watch.overran), or past limits.output (a write

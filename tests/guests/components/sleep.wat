@@ -1,0 +1,65 @@
+;; WASI 0.2 sleeps (tests/test_components_sleep.py): nap(ns) subscribes for a duration and
+;; blocks on it; nap-until(ns) subscribes until now + ns; nap-poll(ns) waits through
+;; wasi:io/poll's poll(); now() reads the monotonic clock. @VERSION@ is replaced.
+(component
+  (import "wasi:io/poll@VERSION" (instance $poll
+    (export "pollable" (type $p (sub resource)))
+    (export "[method]pollable.block" (func (param "self" (borrow $p))))
+    (export "poll" (func (param "in" (list (borrow $p))) (result (list u32))))))
+  (alias export $poll "pollable" (type $pollable))
+  (import "wasi:clocks/monotonic-clock@VERSION" (instance $clock
+    (alias outer 1 $pollable (type $pt))
+    (export "pollable" (type $p (eq $pt)))
+    (export "now" (func (result u64)))
+    (export "subscribe-instant" (func (param "when" u64) (result (own $p))))
+    (export "subscribe-duration" (func (param "when" u64) (result (own $p))))))
+  (core module $mem (memory (export "memory") 1))
+  (core instance $m (instantiate $mem))
+  (alias core export $m "memory" (core memory $memory))
+  (core module $bump
+    (import "m" "memory" (memory 1))
+    (global $heap (mut i32) (i32.const 1024))
+    (func (export "realloc") (param i32 i32 i32 i32) (result i32) (local $p i32)
+      (local.set $p (global.get $heap))
+      (global.set $heap (i32.add (global.get $heap) (i32.add (local.get 3) (i32.const 8))))
+      (local.get $p)))
+  (core instance $b (instantiate $bump (with "m" (instance $m))))
+  (alias core export $b "realloc" (core func $realloc))
+  (core func $now (canon lower (func $clock "now")))
+  (core func $instant (canon lower (func $clock "subscribe-instant")))
+  (core func $duration (canon lower (func $clock "subscribe-duration")))
+  (core func $block (canon lower (func $poll "[method]pollable.block")))
+  (core func $poll_list (canon lower (func $poll "poll") (memory $memory)
+    (realloc $realloc)))
+  (core func $drop (canon resource.drop $pollable))
+  (core module $sleeper
+    (import "h" "now" (func $now (result i64)))
+    (import "h" "instant" (func $instant (param i64) (result i32)))
+    (import "h" "duration" (func $duration (param i64) (result i32)))
+    (import "h" "block" (func $block (param i32)))
+    (import "h" "poll" (func $poll (param i32 i32 i32)))
+    (import "h" "drop" (func $drop (param i32)))
+    (import "m" "memory" (memory 1))
+    (func $wait (param $p i32)
+      (call $block (local.get $p))
+      (call $drop (local.get $p)))
+    (func (export "nap") (param i64)
+      (call $wait (call $duration (local.get 0))))
+    (func (export "nap-until") (param i64)
+      (call $wait (call $instant (i64.add (call $now) (local.get 0)))))
+    (func (export "nap-poll") (param i64) (local $p i32)
+      (local.set $p (call $duration (local.get 0)))
+      (i32.store (i32.const 0) (local.get $p))  ;; the list: one borrow at 0
+      (call $poll (i32.const 0) (i32.const 1) (i32.const 16))  ;; result list at 16
+      (call $drop (local.get $p)))
+    (func (export "now") (result i64) (call $now)))
+  (core instance $i (instantiate $sleeper
+    (with "m" (instance $m))
+    (with "h" (instance
+      (export "now" (func $now)) (export "instant" (func $instant))
+      (export "duration" (func $duration)) (export "block" (func $block))
+      (export "poll" (func $poll_list)) (export "drop" (func $drop))))))
+  (func (export "nap") (param "ns" u64) (canon lift (core func $i "nap")))
+  (func (export "nap-until") (param "ns" u64) (canon lift (core func $i "nap-until")))
+  (func (export "nap-poll") (param "ns" u64) (canon lift (core func $i "nap-poll")))
+  (func (export "now") (result u64) (canon lift (core func $i "now"))))

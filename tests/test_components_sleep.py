@@ -1,0 +1,110 @@
+"""A component's WASI 0.2 sleep ends at its call's deadline (components/clocks.py).
+
+wasmtime's wasi:io/poll waits in native code, where no epoch reaches: a component that
+slept for an hour under a one-second timeout held the call (and its thread) for the hour.
+These guests sleep for 60 s under a 1 s timeout; each must come back as a timeout long
+before the sleep would end (the bound, 30 s, is generous for a loaded machine and still
+half the sleep). Sleeps that end before the deadline must be exactly the guest's.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+pytest.importorskip("wasmtime.component")
+
+import wasmsbx  # noqa: E402
+from wasmsbx import errors  # noqa: E402
+from wasmsbx.policy import from_dict  # noqa: E402
+
+from .conftest import ROOT  # noqa: E402
+
+GUEST = ROOT / "tests" / "guests" / "components" / "sleep.wat"
+LONG = 60 * 10**9  # ns: the sleep the deadline must cut
+BOUND = 30.0  # s: far below LONG, far above the 1 s timeout
+SLEEPS = ["nap", "nap-until", "nap-poll"]
+
+
+def guest(version: str = "0.2.0") -> bytes:
+    return GUEST.read_text().replace("VERSION", version).encode()
+
+
+def policy(**limits) -> wasmsbx.Policy:
+    return from_dict({"limits": {"timeout": "1s", **limits}})
+
+
+@pytest.mark.parametrize("func", SLEEPS)
+def test_a_long_sleep_ends_at_the_timeout(func):
+    box = wasmsbx.Sandbox(guest(), policy())
+    began = time.monotonic()
+    with pytest.raises(errors.TimeoutExceeded, match="timeout"):
+        box.call(func, LONG)
+    assert time.monotonic() - began < BOUND
+    box.close()
+
+
+@pytest.mark.parametrize("version", ["0.2.0", "0.2.3", "0.2.6"])
+def test_every_wasi_version_the_component_imports(version):
+    """The stand-in is defined under the exact version imported (a semver-compatible
+    lookup would find wasmtime's own)."""
+    box = wasmsbx.Sandbox(guest(version), policy())
+    began = time.monotonic()
+    with pytest.raises(errors.TimeoutExceeded):
+        box.call("nap", LONG)
+    assert time.monotonic() - began < BOUND
+
+
+@pytest.mark.parametrize("func", SLEEPS)
+def test_a_sleep_within_the_timeout_is_the_guests(func):
+    box = wasmsbx.Sandbox(guest(), from_dict({"limits": {"timeout": "30s"}}))
+    before = box.call("now")
+    box.call(func, 200_000_000)
+    assert box.call("now") - before >= 200_000_000  # not cut short
+    box.close()
+
+
+def test_the_instance_goes_on_after_a_sleep_and_a_timeout():
+    """A sleep in a loop of calls: each call gets its own deadline."""
+    box = wasmsbx.Sandbox(guest(), policy())
+    for _ in range(3):
+        box.call("nap", 10_000_000)
+    with pytest.raises(errors.TimeoutExceeded):
+        box.call("nap", LONG)
+    fresh = box.invoke("nap", [10_000_000], fresh=True)  # (a timeout poisons the instance)
+    assert fresh.value is None
+    box.close()
+
+
+def test_a_sleep_costs_the_same_fuel_however_long():
+    costs = []
+    for ns in (1_000_000, 300_000_000):
+        box = wasmsbx.Sandbox(guest(), policy(fuel=10**7, timeout="30s"))
+        costs.append(box.invoke("nap", [ns]).stats.fuel_used)
+        box.close()
+    assert costs[0] == costs[1] and costs[0] < 100, costs
+
+
+def test_no_sleep_without_fuel_left():
+    """Fuel holds too: the guest's own instructions still count."""
+    box = wasmsbx.Sandbox(guest(), policy(fuel=3))
+    with pytest.raises(errors.FuelExhausted):
+        box.call("nap", LONG)
+
+
+def test_the_instances_limit_counts_only_the_guests():
+    """The stand-in's helper is an instance of the store, not of the policy's count."""
+    box = wasmsbx.Sandbox(guest(), policy(instances=1))
+    box.call("nap", 1_000_000)
+    box.close()
+
+
+def test_a_long_sleep_from_the_command_line(cli, tmp_path):
+    path = tmp_path / "sleep.wat"
+    path.write_bytes(guest())
+    began = time.monotonic()
+    res = cli("run", path, "nap", str(LONG), "--timeout", "1s")
+    assert res.code == 112 and "timeout: nap still running" in res.stderr, res
+    assert "blocked" not in res.stderr  # ended by the deadline, not the hard stop
+    assert time.monotonic() - began < BOUND
