@@ -220,9 +220,9 @@ class ComponentInstance:
         self.budget = _Budget(limits.output, self._stop_flood)
         check_imports(import_names)
         # A clock it may sleep on, and a deadline to cut its sleeps at (clocks.py)
-        clock = clocks.versions(import_names)
+        clock = clocks.planned(engine, component)
         if limits.timeout is None and limits.deadline is None:
-            clock = []
+            clock = ()
         self.store = wasmtime.Store(engine.engine)
         self._set_limits(clocks.INSTANCES if clock else 0)
         self.outputs = set_wasi(

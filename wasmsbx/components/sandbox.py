@@ -405,7 +405,7 @@ class ComponentSandbox(Sandbox):
             if _WARM_NEEDED and threading.active_count() > 1:  # (see runner/warm.py)
                 warm_imports(WARM_IMPORTS)
                 warm_imports(WARM_COMPONENTS)
-            with _making(self):  # (one instance made for the threads that found none)
+            with _making(self, self.policy.timeout):  # (one instance for those that found none)
                 instance = self._instance
                 if instance is None or fresh or instance.poisoned:
                     if instance is not None:

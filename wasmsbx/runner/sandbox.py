@@ -6,6 +6,7 @@ stream and audit; ``wasmsbx run`` is a thin renderer over it.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import stat
@@ -1123,7 +1124,7 @@ class Sandbox:
         if instance is None:
             if _WARM_NEEDED and threading.active_count() > 1:
                 warm_imports(WARM_IMPORTS)  # (made before the threads came: see warm.py)
-            with _making(self):
+            with _making(self, self.policy.timeout):
                 instance = self._instance
                 if instance is None:
                     instance = self._instance = self.instantiate(wasi)
@@ -1274,7 +1275,7 @@ class Sandbox:
         typed = parse_args(func, sig, args)
         limits = self._call_limits(timeout, fuel)
         if fresh:
-            with _making(self):
+            with _making(self, limits.get("timeout") or self.policy.timeout):
                 instance = self._instance = self.instantiate(wasi)
         else:
             instance = self._live(wasi)
@@ -1438,15 +1439,58 @@ class Sandbox:
             self._instance = None
 
 
-# Held while a sandbox makes its instance (Sandbox._live), one of these per sandbox by
-# its identity: a lock of its own would cost each of 100,000 sandboxes an attribute
-# (tests/test_density.py). Re-entrant: a start function's host function may call a
-# sandbox. Two sandboxes that share one only make their instances one after the other.
-_MAKING = tuple(threading.RLock() for _ in range(64))
+# Held while a sandbox makes its instance (Sandbox._live): id(sandbox) -> [lock, users],
+# only while some thread makes one (a lock kept on each sandbox would cost 100,000 of
+# them an attribute each: tests/test_density.py). One per sandbox: shared ones made a
+# call wait for an unrelated sandbox's slow start function (red team round 59).
+# Re-entrant: a start function's host function may call its sandbox.
+_MAKING: dict = {}
+_MAKING_GUARD = threading.Lock()
 
 
-def _making(box: Any) -> Any:
-    return _MAKING[(id(box) >> 4) % len(_MAKING)]
+@contextlib.contextmanager
+def _making(box: Any, seconds: Optional[float] = None) -> Iterator[None]:
+    """Hold ``box``'s making lock, waiting at most ``seconds`` (its timeout) for another
+    thread that makes its instance: TimeoutExceeded then (a host function in that
+    instance's start that waits for this thread cannot deadlock it)."""
+    key = id(box)
+    with _MAKING_GUARD:
+        entry = _MAKING.get(key)
+        if entry is None:
+            entry = _MAKING[key] = [threading.RLock(), 0]
+        entry[1] += 1
+    lock = entry[0]
+    try:
+        if not lock.acquire(timeout=-1 if seconds is None else seconds):
+            from ..units import format_duration
+
+            raise errors.TimeoutExceeded(
+                f"timeout: waited {format_duration(seconds or 0)} for another thread "
+                "making this sandbox's instance",
+                hint="its start function is still running: give each thread its own sandbox",
+                limit_value=seconds,
+            )
+        try:
+            yield
+        finally:
+            lock.release()
+    finally:
+        with _MAKING_GUARD:
+            entry[1] -= 1
+            if not entry[1] and _MAKING.get(key) is entry:
+                del _MAKING[key]
+
+
+def _forget_making() -> None:
+    """In a forked child: the locks of the parent's threads, held at the fork, are held
+    for ever here (a sandbox being made then was never callable in the child)."""
+    global _MAKING_GUARD
+    _MAKING.clear()
+    _MAKING_GUARD = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_making)
 
 
 def _selection(policy: policy_mod.Policy, kind: str, backend: Optional[str]) -> Any:

@@ -1,6 +1,7 @@
 ;; WASI 0.2 sleeps (tests/test_components_sleep.py): nap(ns) subscribes for a duration and
 ;; blocks on it; nap-until(ns) subscribes until now + ns; nap-poll(ns) waits through
-;; wasi:io/poll's poll(); now() reads the monotonic clock. @VERSION@ is replaced.
+;; wasi:io/poll's poll(); now() and resolution() read the monotonic clock. VERSION is
+;; replaced by the WASI version to import.
 (component
   (import "wasi:io/poll@VERSION" (instance $poll
     (export "pollable" (type $p (sub resource)))
@@ -11,6 +12,7 @@
     (alias outer 1 $pollable (type $pt))
     (export "pollable" (type $p (eq $pt)))
     (export "now" (func (result u64)))
+    (export "resolution" (func (result u64)))
     (export "subscribe-instant" (func (param "when" u64) (result (own $p))))
     (export "subscribe-duration" (func (param "when" u64) (result (own $p))))))
   (core module $mem (memory (export "memory") 1))
@@ -26,6 +28,7 @@
   (core instance $b (instantiate $bump (with "m" (instance $m))))
   (alias core export $b "realloc" (core func $realloc))
   (core func $now (canon lower (func $clock "now")))
+  (core func $resolution (canon lower (func $clock "resolution")))
   (core func $instant (canon lower (func $clock "subscribe-instant")))
   (core func $duration (canon lower (func $clock "subscribe-duration")))
   (core func $block (canon lower (func $poll "[method]pollable.block")))
@@ -34,6 +37,7 @@
   (core func $drop (canon resource.drop $pollable))
   (core module $sleeper
     (import "h" "now" (func $now (result i64)))
+    (import "h" "resolution" (func $resolution (result i64)))
     (import "h" "instant" (func $instant (param i64) (result i32)))
     (import "h" "duration" (func $duration (param i64) (result i32)))
     (import "h" "block" (func $block (param i32)))
@@ -52,14 +56,17 @@
       (i32.store (i32.const 0) (local.get $p))  ;; the list: one borrow at 0
       (call $poll (i32.const 0) (i32.const 1) (i32.const 16))  ;; result list at 16
       (call $drop (local.get $p)))
-    (func (export "now") (result i64) (call $now)))
+    (func (export "now") (result i64) (call $now))
+    (func (export "resolution") (result i64) (call $resolution)))
   (core instance $i (instantiate $sleeper
     (with "m" (instance $m))
     (with "h" (instance
-      (export "now" (func $now)) (export "instant" (func $instant))
+      (export "now" (func $now)) (export "resolution" (func $resolution))
+      (export "instant" (func $instant))
       (export "duration" (func $duration)) (export "block" (func $block))
       (export "poll" (func $poll_list)) (export "drop" (func $drop))))))
   (func (export "nap") (param "ns" u64) (canon lift (core func $i "nap")))
   (func (export "nap-until") (param "ns" u64) (canon lift (core func $i "nap-until")))
   (func (export "nap-poll") (param "ns" u64) (canon lift (core func $i "nap-poll")))
-  (func (export "now") (result u64) (canon lift (core func $i "now"))))
+  (func (export "now") (result u64) (canon lift (core func $i "now")))
+  (func (export "resolution") (result u64) (canon lift (core func $i "resolution"))))

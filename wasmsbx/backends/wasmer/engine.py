@@ -525,7 +525,9 @@ _LIFELINE: list = []
 
 
 def _lifeline() -> int:
-    """The read end of this process's lifeline for its wasmer children."""
+    """The read end of this process's lifeline for its wasmer children (call holding
+    _SPAWN_LOCK: two threads made two pipes, and every later fork failed to unpack
+    four descriptors and kept a write end, red team round 59)."""
     if not _LIFELINE:
         _LIFELINE.extend(os.pipe())  # (neither inherited by an exec: O_CLOEXEC)
     return _LIFELINE[0]
@@ -537,17 +539,27 @@ def _forked() -> None:
     ended, for as long as it lived (round 47: a host that forked a long-lived helper).
     The read end stays only in a wasmer child being forked (``_spawn``: it is that
     child's lifeline)."""
+    global _SPAWN_LOCK
+    _SPAWN_LOCK = threading.Lock()  # (held by another thread of the parent, maybe)
+    spawning = threading.get_ident() in _SPAWNING  # this child is a wasmer child
+    _SPAWNING.clear()
     if _LIFELINE:
         read, write = _LIFELINE
         _LIFELINE.clear()
-        for fd in (write,) if _SPAWNING else (write, read):
+        for fd in (write,) if spawning else (write, read):
             try:
                 os.close(fd)
             except OSError:
                 pass
 
 
-_SPAWNING: list = []  # non-empty while _spawn forks a wasmer child
+# The thread that forks a wasmer child (_spawn), while it does: a fork's child runs as
+# the thread that forked it, so _forked knows whether it is that child. One at a time:
+# with a flag for the whole process, a thread's fork cleared it while another thread's
+# child was being made, and that child closed its own lifeline and died at start (exit
+# status 70, red team round 59).
+_SPAWNING: list = []
+_SPAWN_LOCK = threading.Lock()
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_forked)
 
@@ -657,6 +669,8 @@ class _WasmerMemory:
 class WasmerInstance(Instance):
     """One wasm instance living in its own child process."""
 
+    closing = False  # close() was called (while another thread's call ran, maybe)
+
     def __init__(
         self,
         engine: WasmerEngine,
@@ -755,17 +769,18 @@ class WasmerInstance(Instance):
         self.adapted_globals = frozenset(global_names) if compiled is not None else frozenset()
         child.shift = module.shift
         child.parent = os.getpid()  # (the child checks it is still its parent)
-        child.lifeline = _lifeline()
         for stream in (sys.stdout, sys.stderr):
             try:
                 stream.flush()
             except (OSError, ValueError):
                 pass
-        _SPAWNING.append(True)
-        try:
-            pid = os.fork()
-        finally:
-            _SPAWNING.clear()
+        with _SPAWN_LOCK:
+            child.lifeline = _lifeline()
+            _SPAWNING.append(threading.get_ident())
+            try:
+                pid = os.fork()
+            finally:
+                _SPAWNING.clear()
         if pid == 0:
             _run_child(child, wasi.stdin, fds)
         self.pid = pid
@@ -928,6 +943,16 @@ class WasmerInstance(Instance):
         )
 
     def _request(self, request: tuple, where: str) -> tuple:
+        if os.getpid() != self.home:
+            # Its worker is the parent's: a fork's child that wrote to the same pipes
+            # read the parent's answers as its own and the parent the child's (red
+            # team round 59). The child's instance is its own (wasmtime) or none.
+            raise errors.UsageError(
+                f"cannot run {where}: this wasmer instance lives in a worker of process "
+                f"{self.home}, which this process was forked from",
+                hint="make the sandbox in this process (after the fork), or use "
+                "--backend wasmtime, whose instances a fork copies",
+            )
         take_turn(self.talking, self.limits.timeout)
         try:
             if self.dead is not None:
@@ -952,6 +977,8 @@ class WasmerInstance(Instance):
             return answer
         finally:
             self.talking.release()
+            if self.closing:  # closed by another thread meanwhile: close it now
+                self._close_if_idle()
 
     def _answer(self, where: str) -> tuple:
         """The child's answer, running the host functions it asks for meanwhile. Time spent
@@ -1162,6 +1189,38 @@ class WasmerInstance(Instance):
         )
 
     def close(self) -> None:
+        """End the worker and let go of its pipes. While another thread's call runs,
+        its worker is killed (that call returns at once: the instance is gone) and the
+        pipes are closed when the call has returned: closed under it, their numbers
+        went to the next worker made, and two calls read each other's answers, across
+        sandboxes (red team round 59)."""
+        if os.getpid() != self.home:  # (a fork's copy: the worker and pipes are the
+            self.dead = self.dead or "it was closed"  # parent's to end)
+            return
+        self.closing = True
+        if self._close_if_idle():
+            return
+        self.dead = self.dead or "it was closed"
+        pid = self.pid
+        if pid is not None:
+            try:
+                os.kill(pid, signal.SIGKILL)  # (reaped by the call that is running)
+            except ProcessLookupError:
+                pass
+        self._close_if_idle()  # (that call may have returned meanwhile)
+
+    def _close_if_idle(self) -> bool:
+        """Close now, if no other thread's call is running (this thread's may be: a
+        host function closing its sandbox); whether it was closed."""
+        if not self.talking.acquire(blocking=False):
+            return False
+        try:
+            self._close_now()
+        finally:
+            self.talking.release()
+        return True
+
+    def _close_now(self) -> None:
         if self.pid is not None:
             try:
                 _send(self.fds["parent_requests"], ("close",))
