@@ -14,8 +14,7 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
+import functools
 import threading
 import time
 
@@ -26,6 +25,7 @@ from wasmsbx import errors
 from wasmsbx.policy import from_dict
 
 from .conftest import BACKENDS
+from .test_api_threads import run_script, running
 
 WASMER = [b for b in BACKENDS if b.startswith("wasmer")][:1]  # (one compiler is enough)
 
@@ -63,19 +63,14 @@ def test_closing_a_wasmer_sandbox_under_a_call_mixes_no_answers(backend):
             if got != n:
                 wrong.append((tag, hex(n), hex(got)))
 
-    threads = [threading.Thread(target=caller, args=(t,)) for t in (1, 2)]
-    for thread in threads:
-        thread.start()
     try:
-        for _ in range(12):
-            time.sleep(0.1)
-            old = boxes[0]
-            boxes.append(wasmsbx.Sandbox(WORK, policy, backend=backend))
-            old.close()
+        with running([functools.partial(caller, 1), functools.partial(caller, 2)], stop):
+            for _ in range(12):
+                time.sleep(0.1)
+                old = boxes[0]
+                boxes.append(wasmsbx.Sandbox(WORK, policy, backend=backend))
+                old.close()
     finally:
-        stop.set()
-        for thread in threads:
-            thread.join(timeout=60)
         for box in boxes:
             box.close()
     assert not wrong and not odd, (wrong[:3], odd[:3])
@@ -102,14 +97,8 @@ def test_closing_a_wasmer_sandbox_again_and_again_under_calls(backend):
             time.sleep(0.002)
             box.close()
 
-    threads = [threading.Thread(target=caller) for _ in range(3)]
-    threads.append(threading.Thread(target=closer))
-    for thread in threads:
-        thread.start()
-    time.sleep(3)
-    stop.set()
-    for thread in threads:
-        thread.join(timeout=60)
+    with running([caller, caller, caller, closer], stop):
+        time.sleep(3)
     box.close()
     assert not odd, odd[:3]
 
@@ -135,14 +124,7 @@ print("parent:", [box.call("work", k) for k in (1, 2, 3)], flush=True)
 
 @pytest.mark.parametrize("backend", WASMER)
 def test_a_wasmer_sandbox_made_before_a_fork_is_refused_in_the_child(backend):
-    done = subprocess.run(
-        [sys.executable, "-c", FORKED, WORK.decode(), backend],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
-    lines = done.stdout.splitlines()
+    lines = run_script(FORKED, WORK.decode(), backend).splitlines()
     assert any(line.startswith("child: UsageError") and "forked" in line for line in lines)
     assert "child: own 9" in lines and "parent: [1, 2, 3]" in lines, lines
 
@@ -173,15 +155,8 @@ print(failed)
 @pytest.mark.parametrize("backend", WASMER)
 def test_wasmer_workers_made_by_threads_at_once_all_start(backend):
     for _ in range(3):  # (a new process each time: the lifeline is made by the first)
-        done = subprocess.run(
-            [sys.executable, "-c", SPAWNS, WORK.decode(), backend],
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-        assert done.returncode == 0, done.stderr[-2000:]
-        assert done.stdout.strip() == "[]", done.stdout[-2000:]
-        assert "Exception ignored" not in done.stderr, done.stderr[-2000:]
+        out = run_script(SPAWNS, WORK.decode(), backend, timeout=300)
+        assert out.strip() == "[]", out[-2000:]
 
 
 INIT = b"""(module (import "env" "h" (func $h))
@@ -270,13 +245,7 @@ os.waitpid(pid, 0)
 
 
 def test_a_child_forked_while_an_instance_was_made_can_make_its_own(backend):
-    done = subprocess.run(
-        [sys.executable, "-c", FORK_MAKING, backend],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert "child done" in done.stdout, (done.stdout, done.stderr[-2000:])
+    assert "child done" in run_script(FORK_MAKING, backend)
 
 
 def test_making_locks_are_let_go_once_made():

@@ -9,7 +9,13 @@ here records a BaseException too, so such a death fails it.
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import subprocess
+import sys
 import threading
+from collections.abc import Iterator
+from typing import Optional
 
 import pytest
 
@@ -119,23 +125,62 @@ def test_a_group_grows_from_several_threads(backend):
         assert lib.call("bump", 0) == 5  # one lib, shared
 
 
-def test_four_threads_share_one_fresh_sandbox(backend):
-    """The first call of a sandbox from four threads at once: each gets its own sum."""
-    box = wasmsbx.Sandbox(ADD, backend=backend)
+@contextlib.contextmanager
+def running(targets: list, stop: Optional[threading.Event] = None) -> Iterator[None]:
+    """Each of ``targets`` in a thread of its own, started on entry; on exit ``stop``
+    is set (if given) and every thread joined."""
+    threads = [threading.Thread(target=target) for target in targets]
+    for thread in threads:
+        thread.start()
+    try:
+        yield
+    finally:
+        if stop is not None:
+            stop.set()
+        for thread in threads:
+            thread.join(timeout=120)
+
+
+def run_script(script: str, *args: str, timeout: float = 120) -> str:
+    """What ``python -c script *args`` printed, in a new process of this Python (which
+    must exit 0)."""
+    done = subprocess.run(
+        [sys.executable, "-c", script, *args], capture_output=True, text=True, timeout=timeout
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "Exception ignored" not in done.stderr, done.stderr[-2000:]
+    return done.stdout
+
+
+def run_threads(targets: list) -> None:
+    """Each of ``targets`` in a thread of its own, all started, then all joined."""
+    with running(targets):
+        pass
+
+
+def sums_from_four_threads(box, rounds: int) -> list:
+    """``box.call("add", k, i)`` from four threads that start together, ``rounds``
+    calls each: [(the sum, what came back)] (an exception of any kind, if one was
+    raised: a Rust panic is a BaseException)."""
     got: list = []
+    start = threading.Barrier(4)
 
     def worker(k: int) -> None:
-        for i in range(20):
+        start.wait()
+        for i in range(rounds):
             try:
                 got.append((k + i, box.call("add", k, i)))
             except BaseException as exc:  # noqa: BLE001 - recorded, the test fails on it
                 got.append((k + i, exc))
 
-    threads = [threading.Thread(target=worker, args=(k * 1000,)) for k in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=120)
+    run_threads([functools.partial(worker, k * 1000) for k in range(4)])
+    return got
+
+
+def test_four_threads_share_one_fresh_sandbox(backend):
+    """The first call of a sandbox from four threads at once: each gets its own sum."""
+    box = wasmsbx.Sandbox(ADD, backend=backend)
+    got = sums_from_four_threads(box, 20)
     box.close()
     wrong = [(want, value) for want, value in got if want != value]
     assert len(got) == 80 and not wrong, wrong[:5]
@@ -162,11 +207,7 @@ def test_first_calls_from_several_threads_share_one_instance(backend):
             except BaseException as exc:  # noqa: BLE001 - recorded, the test fails on it
                 failed.append(exc)
 
-    threads = [threading.Thread(target=worker) for _ in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=120)
+    run_threads([worker] * 4)
     try:
         assert not failed, failed[:3]
         assert box.call("inc") == 101  # one instance counted every call
@@ -188,22 +229,7 @@ def test_first_calls_of_a_component_from_several_threads_make_one_instance():
         return instantiate(*args, **kwargs)
 
     box.instantiate = counted
-    got: list = []
-    start = threading.Barrier(4)
-
-    def worker(k: int) -> None:
-        start.wait()
-        for i in range(10):
-            try:
-                got.append((k + i, box.call("add", k, i)))
-            except BaseException as exc:  # noqa: BLE001 - recorded, the test fails on it
-                got.append((k + i, exc))
-
-    threads = [threading.Thread(target=worker, args=(k * 100,)) for k in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=120)
+    got = sums_from_four_threads(box, 10)
     box.close()
     wrong = [(want, value) for want, value in got if want != value]
     assert len(got) == 40 and not wrong, wrong[:3]
@@ -233,15 +259,6 @@ def test_first_calls_from_threads_in_a_new_process(backend):
     import name 'Memory' from partially initialized module 'wasmsbx.host'"), and the
     first call of a sandbox imported wasmsbx.host: in a new process, where nothing has
     imported it yet, most such runs failed a thread."""
-    import subprocess
-    import sys
-
     for _ in range(3):
-        done = subprocess.run(
-            [sys.executable, "-c", FIRST_CALLS, ADD.decode(), backend],
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-        assert done.returncode == 0, done.stderr[-2000:]
-        assert done.stdout.strip() == "[]", done.stdout
+        out = run_script(FIRST_CALLS, ADD.decode(), backend)
+        assert out.strip() == "[]", out
