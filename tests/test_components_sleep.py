@@ -144,12 +144,81 @@ MISTYPED = """(component
   (func (export "c") (result u64) (canon lift (core func $i "c"))))"""
 
 
-@pytest.mark.parametrize("version", ["0.2.0", "9.0.0"])
-def test_a_clock_of_other_types_is_refused_as_wasmtime_refuses_it(version, cli, tmp_path):
-    box = wasmsbx.Sandbox(MISTYPED.replace("VERSION", version).encode(), policy())
+# Its "pollable" is wasi:filesystem's descriptor, not wasi:io/poll's (red team round 61)
+OWN_POLLABLE = """(component
+  (import "wasi:filesystem/types@0.2.0" (instance $fs
+    (export "descriptor" (type (sub resource)))))
+  (alias export $fs "descriptor" (type $desc))
+  (import "wasi:clocks/monotonic-clock@VERSION" (instance $clock
+    (alias outer 1 $desc (type $pt))
+    (export "pollable" (type $p (eq $pt)))
+    (export "subscribe-duration" (func (param "when" u64) (result (own $p))))))
+  (core func $dur (canon lower (func $clock "subscribe-duration")))
+  (core module $a
+    (import "h" "dur" (func $dur (param i64) (result i32)))
+    (func (export "c") (result i32) (call $dur (i64.const 1000))))
+  (core instance $i (instantiate $a (with "h" (instance (export "dur" (func $dur))))))
+  (func (export "c") (result u32) (canon lift (core func $i "c"))))"""
+
+
+@pytest.mark.parametrize(
+    "text, version",
+    [(MISTYPED, "0.2.0"), (MISTYPED, "9.0.0"), (OWN_POLLABLE, "0.2.0")],
+    ids=["mistyped", "mistyped-9", "own-pollable"],
+)
+def test_a_clock_of_other_types_is_refused_as_wasmtime_refuses_it(text, version, cli, tmp_path):
+    box = wasmsbx.Sandbox(text.replace("VERSION", version).encode(), policy())
     with pytest.raises(errors.LinkError, match="monotonic-clock"):
         box.call("c")
     path = tmp_path / "mistyped.wat"
-    path.write_text(MISTYPED.replace("VERSION", version))
+    path.write_text(text.replace("VERSION", version))
     res = cli("run", path, "c")
     assert res.code == 102 and "Traceback" not in res.stderr, res
+
+
+SIGNALLED = r"""
+import os, signal, sys, threading, time, wasmsbx
+from wasmsbx.policy import from_dict
+source = open(sys.argv[1]).read().replace("VERSION", "0.2.0").encode()
+box = wasmsbx.Sandbox(source, from_dict({"limits": {"timeout": "20s"}}))
+box.call("now")
+class Watchdog(Exception):
+    pass
+def on_alarm(*args):
+    raise Watchdog("host watchdog")
+if sys.argv[2] == "SIGALRM":
+    signal.signal(signal.SIGALRM, on_alarm)
+    box = wasmsbx.Sandbox(source, from_dict({"limits": {"timeout": "2s"}}))
+threading.Timer(0.3, lambda: os.kill(os.getpid(), getattr(signal, sys.argv[2]))).start()
+began = time.monotonic()
+try:
+    box.call("spin-now")
+except BaseException as exc:
+    print("raised", type(exc).__name__, round(time.monotonic() - began, 1), flush=True)
+print("after", box.call("resolution") > 0, flush=True)
+"""
+
+
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGALRM"])
+def test_a_signal_while_a_component_reads_the_clock(sig):
+    """The clock's stand-ins are ctypes callbacks: a Python signal handler that raised
+    as one started (Ctrl-C's KeyboardInterrupt, a watchdog's) crashed the process
+    (segmentation fault). Ctrl-C ends the call at once with KeyboardInterrupt; another
+    handler runs once the call is back (here at its 2 s timeout); the sandbox goes on."""
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", SIGNALLED, str(GUEST), sig],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, (done.returncode, done.stderr[-2000:])
+    lines = done.stdout.splitlines()
+    if sig == "SIGINT":
+        assert lines[0].startswith("raised KeyboardInterrupt"), lines
+        assert float(lines[0].split()[-1]) < 15, lines  # (not the 20 s timeout)
+    else:
+        assert lines[0].startswith("raised Watchdog"), lines
+    assert lines[1] == "after True", lines

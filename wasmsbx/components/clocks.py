@@ -45,6 +45,8 @@ from __future__ import annotations
 
 import ctypes
 import re
+import signal
+import threading
 import time
 from typing import Any, Callable
 
@@ -52,6 +54,7 @@ import wasmtime
 import wasmtime.component as wc
 
 PREFIX = "wasi:clocks/monotonic-clock@"
+POLL = "wasi:io/poll@"
 MARGIN_NS = 20_000_000  # past the deadline: the keeper has moved the epoch by then
 INSTANCES = 1  # core instances the helper adds to the store (component ones are not counted)
 _STORE_FUEL = wasmtime.Store.get_fuel  # (called with the host call's StoreContext)
@@ -107,11 +110,21 @@ _TYPES = {
 def plan(engine: Any, component: Any) -> tuple:
     """((version, (function names)), ...): what to stand in for in ``component``."""
     out = []
-    for name, item in component.type.imports(engine.engine).items():
+    imports = component.type.imports(engine.engine)
+    polls = [  # wasi:io/poll's pollable, as each version the component imports has it
+        item.ty.exports(engine.engine).get("pollable")
+        for name, item in imports.items()
+        if name.startswith(POLL) and type(item.ty).__name__ == "ComponentInstanceType"
+    ]
+    for name, item in imports.items():
         if not name.startswith(PREFIX) or not _VERSION.fullmatch(name[len(PREFIX) :]):
+            continue
+        if type(item.ty).__name__ != "ComponentInstanceType":
             continue
         exports = item.ty.exports(engine.engine)
         pollable = exports.get("pollable")
+        if pollable is not None and not any(p is not None and p.ty == pollable.ty for p in polls):
+            continue  # (a pollable of the guest's own making: wasmtime's linking decides)
         funcs = []
         for export, member in exports.items():
             ty = member.ty
@@ -163,6 +176,9 @@ def stand_in(
     resolution, duration = (made.get_func(store, name) for name in ("resolution", "duration"))
     call = _refunded if fuel else _plain
     known: list = []  # [resolution], read from wasmtime's at the first call
+    # The clock's instants count from here, as wasmtime's count from its WASI context's
+    # start (CLOCK_MONOTONIC's own count is the host's uptime: not the guest's to know)
+    start = time.monotonic_ns() - 1
 
     def get_resolution(context: Any) -> int:
         if not known:  # (in a call: the helper runs under its fuel and deadline)
@@ -176,12 +192,15 @@ def stand_in(
         return call(duration, context, when)
 
     def subscribe_instant(context: Any, when: int) -> Any:
-        # An instant of the clock ``now`` reads (CLOCK_MONOTONIC), as the time from now
-        # (past ones: 0, ready at once, as wasmtime's own)
-        return subscribe_duration(context, max(0, when - time.monotonic_ns()))
+        # An instant of the clock ``now`` reads, as the time from now (past ones: 0,
+        # ready at once, as wasmtime's own)
+        return subscribe_duration(context, max(0, when - (time.monotonic_ns() - start)))
+
+    def now(context: Any) -> int:
+        return time.monotonic_ns() - start
 
     functions = {
-        "now": _now,
+        "now": now,
         "resolution": get_resolution,
         "subscribe-instant": subscribe_instant,
         "subscribe-duration": subscribe_duration,
@@ -191,13 +210,9 @@ def stand_in(
         for version, names in planned:
             with root.add_instance(PREFIX + version) as instance:
                 for name in names:
-                    if name != "now" or not _add_now(instance):
+                    if name != "now" or not _add_now(instance, start):
                         instance.add_func(name, functions[name])
     linker.allow_shadowing = False
-
-
-def _now(context: Any) -> int:
-    return time.monotonic_ns()
 
 
 # ``now`` as a bare ctypes callback (reading the clock is what a guest does most, and
@@ -216,12 +231,12 @@ def _make_fast_now() -> Any:
         return None
     clock = time.monotonic_ns
 
-    def now(data: Any, context: Any, ty: Any, args: Any, nargs: int, results: Any, nres: int):
+    def now(start: Any, context: Any, ty: Any, args: Any, nargs: int, results: Any, nres: int):
         if nres != 1:  # (plan() checked the type: never)
             return 0
         out = results[0]
         out.kind = kind
-        out.of.u64 = clock()
+        out.of.u64 = clock() - (start or 0)
         return 0
 
     keep = ctypes.CFUNCTYPE(None, ctypes.c_void_p)(lambda data: None)  # (nothing to free)
@@ -231,13 +246,14 @@ def _make_fast_now() -> Any:
 _FAST_NOW = _make_fast_now()
 
 
-def _add_now(instance: Any) -> bool:
-    """Define ``now`` in ``instance`` through _FAST_NOW; whether it could."""
+def _add_now(instance: Any, start: int) -> bool:
+    """Define ``now`` in ``instance`` through _FAST_NOW, counting from ``start`` (its
+    data: a number, not a pointer); whether it could."""
     if _FAST_NOW is None:
         return False
     callback, add, keep = _FAST_NOW
     name = b"now"
-    error = add(instance.ptr(), ctypes.create_string_buffer(name), len(name), callback, None, keep)
+    error = add(instance.ptr(), ctypes.create_string_buffer(name), len(name), callback, start, keep)
     if error:
         raise wasmtime.WasmtimeError._from_ptr(error)
     return True
@@ -254,3 +270,80 @@ def _refunded(func: Callable, context: Any, *args: Any) -> Any:
         return func(context, *args)
     finally:
         _SET_FUEL(context, before)
+
+
+class HeldInterrupt:
+    """Python signal handlers held while a component with these stand-ins runs.
+
+    The stand-ins are Python functions called through ctypes, and a Python signal
+    handler runs as a callback starts: an exception it raises there (Ctrl-C's
+    KeyboardInterrupt, a SIGALRM watchdog's) cannot be caught (ctypes prints it and
+    returns whatever its return slot held, which wasmtime read as an error pointer: a
+    segmentation fault, red team round 61). So while such a call runs on the main
+    thread, every signal that has a Python handler (of those in ``HELD``) gets one
+    that does not raise but notes it; one that asks the program to stop (``STOPS``:
+    Ctrl-C, SIGTERM...) also ends the call at its next epoch check, as Ctrl-C does on
+    the command line (from a thread of its own: the keeper's lock may be held here).
+    Once the call is back the program's handlers are put back and the signals that
+    came are raised again, so each handler runs where Python can run it (Python's own
+    SIGINT handler raises KeyboardInterrupt then; a profiler's SIGPROF is delivered
+    once, after the call).
+
+    Not covered: an exception sent to the calling thread by another
+    (``PyThreadState_SetAsyncExc``) while the component reads the clock.
+    """
+
+    __slots__ = ("came", "previous", "watch")
+
+    def __init__(self, watch: Any, previous: dict) -> None:
+        self.watch = watch
+        self.previous = previous  # signal -> the program's handler
+        self.came: list = []
+
+    @classmethod
+    def install(cls, watch: Any) -> Any:
+        if threading.current_thread() is not threading.main_thread():
+            return None  # (Python runs signal handlers on the main thread only)
+        previous = {}
+        for number in HELD:
+            handler = signal.getsignal(number)
+            if callable(handler):
+                previous[number] = handler
+        if not previous:
+            return None
+        held = cls(watch, previous)
+        for number in previous:
+            signal.signal(number, held._handle)
+        return held
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.came.append(signum)
+        watch = self.watch
+        if signum in STOPS and watch.clock is not None and watch.clock.active <= 1:
+            from ..backends.deadline import KEEPER  # (no other call's epoch: theirs go on)
+
+            threading.Thread(target=KEEPER.expire, args=(watch,), daemon=True).start()
+
+    def restore(self, raising: bool = True) -> None:
+        """The program's handlers back, and the signals that came meanwhile raised
+        again (``raising``: else only the handlers; the caller raises)."""
+        for number, handler in self.previous.items():
+            signal.signal(number, handler)
+        if raising:
+            for number in dict.fromkeys(self.came):
+                signal.raise_signal(number)
+
+
+# Signals whose Python handlers are held (HeldInterrupt): the ones programs handle
+HELD = tuple(
+    getattr(signal, name)
+    for name in ("SIGINT", "SIGTERM", "SIGALRM", "SIGHUP", "SIGUSR1", "SIGUSR2", "SIGQUIT",
+                 "SIGVTALRM", "SIGPROF", "SIGCHLD", "SIGPIPE", "SIGWINCH", "SIGXCPU")
+    if hasattr(signal, name)
+)  # fmt: skip
+# Of those, the ones that ask the program to stop: they end the call (others wait for it)
+STOPS = frozenset(
+    getattr(signal, name)
+    for name in ("SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT")
+    if hasattr(signal, name)
+)

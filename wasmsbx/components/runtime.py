@@ -302,17 +302,28 @@ class ComponentInstance:
             self.store.set_epoch_deadline,
         )
         self.watch = watch
+        held = None
         if self.clock_deadline is not None:  # (the clock's stand-ins cut sleeps at it)
             self.clock_deadline.at = watch.deadline
+            held = clocks.HeldInterrupt.install(watch)
         refused = self.budget.refused
         try:
             result = func(*args)
+        except BaseException as exc:
+            if held is not None:
+                held_now, held = held, None
+                if held_now.came and isinstance(exc, wasmtime.WasmtimeError):
+                    self.poisoned = self.trapped = True  # (trapped: the caller sees the
+                held_now.restore()  # handler's exception instead, KeyboardInterrupt...)
+            raise
         finally:
             KEEPER.leave(watch)
             if self.clock_deadline is not None:
                 self.clock_deadline.at = float("inf")
             if not watch.interrupted:  # (its error refers to self: a cycle that kept every
                 self.watch = None  # dropped instance, and its memory, until gc ran)
+        if held is not None:
+            held.restore()  # (KeyboardInterrupt, if a Ctrl-C came as it returned)
         # returned past its deadline (Watch.overran), or past limits.output (a write
         # refused, the guest went on): the error all the same
         if watch.overran() or self.budget.refused != refused:

@@ -13,6 +13,7 @@ serve importpath.guard: a guest that may write a folder on sys.path finds them i
 
 from __future__ import annotations
 
+import os
 import sys
 import threading
 
@@ -52,6 +53,17 @@ WARM_COMPONENTS = (
     "wasmsbx.components.probe", "wasmsbx.components.runtime", "wasmsbx.components.sandbox",
 )  # fmt: skip
 _WARMED: set = set()  # the tuples warm_imports went through
+
+
+def _forked() -> None:
+    """In a fork's child: a lock another thread of the parent held (warming) would be
+    held for ever, and the child's first sandbox would wait for it (red team round 61)."""
+    global _WARM_LOCK
+    _WARM_LOCK = threading.Lock()
+
+
+if _WARM_NEEDED and hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forked)
 
 
 def warm_imports(names: tuple) -> None:

@@ -1,7 +1,7 @@
 ;; WASI 0.2 sleeps (tests/test_components_sleep.py): nap(ns) subscribes for a duration and
 ;; blocks on it; nap-until(ns) subscribes until now + ns; nap-poll(ns) waits through
-;; wasi:io/poll's poll(); now() and resolution() read the monotonic clock. VERSION is
-;; replaced by the WASI version to import.
+;; wasi:io/poll's poll(); now() and resolution() read the monotonic clock, spin-now() for
+;; ever. VERSION is replaced by the WASI version to import.
 (component
   (import "wasi:io/poll@VERSION" (instance $poll
     (export "pollable" (type $p (sub resource)))
@@ -57,7 +57,8 @@
       (call $poll (i32.const 0) (i32.const 1) (i32.const 16))  ;; result list at 16
       (call $drop (local.get $p)))
     (func (export "now") (result i64) (call $now))
-    (func (export "resolution") (result i64) (call $resolution)))
+    (func (export "resolution") (result i64) (call $resolution))
+    (func (export "spin-now") (loop $l (drop (call $now)) (br $l))))
   (core instance $i (instantiate $sleeper
     (with "m" (instance $m))
     (with "h" (instance
@@ -69,4 +70,5 @@
   (func (export "nap-until") (param "ns" u64) (canon lift (core func $i "nap-until")))
   (func (export "nap-poll") (param "ns" u64) (canon lift (core func $i "nap-poll")))
   (func (export "now") (result u64) (canon lift (core func $i "now")))
-  (func (export "resolution") (result u64) (canon lift (core func $i "resolution"))))
+  (func (export "resolution") (result u64) (canon lift (core func $i "resolution")))
+  (func (export "spin-now") (canon lift (core func $i "spin-now"))))

@@ -811,6 +811,12 @@ class WasmerInstance(Instance):
     def _died(self, where: str) -> errors.WasmsbxError:
         self._pump_all()
         status = self._reap()
+        if self.closing:  # (close() from another thread killed it: not a crash)
+            self.dead = "it was closed"
+            return errors.TrapError(
+                f"cannot finish {where}: this wasmer instance was closed meanwhile",
+                hint="another thread closed the sandbox during this call",
+            )
         if status is not None and os.WIFSIGNALED(status):
             number = os.WTERMSIG(status)
             try:
