@@ -43,6 +43,7 @@ never delivers blocks until it delivers; the call is then a timeout).
 
 from __future__ import annotations
 
+import _signal
 import ctypes
 import re
 import signal
@@ -306,14 +307,14 @@ class HeldInterrupt:
             return None  # (Python runs signal handlers on the main thread only)
         previous = {}
         for number in HELD:
-            handler = signal.getsignal(number)
+            handler = _getsignal(number)
             if callable(handler):
                 previous[number] = handler
         if not previous:
             return None
         held = cls(watch, previous)
         for number in previous:
-            signal.signal(number, held._handle)
+            _setsignal(number, held._handle)
         return held
 
     def _handle(self, signum: int, frame: Any) -> None:
@@ -328,12 +329,16 @@ class HeldInterrupt:
         """The program's handlers back, and the signals that came meanwhile raised
         again (``raising``: else only the handlers; the caller raises)."""
         for number, handler in self.previous.items():
-            signal.signal(number, handler)
+            _setsignal(number, handler)
         if raising:
             for number in dict.fromkeys(self.came):
                 signal.raise_signal(number)
 
 
+# The signal module's own functions, without its wrappers (which make an enum of every
+# handler: 21 µs a call for the thirteen below, against 0.7 µs)
+_getsignal = getattr(_signal, "getsignal", signal.getsignal)
+_setsignal = getattr(_signal, "signal", signal.signal)
 # Signals whose Python handlers are held (HeldInterrupt): the ones programs handle
 HELD = tuple(
     getattr(signal, name)
