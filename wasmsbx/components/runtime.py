@@ -232,18 +232,20 @@ class ComponentInstance:
         linker.add_wasip2()
         if clock:
             self.clock_deadline = clocks.Deadline()
-            try:
-                clocks.stand_in(
-                    linker,
-                    self.store,
-                    engine,
-                    clock,
-                    self.clock_deadline,
-                    limits.fuel is not None,
-                )
-            except wasmtime.WasmtimeError as exc:
+            fuel = limits.fuel is not None
+            setup = (linker, self.store, engine, clock, self.clock_deadline, fuel)
+            if threading.current_thread() is threading.main_thread():  # (clocks._Worker)
+                (ok, exc), came = clocks.off_main(clocks.stand_in, setup)
+                if came is not None:
+                    self.close()
+                    raise came
+            else:
+                ok, exc = True, clocks.stand_in(*setup)
+            if not ok:
                 self.close()
-                raise self._error(exc, "instantiation") from None
+                if isinstance(exc, wasmtime.WasmtimeError):
+                    raise self._error(exc, "instantiation") from None
+                raise exc
         self._arm()
         try:
             self.instance = self._guarded(
@@ -302,33 +304,39 @@ class ComponentInstance:
             self.store.set_epoch_deadline,
         )
         self.watch = watch
-        held = None
-        if self.clock_deadline is not None:  # (the clock's stand-ins cut sleeps at it)
-            self.clock_deadline.at = watch.deadline
-            held = clocks.HeldInterrupt.install(watch)
         refused = self.budget.refused
         try:
-            result = func(*args)
-        except BaseException as exc:
-            if held is not None:
-                held_now, held = held, None
-                if held_now.came and isinstance(exc, wasmtime.WasmtimeError):
-                    self.poisoned = self.trapped = True  # (trapped: the caller sees the
-                held_now.restore()  # handler's exception instead, KeyboardInterrupt...)
-            raise
+            if self.clock_deadline is None:
+                result = func(*args)
+            else:  # (the clock's stand-ins cut sleeps at it)
+                self.clock_deadline.at = watch.deadline
+                if threading.current_thread() is threading.main_thread():
+                    result = self._off_main(watch, func, args)  # (signals: clocks._Worker)
+                else:
+                    result = func(*args)
         finally:
             KEEPER.leave(watch)
             if self.clock_deadline is not None:
                 self.clock_deadline.at = float("inf")
             if not watch.interrupted:  # (its error refers to self: a cycle that kept every
                 self.watch = None  # dropped instance, and its memory, until gc ran)
-        if held is not None:
-            held.restore()  # (KeyboardInterrupt, if a Ctrl-C came as it returned)
         # returned past its deadline (Watch.overran), or past limits.output (a write
         # refused, the guest went on): the error all the same
         if watch.overran() or self.budget.refused != refused:
             raise self._stuck_error(where)
         return result
+
+    def _off_main(self, watch: Any, func: Any, args: tuple) -> Any:
+        """``func(*args)`` on the clock's worker thread: a handler's exception raised
+        meanwhile ends the call and is raised once it is back."""
+        (ok, value), came = clocks.off_main(func, args, lambda: clocks.stop_later(watch))
+        if came is not None:
+            if not ok and isinstance(value, wasmtime.WasmtimeError):
+                self.poisoned = self.trapped = True  # (its caller sees came instead)
+            raise came
+        if ok:
+            return value
+        raise value
 
     def _stuck_error(self, where: str, how: str = "") -> errors.WasmsbxError:
         """The keeper's error for a call it must end: output flood or timeout."""
