@@ -257,35 +257,3 @@ def test_making_locks_are_let_go_once_made():
         box.call("g")
     assert not core._MAKING
 
-
-WARM_FORK = r"""
-import os, threading, time, wasmsbx
-from wasmsbx.policy import from_dict
-from wasmsbx.runner import warm
-WAT = b'(module (func (export "f") (result i32) (i32.const 7)))'
-box = wasmsbx.Sandbox(WAT, from_dict({"limits": {"timeout": "1s"}}))
-holder = threading.Thread(target=lambda: time.sleep(3))
-holder.start()  # (a threaded process: a first instance warms the imports)
-first = threading.Thread(target=box.call, args=("f",))
-first.start()
-while not warm._WARMED and not warm._WARM_LOCK.locked():
-    pass
-pid = os.fork()
-if pid == 0:
-    got = []
-    def call():
-        got.append(wasmsbx.Sandbox(WAT, from_dict({"limits": {"timeout": "1s"}})).call("f"))
-    child = threading.Thread(target=call, daemon=True)
-    child.start()
-    child.join(20)
-    print("child", got, flush=True)
-    os._exit(0)
-first.join()
-os.waitpid(pid, 0)
-"""
-
-
-def test_a_child_forked_while_imports_are_warmed_makes_its_sandboxes():
-    """Python 3.9 and 3.10: the warming lock, held by a thread at the fork, was held for
-    ever in the child (round 61)."""
-    assert "child [7]" in run_script(WARM_FORK)
