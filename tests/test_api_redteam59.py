@@ -256,4 +256,3 @@ def test_making_locks_are_let_go_once_made():
     for box in boxes:
         box.call("g")
     assert not core._MAKING
-
