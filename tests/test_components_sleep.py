@@ -1,10 +1,8 @@
-"""A component's WASI 0.2 sleep ends at its call's deadline (components/clocks.py).
+"""A component's WASI 0.2 sleeps and clock (tests/guests/components/sleep.wat).
 
-wasmtime's wasi:io/poll waits in native code, where no epoch reaches: a component that
-slept for an hour under a one-second timeout held the call (and its thread) for the hour.
-These guests sleep for 60 s under a 1 s timeout; each must come back as a timeout long
-before the sleep would end (the bound, 30 s, is generous for a loaded machine and still
-half the sleep). Sleeps that end before the deadline must be exactly the guest's.
+In process a component's sleep is wasmtime's own: it is not cut at the deadline (README,
+"Sleeps end at the deadline": not covered; a stand-in that cut it was withdrawn). The
+command line's hard stop ends it. Sleeps within the deadline are exactly the guest's.
 """
 
 from __future__ import annotations
@@ -22,7 +20,7 @@ from wasmsbx.policy import from_dict  # noqa: E402
 from .conftest import ROOT  # noqa: E402
 
 GUEST = ROOT / "tests" / "guests" / "components" / "sleep.wat"
-LONG = 60 * 10**9  # ns: the sleep the deadline must cut
+LONG = 60 * 10**9  # ns: a sleep far past the deadline
 BOUND = 30.0  # s: far below LONG, far above the 1 s timeout
 SLEEPS = ["nap", "nap-until", "nap-poll"]
 
@@ -36,46 +34,11 @@ def policy(**limits) -> wasmsbx.Policy:
 
 
 @pytest.mark.parametrize("func", SLEEPS)
-def test_a_long_sleep_ends_at_the_timeout(func):
-    box = wasmsbx.Sandbox(guest(), policy())
-    began = time.monotonic()
-    with pytest.raises(errors.TimeoutExceeded, match="timeout"):
-        box.call(func, LONG)
-    assert time.monotonic() - began < BOUND
-    box.close()
-
-
-@pytest.mark.parametrize("version", ["0.2.0", "0.2.3", "0.2.6", "0.2.0+build"])
-def test_every_wasi_version_the_component_imports(version):
-    """The stand-in is defined under the exact version imported (a semver-compatible
-    lookup would find wasmtime's own)."""
-    box = wasmsbx.Sandbox(guest(version), policy())
-    began = time.monotonic()
-    with pytest.raises(errors.TimeoutExceeded):
-        box.call("nap", LONG)
-    assert time.monotonic() - began < BOUND
-
-
-@pytest.mark.parametrize("func", SLEEPS)
 def test_a_sleep_within_the_timeout_is_the_guests(func):
     box = wasmsbx.Sandbox(guest(), from_dict({"limits": {"timeout": "30s"}}))
     before = box.call("now")
     box.call(func, 200_000_000)
     assert box.call("now") - before >= 200_000_000  # not cut short
-    box.close()
-
-
-def test_the_instance_goes_on_after_a_sleep_and_a_timeout():
-    """A sleep in a loop of calls: each call gets its own deadline."""
-    box = wasmsbx.Sandbox(guest(), policy())
-    for _ in range(3):
-        box.call("nap", 10_000_000)
-    with pytest.raises(errors.TimeoutExceeded):
-        box.call("nap", LONG)
-    # (this guest calls its imports directly: cut at the deadline, it returns, and the
-    # call is a timeout all the same; the instance goes on, as after any call)
-    assert box.invoke("nap", [10_000_000]).value is None
-    assert box.invoke("nap", [10_000_000], fresh=True).value is None
     box.close()
 
 
@@ -95,20 +58,19 @@ def test_no_sleep_without_fuel_left():
         box.call("nap", LONG)
 
 
-def test_the_instances_limit_counts_only_the_guests():
-    """The stand-in's helper is an instance of the store, not of the policy's count."""
+def test_the_default_instances_limit_lets_it_sleep():
     box = wasmsbx.Sandbox(guest(), policy(instances=1))
     box.call("nap", 1_000_000)
     box.close()
 
 
 def test_a_long_sleep_from_the_command_line(cli, tmp_path):
+    """The hard stop ends it at the deadline (exit 112)."""
     path = tmp_path / "sleep.wat"
     path.write_bytes(guest())
     began = time.monotonic()
     res = cli("run", path, "nap", str(LONG), "--timeout", "1s")
     assert res.code == 112 and "timeout: nap still running" in res.stderr, res
-    assert "blocked" not in res.stderr  # ended by the deadline, not the hard stop
     assert time.monotonic() - began < BOUND
 
 
@@ -174,51 +136,3 @@ def test_a_clock_of_other_types_is_refused_as_wasmtime_refuses_it(text, version,
     path.write_text(text.replace("VERSION", version))
     res = cli("run", path, "c")
     assert res.code == 102 and "Traceback" not in res.stderr, res
-
-
-SIGNALLED = r"""
-import os, signal, sys, threading, time, wasmsbx
-from wasmsbx.policy import from_dict
-source = open(sys.argv[1]).read().replace("VERSION", "0.2.0").encode()
-box = wasmsbx.Sandbox(source, from_dict({"limits": {"timeout": "20s"}}))
-box.call("now")
-class Watchdog(Exception):
-    pass
-def on_alarm(*args):
-    raise Watchdog("host watchdog")
-if sys.argv[2] == "SIGALRM":
-    signal.signal(signal.SIGALRM, on_alarm)
-    box = wasmsbx.Sandbox(source, from_dict({"limits": {"timeout": "2s"}}))
-threading.Timer(0.3, lambda: os.kill(os.getpid(), getattr(signal, sys.argv[2]))).start()
-began = time.monotonic()
-try:
-    box.call("spin-now")
-except BaseException as exc:
-    print("raised", type(exc).__name__, round(time.monotonic() - began, 1), flush=True)
-print("after", box.call("resolution") > 0, flush=True)
-"""
-
-
-@pytest.mark.parametrize("sig", ["SIGINT", "SIGALRM"])
-def test_a_signal_while_a_component_reads_the_clock(sig):
-    """The clock's stand-ins are ctypes callbacks: a Python signal handler that raised
-    as one started (Ctrl-C's KeyboardInterrupt, a watchdog's) crashed the process
-    (segmentation fault). Ctrl-C ends the call at once with KeyboardInterrupt; another
-    handler runs once the call is back (here at its 2 s timeout); the sandbox goes on."""
-    import subprocess
-    import sys
-
-    done = subprocess.run(
-        [sys.executable, "-c", SIGNALLED, str(GUEST), sig],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert done.returncode == 0, (done.returncode, done.stderr[-2000:])
-    lines = done.stdout.splitlines()
-    if sig == "SIGINT":
-        assert lines[0].startswith("raised KeyboardInterrupt"), lines
-        assert float(lines[0].split()[-1]) < 15, lines  # (not the 20 s timeout)
-    else:
-        assert lines[0].startswith("raised Watchdog"), lines
-    assert lines[1] == "after True", lines

@@ -35,7 +35,7 @@ from ..backends.base import Limits, Usage, WasiSetup, take_turn
 # into a closed pipe is EPIPE inside the guest; a FIFO stdin's open is watched).
 from ..backends.wasmtime.backend import _Budget, set_wasi
 from ..units import format_count, format_duration, format_size
-from . import binary, clocks, fastbytes, fastlift, probe, wave
+from . import binary, fastbytes, fastlift, probe, wave
 from .types import (
     COMPONENT_PARTS,
     INTS,
@@ -212,40 +212,19 @@ class ComponentInstance:
         self.outputs: list = []
         self.warnings: list = []
         self.watch: Any = None  # the running call's deadline.Watch
-        self.clock_deadline: Optional[clocks.Deadline] = None  # (clocks.py)
         # One call at a time: calls from several threads take turns (wasmtime's store is
         # not safe to use from two at once; red team round 25), each waiting at most
         # its timeout.
         self.turn = threading.RLock()
         self.budget = _Budget(limits.output, self._stop_flood)
         check_imports(import_names)
-        # A clock it may sleep on, and a deadline to cut its sleeps at (clocks.py)
-        clock = clocks.planned(engine, component)
-        if limits.timeout is None and limits.deadline is None:
-            clock = ()
         self.store = wasmtime.Store(engine.engine)
-        self._set_limits(clocks.INSTANCES if clock else 0)
+        self._set_limits()
         self.outputs = set_wasi(
             self.store, wasi, self.budget, limits.seconds(), self._stuck_opening
         )
         linker = wc.Linker(engine.engine)
         linker.add_wasip2()
-        if clock:
-            self.clock_deadline = clocks.Deadline()
-            fuel = limits.fuel is not None
-            setup = (linker, self.store, engine, clock, self.clock_deadline, fuel)
-            if threading.current_thread() is threading.main_thread():  # (clocks._Worker)
-                (ok, exc), came = clocks.off_main(clocks.stand_in, setup)
-                if came is not None:
-                    self.close()
-                    raise came
-            else:
-                ok, exc = True, clocks.stand_in(*setup)
-            if not ok:
-                self.close()
-                if isinstance(exc, wasmtime.WasmtimeError):
-                    raise self._error(exc, "instantiation") from None
-                raise exc
         self._arm()
         try:
             self.instance = self._guarded(
@@ -259,9 +238,7 @@ class ComponentInstance:
         self._funcs: dict = {}
 
     # ------------------------------------------------------------------ setup
-    def _set_limits(self, helpers: int = 0) -> None:
-        """The store's limits; ``helpers``: core instances of wasmsbx's own it holds
-        beside the component's (clocks.INSTANCES), not counted against the policy."""
+    def _set_limits(self) -> None:
         layout, limits = self.layout, self.limits
         cap = binary.memory_cap(limits.memory, layout.memories)
         if cap is None:
@@ -278,7 +255,7 @@ class ComponentInstance:
         self.store.set_limits(
             memory_size=cap,
             table_elements=-1 if limits.table_elements is None else limits.table_elements,
-            instances=-1 if count is None else max(layout.core_instances, 1) * count + helpers,
+            instances=-1 if count is None else max(layout.core_instances, 1) * count,
             memories=-1 if count is None else len(layout.memories) * count,
         )
 
@@ -306,18 +283,9 @@ class ComponentInstance:
         self.watch = watch
         refused = self.budget.refused
         try:
-            if self.clock_deadline is None:
-                result = func(*args)
-            else:  # (the clock's stand-ins cut sleeps at it)
-                self.clock_deadline.at = watch.deadline
-                if threading.current_thread() is threading.main_thread():
-                    result = self._off_main(watch, func, args)  # (signals: clocks._Worker)
-                else:
-                    result = func(*args)
+            result = func(*args)
         finally:
             KEEPER.leave(watch)
-            if self.clock_deadline is not None:
-                self.clock_deadline.at = float("inf")
             if not watch.interrupted:  # (its error refers to self: a cycle that kept every
                 self.watch = None  # dropped instance, and its memory, until gc ran)
         # returned past its deadline (Watch.overran), or past limits.output (a write
@@ -325,18 +293,6 @@ class ComponentInstance:
         if watch.overran() or self.budget.refused != refused:
             raise self._stuck_error(where)
         return result
-
-    def _off_main(self, watch: Any, func: Any, args: tuple) -> Any:
-        """``func(*args)`` on the clock's worker thread: a handler's exception raised
-        meanwhile ends the call and is raised once it is back."""
-        (ok, value), came = clocks.off_main(func, args, lambda: clocks.stop_later(watch))
-        if came is not None:
-            if not ok and isinstance(value, wasmtime.WasmtimeError):
-                self.poisoned = self.trapped = True  # (its caller sees came instead)
-            raise came
-        if ok:
-            return value
-        raise value
 
     def _stuck_error(self, where: str, how: str = "") -> errors.WasmsbxError:
         """The keeper's error for a call it must end: output flood or timeout."""
