@@ -275,7 +275,7 @@ def test_ctrl_c_during_a_long_run_exits_at_once(watch, isolated):
     code = w.stop(signal.SIGINT, timeout=15)
     rest = w.rest()
     # (once, on the 3.9 leg, this exited 1 and nothing more was known: say what it said)
-    assert code == 0, (code, rest, w.stderr)
+    assert code == 0, f"exit {code}, events {rest}, stderr:\n" + "".join(w.stderr)
     stop = rest[-1]
     assert stop["event"] == "stop" and stop["interrupted_run"] is True
     assert time.monotonic() - began < 15  # far below the guest's 60 s timeout
