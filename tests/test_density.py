@@ -170,6 +170,88 @@ def test_a_sandbox_called_once_keeps_few_objects_alive():
     assert per_sandbox < (15 if sys.version_info >= (3, 11) else 20), per_sandbox
 
 
+# What a process did before, then KEPT's count: 200 sandboxes of another kind (default
+# policy, another module, no memory) called once, and one whose first call ran its
+# _initialize past the timeout in a thread, while they were called.
+BEFORE = r"""
+import threading, time, wasmsbx
+from wasmsbx.policy import from_dict
+SLOW = (b'(module (func (export "_initialize") (loop $l (br $l)))'
+        b' (func (export "f") (result i32) (i32.const 1)))')
+slow = wasmsbx.Sandbox(SLOW, from_dict({"limits": {"timeout": "1s"}}))
+others = [wasmsbx.Sandbox(b'(module (func (export "g") (result i32) (i32.const 7)))')
+          for _ in range(200)]
+def first():
+    try:
+        slow.call("f")
+    except wasmsbx.errors.TimeoutExceeded:
+        pass
+thread = threading.Thread(target=first)
+thread.start()
+time.sleep(0.2)
+assert [box.call("g") for box in others] == [7] * 200
+thread.join()
+"""
+
+
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="inline attribute values: 3.11+")
+def test_what_a_process_made_first_does_not_make_later_sandboxes_bigger():
+    """A name first set on an instance after many instances of its class exist finds no
+    room in the class's shared table (CPython 3.11+), and every instance that sets it
+    gets a dict: after 200 sandboxes of another kind and a start function timed out in
+    a thread, every later sandbox kept two (15.9 tracked objects, not 13.9). The names
+    are entered when the classes are made (wasmsbx.compact)."""
+    import subprocess
+
+    done = subprocess.run(
+        [sys.executable, "-c", BEFORE + KEPT, GROW.decode()],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert float(done.stdout.strip()) < 14.5, done.stdout
+
+
+def test_the_names_reserved_are_plain_and_fit():
+    """wasmsbx.compact refuses a property (its setter would run on a blank instance);
+    what is reserved fits the table, and every name a sandbox made and called the
+    common ways sets is among them (or the table would fill in another order)."""
+    import wasmsbx
+    from wasmsbx import compact
+    from wasmsbx.backends.wasmtime import backend as wt
+
+    class Plain:
+        @property
+        def p(self) -> int:
+            return 1
+
+    with pytest.raises(TypeError):
+        compact.reserve(Plain, ["p"])
+    assert len(core.SANDBOX_NAMES) <= compact.ROOM
+    for names in (core.SANDBOX_NAMES, wt.INSTANCE_NAMES, wt.GROUP_NAMES):
+        assert len(names) <= compact.ROOM and len(set(names)) == len(names)
+    hosted = wasmsbx.func(lambda: 10, params=[], results=["i64"])
+    plugin = b"""(module (import "env" "r" (func $r (result i64)))
+      (import "wasi_snapshot_preview1" "fd_write" (func (param i32 i32 i32 i32) (result i32)))
+      (memory (export "memory") 1)
+      (func (export "go") (result i64) (call $r)))"""
+    boxes = [
+        Sandbox(GROW, make_policy(memory="1MiB", fuel=10**6), backend="wasmtime"),
+        Sandbox(plugin, make_policy(), imports={"env": {"r": hosted}}, backend="wasmtime"),
+    ]
+    for box in boxes:
+        name, args, result = ("add", (1, 2), 3) if box is boxes[0] else ("go", (), 10)
+        assert box.call(name, *args) == result and box.call(name, *args) == result
+        assert box[name](*args) == result and box.warnings == []
+        for held, names in (
+            (box, core.SANDBOX_NAMES),
+            (box._instance, wt.INSTANCE_NAMES),
+            (box._instance.group, wt.GROUP_NAMES),
+        ):
+            assert set(vars(held)) <= set(names), set(vars(held)) - set(names)
+
+
 @pytest.mark.skipif(sys.version_info < (3, 11), reason="inline attribute values: 3.11+")
 def test_what_a_sandbox_keeps_is_quick_for_the_garbage_collector_to_walk():
     """Each pass of the garbage collector visits every reference a live object holds.

@@ -17,6 +17,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Optional, Union
 
+from .. import compact as _compact
 from .. import errors
 from .. import policy as policy_mod
 from ..backends import get as backend_get
@@ -1625,6 +1626,20 @@ class Globals:
 
     def __contains__(self, name: object) -> bool:
         return any(e.name == name and e.kind == "global" for e in self._box.export_list)
+
+
+# The names sandboxes set, most used first (see wasmsbx.compact): entered before any
+# sandbox exists, so what a process made first never gives later sandboxes a dict each.
+# Past the table's room: a member of a Group (``_group``, ``link_name``), ``deadline``
+# (one sandbox per ``wasmsbx run``) and ``progress``.
+SANDBOX_NAMES = (
+    "_path_text", "_name", "path", "policy", "imports", "timings", "_prepared", "_known",
+    "_wasm", "_given", "_spec", "selection", "backend_name", "compiler", "engine",
+    "cache_state", "module", "export_list", "_instance", "_called_once", "_callers",
+    "_functions", "_warnings", "_source", "_store", "recorded_exports", "use_cache",
+    "cache_dir", "artifact",
+)  # fmt: skip
+_compact.reserve(Sandbox, SANDBOX_NAMES)
 
 
 class Group:

@@ -24,6 +24,7 @@ import wasmtime
 from wasmtime import _ffi as ffi
 from wasmtime._extern import wrap_extern
 
+from ... import compact as _compact
 from ... import errors
 from ...units import format_count, format_duration, format_size
 from ..base import (
@@ -312,6 +313,14 @@ def _occupied(group: _Group, seconds: float) -> bool:
         return True
     take_turn(group.busy, seconds)
     return False
+
+
+# The names instances of _Group set, most used first: see wasmsbx.compact.
+GROUP_NAMES = (
+    "busy", "limiter", "owner", "current", "wasi_defined", "polled", "budget",
+    "host_objects", "provided", "registered", "helpers", "gc_cap",
+)  # fmt: skip
+_compact.reserve(_Group, GROUP_NAMES)
 
 
 class _HostTimeout(Exception):
@@ -1218,6 +1227,15 @@ def _plan(found: Any, memory: int, tables: Optional[int]) -> Any:
 
 
 _EXTERN_FUNC = ffi.WASMTIME_EXTERN_FUNC.value
+
+
+# The names a WasmtimeInstance sets, most used first: see wasmsbx.compact.
+INSTANCE_NAMES = (
+    "engine", "limits", "memories", "held", "store", "group", "call_timeout", "call_fuel",
+    "instance", "exports", "types", "fuel_armed", "fuel_used", "shift", "caps", "outputs",
+    "_linker", "_budget", "_host", "warnings", "where", "watch", "deadline",
+)  # fmt: skip
+_compact.reserve(WasmtimeInstance, INSTANCE_NAMES)
 
 
 class _Exports(dict):
