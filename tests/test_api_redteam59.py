@@ -256,3 +256,42 @@ def test_making_locks_are_let_go_once_made():
     for box in boxes:
         box.call("g")
     assert not core._MAKING
+
+
+def test_a_first_call_waits_for_another_threads_start_at_most_its_own_timeout(backend):
+    """A call's own ``timeout=`` (below the policy's) bounds its wait for the instance
+    another thread is making too: it waited the policy's 8 s."""
+    slow = wasmsbx.Sandbox(SPIN_INIT, from_dict({"limits": {"timeout": "8s"}}), backend=backend)
+    first = threading.Thread(target=lambda: pytest.raises(errors.WasmsbxError, slow.call, "f"))
+    first.start()
+    time.sleep(0.3)  # (its start is running)
+    began = time.monotonic()
+    with pytest.raises(errors.TimeoutExceeded, match="making this sandbox's instance"):
+        slow.call("f", timeout=0.5)
+    assert time.monotonic() - began < 6  # (0.5 s; 7.7 s if it waited the policy's)
+    first.join(timeout=60)
+    slow.close()
+
+
+COUNTER = b"""(module (global $n (mut i32) (i32.const 0))
+  (func (export "bump") (result i32)
+    (global.set $n (i32.add (global.get $n) (i32.const 1))) (global.get $n)))"""
+
+
+def test_fresh_calls_from_threads_each_get_an_instance_of_their_own(backend):
+    """``invoke(fresh=True)`` from several threads at once: each makes its own instance
+    (one at a time), and each call runs on the one it made."""
+    box = wasmsbx.Sandbox(COUNTER, from_dict({"limits": {"timeout": "30s"}}), backend=backend)
+    results: list = []
+
+    def fresh() -> None:
+        for _ in range(5):
+            results.append(box.invoke("bump", fresh=True).values[0])
+
+    threads = [threading.Thread(target=fresh) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert results == [1] * 20
+    box.close()

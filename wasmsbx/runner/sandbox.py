@@ -1116,16 +1116,20 @@ class Sandbox:
                 functions[name] = function
         return function
 
-    def _live(self, wasi: Optional[WasiSetup] = None) -> Any:
+    def _live(
+        self, wasi: Optional[WasiSetup] = None, fresh: bool = False, seconds: Any = None
+    ) -> Any:
         """The instance, created on first use (with ``wasi``, if given), once: calls from
         several threads that find none wait for the one that makes it (each made its
-        own, and every call but those on the last one made was lost)."""
-        instance = self._instance
+        own, and every call but those on the last one made was lost). ``fresh``: a new
+        one in any case. ``seconds``: how long a wait for another thread's making may
+        take (the call's own timeout; default the policy's)."""
+        instance = None if fresh else self._instance
         if instance is None:
             if _WARM_NEEDED and threading.active_count() > 1:
                 warm_imports(WARM_IMPORTS)  # (made before the threads came: see warm.py)
-            with _making(self, self.policy.timeout):
-                instance = self._instance
+            with _making(self, seconds or self.policy.timeout):
+                instance = None if fresh else self._instance
                 if instance is None:
                     instance = self._instance = self.instantiate(wasi)
         return instance
@@ -1274,11 +1278,7 @@ class Sandbox:
         sig = self.signature(func)
         typed = parse_args(func, sig, args)
         limits = self._call_limits(timeout, fuel)
-        if fresh:
-            with _making(self, limits.get("timeout") or self.policy.timeout):
-                instance = self._instance = self.instantiate(wasi)
-        else:
-            instance = self._live(wasi)
+        instance = self._live(wasi, fresh, limits.get("timeout"))
         started = time.perf_counter()
         try:
             values = instance.call(func, typed, types=(sig.params, sig.results), **limits)
@@ -1338,7 +1338,7 @@ class Sandbox:
         sig = self.signature(func)
         typed = parse_args(func, sig, args)  # before the instance is created, as invoke does
         limits = self._call_limits(timeout, fuel)
-        instance = self._live()
+        instance = self._live(None, False, limits.get("timeout"))
         self._called_once = func
         return instance.call(func, typed, types=(sig.params, sig.results), **limits)
 
