@@ -157,3 +157,25 @@ def test_a_library_process_writes_its_hits_at_exit(add, tmp_path):
     proc = subprocess.run([sys.executable, "-c", script, str(add)], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert len(journal(make_policy()).splitlines()) == 2
+
+
+def test_hits_are_not_flushed_from_a_cache_module_another_thread_is_importing(monkeypatch):
+    """`wasmsbx watch` stopped by Ctrl-C while its run was importing native.cache: the
+    command's exit (native.flush_hits) found the module half made, without flush_hits,
+    and ended in "internal error: AttributeError ... partially initialized module",
+    exit 1 (cic69, Python 3.9). A module being imported has recorded no hit yet."""
+    import importlib.machinery
+    import types
+
+    import wasmsbx.native
+
+    half = types.ModuleType("wasmsbx.native.cache")
+    half.__spec__ = importlib.machinery.ModuleSpec("wasmsbx.native.cache", None)
+    half.__spec__._initializing = True  # (as importlib marks it until exec_module ends)
+    monkeypatch.setitem(sys.modules, "wasmsbx.native.cache", half)
+    wasmsbx.native.flush_hits()  # (no AttributeError)
+    half.__spec__._initializing = False  # (made: its flush_hits is called, if it has one)
+    half.flush_hits = lambda: calls.append(1)
+    calls: list = []
+    wasmsbx.native.flush_hits()
+    assert calls == [1]

@@ -18,6 +18,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "wasmsbx"
 CORE = (
     "wasmsbx._version",
     "wasmsbx.capabilities",
+    "wasmsbx.compact",
     "wasmsbx.errors",
     "wasmsbx.host",
     "wasmsbx.inputs",

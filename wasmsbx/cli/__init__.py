@@ -218,9 +218,10 @@ def _stdout_written(code: int) -> int:
 def _end_sole_run() -> None:
     """The run is over: a caller that goes on (``main`` called from Python) gets no more
     leave to load code without epoch checks."""
-    deadline = sys.modules.get("wasmsbx.backends.deadline")
-    if deadline is not None:
-        deadline.KEEPER.sole_run = False
+    # (getattr: another thread may be importing it still, as native.flush_hits says)
+    keeper = getattr(sys.modules.get("wasmsbx.backends.deadline"), "KEEPER", None)
+    if keeper is not None:
+        keeper.sole_run = False
 
 
 def entry() -> None:

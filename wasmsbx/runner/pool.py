@@ -260,8 +260,8 @@ def prefork(jobs: int, modules: list, job: tuple) -> bool:
 def _engines_made() -> bool:
     """Whether this process has made a runtime engine: a fork would copy it (and a
     worker could pick it up from a backend's table of engines), so prefork declines."""
-    base = sys.modules.get("wasmsbx.backends.base")
-    return base is not None and base.Engine.made > 0
+    engine = getattr(sys.modules.get("wasmsbx.backends.base"), "Engine", None)
+    return engine is not None and engine.made > 0
 
 
 def _fork_all(jobs: int, keeper: Any, job: tuple) -> tuple:
