@@ -295,3 +295,19 @@ def test_fresh_calls_from_threads_each_get_an_instance_of_their_own(backend):
         thread.join(timeout=120)
     assert results == [1] * 20
     box.close()
+
+
+def test_a_second_call_waits_for_another_threads_start_at_most_its_own_timeout(backend):
+    """The same for an export's second call (the one that makes its caller): it waited
+    the policy's timeout (red team round 64: 1.9 s under timeout=0.2)."""
+    slow = wasmsbx.Sandbox(SPIN_INIT, from_dict({"limits": {"timeout": "8s"}}), backend=backend)
+    first = threading.Thread(target=lambda: pytest.raises(errors.WasmsbxError, slow.call, "f"))
+    first.start()
+    time.sleep(0.3)  # (its start is running)
+    slow._called_once = "f"  # (as after a first call of f on an instance since closed)
+    began = time.monotonic()
+    with pytest.raises(errors.TimeoutExceeded, match="making this sandbox's instance"):
+        slow.call("f", timeout=0.5)
+    assert time.monotonic() - began < 6
+    first.join(timeout=60)
+    slow.close()

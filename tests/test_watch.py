@@ -281,6 +281,46 @@ def test_ctrl_c_during_a_long_run_exits_at_once(watch, isolated):
     assert time.monotonic() - began < 15  # far below the guest's 60 s timeout
 
 
+def test_two_ctrl_cs_at_once_still_exit(watch, isolated):
+    """A second SIGINT while the first one's handler ran hung the watch for ever (the
+    stop flag was a threading.Event, whose lock the nested handler waited for in the
+    same thread; red team round 64: 2 runs in 40). Each run must end, exit 0."""
+    shutil.copy(GUESTS / "spin.wat", isolated)
+    for _ in range(4):
+        w = watch("spin.wat", "spin", "--timeout", "60s")
+        w.wait("start")
+        w.proc.send_signal(signal.SIGINT)
+        code = w.stop(signal.SIGINT, timeout=15)
+        assert code == 0, f"exit {code}, stderr:\n" + "".join(w.stderr)
+        assert w.rest()[-1]["event"] == "stop"
+
+
+def test_the_signal_handler_takes_no_lock():
+    """What the SIGINT/SIGTERM handler runs must take no lock: a signal arriving while
+    the main thread holds one (inside the handler, or anywhere it is taken) would wait
+    for it in the same thread. Checked by profiling the handler's C calls."""
+    from wasmsbx.watch import Stop, stop_on_signals
+
+    calls: list = []
+
+    def profile(frame, event, arg):  # noqa: ARG001 - sys.setprofile's signature
+        if event == "c_call":
+            calls.append((getattr(arg, "__qualname__", ""), type(arg.__self__).__name__))
+
+    stop = Stop()
+    with stop_on_signals(stop):
+        handler = signal.getsignal(signal.SIGINT)
+        sys.setprofile(profile)
+        try:
+            handler(signal.SIGINT, None)
+            handler(signal.SIGTERM, None)  # (the first reason is kept)
+        finally:
+            sys.setprofile(None)
+    assert stop.is_set() and stop.reason == "SIGINT" and stop.wait(0)
+    locks = [c for c in calls if "lock" in c[1].lower() or c[0].split(".")[-1] == "acquire"]
+    assert locks == [], calls
+
+
 def test_values_after_double_dash_are_arguments(watch, isolated):
     (isolated / "add.wat").write_text(ADD.format(extra=""))
     w = watch("add.wat", "add", "--", -5, 3)  # after --, values that look like flags

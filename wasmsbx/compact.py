@@ -24,16 +24,25 @@ from typing import Any
 ROOM = 29  # names a class's shared table holds (CPython's SHARED_KEYS_MAX_SIZE - 1)
 
 
-def reserve(cls: type, names: Iterable[str]) -> None:
+def reserve(cls: type, names: Iterable[str], strict: bool = True) -> None:
     """Enter ``names`` into ``cls``'s table of shared attribute names (see the module
     docstring), through an instance made without ``__init__`` and dropped at once. The
     names must be plain attributes: never a property or another data descriptor of the
-    class (a setter would run on the blank instance)."""
+    class (a setter would run on the blank instance). ``strict=False`` (a subclass
+    someone else wrote): such names are left out, and a class with ``__del__`` is left
+    alone (it would run on the blank instance)."""
     names = tuple(names)
+    if not strict and getattr(cls, "__del__", None) is not None:
+        return
+    plain = []
     for name in names:
         found = getattr(cls, name, None)
         if hasattr(type(found), "__set__"):
-            raise TypeError(f"{cls.__name__}.{name} is a data descriptor, not a plain name")
+            if strict:
+                raise TypeError(f"{cls.__name__}.{name} is a data descriptor, not a plain name")
+            continue
+        plain.append(name)
+    names = tuple(plain)
     blank: Any = object.__new__(cls)
     for name in names:
         object.__setattr__(blank, name, None)

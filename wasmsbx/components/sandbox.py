@@ -155,6 +155,7 @@ class ComponentSandbox(Sandbox):
     is_component = True
     _keeps_functions = False  # box["f"] makes its Function each time, as it always did
     use_cache = None  # (core sandboxes set it; a cluster then keeps the policy's own)
+    _compact_names = None  # (names of its own: Sandbox.SANDBOX_NAMES are not reserved)
 
     def __init__(
         self,

@@ -13,7 +13,6 @@ import threading
 import weakref
 from typing import Any, Optional, Union, cast
 
-from .. import compact
 from .. import policy as policy_mod
 from . import sandbox as _core
 from .sandbox import (
@@ -85,9 +84,6 @@ class Sandbox(_core.Sandbox, Services):
 
     def __enter__(self) -> Sandbox:  # this class, with batch/stream/audit, for checkers
         return self
-
-
-compact.reserve(Sandbox, _core.SANDBOX_NAMES)  # (its own table: see wasmsbx.compact)
 
 
 def component_class() -> type:

@@ -628,6 +628,15 @@ class Sandbox:
     selection: Any = None  # select.Selection, once scored
     _spec: Optional[str] = None  # the backend asked for, if any
     use_cache = True  # runtime.cache, or use_cache= (a cluster's workers follow it)
+    # The attribute names entered for each subclass as it is made (wasmsbx.compact: each
+    # class has a table of its own; the public wasmsbx.Sandbox and the user's own
+    # subclasses of it); SANDBOX_NAMES, set below. None: a subclass that sets other names.
+    _compact_names: Optional[tuple] = None
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls._compact_names:
+            _compact.reserve(cls, cls._compact_names, strict=False)
 
     def __init__(
         self,
@@ -1313,7 +1322,9 @@ class Sandbox:
         if entry is not None and entry[0] is self._instance:
             call = entry[1]
         elif self._called_once == func:  # the second call: the caller is made now
-            call = self._caller(func, args)[1]
+            # (its own timeout bounds a wait for another thread's instance too)
+            seconds = None if timeout is None else self._call_limits(timeout, None)["timeout"]
+            call = self._caller(func, args, seconds)[1]
         else:
             values = self._first_call(func, args, timeout, fuel)
             call = None
@@ -1342,13 +1353,13 @@ class Sandbox:
         self._called_once = func
         return instance.call(func, typed, types=(sig.params, sig.results), **limits)
 
-    def _caller(self, func: str, args: Sequence[Any]) -> tuple:
+    def _caller(self, func: str, args: Sequence[Any], seconds: Any = None) -> tuple:
         """(instance, caller) for ``func``: the signature and the arguments are checked
-        before the instance is created, as ``invoke`` does."""
+        before the instance is created, as ``invoke`` does (``seconds``: see _live)."""
         sig = self.signature(func)
         parse = functools.partial(parse_args, func, sig)
         parse(args)
-        instance = self._live()
+        instance = self._live(None, False, seconds)
         if self._callers is _NO_CALLERS:
             self._callers = {}
         entry = self._callers[func] = (
@@ -1640,6 +1651,7 @@ SANDBOX_NAMES = (
     "cache_dir", "artifact",
 )  # fmt: skip
 _compact.reserve(Sandbox, SANDBOX_NAMES)
+Sandbox._compact_names = SANDBOX_NAMES
 
 
 class Group:

@@ -244,14 +244,34 @@ class Event:
         return {"event": self.kind, "cycle": self.cycle, "time": self.time, **self.data}
 
 
-class Stop(threading.Event):
-    """The stop flag watchfiles polls; ``reason`` says who set it."""
+class Stop:
+    """The stop flag watchfiles polls (all it asks of one is ``is_set()``); ``reason``
+    says who set it first. A plain attribute, set without a lock: SIGINT's handler sets
+    it, and a ``threading.Event`` takes a lock to be set, which a second signal arriving
+    while the first handler held it waited for, for ever, in the same thread (two
+    Ctrl-Cs at once hung `wasmsbx watch` until SIGKILL, red team round 64)."""
 
     reason = "stopped"
+    _set = False
 
     def stop(self, reason: str = "stopped") -> None:
-        self.reason = reason
-        self.set()
+        if not self._set:
+            self.reason = reason
+        self._set = True
+
+    def set(self) -> None:
+        self.stop()
+
+    def is_set(self) -> bool:
+        return self._set
+
+    def wait(self, timeout: Optional[float] = None) -> bool:
+        """Whether it was set within ``timeout`` seconds (polled: nothing waits on a
+        lock that a signal handler would need)."""
+        end = None if timeout is None else time.monotonic() + timeout
+        while not self._set and (end is None or time.monotonic() < end):
+            time.sleep(0.01)
+        return self._set
 
 
 @contextmanager
