@@ -311,3 +311,19 @@ def test_a_second_call_waits_for_another_threads_start_at_most_its_own_timeout(b
     assert time.monotonic() - began < 6
     first.join(timeout=60)
     slow.close()
+
+
+def test_a_first_call_bounds_the_initialize_it_runs_by_its_own_timeout(backend):
+    """The call that makes the instance runs the reactor's _initialize under its own
+    timeout= too (it ran the policy's 8 s; red team round 64); a later call with a
+    longer timeout makes the instance again."""
+    box = wasmsbx.Sandbox(SPIN_INIT, from_dict({"limits": {"timeout": "8s"}}), backend=backend)
+    began = time.monotonic()
+    with pytest.raises(errors.TimeoutExceeded, match="_initialize"):
+        box.call("f", timeout=0.5)
+    assert time.monotonic() - began < 6
+    began = time.monotonic()
+    with pytest.raises(errors.TimeoutExceeded, match="_initialize"):
+        box.invoke("f", timeout=0.5)
+    assert time.monotonic() - began < 6
+    box.close()

@@ -365,7 +365,9 @@ class ComponentSandbox(Sandbox):
             ) from None
 
     # --------------------------------------------------------------- calling
-    def instantiate(self, wasi: Optional[WasiSetup] = None) -> Any:
+    def instantiate(self, wasi: Optional[WasiSetup] = None, seconds: Any = None) -> Any:
+        """A new instance (``seconds``: as for a module; a component's start runs under
+        the policy's timeout)."""
         started = time.perf_counter()
         wasi = wasi or self.wasi_setup()
         if wasi.grants:  # the grants this instance gets (see runner/importpath.py)

@@ -1137,10 +1137,13 @@ class Sandbox:
         if instance is None:
             if _WARM_NEEDED and threading.active_count() > 1:
                 warm_imports(WARM_IMPORTS)  # (made before the threads came: see warm.py)
+            began = time.monotonic()
             with _making(self, seconds or self.policy.timeout):
                 instance = None if fresh else self._instance
                 if instance is None:
-                    instance = self._instance = self.instantiate(wasi)
+                    if seconds:  # (what the wait left of it)
+                        seconds = max(seconds - (time.monotonic() - began), 0.001)
+                    instance = self._instance = self.instantiate(wasi, seconds)
         return instance
 
     def memory(self, name: str = "memory") -> Memory:
@@ -1243,7 +1246,11 @@ class Sandbox:
                 prepared.types = types
         return types
 
-    def instantiate(self, wasi: Optional[WasiSetup] = None) -> Any:
+    def instantiate(self, wasi: Optional[WasiSetup] = None, seconds: Any = None) -> Any:
+        """A new instance (not kept: callers keep it). ``seconds``: the timeout of the
+        call that makes it, if lower than the policy's, bounds its ``_initialize`` too (a
+        start function runs under the policy's timeout: wasmtime runs it as part of
+        instantiation)."""
         started = time.perf_counter()
         limits = limits_from(self.policy)
         if self.deadline is not None:
@@ -1268,7 +1275,7 @@ class Sandbox:
             self._group.first_instance = instance
         self.timings["instantiate"] = time.perf_counter() - started
         if any(e.name == "_initialize" for e in self.export_list):
-            instance.call("_initialize", [])
+            instance.call("_initialize", [], timeout=seconds)
         return instance
 
     def invoke(
