@@ -150,6 +150,17 @@ print((len(gc.get_objects()) - before) / 500)
 """
 
 
+def _kept(script: str) -> str:
+    """The output of ``script`` (KEPT, after what a test runs first) in a new process."""
+    import subprocess
+
+    done = subprocess.run(
+        [sys.executable, "-c", script, GROW.decode()], capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout
+
+
 def test_a_sandbox_called_once_keeps_few_objects_alive():
     """Every object a live sandbox keeps is one more for each pass of Python's garbage
     collector: with 100,000 sandboxes that was a third of the CPU of making them. A
@@ -158,13 +169,7 @@ def test_a_sandbox_called_once_keeps_few_objects_alive():
     In a new process: what earlier sandboxes of a process did changes it (a store
     whose start function timed out set attributes no other sets, and CPython then gave
     every later instance a dict of its own: README, density)."""
-    import subprocess
-
-    done = subprocess.run(
-        [sys.executable, "-c", KEPT, GROW.decode()], capture_output=True, text=True, timeout=300
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
-    per_sandbox = float(done.stdout.strip())
+    per_sandbox = float(_kept(KEPT).strip())
     # (17.9 before the changes test_a_sandbox_keeps_its_attributes_inline checks, 15
     # before the limits were shared; before 3.11 every instance has a dict of its own)
     assert per_sandbox < (15 if sys.version_info >= (3, 11) else 20), per_sandbox
@@ -201,16 +206,8 @@ def test_what_a_process_made_first_does_not_make_later_sandboxes_bigger():
     gets a dict: after 200 sandboxes of another kind and a start function timed out in
     a thread, every later sandbox kept two (15.9 tracked objects, not 13.9). The names
     are entered when the classes are made (wasmsbx.compact)."""
-    import subprocess
-
-    done = subprocess.run(
-        [sys.executable, "-c", BEFORE + KEPT, GROW.decode()],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert float(done.stdout.strip()) < 14.5, done.stdout
+    out = _kept(BEFORE + KEPT)
+    assert float(out.strip()) < 14.5, out
 
 
 @pytest.mark.skipif(sys.version_info < (3, 11), reason="inline attribute values: 3.11+")
@@ -218,7 +215,6 @@ def test_a_subclass_of_sandbox_stays_compact_too():
     """A user's subclass of wasmsbx.Sandbox has a table of names of its own: reserved
     as it is made (50 made and not yet called first left every later one with a dict,
     red team round 64); a subclass with a property of a reserved name still works."""
-    import subprocess
 
     code = (
         "import wasmsbx\n"
@@ -241,17 +237,10 @@ def test_a_subclass_of_sandbox_stays_compact_too():
         "pending = [Mine(grow) for _ in range(50)]\n"
         "Sandbox = Mine\n"
     )
-    kept = KEPT.replace("from wasmsbx import Sandbox\n", "")
-    done = subprocess.run(
-        [sys.executable, "-c", code + kept, GROW.decode()],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
-    words = done.stdout.split()  # ("del" when the collector gets to it)
+    out = _kept(code + KEPT.replace("from wasmsbx import Sandbox\n", ""))
+    words = out.split()  # ("del" when the collector gets to it)
     (per_sandbox,) = [float(w) for w in words if w != "del"]
-    assert "del" in words and per_sandbox < 14.5, done.stdout
+    assert "del" in words and per_sandbox < 14.5, out
 
 
 def test_the_names_reserved_are_plain_and_fit():
