@@ -31,18 +31,15 @@ def reserve(cls: type, names: Iterable[str], strict: bool = True) -> None:
     class (a setter would run on the blank instance). ``strict=False`` (a subclass
     someone else wrote): such names are left out, and a class with ``__del__`` is left
     alone (it would run on the blank instance)."""
-    names = tuple(names)
     if not strict and getattr(cls, "__del__", None) is not None:
         return
     plain = []
     for name in names:
-        found = getattr(cls, name, None)
-        if hasattr(type(found), "__set__"):
+        if hasattr(type(getattr(cls, name, None)), "__set__"):
             if strict:
                 raise TypeError(f"{cls.__name__}.{name} is a data descriptor, not a plain name")
             continue
         plain.append(name)
-    names = tuple(plain)
     blank: Any = object.__new__(cls)
-    for name in names:
+    for name in plain:
         object.__setattr__(blank, name, None)
