@@ -327,3 +327,29 @@ def test_a_first_call_bounds_the_initialize_it_runs_by_its_own_timeout(backend):
         box.invoke("f", timeout=0.5)
     assert time.monotonic() - began < 6
     box.close()
+
+
+NAP = b"""(module (import "env" "nap" (func $nap))
+  (func (export "nap") (call $nap))
+  (func (export "spin") (loop $l (br $l))))"""
+
+
+def test_a_calls_own_timeout_holds_when_the_call_before_it_ends_meanwhile(backend):
+    """A call waiting its turn behind another thread's call keeps its own timeout=: on
+    wasmer it was set on the instance before the wait, and the call ending meanwhile put
+    the policy's back (spin ran the policy's 6 s under timeout=1; red team round 65)."""
+    napped = wasmsbx.func(lambda: time.sleep(0.5), params=[], results=[])
+    box = wasmsbx.Sandbox(
+        NAP, from_dict({"limits": {"timeout": "6s"}}), imports={"env": {"nap": napped}},
+        backend=backend,
+    )  # fmt: skip
+    box.call("nap")  # (made: the instance is there for both)
+    first = threading.Thread(target=box.call, args=("nap",))
+    first.start()
+    time.sleep(0.1)  # (its call is running)
+    began = time.monotonic()
+    with pytest.raises(errors.TimeoutExceeded, match="spin still running after 1"):
+        box.call("spin", timeout=1)
+    assert time.monotonic() - began < 4.5  # (1 s and the wait; 6 s under the policy's)
+    first.join(timeout=60)
+    box.close()

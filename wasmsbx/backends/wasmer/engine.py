@@ -948,7 +948,11 @@ class WasmerInstance(Instance):
             limit_value=self.limits.timeout,
         )
 
-    def _request(self, request: tuple, where: str) -> tuple:
+    def _request(self, request: tuple, where: str, timeout: Optional[float] = None) -> tuple:
+        """Send ``request`` and wait for its answer, one call at a time. ``timeout``: this
+        call's own (never above the policy's), in force only while it holds the turn:
+        set before the turn, another thread's call ending meanwhile put the policy's
+        back, and a call still running was cut to it (red team round 65)."""
         if os.getpid() != self.home:
             # Its worker is the parent's: a fork's child that wrote to the same pipes
             # read the parent's answers as its own and the parent the child's (red
@@ -959,7 +963,12 @@ class WasmerInstance(Instance):
                 hint="make the sandbox in this process (after the fork), or use "
                 "--backend wasmtime, whose instances a fork copies",
             )
-        take_turn(self.talking, self.limits.timeout)
+        kept = self.limits
+        if timeout is not None:
+            timeout = min(timeout, kept.timeout)
+        take_turn(self.talking, kept.timeout if timeout is None else timeout)
+        if timeout is not None:
+            self.limits = kept._replace(timeout=timeout)
         try:
             if self.dead is not None:
                 raise errors.TrapError(
@@ -982,6 +991,7 @@ class WasmerInstance(Instance):
             self.memory_bytes = answer[-1]
             return answer
         finally:
+            self.limits = kept
             self.talking.release()
             if self.closing:  # closed by another thread meanwhile: close it now
                 self._close_if_idle()
@@ -1091,16 +1101,10 @@ class WasmerInstance(Instance):
             raise errors.BackendUnavailable(
                 f"{name}: {exc}", hint="use --backend wasmtime for this call"
             ) from None
-        limits = self.limits
         nested = getattr(self, "owner", self).talking._is_owned()  # (from a host function)
-        if timeout is not None and not nested:  # this call only, never above the policy's
-            # (a nested call runs within the running call's limits, as on wasmtime: its
-            # own timeout= killed the worker, and with it the call it was made from)
-            self.limits = limits._replace(timeout=min(timeout, limits.timeout))
-        try:
-            answer = self._request(("call", name, wire, adapted), name)
-        finally:
-            self.limits = limits
+        if nested:  # a nested call runs within the running call's limits, as on wasmtime:
+            timeout = None  # its own timeout= killed the worker, and the call it came from
+        answer = self._request(("call", name, wire, adapted), name, timeout)
         if answer[0] == "trap" and self.host_raised is not None:
             raise errors.TrapError(
                 f"{name} trapped: {answer[1]}", backtrace=answer[2], trap_code="host"
@@ -1352,14 +1356,14 @@ class WasmerMember(WasmerInstance):
     def memory_bytes(self, value: Optional[int]) -> None:
         self.owner.memory_bytes = value
 
-    def _request(self, request: tuple, where: str) -> tuple:
+    def _request(self, request: tuple, where: str, timeout: Optional[float] = None) -> tuple:
         if self.dead is not None or self.owner.dead is not None:
             raise errors.TrapError(
                 f"cannot run {where}: this wasmer instance is gone "
                 f"({self.dead or self.owner.dead})",
                 hint="instantiate the module again",
             )
-        return self.owner._request(("at", self.index, request), where)
+        return self.owner._request(("at", self.index, request), where, timeout)
 
     def close(self) -> None:
         """The group's first instance owns the process; closing it ends every member."""
