@@ -408,6 +408,13 @@ class Instance(ABC):
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release resources held outside the store."""
 
+    def discard(self) -> None:
+        """Release everything it holds, store and all: an instance nobody else was
+        given (its ``_initialize`` failed). The error's traceback keeps the instance
+        as long as the caller keeps the error (each of them kept a 4 GiB reservation,
+        or a worker process)."""
+        self.close()
+
     def read_memory(self, offset: int, length: int, memory: str = "memory") -> bytes:
         """A copy of ``length`` bytes of the exported memory from ``offset`` (streaming ABI).
 

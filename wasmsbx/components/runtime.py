@@ -219,6 +219,15 @@ class ComponentInstance:
         self.budget = _Budget(limits.output, self._stop_flood)
         check_imports(import_names)
         self.store = wasmtime.Store(engine.engine)
+        try:
+            self._instantiate(component, wasi)
+        except BaseException:
+            self.discard()  # (the traceback keeps this frame, so ``self``, so the store)
+            raise
+        self._funcs: dict = {}
+
+    def _instantiate(self, component: Any, wasi: WasiSetup) -> None:
+        engine, limits = self.engine, self.limits
         self._set_limits()
         self.outputs = set_wasi(
             self.store, wasi, self.budget, limits.seconds(), self._stuck_opening
@@ -231,11 +240,9 @@ class ComponentInstance:
                 "instantiation", linker.instantiate, self.store, component
             )
         except wasmtime.WasmtimeError as exc:
-            self.close()
             raise self._error(exc, "instantiation") from None
         finally:
             self._account_fuel()
-        self._funcs: dict = {}
 
     # ------------------------------------------------------------------ setup
     def _set_limits(self) -> None:
@@ -477,6 +484,19 @@ class ComponentInstance:
     def close(self) -> None:
         for output in self.outputs:
             output.close()
+
+    def discard(self) -> None:
+        """Close its outputs and free its store now: an instance whose instantiation
+        failed (as WasmtimeInstance.discard)."""
+        from ..backends.wasmtime import teardown
+
+        self.close()
+        if teardown.holds_view(self.store):
+            return
+        try:
+            self.store.close()
+        except Exception:  # noqa: BLE001 - left to the garbage collector, as before
+            pass
 
     # ------------------------------------------------------------------ errors
     def _error(self, exc: Exception, where: str) -> errors.WasmsbxError:

@@ -1275,7 +1275,12 @@ class Sandbox:
             self._group.first_instance = instance
         self.timings["instantiate"] = time.perf_counter() - started
         if any(e.name == "_initialize" for e in self.export_list):
-            instance.call("_initialize", [], timeout=seconds)
+            try:
+                instance.call("_initialize", [], timeout=seconds)
+            except BaseException:
+                if self._group is None:  # (a member's store is its group's)
+                    instance.discard()
+                raise
         return instance
 
     def invoke(

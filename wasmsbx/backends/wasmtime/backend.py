@@ -370,7 +370,11 @@ class WasmtimeInstance(Instance):
             self.shift = shift
         if shared is None:
             self._new_store(limits, getattr(module, "_wasmsbx_layout", None))
-            self._build(module, wasi, imports, shared, register, caps)
+            try:
+                self._build(module, wasi, imports, shared, register, caps)
+            except BaseException:
+                self.discard()  # (the traceback keeps this frame, so ``self``, so the store)
+                raise
             return
         self.store, self._linker, self._budget = shared.store, shared.linker, shared.budget
         self.outputs, self._host, self.group = shared.outputs, shared.host, shared.group
@@ -1104,6 +1108,20 @@ class WasmtimeInstance(Instance):
     def close(self) -> None:
         for output in self.outputs:
             output.close()
+
+    def discard(self) -> None:
+        """Close its outputs and free its store now (its memories, their reservations),
+        unless a memory view holds the store (a host function of its start function or
+        ``_initialize`` may have kept one: freeing it would unmap what the view reads).
+        Only for an instance of its own store that no call runs on."""
+        self.close()
+        store = self.store
+        if teardown.holds_view(store):
+            return
+        try:
+            store.close()
+        except Exception:  # noqa: BLE001 - left to the garbage collector, as before
+            pass
 
     # ------------------------------------------------------------------ errors
     def _trap_error(
