@@ -329,6 +329,39 @@ def test_a_first_call_bounds_the_initialize_it_runs_by_its_own_timeout(backend):
     box.close()
 
 
+SPIN_START = b"""(module (func $s (loop $l (br $l))) (start $s)
+  (func (export "f") (result i32) (i32.const 1)))"""
+NAP_START = b"""(module (import "env" "nap" (func $nap)) (func $s (call $nap)) (start $s)
+  (func (export "_initialize") (loop $l (br $l)))
+  (func (export "f") (result i32) (i32.const 1)))"""
+
+
+def test_a_first_call_bounds_the_start_function_it_runs_by_its_own_timeout(backend):
+    """The module's start function runs under the timeout= of the call that makes the
+    instance too (it ran the policy's: 10 s by default under timeout=0.5); the error
+    names the call's timeout."""
+    box = wasmsbx.Sandbox(SPIN_START, from_dict({"limits": {"timeout": "8s"}}), backend=backend)
+    for call in (box.call, box.invoke):
+        began = time.monotonic()
+        with pytest.raises(errors.TimeoutExceeded, match="start function still running after 500"):
+            call("f", timeout=0.5)
+        assert time.monotonic() - began < 6
+    box.close()
+
+
+def test_the_start_function_and_initialize_share_the_calls_timeout(backend):
+    """What the start function used of the call's timeout, _initialize does not get."""
+    napped = wasmsbx.func(lambda: time.sleep(0.3), params=[], results=[])
+    policy = from_dict({"limits": {"timeout": "8s"}})
+    box = wasmsbx.Sandbox(NAP_START, policy, imports={"env": {"nap": napped}}, backend=backend)
+    began = time.monotonic()
+    with pytest.raises(errors.TimeoutExceeded, match="_initialize still running") as info:
+        box.call("f", timeout=1)
+    assert time.monotonic() - began < 6
+    assert info.value.context["limit_value"] <= 0.7  # (what the 0.3 s start left of it)
+    box.close()
+
+
 NAP = b"""(module (import "env" "nap" (func $nap))
   (func (export "nap") (call $nap))
   (func (export "spin") (loop $l (br $l))))"""

@@ -493,11 +493,14 @@ class Engine(ABC):
         shared: Optional[Instance] = None,
         register: Optional[str] = None,
         group: bool = False,
+        timeout: Optional[float] = None,
     ) -> Instance:
         """A new instance. ``imports``: the caller's host imports (wasmsbx.host objects,
         normalized); ``shared``: an instance of the same group whose store (and limits)
         this one joins; ``register``: the name the group's later modules import it by;
-        ``group``: the instance belongs to a group (more members may follow).
+        ``group``: the instance belongs to a group (more members may follow);
+        ``timeout``: the seconds its start function may run, if fewer than the policy's
+        (the timeout of the call that makes it).
         A backend that cannot do one of these raises BackendUnavailable saying why."""
 
     def describe(self, module: Any, wasm: bytes, known: Any = None) -> None:  # noqa: B027

@@ -1248,9 +1248,8 @@ class Sandbox:
 
     def instantiate(self, wasi: Optional[WasiSetup] = None, seconds: Any = None) -> Any:
         """A new instance (not kept: callers keep it). ``seconds``: the timeout of the
-        call that makes it, if lower than the policy's, bounds its ``_initialize`` too (a
-        start function runs under the policy's timeout: wasmtime runs it as part of
-        instantiation)."""
+        call that makes it, if lower than the policy's, bounds its start function and its
+        ``_initialize`` too, which share it."""
         started = time.perf_counter()
         limits = limits_from(self.policy)
         if self.deadline is not None:
@@ -1269,12 +1268,16 @@ class Sandbox:
             from .importpath import guard
 
             guard(wasi.grants)
+        if seconds and limits.timeout is not None and seconds < limits.timeout:
+            extra["timeout"] = seconds  # (its start function's)
         instance = self.engine.instantiate(self.module, limits, wasi, **extra)
         instance.know_types(self._export_types())
         if self._group is not None and self._group.first_instance is None:
             self._group.first_instance = instance
         self.timings["instantiate"] = time.perf_counter() - started
         if any(e.name == "_initialize" for e in self.export_list):
+            if seconds:  # (what the start function left of it)
+                seconds = max(seconds - (time.perf_counter() - started), 0.001)
             try:
                 instance.call("_initialize", [], timeout=seconds)
             except BaseException:

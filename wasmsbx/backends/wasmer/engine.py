@@ -678,6 +678,7 @@ class WasmerInstance(Instance):
         limits: Limits,
         wasi: WasiSetup,
         member: Optional[tuple] = None,
+        timeout: Optional[float] = None,
     ) -> None:
         # member: (GroupState, link, items module or None, item keys) from engine.instantiate
         self.state, self.link, items, keys = member or (GroupState(limits, False), [], None, [])
@@ -711,10 +712,14 @@ class WasmerInstance(Instance):
             self.poller.register(fd, select.POLLIN)
         try:
             self._started()
+            if timeout is not None and timeout < limits.timeout:
+                self.limits = limits._replace(timeout=timeout)  # (the start function's)
             answer = self._answer("start function")
         except BaseException:
             self.close()
             raise
+        finally:
+            self.limits = limits
         if answer[0] == "ready":
             self.memory_bytes = answer[1]
             return
@@ -1298,6 +1303,7 @@ class WasmerMember(WasmerInstance):
         limits: Limits,
         owner: WasmerInstance,
         member: tuple,
+        timeout: Optional[float] = None,
     ) -> None:
         self.state, self.link, items, keys = member
         self.owner = owner
@@ -1336,7 +1342,7 @@ class WasmerMember(WasmerInstance):
         self.state.sent_host = hosts
         self.state.members.append(self)
         self.index = len(self.state.members) - 1
-        answer = owner._request(request, "start function")
+        answer = owner._request(request, "start function", timeout)
         if answer[0] == "ok":
             return
         self.state.members.pop()
@@ -1645,6 +1651,7 @@ class WasmerEngine(Engine):
         shared: Optional[Instance] = None,
         register: Optional[str] = None,
         group: bool = False,
+        timeout: Optional[float] = None,
     ) -> WasmerInstance:
         """An instance in a child process of its own, or, for a later member of a group
         (``shared``), in the group's child, linked to its host imports and to the
@@ -1691,9 +1698,9 @@ class WasmerEngine(Engine):
             module = self._for_limits(module, limits)
         member = (state, link, made, keys)
         if owner is None:
-            instance = WasmerInstance(self, module, limits, wasi, member)
+            instance = WasmerInstance(self, module, limits, wasi, member, timeout)
         else:
-            instance = WasmerMember(self, module, limits, owner, member)
+            instance = WasmerMember(self, module, limits, owner, member, timeout)
         if register is not None:
             instance.register_as(register)
         return instance

@@ -358,6 +358,7 @@ class WasmtimeInstance(Instance):
         shared: Optional[WasmtimeInstance] = None,
         register: Optional[str] = None,
         caps: Any = None,
+        timeout: Optional[float] = None,
     ) -> None:
         if caps is not None:
             self.caps = caps
@@ -371,7 +372,7 @@ class WasmtimeInstance(Instance):
         if shared is None:
             self._new_store(limits, getattr(module, "_wasmsbx_layout", None))
             try:
-                self._build(module, wasi, imports, shared, register, caps)
+                self._build(module, wasi, imports, shared, register, caps, timeout)
             except BaseException:
                 self.discard()  # (the traceback keeps this frame, so ``self``, so the store)
                 raise
@@ -391,7 +392,7 @@ class WasmtimeInstance(Instance):
             )
         try:
             group.owner = _get_ident()
-            self._build(module, wasi, imports, shared, register, caps)
+            self._build(module, wasi, imports, shared, register, caps, timeout)
         finally:
             group.owner = 0
             group.busy.release()
@@ -404,8 +405,10 @@ class WasmtimeInstance(Instance):
         shared: Optional[WasmtimeInstance],
         register: Optional[str],
         caps: Any,
+        timeout: Optional[float] = None,
     ) -> None:
-        """The rest of __init__: limits, WASI and imports defined, instantiated."""
+        """The rest of __init__: limits, WASI and imports defined, instantiated (its start
+        function under ``timeout``, when lower than the policy's)."""
         engine, limits = self.engine, self.limits
         if caps is not None:  # each memory and table carries its own cap (limits.Budget)
             group = self.group
@@ -426,7 +429,7 @@ class WasmtimeInstance(Instance):
                 10000,  # tables
                 10000,  # memories
             )
-        self._arm()
+        self._arm(timeout=timeout)
         imports_list = engine.imports(module)
         if any(i.is_wasi for i in imports_list) and not self.group.wasi_defined:
             self._set_wasi(wasi or WasiSetup())
@@ -1564,11 +1567,14 @@ class WasmtimeEngine(Engine):
         shared: Optional[Instance] = None,
         register: Optional[str] = None,
         group: bool = False,
+        timeout: Optional[float] = None,
     ) -> WasmtimeInstance:
         caps = None
         if group or _hosts_storage(imports):
             module, caps = self._member(module, limits, imports or {}, shared, group)
-        return WasmtimeInstance(self, module, limits, wasi, imports, shared, register, caps)
+        return WasmtimeInstance(
+            self, module, limits, wasi, imports, shared, register, caps, timeout
+        )
 
     def _member(self, module: Any, limits: Limits, imports: dict, shared: Any, group: bool):
         """A group member (or an instance given host memories or tables): its share of
