@@ -18,6 +18,7 @@ from wasmsbx import errors
 from wasmsbx.policy import from_dict
 
 from .conftest import BACKENDS, ROOT, require_capability
+from .test_memory_layout import vmsize
 
 START_TRAPS = b"""(module (memory (export "memory") 1)
   (func $s unreachable) (start $s)
@@ -33,14 +34,6 @@ INITIALIZE_SPINS = b"""(module (memory (export "memory") 1)
 
 KEPT = 5
 RESERVATION = 4 << 30  # what one memory reserves by default on wasmtime (README "Density")
-
-
-def vmsize() -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmSize:"):
-                return int(line.split()[1]) * 1024
-    raise AssertionError("no VmSize")
 
 
 def children() -> int:
