@@ -487,12 +487,8 @@ class ComponentInstance:
 
     def discard(self) -> None:
         """Close its outputs and free its store now: an instance whose instantiation
-        failed (as WasmtimeInstance.discard)."""
-        from ..backends.wasmtime import teardown
-
+        failed (as WasmtimeInstance.discard; nothing lends a component's memory out)."""
         self.close()
-        if teardown.holds_view(self.store):
-            return
         try:
             self.store.close()
         except Exception:  # noqa: BLE001 - left to the garbage collector, as before

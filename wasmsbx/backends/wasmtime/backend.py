@@ -1114,12 +1114,15 @@ class WasmtimeInstance(Instance):
 
     def discard(self) -> None:
         """Close its outputs and free its store now (its memories, their reservations),
-        unless a memory view holds the store (a host function of its start function or
-        ``_initialize`` may have kept one: freeing it would unmap what the view reads).
+        unless its memory was ever lent out (``caller.memory()`` in a host function of
+        its start function or ``_initialize``): a thread given that Memory, or a view or
+        slice of it, may read or write it at any time, and a store freed under it made
+        that a use after free (red team round 66: a segfault, or bytes written into the
+        next sandbox's memory). Such a store is left to reference counting, as before.
         Only for an instance of its own store that no call runs on."""
         self.close()
         store = self.store
-        if teardown.holds_view(store):
+        if getattr(store, "_wasmsbx_lent", False):
             return
         try:
             store.close()
@@ -1370,7 +1373,8 @@ class _MemoryAccess:
     def __init__(self, store: Any, mem: Any, owner: Any = None) -> None:
         self.store = store
         self.mem = mem
-        self.owner = store if owner is None else owner  # the wasmtime.Store: see view()
+        self.owner = owner = store if owner is None else owner  # the wasmtime.Store: view()
+        owner._wasmsbx_lent = True  # never closed by discard(): this may outlive the call
 
     def size(self) -> int:
         return self.mem.data_len(self.store)

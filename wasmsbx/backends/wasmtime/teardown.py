@@ -42,12 +42,6 @@ def viewed(array: Any) -> None:
     _VIEWS[key] = weakref.ref(array, lambda _ref: _VIEWS.pop(key, None))
 
 
-def holds_view(store: Any) -> bool:
-    """Whether a memory view (a slice of one) still reaches ``store``."""
-    arrays = [ref() for ref in list(_VIEWS.values())]
-    return any(getattr(a, "_wasmsbx_store", None) is store for a in arrays)
-
-
 def track(store: Any, outputs: list) -> None:
     """Close ``store`` at exit if it is still alive then, and wait for wasmtime to let go
     of ``outputs`` (its stdout and stderr callbacks; see the module docstring)."""
