@@ -1029,10 +1029,13 @@ class WasmtimeInstance(Instance):
             return self._output_error([])
         # (code without epoch checks is stopped this way wherever it is, so say no more)
         blocked = "" if self.engine.clock is None else " (blocked in a host call)"
+        seconds = self.limits.timeout  # (the call's own timeout=, as _interrupted says it)
+        if self.call_timeout is not None and self.limits.deadline is None:
+            seconds = self.call_timeout
         return errors.TimeoutExceeded(
-            f"timeout: {where} still running after {format_duration(self.limits.timeout)}{blocked}",
+            f"timeout: {where} still running after {format_duration(seconds)}{blocked}",
             hint="raise limits.timeout (--timeout 30s) if the guest needs longer",
-            limit_value=self.limits.timeout,
+            limit_value=seconds,
         )
 
     def _stop_flood(self) -> None:
