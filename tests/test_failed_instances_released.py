@@ -135,11 +135,10 @@ wat = b'''(module (import "env" "peek" (func $peek))
 views = []
 def peek(caller: wasmsbx.Caller) -> None:
     try:
-        view = caller.memory().view().__enter__()
+        with caller.memory().view() as view:
+            views.append(view[0:4])  # a slice outlives its block
     except wasmsbx.errors.BackendUnavailable:  # (wasmer: the memory is in its worker)
         views.append(None)
-        return
-    views.append(view[0:4])  # a slice outlives its block
 box = wasmsbx.Sandbox(wat, imports={"env": {"peek": peek}}, backend=sys.argv[1])
 try:
     box.call("f")
@@ -160,6 +159,39 @@ def test_a_view_a_host_function_kept_stays_readable(backend):
     if run.stdout.split()[-2:] == ["no", "views"]:
         pytest.skip(f"{backend} gives host functions no memory view")
     assert run.stdout.split() == ["TrapError", "kept"]
+
+
+READS = b"""(module (import "env" "log" (func $log (param i32 i32)))
+  (memory (export "memory") 1) (data (i32.const 0) "starting")
+  (func (export "_initialize") (call $log (i32.const 0) (i32.const 8)) unreachable)
+  (func (export "f") (result i32) i32.const 7))"""
+
+
+def test_a_host_function_that_read_the_memory_does_not_keep_the_store(backend):
+    """A guest cannot keep its failed instances alive by calling a host function that
+    reads its memory (``caller.memory().read``, as the README's log does) before it
+    fails: only a memory still held is (red team round 67: every such store was kept)."""
+    read = []
+
+    def log(caller: wasmsbx.Caller, ptr: wasmsbx.i32, n: wasmsbx.i32) -> None:
+        read.append(caller.memory().read(ptr, n))
+
+    def fail() -> None:
+        box = wasmsbx.Sandbox(READS, imports={"env": {"log": log}}, backend=backend)
+        with pytest.raises(errors.TrapError, match="_initialize") as info:
+            box.call("f")
+        kept.append(info.value)
+
+    kept: list = []
+    fail()
+    size, workers = vmsize(), children()
+    for _ in range(KEPT):
+        fail()
+    assert read == [b"starting"] * (KEPT + 1)
+    if backend.startswith("wasmtime"):
+        assert vmsize() - size < RESERVATION
+    else:
+        assert children() <= workers + 1
 
 
 LENT = '''

@@ -1141,8 +1141,9 @@ class Sandbox:
             with _making(self, seconds or self.policy.timeout):
                 instance = None if fresh else self._instance
                 if instance is None:
-                    if seconds:  # (what the wait left of it)
-                        seconds = max(seconds - (time.monotonic() - began), 0.001)
+                    waited = time.monotonic() - began
+                    if seconds and waited > UNNOTED:  # (what the wait left of it)
+                        seconds = max(seconds - waited, 0.001)
                     instance = self._instance = self.instantiate(wasi, seconds)
         return instance
 
@@ -1276,8 +1277,9 @@ class Sandbox:
             self._group.first_instance = instance
         self.timings["instantiate"] = time.perf_counter() - started
         if any(e.name == "_initialize" for e in self.export_list):
-            if seconds:  # (what the start function left of it)
-                seconds = max(seconds - (time.perf_counter() - started), 0.001)
+            spent = time.perf_counter() - started
+            if seconds and spent > UNNOTED:  # (what the start function left of it)
+                seconds = max(seconds - spent, 0.001)
             try:
                 instance.call("_initialize", [], timeout=seconds)
             except BaseException:
@@ -1464,6 +1466,10 @@ class Sandbox:
                 self._instance.close()
             self._instance = None
 
+
+# A call's own timeout= is not lowered by a wait or a start shorter than this (seconds):
+# its errors then say the timeout asked ("after 500 ms", not "after 499.9 ms").
+UNNOTED = 0.01
 
 # Held while a sandbox makes its instance (Sandbox._live): id(sandbox) -> [lock, users],
 # only while some thread makes one (a lock kept on each sandbox would cost 100,000 of

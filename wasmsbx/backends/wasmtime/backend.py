@@ -1117,15 +1117,15 @@ class WasmtimeInstance(Instance):
 
     def discard(self) -> None:
         """Close its outputs and free its store now (its memories, their reservations),
-        unless its memory was ever lent out (``caller.memory()`` in a host function of
-        its start function or ``_initialize``): a thread given that Memory, or a view or
-        slice of it, may read or write it at any time, and a store freed under it made
-        that a use after free (red team round 66: a segfault, or bytes written into the
-        next sandbox's memory). Such a store is left to reference counting, as before.
-        Only for an instance of its own store that no call runs on."""
+        unless a memory a host function took (``caller.memory()`` in its start function
+        or ``_initialize``), or a view of it, is still alive: a thread given it may read
+        or write it at any time, and a store freed under it made that a use after free
+        (red team round 66: a segfault, or bytes written into the next sandbox's memory).
+        Such a store is left to reference counting, as before. Only for an instance of
+        its own store that no call runs on."""
         self.close()
         store = self.store
-        if getattr(store, "_wasmsbx_lent", False):
+        if getattr(store, "_wasmsbx_lent", None):  # (a WeakSet: true while one is alive)
             return
         try:
             store.close()
@@ -1376,8 +1376,7 @@ class _MemoryAccess:
     def __init__(self, store: Any, mem: Any, owner: Any = None) -> None:
         self.store = store
         self.mem = mem
-        self.owner = owner = store if owner is None else owner  # the wasmtime.Store: view()
-        owner._wasmsbx_lent = True  # never closed by discard(): this may outlive the call
+        self.owner = store if owner is None else owner  # the wasmtime.Store: see view()
 
     def size(self) -> int:
         return self.mem.data_len(self.store)
@@ -1432,7 +1431,20 @@ class _MemoryAccess:
         # store, so the memory stays mapped while anything can still reach it.
         array._wasmsbx_store = self.owner
         teardown.viewed(array)  # (at exit, a WASI store is closed only if no view holds it)
+        if self.store is not self.owner:  # a caller's: lent (_lend) while a slice lives
+            array._wasmsbx_access = self
         return memoryview(array).cast("B")
+
+
+def _lend(store: Any, holder: Any) -> None:
+    """``holder``, a host function's memory access (which its views keep), reaches
+    ``store``'s memory and may outlive the call: a thread may use it at any time, so
+    discard() does not free the store while one is alive (a WeakSet on the store: red
+    team rounds 66 and 67)."""
+    lent = getattr(store, "_wasmsbx_lent", None)
+    if lent is None:
+        lent = store._wasmsbx_lent = weakref.WeakSet()
+    lent.add(holder)
 
 
 class _CallerView:
@@ -1448,7 +1460,10 @@ class _CallerView:
         mem = self.caller.get(name)
         if not isinstance(mem, wasmtime.Memory):
             raise IndexError(f"the calling module exports no memory named {name!r}")
-        return Memory(_MemoryAccess(self.caller, mem, self.instance.store), name)
+        store = self.instance.store
+        access = _MemoryAccess(self.caller, mem, store)
+        _lend(store, access)
+        return Memory(access, name)
 
 
 def _declared_memory(engine: WasmtimeEngine, module: Any) -> Optional[int]:
