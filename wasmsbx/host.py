@@ -34,7 +34,7 @@ externref = Annotated[Any, "externref"]
 
 class Caller:
     """The calling instance, handed to a host function that asks for it (valid only
-    during that call): ``memory(name)`` and ``export(name)``."""
+    during that call): ``memory(name)``, its exported memory."""
 
     def __init__(self, backend_caller: Any) -> None:
         self._caller = backend_caller
