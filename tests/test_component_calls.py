@@ -131,3 +131,42 @@ def test_short_kinds_print_short(kind):
     for v in samples:
         for size in (wave.printed_size(v, t, 1 << 30), values.json_size(v, t, 1 << 30, 3)):
             assert size <= 400 < runtime.RESULT_FREE, (kind, v, size)
+
+
+def test_a_fresh_call_leaves_the_outputs_of_an_instance_another_call_is_using(tmp_path):
+    """``invoke(fresh=True)`` replaces the instance; another thread's call still running
+    on the old one keeps its outputs (they were closed under it: its writes refused,
+    red team round 64), which close when the old instance is dropped."""
+    import threading
+
+    from wasmsbx.policy import from_dict
+
+    from .component_guests import wat_component
+
+    guest = wat_component("types.wat", tmp_path)
+    policy = from_dict({"stdio": {"stdout": str(tmp_path / "out.txt")}})
+    box = Sandbox(guest, policy)
+    assert box.call("add", 2, 3) == 5
+    old = box._instance
+    files = [o.file for o in old.outputs if o.own]
+    assert files, "a stdout to a file is an open file of the instance's"
+    held, done = threading.Event(), threading.Event()
+
+    def running() -> None:  # (as a call does: it holds the instance's turn)
+        with old.turn:
+            held.set()
+            done.wait(30)
+
+    thread = threading.Thread(target=running)
+    thread.start()
+    held.wait(30)
+    assert box.invoke("add", [1, 1], fresh=True).value == 2
+    assert box._instance is not old
+    assert not any(f.closed for f in files)  # the running call may still write
+    done.set()
+    thread.join(30)
+    second = box._instance
+    second_files = [o.file for o in second.outputs if o.own]
+    assert box.invoke("add", [1, 2], fresh=True).value == 3
+    assert all(f.closed for f in second_files)  # (no call on it: closed at once)
+    box.close()

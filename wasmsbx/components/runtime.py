@@ -485,6 +485,15 @@ class ComponentInstance:
         for output in self.outputs:
             output.close()
 
+    def close_if_idle(self) -> None:
+        """Close its outputs unless a call runs on it (another thread's, which would see
+        its writes refused: red team round 64); then they close when it is dropped."""
+        if self.turn.acquire(blocking=False):
+            try:
+                self.close()
+            finally:
+                self.turn.release()
+
     def discard(self) -> None:
         """Close its outputs and free its store now: an instance whose instantiation
         failed (as WasmtimeInstance.discard; nothing lends a component's memory out)."""

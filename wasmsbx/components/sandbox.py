@@ -411,8 +411,8 @@ class ComponentSandbox(Sandbox):
             with _making(self, self.policy.timeout):  # (one instance for those that found none)
                 instance = self._instance
                 if instance is None or fresh or instance.poisoned:
-                    if instance is not None:
-                        instance.close()
+                    if instance is not None:  # (another thread's call may run on it)
+                        instance.close_if_idle()
                     instance = self._instance = self.instantiate(wasi)
         started = time.perf_counter()
         try:
