@@ -15,6 +15,8 @@ store's limits from the policy:
   cannot be counted, and an undercount would loosen the per-memory cap.
 - ``memories``: ``(min_bytes, max_bytes or None)`` of every linear memory a core module
   defines, once per instantiation. Imported memories are the same memory again.
+  ``tables`` the same for tables (in elements); ``gc_heap``: some core module has
+  struct, array or exception types, which live in the store's one GC heap.
 
 Hand-written rather than a library: the only Python component parser would be a
 wasm-tools binding, and the runner needs just these counts on every run.
@@ -25,7 +27,7 @@ from __future__ import annotations
 from collections import namedtuple
 from typing import Optional
 
-from ..wasm.facts import FactsError, _leb, read_facts
+from ..wasm.facts import FactsError, _leb, _parse
 
 PAGE = 65536
 MAX_DEPTH = 64  # nested components; wasmtime's own limit is lower
@@ -44,7 +46,9 @@ class CoreModule(namedtuple("CoreModule", "index offset size")):
 
 class Layout(
     namedtuple(
-        "Layout", "core_modules core_instances memories components probed", defaults=(False,)
+        "Layout",
+        "core_modules core_instances memories components probed gc_heap tables",
+        defaults=(False, False, None),
     )
 ):
     """What instantiating the component creates (see the module docstring)."""
@@ -54,6 +58,9 @@ class Layout(
     memories: tuple
     components: int  # nested component definitions, at every depth
     probed: bool  # with wasmsbx's memory probe (components.probe): counted in core_instances
+    gc_heap: bool  # a core module has struct, array or exception types: the store's GC heap
+    tables: Optional[tuple]  # (min, max or None) elements of every table defined, once per
+    #   instantiation (None: not known, a layout recorded before they were counted)
     __slots__ = ()
 
 
@@ -95,6 +102,8 @@ def _scan(data: memoryview, start: int, end: int, depth: int, outer: tuple = ())
     defined: list = []  # CoreModule and nested Layout definitions, for Layout's totals
     nested_defined: list = []
     memories: list = []
+    tables: list = []
+    gc_heap = False
     instances = 0
     while pos < end:
         section = data[pos]
@@ -110,7 +119,10 @@ def _scan(data: memoryview, start: int, end: int, depth: int, outer: tuple = ())
             made, used = _core_instances(data, pos)
             instances += made
             for index in used:
-                memories.extend(scope.memories_of(data, index))
+                found = scope.items_of(data, index)
+                memories.extend(found.memories)
+                tables.extend(found.tables)
+                gc_heap = gc_heap or found.gc_heap
         elif section == _COMPONENT:
             layout = _scan(data, pos, body_end, depth + 1, scopes)
             nested_defined.append(layout)
@@ -120,18 +132,25 @@ def _scan(data: memoryview, start: int, end: int, depth: int, outer: tuple = ())
                 layout = scope.component(index)
                 instances += layout.core_instances
                 memories.extend(layout.memories)
-                if instances > MAX_COUNT or len(memories) > MAX_COUNT:
+                tables.extend(layout.tables or ())
+                gc_heap = gc_heap or layout.gc_heap
+                if instances > MAX_COUNT or max(len(memories), len(tables)) > MAX_COUNT:
                     break
         elif section in (_ALIAS, _IMPORT, _EXPORT):
             _index_spaces(data, pos, section, scopes)
         pos = body_end
-        if instances > MAX_COUNT or len(memories) > MAX_COUNT:
-            raise ComponentFormatError(f"more than {MAX_COUNT:,} core instances or memories")
+        if instances > MAX_COUNT or max(len(memories), len(tables)) > MAX_COUNT:
+            raise ComponentFormatError(
+                f"more than {MAX_COUNT:,} core instances, memories or tables"
+            )
     return Layout(
         tuple(defined + [m for n in nested_defined for m in n.core_modules]),
         instances,
         tuple(memories),
         len(nested_defined) + sum(n.components for n in nested_defined),
+        False,
+        gc_heap,
+        tuple(tables),
     )
 
 
@@ -144,9 +163,9 @@ class _Scope:
     def __init__(self) -> None:
         self.modules: list = []
         self.components: list = []
-        self._memories: dict = {}  # module index, and module offset -> its memories (read once)
+        self._memories: dict = {}  # module index, and module offset -> its _Items (read once)
 
-    def memories_of(self, data: memoryview, index: int) -> list:
+    def items_of(self, data: memoryview, index: int) -> _Items:
         found = self._memories.get(index)
         if found is None:
             if index >= len(self.modules):
@@ -159,7 +178,7 @@ class _Scope:
                 )
             found = self._memories.get(module.offset)
             if found is None:
-                found = self._memories[module.offset] = _module_memories(data, module)
+                found = self._memories[module.offset] = _module_items(data, module)
             self._memories[index] = found
         return found
 
@@ -320,16 +339,25 @@ def _skip_name(data: memoryview, pos: int) -> int:
     return pos + length
 
 
-def _module_memories(data: memoryview, module: CoreModule) -> list:
-    """The memories ``module`` defines (not those it imports)."""
-    facts = read_facts(
-        bytes(data[module.offset : module.offset + module.size]), False, hashed=False
+class _Items(namedtuple("_Items", "memories tables gc_heap")):
+    """What one core module defines: memories (bytes), tables (elements), a GC heap."""
+
+    __slots__ = ()
+
+
+def _module_items(data: memoryview, module: CoreModule) -> _Items:
+    """The memories and tables ``module`` defines (not those it imports), and whether
+    it has struct, array or exception types (the store's GC heap)."""
+    parser = _parse(bytes(data[module.offset : module.offset + module.size]), False)
+    return _Items(
+        [
+            (m.limits.min * PAGE, None if m.limits.max is None else m.limits.max * PAGE)
+            for m in parser.memories
+            if not m.imported
+        ],
+        [(t.limits.min, t.limits.max) for t in parser.tables if not t.imported],
+        parser.gc_heap,
     )
-    return [
-        (m.limits.min * PAGE, None if m.limits.max is None else m.limits.max * PAGE)
-        for m in facts.memories
-        if not m.imported
-    ]
 
 
 def memory_cap(limit: int, memories: tuple) -> Optional[int]:
@@ -365,6 +393,8 @@ def layout_record(layout: Layout) -> dict:
         "memories": [list(m) for m in layout.memories],
         "components": layout.components,
         "probed": layout.probed,
+        "gc_heap": layout.gc_heap,
+        "tables": None if layout.tables is None else [list(t) for t in layout.tables],
     }
 
 
@@ -377,14 +407,23 @@ def layout_from_record(record: object) -> Layout:
             for low, high in record["memories"]
         )
         probed = record.get("probed", False)
-        if type(probed) is not bool:
-            raise ValueError(f"{probed!r} is not a flag")
+        gc_heap = record.get("gc_heap", False)
+        for flag in (probed, gc_heap):
+            if type(flag) is not bool:
+                raise ValueError(f"{flag!r} is not a flag")
+        tables = record.get("tables")  # (None: recorded before tables were counted)
+        if tables is not None:
+            tables = tuple(
+                (_count(low), None if high is None else _count(high)) for low, high in tables
+            )
         return Layout(
             modules,
             _count(record["core_instances"]),
             memories,
             _count(record["components"]),
             probed,
+            gc_heap,
+            tables,
         )
     except (AttributeError, KeyError, TypeError, ValueError) as exc:
         raise ComponentFormatError(f"unreadable component layout ({exc})") from None

@@ -247,7 +247,13 @@ class ComponentInstance:
     # ------------------------------------------------------------------ setup
     def _set_limits(self) -> None:
         layout, limits = self.layout, self.limits
-        cap = binary.memory_cap(limits.memory, layout.memories)
+        memories = layout.memories
+        if layout.gc_heap:
+            # The store's GC heap, which wasmtime's limiter caps like one more memory:
+            # counted, it takes its share of limits.memory (it came on top: the whole
+            # limit again in arrays, red team round 68), as for modules (limits.layout).
+            memories += ((0, None),)
+        cap = binary.memory_cap(limits.memory, memories)
         if cap is None:
             need = sum(low for low, _ in layout.memories)
             raise errors.MemoryLimitExceeded(
@@ -259,12 +265,38 @@ class ComponentInstance:
         self.memory_cap = cap
         # limits.instances counts component instances (0 allows none: never weakened).
         count = limits.instances
+        table_each, tables = self._table_caps(1 if count is None else count)
         self.store.set_limits(
             memory_size=cap,
-            table_elements=-1 if limits.table_elements is None else limits.table_elements,
+            table_elements=table_each,
             instances=-1 if count is None else max(layout.core_instances, 1) * count,
+            tables=tables,
             memories=-1 if count is None else len(layout.memories) * count,
         )
+
+    def _table_caps(self, count: int) -> tuple:
+        """(elements per table, tables) for the store's limiter: limits.table_elements
+        is the total of every table the component defines, as for a module. It was a cap
+        on each table, and wasmtime allows 10,000 tables a store: a 3 KB component held
+        800 MB of tables under the default policy (red team round 68). A layout recorded
+        before tables were counted (``tables`` None) keeps the per-table cap."""
+        from ..backends.limits import share
+
+        total, found = self.limits.table_elements, self.layout.tables
+        if found is None:
+            return (-1 if total is None else total), -1
+        if total is None or not found:
+            return -1, len(found) * count
+        need = sum(low for low, _ in found)
+        each = share([high for _, high in found], total)
+        if need > total or any(low > each for low, _ in found):
+            raise errors.TableLimitExceeded(
+                f"table limit reached: component needs {need:,} table elements at start "
+                f"(limits.table_elements {total:,}, the total of its tables)",
+                hint="raise limits.table_elements",
+                limit_value=total,
+            )
+        return each, len(found) * count
 
     def _stuck_opening(self) -> errors.WasmsbxError:
         """The keeper's error for a stdin whose open blocks (a FIFO with no writer)."""
@@ -521,6 +553,21 @@ class ComponentInstance:
                 "data to stdout, or pass it in smaller pieces",
                 backtrace=frames,
             )
+        if "gc heap out of memory" in text.lower():  # (a struct, array or exception)
+            return errors.MemoryLimitExceeded(
+                f"memory limit {format_size(limits.memory)} reached: {where} filled its GC "
+                "heap (struct, array and exception objects, which share limits.memory with "
+                "its memories)",
+                hint="raise limits.memory (--memory 512MiB) if the guest needs more",
+                backtrace=frames,
+                limit_value=limits.memory,
+            )
+        if "handle limit exceeded" in text:  # (wasmtime's own bound: host memory holds)
+            return errors.TrapError(
+                f"{where} failed: {_first_line_text(text)}",
+                hint="the component makes resource handles and never drops them",
+                backtrace=frames,
+            )
         if cause is None:
             if where == "instantiation":
                 return self._setup_error(text, where)
@@ -609,8 +656,11 @@ def _frames(text: str) -> list:
 def _first_line_text(text: str) -> str:
     lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
     # (wasmtime's text quotes the component's names: escaped, cut, as in any message)
-    if len(lines) >= 3 and lines[1] == "Caused by:":
-        return errors.inert(f"{lines[0]}: {lines[2]}", LINE_SHOWN)
+    if "Caused by:" in lines[:-1]:
+        cause = lines[lines.index("Caused by:") + 1]
+        if lines[0].startswith("error while executing"):  # a backtrace, not a reason,
+            return errors.inert(cause, LINE_SHOWN)  # follows (red team round 68)
+        return errors.inert(f"{lines[0]}: {cause}", LINE_SHOWN)
     return errors.inert(lines[0], LINE_SHOWN) if lines else "unknown error"
 
 
