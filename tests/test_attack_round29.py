@@ -122,3 +122,49 @@ def test_a_guest_output_callback_never_raises():
         sink = _Output("capture", _Budget(None, None), None)
         sink.write = failing(exc)
         assert sink(b"data") == code, exc
+
+
+def run_limited(path, *args, size: int = 1024, stdin=None) -> subprocess.CompletedProcess:
+    """The CLI with stdout to ``path`` and a file size limit of ``size`` bytes
+    (``ulimit -f``; Python ignores SIGXFSZ, so a write past it fails with EFBIG)."""
+    import resource
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (size, size))
+
+    with open(path, "wb") as out:
+        return subprocess.run(
+            [sys.executable, "-m", "wasmsbx", *map(str, args)],
+            stdout=out, stderr=subprocess.PIPE, stdin=stdin, preexec_fn=limit,
+            timeout=STOPPED_WITHIN + 60,
+        )  # fmt: skip
+
+
+def test_a_report_cut_short_by_a_file_size_limit_is_exit_105(isolated):
+    """CPython's buffered writer took the short write of a large report for the whole:
+    a 338 KB audit report was cut to 1 KB, exit 0 (red team round 69)."""
+    many = "".join(f'(func (export "f{i}") (result i32) i32.const {i})' for i in range(400))
+    module = isolated / "many.wat"
+    module.write_text(f"(module {many})")
+    whole = subprocess.run(
+        [sys.executable, "-m", "wasmsbx", "audit", module, "--json"],
+        capture_output=True, timeout=120,
+    )  # fmt: skip
+    assert whole.returncode == 0 and len(whole.stdout) > 8192
+    proc = run_limited(isolated / "report.json", "audit", module, "--json")
+    err = proc.stderr.decode()
+    assert proc.returncode == 105, err
+    assert err.startswith("error: cannot write the results to stdout: File too large")
+    assert "ulimit -f" in err and "Traceback" not in err
+
+
+def test_results_past_a_file_size_limit_are_exit_105_not_an_internal_error(add, isolated):
+    """An EFBIG on stdout was "internal error: OSError: File too large", exit 100."""
+    items = b"[1, 2]\n" * 2000
+    for jobs in ("1", "2"):
+        source = isolated / "items.jsonl"
+        source.write_bytes(items)
+        proc = run_limited(isolated / "out.jsonl", "run", add, "add", "--batch", source, "-j", jobs)
+        err = proc.stderr.decode()
+        assert proc.returncode == 105, err
+        assert "File too large" in err and "internal error" not in err

@@ -446,6 +446,44 @@ def test_bad_baseline_files(cli, tmp_path, content, code, needle):
     assert "Errno" not in r.stderr  # (the OS's words, not Python's repr of them)
 
 
+def _stats_set(data: dict, **values) -> dict:
+    for case in data["cases"]:
+        for res in case["results"]:
+            for entry in res["phases"].values():
+                if entry["stats"]:
+                    for key, value in values.items():
+                        if value is ...:
+                            entry["stats"].pop(key)
+                        else:
+                            entry["stats"][key] = value
+    return data
+
+
+@pytest.mark.parametrize(
+    "change",
+    [{"median": "fast"}, {"median": 0}, {"median": -1.0}, {"median": None}, {"mad": ...},
+     {"mad": [1]}, {"samples": "3"}, {"samples": 0}],
+    ids=["median text", "median 0", "median negative", "median null", "no mad", "mad list",
+         "samples text", "samples 0"],
+)  # fmt: skip
+def test_a_baseline_whose_measurements_are_not_numbers_is_refused(cli, tmp_path, change):
+    """Valid JSON of the wrong types was an internal error (exit 100); a median of 0
+    judged any time "same" (red team round 69)."""
+    path, data = saved_baseline(cli, tmp_path, "--phase", "call")
+    path.write_text(json.dumps(_stats_set(data, **change)))
+    r = cli("bench", ADD, "add", "1", "2", "--baseline", path, "--phase", "call", *FAST)
+    assert r.code == 2, r
+    assert "not a bench report" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_a_baseline_whose_results_are_not_a_list_is_refused(cli, tmp_path):
+    path, data = saved_baseline(cli, tmp_path, "--phase", "call")
+    data["cases"][0]["results"] = {"a": 1}
+    path.write_text(json.dumps(data))
+    r = cli("bench", ADD, "add", "1", "2", "--baseline", path, "--phase", "call", *FAST)
+    assert r.code == 2 and "results is not a list" in r.stderr, r
+
+
 def test_bar_chart_compares_backends():
     """The chart needs two backends; build a report with two results from one real run."""
     import copy

@@ -757,7 +757,60 @@ def load_baseline(path: str) -> dict:
             f"{path}: bench report version {version} is not supported (this is {REPORT_VERSION})",
             hint="save a new baseline with this wasmsbx version",
         )
+    problem = _baseline_problem(data["cases"])
+    if problem:
+        raise errors.UsageError(
+            f"{path}: not a bench report ({problem})",
+            hint="a baseline is a file written by --save-baseline or --output",
+        )
     return data
+
+
+def _number(value: Any, positive: bool) -> bool:
+    if type(value) not in (int, float) or not math.isfinite(value):
+        return False
+    return value > 0 if positive else value >= 0
+
+
+def _baseline_problem(cases: list) -> str:
+    """What makes a report's measurements unusable as a baseline, or "": every summary
+    compared must be numbers (a median of "fast", a results object, a summary without
+    its MAD were internal errors; a median of 0 or NaN judged any time "same": red team
+    round 69)."""
+    from ..errors import inert
+
+    for case in cases:
+        if not isinstance(case, dict) or not isinstance(case.get("name"), str):
+            return "a case without a name"
+        name = inert(case["name"], 80)
+        results = case.get("results", [])
+        if not isinstance(results, list):
+            return f"case {name}: results is not a list"
+        for result in results:
+            if not isinstance(result, dict) or not isinstance(result.get("label"), str):
+                return f"case {name}: a result without a backend label"
+            phases = result.get("phases") or {}
+            if not isinstance(phases, dict):
+                return f"case {name}: phases is not an object"
+            for phase, data in phases.items():
+                if not isinstance(data, dict):
+                    return f"case {name}, phase {inert(phase, 40)}: not a summary"
+                stats = data.get("stats")
+                if stats is not None and not isinstance(stats, dict):
+                    return f"case {name}, phase {inert(phase, 40)}: not a summary"
+                if not stats:
+                    continue
+                samples = stats.get("samples", 1)
+                if not (
+                    _number(stats.get("median"), True)
+                    and _number(stats.get("mad"), False)
+                    and (samples is None or (type(samples) is int and samples >= 1))
+                ):
+                    return (
+                        f"case {name}, phase {inert(phase, 40)}: its median, mad and samples "
+                        "are not positive numbers"
+                    )
+    return ""
 
 
 def exit_code(report: Report, single: bool) -> int:

@@ -19,9 +19,34 @@ STDOUT_FAILED: list = []
 
 def out(text: str) -> None:
     try:
-        sys.stdout.write(text + "\n")
+        write_stdout(text + "\n")
     except (OSError, ValueError) as exc:
         stdout_failed(exc)
+
+
+WHOLE = 8192  # characters: longer texts go to fd 1 by write_stdout's own loop
+
+
+def write_stdout(text: str) -> None:
+    """``text`` on stdout, every byte or an OSError. CPython's buffered writer takes a
+    short write of a large text (a file size limit, a file system filling up) for the
+    whole and drops the rest without an error: a 338 KB report was cut to 1 KB, exit 0
+    (red team round 69). A long text is written to fd 1 here, in a loop, after what is
+    buffered; a stream without a descriptor (``io.StringIO``) gets it as it is."""
+    stream = sys.stdout
+    if len(text) <= WHOLE:
+        stream.write(text)
+        return
+    try:
+        fd = stream.fileno()
+    except (AttributeError, OSError, ValueError):
+        stream.write(text)
+        return
+    stream.flush()
+    encoding = getattr(stream, "encoding", None) or "utf-8"
+    data = memoryview(text.encode(encoding, getattr(stream, "errors", None) or "strict"))
+    while data:
+        data = data[os.write(fd, data) :]
 
 
 def stdout_failed(exc: BaseException) -> None:
@@ -43,7 +68,9 @@ def stdout_error(exc: BaseException) -> Optional[int]:
     if not isinstance(exc, BrokenPipeError):
         try:
             os.write(1, b"")
-            if exc.errno != errno.ENOSPC or os.fstatvfs(1).f_bavail:
+            if not (exc.errno == errno.ENOSPC and not os.fstatvfs(1).f_bavail) and not (
+                exc.errno == errno.EFBIG and _at_size_limit(1)
+            ):
                 return None
         except OSError:
             pass
@@ -51,10 +78,23 @@ def stdout_error(exc: BaseException) -> Optional[int]:
     return stdout_failure(exc) if STDOUT_FAILED else 0
 
 
+def _at_size_limit(fd: int) -> bool:
+    """Whether ``fd`` is a file as large as this process may write (``ulimit -f``): an
+    EFBIG was then its (it was an internal error, exit 100: red team round 69)."""
+    import resource
+
+    limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+    return limit != resource.RLIM_INFINITY and os.fstat(fd).st_size >= limit
+
+
 def stdout_failure(exc: BaseException) -> int:
     """Say that stdout could not be written; its exit code (105, I/O)."""
     why = getattr(exc, "strerror", None) or str(exc)
-    error(f"cannot write the results to stdout: {why}", "free space, or redirect stdout")
+    if getattr(exc, "errno", None) == errno.EFBIG:
+        hint = "stdout is a file at this process's size limit (ulimit -f): raise it"
+    else:
+        hint = "free space, or redirect stdout"
+    error(f"cannot write the results to stdout: {why}", hint)
     from ..errors import ExitCode
 
     return int(ExitCode.IO)
@@ -128,7 +168,7 @@ def emit_json(data: Any, stream=None) -> None:
         stream.write(text)
         return
     try:
-        sys.stdout.write(text)
+        write_stdout(text)
     except (OSError, ValueError) as exc:
         stdout_failed(exc)
 

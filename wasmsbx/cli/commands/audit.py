@@ -159,9 +159,7 @@ def _machine_text(report: Any, mode: str) -> str:
 
 def _emit(text: str, output_file: Optional[str], inputs: list) -> None:
     if not output_file:
-        import sys
-
-        sys.stdout.write(text)
+        output.write_stdout(text)
         return
     from ...outfile import write_output
 
