@@ -156,3 +156,32 @@ def test_an_output_that_cannot_be_written_sends_the_log_to_stdout(cli, tmp_path,
     assert res.code == code, res
     assert _failed(json.loads(res.stdout))["exitCode"] == code
     assert res.stderr.count("error:") == 1
+
+
+ECHO_TRAPS_THIRD = """(module
+  (memory (export "memory") 2)
+  (global $n (mut i32) (i32.const 0))
+  (func (export "alloc") (param i32) (result i32) (i32.const 65536))
+  (func (export "process") (param $ptr i32) (param $len i32) (result i32 i32)
+    (global.set $n (i32.add (global.get $n) (i32.const 1)))
+    (if (i32.eq (global.get $n) (i32.const 3)) (then unreachable))
+    (local.get $ptr) (local.get $len)))"""
+
+
+def test_a_streams_json_error_goes_to_stderr_not_into_its_output(cli, tmp_path):
+    """A stream's stdout is its guest's bytes: the error object was appended to them
+    (red team round 69); it goes to stderr, as the stream's success report does."""
+    guest = tmp_path / "echo.wat"
+    guest.write_text(ECHO_TRAPS_THIRD)
+    res = cli("run", guest, "--stream", "--json", "--chunk-size", "1000", input=b"a" * 300_000)
+    assert res.code == 103, res
+    assert res.stdout_bytes == b"a" * 2000  # the two chunks before the trap, nothing else
+    error = json.loads(res.stderr[res.stderr.index("{") : res.stderr.rindex("}") + 1])
+    assert error["error"]["kind"] == "trap" and error["exit_source"] == "wasmsbx"
+
+
+def test_a_batchs_json_error_goes_to_stderr_not_between_its_results(cli, tmp_path):
+    missing = tmp_path / "missing.jsonl"
+    res = cli("run", tmp_path / "nowhere.wat", "f", f"--batch={missing}", "--json")
+    assert res.code != 0 and res.stdout == "", res
+    assert '"exit_source": "wasmsbx"' in res.stderr

@@ -95,8 +95,8 @@ def _hard_stop(error: WasmsbxError) -> None:
         report += "\n"
 
     def error_lines() -> None:
-        if report is not None:
-            _write(1, report)
+        if report is not None:  # (to stderr beside a batch's or a stream's data)
+            _write(2 if json_flag(sys.argv[1:]) == "stderr" else 1, report)
         _write(2, lines)
 
     # Written from a thread too, and waited for a bounded time: a stderr pipe nobody

@@ -13,7 +13,14 @@ from ..errors import ExitCode, WasmsbxError
 REPORTED = [False]  # report() ran in this process (run_app: was an interrupt reported?)
 
 
-def report(exc: BaseException, json_mode: bool = False) -> int:
+def _json_stream(json_mode: Any) -> Any:
+    """Where the error object goes: stdout, or stderr (``json_flag``: "stderr")."""
+    import sys
+
+    return sys.stderr if json_mode == "stderr" else None
+
+
+def report(exc: BaseException, json_mode: Any = False) -> int:
     """Print an expected failure as one line (plus hint); return its exit code."""
     from . import output
 
@@ -21,7 +28,9 @@ def report(exc: BaseException, json_mode: bool = False) -> int:
 
     if isinstance(exc, WasmsbxError):
         if json_mode:  # exit_source: the code is wasmsbx's, not a guest's status
-            output.emit_json({"error": exc.to_dict(), "exit_source": "wasmsbx"})
+            output.emit_json(
+                {"error": exc.to_dict(), "exit_source": "wasmsbx"}, _json_stream(json_mode)
+            )
         output.error(exc.message, exc.hint)
         for frame in getattr(exc, "backtrace", [])[:12]:
             output.err(f"  at {output.line(frame)}")
@@ -48,7 +57,8 @@ def report(exc: BaseException, json_mode: bool = False) -> int:
             from ..errors import Interrupted
 
             output.emit_json(
-                {"error": Interrupted("interrupted").to_dict(), "exit_source": "wasmsbx"}
+                {"error": Interrupted("interrupted").to_dict(), "exit_source": "wasmsbx"},
+                _json_stream(json_mode),
             )
         output.error("interrupted")
         return int(ExitCode.INTERRUPTED)

@@ -13,6 +13,7 @@ The parser also does what click cannot for a wasm runner: after FUNC, tokens suc
 from __future__ import annotations
 
 from collections import namedtuple
+from typing import Any
 
 from ..errors import UsageError
 
@@ -254,6 +255,13 @@ def own_words(argv: list) -> list:
     return argv[: argv.index("--")] if "--" in argv else argv
 
 
-def json_flag(argv: list) -> bool:
-    """``--json`` among wasmsbx's own arguments."""
-    return "--json" in own_words(argv)
+def json_flag(argv: list) -> Any:
+    """``--json`` among wasmsbx's own arguments: True, or "stderr" when stdout carries a
+    batch's results or a stream's output, where the error object goes to stderr (it
+    was appended to the stream's bytes, or put between JSONL results: red team round
+    69), as their success report does; else False."""
+    words = own_words(argv)
+    if "--json" not in words:
+        return False
+    data = any(w.split("=", 1)[0] in ("--batch", "--stream") for w in words)
+    return "stderr" if data else True
