@@ -24,3 +24,14 @@ def test_a_policy_cache_dir_with_a_variable_is_not_used(cli, isolated):
     result = cli("compile", EXAMPLES / "add.wat", env={"WSX_EVIL": "/../../leak"})
     assert not (isolated.parent / "leak").exists(), result
     assert "$" in result.stderr, result
+
+
+def test_a_blank_cache_dir_variable_is_unset(cli, isolated, tmp_path):
+    """``WASMSBX_CACHE_DIR=" "`` made a folder named " " in the working folder (red team
+    round 69): blank, it is unset, and the user's cache folder is used."""
+    home = tmp_path / "home"
+    res = cli("cache", "path", "--json", env={"WASMSBX_CACHE_DIR": " ", "HOME": str(home),
+                                               "XDG_CACHE_HOME": str(home / ".cache")})  # fmt: skip
+    assert res.code == 0, res
+    assert res.json()["source"] == "default", res.stdout
+    assert not (isolated / " ").exists()

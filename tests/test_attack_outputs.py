@@ -110,3 +110,14 @@ def test_an_output_fifo_nobody_reads_is_refused_not_waited_on(cli, tmp_path, com
                 pass
         reader.join(60)
     assert res.code == 0 and got and got[0], res
+
+
+def test_an_output_name_is_printed_escaped(cli, add):
+    """``-o`` names are the user's, but they may come from elsewhere (a script's
+    variable): a control character in one reached the terminal, and a newline forged an
+    ``error:`` line after "wrote" (red team round 69)."""
+    name = "x\x1b[31mred\nerror: forged"
+    res = cli("audit", add, "--json", "-o", name)
+    assert res.code == 0, res
+    assert "\x1b" not in res.stderr and "\nerror: forged" not in res.stderr
+    assert "wrote x" in res.stderr

@@ -126,7 +126,7 @@ def resolve_dir(policy: Any = None, override: Optional[str] = None) -> tuple:
             path = Path(source).resolve().parent / path
         return path.absolute(), "policy"
     env = os.environ.get("WASMSBX_CACHE_DIR")
-    if env:
+    if env and not env.isspace():  # (blank: unset, not a folder " " made here)
         if env[:1] == os.sep:  # (absolute, no ~: the same Path every time)
             return _path_of(env), "env"
         return _expand(env, "WASMSBX_CACHE_DIR").absolute(), "env"

@@ -164,7 +164,7 @@ def _emit(text: str, output_file: Optional[str], inputs: list) -> None:
     from ...outfile import write_output
 
     write_output(output_file, text, inputs=inputs)
-    output.err(f"wrote {output_file}")
+    output.err(f"wrote {output.line(output_file)}")
 
 
 def _exit_code(report: Any, fail_on: Optional[Severity]) -> int:

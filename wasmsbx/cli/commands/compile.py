@@ -511,7 +511,7 @@ def _say_built(source: str, built: Any, wasm_path: Optional[str]) -> None:
         output.err(built.output.rstrip("\n"))  # compiler warnings, as printed
     if built.kind == "wasm":
         return
-    where = f"wrote {wasm_path}" if wasm_path else "built"
+    where = f"wrote {output.line(wasm_path)}" if wasm_path else "built"
     output.out(
         f"{where} from {output.line(source)} ({format_size(len(built.wasm))}, {built.kind}, "
         f"{format_duration(built.seconds)})"
@@ -528,8 +528,9 @@ def _say_native(target: dict, policy: Any, module_size: int) -> None:
     label = f"{target['backend']} {target.get('version') or ''}".strip()
     if target["state"] == "written":
         output.out(
-            f"wrote {target['path']}: native code for {label} ({format_size(target['size'])})"
-            f"{took}; run it with `wasmsbx run {target['path']} ...`"
+            f"wrote {output.line(target['path'])}: native code for {label} "
+            f"({format_size(target['size'])}){took}; run it with `wasmsbx run "
+            f"{output.line(target['path'])} ...`"
         )
         return
     if target["state"] == "cached":
