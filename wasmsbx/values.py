@@ -559,13 +559,15 @@ def format_value(value: Any, wasm_type: str) -> str:
         return format_float(value, wasm_type)
     if wasm_type == "v128":
         return f"0x{int(value) % 2**128:032x}"
-    if wasm_type == "funcref":
+    if wasm_type == "funcref" or isinstance(value, FuncRef):  # (a typed one: "ref")
         return f"funcref:#{value.id}" if isinstance(value, FuncRef) else "funcref"
     if wasm_type == "externref":
         if isinstance(value, int) and not isinstance(value, bool):
             return f"extern:{value}"
         return f"extern:<{type(value).__name__}>"
-    return str(value)
+    if isinstance(value, (int, float, str)):
+        return str(value)
+    return f"<{type(value).__name__}>"  # (never a repr: it may print a heap address)
 
 
 def json_value(value: Any, wasm_type: Optional[str] = None) -> Any:
@@ -573,8 +575,8 @@ def json_value(value: Any, wasm_type: Optional[str] = None) -> Any:
     (null references are null)."""
     if value is None:
         return None
-    if wasm_type in ("v128", "funcref", "externref"):
-        return format_value(value, wasm_type)
+    if wasm_type in ("v128", "funcref", "externref") or isinstance(value, FuncRef):
+        return format_value(value, wasm_type or "funcref")
     if isinstance(value, float):
         if value != value or value in (_INF, -_INF):
             return format_value(value, wasm_type or "f64")

@@ -34,6 +34,7 @@ KIND = {
     "funcref": ffi.WASMTIME_FUNCREF.value,
     "externref": ffi.WASMTIME_EXTERNREF.value,
 }
+_FUNCREF = KIND["funcref"]
 _WASM_KIND = {"i32": 0, "i64": 1, "f32": 2, "f64": 3, "v128": 4, "externref": 128, "funcref": 129}
 _KIND_NAME = {v: k for k, v in _WASM_KIND.items()}
 
@@ -133,7 +134,9 @@ def read(store: Any, raw: Any, wasm_type: str, owner: Any, owned: bool = True) -
         return F64.from_bits(raw.of.i64 & 0xFFFFFFFFFFFFFFFF)
     if wasm_type == "v128":
         return V128(ctypes.string_at(ctypes.addressof(raw.of), 16))
-    if wasm_type == "funcref":
+    if wasm_type == "funcref" or raw.kind == _FUNCREF:  # (typed: ``(ref $ft)``, ``(ref func)``
+        # are funcrefs too, which came out as wasmtime-py's Func, its repr printed with a
+        # heap address: red team round 68)
         # (a copy: wasmtime-py's Func would be a view into ``raw``, and a host function's
         # arguments sit in a buffer of the store's that every later host call writes,
         # or frees when it grows: a funcref a host function kept became another
