@@ -283,3 +283,13 @@ def test_ctrl_c_while_a_command_is_imported_is_exit_130_not_a_traceback(
     monkeypatch.setitem(sys.modules, module, _Interrupted())
     assert main(argv) == 130
     assert capsys.readouterr().err == "error: interrupted\n"
+
+
+def test_a_diagnostic_line_is_cut_however_long_what_it_quotes(cli):
+    """A 100,000-character argument was quoted whole in its error line (red team round
+    69): a line is at most output.LINE_MAX characters, its length said."""
+    res = cli("trust", "remove", "k" * 100_000)
+    assert res.code != 0
+    first = res.stderr.splitlines()[0]
+    assert first.startswith("error: ") and len(first) < 4100, len(first)
+    assert "characters)" in first

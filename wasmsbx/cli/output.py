@@ -145,7 +145,13 @@ def line(text: str) -> str:
     line: red team, round 52), so none but the newline ending the line gets there."""
     from ..errors import inert
 
-    return inert(text, None)
+    return inert(text, LINE_MAX)
+
+
+# Characters of one diagnostic line: a message quoting 100,000 characters of an argument
+# or a name (``trust remove``, an unknown export, a malformed --invoke) printed them all
+# (red team round 69); what each message quotes is cut much shorter where it is made.
+LINE_MAX = 4000
 
 
 def markup(text: Any, limit: Optional[int] = None) -> str:
