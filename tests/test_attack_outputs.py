@@ -121,3 +121,20 @@ def test_an_output_name_is_printed_escaped(cli, add):
     assert res.code == 0, res
     assert "\x1b" not in res.stderr and "\nerror: forged" not in res.stderr
     assert "wrote x" in res.stderr
+
+
+def test_dev_tty_without_a_terminal_is_not_called_a_fifo(add):
+    """``-o /dev/tty`` in a session without a controlling terminal said "is a FIFO
+    nobody is reading" (red team round 69)."""
+    import subprocess
+    import sys
+
+    if not os.path.exists("/dev/tty"):
+        pytest.skip("no /dev/tty")
+    proc = subprocess.run(
+        [sys.executable, "-m", "wasmsbx", "audit", str(add), "--json", "-o", "/dev/tty"],
+        capture_output=True, text=True, stdin=subprocess.DEVNULL, start_new_session=True,
+        timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 105, proc.stderr
+    assert "FIFO" not in proc.stderr and "nothing was written" in proc.stderr

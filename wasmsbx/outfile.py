@@ -262,6 +262,17 @@ def _write_direct(path: str, blob: bytes) -> None:
         fd = os.open(path, os.O_WRONLY | os.O_NOCTTY | os.O_NONBLOCK | _CLOEXEC)
     except OSError as exc:
         if exc.errno == errno.ENXIO:
+            try:
+                fifo = stat.S_ISFIFO(os.stat(path).st_mode)
+            except OSError:
+                fifo = False
+            if not fifo:  # (/dev/tty without a controlling terminal: red team round 69)
+                raise _fail(
+                    path,
+                    "is a device with nothing behind it (no such device or address); "
+                    "nothing was written",
+                    "write to a file",
+                ) from None
             raise _fail(
                 path,
                 "is a FIFO nobody is reading; nothing was written",
