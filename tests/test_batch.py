@@ -80,6 +80,23 @@ def test_an_id_strict_json_cannot_hold_is_an_item_error(cli, tmp_path, jobs):
     assert "plain JSON" in rows[0]["error"]["message"]
 
 
+def test_integers_too_long_for_python_are_the_same_errors_on_every_python(cli, tmp_path):
+    """Python 3.11+ converts at most 4,300 digits: an argument of 100,000 was "not
+    JSON" in Python's words there (an input error) and out of range on 3.9, and a
+    5,000-digit id was refused there and echoed whole on 3.9 (red team round 69)."""
+    src = tmp_path / "in.jsonl"
+    src.write_text(
+        f"[{'9' * 100_000}, 1]\n[-{'9' * 5000}, 1]\n"
+        f'{{"args": [1, 2], "id": {"7" * 5000}}}\n{{"args": [1, 2], "id": {"7" * 4000}}}\n'
+    )
+    rows = jsonl(cli("run", ADD, "add", "--batch", src).stdout)
+    assert [row["ok"] for row in rows] == [False, False, False, True]
+    assert [row["error"]["kind"] for row in rows[:3]] == ["usage", "usage", "input"]
+    assert "out of range" in rows[0]["error"]["message"]
+    assert "4,300 digits" in rows[2]["error"]["message"]
+    assert rows[2]["id"] == 3 and rows[3]["id"] == int("7" * 4000)
+
+
 def test_batch_per_line_errors_do_not_stop_the_batch(cli, tmp_path):
     src = tmp_path / "in.jsonl"
     src.write_text(
