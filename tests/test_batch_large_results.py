@@ -115,6 +115,12 @@ def test_the_parent_hearing_only_the_oldest_chunk_loses_nothing(guest, monkeypat
 
     monkeypatch.setattr(pool, "wait", recorded)
     box = Sandbox(guest, policy_mod.from_dict({"limits": {"output": "8MiB"}}))
-    lines = [r.line for r in box.batch("f", ([i] for i in range(WARM + 20)), jobs=2)]
-    assert lines == list(range(1, WARM + 21))
+    # Whether a reply comes ahead of its turn is up to the two workers' timing: on a
+    # loaded machine a run may never do it (CI, 3.9 leg, once). Each run must lose
+    # nothing; one of a few must have heard the oldest chunk's worker alone.
+    for _ in range(5):
+        lines = [r.line for r in box.batch("f", ([i] for i in range(WARM + 20)), jobs=2)]
+        assert lines == list(range(1, WARM + 21))
+        if 1 in heard:
+            break
     assert 1 in heard
