@@ -111,3 +111,66 @@ def test_a_component_out_of_resource_handles_names_the_cause(tmp_path):
     guest = built(HANDLES, tmp_path, "handles")
     with pytest.raises(errors.TrapError, match="handle limit exceeded"):
         wasmsbx.Sandbox(guest).call("run", 2_000_000)
+
+
+def collide(tmp_path, kind: str):
+    """A component whose first core module (a decoy: tiny tables or memories) starts at
+    the byte offset that is the real module's index: the scanner's one cache, keyed by
+    both, counted the decoy's in the real one's place (red team round 70)."""
+    count = 4
+    if kind == "table":
+        decoy = " ".join("(table 0 1 funcref)" for _ in range(count))
+        real = " ".join(f"(table $t{i} 10000 funcref)" for i in range(count))
+        body = " ".join(f"(table.size $t{i})" for i in range(count)) + " i32.add" * (count - 1)
+    else:
+        decoy = " ".join("(memory 0 1)" for _ in range(count))
+        real = " ".join(f"(memory $m{i} 0)" for i in range(count))
+        grow = (
+            "(loop $l (br_if $l (i32.ne (memory.grow $m{i} (i32.const 16)) (i32.const -1))))"
+            " (local.set $t (i32.add (local.get $t) (memory.size $m{i})))"
+        )
+        body = "(local $t i32) " + " ".join(grow.format(i=i) for i in range(count))
+        body += " (local.get $t)"
+    index = 12
+    for _ in range(5):  # (the real module's index = the decoy's offset, found by trying)
+        fillers = " ".join(f"(core module $f{i})" for i in range(index - 1))
+        text = (
+            f"(component (core module $d {decoy}) {fillers}"
+            f' (core module $r {real} (func (export "n") (result i32) {body}))'
+            " (core instance $dd (instantiate $d)) (core instance $i0 (instantiate $r))"
+            ' (func (export "n") (result u32) (canon lift (core func $i0 "n"))))'
+        )
+        guest = built(text, tmp_path, f"collide-{kind}")
+        data = guest.read_bytes()
+        size_end = 9
+        while data[size_end] & 0x80:
+            size_end += 1
+        if size_end + 1 == index:
+            return guest
+        index = size_end + 1
+    pytest.fail("no layout put the decoy at the real module's index")
+
+
+def test_a_decoy_module_cannot_hide_the_tables_of_another(tmp_path):
+    with pytest.raises(errors.TableLimitExceeded, match="40,000 table elements"):
+        wasmsbx.Sandbox(collide(tmp_path, "table")).call("n")
+
+
+def test_a_decoy_module_cannot_hide_the_memories_of_another(tmp_path):
+    policy = from_dict({"limits": {"memory": "32MiB"}})
+    pages = wasmsbx.Sandbox(collide(tmp_path, "memory"), policy).call("n")
+    assert pages * 65536 <= 32 << 20
+
+
+def test_a_function_named_like_a_limit_does_not_fake_it(tmp_path):
+    """The error's cause is read, not its backtrace, whose names are the guest's: a
+    function named "GC heap out of memory" made a trap exit 110 (red team round 70)."""
+    guest = built(
+        '(component (core module $m (func $"GC heap out of memory" (export "run")'
+        " (result i32) unreachable)) (core instance $i (instantiate $m))"
+        ' (func (export "run") (result u32) (canon lift (core func $i "run"))))',
+        tmp_path,
+        "named",
+    )
+    with pytest.raises(errors.TrapError, match="unreachable"):
+        wasmsbx.Sandbox(guest).call("run")

@@ -138,3 +138,22 @@ def test_dev_tty_without_a_terminal_is_not_called_a_fifo(add):
     )  # fmt: skip
     assert proc.returncode == 105, proc.stderr
     assert "FIFO" not in proc.stderr and "nothing was written" in proc.stderr
+
+
+def test_a_socket_output_is_called_a_socket(add, isolated):
+    import socket
+    import subprocess
+    import sys
+
+    path = isolated / "sock"
+    server = socket.socket(socket.AF_UNIX)
+    server.bind(str(path))
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "wasmsbx", "audit", str(add), "--json", "-o", str(path)],
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+    finally:
+        server.close()
+    assert proc.returncode == 105, proc.stderr
+    assert "is a socket" in proc.stderr

@@ -168,3 +168,37 @@ def test_results_past_a_file_size_limit_are_exit_105_not_an_internal_error(add, 
         err = proc.stderr.decode()
         assert proc.returncode == 105, err
         assert "File too large" in err and "internal error" not in err
+
+
+def test_a_non_blocking_stdout_pipe_gets_the_whole_report(isolated):
+    """A reader that leaves a non-blocking pipe full for a while: the long text's write
+    failed with EAGAIN, exit 100 and a report cut short (red team round 70); it waits
+    for the reader, as a blocking write would."""
+    import fcntl
+    import time
+
+    many = "".join(f'(func (export "f{i}") (result i32) i32.const {i})' for i in range(4000))
+    module = isolated / "many.wat"
+    module.write_text(f"(module {many})")
+    read_end, write_end = os.pipe()
+    flags = fcntl.fcntl(write_end, fcntl.F_GETFL)
+    fcntl.fcntl(write_end, fcntl.F_SETFL, flags | os.O_NONBLOCK)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "wasmsbx", "audit", str(module), "--json"],
+        stdout=write_end, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    os.close(write_end)
+    time.sleep(1.0)  # (the pipe fills meanwhile; the wait is the test, not a bound)
+    data = b""
+    while True:
+        chunk = os.read(read_end, 1 << 16)
+        if not chunk:
+            break
+        data += chunk
+    os.close(read_end)
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 0, err
+    import json
+
+    assert len(data) > 1 << 16  # (more than a pipe holds)
+    assert json.loads(data)["schema"].startswith("wasmsbx.audit")

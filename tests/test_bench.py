@@ -462,9 +462,9 @@ def _stats_set(data: dict, **values) -> dict:
 @pytest.mark.parametrize(
     "change",
     [{"median": "fast"}, {"median": 0}, {"median": -1.0}, {"median": None}, {"mad": ...},
-     {"mad": [1]}, {"samples": "3"}, {"samples": 0}],
+     {"mad": [1]}, {"samples": "3"}, {"samples": 0}, {"median": 10**400}],
     ids=["median text", "median 0", "median negative", "median null", "no mad", "mad list",
-         "samples text", "samples 0"],
+         "samples text", "samples 0", "median 10**400"],
 )  # fmt: skip
 def test_a_baseline_whose_measurements_are_not_numbers_is_refused(cli, tmp_path, change):
     """Valid JSON of the wrong types was an internal error (exit 100); a median of 0

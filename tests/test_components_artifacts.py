@@ -185,6 +185,24 @@ def test_an_artifact_without_the_layout_is_refused(cli, art, isolated):
     assert (res.code, res.stdout) == (0, "3\n") and "artifact loaded" in res.stderr, res
 
 
+@pytest.mark.parametrize("key", ["tables", "gc_heap"])
+def test_an_artifact_recorded_before_tables_were_counted_is_refused(cli, art, isolated, key):
+    """Its layout without tables (or the GC heap) ran under the per-table cap with no
+    bound on the tables' number, and without the GC heap's share of limits.memory: an
+    authentic artifact of a hostile component held 1,000,000 table elements (red team
+    round 70)."""
+
+    def edit(header):
+        header["module"]["component"].pop("tables")
+        if key == "gc_heap":
+            header["module"]["component"].pop("gc_heap")
+
+    old = isolated / "old.cwasm"
+    old.write_bytes(retag(art.read_bytes(), trust.tag_key("artifact"), edit))
+    res = cli("run", old, "add", "1", "2")
+    assert res.code == 102 and "does not record the component's layout" in res.stderr, res
+
+
 def test_bad_layout_records_are_refused():
     from wasmsbx.components import binary
 

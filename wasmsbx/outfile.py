@@ -263,10 +263,12 @@ def _write_direct(path: str, blob: bytes) -> None:
     except OSError as exc:
         if exc.errno == errno.ENXIO:
             try:
-                fifo = stat.S_ISFIFO(os.stat(path).st_mode)
+                mode = os.stat(path).st_mode
             except OSError:
-                fifo = False
-            if not fifo:  # (/dev/tty without a controlling terminal: red team round 69)
+                mode = 0
+            if stat.S_ISSOCK(mode):
+                raise _fail(path, "is a socket; nothing was written", "write to a file") from None
+            if not stat.S_ISFIFO(mode):  # (/dev/tty without a terminal: red team round 69)
                 raise _fail(
                     path,
                     "is a device with nothing behind it (no such device or address); "

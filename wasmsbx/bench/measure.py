@@ -767,7 +767,9 @@ def load_baseline(path: str) -> dict:
 
 
 def _number(value: Any, positive: bool) -> bool:
-    if type(value) not in (int, float) or not math.isfinite(value):
+    if type(value) is int:  # (math.isfinite overflows on 10**400: red team round 70)
+        return value.bit_length() < 1024 and (value > 0 if positive else value >= 0)
+    if type(value) is not float or not math.isfinite(value):
         return False
     return value > 0 if positive else value >= 0
 

@@ -46,7 +46,12 @@ def write_stdout(text: str) -> None:
     encoding = getattr(stream, "encoding", None) or "utf-8"
     data = memoryview(text.encode(encoding, getattr(stream, "errors", None) or "strict"))
     while data:
-        data = data[os.write(fd, data) :]
+        try:
+            data = data[os.write(fd, data) :]
+        except BlockingIOError:  # a non-blocking pipe, full: wait for its reader, as a
+            import select  # blocking write would (it failed, red team round 70)
+
+            select.select([], [fd], [])
 
 
 def stdout_failed(exc: BaseException) -> None:
@@ -145,7 +150,8 @@ def line(text: str) -> str:
     line: red team, round 52), so none but the newline ending the line gets there."""
     from ..errors import inert
 
-    return inert(text, LINE_MAX)
+    shown = inert(text, LINE_MAX)  # (escapes can make it longer: cut again)
+    return shown if len(shown) <= 2 * LINE_MAX else shown[:LINE_MAX] + "..."
 
 
 # Characters of one diagnostic line: a message quoting 100,000 characters of an argument

@@ -163,10 +163,15 @@ class _Scope:
     def __init__(self) -> None:
         self.modules: list = []
         self.components: list = []
-        self._memories: dict = {}  # module index, and module offset -> its _Items (read once)
+        # What a module defines, read once: by its index here, and by its bytes' offset
+        # (the same module under another index). Two dicts: one keyed by both took
+        # module 10 for the module at offset 10, the first one's, so a decoy there
+        # hid the real module's memories and tables (red team round 70).
+        self._by_index: dict = {}
+        self._by_offset: dict = {}
 
     def items_of(self, data: memoryview, index: int) -> _Items:
-        found = self._memories.get(index)
+        found = self._by_index.get(index)
         if found is None:
             if index >= len(self.modules):
                 raise ComponentFormatError(f"core module {index} is not defined")
@@ -176,10 +181,10 @@ class _Scope:
                     f"core module {index} is imported or taken from an instance: "
                     "wasmsbx cannot count the memories it makes"
                 )
-            found = self._memories.get(module.offset)
+            found = self._by_offset.get(module.offset)
             if found is None:
-                found = self._memories[module.offset] = _module_items(data, module)
-            self._memories[index] = found
+                found = self._by_offset[module.offset] = _module_items(data, module)
+            self._by_index[index] = found
         return found
 
     def component(self, index: int) -> Layout:

@@ -553,7 +553,8 @@ class ComponentInstance:
                 "data to stdout, or pass it in smaller pieces",
                 backtrace=frames,
             )
-        if "gc heap out of memory" in text.lower():  # (a struct, array or exception)
+        causes = _causes_of(text)  # (not the backtrace: its names are the guest's)
+        if "gc heap out of memory" in causes.lower():  # (a struct, array or exception)
             return errors.MemoryLimitExceeded(
                 f"memory limit {format_size(limits.memory)} reached: {where} filled its GC "
                 "heap (struct, array and exception objects, which share limits.memory with "
@@ -562,7 +563,7 @@ class ComponentInstance:
                 backtrace=frames,
                 limit_value=limits.memory,
             )
-        if "handle limit exceeded" in text:  # (wasmtime's own bound: host memory holds)
+        if "handle limit exceeded" in causes:  # (wasmtime's own bound: host memory holds)
             return errors.TrapError(
                 f"{where} failed: {_first_line_text(text)}",
                 hint="the component makes resource handles and never drops them",
@@ -651,6 +652,18 @@ def _frames(text: str) -> list:
         if sep and head[:1].isdigit() and ":" in head:
             out.append(errors.inert(rest.strip()))  # names from the name section
     return out[:MAX_FRAMES]
+
+
+def _causes_of(text: str) -> str:
+    """wasmtime's own words in an error: what follows "Caused by:", else its first line
+    (a backtrace between them names the guest's functions, which the guest chooses: a
+    function named "GC heap out of memory" made a trap a memory limit, red team round
+    70)."""
+    lines = text.strip().splitlines()
+    stripped = [line.strip() for line in lines]
+    if "Caused by:" in stripped:
+        return "\n".join(lines[stripped.index("Caused by:") + 1 :])
+    return lines[0] if lines else ""
 
 
 def _first_line_text(text: str) -> str:

@@ -255,10 +255,14 @@ class ComponentSandbox(Sandbox):
             if self.wasm is not None:
                 return binary.scan(self.wasm)
             record = self.artifact.header["module"].get("component")
-            if record is None:
+            if not isinstance(record, dict) or "tables" not in record:
+                # (one recorded before tables and the GC heap were counted would run
+                # under the old per-table cap and without the GC heap's share: red team
+                # round 70)
                 raise errors.ModuleError(
                     f"{self.path}: refused precompiled artifact: it does not record the "
-                    "component's layout, which the limits need (made by an older wasmsbx)",
+                    "component's layout (tables and GC heap included), which the limits "
+                    "need (made by an older wasmsbx)",
                     hint="compile it again: `wasmsbx compile COMPONENT -o FILE`, or run it "
                     "beside its component (`--artifact FILE`)",
                     path=str(self.path),

@@ -116,10 +116,10 @@ def _expand(text: str, what: str) -> Path:
 
 def resolve_dir(policy: Any = None, override: Optional[str] = None) -> tuple:
     """(directory, where it came from): option, policy, env or default."""
-    if override:
+    if override and not override.isspace():  # (blank: unset, as the variable's)
         return _expand(override, "--cache-dir").absolute(), "option"
     configured = policy.values.get("runtime.cache_dir") if policy is not None else ""
-    if configured:
+    if configured and not configured.isspace():
         path = _expand(configured, "runtime.cache_dir")
         source = getattr(policy, "source", None)
         if not path.is_absolute() and source and Path(source).is_file():

@@ -1207,7 +1207,13 @@ class WasmtimeInstance(Instance):
 def _gc_heap_full(exc: Exception) -> bool:
     """Whether wasmtime refused a struct or array allocation: the GC heap reached its
     share of limits.memory (wasmtime 50: "GC heap out of memory: no capacity for ...")."""
-    return "gc heap out of memory" in str(exc).lower()
+    text = str(exc)  # (its cause only: the backtrace's names are the guest's, red team
+    lines = [line.strip() for line in text.splitlines()]  # round 70)
+    if "Caused by:" in lines:
+        text = "\n".join(lines[lines.index("Caused by:") + 1 :])
+    elif lines:
+        text = lines[0]
+    return "gc heap out of memory" in text.lower()
 
 
 def _capped(maximum: Optional[int], cap: Optional[int]) -> Optional[int]:
