@@ -185,3 +185,22 @@ def test_a_batchs_json_error_goes_to_stderr_not_between_its_results(cli, tmp_pat
     res = cli("run", tmp_path / "nowhere.wat", "f", f"--batch={missing}", "--json")
     assert res.code != 0 and res.stdout == "", res
     assert '"exit_source": "wasmsbx"' in res.stderr
+
+
+@pytest.mark.parametrize(
+    "argv, where",
+    [
+        (["run", "m", "f", "--json", "--batch", "x"], "stderr"),
+        (["run", "m", "f", "--json", "--batch=x"], "stderr"),
+        (["run", "m", "--json", "--stream"], "stderr"),
+        (["run", "m", "nosuch", "--json", "--invoke", "--batch"], True),  # (a value)
+        (["run", "m", "--json", "--dir-ro", "--stream"], True),
+        (["run", "m", "--json", "--", "--batch"], True),  # (the guest's)
+        (["audit", "m", "--json"], True),
+        (["run", "m", "--batch", "x"], False),
+    ],
+)
+def test_where_the_json_error_object_goes(argv, where):
+    from wasmsbx.cli.options import json_flag
+
+    assert json_flag(argv) == where

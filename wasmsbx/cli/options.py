@@ -263,5 +263,13 @@ def json_flag(argv: list) -> Any:
     words = own_words(argv)
     if "--json" not in words:
         return False
-    data = any(w.split("=", 1)[0] in ("--batch", "--stream") for w in words)
-    return "stderr" if data else True
+    valued = {flag for o in RUN_OPTIONS if o.kind != "flag" for flag in o.flags}
+    after_value = False  # (a word that is an option's value, ``--invoke --batch``, is
+    for word in words:  # no option: red team round 70)
+        if after_value:
+            after_value = False
+        elif word.split("=", 1)[0] in ("--batch", "--stream"):
+            return "stderr"
+        else:
+            after_value = word in valued
+    return True
