@@ -286,7 +286,7 @@ def _int_text(text: str, what: str) -> int:
 
 
 _DECIMAL = re.compile(r"[+-]?[0-9]+(?:_[0-9]+)*")  # what int(text, 10) reads
-_MAX_DIGITS = 4300  # (Python's default sys.get_int_max_str_digits())
+MAX_DIGITS = 4300  # (Python's default sys.get_int_max_str_digits())
 # Stands for a decimal too long to convert: past every type's range, as that one is
 BEYOND = 1 << 128
 
@@ -300,7 +300,7 @@ def long_decimal(text: str) -> Optional[int]:
         return None
     sign = -1 if text[0] == "-" else 1
     digits = text.lstrip("+-").replace("_", "").lstrip("0") or "0"
-    return sign * (int(digits) if len(digits) <= _MAX_DIGITS else BEYOND)
+    return sign * (int(digits) if len(digits) <= MAX_DIGITS else BEYOND)
 
 
 def cut(text: str, keep: int = 40) -> str:

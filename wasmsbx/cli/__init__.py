@@ -86,7 +86,8 @@ def _hard_stop(error: WasmsbxError) -> None:
     report = None
     from .options import json_flag
 
-    if json_flag(sys.argv[1:]):
+    json_mode = json_flag(sys.argv[1:])
+    if json_mode:
         import json
 
         # (as the boundary writes it: a timeout reads the same whether an epoch or this
@@ -96,7 +97,7 @@ def _hard_stop(error: WasmsbxError) -> None:
 
     def error_lines() -> None:
         if report is not None:  # (to stderr beside a batch's or a stream's data)
-            _write(2 if json_flag(sys.argv[1:]) == "stderr" else 1, report)
+            _write(2 if json_mode == "stderr" else 1, report)
         _write(2, lines)
 
     # Written from a thread too, and waited for a bounded time: a stderr pipe nobody

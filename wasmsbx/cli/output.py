@@ -73,9 +73,8 @@ def stdout_error(exc: BaseException) -> Optional[int]:
     if not isinstance(exc, BrokenPipeError):
         try:
             os.write(1, b"")
-            if not (exc.errno == errno.ENOSPC and not os.fstatvfs(1).f_bavail) and not (
-                exc.errno == errno.EFBIG and _at_size_limit(1)
-            ):
+            full = exc.errno == errno.ENOSPC and not os.fstatvfs(1).f_bavail
+            if not full and not (exc.errno == errno.EFBIG and _at_size_limit(1)):
                 return None
         except OSError:
             pass

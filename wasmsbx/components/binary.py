@@ -48,7 +48,7 @@ class Layout(
     namedtuple(
         "Layout",
         "core_modules core_instances memories components probed gc_heap tables",
-        defaults=(False, False, None),
+        defaults=(False, False, ()),
     )
 ):
     """What instantiating the component creates (see the module docstring)."""
@@ -59,8 +59,7 @@ class Layout(
     components: int  # nested component definitions, at every depth
     probed: bool  # with wasmsbx's memory probe (components.probe): counted in core_instances
     gc_heap: bool  # a core module has struct, array or exception types: the store's GC heap
-    tables: Optional[tuple]  # (min, max or None) elements of every table defined, once per
-    #   instantiation (None: not known, a layout recorded before they were counted)
+    tables: tuple  # (min, max or None) elements of every table defined, once per instantiation
     __slots__ = ()
 
 
@@ -132,7 +131,7 @@ def _scan(data: memoryview, start: int, end: int, depth: int, outer: tuple = ())
                 layout = scope.component(index)
                 instances += layout.core_instances
                 memories.extend(layout.memories)
-                tables.extend(layout.tables or ())
+                tables.extend(layout.tables)
                 gc_heap = gc_heap or layout.gc_heap
                 if instances > MAX_COUNT or max(len(memories), len(tables)) > MAX_COUNT:
                     break
@@ -399,7 +398,7 @@ def layout_record(layout: Layout) -> dict:
         "components": layout.components,
         "probed": layout.probed,
         "gc_heap": layout.gc_heap,
-        "tables": None if layout.tables is None else [list(t) for t in layout.tables],
+        "tables": [list(t) for t in layout.tables],
     }
 
 
@@ -416,11 +415,9 @@ def layout_from_record(record: object) -> Layout:
         for flag in (probed, gc_heap):
             if type(flag) is not bool:
                 raise ValueError(f"{flag!r} is not a flag")
-        tables = record.get("tables")  # (None: recorded before tables were counted)
-        if tables is not None:
-            tables = tuple(
-                (_count(low), None if high is None else _count(high)) for low, high in tables
-            )
+        tables = tuple(  # (a record made before tables were counted has none: refused)
+            (_count(low), None if high is None else _count(high)) for low, high in record["tables"]
+        )
         return Layout(
             modules,
             _count(record["core_instances"]),

@@ -33,6 +33,7 @@ from ..backends.base import Limits, Usage, WasiSetup, take_turn
 
 # The module backend's output budget and WASI setup (one for stdout and stderr; a write
 # into a closed pipe is EPIPE inside the guest; a FIFO stdin's open is watched).
+from ..backends.wasmtime import backend as _module_backend
 from ..backends.wasmtime.backend import _Budget, set_wasi
 from ..units import format_count, format_duration, format_size
 from . import binary, fastbytes, fastlift, probe, wave
@@ -278,13 +279,10 @@ class ComponentInstance:
         """(elements per table, tables) for the store's limiter: limits.table_elements
         is the total of every table the component defines, as for a module. It was a cap
         on each table, and wasmtime allows 10,000 tables a store: a 3 KB component held
-        800 MB of tables under the default policy (red team round 68). A layout recorded
-        before tables were counted (``tables`` None) keeps the per-table cap."""
+        800 MB of tables under the default policy (red team round 68)."""
         from ..backends.limits import share
 
         total, found = self.limits.table_elements, self.layout.tables
-        if found is None:
-            return (-1 if total is None else total), -1
         if total is None or not found:
             return -1, len(found) * count
         need = sum(low for low, _ in found)
@@ -553,17 +551,12 @@ class ComponentInstance:
                 "data to stdout, or pass it in smaller pieces",
                 backtrace=frames,
             )
-        causes = _causes_of(text)  # (not the backtrace: its names are the guest's)
-        if "gc heap out of memory" in causes.lower():  # (a struct, array or exception)
-            return errors.MemoryLimitExceeded(
-                f"memory limit {format_size(limits.memory)} reached: {where} filled its GC "
-                "heap (struct, array and exception objects, which share limits.memory with "
-                "its memories)",
-                hint="raise limits.memory (--memory 512MiB) if the guest needs more",
-                backtrace=frames,
-                limit_value=limits.memory,
-            )
-        if "handle limit exceeded" in causes:  # (wasmtime's own bound: host memory holds)
+        # (wasmtime's causes, read as for a module: not the backtrace, whose names are
+        # the guest's, red team round 70)
+        if _module_backend._gc_heap_full(text):  # (a struct, array or exception object)
+            return _module_backend.gc_heap_error(where, limits.memory, frames)
+        if "handle limit exceeded" in _module_backend._causes(text):  # (wasmtime's own
+            # bound: host memory holds)
             return errors.TrapError(
                 f"{where} failed: {_first_line_text(text)}",
                 hint="the component makes resource handles and never drops them",
@@ -654,27 +647,10 @@ def _frames(text: str) -> list:
     return out[:MAX_FRAMES]
 
 
-def _causes_of(text: str) -> str:
-    """wasmtime's own words in an error: what follows "Caused by:", else its first line
-    (a backtrace between them names the guest's functions, which the guest chooses: a
-    function named "GC heap out of memory" made a trap a memory limit, red team round
-    70)."""
-    lines = text.strip().splitlines()
-    stripped = [line.strip() for line in lines]
-    if "Caused by:" in stripped:
-        return "\n".join(lines[stripped.index("Caused by:") + 1 :])
-    return lines[0] if lines else ""
-
-
 def _first_line_text(text: str) -> str:
-    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
-    # (wasmtime's text quotes the component's names: escaped, cut, as in any message)
-    if "Caused by:" in lines[:-1]:
-        cause = lines[lines.index("Caused by:") + 1]
-        if lines[0].startswith("error while executing"):  # a backtrace, not a reason,
-            return errors.inert(cause, LINE_SHOWN)  # follows (red team round 68)
-        return errors.inert(f"{lines[0]}: {cause}", LINE_SHOWN)
-    return errors.inert(lines[0], LINE_SHOWN) if lines else "unknown error"
+    # (wasmtime's text quotes the component's names: escaped, cut, as in any message;
+    # after a backtrace, its cause: red team round 68)
+    return errors.inert(_module_backend._first_line(text), LINE_SHOWN)
 
 
 LINE_SHOWN = 2000  # characters of a runtime's error line a message shows

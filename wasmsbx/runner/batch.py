@@ -28,6 +28,7 @@ from typing import Any, Callable, NamedTuple, Optional, Union
 
 from .. import errors
 from ..errors import ExitCode
+from ..values import MAX_DIGITS
 from .pool import (
     STALE,
     BatchWorkerDied,  # noqa: F401 - where callers look for it
@@ -263,7 +264,7 @@ class _LongInt(int):
     refused."""
 
 
-ID_DIGITS = 4300
+ID_DIGITS = MAX_DIGITS  # (the digits Python 3.11+ converts: values.long_decimal's too)
 ID_BITS = 14_284  # fewer digits than ID_DIGITS + 1 below this many bits
 
 

@@ -1141,9 +1141,7 @@ class Sandbox:
             with _making(self, seconds or self.policy.timeout):
                 instance = None if fresh else self._instance
                 if instance is None:
-                    waited = time.monotonic() - began
-                    if seconds and waited > UNNOTED:  # (what the wait left of it)
-                        seconds = max(seconds - waited, 0.001)
+                    seconds = _left(seconds, time.monotonic() - began)  # (after the wait)
                     instance = self._instance = self.instantiate(wasi, seconds)
         return instance
 
@@ -1277,9 +1275,7 @@ class Sandbox:
             self._group.first_instance = instance
         self.timings["instantiate"] = time.perf_counter() - started
         if any(e.name == "_initialize" for e in self.export_list):
-            spent = time.perf_counter() - started
-            if seconds and spent > UNNOTED:  # (what the start function left of it)
-                seconds = max(seconds - spent, 0.001)
+            seconds = _left(seconds, time.perf_counter() - started)  # (after the start)
             try:
                 instance.call("_initialize", [], timeout=seconds)
             except BaseException:
@@ -1470,6 +1466,15 @@ class Sandbox:
 # A call's own timeout= is not lowered by a wait or a start shorter than this (seconds):
 # its errors then say the timeout asked ("after 500 ms", not "after 499.9 ms").
 UNNOTED = 0.01
+
+
+def _left(seconds: Any, spent: float) -> Any:
+    """What a call's own timeout (None: the policy's) leaves after ``spent`` seconds of
+    making its instance (at least a millisecond: an expired one still ends the call)."""
+    if seconds and spent > UNNOTED:
+        return max(seconds - spent, 0.001)
+    return seconds
+
 
 # Held while a sandbox makes its instance (Sandbox._live): id(sandbox) -> [lock, users],
 # only while some thread makes one (a lock kept on each sandbox would cost 100,000 of

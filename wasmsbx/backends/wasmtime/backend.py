@@ -954,13 +954,7 @@ class WasmtimeInstance(Instance):
         )
 
     def _gc_heap_error(self, where: str) -> errors.WasmsbxError:
-        return errors.MemoryLimitExceeded(
-            f"memory limit {format_size(self.limits.memory)} reached: {where} filled its GC "
-            "heap (struct, array and exception objects, which share limits.memory with its "
-            "memories)",
-            hint="raise limits.memory (--memory 512MiB) if the guest needs more",
-            limit_value=self.limits.memory,
-        )
+        return gc_heap_error(where, self.limits.memory)
 
     def run_command(self) -> int:
         try:
@@ -1204,16 +1198,23 @@ class WasmtimeInstance(Instance):
         return errors.LinkError(f"cannot instantiate module: {first}", detail=text)
 
 
-def _gc_heap_full(exc: Exception) -> bool:
+def _gc_heap_full(exc: Any) -> bool:
     """Whether wasmtime refused a struct or array allocation: the GC heap reached its
-    share of limits.memory (wasmtime 50: "GC heap out of memory: no capacity for ...")."""
-    text = str(exc)  # (its cause only: the backtrace's names are the guest's, red team
-    lines = [line.strip() for line in text.splitlines()]  # round 70)
-    if "Caused by:" in lines:
-        text = "\n".join(lines[lines.index("Caused by:") + 1 :])
-    elif lines:
-        text = lines[0]
-    return "gc heap out of memory" in text.lower()
+    share of limits.memory (wasmtime 50: "GC heap out of memory: no capacity for ...").
+    Read in its causes only: the backtrace's names are the guest's (one named so made a
+    trap a memory limit, red team round 70). ``exc``: an error, or its text."""
+    return "gc heap out of memory" in _causes(exc).lower()
+
+
+def gc_heap_error(where: str, memory: Any, backtrace: Any = ()) -> errors.WasmsbxError:
+    """The error of a GC heap full (modules and components alike)."""
+    return errors.MemoryLimitExceeded(
+        f"memory limit {format_size(memory)} reached: {where} filled its GC heap (struct, "
+        "array and exception objects, which share limits.memory with its memories)",
+        hint="raise limits.memory (--memory 512MiB) if the guest needs more",
+        backtrace=list(backtrace),
+        limit_value=memory,
+    )
 
 
 def _capped(maximum: Optional[int], cap: Optional[int]) -> Optional[int]:
@@ -1704,10 +1705,10 @@ def _import_trust() -> Any:
     return trust
 
 
-def _causes(exc: Exception) -> str:
+def _causes(exc: Any) -> str:
     """wasmtime's chain of causes after "Caused by:", on one line ("failed to call
     `get-random-bytes`: requested len 2147483647 exceeds limit 67108864"; round 42: only
-    the first, "0: failed to call ...", was kept)."""
+    the first, "0: failed to call ...", was kept). ``exc``: an error, or its text."""
     lines = [line.strip() for line in str(exc).splitlines()]
     if "Caused by:" not in lines:
         return _first_line(exc)
@@ -1724,7 +1725,8 @@ def _causes(exc: Exception) -> str:
 _MODULE_REFUSALS = frozenset({"missing required memory export"})
 
 
-def _first_line(exc: Exception) -> str:
+def _first_line(exc: Any) -> str:
+    """What an error says, on one line (``exc``: an error, or its text)."""
     lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
     # wasmtime puts the cause last: "failed to parse ... Caused by: unexpected end-of-file"
     if "Caused by:" in lines[:-1]:
