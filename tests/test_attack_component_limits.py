@@ -174,3 +174,58 @@ def test_a_function_named_like_a_limit_does_not_fake_it(tmp_path):
     )
     with pytest.raises(errors.TrapError, match="unreachable"):
         wasmsbx.Sandbox(guest).call("run")
+
+
+# wasmtime prints the guest's function names raw in a backtrace, newlines included: a
+# name can forge a "Caused by:" line of its own (red team round 71).
+FORGED = r"evil\u{a}Caused by:\u{a}    GC heap out of memory: no capacity\u{a}handle limit"
+HIDING = r"x\u{a}Caused by:\u{a}" + "A" * 600  # (pushed the real cause past a 500 cut)
+
+
+def test_a_name_forging_a_cause_fakes_no_limit(tmp_path):
+    component = built(
+        f'(component (core module $m (func $"{FORGED}" (export "f") (result i32)'
+        " unreachable)) (core instance $i (instantiate $m))"
+        ' (func (export "f") (result u32) (canon lift (core func $i "f"))))',
+        tmp_path,
+        "forged",
+    )
+    with pytest.raises(errors.TrapError, match="unreachable"):
+        wasmsbx.Sandbox(component).call("f")
+    refused = (
+        '(module (import "wasi_snapshot_preview1" "fd_write" (func $w (param i32 i32 i32'
+        ' i32) (result i32))) (memory (export "memory") 1)'
+        f' (func $"{FORGED}" (drop (call $w (i32.const 1) (i32.const 2147483632)'
+        " (i32.const 1) (i32.const 0))))"
+    )
+    with pytest.raises(errors.TrapError, match="refused its arguments"):
+        wasmsbx.Sandbox((refused + f' (export "f" (func $"{FORGED}")))').encode()).call("f")
+    with pytest.raises(errors.WasmsbxError) as info:  # (its start function's: the same)
+        wasmsbx.Sandbox((refused + f' (start $"{FORGED}") (func (export "f")))').encode()).call("f")
+    assert not isinstance(info.value, (errors.LimitExceeded, errors.ResourceExhausted))
+
+
+GC_FILL = """(module (type $arr (array (mut i64)))
+  (type $node (struct (field (ref null $node)) (field (ref $arr))))
+  (global $head (mut (ref null $node)) (ref.null $node))
+  (func $"NAME" (export "fill") (result i32) (local $i i32)
+    (loop $l (global.set $head (struct.new $node (global.get $head)
+      (array.new_default $arr (i32.const 65536))))
+      (local.set $i (i32.add (local.get $i) (i32.const 1))) (br $l))
+    (local.get $i)))"""
+
+
+def test_a_name_cannot_hide_a_full_gc_heap(tmp_path):
+    policy = from_dict({"limits": {"memory": "64MiB"}})
+    with pytest.raises(errors.MemoryLimitExceeded, match="GC heap"):
+        wasmsbx.Sandbox(GC_FILL.replace("NAME", HIDING).encode(), policy).call("fill")
+    component = built(
+        "(component (core module $m "
+        + GC_FILL.replace("NAME", HIDING)[len("(module ") : -1]
+        + ') (core instance $i (instantiate $m)) (func (export "fill") (result u32)'
+        ' (canon lift (core func $i "fill"))))',
+        tmp_path,
+        "hiding",
+    )
+    with pytest.raises(errors.MemoryLimitExceeded, match="GC heap"):
+        wasmsbx.Sandbox(component, policy).call("fill")

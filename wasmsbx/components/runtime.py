@@ -555,8 +555,8 @@ class ComponentInstance:
         # the guest's, red team round 70)
         if _module_backend._gc_heap_full(text):  # (a struct, array or exception object)
             return _module_backend.gc_heap_error(where, limits.memory, frames)
-        if "handle limit exceeded" in _module_backend._causes(text):  # (wasmtime's own
-            # bound: host memory holds)
+        if any("handle limit exceeded" in c for c in _module_backend._cause_lines(text)):
+            # (wasmtime's own bound: host memory holds)
             return errors.TrapError(
                 f"{where} failed: {_first_line_text(text)}",
                 hint="the component makes resource handles and never drops them",

@@ -1171,7 +1171,7 @@ class WasmtimeInstance(Instance):
         )
 
     def _instantiate_error(self, exc: Exception, module: Any) -> errors.WasmsbxError:
-        text = str(exc).strip()
+        text = _own_words(exc)  # (told from wasmtime's words, not the guest's names)
         first = text.splitlines()[0] if text else "instantiation failed"
         lowered = text.lower()
         if _gc_heap_full(exc):  # (a global's array.new at start: the policy's limit)
@@ -1179,7 +1179,7 @@ class WasmtimeInstance(Instance):
         if errors.is_exhaustion(text):  # the host ran out, not the policy: never a module error
             return _exhausted("instantiating the module", _first_line(exc), self.engine.options)
         if "incompatible import type" in lowered or "unknown import" in lowered:
-            return errors.LinkError(f"cannot link module: {_first_line(exc)}", detail=text)
+            return errors.LinkError(f"cannot link module: {_first_line(exc)}", detail=str(exc))
         if "memory" in lowered and ("limit" in lowered or "minimum" in lowered):
             need = _declared_memory(self.engine, module)
             asked = f": module needs {format_size(need)} at start" if need else ""
@@ -1195,7 +1195,19 @@ class WasmtimeInstance(Instance):
             )
         if "instance" in lowered and "limit" in lowered:
             return errors.InstanceLimitExceeded(f"instance limit reached: {first}")
-        return errors.LinkError(f"cannot instantiate module: {first}", detail=text)
+        return errors.LinkError(f"cannot instantiate module: {first}", detail=str(exc))
+
+
+def _own_words(exc: Any) -> str:
+    """An error's text without the backtrace it may carry: its first line and the causes
+    after it (_cause_lines). The backtrace prints the guest's function names raw, and a
+    start function named "...\nCaused by:\nGC heap out of memory" made a refused WASI
+    call a memory limit, or a host out of memory (red team round 71)."""
+    text = str(exc).strip()
+    lines = text.splitlines()
+    if not lines or not lines[0].startswith("error while executing"):
+        return text
+    return "\n".join([lines[0], *_cause_lines(exc)])
 
 
 def _gc_heap_full(exc: Any) -> bool:
@@ -1203,7 +1215,8 @@ def _gc_heap_full(exc: Any) -> bool:
     share of limits.memory (wasmtime 50: "GC heap out of memory: no capacity for ...").
     Read in its causes only: the backtrace's names are the guest's (one named so made a
     trap a memory limit, red team round 70). ``exc``: an error, or its text."""
-    return "gc heap out of memory" in _causes(exc).lower()
+    causes = _cause_lines(exc) or [_first_line(exc)]  # (all of them: a cut one lost it)
+    return any("gc heap out of memory" in cause.lower() for cause in causes)
 
 
 def gc_heap_error(where: str, memory: Any, backtrace: Any = ()) -> errors.WasmsbxError:
@@ -1705,20 +1718,28 @@ def _import_trust() -> Any:
     return trust
 
 
-def _causes(exc: Any) -> str:
-    """wasmtime's chain of causes after "Caused by:", on one line ("failed to call
-    `get-random-bytes`: requested len 2147483647 exceeds limit 67108864"; round 42: only
-    the first, "0: failed to call ...", was kept). ``exc``: an error, or its text."""
+def _cause_lines(exc: Any) -> list:
+    """wasmtime's causes, after its last "Caused by:" ([] without one). The last: the
+    backtrace before it prints the guest's function names raw, and a name holding
+    "\nCaused by:\n..." forged a first one (red team round 71)."""
     lines = [line.strip() for line in str(exc).splitlines()]
     if "Caused by:" not in lines:
-        return _first_line(exc)
+        return []
+    last = len(lines) - 1 - lines[::-1].index("Caused by:")
     causes = []
-    for line in lines[lines.index("Caused by:") + 1 :]:
+    for line in lines[last + 1 :]:
         if not line:
             continue
         head, _, rest = line.partition(": ")
         causes.append(rest if head.isdigit() and rest else line)
-    return ": ".join(causes)[:500] or _first_line(exc)
+    return causes
+
+
+def _causes(exc: Any) -> str:
+    """wasmtime's chain of causes after "Caused by:", on one line ("failed to call
+    `get-random-bytes`: requested len 2147483647 exceeds limit 67108864"; round 42: only
+    the first, "0: failed to call ...", was kept). ``exc``: an error, or its text."""
+    return ": ".join(_cause_lines(exc))[:500] or _first_line(exc)
 
 
 # What a WASI call refuses because of the module, not of what it was passed
@@ -1729,8 +1750,9 @@ def _first_line(exc: Any) -> str:
     """What an error says, on one line (``exc``: an error, or its text)."""
     lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
     # wasmtime puts the cause last: "failed to parse ... Caused by: unexpected end-of-file"
+    # (after its last "Caused by:": see _cause_lines)
     if "Caused by:" in lines[:-1]:
-        cause = lines[lines.index("Caused by:") + 1]
+        cause = lines[len(lines) - 1 - lines[-2::-1].index("Caused by:")]
         if lines[0].startswith("error while executing"):  # a backtrace follows, not a reason
             return cause
         return f"{lines[0]}: {cause}"
