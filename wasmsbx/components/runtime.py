@@ -609,7 +609,11 @@ class ComponentInstance:
 
     def _setup_error(self, text: str, where: str) -> errors.WasmsbxError:
         first = _first_line_text(text)
-        lowered = text.lower()
+        if _component_link_refusal(text):  # (before any limit: it quotes the guest's names)
+            return errors.LinkError(f"cannot instantiate component: {first}", detail=text)
+        # (wasmtime's words only: a name it quotes, an import's export called
+        # "memory-limit-minimum", made a link error a limit)
+        lowered = _module_backend.unquoted(_module_backend._own_words(text)).lower()
         if "instance count too high" in lowered or ("instance" in lowered and "limit" in lowered):
             return errors.InstanceLimitExceeded(
                 f"instance limit reached: the component makes {self.layout.core_instances} "
@@ -629,8 +633,19 @@ class ComponentInstance:
         return errors.LinkError(f"cannot instantiate component: {first}", detail=text)
 
 
+def _component_link_refusal(text: str) -> bool:
+    """Whether wasmtime refused an import of the component ("component imports
+    instance `wasi:cli/environment@0.2.0`, but a matching implementation was not found
+    in the linker"), told by how its first line begins."""
+    return text.lstrip().lower().startswith("component imports")
+
+
 def _trap_cause(text: str) -> Optional[str]:
-    for line in reversed(text.strip().splitlines()):
+    """The trap wasmtime reports, from its own words: the first line and the causes
+    after the last "Caused by:", never the backtrace, whose frames print the guest's
+    function names (one named "wasm trap: all fuel consumed" is not a trap)."""
+    lines = [text.strip().split("\n", 1)[0], *_module_backend._cause_lines(text)]
+    for line in reversed(lines):
         line = line.strip()
         marker = line.find("wasm trap: ")
         if marker >= 0:

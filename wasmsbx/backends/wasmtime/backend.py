@@ -1173,13 +1173,13 @@ class WasmtimeInstance(Instance):
     def _instantiate_error(self, exc: Exception, module: Any) -> errors.WasmsbxError:
         text = _own_words(exc)  # (told from wasmtime's words, not the guest's names)
         first = text.splitlines()[0] if text else "instantiation failed"
-        lowered = text.lower()
+        if _link_refusal(first):  # (first: the rest quotes an import's name, the guest's)
+            return errors.LinkError(f"cannot link module: {_first_line(exc)}", detail=str(exc))
         if _gc_heap_full(exc):  # (a global's array.new at start: the policy's limit)
             return self._gc_heap_error("instantiating the module")
-        if errors.is_exhaustion(text):  # the host ran out, not the policy: never a module error
+        lowered = unquoted(text).lower()
+        if errors.is_exhaustion(lowered):  # the host ran out, not the policy: never a module error
             return _exhausted("instantiating the module", _first_line(exc), self.engine.options)
-        if "incompatible import type" in lowered or "unknown import" in lowered:
-            return errors.LinkError(f"cannot link module: {_first_line(exc)}", detail=str(exc))
         if "memory" in lowered and ("limit" in lowered or "minimum" in lowered):
             need = _declared_memory(self.engine, module)
             asked = f": module needs {format_size(need)} at start" if need else ""
@@ -1196,6 +1196,37 @@ class WasmtimeInstance(Instance):
         if "instance" in lowered and "limit" in lowered:
             return errors.InstanceLimitExceeded(f"instance limit reached: {first}")
         return errors.LinkError(f"cannot instantiate module: {first}", detail=str(exc))
+
+
+def _link_refusal(first: str) -> bool:
+    """Whether wasmtime's first line refuses an import ("unknown import: `env::f` has
+    not been defined", "incompatible import type for `env::f`"). Told by how the line
+    begins, before any limit is looked for: the name it quotes is the guest's, and an
+    import named "out of memory" made a type mismatch a host exhaustion (exit 118)."""
+    return first.lower().startswith(("unknown import", "incompatible import type"))
+
+
+def unquoted(text: str) -> str:
+    """wasmtime's text without what it quotes between backticks: the names a module or
+    component chose (imports, exports, functions), so no name reads as a limit or an
+    exhaustion ("duplicate export name `out of memory`" was reported as the host out of
+    memory). A name holding a backtick can end the quote early; the errors that quote
+    names are told by how they begin first (``_link_refusal``, ``_parse_failure``)."""
+    if "`" not in text:
+        return text
+    import re
+
+    return re.sub(r"`[^`\n]*`", "``", text)
+
+
+def _parse_failure(text: str) -> bool:
+    """Whether wasmtime refused the module's bytes as invalid (its validator's words,
+    which quote export names: never the host running out)."""
+    return (
+        text.lstrip()
+        .lower()
+        .startswith(("failed to parse webassembly module", "webassembly translation error"))
+    )
 
 
 def _own_words(exc: Any) -> str:
@@ -1767,7 +1798,8 @@ def _exhausted(doing: str, why: str, options: EngineOptions) -> errors.ResourceE
 
 
 def _module_error(exc: Exception, options: EngineOptions) -> errors.WasmsbxError:
-    if errors.is_exhaustion(str(exc)):
+    text = str(exc)
+    if not _parse_failure(text) and errors.is_exhaustion(unquoted(_own_words(text))):
         return _exhausted("compiling the module", _first_line(exc), options)
     return errors.ModuleError(
         f"invalid module: {_first_line(exc)}",

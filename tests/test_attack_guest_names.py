@@ -1,0 +1,98 @@
+"""Names a guest chooses never read as a limit or the host running out.
+
+wasmtime's errors quote the module's or component's own names (an import, an export, a
+function in a backtrace). Words in those names were classified as if wasmtime had said
+them: an import named "out of memory" whose type did not match made a link error a host
+exhaustion (exit 118), a duplicate export of that name made an invalid module "out of
+host memory", and a component import's export named "memory-limit-minimum" made a link
+error "instance limit reached" (exit 116).
+"""
+
+from __future__ import annotations
+
+import pytest
+
+import wasmsbx
+from wasmsbx import errors
+from wasmsbx.backends.wasmtime import backend as wasmtime_backend
+from wasmsbx.components import runtime as component_runtime
+
+from .component_guests import wat_component
+
+NAMES = [
+    "out of memory",
+    "Cannot allocate memory (os error 12)",
+    "mmap failed to reserve",
+    "GC heap out of memory",
+    "memory minimum size exceeds memory limits",
+    "table minimum size exceeds table limits",
+    "instance count too high: instance limit",
+    "a` out of memory `b",  # (a backtick ends wasmtime's quote early)
+]
+
+
+@pytest.mark.any_compiler
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("given", ["function", "global"])
+def test_an_import_named_like_a_limit_is_a_link_error(backend, name, given):
+    quoted = name.replace('"', '\\"')
+    wat = f'(module (import "env" "{quoted}" (func (param i32))) (func (export "f")))'
+    value = (lambda: None) if given == "function" else wasmsbx.Global("i32", 1)
+    box = wasmsbx.Sandbox(wat.encode(), imports={"env": {name: value}}, backend=backend)
+    with box, pytest.raises(errors.WasmsbxError) as caught:
+        box.call("f")  # (instantiated at the first call)
+    assert type(caught.value) is errors.LinkError, caught.value
+    assert caught.value.exit_code == 102
+    assert "out of host memory" not in str(caught.value)
+
+
+@pytest.mark.any_compiler
+@pytest.mark.parametrize("name", ["out of memory", "mmap failed", "a` out of memory `b"])
+def test_an_invalid_module_whose_names_say_out_of_memory_is_invalid(backend, name):
+    import wasmtime  # (its text format parser does not validate: duplicates pass)
+
+    wasm = bytes(wasmtime.wat2wasm(f'(module (func (export "{name}")) (func (export "{name}")))'))
+    with pytest.raises(errors.WasmsbxError) as caught:
+        wasmsbx.Sandbox(wasm, backend=backend)
+    assert type(caught.value) is errors.ModuleError, caught.value
+    assert str(caught.value).startswith("invalid module"), caught.value
+
+
+COMPONENT = """(component
+  (import "wasi:cli/environment@0.2.0" (instance $i (export "{name}" (func))))
+  (core module $m (func (export "f")))
+  (core instance $mi (instantiate $m))
+  (func (export "f") (canon lift (core func $mi "f")))
+)
+"""
+
+
+@pytest.mark.parametrize(
+    "name", ["memory-limit-minimum", "instance-limit", "table-limit", "out-of-memory"]
+)
+def test_a_component_import_named_like_a_limit_is_a_link_error(cli, tmp_path, name):
+    source = tmp_path / "guest.wat"
+    source.write_text(COMPONENT.format(name=name))
+    guest = wat_component(str(source), tmp_path)
+    result = cli("run", "--invoke", "f", guest)
+    assert result.code == 102, result.stderr
+    assert "cannot instantiate component: component imports instance" in result.stderr
+    assert "limit reached" not in result.stderr
+
+
+def test_a_frame_named_like_a_trap_is_not_the_cause():
+    """A call that failed without a trap (a host call refused, say) prints the guest's
+    frames: a function named "wasm trap: all fuel consumed" was read as the trap."""
+    text = (
+        "error while executing at wasm backtrace:\n"
+        "    0:   0x44 - m!wasm trap: all fuel consumed by WebAssembly\n"
+        "\nCaused by:\n    0: failed to call `get-random-bytes`\n    1: refused\n"
+    )
+    assert component_runtime._trap_cause(text) is None
+    real = text.replace("1: refused", "1: wasm trap: wasm `unreachable` instruction executed")
+    assert component_runtime._trap_cause(real) == "wasm `unreachable` instruction executed"
+
+
+def test_unquoted_removes_what_wasmtime_quotes():
+    text = "incompatible import type for `env::out of memory`: expected `(func)`"
+    assert wasmtime_backend.unquoted(text) == "incompatible import type for ``: expected ``"
