@@ -96,3 +96,24 @@ def test_a_frame_named_like_a_trap_is_not_the_cause():
 def test_unquoted_removes_what_wasmtime_quotes():
     text = "incompatible import type for `env::out of memory`: expected `(func)`"
     assert wasmtime_backend.unquoted(text) == "incompatible import type for ``: expected ``"
+
+
+START_WASI = """(module
+  (import "wasi_snapshot_preview1" "fd_write" (func $w (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (func $s (drop (call $w (i32.const 1) (i32.const 0x7ffffff0) (i32.const 100) (i32.const 0))))
+  (start $s)
+  (func (export "_start")))
+"""
+
+
+def test_a_start_functions_refused_wasi_call_says_why(cli, tmp_path):
+    """It said "cannot instantiate module: error while executing at wasm backtrace:"
+    and nothing more (the cause came after the backtrace)."""
+    guest = tmp_path / "start.wat"
+    guest.write_text(START_WASI)
+    result = cli("run", guest, "--backend", "wasmtime")
+    assert result.code == 102, result.stderr
+    line = result.stderr.splitlines()[-1] if result.stderr else ""
+    assert line.startswith("error: cannot instantiate module: "), result.stderr
+    assert "backtrace" not in line and len(line) > len("error: cannot instantiate module: ")

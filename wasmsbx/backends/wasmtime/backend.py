@@ -1172,7 +1172,9 @@ class WasmtimeInstance(Instance):
 
     def _instantiate_error(self, exc: Exception, module: Any) -> errors.WasmsbxError:
         text = _own_words(exc)  # (told from wasmtime's words, not the guest's names)
-        first = text.splitlines()[0] if text else "instantiation failed"
+        # (its cause, after a start function's backtrace: "error while executing at wasm
+        # backtrace:" alone said nothing)
+        first = _first_line(exc) if text else "instantiation failed"
         if _link_refusal(first):  # (first: the rest quotes an import's name, the guest's)
             return errors.LinkError(f"cannot link module: {_first_line(exc)}", detail=str(exc))
         if _gc_heap_full(exc):  # (a global's array.new at start: the policy's limit)
