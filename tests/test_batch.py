@@ -788,6 +788,20 @@ def test_ids_a_caller_gives_that_json_or_a_worker_cannot_take_are_bad_items(jobs
     assert [r.id for r in results[1:4]] == [2, 3, 4] and results[4].id == 2**4000
 
 
+def test_an_id_of_exactly_4300_digits_is_written_back(cli, tmp_path):
+    """The id bound said "at most 4,300 digits" but counted bits: ids of 4,300 digits
+    above 2**14284 were refused. The bound is now 10**4300 itself."""
+    module = ADD
+    largest, over = "9" * 4300, "1" + "0" * 4300
+    lines = f'{{"args": [1, 2], "id": {largest}}}\n{{"args": [1, 2], "id": -{largest}}}\n'
+    lines += f'{{"args": [1, 2], "id": {over}}}\n'
+    result = cli("run", module, "add", "--batch", "-", input=lines.encode())
+    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [row.get("results") for row in rows] == [[3], [3], None], result.stderr
+    assert rows[0]["id"] == int(largest) and rows[1]["id"] == -int(largest)
+    assert "4,300 digits" in rows[2]["error"]["message"]
+
+
 class _Unloadable:
     """Pickles as a call that fails when read back (as a class a worker's __main__ lacks
     fails: one defined under python -c or in a notebook)."""

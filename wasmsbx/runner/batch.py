@@ -265,7 +265,7 @@ class _LongInt(int):
 
 
 ID_DIGITS = MAX_DIGITS  # (the digits Python 3.11+ converts: values.long_decimal's too)
-ID_BITS = 14_284  # fewer digits than ID_DIGITS + 1 below this many bits
+ID_LIMIT = 10**ID_DIGITS  # the least integer of more digits (compared, never printed)
 
 
 def _check_id(ident: Any) -> None:
@@ -273,8 +273,8 @@ def _check_id(ident: Any) -> None:
     Infinity, 1e999, a lone surrogate such as "\\ud800") made the output something jq
     and other strict readers reject (red team round 23). BadItem for those."""
     try:
-        if isinstance(ident, _LongInt) or (  # (by its bits: printing it to count its
-            type(ident) is int and ident.bit_length() > ID_BITS  # digits is quadratic)
+        if isinstance(ident, _LongInt) or (  # (compared with 10**4300: printing it to
+            type(ident) is int and abs(ident) >= ID_LIMIT  # count its digits is quadratic)
         ):
             raise ValueError("too many digits")
         json.dumps(ident, allow_nan=False, ensure_ascii=False).encode("utf-8")
