@@ -210,9 +210,35 @@ def test_bad_layout_records_are_refused():
     assert binary.layout_from_record(good).memories == ((65536, None),)
     for bad in (None, {}, {**good, "core_instances": -1}, {**good, "memories": [[1]]},
                 {**good, "memories": [["a", None]]}, {**good, "core_modules": [[1, 2]]},
-                {**good, "components": True}):  # fmt: skip
+                {**good, "components": True}, {**good, "tables": [[5, 1]]},
+                {**good, "memories": [[65536 * 2, 65536]]},
+                {**good, "tables": [[0, None]] * (binary.MAX_COUNT + 1)},
+                {**good, "core_instances": binary.MAX_COUNT + 1}):  # fmt: skip
         with pytest.raises(binary.ComponentFormatError):
             binary.layout_from_record(bad)
+
+
+@pytest.mark.parametrize("record", ["min-above-max", "too-many-tables"])
+def test_an_authentic_artifact_whose_layout_a_scan_would_refuse_is_refused(
+    cli, art, isolated, record
+):
+    """The header is the user's own (tagged with their key), but its layout held what a
+    scan of any component refuses: 100,001 tables, a table's minimum above its maximum.
+    Refused with the artifact's own hint, not `wasm-tools validate`."""
+    from wasmsbx.components import binary
+
+    def edit(header):
+        layout = header["module"]["component"]
+        if record == "min-above-max":
+            layout["tables"] = [[5, 1]]
+        else:
+            layout["tables"] = [[0, 1]] * (binary.MAX_COUNT + 1)
+
+    forged = isolated / "edited.cwasm"
+    forged.write_bytes(retag(art.read_bytes(), trust.tag_key("artifact"), edit))
+    res = cli("run", forged, "add", "1", "2")
+    assert res.code == 102 and "refused precompiled artifact" in res.stderr, res
+    assert "wasm-tools validate" not in res.stderr and "compile it again" in res.stderr
 
 
 def test_batch_and_checkpoint_from_an_artifact_alone(cli, art, isolated):

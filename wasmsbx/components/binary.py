@@ -418,9 +418,17 @@ def layout_from_record(record: object) -> Layout:
         tables = tuple(  # (a record made before tables were counted has none: refused)
             (_count(low), None if high is None else _count(high)) for low, high in record["tables"]
         )
+        instances = _count(record["core_instances"])
+        # (what a scan refuses, a record may not hold either: it is authentic, but any
+        # key holder could have written it)
+        if instances > MAX_COUNT or max(len(memories), len(tables)) > MAX_COUNT:
+            raise ValueError(f"more than {MAX_COUNT:,} core instances, memories or tables")
+        for low, high in memories + tables:
+            if high is not None and low > high:
+                raise ValueError(f"a minimum of {low} above its maximum of {high}")
         return Layout(
             modules,
-            _count(record["core_instances"]),
+            instances,
             memories,
             _count(record["components"]),
             probed,
@@ -428,7 +436,9 @@ def layout_from_record(record: object) -> Layout:
             tables,
         )
     except (AttributeError, KeyError, TypeError, ValueError) as exc:
-        raise ComponentFormatError(f"unreadable component layout ({exc})") from None
+        raise ComponentFormatError(
+            f"unreadable component layout ({exc})",
+        ) from None
 
 
 def _count(value: object) -> int:

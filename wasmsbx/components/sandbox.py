@@ -267,7 +267,15 @@ class ComponentSandbox(Sandbox):
                     "beside its component (`--artifact FILE`)",
                     path=str(self.path),
                 )
-            return binary.layout_from_record(record)
+            try:
+                return binary.layout_from_record(record)
+            except binary.ComponentFormatError as exc:
+                raise errors.ModuleError(
+                    f"{self.path}: refused precompiled artifact: {exc}",
+                    hint="compile it again (`wasmsbx compile COMPONENT -o FILE`), or run it "
+                    "beside its component (`--artifact FILE`)",
+                    path=str(self.path),
+                ) from None
         except binary.ComponentFormatError as exc:
             raise errors.ModuleError(
                 f"{self.path}: {exc}", hint=exc.hint, path=str(self.path)
