@@ -117,3 +117,31 @@ def test_a_start_functions_refused_wasi_call_says_why(cli, tmp_path):
     line = result.stderr.splitlines()[-1] if result.stderr else ""
     assert line.startswith("error: cannot instantiate module: "), result.stderr
     assert "backtrace" not in line and len(line) > len("error: cannot instantiate module: ")
+
+
+def test_a_report_in_an_encoding_short_of_its_names_is_escaped(tmp_path):
+    """An export named "héllo→" under PYTHONIOENCODING=ascii: `audit` died half-way
+    through its report with "internal error: UnicodeEncodeError" (exit 100)."""
+    import os
+    import subprocess
+    import sys
+
+    guest = tmp_path / "u.wat"
+    guest.write_text('(module (func (export "h\u00e9llo\u2192")))', encoding="utf-8")
+    env = {**os.environ, "PYTHONIOENCODING": "ascii"}
+    for argv in (["audit", guest], ["run", guest, "h\u00e9llo\u2192"]):
+        proc = subprocess.run(
+            [sys.executable, "-m", "wasmsbx", *map(str, argv)],
+            capture_output=True,
+            env=env,
+            timeout=120,
+        )
+        assert proc.returncode == 0, proc.stderr
+        assert b"internal error" not in proc.stderr
+    audit = subprocess.run(
+        [sys.executable, "-m", "wasmsbx", "audit", str(guest)],
+        capture_output=True,
+        env=env,
+        timeout=120,
+    )
+    assert b"h\\xe9llo\\u2192" in audit.stdout

@@ -171,6 +171,7 @@ def main(argv: Optional[list] = None, *, guard: bool = False) -> int:
         _fill_closed_stdio()  # first: the keeper's pipe must not take a closed fd 1 (>&-)
         argv = list(sys.argv[1:] if argv is None else argv)
         if guard:
+            _lenient_text_streams()
             _guard(argv)
         lean = _lean_compile(argv)
         if _lean_run(argv):
@@ -202,6 +203,21 @@ def main(argv: Optional[list] = None, *, guard: bool = False) -> int:
     finally:
         _end_sole_run()
     return code
+
+
+def _lenient_text_streams() -> None:
+    """A terminal or variable that asks for an encoding short of the text (an export
+    named "héllo" under PYTHONIOENCODING=ascii or LANG=C on an old Python) gets it
+    escaped (``\\xe9``) instead of a UnicodeEncodeError out of a report half written
+    (exit 100). Only for the console script: a Python caller's streams are its own."""
+    for stream in (sys.stdout, sys.stderr):
+        if getattr(stream, "errors", None) == "strict":
+            encoding = (getattr(stream, "encoding", "") or "").lower().replace("-", "")
+            if encoding != "utf8":
+                try:
+                    stream.reconfigure(errors="backslashreplace")
+                except (AttributeError, ValueError, OSError):
+                    pass
 
 
 def _stdout_written(code: int) -> int:
