@@ -1640,6 +1640,25 @@ def module_digest(wasm: Any) -> str:
     return digest
 
 
+# Entry keys worked out in this process: (module digest, fingerprint text) -> key. A
+# process that loads the same module again hashes no key text (10 µs of a 0.2 ms warm
+# load). Bounded: cleared when full.
+_KEYS: dict = {}
+KEYS_MAX = 1024
+
+
+def _key_of(digest: str, fingerprint: dict, fingerprint_text: str) -> str:
+    """``entry_key``, remembered (by the fingerprint's text: the same text, the same key)."""
+    found = _KEYS.get((digest, fingerprint_text)) if fingerprint_text else None
+    if found is None:
+        found = entry_key(digest, fingerprint, fingerprint_text)
+        if fingerprint_text:
+            if len(_KEYS) >= KEYS_MAX:
+                _KEYS.clear()
+            _KEYS[(digest, fingerprint_text)] = found
+    return found
+
+
 class Lookup:
     """One module's trip through the cache: find, verify and load it, or compile and store."""
 
@@ -1659,7 +1678,7 @@ class Lookup:
         self.compile_fn = compile_fn or engine.compile
         self.fingerprint, self.label, fingerprint_text = _identity(engine)
         self.module_digest = digest or module_digest(self.wasm)
-        self.key = entry_key(self.module_digest, self.fingerprint, fingerprint_text)
+        self.key = _key_of(self.module_digest, self.fingerprint, fingerprint_text)
         self._module_sha: Optional[str] = None
         self.timings: dict = {}
         self.warnings: list = []
