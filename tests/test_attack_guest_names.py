@@ -113,10 +113,10 @@ def test_a_start_functions_refused_wasi_call_says_why(cli, tmp_path):
     guest = tmp_path / "start.wat"
     guest.write_text(START_WASI)
     result = cli("run", guest, "--backend", "wasmtime")
-    assert result.code == 102, result.stderr
-    line = result.stderr.splitlines()[-1] if result.stderr else ""
-    assert line.startswith("error: cannot instantiate module: "), result.stderr
-    assert "backtrace" not in line and len(line) > len("error: cannot instantiate module: ")
+    assert result.code == 103, result.stderr
+    line = result.stderr.splitlines()[0] if result.stderr else ""
+    assert line.startswith("error: start function trapped: a WASI call refused its arguments: ")
+    assert "backtrace" not in line and "Pointer out of bounds" in line, result.stderr
 
 
 def test_a_report_in_an_encoding_short_of_its_names_is_escaped(tmp_path):
@@ -145,3 +145,106 @@ def test_a_report_in_an_encoding_short_of_its_names_is_escaped(tmp_path):
         timeout=120,
     )
     assert b"h\\xe9llo\\u2192" in audit.stdout
+
+
+# ---------------------------------------------------------------- red team round 72
+
+HOSTCALL = "fuel allocated for hostcalls has been exhausted"
+NAMED_COMPONENT = f"""(component
+  (core module $m (@name "{HOSTCALL}")
+    (func $f (@name "{HOSTCALL}") (export "f") (loop br 0))
+    (func $r (export "r") call $r))
+  (core instance $i (instantiate $m))
+  (func (export "spin") (canon lift (core func $i "f")))
+  (func (export "rec") (canon lift (core func $i "r")))
+)
+"""
+
+
+@pytest.mark.parametrize(
+    "argv, code",
+    [
+        (["spin", "--fuel", "100000"], 111),
+        (["spin", "--timeout", "1s"], 112),
+        (["rec"], 113),
+    ],
+    ids=["fuel", "timeout", "stack"],
+)
+def test_a_component_named_like_wasmtimes_copy_bound_keeps_its_limits(cli, tmp_path, argv, code):
+    """A core module or function named "fuel allocated for hostcalls has been exhausted"
+    made every failure of the component a plain trap (exit 103): fuel, timeout, stack."""
+    source = tmp_path / "named.wat"
+    source.write_text(NAMED_COMPONENT)
+    guest = wat_component(str(source), tmp_path)
+    result = cli("run", guest, *argv)
+    assert result.code == code, result.stderr
+    assert "more than wasmtime copies" not in result.stderr
+
+
+def test_a_function_named_like_a_wasmtime_py_error_keeps_its_wasi_trap():
+    """A function named `wasmtime_valkind_t` whose WASI call was refused was reported as
+    returning a GC reference (a module error, its instance kept), not a trap. (wasmtime:
+    wasmer's WASI answers a bad pointer with an errno, no trap.)"""
+    backend = "wasmtime"
+    wat = b"""(module
+      (import "wasi_snapshot_preview1" "fd_write" (func $w (param i32 i32 i32 i32) (result i32)))
+      (memory (export "memory") 1)
+      (func $wasmtime_valkind_t (export "f")
+        (drop (call $w (i32.const 1) (i32.const 0x7fffffff) (i32.const 5) (i32.const 0)))))"""
+    with wasmsbx.Sandbox(wat, backend=backend) as box, pytest.raises(errors.WasmsbxError) as caught:
+        box.call("f")
+    assert type(caught.value) is errors.TrapError, caught.value
+    assert "GC reference" not in str(caught.value)
+
+
+def test_a_frame_named_like_a_trap_does_not_change_the_trap(cli, tmp_path):
+    """A function named "x\\nwasm trap: all fuel consumed" that ran `unreachable` was
+    reported "f trapped: all fuel consumed"."""
+    import wasmtime
+
+    guest = tmp_path / "named.wasm"
+    named = '(module (func (@name "x\\nwasm trap: all fuel consumed") (export "f") unreachable))'
+    guest.write_bytes(bytes(wasmtime.wat2wasm(named)))
+    result = cli("run", guest, "f", "--json", "--backend", "wasmtime")
+    assert result.code == 103, result.stderr
+    error = result.json()["error"]
+    assert "unreachable" in error["message"] and "fuel" not in error["message"]
+
+
+@pytest.mark.any_compiler
+def test_a_start_functions_refused_wasi_call_is_a_trap_as_in_a_call(backend):
+    """The same refused WASI call is a trap (exit 103) from an export; from a start
+    function it was a LinkError (exit 102, "cannot instantiate module: 0: In func ...").
+    wasmer cannot make WASI calls from a start function at all (its WASI memory is set
+    after instantiation): a module error there."""
+    box = wasmsbx.Sandbox(START_WASI.encode(), backend=backend)
+    with box, pytest.raises(errors.WasmsbxError) as caught:
+        box.call("_start")
+    if backend.startswith("wasmer"):
+        assert caught.value.exit_code == 102, caught.value
+        return
+    assert type(caught.value) is errors.TrapError, caught.value
+    assert caught.value.context.get("trap_code") == "wasi"
+    assert str(caught.value).startswith("start function trapped: a WASI call refused")
+
+
+def test_a_compile_worker_that_ran_out_says_so():
+    """The compile worker's errors kept only module, link and backend kinds: the host
+    running out (118) or a compile limit (117) came back as an invalid module (102)."""
+    from wasmsbx.backends import compiling
+
+    exhausted = errors.ResourceExhausted("out of host memory while compiling", hint="h")
+    back = compiling._error(exhausted.to_dict())
+    assert type(back) is errors.ResourceExhausted and back.exit_code == 118
+    limit = errors.CompileLimitExceeded("compile timeout 1s reached")
+    assert type(compiling._error(limit.to_dict())) is errors.CompileLimitExceeded
+
+
+def test_no_diagnostic_line_is_longer_than_the_cap():
+    """Escapes made a line twice the cap (a name of 1,990 control characters printed a
+    7,978-character error line)."""
+    from wasmsbx.cli import output
+
+    for text in ("\x01" * 5000, "x" * 10_000, "é\x1b" * 3000):
+        for label in ("error: ", "hint: ", "warning: "):
+            assert len(label + output.line(text)) <= output.LINE_MAX

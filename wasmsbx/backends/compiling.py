@@ -831,8 +831,12 @@ def _error(data: dict) -> errors.WasmsbxError:
         "module": errors.ModuleError,
         "unlinkable": errors.LinkError,
         "backend": errors.BackendUnavailable,
+        # (the worker's host ran out compiling: exit 118, not 102, round 72)
+        "resources": errors.ResourceExhausted,
     }
     cls = kinds.get(data.get("kind"), errors.ModuleError)
+    if data.get("kind") == "limit" and data.get("limit") == "compile":
+        cls = errors.CompileLimitExceeded
     return cls(data.get("message", "compile failed"), hint=data.get("hint"))
 
 

@@ -149,8 +149,9 @@ def line(text: str) -> str:
     line: red team, round 52), so none but the newline ending the line gets there."""
     from ..errors import inert
 
-    shown = inert(text, LINE_MAX)  # (escapes can make it longer: cut again)
-    return shown if len(shown) <= 2 * LINE_MAX else shown[:LINE_MAX] + "..."
+    shown = inert(text, LINE_MAX)  # (escapes can make it longer: cut again, room left
+    body = LINE_MAX - len("warning: ")  # for the label: the whole line is at most LINE_MAX)
+    return shown if len(shown) <= body else shown[: body - 3] + "..."
 
 
 # Characters of one diagnostic line: a message quoting 100,000 characters of an argument

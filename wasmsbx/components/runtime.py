@@ -541,7 +541,9 @@ class ComponentInstance:
         cause = _trap_cause(text)
         frames = _frames(text)
         limits = self.limits
-        if HOSTCALL_FUEL in text:  # (wasmtime's own bound on one call's copies: a trap
+        if any(HOSTCALL_FUEL in line for line in _module_backend.own_lines(text)):
+            # (wasmtime's own bound on one call's copies, in its own words: a core
+            # function named so hid fuel, timeouts and stack, round 72; a trap
             # or an error, depending on where the copy failed)
             return errors.TrapError(
                 f"{where} failed: its arguments or result are more than wasmtime copies "
@@ -644,8 +646,7 @@ def _trap_cause(text: str) -> Optional[str]:
     """The trap wasmtime reports, from its own words: the first line and the causes
     after the last "Caused by:", never the backtrace, whose frames print the guest's
     function names (one named "wasm trap: all fuel consumed" is not a trap)."""
-    lines = [text.strip().split("\n", 1)[0], *_module_backend._cause_lines(text)]
-    for line in reversed(lines):
+    for line in reversed(_module_backend.own_lines(text)):
         line = line.strip()
         marker = line.find("wasm trap: ")
         if marker >= 0:

@@ -484,6 +484,11 @@ class WasmtimeInstance(Instance):
                 # into the group hit a limit: said as for a call, not as a bare
                 # "cannot instantiate module: error while executing", round 46)
                 raise self._call_error(exc, "start function") from self._host_raised()
+            if str(exc).startswith("error while executing"):
+                # (guest code ran and a call it made failed: a WASI call that refused its
+                # arguments is a trap, trap_code "wasi", as in any call; it was a
+                # LinkError, "cannot instantiate module: 0: In func ...")
+                raise self._call_error(exc, "start function") from None
             raise self._instantiate_error(exc, module) from None
         except MemoryError:
             raise _exhausted(
@@ -917,7 +922,8 @@ class WasmtimeInstance(Instance):
             return self._trap_error(exc, name)
         if _gc_heap_full(exc):
             return self._gc_heap_error(name)
-        if "wasmtime_valkind_t" in str(exc):  # (wasmtime-py: "Unkown `ffi.wasmtime_valkind_t`")
+        if "wasmtime_valkind_t" in str(exc).split("\n", 1)[0]:  # (wasmtime-py: "Unkown
+            # `ffi.wasmtime_valkind_t`"; never a backtrace's name: round 72)
             return errors.ModuleError(
                 f"{name} returned a GC reference (anyref, eqref, i31ref, a struct or an array),"
                 " which cannot be passed to the host",
@@ -1527,12 +1533,23 @@ def _declared_memory(engine: WasmtimeEngine, module: Any) -> Optional[int]:
 
 
 def _trap_message(trap: wasmtime.Trap) -> str:
-    text = trap.message
+    """What the trap says: "wasm trap: ..." in wasmtime's own words (``own_lines``), the
+    last of them; never a frame's name (a function named "x\nwasm trap: all fuel
+    consumed" made an `unreachable` say so, round 72)."""
     marker = "wasm trap: "
-    if marker in text:
-        return text.split(marker, 1)[1].strip().splitlines()[0]
-    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    lines = [line for line in own_lines(trap.message) if line]
+    for line in reversed(lines):
+        if marker in line:
+            return line.split(marker, 1)[1].strip()
     return lines[-1] if lines else "trap"
+
+
+def own_lines(text: Any) -> list:
+    """wasmtime's own lines of an error: its first line and the causes after its last
+    "Caused by:" (_cause_lines), never the backtrace between them, whose frames print
+    the guest's names raw. ``text``: an error, or its text."""
+    text = str(text).strip()
+    return [text.split("\n", 1)[0].strip(), *_cause_lines(text)]
 
 
 def _frames(trap: wasmtime.Trap, shift: Any = None) -> list:
