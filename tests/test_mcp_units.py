@@ -709,3 +709,88 @@ def test_a_spent_session_budget_does_not_ask_for_what_is_refused(tmp_path):
     with pytest.raises(errors.MemoryLimitExceeded) as info:
         sessions.check_budget(session)
     assert "delete" not in info.value.hint and "start a new one" in info.value.hint
+
+
+# ------------------------------------------------------------------ red team round 73
+
+
+def _chain(top: Path, depth: int, name: str = "a") -> int:
+    """A chain of ``depth`` folders under ``top``, made relative to each other as a
+    guest's WASI calls make them (any path length); a descriptor of the deepest."""
+    fd = os.open(top, os.O_RDONLY)
+    for _ in range(depth):
+        os.mkdir(name, dir_fd=fd)
+        deeper = os.open(name, os.O_RDONLY, dir_fd=fd)
+        os.close(fd)
+        fd = deeper
+    return fd
+
+
+def _write_in(fd: int, name: str, size: int) -> None:
+    out = os.open(name, os.O_WRONLY | os.O_CREAT, 0o600, dir_fd=fd)
+    try:
+        os.write(out, b"x" * size)
+    finally:
+        os.close(out)
+
+
+def test_a_session_folder_of_any_depth_is_removed(tmp_path):
+    """shutil.rmtree recursed once per level: a guest's chain of 1,200 folders raised
+    RecursionError (not caught by ignore_errors), the folder stayed on disk uncounted,
+    the reaper died and the server's shutdown failed (exit 100)."""
+    sessions = Sessions(tmp_path, make_config(max_sessions=4))
+    deep, other = sessions.start(), sessions.start()
+    fd = _chain(deep.scratch, 3000)
+    _write_in(fd, "blob", 1000)
+    os.close(fd)
+    (other.scratch / "kept").write_bytes(b"y")
+    assert sessions.end(deep.id) and not deep.scratch.exists()
+    fd = _chain(other.scratch, 1500, "b" * 200)  # (a path of 300,000 characters)
+    os.close(fd)
+    sessions.close()
+    assert not other.scratch.exists() and not list(tmp_path.glob("session-*"))
+
+
+def test_files_past_path_max_count_against_the_budget(tmp_path):
+    """scratch_bytes walked whole paths: past PATH_MAX os.scandir failed and the files
+    there were skipped, so a deep enough folder hid any amount from the budget."""
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    fd = _chain(scratch, 30, "c" * 250)  # (7,500 characters: past PATH_MAX)
+    _write_in(fd, "big", 123_456)
+    os.close(fd)
+    assert scratch_bytes(scratch) == 123_456
+    fd = _chain(scratch, 200, "d")  # deeper than anyone needs: over any budget
+    os.close(fd)
+    assert scratch_bytes(scratch) >= 2**62
+
+
+def test_a_session_running_a_call_is_not_ended_under_it(tmp_path):
+    """end_session removed the folder of a session whose call went on writing into it."""
+    sessions = Sessions(tmp_path, make_config())
+    s = sessions.start()
+    _busy(s)
+    with pytest.raises(errors.UsageError) as info:
+        sessions.end(s.id)
+    assert "running a call" in info.value.message
+    assert s.scratch.exists() and s.id in sessions.open
+
+
+def test_ended_sessions_are_removed_off_the_event_loop(service_in):
+    """The folder of a session ended inside the server is removed by a thread, and the
+    server's close waits for it."""
+    service = service_in()
+    service.pool.size = 0
+
+    async def scenario():
+        session = service.sessions.start()
+        fd = _chain(session.scratch, 50)
+        os.close(fd)
+        assert service.sessions.end(session.id)
+        pending = list(service.sessions._sweeps)
+        await service.close()
+        return session, pending
+
+    session, pending = asyncio.run(scenario())
+    assert pending and not session.scratch.exists()
+    assert not service.root.exists()

@@ -14,13 +14,13 @@ import base64
 import binascii
 import hashlib
 import os
-import shutil
 import tempfile
 import time
 from pathlib import Path
 from typing import Any, Optional
 
 from .. import errors
+from ..fstree import remove_tree
 from ..units import format_size
 from . import config as config_mod
 from . import interpreters
@@ -83,13 +83,19 @@ class Service:
         """Expired sessions go even when no call comes to notice them."""
         while True:
             await asyncio.sleep(max(0.5, min(30.0, self.config.session_idle / 4)))
-            self.sessions.reap()
+            try:
+                self.sessions.reap()
+            except Exception:  # noqa: BLE001 - (one failure must not end expiry for good)
+                pass
 
     async def close(self) -> None:
         reaper = getattr(self, "_reaper", None)
         if reaper is not None:
             reaper.cancel()
         await self.pool.close()
+        sweeps = list(self.sessions._sweeps)  # (folders being removed: finished first)
+        if sweeps:
+            await asyncio.gather(*sweeps, return_exceptions=True)
         self.close_now()
 
     def close_now(self) -> None:
@@ -97,7 +103,7 @@ class Service:
         folder outlives the server."""
         self.pool.kill_all()
         self.sessions.close()
-        shutil.rmtree(self.root, ignore_errors=True)
+        remove_tree(str(self.root))  # (any tree a guest made: fstree)
 
     # ------------------------------------------------------------------ admission
     def check_request(self, *parts: Any) -> int:

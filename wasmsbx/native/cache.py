@@ -580,7 +580,7 @@ def wipe(root: Path, where: str) -> None:
     (Store.open's ``cache_where``), never the name again: a name swapped for a link to
     another cache meanwhile had that cache deleted (red team, round 20). The tag goes
     last, so a wipe that fails halfway leaves a cache `cache clear` still recognises."""
-    import shutil
+    from ..fstree import remove_tree
 
     if not _ours(where):
         raise CacheUnavailable(f"{root} has no wasmsbx CACHEDIR.TAG; not deleting it")
@@ -589,7 +589,8 @@ def wipe(root: Path, where: str) -> None:
     for name in names:
         path = os.path.join(where, name)
         if os.path.isdir(path) and not os.path.islink(path):
-            shutil.rmtree(path)
+            if not remove_tree(path):  # (any depth: a planted tree broke shutil.rmtree)
+                raise CacheUnavailable(f"could not remove everything in {shown(path)}")
         else:
             try:
                 os.unlink(path)
@@ -1020,7 +1021,7 @@ class Store:
         """Every entry, counter and lock, and the hit journal. Whatever stands in place of
         the code folder goes too (a file, a FIFO: removing the folder would open it and
         wait for a writer forever); CacheUnavailable if something could not be removed."""
-        import shutil
+        from ..fstree import remove_tree
 
         code = self.code_text
         recorded.check_pin(code)
@@ -1029,7 +1030,7 @@ class Store:
         except FileNotFoundError:
             info = None
         if info is not None and stat.S_ISDIR(info.st_mode):
-            shutil.rmtree(code, ignore_errors=True)
+            remove_tree(code)  # (any depth: 1,000 levels raised RecursionError in rmtree)
         elif info is not None:
             os.unlink(code)  # (a link is removed, never followed)
         if os.path.lexists(code):  # (the records stay with what is left)

@@ -1,0 +1,182 @@
+"""Folders a guest may have filled: removed and measured whatever their shape.
+
+A guest granted a folder (an MCP session's /scratch, a policy's writable grant) can make
+a tree of any depth: WASI resolves each path relative to a folder it opened, so a chain
+of 100,000 folders, or one whose path is far longer than PATH_MAX, is a few calls.
+``shutil.rmtree`` recurses once per level (RecursionError past about 1,000 on Python
+3.9-3.11, which ``ignore_errors`` does not catch) and ``os.scandir`` of a path longer
+than PATH_MAX fails (ENAMETOOLONG): such a tree outlived its session, uncounted (red
+team round 73). Both walks here go by descriptors, never by whole paths, and never
+follow a link. A leaf: imports nothing of wasmsbx.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from typing import Optional
+
+_DIR = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_NOFOLLOW", 0)
+_DIR |= getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NONBLOCK", 0)
+
+
+def remove_tree(path: str) -> bool:
+    """Remove ``path`` and everything under it (a link or a file at ``path`` is
+    unlinked, never followed). No recursion and two descriptors at most, at any depth:
+    each folder's subfolders are moved up into the top folder (renamed there) before it
+    is removed, so the tree flattens as it goes. Whether it is gone; never raises."""
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False
+    if not stat.S_ISDIR(info.st_mode):
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+        except OSError:
+            return False
+        return True
+    try:
+        top = os.open(path, _DIR)
+    except OSError:
+        return False
+    try:
+        _empty(top)
+    finally:
+        os.close(top)
+    try:
+        os.rmdir(path)
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False
+    return True
+
+
+def _empty(top: int) -> None:
+    """Empty the folder open as ``top`` (see remove_tree). Stops when a pass over it
+    removes nothing (what is left could not be removed)."""
+    moved = 0
+    while True:
+        progress = False
+        try:
+            with os.scandir(top) as listing:
+                entries = [(e.name, e.is_dir(follow_symlinks=False)) for e in listing]
+        except OSError:
+            return
+        if not entries:
+            return
+        for name, is_dir in entries:
+            if not is_dir:
+                progress |= _unlink(name, top)
+                continue
+            try:
+                folder = os.open(name, _DIR, dir_fd=top)
+            except OSError:
+                progress |= _unlink(name, top)  # (replaced by a file meanwhile)
+                continue
+            try:
+                with os.scandir(folder) as listing:
+                    inner = [(e.name, e.is_dir(follow_symlinks=False)) for e in listing]
+                for child, child_is_dir in inner:
+                    if child_is_dir:
+                        moved = _move_up(child, folder, top, moved)
+                        progress = True
+                    else:
+                        _unlink(child, folder)
+            except OSError:
+                pass
+            finally:
+                os.close(folder)
+            try:
+                os.rmdir(name, dir_fd=top)
+                progress = True
+            except OSError:
+                pass
+        if not progress:
+            return
+
+
+def _unlink(name: str, where: int) -> bool:
+    try:
+        os.unlink(name, dir_fd=where)
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False
+    return True
+
+
+def _move_up(name: str, folder: int, top: int, moved: int) -> int:
+    """Rename the folder ``name`` of ``folder`` into ``top`` under a new name; the count
+    of names used so far (a name taken by something else is skipped)."""
+    for _ in range(64):
+        moved += 1
+        target = f".wasmsbx-rm-{moved}"
+        try:
+            os.rename(name, target, src_dir_fd=folder, dst_dir_fd=top)
+            return moved
+        except OSError as exc:
+            if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY, errno.ENOTDIR, errno.EISDIR):
+                return moved
+    return moved
+
+
+def tree_bytes(path: str, max_entries: int, max_depth: int) -> Optional[int]:
+    """Bytes of the files under ``path`` (links not followed, counted as themselves), or
+    None if it holds more than ``max_entries`` entries or goes deeper than ``max_depth``
+    folders (what cannot be measured cheaply counts as over any budget). By descriptors,
+    one per level of the folder being read: any path length."""
+    try:
+        top = os.open(path, _DIR)
+    except OSError:
+        return 0
+    total, seen, folders = _listing(top)
+    stack: list = [(top, folders)]  # (descriptor, its subfolders still to visit)
+    try:
+        while stack:
+            if seen > max_entries:
+                return None
+            fd, pending = stack[-1]
+            if not pending:
+                os.close(fd)
+                stack.pop()
+                continue
+            name = pending.pop()
+            if len(stack) >= max_depth:
+                return None
+            try:
+                child = os.open(name, _DIR, dir_fd=fd)
+            except OSError:
+                continue
+            stack.append((child, []))
+            size, count, folders = _listing(child)
+            stack[-1] = (child, folders)
+            total, seen = total + size, seen + count
+        return total
+    finally:
+        for fd, _ in stack:
+            os.close(fd)
+
+
+def _listing(fd: int) -> tuple:
+    """(bytes of its files, entries, names of its folders) of the folder open as ``fd``."""
+    size, count, folders = 0, 0, []
+    try:
+        with os.scandir(fd) as listing:
+            for entry in listing:
+                count += 1
+                try:
+                    if entry.is_dir(follow_symlinks=False):
+                        folders.append(entry.name)
+                    else:
+                        size += entry.stat(follow_symlinks=False).st_size
+                except OSError:
+                    pass
+    except OSError:
+        pass
+    return size, count, folders
