@@ -639,11 +639,19 @@ class WasmtimeInstance(Instance):
         """The trampoline's view of a host function: the deadline is checked before and
         after it, so time spent in Python counts against the call's timeout."""
 
+        # (weakly: the store's host functions hold this, and this holds them, a cycle
+        # that kept every sandbox with imports= and its memory until the cycle collector
+        # ran, close() or not: red team round 73)
+        ref = weakref.ref(self)
+
         def run(caller: Any, args: list) -> list:
-            if self.deadline and time.monotonic() > self.deadline:
+            me = ref()
+            if me is None:  # (its store outlived it: a guest function taken out of it)
+                raise RuntimeError(f"{module}.{name}: its sandbox was freed")
+            if me.deadline and time.monotonic() > me.deadline:
                 raise _HostTimeout(f"{module}.{name}")
-            out = item.invoke(_CallerView(caller, self), args)
-            if self.deadline and time.monotonic() > self.deadline:
+            out = item.invoke(_CallerView(caller, me), args)
+            if me.deadline and time.monotonic() > me.deadline:
                 raise _HostTimeout(f"{module}.{name}")
             return out
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import ctypes
 import sys
 import threading
+import weakref
 from collections.abc import Sequence
 from typing import Any, Callable, Optional
 
@@ -251,7 +252,7 @@ class HostFuncs:
     ) -> wasmtime.Func:
         """``ty``: the FuncType of ``types``, if the caller keeps one (for this engine)."""
         if self.callback is None:
-            self.callback = ffi.wasmtime_func_callback_t(self._trampoline)
+            self.callback = _callback_of(self)
         self.entries.append((types, fn))
         func = ffi.wasmtime_func_t()
         # (kept alive across the call: .ptr() does not own it. Not shared between engines:
@@ -293,6 +294,31 @@ class HostFuncs:
             HOST_CALLS.depth = depth
             if context is not None:
                 context.caller._invalidate()
+
+
+def _callback_of(host: HostFuncs) -> Any:
+    """The C callback of ``host``'s functions, holding ``host`` weakly: a thunk of the
+    bound method made a cycle (host -> thunk -> method -> host), so every store with a
+    host function (any WASI guest that imports poll_oneoff: CPython, QuickJS) and its
+    memory waited for the cycle collector (red team round 73: 12 GiB of MCP workers
+    under 256 MiB limits). The store keeps the thunk (wasmtime may call it as long as
+    the store lives, after its instance and ``host`` are gone: a guest function taken
+    out and called); a call then finds no host and traps."""
+    ref = weakref.ref(host)
+
+    def trampoline(env: Any, caller: Any, params: Any, nparams: int, results: Any, n: int):
+        found = ref()
+        if found is None:
+            trap = wasmtime.Trap("host function called after its sandbox was freed")._consume()
+            return ctypes.cast(trap, ctypes.c_void_p).value
+        return found._trampoline(env, caller, params, nparams, results, n)
+
+    callback = ffi.wasmtime_func_callback_t(trampoline)
+    held = getattr(host.store, "_wasmsbx_callbacks", None)
+    if held is None:
+        held = host.store._wasmsbx_callbacks = []
+    held.append(callback)
+    return callback
 
 
 # How many host calls run on this thread (HostFuncs._trampoline): while one does, a call

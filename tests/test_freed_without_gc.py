@@ -1,0 +1,92 @@
+"""A sandbox's store and memory go when the last reference does, not at the cycle
+collector's next pass (red team round 73): a store with a host function (the caller's
+imports=, or wasmsbx's own poll_oneoff, which every WASI guest that sleeps or polls
+imports: CPython, QuickJS) sat in a reference cycle, so a server running interpreters
+held one guest memory per call until the collector ran (12 GiB of MCP workers under
+256 MiB limits)."""
+
+from __future__ import annotations
+
+import gc
+import weakref
+
+import pytest
+
+import wasmsbx
+
+POLLS = b"""(module
+  (import "wasi_snapshot_preview1" "poll_oneoff" (func (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1) (func (export "_start")))"""
+
+HOST = b"""(module (import "env" "h" (func $h (param i32))) (memory (export "memory") 1)
+  (func (export "go") (call $h (i32.const 5))))"""
+
+
+@pytest.fixture
+def no_collector():
+    gc.collect()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+
+
+def _stores_of(box) -> list:
+    inst = box._instance
+    return [weakref.ref(inst), weakref.ref(inst.store)]
+
+
+@pytest.mark.parametrize("how", ["run_command", "instantiate"])
+def test_a_wasi_guest_that_imports_poll_oneoff_is_freed_at_once(no_collector, how):
+    box = wasmsbx.Sandbox(POLLS, kind="command", backend="wasmtime")
+    if how == "run_command":
+        kept = []
+        real = box.instantiate
+
+        def keep(*args, **kw):
+            made = real(*args, **kw)
+            kept.append(weakref.ref(made.store))
+            return made
+
+        box.instantiate = keep
+        box.run_command([], capture=True)
+        refs = kept
+    else:
+        instance = box.instantiate(box.wasi_setup((), b"", capture=True))
+        instance.call("_start", [])
+        refs = [weakref.ref(instance), weakref.ref(instance.store)]
+        instance.close()
+        del instance
+    assert refs and all(ref() is None for ref in refs)
+
+
+@pytest.mark.parametrize("close", [True, False], ids=["closed", "dropped"])
+def test_a_sandbox_with_host_imports_is_freed_at_once(no_collector, close):
+    seen = []
+    imports = {"env": {"h": wasmsbx.func(seen.append, params=["i32"], results=[])}}
+    box = wasmsbx.Sandbox(HOST, imports=imports, backend="wasmtime")
+    box.call("go")
+    refs = _stores_of(box)
+    if close:
+        box.close()
+    del box
+    assert seen == [5]
+    assert all(ref() is None for ref in refs)
+
+
+def test_a_guest_function_kept_past_its_sandbox_traps_instead_of_crashing(no_collector):
+    """The store may outlive its sandbox (a function taken out of it): its host
+    function then has no sandbox to run in, and says so as a trap."""
+    seen = []
+    imports = {"env": {"h": wasmsbx.func(seen.append, params=["i32"], results=[])}}
+    box = wasmsbx.Sandbox(HOST, imports=imports, backend="wasmtime")
+    box.call("go")
+    instance = box._instance
+    store, func = instance.store, instance.exports["go"]
+    del box, instance
+    import wasmtime
+
+    with pytest.raises(wasmtime.WasmtimeError, match="sandbox was freed"):
+        func(store)
+    assert seen == [5]
