@@ -794,3 +794,19 @@ def test_ended_sessions_are_removed_off_the_event_loop(service_in):
     session, pending = asyncio.run(scenario())
     assert pending and not session.scratch.exists()
     assert not service.root.exists()
+
+
+def test_an_audit_report_is_held_to_the_output_limit():
+    """A module of 28,000 exports gave a 6 MB report (sent twice): lists are cut to fit
+    and the cut is said; a report that cannot fit is an output limit."""
+    from wasmsbx.mcp.service import LIST_KEPT, bounded
+
+    small = {"exports": [{"name": "f"}], "risk": 1}
+    assert bounded(small, 1 << 20) is small
+    big = {"exports": [{"name": f"f{i}"} for i in range(30_000)], "imports": [], "risk": 3}
+    out = bounded(big, 64 * 1024)
+    assert len(out["exports"]) == LIST_KEPT and out["risk"] == 3
+    assert out["truncated"]["lists"] == {"exports": 30_000}
+    assert len(json.dumps(out)) <= 64 * 1024
+    with pytest.raises(errors.OutputLimitExceeded):
+        bounded({"blob": "x" * 100_000}, 64 * 1024)

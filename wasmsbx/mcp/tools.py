@@ -14,7 +14,7 @@ from mcp.server.mcpserver import Context
 from pydantic import BaseModel, Field
 
 from .. import __version__, errors
-from .service import Service, scrubbed
+from .service import Service, bounded, scrubbed
 
 INSTRUCTIONS = (
     "wasmsbx runs untrusted code in WebAssembly sandboxes. run_python and run_javascript "
@@ -319,7 +319,7 @@ def build(service: Service) -> Any:
         data = await service.run("audit_module", req)
         # (the report names the module as the client did, never by the server's private
         # copy: red team round 40 saw its path in report.module.path)
-        return scrubbed(data["report"], label)
+        return bounded(scrubbed(data["report"], label), service.config.output_ceiling())
 
     @server.tool()
     @guarded
