@@ -10,13 +10,20 @@ from wasmsbx import fstree
 from .conftest import EXAMPLES
 
 
-def _chain(top, depth: int, name: str = "z") -> None:
+def chain(top, depth: int, name: str = "z") -> int:
+    """A chain of ``depth`` folders under ``top``, made relative to each other as a
+    guest's WASI calls make them (any path length); a descriptor of the deepest."""
     fd = os.open(top, os.O_RDONLY)
     for _ in range(depth):
         os.mkdir(name, dir_fd=fd)
         deeper = os.open(name, os.O_RDONLY, dir_fd=fd)
         os.close(fd)
         fd = deeper
+    return fd
+
+
+def _chain(top, depth: int, name: str = "z") -> None:
+    fd = chain(top, depth, name)
     out = os.open("blob", os.O_WRONLY | os.O_CREAT, 0o600, dir_fd=fd)
     os.write(out, b"x" * 100)
     os.close(out)

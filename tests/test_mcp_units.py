@@ -715,15 +715,9 @@ def test_a_spent_session_budget_does_not_ask_for_what_is_refused(tmp_path):
 
 
 def _chain(top: Path, depth: int, name: str = "a") -> int:
-    """A chain of ``depth`` folders under ``top``, made relative to each other as a
-    guest's WASI calls make them (any path length); a descriptor of the deepest."""
-    fd = os.open(top, os.O_RDONLY)
-    for _ in range(depth):
-        os.mkdir(name, dir_fd=fd)
-        deeper = os.open(name, os.O_RDONLY, dir_fd=fd)
-        os.close(fd)
-        fd = deeper
-    return fd
+    from .test_attack_deep_trees import chain
+
+    return chain(top, depth, name)
 
 
 def _write_in(fd: int, name: str, size: int) -> None:
