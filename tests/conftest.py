@@ -231,6 +231,18 @@ def add(isolated):
     return path
 
 
+@pytest.fixture
+def deep_tmp(tmp_path):
+    """``tmp_path`` for a test that makes folders nested past Python's recursion limit:
+    removed afterwards, pass or fail, by fstree (pytest removes old test folders with
+    shutil.rmtree, which fails on them, RecursionError, for every later run)."""
+    yield tmp_path
+    from wasmsbx import fstree
+
+    for child in list(tmp_path.iterdir()):
+        fstree.remove_tree(str(child))
+
+
 @pytest.fixture(autouse=True)
 def isolated(tmp_path, monkeypatch):
     """Every test gets its own cache dir, trust folder (keys) and a cwd without a

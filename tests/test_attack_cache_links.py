@@ -455,12 +455,12 @@ def test_cache_clear_that_cannot_remove_the_code_keeps_the_records(project, monk
     """A code folder that cannot be removed (permissions) made `cache clear` empty the
     database first and then fail: the entries stayed, unlisted. Now the records go only
     once the code has gone."""
-    import shutil as shutil_mod
+    from wasmsbx import fstree
 
     from .conftest import run_main
 
     assert run_main("run", "tool.wasm", cwd=project).code == 0
-    monkeypatch.setattr(shutil_mod, "rmtree", lambda *a, **k: None)
+    monkeypatch.setattr(fstree, "remove_tree", lambda *a, **k: False)
     result = run_main("cache", "clear", cwd=project)
     assert result.code == 105 and "could not remove everything" in result.stderr, result
     listed = run_main("cache", "list", "--json", cwd=project)

@@ -248,3 +248,19 @@ def test_no_diagnostic_line_is_longer_than_the_cap():
     for text in ("\x01" * 5000, "x" * 10_000, "é\x1b" * 3000):
         for label in ("error: ", "hint: ", "warning: "):
             assert len(label + output.line(text)) <= output.LINE_MAX
+
+
+def test_a_name_cannot_write_the_cause_of_an_invalid_module():
+    """wasmtime quotes the name after its own "Caused by:": the last one was the
+    guest's, so "invalid module: ...: out of memory`b` already defined" read as the
+    host's words (red team round 74)."""
+    import json
+
+    import wasmtime
+
+    name = json.dumps("a`x\nCaused by:\nout of memory`b")
+    wasm = bytes(wasmtime.wat2wasm(f"(module (func (export {name})) (func (export {name})))"))
+    with pytest.raises(errors.ModuleError) as caught:
+        wasmsbx.Sandbox(wasm, backend="wasmtime")
+    assert "out of memory" not in str(caught.value)
+    assert "duplicate export name" in str(caught.value)

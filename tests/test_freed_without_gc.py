@@ -90,3 +90,25 @@ def test_a_guest_function_kept_past_its_sandbox_traps_instead_of_crashing(no_col
     with pytest.raises(wasmtime.WasmtimeError, match="sandbox was freed"):
         func(store)
     assert seen == [5]
+
+
+@pytest.mark.parametrize("kind", [KeyboardInterrupt, SystemExit])
+def test_a_host_function_that_stops_the_run_leaves_no_cycle(no_collector, kind):
+    """Ctrl-C (or SystemExit) raised in a host function is raised again from the frame
+    that held it: exception -> traceback -> frame -> exception kept the store (red team
+    round 74: +200 MiB a call with the collector off)."""
+
+    def stop(x):
+        raise kind()
+
+    imports = {"env": {"h": wasmsbx.func(stop, params=["i32"], results=[])}}
+    box = wasmsbx.Sandbox(HOST, imports=imports, backend="wasmtime")
+    refs = []
+    try:
+        box._live()
+        refs = _stores_of(box)
+        box.call("go")
+    except kind:
+        pass
+    del box
+    assert refs and all(ref() is None for ref in refs)

@@ -13,13 +13,14 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parent.parent / "wasmsbx"
 
 # The core: policy, errors, units, capabilities, values and host imports, wasm facts,
-# backends, native code and its cache, the bounded tables of both (lru). It imports
-# nothing above it.
+# backends, native code and its cache, the bounded tables of both (lru), folders of any
+# depth (fstree). It imports nothing above it.
 CORE = (
     "wasmsbx._version",
     "wasmsbx.capabilities",
     "wasmsbx.compact",
     "wasmsbx.errors",
+    "wasmsbx.fstree",
     "wasmsbx.host",
     "wasmsbx.inputs",
     "wasmsbx.lru",

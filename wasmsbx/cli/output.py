@@ -151,7 +151,10 @@ def line(text: str) -> str:
 
     shown = inert(text, LINE_MAX)  # (escapes can make it longer: cut again, room left
     body = LINE_MAX - len("warning: ")  # for the label: the whole line is at most LINE_MAX)
-    return shown if len(shown) <= body else shown[: body - 3] + "..."
+    if len(shown) <= body:
+        return shown
+    note = f"... ({len(str(text)):,} characters)"
+    return shown[: body - len(note)] + note
 
 
 # Characters of one diagnostic line: a message quoting 100,000 characters of an argument

@@ -895,7 +895,10 @@ class WasmtimeInstance(Instance):
         raised = self._host.raised if self._host is not None else None
         if isinstance(raised, (KeyboardInterrupt, SystemExit)):
             self.host.raised = None
-            raise raised from None  # Ctrl-C in a host function stops the run, as anywhere else
+            try:  # Ctrl-C in a host function stops the run, as anywhere else
+                raise raised from None
+            finally:  # (this frame, in the exception's traceback, held it: a cycle that
+                raised = None  # kept the store and its memory, red team round 74)
         if isinstance(raised, errors.LimitExceeded):  # in a call made back into the store:
             self.host.raised = None  # the running call's own limit (they share them)
             return raised
@@ -1807,13 +1810,14 @@ _MODULE_REFUSALS = frozenset({"missing required memory export"})
 def _first_line(exc: Any) -> str:
     """What an error says, on one line (``exc``: an error, or its text)."""
     lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
-    # wasmtime puts the cause last: "failed to parse ... Caused by: unexpected end-of-file"
-    # (after its last "Caused by:": see _cause_lines)
+    # wasmtime puts the cause last: "failed to parse ... Caused by: unexpected end-of-file".
+    # After a backtrace, whose frames are the guest's names, after its last "Caused by:"
+    # (_cause_lines); anywhere else after its first: what follows it may quote a name
+    # ("duplicate export name `a\nCaused by:\nout of memory`", red team round 74).
     if "Caused by:" in lines[:-1]:
-        cause = lines[len(lines) - 1 - lines[-2::-1].index("Caused by:")]
         if lines[0].startswith("error while executing"):  # a backtrace follows, not a reason
-            return cause
-        return f"{lines[0]}: {cause}"
+            return lines[len(lines) - 1 - lines[-2::-1].index("Caused by:")]
+        return f"{lines[0]}: {lines[lines.index('Caused by:') + 1]}"
     return lines[0] if lines else "unknown error"
 
 
