@@ -808,3 +808,41 @@ def test_an_audit_report_is_held_to_the_output_limit():
     assert len(json.dumps(out)) <= 64 * 1024
     with pytest.raises(errors.OutputLimitExceeded):
         bounded({"blob": "x" * 100_000}, 64 * 1024)
+
+
+def test_folders_of_servers_that_died_are_removed_and_live_ones_kept(tmp_path, monkeypatch):
+    """A server killed (SIGKILL, the OOM killer) leaves its folder, sessions and all; the
+    next server removes it. A running server's folder (its .alive locked) stays."""
+    import subprocess
+    import tempfile
+
+    from wasmsbx.mcp import service as service_mod
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    code = (
+        "import sys, time; from wasmsbx.mcp import service as s; from pathlib import Path;"
+        "import tempfile; tempfile.tempdir = sys.argv[1];"
+        "root = Path(tempfile.mkdtemp(prefix=s.ROOT_PREFIX)); s._hold_alive(root);"
+        "(root / 'session-x').mkdir(); (root / 'session-x' / 'f').write_text('x');"
+        "print(root, flush=True); time.sleep(float(sys.argv[2]))"
+    )
+
+    def server(seconds: float):
+        proc = subprocess.Popen(
+            [sys.executable, "-c", code, str(tmp_path), str(seconds)], stdout=subprocess.PIPE
+        )
+        return proc, Path(proc.stdout.readline().decode().strip())
+
+    dead, dead_root = server(60)
+    dead.kill()
+    dead.wait()
+    live, live_root = server(60)
+    try:
+        older = tmp_path / (service_mod.ROOT_PREFIX + "old")  # (no .alive: an older wasmsbx)
+        older.mkdir()
+        own = Path(tempfile.mkdtemp(prefix=service_mod.ROOT_PREFIX))
+        assert service_mod.remove_left_behind(own) == [dead_root]
+        assert not dead_root.exists() and live_root.exists() and older.exists()
+    finally:
+        live.kill()
+        live.wait()
