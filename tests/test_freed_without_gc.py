@@ -112,3 +112,27 @@ def test_a_host_function_that_stops_the_run_leaves_no_cycle(no_collector, kind):
         pass
     del box
     assert refs and all(ref() is None for ref in refs)
+
+
+EXITS = b"""(module
+  (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
+  (memory (export "memory") 1) (func (export "_start") (call $exit (i32.const 3))))"""
+
+
+def test_a_command_that_calls_proc_exit_is_freed_at_once(no_collector):
+    """proc_exit's exception kept the call's frames (the instance among them) in its
+    traceback, and wasmtime-py's frame that re-raised it held it: every CPython run
+    (which ends in proc_exit) kept its store and memory until the cycle collector ran
+    (red team round 74: 200 MiB a call)."""
+    box = wasmsbx.Sandbox(EXITS, kind="command", backend="wasmtime")
+    kept = []
+    real = box.instantiate
+
+    def keep(*args, **kw):
+        made = real(*args, **kw)
+        kept.append(weakref.ref(made.store))
+        return made
+
+    box.instantiate = keep
+    assert box.run_command([], capture=True).exit_code == 3
+    assert kept and all(ref() is None for ref in kept)

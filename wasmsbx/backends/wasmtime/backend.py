@@ -994,6 +994,10 @@ class WasmtimeInstance(Instance):
             self._guarded("_start", start, self.store)
             return 0
         except wasmtime.ExitTrap as exit_trap:
+            # (its traceback holds this call's frames, this instance among them, and a
+            # frame of wasmtime-py's that holds the exception: a cycle that kept every
+            # exited command's store and memory until the cycle collector ran, round 74)
+            exit_trap.__traceback__ = None
             if _refused(self._budget) != refused:  # wrote past limits.output, then exited
                 raise self._stuck() from None
             return exit_trap.code
