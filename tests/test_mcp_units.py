@@ -761,6 +761,12 @@ def test_files_past_path_max_count_against_the_budget(tmp_path):
     fd = _chain(scratch, 200, "d")  # deeper than anyone needs: over any budget
     os.close(fd)
     assert scratch_bytes(scratch) >= 2**62
+    from wasmsbx.mcp.sessions import scratch_size
+
+    # (said as what it is, not as "4294967296 GiB": red team round 75)
+    assert scratch_size(scratch_bytes(scratch)) == (
+        "more than 100,000 files and folders, or folders nested more than 128 deep"
+    )
 
 
 def test_a_session_running_a_call_is_not_ended_under_it(tmp_path):
@@ -840,9 +846,18 @@ def test_folders_of_servers_that_died_are_removed_and_live_ones_kept(tmp_path, m
     try:
         older = tmp_path / (service_mod.ROOT_PREFIX + "old")  # (no .alive: an older wasmsbx)
         older.mkdir()
+        # Not a server's lock file (a FIFO hung the removal for good, red team round 75;
+        # a folder could be locked): left alone, and the others still looked at.
+        odd = []
+        for kind in ("fifo", "folder"):
+            folder = tmp_path / (service_mod.ROOT_PREFIX + kind)
+            folder.mkdir()
+            (os.mkfifo if kind == "fifo" else os.mkdir)(folder / service_mod.ALIVE)
+            odd.append(folder)
         own = Path(tempfile.mkdtemp(prefix=service_mod.ROOT_PREFIX))
         assert service_mod.remove_left_behind(own) == [dead_root]
         assert not dead_root.exists() and live_root.exists() and older.exists()
+        assert all(folder.exists() for folder in odd)
     finally:
         live.kill()
         live.wait()

@@ -26,7 +26,7 @@ from ..units import format_size
 from . import config as config_mod
 from . import interpreters
 from .pool import WorkerPool, deadline_for
-from .sessions import Sessions, scratch_bytes
+from .sessions import Sessions, scratch_bytes, scratch_size
 
 SCRATCH_POLL = 0.2  # seconds between looks at a running session's scratch folder
 SAVE_RESERVE = 32 * 1024  # of a session's budget, kept for the globals a call saves
@@ -108,6 +108,9 @@ class Service:
         self.pool.kill_all()
         self.sessions.close()
         remove_tree(str(self.root))  # (any tree a guest made: fstree)
+        alive, self._alive = self._alive, None
+        if alive is not None:
+            os.close(alive)
 
     # ------------------------------------------------------------------ admission
     def check_request(self, *parts: Any) -> int:
@@ -366,7 +369,7 @@ class Service:
         used = watch.result()
         budget = self.config.session_budget()
         raise errors.MemoryLimitExceeded(
-            f"session memory budget: the call wrote {format_size(used)} into /scratch, "
+            f"session memory budget: the call wrote {scratch_size(used)} into /scratch, "
             f"the session may hold {format_size(budget)}; the call was stopped",
             hint="write less into /scratch (delete what you no longer need), or end this "
             "session and start a new one",
@@ -492,10 +495,14 @@ def remove_left_behind(own: Path) -> list:
             info = os.lstat(folder)
             if not stat_mod.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
                 continue
-            fd = os.open(folder / ALIVE, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            # (never blocking: a FIFO named .alive hung this thread, red team round 75)
+            flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+            fd = os.open(folder / ALIVE, flags)
         except OSError:
             continue  # (no lock file: a server of an earlier wasmsbx, maybe running)
         try:
+            if not stat_mod.S_ISREG(os.fstat(fd).st_mode):
+                continue  # (only a server makes it, and it makes a file)
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             continue  # its server runs

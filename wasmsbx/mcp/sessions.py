@@ -90,13 +90,26 @@ class Session:
         }
 
 
+UNMEASURED = 2**62  # what scratch_bytes says of a folder too deep or too full to walk
+
+
+def scratch_size(used: int) -> str:
+    """``used`` (scratch_bytes) as messages say it."""
+    if used >= UNMEASURED:
+        return (
+            f"more than {MAX_ENTRIES:,} files and folders, or folders nested more than "
+            f"{MAX_DEPTH} deep"
+        )
+    return format_size(used)
+
+
 def scratch_bytes(root: Path) -> int:
     """Bytes under ``root`` (symlinks not followed; too many entries, or folders nested
     deeper than MAX_DEPTH, count as infinite). Read by descriptors: a path past
     PATH_MAX was skipped, so a deep enough chain of folders hid its files from the
     budget (red team round 73)."""
     found = tree_bytes(str(root), MAX_ENTRIES, MAX_DEPTH)
-    return 2**62 if found is None else found
+    return UNMEASURED if found is None else found
 
 
 class Sessions:
@@ -204,7 +217,7 @@ class Sessions:
         left = budget - used
         if left <= 64 * 1024:
             raise errors.MemoryLimitExceeded(
-                f"session memory budget spent: the scratch folder holds {format_size(used)} "
+                f"session memory budget spent: the scratch folder holds {scratch_size(used)} "
                 f"of {format_size(budget)}",
                 # (not "delete files": every call of the session is refused from now on,
                 # so nothing in it can make room: red team round 40)
