@@ -861,3 +861,29 @@ def test_folders_of_servers_that_died_are_removed_and_live_ones_kept(tmp_path, m
     finally:
         live.kill()
         live.wait()
+
+
+def test_files_deleted_but_held_open_count_while_the_call_runs(tmp_path):
+    """A guest that unlinked the files it went on writing held 1 GB of disk under a
+    256 MiB budget: the folder's walk no longer sees them (red team round 75). The
+    watch adds what the call's worker holds open of them."""
+    from wasmsbx.mcp.sessions import open_deleted_bytes
+
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    import contextlib
+
+    with contextlib.ExitStack() as stack:
+        for folder, size in ((scratch, 300_000), (scratch, 5), (elsewhere, 70_000)):
+            handle = stack.enter_context(open(folder / f"f{size}", "wb"))
+            handle.write(b"x" * size)
+            handle.flush()
+            os.unlink(folder / f"f{size}")
+        kept = stack.enter_context(open(scratch / "kept", "wb"))  # (the walk counts it)
+        kept.write(b"y" * 1000)
+        kept.flush()
+        assert open_deleted_bytes(os.getpid(), scratch) == 300_005
+        assert open_deleted_bytes(2**22 + 12345, scratch) == 0  # (no such process)
+    assert open_deleted_bytes(os.getpid(), scratch) == 0

@@ -133,10 +133,13 @@ class WorkerPool:
             self.all.discard(worker)
         return await self._spawn()
 
-    async def call(self, req: dict, deadline: float) -> dict:
-        """Run ``req`` on a worker; kill the worker if it is late, dies or is cancelled."""
+    async def call(self, req: dict, deadline: float, on_worker: Any = None) -> dict:
+        """Run ``req`` on a worker; kill the worker if it is late, dies or is cancelled.
+        ``on_worker(pid)``: told which process runs it (a session's budget watch)."""
         worker = await self.acquire()
         self.replenish()
+        if on_worker is not None:
+            on_worker(worker.proc.pid)
         reusable = False
         try:
             reply = await asyncio.wait_for(worker.request(req), deadline)

@@ -23,7 +23,9 @@ of start_session cannot evict every idle session at once.
 from __future__ import annotations
 
 import asyncio
+import os
 import secrets
+import stat
 import time
 from pathlib import Path
 from typing import Any, Optional
@@ -110,6 +112,33 @@ def scratch_bytes(root: Path) -> int:
     budget (red team round 73)."""
     found = tree_bytes(str(root), MAX_ENTRIES, MAX_DEPTH)
     return UNMEASURED if found is None else found
+
+
+MAX_OPEN = 4096  # descriptors of a worker looked at (open_deleted_bytes)
+
+
+def open_deleted_bytes(pid: int, root: Path) -> int:
+    """Bytes of the files under ``root`` that process ``pid`` holds open after they were
+    deleted (a name gone from the folder, the disk still taken until they are closed):
+    read through /proc/PID/fd, whose links name such a file "PATH (deleted)". 0 where
+    /proc cannot be read."""
+    folder = f"/proc/{pid}/fd"
+    prefix, total = str(root) + os.sep, 0
+    try:
+        names = os.listdir(folder)[:MAX_OPEN]
+    except OSError:
+        return 0
+    for name in names:
+        link = f"{folder}/{name}"
+        try:
+            target = os.readlink(link)
+            if target.startswith(prefix) and target.endswith(" (deleted)"):
+                info = os.stat(link)  # (the file itself, through the descriptor)
+                if stat.S_ISREG(info.st_mode):
+                    total += info.st_size
+        except OSError:
+            continue
+    return total
 
 
 class Sessions:
