@@ -32,6 +32,20 @@ def no_collector():
         gc.enable()
 
 
+def _watch_stores(box) -> list:
+    """Weak references to the store of every instance ``box`` makes from now on."""
+    kept: list = []
+    real = box.instantiate
+
+    def keep(*args, **kw):
+        made = real(*args, **kw)
+        kept.append(weakref.ref(made.store))
+        return made
+
+    box.instantiate = keep
+    return kept
+
+
 def _stores_of(box) -> list:
     inst = box._instance
     return [weakref.ref(inst), weakref.ref(inst.store)]
@@ -41,17 +55,8 @@ def _stores_of(box) -> list:
 def test_a_wasi_guest_that_imports_poll_oneoff_is_freed_at_once(no_collector, how):
     box = wasmsbx.Sandbox(POLLS, kind="command", backend="wasmtime")
     if how == "run_command":
-        kept = []
-        real = box.instantiate
-
-        def keep(*args, **kw):
-            made = real(*args, **kw)
-            kept.append(weakref.ref(made.store))
-            return made
-
-        box.instantiate = keep
+        refs = _watch_stores(box)
         box.run_command([], capture=True)
-        refs = kept
     else:
         instance = box.instantiate(box.wasi_setup((), b"", capture=True))
         instance.call("_start", [])
@@ -125,14 +130,6 @@ def test_a_command_that_calls_proc_exit_is_freed_at_once(no_collector):
     (which ends in proc_exit) kept its store and memory until the cycle collector ran
     (red team round 74: 200 MiB a call)."""
     box = wasmsbx.Sandbox(EXITS, kind="command", backend="wasmtime")
-    kept = []
-    real = box.instantiate
-
-    def keep(*args, **kw):
-        made = real(*args, **kw)
-        kept.append(weakref.ref(made.store))
-        return made
-
-    box.instantiate = keep
+    kept = _watch_stores(box)
     assert box.run_command([], capture=True).exit_code == 3
     assert kept and all(ref() is None for ref in kept)
