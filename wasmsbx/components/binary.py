@@ -436,9 +436,7 @@ def layout_from_record(record: object) -> Layout:
             tables,
         )
     except (AttributeError, KeyError, TypeError, ValueError) as exc:
-        raise ComponentFormatError(
-            f"unreadable component layout ({exc})",
-        ) from None
+        raise ComponentFormatError(f"unreadable component layout ({exc})") from None
 
 
 def _count(value: object) -> int:

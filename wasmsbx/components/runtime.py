@@ -646,8 +646,7 @@ def _trap_cause(text: str) -> Optional[str]:
     """The trap wasmtime reports, from its own words: the first line and the causes
     after the last "Caused by:", never the backtrace, whose frames print the guest's
     function names (one named "wasm trap: all fuel consumed" is not a trap)."""
-    for line in reversed(_module_backend.own_lines(text)):
-        line = line.strip()
+    for line in reversed(_module_backend.own_lines(text)):  # (stripped)
         marker = line.find("wasm trap: ")
         if marker >= 0:
             return line[marker + len("wasm trap: ") :].strip()

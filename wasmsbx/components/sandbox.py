@@ -251,35 +251,32 @@ class ComponentSandbox(Sandbox):
     def _layout(self) -> binary.Layout:
         """What instantiating creates (the limits need it): scanned from the component, or
         for an artifact alone, read from its authenticated header."""
-        try:
-            if self.wasm is not None:
+        if self.wasm is not None:
+            try:
                 return binary.scan(self.wasm)
-            record = self.artifact.header["module"].get("component")
-            if not isinstance(record, dict) or "tables" not in record:
-                # (one recorded before tables and the GC heap were counted would run
-                # under the old per-table cap and without the GC heap's share: red team
-                # round 70)
+            except binary.ComponentFormatError as exc:
                 raise errors.ModuleError(
-                    f"{self.path}: refused precompiled artifact: it does not record the "
-                    "component's layout (tables and GC heap included), which the limits "
-                    "need (made by an older wasmsbx)",
-                    hint="compile it again: `wasmsbx compile COMPONENT -o FILE`, or run it "
-                    "beside its component (`--artifact FILE`)",
-                    path=str(self.path),
-                )
+                    f"{self.path}: {exc}", hint=exc.hint, path=str(self.path)
+                ) from None
+        record = self.artifact.header["module"].get("component")
+        if not isinstance(record, dict) or "tables" not in record:
+            # (one recorded before tables and the GC heap were counted would run under the
+            # old per-table cap and without the GC heap's share: red team round 70)
+            why = (
+                "it does not record the component's layout (tables and GC heap included), "
+                "which the limits need (made by an older wasmsbx)"
+            )
+        else:
             try:
                 return binary.layout_from_record(record)
             except binary.ComponentFormatError as exc:
-                raise errors.ModuleError(
-                    f"{self.path}: refused precompiled artifact: {exc}",
-                    hint="compile it again (`wasmsbx compile COMPONENT -o FILE`), or run it "
-                    "beside its component (`--artifact FILE`)",
-                    path=str(self.path),
-                ) from None
-        except binary.ComponentFormatError as exc:
-            raise errors.ModuleError(
-                f"{self.path}: {exc}", hint=exc.hint, path=str(self.path)
-            ) from None
+                why = str(exc)
+        raise errors.ModuleError(
+            f"{self.path}: refused precompiled artifact: {why}",
+            hint="compile it again: `wasmsbx compile COMPONENT -o FILE`, or run it beside "
+            "its component (`--artifact FILE`)",
+            path=str(self.path),
+        )
 
     def _note_probe(self) -> None:
         """The compiled component carries the memory probe (``--stats`` memory): its

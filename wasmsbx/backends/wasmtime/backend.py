@@ -1197,7 +1197,7 @@ class WasmtimeInstance(Instance):
         # backtrace:" alone said nothing)
         first = _first_line(exc) if text else "instantiation failed"
         if _link_refusal(first):  # (first: the rest quotes an import's name, the guest's)
-            return errors.LinkError(f"cannot link module: {_first_line(exc)}", detail=str(exc))
+            return errors.LinkError(f"cannot link module: {first}", detail=str(exc))
         if _gc_heap_full(exc):  # (a global's array.new at start: the policy's limit)
             return self._gc_heap_error("instantiating the module")
         lowered = unquoted(text).lower()
@@ -1258,10 +1258,9 @@ def _own_words(exc: Any) -> str:
     start function named "...\nCaused by:\nGC heap out of memory" made a refused WASI
     call a memory limit, or a host out of memory (red team round 71)."""
     text = str(exc).strip()
-    lines = text.splitlines()
-    if not lines or not lines[0].startswith("error while executing"):
+    if not text.startswith("error while executing"):
         return text
-    return "\n".join([lines[0], *_cause_lines(exc)])
+    return "\n".join(own_lines(text))
 
 
 def _gc_heap_full(exc: Any) -> bool:
