@@ -97,9 +97,7 @@ class Service:
         if reaper is not None:
             reaper.cancel()
         await self.pool.close()
-        sweeps = list(self.sessions._sweeps)  # (folders being removed: finished first)
-        if sweeps:
-            await asyncio.gather(*sweeps, return_exceptions=True)
+        await self.sessions.swept()  # (folders being removed: finished first)
         self.close_now()
 
     def close_now(self) -> None:
@@ -565,8 +563,8 @@ def bounded(report: dict, limit: int) -> dict:
         return value
 
     out = trim(report, "")
-    out["truncated"] = {"lists": cut, "kept": LIST_KEPT, "reason": "the report was larger "
-                        f"than the server's output limit ({format_size(limit)})"}  # fmt: skip
+    reason = f"the report was larger than the server's output limit ({format_size(limit)})"
+    out["truncated"] = {"lists": cut, "kept": LIST_KEPT, "reason": reason}
     if len(json.dumps(out)) > limit:
         raise errors.OutputLimitExceeded(
             f"output limit reached: the audit report is larger than the server's output "

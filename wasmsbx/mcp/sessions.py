@@ -273,6 +273,11 @@ class Sessions:
         self._sweeps.add(task)
         task.add_done_callback(self._sweeps.discard)
 
+    async def swept(self) -> None:
+        """Wait for the folders being removed (the server's close: none outlives it)."""
+        if self._sweeps:
+            await asyncio.gather(*list(self._sweeps), return_exceptions=True)
+
     def sweep(self) -> None:
         """Remove the folders of sessions that have ended (any thread; any shape of tree:
         fstree.remove_tree)."""
