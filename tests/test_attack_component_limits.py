@@ -72,6 +72,18 @@ def built(text: str, tmp_path, name: str):
     return out
 
 
+def unreachable_named(name: str, tmp_path):
+    """A component exporting ``f``: a core function named ``name`` (WAT escapes
+    allowed) that runs `unreachable`."""
+    return built(
+        f'(component (core module $m (func $"{name}" (export "f") (result i32)'
+        " unreachable)) (core instance $i (instantiate $m))"
+        ' (func (export "f") (result u32) (canon lift (core func $i "f"))))',
+        tmp_path,
+        "named",
+    )
+
+
 def test_a_components_gc_heap_takes_a_share_of_its_memory_limit(tmp_path):
     guest = built(GC_OVER, tmp_path, "gc")
     policy = from_dict({"limits": {"memory": "64MiB"}})
@@ -165,15 +177,9 @@ def test_a_decoy_module_cannot_hide_the_memories_of_another(tmp_path):
 def test_a_function_named_like_a_limit_does_not_fake_it(tmp_path):
     """The error's cause is read, not its backtrace, whose names are the guest's: a
     function named "GC heap out of memory" made a trap exit 110 (red team round 70)."""
-    guest = built(
-        '(component (core module $m (func $"GC heap out of memory" (export "run")'
-        " (result i32) unreachable)) (core instance $i (instantiate $m))"
-        ' (func (export "run") (result u32) (canon lift (core func $i "run"))))',
-        tmp_path,
-        "named",
-    )
+    guest = unreachable_named("GC heap out of memory", tmp_path)
     with pytest.raises(errors.TrapError, match="unreachable"):
-        wasmsbx.Sandbox(guest).call("run")
+        wasmsbx.Sandbox(guest).call("f")
 
 
 # wasmtime prints the guest's function names raw in a backtrace, newlines included: a
@@ -183,13 +189,7 @@ HIDING = r"x\u{a}Caused by:\u{a}" + "A" * 600  # (pushed the real cause past a 5
 
 
 def test_a_name_forging_a_cause_fakes_no_limit(tmp_path):
-    component = built(
-        f'(component (core module $m (func $"{FORGED}" (export "f") (result i32)'
-        " unreachable)) (core instance $i (instantiate $m))"
-        ' (func (export "f") (result u32) (canon lift (core func $i "f"))))',
-        tmp_path,
-        "forged",
-    )
+    component = unreachable_named(FORGED, tmp_path)
     with pytest.raises(errors.TrapError, match="unreachable"):
         wasmsbx.Sandbox(component).call("f")
     refused = (
