@@ -13,6 +13,7 @@ import weakref
 import pytest
 
 import wasmsbx
+import wasmsbx.policy
 
 POLLS = b"""(module
   (import "wasi_snapshot_preview1" "poll_oneoff" (func (param i32 i32 i32 i32) (result i32)))
@@ -133,3 +134,28 @@ def test_a_command_that_calls_proc_exit_is_freed_at_once(no_collector):
     kept = _watch_stores(box)
     assert box.run_command([], capture=True).exit_code == 3
     assert kept and all(ref() is None for ref in kept)
+
+
+LIB = b"""(module (memory (export "mem") 1) (func (export "one") (result i32) (i32.const 1)))"""
+APP = b"""(module (import "lib" "one" (func $one (result i32)))
+  (func (export "main") (result i32) (call $one)))"""
+
+
+@pytest.mark.parametrize("keep", ["nothing", "a member"])
+def test_a_group_dropped_without_close_is_freed_at_once(no_collector, keep):
+    """A Group and its members referred to each other: a group dropped without close()
+    kept its store, and every member's memory, until the collector ran."""
+    policy = wasmsbx.policy.from_dict({"limits": {"instances": 4}})
+    group = wasmsbx.Group(policy, backend="wasmtime")
+    lib = group.add(LIB, name="lib")
+    app = group.add(APP)
+    assert app.call("main") == 1
+    assert group.members and set(map(id, group.members)) == {id(lib), id(app)}
+    refs = [weakref.ref(group), weakref.ref(group.first_instance.store)]
+    kept = app if keep == "a member" else None
+    del group, lib, app
+    if kept is not None:  # a member still in use keeps its group (its store is the group's)
+        assert all(ref() is not None for ref in refs)
+        assert kept.call("main") == 1
+        del kept
+    assert all(ref() is None for ref in refs)

@@ -11,6 +11,7 @@ import os
 import stat
 import threading
 import time
+import weakref
 from collections import namedtuple
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -1701,7 +1702,10 @@ class Group:
         self.backend_name: Optional[str] = None
         self.compiler: Optional[str] = None
         self.first_instance: Any = None
-        self.members: list = []
+        # Held weakly: a member holds its group (its store is the group's), so a group
+        # holding its members strongly made a cycle that kept a dropped group, with
+        # every member's memory, until the cycle collector ran.
+        self._members: weakref.WeakSet = weakref.WeakSet()
         self.closed = False
         # One add at a time: two threads adding the first members at once each made a
         # store of its own, and the later members could link to only one (round 46).
@@ -1713,7 +1717,7 @@ class Group:
         registered under the same name, which members added later linked to while the
         earlier ones kept the first (red team round 44). A closed group is closed."""
         self._refuse_closed(f"{box._name}: its group was closed")
-        if box in self.members:
+        if box in self._members:
             closed = "was closed: a member" if box._instance is None else "is a member"
             raise errors.UsageError(
                 f"{box._name} {closed} of a group, whose one instance Group.add made "
@@ -1750,13 +1754,13 @@ class Group:
                 module, self.policy, imports=imports, backend=self.backend, group=self, name=name
             )
             box._live()
-            self.members.append(box)
+            self._members.add(box)
             return box
 
     def register(self, name: str, box: Sandbox) -> None:
         """Make an added module's exports importable under another name too."""
         self._refuse_closed("register: this group was closed")
-        if box not in self.members:
+        if box not in self._members:
             raise errors.UsageError("register: that sandbox is not a member of this group")
         box._live().register_as(name)
 
@@ -1766,12 +1770,17 @@ class Group:
         first (round 47: it added a working member to a group closed meanwhile)."""
         with self._adding:
             self.closed = True
-            for box in self.members:
+            for box in list(self._members):
                 box._instance = None
             if self.first_instance is not None:
                 self.first_instance.close()
                 self.first_instance = None
-            self.members = []
+            self._members = weakref.WeakSet()
+
+    @property
+    def members(self) -> list:
+        """The members still in use (a member dropped by its caller is gone)."""
+        return list(self._members)
 
     def __enter__(self) -> Group:
         return self
