@@ -6,7 +6,7 @@ import pytest
 
 from wasmsbx import policy as P
 from wasmsbx.errors import ExitCode, PolicyError
-from wasmsbx.units import format_size, parse_duration, parse_size
+from wasmsbx.units import format_limit, format_size, parse_duration, parse_size
 
 from .conftest import ROOT
 
@@ -61,6 +61,26 @@ def test_format_size():
     assert format_size(64 * 2**20) == "64 MiB"
     assert format_size(1536) == "1.5 KiB"
     assert format_size(10) == "10 B"
+
+
+def test_a_limit_is_never_shown_rounded():
+    assert format_limit(64 * 2**20) == "64 MiB"
+    assert format_limit(3 * 2**29) == "1.5 GiB"
+    assert format_limit(1000) == "1000 B"
+    assert format_limit(65537) == "64 KiB (65,537 bytes)"
+    assert format_limit(2**30 - 1) == "1024 MiB (1,073,741,823 bytes)"
+
+
+def test_a_memory_limit_a_byte_past_a_page_is_said_as_set(cli, backend, tmp_path):
+    """A guest at one page under limits.memory = 65537B: "memory limit 64 KiB reached:
+    guest holds 64 KiB" read as if the limit were the page."""
+    wat = tmp_path / "grow.wat"
+    wat.write_text(
+        '(module (memory 1) (func (export "_start") (drop (memory.grow (i32.const 1)))))'
+    )
+    res = cli("run", wat, "--memory", "65537B", "--backend", backend)
+    assert res.code == 0, res.stderr
+    assert "memory limit 64 KiB (65,537 bytes) reached" in res.stderr
 
 
 def test_secure_defaults():

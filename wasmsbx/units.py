@@ -146,6 +146,19 @@ def format_size(n: int) -> str:
     return f"{n} B"
 
 
+def format_limit(n: int) -> str:
+    """A limit as set, never rounded: ``format_size`` when that is exact (64 MiB,
+    1.5 GiB), else with its bytes too ("64 KiB (65,537 bytes)"): a limit one byte over a
+    page is not the page."""
+    text = format_size(n)
+    for unit, factor in (("GiB", 1024**3), ("MiB", 1024**2), ("KiB", 1024)):
+        if text.endswith(unit):
+            if float(text[: -len(unit)]) * factor != n:
+                return f"{text} ({n:,} bytes)"
+            break
+    return text
+
+
 def format_duration(seconds: float) -> str:
     """1.25 s, 340 ms, 12.5 µs."""
     if seconds >= 60:

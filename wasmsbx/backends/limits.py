@@ -251,7 +251,7 @@ def plan(found: Optional[Layout], memory: int, tables: Optional[int]) -> Plan:
         raise TotalsError(
             "memory",
             f"its shared memories can grow to {_size(fixed)}, more than limits.memory "
-            f"{_size(memory)} (a shared memory counts at its declared maximum)",
+            f"{_limit(memory)} (a shared memory counts at its declared maximum)",
         )
     each = share([m[1] for m in growable], memory - fixed) if growable else memory
     needed = sum(m[0] for m in found.memories)
@@ -345,6 +345,12 @@ def _size(n: int) -> str:
     from ..units import format_size
 
     return format_size(n)
+
+
+def _limit(n: int) -> str:
+    from ..units import format_limit
+
+    return format_limit(n)
 
 
 # ---------------------------------------------------------------------------- memory in use

@@ -35,7 +35,7 @@ from ..backends.base import Limits, Usage, WasiSetup, take_turn
 # into a closed pipe is EPIPE inside the guest; a FIFO stdin's open is watched).
 from ..backends.wasmtime import backend as _module_backend
 from ..backends.wasmtime.backend import _Budget, set_wasi
-from ..units import format_count, format_duration, format_size
+from ..units import format_count, format_duration, format_limit, format_size
 from . import binary, fastbytes, fastlift, probe, wave
 from .types import (
     COMPONENT_PARTS,
@@ -258,7 +258,7 @@ class ComponentInstance:
         if cap is None:
             need = sum(low for low, _ in layout.memories)
             raise errors.MemoryLimitExceeded(
-                f"memory limit {format_size(limits.memory)} reached: component needs "
+                f"memory limit {format_limit(limits.memory)} reached: component needs "
                 f"{format_size(need)} at start",
                 hint="raise limits.memory (--memory SIZE)",
                 limit_value=limits.memory,
@@ -336,7 +336,7 @@ class ComponentInstance:
         limits = self.limits
         if self.budget.exceeded:
             return errors.OutputLimitExceeded(
-                f"output limit {format_size(limits.output or 0)} reached: guest wrote "
+                f"output limit {format_limit(limits.output or 0)} reached: guest wrote "
                 "more to stdout/stderr",
                 hint="raise limits.output in the policy",
                 limit_value=limits.output,
@@ -443,7 +443,7 @@ class ComponentInstance:
             size = json_size(value, t, limit, level=3)
         if size > limit:
             raise errors.OutputLimitExceeded(
-                f"output limit {format_size(limit)} reached: the result of {export.name} "
+                f"output limit {format_limit(limit)} reached: the result of {export.name} "
                 "is larger, printed",
                 hint="raise limits.output in the policy, or have the component write bulk "
                 "data to stdout (a command component streams it)",
@@ -588,7 +588,7 @@ class ComponentInstance:
                 raise KeyboardInterrupt
             if self.budget.exceeded:
                 return errors.OutputLimitExceeded(
-                    f"output limit {format_size(limits.output or 0)} reached: guest wrote "
+                    f"output limit {format_limit(limits.output or 0)} reached: guest wrote "
                     "more to stdout/stderr",
                     hint="raise limits.output in the policy",
                     backtrace=frames,
@@ -601,7 +601,7 @@ class ComponentInstance:
                 limit_value=limits.timeout,
             )
         if "call stack exhausted" in cause:
-            size = format_size(limits.stack) if limits.stack else "the default"
+            size = format_limit(limits.stack) if limits.stack else "the default"
             return errors.StackExhausted(
                 f"wasm stack exhausted in {where} (stack limit {size})",
                 hint="unbounded recursion? raise limits.stack if the guest needs deeper calls",
@@ -624,7 +624,7 @@ class ComponentInstance:
             )
         if "memory" in lowered and ("limit" in lowered or "minimum" in lowered):
             return errors.MemoryLimitExceeded(
-                f"memory limit {format_size(self.limits.memory)} reached at {where}: {first}",
+                f"memory limit {format_limit(self.limits.memory)} reached at {where}: {first}",
                 hint="raise limits.memory (--memory SIZE)",
                 limit_value=self.limits.memory,
             )

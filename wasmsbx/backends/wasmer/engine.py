@@ -43,7 +43,7 @@ from wasmer import engine as wasmer_engine
 from wasmer import wasi as wasmer_wasi
 
 from ... import errors
-from ...units import format_duration, format_size
+from ...units import format_duration, format_limit, format_size
 from .. import reserve
 from ..base import (
     Engine,
@@ -915,9 +915,9 @@ class WasmerInstance(Instance):
         if limit is not None and self.output_used + len(chunk) > limit:
             self.sinks[fd].write(chunk[: max(0, limit - self.output_used)])
             self.output_used = limit + 1
-            self._kill(f"it wrote more than the {format_size(limit)} output limit")
+            self._kill(f"it wrote more than the {format_limit(limit)} output limit")
             raise errors.OutputLimitExceeded(
-                f"output limit {format_size(limit)} reached: guest wrote more to stdout/stderr",
+                f"output limit {format_limit(limit)} reached: guest wrote more to stdout/stderr",
                 hint="raise limits.output in the policy",
                 limit_value=limit,
             )
@@ -1191,7 +1191,7 @@ class WasmerInstance(Instance):
         memory = self.memory_bytes
         if memory is not None and memory + PAGE > self.limits.memory:
             self.warnings.append(
-                f"memory limit {format_size(self.limits.memory)} reached: "
+                f"memory limit {format_limit(self.limits.memory)} reached: "
                 f"guest holds {format_size(memory)}; further memory.grow fails"
             )
         out, err = self.stdout, self.stderr

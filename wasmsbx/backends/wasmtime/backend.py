@@ -26,7 +26,7 @@ from wasmtime._extern import wrap_extern
 
 from ... import compact as _compact
 from ... import errors
-from ...units import format_count, format_duration, format_size
+from ...units import format_count, format_duration, format_limit, format_size
 from ..base import (
     PROVIDABLE,
     Engine,
@@ -1076,7 +1076,7 @@ class WasmtimeInstance(Instance):
             if self.warnings is _NO_WARNINGS:
                 self.warnings = []
             self.warnings.append(
-                f"memory limit {format_size(self.limits.memory)} reached: "
+                f"memory limit {format_limit(self.limits.memory)} reached: "
                 f"guest holds {format_size(memory)}; further memory.grow fails"
             )
         out, err = ([*self.outputs, None, None])[:2]
@@ -1165,7 +1165,7 @@ class WasmtimeInstance(Instance):
         if code == wasmtime.TrapCode.INTERRUPT:
             return self._interrupted(where, frames)
         if code == wasmtime.TrapCode.STACK_OVERFLOW:
-            size = format_size(self.limits.stack) if self.limits.stack else "the default"
+            size = format_limit(self.limits.stack) if self.limits.stack else "the default"
             return errors.StackExhausted(
                 f"wasm stack exhausted in {where} (stack limit {size})",
                 hint="unbounded recursion? raise limits.stack if the guest needs deeper calls",
@@ -1184,7 +1184,7 @@ class WasmtimeInstance(Instance):
 
     def _output_error(self, frames: list) -> errors.WasmsbxError:
         return errors.OutputLimitExceeded(
-            f"output limit {format_size(self.limits.output or 0)} reached: guest wrote "
+            f"output limit {format_limit(self.limits.output or 0)} reached: guest wrote "
             f"more to stdout/stderr",
             hint="raise limits.output in the policy",
             backtrace=frames,
@@ -1207,7 +1207,7 @@ class WasmtimeInstance(Instance):
             need = _declared_memory(self.engine, module)
             asked = f": module needs {format_size(need)} at start" if need else ""
             return errors.MemoryLimitExceeded(
-                f"memory limit {format_size(self.limits.memory)} reached{asked}",
+                f"memory limit {format_limit(self.limits.memory)} reached{asked}",
                 hint="raise limits.memory (--memory SIZE)",
             )
         if "table" in lowered and ("limit" in lowered or "minimum" in lowered):
@@ -1275,7 +1275,7 @@ def _gc_heap_full(exc: Any) -> bool:
 def gc_heap_error(where: str, memory: Any, backtrace: Any = ()) -> errors.WasmsbxError:
     """The error of a GC heap full (modules and components alike)."""
     return errors.MemoryLimitExceeded(
-        f"memory limit {format_size(memory)} reached: {where} filled its GC heap (struct, "
+        f"memory limit {format_limit(memory)} reached: {where} filled its GC heap (struct, "
         "array and exception objects, which share limits.memory with its memories)",
         hint="raise limits.memory (--memory 512MiB) if the guest needs more",
         backtrace=list(backtrace),
