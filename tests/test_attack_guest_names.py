@@ -18,6 +18,7 @@ from wasmsbx.backends.wasmtime import backend as wasmtime_backend
 from wasmsbx.components import runtime as component_runtime
 
 from .component_guests import wat_component
+from .conftest import BACKENDS
 
 NAMES = [
     "out of memory",
@@ -226,6 +227,28 @@ def test_a_start_functions_refused_wasi_call_is_a_trap_as_in_a_call(backend):
     assert type(caught.value) is errors.TrapError, caught.value
     assert caught.value.context.get("trap_code") == "wasi"
     assert str(caught.value).startswith("start function trapped: a WASI call refused")
+
+
+def test_wasmers_panic_at_a_wasi_call_from_a_start_function_stays_off_stderr(cli, tmp_path):
+    """wasmer-wasi 2.1 panics at any WASI call from a start function: its panic message
+    and a Rust backtrace reached stderr before wasmsbx's error, which quoted the panic
+    ("Memory should be set on `WasiEnv` first") without a hint."""
+    wasmer = [b for b in BACKENDS if b.startswith("wasmer")]
+    if not wasmer:
+        pytest.skip("wasmer is not available here")
+    guest = tmp_path / "start.wat"
+    guest.write_text(START_WASI)
+    for label in wasmer:
+        result = cli("run", guest, "--backend", label)
+        assert result.code == 102, result.stderr
+        lines = result.stderr.splitlines()
+        assert lines[0].startswith(
+            "error: cannot instantiate module: its start function called WASI"
+        ), result.stderr
+        assert lines[1:] == [
+            "hint: run it with --backend wasmtime, or call WASI from _start instead"
+        ], result.stderr
+        assert "panicked" not in result.stderr and "WasiEnv" not in result.stderr
 
 
 def test_a_compile_worker_that_ran_out_says_so():

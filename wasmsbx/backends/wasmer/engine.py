@@ -36,7 +36,7 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import wasmer
 from wasmer import engine as wasmer_engine
@@ -150,6 +150,40 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0].strip() if text else type(exc).__name__
 
 
+# wasmer-wasi 2.1 gives a WASI module its memory only once the instance exists, after
+# the start function ran: a WASI call from a start function panics (wasmer-wasi
+# lib.rs). What the child reports then (a fixed text, never the guest's words).
+WASI_IN_START = "wasi-called-from-the-start-function"
+_WASI_PANIC = "Memory should be set on `WasiEnv` first"
+
+
+def _instantiate_failure(exc: BaseException) -> str:
+    """The first line of an instantiation's failure, for the parent; WASI_IN_START for
+    wasmer-wasi's panic at a WASI call from the start function."""
+    if _is_panic(exc) and str(exc).startswith(_WASI_PANIC):
+        return WASI_IN_START
+    return _first_line(exc)
+
+
+def _quietly(make: Callable, *args: Any) -> Any:
+    """``make(*args)`` with the child's stderr closed to Rust: a panic in wasmer-wasi
+    (a WASI call from a start function) prints its message and a backtrace there,
+    before wasmsbx's own error line. Nothing else writes then: the guest has no
+    memory for WASI yet, so it cannot write to stderr itself."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        null = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
+        try:
+            os.dup2(null, 2)
+        finally:
+            os.close(null)
+        return make(*args)
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 def _strip(message: str) -> str:
     return message[len("RuntimeError: ") :] if message.startswith("RuntimeError: ") else message
 
@@ -260,7 +294,10 @@ class _Child:
             namespaces.setdefault(namespace, {})[name] = self.resolve(source)
         for namespace, entries in namespaces.items():
             imports.register(namespace, entries)
-        instance = wasmer.Instance(module, imports)
+        if version is None:
+            instance = wasmer.Instance(module, imports)
+        else:
+            instance = _quietly(wasmer.Instance, module, imports)
         memories = {name: obj for name, obj in instance.exports if isinstance(obj, wasmer.Memory)}
         globals_ = {name: obj for name, obj in instance.exports if isinstance(obj, wasmer.Global)}
         adapted = None
@@ -406,7 +443,7 @@ class _Child:
             text = str(exc)[:MAX_MESSAGE]
             if isinstance(exc, RuntimeError) and text.startswith("RuntimeError: "):
                 raise _StartFailed(self.outcome(exc)) from None
-            raise _LinkFailed(_first_line(exc)) from None
+            raise _LinkFailed(_instantiate_failure(exc)) from None
         finally:
             self.select(before)
         return [len(self.members) - 1]
@@ -453,7 +490,7 @@ class _Child:
             if isinstance(exc, RuntimeError) and text.startswith("RuntimeError: "):
                 _send(answers, ("start", self.outcome(exc)))
             else:
-                _send(answers, ("link", _first_line(exc)))
+                _send(answers, ("link", _instantiate_failure(exc)))
             return
         _send(answers, ("ready", self.memory_bytes()))
         while True:
@@ -1387,6 +1424,12 @@ def _is_panic(exc: BaseException) -> bool:
 
 
 def _link_error(text: str) -> errors.WasmsbxError:
+    if text == WASI_IN_START:
+        return errors.LinkError(
+            "cannot instantiate module: its start function called WASI, which the wasmer "
+            "backend cannot serve before the instance exists (wasmer-wasi 2.1)",
+            hint="run it with --backend wasmtime, or call WASI from _start instead",
+        )
     if "Missing export memory" in text:
         return errors.LinkError(
             "cannot instantiate module: a WASI module must export its memory",
