@@ -309,20 +309,27 @@ class ComponentInstance:
     def _guarded(self, where: str, func: Any, *args: Any) -> Any:
         """``func(*args)`` under the deadline, watched by the process's deadline keeper
         (backends/deadline.py), which also stops a call blocked in a host call."""
+        from ..backends import stackroom
         from ..backends.deadline import KEEPER
 
-        watch = KEEPER.enter(
-            self.engine.clock,
-            self.limits.seconds(),
-            lambda: self._stuck_error(where),
-            self.store.set_epoch_deadline,
-        )
+        below = stackroom.enter(self.limits.stack)  # (room on this thread's stack)
+        try:
+            watch = KEEPER.enter(
+                self.engine.clock,
+                self.limits.seconds(),
+                lambda: self._stuck_error(where),
+                self.store.set_epoch_deadline,
+            )
+        except BaseException:
+            stackroom.leave(below)
+            raise
         self.watch = watch
         refused = self.budget.refused
         try:
             result = func(*args)
         finally:
             KEEPER.leave(watch)
+            stackroom.leave(below)
             if not watch.interrupted:  # (its error refers to self: a cycle that kept every
                 self.watch = None  # dropped instance, and its memory, until gc ran)
         # returned past its deadline (Watch.overran), or past limits.output (a write

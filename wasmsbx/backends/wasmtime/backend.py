@@ -48,6 +48,8 @@ from ..base import (
 from ..deadline import KEEPER
 from ..limits import GC_HEAP, HIDDEN_EXPORT, PAGE, TotalsError, export_memories, layout, plan
 from ..reserve import GUARD, engine_layout, exhausted_hint
+from ..stackroom import enter as stack_enter
+from ..stackroom import leave as stack_leave
 from . import teardown
 from .identity import FEATURES, _version, fingerprint  # noqa: F401 - FEATURES, _version re-exported
 from .values import (
@@ -799,6 +801,7 @@ class WasmtimeInstance(Instance):
         arm_epoch = functools.partial(RAW_SET_EPOCH_DEADLINE, context)
         limits, clock, stuck = self.limits, self.engine.clock, self._stuck
         enter, leave = KEEPER.enter, KEEPER.leave
+        stack = limits.stack
         group = self.group
         busy = group.busy
         host_calls = HOST_CALLS
@@ -831,7 +834,12 @@ class WasmtimeInstance(Instance):
             seconds = limits.timeout if fixed else limits.seconds()
             self.call_timeout = seconds
             self.where = name
-            watch = enter(clock, seconds, stuck, arm_epoch)
+            below = stack_enter(stack)  # (room on this thread's stack: stackroom)
+            try:
+                watch = enter(clock, seconds, stuck, arm_epoch)
+            except BaseException:
+                stack_leave(below)
+                raise
             self.watch = watch
             self.deadline = watch.deadline
             group.current = self
@@ -842,6 +850,7 @@ class WasmtimeInstance(Instance):
                 self.deadline = 0.0
                 group.current = None  # (held, it made a cycle: instance, group, instance)
                 leave(watch)
+                stack_leave(below)
                 if not watch.interrupted:  # (the watch's error is our bound method: a
                     self.watch = None  # cycle kept every dropped instance until gc ran)
                 if budget is not None:
@@ -1017,7 +1026,14 @@ class WasmtimeInstance(Instance):
             seconds = min(seconds, self.call_timeout)
         self.call_timeout = seconds  # what the errors of this call report
         self.where = where  # for _stuck: a bound method costs less than a closure per call
-        watch = KEEPER.enter(self.engine.clock, seconds, self._stuck, self.store.set_epoch_deadline)
+        below = stack_enter(self.limits.stack)  # (room on this thread's stack: stackroom)
+        try:
+            watch = KEEPER.enter(
+                self.engine.clock, seconds, self._stuck, self.store.set_epoch_deadline
+            )
+        except BaseException:
+            stack_leave(below)
+            raise
         self.watch = watch
         self.deadline = watch.deadline  # host functions check it on entry and return
         self.group.current = self  # (never nested on one store: calls back in skip this)
@@ -1028,6 +1044,7 @@ class WasmtimeInstance(Instance):
             self.deadline = 0.0
             self.group.current = None  # (held, it made a cycle: instance, group, instance)
             KEEPER.leave(watch)
+            stack_leave(below)
             if not watch.interrupted:  # _trap_error reads only that: keep no Watch per sandbox
                 self.watch = None
         # Returned past its deadline (Watch.overran). Or it wrote past limits.output and,

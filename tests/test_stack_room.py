@@ -1,0 +1,160 @@
+"""A guest recursing without end on a thread whose stack is smaller than limits.stack
+killed the whole process with SIGSEGV (exit 139) instead of StackExhausted (red team
+round 78): wasmtime keeps the guest within limits.stack below where the call entered,
+and never checks that the thread has that much. Each case runs in a child process, so
+a crash fails the test instead of ending the test run."""
+
+from __future__ import annotations
+
+import resource
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from .conftest import run_cli
+
+RECURSE = (
+    '(module (func $r (export "rec") (param i32) (result i32) (local i64 i64 i64 i64)'
+    " local.get 0 i32.const 1 i32.add call $r))"
+)
+
+
+def _child(body: str, stack_size: int) -> subprocess.CompletedProcess:
+    script = textwrap.dedent(
+        f"""
+        import threading, wasmsbx, wasmsbx.policy
+        from wasmsbx import errors
+        RECURSE = {RECURSE.encode()!r}
+        def outcome(fn):
+            try:
+                return repr(fn())
+            except errors.WasmsbxError as exc:
+                return f"{{type(exc).__name__}} {{exc.exit_code}}: {{exc}}"
+        def main():
+        """
+    )
+    script += textwrap.indent(textwrap.dedent(body), "    ")
+    script += textwrap.dedent(
+        f"""
+        threading.stack_size({stack_size})
+        out = []
+        thread = threading.Thread(target=lambda: out.append(main()))
+        thread.start(); thread.join()
+        print(out[0])
+        """
+    )
+    return subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=300
+    )
+
+
+def test_a_thread_too_small_for_the_guests_stack_is_refused_not_crashed():
+    done = _child('return outcome(lambda: wasmsbx.Sandbox(RECURSE).call("rec", 0))', 512 << 10)
+    assert done.returncode == 0, (done.returncode, done.stderr[-2000:])
+    assert done.stdout.startswith("ResourceExhausted 118: this thread's stack (512 KiB)"), done
+    assert "limits.stack" in done.stdout
+
+
+@pytest.mark.parametrize("stack", ["512KiB", "2MiB"])
+def test_a_thread_with_room_for_the_guests_stack_gets_stack_exhausted(stack):
+    policy = f'wasmsbx.policy.from_dict({{"limits": {{"stack": "{stack}"}}}})'
+    body = f'return outcome(lambda: wasmsbx.Sandbox(RECURSE, {policy}).call("rec", 0))'
+    room = {"512KiB": 1 << 20, "2MiB": 4 << 20}[stack]
+    done = _child(body, room)
+    assert done.returncode == 0, (done.returncode, done.stderr[-2000:])
+    assert done.stdout.startswith("StackExhausted 113"), done
+
+
+def test_guests_nested_through_host_functions_each_count_their_stack():
+    """A host function that calls another sandbox: wasmtime gives the new store a
+    window of its own below the first guest's, so each guest on the thread may take its
+    whole limits.stack. Four guests, each recursing deep before calling the next, on a
+    2 MiB thread: the fourth is refused (the third's host function raises, a trap)."""
+    body = """
+        DEEP = b'''(module (import "env" "next" (func $next (result i32)))
+          (func $d (export "go") (param i32) (result i32) (local i64 i64 i64 i64)
+            (if (result i32) (i32.eqz (local.get 0)) (then (call $next))
+              (else (i32.add (call $d (i32.sub (local.get 0) (i32.const 1))) (i32.const 0))))))'''
+        boxes = []
+        def next_one(level):
+            def call():
+                if level + 1 < 6:
+                    return boxes[level + 1].call("go", 15000)
+                return wasmsbx.Sandbox(RECURSE).call("rec", 0)
+            return wasmsbx.func(call, params=[], results=["i32"])
+        for level in range(6):
+            boxes.append(wasmsbx.Sandbox(DEEP, imports={"env": {"next": next_one(level)}}))
+        try:
+            boxes[0].call("go", 15000)
+        except errors.TrapError as exc:
+            cause = exc.__cause__
+            while cause is not None and not isinstance(cause, errors.ResourceExhausted):
+                cause = cause.__cause__
+            return f"trap: {cause}"
+        return "returned"
+    """
+    done = _child(body, 2 << 20)
+    assert done.returncode == 0, (done.returncode, done.stderr[-2000:])
+    assert done.stdout.startswith("trap: this thread's stack (2 MiB) cannot hold"), done
+    assert "on top of" in done.stdout
+
+
+def _stack_limit(soft: int, hard: int):
+    def limit():
+        resource.setrlimit(resource.RLIMIT_STACK, (soft, hard))
+
+    return limit
+
+
+def _run_under(tmp_path, soft: int, hard: int):
+    guest = tmp_path / "rec.wat"
+    guest.write_text(RECURSE)
+    return subprocess.run(
+        [sys.executable, "-m", "wasmsbx", "run", str(guest), "rec", "0"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        preexec_fn=_stack_limit(soft, hard),
+    )
+
+
+def test_the_command_line_raises_a_low_soft_stack_limit(tmp_path):
+    """`ulimit -S -s 512`: the main thread's stack grows up to the soft limit, which is
+    raised (the hard one allows it): the guest gets StackExhausted."""
+    _, hard = resource.getrlimit(resource.RLIMIT_STACK)
+    if hard != resource.RLIM_INFINITY and hard < 2 << 20:
+        pytest.skip("the hard stack limit here is too low to raise the soft one")
+    done = _run_under(tmp_path, 512 << 10, hard)
+    assert done.returncode == 113, done.stderr[-2000:]
+    assert done.stderr.startswith("error: wasm stack exhausted in rec")
+
+
+def test_the_command_line_under_a_hard_stack_limit_too_low_says_so(tmp_path):
+    done = _run_under(tmp_path, 512 << 10, 512 << 10)
+    assert done.returncode == 118, done.stderr[-2000:]
+    lines = done.stderr.splitlines()
+    assert lines[0].startswith("error: this thread's stack (512 KiB) cannot hold the guest's")
+    assert lines[1].startswith("hint: give the calling thread a larger stack (ulimit -s")
+    assert len(lines) == 2, done.stderr
+
+
+def test_a_component_on_a_thread_too_small_is_refused_not_crashed(tmp_path):
+    from .component_guests import wat_component
+
+    types = wat_component("types.wat", tmp_path)  # (its `deep` calls itself without end)
+    body = f"return outcome(lambda: wasmsbx.Sandbox({str(types)!r}).call('deep'))"
+    done = _child(body, 512 << 10)
+    assert done.returncode == 0, (done.returncode, done.stderr[-2000:])
+    assert done.stdout.startswith("ResourceExhausted 118: this thread's stack (512 KiB)"), done
+    done = _child(body, 1 << 20)
+    assert done.returncode == 0, (done.returncode, done.stderr[-2000:])
+    assert done.stdout.startswith("StackExhausted 113"), done
+
+
+def test_the_cli_checks_what_run_cli_runs(tmp_path):
+    """(The same guest on a thread with room: the command line's exit code.)"""
+    guest = tmp_path / "rec.wat"
+    guest.write_text(RECURSE)
+    assert run_cli("run", guest, "rec", "0").code == 113
