@@ -57,6 +57,27 @@ def test_a_thread_too_small_for_the_guests_stack_is_refused_not_crashed():
     assert "limits.stack" in done.stdout
 
 
+def test_the_hot_path_checks_a_new_threads_stack_too():
+    """A sandbox called twice on a thread with room (its second call makes the cached
+    caller, the hot path), then called on a thread without."""
+    body = """
+        box = wasmsbx.Sandbox(RECURSE)
+        results = []
+        def on_big():
+            for _ in range(3):
+                results.append(outcome(lambda: box.call("rec", 0)))
+        threading.stack_size(4 << 20)
+        big = threading.Thread(target=on_big)
+        big.start(); big.join()
+        threading.stack_size(512 << 10)
+        return [r.split(":")[0] for r in results] + [outcome(lambda: box.call("rec", 0))]
+    """
+    done = _child(body, 512 << 10)
+    assert done.returncode == 0, (done.returncode, done.stderr[-2000:])
+    assert done.stdout.startswith("['StackExhausted 113', 'StackExhausted 113', "), done
+    assert "ResourceExhausted 118: this thread's stack (512 KiB)" in done.stdout, done
+
+
 @pytest.mark.parametrize("stack", ["512KiB", "2MiB"])
 def test_a_thread_with_room_for_the_guests_stack_gets_stack_exhausted(stack):
     policy = f'wasmsbx.policy.from_dict({{"limits": {{"stack": "{stack}"}}}})'

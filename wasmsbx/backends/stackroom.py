@@ -33,7 +33,7 @@ RESERVE = 128 << 10
 
 # .room: what this thread's stack can hold; .used: what the guests running on it may
 # take (the windows of the stores entered, each with its RESERVE), in bytes
-_seen = threading.local()
+SEEN = threading.local()
 
 
 def need(stack: Optional[int]) -> int:
@@ -49,7 +49,7 @@ def enter(stack: Optional[int]) -> int:
     gives each store entered its own window below the stack pointer, while a call
     back into the same store stays in that store's window). What to pass to
     ``leave`` when the call is over."""
-    seen = _seen
+    seen = SEEN
     used = getattr(seen, "used", 0)
     wanted = used + need(stack)
     if wanted > getattr(seen, "room", 0):
@@ -61,7 +61,7 @@ def enter(stack: Optional[int]) -> int:
 
 
 def leave(used: int) -> None:
-    _seen.used = used
+    SEEN.used = used
 
 
 def _room(need: int) -> int:

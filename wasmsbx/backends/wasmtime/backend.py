@@ -48,8 +48,10 @@ from ..base import (
 from ..deadline import KEEPER
 from ..limits import GC_HEAP, HIDDEN_EXPORT, PAGE, TotalsError, export_memories, layout, plan
 from ..reserve import GUARD, engine_layout, exhausted_hint
+from ..stackroom import SEEN as STACK_SEEN
 from ..stackroom import enter as stack_enter
 from ..stackroom import leave as stack_leave
+from ..stackroom import need as stack_need
 from . import teardown
 from .identity import FEATURES, _version, fingerprint  # noqa: F401 - FEATURES, _version re-exported
 from .values import (
@@ -801,7 +803,7 @@ class WasmtimeInstance(Instance):
         arm_epoch = functools.partial(RAW_SET_EPOCH_DEADLINE, context)
         limits, clock, stuck = self.limits, self.engine.clock, self._stuck
         enter, leave = KEEPER.enter, KEEPER.leave
-        stack = limits.stack
+        stack, need, seen = limits.stack, stack_need(limits.stack), STACK_SEEN
         group = self.group
         busy = group.busy
         host_calls = HOST_CALLS
@@ -813,17 +815,18 @@ class WasmtimeInstance(Instance):
         def call(args: Sequence[Any], timeout: Any = None, fuel: Any = None) -> list:
             if timeout is not None or fuel is not None:  # per-call limits: the general path
                 return self.call_func(func, types, parse(args), name, timeout, fuel)
-            if host_calls.depth or self._host is not None or self.outputs:  # (inlined
-                check_reentry(True)  # _calls_back: room on the stack for the guest's calls)
+            deep = host_calls.depth or self._host is not None or self.outputs
+            if deep:  # (inlined _calls_back: room on the stack for the guest's calls)
+                check_reentry(True)
             if not busy.acquire(False) and _occupied(group, self.limits.timeout):
                 return self._reentered(func, types, parse(args), name)
             try:
-                return fast(args)
+                return fast(args, deep)
             finally:
                 group.owner = 0
                 busy.release()
 
-        def fast(args: Sequence[Any]) -> list:
+        def fast(args: Sequence[Any], deep: Any) -> list:
             group.owner = _get_ident()
             if not put(args):
                 put_typed(parse(args))  # UsageError before anything is armed
@@ -834,11 +837,16 @@ class WasmtimeInstance(Instance):
             seconds = limits.timeout if fixed else limits.seconds()
             self.call_timeout = seconds
             self.where = name
-            below = stack_enter(stack)  # (room on this thread's stack: stackroom)
+            # Room on this thread's stack (stackroom). A guest that cannot call out (no
+            # host function, no captured output) called from no host function has no
+            # guest above or below it on this thread: its thread's room is all to check.
+            if deep or getattr(seen, "room", 0) < need:
+                below, deep = stack_enter(stack), True
             try:
                 watch = enter(clock, seconds, stuck, arm_epoch)
             except BaseException:
-                stack_leave(below)
+                if deep:
+                    stack_leave(below)
                 raise
             self.watch = watch
             self.deadline = watch.deadline
@@ -850,7 +858,8 @@ class WasmtimeInstance(Instance):
                 self.deadline = 0.0
                 group.current = None  # (held, it made a cycle: instance, group, instance)
                 leave(watch)
-                stack_leave(below)
+                if deep:
+                    stack_leave(below)
                 if not watch.interrupted:  # (the watch's error is our bound method: a
                     self.watch = None  # cycle kept every dropped instance until gc ran)
                 if budget is not None:
