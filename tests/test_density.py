@@ -559,6 +559,37 @@ def test_the_python_api_raises_resource_exhausted(tmp_path):
     assert proc.stdout.decode().split() == ["118", "resources"], proc.stderr.decode()
 
 
+@pytest.mark.skipif(sys.platform != "linux", reason="RLIMIT_AS semantics are Linux's")
+@pytest.mark.parametrize("how", ["sandbox", "group"])
+def test_a_host_memory_out_of_address_space_is_resource_exhausted(how):
+    """A ``wasmsbx.Memory`` import is reserved as an instance's own memory is: out of
+    address space it raised wasmtime's own WasmtimeError (no exit code, several lines),
+    red team round 78."""
+    import subprocess
+
+    make = {
+        "sandbox": "wasmsbx.Sandbox(IMPORTS, imports=imports, backend='wasmtime').call('f')",
+        "group": "wasmsbx.Group(backend='wasmtime').add(IMPORTS, imports=imports)",
+    }[how]
+    code = (
+        "import wasmsbx\n"
+        "from wasmsbx import errors\n"
+        'IMPORTS = b\'(module (import "e" "m" (memory 1)) (func (export "f")))\'\n'
+        "imports = {'e': {'m': wasmsbx.Memory(1)}}\n"
+        "try:\n"
+        f"    {make}\n"
+        "except errors.ResourceExhausted as exc:\n"
+        "    print(exc.exit_code, exc.kind, str(exc).startswith('out of host memory'))\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        preexec_fn=_limit_address_space,
+        timeout=120,
+    )
+    assert proc.stdout.decode().split() == ["118", "resources", "True"], proc.stderr.decode()
+
+
 def test_a_start_function_is_still_under_the_deadline(backend):
     """Instantiation skips the deadline thread only for modules without a start
     function: one that loops for ever is stopped at the timeout."""

@@ -58,6 +58,33 @@ def test_one_set_of_limits_for_the_group(backend):
             group.add(APP)
 
 
+def test_a_member_refused_at_link_gives_its_instance_back(backend):
+    """A member whose imports did not link kept its slot of limits.instances (and its
+    share of memory): a group of 2 refused every later member, valid ones too, with
+    "instance limit reached" (red team round 78)."""
+    bad = b'(module (import "lib" "bump" (func (param i64))))'
+    with wasmsbx.Group(policy(instances=2, memory="8MiB"), backend=backend) as group:
+        group.add(LIB, name="lib")
+        for _ in range(3):
+            with pytest.raises(errors.LinkError):
+                group.add(bad)
+        assert group.add(APP).call("run", 3) == 9
+
+
+def test_a_member_whose_start_failed_keeps_its_instance_and_says_so(backend):
+    """Its instance and memory stay in the group's store (wasmtime keeps a failed
+    instance's allocations until the store goes): giving its slot back would let a
+    caller grow the store without bound."""
+    bad = b"(module (memory 1) (func $s unreachable) (start $s))"
+    with wasmsbx.Group(policy(instances=2), backend=backend) as group:
+        group.add(LIB, name="lib")
+        with pytest.raises(errors.TrapError):
+            group.add(bad)
+        with pytest.raises(errors.InstanceLimitExceeded) as info:
+            group.add(APP)
+    assert "with 1 whose start failed" in str(info.value)
+
+
 def test_start_trap_in_a_member_is_a_trap(backend):
     bad = b"(module (func $s unreachable) (start $s))"
     with wasmsbx.Group(policy(), backend=backend) as group, pytest.raises(errors.TrapError):

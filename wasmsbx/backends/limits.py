@@ -286,6 +286,18 @@ class Budget:
         self.memory_left = limits.memory
         self.table_left = limits.table_elements
         self.members = 0
+        self.failed = 0  # members whose instantiation failed after the runtime allocated
+
+    def state(self) -> tuple:
+        """What ``give_back`` restores: the budget before a member took its share."""
+        return (self.memory_left, self.table_left, self.members)
+
+    def give_back(self, state: tuple) -> None:
+        """Undo the share of a member that was never instantiated (``state``: from
+        ``state()`` before its ``take``): a link refused before the runtime allocated
+        anything for it. A member whose start function failed keeps its share: its
+        instance and memories stay in the store until the group is closed."""
+        self.memory_left, self.table_left, self.members = state
 
     def take(self, found: Optional[Layout], memories: list, tables: list) -> Plan:
         """Per-item caps for a new member (``found``) plus host ``memories`` (``(min,
@@ -294,8 +306,14 @@ class Budget:
         if self.instances is not None and self.members >= self.instances:
             from ..errors import InstanceLimitExceeded
 
+            failed = ""
+            if self.failed:
+                failed = (
+                    f" (with {self.failed} whose start failed: they stay in the group's "
+                    "store until it is closed)"
+                )
             raise InstanceLimitExceeded(
-                f"instance limit reached: limits.instances = {self.instances}",
+                f"instance limit reached: limits.instances = {self.instances}{failed}",
                 hint="raise limits.instances",
             )
         found = found or Layout((), ())

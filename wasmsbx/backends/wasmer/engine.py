@@ -1712,6 +1712,7 @@ class WasmerEngine(Engine):
         link, funcs, items = resolve(
             wanted, imports or {}, state, lambda k: state.members[k].export_names
         )
+        before = state.budget.state()
         try:
             memory_each, table_each = plan_member(layout(module.wasm), items, state)
         except TotalsError as exc:
@@ -1743,7 +1744,17 @@ class WasmerEngine(Engine):
         if owner is None:
             instance = WasmerInstance(self, module, limits, wasi, member, timeout)
         else:
-            instance = WasmerMember(self, module, limits, owner, member, timeout)
+            try:
+                instance = WasmerMember(self, module, limits, owner, member, timeout)
+            except errors.LinkError:
+                # (refused before the child made anything for it, host items aside,
+                # which are made first: then the share stays taken, red team round 78)
+                if not items:
+                    state.budget.give_back(before)
+                raise
+            except BaseException:
+                state.budget.failed += 1  # (said when the limit is reached)
+                raise
         if register is not None:
             instance.register_as(register)
         return instance

@@ -630,7 +630,18 @@ class WasmtimeInstance(Instance):
         if isinstance(item, Memory):
             top = _capped(item.max, self.caps and self.caps.memory_each // PAGE)
             limits = wasmtime.Limits(item.min, top)
-            return wasmtime.Memory(self.store, wasmtime.MemoryType(limits))
+            try:
+                return wasmtime.Memory(self.store, wasmtime.MemoryType(limits))
+            except wasmtime.WasmtimeError as exc:
+                # (its reservation, as an instance's own memory's: out of address space
+                # is the host's trouble, red team round 78: it was wasmtime's own error)
+                if errors.is_exhaustion(str(exc)):
+                    raise _exhausted(
+                        f"making the host memory {module}.{name}",
+                        _first_line(exc),
+                        self.engine.options,
+                    ) from None
+                raise
         if isinstance(item, Table):
             top = _capped(item.max, self.caps and self.caps.table_each)
             ty = wasmtime.TableType(valtype(item.type), wasmtime.Limits(item.min, top))
@@ -1702,11 +1713,25 @@ class WasmtimeEngine(Engine):
         timeout: Optional[float] = None,
     ) -> WasmtimeInstance:
         caps = None
-        if group or _hosts_storage(imports):
-            module, caps = self._member(module, limits, imports or {}, shared, group)
-        return WasmtimeInstance(
-            self, module, limits, wasi, imports, shared, register, caps, timeout
-        )
+        if not (group or _hosts_storage(imports)):
+            return WasmtimeInstance(
+                self, module, limits, wasi, imports, shared, register, caps, timeout
+            )
+        before = shared.group.budget.state() if _budgeted(shared) else None
+        module, caps = self._member(module, limits, imports or {}, shared, group)
+        try:
+            return WasmtimeInstance(
+                self, module, limits, wasi, imports, shared, register, caps, timeout
+            )
+        except errors.LinkError:
+            # (refused before wasmtime allocated anything: the instance limit and the
+            # shares of memory and tables are the group's again, red team round 78)
+            if before is not None:
+                module._wasmsbx_budget.give_back(before)
+            raise
+        except BaseException:
+            module._wasmsbx_budget.failed += 1  # (said when the limit is reached)
+            raise
 
     def _member(self, module: Any, limits: Limits, imports: dict, shared: Any, group: bool):
         """A group member (or an instance given host memories or tables): its share of
@@ -1745,6 +1770,11 @@ class WasmtimeEngine(Engine):
 
     def fingerprint(self) -> dict:
         return fingerprint(self.options)
+
+
+def _budgeted(shared: Any) -> bool:
+    """Whether ``shared`` (a group's first instance, or None) holds the group's budget."""
+    return shared is not None and shared.group.budget is not None
 
 
 def engine_config(options: EngineOptions) -> wasmtime.Config:
