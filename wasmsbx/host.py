@@ -238,6 +238,10 @@ def normalize(imports: Optional[Mapping[str, Mapping[str, Any]]]) -> dict:
     """``{module: {name: HostFunc | Global | Memory | Table | export}}``; plain callables
     declared from their annotations."""
     out: dict = {}
+    if imports is not None and not isinstance(imports, Mapping):  # (red team round 78:
+        raise TypeError(  # an AttributeError, 'list' object has no attribute 'items')
+            f"must map module names to {{name: host import}}, not {type(imports).__name__}"
+        )
     for module, names in (imports or {}).items():
         if not isinstance(names, Mapping):
             raise TypeError(f"imports[{module!r}] must map names to host imports")

@@ -76,8 +76,11 @@ class Memory:
     def grow(self, pages: int) -> int:
         _check_int(pages)
         if pages > GROW_MAX:  # (a u64 underneath: 2**64 + 3 grew by 3 pages)
+            from .values import shown
+
             raise errors.MemoryLimitExceeded(
-                f"memory {self.name!r} cannot grow by {pages} pages: more than any memory holds",
+                f"memory {self.name!r} cannot grow by {shown(pages, str)} pages: more "
+                "than any memory holds",
                 hint="the policy's limits.memory or the memory's maximum",
             )
         access = self._check()

@@ -472,18 +472,29 @@ def parse_arg(value: Any, wasm_type: str, index: int, func: str, sig: Any) -> An
         return coerce(value, wasm_type)
     except ValueRangeError as exc:
         raise errors.UsageError(
-            f"{func}: argument {index + 1} ({_shown(value, str)}) is out of range for {wasm_type}",
+            f"{func}: argument {index + 1} ({shown(value, str)}) is out of range for {wasm_type}",
             hint=f"{exc}; signature {sig}",
         ) from None
     except (ValueError, TypeError) as exc:
         raise errors.UsageError(
-            f"{func}: argument {index + 1} ({_shown(value, repr)}) is not a valid {wasm_type} "
+            f"{func}: argument {index + 1} ({shown(value, repr)}) is not a valid {wasm_type} "
             f"({exc})",
             hint=f"signature {func} {sig}; {wasm_type} examples: {_example(wasm_type)}",
         ) from None
 
 
-def _shown(value: Any, how: Callable[[Any], str]) -> str:
+def outside(offset: int, length: int, size: int) -> IndexError:
+    """The error of a memory range past the end (an int of thousands of digits said by
+    its size: str() of 10**5000 raised ValueError, red team round 78)."""
+    if max(offset, length).bit_length() > 256:
+        return IndexError(
+            f"offset ({shown(offset, str)}) and length ({shown(length, str)}) are outside "
+            f"the {size}-byte memory"
+        )
+    return IndexError(f"bytes {offset}..{offset + length} are outside the {size}-byte memory")
+
+
+def shown(value: Any, how: Callable[[Any], str]) -> str:
     """An argument as an error message shows it (``how``: str or repr): an int of
     thousands of digits as its size (str() of one past 4,300 digits raised a raw
     ValueError, and a shorter one filled the message), anything else cut at 80

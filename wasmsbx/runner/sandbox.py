@@ -1395,7 +1395,7 @@ class Sandbox:
                 raise errors.UsageError(f"timeout={timeout!r}: a positive number of seconds")
             if timeout > v["limits.timeout"]:
                 raise errors.UsageError(
-                    f"timeout={timeout:g}s is above the policy's limits.timeout "
+                    f"timeout={_number(timeout, 's')} is above the policy's limits.timeout "
                     f"({v['limits.timeout']:g}s)",
                     hint="a call may only lower the policy's limits",
                 )
@@ -1410,7 +1410,7 @@ class Sandbox:
                 )
             if fuel > v["limits.fuel"]:
                 raise errors.UsageError(
-                    f"fuel={fuel} is above the policy's limits.fuel ({v['limits.fuel']})",
+                    f"fuel={_number(fuel)} is above the policy's limits.fuel ({v['limits.fuel']})",
                     hint="a call may only lower the policy's limits",
                 )
             out["fuel"] = fuel
@@ -1787,6 +1787,18 @@ class Group:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+def _number(value: Any, unit: str = "") -> str:
+    """A per-call limit as an error quotes it (``unit`` after it): an int of thousands
+    of digits as its size, "(an int of 1,329 bits)" (``f"{10**400:g}"`` raised
+    OverflowError, str() of 10**5000 ValueError: red team round 78), a number as
+    ``:g`` shows it."""
+    from ..values import shown
+
+    if isinstance(value, int):
+        return f"({shown(value, str)})" if value.bit_length() > 256 else f"{value}{unit}"
+    return f"{value:g}{unit}" if value - value == 0 else f"{value}"  # (inf: no unit)
 
 
 def _file_name(text: str) -> str:

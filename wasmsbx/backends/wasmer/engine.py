@@ -375,9 +375,9 @@ class _Child:
             raise IndexError(f"the module exports no memory named {name!r}")
         view = memoryview(memory.buffer)  # fresh each time: memory.grow moves it
         if offset < 0 or length < 0 or offset + length > len(view):
-            raise IndexError(
-                f"bytes {offset}..{offset + length} are outside the {len(view)}-byte memory"
-            )
+            from ...values import outside
+
+            raise outside(offset, length, len(view))
         return view[offset : offset + length]
 
     def perform(self, exports: Any, request: tuple) -> list:

@@ -1497,9 +1497,9 @@ class _MemoryAccess:
 
         size = self.size()
         if offset < 0 or length < 0 or offset + length > size:
-            raise IndexError(
-                f"bytes {offset}..{offset + length} are outside the {size}-byte memory"
-            )
+            from ...values import outside
+
+            raise outside(offset, length, size)
         return ctypes.addressof(self.mem.data_ptr(self.store).contents) + offset
 
     def read(self, offset: int, length: int) -> bytes:

@@ -1,0 +1,77 @@
+"""Red team round 78: the library's errors for what a careless caller passes.
+
+- per-call limits and memory offsets of thousands of digits raised Python's own
+  OverflowError ("int too large to convert to float", from ``f"{timeout:g}"``) or
+  ValueError ("Exceeds the limit (4300 digits) for integer string conversion", from
+  quoting the int), instead of the library's errors;
+- ``timeout=float("inf")`` was "timeout=infs";
+- ``imports=`` of another type than a mapping was an AttributeError.
+(The stack, groups and host memories of the same round: test_stack_room.py,
+test_link.py, test_density.py.)
+"""
+
+from __future__ import annotations
+
+import pytest
+
+import wasmsbx
+from wasmsbx import errors
+from wasmsbx.policy import from_dict
+
+SPIN = b'(module (func (export "spin") (loop br 0)))'
+MEMORY = b'(module (memory (export "memory") 1 10) (func (export "f")))'
+HUGE = 10**5000  # (past the 4,300 digits str() converts)
+
+
+@pytest.fixture
+def spin():
+    with wasmsbx.Sandbox(SPIN, from_dict({"limits": {"timeout": "300ms", "fuel": 10**6}})) as box:
+        yield box
+
+
+@pytest.mark.parametrize(
+    "limit, said",
+    [
+        ({"fuel": HUGE}, "fuel=(an int of 16,610 bits) is above the policy's limits.fuel"),
+        ({"timeout": 10**400}, "timeout=(an int of 1,329 bits) is above"),
+        ({"timeout": float("inf")}, "timeout=inf is above"),
+        ({"timeout": 5}, "timeout=5s is above the policy's limits.timeout (0.3s)"),
+        ({"fuel": 10**7}, "fuel=10000000 is above"),
+    ],
+)
+def test_a_per_call_limit_above_the_policy_is_a_usage_error_of_any_size(spin, limit, said):
+    with pytest.raises(errors.UsageError) as info:
+        spin.call("spin", **limit)
+    assert str(info.value).startswith(said), info.value
+
+
+@pytest.mark.parametrize(
+    "use",
+    [
+        lambda m: m.read(HUGE, 1),
+        lambda m: m.write(HUGE, b"a"),
+        lambda m: m.read(0, HUGE),
+    ],
+    ids=["read", "write", "read-length"],
+)
+def test_a_memory_offset_of_any_size_is_an_index_error(backend, use):
+    with wasmsbx.Sandbox(MEMORY, backend=backend) as box:
+        box.call("f")
+        with pytest.raises(IndexError) as info:
+            use(box.memory())
+    assert "an int of 16,610 bits" in str(info.value)
+
+
+def test_growing_by_pages_of_any_size_is_the_memory_limit(backend):
+    with wasmsbx.Sandbox(MEMORY, backend=backend) as box:
+        box.call("f")
+        with pytest.raises(errors.MemoryLimitExceeded) as info:
+            box.memory().grow(HUGE)
+    assert "an int of 16,610 bits pages" in str(info.value)
+
+
+@pytest.mark.parametrize("imports", [[1], "env", 5], ids=["list", "str", "int"])
+def test_imports_of_another_type_than_a_mapping_is_a_usage_error(imports):
+    with pytest.raises(errors.UsageError) as info:
+        wasmsbx.Sandbox(b'(module (func (export "f")))', imports=imports).call("f")
+    assert "must map module names to {name: host import}" in str(info.value)
