@@ -5,7 +5,10 @@
   ValueError ("Exceeds the limit (4300 digits) for integer string conversion", from
   quoting the int), instead of the library's errors;
 - ``timeout=float("inf")`` was "timeout=infs";
-- ``imports=`` of another type than a mapping was an AttributeError.
+- ``imports=`` of another type than a mapping was an AttributeError;
+- a Caller's memory used from another thread as the host call ended: the check that
+  the call was current passed, then wasmtime-py raised its own ValueError ("caller is
+  no longer valid") instead of the UsageError of a memory kept past its call.
 (The stack, groups and host memories of the same round: test_stack_room.py,
 test_link.py, test_density.py.)
 """
@@ -75,3 +78,40 @@ def test_imports_of_another_type_than_a_mapping_is_a_usage_error(imports):
     with pytest.raises(errors.UsageError) as info:
         wasmsbx.Sandbox(b'(module (func (export "f")))', imports=imports).call("f")
     assert "must map module names to {name: host import}" in str(info.value)
+
+
+class _Ending:
+    """A memory access whose host call ends between the check and the use."""
+
+    def __init__(self) -> None:
+        self.current = True
+
+    def _gone(self, *args):
+        self.current = False
+        raise ValueError("caller is no longer valid")
+
+    size = read = write = view = _gone
+
+    def grow(self, pages):
+        self._gone()
+
+
+@pytest.mark.parametrize(
+    "use",
+    [
+        lambda m: m.read(0, 1),
+        lambda m: m.write(0, b"a"),
+        lambda m: m.size,
+        lambda m: m.grow(1),
+        lambda m: m.view().__enter__(),
+    ],
+    ids=["read", "write", "size", "grow", "view"],
+)
+def test_a_callers_memory_whose_call_ends_during_a_use_is_a_usage_error(use):
+    from wasmsbx.host import _KEPT_MEMORY
+    from wasmsbx.memory import Memory
+
+    access = _Ending()
+    memory = Memory(access, alive=lambda: access.current, gone=_KEPT_MEMORY)
+    with pytest.raises(errors.UsageError, match="kept past its host call"):
+        use(memory)
