@@ -6,6 +6,9 @@
   quoting the int), instead of the library's errors;
 - ``timeout=float("inf")`` was "timeout=infs";
 - ``imports=`` of another type than a mapping was an AttributeError;
+- a batch whose items raised after ten yielded, with ``jobs=2`` (and on a cluster:
+  test_cluster.py), only the first result before the error: the results of the items
+  read and sent were dropped (``jobs=1`` gave all ten);
 - a Caller's memory used from another thread as the host call ended: the check that
   the call was current passed, then wasmtime-py raised its own ValueError ("caller is
   no longer valid") instead of the UsageError of a memory kept past its call.
@@ -115,3 +118,19 @@ def test_a_callers_memory_whose_call_ends_during_a_use_is_a_usage_error(use):
     memory = Memory(access, alive=lambda: access.current, gone=_KEPT_MEMORY)
     with pytest.raises(errors.UsageError, match="kept past its host call"):
         use(memory)
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_a_batch_whose_input_fails_gives_the_results_read_before_it(jobs):
+    from .conftest import EXAMPLES
+
+    def items():
+        yield from ([i] for i in range(1, 11))
+        raise ValueError("the input source failed")
+
+    got = []
+    box = wasmsbx.Sandbox(EXAMPLES / "loop.wat")
+    with pytest.raises(ValueError, match="the input source failed"):
+        for result in box.batch("count", items(), jobs=jobs):
+            got.append(result.values[0])
+    assert got == list(range(1, 11))

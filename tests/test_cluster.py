@@ -882,3 +882,19 @@ def test_a_base_exception_in_a_chunk_comes_back_as_the_jobs_error(monkeypatch, b
         read_results(text, [1])
     here = threading.get_ident()
     assert (threads == [here]) == backend_name.startswith("wasmer")
+
+
+def test_an_input_that_fails_gives_the_results_read_before_it(client):
+    """The caller's items raised after ten: the results of the items already read and
+    sent were dropped, only the first came back (red team round 78)."""
+
+    def items():
+        yield from ([i] for i in range(1, 11))
+        raise ValueError("the input source failed")
+
+    got = []
+    box = Sandbox(LOOP, defaults())
+    with pytest.raises(ValueError, match="the input source failed"):
+        for result in box.batch("count", items(), cluster=client):
+            got.append(result.values[0])
+    assert got == list(range(1, 11))

@@ -281,6 +281,7 @@ def _dispatch(
                 pending.append(job.submit(chunk))
                 chunk = []
             if not pending and exhausted and not chunk:
+                feeder.end()  # (a read error, once the items before it are done)
                 return
             if not (pending and pending[0][0].done()):
                 _check_client(job)

@@ -548,6 +548,7 @@ def _serial_fed(
             for line, payload in chunk:
                 yield run(line, payload)
             if not more:
+                feeder.end()
                 return
             if not chunk and not wake.wait(IDLE_TICK):
                 yield None
@@ -635,6 +636,7 @@ class _Feeder:
         self.room = threading.Event()
         self.wake = wake
         self.stopped = False
+        self.failed: Optional[BaseException] = None  # what reading the input raised
         self.thread = threading.Thread(
             target=self._read, args=(iter(numbered),), name="wasmsbx-batch-input", daemon=True
         )
@@ -668,7 +670,8 @@ class _Feeder:
 
     def fill(self, chunk: list, size: int) -> bool:
         """Move queued items into ``chunk`` (without waiting) until it holds ``size`` items
-        or CHUNK_MAX_BYTES; False once the input is exhausted. Read errors raise here."""
+        or CHUNK_MAX_BYTES; False once the input is exhausted, or failed: a read error
+        ends the input, and ``end`` raises it once the items read before it are done."""
         return self.take(chunk, size, _chunk_bytes(chunk))[0]
 
     def take(self, chunk: list, size: int, nbytes: int) -> tuple:
@@ -686,11 +689,20 @@ class _Feeder:
             if entry is _END:
                 return False, nbytes
             if isinstance(entry, BaseException):
-                raise entry
+                # (raised only by ``end``: raised here, it lost the results of every
+                # item read before it, red team round 78)
+                self.failed = entry
+                return False, nbytes
             chunk.append(entry)
             nbytes += _item_bytes(entry)
         self.room.set()
         return True, nbytes
+
+    def end(self) -> None:
+        """At the end of the input: raise what reading it raised, if anything."""
+        if self.failed is not None:
+            failed, self.failed = self.failed, None
+            raise failed
 
     def stop(self) -> None:
         self.stopped = True
@@ -743,6 +755,7 @@ def _parallel(
                 pending.append(_submit(worker, chunk, encoded))
                 chunk, nbytes = [], 0
             if not pending and exhausted and not chunk:
+                feeder.end()
                 return
             if pending and pending[0].ready():
                 (status, *reply), size, last = pending[0].take()
