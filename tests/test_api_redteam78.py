@@ -9,6 +9,8 @@
 - a batch whose items raised after ten yielded, with ``jobs=2`` (and on a cluster:
   test_cluster.py), only the first result before the error: the results of the items
   read and sent were dropped (``jobs=1`` gave all ten);
+- a limit another sandbox reached in a host function was raised as the calling
+  sandbox's own (its FuelExhausted, for a sandbox without fuel);
 - a Caller's memory used from another thread as the host call ended: the check that
   the call was current passed, then wasmtime-py raised its own ValueError ("caller is
   no longer valid") instead of the UsageError of a memory kept past its call.
@@ -134,3 +136,24 @@ def test_a_batch_whose_input_fails_gives_the_results_read_before_it(jobs):
         for result in box.batch("count", items(), jobs=jobs):
             got.append(result.values[0])
     assert got == list(range(1, 11))
+
+
+def test_another_sandboxs_limit_in_a_host_function_is_that_functions_error():
+    """A host function called sandbox B, which ran out of fuel: sandbox A's call (which
+    has no fuel limit) raised B's FuelExhausted, as if A had. A limit reached in a call
+    back into A's own store is A's (they share it); B's is the host function's error,
+    a trap with B's error as its cause."""
+    spin_b = wasmsbx.Sandbox(SPIN, from_dict({"limits": {"fuel": 10_000}}))
+
+    def run_b() -> None:
+        spin_b.call("spin")
+
+    a = wasmsbx.Sandbox(
+        b'(module (import "env" "b" (func $b)) (func (export "go") (call $b)))',
+        imports={"env": {"b": wasmsbx.func(run_b, params=[], results=[])}},
+    )
+    with a, pytest.raises(errors.WasmsbxError) as info:
+        a.call("go")
+    assert type(info.value) is errors.TrapError, info.value
+    assert info.value.context.get("trap_code") == "host"
+    assert isinstance(info.value.__cause__, errors.FuelExhausted)

@@ -790,7 +790,9 @@ class WasmtimeInstance(Instance):
         try:
             return call_raw(self.store, func, types, args, self.group)
         except (wasmtime.Trap, wasmtime.WasmtimeError) as exc:
-            raise self._call_error(exc, name) from self._host_raised()
+            error = self._call_error(exc, name)
+            error._wasmsbx_limits_of = self.group  # (the running call's: see _call_error)
+            raise error from self._host_raised()
 
     def caller(self, name: str, types: tuple, parse: Any) -> Any:
         """``call(args, timeout=None, fuel=None) -> list`` for export ``name``: plain
@@ -928,9 +930,13 @@ class WasmtimeInstance(Instance):
                 raise raised from None
             finally:  # (this frame, in the exception's traceback, held it: a cycle that
                 raised = None  # kept the store and its memory, red team round 74)
-        if isinstance(raised, errors.LimitExceeded):  # in a call made back into the store:
-            self.host.raised = None  # the running call's own limit (they share them)
-            return raised
+        if (
+            isinstance(raised, errors.LimitExceeded)
+            and getattr(raised, "_wasmsbx_limits_of", None) is self.group
+        ):  # in a call made back into the store: the running call's own limit (they
+            self.host.raised = None  # share them). Another sandbox's limit, reached in a
+            return raised  # call the host function made, is the host function's error:
+            # a trap (it made a call without fuel "fuel exhausted", red team round 78).
         if isinstance(raised, WasiNoMemory):  # (as for wasmtime's own WASI calls, below)
             self.host.raised = None
             return errors.ModuleError(f"{name} failed: {raised}")
