@@ -440,7 +440,8 @@ class ComponentSandbox(Sandbox):
     def run_command(
         self, argv: Sequence[str] = (), stdin: Any = None, capture: bool = False
     ) -> Any:
-        """Run the component's ``wasi:cli/run`` export; its exit code is returned."""
+        """Run the component's ``wasi:cli/run`` export: its status (0 ok, 1 err, or the
+        code given to wasi:cli/exit) folded into an exit code as a module's is."""
         from ..runner.sandbox import CommandResult
 
         run = run_export(self.component_exports, self.path.name)
@@ -452,7 +453,9 @@ class ComponentSandbox(Sandbox):
             self.timings["run"] = time.perf_counter() - started
             instance.close()
         usage = instance.usage()
-        return CommandResult(code, self._stats(instance, usage), usage.stdout, usage.stderr)
+        return CommandResult.of_status(
+            code, self._stats(instance, usage), usage.stdout, usage.stderr
+        )
 
     def batch_caller(self, func: str, fresh: bool = False) -> ComponentCaller:
         """What ``--batch`` calls per item (``batch.make_caller``)."""

@@ -137,6 +137,18 @@ class CommandResult(
     # guest_status: Optional[int]  the status the guest gave proc_exit (a u32), or 0
     __slots__ = ()
 
+    @classmethod
+    def of_status(
+        cls, status: int, stats: Any, stdout: Optional[bytes], stderr: Optional[bytes]
+    ) -> CommandResult:
+        """The result of a command whose guest gave ``status`` (a module's proc_exit, a
+        component's wasi:cli/exit): folded into an exit code as README, Exit codes, says,
+        the status kept whole for the warning and ``--json``. One place for both kinds:
+        a component's status went through raw (``exit-with-code(130)`` was exit 130,
+        posing as Ctrl-C, with no warning: red team round 76)."""
+        status &= 0xFFFFFFFF
+        return cls(errors.guest_exit_code(status), stats, stdout, stderr, status)
+
     def to_dict(self) -> dict:
         status = self.exit_code if self.guest_status is None else self.guest_status
         return {
@@ -1428,16 +1440,12 @@ class Sandbox:
         instance = self.instantiate(self.wasi_setup(argv, stdin, capture))
         started = time.perf_counter()
         try:
-            status = instance.run_command() & 0xFFFFFFFF
+            status = instance.run_command()
         finally:
             self.timings["run"] = time.perf_counter() - started
         usage = instance.usage()
-        return CommandResult(
-            errors.guest_exit_code(status),
-            self._stats(instance, usage),
-            usage.stdout,
-            usage.stderr,
-            status,
+        return CommandResult.of_status(
+            status, self._stats(instance, usage), usage.stdout, usage.stderr
         )
 
     def _stats(self, instance: Any, usage: Any = None) -> RunStats:
