@@ -35,6 +35,7 @@ from ..backends.base import Limits, Usage, WasiSetup, take_turn
 # into a closed pipe is EPIPE inside the guest; a FIFO stdin's open is watched).
 from ..backends.wasmtime import backend as _module_backend
 from ..backends.wasmtime.backend import _Budget, set_wasi
+from ..backends.wasmtime.pipes import OutputPipes
 from ..units import format_count, format_duration, format_limit, format_size
 from . import binary, fastbytes, fastlift, probe, wave
 from .types import (
@@ -218,6 +219,8 @@ class ComponentInstance:
         # its timeout.
         self.turn = threading.RLock()
         self.budget = _Budget(limits.output, self._stop_flood)
+        # stdout and stderr through pipes, drained at the end of every call (pipes.py)
+        self.pipes = OutputPipes()
         check_imports(import_names)
         self.store = wasmtime.Store(engine.engine)
         try:
@@ -231,7 +234,7 @@ class ComponentInstance:
         engine, limits = self.engine, self.limits
         self._set_limits()
         self.outputs = set_wasi(
-            self.store, wasi, self.budget, limits.seconds(), self._stuck_opening
+            self.store, wasi, self.budget, limits.seconds(), self._stuck_opening, self.pipes
         )
         linker = wc.Linker(engine.engine)
         linker.add_wasip2()
@@ -328,6 +331,9 @@ class ComponentInstance:
         try:
             result = func(*args)
         finally:
+            # Every byte the guest wrote in the call, passed on (or refused) before the
+            # call's result is: a non-blocking write came after it (red team round 76).
+            self.pipes.drain()
             KEEPER.leave(watch)
             stackroom.leave(below)
             if not watch.interrupted:  # (its error refers to self: a cycle that kept every
@@ -519,6 +525,7 @@ class ComponentInstance:
         return held if type(held) is int else None
 
     def close(self) -> None:
+        self.pipes.close()
         for output in self.outputs:
             output.close()
 

@@ -143,10 +143,18 @@ def _refused(budget: Optional[_Budget]) -> int:
     return 0 if budget is None else budget.refused
 
 
-def set_wasi(store: Any, wasi: WasiSetup, budget: _Budget, seconds: float, stuck: Callable) -> list:
+def set_wasi(
+    store: Any,
+    wasi: WasiSetup,
+    budget: _Budget,
+    seconds: float,
+    stuck: Callable,
+    pipes: Any = None,
+) -> list:
     """WASI for ``store``, a core module's (preview1) or a component's (WASI 0.2): one
     ``wasmtime.WasiConfig`` serves both. Returns the guest's [stdout, stderr] sinks
-    (close them when done).
+    (close them when done). ``pipes``: an ``OutputPipes`` that carries them instead of
+    output callbacks (a component's: see pipes.py for why).
 
     Grants never show the trust folder (the keys that vouch for native code); stdout and
     stderr count against ``budget``. wasmtime opens a stdin path itself, and a FIFO's
@@ -165,7 +173,10 @@ def set_wasi(store: Any, wasi: WasiSetup, budget: _Budget, seconds: float, stuck
         _Output(wasi.stdout, budget, binary_stream(sys.stdout)),
         _Output(wasi.stderr, budget, binary_stream(sys.stderr)),
     ]
-    config.stdout_custom, config.stderr_custom = outputs
+    if pipes is None:
+        config.stdout_custom, config.stderr_custom = outputs
+    else:
+        pipes.attach(config, outputs)
     stdin = wasi.stdin
     if stdin == "inherit":
         config.inherit_stdin()
@@ -183,7 +194,8 @@ def set_wasi(store: Any, wasi: WasiSetup, budget: _Budget, seconds: float, stuck
         if isinstance(stdin, str) and stdin not in ("inherit", "null"):
             config.stdin_file = stdin  # wasmtime opens it here: the open that may block
         store.set_wasi(config)
-        teardown.track(store, outputs)  # closed before the interpreter exits (see teardown)
+        # closed before the interpreter exits (see teardown)
+        teardown.track(store, outputs if pipes is None else [])
     except BaseException as exc:
         if isinstance(exc, wasmtime.WasmtimeError):
             raise errors.InputError(

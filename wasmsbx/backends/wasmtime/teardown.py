@@ -101,11 +101,17 @@ def _daemons() -> bool:
     """Whether a daemon thread other than this one is still alive: it may be inside a
     guest call, or about to start one, on a tracked store at any moment (between two
     calls no watch shows it), so closing a store under it could free it mid-call (a
-    segfault at exit, 3 runs in 28 with a daemon thread calling in a loop)."""
+    segfault at exit, 3 runs in 28 with a daemon thread calling in a loop). The threads
+    that read a component's output pipes (pipes.py) never enter a store: not counted."""
     import threading
 
+    from .pipes import THREAD_NAME
+
     me = threading.current_thread()
-    return any(t.daemon and t.is_alive() and t is not me for t in threading.enumerate())
+    return any(
+        t.daemon and t.is_alive() and t is not me and t.name != THREAD_NAME
+        for t in threading.enumerate()
+    )
 
 
 def _held() -> bool:
