@@ -615,6 +615,13 @@ def totals_error(exc: Any, limits: Limits) -> Any:
     from .. import errors
     from ..units import format_count, format_size
 
+    if exc.kind == "host":
+        return errors.MemoryLimitExceeded(
+            f"memory limit {format_size(limits.memory)} reached: {exc}",
+            hint="raise limits.memory (--memory SIZE); it also bounds, on its own, what "
+            "the runtime holds for an instance's globals and functions",
+            limit_value=limits.memory,
+        )
     if exc.kind == "memory":
         return errors.MemoryLimitExceeded(
             f"memory limit {format_size(limits.memory)} reached: {exc}",

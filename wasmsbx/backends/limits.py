@@ -165,12 +165,44 @@ def cap_limits(
 # memory_size), so each counts at its declared maximum, which the validator requires.
 
 
+# The runtime's memory an instance holds outside its linear memories and tables, which
+# no store limit counts: wasmtime keeps a context (vmctx) per core instance with a slot
+# for every global and function. Measured with wasmtime 51 (RSS and VmData of 100
+# instances of one module in a store): 15.3 bytes per defined global (a 16-byte slot,
+# whatever its type), 22.8 per function that escapes (exported, in a table, ref.func:
+# its VMFuncRef; every function is counted here, escaping or not), 64 of address space
+# (35 touched) per imported function, 540 bytes for an empty instance, 1.35 KiB per
+# core instance of a component. These err above what was measured. A component that
+# instantiated a module of 100,000 globals 1,001 times held 1.6 GB under --memory 16MiB
+# (red team round 76); limits.memory now bounds this estimate too, on its own.
+INSTANCE_BYTES = 2048
+GLOBAL_BYTES = 16
+FUNC_BYTES = 24
+IMPORT_BYTES = 64  # an imported function's slot (on top of FUNC_BYTES)
+
+
+def module_host(parser: Any) -> int:
+    """The runtime memory (bytes) one instance of a parsed module holds outside its
+    linear memories and tables, estimated from the measurements above (a module with
+    1M globals: 17 MB an instance, whatever limits.memory said)."""
+    functions = len(parser.func_type_idx)
+    imported = functions - parser.defined_functions
+    return (
+        INSTANCE_BYTES
+        + GLOBAL_BYTES * len(parser.globals)
+        + FUNC_BYTES * functions
+        + IMPORT_BYTES * imported
+    )
+
+
 class Layout(NamedTuple):
     """What a module defines: ``(min, max or None, shared)`` per memory in bytes, and
-    ``(min, max or None)`` per table in elements."""
+    ``(min, max or None)`` per table in elements; ``host``: the runtime memory an
+    instance holds besides (module_host), bounded by limits.memory on its own."""
 
     memories: tuple
     tables: tuple
+    host: int = 0
 
 
 class Plan(NamedTuple):
@@ -184,7 +216,8 @@ class Plan(NamedTuple):
 
 
 class TotalsError(ValueError):
-    """The module cannot start within the totals (``kind`` is "memory" or "table")."""
+    """The module cannot start within the totals (``kind`` is "memory", "table", or
+    "host": its instance's runtime memory, Layout.host, passes limits.memory)."""
 
     def __init__(self, kind: str, message: str) -> None:
         super().__init__(message)
@@ -217,7 +250,7 @@ def layout(wasm: bytes, parser: Any = None) -> Optional[Layout]:
         # limit, red team rounds 23 and 26).
         memories += (GC_HEAP,)
     tables = tuple((t.limits.min, t.limits.max) for t in parser.tables if not t.imported)
-    return Layout(memories, tables)
+    return Layout(memories, tables, module_host(parser))
 
 
 GC_HEAP = (0, None, False)  # a Layout memory: the GC heap (starts empty, no maximum)
@@ -245,6 +278,8 @@ def plan(found: Optional[Layout], memory: int, tables: Optional[int]) -> Plan:
     table, each up to the total: sound, and enough for nearly every module."""
     if found is None:
         return Plan(memory, 1, tables, 1)
+    if found.host > memory:
+        raise TotalsError("host", host_message(found.host))
     fixed = sum(m[1] for m in found.memories if m[2])
     growable = [m for m in found.memories if not m[2]]
     if fixed > memory:
@@ -266,6 +301,13 @@ def plan(found: Optional[Layout], memory: int, tables: Optional[int]) -> Plan:
     return Plan(each, len(found.memories), table_each, len(found.tables))
 
 
+def host_message(host: int) -> str:
+    return (
+        f"an instance would hold about {_size(host)} of the runtime's memory for its "
+        "globals and functions (16 bytes a global, 24 a function), outside linear memory"
+    )
+
+
 MAX_TABLE = 2**32 - 1
 MAX_FUTURE = 256  # future members a group's shares are kept for (bounds the planning cost)
 
@@ -285,6 +327,7 @@ class Budget:
         self.instances = limits.instances
         self.memory_left = limits.memory
         self.table_left = limits.table_elements
+        self.host_left = limits.memory  # the members' runtime memory (Layout.host)
         self.members = 0
         self.failed = 0  # members whose instantiation failed after the runtime allocated
 
@@ -317,6 +360,8 @@ class Budget:
                 hint="raise limits.instances",
             )
         found = found or Layout((), ())
+        if found.host > self.host_left:
+            raise TotalsError("host", host_message(found.host))
         mems = [(m[0], _mem_max(m[1]), m[2]) for m in found.memories]
         mems += [(low, _mem_max(high), False) for low, high in memories]
         tabs = [(t[0], MAX_TABLE if t[1] is None else t[1]) for t in (*found.tables, *tables)]
@@ -347,6 +392,7 @@ class Budget:
                 else min(caps.table_each, max(kept.table_each or 0, table_floor)),
             )
         self.memory_left -= sum(m[1] if m[2] else min(m[1], caps.memory_each) for m in mems)
+        self.host_left -= found.host
         if self.table_left is not None and caps.table_each is not None:
             self.table_left -= sum(min(t[1], caps.table_each) for t in tabs)
         self.members += 1

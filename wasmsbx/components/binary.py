@@ -13,6 +13,16 @@ store's limits from the policy:
   the parent's). A component that instantiates a core module or component it imports or
   takes from an instance's exports is refused (ComponentUnsupported): what it makes
   cannot be counted, and an undercount would loosen the per-memory cap.
+- ``adapters``: core instances wasmtime adds on its own: a ``canon lower`` of a function
+  another component instance (or this one) lifted becomes a fused adapter, which lives
+  in an adapter module wasmtime generates and instantiates. Which lowers are fused
+  needs wasmtime's inlining pass, so every canonical function counts as a possible one,
+  once per instantiation of its component: an upper bound (before, composed components
+  such as ``wac`` output were refused as past the instance limit, red team round 76).
+- ``host``: the runtime's own memory the core instances hold outside their linear
+  memories and tables (their globals, function references and imports; see
+  ``backends.limits.module_host``), once per instantiation, so ``limits.memory``
+  bounds it too.
 - ``memories``: ``(min_bytes, max_bytes or None)`` of every linear memory a core module
   defines, once per instantiation. Imported memories are the same memory again.
   ``tables`` the same for tables (in elements); ``gc_heap``: some core module has
@@ -27,11 +37,16 @@ from __future__ import annotations
 from collections import namedtuple
 from typing import Optional
 
+from ..backends.limits import INSTANCE_BYTES, module_host
 from ..wasm.facts import FactsError, _leb, _parse
 
 PAGE = 65536
 MAX_DEPTH = 64  # nested components; wasmtime's own limit is lower
 MAX_COUNT = 100_000  # core instances or memories: far beyond any real component
+
+# A canonical function's entries in the component's own context (measured 29-31 bytes
+# with wasmtime 51, fused or not; the instance costs are in backends.limits)
+CANON_BYTES = 64
 _CORE_MODULE, _CORE_INSTANCE, _COMPONENT, _INSTANCE = 1, 2, 4, 5
 
 
@@ -47,8 +62,8 @@ class CoreModule(namedtuple("CoreModule", "index offset size")):
 class Layout(
     namedtuple(
         "Layout",
-        "core_modules core_instances memories components probed gc_heap tables",
-        defaults=(False, False, ()),
+        "core_modules core_instances memories components probed gc_heap tables adapters host",
+        defaults=(False, False, (), 0, 0),
     )
 ):
     """What instantiating the component creates (see the module docstring)."""
@@ -60,7 +75,13 @@ class Layout(
     probed: bool  # with wasmsbx's memory probe (components.probe): counted in core_instances
     gc_heap: bool  # a core module has struct, array or exception types: the store's GC heap
     tables: tuple  # (min, max or None) elements of every table defined, once per instantiation
+    adapters: int  # at most this many fused-adapter core instances besides core_instances
+    host: int  # bytes of runtime memory the core instances hold (module docstring)
     __slots__ = ()
+
+    def instance_limit(self) -> int:
+        """The core instances wasmtime may make for one instance of the component."""
+        return self.core_instances + self.adapters
 
 
 class ComponentFormatError(ValueError):
@@ -103,7 +124,7 @@ def _scan(data: memoryview, start: int, end: int, depth: int, outer: tuple = ())
     memories: list = []
     tables: list = []
     gc_heap = False
-    instances = 0
+    instances = adapters = host = 0
     while pos < end:
         section = data[pos]
         size, pos = _leb(data, pos + 1)
@@ -122,6 +143,7 @@ def _scan(data: memoryview, start: int, end: int, depth: int, outer: tuple = ())
                 memories.extend(found.memories)
                 tables.extend(found.tables)
                 gc_heap = gc_heap or found.gc_heap
+                host += found.host
         elif section == _COMPONENT:
             layout = _scan(data, pos, body_end, depth + 1, scopes)
             nested_defined.append(layout)
@@ -130,17 +152,24 @@ def _scan(data: memoryview, start: int, end: int, depth: int, outer: tuple = ())
             for index in _component_instances(data, pos):
                 layout = scope.component(index)
                 instances += layout.core_instances
+                adapters += layout.adapters
+                host += layout.host
                 memories.extend(layout.memories)
                 tables.extend(layout.tables)
                 gc_heap = gc_heap or layout.gc_heap
-                if instances > MAX_COUNT or max(len(memories), len(tables)) > MAX_COUNT:
+                if instances + adapters > MAX_COUNT or max(len(memories), len(tables)) > MAX_COUNT:
                     break
         elif section in (_ALIAS, _IMPORT, _EXPORT):
             _index_spaces(data, pos, section, scopes)
+        elif section == _CANON:  # each one a possible fused adapter (module docstring)
+            count = _leb(data, pos)[0]
+            adapters += count
+            host += count * (CANON_BYTES + INSTANCE_BYTES)
         pos = body_end
-        if instances > MAX_COUNT or max(len(memories), len(tables)) > MAX_COUNT:
+        if instances + adapters > MAX_COUNT or max(len(memories), len(tables)) > MAX_COUNT:
             raise ComponentFormatError(
-                f"more than {MAX_COUNT:,} core instances, memories or tables"
+                f"more than {MAX_COUNT:,} core instances (fused adapters included), "
+                "memories or tables"
             )
     return Layout(
         tuple(defined + [m for n in nested_defined for m in n.core_modules]),
@@ -150,6 +179,8 @@ def _scan(data: memoryview, start: int, end: int, depth: int, outer: tuple = ())
         False,
         gc_heap,
         tuple(tables),
+        adapters,
+        host,
     )
 
 
@@ -199,7 +230,7 @@ class _Scope:
 
 
 _CORE_SORT, _CORE_MODULE_SORT, _COMPONENT_SORT = 0x00, 0x11, 0x04
-_ALIAS, _IMPORT, _EXPORT = 6, 10, 11
+_ALIAS, _CANON, _IMPORT, _EXPORT = 6, 8, 10, 11
 
 
 def _index_spaces(data: memoryview, pos: int, section: int, scopes: tuple) -> None:
@@ -343,8 +374,9 @@ def _skip_name(data: memoryview, pos: int) -> int:
     return pos + length
 
 
-class _Items(namedtuple("_Items", "memories tables gc_heap")):
-    """What one core module defines: memories (bytes), tables (elements), a GC heap."""
+class _Items(namedtuple("_Items", "memories tables gc_heap host")):
+    """What one core module defines: memories (bytes), tables (elements), a GC heap,
+    and the runtime memory one instance of it holds (bytes, ``limits.module_host``)."""
 
     __slots__ = ()
 
@@ -361,6 +393,7 @@ def _module_items(data: memoryview, module: CoreModule) -> _Items:
         ],
         [(t.limits.min, t.limits.max) for t in parser.tables if not t.imported],
         parser.gc_heap,
+        module_host(parser),
     )
 
 
@@ -399,6 +432,8 @@ def layout_record(layout: Layout) -> dict:
         "probed": layout.probed,
         "gc_heap": layout.gc_heap,
         "tables": [list(t) for t in layout.tables],
+        "adapters": layout.adapters,
+        "host": layout.host,
     }
 
 
@@ -419,9 +454,12 @@ def layout_from_record(record: object) -> Layout:
             (_count(low), None if high is None else _count(high)) for low, high in record["tables"]
         )
         instances = _count(record["core_instances"])
+        # (a record made before fused adapters and the runtime's memory were counted
+        # has neither: refused, red team round 76)
+        adapters, host = _count(record["adapters"]), _count(record["host"])
         # (what a scan refuses, a record may not hold either: it is authentic, but any
         # key holder could have written it)
-        if instances > MAX_COUNT or max(len(memories), len(tables)) > MAX_COUNT:
+        if instances + adapters > MAX_COUNT or max(len(memories), len(tables)) > MAX_COUNT:
             raise ValueError(f"more than {MAX_COUNT:,} core instances, memories or tables")
         for low, high in memories + tables:
             if high is not None and low > high:
@@ -434,6 +472,8 @@ def layout_from_record(record: object) -> Layout:
             probed,
             gc_heap,
             tables,
+            adapters,
+            host,
         )
     except (AttributeError, KeyError, TypeError, ValueError) as exc:
         raise ComponentFormatError(f"unreadable component layout ({exc})") from None

@@ -259,12 +259,14 @@ class ComponentSandbox(Sandbox):
                     f"{self.path}: {exc}", hint=exc.hint, path=str(self.path)
                 ) from None
         record = self.artifact.header["module"].get("component")
-        if not isinstance(record, dict) or "tables" not in record:
+        if not isinstance(record, dict) or not {"tables", "host"} <= record.keys():
             # (one recorded before tables and the GC heap were counted would run under the
-            # old per-table cap and without the GC heap's share: red team round 70)
+            # old per-table cap and without the GC heap's share: red team round 70; one
+            # before the runtime's memory was, without that bound: round 76)
             why = (
-                "it does not record the component's layout (tables and GC heap included), "
-                "which the limits need (made by an older wasmsbx)"
+                "it does not record the component's layout (tables, GC heap and the "
+                "runtime's memory included), which the limits need (made by an older "
+                "wasmsbx)"
             )
         else:
             try:

@@ -332,7 +332,7 @@ def _encode(facts: RunFacts, digest: str) -> tuple:
         tuple((e.name, e.kind, e.index, _functype(e.type)) for e in interface.exports),
         None
         if layout is None
-        else (tuple(map(tuple, layout.memories)), tuple(map(tuple, layout.tables))),
+        else (tuple(map(tuple, layout.memories)), tuple(map(tuple, layout.tables)), layout.host),
         (facts.exported.at, facts.exported.shift),
         bool(facts.start),
     )
@@ -460,7 +460,10 @@ def _decode(data: Any, digest: str) -> Optional[RunFacts]:
             tuple(params), tuple(results)
     layout = None
     if shape is not None:
-        layout = Layout(tuple(map(tuple, shape[0])), tuple(map(tuple, shape[1])))
+        memories, tables, host = shape
+        if type(host) is not int:
+            return None
+        layout = Layout(tuple(map(tuple, memories)), tuple(map(tuple, tables)), host)
     at, shift = exported
     return RunFacts(
         RecordedInterface(imports, exports), layout, Exported(b"", at, shift), bool(start)

@@ -1,0 +1,94 @@
+"""The runtime's memory for instances' globals and functions is bounded by limits.memory,
+and a composed component's fused adapters are counted (red team round 76): a 695 KB
+component instantiated a module of 100,000 globals 1,001 times and held 1.6 GB under
+--memory 16MiB (wasmtime keeps 16 bytes a global in each instance's context, counted by
+no store limit); a component whose core module calls a nested component's export
+through `canon lower` was refused as past limits.instances, as wasmtime adds a core
+instance for the fused adapter."""
+
+from __future__ import annotations
+
+import pytest
+
+import wasmsbx
+from wasmsbx import errors
+from wasmsbx.components import binary
+from wasmsbx.policy import from_dict
+
+from .conftest import BACKENDS
+from .test_attack_component_limits import built
+
+components = pytest.mark.skipif("wasmtime" not in BACKENDS, reason="components run on wasmtime")
+
+
+def many_instances(globals_: int, instances: int) -> str:
+    """A component instantiating a module of ``globals_`` mutable globals
+    ``instances`` + 1 times; ``x`` returns 1."""
+    module = "".join(f"(global (mut i64) (i64.const {i}))" for i in range(globals_))
+    made = " ".join("(core instance (instantiate $m))" for _ in range(instances))
+    return (
+        f'(component (core module $m {module} (func (export "x") (result i32) i32.const 1))'
+        f" {made} (core instance $last (instantiate $m))"
+        ' (func (export "x") (result u32) (canon lift (core func $last "x"))))'
+    )
+
+
+# The outer core module calls the nested component's export through `canon lower`:
+# what `wac` and `wasm-tools compose` make; wasmtime instantiates a fused adapter.
+NESTED_CALL = """(component
+  (component $inner
+    (core module $m (func (export "go") (result i32) (i32.const 5)))
+    (core instance $i (instantiate $m))
+    (func $go (export "go") (result u32) (canon lift (core func $i "go"))))
+  (instance $in (instantiate $inner))
+  (alias export $in "go" (func $g))
+  (core func $gl (canon lower (func $g)))
+  (core module $m2
+    (import "" "g" (func $g (result i32)))
+    (func (export "go") (result i32) (call $g)))
+  (core instance $i2 (instantiate $m2 (with "" (instance (export "g" (func $gl))))))
+  (func (export "go") (result u32) (canon lift (core func $i2 "go"))))"""
+
+
+@components
+def test_many_instances_of_a_module_with_many_globals_is_refused_before_it_starts(tmp_path, cli):
+    guest = built(many_instances(10_000, 200), tmp_path, "inst")  # about 32 MB of globals
+    result = cli("run", guest, "x", "--memory", "16MiB")
+    assert result.code == 110, result.stderr
+    assert "201 core instances" in result.stderr and "runtime's memory" in result.stderr
+    assert "hint: raise limits.memory" in result.stderr and "Traceback" not in result.stderr
+    assert cli("run", guest, "x", "--memory", "64MiB").stdout.strip() == "1"
+
+
+@components
+def test_the_scan_counts_each_instances_globals(tmp_path):
+    one = binary.scan(built(many_instances(1000, 0), tmp_path, "one").read_bytes())
+    many = binary.scan(built(many_instances(1000, 99), tmp_path, "many").read_bytes())
+    # (one.host: a module instance, plus the lift's context entry and possible adapter)
+    assert many.host - one.host == 99 * (one.host - 64 - 2048)
+    assert one.host > 1000 * 16  # 16 bytes a global
+    with pytest.raises(errors.MemoryLimitExceeded, match="runtime's memory"):
+        wasmsbx.Sandbox(
+            built(many_instances(1000, 99), tmp_path, "m2"),
+            from_dict({"limits": {"memory": "1MiB"}}),
+        ).call("x")
+
+
+@components
+def test_a_component_calling_its_nested_component_runs_under_the_default_policy(tmp_path, cli):
+    guest = built(NESTED_CALL, tmp_path, "nested")
+    result = cli("run", guest, "go")
+    assert result.code == 0, result.stderr
+    assert result.stdout.strip() == "5"
+    layout = binary.scan(guest.read_bytes())
+    assert layout.core_instances == 2 and layout.adapters >= 1
+
+
+def test_a_module_with_many_globals_is_refused_under_a_small_memory_limit(backend, tmp_path):
+    module = "".join(f"(global (mut i64) (i64.const {i}))" for i in range(100_000))
+    source = tmp_path / "g.wat"
+    source.write_text(f'(module {module} (func (export "f") (result i32) i32.const 7))')
+    small = from_dict({"limits": {"memory": "1MiB"}})
+    with pytest.raises(errors.MemoryLimitExceeded, match="globals and functions"):
+        wasmsbx.Sandbox(source, small, backend=backend).call("f")
+    assert wasmsbx.Sandbox(source, backend=backend).call("f") == 7
