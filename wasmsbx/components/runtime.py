@@ -182,6 +182,13 @@ def refused_imports(names: list) -> tuple:
     return network, other
 
 
+def writes_output(names: list) -> bool:
+    """Whether a component importing ``names`` can write to stdout or stderr: only the
+    streams of ``wasi:cli/stdout`` and ``wasi:cli/stderr`` lead there (a nested
+    component reaches what the outer one imports, nothing more)."""
+    return any(name.startswith(("wasi:cli/stdout", "wasi:cli/stderr")) for name in names)
+
+
 def check_imports(names: list) -> None:
     network, other = refused_imports(names)
     if network:
@@ -227,8 +234,10 @@ class ComponentInstance:
         # its timeout.
         self.turn = threading.RLock()
         self.budget = _Budget(limits.output, self._stop_flood)
-        # stdout and stderr through pipes, drained at the end of every call (pipes.py)
-        self.pipes = OutputPipes()
+        # stdout and stderr through pipes, drained at the end of every call (pipes.py);
+        # none for a component that cannot reach them (no thread, no descriptors: many
+        # components are functions without output)
+        self.pipes = OutputPipes() if writes_output(import_names) else None
         check_imports(import_names)
         self.store = wasmtime.Store(engine.engine)
         try:
@@ -364,7 +373,8 @@ class ComponentInstance:
         finally:
             # Every byte the guest wrote in the call, passed on (or refused) before the
             # call's result is: a non-blocking write came after it (red team round 76).
-            self.pipes.drain()
+            if self.pipes is not None:
+                self.pipes.drain()
             KEEPER.leave(watch)
             stackroom.leave(below)
             if not watch.interrupted:  # (its error refers to self: a cycle that kept every
@@ -556,7 +566,8 @@ class ComponentInstance:
         return held if type(held) is int else None
 
     def close(self) -> None:
-        self.pipes.close()
+        if self.pipes is not None:
+            self.pipes.close()
         for output in self.outputs:
             output.close()
 

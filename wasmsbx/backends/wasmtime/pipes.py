@@ -23,6 +23,7 @@ guest's later writes fail inside it (EPIPE), as they did when the callback refus
 
 from __future__ import annotations
 
+import errno
 import os
 import queue
 import select
@@ -38,6 +39,26 @@ def fd_path(fd: int) -> str:
     """A path that opens ``fd`` again (the pipe, not a copy of the descriptor)."""
     folder = "/proc/self/fd" if os.path.isdir("/proc/self/fd") else "/dev/fd"
     return f"{folder}/{fd}"
+
+
+def _pipe() -> tuple:
+    """``os.pipe()``; out of descriptors is the host's trouble (exit 118), not a bug."""
+    try:
+        return os.pipe()
+    except OSError as exc:
+        if exc.errno not in (errno.EMFILE, errno.ENFILE):
+            raise
+        raise _no_descriptors(exc.strerror or "") from None
+
+
+def _no_descriptors(why: str) -> Exception:
+    from ... import errors
+
+    return errors.ResourceExhausted(
+        "out of file descriptors for a component's output pipes (each live component "
+        f"that imports wasi:cli/stdout or stderr holds six): {why}",
+        hint="raise the open-files limit (ulimit -n) or close sandboxes you are done with",
+    )
 
 
 class OutputPipes:
@@ -58,15 +79,17 @@ class OutputPipes:
         """Give ``config`` (a WasiConfig) pipes for stdout and stderr, whose bytes go to
         ``sinks`` (callables as ``_Output``: bytes -> count, or a negative errno)."""
         try:
-            self.wake = os.pipe()
+            self.wake = _pipe()
             for fd in self.wake:
                 os.set_blocking(fd, False)
             for name, sink in zip(("stdout_file", "stderr_file"), sinks):
-                read, write = os.pipe()
+                read, write = _pipe()
                 self.readers.append([read, sink, False])
                 os.set_blocking(read, False)
                 try:
                     setattr(config, name, fd_path(write))  # wasmtime opens its own
+                except Exception as exc:  # (its open of our own pipe: out of descriptors)
+                    raise _no_descriptors(str(exc).splitlines()[0] if str(exc) else "") from None
                 finally:
                     os.close(write)  # (so the pipe ends when wasmtime lets go of it)
             READERS.serve(self)
