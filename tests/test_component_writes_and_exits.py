@@ -144,3 +144,42 @@ def test_unflushed_writes_past_the_limit_through_the_api(tmp_path):
     tight = policy_mod.from_dict({"limits": {"output": 1000}})
     with Sandbox(WRITES, tight) as box, pytest.raises(errors.OutputLimitExceeded):
         box.run_command([], capture=True)
+
+
+def test_only_components_that_can_write_get_output_pipes():
+    """A pipe pair and a reader thread per live instance: a component that imports
+    neither wasi:cli/stdout nor stderr holds none (many components are functions)."""
+    import threading
+
+    import wasmsbx
+
+    before = threading.active_count()
+    boxes = [wasmsbx.Sandbox(HERE / "types.wat") for _ in range(20)]
+    for box in boxes:
+        assert box.call("add", 1, 2) == 3
+    assert threading.active_count() == before
+    assert all(box._instance.pipes is None for box in boxes)
+    writer = wasmsbx.Sandbox(WRITES)
+    writer.call("go", 1, 3)
+    assert writer._instance.pipes is not None
+
+
+def test_out_of_descriptors_for_the_pipes_is_resource_exhausted():
+    import subprocess
+    import sys
+
+    code = (
+        "import resource, wasmsbx\n"
+        "from wasmsbx import errors\n"
+        "resource.setrlimit(resource.RLIMIT_NOFILE, (128, 128))\n"
+        "boxes = []\n"
+        "try:\n"
+        "    for _ in range(100):\n"
+        f"        boxes.append(wasmsbx.Sandbox({str(WRITES)!r}))\n"
+        "        boxes[-1].call('go', 1, 1)\n"
+        "except errors.ResourceExhausted as exc:\n"
+        "    ok = str(exc).startswith('out of file descriptors')\n"
+        "    print('', exc.exit_code, ok, bool(exc.hint), sep='\\n')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=300)
+    assert done.stdout.split()[-3:] == [b"118", b"True", b"True"], done.stderr[-2000:]
