@@ -157,3 +157,34 @@ def test_a_socket_output_is_called_a_socket(add, isolated):
         server.close()
     assert proc.returncode == 105, proc.stderr
     assert "is a socket" in proc.stderr
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["compile", "add.wat", "-o", "out"],
+        ["audit", "add.wat", "--json", "-o", "out"],
+    ],
+    ids=["compile", "audit"],
+)
+def test_a_write_protected_output_is_not_replaced(cli_inproc, batch, monkeypatch, command):
+    """A chmod 444 file was replaced with exit 0 (a new file renamed over it needs only
+    the folder's permission), where the shell's `>` refuses it (red team round 77). As
+    root, a write-protected file is writable (as for the shell): this process then
+    answers os.access as an unprivileged owner would."""
+    out = batch / "out"
+    out.write_text("precious\n")
+    out.chmod(0o444)
+    if os.geteuid() == 0:
+        real = os.access
+
+        def access(path, mode, **kw):
+            if mode & os.W_OK and os.path.realpath(path) == str(out):
+                return bool(os.stat(path).st_mode & 0o200)
+            return real(path, mode, **kw)
+
+        monkeypatch.setattr(os, "access", access)
+    res = cli_inproc(*command)
+    assert res.code == 105, res
+    assert "is write-protected (mode 0444); not replaced" in res.stderr
+    assert out.read_text() == "precious\n"

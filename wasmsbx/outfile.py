@@ -94,6 +94,15 @@ def check_output(path: Any, inputs: Iterable = (), *, trust_folder: bool = False
             f"is the same file as the input {same}; refusing to overwrite it",
             "choose another output name",
         )
+    if stat.S_ISREG(info.st_mode) and not trust_folder and not os.access(text, os.W_OK):
+        # (replaced through a new file and a rename, which needs only the folder's
+        # write permission: a write-protected file was replaced where the shell's `>`
+        # refuses it, red team round 77)
+        raise _fail(
+            text,
+            f"is write-protected (mode {stat.S_IMODE(info.st_mode):04o}); not replaced",
+            "make it writable (chmod u+w) or choose another output path",
+        )
 
 
 def refuse_trust_folder(text: str) -> None:
