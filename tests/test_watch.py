@@ -602,6 +602,23 @@ def test_startup_errors_are_one_line(cli, isolated):
     assert res.code == errors.ExitCode.USAGE and "--source" in res.stderr
 
 
+def test_a_folder_the_watcher_cannot_read_is_an_io_error(cli_inproc, isolated, monkeypatch):
+    """`watch --also /proc`: the watcher's PermissionError, met as it walked the folders,
+    was "internal error ... this is a bug", exit 100 (red team round 77)."""
+    import watchfiles
+
+    def refusing(*roots, **kw):
+        raise PermissionError('Permission denied (os error 13) about ["/proc/1/fdinfo"]')
+        yield  # (a generator, as watchfiles.watch is)
+
+    monkeypatch.setattr(watchfiles, "watch", refusing)
+    (isolated / "add.wat").write_text(ADD.format(extra=""))
+    res = cli_inproc("watch", "add.wat", "add", "1", "2", "--also", str(isolated))
+    assert res.code == errors.ExitCode.IO, res
+    assert "error: cannot watch " in res.stderr and "Permission denied" in res.stderr
+    assert "hint: watch folders you can read" in res.stderr and "bug" not in res.stderr
+
+
 # ---------------------------------------------------------------------------- the core diff
 
 

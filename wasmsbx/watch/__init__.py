@@ -529,6 +529,12 @@ class Watcher:
                 if pending and not (worker and worker.is_alive()):
                     worker = self._launch(pending)
                     pending = set()
+        except OSError as exc:  # (the watcher's, as it walks the folders: not a bug)
+            stop.stop("error")
+            raise errors.InputError(
+                f"cannot watch {', '.join(roots)}: {errors.inert(_first_line(exc))}",
+                hint="watch folders you can read (--also); /proc and /sys cannot be watched",
+            ) from None
         finally:
             in_flight = bool(worker and worker.is_alive())
             summary = {"reason": stop.reason, "cycles": self.cycle, "interrupted_run": in_flight}
@@ -736,3 +742,8 @@ __all__ = [
     "policy_changes",
     "stop_on_signals",
 ]
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:300] if text else type(exc).__name__
