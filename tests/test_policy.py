@@ -265,3 +265,13 @@ def test_policy_roundtrip_through_toml(tmp_path):
     again = P.load(path)
     assert again["limits.timeout"] == 1.5
     assert again.grants == pol.grants
+
+
+def test_a_policy_with_a_byte_order_mark_says_so(tmp_path):
+    """tomllib's answer was "Invalid statement (at line 1, column 1)" (red team round 77)."""
+    path = tmp_path / "bom.toml"
+    path.write_bytes(b'\xef\xbb\xbf[limits]\nmemory = "64MiB"\n')
+    with pytest.raises(PolicyError) as info:
+        P.load(path)
+    assert "starts with a UTF-8 byte-order mark" in str(info.value)
+    assert "without a BOM" in info.value.hint

@@ -41,6 +41,18 @@ def test_answers_follow_the_environment(monkeypatch, tmp_path):
     assert trustdir.trust_dir_text() == str(tmp_path / "explicit")
 
 
+@pytest.mark.parametrize("value", ["", "  "])
+def test_an_empty_home_is_not_the_root_folder(monkeypatch, value):
+    """expanduser("~") of an empty $HOME is "/": the cache and the trust folder (with
+    its secret key) were made at the root of the file system (red team round 77)."""
+    monkeypatch.setenv("HOME", value)
+    for name in ("XDG_CACHE_HOME", "XDG_CONFIG_HOME", "WASMSBX_TRUST_DIR", "WASMSBX_CACHE_DIR"):
+        monkeypatch.delenv(name, raising=False)
+    home = pwd.getpwuid(os.getuid()).pw_dir
+    assert trustdir.user_cache_text() == os.path.join(home, ".cache", "wasmsbx")
+    assert trustdir.trust_dir_text() == os.path.join(home, ".config", "wasmsbx", "trust")
+
+
 def test_relative_home_is_not_the_working_folder(monkeypatch, tmp_path):
     """A $HOME of "proj" would put the cache and the trust folder (with its secret key)
     in ./proj of whatever folder wasmsbx runs in: a cloned project could bring them."""

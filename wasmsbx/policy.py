@@ -727,6 +727,12 @@ def load(path) -> Policy:
     except UnicodeDecodeError:
         raise PolicyError(f"{origin}: not a UTF-8 text file", file=origin) from None
     except tomllib.TOMLDecodeError as exc:
+        if raw.startswith(b"\xef\xbb\xbf"):  # (tomllib's "Invalid statement" at 1:1)
+            raise PolicyError(
+                f"{origin}: invalid TOML: it starts with a UTF-8 byte-order mark",
+                hint="save it as UTF-8 without a BOM (TOML files have none)",
+                file=origin,
+            ) from None
         raise PolicyError(
             f"{origin}: invalid TOML: {exc}",
             hint="see sandbox.toml.example for the syntax",

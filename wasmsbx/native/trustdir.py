@@ -32,9 +32,12 @@ _TRUST_VARIABLES = (b"WASMSBX_TRUST_DIR", b"XDG_CONFIG_HOME", b"HOME")
 
 def _home() -> str:
     """The user's home folder: $HOME if absolute, else the password database's (a
-    relative $HOME would put the user's folders in whatever folder wasmsbx runs in)."""
+    relative $HOME would put the user's folders in whatever folder wasmsbx runs in, an
+    empty one at the root)."""
     home = os.path.expanduser("~")
-    if not os.path.isabs(home):
+    # (an empty $HOME: expanduser gives "/", and the cache and trust folders were made
+    # at the root of the file system, red team round 77)
+    if not os.path.isabs(home) or not os.environ.get("HOME", "x").strip():
         import pwd
 
         home = pwd.getpwuid(os.getuid()).pw_dir
