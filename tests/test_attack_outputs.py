@@ -188,3 +188,19 @@ def test_a_write_protected_output_is_not_replaced(cli_inproc, batch, monkeypatch
     assert res.code == 105, res
     assert "is write-protected (mode 0444); not replaced" in res.stderr
     assert out.read_text() == "precious\n"
+
+
+@pytest.mark.parametrize("command", ["compile", "watch"])
+def test_a_link_loop_or_a_dangling_link_is_said_as_such(cli_inproc, isolated, command):
+    """`compile` and `watch` called both "no such file" (red team round 77); `run` and
+    `audit` said "Too many levels of symbolic links"."""
+    os.symlink("b", isolated / "a")
+    os.symlink("a", isolated / "b")
+    os.symlink("missing.wasm", isolated / "dangling")
+    extra = ["-o", "out.cwasm"] if command == "compile" else []
+    res = cli_inproc(command, "a", *extra)
+    assert res.code == 105, res
+    assert "Too many levels of symbolic links" in res.stderr and "no such file" not in res.stderr
+    res = cli_inproc(command, "dangling", *extra)
+    assert res.code == 105, res
+    assert "is a symbolic link to a missing file" in res.stderr

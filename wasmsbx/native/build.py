@@ -94,6 +94,19 @@ def build(path, exports: Sequence[str] = (), out=None, inputs: Sequence = ()) ->
     ``inputs`` or the source itself: see wasmsbx.outfile)."""
     path = Path(path)
     if not path.exists():
+        if path.is_symlink():  # (a link to nothing, or a loop: not "no such file")
+            try:
+                os.stat(path)
+            except FileNotFoundError:
+                raise errors.InputError(
+                    f"{path}: is a symbolic link to a missing file",
+                    hint="check where the link points",
+                    path=str(path),
+                ) from None
+            except OSError as exc:
+                raise errors.InputError(
+                    f"{path}: cannot read: {exc.strerror}", path=str(path)
+                ) from None
         raise errors.InputError(f"{path}: no such file", hint="check the path", path=str(path))
     if out is not None:
         from ..outfile import check_output
