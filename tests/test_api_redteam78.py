@@ -157,3 +157,18 @@ def test_another_sandboxs_limit_in_a_host_function_is_that_functions_error():
     assert type(info.value) is errors.TrapError, info.value
     assert info.value.context.get("trap_code") == "host"
     assert isinstance(info.value.__cause__, errors.FuelExhausted)
+
+
+def test_an_export_name_asked_for_is_quoted_cut(cli):
+    """A 100,000-character export name asked for made an error of 100,116 characters
+    (the MCP server's call_export, the command line's --invoke; red team round 79)."""
+    from .conftest import EXAMPLES
+
+    name = "x" * 100_000
+    with pytest.raises(errors.UsageError) as info:
+        wasmsbx.Sandbox(EXAMPLES / "add.wat").call(name)
+    assert len(str(info.value)) < 400 and "(100,000 characters)" in str(info.value)
+    res = cli("run", EXAMPLES / "add.wat", "--invoke", f"{'y' * 5000}(1, 2)")
+    assert res.code == 2, res
+    assert all(len(line) < 1000 for line in res.stderr.splitlines()), res.stderr[:500]
+    assert "(5,000 characters)" in res.stderr

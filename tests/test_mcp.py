@@ -175,6 +175,25 @@ def test_call_may_tighten_but_not_loosen_limits(server):
     assert mem["exit_code"] == 1 and "MemoryError" in mem["stderr"]
 
 
+def test_arguments_of_the_wrong_type_are_usage_errors_with_a_hint(server):
+    """They were pydantic's text ("1 validation error for run_pythonArguments ... For
+    further information visit https://errors.pydantic.dev/..."), red team round 79."""
+
+    async def scenario():
+        async with server.connect() as c:
+            wrong = await c.call_tool("run_python", {"code": "1", "session": 123})
+            missing = await c.call_tool("run_python", {})
+            nested = await c.call_tool("run_python", {"code": "1", "limits": {"timeout": [1]}})
+            return wrong, missing, nested
+
+    for result, where in zip(run(scenario()), ["session", "code", "limits.timeout"]):
+        text = text_of(result)
+        assert result.is_error, text
+        assert text.startswith(f"usage: run_python: argument {where}: "), text
+        assert "\nhint: see the tool's input schema" in text
+        assert "pydantic" not in text and "123" not in text
+
+
 def test_request_over_the_size_limit_is_refused():
     async def scenario():
         async with stdio_client("--max-request", "4KiB") as c:
@@ -867,8 +886,11 @@ def test_the_policy_is_the_servers_not_the_working_folders(tmp_path, isolated):
     assert write["exit_code"] == 1 and not (data / "x").exists()
 
 
-def test_sigterm_stops_the_http_server_cleanly():
-    """SIGTERM: exit 0, no worker left running, the private folder removed."""
+@pytest.mark.parametrize("signame", ["SIGTERM", "SIGHUP"])
+def test_sigterm_stops_the_http_server_cleanly(signame):
+    """SIGTERM, and SIGHUP (a closed terminal or SSH session: it killed the server with
+    no cleanup, red team round 79): exit 0, no worker left running, the private folder
+    removed."""
     import signal
 
     with http_server() as (_, proc):
@@ -881,13 +903,43 @@ def test_sigterm_stops_the_http_server_cleanly():
 
         root = Path(os.readlink(f"/proc/{workers[0]}/cwd"))
         assert root.name.startswith("wasmsbx-mcp-")
-        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(getattr(signal, signame))
         assert proc.wait(60) == 0
     deadline = time.monotonic() + 30
     while any(_alive(w) for w in workers) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert not any(_alive(w) for w in workers)
     assert not root.exists()
+
+
+def test_a_killed_servers_workers_die_with_it(tmp_path):
+    """SIGKILL leaves the folder (the next server removes it) but no worker: a worker
+    running a call ran on, guest and all, to the guest's deadline (red team round 79)."""
+    import signal
+
+    from .mcp_helpers import raw_server
+
+    policy = tmp_path / "sandbox.toml"
+    policy.write_text('[limits]\ntimeout = "300s"\n')
+    proc, send, _ = raw_server("--policy", str(policy))
+    try:
+        call = {"name": "run_python", "arguments": {"code": "while True: pass"}}
+        send({"id": 2, "method": "tools/call", "params": call})
+        deadline = time.monotonic() + 120
+        while not _children(proc.pid) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        time.sleep(3)  # the call is running in a worker now
+        workers = _children(proc.pid)
+        assert workers
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(60)
+    finally:
+        proc.kill()
+        proc.wait()
+    deadline = time.monotonic() + 30
+    while any(_alive(w) for w in workers) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not any(_alive(w) for w in workers)
 
 
 def test_output_that_is_not_utf8_comes_back_as_base64(server):

@@ -334,6 +334,19 @@ def test_request_size(service_in):
     assert "request too large" in info.value.message
 
 
+def test_call_export_args_count_as_their_json(service_in):
+    """call_export's args were measured as an int, which counted its digits: 200 KB of
+    arguments were 6 bytes, past --max-request (red team round 79)."""
+    from wasmsbx.mcp.tools import _json_size
+
+    service = service_in(max_request=64 << 10)
+    args = ["1" * 200_000]
+    assert service.check_request(None, None, "f", _json_size([1, 2])) == len("f") + 6
+    with pytest.raises(errors.LimitExceeded) as info:
+        service.check_request(None, None, "f", _json_size(args))
+    assert "request too large: 195.3 KiB of arguments" in info.value.message
+
+
 # ------------------------------------------------------------------ interpreters
 
 

@@ -93,6 +93,15 @@ def guest_exit_code(status: int) -> int:
 NAME_SHOWN = 200
 
 
+def quoted(name: str, limit: int = NAME_SHOWN) -> str:
+    """A name the caller gave, quoted as ``repr`` quotes it (escapes and all), cut past
+    ``limit`` characters with the length said: an export name of 100,000 characters
+    asked for made an error of 100,000 (red team round 79)."""
+    if len(name) <= limit:
+        return repr(name)
+    return f"{name[:limit]!r}... ({len(name):,} characters)"
+
+
 def inert(text: Any, limit: Optional[int] = NAME_SHOWN) -> str:
     """Text from outside (a module's export, import or function names, a file name, a
     guest's message) made safe to print: each non-printable character escaped as Python

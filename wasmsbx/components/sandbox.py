@@ -65,14 +65,14 @@ def find_export(exports: list, name: str, where: str) -> runtime.ComponentExport
         return found[0]
     if len(found) > 1:
         raise errors.UsageError(
-            f"{name!r} is exported by several interfaces",
+            f"{errors.quoted(name)} is exported by several interfaces",
             hint="name one: " + ", ".join(errors.inert(e.name) for e in found),
         )
     import difflib
 
     close = difflib.get_close_matches(name, [e.name for e in exports], n=1)
     raise errors.UsageError(
-        f"{where} has no exported function {name!r}",
+        f"{where} has no exported function {errors.quoted(name)}",
         hint=(f"did you mean '{errors.inert(close[0])}'? " if close else "")
         + exports_hint(exports),
         function=name,

@@ -78,7 +78,12 @@ class WorkerPool:
         self._tasks: set = set()
 
     async def _spawn(self) -> _Worker:
+        from .worker import PARENT_VARIABLE
+
         env = dict(os.environ)
+        # (made by the event loop's thread, which lives as long as the server: the
+        # worker's PR_SET_PDEATHSIG fires when the thread that made it ends)
+        env[PARENT_VARIABLE] = str(os.getpid())
         proc = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",

@@ -131,13 +131,17 @@ def serve(
     def stop(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt  # unwinds through the cleanup below
 
-    previous = signal.signal(signal.SIGTERM, stop)
+    # SIGHUP too: what a server gets when its terminal or SSH session closes; it killed
+    # the server with no cleanup, leaving every session's folder (red team round 79)
+    handled = (signal.SIGTERM, signal.SIGHUP)
+    previous = {signum: signal.signal(signum, stop) for signum in handled}
     try:
         anyio.run(_main, service, config, transport, host, port, token)
     except KeyboardInterrupt:
         pass
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
         service.close_now()  # whatever the async close did not reach
 
 

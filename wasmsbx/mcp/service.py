@@ -616,9 +616,17 @@ def rebuild_error(data: dict) -> errors.WasmsbxError:
     return cls(message, hint=data.get("hint"), **context)
 
 
+class Measured(int):
+    """A part of a request measured already, in bytes (``tools._json_size`` of a tool's
+    JSON arguments): ``check_request`` counts it as it is. A plain int counted as its
+    digits, so 200 KB of ``call_export`` args were 6 bytes (red team round 79)."""
+
+
 def _size(part: Any) -> int:
     if part is None:
         return 0
+    if isinstance(part, Measured):
+        return int(part)
     if isinstance(part, str):
         return len(part.encode("utf-8", "surrogatepass"))
     if isinstance(part, (list, tuple)):

@@ -350,7 +350,55 @@ def build(service: Service) -> Any:
         }
         return data
 
+    _plain_validation_errors(server)
     return server
+
+
+def _plain_validation_errors(server: Any) -> None:
+    """Arguments of the wrong type or missing: the SDK's text was pydantic's, "1
+    validation error for run_pythonArguments ... For further information visit
+    https://errors.pydantic.dev/..."; it is now ``usage: ...`` with a hint, as every
+    other refused argument (red team round 79). ``_handle_call_tool`` calls
+    ``self.call_tool``, so the instance's attribute is the one used."""
+    from mcp.server.mcpserver.exceptions import ToolError
+    from pydantic import ValidationError
+
+    call_tool = server.call_tool
+
+    async def checked(name: str, arguments: dict, context: Any = None) -> Any:
+        try:
+            return await call_tool(name, arguments, context)
+        except ToolError as exc:
+            if not isinstance(exc.__cause__, ValidationError):
+                raise
+            raise tool_error(_usage(name, exc.__cause__)) from None
+
+    server.call_tool = checked
+
+
+def _usage(tool: str, exc: Any) -> errors.UsageError:
+    """The first problem pydantic found, said as a usage error (the value never quoted:
+    it is the caller's, and may be huge)."""
+    problems = exc.errors()
+    first = problems[0] if problems else {}
+    places = list(dict.fromkeys(_place(p.get("loc", ())) for p in problems))
+    where = places[0] if places else "arguments"
+    what = str(first.get("msg", "is not valid"))[:200]
+    more = f" (and {len(places) - 1} more)" if len(places) > 1 else ""
+    return errors.UsageError(
+        f"{tool}: argument {errors.inert(where)[:200]}: {what}{more}",
+        hint="see the tool's input schema (tools/list) for each argument's type",
+    )
+
+
+# The parts of a pydantic error's location that name the alternative of a union it
+# tried ("limits.timeout.str"), not an argument
+_UNION_TAGS = frozenset({"str", "int", "float", "bool", "none", "list", "dict", "tuple"})
+
+
+def _place(loc: Any) -> str:
+    parts = [str(p) for p in loc if str(p) not in _UNION_TAGS and "[" not in str(p)]
+    return ".".join(parts) or "arguments"
 
 
 def _client(ctx: Any) -> Optional[tuple]:
@@ -392,10 +440,14 @@ def _streams(data: dict) -> dict:
 
 
 def _json_size(value: Any) -> int:
-    """Bytes of a JSON argument as sent (nested values included)."""
+    """Bytes of a JSON argument as sent (nested values included), as check_request
+    counts them (``Measured``)."""
     import json
 
-    return len(json.dumps(value, ensure_ascii=False, default=str).encode("utf-8", "replace"))
+    from .service import Measured
+
+    text = json.dumps(value, ensure_ascii=False, default=str)
+    return Measured(len(text.encode("utf-8", "replace")))
 
 
 def _stat_fields(data: dict) -> dict:

@@ -224,7 +224,15 @@ def serve(requests: Any, replies: Any) -> None:
         flush_hits()  # (the server kills its workers: cache hits are written per call)
 
 
+PARENT_VARIABLE = "WASMSBX_MCP_SERVER_PID"  # (pool.py sets it: the server's pid)
+
+
 def main() -> None:
+    parent = os.environ.pop(PARENT_VARIABLE, "")
+    if parent.isdigit():  # a worker, and its guest, never outlive the server (a server
+        from ..backends.base import die_with_parent  # killed by SIGKILL, say: red team
+
+        die_with_parent(int(parent))  # round 79 saw guests run on to their deadline)
     replies = os.fdopen(os.dup(1), "w", encoding="utf-8")
     os.dup2(2, 1)  # stray writes to fd 1 (runtime, guest) go to stderr, not to the protocol
     sys.stdout = sys.stderr

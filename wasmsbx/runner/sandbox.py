@@ -184,7 +184,7 @@ def find_signature(export_list: Sequence[Any], func: str, module_name: str) -> S
     close = difflib.get_close_matches(func, funcs, n=1)
     hint = f"did you mean '{errors.inert(close[0])}'? " if close else ""
     raise errors.UsageError(
-        f"{module_name} has no export named {func!r}",
+        f"{module_name} has no export named {errors.quoted(func)}",
         hint=hint + exports_hint(export_list),
         function=func,
     )
@@ -1209,7 +1209,7 @@ class Sandbox:
     def export(self, name: str) -> Any:
         """An export as a handle for another module of the same Group's imports."""
         if not any(e.name == name for e in self.export_list):
-            raise errors.UsageError(f"{self._name} has no export named {name!r}")
+            raise errors.UsageError(f"{self._name} has no export named {errors.quoted(name)}")
         return self._live().export_handle(name)
 
     def signature(self, func: str) -> Signature:

@@ -195,7 +195,7 @@ def execute(args: opts.RunArgs, log: Any = None, policy: Any = None) -> int:
             deadline=deadline,
         )
     except errors.UsageError as exc:
-        if func is not None and exc.message.endswith(f"has no export named {func!r}"):
+        if func is not None and exc.message.endswith(f"has no export named {errors.quoted(func)}"):
             _check_func(args.positionals[0], func, module, call_args)
         raise
     for warning in box.warnings:  # at once: the run itself may still fail
@@ -315,7 +315,7 @@ def _check_func(path: str, func: str, module: str, call_args: list) -> None:
 
     words = [func, *call_args]
     raise errors.UsageError(
-        f"{Path(path).name} has no export named {func!r}; it is a WASI command",
+        f"{Path(path).name} has no export named {errors.quoted(func)}; it is a WASI command",
         hint=f"its arguments go after --: wasmsbx run {shlex.join([module, '--', *words])}",
         function=func,
     )
