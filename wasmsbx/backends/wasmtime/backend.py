@@ -594,14 +594,22 @@ class WasmtimeInstance(Instance):
 
     def _poll_stopped(self) -> BaseException:
         """What ends a call whose guest waits in poll_oneoff past its deadline, or was
-        stopped meanwhile: the error an epoch's trap there would give."""
-        return self._interrupted(self.where, [])
+        stopped meanwhile: the error an epoch's trap there would give (this store's own
+        limit, raised through wasmsbx's own host function: see _call_error)."""
+        return self._own(self._interrupted(self.where, []))
 
     def _poll_trapped(self, trap: Any) -> BaseException:
         """A trap in poll's helper (its epoch deadline passed: the guest's), said as the
         guest's own, without the helper's frames."""
         error = self._trap_error(trap, self.where)
         error.backtrace = []
+        return self._own(error)
+
+    def _own(self, error: Any) -> Any:
+        """``error``, marked as a limit of this store's running call: raised in a host
+        function, it passes through as the call's own (_call_error), where another
+        sandbox's limit is the host function's failure."""
+        error._wasmsbx_limits_of = self.group
         return error
 
     def _define(self, imports: dict) -> None:
@@ -802,9 +810,7 @@ class WasmtimeInstance(Instance):
         try:
             return call_raw(self.store, func, types, args, self.group)
         except (wasmtime.Trap, wasmtime.WasmtimeError) as exc:
-            error = self._call_error(exc, name)
-            error._wasmsbx_limits_of = self.group  # (the running call's: see _call_error)
-            raise error from self._host_raised()
+            raise self._own(self._call_error(exc, name)) from self._host_raised()
 
     def caller(self, name: str, types: tuple, parse: Any) -> Any:
         """``call(args, timeout=None, fuel=None) -> list`` for export ``name``: plain
