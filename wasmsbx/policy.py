@@ -698,8 +698,9 @@ def _toml_module():
     return tomllib
 
 
-def load(path) -> Policy:
-    """Load and validate a policy file."""
+def load(path, found: bool = False) -> Policy:
+    """Load and validate a policy file (``found``: a ``sandbox.toml`` found in the working
+    folder, see _count_found_grants)."""
     if isinstance(path, str) and not path:  # (--policy '' fell back to ./sandbox.toml)
         from .errors import UsageError
 
@@ -744,7 +745,34 @@ def load(path) -> Policy:
             hint="see sandbox.toml.example for the syntax",
             file=origin,
         ) from None
+    if found:
+        _count_found_grants(data, origin)
     return from_dict(data, origin, base=path.resolve().parent)
+
+
+# Directory grants a discovered policy may hold (a project names a few folders).
+FOUND_GRANTS_LIMIT = 1_000
+
+
+def _count_found_grants(data: dict, origin: str) -> None:
+    """A discovered policy holds at most FOUND_GRANTS_LIMIT grants, counted before any is
+    resolved. Red team 77: its 1 MiB allows 250,000 (`"d",` each), and resolving them
+    took 4.5 s before any command ran; the metadata walk is bounded for the whole policy
+    (_metadata_below), this bounds the rest."""
+    body = data.get("filesystem")
+    if not isinstance(body, dict):
+        return
+    lists = [body.get(name) for name in ("read_only", "read_write")]
+    count = sum(len(value) for value in lists if isinstance(value, list))
+    if count > FOUND_GRANTS_LIMIT:
+        raise _fail(
+            origin,
+            "filesystem",
+            f"{count:,} grants; a sandbox.toml found in the working folder may hold at "
+            f"most {FOUND_GRANTS_LIMIT:,}",
+            hint=f"grant fewer folders; if you trust it as it is, pass it explicitly: "
+            f"--policy {origin}",
+        )
 
 
 def discover(explicit: Optional[str] = None, cwd: Optional[Path] = None) -> Policy:
@@ -753,7 +781,7 @@ def discover(explicit: Optional[str] = None, cwd: Optional[Path] = None) -> Poli
         return load(explicit)
     candidate = (cwd or Path.cwd()) / POLICY_FILENAME
     if candidate.is_file():
-        policy = load(candidate)
+        policy = load(candidate, found=True)
         confine(policy, candidate)
         cap_limits(policy)
         return policy
@@ -905,8 +933,10 @@ def confine(policy: Policy, path: Path) -> None:
         "folder, away from version-control metadata; if you trust it as it is, pass it "
         f"explicitly: --policy {path}"
     )
+    walked: set = set()  # the folders the grants' metadata walk saw, for all grants
     for dotted, target, writable in _named_paths(policy):
-        why = _outside_or_metadata(root, str(target), dotted.startswith("filesystem"), writable)
+        grant = dotted.startswith("filesystem")
+        why = _outside_or_metadata(root, str(target), grant, writable, walked)
         if why:
             raise PolicyError(
                 f"{path}: {dotted} names {target}, {why}",
@@ -967,8 +997,11 @@ def _named_paths(policy: Policy) -> list:
     return named
 
 
-def _outside_or_metadata(root: str, target: str, grant: bool, writable: bool) -> Optional[str]:
-    """Why a discovered policy may not name ``target`` (None: it may)."""
+def _outside_or_metadata(
+    root: str, target: str, grant: bool, writable: bool, walked: set
+) -> Optional[str]:
+    """Why a discovered policy may not name ``target`` (None: it may). ``walked``: see
+    _metadata_below."""
     import os
 
     from .native.trustdir import within
@@ -990,24 +1023,37 @@ def _outside_or_metadata(root: str, target: str, grant: bool, writable: bool) ->
             "--dir if you accept that"
         )
     if grant:
-        return _metadata_below(real)
+        return _metadata_below(real, walked)
     return None
 
 
-def _metadata_below(folder: str) -> Optional[str]:
-    """Why a granted folder is refused for what it holds (None: nothing found)."""
+def _metadata_below(folder: str, walked: set) -> Optional[str]:
+    """Why a granted folder is refused for what it holds (None: nothing found).
+
+    ``walked`` holds every folder the policy's earlier grants walked (real paths: the
+    walk starts at one and follows no link). Each was checked with all it holds (a walk
+    that stops refuses the whole policy), so a grant of one of them, or a subfolder
+    reaching one, is not walked again, and VCS_WALK_LIMIT bounds the folders walked for
+    the whole policy, however its grants are written. Red team 77: the limit was per
+    grant and nothing was shared, so 1,000 grants of one folder of 2,000 walked two
+    million folders, 26 s before any command ran (hours within the 1 MiB policy cap).
+    """
     import os
 
-    for seen, (top, dirs, files) in enumerate(os.walk(folder)):
+    if folder in walked:
+        return None
+    for top, dirs, files in os.walk(folder):
         found = [n for n in (*dirs, *files) if n.lower() in VCS_NAMES]
         if found:
             shown = os.path.relpath(os.path.join(top, found[0]), folder)
             return f"which holds version-control metadata ({shown}); grant a folder without it"
-        if seen >= VCS_WALK_LIMIT:
+        walked.add(top)
+        if len(walked) > VCS_WALK_LIMIT:
             return (
-                f"which holds more than {VCS_WALK_LIMIT:,} folders to check for "
-                "version-control metadata; grant a smaller folder"
+                f"which brings the folders this policy grants past {VCS_WALK_LIMIT:,} "
+                "(each is checked for version-control metadata); grant smaller folders"
             )
+        dirs[:] = [name for name in dirs if os.path.join(top, name) not in walked]
     return None
 
 
