@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -227,3 +228,43 @@ def test_the_log_is_never_an_input_nor_a_stand_in(cli, isolated):
     assert not (isolated / "-").exists()
     r = cli("run", "add.wat", "add", "1", "2", "--audit-log", "new.jsonl", cwd=isolated)
     assert r.code == 0 and (isolated / "new.jsonl").stat().st_size > 0, r
+
+
+@pytest.mark.parametrize("name", ["sandbox.toml", "sub/sandbox.toml", "SANDBOX.TOML", "link"])
+def test_the_log_never_becomes_a_policy_wasmsbx_discovers(cli, isolated, name):
+    """Red team round 77: in a folder without one, `--audit-log sandbox.toml` created
+    ./sandbox.toml, and every later command there failed (invalid TOML, exit 101). Also
+    in another folder (discovered there), in any case, through a link, with --policy."""
+    (isolated / "add.wat").write_bytes(ADD.read_bytes())
+    (isolated / "p.toml").write_text("")
+    (isolated / "sub").mkdir()
+    (isolated / "sub" / "sandbox.toml").write_text("")
+    (isolated / "link").symlink_to(isolated / "sub" / "sandbox.toml")
+    for policy in ([], ["--policy", "p.toml"]):
+        r = cli("run", "add.wat", "add", "1", "2", *policy, "--audit-log", name, cwd=isolated)
+        assert r.code == 105 and "sandbox.toml, the policy file" in r.stderr, (policy, r)
+        assert "choose another name" in r.stderr and "Traceback" not in r.stderr, r
+    assert not (isolated / "sandbox.toml").exists() and not (isolated / "SANDBOX.TOML").exists()
+    assert (isolated / "sub" / "sandbox.toml").read_text() == ""
+    assert cli("run", "add.wat", "add", "1", "2", cwd=isolated).code == 0
+
+
+def test_a_device_or_a_fifo_with_a_reader_is_written_as_any_output(cli, isolated):
+    """Red team round 77 found the README saying a FIFO or a device is refused; like
+    every output, they are written as they are (the README says so now)."""
+    (isolated / "add.wat").write_bytes(ADD.read_bytes())
+    r = cli("run", "add.wat", "add", "1", "2", "--audit-log", "/dev/null", cwd=isolated)
+    assert (r.code, r.stdout) == (0, "3\n"), r
+    fifo = isolated / "log.fifo"
+    os.mkfifo(fifo)
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)  # (open at once, no writer yet)
+    try:
+        r = cli("run", "add.wat", "add", "1", "2", "--audit-log", fifo, cwd=isolated)
+        out = os.read(reader, 1 << 16)  # (three short lines: well within a pipe's buffer)
+    finally:
+        os.close(reader)
+    assert (r.code, r.stdout) == (0, "3\n"), r
+    lines = [json.loads(line)["event"] for line in out.decode().splitlines()]
+    assert lines == ["start", "sandbox", "exit"], out
+    reader_less = cli("run", "add.wat", "add", "1", "2", "--audit-log", fifo, cwd=isolated)
+    assert reader_less.code == 105 and "no process is reading" in reader_less.stderr, reader_less

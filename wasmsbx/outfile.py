@@ -13,6 +13,8 @@
 - An output that is the same file as one of the command's inputs (module, source,
   policy, baseline) is refused, before any work where the command checks early.
 - A missing parent folder is an error with a hint, not created silently.
+- Nothing is written to a file named ``sandbox.toml`` (any case, nor through a link to
+  one): every later command run in its folder would discover it as its policy.
 - Nothing is written into the trust folder (symlinks followed), except the key files
   ``wasmsbx trust`` writes: an output there could replace your secret key with bytes
   someone else chose (a guest's stdout, an artifact).
@@ -83,6 +85,7 @@ def check_output(path: Any, inputs: Iterable = (), *, trust_folder: bool = False
         if os.path.islink(text):
             raise _fail(text, "is a symbolic link to a missing file; not followed")
         _check_parent(text)
+        refuse_policy_name(text)
         return
     kind = _kind_refused(info)
     if kind:
@@ -102,6 +105,25 @@ def check_output(path: Any, inputs: Iterable = (), *, trust_folder: bool = False
             text,
             f"is write-protected (mode {stat.S_IMODE(info.st_mode):04o}); not replaced",
             "make it writable (chmod u+w) or choose another output path",
+        )
+    refuse_policy_name(text)
+
+
+def refuse_policy_name(text: str) -> None:
+    """InputError if ``text``, or the file a link there leads to, is named
+    ``sandbox.toml``: wasmsbx would discover what it wrote as the policy of every later
+    command in that folder. Red team 77: ``run --audit-log sandbox.toml`` in a folder
+    without one created it, and every command there failed (invalid TOML, exit 101)."""
+    from .policy import POLICY_FILENAME
+
+    names = {os.path.basename(text), os.path.basename(os.path.realpath(text))}
+    if any(name.lower() == POLICY_FILENAME for name in names):
+        raise _fail(
+            text,
+            f"would be a {POLICY_FILENAME}, the policy file wasmsbx finds in the folder it "
+            "runs in; refusing to write it",
+            "choose another name: every wasmsbx command run in that folder would read "
+            "what is written there as its policy",
         )
 
 

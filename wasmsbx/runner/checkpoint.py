@@ -86,7 +86,10 @@ class Checkpoint:
         """A checkpoint is a regular file wasmsbx rewrites and deletes: anything else there
         (a FIFO, whose open would block for ever; a device; a directory) is refused before
         any work, and so is a path it could not write later (a missing folder, a link to
-        nothing), as for every output."""
+        nothing), as for every output, or a sandbox.toml (red team round 77)."""
+        from ..outfile import refuse_policy_name
+
+        refuse_policy_name(os.fspath(self.path))
         try:
             info = os.stat(self.path)
         except FileNotFoundError:

@@ -202,7 +202,7 @@ def _audit_log(path: Optional[str], inputs: list) -> Optional[str]:
     from ...auditlog import AuditLog
     from ...outfile import check_output
 
-    check_output(path, inputs)  # (appended to: never '', '-', a FIFO nor an input)
+    check_output(path, inputs)  # (appended to: never '', '-', a sandbox.toml nor an input)
 
     AuditLog(path).fh.close()  # fail now, with the usual message, if it cannot be opened
     return os.path.abspath(path)

@@ -117,9 +117,11 @@ def _audit_log(args: opts.RunArgs) -> Any:
     from ...outfile import check_output
 
     path = args.options["audit_log"]
-    # Appended to, never replaced; but never '' or '-', a device, a FIFO, the trust
-    # folder, nor any file the run reads, which the log's lines would change under it or
-    # for good (red team round 52: an artifact, a batch input, a discovered policy).
+    # Appended to, never replaced; but never '' or '-', a folder, block device or socket
+    # (a character device or a FIFO is written as it is, as any output), the trust folder,
+    # a sandbox.toml (red team round 77), nor any file the run reads, which the log's
+    # lines would change under it or for good (red team round 52: an artifact, a batch
+    # input, a discovered policy).
     if not path or path.startswith("-") or os.path.lexists(path):
         check_output(path, _inputs(args))  # (a new file: AuditLog says why it cannot be)
     from ..crossed import refuse_log_early

@@ -1,0 +1,54 @@
+"""No output is written to a file named sandbox.toml (red team round 77).
+
+`run --audit-log sandbox.toml` in a folder without one created the ./sandbox.toml that
+every later command there discovered as its policy (invalid TOML: exit 101 from then on).
+The same held for every other output wasmsbx writes: an artifact, a report, a baseline, a
+checkpoint or a guest's stdout named sandbox.toml broke the folder, or (a guest choosing
+its output) wrote the policy the next run there would follow. Each is refused (exit 105)
+before anything is written; see also test_audit_log.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from .conftest import EXAMPLES
+
+pytestmark = pytest.mark.inprocess
+
+FAST = ["-n", "3", "--warmup", "0", "--budget", "0.3s", "--sample-time", "1ms"]
+HELLO = EXAMPLES / "wasi" / "hello.wasm"
+
+COMMANDS = {
+    "compile": ["compile", "add.wat", "-o", "{out}"],
+    "audit": ["audit", "add.wat", "--json", "-o", "{out}"],
+    "bench-output": ["bench", "add.wat", "add", "1", "2", *FAST, "-o", "{out}"],
+    "bench-baseline": ["bench", "add.wat", "add", "1", "2", *FAST, "--save-baseline", "{out}"],
+    "checkpoint": ["run", "add.wat", "add", "--batch", "in.jsonl", "--checkpoint", "{out}"],
+    "guest-stdout": ["run", HELLO, "--policy", "p.toml"],
+}
+
+
+@pytest.mark.parametrize("out", ["sandbox.toml", "sub/sandbox.toml", "Sandbox.TOML", "link"])
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_no_output_is_named_sandbox_toml(cli, isolated, add, command, out):
+    (isolated / "sub").mkdir()
+    (isolated / "sub" / "sandbox.toml").write_text("")  # (a policy of the defaults)
+    (isolated / "link").symlink_to(isolated / "sub" / "sandbox.toml")
+    (isolated / "in.jsonl").write_text("[1, 2]\n")
+    (isolated / "p.toml").write_text(f'[stdio]\nstdout = "{isolated / out}"\n')
+    argv = [str(arg).format(out=out) for arg in COMMANDS[command]]
+    result = cli(*argv, cwd=isolated)
+    assert result.code == 105, result
+    assert "sandbox.toml, the policy file" in result.stderr, result
+    assert not (isolated / "sandbox.toml").exists() and not (isolated / "Sandbox.TOML").exists()
+    assert [p.name for p in (isolated / "sub").iterdir()] == ["sandbox.toml"]
+    assert (isolated / "sub" / "sandbox.toml").read_text() == ""
+    assert cli("run", add, "add", "1", "2", cwd=isolated).code == 0
+
+
+def test_another_name_is_written(cli, isolated, add):
+    (isolated / "p.toml").write_text('[stdio]\nstdout = "sandbox.toml.out"\n')
+    assert cli("run", HELLO, "--policy", "p.toml", cwd=isolated).code == 0
+    assert (isolated / "sandbox.toml.out").read_text().startswith("hello")
+    assert cli("compile", add, "-o", "sandbox.cwasm", cwd=isolated).code == 0
