@@ -47,8 +47,23 @@ def test_no_output_is_named_sandbox_toml(cli, isolated, add, command, out):
     assert cli("run", add, "add", "1", "2", cwd=isolated).code == 0
 
 
+def test_a_suggested_policy_is_the_one_output_a_sandbox_toml_may_be(cli, isolated, add):
+    """README, audit: `audit --suggest-policy -o sandbox.toml` writes the project's
+    policy, which the next command there discovers as meant."""
+    result = cli("audit", add, "--suggest-policy", "-o", "sandbox.toml", cwd=isolated)
+    assert result.code == 0, result
+    assert "[limits]" in (isolated / "sandbox.toml").read_text()
+    assert cli("run", add, "add", "1", "2", cwd=isolated).code == 0
+
+
 def test_another_name_is_written(cli, isolated, add):
     (isolated / "p.toml").write_text('[stdio]\nstdout = "sandbox.toml.out"\n')
     assert cli("run", HELLO, "--policy", "p.toml", cwd=isolated).code == 0
     assert (isolated / "sandbox.toml.out").read_text().startswith("hello")
     assert cli("compile", add, "-o", "sandbox.cwasm", cwd=isolated).code == 0
+
+
+def test_the_name_refused_is_the_name_discovered():
+    from wasmsbx import outfile, policy
+
+    assert outfile.POLICY_NAME == policy.POLICY_FILENAME

@@ -13,8 +13,9 @@
 - An output that is the same file as one of the command's inputs (module, source,
   policy, baseline) is refused, before any work where the command checks early.
 - A missing parent folder is an error with a hint, not created silently.
-- Nothing is written to a file named ``sandbox.toml`` (any case, nor through a link to
-  one): every later command run in its folder would discover it as its policy.
+- Nothing but a policy (``audit --suggest-policy``) is written to a file named
+  ``sandbox.toml`` (any case, nor through a link to one): every later command run in its
+  folder would discover it as its policy.
 - Nothing is written into the trust folder (symlinks followed), except the key files
   ``wasmsbx trust`` writes: an output there could replace your secret key with bytes
   someone else chose (a guest's stdout, an artifact).
@@ -32,6 +33,9 @@ from typing import Any, Optional, Union
 
 from . import errors
 
+# policy.POLICY_FILENAME, the file discovery reads (named again here: policy imports
+# this module, and an import back would be a cycle).
+POLICY_NAME = "sandbox.toml"
 _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 
@@ -63,10 +67,13 @@ def _same_as_input(path: str, info: os.stat_result, inputs: Iterable) -> Optiona
     return None
 
 
-def check_output(path: Any, inputs: Iterable = (), *, trust_folder: bool = False) -> None:
+def check_output(
+    path: Any, inputs: Iterable = (), *, trust_folder: bool = False, policy: bool = False
+) -> None:
     """Raise InputError now if writing ``path`` later would be refused (so a command
     does not compile for a minute before finding out). ``trust_folder``: the caller is
-    ``native.trust`` writing a key file, the one writer allowed in the trust folder."""
+    ``native.trust`` writing a key file, the one writer allowed in the trust folder;
+    ``policy``: what is written is a policy, the one output a sandbox.toml may be."""
     text = os.fspath(path)
     if not text:
         raise _fail("''", "an empty output path")
@@ -85,7 +92,8 @@ def check_output(path: Any, inputs: Iterable = (), *, trust_folder: bool = False
         if os.path.islink(text):
             raise _fail(text, "is a symbolic link to a missing file; not followed")
         _check_parent(text)
-        refuse_policy_name(text)
+        if not policy:
+            refuse_policy_name(text)
         return
     kind = _kind_refused(info)
     if kind:
@@ -106,7 +114,8 @@ def check_output(path: Any, inputs: Iterable = (), *, trust_folder: bool = False
             f"is write-protected (mode {stat.S_IMODE(info.st_mode):04o}); not replaced",
             "make it writable (chmod u+w) or choose another output path",
         )
-    refuse_policy_name(text)
+    if not policy:
+        refuse_policy_name(text)
 
 
 def refuse_policy_name(text: str) -> None:
@@ -114,13 +123,11 @@ def refuse_policy_name(text: str) -> None:
     ``sandbox.toml``: wasmsbx would discover what it wrote as the policy of every later
     command in that folder. Red team 77: ``run --audit-log sandbox.toml`` in a folder
     without one created it, and every command there failed (invalid TOML, exit 101)."""
-    from .policy import POLICY_FILENAME
-
     names = {os.path.basename(text), os.path.basename(os.path.realpath(text))}
-    if any(name.lower() == POLICY_FILENAME for name in names):
+    if any(name.lower() == POLICY_NAME for name in names):
         raise _fail(
             text,
-            f"would be a {POLICY_FILENAME}, the policy file wasmsbx finds in the folder it "
+            f"would be a {POLICY_NAME}, the policy file wasmsbx finds in the folder it "
             "runs in; refusing to write it",
             "choose another name: every wasmsbx command run in that folder would read "
             "what is written there as its policy",
@@ -182,17 +189,18 @@ def write_output(
     mode: Optional[int] = None,
     durable: bool = False,
     trust_folder: bool = False,
+    policy: bool = False,
 ) -> str:
     """Write ``data`` to ``path`` by the rules above; how it was done: "created",
     "replaced" or "written" (a device or FIFO). ``mode`` sets a new or replaced file's
     permissions (default: a new file gets 0666 less the umask, a replaced one keeps its
     own); ``durable`` fsyncs before the rename; ``trust_folder`` lets ``native.trust``
-    write its key files."""
+    write its key files; ``policy``: ``data`` is a policy, which may be a sandbox.toml."""
     text = os.fspath(path)
     blob = data.encode("utf-8") if isinstance(data, str) else data
     inputs = list(inputs)
     for _ in range(3):  # something appeared or changed at the name meanwhile: look again
-        check_output(text, inputs, trust_folder=trust_folder)
+        check_output(text, inputs, trust_folder=trust_folder, policy=policy)
         info = _stat(text)
         try:
             if info is None:

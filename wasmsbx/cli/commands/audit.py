@@ -81,7 +81,7 @@ def register(app: typer.Typer) -> None:
             if output_file:  # refused before the work, not after
                 from ...outfile import check_output
 
-                check_output(output_file, inputs)
+                check_output(output_file, inputs, policy=mode == "suggest")
                 target = output_file
             report = audit_file(module, loaded, host_imports=_host_imports(host_import or []))
         except (errors.WasmsbxError, KeyboardInterrupt) as exc:
@@ -92,7 +92,7 @@ def register(app: typer.Typer) -> None:
             render(report)
         else:
             try:
-                _emit(_machine_text(report, mode), output_file, inputs)
+                _emit(_machine_text(report, mode), output_file, inputs, mode == "suggest")
             except errors.WasmsbxError as exc:  # --output not writable after all (full)
                 if mode == "sarif":
                     _sarif_failure(exc, None, inputs)
@@ -157,13 +157,15 @@ def _machine_text(report: Any, mode: str) -> str:
     return json.dumps(data, indent=2) + "\n"
 
 
-def _emit(text: str, output_file: Optional[str], inputs: list) -> None:
+def _emit(text: str, output_file: Optional[str], inputs: list, policy: bool = False) -> None:
+    """``policy``: ``text`` is --suggest-policy's, which may be written to a sandbox.toml
+    (no other output may: the next command in its folder would read it as its policy)."""
     if not output_file:
         output.write_stdout(text)
         return
     from ...outfile import write_output
 
-    write_output(output_file, text, inputs=inputs)
+    write_output(output_file, text, inputs=inputs, policy=policy)
     output.err(f"wrote {output.line(output_file)}")
 
 
