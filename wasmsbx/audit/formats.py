@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Optional
 from urllib.parse import quote
 
 from .._version import __version__
+from .findings import LISTED
 from .rules import PAGE, RULES, start_export
 
 if TYPE_CHECKING:
@@ -30,32 +31,71 @@ SARIF_SECURITY_SEVERITY = {"high": "8.0", "medium": "5.0", "low": "3.0", "info":
 INFORMATION_URI = "https://pypi.org/project/wasmsbx/"
 
 
+def cut_lists(value: Any, kept: int, cut: dict, where: str = "") -> Any:
+    """``value`` (JSON data) with every list longer than ``kept`` cut to its first
+    ``kept`` items, each cut entered in ``cut`` as {where: full length} ("exports",
+    "capabilities[0].imports"). Shared by this report and the MCP server's ``bounded``."""
+    if isinstance(value, list):
+        if len(value) > kept:
+            cut[where] = len(value)
+            value = value[:kept]
+        return [cut_lists(v, kept, cut, f"{where}[{i}]") for i, v in enumerate(value)]
+    if isinstance(value, dict):
+        return {
+            k: cut_lists(v, kept, cut, f"{where}.{k}" if where else str(k))
+            for k, v in value.items()
+        }
+    return value
+
+
+def truncation(cut: dict, kept: int, reason: str) -> Optional[dict]:
+    """The report's ``truncated``: null when no list was cut."""
+    return {"lists": cut, "kept": kept, "reason": reason} if cut else None
+
+
+def _first(items: Any, where: str, cut: dict, kept: int = LISTED) -> Any:
+    """``items`` cut to ``kept`` before they are converted (``cut_lists`` cuts what is
+    already made; a million dicts made only to be dropped is what this avoids)."""
+    if len(items) > kept:
+        cut[where] = len(items)
+        return items[:kept]
+    return items
+
+
 # ---------------------------------------------------------------------------- --json
 
 
-def report_dict(report: AuditReport) -> dict:
-    facts = report.facts
-    return {
+def report_dict(report: AuditReport, kept: int = LISTED) -> dict:
+    """The --json report, every list cut to its first ``kept`` items (``truncated``
+    says which and how long they were)."""
+    facts, cut = report.facts, {}
+    out = {
         "schema": REPORT_SCHEMA,
         "tool": {"name": "wasmsbx", "version": __version__},
-        "module": _module(report),
+        "module": _module(report, cut, kept),
         "policy": _policy(report.policy),
         "capabilities": [c.to_dict() for c in report.capabilities],
-        "imports": [i.to_dict() for i in report.imports],
-        "exports": [_export(e) for e in facts.exports],
-        "memories": [_memory(m) for m in facts.memories],
-        "tables": [_table(t) for t in facts.tables],
-        "globals": _globals(facts),
+        "imports": [i.to_dict() for i in _first(report.imports, "imports", cut, kept)],
+        "exports": [_export(e) for e in _first(facts.exports, "exports", cut, kept)],
+        "memories": [_memory(m) for m in _first(facts.memories, "memories", cut, kept)],
+        "tables": [_table(t) for t in _first(facts.tables, "tables", cut, kept)],
+        "globals": _globals(facts, _first(facts.globals, "globals", cut, kept)),
         "start": _start(facts),
         "data": _data(facts),
         "findings": [f.to_dict() for f in report.findings],
         "summary": report.summary(),
         "risk": report.risk.to_dict(),
     }
+    out = cut_lists(out, kept, cut)  # (the rest: capabilities' names, data sizes...)
+    out["truncated"] = truncation(
+        cut, kept, f"lists of more than {kept:,} items keep their first {kept:,}"
+    )
+    return out
 
 
-def _module(report: AuditReport) -> dict:
+def _module(report: AuditReport, cut: dict, kept: int) -> dict:
     facts = report.facts
+    customs = _first(facts.custom_sections, "module.custom_sections", cut, kept)
     return {
         "path": report.path,
         "size": facts.size,
@@ -65,7 +105,7 @@ def _module(report: AuditReport) -> dict:
         "producers": {k: list(v) for k, v in facts.producers.items()},
         "name_section": facts.has_name_section,
         "debug_info": facts.has_debug_info,
-        "custom_sections": [c.to_dict() for c in facts.custom_sections],
+        "custom_sections": [c.to_dict() for c in customs],
     }
 
 
@@ -143,10 +183,16 @@ def _table(table: Any) -> dict:
     }
 
 
-def _globals(facts: Any) -> list:
+def _globals(facts: Any, shown: Any) -> list:
+    """The ``shown`` globals, each with the names it is exported as (found once per
+    export: a scan of the exports per global took 100,000 x 100,000 steps)."""
+    exported: dict = {}
+    for e in facts.exports:
+        if e.kind == "global":
+            exported.setdefault(e.index, []).append(e.name)
     out = []
-    for g in facts.globals:
-        names = [e.name for e in facts.exports if e.kind == "global" and e.index == g.index]
+    for g in shown:
+        names = exported.get(g.index, [])
         out.append(
             {
                 "index": g.index,

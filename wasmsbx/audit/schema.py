@@ -239,6 +239,25 @@ SCHEMA = _obj(
                 "formula": {"type": "string"},
             }
         ),
+        "truncated": _d(
+            {
+                "oneOf": [
+                    {"type": "null"},
+                    _obj(
+                        {
+                            "lists": _d(
+                                {"type": "object", "additionalProperties": {"type": "integer"}},
+                                "each list cut ('exports', 'capabilities[0].imports') -> "
+                                "its full length",
+                            ),
+                            "kept": _d({"type": "integer"}, "items each cut list keeps"),
+                            "reason": {"type": "string"},
+                        }
+                    ),
+                ]
+            },
+            "null, or which lists were cut to their first items",
+        ),
     },
     "wasmsbx audit --json",
 )

@@ -548,23 +548,16 @@ def bounded(report: dict, limit: int) -> dict:
     does not fit."""
     import json
 
+    from ..audit.formats import cut_lists, truncation
+
     if len(json.dumps(report)) <= limit:
         return report
     cut: dict = {}
-
-    def trim(value: Any, where: str) -> Any:
-        if isinstance(value, list):
-            if len(value) > LIST_KEPT:
-                cut[where] = len(value)
-                value = value[:LIST_KEPT]
-            return [trim(v, f"{where}[{i}]") for i, v in enumerate(value)]
-        if isinstance(value, dict):
-            return {k: trim(v, f"{where}.{k}" if where else str(k)) for k, v in value.items()}
-        return value
-
-    out = trim(report, "")
+    out = cut_lists(report, LIST_KEPT, cut)
+    # (lists the report had cut already, at audit.formats.LISTED, keep their full length)
+    cut.update((report.get("truncated") or {}).get("lists") or {})
     reason = f"the report was larger than the server's output limit ({format_size(limit)})"
-    out["truncated"] = {"lists": cut, "kept": LIST_KEPT, "reason": reason}
+    out["truncated"] = truncation(cut, LIST_KEPT, reason)
     if len(json.dumps(out)) > limit:
         raise errors.OutputLimitExceeded(
             f"output limit reached: the audit report is larger than the server's output "

@@ -216,6 +216,37 @@ _SECTION_NAMES = {
 # global, data count between element and code).
 _SECTION_ORDER = {sid: i for i, sid in enumerate((1, 2, 3, 4, 5, 13, 6, 7, 8, 9, 12, 10, 11))}
 
+# The most of each kind a module may declare: wasmparser's limits (crates/wasmparser/src/
+# limits.rs: MAX_WASM_TYPES, _FUNCTIONS, _GLOBALS, _TAGS 1,000,000, _IMPORTS and
+# _EXPORTS 1,000,000 (100,000 in older releases), _DATA_SEGMENTS and _ELEMENT_SEGMENTS
+# 100,000, _MEMORIES 100), as wasmtime 51 applies them: it refuses one item more of
+# each ("memories count exceeds limit of 100"), and it accepts 100,000 tables, not the
+# 100 of older releases (measured). Imported items count with the defined ones. A module
+# past one is invalid wherever it goes, so the reader refuses it before looping: 400,000
+# memories in 0.8 MB became 400,000 records, findings and rows, and `audit --json` ran
+# out of memory at 2.1 GB (red team round 77). Wasmer 1.1's older wasmparser allows
+# less (2 memories, 100 tables), never more, but for element segments (not stored).
+MAX_COUNTS = {
+    "types": 1_000_000,
+    "functions": 1_000_000,
+    "imports": 1_000_000,
+    "exports": 1_000_000,
+    "globals": 1_000_000,
+    "tags": 1_000_000,
+    "tables": 100_000,
+    "memories": 100,
+    "data segments": 100_000,
+    "element segments": 100_000,
+}
+# An import of these kinds adds one to (MAX_COUNTS key, the _Parser list it lands in).
+_IMPORTED_COUNTS = {
+    "func": ("functions", "func_type_idx"),
+    "table": ("tables", "tables"),
+    "memory": ("memories", "memories"),
+    "global": ("globals", "globals"),
+    "tag": ("tags", "tag_type_idx"),
+}
+
 
 class _Parser:
     def __init__(self, data: bytes, scan_code: bool = True, weigh: bool = False):
@@ -253,6 +284,21 @@ class _Parser:
         # with (backends.compiling.HEAVY; functions compile in parallel); params count
         # as locals.
         self.compile_weight = 0
+
+    def room(self, r: _Reader, kind: str, total: int, at: int) -> None:
+        """Refuses a module whose ``total`` of ``kind`` (those declared so far and the
+        count read at ``at``) exceeds MAX_COUNTS: checked before the items are read."""
+        limit = MAX_COUNTS[kind]
+        if total > limit:
+            raise r.error(f"{total:,} {kind}, more than the {limit:,} wasmtime accepts", at)
+
+    def counted(self, r: _Reader, kind: str, have: int, min_item_size: int = 1) -> int:
+        """A vector length (``_Reader.count``) that with the ``have`` already declared
+        stays within MAX_COUNTS."""
+        at = r.pos
+        n = r.count("memory" if kind == "memories" else kind[:-1], min_item_size)
+        self.room(r, kind, have + n, at)
+        return n
 
     # ---- types -----------------------------------------------------------------------------
 
@@ -482,24 +528,30 @@ class _Parser:
                 self.producers = {}
 
     def section_type(self, r: _Reader) -> None:
-        for _ in range(r.count("type")):
+        for _ in range(self.counted(r, "types", len(self.all_types))):
             at = r.pos
             b = r.byte()
             if b == 0x4E:  # rec group
                 self.features.add("gc")
-                for _ in range(r.count("recursive type")):
+                group_at = r.pos
+                group = r.count("recursive type")
+                self.room(r, "types", len(self.all_types) + group, group_at)
+                for _ in range(group):
                     self.all_types.append(self.subtype(r))
             else:
                 r.pos = at
                 self.all_types.append(self.subtype(r))
 
     def section_import(self, r: _Reader) -> None:
-        for _ in range(r.count("import", 4)):
+        for _ in range(self.counted(r, "imports", 0, 4)):
             module = r.name()
             name = r.name()
             at = r.pos
             kind_byte = r.byte()
             kind = _EXTERN_KINDS.get(kind_byte)
+            if kind in _IMPORTED_COUNTS:  # (one more of its kind)
+                kinds, have = _IMPORTED_COUNTS[kind]
+                self.room(r, kinds, len(getattr(self, have)) + 1, at)
             if kind == "func":
                 tidx = r.uleb()
                 self.func_type_idx.append(tidx)
@@ -535,13 +587,13 @@ class _Parser:
         return tidx
 
     def section_function(self, r: _Reader) -> None:
-        n = r.count("function")
+        n = self.counted(r, "functions", len(self.func_type_idx))
         for _ in range(n):
             self.func_type_idx.append(r.uleb())
         self.defined_functions = n
 
     def section_table(self, r: _Reader) -> None:
-        for _ in range(r.count("table", 3)):
+        for _ in range(self.counted(r, "tables", len(self.tables), 3)):
             init = r.pos < r.end and r.data[r.pos] == 0x40
             if init:  # table type with an explicit initialiser (function-references)
                 r.pos += 1
@@ -555,22 +607,22 @@ class _Parser:
             self.tables.append(Table(len(self.tables), lim, elem, False))
 
     def section_memory(self, r: _Reader) -> None:
-        for _ in range(r.count("memory", 2)):
+        for _ in range(self.counted(r, "memories", len(self.memories), 2)):
             self.memories.append(Memory(len(self.memories), self.limits(r, "memory"), False))
 
     def section_tag(self, r: _Reader) -> None:
         self.features.add("exceptions")
-        for _ in range(r.count("tag", 2)):
+        for _ in range(self.counted(r, "tags", len(self.tag_type_idx), 2)):
             self.tagtype(r)
 
     def section_global(self, r: _Reader) -> None:
-        for _ in range(r.count("global", 3)):
+        for _ in range(self.counted(r, "globals", len(self.globals), 3)):
             t, mut = self.globaltype(r)
             self.const_expr(r)
             self.globals.append(Global(len(self.globals), t, mut, False))
 
     def section_export(self, r: _Reader) -> None:
-        for _ in range(r.count("export", 3)):
+        for _ in range(self.counted(r, "exports", 0, 3)):
             name = r.name()
             at = r.pos
             kind_byte = r.byte()
@@ -591,7 +643,7 @@ class _Parser:
         self.start = r.uleb()
 
     def section_element(self, r: _Reader) -> None:
-        for _ in range(r.count("element segment", 2)):
+        for _ in range(self.counted(r, "element segments", 0, 2)):
             at = r.pos
             flags = r.uleb()
             if flags > 7:
@@ -663,7 +715,7 @@ class _Parser:
             r.pos = body_end
 
     def section_data(self, r: _Reader) -> None:
-        for _ in range(r.count("data segment", 2)):
+        for _ in range(self.counted(r, "data segments", 0, 2)):
             at = r.pos
             flags = r.uleb()
             if flags == 0:

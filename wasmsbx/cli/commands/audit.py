@@ -200,6 +200,23 @@ def safe_name(text: Any) -> str:
     return output.markup(text, errors.NAME_SHOWN)
 
 
+def shown(items: Any) -> Any:
+    """The first audit.findings.LISTED of ``items``: a table row each for 1,000,000
+    globals took minutes and hundreds of MB (red team round 77); ``more`` says the rest."""
+    from ...audit.findings import LISTED
+
+    return items[:LISTED]
+
+
+def more(table: Any, items: Any, what: str) -> None:
+    """A last row "... N more WHAT not shown" when ``shown`` cut ``items``."""
+    from ...audit.findings import LISTED
+
+    if len(items) > LISTED:
+        cells = [""] * (len(table.columns) - 1)
+        table.add_row(f"[dim]... {len(items) - LISTED:,} more {what} not shown[/]", *cells)
+
+
 def render(report: Any) -> None:
     console = output.console()
     if getattr(report, "is_component", False):
@@ -239,7 +256,12 @@ def _header(console: Any, report: Any) -> None:
 def _toolchain(facts: Any) -> str:
     if not facts.producers:
         return "not recorded (no producers section)"
-    parts = [f"{', '.join(values)} ({field})" for field, values in facts.producers.items()]
+    from ...audit.findings import LISTED
+    from ...audit.report import _names
+
+    fields = list(facts.producers.items())
+    parts = [f"{_names(values, LISTED)} ({field})" for field, values in shown(fields)]
+    parts += [f"{len(fields) - len(parts):,} more fields"] if len(fields) > len(parts) else []
     return safe("; ".join(parts))
 
 
@@ -270,13 +292,14 @@ def _capabilities(console: Any, report: Any) -> None:
     for cap in report.capabilities:
         style = STATUS_STYLE[cap.status]
         status = f"[{style}]{cap.status}[/]: {safe(cap.detail)}"
-        for i, imp in enumerate(by_group[cap.name]):
+        for i, imp in enumerate(shown(by_group[cap.name])):
             name = imp.name if imp.capability != "custom" else f"{imp.module}.{imp.name}"
             what = imp.explanation + (f" [red]({imp.problem})[/]" if imp.problem else "")
             first = i == 0
             table.add_row(
                 cap.title if first else "", status if first else "", safe_name(name), what
             )
+        more(table, by_group[cap.name], "imports")
     console.print()
     console.print(table)
 
@@ -291,9 +314,10 @@ def _exports(console: Any, report: Any) -> None:
     table = Table(title="exports", title_justify="left")
     for column in ("name", "kind", "signature"):
         table.add_column(column, overflow="fold")
-    for exp in exports:
+    for exp in shown(exports):
         sig = str(exp.type) if exp.type is not None else f"{exp.kind} {exp.index}"
         table.add_row(safe_name(exp.name), exp.kind, sig)
+    more(table, exports, "exports")
     console.print()
     console.print(table)
 
@@ -309,7 +333,7 @@ def _layout(console: Any, report: Any) -> None:
     for column in ("item", "declared", "notes"):
         table.add_column(column, overflow="fold")
     reserves = _reserves(report.policy)
-    for mem in facts.memories:
+    for mem in shown(facts.memories):
         lim = mem.limits
         top = "no maximum" if lim.max is None else format_size(lim.max * 65536)
         notes = [n for n, on in (("imported", mem.imported), ("shared", lim.shared)) if on]
@@ -317,13 +341,16 @@ def _layout(console: Any, report: Any) -> None:
         notes += [] if mem.imported else [reserves]
         declared = f"{format_size(lim.min * 65536)} initial, {top}"
         table.add_row(f"memory {mem.index}", declared, ", ".join(notes))
-    for t in facts.tables:
+    more(table, facts.memories, "memories")
+    for t in shown(facts.tables):
         top = "no maximum" if t.limits.max is None else f"max {t.limits.max:,}"
         declared = f"{t.elem}, {t.limits.min:,} initial, {top}"
         table.add_row(f"table {t.index}", declared, "imported" if t.imported else "")
-    for g in facts.globals:
+    more(table, facts.tables, "tables")
+    for g in shown(facts.globals):
         kind = ("mutable " if g.mutable else "") + g.type
         table.add_row(f"global {g.index}", kind, "imported" if g.imported else "")
+    more(table, facts.globals, "globals")
     if facts.start is not None:
         name = start_export(facts)
         note = f"exported as {safe_name(name)}" if name else "runs at instantiation"
