@@ -1,6 +1,7 @@
 """``wasmsbx audit`` stays proportional to the module, whatever it declares (red team
 round 77): the reader refuses counts past wasmtime's validator (wasm.facts.MAX_COUNTS),
-and a valid module's lists and findings are cut, saying what was cut, in every view."""
+and a valid module's lists and findings are cut, saying what was cut, in every view.
+And ``limits.module_size`` binds every command that reads a module, not only ``run``."""
 
 from __future__ import annotations
 
@@ -182,6 +183,51 @@ def test_the_mcp_server_keeps_the_full_length_of_a_list_cut_already():
     assert len(out["exports"]) == LIST_KEPT
     assert out["truncated"]["lists"] == {"exports": 50_000}
     assert len(json.dumps(out)) <= 16 * 1024
+
+
+# ---------------------------------------------------------------------------- module_size
+
+
+@pytest.fixture
+def over_size(tmp_path):
+    """A 2 KiB module (one function f(i32) -> i32) and a policy whose module_size is
+    1 KiB."""
+    body = b"\x00\x20\x00\x0b"  # local.get 0
+    module = HEADER + section(1, vec([b"\x60\x01\x7f\x01\x7f"])) + section(3, vec([b"\x00"]))
+    module += section(7, vec([name("f") + b"\x00\x00"]))
+    module += section(10, vec([leb(len(body)) + body]))
+    module += section(0, name("padding") + b"\0" * 2048)
+    path = tmp_path / "big.wasm"
+    path.write_bytes(module)
+    policy = tmp_path / "small.toml"
+    policy.write_text('[limits]\nmodule_size = "1KiB"\n')
+    return path, policy
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["run", "{m}", "f", "1"],
+        ["compile", "{m}", "--cache-dir", "{d}/cache"],
+        ["compile", "{m}", "-o", "{d}/big.cwasm"],
+        ["bench", "{m}", "f", "1", "-n", "1", "--warmup", "0", "--phase", "call"],
+        ["audit", "{m}"],
+        ["audit", "{m}", "--json"],
+    ],
+    ids=["run", "compile", "compile-o", "bench", "audit", "audit-json"],
+)
+def test_module_size_binds_every_command_that_reads_a_module(cli, tmp_path, over_size, command):
+    """Only run refused it (117); compile, compile -o, bench and audit took a 3.2 MiB
+    module under a 1 MiB limit."""
+    module, policy = over_size
+    argv = [a.format(m=module, d=tmp_path) for a in command]
+    res = cli(*argv, "--policy", policy)
+    assert res.code == 117, res
+    assert "big.wasm is 2 KiB, larger than limits.module_size 1 KiB" in res.stderr
+    assert not (tmp_path / "big.cwasm").exists()
+    ok = tmp_path / "ok.toml"
+    ok.write_text('[limits]\nmodule_size = "1MiB"\n')
+    assert cli(*argv, "--policy", ok).code == 0
 
 
 pytestmark = pytest.mark.inprocess

@@ -240,7 +240,8 @@ SCHEMA: tuple = (
         "module_size",
         "size",
         "128MiB",
-        "Largest module (or text module) accepted; larger ones are refused before compiling.",
+        "Largest module (or text module) accepted; larger ones are refused before compiling "
+        "or parsing (run, compile, bench, audit).",
     ),
     Key(
         "limits",

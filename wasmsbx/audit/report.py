@@ -191,11 +191,15 @@ def audit_file(path: Any, policy: Any = None, host_imports: Any = None) -> Audit
     Raises InputError for an unreadable file and ModuleError for a malformed module.
     """
     from .. import errors
+    from ..backends.compiling import check_size
     from ..wasm.facts import FactsError, read_facts
     from ..wasm.source import read_module
 
     policy = policy if policy is not None else policy_mod.discover()
     data = read_module(path)
+    # The policy's limits.module_size binds what wasmsbx reads and parses, as for run
+    # (exit 117): audit parsed a 3.2 MiB module under a 1 MiB limit (red team round 77).
+    check_size(len(data), policy.values["limits.module_size"], _file_name(path))
     try:
         facts = read_facts(data)
     except FactsError as exc:
@@ -239,6 +243,12 @@ def kept_findings(found: Iterable[Finding]) -> list:
         kept.append(((-severity_rank(severity), rule, 1, ""), summed))
     kept.sort(key=lambda pair: pair[0])
     return [f for _, f in kept]
+
+
+def _file_name(path: Any) -> str:
+    import os
+
+    return os.path.basename(os.path.normpath(str(path))) or str(path)
 
 
 _ENGINE: list = []  # one validating engine per process (creating one costs milliseconds)

@@ -456,10 +456,13 @@ def run_case(case: Case, progress: Optional[Progress] = None) -> CaseResult:
 def _prepare(case: Case, result: CaseResult, policy: Any) -> dict:
     """Read the module and check the function and its arguments once, before any backend."""
     from ..backends.base import ExportInfo, Signature
+    from ..backends.compiling import check_size
     from ..runner.sandbox import find_signature, parse_args, read_module
     from ..wasm.facts import FactsError, read_facts
 
     wasm = read_module(case.module)
+    # limits.module_size, as run applies it (exit 117; red team round 77)
+    check_size(len(wasm), policy.values["limits.module_size"], Path(case.module).name)
     from ..components import is_component
 
     if is_component(wasm):

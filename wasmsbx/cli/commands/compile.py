@@ -227,6 +227,11 @@ def run_compile(
     if emit_wasm:
         return _finish(report, json_output)
     name = Path(wasm_path).name if wasm_path else Path(source).name
+    from ...backends.compiling import check_size
+
+    # limits.module_size, as run applies it (exit 117): compile and compile -o took a
+    # 3.2 MiB module under a 1 MiB limit (red team round 77)
+    check_size(len(built.wasm), policy.values["limits.module_size"], name)
     inputs = [source, wasm_path, policy.source]  # what -o must not overwrite
     failures = []
     facts = _facts(built.wasm)  # parsed once: selection and the artifact's header use it
