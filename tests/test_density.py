@@ -506,6 +506,20 @@ def _limit_address_space() -> None:
     resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))
 
 
+def _limited(code: str) -> list:
+    """The words ``code`` prints, run in a child process under _limit_address_space."""
+    import subprocess
+
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        preexec_fn=_limit_address_space,
+        timeout=120,
+    )
+    assert not proc.returncode, proc.stderr.decode()
+    return proc.stdout.decode().split()
+
+
 @pytest.mark.skipif(sys.platform != "linux", reason="RLIMIT_AS semantics are Linux's")
 def test_running_out_of_address_space_is_a_resource_error_not_a_module_error(tmp_path):
     import subprocess
@@ -537,7 +551,6 @@ def test_running_out_of_address_space_is_a_resource_error_not_a_module_error(tmp
 
 @pytest.mark.skipif(sys.platform != "linux", reason="RLIMIT_AS semantics are Linux's")
 def test_the_python_api_raises_resource_exhausted(tmp_path):
-    import subprocess
 
     code = (
         "import wasmsbx\n"
@@ -550,13 +563,7 @@ def test_the_python_api_raises_resource_exhausted(tmp_path):
         "except errors.ResourceExhausted as exc:\n"
         "    print(exc.exit_code, exc.kind)\n"
     )
-    proc = subprocess.run(
-        [sys.executable, "-c", code],
-        capture_output=True,
-        preexec_fn=_limit_address_space,
-        timeout=120,
-    )
-    assert proc.stdout.decode().split() == ["118", "resources"], proc.stderr.decode()
+    assert _limited(code) == ["118", "resources"]
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="RLIMIT_AS semantics are Linux's")
@@ -565,7 +572,6 @@ def test_a_host_memory_out_of_address_space_is_resource_exhausted(how):
     """A ``wasmsbx.Memory`` import is reserved as an instance's own memory is: out of
     address space it raised wasmtime's own WasmtimeError (no exit code, several lines),
     red team round 78."""
-    import subprocess
 
     make = {
         "sandbox": "wasmsbx.Sandbox(IMPORTS, imports=imports, backend='wasmtime').call('f')",
@@ -581,13 +587,7 @@ def test_a_host_memory_out_of_address_space_is_resource_exhausted(how):
         "except errors.ResourceExhausted as exc:\n"
         "    print(exc.exit_code, exc.kind, str(exc).startswith('out of host memory'))\n"
     )
-    proc = subprocess.run(
-        [sys.executable, "-c", code],
-        capture_output=True,
-        preexec_fn=_limit_address_space,
-        timeout=120,
-    )
-    assert proc.stdout.decode().split() == ["118", "resources", "True"], proc.stderr.decode()
+    assert _limited(code) == ["118", "resources", "True"]
 
 
 def test_a_start_function_is_still_under_the_deadline(backend):

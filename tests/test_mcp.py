@@ -735,6 +735,17 @@ def _alive(pid: int) -> bool:
     return "\nState:\tZ" not in status
 
 
+def _running_workers(pid: int) -> list:
+    """The worker processes of the server ``pid``, once one runs the call just sent."""
+    deadline = time.monotonic() + 120
+    while not _children(pid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    time.sleep(3)  # the call is running in a worker now
+    workers = _children(pid)
+    assert workers
+    return workers
+
+
 def test_stdio_client_gone_mid_call_stops_the_server_and_its_workers(tmp_path):
     """The client closes the pipe while a call runs: the server exits, its worker processes
     are stopped and its private folder (sessions' scratch) is removed."""
@@ -780,12 +791,7 @@ def test_stdio_client_gone_mid_call_stops_the_server_and_its_workers(tmp_path):
                 },
             }
         )
-        deadline = time.monotonic() + 120
-        while not _children(proc.pid) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        time.sleep(3)  # the call is running in a worker now
-        workers = _children(proc.pid)
-        assert workers
+        workers = _running_workers(proc.pid)
         from pathlib import Path
 
         root = Path(os.readlink(f"/proc/{workers[0]}/cwd"))
@@ -925,12 +931,7 @@ def test_a_killed_servers_workers_die_with_it(tmp_path):
     try:
         call = {"name": "run_python", "arguments": {"code": "while True: pass"}}
         send({"id": 2, "method": "tools/call", "params": call})
-        deadline = time.monotonic() + 120
-        while not _children(proc.pid) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        time.sleep(3)  # the call is running in a worker now
-        workers = _children(proc.pid)
-        assert workers
+        workers = _running_workers(proc.pid)
         proc.send_signal(signal.SIGKILL)
         proc.wait(60)
     finally:

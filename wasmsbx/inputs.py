@@ -56,6 +56,22 @@ class TooLarge(OSError):
         self.limit = limit
 
 
+def broken_link(path: Any) -> Optional[str]:
+    """Why ``path``, a name that does not lead to a file, is a symbolic link that leads
+    nowhere ("is a symbolic link to a missing file", "cannot read: Too many levels of
+    symbolic links"), or None if it is no link: such a name is not "no such file" (red
+    team round 77)."""
+    if not os.path.islink(path):
+        return None
+    try:
+        os.stat(path)
+    except FileNotFoundError:
+        return "is a symbolic link to a missing file"
+    except OSError as exc:
+        return f"cannot read: {exc.strerror}"
+    return None  # (it came into being meanwhile)
+
+
 def _human(n: int) -> str:
     from .units import format_size
 

@@ -599,10 +599,10 @@ def memory_limit_error(
     if held is None or held + PAGE <= limit:
         return None
     from ..errors import MemoryLimitExceeded
-    from ..units import format_size
+    from ..units import format_limit, format_size
 
     return MemoryLimitExceeded(
-        f"memory limit {format_size(limit)} reached: {where} trapped ({message}) after "
+        f"memory limit {format_limit(limit)} reached: {where} trapped ({message}) after "
         f"memory.grow was refused at {format_size(held)}",
         hint="raise limits.memory (--memory 512MiB) if the guest needs more",
         backtrace=frames,
@@ -613,20 +613,18 @@ def memory_limit_error(
 def totals_error(exc: Any, limits: Limits) -> Any:
     """The limit error for a wasm_limits.TotalsError (a module that cannot start)."""
     from .. import errors
-    from ..units import format_count, format_size
+    from ..units import format_count, format_limit
 
-    if exc.kind == "host":
-        return errors.MemoryLimitExceeded(
-            f"memory limit {format_size(limits.memory)} reached: {exc}",
-            hint="raise limits.memory (--memory SIZE); it also bounds, on its own, what "
-            "the runtime holds for an instance's globals and functions",
-            limit_value=limits.memory,
+    if exc.kind in ("host", "memory"):
+        bounds = (
+            "it also bounds, on its own, what the runtime holds for an instance's "
+            "globals and functions"
+            if exc.kind == "host"
+            else "it is a total over all the module's memories"
         )
-    if exc.kind == "memory":
         return errors.MemoryLimitExceeded(
-            f"memory limit {format_size(limits.memory)} reached: {exc}",
-            hint="raise limits.memory (--memory SIZE); it is a total over all the "
-            "module's memories",
+            f"memory limit {format_limit(limits.memory)} reached: {exc}",
+            hint=f"raise limits.memory (--memory SIZE); {bounds}",
             limit_value=limits.memory,
         )
     return errors.TableLimitExceeded(

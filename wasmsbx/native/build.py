@@ -94,19 +94,13 @@ def build(path, exports: Sequence[str] = (), out=None, inputs: Sequence = ()) ->
     ``inputs`` or the source itself: see wasmsbx.outfile)."""
     path = Path(path)
     if not path.exists():
-        if path.is_symlink():  # (a link to nothing, or a loop: not "no such file")
-            try:
-                os.stat(path)
-            except FileNotFoundError:
-                raise errors.InputError(
-                    f"{path}: is a symbolic link to a missing file",
-                    hint="check where the link points",
-                    path=str(path),
-                ) from None
-            except OSError as exc:
-                raise errors.InputError(
-                    f"{path}: cannot read: {exc.strerror}", path=str(path)
-                ) from None
+        from ..inputs import broken_link
+
+        why = broken_link(path)
+        if why is not None:
+            raise errors.InputError(
+                f"{path}: {why}", hint="check where the link points", path=str(path)
+            )
         raise errors.InputError(f"{path}: no such file", hint="check the path", path=str(path))
     if out is not None:
         from ..outfile import check_output

@@ -387,15 +387,10 @@ class Watcher:
     @staticmethod
     def _check_exists(path: str, what: str) -> None:
         if not os.path.exists(path):
-            if os.path.islink(path):  # (a link to nothing, or a loop: red team round 77)
-                try:
-                    os.stat(path)
-                except FileNotFoundError:
-                    why = "is a symbolic link to a missing file"
-                except OSError as exc:
-                    why = f"cannot read: {exc.strerror}"
-                else:  # pragma: no cover - it came into being meanwhile
-                    return
+            from ..inputs import broken_link
+
+            why = broken_link(path)
+            if why is not None:
                 raise errors.InputError(
                     f"{path}: {why} ({what})", hint="check where the link points", path=path
                 )
