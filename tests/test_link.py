@@ -71,6 +71,21 @@ def test_a_member_refused_at_link_gives_its_instance_back(backend):
         assert group.add(APP).call("run", 3) == 9
 
 
+def test_a_member_refused_at_link_gives_its_runtime_memory_share_back(backend):
+    """The share of limits.memory a member's globals take in the runtime (Layout.host)
+    goes back with its slot: three refused adds of a module of 40,000 globals (640 KB
+    each) under 1 MiB left none for a valid one."""
+    globals_ = " ".join("(global i32 (i32.const 0))" for _ in range(40_000))
+    bad = f'(module (import "lib" "bump" (func (param i64))) {globals_})'.encode()
+    good = f'(module (func (export "x") (result i32) i32.const 4) {globals_})'.encode()
+    with wasmsbx.Group(policy(instances=3, memory="1MiB"), backend=backend) as group:
+        group.add(LIB, name="lib")
+        for _ in range(3):
+            with pytest.raises(errors.LinkError):
+                group.add(bad)
+        assert group.add(good).call("x") == 4
+
+
 def test_a_member_whose_start_failed_keeps_its_instance_and_says_so(backend):
     """Its instance and memory stay in the group's store (wasmtime keeps a failed
     instance's allocations until the store goes): giving its slot back would let a

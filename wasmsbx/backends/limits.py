@@ -333,14 +333,14 @@ class Budget:
 
     def state(self) -> tuple:
         """What ``give_back`` restores: the budget before a member took its share."""
-        return (self.memory_left, self.table_left, self.members)
+        return (self.memory_left, self.table_left, self.host_left, self.members)
 
     def give_back(self, state: tuple) -> None:
         """Undo the share of a member that was never instantiated (``state``: from
         ``state()`` before its ``take``): a link refused before the runtime allocated
         anything for it. A member whose start function failed keeps its share: its
         instance and memories stay in the store until the group is closed."""
-        self.memory_left, self.table_left, self.members = state
+        self.memory_left, self.table_left, self.host_left, self.members = state
 
     def take(self, found: Optional[Layout], memories: list, tables: list) -> Plan:
         """Per-item caps for a new member (``found``) plus host ``memories`` (``(min,
