@@ -183,3 +183,38 @@ def test_out_of_descriptors_for_the_pipes_is_resource_exhausted():
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=300)
     assert done.stdout.split()[-3:] == [b"118", b"True", b"True"], done.stderr[-2000:]
+
+
+def test_a_forked_child_cannot_use_its_parents_output_pipes():
+    """A component instance made before os.fork() shares its output pipes with the
+    parent, whose reader thread read what the child's guest wrote: counted against the
+    parent's limit, printed as the parent's, the child's own limit bypassed (red team
+    round 80). The child is refused (as a wasmer instance is there); the parent goes on."""
+    import os
+    import subprocess
+    import sys
+
+    code = f"""
+import os, wasmsbx
+from wasmsbx import errors, policy
+box = wasmsbx.Sandbox({str(WRITES)!r}, policy.from_dict({{"limits": {{"output": 100000}}}}))
+box.call("go", 1, 10)
+pid = os.fork()
+if pid == 0:
+    try:
+        box.call("go", 3, 60000)
+        os.write(2, b"child: ran\\n")
+    except errors.UsageError as exc:
+        os.write(2, ("child: " + str(exc) + "\\n").encode())
+    os._exit(0)
+os.waitpid(pid, 0)
+os.write(2, ("parent: " + str(box.call("go", 1, 10)) + "\\n").encode())
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, timeout=300, env=dict(os.environ)
+    )
+    err = done.stderr.decode()
+    assert done.returncode == 0, err[-2000:]
+    assert "child: cannot run go: this component's output goes through pipes its parent" in err
+    assert "parent: 0" in err
+    assert len(done.stdout) == 20, len(done.stdout)  # the parent's two writes of 10, no more

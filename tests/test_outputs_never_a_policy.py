@@ -67,3 +67,23 @@ def test_the_name_refused_is_the_name_discovered():
     from wasmsbx import outfile, policy
 
     assert outfile.POLICY_NAME == policy.POLICY_FILENAME
+
+
+@pytest.mark.parametrize("how", ["audit-log", "guest-stdout"])
+def test_an_output_written_in_place_is_not_another_name_of_a_policy(cli, isolated, how):
+    """A hard link to another folder's sandbox.toml, named log.jsonl: the audit log was
+    appended to the policy (invalid TOML there from then on), a guest's stdout file
+    would truncate it (red team round 80). A file of several names is refused for what
+    is written in place; outputs replaced whole get a file of their own."""
+    import os
+
+    (isolated / "other").mkdir()
+    policy = isolated / "other" / "sandbox.toml"
+    policy.write_text('[limits]\nmemory = "64MiB"\n')
+    os.link(policy, isolated / "log.jsonl")
+    (isolated / "p.toml").write_text(f'[stdio]\nstdout = "{isolated / "log.jsonl"}"\n')
+    extra = ["--audit-log", "log.jsonl"] if how == "audit-log" else ["--policy", "p.toml"]
+    res = cli("run", HELLO, *extra)
+    assert res.code == 105, res
+    assert "has 2 names (hard links)" in res.stderr
+    assert policy.read_text() == '[limits]\nmemory = "64MiB"\n'

@@ -53,7 +53,7 @@ def _child(body: str, stack_size: int) -> subprocess.CompletedProcess:
 def test_a_thread_too_small_for_the_guests_stack_is_refused_not_crashed():
     done = _child('return outcome(lambda: wasmsbx.Sandbox(RECURSE).call("rec", 0))', 512 << 10)
     assert done.returncode == 0, (done.returncode, done.stderr[-2000:])
-    assert done.stdout.startswith("ResourceExhausted 118: this thread's stack (512 KiB)"), done
+    assert done.stdout.startswith("ResourceExhausted 118: this thread's stack (512 KiB, "), done
     assert "limits.stack" in done.stdout
 
 
@@ -75,7 +75,7 @@ def test_the_hot_path_checks_a_new_threads_stack_too():
     done = _child(body, 512 << 10)
     assert done.returncode == 0, (done.returncode, done.stderr[-2000:])
     assert done.stdout.startswith("['StackExhausted 113', 'StackExhausted 113', "), done
-    assert "ResourceExhausted 118: this thread's stack (512 KiB)" in done.stdout, done
+    assert "ResourceExhausted 118: this thread's stack (512 KiB, " in done.stdout, done
 
 
 @pytest.mark.parametrize("stack", ["512KiB", "2MiB"])
@@ -118,8 +118,52 @@ def test_guests_nested_through_host_functions_each_count_their_stack():
     """
     done = _child(body, 2 << 20)
     assert done.returncode == 0, (done.returncode, done.stderr[-2000:])
-    assert done.stdout.startswith("trap: this thread's stack (2 MiB) cannot hold"), done
+    assert done.stdout.startswith("trap: this thread's stack (2 MiB, "), done
     assert "on top of" in done.stdout
+
+
+def test_a_caller_deep_in_its_own_stack_leaves_the_guest_what_is_left():
+    """A 768 KiB thread holds the default 512 KiB plus 128 KiB for the host; a caller
+    400 C-levels deep (sum(map(...)) recursing) had used more than that reserve, and the
+    guest ran off the thread (red team round 80). The room is measured from the stack
+    pointer."""
+    body = """
+        import sys
+        sys.setrecursionlimit(10_000)
+        box = wasmsbx.Sandbox(RECURSE)
+        results = []
+        def deep(n):  # (each level through C: map calls it, so C stack per level)
+            if n == 0:
+                results.append(outcome(lambda: box.call("rec", 0)))
+                return 0
+            return sum(map(deep, [n - 1]))
+        deep(400)
+        return results[0]
+    """
+    done = _child(body, 768 << 10)
+    assert done.returncode == 0, (done.returncode, done.stderr[-2000:])
+    assert done.stdout.startswith(("ResourceExhausted 118", "StackExhausted 113")), done
+
+
+def test_a_thread_that_forked_is_measured_by_its_own_stack():
+    """After os.fork() from a thread, that thread is the child's main_thread(), and its
+    fixed 512 KiB stack was taken for the process's growing one (checked against the
+    8 MiB RLIMIT_STACK): the child died of SIGSEGV (red team round 80)."""
+    body = """
+        import os
+        pid = os.fork()
+        if pid == 0:
+            result = outcome(lambda: wasmsbx.Sandbox(RECURSE).call("rec", 0))
+            os.write(1, (result + "\\n").encode())
+            os._exit(0)
+        _, status = os.waitpid(pid, 0)
+        return f"child status {status}"
+    """
+    done = _child(body, 512 << 10)
+    assert done.returncode == 0, (done.returncode, done.stderr[-2000:])
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith("ResourceExhausted 118: this thread's stack (512 KiB, "), done
+    assert lines[-1] == "child status 0", done
 
 
 def _stack_limit(soft: int, hard: int):
@@ -156,7 +200,8 @@ def test_the_command_line_under_a_hard_stack_limit_too_low_says_so(tmp_path):
     done = _run_under(tmp_path, 512 << 10, 512 << 10)
     assert done.returncode == 118, done.stderr[-2000:]
     lines = done.stderr.splitlines()
-    assert lines[0].startswith("error: this thread's stack (512 KiB) cannot hold the guest's")
+    assert lines[0].startswith("error: this thread's stack (512 KiB, ")
+    assert "of it free here) cannot hold the guest's (512 KiB, limits.stack)" in lines[0]
     assert lines[1].startswith("hint: give the calling thread a larger stack (ulimit -s")
     assert len(lines) == 2, done.stderr
 
@@ -168,7 +213,7 @@ def test_a_component_on_a_thread_too_small_is_refused_not_crashed(tmp_path):
     body = f"return outcome(lambda: wasmsbx.Sandbox({str(types)!r}).call('deep'))"
     done = _child(body, 512 << 10)
     assert done.returncode == 0, (done.returncode, done.stderr[-2000:])
-    assert done.stdout.startswith("ResourceExhausted 118: this thread's stack (512 KiB)"), done
+    assert done.stdout.startswith("ResourceExhausted 118: this thread's stack (512 KiB, "), done
     done = _child(body, 1 << 20)
     assert done.returncode == 0, (done.returncode, done.stderr[-2000:])
     assert done.stdout.startswith("StackExhausted 113"), done

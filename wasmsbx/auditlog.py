@@ -30,10 +30,11 @@ class AuditLog:
 
     def __init__(self, path: str) -> None:
         self.path = path
-        from .outfile import refuse_policy_name, refuse_trust_folder
+        from .outfile import refuse_linked_in_place, refuse_policy_name, refuse_trust_folder
 
         refuse_trust_folder(path)  # appended lines must not land among your keys
         refuse_policy_name(path)  # nor become the policy the next run discovers
+        refuse_linked_in_place(path, "appending to it")  # (under any of its names)
         try:
             # O_NONBLOCK for the open only: a FIFO nobody reads is refused at once
             # (ENXIO) instead of blocking the run before its deadline is even armed.

@@ -284,7 +284,9 @@ def _open_output(target: str) -> Any:
     import errno
 
     from .. import errors
+    from ..outfile import refuse_linked_in_place
 
+    refuse_linked_in_place(target, "writing the guest's output there")
     flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
     try:
         fd = os.open(target, flags, 0o666)

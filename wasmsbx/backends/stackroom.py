@@ -22,8 +22,9 @@ is too low; any other thread's stack is fixed when the thread is made
 
 from __future__ import annotations
 
+import os
 import threading
-from typing import Optional
+from typing import Any, Optional
 
 WASMTIME_DEFAULT = 512 << 10  # wasmtime's max_wasm_stack when limits.stack is unset
 # Measured (tests/test_stack_room.py's guest: a host function that formats JSON, called
@@ -53,9 +54,7 @@ def enter(stack: Optional[int]) -> int:
     used = getattr(seen, "used", 0)
     wanted = used + need(stack)
     if wanted > getattr(seen, "room", 0):
-        room = seen.room = _room(wanted)
-        if wanted > room:
-            _refuse(stack or WASMTIME_DEFAULT, room, used)
+        _check(seen, wanted, stack or WASMTIME_DEFAULT, used)
     seen.used = wanted
     return used
 
@@ -64,41 +63,143 @@ def leave(used: int) -> None:
     SEEN.used = used
 
 
-def _room(need: int) -> int:
-    """What this thread's stack can hold, its main thread's soft limit raised to at
-    least ``need`` if the hard limit allows."""
-    if threading.current_thread() is threading.main_thread():
-        return _main_room(need)
-    size = _thread_stack_size()
-    return size if size is not None else 1 << 62  # (not knowable here: not refused)
-
-
+# A thread whose stack holds this much more than what is wanted is not measured again
+# at each call (SEEN.room): the caller's own frames, below the call, are taken to stay
+# within it. A smaller thread's free stack is measured from the stack pointer at every
+# entry (red team round 80: a caller 400 C-levels deep on a 768 KiB thread, above the
+# 640 KiB the whole thread was checked for, left the guest too little and crashed).
+MARGIN = 4 << 20
+GUARD_SLACK = 16 << 10  # kept free above a fixed stack's lowest page (its guard below)
 # The most the main thread's soft limit is raised to: Linux keeps at least 128 MiB free
 # below the main thread's stack when a process starts (mmap_base's gap), so a stack
 # grown to this never meets another mapping.
 MAIN_MAX = 64 << 20
 
 
-def _main_room(need: int) -> int:
+def _check(seen: Any, wanted: int, stack: int, used: int) -> None:
+    """Measure this thread's free stack (raising the main stack's soft limit if it is
+    too low); refuse ``wanted`` if it does not fit; remember the room that needs no
+    measuring again."""
+    where = getattr(seen, "where", None)
+    if where is None:
+        where = seen.where = _where()
+    if where is False:  # (not measurable here: the whole thread's size, as before)
+        total = _fallback_room(wanted)
+        free = total
+    else:
+        low, high, grows = where
+        sp = _sp()
+        if grows:  # the process's own stack: down to the soft limit, which may rise
+            total = _soft_limit()
+            if sp - (high - total) < wanted:
+                total = _raise_soft((high - sp) + wanted)
+            free = sp - (high - total)
+        else:  # a thread's: fixed when it was made
+            total = high - low
+            free = sp - low - GUARD_SLACK
+    if free < wanted:
+        seen.room = 0
+        _refuse(stack, total, free, used)
+    seen.room = total - MARGIN if total - wanted >= MARGIN else 0
+
+
+def _where() -> Any:
+    """(lowest address, highest address, whether it grows) of the stack this thread
+    runs on, from the mapping that holds its stack pointer (/proc/self/maps): the
+    process's own stack (``[stack]``, growing to the soft RLIMIT_STACK) or a thread's,
+    fixed. By address, not by ``threading.main_thread()``, which after a fork from
+    another thread names that thread, whose stack is fixed (red team round 80). False
+    if not measurable here."""
+    sp = _sp()
+    if sp is None:
+        return False
+    try:
+        with open("/proc/self/maps", "rb") as maps:
+            for line in maps:
+                span, _, rest = line.partition(b" ")
+                start, _, stop = span.partition(b"-")
+                low, high = int(start, 16), int(stop, 16)
+                if low <= sp < high:
+                    return low, high, rest.rstrip().endswith(b"[stack]")
+    except (OSError, ValueError):
+        pass
+    return False
+
+
+_CONTEXT: Any = None  # (getcontext, a buffer for the ucontext_t, the offset of RSP)
+
+
+def _sp() -> Optional[int]:
+    """The stack pointer of this thread, near enough (getcontext's RSP, inside the
+    ctypes call), or None where its place in ucontext_t is not known (x86-64 only)."""
+    global _CONTEXT
+    if _CONTEXT is None:
+        _CONTEXT = _context()
+    if not _CONTEXT:
+        return None
+    getcontext, buffer, value = _CONTEXT
+    if getcontext(buffer) != 0:
+        return None
+    return int(value.value)
+
+
+def _context() -> Any:
+    import ctypes
+    import platform
+
+    if platform.machine() not in ("x86_64", "AMD64") or not hasattr(os, "uname"):
+        return False
+    try:
+        getcontext = ctypes.CDLL(None).getcontext
+    except (OSError, AttributeError):
+        return False
+    buffer = ctypes.create_string_buffer(1024)  # (ucontext_t: 936 bytes on x86-64 glibc)
+    # uc_flags, uc_link, uc_stack (24 bytes), then mcontext's gregs: REG_RSP is 15th
+    return getcontext, buffer, ctypes.c_uint64.from_buffer(buffer, 40 + 15 * 8)
+
+
+def _soft_limit() -> int:
+    import resource
+
+    soft, _ = resource.getrlimit(resource.RLIMIT_STACK)
+    return MAIN_MAX if soft == resource.RLIM_INFINITY or soft > MAIN_MAX else soft
+
+
+def _raise_soft(wanted: int) -> int:
+    """The main stack's soft limit raised to twice ``wanted`` (never past the hard
+    limit or MAIN_MAX) if it is lower; the limit now. The kernel checks the soft limit
+    at each growth of that stack."""
     import resource
 
     soft, hard = resource.getrlimit(resource.RLIMIT_STACK)
-    if soft == resource.RLIM_INFINITY:
-        return MAIN_MAX if need > MAIN_MAX else 1 << 62
-    if soft >= need:
-        return soft
-    # (the main thread's stack grows on demand, and the kernel checks the soft limit at
-    # each growth; twice what is needed, never above the hard limit)
-    wanted = min(2 * need, MAIN_MAX)
+    target = min(2 * wanted, MAIN_MAX)
     if hard != resource.RLIM_INFINITY:
-        wanted = min(wanted, hard)
-    if wanted > soft:
+        target = min(target, hard)
+    if soft != resource.RLIM_INFINITY and target > soft:
         try:
-            resource.setrlimit(resource.RLIMIT_STACK, (wanted, hard))
-            return wanted
+            resource.setrlimit(resource.RLIMIT_STACK, (target, hard))
         except (ValueError, OSError):
             pass
-    return soft
+    return _soft_limit()
+
+
+def _fallback_room(need: int) -> int:
+    """Where the stack pointer cannot be read: the thread's whole stack (the main
+    thread's soft limit raised if it is too low), as if nothing were used yet."""
+    if threading.current_thread() is threading.main_thread():
+        return _raise_soft(need) if _soft_limit() < need else _soft_limit()
+    size = _thread_stack_size()
+    return size if size is not None else 1 << 62  # (not knowable here: not refused)
+
+
+def _forget() -> None:
+    """In a forked child: the one thread left may run on another stack than its parent
+    thread measured (a fork from a thread: its stack is the child's whole stack)."""
+    SEEN.__dict__.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget)
 
 
 def _thread_stack_size() -> Optional[int]:
@@ -126,13 +227,14 @@ def _thread_stack_size() -> Optional[int]:
         libc.pthread_attr_destroy(attr)
 
 
-def _refuse(stack: int, room: int, used: int) -> None:
+def _refuse(stack: int, total: int, free: int, used: int) -> None:
     from ..errors import ResourceExhausted
-    from ..units import format_limit
+    from ..units import format_limit, format_size
 
     held = f", on top of {format_limit(used)} for the guests running on it" if used else ""
+    left = f", {format_size(max(0, free))} of it free here" if free < total else ""
     raise ResourceExhausted(
-        f"this thread's stack ({format_limit(room)}) cannot hold the guest's "
+        f"this thread's stack ({format_limit(total)}{left}) cannot hold the guest's "
         f"({format_limit(stack)}, limits.stack) and {format_limit(RESERVE)} for the host"
         f"{held}: a guest recursing to its limit would crash the process",
         hint=(

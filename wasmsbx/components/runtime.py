@@ -355,6 +355,12 @@ class ComponentInstance:
         from ..backends import stackroom
         from ..backends.deadline import KEEPER
 
+        if self.pipes is not None and self.pipes.forked:
+            raise errors.UsageError(
+                f"cannot run {where}: this component's output goes through pipes its "
+                "parent process reads (the instance was made before os.fork())",
+                hint="make the sandbox in this process (after the fork)",
+            )
         below = stackroom.enter(self.limits.stack)  # (room on this thread's stack)
         try:
             watch = KEEPER.enter(

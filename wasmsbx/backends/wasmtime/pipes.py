@@ -74,6 +74,17 @@ class OutputPipes:
         self.wake: Optional[tuple] = None  # (read, write): the thread looks again
         self.stopping = False
         self.closed = False
+        # The process whose reader thread serves them. A fork's child shares the pipes
+        # with its parent, whose thread read (and counted, and printed) what the
+        # child's guest wrote: the child refuses such an instance (``forked``) and
+        # never touches the pipes or the lock (the parent's thread may have held it at
+        # the fork: red team round 80).
+        self.home = os.getpid()
+
+    @property
+    def forked(self) -> bool:
+        """Whether this process is a fork's child of the one that made the pipes."""
+        return self.home != os.getpid()
 
     def attach(self, config: Any, sinks: list) -> None:
         """Give ``config`` (a WasiConfig) pipes for stdout and stderr, whose bytes go to
@@ -100,6 +111,8 @@ class OutputPipes:
     def drain(self) -> None:
         """Pass on every byte in the pipes now: all that the guest wrote before its call
         returned (wasmtime's writes are done when the host call returns)."""
+        if self.forked:
+            return
         with self.lock:
             if self.closed or self.wake is None:
                 return
@@ -111,6 +124,8 @@ class OutputPipes:
     def close(self) -> None:
         """No more output: the thread closes the pipes and ends (wasmtime's write ends
         stay with the store; the guest's writes then fail)."""
+        if self.forked:
+            return
         with self.lock:
             self.stopping = True
             if not self.closed and self.wake is not None:  # (None: never attached)
