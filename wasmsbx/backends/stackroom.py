@@ -9,15 +9,16 @@ instead of the guest getting ``StackExhausted``. Threads made after
 ``threading.stack_size(512 * 1024)``, or anything under ``ulimit -s 512``, had that
 little with the default 512 KiB limit.
 
-So before wasm runs on a thread, the thread's stack is checked (its size found once and
-remembered for that thread): it must hold the guest's stack plus ``RESERVE`` for what
-runs around it (the caller's frames below the call, host functions called from the
-deepest guest frame), on top of what the guests already running on the thread may
-take (a host function that calls another sandbox). The main thread's stack grows on
-demand up to the soft ``RLIMIT_STACK``, which is raised (up to the hard limit) when it
-is too low; any other thread's stack is fixed when the thread is made
-(``pthread_getattr_np``), so a thread with too little is refused with
-``ResourceExhausted`` (exit 118) and a hint, before the guest runs.
+So before wasm runs on a thread, the stack free below the caller is measured from the
+stack pointer (``_sp``) in the mapping that holds it (``_where``): the process's own
+stack grows on demand to the soft ``RLIMIT_STACK``, which is raised (up to the hard
+limit) when it is too low; a thread's is fixed when the thread is made. It must hold
+the guest's stack plus ``RESERVE`` (host functions called from the deepest guest
+frame), on top of what the guests already running on the thread may take (a host
+function that calls another sandbox); else ``ResourceExhausted`` (exit 118) and a hint,
+before the guest runs. A thread with ``MARGIN`` to spare is not measured again (red
+team round 80: measuring only the thread's whole size missed a caller deep in its own
+stack, and a thread that forked).
 """
 
 from __future__ import annotations
