@@ -337,6 +337,7 @@ def test_request_size(service_in):
 def test_call_export_args_count_as_their_json(service_in):
     """call_export's args were measured as an int, which counted its digits: 200 KB of
     arguments were 6 bytes, past --max-request (red team round 79)."""
+    pytest.importorskip("mcp")  # (tools.py is the SDK's face: Python 3.10+)
     from wasmsbx.mcp.tools import _json_size
 
     service = service_in(max_request=64 << 10)
