@@ -121,7 +121,7 @@ def _where() -> Any:
                 start, _, stop = span.partition(b"-")
                 low, high = int(start, 16), int(stop, 16)
                 if low <= sp < high:
-                    return low, high, rest.rstrip().endswith(b"[stack]")
+                    return low, high, rest.rstrip().endswith(b"[stack]") or _initial()
     except (OSError, ValueError):
         pass
     return False
@@ -193,14 +193,15 @@ def _fallback_room(need: int) -> int:
     return size if size is not None else 1 << 62  # (not knowable here: not refused)
 
 
-def _forget() -> None:
-    """In a forked child: the one thread left may run on another stack than its parent
-    thread measured (a fork from a thread: its stack is the child's whole stack)."""
-    SEEN.__dict__.clear()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_forget)
+def _initial() -> bool:
+    """Whether this thread runs on the process's own growing stack though its mapping is
+    not named ``[stack]``: under valgrind, whose client's stack is a mapping of its own
+    (the initial thread: its id is the pid). Otherwise a mapping not named so is a
+    thread's, fixed: also in a fork made by a thread, whose one thread is then the
+    process's initial thread (red team round 80)."""
+    return threading.get_native_id() == os.getpid() and "vgpreload" in os.environ.get(
+        "LD_PRELOAD", ""
+    )
 
 
 def _thread_stack_size() -> Optional[int]:
