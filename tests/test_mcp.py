@@ -735,6 +735,14 @@ def _alive(pid: int) -> bool:
     return "\nState:\tZ" not in status
 
 
+def _assert_gone(workers: list) -> None:
+    """The worker processes end within a generous half minute."""
+    deadline = time.monotonic() + 30
+    while any(_alive(w) for w in workers) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not any(_alive(w) for w in workers)
+
+
 def _running_workers(pid: int) -> list:
     """The worker processes of the server ``pid``, once one runs the call just sent."""
     deadline = time.monotonic() + 120
@@ -802,10 +810,7 @@ def test_stdio_client_gone_mid_call_stops_the_server_and_its_workers(tmp_path):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    deadline = time.monotonic() + 30
-    while any(_alive(w) for w in workers) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert not any(_alive(w) for w in workers)
+    _assert_gone(workers)
     assert not root.exists()
 
 
@@ -911,10 +916,7 @@ def test_sigterm_stops_the_http_server_cleanly(signame):
         assert root.name.startswith("wasmsbx-mcp-")
         proc.send_signal(getattr(signal, signame))
         assert proc.wait(60) == 0
-    deadline = time.monotonic() + 30
-    while any(_alive(w) for w in workers) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert not any(_alive(w) for w in workers)
+    _assert_gone(workers)
     assert not root.exists()
 
 
@@ -937,10 +939,7 @@ def test_a_killed_servers_workers_die_with_it(tmp_path):
     finally:
         proc.kill()
         proc.wait()
-    deadline = time.monotonic() + 30
-    while any(_alive(w) for w in workers) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert not any(_alive(w) for w in workers)
+    _assert_gone(workers)
 
 
 def test_output_that_is_not_utf8_comes_back_as_base64(server):
