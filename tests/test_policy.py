@@ -83,6 +83,26 @@ def test_a_memory_limit_a_byte_past_a_page_is_said_as_set(cli, backend, tmp_path
     assert "memory limit 64 KiB (65,537 bytes) reached" in res.stderr
 
 
+def test_every_limit_quoted_is_said_as_set(cli, tmp_path):
+    """The same rule for the other places a limit is quoted: the module size refused,
+    the backend choice (--explain), the audit's findings."""
+    wat = tmp_path / "grow.wat"
+    wat.write_text(
+        '(module (memory 2) (func (export "f")) (data (i32.const 0) "' + "x" * 2000 + '"))'
+    )
+    policy = tmp_path / "p.toml"
+    policy.write_text('[limits]\nmodule_size = "1025B"\n')
+    res = cli("compile", wat, "-o", tmp_path / "out.cwasm", "--policy", policy)
+    assert res.code == 117, res.stderr
+    assert "larger than limits.module_size 1 KiB (1,025 bytes)" in res.stderr
+    policy.write_text('[limits]\nmemory = "65537B"\n')
+    res = cli("backends", "--explain", wat, "--policy", policy)
+    assert "limits.memory = 64 KiB (65,537 bytes)" in res.stdout, res.stdout
+    res = cli("audit", wat, "--policy", policy, "--json")
+    said = [f["message"] for f in res.json()["findings"]]
+    assert any("but limits.memory is 64 KiB (65,537 bytes)" in m for m in said), said
+
+
 def test_secure_defaults():
     pol = P.defaults()
     assert pol["limits.memory"] == 256 * 2**20

@@ -309,6 +309,13 @@ def _size(n: int) -> str:
     return format_size(n)
 
 
+def _limit(n: int) -> str:
+    """A limit as set (units.format_limit: never rounded)."""
+    from ..units import format_limit
+
+    return format_limit(n)
+
+
 def _grant_text(grant: Any) -> str:
     return grant.host if grant.host == grant.guest else f"{grant.host} (as {grant.guest})"
 
@@ -485,7 +492,7 @@ def check_memories(ctx: _Context) -> Iterator[Finding]:
         if lim.min * PAGE > limit:
             yield _finding(
                 "WSX006",
-                f"{label} starts at {_pages(lim.min)}, but limits.memory is {_size(limit)}: "
+                f"{label} starts at {_pages(lim.min)}, but limits.memory is {_limit(limit)}: "
                 "instantiation fails",
                 subject,
                 fix=f"raise limits.memory to at least {_size(lim.min * PAGE)}, or rebuild with "
@@ -495,13 +502,13 @@ def check_memories(ctx: _Context) -> Iterator[Finding]:
             yield _finding(
                 "WSX201",
                 f"{label} starts at {_pages(lim.min)} and declares no maximum: it can grow "
-                f"until limits.memory ({_size(limit)}) stops it",
+                f"until limits.memory ({_limit(limit)}) stops it",
                 subject,
             )
         elif lim.max * PAGE > limit:
             yield _finding(
                 "WSX202",
-                f"{label} may grow to {_pages(lim.max)}, but limits.memory is {_size(limit)}: "
+                f"{label} may grow to {_pages(lim.max)}, but limits.memory is {_limit(limit)}: "
                 "growing past the limit fails",
                 subject,
             )
@@ -516,7 +523,7 @@ def check_memories(ctx: _Context) -> Iterator[Finding]:
             yield _finding(
                 "WSX204",
                 f"{label} uses 64-bit addresses: it can address more than 4GiB; "
-                f"limits.memory ({_size(limit)}) still caps it",
+                f"limits.memory ({_limit(limit)}) still caps it",
                 subject,
             )
 
@@ -684,13 +691,13 @@ def _memory_need(facts: ModuleFacts, limit: int) -> tuple:
         largest_max = max(m.limits.max for m in mems) * PAGE
         if largest_max <= limit:
             return largest_max, f"the module declares a memory maximum of {_size(largest_max)}"
-        return limit, f"kept at the policy's {_size(limit)} (the module may ask for up to " + (
+        return limit, f"kept at the policy's {_limit(limit)} (the module may ask for up to " + (
             f"{_size(largest_max)})"
         )
     if largest_min > limit:
         return largest_min, f"raised to the module's initial memory, {_size(largest_min)}"
     return limit, (
-        f"kept at the policy's {_size(limit)}: the module declares no maximum "
+        f"kept at the policy's {_limit(limit)}: the module declares no maximum "
         f"(it starts at {_size(largest_min)}); lower it to what your inputs need"
     )
 

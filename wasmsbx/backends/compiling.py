@@ -35,7 +35,7 @@ from typing import Any, Optional
 
 from .. import errors
 from ..errors import CompileLimitExceeded
-from ..units import format_duration, format_size
+from ..units import format_duration, format_limit, format_size
 
 CHILD_MIN = 256 * 1024  # bytes: compiles this large run in a child process
 # A compiler's memory grows with a function's locals times its size (SSA values live
@@ -74,7 +74,7 @@ child_main()
 def check_size(size: int, limit: Optional[int], name: str) -> None:
     if limit is not None and size > limit:
         raise CompileLimitExceeded(
-            f"{name} is {format_size(size)}, larger than limits.module_size {format_size(limit)}",
+            f"{name} is {format_size(size)}, larger than limits.module_size {format_limit(limit)}",
             hint="raise limits.module_size in the policy if you trust this module",
             limit_value=limit,
         )
@@ -802,7 +802,8 @@ def out_of_memory(limit: int, grouped: bool = False) -> CompileLimitExceeded:
         else "or less, under your ulimit -d or -v"
     )
     return CompileLimitExceeded(
-        f"compiling the module ran out of memory: a compile may use {format_size(limit)} ({where})",
+        f"compiling the module ran out of memory: a compile may use {format_limit(limit)} "
+        f"({where})",
         hint="functions with many values live across many blocks compile in memory that "
         "grows with both: split them, or compile the module where you trust it "
         "(WASMSBX_COMPILE_MEMORY raises the bound)",

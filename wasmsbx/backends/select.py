@@ -125,11 +125,11 @@ class Selection:
 
 def requirements(policy, features: Iterable[str] = (), kind: str = "call") -> list:
     """Every capability this run needs, each with the reason it is needed."""
-    from ..units import format_duration, format_size
+    from ..units import format_duration, format_limit
 
     values = policy.values
     needs = [
-        ("memory-limit", f"limits.memory = {format_size(values['limits.memory'])}"),
+        ("memory-limit", f"limits.memory = {format_limit(values['limits.memory'])}"),
         ("timeout", f"limits.timeout = {format_duration(values['limits.timeout'])}"),
     ]
     if values["runtime.memory_layout"] == "dense":
@@ -137,7 +137,7 @@ def requirements(policy, features: Iterable[str] = (), kind: str = "call") -> li
     if values["limits.fuel"] is not None:
         needs.append(("fuel", f"limits.fuel = {values['limits.fuel']}"))
     if values["limits.stack"] is not None:
-        needs.append(("stack-limit", f"limits.stack = {format_size(values['limits.stack'])}"))
+        needs.append(("stack-limit", f"limits.stack = {format_limit(values['limits.stack'])}"))
     if values["limits.table_elements"] is not None:
         needs.append(("table-limit", f"limits.table_elements = {values['limits.table_elements']}"))
     if values["limits.instances"] is not None:

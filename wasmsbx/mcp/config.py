@@ -13,7 +13,7 @@ from typing import Any, Optional
 
 from .. import errors
 from .. import policy as policy_mod
-from ..units import format_duration, format_size, parse_duration, parse_size
+from ..units import format_duration, format_limit, format_size, parse_duration, parse_size
 
 
 class ServerConfig(
@@ -78,10 +78,10 @@ class ServerConfig(
         v = self.policy.values
         return {
             "timeout": format_duration(v["limits.timeout"]),
-            "memory": format_size(v["limits.memory"]),
+            "memory": format_limit(v["limits.memory"]),
             "fuel": v["limits.fuel"],
-            "output_per_call": format_size(self.output_ceiling()),
-            "request_size": format_size(self.max_request),
+            "output_per_call": format_limit(self.output_ceiling()),
+            "request_size": format_limit(self.max_request),
             "concurrent_calls": self.max_concurrent,
             "calls_per_minute": self.calls_per_minute,
             "rate_window_seconds": self.rate_window,

@@ -16,7 +16,7 @@ import sys
 from typing import Any
 
 from .. import errors
-from ..units import format_size
+from ..units import format_limit
 
 
 class WorkerDied(Exception):
@@ -161,7 +161,7 @@ class WorkerPool:
         except ReplyTooLarge:
             raise errors.OutputLimitExceeded(
                 f"output limit reached: the call's reply (its results and output) was "
-                f"larger than the server allows ({format_size(self.reply_limit)})",
+                f"larger than the server allows ({format_limit(self.reply_limit)})",
                 hint="ask for less (a smaller result, less output), or run the server with "
                 "a larger --max-output",
                 limit_value=self.reply_limit,

@@ -22,7 +22,7 @@ from typing import Any, Optional
 
 from .. import errors
 from ..fstree import remove_tree
-from ..units import format_size
+from ..units import format_limit, format_size
 from . import config as config_mod
 from . import interpreters
 from .pool import WorkerPool, deadline_for
@@ -556,12 +556,12 @@ def bounded(report: dict, limit: int) -> dict:
     out = cut_lists(report, LIST_KEPT, cut)
     # (lists the report had cut already, at audit.formats.LISTED, keep their full length)
     cut.update((report.get("truncated") or {}).get("lists") or {})
-    reason = f"the report was larger than the server's output limit ({format_size(limit)})"
+    reason = f"the report was larger than the server's output limit ({format_limit(limit)})"
     out["truncated"] = truncation(cut, LIST_KEPT, reason)
     if len(json.dumps(out)) > limit:
         raise errors.OutputLimitExceeded(
             f"output limit reached: the audit report is larger than the server's output "
-            f"limit ({format_size(limit)}) even with its lists cut",
+            f"limit ({format_limit(limit)}) even with its lists cut",
             hint="audit the module with `wasmsbx audit` outside the server, or run the "
             "server with a larger --max-output",
             limit_value=limit,

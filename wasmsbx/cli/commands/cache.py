@@ -168,13 +168,13 @@ def stats(
 
 
 def _render_stats(data: dict) -> None:
-    from ...units import format_size
+    from ...units import format_limit, format_size
 
     rate = "-" if data["hit_rate"] is None else f"{100 * data['hit_rate']:.1f}%"
     lines = [
         ("cache", data["cache_dir"]),
         ("entries", str(data["entries"])),
-        ("total size", f"{format_size(data['total_size'])} of {format_size(data['size_limit'])}"),
+        ("total size", f"{format_size(data['total_size'])} of {format_limit(data['size_limit'])}"),
         ("disk usage", format_size(data["disk_usage"])),
         ("hits", str(data["hits"])),
         ("misses", str(data["misses"])),
