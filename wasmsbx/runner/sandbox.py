@@ -1802,11 +1802,13 @@ def _number(value: Any, unit: str = "") -> str:
     of digits as its size, "(an int of 1,329 bits)" (``f"{10**400:g}"`` raised
     OverflowError, str() of 10**5000 ValueError: red team round 78), a number as
     ``:g`` shows it."""
+    import math
+
     from ..values import shown
 
     if isinstance(value, int):
         return f"({shown(value, str)})" if value.bit_length() > 256 else f"{value}{unit}"
-    return f"{value:g}{unit}" if value - value == 0 else f"{value}"  # (inf: no unit)
+    return f"{value:g}{unit}" if math.isfinite(value) else f"{value}"  # (inf: no unit)
 
 
 def _file_name(text: str) -> str:
