@@ -386,7 +386,7 @@ def _usage(tool: str, exc: Any) -> errors.UsageError:
     what = str(first.get("msg", "is not valid"))[:200]
     more = f" (and {len(places) - 1} more)" if len(places) > 1 else ""
     return errors.UsageError(
-        f"{tool}: argument {errors.inert(where)[:200]}: {what}{more}",
+        f"{tool}: argument {errors.inert(where)}: {what}{more}",
         hint="see the tool's input schema (tools/list) for each argument's type",
     )
 
