@@ -218,3 +218,38 @@ os.write(2, ("parent: " + str(box.call("go", 1, 10)) + "\\n").encode())
     assert "child: cannot run go: this component's output goes through pipes its parent" in err
     assert "parent: 0" in err
     assert len(done.stdout) == 20, len(done.stdout)  # the parent's two writes of 10, no more
+
+
+def test_a_forked_child_is_refused_even_while_a_parent_thread_was_in_a_call():
+    """At the fork another thread was in a call on the instance: its turn is held for
+    good in the child, whose call waited the timeout out (112) before the fork's
+    refusal was reached (red team round 81). The refusal comes first."""
+    import os
+    import subprocess
+    import sys
+
+    code = f"""
+import os, threading, time, wasmsbx
+from wasmsbx import errors, policy
+limits = {{"limits": {{"output": "1GiB", "timeout": "5s"}}, "stdio": {{"stdout": "null"}}}}
+box = wasmsbx.Sandbox({str(WRITES)!r}, policy.from_dict(limits))
+box.call("go", 1, 10)
+def busy():
+    for _ in range(20):
+        box.call("go", 20000, 4000)
+threading.Thread(target=busy, daemon=True).start()
+time.sleep(0.3)
+pid = os.fork()
+if pid == 0:
+    try:
+        box.call("go", 1, 10)
+        os.write(2, b"child: ran\\n")
+    except errors.WasmsbxError as exc:
+        os.write(2, ("child: " + type(exc).__name__ + "\\n").encode())
+    os._exit(0)
+os.waitpid(pid, 0)
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, timeout=300, env=dict(os.environ)
+    )
+    assert b"child: UsageError" in done.stderr, done.stderr[-2000:]

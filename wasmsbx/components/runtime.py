@@ -298,6 +298,18 @@ class ComponentInstance:
             memories=-1 if count is None else len(layout.memories) * count,
         )
 
+    def _refuse_forked(self, where: str) -> None:
+        """A fork's child may not run an instance made before the fork whose output goes
+        through pipes: its parent's thread reads them (red team round 80). Before the
+        turn is waited for: a call another thread ran at the fork holds it for good in
+        the child, which waited out the timeout (112) instead (round 81)."""
+        if self.pipes is not None and self.pipes.forked:
+            raise errors.UsageError(
+                f"cannot run {where}: this component's output goes through pipes its "
+                "parent process reads (the instance was made before os.fork())",
+                hint="make the sandbox in this process (after the fork)",
+            )
+
     def _check_host(self) -> None:
         """Refuse, before instantiating, a component whose core instances would hold
         more of the runtime's own memory (their globals, functions and imports:
@@ -355,12 +367,6 @@ class ComponentInstance:
         from ..backends import stackroom
         from ..backends.deadline import KEEPER
 
-        if self.pipes is not None and self.pipes.forked:
-            raise errors.UsageError(
-                f"cannot run {where}: this component's output goes through pipes its "
-                "parent process reads (the instance was made before os.fork())",
-                hint="make the sandbox in this process (after the fork)",
-            )
         below = stackroom.enter(self.limits.stack)  # (room on this thread's stack)
         try:
             watch = KEEPER.enter(
@@ -438,6 +444,7 @@ class ComponentInstance:
         a stream's chunks, list<u8> written out as they come, count as its stream)."""
         if self.poisoned:
             raise errors.TrapError("this component instance trapped before; use a fresh one")
+        self._refuse_forked(export.name)
         func = self.func(export)
         try:
             raw_args = [lower(a, t) for a, t in zip(args, export.sig.param_types)]
@@ -512,6 +519,7 @@ class ComponentInstance:
 
     def run_command(self, export: ComponentExport) -> int:
         """Run ``wasi:cli/run#run``: 0 for ok, 1 for err, or the code passed to exit."""
+        self._refuse_forked(export.name)
         func = self.func(export)
         take_turn(self.turn, self.limits.timeout)
         refused = self.budget.refused
