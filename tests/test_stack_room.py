@@ -145,6 +145,30 @@ def test_a_caller_deep_in_its_own_stack_leaves_the_guest_what_is_left():
     assert done.stdout.startswith(("ResourceExhausted 118", "StackExhausted 113")), done
 
 
+def test_a_call_deep_in_the_stack_after_a_shallow_one_is_measured_again():
+    """A 16 MiB thread called once from a shallow point, then from 400 KiB above the
+    end of its stack (a deep recursion of the host's, through C): the room the first
+    call found was remembered, and the second guest ran off the stack (red team round
+    81). The stack pointer is read at every entry."""
+    body = """
+        import functools, sys
+        from wasmsbx.backends import stackroom
+        box = wasmsbx.Sandbox(RECURSE)
+        first = outcome(lambda: box.call("rec", 0))
+        low = stackroom._where()[0]
+        sys.setrecursionlimit(10 ** 6)
+        @functools.lru_cache(maxsize=None)  # (each level through C)
+        def walk(n):
+            if stackroom._sp() - low < 400 << 10:
+                return outcome(lambda: box.call("rec", 0))
+            return walk(n + 1)
+        return [first.split(":")[0], walk(0).split(":")[0]]
+    """
+    done = _child(body, 16 << 20)
+    assert done.returncode == 0, (done.returncode, done.stderr[-2000:])
+    assert done.stdout.strip() == "['StackExhausted 113', 'ResourceExhausted 118']", done
+
+
 def test_a_thread_that_forked_is_measured_by_its_own_stack():
     """After os.fork() from a thread, that thread is the child's main_thread(), and its
     fixed 512 KiB stack was taken for the process's growing one (checked against the

@@ -16,9 +16,10 @@ limit) when it is too low; a thread's is fixed when the thread is made. It must 
 the guest's stack plus ``RESERVE`` (host functions called from the deepest guest
 frame), on top of what the guests already running on the thread may take (a host
 function that calls another sandbox); else ``ResourceExhausted`` (exit 118) and a hint,
-before the guest runs. A thread with ``MARGIN`` to spare is not measured again (red
-team round 80: measuring only the thread's whole size missed a caller deep in its own
-stack, and a thread that forked).
+before the guest runs. The stack's lowest usable address is found once per thread, the
+stack pointer read at every entry (red team rounds 80 and 81: measuring the thread's
+whole size, or remembering the room a shallow call had, missed a caller deep in its own
+stack; and a thread that forked).
 """
 
 from __future__ import annotations
@@ -33,8 +34,11 @@ WASMTIME_DEFAULT = 512 << 10  # wasmtime's max_wasm_stack when limits.stack is u
 # 576 KiB ran it; 128 KiB is twice what the caller and such a host function need.
 RESERVE = 128 << 10
 
-# .room: what this thread's stack can hold; .used: what the guests running on it may
-# take (the windows of the stores entered, each with its RESERVE), in bytes
+# .base: the lowest address this thread's stack may use (measured once; the room is
+# the stack pointer's distance above it, read at every entry); .room: where the stack
+# pointer cannot be read, what the thread's whole stack holds; .used: what the guests
+# running on the thread may take (the windows of the stores entered, each with its
+# RESERVE), in bytes
 SEEN = threading.local()
 
 
@@ -54,22 +58,29 @@ def enter(stack: Optional[int]) -> int:
     seen = SEEN
     used = getattr(seen, "used", 0)
     wanted = used + need(stack)
-    if wanted > getattr(seen, "room", 0):
+    if not fits(seen, wanted):
         _check(seen, wanted, stack or WASMTIME_DEFAULT, used)
     seen.used = wanted
     return used
+
+
+def fits(seen: Any, wanted: int) -> bool:
+    """Whether ``wanted`` bytes fit below the stack pointer now, by what ``seen`` (this
+    thread's SEEN) knows; False when it must be measured (``_check``). The stack pointer
+    is read at every entry: a caller first shallow, then deep in its own stack (its
+    room remembered from the shallow call) left the guest too little and crashed (red
+    team round 81)."""
+    base = getattr(seen, "base", None)
+    if base is None:
+        return wanted <= getattr(seen, "room", 0)
+    sp = _sp()
+    return sp is not None and sp - base >= wanted
 
 
 def leave(used: int) -> None:
     SEEN.used = used
 
 
-# A thread whose stack holds this much more than what is wanted is not measured again
-# at each call (SEEN.room): the caller's own frames, below the call, are taken to stay
-# within it. A smaller thread's free stack is measured from the stack pointer at every
-# entry (red team round 80: a caller 400 C-levels deep on a 768 KiB thread, above the
-# 640 KiB the whole thread was checked for, left the guest too little and crashed).
-MARGIN = 4 << 20
 GUARD_SLACK = 16 << 10  # kept free above a fixed stack's lowest page (its guard below)
 # The most the main thread's soft limit is raised to: Linux keeps at least 128 MiB free
 # below the main thread's stack when a process starts (mmap_base's gap), so a stack
@@ -84,24 +95,23 @@ def _check(seen: Any, wanted: int, stack: int, used: int) -> None:
     where = getattr(seen, "where", None)
     if where is None:
         where = seen.where = _where()
-    if where is False:  # (not measurable here: the whole thread's size, as before)
-        total = _fallback_room(wanted)
-        free = total
+    sp = None if where is False else _sp()
+    if sp is None:  # (not measurable here: the whole thread's size, as before)
+        seen.base = None
+        total = free = seen.room = _fallback_room(wanted)
     else:
         low, high, grows = where
-        sp = _sp()
         if grows:  # the process's own stack: down to the soft limit, which may rise
             total = _soft_limit()
             if sp - (high - total) < wanted:
                 total = _raise_soft((high - sp) + wanted)
-            free = sp - (high - total)
+            seen.base = high - total
         else:  # a thread's: fixed when it was made
             total = high - low
-            free = sp - low - GUARD_SLACK
+            seen.base = low + GUARD_SLACK
+        free = sp - seen.base
     if free < wanted:
-        seen.room = 0
         _refuse(stack, total, free, used)
-    seen.room = total - MARGIN if total - wanted >= MARGIN else 0
 
 
 def _where() -> Any:

@@ -50,6 +50,7 @@ from ..limits import GC_HEAP, HIDDEN_EXPORT, PAGE, TotalsError, export_memories,
 from ..reserve import GUARD, engine_layout, exhausted_hint
 from ..stackroom import SEEN as STACK_SEEN
 from ..stackroom import enter as stack_enter
+from ..stackroom import fits as stack_fits
 from ..stackroom import leave as stack_leave
 from ..stackroom import need as stack_need
 from . import teardown
@@ -870,8 +871,9 @@ class WasmtimeInstance(Instance):
             self.where = name
             # Room on this thread's stack (stackroom). A guest that cannot call out (no
             # host function, no captured output) called from no host function has no
-            # guest above or below it on this thread: its thread's room is all to check.
-            if deep or getattr(seen, "room", 0) < need:
+            # guest above or below it on this thread: the room below the stack pointer
+            # is all to check.
+            if deep or not stack_fits(seen, need):
                 below, deep = stack_enter(stack), True
             try:
                 watch = enter(clock, seconds, stuck, arm_epoch)
