@@ -87,3 +87,39 @@ def test_an_output_written_in_place_is_not_another_name_of_a_policy(cli, isolate
     assert res.code == 105, res
     assert "has 2 names (hard links)" in res.stderr
     assert policy.read_text() == '[limits]\nmemory = "64MiB"\n'
+
+
+def test_a_guest_stdout_file_is_still_written_whole(cli, isolated):
+    """It is truncated after the open, once it is known to have one name (it was opened
+    with O_TRUNC, before any check of the file opened could be made)."""
+    out = isolated / "out.txt"
+    out.write_text("old content, longer than what the guest writes, " * 4)
+    (isolated / "p.toml").write_text(f'[stdio]\nstdout = "{out}"\n')
+    res = cli("run", HELLO, "--policy", "p.toml")
+    assert res.code == 0, res
+    assert out.read_text().startswith("hello from wasm32-wasi") and "old" not in out.read_text()
+
+
+def test_a_hard_link_made_just_before_the_open_is_seen(isolated, monkeypatch):
+    """The name was checked, then opened: a link made in between went unseen, and the
+    audit log was appended to another folder's sandbox.toml (red team round 81, a race
+    won about once in 30 runs). The check is made on the descriptor opened."""
+    import os
+
+    from wasmsbx import auditlog, errors
+
+    (isolated / "other").mkdir()
+    policy = isolated / "other" / "sandbox.toml"
+    policy.write_text('[limits]\nmemory = "64MiB"\n')
+    log = isolated / "log.jsonl"
+    real_open = os.open
+
+    def racing_open(path, flags, *rest):  # (the other process wins the race here)
+        if os.fspath(path) == str(log) and not log.exists():
+            os.link(policy, log)
+        return real_open(path, flags, *rest)
+
+    monkeypatch.setattr(auditlog.os, "open", racing_open)
+    with pytest.raises(errors.InputError, match="has 2 names"):
+        auditlog.AuditLog(str(log))
+    assert policy.read_text() == '[limits]\nmemory = "64MiB"\n'

@@ -34,12 +34,16 @@ class AuditLog:
 
         refuse_trust_folder(path)  # appended lines must not land among your keys
         refuse_policy_name(path)  # nor become the policy the next run discovers
-        refuse_linked_in_place(path, "appending to it")  # (under any of its names)
         try:
             # O_NONBLOCK for the open only: a FIFO nobody reads is refused at once
             # (ENXIO) instead of blocking the run before its deadline is even armed.
             flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEXEC", 0)
             fd = os.open(path, flags | getattr(os, "O_NONBLOCK", 0), 0o666)
+            try:  # (under any of its names: before anything is appended)
+                refuse_linked_in_place(path, "appending to it", fd)
+            except BaseException:
+                os.close(fd)
+                raise
             os.set_blocking(fd, True)
             self.fh = open(fd, "a", encoding="utf-8")  # noqa: SIM115 - closed by exit()
         except OSError as exc:

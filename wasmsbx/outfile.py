@@ -134,22 +134,22 @@ def refuse_policy_name(text: str) -> None:
         )
 
 
-def refuse_linked_in_place(text: str, what: str) -> None:
-    """InputError if ``text`` is a regular file with more than one name (hard links):
-    an output written in place (the audit log appended to, a guest's stdout file
-    truncated) changes every name of it, which ``refuse_policy_name`` cannot see, a
-    ``sandbox.toml`` elsewhere among them (red team round 80). Outputs replaced whole
-    (``write_output``) get a new file and leave the other names as they were."""
-    try:
-        info = os.stat(text)
-    except OSError:
-        return
+def refuse_linked_in_place(text: str, what: str, fd: int) -> os.stat_result:
+    """InputError if ``fd``, ``text`` as opened (and nothing written yet), is a regular
+    file with more than one name (hard links): an output written in place (the audit
+    log appended to, a guest's stdout file) changes every name of it, which
+    ``refuse_policy_name`` cannot see, a ``sandbox.toml`` elsewhere among them (red team
+    round 80). Checked on the descriptor: a link made between a check of the name and
+    the open went unseen (round 81). Outputs replaced whole (``write_output``) get a new
+    file and leave the other names as they were. The descriptor's stat()."""
+    info = os.fstat(fd)
     if stat.S_ISREG(info.st_mode) and info.st_nlink > 1:
         raise _fail(
             text,
             f"has {info.st_nlink} names (hard links); {what} would change every one of them",
             "give a file with one name, or a new path",
         )
+    return info
 
 
 def refuse_trust_folder(text: str) -> None:

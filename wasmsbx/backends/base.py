@@ -12,6 +12,7 @@ are data, so the selector, ``wasmsbx backends`` and the tests all read the same 
 from __future__ import annotations
 
 import os
+import stat
 from abc import ABC, abstractmethod
 from collections import namedtuple
 from collections.abc import Callable, Sequence
@@ -286,8 +287,8 @@ def _open_output(target: str) -> Any:
     from .. import errors
     from ..outfile import refuse_linked_in_place
 
-    refuse_linked_in_place(target, "writing the guest's output there")
-    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
+    # (truncated only once the file opened is known to have no other name)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
     try:
         fd = os.open(target, flags, 0o666)
     except OSError as exc:
@@ -295,6 +296,18 @@ def _open_output(target: str) -> Any:
         raise errors.InputError(
             f"{target}: cannot write the guest's output there: {why}", path=target
         ) from None
+    try:
+        info = refuse_linked_in_place(target, "writing the guest's output there", fd)
+        if stat.S_ISREG(info.st_mode):
+            os.ftruncate(fd, 0)
+    except OSError as exc:
+        os.close(fd)
+        raise errors.InputError(
+            f"{target}: cannot write the guest's output there: {exc.strerror}", path=target
+        ) from None
+    except BaseException:
+        os.close(fd)
+        raise
     os.set_blocking(fd, True)
     return os.fdopen(fd, "wb")
 
