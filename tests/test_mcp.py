@@ -487,6 +487,70 @@ def test_wasi_command_argv_and_stdin(server):
     assert data["exit_code"] == 0 and data["stdout"] == "from stdin"
 
 
+def test_a_guest_sees_the_clients_name_and_its_whole_status(tmp_path):
+    """Red team round 79: argv[0] was the server's private copy (a name that changed on
+    every call), and a status past 125 was only ever 126."""
+    mods = tmp_path / "mods"
+    mods.mkdir()
+    (mods / "probe.wasm").write_bytes((GUESTS / "fsprobe.wasm").read_bytes())
+    probe = b64(GUESTS / "fsprobe.wasm")
+
+    async def scenario():
+        async with stdio_client("--module-dir", str(mods)) as c:
+            named = {"module_path": str(mods / "probe.wasm")}
+            by_path = ok(await c.call_tool("run_wasi_command", {**named, "argv": ["argv0"]}))
+            by_b64 = ok(
+                await c.call_tool("run_wasi_command", {"module_base64": probe, "argv": ["argv0"]})
+            )
+            status = ok(await c.call_tool("run_wasi_command", {**named, "argv": ["exit", "300"]}))
+            small = ok(await c.call_tool("run_wasi_command", {**named, "argv": ["exit", "7"]}))
+            return by_path, by_b64, status, small
+
+    by_path, by_b64, status, small = run(scenario())
+    assert by_path["stdout"] == "probe.wasm\n", by_path
+    assert by_b64["stdout"] == "module.wasm\n", by_b64
+    assert status["exit_code"] == 126 and status["guest_status"] == 300, status
+    assert small["exit_code"] == 7 and small["guest_status"] == 7, small
+
+
+def test_sys_exit_with_a_message_prints_it(server):
+    """As CPython does: the message on stderr, exit 1 (red team round 79: it was lost)."""
+
+    async def scenario():
+        async with server.connect() as c:
+            text = ok(
+                await c.call_tool("run_python", {"code": "print('a')\nraise SystemExit('bye')"})
+            )
+            code = ok(await c.call_tool("run_python", {"code": "import sys; sys.exit(3)"}))
+            return text, code
+
+    text, code = run(scenario())
+    assert text["exit_code"] == 1 and text["stdout"] == "a\n" and text["stderr"] == "bye\n"
+    assert code["exit_code"] == 3 and code["stderr"] == ""
+
+
+def test_arguments_a_tool_does_not_take_are_refused(server):
+    """Red team round 79: run_javascript took a session and ignored it, and a misspelt
+    key of limits was dropped (the call ran under the server's limits)."""
+
+    async def scenario():
+        async with server.connect() as c:
+            session = await c.call_tool("run_javascript", {"code": "1", "session": "abc"})
+            typo = await c.call_tool("run_python", {"code": "1", "limits": {"timout": "1s"}})
+            fine = ok(await c.call_tool("run_javascript", {"code": "6*7"}))
+            return session, typo, fine
+
+    session, typo, fine = run(scenario())
+    text = text_of(session)
+    assert session.is_error and text.startswith(
+        "usage: run_javascript: argument 'session' is not one this tool takes"
+    ), text
+    assert "hint: run_javascript takes: code, limits" in text
+    text = text_of(typo)
+    assert typo.is_error and text.startswith("usage: run_python: argument limits.timout: "), text
+    assert fine["stdout"] == "42\n"
+
+
 def test_audit_tool_matches_audit_json(server, isolated):
     module = EXAMPLES / "add.wat"
 

@@ -577,6 +577,39 @@ def test_lone_surrogates_get_an_answer_over_stdio():
     assert alive["id"] == 4 and alive["result"]["structuredContent"]["stdout"] == "alive\n"
 
 
+def test_json_that_is_not_one_message_is_an_invalid_request():
+    """JSON-RPC: -32700 is for text that is not JSON, -32600 for JSON that is not a
+    request. A batch, [] and a bare number had -32700 with the SDK's model name (red team
+    round 79); MCP has no batches."""
+    from .mcp_helpers import raw_server
+
+    proc, _, answer = raw_server()
+    try:
+
+        def reply_to(line: bytes) -> dict:
+            proc.stdin.write(line + b"\n")
+            proc.stdin.flush()
+            return answer()
+
+        batch = reply_to(b'[{"jsonrpc":"2.0","id":7,"method":"ping"}]')
+        empty = reply_to(b"[]")
+        number = reply_to(b"5")
+        bare = reply_to(b'{"id":9,"method":"ping"}')
+        broken = reply_to(b'{"jsonrpc":"2.0","id":10,"method":')
+        alive = reply_to(b'{"jsonrpc":"2.0","id":11,"method":"ping"}')
+    finally:
+        proc.kill()
+        proc.wait()
+    for reply, what in ((batch, "a batch"), (empty, "a batch"), (number, "a JSON number")):
+        assert reply["error"]["code"] == -32600, reply
+        assert reply["error"]["message"].startswith(f"invalid request: {what}"), reply
+        assert "JSONRPC" not in reply["error"]["message"]
+    assert bare["id"] == 9 and bare["error"]["code"] == -32600, bare
+    assert '"jsonrpc": "2.0" is missing' in bare["error"]["message"]
+    assert broken["id"] == 10 and broken["error"]["code"] == -32700, broken
+    assert alive == {"jsonrpc": "2.0", "id": 11, "result": {}}
+
+
 def _raw_server():
     """``wasmsbx mcp`` over stdio, initialized; (process, send), stderr kept."""
     from .mcp_helpers import raw_server

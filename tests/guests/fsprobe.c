@@ -174,7 +174,7 @@ static int usage(void) {
           "  read PATH | write PATH DATA | append PATH DATA | truncate PATH [LEN]\n"
           "  fill PATH N | rename PATH NEW | link PATH NEW | symlink TARGET LINK\n"
           "  unlink PATH | mkdir PATH | rmdir PATH | ls PATH | stat PATH\n"
-          "  lstat PATH | readlink PATH | getenv NAME | env | args [ARG...]\n"
+          "  lstat PATH | readlink PATH | getenv NAME | env | args [ARG...] | argv0\n"
           "  cat-stdin | flood N | flood-err N | exit N | sleep MS | spin\n",
           stderr);
     return 2;
@@ -192,6 +192,7 @@ int main(int argc, char **argv) {
         for (int i = 2; i < argc; i++) puts(argv[i]);
         return 0;
     }
+    if (!strcmp(op, "argv0")) return puts(argv[0]) < 0;
     if (!strcmp(op, "cat-stdin")) return copy_fd(0, 1);
     if (!strcmp(op, "spin")) for (volatile unsigned long i = 0;; i++) {}
 

@@ -440,14 +440,19 @@ class ComponentSandbox(Sandbox):
         return self.invoke(func, args, memory=False).value  # no stats: no memory probe
 
     def run_command(
-        self, argv: Sequence[str] = (), stdin: Any = None, capture: bool = False
+        self,
+        argv: Sequence[str] = (),
+        stdin: Any = None,
+        capture: bool = False,
+        program: Optional[str] = None,
     ) -> Any:
         """Run the component's ``wasi:cli/run`` export: its status (0 ok, 1 err, or the
-        code given to wasi:cli/exit) folded into an exit code as a module's is."""
+        code given to wasi:cli/exit) folded into an exit code as a module's is.
+        ``program``: the guest's first argument (the file's name if None)."""
         from ..runner.sandbox import CommandResult
 
         run = run_export(self.component_exports, self.path.name)
-        instance = self.instantiate(self.wasi_setup(argv, stdin, capture))
+        instance = self.instantiate(self.wasi_setup(argv, stdin, capture, program))
         started = time.perf_counter()
         try:
             code = instance.run_command(run)

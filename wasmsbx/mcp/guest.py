@@ -44,6 +44,12 @@ def _wasmsbx_main():
                 print(repr(value))
     except SystemExit as exc:
         status = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        if exc.code is not None and not isinstance(exc.code, int):
+            try:  # as CPython does: sys.exit("bye") prints bye on stderr, exit 1
+                _s.stdout.flush()
+                print(exc.code, file=_s.stderr)
+            except BaseException:
+                pass
     except BaseException:
         kind, exc, tb = _s.exc_info()
         _s.stdout.flush()
@@ -152,6 +158,7 @@ def run_python(box: Any, code: str, scratch: Optional[str], stdin: str = "") -> 
     result = box.run_command(argv, stdin=stdin.encode("utf-8", "replace"), capture=True)
     data = {
         "exit_code": result.exit_code,
+        "guest_status": result.guest_status,
         "stdout": text(result.stdout),
         "stderr": text(result.stderr),
         "stats": result.stats.to_dict(),

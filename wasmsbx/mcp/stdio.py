@@ -183,18 +183,8 @@ class CappedLines:
         try:
             message = types.jsonrpc_message_adapter.validate_json(text, by_name=False)
         except ValueError as exc:
-            lines = str(exc).strip().splitlines()
-            reason = (lines[1] if len(lines) > 1 else lines[0] if lines else "invalid").strip()
-            reason = reason.split(" [type=")[0]  # not the input pydantic quotes back
             await self.writer.send_line(
-                {
-                    "jsonrpc": "2.0",
-                    "id": message_id(line[:HEAD]),
-                    "error": {
-                        "code": PARSE_ERROR,
-                        "message": f"invalid message: {reason[:200]}",
-                    },
-                }
+                {"jsonrpc": "2.0", "id": message_id(line[:HEAD]), "error": _refusal(text, exc)}
             )
             return False
         if isinstance(message, types.JSONRPCNotification) and _has_id(text):
@@ -268,6 +258,46 @@ class CappedLines:
                 },
             }
         )
+
+
+def _refusal(text: str, exc: ValueError) -> dict:
+    """The JSON-RPC error for a line the SDK cannot take: -32700 (Parse error) if its
+    parser cannot read it, -32600 (Invalid Request) if it is JSON but not one message.
+    A batch, ``[]`` or a bare number had -32700 and the name of the SDK's pydantic model
+    (red team round 79); MCP since 2025-06-18 has no batches."""
+    kinds = _error_kinds(exc)
+    if not kinds or "json_invalid" in kinds:
+        lines = str(exc).strip().splitlines()
+        reason = (lines[1] if len(lines) > 1 else lines[0] if lines else "invalid").strip()
+        reason = reason.split(" [type=")[0]  # not the input pydantic quotes back
+        return {"code": PARSE_ERROR, "message": f"invalid message: {reason[:200]}"}
+    try:
+        value = json.loads(text)
+    except (ValueError, RecursionError):  # (read by the SDK's parser, not by Python's)
+        value = {}
+    if isinstance(value, list):
+        what = "a batch (an array of messages), which MCP does not support: send one per line"
+    elif not isinstance(value, dict):
+        what = f"a JSON {_json_kind(value)}, not a JSON-RPC message (an object)"
+    elif value.get("jsonrpc") != "2.0":
+        what = 'not a JSON-RPC 2.0 message ("jsonrpc": "2.0" is missing)'
+    else:
+        what = "not a JSON-RPC request, notification or response (a member is missing)"
+    return {"code": INVALID_REQUEST, "message": f"invalid request: {what}"}
+
+
+def _error_kinds(exc: ValueError) -> set:
+    """The types of pydantic's errors in ``exc`` (empty if it is not pydantic's)."""
+    try:
+        return {str(e.get("type")) for e in exc.errors()}  # type: ignore[attr-defined]
+    except Exception:  # noqa: BLE001 - any other ValueError
+        return set()
+
+
+def _json_kind(value: Any) -> str:
+    if isinstance(value, bool) or value is None:
+        return "literal"
+    return "number" if isinstance(value, (int, float)) else "string"
 
 
 def message_id(head: bytes) -> Any:

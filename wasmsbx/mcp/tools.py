@@ -8,10 +8,11 @@ refused, the limit and its value, and what to do instead; the server keeps servi
 from __future__ import annotations
 
 import functools
+import os
 from typing import Annotated, Any, Optional, Union
 
 from mcp.server.mcpserver import Context
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from .. import __version__, errors
 from .service import Service, bounded, scrubbed
@@ -28,6 +29,10 @@ INSTRUCTIONS = (
 
 class CallLimits(BaseModel):
     """Tighter limits for one call (each at most the server's; see the limits tool)."""
+
+    # (an unknown key, a misspelt "timout", is refused: it was ignored and the call ran
+    # under the server's limits; red team round 79)
+    model_config = ConfigDict(extra="forbid")
 
     timeout: Optional[Union[str, float]] = Field(None, description='e.g. "500ms", "2s", or seconds')
     memory: Optional[str] = Field(None, description='guest linear memory, e.g. "32MiB"')
@@ -48,6 +53,11 @@ class CodeResult(BaseModel):
     """The outcome of code that ran: a non-zero exit_code means it raised (see stderr)."""
 
     exit_code: int
+    guest_status: Optional[int] = Field(
+        None,
+        description="the status the code exited with, whole (a u32: -1 is 4294967295); "
+        "exit_code is 126 for any past 125",
+    )
     stdout: str
     stderr: str
     stdout_base64: Optional[str] = Field(None, description="set when stdout is not UTF-8")
@@ -148,8 +158,17 @@ def tool_error(exc: errors.WasmsbxError) -> Exception:
     return ToolError(text)
 
 
+# Each tool's argument names (a tool is named after its function): what a call may pass
+ARGUMENTS: dict = {}
+
+
 def guarded(func: Any) -> Any:
     """WasmsbxError -> ToolError; anything else is a bug, reported without internals."""
+    import inspect
+
+    ARGUMENTS[func.__name__] = tuple(
+        name for name in inspect.signature(func).parameters if name != "ctx"
+    )
 
     @functools.wraps(func)
     async def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -165,6 +184,7 @@ def _code_result(data: dict) -> CodeResult:
     stats = data.get("stats") or {}
     return CodeResult(
         exit_code=int(data.get("exit_code") or 0),
+        guest_status=data.get("guest_status"),
         **_streams(data),
         session=data.get("session"),
         kept=data.get("kept"),
@@ -177,6 +197,13 @@ def _code_result(data: dict) -> CodeResult:
             module_load=data.get("module_load"),
         ),
     )
+
+
+def _program(label: str) -> str:
+    """The guest's ``argv[0]``: the name the client gave the module (``module.wasm`` for
+    bytes), as ``wasmsbx run`` gives the file's name. It was the server's private copy,
+    a name that changed on every call (red team round 79)."""
+    return os.path.basename(label) or "module.wasm"
 
 
 def _limits(limits: Optional[CallLimits]) -> Optional[dict]:
@@ -259,12 +286,13 @@ def build(service: Service) -> Any:
         component (value in typed JSON, as args take it). audit_module lists the exports
         and their signatures."""
         service.check_request(module_base64, module_path, function, _json_size(args))
-        module, digest, _ = service.module(module_path, module_base64)
+        module, digest, label = service.module(module_path, module_base64)
         req = {
             "op": "call",
             "module": module,
             "sha256": digest,
             "source": module_path,
+            "program": _program(label),
             "function": function,
             "args": list(args),
             "wave": wave,
@@ -291,7 +319,7 @@ def build(service: Service) -> Any:
         service.check_request(module_base64, module_path, argv, stdin)
         for i, arg in enumerate(argv):
             service.argv_text(f"argv[{i}]", arg)
-        module, digest, _ = service.module(module_path, module_base64)
+        module, digest, label = service.module(module_path, module_base64)
         import base64
 
         req = {
@@ -299,6 +327,7 @@ def build(service: Service) -> Any:
             "module": module,
             "sha256": digest,
             "source": module_path,
+            "program": _program(label),
             "argv": list(argv),
             "stdin": base64.b64encode(stdin.encode("utf-8", "replace")).decode(),
         }
@@ -350,6 +379,7 @@ def build(service: Service) -> Any:
         }
         return data
 
+    ARGUMENTS["limits"] = ()
     _plain_validation_errors(server)
     return server
 
@@ -366,6 +396,7 @@ def _plain_validation_errors(server: Any) -> None:
     call_tool = server.call_tool
 
     async def checked(name: str, arguments: dict, context: Any = None) -> Any:
+        _refuse_unknown(name, arguments)
         try:
             return await call_tool(name, arguments, context)
         except ToolError as exc:
@@ -374,6 +405,25 @@ def _plain_validation_errors(server: Any) -> None:
             raise tool_error(_usage(name, exc.__cause__)) from None
 
     server.call_tool = checked
+
+
+def _refuse_unknown(tool: str, arguments: Any) -> None:
+    """An argument the tool does not take is refused, not dropped: ``session`` given to
+    run_javascript, or a misspelt ``limts``, was ignored without a word and the call ran
+    as if it had not been given (red team round 79)."""
+    known = ARGUMENTS.get(tool)
+    if known is None or not isinstance(arguments, dict):
+        return
+    unknown = [name for name in arguments if name not in known]
+    if unknown:
+        more = f" (and {len(unknown) - 1} more)" if len(unknown) > 1 else ""
+        raise tool_error(
+            errors.UsageError(
+                f"{tool}: argument {errors.quoted(str(unknown[0]))} is not one this tool "
+                f"takes{more}",
+                hint=f"{tool} takes: {', '.join(known) or 'no arguments'}",
+            )
+        )
 
 
 def _usage(tool: str, exc: Any) -> errors.UsageError:

@@ -94,10 +94,11 @@ class Worker:
             return {"module_load": self.load}
         info = _sandbox_info(box, req["sha256"])
         if op == "call":
-            data = _call(box, req["function"], req.get("args") or [], bool(req.get("wave")))
+            data = _call(box, req, req.get("args") or [], bool(req.get("wave")))
         elif op == "command":
             stdin = base64.b64decode(req.get("stdin") or "")
-            data = _command(box.run_command(req.get("argv") or [], stdin=stdin, capture=True))
+            argv, program = req.get("argv") or [], req.get("program")
+            data = _command(box.run_command(argv, stdin=stdin, capture=True, program=program))
         elif op == "python":
             with file_size_limit(req.get("file_limit")):
                 data = guest.run_python(box, req["code"], req.get("scratch"), req.get("stdin", ""))
@@ -128,10 +129,12 @@ def file_size_limit(limit: Any) -> Any:
         resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
 
 
-def _call(box: Any, func: str, args: list, wave: bool) -> dict:
+def _call(box: Any, req: dict, args: list, wave: bool) -> dict:
     """One export call. A component's arguments are typed JSON (or WAVE text with
     ``wave``), checked against its WIT signature; a core module's are numbers or strings."""
-    wasi = box.wasi_setup((), b"", capture=True)  # never the protocol pipe as stdin
+    func = req["function"]
+    # (stdin: never the protocol pipe; argv[0]: the client's name, not the private copy's)
+    wasi = box.wasi_setup((), b"", capture=True, program=req.get("program"))
     if getattr(box, "is_component", False):
         typed = {"wave_args": True} if wave else {"json_args": True}
         if wave and not all(isinstance(a, str) for a in args):

@@ -1219,11 +1219,16 @@ class Sandbox:
         return exports_hint(self.export_list)
 
     def wasi_setup(
-        self, argv: Sequence[str] = (), stdin: Any = None, capture: bool = False
+        self,
+        argv: Sequence[str] = (),
+        stdin: Any = None,
+        capture: bool = False,
+        program: Optional[str] = None,
     ) -> WasiSetup:
+        """``program``: the guest's ``argv[0]`` (the module file's name if None)."""
         v = self.policy.values
         return WasiSetup(
-            argv=[self.path.name, *argv],
+            argv=[self.path.name if program is None else program, *argv],
             env=self.policy.env_for_guest(),
             grants=self.policy.grants,
             stdin=v["stdio.stdin"] if stdin is None else stdin,
@@ -1429,15 +1434,21 @@ class Sandbox:
         return out
 
     def run_command(
-        self, argv: Sequence[str] = (), stdin: Any = None, capture: bool = False
+        self,
+        argv: Sequence[str] = (),
+        stdin: Any = None,
+        capture: bool = False,
+        program: Optional[str] = None,
     ) -> CommandResult:
-        """Run the module's ``_start`` as a WASI command; the guest's exit code is returned."""
+        """Run the module's ``_start`` as a WASI command; the guest's exit code is returned.
+        ``argv``: the arguments after the program name, which is ``program`` (the module
+        file's name if None)."""
         if not any(e.name == "_start" for e in self.export_list):
             raise errors.UsageError(
                 f"{self._name} has no _start export, so it cannot run as a command",
                 hint=self._exports_hint() + " (name one to call it)",
             )
-        instance = self.instantiate(self.wasi_setup(argv, stdin, capture))
+        instance = self.instantiate(self.wasi_setup(argv, stdin, capture, program))
         started = time.perf_counter()
         try:
             status = instance.run_command()
