@@ -901,3 +901,50 @@ def test_files_deleted_but_held_open_count_while_the_call_runs(tmp_path):
         assert open_deleted_bytes(os.getpid(), scratch) == 300_005
         assert open_deleted_bytes(2**22 + 12345, scratch) == 0  # (no such process)
     assert open_deleted_bytes(os.getpid(), scratch) == 0
+
+
+def test_worker_writes_counts_a_process_writes():
+    from wasmsbx.mcp.sessions import worker_writes
+
+    if worker_writes(os.getpid()) is None:
+        pytest.skip("no /proc/PID/io here")
+    before = worker_writes(os.getpid())
+    fd = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.write(fd, b"x" * (1 << 20))
+    finally:
+        os.close(fd)
+    assert worker_writes(os.getpid()) - before >= 1 << 20
+    assert worker_writes(2**22 + 12345) is None  # (no such process)
+
+
+def test_a_sessions_folder_is_measured_as_soon_as_its_worker_writes(tmp_path, monkeypatch):
+    """Red team round 79: a guest writing 600 MB/s passed a 48 MiB budget by up to 8.6
+    times within one 0.2 s poll. The worker's write count now calls for a measure as
+    soon as it has written an eighth of what was left: with the poll itself an hour
+    apart, a folder filled past its budget is still found at once."""
+    from types import SimpleNamespace
+
+    from wasmsbx.mcp import service as service_mod
+    from wasmsbx.mcp.sessions import worker_writes
+
+    if worker_writes(os.getpid()) is None:
+        pytest.skip("no /proc/PID/io here")
+    monkeypatch.setattr(service_mod, "SCRATCH_POLL", 3600.0)
+    budget = 4 << 20
+    owner = SimpleNamespace(config=make_config(session_memory=budget))
+    session = SimpleNamespace(scratch=tmp_path)
+
+    async def scenario():
+        watch = asyncio.ensure_future(Service._scratch_over(owner, session, [os.getpid()], budget))
+        for i in range(40):  # 10 MiB in all, 256 KiB files, as a guest would write them
+            await asyncio.sleep(0.02)
+            (tmp_path / f"f{i}").write_bytes(b"x" * (256 << 10))
+            if watch.done():
+                return watch.result(), i
+        watch.cancel()
+        return None, None
+
+    used, files = asyncio.run(asyncio.wait_for(scenario(), 120))
+    assert used is not None and used > budget, "the write count never called for a measure"
+    assert files <= 32, files  # (16 files reach the budget; generous for a loaded machine)
