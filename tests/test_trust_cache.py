@@ -529,3 +529,41 @@ def test_a_planted_cache_database_runs_nothing_and_deletes_nothing(cli, tmp_path
         assert not marker.exists(), f"{argv}: a planted pickle ran"
         assert victim.read_text() == "years of work", f"{argv}: a planted row deleted a file"
     assert cli("run", "tool.wat", "add", "1", "2", cwd=repo).stdout == "3\n"
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc/self/fd")
+@pytest.mark.parametrize("kind", ["module", "component"])
+@pytest.mark.parametrize("target", ["proc", "trust", "elsewhere"])
+def test_a_grant_swapped_for_a_link_after_the_policy_is_read_is_refused(tmp_path, kind, target):
+    """Red team round 82: a grant was checked by its name and wasmtime opened the name
+    again; a guest with write access to the grant's parent swapped the folder for a link
+    to /proc (and wrote the host's libc through /proc/self/mem) or to the trust folder
+    (and read the secret key) between the two. Here the swap is made between the policy
+    and the instance: refused (101), the guest never runs, nothing of the target shown."""
+    from .conftest import EXAMPLES, GUESTS
+
+    trust.secret(create=True)
+    data = tmp_path / "proj" / "data"
+    data.mkdir(parents=True)
+    (data / "f.txt").write_text("mine")
+    policy = policy_mod.from_dict({"filesystem": {"read_only": [str(data)]}})
+    aside = tmp_path / "aside"
+    aside.mkdir()
+    (aside / "f.txt").write_text("not granted")
+    links = {"proc": "/proc", "trust": os.environ["WASMSBX_TRUST_DIR"], "elsewhere": str(aside)}
+    os.rename(data, tmp_path / "proj" / "was")
+    data.symlink_to(links[target])
+    guest = GUESTS / "fsprobe.wasm" if kind == "module" else EXAMPLES / "components" / "cat.wasm"
+    box = _Sandbox(str(guest), policy, kind="command")
+    with pytest.raises(errors.PolicyError, match="was moved, replaced or removed") as caught:
+        box.run_command(["read", "/p/f.txt"], capture=True)
+    assert caught.value.exit_code == 101 and caught.value.hint
+    os.unlink(data)  # removed: the same refusal, not an internal error
+    box = _Sandbox(str(guest), policy, kind="command")
+    with pytest.raises(errors.PolicyError, match="was moved, replaced or removed"):
+        box.run_command(["ls", "/"], capture=True)
+    os.rename(tmp_path / "proj" / "was", data)  # back in place: runs
+    result = _Sandbox(str(GUESTS / "fsprobe.wasm"), policy, kind="command").run_command(
+        ["ls", str(data)], capture=True
+    )
+    assert result.exit_code == 0 and b"f.txt" in result.stdout, result

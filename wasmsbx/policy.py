@@ -283,12 +283,19 @@ KEYS = {key.dotted: key for key in SCHEMA}
 
 
 class Grant(namedtuple("Grant", "host guest writable")):
-    """A directory the guest can open: host path, guest path, and whether it can write."""
+    """A directory the guest can open: host path, guest path, and whether it can write.
+
+    ``host`` is kept as its real path when the grant is made (no link in it, absolute):
+    what the guest is given must still be that directory when an instance is made
+    (``native.trust.open_grants``)."""
 
     # host: str
     # guest: str
     # writable: bool
     __slots__ = ()
+
+    def __new__(cls, host: str, guest: str, writable: bool) -> Grant:
+        return super().__new__(cls, os.path.realpath(host), guest, writable)
 
     def to_dict(self) -> dict:
         return self._asdict()

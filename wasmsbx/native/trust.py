@@ -396,19 +396,26 @@ def in_cache_roots(folder: str, real: str = "") -> bool:
     return any(_within(real, root) for root in map(_real, cache_roots()))
 
 
-def refuse_key_grants(grants: list) -> None:
+def refuse_key_grants(grants: list, opened: Optional[list] = None) -> None:
     """A PolicyError if a directory grant would show the guest the trust folder or the
     user's own cache: a guest that reads the secret key can forge native code, and one
     that writes in the cache could change native code after it was checked; either
-    would then run outside the sandbox. Nor a procfs (``refuse_proc_grant``)."""
+    would then run outside the sandbox. Nor a procfs (``refuse_proc_grant``).
+
+    ``opened``: the grants' directories as opened (``open_grants``: descriptors, the
+    real paths of what they hold); the checks are then of those, the very directories
+    the guest is given."""
     keys = os.path.realpath(trust_dir())
     caches = [os.path.realpath(root) for root in cache_roots()]
     procs = None
-    for grant in grants:
-        host = os.path.realpath(grant.host)
+    for i, grant in enumerate(grants):
+        if opened is None:
+            host, probe = os.path.realpath(grant.host), None
+        else:
+            host, probe = opened[i][1], fd_path(opened[i][0])
         if procs is None:
             procs = proc_mounts()
-        refuse_proc_grant(grant.host, host, procs)
+        refuse_proc_grant(grant.host, host, procs, probe)
         _refuse_overlap(grant.host, host, [keys], "your wasmsbx keys ({})", "the trust folder")
         _refuse_overlap(
             grant.host,
@@ -432,7 +439,7 @@ def _refuse_overlap(given: str, host: str, roots: list, what: str, holds: str) -
             )
 
 
-def refuse_proc_grant(given: str, host: str, procs: list) -> None:
+def refuse_proc_grant(given: str, host: str, procs: list, probe: Optional[str] = None) -> None:
     """A PolicyError if the grant of ``given`` (real path ``host``) is a procfs, is inside
     one, or holds one (``procs``: their mount points). WASI opens the guest's files in
     the process that runs it, so ``/proc/self`` there is that process: its ``mem`` file
@@ -442,8 +449,9 @@ def refuse_proc_grant(given: str, host: str, procs: list) -> None:
     (a /proc hidden under another file system, round 53): the grant's own file system is
     asked (statfs), which catches a grant on or inside a procfs wherever it is mounted,
     though not one that holds a procfs mounted below it (round 55: only mountinfo says
-    where mounts are)."""
-    if _on_procfs(host):
+    where mounts are). ``probe``: a path that opens the grant's directory as checked
+    (/proc/self/fd/N), for statfs."""
+    if _on_procfs(probe or host):
         procs = [host, *procs]
     _refuse_overlap(
         given,
@@ -451,6 +459,70 @@ def refuse_proc_grant(given: str, host: str, procs: list) -> None:
         procs,
         "the process file system ({}): /proc/self there is the process that runs the guest",
         "a /proc (copy the files the guest needs)",
+    )
+
+
+def fd_path(fd: int) -> str:
+    """The path that names what descriptor ``fd`` holds (a magic link: opening it opens
+    that very file or directory, whatever its name now is)."""
+    return f"/proc/self/fd/{fd}"
+
+
+def open_grants(grants: list) -> Optional[list]:
+    """Each granted directory opened once: [(descriptor, real path)], the descriptors
+    O_PATH (close them when done); None where /proc/self/fd is missing (then the names
+    are checked and given to the runtime as before).
+
+    A grant was checked by its name, and the runtime opened the name again: between the
+    two, another guest with write access to the grant's parent (or any process) could
+    swap the folder for a symlink to /proc or to the trust folder, and the guest was given
+    what the check had refused (red team round 82: the host's libc overwritten through
+    /proc/self/mem, the secret key read, about one try in 10 to 80). Now what is checked
+    and what the guest gets are one directory: the one this descriptor holds, whose path
+    must still be the grant's (resolved when the policy was read: a folder moved, replaced
+    by a link or removed since is refused), and the runtime opens it through
+    /proc/self/fd/N."""
+    if not grants or not os.path.isdir("/proc/self/fd"):
+        return None
+    flags = os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC
+    opened: list = []
+    try:
+        for grant in grants:
+            try:
+                fd = os.open(grant.host, flags)
+            except OSError as exc:
+                raise _grant_gone(grant, exc.strerror or str(exc)) from None
+            opened.append((fd, ""))
+            try:
+                real = os.readlink(fd_path(fd))
+            except OSError as exc:
+                raise _grant_gone(grant, exc.strerror or str(exc)) from None
+            if real != grant.host:  # (its real path when the grant was made)
+                from ..errors import inert
+
+                raise _grant_gone(grant, f"it is now {inert(real)}")
+            opened[-1] = (fd, real)
+    except BaseException:
+        close_grants(opened)
+        raise
+    return opened
+
+
+def close_grants(opened: Optional[list]) -> None:
+    for fd, _ in opened or ():
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+
+
+def _grant_gone(grant: Any, why: str) -> errors.PolicyError:
+    from ..errors import inert
+
+    return errors.PolicyError(
+        f"the granted directory {inert(grant.host)} (guest {inert(grant.guest)}) was moved, "
+        f"replaced or removed after the policy was read: {why}",
+        hint="grant a directory no guest or other process changes while wasmsbx runs",
     )
 
 

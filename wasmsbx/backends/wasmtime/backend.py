@@ -161,15 +161,30 @@ def set_wasi(
     stderr count against ``budget``. wasmtime opens a stdin path itself, and a FIFO's
     open waits for a writer: the keeper watches it like a blocked host call (``stuck``
     gives the error; the command line's hard stop ends it at the deadline, exit 112)."""
+    opened = None
     if wasi.grants:
-        from ...native.trust import refuse_key_grants
+        from ...native import trust
 
-        refuse_key_grants(wasi.grants)
-    config = wasmtime.WasiConfig()
-    config.argv = list(wasi.argv)
-    config.env = list(wasi.env.items())
-    for grant in wasi.grants:
-        config.preopen_dir(grant.host, grant.guest, grant.writable)
+        opened = trust.open_grants(wasi.grants)  # (checked and given: one directory each)
+    try:
+        if wasi.grants:
+            trust.refuse_key_grants(wasi.grants, opened)
+        config = wasmtime.WasiConfig()
+        config.argv = list(wasi.argv)
+        config.env = list(wasi.env.items())
+        for i, grant in enumerate(wasi.grants):
+            host = grant.host if opened is None else trust.fd_path(opened[i][0])
+            try:
+                config.preopen_dir(host, grant.guest, grant.writable)
+            except wasmtime.WasmtimeError as exc:  # (by name: gone since it was checked)
+                raise errors.PolicyError(
+                    f"cannot give the guest the directory {errors.inert(grant.host)}: "
+                    f"{_first_line(exc)}",
+                    hint="grant a directory no guest or other process changes while wasmsbx runs",
+                ) from None
+    finally:
+        if opened is not None:  # (wasmtime opened each through its descriptor: its own)
+            trust.close_grants(opened)
     outputs = [
         _Output(wasi.stdout, budget, binary_stream(sys.stdout)),
         _Output(wasi.stderr, budget, binary_stream(sys.stderr)),
