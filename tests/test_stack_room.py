@@ -248,3 +248,53 @@ def test_the_cli_checks_what_run_cli_runs(tmp_path):
     guest = tmp_path / "rec.wat"
     guest.write_text(RECURSE)
     assert run_cli("run", guest, "rec", "0").code == 113
+
+
+def test_threads_calling_at_once_each_measure_their_own_stack():
+    """Red team round 83: the stack pointer was read into one buffer the whole process
+    shared, and ctypes let another thread's read land in it between this thread's read
+    and its use. A guest recursing on a 256 KiB thread, while three 8 MiB threads made
+    calls of their own, ran (and crashed the process) where it must be refused, and 8
+    MiB threads were refused as "0 B free". Each small thread must be refused every
+    time, and no big thread ever."""
+    body = """
+        SPIN = (b'(module (func (export "spin") (param i32) (result i32) (local i32)'
+                b' (loop $l (local.set 1 (i32.add (local.get 1) (i32.const 1)))'
+                b' (br_if $l (i32.ne (local.get 1) (local.get 0)))) (local.get 1)))')
+        counts = {"ran": 0, "refused": 0, "other": 0, "noise refused": 0}
+        stop = []
+        def noise():
+            box = wasmsbx.Sandbox(SPIN)
+            while not stop:
+                try:
+                    box.call("spin", 10)
+                except errors.ResourceExhausted:
+                    counts["noise refused"] += 1
+        def small():
+            box = wasmsbx.Sandbox(RECURSE)
+            for _ in range(300):
+                try:
+                    box.call("rec", 0)
+                    counts["ran"] += 1
+                except errors.ResourceExhausted:
+                    counts["refused"] += 1
+                except errors.WasmsbxError:
+                    counts["other"] += 1
+        threading.stack_size(8 << 20)
+        noisy = [threading.Thread(target=noise) for _ in range(3)]
+        for t in noisy:
+            t.start()
+        threading.stack_size(256 << 10)
+        for _ in range(20):
+            t = threading.Thread(target=small)
+            t.start(); t.join()
+        stop.append(True)
+        for t in noisy:
+            t.join()
+        return counts
+    """
+    done = _child(body, 8 << 20)
+    assert done.returncode == 0, (done.returncode, done.stderr[-2000:])
+    counts = eval(done.stdout.strip().splitlines()[-1])  # (a dict's repr, ours)
+    assert counts["refused"] == 6000 and counts["ran"] == counts["other"] == 0, counts
+    assert counts["noise refused"] == 0, counts

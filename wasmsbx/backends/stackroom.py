@@ -137,36 +137,50 @@ def _where() -> Any:
     return False
 
 
-_CONTEXT: Any = None  # (getcontext, a buffer for the ucontext_t, the offset of RSP)
+_GETCONTEXT: Any = None  # libc's getcontext (False: the stack pointer is not known here)
 
 
 def _sp() -> Optional[int]:
     """The stack pointer of this thread, near enough (getcontext's RSP, inside the
-    ctypes call), or None where its place in ucontext_t is not known (x86-64 only)."""
-    global _CONTEXT
-    if _CONTEXT is None:
-        _CONTEXT = _context()
-    if not _CONTEXT:
+    ctypes call), or None where its place in ucontext_t is not known (x86-64 only).
+
+    Each thread has a ucontext_t of its own: one shared by the process was written by
+    another thread's getcontext between this one's and its read, which took that
+    thread's stack pointer for this one's (red team round 83: a guest on a 256 KiB
+    thread ran, and crashed the process, with others calling at the same time; 8 MiB
+    threads were refused as "0 B free"; RLIMIT_STACK was raised from another thread's
+    pointer). The call holds the GIL too (PyDLL: getcontext never calls Python)."""
+    seen = SEEN
+    context = getattr(seen, "context", None)
+    if context is None:
+        context = seen.context = _context()
+    if not context:
         return None
-    getcontext, buffer, value = _CONTEXT
+    getcontext, buffer, value = context
     if getcontext(buffer) != 0:
         return None
     return int(value.value)
 
 
 def _context() -> Any:
+    """(getcontext, a ucontext_t buffer for this thread, its RSP) or False."""
+    global _GETCONTEXT
     import ctypes
-    import platform
 
-    if platform.machine() not in ("x86_64", "AMD64") or not hasattr(os, "uname"):
-        return False
-    try:
-        getcontext = ctypes.CDLL(None).getcontext
-    except (OSError, AttributeError):
+    if _GETCONTEXT is None:
+        import platform
+
+        _GETCONTEXT = False
+        if platform.machine() in ("x86_64", "AMD64") and hasattr(os, "uname"):
+            try:
+                _GETCONTEXT = ctypes.PyDLL(None).getcontext
+            except (OSError, AttributeError):
+                pass
+    if not _GETCONTEXT:
         return False
     buffer = ctypes.create_string_buffer(1024)  # (ucontext_t: 936 bytes on x86-64 glibc)
     # uc_flags, uc_link, uc_stack (24 bytes), then mcontext's gregs: REG_RSP is 15th
-    return getcontext, buffer, ctypes.c_uint64.from_buffer(buffer, 40 + 15 * 8)
+    return _GETCONTEXT, buffer, ctypes.c_uint64.from_buffer(buffer, 40 + 15 * 8)
 
 
 def _soft_limit() -> int:
