@@ -295,3 +295,25 @@ def test_a_policy_with_a_byte_order_mark_says_so(tmp_path):
         P.load(path)
     assert "starts with a UTF-8 byte-order mark" in str(info.value)
     assert "without a BOM" in info.value.hint
+
+
+def test_a_grant_whose_link_changes_as_it_is_read_is_a_policy_error(tmp_path, monkeypatch):
+    """Red team round 82: a guest swapping a folder for a link made the real-path
+    lookup of a --dir raise FileNotFoundError (exit 100, 'internal error') when the link
+    it had just seen was gone by the time it was read."""
+    import os
+    from pathlib import Path
+
+    (tmp_path / "data").mkdir()
+
+    def gone(self, strict=False):
+        raise FileNotFoundError(2, "No such file or directory", str(self))
+
+    monkeypatch.setattr(Path, "resolve", gone)
+    policy = P.defaults()
+    with pytest.raises(PolicyError, match="changed while it was read: No such file"):
+        P.add_grant(policy, f"{tmp_path / 'data'}::/d", writable=True)
+    monkeypatch.undo()
+    monkeypatch.setattr(os.path, "realpath", lambda *a, **k: gone(Path(a[0])))
+    grant = P.Grant(str(tmp_path / "data"), "/d", False)  # (kept as given: refused when opened)
+    assert grant.host == str(tmp_path / "data")

@@ -295,7 +295,11 @@ class Grant(namedtuple("Grant", "host guest writable")):
     __slots__ = ()
 
     def __new__(cls, host: str, guest: str, writable: bool) -> Grant:
-        return super().__new__(cls, os.path.realpath(host), guest, writable)
+        try:
+            real = os.path.realpath(host)
+        except OSError:  # (a link in it replaced as it was read: refused when opened)
+            real = os.path.abspath(host)
+        return super().__new__(cls, real, guest, writable)
 
     def to_dict(self) -> dict:
         return self._asdict()
@@ -562,9 +566,13 @@ def parse_grant(text: str, writable: bool, base: Optional[Path] = None) -> Grant
         raise ValueError(f"cannot expand {host!r}: no such user") from None
     if base is not None and not host_path.is_absolute():
         host_path = base / host_path
-    if not host_path.is_dir():
-        raise ValueError(f"{host!r} is not an existing directory")
-    return Grant(host=str(host_path.resolve()), guest=guest, writable=writable)
+    try:
+        if not host_path.is_dir():
+            raise ValueError(f"{host!r} is not an existing directory")
+        real = host_path.resolve()  # (non-strict, and still raises if a link changes as
+    except OSError as exc:  # it is read: red team round 82 swapped one, exit 100)
+        raise ValueError(f"{host!r} changed while it was read: {exc.strerror}") from None
+    return Grant(host=str(real), guest=guest, writable=writable)
 
 
 def _checker(key: Key, base: Optional[Path]) -> Callable[[Any], Any]:
