@@ -410,7 +410,7 @@ def refuse_key_grants(grants: list, opened: Optional[list] = None) -> None:
     procs = None
     for i, grant in enumerate(grants):
         if opened is None:
-            host, probe = os.path.realpath(grant.host), None
+            host, probe = _real(grant.host), None
         else:
             host, probe = opened[i][1], fd_path(opened[i][0])
         if procs is None:

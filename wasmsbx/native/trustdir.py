@@ -103,18 +103,26 @@ def real(path: str) -> str:
     """``os.path.realpath(path)``: asked of the kernel for a path that exists (an
     ``O_PATH`` descriptor's /proc/self/fd link: three system calls, where realpath makes
     one lstat() and a round of Python per component, tens of µs on the first cached load
-    of every process), else realpath's own answer."""
+    of every process), else realpath's own answer (the path made absolute if a link in
+    it changes as realpath reads it: it raised FileNotFoundError, red team round 82)."""
     if not _O_PATH:  # pragma: no cover - Linux is the supported platform
-        return os.path.realpath(path)
+        return _realpath(path)
     try:
         fd = os.open(path, _O_PATH | os.O_CLOEXEC)
     except (OSError, ValueError):
-        return os.path.realpath(path)
+        return _realpath(path)
     try:
         found = proc_target(f"/proc/self/fd/{fd}")
     finally:
         os.close(fd)
-    return found or os.path.realpath(path)
+    return found or _realpath(path)
+
+
+def _realpath(path: str) -> str:
+    try:
+        return os.path.realpath(path)
+    except OSError:
+        return os.path.abspath(path)
 
 
 def proc_target(link: str) -> str:

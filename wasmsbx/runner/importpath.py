@@ -62,12 +62,22 @@ def _entries() -> list:
     return out
 
 
+def _real(path: str) -> str:
+    """``os.path.realpath``, or the path made absolute when a link in it changes as it
+    is read (realpath raised FileNotFoundError: a guest swapping a granted folder for a
+    link made that an internal error, red team round 82)."""
+    try:
+        return os.path.realpath(path)
+    except OSError:
+        return os.path.abspath(path)
+
+
 def exposed(grants: Sequence[Any]) -> list:
     """(path entry, granted folder) for each entry of ``sys.path`` that lies in a folder
     the guest may write."""
     from ..native.trustdir import within
 
-    writable = [(g.host, os.path.realpath(g.host)) for g in grants if g.writable]
+    writable = [(g.host, _real(g.host)) for g in grants if g.writable]
     if not writable:
         return []
     return [
@@ -101,7 +111,7 @@ def guard(grants: Sequence[Any], component: bool = False) -> None:
     if not found:
         return
     for _, folder in found:
-        real = os.path.realpath(folder)
+        real = _real(folder)
         if real not in EXPOSED:
             EXPOSED.append(real)
     from .warm import WARM_COMPONENTS, WARM_IMPORTS, warm_imports
@@ -168,4 +178,4 @@ def seal(grants: Sequence[Any]) -> None:
     only: host functions do not travel to batch workers)."""
     from ..backends.compiling import safe_path
 
-    sys.path[:] = _without(safe_path(), [os.path.realpath(g.host) for g in grants if g.writable])
+    sys.path[:] = _without(safe_path(), [_real(g.host) for g in grants if g.writable])
