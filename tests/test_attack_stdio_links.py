@@ -12,6 +12,8 @@ write."""
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 EXPLOIT = """(module
@@ -183,3 +185,25 @@ def test_a_bind_mount_of_the_grant_is_the_grant(cli, project):
     )
     assert result.returncode == 101, result
     assert "stdio.stdout" in result.stderr and "filesystem.read_write" in result.stderr
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc/self/fd")
+@pytest.mark.any_compiler
+def test_a_stdin_file_swapped_for_a_link_into_proc_is_refused(cli, tmp_path, backend):
+    """The grant swap of red team round 82, for stdin: a file named as the guest's stdin,
+    in a folder a guest of another run can write, replaced by a link to
+    /proc/self/environ, gave the guest this process's environment. Refused (101); a
+    file of /proc named as such is the user's to give."""
+    from .conftest import GUESTS
+
+    probe = GUESTS / "fsprobe.wasm"
+    (tmp_path / "in.txt").symlink_to("/proc/self/environ")
+    policy = tmp_path / "p.toml"
+    policy.write_text(f'[stdio]\nstdin = "{tmp_path / "in.txt"}"\n')
+    run = ("run", probe, "--backend", backend, "--policy", policy, "--", "cat-stdin")
+    res = cli(*run, env={"SECRET_X": "s3cr3t"})
+    assert res.code == 101 and "leads into the process file system" in res.stderr, res
+    assert "s3cr3t" not in res.stdout
+    policy.write_text('[stdio]\nstdin = "/proc/self/cmdline"\n')
+    res = cli(*run)
+    assert res.code == 0 and "cat-stdin" in res.stdout, res

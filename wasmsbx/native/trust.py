@@ -526,6 +526,29 @@ def _grant_gone(grant: Any, why: str) -> errors.PolicyError:
     )
 
 
+def refuse_proc_stdin(fd: int, path: str) -> None:
+    """A PolicyError if the guest's stdin file ``path``, open as ``fd``, is on a procfs
+    while ``path`` does not name one: a link into /proc (made, say, by a guest of another
+    run that can write the file's folder) would hand the guest /proc/self/environ of
+    the process running it (the class of red team round 82's grant swap). A file of
+    /proc named as such (``/proc/cpuinfo``) is the user's to give."""
+    if _on_procfs(fd_path(fd)) and not names_procfs(path):
+        from ..errors import inert
+
+        raise errors.PolicyError(
+            f"the guest's stdin {inert(path)} leads into the process file system: "
+            "/proc/self there is the process that runs the guest",
+            hint="give a file that is not a link into /proc (was it replaced by one?)",
+        )
+
+
+def names_procfs(path: str) -> bool:
+    """Whether ``path`` as given (made absolute, no link followed) lies in a procfs
+    mount: the user named a file of /proc, not a file that leads there."""
+    given = os.path.normpath(os.path.abspath(path))
+    return any(_within(given, mount) for mount in proc_mounts())
+
+
 _PROC_SUPER_MAGIC = 0x9FA0  # statfs f_type of a procfs (linux/magic.h)
 
 

@@ -550,8 +550,34 @@ def _child_stdin(stdin: Any) -> None:
         fd = os.open(os.devnull, os.O_RDONLY)
     else:
         fd = os.open(stdin, os.O_RDONLY)
+        try:  # (the parent refused a link into /proc; one made since gets nothing)
+            from ...native.trust import refuse_proc_stdin
+
+            refuse_proc_stdin(fd, stdin)
+        except errors.PolicyError:
+            os.close(fd)
+            fd = os.open(os.devnull, os.O_RDONLY)
     if fd is not None:
         os.dup2(fd, 0)
+        os.close(fd)
+
+
+def _check_stdin(stdin: Any) -> None:
+    """Before the child opens the guest's stdin file: refuse one that leads into a
+    procfs (``trust.refuse_proc_stdin``). Opened without waiting (a FIFO's writer may
+    not have come yet); a file that cannot be opened is the child's to report."""
+    if not isinstance(stdin, str) or stdin in ("inherit", "null"):
+        return
+    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | getattr(os, "O_NOCTTY", 0)
+    try:
+        fd = os.open(stdin, flags)
+    except OSError:
+        return
+    try:
+        from ...native.trust import refuse_proc_stdin
+
+        refuse_proc_stdin(fd, stdin)
+    finally:
         os.close(fd)
 
 
@@ -789,6 +815,7 @@ class WasmerInstance(Instance):
             raise errors.TrapError(f"the wasmer worker process answered {answer[0]!r} first")
 
     def _spawn(self, module: WasmerModule, wasi: WasiSetup) -> None:
+        _check_stdin(wasi.stdin)
         fds = self.fds
         fds["child_requests"], fds["parent_requests"] = os.pipe()
         fds["parent_answers"], fds["child_answers"] = os.pipe()

@@ -208,7 +208,12 @@ def set_wasi(
     watch = KEEPER.enter(None, seconds, stuck)
     try:
         if isinstance(stdin, str) and stdin not in ("inherit", "null"):
-            config.stdin_file = stdin  # wasmtime opens it here: the open that may block
+            fd = _open_stdin(stdin)  # the open that may block (a FIFO without a writer)
+            try:
+                config.stdin_file = f"/proc/self/fd/{fd}" if fd is not None else stdin
+            finally:
+                if fd is not None:
+                    os.close(fd)
         store.set_wasi(config)
         # closed before the interpreter exits (see teardown)
         teardown.track(store, outputs if pipes is None else [])
@@ -222,6 +227,29 @@ def set_wasi(
     finally:
         KEEPER.leave(watch)
     return outputs
+
+
+def _open_stdin(path: str) -> Optional[int]:
+    """The guest's stdin file, opened once here (wasmtime then opens this very file,
+    through /proc/self/fd/N); None where /proc/self/fd is missing (wasmtime opens the
+    name). One that leads into a procfs without naming it is refused
+    (``trust.refuse_proc_stdin``)."""
+    if not os.path.isdir("/proc/self/fd"):
+        return None
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | getattr(os, "O_NOCTTY", 0))
+    except OSError as exc:
+        raise errors.InputError(
+            f"cannot open the guest's stdin: {exc.strerror}", path=path
+        ) from None
+    try:
+        from ...native.trust import refuse_proc_stdin
+
+        refuse_proc_stdin(fd, path)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 def _bytes_file(data: bytes) -> str:
