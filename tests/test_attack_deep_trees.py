@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 
+import pytest
+
 from wasmsbx import fstree
 
 from .conftest import EXAMPLES
@@ -32,12 +34,17 @@ def _chain(top, depth: int, name: str = "z") -> None:
 
 
 def du(path) -> int:
-    """What tree_bytes should say of a shallow tree, worked out another way: every
-    entry's lstat size plus ENTRY_COST, and the top folder's own size."""
-    total = os.lstat(path).st_size
+    """What tree_bytes should say of a shallow tree, worked out another way: what every
+    entry takes (its lstat size, or its blocks if more) plus ENTRY_COST, and the top
+    folder's own."""
+
+    def takes(info) -> int:
+        return max(info.st_size, info.st_blocks * 512)
+
+    total = takes(os.lstat(path))
     for folder, dirs, files in os.walk(path):
         for name in dirs + files:
-            total += os.lstat(os.path.join(folder, name)).st_size + fstree.ENTRY_COST
+            total += takes(os.lstat(os.path.join(folder, name))) + fstree.ENTRY_COST
     return total
 
 
@@ -114,3 +121,19 @@ def test_remove_tree_ends_when_a_folder_cannot_be_moved(tmp_path):
         os.rename = real_rename
     assert done == [False]
     assert fstree.remove_tree(str(top)) and not top.exists()
+
+
+def test_tiny_files_count_by_the_blocks_they_take(tmp_path):
+    """Red team round 84: a file counted by its size, so 82,177 one-byte files held 323
+    MiB of disk under a 48 MiB session budget (a block each). A sparse file counts by its
+    size, not by the blocks it lacks."""
+    for i in range(100):
+        (tmp_path / f"f{i}").write_bytes(b"x")
+    block = os.lstat(tmp_path / "f0").st_blocks * 512
+    if block < 512:
+        pytest.skip("this file system stores tiny files without blocks of their own")
+    measured = fstree.tree_bytes(str(tmp_path), 10**6, 10)
+    assert measured >= 100 * (block + fstree.ENTRY_COST), (measured, block)
+    with open(tmp_path / "sparse", "wb") as fh:
+        fh.truncate(1 << 30)
+    assert fstree.tree_bytes(str(tmp_path), 10**6, 10) >= measured + (1 << 30)

@@ -207,3 +207,53 @@ def test_a_stdin_file_swapped_for_a_link_into_proc_is_refused(cli, tmp_path, bac
     policy.write_text('[stdio]\nstdin = "/proc/self/cmdline"\n')
     res = cli(*run)
     assert res.code == 0 and "cat-stdin" in res.stdout, res
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc/self/fd")
+@pytest.mark.any_compiler
+def test_a_stdin_file_leading_into_the_trust_folder_is_refused(cli, tmp_path, backend):
+    """Red team round 84: a guest of another run, granted the folder of a file a policy
+    names as stdin, replaced it by a relative link to ../trust/secret.key, and the next
+    run's guest read the key on its stdin (both backends)."""
+    from wasmsbx.native import trust
+
+    from .conftest import GUESTS
+
+    trust.secret(create=True)
+    key = trust.trust_dir() / "secret.key"
+    (tmp_path / "in.txt").symlink_to(os.path.relpath(key, tmp_path))
+    policy = tmp_path / "p.toml"
+    policy.write_text(f'[stdio]\nstdin = "{tmp_path / "in.txt"}"\n')
+    res = cli(
+        "run", GUESTS / "fsprobe.wasm", "--backend", backend, "--policy", policy, "--", "cat-stdin"
+    )
+    assert res.code == 101 and "is in the trust folder" in res.stderr, res
+    assert key.read_bytes().hex() not in res.stdout.encode().hex()
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs")
+@pytest.mark.any_compiler
+def test_a_fifo_on_stdin_is_opened_once(cli, tmp_path, backend):
+    """Red team round 84: the stdin check opened a FIFO, and wasmtime (or wasmer's child)
+    opened it again: a writer done between the two opens was missed, and the run waited
+    for another until its timeout (112); wasmer's check threw the writer's bytes away."""
+    import threading
+
+    from .conftest import GUESTS
+
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    policy = tmp_path / "p.toml"
+    policy.write_text(f'[stdio]\nstdin = "{fifo}"\n[limits]\ntimeout = "60s"\n')
+
+    def write() -> None:
+        with open(fifo, "w") as fh:  # (blocks until the run opens it for reading)
+            fh.write("hi-from-fifo\n")
+
+    for _ in range(4):  # (the second open missed the writer in 6 runs of 8: each round)
+        writer = threading.Thread(target=write, daemon=True)
+        writer.start()
+        run = ("run", GUESTS / "fsprobe.wasm", "--backend", backend, "--policy", policy)
+        res = cli(*run, "--", "cat-stdin")
+        writer.join(5)
+        assert res.code == 0 and res.stdout == "hi-from-fifo\n", res

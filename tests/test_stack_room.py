@@ -298,3 +298,41 @@ def test_threads_calling_at_once_each_measure_their_own_stack():
     counts = eval(done.stdout.strip().splitlines()[-1])  # (a dict's repr, ours)
     assert counts["refused"] == 6000 and counts["ran"] == counts["other"] == 0, counts
     assert counts["noise refused"] == 0, counts
+
+
+def test_a_stack_its_creator_supplied_is_measured_by_its_own_bounds():
+    """Red team round 84: a thread made from C on a stack its creator supplied
+    (pthread_attr_setstack on malloc'd memory) has no guard page, and memory allocated
+    after it merged into the same mapping, which was taken for the stack: 320 KiB was
+    measured as megabytes, the guest ran and the process died (SIGSEGV)."""
+    script = textwrap.dedent(
+        f"""
+        import ctypes, wasmsbx
+        from wasmsbx import errors
+        libc = ctypes.CDLL(None)
+        box = wasmsbx.Sandbox({RECURSE.encode()!r})
+        out = []
+        def body(arg):
+            try:
+                out.append(repr(box.call("rec", 0)))
+            except errors.WasmsbxError as exc:
+                out.append(f"{{type(exc).__name__}} {{exc.exit_code}}")
+            return None
+        callback = ctypes.CFUNCTYPE(ctypes.c_void_p, ctypes.c_void_p)(body)
+        attr = ctypes.create_string_buffer(128)
+        libc.pthread_attr_init(attr)
+        pool = ctypes.create_string_buffer(320 << 10)
+        extra = [ctypes.create_string_buffer(1 << 20) for _ in range(8)]
+        base = ctypes.cast(pool, ctypes.c_void_p)
+        libc.pthread_attr_setstack(attr, base, ctypes.c_size_t(320 << 10))
+        tid = ctypes.c_ulong()
+        assert libc.pthread_create(ctypes.byref(tid), attr, callback, None) == 0
+        libc.pthread_join(tid, None)
+        print(out[0])
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, (done.returncode, done.stderr[-2000:])
+    assert done.stdout.strip() == "ResourceExhausted 118", done

@@ -131,7 +131,18 @@ def _where() -> Any:
                 start, _, stop = span.partition(b"-")
                 low, high = int(start, 16), int(stop, 16)
                 if low <= sp < high:
-                    return low, high, rest.rstrip().endswith(b"[stack]") or _initial()
+                    grows = rest.rstrip().endswith(b"[stack]") or _initial()
+                    if not grows:
+                        # The mapping may hold more than the stack: one its creator
+                        # supplied (pthread_attr_setstack on malloc'd memory) has no
+                        # guard page below it, and memory allocated after it merges into
+                        # the same mapping (red team round 84: 320 KiB measured as 6 MiB,
+                        # a guest ran and crashed the process). The thread's own bounds
+                        # say where its stack is.
+                        bounds = _thread_stack()
+                        if bounds is not None and bounds[0] <= sp < bounds[0] + bounds[1]:
+                            low, high = max(low, bounds[0]), min(high, bounds[0] + bounds[1])
+                    return low, high, grows
     except (OSError, ValueError):
         pass
     return False
@@ -230,11 +241,17 @@ def _initial() -> bool:
 
 def _thread_stack_size() -> Optional[int]:
     """This thread's stack size (glibc's ``pthread_getattr_np``), or None if unknown."""
+    bounds = _thread_stack()
+    return None if bounds is None else bounds[1]
+
+
+def _thread_stack() -> Optional[tuple]:
+    """(lowest address, size) of this thread's stack, its guard excluded (glibc's
+    ``pthread_getattr_np``), or None if unknown."""
     import ctypes
-    import ctypes.util
 
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc = ctypes.CDLL(None)  # (the process's own symbols: libc's among them)
         getattr_np = libc.pthread_getattr_np
         self_ = libc.pthread_self
     except (OSError, AttributeError):  # pragma: no cover - glibc is the supported libc
@@ -248,7 +265,9 @@ def _thread_stack_size() -> Optional[int]:
         addr, size = ctypes.c_void_p(), ctypes.c_size_t()
         if libc.pthread_attr_getstack(attr, ctypes.byref(addr), ctypes.byref(size)) != 0:
             return None
-        return size.value
+        if not addr.value or not size.value:
+            return None
+        return addr.value, size.value
     finally:
         libc.pthread_attr_destroy(attr)
 

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from .. import errors
+from .trustdir import proc_target as _proc_target
 from .trustdir import real as _real
 from .trustdir import trust_dir_text as _trust_dir_text
 from .trustdir import within as _within
@@ -526,15 +527,24 @@ def _grant_gone(grant: Any, why: str) -> errors.PolicyError:
     )
 
 
-def refuse_proc_stdin(fd: int, path: str) -> None:
-    """A PolicyError if the guest's stdin file ``path``, open as ``fd``, is on a procfs
-    while ``path`` does not name one: a link into /proc (made, say, by a guest of another
-    run that can write the file's folder) would hand the guest /proc/self/environ of
-    the process running it (the class of red team round 82's grant swap). A file of
-    /proc named as such (``/proc/cpuinfo``) is the user's to give."""
-    if _on_procfs(fd_path(fd)) and not names_procfs(path):
-        from ..errors import inert
+def refuse_stdin(fd: int, path: str) -> None:
+    """A PolicyError if the guest's stdin file ``path``, open as ``fd`` (``O_PATH`` will
+    do), is in the trust folder, or on a procfs while ``path`` does not name one. A link
+    (made, say, by a guest of another run that can write the file's folder) would hand
+    the guest the secret key, or /proc/self/environ of the process running it (the class
+    of red team round 82's grant swap; round 84 read the key this way). A file of /proc
+    named as such (``/proc/cpuinfo``) is the user's to give."""
+    from ..errors import inert
 
+    real = _proc_target(fd_path(fd))
+    keys = _real(trust_dir())
+    if real and _within(real, keys):
+        raise errors.PolicyError(
+            f"the guest's stdin {inert(path)} is in the trust folder ({keys}): a guest "
+            "that read your wasmsbx keys could forge native code",
+            hint="give a file outside the trust folder (was it replaced by a link?)",
+        )
+    if _on_procfs(fd_path(fd)) and not names_procfs(path):
         raise errors.PolicyError(
             f"the guest's stdin {inert(path)} leads into the process file system: "
             "/proc/self there is the process that runs the guest",

@@ -550,10 +550,10 @@ def _child_stdin(stdin: Any) -> None:
         fd = os.open(os.devnull, os.O_RDONLY)
     else:
         fd = os.open(stdin, os.O_RDONLY)
-        try:  # (the parent refused a link into /proc; one made since gets nothing)
-            from ...native.trust import refuse_proc_stdin
+        try:  # (the parent refused a link out of bounds; one made since gets nothing)
+            from ...native.trust import refuse_stdin
 
-            refuse_proc_stdin(fd, stdin)
+            refuse_stdin(fd, stdin)
         except errors.PolicyError:
             os.close(fd)
             fd = os.open(os.devnull, os.O_RDONLY)
@@ -563,20 +563,20 @@ def _child_stdin(stdin: Any) -> None:
 
 
 def _check_stdin(stdin: Any) -> None:
-    """Before the child opens the guest's stdin file: refuse one that leads into a
-    procfs (``trust.refuse_proc_stdin``). Opened without waiting (a FIFO's writer may
-    not have come yet); a file that cannot be opened is the child's to report."""
+    """Before the child opens the guest's stdin file: refuse one in the trust folder or
+    leading into a procfs (``trust.refuse_stdin``), found with ``O_PATH``: no open of a
+    FIFO (an open and close here let its writer go and lost what it wrote: red team
+    round 84). A file that cannot be found is the child's to report."""
     if not isinstance(stdin, str) or stdin in ("inherit", "null"):
         return
-    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | getattr(os, "O_NOCTTY", 0)
     try:
-        fd = os.open(stdin, flags)
+        fd = os.open(stdin, os.O_PATH | os.O_CLOEXEC)
     except OSError:
         return
     try:
-        from ...native.trust import refuse_proc_stdin
+        from ...native.trust import refuse_stdin
 
-        refuse_proc_stdin(fd, stdin)
+        refuse_stdin(fd, stdin)
     finally:
         os.close(fd)
 

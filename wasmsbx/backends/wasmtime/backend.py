@@ -230,22 +230,22 @@ def set_wasi(
 
 
 def _open_stdin(path: str) -> Optional[int]:
-    """The guest's stdin file, opened once here (wasmtime then opens this very file,
-    through /proc/self/fd/N); None where /proc/self/fd is missing (wasmtime opens the
-    name). One that leads into a procfs without naming it is refused
-    (``trust.refuse_proc_stdin``)."""
+    """The guest's stdin file, found once here (an ``O_PATH`` descriptor: no open of a
+    FIFO, whose writer a second open would miss) and checked (``trust.refuse_stdin``);
+    wasmtime then opens this very file through /proc/self/fd/N. None where /proc/self/fd
+    is missing (wasmtime opens the name)."""
     if not os.path.isdir("/proc/self/fd"):
         return None
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | getattr(os, "O_NOCTTY", 0))
+        fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
     except OSError as exc:
         raise errors.InputError(
             f"cannot open the guest's stdin: {exc.strerror}", path=path
         ) from None
     try:
-        from ...native.trust import refuse_proc_stdin
+        from ...native.trust import refuse_stdin
 
-        refuse_proc_stdin(fd, path)
+        refuse_stdin(fd, path)
     except BaseException:
         os.close(fd)
         raise
