@@ -538,9 +538,13 @@ def test_arguments_a_tool_does_not_take_are_refused(server):
             session = await c.call_tool("run_javascript", {"code": "1", "session": "abc"})
             typo = await c.call_tool("run_python", {"code": "1", "limits": {"timout": "1s"}})
             fine = ok(await c.call_tool("run_javascript", {"code": "6*7"}))
-            return session, typo, fine
+            nulls = ok(
+                await c.call_tool("run_python", {"code": "1", "stdin": None, "session": None})
+            )
+            return session, typo, fine, nulls
 
-    session, typo, fine = run(scenario())
+    session, typo, fine, nulls = run(scenario())
+    assert nulls["stdout"] == "1\n", nulls  # (null where a default is: stdin, round 84)
     text = text_of(session)
     assert session.is_error and text.startswith(
         "usage: run_javascript: argument 'session' is not one this tool takes"

@@ -229,7 +229,7 @@ def build(service: Service) -> Any:
         session: Annotated[
             Optional[str], Field(description="a session id from start_session: keep globals")
         ] = None,
-        stdin: Annotated[str, Field(description="text the code reads from stdin")] = "",
+        stdin: Annotated[Optional[str], Field(description="text the code reads from stdin")] = "",
         limits: Limits = None,
         ctx: Context = None,
     ) -> CodeResult:
@@ -237,6 +237,7 @@ def build(service: Service) -> Any:
         files (a session adds a private /scratch), only the standard library; no threads,
         subprocesses or time.sleep. Returns stdout, stderr and the exit code (1 with a
         traceback on stderr if the code raised)."""
+        stdin = stdin or ""  # (null as no stdin, as session and limits take it: round 84)
         service.check_request(code, stdin, session)
         service.argv_text("code", code)
         req = {
@@ -309,13 +310,14 @@ def build(service: Service) -> Any:
     @guarded
     async def run_wasi_command(
         argv: Annotated[list[str], Field(description="arguments after the program name")] = [],  # noqa: B006
-        stdin: Annotated[str, Field(description="text on the command's stdin")] = "",
+        stdin: Annotated[Optional[str], Field(description="text on the command's stdin")] = "",
         module_path: ModulePath = None,
         module_base64: ModuleB64 = None,
         limits: Limits = None,
     ) -> CodeResult:
         """Run a WebAssembly module as a WASI command (its _start) with argv and stdin; the
         command's exit code, stdout and stderr come back."""
+        stdin = stdin or ""  # (null as no stdin)
         service.check_request(module_base64, module_path, argv, stdin)
         for i, arg in enumerate(argv):
             service.argv_text(f"argv[{i}]", arg)
