@@ -434,6 +434,36 @@ def test_command_limits(cli, command, tmp_path):
     assert res.code == 0 and "allocated" in res.stdout, res
 
 
+def test_a_component_flooding_its_output_leaves_the_others_calls_their_time(command):
+    """Red team round 83 (tests/test_density.py has the module's): a flood past
+    limits.output moved the epoch of the engine shared with another tenant's component,
+    whose run (60 s timeout) then timed out after milliseconds. And a flood that began
+    while the other ran never ended (its fuel does here): the keeper now goes on with it
+    once the flooding run is alone on the engine."""
+    from wasmsbx import Sandbox
+    from wasmsbx.policy import from_dict
+
+    from .test_density import calls_beside
+
+    flooder = from_dict(
+        {
+            "limits": {"timeout": "1h", "output": "1KiB", "fuel": 10**11},
+            "stdio": {"stdout": "null"},
+        }
+    )
+    tenant = Sandbox(command, from_dict({"limits": {"timeout": "60s", "fuel": 3 * 10**6}}))
+
+    def floods() -> None:
+        for _ in range(3):
+            box = Sandbox(command, flooder)
+            assert box.engine.clock is tenant.engine.clock  # (the engine both share)
+            with pytest.raises(errors.OutputLimitExceeded):
+                box.run_command(["flood"])
+
+    seen = calls_beside(lambda: tenant.run_command(["spin"]), errors.FuelExhausted, floods)
+    assert list(seen) == ["ok"], seen
+
+
 def test_command_json_captures_output(cli, command):
     res = cli("run", command, "--json", "--", "x")
     assert res.code == 0, res

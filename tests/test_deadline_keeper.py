@@ -534,3 +534,79 @@ def test_a_late_call_that_comes_back_before_the_stop_is_not_stopped(monkeypatch)
     assert [str(e) for e in stopped] == ["late"]
     assert stopped[0].watch_deadline == watch.deadline  # (which call: batch.worker_stopped)
     keeper.leave(watch)
+
+
+class _HookedLock:
+    """The keeper's lock, running ``hook`` once, just after its ``after``-th release."""
+
+    def __init__(self, after: int, hook) -> None:
+        import _thread
+
+        self.inner, self.after, self.hook = _thread.allocate_lock(), after, hook
+
+    def __enter__(self) -> None:
+        self.inner.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.inner.release()
+        self.after -= 1
+        if self.after == 0:
+            self.hook()
+
+
+def _expire_on(keeper: Keeper, watch, engine: FakeEngine) -> None:
+    """Let the keeper's passes (``_expiring``, a TICK of steps each) bring ``watch`` to
+    its deadline, as its thread would."""
+    for _ in range(100_000):
+        if engine.epoch >= watch.until:
+            break
+        keeper._expiring()
+    assert engine.epoch >= watch.until and not watch.expiring
+
+
+def test_a_flood_moves_the_epoch_no_further_once_another_call_enters():
+    """Red team round 83: a flood's expiry moved the shared epoch in steps, the lock let go
+    between them, and a call that entered in between (another tenant's, 60 s) had its
+    deadline passed at once. It stops at the entry; the keeper goes on with it once the
+    flooding call is alone on its engine again."""
+    keeper, engine = Keeper(), FakeEngine()
+    keeper.running = True  # (no thread: the test makes the keeper's passes)
+    clock = keeper.clock(engine)
+    flooded = keeper.enter(clock, 3600.0, lambda: None)
+    entered: list = []
+    # (1st release: expire_alone's look; 2nd: its first step; then another call enters)
+    keeper.lock = _HookedLock(2, lambda: entered.append(keeper.enter(clock, 60.0, lambda: None)))
+    assert keeper.expire_alone(flooded) is False
+    (other,) = entered
+    assert 0 < engine.epoch < other.until  # the other call's deadline is still ahead
+    keeper._expiring()
+    assert engine.epoch < other.until  # (nor does the keeper's pass move it meanwhile)
+    keeper.leave(other)
+    _expire_on(keeper, flooded, engine)
+    keeper.leave(flooded)
+
+
+def test_a_flood_beside_a_running_call_waits_until_that_call_is_back():
+    keeper, engine = Keeper(), FakeEngine()
+    keeper.running = True
+    clock = keeper.clock(engine)
+    other = keeper.enter(clock, 60.0, lambda: None)
+    flooded = keeper.enter(clock, 3600.0, lambda: None)
+    assert keeper.expire_alone(flooded) is False and engine.epoch == 0
+    keeper._expiring()
+    assert engine.epoch == 0
+    keeper.leave(other)
+    _expire_on(keeper, flooded, engine)
+    keeper.leave(flooded)
+    gone = keeper.enter(clock, 60.0, lambda: None)
+    keeper.leave(gone)  # (a call that is back is never expired)
+    assert keeper.expire_alone(gone) is False and engine.epoch == flooded.until
+
+
+def test_a_flood_alone_on_its_engine_ends_its_call_at_once():
+    keeper, engine = Keeper(), FakeEngine()
+    keeper.running = True
+    flooded = keeper.enter(keeper.clock(engine), 3600.0, lambda: None)
+    assert keeper.expire_alone(flooded) is True
+    assert engine.epoch >= flooded.until and not flooded.expiring
+    keeper.leave(flooded)

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from tests.conftest import require_capability
+from tests.conftest import BACKENDS, require_capability
 from wasmsbx import Sandbox, errors
 from wasmsbx import policy as policy_mod
 from wasmsbx.runner import sandbox as core
@@ -88,6 +88,77 @@ def test_one_sandbox_timing_out_leaves_the_other_untouched(backend):
     assert worker.call("add", 20, 22) == 42
     with pytest.raises(errors.TimeoutExceeded):
         worker.call("spin", timeout=0.05)
+
+
+FLOOD = b"""(module
+  (import "wasi_snapshot_preview1" "fd_write" (func $write (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 16) "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef")
+  (func (export "flood") (result i32) (local $i i32)
+    (i32.store (i32.const 0) (i32.const 16))
+    (i32.store (i32.const 4) (i32.const 64))
+    (loop $l
+      (drop (call $write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))
+      (local.set $i (i32.add (local.get $i) (i32.const 1)))
+      (br_if $l (i32.lt_u (local.get $i) (i32.const 100))))
+    (local.get $i))
+  (func (export "spin") (loop $l (br $l))))"""
+
+
+def calls_beside(other, expected, call) -> dict:
+    """Call ``other()`` over and over in a thread (a pause between calls, so that some
+    start while ``call()`` is under way), ``call()`` meanwhile in this one: the errors
+    of ``other()`` by name, beyond ``expected`` (an error class it ends with)."""
+    import collections
+    import threading
+
+    seen: collections.Counter = collections.Counter()
+    done = threading.Event()
+
+    def loop() -> None:
+        while not done.is_set():
+            try:
+                other()
+            except expected:
+                seen["ok"] += 1
+            except Exception as exc:  # noqa: BLE001 - (counted: the test names it)
+                seen[f"{type(exc).__name__}: {exc}"] += 1
+            time.sleep(0.005)
+
+    thread = threading.Thread(target=loop)
+    thread.start()
+    try:
+        while not seen:
+            time.sleep(0.005)
+        call()
+    finally:
+        done.set()
+        thread.join(120)
+    return dict(seen)
+
+
+def test_one_sandbox_flooding_its_output_leaves_the_others_calls_their_time():
+    """Red team round 83: a flood past limits.output ends its call by moving the epoch of
+    the engine, which every sandbox of the same configuration shares (another tenant's,
+    under its own policy). A call of another sandbox that started while it moved (in
+    steps, for a long timeout) got TimeoutExceeded after milliseconds, not its 60 s. The
+    epoch now moves only while the flooding call is the engine's one."""
+    if "wasmtime" not in BACKENDS:
+        pytest.skip("the epochs are wasmtime's")
+    flooder = policy_mod.from_dict(
+        {"limits": {"timeout": "1d", "output": "1KiB", "fuel": 10**9}, "stdio": {"stdout": "null"}}
+    )
+    tenant = Sandbox(GROW, make_policy(timeout="60s", fuel=3 * 10**6), backend="wasmtime")
+
+    def floods() -> None:
+        for _ in range(5):
+            box = Sandbox(FLOOD, flooder, backend="wasmtime")
+            assert box.engine is tenant.engine  # (the engine both share)
+            with pytest.raises(errors.OutputLimitExceeded):
+                box.call("flood")
+
+    seen = calls_beside(lambda: tenant.call("spin"), errors.FuelExhausted, floods)
+    assert list(seen) == ["ok"], seen
 
 
 def test_many_sandboxes_add_no_engine_and_no_thread():

@@ -55,7 +55,10 @@ CLEANUP = 20.0
 # than GRACE. A bound, so a process stuck elsewhere still ends in the hard stop.
 UNWATCHED = 5.0
 IDLE = 1.0  # seconds without calls before the thread exits (restarted on demand)
-FAR = 100_000  # epochs (16 minutes of timeout, ~0.1 s of FFI calls) expire() makes at a time
+FAR = 100_000  # epochs (16 minutes of timeout, ~0.1 s of FFI calls): a far deadline
+# Epochs expire() moves with the lock held (~10 ms of FFI calls): a call entering meanwhile
+# waits that long at most, and expire_alone() looks again between steps.
+STEP = 10_000
 
 
 class quiet_threads:
@@ -102,8 +105,8 @@ class Watch:
     """One running call (or compile) the keeper watches: its deadline and what to say."""
 
     __slots__ = (
-        "bare", "clock", "deadline", "error", "interrupted", "memory", "reached", "ticks",
-        "until",
+        "bare", "clock", "deadline", "error", "expiring", "interrupted", "memory", "reached",
+        "ticks", "until",
     )  # fmt: skip
 
     def __init__(self, clock: Optional[_EngineClock], deadline: float, error: Callable) -> None:
@@ -114,6 +117,9 @@ class Watch:
         self.ticks = 0
         self.until = 0  # the engine epoch at which the call's store traps
         self.interrupted = False  # set by Keeper.interrupt(): report KeyboardInterrupt
+        # Set by Keeper.expire_alone(): the keeper moves the epoch on toward ``until``
+        # whenever the call is alone on its engine, until it gets there.
+        self.expiring = False
         # (resident bytes, error): a compile in this process (compiling.compile_bounded)
         # that must not grow the process's RSS past the first; the hard stop ends it with
         # the second.
@@ -287,6 +293,7 @@ class Keeper:
                 wait = IDLE if self.sleeping else TICK
             if poller.poll(wait * 1000.0):
                 self._signals()
+            self._expiring()
             self._advance()
             self._overruns()
 
@@ -313,6 +320,22 @@ class Keeper:
             for w in self.watches.values():
                 if w.reached is None and w.clock is not None and w.clock.done >= w.until:
                     w.reached = now
+
+    def _expiring(self) -> None:
+        """Go on moving the epoch of calls ``expire_alone`` could not finish, each while
+        it is alone on its engine; a TICK of steps a pass at most, so the thread still
+        advances the other engines' epochs and sees signals and overruns in time."""
+        with self.lock:
+            expiring = [w for w in self.watches.values() if w.expiring]
+        end = time.monotonic() + TICK
+        for watch in expiring:
+            while time.monotonic() < end:
+                with self.lock:
+                    if not self._alone(watch, watch.clock):
+                        break
+                    if not self._step(watch, watch.clock):
+                        watch.expiring = False  # (there)
+                        break
 
     def _overruns(self) -> None:
         """Hard-stop a call stuck past its deadline, or a process that ignores a signal."""
@@ -385,8 +408,9 @@ class Keeper:
 
     def expire(self, watch: Watch, error: Optional[Callable] = None) -> None:
         """Make a running call pass its deadline now (this ends every call running on
-        that engine: it is used for Ctrl-C and output floods). One FFI call per epoch
-        still ahead of it: ~1 us each, so ~60 ms for a call with 10 minutes left.
+        that engine: it is used for Ctrl-C; an output flood's is ``expire_alone``). One
+        FFI call per epoch still ahead of it: ~1 us each, so ~60 ms for a call with 10
+        minutes left.
 
         ``error()``: why (a signal, an output flood). A call farther than FAR epochs from its
         deadline is minutes of those calls away, so a command line hard-stops with it
@@ -404,13 +428,55 @@ class Keeper:
                 self._stop(error())
         while True:  # in steps, the lock let go between them: other calls go on meanwhile
             with self.lock:
-                ahead = min(FAR, max(0, watch.until - clock.done))
-                if not ahead:
+                if not self._step(watch, clock):
                     return
-                for _ in range(ahead):
-                    clock.engine.increment_epoch()
-                clock.done += ahead
-                clock.base -= ahead * TICK  # the clock stays in step with ``done``
+
+    def expire_alone(self, watch: Watch, error: Optional[Callable] = None) -> bool:
+        """``expire(watch, error)`` for one call's own reason (an output flood), which must
+        end no other call: the engine's epoch is shared by every store of the engine, so
+        it moves only while ``watch`` is the one call running on it, looked at with the
+        lock held at each step. A call that enters meanwhile stops the expiry (its
+        deadline, armed from the epoch then, stays ahead). Red team round 83: the check
+        ran once, outside the lock, and the steps went on past a call that entered
+        between them: another tenant's call, 60 s timeout, got TimeoutExceeded after
+        milliseconds. Returns whether the call's deadline has passed; if not, the
+        keeper's thread goes on with it whenever the call is alone on its engine again
+        (its writes are refused meanwhile), or its own timeout ends it first."""
+        clock = watch.clock
+        if clock is None:
+            self.expire(watch, error)
+            return True
+        with self.lock:
+            watch.expiring = True
+            if not self._alone(watch, clock):
+                return False
+            far = watch.until - clock.done > FAR
+        if far and error is not None and self.hard_stop is not None:
+            self._stop(error())
+        while True:
+            with self.lock:
+                if not self._alone(watch, clock):
+                    return watch.until <= clock.done
+                if not self._step(watch, clock):
+                    watch.expiring = False
+                    return True
+
+    def _alone(self, watch: Watch, clock: _EngineClock) -> bool:
+        """Whether ``watch`` is running and the one call on its engine (lock held)."""
+        return clock.active == 1 and self.watches.get(id(watch)) is watch
+
+    @staticmethod
+    def _step(watch: Watch, clock: _EngineClock) -> bool:
+        """Move the engine's epoch up to STEP epochs toward ``watch``'s deadline (lock
+        held); False once it is there."""
+        ahead = min(STEP, max(0, watch.until - clock.done))
+        if not ahead:
+            return False
+        for _ in range(ahead):
+            clock.engine.increment_epoch()
+        clock.done += ahead
+        clock.base -= ahead * TICK  # the clock stays in step with ``done``
+        return True
 
     def handling_interrupt(self) -> None:
         """The main thread has begun handling Ctrl-C/SIGTERM (its Python signal handler ran,

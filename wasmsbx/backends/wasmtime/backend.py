@@ -1164,12 +1164,13 @@ class WasmtimeInstance(Instance):
 
         Expiring moves the engine's epoch, and engines are shared by every sandbox of
         the same configuration: with another call running on the engine (another
-        thread), that would cut its time short. Then this call is left to stop by
-        itself: each further write fails (EFBIG) and its timeout still holds; the error
-        is the output limit either way."""
+        thread), that would cut its time short, so the keeper moves it only while this
+        call is the engine's one (``expire_alone``, red team round 83). Else this call
+        is left to stop by itself: each further write fails (EFBIG) and its timeout
+        still holds; the error is the output limit either way."""
         watch = self.watch
-        if watch is not None and (watch.clock is None or watch.clock.active <= 1):
-            KEEPER.expire(watch, lambda: self._output_error([]))
+        if watch is not None:
+            KEEPER.expire_alone(watch, lambda: self._output_error([]))
 
     def _account_fuel(self) -> None:
         if self.call_fuel is not None:
