@@ -492,9 +492,59 @@ def test_copying_data_spends_fuel_as_wasmtime_charges_it():
 def test_out_of_maps_hint_follows_the_init():
     from wasmsbx.backends.reserve import exhausted_hint
 
-    assert 'memory_init = "copy"' in exhausted_hint(MIB, False)
-    assert "vm.max_map_count" in exhausted_hint(MIB, True)
-    assert 'memory_layout = "dense"' in exhausted_hint(None, False)
+    assert 'memory_init = "copy"' in exhausted_hint(MIB, False, "maps")
+    assert "vm.max_map_count" in exhausted_hint(MIB, True, "maps")
+    assert 'memory_layout = "dense"' in exhausted_hint(None, False, "space")
+
+
+def test_the_limit_reached_is_the_one_the_process_is_at(monkeypatch):
+    """Red team round 83: under "dense" the hint always named vm.max_map_count, also
+    when ``ulimit -v`` was the limit (495 sandboxes, ~1,500 of 65,530 mappings)."""
+    monkeypatch.setattr(reserve, "_address_space", lambda: 7 << 30)
+    monkeypatch.setattr(reserve, "_soft_address_space", lambda: 8 << 30)
+    monkeypatch.setattr(reserve, "_mappings", lambda: (1_500, 65_530))
+    assert reserve.limit_reached(16 * MIB) is None  # (1 GiB still free)
+    assert reserve.limit_reached(2 << 30) == "ulimit"
+    assert reserve.limit_reached(None) == "ulimit"
+    hint = reserve.exhausted_hint(2 << 30, False)
+    assert "ulimit -v" in hint and "lower limits.memory" in hint, hint
+    assert "max_map_count" not in hint and "memory_init" not in hint, hint
+    assert 'memory_layout = "dense"' in reserve.exhausted_hint(None, False)
+    monkeypatch.setattr(reserve, "_mappings", lambda: (65_525, 65_530))
+    assert reserve.limit_reached(2 << 30) == "maps"
+    assert 'memory_init = "copy"' in reserve.exhausted_hint(2 << 30, False)
+    monkeypatch.setattr(reserve, "_soft_address_space", lambda: None)
+    monkeypatch.setattr(reserve, "_mappings", lambda: (1_500, 65_530))
+    monkeypatch.setattr(reserve, "_address_space", lambda: reserve.USER_SPACE - (1 << 30))
+    assert reserve.limit_reached(None) == "space"
+    monkeypatch.setattr(reserve, "_address_space", lambda: 1 << 30)
+    assert reserve.limit_reached(16 * MIB) is None
+    hint = reserve.exhausted_hint(16 * MIB, True)  # (neither: both named, honestly)
+    assert "ulimit -v" in hint and "vm.max_map_count" in hint and "2 mappings" in hint
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="RLIMIT_AS semantics are Linux's")
+def test_dense_out_of_address_space_names_the_address_space_limit(tmp_path):
+    """The command line under a 2 GiB ``ulimit -v`` with a dense 4 GiB reservation: exit
+    118, a hint about the address-space limit, not vm.max_map_count (round 83)."""
+    import subprocess
+
+    guest = tmp_path / "guest.wat"
+    guest.write_bytes(GUEST)
+    dense = tmp_path / "dense.toml"
+    dense.write_text('[runtime]\nmemory_layout = "dense"\n[limits]\nmemory = "4GiB"\n')
+    proc = subprocess.run(
+        [sys.executable, "-m", "wasmsbx", "run", str(guest), "add", "1", "2"]
+        + ["--policy", str(dense), "--backend", "wasmtime"],
+        capture_output=True,
+        preexec_fn=_limit_address_space,
+        timeout=120,
+    )
+    err = proc.stderr.decode()
+    assert proc.returncode == 118, err
+    assert "address-space limit is reached (ulimit -v, RLIMIT_AS: 2 GiB" in err, err
+    assert "max_map_count" not in err and "memory_init" not in err, err
+    assert "Traceback" not in err
 
 
 def test_mcp_workers_keep_a_module_per_layout(tmp_path):
