@@ -160,14 +160,17 @@ def format_limit(n: int) -> str:
 
 
 def format_duration(seconds: float) -> str:
-    """1.25 s, 340 ms, 12.5 µs."""
+    """1.25 s, 340 ms, 12.5 µs, 1 ns (below a microsecond: a per-call ``timeout=1e-9``
+    read "0.0 µs", red team round 83)."""
     if seconds >= 60:
         return f"{seconds / 60:.1f} min"
     if seconds >= 1:
         return f"{seconds:.2f} s"
     if seconds >= 1e-3:
         return f"{seconds * 1e3:.1f} ms"
-    return f"{seconds * 1e6:.1f} µs"
+    if seconds >= 1e-6 or seconds <= 0:
+        return f"{seconds * 1e6:.1f} µs"
+    return f"{seconds * 1e9:.3g} ns"
 
 
 def format_count(n: int) -> str:

@@ -947,7 +947,8 @@ class WasmtimeInstance(Instance):
                 except (wasmtime.Trap, wasmtime.WasmtimeError) as exc:
                     raise self._call_error(exc, name) from self._host_raised()
             if watch.overran() or _refused(self._budget) != refused:
-                raise stuck()  # (past its deadline, or past limits.output: see _guarded)
+                # (past its deadline, or past limits.output: see _guarded)
+                raise stuck(watch.reached is not None)
             return [read_one(slot) for read_one, slot in readers]
 
         return call
@@ -1140,16 +1141,21 @@ class WasmtimeInstance(Instance):
         # the write refused, went on to return normally: the limit's error all the same
         # (round 42: exit 0, no output, no warning).
         if watch.overran() or _refused(self._budget) != refused:
-            raise self._stuck()
+            raise self._stuck(watch.reached is not None)  # (reached: the epoch was there)
         return result
 
-    def _stuck(self) -> errors.WasmsbxError:
-        """The error of a call the keeper found blocked past its deadline (a host call)."""
+    def _stuck(self, blocked: bool = True) -> errors.WasmsbxError:
+        """The error of a call the keeper found blocked past its deadline (a host call),
+        or (``blocked`` False) of one that came back past it before the engine's epoch
+        got there, so that no epoch check could have stopped it: a guest that simply
+        finished late, under a timeout shorter than a tick (red team round 83:
+        ``timeout=1e-9`` said "0.0 µs (blocked in a host call)" with no host call)."""
         where = self.where
         if self.budget.exceeded:
             return self._output_error([])
         # (code without epoch checks is stopped this way wherever it is, so say no more)
-        blocked = "" if self.engine.clock is None else " (blocked in a host call)"
+        blocked = blocked and self.engine.clock is not None
+        blocked = " (blocked in a host call)" if blocked else ""
         seconds = self.limits.timeout  # (the call's own timeout=, as _interrupted says it)
         if self.call_timeout is not None and self.limits.deadline is None:
             seconds = self.call_timeout
