@@ -105,6 +105,29 @@ def test_host_exception_is_a_trap_with_the_cause(box):
     assert box.call("bump") == 42  # the instance is still usable
 
 
+class Unprintable(Exception):
+    def __str__(self) -> str:
+        raise ValueError("str fails")
+
+
+def test_a_host_exception_that_cannot_be_printed_is_still_a_trap(backend):
+    """Red team round 83: an exception whose ``__str__`` raises escaped as that
+    ValueError (made while writing the trap's message), not as the TrapError."""
+
+    def fail() -> None:
+        raise Unprintable()
+
+    wat = b'(module (import "env" "fail" (func $f)) (func (export "fail") (call $f)))'
+    box = wasmsbx.Sandbox(wat, imports={"env": {"fail": fail}}, backend=backend)
+    for _ in range(2):  # (the first call and the fast path)
+        with pytest.raises(errors.TrapError) as info:
+            box.call("fail")
+        assert isinstance(info.value.__cause__, Unprintable)
+        assert info.value.trap_code == "host" and info.value.exit_code == 103
+        assert "Unprintable (its message could not be read)" in info.value.message
+    box.close()
+
+
 def test_host_time_counts_against_the_timeout(box):
     with pytest.raises(errors.TimeoutExceeded) as info:
         box.call("slow", timeout=0.1)

@@ -118,6 +118,21 @@ def inert(text: Any, limit: Optional[int] = NAME_SHOWN) -> str:
     return text + cut
 
 
+def raised_text(exc: BaseException) -> str:
+    """``Type: message`` of an exception a host function raised, for a trap's message.
+    Its ``__str__`` is the host code's and may itself raise: that error escaped raw
+    instead of the TrapError with the exception as its cause (red team round 83), so
+    then its type alone (Ctrl-C and SystemExit go on, as they do from a host function)."""
+    name = type(exc).__name__
+    try:
+        text = str(exc)
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException:  # noqa: BLE001 - whatever it raised, the type is known
+        return f"{name} (its message could not be read)"
+    return f"{name}: {text}"
+
+
 class WasmsbxError(Exception):
     """Base of every expected failure."""
 

@@ -1107,7 +1107,7 @@ class WasmerInstance(Instance):
             # (GeneratorExit or a BaseException of the caller's own: a trap as on
             # wasmtime; they left here raw, round 44)
             self.state.host_raised = exc
-            return ("host-err", f"host function raised {type(exc).__name__}: {exc}")
+            return ("host-err", f"host function raised {errors.raised_text(exc)}")
 
     @property
     def host_raised(self) -> Optional[BaseException]:

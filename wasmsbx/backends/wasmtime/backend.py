@@ -1020,7 +1020,7 @@ class WasmtimeInstance(Instance):
             )
         if raised is not None:
             return errors.TrapError(
-                f"{name} trapped: host function raised {type(raised).__name__}: {raised}",
+                f"{name} trapped: host function raised {errors.raised_text(raised)}",
                 backtrace=_frames(exc) if isinstance(exc, wasmtime.Trap) else [],
                 trap_code="host",
             )
