@@ -544,14 +544,20 @@ class _HookedLock:
 
         self.inner, self.after, self.hook = _thread.allocate_lock(), after, hook
 
-    def __enter__(self) -> None:
-        self.inner.acquire()
+    def acquire(self, *args) -> bool:
+        return self.inner.acquire(*args)
 
-    def __exit__(self, *exc) -> None:
+    def release(self) -> None:
         self.inner.release()
         self.after -= 1
         if self.after == 0:
             self.hook()
+
+    def __enter__(self) -> None:
+        self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
 
 
 def _expire_on(keeper: Keeper, watch, engine: FakeEngine) -> None:
@@ -610,3 +616,52 @@ def test_a_flood_alone_on_its_engine_ends_its_call_at_once():
     assert keeper.expire_alone(flooded) is True
     assert engine.epoch >= flooded.until and not flooded.expiring
     keeper.leave(flooded)
+
+
+def test_a_call_entering_during_an_expiry_gets_in_between_its_steps():
+    """Red team round 83: the expiring thread let the lock go between steps and took it
+    straight back (a lock is not fair), so another sandbox's call waited for the whole
+    expiry (2.6 s for a 1-day timeout) to enter, its deadline running. It knocks now,
+    and the expiry lets it in between two steps."""
+    import threading
+
+    wasmtime = pytest.importorskip("wasmtime")
+    config = wasmtime.Config()
+    config.epoch_interruption = True  # (a real engine: its FFI call lets the GIL go, and
+    keeper = Keeper()  # the waiting thread then starved; Python stand-ins did not)
+    keeper.running = True
+    clock = keeper.clock(wasmtime.Engine(config))
+    flooded = keeper.enter(clock, 366 * 86400.0, lambda: None)
+    expiring = threading.Thread(target=keeper.expire_alone, args=(flooded,))
+    expiring.start()
+    try:
+        assert wait_for(lambda: clock.done > 0)  # (the expiry has begun)
+        before = clock.done
+        other = keeper.enter(keeper.clock(FakeEngine()), 60.0, lambda: None)
+        moved = clock.done - before
+        # (steps of STEP epochs: 2,000,000 is 200 of them, ~1 s; it was seconds)
+        assert moved < 2_000_000, moved
+        keeper.leave(other)
+    finally:
+        keeper.leave(flooded)  # (back: the expiry ends at its next step)
+        expiring.join(120)
+    assert not expiring.is_alive()
+
+
+def test_a_call_that_waited_for_the_lock_gets_its_whole_timeout():
+    import threading
+
+    keeper, engine = Keeper(), FakeEngine()
+    keeper.running = True
+    released = []
+
+    def hold() -> None:
+        time.sleep(0.3)
+        released.append(time.monotonic())
+        keeper.lock.release()
+
+    keeper.lock.acquire()  # (held as an expiry's step holds it)
+    threading.Thread(target=hold).start()
+    watch = keeper.enter(keeper.clock(engine), 0.2, lambda: None)
+    assert watch.deadline >= released[0] + 0.2  # (counted from when it could enter)
+    keeper.leave(watch)

@@ -158,6 +158,7 @@ class Keeper:
         # so an atexit hook waits for it.
         self.starting = _thread.allocate_lock()
         self.hooked = False
+        self.knocked = False  # a thread waits to enter (_knock): an expiry lets it in
 
     def after_fork_child(self) -> None:
         """In a child forked with ``self.lock`` held (runner.pool): the thread did not come
@@ -195,16 +196,22 @@ class Keeper:
         (+1 tick: the guest always gets at least the full timeout) while no epoch can
         advance, so ``watch.until`` is exactly the epoch at which the store traps. An
         engine with no call running is rebased to now, so epochs it missed while idle
-        are never caught up.
+        are never caught up. The timeout counts from when the lock is taken: an expiry
+        (``expire_alone``) holds it for a step at a time, and a call that waited for it
+        lost that time (red team round 83).
         """
-        now = time.monotonic()
-        watch = Watch(clock, now + timeout, error)
+        watch = Watch(clock, 0.0, error)
         if clock is None and arm is not None:
             # A call into code compiled without epoch checks (a `compile -o` artifact,
             # which only `wasmsbx run` loads: KEEPER.sole_run): the hard stop ends it at
             # its deadline, with no GRACE, since nothing else will.
             watch.bare = True
-        with self.lock:
+        lock = self.lock
+        if not lock.acquire(False):
+            self._knock()
+        try:
+            now = time.monotonic()
+            watch.deadline = now + timeout
             if clock is not None:
                 if not clock.active:
                     clock.base = now - clock.done * TICK
@@ -232,7 +239,25 @@ class Keeper:
             elif self.sleeping:  # only after a quiet second: busy calls pay no syscall
                 self.sleeping = False
                 self._wake()
+        finally:
+            lock.release()
         return watch
+
+    def _knock(self) -> None:
+        """Take the lock, which another thread holds: say so (``knocked``), again every
+        millisecond of the wait, so that an expiry between two of its steps lets this
+        thread in (``_let_in``). A lock is not fair: the expiring thread took it straight
+        back, and another sandbox's call waited 2.6 s to enter (red team round 83)."""
+        self.knocked = True
+        while not self.lock.acquire(True, 0.001):
+            self.knocked = True
+
+    def _let_in(self) -> None:
+        """Between two steps of an expiry (the lock let go): a thread waiting for the lock
+        (``_knock``) gets a moment to take it first."""
+        if self.knocked:
+            self.knocked = False
+            time.sleep(0.001)
 
     def _wake(self) -> None:
         try:
@@ -336,6 +361,7 @@ class Keeper:
                     if not self._step(watch, watch.clock):
                         watch.expiring = False  # (there)
                         break
+                self._let_in()
 
     def _overruns(self) -> None:
         """Hard-stop a call stuck past its deadline, or a process that ignores a signal."""
@@ -430,6 +456,7 @@ class Keeper:
             with self.lock:
                 if not self._step(watch, clock):
                     return
+            self._let_in()
 
     def expire_alone(self, watch: Watch, error: Optional[Callable] = None) -> bool:
         """``expire(watch, error)`` for one call's own reason (an output flood), which must
@@ -460,6 +487,7 @@ class Keeper:
                 if not self._step(watch, clock):
                     watch.expiring = False
                     return True
+            self._let_in()
 
     def _alone(self, watch: Watch, clock: _EngineClock) -> bool:
         """Whether ``watch`` is running and the one call on its engine (lock held)."""
