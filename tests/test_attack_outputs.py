@@ -204,3 +204,40 @@ def test_a_link_loop_or_a_dangling_link_is_said_as_such(cli_inproc, isolated, co
     res = cli_inproc(command, "dangling", *extra)
     assert res.code == 105, res
     assert "is a symbolic link to a missing file" in res.stderr
+
+
+def test_a_new_output_in_a_folder_it_cannot_write_is_refused_before_the_work(
+    cli, tmp_path, monkeypatch
+):  # (as root, in this process: access() is replaced, see below)
+    """Red team round 77: a batch's --checkpoint in a read-only folder (mode 555, run as
+    another user) printed every result and then failed (105): the folder's permission
+    was found out when the checkpoint was first written. Refused before any item runs.
+    (As root, whom modes do not stop, the folder is made unwritable by access() itself.)"""
+    from .conftest import EXAMPLES
+
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    folder.chmod(0o555)
+    if os.geteuid() == 0:
+        real_access = os.access
+
+        def access(path, mode, **kw):
+            if os.fspath(path) == str(folder) and mode & os.W_OK:
+                return False
+            return real_access(path, mode, **kw)
+
+        monkeypatch.setattr(os, "access", access)
+        from .conftest import run_main as cli  # (the replaced access(): in this process)
+    items = tmp_path / "items.jsonl"
+    items.write_text("[1, 2]\n[3, 4]\n")
+    try:
+        res = cli(
+            "run", EXAMPLES / "add.wat", "add", "--batch", items,
+            "--checkpoint", folder / "c.ckpt",
+        )  # fmt: skip
+        assert res.code == 105 and "no permission to make files in the folder" in res.stderr, res
+        assert res.stdout == "", res  # (nothing ran)
+        res = cli("compile", EXAMPLES / "add.wat", "-o", folder / "add.cwasm")
+        assert res.code == 105 and "no permission to make files" in res.stderr, res
+    finally:
+        folder.chmod(0o755)

@@ -197,6 +197,17 @@ def _check_parent(path: str) -> None:
             f"cannot write: the folder {parent} does not exist",
             f"create it first (mkdir -p {parent}) or choose another output path",
         )
+    # A new file needs the folder's write permission: found out only when the output was
+    # written, after the work (a batch's --checkpoint in a read-only folder printed every
+    # result, then failed: red team round 77). access() says what the kernel will.
+    effective = os.access in os.supports_effective_ids
+    if not os.access(parent, os.W_OK | os.X_OK, effective_ids=effective):
+        raise _fail(
+            path,
+            f"cannot write: no permission to make files in the folder {parent}"
+            " (or it is on a read-only file system); nothing was run",
+            "choose an output path in a folder you can write",
+        )
 
 
 def write_output(
