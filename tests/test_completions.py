@@ -111,3 +111,21 @@ def test_install_takes_the_shell_from_SHELL_or_says_what_is_wrong(cli_inproc, is
     env = {"SHELL": "/usr/bin/bash", "XDG_DATA_HOME": str(isolated)}
     result = cli_inproc("completions", "install", env=env)
     assert result.code == 0 and (isolated / "bash-completion" / "completions" / "wasmsbx").is_file()
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+def test_install_ignores_relative_xdg_folders(cli_inproc, isolated, shell, tmp_path):
+    """Red team round 77: a relative $XDG_DATA_HOME or $XDG_CONFIG_HOME wrote the script
+    under the working folder; the XDG rules ignore one, as the cache and trust do."""
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {"HOME": str(home), "XDG_DATA_HOME": "rel-data", "XDG_CONFIG_HOME": "rel-cfg"}
+    result = cli_inproc("completions", "install", shell, env=env, cwd=isolated)
+    assert result.code == 0, result
+    assert not (isolated / "rel-data").exists() and not (isolated / "rel-cfg").exists()
+    expected = {
+        "bash": home / ".local" / "share" / "bash-completion" / "completions" / "wasmsbx",
+        "zsh": home / ".local" / "share" / "wasmsbx" / "completions" / "wasmsbx.zsh",
+        "fish": home / ".config" / "fish" / "completions" / "wasmsbx.fish",
+    }[shell]
+    assert expected.read_text() == render(shell)

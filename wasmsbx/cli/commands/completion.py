@@ -114,10 +114,18 @@ def _refuse_special(target: Path) -> None:
         )
 
 
+def _xdg(name: str, default: Path) -> Path:
+    """$NAME if it is an absolute path, else ``default``: the XDG rules ignore a relative
+    value (it wrote the script under the working folder, red team round 77), as the
+    cache and trust folders do."""
+    value = os.environ.get(name) or ""
+    return Path(value) if os.path.isabs(value) else default
+
+
 def _target(shell: str) -> tuple:
     """(file, what the user still has to do) for each shell's usual user location."""
     home = Path.home()
-    data = Path(os.environ.get("XDG_DATA_HOME") or home / ".local" / "share")
+    data = _xdg("XDG_DATA_HOME", home / ".local" / "share")
     if shell == "bash":  # bash-completion loads it on the first Tab after `wasmsbx `
         target = data / "bash-completion" / "completions" / "wasmsbx"
         return target, (
@@ -125,7 +133,7 @@ def _target(shell: str) -> tuple:
             f"package, add to ~/.bashrc: source {target}"
         )
     if shell == "fish":  # fish autoloads this folder
-        config = Path(os.environ.get("XDG_CONFIG_HOME") or home / ".config")
+        config = _xdg("XDG_CONFIG_HOME", home / ".config")
         return config / "fish" / "completions" / "wasmsbx.fish", None
     target = data / "wasmsbx" / "completions" / "wasmsbx.zsh"
     return target, f"add to ~/.zshrc (after compinit): source {target}"
