@@ -204,6 +204,11 @@ def test_a_stdin_file_swapped_for_a_link_into_proc_is_refused(cli, tmp_path, bac
     res = cli(*run, env={"SECRET_X": "s3cr3t"})
     assert res.code == 101 and "leads into the process file system" in res.stderr, res
     assert "s3cr3t" not in res.stdout
+    # (named through /proc, the walk leaving it on the way: red team round 85)
+    policy.write_text('[stdio]\nstdin = "/proc/self/cwd/in.txt"\n')
+    res = cli(*run, env={"SECRET_X": "s3cr3t"}, cwd=tmp_path)
+    assert res.code == 101 and "leads into the process file system" in res.stderr, res
+    assert "s3cr3t" not in res.stdout
     policy.write_text('[stdio]\nstdin = "/proc/self/cmdline"\n')
     res = cli(*run)
     assert res.code == 0 and "cat-stdin" in res.stdout, res

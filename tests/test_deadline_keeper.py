@@ -609,6 +609,31 @@ def test_a_flood_beside_a_running_call_waits_until_that_call_is_back():
     assert keeper.expire_alone(gone) is False and engine.epoch == flooded.until
 
 
+def test_two_floods_on_one_engine_both_end():
+    """Red team round 85: each of two floods on one engine saw the other running, so
+    neither was stopped: both ran to their own timeouts (a day's kept two cores busy).
+    Calls that are all being stopped are stopped; a third, ordinary call entering holds
+    the epoch again."""
+    keeper, engine = Keeper(), FakeEngine()
+    keeper.running = True
+    clock = keeper.clock(engine)
+    first = keeper.enter(clock, 3600.0, lambda: None)
+    second = keeper.enter(clock, 7200.0, lambda: None)
+    assert keeper.expire_alone(first) is False and engine.epoch == 0  # (second runs on)
+    assert keeper.expire_alone(second) is True  # (both floods now: the epoch moves on)
+    assert engine.epoch >= second.until > first.until
+    keeper.leave(first)
+    keeper.leave(second)
+    third = keeper.enter(clock, 3600.0, lambda: None)
+    fourth = keeper.enter(clock, 60.0, lambda: None)  # an ordinary call beside a flood
+    assert keeper.expire_alone(third) is False
+    keeper._expiring()
+    assert engine.epoch < fourth.until
+    keeper.leave(fourth)
+    _expire_on(keeper, third, engine)
+    keeper.leave(third)
+
+
 def test_a_flood_alone_on_its_engine_ends_its_call_at_once():
     keeper, engine = Keeper(), FakeEngine()
     keeper.running = True

@@ -336,3 +336,55 @@ def test_a_stack_its_creator_supplied_is_measured_by_its_own_bounds():
     )
     assert done.returncode == 0, (done.returncode, done.stderr[-2000:])
     assert done.stdout.strip() == "ResourceExhausted 118", done
+
+
+def test_a_thread_switched_to_another_stack_is_measured_again():
+    """Red team round 85: a thread measured on its own stack, then switched by its host
+    to a 256 KiB coroutine stack higher in memory (ucontext, as C coroutine libraries
+    do), was judged by its first stack's bottom: a guest recursing there crashed the
+    process (SIGSEGV). The stack pointer outside the stack measured means measure
+    again."""
+    script = textwrap.dedent(
+        f"""
+        import ctypes, threading, wasmsbx
+        from wasmsbx import errors
+        box = wasmsbx.Sandbox({RECURSE.encode()!r})
+        libc = ctypes.CDLL(None)
+        libc.mmap.restype = ctypes.c_void_p
+        libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
+                              ctypes.c_int, ctypes.c_long]
+        size = 256 << 10
+        region = libc.mmap(None, size + 4096, 3, 0x22, -1, 0)  # (above the thread's stack)
+        libc.mprotect(ctypes.c_void_p(region), 4096, 0)  # its guard page
+        main_uc = ctypes.create_string_buffer(4096)
+        co_uc = ctypes.create_string_buffer(4096)
+        out = []
+        def body():
+            try:
+                out.append(repr(box.call("rec", 0)))
+            except errors.WasmsbxError as exc:
+                out.append(f"{{type(exc).__name__}} {{exc.exit_code}}")
+        callback = ctypes.CFUNCTYPE(None)(body)
+        def thread():
+            try:
+                box.call("rec", 0)
+            except errors.StackExhausted:
+                pass  # (measured on the thread's own 8 MiB stack: room enough)
+            libc.getcontext(co_uc)  # uc_link, then uc_stack's ss_sp, ss_flags, ss_size
+            ctypes.c_void_p.from_buffer(co_uc, 8).value = ctypes.addressof(main_uc)
+            ctypes.c_void_p.from_buffer(co_uc, 16).value = region + 4096
+            ctypes.c_int.from_buffer(co_uc, 24).value = 0
+            ctypes.c_size_t.from_buffer(co_uc, 32).value = size
+            libc.makecontext(co_uc, callback, 0)
+            libc.swapcontext(main_uc, co_uc)
+        threading.stack_size(8 << 20)
+        t = threading.Thread(target=thread)
+        t.start(); t.join()
+        print(out[0])
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, (done.returncode, done.stderr[-2000:])
+    assert done.stdout.strip() == "ResourceExhausted 118", done

@@ -69,12 +69,15 @@ def fits(seen: Any, wanted: int) -> bool:
     thread's SEEN) knows; False when it must be measured (``_check``). The stack pointer
     is read at every entry: a caller first shallow, then deep in its own stack (its
     room remembered from the shallow call) left the guest too little and crashed (red
-    team round 81)."""
+    team round 81). A pointer outside the stack measured (a host that switched this
+    thread to another stack: a coroutine library's ucontext) is measured again: its
+    room was taken from the old stack's bottom, and a guest crashed the process (red
+    team round 85)."""
     base = getattr(seen, "base", None)
     if base is None:
         return wanted <= getattr(seen, "room", 0)
     sp = _sp()
-    return sp is not None and sp - base >= wanted
+    return sp is not None and base + wanted <= sp < seen.top
 
 
 def leave(used: int) -> None:
@@ -93,14 +96,17 @@ def _check(seen: Any, wanted: int, stack: int, used: int) -> None:
     too low); refuse ``wanted`` if it does not fit; remember the room that needs no
     measuring again."""
     where = getattr(seen, "where", None)
-    if where is None:
-        where = seen.where = _where()
     sp = None if where is False else _sp()
+    if where is None or (where and sp is not None and not where[0] <= sp < where[1]):
+        # (first here, or on another stack than the one measured: see fits)
+        where = seen.where = _where()
+        sp = None if where is False else _sp()
     if sp is None:  # (not measurable here: the whole thread's size, as before)
         seen.base = None
         total = free = seen.room = _fallback_room(wanted)
     else:
         low, high, grows = where
+        seen.top = high
         if grows:  # the process's own stack: down to the soft limit, which may rise
             total = _soft_limit()
             if sp - (high - total) < wanted:

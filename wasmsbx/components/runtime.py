@@ -238,6 +238,7 @@ class ComponentInstance:
         # none for a component that cannot reach them (no thread, no descriptors: many
         # components are functions without output)
         self.pipes = OutputPipes() if writes_output(import_names) else None
+        self.uses_wasi = any(str(name).startswith("wasi:") for name in import_names)
         check_imports(import_names)
         self.store = wasmtime.Store(engine.engine)
         try:
@@ -251,7 +252,13 @@ class ComponentInstance:
         engine, limits = self.engine, self.limits
         self._set_limits()
         self.outputs = set_wasi(
-            self.store, wasi, self.budget, limits.seconds(), self._stuck_opening, self.pipes
+            self.store,
+            wasi,
+            self.budget,
+            limits.seconds(),
+            self._stuck_opening,
+            self.pipes,
+            io=self.uses_wasi,
         )
         linker = wc.Linker(engine.engine)
         linker.add_wasip2()
@@ -302,13 +309,19 @@ class ComponentInstance:
         """A fork's child may not run an instance made before the fork whose output goes
         through pipes: its parent's thread reads them (red team round 80). Before the
         turn is waited for: a call another thread ran at the fork holds it for good in
-        the child, which waited out the timeout (112) instead (round 81)."""
+        the child, which waited out the timeout (112) instead (round 81). Nor any
+        instance using WASI in a child forked after WASI was set up (round 85:
+        ``refuse_forked_wasi``)."""
         if self.pipes is not None and self.pipes.forked:
             raise errors.UsageError(
                 f"cannot run {where}: this component's output goes through pipes its "
                 "parent process reads (the instance was made before os.fork())",
                 hint="make the sandbox in this process (after the fork)",
             )
+        if self.uses_wasi:
+            from ..backends.wasmtime.backend import refuse_forked_wasi
+
+            refuse_forked_wasi()
 
     def _check_host(self) -> None:
         """Refuse, before instantiating, a component whose core instances would hold

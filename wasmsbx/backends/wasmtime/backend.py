@@ -144,6 +144,32 @@ def _refused(budget: Optional[_Budget]) -> int:
     return 0 if budget is None else budget.refused
 
 
+# wasmtime's WASI does its I/O on a runtime whose threads a fork does not copy: in a
+# child forked after a WASI guest was set up in its parent, a guest's write waited for
+# ever, past every timeout (red team round 85). [set up here, forked after that]
+_WASI = [False, False]
+
+
+def _wasi_forked() -> None:
+    _WASI[1] = _WASI[0]
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_wasi_forked)
+
+
+def refuse_forked_wasi() -> None:
+    """A UsageError in a process forked after a WASI guest was set up in its parent."""
+    if _WASI[1]:
+        raise errors.UsageError(
+            "cannot run a WASI guest in this process: it was forked (os.fork) after its "
+            "parent had set up WASI guests, and wasmtime's WASI needs threads a fork does "
+            "not copy (the guest's output or file I/O would wait for ever)",
+            hint="start workers with multiprocessing's 'spawn' or 'forkserver' method, or "
+            "fork before the parent runs any WASI guest",
+        )
+
+
 def set_wasi(
     store: Any,
     wasi: WasiSetup,
@@ -151,6 +177,7 @@ def set_wasi(
     seconds: float,
     stuck: Callable,
     pipes: Any = None,
+    io: bool = True,
 ) -> list:
     """WASI for ``store``, a core module's (preview1) or a component's (WASI 0.2): one
     ``wasmtime.WasiConfig`` serves both. Returns the guest's [stdout, stderr] sinks
@@ -161,6 +188,9 @@ def set_wasi(
     stderr count against ``budget``. wasmtime opens a stdin path itself, and a FIFO's
     open waits for a writer: the keeper watches it like a blocked host call (``stuck``
     gives the error; the command line's hard stop ends it at the deadline, exit 112)."""
+    if io:  # (``io``: the guest imports WASI; a component's may not)
+        refuse_forked_wasi()
+        _WASI[0] = True
     opened = None
     if wasi.grants:
         from ...native import trust
@@ -878,6 +908,7 @@ class WasmtimeInstance(Instance):
         arm_epoch = functools.partial(RAW_SET_EPOCH_DEADLINE, context)
         limits, clock, stuck = self.limits, self.engine.clock, self._stuck
         enter, leave = KEEPER.enter, KEEPER.leave
+        wasi_state = _WASI
         stack, need, seen = limits.stack, stack_need(limits.stack), STACK_SEEN
         group = self.group
         busy = group.busy
@@ -893,6 +924,8 @@ class WasmtimeInstance(Instance):
             deep = host_calls.depth or self._host is not None or self.outputs
             if deep:  # (inlined _calls_back: room on the stack for the guest's calls)
                 check_reentry(True)
+                if wasi_state[1] and self.outputs:  # (forked: see refuse_forked_wasi)
+                    refuse_forked_wasi()
             if not busy.acquire(False) and _occupied(group, self.limits.timeout):
                 return self._reentered(func, types, parse(args), name)
             try:
@@ -1111,6 +1144,8 @@ class WasmtimeInstance(Instance):
     def _guarded(self, where: str, func: Any, *args: Any) -> Any:
         """``func(*args)`` under the deadline: the keeper watches it, the store is armed
         with the epoch delta the keeper computed (one FFI call)."""
+        if _WASI[1] and self.outputs:  # (a WASI instance, in a fork's child)
+            refuse_forked_wasi()
         seconds = self.limits.seconds()
         if self.call_timeout is not None:  # a per-call timeout= (only ever lower)
             seconds = min(seconds, self.call_timeout)
