@@ -388,3 +388,74 @@ def test_a_thread_switched_to_another_stack_is_measured_again():
     )
     assert done.returncode == 0, (done.returncode, done.stderr[-2000:])
     assert done.stdout.strip() == "ResourceExhausted 118", done
+
+
+_COROUTINE = """
+import ctypes, threading, wasmsbx
+from wasmsbx import errors
+from wasmsbx.backends import stackroom
+box = wasmsbx.Sandbox({recurse!r})
+libc = ctypes.CDLL(None)
+libc.malloc.restype = ctypes.c_void_p
+libc.malloc.argtypes = [ctypes.c_size_t]
+libc.mmap.restype = ctypes.c_void_p
+libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
+                      ctypes.c_int, ctypes.c_long]
+size = 2 << 20  # (room enough for the guest's 512 KiB, where the stack can be measured)
+if {kind!r} == "malloc":
+    stack = libc.malloc(size)  # (in the heap, or a mapping shared with what comes next)
+    victim = bytearray(4 << 20)
+else:  # a mapping of its own, a guard page below it, as coroutine libraries make them
+    region = libc.mmap(None, size + 4096, 3, 0x22, -1, 0)
+    libc.mprotect(ctypes.c_void_p(region), 4096, 0)
+    stack = region + 4096
+main_uc = ctypes.create_string_buffer(4096)
+co_uc = ctypes.create_string_buffer(4096)
+out, reads = [], []
+mapped = stackroom._mapped
+stackroom._mapped = lambda sp: reads.append(sp) or mapped(sp)
+def body():
+    for _ in range({calls}):
+        try:
+            out.append(repr(box.call("rec", 0)))
+        except errors.WasmsbxError as exc:
+            out.append(f"{{type(exc).__name__}} {{exc.exit_code}}")
+        libc.swapcontext(co_uc, main_uc)  # (back to the thread's own stack, and again)
+callback = ctypes.CFUNCTYPE(None)(body)
+def thread():
+    libc.getcontext(co_uc)
+    ctypes.c_void_p.from_buffer(co_uc, 8).value = ctypes.addressof(main_uc)
+    ctypes.c_void_p.from_buffer(co_uc, 16).value = stack
+    ctypes.c_int.from_buffer(co_uc, 24).value = 0
+    ctypes.c_size_t.from_buffer(co_uc, 32).value = size
+    libc.makecontext(co_uc, callback, 0)
+    for _ in range({calls}):
+        try:
+            box.call("rec", 0)
+        except errors.StackExhausted:
+            pass
+        libc.swapcontext(main_uc, co_uc)
+threading.stack_size(8 << 20)
+t = threading.Thread(target=thread)
+t.start(); t.join()
+print(sorted(set(out)), len(reads))
+"""
+
+
+@pytest.mark.parametrize("kind", ["malloc", "guarded"])
+def test_a_coroutine_stack_is_trusted_only_in_a_guarded_mapping_of_its_own(kind):
+    """Red team round 86: a coroutine stack in malloc'd memory (the heap, or a mapping it
+    shares) was measured as its whole mapping: a guest recursing there overwrote the
+    host's memory (a crash at exit, or data silently changed). Such a stack is refused
+    (118); one in a mapping of its own with a guard page below is measured, and a thread
+    switching between its stack and a coroutine's reads the maps once per stack, not at
+    every call (round 86: 60 us a call)."""
+    script = _COROUTINE.format(recurse=RECURSE.encode(), kind=kind, calls=50)
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, (done.returncode, done.stderr[-2000:])
+    outcomes, reads = done.stdout.strip().rsplit(" ", 1)
+    expected = "['ResourceExhausted 118']" if kind == "malloc" else "['StackExhausted 113']"
+    assert outcomes == expected, done
+    assert int(reads) <= 2, done  # (the thread's stack, the coroutine's: once each)

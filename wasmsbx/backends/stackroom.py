@@ -99,15 +99,19 @@ def _check(seen: Any, wanted: int, stack: int, used: int) -> None:
     sp = None if where is False else _sp()
     if where is None or (where and sp is not None and not where[0] <= sp < where[1]):
         # (first here, or on another stack than the one measured: see fits)
-        where = seen.where = _where()
+        where = seen.where = _where(seen)
         sp = None if where is False else _sp()
     if sp is None:  # (not measurable here: the whole thread's size, as before)
         seen.base = None
         total = free = seen.room = _fallback_room(wanted)
     else:
-        low, high, grows = where
+        low, high, kind = where
+        if kind == "unknown":
+            seen.base = None
+            seen.room = 0
+            _refuse_unknown()
         seen.top = high
-        if grows:  # the process's own stack: down to the soft limit, which may rise
+        if kind == "grows":  # the process's own stack: down to the soft limit, may rise
             total = _soft_limit()
             if sp - (high - total) < wanted:
                 total = _raise_soft((high - sp) + wanted)
@@ -120,38 +124,82 @@ def _check(seen: Any, wanted: int, stack: int, used: int) -> None:
         _refuse(stack, total, free, used)
 
 
-def _where() -> Any:
-    """(lowest address, highest address, whether it grows) of the stack this thread
-    runs on, from the mapping that holds its stack pointer (/proc/self/maps): the
-    process's own stack (``[stack]``, growing to the soft RLIMIT_STACK) or a thread's,
-    fixed. By address, not by ``threading.main_thread()``, which after a fork from
-    another thread names that thread, whose stack is fixed (red team round 80). False
-    if not measurable here."""
+KNOWN = 4  # stacks a thread remembers (a host switching it between a few: no re-reading)
+
+
+def _where(seen: Any = None) -> Any:
+    """(lowest address, highest address, kind) of the stack this thread runs on, from
+    the mapping that holds its stack pointer (/proc/self/maps). Kinds: "grows", the
+    process's own stack (``[stack]``, growing to the soft RLIMIT_STACK); "fixed", a
+    thread's own stack (within its pthread bounds) or a stack in an anonymous mapping of
+    its own with a guard page right below it (a coroutine stack made as libraries make
+    them); "unknown", anything else: a stack in malloc'd memory (the heap) or in a
+    mapping it shares, whose bounds cannot be known (red team round 86: a guest on such
+    a coroutine stack overwrote the host's memory). By address, not by
+    ``threading.main_thread()``, which after a fork from another thread names that
+    thread, whose stack is fixed (red team round 80). False if not measurable here.
+    ``seen``: the thread's SEEN, whose last KNOWN stacks are looked at first (a thread
+    its host switches between stacks re-read the maps at every call: round 86)."""
     sp = _sp()
     if sp is None:
         return False
+    known = getattr(seen, "known", None) if seen is not None else None
+    for found in known or ():
+        if found[0] <= sp < found[1]:
+            return found
+    found = _mapped(sp)
+    if found and seen is not None:
+        if known is None:
+            known = seen.known = []
+        known.insert(0, found)
+        del known[KNOWN:]
+    return found
+
+
+def _mapped(sp: int) -> Any:
+    """``_where``'s answer for ``sp``, read from /proc/self/maps."""
     try:
         with open("/proc/self/maps", "rb") as maps:
+            below_end, below_guard = -1, False  # (the mapping just before, if adjacent)
             for line in maps:
                 span, _, rest = line.partition(b" ")
                 start, _, stop = span.partition(b"-")
                 low, high = int(start, 16), int(stop, 16)
                 if low <= sp < high:
-                    grows = rest.rstrip().endswith(b"[stack]") or _initial()
-                    if not grows:
-                        # The mapping may hold more than the stack: one its creator
-                        # supplied (pthread_attr_setstack on malloc'd memory) has no
-                        # guard page below it, and memory allocated after it merges into
-                        # the same mapping (red team round 84: 320 KiB measured as 6 MiB,
-                        # a guest ran and crashed the process). The thread's own bounds
-                        # say where its stack is.
-                        bounds = _thread_stack()
-                        if bounds is not None and bounds[0] <= sp < bounds[0] + bounds[1]:
-                            low, high = max(low, bounds[0]), min(high, bounds[0] + bounds[1])
-                    return low, high, grows
+                    fields = rest.split()
+                    if rest.rstrip().endswith(b"[stack]") or _initial():
+                        return low, high, "grows"
+                    # The mapping may hold more than the stack: one its creator supplied
+                    # (pthread_attr_setstack on malloc'd memory) has no guard page below
+                    # it, and memory allocated after it merges into the same mapping (red
+                    # team round 84: 320 KiB measured as 6 MiB, a guest ran and crashed
+                    # the process). The thread's own bounds say where its stack is.
+                    bounds = _thread_stack()
+                    if bounds is not None and bounds[0] <= sp < bounds[0] + bounds[1]:
+                        low, high = max(low, bounds[0]), min(high, bounds[0] + bounds[1])
+                        return low, high, "fixed"
+                    anonymous = len(fields) < 5  # (perms, offset, dev, inode: no name)
+                    if anonymous and below_guard and below_end == low:
+                        return low, high, "fixed"
+                    return low, high, "unknown"
+                below_end, below_guard = high, rest.startswith(b"---")
     except (OSError, ValueError):
         pass
     return False
+
+
+def _refuse_unknown() -> None:
+    from ..errors import ResourceExhausted
+
+    raise ResourceExhausted(
+        "this thread runs on a stack wasmsbx cannot measure (one its host switched to, in "
+        "malloc'd memory or a mapping it shares, with no guard page below it): a guest "
+        "recursing to its limit could overwrite the host's memory",
+        hint=(
+            "call guests from a thread's own stack, or give the coroutine stack a mapping "
+            "of its own with a guard page below it (mmap, then mprotect its lowest page)"
+        ),
+    )
 
 
 _GETCONTEXT: Any = None  # libc's getcontext (False: the stack pointer is not known here)

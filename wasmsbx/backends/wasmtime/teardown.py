@@ -77,6 +77,10 @@ def release(wait: float = WAIT) -> bool:
         except Exception:  # noqa: BLE001 - exiting: a store that cannot close is left
             pass
     _STORES.clear()
+    from .backend import _WASI
+
+    if _WASI[1]:  # a child forked after WASI ran: wasmtime's workers did not come along,
+        return False  # so nothing will let go of the callbacks (it waited 2 s: round 86)
     until = time.monotonic() + wait
     while _held():
         if time.monotonic() >= until:
