@@ -131,11 +131,12 @@ def _where(seen: Any = None) -> Any:
     """(lowest address, highest address, kind) of the stack this thread runs on, from
     the mapping that holds its stack pointer (/proc/self/maps). Kinds: "grows", the
     process's own stack (``[stack]``, growing to the soft RLIMIT_STACK); "fixed", a
-    thread's own stack (within its pthread bounds) or a stack in an anonymous mapping of
-    its own with a guard page right below it (a coroutine stack made as libraries make
-    them); "unknown", anything else: a stack in malloc'd memory (the heap) or in a
-    mapping it shares, whose bounds cannot be known (red team round 86: a guest on such
-    a coroutine stack overwrote the host's memory). By address, not by
+    thread's own stack (within its pthread bounds); "unknown", a stack the host switched
+    the thread to (a coroutine library's ``makecontext``), whose bounds cannot be known:
+    in malloc'd memory or a shared mapping, a guest on it overwrote the host's memory
+    (red team round 86), and a mapping of its own cannot be told from one merged with
+    its neighbours (a guard page below a mapping is no proof: a wasm memory's
+    reservation is one). By address, not by
     ``threading.main_thread()``, which after a fork from another thread names that
     thread, whose stack is fixed (red team round 80). False if not measurable here.
     ``seen``: the thread's SEEN, whose last KNOWN stacks are looked at first (a thread
@@ -160,13 +161,11 @@ def _mapped(sp: int) -> Any:
     """``_where``'s answer for ``sp``, read from /proc/self/maps."""
     try:
         with open("/proc/self/maps", "rb") as maps:
-            below_end, below_guard = -1, False  # (the mapping just before, if adjacent)
             for line in maps:
                 span, _, rest = line.partition(b" ")
                 start, _, stop = span.partition(b"-")
                 low, high = int(start, 16), int(stop, 16)
                 if low <= sp < high:
-                    fields = rest.split()
                     if rest.rstrip().endswith(b"[stack]") or _initial():
                         return low, high, "grows"
                     # The mapping may hold more than the stack: one its creator supplied
@@ -178,11 +177,7 @@ def _mapped(sp: int) -> Any:
                     if bounds is not None and bounds[0] <= sp < bounds[0] + bounds[1]:
                         low, high = max(low, bounds[0]), min(high, bounds[0] + bounds[1])
                         return low, high, "fixed"
-                    anonymous = len(fields) < 5  # (perms, offset, dev, inode: no name)
-                    if anonymous and below_guard and below_end == low:
-                        return low, high, "fixed"
                     return low, high, "unknown"
-                below_end, below_guard = high, rest.startswith(b"---")
     except (OSError, ValueError):
         pass
     return False
@@ -192,13 +187,10 @@ def _refuse_unknown() -> None:
     from ..errors import ResourceExhausted
 
     raise ResourceExhausted(
-        "this thread runs on a stack wasmsbx cannot measure (one its host switched to, in "
-        "malloc'd memory or a mapping it shares, with no guard page below it): a guest "
-        "recursing to its limit could overwrite the host's memory",
-        hint=(
-            "call guests from a thread's own stack, or give the coroutine stack a mapping "
-            "of its own with a guard page below it (mmap, then mprotect its lowest page)"
-        ),
+        "this thread runs on a stack wasmsbx cannot measure (one its host switched it "
+        "to, not the thread's own): a guest recursing to its limit could overwrite the "
+        "host's memory",
+        hint="call guests from a thread's own stack (a thread, not a coroutine of a C library)",
     )
 
 

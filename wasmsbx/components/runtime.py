@@ -319,7 +319,7 @@ class ComponentInstance:
                 hint="make the sandbox in this process (after the fork)",
             )
         if self.uses_wasi:
-            from ..backends.wasmtime.backend import refuse_forked_wasi
+            from ..backends.wasmtime.teardown import refuse_forked_wasi
 
             refuse_forked_wasi()
 

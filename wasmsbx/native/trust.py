@@ -554,15 +554,14 @@ def refuse_stdin(fd: int, path: str) -> None:
 
 def names_procfs(path: str) -> bool:
     """Whether ``path`` names a file of a procfs and never leaves one on the way there:
-    every folder and link the kernel walks to open it (``runner.sandbox._walked``) lies
+    every folder and link the kernel walks to open it (``trustdir.walked``) lies
     in a procfs mount. ``/proc/cpuinfo`` and ``/proc/self/environ`` do; a file that leads
     there does not, nor one reached through /proc (``/proc/self/cwd/in.txt``, where
     ``in.txt`` is a link a guest of another run planted: red team round 85)."""
-    from ..runner.sandbox import _walked  # (a path walk, no sandbox: imported when asked)
+    from .trustdir import walked
 
     mounts = proc_mounts()
-    walked = _walked(os.path.abspath(path))
-    inside = [p for p in walked if p != os.sep]
+    inside = [p for p in walked(os.path.abspath(path)) if p != os.sep]
     return bool(inside) and all(any(_within(p, m) for m in mounts) for p in inside)
 
 

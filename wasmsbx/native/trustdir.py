@@ -8,6 +8,7 @@ write there for anyone else) need the answer; ``trust`` writes its key files thr
 from __future__ import annotations
 
 import os
+import stat
 import sys
 
 _MEMO: dict = {}  # (what, the variables it depends on) -> answer: asked on every cached load
@@ -154,3 +155,39 @@ def in_trust_dir(path: str) -> bool:
     """Whether ``path`` (symlinks followed, a missing tail too) is the trust folder or
     lies inside it."""
     return within(os.path.realpath(path), os.path.realpath(trust_dir_text()))
+
+
+def walked(path: str) -> list:
+    """Every folder and file the kernel passes through to open absolute ``path``, links
+    followed as it follows them (``a/..`` is the parent of where ``a`` leads, not ``.``;
+    a link's target is walked component by component). Each is a path free of links."""
+    pending = [part for part in reversed(path.split(os.sep)) if part]
+    current, seen, hops = os.sep, [os.sep], 0
+    while pending:
+        name = pending.pop()
+        if name == ".":
+            continue
+        if name == "..":
+            current = os.path.dirname(current)
+            seen.append(current)
+            continue
+        candidate = os.path.join(current, name)
+        try:
+            is_link = stat.S_ISLNK(os.lstat(candidate).st_mode)
+        except OSError:  # missing (to be created) or unreadable: the open decides
+            is_link = False
+        if is_link:
+            hops += 1
+            if hops > 40:  # ELOOP: the open fails as well
+                break
+            try:
+                target = os.readlink(candidate)
+            except OSError:  # replaced meanwhile: the open decides
+                break
+            if os.path.isabs(target):
+                current = os.sep
+            pending.extend(part for part in reversed(target.split(os.sep)) if part)
+            continue
+        current = candidate
+        seen.append(current)
+    return seen

@@ -431,42 +431,6 @@ def _pin_stdio(policy: policy_mod.Policy) -> policy_mod.Policy:
     return pinned
 
 
-def _walked(path: str) -> list:
-    """Every folder and file the kernel passes through to open absolute ``path``, links
-    followed as it follows them (``a/..`` is the parent of where ``a`` leads, not ``.``;
-    a link's target is walked component by component). Each is a path free of links."""
-    pending = [part for part in reversed(path.split(os.sep)) if part]
-    current, seen, hops = os.sep, [os.sep], 0
-    while pending:
-        name = pending.pop()
-        if name == ".":
-            continue
-        if name == "..":
-            current = os.path.dirname(current)
-            seen.append(current)
-            continue
-        candidate = os.path.join(current, name)
-        try:
-            is_link = stat.S_ISLNK(os.lstat(candidate).st_mode)
-        except OSError:  # missing (to be created) or unreadable: the open decides
-            is_link = False
-        if is_link:
-            hops += 1
-            if hops > 40:  # ELOOP: the open fails as well
-                break
-            try:
-                target = os.readlink(candidate)
-            except OSError:  # replaced meanwhile: the open decides
-                break
-            if os.path.isabs(target):
-                current = os.sep
-            pending.extend(part for part in reversed(target.split(os.sep)) if part)
-            continue
-        current = candidate
-        seen.append(current)
-    return seen
-
-
 def _identity(path: str) -> Any:
     """(device, inode) of the folder at ``path``, or None."""
     try:
@@ -497,7 +461,7 @@ def _refuse_guest_writable(policy: policy_mod.Policy, key: str, target: str) -> 
 
 def writable_grant_on_way(policy: policy_mod.Policy, target: str) -> Any:
     """The read-write grant of ``policy`` that ``target`` lies in or is reached through
-    (every folder the kernel walks to open it: ``_walked``), or None. Also used for the
+    (every folder the kernel walks to open it: ``trustdir.walked``), or None. Also used for the
     files a run reads or keeps (cli/crossed.py refuse_in_grants)."""
     writable = [g for g in policy.grants if g.writable]
     if not writable:
@@ -508,7 +472,9 @@ def writable_grant_on_way(policy: policy_mod.Policy, target: str) -> Any:
     granted = {_identity(g.host): g for g in writable}
     granted.pop(None, None)
     path = target if os.path.isabs(target) else os.path.join(os.getcwd(), target)
-    for real in _walked(path):
+    from ..native.trustdir import walked
+
+    for real in walked(path):
         for grant in writable:
             if within(real, grant.host) or granted.get(_identity(real)) is grant:
                 return grant

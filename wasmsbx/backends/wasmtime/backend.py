@@ -144,30 +144,9 @@ def _refused(budget: Optional[_Budget]) -> int:
     return 0 if budget is None else budget.refused
 
 
-# wasmtime's WASI does its I/O on a runtime whose threads a fork does not copy: in a
-# child forked after a WASI guest was set up in its parent, a guest's write waited for
-# ever, past every timeout (red team round 85). [set up here, forked after that]
-_WASI = [False, False]
-
-
-def _wasi_forked() -> None:
-    _WASI[1] = _WASI[0]
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_wasi_forked)
-
-
-def refuse_forked_wasi() -> None:
-    """A UsageError in a process forked after a WASI guest was set up in its parent."""
-    if _WASI[1]:
-        raise errors.UsageError(
-            "cannot run a WASI guest in this process: it was forked (os.fork) after its "
-            "parent had set up WASI guests, and wasmtime's WASI needs threads a fork does "
-            "not copy (the guest's output or file I/O would wait for ever)",
-            hint="start workers with multiprocessing's 'spawn' or 'forkserver' method, or "
-            "fork before the parent runs any WASI guest",
-        )
+# (in a fork's child after WASI ran: refused, teardown.refuse_forked_wasi)
+_WASI = teardown.WASI
+refuse_forked_wasi = teardown.refuse_forked_wasi
 
 
 def set_wasi(

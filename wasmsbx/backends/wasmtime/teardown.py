@@ -24,6 +24,7 @@ more. The ``wasmsbx`` command leaves with ``os._exit`` and never runs it.
 from __future__ import annotations
 
 import atexit
+import os
 import time
 import weakref
 from typing import Any
@@ -77,9 +78,7 @@ def release(wait: float = WAIT) -> bool:
         except Exception:  # noqa: BLE001 - exiting: a store that cannot close is left
             pass
     _STORES.clear()
-    from .backend import _WASI
-
-    if _WASI[1]:  # a child forked after WASI ran: wasmtime's workers did not come along,
+    if WASI[1]:  # a child forked after WASI ran: wasmtime's workers did not come along,
         return False  # so nothing will let go of the callbacks (it waited 2 s: round 86)
     until = time.monotonic() + wait
     while _held():
@@ -126,3 +125,31 @@ def _held() -> bool:
     if not isinstance(handles, dict):
         return False  # another wasmtime-py layout: nothing to wait for that we can see
     return any(v in _OUTPUTS for v in list(handles.values()))
+
+
+# wasmtime's WASI does its I/O on a runtime whose threads a fork does not copy: in a
+# child forked after a WASI guest was set up in its parent, a guest's write waited for
+# ever, past every timeout (red team round 85). [set up here, forked after that]
+WASI = [False, False]
+
+
+def _wasi_forked() -> None:
+    WASI[1] = WASI[0]
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_wasi_forked)
+
+
+def refuse_forked_wasi() -> None:
+    """A UsageError in a process forked after a WASI guest was set up in its parent."""
+    if WASI[1]:
+        from ... import errors
+
+        raise errors.UsageError(
+            "cannot run a WASI guest in this process: it was forked (os.fork) after its "
+            "parent had set up WASI guests, and wasmtime's WASI needs threads a fork does "
+            "not copy (the guest's output or file I/O would wait for ever)",
+            hint="start workers with multiprocessing's 'spawn' or 'forkserver' method, or "
+            "fork before the parent runs any WASI guest",
+        )
