@@ -295,11 +295,10 @@ class Grant(namedtuple("Grant", "host guest writable")):
     __slots__ = ()
 
     def __new__(cls, host: str, guest: str, writable: bool) -> Grant:
-        try:
-            real = os.path.realpath(host)
-        except OSError:  # (a link in it replaced as it was read: refused when opened)
-            real = os.path.abspath(host)
-        return super().__new__(cls, real, guest, writable)
+        from .native.trustdir import resolved
+
+        # (a link replaced as it is read: the path as given, refused when opened)
+        return super().__new__(cls, resolved(host), guest, writable)
 
     def to_dict(self) -> dict:
         return self._asdict()

@@ -107,19 +107,22 @@ def real(path: str) -> str:
     of every process), else realpath's own answer (the path made absolute if a link in
     it changes as realpath reads it: it raised FileNotFoundError, red team round 82)."""
     if not _O_PATH:  # pragma: no cover - Linux is the supported platform
-        return _realpath(path)
+        return resolved(path)
     try:
         fd = os.open(path, _O_PATH | os.O_CLOEXEC)
     except (OSError, ValueError):
-        return _realpath(path)
+        return resolved(path)
     try:
         found = proc_target(f"/proc/self/fd/{fd}")
     finally:
         os.close(fd)
-    return found or _realpath(path)
+    return found or resolved(path)
 
 
-def _realpath(path: str) -> str:
+def resolved(path: str) -> str:
+    """``os.path.realpath(path)``, or ``path`` made absolute if a link in it changes as
+    realpath reads it (Python's non-strict realpath raises FileNotFoundError then: a
+    guest swapping a granted folder for a link made that exit 100, red team round 82)."""
     try:
         return os.path.realpath(path)
     except OSError:

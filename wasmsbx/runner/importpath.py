@@ -19,6 +19,8 @@ import warnings
 from collections.abc import Sequence
 from typing import Any, Optional
 
+from ..native.trustdir import resolved
+
 # What a sandbox imports after it is made (calls, errors, batch with workers, stream,
 # audit), beyond warm.WARM_IMPORTS: tests/test_planted_modules.py checks that nothing
 # else is imported, through the file system, once a sandbox is made.
@@ -62,22 +64,12 @@ def _entries() -> list:
     return out
 
 
-def _real(path: str) -> str:
-    """``os.path.realpath``, or the path made absolute when a link in it changes as it
-    is read (realpath raised FileNotFoundError: a guest swapping a granted folder for a
-    link made that an internal error, red team round 82)."""
-    try:
-        return os.path.realpath(path)
-    except OSError:
-        return os.path.abspath(path)
-
-
 def exposed(grants: Sequence[Any]) -> list:
     """(path entry, granted folder) for each entry of ``sys.path`` that lies in a folder
     the guest may write."""
     from ..native.trustdir import within
 
-    writable = [(g.host, _real(g.host)) for g in grants if g.writable]
+    writable = [(g.host, resolved(g.host)) for g in grants if g.writable]
     if not writable:
         return []
     return [
@@ -111,7 +103,7 @@ def guard(grants: Sequence[Any], component: bool = False) -> None:
     if not found:
         return
     for _, folder in found:
-        real = _real(folder)
+        real = resolved(folder)
         if real not in EXPOSED:
             EXPOSED.append(real)
     from .warm import WARM_COMPONENTS, WARM_IMPORTS, warm_imports
@@ -178,4 +170,4 @@ def seal(grants: Sequence[Any]) -> None:
     only: host functions do not travel to batch workers)."""
     from ..backends.compiling import safe_path
 
-    sys.path[:] = _without(safe_path(), [_real(g.host) for g in grants if g.writable])
+    sys.path[:] = _without(safe_path(), [resolved(g.host) for g in grants if g.writable])
