@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from .. import errors
+from .trustdir import in_trust_dir
 from .trustdir import proc_target as _proc_target
 from .trustdir import real as _real
 from .trustdir import trust_dir_text as _trust_dir_text
@@ -469,6 +470,12 @@ def fd_path(fd: int) -> str:
     return f"/proc/self/fd/{fd}"
 
 
+def by_descriptor() -> bool:
+    """Whether files can be handed on by descriptor here (/proc/self/fd), so that what
+    was checked is what the runtime opens (``open_grants``, ``open_stdin``)."""
+    return os.path.isdir("/proc/self/fd")
+
+
 def open_grants(grants: list) -> Optional[list]:
     """Each granted directory opened once: [(descriptor, real path)], the descriptors
     O_PATH (close them when done); None where /proc/self/fd is missing (then the names
@@ -483,7 +490,7 @@ def open_grants(grants: list) -> Optional[list]:
     must still be the grant's (resolved when the policy was read: a folder moved, replaced
     by a link or removed since is refused), and the runtime opens it through
     /proc/self/fd/N."""
-    if not grants or not os.path.isdir("/proc/self/fd"):
+    if not grants or not by_descriptor():
         return None
     flags = os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC
     opened: list = []
@@ -527,6 +534,23 @@ def _grant_gone(grant: Any, why: str) -> errors.PolicyError:
     )
 
 
+def open_stdin(path: str) -> Optional[int]:
+    """The guest's stdin file found once (an ``O_PATH`` descriptor: no open of a FIFO,
+    whose writer a second open would miss, red team round 84) and checked
+    (``refuse_stdin``): the runtime is to open this very file through ``fd_path``.
+    None where there are no descriptor paths (the runtime opens the name). OSError if it
+    cannot be found; close the descriptor when done."""
+    if not by_descriptor():
+        return None
+    fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
+    try:
+        refuse_stdin(fd, path)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
 def refuse_stdin(fd: int, path: str) -> None:
     """A PolicyError if the guest's stdin file ``path``, open as ``fd`` (``O_PATH`` will
     do), is in the trust folder, or on a procfs while ``path`` does not name one. A link
@@ -537,10 +561,10 @@ def refuse_stdin(fd: int, path: str) -> None:
     from ..errors import inert
 
     real = _proc_target(fd_path(fd))
-    keys = _real(trust_dir())
-    if real and _within(real, keys):
+    if real and in_trust_dir(real):
         raise errors.PolicyError(
-            f"the guest's stdin {inert(path)} is in the trust folder ({keys}): a guest "
+            f"the guest's stdin {inert(path)} is in the trust folder "
+            f"({_trust_dir_text()}): a guest "
             "that read your wasmsbx keys could forge native code",
             hint="give a file outside the trust folder (was it replaced by a link?)",
         )

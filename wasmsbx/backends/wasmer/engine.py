@@ -569,15 +569,13 @@ def _check_stdin(stdin: Any) -> None:
     round 84). A file that cannot be found is the child's to report."""
     if not isinstance(stdin, str) or stdin in ("inherit", "null"):
         return
+    from ...native.trust import open_stdin
+
     try:
-        fd = os.open(stdin, os.O_PATH | os.O_CLOEXEC)
+        fd = open_stdin(stdin)
     except OSError:
         return
-    try:
-        from ...native.trust import refuse_stdin
-
-        refuse_stdin(fd, stdin)
-    finally:
+    if fd is not None:
         os.close(fd)
 
 

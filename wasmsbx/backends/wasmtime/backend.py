@@ -217,9 +217,16 @@ def set_wasi(
     watch = KEEPER.enter(None, seconds, stuck)
     try:
         if isinstance(stdin, str) and stdin not in ("inherit", "null"):
-            fd = _open_stdin(stdin)  # the open that may block (a FIFO without a writer)
+            from ...native import trust
+
             try:
-                config.stdin_file = f"/proc/self/fd/{fd}" if fd is not None else stdin
+                fd = trust.open_stdin(stdin)
+            except OSError as exc:
+                raise errors.InputError(
+                    f"cannot open the guest's stdin: {exc.strerror}", path=stdin
+                ) from None
+            try:  # (wasmtime opens it here: the open that may block, a FIFO's)
+                config.stdin_file = stdin if fd is None else trust.fd_path(fd)
             finally:
                 if fd is not None:
                     os.close(fd)
@@ -236,29 +243,6 @@ def set_wasi(
     finally:
         KEEPER.leave(watch)
     return outputs
-
-
-def _open_stdin(path: str) -> Optional[int]:
-    """The guest's stdin file, found once here (an ``O_PATH`` descriptor: no open of a
-    FIFO, whose writer a second open would miss) and checked (``trust.refuse_stdin``);
-    wasmtime then opens this very file through /proc/self/fd/N. None where /proc/self/fd
-    is missing (wasmtime opens the name)."""
-    if not os.path.isdir("/proc/self/fd"):
-        return None
-    try:
-        fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
-    except OSError as exc:
-        raise errors.InputError(
-            f"cannot open the guest's stdin: {exc.strerror}", path=path
-        ) from None
-    try:
-        from ...native.trust import refuse_stdin
-
-        refuse_stdin(fd, path)
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
 
 
 def _bytes_file(data: bytes) -> str:
