@@ -335,8 +335,7 @@ class Service:
         """Build the call's policy, run it in a worker under a hard deadline, account."""
         policy = config_mod.call_policy(self.config, limits)
         self._check_fuel(req["op"], policy)
-        grants = await self._enter_session(req, policy, session) if session else ()
-        room = int(req.get("file_limit") or 0) + SAVE_RESERVE if session else 0
+        grants, room = await self._enter_session(req, policy, session) if session else ((), 0)
         req["policy"] = config_mod.to_wire(policy, grants)
         deadline = deadline_for(policy.values["limits.timeout"], self.config.grace)
         started = time.monotonic()
@@ -434,7 +433,8 @@ class Service:
             )
 
     async def _enter_session(self, req: dict, policy: Any, session: Any) -> tuple:
-        """The session's budget caps the call's memory; its folder is granted as /scratch."""
+        """The session's budget caps the call's memory; its folder is granted as /scratch.
+        (grants, what the session's budget has left now)."""
         from ..policy import Grant
 
         # A hostile session may hold many files: walk them off the event loop.
@@ -445,7 +445,7 @@ class Service:
         # file stopped at EFBIG alone must not take the folder over the budget.
         req["file_limit"] = max(4096, left - SAVE_RESERVE)
         req["scratch"] = str(session.scratch)
-        return (Grant(str(session.scratch), "/scratch", True),)
+        return (Grant(str(session.scratch), "/scratch", True),), left
 
     def _outcome(self, reply: dict, policy: Any, session: Any, log: Any) -> dict:
         """The worker's reply as the tool's result, or the error it carries."""
