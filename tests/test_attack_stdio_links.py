@@ -262,3 +262,18 @@ def test_a_fifo_on_stdin_is_opened_once(cli, tmp_path, backend):
         res = cli(*run, "--", "cat-stdin")
         writer.join(5)
         assert res.code == 0 and res.stdout == "hi-from-fifo\n", res
+
+
+def test_the_identity_of_a_path_changing_as_it_is_read_is_not_an_internal_error(
+    tmp_path, monkeypatch
+):
+    """Red team round 87: a stdin path flipping between a file and a dangling link made
+    realpath raise in the check that runs' outputs are not their inputs (exit 100)."""
+    from wasmsbx.cli import crossed
+
+    def racing(path, *args, **kwargs):
+        raise OSError(22, "Invalid argument", path)
+
+    missing = tmp_path / "gone" / "in.txt"
+    monkeypatch.setattr(os.path, "realpath", racing)
+    assert crossed._identity(str(missing)) == ("new", str(missing))

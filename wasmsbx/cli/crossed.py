@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from .. import errors
+from ..native.trustdir import resolved
 
 SPECIAL = ("inherit", "null", "capture")  # stdio values that are not paths
 
@@ -185,7 +186,9 @@ def _identity(where: Any) -> Optional[tuple]:
     except FileNotFoundError:
         if isinstance(where, int):
             return None
-        return ("new", os.path.realpath(where))
+        # (a link swapped as it is read made realpath raise here, outside the handler
+        # below: exit 100, red team round 87)
+        return ("new", resolved(where))
     except (OSError, ValueError):
         return None
     if not stat.S_ISREG(info.st_mode):

@@ -31,7 +31,6 @@ from pathlib import Path
 from typing import Any, Optional
 
 from .. import errors
-from .trustdir import in_trust_dir
 from .trustdir import proc_target as _proc_target
 from .trustdir import real as _real
 from .trustdir import trust_dir_text as _trust_dir_text
@@ -560,11 +559,13 @@ def refuse_stdin(fd: int, path: str) -> None:
     named as such (``/proc/cpuinfo``) is the user's to give."""
     from ..errors import inert
 
+    # (``real`` is a real path already: trustdir.in_trust_dir's realpath of it raised as a
+    # link on its way was swapped, exit 105 or a wasmer crash, red team round 87)
     real = _proc_target(fd_path(fd))
-    if real and in_trust_dir(real):
+    keys = _real(trust_dir())
+    if real and _within(real, keys):
         raise errors.PolicyError(
-            f"the guest's stdin {inert(path)} is in the trust folder "
-            f"({_trust_dir_text()}): a guest "
+            f"the guest's stdin {inert(path)} is in the trust folder ({keys}): a guest "
             "that read your wasmsbx keys could forge native code",
             hint="give a file outside the trust folder (was it replaced by a link?)",
         )
