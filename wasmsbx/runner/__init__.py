@@ -65,7 +65,7 @@ class Sandbox(_core.Sandbox, Services):
         # methods, with WIT-typed values).
         if _core._PREREAD_SLOT.__dict__:  # (one an __init__ never took: never another's)
             _core._PREREAD_SLOT.__dict__.clear()
-        if cls is not Sandbox or module is None:
+        if cls is not Sandbox or module is None or _planned(module, args, kwargs):
             if _WARM_NEEDED:
                 _warm_for(False)
             return super().__new__(cls)
@@ -84,6 +84,19 @@ class Sandbox(_core.Sandbox, Services):
 
     def __enter__(self) -> Sandbox:  # this class, with batch/stream/audit, for checkers
         return self
+
+    _plannable = True  # (adds no step to __init__: see runner.sandbox._Plan)
+
+
+def _planned(module: Any, args: tuple, kwargs: dict) -> bool:
+    """Whether ``module`` is the bytes object of its policy's plan (runner.sandbox._Plan):
+    a core module, found so when the plan was made (bytes never change)."""
+    if type(module) is not bytes:
+        return False
+    policy = args[0] if args else kwargs.get("policy")
+    found = getattr(policy, "__dict__", None)
+    plan = found.get(_core._PLAN) if found else None
+    return plan is not None and plan.data is module
 
 
 def component_class() -> type:

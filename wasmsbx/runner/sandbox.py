@@ -535,6 +535,73 @@ def _grants_storage(imports: Optional[dict]) -> bool:
 
 
 _NO_CALLERS: Mapping = MappingProxyType({})  # (Sandbox._callers until a caller is made)
+_PLAN = "_wasmsbx_plan"  # the policy attribute that holds its _Plan
+_STDIO_KEYS = ("stdio.stdin", "stdio.stdout", "stdio.stderr")
+
+
+class _Plan:
+    """How the last sandbox of a policy was made from bytes with nothing else given
+    (``Sandbox(module, policy)``, one per tenant: issue #16), so that the next one of
+    the same bytes object under the same policy values sets its attributes from here
+    instead of going through every step again: the steps depend only on the module's
+    bytes (immutable), the policy's values (compared in full, a deep copy of them is
+    kept) and what the process holds for ever (an engine per configuration is never
+    dropped: backends/wasmtime ``engine_for``). Not for anything a step reads from
+    outside: a policy with grants (the import-path guard looks at folders) or with a
+    stdio path (checked on disk), nor for a backend whose engines are not shared.
+
+    One per policy object, replaced by the next module's: a policy holds at most one
+    module's bytes and compiled module alive through it."""
+
+    __slots__ = (
+        "data",
+        "values",
+        "prepared",
+        "selection",
+        "backend_name",
+        "compiler",
+        "engine",
+        "cache_state",
+        "counted",
+        "module",
+        "export_list",
+    )
+
+    @classmethod
+    def remember(cls, box: Sandbox, data: bytes, policy: policy_mod.Policy) -> None:
+        """A plan from ``box``, just made of ``data`` under ``policy`` the whole way, if
+        the next sandbox would take the same steps to the same objects: a module held in
+        the process (compiled here, or given by the disk cache: "memory" from the second
+        sandbox on), none of the reads from outside named above."""
+        found = policy.__dict__.get(_PLAN)
+        if found is not None and found.data is data and found.module is box.module:
+            return  # (the same plan: the values changed back, or another thread made it)
+        state = box.cache_state
+        if (
+            state not in ("memory", "skip", "off")
+            or box.artifact is not None
+            or box._prepared is None
+            or box.policy is not policy
+            or policy.grants
+            or any(policy.values[key] not in SPECIAL_STDIO for key in _STDIO_KEYS)
+            or box._warnings
+            or not getattr(box.engine, "shared", False)
+        ):
+            return
+        import copy
+
+        plan = cls()
+        plan.data = data
+        plan.values = copy.deepcopy(policy.values)
+        plan.prepared = box._prepared
+        plan.selection = box.selection
+        plan.backend_name, plan.compiler = box.backend_name, box.compiler
+        plan.engine = box.engine
+        plan.cache_state = state
+        plan.counted = state == "memory"
+        plan.module = box.module
+        plan.export_list = box.export_list
+        policy.__dict__[_PLAN] = plan
 
 
 class _lazy:
@@ -611,9 +678,14 @@ class Sandbox:
     # class has a table of its own; the public wasmsbx.Sandbox and the user's own
     # subclasses of it); SANDBOX_NAMES, set below. None: a subclass that sets other names.
     _compact_names: Optional[tuple] = None
+    # Whether __init__ may follow a policy's _Plan: this class's steps are the ones a plan
+    # stands for. A subclass may override a step, so it does not unless it says so.
+    _plannable = True
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
+        if "_plannable" not in cls.__dict__:
+            cls._plannable = False
         if cls._compact_names:
             _compact.reserve(cls, cls._compact_names, strict=False)
 
@@ -642,6 +714,30 @@ class Sandbox:
         # What the public Sandbox's __new__ read for this __init__ (first: nothing here
         # may leave it for another sandbox to take)
         read = _PREREAD_SLOT.__dict__.pop("read", None) if _PREREAD_SLOT.__dict__ else None
+        # A sandbox per tenant: the same bytes under the same policy as the last sandbox
+        # of this policy made (see _Plan), with nothing else given.
+        plain = (
+            type(module) is bytes
+            and policy is not None
+            and self._plannable
+            and read is None
+            and imports is None
+            and backend is None
+            and kind == "call"
+            and use_cache is None
+            and artifact is None
+            and cache_dir is None
+            and progress is None
+            and function is None
+            and args is None
+            and deadline is None
+            and group is None
+            and name is None
+        )
+        if plain:
+            plan = policy.__dict__.get(_PLAN)
+            if plan is not None and plan.data is module and self._from_plan(plan, policy):
+                return
         if group is not None:
             self._group = group
             policy = group.policy
@@ -773,6 +869,38 @@ class Sandbox:
         elif self.wasm is not None:  # native code from the cache: the totals need the layout
             self.engine.describe(self.module, self.wasm, getattr(self._prepared, "facts", None))
         self.export_list = self._interface()
+        if plain:
+            _Plan.remember(self, module, policy)
+
+    def _from_plan(self, plan: _Plan, policy: policy_mod.Policy) -> bool:
+        """This sandbox made as ``plan`` says, if the policy's values are still the ones
+        it was made under (False: they changed; the whole way is taken, and makes a new
+        plan). Sets what __init__ sets, in its order."""
+        if plan.values != policy.values:
+            return False
+        started = time.perf_counter()
+        module = plan.module
+        if plan.counted:  # (a module the disk cache gave: its use is counted, see loaded)
+            module = shared.loaded(plan.engine, plan.prepared)
+            if module is not plan.module:  # (no longer held here: loaded again)
+                return False
+        prepared = plan.prepared
+        self.path = _BYTES_PATH
+        self.policy = policy
+        self.imports = {}
+        self.timings = {}
+        self._prepared = prepared
+        self.wasm = prepared.wasm
+        self._given = prepared.data
+        if plan.selection is not None:
+            self.selection = plan.selection
+        self.backend_name, self.compiler = plan.backend_name, plan.compiler
+        self.engine = plan.engine
+        self.cache_state = plan.cache_state
+        self.module = module
+        self.export_list = plan.export_list
+        self.timings["read"] = time.perf_counter() - started
+        return True
 
     _path_text: Optional[str] = None  # the module's path as given, if a str
     # call(): export name -> (instance, its caller), a dict of the sandbox's own once a

@@ -1,0 +1,176 @@
+"""A sandbox per tenant (issue #16): ``Sandbox(module, policy)`` again with the same bytes
+object and policy follows the policy's plan (runner.sandbox._Plan) instead of every step
+of __init__. What a plan must never do: outlive a change of the policy, skip a check
+that reads the disk, skip a step a subclass overrides, share anything per sandbox, or
+keep a module the process dropped."""
+
+from __future__ import annotations
+
+import pytest
+
+from wasmsbx import Sandbox, errors
+from wasmsbx import policy as policy_mod
+from wasmsbx.runner import sandbox as core
+from wasmsbx.runner import shared
+
+from .cache_helpers import make_policy as cached_policy
+from .conftest import require_capability
+
+COUNTER = b"""(module
+  (memory (export "memory") 1)
+  (global $n (mut i32) (i32.const 0))
+  (func (export "inc") (result i32)
+    (global.set $n (i32.add (global.get $n) (i32.const 1)))
+    (global.get $n))
+  (func (export "grow") (result i32)
+    (block $done
+      (loop $next
+        (br_if $done (i32.eq (memory.grow (i32.const 1)) (i32.const -1)))
+        (br $next)))
+    (memory.size))
+  (func (export "spin") (loop $l (br $l))))"""
+
+
+def make_policy(backend: str, **keys) -> policy_mod.Policy:
+    policy = policy_mod.defaults()
+    policy_mod.override(policy, "runtime.backend", backend)
+    for name, value in keys.items():
+        policy_mod.override(policy, name.replace("__", "."), value)
+    return policy
+
+
+def plan_of(policy: policy_mod.Policy):
+    return policy.__dict__.get(core._PLAN)
+
+
+def test_sandboxes_from_a_plan_keep_their_own_instances(backend):
+    policy = make_policy(backend)
+    boxes = [Sandbox(COUNTER, policy) for _ in range(4)]
+    assert [boxes[0].call("inc") for _ in range(3)] == [1, 2, 3]
+    assert boxes[3].call("inc") == 1
+    assert boxes[2].call("inc") == 1
+    if backend.startswith("wasmtime"):
+        plan = plan_of(policy)
+        assert plan is not None and plan.data is COUNTER
+        assert all(box.module is boxes[0].module for box in boxes)
+        assert boxes[3].export_list == boxes[0].export_list
+        assert boxes[3].cache_state == boxes[1].cache_state
+
+
+def test_a_changed_policy_is_followed_by_the_next_sandbox(backend):
+    policy = make_policy(backend, limits__memory="1MiB")
+    assert Sandbox(COUNTER, policy).call("grow") == 16
+    assert Sandbox(COUNTER, policy).call("grow") == 16
+    policy_mod.override(policy, "limits.memory", "2MiB")
+    assert Sandbox(COUNTER, policy).call("grow") == 32
+    policy_mod.override(policy, "limits.memory", "1MiB")
+    assert Sandbox(COUNTER, policy).call("grow") == 16
+    policy_mod.override(policy, "limits.module_size", "64B")  # (the module is larger)
+    with pytest.raises(errors.WasmsbxError, match="limits.module_size"):
+        Sandbox(COUNTER, policy)
+
+
+def test_a_policy_changed_in_place_is_seen_too(backend):
+    """policy.values is a plain dict: a host may change it without override(). Fuel
+    metering is compiled in (another engine, another module): a sandbox made from the
+    plan made before would spin until its timeout."""
+    require_capability(backend, "fuel")
+    policy = make_policy(backend, limits__timeout="20s")
+    Sandbox(COUNTER, policy).call("inc")
+    Sandbox(COUNTER, policy).call("inc")
+    policy.values["limits.fuel"] = 100_000
+    with pytest.raises(errors.FuelExhausted):
+        Sandbox(COUNTER, policy).call("spin")
+
+
+def test_an_output_file_is_checked_for_every_sandbox(tmp_path):
+    out = tmp_path / "out.txt"
+    out.write_text("")
+    policy = make_policy("wasmtime", stdio__stdout=str(out))
+    Sandbox(COUNTER, policy).call("inc")
+    Sandbox(COUNTER, policy).call("inc")
+    assert plan_of(policy) is None
+    out.unlink()
+    out.mkdir()  # an output that is now a folder: refused before any work
+    with pytest.raises(errors.WasmsbxError) as caught:
+        Sandbox(COUNTER, policy)
+    assert caught.value.exit_code == 105
+
+
+def test_a_policy_with_grants_takes_every_step(tmp_path):
+    (tmp_path / "data").mkdir()
+    policy = make_policy("wasmtime", filesystem__read_only=[f"{tmp_path / 'data'}::/data"])
+    Sandbox(COUNTER, policy).call("inc")
+    Sandbox(COUNTER, policy).call("inc")
+    assert plan_of(policy) is None
+
+
+def test_a_subclass_that_overrides_a_step_has_it_run_every_time():
+    seen = []
+
+    class Counted(Sandbox):
+        def _interface(self):
+            seen.append(self)
+            return super()._interface()
+
+    policy = make_policy("wasmtime")
+    boxes = [Counted(COUNTER, policy) for _ in range(3)]
+    assert seen == boxes
+    assert boxes[2].call("inc") == 1
+    plan = plan_of(policy)
+    assert plan is None or plan.data is not COUNTER  # (none made by the subclass)
+
+    class Declared(Sandbox):
+        _plannable = True  # a subclass that adds no step may say so
+
+    Declared(COUNTER, policy)
+    Declared(COUNTER, policy)
+    assert plan_of(policy) is not None
+
+
+def test_equal_bytes_in_another_object_take_every_step():
+    policy = make_policy("wasmtime")
+    Sandbox(COUNTER, policy)
+    copy = bytes(bytearray(COUNTER))
+    assert copy == COUNTER and copy is not COUNTER
+    box = Sandbox(copy, policy)
+    assert box.call("inc") == 1
+    assert plan_of(policy).data is copy  # (the plan follows the last module made)
+
+
+def test_other_arguments_take_every_step():
+    policy = make_policy("wasmtime")
+    Sandbox(COUNTER, policy)
+    Sandbox(COUNTER, policy)
+    called = []
+
+    def first_step(self, *args, **kwargs):
+        called.append(args)
+        return original(self, *args, **kwargs)
+
+    original = core.Sandbox._choose
+    try:
+        core.Sandbox._choose = first_step
+        Sandbox(COUNTER, policy)  # from the plan
+        assert called == []
+        Sandbox(COUNTER, policy, function="inc", args=[])
+        Sandbox(COUNTER, policy, name="tenant.wasm")
+        Sandbox(COUNTER, policy, imports={"env": {}})
+        assert len(called) == 3
+    finally:
+        core.Sandbox._choose = original
+
+
+def test_a_cached_module_the_process_dropped_is_loaded_again(tmp_path, monkeypatch):
+    monkeypatch.setenv("WASMSBX_CACHE_DIR", str(tmp_path / "cache"))
+    policy = cached_policy(runtime__backend="wasmtime")
+    first = Sandbox(COUNTER, policy)
+    assert first.cache_state in ("miss", "hit")
+    assert Sandbox(COUNTER, policy).cache_state == "memory"
+    assert plan_of(policy) is not None
+    third = Sandbox(COUNTER, policy)
+    assert third.cache_state == "memory" and third.module is first.module
+    shared.forget_loaded()  # (as if evicted from the table of loaded modules)
+    again = Sandbox(COUNTER, policy)
+    assert again.cache_state == "hit"
+    assert again.call("inc") == 1
