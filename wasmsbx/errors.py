@@ -309,3 +309,22 @@ class ClusterError(WasmsbxError):
 class Interrupted(WasmsbxError):
     exit_code = ExitCode.INTERRUPTED
     kind = "interrupted"
+
+
+def real_path(path: Any) -> str:
+    """``os.path.realpath(path)``, or an InputError (exit 105) if a link on its way
+    changes as it is read: Python's non-strict realpath raises then (``readlink`` of
+    what ``lstat`` had just found a link), which was an internal error (exit 100).
+    For checks that must not go on without the real path; ``native.trustdir.resolved``
+    falls back to the absolute path where that is enough."""
+    import os
+
+    try:
+        return os.path.realpath(path)
+    except OSError as exc:
+        shown = inert(os.fspath(path))
+        raise InputError(
+            f"{shown}: changed while it was read ({exc.strerror or exc})",
+            hint="a link on its way was replaced as wasmsbx resolved it; run the command again",
+            path=os.fspath(path),
+        ) from None

@@ -123,7 +123,7 @@ def refuse_policy_name(text: str) -> None:
     ``sandbox.toml``: wasmsbx would discover what it wrote as the policy of every later
     command in that folder. Red team 77: ``run --audit-log sandbox.toml`` in a folder
     without one created it, and every command there failed (invalid TOML, exit 101)."""
-    names = {os.path.basename(text), os.path.basename(os.path.realpath(text))}
+    names = {os.path.basename(text), os.path.basename(errors.real_path(text))}
     if any(name.lower() == POLICY_NAME for name in names):
         raise _fail(
             text,
@@ -154,9 +154,11 @@ def refuse_linked_in_place(text: str, what: str, fd: int) -> os.stat_result:
 
 def refuse_trust_folder(text: str) -> None:
     """InputError if ``text`` is in the trust folder (symlinks followed)."""
-    from .native.trustdir import in_trust_dir
+    from .native.trustdir import resolved, trust_dir_text, within
 
-    if in_trust_dir(text):
+    # (errors.real_path: a link on the way that changes as it is resolved is an error,
+    # not an internal one; the trust folder's own path is the user's)
+    if within(errors.real_path(text), resolved(trust_dir_text())):
         raise _fail(
             text,
             "is in the trust folder, which holds your keys; refusing to write there",
@@ -237,7 +239,7 @@ def write_output(
                     return "created"
                 continue
             if stat.S_ISREG(info.st_mode):
-                target = os.path.realpath(text) if os.path.islink(text) else text
+                target = errors.real_path(text) if os.path.islink(text) else text
                 if _replace(target, info, blob, mode, durable):
                     return "replaced"
                 continue

@@ -147,7 +147,7 @@ def write_path(where: Any) -> Optional[str]:
             return os.readlink(f"/proc/self/fd/{where}")
         except OSError:
             return None
-    return os.path.realpath(where)
+    return errors.real_path(where)
 
 
 def stdio_path(value: Any) -> Optional[str]:
@@ -167,7 +167,7 @@ def _closed_descriptor(path: str) -> bool:
     if os.path.exists(path):
         return False
     text = os.path.normpath(os.path.abspath(path))
-    return any(_DESCRIPTOR.fullmatch(t) for t in (text, os.path.realpath(path)))
+    return any(_DESCRIPTOR.fullmatch(t) for t in (text, errors.real_path(path)))
 
 
 def _identity(where: Any) -> Optional[tuple]:

@@ -192,7 +192,7 @@ class Service:
         # (realpath, not Path.resolve: a link loop raised RuntimeError there, a bare "Error
         # executing tool" for the client and a traceback on the server's stderr, and told
         # whether a path outside the allowed directories was a loop: red team round 40)
-        self._inside(path, Path(os.path.realpath(path)), allowed)
+        self._inside(path, Path(errors.real_path(path)), allowed)
         try:
             fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOCTTY", 0) | os.O_NONBLOCK)
         except OSError as exc:
@@ -205,7 +205,7 @@ class Service:
             real = (
                 Path(os.readlink(f"/proc/self/fd/{fd}"))
                 if os.path.exists("/proc/self/fd")
-                else Path(os.path.realpath(path))
+                else Path(errors.real_path(path))
             )
             self._inside(path, real, allowed)
             if not stat.S_ISREG(os.fstat(fd).st_mode):

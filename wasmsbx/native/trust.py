@@ -559,8 +559,8 @@ def refuse_stdin(fd: int, path: str) -> None:
     named as such (``/proc/cpuinfo``) is the user's to give."""
     from ..errors import inert
 
-    # (``real`` is a real path already: trustdir.in_trust_dir's realpath of it raised as a
-    # link on its way was swapped, exit 105 or a wasmer crash, red team round 87)
+    # (``real`` is a real path already: resolving it again raised as a link on its way
+    # was swapped, exit 105 or a wasmer crash, red team round 87)
     real = _proc_target(fd_path(fd))
     keys = _real(trust_dir())
     if real and _within(real, keys):

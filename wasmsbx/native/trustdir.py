@@ -154,12 +154,6 @@ def within(path: str, folder: str) -> bool:
     return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
 
 
-def in_trust_dir(path: str) -> bool:
-    """Whether ``path`` (symlinks followed, a missing tail too) is the trust folder or
-    lies inside it."""
-    return within(os.path.realpath(path), os.path.realpath(trust_dir_text()))
-
-
 def walked(path: str) -> list:
     """Every folder and file the kernel passes through to open absolute ``path``, links
     followed as it follows them (``a/..`` is the parent of where ``a`` leads, not ``.``;

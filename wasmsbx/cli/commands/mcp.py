@@ -192,7 +192,7 @@ def _dirs(paths: list) -> list:
     for path in paths:
         if not os.path.isdir(path):
             raise errors.UsageError(f"--module-dir {path}: not an existing directory")
-        out.append(os.path.realpath(path))
+        out.append(errors.real_path(path))
     return out
 
 

@@ -387,11 +387,11 @@ def _refuse_crossed(
     for grant in loaded.grants if loaded is not None else ():
         if grant.writable:
             host = os.fspath(grant.host)
-            targets.append((f"filesystem.read_write {errors.inert(host)}", os.path.realpath(host)))
+            targets.append((f"filesystem.read_write {errors.inert(host)}", errors.real_path(host)))
     for folder in also:
         if not os.path.isdir(folder):
             continue
-        real = os.path.realpath(folder)
+        real = errors.real_path(folder)
         for what, target in targets:
             if target and within(target, real):
                 raise errors.InputError(
