@@ -681,7 +681,19 @@ def defaults() -> Policy:
             _DEFAULTS[key.dotted] = (
                 None if default is None else check_value(key, default, "defaults")
             )
-    return Policy(values=dict(_DEFAULTS))
+    # Each list and dict copied: a policy's values may be changed in place, and a shared
+    # one changed every default policy of the process (red team round 88: one tenant's
+    # env.set and grants reached every other tenant's guest).
+    return Policy(values=copy_values(_DEFAULTS))
+
+
+def copy_values(values: dict) -> dict:
+    """``values`` with each list and dict among them copied (one level: they hold
+    strings, numbers and immutable grants only)."""
+    return {
+        key: list(value) if type(value) is list else dict(value) if type(value) is dict else value
+        for key, value in values.items()
+    }
 
 
 def from_dict(data: dict, origin: str = "<policy>", base: Optional[Path] = None) -> Policy:
