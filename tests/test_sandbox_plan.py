@@ -39,8 +39,35 @@ def make_policy(backend: str, **keys) -> policy_mod.Policy:
     return policy
 
 
-def plan_of(policy: policy_mod.Policy):
-    return policy.__dict__.get(core._PLAN)
+def plan_of(policy: policy_mod.Policy, module: bytes = COUNTER):
+    """The plan a sandbox of ``module`` under ``policy`` would follow, if any."""
+    for plan in shared.plans(module):
+        if plan.values == policy.values:
+            return plan
+    return None
+
+
+@pytest.fixture(autouse=True)
+def no_plans():
+    shared._PLANS.clear()
+    yield
+    shared._PLANS.clear()
+
+
+def test_a_policy_per_tenant_follows_the_plan_of_its_values(backend):
+    """Each tenant a policy object of its own, with one of two memory limits: two plans,
+    and each sandbox holds to its own policy's limit."""
+    tiers = {"1MiB": 16, "2MiB": 32}
+    boxes = []
+    for i in range(8):
+        memory = list(tiers)[i % 2]
+        box = Sandbox(COUNTER, make_policy(backend, limits__memory=memory))
+        boxes.append((box, tiers[memory]))
+    for box, pages in boxes:
+        assert box.call("grow") == pages
+    if backend.startswith("wasmtime"):
+        assert len(shared.plans(COUNTER)) == 2
+        assert len({id(box.module) for box, _ in boxes}) == 1
 
 
 def test_sandboxes_from_a_plan_keep_their_own_instances(backend):
@@ -117,8 +144,7 @@ def test_a_subclass_that_overrides_a_step_has_it_run_every_time():
     boxes = [Counted(COUNTER, policy) for _ in range(3)]
     assert seen == boxes
     assert boxes[2].call("inc") == 1
-    plan = plan_of(policy)
-    assert plan is None or plan.data is not COUNTER  # (none made by the subclass)
+    assert plan_of(policy) is None  # (none made by the subclass)
 
     class Declared(Sandbox):
         _plannable = True  # a subclass that adds no step may say so
@@ -135,7 +161,7 @@ def test_equal_bytes_in_another_object_take_every_step():
     assert copy == COUNTER and copy is not COUNTER
     box = Sandbox(copy, policy)
     assert box.call("inc") == 1
-    assert plan_of(policy).data is copy  # (the plan follows the last module made)
+    assert plan_of(policy, copy) is not None and plan_of(policy, copy).data is copy
 
 
 def test_other_arguments_take_every_step():
@@ -174,3 +200,88 @@ def test_a_cached_module_the_process_dropped_is_loaded_again(tmp_path, monkeypat
     again = Sandbox(COUNTER, policy)
     assert again.cache_state == "hit"
     assert again.call("inc") == 1
+
+
+def test_the_plans_held_are_bounded():
+    modules = [
+        b'(module (func (export "f") (result i32) i32.const %d))' % i
+        for i in range(shared.PLANNED_MODULES + 4)
+    ]
+    for module in modules:
+        Sandbox(module, make_policy("wasmtime"))
+    assert len(shared._PLANS) == shared.PLANNED_MODULES
+    assert shared.plans(modules[0]) == () and shared.plans(modules[-1]) != ()
+    for fuel in range(1, shared.PLANS_PER_MODULE + 3):
+        Sandbox(COUNTER, make_policy("wasmtime", limits__fuel=fuel * 1000))
+    assert len(shared.plans(COUNTER)) == shared.PLANS_PER_MODULE
+    box = Sandbox(COUNTER, make_policy("wasmtime", limits__fuel=5000))
+    with pytest.raises(errors.FuelExhausted):
+        box.call("spin")
+
+
+def test_a_policy_with_plans_still_pickles_and_copies():
+    """Plans are the process's, not the policy's: a parallel batch pickles its policy
+    (red team round 88: a plan on the policy held the engine, and jobs=2 raised
+    "ctypes objects containing pointers cannot be pickled")."""
+    import copy
+    import pickle
+
+    policy = make_policy("wasmtime")
+    box = Sandbox(COUNTER, policy)
+    Sandbox(COUNTER, policy)
+    assert plan_of(policy) is not None
+    copy.deepcopy(policy)
+    pickle.dumps(policy)
+    results = list(box.batch("inc", [[]] * 4, jobs=2))
+    assert len(results) == 4
+    assert all(r.values and r.values[0] >= 1 for r in results)  # (state: per worker)
+
+
+def test_values_changed_while_the_first_sandbox_is_made_make_no_plan(monkeypatch):
+    """Another thread turns fuel on while the first sandbox compiles: its engine has no
+    fuel metering, so no plan may pair it with the new values (red team round 88)."""
+    policy = make_policy("wasmtime", limits__timeout="20s")
+    compile_now = core.Sandbox._compile
+
+    def compile_while_changed(self, *args, **kwargs):
+        policy.values["limits.fuel"] = 100_000
+        return compile_now(self, *args, **kwargs)
+
+    monkeypatch.setattr(core.Sandbox, "_compile", compile_while_changed)
+    Sandbox(COUNTER, policy)
+    monkeypatch.setattr(core.Sandbox, "_compile", compile_now)
+    assert plan_of(policy) is None
+    with pytest.raises(errors.FuelExhausted):
+        Sandbox(COUNTER, policy).call("spin")
+    with pytest.raises(errors.FuelExhausted):
+        Sandbox(COUNTER, policy).call("spin")  # (from the plan made by the one before)
+    assert plan_of(policy) is not None
+
+
+def test_a_sandbox_from_a_plan_is_made_as_the_whole_way_makes_it():
+    """Every attribute as the whole way sets it (red team round 88: use_cache, which a
+    cluster's workers follow, and the compile timing)."""
+    policy = make_policy("wasmtime", runtime__cache=False)
+    Sandbox(COUNTER, policy)
+    planned_box = Sandbox(COUNTER, policy)
+    assert plan_of(policy) is not None
+    whole = Sandbox(COUNTER, policy, name="<bytes>")  # (any argument: the whole way)
+    assert planned_box.use_cache is False and whole.use_cache is False
+    assert set(planned_box.timings) == set(whole.timings) - {"instantiate"}
+    names = ("backend_name", "compiler", "engine", "module", "cache_state", "export_list")
+    for name in names:
+        assert getattr(planned_box, name) == getattr(whole, name), name
+
+
+def test_default_policies_share_no_lists_or_tables():
+    """policy.values may be changed in place: a tenant's env.set or grants must not
+    reach another tenant's policy (red team round 88: defaults() copied one level)."""
+    one, two = policy_mod.defaults(), policy_mod.defaults()
+    one.values["env.set"]["TOKEN"] = "tenant one"
+    one.values["filesystem.read_write"].append("x")
+    assert "TOKEN" not in two.values["env.set"]
+    assert two.values["filesystem.read_write"] == []
+    assert "TOKEN" not in policy_mod.defaults().values["env.set"]
+    for key, value in one.values.items():
+        if isinstance(value, (list, dict)):
+            assert value is not two.values[key], key

@@ -279,3 +279,58 @@ def test_run_explain_goes_to_stderr(cli):
 def test_unknown_backend_on_the_command_line(cli):
     res = cli("run", GUESTS / "trap.wat", "div0", "--backend", "wasmer:nope")
     assert res.code in (2, 104) and "nope" in res.stderr  # a bad flag value: usage error
+
+
+def test_the_choice_key_holds_what_the_choice_depends_on(registry):
+    """A winner chosen without the module is kept for every policy with the same
+    choice_key (a sandbox per tenant, each with limits of its own): two policies with
+    one key must get one winner, and values that only show in the reasons (the memory
+    limit, the timeout) must not split the key."""
+    dense = ALL_SECURITY | {"dense-memory", "stack-limit"}
+    registry(
+        Fake("quick", caps={"c": {"security": dense - {"fuel"}}}, c_run=0.9),
+        Fake("wasmer", caps={"c": {"security": dense}}, c_run=0.2),  # (metered: has fuel)
+    )
+    variants = []
+    for fuel in (None, 1000, 2000):
+        for memory in ("1MiB", "2MiB"):
+            for optimize in ("speed", "aggressive"):
+                for layout in ("fast", "dense"):
+                    chosen = policy(
+                        limits__memory=memory,
+                        runtime__optimize=optimize,
+                        runtime__memory_layout=layout,
+                    )
+                    if fuel is not None:
+                        policy_mod.override(chosen, "limits.fuel", fuel)
+                    variants.append(chosen)
+    variants.append(policy(runtime__prefer=["wasmer"]))
+    variants.append(policy(limits__stack="1MiB", limits__timeout="5s"))
+    winners: dict = {}
+    for kind in ("call", "command"):
+        for chosen in variants:
+            key = select.choice_key(chosen.values, kind, None)
+            winner = select.select(chosen, (), kind).winner.label
+            assert winners.setdefault(key, winner) == winner
+    assert set(winners.values()) == {"quick:c", "wasmer:c"}
+    one, two = policy(limits__memory="1MiB"), policy(limits__memory="3MiB", limits__timeout="9s")
+    assert select.choice_key(one.values, "call", None) == select.choice_key(
+        two.values, "call", None
+    )
+
+
+def test_policies_alike_share_a_choice_and_explain_their_own():
+    from wasmsbx import Sandbox
+
+    wat = b'(module (func (export "f") (result i32) i32.const 7))'
+    select.CHOICES.clear()
+    first = Sandbox(wat, policy(runtime__backend="auto", limits__memory="1MiB"))
+    second = Sandbox(wat, policy(runtime__backend="auto", limits__memory="3MiB"))
+    assert first.selection is not None and second.selection is None  # (not scored again)
+    assert (second.backend_name, second.compiler) == (first.backend_name, first.compiler)
+    assert ("memory-limit", "limits.memory = 3 MiB") in second.explain().requirements
+    fueled = Sandbox(wat, policy(runtime__backend="auto", limits__fuel=10))
+    assert fueled.selection is not None
+    assert any(cap == "fuel" for cap, _ in fueled.selection.requirements)
+    assert fueled.call("f") == 7
+    assert second.call("f") == 7

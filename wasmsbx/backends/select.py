@@ -26,7 +26,7 @@ from typing import Any, Optional
 
 from .. import capabilities as caps
 from ..errors import BackendUnavailable
-from . import get, names, split
+from . import REGISTRY, get, names, split
 
 BASE_WEIGHTS = {"features": 1.0, "security": 2.0, "performance": 1.5, "debugging": 0.5}
 # optimize -> (weight multipliers, share of "speed" that is run speed vs compile speed)
@@ -125,46 +125,98 @@ class Selection:
 
 def requirements(policy, features: Iterable[str] = (), kind: str = "call") -> list:
     """Every capability this run needs, each with the reason it is needed."""
+    return [(cap, why()) for cap, why in _needs(policy.values, features, kind)]
+
+
+def _needs(values: dict, features: Iterable[str], kind: str) -> list:
+    """(capability, a function that says why it is needed), each capability once: the
+    one list both ``requirements`` and ``choice_key`` read (the reasons are only
+    formatted when asked for)."""
     from ..units import format_duration, format_limit
 
-    values = policy.values
     needs = [
-        ("memory-limit", f"limits.memory = {format_limit(values['limits.memory'])}"),
-        ("timeout", f"limits.timeout = {format_duration(values['limits.timeout'])}"),
+        ("memory-limit", lambda: f"limits.memory = {format_limit(values['limits.memory'])}"),
+        ("timeout", lambda: f"limits.timeout = {format_duration(values['limits.timeout'])}"),
     ]
     if values["runtime.memory_layout"] == "dense":
-        needs.append(("dense-memory", 'runtime.memory_layout = "dense"'))
+        needs.append(("dense-memory", lambda: 'runtime.memory_layout = "dense"'))
     if values["limits.fuel"] is not None:
-        needs.append(("fuel", f"limits.fuel = {values['limits.fuel']}"))
+        needs.append(("fuel", lambda: f"limits.fuel = {values['limits.fuel']}"))
     if values["limits.stack"] is not None:
-        needs.append(("stack-limit", f"limits.stack = {format_limit(values['limits.stack'])}"))
+        needs.append(
+            ("stack-limit", lambda: f"limits.stack = {format_limit(values['limits.stack'])}")
+        )
     if values["limits.table_elements"] is not None:
-        needs.append(("table-limit", f"limits.table_elements = {values['limits.table_elements']}"))
+        needs.append(
+            ("table-limit", lambda: f"limits.table_elements = {values['limits.table_elements']}")
+        )
     if values["limits.instances"] is not None:
-        needs.append(("instance-limit", f"limits.instances = {values['limits.instances']}"))
+        needs.append(("instance-limit", lambda: f"limits.instances = {values['limits.instances']}"))
     if values["filesystem.read_only"]:
-        needs.append(("wasi-readonly", "filesystem.read_only grants"))
+        needs.append(("wasi-readonly", lambda: "filesystem.read_only grants"))
     if values["filesystem.read_only"] or values["filesystem.read_write"]:
-        needs.append(("wasi", "filesystem grants"))
-        needs.append(("fs-confined", "filesystem grants must not be escapable"))
+        needs.append(("wasi", lambda: "filesystem grants"))
+        needs.append(("fs-confined", lambda: "filesystem grants must not be escapable"))
     if kind == "command":
-        needs.append(("wasi", "runs a WASI command (_start)"))
+        needs.append(("wasi", lambda: "runs a WASI command (_start)"))
     if kind == "command" and values["limits.output"]:
-        needs.append(("stdio-redirect", "limits.output caps guest output"))
+        needs.append(("stdio-redirect", lambda: "limits.output caps guest output"))
     for stream in ("stdin", "stdout", "stderr"):
-        if values[f"stdio.{stream}"] != "inherit":
-            needs.append(("stdio-redirect", f"stdio.{stream} = {values[f'stdio.{stream}']!r}"))
+        target = values[f"stdio.{stream}"]
+        if target != "inherit":
+            needs.append(("stdio-redirect", _stdio_reason(stream, target)))
     for name in values["runtime.require"]:
-        needs.append((name, "runtime.require"))
+        needs.append((name, lambda: "runtime.require"))
     for feature in sorted(features):
         if feature != "unknown":
-            needs.append((feature, "the module uses it"))
+            needs.append((feature, lambda: "the module uses it"))
     seen, out = set(), []
     for cap, why in needs:
         if cap not in seen:
             seen.add(cap)
             out.append((cap, why))
     return out
+
+
+def _stdio_reason(stream: str, target: str) -> Any:
+    return lambda: f"stdio.{stream} = {target!r}"
+
+
+# Winners chosen without the module's features (one candidate met the policy: see
+# select), by choice_key: a sandbox per tenant, each with a policy of its own (limits of
+# its own), scores once per set of capabilities needed (scoring costs ~0.04 ms, more
+# than the rest of a sandbox). Bounded: emptied when full.
+CHOICES: dict = {}
+CHOICES_MAX = 256
+
+
+def choice_key(values: dict, kind: str, backend: Optional[str]) -> tuple:
+    """What ``select`` chooses by when the module's features do not matter: the
+    backends there are (a test installs others), the one named, ``runtime.optimize``
+    (the weights), ``runtime.prefer`` (the bonus) and the capabilities the policy needs
+    (``_needs``; not the values in their reasons, which only the reasons show)."""
+    return (
+        tuple(REGISTRY.values()),
+        backend or values["runtime.backend"],
+        values["runtime.optimize"],
+        tuple(values["runtime.prefer"]),
+        tuple(cap for cap, _ in _needs(values, (), kind)),
+    )
+
+
+def chosen(values: dict, kind: str, backend: Optional[str]) -> tuple:
+    """(key, the (backend, compiler) chosen before for it, or None): see CHOICES."""
+    key = choice_key(values, kind, backend)
+    return key, CHOICES.get(key)
+
+
+def remember_choice(key: tuple, selection: Selection) -> None:
+    """Keep ``selection``'s winner for ``key`` if the module's features played no part."""
+    if selection.features_checked:
+        return
+    if len(CHOICES) >= CHOICES_MAX:
+        CHOICES.clear()
+    CHOICES[key] = (selection.backend, selection.compiler)
 
 
 def weights_for(policy) -> tuple:

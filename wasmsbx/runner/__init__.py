@@ -15,6 +15,7 @@ from typing import Any, Optional, Union, cast
 
 from .. import policy as policy_mod
 from . import sandbox as _core
+from . import shared as _shared
 from .sandbox import (
     CallResult,
     CommandResult,
@@ -65,7 +66,7 @@ class Sandbox(_core.Sandbox, Services):
         # methods, with WIT-typed values).
         if _core._PREREAD_SLOT.__dict__:  # (one an __init__ never took: never another's)
             _core._PREREAD_SLOT.__dict__.clear()
-        if cls is not Sandbox or module is None or _planned(module, args, kwargs):
+        if cls is not Sandbox or module is None or _planned(module):
             if _WARM_NEEDED:
                 _warm_for(False)
             return super().__new__(cls)
@@ -88,15 +89,10 @@ class Sandbox(_core.Sandbox, Services):
     _plannable = True  # (adds no step to __init__: see runner.sandbox._Plan)
 
 
-def _planned(module: Any, args: tuple, kwargs: dict) -> bool:
-    """Whether ``module`` is the bytes object of its policy's plan (runner.sandbox._Plan):
+def _planned(module: Any) -> bool:
+    """Whether ``module`` is a bytes object a plan was made for (runner.sandbox._Plan):
     a core module, found so when the plan was made (bytes never change)."""
-    if type(module) is not bytes:
-        return False
-    policy = args[0] if args else kwargs.get("policy")
-    found = getattr(policy, "__dict__", None)
-    plan = found.get(_core._PLAN) if found else None
-    return plan is not None and plan.data is module
+    return type(module) is bytes and bool(_shared.plans(module))
 
 
 def component_class() -> type:

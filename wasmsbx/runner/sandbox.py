@@ -535,27 +535,31 @@ def _grants_storage(imports: Optional[dict]) -> bool:
 
 
 _NO_CALLERS: Mapping = MappingProxyType({})  # (Sandbox._callers until a caller is made)
-_PLAN = "_wasmsbx_plan"  # the policy attribute that holds its _Plan
 _STDIO_KEYS = ("stdio.stdin", "stdio.stdout", "stdio.stderr")
 
 
 class _Plan:
-    """How the last sandbox of a policy was made from bytes with nothing else given
-    (``Sandbox(module, policy)``, one per tenant: issue #16), so that the next one of
-    the same bytes object under the same policy values sets its attributes from here
-    instead of going through every step again: the steps depend only on the module's
-    bytes (immutable), the policy's values (compared in full, a deep copy of them is
-    kept) and what the process holds for ever (an engine per configuration is never
-    dropped: backends/wasmtime ``engine_for``). Not for anything a step reads from
-    outside: a policy with grants (the import-path guard looks at folders) or with a
-    stdio path (checked on disk), nor for a backend whose engines are not shared.
+    """How a sandbox was made from bytes with nothing else given (``Sandbox(module,
+    policy)``, one per tenant: issue #16), so that the next one of the same bytes
+    object under equal policy values sets its attributes from here instead of going
+    through every step again. The steps depend only on the module's bytes (immutable),
+    the policy's values (compared in full with a copy kept here) and what the process
+    holds for ever (an engine per configuration is never dropped: backends/wasmtime
+    ``engine_for``). Policy objects are not compared: a policy per tenant, each with
+    the same values or one of a few, follows the plan its values have. Not for anything
+    a step reads from outside: a policy with grants (the import-path guard looks at
+    folders) or with a stdio path (checked on disk), nor for a backend whose engines are
+    not shared.
 
-    One per policy object, replaced by the next module's: a policy holds at most one
-    module's bytes and compiled module alive through it."""
+    Kept in runner.shared (``keep_plan``): for each of the last ``PLANNED_MODULES``
+    bytes objects, its last ``PLANS_PER_MODULE`` plans (one per distinct set of
+    values), the most recent first. A plan holds its bytes and compiled module alive, as
+    the other shared tables do; ``shared.clear()`` drops them all."""
 
     __slots__ = (
         "data",
         "values",
+        "source",
         "prepared",
         "selection",
         "backend_name",
@@ -565,17 +569,20 @@ class _Plan:
         "counted",
         "module",
         "export_list",
+        "use_cache",
     )
 
     @classmethod
-    def remember(cls, box: Sandbox, data: bytes, policy: policy_mod.Policy) -> None:
+    def remember(cls, box: Sandbox, data: bytes, policy: policy_mod.Policy, values: dict) -> None:
         """A plan from ``box``, just made of ``data`` under ``policy`` the whole way, if
         the next sandbox would take the same steps to the same objects: a module held in
         the process (compiled here, or given by the disk cache: "memory" from the second
-        sandbox on), none of the reads from outside named above."""
-        found = policy.__dict__.get(_PLAN)
-        if found is not None and found.data is data and found.module is box.module:
-            return  # (the same plan: the values changed back, or another thread made it)
+        sandbox on), none of the reads from outside named above. ``values``: the policy's
+        values as they were when ``box`` began (``policy_mod.copy_values``), which its
+        steps followed; values changed meanwhile, by another thread, make no plan (red
+        team round 88: a plan paired the new values with the engine of the old)."""
+        if values != policy.values:
+            return
         state = box.cache_state
         if (
             state not in ("memory", "skip", "off")
@@ -588,11 +595,11 @@ class _Plan:
             or not getattr(box.engine, "shared", False)
         ):
             return
-        import copy
-
         plan = cls()
         plan.data = data
-        plan.values = copy.deepcopy(policy.values)
+        plan.values = values
+        plan.source = (policy.source, policy.confined)
+        plan.use_cache = box.use_cache
         plan.prepared = box._prepared
         plan.selection = box.selection
         plan.backend_name, plan.compiler = box.backend_name, box.compiler
@@ -601,7 +608,7 @@ class _Plan:
         plan.counted = state == "memory"
         plan.module = box.module
         plan.export_list = box.export_list
-        policy.__dict__[_PLAN] = plan
+        shared.keep_plan(plan)
 
 
 class _lazy:
@@ -735,9 +742,10 @@ class Sandbox:
             and name is None
         )
         if plain:
-            plan = policy.__dict__.get(_PLAN)
-            if plan is not None and plan.data is module and self._from_plan(plan, policy):
-                return
+            for plan in shared.plans(module):
+                if self._from_plan(plan, policy):
+                    return
+            values = policy_mod.copy_values(policy.values)  # (what the steps below follow)
         if group is not None:
             self._group = group
             policy = group.policy
@@ -870,13 +878,13 @@ class Sandbox:
             self.engine.describe(self.module, self.wasm, getattr(self._prepared, "facts", None))
         self.export_list = self._interface()
         if plain:
-            _Plan.remember(self, module, policy)
+            _Plan.remember(self, module, policy, values)
 
     def _from_plan(self, plan: _Plan, policy: policy_mod.Policy) -> bool:
         """This sandbox made as ``plan`` says, if the policy's values are still the ones
         it was made under (False: they changed; the whole way is taken, and makes a new
         plan). Sets what __init__ sets, in its order."""
-        if plan.values != policy.values:
+        if plan.values != policy.values or plan.source != (policy.source, policy.confined):
             return False
         started = time.perf_counter()
         module = plan.module
@@ -896,10 +904,14 @@ class Sandbox:
             self.selection = plan.selection
         self.backend_name, self.compiler = plan.backend_name, plan.compiler
         self.engine = plan.engine
+        if not plan.use_cache:
+            self.use_cache = False
         self.cache_state = plan.cache_state
         self.module = module
         self.export_list = plan.export_list
         self.timings["read"] = time.perf_counter() - started
+        if plan.cache_state != "memory":  # (compiled in this process: held, not compiled)
+            self.timings["compile"] = 0.0
         return True
 
     _path_text: Optional[str] = None  # the module's path as given, if a str
@@ -1045,14 +1057,17 @@ class Sandbox:
         if spec != "auto" and len(backend_names()) == 1 and name in backend_names():
             # One backend installed and named: nothing to score, keep start-up lean.
             return name, compiler or backend_get(name).default_compiler
-        # The module's features are read only if they can change the choice (select.py).
-        self.selection = _selection(self.policy, kind, backend)
-        if self.selection is None:
-            from ..backends import select
+        # The module's features are read only if they can change the choice (select.py);
+        # a choice they played no part in is kept for every policy that needs the same
+        # capabilities (its scoring table, with the reasons, is made again if asked for:
+        # explain).
+        from ..backends import select
 
-            self.selection = select.select(self.policy, self._features, kind, backend)
-            if not self.selection.features_checked:  # the module did not matter: reuse it
-                _remember_selection(self.policy, kind, backend, self.selection)
+        key, found = select.chosen(self.policy.values, kind, backend)
+        if found is not None:
+            return found
+        self.selection = select.select(self.policy, self._features, kind, backend)
+        select.remember_choice(key, self.selection)
         return self.selection.backend, self.selection.compiler
 
     def _features(self) -> frozenset:
@@ -1662,24 +1677,6 @@ def _forget_making() -> None:
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_forget_making)
-
-
-def _selection(policy: policy_mod.Policy, kind: str, backend: Optional[str]) -> Any:
-    """The selection made earlier for this policy object, kind and backend, while the
-    policy's values are still the ones it was made for (scoring costs ~0.2 ms: a
-    sandbox per tenant under one policy scores once)."""
-    memo = getattr(policy, "_wasmsbx_selections", None)
-    found = memo.get((kind, backend)) if memo else None
-    if found is not None and found[0] == policy.values:
-        return found[1]
-    return None
-
-
-def _remember_selection(policy: Any, kind: str, backend: Optional[str], selection: Any) -> None:
-    import copy
-
-    memo = policy.__dict__.setdefault("_wasmsbx_selections", {})
-    memo[(kind, backend)] = (copy.deepcopy(policy.values), selection)
 
 
 def _normalize_imports(imports: Optional[Mapping[str, Mapping[str, Any]]]) -> dict:

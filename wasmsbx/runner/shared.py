@@ -214,6 +214,37 @@ def _hold(table: _Lru, engine: Any, prepared: Prepared, module: Any) -> None:
     table.put((id(engine), id(prepared)), (engine, prepared, module), prepared.size)
 
 
+# id(bytes) -> runner.sandbox._Plan objects made for that bytes object, the most recent
+# first (keep_plan). Each plan holds its bytes, so no other object has that id while it
+# is here.
+_PLANS: dict = {}
+PLANNED_MODULES = 16  # bytes objects with plans
+PLANS_PER_MODULE = 8  # plans (distinct policy values) per bytes object
+
+
+def plans(data: bytes) -> tuple:
+    """The plans made for this bytes object (runner.sandbox._Plan), the most recent
+    first; empty if none."""
+    found = _PLANS.get(id(data), ())
+    return found if found and found[0].data is data else ()
+
+
+def keep_plan(plan: Any) -> None:
+    """Keep ``plan`` first among its bytes object's, in place of one with the same values;
+    the oldest bytes object's plans go when more than PLANNED_MODULES have some."""
+    key = id(plan.data)
+    found = _PLANS.pop(key, ())
+    if found and found[0].data is not plan.data:  # (another object, freed, had that id)
+        found = ()
+    kept = [p for p in found if p.values != plan.values][: PLANS_PER_MODULE - 1]
+    while len(_PLANS) >= PLANNED_MODULES:
+        try:
+            del _PLANS[next(iter(_PLANS))]
+        except (KeyError, RuntimeError, StopIteration):  # (another thread's change)
+            break
+    _PLANS[key] = (plan, *kept)
+
+
 def forget_loaded() -> None:
     """Forget the modules kept by ``keep``, and which cache entries this process found
     verified (native.entry ``forget_recalled``): the next sandbox of each reads the disk
@@ -231,6 +262,7 @@ def clear() -> None:
     _COMPILED.clear()
     _LOADED.clear()
     _FILES.clear()
+    _PLANS.clear()
 
 
 # wasmtime-py's tables of the Python objects its stores reach (externref values, host
