@@ -11,6 +11,9 @@
                                                       # 1 MiB of data, copied in
     python benchmarks/density.py --guest memory --layout dense --address-space 64GiB
                                                       # under `ulimit -v` (RLIMIT_AS)
+    python benchmarks/density.py --tenant-limits 4    # a policy object per sandbox, with
+                                                      # one of 4 memory limits (0: each
+                                                      # its own)
 
 Each side runs in a fresh interpreter (so RSS, CPU and threads are its own), the sides
 alternated over ``--rounds``:
@@ -20,6 +23,9 @@ alternated over ``--rounds``:
 - wasmsbx: ``wasmsbx.Sandbox(module, policy)`` per sandbox (the public API: its own
   store with the policy's memory/table/instance limiter, its own deadline per call) and
   one ``call("add", ...)``; one policy object for all, as a host serving tenants would.
+  With ``--tenant-limits N``, a policy object per sandbox instead (``policy.from_dict``,
+  counted in its CPU) whose ``limits.memory`` is one of N values (``--memory`` less
+  0..N-1 pages; 0: every sandbox a value of its own), and raw caps each store the same.
 
 ``--layout`` and ``--init`` pick ``runtime.memory_layout`` and ``runtime.memory_init``
 for wasmsbx and the same wasmtime configuration for raw (``fast``: wasmtime's 4 GiB
@@ -116,15 +122,23 @@ def raw_config(layout: str, memory: int, init: str):
     return config
 
 
-def raw_side(wat: bytes, count: int, layout: str, memory: int, init: str) -> dict:
+def tenant_memory(memory: int, tiers: int, i: int) -> int:
+    """The memory limit of sandbox ``i`` under ``--tenant-limits tiers``."""
+    return memory - 65536 * (i % tiers if tiers else i % (memory // 65536 - 1))
+
+
+def raw_side(wat: bytes, count: int, layout: str, memory: int, init: str, tiers: int = -1) -> dict:
     import wasmtime
 
     engine = wasmtime.Engine(raw_config(layout, memory, init))
     module = wasmtime.Module(engine, wat)
+    made = [0]
 
     def make() -> tuple:
         store = wasmtime.Store(engine)
-        store.set_limits(memory_size=memory)
+        made[0] += 1
+        cap = memory if tiers < 0 else tenant_memory(memory, tiers, made[0])
+        store.set_limits(memory_size=cap)
         instance = wasmtime.Instance(store, module, [])
         return store, instance
 
@@ -136,7 +150,13 @@ def raw_side(wat: bytes, count: int, layout: str, memory: int, init: str) -> dic
 
 
 def wasmsbx_side(
-    wat: bytes, count: int, layout: str, memory: int, init: str, path: str = ""
+    wat: bytes,
+    count: int,
+    layout: str,
+    memory: int,
+    init: str,
+    path: str = "",
+    tiers: int = -1,
 ) -> dict:
     import wasmsbx
     from wasmsbx import policy as policy_mod
@@ -145,9 +165,16 @@ def wasmsbx_side(
     policy_mod.override(policy, "runtime.memory_layout", layout)
     policy_mod.override(policy, "runtime.memory_init", init)
     policy_mod.override(policy, "limits.memory", str(memory))
+    made = [0]
 
     def make() -> object:
-        return wasmsbx.Sandbox(path or wat, policy)
+        if tiers < 0:
+            return wasmsbx.Sandbox(path or wat, policy)
+        made[0] += 1
+        limits = {"memory": tenant_memory(memory, tiers, made[0])}
+        runtime = {"memory_layout": layout, "memory_init": init}
+        own = policy_mod.from_dict({"limits": limits, "runtime": runtime})
+        return wasmsbx.Sandbox(path or wat, own)
 
     def call(box: object, i: int) -> int:
         return box.call("add", i, 1)
@@ -225,6 +252,7 @@ def run_side(side: str, args: argparse.Namespace) -> dict:
             *("--count", str(args.count), "--layout", args.layout),
             *("--memory", str(args.memory), "--init", args.init),
             *(("--module-file", args.module_file) if args.module_file else ()),
+            *("--tenant-limits", str(args.tenant_limits)),
         ],
         capture_output=True,
         text=True,
@@ -247,6 +275,9 @@ def ratio(a: float, b: float) -> str:
 def render(args: argparse.Namespace, sides: dict) -> str:
     box, raw = sides["wasmsbx"], sides["raw"]
     limit = f", RLIMIT_AS {args.address_space:,} B" if args.address_space else ""
+    if args.tenant_limits >= 0:
+        tiers = args.tenant_limits or "a value of its own"
+        limit += f", a policy per sandbox (limits.memory: {tiers})"
     lines = [
         f"density: {args.count:,} live sandboxes, guest {args.guest!r}, layout "
         f"{args.layout!r}, init {args.init!r}, limits.memory {args.memory:,} B{limit}, "
@@ -303,6 +334,13 @@ def main() -> int:
         action="store_true",
         help="wasmsbx makes each sandbox from a module file (Sandbox(path)), not bytes",
     )
+    parser.add_argument(
+        "--tenant-limits",
+        type=int,
+        default=-1,
+        metavar="N",
+        help="a policy object per sandbox, with one of N memory limits (0: each its own)",
+    )
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--child", choices=("raw", "wasmsbx"), help=argparse.SUPPRESS)
     parser.add_argument("--module-file", default="", help=argparse.SUPPRESS)
@@ -310,10 +348,18 @@ def main() -> int:
     if args.child:
         guest = GUESTS[args.guest]
         if args.child == "raw":
-            made = raw_side(guest, args.count, args.layout, args.memory, args.init)
+            made = raw_side(
+                guest, args.count, args.layout, args.memory, args.init, args.tenant_limits
+            )
         else:
             made = wasmsbx_side(
-                guest, args.count, args.layout, args.memory, args.init, args.module_file
+                guest,
+                args.count,
+                args.layout,
+                args.memory,
+                args.init,
+                args.module_file,
+                args.tenant_limits,
             )
         print(json.dumps(made))
         return 0

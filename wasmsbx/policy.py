@@ -681,10 +681,23 @@ def defaults() -> Policy:
             _DEFAULTS[key.dotted] = (
                 None if default is None else check_value(key, default, "defaults")
             )
+        _NESTED.extend(k for k, v in _DEFAULTS.items() if type(v) in (list, dict))
     # Each list and dict copied: a policy's values may be changed in place, and a shared
     # one changed every default policy of the process (red team round 88: one tenant's
     # env.set and grants reached every other tenant's guest).
-    return Policy(values=copy_values(_DEFAULTS))
+    values = dict(_DEFAULTS)
+    for key in _NESTED:
+        values[key] = _copied(values[key])
+    return Policy(values=values)
+
+
+_NESTED: list = []  # the keys of _DEFAULTS whose values are lists or dicts
+
+
+def _copied(value: Any) -> Any:
+    """A list or dict of policy values copied (one level: they hold strings, numbers
+    and immutable grants only)."""
+    return list(value) if type(value) is list else dict(value)
 
 
 def copy_values(values: dict) -> dict:
@@ -706,10 +719,10 @@ def from_dict(data: dict, origin: str = "<policy>", base: Optional[Path] = None)
             raise PolicyError(f"{origin}: unknown section [{section}]", hint=hint, file=origin)
         if not isinstance(body, dict):
             raise _fail(origin, section, f"expected a [{section}] table, found {_type_name(body)}")
-        names = [k.name for k in SCHEMA if k.section == section]
         for name, value in body.items():
             dotted = f"{section}.{name}"
             if dotted not in KEYS:
+                names = [k.name for k in SCHEMA if k.section == section]
                 hint = _suggest(name, names) or f"keys in [{section}]: {', '.join(names)}"
                 raise _fail(origin, dotted, "unknown key", hint=hint)
             policy.values[dotted] = check_value(KEYS[dotted], value, origin, base)
