@@ -285,3 +285,54 @@ def test_default_policies_share_no_lists_or_tables():
     for key, value in one.values.items():
         if isinstance(value, (list, dict)):
             assert value is not two.values[key], key
+
+
+def _binary(value: int) -> bytes:
+    import wasmtime
+
+    return bytes(wasmtime.wat2wasm(f'(module (func (export "f") (result i32) i32.const {value}))'))
+
+
+def test_a_module_file_is_followed_by_its_content(tmp_path, monkeypatch, backend):
+    """The plan of a path holds the content it was made of: the file is read by every
+    sandbox, and a changed file is the new module at once."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "m.wasm").write_bytes(_binary(1))
+    policy = make_policy(backend)
+    assert [Sandbox("m.wasm", policy).call("f") for _ in range(3)] == [1, 1, 1]
+    if backend.startswith("wasmtime"):
+        assert shared.plans("m.wasm") and shared.plans("m.wasm")[0].data == _binary(1)
+    (tmp_path / "m.wasm").write_bytes(_binary(2))
+    assert [Sandbox("m.wasm", policy).call("f") for _ in range(3)] == [2, 2, 2]
+    (tmp_path / "other.wasm").write_bytes(_binary(3))
+    (tmp_path / "m.wasm").unlink()
+    (tmp_path / "m.wasm").symlink_to("other.wasm")
+    assert Sandbox("m.wasm", policy).call("f") == 3
+    box = Sandbox("m.wasm", policy)
+    assert box.call("f") == 3 and box.path.name == "m.wasm"
+    (tmp_path / "m.wasm").unlink()
+    with pytest.raises(errors.WasmsbxError) as caught:
+        Sandbox("m.wasm", policy)
+    assert caught.value.exit_code == 105
+
+
+def test_a_relative_path_in_another_folder_is_another_file(tmp_path, monkeypatch):
+    for name, value in (("a", 1), ("b", 2)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "m.wasm").write_bytes(_binary(value))
+    policy = make_policy("wasmtime")
+    monkeypatch.chdir(tmp_path / "a")
+    assert [Sandbox("m.wasm", policy).call("f") for _ in range(2)] == [1, 1]
+    monkeypatch.chdir(tmp_path / "b")
+    assert [Sandbox("m.wasm", policy).call("f") for _ in range(2)] == [2, 2]
+    monkeypatch.chdir(tmp_path / "a")
+    assert Sandbox("m.wasm", policy).call("f") == 1
+
+
+def test_a_file_the_cache_would_hold_takes_every_step(tmp_path, monkeypatch):
+    monkeypatch.setenv("WASMSBX_CACHE_DIR", str(tmp_path / "cache"))
+    (tmp_path / "m.wasm").write_bytes(_binary(1))
+    policy = cached_policy(runtime__backend="wasmtime")  # (cache_min_size 0)
+    boxes = [Sandbox(str(tmp_path / "m.wasm"), policy) for _ in range(3)]
+    assert [box.call("f") for box in boxes] == [1, 1, 1]
+    assert shared.plans(str(tmp_path / "m.wasm")) == ()

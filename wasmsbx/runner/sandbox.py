@@ -542,7 +542,11 @@ class _Plan:
     """How a sandbox was made from bytes with nothing else given (``Sandbox(module,
     policy)``, one per tenant: issue #16), so that the next one of the same bytes
     object under equal policy values sets its attributes from here instead of going
-    through every step again. The steps depend only on the module's bytes (immutable),
+    through every step again. The same goes for a module given by its path, when the
+    file is small enough to be read whole before __init__ (runner.preread; not one the
+    disk cache holds): the plan is the path's, followed while the file's content is the
+    content the plan was made of (compared byte for byte: the file is read by every
+    sandbox, as before). The steps depend only on the module's bytes (immutable),
     the policy's values (compared in full with a copy kept here) and what the process
     holds for ever (an engine per configuration is never dropped: backends/wasmtime
     ``engine_for``). Policy objects are not compared: a policy per tenant, each with
@@ -552,12 +556,14 @@ class _Plan:
     not shared.
 
     Kept in runner.shared (``keep_plan``): for each of the last ``PLANNED_MODULES``
-    bytes objects, its last ``PLANS_PER_MODULE`` plans (one per distinct set of
+    bytes objects or paths, its last ``PLANS_PER_MODULE`` plans (one per distinct set of
     values), the most recent first. A plan holds its bytes and compiled module alive, as
     the other shared tables do; ``shared.clear()`` drops them all."""
 
     __slots__ = (
         "data",
+        "path",
+        "name",
         "values",
         "source",
         "prepared",
@@ -573,8 +579,11 @@ class _Plan:
     )
 
     @classmethod
-    def remember(cls, box: Sandbox, data: bytes, policy: policy_mod.Policy, values: dict) -> None:
-        """A plan from ``box``, just made of ``data`` under ``policy`` the whole way, if
+    def remember(
+        cls, box: Sandbox, module: Any, data: bytes, policy: policy_mod.Policy, values: dict
+    ) -> None:
+        """A plan from ``box``, just made of ``module`` (bytes ``data``, or a path whose
+        file's content was ``data``) under ``policy`` the whole way, if
         the next sandbox would take the same steps to the same objects: a module held in
         the process (compiled here, or given by the disk cache: "memory" from the second
         sandbox on), none of the reads from outside named above. ``values``: the policy's
@@ -597,6 +606,8 @@ class _Plan:
             return
         plan = cls()
         plan.data = data
+        plan.path = module if type(module) is str else None
+        plan.name = box._name if plan.path is not None else None
         plan.values = values
         plan.source = (policy.source, policy.confined)
         plan.use_cache = box.use_cache
@@ -721,13 +732,11 @@ class Sandbox:
         # What the public Sandbox's __new__ read for this __init__ (first: nothing here
         # may leave it for another sandbox to take)
         read = _PREREAD_SLOT.__dict__.pop("read", None) if _PREREAD_SLOT.__dict__ else None
-        # A sandbox per tenant: the same bytes under the same policy as the last sandbox
-        # of this policy made (see _Plan), with nothing else given.
-        plain = (
-            type(module) is bytes
-            and policy is not None
+        # A sandbox per tenant: a module (bytes, or a small file's content) and policy
+        # values a sandbox was made of before, with nothing else given (see _Plan).
+        planned = (
+            policy is not None
             and self._plannable
-            and read is None
             and imports is None
             and backend is None
             and kind == "call"
@@ -741,11 +750,27 @@ class Sandbox:
             and group is None
             and name is None
         )
-        if plain:
-            for plan in shared.plans(module):
-                if self._from_plan(plan, policy):
-                    return
-            values = policy_mod.copy_values(policy.values)  # (what the steps below follow)
+        content: Any = None
+        if planned:
+            if type(module) is bytes and read is None:
+                content = module
+            elif type(module) is str and read is not None:
+                # (the file as the public Sandbox just read it, if __init__ would use those
+                # bytes: _preread_of)
+                owner, given, data = read
+                if owner() is self and given is module:
+                    v = policy.values
+                    if not v["runtime.cache"] or len(data) < v["runtime.cache_min_size"]:
+                        content = data
+            if content is None:
+                planned = False
+            else:
+                for plan in shared.plans(module):
+                    if (plan.data is content or plan.data == content) and self._from_plan(
+                        plan, policy
+                    ):
+                        return
+                values = policy_mod.copy_values(policy.values)  # (what the steps follow)
         if group is not None:
             self._group = group
             policy = group.policy
@@ -877,8 +902,8 @@ class Sandbox:
         elif self.wasm is not None:  # native code from the cache: the totals need the layout
             self.engine.describe(self.module, self.wasm, getattr(self._prepared, "facts", None))
         self.export_list = self._interface()
-        if plain:
-            _Plan.remember(self, module, policy, values)
+        if planned:
+            _Plan.remember(self, module, content, policy, values)
 
     def _from_plan(self, plan: _Plan, policy: policy_mod.Policy) -> bool:
         """This sandbox made as ``plan`` says, if the policy's values are still the ones
@@ -893,13 +918,17 @@ class Sandbox:
             if module is not plan.module:  # (no longer held here: loaded again)
                 return False
         prepared = plan.prepared
-        self.path = _BYTES_PATH
+        if plan.path is None:
+            self.path = _BYTES_PATH
+        else:
+            self._path_text, self._name = plan.path, plan.name
         self.policy = policy
         self.imports = {}
         self.timings = {}
         self._prepared = prepared
         self.wasm = prepared.wasm
-        self._given = prepared.data
+        if plan.path is None:
+            self._given = prepared.data
         if plan.selection is not None:
             self.selection = plan.selection
         self.backend_name, self.compiler = plan.backend_name, plan.compiler

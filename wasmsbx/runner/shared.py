@@ -214,28 +214,31 @@ def _hold(table: _Lru, engine: Any, prepared: Prepared, module: Any) -> None:
     table.put((id(engine), id(prepared)), (engine, prepared, module), prepared.size)
 
 
-# id(bytes) -> runner.sandbox._Plan objects made for that bytes object, the most recent
-# first (keep_plan). Each plan holds its bytes, so no other object has that id while it
-# is here.
+# id(bytes), or a module file's path as given -> runner.sandbox._Plan objects made for
+# that bytes object or path, the most recent first (keep_plan). Each plan holds its
+# bytes, so no other object has that id while it is here.
 _PLANS: dict = {}
 PLANNED_MODULES = 16  # bytes objects with plans
 PLANS_PER_MODULE = 8  # plans (distinct policy values) per bytes object
 
 
-def plans(data: bytes) -> tuple:
-    """The plans made for this bytes object (runner.sandbox._Plan), the most recent
-    first; empty if none."""
-    found = _PLANS.get(id(data), ())
-    return found if found and found[0].data is data else ()
+def plans(module: Any) -> tuple:
+    """The plans made for this bytes object, or for the module file at this path as
+    given (``str``: each with the content it was made of, to compare with the file's
+    now), the most recent first (runner.sandbox._Plan); empty if none."""
+    if type(module) is str:
+        return _PLANS.get(module, ())
+    found = _PLANS.get(id(module), ())
+    return found if found and found[0].data is module else ()
 
 
 def keep_plan(plan: Any) -> None:
     """Keep ``plan`` first among its bytes object's, in place of one with the same values;
     the oldest bytes object's plans go when more than PLANNED_MODULES have some."""
-    key = id(plan.data)
+    key = id(plan.data) if plan.path is None else plan.path
     found = _PLANS.pop(key, ())
-    if found and found[0].data is not plan.data:  # (another object, freed, had that id)
-        found = ()
+    if found and plan.path is None and found[0].data is not plan.data:
+        found = ()  # (another object, freed, had that id)
     kept = [p for p in found if p.values != plan.values][: PLANS_PER_MODULE - 1]
     while len(_PLANS) >= PLANNED_MODULES:
         try:
