@@ -28,7 +28,24 @@ COUNTER = b"""(module
         (br_if $done (i32.eq (memory.grow (i32.const 1)) (i32.const -1)))
         (br $next)))
     (memory.size))
-  (func (export "spin") (loop $l (br $l))))"""
+  (func (export "spin") (loop $l (br $l)))
+  (func (export "busy") (param $n i32) (result i32)
+    (local $i i32)
+    (block $done
+      (loop $next
+        (br_if $done (i32.ge_u (local.get $i) (local.get $n)))
+        (local.set $i (i32.add (local.get $i) (i32.const 1)))
+        (br $next)))
+    (local.get $i)))"""
+
+# A guest that counts the environment variables it is given (WASI, called as a function).
+ENV_COUNT = b"""(module
+  (import "wasi_snapshot_preview1" "environ_sizes_get"
+    (func $sizes (param i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (func (export "count") (result i32)
+    (drop (call $sizes (i32.const 0) (i32.const 4)))
+    (i32.load (i32.const 0))))"""
 
 
 def make_policy(backend: str, **keys) -> policy_mod.Policy:
@@ -66,7 +83,8 @@ def test_a_policy_per_tenant_follows_the_plan_of_its_values(backend):
     for box, pages in boxes:
         assert box.call("grow") == pages
     if backend.startswith("wasmtime"):
-        assert len(shared.plans(COUNTER)) == 2
+        # (one plan: the default layout reserves the same for every memory limit)
+        assert len(shared.plans(COUNTER)) == 1
         assert len({id(box.module) for box, _ in boxes}) == 1
 
 
@@ -211,12 +229,32 @@ def test_the_plans_held_are_bounded():
         Sandbox(module, make_policy("wasmtime"))
     assert len(shared._PLANS) == shared.PLANNED_MODULES
     assert shared.plans(modules[0]) == () and shared.plans(modules[-1]) != ()
-    for fuel in range(1, shared.PLANS_PER_MODULE + 3):
-        Sandbox(COUNTER, make_policy("wasmtime", limits__fuel=fuel * 1000))
+    stacks = [f"{256 + 64 * i}KiB" for i in range(shared.PLANS_PER_MODULE + 2)]
+    for stack in stacks:  # (another engine each: another plan)
+        Sandbox(COUNTER, make_policy("wasmtime", limits__stack=stack))
     assert len(shared.plans(COUNTER)) == shared.PLANS_PER_MODULE
-    box = Sandbox(COUNTER, make_policy("wasmtime", limits__fuel=5000))
-    with pytest.raises(errors.FuelExhausted):
-        box.call("spin")
+    box = Sandbox(COUNTER, make_policy("wasmtime", limits__stack=stacks[-1]))
+    assert box.engine is shared.plans(COUNTER)[0].engine
+    assert box.call("busy", 10) == 10
+
+
+def test_the_plans_hold_no_more_module_bytes_than_the_shared_tables(monkeypatch):
+    """Each plan holds its compiled module: plans are counted against the shared tables'
+    byte budget (red team round 89: 128 plans of 12 MiB modules held 1.8 GiB)."""
+    Sandbox(COUNTER, make_policy("wasmtime"))
+    size = shared.plans(COUNTER)[0].prepared.size
+    monkeypatch.setattr(shared, "MAX_BYTES", size * 3)
+    for stack in ("256KiB", "320KiB", "384KiB", "448KiB", "512KiB"):
+        Sandbox(COUNTER, make_policy("wasmtime", limits__stack=stack))
+    assert len(shared.plans(COUNTER)) == 3
+    other = b'(module (func (export "f") (result i32) i32.const 9))'
+    Sandbox(other, make_policy("wasmtime"))
+    held = sum(p.prepared.size for group in shared._PLANS.values() for p in group)
+    assert held <= size * 3
+    monkeypatch.setattr(shared, "MAX_BYTES", size - 1)
+    shared.clear()
+    Sandbox(COUNTER, make_policy("wasmtime"))
+    assert shared.plans(COUNTER) == ()  # (larger than the budget: not planned)
 
 
 def test_a_policy_with_plans_still_pickles_and_copies():
@@ -336,3 +374,117 @@ def test_a_file_the_cache_would_hold_takes_every_step(tmp_path, monkeypatch):
     boxes = [Sandbox(str(tmp_path / "m.wasm"), policy) for _ in range(3)]
     assert [box.call("f") for box in boxes] == [1, 1, 1]
     assert shared.plans(str(tmp_path / "m.wasm")) == ()
+
+
+def test_tenants_with_limits_of_their_own_follow_one_plan_and_keep_them():
+    """A policy per tenant, every limit an amount of its own (memory under the default
+    layout, fuel, timeout, output, the environment): one plan, each sandbox under its own
+    policy's amounts."""
+    boxes = []
+    for i in range(1, 7):
+        tenant = make_policy(
+            "wasmtime",
+            limits__memory=f"{i}MiB",
+            limits__fuel=10_000 if i % 2 else 10**8,
+            limits__timeout=f"{10 + i}s",
+            limits__output=f"{i}MiB",
+            env__set={f"T{j}": "x" for j in range(i)},
+        )
+        boxes.append((i, Sandbox(COUNTER, tenant), Sandbox(ENV_COUNT, tenant)))
+    assert len(shared.plans(COUNTER)) == 1 and len(shared.plans(ENV_COUNT)) == 1
+    for i, counter, env in boxes:
+        assert counter.call("grow") == 16 * i
+        assert env.call("count") == i
+        if i % 2:
+            with pytest.raises(errors.FuelExhausted):
+                counter.call("busy", 100_000)
+        else:
+            assert counter.call("busy", 100_000) == 100_000
+        assert counter.policy.values["limits.timeout"] == 10 + i
+
+
+def test_amounts_the_engine_depends_on_take_a_plan_of_their_own():
+    """The dense layout sizes each memory's reservation from limits.memory (compiled
+    into the engine's configuration), and limits.stack is the engine's: other amounts
+    are another plan."""
+    dense = [
+        make_policy("wasmtime", runtime__memory_layout="dense", limits__memory=memory)
+        for memory in ("1MiB", "2MiB", "1MiB")
+    ]
+    boxes = [Sandbox(COUNTER, policy) for policy in dense]
+    assert boxes[0].engine is not boxes[1].engine and boxes[2].engine is boxes[0].engine
+    assert [box.call("grow") for box in boxes] == [16, 32, 16]
+    stacks = [make_policy("wasmtime", limits__stack=stack) for stack in ("256KiB", "1MiB")]
+    first, second = (Sandbox(COUNTER, policy) for policy in stacks)
+    assert first.engine is not second.engine
+    assert first.engine.options.stack != second.engine.options.stack
+    fueled = Sandbox(COUNTER, make_policy("wasmtime", limits__fuel=10**6))
+    assert fueled.engine is not first.engine  # (fuel set or not: metering compiled in)
+
+
+@pytest.mark.parametrize("layout", ["fast", "dense"])
+def test_the_steps_read_no_value_a_plan_does_not_compare(layout):
+    """What _same_steps lets differ must be what __init__ does not read once the module
+    is held (run-only values), or reads only as set or not; the amounts of those must
+    leave the engine the same."""
+
+    class Reads(dict):
+        def __init__(self, values):
+            super().__init__(values)
+            self.read = set()
+
+        def __getitem__(self, key):
+            self.read.add(key)
+            return super().__getitem__(key)
+
+        def get(self, key, default=None):
+            self.read.add(key)
+            return super().get(key, default)
+
+    policy = make_policy("wasmtime", runtime__memory_layout=layout, limits__fuel=1000)
+    Sandbox(COUNTER, policy, name="x.wasm")  # (the module held from now on)
+    policy.values = Reads(policy.values)
+    Sandbox(COUNTER, policy, name="x.wasm")  # (any argument: every step)
+    assert not policy.values.read & core._RUN_ONLY
+    engines = set()
+    for fuel, table, instances, memory in ((1000, 10, 1, "1MiB"), (10**9, 10**6, 9, "8MiB")):
+        other = make_policy(
+            "wasmtime",
+            runtime__memory_layout=layout,
+            limits__fuel=fuel,
+            limits__table_elements=table,
+            limits__instances=instances,
+        )
+        if layout == "fast":
+            policy_mod.override(other, "limits.memory", memory)
+        engines.add(id(Sandbox(COUNTER, other, name="x.wasm").engine))
+    assert len(engines) == 1
+
+
+def test_a_change_undone_while_a_sandbox_is_made_makes_no_plan(monkeypatch):
+    """Another thread sets limits.stack while the backend is chosen and unsets it before
+    the module is compiled: the engine has the stack limit, the values at the end are
+    the ones at the start. No plan may pair them (red team round 89: every tenant with
+    those values then ran without the engine the values give)."""
+    policy = make_policy("wasmtime")
+    choose, compile_ = core.Sandbox._choose, core.Sandbox._compile
+
+    def choose_while_set(self, *args):
+        policy.values["limits.stack"] = 65536
+        return choose(self, *args)
+
+    def compile_after_unset(self, *args):
+        policy.values["limits.stack"] = None
+        return compile_(self, *args)
+
+    monkeypatch.setattr(core.Sandbox, "_choose", choose_while_set)
+    monkeypatch.setattr(core.Sandbox, "_compile", compile_after_unset)
+    odd = Sandbox(COUNTER, policy)
+    assert odd.engine.options.stack == 65536
+    monkeypatch.setattr(core.Sandbox, "_choose", choose)
+    monkeypatch.setattr(core.Sandbox, "_compile", compile_)
+    assert plan_of(policy) is None
+    tenant = make_policy("wasmtime")  # (another tenant, the same values)
+    box = Sandbox(COUNTER, tenant)
+    assert box.engine.options.stack is None
+    assert plan_of(tenant) is not None and plan_of(tenant).engine is box.engine

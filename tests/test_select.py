@@ -326,7 +326,9 @@ def test_policies_alike_share_a_choice_and_explain_their_own():
     select.CHOICES.clear()
     first = Sandbox(wat, policy(runtime__backend="auto", limits__memory="1MiB"))
     second = Sandbox(wat, policy(runtime__backend="auto", limits__memory="3MiB"))
-    assert first.selection is not None and second.selection is None  # (not scored again)
+    assert first.selection is not None
+    if not first.selection.features_checked:  # (one backend met the policy)
+        assert second.selection is None  # (not scored again)
     assert (second.backend_name, second.compiler) == (first.backend_name, first.compiler)
     assert ("memory-limit", "limits.memory = 3 MiB") in second.explain().requirements
     fueled = Sandbox(wat, policy(runtime__backend="auto", limits__fuel=10))
@@ -334,3 +336,35 @@ def test_policies_alike_share_a_choice_and_explain_their_own():
     assert any(cap == "fuel" for cap, _ in fueled.selection.requirements)
     assert fueled.call("f") == 7
     assert second.call("f") == 7
+
+
+def test_a_choice_is_kept_under_the_key_of_the_values_it_was_scored_on(monkeypatch):
+    """_choose scores a copy of the policy's values and keeps the winner under that
+    copy's key: another thread changing the policy between the two kept a winner under
+    another policy's key (red team round 89)."""
+    from wasmsbx import Sandbox
+
+    live = policy(runtime__backend="auto", limits__fuel=1000)
+    scored, keyed = [], []
+    real_select, real_chosen = select.select, select.chosen
+
+    def scoring(held, *args, **kwargs):
+        scored.append(held.values)
+        live.values["limits.fuel"] = None  # (another thread, meanwhile)
+        return real_select(held, *args, **kwargs)
+
+    def keying(values, *args):
+        keyed.append(values)
+        return real_chosen(values, *args)
+
+    from wasmsbx.runner import shared
+
+    shared.clear()  # (no plan: every step)
+    select.CHOICES.clear()
+    monkeypatch.setattr(select, "select", scoring)
+    monkeypatch.setattr(select, "chosen", keying)
+    Sandbox(b'(module (func (export "f") (result i32) i32.const 7))', live)
+    assert scored and keyed[-1] is scored[0]  # (the key of the values scored)
+    assert scored[0]["limits.fuel"] == 1000
+    for key in select.CHOICES:
+        assert ("fuel" in key[-1]) == (scored[0]["limits.fuel"] is not None)

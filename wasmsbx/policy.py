@@ -670,28 +670,34 @@ def _suggest(name: str, candidates: list) -> Optional[str]:
     return f"did you mean `{close[0]}`?" if close else None
 
 
-_DEFAULTS: dict = {}
+# (the defaults checked, the keys among them whose values are lists or dicts), made
+# once by the first defaults() and published whole: a thread that came in while another
+# filled the table in place got a policy without its later keys (KeyError: 'stdio.stdin',
+# seen under CI with sandboxes made at once from threads).
+_DEFAULTS: Optional[tuple] = None
 
 
 def defaults() -> Policy:
     """The secure defaults (validated once per process, copied per policy)."""
-    if not _DEFAULTS:
-        for key in SCHEMA:
-            default = key.default
-            _DEFAULTS[key.dotted] = (
-                None if default is None else check_value(key, default, "defaults")
-            )
-        _NESTED.extend(k for k, v in _DEFAULTS.items() if type(v) in (list, dict))
+    base = _DEFAULTS or _make_defaults()
     # Each list and dict copied: a policy's values may be changed in place, and a shared
     # one changed every default policy of the process (red team round 88: one tenant's
     # env.set and grants reached every other tenant's guest).
-    values = dict(_DEFAULTS)
-    for key in _NESTED:
+    values = dict(base[0])
+    for key in base[1]:
         values[key] = _copied(values[key])
     return Policy(values=values)
 
 
-_NESTED: list = []  # the keys of _DEFAULTS whose values are lists or dicts
+def _make_defaults() -> tuple:
+    global _DEFAULTS
+    checked = {}
+    for key in SCHEMA:
+        default = key.default
+        checked[key.dotted] = None if default is None else check_value(key, default, "defaults")
+    nested = tuple(k for k, v in checked.items() if type(v) in (list, dict))
+    _DEFAULTS = (checked, nested)
+    return _DEFAULTS
 
 
 def _copied(value: Any) -> Any:

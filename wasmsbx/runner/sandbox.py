@@ -587,9 +587,13 @@ class _Plan:
         the next sandbox would take the same steps to the same objects: a module held in
         the process (compiled here, or given by the disk cache: "memory" from the second
         sandbox on), none of the reads from outside named above. ``values``: the policy's
-        values as they were when ``box`` began (``policy_mod.copy_values``), which its
-        steps followed; values changed meanwhile, by another thread, make no plan (red
-        team round 88: a plan paired the new values with the engine of the old)."""
+        values as they were when ``box`` began (``policy_mod.copy_values``).
+
+        Another thread may change the policy while the steps run, and change it back
+        (red team rounds 88 and 89: a plan paired the values with the engine of others,
+        and every tenant with those values followed it). So what the steps gave is
+        checked against what ``values`` give: the engine, the backend, the module size
+        limit, the cache; anything else makes no plan."""
         if values != policy.values:
             return
         state = box.cache_state
@@ -598,10 +602,12 @@ class _Plan:
             or box.artifact is not None
             or box._prepared is None
             or box.policy is not policy
-            or policy.grants
-            or any(policy.values[key] not in SPECIAL_STDIO for key in _STDIO_KEYS)
+            or values["filesystem.read_only"]
+            or values["filesystem.read_write"]
+            or any(values[key] not in SPECIAL_STDIO for key in _STDIO_KEYS)
             or box._warnings
             or not getattr(box.engine, "shared", False)
+            or not _made_as(box, values)
         ):
             return
         plan = cls()
@@ -620,6 +626,64 @@ class _Plan:
         plan.module = box.module
         plan.export_list = box.export_list
         shared.keep_plan(plan)
+
+
+def _made_as(box: Sandbox, values: dict) -> bool:
+    """Whether ``box``'s backend, engine, cache state and size check are what ``values``
+    (a copy, which no other thread changes) give (see _Plan.remember)."""
+    from ..backends import select
+
+    held = policy_mod.Policy(values)
+    limit = values["limits.module_size"]
+    if limit is not None and box._size > limit:
+        return False
+    if not values["runtime.cache"]:
+        state = "off"
+    elif box._size < values["runtime.cache_min_size"]:
+        state = "skip"
+    else:
+        state = "memory"
+    if box.cache_state != state or box.use_cache != bool(values["runtime.cache"]):
+        return False
+    _, found = select.chosen(values, "call", None)
+    if found is None:
+        selection = select.select(held, box._features, "call", None)
+        found = (selection.backend, selection.compiler)
+    if found != (box.backend_name, box.compiler):
+        return False
+    engine = backend_get(box.backend_name).engine(engine_options(held, box.compiler))
+    return engine is box.engine
+
+
+# Policy values the steps of __init__ do not read once the module is held (an instance
+# and its calls read them, from the sandbox's own policy): a plan made under one value
+# is followed under another. tests/test_sandbox_plan.py checks __init__ reads none.
+_RUN_ONLY = frozenset(
+    {"limits.timeout", "limits.output", "limits.compile_timeout", "env.inherit", "env.set"}
+)
+# Values the steps read only as set or not (fuel metering compiled in, the capabilities
+# the backend must have); the amounts are the instance's.
+_SET_ONLY = frozenset({"limits.fuel", "limits.table_elements", "limits.instances"})
+
+
+def _same_steps(held: dict, values: dict) -> bool:
+    """Whether __init__'s steps under ``values`` are those taken under ``held`` (a plan's):
+    equal but for values the steps do not read (_RUN_ONLY), amounts of limits they read
+    as set or not (_SET_ONLY), and ``limits.memory`` under the default memory layout
+    (the engine reserves the same for every limit there; "dense" sizes its reservation
+    from it)."""
+    if held.keys() != values.keys():
+        return False
+    for key, value in values.items():
+        was = held[key]
+        if was == value or key in _RUN_ONLY:
+            continue
+        if key in _SET_ONLY and (was is None) == (value is None):
+            continue
+        if key == "limits.memory" and values["runtime.memory_layout"] == "fast":
+            continue
+        return False
+    return True
 
 
 class _lazy:
@@ -909,7 +973,10 @@ class Sandbox:
         """This sandbox made as ``plan`` says, if the policy's values are still the ones
         it was made under (False: they changed; the whole way is taken, and makes a new
         plan). Sets what __init__ sets, in its order."""
-        if plan.values != policy.values or plan.source != (policy.source, policy.confined):
+        exact = plan.values == policy.values
+        if not (exact or _same_steps(plan.values, policy.values)):
+            return False
+        if plan.source != (policy.source, policy.confined):
             return False
         started = time.perf_counter()
         module = plan.module
@@ -929,7 +996,7 @@ class Sandbox:
         self.wasm = prepared.wasm
         if plan.path is None:
             self._given = prepared.data
-        if plan.selection is not None:
+        if exact and plan.selection is not None:  # (its reasons name the policy's values)
             self.selection = plan.selection
         self.backend_name, self.compiler = plan.backend_name, plan.compiler
         self.engine = plan.engine
@@ -1092,10 +1159,15 @@ class Sandbox:
         # explain).
         from ..backends import select
 
-        key, found = select.chosen(self.policy.values, kind, backend)
+        _, found = select.chosen(self.policy.values, kind, backend)
         if found is not None:
             return found
-        self.selection = select.select(self.policy, self._features, kind, backend)
+        # Scored on a copy of the values, the one its key is made of: another thread's
+        # change between the two kept a winner under another policy's key (red team
+        # round 89: every tenant needing fuel got wasmer:singlepass, exit 104).
+        held = policy_mod.Policy(policy_mod.copy_values(self.policy.values))
+        key, _ = select.chosen(held.values, kind, backend)
+        self.selection = select.select(held, self._features, kind, backend)
         select.remember_choice(key, self.selection)
         return self.selection.backend, self.selection.compiler
 

@@ -234,18 +234,30 @@ def plans(module: Any) -> tuple:
 
 def keep_plan(plan: Any) -> None:
     """Keep ``plan`` first among its bytes object's, in place of one with the same values;
-    the oldest bytes object's plans go when more than PLANNED_MODULES have some."""
+    the oldest bytes object's plans go when more than PLANNED_MODULES have some, or when
+    the modules the plans hold come to more than MAX_BYTES (each plan counted: plans
+    under other engines hold other compiled modules; red team round 89 held 1.8 GiB in
+    128 plans of 12 MiB modules). A module larger than that is not planned."""
+    size = plan.prepared.size or 0
+    if size > MAX_BYTES:
+        return
     key = id(plan.data) if plan.path is None else plan.path
     found = _PLANS.pop(key, ())
     if found and plan.path is None and found[0].data is not plan.data:
         found = ()  # (another object, freed, had that id)
-    kept = [p for p in found if p.values != plan.values][: PLANS_PER_MODULE - 1]
-    while len(_PLANS) >= PLANNED_MODULES:
+    room = PLANS_PER_MODULE if not size else min(PLANS_PER_MODULE, MAX_BYTES // size)
+    kept = [p for p in found if p.values != plan.values][: room - 1]
+    while len(_PLANS) >= PLANNED_MODULES or _planned_bytes() + size * (1 + len(kept)) > MAX_BYTES:
         try:
             del _PLANS[next(iter(_PLANS))]
-        except (KeyError, RuntimeError, StopIteration):  # (another thread's change)
+        except (KeyError, RuntimeError, StopIteration):  # (none left, or another thread's)
             break
     _PLANS[key] = (plan, *kept)
+
+
+def _planned_bytes() -> int:
+    """The module bytes the plans hold, each plan counted."""
+    return sum(p.prepared.size or 0 for group in list(_PLANS.values()) for p in group)
 
 
 def forget_loaded() -> None:
