@@ -203,11 +203,11 @@ def test_writer_loses_a_race_without_replacing_what_appeared(tmp_path, monkeypat
     real_link = os.link
     calls = []
 
-    def link(src, dst):
+    def link(src, dst, **folders):
         if not calls:
-            os.symlink(target, dst)
+            os.symlink(target, dst, dir_fd=folders.get("dst_dir_fd"))
         calls.append(dst)
-        return real_link(src, dst)
+        return real_link(src, dst, **folders)
 
     monkeypatch.setattr(os, "link", link)
     assert outfile.write_output(path, b"data") == "replaced"

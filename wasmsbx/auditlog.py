@@ -30,7 +30,12 @@ class AuditLog:
 
     def __init__(self, path: str) -> None:
         self.path = path
-        from .outfile import refuse_linked_in_place, refuse_policy_name, refuse_trust_folder
+        from .outfile import (
+            refuse_linked_in_place,
+            refuse_opened_astray,
+            refuse_policy_name,
+            refuse_trust_folder,
+        )
 
         refuse_trust_folder(path)  # appended lines must not land among your keys
         refuse_policy_name(path)  # nor become the policy the next run discovers
@@ -39,8 +44,9 @@ class AuditLog:
             # (ENXIO) instead of blocking the run before its deadline is even armed.
             flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEXEC", 0)
             fd = os.open(path, flags | getattr(os, "O_NONBLOCK", 0), 0o666)
-            try:  # (under any of its names: before anything is appended)
+            try:  # (under any of its names, and where it leads: before anything is appended)
                 refuse_linked_in_place(path, "appending to it", fd)
+                refuse_opened_astray(path, "the audit log", fd)
             except BaseException:
                 os.close(fd)
                 raise

@@ -125,13 +125,17 @@ def refuse_policy_name(text: str) -> None:
     without one created it, and every command there failed (invalid TOML, exit 101)."""
     names = {os.path.basename(text), os.path.basename(errors.real_path(text))}
     if any(name.lower() == POLICY_NAME for name in names):
-        raise _fail(
-            text,
-            f"would be a {POLICY_NAME}, the policy file wasmsbx finds in the folder it "
-            "runs in; refusing to write it",
-            "choose another name: every wasmsbx command run in that folder would read "
-            "what is written there as its policy",
-        )
+        raise _policy_named(text)
+
+
+def _policy_named(text: str) -> errors.InputError:
+    return _fail(
+        text,
+        f"would be a {POLICY_NAME}, the policy file wasmsbx finds in the folder it "
+        "runs in; refusing to write it",
+        "choose another name: every wasmsbx command run in that folder would read "
+        "what is written there as its policy",
+    )
 
 
 def refuse_linked_in_place(text: str, what: str, fd: int) -> os.stat_result:
@@ -150,6 +154,32 @@ def refuse_linked_in_place(text: str, what: str, fd: int) -> os.stat_result:
             "give a file with one name, or a new path",
         )
     return info
+
+
+def refuse_opened_astray(text: str, what: str, fd: int) -> None:
+    """InputError if ``fd``, ``text`` opened for writing in place (nothing written yet,
+    nothing truncated), is in the trust folder or is a ``sandbox.toml``. Checked by name
+    before, the path may lead elsewhere by the time it is opened (a folder on its way
+    swapped for a link, by another run's guest say): a guest's output written over the
+    secret key would let it forge native code (the class of red team round 89's output
+    race). Where there is no /proc, the check by name is all there is."""
+    from .native.trustdir import proc_target, resolved, trust_dir_text, within
+
+    real = proc_target(f"/proc/self/fd/{fd}")
+    if not real:
+        return  # (no /proc, or not a file of this root: a pipe, a socket)
+    if within(real, resolved(trust_dir_text())):
+        raise _fail(
+            text,
+            f"leads into the trust folder, which holds your keys; {what} is not written there",
+            "was a folder on its way replaced by a link? give a path outside it",
+        )
+    if os.path.basename(real).lower() == POLICY_NAME:
+        raise _fail(
+            text,
+            f"leads to a {POLICY_NAME} ({errors.inert(real)}); {what} is not written there",
+            "every wasmsbx command run in that folder would read it as its policy",
+        )
 
 
 def refuse_trust_folder(text: str) -> None:
@@ -226,36 +256,184 @@ def write_output(
     "replaced" or "written" (a device or FIFO). ``mode`` sets a new or replaced file's
     permissions (default: a new file gets 0666 less the umask, a replaced one keeps its
     own); ``durable`` fsyncs before the rename; ``trust_folder`` lets ``native.trust``
-    write its key files; ``policy``: ``data`` is a policy, which may be a sandbox.toml."""
+    write its key files; ``policy``: ``data`` is a policy, which may be a sandbox.toml.
+
+    The folder written is opened once (``_Target``) and checked as opened; the file is
+    then made, replaced or opened relative to that descriptor. Checked by name and
+    written by name, a folder on the way swapped for a link in between put the output
+    in the trust folder, over the secret key (red team round 89)."""
     text = os.fspath(path)
     blob = data.encode("utf-8") if isinstance(data, str) else data
     inputs = list(inputs)
     for _ in range(3):  # something appeared or changed at the name meanwhile: look again
         check_output(text, inputs, trust_folder=trust_folder, policy=policy)
-        info = _stat(text)
         try:
+            target = _Target.open(text, inputs, trust_folder, policy)
+        except OSError as exc:
+            raise _fail(text, f"cannot write: {exc.strerror or exc}") from None
+        try:
+            info = target.info
             if info is None:
-                if _create(text, blob, mode, durable):
+                if target.create(blob, mode, durable):
                     return "created"
                 continue
             if stat.S_ISREG(info.st_mode):
-                target = errors.real_path(text) if os.path.islink(text) else text
-                if _replace(target, info, blob, mode, durable):
+                if target.replace(blob, mode, durable):
                     return "replaced"
                 continue
-            _write_direct(text, blob)
+            _write_direct(text, blob, target)
             return "written"
         except OSError as exc:
             raise _fail(text, f"cannot write: {exc.strerror or exc}") from None
+        finally:
+            target.close()
     raise _fail(text, "cannot write: it keeps changing while being written")
 
 
-def _temporary(folder: str, name: str, mode: Optional[int]) -> tuple:
-    """(fd, path) of a new private-named file in ``folder``."""
-    tmp = os.path.join(folder, f".{name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW | _CLOEXEC
-    fd = os.open(tmp, flags, 0o666 if mode is None else mode)
-    return fd, tmp
+_PIN = getattr(os, "O_PATH", 0) | getattr(os, "O_DIRECTORY", 0) | _CLOEXEC
+_LINKS_FOLLOWED = 16  # links written through before giving up (the kernel allows 40)
+
+
+class _Target:
+    """The folder an output goes in, open (``fd``), and the file's name there: what
+    ``write_output`` checks and then writes, whatever happens to the names on the way
+    meanwhile. A link at the name is written through (its target gets the same checks,
+    in the target's folder, opened in turn)."""
+
+    def __init__(self, folder: str, fd: int, name: str, info: Optional[os.stat_result]) -> None:
+        self.folder, self.fd, self.name, self.info = folder, fd, name, info
+
+    @classmethod
+    def open(cls, text: str, inputs: list, trust_folder: bool, policy: bool) -> _Target:
+        """The target of ``text`` (InputError if refused; OSError if it cannot be
+        opened)."""
+        current, followed = text, 0
+        while True:
+            folder, name = os.path.split(current)
+            if name in ("", ".", ".."):
+                raise _fail(text, "is not a file name", _HINT)
+            fd = os.open(folder or ".", _PIN)
+            try:
+                target = cls(folder or ".", fd, name, None)
+                real = target.real_folder()
+                if not trust_folder:
+                    _refuse_in_trust(text, os.path.join(real, name))
+                try:
+                    info = os.stat(name, dir_fd=fd, follow_symlinks=False)
+                except FileNotFoundError:
+                    info = None
+                if info is not None and stat.S_ISLNK(info.st_mode):
+                    followed += 1
+                    if followed > _LINKS_FOLLOWED:
+                        raise _fail(text, "leads through too many symbolic links")
+                    link = os.readlink(name, dir_fd=fd)
+                    current = link if os.path.isabs(link) else os.path.join(real, link)
+                    os.close(fd)
+                    continue
+                if info is None and followed:
+                    raise _fail(text, "is a symbolic link to a missing file; not followed")
+                if not policy and name.lower() == POLICY_NAME:
+                    raise _policy_named(text)
+                if info is not None:
+                    kind = _kind_refused(info)
+                    if kind:
+                        raise _fail(text, f"is {kind}, not a file wasmsbx can write", _HINT)
+                    same = _same_as_input(text, info, inputs)
+                    if same is not None:
+                        raise _fail(
+                            text,
+                            f"is the same file as the input {same}; refusing to overwrite it",
+                            "choose another output name",
+                        )
+                target.info = info
+                return target
+            except BaseException:
+                os.close(fd)
+                raise
+
+    def real_folder(self) -> str:
+        """The real path of the folder as opened (by its name where there is no /proc,
+        as before: checked, then written, by name)."""
+        try:
+            return os.readlink(f"/proc/self/fd/{self.fd}")
+        except OSError:
+            return errors.real_path(self.folder)
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+    def _temporary(self, mode: int) -> tuple:
+        """(fd, name) of a new private-named file in the folder."""
+        tmp = f".{self.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp"
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW | _CLOEXEC
+        return os.open(tmp, flags, mode, dir_fd=self.fd), tmp
+
+    def _discard(self, tmp: str) -> None:
+        try:
+            os.unlink(tmp, dir_fd=self.fd)
+        except FileNotFoundError:
+            pass
+
+    def create(self, blob: bytes, mode: Optional[int], durable: bool) -> bool:
+        """Create the file whole; False if something appeared there meanwhile."""
+        fd, tmp = self._temporary(0o666 if mode is None else mode)
+        try:
+            _fill(fd, blob, mode, durable)
+            os.close(fd)
+            fd = -1
+            try:  # unlike rename, never replaces what is there
+                os.link(tmp, self.name, src_dir_fd=self.fd, dst_dir_fd=self.fd)
+            except FileExistsError:
+                return False
+            except OSError as exc:
+                if exc.errno not in _NO_LINKS:
+                    raise
+                # (a file system without hard links)
+                os.rename(tmp, self.name, src_dir_fd=self.fd, dst_dir_fd=self.fd)
+            return True
+        finally:
+            if fd >= 0:
+                os.close(fd)
+            self._discard(tmp)
+
+    def replace(self, blob: bytes, mode: Optional[int], durable: bool) -> bool:
+        """Replace the regular file atomically; False if it changed meanwhile."""
+        before = self.info
+        assert before is not None
+        keep = stat.S_IMODE(before.st_mode) if mode is None else mode
+        fd, tmp = self._temporary(0o600)
+        try:
+            _fill(fd, blob, keep, durable)
+            os.close(fd)
+            fd = -1
+            try:
+                now = os.stat(self.name, dir_fd=self.fd, follow_symlinks=False)
+            except FileNotFoundError:
+                return False
+            if not stat.S_ISREG(now.st_mode) or (now.st_dev, now.st_ino) != (
+                before.st_dev,
+                before.st_ino,
+            ):
+                return False  # became a link, a device, another file: decide again
+            os.replace(tmp, self.name, src_dir_fd=self.fd, dst_dir_fd=self.fd)
+            return True
+        finally:
+            if fd >= 0:
+                os.close(fd)
+            self._discard(tmp)
+
+
+def _refuse_in_trust(text: str, real: str) -> None:
+    """InputError if ``real`` (a folder's real path, as opened, joined with a name) is
+    the trust folder or lies in it."""
+    from .native.trustdir import resolved, trust_dir_text, within
+
+    if within(real, resolved(trust_dir_text())):
+        raise _fail(
+            text,
+            "is in the trust folder, which holds your keys; refusing to write there",
+            "choose an output outside it; only `wasmsbx trust` changes the files there",
+        )
 
 
 def _fill(fd: int, blob: bytes, mode: Optional[int], durable: bool) -> None:
@@ -268,68 +446,21 @@ def _fill(fd: int, blob: bytes, mode: Optional[int], durable: bool) -> None:
             os.fsync(fd)
 
 
-def _create(path: str, blob: bytes, mode: Optional[int], durable: bool) -> bool:
-    """Create ``path`` whole; False if something appeared there meanwhile."""
-    folder, name = os.path.split(os.path.abspath(path))
-    fd, tmp = _temporary(folder, name, mode)
-    try:
-        _fill(fd, blob, mode, durable)
-        os.close(fd)
-        fd = -1
-        try:
-            os.link(tmp, path)  # unlike rename, never replaces what is there
-        except FileExistsError:
-            return False
-        except OSError as exc:
-            if exc.errno not in _NO_LINKS:
-                raise
-            os.rename(tmp, path)  # a file system without hard links
-        return True
-    finally:
-        if fd >= 0:
-            os.close(fd)
-        _discard(tmp)
-
-
 _NO_LINKS = {getattr(errno, n, -1) for n in ("EPERM", "ENOTSUP", "EOPNOTSUPP")}
 
 
-def _replace(
-    path: str, before: os.stat_result, blob: bytes, mode: Optional[int], durable: bool
-) -> bool:
-    """Replace the regular file ``path`` atomically; False if it changed meanwhile."""
-    folder, name = os.path.split(os.path.abspath(path))
-    keep = stat.S_IMODE(before.st_mode) if mode is None else mode
-    fd, tmp = _temporary(folder, name, 0o600)
-    try:
-        _fill(fd, blob, keep, durable)
-        os.close(fd)
-        fd = -1
-        try:
-            now = os.lstat(path)
-        except FileNotFoundError:
-            return False
-        if not stat.S_ISREG(now.st_mode) or (now.st_dev, now.st_ino) != (
-            before.st_dev,
-            before.st_ino,
-        ):
-            return False  # became a link, a device, another file: decide again
-        os.replace(tmp, path)
-        return True
-    finally:
-        if fd >= 0:
-            os.close(fd)
-        _discard(tmp)
-
-
-def _write_direct(path: str, blob: bytes) -> None:
+def _write_direct(path: str, blob: bytes, target: Optional[_Target] = None) -> None:
     """A character device or FIFO: opened for writing as it is, never created or
     truncated (O_CREAT absent: if it vanished meanwhile, this fails instead). A FIFO
     nobody reads is refused at once (opened without blocking, as --audit-log opens one),
     where the open waited for a reader for ever (red team round 40); writes then block
     as a shell's ``>`` would."""
+    flags = os.O_WRONLY | os.O_NOCTTY | os.O_NONBLOCK | _CLOEXEC
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_NOCTTY | os.O_NONBLOCK | _CLOEXEC)
+        if target is None:
+            fd = os.open(path, flags)
+        else:  # (the name as checked: a link put there since is not followed)
+            fd = os.open(target.name, flags | _NOFOLLOW, dir_fd=target.fd)
     except OSError as exc:
         if exc.errno == errno.ENXIO:
             try:
@@ -362,10 +493,3 @@ def _write_direct(path: str, blob: bytes) -> None:
             view = view[written:]
     finally:
         os.close(fd)
-
-
-def _discard(tmp: str) -> None:
-    try:
-        os.unlink(tmp)
-    except FileNotFoundError:
-        pass

@@ -285,7 +285,7 @@ def _open_output(target: str) -> Any:
     import errno
 
     from .. import errors
-    from ..outfile import refuse_linked_in_place
+    from ..outfile import refuse_linked_in_place, refuse_opened_astray
 
     # (truncated only once the file opened is known to have no other name)
     flags = os.O_WRONLY | os.O_CREAT | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
@@ -298,6 +298,7 @@ def _open_output(target: str) -> Any:
         ) from None
     try:
         info = refuse_linked_in_place(target, "writing the guest's output there", fd)
+        refuse_opened_astray(target, "the guest's output", fd)
         if stat.S_ISREG(info.st_mode):
             os.ftruncate(fd, 0)
     except OSError as exc:
