@@ -95,16 +95,7 @@ def check_output(
         if not policy:
             refuse_policy_name(text)
         return
-    kind = _kind_refused(info)
-    if kind:
-        raise _fail(text, f"is {kind}, not a file wasmsbx can write", _HINT)
-    same = _same_as_input(text, info, inputs)
-    if same is not None:
-        raise _fail(
-            text,
-            f"is the same file as the input {same}; refusing to overwrite it",
-            "choose another output name",
-        )
+    _refuse_existing(text, info, inputs)
     if stat.S_ISREG(info.st_mode) and not trust_folder and not os.access(text, os.W_OK):
         # (replaced through a new file and a rename, which needs only the folder's
         # write permission: a write-protected file was replaced where the shell's `>`
@@ -116,6 +107,21 @@ def check_output(
         )
     if not policy:
         refuse_policy_name(text)
+
+
+def _refuse_existing(text: str, info: os.stat_result, inputs: Iterable) -> None:
+    """InputError if the file already at the output (``info``, its stat) is not one
+    wasmsbx writes (a directory, a socket, a block device) or is one of the inputs."""
+    kind = _kind_refused(info)
+    if kind:
+        raise _fail(text, f"is {kind}, not a file wasmsbx can write", _HINT)
+    same = _same_as_input(text, info, inputs)
+    if same is not None:
+        raise _fail(
+            text,
+            f"is the same file as the input {same}; refusing to overwrite it",
+            "choose another output name",
+        )
 
 
 def refuse_policy_name(text: str) -> None:
@@ -335,16 +341,7 @@ class _Target:
                 if not policy and name.lower() == POLICY_NAME:
                     raise _policy_named(text)
                 if info is not None:
-                    kind = _kind_refused(info)
-                    if kind:
-                        raise _fail(text, f"is {kind}, not a file wasmsbx can write", _HINT)
-                    same = _same_as_input(text, info, inputs)
-                    if same is not None:
-                        raise _fail(
-                            text,
-                            f"is the same file as the input {same}; refusing to overwrite it",
-                            "choose another output name",
-                        )
+                    _refuse_existing(text, info, inputs)
                 target.info = info
                 return target
             except BaseException:
