@@ -150,7 +150,7 @@ def test_a_guest_output_file_opened_in_the_trust_folder_is_refused(flipping):
     assert (safe / "sandbox.toml").read_text() == "[limits]\n"
 
 
-def test_an_audit_log_opened_in_the_trust_folder_is_refused(flipping, monkeypatch):
+def test_an_audit_log_is_opened_in_the_folder_checked(flipping, monkeypatch):
     from wasmsbx import auditlog
 
     link, safe, trust, swap = flipping
@@ -162,7 +162,81 @@ def test_an_audit_log_opened_in_the_trust_folder_is_refused(flipping, monkeypatc
         return real_open(path, *args, **kwargs)
 
     monkeypatch.setattr(os, "open", open_after_swap)
-    with pytest.raises(errors.WasmsbxError, match="trust folder") as caught:
-        auditlog.AuditLog(str(link / "secret.key"))
-    assert caught.value.exit_code == 105
+    log = auditlog.AuditLog(str(link / "secret.key"))  # (opened in the folder checked)
+    log.fh.close()
+    assert (safe / "secret.key").exists()
     assert (trust / "secret.key").read_bytes() == b"KEY"
+    assert sorted(os.listdir(trust)) == ["secret.key"]
+
+
+def test_a_guest_output_is_never_written_into_a_cache_entry(tmp_path, monkeypatch):
+    """A cache entry is native code that processes map where it lies: a guest's stdout
+    written into one ran as a host's code (red team round 90). Refused in the user's
+    cache folders, and wherever a file has an entry's shape (a policy's cache_dir)."""
+    from wasmsbx.backends import base
+
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("WASMSBX_CACHE_DIR", str(cache))
+    monkeypatch.setenv("WASMSBX_TRUST_DIR", str(tmp_path / "trust"))
+    for root in (cache, tmp_path / "project" / ".wc"):
+        entry = root / "code" / "ab" / ("ab" * 32 + ".entry")
+        entry.parent.mkdir(parents=True)
+        entry.write_bytes(b"NATIVE")
+        (tmp_path / "out.bin").unlink(missing_ok=True)
+        (tmp_path / "out.bin").symlink_to(entry)
+        with pytest.raises(errors.WasmsbxError, match="cache folder") as caught:
+            base._open_output(str(tmp_path / "out.bin"))
+        assert caught.value.exit_code == 105
+        assert entry.read_bytes() == b"NATIVE"
+    with pytest.raises(errors.WasmsbxError, match="cache folder"):
+        outfile.write_output(str(cache / "out.cwasm"), b"x")
+    assert not (cache / "out.cwasm").exists()
+
+
+def test_an_output_refused_as_opened_leaves_no_file_behind(flipping, monkeypatch):
+    """The folder is checked before the file is made: an empty file was left in the
+    trust folder, or a new sandbox.toml made through a link to nothing (red team 90)."""
+    from wasmsbx import auditlog
+    from wasmsbx.backends import base
+
+    link, safe, trust, swap = flipping
+    swap()
+    for opener in (base._open_output, auditlog.AuditLog):
+        with pytest.raises(errors.WasmsbxError, match="trust folder"):
+            opener(str(link / "new.log"))
+    assert sorted(os.listdir(trust)) == ["secret.key"]
+    (safe / "log.txt").symlink_to("sandbox.toml")  # (to nothing: following it creates)
+    for opener in (base._open_output, auditlog.AuditLog):
+        with pytest.raises(errors.WasmsbxError):
+            opener(str(safe / "log.txt"))
+    assert not (safe / "sandbox.toml").exists()
+
+
+def test_a_checkpoint_is_removed_in_its_folder_as_checked(flipping):
+    from wasmsbx.runner.checkpoint import Checkpoint
+
+    link, safe, trust, swap = flipping
+    (safe / "secret.key").write_bytes(b"checkpoint")
+    checkpoint = Checkpoint.__new__(Checkpoint)
+    checkpoint.path = link / "secret.key"
+    swap()  # (at the end of the run, the folder leads into the trust folder)
+    with pytest.raises(errors.WasmsbxError, match="trust folder"):
+        checkpoint.remove()
+    assert (trust / "secret.key").read_bytes() == b"KEY"
+    os.replace(link.parent / "d", link.parent / "gone")
+    (link.parent / "d").symlink_to(safe)
+    checkpoint.remove()
+    assert not (safe / "secret.key").exists()
+
+
+@pytest.mark.parametrize("name", ["/dev/stdout", "/proc/self/fd/1"])
+def test_an_output_to_standard_output_through_a_pipe_is_written(name):
+    """/dev/stdout and /proc/self/fd/1 lead to "pipe:[N]", which is no path: written as
+    they are (red team round 90: refused as a link to a missing file)."""
+    import subprocess
+    import sys
+
+    code = f"from wasmsbx import outfile; print(outfile.write_output({name!r}, b'hi ') + '.')"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == "hi written.\n"

@@ -30,26 +30,17 @@ class AuditLog:
 
     def __init__(self, path: str) -> None:
         self.path = path
-        from .outfile import (
-            refuse_linked_in_place,
-            refuse_opened_astray,
-            refuse_policy_name,
-            refuse_trust_folder,
-        )
+        from .outfile import open_in_place, refuse_policy_name, refuse_trust_folder
 
         refuse_trust_folder(path)  # appended lines must not land among your keys
         refuse_policy_name(path)  # nor become the policy the next run discovers
         try:
             # O_NONBLOCK for the open only: a FIFO nobody reads is refused at once
             # (ENXIO) instead of blocking the run before its deadline is even armed.
-            flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEXEC", 0)
-            fd = os.open(path, flags | getattr(os, "O_NONBLOCK", 0), 0o666)
-            try:  # (under any of its names, and where it leads: before anything is appended)
-                refuse_linked_in_place(path, "appending to it", fd)
-                refuse_opened_astray(path, "the audit log", fd)
-            except BaseException:
-                os.close(fd)
-                raise
+            flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NONBLOCK", 0)
+            # (in its folder as checked; under any of its names, and where it leads:
+            # checked before anything is appended)
+            fd = open_in_place(path, flags, "the audit log")
             os.set_blocking(fd, True)
             self.fh = open(fd, "a", encoding="utf-8")  # noqa: SIM115 - closed by exit()
         except OSError as exc:

@@ -169,17 +169,12 @@ def refuse_opened_astray(text: str, what: str, fd: int) -> None:
     swapped for a link, by another run's guest say): a guest's output written over the
     secret key would let it forge native code (the class of red team round 89's output
     race). Where there is no /proc, the check by name is all there is."""
-    from .native.trustdir import proc_target, resolved, trust_dir_text, within
+    from .native.trustdir import proc_target
 
     real = proc_target(f"/proc/self/fd/{fd}")
     if not real:
         return  # (no /proc, or not a file of this root: a pipe, a socket)
-    if within(real, resolved(trust_dir_text())):
-        raise _fail(
-            text,
-            f"leads into the trust folder, which holds your keys; {what} is not written there",
-            "was a folder on its way replaced by a link? give a path outside it",
-        )
+    _refuse_ours(text, real, f"{what} is not written there")
     if os.path.basename(real).lower() == POLICY_NAME:
         raise _fail(
             text,
@@ -306,6 +301,8 @@ class _Target:
     meanwhile. A link at the name is written through (its target gets the same checks,
     in the target's folder, opened in turn)."""
 
+    magic = False  # the name is a /proc link to what has no path (a pipe): followed
+
     def __init__(self, folder: str, fd: int, name: str, info: Optional[os.stat_result]) -> None:
         self.folder, self.fd, self.name, self.info = folder, fd, name, info
 
@@ -323,7 +320,7 @@ class _Target:
                 target = cls(folder or ".", fd, name, None)
                 real = target.real_folder()
                 if not trust_folder:
-                    _refuse_in_trust(text, os.path.join(real, name))
+                    _refuse_ours(text, os.path.join(real, name))
                 try:
                     info = os.stat(name, dir_fd=fd, follow_symlinks=False)
                 except FileNotFoundError:
@@ -333,6 +330,12 @@ class _Target:
                     if followed > _LINKS_FOLLOWED:
                         raise _fail(text, "leads through too many symbolic links")
                     link = os.readlink(name, dir_fd=fd)
+                    if not link.startswith(os.sep) and real.startswith("/proc/"):
+                        # A descriptor's link in /proc (/dev/stdout, /proc/self/fd/1)
+                        # to what has no path ("pipe:[N]", "socket:[N]"): opened as it is.
+                        target.info, target.magic = os.stat(name, dir_fd=fd), True
+                        _refuse_existing(text, target.info, inputs)
+                        return target
                     current = link if os.path.isabs(link) else os.path.join(real, link)
                     os.close(fd)
                     continue
@@ -420,17 +423,73 @@ class _Target:
             self._discard(tmp)
 
 
-def _refuse_in_trust(text: str, real: str) -> None:
-    """InputError if ``real`` (a folder's real path, as opened, joined with a name) is
-    the trust folder or lies in it."""
-    from .native.trustdir import resolved, trust_dir_text, within
+def _refuse_ours(text: str, real: str, what: str = "refusing to write there") -> None:
+    """InputError if ``real`` (a real path: a folder's, as opened, joined with a name) is
+    in the trust folder or in a wasmsbx cache: a cache folder of the user's, or any
+    cache entry (``code/NA/NAME.entry``), which processes map as native code where it
+    lies (red team round 90: a guest's stdout written into an entry a host had loaded
+    ran as the host's code)."""
+    from .native.trustdir import cache_roots, is_cache_entry, resolved, trust_dir_text, within
 
     if within(real, resolved(trust_dir_text())):
         raise _fail(
             text,
-            "is in the trust folder, which holds your keys; refusing to write there",
-            "choose an output outside it; only `wasmsbx trust` changes the files there",
+            f"is in the trust folder, which holds your keys; {what}",
+            "choose a path outside it; only `wasmsbx trust` changes the files there",
         )
+    if is_cache_entry(real) or any(within(real, resolved(root)) for root in cache_roots()):
+        raise _fail(
+            text,
+            f"is in a wasmsbx cache folder ({errors.inert(real)}); {what}",
+            "choose a path outside it: the cache holds native code that processes run",
+        )
+
+
+def open_in_place(text: str, flags: int, what: str) -> int:
+    """``text`` opened for writing in place with ``flags`` (O_WRONLY, O_CREAT, O_APPEND,
+    O_NONBLOCK...; a new file 0666 less the umask), in its folder as opened and checked
+    (``_Target``: not the trust folder nor a cache, not a ``sandbox.toml``; a link at the
+    name followed, its target checked in turn), then checked again as opened
+    (``refuse_opened_astray``, ``refuse_linked_in_place``), before anything is written.
+    A file made only to be refused was left behind: an empty file in the trust folder,
+    or a new ``sandbox.toml`` (red team round 90). The caller closes the descriptor.
+    OSError as ``os.open`` raises it."""
+    target = _Target.open(text, [], False, False)
+    try:
+        follow = 0 if target.magic else _NOFOLLOW
+        fd = os.open(target.name, flags | follow | _CLOEXEC, 0o666, dir_fd=target.fd)
+    finally:
+        target.close()
+    try:
+        refuse_linked_in_place(text, what, fd)
+        refuse_opened_astray(text, what, fd)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def remove_output(text: str) -> None:
+    """Remove the output ``text`` wrote (a checkpoint done with), by its name in its
+    folder as opened and checked: removed by name, a folder swapped for a link at the end
+    of a run removed a key of the trust folder (red team round 90). A link at the name is
+    removed, not followed; nothing there is not an error."""
+    folder, name = os.path.split(text)
+    if name in ("", ".", ".."):
+        return
+    try:
+        fd = os.open(folder or ".", _PIN)
+    except FileNotFoundError:
+        return
+    try:
+        real = _Target(folder or ".", fd, name, None).real_folder()
+        _refuse_ours(text, os.path.join(real, name), "not removed")
+        try:
+            os.unlink(name, dir_fd=fd)
+        except FileNotFoundError:
+            pass
+    finally:
+        os.close(fd)
 
 
 def _fill(fd: int, blob: bytes, mode: Optional[int], durable: bool) -> None:
@@ -457,7 +516,8 @@ def _write_direct(path: str, blob: bytes, target: Optional[_Target] = None) -> N
         if target is None:
             fd = os.open(path, flags)
         else:  # (the name as checked: a link put there since is not followed)
-            fd = os.open(target.name, flags | _NOFOLLOW, dir_fd=target.fd)
+            follow = 0 if target.magic else _NOFOLLOW
+            fd = os.open(target.name, flags | follow, dir_fd=target.fd)
     except OSError as exc:
         if exc.errno == errno.ENXIO:
             try:

@@ -285,20 +285,20 @@ def _open_output(target: str) -> Any:
     import errno
 
     from .. import errors
-    from ..outfile import refuse_linked_in_place, refuse_opened_astray
+    from ..outfile import open_in_place
 
-    # (truncated only once the file opened is known to have no other name)
-    flags = os.O_WRONLY | os.O_CREAT | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
+    # (truncated only once the file opened is known to have no other name, and to be
+    # where it may be written: outfile.open_in_place)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_NONBLOCK
     try:
-        fd = os.open(target, flags, 0o666)
+        fd = open_in_place(target, flags, "the guest's output")
     except OSError as exc:
         why = "a FIFO nobody reads" if exc.errno == errno.ENXIO else exc.strerror
         raise errors.InputError(
             f"{target}: cannot write the guest's output there: {why}", path=target
         ) from None
     try:
-        info = refuse_linked_in_place(target, "writing the guest's output there", fd)
-        refuse_opened_astray(target, "the guest's output", fd)
+        info = os.fstat(fd)
         if stat.S_ISREG(info.st_mode):
             os.ftruncate(fd, 0)
     except OSError as exc:

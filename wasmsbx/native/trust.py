@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from .. import errors
+from .trustdir import cache_roots
 from .trustdir import proc_target as _proc_target
 from .trustdir import real as _real
 from .trustdir import trust_dir_text as _trust_dir_text
@@ -369,21 +370,6 @@ def unseal(blob: Any, purpose: str = "handoff") -> Optional[Authenticated]:
     if not _compare_digest(blake3(view[:-32], key=key).digest(), bytes(view[-32:])):
         return None
     return Authenticated(view[:-32], "your key")
-
-
-def cache_roots() -> list:
-    """The user's own cache folders: $WASMSBX_CACHE_DIR and the default one (the user
-    cache dir + "wasmsbx"). Only the user's environment chooses them, and no guest is
-    ever granted them (:func:`refuse_key_grants`), so only the user's own processes
-    write there: cache entries there are mapped where they are once authenticated."""
-    roots = []
-    explicit = os.environ.get("WASMSBX_CACHE_DIR", "").strip()
-    if explicit:
-        roots.append(os.path.abspath(os.path.expanduser(explicit)))
-    from .trustdir import user_cache_text
-
-    roots.append(user_cache_text())
-    return roots
 
 
 def _overlaps(a: str, b: str) -> bool:

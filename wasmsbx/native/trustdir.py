@@ -129,6 +129,26 @@ def resolved(path: str) -> str:
         return os.path.abspath(path)
 
 
+def cache_roots() -> list:
+    """The user's own cache folders: $WASMSBX_CACHE_DIR and the default one (the user
+    cache dir + "wasmsbx"). Only the user's environment chooses them, and no guest is
+    ever granted them (``trust.refuse_key_grants``), so only the user's own processes
+    write there: cache entries there are mapped where they are once authenticated."""
+    roots = []
+    explicit = os.environ.get("WASMSBX_CACHE_DIR", "").strip()
+    if explicit:
+        roots.append(os.path.abspath(os.path.expanduser(explicit)))
+    roots.append(user_cache_text())
+    return roots
+
+
+def is_cache_entry(real: str) -> bool:
+    """Whether the real path ``real`` has the shape of a cache entry, in any cache folder
+    (``code/NA/NAME.entry``): native code a process maps where it lies."""
+    parts = real.rsplit(os.sep, 3)
+    return len(parts) == 4 and parts[1] == "code" and parts[3].endswith(".entry")
+
+
 def proc_target(link: str) -> str:
     """Where a /proc/self/fd link of an open descriptor leads, if that is a path that
     can be used: "" when it cannot be read (no /proc), the file was removed meanwhile

@@ -129,10 +129,11 @@ class Checkpoint:
         self.saves += 1
 
     def remove(self) -> None:
-        try:
-            self.path.unlink()
-        except FileNotFoundError:
-            pass
+        """Remove the checkpoint, the run done (outfile.remove_output: in its folder as
+        opened and checked; a folder swapped meanwhile cannot aim it elsewhere)."""
+        from ..outfile import remove_output
+
+        remove_output(os.fspath(self.path))
 
 
 class HoldInterrupt:
