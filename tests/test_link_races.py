@@ -217,8 +217,7 @@ def test_a_checkpoint_is_removed_in_its_folder_as_checked(flipping):
 
     link, safe, trust, swap = flipping
     (safe / "secret.key").write_bytes(b"checkpoint")
-    checkpoint = Checkpoint.__new__(Checkpoint)
-    checkpoint.path = link / "secret.key"
+    checkpoint = Checkpoint(link / "secret.key", {})
     swap()  # (at the end of the run, the folder leads into the trust folder)
     with pytest.raises(errors.WasmsbxError, match="trust folder"):
         checkpoint.remove()
@@ -240,3 +239,51 @@ def test_an_output_to_standard_output_through_a_pipe_is_written(name):
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == "hi written.\n"
+
+
+def test_a_checkpoint_removes_only_the_file_it_wrote(tmp_path):
+    """The folder swapped for another of the user's at the end of the run: that folder's
+    file of the same name stays (red team round 91); a folder at the name is an input
+    error, not an internal one."""
+    from wasmsbx.runner.checkpoint import Checkpoint
+
+    ours, theirs = tmp_path / "ours", tmp_path / "docs"
+    ours.mkdir()
+    theirs.mkdir()
+    (theirs / "ck.json").write_text("the user's own")
+    (tmp_path / "d").symlink_to(ours)
+    checkpoint = Checkpoint(tmp_path / "d" / "ck.json", {"what": 1})
+    checkpoint.save({"offset": 10})
+    assert (ours / "ck.json").exists()
+    os.replace(tmp_path / "d", tmp_path / "old")
+    (tmp_path / "d").symlink_to(theirs)
+    checkpoint.remove()
+    assert (theirs / "ck.json").read_text() == "the user's own"
+    os.replace(tmp_path / "old", tmp_path / "d")
+    checkpoint.remove()
+    assert not (ours / "ck.json").exists()
+    (ours / "ck.json").mkdir()
+    checkpoint.saved_file = None
+    with pytest.raises(errors.WasmsbxError, match="cannot remove") as caught:
+        checkpoint.remove()
+    assert caught.value.exit_code == 105
+
+
+def test_a_link_planted_to_a_process_descriptor_is_not_followed(tmp_path):
+    """/proc/self/fd/N reached through a link in an ordinary folder: a batch worker's
+    reply pipe took a guest's output, which the parent unpickled (red team round 91)."""
+    from wasmsbx.backends import base
+
+    read, write = os.pipe()
+    try:
+        (tmp_path / "out.bin").symlink_to(f"/proc/self/fd/{write}")
+        for opener in (base._open_output, lambda p: outfile.write_output(p, b"x")):
+            with pytest.raises(errors.WasmsbxError, match="process's descriptor") as caught:
+                opener(str(tmp_path / "out.bin"))
+            assert caught.value.exit_code == 105
+        os.set_blocking(read, False)
+        with pytest.raises(BlockingIOError):
+            os.read(read, 10)  # (nothing reached the pipe)
+    finally:
+        os.close(read)
+        os.close(write)

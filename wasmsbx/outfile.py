@@ -252,12 +252,15 @@ def write_output(
     durable: bool = False,
     trust_folder: bool = False,
     policy: bool = False,
+    written: Optional[list] = None,
 ) -> str:
     """Write ``data`` to ``path`` by the rules above; how it was done: "created",
     "replaced" or "written" (a device or FIFO). ``mode`` sets a new or replaced file's
     permissions (default: a new file gets 0666 less the umask, a replaced one keeps its
     own); ``durable`` fsyncs before the rename; ``trust_folder`` lets ``native.trust``
-    write its key files; ``policy``: ``data`` is a policy, which may be a sandbox.toml.
+    write its key files; ``policy``: ``data`` is a policy, which may be a sandbox.toml;
+    ``written``: a list given is filled with the (device, inode) of the file made or
+    replaced (``remove_output`` removes only that file).
 
     The folder written is opened once (``_Target``) and checked as opened; the file is
     then made, replaced or opened relative to that descriptor. Checked by name and
@@ -275,11 +278,11 @@ def write_output(
         try:
             info = target.info
             if info is None:
-                if target.create(blob, mode, durable):
+                if target.create(blob, mode, durable, written):
                     return "created"
                 continue
             if stat.S_ISREG(info.st_mode):
-                if target.replace(blob, mode, durable):
+                if target.replace(blob, mode, durable, written):
                     return "replaced"
                 continue
             _write_direct(text, blob, target)
@@ -332,7 +335,17 @@ class _Target:
                     link = os.readlink(name, dir_fd=fd)
                     if not link.startswith(os.sep) and real.startswith("/proc/"):
                         # A descriptor's link in /proc (/dev/stdout, /proc/self/fd/1)
-                        # to what has no path ("pipe:[N]", "socket:[N]"): opened as it is.
+                        # to what has no path ("pipe:[N]", "socket:[N]"): opened as it
+                        # is, when the path given names /dev or /proc itself. Reached
+                        # through a link elsewhere (planted in a shared folder), it led
+                        # a guest's output into a batch worker's pipe to its parent,
+                        # which unpickled the guest's bytes (red team round 91).
+                        if not os.path.abspath(text).startswith(("/dev/", "/proc/")):
+                            raise _fail(
+                                text,
+                                f"leads through a link to a process's descriptor ({link})",
+                                "name /dev/stdout or /dev/fd/N itself, or give a file",
+                            )
                         target.info, target.magic = os.stat(name, dir_fd=fd), True
                         _refuse_existing(text, target.info, inputs)
                         return target
@@ -374,11 +387,14 @@ class _Target:
         except FileNotFoundError:
             pass
 
-    def create(self, blob: bytes, mode: Optional[int], durable: bool) -> bool:
+    def create(
+        self, blob: bytes, mode: Optional[int], durable: bool, written: Optional[list] = None
+    ) -> bool:
         """Create the file whole; False if something appeared there meanwhile."""
         fd, tmp = self._temporary(0o666 if mode is None else mode)
         try:
             _fill(fd, blob, mode, durable)
+            _identity(fd, written)
             os.close(fd)
             fd = -1
             try:  # unlike rename, never replaces what is there
@@ -396,7 +412,9 @@ class _Target:
                 os.close(fd)
             self._discard(tmp)
 
-    def replace(self, blob: bytes, mode: Optional[int], durable: bool) -> bool:
+    def replace(
+        self, blob: bytes, mode: Optional[int], durable: bool, written: Optional[list] = None
+    ) -> bool:
         """Replace the regular file atomically; False if it changed meanwhile."""
         before = self.info
         assert before is not None
@@ -404,6 +422,7 @@ class _Target:
         fd, tmp = self._temporary(0o600)
         try:
             _fill(fd, blob, keep, durable)
+            _identity(fd, written)
             os.close(fd)
             fd = -1
             try:
@@ -469,11 +488,21 @@ def open_in_place(text: str, flags: int, what: str) -> int:
     return fd
 
 
-def remove_output(text: str) -> None:
+def _identity(fd: int, written: Optional[list]) -> None:
+    """Put the (device, inode) of the file ``fd`` into ``written``, if given."""
+    if written is not None:
+        info = os.fstat(fd)
+        written[:] = [(info.st_dev, info.st_ino)]
+
+
+def remove_output(text: str, identity: Optional[tuple] = None) -> None:
     """Remove the output ``text`` wrote (a checkpoint done with), by its name in its
     folder as opened and checked: removed by name, a folder swapped for a link at the end
-    of a run removed a key of the trust folder (red team round 90). A link at the name is
-    removed, not followed; nothing there is not an error."""
+    of a run removed a key of the trust folder (red team round 90). Only the file of
+    ``identity`` ((device, inode), from ``write_output``'s ``written``), if given: another
+    file found at the name is left (red team round 91: a folder swapped for another of
+    the user's lost its file of that name). Nothing there is not an error; anything else
+    that stops the removal is an InputError."""
     folder, name = os.path.split(text)
     if name in ("", ".", ".."):
         return
@@ -485,9 +514,15 @@ def remove_output(text: str) -> None:
         real = _Target(folder or ".", fd, name, None).real_folder()
         _refuse_ours(text, os.path.join(real, name), "not removed")
         try:
+            if identity is not None:
+                info = os.stat(name, dir_fd=fd, follow_symlinks=False)
+                if (info.st_dev, info.st_ino) != identity:
+                    return  # (not the file written: left as it is)
             os.unlink(name, dir_fd=fd)
         except FileNotFoundError:
             pass
+        except OSError as exc:  # (a folder there now, no permission: red team round 91)
+            raise _fail(text, f"cannot remove: {exc.strerror or exc}") from None
     finally:
         os.close(fd)
 

@@ -52,6 +52,8 @@ class Checkpoint:
         self.identity = dict(identity)
         self.last_save = 0.0
         self.saves = 0
+        # (device, inode) of the file the last save wrote: the one remove() removes
+        self.saved_file: Optional[tuple] = None
 
     def load(self) -> Optional[dict]:
         """The saved progress, or None when there is no checkpoint yet."""
@@ -124,7 +126,9 @@ class Checkpoint:
         payload = {"version": VERSION, "identity": self.identity, "state": state}
         from ..outfile import write_output
 
-        write_output(self.path, json.dumps(payload), durable=True)
+        written: list = []
+        write_output(self.path, json.dumps(payload), durable=True, written=written)
+        self.saved_file = written[0] if written else None
         self.last_save = time.monotonic()
         self.saves += 1
 
@@ -133,7 +137,7 @@ class Checkpoint:
         opened and checked; a folder swapped meanwhile cannot aim it elsewhere)."""
         from ..outfile import remove_output
 
-        remove_output(os.fspath(self.path))
+        remove_output(os.fspath(self.path), self.saved_file)
 
 
 class HoldInterrupt:
