@@ -248,3 +248,13 @@ def test_audit_log_is_never_an_input(cli, isolated):
     said = ("same file as the input", "the audit log is the module")
     assert result.code == 105 and any(s in result.stderr for s in said), result
     assert good.read_bytes() == before
+
+
+def test_an_output_with_the_longest_name_a_folder_takes_is_written(tmp_path):
+    """A 255-byte name (NAME_MAX): the temporary file beside it was named after it, and
+    too long to make ("File name too long", red teams 90 and 91)."""
+    path = tmp_path / ("n" * 255)
+    assert outfile.write_output(path, b"one") == "created"
+    assert outfile.write_output(path, b"two") == "replaced"
+    assert path.read_bytes() == b"two"
+    assert not [name for name in os.listdir(tmp_path) if name.endswith(".tmp")]

@@ -377,7 +377,8 @@ class _Target:
 
     def _temporary(self, mode: int) -> tuple:
         """(fd, name) of a new private-named file in the folder."""
-        tmp = f".{self.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp"
+        # (the name cut short: a 255-byte name made a temporary name too long to make)
+        tmp = f".{self.name[:128]}.{os.getpid()}.{os.urandom(4).hex()}.tmp"
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW | _CLOEXEC
         return os.open(tmp, flags, mode, dir_fd=self.fd), tmp
 
