@@ -710,7 +710,7 @@ def copy_values(values: dict) -> dict:
     """``values`` with each list and dict among them copied (one level: they hold
     strings, numbers and immutable grants only)."""
     return {
-        key: list(value) if type(value) is list else dict(value) if type(value) is dict else value
+        key: _copied(value) if type(value) in (list, dict) else value
         for key, value in values.items()
     }
 
