@@ -210,6 +210,24 @@ def chosen(values: dict, kind: str, backend: Optional[str]) -> tuple:
     return key, CHOICES.get(key)
 
 
+def choose(values: dict, features: Any, kind: str, backend: Optional[str]) -> tuple:
+    """((backend, compiler), the Selection scored, or None if the choice was remembered)
+    for these policy values. A choice not remembered is scored on a copy of the values,
+    the one its key is made of: another thread's change between the two kept a winner
+    under another policy's key (red team round 89: every tenant needing fuel got
+    wasmer:singlepass, exit 104)."""
+    _, found = chosen(values, kind, backend)
+    if found is not None:
+        return found, None
+    from ..policy import Policy, copy_values
+
+    held = Policy(copy_values(values))
+    key, _ = chosen(held.values, kind, backend)
+    selection = select(held, features, kind, backend)
+    remember_choice(key, selection)
+    return (selection.backend, selection.compiler), selection
+
+
 def remember_choice(key: tuple, selection: Selection) -> None:
     """Keep ``selection``'s winner for ``key`` if the module's features played no part."""
     if selection.features_checked:

@@ -633,7 +633,6 @@ def _made_as(box: Sandbox, values: dict) -> bool:
     (a copy, which no other thread changes) give (see _Plan.remember)."""
     from ..backends import select
 
-    held = policy_mod.Policy(values)
     limit = values["limits.module_size"]
     if limit is not None and box._size > limit:
         return False
@@ -645,14 +644,11 @@ def _made_as(box: Sandbox, values: dict) -> bool:
         state = "memory"
     if box.cache_state != state or box.use_cache != bool(values["runtime.cache"]):
         return False
-    _, found = select.chosen(values, "call", None)
-    if found is None:
-        selection = select.select(held, box._features, "call", None)
-        found = (selection.backend, selection.compiler)
+    found, _ = select.choose(values, box._features, "call", None)
     if found != (box.backend_name, box.compiler):
         return False
-    engine = backend_get(box.backend_name).engine(engine_options(held, box.compiler))
-    return engine is box.engine
+    options = engine_options(policy_mod.Policy(values), box.compiler)
+    return backend_get(box.backend_name).engine(options) is box.engine
 
 
 # Policy values the steps of __init__ do not read once the module is held (an instance
@@ -1159,17 +1155,10 @@ class Sandbox:
         # explain).
         from ..backends import select
 
-        _, found = select.chosen(self.policy.values, kind, backend)
-        if found is not None:
-            return found
-        # Scored on a copy of the values, the one its key is made of: another thread's
-        # change between the two kept a winner under another policy's key (red team
-        # round 89: every tenant needing fuel got wasmer:singlepass, exit 104).
-        held = policy_mod.Policy(policy_mod.copy_values(self.policy.values))
-        key, _ = select.chosen(held.values, kind, backend)
-        self.selection = select.select(held, self._features, kind, backend)
-        select.remember_choice(key, self.selection)
-        return self.selection.backend, self.selection.compiler
+        found, selection = select.choose(self.policy.values, self._features, kind, backend)
+        if selection is not None:
+            self.selection = selection
+        return found
 
     def _features(self) -> frozenset:
         from ..wasm.facts import FactsError, read_features
