@@ -365,12 +365,13 @@ class _Target:
                 raise
 
     def real_folder(self) -> str:
-        """The real path of the folder as opened (by its name where there is no /proc,
-        as before: checked, then written, by name)."""
-        try:
-            return os.readlink(f"/proc/self/fd/{self.fd}")
-        except OSError:
-            return errors.real_path(self.folder)
+        return _real_folder(self.fd, self.folder)
+
+    def open_name(self, flags: int, mode: int = 0o666) -> int:
+        """The file at the name opened with ``flags``, never through a link put there
+        since it was checked (a /proc descriptor link is followed: ``magic``)."""
+        follow = 0 if self.magic else _NOFOLLOW
+        return os.open(self.name, flags | follow | _CLOEXEC, mode, dir_fd=self.fd)
 
     def close(self) -> None:
         os.close(self.fd)
@@ -443,13 +444,22 @@ class _Target:
             self._discard(tmp)
 
 
+def _real_folder(fd: int, folder: str) -> str:
+    """The real path of ``folder`` as opened (``fd``); by its name where there is no
+    /proc, as before: checked, then written, by name."""
+    try:
+        return os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        return errors.real_path(folder)
+
+
 def _refuse_ours(text: str, real: str, what: str = "refusing to write there") -> None:
     """InputError if ``real`` (a real path: a folder's, as opened, joined with a name) is
     in the trust folder or in a wasmsbx cache: a cache folder of the user's, or any
     cache entry (``code/NA/NAME.entry``), which processes map as native code where it
     lies (red team round 90: a guest's stdout written into an entry a host had loaded
     ran as the host's code)."""
-    from .native.trustdir import cache_roots, is_cache_entry, resolved, trust_dir_text, within
+    from .native.trustdir import in_cache_roots, is_cache_entry, resolved, trust_dir_text, within
 
     if within(real, resolved(trust_dir_text())):
         raise _fail(
@@ -457,7 +467,7 @@ def _refuse_ours(text: str, real: str, what: str = "refusing to write there") ->
             f"is in the trust folder, which holds your keys; {what}",
             "choose a path outside it; only `wasmsbx trust` changes the files there",
         )
-    if is_cache_entry(real) or any(within(real, resolved(root)) for root in cache_roots()):
+    if is_cache_entry(real) or in_cache_roots(real, real):
         raise _fail(
             text,
             f"is in a wasmsbx cache folder ({errors.inert(real)}); {what}",
@@ -476,8 +486,7 @@ def open_in_place(text: str, flags: int, what: str) -> int:
     OSError as ``os.open`` raises it."""
     target = _Target.open(text, [], False, False)
     try:
-        follow = 0 if target.magic else _NOFOLLOW
-        fd = os.open(target.name, flags | follow | _CLOEXEC, 0o666, dir_fd=target.fd)
+        fd = target.open_name(flags)
     finally:
         target.close()
     try:
@@ -512,7 +521,7 @@ def remove_output(text: str, identity: Optional[tuple] = None) -> None:
     except FileNotFoundError:
         return
     try:
-        real = _Target(folder or ".", fd, name, None).real_folder()
+        real = _real_folder(fd, folder or ".")
         _refuse_ours(text, os.path.join(real, name), "not removed")
         try:
             if identity is not None:
@@ -541,19 +550,14 @@ def _fill(fd: int, blob: bytes, mode: Optional[int], durable: bool) -> None:
 _NO_LINKS = {getattr(errno, n, -1) for n in ("EPERM", "ENOTSUP", "EOPNOTSUPP")}
 
 
-def _write_direct(path: str, blob: bytes, target: Optional[_Target] = None) -> None:
+def _write_direct(path: str, blob: bytes, target: _Target) -> None:
     """A character device or FIFO: opened for writing as it is, never created or
     truncated (O_CREAT absent: if it vanished meanwhile, this fails instead). A FIFO
     nobody reads is refused at once (opened without blocking, as --audit-log opens one),
     where the open waited for a reader for ever (red team round 40); writes then block
     as a shell's ``>`` would."""
-    flags = os.O_WRONLY | os.O_NOCTTY | os.O_NONBLOCK | _CLOEXEC
     try:
-        if target is None:
-            fd = os.open(path, flags)
-        else:  # (the name as checked: a link put there since is not followed)
-            follow = 0 if target.magic else _NOFOLLOW
-            fd = os.open(target.name, flags | follow, dir_fd=target.fd)
+        fd = target.open_name(os.O_WRONLY | os.O_NOCTTY | os.O_NONBLOCK)
     except OSError as exc:
         if exc.errno == errno.ENXIO:
             try:

@@ -49,7 +49,7 @@ from ..lru import Lru, sample_key
 from . import artifact as aot
 from . import entry as entry_format
 from . import located, recorded, trust
-from .trustdir import proc_target, trust_dir_text, user_cache_text, within
+from .trustdir import ENTRY_SUFFIX, proc_target, trust_dir_text, user_cache_text, within
 from .trustdir import real as realpath
 
 # Every use of this module on the run path hashes the module (BLAKE3, to find its entry),
@@ -61,7 +61,7 @@ except ImportError:  # pragma: no cover - POSIX is the supported platform
     _fcntl = None  # type: ignore[assignment]
 
 CODE_DIR = "code"  # native code: code/KEY[:2]/KEY.entry, in the wasmsbx.native.entry format
-CODE_SUFFIX = ".entry"
+CODE_SUFFIX = ENTRY_SUFFIX
 MEMO_SUFFIX = ".verified"  # beside an entry: that it was verified (entry.Memo)
 # With runtime.cache_compress, payloads of COMPRESS_MIN bytes and more are stored
 # zstd-compressed at COMPRESS_LEVEL (benchmarks/cached_load.py); by default, and below it,

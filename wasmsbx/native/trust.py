@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from .. import errors
-from .trustdir import cache_roots
+from .trustdir import cache_roots, in_cache_roots  # noqa: F401 - (in_cache_roots: its users)
 from .trustdir import proc_target as _proc_target
 from .trustdir import real as _real
 from .trustdir import trust_dir_text as _trust_dir_text
@@ -374,13 +374,6 @@ def unseal(blob: Any, purpose: str = "handoff") -> Optional[Authenticated]:
 
 def _overlaps(a: str, b: str) -> bool:
     return _within(a, b) or _within(b, a)
-
-
-def in_cache_roots(folder: str, real: str = "") -> bool:
-    """Whether ``folder`` is one of :func:`cache_roots` or inside one (``real``: its real
-    path, if known)."""
-    real = real or _real(folder)
-    return any(_within(real, root) for root in map(_real, cache_roots()))
 
 
 def refuse_key_grants(grants: list, opened: Optional[list] = None) -> None:

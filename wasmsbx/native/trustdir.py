@@ -119,6 +119,9 @@ def real(path: str) -> str:
     return found or resolved(path)
 
 
+_real = real  # (in_cache_roots has a parameter of that name)
+
+
 def resolved(path: str) -> str:
     """``os.path.realpath(path)``, or ``path`` made absolute if a link in it changes as
     realpath reads it (Python's non-strict realpath raises FileNotFoundError then: a
@@ -142,11 +145,21 @@ def cache_roots() -> list:
     return roots
 
 
+def in_cache_roots(folder: str, real: str = "") -> bool:
+    """Whether ``folder`` is one of :func:`cache_roots` or inside one (``real``: its real
+    path, if known)."""
+    found = real or _real(folder)
+    return any(within(found, root) for root in map(_real, cache_roots()))
+
+
+ENTRY_SUFFIX = ".entry"  # a cache entry's file name ends so (native.cache CODE_SUFFIX)
+
+
 def is_cache_entry(real: str) -> bool:
     """Whether the real path ``real`` has the shape of a cache entry, in any cache folder
     (``code/NA/NAME.entry``): native code a process maps where it lies."""
     parts = real.rsplit(os.sep, 3)
-    return len(parts) == 4 and parts[1] == "code" and parts[3].endswith(".entry")
+    return len(parts) == 4 and parts[1] == "code" and parts[3].endswith(ENTRY_SUFFIX)
 
 
 def proc_target(link: str) -> str:
