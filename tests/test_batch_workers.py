@@ -289,11 +289,14 @@ def test_a_reply_that_cannot_be_pickled_arrives_as_its_text():
 
     reader, writer = Pipe(duplex=False)
     pool._send(writer, ("error", Unpicklable("guest said no")))
-    status, error = reader.recv()
+    status, error = pool.reply_from(reader.recv_bytes())
     assert status == "error" and isinstance(error, RuntimeError)
     assert "guest said no" in str(error)
+    pool._send(writer, ("ok", [lambda: 0], 1, 0.5))  # (results that cannot be pickled)
+    status, error = pool.reply_from(reader.recv_bytes())
+    assert status == "error" and "batch worker" in str(error)
     pool._send(writer, ("ok", b"{}\n", 1, 0.5))
-    assert reader.recv() == ("ok", b"{}\n", 1, 0.5)
+    assert pool.reply_from(reader.recv_bytes()) == ("ok", b"{}\n", 1, 0.5)
 
 
 def test_a_reaped_worker_is_never_signalled(monkeypatch):

@@ -120,13 +120,11 @@ class Worker:
     def receive(self) -> int:
         """Take one reply (one is ready): it belongs to the oldest chunk in flight, which
         it completes unless it is a part. Its size in bytes."""
-        import pickle
-
         try:
             data = self.replies.recv_bytes()
         except (EOFError, OSError):
             raise _died() from None
-        reply = pickle.loads(data)
+        reply = reply_from(data)
         slot = self.inflight[0]
         slot.held += len(data)
         if reply[0] in ("part", "stopped"):  # (kind, results, their count, seconds)
@@ -179,6 +177,148 @@ class Worker:
             pass
         finally:
             self.replies.close()
+
+
+# ---------------------------------------------------------------------------- replies
+#
+# A reply is unpickled naming no class but the results' own (runner.batch's BatchResult,
+# Encoded, EncodedChunk: JSON-ready values in tuples, lists and dicts); an error that
+# ends the batch comes as a plain description (``describe``), rebuilt here only as an
+# exception class of Python's or of wasmsbx's (``rebuild``). Nothing a guest writes
+# reaches the reply pipe (outfile refuses a link to another process's descriptor: red
+# team round 91 had a guest's stdout written there through a planted /proc/self/fd link,
+# and the parent unpickled and ran it); if anything ever did, it could make a wrong
+# reply at most, never run code in the parent. (A description, not the exception
+# pickled: how an exception pickles is anyone's to change, tblib's pickling support,
+# which dask installs, pickles every one through a function of its own.)
+
+_REPLY_CLASSES = frozenset(
+    {
+        ("wasmsbx.runner.batch", "BatchResult"),
+        ("wasmsbx.runner.batch", "Encoded"),
+        ("wasmsbx.runner.batch", "EncodedChunk"),
+    }
+)
+_REPLY_KINDS = ("ok", "part", "stopped")
+_unpickler: Any = None
+_PLAIN = (str, int, float, bool, type(None))
+
+
+def _reply_unpickler() -> Any:
+    global _unpickler
+    if _unpickler is None:
+        import pickle
+
+        class _ReplyUnpickler(pickle.Unpickler):
+            def find_class(self, module: str, name: str) -> Any:
+                if (module, name) in _REPLY_CLASSES:
+                    # (only a module already imported: a reply never imports anything)
+                    found = getattr(sys.modules.get(module), name, None)
+                    if isinstance(found, type):
+                        return found
+                raise pickle.UnpicklingError(f"{module}.{name}")
+
+        _unpickler = _ReplyUnpickler
+    return _unpickler
+
+
+def reply_from(data: bytes) -> tuple:
+    """A worker's reply (``_send``'s bytes): ``(kind, results, count, seconds)`` or
+    ``("error", exception)``. Bytes that are not one, or that name any other class, are
+    the worker's failure (BatchWorkerDied), never unpickled further."""
+    import io
+
+    try:
+        reply = _reply_unpickler()(io.BytesIO(data)).load()
+    except Exception as exc:  # noqa: BLE001 - whatever bytes that are not a reply raise
+        raise _not_a_reply(f"{type(exc).__name__}: {exc}") from None
+    if type(reply) is not tuple or not reply:
+        raise _not_a_reply(f"a {type(reply).__name__}")
+    kind = reply[0]
+    if kind == "error" and len(reply) == 2:
+        return ("error", rebuild(reply[1]))
+    shaped = len(reply) == 4 and type(reply[2]) is int and type(reply[3]) is float
+    if kind in _REPLY_KINDS and shaped:
+        return reply
+    raise _not_a_reply(f"a reply of {len(reply)} parts, {str(kind)[:40]!r} first")
+
+
+def _not_a_reply(what: str) -> BatchWorkerDied:
+    return BatchWorkerDied(
+        f"a batch worker process sent something that is not a reply ({what[:200]})",
+        hint="rerun with -j 1 to see the failure in this process",
+    )
+
+
+def describe(error: BaseException) -> tuple:
+    """``error`` as plain data: (module, class name, message, its attributes that are
+    plain values: text, numbers, and lists, tuples and dicts of them)."""
+    message = error.message if isinstance(error, errors.WasmsbxError) else str(error)
+    kind = type(error)
+    state = {}
+    for name, value in getattr(error, "__dict__", {}).items():
+        kept = _plain(value)
+        if kept is not _NOT_PLAIN:
+            state[name] = kept
+    return (kind.__module__, kind.__qualname__, str(message), state)
+
+
+_NOT_PLAIN = object()
+
+
+def _plain(value: Any, depth: int = 0) -> Any:
+    """``value`` if it holds only plain values (see describe), else _NOT_PLAIN."""
+    if type(value) in _PLAIN:
+        return value
+    if depth > 8:
+        return _NOT_PLAIN
+    if type(value) in (list, tuple):
+        items = [_plain(item, depth + 1) for item in value]
+        return _NOT_PLAIN if any(i is _NOT_PLAIN for i in items) else type(value)(items)
+    if type(value) is dict:
+        out = {}
+        for key, item in value.items():
+            kept = _plain(item, depth + 1)
+            if type(key) is str and kept is not _NOT_PLAIN:
+                out[key] = kept
+        return out
+    return _NOT_PLAIN
+
+
+def rebuild(description: Any) -> BaseException:
+    """The exception ``describe`` described: of its class if that is one of Python's or
+    of wasmsbx's own errors (WasmsbxError), with its attributes; else a RuntimeError
+    naming it. BatchWorkerDied if ``description`` is not one."""
+    import builtins
+
+    if not (
+        type(description) is tuple
+        and len(description) == 4
+        and all(type(part) is str for part in description[:3])
+        and type(description[3]) is dict
+    ):
+        raise _not_a_reply("an error reply without its error")
+    module, name, message, state = description
+    found = None
+    if module == "builtins":
+        found = getattr(builtins, name, None)
+    elif (module == "wasmsbx" or module.startswith("wasmsbx.")) and "." not in name:
+        found = getattr(sys.modules.get(module), name, None)
+        if not (isinstance(found, type) and issubclass(found, errors.WasmsbxError)):
+            found = None
+    if not (isinstance(found, type) and issubclass(found, BaseException)):
+        return RuntimeError(f"batch worker: {name}: {message}"[:2000])
+    error = found.__new__(found)
+    error.args = (message,)
+    if issubclass(found, errors.WasmsbxError):
+        error.message, error.hint, error.context = message, None, {}
+    for key, value in state.items():
+        if type(key) is str and not key.startswith("__"):
+            try:
+                setattr(error, key, value)
+            except (AttributeError, TypeError):  # (a read-only attribute: left as made)
+                pass
+    return error
 
 
 def close_all(workers: list) -> None:
@@ -564,12 +704,13 @@ def _deliver(replies: Any, reply: tuple) -> bool:
 
 
 def _send(replies: Any, reply: tuple) -> None:
-    """Send a reply; an error that cannot be pickled goes as its text."""
+    """Send a reply; an error goes as its description (see ``describe``)."""
     import pickle
 
+    if reply[0] == "error":
+        reply = ("error", describe(reply[1]))
     try:
         data = pickle.dumps(reply, pickle.HIGHEST_PROTOCOL)
     except Exception as exc:  # noqa: BLE001 - whatever pickling raises
-        error = reply[1] if reply[0] == "error" else exc
-        data = pickle.dumps(("error", RuntimeError(f"batch worker: {error!r}")))
+        data = pickle.dumps(("error", describe(RuntimeError(f"batch worker: {exc!r}"))))
     replies.send_bytes(data)
