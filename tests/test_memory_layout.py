@@ -152,6 +152,27 @@ def test_the_limit_still_holds_below_the_reservation(limit):
     assert info.value.exit_code == 110
 
 
+def test_a_limit_raised_after_the_sandbox_was_made_stops_at_its_reservation():
+    """The engine's reservation is sized from limits.memory when the sandbox is made; a
+    limit raised after that (a change of the policy reaches its sandboxes) lets no
+    memory outgrow it, which wasmtime would do by moving the memory from under a view
+    the host holds (red team round 94: SIGSEGV)."""
+    policy = make_policy(limits__memory="1MiB")
+    box = Sandbox(GUEST, policy, backend="wasmtime")
+    assert box.engine.options.reservation == MIB
+    policy_mod.override(policy, "limits.memory", "64MiB")
+    memory = box.memory()
+    with memory.view() as view:
+        first = bytes(view[:6])
+        assert box.call("grow") == 16  # the reservation's 1 MiB, not 64
+        assert bytes(view[:6]) == first == b"tenant"
+    with pytest.raises(errors.MemoryLimitExceeded):
+        box.call("hog")
+    again = Sandbox(GUEST, policy, backend="wasmtime")  # made under 64 MiB: its own room
+    assert again.engine.options.reservation == 64 * MIB
+    assert again.call("grow") == 1024
+
+
 def test_a_hog_ends_with_the_memory_limit_exit_code(tmp_path):
     guest = tmp_path / "guest.wat"
     guest.write_bytes(GUEST)

@@ -307,6 +307,22 @@ def _limit(
     store.set_limits(memory_size, table_elements, instances, tables, memories)
 
 
+def _reserved(limits: Limits, options: EngineOptions) -> Limits:
+    """``limits`` with limits.memory within the engine's reservation under
+    runtime.memory_layout = "dense" (below 4 GiB: larger ones only memory64 can pass,
+    and it moves once, as documented). The reservation was sized from limits.memory when
+    the sandbox was made; a policy whose limit was raised after that let a 32-bit memory
+    outgrow it, and wasmtime moved the memory from under a view the host held (red team
+    round 94: SIGSEGV). Its instances stop at the reservation, and say that limit."""
+    reserved = options.reservation
+    if reserved is not None and reserved < _FOUR_GIB and limits.memory > reserved:
+        return limits._replace(memory=reserved)
+    return limits
+
+
+_FOUR_GIB = 1 << 32
+
+
 # Shared defaults every store starts with, read-only so that a change in place (which
 # every store would see) fails at once: writers replace them first (red team round 57).
 _EMPTY: frozenset = frozenset()  # _Group.provided and .registered until one is added
@@ -416,6 +432,8 @@ class WasmtimeInstance(Instance):
         if caps is not None:
             self.caps = caps
         self.engine = engine
+        if engine.options.reservation is not None:
+            limits = _reserved(limits, engine.options)
         self.limits = limits
         self.memories = _memories(engine, module)
         self.held = _held(module)
