@@ -92,3 +92,73 @@ def test_a_module_with_many_globals_is_refused_under_a_small_memory_limit(backen
     with pytest.raises(errors.MemoryLimitExceeded, match="globals and functions"):
         wasmsbx.Sandbox(source, small, backend=backend).call("f")
     assert wasmsbx.Sandbox(source, backend=backend).call("f") == 7
+
+
+def _segments(kind: str, count: int) -> str:
+    """A module body of ``count`` passive element segments, passive data segments or
+    tags (red team round 93: each kept per instance, none counted before)."""
+    if kind == "elem":
+        return "(table 1 funcref) (func $f)" + "(elem func $f $f)" * count
+    if kind == "items":  # few segments, many items each
+        return "(table 1 funcref) (func $f)" + ("(elem func" + " $f" * 1000 + ")") * count
+    if kind == "data":
+        return "(memory 1)" + '(data "ab")' * count
+    return "(tag)" * count
+
+
+def _host(wat: str) -> int:
+    from wasmtime import wat2wasm
+
+    from wasmsbx.backends.limits import layout
+
+    return layout(wat2wasm(wat)).host
+
+
+@pytest.mark.parametrize(
+    "kind, count, least",
+    [("elem", 20_000, 2_560_000), ("items", 200, 3_200_000), ("data", 100_000, 1_600_000)],
+)
+def test_passive_segments_count_toward_an_instances_runtime_memory(
+    kind, count, least, backend, tmp_path
+):
+    wat = f'(module {_segments(kind, count)} (func (export "f") (result i32) i32.const 7))'
+    assert _host(wat) >= least
+    source = tmp_path / f"{kind}.wat"
+    source.write_text(wat)
+    small = from_dict({"limits": {"memory": "1MiB"}})
+    with pytest.raises(errors.MemoryLimitExceeded, match="passive segments"):
+        wasmsbx.Sandbox(source, small, backend=backend).call("f")
+    assert wasmsbx.Sandbox(source, backend=backend).call("f") == 7
+
+
+def test_active_and_declared_segments_cost_nothing_more():
+    """wasmtime drops them at instantiation (0 bytes measured an instance)."""
+    base = _host("(module (table 1 funcref) (func $f))")
+    active = "(elem (i32.const 0) func $f)" * 1000 + "(elem declare func $f)" * 1000
+    assert _host(f"(module (table 1 funcref) (func $f) {active})") == base
+
+
+def test_tags_count_toward_an_instances_runtime_memory():
+    from wasmsbx.backends.limits import TAG_BYTES
+
+    few = _host(f"(module {_segments('tags', 10)})")
+    many = _host(f"(module {_segments('tags', 10_010)})")
+    assert many - few == 10_000 * TAG_BYTES
+
+
+@components
+def test_a_component_instantiating_a_module_of_many_element_segments_is_refused(tmp_path, cli):
+    """Red team round 93: 100,000 passive element segments in a module a component
+    instantiated 400 times held 4.4 GB under --memory 16MiB, exit 0."""
+    body = _segments("elem", 2_000)
+    made = " ".join("(core instance (instantiate $m))" for _ in range(100))
+    wat = (
+        f'(component (core module $m {body} (func (export "x") (result i32) i32.const 1))'
+        f" {made} (core instance $last (instantiate $m))"
+        ' (func (export "x") (result u32) (canon lift (core func $last "x"))))'
+    )
+    guest = built(wat, tmp_path, "elems")
+    result = cli("run", guest, "x", "--memory", "16MiB")
+    assert result.code == 110, result.stderr
+    assert "runtime's memory" in result.stderr and "Traceback" not in result.stderr
+    assert cli("run", guest, "x", "--memory", "256MiB").stdout.strip() == "1"

@@ -634,7 +634,7 @@ def totals_error(exc: Any, limits: Limits) -> Any:
     if exc.kind in ("host", "memory"):
         bounds = (
             "it also bounds, on its own, what the runtime holds for an instance's "
-            "globals and functions"
+            "globals, functions, passive segments and tags"
             if exc.kind == "host"
             else "it is a total over all the module's memories"
         )

@@ -325,7 +325,8 @@ class ComponentInstance:
 
     def _check_host(self) -> None:
         """Refuse, before instantiating, a component whose core instances would hold
-        more of the runtime's own memory (their globals, functions and imports:
+        more of the runtime's own memory (their globals, functions, imports, passive
+        segments and tags:
         binary.Layout.host) than limits.memory. wasmtime counts none of it against the
         store's limits: 1,001 instances of a module with 100,000 globals held 1.6 GB
         under --memory 16MiB (red team round 76). It is bounded apart from the linear
@@ -337,9 +338,11 @@ class ComponentInstance:
         raise errors.MemoryLimitExceeded(
             f"memory limit {format_limit(limit)} reached: the component's {made:,} core "
             f"instances would hold about {format_size(layout.host)} of the runtime's "
-            "memory (their globals, functions and imports, outside linear memory)",
+            "memory (their globals, functions, imports, passive segments and tags, outside "
+            "linear memory)",
             hint="raise limits.memory (--memory SIZE); each core instance holds 16 bytes "
-            "per global and 24 per function, once per instantiation",
+            "per global, 24 per function and 128 per passive element segment, once per "
+            "instantiation",
             limit_value=limit,
         )
 

@@ -271,9 +271,14 @@ class _Parser:
         self.code_count: Optional[int] = None
         self.start: Optional[int] = None
         self.data_segments: list[int] = []
+        self.passive_data_segments = 0  # (flags 1: kept per instance for memory.init)
         self.data_count: Optional[int] = None
         self.data_count_at = 0
         self.element_segments = 0
+        # Passive ones (flags 1, 5) and their items: an instance keeps each for
+        # table.init/elem.drop (backends.limits.module_host counts them)
+        self.passive_element_segments = 0
+        self.passive_element_items = 0
         self.elem_types: set[str] = set()  # element segments' types (funcref, externref...)
         self.simd_ops: set[int] = set()  # 0xfd sub-opcodes in the code (backend gaps)
         self.custom: list[CustomSection] = []
@@ -669,12 +674,17 @@ class _Parser:
                 elif r.byte() != 0:
                     raise r.error("invalid element kind", at)
             if uses_exprs:
-                for _ in range(r.count("element expression")):
+                items = r.count("element expression")
+                for _ in range(items):
                     self.const_expr(r)
             else:
-                for _ in range(r.count("element function index")):
+                items = r.count("element function index")
+                for _ in range(items):
                     r.uleb()
             self.element_segments += 1
+            if flags in (1, 5):
+                self.passive_element_segments += 1
+                self.passive_element_items += items
 
     def section_data_count(self, r: _Reader) -> None:
         self.features.add("bulk-memory")
@@ -722,6 +732,7 @@ class _Parser:
                 self.const_expr(r)
             elif flags == 1:
                 self.features.add("bulk-memory")
+                self.passive_data_segments += 1
             elif flags == 2:
                 if r.uleb():
                     self.features.add("multi-memory")
