@@ -1720,17 +1720,31 @@ class _making:
     thread cannot deadlock it). A class, not a generator: every sandbox's first call
     takes it (a generator's context manager cost 100,000 sandboxes 3 µs each)."""
 
-    __slots__ = ("entry", "key", "seconds")
+    __slots__ = ("entry", "key", "seconds", "name")
 
     def __init__(self, box: Any, seconds: Optional[float] = None) -> None:
-        self.key, self.seconds = id(box), seconds
+        self.key, self.seconds, self.name = id(box), seconds, box._name
 
     def __enter__(self) -> None:
         key = self.key
+        me = threading.get_ident()
         with _MAKING_GUARD:
             entry = _MAKING.get(key)
             if entry is None:
-                entry = _MAKING[key] = [threading.RLock(), 0]
+                entry = _MAKING[key] = [threading.Lock(), 0, 0]
+            elif entry[2] == me:
+                # A host function of the instance's start function calling the sandbox:
+                # the instance is not made yet, and making another for it nested one in
+                # the other to Python's recursion limit, each with a store, memory, fuel
+                # and deadline of its own (red team round 94: 58 instances under
+                # limits.instances = 1, 25 s under a 1 s timeout).
+                raise errors.UsageError(
+                    f"{self.name}: a host function called this sandbox while its instance "
+                    "was being made (from its start function)",
+                    hint="a start function's host function reaches its instance's memory "
+                    "through its Caller (a first parameter annotated wasmsbx.Caller); call "
+                    "the sandbox once it is made",
+                )
             entry[1] += 1
         self.entry = entry
         seconds = self.seconds
@@ -1744,8 +1758,10 @@ class _making:
                 hint="its start function is still running: give each thread its own sandbox",
                 limit_value=seconds,
             )
+        entry[2] = me
 
     def __exit__(self, *exc: Any) -> None:
+        self.entry[2] = 0
         self.entry[0].release()
         self._leave()
 
@@ -1919,6 +1935,7 @@ class Group:
         # One add at a time: two threads adding the first members at once each made a
         # store of its own, and the later members could link to only one (round 46).
         self._adding = threading.RLock()
+        self._adder = 0  # the thread adding a module now (its ident), else 0
 
     def _refuse_instance(self, box: Sandbox) -> None:
         """A member has one instance, made when it is added: instantiating one again
@@ -1957,12 +1974,32 @@ class Group:
                 "a Group links core modules; this is a WebAssembly component",
                 hint="a component links its own parts: run it with wasmsbx.Sandbox",
             )
+        me = threading.get_ident()
+        if self._adder == me:
+            # A host function of the start function of a member being added: the group's
+            # store is not made yet when that is the first member, and each add nested
+            # in it made a store and budget of its own (red team round 94: 11 members of
+            # 101 pages in a group of 16 MiB and 2 instances).
+            raise errors.UsageError(
+                "a module cannot be added to a group from a host function of a member "
+                "being added (its start function)",
+                hint="add every module to the group before calling into it",
+            )
         with self._adding:
             self._refuse_closed()  # (closed while this thread waited)
-            box = Sandbox(
-                module, self.policy, imports=imports, backend=self.backend, group=self, name=name
-            )
-            box._live()
+            self._adder = me
+            try:
+                box = Sandbox(
+                    module,
+                    self.policy,
+                    imports=imports,
+                    backend=self.backend,
+                    group=self,
+                    name=name,
+                )
+                box._live()
+            finally:
+                self._adder = 0
             self._members.add(box)
             return box
 

@@ -758,6 +758,7 @@ class WasmerInstance(Instance):
         self.dead: Optional[str] = None
         self.home = os.getpid()  # the process whose instance this is (see __del__)
         self.memory_bytes: Optional[int] = None
+        self.made = False  # its start function returned (the child's instance exists)
         self.warnings: list = []
         self.output_used = 0
         self.buffer = bytearray()
@@ -783,6 +784,7 @@ class WasmerInstance(Instance):
             self.limits = limits
         if answer[0] == "ready":
             self.memory_bytes = answer[1]
+            self.made = True
             return
         self.close()
         raised = self._raised()
@@ -1225,6 +1227,14 @@ class WasmerInstance(Instance):
 
     def _memory(self, request: tuple) -> list:
         answer = self._request(request, f"{request[0]} of memory {request[1]!r}")
+        if answer[0] == "index" and not getattr(self, "made", True):
+            # (a start function's host function, through its Caller: wasmer-python makes
+            # the instance, its memories with it, only once the start function returns)
+            raise errors.BackendUnavailable(
+                "the wasmer backend cannot reach an instance's memory from its start "
+                "function (the instance exists once the start function returns)",
+                hint="use --backend wasmtime, or read the memory after the instance is made",
+            )
         if answer[0] == "index":
             raise IndexError(answer[1])
         if answer[0] != "ok":

@@ -1,0 +1,127 @@
+"""A host function of a start function cannot call into the sandbox (or add to the group)
+whose instance is still being made (red team round 94): each such call made another
+instance nested in the first, with a store, memory, fuel and deadline of its own, to
+Python's recursion limit: 58 instances under limits.instances = 1 (912 MiB under a
+16 MiB policy), 25 s under a 1 s timeout, and a group of 16 MiB and 2 instances ended
+with 11 members of 101 pages each."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+import wasmsbx
+from wasmsbx import errors
+from wasmsbx.policy import from_dict
+
+# The start function grows its memory by 100 pages, then calls the host's "h".
+STARTS = b"""(module
+  (import "env" "h" (func $h))
+  (memory (export "memory") 1)
+  (func $s (drop (memory.grow (i32.const 100))) (call $h))
+  (start $s)
+  (func (export "pages") (result i32) memory.size)
+  (func (export "alloc") (param i32) (result i32) i32.const 0))"""
+
+POLICY = {"limits": {"instances": 2, "memory": "16MiB", "timeout": "10s"}}
+
+
+def test_a_start_functions_host_call_into_its_own_sandbox_is_refused(backend):
+    entered = []
+    box = None
+
+    def h() -> None:
+        entered.append(1)
+        box.call("alloc", 16)  # the README's "ask the guest for a buffer", at start
+
+    box = wasmsbx.Sandbox(STARTS, from_dict(POLICY), imports={"env": {"h": h}}, backend=backend)
+    with pytest.raises(errors.TrapError) as caught:
+        box.call("pages")
+    assert entered == [1]  # one instance began, none nested in it
+    assert "while its instance was being made" in str(caught.value)
+    assert isinstance(caught.value.__cause__, errors.UsageError)
+
+
+def test_its_memory_through_the_sandbox_is_refused_too(backend):
+    box = None
+    seen = []
+
+    def h() -> None:
+        seen.append(box.memory().pages)
+
+    box = wasmsbx.Sandbox(STARTS, from_dict(POLICY), imports={"env": {"h": h}}, backend=backend)
+    with pytest.raises(errors.TrapError, match="while its instance was being made"):
+        box.call("pages")
+    assert seen == []
+
+
+def test_a_start_function_reaches_its_memory_through_its_caller(backend):
+    seen = []
+
+    def h(caller: wasmsbx.Caller) -> None:
+        seen.append(caller.memory().pages)
+
+    box = wasmsbx.Sandbox(STARTS, from_dict(POLICY), imports={"env": {"h": h}}, backend=backend)
+    if backend.startswith("wasmer"):
+        # wasmer-python makes the instance, its memories with it, once start returns
+        with pytest.raises(errors.TrapError) as caught:
+            box.call("pages")
+        assert isinstance(caught.value.__cause__, errors.BackendUnavailable)
+        assert "from its start function" in caught.value.__cause__.message
+        return
+    assert box.call("pages") == 101
+    assert seen == [101]
+
+
+def test_after_the_instance_is_made_a_host_call_into_the_sandbox_still_works(backend):
+    """Only the making is refused: the same host function called by a later export
+    reaches the sandbox as before (within the running call's limits)."""
+    wat = b"""(module
+      (import "env" "h" (func $h (result i32)))
+      (func (export "run") (result i32) (call $h))
+      (func (export "seven") (result i32) i32.const 7))"""
+    box = None
+
+    def h() -> wasmsbx.i32:
+        return box.call("seven") + 1
+
+    box = wasmsbx.Sandbox(wat, imports={"env": {"h": h}}, backend=backend)
+    assert box.call("run") == 8
+
+
+def test_another_thread_still_waits_for_the_making(backend):
+    """The refusal is for the thread making the instance; another thread waits for it."""
+    started = threading.Event()
+    release = threading.Event()
+
+    def h() -> None:
+        started.set()
+        release.wait(30)
+
+    box = wasmsbx.Sandbox(STARTS, from_dict(POLICY), imports={"env": {"h": h}}, backend=backend)
+    results = []
+    first = threading.Thread(target=lambda: results.append(box.call("pages")))
+    first.start()
+    assert started.wait(30)
+    second = threading.Thread(target=lambda: results.append(box.call("pages")))
+    second.start()
+    release.set()
+    first.join(60)
+    second.join(60)
+    assert results == [101, 101]
+
+
+def test_a_group_add_from_a_start_functions_host_function_is_refused(backend):
+    group = wasmsbx.Group(from_dict(POLICY), backend=backend)
+    added = []
+
+    def h() -> None:
+        if len(added) < 10:
+            added.append(group.add(STARTS, imports={"env": {"h": h}}))
+
+    with pytest.raises(errors.TrapError, match="a member being added"):
+        group.add(STARTS, imports={"env": {"h": h}})
+    assert added == [] and group.members == []
+    # the group is still usable
+    assert group.add(STARTS, imports={"env": {"h": lambda: None}}).call("pages") == 101
