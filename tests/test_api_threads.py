@@ -262,3 +262,53 @@ def test_first_calls_from_threads_in_a_new_process(backend):
     for _ in range(3):
         out = run_script(FIRST_CALLS, ADD.decode(), backend)
         assert out.strip() == "[]", out
+
+
+# The guest grows its memory a page at a time to the limit (writing the last byte of
+# each page it got); returns how many pages it got.
+GROWS = b"""(module (memory (export "memory") 1)
+  (global (export "g") (mut i32) (i32.const 0))
+  (func (export "growall") (result i32) (local $n i32) (local $old i32)
+    (block $d (loop $l
+      (local.set $old (memory.grow (i32.const 1)))
+      (br_if $d (i32.eq (local.get $old) (i32.const -1)))
+      (i32.store8 (i32.sub (i32.mul (i32.add (local.get $old) (i32.const 1))
+        (i32.const 65536)) (i32.const 1)) (i32.const 7))
+      (global.set 0 (i32.add (global.get 0) (i32.const 1)))
+      (local.set $n (i32.add (local.get $n) (i32.const 1)))
+      (br $l)))
+    (local.get $n))
+  (func (export "size") (result i32) memory.size))"""
+
+
+def test_memory_grown_from_another_thread_takes_turns_with_a_call(backend):
+    """Red team round 94: box.memory().grow() from a thread while the guest grew the same
+    memory in a call ran both in the store at once: two grows got the same old size
+    (177 rounds of 200), and the memory ended smaller than the guest had grown it (4).
+    Memory uses now take the store's turn, as calls do: every page is counted once."""
+    bad = []
+    for _ in range(30):
+        box = wasmsbx.Sandbox(GROWS, from_dict({"limits": {"memory": "4MiB"}}), backend=backend)
+        memory = box.memory()
+        stop = threading.Event()
+        grown = [0]
+
+        def grower(memory=memory, stop=stop, grown=grown) -> None:
+            while not stop.is_set():
+                try:
+                    if memory.grow(1) >= 0:
+                        grown[0] += 1
+                except wasmsbx.errors.MemoryLimitExceeded:
+                    pass  # (at the limit: wasmer refuses a grow so)
+
+        thread = threading.Thread(target=grower)
+        thread.start()
+        try:
+            got = box.call("growall")
+        finally:
+            stop.set()
+            thread.join(60)
+        size = box.call("size")
+        if size != 1 + got + grown[0] or size != 64 or box.globals["g"] != got:
+            bad.append((got, grown[0], size))
+    assert bad == []

@@ -1224,26 +1224,42 @@ class WasmtimeInstance(Instance):
         self.memory(memory).write(offset, data)
 
     def memory(self, name: str = "memory") -> _MemoryAccess:
-        """Access to an exported memory (IndexError when there is none)."""
+        """Access to an exported memory (IndexError when there is none). Each use takes
+        the store's turn as a call does (``_turn``)."""
         mem = self.exports[name] if name in self.memories else None
         if mem is None:
             raise IndexError(f"the module exports no memory named {name!r}")
-        return _MemoryAccess(self.store, mem)
+        return _MemoryAccess(self.store, mem, turn=self._turn)
+
+    def _turn(self, how: Callable, *args: Any) -> Any:
+        """``how(*args)`` with the store to itself: a store runs one thing at a time, and
+        a memory grown (or a global set) from one thread while another's call ran in the
+        store corrupted it (red team round 94: two grows returned the same old size, and
+        a memory ended smaller than the guest had grown it). Waits for a running call as
+        another call would (at most the timeout); a host function of the running call,
+        on its own thread, goes ahead (as a nested call does)."""
+        group = self.group
+        if not group.busy.acquire(False) and _occupied(group, self.limits.timeout):
+            return how(*args)
+        try:
+            return how(*args)
+        finally:
+            group.busy.release()
 
     def global_info(self, name: str) -> tuple:
         """(type, mutable) of an exported global (KeyError when there is none)."""
         glob = self.exports[name]
         if not isinstance(glob, wasmtime.Global):
             raise KeyError(name)
-        return global_type(self.store, glob)
+        return self._turn(global_type, self.store, glob)
 
     def global_get(self, name: str, wasm_type: Optional[str] = None) -> Any:
         wasm_type = wasm_type or self.global_info(name)[0]
-        return global_get(self.store, self.exports[name], wasm_type, self.group)
+        return self._turn(global_get, self.store, self.exports[name], wasm_type, self.group)
 
     def global_set(self, name: str, value: Any, wasm_type: Optional[str] = None) -> None:
         wasm_type = wasm_type or self.global_info(name)[0]
-        global_set(self.store, self.exports[name], wasm_type, value, self.group)
+        self._turn(global_set, self.store, self.exports[name], wasm_type, value, self.group)
 
     def export_handle(self, name: str) -> Any:
         """An export as an opaque handle another module of the group can import."""
@@ -1575,10 +1591,15 @@ class _Export:
 class _MemoryAccess:
     """Reads, writes and grows one wasmtime memory; every range is checked first."""
 
-    def __init__(self, store: Any, mem: Any, owner: Any = None) -> None:
+    def __init__(self, store: Any, mem: Any, owner: Any = None, turn: Any = None) -> None:
         self.store = store
         self.mem = mem
         self.owner = store if owner is None else owner  # the wasmtime.Store: see view()
+        if turn is not None:  # a sandbox's memory (a Caller's is its host call's)
+            self.size, self.read, self.write, self.grow, self.view = (
+                functools.partial(turn, method)
+                for method in (self.size, self.read, self.write, self.grow, self.view)
+            )
 
     def size(self) -> int:
         return self.mem.data_len(self.store)
@@ -1587,7 +1608,7 @@ class _MemoryAccess:
         """The host address of byte ``offset`` after checking the range is inside."""
         import ctypes
 
-        size = self.size()
+        size = self.mem.data_len(self.store)  # (not self.size: within a turn already)
         if offset < 0 or length < 0 or offset + length > size:
             from ...values import outside
 
@@ -1623,7 +1644,7 @@ class _MemoryAccess:
         """A memoryview of the whole memory as it is now (invalid after a grow)."""
         import ctypes
 
-        size = self.size()
+        size = self.mem.data_len(self.store)
         if not size:
             return memoryview(b"")
         array = (ctypes.c_ubyte * size).from_address(self.address(0, size))
