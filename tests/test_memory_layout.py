@@ -594,3 +594,23 @@ def test_mcp_workers_keep_a_module_per_layout(tmp_path):
     assert again is boxes["dense", "cow", "1MiB"]  # the same 1 MiB reservation
     for box in boxes.values():
         assert box.call("add", 1, 2) == 3
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="RLIMIT_AS semantics are Linux's")
+def test_a_component_out_of_address_space_is_118_as_a_module(tmp_path):
+    """Red team round 93: a component that could not reserve its memory (ulimit -v) was
+    "cannot instantiate component" (102, a module error) with no hint."""
+    import subprocess
+    from pathlib import Path
+
+    calc = Path(__file__).resolve().parent.parent / "examples" / "components" / "calc.wasm"
+    proc = subprocess.run(
+        [sys.executable, "-m", "wasmsbx", "run", str(calc), "add", "1", "2"],
+        capture_output=True,
+        preexec_fn=_limit_address_space,
+        timeout=120,
+    )
+    err = proc.stderr.decode()
+    assert proc.returncode == 118, err
+    assert "while instantiating the component" in err, err
+    assert "address-space limit is reached" in err and "Traceback" not in err, err

@@ -703,6 +703,10 @@ class ComponentInstance:
         # (wasmtime's words only: a name it quotes, an import's export called
         # "memory-limit-minimum", made a link error a limit)
         lowered = _module_backend.unquoted(_module_backend._own_words(text)).lower()
+        if errors.is_exhaustion(lowered):  # the host ran out, not the policy (as a module's)
+            return _module_backend._exhausted(
+                "instantiating the component", first, self.engine.options
+            )
         if "instance count too high" in lowered or ("instance" in lowered and "limit" in lowered):
             return errors.InstanceLimitExceeded(
                 f"instance limit reached: the component makes {self.layout.core_instances} "
