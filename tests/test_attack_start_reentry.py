@@ -125,3 +125,21 @@ def test_a_group_add_from_a_start_functions_host_function_is_refused(backend):
     assert added == [] and group.members == []
     # the group is still usable
     assert group.add(STARTS, imports={"env": {"h": lambda: None}}).call("pages") == 101
+
+
+@pytest.mark.parametrize("how", ["pickle", "copy", "deepcopy"])
+def test_a_sandbox_cannot_be_pickled_or_copied(backend, how):
+    import copy
+    import pickle
+
+    box = wasmsbx.Sandbox(STARTS, imports={"env": {"h": lambda: None}}, backend=backend)
+    assert box.call("pages") == 101
+    action = {"pickle": pickle.dumps, "copy": copy.copy, "deepcopy": copy.deepcopy}[how]
+    with pytest.raises(errors.UsageError, match="cannot be pickled or copied"):
+        action(box)
+    assert box.call("pages") == 101
+
+
+def test_nested_host_errors_are_quoted_to_a_bound():
+    assert len(errors.raised_text(ValueError("x" * 10_000))) < errors.RAISED_MAX + 100
+    assert errors.raised_text(ValueError("short")) == "ValueError: short"

@@ -130,7 +130,12 @@ def raised_text(exc: BaseException) -> str:
         raise
     except BaseException:  # noqa: BLE001 - whatever it raised, the type is known
         return f"{name} (its message could not be read)"
+    if len(text) > RAISED_MAX:  # (nested host calls each quoted the one inside: 3 KB)
+        text = text[:RAISED_MAX] + f"... ({len(text) - RAISED_MAX:,} characters more)"
     return f"{name}: {text}"
+
+
+RAISED_MAX = 500  # characters of a host function's exception quoted in a trap's message
 
 
 class WasmsbxError(Exception):

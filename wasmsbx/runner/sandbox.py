@@ -1690,6 +1690,15 @@ class Sandbox:
             self._instance = None
         self._forget_callers()
 
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        # (pickle, copy and deepcopy: its instance lives in the runtime, and a copy
+        # shared it with the original, or raised ctypes' ValueError: red team round 94)
+        raise errors.UsageError(
+            f"{self._name}: a Sandbox cannot be pickled or copied (its instance lives in "
+            "the runtime)",
+            hint="pass the module and the policy, and make a Sandbox from them where needed",
+        )
+
 
 # A call's own timeout= is not lowered by a wait or a start shorter than this (seconds):
 # its errors then say the timeout asked ("after 500 ms", not "after 499.9 ms").
