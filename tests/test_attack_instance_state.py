@@ -162,3 +162,23 @@ def test_a_component_instantiating_a_module_of_many_element_segments_is_refused(
     assert result.code == 110, result.stderr
     assert "runtime's memory" in result.stderr and "Traceback" not in result.stderr
     assert cli("run", guest, "x", "--memory", "256MiB").stdout.strip() == "1"
+
+
+ASYNC_LIFT = """(component
+  (core module $m
+    (memory (export "memory") 1)
+    (func (export "f") (result i32) (i32.const 1))
+    (func (export "cb") (param i32 i32 i32) (result i32) (i32.const 1)))
+  (core instance $i (instantiate $m))
+  (func (export "f") async (result u32)
+    (canon lift (core func $i "f") async (callback (core func $i "cb")))))"""
+
+
+@components
+def test_an_async_lifted_export_is_said_to_be_unsupported(tmp_path, cli):
+    """Red team round 93: it was a trap (103) whose hint blamed a malformed value."""
+    guest = built(ASYNC_LIFT, tmp_path, "async")
+    result = cli("run", guest, "f")
+    assert result.code == 102, result.stderr
+    assert "lifted `async`" in result.stderr and "malformed" not in result.stderr
+    assert "Traceback" not in result.stderr

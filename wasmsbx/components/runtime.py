@@ -654,6 +654,16 @@ class ComponentInstance:
         if cause is None:
             if where == "instantiation":
                 return self._setup_error(text, where)
+            if any(
+                "cannot synchronously call an async function" in line
+                for line in _module_backend._cause_lines(text) or [_first_line_text(text)]
+            ):
+                # (wasmtime's words, not the guest's; wasmsbx's limit, not a bad value)
+                return errors.ModuleError(
+                    f"{where}: the export is lifted `async` (component-model async), "
+                    "which wasmsbx cannot call: it calls exports synchronously",
+                    hint="export a synchronous function (a `canon lift` without `async`)",
+                )
             # No trap, but the call failed: the guest broke the canonical ABI (a result
             # string that is not UTF-8, a realloc out of bounds...). Its fault, as a trap
             # is; wasmtime refuses the instance's further calls all the same.
