@@ -275,6 +275,51 @@ def test_a_second_server_start_does_not_recompile_the_interpreters(tmp_path):
     assert after["entries"] == before["entries"]
 
 
+def test_a_module_sent_as_bytes_stays_out_of_the_users_compile_cache(tmp_path):
+    """Red team round 92: every module a client sent was compiled into the user's cache,
+    so distinct ones filled it and evicted the interpreters (the next worker's load took
+    4.4 s instead of 0.1) and the user's own entries. A module named by its path (in a
+    --module-dir) is cached as before; one sent as bytes only in its worker."""
+    import shutil
+
+    cache = tmp_path / "cache"
+    shutil.copytree(SHARED_CACHE, cache)
+    env = {"WASMSBX_CACHE_DIR": str(cache)}
+    from wasmtime import wat2wasm
+
+    def guest(step: int) -> bytes:  # about 25 KB: past runtime.cache_min_size
+        adds = f"i32.const {100_000 + step} i32.add " * 5000
+        return wat2wasm(f'(module (func (export "f") (param i32) (result i32) local.get 0 {adds}))')
+
+    mods = tmp_path / "mods"
+    mods.mkdir()
+    (mods / "named.wasm").write_bytes(guest(0))
+    other = guest(1)
+    assert len(other) > 16 * 1024
+
+    def entries() -> int:
+        return len(list((cache / "code").glob("*/*.entry")))
+
+    async def scenario():
+        async with stdio_client("--module-dir", str(mods), env=env) as c:
+            sent = await c.call_tool(
+                "call_export",
+                {"module_base64": base64.b64encode(other).decode(), "function": "f", "args": [1]},
+            )
+            before_named = entries()
+            named = await c.call_tool(
+                "call_export",
+                {"module_path": str(mods / "named.wasm"), "function": "f", "args": [1]},
+            )
+            return sent, before_named, named
+
+    before = entries()
+    sent, before_named, named = run(scenario())
+    assert not sent.is_error and not named.is_error, (text_of(sent), text_of(named))
+    assert before_named == before  # the bytes: not cached
+    assert entries() == before + 1  # the module of the --module-dir: cached
+
+
 def test_output_over_the_limit_is_refused():
     async def scenario():
         async with stdio_client("--max-output", "1KiB") as c:
@@ -596,6 +641,36 @@ def test_audit_log_records_every_call(tmp_path):
     for names in runs.values():
         assert names[0] == "start" and names[-1] == "exit" and "mcp" in names
     assert any(e["event"] == "limit" and e["limit"] == "timeout" for e in events)
+
+
+def test_the_audit_log_keeps_large_arguments_as_a_digest_and_counts_refusals(tmp_path):
+    """Red team round 92: every call's whole argv went to the log before the rate limit
+    was asked, so refused calls of a megabyte each grew it 60-90 MB/s."""
+    import hashlib
+
+    log = tmp_path / "audit.jsonl"
+    argv = ["A" * 1000] * 100  # 100 KB of argv
+    command = {"module_base64": b64(GUESTS / "fsprobe.wasm"), "argv": argv}
+
+    async def scenario():
+        async with stdio_client(
+            "--audit-log", str(log), "--calls-per-minute", "2", "--rate-window", "1h"
+        ) as c:
+            first = await c.call_tool("run_wasi_command", {**command, "argv": ["ls", "/"]})
+            second = await c.call_tool("run_wasi_command", command)
+            refused = [await c.call_tool("run_wasi_command", command) for _ in range(20)]
+            return first, second, refused
+
+    first, second, refused = run(scenario())
+    assert all(r.is_error and "rate limit" in text_of(r) for r in refused)
+    events = [json.loads(line) for line in log.read_text().splitlines()]
+    starts = [e for e in events if e["event"] == "start"]
+    assert len(starts) == 2 and starts[0]["args"] == ["ls", "/"] and starts[1]["args"] == []
+    big = next(e for e in events if e["event"] == "mcp" and e.get("args_count"))
+    text = json.dumps(argv, ensure_ascii=False).encode()
+    assert big["args_count"] == 100 and big["args_bytes"] == len(text)
+    assert big["args_sha256"] == hashlib.sha256(text).hexdigest()
+    assert log.stat().st_size < 20_000  # (20 refused calls of 100 KB: nothing of them)
 
 
 # ------------------------------------------------------------------------------ HTTP
@@ -1205,6 +1280,30 @@ def test_an_oversized_stdio_message_is_refused_without_being_held():
     assert alive["id"] == 8 and "result" in alive
     assert nameless["id"] is None and "request too large" in nameless["error"]["message"]
     assert code == 0  # the client closed stdin: a clean exit
+
+
+def test_a_message_just_past_the_cap_whose_newline_comes_in_the_same_read_is_refused():
+    """Red team round 92: a line whose newline arrived in the read that took it past the
+    cap reached the SDK whole (1,340,834 bytes under a cap of 1,310,720)."""
+    proc = _stdio_server("--max-request", "64KiB")
+    try:
+        _initialize(proc)
+        cap = 64 * 1024 + 256 * 1024  # --max-request + the framing allowance
+        line = b'{"jsonrpc":"2.0","id":5,"method":"tools/call","params":{"name":"run_python",'
+        line += b'"arguments":{"code":"' + b"x" * (cap + 1000) + b'"}}}\n'
+        proc.stdin.write(line)  # (one write: the newline comes with the rest)
+        proc.stdin.flush()
+        refused = json.loads(proc.stdout.readline())
+        _send(
+            proc, {"id": 6, "method": "tools/call", "params": {"name": "limits", "arguments": {}}}
+        )  # noqa: E501
+        alive = json.loads(proc.stdout.readline())
+    finally:
+        proc.kill()
+        proc.wait()
+    assert refused["id"] == 5 and refused["error"]["code"] == -32600, refused
+    assert "request too large" in refused["error"]["message"]
+    assert alive["id"] == 6 and "result" in alive
 
 
 def test_component_command_and_audit_through_the_tools(server):

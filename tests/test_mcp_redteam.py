@@ -216,3 +216,43 @@ def test_a_request_with_an_id_of_the_wrong_type_gets_an_answer_over_stdio():
         assert reply["id"] is None and reply["error"]["code"] == -32600, reply
         assert "the id must be a string or an integer" in reply["error"]["message"]
     assert alive["id"] == 9 and alive["result"]["tools"]
+
+
+def test_a_failing_request_logs_one_bounded_line_and_holds_up_nothing(tmp_path):
+    """Red team round 92: the SDK logs a handler's exception with its traceback, which
+    rich drew on the event loop's thread at a cost growing with the square of what the
+    client sent: a prompts/get of a 30 KB name (the server has no prompts) blocked every
+    other request for 13 s and wrote 207 KB to stderr; 60 short ones 19 s and 743 KB.
+    Each record is one line now, rate-limited, written off the event loop."""
+    import time
+
+    from .mcp_helpers import raw_server
+
+    ensure_setup()
+    err = tmp_path / "stderr.txt"
+    with open(err, "wb") as stderr:
+        proc, send, answer = raw_server(stderr=stderr)
+        try:
+            send({"id": 2, "method": "prompts/get", "params": {"name": "\x1b[31m" + "p" * 30_000}})
+            for i in range(60):
+                send({"id": 100 + i, "method": "prompts/get", "params": {"name": "x"}})
+            for i in range(500):  # malformed notifications: a warning each, no reply
+                send({"method": "notifications/cancelled", "params": {"requestId": [i]}})
+            began = time.monotonic()
+            send({"id": 3, "method": "ping"})
+            got = {}
+            while 3 not in got:
+                reply = answer()
+                got[reply.get("id")] = reply
+            waited = time.monotonic() - began
+        finally:
+            proc.kill()
+            proc.wait()
+    assert got[2]["error"] and all(got[100 + i]["error"] for i in range(60))
+    assert waited < 30  # (generous: 13 s and more before, on an idle machine)
+    text = err.read_text(errors="replace")
+    assert "Traceback" not in text and "\x1b" not in text, text[:2000]
+    assert len(text) < 20_000, len(text)  # (a burst of 20 one-line records, the rest counted)
+    lines = text.splitlines()
+    assert all(len(line) < 500 for line in lines), max(lines, key=len)
+    assert any(line.startswith("wasmsbx mcp: ") for line in lines), text[:2000]

@@ -948,3 +948,29 @@ def test_a_sessions_folder_is_measured_as_soon_as_its_worker_writes(tmp_path, mo
     used, files = asyncio.run(asyncio.wait_for(scenario(), 120))
     assert used is not None and used > budget, "the write count never called for a measure"
     assert files <= 32, files  # (16 files reach the budget; generous for a loaded machine)
+
+
+@pytest.mark.parametrize(
+    "limits, ok",
+    [
+        ({"timeout": True}, False),  # (was 1 s: red team round 92)
+        ({"fuel": True}, False),  # (was fuel 1)
+        ({"fuel": 1.0}, False),
+        ({"timeout": 2}, True),
+        ({"timeout": 2.5}, True),
+        ({"timeout": "500ms"}, True),
+        ({"fuel": 1000}, True),
+        ({"memory": "1MiB", "output": "1KiB"}, True),
+    ],
+)
+def test_call_limits_take_no_boolean_for_a_number(limits, ok):
+    from pydantic import ValidationError
+
+    from wasmsbx.mcp.tools import CallLimits
+
+    if ok:
+        CallLimits.model_validate(limits)
+        CallLimits.model_validate_json(json.dumps(limits))
+    else:
+        with pytest.raises(ValidationError):
+            CallLimits.model_validate_json(json.dumps(limits))

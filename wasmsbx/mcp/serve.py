@@ -148,11 +148,13 @@ def serve(
 async def _main(
     service: Any, config: ServerConfig, transport: str, host: str, port: int, token: Any
 ) -> None:
+    from .logs import quiet_logging
     from .tools import build
 
     try:
         service.start()
         server = build(service)
+        quiet_logging()  # (after build: the SDK's MCPServer sets up rich's handler)
         if transport == "stdio":
             await _stdio(server, config)
         else:
@@ -193,7 +195,9 @@ async def _http(server: Any, config: ServerConfig, host: str, port: int, token: 
         app = BearerAuth(app, token)
     protocol = guarded_protocol(config.request_timeout, config.max_connections)
     uv = uvicorn.Server(
-        uvicorn.Config(app, host=host, port=port, log_level="warning", http=protocol)
+        uvicorn.Config(
+            app, host=host, port=port, log_level="warning", http=protocol, log_config=None
+        )  # (log_config=None: its records go to logs.quiet_logging's handler)
     )
     await uv.serve()
 

@@ -162,6 +162,12 @@ class CappedLines:
         await self.writer.room()  # (no new request while the client leaves replies unread)
         while True:
             line = self._take_line()
+            if line is not None and len(line) > self.cap:
+                # (its newline came in the read that took it past the cap, which _fill
+                # looks at only for a line still open: it reached the SDK, red team 92)
+                self.dropping, self.dropped = bytearray(line[:HEAD]), len(line)
+                await self._refuse()
+                continue
             if line is not None:
                 text = line.decode("utf-8", "replace")
                 if await self._parses(text, line):

@@ -32,7 +32,8 @@ class CallLimits(BaseModel):
 
     # (an unknown key, a misspelt "timout", is refused: it was ignored and the call ran
     # under the server's limits; red team round 79)
-    model_config = ConfigDict(extra="forbid")
+    # (strict: true was taken for 1, a timeout of 1 s and fuel of 1; red team round 92)
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     timeout: Optional[Union[str, float]] = Field(None, description='e.g. "500ms", "2s", or seconds')
     memory: Optional[str] = Field(None, description='guest linear memory, e.g. "32MiB"')
