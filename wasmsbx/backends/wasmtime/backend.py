@@ -1229,7 +1229,7 @@ class WasmtimeInstance(Instance):
         mem = self.exports[name] if name in self.memories else None
         if mem is None:
             raise IndexError(f"the module exports no memory named {name!r}")
-        return _MemoryAccess(self.store, mem, turn=self._turn)
+        return _TurnedAccess(self.store, mem, self._turn)
 
     def _turn(self, how: Callable, *args: Any) -> Any:
         """``how(*args)`` with the store to itself: a store runs one thing at a time, and
@@ -1591,15 +1591,10 @@ class _Export:
 class _MemoryAccess:
     """Reads, writes and grows one wasmtime memory; every range is checked first."""
 
-    def __init__(self, store: Any, mem: Any, owner: Any = None, turn: Any = None) -> None:
+    def __init__(self, store: Any, mem: Any, owner: Any = None) -> None:
         self.store = store
         self.mem = mem
         self.owner = store if owner is None else owner  # the wasmtime.Store: see view()
-        if turn is not None:  # a sandbox's memory (a Caller's is its host call's)
-            self.size, self.read, self.write, self.grow, self.view = (
-                functools.partial(turn, method)
-                for method in (self.size, self.read, self.write, self.grow, self.view)
-            )
 
     def size(self) -> int:
         return self.mem.data_len(self.store)
@@ -1657,6 +1652,30 @@ class _MemoryAccess:
         if self.store is not self.owner:  # a caller's: lent (_lend) while a slice lives
             array._wasmsbx_access = self
         return memoryview(array).cast("B")
+
+
+class _TurnedAccess(_MemoryAccess):
+    """A sandbox's memory: each use with the store's turn (``WasmtimeInstance._turn``);
+    a Caller's is its host call's, whose thread holds the store already."""
+
+    def __init__(self, store: Any, mem: Any, turn: Callable) -> None:
+        super().__init__(store, mem)
+        self.turn = turn
+
+    def size(self) -> int:
+        return self.turn(_MemoryAccess.size, self)
+
+    def read(self, offset: int, length: int) -> bytes:
+        return self.turn(_MemoryAccess.read, self, offset, length)
+
+    def write(self, offset: int, data: Any) -> None:
+        self.turn(_MemoryAccess.write, self, offset, data)
+
+    def grow(self, pages: int) -> int:
+        return self.turn(_MemoryAccess.grow, self, pages)
+
+    def view(self) -> memoryview:
+        return self.turn(_MemoryAccess.view, self)
 
 
 def _lend(store: Any, holder: Any) -> None:
