@@ -182,3 +182,39 @@ def test_an_async_lifted_export_is_said_to_be_unsupported(tmp_path, cli):
     assert result.code == 102, result.stderr
     assert "lifted `async`" in result.stderr and "malformed" not in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_imported_tables_memories_and_globals_count_toward_an_instances_runtime_memory():
+    """Red team round 95: 20,000 imported tables (57 bytes an instance each in a
+    component) in a module a component instantiated 400 times held 520 MB under
+    --memory 16MiB."""
+    from wasmsbx.backends.limits import GLOBAL_BYTES, IMPORT_ITEM_BYTES
+
+    base = _host("(module)")
+    tables = "".join(f'(import "m" "t{i}" (table 1 funcref))' for i in range(1000))
+    assert _host(f"(module {tables})") - base == 1000 * IMPORT_ITEM_BYTES
+    globals_ = "".join(f'(import "m" "g{i}" (global i32))' for i in range(1000))
+    assert _host(f"(module {globals_})") - base == 1000 * (IMPORT_ITEM_BYTES + GLOBAL_BYTES)
+    memories = "".join(f'(import "m" "m{i}" (memory 1))' for i in range(10))
+    assert _host(f"(module {memories})") - base == 10 * IMPORT_ITEM_BYTES
+
+
+@components
+def test_a_component_instantiating_a_module_of_many_imported_tables_is_refused(tmp_path, cli):
+    n, k = 2_000, 200
+    exports = "".join(f'(export "t{i}" (table 0))' for i in range(n))
+    imports = "".join(f'(import "m" "t{i}" (table 1 funcref))' for i in range(n))
+    made = " ".join(
+        f'(core instance $i{j} (instantiate $m (with "m" (instance $mi))))' for j in range(k)
+    )
+    wat = (
+        f"(component (core module $mm (table 1 funcref) {exports})"
+        " (core instance $mi (instantiate $mm))"
+        f' (core module $m {imports} (func (export "f") (result i32) i32.const 1))'
+        f' {made} (func (export "f") (result s32) (canon lift (core func $i0 "f"))))'
+    )
+    guest = built(wat, tmp_path, "tables")
+    result = cli("run", guest, "f", "--memory", "16MiB")
+    assert result.code == 110, result.stderr
+    assert "runtime's memory" in result.stderr and "Traceback" not in result.stderr
+    assert cli("run", guest, "f", "--memory", "256MiB").stdout.strip() == "1"

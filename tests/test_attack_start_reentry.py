@@ -143,3 +143,69 @@ def test_a_sandbox_cannot_be_pickled_or_copied(backend, how):
 def test_nested_host_errors_are_quoted_to_a_bound():
     assert len(errors.raised_text(ValueError("x" * 10_000))) < errors.RAISED_MAX + 100
     assert errors.raised_text(ValueError("short")) == "ValueError: short"
+
+
+SPINS = b"""(module
+  (import "env" "h" (func $h (param i32) (result i32)))
+  (func (export "run") (param i32) (result i32) (call $h (local.get 0))))"""
+
+
+def test_a_fresh_call_from_a_host_function_of_a_running_call_is_refused(backend):
+    """Red team round 95: each fresh=True call from a host function nested another
+    instance with its own limits in the running call (7.2 s under a 1 s timeout, 21
+    instances of 32 MiB under limits.instances = 1). A plain nested call still works."""
+    box = None
+    depth = []
+
+    def h(n: wasmsbx.i32) -> wasmsbx.i32:
+        depth.append(n)
+        if n == 0:
+            return 0
+        return box.invoke("run", [n - 1], fresh=True).values[0] + 1
+
+    policy = from_dict({"limits": {"timeout": "10s", "instances": 1}})
+    box = wasmsbx.Sandbox(SPINS, policy, imports={"env": {"h": h}}, backend=backend)
+    with pytest.raises(errors.TrapError) as caught:
+        box.call("run", 5)
+    assert depth == [5]
+    assert isinstance(caught.value.__cause__, errors.UsageError)
+    assert "fresh instance cannot be made from a host function" in str(caught.value)
+
+    def plain(n: wasmsbx.i32) -> wasmsbx.i32:
+        return 0 if n == 0 else nested.call("run", n - 1) + 1
+
+    nested = wasmsbx.Sandbox(SPINS, policy, imports={"env": {"h": plain}}, backend=backend)
+    assert nested.call("run", 5) == 5
+    assert nested.invoke("run", [2], fresh=True).values == [2]  # (from outside: fine)
+
+
+def test_a_group_closed_from_a_start_functions_host_function_is_refused(backend):
+    """Red team round 95: the add went on and left a working member in a closed group."""
+    group = wasmsbx.Group(from_dict(POLICY), backend=backend)
+    with pytest.raises(errors.TrapError, match="cannot be closed from a host function"):
+        group.add(STARTS, imports={"env": {"h": group.close}})
+    assert not group.closed and group.members == []
+
+
+def test_an_add_waits_for_another_threads_add_at_most_the_timeout(backend):
+    """Red team round 95: a start function's host function that waited for another
+    thread's Group.add deadlocked for good."""
+    group = wasmsbx.Group(from_dict({"limits": {"timeout": "2s", "instances": 4}}), backend=backend)
+    outcome = []
+
+    def h() -> None:
+        def other() -> None:
+            try:
+                group.add(b'(module (func (export "g")))')
+                outcome.append("added")
+            except errors.TimeoutExceeded as exc:
+                outcome.append(exc)
+
+        thread = threading.Thread(target=other)
+        thread.start()
+        thread.join(60)
+
+    with pytest.raises(errors.WasmsbxError):  # (the start function ran past 2 s)
+        group.add(STARTS, imports={"env": {"h": h}})
+    assert len(outcome) == 1 and isinstance(outcome[0], errors.TimeoutExceeded)
+    assert "another thread adding a module" in str(outcome[0])

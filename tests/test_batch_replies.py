@@ -197,3 +197,45 @@ def test_a_worker_sends_an_error_holding_what_no_reply_may_as_its_class_and_text
         sender.close()
         worker.tasks.close()
         worker.replies.close()
+
+
+@pytest.mark.parametrize(
+    "description",
+    [
+        ("builtins", "SystemExit", "0", {"code": 0}),  # (ended the run with exit 0)
+        ("builtins", "KeyboardInterrupt", "", {}),
+        ("builtins", "GeneratorExit", "", {}),
+        ("builtins", "BaseExceptionGroup", "g", {}),
+        ("builtins", "ExceptionGroup", "g", {}),  # (its __new__ raised past the check)
+    ],
+)
+def test_an_error_reply_is_never_one_that_ends_the_process(description):
+    """Red team round 95: a crafted SystemExit ended a -j 2 batch with exit 0."""
+    got = pool.reply_from(pickle.dumps(("error", description)))[1]
+    assert type(got) is RuntimeError and description[1] in str(got)
+
+
+def test_an_error_reply_cannot_set_what_its_class_says():
+    """Red team round 95: a MemoryLimitExceeded whose state said exit_code 0 ended the
+    run with exit 0."""
+    description = ("wasmsbx.errors", "MemoryLimitExceeded", "x", {"exit_code": 0, "kind": "ok"})
+    got = pool.reply_from(pickle.dumps(("error", description)))[1]
+    assert type(got) is errors.MemoryLimitExceeded
+    assert got.exit_code == 110 and got.kind == errors.MemoryLimitExceeded.kind
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        ("ok", 5, 1, 0.1),
+        ("ok", EncodedChunk(1, 5, b"x\n"), 1, 0.1),  # (wrote its bytes, then a TypeError)
+        ("ok", EncodedChunk("1", (), b""), 1, 0.1),
+        ("ok", EncodedChunk(1, ("trap", 3), b""), 1, 0.1),
+        ("ok", [1, 2], 2, 0.1),
+        ("ok", [BatchResult("1", 1, [8], None, 0.0)], 1, 0.1),
+        ("part", {"a": 1}, 1, 0.1),
+    ],
+)
+def test_results_that_are_not_what_a_worker_sends_are_its_failure(reply):
+    with pytest.raises(pool.BatchWorkerDied, match="not a reply"):
+        pool.reply_from(pickle.dumps(reply))

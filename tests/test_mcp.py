@@ -662,6 +662,21 @@ def test_the_audit_log_keeps_large_arguments_as_a_digest_and_counts_refusals(tmp
             return first, second, refused
 
     first, second, refused = run(scenario())
+    named = tmp_path / "named.jsonl"
+
+    async def long_name():
+        async with stdio_client("--audit-log", str(named)) as c:
+            return await c.call_tool(
+                "call_export",
+                {"module_base64": b64(EXAMPLES / "add.wat"), "function": "f" * 100_000},
+            )
+
+    assert run(long_name()).is_error  # (no such export)
+    logged = [json.loads(line) for line in named.read_text().splitlines()]
+    start = next(e for e in logged if e["event"] == "start")
+    assert len(start["function"]) < 300  # (red team round 95: the whole 1 MB name)
+    mcp_event = next(e for e in logged if e["event"] == "mcp")
+    assert mcp_event["function_bytes"] == 100_000 and len(mcp_event["function_sha256"]) == 64
     assert all(r.is_error and "rate limit" in text_of(r) for r in refused)
     events = [json.loads(line) for line in log.read_text().splitlines()]
     starts = [e for e in events if e["event"] == "start"]

@@ -614,3 +614,25 @@ def test_a_component_out_of_address_space_is_118_as_a_module(tmp_path):
     assert proc.returncode == 118, err
     assert "while instantiating the component" in err, err
     assert "address-space limit is reached" in err and "Traceback" not in err, err
+
+
+CGROW = """(component
+  (core module $m
+    (memory (export "memory") 1)
+    (func (export "grow") (param i32) (result i32) (memory.grow (local.get 0))))
+  (core instance $i (instantiate $m))
+  (func (export "grow") (param "n" s32) (result s32) (canon lift (core func $i "grow"))))"""
+
+
+def test_a_components_memory_stops_at_its_reservation_too(tmp_path):
+    """Red team round 95: the cap on a raised limit held for modules, not components."""
+    from .test_attack_component_limits import built
+
+    guest = built(CGROW, tmp_path, "cgrow")  # (skips where wasm-tools is not installed)
+    policy = make_policy(limits__memory="1MiB")
+    box = Sandbox(guest, policy)
+    assert box.call("grow", 1) == 1
+    policy_mod.override(policy, "limits.memory", "64MiB")
+    box.close()  # (the next call makes a new instance, under the raised limit)
+    assert box.call("grow", 500) == -1
+    assert box.call("grow", 14) == 1  # (16 pages: the 1 MiB reservation)

@@ -394,6 +394,11 @@ class Instance(ABC):
     def usage(self) -> Usage:
         """Fuel and memory used so far, captured output, limit warnings."""
 
+    def calling_here(self) -> bool:
+        """Whether a call into this instance (its store) runs on this thread: a host
+        function of it is what runs now."""
+        return False
+
     def caller(self, name: str, types: tuple, parse: Callable) -> Callable:
         """``call(args, timeout=None, fuel=None) -> list``: export ``name`` (of ``types``,
         (params, results)) called with plain Python arguments, which ``parse`` (a

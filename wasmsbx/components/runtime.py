@@ -219,6 +219,8 @@ class ComponentInstance:
         import_names: list,
     ) -> None:
         self.engine = engine
+        if engine.options.reservation is not None:  # (dense: as a module's, red team 95)
+            limits = _module_backend._reserved(limits, engine.options)
         self.limits = limits
         self.layout = layout
         self.poisoned = False

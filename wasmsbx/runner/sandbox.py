@@ -1347,6 +1347,17 @@ class Sandbox:
         take (the call's own timeout; default the policy's)."""
         instance = None if fresh else self._instance
         if instance is None:
+            if fresh and self._instance is not None and self._instance.calling_here():
+                # A host function of a call running on this sandbox: a fresh instance
+                # made there nested in the running call with a store, memory, fuel and
+                # deadline of its own, to a depth the guest chose (red team round 95:
+                # 7.2 s under a 1 s timeout, 21 instances under limits.instances = 1).
+                raise errors.UsageError(
+                    f"{self._name}: a fresh instance cannot be made from a host function "
+                    "of a call running on this sandbox",
+                    hint="call without fresh= (a nested call runs within the running "
+                    "call's limits), or use another Sandbox",
+                )
             if _WARM_NEEDED and threading.active_count() > 1:
                 warm_imports(WARM_IMPORTS)  # (made before the threads came: see warm.py)
             began = time.monotonic()
@@ -1994,7 +2005,8 @@ class Group:
                 "being added (its start function)",
                 hint="add every module to the group before calling into it",
             )
-        with self._adding:
+        self._take_adding()
+        try:
             self._refuse_closed()  # (closed while this thread waited)
             self._adder = me
             try:
@@ -2011,6 +2023,23 @@ class Group:
                 self._adder = 0
             self._members.add(box)
             return box
+        finally:
+            self._adding.release()
+
+    def _take_adding(self) -> None:
+        """Take the group's add lock, waiting at most the policy's timeout for another
+        thread's add (whose start function may be waiting for this thread: red team
+        round 95, a deadlock for good): TimeoutExceeded then, as a call's wait is."""
+        seconds = self.policy.timeout
+        if not self._adding.acquire(timeout=seconds):
+            from ..units import format_duration
+
+            raise errors.TimeoutExceeded(
+                f"timeout: waited {format_duration(seconds)} for another thread adding a "
+                "module to this group",
+                hint="add the modules from one thread, before calling into the group",
+                limit_value=seconds,
+            )
 
     def register(self, name: str, box: Sandbox) -> None:
         """Make an added module's exports importable under another name too."""
@@ -2023,6 +2052,13 @@ class Group:
         """Release the store and every member's instance; the members cannot be used
         again (each use is a UsageError). An add in progress in another thread ends
         first (round 47: it added a working member to a group closed meanwhile)."""
+        if self._adder == threading.get_ident():
+            # (a host function of the start function of a member being added: the add
+            # went on and left a working member in the closed group, red team round 95)
+            raise errors.UsageError(
+                "a group cannot be closed from a host function of a member being added",
+                hint="close it once the add has returned",
+            )
         with self._adding:
             self.closed = True
             for box in list(self._members):

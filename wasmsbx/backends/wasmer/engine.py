@@ -1225,6 +1225,9 @@ class WasmerInstance(Instance):
     def write_memory(self, offset: int, data: bytes, memory: str = "memory") -> None:
         self._memory(("write", memory, offset, bytes(data)))
 
+    def calling_here(self) -> bool:
+        return bool(getattr(self, "owner", self).talking._is_owned())
+
     def _memory(self, request: tuple) -> list:
         answer = self._request(request, f"{request[0]} of memory {request[1]!r}")
         if answer[0] == "index" and not getattr(self, "made", True):

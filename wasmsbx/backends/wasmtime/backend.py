@@ -1231,6 +1231,9 @@ class WasmtimeInstance(Instance):
             raise IndexError(f"the module exports no memory named {name!r}")
         return _TurnedAccess(self.store, mem, self._turn)
 
+    def calling_here(self) -> bool:
+        return self.group.owner == _get_ident()
+
     def _turn(self, how: Callable, *args: Any) -> Any:
         """``how(*args)`` with the store to itself: a store runs one thing at a time, and
         a memory grown (or a global set) from one thread while another's call ran in the
