@@ -218,3 +218,24 @@ def test_a_component_instantiating_a_module_of_many_imported_tables_is_refused(t
     assert result.code == 110, result.stderr
     assert "runtime's memory" in result.stderr and "Traceback" not in result.stderr
     assert cli("run", guest, "f", "--memory", "256MiB").stdout.strip() == "1"
+
+
+@components
+def test_a_component_instantiating_many_resource_types_is_refused(tmp_path, cli):
+    """Red team round 96: a nested component of 2,000 resource types instantiated 2,000
+    times held 122 MB an instance under --memory 16MiB, exit 0 (about 30 bytes a type
+    an instance, counted by no store limit)."""
+    r, k = 500, 100  # 50,000 resource types an instance: about 1.5 MiB
+    inner = "(component $c " + "".join(f"(type $r{i} (resource (rep i32)))" for i in range(r))
+    made = " ".join(f"(instance $ci{j} (instantiate $c))" for j in range(k))
+    wat = (
+        '(component (core module $m (func (export "f") (result i32) i32.const 1))'
+        f" (core instance $i0 (instantiate $m)) {inner}) {made}"
+        ' (func (export "f") (result s32) (canon lift (core func $i0 "f"))))'
+    )
+    guest = built(wat, tmp_path, "resources")
+    assert binary.scan(guest.read_bytes()).host >= r * k * binary.TYPE_BYTES
+    result = cli("run", guest, "f", "--memory", "1MiB")
+    assert result.code == 110, result.stderr
+    assert "types" in result.stderr and "Traceback" not in result.stderr
+    assert cli("run", guest, "f", "--memory", "64MiB").stdout.strip() == "1"

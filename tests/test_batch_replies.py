@@ -207,12 +207,21 @@ def test_a_worker_sends_an_error_holding_what_no_reply_may_as_its_class_and_text
         ("builtins", "GeneratorExit", "", {}),
         ("builtins", "BaseExceptionGroup", "g", {}),
         ("builtins", "ExceptionGroup", "g", {}),  # (its __new__ raised past the check)
+        ("builtins", "BrokenPipeError", "x", {}),  # (exit 0, no output: red team 96)
+        ("builtins", "MemoryError", "x", {}),  # (exit 118)
+        ("builtins", "ValueError", "x", {}),
     ],
 )
 def test_an_error_reply_is_never_one_that_ends_the_process(description):
     """Red team round 95: a crafted SystemExit ended a -j 2 batch with exit 0."""
     got = pool.reply_from(pickle.dumps(("error", description)))[1]
     assert type(got) is RuntimeError and description[1] in str(got)
+
+
+def test_an_error_replys_hint_and_context_are_what_they_are_everywhere():
+    description = ("wasmsbx.errors", "TrapError", "t", {"hint": ["a"], "context": 5})
+    got = pool.reply_from(pickle.dumps(("error", description)))[1]
+    assert type(got) is errors.TrapError and got.hint is None and got.context == {}
 
 
 def test_an_error_reply_cannot_set_what_its_class_says():

@@ -295,8 +295,11 @@ def test_a_reply_that_cannot_be_pickled_arrives_as_its_text():
     pool._send(writer, ("ok", [lambda: 0], 1, 0.5))  # (results that cannot be pickled)
     status, error = pool.reply_from(reader.recv_bytes())
     assert status == "error" and "batch worker" in str(error)
-    pool._send(writer, ("ok", b"{}\n", 1, 0.5))
-    assert pool.reply_from(reader.recv_bytes()) == ("ok", b"{}\n", 1, 0.5)
+    from wasmsbx.runner.batch import EncodedChunk
+
+    chunk = EncodedChunk(1, (), b"{}\n")
+    pool._send(writer, ("ok", chunk, 1, 0.5))
+    assert pool.reply_from(reader.recv_bytes()) == ("ok", chunk, 1, 0.5)
 
 
 def test_a_reaped_worker_is_never_signalled(monkeypatch):

@@ -340,8 +340,8 @@ class ComponentInstance:
         raise errors.MemoryLimitExceeded(
             f"memory limit {format_limit(limit)} reached: the component's {made:,} core "
             f"instances would hold about {format_size(layout.host)} of the runtime's "
-            "memory (their globals, functions, imports, passive segments and tags, outside "
-            "linear memory)",
+            "memory (their globals, functions, imports, passive segments, tags and types, "
+            "outside linear memory)",
             hint="raise limits.memory (--memory SIZE); each core instance holds 16 bytes "
             "per global, 24 per function and 128 per passive element segment, once per "
             "instantiation",

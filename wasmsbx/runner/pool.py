@@ -303,11 +303,9 @@ def _plain(value: Any, depth: int = 0) -> Any:
 
 
 def rebuild(description: Any) -> BaseException:
-    """The exception ``describe`` described: of its class if that is one of Python's or
-    of wasmsbx's own errors (WasmsbxError), with its attributes; else a RuntimeError
+    """The exception ``describe`` described: of its class if that is a RuntimeError or
+    one of wasmsbx's own errors (WasmsbxError), with its attributes; else a RuntimeError
     naming it. BatchWorkerDied if ``description`` is not one."""
-    import builtins
-
     if not (
         type(description) is tuple
         and len(description) == 4
@@ -318,7 +316,10 @@ def rebuild(description: Any) -> BaseException:
     module, name, message, state = description
     found = None
     if module == "builtins":
-        found = getattr(builtins, name, None)
+        # (what a worker sends of Python's own: its internal errors. A crafted
+        # BrokenPipeError ended a run with exit 0 and no output, a MemoryError with 118:
+        # red team round 96)
+        found = RuntimeError if name == "RuntimeError" else None
     elif (module == "wasmsbx" or module.startswith("wasmsbx.")) and "." not in name:
         found = getattr(sys.modules.get(module), name, None)
         if not (isinstance(found, type) and issubclass(found, errors.WasmsbxError)):
@@ -339,6 +340,10 @@ def rebuild(description: Any) -> BaseException:
             # (what its class says, an exit code, a kind, a limit, is its class's:
             # state set exit_code 0 on a limit, red team round 95)
             if type(key) is str and not key.startswith("__") and not _of_class(found, key):
+                if key == "hint" and not (value is None or type(value) is str):
+                    continue
+                if key == "context" and type(value) is not dict:
+                    continue
                 setattr(error, key, value)
     except Exception:  # noqa: BLE001 - a class that cannot be made so: its name and text
         return plain

@@ -759,6 +759,9 @@ class Sandbox:
     # Whether __init__ may follow a policy's _Plan: this class's steps are the ones a plan
     # stands for. A subclass may override a step, so it does not unless it says so.
     _plannable = True
+    # The instance close() let go of while a call of it ran on that thread (from a host
+    # function of the call), until the next instance is made: see _refuse_mid_call.
+    _closed_mid_call: Any = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -1347,17 +1350,6 @@ class Sandbox:
         take (the call's own timeout; default the policy's)."""
         instance = None if fresh else self._instance
         if instance is None:
-            if fresh and self._instance is not None and self._instance.calling_here():
-                # A host function of a call running on this sandbox: a fresh instance
-                # made there nested in the running call with a store, memory, fuel and
-                # deadline of its own, to a depth the guest chose (red team round 95:
-                # 7.2 s under a 1 s timeout, 21 instances under limits.instances = 1).
-                raise errors.UsageError(
-                    f"{self._name}: a fresh instance cannot be made from a host function "
-                    "of a call running on this sandbox",
-                    hint="call without fresh= (a nested call runs within the running "
-                    "call's limits), or use another Sandbox",
-                )
             if _WARM_NEEDED and threading.active_count() > 1:
                 warm_imports(WARM_IMPORTS)  # (made before the threads came: see warm.py)
             began = time.monotonic()
@@ -1482,10 +1474,30 @@ class Sandbox:
                 prepared.types = types
         return types
 
+    def _refuse_mid_call(self) -> None:
+        """No new instance from a host function of a call running on this sandbox (its
+        instance's, or the one ``close()`` let go of during that call): each one made
+        there nested in the running call, with a store, memory, fuel and deadline of its
+        own, to a depth the guest chose (red team rounds 95 and 96: ``fresh=True``,
+        ``close()`` then a call, ``batch()``, ``instantiate()``; 7.2-8.9 s under a 1 s
+        timeout, 21 instances of 32 MiB under limits.instances = 1)."""
+        for held in (self._instance, self._closed_mid_call):
+            if held is not None and held.calling_here():
+                raise errors.UsageError(
+                    f"{self._name}: a new instance (fresh=, a batch, instantiate(), a call "
+                    "after close()) cannot be made from a host function of a call running "
+                    "on this sandbox",
+                    hint="call it plainly (a nested call runs within the running call's "
+                    "limits), or use another Sandbox",
+                )
+        self._closed_mid_call = None  # (its call is over)
+
     def instantiate(self, wasi: Optional[WasiSetup] = None, seconds: Any = None) -> Any:
         """A new instance (not kept: callers keep it). ``seconds``: the timeout of the
         call that makes it, if lower than the policy's, bounds its start function and its
         ``_initialize`` too, which share it."""
+        if self._instance is not None or self._closed_mid_call is not None:
+            self._refuse_mid_call()
         started = time.perf_counter()
         limits = limits_from(self.policy)
         if self.deadline is not None:
@@ -1696,6 +1708,8 @@ class Sandbox:
         it cannot be used again (a UsageError), while the members linked to its exports
         go on using them."""
         if self._instance is not None:
+            if self._instance.calling_here():  # (see _refuse_mid_call)
+                self._closed_mid_call = self._instance
             if self._group is None:
                 self._instance.close()
             self._instance = None
@@ -2036,7 +2050,7 @@ class Group:
 
             raise errors.TimeoutExceeded(
                 f"timeout: waited {format_duration(seconds)} for another thread adding a "
-                "module to this group",
+                "module to this group",  # (an add, or close())
                 hint="add the modules from one thread, before calling into the group",
                 limit_value=seconds,
             )
@@ -2059,7 +2073,8 @@ class Group:
                 "a group cannot be closed from a host function of a member being added",
                 hint="close it once the add has returned",
             )
-        with self._adding:
+        self._take_adding()  # (at most the timeout, as an add waits: red team round 96)
+        try:
             self.closed = True
             for box in list(self._members):
                 box._instance = None
@@ -2068,6 +2083,8 @@ class Group:
                 self.first_instance.close()
                 self.first_instance = None
             self._members = weakref.WeakSet()
+        finally:
+            self._adding.release()
 
     @property
     def members(self) -> list:
