@@ -163,7 +163,10 @@ def test_a_stopped_workers_chunks_go_to_its_replacement_from_the_first_unanswere
         def recv_bytes(self):
             return self.data.pop(0)
 
-    old.replies = Replies(("part", ["r1"], 1, 0.1), ("stopped", ["r2", "t3"], 2, 1.2))
+    from wasmsbx.runner.batch import BatchResult
+
+    r1, r2, t3 = (BatchResult(n, n, [n], None, 0.0) for n in (1, 2, 3))
+    old.replies = Replies(("part", [r1], 1, 0.1), ("stopped", [r2, t3], 2, 1.2))
     old.receive()
     old.receive()
     assert old.stopped and first.done == 3 and list(old.inflight) == [first, second]
@@ -172,6 +175,6 @@ def test_a_stopped_workers_chunks_go_to_its_replacement_from_the_first_unanswere
         new.resubmit(slot)
     assert new.tasks.sent == [([(4, b"[]")], False), ([(5, b"[]"), (6, b"[]")], False)]
     assert first.worker is new and second.worker is new and first.done == 0
-    assert first.take()[0] == ("ok", ["r1"], 1, 0.1)
-    assert first.take()[0] == ("ok", ["r2", "t3"], 2, 1.2)
+    assert first.take()[0] == ("ok", [r1], 1, 0.1)
+    assert first.take()[0] == ("ok", [r2, t3], 2, 1.2)
     assert not first.ready()  # (its last reply comes from the new worker)

@@ -247,8 +247,12 @@ def _results(results: Any) -> bool:
     """Whether a reply's results are what a worker sends: a list of BatchResults, or an
     EncodedChunk of a count, a tuple of error kinds and bytes (red team round 95: a
     crafted one ended the run with an internal error, after writing its bytes)."""
-    from .batch import BatchResult, EncodedChunk
-
+    # (the classes as the unpickler found them: pool never imports batch, which imports it)
+    batch = sys.modules.get("wasmsbx.runner.batch")
+    BatchResult = getattr(batch, "BatchResult", None)  # noqa: N806 - classes
+    EncodedChunk = getattr(batch, "EncodedChunk", None)  # noqa: N806
+    if BatchResult is None or EncodedChunk is None:
+        return False
     if type(results) is list:
         return all(type(r) is BatchResult and type(r.line) is int for r in results)
     return (
