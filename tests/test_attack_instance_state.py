@@ -63,10 +63,13 @@ def test_many_instances_of_a_module_with_many_globals_is_refused_before_it_start
 @components
 def test_the_scan_counts_each_instances_globals(tmp_path):
     one = binary.scan(built(many_instances(1000, 0), tmp_path, "one").read_bytes())
+    two = binary.scan(built(many_instances(1000, 1), tmp_path, "two").read_bytes())
     many = binary.scan(built(many_instances(1000, 99), tmp_path, "many").read_bytes())
-    # (one.host: a module instance, plus the lift's context entry and possible adapter)
-    assert many.host - one.host == 99 * (one.host - 64 - 2048)
-    assert one.host > 1000 * 16  # 16 bytes a global
+    # (one.host: a module instance, plus the lift's context entry, a possible adapter and
+    # the component's types; each instance more adds the module instance's)
+    each = two.host - one.host
+    assert many.host - one.host == 99 * each
+    assert each > 1000 * 16  # 16 bytes a global
     with pytest.raises(errors.MemoryLimitExceeded, match="runtime's memory"):
         wasmsbx.Sandbox(
             built(many_instances(1000, 99), tmp_path, "m2"),
