@@ -183,8 +183,8 @@ class Worker:
 #
 # A reply is unpickled naming no class but the results' own (runner.batch's BatchResult,
 # Encoded, EncodedChunk: JSON-ready values in tuples, lists and dicts); an error that
-# ends the batch comes as a plain description (``describe``), rebuilt here only as an
-# exception class of Python's or of wasmsbx's (``rebuild``). Nothing a guest writes
+# ends the batch comes as a plain description (``describe``), rebuilt here only as a
+# RuntimeError or one of wasmsbx's own errors (``rebuild``). Nothing a guest writes
 # reaches the reply pipe (outfile refuses a link to another process's descriptor: red
 # team round 91 had a guest's stdout written there through a planted /proc/self/fd link,
 # and the parent unpickled and ran it); if anything ever did, it could make a wrong
@@ -328,12 +328,10 @@ def rebuild(description: Any) -> BaseException:
         found = getattr(sys.modules.get(module), name, None)
         if not (isinstance(found, type) and issubclass(found, errors.WasmsbxError)):
             found = None
-    # Exceptions only (not SystemExit, KeyboardInterrupt, GeneratorExit: a crafted one
-    # ended the run with exit 0, red team round 95), and none of a group's
+    # (so never SystemExit, KeyboardInterrupt, GeneratorExit nor an exception group: a
+    # crafted one ended the run with exit 0, red team round 95)
     plain = RuntimeError(f"batch worker: {name}: {message}"[:2000])
-    if not (isinstance(found, type) and issubclass(found, Exception)):
-        return plain
-    if _GROUP is not None and issubclass(found, _GROUP):
+    if found is None:
         return plain
     try:
         error = found.__new__(found)
@@ -352,9 +350,6 @@ def rebuild(description: Any) -> BaseException:
     except Exception:  # noqa: BLE001 - a class that cannot be made so: its name and text
         return plain
     return error
-
-
-_GROUP = getattr(__import__("builtins"), "BaseExceptionGroup", None)  # (Python 3.11 on)
 
 
 def _of_class(cls: type, key: str) -> bool:
