@@ -593,18 +593,24 @@ def unprovidable(item: Any) -> str:
 PROVIDABLE = "pass host functions, wasmsbx.Global/Memory/Table, or exports of the same group"
 
 
-def take_turn(lock: Any, seconds: float) -> None:
+def take_turn(
+    lock: Any,
+    seconds: float,
+    waited_for: str = "another thread's call on this sandbox",
+    hint: str = "a sandbox runs one call at a time: give each thread its own",
+) -> None:
     """Take ``lock``, the turn to call into a sandbox that another thread is calling,
     waiting at most ``seconds`` (the waiting call's timeout): TimeoutExceeded then. The
     bound keeps a host function that waits for a thread calling the same sandbox from
-    deadlocking (red team round 24). Shared by every backend's turn-taking."""
+    deadlocking (red team round 24). Shared by every backend's turn-taking, and by a
+    Group's adds (``waited_for``, ``hint``: what the error says)."""
     if not lock.acquire(timeout=seconds):
         from .. import errors
         from ..units import format_duration
 
         raise errors.TimeoutExceeded(
-            f"timeout: waited {format_duration(seconds)} for another thread's call on this sandbox",
-            hint="a sandbox runs one call at a time: give each thread its own",
+            f"timeout: waited {format_duration(seconds)} for {waited_for}",
+            hint=hint,
             limit_value=seconds,
         )
 

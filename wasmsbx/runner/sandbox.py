@@ -31,6 +31,7 @@ from ..backends.base import (  # noqa: F401 - engine_options is re-exported
     Signature,
     WasiSetup,
     engine_options,
+    take_turn,
 )
 from ..backends.compiling import check_size
 from ..inputs import read_whole
@@ -2044,16 +2045,12 @@ class Group:
         """Take the group's add lock, waiting at most the policy's timeout for another
         thread's add (whose start function may be waiting for this thread: red team
         round 95, a deadlock for good): TimeoutExceeded then, as a call's wait is."""
-        seconds = self.policy.timeout
-        if not self._adding.acquire(timeout=seconds):
-            from ..units import format_duration
-
-            raise errors.TimeoutExceeded(
-                f"timeout: waited {format_duration(seconds)} for another thread adding a "
-                "module to this group",  # (an add, or close())
-                hint="add the modules from one thread, before calling into the group",
-                limit_value=seconds,
-            )
+        take_turn(
+            self._adding,
+            self.policy.timeout,
+            "another thread adding a module to this group",  # (an add, or close())
+            "add the modules from one thread, before calling into the group",
+        )
 
     def register(self, name: str, box: Sandbox) -> None:
         """Make an added module's exports importable under another name too."""
