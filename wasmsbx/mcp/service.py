@@ -489,8 +489,7 @@ class Service:
         func = req.get("function")
         named = {}
         if isinstance(func, str) and len(func) > FUNCTION_LOGGED:  # (as the arguments are)
-            data = func.encode("utf-8", "surrogatepass")
-            named = {"function_bytes": len(data), "function_sha256": _sha256(data)}
+            named = _digest_of("function", func)
             func = func[:FUNCTION_LOGGED] + "..."
         # A module given by path is logged by that path; one sent as bytes by its digest
         # (in the sandbox event): the private copy it ran from is gone after the call.
@@ -499,14 +498,7 @@ class Service:
         text = json.dumps(args, default=str, ensure_ascii=False)
         shown = len(text) <= ARGS_LOGGED
         log.start(req.get("source"), func, args if shown else [])
-        summary = {}
-        if not shown:
-            data = text.encode("utf-8", "surrogatepass")
-            summary = {
-                "args_count": len(args),
-                "args_bytes": len(data),
-                "args_sha256": hashlib.sha256(data).hexdigest(),
-            }
+        summary = {} if shown else {"args_count": len(args), **_digest_of("args", text)}
         code = req.get("code")
         refused, self.refused = self.refused, 0
         log.event(
@@ -525,8 +517,11 @@ ARGS_LOGGED = 1024  # characters of a call's arguments (JSON) the audit log keep
 FUNCTION_LOGGED = 256  # characters of a function's name it keeps (red team round 95: 1 MB)
 
 
-def _sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
+def _digest_of(name: str, text: str) -> dict:
+    """``{NAME_bytes, NAME_sha256}`` of ``text`` (UTF-8): what the audit log keeps of a
+    text too long to keep."""
+    data = text.encode("utf-8", "surrogatepass")
+    return {f"{name}_bytes": len(data), f"{name}_sha256": hashlib.sha256(data).hexdigest()}
 
 
 ROOT_PREFIX = "wasmsbx-mcp-"
