@@ -179,13 +179,7 @@ def test_a_worker_sends_an_error_holding_what_no_reply_may_as_its_class_and_text
     from pathlib import Path
 
     error = errors.ModuleError("guest.wasm: not a module", hint="check it", path=Path("/x"))
-    task_r, task_w = os.pipe()
-    reply_r, reply_w = os.pipe()
-    os.close(task_r)
-    sender = Connection(reply_w, readable=False)
-    worker = pool.Worker(Connection(task_w, readable=False), Connection(reply_r, writable=False))
-    slot = pool.Slot(worker, ([], False))
-    worker.inflight.append(slot)
+    worker, slot, sender = _worker_pair()
     try:
         pool._send(sender, ("error", error))
         worker.receive()
