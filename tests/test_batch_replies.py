@@ -242,3 +242,34 @@ def test_an_error_reply_cannot_set_what_its_class_says():
 def test_results_that_are_not_what_a_worker_sends_are_its_failure(reply):
     with pytest.raises(pool.BatchWorkerDied, match="not a reply"):
         pool.reply_from(pickle.dumps(reply))
+
+
+@pytest.mark.parametrize(
+    "state",
+    [{}, {"backtrace": 5}, {"backtrace": {"a": 1}}, {"backtrace": [1, 2]}, {"context": 5}],
+)
+def test_a_trap_error_reply_is_one_a_report_can_print(state):
+    """Red team round 97: a crafted TimeoutExceeded had no backtrace (made without its
+    __init__), and one whose state set it to 5 or a dict: a traceback where the error
+    was printed (--json), exit 1."""
+    description = ("wasmsbx.errors", "TimeoutExceeded", "x", state)
+    got = pool.reply_from(pickle.dumps(("error", description)))[1]
+    assert type(got) is errors.TimeoutExceeded and got.backtrace == [] and got.context == {}
+    assert got.to_dict()["message"] == "x"
+
+
+def test_a_trap_error_reply_keeps_a_backtrace_of_frames():
+    error = errors.TrapError("t", backtrace=["f @ 0x1", "g"])
+    got = pool.reply_from(pickle.dumps(("error", pool.describe(error))))[1]
+    assert got.backtrace == ["f @ 0x1", "g"]
+
+
+@pytest.mark.parametrize("encoded", [True, False])
+def test_results_of_the_kind_the_chunk_did_not_ask_for_are_the_workers_failure(encoded):
+    """Red team round 97: a list of results to the command line's batch, which asks for
+    JSONL, was an internal error (AttributeError), exit 100."""
+    results = [] if encoded else EncodedChunk(0, (), b"")
+    with pytest.raises(pool.BatchWorkerDied, match="not a reply"):
+        pool.reply_from(pickle.dumps(("ok", results, 0, 0.1)), encoded)
+    fitting = EncodedChunk(0, (), b"") if encoded else []
+    assert pool.reply_from(pickle.dumps(("ok", fitting, 0, 0.1)), encoded)[1] == fitting

@@ -124,8 +124,8 @@ class Worker:
             data = self.replies.recv_bytes()
         except (EOFError, OSError):
             raise _died() from None
-        reply = reply_from(data)
         slot = self.inflight[0]
+        reply = reply_from(data, slot.message[1] if slot.message else None)
         slot.held += len(data)
         if reply[0] in ("part", "stopped"):  # (kind, results, their count, seconds)
             slot.parts.append((("ok", *reply[1:]), len(data)))
@@ -222,10 +222,12 @@ def _reply_unpickler() -> Any:
     return _unpickler
 
 
-def reply_from(data: bytes) -> tuple:
+def reply_from(data: bytes, encoded: Optional[bool] = None) -> tuple:
     """A worker's reply (``_send``'s bytes): ``(kind, results, count, seconds)`` or
     ``("error", exception)``. Bytes that are not one, or that name any other class, are
-    the worker's failure (BatchWorkerDied), never unpickled further."""
+    the worker's failure (BatchWorkerDied), never unpickled further. ``encoded``: the
+    chunk asked for its results as JSONL (an EncodedChunk), or as BatchResults; None:
+    either."""
     import io
 
     try:
@@ -238,15 +240,16 @@ def reply_from(data: bytes) -> tuple:
     if kind == "error" and len(reply) == 2:
         return ("error", rebuild(reply[1]))
     shaped = len(reply) == 4 and type(reply[2]) is int and type(reply[3]) is float
-    if kind in _REPLY_KINDS and shaped and _results(reply[1]):
+    if kind in _REPLY_KINDS and shaped and _results(reply[1], encoded):
         return reply
     raise _not_a_reply(f"a reply of {len(reply)} parts, {str(kind)[:40]!r} first")
 
 
-def _results(results: Any) -> bool:
+def _results(results: Any, encoded: Optional[bool]) -> bool:
     """Whether a reply's results are what a worker sends: a list of BatchResults, or an
-    EncodedChunk of a count, a tuple of error kinds and bytes (red team round 95: a
-    crafted one ended the run with an internal error, after writing its bytes)."""
+    EncodedChunk of a count, a tuple of error kinds and bytes, whichever the chunk asked
+    for (``encoded``) (red team rounds 95 and 97: a crafted one ended the run with an
+    internal error, after writing its bytes)."""
     # (the classes as the unpickler found them: pool never imports batch, which imports it)
     batch = sys.modules.get("wasmsbx.runner.batch")
     BatchResult = getattr(batch, "BatchResult", None)  # noqa: N806 - classes
@@ -254,9 +257,12 @@ def _results(results: Any) -> bool:
     if BatchResult is None or EncodedChunk is None:
         return False
     if type(results) is list:
-        return all(type(r) is BatchResult and type(r.line) is int for r in results)
+        return encoded is not True and all(
+            type(r) is BatchResult and type(r.line) is int for r in results
+        )
     return (
-        type(results) is EncodedChunk
+        encoded is not False
+        and type(results) is EncodedChunk
         and type(results.count) is int
         and type(results.kinds) is tuple
         and all(type(k) is str for k in results.kinds)
@@ -334,22 +340,29 @@ def rebuild(description: Any) -> BaseException:
     if found is None:
         return plain
     try:
-        error = found.__new__(found)
-        error.args = (message,)
-        if issubclass(found, errors.WasmsbxError):
-            error.message, error.hint, error.context = message, None, {}
+        # (by its own __init__: every attribute its class sets is there, a TrapError's
+        # backtrace too, which reports and --json read: red team round 97)
+        error = found(message)
         for key, value in state.items():
             # (what its class says, an exit code, a kind, a limit, is its class's:
             # state set exit_code 0 on a limit, red team round 95)
-            if type(key) is str and not key.startswith("__") and not _of_class(found, key):
-                if key == "hint" and not (value is None or type(value) is str):
-                    continue
-                if key == "context" and type(value) is not dict:
-                    continue
+            ours = type(key) is str and not key.startswith("__") and not _of_class(found, key)
+            if ours and _fits(getattr(error, key, _NOT_PLAIN), value, key):
                 setattr(error, key, value)
     except Exception:  # noqa: BLE001 - a class that cannot be made so: its name and text
         return plain
     return error
+
+
+def _fits(made: Any, value: Any, key: str) -> bool:
+    """Whether ``value`` may stand for an attribute that __init__ set to ``made``
+    (_NOT_PLAIN: none): of the same type (a hint, text or None), and a list of text
+    only (a backtrace of 5, or of dicts, was a traceback where it was printed)."""
+    if key == "hint":
+        return value is None or type(value) is str
+    if made is not _NOT_PLAIN and type(value) is not type(made):
+        return False
+    return type(value) is not list or all(type(item) is str for item in value)
 
 
 def _of_class(cls: type, key: str) -> bool:
