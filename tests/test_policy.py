@@ -111,7 +111,7 @@ def test_secure_defaults():
     assert pol.grants == []
     assert pol.env_for_guest({"HOME": "/root", "PATH": "/bin"}) == {}
     assert pol["network.enabled"] is False
-    assert pol.explicit == set()
+    assert pol.explicit == ()
 
 
 def write(tmp_path, text, name="sandbox.toml"):

@@ -6,6 +6,8 @@ keep a module the process dropped."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from wasmsbx import Sandbox, errors
@@ -313,15 +315,21 @@ def test_a_sandbox_from_a_plan_is_made_as_the_whole_way_makes_it():
 
 def test_default_policies_share_no_lists_or_tables():
     """policy.values may be changed in place: a tenant's env.set or grants must not
-    reach another tenant's policy (red team round 88: defaults() copied one level)."""
+    reach another tenant's policy (red team round 88: defaults() copied one level).
+    Lists are tuples (shared, since nothing can change them); the table is copied."""
     one, two = policy_mod.defaults(), policy_mod.defaults()
     one.values["env.set"]["TOKEN"] = "tenant one"
-    one.values["filesystem.read_write"].append("x")
+    with pytest.raises(AttributeError):
+        one.values["filesystem.read_write"].append("x")
+    policy_mod.add_grant(one, str(Path.cwd()), writable=True)
+    policy_mod.add_env(one, "LANG")
     assert "TOKEN" not in two.values["env.set"]
-    assert two.values["filesystem.read_write"] == []
+    assert two.values["filesystem.read_write"] == () and two.values["env.inherit"] == ()
     assert "TOKEN" not in policy_mod.defaults().values["env.set"]
+    assert policy_mod.defaults().values["filesystem.read_write"] == ()
     for key, value in one.values.items():
-        if isinstance(value, (list, dict)):
+        assert type(value) is not list, key
+        if isinstance(value, dict):
             assert value is not two.values[key], key
 
 

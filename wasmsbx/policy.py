@@ -14,7 +14,9 @@ import fnmatch
 import os
 import sys
 from collections import namedtuple
+from collections.abc import Iterable, Mapping
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, Callable, Optional
 
 from . import capabilities, units
@@ -307,23 +309,46 @@ class Grant(namedtuple("Grant", "host guest writable")):
 class Policy:
     """A validated policy. ``values`` maps dotted keys to checked, normalised values;
     ``source`` is the file it came from (None for defaults); ``explicit`` holds the
-    dotted keys a file or a flag set."""
+    dotted keys a file or a flag set.
+
+    A list in a policy file (grants, names, patterns) is held as a tuple: it cannot be
+    changed in place, so a policy's lists are shared with the defaults and with copies,
+    never changed under another policy (red team round 88). Change one by setting the
+    key again (``override``, ``add_grant``, ``add_env``). Tuples of strings and an
+    empty ``env.set`` also leave a policy's values dict out of the garbage collector's
+    walks once it has looked at it (issue #16: a policy per tenant).
+    """
+
+    # {dotted: value asked}: limits a discovered policy raised above their defaults,
+    # held to the defaults (see cap_limits); a flag setting one removes it. Set on a
+    # policy as a new dict when there is one (most policies have none).
+    capped: Mapping = MappingProxyType({})
+    # The real folder of a sandbox.toml found in the working folder (confine): what it
+    # names must stay in it ("": not a found file's).
+    confined = ""
 
     def __init__(
-        self, values: dict, source: Optional[str] = None, explicit: Optional[set] = None
+        self, values: dict, source: Optional[str] = None, explicit: Iterable[str] = ()
     ) -> None:
         self.values = values
         self.source = source
-        self.explicit = set(explicit or ())
-        # {dotted: value asked}: limits a discovered policy raised above their defaults,
-        # held to the defaults (see cap_limits); a flag setting one removes it.
-        self.capped: dict = {}
-        # The real folder of a sandbox.toml found in the working folder (confine): what
-        # it names must stay in it.
-        self.confined = ""
+        # The keys set, a tuple (a set took 216 bytes a policy: a policy per tenant,
+        # issue #16); ``mark_explicit`` adds one.
+        self.explicit: tuple = tuple(sorted(set(explicit))) if explicit else ()
 
     def __repr__(self) -> str:
         return f"Policy(source={self.source!r}, explicit={sorted(self.explicit)})"
+
+    def copy(self) -> Policy:
+        """This policy with values of its own (its one table copied: lists are tuples),
+        and everything else it carries: where it came from, the keys set, the limits
+        held to their defaults and the folder it is confined to."""
+        new = Policy(copy_values(self.values), self.source, self.explicit)
+        if self.capped:
+            new.capped = dict(self.capped)
+        if self.confined:
+            new.confined = self.confined
+        return new
 
     def __getitem__(self, dotted: str) -> Any:
         return self.values[dotted]
@@ -362,7 +387,7 @@ class Policy:
         return dict(sorted(chosen.items()))
 
     def is_set(self, dotted: str) -> bool:
-        return self.values.get(dotted) not in (None, [], {}, "")
+        return self.values.get(dotted) not in (None, (), [], {}, "")
 
     def to_dict(self) -> dict:
         out: dict = {}
@@ -429,13 +454,15 @@ def _type_name(value: Any) -> str:
     }.get(type(value), type(value).__name__)
 
 
-def _check_names(value: Any) -> list:
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+def _check_names(value: Any) -> tuple:
+    """A list of strings (a tuple from Python, too), held as a tuple: a policy's lists
+    are immutable (see Policy)."""
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
         raise ValueError(f"expected a list of strings, found {_type_name(value)}")
-    return list(value)
+    return tuple(value)
 
 
-def _check_capabilities(value: Any, allow_backends: bool) -> list:
+def _check_capabilities(value: Any, allow_backends: bool) -> tuple:
     names = _check_names(value)
     known = set(capabilities.ALL) | ({"wasmtime", "wasmer"} if allow_backends else set())
     for name in names:
@@ -535,8 +562,8 @@ def _check_env_value(name: str, value: str) -> str:
     return value
 
 
-def _check_env_names(value: Any) -> list:
-    return [_check_env_name(name) for name in _check_names(value)]
+def _check_env_names(value: Any) -> tuple:
+    return tuple(_check_env_name(name) for name in _check_names(value))
 
 
 def _quoted(text: str) -> str:
@@ -592,8 +619,8 @@ def _checker(key: Key, base: Optional[Path]) -> Callable[[Any], Any]:
     if key.kind == "grants":
         writable = key.name == "read_write"
 
-        def grants(value: Any) -> list:
-            return [parse_grant(item, writable, base) for item in _check_names(value)]
+        def grants(value: Any) -> tuple:
+            return tuple(parse_grant(item, writable, base) for item in _check_names(value))
 
         return grants
     if key.kind == "stdio" or key.dotted == "runtime.cache_dir":
@@ -611,29 +638,38 @@ def _checker(key: Key, base: Optional[Path]) -> Callable[[Any], Any]:
 
 def check_value(key: Key, value: Any, origin: str, base: Optional[Path] = None) -> Any:
     """Validate one value for ``key``; raise PolicyError naming the file and key."""
+    dotted = key.dotted
+    checker = _CHECKERS.get(dotted)
+    if checker is None:
+        checker = _checker(key, base)
+        if key.kind != "grants":  # (a grant's checker depends on ``base``)
+            _CHECKERS[dotted] = checker
     try:
-        checked = _checker(key, base)(value)
+        checked = checker(value)
     except ValueError as exc:
-        raise _fail(
-            origin, key.dotted, str(exc), hint=f"see sandbox.toml.example: {key.doc}"
-        ) from None
-    if key.dotted == "network.enabled" and checked:
+        raise _fail(origin, dotted, str(exc), hint=f"see sandbox.toml.example: {key.doc}") from None
+    if dotted == "network.enabled" and checked:
         raise _fail(
             origin,
-            key.dotted,
+            dotted,
             "network access is not supported",
             hint="WASI preview1 guests have no sockets; remove the key or set false",
         )
-    if key.dotted == "runtime.backend":
+    if dotted == "runtime.backend":
         _check_backend_name(checked, origin)
-    if key.dotted in ZERO_IS_IMPOSSIBLE and not checked:
+    if dotted in ZERO_IS_IMPOSSIBLE and not checked:
         raise _fail(
             origin,
-            key.dotted,
+            dotted,
             "must be greater than zero",
             hint="limits cannot be switched off; use a large value instead",
         )
     return checked
+
+
+# dotted key -> its checker (_checker), made once: every key's but a grant's is the same
+# whatever the folder (a policy per tenant checks its values with them: issue #16).
+_CHECKERS: dict = {}
 
 
 ZERO_IS_IMPOSSIBLE = (
@@ -680,9 +716,9 @@ _DEFAULTS: Optional[tuple] = None
 def defaults() -> Policy:
     """The secure defaults (validated once per process, copied per policy)."""
     base = _DEFAULTS or _make_defaults()
-    # Each list and dict copied: a policy's values may be changed in place, and a shared
+    # The dict (env.set) copied: a policy's values may be changed in place, and a shared
     # one changed every default policy of the process (red team round 88: one tenant's
-    # env.set and grants reached every other tenant's guest).
+    # env.set and grants reached every other tenant's guest). Lists are tuples, shared.
     values = dict(base[0])
     for key in base[1]:
         values[key] = _copied(values[key])
@@ -719,6 +755,7 @@ def from_dict(data: dict, origin: str = "<policy>", base: Optional[Path] = None)
     """Validate a parsed TOML document (sections of keys) into a Policy."""
     policy = defaults()
     policy.source = origin
+    explicit: list = []
     for section, body in data.items():
         if section not in SECTIONS:
             hint = _suggest(section, list(SECTIONS)) or f"sections: {', '.join(SECTIONS)}"
@@ -732,7 +769,9 @@ def from_dict(data: dict, origin: str = "<policy>", base: Optional[Path] = None)
                 hint = _suggest(name, names) or f"keys in [{section}]: {', '.join(names)}"
                 raise _fail(origin, dotted, "unknown key", hint=hint)
             policy.values[dotted] = check_value(KEYS[dotted], value, origin, base)
-            policy.explicit.add(dotted)
+            explicit.append(dotted)
+    if explicit:
+        policy.explicit = tuple(sorted(set(explicit)))
     return policy
 
 
@@ -888,12 +927,12 @@ def cap_limits(policy: Policy) -> None:
     for dotted in CAPPED_LIMITS:
         asked, default = policy.values[dotted], base[dotted]
         if asked is not None and default is not None and asked > default:
-            policy.capped[dotted] = asked
+            policy.capped = {**policy.capped, dotted: asked}
             policy.values[dotted] = default
     for dotted in OWN_CACHE_KEYS:
         asked, default = policy.values[dotted], base[dotted]
         if asked != default:
-            policy.capped[dotted] = asked
+            policy.capped = {**policy.capped, dotted: asked}
             policy.values[dotted] = default
 
 
@@ -1124,8 +1163,15 @@ def override(
 
         message = exc.message.replace(f"{origin}: ", f"{flag}: ", 1)
         raise UsageError(message, hint=exc.hint, key=dotted, flag=flag) from None
-    policy.explicit.add(dotted)
-    policy.capped.pop(dotted, None)  # the command line's value, not the capped file's
+    mark_explicit(policy, dotted)
+    if dotted in policy.capped:  # the command line's value, not the capped file's
+        policy.capped = {key: value for key, value in policy.capped.items() if key != dotted}
+
+
+def mark_explicit(policy: Policy, dotted: str) -> None:
+    """Record that a file or a flag set ``dotted`` (``policy.explicit``)."""
+    if dotted not in policy.explicit:
+        policy.explicit = tuple(sorted((*policy.explicit, dotted)))
 
 
 def add_grant(policy: Policy, spec: str, writable: bool) -> None:
@@ -1139,8 +1185,8 @@ def add_grant(policy: Policy, spec: str, writable: bool) -> None:
         if ":" in spec and "::" not in spec:
             hint += '; for a host folder whose name contains ":", write HOST::GUEST'
         raise PolicyError(f"{flag} {spec}: {exc}", hint=hint, key=dotted) from None
-    policy.values[dotted] = list(policy.values[dotted]) + [grant]
-    policy.explicit.add(dotted)
+    policy.values[dotted] = (*policy.values[dotted], grant)
+    mark_explicit(policy, dotted)
 
 
 def add_env(policy: Policy, spec: str) -> None:
@@ -1160,10 +1206,10 @@ def add_env(policy: Policy, spec: str) -> None:
         ) from None
     if sep:
         policy.values["env.set"] = {**policy.values["env.set"], name: value}
-        policy.explicit.add("env.set")
+        mark_explicit(policy, "env.set")
     else:
-        policy.values["env.inherit"] = list(policy.values["env.inherit"]) + [name]
-        policy.explicit.add("env.inherit")
+        policy.values["env.inherit"] = (*policy.values["env.inherit"], name)
+        mark_explicit(policy, "env.inherit")
 
 
 # ---------------------------------------------------------------------------- the example

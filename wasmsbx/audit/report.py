@@ -757,12 +757,12 @@ def _suggest_limits(ctx: _Context, new: Any, notes: list) -> None:
 def _suggest_filesystem(ctx: _Context, new: Any, notes: list, placeholders: dict) -> None:
     paths = ctx.path_functions
     if not paths:
-        new.values["filesystem.read_only"] = []
-        new.values["filesystem.read_write"] = []
+        new.values["filesystem.read_only"] = ()
+        new.values["filesystem.read_write"] = ()
         notes.append("filesystem: no grant; the module imports no path_* function")
         return
-    new.values["filesystem.read_only"] = ctx.read_only
-    new.values["filesystem.read_write"] = ctx.read_write
+    new.values["filesystem.read_only"] = tuple(ctx.read_only)
+    new.values["filesystem.read_write"] = tuple(ctx.read_write)
     if ctx.grants:
         notes.append(
             f"filesystem: the policy's grants are kept; the module opens paths ({_names(paths, 3)})"
@@ -781,12 +781,12 @@ def _suggest_filesystem(ctx: _Context, new: Any, notes: list, placeholders: dict
 
 def _suggest_env(ctx: _Context, new: Any, notes: list, placeholders: dict) -> None:
     if not ctx.env_functions:
-        new.values["env.inherit"] = []
+        new.values["env.inherit"] = ()
         new.values["env.set"] = {}
         notes.append("env: nothing passed; the module does not read its environment")
         return
     keep = [p for p in ctx.inherit if not _matches_everything(p)]
-    new.values["env.inherit"] = keep
+    new.values["env.inherit"] = tuple(keep)
     new.values["env.set"] = dict(ctx.env_set)
     if len(keep) < len(ctx.inherit):
         notes.append("env: dropped an inherit pattern that passed every host variable")

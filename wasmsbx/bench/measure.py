@@ -420,10 +420,10 @@ def check_backend_specs(specs: Sequence[str]) -> None:
 
 def bench_policy(policy: Any) -> Any:
     """A copy of the policy for benchmarking: guest stdio goes nowhere unless it says so."""
-    from ..policy import Policy, discover, override
+    from ..policy import discover, override
 
     policy = policy if policy is not None else discover()
-    copy = Policy(dict(policy.values), policy.source, set(policy.explicit))
+    copy = policy.copy()
     for stream in ("stdin", "stdout", "stderr"):
         if f"stdio.{stream}" not in copy.explicit:
             override(copy, f"stdio.{stream}", "null", origin="bench")

@@ -63,7 +63,10 @@ def policy_from_wire(data: dict, where: str) -> Policy:
     if missing:
         raise errors.ClusterError(f"the client's policy lacks {missing[0]} (a version mismatch?)")
     for dotted in ("filesystem.read_only", "filesystem.read_write"):
-        values[dotted] = [_grant_here(item, where) for item in values[dotted]]
+        values[dotted] = tuple(_grant_here(item, where) for item in values[dotted])
+    for dotted, key in KEYS.items():  # (JSON's lists: a policy holds tuples, see Policy)
+        if key.kind == "names" and type(values[dotted]) is list:
+            values[dotted] = tuple(values[dotted])
     source = data.get("source") or "defaults"
     return Policy(values, f"{source} (from the cluster client)", set(data.get("explicit", ())))
 

@@ -437,12 +437,12 @@ PAGE = 65536
 
 def _suggest_grants(ctx: _Ctx, new: Any, notes: list, placeholders: dict) -> None:
     if "filesystem" not in ctx.caps:
-        new.values["filesystem.read_only"] = []
-        new.values["filesystem.read_write"] = []
+        new.values["filesystem.read_only"] = ()
+        new.values["filesystem.read_write"] = ()
         notes.append("filesystem: no grant; the component imports no wasi:filesystem")
     else:
-        new.values["filesystem.read_only"] = ctx.read_only
-        new.values["filesystem.read_write"] = ctx.read_write
+        new.values["filesystem.read_only"] = tuple(ctx.read_only)
+        new.values["filesystem.read_write"] = tuple(ctx.read_write)
         notes.append("filesystem: the policy's grants are kept (it imports wasi:filesystem)")
         if not ctx.grants:
             placeholders["filesystem"] = [
@@ -451,11 +451,11 @@ def _suggest_grants(ctx: _Ctx, new: Any, notes: list, placeholders: dict) -> Non
                 '# read_only = ["HOST_DIR:/data"]',
             ]
     if "environment" not in ctx.caps:
-        new.values["env.inherit"] = []
+        new.values["env.inherit"] = ()
         new.values["env.set"] = {}
         notes.append("env: nothing passed; the component imports no wasi:cli/environment")
         return
-    new.values["env.inherit"] = [p for p in ctx.inherit if not _matches_everything(p)]
+    new.values["env.inherit"] = tuple(p for p in ctx.inherit if not _matches_everything(p))
     new.values["env.set"] = dict(ctx.env_set)
     notes.append("env: the policy's variables are kept (an inherit-everything '*' is dropped)")
     if not (new.values["env.inherit"] or ctx.env_set):

@@ -12,7 +12,6 @@ from collections import deque, namedtuple
 from typing import Any, Optional
 
 from .. import errors
-from .. import policy as policy_mod
 from ..units import format_duration, format_limit, format_size, parse_duration, parse_size
 
 
@@ -113,7 +112,8 @@ def call_policy(config: ServerConfig, limits: Optional[dict] = None) -> Any:
     """A copy of the server's policy with the call's limits applied, each at most the
     ceiling; stdio never inherits the server's (the worker's stdin is its request pipe)."""
     ceiling = config.policy
-    values = dict(ceiling.values)
+    policy = ceiling.copy()
+    values = policy.values
     values["limits.output"] = config.output_ceiling()
     for key in ("stdio.stdin", "stdio.stdout", "stdio.stderr"):
         values[key] = "null"
@@ -135,7 +135,7 @@ def call_policy(config: ServerConfig, limits: Optional[dict] = None) -> Any:
                 key=dotted,
             )
         values[dotted] = value
-    return policy_mod.Policy(values, source=ceiling.source, explicit=set(ceiling.explicit))
+    return policy
 
 
 INTERPRETER_COMPILE_TIMEOUT = 600.0  # seconds (service.SPAWN_TIMEOUT allows for it)
@@ -148,11 +148,12 @@ def interpreter_policy(policy: Any) -> Any:
     minutes, not the limits.compile_timeout meant for agents' modules (CPython's 20 MB can
     take over a minute on two busy cores). The engine settings, and so the cache key, are
     unchanged."""
-    values = dict(policy.values)
+    policy = policy.copy()
+    values = policy.values
     values["limits.compile_timeout"] = max(
         values["limits.compile_timeout"] or 0, INTERPRETER_COMPILE_TIMEOUT
     )
-    return policy_mod.Policy(values, source=policy.source, explicit=set(policy.explicit))
+    return policy
 
 
 def _parse_limit(name: str, raw: Any, parse: Any) -> Any:
