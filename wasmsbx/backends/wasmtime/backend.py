@@ -1475,6 +1475,7 @@ def _plan(found: Any, memory: int, tables: Optional[int]) -> Any:
 
 
 _EXTERN_FUNC = ffi.WASMTIME_EXTERN_FUNC.value
+_FUNC_T = ffi.wasmtime_func_t
 
 
 # The names a WasmtimeInstance sets, most used first: see wasmsbx.compact.
@@ -1506,7 +1507,11 @@ class _Exports(dict):
         ):
             raise KeyError(name)
         if item.kind == _EXTERN_FUNC:  # what a call looks up: no generic wrap
-            extern = self[name] = wasmtime.Func._from_raw(item.of.func)
+            # (a copy of the func's 16 bytes: ``item.of.func`` is a view that keeps the
+            # extern and its union alive, two more objects a sandbox held for the
+            # garbage collector to walk, issue #16)
+            func = _FUNC_T.from_buffer_copy(item.of.func)
+            extern = self[name] = wasmtime.Func._from_raw(func)
         else:
             extern = self[name] = wrap_extern(item)
         return extern
