@@ -105,3 +105,36 @@ def test_errors_into_a_closed_stderr_keep_their_exit_code(isolated):
     finally:
         os.close(write)
     assert proc.returncode == 105
+
+
+def test_a_found_policys_tilde_stdout_is_the_home_folder_it_was_checked_as(cli, isolated, backend):
+    """Red team round 98: confine checked ``stdout = "~/proj/.bashrc"`` with ``~``
+    expanded (inside the project, at $HOME/proj), while the run opened it as written:
+    the folder ``~`` of the working folder, which the project shipped holding a link
+    ``proj -> ../..``. The guest's output replaced $HOME/.bashrc, exit 0. A stdio path's
+    ``~`` is now expanded when the policy is read, as a grant's and the cache folder's."""
+    home = isolated / "home"
+    project = home / "proj"
+    (project / "~").mkdir(parents=True)
+    os.symlink("../..", project / "~" / "proj")
+    (home / ".bashrc").write_text("original\n")
+    shutil.copy(HELLO, project / "hello.wasm")
+    _policy(project, stdout="~/proj/.bashrc")
+    res = cli("run", "hello.wasm", "--backend", backend, cwd=project, env={"HOME": str(home)})
+    assert (home / ".bashrc").read_text() == "original\n", res
+    assert res.code == 0 and (project / ".bashrc").read_bytes().startswith(b"hello from"), res
+    # the same trick aimed outside the project is refused, as ~/.bashrc itself is
+    for target in ("~/.bashrc", "~/proj/~/proj/../.bashrc"):
+        _policy(project, stdout=target)
+        res = cli("run", "hello.wasm", "--backend", backend, cwd=project, env={"HOME": str(home)})
+        assert res.code == 101 and "outside the folder" in res.stderr, (target, res)
+        assert (home / ".bashrc").read_text() == "original\n"
+
+
+def test_a_tilde_stdio_path_means_the_home_folder(isolated, monkeypatch):
+    from wasmsbx import policy as policy_mod
+
+    monkeypatch.setenv("HOME", str(isolated))
+    policy = policy_mod.from_dict({"stdio": {"stdout": "~/out.txt", "stdin": "in.txt"}})
+    assert policy.values["stdio.stdout"] == str(isolated / "out.txt")
+    assert policy.values["stdio.stdin"] == "in.txt"  # (relative: pinned when the sandbox is made)

@@ -334,7 +334,7 @@ class Policy:
         self.source = source
         # The keys set, a tuple (a set took 216 bytes a policy: a policy per tenant,
         # issue #16); ``mark_explicit`` adds one.
-        self.explicit: tuple = tuple(sorted(set(explicit))) if explicit else ()
+        self.explicit: tuple = tuple(sorted(set(explicit), key=str)) if explicit else ()
 
     def __repr__(self) -> str:
         return f"Policy(source={self.source!r}, explicit={sorted(self.explicit)})"
@@ -457,8 +457,11 @@ def _type_name(value: Any) -> str:
 def _check_names(value: Any) -> tuple:
     """A list of strings (a tuple from Python, too), held as a tuple: a policy's lists
     are immutable (see Policy)."""
-    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+    if not isinstance(value, (list, tuple)):
         raise ValueError(f"expected a list of strings, found {_type_name(value)}")
+    for item in value:
+        if not isinstance(item, str):
+            raise ValueError(f"expected a list of strings, found one holding {_type_name(item)}")
     return tuple(value)
 
 
@@ -515,6 +518,16 @@ def _check_str(value: Any) -> str:
     if not isinstance(value, str):
         raise ValueError(f"expected a string, found {_type_name(value)}")
     return value
+
+
+def _check_stdio_path(value: Any) -> str:
+    """A stdio file's path, ``~`` expanded as for grants and the cache folder. Kept as
+    written, ``~/x`` was opened as the folder ``~`` in the working folder, while a found
+    policy's check (confine) had expanded it: a project shipping a folder ``~`` with a
+    link ``proj -> ../..`` wrote the guest's stdout into ``$HOME/.bashrc`` through
+    ``stdout = "~/proj/.bashrc"`` (red team round 98)."""
+    text = _check_path_text(value)
+    return os.path.expanduser(text) if text.startswith("~") else text
 
 
 def _check_path_text(value: Any) -> str:
@@ -623,7 +636,9 @@ def _checker(key: Key, base: Optional[Path]) -> Callable[[Any], Any]:
             return tuple(parse_grant(item, writable, base) for item in _check_names(value))
 
         return grants
-    if key.kind == "stdio" or key.dotted == "runtime.cache_dir":
+    if key.kind == "stdio":
+        return _check_stdio_path
+    if key.dotted == "runtime.cache_dir":
         return _check_path_text
     if key.kind == "choice":
 
