@@ -17,7 +17,7 @@ from collections import namedtuple
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Union
 
 from . import capabilities, units
 from .errors import PolicyError
@@ -875,16 +875,24 @@ def _count_found_grants(data: dict, origin: str) -> None:
         )
 
 
+def load_found(path: Union[str, Path]) -> Policy:
+    """A policy file that came with a project rather than from you (``./sandbox.toml``
+    found in the working folder, or one a bench suite names): it reaches only its own
+    folder (confine) and its limits are held to the defaults (cap_limits)."""
+    path = Path(path)
+    policy = load(path, found=True)
+    confine(policy, path)
+    cap_limits(policy)
+    return policy
+
+
 def discover(explicit: Optional[str] = None, cwd: Optional[Path] = None) -> Policy:
     """``--policy PATH``, else ``./sandbox.toml``, else the secure defaults."""
     if explicit is not None:
         return load(explicit)
     candidate = (cwd or Path.cwd()) / POLICY_FILENAME
     if candidate.is_file():
-        policy = load(candidate, found=True)
-        confine(policy, candidate)
-        cap_limits(policy)
-        return policy
+        return load_found(candidate)
     if os.path.lexists(candidate):
         _refuse_odd(candidate)
     return defaults()
@@ -1036,7 +1044,7 @@ def confine(policy: Policy, path: Path) -> None:
     walked: set = set()  # the folders the grants' metadata walk saw, for all grants
     for dotted, target, writable in _named_paths(policy):
         grant = dotted.startswith("filesystem")
-        why = _outside_or_metadata(root, str(target), grant, writable, walked)
+        real, why = _outside_or_metadata(root, str(target), grant, writable, walked)
         if why:
             raise PolicyError(
                 f"{path}: {dotted} names {target}, {why}",
@@ -1044,20 +1052,24 @@ def confine(policy: Policy, path: Path) -> None:
                 path=str(path),
                 key=dotted,
             )
+        if not grant:
+            # The stdio files and the cache folder are opened where they were checked:
+            # the path resolved here, not the text (a grant's host is resolved already).
+            # - A relative path was opened in the folder the program had moved to (a
+            #   chdir after discovery: `stdout = ".bashrc"` in your home), and a cache
+            #   folder relative to where a linked sandbox.toml's target lies (`x/hooks`
+            #   with `sub/x -> ../.git` next to it: red team round 99).
+            # - A link through /proc/self/cwd (or /dev/fd) resolved here into this
+            #   folder, and for whoever opened it later into their own working folder
+            #   (a cluster worker's home: its ~/.bashrc written, its ~/.ssh/id_rsa read,
+            #   red team round 99).
+            # A link to nothing keeps its name, and opening it is refused as for any
+            # output (exit 105), rather than creating what it names.
+            named = os.path.join(root, os.path.expanduser(str(target)))
+            dangling = os.path.islink(named) and not os.path.exists(named)
+            policy.values[dotted] = named if dangling else real
     _confine_env(policy, path)
     policy.confined = root  # (the cache folder is checked to be in it again when opened)
-    # The stdio files were checked inside this folder: they are opened there too, wherever
-    # the program is when it runs the guest (``discover(cwd=...)``, or a chdir after it:
-    # `stdout = ".bashrc"`, fine inside a project, was opened in the folder the program
-    # had moved to, such as your home).
-    for stream in ("stdin", "stdout", "stderr"):
-        value = policy.values.get(f"stdio.{stream}")
-        if (
-            isinstance(value, str)
-            and value not in ("inherit", "null")
-            and not os.path.isabs(os.path.expanduser(value))
-        ):
-            policy.values[f"stdio.{stream}"] = os.path.join(root, value)
 
 
 # What a discovered policy may pass through from your environment: locale and terminal
@@ -1097,11 +1109,9 @@ def _named_paths(policy: Policy) -> list:
     return named
 
 
-def _outside_or_metadata(
-    root: str, target: str, grant: bool, writable: bool, walked: set
-) -> Optional[str]:
-    """Why a discovered policy may not name ``target`` (None: it may). ``walked``: see
-    _metadata_below."""
+def _outside_or_metadata(root: str, target: str, grant: bool, writable: bool, walked: set) -> tuple:
+    """(``target`` resolved, why a discovered policy may not name it: None if it may).
+    ``walked``: see _metadata_below."""
     import os
 
     from .native.trustdir import within
@@ -1109,22 +1119,23 @@ def _outside_or_metadata(
     try:
         real = os.path.realpath(os.path.join(root, os.path.expanduser(target)))
     except OSError as exc:  # a link swapped for a folder as realpath read it (EINVAL)
-        return f"which could not be resolved ({exc.strerror}: it changed as it was checked)"
+        why = f"which could not be resolved ({exc.strerror}: it changed as it was checked)"
+        return target, why
     if not within(real, root):
-        return "outside the folder of this sandbox.toml"
+        return real, "outside the folder of this sandbox.toml"
     parts = os.path.relpath(real, root).split(os.sep)
     if any(part.lower() in VCS_NAMES for part in parts):
-        return "inside version-control metadata (git would run commands written there)"
+        return real, "inside version-control metadata (git would run commands written there)"
     if grant and writable:
-        return (
+        return real, (
             "writable: a guest that can write a folder can plant a .git there, whose "
             "config git runs as soon as a shell prompt or an editor runs git in it (WASI "
             "lets the guest create any name in its folder); grant it yourself with "
             "--dir if you accept that"
         )
     if grant:
-        return _metadata_below(real, walked)
-    return None
+        return real, _metadata_below(real, walked)
+    return real, None
 
 
 def _metadata_below(folder: str, walked: set) -> Optional[str]:

@@ -190,7 +190,16 @@ def _cases(module, func_and_args: list, suite, overrides: dict, flags: dict) -> 
     def make_policy(path: Optional[str]) -> Any:
         from .run import build_policy
 
-        return build_policy({**flags, "policy": flags["policy"] or path})
+        if path is None or flags["policy"] is not None:
+            return build_policy(flags)
+        # A policy the suite file names came with the suite (a project's bench.toml), not
+        # from you: it is held as a found sandbox.toml is, to its own folder and the
+        # default limits (red team round 99: `bench --suite` ran one that `run` refused,
+        # whose stdout was ~/.bashrc). --policy FILE trusts a file as it is.
+        from ... import policy as policy_mod
+        from .run import apply_flags, warn_capped
+
+        return warn_capped(apply_flags(policy_mod.load_found(path), flags))
 
     if suite:
         if module:

@@ -25,7 +25,13 @@ def build_policy(options: dict) -> Any:
     """The policy file (or defaults) with the command-line overrides applied."""
     from ... import policy as policy_mod
 
-    policy = apply_flags(policy_mod.discover(options.get("policy")), options)
+    return warn_capped(apply_flags(policy_mod.discover(options.get("policy")), options))
+
+
+def warn_capped(policy: Any) -> Any:
+    """``policy``, once a warning says each limit of a found policy held to its default."""
+    from ... import policy as policy_mod
+
     for message, hint in policy_mod.capped_warnings(policy):
         output.warning(f"{message}; {hint}")
     return policy

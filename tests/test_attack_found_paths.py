@@ -1,0 +1,88 @@
+"""Red team round 99: a policy that came with a project (found in the working folder, or
+named by a bench suite) reaches only its own folder, and what its check saw is what is
+opened: the stdio files and the cache folder are pinned to the paths resolved when it
+was checked."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+from tests.conftest import EXAMPLES
+from wasmsbx import Sandbox
+from wasmsbx import policy as policy_mod
+
+HELLO = EXAMPLES / "wasi" / "hello.wasm"
+
+
+def test_a_stdout_link_through_proc_self_cwd_is_opened_where_it_was_checked(isolated, backend):
+    """``stdout = "l"`` with ``l -> /proc/self/cwd/.bashrc``: resolved in the project when
+    checked, it was pinned as ``<project>/l`` and opened later through the opener's own
+    working folder (a host that moved to $HOME, a cluster worker started there)."""
+    home, project = isolated / "home", isolated / "project"
+    home.mkdir()
+    project.mkdir()
+    (home / ".bashrc").write_text("original\n")
+    (project / ".bashrc").write_text("decoy\n")
+    os.symlink("/proc/self/cwd/.bashrc", project / "l")
+    (project / "sandbox.toml").write_text('[stdio]\nstdout = "l"\n')
+    os.chdir(project)
+    found = policy_mod.discover()
+    assert found.values["stdio.stdout"] == os.path.realpath(project / ".bashrc")
+    os.chdir(home)
+    with Sandbox(str(HELLO), found, backend=backend, kind="command") as box:
+        assert box.run_command([]).exit_code == 0
+    assert (home / ".bashrc").read_text() == "original\n"
+    assert (project / ".bashrc").read_text().startswith("hello from")
+
+
+def test_a_link_to_nothing_keeps_its_name_and_is_refused(cli, isolated):
+    os.symlink("/proc/self/cwd/missing.txt", isolated / "l")
+    (isolated / "sandbox.toml").write_text('[stdio]\nstdout = "l"\n')
+    res = cli("run", HELLO)
+    assert res.code == 105 and "symbolic link to a missing file" in res.stderr, res
+    assert not (isolated / "missing.txt").exists()
+
+
+def test_a_linked_sandbox_toml_keeps_its_cache_folder_out_of_git(cli, isolated):
+    """``sandbox.toml -> sub/p.toml``, ``sub/x -> ../.git``, ``cache_dir = "x/hooks/x"``:
+    checked as ``<project>/x/hooks/x``, it was opened relative to the link's target,
+    ``<project>/.git/hooks/x`` (a cache folder made in .git/hooks/pre-commit broke every
+    git commit)."""
+    (isolated / ".git" / "hooks").mkdir(parents=True)
+    (isolated / "sub").mkdir()
+    (isolated / "sub" / "p.toml").write_text(
+        '[runtime]\ncache_dir = "x/hooks/pre-commit"\ncache_min_size = "0B"\n'
+    )
+    os.symlink("sub/p.toml", isolated / "sandbox.toml")
+    os.symlink("../.git", isolated / "sub" / "x")
+    shutil.copy(EXAMPLES / "add.wat", isolated / "add.wat")
+    res = cli("run", "add.wat", "add", "2", "3")
+    assert res.code == 0 and res.stdout.strip() == "5", res
+    assert not (isolated / ".git" / "hooks" / "pre-commit").exists()
+    assert (isolated / "x" / "hooks" / "pre-commit").is_dir()  # where it was checked
+
+
+def test_a_bench_suites_policy_is_held_as_a_found_one(cli, isolated):
+    """``[bench] policy = "sandbox.toml"`` was loaded as if given with --policy: no
+    confinement, no caps. ``run`` refused the same file (101), ``bench --suite``
+    wrote the guest's stdout into ~/.bashrc."""
+    home = isolated.parent / "home"
+    home.mkdir()
+    (home / ".bashrc").write_text("original\n")
+    (isolated / "sandbox.toml").write_text('[stdio]\nstdout = "~/.bashrc"\n')
+    suite = isolated / "bench.toml"
+    suite.write_text(
+        f'[bench]\npolicy = "sandbox.toml"\niterations = 1\nwarmup = 0\n'
+        f'[[bench.case]]\nmodule = "{HELLO}"\n'
+    )
+    env = {"HOME": str(home)}
+    res = cli("bench", "--suite", suite, env=env)
+    assert res.code == 101 and "outside the folder" in res.stderr, res
+    assert (home / ".bashrc").read_text() == "original\n"
+    # its limits are held to the defaults, and said so; --policy trusts it as it is
+    (isolated / "sandbox.toml").write_text('[limits]\ntimeout = "1h"\n')
+    res = cli("bench", "--suite", suite, "--json", env=env)
+    assert res.code == 0 and "limits.timeout" in res.stderr, res
+    res = cli("bench", "--suite", suite, "--json", "--policy", isolated / "sandbox.toml", env=env)
+    assert res.code == 0 and "limits.timeout" not in res.stderr, res
