@@ -8,6 +8,8 @@ from __future__ import annotations
 import os
 import shutil
 
+import pytest
+
 from tests.conftest import EXAMPLES
 from wasmsbx import Sandbox
 from wasmsbx import policy as policy_mod
@@ -36,12 +38,63 @@ def test_a_stdout_link_through_proc_self_cwd_is_opened_where_it_was_checked(isol
     assert (project / ".bashrc").read_text().startswith("hello from")
 
 
-def test_a_link_to_nothing_keeps_its_name_and_is_refused(cli, isolated):
-    os.symlink("/proc/self/cwd/missing.txt", isolated / "l")
-    (isolated / "sandbox.toml").write_text('[stdio]\nstdout = "l"\n')
+def test_a_link_to_nothing_is_refused_as_the_policy_is_read(cli, isolated):
+    """Kept by its name, ``out -> /proc/self/cwd/.bashrc`` (nothing in the project) was
+    followed again where it was opened: after a host's chdir to $HOME, its ~/.bashrc
+    (red team round 100). Pinned, it would create what it names."""
+    home = isolated.parent / "home"
+    home.mkdir()
+    (home / ".bashrc").write_text("original\n")
+    os.symlink("/proc/self/cwd/.bashrc", isolated / "out")
+    (isolated / "sandbox.toml").write_text('[stdio]\nstdout = "out"\n')
     res = cli("run", HELLO)
-    assert res.code == 105 and "symbolic link to a missing file" in res.stderr, res
-    assert not (isolated / "missing.txt").exists()
+    assert res.code == 101 and "a symbolic link to nothing" in res.stderr, res
+    assert not (isolated / ".bashrc").exists()
+    with pytest.raises(policy_mod.PolicyError, match="a symbolic link to nothing"):
+        policy_mod.discover()
+    for text in ("/proc/self/cwd/out", "sub/../out"):
+        (isolated / "sub").mkdir(exist_ok=True)
+        (isolated / "sandbox.toml").write_text(f'[stdio]\nstdout = "{text}"\n')
+        with pytest.raises(policy_mod.PolicyError, match="a symbolic link to nothing"):
+            policy_mod.discover()
+    assert (home / ".bashrc").read_text() == "original\n"
+
+
+def test_paths_a_found_policy_names_keep_what_they_meant(cli, isolated):
+    """Pinned to the resolved path, ``"x/"`` became the file ``x`` and ``""`` the folder
+    itself; a blank cache folder is unset (red team round 100)."""
+    (isolated / "sandbox.toml").write_text(
+        '[stdio]\nstdout = "x/"\nstderr = ""\n[runtime]\ncache_dir = " "\n'
+    )
+    found = policy_mod.discover()
+    assert found.values["stdio.stdout"] == str(isolated.resolve() / "x") + os.sep
+    assert found.values["stdio.stderr"] == "" and found.values["runtime.cache_dir"] == " "
+    res = cli("run", HELLO)
+    assert res.code == 105 and not (isolated / "x").exists(), res
+
+
+def test_a_pinned_path_moved_by_a_link_since_is_refused(isolated):
+    """``stdout = "out/log"`` checked with ``out`` a folder, which then became a link
+    out of the project (a git pull while ``watch`` ran: its next run wrote ~/.bashrc,
+    red team round 100). Each sandbox made checks the pinned paths again."""
+    away = isolated.parent / "away"
+    away.mkdir()
+    (isolated / "out").mkdir()
+    (isolated / "sandbox.toml").write_text('[stdio]\nstdout = "out/.bashrc"\n')
+    found = policy_mod.discover()
+    with Sandbox(str(HELLO), found, kind="command") as box:
+        assert box.run_command([]).exit_code == 0
+    shutil.rmtree(isolated / "out")
+    os.symlink(away, isolated / "out")
+    with pytest.raises(policy_mod.PolicyError, match="now leads to"):
+        Sandbox(str(HELLO), found, kind="command")
+    assert not (away / ".bashrc").exists()
+    with pytest.raises(policy_mod.PolicyError, match="now leads to"):  # (a copy too)
+        Sandbox(str(HELLO), found.copy(), kind="command")
+    policy_mod.override(found, "stdio.stdout", str(away / "mine.txt"))  # yours: as it is
+    with Sandbox(str(HELLO), found, kind="command") as box:
+        assert box.run_command([]).exit_code == 0
+    assert (away / "mine.txt").read_text().startswith("hello from")
 
 
 def test_a_linked_sandbox_toml_keeps_its_cache_folder_out_of_git(cli, isolated):
@@ -86,3 +139,27 @@ def test_a_bench_suites_policy_is_held_as_a_found_one(cli, isolated):
     assert res.code == 0 and "limits.timeout" in res.stderr, res
     res = cli("bench", "--suite", suite, "--json", "--policy", isolated / "sandbox.toml", env=env)
     assert res.code == 0 and "limits.timeout" not in res.stderr, res
+
+
+def test_a_watch_stops_running_once_a_pinned_path_has_moved(isolated):
+    from wasmsbx.watch import WatchConfig, Watcher
+
+    away = isolated.parent / "away"
+    away.mkdir()
+    (isolated / "out").mkdir()
+    shutil.copy(HELLO, isolated / "hello.wasm")
+    (isolated / "sandbox.toml").write_text('[stdio]\nstdout = "out/.bashrc"\n')
+    events: list = []
+    watcher = Watcher(WatchConfig(target=str(isolated / "hello.wasm")), events.append)
+    try:
+        watcher.run_cycle()
+        assert [e.data["ok"] for e in events if e.kind == "run"] == [True]
+        shutil.rmtree(isolated / "out")
+        os.symlink(away, isolated / "out")
+        watcher.run_cycle()
+    finally:
+        watcher._cleanup(False)
+    last = [e.data for e in events if e.kind == "run"][-1]
+    assert last["ok"] is False and last["error"]["exit_code"] == 101, last
+    assert "now leads to" in last["error"]["message"]
+    assert not (away / ".bashrc").exists()

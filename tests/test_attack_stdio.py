@@ -49,7 +49,10 @@ def test_stdout_onto_the_module_or_the_policy_is_refused(cli, isolated, backend)
 def test_stdout_through_a_link_to_nothing_is_refused(cli, isolated, backend):
     os.symlink(isolated / "planted", isolated / "out")
     _policy(isolated, stderr="out")
-    res = cli("run", HELLO, "--backend", backend)
+    res = cli("run", HELLO, "--backend", backend)  # found: refused as it is read
+    assert res.code == 101 and "a symbolic link to nothing" in res.stderr, res
+    assert not (isolated / "planted").exists()
+    res = cli("run", HELLO, "--backend", backend, "--policy", isolated / "sandbox.toml")
     assert res.code == 105 and "symbolic link to a missing file" in res.stderr, res
     assert not (isolated / "planted").exists()
 

@@ -185,3 +185,16 @@ def test_every_suggestion_loads(isolated, module):
 
 # CLI calls run in this process (see the cli fixture): none here needs the real entry point.
 pytestmark = pytest.mark.inprocess
+
+
+def test_a_found_policys_paths_are_suggested_as_it_wrote_them(cli, isolated):
+    """A found policy's stdio files and cache folder are pinned to absolute resolved paths
+    (policy.confine); a suggestion says them relative to its folder again, as a
+    sandbox.toml committed with the project must (red team round 100)."""
+    (isolated / "sandbox.toml").write_text(
+        '[runtime]\ncache_dir = ".wc"\n[stdio]\nstdout = "logs/out.txt"\n'
+    )
+    (isolated / "logs").mkdir()
+    data = tomllib.loads(suggest(cli, EXAMPLES / "wasi" / "hello.wasm"))
+    assert data["runtime"]["cache_dir"] == ".wc"
+    assert data["stdio"]["stdout"] == "logs/out.txt", data["stdio"]

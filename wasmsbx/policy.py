@@ -326,6 +326,9 @@ class Policy:
     # The real folder of a sandbox.toml found in the working folder (confine): what it
     # names must stay in it ("": not a found file's).
     confined = ""
+    # {dotted: path}: the stdio files and cache folder confine pinned to the paths it
+    # resolved, checked again before use while the value is still that (recheck_confined).
+    pinned: Mapping = MappingProxyType({})
 
     def __init__(
         self, values: dict, source: Optional[str] = None, explicit: Iterable[str] = ()
@@ -348,6 +351,8 @@ class Policy:
             new.capped = dict(self.capped)
         if self.confined:
             new.confined = self.confined
+        if self.pinned:
+            new.pinned = dict(self.pinned)
         return new
 
     def __getitem__(self, dotted: str) -> Any:
@@ -875,11 +880,13 @@ def _count_found_grants(data: dict, origin: str) -> None:
         )
 
 
-def load_found(path: Union[str, Path]) -> Policy:
+def load_found(path: Union[str, Path], where: str = "found in the working folder") -> Policy:
     """A policy file that came with a project rather than from you (``./sandbox.toml``
     found in the working folder, or one a bench suite names): it reaches only its own
     folder (confine) and its limits are held to the defaults (cap_limits)."""
     path = Path(path)
+    if not path.is_file() and os.path.lexists(path):
+        _refuse_odd(path, where)  # (a FIFO or /dev/tty would wait; /dev/null: the defaults)
     policy = load(path, found=True)
     confine(policy, path)
     cap_limits(policy)
@@ -898,7 +905,7 @@ def discover(explicit: Optional[str] = None, cwd: Optional[Path] = None) -> Poli
     return defaults()
 
 
-def _refuse_odd(candidate: Path) -> None:
+def _refuse_odd(candidate: Path, where: str = "found in the working folder") -> None:
     """A ``./sandbox.toml`` that is there but is no regular file (a folder, a FIFO, a link
     to /dev/zero or to nothing) is an error, not the defaults: they were taken silently,
     so a project's lower limits or its stdio files gave way to the defaults without a
@@ -912,7 +919,7 @@ def _refuse_odd(candidate: Path) -> None:
 
         what = kind_of(mode)
     raise PolicyError(
-        f"{candidate}: found in the working folder, but it is {what}, not a policy file",
+        f"{candidate}: {where}, but it is {what}, not a policy file",
         hint="remove or rename it, or name a policy with --policy FILE",
         file=str(candidate),
     )
@@ -1042,6 +1049,7 @@ def confine(policy: Policy, path: Path) -> None:
         f"explicitly: --policy {path}"
     )
     walked: set = set()  # the folders the grants' metadata walk saw, for all grants
+    pinned: dict = {}
     for dotted, target, writable in _named_paths(policy):
         grant = dotted.startswith("filesystem")
         real, why = _outside_or_metadata(root, str(target), grant, writable, walked)
@@ -1063,13 +1071,54 @@ def confine(policy: Policy, path: Path) -> None:
             #   folder, and for whoever opened it later into their own working folder
             #   (a cluster worker's home: its ~/.bashrc written, its ~/.ssh/id_rsa read,
             #   red team round 99).
-            # A link to nothing keeps its name, and opening it is refused as for any
-            # output (exit 105), rather than creating what it names.
-            named = os.path.join(root, os.path.expanduser(str(target)))
-            dangling = os.path.islink(named) and not os.path.exists(named)
-            policy.values[dotted] = named if dangling else real
+            named = os.path.join(root, str(target))
+            if os.path.islink(named) and not os.path.exists(named):
+                # Pinned, it would create what it names; kept, it is followed again
+                # where it is opened (through /proc/self/cwd: red team round 100)
+                raise PolicyError(
+                    f"{path}: {dotted} names {target}, a symbolic link to nothing",
+                    hint="name the file itself, or create what the link names",
+                    path=str(path),
+                    key=dotted,
+                )
+            # (a trailing "/" kept: "x/" names a folder, refused as an output)
+            pin = real + os.sep if str(target).endswith(os.sep) else real
+            policy.values[dotted] = pinned[dotted] = pin
     _confine_env(policy, path)
     policy.confined = root  # (the cache folder is checked to be in it again when opened)
+    if pinned:
+        policy.pinned = pinned
+
+
+def recheck_confined(policy: Policy) -> None:
+    """The stdio files and cache folder a found policy was pinned to (confine) still
+    resolve to themselves, inside its folder and away from version-control metadata.
+    A folder on the way swapped for a link since the check (a ``git pull`` during
+    ``wasmsbx watch``, red team round 100) moved them: PolicyError (exit 101). Each
+    sandbox made under such a policy, and each run of a watch, checks again. A value
+    set since (``override``: yours, not the file's) is not the pinned one: left alone."""
+    root = policy.confined
+    if not root or not policy.pinned:
+        return
+    from .native.trustdir import within
+
+    for dotted, target in policy.pinned.items():
+        if policy.values.get(dotted) != target:
+            continue
+        text = str(target).rstrip(os.sep) or os.sep
+        try:
+            real = os.path.realpath(text)
+        except OSError as exc:  # (a link swapped as realpath read it)
+            real = f"nothing it can resolve ({exc.strerror})"
+        parts = os.path.relpath(real, root).split(os.sep) if within(real, root) else []
+        if real != text or not parts or any(p.lower() in VCS_NAMES for p in parts):
+            raise PolicyError(
+                f"{policy.source}: {dotted} names {target}, which now leads to {real}",
+                hint="a folder on its way was replaced by a link after the policy was "
+                "checked; look at the project's folder, then run again",
+                path=str(policy.source),
+                key=dotted,
+            )
 
 
 # What a discovered policy may pass through from your environment: locale and terminal
@@ -1102,10 +1151,12 @@ def _named_paths(policy: Policy) -> list:
     ]
     for stream in ("stdin", "stdout", "stderr"):
         value = policy.values.get(f"stdio.{stream}")
-        if isinstance(value, str) and value not in ("inherit", "null"):
+        # ("": no path, which opening says; "capture" is a library's word, never a file)
+        if isinstance(value, str) and value not in ("inherit", "null", "capture", ""):
             named.append((f"stdio.{stream}", value, stream != "stdin"))
-    if policy.values.get("runtime.cache_dir"):
-        named.append(("runtime.cache_dir", policy.values["runtime.cache_dir"], True))
+    cache_dir = policy.values.get("runtime.cache_dir")
+    if cache_dir and not cache_dir.isspace():  # (blank: unset, as resolve_dir reads it)
+        named.append(("runtime.cache_dir", cache_dir, True))
     return named
 
 

@@ -247,9 +247,30 @@ def suggestion_start(policy: Any, kept: tuple) -> Any:
     return new
 
 
+_STREAMS = ("stdin", "stdout", "stderr")
+
+
+def _as_written(policy: Any, text: Any) -> Any:
+    """A path a found policy was pinned to (policy.confine: absolute, resolved), relative
+    to its folder again, as a sandbox.toml would say it (an absolute path in a suggested
+    policy is refused in every other checkout of the project)."""
+    import os
+
+    root = getattr(policy, "confined", "")
+    if not (root and isinstance(text, str) and os.path.isabs(text)):
+        return text
+    relative = os.path.relpath(text.rstrip(os.sep) or os.sep, root)
+    if relative == ".." or relative.startswith(".." + os.sep):
+        return text
+    return relative + os.sep if text.endswith(os.sep) else relative
+
+
 def suggestion_end(new: Any, policy: Any, notes: list, placeholders: dict) -> SuggestedPolicy:
     """The suggested policy, with only the runtime keys the audited policy set itself."""
     values = new.to_toml_dict()
+    for section, name in (("runtime", "cache_dir"), *(("stdio", s) for s in _STREAMS)):
+        if name in values.get(section, {}):
+            values[section][name] = _as_written(policy, values[section][name])
     runtime = {k: v for k, v in values["runtime"].items() if f"runtime.{k}" in policy.explicit}
     if runtime:
         values["runtime"] = runtime

@@ -384,6 +384,7 @@ def check_stdio(policy: policy_mod.Policy, inputs: Sequence[Any]) -> policy_mod.
         and v["stdio.stderr"] in special
     ):
         return policy  # no paths: nothing below applies (the usual case, for every sandbox made)
+    policy_mod.recheck_confined(policy)  # (a found policy's: still where they were checked)
     for key in ("stdio.stdin", "stdio.stdout", "stdio.stderr"):
         target = v[key]
         if isinstance(target, str) and target not in SPECIAL_STDIO:

@@ -694,6 +694,10 @@ class Watcher:
         started = time.perf_counter()
         phase = "load"
         try:
+            if self.policy.confined:  # (a found policy: its paths where they were checked)
+                from .. import policy as policy_mod
+
+                policy_mod.recheck_confined(self.policy)
             box = self._sandbox()
             self._compare(box)
             phase = "run"

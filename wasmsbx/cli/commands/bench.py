@@ -199,7 +199,8 @@ def _cases(module, func_and_args: list, suite, overrides: dict, flags: dict) -> 
         from ... import policy as policy_mod
         from .run import apply_flags, warn_capped
 
-        return warn_capped(apply_flags(policy_mod.load_found(path), flags))
+        found = policy_mod.load_found(path, "named by the bench suite")
+        return warn_capped(apply_flags(found, flags))
 
     if suite:
         if module:
