@@ -163,3 +163,30 @@ def test_a_watch_stops_running_once_a_pinned_path_has_moved(isolated):
     assert last["ok"] is False and last["error"]["exit_code"] == 101, last
     assert "now leads to" in last["error"]["message"]
     assert not (away / ".bashrc").exists()
+
+
+def test_a_found_stdin_named_capture_is_a_path_checked_as_any(cli, isolated):
+    """"capture" is an output's word; stdin opened it as a file. Left out of the checks
+    as a word, a found policy's ``stdin = "capture"`` with ``capture -> ~/secret`` fed
+    the guest a file outside the project (red team round 101)."""
+    home = isolated.parent / "home"
+    home.mkdir()
+    (home / "secret").write_text("SECRET\n")
+    os.symlink(home / "secret", isolated / "capture")
+    (isolated / "sandbox.toml").write_text('[stdio]\nstdin = "capture"\n')
+    res = cli("run", HELLO)
+    assert res.code == 101 and "stdio.stdin names capture" in res.stderr, res
+    os.remove(isolated / "capture")
+    (isolated / "capture").write_text("inside\n")
+    found = policy_mod.discover()
+    assert found.values["stdio.stdin"] == str(isolated.resolve() / "capture")
+    (isolated / "sandbox.toml").write_text('[stdio]\nstdout = "capture"\n')  # a path too
+    assert policy_mod.discover().values["stdio.stdout"] == str(isolated.resolve() / "capture")
+
+
+def test_a_suite_policy_name_the_system_refuses_is_a_policy_error(cli, isolated):
+    suite = isolated / "bench.toml"
+    for name in ("x" * 300, "a\\u0000b"):
+        suite.write_text(f'[bench]\npolicy = "{name}"\n[[bench.case]]\nmodule = "{HELLO}"\n')
+        res = cli("bench", "--suite", suite)
+        assert res.code == 101 and "cannot read policy" in res.stderr, res

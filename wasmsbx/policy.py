@@ -827,6 +827,10 @@ def load(path, found: bool = False) -> Policy:
         ) from None
     except OSError as exc:
         raise PolicyError(f"{origin}: cannot read policy: {exc.strerror}", file=origin) from None
+    except ValueError:  # (a NUL byte, which no path can hold: red team round 101)
+        raise PolicyError(
+            f"{origin!r}: cannot read policy: a path holds no NUL byte", file=origin
+        ) from None
     tomllib = _toml_module()
     try:
         data = tomllib.loads(raw.decode("utf-8"))
@@ -885,7 +889,14 @@ def load_found(path: Union[str, Path], where: str = "found in the working folder
     found in the working folder, or one a bench suite names): it reaches only its own
     folder (confine) and its limits are held to the defaults (cap_limits)."""
     path = Path(path)
-    if not path.is_file() and os.path.lexists(path):
+    try:
+        odd = not path.is_file() and os.path.lexists(path)
+    except (OSError, ValueError) as exc:  # (a name too long, a NUL byte: red team round 101)
+        raise PolicyError(
+            f"{path}: cannot read policy: {getattr(exc, 'strerror', None) or exc}",
+            file=str(path),
+        ) from None
+    if odd:
         _refuse_odd(path, where)  # (a FIFO or /dev/tty would wait; /dev/null: the defaults)
     policy = load(path, found=True)
     confine(policy, path)
@@ -1151,8 +1162,10 @@ def _named_paths(policy: Policy) -> list:
     ]
     for stream in ("stdin", "stdout", "stderr"):
         value = policy.values.get(f"stdio.{stream}")
-        # ("": no path, which opening says; "capture" is a library's word, never a file)
-        if isinstance(value, str) and value not in ("inherit", "null", "capture", ""):
+        # ("": no path, which opening says. "capture" is a path here: a policy file's
+        # values are "inherit", "null" or a path, and stdin opened it as one, red team
+        # round 101)
+        if isinstance(value, str) and value not in ("inherit", "null", ""):
             named.append((f"stdio.{stream}", value, stream != "stdin"))
     cache_dir = policy.values.get("runtime.cache_dir")
     if cache_dir and not cache_dir.isspace():  # (blank: unset, as resolve_dir reads it)

@@ -48,7 +48,7 @@ def refuse_crossed(args: Any, policy: Any) -> None:
         the_policy,
         ("the artifact", o.get("artifact")),
         batch_input,
-        ("the guest's stdin file (stdio.stdin)", stdio_path(values["stdio.stdin"])),
+        ("the guest's stdin file (stdio.stdin)", stdio_path(values["stdio.stdin"], stdin=True)),
         ("standard input", 0 if stdin_read else None),
     ]
     kept = [("the checkpoint", o.get("checkpoint")), ("the audit log", o.get("audit_log"))]
@@ -150,8 +150,11 @@ def write_path(where: Any) -> Optional[str]:
     return errors.real_path(where)
 
 
-def stdio_path(value: Any) -> Optional[str]:
-    return value if isinstance(value, str) and value and value not in SPECIAL else None
+def stdio_path(value: Any, stdin: bool = False) -> Optional[str]:
+    """The file a stdio value names, if any ("capture" is an output's word: stdin opens
+    it as a file)."""
+    words = ("inherit", "null") if stdin else SPECIAL
+    return value if isinstance(value, str) and value and value not in words else None
 
 
 _DESCRIPTOR = re.compile(r"/(?:dev/fd|proc/(?:self|thread-self|[0-9]+)(?:/task/[0-9]+)?/fd)/[0-9]+")

@@ -379,7 +379,7 @@ def check_stdio(policy: policy_mod.Policy, inputs: Sequence[Any]) -> policy_mod.
     v = policy.values
     special = SPECIAL_STDIO
     if (
-        v["stdio.stdin"] in special
+        v["stdio.stdin"] in _STDIN_WORDS
         and v["stdio.stdout"] in special
         and v["stdio.stderr"] in special
     ):
@@ -387,7 +387,8 @@ def check_stdio(policy: policy_mod.Policy, inputs: Sequence[Any]) -> policy_mod.
     policy_mod.recheck_confined(policy)  # (a found policy's: still where they were checked)
     for key in ("stdio.stdin", "stdio.stdout", "stdio.stderr"):
         target = v[key]
-        if isinstance(target, str) and target not in SPECIAL_STDIO:
+        words = _STDIN_WORDS if key == "stdio.stdin" else SPECIAL_STDIO
+        if isinstance(target, str) and target not in words:
             _refuse_guest_writable(policy, key, target)
     # A module given as text ("m.wasm/", "m.wasm/.") is read through its Path, which drops
     # a trailing "/" or "/.": compared as that Path, so its text (which stat() refuses:
@@ -400,12 +401,13 @@ def check_stdio(policy: policy_mod.Policy, inputs: Sequence[Any]) -> policy_mod.
 
             check_output(target, [*inputs, getattr(policy, "source", None)])
     target = v["stdio.stdin"]
-    if isinstance(target, str) and target not in SPECIAL_STDIO:
+    if isinstance(target, str) and target not in _STDIN_WORDS:
         try:
             info = os.stat(target)
         except OSError as exc:
             raise errors.InputError(
-                f"{target}: cannot read the guest's stdin (stdio.stdin): {exc.strerror}",
+                f"{target or repr(target)}: cannot read the guest's stdin (stdio.stdin): "
+                f"{exc.strerror}",
                 path=target,
             ) from None
         if stat.S_ISDIR(info.st_mode):
@@ -423,7 +425,9 @@ def _pin_stdio(policy: policy_mod.Policy) -> policy_mod.Policy:
     relative = {
         key: v[key]
         for key in ("stdio.stdin", "stdio.stdout", "stdio.stderr")
-        if isinstance(v[key], str) and v[key] not in SPECIAL_STDIO and not os.path.isabs(v[key])
+        if isinstance(v[key], str)
+        and v[key] not in (_STDIN_WORDS if key == "stdio.stdin" else SPECIAL_STDIO)
+        and not os.path.isabs(v[key])
     }
     if not relative:
         return policy
@@ -485,6 +489,8 @@ def writable_grant_on_way(policy: policy_mod.Policy, target: str) -> Any:
 
 
 SPECIAL_STDIO = ("inherit", "null", "capture")
+# stdin's words: "capture" is an output's (stdin opens it as a file: red team round 101)
+_STDIN_WORDS = ("inherit", "null")
 _BYTES_PATH = Path("<bytes>")  # the name of a module given as bytes (one object for all)
 _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 _NONBLOCK = getattr(os, "O_NONBLOCK", 0)
@@ -607,6 +613,7 @@ class _Plan:
             or box.policy is not policy
             or values["filesystem.read_only"]
             or values["filesystem.read_write"]
+            or values["stdio.stdin"] not in _STDIN_WORDS
             or any(values[key] not in SPECIAL_STDIO for key in _STDIO_KEYS)
             or box._warnings
             or not getattr(box.engine, "shared", False)
