@@ -166,7 +166,7 @@ def test_a_watch_stops_running_once_a_pinned_path_has_moved(isolated):
 
 
 def test_a_found_stdin_named_capture_is_a_path_checked_as_any(cli, isolated):
-    """"capture" is an output's word; stdin opened it as a file. Left out of the checks
+    """ "capture" is an output's word; stdin opened it as a file. Left out of the checks
     as a word, a found policy's ``stdin = "capture"`` with ``capture -> ~/secret`` fed
     the guest a file outside the project (red team round 101)."""
     home = isolated.parent / "home"
