@@ -1063,7 +1063,8 @@ def confine(policy: Policy, path: Path) -> None:
     pinned: dict = {}
     for dotted, target, writable in _named_paths(policy):
         grant = dotted.startswith("filesystem")
-        real, why = _outside_or_metadata(root, str(target), grant, writable, walked)
+        named = os.path.join(root, os.path.expanduser(str(target)))
+        real, why = _outside_or_metadata(root, named, grant, writable, walked)
         if why:
             raise PolicyError(
                 f"{path}: {dotted} names {target}, {why}",
@@ -1082,7 +1083,6 @@ def confine(policy: Policy, path: Path) -> None:
             #   folder, and for whoever opened it later into their own working folder
             #   (a cluster worker's home: its ~/.bashrc written, its ~/.ssh/id_rsa read,
             #   red team round 99).
-            named = os.path.join(root, str(target))
             if os.path.islink(named) and not os.path.exists(named):
                 # Pinned, it would create what it names; kept, it is followed again
                 # where it is opened (through /proc/self/cwd: red team round 100)
@@ -1111,20 +1111,15 @@ def recheck_confined(policy: Policy) -> None:
     root = policy.confined
     if not root or not policy.pinned:
         return
-    from .native.trustdir import within
-
     for dotted, target in policy.pinned.items():
         if policy.values.get(dotted) != target:
             continue
         text = str(target).rstrip(os.sep) or os.sep
-        try:
-            real = os.path.realpath(text)
-        except OSError as exc:  # (a link swapped as realpath read it)
-            real = f"nothing it can resolve ({exc.strerror})"
-        parts = os.path.relpath(real, root).split(os.sep) if within(real, root) else []
-        if real != text or not parts or any(p.lower() in VCS_NAMES for p in parts):
+        real, why = _outside_or_metadata(root, text, False, False, set())  # (confine's test)
+        if why or real != text:
             raise PolicyError(
-                f"{policy.source}: {dotted} names {target}, which now leads to {real}",
+                f"{policy.source}: {dotted} names {target}, which now leads to {real}"
+                + (f", {why}" if why else ""),
                 hint="a folder on its way was replaced by a link after the policy was "
                 "checked; look at the project's folder, then run again",
                 path=str(policy.source),
@@ -1174,14 +1169,12 @@ def _named_paths(policy: Policy) -> list:
 
 
 def _outside_or_metadata(root: str, target: str, grant: bool, writable: bool, walked: set) -> tuple:
-    """(``target`` resolved, why a discovered policy may not name it: None if it may).
-    ``walked``: see _metadata_below."""
-    import os
-
+    """(``target``, an absolute path, resolved; why a discovered policy may not name it:
+    None if it may). ``walked``: see _metadata_below."""
     from .native.trustdir import within
 
     try:
-        real = os.path.realpath(os.path.join(root, os.path.expanduser(target)))
+        real = os.path.realpath(target)
     except OSError as exc:  # a link swapped for a folder as realpath read it (EINVAL)
         why = f"which could not be resolved ({exc.strerror}: it changed as it was checked)"
         return target, why
