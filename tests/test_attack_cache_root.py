@@ -324,6 +324,32 @@ def test_a_discovered_policys_cache_folder_swapped_after_its_check_is_refused(
     assert list(elsewhere.iterdir()) == []
 
 
+@pytest.mark.parametrize("metadata", [".git", ".hg", ".GIT"])
+def test_a_discovered_policys_cache_folder_swapped_for_version_control_metadata_is_refused(
+    tmp_path, metadata
+):
+    """Red team 102: a found policy's ``cache_dir = "sub/c"`` is checked when the policy
+    is read (inside its folder, away from ``.git``). ``sub`` swapped for a link to the
+    project's own ``.git`` afterwards still leads inside the folder, so the test of the
+    folder opened (inside, only) let the cache write its files in ``.git``. The folder
+    opened is now tested against version-control metadata as well."""
+    from wasmsbx import policy as policy_mod
+
+    project = tmp_path / "project"
+    (project / "sub").mkdir(parents=True)
+    (project / "sandbox.toml").write_text('[runtime]\ncache_dir = "sub/c"\n')
+    vcs = project / metadata
+    vcs.mkdir()
+    policy = policy_mod.discover(cwd=project)
+    assert policy.confined == os.path.realpath(project)
+    os.rename(project / "sub", project / "old-sub")
+    (project / "sub").symlink_to(metadata)
+    for opener in (cache.shared_store, cache.open_store):
+        with pytest.raises(cache.CacheUnavailable, match="version-control metadata"):
+            opener(policy)
+    assert list(vcs.iterdir()) == []  # (nothing made there, not even the folder c)
+
+
 def _plant(folder, layout: str) -> None:
     if layout == "probes holding data":
         (folder / "probes" / "data").mkdir(parents=True)

@@ -21,6 +21,7 @@ from typing import Any, Callable, Optional, Union
 
 from . import capabilities, units
 from .errors import PolicyError
+from .native.trustdir import VCS_NAMES  # (version-control names: the cache checks them too)
 
 POLICY_FILENAME = "sandbox.toml"
 OPTIMIZE_LEVELS = ("none", "speed", "size", "aggressive")
@@ -1011,24 +1012,6 @@ def capped_warnings(policy: Policy) -> list:
     return out
 
 
-# Version-control metadata: git runs commands its config and hooks name (`core.fsmonitor`
-# runs on every `git status`, which shell prompts run on their own), Mercurial its hgrc's
-# hooks, and CI checkouts keep tokens there. A clone never brings these files, so a
-# discovered policy must not let a guest read or write them.
-VCS_NAMES = (
-    ".git",
-    ".hg",
-    ".svn",
-    ".bzr",
-    "_darcs",
-    # Jujutsu (its repo config names a pager and diff tools jj runs; a colocated repo
-    # keeps git's store there too), Pijul, Fossil's checkout database: none of them
-    # comes with a clone.
-    ".jj",
-    ".pijul",
-    ".fslckout",
-    "_fossil_",
-)
 # Folders walked to look for metadata inside a discovered policy's grants.
 VCS_WALK_LIMIT = 20_000
 
@@ -1171,7 +1154,7 @@ def _named_paths(policy: Policy) -> list:
 def _outside_or_metadata(root: str, target: str, grant: bool, writable: bool, walked: set) -> tuple:
     """(``target``, an absolute path, resolved; why a discovered policy may not name it:
     None if it may). ``walked``: see _metadata_below."""
-    from .native.trustdir import within
+    from .native.trustdir import in_metadata, within
 
     try:
         real = os.path.realpath(target)
@@ -1180,8 +1163,7 @@ def _outside_or_metadata(root: str, target: str, grant: bool, writable: bool, wa
         return target, why
     if not within(real, root):
         return real, "outside the folder of this sandbox.toml"
-    parts = os.path.relpath(real, root).split(os.sep)
-    if any(part.lower() in VCS_NAMES for part in parts):
+    if in_metadata(real, root):
         return real, "inside version-control metadata (git would run commands written there)"
     if grant and writable:
         return real, (

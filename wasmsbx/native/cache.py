@@ -49,7 +49,14 @@ from ..lru import Lru, sample_key
 from . import artifact as aot
 from . import entry as entry_format
 from . import located, recorded, trust
-from .trustdir import ENTRY_SUFFIX, proc_target, trust_dir_text, user_cache_text, within
+from .trustdir import (
+    ENTRY_SUFFIX,
+    in_metadata,
+    proc_target,
+    trust_dir_text,
+    user_cache_text,
+    within,
+)
 from .trustdir import real as realpath
 
 # Every use of this module on the run path hashes the module (BLAKE3, to find its entry),
@@ -232,6 +239,11 @@ def _check_dir(root: Path, info: os.stat_result, fd: Optional[int], inside: str)
             raise CacheUnavailable(
                 f"{root} leads outside the folder of the sandbox.toml that names it "
                 f"({real}): it changed after the policy was checked"
+            )
+        if in_metadata(real, inside):  # (a folder swapped for a link to .git since: red team 102)
+            raise CacheUnavailable(
+                f"{root} leads into version-control metadata ({real}): it changed after "
+                "the policy was checked"
             )
     _refuse_links(root, where, fd)
     tagged = _ours(where)

@@ -181,6 +181,33 @@ def ignored_trust_dir() -> str:
     return "" if not explicit or os.path.isabs(explicit) else explicit
 
 
+# Version-control metadata: git runs commands its config and hooks name (`core.fsmonitor`
+# runs on every `git status`, which shell prompts run on their own), Mercurial its hgrc's
+# hooks, and CI checkouts keep tokens there. A clone never brings these files, so a
+# discovered policy must not let a guest read or write them.
+VCS_NAMES = (
+    ".git",
+    ".hg",
+    ".svn",
+    ".bzr",
+    "_darcs",
+    # Jujutsu (its repo config names a pager and diff tools jj runs; a colocated repo
+    # keeps git's store there too), Pijul, Fossil's checkout database: none of them
+    # comes with a clone.
+    ".jj",
+    ".pijul",
+    ".fslckout",
+    "_fossil_",
+)
+
+
+def in_metadata(path: str, folder: str) -> bool:
+    """Whether ``path``, inside ``folder`` (both real paths), is in or below a folder
+    VCS_NAMES names, below ``folder``."""
+    rest = os.path.relpath(path, folder).split(os.sep)
+    return any(part.lower() in VCS_NAMES for part in rest)
+
+
 def within(path: str, folder: str) -> bool:
     """Whether ``path`` is ``folder`` or lies inside it, as text (both real paths: no
     link is resolved here)."""
