@@ -133,10 +133,14 @@ def test_a_bench_suites_policy_is_held_as_a_found_one(cli, isolated):
     res = cli("bench", "--suite", suite, env=env)
     assert res.code == 101 and "outside the folder" in res.stderr, res
     assert (home / ".bashrc").read_text() == "original\n"
+    # named as what it is: the suite's policy, not one found in the working folder
+    assert "a policy named by the bench suite may only name" in res.stderr, res
+    assert "found in the working folder" not in res.stderr, res
     # its limits are held to the defaults, and said so; --policy trusts it as it is
     (isolated / "sandbox.toml").write_text('[limits]\ntimeout = "1h"\n')
     res = cli("bench", "--suite", suite, "--json", env=env)
     assert res.code == 0 and "limits.timeout" in res.stderr, res
+    assert "a policy named by the bench suite may lower limits" in res.stderr, res
     res = cli("bench", "--suite", suite, "--json", "--policy", isolated / "sandbox.toml", env=env)
     assert res.code == 0 and "limits.timeout" not in res.stderr, res
 

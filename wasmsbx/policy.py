@@ -330,6 +330,9 @@ class Policy:
     # {dotted: path}: the stdio files and cache folder confine pinned to the paths it
     # resolved, checked again before use while the value is still that (recheck_confined).
     pinned: Mapping = MappingProxyType({})
+    # What a found policy's messages call it (found_name: a bench suite's is not a
+    # sandbox.toml found in the working folder).
+    found_as = "a sandbox.toml found in the working folder"
 
     def __init__(
         self, values: dict, source: Optional[str] = None, explicit: Iterable[str] = ()
@@ -354,6 +357,8 @@ class Policy:
             new.confined = self.confined
         if self.pinned:
             new.pinned = dict(self.pinned)
+        if "found_as" in self.__dict__:
+            new.found_as = self.found_as
         return new
 
     def __getitem__(self, dotted: str) -> Any:
@@ -804,9 +809,10 @@ def _toml_module():
     return tomllib
 
 
-def load(path, found: bool = False) -> Policy:
+def load(path, found: Union[bool, str] = False) -> Policy:
     """Load and validate a policy file (``found``: a ``sandbox.toml`` found in the working
-    folder, see _count_found_grants)."""
+    folder, or what found_name calls a policy a project brought: see
+    _count_found_grants)."""
     if isinstance(path, str) and not path:  # (--policy '' fell back to ./sandbox.toml)
         from .errors import UsageError
 
@@ -856,7 +862,7 @@ def load(path, found: bool = False) -> Policy:
             file=origin,
         ) from None
     if found:
-        _count_found_grants(data, origin)
+        _count_found_grants(data, origin, found if isinstance(found, str) else FOUND_WHERE)
     return from_dict(data, origin, base=path.resolve().parent)
 
 
@@ -864,7 +870,7 @@ def load(path, found: bool = False) -> Policy:
 FOUND_GRANTS_LIMIT = 1_000
 
 
-def _count_found_grants(data: dict, origin: str) -> None:
+def _count_found_grants(data: dict, origin: str, where: str) -> None:
     """A discovered policy holds at most FOUND_GRANTS_LIMIT grants, counted before any is
     resolved. Red team 77: its 1 MiB allows 250,000 (`"d",` each), and resolving them
     took 4.5 s before any command ran; the metadata walk is bounded for the whole policy
@@ -878,14 +884,22 @@ def _count_found_grants(data: dict, origin: str) -> None:
         raise _fail(
             origin,
             "filesystem",
-            f"{count:,} grants; a sandbox.toml found in the working folder may hold at "
-            f"most {FOUND_GRANTS_LIMIT:,}",
+            f"{count:,} grants; {found_name(where)} may hold at most {FOUND_GRANTS_LIMIT:,}",
             hint=f"grant fewer folders; if you trust it as it is, pass it explicitly: "
             f"--policy {origin}",
         )
 
 
-def load_found(path: Union[str, Path], where: str = "found in the working folder") -> Policy:
+FOUND_WHERE = "found in the working folder"
+
+
+def found_name(where: str) -> str:
+    """What messages call a policy a project brought, ``where`` saying how it came:
+    "a sandbox.toml found in the working folder", "a policy named by the bench suite"."""
+    return f"a sandbox.toml {where}" if where == FOUND_WHERE else f"a policy {where}"
+
+
+def load_found(path: Union[str, Path], where: str = FOUND_WHERE) -> Policy:
     """A policy file that came with a project rather than from you (``./sandbox.toml``
     found in the working folder, or one a bench suite names): it reaches only its own
     folder (confine) and its limits are held to the defaults (cap_limits)."""
@@ -899,7 +913,9 @@ def load_found(path: Union[str, Path], where: str = "found in the working folder
         ) from None
     if odd:
         _refuse_odd(path, where)  # (a FIFO or /dev/tty would wait; /dev/null: the defaults)
-    policy = load(path, found=True)
+    policy = load(path, found=where)
+    if where != FOUND_WHERE:
+        policy.found_as = found_name(where)
     confine(policy, path)
     cap_limits(policy)
     return policy
@@ -917,7 +933,7 @@ def discover(explicit: Optional[str] = None, cwd: Optional[Path] = None) -> Poli
     return defaults()
 
 
-def _refuse_odd(candidate: Path, where: str = "found in the working folder") -> None:
+def _refuse_odd(candidate: Path, where: str = FOUND_WHERE) -> None:
     """A ``./sandbox.toml`` that is there but is no regular file (a folder, a FIFO, a link
     to /dev/zero or to nothing) is an error, not the defaults: they were taken silently,
     so a project's lower limits or its stdio files gave way to the defaults without a
@@ -993,8 +1009,8 @@ def capped_warnings(policy: Policy) -> list:
                 (
                     f"{policy.source}: {dotted} = {show(asked)} applies only to a cache "
                     "folder the policy names (runtime.cache_dir); your cache keeps "
-                    f"{show(policy.values[dotted])} (a sandbox.toml found in the working "
-                    "folder does not manage your cache)",
+                    f"{show(policy.values[dotted])} ({policy.found_as} does not manage "
+                    "your cache)",
                     f"to apply it to your cache: --policy {policy.source}",
                 )
             )
@@ -1004,8 +1020,8 @@ def capped_warnings(policy: Policy) -> list:
         out.append(
             (
                 f"{policy.source}: {dotted} = {show(asked)} is above the default; held to "
-                f"{show(policy.values[dotted])} (a sandbox.toml found in the working folder "
-                "may lower limits, not raise them)",
+                f"{show(policy.values[dotted])} ({policy.found_as} may lower limits, not "
+                "raise them)",
                 f"to allow it: {how}--policy {policy.source}",
             )
         )
@@ -1038,9 +1054,9 @@ def confine(policy: Policy, path: Path) -> None:
             path=str(path),
         ) from None
     hint = (
-        "a sandbox.toml found in the working folder may only name paths inside its own "
-        "folder, away from version-control metadata; if you trust it as it is, pass it "
-        f"explicitly: --policy {path}"
+        f"{policy.found_as} may only name paths inside its own folder, away from "
+        f"version-control metadata; if you trust it as it is, pass it explicitly: "
+        f"--policy {path}"
     )
     walked: set = set()  # the folders the grants' metadata walk saw, for all grants
     pinned: dict = {}
@@ -1123,9 +1139,9 @@ def _confine_env(policy: Policy, path: Path) -> None:
         if pattern in SAFE_INHERIT or locale:
             continue
         raise PolicyError(
-            f"{path}: env.inherit names {pattern!r}; a sandbox.toml found in the working "
-            f"folder may pass through only {', '.join(SAFE_INHERIT)} (your environment may "
-            "hold secrets the guest could print)",
+            f"{path}: env.inherit names {pattern!r}; {policy.found_as} may pass through "
+            f"only {', '.join(SAFE_INHERIT)} (your environment may hold secrets the guest "
+            "could print)",
             hint=f"pass a variable yourself with --env NAME, or trust the file: --policy {path}",
             path=str(path),
             key="env.inherit",
