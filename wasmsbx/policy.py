@@ -24,6 +24,10 @@ from .errors import PolicyError
 from .native.trustdir import VCS_NAMES  # (version-control names: the cache checks them too)
 
 POLICY_FILENAME = "sandbox.toml"
+# The stdio values that are words, not paths: an output's, and stdin's ("capture" is an
+# output's word; stdin opens it as a file, red team round 101).
+OUTPUT_WORDS = ("inherit", "null", "capture")
+STDIN_WORDS = ("inherit", "null")
 OPTIMIZE_LEVELS = ("none", "speed", "size", "aggressive")
 STDIO_SPECIAL = ("inherit", "null")
 MEMORY_LAYOUTS = ("fast", "dense")  # backends/reserve.py says what each reserves

@@ -30,8 +30,7 @@ from typing import Any, Optional
 
 from .. import errors
 from ..native.trustdir import resolved
-
-SPECIAL = ("inherit", "null", "capture")  # stdio values that are not paths
+from ..policy import OUTPUT_WORDS, STDIN_WORDS
 
 
 def refuse_crossed(args: Any, policy: Any) -> None:
@@ -153,7 +152,7 @@ def write_path(where: Any) -> Optional[str]:
 def stdio_path(value: Any, stdin: bool = False) -> Optional[str]:
     """The file a stdio value names, if any ("capture" is an output's word: stdin opens
     it as a file)."""
-    words = ("inherit", "null") if stdin else SPECIAL
+    words = STDIN_WORDS if stdin else OUTPUT_WORDS
     return value if isinstance(value, str) and value and value not in words else None
 
 

@@ -488,9 +488,8 @@ def writable_grant_on_way(policy: policy_mod.Policy, target: str) -> Any:
     return None
 
 
-SPECIAL_STDIO = ("inherit", "null", "capture")
-# stdin's words: "capture" is an output's (stdin opens it as a file: red team round 101)
-_STDIN_WORDS = ("inherit", "null")
+SPECIAL_STDIO = policy_mod.OUTPUT_WORDS
+_STDIN_WORDS = policy_mod.STDIN_WORDS
 _BYTES_PATH = Path("<bytes>")  # the name of a module given as bytes (one object for all)
 _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 _NONBLOCK = getattr(os, "O_NONBLOCK", 0)
