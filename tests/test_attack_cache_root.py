@@ -324,9 +324,10 @@ def test_a_discovered_policys_cache_folder_swapped_after_its_check_is_refused(
     assert list(elsewhere.iterdir()) == []
 
 
+@pytest.mark.parametrize("there", [True, False], ids=["folder there", "to be made"])
 @pytest.mark.parametrize("metadata", [".git", ".hg", ".GIT"])
 def test_a_discovered_policys_cache_folder_swapped_for_version_control_metadata_is_refused(
-    tmp_path, metadata
+    tmp_path, metadata, there
 ):
     """Red team 102: a found policy's ``cache_dir = "sub/c"`` is checked when the policy
     is read (inside its folder, away from ``.git``). ``sub`` swapped for a link to the
@@ -340,14 +341,18 @@ def test_a_discovered_policys_cache_folder_swapped_for_version_control_metadata_
     (project / "sandbox.toml").write_text('[runtime]\ncache_dir = "sub/c"\n')
     vcs = project / metadata
     vcs.mkdir()
+    if there:
+        (vcs / "c").mkdir()
     policy = policy_mod.discover(cwd=project)
     assert policy.confined == os.path.realpath(project)
     os.rename(project / "sub", project / "old-sub")
     (project / "sub").symlink_to(metadata)
+    why = "version-control metadata" if there else "leads through sub, now a link"
     for opener in (cache.shared_store, cache.open_store):
-        with pytest.raises(cache.CacheUnavailable, match="version-control metadata"):
+        with pytest.raises(cache.CacheUnavailable, match=why):
             opener(policy)
-    assert list(vcs.iterdir()) == []  # (nothing made there, not even the folder c)
+    # nothing made there, not even the folder c; nothing written in the one there
+    assert [p.name for p in vcs.rglob("*")] == (["c"] if there else [])
 
 
 def _plant(folder, layout: str) -> None:
@@ -470,10 +475,13 @@ def test_a_cache_folder_made_then_refused_is_removed_again(tmp_path, monkeypatch
         return real_mkdir(path, *args, **kwargs)
 
     monkeypatch.setattr(os, "mkdir", swapping)
-    with pytest.raises(cache.CacheUnavailable, match="outside the folder"):
-        cache.open_store(policy)
+    # Made in `sub` as it was opened before the swap (now sub.old, in the project), and
+    # used through that descriptor: never looked up through the link again.
+    store = cache.open_store(policy)
+    store.close()
     monkeypatch.undo()
     assert list(elsewhere.iterdir()) == []
+    assert (project / "sub.old" / ".wc" / "CACHEDIR.TAG").is_file()
 
 
 def test_a_pinned_descriptor_closed_by_other_code_is_never_written_through(tmp_path):

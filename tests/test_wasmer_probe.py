@@ -136,6 +136,65 @@ def test_unwritable_cache_only_costs_a_probe(fake_probes, monkeypatch, tmp_path)
     assert wasmer_backend.WasmerBackend().probe().available
 
 
+def _probe_file(tmp_path) -> os.PathLike:
+    return tmp_path / "cache" / "probes" / wasmer_backend._cache_name(FakeFound.key_text)
+
+
+@pytest.mark.parametrize("planted", ["fifo", "link to a file", "huge", "folder"])
+def test_a_planted_verdicts_file_is_never_believed_nor_waited_on(fake_probes, tmp_path, planted):
+    """Red team 103: the verdicts were read with open(): a FIFO there hung every run on
+    Python 3.9 (wasmer probed on the way to choosing a backend), a link was followed."""
+    where = _probe_file(tmp_path)
+    where.parent.mkdir(parents=True)
+    if planted == "fifo":
+        os.mkfifo(where)
+    elif planted == "link to a file":
+        target = tmp_path / "lies.txt"
+        target.write_text(f"wasmsbx-wasmer-probe 1\n{FakeFound.key_text}\n")
+        os.symlink(target, where)
+    elif planted == "huge":
+        with open(where, "wb") as f:
+            f.truncate(1 << 30)
+    else:
+        where.mkdir()
+    assert wasmer_backend._read_cache(FakeFound.key_text) is None
+    assert wasmer_backend.WasmerBackend().probe().available
+    assert sorted(fake_probes) == ["cranelift", "llvm", "singlepass"]  # probed again
+
+
+def test_verdicts_never_go_through_a_linked_probes_folder(fake_probes, tmp_path):
+    """A ``probes`` link (planted in a cache folder someone else made first) had the
+    verdicts written where it led."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (tmp_path / "cache").mkdir()
+    os.symlink(elsewhere, tmp_path / "cache" / "probes")
+    assert wasmer_backend.WasmerBackend().probe().available
+    assert list(elsewhere.iterdir()) == []
+    assert wasmer_backend._read_cache(FakeFound.key_text) is None
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="making a folder another user's needs root")
+def test_verdicts_never_come_from_a_cache_folder_of_another_user(fake_probes, tmp_path):
+    wasmer_backend.WasmerBackend().probe()  # verdicts written
+    assert wasmer_backend._read_cache(FakeFound.key_text) is not None
+    os.chown(tmp_path / "cache", 65534, 65534)
+    assert wasmer_backend._read_cache(FakeFound.key_text) is None
+    os.chown(tmp_path / "cache", 0, 0)
+    os.chown(_probe_file(tmp_path), 65534, 65534)
+    assert wasmer_backend._read_cache(FakeFound.key_text) is None
+
+
+def test_a_probes_folder_others_may_write_is_made_private(fake_probes, tmp_path):
+    wasmer_backend.WasmerBackend().probe()
+    probes = tmp_path / "cache" / "probes"
+    assert probes.stat().st_mode & 0o777 == 0o700
+    assert _probe_file(tmp_path).stat().st_mode & 0o777 == 0o600
+    probes.chmod(0o777)  # (an older wasmsbx, umask 002: 0775)
+    assert wasmer_backend._read_cache(FakeFound.key_text) is not None
+    assert probes.stat().st_mode & 0o777 == 0o700
+
+
 def test_missing_compiler_package(fake_probes, monkeypatch):
     class WithoutSinglepass(FakeFound):
         def __init__(self) -> None:

@@ -51,6 +51,7 @@ from . import entry as entry_format
 from . import located, recorded, trust
 from .trustdir import (
     ENTRY_SUFFIX,
+    VCS_NAMES,
     in_metadata,
     proc_target,
     trust_dir_text,
@@ -169,13 +170,16 @@ def prepare_dir(root: Path, inside: str = "") -> str:
                 pass
         if fd is None:
             _refuse_trust(root)  # before mkdir: no folder is made in the trust folder
-            try:
-                os.mkdir(text, 0o700)
-                made = True
-            except FileExistsError:
-                pass
-            except FileNotFoundError:
-                os.makedirs(text, 0o700, exist_ok=True)
+            if inside and _PIN:
+                fd, made = _make_inside(root, text, inside)
+            else:
+                try:
+                    os.mkdir(text, 0o700)
+                    made = True
+                except FileExistsError:
+                    pass
+                except FileNotFoundError:
+                    os.makedirs(text, 0o700, exist_ok=True)
         if _PIN:
             if fd is None:
                 fd = os.open(text, _PIN | _CLOEXEC)
@@ -197,6 +201,51 @@ def prepare_dir(root: Path, inside: str = "") -> str:
             os.close(fd)
         raise
     return where if fd is None else _pinned(text, fd, info)
+
+
+def _make_inside(root: Path, text: str, inside: str) -> tuple:
+    """``mkdir -p`` of a discovered policy's cache folder ``text`` (its real path when
+    the policy was read, inside the real folder ``inside``): each folder on the way from
+    ``inside`` opened without following a link, each missing one made in its parent as
+    opened. A folder on the way swapped for a link since (``sub -> .git``, ``sub ->
+    $HOME``) is refused before anything is made: ``os.makedirs`` followed it and made
+    ``.git/hooks/pre-commit/`` or ``~/.ssh/authorized_keys/`` (red team 103). (The last
+    folder opened, O_PATH: the one checked and used, never looked up by name again;
+    whether it was made here.)"""
+    from .trustdir import within
+
+    if not within(text, inside) or text == inside:
+        raise CacheUnavailable(
+            f"{root} leads outside the folder of the sandbox.toml that names it: it changed "
+            "after the policy was checked"
+        )
+    parts = [part for part in text[len(inside.rstrip(os.sep)) :].split(os.sep) if part]
+    current = os.open(inside, _PIN | _CLOEXEC)
+    made = False
+    try:
+        for part in parts:
+            if part in (".", "..") or part.lower() in VCS_NAMES:
+                raise CacheUnavailable(f"{root} leads into {part}: not a cache folder")
+            try:
+                os.mkdir(part, 0o700, dir_fd=current)
+                made = True
+            except FileExistsError:
+                made = False
+            try:
+                step = os.open(part, _PIN | _NOFOLLOW | _CLOEXEC, dir_fd=current)
+            except OSError as exc:
+                if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                    raise CacheUnavailable(
+                        f"{root} leads through {part}, now a link or a file: it changed "
+                        "after the policy was checked"
+                    ) from None
+                raise
+            os.close(current)
+            current = step
+    except BaseException:
+        os.close(current)
+        raise
+    return current, made
 
 
 def _unmake(fd: int, info: os.stat_result, name: str) -> None:
@@ -715,20 +764,12 @@ class Store:
 
             recorded.check_pin(self.where)
 
-            # eviction_policy="none" + cull_limit=0: entries leave only by evict()/prune/
-            # clear, which keep the code and its record together. sqlite_synchronous=0: no
-            # fsync. With fsyncs every open and close of the database cost 10-30 ms; what
-            # they protect against, an OS crash tearing the database, costs a cache at
-            # most: entries are verified before use, and `wasmsbx cache clear` removes a
-            # damaged database.
+            # A database that came with the folder (a project's cache_dir) is read by
+            # diskcache as if it were its own: vetted first (red team 103), and every
+            # setting diskcache would take from it given here instead.
+            _vet_database(os.path.join(self.where, "cache.db"))
             self._db = diskcache.Cache(
-                self.where,
-                disk=_safe_disk(),
-                eviction_policy="none",
-                cull_limit=0,
-                statistics=False,
-                timeout=60,
-                sqlite_synchronous=0,
+                self.where, disk=_safe_disk(), timeout=60, **_database_settings()
             )
         return self._db
 
@@ -1177,6 +1218,121 @@ def _well_formed(data: Any) -> bool:
     ) and (module.get("size") is None or _number(module["size"]))
 
 
+# The schema diskcache (5.x) makes, and wasmsbx's settings (eviction_policy "none": no
+# index of its own): what a cache.db may hold, as sqlite_master lists it.
+_SCHEMA = frozenset(
+    {
+        ("table", "Settings", "CREATE TABLE Settings ( key TEXT NOT NULL UNIQUE, value)"),
+        ("index", "sqlite_autoindex_Settings_1", None),
+        (
+            "table",
+            "Cache",
+            "CREATE TABLE Cache ( rowid INTEGER PRIMARY KEY, key BLOB, raw INTEGER, "
+            "store_time REAL, expire_time REAL, access_time REAL, access_count INTEGER "
+            "DEFAULT 0, tag BLOB, size INTEGER DEFAULT 0, mode INTEGER DEFAULT 0, filename "
+            "TEXT, value BLOB)",
+        ),
+        ("index", "Cache_key_raw", "CREATE UNIQUE INDEX Cache_key_raw ON Cache(key, raw)"),
+        ("index", "Cache_expire_time", "CREATE INDEX Cache_expire_time ON Cache (expire_time)"),
+        *(
+            (
+                "trigger",
+                f"Settings_{what}_{when.lower()}",
+                f"CREATE TRIGGER Settings_{what}_{when.lower()} AFTER {when} ON Cache FOR "
+                f'EACH ROW BEGIN UPDATE Settings SET value = {change} WHERE key = "{what}"; END',
+            )
+            for what, when, change in (
+                ("count", "INSERT", "value + 1"),
+                ("count", "DELETE", "value - 1"),
+                ("size", "INSERT", "value + NEW.size"),
+                ("size", "UPDATE", "value + NEW.size - OLD.size"),
+                ("size", "DELETE", "value - OLD.size"),
+            )
+        ),
+    }
+)
+# Steps of SQLite's machine the vetting may take (a few hundred for a real database: it
+# reads the schema's rows and at most 64 of Settings), counted every _VET_EVERY steps.
+_VET_STEPS = 1_000_000
+_VET_EVERY = 1000
+
+
+def _database_settings() -> dict:
+    """Every setting diskcache would otherwise take from the database's Settings rows
+    (each ``sqlite_*`` one becomes a PRAGMA, each ``disk_*`` one a keyword of the Disk):
+    its defaults, with wasmsbx's choices. eviction_policy "none" and cull_limit 0: entries
+    leave only by evict()/prune/clear, which keep the code and its record together.
+    sqlite_synchronous 0: no fsync. With fsyncs every open and close of the database
+    cost 10-30 ms; what they protect against, an OS crash tearing the database, costs a
+    cache at most: entries are verified before use, and `wasmsbx cache clear` removes a
+    damaged database."""
+    from diskcache.core import DEFAULT_SETTINGS
+
+    return {
+        **DEFAULT_SETTINGS,
+        "eviction_policy": "none",
+        "cull_limit": 0,
+        "statistics": 0,
+        "tag_index": 0,
+        "sqlite_synchronous": 0,
+    }
+
+
+def _vet_database(path: str) -> None:
+    """Refuse a ``cache.db`` that diskcache did not make as wasmsbx opens it (sqlite3's
+    DatabaseError: the run goes on without the cache, ``cache clear`` deletes it). A
+    cache folder can come with its database (a cloned project's ``cache_dir``), and
+    diskcache trusts it: a trigger planted on Settings ran an endless recursive view in
+    every process that opened it, ``cache clear`` included, and a ``disk_foo`` row became
+    a keyword its Disk refused (an internal error), a ``sqlite_x`` row a PRAGMA (red team
+    103). So: its schema is exactly what diskcache makes (read without running any of
+    it: no view, no trigger of its own), its Settings rows only names diskcache knows,
+    its counters numbers; and reading it takes a bounded number of SQLite's steps."""
+    import sqlite3
+
+    from diskcache.core import DEFAULT_SETTINGS, METADATA
+
+    if not os.path.lexists(path):
+        return  # (diskcache makes it)
+    con = sqlite3.connect(path, timeout=60, isolation_level=None)
+    try:
+        steps = [0]
+
+        def bounded() -> int:
+            steps[0] += _VET_EVERY
+            return steps[0] > _VET_STEPS  # (true: SQLite stops the query, "interrupted")
+
+        con.set_progress_handler(bounded, _VET_EVERY)
+        con.execute("PRAGMA trusted_schema = OFF")
+        con.execute("PRAGMA query_only = ON")
+        rows = con.execute("SELECT type, name, sql FROM sqlite_master").fetchall()
+        odd = [name for kind, name, sql in rows if (kind, name, sql) not in _SCHEMA]
+        if odd:
+            raise sqlite3.DatabaseError(
+                f"cache.db was not made by wasmsbx: it holds {shown(str(odd[0]))[:80]}"
+            )
+        if not any(name == "Settings" for _, name, _ in rows):
+            return
+        known = {**DEFAULT_SETTINGS, **METADATA}
+        for key, value in con.execute("SELECT key, value FROM Settings LIMIT 64"):
+            if key not in known:
+                raise sqlite3.DatabaseError(
+                    f"cache.db was not made by wasmsbx: a setting {shown(str(key))[:80]!r}"
+                )
+            if key in METADATA and type(value) is not int:
+                raise sqlite3.DatabaseError(
+                    f"cache.db was not made by wasmsbx: {key} is not a count"
+                )
+    except sqlite3.OperationalError as exc:
+        if "interrupted" in str(exc):
+            raise sqlite3.DatabaseError(
+                "cache.db was not made by wasmsbx: it took too long to read"
+            ) from None
+        raise
+    finally:
+        con.close()
+
+
 def _safe_disk() -> type:
     """diskcache's Disk, minus what a database someone else wrote could abuse.
 
@@ -1256,6 +1412,7 @@ def cache_errors() -> tuple:
     sqlite3, diskcache = sys.modules.get("sqlite3"), sys.modules.get("diskcache")
     if sqlite3 is not None:
         found.append(sqlite3.Error)
+        found.append(sqlite3.Warning)  # (not an Error on Python 3.9: "one statement at a time")
     if diskcache is not None:
         found.append(diskcache.Timeout)
     return tuple(found)

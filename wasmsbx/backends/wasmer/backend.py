@@ -17,6 +17,7 @@ policy's caps compiled into the module and its stdio piped through the parent.
 from __future__ import annotations
 
 import os
+import stat
 import sys
 from typing import Optional
 
@@ -284,25 +285,106 @@ class _Verdicts:
         self.probed = True
 
 
-def _cache_path(key: str) -> str:
+def _cache_name(key: str) -> str:
     import zlib  # the file holds the whole key, so a collision only costs a probe
 
     data = key.encode("utf-8", "surrogateescape")
-    digest = f"{zlib.crc32(data):08x}{zlib.adler32(data):08x}"
-    return os.path.join(cache_dir(), "probes", f"wasmer-{digest}.txt")
+    return f"wasmer-{zlib.crc32(data):08x}{zlib.adler32(data):08x}.txt"
 
 
 def _clean(text: Optional[str]) -> str:
     return (text or "").replace("\t", " ").replace("\n", " ")
 
 
-def _read_cache(key: str) -> Optional[dict]:
-    """The cached verdicts for ``key``, or None (missing, stale or unreadable)."""
+_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_NONBLOCK = getattr(os, "O_NONBLOCK", 0)
+_FOLDER = getattr(os, "O_PATH", os.O_RDONLY) | getattr(os, "O_DIRECTORY", 0) | _CLOEXEC
+PROBE_MAX = 64 << 10  # a verdicts file is a few hundred bytes
+
+
+def _private(fd: int) -> bool:
+    """Whether the folder or file open as ``fd`` is this user's, and no one else's to
+    change: a folder of this user's that others may write (made by an older wasmsbx
+    under umask 002) is made private (0700), as the cache's own folder is."""
+    info = os.fstat(fd)
+    if info.st_uid != os.getuid():
+        return False
+    if not info.st_mode & 0o022:
+        return True
+    if not stat.S_ISDIR(info.st_mode):
+        return False
     try:
-        with open(_cache_path(key), encoding="utf-8", errors="surrogateescape") as f:
-            lines = f.read().split("\n")
+        os.chmod(f"/proc/self/fd/{fd}", 0o700)
+    except OSError:
+        return False
+    return True
+
+
+def _probes_folder(make: bool) -> Optional[int]:
+    """The cache folder's ``probes`` (a descriptor), if both are this user's own and no
+    one else can write them; made (0700) with ``make``. None otherwise: the verdicts are
+    probed again, never read from or written to a folder someone else controls (red
+    team 103: another user's /tmp/wsx held a FIFO that hung every run on Python 3.9, or
+    a link that had the verdicts written into a folder of theirs choosing)."""
+    try:
+        root = os.open(cache_dir(), _FOLDER)  # (the folder you named: a link of yours too)
+    except (OSError, ValueError):
+        if not make:
+            return None
+        try:
+            os.makedirs(cache_dir(), 0o700, exist_ok=True)
+            root = os.open(cache_dir(), _FOLDER)
+        except (OSError, ValueError):
+            return None
+    try:
+        if not _private(root):
+            return None
+        if make:
+            try:
+                os.mkdir("probes", 0o700, dir_fd=root)
+            except FileExistsError:
+                pass
+        folder = os.open("probes", _FOLDER | _NOFOLLOW, dir_fd=root)
     except OSError:
         return None
+    finally:
+        os.close(root)
+    try:
+        if _private(folder):
+            return folder
+    except OSError:
+        pass
+    os.close(folder)
+    return None
+
+
+def _read_cache(key: str) -> Optional[dict]:
+    """The cached verdicts for ``key``, or None (missing, stale or unreadable; not a
+    regular file of this user's, in a folder of this user's: see _probes_folder)."""
+    if not hasattr(os, "getuid"):  # pragma: no cover - probing runs on Linux only
+        return None
+    folder = _probes_folder(make=False)
+    if folder is None:
+        return None
+    try:
+        fd = os.open(
+            _cache_name(key), os.O_RDONLY | _NOFOLLOW | _NONBLOCK | _CLOEXEC, dir_fd=folder
+        )
+    except OSError:
+        return None
+    finally:
+        os.close(folder)
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_size > PROBE_MAX or not _private(fd):
+            return None
+        data = os.read(fd, PROBE_MAX + 1)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    lines = data.decode("utf-8", "surrogateescape").split("\n")
     if lines[:2] != [CACHE_FORMAT, key]:
         return None
     verdicts = {}
@@ -317,23 +399,37 @@ def _read_cache(key: str) -> Optional[dict]:
 
 
 def _write_cache(key: str, verdicts: dict) -> None:
-    """Best effort and atomic: an unwritable cache dir only means probing again next time."""
-    import tempfile
-
-    path = _cache_path(key)
+    """Best effort and atomic (a new file renamed into place in the probes folder as
+    opened, never through a link): an unwritable cache dir only means probing again
+    next time."""
+    if not hasattr(os, "getuid"):  # pragma: no cover - probing runs on Linux only
+        return
     lines = [CACHE_FORMAT, key]
     for compiler in COMPILERS:
         a = verdicts[compiler]
         fields = ("1" if a.available else "0", a.version, a.reason, a.fix)
         lines.append("\t".join([compiler, *(_clean(x) for x in fields)]))
+    folder = _probes_folder(make=True)
+    if folder is None:
+        return
+    tmp = f".probe-{os.getpid()}.{os.urandom(4).hex()}"
     try:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        handle, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".probe-")
-        with os.fdopen(handle, "w", encoding="utf-8", errors="surrogateescape") as f:
-            f.write("\n".join(lines) + "\n")
-        os.replace(tmp, path)
+        fd = os.open(
+            tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW | _CLOEXEC, 0o600, dir_fd=folder
+        )
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8", errors="surrogateescape") as f:
+                f.write("\n".join(lines) + "\n")
+            os.replace(tmp, _cache_name(key), src_dir_fd=folder, dst_dir_fd=folder)
+        except OSError:
+            try:
+                os.unlink(tmp, dir_fd=folder)
+            except OSError:
+                pass
     except OSError:
         pass
+    finally:
+        os.close(folder)
 
 
 class WasmerBackend(Backend):
