@@ -212,3 +212,48 @@ def test_a_relative_trust_dir_is_ignored_not_looked_up_in_the_project(
     shown = cli("trust", "show", "--json", env=env).json()
     assert shown["trust_dir"] == str(tmp_path / "config" / "wasmsbx" / "trust"), shown
     assert any("WASMSBX_TRUST_DIR=keys" in p for p in shown["problems"]), shown
+
+
+# Ed25519 public keys no private key can have made (red team 106): the identity point,
+# the all-zero encoding (order 4), a point of order 8, the order-2 point, and y = p
+# (not canonical). Under the identity, R = identity and S = 0 verify for any message.
+WEAK_KEYS = [
+    bytes([1]) + bytes(31),
+    bytes(32),
+    bytes.fromhex("c7176a703d4dd84fba3c0b760d10670f2a2053fa2c39ccc64ec7fd7792ac037a"),
+    bytes.fromhex("ec" + "ff" * 30 + "7f"),
+    bytes.fromhex("ed" + "ff" * 30 + "7f"),
+]
+
+
+@pytest.mark.parametrize("weak", WEAK_KEYS, ids=lambda k: k.hex()[:8])
+def test_a_key_anyone_can_sign_for_is_never_trusted(cli, isolated, weak):
+    text = trust.encode_public(weak)
+    result = cli("trust", "add", text, "--name", "vendor")
+    assert result.code == 2 and "not a usable Ed25519 public key" in result.stderr, result
+    assert "Traceback" not in result.stderr
+    assert trust.weak_public(weak) and not trust.verify_signature(weak, weak + bytes(32), b"x")
+
+
+def test_an_artifact_signed_by_the_identity_point_is_refused(cli, isolated, tmp_path):
+    """The forgery of red team 106: a real signed artifact's key and signature replaced
+    by the identity point and (R = identity, S = 0), which OpenSSL verifies for every
+    message, the key written into the trusted keys file by hand."""
+    good, _ = write_modules(isolated)
+    author = {"WASMSBX_TRUST_DIR": str(tmp_path / "author")}
+    real = cli("trust", "keygen", env=author).stdout.strip()
+    blob = compile_to(cli, good, isolated / "s.cwasm", "wasmtime", "--sign", env=author)
+    parts = aot.layout(blob)
+    identity = bytes([1]) + bytes(31)
+    forged = (
+        blob[: parts.signed_end] + identity + identity + bytes(32) + blob[parts.signed_end + 96 :]
+    )
+    (isolated / "s.cwasm").write_bytes(forged)
+    # trusted by hand (trust add refuses it): the line is skipped, and the key refused first
+    assert cli("trust", "add", real, "--name", "author").code == 0
+    path = trust._trusted_path()
+    path.write_text(path.read_text() + f"{trust.encode_public(identity)} vendor\n")
+    assert [k.name for k in trust.trusted_keys()] == ["author"]
+    result = cli("run", isolated / "s.cwasm", "add", "2", "3")
+    assert result.code == 102 and "no real public key" in result.stderr, result
+    assert result.stdout == ""

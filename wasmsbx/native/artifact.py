@@ -353,6 +353,14 @@ def authenticate_artifact(data: Any, origin: str) -> Artifact:
             "(`wasmsbx trust add KEY`)",
         )
     public, signature = signed
+    if trust.weak_public(public):
+        raise _refused(
+            origin,
+            f"it is signed by {trust.encode_public(public)}, which is no real public key "
+            "(a point of small order or off the curve's group: anyone can make its "
+            "signatures)",
+            "run the original module; a signed artifact needs its author's real key",
+        )
     try:
         known = trust.find_trusted(public)
     except trust.KeyProblem as exc:

@@ -650,7 +650,26 @@ def decode_public(text: str) -> bytes:
         raise errors.UsageError(
             f"{text[:60]!r} is not a valid Ed25519 public key (32 bytes in base64)"
         )
+    if weak_public(raw):
+        raise errors.UsageError(
+            f"{text[:60]!r} is not a usable Ed25519 public key: not a point of the curve's "
+            "prime-order group (the identity, a point of small order, or none at all), "
+            "under which anyone can make signatures that verify",
+            hint="`wasmsbx trust keygen` prints a real key; ask the author for theirs",
+        )
     return raw
+
+
+def weak_public(raw: bytes) -> bool:
+    """Whether the 32 bytes ``raw`` are no public key a private key can have made: off
+    the curve, not canonically encoded, or of small order. Under the identity point
+    (``AQAA...``), say, the signature R = identity, S = 0 verifies for every message, and
+    OpenSSL (``cryptography``) accepts such keys (red team 106: an artifact "signed" by
+    no one ran once the key was trusted). libsodium's check, through PyNaCl: the point
+    must be in the prime-order subgroup, where every real public key is."""
+    from nacl.bindings import crypto_core_ed25519_is_valid_point
+
+    return len(raw) != 32 or not crypto_core_ed25519_is_valid_point(bytes(raw))
 
 
 def key_id(raw: bytes) -> str:
@@ -829,6 +848,8 @@ def verify_signature(public: bytes, signature: bytes, digest: bytes) -> bool:
     from cryptography.exceptions import InvalidSignature
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+    if weak_public(public):  # (a key anyone can sign for: see weak_public)
+        return False
     try:
         Ed25519PublicKey.from_public_bytes(public).verify(signature, SIGNATURE_CONTEXT + digest)
     except (InvalidSignature, ValueError):
