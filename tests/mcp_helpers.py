@@ -60,6 +60,12 @@ def raw_server(*args: str, stderr=subprocess.DEVNULL) -> tuple:
         proc.stdin.write((json.dumps({"jsonrpc": "2.0", **message}) + "\n").encode())
         proc.stdin.flush()
 
+    def raw(line: bytes) -> None:  # (send.raw: a line as it is, for what json.dumps never writes)
+        proc.stdin.write(line + b"\n")
+        proc.stdin.flush()
+
+    send.raw = raw  # type: ignore[attr-defined]
+
     def answer() -> dict:
         ready, _, _ = select.select([proc.stdout], [], [], 60)
         assert ready, "no answer"

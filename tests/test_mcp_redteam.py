@@ -256,3 +256,117 @@ def test_a_failing_request_logs_one_bounded_line_and_holds_up_nothing(tmp_path):
     lines = text.splitlines()
     assert all(len(line) < 500 for line in lines), max(lines, key=len)
     assert any(line.startswith("wasmsbx mcp: ") for line in lines), text[:2000]
+
+
+def test_an_escaped_id_key_and_a_line_of_odd_blanks_get_answers_over_stdio():
+    """Red team 105: ``"\\u0069d": null`` (the key "id", escaped) went unseen by the text
+    search for an id, and a line holding only a vertical tab was passed on as blank: the
+    SDK answered neither, and the client waited for ever."""
+    from .mcp_helpers import raw_stdio_server
+
+    ensure_setup()
+    with raw_stdio_server() as (send, answer):
+        send.raw(b'{"jsonrpc":"2.0","\\u0069d":null,"method":"ping"}')
+        escaped = answer()
+        send.raw(b"\x0b")
+        blank = answer()
+        send({"id": 9, "method": "ping"})
+        alive = answer()
+    assert escaped["id"] is None and escaped["error"]["code"] == -32600, escaped
+    assert blank["id"] is None and blank["error"]["code"] == -32700, blank
+    assert alive["id"] == 9 and "result" in alive
+
+
+def _raw_http(port: int, request: bytes) -> bytes:
+    import socket
+
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
+        s.sendall(request)
+        return s.recv(200)
+
+
+INIT_2025 = {
+    "jsonrpc": "2.0",
+    "id": 1,
+    "method": "initialize",
+    "params": {
+        "protocolVersion": "2025-06-18",
+        "capabilities": {},
+        "clientInfo": {"name": "x", "version": "1"},
+    },
+}
+
+
+def test_a_repeated_authorization_header_is_refused(tmp_path):
+    """Red team 105: the token check read the last ``Authorization`` header and session
+    fairness counted the first as the client, so one token posed as many clients (fresh
+    first values) and evicted another token's sessions within its share."""
+    ensure_setup()
+    tokens = tmp_path / "tokens"
+    tokens.write_text("alpha-token-0123456789\nbeta-token-0123456789\n")
+    tokens.chmod(0o600)
+    with http_server("--token-file", str(tokens)) as (url, _):
+        port = int(url.split(":")[2].split("/")[0])
+        body = json.dumps(INIT_2025).encode()
+
+        def post(*auth: str) -> bytes:
+            head = "".join(f"Authorization: Bearer {a}\r\n" for a in auth)
+            return _raw_http(
+                port,
+                (
+                    f"POST /mcp HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n{head}"
+                    "Accept: application/json, text/event-stream\r\n"
+                    f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+                ).encode()
+                + body,
+            )
+
+        twice = post("anything-new", "alpha-token-0123456789")
+        once = post("alpha-token-0123456789")
+    assert twice.startswith(b"HTTP/1.1 400"), twice
+    assert once.startswith(b"HTTP/1.1 200"), once
+
+
+def test_event_streams_hold_at_most_half_the_connections():
+    """Red team 105: an idle standalone event stream (GET) on each of --max-connections
+    MCP sessions had every newcomer's connection closed as it was accepted, for as long
+    as the streams stayed open. Streams now hold at most half the connections; past
+    that a GET gets 503, and a newcomer's POST is served."""
+    import http.client
+    import socket
+
+    ensure_setup()
+    with http_server("--max-connections", "4") as (url, _):
+        port = int(url.split(":")[2].split("/")[0])
+
+        def post(body: dict, sid=None):
+            c = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+            h = {
+                "accept": "application/json, text/event-stream",
+                "content-type": "application/json",
+            }
+            if sid:
+                h["mcp-session-id"] = sid
+            c.request("POST", "/mcp", body=json.dumps(body), headers=h)
+            r = c.getresponse()
+            r.read()
+            c.close()
+            return r.status, r.getheader("mcp-session-id")
+
+        held, heads = [], []
+        for _ in range(4):
+            status, sid = post(INIT_2025)
+            assert status == 200
+            post({"jsonrpc": "2.0", "method": "notifications/initialized"}, sid)
+            s = socket.create_connection(("127.0.0.1", port), timeout=30)
+            s.sendall(
+                f"GET /mcp HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAccept: text/event-stream\r\n"
+                f"mcp-session-id: {sid}\r\nmcp-protocol-version: 2025-06-18\r\n\r\n".encode()
+            )
+            heads.append(s.recv(200))
+            held.append(s)
+        newcomers = [post(INIT_2025)[0] for _ in range(3)]
+        for s in held:
+            s.close()
+    assert [h[:12] for h in heads] == [b"HTTP/1.1 200"] * 2 + [b"HTTP/1.1 503"] * 2, heads
+    assert newcomers == [200, 200, 200]

@@ -515,6 +515,25 @@ def test_session_report_is_not_read_through_a_symlink(tmp_path):
     assert _session_report(str(scratch)) == {"kept": ["x"], "not_kept": {"f": "y"}}
 
 
+def test_session_report_is_text_a_reply_can_carry(tmp_path):
+    """Red team 105: the guest's report named a global ``\\ud800`` (or an error holding
+    one): read back as a lone surrogate, no reply could be sent for it, in that call or
+    any later one of the session. Written as the escape it was; bounded in entries."""
+    from wasmsbx.mcp.guest import _session_report
+
+    (tmp_path / ".wasmsbx").mkdir()
+    lost = {f"g{i}": "e" for i in range(5000)}
+    lost["\udcff"] = "Exception: \udcff"
+    report = {"kept": ["\ud800", "x"], "not_kept": {"\udcff": "Exception: \udcff", **lost}}
+    (tmp_path / ".wasmsbx" / "report.json").write_text(json.dumps(report))
+    got = _session_report(str(tmp_path))
+    json.dumps(got).encode("utf-8")  # (ensure_ascii off or on: no lone surrogate left)
+    json.dumps(got, ensure_ascii=False).encode("utf-8")
+    assert got["kept"] == ["\\ud800", "x"]
+    assert got["not_kept"]["\\udcff"] == "Exception: \\udcff"
+    assert len(got["not_kept"]) == 1000
+
+
 def test_relative_module_paths_are_refused_and_copies_do_not_pile_up(service_in):
     service = service_in(module_dirs=(str(EXAMPLES),))
     with pytest.raises(errors.UsageError) as info:

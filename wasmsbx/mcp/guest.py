@@ -187,11 +187,20 @@ def _session_report(scratch: str) -> dict:
             os.close(sub)
         with os.fdopen(fd, "rb") as fh:
             report = json.loads(fh.read(REPORT_MAX))
-        kept = [str(k) for k in report.get("kept", [])][:1000]
-        lost = {str(k): str(v)[:200] for k, v in dict(report.get("not_kept", {})).items()}
+        kept = [_sent(k) for k in report.get("kept", [])[:1000]]
+        lost = dict(report.get("not_kept", {}))
+        lost = {_sent(k): _sent(v)[:200] for k, v in list(lost.items())[:1000]}
         return {"kept": kept, "not_kept": lost}
     except (OSError, ValueError, AttributeError, TypeError, RecursionError):  # the guest's file
         return {"kept": [], "not_kept": {}}
+
+
+def _sent(value: Any) -> str:
+    """``value`` as text a reply can carry: JSON's ``\\ud800`` escapes read back as lone
+    surrogates, which no UTF-8 reply can hold (a global named so, or an error message
+    holding one, made every later result of the session unsendable: red team 105);
+    they are written as the escapes they were."""
+    return str(value).encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def run_javascript(box: Any, code: str) -> dict:

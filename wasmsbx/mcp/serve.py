@@ -107,6 +107,59 @@ class BearerAuth:
         await self.app(scope, receive, send)
 
 
+class HeaderGuard:
+    """ASGI middleware in front of everything else over HTTP:
+
+    - A request carrying ``Authorization`` or ``Mcp-Session-Id`` more than once is
+      refused (400). BearerAuth checked the last ``Authorization`` and the session
+      fairness counted the first as the client: one token sent fresh first values to
+      count as many clients and evicted other tokens' sessions (red team 105).
+    - Event streams (``GET``: the SDK's standalone SSE stream, one per MCP session) may
+      hold at most half of ``--max-connections`` at once; another gets 503. An open
+      stream is a request in flight, never timed out nor evicted, so one client that
+      opened one on each of ``--max-connections`` sessions had every newcomer's
+      connection closed as it was accepted, for as long as it liked (red team 105).
+    """
+
+    ONCE = (b"authorization", b"mcp-session-id")
+
+    def __init__(self, app: Any, max_connections: int) -> None:
+        self.app = app
+        self.max_streams = max(1, max_connections // 2)
+        self.streams = 0
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope.get("type") != "http":
+            await self.app(scope, receive, send)
+            return
+        names = [name.lower() for name, _ in scope.get("headers") or []]
+        if any(names.count(name) > 1 for name in self.ONCE):
+            await _refuse(send, 400, b'{"error":"a header that may be given once was repeated"}')
+            return
+        if scope.get("method") != "GET":
+            await self.app(scope, receive, send)
+            return
+        if self.streams >= self.max_streams:
+            await _refuse(send, 503, b'{"error":"too many event streams open"}')
+            return
+        self.streams += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.streams -= 1
+
+
+async def _refuse(send: Any, status: int, body: bytes) -> None:
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", b"application/json"), (b"connection", b"close")],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
 def serve(
     config: ServerConfig,
     transport: str = "stdio",
@@ -193,6 +246,7 @@ async def _http(server: Any, config: ServerConfig, host: str, port: int, token: 
     evict_idle_mcp_sessions(server.session_manager)
     if token:
         app = BearerAuth(app, token)
+    app = HeaderGuard(app, config.max_connections)
     protocol = guarded_protocol(config.request_timeout, config.max_connections)
     uv = uvicorn.Server(
         uvicorn.Config(

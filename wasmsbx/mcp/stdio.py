@@ -182,7 +182,7 @@ class CappedLines:
         with the message's id here. The SDK drops a message it cannot parse without a
         reply, so a request the client could send (e.g. JSON with a lone surrogate escape,
         "\\ud800", which the SDK's parser refuses) would wait for ever."""
-        if not text.strip():
+        if not text.strip(" \t\r\n"):  # (JSON's blanks: a "\x0b" line is no message)
             return True
         from mcp import types
 
@@ -342,7 +342,7 @@ def message_id(head: bytes) -> Any:
 def _has_id(text: str) -> bool:
     """Whether a message the SDK took for a notification carries an ``id`` member anyway
     (notifications are small; most have no "id" text at all and are not parsed again)."""
-    if '"id"' not in text:
+    if '"id"' not in text and "\\u" not in text:  # (a key may be escaped: "\u0069d")
         return False
     try:
         data = json.loads(text)
