@@ -629,6 +629,43 @@ def test_a_worker_refuses_another_version_or_bytes_that_do_not_match_their_diges
     assert bad["exit_code"] == 123 and "do not match their digest" in bad["message"]
 
 
+SWAP = b"""(module (global $g (mut i32) (i32.const 0))
+  (func (export "swap") (param i32) (result i32)
+    (global.get $g) (global.set $g (local.get 0))))"""
+
+
+def test_a_worker_never_hands_one_runs_instance_to_another_run():
+    """Red team 105: the worker kept idle instances per job (module, policy, FUNC), and
+    any later run of the same job took them, from any client: a run that stored its
+    input (424242) in a global had it returned to the next, unrelated run. Instances are
+    now kept per run: reused from chunk to chunk within it, never by another."""
+    from wasmsbx.cluster import worker
+    from wasmsbx.cluster.wire import read_results
+
+    box = Sandbox(SWAP, defaults())
+    spec = worker_spec(box, func="swap")
+
+    def swap(value: int, run: str) -> list:
+        results, _ = read_results(
+            worker.run_chunk(spec, box.wasm, [(1, b"[%d]" % value)], run), [1]
+        )
+        return results[0].values
+
+    try:
+        assert swap(424242, "first run") == [0]
+        assert swap(7, "second run") == [0]  # another run: its own instance
+        assert swap(1, "first run") == [424242]  # the same run: its instance again
+        assert swap(2, "") == [0] and swap(3, "") == [0]  # no run named: nothing kept
+        for i in range(worker.KEEP_RUNS + 2):  # bounded: the oldest runs' instances go
+            swap(i, f"run {i}")
+        assert swap(9, "first run") == [0]
+    finally:
+        with worker._LOCK:
+            for job in worker._JOBS.values():
+                job.close()
+            worker._JOBS.clear()
+
+
 def test_a_grant_missing_on_the_worker_stops_the_job_with_exit_101(tmp_path):
     from wasmsbx.cluster.wire import read_results
     from wasmsbx.cluster.worker import run_chunk
@@ -787,7 +824,7 @@ def _fake_job(monkeypatch, caller, timeout):
 
     box = SimpleNamespace(policy=SimpleNamespace(timeout=timeout), backend_name="wasmtime")
     job = worker._Job(box, "f", False)
-    job.idle.append(caller)
+    job.idle["run"] = [caller]
     monkeypatch.setattr(worker, "_job", lambda spec, wasm: job)
     return job
 
@@ -802,14 +839,16 @@ def test_the_worker_returns_what_it_made_and_the_stuck_items_timeout(monkeypatch
     caller = _Blocking()
     job = _fake_job(monkeypatch, caller, 0.05)
     before = worker._STUCK[0]
-    text = worker.run_chunk("{}", b"", [(1, b"[]"), (2, b'{"args": [], "id": "x"}'), (3, b"[]")])
+    text = worker.run_chunk(
+        "{}", b"", [(1, b"[]"), (2, b'{"args": [], "id": "x"}'), (3, b"[]")], "run"
+    )
     results, _ = read_results(text, [1, 2, 3])
     assert [(r.line, r.id, r.error and r.error["limit"]) for r in results] == [
         (1, 1, None),
         (2, "x", "timeout"),
     ]
     assert "blocked in a host call" in results[1].error["message"]
-    assert job.idle == [] and worker._STUCK[0] == before + 1
+    assert job.idle == {"run": []} and worker._STUCK[0] == before + 1
     caller.release.set()  # (its call comes back: too late, its instance goes)
     assert caller.closed.wait(30)
     deadline = time.monotonic() + 30
@@ -826,9 +865,10 @@ def test_a_call_within_its_timeout_and_grace_is_waited_for(monkeypatch):
     caller = _Blocking()
     job = _fake_job(monkeypatch, caller, 30.0)
     threading.Timer(0.2, caller.release.set).start()
-    results, _ = read_results(worker.run_chunk("{}", b"", [(1, b"[]"), (2, b"[]")]), [1, 2])
+    text = worker.run_chunk("{}", b"", [(1, b"[]"), (2, b"[]")], "run")
+    results, _ = read_results(text, [1, 2])
     assert [(r.line, r.error) for r in results] == [(1, None), (2, None)]
-    assert job.idle == [caller] and not caller.closed.is_set()
+    assert job.idle == {"run": [caller]} and not caller.closed.is_set()
 
 
 def test_past_stuck_max_calls_left_running_the_worker_process_ends(monkeypatch):
@@ -875,9 +915,9 @@ def test_a_base_exception_in_a_chunk_comes_back_as_the_jobs_error(monkeypatch, b
 
     box = SimpleNamespace(policy=SimpleNamespace(timeout=5.0), backend_name=backend_name)
     job = worker._Job(box, "f", False)
-    job.idle.append(Caller())
+    job.idle["run"] = [Caller()]
     monkeypatch.setattr(worker, "_job", lambda spec, wasm: job)
-    text = worker.run_chunk("{}", b"", [(1, b"[]")])
+    text = worker.run_chunk("{}", b"", [(1, b"[]")], "run")
     with pytest.raises(errors.WasmsbxError, match="unsendable"):
         read_results(text, [1])
     here = threading.get_ident()

@@ -223,13 +223,15 @@ class _Job:
         self.timeout = timeout
         self.address = client.scheduler.address
         self.data = _ship(client, wasm, timeout)
+        # This run's id: the workers keep the instances it used for it alone (worker._Job)
+        self.run = os.urandom(12).hex()
         self.reships = 0
         self.wake = threading.Event()  # set whenever a chunk finishes
 
     def submit(self, chunk: list) -> tuple:
         from .worker import run_chunk
 
-        future = self.client.submit(run_chunk, self.spec, self.data, chunk, pure=False)
+        future = self.client.submit(run_chunk, self.spec, self.data, chunk, self.run, pure=False)
         future.add_done_callback(lambda _: self.wake.set())
         return future, chunk
 

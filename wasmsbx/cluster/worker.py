@@ -33,41 +33,63 @@ _LOCK = threading.Lock()
 _JOBS: OrderedDict = OrderedDict()  # job key -> _Job
 
 
+KEEP_RUNS = 8  # runs per job whose idle Callers a worker keeps, least recently used closed
+
+
 class _Job:
-    """One compiled module under one policy, and the idle Callers of its FUNC."""
+    """One compiled module under one policy, and the idle Callers of its FUNC, per run.
+
+    A Caller (an instance: its memory and globals) goes back to the run that used it and
+    to no other: a run is one ``wasmsbx run --batch --cluster`` (its client's random
+    ``run`` id), which reuses its instances from chunk to chunk as a local batch does.
+    Before, any later job of the same spec took them, from any client: a run that stored
+    its input in a global had it returned to the next run (red team 105)."""
 
     def __init__(self, box: Any, func: str, fresh: bool) -> None:
         self.box = box
         self.func = func
         self.fresh = fresh
-        self.idle: list = []
+        self.idle: OrderedDict = OrderedDict()  # run id -> its idle Callers
         self.lock = threading.Lock()
         # Calls run in this process (wasmtime): a blocked one is given up from another
         # thread (_Calls.watch). wasmer runs each in a child process it ends at the
         # deadline, and its objects may not change threads (pyo3 "unsendable").
         self.in_process = str(getattr(box, "backend_name", "")).startswith("wasmtime")
 
-    def take(self) -> Any:
+    def take(self, run: str) -> Any:
         from ..runner.batch import make_caller
 
         with self.lock:
-            if self.idle:
-                return self.idle.pop()
+            kept = self.idle.get(run)
+            if kept:
+                return kept.pop()
         return make_caller(self.box, self.func, self.fresh)  # (a component's: its own)
 
-    def give(self, caller: Any) -> None:
+    def give(self, caller: Any, run: str) -> None:
+        if not run:  # (no run named: no later chunk can be known to be the same run's)
+            caller.close()
+            return
+        closing = []
         with self.lock:
-            self.idle.append(caller)
+            self.idle.setdefault(run, []).append(caller)
+            self.idle.move_to_end(run)
+            while len(self.idle) > KEEP_RUNS:
+                closing += self.idle.popitem(last=False)[1]
+        for old in closing:
+            old.close()
 
     def close(self) -> None:
         with self.lock:
-            for caller in self.idle:
-                caller.close()
+            callers = [c for kept in self.idle.values() for c in kept]
             self.idle.clear()
+        for caller in callers:
+            caller.close()
 
 
-def run_chunk(spec: str, wasm: bytes, chunk: list) -> str:
-    """Call FUNC for each ``(line, payload)`` of ``chunk``; the results as JSON text. Once
+def run_chunk(spec: str, wasm: bytes, chunk: list, run: str = "") -> str:
+    """Call FUNC for each ``(line, payload)`` of ``chunk``; the results as JSON text.
+    ``run``: the client's id of this run (the instances it used are kept for it alone,
+    see _Job). Once
     the results pass REPLY_BYTES the rest of the chunk is left for the client to submit
     again (a guest can make its later items' results megabytes each, after quick items
     grew the chunks to thousands: red team round 40).
@@ -90,7 +112,7 @@ def run_chunk(spec: str, wasm: bytes, chunk: list) -> str:
     object the client would have to unpickle."""
     try:
         job = _job(spec, wasm)
-        calls = _Calls(job.take(), chunk)
+        calls = _Calls(job.take(run), chunk)
         try:
             if job.in_process:
                 results, seconds = calls.watch(_timeout(job), job.func)
@@ -100,7 +122,7 @@ def run_chunk(spec: str, wasm: bytes, chunk: list) -> str:
             if calls.given_up:
                 _too_many()
             else:
-                job.give(calls.caller)
+                job.give(calls.caller, run)
             flush_hits()  # (a Dask worker may be killed: its cache hits are written now)
         return wire.results_to_wire(results, seconds)
     except BaseException as exc:  # noqa: BLE001 - never out of a Dask task (see below)
