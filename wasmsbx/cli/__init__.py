@@ -11,6 +11,7 @@ import os
 import sys
 from typing import Any, Optional
 
+from .. import fdroom
 from ..errors import ExitCode, WasmsbxError
 from ..native import flush_hits
 
@@ -169,6 +170,7 @@ def main(argv: Optional[list] = None, *, guard: bool = False) -> int:
     Ctrl-C/deadline keeper, installed by ``entry``)."""
     try:
         _fill_closed_stdio()  # first: the keeper's pipe must not take a closed fd 1 (>&-)
+        fdroom.keep()  # (room to report in, should a guest take every descriptor)
         argv = list(sys.argv[1:] if argv is None else argv)
         if guard:
             _lenient_text_streams()
@@ -189,14 +191,17 @@ def main(argv: Optional[list] = None, *, guard: bool = False) -> int:
         flush_hits()  # (cache hits kept in memory: entry leaves with os._exit, not atexit)
         code = _stdout_written(code)
     except KeyboardInterrupt:  # before a command's own boundary (while importing)
+        fdroom.release()
         from .boundary import interrupted_before
 
         code = interrupted_before(argv if isinstance(argv, list) else [])
     except WasmsbxError as exc:  # (no thread for the keeper)
+        fdroom.release()
         from .boundary import report
 
         code = report(exc)
     except OSError as exc:  # (typer's own output: `--version > /dev/full`)
+        fdroom.release()
         from .boundary import report
 
         code = report(exc)

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import atexit
 import os
+import sys
 import time
 import weakref
 from typing import Any
@@ -108,8 +109,8 @@ def _daemons() -> bool:
     that read a component's output pipes (pipes.py) never enter a store: not counted."""
     import threading
 
-    from .pipes import THREAD_NAME
-
+    pipes = sys.modules.get(__package__ + ".pipes")  # (not imported: no reader thread;
+    THREAD_NAME = getattr(pipes, "THREAD_NAME", None)  # importing needs a descriptor)
     me = threading.current_thread()
     return any(
         t.daemon and t.is_alive() and t is not me and t.name != THREAD_NAME

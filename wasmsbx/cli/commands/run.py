@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ... import errors
+from ... import errors, fdroom
 from .. import options as opts
 from .. import output
 from ..progress import progress_factory
@@ -80,6 +80,7 @@ def run_main(argv: list) -> int:
         log = _audit_log(args)
         code = execute(args, log, policy)
     except (Exception, KeyboardInterrupt) as exc:
+        fdroom.release()  # (a guest may hold every other descriptor: importing needs some)
         from ..boundary import report
 
         if _STDIN_DIR and isinstance(exc, errors.WasmsbxError):

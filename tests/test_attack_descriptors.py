@@ -1,0 +1,74 @@
+"""A guest that takes every file descriptor of the process (red team 104).
+
+A guest granted a folder opens a file in a loop without closing it: the runtime counts
+nothing, so it gets every descriptor the process's open-files limit leaves. Then it
+traps (or runs into its timeout). The command line had to import what reports that,
+and each import opens a file: three chained tracebacks and exit 1, whatever the trap or
+limit. Now it keeps a few descriptors aside (wasmsbx.fdroom) and gives them back before
+reporting: one error line and the trap's or limit's own exit code.
+
+Run with the open-files limit lowered (256) so that the flood is quick.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import subprocess
+import sys
+
+import pytest
+
+# path_open(dirfd 3, "f.txt") until it fails, then the chosen ending.
+FLOOD = """(module
+  (import "wasi_snapshot_preview1" "path_open"
+    (func $open (param i32 i32 i32 i32 i32 i64 i64 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 16) "f.txt")
+  (func (export "_start") (local $n i32)
+    (block $done
+      (loop $more
+        (br_if $done (call $open (i32.const 3) (i32.const 0) (i32.const 16) (i32.const 5)
+          (i32.const 0) (i64.const 2) (i64.const 2) (i32.const 0) (i32.const 8)))
+        (local.set $n (i32.add (local.get $n) (i32.const 1)))
+        (br $more)))
+    ENDING))"""
+
+ENDINGS = {
+    "trap": ("unreachable", 103, "trapped"),
+    "timeout": ("(loop $spin (br $spin))", 112, "timeout"),
+}
+
+
+def _low_limit() -> None:
+    resource.setrlimit(resource.RLIMIT_NOFILE, (256, 256))
+
+
+@pytest.mark.parametrize("ending", sorted(ENDINGS))
+def test_a_guest_holding_every_descriptor_still_gets_one_error_line(isolated, ending):
+    code, want_exit, words = ENDINGS[ending]
+    (isolated / "data").mkdir()
+    (isolated / "data" / "f.txt").write_text("x\n")
+    (isolated / "flood.wat").write_text(FLOOD.replace("ENDING", code))
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "wasmsbx",
+            "run",
+            "flood.wat",
+            "--dir-ro",
+            "data::/d",
+            "--timeout",
+            "2s",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        preexec_fn=_low_limit,
+        env=dict(os.environ),
+    )
+    assert proc.returncode == want_exit, proc
+    assert "Traceback" not in proc.stderr and "Exception ignored" not in proc.stderr, proc
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and words in lines[0], proc.stderr
