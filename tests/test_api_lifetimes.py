@@ -402,3 +402,23 @@ def test_closing_a_group_while_another_thread_adds_leaves_no_member_alive(backen
     if isinstance(member, wasmsbx.Sandbox):
         with pytest.raises(errors.UsageError, match="closed"):
             member.call("g")
+
+
+def test_a_guest_at_its_memory_cap_adds_one_warning_however_often_it_is_invoked(backend):
+    """Red team 104: each invoke of an instance at its memory cap appended the warning
+    again, and each made a set of the whole list: host memory and time grew per call."""
+    from wasmsbx import Sandbox
+    from wasmsbx import policy as policy_mod
+
+    grow = b"""(module (memory (export "memory") 1)
+      (func (export "run") (result i32) (memory.grow (i32.const 15))))"""
+    policy = policy_mod.from_dict({"limits": {"memory": "1MiB"}, "runtime": {"backend": backend}})
+    box = Sandbox(grow, policy)
+    try:
+        box.invoke("run")  # grows to the cap (16 pages); later grows fail
+        for _ in range(30):
+            box.invoke("run")
+        instance = box._instance
+        assert len(instance.warnings) == 1, instance.warnings
+    finally:
+        box.close()

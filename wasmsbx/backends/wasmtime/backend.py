@@ -1204,10 +1204,12 @@ class WasmtimeInstance(Instance):
         if memory is not None and memory + 65536 > self.limits.memory:
             if self.warnings is _NO_WARNINGS:
                 self.warnings = []
-            self.warnings.append(
+            warning = (
                 f"memory limit {format_limit(self.limits.memory)} reached: "
                 f"guest holds {format_size(memory)}; further memory.grow fails"
             )
+            if warning not in self.warnings:  # (asked on every invoke: red team 104)
+                self.warnings.append(warning)
         out, err = ([*self.outputs, None, None])[:2]
         return Usage(
             fuel_used=fuel_used,
