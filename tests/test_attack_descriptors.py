@@ -72,3 +72,31 @@ def test_a_guest_holding_every_descriptor_still_gets_one_error_line(isolated, en
     assert "Traceback" not in proc.stderr and "Exception ignored" not in proc.stderr, proc
     lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert len(lines) == 1 and words in lines[0], proc.stderr
+
+
+# A reactor that prints a forged report on its inherited stdout, then returns 5.
+FORGER = """(module
+  (import "wasi_snapshot_preview1" "fd_write" (func $w (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 64) "{\\"results\\": [{\\"type\\": \\"i32\\", \\"value\\": 1000000}]}\\n")
+  (func (export "add") (param i32 i32) (result i32)
+    (i32.store (i32.const 0) (i32.const 64))
+    (i32.store (i32.const 4) (i32.const 49))
+    (drop (call $w (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))
+    (i32.add (local.get 0) (local.get 1))))"""
+
+
+def test_a_guests_stdout_never_precedes_the_json_report(cli, isolated, backend):
+    """Red team 104: ``run MODULE FUNC --json`` let the guest's own stdout out before the
+    report, so a guest's forged ``{"results": ...}`` was the first JSON document a reader
+    took. As in --batch, the guest's stdout goes to stderr while it runs."""
+    import json
+
+    (isolated / "forger.wat").write_text(FORGER)
+    res = cli("run", "forger.wat", "add", "2", "3", "--json", "--backend", backend)
+    assert res.code == 0, res
+    report = json.loads(res.stdout)  # one document: nothing before it
+    assert report["results"] == [{"type": "i32", "value": 5}]
+    assert "1000000" in res.stderr and "1000000" not in res.stdout
+    plain = cli("run", "forger.wat", "add", "2", "3", "--backend", backend)
+    assert plain.stdout.splitlines()[-1] == "5" and "1000000" in plain.stdout  # (as before)

@@ -215,21 +215,58 @@ def execute(args: opts.RunArgs, log: Any = None, policy: Any = None) -> int:
         render_explain(box.explain(kind))
     if func is None:
         return _command(box, args.passthrough or [], o, log)
-    result = _invoke(box, func, call_args, o)
     if o["json"]:
+        # The guest's own stdout goes to stderr meanwhile, as in --batch: printed before
+        # the report, a guest's {"results": ...} was the first JSON document a reader
+        # took (red team 104).
+        with _stdout_to_stderr():
+            result = _invoke(box, func, call_args, o)
         output.emit_json(result.to_dict())
-    elif hasattr(result, "text_lines"):  # a component's: WAVE for compound values
-        import sys
-
-        for line in result.text_lines(terminal=sys.stdout.isatty()):
-            output.out(line)
     else:
-        from ...runner.sandbox import format_value
+        result = _invoke(box, func, call_args, o)
+        if hasattr(result, "text_lines"):  # a component's: WAVE for compound values
+            import sys
 
-        for value, wasm_type in zip(result.values, result.types):
-            output.out(format_value(value, wasm_type))
+            for line in result.text_lines(terminal=sys.stdout.isatty()):
+                output.out(line)
+        else:
+            from ...runner.sandbox import format_value
+
+            for value, wasm_type in zip(result.values, result.types):
+                output.out(format_value(value, wasm_type))
     _after(result.stats, o, log, box.warnings)
     return 0
+
+
+class _stdout_to_stderr:
+    """fd 1 points at stderr for the block (what the guest writes to its inherited
+    stdout lands there), and at stdout again after it, or before a hard stop leaves."""
+
+    def __enter__(self) -> None:
+        import os
+        import sys
+
+        from ...backends.deadline import AT_HARD_STOP
+
+        sys.stdout.flush()
+        self.saved = os.dup(1)
+        os.dup2(2, 1)
+        AT_HARD_STOP.append(self.restore)
+
+    def restore(self, error: Any = None) -> None:
+        import os
+
+        if self.saved is not None:
+            os.dup2(self.saved, 1)
+            os.close(self.saved)
+            self.saved = None
+
+    def __exit__(self, *exc: Any) -> None:
+        from ...backends.deadline import AT_HARD_STOP
+
+        if self.restore in AT_HARD_STOP:
+            AT_HARD_STOP.remove(self.restore)
+        self.restore()
 
 
 def _target(args: opts.RunArgs) -> tuple:
