@@ -621,8 +621,8 @@ def test_checkpoint_writes_are_atomic_and_leave_no_temp_files(tmp_path):
     where.mkdir()
     marker = Checkpoint(where / "c.json", {"kind": "batch"})
     for i in range(20):
-        marker.save({"n": i})
-    assert marker.load() == {"n": 19}
+        marker.save({**_GOOD_STATE, "next_line": i + 1})
+    assert marker.load() == {**_GOOD_STATE, "next_line": 20}
     assert sorted(p.name for p in where.iterdir()) == ["c.json"]
     (where / "c.json").write_text("{garbage")
     with pytest.raises(Exception, match="not a wasmsbx checkpoint"):
@@ -1070,3 +1070,57 @@ def test_what_a_run_keeps_never_lies_where_the_guest_writes(tmp_path):
         )
         assert code == 105 and "not open" in err, (target, err)
         assert items.read_text() == "[1]\n[2]\n", target
+
+
+_GOOD_STATE = {
+    "input_offset": 6,
+    "tail_start": 0,
+    "tail_sha256": "0" * 64,
+    "next_line": 2,
+    "output_offset": 0,
+}
+DAMAGED_STATES = {
+    "empty": {},
+    "a list": [1],
+    "a text offset": {**_GOOD_STATE, "tail_start": "x"},
+    "negative offsets": {**_GOOD_STATE, "tail_start": -5, "input_offset": -1},
+    "a huge last item": {**_GOOD_STATE, "input_offset": 10**13},
+    "a bool offset": {**_GOOD_STATE, "output_offset": True},
+    "a short digest": {**_GOOD_STATE, "tail_sha256": "x"},
+    "line zero": {**_GOOD_STATE, "next_line": 0},
+    "odd counts": {**_GOOD_STATE, "errors": {"trap": "many"}},
+    "odd output file": {**_GOOD_STATE, "output_file": "x"},
+}
+
+
+@pytest.mark.parametrize("damage", sorted(DAMAGED_STATES))
+@pytest.mark.parametrize("mode", ["batch", "stream"])
+def test_a_damaged_checkpoint_is_a_usage_error(cli, isolated, damage, mode):
+    """Red team 106: a checkpoint of the right version and identity whose state was
+    damaged ended in an internal error (a missing field, a text or negative offset) or
+    read terabytes of input (an offset of 10**13)."""
+    from wasmsbx import Sandbox
+    from wasmsbx.runner import checkpoint as cp
+
+    (isolated / "in.jsonl").write_text("[1,2]\n[3,4]\n")
+    if mode == "batch":
+        module, func, args = EXAMPLES / "add.wat", "add", ["add", "--batch", "in.jsonl"]
+    else:
+        module, func, args = EXAMPLES / "stream" / "upper.wat", "process", ["--stream"]
+    identity = {"kind": mode, "module_sha256": cp.module_sha256(Sandbox(module)), "function": func}
+    if mode == "stream":
+        identity["chunk_size"] = 65536
+    state = DAMAGED_STATES[damage]
+    (isolated / "cp.json").write_text(
+        json.dumps({"version": cp.VERSION, "identity": identity, "state": state})
+    )
+    res = cli("run", module, *args, "--checkpoint", "cp.json", input=b"abc\n")
+    assert res.code == 2, res
+    assert "checkpoint" in res.stderr and ("damaged" in res.stderr or "not a wasmsbx" in res.stderr)
+    assert "internal error" not in res.stderr and "Traceback" not in res.stderr
+
+
+def test_a_checkpoints_longest_last_item_is_a_batch_line():
+    from wasmsbx.runner import batch, checkpoint
+
+    assert checkpoint.MAX_TAIL == batch.MAX_LINE + 1

@@ -18,20 +18,43 @@ ROOM = 32  # descriptors kept aside: what reporting an error needs, with margin
 _KEPT: list = []
 
 
+HIGH = 4096  # where the kept descriptors go at most (a higher one grows the kernel's table)
+
+
 def keep() -> None:
-    """Set ROOM descriptors aside (copies of one open of the null device), once."""
+    """Set ROOM descriptors aside (copies of one open of the null device), once. They
+    are numbered high, below the open-files limit: the low numbers stay as they were for
+    what the run opens (its input, a checkpoint), which messages and checks name."""
     if _KEPT:
         return
     try:
-        first = os.open(os.devnull, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
-    except OSError:
+        import resource
+
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        first = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+    except (ImportError, OSError, ValueError):  # pragma: no cover - POSIX has them
         return
-    _KEPT.append(first)
+    top = HIGH if soft == resource.RLIM_INFINITY else min(HIGH, soft)
+    if top - ROOM - 1 <= 64:  # (a tiny limit: wherever they fit)
+        try:
+            for _ in range(ROOM - 1):
+                _KEPT.append(os.dup(first))
+        except OSError:
+            pass
+        _KEPT.append(first)
+        return
     try:
-        for _ in range(ROOM - 1):
-            _KEPT.append(os.dup(first))  # (not inherited by children, as os.dup makes it)
+        for number in range(top - ROOM - 1, top - 1):
+            try:
+                os.fstat(number)
+                continue  # (taken: never replaced)
+            except OSError:
+                pass
+            _KEPT.append(os.dup2(first, number, inheritable=False))
     except OSError:
         pass
+    finally:
+        os.close(first)
 
 
 def release() -> None:

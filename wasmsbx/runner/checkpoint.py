@@ -31,6 +31,9 @@ from typing import Any, Optional
 from .. import errors
 
 VERSION = 1
+# The longest last item a batch checkpoint can name: a batch line (batch.MAX_LINE) and
+# its newline. A stream's is its chunk size (in its identity).
+MAX_TAIL = (1 << 20) + 1
 INTERVAL = 0.25  # seconds between checkpoint writes while running
 
 
@@ -77,12 +80,58 @@ class Checkpoint:
             raise self._refuse("is not a wasmsbx checkpoint (or is damaged)") from None
         if version != VERSION:
             raise self._refuse(f"was written by checkpoint format {version}, not {VERSION}")
+        if not isinstance(identity, dict):
+            raise self._refuse("is not a wasmsbx checkpoint (or is damaged)")
         for key, value in self.identity.items():
             if identity.get(key) != value:
                 raise self._refuse(
                     f"belongs to another run ({key}: {identity.get(key)!r}, now {value!r})"
                 )
+        why = self._odd_state(state)
+        if why:
+            raise self._refuse(f"is damaged ({why})")
         return state
+
+    def _odd_state(self, state: Any) -> str:
+        """What is wrong with a checkpoint's state, "" if nothing: every field the resume
+        reads, of its type and in its range. Trusted as it was, a damaged one ended in
+        an internal error (a missing field, a string offset, a negative one) or read
+        terabytes (an input offset of 10**13; red team 106)."""
+
+        def count(value: Any) -> bool:
+            return type(value) is int and value >= 0
+
+        if not isinstance(state, dict):
+            return "its state is not a table"
+        for key in ("input_offset", "tail_start", "output_offset"):
+            if not count(state.get(key)):
+                return f"{key} is not a whole number >= 0"
+        tail = state["input_offset"] - state["tail_start"]
+        # (the last item's line, or chunk: at most what the run reads at once)
+        most = self.identity.get("chunk_size") or MAX_TAIL
+        if not 0 <= tail <= (most if type(most) is int else MAX_TAIL):
+            return "its last item's place in the input is out of range"
+        digest_ = state.get("tail_sha256")
+        if not (isinstance(digest_, str) and len(digest_) == 64):
+            return "tail_sha256 is not a digest"
+        if not all(c in "0123456789abcdef" for c in digest_):
+            return "tail_sha256 is not a digest"
+        found = state.get("output_file")
+        if found is not None and not (
+            isinstance(found, list) and len(found) == 2 and all(count(v) for v in found)
+        ):
+            return "output_file is not a file's identity"
+        if "next_line" in state and not (count(state["next_line"]) and state["next_line"] >= 1):
+            return "next_line is not a line number"
+        for key in ("ok", "failed"):
+            if key in state and not count(state[key]):
+                return f"{key} is not a count"
+        errors_ = state.get("errors", {})
+        if not isinstance(errors_, dict) or not all(
+            isinstance(k, str) and count(v) for k, v in errors_.items()
+        ):
+            return "errors is not a table of counts"
+        return ""
 
     def _check_kind(self) -> None:
         """A checkpoint is a regular file wasmsbx rewrites and deletes: anything else there
