@@ -375,3 +375,27 @@ def test_a_cache_dir_that_cannot_be_a_cache_is_refused(cli, tmp_path, command):
         res = cli("cache", command, "--cache-dir", target)
         assert res.code == 105, (target, res)
         assert os.path.exists(target), target
+
+
+def test_a_cache_folder_named_with_terminal_escapes_prints_inert(cli, isolated):
+    """Red team 106: a found sandbox.toml's cache_dir holding an OSC title, a screen
+    clear and a forged line was printed raw by `cache stats|list|verify|prune|clear` and
+    `compile`; every error and warning line escaped it already."""
+    (isolated / "add.wat").write_text(
+        '(module (func (export "add") (param i32 i32) (result i32)'
+        " local.get 0 local.get 1 i32.add))"
+    )
+    (isolated / "sandbox.toml").write_text(
+        "[runtime]\ncache_dir = "
+        '"c\\u001b]0;PWNED\\u0007\\u001b[2J\\nwasmsbx: all checks passed\\r"\n'
+    )
+    outputs = [cli("cache", "stats")]
+    outputs.append(cli("compile", "add.wat"))
+    for command in (("cache", "stats"), ("cache", "list"), ("cache", "verify"),
+                    ("cache", "prune", "--older-than", "0s"), ("cache", "clear")):  # fmt: skip
+        outputs.append(cli(*command))
+    for res in outputs:
+        assert res.code == 0, res
+        for text in (res.stdout, res.stderr):
+            assert "\x1b" not in text and "\x07" not in text and "\r" not in text, res
+            assert "\nwasmsbx: all checks passed" not in text, res

@@ -82,7 +82,7 @@ class Opened:
         if json_output:
             output.emit_json({"cache_dir": str(self.root), "exists": False, **empty})
         else:
-            output.out(f"no cache at {self.root} yet: nothing has been cached")
+            output.out(output.line(f"no cache at {self.root} yet: nothing has been cached"))
             output.err(
                 "hint: `wasmsbx run` caches modules of runtime.cache_min_size and up; "
                 "`wasmsbx compile MODULE` caches any module"
@@ -110,7 +110,7 @@ def list_(
     if json_output:
         output.emit_json({"cache_dir": str(opened.root), "exists": True, "entries": rows})
     elif not rows:
-        output.out(f"the cache at {opened.root} is empty")
+        output.out(output.line(f"the cache at {opened.root} is empty"))
     else:
         _render_list(rows, opened.root)
     return 0
@@ -122,7 +122,7 @@ def _render_list(rows: list, root: Any) -> None:
 
     from ...units import format_size
 
-    output.out(f"cache: {root}")
+    output.out(output.line(f"cache: {root}"))
     table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
     for column in ("module", "sha256", "backend", "opt", "size", "age", "idle", "hits"):
         right = column in ("size", "age", "idle", "hits")
@@ -183,7 +183,7 @@ def _render_stats(data: dict) -> None:
     ]
     width = max(len(k) for k, _ in lines)
     for key, value in lines:
-        output.out(f"{key.ljust(width)}  {value}")
+        output.out(output.line(f"{key.ljust(width)}  {value}"))
     if not data["backends"]:
         output.out("the cache is empty")
         return
@@ -251,12 +251,14 @@ def clear(
 
     if not result["removed"]:
         what = " matching" if module or backend else ""
-        output.out(f"no{what} entries to remove in {opened.root}")
+        output.out(output.line(f"no{what} entries to remove in {opened.root}"))
     else:
         plural = "y" if result["removed"] == 1 else "ies"
         output.out(
-            f"removed {result['removed']} entr{plural} ({format_size(result['freed'])}) "
-            f"from {opened.root}"
+            output.line(
+                f"removed {result['removed']} entr{plural} ({format_size(result['freed'])}) "
+                f"from {opened.root}"
+            )
         )
     return 0
 
@@ -316,7 +318,7 @@ def _wipe_damaged(loaded: Any, cache_dir: Optional[str], json_output: bool) -> b
         if json_output:
             output.emit_json({"cache_dir": str(root), "exists": False, "removed": "all"})
         else:
-            output.out(f"deleted the damaged cache at {root} ({exc})")
+            output.out(output.line(f"deleted the damaged cache at {root} ({exc})"))
         return True
     except cache.cache_errors():
         return False  # Opened reports it
@@ -363,8 +365,10 @@ def prune(
 
     plural = "y" if result["removed"] == 1 else "ies"
     output.out(
-        f"removed {result['removed']} entr{plural} ({format_size(result['freed'])}); "
-        f"{result['entries']} left ({format_size(result['total_size'])}) in {opened.root}"
+        output.line(
+            f"removed {result['removed']} entr{plural} ({format_size(result['freed'])}); "
+            f"{result['entries']} left ({format_size(result['total_size'])}) in {opened.root}"
+        )
     )
     if result["orphans"]:
         output.out(f"removed {result['orphans']} incomplete entries")
@@ -393,12 +397,12 @@ def verify(
         output.emit_json({"cache_dir": str(opened.root), "exists": True, **result})
         return 0
     if not result["checked"]:
-        output.out(f"the cache at {opened.root} is empty: nothing to verify")
+        output.out(output.line(f"the cache at {opened.root} is empty: nothing to verify"))
         return 0
     for bad in result["bad"]:
         action = "kept" if keep else "removed"
         name = output.line(bad["module"]) if bad["module"] else bad["key"][:12]
-        output.out(f"bad: {name}: {bad['reason']} ({action})")
+        output.out(output.line(f"bad: {name}: {bad['reason']} ({action})"))
     output.out(f"verified {result['checked']} entries: {result['ok']} ok, {len(result['bad'])} bad")
     return 0
 

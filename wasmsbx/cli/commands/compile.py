@@ -539,9 +539,11 @@ def _say_native(target: dict, policy: Any, module_size: int) -> None:
         )
         return
     if target["state"] == "cached":
-        output.out(f"already cached for {label} (verified) in {target['cache_dir']}")
+        output.out(output.line(f"already cached for {label} (verified) in {target['cache_dir']}"))
     else:
-        output.out(f"compiled for {label}{took}; stored in the cache at {target['cache_dir']}")
+        output.out(
+            output.line(f"compiled for {label}{took}; stored in the cache at {target['cache_dir']}")
+        )
     threshold = policy.values["runtime.cache_min_size"]
     if module_size < threshold:
         output.err(
