@@ -171,6 +171,9 @@ def test_trust_commands(cli, isolated, tmp_path):
     added = cli("trust", "add", public.strip(), "--name", "ci", "--json").json()
     assert added["name"] == "ci" and added["key"] == public.strip()
     assert cli("trust", "add", public.strip(), "--name", "ci").code == 0  # same key: fine
+    for odd in ("a\x1b[2Jb", "x" * 101, "tab\there"):  # (red team 106: stored, printed raw)
+        refused = cli("trust", "add", public.strip(), "--name", odd)
+        assert refused.code == 2 and "control characters" in refused.stderr, refused
     listed = cli("trust", "list", "--json").json()["trusted"]
     assert [k["name"] for k in listed] == ["ci"]
     shown = cli("trust", "show", "--json").json()

@@ -738,11 +738,22 @@ def _write_trusted(keys: list) -> Path:
     return path
 
 
+NAME_MAX = 100  # characters of a trusted key's name
+
+
 def add_trusted(text: str, name: Optional[str] = None) -> TrustedKey:
     """Trust a public key (under ``name``); re-adding a key renames it."""
     raw = decode_public(text)
     key = encode_public(raw)
     name = (name or key_id(raw)).strip().replace("\n", " ")
+    if len(name) > NAME_MAX or any(ord(c) < 32 or 127 <= ord(c) < 160 for c in name):
+        # (printed by trust list/show and in every refusal of an artifact: red team 106
+        # stored an ESC sequence and a name of 100,000 characters)
+        raise errors.UsageError(
+            f"a trusted key's name is at most {NAME_MAX} characters, none of them control "
+            "characters",
+            hint="choose another --name",
+        )
     keys = [k for k in trusted_keys() if k.key != key]
     if any(k.name == name for k in keys):
         raise errors.UsageError(
