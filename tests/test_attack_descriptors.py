@@ -100,3 +100,29 @@ def test_a_guests_stdout_never_precedes_the_json_report(cli, isolated, backend):
     assert "1000000" in res.stderr and "1000000" not in res.stdout
     plain = cli("run", "forger.wat", "add", "2", "3", "--backend", backend)
     assert plain.stdout.splitlines()[-1] == "5" and "1000000" in plain.stdout  # (as before)
+
+
+def test_a_commands_control_bytes_come_back_as_base64_in_json(cli, isolated):
+    """Red team 104: JSON writes a control byte as a 6-byte escape; a guest's 64 MiB of
+    them were 402 MB of --json report. Past 4 KiB, such output comes back as base64."""
+    import base64
+    import json
+
+    wat = """(module
+      (import "wasi_snapshot_preview1" "fd_write" (func $w (param i32 i32 i32 i32) (result i32)))
+      (memory (export "memory") 2)
+      (func (export "_start")
+        (memory.fill (i32.const 1024) (i32.const 1) (i32.const 65536))
+        (i32.store (i32.const 0) (i32.const 1024))
+        (i32.store (i32.const 4) (i32.const LENGTH))
+        (drop (call $w (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))))"""
+    for length, as_text in ((100, True), (65536, False)):
+        (isolated / "ctl.wat").write_text(wat.replace("LENGTH", str(length)))
+        res = cli("run", "ctl.wat", "--json")
+        assert res.code == 0, res
+        stdout = json.loads(res.stdout)["stdout"]
+        if as_text:
+            assert stdout == "\x01" * length
+        else:
+            assert base64.b64decode(stdout["base64"]) == b"\x01" * length
+            assert len(res.stdout) < 2 * length
