@@ -340,3 +340,23 @@ def test_a_granted_folder_on_pythonpath_is_off_the_fork_servers(tmp_path):
     )
     assert (proc.returncode, proc.stdout) == (0, "[[3], [7]]\n"), proc
     assert not mark.exists(), mark.read_text()
+
+
+def test_the_command_line_prints_the_import_path_warning_as_one_line(tmp_path):
+    """Red team 106: the command line printed Python's own warning format (the file and
+    line of wasmsbx's code, the category, and the source line under it)."""
+    import os
+    import subprocess
+
+    folder = tmp_path / "g"
+    folder.mkdir()
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(folder), *sys.path[:1]])}
+    proc = subprocess.run(
+        [sys.executable, "-m", "wasmsbx", "run", str(EXAMPLES / "add.wat"), "add", "1", "2",
+         "--dir", str(folder)],
+        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 0 and proc.stdout == "3\n", proc
+    lines = proc.stderr.splitlines()
+    assert lines and lines[0].startswith("warning: filesystem.read_write"), proc.stderr
+    assert "RuntimeWarning" not in proc.stderr and len(lines) == 1, proc.stderr

@@ -174,6 +174,7 @@ def main(argv: Optional[list] = None, *, guard: bool = False) -> int:
         argv = list(sys.argv[1:] if argv is None else argv)
         if guard:
             _lenient_text_streams()
+            _warnings_as_lines()
             _guard(argv)
         lean = _lean_compile(argv)
         if _lean_run(argv):
@@ -208,6 +209,21 @@ def main(argv: Optional[list] = None, *, guard: bool = False) -> int:
     finally:
         _end_sole_run()
     return code
+
+
+def _warnings_as_lines() -> None:
+    """Python warnings (wasmsbx's own ``RuntimeWarning``s, a library's) print as the
+    command line's other warnings do, ``warning: MESSAGE``, one line: not Python's
+    ``file:line: Category: message`` and the source line under it (red team 106). Only
+    for the console script: a Python caller's warnings are its own."""
+    import warnings
+
+    def show(message: Any, category: Any, *_: Any, **__: Any) -> None:
+        from . import output
+
+        output.warning(str(message))
+
+    warnings.showwarning = show
 
 
 def _lenient_text_streams() -> None:
