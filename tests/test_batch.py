@@ -196,6 +196,8 @@ def test_batch_float_and_multi_value_results(cli, tmp_path):
         (["--batch", "-"], 2, "--batch needs FUNC"),
         (["add", "1", "--batch", "-"], 2, "no arguments after FUNC"),
         (["add", "--jobs", "2"], 2, "--jobs only applies with --batch"),
+        (["add", "1", "2", "-j", "0"], 2, "--jobs only applies with --batch"),  # (0 == False)
+        (["add", "--stream", "-j", "0"], 2, "--jobs only applies with --batch"),
         (["add", "--fresh"], 2, "--fresh only applies"),
         (["add", "--batch", "-", "-j", "0"], 2, "at least 1"),
         (["add", "--batch", "-", "-j", "x"], 2, "expected a whole number"),

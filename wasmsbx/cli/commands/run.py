@@ -173,7 +173,9 @@ def execute(args: opts.RunArgs, log: Any = None, policy: Any = None) -> int:
     if module == "-":  # read stdin once, before anything else may want it
         path = _module_path(module, o)
         args = args._replace(positionals=[path, *args.positionals[1:]])
-    if any(o[dest] not in (None, False) for dest in BATCH_OPTIONS):
+    # (`is not`: -j 0 == False, so `not in (None, False)` took it for no -j at all and
+    # ran the call, where -j 4 without --batch is a usage error: red team 106)
+    if any(o[dest] is not None and o[dest] is not False for dest in BATCH_OPTIONS):
         from ...backends.deadline import KEEPER
         from .run_batch import execute as execute_batch
 

@@ -68,14 +68,14 @@ def check_options(args: Any) -> str:
         used = next(
             d
             for d in ("jobs", "fresh", "cluster", "chunk_size", "checkpoint")
-            if o[d] not in (None, False)
+            if o[d] is not None and o[d] is not False  # (-j 0 == False: red team 106)
         )
         raise errors.UsageError(
             f"--{used.replace('_', '-')} only applies with --batch or --stream", hint=_usage()
         )
     if o["stream"]:
         for dest in ("jobs", "fresh", "cluster"):
-            if o[dest] not in (None, False):
+            if o[dest] is not None and o[dest] is not False:
                 raise errors.UsageError(f"--{dest} only applies with --batch", hint=_usage())
     else:
         _check_cluster_options(o)
