@@ -694,6 +694,16 @@ def test_backends_explain_a_component(cli):
     assert "component-model" in res.stdout and "wasmtime" in res.stdout
 
 
+def test_backends_refuses_a_truncated_component(cli, tmp_path):
+    """Red team 106: a component cut off inside its first section was scored, exit 0,
+    where run, audit and compile refuse it (102)."""
+    cut = tmp_path / "cut.wasm"
+    cut.write_bytes(b"\0asm\x0d\0\x01\0\x01\xff\xff")
+    res = cli("backends", cut)
+    assert res.code == 102 and "malformed component" in res.stderr, res
+    assert "wasm-tools validate" in res.stderr
+
+
 def test_suggested_policy_for_a_component_loads_and_runs(cli, command, tmp_path):
     out = tmp_path / "sandbox.toml"
     res = cli("audit", command, "--suggest-policy", "-o", out)
