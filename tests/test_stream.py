@@ -143,6 +143,7 @@ def test_stream_abi_and_usage_errors(cli, module, argv, code, text):
     assert text in r.stderr
     assert "Traceback" not in r.stderr
     assert r.stdout_bytes == b""
+    assert "outside the" not in r.stderr  # (red team 104: an empty range named as outside)
 
 
 def test_stream_limits_apply_per_chunk(backend):
