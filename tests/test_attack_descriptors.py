@@ -19,6 +19,8 @@ import sys
 
 import pytest
 
+from .conftest import EXAMPLES
+
 # path_open(dirfd 3, "f.txt") until it fails, then the chosen ending.
 FLOOD = """(module
   (import "wasi_snapshot_preview1" "path_open"
@@ -126,3 +128,50 @@ def test_a_commands_control_bytes_come_back_as_base64_in_json(cli, isolated):
         else:
             assert base64.b64decode(stdout["base64"]) == b"\x01" * length
             assert len(res.stdout) < 2 * length
+
+
+LIBRARY = r"""
+import resource, sys
+resource.setrlimit(resource.RLIMIT_NOFILE, (256, 256))
+import wasmsbx
+from wasmsbx import errors, policy
+
+component = open(sys.argv[3], "rb").read()  # (given as bytes: no file to open later)
+flood = wasmsbx.Sandbox(sys.argv[1], policy.from_dict(
+    {"filesystem": {"read_only": [sys.argv[2] + "::/d"]}}))
+assert flood.call("flood") > 100  # (its instance lives on, holding them)
+try:  # (a component: its modules are imported on first use, which needs descriptors)
+    other = wasmsbx.Sandbox(component, policy.from_dict({"runtime": {"cache": False}}))
+    print("made", other.call("add", 3, 4))
+except errors.WasmsbxError as exc:
+    print("refused", type(exc).__name__, exc.exit_code)
+flood.close()
+print("again", wasmsbx.Sandbox(b'(module (func (export "f") (result i32) i32.const 8))').call("f"))
+"""
+
+
+def test_a_tenant_holding_every_descriptor_leaves_others_a_wasmsbx_error(isolated):
+    """Red team 104: after one tenant's guest took every descriptor, a new Sandbox
+    raised a bare OSError (an import, a file read), where the README promises a
+    WasmsbxError; closing the tenant gives them back."""
+    (isolated / "data").mkdir()
+    (isolated / "data" / "f.txt").write_text("x\n")
+    reactor = FLOOD.replace('(export "_start")', '(export "flood") (result i32)')
+    (isolated / "flood.wat").write_text(reactor.replace("ENDING", "local.get $n"))
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            LIBRARY,
+            str(isolated / "flood.wat"),
+            str(isolated / "data"),
+            str(EXAMPLES / "components" / "calc.wasm"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc
+    lines = proc.stdout.splitlines()
+    assert lines[0] in ("made 7", "refused ResourceExhausted 118"), proc
+    assert lines[-1] == "again 8", proc

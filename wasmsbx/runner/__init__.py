@@ -76,17 +76,50 @@ class Sandbox(_core.Sandbox, Services):
             _warm_for(component)
         if component:
             # Not an instance of cls, so Python does not call __init__ again on it.
-            return cast(Sandbox, component_class()(module, *args, **kwargs))
+            try:
+                return cast(Sandbox, component_class()(module, *args, **kwargs))
+            except OSError as exc:
+                if exc.errno in (_EMFILE, _ENFILE):  # (importing the components, say)
+                    raise _no_descriptors(exc) from None
+                raise
         box = super().__new__(cls)
         if read is not None:  # (for the __init__ that follows, in this thread)
             # (a weak reference: an id() comes again once its object is freed)
             _core._PREREAD_SLOT.read = (weakref.ref(box), module, read)
         return box
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        try:
+            super().__init__(*args, **kwargs)
+        except OSError as exc:
+            if exc.errno in (_EMFILE, _ENFILE):
+                raise _no_descriptors(exc) from None
+            raise
+
+    __init__.__wrapped__ = _core.Sandbox.__init__  # type: ignore[attr-defined]  # (signature)
+    __init__.__doc__ = _core.Sandbox.__init__.__doc__
+
     def __enter__(self) -> Sandbox:  # this class, with batch/stream/audit, for checkers
         return self
 
     _plannable = True  # (adds no step to __init__: see runner.sandbox._Plan)
+
+
+_EMFILE, _ENFILE = 24, 23  # (errno's, Linux and the BSDs alike)
+
+
+def _no_descriptors(exc: OSError) -> Exception:
+    """A new sandbox with no descriptor left in the process: a resource of the host's,
+    as README "Density" says, not an OSError out of whatever needed a file (red team
+    104: importing a module wasmsbx reads on first use, reading a module's file)."""
+    from ..errors import ResourceExhausted
+
+    return ResourceExhausted(
+        f"this process is out of file descriptors ({exc.strerror or exc}): another "
+        "sandbox's guest may hold them open (a guest granted a folder can open files "
+        "until the open-files limit)",
+        hint="close() sandboxes you are done with, or raise the open-files limit (ulimit -n)",
+    )
 
 
 def _planned(module: Any) -> bool:
