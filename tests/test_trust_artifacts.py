@@ -171,7 +171,7 @@ def test_trust_commands(cli, isolated, tmp_path):
     added = cli("trust", "add", public.strip(), "--name", "ci", "--json").json()
     assert added["name"] == "ci" and added["key"] == public.strip()
     assert cli("trust", "add", public.strip(), "--name", "ci").code == 0  # same key: fine
-    for odd in ("a\x1b[2Jb", "x" * 101, "tab\there"):  # (red team 106: stored, printed raw)
+    for odd in ("a\x1b[2Jb", "x" * 101, "tab\there", "a\u2028b", "a\x85b"):  # (106, 107)
         refused = cli("trust", "add", public.strip(), "--name", odd)
         assert refused.code == 2 and "control characters" in refused.stderr, refused
     listed = cli("trust", "list", "--json").json()["trusted"]
@@ -182,6 +182,22 @@ def test_trust_commands(cli, isolated, tmp_path):
     assert cli("trust", "remove", "ci").code == 2
     again = cli("trust", "keygen", env={"WASMSBX_TRUST_DIR": str(tmp_path / "a")})
     assert again.code == 2 and "--force" in again.stderr
+
+
+def test_a_line_separator_in_the_trusted_keys_file_adds_no_key(isolated, tmp_path):
+    """Red team 107: a name holding U+2028 was read back with splitlines(), which split
+    there: the rest of the name, an attacker's "ed25519:..." key, became a trusted key
+    of its own. Lines end at "\\n" alone now (and trust add refuses such a name)."""
+    real = trust.encode_public(
+        bytes.fromhex("3d4017c3e843895a92b70aa74d1b7ebc9c982ccf2ec4968cc0cd55f12af4660c")
+    )
+    other = trust.encode_public(
+        bytes.fromhex("d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a")
+    )
+    trust.add_trusted(real, "author")
+    path = trust._trusted_path()
+    path.write_text(path.read_text().replace("author", f"Acme Corp\u2028{other} build-bot"))
+    assert [k.key for k in trust.trusted_keys()] == [real]
 
 
 def test_a_relative_trust_dir_is_ignored_not_looked_up_in_the_project(

@@ -715,7 +715,9 @@ def trusted_keys() -> list:
             raise _problem(path, "trusted keys file", "is not a regular file only you can write")
         text = handle.read().decode("utf-8", "replace")
     keys = []
-    for line in text.splitlines():
+    # (lines end at "\n" alone, as written: splitlines also split at U+2028 and others a
+    # name could hold, which made the rest of a name a trusted key: red team 107)
+    for line in text.split("\n"):
         words = line.split(None, 1)
         if not words or words[0].startswith("#"):
             continue
@@ -746,7 +748,7 @@ def add_trusted(text: str, name: Optional[str] = None) -> TrustedKey:
     raw = decode_public(text)
     key = encode_public(raw)
     name = (name or key_id(raw)).strip().replace("\n", " ")
-    if len(name) > NAME_MAX or any(ord(c) < 32 or 127 <= ord(c) < 160 for c in name):
+    if len(name) > NAME_MAX or not name.isprintable():  # (no control, no line separator)
         # (printed by trust list/show and in every refusal of an artifact: red team 106
         # stored an ESC sequence and a name of 100,000 characters)
         raise errors.UsageError(
