@@ -93,6 +93,49 @@ def test_a_planted_database_is_refused_and_cache_clear_removes_it(cli, isolated,
     assert db.is_file()
 
 
+def _settings_past_any_limit(db: Path, key: str, value: object) -> None:
+    """Red team 107: the UNIQUE constraint dropped with writable_schema, 64 rows of a
+    known key, then one diskcache would use, then the schema's text put back as
+    diskcache writes it (an index renamed to the autoindex's name)."""
+    uniq = "CREATE TABLE Settings ( key TEXT NOT NULL UNIQUE, value)"
+    con = sqlite3.connect(db, isolation_level=None)
+    try:
+        con.execute("PRAGMA journal_mode=delete")
+        con.execute("PRAGMA writable_schema=ON")
+        con.execute(
+            "UPDATE sqlite_master SET sql=? WHERE name='Settings'",
+            ("CREATE TABLE Settings ( key TEXT NOT NULL, value)",),
+        )
+        con.execute("DELETE FROM sqlite_master WHERE name='sqlite_autoindex_Settings_1'")
+    finally:
+        con.close()
+    con = sqlite3.connect(db, isolation_level=None)
+    try:
+        con.executemany("INSERT INTO Settings VALUES ('count', 0)", [()] * 64)
+        con.execute("INSERT INTO Settings VALUES (?, ?)", (key, value))
+        con.execute("CREATE INDEX dummy ON Settings(key)")
+        con.execute("PRAGMA writable_schema=ON")
+        con.execute("UPDATE sqlite_master SET sql=? WHERE name='Settings'", (uniq,))
+        con.execute(
+            "UPDATE sqlite_master SET name='sqlite_autoindex_Settings_1', sql=NULL "
+            "WHERE name='dummy'"
+        )
+    finally:
+        con.close()
+
+
+def test_a_setting_past_the_first_rows_is_still_refused(cli, isolated):
+    db = _project(isolated)
+    assert cli("run", "add.wat", "add", "2", "3").code == 0
+    _settings_past_any_limit(db, "disk_pwn", 1)
+    res = cli("run", "seven.wat", "x", timeout=120)
+    assert res.code == 0 and "not made by wasmsbx" in res.stderr, res
+    assert "internal error" not in res.stderr
+    res = cli("cache", "clear", timeout=120)
+    assert res.code == 0 and "deleted the damaged cache" in res.stdout, res
+    assert not db.exists()
+
+
 def test_the_database_diskcache_makes_passes_the_vetting(tmp_path):
     """The schema vetted against is the one this diskcache makes (a new diskcache that
     changed it would refuse every cache: this test says so first)."""

@@ -1252,7 +1252,7 @@ _SCHEMA = frozenset(
     }
 )
 # Steps of SQLite's machine the vetting may take (a few hundred for a real database: it
-# reads the schema's rows and at most 64 of Settings), counted every _VET_EVERY steps.
+# reads the schema's rows and the 16 of Settings), counted every _VET_EVERY steps.
 _VET_STEPS = 1_000_000
 _VET_EVERY = 1000
 
@@ -1314,7 +1314,17 @@ def _vet_database(path: str) -> None:
         if not any(name == "Settings" for _, name, _ in rows):
             return
         known = {**DEFAULT_SETTINGS, **METADATA}
-        for key, value in con.execute("SELECT key, value FROM Settings LIMIT 64"):
+        # Every row (diskcache reads them all: a key past any limit here was used, red
+        # team 107), each key once (a schema edited by hand can drop UNIQUE). The steps
+        # bound the reading of a table made huge.
+        seen: set = set()
+        for key, value in con.execute("SELECT key, value FROM Settings"):
+            if key in seen:
+                raise sqlite3.DatabaseError(
+                    f"cache.db was not made by wasmsbx: the setting {shown(str(key))[:80]!r} "
+                    "is there twice"
+                )
+            seen.add(key)
             if key not in known:
                 raise sqlite3.DatabaseError(
                     f"cache.db was not made by wasmsbx: a setting {shown(str(key))[:80]!r}"
