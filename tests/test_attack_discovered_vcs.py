@@ -92,7 +92,9 @@ def test_a_writable_working_folder_could_get_a_git_folder_planted(cli, tmp_path)
     assert not (root / ".git").exists()
 
 
-@pytest.mark.parametrize("name", [".git", ".hg", ".svn", ".jj", "_FOSSIL_", ".pijul"])
+@pytest.mark.parametrize(
+    "name", [".git", ".hg", ".svn", ".jj", "_FOSSIL_", ".pijul", ".sl", "_MTN"]
+)
 def test_a_grant_holding_a_nested_repository_is_refused(cli, repo, name):
     """A submodule's or nested clone's metadata deep inside a granted folder counts too."""
     (repo / "data" / "vendor" / "lib" / name).mkdir(parents=True)

@@ -198,6 +198,10 @@ VCS_NAMES = (
     ".pijul",
     ".fslckout",
     "_fossil_",
+    # Sapling (its config names hooks and holds auth tokens) and Monotone (it runs the
+    # monotonerc in _MTN): red team 107. Compared lower-cased.
+    ".sl",
+    "_mtn",
 )
 
 
