@@ -623,8 +623,8 @@ def test_checkpoint_writes_are_atomic_and_leave_no_temp_files(tmp_path):
     where.mkdir()
     marker = Checkpoint(where / "c.json", {"kind": "batch"})
     for i in range(20):
-        marker.save({**_GOOD_STATE, "next_line": i + 1})
-    assert marker.load() == {**_GOOD_STATE, "next_line": 20}
+        marker.save({**_GOOD_STATE, "input_offset": 100, "next_line": i + 1})
+    assert marker.load() == {**_GOOD_STATE, "input_offset": 100, "next_line": 20}
     assert sorted(p.name for p in where.iterdir()) == ["c.json"]
     (where / "c.json").write_text("{garbage")
     with pytest.raises(Exception, match="not a wasmsbx checkpoint"):
@@ -1092,11 +1092,24 @@ DAMAGED_STATES = {
     "line zero": {**_GOOD_STATE, "next_line": 0},
     "odd counts": {**_GOOD_STATE, "errors": {"trap": "many"}},
     "odd output file": {**_GOOD_STATE, "output_file": "x"},
+    # red team 107
+    "no next line": {k: v for k, v in _GOOD_STATE.items() if k != "next_line"},
+    "a line far past the input": {**_GOOD_STATE, "next_line": 10**20},
+    "escapes in an error kind": {**_GOOD_STATE, "failed": 5, "errors": {"\x1b]0;PWNED\x07": 5}},
+    "errors not adding up": {**_GOOD_STATE, "failed": 1, "errors": {"trap": 5}},
 }
 
 
-@pytest.mark.parametrize("damage", sorted(DAMAGED_STATES))
-@pytest.mark.parametrize("mode", ["batch", "stream"])
+@pytest.mark.parametrize(
+    "mode, damage",
+    [
+        (mode, damage)
+        for mode in ("batch", "stream")
+        for damage in sorted(DAMAGED_STATES)
+        # (a stream's state has no lines and no counts)
+        if mode == "batch" or damage not in ("no next line", "errors not adding up")
+    ],
+)
 def test_a_damaged_checkpoint_is_a_usage_error(cli, isolated, damage, mode):
     """Red team 106: a checkpoint of the right version and identity whose state was
     damaged ended in an internal error (a missing field, a text or negative offset) or

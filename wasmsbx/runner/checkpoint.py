@@ -121,16 +121,29 @@ class Checkpoint:
             isinstance(found, list) and len(found) == 2 and all(count(v) for v in found)
         ):
             return "output_file is not a file's identity"
-        if "next_line" in state and not (count(state["next_line"]) and state["next_line"] >= 1):
-            return "next_line is not a line number"
+        batch = self.identity.get("kind") == "batch"
+        if batch or "next_line" in state:
+            line = state.get("next_line")
+            # (each line before it took a byte at least, its newline: red team 107 gave
+            # 10**20 and every later result was numbered from there)
+            if not (count(line) and 1 <= line <= state["input_offset"] + 2):
+                return "next_line is not a line number of the input read"
         for key in ("ok", "failed"):
             if key in state and not count(state[key]):
                 return f"{key} is not a count"
         errors_ = state.get("errors", {})
-        if not isinstance(errors_, dict) or not all(
-            isinstance(k, str) and count(v) for k, v in errors_.items()
+        if (
+            not isinstance(errors_, dict)
+            or len(errors_) > 64
+            or not all(isinstance(k, str) and count(v) for k, v in errors_.items())
         ):
             return "errors is not a table of counts"
+        # (the kinds a batch counts: "trap", "limit:fuel"; printed in its summary, where
+        # a planted escape sequence reached the terminal: red team 107)
+        if not all(len(k) <= 32 and k.replace(":", "").replace("_", "").isalnum() for k in errors_):
+            return "errors names a kind of error no batch counts"
+        if batch and sum(errors_.values()) != state.get("failed", 0):
+            return "errors does not add up to failed"
         return ""
 
     def _check_kind(self) -> None:
