@@ -38,7 +38,7 @@ LATER = (
     # "did you mean" in errors; a signed artifact's check; compressed cache entries;
     # the trust folder; bench; the rest of what a library path imports lazily
     "difflib", "cryptography.exceptions", "cryptography.hazmat.primitives.serialization",
-    "cryptography.hazmat.primitives.asymmetric.ed25519", "zstandard", "zlib",
+    "cryptography.hazmat.primitives.asymmetric.ed25519", "nacl.bindings", "zstandard", "zlib",
     "platformdirs", "platform", "pwd", "base64", "binascii", "codecs", "copy", "decimal",
     "fnmatch", "textwrap", "importlib.metadata", "tomllib", "tomli", "tomli_w",
     "concurrent.futures", "asyncio", "pickle", "io", "watchfiles",
