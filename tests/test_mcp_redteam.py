@@ -370,3 +370,38 @@ def test_event_streams_hold_at_most_half_the_connections():
             s.close()
     assert [h[:12] for h in heads] == [b"HTTP/1.1 200"] * 2 + [b"HTTP/1.1 503"] * 2, heads
     assert newcomers == [200, 200, 200]
+
+
+def test_connections_held_between_requests_lock_no_newcomer_out():
+    """Red team 107: every one of --max-connections held open with a tiny request
+    answered every few seconds (404, kept alive) had each newcomer's connection closed as
+    it was accepted. At the cap the connection idle longest now makes room."""
+    import http.client
+    import socket
+
+    ensure_setup()
+    with http_server("--max-connections", "4") as (url, _):
+        port = int(url.split(":")[2].split("/")[0])
+        held = []
+        for _ in range(4):
+            s = socket.create_connection(("127.0.0.1", port), timeout=30)
+            s.sendall(f"GET /nope HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n".encode())
+            assert s.recv(200).startswith(b"HTTP/1.1 4"), "a refusal, kept alive"
+            held.append(s)
+        statuses = []
+        for _ in range(3):
+            c = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+            c.request(
+                "POST",
+                "/mcp",
+                body=json.dumps(INIT_2025),
+                headers={
+                    "accept": "application/json, text/event-stream",
+                    "content-type": "application/json",
+                },
+            )
+            statuses.append(c.getresponse().status)
+            c.close()
+        for s in held:
+            s.close()
+    assert statuses == [200, 200, 200]

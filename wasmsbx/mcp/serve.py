@@ -283,21 +283,47 @@ def guarded_protocol(request_timeout: float, max_connections: int) -> Any:
     and body) within ``request_timeout`` of its first byte, else the connection is
     closed; and a connection beyond ``max_connections`` is closed as it is accepted.
     Replies that take long (a running call, an SSE stream) are not limited: the server
-    is the one sending."""
+    is the one sending. At the cap, the connection idle longest makes room for a newcomer
+    (_evict_idle), so a client holding connections open between requests locks no one out;
+    event streams, which hold theirs, may hold half of them (HeaderGuard)."""
     import h11
     from uvicorn.protocols.http.h11_impl import H11Protocol
 
     class GuardedH11(H11Protocol):
         read_timer: Any = None
+        last_active = 0.0
 
         def connection_made(self, transport: Any) -> None:
-            if len(self.connections) >= max_connections:
+            if len(self.connections) >= max_connections and not self._evict_idle():
                 transport.close()  # before it is counted: no descriptor kept for it
                 return
+            self.last_active = self.loop.time()
             super().connection_made(transport)
             self._arm()
 
+        def _evict_idle(self) -> bool:
+            """At the cap, close the connection idle longest (no request in flight: its
+            last reply sent, the next not begun) for the newcomer; False if none is.
+            Before, the newcomer was closed: one client holding every connection with
+            tiny requests every few seconds (answered 401 or 404, kept alive) locked
+            every other client out for as long as it liked (red team 107)."""
+            idle = [c for c in self.connections if isinstance(c, GuardedH11) and c._idle()]
+            if not idle:
+                return False
+            victim = min(idle, key=lambda c: c.last_active)
+            self.connections.discard(victim)  # (counted out now; its close is under way)
+            victim.transport.close()
+            return True
+
+        def _idle(self) -> bool:
+            return (
+                self.transport is not None
+                and (self.cycle is None or self.cycle.response_complete)
+                and self.conn.their_state is h11.IDLE
+            )
+
         def data_received(self, data: bytes) -> None:
+            self.last_active = self.loop.time()
             self._arm()
             super().data_received(data)
             if self.conn.their_state is h11.DONE:  # the whole request is in
