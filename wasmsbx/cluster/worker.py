@@ -33,7 +33,7 @@ _LOCK = threading.Lock()
 _JOBS: OrderedDict = OrderedDict()  # job key -> _Job
 
 
-KEEP_RUNS = 8  # runs per job whose idle Callers a worker keeps, least recently used closed
+KEEP_RUNS = 2  # runs per job whose idle Callers a worker keeps, least recently used closed
 
 
 class _Job:
