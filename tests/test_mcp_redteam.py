@@ -26,6 +26,18 @@ from .mcp_helpers import (  # noqa: E402
     text_of,
 )
 
+# An initialize request of the 2025 protocol (each makes a new MCP session).
+INIT_2025 = {
+    "jsonrpc": "2.0",
+    "id": 1,
+    "method": "initialize",
+    "params": {
+        "protocolVersion": "2025-06-18",
+        "capabilities": {},
+        "clientInfo": {"name": "x", "version": "1"},
+    },
+}
+
 
 def make_config(**kw):
     return config_mod.ServerConfig(policy=policy_mod.defaults(), **kw)
@@ -85,17 +97,7 @@ def _raw_2025_client(url: str):
         return response.json()
 
     def new_session() -> dict:
-        init = {
-            "jsonrpc": "2.0",
-            "id": 1,
-            "method": "initialize",
-            "params": {
-                "protocolVersion": "2025-06-18",
-                "capabilities": {},
-                "clientInfo": {"name": "churn", "version": "1"},
-            },
-        }
-        r = httpx2.post(url, content=json.dumps(init), headers=accept, timeout=60)
+        r = httpx2.post(url, content=json.dumps(INIT_2025), headers=accept, timeout=60)
         assert r.status_code == 200, r.text
         headers = {
             **accept,
@@ -156,16 +158,7 @@ def test_initialize_requests_cannot_lock_other_clients_out():
     import httpx2
 
     accept = {"accept": "application/json, text/event-stream", "content-type": "application/json"}
-    init = {
-        "jsonrpc": "2.0",
-        "id": 1,
-        "method": "initialize",
-        "params": {
-            "protocolVersion": "2025-06-18",
-            "capabilities": {},
-            "clientInfo": {"name": "flood", "version": "1"},
-        },
-    }
+    init = INIT_2025
     listing = {"jsonrpc": "2.0", "id": 2, "method": "tools/list"}
     ensure_setup()
     with (
@@ -283,18 +276,6 @@ def _raw_http(port: int, request: bytes) -> bytes:
     with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
         s.sendall(request)
         return s.recv(200)
-
-
-INIT_2025 = {
-    "jsonrpc": "2.0",
-    "id": 1,
-    "method": "initialize",
-    "params": {
-        "protocolVersion": "2025-06-18",
-        "capabilities": {},
-        "clientInfo": {"name": "x", "version": "1"},
-    },
-}
 
 
 def test_a_repeated_authorization_header_is_refused(tmp_path):
