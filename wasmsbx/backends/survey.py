@@ -55,14 +55,6 @@ def explain(
         except FactsError as exc:
             if not exc.component:
                 raise ModuleError(f"{module}: {exc}") from None
-            from ..components.binary import ComponentFormatError, ComponentUnsupported, scan
-
-            try:  # (its sections at least: a truncated one was scored, exit 0: red team 106)
-                scan(wasm)
-            except ComponentUnsupported:
-                pass  # (well formed; what it instantiates is refused when it runs)
-            except ComponentFormatError as err:
-                raise ModuleError(f"{module}: {err}", hint=err.hint) from None
             # A component needs the component model (wasmer lacks it: the table says so).
             return select.select(
                 policy, {"component-model"}, "call" if kind == "auto" else kind, backend

@@ -37,6 +37,8 @@ def register(app: typer.Typer) -> None:
         from ...backends import survey
 
         selection = None
+        if module:
+            _check_component(module)
         if explain or module:
             selection = survey.explain(module, policy, kind, backend)
         else:  # they only shape the explanation, but were ignored with exit 0 when wrong
@@ -55,6 +57,25 @@ def register(app: typer.Typer) -> None:
             output.out("")
             render(selection)
         return 0
+
+
+def _check_component(module: str) -> None:
+    """A component's sections, scanned as `run`, `audit` and `compile` scan them: a
+    truncated one was scored, exit 0 (red team 106). A core module is checked by the
+    survey's own read of its facts."""
+    from ...components.binary import ComponentFormatError, ComponentUnsupported, scan
+    from ...errors import ModuleError
+    from ...wasm.source import read_module
+
+    wasm = read_module(module)
+    if bytes(wasm[4:8]) != b"\x0d\x00\x01\x00":  # (a component's version and layer)
+        return
+    try:
+        scan(wasm)
+    except ComponentUnsupported:
+        pass  # (well formed; what it instantiates is refused when it runs)
+    except ComponentFormatError as err:
+        raise ModuleError(f"{module}: {err}", hint=err.hint) from None
 
 
 def _render(report: list) -> None:
