@@ -98,14 +98,14 @@ class Checkpoint:
         an internal error (a missing field, a string offset, a negative one) or read
         terabytes (an input offset of 10**13; red team 106)."""
 
-        def count(value: Any) -> bool:
-            return type(value) is int and value >= 0
+        def count(value: Any) -> bool:  # (below 2**62: a file offset, red team 108)
+            return type(value) is int and 0 <= value < 1 << 62
 
         if not isinstance(state, dict):
             return "its state is not a table"
         for key in ("input_offset", "tail_start", "output_offset"):
             if not count(state.get(key)):
-                return f"{key} is not a whole number >= 0"
+                return f"{key} is not a file offset (a whole number, 0 to 2**62)"
         tail = state["input_offset"] - state["tail_start"]
         # (the last item's line, or chunk: at most what the run reads at once)
         most = self.identity.get("chunk_size") or MAX_TAIL
@@ -203,7 +203,8 @@ class Checkpoint:
 
 
 class HoldInterrupt:
-    """Defers Ctrl-C (SIGINT) between ``hold()`` and ``release()``, which then raises it:
+    """Defers Ctrl-C (SIGINT, and SIGTERM on the command line) between ``hold()`` and
+    ``release()``, which then raises it:
     writing output and recording what it covers is one step, so a checkpoint saved on
     Ctrl-C never covers output of an item (or chunk) it does not count as done.
 
@@ -233,14 +234,24 @@ class HoldInterrupt:
         main = threading.current_thread() is threading.main_thread()
         if main and signal.getsignal(signal.SIGINT) in (signal.default_int_handler, on_interrupt):
             self.previous = signal.signal(signal.SIGINT, self._signal)
+            # SIGTERM too, where the command line stops on it (deadline.on_interrupt): it
+            # came between a stream's write and its record, so the checkpoint counted a
+            # chunk it had not written down (its output then came twice: red team 108)
+            if signal.getsignal(signal.SIGTERM) is on_interrupt:
+                self.previous_term = signal.signal(signal.SIGTERM, self._signal)
         return self
 
-    def __exit__(self, *exc: Any) -> None:
-        if self.previous is not None:
-            import signal
+    previous_term: Any = None
 
+    def __exit__(self, *exc: Any) -> None:
+        import signal
+
+        if self.previous is not None:
             signal.signal(signal.SIGINT, self.previous)
             self.previous = None
+        if self.previous_term is not None:
+            signal.signal(signal.SIGTERM, self.previous_term)
+            self.previous_term = None
 
     def _signal(self, signum: int, frame: Any) -> None:
         if self.busy and not self.pending:
@@ -291,10 +302,19 @@ class Source:
     def resume(self, state: dict) -> None:
         """Move to the checkpoint's input offset, checking the input is the one it saw."""
         start, end = state["tail_start"], state["input_offset"]
-        if self.seekable:
-            self.stream.seek(start)
-        else:
-            self._discard(start)
+        try:
+            if self.seekable:
+                self.stream.seek(start)
+            else:
+                self._discard(start)
+        except (OSError, ValueError, OverflowError):  # (past what a file can hold: 108)
+            start = -1
+        if start < 0:
+            raise errors.UsageError(
+                f"input {self.name} is not the input of the interrupted run (it cannot "
+                f"be read at the checkpoint's offset {state['tail_start']})",
+                hint="resume with the same input, or delete the checkpoint to start over",
+            )
         tail = self._read_exactly(end - start)
         if len(tail) != end - start or digest(tail) != state["tail_sha256"]:
             raise errors.UsageError(
