@@ -386,3 +386,47 @@ def test_connections_held_between_requests_lock_no_newcomer_out():
         for s in held:
             s.close()
     assert statuses == [200, 200, 200]
+
+
+def test_connections_that_pipeline_and_never_read_lock_no_newcomer_out():
+    """Red team 108: each of --max-connections pipelined megabytes of tiny requests and
+    never read the replies, so each stayed "in flight" (neither idle nor slow to send):
+    every newcomer was closed for as long as the client liked. Such connections are the
+    first to make room now."""
+    import http.client
+    import socket
+    import time
+
+    ensure_setup()
+    with http_server("--max-connections", "4") as (url, _):
+        port = int(url.split(":")[2].split("/")[0])
+        held = []
+        for _ in range(4):
+            s = socket.create_connection(("127.0.0.1", port), timeout=30)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            s.setblocking(False)
+            held.append(s)
+        request = f"GET /x HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n".encode() * 2000
+        end = time.monotonic() + 3
+        while time.monotonic() < end:
+            for s in held:
+                try:
+                    s.send(request)
+                except (BlockingIOError, OSError):
+                    pass
+            time.sleep(0.01)
+        c = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        c.request(
+            "POST",
+            "/mcp",
+            body=json.dumps(INIT_2025),
+            headers={
+                "accept": "application/json, text/event-stream",
+                "content-type": "application/json",
+            },
+        )
+        status = c.getresponse().status
+        c.close()
+        for s in held:
+            s.close()
+    assert status == 200

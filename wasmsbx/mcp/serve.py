@@ -308,12 +308,27 @@ def guarded_protocol(request_timeout: float, max_connections: int) -> Any:
             tiny requests every few seconds (answered 401 or 404, kept alive) locked
             every other client out for as long as it liked (red team 107)."""
             idle = [c for c in self.connections if isinstance(c, GuardedH11) and c._idle()]
-            if not idle:
+            # A client that does not read its replies holds its connection as one in
+            # flight: replies to pipelined requests fill the socket and the reply waits
+            # for ever (red team 108: every newcomer closed, with no token needed). Such
+            # connections go first.
+            stuck = [c for c in self.connections if isinstance(c, GuardedH11) and c._stuck()]
+            if not (stuck or idle):
                 return False
-            victim = min(idle, key=lambda c: c.last_active)
+            victim = min(stuck or idle, key=lambda c: c.last_active)
             self.connections.discard(victim)  # (counted out now; its close is under way)
             victim.transport.close()
             return True
+
+        def _stuck(self) -> bool:
+            """Its client does not read its replies (writes paused), or sent its next
+            request before the reply to the last (pipelining, which MCP clients never do:
+            thousands of tiny requests queued kept a connection busy for minutes)."""
+            flow = self.flow
+            if self.transport is None or flow is None:
+                return False
+            pipelined = self.conn.their_state is h11.DONE and bool(self.conn.trailing_data[0])
+            return flow.write_paused or pipelined
 
         def _idle(self) -> bool:
             return (
