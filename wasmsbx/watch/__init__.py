@@ -728,17 +728,9 @@ class Watcher:
 
 
 def _captured(stdout: Optional[bytes], stderr: Optional[bytes]) -> dict:
-    def text(raw: Optional[bytes]) -> Any:
-        if raw is None:
-            return None
-        try:
-            return raw.decode("utf-8")
-        except UnicodeDecodeError:
-            import base64
+    from ..runner.captured import as_json  # (as run --json: red team 108)
 
-            return {"base64": base64.b64encode(raw).decode("ascii")}
-
-    return {"stdout": text(stdout), "stderr": text(stderr)}
+    return {"stdout": as_json(stdout), "stderr": as_json(stderr)}
 
 
 __all__ = [

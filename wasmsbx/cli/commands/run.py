@@ -413,28 +413,10 @@ def _explain_status(result: Any) -> None:
         output.warning(f"exit code {code} is the guest's own status, not a wasmsbx error")
 
 
-# The bytes JSON writes as 6-byte escapes (\u0001): control characters but tab and newline,
-# which take 2, as do the quote and the backslash.
-_ESCAPED = bytes(b for b in range(32) if b not in (9, 10)) + b"\x7f"
-_KEPT = bytes(b for b in range(256) if b not in _ESCAPED)
-
-
 def _text(data: Any) -> Any:
-    """A captured stream for the JSON report: its text, or ``{"base64": ...}`` when it
-    is no UTF-8, or past 4 KiB when JSON's escapes (``\u0001``: 6 bytes for 1) would
-    make it longer than base64 does (red team 104: 64 MiB of \x01 became 402 MB of
-    JSON on stdout, and 947 MB of RSS)."""
-    if data is None:
-        return None
-    # (short output stays text: a colour escape or two is no reason for base64)
-    if len(data) <= 4096 or len(data.translate(None, _KEPT)) * 5 <= len(data) // 3:
-        try:
-            return data.decode("utf-8")
-        except UnicodeDecodeError:
-            pass
-    import base64
+    from ...runner.captured import as_json
 
-    return {"base64": base64.b64encode(data).decode("ascii")}
+    return as_json(data)
 
 
 def _after(stats: Any, o: dict, log: Any = None, shown: Any = ()) -> None:
