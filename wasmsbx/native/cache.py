@@ -125,6 +125,8 @@ def _expand(text: str, what: str) -> Path:
 def resolve_dir(policy: Any = None, override: Optional[str] = None) -> tuple:
     """(directory, where it came from): option, policy, env or default."""
     if override and not override.isspace():  # (blank: unset, as the variable's)
+        if override[:1] == os.sep and type(override) is str:  # (absolute, no ~: as below)
+            return _path_of(override), "option"
         return _expand(override, "--cache-dir").absolute(), "option"
     configured = policy.values.get("runtime.cache_dir") if policy is not None else ""
     if configured and not configured.isspace():
