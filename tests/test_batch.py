@@ -196,10 +196,11 @@ def test_batch_float_and_multi_value_results(cli, tmp_path):
         (["--batch", "-"], 2, "--batch needs FUNC"),
         (["add", "1", "--batch", "-"], 2, "no arguments after FUNC"),
         (["add", "--jobs", "2"], 2, "--jobs only applies with --batch"),
-        (["add", "1", "2", "-j", "0"], 2, "--jobs only applies with --batch"),  # (0 == False)
-        (["add", "--stream", "-j", "0"], 2, "--jobs only applies with --batch"),
+        (["add", "1", "2", "-j", "0"], 2, "--jobs: expected a whole number >= 1, found 0"),
+        (["add", "--stream", "-j", "0"], 2, "--jobs: expected a whole number >= 1, found 0"),
+        (["add", "--batch", "-", "-j", "-1"], 2, "--jobs: expected a whole number >= 1, found -1"),
         (["add", "--fresh"], 2, "--fresh only applies"),
-        (["add", "--batch", "-", "-j", "0"], 2, "at least 1"),
+        (["add", "--batch", "-", "-j", "0"], 2, "expected a whole number >= 1, found 0"),
         (["add", "--batch", "-", "-j", "x"], 2, "expected a whole number"),
         (["add", "--batch", "-", "--stream"], 2, "cannot be combined"),
         (["add", "--batch", "-", "--chunk-size", "1KiB"], 2, "--chunk-size only applies"),
@@ -1205,3 +1206,17 @@ def test_sigterm_stops_a_checkpointed_stream_as_ctrl_c_does(tmp_path):
         if ckpt.exists():
             state = json.loads(ckpt.read_text())["state"]
             assert state["input_offset"] == state["output_offset"], state
+
+
+def test_an_interrupt_before_any_checkpoint_says_nothing_was_saved(tmp_path):
+    """Red team 108: interrupted before its first save, a run still said "progress is
+    saved in s.ckpt", where no file was."""
+    from wasmsbx.cli.commands.run_batch import _interrupted
+
+    ckpt = tmp_path / "run.ckpt"
+    before = _interrupted({"checkpoint": str(ckpt)})
+    assert "before any progress was saved" in before.message, before.message
+    ckpt.write_text("{}")
+    after = _interrupted({"checkpoint": str(ckpt)})
+    assert after.message == f"interrupted; progress is saved in {ckpt}"
+    assert after.exit_code == before.exit_code == 130

@@ -109,9 +109,9 @@ def test_any_flag_value_runs_or_is_refused(capsys, flag, value):
 @pytest.mark.parametrize(
     "extra, message",
     [
-        (["--batch", "-", "-j", "0"], "at least 1"),
+        (["--batch", "-", "-j", "0"], ">= 1, found 0"),
         (["--batch", "-", "-j", "100000"], "at most 256"),
-        (["--batch", "-", "-j", "-3"], ">= 0"),
+        (["--batch", "-", "-j", "-3"], ">= 1, found -3"),  # (said as for 0: red team 108)
         (["--stream", "--chunk-size", "0"], "between 1 byte"),
         (["--stream", "--chunk-size", "2GiB"], "too large"),
         (["--stream", "--chunk-size", "18446744073709551616"], "too large"),

@@ -176,8 +176,10 @@ def _value(opt: Opt, raw: str) -> object:
     if opt.value_type is int:
         from ..units import parse_count
 
-        try:  # ASCII digits, 0x, "_"; never negative; the option's own range comes later
-            return parse_count(raw)
+        # ASCII digits, 0x, "_"; never negative (-j: never 0, said the same way for -1
+        # and 0, red team 108); the option's own range comes later
+        try:
+            return parse_count(raw, minimum=1 if opt.dest == "jobs" else 0)
         except ValueError as exc:
             raise UsageError(f"{opt.flags[0]}: {exc}", hint=opt.help) from None
     return raw

@@ -444,7 +444,7 @@ MAX_JOBS = 256
 def check_jobs(jobs: int) -> None:
     """-j/--jobs: 1 .. MAX_JOBS worker processes (UsageError otherwise)."""
     if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
-        raise errors.UsageError(f"--jobs: must be at least 1, found {jobs!r}")
+        raise errors.UsageError(f"--jobs: expected a whole number >= 1, found {jobs!r}")
     if jobs > MAX_JOBS:
         raise errors.UsageError(
             f"-j/--jobs must be at most {MAX_JOBS}, got {jobs}",

@@ -347,6 +347,11 @@ def _stream_stats(stats: Any) -> None:
 def _interrupted(o: dict) -> errors.WasmsbxError:
     if not o["checkpoint"]:
         return errors.Interrupted("interrupted")
+    if not os.path.lexists(o["checkpoint"]):  # (stopped before its first save: red team 108)
+        return errors.Interrupted(
+            f"interrupted before any progress was saved in {o['checkpoint']}",
+            hint="rerun the same command: it starts from the beginning",
+        )
     return errors.Interrupted(
         f"interrupted; progress is saved in {o['checkpoint']}",
         hint="rerun the same command to resume (append to the same output: >>)",
