@@ -353,11 +353,30 @@ def test_event_streams_hold_at_most_half_the_connections():
     assert newcomers == [200, 200, 200]
 
 
+def _initialize(port: int) -> int:
+    """A newcomer's initialize (2025 protocol) on a connection of its own: its status."""
+    import http.client
+
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        c.request(
+            "POST",
+            "/mcp",
+            body=json.dumps(INIT_2025),
+            headers={
+                "accept": "application/json, text/event-stream",
+                "content-type": "application/json",
+            },
+        )
+        return c.getresponse().status
+    finally:
+        c.close()
+
+
 def test_connections_held_between_requests_lock_no_newcomer_out():
     """Red team 107: every one of --max-connections held open with a tiny request
     answered every few seconds (404, kept alive) had each newcomer's connection closed as
     it was accepted. At the cap the connection idle longest now makes room."""
-    import http.client
     import socket
 
     ensure_setup()
@@ -369,20 +388,7 @@ def test_connections_held_between_requests_lock_no_newcomer_out():
             s.sendall(f"GET /nope HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n".encode())
             assert s.recv(200).startswith(b"HTTP/1.1 4"), "a refusal, kept alive"
             held.append(s)
-        statuses = []
-        for _ in range(3):
-            c = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-            c.request(
-                "POST",
-                "/mcp",
-                body=json.dumps(INIT_2025),
-                headers={
-                    "accept": "application/json, text/event-stream",
-                    "content-type": "application/json",
-                },
-            )
-            statuses.append(c.getresponse().status)
-            c.close()
+        statuses = [_initialize(port) for _ in range(3)]
         for s in held:
             s.close()
     assert statuses == [200, 200, 200]
@@ -393,7 +399,6 @@ def test_connections_that_pipeline_and_never_read_lock_no_newcomer_out():
     never read the replies, so each stayed "in flight" (neither idle nor slow to send):
     every newcomer was closed for as long as the client liked. Such connections are the
     first to make room now."""
-    import http.client
     import socket
     import time
 
@@ -415,18 +420,7 @@ def test_connections_that_pipeline_and_never_read_lock_no_newcomer_out():
                 except (BlockingIOError, OSError):
                     pass
             time.sleep(0.01)
-        c = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-        c.request(
-            "POST",
-            "/mcp",
-            body=json.dumps(INIT_2025),
-            headers={
-                "accept": "application/json, text/event-stream",
-                "content-type": "application/json",
-            },
-        )
-        status = c.getresponse().status
-        c.close()
+        status = _initialize(port)
         for s in held:
             s.close()
     assert status == 200
