@@ -15,10 +15,8 @@ from __future__ import annotations
 import os
 
 ROOM = 32  # descriptors kept aside: what reporting an error needs, with margin
-_KEPT: list = []
-
-
 HIGH = 4096  # where the kept descriptors go at most (a higher one grows the kernel's table)
+_KEPT: list = []
 
 
 def keep() -> None:

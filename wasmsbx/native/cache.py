@@ -51,7 +51,6 @@ from . import entry as entry_format
 from . import located, recorded, trust
 from .trustdir import (
     ENTRY_SUFFIX,
-    VCS_NAMES,
     in_metadata,
     proc_target,
     trust_dir_text,
@@ -214,19 +213,19 @@ def _make_inside(root: Path, text: str, inside: str) -> tuple:
     ``.git/hooks/pre-commit/`` or ``~/.ssh/authorized_keys/`` (red team 103). (The last
     folder opened, O_PATH: the one checked and used, never looked up by name again;
     whether it was made here.)"""
-    from .trustdir import within
-
     if not within(text, inside) or text == inside:
         raise CacheUnavailable(
             f"{root} leads outside the folder of the sandbox.toml that names it: it changed "
             "after the policy was checked"
         )
+    if in_metadata(text, inside):
+        raise CacheUnavailable(f"{root} leads into version-control metadata: not a cache folder")
     parts = [part for part in text[len(inside.rstrip(os.sep)) :].split(os.sep) if part]
     current = os.open(inside, _PIN | _CLOEXEC)
     made = False
     try:
         for part in parts:
-            if part in (".", "..") or part.lower() in VCS_NAMES:
+            if part in (".", ".."):
                 raise CacheUnavailable(f"{root} leads into {part}: not a cache folder")
             try:
                 os.mkdir(part, 0o700, dir_fd=current)

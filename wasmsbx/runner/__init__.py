@@ -8,6 +8,7 @@ is the core one with those methods, and gives a component sandbox for a componen
 
 from __future__ import annotations
 
+import errno
 import os
 import threading
 import weakref
@@ -105,7 +106,7 @@ class Sandbox(_core.Sandbox, Services):
     _plannable = True  # (adds no step to __init__: see runner.sandbox._Plan)
 
 
-_EMFILE, _ENFILE = 24, 23  # (errno's, Linux and the BSDs alike)
+_EMFILE, _ENFILE = errno.EMFILE, errno.ENFILE
 
 
 def _no_descriptors(exc: OSError) -> Exception:

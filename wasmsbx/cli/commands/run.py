@@ -390,8 +390,10 @@ def _command(box: Any, argv: list, o: dict, log: Any = None) -> int:
     result = box.run_command(argv, capture=o["json"])
     if o["json"]:
         data = result.to_dict()
-        data["stdout"] = _text(result.stdout)
-        data["stderr"] = _text(result.stderr)
+        from ...runner.captured import as_json
+
+        data["stdout"] = as_json(result.stdout)
+        data["stderr"] = as_json(result.stderr)
         output.emit_json(data)
     _after(result.stats, o, log, box.warnings)
     _explain_status(result)
@@ -411,12 +413,6 @@ def _explain_status(result: Any) -> None:
         )
     else:
         output.warning(f"exit code {code} is the guest's own status, not a wasmsbx error")
-
-
-def _text(data: Any) -> Any:
-    from ...runner.captured import as_json
-
-    return as_json(data)
 
 
 def _after(stats: Any, o: dict, log: Any = None, shown: Any = ()) -> None:
