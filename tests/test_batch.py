@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import itertools
 import json
 import os
@@ -1220,3 +1221,35 @@ def test_an_interrupt_before_any_checkpoint_says_nothing_was_saved(tmp_path):
     after = _interrupted({"checkpoint": str(ckpt)})
     assert after.message == f"interrupted; progress is saved in {ckpt}"
     assert after.exit_code == before.exit_code == 130
+
+
+@pytest.mark.parametrize("kind", ["batch", "stream"])
+def test_an_interrupt_while_the_done_checkpoint_is_removed_is_dropped(tmp_path, monkeypatch, kind):
+    """Red team 109: a run removed its checkpoint after its Ctrl-C handling was given
+    back, so an interrupt landing then exited 130 ("interrupted", progress saved) with
+    the checkpoint already gone, and the rerun that asked for wrote everything again. The
+    run is done once its checkpoint is removed: an interrupt then is dropped."""
+    from wasmsbx.runner import checkpoint, stream
+
+    remove = checkpoint.Checkpoint.remove
+
+    def interrupted_remove(self) -> None:
+        os.kill(os.getpid(), signal.SIGINT)  # (handled at the next bytecode)
+        remove(self)
+
+    monkeypatch.setattr(checkpoint.Checkpoint, "remove", interrupted_remove)
+    ckpt = tmp_path / "run.ckpt"
+    out = tmp_path / "out"
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    with open(out, "ab") as o:
+        if kind == "batch":
+            src = io.BytesIO(b"".join(b"[%d, 1]\n" % i for i in range(5)))
+            box = Sandbox(ADD)
+            summary = batch.run_jsonl(box, "add", Source(src), Sink(o), checkpoint=ckpt)
+            assert summary.ok == 5
+        else:
+            box = Sandbox(EXAMPLES / "stream" / "upper.wat")
+            src = io.BytesIO(b"abc" * 1000)
+            stream.run_stream(box, "process", Source(src), Sink(o), checkpoint=ckpt)
+    assert not ckpt.exists()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler

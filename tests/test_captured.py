@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from wasmsbx.runner.captured import as_json
+from wasmsbx.runner.captured import GROWTH, as_json
 
 
 @pytest.mark.parametrize(
@@ -36,3 +36,19 @@ def test_watch_reports_captured_output_as_run_does():
 
     got = _captured(b"\x01" * 100_000, b"ok\n")
     assert set(got["stdout"]) == {"base64"} and got["stderr"] == "ok\n"
+
+
+@pytest.mark.parametrize("char", ["\U0001f600", '"', "\\", "\U0001f600\"'"])
+def test_the_json_size_is_counted_exactly_so_no_text_grows_past_the_bound(char):
+    """Red team 109: the estimate took a character beyond the BMP for 6 bytes (JSON
+    writes a surrogate pair, 12) and a quote or backslash for 1 (2), so 64 KiB of emoji
+    or quotes went out as text 3 to 3.6 times its size."""
+    data = (char * 20000).encode()
+    carried = as_json(data)
+    size = len(json.dumps(carried))
+    assert size <= GROWTH * len(data) + 32, (char, size / len(data))
+
+
+def test_text_just_within_the_bound_stays_text():
+    data = ('"' * 5000 + "a" * 5000).encode()  # (JSON: 1.5 times)
+    assert as_json(data) == data.decode()

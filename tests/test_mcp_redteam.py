@@ -424,3 +424,79 @@ def test_connections_that_pipeline_and_never_read_lock_no_newcomer_out():
         for s in held:
             s.close()
     assert status == 200
+
+
+def test_connections_trickling_request_bodies_lock_no_newcomer_out():
+    """Red team 109: each of --max-connections sent its headers and then its body a byte
+    at a time (each reopened as --request-timeout closed it), neither idle nor stuck, so
+    every newcomer was closed as it was accepted. A connection whose request is still
+    arriving makes room now, the one that began its request first."""
+    import socket
+    import threading
+    import time
+
+    ensure_setup()
+    with http_server("--max-connections", "4") as (url, _):
+        port = int(url.split(":")[2].split("/")[0])
+        held = []
+        for _ in range(4):
+            s = socket.create_connection(("127.0.0.1", port), timeout=30)
+            s.sendall(
+                f"POST /mcp HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+                "Content-Type: application/json\r\nContent-Length: 100000\r\n\r\n{".encode()
+            )
+            held.append(s)
+        stop = threading.Event()
+
+        def trickle() -> None:
+            while not stop.wait(0.05):
+                for s in held:
+                    try:
+                        s.send(b" ")
+                    except OSError:
+                        pass
+
+        thread = threading.Thread(target=trickle, daemon=True)
+        thread.start()
+        try:
+            time.sleep(0.3)
+            statuses = [_initialize(port) for _ in range(3)]
+        finally:
+            stop.set()
+            thread.join()
+            for s in held:
+                s.close()
+    assert statuses == [200, 200, 200]
+
+
+def test_a_client_reading_its_reply_slowly_is_not_taken_for_stuck():
+    """Red team 109: a connection was "stuck" (first to go at the cap) the moment its
+    writes paused, so an honest client reading a large reply at its own pace lost it to
+    any newcomer. Writes must stay paused STUCK_AFTER seconds first; pipelining still
+    counts at once."""
+    import types
+
+    import h11
+
+    from wasmsbx.mcp import serve
+
+    protocol = serve.guarded_protocol(request_timeout=10, max_connections=4)
+
+    def connection(paused_since: float, pipelined: bool = False):
+        conn = types.SimpleNamespace(
+            their_state=h11.DONE if pipelined else h11.SEND_BODY,
+            trailing_data=(b"GET / HTTP/1.1\r\n" if pipelined else b"", False),
+        )
+        return types.SimpleNamespace(
+            transport=object(),
+            flow=types.SimpleNamespace(write_paused=not pipelined),
+            conn=conn,
+            paused_since=paused_since,
+        )
+
+    now = 1000.0
+    just_paused = connection(now - 0.1)
+    long_paused = connection(now - serve.STUCK_AFTER - 0.1)
+    assert not protocol._stuck(just_paused, now)
+    assert protocol._stuck(long_paused, now)
+    assert protocol._stuck(connection(now, pipelined=True), now)

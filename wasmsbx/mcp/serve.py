@@ -15,6 +15,10 @@ from .. import errors
 from .config import ServerConfig
 
 BODY_OVERHEAD = 256 * 1024  # JSON-RPC framing around the tool arguments
+# Seconds a connection's writes stay paused (its client not reading the reply) before the
+# connection may make room for a newcomer at the cap (red team 109: at once, an honest
+# client reading a large reply at its own pace lost it).
+STUCK_AFTER = 2.0
 
 
 def is_loopback(host: str) -> bool:
@@ -291,7 +295,9 @@ def guarded_protocol(request_timeout: float, max_connections: int) -> Any:
 
     class GuardedH11(H11Protocol):
         read_timer: Any = None
-        last_active = 0.0
+        last_active = 0.0  # its last byte received, or its accepting
+        request_began = 0.0  # when the request now arriving began (_arm)
+        paused_since = 0.0  # when writes to it last paused (its client not reading)
 
         def connection_made(self, transport: Any) -> None:
             if len(self.connections) >= max_connections and not self._evict_idle():
@@ -302,33 +308,46 @@ def guarded_protocol(request_timeout: float, max_connections: int) -> Any:
             self._arm()
 
         def _evict_idle(self) -> bool:
-            """At the cap, close the connection idle longest (no request in flight: its
-            last reply sent, the next not begun) for the newcomer; False if none is.
-            Before, the newcomer was closed: one client holding every connection with
-            tiny requests every few seconds (answered 401 or 404, kept alive) locked
-            every other client out for as long as it liked (red team 107)."""
-            idle = [c for c in self.connections if isinstance(c, GuardedH11) and c._idle()]
-            # A client that does not read its replies holds its connection as one in
-            # flight: replies to pipelined requests fill the socket and the reply waits
-            # for ever (red team 108: every newcomer closed, with no token needed). Such
-            # connections go first.
-            stuck = [c for c in self.connections if isinstance(c, GuardedH11) and c._stuck()]
-            if not (stuck or idle):
-                return False
-            victim = min(stuck or idle, key=lambda c: c.last_active)
-            self.connections.discard(victim)  # (counted out now; its close is under way)
-            victim.transport.close()
-            return True
+            """At the cap, make room for the newcomer by closing, in this order:
+            - a connection whose client does not read its replies (_stuck), the one
+              active longest ago first;
+            - the connection idle longest (no request in flight: its last reply sent,
+              the next not begun);
+            - a connection whose request is still arriving, the one that began its
+              request first.
+            False if none is: every connection has a whole request in flight.
 
-        def _stuck(self) -> bool:
-            """Its client does not read its replies (writes paused), or sent its next
-            request before the reply to the last (pipelining, which MCP clients never do:
-            thousands of tiny requests queued kept a connection busy for minutes)."""
+            Before, the newcomer was closed: one client holding every connection with
+            tiny requests every few seconds (answered 401 or 404, kept alive) locked every
+            other client out for as long as it liked (red team 107); so did pipelined
+            requests whose replies were never read (108), and request bodies sent a byte at
+            a time, each connection reopened as ``request_timeout`` closed it (109)."""
+            now = self.loop.time()
+            mine = [c for c in self.connections if isinstance(c, GuardedH11)]
+            for tier, key in (
+                ([c for c in mine if c._stuck(now)], lambda c: c.last_active),
+                ([c for c in mine if c._idle()], lambda c: c.last_active),
+                ([c for c in mine if c._arriving()], lambda c: c.request_began),
+            ):
+                if tier:
+                    victim = min(tier, key=key)
+                    self.connections.discard(victim)  # (counted out now; closing)
+                    victim.transport.close()
+                    return True
+            return False
+
+        def _stuck(self, now: float) -> bool:
+            """Its client has not read its replies for STUCK_AFTER seconds (writes paused
+            all that time: an honest client reading a large reply slowly pauses them for
+            moments), or sent its next request before the reply to the last (pipelining,
+            which MCP clients never do: thousands of tiny requests queued kept a
+            connection busy for minutes)."""
             flow = self.flow
             if self.transport is None or flow is None:
                 return False
-            pipelined = self.conn.their_state is h11.DONE and bool(self.conn.trailing_data[0])
-            return flow.write_paused or pipelined
+            if self.conn.their_state is h11.DONE and bool(self.conn.trailing_data[0]):
+                return True
+            return flow.write_paused and now - self.paused_since >= STUCK_AFTER
 
         def _idle(self) -> bool:
             return (
@@ -336,6 +355,15 @@ def guarded_protocol(request_timeout: float, max_connections: int) -> Any:
                 and (self.cycle is None or self.cycle.response_complete)
                 and self.conn.their_state is h11.IDLE
             )
+
+        def _arriving(self) -> bool:
+            """A request has begun and is not all in yet (its read timer runs)."""
+            return self.transport is not None and self.read_timer is not None
+
+        def pause_writing(self) -> None:
+            if not self.flow.write_paused:
+                self.paused_since = self.loop.time()
+            super().pause_writing()
 
         def data_received(self, data: bytes) -> None:
             self.last_active = self.loop.time()
@@ -351,6 +379,7 @@ def guarded_protocol(request_timeout: float, max_connections: int) -> Any:
 
         def _arm(self) -> None:
             if self.read_timer is None and self.conn.their_state is not h11.DONE:
+                self.request_began = self.loop.time()
                 self.read_timer = self.loop.call_later(request_timeout, self._too_slow)
 
         def _disarm(self) -> None:

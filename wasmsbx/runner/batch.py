@@ -1312,10 +1312,10 @@ def run_jsonl(
                 except Exception:  # noqa: S110 - the original failure is the one to report
                     pass
             raise
-    summary.finished = time.perf_counter()
-    sink.flush()
-    if marker is not None:
-        marker.remove()
+        summary.finished = time.perf_counter()
+        sink.flush()
+        if marker is not None:
+            guard.done(marker)
     if progress is not None:
         progress(summary, source)
     return summary

@@ -269,6 +269,15 @@ class HoldInterrupt:
             self.pending = False
             _raise_interrupt()
 
+    def done(self, marker: Checkpoint) -> None:
+        """The run is done: remove its checkpoint, held, and drop an interrupt that came
+        meanwhile (red team 109: removed after the handlers were restored, a late Ctrl-C
+        or SIGTERM exited 130 "interrupted" with the checkpoint gone, and the rerun it
+        asked for wrote the whole output again). Call it inside the ``with``."""
+        self.hold()
+        marker.remove()
+        self.pending = False
+
 
 def _raise_interrupt() -> None:
     """Raise KeyboardInterrupt in the main thread, which from here on handles it."""

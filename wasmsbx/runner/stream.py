@@ -338,8 +338,8 @@ def run_stream(
         finally:
             stats.finished = time.perf_counter()
             session.close()
-    if marker is not None:
-        marker.remove()
+        if marker is not None:
+            guard.done(marker)
     if progress is not None:
         progress(stats, source)
     return stats
