@@ -179,3 +179,28 @@ def test_hits_are_not_flushed_from_a_cache_module_another_thread_is_importing(mo
     calls: list = []
     wasmsbx.native.flush_hits()
     assert calls == [1]
+
+
+def test_a_journal_locked_by_another_is_given_up_not_waited_for(tmp_path, monkeypatch):
+    """A hit journal's lock was waited on for ever: a stopped or stuck process holding it
+    (or a child that inherited its descriptor) hung every later run and its exit, where
+    the hits are flushed. It is waited on JOURNAL_WAIT seconds; then the hits go
+    uncounted (statistics only)."""
+    import fcntl
+    import time
+
+    monkeypatch.setattr(cache, "JOURNAL_WAIT", 0.2)
+    journal = tmp_path / "hits.log"
+    journal.write_bytes(b"")
+    holder = os.open(journal, os.O_RDWR)
+    waiter = os.open(journal, os.O_RDWR)
+    try:
+        fcntl.flock(holder, fcntl.LOCK_EX)
+        started = time.monotonic()
+        assert cache._flock(waiter) is False
+        assert time.monotonic() - started < 10
+        fcntl.flock(holder, fcntl.LOCK_UN)
+        assert cache._flock(waiter) is True
+    finally:
+        os.close(holder)
+        os.close(waiter)

@@ -500,3 +500,120 @@ def test_a_client_reading_its_reply_slowly_is_not_taken_for_stuck():
     assert not protocol._stuck(just_paused, now)
     assert protocol._stuck(long_paused, now)
     assert protocol._stuck(connection(now, pipelined=True), now)
+
+
+def _sockets(pid: int) -> int:
+    import os
+
+    fds = f"/proc/{pid}/fd"
+    count = 0
+    for name in os.listdir(fds):
+        try:
+            count += os.readlink(f"{fds}/{name}").startswith("socket:")
+        except OSError:
+            pass
+    return count
+
+
+@pytest.mark.slow
+def test_an_evicted_connection_that_reads_nothing_gives_its_descriptor_back():
+    """Red team 110: an evicted connection was closed with transport.close(), which waits
+    for unsent replies to drain; a client that never read kept the descriptor (and
+    megabytes of kernel buffers) for as long as it liked, one per connection, until the
+    server could accept no one. Evictions abort now. (Seconds of replies must be queued:
+    what the kernel's buffers take is not waited for.)"""
+    import os
+    import socket
+    import time
+
+    if not os.path.isdir("/proc/self/fd"):
+        pytest.skip("counts the server's descriptors in /proc")
+    ensure_setup()
+    with http_server("--max-connections", "1") as (url, proc):
+        port = int(url.split(":")[2].split("/")[0])
+        assert _initialize(port) == 200
+        time.sleep(0.5)
+        baseline = _sockets(proc.pid)
+        request = f"GET /x HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n".encode() * 2000
+        s = socket.create_connection(("127.0.0.1", port), timeout=30)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        s.setblocking(False)
+        end = time.monotonic() + 8
+        while time.monotonic() < end:
+            try:
+                s.send(request)
+            except (BlockingIOError, OSError):
+                pass
+            time.sleep(0.01)
+        status = _initialize(port)
+        time.sleep(1)
+        after = _sockets(proc.pid)
+        s.close()
+    assert status == 200
+    assert after <= baseline, (baseline, after)
+
+
+@pytest.mark.slow
+def test_requests_without_the_token_hold_no_event_stream_slot(tmp_path):
+    """Red team 110: event streams were counted before the token was checked, so two
+    connections of pipelined GETs without a token, their 401s never read, held both
+    stream slots of --max-connections 4: a token holder's stream got 503, even after
+    those connections were evicted. Streams are counted behind the token check now."""
+    import socket
+    import time
+
+    ensure_setup()
+    token = "alpha-token-0123456789"
+    tokens = tmp_path / "tokens"
+    tokens.write_text(token + "\n")
+    tokens.chmod(0o600)
+    with http_server("--max-connections", "4", "--token-file", str(tokens)) as (url, _):
+        port = int(url.split(":")[2].split("/")[0])
+        held = []
+        request = f"GET /mcp HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n".encode() * 2000
+        for _ in range(2):
+            s = socket.socket()
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # (before connecting)
+            s.connect(("127.0.0.1", port))
+            s.setblocking(False)
+            held.append(s)
+            end = time.monotonic() + 6
+            while time.monotonic() < end:
+                try:
+                    s.send(request)
+                except (BlockingIOError, OSError):
+                    pass
+                time.sleep(0.02)
+        auth = f"Authorization: Bearer {token}\r\n"
+
+        def post(message: dict, sid: str = "") -> bytes:
+            body = json.dumps(message).encode()
+            session = f"mcp-session-id: {sid}\r\n" if sid else ""
+            with socket.create_connection(("127.0.0.1", port), timeout=30) as c:
+                c.sendall(
+                    (
+                        f"POST /mcp HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n{auth}{session}"
+                        "Accept: application/json, text/event-stream\r\nConnection: close\r\n"
+                        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+                    ).encode()
+                    + body
+                )
+                return b"".join(iter(lambda: c.recv(65536), b""))
+
+        reply = post(INIT_2025)
+        sid = next(
+            line.split(b":", 1)[1].strip().decode()
+            for line in reply.split(b"\r\n")
+            if line.lower().startswith(b"mcp-session-id:")
+        )
+        post({"jsonrpc": "2.0", "method": "notifications/initialized"}, sid)
+        s = socket.create_connection(("127.0.0.1", port), timeout=30)
+        s.sendall(
+            f"GET /mcp HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n{auth}Accept: text/event-stream\r\n"
+            f"mcp-session-id: {sid}\r\nmcp-protocol-version: 2025-06-18\r\n\r\n".encode()
+        )
+        head = s.recv(200)
+        s.close()
+        for h in held:
+            h.close()
+    assert head.startswith(b"HTTP/1.1 200"), head

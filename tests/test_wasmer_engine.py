@@ -219,3 +219,26 @@ def test_a_fifo_stdin_without_a_writer_is_the_guests_time(engine, tmp_path):
     with pytest.raises(errors.TimeoutExceeded, match="500.0 ms"):
         engine.instantiate(module, LIMITS._replace(timeout=0.5), WasiSetup(stdin=str(fifo)))
     assert time.monotonic() - started < 30
+
+
+def test_an_instance_child_that_does_not_end_is_killed_not_waited_for(monkeypatch):
+    """The CI's wasmer leg once stopped for good in two workers at once, each in a test
+    with nothing to wait on: a cycle-collected instance's close() may run anywhere, and
+    it waited on its child with a blocking waitpid. The wait is bounded now: a child that
+    has not ended REAP_WAIT seconds after it was asked is killed, and not waited on."""
+    import signal
+    import subprocess
+    import sys
+    import time
+    import types
+
+    engine = pytest.importorskip("wasmsbx.backends.wasmer.engine")
+    monkeypatch.setattr(engine, "REAP_WAIT", 0.2)
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    holder = types.SimpleNamespace(pid=child.pid)
+    started = time.monotonic()
+    status = engine.WasmerInstance._reap(holder)
+    assert time.monotonic() - started < 10
+    assert holder.pid is None
+    assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
+    child.returncode = -9  # (reaped here, not by Popen)

@@ -111,21 +111,41 @@ class BearerAuth:
         await self.app(scope, receive, send)
 
 
-class HeaderGuard:
-    """ASGI middleware in front of everything else over HTTP:
+REPEATED = b'{"error":"a header that may be given once was repeated"}'
 
-    - A request carrying ``Authorization`` or ``Mcp-Session-Id`` more than once is
-      refused (400). BearerAuth checked the last ``Authorization`` and the session
-      fairness counted the first as the client: one token sent fresh first values to
-      count as many clients and evicted other tokens' sessions (red team 105).
-    - Event streams (``GET``: the SDK's standalone SSE stream, one per MCP session) may
-      hold at most half of ``--max-connections`` at once; another gets 503. An open
-      stream is a request in flight, never timed out nor evicted, so one client that
-      opened one on each of ``--max-connections`` sessions had every newcomer's
-      connection closed as it was accepted, for as long as it liked (red team 105).
-    """
+
+class HeaderGuard:
+    """ASGI middleware in front of everything else over HTTP: a request carrying
+    ``Authorization`` or ``Mcp-Session-Id`` more than once is refused (400). BearerAuth
+    checked the last ``Authorization`` and the session fairness counted the first as the
+    client: one token sent fresh first values to count as many clients and evicted other
+    tokens' sessions (red team 105)."""
 
     ONCE = (b"authorization", b"mcp-session-id")
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope.get("type") == "http":
+            names = [name.lower() for name, _ in scope.get("headers") or []]
+            if any(names.count(name) > 1 for name in self.ONCE):
+                await _refuse(
+                    send, 400, b'{"error":"a header that may be given once was repeated"}'
+                )
+                return
+        await self.app(scope, receive, send)
+
+
+class StreamCap:
+    """ASGI middleware behind BearerAuth: event streams (``GET``: the SDK's standalone
+    SSE stream, one per MCP session) may hold at most half of ``--max-connections`` at
+    once; another gets 503. An open stream is a request in flight, never timed out nor
+    evicted, so one client that opened one on each of ``--max-connections`` sessions had
+    every newcomer's connection closed as it was accepted (red team 105). Behind the
+    token check, so a client without a token holds no stream slot: its pipelined GETs,
+    answered 401 and never read, had kept every slot from the token holders (red team
+    110)."""
 
     def __init__(self, app: Any, max_connections: int) -> None:
         self.app = app
@@ -133,14 +153,7 @@ class HeaderGuard:
         self.streams = 0
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if scope.get("type") != "http":
-            await self.app(scope, receive, send)
-            return
-        names = [name.lower() for name, _ in scope.get("headers") or []]
-        if any(names.count(name) > 1 for name in self.ONCE):
-            await _refuse(send, 400, b'{"error":"a header that may be given once was repeated"}')
-            return
-        if scope.get("method") != "GET":
+        if scope.get("type") != "http" or scope.get("method") != "GET":
             await self.app(scope, receive, send)
             return
         if self.streams >= self.max_streams:
@@ -248,9 +261,10 @@ async def _http(server: Any, config: ServerConfig, host: str, port: int, token: 
         host=host,
     )
     evict_idle_mcp_sessions(server.session_manager)
+    app = StreamCap(app, config.max_connections)  # (behind the token check)
     if token:
         app = BearerAuth(app, token)
-    app = HeaderGuard(app, config.max_connections)
+    app = HeaderGuard(app)
     protocol = guarded_protocol(config.request_timeout, config.max_connections)
     uv = uvicorn.Server(
         uvicorn.Config(
@@ -289,7 +303,7 @@ def guarded_protocol(request_timeout: float, max_connections: int) -> Any:
     Replies that take long (a running call, an SSE stream) are not limited: the server
     is the one sending. At the cap, the connection idle longest makes room for a newcomer
     (_evict_idle), so a client holding connections open between requests locks no one out;
-    event streams, which hold theirs, may hold half of them (HeaderGuard)."""
+    event streams, which hold theirs, may hold half of them (StreamCap)."""
     import h11
     from uvicorn.protocols.http.h11_impl import H11Protocol
 
@@ -331,8 +345,11 @@ def guarded_protocol(request_timeout: float, max_connections: int) -> Any:
             ):
                 if tier:
                     victim = min(tier, key=key)
-                    self.connections.discard(victim)  # (counted out now; closing)
-                    victim.transport.close()
+                    self.connections.discard(victim)  # (counted out now)
+                    # abort, not close: close waits for unsent replies to drain, and a
+                    # client that reads nothing kept the descriptor (and megabytes of
+                    # kernel buffers) for as long as it liked (red team 110)
+                    victim.transport.abort()
                     return True
             return False
 
@@ -390,7 +407,7 @@ def guarded_protocol(request_timeout: float, max_connections: int) -> Any:
         def _too_slow(self) -> None:
             self.read_timer = None
             if self.conn.their_state is not h11.DONE:
-                self.transport.close()
+                self.transport.abort()  # (as _evict_idle: nothing of it is waited for)
 
     return GuardedH11
 

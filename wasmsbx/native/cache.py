@@ -988,7 +988,8 @@ class Store:
         after prepare_dir, see _refuse_links), a hard link (a file with another name
         elsewhere, which a fold would empty), or not a regular file (a FIFO or a device
         planted there: never read nor written, and opened without blocking, no lock
-        waited for). Called with ``_JOURNAL_LOCK`` held."""
+        waited for), or locked by another for ``JOURNAL_WAIT`` seconds. Called with
+        ``_JOURNAL_LOCK`` held."""
         try:
             fd = os.open(self.hits_text, _JOURNAL_FLAGS | flags, 0o600)
         except OSError:
@@ -996,8 +997,7 @@ class Store:
         try:
             info = os.fstat(fd)
             # (a second name is a hard link to a file elsewhere: appended to and emptied)
-            if stat.S_ISREG(info.st_mode) and info.st_nlink == 1:
-                _flock(fd)
+            if stat.S_ISREG(info.st_mode) and info.st_nlink == 1 and _flock(fd):
                 return fd
         except BaseException:
             os.close(fd)
@@ -1397,10 +1397,28 @@ def _remove_file(path: Any) -> None:
         os.close(fd)
 
 
-def _flock(fd: int) -> None:
+JOURNAL_WAIT = 2.0  # seconds a hit journal's lock is waited for; then the hits go uncounted
+
+
+def _flock(fd: int) -> bool:
+    """Lock the journal open as ``fd``; False if another holder kept it ``JOURNAL_WAIT``
+    seconds. Never waited on for ever: hits are statistics, and a process that held the
+    lock and stopped (a stopped or stuck wasmsbx, a child that inherited its descriptor)
+    must not hang every later run and its exit (flush_hits runs at exit)."""
     if _fcntl is None:  # not POSIX: hit counts may lose a line under contention
-        return
-    _fcntl.flock(fd, _fcntl.LOCK_EX)
+        return True
+    exclusive = _fcntl.LOCK_EX | _fcntl.LOCK_NB
+    deadline = time.monotonic() + JOURNAL_WAIT
+    pause = 0.001
+    while True:
+        try:
+            _fcntl.flock(fd, exclusive)
+            return True
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                return False
+        time.sleep(pause)
+        pause = min(pause * 2, 0.05)
 
 
 def _alive(pid: int) -> bool:

@@ -98,6 +98,7 @@ _HEADER = struct.Struct("<I")
 # short limits.timeout. The timeout itself starts after it (a whole run's deadline, when
 # there is one, still bounds it).
 WORKER_START = 60.0
+REAP_WAIT = 10.0  # seconds an ended or killed child is waited for (_reap)
 
 
 class Native:
@@ -868,14 +869,34 @@ class WasmerInstance(Instance):
         self.dead = reason
 
     def _reap(self) -> Optional[int]:
-        if self.pid is None:
+        """The child's wait status, once it has ended (killed, if it has not ended
+        ``REAP_WAIT`` seconds after it was asked to); None if it cannot be had. Never
+        waited on for ever: this runs from __del__ too, at any allocation of whatever
+        thread the cycle collector interrupts."""
+        pid = self.pid
+        if pid is None:
             return None
-        try:
-            _, status = os.waitpid(self.pid, 0)
-        except ChildProcessError:
-            status = None
         self.pid = None
-        return status
+        status = None
+        pause, killed = 0.0005, False
+        deadline = time.monotonic() + REAP_WAIT
+        while True:
+            try:
+                done, status = os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:  # (reaped already)
+                return None
+            if done:
+                return status
+            if time.monotonic() >= deadline:
+                if killed:
+                    return None  # (left unreaped: a zombie until this process ends)
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    return None
+                killed, deadline = True, time.monotonic() + REAP_WAIT
+            time.sleep(pause)
+            pause = min(pause * 2, 0.02)
 
     def _died(self, where: str) -> errors.WasmsbxError:
         self._pump_all()
@@ -1314,7 +1335,8 @@ class WasmerInstance(Instance):
 
     def _close_now(self) -> None:
         if self.pid is not None:
-            try:
+            try:  # (without blocking: a child that reads no more is killed next anyway)
+                os.set_blocking(self.fds["parent_requests"], False)
                 _send(self.fds["parent_requests"], ("close",))
             except OSError:
                 pass
