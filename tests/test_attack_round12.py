@@ -326,10 +326,11 @@ def test_a_child_forked_while_a_thread_writes_the_journal_can_write_its_own(add,
     writer_thread: list = []
 
     def slow_flock(fd):
-        real(fd)
+        got = real(fd)
         if writer_thread and threading.current_thread() is writer_thread[0]:
             locked.set()
             forking.wait(HANG_GUARD)  # hold the journal lock until a fork has begun
+        return got
 
     monkeypatch.setattr(cache, "_flock", slow_flock)
     os.register_at_fork(before=forking.set)  # (runs before the cache's own hook)

@@ -1260,11 +1260,13 @@ def test_on_the_command_line_a_first_interrupt_after_a_finished_run_is_dropped(t
     Ctrl-C or SIGTERM landing then exited 130 "interrupted" with every result written and
     the checkpoint gone (5 to 9 runs in 10 with the signal sent as the summary appeared).
     The first is dropped now; a second still stops the process."""
-    from wasmsbx.backends.deadline import on_interrupt
+    from wasmsbx.backends.deadline import KEEPER, on_interrupt
     from wasmsbx.runner.checkpoint import Checkpoint, HoldInterrupt
 
     marker = Checkpoint(tmp_path / "run.ckpt", {"kind": "test"})
     marker.save({"x": 1})
+    KEEPER.settle()  # (what earlier tests left in this process's keeper)
+    KEEPER.drop_signals = 0
     before = signal.signal(signal.SIGINT, on_interrupt), signal.getsignal(signal.SIGTERM)
     signal.signal(signal.SIGTERM, on_interrupt)
     try:
@@ -1273,9 +1275,39 @@ def test_on_the_command_line_a_first_interrupt_after_a_finished_run_is_dropped(t
         assert not (tmp_path / "run.ckpt").exists()
         os.kill(os.getpid(), signal.SIGTERM)  # (handled at the next bytecode: dropped)
         time.sleep(0.01)
+        assert KEEPER.drop_signals == 1  # (its thread passes over the one dropped here)
         with pytest.raises(KeyboardInterrupt):
             os.kill(os.getpid(), signal.SIGINT)
             time.sleep(0.01)
     finally:
         signal.signal(signal.SIGINT, before[0])
         signal.signal(signal.SIGTERM, before[1])
+        KEEPER.drop_signals = 0
+        KEEPER.settle()
+
+
+def test_the_keeper_passes_over_the_signal_a_finished_run_drops():
+    """Red team 112: the dropped signal had reached the deadline keeper's thread too,
+    which hard-stopped the process 5 s later (exit 130, "interrupted") when its summary
+    could not be written at once. Forgiven, it is passed over whether the keeper's thread
+    had read it already or reads it later."""
+    from wasmsbx.backends.deadline import Keeper
+
+    keeper = Keeper()
+    keeper.wake_r, keeper.wake_w = os.pipe()
+    try:
+        keeper.forgive()  # (before the thread reads it)
+        os.write(keeper.wake_w, bytes([signal.SIGTERM]))
+        keeper._signals()
+        assert keeper.signalled is None and keeper.drop_signals == 0
+        os.write(keeper.wake_w, bytes([signal.SIGINT]))
+        keeper._signals()
+        assert keeper.signalled is not None
+        keeper.forgive()  # (after it was read)
+        assert keeper.signalled is None and keeper.drop_signals == 0
+        os.write(keeper.wake_w, bytes([signal.SIGINT]))
+        keeper._signals()
+        assert keeper.signalled is not None  # (a second one stops as before)
+    finally:
+        os.close(keeper.wake_r)
+        os.close(keeper.wake_w)

@@ -472,8 +472,9 @@ def test_connections_trickling_request_bodies_lock_no_newcomer_out():
 def test_a_client_reading_its_reply_slowly_is_not_taken_for_stuck():
     """Red team 109: a connection was "stuck" (first to go at the cap) the moment its
     writes paused, so an honest client reading a large reply at its own pace lost it to
-    any newcomer. Writes must stay paused STUCK_AFTER seconds first; pipelining still
-    counts at once."""
+    any newcomer; red team 112: after STUCK_AFTER seconds paused, still, though it read
+    all along (writes stay paused while a large reply drains). Stuck now means nothing
+    of the reply read for STUCK_AFTER seconds; pipelining still counts at once."""
     import types
 
     import h11
@@ -481,25 +482,29 @@ def test_a_client_reading_its_reply_slowly_is_not_taken_for_stuck():
     from wasmsbx.mcp import serve
 
     protocol = serve.guarded_protocol(request_timeout=10, max_connections=4)
+    now = 1000.0
 
-    def connection(paused_since: float, pipelined: bool = False):
+    def connection(seen_at: float, unsent: int, left: int, pipelined: bool = False):
         conn = types.SimpleNamespace(
             their_state=h11.DONE if pipelined else h11.SEND_BODY,
             trailing_data=(b"GET / HTTP/1.1\r\n" if pipelined else b"", False),
         )
         return types.SimpleNamespace(
             transport=object(),
+            _unsent=lambda: left,  # (here and in the kernel's send queue)
             flow=types.SimpleNamespace(write_paused=not pipelined),
             conn=conn,
-            paused_since=paused_since,
+            progress_at=seen_at,
+            unsent=unsent,
         )
 
-    now = 1000.0
-    just_paused = connection(now - 0.1)
-    long_paused = connection(now - serve.STUCK_AFTER - 0.1)
-    assert not protocol._stuck(just_paused, now)
-    assert protocol._stuck(long_paused, now)
-    assert protocol._stuck(connection(now, pipelined=True), now)
+    long_ago = now - serve.STUCK_AFTER - 0.1
+    reading = connection(long_ago, 4_000_000, 3_000_000)
+    assert not protocol._stuck(reading, now)
+    assert (reading.unsent, reading.progress_at) == (3_000_000, now)
+    assert protocol._stuck(connection(long_ago, 4_000_000, 4_000_000), now)
+    assert not protocol._stuck(connection(now - 0.1, 4_000_000, 4_000_000), now)
+    assert protocol._stuck(connection(now, 0, 0, pipelined=True), now)
 
 
 def _sockets(pid: int) -> int:
@@ -617,3 +622,101 @@ def test_requests_without_the_token_hold_no_event_stream_slot(tmp_path):
         for h in held:
             h.close()
     assert head.startswith(b"HTTP/1.1 200"), head
+
+
+# 15 writes of 65,000 bytes of \x01: a reply of 12.7 MB once JSON has escaped them
+BIG_OUTPUT_WAT = """(module
+  (import "wasi_snapshot_preview1" "fd_write" (func $w (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 2)
+  (func (export "_start") (local $i i32)
+    (memory.fill (i32.const 1024) (i32.const 1) (i32.const 65536))
+    (i32.store (i32.const 0) (i32.const 1024))
+    (i32.store (i32.const 4) (i32.const 65000))
+    (block $b (loop $l
+      (br_if $b (i32.ge_u (local.get $i) (i32.const 15)))
+      (drop (call $w (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))
+      (local.set $i (i32.add (local.get $i) (i32.const 1)))
+      (br $l)))))"""
+
+
+@pytest.mark.slow
+def test_a_client_reading_a_large_reply_steadily_keeps_it_while_newcomers_arrive():
+    """Red team 112: a client reading a 12.7 MB reply steadily (16 KiB receive buffer)
+    keeps the server's writes paused while the kernel's send queue drains, and once
+    evictions aborted, a newcomer every 0.3 s at --max-connections 4 cut the reply short
+    at 4.9 MB: the client was taken for one that reads nothing. Progress is now measured
+    in the kernel's send queue too, and the reply arrives whole."""
+    import base64
+    import socket
+    import threading
+    import time
+
+    import wasmtime
+
+    ensure_setup()
+    module = base64.b64encode(wasmtime.wat2wasm(BIG_OUTPUT_WAT)).decode()
+    with http_server("--max-connections", "4") as (url, _):
+        port = int(url.split(":")[2].split("/")[0])
+
+        def head(length: int, sid: str = "") -> bytes:
+            session = f"Mcp-Session-Id: {sid}\r\n" if sid else ""
+            return (
+                f"POST /mcp HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n{session}"
+                "Accept: application/json, text/event-stream\r\nConnection: close\r\n"
+                f"Content-Type: application/json\r\nContent-Length: {length}\r\n\r\n"
+            ).encode()
+
+        def post(message: dict, sid: str = "") -> bytes:
+            body = json.dumps(message).encode()
+            with socket.create_connection(("127.0.0.1", port), timeout=30) as c:
+                c.sendall(head(len(body), sid) + body)
+                return b"".join(iter(lambda: c.recv(65536), b""))
+
+        sid = next(
+            line.split(b":", 1)[1].strip().decode()
+            for line in post(INIT_2025).split(b"\r\n")
+            if line.lower().startswith(b"mcp-session-id:")
+        )
+        post({"jsonrpc": "2.0", "method": "notifications/initialized"}, sid)
+        call = {
+            "jsonrpc": "2.0",
+            "id": 2,
+            "method": "tools/call",
+            "params": {"name": "run_wasi_command", "arguments": {"module_base64": module}},
+        }
+        body = json.dumps(call).encode()
+        s = socket.socket()
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
+        s.settimeout(60)
+        s.connect(("127.0.0.1", port))
+        s.sendall(head(len(body), sid) + body)
+        stop = threading.Event()
+
+        def newcomers() -> None:
+            held = []
+            while not stop.wait(0.3):
+                try:
+                    held.append(socket.create_connection(("127.0.0.1", port), timeout=2))
+                except OSError:
+                    pass
+                for old in held[:-8]:
+                    old.close()
+                held = held[-8:]
+            for old in held:
+                old.close()
+
+        data = s.recv(65536)
+        thread = threading.Thread(target=newcomers, daemon=True)
+        thread.start()
+        try:
+            while not data.endswith(b"\r\n0\r\n\r\n"):
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+                time.sleep(0.02)
+        finally:
+            stop.set()
+            thread.join()
+            s.close()
+    assert len(data) > 12_000_000 and data.endswith(b"\r\n0\r\n\r\n"), len(data)

@@ -15,9 +15,9 @@ from .. import errors
 from .config import ServerConfig
 
 BODY_OVERHEAD = 256 * 1024  # JSON-RPC framing around the tool arguments
-# Seconds a connection's writes stay paused (its client not reading the reply) before the
-# connection may make room for a newcomer at the cap (red team 109: at once, an honest
-# client reading a large reply at its own pace lost it).
+# Seconds a connection's client may read nothing of its reply (writes paused, the reply
+# no smaller) before the connection may make room for a newcomer at the cap (red team
+# 109: at once, an honest client reading a large reply at its own pace lost it).
 STUCK_AFTER = 2.0
 
 
@@ -304,14 +304,25 @@ def guarded_protocol(request_timeout: float, max_connections: int) -> Any:
     is the one sending. At the cap, the connection idle longest makes room for a newcomer
     (_evict_idle), so a client holding connections open between requests locks no one out;
     event streams, which hold theirs, may hold half of them (StreamCap)."""
+    import sys
+
     import h11
     from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    try:
+        import fcntl
+        import termios
+
+        _OUTQ = termios.TIOCOUTQ  # (SIOCOUTQ on a socket: Linux, macOS has none)
+    except (ImportError, AttributeError):
+        _OUTQ = None
 
     class GuardedH11(H11Protocol):
         read_timer: Any = None
         last_active = 0.0  # its last byte received, or its accepting
         request_began = 0.0  # when the request now arriving began (_arm)
-        paused_since = 0.0  # when writes to it last paused (its client not reading)
+        progress_at = 0.0  # when its client was last seen reading (writes paused then)
+        unsent = 0  # the bytes of reply waiting to be sent, as last seen (_stuck)
 
         def connection_made(self, transport: Any) -> None:
             if len(self.connections) >= max_connections and not self._evict_idle():
@@ -354,32 +365,61 @@ def guarded_protocol(request_timeout: float, max_connections: int) -> Any:
             return False
 
         def _stuck(self, now: float) -> bool:
-            """Its client has not read its replies for STUCK_AFTER seconds (writes paused
-            all that time: an honest client reading a large reply slowly pauses them for
-            moments), or sent its next request before the reply to the last (pipelining,
+            """Its client sent its next request before the reply to the last (pipelining,
             which MCP clients never do: thousands of tiny requests queued kept a
-            connection busy for minutes)."""
+            connection busy for minutes), or has read nothing of its reply for
+            STUCK_AFTER seconds: writes paused, and the reply waiting to be sent no
+            smaller than when last seen (an honest client reading a large reply at its
+            own pace keeps writes paused for as long as it reads, but the reply shrinks:
+            red teams 109 and 112)."""
             flow = self.flow
             if self.transport is None or flow is None:
                 return False
             if self.conn.their_state is h11.DONE and bool(self.conn.trailing_data[0]):
                 return True
-            return flow.write_paused and now - self.paused_since >= STUCK_AFTER
+            if not flow.write_paused:
+                return False
+            left = self._unsent()
+            if left < self.unsent:  # it reads: progress since it was last seen
+                self.unsent, self.progress_at = left, now
+                return False
+            return now - self.progress_at >= STUCK_AFTER
 
         def _idle(self) -> bool:
+            """No request in flight: its last reply sent (to the last byte: one still
+            leaving is not cut short) and the next not begun."""
             return (
                 self.transport is not None
                 and (self.cycle is None or self.cycle.response_complete)
                 and self.conn.their_state is h11.IDLE
+                and not self.transport.get_write_buffer_size()
             )
 
         def _arriving(self) -> bool:
             """A request has begun and is not all in yet (its read timer runs)."""
             return self.transport is not None and self.read_timer is not None
 
+        def _unsent(self) -> int:
+            """The bytes of reply not yet taken by the client: waiting here, and in the
+            kernel's send queue (SIOCOUTQ: not yet acknowledged), where a slow reader's
+            progress shows first: the queue takes megabytes, and writes stay paused
+            while it drains (red team 112: a client reading steadily at 800 KB/s showed
+            no progress here for over 2 s)."""
+            left = self.transport.get_write_buffer_size()
+            sock = self.transport.get_extra_info("socket")
+            if _OUTQ is None or sock is None:
+                return left
+            try:
+                queued = bytearray(4)
+                fcntl.ioctl(sock.fileno(), _OUTQ, queued)
+            except (OSError, ValueError):
+                return left
+            return left + int.from_bytes(queued, sys.byteorder)
+
         def pause_writing(self) -> None:
             if not self.flow.write_paused:
-                self.paused_since = self.loop.time()
+                self.progress_at = self.loop.time()
+                self.unsent = self._unsent()
             super().pause_writing()
 
         def data_received(self, data: bytes) -> None:

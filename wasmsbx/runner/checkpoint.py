@@ -281,9 +281,13 @@ class HoldInterrupt:
         meanwhile (red team 109: removed after the handlers were restored, a late Ctrl-C
         or SIGTERM exited 130 "interrupted" with the checkpoint gone, and the rerun it
         asked for wrote the whole output again). Call it inside the ``with``."""
+        from ..backends.deadline import KEEPER
+
         self.hold()
         marker.remove()
-        self.pending = False
+        if self.pending:  # (dropped: its hard stop too)
+            self.pending = False
+            KEEPER.forgive()
         self.finished = True
 
 
@@ -299,11 +303,12 @@ class _Late:
         self.seen = False
 
     def __call__(self, signum: int, frame: Any) -> None:
-        from ..backends.deadline import on_interrupt
+        from ..backends.deadline import KEEPER, on_interrupt
 
         if self.seen:
             on_interrupt(signum, frame)
         self.seen = True
+        KEEPER.forgive()  # (its thread saw the signal too: no hard stop for it)
 
 
 def _raise_interrupt() -> None:
