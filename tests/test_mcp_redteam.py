@@ -520,6 +520,59 @@ def _sockets(pid: int) -> int:
     return count
 
 
+def _unread_pipeline(port: int, path: str, seconds: float) -> object:
+    """A connection that pipelines GETs of ``path`` for ``seconds`` and reads none of the
+    replies (a small receive buffer, set before connecting): the socket, still open."""
+    import socket
+    import time
+
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    s.connect(("127.0.0.1", port))
+    s.setblocking(False)
+    request = f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n".encode() * 2000
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        try:
+            s.send(request)
+        except OSError:  # (BlockingIOError: its buffers are full)
+            pass
+        time.sleep(0.01)
+    return s
+
+
+def _post(port: int, message: dict, sid: str = "", auth: str = "") -> bytes:
+    """``message`` POSTed on a connection of its own (closed after): the whole reply."""
+    import socket
+
+    body = json.dumps(message).encode()
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as c:
+        c.sendall(_post_head(port, len(body), sid, auth) + body)
+        return b"".join(iter(lambda: c.recv(65536), b""))
+
+
+def _post_head(port: int, length: int, sid: str = "", auth: str = "") -> bytes:
+    session = f"Mcp-Session-Id: {sid}\r\n" if sid else ""
+    token = f"Authorization: Bearer {auth}\r\n" if auth else ""
+    return (
+        f"POST /mcp HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n{token}{session}"
+        "Accept: application/json, text/event-stream\r\nConnection: close\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {length}\r\n\r\n"
+    ).encode()
+
+
+def _session(port: int, auth: str = "") -> str:
+    """A new MCP session (2025 protocol), initialized: its id."""
+    reply = _post(port, INIT_2025, auth=auth)
+    sid = next(
+        line.split(b":", 1)[1].strip().decode()
+        for line in reply.split(b"\r\n")
+        if line.lower().startswith(b"mcp-session-id:")
+    )
+    _post(port, {"jsonrpc": "2.0", "method": "notifications/initialized"}, sid, auth)
+    return sid
+
+
 @pytest.mark.slow
 def test_an_evicted_connection_that_reads_nothing_gives_its_descriptor_back():
     """Red team 110: an evicted connection was closed with transport.close(), which waits
@@ -528,7 +581,6 @@ def test_an_evicted_connection_that_reads_nothing_gives_its_descriptor_back():
     server could accept no one. Evictions abort now. (Seconds of replies must be queued:
     what the kernel's buffers take is not waited for.)"""
     import os
-    import socket
     import time
 
     if not os.path.isdir("/proc/self/fd"):
@@ -539,17 +591,7 @@ def test_an_evicted_connection_that_reads_nothing_gives_its_descriptor_back():
         assert _initialize(port) == 200
         time.sleep(0.5)
         baseline = _sockets(proc.pid)
-        request = f"GET /x HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n".encode() * 2000
-        s = socket.create_connection(("127.0.0.1", port), timeout=30)
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        s.setblocking(False)
-        end = time.monotonic() + 8
-        while time.monotonic() < end:
-            try:
-                s.send(request)
-            except (BlockingIOError, OSError):
-                pass
-            time.sleep(0.01)
+        s = _unread_pipeline(port, "/x", 8)
         status = _initialize(port)
         time.sleep(1)
         after = _sockets(proc.pid)
@@ -565,7 +607,6 @@ def test_requests_without_the_token_hold_no_event_stream_slot(tmp_path):
     stream slots of --max-connections 4: a token holder's stream got 503, even after
     those connections were evicted. Streams are counted behind the token check now."""
     import socket
-    import time
 
     ensure_setup()
     token = "alpha-token-0123456789"
@@ -574,44 +615,9 @@ def test_requests_without_the_token_hold_no_event_stream_slot(tmp_path):
     tokens.chmod(0o600)
     with http_server("--max-connections", "4", "--token-file", str(tokens)) as (url, _):
         port = int(url.split(":")[2].split("/")[0])
-        held = []
-        request = f"GET /mcp HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n".encode() * 2000
-        for _ in range(2):
-            s = socket.socket()
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # (before connecting)
-            s.connect(("127.0.0.1", port))
-            s.setblocking(False)
-            held.append(s)
-            end = time.monotonic() + 6
-            while time.monotonic() < end:
-                try:
-                    s.send(request)
-                except (BlockingIOError, OSError):
-                    pass
-                time.sleep(0.02)
+        held = [_unread_pipeline(port, "/mcp", 6) for _ in range(2)]
+        sid = _session(port, token)
         auth = f"Authorization: Bearer {token}\r\n"
-
-        def post(message: dict, sid: str = "") -> bytes:
-            body = json.dumps(message).encode()
-            session = f"mcp-session-id: {sid}\r\n" if sid else ""
-            with socket.create_connection(("127.0.0.1", port), timeout=30) as c:
-                c.sendall(
-                    (
-                        f"POST /mcp HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n{auth}{session}"
-                        "Accept: application/json, text/event-stream\r\nConnection: close\r\n"
-                        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
-                    ).encode()
-                    + body
-                )
-                return b"".join(iter(lambda: c.recv(65536), b""))
-
-        reply = post(INIT_2025)
-        sid = next(
-            line.split(b":", 1)[1].strip().decode()
-            for line in reply.split(b"\r\n")
-            if line.lower().startswith(b"mcp-session-id:")
-        )
-        post({"jsonrpc": "2.0", "method": "notifications/initialized"}, sid)
         s = socket.create_connection(("127.0.0.1", port), timeout=30)
         s.sendall(
             f"GET /mcp HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n{auth}Accept: text/event-stream\r\n"
@@ -658,26 +664,7 @@ def test_a_client_reading_a_large_reply_steadily_keeps_it_while_newcomers_arrive
     with http_server("--max-connections", "4") as (url, _):
         port = int(url.split(":")[2].split("/")[0])
 
-        def head(length: int, sid: str = "") -> bytes:
-            session = f"Mcp-Session-Id: {sid}\r\n" if sid else ""
-            return (
-                f"POST /mcp HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n{session}"
-                "Accept: application/json, text/event-stream\r\nConnection: close\r\n"
-                f"Content-Type: application/json\r\nContent-Length: {length}\r\n\r\n"
-            ).encode()
-
-        def post(message: dict, sid: str = "") -> bytes:
-            body = json.dumps(message).encode()
-            with socket.create_connection(("127.0.0.1", port), timeout=30) as c:
-                c.sendall(head(len(body), sid) + body)
-                return b"".join(iter(lambda: c.recv(65536), b""))
-
-        sid = next(
-            line.split(b":", 1)[1].strip().decode()
-            for line in post(INIT_2025).split(b"\r\n")
-            if line.lower().startswith(b"mcp-session-id:")
-        )
-        post({"jsonrpc": "2.0", "method": "notifications/initialized"}, sid)
+        sid = _session(port)
         call = {
             "jsonrpc": "2.0",
             "id": 2,
@@ -689,7 +676,7 @@ def test_a_client_reading_a_large_reply_steadily_keeps_it_while_newcomers_arrive
         s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
         s.settimeout(60)
         s.connect(("127.0.0.1", port))
-        s.sendall(head(len(body), sid) + body)
+        s.sendall(_post_head(port, len(body), sid) + body)
         stop = threading.Event()
 
         def newcomers() -> None:
