@@ -707,3 +707,41 @@ def test_a_client_reading_a_large_reply_steadily_keeps_it_while_newcomers_arrive
             thread.join()
             s.close()
     assert len(data) > 12_000_000 and data.endswith(b"\r\n0\r\n\r\n"), len(data)
+
+
+def test_replies_answered_but_never_read_below_the_pause_mark_count_as_stuck():
+    """Red team 113: pipelined tokenless requests, every one answered, left about 30 KB
+    of replies waiting below the pause mark (writes never paused) and 1.7 MB in the
+    kernel's queue, never read: the connection was neither idle (replies left to send),
+    stuck (writes not paused) nor arriving, and four such locked every newcomer out. A
+    connection with no request in flight whose replies do not shrink for STUCK_AFTER
+    seconds (measured from when its last reply was complete) is stuck now."""
+    import types
+
+    import h11
+
+    from wasmsbx.mcp import serve
+
+    protocol = serve.guarded_protocol(request_timeout=10, max_connections=4)
+    now = 1000.0
+
+    def answered(seen_at: float, unsent: int, left: int):
+        return types.SimpleNamespace(
+            transport=object(),
+            flow=types.SimpleNamespace(write_paused=False),
+            conn=types.SimpleNamespace(their_state=h11.IDLE, trailing_data=(b"", False)),
+            cycle=None,
+            progress_at=seen_at,
+            unsent=unsent,
+            _unsent=lambda: left,
+        )
+
+    long_ago = now - serve.STUCK_AFTER - 0.1
+    assert protocol._stuck(answered(long_ago, 1_780_000, 1_780_000), now)
+    assert not protocol._stuck(answered(long_ago, 1_780_000, 1_700_000), now)  # (it reads)
+    assert not protocol._stuck(answered(long_ago, 0, 0), now)  # (all sent: idle instead)
+    first = answered(long_ago, 0, 1_780_000)  # (not measured before: measured now)
+    assert not protocol._stuck(first, now) and (first.unsent, first.progress_at) == (
+        1_780_000,
+        now,
+    )

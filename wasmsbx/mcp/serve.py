@@ -367,20 +367,27 @@ def guarded_protocol(request_timeout: float, max_connections: int) -> Any:
         def _stuck(self, now: float) -> bool:
             """Its client sent its next request before the reply to the last (pipelining,
             which MCP clients never do: thousands of tiny requests queued kept a
-            connection busy for minutes), or has read nothing of its reply for
-            STUCK_AFTER seconds: writes paused, and the reply waiting to be sent no
-            smaller than when last seen (an honest client reading a large reply at its
-            own pace keeps writes paused for as long as it reads, but the reply shrinks:
-            red teams 109 and 112)."""
+            connection busy for minutes), or has taken nothing of what was sent to it
+            for STUCK_AFTER seconds (_unsent no smaller), while writes are paused or no
+            request is in flight. An honest client reading a large reply at its own pace
+            keeps writes paused for as long as it reads, but the reply shrinks (red teams
+            109 and 112); replies to pipelined requests, all answered, waiting below the
+            pause mark and never read, had left a connection neither idle nor stuck
+            (red team 113: every newcomer closed, no token needed)."""
             flow = self.flow
             if self.transport is None or flow is None:
                 return False
             if self.conn.their_state is h11.DONE and bool(self.conn.trailing_data[0]):
                 return True
-            if not flow.write_paused:
+            answered = self.conn.their_state is h11.IDLE and (
+                self.cycle is None or self.cycle.response_complete
+            )
+            if not (flow.write_paused or answered):
                 return False
             left = self._unsent()
-            if left < self.unsent:  # it reads: progress since it was last seen
+            if not left:
+                return False
+            if not self.unsent or left < self.unsent:  # first seen, or it reads
                 self.unsent, self.progress_at = left, now
                 return False
             return now - self.progress_at >= STUCK_AFTER
@@ -421,6 +428,17 @@ def guarded_protocol(request_timeout: float, max_connections: int) -> Any:
                 self.progress_at = self.loop.time()
                 self.unsent = self._unsent()
             super().pause_writing()
+
+        def resume_writing(self) -> None:
+            self.unsent = 0  # (it read: _stuck takes a new measure when next asked)
+            super().resume_writing()
+
+        def on_response_complete(self) -> None:
+            if self.transport is not None and not self.flow.write_paused:
+                # (what is left of the replies from here on can only shrink: measured
+                # now, a client that takes none of it counts as stuck STUCK_AFTER later)
+                self.unsent, self.progress_at = self._unsent(), self.loop.time()
+            super().on_response_complete()
 
         def data_received(self, data: bytes) -> None:
             self.last_active = self.loop.time()

@@ -305,8 +305,9 @@ class _Late:
     def __call__(self, signum: int, frame: Any) -> None:
         from ..backends.deadline import KEEPER, on_interrupt
 
-        if self.seen:
+        if self.seen:  # (on_interrupt may return: in a finalizer, its hard stop ends it)
             on_interrupt(signum, frame)
+            return
         self.seen = True
         KEEPER.forgive()  # (its thread saw the signal too: no hard stop for it)
 
