@@ -243,6 +243,24 @@ def deep_tmp(tmp_path):
         fstree.remove_tree(str(child))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def session_dirs(tmp_path_factory):
+    """A cache and a trust folder for the whole session, under pytest's own: a module- or
+    session-scoped fixture (a Sandbox its module's tests share) is made before any test's
+    ``isolated``, and those used the user's real cache and trust folders (CI found an
+    18 MB component compiled into ~/.cache/wasmsbx, hit by every later run)."""
+    root = tmp_path_factory.mktemp("session-dirs")
+    names = {"WASMSBX_CACHE_DIR": root / "cache", "WASMSBX_TRUST_DIR": root / "trust"}
+    saved = {name: os.environ.get(name) for name in names}
+    os.environ.update({name: str(path) for name, path in names.items()})
+    yield
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+
+
 @pytest.fixture(autouse=True)
 def isolated(tmp_path, monkeypatch):
     """Every test gets its own cache dir, trust folder (keys) and a cwd without a
