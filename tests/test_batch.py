@@ -1311,3 +1311,34 @@ def test_the_keeper_passes_over_the_signal_a_finished_run_drops():
     finally:
         os.close(keeper.wake_r)
         os.close(keeper.wake_w)
+
+
+def test_an_interrupt_dropped_while_the_checkpoint_is_removed_is_the_first(tmp_path):
+    """The README's "done is done": the first interrupt after a finished run is ignored, a
+    second stops it. One that landed while done() removed the checkpoint is that first
+    (without this, two more were needed)."""
+    from wasmsbx.backends.deadline import KEEPER, on_interrupt
+    from wasmsbx.runner import checkpoint
+
+    class Interrupted(checkpoint.Checkpoint):
+        def remove(self) -> None:
+            os.kill(os.getpid(), signal.SIGINT)  # (handled at the next bytecode: held)
+            time.sleep(0.01)
+            super().remove()
+
+    marker = Interrupted(tmp_path / "run.ckpt", {"kind": "test"})
+    marker.save({"x": 1})
+    KEEPER.settle()
+    KEEPER.drop_signals = 0
+    before = signal.signal(signal.SIGINT, on_interrupt)
+    try:
+        with checkpoint.HoldInterrupt() as guard:
+            guard.done(marker)
+        assert not (tmp_path / "run.ckpt").exists()
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.01)
+    finally:
+        signal.signal(signal.SIGINT, before)
+        KEEPER.drop_signals = 0
+        KEEPER.settle()

@@ -726,7 +726,7 @@ def test_replies_answered_but_never_read_below_the_pause_mark_count_as_stuck():
     now = 1000.0
 
     def answered(seen_at: float, unsent: int, left: int):
-        return types.SimpleNamespace(
+        connection = types.SimpleNamespace(
             transport=object(),
             flow=types.SimpleNamespace(write_paused=False),
             conn=types.SimpleNamespace(their_state=h11.IDLE, trailing_data=(b"", False)),
@@ -735,6 +735,8 @@ def test_replies_answered_but_never_read_below_the_pause_mark_count_as_stuck():
             unsent=unsent,
             _unsent=lambda: left,
         )
+        connection._answered = types.MethodType(protocol._answered, connection)
+        return connection
 
     long_ago = now - serve.STUCK_AFTER - 0.1
     assert protocol._stuck(answered(long_ago, 1_780_000, 1_780_000), now)

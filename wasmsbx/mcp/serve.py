@@ -130,9 +130,7 @@ class HeaderGuard:
         if scope.get("type") == "http":
             names = [name.lower() for name, _ in scope.get("headers") or []]
             if any(names.count(name) > 1 for name in self.ONCE):
-                await _refuse(
-                    send, 400, b'{"error":"a header that may be given once was repeated"}'
-                )
+                await _refuse(send, 400, REPEATED)
                 return
         await self.app(scope, receive, send)
 
@@ -379,10 +377,7 @@ def guarded_protocol(request_timeout: float, max_connections: int) -> Any:
                 return False
             if self.conn.their_state is h11.DONE and bool(self.conn.trailing_data[0]):
                 return True
-            answered = self.conn.their_state is h11.IDLE and (
-                self.cycle is None or self.cycle.response_complete
-            )
-            if not (flow.write_paused or answered):
+            if not (flow.write_paused or self._answered()):
                 return False
             left = self._unsent()
             if not left:
@@ -397,9 +392,14 @@ def guarded_protocol(request_timeout: float, max_connections: int) -> Any:
             leaving is not cut short) and the next not begun."""
             return (
                 self.transport is not None
-                and (self.cycle is None or self.cycle.response_complete)
-                and self.conn.their_state is h11.IDLE
+                and self._answered()
                 and not self.transport.get_write_buffer_size()
+            )
+
+        def _answered(self) -> bool:
+            """Every request it sent has its reply complete, and no next one has begun."""
+            return self.conn.their_state is h11.IDLE and (
+                self.cycle is None or self.cycle.response_complete
             )
 
         def _arriving(self) -> bool:

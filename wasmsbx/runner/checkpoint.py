@@ -244,6 +244,7 @@ class HoldInterrupt:
     previous_term: Any = None
 
     finished = False  # done() ran: the run is complete, its checkpoint removed
+    dropped = False  # done() dropped an interrupt: the next one stops the process
 
     def __exit__(self, *exc: Any) -> None:
         import signal
@@ -252,7 +253,9 @@ class HoldInterrupt:
 
         # On the command line, a finished run has only its summary left to write: the
         # first interrupt from here on is dropped (_Late)
-        late = _Late() if self.finished and self.previous is on_interrupt else None
+        late = None
+        if self.finished and self.previous is on_interrupt:
+            late = _Late(seen=self.dropped)
         if self.previous is not None:
             signal.signal(signal.SIGINT, late or self.previous)
             self.previous = None
@@ -287,6 +290,7 @@ class HoldInterrupt:
         marker.remove()
         if self.pending:  # (dropped: its hard stop too)
             self.pending = False
+            self.dropped = True
             KEEPER.forgive()
         self.finished = True
 
@@ -299,8 +303,8 @@ class _Late:
     written and no checkpoint left, and the rerun that asked for wrote them all again
     (red team 110: 5 to 9 runs in 10 with the signal sent as the summary appeared)."""
 
-    def __init__(self) -> None:
-        self.seen = False
+    def __init__(self, seen: bool = False) -> None:
+        self.seen = seen  # (one dropped already, by HoldInterrupt.done)
 
     def __call__(self, signum: int, frame: Any) -> None:
         from ..backends.deadline import KEEPER, on_interrupt
