@@ -747,3 +747,149 @@ def test_replies_answered_but_never_read_below_the_pause_mark_count_as_stuck():
         1_780_000,
         now,
     )
+
+
+def test_a_request_refused_for_its_token_ends_its_connection(tmp_path):
+    """Red team 114: a client without a token sent a POST's headers and never its body;
+    answered 401, its connection waited for that body until --request-timeout, holding a
+    slot. The 401 closes the connection now."""
+    import socket
+
+    ensure_setup()
+    tokens = tmp_path / "tokens"
+    tokens.write_text("alpha-token-0123456789\n")
+    tokens.chmod(0o600)
+    args = ("--max-connections", "4", "--request-timeout", "60", "--token-file", str(tokens))
+    with http_server(*args) as (url, _):
+        port = int(url.split(":")[2].split("/")[0])
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
+            s.sendall(_post_head(port, 100).replace(b"Connection: close\r\n", b""))
+            reply = b"".join(iter(lambda: s.recv(65536), b""))  # (times out if kept open)
+    assert reply.startswith(b"HTTP/1.1 401"), reply[:80]
+    assert b"connection: close" in reply.lower()
+
+
+def test_a_newcomer_is_not_the_first_to_make_room_for_the_next():
+    """Red team 114: at the cap, a connection just accepted (nothing read from it yet)
+    counted as idle, and idle connections made room before those whose request was still
+    arriving: the next connection accepted closed the newcomer, so a client sending
+    headers that never end took every honest newcomer's place. The connection active
+    longest ago makes room now."""
+    import socket
+    import time
+
+    ensure_setup()
+    with http_server("--max-connections", "4", "--request-timeout", "60") as (url, _):
+        port = int(url.split(":")[2].split("/")[0])
+        partial = _post_head(port, 100) + b"{"  # (its body never ends)
+        held = []
+        for _ in range(4):  # the cap, each with a request still arriving
+            s = socket.create_connection(("127.0.0.1", port), timeout=30)
+            s.sendall(partial)
+            held.append(s)
+        time.sleep(0.3)
+        honest = socket.create_connection(("127.0.0.1", port), timeout=30)
+        time.sleep(0.3)  # (accepted, nothing sent yet)
+        late = socket.create_connection(("127.0.0.1", port), timeout=30)
+        late.sendall(partial)
+        held.append(late)
+        time.sleep(0.3)
+        body = json.dumps(INIT_2025).encode()
+        try:
+            honest.sendall(_post_head(port, len(body)) + body)
+            reply = b"".join(iter(lambda: honest.recv(65536), b""))
+        except OSError as exc:  # (reset: it was the one closed)
+            reply = repr(exc).encode()
+        finally:
+            honest.close()
+            for s in held:
+                s.close()
+    assert reply.startswith(b"HTTP/1.1 200"), reply[:80]
+
+
+@pytest.mark.slow
+def test_a_flood_of_bodiless_requests_without_a_token_locks_no_token_holder_out(tmp_path):
+    """Red team 114: connections without a token, each sending a POST's headers and never
+    its body, one every 5 ms, had every token holder's request fail (5 of 5): answered
+    401, each kept its slot while "arriving", and each newcomer was closed by the next
+    one accepted."""
+    import socket
+    import threading
+
+    ensure_setup()
+    token = "alpha-token-0123456789"
+    tokens = tmp_path / "tokens"
+    tokens.write_text(token + "\n")
+    tokens.chmod(0o600)
+    args = ("--max-connections", "8", "--request-timeout", "60", "--token-file", str(tokens))
+    with http_server(*args) as (url, _):
+        port = int(url.split(":")[2].split("/")[0])
+        stop = threading.Event()
+        opened = []
+
+        def flood() -> None:
+            head = _post_head(port, 100).replace(b"Connection: close\r\n", b"")
+            while not stop.wait(0.005):
+                try:
+                    s = socket.create_connection(("127.0.0.1", port), timeout=5)
+                    s.sendall(head)
+                except OSError:
+                    continue
+                opened.append(s)
+                while len(opened) > 100:
+                    opened.pop(0).close()
+
+        thread = threading.Thread(target=flood, daemon=True)
+        thread.start()
+        try:
+            threading.Event().wait(0.5)
+            replies = []
+            for _ in range(5):
+                try:
+                    replies.append(_post(port, INIT_2025, auth=token)[:12])
+                except OSError as exc:
+                    replies.append(repr(exc).encode())
+        finally:
+            stop.set()
+            thread.join()
+            for s in opened:
+                s.close()
+    assert replies == [b"HTTP/1.1 200"] * 5, replies
+
+
+# A WASI command that sleeps 3 s (poll_oneoff, one relative clock subscription)
+SLEEP_WAT = """(module
+  (import "wasi_snapshot_preview1" "poll_oneoff" (func $poll (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (func (export "_start")
+    (i32.store (i32.const 16) (i32.const 1))
+    (i64.store (i32.const 24) (i64.const 3000000000))
+    (drop (call $poll (i32.const 0) (i32.const 64) (i32.const 1) (i32.const 128)))))"""
+
+
+def test_a_call_sent_with_connection_close_outlives_the_request_timeout():
+    """A request sent with "Connection: close" (h11: the client's side MUST_CLOSE once it
+    is in, not DONE) was still taken for arriving: its read timer ran on, and the
+    connection was aborted when --request-timeout ran out, while its call was still
+    running; at the cap it was also the first to make room."""
+    import base64
+
+    import wasmtime
+
+    ensure_setup()
+    module = base64.b64encode(wasmtime.wat2wasm(SLEEP_WAT)).decode()
+    with http_server("--request-timeout", "1") as (url, _):
+        port = int(url.split(":")[2].split("/")[0])
+        sid = _session(port)
+        call = {
+            "jsonrpc": "2.0",
+            "id": 2,
+            "method": "tools/call",
+            "params": {"name": "run_wasi_command", "arguments": {"module_base64": module}},
+        }
+        try:
+            reply = _post(port, call, sid)  # (Connection: close)
+        except OSError as exc:
+            reply = repr(exc).encode()
+    assert reply.startswith(b"HTTP/1.1 200"), reply[:80]
+    assert b"exit_code" in reply and reply.endswith(b"\r\n0\r\n\r\n"), reply[-400:]

@@ -100,9 +100,14 @@ class BearerAuth:
                     {
                         "type": "http.response.start",
                         "status": 401,
+                        # connection: close, so the connection ends with the reply: a
+                        # client without a token sent headers with a body it never sent,
+                        # and its connection, answered, waited for that body and held its
+                        # slot until --request-timeout (red team 114)
                         "headers": [
                             (b"content-type", b"application/json"),
                             (b"www-authenticate", b'Bearer realm="wasmsbx"'),
+                            (b"connection", b"close"),
                         ],
                     }
                 )
@@ -315,10 +320,16 @@ def guarded_protocol(request_timeout: float, max_connections: int) -> Any:
     except (ImportError, AttributeError):
         _OUTQ = None
 
+    # The client's side once its whole request is in: DONE, or MUST_CLOSE if it said
+    # "Connection: close" (or spoke HTTP/1.0), CLOSED if it has shut its side down since.
+    # Only DONE was counted: a request with "Connection: close" stayed "arriving", so its
+    # connection was the first to make room at the cap while its reply was being written,
+    # and was aborted when --request-timeout ran out while its call was still running.
+    WHOLE = (h11.DONE, h11.MUST_CLOSE, h11.CLOSED)
+
     class GuardedH11(H11Protocol):
         read_timer: Any = None
-        last_active = 0.0  # its last byte received, or its accepting
-        request_began = 0.0  # when the request now arriving began (_arm)
+        last_active = 0.0  # its last byte received or reply complete, or its accepting
         progress_at = 0.0  # when its client was last seen reading (writes paused then)
         unsent = 0  # the bytes of reply waiting to be sent, as last seen (_stuck)
 
@@ -334,26 +345,30 @@ def guarded_protocol(request_timeout: float, max_connections: int) -> Any:
             """At the cap, make room for the newcomer by closing, in this order:
             - a connection whose client does not read its replies (_stuck), the one
               active longest ago first;
-            - the connection idle longest (no request in flight: its last reply sent,
-              the next not begun);
-            - a connection whose request is still arriving, the one that began its
-              request first.
+            - of the connections with no whole request in flight (idle: its last reply
+              sent, the next not begun; or a request still arriving), the one whose
+              client was active longest ago: its last byte received or its last reply
+              complete, or its accepting if it has sent nothing.
             False if none is: every connection has a whole request in flight.
 
             Before, the newcomer was closed: one client holding every connection with
             tiny requests every few seconds (answered 401 or 404, kept alive) locked every
             other client out for as long as it liked (red team 107); so did pipelined
             requests whose replies were never read (108), and request bodies sent a byte at
-            a time, each connection reopened as ``request_timeout`` closed it (109)."""
+            a time, each connection reopened as ``request_timeout`` closed it (109). Idle
+            connections then went before arriving ones: a newcomer, idle until its first
+            byte is read, was closed by the next connection accepted with it, so clients
+            without a token, sending headers and never the body, took every newcomer's
+            place (red team 114). An honest upload sends all the time, so it is not the
+            one active longest ago."""
             now = self.loop.time()
             mine = [c for c in self.connections if isinstance(c, GuardedH11)]
-            for tier, key in (
-                ([c for c in mine if c._stuck(now)], lambda c: c.last_active),
-                ([c for c in mine if c._idle()], lambda c: c.last_active),
-                ([c for c in mine if c._arriving()], lambda c: c.request_began),
+            for tier in (
+                [c for c in mine if c._stuck(now)],
+                [c for c in mine if c._idle() or c._arriving()],
             ):
                 if tier:
-                    victim = min(tier, key=key)
+                    victim = min(tier, key=lambda c: c.last_active)
                     self.connections.discard(victim)  # (counted out now)
                     # abort, not close: close waits for unsent replies to drain, and a
                     # client that reads nothing kept the descriptor (and megabytes of
@@ -434,6 +449,7 @@ def guarded_protocol(request_timeout: float, max_connections: int) -> Any:
             super().resume_writing()
 
         def on_response_complete(self) -> None:
+            self.last_active = self.loop.time()  # (a reply just taken: not idle long)
             if self.transport is not None and not self.flow.write_paused:
                 # (what is left of the replies from here on can only shrink: measured
                 # now, a client that takes none of it counts as stuck STUCK_AFTER later)
@@ -444,7 +460,7 @@ def guarded_protocol(request_timeout: float, max_connections: int) -> Any:
             self.last_active = self.loop.time()
             self._arm()
             super().data_received(data)
-            if self.conn.their_state is h11.DONE:  # the whole request is in
+            if self.conn.their_state in WHOLE:  # the whole request is in
                 self._disarm()
 
         def connection_lost(self, exc: Any) -> None:
@@ -453,8 +469,7 @@ def guarded_protocol(request_timeout: float, max_connections: int) -> Any:
                 super().connection_lost(exc)
 
         def _arm(self) -> None:
-            if self.read_timer is None and self.conn.their_state is not h11.DONE:
-                self.request_began = self.loop.time()
+            if self.read_timer is None and self.conn.their_state not in WHOLE:
                 self.read_timer = self.loop.call_later(request_timeout, self._too_slow)
 
         def _disarm(self) -> None:
@@ -464,7 +479,7 @@ def guarded_protocol(request_timeout: float, max_connections: int) -> Any:
 
         def _too_slow(self) -> None:
             self.read_timer = None
-            if self.conn.their_state is not h11.DONE:
+            if self.conn.their_state not in WHOLE:
                 self.transport.abort()  # (as _evict_idle: nothing of it is waited for)
 
     return GuardedH11
