@@ -254,6 +254,11 @@ class HoldInterrupt:
         # On the command line, a finished run has only its summary left to write: the
         # first interrupt from here on is dropped (_Late)
         late = None
+        if self.finished and self.pending:
+            # (one came after done(), as what is between it and here ran: dropped as
+            # done() drops one, red team 114; before, it took two more to stop the
+            # process, and the keeper's hard stop was left armed)
+            self._drop()
         if self.finished and self.previous is on_interrupt:
             late = _Late(seen=self.dropped)
         if self.previous is not None:
@@ -284,15 +289,18 @@ class HoldInterrupt:
         meanwhile (red team 109: removed after the handlers were restored, a late Ctrl-C
         or SIGTERM exited 130 "interrupted" with the checkpoint gone, and the rerun it
         asked for wrote the whole output again). Call it inside the ``with``."""
-        from ..backends.deadline import KEEPER
-
         self.hold()
         marker.remove()
         if self.pending:  # (dropped: its hard stop too)
-            self.pending = False
-            self.dropped = True
-            KEEPER.forgive()
+            self._drop()
         self.finished = True
+
+    def _drop(self) -> None:
+        from ..backends.deadline import KEEPER
+
+        self.pending = False
+        self.dropped = True
+        KEEPER.forgive()
 
 
 class _Late:
