@@ -893,3 +893,36 @@ def test_a_call_sent_with_connection_close_outlives_the_request_timeout():
             reply = repr(exc).encode()
     assert reply.startswith(b"HTTP/1.1 200"), reply[:80]
     assert b"exit_code" in reply and reply.endswith(b"\r\n0\r\n\r\n"), reply[-400:]
+
+
+def _open_stream(port: int, sid: str, token: str) -> tuple:
+    """An event stream (GET) of MCP session ``sid``: (its socket, still open; the status
+    line's start)."""
+    import socket
+
+    s = socket.create_connection(("127.0.0.1", port), timeout=30)
+    s.sendall(
+        f"GET /mcp HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAuthorization: Bearer {token}\r\n"
+        f"Accept: text/event-stream\r\nmcp-session-id: {sid}\r\n"
+        "mcp-protocol-version: 2025-06-18\r\n\r\n".encode()
+    )
+    return s, s.recv(200)[:12]
+
+
+def test_one_token_holder_cannot_take_every_event_stream(tmp_path):
+    """NOTE32-35: the event-stream cap (half of --max-connections) was for all clients
+    together, so one token holder's streams took every slot and the other clients'
+    streams got 503. Each token has its share now."""
+    ensure_setup()
+    alpha, beta = "alpha-token-0123456789", "beta-token-01234567890"
+    tokens = tmp_path / "tokens"
+    tokens.write_text(f"{alpha}\n{beta}\n")
+    tokens.chmod(0o600)
+    with http_server("--max-connections", "8", "--token-file", str(tokens)) as (url, _):
+        port = int(url.split(":")[2].split("/")[0])
+        opened = [_open_stream(port, _session(port, alpha), alpha) for _ in range(3)]
+        theirs = _open_stream(port, _session(port, beta), beta)
+        for s, _ in [*opened, theirs]:
+            s.close()
+    assert [head for _, head in opened] == [b"HTTP/1.1 200", b"HTTP/1.1 200", b"HTTP/1.1 503"]
+    assert theirs[1] == b"HTTP/1.1 200"

@@ -143,30 +143,45 @@ class HeaderGuard:
 class StreamCap:
     """ASGI middleware behind BearerAuth: event streams (``GET``: the SDK's standalone
     SSE stream, one per MCP session) may hold at most half of ``--max-connections`` at
-    once; another gets 503. An open stream is a request in flight, never timed out nor
-    evicted, so one client that opened one on each of ``--max-connections`` sessions had
-    every newcomer's connection closed as it was accepted (red team 105). Behind the
-    token check, so a client without a token holds no stream slot: its pipelined GETs,
+    once, and each client (token) its share of those; another gets 503. An open stream
+    is a request in flight, never timed out nor evicted, so one client that opened one
+    on each of ``--max-connections`` sessions had every newcomer's connection closed as
+    it was accepted (red team 105); with the cap for all only, one token holder's
+    streams took every slot, and the other clients' streams got 503. Behind the token
+    check, so a client without a token holds no stream slot: its pipelined GETs,
     answered 401 and never read, had kept every slot from the token holders (red team
     110)."""
 
-    def __init__(self, app: Any, max_connections: int) -> None:
+    def __init__(self, app: Any, max_connections: int, clients: int = 1) -> None:
         self.app = app
         self.max_streams = max(1, max_connections // 2)
+        self.share = max(1, self.max_streams // max(1, clients))
         self.streams = 0
+        self.held: dict = {}  # client (its Authorization header) -> streams open
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope.get("type") != "http" or scope.get("method") != "GET":
             await self.app(scope, receive, send)
             return
+        # (behind BearerAuth: one of the tokens, given once, HeaderGuard; b"" without)
+        client = dict(scope.get("headers") or []).get(b"authorization", b"")
         if self.streams >= self.max_streams:
             await _refuse(send, 503, b'{"error":"too many event streams open"}')
             return
+        if self.held.get(client, 0) >= self.share:
+            await _refuse(send, 503, b'{"error":"too many event streams open for this token"}')
+            return
         self.streams += 1
+        self.held[client] = self.held.get(client, 0) + 1
         try:
             await self.app(scope, receive, send)
         finally:
             self.streams -= 1
+            left = self.held[client] - 1
+            if left:
+                self.held[client] = left
+            else:
+                del self.held[client]
 
 
 async def _refuse(send: Any, status: int, body: bytes) -> None:
@@ -264,7 +279,8 @@ async def _http(server: Any, config: ServerConfig, host: str, port: int, token: 
         host=host,
     )
     evict_idle_mcp_sessions(server.session_manager)
-    app = StreamCap(app, config.max_connections)  # (behind the token check)
+    clients = 1 if not token or isinstance(token, str) else len(set(token))
+    app = StreamCap(app, config.max_connections, clients)  # (behind the token check)
     if token:
         app = BearerAuth(app, token)
     app = HeaderGuard(app)
