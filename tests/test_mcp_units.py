@@ -994,3 +994,66 @@ def test_call_limits_take_no_boolean_for_a_number(limits, ok):
     else:
         with pytest.raises(ValidationError):
             CallLimits.model_validate_json(json.dumps(limits))
+
+
+def test_a_call_that_comes_while_the_spare_starts_takes_the_spare(tmp_path):
+    """A call that came while the pool's warm spare was starting started a worker of its
+    own, and the spare, once up, made the pool one worker more than --max-concurrent.
+    It waits for the spare now."""
+    import asyncio
+
+    from wasmsbx.mcp import pool as pool_mod
+
+    class Fake:
+        alive = True
+
+    async def main():
+        pool = pool_mod.WorkerPool(2, [], 1000, 10, str(tmp_path))
+        started, gate = [], asyncio.Event()
+
+        async def spawn():
+            worker = Fake()
+            started.append(worker)
+            pool.all.add(worker)
+            await gate.wait()
+            return worker
+
+        pool._spawn = spawn
+        pool.replenish()  # (the spare, starting)
+        await asyncio.sleep(0)
+        taking = asyncio.ensure_future(pool.acquire())
+        await asyncio.sleep(0.05)
+        gate.set()
+        got = await asyncio.wait_for(taking, 5)
+        return got, started
+
+    got, started = asyncio.run(main())
+    assert len(started) == 1 and got is started[0]
+
+
+def test_a_spare_that_fails_to_start_leaves_a_waiting_call_a_worker_of_its_own(tmp_path):
+    import asyncio
+
+    from wasmsbx.mcp import pool as pool_mod
+
+    class Fake:
+        alive = True
+
+    async def main():
+        pool = pool_mod.WorkerPool(2, [], 1000, 10, str(tmp_path))
+        calls = []
+
+        async def spawn():
+            calls.append(1)
+            await asyncio.sleep(0.02)
+            if len(calls) == 1:
+                raise OSError("no room")
+            return Fake()
+
+        pool._spawn = spawn
+        pool.replenish()
+        await asyncio.sleep(0)
+        return await asyncio.wait_for(pool.acquire(), 5), calls
+
+    got, calls = asyncio.run(main())
+    assert isinstance(got, Fake) and len(calls) == 2

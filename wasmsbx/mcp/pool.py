@@ -74,6 +74,7 @@ class WorkerPool:
         self.spawn_timeout = spawn_timeout
         self.idle: list = []
         self.starting = 0
+        self._landing: list = []  # futures of acquire()s waiting for a worker starting
         self.all: set = set()
         self._tasks: set = set()
 
@@ -122,21 +123,35 @@ class WorkerPool:
         task.add_done_callback(self._tasks.discard)
 
     async def _spawn_idle(self) -> None:
+        worker = None
         try:
             worker = await self._spawn()
         except BaseException:
             return
         finally:
             self.starting -= 1
-        self.idle.append(worker)
+            if worker is not None:
+                self.idle.append(worker)
+            waiting, self._landing = self._landing, []
+            for landed in waiting:  # (each looks again: the worker, or none, and no spare)
+                if not landed.done():
+                    landed.set_result(None)
 
     async def acquire(self) -> _Worker:
-        while self.idle:
-            worker = self.idle.pop()
-            if worker.alive:
-                return worker
-            self.all.discard(worker)
-        return await self._spawn()
+        """An idle worker; else the spare being started (``replenish``), waited for; else
+        a new one. A call that came while the spare started had started a worker of its
+        own, and the spare then made the pool one more than ``size``."""
+        while True:
+            while self.idle:
+                worker = self.idle.pop()
+                if worker.alive:
+                    return worker
+                self.all.discard(worker)
+            if not self.starting:
+                return await self._spawn()
+            landed = asyncio.get_running_loop().create_future()
+            self._landing.append(landed)
+            await landed
 
     async def call(self, req: dict, deadline: float, on_worker: Any = None) -> dict:
         """Run ``req`` on a worker; kill the worker if it is late, dies or is cancelled.

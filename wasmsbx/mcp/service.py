@@ -381,6 +381,9 @@ class Service:
             watch.cancel()
             if not call.done():
                 call.cancel()
+                # (its worker killed before this call's slot is given back: the next
+                # call's worker had started while it still ran)
+                await asyncio.wait({call})
         if call.done() and not call.cancelled():
             return call.result()
         used = watch.result()
