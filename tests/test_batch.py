@@ -1313,17 +1313,25 @@ def test_the_keeper_passes_over_the_signal_a_finished_run_drops():
         os.close(keeper.wake_w)
 
 
-def test_an_interrupt_dropped_while_the_checkpoint_is_removed_is_the_first(tmp_path):
+@pytest.mark.parametrize("when", ["as done() removes it", "after done(), in the guard"])
+def test_an_interrupt_dropped_as_a_run_finishes_is_the_first(tmp_path, when):
     """The README's "done is done": the first interrupt after a finished run is ignored, a
     second stops it. One that landed while done() removed the checkpoint is that first
-    (without this, two more were needed)."""
+    (without this, two more were needed); so is one that landed after done() but before
+    the guard's ``with`` ended (red team 114: batch runs its hard-stop guard's exit
+    there; it was only held, two more were needed, and the deadline keeper's hard stop
+    for it was never forgiven)."""
     from wasmsbx.backends.deadline import KEEPER, on_interrupt
     from wasmsbx.runner import checkpoint
 
+    def interrupt() -> None:
+        os.kill(os.getpid(), signal.SIGINT)  # (handled at the next bytecode: held)
+        time.sleep(0.01)
+
     class Interrupted(checkpoint.Checkpoint):
         def remove(self) -> None:
-            os.kill(os.getpid(), signal.SIGINT)  # (handled at the next bytecode: held)
-            time.sleep(0.01)
+            if when == "as done() removes it":
+                interrupt()
             super().remove()
 
     marker = Interrupted(tmp_path / "run.ckpt", {"kind": "test"})
@@ -1334,40 +1342,14 @@ def test_an_interrupt_dropped_while_the_checkpoint_is_removed_is_the_first(tmp_p
     try:
         with checkpoint.HoldInterrupt() as guard:
             guard.done(marker)
+            if when != "as done() removes it":
+                interrupt()
         assert not (tmp_path / "run.ckpt").exists()
-        with pytest.raises(KeyboardInterrupt):
-            os.kill(os.getpid(), signal.SIGINT)
-            time.sleep(0.01)
-    finally:
-        signal.signal(signal.SIGINT, before)
-        KEEPER.drop_signals = 0
-        KEEPER.settle()
-
-
-def test_an_interrupt_after_done_and_before_the_guard_ends_is_the_first(tmp_path):
-    """Red team 114: an interrupt that landed after done() but before the guard's
-    ``with`` ended (batch: what runs between them, its hard-stop guard's exit) was only
-    held, not counted as dropped: two more were needed to stop the process, and the
-    deadline keeper's hard stop for it was never forgiven."""
-    from wasmsbx.backends.deadline import KEEPER, on_interrupt
-    from wasmsbx.runner import checkpoint
-
-    marker = checkpoint.Checkpoint(tmp_path / "run.ckpt", {"kind": "test"})
-    marker.save({"x": 1})
-    KEEPER.settle()
-    KEEPER.drop_signals = 0
-    before = signal.signal(signal.SIGINT, on_interrupt)
-    try:
-        with checkpoint.HoldInterrupt() as guard:
-            guard.done(marker)
-            os.kill(os.getpid(), signal.SIGINT)  # (held: the guard still holds)
-            time.sleep(0.01)
         assert guard.dropped and not guard.pending
         time.sleep(0.2)  # (the keeper's thread reads the signal too)
         assert KEEPER.signalled is None, "forgiven: no hard stop for the dropped one"
         with pytest.raises(KeyboardInterrupt):
-            os.kill(os.getpid(), signal.SIGINT)
-            time.sleep(0.01)
+            interrupt()
     finally:
         signal.signal(signal.SIGINT, before)
         KEEPER.drop_signals = 0

@@ -561,6 +561,21 @@ def _post_head(port: int, length: int, sid: str = "", auth: str = "") -> bytes:
     ).encode()
 
 
+def _command_call(wat: str) -> dict:
+    """A tools/call request running the WASI command ``wat``."""
+    import base64
+
+    import wasmtime
+
+    module = base64.b64encode(wasmtime.wat2wasm(wat)).decode()
+    return {
+        "jsonrpc": "2.0",
+        "id": 2,
+        "method": "tools/call",
+        "params": {"name": "run_wasi_command", "arguments": {"module_base64": module}},
+    }
+
+
 def _session(port: int, auth: str = "") -> str:
     """A new MCP session (2025 protocol), initialized: its id."""
     reply = _post(port, INIT_2025, auth=auth)
@@ -652,26 +667,16 @@ def test_a_client_reading_a_large_reply_steadily_keeps_it_while_newcomers_arrive
     evictions aborted, a newcomer every 0.3 s at --max-connections 4 cut the reply short
     at 4.9 MB: the client was taken for one that reads nothing. Progress is now measured
     in the kernel's send queue too, and the reply arrives whole."""
-    import base64
     import socket
     import threading
     import time
 
-    import wasmtime
-
     ensure_setup()
-    module = base64.b64encode(wasmtime.wat2wasm(BIG_OUTPUT_WAT)).decode()
     with http_server("--max-connections", "4") as (url, _):
         port = int(url.split(":")[2].split("/")[0])
 
         sid = _session(port)
-        call = {
-            "jsonrpc": "2.0",
-            "id": 2,
-            "method": "tools/call",
-            "params": {"name": "run_wasi_command", "arguments": {"module_base64": module}},
-        }
-        body = json.dumps(call).encode()
+        body = json.dumps(_command_call(BIG_OUTPUT_WAT)).encode()
         s = socket.socket()
         s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
         s.settimeout(60)
@@ -872,23 +877,12 @@ def test_a_call_sent_with_connection_close_outlives_the_request_timeout():
     is in, not DONE) was still taken for arriving: its read timer ran on, and the
     connection was aborted when --request-timeout ran out, while its call was still
     running; at the cap it was also the first to make room."""
-    import base64
-
-    import wasmtime
-
     ensure_setup()
-    module = base64.b64encode(wasmtime.wat2wasm(SLEEP_WAT)).decode()
     with http_server("--request-timeout", "1") as (url, _):
         port = int(url.split(":")[2].split("/")[0])
         sid = _session(port)
-        call = {
-            "jsonrpc": "2.0",
-            "id": 2,
-            "method": "tools/call",
-            "params": {"name": "run_wasi_command", "arguments": {"module_base64": module}},
-        }
         try:
-            reply = _post(port, call, sid)  # (Connection: close)
+            reply = _post(port, _command_call(SLEEP_WAT), sid)  # (Connection: close)
         except OSError as exc:
             reply = repr(exc).encode()
     assert reply.startswith(b"HTTP/1.1 200"), reply[:80]
