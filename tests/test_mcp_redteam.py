@@ -920,3 +920,42 @@ def test_one_token_holder_cannot_take_every_event_stream(tmp_path):
             s.close()
     assert [head for _, head in opened] == [b"HTTP/1.1 200", b"HTTP/1.1 200", b"HTTP/1.1 503"]
     assert theirs[1] == b"HTTP/1.1 200"
+
+
+def test_a_request_pipelined_behind_a_reply_must_arrive_in_time():
+    """Red team 115: on each of --max-connections connections, a whole request (answered
+    404, kept alive) with the next request's headers and the start of its body pipelined
+    behind it. The second request had no read timer (its bytes came while the first was
+    in flight), so its connection was never timed out nor made room: every newcomer was
+    closed for as long as the client liked (0 of 10 honest tries, with or without a
+    token). It has --request-timeout from the reply to arrive whole now, and until then
+    counts as arriving."""
+    import socket
+    import time
+
+    ensure_setup()
+    with http_server("--max-connections", "4", "--request-timeout", "2") as (url, _):
+        port = int(url.split(":")[2].split("/")[0])
+        first = f"GET /x HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n".encode()
+        second = _post_head(port, 1000).replace(b"Connection: close\r\n", b"") + b"{"
+        held = []
+        for _ in range(4):
+            s = socket.create_connection(("127.0.0.1", port), timeout=30)
+            s.sendall(first + second)
+            held.append(s)
+        time.sleep(0.5)
+        status = _initialize(port)  # (a newcomer at the cap: one of them makes room)
+        ended = 0
+        for s in held:  # (each of those left is closed at its --request-timeout)
+            s.settimeout(15)
+            try:
+                while s.recv(65536):
+                    pass
+                ended += 1
+            except socket.timeout:  # (still open)
+                pass
+            except OSError:  # (reset: aborted, as a timed-out or evicted one is)
+                ended += 1
+            s.close()
+    assert status == 200
+    assert ended == 4

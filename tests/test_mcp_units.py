@@ -1057,3 +1057,66 @@ def test_a_spare_that_fails_to_start_leaves_a_waiting_call_a_worker_of_its_own(t
 
     got, calls = asyncio.run(main())
     assert isinstance(got, Fake) and len(calls) == 2
+
+
+def _guarded(cap: int = 4) -> tuple:
+    """(GuardedH11 class, a function making a stand-in connection of it: its state
+    given, no socket), for the eviction order at the cap."""
+    from wasmsbx.mcp.serve import guarded_protocol
+
+    cls = guarded_protocol(30, cap)
+
+    class Transport:
+        aborted = False
+
+        def abort(self) -> None:
+            self.aborted = True
+
+    def make(state: str, last_active: float, peer: str = "127.0.0.1") -> object:
+        c = object.__new__(cls)
+        c.transport, c.last_active, c.peer = Transport(), last_active, peer
+        c._stuck = lambda now: state == "stuck"
+        c._idle = lambda: state == "idle"
+        c._arriving = lambda: state == "arriving"
+        return c
+
+    return cls, make
+
+
+def _evict(cls, connections: list, peer: str = "127.0.0.1") -> object:
+    """The connection closed at the cap for a newcomer from ``peer`` (None if none)."""
+    import types
+
+    newcomer = object.__new__(cls)
+    newcomer.connections, newcomer.peer = set(connections), peer
+    newcomer.loop = types.SimpleNamespace(time=lambda: 100.0)
+    if not newcomer._evict_idle():
+        return None
+    return next(c for c in connections if c.transport.aborted)
+
+
+def test_a_newcomer_not_yet_read_makes_room_after_older_arriving_ones():
+    # red team 114: idle (a newcomer not yet read) went before arriving, whatever their age
+    cls, make = _guarded()
+    old_arriving, fresh = make("arriving", 10.0), make("idle", 50.0)
+    busy = [make("busy", 1.0), make("busy", 2.0)]
+    assert _evict(cls, [fresh, old_arriving, *busy]) is old_arriving
+
+
+def test_stuck_connections_make_room_first_and_busy_ones_never():
+    cls, make = _guarded()
+    stuck, idle = make("stuck", 90.0), make("idle", 1.0)
+    assert _evict(cls, [idle, stuck, make("busy", 0.5)]) is stuck
+    assert _evict(cls, [make("busy", 1.0), make("busy", 2.0)]) is None
+
+
+def test_a_flood_from_one_address_makes_room_with_its_own():
+    # red team 115: from another address, a flood of connections evicted everyone's
+    cls, make = _guarded()
+    honest = make("idle", 1.0, "10.0.0.2")
+    flood = [make("idle", t, "10.0.0.9") for t in (5.0, 6.0, 7.0)]
+    assert _evict(cls, [honest, *flood], "10.0.0.9") is flood[0]
+    assert _evict(cls, [honest, *flood[1:]], "10.0.0.3") is flood[1]
+    # over loopback, one address: the one active longest ago
+    alike = [make("idle", t) for t in (3.0, 1.0, 2.0)]
+    assert _evict(cls, alike) is alike[1]

@@ -349,7 +349,11 @@ def guarded_protocol(request_timeout: float, max_connections: int) -> Any:
         progress_at = 0.0  # when its client was last seen reading (writes paused then)
         unsent = 0  # the bytes of reply waiting to be sent, as last seen (_stuck)
 
+        peer: Any = None  # the client's address (its host), if the socket says
+
         def connection_made(self, transport: Any) -> None:
+            name = transport.get_extra_info("peername")
+            self.peer = name[0] if isinstance(name, tuple) and name else None
             if len(self.connections) >= max_connections and not self._evict_idle():
                 transport.close()  # before it is counted: no descriptor kept for it
                 return
@@ -384,7 +388,7 @@ def guarded_protocol(request_timeout: float, max_connections: int) -> Any:
                 [c for c in mine if c._idle() or c._arriving()],
             ):
                 if tier:
-                    victim = min(tier, key=lambda c: c.last_active)
+                    victim = min(_most_held(tier, mine, self.peer), key=lambda c: c.last_active)
                     self.connections.discard(victim)  # (counted out now)
                     # abort, not close: close waits for unsent replies to drain, and a
                     # client that reads nothing kept the descriptor (and megabytes of
@@ -471,6 +475,13 @@ def guarded_protocol(request_timeout: float, max_connections: int) -> Any:
                 # now, a client that takes none of it counts as stuck STUCK_AFTER later)
                 self.unsent, self.progress_at = self._unsent(), self.loop.time()
             super().on_response_complete()
+            if self.transport is not None and not self.transport.is_closing():
+                # The next request has from now to arrive whole: one pipelined behind
+                # this reply, begun already (its bytes came while the client's side was
+                # DONE, so data_received armed nothing), had no timer at all, and its
+                # connection was neither idle, arriving nor stuck: never timed out nor
+                # made room, so such connections locked every newcomer out (red team 115).
+                self._arm()
 
         def data_received(self, data: bytes) -> None:
             self.last_active = self.loop.time()
@@ -497,6 +508,18 @@ def guarded_protocol(request_timeout: float, max_connections: int) -> Any:
             self.read_timer = None
             if self.conn.their_state not in WHOLE:
                 self.transport.abort()  # (as _evict_idle: nothing of it is waited for)
+
+    def _most_held(tier: list, every: list, newcomer: Any) -> list:
+        """The connections of ``tier`` from the address that holds the most connections
+        (of ``every``, and the newcomer's from its address ``newcomer``) among the
+        addresses in ``tier``: a client flooding the server with connections from one
+        address makes room with its own, not with another address's (over loopback
+        every client has one address, and nothing changes)."""
+        held: dict = {newcomer: 1}
+        for c in every:
+            held[c.peer] = held.get(c.peer, 0) + 1
+        most = max(held[c.peer] for c in tier)
+        return [c for c in tier if held[c.peer] == most]
 
     return GuardedH11
 

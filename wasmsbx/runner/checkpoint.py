@@ -254,11 +254,6 @@ class HoldInterrupt:
         # On the command line, a finished run has only its summary left to write: the
         # first interrupt from here on is dropped (_Late)
         late = None
-        if self.finished and self.pending:
-            # (one came after done(), as what is between it and here ran: dropped as
-            # done() drops one, red team 114; before, it took two more to stop the
-            # process, and the keeper's hard stop was left armed)
-            self._drop()
         if self.finished and self.previous is on_interrupt:
             late = _Late(seen=self.dropped)
         if self.previous is not None:
@@ -267,6 +262,14 @@ class HoldInterrupt:
         if self.previous_term is not None:
             signal.signal(signal.SIGTERM, late or self.previous_term)
             self.previous_term = None
+        if self.finished and self.pending:
+            # One came after done() (as what is between it and here ran, or as the
+            # handlers were swapped back): dropped as done() drops one (red team 114:
+            # before, two more were needed to stop the process, and the keeper's hard
+            # stop for it stayed armed). Looked at after the swap, so none is missed.
+            self._drop()
+            if late is not None:
+                late.seen = True
 
     def _signal(self, signum: int, frame: Any) -> None:
         if self.busy and not self.pending:
