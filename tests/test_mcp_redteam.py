@@ -959,3 +959,104 @@ def test_a_request_pipelined_behind_a_reply_must_arrive_in_time():
             s.close()
     assert status == 200
     assert ended == 4
+
+
+def _slow_initialize(port: int, s: object, seconds: float, pad: int = 0) -> bytes:
+    """An initialize POSTed on the open socket ``s`` over ``seconds`` (its head first,
+    then its body in ten pieces, ``pad`` bytes of padding in it): the reply's start."""
+    import time
+
+    message = {**INIT_2025, "pad": "A" * pad}
+    body = json.dumps(message).encode()
+    s.sendall(_post_head(port, len(body)).replace(b"Connection: close\\r\\n", b""))
+    step = -(-len(body) // 10)
+    for at in range(0, len(body), step):
+        time.sleep(seconds / 10)
+        s.sendall(body[at : at + step])
+    return s.recv(12)
+
+
+def test_a_keep_alive_request_after_a_pause_has_its_whole_time():
+    """Red team 116: after a reply, the next request on the connection was timed from
+    that reply, so a keep-alive client that paused 1.5 s and then took 1 s to send its
+    request (under --request-timeout 2) was cut: its POST lost. It is timed from its
+    first byte, as any request."""
+    import socket
+    import time
+
+    ensure_setup()
+    with http_server("--request-timeout", "2") as (url, _):
+        port = int(url.split(":")[2].split("/")[0])
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
+            s.sendall(f"GET /x HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n".encode())
+            first = s.recv(65536)
+            while b"\r\n\r\n" not in first:
+                first += s.recv(65536)
+            head, _, body = first.partition(b"\r\n\r\n")
+            length = next(
+                int(line.split(b":", 1)[1])
+                for line in head.split(b"\r\n")
+                if line.lower().startswith(b"content-length:")
+            )
+            while len(body) < length:  # (the whole reply read: the next is the 200's)
+                body += s.recv(65536)
+            first = first[:12]
+            time.sleep(1.5)
+            try:
+                second = _slow_initialize(port, s, 1.0)
+            except OSError as exc:
+                second = repr(exc).encode()
+    assert first == b"HTTP/1.1 404"
+    assert second == b"HTTP/1.1 200", second
+
+
+@pytest.mark.slow
+def test_connections_trickling_from_many_loopback_addresses_cut_no_upload():
+    """Red team 116: a connection from each of 127.0.0.2, .3, ... (one more than
+    --max-connections), each sending a byte of a request head in the same loop pass,
+    every connection closed reopened: an honest upload at about 300 KB/s was closed to
+    make room, 0 of 10 (the trickle was active more recently, and from as many
+    addresses). Loopback is one client, and what makes room is what sent least."""
+    import socket
+    import threading
+
+    ensure_setup()
+    with http_server("--max-connections", "4", "--request-timeout", "10") as (url, _):
+        port = int(url.split(":")[2].split("/")[0])
+        stop = threading.Event()
+
+        def trickle() -> None:
+            held: dict = {}
+            while not stop.wait(0.05):
+                for n in range(2, 7):
+                    s = held.get(n)
+                    try:
+                        if s is None:
+                            s = socket.socket()
+                            s.bind((f"127.0.0.{n}", 0))
+                            s.settimeout(1)
+                            s.connect(("127.0.0.1", port))
+                            held[n] = s
+                        s.send(b"X")
+                    except OSError:
+                        if s is not None:
+                            s.close()
+                        held.pop(n, None)
+            for s in held.values():
+                s.close()
+
+        thread = threading.Thread(target=trickle, daemon=True)
+        thread.start()
+        replies = []
+        try:
+            threading.Event().wait(0.5)
+            for _ in range(3):
+                with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
+                    try:
+                        replies.append(_slow_initialize(port, s, 1.0, pad=300_000))
+                    except OSError as exc:
+                        replies.append(repr(exc).encode())
+        finally:
+            stop.set()
+            thread.join()
+    assert replies == [b"HTTP/1.1 200"] * 3, replies

@@ -1062,7 +1062,12 @@ def test_a_spare_that_fails_to_start_leaves_a_waiting_call_a_worker_of_its_own(t
 def _guarded(cap: int = 4) -> tuple:
     """(GuardedH11 class, a function making a stand-in connection of it: its state
     given, no socket), for the eviction order at the cap."""
-    from wasmsbx.mcp.serve import guarded_protocol
+    pytest.importorskip("mcp")  # (uvicorn and h11 come with it)
+    import types
+
+    import h11
+
+    from wasmsbx.mcp.serve import client_of, guarded_protocol
 
     cls = guarded_protocol(30, cap)
 
@@ -1072,9 +1077,15 @@ def _guarded(cap: int = 4) -> tuple:
         def abort(self) -> None:
             self.aborted = True
 
-    def make(state: str, last_active: float, peer: str = "127.0.0.1") -> object:
+        def get_extra_info(self, name: str) -> None:
+            return None  # (no socket: nothing queued)
+
+    def make(state: str, began: float, peer: str = "127.0.0.1", got: int = 0) -> object:
+        """``began``: accepted or last answered then; ``got``: bytes since."""
         c = object.__new__(cls)
-        c.transport, c.last_active, c.peer = Transport(), last_active, peer
+        c.transport, c.last_active, c.began, c.got = Transport(), began, began, got
+        c.peer = client_of(peer)
+        c.conn = types.SimpleNamespace(their_state=h11.SEND_BODY if got > 2048 else h11.IDLE)
         c._stuck = lambda now: state == "stuck"
         c._idle = lambda: state == "idle"
         c._arriving = lambda: state == "arriving"
@@ -1087,8 +1098,10 @@ def _evict(cls, connections: list, peer: str = "127.0.0.1") -> object:
     """The connection closed at the cap for a newcomer from ``peer`` (None if none)."""
     import types
 
+    from wasmsbx.mcp.serve import client_of
+
     newcomer = object.__new__(cls)
-    newcomer.connections, newcomer.peer = set(connections), peer
+    newcomer.connections, newcomer.peer = set(connections), client_of(peer)
     newcomer.loop = types.SimpleNamespace(time=lambda: 100.0)
     if not newcomer._evict_idle():
         return None
@@ -1098,7 +1111,7 @@ def _evict(cls, connections: list, peer: str = "127.0.0.1") -> object:
 def test_a_newcomer_not_yet_read_makes_room_after_older_arriving_ones():
     # red team 114: idle (a newcomer not yet read) went before arriving, whatever their age
     cls, make = _guarded()
-    old_arriving, fresh = make("arriving", 10.0), make("idle", 50.0)
+    old_arriving, fresh = make("arriving", 10.0, got=300), make("idle", 99.99)
     busy = [make("busy", 1.0), make("busy", 2.0)]
     assert _evict(cls, [fresh, old_arriving, *busy]) is old_arriving
 
@@ -1120,3 +1133,25 @@ def test_a_flood_from_one_address_makes_room_with_its_own():
     # over loopback, one address: the one active longest ago
     alike = [make("idle", t) for t in (3.0, 1.0, 2.0)]
     assert _evict(cls, alike) is alike[1]
+
+
+def test_connections_trickling_from_many_addresses_do_not_close_an_honest_upload():
+    """Red team 116: one connection from each of 127.0.0.2, .3, ..., each sending a byte
+    in the same millisecond, tied with the honest client's address and were all active
+    more recently than its upload (300 KB/s): the upload went, 0 of 10. Loopback is one
+    client now, and what goes is what has sent least for its time."""
+    cls, make = _guarded()
+    upload = make("arriving", 98.2, "127.0.0.1", got=540_000)
+    trickle = [make("arriving", 99.5, f"127.0.0.{n}", got=3) for n in range(2, 5)]
+    victim = _evict(cls, [upload, *trickle], "127.0.0.9")
+    assert victim in trickle
+
+
+def test_addresses_are_grouped_as_the_clients_they_stand_for():
+    from wasmsbx.mcp.serve import client_of
+
+    assert client_of("127.0.0.1") == client_of("127.5.6.7") == client_of("::1")
+    assert client_of("::ffff:127.0.0.2") == client_of("127.0.0.1")
+    assert client_of("2001:db8::1") == client_of("2001:db8::ffff") != client_of("2001:db9::1")
+    assert client_of("10.0.0.1") != client_of("10.0.0.2")
+    assert client_of(None) is None and client_of("not an address") == "not an address"

@@ -310,6 +310,35 @@ def transport_security(host: str) -> Any:
     )
 
 
+# A connection's pace (GuardedH11._pace): the bytes it starts with, and the most of a
+# request's head that counts (a client without a token can send only heads).
+CREDIT = 256
+HEAD = 2048
+YOUNG = 0.05  # seconds: younger connections compare by what they sent
+
+
+def client_of(host: Any) -> Any:
+    """Who a peer address stands for at the connection cap (_most_held): loopback as one
+    (127.0.0.0/8, ::1: any local user can bind any of them), an IPv6 address by its /64
+    (one host's usual share), others as they are; None stays None."""
+    if not isinstance(host, str):
+        return host
+    import ipaddress
+
+    try:
+        address = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return host
+    mapped = getattr(address, "ipv4_mapped", None)
+    if mapped is not None:
+        address = mapped
+    if address.is_loopback:
+        return "loopback"
+    if address.version == 6:
+        return str(ipaddress.ip_network(f"{address}/64", strict=False))
+    return str(address)
+
+
 def guarded_protocol(request_timeout: float, max_connections: int) -> Any:
     """uvicorn's h11 protocol with the two limits it lacks against slow or many clients.
 
@@ -333,8 +362,9 @@ def guarded_protocol(request_timeout: float, max_connections: int) -> Any:
         import termios
 
         _OUTQ = termios.TIOCOUTQ  # (SIOCOUTQ on a socket: Linux, macOS has none)
+        _INQ = termios.FIONREAD  # (SIOCINQ on a socket)
     except (ImportError, AttributeError):
-        _OUTQ = None
+        _OUTQ = _INQ = None
 
     # The client's side once its whole request is in: DONE, or MUST_CLOSE if it said
     # "Connection: close" (or spoke HTTP/1.0), CLOSED if it has shut its side down since.
@@ -346,6 +376,8 @@ def guarded_protocol(request_timeout: float, max_connections: int) -> Any:
     class GuardedH11(H11Protocol):
         read_timer: Any = None
         last_active = 0.0  # its last byte received or reply complete, or its accepting
+        began = 0.0  # its accepting, or its last reply complete (_pace)
+        got = 0  # the bytes received since (those of request heads counted up to HEAD)
         progress_at = 0.0  # when its client was last seen reading (writes paused then)
         unsent = 0  # the bytes of reply waiting to be sent, as last seen (_stuck)
 
@@ -353,11 +385,11 @@ def guarded_protocol(request_timeout: float, max_connections: int) -> Any:
 
         def connection_made(self, transport: Any) -> None:
             name = transport.get_extra_info("peername")
-            self.peer = name[0] if isinstance(name, tuple) and name else None
+            self.peer = client_of(name[0] if isinstance(name, tuple) and name else None)
             if len(self.connections) >= max_connections and not self._evict_idle():
                 transport.close()  # before it is counted: no descriptor kept for it
                 return
-            self.last_active = self.loop.time()
+            self.last_active = self.began = self.loop.time()
             super().connection_made(transport)
             self._arm()
 
@@ -366,9 +398,9 @@ def guarded_protocol(request_timeout: float, max_connections: int) -> Any:
             - a connection whose client does not read its replies (_stuck), the one
               active longest ago first;
             - of the connections with no whole request in flight (idle: its last reply
-              sent, the next not begun; or a request still arriving), the one whose
-              client was active longest ago: its last byte received or its last reply
-              complete, or its accepting if it has sent nothing.
+              sent, the next not begun; or a request still arriving), from the client
+              address holding the most connections (_most_held), the one that has
+              sent least for its time (_pace).
             False if none is: every connection has a whole request in flight.
 
             Before, the newcomer was closed: one client holding every connection with
@@ -377,18 +409,18 @@ def guarded_protocol(request_timeout: float, max_connections: int) -> Any:
             requests whose replies were never read (108), and request bodies sent a byte at
             a time, each connection reopened as ``request_timeout`` closed it (109). Idle
             connections then went before arriving ones: a newcomer, idle until its first
-            byte is read, was closed by the next connection accepted with it, so clients
-            without a token, sending headers and never the body, took every newcomer's
-            place (red team 114). An honest upload sends all the time, so it is not the
-            one active longest ago."""
+            byte is read, was closed by the next connection accepted with it (red team
+            114). Then the one whose last byte came longest ago went: connections each
+            sending a byte in the same millisecond, from addresses of their own, closed
+            honest uploads at 300 KB/s (red team 116, no token needed)."""
             now = self.loop.time()
             mine = [c for c in self.connections if isinstance(c, GuardedH11)]
-            for tier in (
-                [c for c in mine if c._stuck(now)],
-                [c for c in mine if c._idle() or c._arriving()],
+            for tier, key in (
+                ([c for c in mine if c._stuck(now)], lambda c: c.last_active),
+                ([c for c in mine if c._idle() or c._arriving()], lambda c: c._pace(now)),
             ):
                 if tier:
-                    victim = min(_most_held(tier, mine, self.peer), key=lambda c: c.last_active)
+                    victim = min(_most_held(tier, mine, self.peer), key=key)
                     self.connections.discard(victim)  # (counted out now)
                     # abort, not close: close waits for unsent replies to drain, and a
                     # client that reads nothing kept the descriptor (and megabytes of
@@ -421,6 +453,34 @@ def guarded_protocol(request_timeout: float, max_connections: int) -> Any:
                 self.unsent, self.progress_at = left, now
                 return False
             return now - self.progress_at >= STUCK_AFTER
+
+        def _pace(self, now: float) -> tuple:
+            """What it has sent since it was accepted or last answered, as a byte rate
+            with a start of CREDIT bytes, over at least YOUNG seconds (so newcomers
+            compare by what they sent), counting what waits in its receive queue unread
+            (a newcomer accepted in the same batch as others has not been read yet); a
+            request's head counts up to HEAD bytes (a client without the token can send
+            only heads: past that only a body counts). Then the older first. An honest
+            newcomer sends its whole head at once, an upload keeps a rate that no
+            trickle of bytes comes near; and a connection that has sent more than HEAD
+            (a body: an upload, which needs the token where there is one) goes after
+            every other, whatever its rate (a slow upload sends in bursts)."""
+            got = self.got
+            if got < HEAD and self.conn.their_state is h11.IDLE:
+                got = min(HEAD, got + self._queued())
+            return (got > HEAD, (got + CREDIT) / max(now - self.began, YOUNG), self.began)
+
+        def _queued(self) -> int:
+            """The bytes received by the kernel and not yet read (SIOCINQ), or 0."""
+            sock = self.transport.get_extra_info("socket") if _INQ is not None else None
+            if sock is None:
+                return 0
+            try:
+                queued = bytearray(4)
+                fcntl.ioctl(sock.fileno(), _INQ, queued)
+            except (OSError, ValueError):
+                return 0
+            return int.from_bytes(queued, sys.byteorder)
 
         def _idle(self) -> bool:
             """No request in flight: its last reply sent (to the last byte: one still
@@ -469,22 +529,34 @@ def guarded_protocol(request_timeout: float, max_connections: int) -> Any:
             super().resume_writing()
 
         def on_response_complete(self) -> None:
-            self.last_active = self.loop.time()  # (a reply just taken: not idle long)
+            self.last_active = self.began = self.loop.time()  # (a reply just taken)
+            self.got = 0
             if self.transport is not None and not self.flow.write_paused:
                 # (what is left of the replies from here on can only shrink: measured
                 # now, a client that takes none of it counts as stuck STUCK_AFTER later)
                 self.unsent, self.progress_at = self._unsent(), self.loop.time()
             super().on_response_complete()
-            if self.transport is not None and not self.transport.is_closing():
-                # The next request has from now to arrive whole: one pipelined behind
-                # this reply, begun already (its bytes came while the client's side was
-                # DONE, so data_received armed nothing), had no timer at all, and its
-                # connection was neither idle, arriving nor stuck: never timed out nor
-                # made room, so such connections locked every newcomer out (red team 115).
+            their = self.conn.their_state
+            if (
+                self.transport is not None
+                and not self.transport.is_closing()
+                and (their is not h11.IDLE or self.conn.trailing_data[0])
+            ):
+                # A next request pipelined behind this reply, begun already, has from now
+                # to arrive whole: its bytes came while the client's side was DONE, so
+                # data_received armed nothing, and its connection was neither idle,
+                # arriving nor stuck: never timed out nor made room, so such connections
+                # locked every newcomer out (red team 115). A next request not begun is
+                # timed from its first byte, as any (data_received): timed from here, a
+                # keep-alive client's upload after a pause lost its time (red team 116).
                 self._arm()
 
         def data_received(self, data: bytes) -> None:
             self.last_active = self.loop.time()
+            if self.conn.their_state is h11.IDLE:  # (a request's head)
+                self.got += max(0, min(len(data), HEAD - self.got))
+            else:
+                self.got += len(data)
             self._arm()
             super().data_received(data)
             if self.conn.their_state in WHOLE:  # the whole request is in
@@ -513,8 +585,10 @@ def guarded_protocol(request_timeout: float, max_connections: int) -> Any:
         """The connections of ``tier`` from the address that holds the most connections
         (of ``every``, and the newcomer's from its address ``newcomer``) among the
         addresses in ``tier``: a client flooding the server with connections from one
-        address makes room with its own, not with another address's (over loopback
-        every client has one address, and nothing changes)."""
+        address makes room with its own, not with another address's. Addresses as
+        ``client_of`` groups them: all of loopback is one client (any local user can
+        bind 127.0.0.2, 127.0.0.3, ...: one connection from each of them tied with an
+        honest client's one, red team 116)."""
         held: dict = {newcomer: 1}
         for c in every:
             held[c.peer] = held.get(c.peer, 0) + 1
