@@ -1060,3 +1060,60 @@ def test_connections_trickling_from_many_loopback_addresses_cut_no_upload():
             stop.set()
             thread.join()
     assert replies == [b"HTTP/1.1 200"] * 3, replies
+
+
+@pytest.mark.slow
+def test_unfinished_heads_without_a_token_cut_no_request_of_a_token_holder(tmp_path):
+    """Red team 117: connections without a token, 50 a second, each sending 2 KiB of a
+    request head that never ends, out-paced a token holder's request sent in two writes
+    20 ms apart (its head had come, its body was on the way): 0 of 10. A connection
+    whose head has come ranks above every unfinished head now."""
+    import socket
+    import threading
+    import time
+
+    ensure_setup()
+    token = "alpha-token-0123456789"
+    tokens = tmp_path / "tokens"
+    tokens.write_text(token + "\n")
+    tokens.chmod(0o600)
+    args = ("--max-connections", "4", "--request-timeout", "10", "--token-file", str(tokens))
+    with http_server(*args) as (url, _):
+        port = int(url.split(":")[2].split("/")[0])
+        stop = threading.Event()
+        stuffed = f"POST /mcp HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nX-Pad: ".encode()
+        stuffed += b"a" * (2048 - len(stuffed))
+
+        def stuff() -> None:
+            held = []
+            while not stop.wait(0.02):
+                try:
+                    s = socket.create_connection(("127.0.0.1", port), timeout=2)
+                    s.sendall(stuffed)
+                except OSError:
+                    continue
+                held.append(s)
+                while len(held) > 64:
+                    held.pop(0).close()
+            for s in held:
+                s.close()
+
+        thread = threading.Thread(target=stuff, daemon=True)
+        thread.start()
+        replies = []
+        try:
+            time.sleep(0.5)
+            body = json.dumps(INIT_2025).encode()
+            for _ in range(5):
+                try:
+                    with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
+                        s.sendall(_post_head(port, len(body), auth=token))
+                        time.sleep(0.02)
+                        s.sendall(body)
+                        replies.append(s.recv(12))
+                except OSError as exc:
+                    replies.append(repr(exc).encode())
+        finally:
+            stop.set()
+            thread.join()
+    assert replies == [b"HTTP/1.1 200"] * 5, replies

@@ -1080,12 +1080,16 @@ def _guarded(cap: int = 4) -> tuple:
         def get_extra_info(self, name: str) -> None:
             return None  # (no socket: nothing queued)
 
-    def make(state: str, began: float, peer: str = "127.0.0.1", got: int = 0) -> object:
-        """``began``: accepted or last answered then; ``got``: bytes since."""
+    def make(
+        state: str, began: float, peer: str = "127.0.0.1", got: int = 0, head: bool = False
+    ) -> object:
+        """``began``: accepted or last answered then; ``got``: bytes since; ``head``: a
+        whole request head has come."""
         c = object.__new__(cls)
         c.transport, c.last_active, c.began, c.got = Transport(), began, began, got
         c.peer = client_of(peer)
-        c.conn = types.SimpleNamespace(their_state=h11.SEND_BODY if got > 2048 else h11.IDLE)
+        whole = head or got > 2048
+        c.conn = types.SimpleNamespace(their_state=h11.SEND_BODY if whole else h11.IDLE)
         c._stuck = lambda now: state == "stuck"
         c._idle = lambda: state == "idle"
         c._arriving = lambda: state == "arriving"
@@ -1155,3 +1159,14 @@ def test_addresses_are_grouped_as_the_clients_they_stand_for():
     assert client_of("2001:db8::1") == client_of("2001:db8::ffff") != client_of("2001:db9::1")
     assert client_of("10.0.0.1") != client_of("10.0.0.2")
     assert client_of(None) is None and client_of("not an address") == "not an address"
+
+
+def test_a_request_whose_head_has_come_outranks_every_unfinished_head():
+    """Red team 117: heads of 2 KiB that never end, a few dozen connections a second (no
+    token needed: a head that ends gets 401 and is closed), out-paced an honest request
+    whose head had come and whose body was still on its way (260 bytes in 50 ms): it
+    was closed to make room, 0 of 10. A whole head ranks above every unfinished one."""
+    cls, make = _guarded()
+    honest = make("arriving", 99.96, got=260, head=True)
+    stuffed = [make("arriving", 99.99 - n * 0.001, got=2048) for n in range(3)]
+    assert _evict(cls, [honest, *stuffed]) is stuffed[2]

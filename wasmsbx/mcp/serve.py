@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hmac
 import ipaddress
+import socket
 from typing import Any, Optional
 
 from .. import errors
@@ -323,8 +324,6 @@ def client_of(host: Any) -> Any:
     (one host's usual share), others as they are; None stays None."""
     if not isinstance(host, str):
         return host
-    import ipaddress
-
     try:
         address = ipaddress.ip_address(host.split("%", 1)[0])
     except ValueError:
@@ -455,32 +454,51 @@ def guarded_protocol(request_timeout: float, max_connections: int) -> Any:
             return now - self.progress_at >= STUCK_AFTER
 
         def _pace(self, now: float) -> tuple:
-            """What it has sent since it was accepted or last answered, as a byte rate
-            with a start of CREDIT bytes, over at least YOUNG seconds (so newcomers
-            compare by what they sent), counting what waits in its receive queue unread
-            (a newcomer accepted in the same batch as others has not been read yet); a
-            request's head counts up to HEAD bytes (a client without the token can send
-            only heads: past that only a body counts). Then the older first. An honest
-            newcomer sends its whole head at once, an upload keeps a rate that no
-            trickle of bytes comes near; and a connection that has sent more than HEAD
-            (a body: an upload, which needs the token where there is one) goes after
-            every other, whatever its rate (a slow upload sends in bursts)."""
-            got = self.got
-            if got < HEAD and self.conn.their_state is h11.IDLE:
-                got = min(HEAD, got + self._queued())
-            return (got > HEAD, (got + CREDIT) / max(now - self.began, YOUNG), self.began)
+            """Its rank at the cap (lowest goes): whether a whole request head has come
+            (read, or waiting unread in its receive queue); then what it has sent since
+            it was accepted or last answered, as a byte rate with a start of CREDIT
+            bytes, for one at least YOUNG seconds old (younger ones, which may not have
+            had the time to send anything, rank above those, the older first); then the
+            older first.
 
-        def _queued(self) -> int:
-            """The bytes received by the kernel and not yet read (SIOCINQ), or 0."""
+            A client without the token is answered 401 and closed when its head ends, so
+            it can hold a connection only with an unfinished head (counted up to HEAD
+            bytes): every connection with a whole head, an honest request being read or
+            an upload, ranks above all of those, whatever their rates (red team 117:
+            heads of 2 KiB, a few dozen a second, out-paced honest requests sent in two
+            writes, uploads whose first body bytes came with the head, and whole small
+            requests not yet read). Among connections of the same rank, an upload keeps
+            a rate no trickle of bytes comes near (red team 116)."""
+            got, whole = self.got, self.conn.their_state is not h11.IDLE
+            if not whole:
+                queued, whole = self._queued()
+                got = got + queued if whole else min(HEAD, got + queued)
+            age = now - self.began
+            if age < YOUNG:  # (it may not have had the time to send: the older first)
+                return (whole, True, 0.0, self.began)
+            return (whole, False, (got + CREDIT) / age, self.began)
+
+        def _queued(self) -> tuple:
+            """(bytes received by the kernel and not yet read, whether a request head ends
+            in what this connection has of one, read or not); (0, False) if unknown."""
             sock = self.transport.get_extra_info("socket") if _INQ is not None else None
             if sock is None:
-                return 0
+                return 0, False
             try:
                 queued = bytearray(4)
                 fcntl.ioctl(sock.fileno(), _INQ, queued)
+                count = int.from_bytes(queued, sys.byteorder)
+                if not count:
+                    return 0, False
+                peek = socket.socket(fileno=sock.fileno())  # (the same descriptor,
+                try:  # detached after: never closed here)
+                    waiting = peek.recv(2 * HEAD, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+                finally:
+                    peek.detach()
             except (OSError, ValueError):
-                return 0
-            return int.from_bytes(queued, sys.byteorder)
+                return 0, False
+            have = bytes(self.conn.trailing_data[0][-3:]) + waiting
+            return count, b"\r\n\r\n" in have or b"\n\n" in have
 
         def _idle(self) -> bool:
             """No request in flight: its last reply sent (to the last byte: one still
@@ -553,12 +571,13 @@ def guarded_protocol(request_timeout: float, max_connections: int) -> Any:
 
         def data_received(self, data: bytes) -> None:
             self.last_active = self.loop.time()
-            if self.conn.their_state is h11.IDLE:  # (a request's head)
-                self.got += max(0, min(len(data), HEAD - self.got))
-            else:
-                self.got += len(data)
+            head = self.conn.their_state is h11.IDLE
             self._arm()
             super().data_received(data)
+            if head and self.conn.their_state is h11.IDLE:  # (a head, still unfinished)
+                self.got += max(0, min(len(data), HEAD - self.got))
+            else:  # (a body; or a head that ended here, and the body that came with it)
+                self.got += len(data)
             if self.conn.their_state in WHOLE:  # the whole request is in
                 self._disarm()
 
