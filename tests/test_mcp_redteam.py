@@ -774,21 +774,27 @@ def test_a_request_refused_for_its_token_ends_its_connection(tmp_path):
     assert b"connection: close" in reply.lower()
 
 
-def test_a_newcomer_is_not_the_first_to_make_room_for_the_next():
+def test_a_newcomer_is_not_the_first_to_make_room_for_the_next(tmp_path):
     """Red team 114: at the cap, a connection just accepted (nothing read from it yet)
     counted as idle, and idle connections made room before those whose request was still
-    arriving: the next connection accepted closed the newcomer, so a client sending
-    headers that never end took every honest newcomer's place. The connection active
-    longest ago makes room now."""
+    arriving; connections without the token, their head answered 401 and their body
+    never sent, stayed arriving: the next connection accepted closed the newcomer, and
+    such clients took every token holder's place. Their 401 closes them now, and a
+    newcomer is not the first to go (tests/test_mcp_units.py: the order)."""
     import socket
     import time
 
     ensure_setup()
-    with http_server("--max-connections", "4", "--request-timeout", "60") as (url, _):
+    token = "alpha-token-0123456789"
+    tokens = tmp_path / "tokens"
+    tokens.write_text(token + "\n")
+    tokens.chmod(0o600)
+    args = ("--max-connections", "4", "--request-timeout", "60", "--token-file", str(tokens))
+    with http_server(*args) as (url, _):
         port = int(url.split(":")[2].split("/")[0])
-        partial = _post_head(port, 100) + b"{"  # (its body never ends)
+        partial = _post_head(port, 100) + b"{"  # (no token; its body never ends)
         held = []
-        for _ in range(4):  # the cap, each with a request still arriving
+        for _ in range(4):  # the cap, each answered 401, its body still awaited
             s = socket.create_connection(("127.0.0.1", port), timeout=30)
             s.sendall(partial)
             held.append(s)
@@ -801,7 +807,7 @@ def test_a_newcomer_is_not_the_first_to_make_room_for_the_next():
         time.sleep(0.3)
         body = json.dumps(INIT_2025).encode()
         try:
-            honest.sendall(_post_head(port, len(body)) + body)
+            honest.sendall(_post_head(port, len(body), auth=token) + body)
             reply = b"".join(iter(lambda: honest.recv(65536), b""))
         except OSError as exc:  # (reset: it was the one closed)
             reply = repr(exc).encode()
