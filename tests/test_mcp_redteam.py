@@ -6,6 +6,7 @@ Each test here failed before the fix it guards (see CHANGELOG)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 
 import pytest
@@ -283,9 +284,7 @@ def test_a_repeated_authorization_header_is_refused(tmp_path):
     fairness counted the first as the client, so one token posed as many clients (fresh
     first values) and evicted another token's sessions within its share."""
     ensure_setup()
-    tokens = tmp_path / "tokens"
-    tokens.write_text("alpha-token-0123456789\nbeta-token-0123456789\n")
-    tokens.chmod(0o600)
+    tokens = _token_file(tmp_path, "alpha-token-0123456789\nbeta-token-0123456789\n")
     with http_server("--token-file", str(tokens)) as (url, _):
         port = int(url.split(":")[2].split("/")[0])
         body = json.dumps(INIT_2025).encode()
@@ -561,6 +560,54 @@ def _post_head(port: int, length: int, sid: str = "", auth: str = "") -> bytes:
     ).encode()
 
 
+@contextlib.contextmanager
+def _opening(port: int, payload: bytes, every: float, keep: int):
+    """While in it, a thread opens a connection every ``every`` seconds and sends it
+    ``payload``, keeping the last ``keep`` open (closed at the end)."""
+    import socket
+    import threading
+
+    stop, opened = threading.Event(), []
+
+    def run() -> None:
+        while not stop.wait(every):
+            try:
+                s = socket.create_connection(("127.0.0.1", port), timeout=5)
+                s.sendall(payload)
+            except OSError:
+                continue
+            opened.append(s)
+            while len(opened) > keep:
+                opened.pop(0).close()
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+        for s in opened:
+            s.close()
+
+
+@contextlib.contextmanager
+def _token_server(tmp_path: object, *args: str):
+    """``http_server`` with one token and ``args``: (its port, the token)."""
+    token = "alpha-token-0123456789"
+    tokens = _token_file(tmp_path, token + "\n")
+    with http_server(*args, "--token-file", str(tokens)) as (url, _):
+        yield int(url.split(":")[2].split("/")[0]), token
+
+
+def _token_file(tmp_path: object, text: str) -> object:
+    """A --token-file holding ``text`` (mode 0600, as the server requires)."""
+    tokens = tmp_path / "tokens"
+    tokens.write_text(text)
+    tokens.chmod(0o600)
+    return tokens
+
+
 def _command_call(wat: str) -> dict:
     """A tools/call request running the WASI command ``wat``."""
     import base64
@@ -625,9 +672,7 @@ def test_requests_without_the_token_hold_no_event_stream_slot(tmp_path):
 
     ensure_setup()
     token = "alpha-token-0123456789"
-    tokens = tmp_path / "tokens"
-    tokens.write_text(token + "\n")
-    tokens.chmod(0o600)
+    tokens = _token_file(tmp_path, token + "\n")
     with http_server("--max-connections", "4", "--token-file", str(tokens)) as (url, _):
         port = int(url.split(":")[2].split("/")[0])
         held = [_unread_pipeline(port, "/mcp", 6) for _ in range(2)]
@@ -761,9 +806,7 @@ def test_a_request_refused_for_its_token_ends_its_connection(tmp_path):
     import socket
 
     ensure_setup()
-    tokens = tmp_path / "tokens"
-    tokens.write_text("alpha-token-0123456789\n")
-    tokens.chmod(0o600)
+    tokens = _token_file(tmp_path, "alpha-token-0123456789\n")
     args = ("--max-connections", "4", "--request-timeout", "60", "--token-file", str(tokens))
     with http_server(*args) as (url, _):
         port = int(url.split(":")[2].split("/")[0])
@@ -785,13 +828,8 @@ def test_a_newcomer_is_not_the_first_to_make_room_for_the_next(tmp_path):
     import time
 
     ensure_setup()
-    token = "alpha-token-0123456789"
-    tokens = tmp_path / "tokens"
-    tokens.write_text(token + "\n")
-    tokens.chmod(0o600)
-    args = ("--max-connections", "4", "--request-timeout", "60", "--token-file", str(tokens))
-    with http_server(*args) as (url, _):
-        port = int(url.split(":")[2].split("/")[0])
+    limits = ("--max-connections", "4", "--request-timeout", "60")
+    with _token_server(tmp_path, *limits) as (port, token):
         partial = _post_head(port, 100) + b"{"  # (no token; its body never ends)
         held = []
         for _ in range(4):  # the cap, each answered 401, its body still awaited
@@ -824,47 +862,18 @@ def test_a_flood_of_bodiless_requests_without_a_token_locks_no_token_holder_out(
     its body, one every 5 ms, had every token holder's request fail (5 of 5): answered
     401, each kept its slot while "arriving", and each newcomer was closed by the next
     one accepted."""
-    import socket
-    import threading
 
     ensure_setup()
-    token = "alpha-token-0123456789"
-    tokens = tmp_path / "tokens"
-    tokens.write_text(token + "\n")
-    tokens.chmod(0o600)
-    args = ("--max-connections", "8", "--request-timeout", "60", "--token-file", str(tokens))
-    with http_server(*args) as (url, _):
-        port = int(url.split(":")[2].split("/")[0])
-        stop = threading.Event()
-        opened = []
-
-        def flood() -> None:
-            head = _post_head(port, 100).replace(b"Connection: close\r\n", b"")
-            while not stop.wait(0.005):
-                try:
-                    s = socket.create_connection(("127.0.0.1", port), timeout=5)
-                    s.sendall(head)
-                except OSError:
-                    continue
-                opened.append(s)
-                while len(opened) > 100:
-                    opened.pop(0).close()
-
-        thread = threading.Thread(target=flood, daemon=True)
-        thread.start()
-        try:
-            threading.Event().wait(0.5)
+    limits = ("--max-connections", "8", "--request-timeout", "60")
+    with _token_server(tmp_path, *limits) as (port, token):
+        head = _post_head(port, 100).replace(b"Connection: close\r\n", b"")
+        with _opening(port, head, every=0.005, keep=100):
             replies = []
             for _ in range(5):
                 try:
                     replies.append(_post(port, INIT_2025, auth=token)[:12])
                 except OSError as exc:
                     replies.append(repr(exc).encode())
-        finally:
-            stop.set()
-            thread.join()
-            for s in opened:
-                s.close()
     assert replies == [b"HTTP/1.1 200"] * 5, replies
 
 
@@ -915,9 +924,7 @@ def test_one_token_holder_cannot_take_every_event_stream(tmp_path):
     streams got 503. Each token has its share now."""
     ensure_setup()
     alpha, beta = "alpha-token-0123456789", "beta-token-01234567890"
-    tokens = tmp_path / "tokens"
-    tokens.write_text(f"{alpha}\n{beta}\n")
-    tokens.chmod(0o600)
+    tokens = _token_file(tmp_path, f"{alpha}\n{beta}\n")
     with http_server("--max-connections", "8", "--token-file", str(tokens)) as (url, _):
         port = int(url.split(":")[2].split("/")[0])
         opened = [_open_stream(port, _session(port, alpha), alpha) for _ in range(3)]
@@ -1075,39 +1082,15 @@ def test_unfinished_heads_without_a_token_cut_no_request_of_a_token_holder(tmp_p
     20 ms apart (its head had come, its body was on the way): 0 of 10. A connection
     whose head has come ranks above every unfinished head now."""
     import socket
-    import threading
     import time
 
     ensure_setup()
-    token = "alpha-token-0123456789"
-    tokens = tmp_path / "tokens"
-    tokens.write_text(token + "\n")
-    tokens.chmod(0o600)
-    args = ("--max-connections", "4", "--request-timeout", "10", "--token-file", str(tokens))
-    with http_server(*args) as (url, _):
-        port = int(url.split(":")[2].split("/")[0])
-        stop = threading.Event()
+    limits = ("--max-connections", "4", "--request-timeout", "10")
+    with _token_server(tmp_path, *limits) as (port, token):
         stuffed = f"POST /mcp HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nX-Pad: ".encode()
         stuffed += b"a" * (2048 - len(stuffed))
-
-        def stuff() -> None:
-            held = []
-            while not stop.wait(0.02):
-                try:
-                    s = socket.create_connection(("127.0.0.1", port), timeout=2)
-                    s.sendall(stuffed)
-                except OSError:
-                    continue
-                held.append(s)
-                while len(held) > 64:
-                    held.pop(0).close()
-            for s in held:
-                s.close()
-
-        thread = threading.Thread(target=stuff, daemon=True)
-        thread.start()
         replies = []
-        try:
+        with _opening(port, stuffed, every=0.02, keep=64):
             time.sleep(0.5)
             body = json.dumps(INIT_2025).encode()
             for _ in range(5):
@@ -1119,7 +1102,4 @@ def test_unfinished_heads_without_a_token_cut_no_request_of_a_token_holder(tmp_p
                         replies.append(s.recv(12))
                 except OSError as exc:
                     replies.append(repr(exc).encode())
-        finally:
-            stop.set()
-            thread.join()
     assert replies == [b"HTTP/1.1 200"] * 5, replies
