@@ -1170,3 +1170,16 @@ def test_a_request_whose_head_has_come_outranks_every_unfinished_head():
     honest = make("arriving", 99.96, got=260, head=True)
     stuffed = [make("arriving", 99.99 - n * 0.001, got=2048) for n in range(3)]
     assert _evict(cls, [honest, *stuffed]) is stuffed[2]
+
+
+def test_a_burst_of_whole_heads_not_yet_read_does_not_outrank_an_upload():
+    """Red team 118: a burst of connections without the token, each with a whole head
+    (to be answered 401 and closed once read), accepted in one turn of the loop: young
+    and whole, they outranked an honest upload, 0 of 10 at one burst a second. A head
+    read ranks above one only waiting in the kernel's queue."""
+    cls, make = _guarded()
+    upload = make("arriving", 96.4, got=540_000)
+    burst = [make("arriving", 99.999 - n * 0.0001) for n in range(3)]
+    for c in burst:
+        c._queued = lambda: (300, True)  # (its whole head waits unread)
+    assert _evict(cls, [upload, *burst]) is burst[2]

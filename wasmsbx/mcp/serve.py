@@ -454,12 +454,11 @@ def guarded_protocol(request_timeout: float, max_connections: int) -> Any:
             return now - self.progress_at >= STUCK_AFTER
 
         def _pace(self, now: float) -> tuple:
-            """Its rank at the cap (lowest goes): whether a whole request head has come
-            (read, or waiting unread in its receive queue); then what it has sent since
-            it was accepted or last answered, as a byte rate with a start of CREDIT
-            bytes, for one at least YOUNG seconds old (younger ones, which may not have
-            had the time to send anything, rank above those, the older first); then the
-            older first.
+            """Its rank at the cap (lowest goes): 2 if a whole request head has been
+            read, 1 if one waits unread in its receive queue or it is under YOUNG
+            seconds old (it may not have had the time to send), else 0; within 0 and 2,
+            what it has sent since it was accepted or last answered, as a byte rate with
+            a start of CREDIT bytes; then the older first.
 
             A client without the token is answered 401 and closed when its head ends, so
             it can hold a connection only with an unfinished head (counted up to HEAD
@@ -469,14 +468,17 @@ def guarded_protocol(request_timeout: float, max_connections: int) -> Any:
             writes, uploads whose first body bytes came with the head, and whole small
             requests not yet read). Among connections of the same rank, an upload keeps
             a rate no trickle of bytes comes near (red team 116)."""
-            got, whole = self.got, self.conn.their_state is not h11.IDLE
-            if not whole:
-                queued, whole = self._queued()
-                got = got + queued if whole else min(HEAD, got + queued)
-            age = now - self.began
-            if age < YOUNG:  # (it may not have had the time to send: the older first)
-                return (whole, True, 0.0, self.began)
-            return (whole, False, (got + CREDIT) / age, self.began)
+            if self.conn.their_state is not h11.IDLE:  # (a whole head, read: by pace)
+                pace = (self.got + CREDIT) / max(now - self.began, YOUNG)
+                return (2, pace, self.began)
+            queued, whole = self._queued()
+            if whole or now - self.began < YOUNG:
+                # A whole head not yet read (a 401 for it may be on its way: a burst of
+                # them, accepted in one turn, had outranked an honest upload, red team
+                # 118), or one that may not have had the time to come: the older first.
+                return (1, 0.0, self.began)
+            pace = (min(HEAD, self.got + queued) + CREDIT) / (now - self.began)
+            return (0, pace, self.began)
 
         def _queued(self) -> tuple:
             """(bytes received by the kernel and not yet read, whether a request head ends
