@@ -1183,3 +1183,15 @@ def test_a_burst_of_whole_heads_not_yet_read_does_not_outrank_an_upload():
     for c in burst:
         c._queued = lambda: (300, True)  # (its whole head waits unread)
     assert _evict(cls, [upload, *burst]) is burst[2]
+
+
+def test_a_whole_head_waiting_unread_outranks_young_empty_connections():
+    """Red team 119: the moment another client connected (a counter any user can read,
+    /proc/net/snmp), a burst of empty connections, accepted before the newcomer's head
+    (waiting in its queue) was read, closed it as the oldest young one: 0 of 10. A head
+    waiting whole ranks above connections that have sent nothing."""
+    cls, make = _guarded()
+    honest = make("idle", 99.998)
+    honest._queued = lambda: (300, True)  # (its whole head waits unread)
+    empty = [make("idle", 99.999 - n * 0.0001) for n in range(3)]
+    assert _evict(cls, [honest, *empty]) is empty[2]

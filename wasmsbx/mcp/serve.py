@@ -455,8 +455,9 @@ def guarded_protocol(request_timeout: float, max_connections: int) -> Any:
 
         def _pace(self, now: float) -> tuple:
             """Its rank at the cap (lowest goes): 2 if a whole request head has been
-            read, 1 if one waits unread in its receive queue or it is under YOUNG
-            seconds old (it may not have had the time to send), else 0; within 0 and 2,
+            read, 1 if one waits unread in its receive queue (above, within 1) or it is
+            under YOUNG seconds old (it may not have had the time to send), else 0;
+            within 0 and 2,
             what it has sent since it was accepted or last answered, as a byte rate with
             a start of CREDIT bytes; then the older first.
 
@@ -475,8 +476,11 @@ def guarded_protocol(request_timeout: float, max_connections: int) -> Any:
             if whole or now - self.began < YOUNG:
                 # A whole head not yet read (a 401 for it may be on its way: a burst of
                 # them, accepted in one turn, had outranked an honest upload, red team
-                # 118), or one that may not have had the time to come: the older first.
-                return (1, 0.0, self.began)
+                # 118), above one that may not have had the time to come (empty
+                # connections opened in a burst the moment another client connected
+                # closed it before its head, waiting in the queue, was read: red team
+                # 119); the older first.
+                return (1, 1.0 if whole else 0.0, self.began)
             pace = (min(HEAD, self.got + queued) + CREDIT) / (now - self.began)
             return (0, pace, self.began)
 
