@@ -1354,3 +1354,35 @@ def test_an_interrupt_dropped_as_a_run_finishes_is_the_first(tmp_path, when):
         signal.signal(signal.SIGINT, before)
         KEEPER.drop_signals = 0
         KEEPER.settle()
+
+
+def test_a_second_interrupt_as_a_run_finishes_stops_it(tmp_path):
+    """The first interrupt as a finished run removes its checkpoint is dropped; a second
+    before the guard's ``with`` ends stops the process (both had been dropped: done()
+    dropped the first, and the guard's exit the second)."""
+    from wasmsbx.backends.deadline import KEEPER, on_interrupt
+    from wasmsbx.runner import checkpoint
+
+    def interrupt() -> None:
+        os.kill(os.getpid(), signal.SIGINT)  # (handled at the next bytecode: held)
+        time.sleep(0.01)
+
+    class Interrupted(checkpoint.Checkpoint):
+        def remove(self) -> None:
+            interrupt()
+            super().remove()
+
+    marker = Interrupted(tmp_path / "run.ckpt", {"kind": "test"})
+    marker.save({"x": 1})
+    KEEPER.settle()
+    KEEPER.drop_signals = 0
+    before = signal.signal(signal.SIGINT, on_interrupt)
+    try:
+        with pytest.raises(KeyboardInterrupt), checkpoint.HoldInterrupt() as guard:
+            guard.done(marker)
+            interrupt()
+        assert guard.dropped
+    finally:
+        signal.signal(signal.SIGINT, before)
+        KEEPER.drop_signals = 0
+        KEEPER.settle()

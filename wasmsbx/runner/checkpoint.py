@@ -267,6 +267,10 @@ class HoldInterrupt:
             # handlers were swapped back): dropped as done() drops one (red team 114:
             # before, two more were needed to stop the process, and the keeper's hard
             # stop for it stayed armed). Looked at after the swap, so none is missed.
+            # If done() dropped one already, this is the second: it stops the process.
+            if self.dropped:
+                self.pending = False
+                _raise_interrupt()
             self._drop()
             if late is not None:
                 late.seen = True
