@@ -209,6 +209,45 @@ def test_a_worker_that_never_comes_up_is_reported(engine, monkeypatch):
         engine.instantiate(module, LIMITS)
 
 
+class _Planted:
+    """What a guest that escaped wasmer in the child could send: a pickle that calls a
+    function of the parent's choosing (here os.mkdir of a marker) as it is unpickled."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.mkdir, (self.marker,))
+
+
+@pytest.mark.parametrize("how", ["global", "not a tuple"])
+def test_a_childs_message_runs_no_code_in_the_parent(engine, monkeypatch, tmp_path, how):
+    """The parent unpickles its child's messages as plain data only: a message naming a
+    function is the worker's failure (TrapError, the worker killed), and the function
+    is never called."""
+    from wasmsbx.backends.wasmer import engine as wasmer_engine
+
+    marker = str(tmp_path / "ran")
+    send = wasmer_engine._send
+
+    def planted(fd, message):  # runs in the forked child
+        if message[:1] == ("ok",):
+            message = ("ok", [_Planted(marker)], 0) if how == "global" else ["ok", [5], 0]
+        return send(fd, message)
+
+    monkeypatch.setattr(wasmer_engine, "_send", planted)
+    module = engine.compile(wat(COUNTER))
+    instance = engine.instantiate(module, LIMITS)
+    try:
+        with pytest.raises(errors.TrapError, match="not"):
+            instance.call("add", [2, 3])
+        assert not os.path.exists(marker)
+        with pytest.raises(errors.TrapError):  # the worker is gone, and said so
+            instance.call("add", [2, 3])
+    finally:
+        instance.close()
+
+
 def test_a_fifo_stdin_without_a_writer_is_the_guests_time(engine, tmp_path):
     """Opening a FIFO stdin waits for a writer: after "loaded", under the timeout (it
     once came before it, and waited WORKER_START, 60 s)."""

@@ -24,6 +24,7 @@ wasmtime and the wasmer compilers loaded (benchmarks/backends.py measures both).
 from __future__ import annotations
 
 import importlib
+import io
 import math
 import os
 import pickle
@@ -197,6 +198,16 @@ def _send(fd: int, message: Any) -> None:
     view = memoryview(_HEADER.pack(len(data)) + data)
     while view:
         view = view[os.write(fd, view) :]
+
+
+class _Plain(pickle.Unpickler):
+    """What the parent unpickles a child's message with: plain data only (tuples, lists,
+    dicts, text, bytes, numbers, None), no class or function. The child runs the guest:
+    one that escaped wasmer would otherwise run code in the parent by naming a global in
+    its pickle (``os.system``)."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        raise pickle.UnpicklingError(f"a worker's message names {module}.{name}"[:200])
 
 
 def _read_exact(fd: int, n: int) -> Optional[bytes]:
@@ -974,8 +985,24 @@ class WasmerInstance(Instance):
         end = _HEADER.size + size
         if len(self.buffer) < end:
             return None
-        message = pickle.loads(bytes(self.buffer[_HEADER.size : end]))
+        data = bytes(self.buffer[_HEADER.size : end])
         del self.buffer[:end]
+        try:
+            message = _Plain(io.BytesIO(data)).load()
+        except Exception as exc:  # noqa: BLE001 - whatever bytes that are not a message raise
+            self._kill("it sent a message that is not one")
+            raise errors.TrapError(
+                f"the wasmer worker process sent a message that is not one ({type(exc).__name__})",
+                hint="this is a wasmer crash or a guest that escaped it, not a policy limit; "
+                "try another backend",
+            ) from None
+        if type(message) is not tuple or not message:
+            self._kill("it sent a message that is not one")
+            raise errors.TrapError(
+                f"the wasmer worker process sent a {type(message).__name__}, not a message",
+                hint="this is a wasmer crash or a guest that escaped it, not a policy limit; "
+                "try another backend",
+            )
         return message
 
     @staticmethod
