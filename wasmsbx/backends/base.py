@@ -338,6 +338,12 @@ def binary_stream(stream: Any) -> Any:
     return buffer if buffer is not None else _TextStream(stream)
 
 
+# The stream of wasmsbx's own a guest wrote to last ("inherit") and whether that write
+# ended mid-line: the command line's error or warning line after it then starts a line
+# of its own (cli.output.err), not at the end of the guest's "no newline".
+LAST_WRITE: list = [None, False]
+
+
 class OutputSink:
     """Where a guest's stdout or stderr goes: "inherit" (``fallback``, e.g. our own
     stdout), "null", "capture" (kept in ``captured``) or a file path (opened here and
@@ -361,6 +367,8 @@ class OutputSink:
         elif self.file is not None:
             self.file.write(data)
             self.file.flush()
+            if not self.own and data:
+                LAST_WRITE[:] = self.file, data[-1:] != b"\n"
 
     def close(self) -> None:
         if self.own and self.file is not None:

@@ -79,9 +79,9 @@ def _hard_stop(error: WasmsbxError) -> None:
         flush_hits()  # (the run's cache hit, kept in memory; never raises)
 
     _bounded(last_words)  # a stdout pipe nobody reads must not keep the process alive
-    from .output import line
+    from .output import line, mid_line
 
-    lines = f"error: {line(error.message)}\n" + (
+    lines = f"{mid_line()}error: {line(error.message)}\n" + (
         f"hint: {line(error.hint)}\n" if error.hint else ""
     )
     report = None

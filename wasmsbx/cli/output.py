@@ -115,9 +115,29 @@ def err(text: str) -> None:
     """A line on stderr; dropped when stderr is a closed pipe (``2>&1 | head -1``), so
     the exit code stays the run's (the uncaught BrokenPipeError made it 1)."""
     try:
-        sys.stderr.write(text + "\n")
+        sys.stderr.write(mid_line() + text + "\n")
     except (OSError, ValueError):
         _to_null(2)
+
+
+def mid_line() -> str:
+    """A newline if a guest's last write to our stderr, or to our stdout where that is
+    the same file (a terminal, ``2>&1``), ended mid-line: the line about to be written
+    then starts a line of its own (once). Else ""."""
+    base = sys.modules.get("wasmsbx.backends.base")  # (not imported: no guest has run)
+    if base is None or not base.LAST_WRITE[1]:
+        return ""
+    stream = base.LAST_WRITE[0]
+    base.LAST_WRITE[1] = False
+    try:  # (nothing flushed here: the guest's writes were, each as it came)
+        fd = stream.fileno()
+        if fd != 2:
+            here, there = os.fstat(fd), os.fstat(2)
+            if (here.st_dev, here.st_ino) != (there.st_dev, there.st_ino):
+                return ""
+    except (OSError, ValueError, AttributeError):
+        return ""
+    return "\n"
 
 
 def _to_null(fd: int) -> None:
