@@ -9,6 +9,8 @@ import textwrap
 
 import pytest
 
+import wasmsbx
+
 from .conftest import BACKENDS
 
 # Each case runs in a child: on the code before the fix it dies with SIGSEGV.
@@ -427,3 +429,70 @@ def test_a_compile_worker_dies_with_its_parent():
     for w in left:
         os.kill(w, signal.SIGKILL)
     assert not left, "the compile worker outlived its parent"
+
+
+# Red team 120: a GC reference read by the host (a global, a result) was not unrooted
+# when it was refused, and an externref the guest made of one reached the host as None.
+
+GC_HOLDER = b"""(module (type $a (array i8))
+  (global (export "g") (mut anyref) (array.new_default $a (i32.const 1000000)))
+  (global (export "x") (mut exnref) (ref.null exn))
+  (func (export "set") (global.set 0 (array.new_default $a (i32.const 1000000))))
+  (func (export "two") (result i32 anyref) (i32.const 7) (array.new_default $a (i32.const 1000000)))
+  (func (export "made") (result externref) (extern.convert_any (ref.i31 (i32.const 5))))
+  (func (export "null") (result externref) (ref.null extern)))"""
+
+
+@pytest.mark.parametrize("name", ["g", "x"])
+def test_a_gc_typed_global_read_by_the_host_is_a_plain_error(name):
+    import wasmsbx
+    from wasmsbx import errors
+
+    box = wasmsbx.Sandbox(GC_HOLDER, backend="wasmtime")
+    with pytest.raises(errors.ModuleError, match="GC reference.*cannot be passed to the host"):
+        box.globals[name]
+
+
+@pytest.mark.parametrize("how", ["global", "result"])
+def test_gc_references_the_host_refused_are_not_kept_alive(how):
+    """200 refused reads of a fresh 1 MB array each: the arrays stay collectable (each
+    read kept its array rooted, and the 64 MiB limit's GC heap was full after 66)."""
+    import wasmsbx
+    from wasmsbx import errors
+    from wasmsbx.policy import from_dict
+
+    box = wasmsbx.Sandbox(GC_HOLDER, from_dict({"limits": {"memory": "64MiB"}}), backend="wasmtime")
+    for _ in range(200):
+        if how == "global":
+            box.call("set")
+            with pytest.raises(errors.ModuleError):
+                box.globals["g"]
+        else:
+            with pytest.raises(errors.ModuleError, match="two returned a GC reference"):
+                box.call("two")
+
+
+def test_an_externref_the_guest_made_of_a_gc_reference_is_not_passed_as_null():
+    from wasmsbx import errors
+
+    seen = []
+
+    def h(x: wasmsbx.externref) -> wasmsbx.i32:
+        seen.append(x)
+        return 0
+
+    wat = GC_HOLDER.replace(
+        b"(type $a (array i8))",
+        b'(type $a (array i8)) (import "env" "h" (func $h (param externref) (result i32)))'
+        b' (func (export "to_host") (result i32)'
+        b" (call $h (extern.convert_any (ref.i31 (i32.const 5)))))",
+    )
+    box = wasmsbx.Sandbox(wat, imports={"env": {"h": h}}, backend="wasmtime")
+    with pytest.raises(
+        errors.ModuleError, match=r"made from a GC reference \(extern.convert_any\)"
+    ):
+        box.call("made")
+    assert box.call("null") is None  # (the null reference is still None)
+    with pytest.raises(errors.TrapError, match="extern.convert_any"):
+        box.call("to_host")
+    assert seen == []

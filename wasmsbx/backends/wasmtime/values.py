@@ -36,6 +36,7 @@ KIND = {
     "externref": ffi.WASMTIME_EXTERNREF.value,
 }
 _FUNCREF = KIND["funcref"]
+_EXTERNREF = KIND["externref"]
 _WASM_KIND = {"i32": 0, "i64": 1, "f32": 2, "f64": 3, "v128": 4, "externref": 128, "funcref": 129}
 _KIND_NAME = {v: k for k, v in _WASM_KIND.items()}
 
@@ -146,7 +147,31 @@ def read(store: Any, raw: Any, wasm_type: str, owner: Any, owned: bool = True) -
             return None
         copied = ffi.wasmtime_func_t.from_buffer_copy(raw.of.funcref)
         return FuncRef(wasmtime.Func._from_raw(copied), owner)
-    return wasmtime.Val._from_raw(store, raw, owned=owned).value
+    if raw.kind == _EXTERNREF:
+        if raw.of.externref.store_id and not ffi.wasmtime_externref_data(
+            store._context(), ctypes.byref(raw.of.externref)
+        ):
+            _drop(raw, owned)
+            raise HostCannotHold("an externref made from a GC reference (extern.convert_any)")
+        return wasmtime.Val._from_raw(store, raw, owned=owned).value
+    _drop(raw, owned)
+    raise HostCannotHold("a GC reference (anyref, eqref, i31ref, exnref, a struct or an array)")
+
+
+class HostCannotHold(wasmtime.WasmtimeError):
+    """A wasm value the host cannot hold: a GC reference, or an externref the guest made
+    of one (which wasmtime-py gave the host as None, the null reference: red team round
+    120). The value is unrooted first (wasmtime-py raised before it unrooted it, and a
+    guest's GC heap filled with values the failed reads kept alive)."""
+
+    def __init__(self, what: str) -> None:
+        super().__init__(what)
+        self.what = what
+
+
+def _drop(raw: Any, owned: bool) -> None:
+    if owned:
+        ffi.wasmtime_val_unroot(ctypes.byref(raw))
 
 
 _REFERENCES = frozenset(REF_TYPES)  # the values a call roots (and must unroot)
@@ -191,7 +216,15 @@ def call(store: Any, func: wasmtime.Func, types: tuple, args: Sequence[Any], own
         trapped = wasmtime.Trap._from_ptr(trap)
         _raise_callback_exception()
         raise trapped
-    return [read(store, out[i], t, owner) for i, t in enumerate(results)]
+    got: list = []
+    try:
+        for i, wasm_type in enumerate(results):
+            got.append(read(store, out[i], wasm_type, owner))
+    except HostCannotHold:  # (read unrooted its own: the later results too)
+        for later in range(len(got) + 1, len(results)):
+            ffi.wasmtime_val_unroot(ctypes.byref(out[later]))
+        raise
+    return got
 
 
 def _raise_callback_exception() -> None:
