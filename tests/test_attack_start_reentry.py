@@ -230,3 +230,30 @@ def test_no_route_makes_a_new_instance_from_a_host_function_of_a_call(backend, r
     else:
         assert "cannot be made from a host function" in str(caught.value), caught.value
     assert box.call("run", 0) == 0  # (the sandbox goes on, from outside)
+
+
+def test_a_group_add_refused_in_a_host_function_gives_its_slot_back(backend):
+    """A refused add takes nothing (red team 120: each one refused from a host function
+    of a running call kept an instance slot, and the group then said a member's start
+    had failed). (wasmtime only: wasmer adds from a host function, README "Groups".)"""
+    if not backend.startswith("wasmtime"):
+        pytest.skip("only wasmtime refuses an add from a host function of a running call")
+    lib = b'(module (func (export "one") (result i32) i32.const 1))'
+    app = b'(module (import "env" "h" (func $h)) (func (export "f") (call $h)))'
+    group = wasmsbx.Group(from_dict({"limits": {"instances": 3}}), backend=backend)
+    refused = []
+
+    def h() -> None:
+        for _ in range(3):
+            try:
+                group.add(lib)
+            except errors.UsageError as exc:
+                refused.append(str(exc))
+
+    member = group.add(app, imports={"env": {"h": h}})
+    member.call("f")
+    assert len(refused) == 3 and all("from a host function" in r for r in refused), refused
+    assert [group.add(lib).call("one") for _ in range(2)] == [1, 1]  # instances 2 and 3
+    with pytest.raises(errors.InstanceLimitExceeded) as caught:
+        group.add(lib)
+    assert "start failed" not in str(caught.value)

@@ -61,6 +61,7 @@ from .values import (
     RAW_GET_FUEL,
     RAW_SET_EPOCH_DEADLINE,
     RAW_SET_FUEL,
+    HostCannotHold,
     HostFuncs,
     RawCall,
     WasiNoMemory,
@@ -456,7 +457,7 @@ class WasmtimeInstance(Instance):
         # thing at a time (red team round 44).
         group = self.group
         if not group.busy.acquire(False) and _occupied(group, limits.seconds()):
-            raise errors.UsageError(
+            raise _AddRefused(
                 "a module cannot be added to a group from a host function of a call "
                 "running in that group",
                 hint="add every module to the group before calling into it",
@@ -1046,11 +1047,9 @@ class WasmtimeInstance(Instance):
             return self._trap_error(exc, name)
         if _gc_heap_full(exc):
             return self._gc_heap_error(name)
-        if "wasmtime_valkind_t" in str(exc).split("\n", 1)[0]:  # (wasmtime-py: "Unkown
-            # `ffi.wasmtime_valkind_t`"; never a backtrace's name: round 72)
+        if isinstance(exc, HostCannotHold):
             return errors.ModuleError(
-                f"{name} returned a GC reference (anyref, eqref, i31ref, a struct or an array),"
-                " which cannot be passed to the host",
+                f"{name} returned {exc.what}, which cannot be passed to the host",
                 hint="return it to wasm code instead, or export a function that reads it",
             )
         why = _first_line(exc)
@@ -1260,7 +1259,14 @@ class WasmtimeInstance(Instance):
 
     def global_get(self, name: str, wasm_type: Optional[str] = None) -> Any:
         wasm_type = wasm_type or self.global_info(name)[0]
-        return self._turn(global_get, self.store, self.exports[name], wasm_type, self.group)
+        try:
+            return self._turn(global_get, self.store, self.exports[name], wasm_type, self.group)
+        except HostCannotHold as exc:
+            raise errors.ModuleError(
+                f"global {errors.inert(name)!r} holds {exc.what}, which cannot be passed to "
+                "the host",
+                hint="export a function that reads it instead",
+            ) from None
 
     def global_set(self, name: str, value: Any, wasm_type: Optional[str] = None) -> None:
         wasm_type = wasm_type or self.global_info(name)[0]
@@ -1865,9 +1871,10 @@ class WasmtimeEngine(Engine):
             return WasmtimeInstance(
                 self, module, limits, wasi, imports, shared, register, caps, timeout
             )
-        except errors.LinkError:
+        except (errors.LinkError, _AddRefused):
             # (refused before wasmtime allocated anything: the instance limit and the
-            # shares of memory and tables are the group's again, red team round 78)
+            # shares of memory and tables are the group's again, red team rounds 78
+            # and 120: an add refused in a host function took a slot for good)
             if before is not None:
                 module._wasmsbx_budget.give_back(before)
             raise
@@ -1912,6 +1919,11 @@ class WasmtimeEngine(Engine):
 
     def fingerprint(self) -> dict:
         return fingerprint(self.options)
+
+
+class _AddRefused(errors.UsageError):
+    """Group.add from a host function of a call running in that group: refused before
+    anything is made, so what the member was given goes back (``instantiate``)."""
 
 
 def _budgeted(shared: Any) -> bool:
