@@ -365,6 +365,16 @@ def guarded_protocol(request_timeout: float, max_connections: int) -> Any:
     except (ImportError, AttributeError):
         _OUTQ = _INQ = None
 
+    def _kernel_queue(sock: Any, which: int) -> Optional[int]:
+        """Bytes in a socket's kernel queue: received and not yet read (``_INQ``), or
+        sent and not yet acknowledged (``_OUTQ``); None if it cannot be had."""
+        try:
+            queued = bytearray(4)
+            fcntl.ioctl(sock.fileno(), which, queued)
+        except (OSError, ValueError):
+            return None
+        return int.from_bytes(queued, sys.byteorder)
+
     # The client's side once its whole request is in: DONE, or MUST_CLOSE if it said
     # "Connection: close" (or spoke HTTP/1.0), CLOSED if it has shut its side down since.
     # Only DONE was counted: a request with "Connection: close" stayed "arriving", so its
@@ -457,9 +467,8 @@ def guarded_protocol(request_timeout: float, max_connections: int) -> Any:
             """Its rank at the cap (lowest goes): 2 if a whole request head has been
             read, 1 if one waits unread in its receive queue (above, within 1) or it is
             under YOUNG seconds old (it may not have had the time to send), else 0;
-            within 0 and 2,
-            what it has sent since it was accepted or last answered, as a byte rate with
-            a start of CREDIT bytes; then the older first.
+            within 0 and 2, what it has sent since it was accepted or last answered, as
+            a byte rate with a start of CREDIT bytes; then the older first.
 
             A client without the token is answered 401 and closed when its head ends, so
             it can hold a connection only with an unfinished head (counted up to HEAD
@@ -490,12 +499,10 @@ def guarded_protocol(request_timeout: float, max_connections: int) -> Any:
             sock = self.transport.get_extra_info("socket") if _INQ is not None else None
             if sock is None:
                 return 0, False
+            count = _kernel_queue(sock, _INQ)
+            if not count:
+                return 0, False
             try:
-                queued = bytearray(4)
-                fcntl.ioctl(sock.fileno(), _INQ, queued)
-                count = int.from_bytes(queued, sys.byteorder)
-                if not count:
-                    return 0, False
                 peek = socket.socket(fileno=sock.fileno())  # (the same descriptor,
                 try:  # detached after: never closed here)
                     waiting = peek.recv(2 * HEAD, socket.MSG_PEEK | socket.MSG_DONTWAIT)
@@ -535,12 +542,7 @@ def guarded_protocol(request_timeout: float, max_connections: int) -> Any:
             sock = self.transport.get_extra_info("socket")
             if _OUTQ is None or sock is None:
                 return left
-            try:
-                queued = bytearray(4)
-                fcntl.ioctl(sock.fileno(), _OUTQ, queued)
-            except (OSError, ValueError):
-                return left
-            return left + int.from_bytes(queued, sys.byteorder)
+            return left + (_kernel_queue(sock, _OUTQ) or 0)
 
         def pause_writing(self) -> None:
             if not self.flow.write_paused:
