@@ -269,6 +269,45 @@ def test_a_checkpoint_removes_only_the_file_it_wrote(tmp_path):
     assert caught.value.exit_code == 105
 
 
+@pytest.mark.parametrize("how", ["saved", "loaded"])
+def test_a_checkpoint_named_through_a_link_removes_the_file_it_leads_to(tmp_path, how):
+    """Written through the link, so removed through it: the link was compared with the
+    file written, never matched, and a finished run's checkpoint stayed for every later
+    run of the command to resume from (red team 121). The link itself is left."""
+    from wasmsbx.runner.checkpoint import Checkpoint
+
+    (tmp_path / "store").mkdir()
+    real = tmp_path / "store" / "run.ckpt"
+    state = {"input_offset": 0, "tail_start": 0, "output_offset": 0, "tail_sha256": "0" * 64}
+    Checkpoint(real, {"what": 1}).save(state)
+    (tmp_path / "hop").symlink_to("store/run.ckpt")
+    (tmp_path / "ck").symlink_to("hop")  # (a link to a link)
+    checkpoint = Checkpoint(tmp_path / "ck", {"what": 1})
+    if how == "saved":
+        checkpoint.save(state)
+    else:  # a resume that finished before it saved: what it read is what it removes
+        assert checkpoint.load() == state
+    checkpoint.remove()
+    assert not real.exists()
+    assert os.readlink(tmp_path / "ck") == "hop" and os.readlink(tmp_path / "hop")
+
+
+def test_a_checkpoints_link_to_another_file_since_removes_nothing(tmp_path):
+    from wasmsbx.runner.checkpoint import Checkpoint
+
+    (tmp_path / "run.ckpt").write_text("{}")
+    (tmp_path / "ck").symlink_to("run.ckpt")
+    checkpoint = Checkpoint(tmp_path / "ck", {"what": 1})
+    checkpoint.save({"offset": 10})
+    assert (tmp_path / "run.ckpt").exists()
+    (tmp_path / "notes.txt").write_text("the user's own")
+    (tmp_path / "ck").unlink()
+    (tmp_path / "ck").symlink_to("notes.txt")
+    checkpoint.remove()
+    assert (tmp_path / "notes.txt").read_text() == "the user's own"
+    assert (tmp_path / "run.ckpt").exists()
+
+
 def test_a_link_planted_to_a_process_descriptor_is_not_followed(tmp_path):
     """/proc/self/fd/N reached through a link in an ordinary folder: a batch worker's
     reply pipe took a guest's output, which the parent unpickled (red team round 91)."""

@@ -511,23 +511,40 @@ def remove_output(text: str, identity: Optional[tuple] = None) -> None:
     of a run removed a key of the trust folder (red team round 90). Only the file of
     ``identity`` ((device, inode), from ``write_output``'s ``written``), if given: another
     file found at the name is left (red team round 91: a folder swapped for another of
-    the user's lost its file of that name). Nothing there is not an error; anything else
+    the user's lost its file of that name). A link at the name is followed, as
+    ``write_output`` wrote through it, and the file it leads to is removed (in its own
+    folder, opened and checked in turn) if it is that file; the link is left (red team
+    121: the link was compared, never matched, and the finished run's checkpoint stayed
+    for every later run to resume from). Nothing there is not an error; anything else
     that stops the removal is an InputError."""
-    folder, name = os.path.split(text)
+    current = text
+    for _ in range(_LINKS_FOLLOWED + 1):
+        current = _remove_at(text, current, identity)
+        if current is None:
+            return
+
+
+def _remove_at(text: str, current: str, identity: Optional[tuple]) -> Optional[str]:
+    """remove_output at ``current`` (``text`` or a link's target on the way): None when
+    done, else the path the link at ``current`` leads to (only with ``identity``)."""
+    folder, name = os.path.split(current)
     if name in ("", ".", ".."):
-        return
+        return None
     try:
         fd = os.open(folder or ".", _PIN)
     except FileNotFoundError:
-        return
+        return None
     try:
         real = _real_folder(fd, folder or ".")
         _refuse_ours(text, os.path.join(real, name), "not removed")
         try:
             if identity is not None:
                 info = os.stat(name, dir_fd=fd, follow_symlinks=False)
+                if stat.S_ISLNK(info.st_mode):
+                    link = os.readlink(name, dir_fd=fd)
+                    return link if os.path.isabs(link) else os.path.join(real, link)
                 if (info.st_dev, info.st_ino) != identity:
-                    return  # (not the file written: left as it is)
+                    return None  # (not the file written: left as it is)
             os.unlink(name, dir_fd=fd)
         except FileNotFoundError:
             pass
@@ -535,6 +552,7 @@ def remove_output(text: str, identity: Optional[tuple] = None) -> None:
             raise _fail(text, f"cannot remove: {exc.strerror or exc}") from None
     finally:
         os.close(fd)
+    return None
 
 
 def _fill(fd: int, blob: bytes, mode: Optional[int], durable: bool) -> None:

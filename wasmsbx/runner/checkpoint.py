@@ -64,7 +64,8 @@ class Checkpoint:
         try:
             from ..inputs import STATE_MAX_BYTES, read_capped
 
-            text = read_capped(self.path, STATE_MAX_BYTES)  # bytes: json.loads decodes them
+            seen: list = []  # (the file read, through a link too: what remove() removes)
+            text = read_capped(self.path, STATE_MAX_BYTES, seen)  # bytes: json.loads decodes
         except FileNotFoundError:
             return None
         except OSError as exc:
@@ -90,6 +91,7 @@ class Checkpoint:
         why = self._odd_state(state)
         if why:
             raise self._refuse(f"is damaged ({why})")
+        self.saved_file = (seen[0].st_dev, seen[0].st_ino)
         return state
 
     def _odd_state(self, state: Any) -> str:
