@@ -1386,3 +1386,26 @@ def test_a_second_interrupt_as_a_run_finishes_stops_it(tmp_path):
         signal.signal(signal.SIGINT, before)
         KEEPER.drop_signals = 0
         KEEPER.settle()
+
+
+@pytest.mark.parametrize(
+    "line",
+    ["[40,2]".encode("utf-16-be"), "[40,2]".encode("utf-32-be"), "[40,2]".encode("utf-16")],
+    ids=["utf-16-be", "utf-32-be", "utf-16-bom"],
+)
+def test_a_line_that_is_not_utf8_is_an_item_error_not_a_call(line):
+    """json.loads of bytes guessed UTF-16 or UTF-32 from where the NULs fell: a line of
+    "[40,2]" in UTF-16 ran add(40, 2) (red team 121)."""
+    from wasmsbx.runner.batch import BadItem, parse_item
+
+    with pytest.raises(BadItem, match="not (JSON|UTF-8)"):
+        parse_item(line)
+
+
+def test_a_utf8_line_with_a_byte_order_mark_is_read():
+    from wasmsbx.runner.batch import BadItem, parse_item
+
+    assert parse_item(b"\xef\xbb\xbf[1,2]") == ([1, 2], None)
+    assert parse_item('{"args": ["é"], "id": "ü"}'.encode()) == (["é"], "ü")
+    with pytest.raises(BadItem, match=r"not UTF-8 text \(byte 3: invalid start byte\)"):
+        parse_item(b"[1\xff]")

@@ -210,6 +210,17 @@ def parse_item(payload: Any) -> tuple:
     if isinstance(payload, (bytes, bytearray, str)):
         if len(payload) > MAX_LINE:
             raise BadItem(f"line longer than {MAX_LINE} bytes")
+        if not isinstance(payload, str):
+            # (UTF-8, as JSON lines are: json.loads of bytes guessed UTF-16 or UTF-32
+            # from where NULs fell, and ran "[40,2]" in UTF-16: red team 121)
+            try:
+                payload = payload.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise BadItem(
+                    f"not UTF-8 text (byte {exc.start + 1}: {exc.reason}); a line is JSON in UTF-8"
+                ) from None
+            if payload[:1] == "\ufeff":  # (a byte-order mark, as a Windows editor saves it)
+                payload = payload[1:]
         try:
             if len(payload) <= ID_DIGITS or not _long_digits(payload):
                 payload = json.loads(payload)
@@ -283,8 +294,9 @@ def _check_id(ident: Any) -> None:
         # and an integer of more digits than Python prints: round 40, a raw exception
         # that ended the batch)
         raise BadItem(
-            "'id' must be plain JSON (no NaN, Infinity, lone surrogates, bytes or "
-            "objects; integers of at most 4,300 digits): it is written back in the result"
+            "'id' must be plain JSON (no NaN, Infinity, lone surrogates, or Python values "
+            "JSON has not, such as bytes; integers of at most 4,300 digits): it is written "
+            "back in the result"
         ) from None
 
 
