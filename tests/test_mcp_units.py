@@ -1059,9 +1059,9 @@ def test_a_spare_that_fails_to_start_leaves_a_waiting_call_a_worker_of_its_own(t
     assert isinstance(got, Fake) and len(calls) == 2
 
 
-def _guarded(cap: int = 4) -> tuple:
+def _guarded(cap: int = 4, tokens: object = None) -> tuple:
     """(GuardedH11 class, a function making a stand-in connection of it: its state
-    given, no socket), for the eviction order at the cap."""
+    given, no socket), for the eviction order at the cap (``tokens``: the server's)."""
     pytest.importorskip("mcp")  # (uvicorn and h11 come with it)
     import types
 
@@ -1069,7 +1069,7 @@ def _guarded(cap: int = 4) -> tuple:
 
     from wasmsbx.mcp.serve import client_of, guarded_protocol
 
-    cls = guarded_protocol(30, cap)
+    cls = guarded_protocol(30, cap, tokens)
 
     class Transport:
         aborted = False
@@ -1081,11 +1081,18 @@ def _guarded(cap: int = 4) -> tuple:
             return None  # (no socket: nothing queued)
 
     def make(
-        state: str, began: float, peer: str = "127.0.0.1", got: int = 0, head: bool = False
+        state: str,
+        began: float,
+        peer: str = "127.0.0.1",
+        got: int = 0,
+        head: bool = False,
+        token: str = "",
     ) -> object:
         """``began``: accepted or last answered then; ``got``: bytes since; ``head``: a
-        whole request head has come."""
+        whole request head has come; ``token``: the one its last request head sent."""
         c = object.__new__(cls)
+        if token:
+            c.scope = {"headers": [(b"authorization", f"Bearer {token}".encode())]}
         c.transport, c.last_active, c.began, c.got = Transport(), began, began, got
         c.peer = client_of(peer)
         whole = head or got > 2048
@@ -1195,3 +1202,36 @@ def test_a_whole_head_waiting_unread_outranks_young_empty_connections():
     honest._queued = lambda: (300, True)  # (its whole head waits unread)
     empty = [make("idle", 99.999 - n * 0.0001) for n in range(3)]
     assert _evict(cls, [honest, *empty]) is empty[2]
+
+
+def test_a_token_holder_stalling_many_uploads_makes_room_with_its_own():
+    """Red team 118: a token holder opening connections that each sent 1 MB of body at
+    once and then stalled out-paced another token holder's steady upload (150 KB/s),
+    which was closed to make room, 0 of 10. Between token holders the token that holds
+    the most connections loses one; a token not the server's counts for nothing."""
+    cls, make = _guarded(tokens=["alpha", "beta"])
+    upload = make("arriving", 96.0, got=600_000, head=True, token="beta")
+    stalled = [
+        make("arriving", 99.0 + n * 0.1, got=1_000_000, head=True, token="alpha") for n in range(3)
+    ]
+    assert _evict(cls, [upload, *stalled]) is stalled[0]  # (the least for its time)
+    forged = [make("arriving", 99.0, got=1_000_000, head=True, token="gamma") for _ in range(3)]
+    assert _evict(cls, [upload, *forged]) is upload  # (no token: as before, by pace)
+
+
+def test_without_tokens_or_with_one_token_the_order_is_by_pace():
+    for tokens, token in ((None, ""), (["alpha"], "alpha")):
+        cls, make = _guarded(tokens=tokens)
+        upload = make("arriving", 96.0, got=600_000, head=True, token=token)
+        stalled = [make("arriving", 99.0, got=1_000_000, head=True, token=token) for _ in range(3)]
+        assert _evict(cls, [upload, *stalled]) is upload
+
+
+def test_a_flood_without_the_token_still_goes_before_token_holders():
+    cls, make = _guarded(tokens=["alpha", "beta"])
+    uploads = [make("arriving", 96.0, got=6_000, head=True, token="alpha") for _ in range(3)]
+    flood = make("arriving", 99.0, got=2048)  # (an unfinished head: rank 0)
+    assert _evict(cls, [*uploads, flood]) is flood
+    # idle between requests, a token holder's connection goes first, as before
+    idle, flood = make("idle", 90.0, token="beta"), make("arriving", 99.0, got=2048)
+    assert _evict(cls, [*uploads, flood, idle]) is idle
