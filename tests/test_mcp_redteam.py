@@ -974,14 +974,14 @@ def test_a_request_pipelined_behind_a_reply_must_arrive_in_time():
     assert ended == 4
 
 
-def _slow_initialize(port: int, s: object, seconds: float, pad: int = 0) -> bytes:
+def _slow_initialize(port: int, s: object, seconds: float, pad: int = 0, auth: str = "") -> bytes:
     """An initialize POSTed on the open socket ``s`` over ``seconds`` (its head first,
     then its body in ten pieces, ``pad`` bytes of padding in it): the reply's start."""
     import time
 
     message = {**INIT_2025, "pad": "A" * pad}
     body = json.dumps(message).encode()
-    s.sendall(_post_head(port, len(body)).replace(b"Connection: close\\r\\n", b""))
+    s.sendall(_post_head(port, len(body), auth=auth).replace(b"Connection: close\r\n", b""))
     step = -(-len(body) // 10)
     for at in range(0, len(body), step):
         time.sleep(seconds / 10)
@@ -1103,3 +1103,31 @@ def test_unfinished_heads_without_a_token_cut_no_request_of_a_token_holder(tmp_p
                 except OSError as exc:
                     replies.append(repr(exc).encode())
     assert replies == [b"HTTP/1.1 200"] * 5, replies
+
+
+@pytest.mark.slow
+def test_a_token_holder_stalling_uploads_cuts_no_upload_of_another_token(tmp_path):
+    """Red team 118 (left open then): a token holder opening three connections a second,
+    each sending 1 MB of its body at once and then stalling, out-paced another token
+    holder's steady upload (150 KB/s), which was closed to make room: 0 of 6. Between
+    token holders, the token that holds the most connections makes room now."""
+    import socket
+    import time
+
+    ensure_setup()
+    alpha, beta = "alpha-token-0123456789", "beta-token-9876543210"
+    tokens = _token_file(tmp_path, f"{alpha}\n{beta}\n")
+    limits = ("--max-connections", "4", "--request-timeout", "20")
+    with http_server(*limits, "--token-file", str(tokens)) as (url, _):
+        port = int(url.split(":")[2].split("/")[0])
+        stalled = _post_head(port, 2_000_000, auth=alpha).replace(b"Connection: close\r\n", b"")
+        replies = []
+        with _opening(port, stalled + b"x" * 1_000_000, every=0.33, keep=64):
+            time.sleep(1.5)
+            for _ in range(3):
+                try:
+                    with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
+                        replies.append(_slow_initialize(port, s, 2.0, pad=300_000, auth=beta))
+                except OSError as exc:
+                    replies.append(repr(exc).encode())
+    assert replies == [b"HTTP/1.1 200"] * 3, replies
