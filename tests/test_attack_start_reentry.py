@@ -257,3 +257,36 @@ def test_a_group_add_refused_in_a_host_function_gives_its_slot_back(backend):
     with pytest.raises(errors.InstanceLimitExceeded) as caught:
         group.add(lib)
     assert "start failed" not in str(caught.value)
+
+
+def test_a_group_add_timed_out_waiting_for_another_threads_call_gives_its_slot_back(backend):
+    """Red team 122: an add that waited past the timeout for another thread's call to
+    end (TimeoutExceeded) kept its instance slot, and the group later said members'
+    starts had failed."""
+    if not backend.startswith("wasmtime"):
+        pytest.skip("only wasmtime makes an add wait for a running call")
+    lib = b'(module (func (export "one") (result i32) i32.const 1))'
+    app = b'(module (import "env" "h" (func $h)) (func (export "f") (call $h)))'
+    policy = from_dict({"limits": {"instances": 3, "timeout": "300ms"}})
+    group = wasmsbx.Group(policy, backend=backend)
+    entered, done = threading.Event(), threading.Event()
+
+    def h() -> None:
+        entered.set()
+        done.wait(30)
+
+    member = group.add(app, imports={"env": {"h": h}})
+    caller = threading.Thread(target=lambda: pytest.raises(errors.WasmsbxError, member.call, "f"))
+    caller.start()
+    try:
+        assert entered.wait(30)
+        for _ in range(2):
+            with pytest.raises(errors.TimeoutExceeded, match="another thread's call"):
+                group.add(lib)
+    finally:
+        done.set()
+        caller.join(30)
+    assert [group.add(lib).call("one") for _ in range(2)] == [1, 1]  # instances 2 and 3
+    with pytest.raises(errors.InstanceLimitExceeded) as caught:
+        group.add(lib)
+    assert "start failed" not in str(caught.value)

@@ -456,12 +456,19 @@ class WasmtimeInstance(Instance):
         # under a 1 s timeout, and 59 rounds on fuel for 2), and a store runs one
         # thing at a time (red team round 44).
         group = self.group
-        if not group.busy.acquire(False) and _occupied(group, limits.seconds()):
-            raise _AddRefused(
+        try:
+            nested = not group.busy.acquire(False) and _occupied(group, limits.seconds())
+        except errors.TimeoutExceeded as exc:  # (another thread's call ran on: nothing made)
+            exc.nothing_made = True
+            raise
+        if nested:
+            refused = errors.UsageError(
                 "a module cannot be added to a group from a host function of a call "
                 "running in that group",
                 hint="add every module to the group before calling into it",
             )
+            refused.nothing_made = True
+            raise refused
         try:
             group.owner = _get_ident()
             self._build(module, wasi, imports, shared, register, caps, timeout)
@@ -1871,15 +1878,16 @@ class WasmtimeEngine(Engine):
             return WasmtimeInstance(
                 self, module, limits, wasi, imports, shared, register, caps, timeout
             )
-        except (errors.LinkError, _AddRefused):
-            # (refused before wasmtime allocated anything: the instance limit and the
-            # shares of memory and tables are the group's again, red team rounds 78
-            # and 120: an add refused in a host function took a slot for good)
-            if before is not None:
-                module._wasmsbx_budget.give_back(before)
-            raise
-        except BaseException:
-            module._wasmsbx_budget.failed += 1  # (said when the limit is reached)
+        except BaseException as exc:
+            if isinstance(exc, errors.LinkError) or getattr(exc, "nothing_made", False):
+                # (refused before wasmtime allocated anything: the instance limit and the
+                # shares of memory and tables are the group's again, red team rounds 78,
+                # 120 and 122: an add refused in a host function, or timed out waiting
+                # for another thread's call, took a slot for good)
+                if before is not None:
+                    module._wasmsbx_budget.give_back(before)
+            else:
+                module._wasmsbx_budget.failed += 1  # (said when the limit is reached)
             raise
 
     def _member(self, module: Any, limits: Limits, imports: dict, shared: Any, group: bool):
@@ -1919,11 +1927,6 @@ class WasmtimeEngine(Engine):
 
     def fingerprint(self) -> dict:
         return fingerprint(self.options)
-
-
-class _AddRefused(errors.UsageError):
-    """Group.add from a host function of a call running in that group: refused before
-    anything is made, so what the member was given goes back (``instantiate``)."""
 
 
 def _budgeted(shared: Any) -> bool:
