@@ -1406,6 +1406,7 @@ def test_a_utf8_line_with_a_byte_order_mark_is_read():
     from wasmsbx.runner.batch import BadItem, parse_item
 
     assert parse_item(b"\xef\xbb\xbf[1,2]") == ([1, 2], None)
+    assert parse_item("\ufeff[1,2]") == ([1, 2], None)  # (a line given as text too)
     assert parse_item('{"args": ["é"], "id": "ü"}'.encode()) == (["é"], "ü")
     with pytest.raises(BadItem, match=r"not UTF-8 text \(byte 3: invalid start byte\)"):
         parse_item(b"[1\xff]")

@@ -59,3 +59,49 @@ def test_stdout_apart_from_stderr_is_left_as_the_guest_wrote_it(backend, tmp_pat
     assert code == 103, err
     assert out == b"no newline"
     assert err.startswith(b"error: "), err
+
+
+VAL = """(module
+  (import "wasi_snapshot_preview1" "fd_write" (func $w (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 100) "no newline")
+  (func (export "val") (param i32 i32) (result i32)
+    (i32.store (i32.const 0) (i32.const 100)) (i32.store (i32.const 4) (i32.const 10))
+    (drop (call $w (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))
+    (i32.add (local.get 0) (local.get 1))))
+"""
+
+
+def _run_val(tmp_path, backend: str, args: list, together: bool) -> tuple:
+    """``run val.wat val ARGS`` (its guest writes "no newline" to stdout first)."""
+    guest = tmp_path / "val.wat"
+    guest.write_text(VAL)
+    (tmp_path / "in.jsonl").write_text("[1,2]\n[3,4]\n")
+    argv = [sys.executable, "-m", "wasmsbx", "run", str(guest), "val", *args]
+    with open(tmp_path / "out", "wb") as out, open(tmp_path / "err", "wb") as err:
+        proc = subprocess.run(
+            [*argv, "--backend", backend],
+            stdout=out,
+            stderr=subprocess.STDOUT if together else err,
+            cwd=tmp_path,
+            timeout=120,
+        )
+    return proc.returncode, (tmp_path / "out").read_bytes(), (tmp_path / "err").read_bytes()
+
+
+def test_a_line_wasmsbx_ended_itself_gets_no_blank_line_after_it(backend, tmp_path):
+    """The result (and a batch's rows) ended the guest's line: the stats table and the
+    batch summary after them on stderr got a blank line before them (red team 122)."""
+    code, out, _ = _run_val(tmp_path, backend, ["1", "2", "--stats"], together=True)
+    assert code == 0 and out.startswith(b"no newline3\n") and b"\n\n" not in out, out
+    code, out, _ = _run_val(tmp_path, backend, ["--batch", "in.jsonl"], together=True)
+    assert code == 0 and b"\n\n" not in out and out.count(b"\nbatch: 2 items") == 1, out
+
+
+def test_a_batch_summary_after_guest_output_left_mid_line_on_stderr(backend, tmp_path):
+    """In a batch, a guest's stdout goes to stderr (the rows own stdout): its summary
+    line starts a line of its own after the guest's "no newline"."""
+    code, out, err = _run_val(tmp_path, backend, ["--batch", "in.jsonl"], together=False)
+    assert code == 0, err
+    assert err.startswith(b"no newlineno newline\nbatch: 2 items"), err
+    assert out.count(b'"ok":true') == 2, out

@@ -34,6 +34,8 @@ def write_stdout(text: str) -> None:
     (red team round 69). A long text is written to fd 1 here, in a loop, after what is
     buffered; a stream without a descriptor (``io.StringIO``) gets it as it is."""
     stream = sys.stdout
+    if text.endswith("\n"):
+        ended_line(1)
     if len(text) <= WHOLE:
         stream.write(text)
         return
@@ -122,22 +124,44 @@ def err(text: str) -> None:
 
 def mid_line() -> str:
     """A newline if a guest's last write to our stderr, or to our stdout where that is
-    the same file (a terminal, ``2>&1``), ended mid-line: the line about to be written
-    then starts a line of its own (once). Else ""."""
+    the same file (a terminal, ``2>&1``), ended mid-line and nothing of ours has ended
+    that line since (``ended_line``): the line about to be written then starts a line of
+    its own (once). Else ""."""
     base = sys.modules.get("wasmsbx.backends.base")  # (not imported: no guest has run)
     if base is None or not base.LAST_WRITE[1]:
         return ""
-    stream = base.LAST_WRITE[0]
     base.LAST_WRITE[1] = False
+    return "\n" if _same_file(base.LAST_WRITE[0], 2) else ""
+
+
+def ended_line(fd: int) -> None:
+    """What wasmsbx wrote to ``fd`` ended a line (a result, a batch's rows): a guest's
+    write to the same file before it no longer leaves that file mid-line (the next
+    stderr line got a blank line before it: red team 122)."""
+    base = sys.modules.get("wasmsbx.backends.base")
+    if base is not None and base.LAST_WRITE[1] and _same_file(base.LAST_WRITE[0], fd):
+        base.LAST_WRITE[1] = False
+
+
+def stdout_moving() -> None:
+    """Before fd 1 is pointed back at stdout (it pointed at stderr during a batch): a
+    guest's mid-line write that reached stderr's file through fd 1 stays counted as
+    stderr's."""
+    base = sys.modules.get("wasmsbx.backends.base")
+    if base is not None and base.LAST_WRITE[1] and _same_file(base.LAST_WRITE[0], 2):
+        base.LAST_WRITE[0] = sys.stderr
+
+
+def _same_file(stream: Any, fd: int) -> bool:
+    """Whether ``stream`` (a guest's output stream of ours) writes where ``fd`` does."""
     try:  # (nothing flushed here: the guest's writes were, each as it came)
-        fd = stream.fileno()
-        if fd != 2:
-            here, there = os.fstat(fd), os.fstat(2)
-            if (here.st_dev, here.st_ino) != (there.st_dev, there.st_ino):
-                return ""
+        mine = stream.fileno()
+        if mine == fd:
+            return True
+        here, there = os.fstat(mine), os.fstat(fd)
     except (OSError, ValueError, AttributeError):
-        return ""
-    return "\n"
+        return False
+    return (here.st_dev, here.st_ino) == (there.st_dev, there.st_ino)
 
 
 def _to_null(fd: int) -> None:

@@ -219,8 +219,8 @@ def parse_item(payload: Any) -> tuple:
                 raise BadItem(
                     f"not UTF-8 text (byte {exc.start + 1}: {exc.reason}); a line is JSON in UTF-8"
                 ) from None
-            if payload[:1] == "\ufeff":  # (a byte-order mark, as a Windows editor saves it)
-                payload = payload[1:]
+        if payload[:1] == "\ufeff":  # (a byte-order mark, as a Windows editor saves it)
+            payload = payload[1:]
         try:
             if len(payload) <= ID_DIGITS or not _long_digits(payload):
                 payload = json.loads(payload)

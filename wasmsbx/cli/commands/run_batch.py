@@ -183,6 +183,10 @@ class _Results:
 
         if self._flush in AT_HARD_STOP:
             AT_HARD_STOP.remove(self._flush)
+        from ..output import ended_line, stdout_moving
+
+        ended_line(self.fd)  # (each row ends its line, the last after every guest's output)
+        stdout_moving()
         try:
             self.file.close()
         except BrokenPipeError:
