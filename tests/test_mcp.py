@@ -393,6 +393,22 @@ def test_session_cpu_budget():
     assert fresh["stdout"] == "1\n"  # one session's budget is not another's
 
 
+def test_a_sessions_call_gets_no_more_time_than_its_cpu_budget_has_left():
+    """Red team 123: with 0.37 s of a 1 s budget left, a call ran its whole 8 s timeout
+    (the session ended 5 times over its budget). The call's time is capped to what the
+    budget has left, and the error says so."""
+
+    async def scenario():
+        async with stdio_client("--session-cpu", "1s") as c:
+            s = ok(await c.call_tool("start_session", {}))["session"]
+            spin = "while True: pass"
+            return await c.call_tool("run_python", {"code": spin, "session": s})
+
+    spun = run(scenario())
+    assert spun.is_error and "session CPU budget spent" in text_of(spun), text_of(spun)
+    assert "the call was stopped after the" in text_of(spun)
+
+
 def test_javascript_prints_and_is_stopped(server):
     async def scenario():
         async with server.connect() as c:

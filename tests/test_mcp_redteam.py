@@ -1131,3 +1131,49 @@ def test_a_token_holder_stalling_uploads_cuts_no_upload_of_another_token(tmp_pat
                 except OSError as exc:
                     replies.append(repr(exc).encode())
     assert replies == [b"HTTP/1.1 200"] * 3, replies
+
+
+def _tool(http: object, url: str, headers: dict, name: str, **arguments: object) -> dict:
+    """A tools/call on the MCP session of ``headers``: its result (an error raises)."""
+    call = {"jsonrpc": "2.0", "id": 2, "method": "tools/call"}
+    call["params"] = {"name": name, "arguments": arguments}
+    r = http.post(url, content=json.dumps(call), headers=headers)
+    assert r.status_code == 200, (r.status_code, r.text[:200])
+    data = next(json.loads(x[5:]) for x in r.text.splitlines() if x.startswith("data:"))
+    assert not data["result"].get("isError"), data
+    return data["result"]["structuredContent"]
+
+
+def test_an_initialize_flood_leaves_mcp_sessions_that_hold_sessions_last():
+    """Red team 123: on a server without tokens a session belongs to the MCP session that
+    started it; 4 × --max-connections initialize requests (no rate limit) evicted the
+    honest clients' MCP sessions, idle longest, and their sessions (globals, /scratch)
+    were out of reach for good. MCP sessions that hold sessions go last now."""
+    import httpx2
+
+    accept = {"accept": "application/json, text/event-stream", "content-type": "application/json"}
+    ensure_setup()
+    with (
+        http_server("--max-connections", "2") as (url, _),  # the SDK's cap: 8
+        httpx2.Client(timeout=60) as http,
+    ):
+
+        def initialize() -> dict:
+            r = http.post(url, content=json.dumps(INIT_2025), headers=accept)
+            assert r.status_code == 200, r.text
+            headers = {**accept, "mcp-session-id": r.headers["mcp-session-id"]}
+            headers["mcp-protocol-version"] = "2025-06-18"
+            note = {"jsonrpc": "2.0", "method": "notifications/initialized"}
+            http.post(url, content=json.dumps(note), headers=headers)
+            return headers
+
+        honest = []
+        for i in range(2):
+            headers = initialize()
+            sid = _tool(http, url, headers, "start_session")["session"]
+            _tool(http, url, headers, "run_python", code=f"x = {i}", session=sid)
+            honest.append((headers, sid))
+        for _ in range(12):  # every slot the honest two do not hold, over and over
+            initialize()
+        kept = [_tool(http, url, h, "run_python", code="x", session=s) for h, s in honest]
+    assert [k["stdout"] for k in kept] == ["0\n", "1\n"], kept

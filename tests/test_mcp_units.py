@@ -42,6 +42,31 @@ def test_a_call_may_tighten_every_limit():
     assert policy.values["limits.output"] == 1024
 
 
+def test_a_call_limit_refused_quotes_little_of_it():
+    """Red team 123: a limit of 1 MB of text came back whole, twice."""
+    with pytest.raises(errors.UsageError) as caught:
+        config_mod.call_policy(make_config(), {"memory": "x" * 1_000_000})
+    assert len(str(caught.value)) < 400, str(caught.value)[:500]
+
+
+def test_module_copy_paths_are_scrubbed_in_time_linear_in_the_text():
+    """Red team 123: the pattern for a copy's path took time in the square of a run of
+    "/" (77 s for a function named with 80,000 of them), on the event loop."""
+    from wasmsbx.mcp.service import scrubbed
+
+    copy = "a" * 64 + "-" + "b" * 12 + ".wasm"
+    texts = {
+        f"cannot read /srv/x/modules/{copy}: gone": "cannot read M: gone",
+        f"x/a/b/{copy} and /c/{copy}": "xM and M",
+        f"({copy})": "(M)",
+        "no copy here.wasm": "no copy here.wasm",
+    }
+    for text, expected in texts.items():
+        assert scrubbed([{"k": text}], "M") == [{"k": expected}]
+    assert scrubbed("/" * 2_000_000 + copy, "M") == "M"  # (hours, quadratic)
+    assert scrubbed("/" * 2_000_000 + ".wasm", "M").endswith("/.wasm")
+
+
 @pytest.mark.parametrize(
     "limits, needle",
     [
@@ -235,6 +260,37 @@ def test_a_session_belongs_to_the_client_that_started_it(tmp_path):
     assert sessions.reap(now=s.last_used + 10_000) == [s.id] and not s.scratch.exists()
     stdio = sessions.start()  # over stdio there is one client: no owner
     assert sessions.get(stdio.id) is stdio
+
+
+def test_with_tokens_a_session_belongs_to_the_token(tmp_path):
+    """Red team 123: a session was bound to the MCP session that started it, so a token
+    holder whose MCP session was evicted (16 initialize requests of another token) and
+    who initialized again, as an MCP client does on 404, lost its sessions for good."""
+    alice, alice_again, bob = ("t-alice", "mcp-1"), ("t-alice", "mcp-2"), ("t-bob", "mcp-1")
+    sessions = Sessions(tmp_path, make_config())
+    s = sessions.start(owner=alice)
+    assert sessions.get(s.id, alice_again) is s
+    for other in (bob, (None, "mcp-1"), None):
+        with pytest.raises(errors.UsageError, match="unknown or expired session"):
+            sessions.get(s.id, other)
+    assert sessions.end(s.id, bob) is False and sessions.end(s.id, alice_again) is True
+    assert sessions.mcp_owners() == set()
+    kept = sessions.start(owner=(None, "mcp-9"))
+    assert sessions.mcp_owners() == {"mcp-9"} and sessions.get(kept.id, (None, "mcp-9"))
+
+
+def test_without_tokens_an_authorization_header_names_no_one():
+    """Red team 123: on a server without tokens anyone may send any Authorization
+    header, a fresh one per session, and count as as many holders."""
+    import types
+
+    from wasmsbx.mcp.tools import _client
+
+    request = types.SimpleNamespace(headers={"authorization": "Bearer x", "mcp-session-id": "m"})
+    ctx = types.SimpleNamespace(request_context=types.SimpleNamespace(request=request))
+    assert _client(ctx, types.SimpleNamespace(tokens=False)) == (None, "m")
+    principal, mcp = _client(ctx, types.SimpleNamespace(tokens=True))
+    assert principal and mcp == "m"
 
 
 def test_idle_sessions_expire(tmp_path):

@@ -317,3 +317,18 @@ def test_a_grant_whose_link_changes_as_it_is_read_is_a_policy_error(tmp_path, mo
     monkeypatch.setattr(os.path, "realpath", lambda *a, **k: gone(Path(a[0])))
     grant = P.Grant(str(tmp_path / "data"), "/d", False)  # (kept as given: refused when opened)
     assert grant.host == str(tmp_path / "data")
+
+
+@pytest.mark.parametrize("parse", [parse_size, parse_duration])
+def test_sizes_and_durations_refuse_long_text_at_once_and_quote_little_of_it(parse):
+    """Red team 123: "1", 40,000 spaces and "!" took 13 s to refuse (blanks on both
+    sides of an optional unit, on the MCP server's event loop), and a refused value of
+    1 MB was quoted whole, twice. Text longer than TEXT_MAX is refused unread; errors
+    quote at most SHOWN_MAX characters of it."""
+    from wasmsbx.units import SHOWN_MAX, TEXT_MAX
+
+    for text in ("1" + " " * 400_000 + "!", "x" * 1_000_000, "1" * (TEXT_MAX + 1)):
+        with pytest.raises(ValueError) as caught:
+            parse(text)
+        assert len(str(caught.value)) < 200 + SHOWN_MAX, str(caught.value)[:300]
+    assert parse(" 1 \t") in (1, 1.0)  # blanks around a number still read

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from typing import Union
+from typing import Any, Union
 
 _SIZE_UNITS = {
     "": 1,
@@ -27,7 +27,13 @@ _DURATION_UNITS = {
     "d": 86400.0,
 }
 # ASCII digits only: str.isdigit() and int() accept other scripts' digits ("١").
-_NUMBER = re.compile(r"^\s*([0-9][0-9_]*)(?:\.([0-9]+))?\s*([a-zA-Z]*)\s*$", re.ASCII)
+# (Matched whole against the text stripped of ASCII blanks: with blanks on both sides of
+# an optional unit, "1" and 40,000 spaces and "!" took 13 s to refuse, a call's limits
+# on the MCP server's event loop: red team 123. And never more than TEXT_MAX.)
+_NUMBER = re.compile(r"([0-9][0-9_]*)(?:\.([0-9]+))?\s*([a-zA-Z]*)", re.ASCII)
+_BLANKS = " \t\n\r\f\v"
+TEXT_MAX = 64  # characters of a size or duration given as text, blanks included
+SHOWN_MAX = 40  # characters of a refused value an error quotes
 
 # The largest size or count any knob accepts: runtimes, the cache's SQLite records and
 # the wasmer child's protocol all hold these in signed 64-bit fields, so a larger value
@@ -43,10 +49,20 @@ DURATION_EXAMPLE = '"500ms", "2s", "1m" or a number of seconds'
 
 def _split(text: str) -> tuple:
     """(whole digits, fraction digits, unit) of "1_000.5 MiB"; ValueError if malformed."""
-    match = _NUMBER.match(text)
+    match = _NUMBER.fullmatch(text.strip(_BLANKS)) if len(text) <= TEXT_MAX else None
     if not match:
         raise ValueError(text)
     return match.group(1).replace("_", ""), match.group(2) or "", match.group(3).lower()
+
+
+def shown(value: Any) -> str:
+    """``repr(value)`` cut to SHOWN_MAX characters: an error quotes what it refuses, not
+    a megabyte of it (red team 123: a limit of 1 MB of text came back twice)."""
+    if isinstance(value, str) and len(value) > SHOWN_MAX:
+        return f"{value[:SHOWN_MAX]!r}... ({len(value):,} characters)"
+    if isinstance(value, int) and value.bit_length() > 128:
+        return f"a number of {value.bit_length():,} bits"
+    return repr(value)
 
 
 def parse_size(value: Union[str, int], maximum: int = MAX_SIZE) -> int:
@@ -61,16 +77,16 @@ def parse_size(value: Union[str, int], maximum: int = MAX_SIZE) -> int:
     try:
         whole, fraction, unit = _split(value)
     except ValueError:
-        raise ValueError(f"expected a size like {SIZE_EXAMPLE}, found {value!r}") from None
+        raise ValueError(f"expected a size like {SIZE_EXAMPLE}, found {shown(value)}") from None
     if unit not in _SIZE_UNITS:
         known = "B, KB, MB, GB, KiB, MiB, GiB"
-        raise ValueError(f"unknown size unit {unit!r} in {value!r} (use {known})")
+        raise ValueError(f"unknown size unit {unit!r} in {shown(value)} (use {known})")
     if len(whole) > 40:  # far beyond any maximum; keeps int() of hostile text cheap
-        raise ValueError(f"{value!r} is too large (at most {_exact_size(maximum)})")
+        raise ValueError(f"{shown(value)} is too large (at most {_exact_size(maximum)})")
     factor = _SIZE_UNITS[unit]
     part, scale = int(fraction[:40] or 0) * factor, 10 ** len(fraction[:40])
     if part % scale:  # "1.5" (bytes) or "0.3KiB": never silently rounded to whole bytes
-        raise ValueError(f"{value!r} is not a whole number of bytes")
+        raise ValueError(f"{shown(value)} is not a whole number of bytes")
     n = int(whole) * factor + part // scale
     return _in_range(n, maximum, value, _exact_size)
 
@@ -87,11 +103,13 @@ def parse_duration(value: Union[str, int, float], maximum: float = MAX_DURATION)
     try:
         whole, fraction, unit = _split(value)
     except ValueError:
-        raise ValueError(f"expected a duration like {DURATION_EXAMPLE}, found {value!r}") from None
+        raise ValueError(
+            f"expected a duration like {DURATION_EXAMPLE}, found {shown(value)}"
+        ) from None
     if unit not in _DURATION_UNITS:
-        raise ValueError(f"unknown duration unit {unit!r} in {value!r} (use ms, s, m, h, d)")
+        raise ValueError(f"unknown duration unit {unit!r} in {shown(value)} (use ms, s, m, h, d)")
     if len(whole) > 40:
-        raise ValueError(f"{value!r} is too long (at most {_long_duration(maximum)})")
+        raise ValueError(f"{shown(value)} is too long (at most {_long_duration(maximum)})")
     seconds = float(f"{whole}.{fraction or 0}") * _DURATION_UNITS[unit]
     return _in_range(seconds, maximum, value, _long_duration)
 
@@ -105,7 +123,7 @@ def parse_count(value: Union[str, int], maximum: int = MAX_SIZE, minimum: int = 
                 raise ValueError(text)
             number = int(text.replace("_", ""), 0)
         except ValueError:
-            raise ValueError(f"expected a whole number, found {value!r}") from None
+            raise ValueError(f"expected a whole number, found {shown(value)}") from None
     elif isinstance(value, int) and not isinstance(value, bool):
         number = value
     else:
@@ -117,9 +135,9 @@ def parse_count(value: Union[str, int], maximum: int = MAX_SIZE, minimum: int = 
 
 def _in_range(n, maximum, given, fmt):
     if n < 0:
-        raise ValueError(f"cannot be negative, found {given!r}")
+        raise ValueError(f"cannot be negative, found {shown(given)}")
     if n > maximum:
-        raise ValueError(f"{given!r} is too large (at most {fmt(maximum)})")
+        raise ValueError(f"{shown(given)} is too large (at most {fmt(maximum)})")
     return n
 
 

@@ -12,7 +12,7 @@ from collections import deque, namedtuple
 from typing import Any, Optional
 
 from .. import errors
-from ..units import format_duration, format_limit, format_size, parse_duration, parse_size
+from ..units import format_duration, format_limit, format_size, parse_duration, parse_size, shown
 
 
 class ServerConfig(
@@ -167,7 +167,7 @@ def _parse_limit(name: str, raw: Any, parse: Any) -> Any:
         value = parse(raw)
     except (ValueError, TypeError) as exc:
         raise errors.UsageError(
-            f"limits.{name}: {raw!r} is not valid: {exc}",
+            f"limits.{name}: {shown(raw)} is not valid: {exc}",
             hint='sizes like "16MiB", durations like "500ms" or "2s", fuel as a whole number',
         ) from None
     if not value:
@@ -176,7 +176,7 @@ def _parse_limit(name: str, raw: Any, parse: Any) -> Any:
         # (1e-300 passed here and came back from the worker's policy as a policy error
         # about the server, "limits cannot be switched off": red team round 40)
         raise errors.UsageError(
-            f"limits.timeout: {raw!r} is shorter than the least a call can be given "
+            f"limits.timeout: {shown(raw)} is shorter than the least a call can be given "
             f"({format_duration(MIN_TIMEOUT)})",
             hint='durations like "500ms" or "2s"',
         )

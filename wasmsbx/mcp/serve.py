@@ -216,6 +216,7 @@ def serve(
         check_port_number(port)
         check_port(host, port)
     service = Service(config)
+    service.tokens = transport == "http" and bool(token)
 
     def stop(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt  # unwinds through the cleanup below
@@ -247,7 +248,7 @@ async def _main(
         if transport == "stdio":
             await _stdio(server, config)
         else:
-            await _http(server, config, host, port, token)
+            await _http(server, config, host, port, token, service.sessions.mcp_owners)
     finally:
         await service.close()
 
@@ -268,7 +269,9 @@ async def _stdio(server: Any, config: ServerConfig) -> None:
         # the client closed its end of the replies: it has gone, as at the end of input
 
 
-async def _http(server: Any, config: ServerConfig, host: str, port: int, token: Any) -> None:
+async def _http(
+    server: Any, config: ServerConfig, host: str, port: int, token: Any, owners: Callable
+) -> None:
     import uvicorn
 
     app = server.streamable_http_app(
@@ -279,7 +282,7 @@ async def _http(server: Any, config: ServerConfig, host: str, port: int, token: 
         transport_security=transport_security(host),
         host=host,
     )
-    evict_idle_mcp_sessions(server.session_manager)
+    evict_idle_mcp_sessions(server.session_manager, owners)
     clients = 1 if not token or isinstance(token, str) else len(set(token))
     app = StreamCap(app, config.max_connections, clients)  # (behind the token check)
     if token:
@@ -670,7 +673,7 @@ def guarded_protocol(request_timeout: float, max_connections: int, tokens: Any =
     return GuardedH11
 
 
-def evict_idle_mcp_sessions(manager: Any) -> None:
+def evict_idle_mcp_sessions(manager: Any, owners: Optional[Callable] = None) -> None:
     """At the SDK's cap on MCP sessions (2025 protocol, one per ``initialize``), a newcomer
     evicts the session that has been idle longest instead of getting 503 for as long as the
     others stay open (30 minutes idle each): without this, one client that sent
@@ -679,20 +682,27 @@ def evict_idle_mcp_sessions(manager: Any) -> None:
     A session with a request in flight (an open GET stream included) is never evicted; at
     most ``--max-connections`` can be, fewer than the cap, so some session is always idle.
     The evicted client gets 404 for its session id, which tells an MCP client to initialize
-    again. Uses the SDK manager's private ``_admit_session`` and ``_server_instances``
-    (mcp is pinned below 3; tests/test_mcp_redteam.py checks the behaviour)."""
+    again. ``owners()``: the MCP session ids that hold wasmsbx sessions (start_session),
+    which go last: on a server without tokens a wasmsbx session belongs to the MCP
+    session that started it, and a flood of initialize requests evicted honest clients'
+    MCP sessions, their wasmsbx sessions (globals, /scratch) out of their reach (red
+    team 123). Uses the SDK manager's private ``_admit_session`` and
+    ``_server_instances`` (mcp is pinned below 3; tests/test_mcp_redteam.py checks the
+    behaviour)."""
     admit = manager._admit_session
 
     def admit_fairly(requestor: Any) -> Any:
         cap = manager.max_sessions
         if cap is not None and len(manager._server_instances) >= cap:
+            held = owners() if owners is not None else set()
             victim = None
             for sid, transport in manager._server_instances.items():
                 scope = transport.idle_scope
                 if scope is None or transport._requests_in_flight or scope.cancel_called:
                     continue  # opening, busy, or already going
-                if victim is None or scope.deadline < victim[1].idle_scope.deadline:
-                    victim = (sid, transport)
+                rank = (sid in held, scope.deadline)
+                if victim is None or rank < victim[2]:
+                    victim = (sid, transport, rank)
             if victim is not None:
                 # Forgotten now (its id answers 404 from here on), as the SDK's own
                 # _discard_session does first; cancelling its idle scope ends its task,

@@ -205,11 +205,22 @@ class Sessions:
 
     def _owned(self, sid: Optional[str], owner: Any) -> Optional[Session]:
         """The session ``sid`` if ``owner`` started it (no owner: any caller, as in tests
-        and the library); a session of another client is as good as absent."""
+        and the library); a session of another client is as good as absent. With tokens
+        the client is its token: one that initialized again (its MCP session evicted at
+        the SDK's cap, or its connection lost) still reaches its sessions (red team 123:
+        16 initialize requests of another token put them out of its reach for good);
+        without tokens, the MCP session that started it."""
         session = self.open.get(sid or "")
-        if session is not None and session.owner is not None and session.owner != owner:
-            return None
-        return session
+        if session is None or session.owner is None:
+            return session
+        if session.owner[0] is not None or (owner and owner[0] is not None):
+            return session if owner and owner[0] == session.owner[0] else None
+        return session if session.owner == owner else None
+
+    def mcp_owners(self) -> set:
+        """The MCP session ids that started the sessions open (serve.evict_idle_mcp_sessions
+        evicts those last)."""
+        return {s.owner[1] for s in self.open.values() if s.owner and s.owner[1]}
 
     def get(self, sid: Optional[str], owner: Any = None) -> Session:
         self.reap()

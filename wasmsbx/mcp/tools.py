@@ -249,7 +249,8 @@ def build(service: Service) -> Any:
             "code": code,
             "stdin": stdin,
         }
-        data = await service.run("run_python", req, _limits(limits), session, owner=_client(ctx))
+        owner = _client(ctx, service)
+        data = await service.run("run_python", req, _limits(limits), session, owner=owner)
         return _code_result(data)
 
     @server.tool(annotations=sandboxed)
@@ -358,7 +359,7 @@ def build(service: Service) -> Any:
     async def start_session(ctx: Context = None) -> SessionInfo:
         """Start a session: run_python calls that pass its id keep their globals and share a
         private /scratch folder. It expires when idle (see limits) and is removed then."""
-        started = service.start_session(owner=_client(ctx))
+        started = service.start_session(owner=_client(ctx, service))
         return SessionInfo(**started.to_dict(service.config))
 
     @server.tool()
@@ -368,7 +369,7 @@ def build(service: Service) -> Any:
         ctx: Context = None,
     ) -> Ended:
         """End a session now: its globals and /scratch folder are deleted."""
-        return Ended(session=session, ended=service.sessions.end(session, _client(ctx)))
+        return Ended(session=session, ended=service.sessions.end(session, _client(ctx, service)))
 
     @server.tool(annotations=ToolAnnotations(readOnlyHint=True, openWorldHint=False))
     async def limits() -> dict[str, Any]:
@@ -454,10 +455,12 @@ def _place(loc: Any) -> str:
     return ".".join(parts) or "arguments"
 
 
-def _client(ctx: Any) -> Optional[tuple]:
+def _client(ctx: Any, service: Any) -> Optional[tuple]:
     """Who is calling, over HTTP: (the bearer token's principal, the MCP session id), either
     None when absent; None over stdio, where the process has one client. The token was
-    checked by serve.BearerAuth before the request got here; it is kept only as a digest."""
+    checked by serve.BearerAuth before the request got here; it is kept only as a digest.
+    On a server without tokens, an Authorization header is no one: anyone may send one,
+    a new one for each session, and count as many holders (red team 123)."""
     try:
         request = ctx.request_context.request if ctx is not None else None
     except ValueError:  # no request context
@@ -465,7 +468,7 @@ def _client(ctx: Any) -> Optional[tuple]:
     headers = getattr(request, "headers", None)
     if headers is None:
         return None
-    auth = headers.get("authorization")
+    auth = headers.get("authorization") if service.tokens else None
     principal = None
     if auth:
         import hashlib
