@@ -125,6 +125,14 @@ def make_artifact(cli, isolated, *extra) -> object:
     return path
 
 
+def test_an_artifact_written_where_it_cannot_be_run_again_is_not_offered_to_run(cli, isolated):
+    """`compile -o /dev/null` said "run it with `wasmsbx run /dev/null ...`" (red team 121)."""
+    result = cli("compile", ADD, "-o", "/dev/null", "--interruptible")
+    assert result.code == 0 and "wrote /dev/null" in result.stdout, result
+    assert "run it with" not in result.stdout
+    assert "run it with `wasmsbx run" in cli("compile", ADD, "-o", isolated / "a.cwasm").stdout
+
+
 def test_artifact_runs_alone(cli, isolated):
     path = make_artifact(cli, isolated)
     assert path.read_bytes()[: len(aot.MAGIC)] == aot.MAGIC

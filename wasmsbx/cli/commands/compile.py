@@ -532,10 +532,13 @@ def _say_native(target: dict, policy: Any, module_size: int) -> None:
     took = f" in {format_duration(took)}" if took is not None else ""
     label = f"{target['backend']} {target.get('version') or ''}".strip()
     if target["state"] == "written":
+        import os
+
+        path = output.line(target["path"])
+        # (no "run it" for what cannot be run again: /dev/null, a pipe; red team 121)
+        run = f"; run it with `wasmsbx run {path} ...`" if os.path.isfile(target["path"]) else ""
         output.out(
-            f"wrote {output.line(target['path'])}: native code for {label} "
-            f"({format_size(target['size'])}){took}; run it with `wasmsbx run "
-            f"{output.line(target['path'])} ...`"
+            f"wrote {path}: native code for {label} ({format_size(target['size'])}){took}{run}"
         )
         return
     if target["state"] == "cached":
