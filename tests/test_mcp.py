@@ -409,6 +409,22 @@ def test_a_sessions_call_gets_no_more_time_than_its_cpu_budget_has_left():
     assert "the call was stopped after the" in text_of(spun)
 
 
+def test_a_list_argument_longer_than_its_cap_is_one_error(server):
+    """Red team 124: an argv of 640,000 numbers (under --max-request) held the event
+    loop 5 s: an error per item, every one read. A list past its cap is one error."""
+
+    async def scenario():
+        async with server.connect() as c:
+            long = await c.call_tool("run_wasi_command", {"argv": [1] * 200_000})
+            few = await c.call_tool("run_wasi_command", {"argv": [1, 2]})
+            return long, few
+
+    long, few = run(scenario())
+    assert long.is_error and "argv" in text_of(long) and "10000" in text_of(long), text_of(long)
+    assert len(text_of(long)) < 1000
+    assert few.is_error and "argv" in text_of(few)  # (numbers, not text: refused as before)
+
+
 def test_javascript_prints_and_is_stopped(server):
     async def scenario():
         async with server.connect() as c:

@@ -1291,3 +1291,21 @@ def test_a_flood_without_the_token_still_goes_before_token_holders():
     # idle between requests, a token holder's connection goes first, as before
     idle, flood = make("idle", 90.0, token="beta"), make("arriving", 99.0, got=2048)
     assert _evict(cls, [*uploads, flood, idle]) is idle
+
+
+def test_a_token_holder_whose_connections_are_all_busy_cuts_no_other_tokens_upload():
+    """Red team 124: token alpha held five connections, each with a call or a stream in
+    flight (none to close), and opened one more: beta's upload, the only connection
+    that could go, was cut. The newcomer is closed instead; an idle connection of beta
+    still goes (its client only connects again)."""
+    cls, make = _guarded(cap=6, tokens=["alpha", "beta"])
+    busy = [make("busy", 90.0, head=True, token="alpha") for _ in range(5)]
+    upload = make("arriving", 96.0, got=600_000, head=True, token="beta")
+    assert _evict(cls, [*busy, upload]) is None and not upload.transport.aborted
+    idle = make("idle", 96.0, token="beta")
+    assert _evict(cls, [*busy, idle]) is idle
+    # with one token, as before: the upload goes
+    cls, make = _guarded(cap=6, tokens=["alpha"])
+    busy = [make("busy", 90.0, head=True, token="alpha") for _ in range(5)]
+    upload = make("arriving", 96.0, got=600_000, head=True, token="alpha")
+    assert _evict(cls, [*busy, upload]) is upload

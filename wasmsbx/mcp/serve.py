@@ -359,6 +359,7 @@ def guarded_protocol(request_timeout: float, max_connections: int, tokens: Any =
     import h11
     from uvicorn.protocols.http.h11_impl import H11Protocol
 
+    REFUSE = object()  # (_token_victim: close the newcomer, not another's request)
     # ``Authorization`` values that hold one of the server's tokens (``_token``)
     listed = [tokens] if isinstance(tokens, str) else list(tokens or [])
     expected = [f"Bearer {t}".encode() for t in listed]
@@ -416,8 +417,9 @@ def guarded_protocol(request_timeout: float, max_connections: int, tokens: Any =
             - of the connections with no whole request in flight (idle: its last reply
               sent, the next not begun; or a request still arriving), from the client
               address holding the most connections (_most_held), the one that has
-              sent least for its time (_pace); where that one carries one of the
-              server's tokens, of the token holding the most (_most_held_token).
+              sent least for its time (_pace); where that one is a request still
+              arriving with one of the server's tokens, of a token holding more
+              (_token_victim), or none.
             False if none is: every connection has a whole request in flight.
 
             Before, the newcomer was closed: one client holding every connection with
@@ -432,14 +434,16 @@ def guarded_protocol(request_timeout: float, max_connections: int, tokens: Any =
             honest uploads at 300 KB/s (red team 116, no token needed)."""
             now = self.loop.time()
             mine = [c for c in self.connections if isinstance(c, GuardedH11)]
-            for tier, key in (
-                ([c for c in mine if c._stuck(now)], lambda c: c.last_active),
-                ([c for c in mine if c._idle() or c._arriving()], lambda c: c._pace(now)),
+            for tier, key, fair in (
+                ([c for c in mine if c._stuck(now)], lambda c: c.last_active, False),
+                ([c for c in mine if c._idle() or c._arriving()], lambda c: c._pace(now), True),
             ):
                 if tier:
                     victim = min(_most_held(tier, mine, self.peer), key=key)
-                    if expected and victim._token() is not None:
-                        victim = min(_most_held_token(tier, mine, victim, key), key=key)
+                    if fair and expected and victim._arriving() and victim._token() is not None:
+                        victim = _token_victim(victim, tier, mine, key)
+                        if victim is REFUSE:
+                            return False
                     self.connections.discard(victim)  # (counted out now)
                     # abort, not close: close waits for unsent replies to drain, and a
                     # client that reads nothing kept the descriptor (and megabytes of
@@ -632,29 +636,31 @@ def guarded_protocol(request_timeout: float, max_connections: int, tokens: Any =
             if self.conn.their_state not in WHOLE:
                 self.transport.abort()  # (as _evict_idle: nothing of it is waited for)
 
-    def _most_held_token(tier: list, every: list, chosen: Any, key: Callable) -> list:
-        """Where the connection that would go (``chosen``) holds one of the server's
-        tokens: the connections of ``tier`` holding the token that holds the most
-        connections (of ``every``), among those of ``tier`` as low in rank as
-        ``chosen``. One token holder cannot make another's connection go while it holds
-        more: a client opening connections that each sent 1 MB of body and stalled
-        out-paced another token holder's steady upload, 0 of 10 (red team 118). With
-        one token for every client (the usual) they are one client, and this changes
-        nothing."""
-
-        def rank(c: Any) -> Any:  # (the stuck are all alike; the rest by _pace's rank)
-            found = key(c)
-            return found[0] if isinstance(found, tuple) else 0
-
+    def _token_victim(chosen: Any, tier: list, every: list, key: Callable) -> Any:
+        """Where the connection that would go (``chosen``) is a request still arriving
+        that carries one of the server's tokens, and another token holds more
+        connections (of ``every``): one of the connections of ``tier`` of the token
+        that holds the most of those that hold more, by ``key``; REFUSE (the newcomer is
+        closed) if they have none to close. Else ``chosen``. One token holder cannot
+        make another's request go while it holds more: connections that each sent 1 MB
+        of body and stalled out-paced another token holder's steady upload, 0 of 6 (red
+        team 118); with its calls and streams in flight, none to close, a token holder's
+        newcomer cut another token's upload (red team 124). With one token for every
+        client (the usual) they are one client, and this changes nothing; a connection
+        idle between requests goes as before (its client only connects again)."""
         held: dict = {}
         for c in every:
             token = c._token()
             if token is not None:
                 held[token] = held.get(token, 0) + 1
-        lowest = rank(chosen)
-        alike = [c for c in tier if c._token() is not None and rank(c) == lowest]
-        most = max(held[c._token()] for c in alike)
-        return [c for c in alike if held[c._token()] == most]
+        mine = held.get(chosen._token(), 0)
+        if not held or max(held.values()) <= mine:
+            return chosen
+        richer = [c for c in tier if held.get(c._token(), 0) > mine]
+        if not richer:
+            return REFUSE
+        top = max(held[c._token()] for c in richer)
+        return min((c for c in richer if held[c._token()] == top), key=key)
 
     def _most_held(tier: list, every: list, newcomer: Any) -> list:
         """The connections of ``tier`` from the address that holds the most connections

@@ -277,7 +277,7 @@ def build(service: Service) -> Any:
     @guarded
     async def call_export(
         function: Annotated[str, Field(description=EXPORT_DESCRIPTION)],
-        args: Annotated[list[Any], Field(description=ARGS_DESCRIPTION)] = [],  # noqa: B006
+        args: Annotated[list[Any], Field(description=ARGS_DESCRIPTION, max_length=MAX_ARGS)] = [],  # noqa: B006
         wave: Annotated[bool, Field(description=WAVE_DESCRIPTION)] = False,
         module_path: ModulePath = None,
         module_base64: ModuleB64 = None,
@@ -311,7 +311,9 @@ def build(service: Service) -> Any:
     @server.tool(annotations=sandboxed)
     @guarded
     async def run_wasi_command(
-        argv: Annotated[list[str], Field(description="arguments after the program name")] = [],  # noqa: B006
+        argv: Annotated[
+            list[str], Field(description="arguments after the program name", max_length=MAX_ARGV)
+        ] = [],  # noqa: B006
         stdin: Annotated[Optional[str], Field(description="text on the command's stdin")] = "",
         module_path: ModulePath = None,
         module_base64: ModuleB64 = None,
@@ -432,10 +434,12 @@ def _refuse_unknown(tool: str, arguments: Any) -> None:
 
 def _usage(tool: str, exc: Any) -> errors.UsageError:
     """The first problem pydantic found, said as a usage error (the value never quoted:
-    it is the caller's, and may be huge)."""
-    problems = exc.errors()
+    it is the caller's, and may be huge). Built from the problems' places only, and the
+    places of at most PROBLEMS_READ of them: 300,000 items of the wrong type in argv
+    held the event loop 1.9 s here (red team 124; list arguments are capped too)."""
+    problems = exc.errors(include_url=False, include_context=False, include_input=False)
     first = problems[0] if problems else {}
-    places = list(dict.fromkeys(_place(p.get("loc", ())) for p in problems))
+    places = list(dict.fromkeys(_place(p.get("loc", ())) for p in problems[:PROBLEMS_READ]))
     where = places[0] if places else "arguments"
     what = str(first.get("msg", "is not valid"))[:200]
     more = f" (and {len(places) - 1} more)" if len(places) > 1 else ""
@@ -448,6 +452,13 @@ def _usage(tool: str, exc: Any) -> errors.UsageError:
 # The parts of a pydantic error's location that name the alternative of a union it
 # tried ("limits.timeout.str"), not an argument
 _UNION_TAGS = frozenset({"str", "int", "float", "bool", "none", "list", "dict", "tuple"})
+
+
+PROBLEMS_READ = 100
+# Items of the list arguments (checked before their items: a list of 640,000 items of
+# the wrong type, under --max-request, held the event loop 5 s, red team 124)
+MAX_ARGS = 1000  # call_export's args (a function has at most 1,000 parameters)
+MAX_ARGV = 10_000  # run_wasi_command's argv
 
 
 def _place(loc: Any) -> str:
