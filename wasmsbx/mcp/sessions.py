@@ -135,6 +135,24 @@ def worker_writes(pid: int) -> Optional[int]:
     return None
 
 
+_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def worker_cpu(pid: int) -> Optional[float]:
+    """Seconds of CPU process ``pid`` has used so far (user + system, /proc/PID/stat);
+    None where it cannot be read. One small read of procfs, as worker_writes."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb", buffering=0) as fh:
+            data = fh.read(4096)
+    except OSError:
+        return None
+    fields = data[data.rfind(b")") + 2 :].split()  # (after the name, which may hold anything)
+    try:
+        return (int(fields[11]) + int(fields[12])) / _TICKS
+    except (IndexError, ValueError):
+        return None
+
+
 def open_deleted_bytes(pid: int, root: Path) -> int:
     """Bytes of the files under ``root`` that process ``pid`` holds open after they were
     deleted (a name gone from the folder, the disk still taken until they are closed):
