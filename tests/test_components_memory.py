@@ -338,3 +338,30 @@ def test_outer_aliased_component_counts_against_the_limit(tmp_path):
     box = _box(path, {"instances": 3, "memory": "4MiB"})
     assert -1 in [box.invoke("ga", [62]).value, box.invoke("gb", [62]).value]
     box.close()
+
+
+def test_one_section_instantiating_a_module_of_many_tables_is_refused_as_it_is_read():
+    """Red team 125: a 309 KB component, one module of 100,000 tables instantiated 3,000
+    times in one core-instance section, listed 300 million tables (2.4 GB) before the
+    count was checked at the end of the section. It is checked as each is counted."""
+    import resource
+
+    def leb(n: int) -> bytes:
+        out = b""
+        while True:
+            byte, n = n & 0x7F, n >> 7
+            out += bytes([byte | (0x80 if n else 0)])
+            if not n:
+                return out
+
+    def section(kind: int, body: bytes) -> bytes:
+        return bytes([kind]) + leb(len(body)) + body
+
+    module = b"\0asm\x01\0\0\0" + section(4, leb(100_000) + b"\x70\x00\x00" * 100_000)
+    instances = leb(3000) + b"\x00\x00\x00" * 3000
+    component = b"\0asm\x0d\x00\x01\x00" + section(1, module) + section(2, instances)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(binary.ComponentFormatError, match="more than 100,000"):
+        binary.scan(component)
+    grown_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
+    assert grown_kib < 500_000  # (2.4 GB before)

@@ -151,6 +151,11 @@ def _scan(data: memoryview, start: int, end: int, depth: int, outer: tuple = ())
                 tables.extend(found.tables)
                 gc_heap = gc_heap or found.gc_heap
                 host += found.host
+                # (each instance, as it is counted: one section of 3-byte instances of a
+                # module of 100,000 tables took 2.4 GB to list before it was refused, red
+                # team 125)
+                if max(len(memories), len(tables)) > MAX_COUNT:
+                    break
         elif section == _COMPONENT:
             layout = _scan(data, pos, body_end, depth + 1, scopes)
             nested_defined.append(layout)
