@@ -231,3 +231,32 @@ def test_module_size_binds_every_command_that_reads_a_module(cli, tmp_path, over
 
 
 pytestmark = pytest.mark.inprocess
+
+
+def test_a_wasi_like_module_name_reaches_the_terminal_escaped_and_as_text(cli, tmp_path):
+    """Red team 125: a function import from a module named "wasi..." is explained as
+    "not a WASI preview1 function (<module>)", and that text went into the table raw:
+    ESC sequences reached the terminal, and "wasi[/]" (rich markup) was exit 100."""
+    for module, shown in (("wasi\x1b]52;c;eA==\x1b\\\x1b[8A", "wasi"), ("wasi[/]", "wasi[/]")):
+        imports = section(2, vec([name(module) + name("f") + b"\x00\x00"]))
+        path = tmp_path / "m.wasm"
+        path.write_bytes(HEADER + section(1, vec([FUNC_TYPE])) + imports)
+        result = cli("audit", path, env={"COLUMNS": "400"})
+        assert result.code == 0, result
+        assert "\x1b" not in result.stdout + result.stderr
+        assert f"not a WASI preview1 function ({shown}" in result.stdout
+
+
+def test_a_long_signature_is_cut_in_each_row(cli, tmp_path):
+    """Red team 125: one type of 40,000 parameters exported 1,000 times made 200 MB of
+    --json (every row the whole signature). Each side is cut after 32 types."""
+    params = 40_000
+    functype = b"\x60" + leb(params) + b"\x7f" * params + b"\x00"
+    exports = section(7, vec([name(f"e{i}") + b"\x00\x00" for i in range(1000)]))
+    body = section(3, vec([b"\x00"])) + exports + section(10, vec([b"\x02\x00\x0b"]))
+    path = tmp_path / "sig.wasm"
+    path.write_bytes(HEADER + section(1, vec([functype])) + body)
+    result = cli("audit", path, "--json")
+    assert len(result.stdout) < 2_000_000, len(result.stdout)
+    signature = json.loads(result.stdout)["exports"][0]["signature"]
+    assert signature.startswith("(i32, i32") and "... (40,000 in all)" in signature

@@ -284,6 +284,7 @@ def test_without_tokens_an_authorization_header_names_no_one():
     header, a fresh one per session, and count as as many holders."""
     import types
 
+    pytest.importorskip("mcp")
     from wasmsbx.mcp.tools import _client
 
     request = types.SimpleNamespace(headers={"authorization": "Bearer x", "mcp-session-id": "m"})

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Optional
 from urllib.parse import quote
 
 from .._version import __version__
+from ..wasm.model import signature_text
 from .findings import LISTED
 from .rules import PAGE, RULES, start_export
 
@@ -155,7 +156,7 @@ def _export(exp: Any) -> dict:
         "name": exp.name,
         "kind": exp.kind,
         "index": exp.index,
-        "signature": str(exp.type) if exp.type is not None else None,
+        "signature": signature_text(exp.type) if exp.type is not None else None,
     }
 
 

@@ -21,8 +21,10 @@ from itertools import chain
 from typing import Any, Optional
 
 from .. import policy as policy_mod
+from ..errors import NAME_SHOWN, inert
 from ..wasm import wasi
 from ..wasm.facts import ModuleFacts
+from ..wasm.model import signature_text
 from .findings import (  # noqa: F401 - re-exported
     LISTED,
     RISK_LEVELS,
@@ -104,7 +106,7 @@ def classify_import(imp: Any, host_imports: Any = None) -> ImportUse:
 
     An import the caller grants (``host_imports``) is provided by the host: a capability
     given explicitly, shown in the "custom" group as granted."""
-    sig = str(imp.type) if imp.type is not None else None
+    sig = signature_text(imp.type) if imp.type is not None else None
     if host_provides(host_imports, imp.module, imp.name):
         what = f"host {imp.kind} granted by the caller (imports=)"
         return ImportUse(imp.module, imp.name, imp.kind, sig, "custom", what, True, None)
@@ -116,7 +118,7 @@ def classify_import(imp: Any, host_imports: Any = None) -> ImportUse:
     if fn is None:
         what = "custom host function"
         if imp.module.startswith("wasi"):
-            what = f"not a WASI preview1 function ({imp.module})"
+            what = f"not a WASI preview1 function ({inert(imp.module, NAME_SHOWN)})"
         problem = "not provided by the sandbox"
         return ImportUse(imp.module, imp.name, "func", sig, "custom", what, False, problem)
     problem = None

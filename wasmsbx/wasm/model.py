@@ -26,6 +26,25 @@ class FuncType(namedtuple("FuncType", "params results")):
         return {"params": list(self.params), "results": list(self.results)}
 
 
+# Value types a signature shows on each side, at most (the rest counted): one type of
+# 40,000 parameters exported 1,000 times made 200 MB of audit (red team 125)
+SIGNATURE_TYPES = 32
+
+
+def signature_text(ty: FuncType) -> str:
+    """``str(ty)``, each side cut after SIGNATURE_TYPES types (the count said)."""
+    if len(ty.params) <= SIGNATURE_TYPES and len(ty.results) <= SIGNATURE_TYPES:
+        return str(ty)
+
+    def listed(types: tuple) -> str:
+        if len(types) <= SIGNATURE_TYPES:
+            return ", ".join(types)
+        return ", ".join(types[:SIGNATURE_TYPES]) + f", ... ({len(types):,} in all)"
+
+    results = f"({listed(ty.results)})" if len(ty.results) != 1 else ty.results[0]
+    return f"({listed(ty.params)}) -> {results}"
+
+
 class Limits(
     namedtuple(
         "Limits",

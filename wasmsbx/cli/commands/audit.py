@@ -294,7 +294,9 @@ def _capabilities(console: Any, report: Any) -> None:
         status = f"[{style}]{cap.status}[/]: {safe(cap.detail)}"
         for i, imp in enumerate(shown(by_group[cap.name])):
             name = imp.name if imp.capability != "custom" else f"{imp.module}.{imp.name}"
-            what = imp.explanation + (f" [red]({imp.problem})[/]" if imp.problem else "")
+            what = safe(imp.explanation)
+            if imp.problem:
+                what += f" [red]({safe(imp.problem)})[/]"
             first = i == 0
             table.add_row(
                 cap.title if first else "", status if first else "", safe_name(name), what
@@ -314,8 +316,10 @@ def _exports(console: Any, report: Any) -> None:
     table = Table(title="exports", title_justify="left")
     for column in ("name", "kind", "signature"):
         table.add_column(column, overflow="fold")
+    from ...wasm.model import signature_text
+
     for exp in shown(exports):
-        sig = str(exp.type) if exp.type is not None else f"{exp.kind} {exp.index}"
+        sig = signature_text(exp.type) if exp.type is not None else f"{exp.kind} {exp.index}"
         table.add_row(safe_name(exp.name), exp.kind, sig)
     more(table, exports, "exports")
     console.print()
