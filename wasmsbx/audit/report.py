@@ -171,7 +171,8 @@ def audit(
     imports = tuple(classify_import(imp, host_imports) for imp in facts.imports)
     ctx = _Context(facts, policy, imports)
     found = (f for check in CHECKS for f in check(ctx))  # (kept_findings holds a few)
-    problem = validation_error(wasm) if wasm is not None else None
+    seconds = policy.values["limits.compile_timeout"]
+    problem = validation_error(wasm, seconds, path) if wasm is not None else None
     rejected = [_finding("WSX008", f"wasmtime rejects the module: {problem}", "module")]
     findings = kept_findings(chain(found, rejected if problem else []))
     counts = count_by_severity(findings)
@@ -192,16 +193,23 @@ def audit_file(path: Any, policy: Any = None, host_imports: Any = None) -> Audit
 
     Raises InputError for an unreadable file and ModuleError for a malformed module.
     """
+    from pathlib import Path
+
     from .. import errors
     from ..backends.compiling import check_size
     from ..wasm.facts import FactsError, read_facts
-    from ..wasm.source import read_module
+    from ..wasm.source import module_bytes, read_file
 
     policy = policy if policy is not None else policy_mod.discover()
-    data = read_module(path)
+    values = policy.values
     # The policy's limits.module_size binds what wasmsbx reads and parses, as for run
-    # (exit 117): audit parsed a 3.2 MiB module under a 1 MiB limit (red team round 77).
-    check_size(len(data), policy.values["limits.module_size"], _file_name(path))
+    # (exit 117): audit parsed a 3.2 MiB module under a 1 MiB limit (red team round 77);
+    # text too, before it is converted (24 MB of it took 1.9 GB first: red team 125),
+    # and the conversion is bounded by limits.compile_timeout, as a compile.
+    raw = read_file(Path(path))
+    check_size(len(raw), values["limits.module_size"], _file_name(path))
+    data = module_bytes(raw, Path(path), values["limits.compile_timeout"])
+    check_size(len(data), values["limits.module_size"], _file_name(path))
     try:
         facts = read_facts(data)
     except FactsError as exc:
@@ -256,8 +264,26 @@ def _file_name(path: Any) -> str:
 _ENGINE: list = []  # one validating engine per process (creating one costs milliseconds)
 
 
-def validation_error(wasm: bytes) -> Optional[str]:
-    """The first line of wasmtime's validation error, or None if the module is valid."""
+# Bytes of module validated in this process; a larger one is validated in a compile
+# worker, killed at limits.compile_timeout: validation is not bounded otherwise (a 4 MB
+# module of br_tables into blocks of 1,000 results took 27.5 s, red team 125).
+VALIDATE_HERE = 64 * 1024
+
+
+def validation_error(
+    wasm: bytes, seconds: Optional[float] = None, path: str = "<module>"
+) -> Optional[str]:
+    """The first line of wasmtime's validation error, or None if the module is valid;
+    CompileLimitExceeded (117) if it takes longer than ``seconds``."""
+    if len(wasm) > VALIDATE_HERE and seconds is not None:
+        from ..backends import compiling
+
+        if not compiling.compiles_here():
+            return _validated_in_worker(wasm, seconds, path)
+    return _validated(wasm)
+
+
+def _validated(wasm: bytes) -> Optional[str]:
     try:
         import wasmtime
     except ImportError:  # pragma: no cover - wasmtime is a dependency
@@ -270,6 +296,42 @@ def validation_error(wasm: bytes) -> Optional[str]:
         lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
         return lines[0] if lines else type(exc).__name__
     return None
+
+
+def _validated_in_worker(wasm: bytes, seconds: float, path: str) -> Optional[str]:
+    from ..backends.base import EngineOptions
+    from ..backends.compiling import worker_code
+    from ..errors import CompileLimitExceeded
+    from ..units import format_duration
+
+    def error() -> CompileLimitExceeded:
+        return CompileLimitExceeded(
+            f"validating {path} did not finish within limits.compile_timeout "
+            f"({format_duration(seconds)})",
+            hint="raise limits.compile_timeout if you trust the module",
+            limit_value=seconds,
+        )
+
+    wrap = f"{__name__}:ValidateEngine"
+    code, _ = worker_code("wasmtime", EngineOptions(), wasm, seconds, error, wrap)
+    return bytes(code).decode("utf-8", "replace") or None
+
+
+class ValidateEngine:
+    """What a compile worker validates a module with (backends.compiling's ``wrap``):
+    its "code" is the validation error's first line, empty if the module is valid."""
+
+    def __init__(self, engine: Any) -> None:
+        self.engine = engine
+
+    def compile(self, wasm: bytes) -> bytes:
+        return (_validated(wasm) or "").encode()
+
+    def serialize(self, problem: bytes) -> bytes:
+        return problem
+
+    def fingerprint(self) -> dict:
+        return self.engine.fingerprint()
 
 
 # ---------------------------------------------------------------------------- checks

@@ -1055,8 +1055,14 @@ class Sandbox:
         self._warnings = value
 
     def _module_bytes(self, data: bytes) -> bytes:
-        """``data`` as a binary module (WAT translated), named by the module's path."""
-        return module_bytes(data, self.path)
+        """``data`` as a binary module (WAT translated, within limits.compile_timeout and
+        the run's deadline), named by the module's path."""
+        if data[:4] == b"\0asm":
+            return data
+        seconds = self.policy.values["limits.compile_timeout"]
+        if getattr(self, "deadline", None) is not None:
+            seconds = min(seconds, max(0.001, self.deadline - time.monotonic()))
+        return module_bytes(data, self.path, seconds)
 
     @_lazy
     def path(self) -> Path:

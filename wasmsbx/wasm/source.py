@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Optional, Union
+from typing import Any, Optional, Union
 
 from .. import errors, inputs
 from ..inputs import TooLarge, read_capped  # (light; every module read goes through it)
@@ -87,7 +87,16 @@ def _text_start(head: bytes) -> bool:
     return b"\0" not in head
 
 
-def module_bytes(data: bytes, path) -> bytes:
+# WebAssembly text converted in this process up to this size; larger text converts in a
+# compile worker (backends.compiling), killed at its deadline and bounded in memory: the
+# converter resolves labels in time quadratic in their nesting (1.5 MB of text took
+# 12.9 s of CPU, outside every time limit, red team 125) and takes about 80 times the
+# text's size in memory (aborting the process under an address-space limit).
+WAT_HERE = 64 * 1024
+WAT_SECONDS = 60.0  # the default limits.compile_timeout: a conversion's bound when none is given
+
+
+def module_bytes(data: bytes, path, seconds: Optional[float] = None) -> bytes:
     if not data:
         raise errors.ModuleError(f"{path}: empty file, not a WebAssembly module", path=str(path))
     if data[:4] == WASM_MAGIC:
@@ -101,7 +110,7 @@ def module_bytes(data: bytes, path) -> bytes:
                 hint="run it with `wasmsbx run`; other commands need the original module",
                 path=str(path),
             )
-    return wat_to_wasm(data, path)
+    return wat_to_wasm(data, path, seconds)
 
 
 def _looks_like_wat(text: str) -> bool:
@@ -123,7 +132,10 @@ def _looks_like_wat(text: str) -> bool:
     return False
 
 
-def wat_to_wasm(data: bytes, path) -> bytes:
+def wat_to_wasm(data: bytes, path, seconds: Optional[float] = None) -> bytes:
+    """The binary of WebAssembly text ``data`` (of the file ``path``); beyond WAT_HERE
+    bytes converted in a compile worker within ``seconds`` (WAT_SECONDS if None), else
+    CompileLimitExceeded (117)."""
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError:
@@ -139,6 +151,15 @@ def wat_to_wasm(data: bytes, path) -> bytes:
             hint="give a .wasm binary or a .wat text module",
             path=str(path),
         )
+    if len(data) > WAT_HERE:
+        from ..backends import compiling
+
+        if not compiling.compiles_here():
+            return _in_worker(data, path, WAT_SECONDS if seconds is None else seconds)
+    return _converted(text, path)
+
+
+def _converted(text: str, path) -> bytes:
     import wasmtime
 
     try:
@@ -155,3 +176,49 @@ def wat_to_wasm(data: bytes, path) -> bytes:
             hint="fix the .wat file",
             path=str(path),
         ) from None
+
+
+def _in_worker(data: bytes, path, seconds: float) -> bytes:
+    """wat_to_wasm in a compile worker (WatEngine), within ``seconds``."""
+    from ..backends.base import EngineOptions
+    from ..backends.compiling import worker_code
+    from ..errors import CompileLimitExceeded
+    from ..units import format_duration
+
+    def too_slow() -> CompileLimitExceeded:
+        return CompileLimitExceeded(
+            f"{path}: converting it from WebAssembly text took longer than "
+            f"{format_duration(seconds)}",
+            hint="give the module as a .wasm binary (wat2wasm), or raise limits.compile_timeout",
+            limit_value=seconds,
+        )
+
+    wrap = f"{__name__}:WatEngine"
+    try:
+        code, _ = worker_code("wasmtime", EngineOptions(), data, seconds, too_slow, wrap)
+    except errors.ModuleError as exc:  # (the worker names no file: this one's)
+        if not exc.message.startswith(TEXT_NAME):
+            raise
+        message = f"{path}{exc.message[len(TEXT_NAME) :]}".replace(f"({TEXT_NAME}:", f"({path}:")
+        raise errors.ModuleError(message, hint=exc.hint, path=str(path)) from None
+    return bytes(code)
+
+
+TEXT_NAME = "<text>"  # (what WatEngine names the text it converts)
+
+
+class WatEngine:
+    """What a compile worker converts WebAssembly text with (backends.compiling's
+    ``wrap``): its "compile" is the conversion, its code the binary."""
+
+    def __init__(self, engine: Any) -> None:
+        self.engine = engine
+
+    def compile(self, data: bytes) -> bytes:
+        return _converted(data.decode("utf-8"), TEXT_NAME)
+
+    def serialize(self, wasm: bytes) -> bytes:
+        return wasm
+
+    def fingerprint(self) -> dict:
+        return self.engine.fingerprint()

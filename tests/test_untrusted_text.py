@@ -1,0 +1,70 @@
+"""WebAssembly text and the audit's validation are bounded like a compile (red team
+125): a large text converts in a compile worker within limits.compile_timeout (the
+converter resolves labels in time quadratic in their nesting, and took 80 times the
+text's size in memory, in this process, outside every limit), and a large module's
+validation in `audit` runs in one too."""
+
+from __future__ import annotations
+
+import pytest
+
+from .test_audit_bounds import HEADER, leb, name, section, vec
+
+LABELS = 40_000  # nested labelled blocks and as many branches: about 760 KB, 3 s of CPU
+
+
+def nested_labels(depth: int) -> str:
+    return (
+        "(module (func\nblock $a\n"
+        + "block $b\n" * depth
+        + "br $a\n" * depth
+        + "end\n" * (depth + 1)
+        + "))\n"
+    )
+
+
+def test_slow_text_is_stopped_at_the_compile_timeout(cli, tmp_path):
+    (tmp_path / "sandbox.toml").write_text('[limits]\ncompile_timeout = "100ms"\n')
+    (tmp_path / "slow.wat").write_text(nested_labels(LABELS))
+    for command in (["run", "slow.wat"], ["audit", "slow.wat"]):
+        result = cli(*command, "--policy", "sandbox.toml", cwd=tmp_path)
+        assert result.code == 117, result
+        assert "slow.wat: converting it from WebAssembly text took longer than" in result.stderr
+
+
+def test_large_text_converts_in_a_worker_and_errors_name_the_file(cli, tmp_path):
+    funcs = "".join(f'(func (export "f{i}") (result i32) i32.const {i})\n' for i in range(4000))
+    (tmp_path / "big.wat").write_text(f"(module\n{funcs})\n")
+    assert len((tmp_path / "big.wat").read_bytes()) > 64 * 1024
+    ran = cli("run", "big.wat", "f3999", cwd=tmp_path)
+    assert ran.code == 0 and ran.stdout.strip() == "3999", ran
+    (tmp_path / "bad.wat").write_text(f"(module\n{funcs}(func i32.bogus))\n")
+    bad = cli("run", "bad.wat", "f1", cwd=tmp_path)
+    assert bad.code == 102 and "bad.wat: invalid WebAssembly text: " in bad.stderr, bad
+    assert "<text>" not in bad.stderr and "(bad.wat:" in bad.stderr
+
+
+def test_a_large_module_is_validated_within_the_compile_timeout(cli, tmp_path):
+    """A br_table of many targets into a block of 1,000 results: validation does about
+    N x 1,000 checks (a 4 MB module took 27.5 s of the audit's own CPU)."""
+    results, targets = 1000, 1_000_000
+    types = section(1, vec([b"\x60\x00\x00", b"\x60\x00" + leb(results) + b"\x7f" * results]))
+    body = b"\x00\x02" + leb(1) + b"\x41\x00" * results + b"\x41\x00\x0e" + leb(targets)
+    body += b"\x00" * targets + b"\x00\x0b" + b"\x1a" * results + b"\x0b"
+    code = section(10, vec([leb(len(body)) + body]))
+    exports = section(7, vec([name("f") + b"\x00\x00"]))
+    (tmp_path / "m.wasm").write_bytes(HEADER + types + section(3, vec([b"\x00"])) + exports + code)
+    (tmp_path / "sandbox.toml").write_text('[limits]\ncompile_timeout = "100ms"\n')
+    result = cli("audit", "m.wasm", "--policy", "sandbox.toml", cwd=tmp_path)
+    assert result.code == 117, result
+    assert "validating m.wasm did not finish within limits.compile_timeout" in result.stderr
+
+
+@pytest.mark.parametrize("size", [10, 100_000])
+def test_valid_text_small_and_large_gives_the_same_module(size):
+    from wasmsbx.wasm.source import wat_to_wasm
+
+    text = f'(module (func (export "f") {"nop " * size}))'.encode()
+    import wasmtime
+
+    assert wat_to_wasm(text, "m.wat", 10.0) == bytes(wasmtime.wat2wasm(text.decode()))
