@@ -20,6 +20,9 @@ IMPORTS = {
     "clock_time_get": "(param i32 i64 i32) (result i32)",
     "random_get": "(param i32 i32) (result i32)",
     "proc_exit": "(param i32)",
+    "fd_readdir": "(param i32 i32 i32 i64 i32) (result i32)",
+    "fd_filestat_get": "(param i32 i32) (result i32)",
+    "fd_filestat_set_times": "(param i32 i64 i64 i32) (result i32)",
 }
 
 

@@ -155,6 +155,20 @@ def test_wsx101_unused_directory_grant(tmp_path, key, severity):
     assert "no path_* function" in f.message
 
 
+@pytest.mark.parametrize("name", ["fd_readdir", "fd_filestat_get", "fd_filestat_set_times"])
+def test_a_grant_reached_through_its_own_descriptor_is_not_unused(tmp_path, monkeypatch, name):
+    """Red team 125: a module importing only fd_readdir and fd_filestat_set_times listed a
+    granted home directory and set its times; the audit called the grant unused (WSX101)
+    and the home grant worth 0 points (WSX104)."""
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    report = audit_wat(tmp_path, wasi_imports(name), f'[filesystem]\nread_only = ["{home}"]\n')
+    assert "WSX101" not in rule_ids(report)
+    assert only(report, "WSX104").points == 40
+    assert "it reaches granted directories" in only(report, "WSX111").message
+
+
 def test_wsx102_unused_environment(tmp_path):
     report = audit_wat(tmp_path, "", '[env]\nset = { MODE = "fast" }\ninherit = ["LANG"]\n')
     f = only(report, "WSX102")

@@ -354,7 +354,7 @@ class _Context(PolicyGrants):
 
     @property
     def path_functions(self) -> list:
-        return [n for n in self.wasi if wasi.opens_paths(n)]
+        return [n for n in self.wasi if wasi.reaches_grants(n)]
 
     @property
     def env_functions(self) -> list:
@@ -431,7 +431,8 @@ def check_filesystem(ctx: _Context) -> Iterator[Finding]:
     if paths and not ctx.grants:
         yield _finding(
             "WSX003",
-            f"imports {_names(paths)} (opens host files by path), but the policy grants no "
+            f"imports {_names(paths)} (reaches host files by path, or lists a directory), "
+            "but the policy grants no "
             "directory: every path it opens fails at run time",
             "capability filesystem",
         )
@@ -441,7 +442,8 @@ def check_filesystem(ctx: _Context) -> Iterator[Finding]:
             yield _finding(
                 "WSX101",
                 f"the policy grants {mode} {_grant_text(grant)}, but the module imports no "
-                "path_* function, so it can never open anything there",
+                "path_* function nor fd_readdir or fd_filestat_*, so it can never reach "
+                "anything there",
                 f"grant {grant.host}",
                 severity="medium" if grant.writable else "low",
                 where="policy",
@@ -451,7 +453,7 @@ def check_filesystem(ctx: _Context) -> Iterator[Finding]:
     if ctx.read_write:
         yield _finding(
             "WSX110",
-            "it opens paths, and the policy grants read-write "
+            "it reaches granted directories, and the policy grants read-write "
             f"{_names(_grant_text(g) for g in ctx.read_write)}: it can create, change and "
             "delete files there",
             "capability filesystem (read-write)",
@@ -461,7 +463,7 @@ def check_filesystem(ctx: _Context) -> Iterator[Finding]:
     if ctx.read_only:
         yield _finding(
             "WSX111",
-            "it opens paths, and the policy grants read-only "
+            "it reaches granted directories, and the policy grants read-only "
             f"{_names(_grant_text(g) for g in ctx.read_only)}: it can read every file there",
             "capability filesystem (read-only)",
             where="policy",
@@ -823,13 +825,17 @@ def _suggest_filesystem(ctx: _Context, new: Any, notes: list, placeholders: dict
     if not paths:
         new.values["filesystem.read_only"] = ()
         new.values["filesystem.read_write"] = ()
-        notes.append("filesystem: no grant; the module imports no path_* function")
+        notes.append(
+            "filesystem: no grant; the module imports no path_* function nor fd_readdir "
+            "or fd_filestat_*"
+        )
         return
     new.values["filesystem.read_only"] = tuple(ctx.read_only)
     new.values["filesystem.read_write"] = tuple(ctx.read_write)
     if ctx.grants:
         notes.append(
-            f"filesystem: the policy's grants are kept; the module opens paths ({_names(paths, 3)})"
+            "filesystem: the policy's grants are kept; the module reaches them "
+            f"({_names(paths, 3)})"
         )
         return
     notes.append(

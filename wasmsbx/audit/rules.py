@@ -133,8 +133,9 @@ _RULES = (
         "low",
         0,
         "Directory granted but never used",
-        "The policy grants a directory, but the module imports no path_* function, so it can "
-        "never open anything there: the grant is privilege without purpose.",
+        "The policy grants a directory, but the module imports no path_* function nor "
+        "fd_readdir or fd_filestat_*, so it can never reach anything there: the grant is "
+        "privilege without purpose.",
         "remove the grant from [filesystem]",
     ),
     Rule(

@@ -139,6 +139,19 @@ def is_wasi_module(module: str) -> bool:
     return module == PREVIEW1
 
 
+# Functions that act on a granted directory's own descriptor (a preopen), opening
+# nothing by path: they list it and read or change its times (red team 125: a module
+# importing only these listed a home directory's names, and the audit called the grant
+# unused)
+DIRECTORY_FUNCTIONS = frozenset({"fd_readdir", "fd_filestat_get", "fd_filestat_set_times"})
+
+
 def opens_paths(name: str) -> bool:
     """True for the functions that reach host files by path (and so need a directory grant)."""
     return name.startswith("path_")
+
+
+def reaches_grants(name: str) -> bool:
+    """True for the functions that reach a granted directory: by path (``opens_paths``)
+    or through its own descriptor (DIRECTORY_FUNCTIONS)."""
+    return name.startswith("path_") or name in DIRECTORY_FUNCTIONS
