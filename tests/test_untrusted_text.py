@@ -68,3 +68,22 @@ def test_valid_text_small_and_large_gives_the_same_module(size):
     import wasmtime
 
     assert wat_to_wasm(text, "m.wat", 10.0) == bytes(wasmtime.wat2wasm(text.decode()))
+
+
+def test_text_with_a_byte_order_mark_is_read(cli, tmp_path):
+    """Red team 125's LOW: a .wat saved with a UTF-8 byte-order mark was refused as not
+    starting with "(" (the binary reader skipped the mark; the text path did not)."""
+    (tmp_path / "bom.wat").write_bytes(
+        b'\xef\xbb\xbf(module (func (export "f") (result i32) i32.const 7))'
+    )
+    result = cli("run", "bom.wat", "f", cwd=tmp_path)
+    assert result.code == 0 and result.stdout.strip() == "7", result
+
+
+def test_a_huge_custom_section_name_is_cut_in_the_audit(cli, tmp_path):
+    name = "c" * 1_600_000
+    custom = section(0, leb(len(name)) + name.encode())
+    (tmp_path / "m.wasm").write_bytes(HEADER + custom)
+    result = cli("audit", "m.wasm", cwd=tmp_path)
+    assert result.code == 0, result
+    assert "c" * 1000 not in result.stdout and len(result.stdout) < 20_000, len(result.stdout)

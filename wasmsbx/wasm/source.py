@@ -144,6 +144,8 @@ def wat_to_wasm(data: bytes, path, seconds: Optional[float] = None) -> bytes:
             hint="give a .wasm binary or a .wat text module",
             path=str(path),
         ) from None
+    if text[:1] == "\ufeff":  # (a byte-order mark, as some editors save text: skipped)
+        text, data = text[1:], data[3:]
     if not _looks_like_wat(text):
         raise errors.ModuleError(
             f"{path}: not a WebAssembly module (no \\0asm header, and the text does not "

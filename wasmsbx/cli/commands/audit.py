@@ -273,7 +273,10 @@ def _sections(facts: Any) -> str:
     ]
     others = [c for c in facts.custom_sections if not c.name.startswith(".debug")]
     if others:
-        parts.append("custom: " + ", ".join(f"{c.name} ({c.size:,} B)" for c in others[:8]))
+        # (each name cut, as names are in listings: one of 1.6 million characters was
+        # printed whole, red team 125)
+        named = (f"{errors.inert(c.name, errors.NAME_SHOWN)} ({c.size:,} B)" for c in others[:8])
+        parts.append("custom: " + ", ".join(named))
     return safe("; ".join(parts))
 
 
