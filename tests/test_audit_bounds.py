@@ -260,3 +260,17 @@ def test_a_long_signature_is_cut_in_each_row(cli, tmp_path):
     assert len(result.stdout) < 2_000_000, len(result.stdout)
     signature = json.loads(result.stdout)["exports"][0]["signature"]
     assert signature.startswith("(i32, i32") and "... (40,000 in all)" in signature
+
+
+def test_names_quoted_in_findings_are_escaped_and_cut(cli, tmp_path):
+    """Red team 126: import names of 200,000 characters were quoted whole in findings
+    (over 900 lines), and a field's escapes were kept raw next to an escaped module."""
+    field = "fd_\x1b[31m" + "x" * 200_000
+    imports = [name("wasi_snapshot_preview1") + name(field) + b"\x00\x00", name("env" * 70_000)]
+    imports[1] += name("g") + b"\x00\x00"
+    path = tmp_path / "m.wasm"
+    path.write_bytes(HEADER + section(1, vec([FUNC_TYPE])) + section(2, vec(imports)))
+    result = cli("audit", path, "--json")
+    assert result.code == 0, result
+    for finding in json.loads(result.stdout)["findings"]:
+        assert "\x1b" not in finding["message"] and len(finding["message"]) < 2000, finding

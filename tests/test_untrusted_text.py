@@ -87,3 +87,71 @@ def test_a_huge_custom_section_name_is_cut_in_the_audit(cli, tmp_path):
     result = cli("audit", "m.wasm", cwd=tmp_path)
     assert result.code == 0, result
     assert "c" * 1000 not in result.stdout and len(result.stdout) < 20_000, len(result.stdout)
+
+
+def _slow_text(tmp_path, component: bool = False) -> str:
+    text = nested_labels(LABELS)
+    if component:  # (the same core module, in a component)
+        text = "(component (core module" + text[len("(module") :] + ")\n"
+    (tmp_path / "slow.wat").write_text(text)
+    (tmp_path / "sandbox.toml").write_text('[limits]\ncompile_timeout = "100ms"\n')
+    return "slow.wat"
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["compile"],
+        ["compile", "-o", "out.cwasm"],
+        ["bench", "-n", "1"],
+        ["backends"],
+        ["run", "--timeout", "1m"],
+    ],
+    ids=lambda c: " ".join(c),
+)
+def test_every_command_converts_text_within_the_compile_timeout(cli, tmp_path, command):
+    """Red team 126: compile, compile -o, bench and backends converted text with no
+    bound but a default minute (19 s, 15 s, 14 s, 37 s under a 1 s compile timeout)."""
+    name = _slow_text(tmp_path)
+    argv = [command[0], name, *command[1:]]
+    result = cli(*argv, "--policy", "sandbox.toml", cwd=tmp_path)
+    assert result.code == 117, result
+    assert "converting it from WebAssembly text took longer than" in result.stderr
+
+
+def test_a_components_text_converts_within_its_limits(cli, tmp_path):
+    """Red team 126: a component given as text took the default minute, past a 1 s
+    compile timeout and a 1 s --timeout."""
+    name = _slow_text(tmp_path, component=True)
+    slow = cli("run", name, "--policy", "sandbox.toml", cwd=tmp_path)
+    assert slow.code == 117 and "converting it from WebAssembly text" in slow.stderr, slow
+    (tmp_path / "sandbox.toml").write_text('[limits]\ncompile_timeout = "1m"\n')
+    late = cli("run", name, "--timeout", "200ms", "--policy", "sandbox.toml", cwd=tmp_path)
+    assert late.code == 112 and "(converting its text)" in late.stderr, late
+
+
+def test_the_runs_timeout_passing_during_conversion_is_a_timeout(cli, tmp_path):
+    """Red team 126: it was exit 117 with the compile timeout's hint."""
+    name = _slow_text(tmp_path)
+    (tmp_path / "sandbox.toml").write_text('[limits]\ncompile_timeout = "1m"\n')
+    result = cli("run", name, "--timeout", "200ms", "--policy", "sandbox.toml", cwd=tmp_path)
+    assert result.code == 112, result
+    assert "still compiling slow.wat (converting its text)" in result.stderr
+
+
+def test_a_conversion_out_of_memory_says_so(cli, tmp_path):
+    funcs = "(func)\n" * 400_000  # (2.8 MB: hundreds of MB to convert)
+    (tmp_path / "big.wat").write_text(f"(module\n{funcs})\n")
+    result = cli("audit", "big.wat", cwd=tmp_path, env={"WASMSBX_COMPILE_MEMORY": "64MiB"})
+    assert result.code == 117, result
+    assert "big.wat: converting it from WebAssembly text ran out of memory" in result.stderr
+
+
+def test_only_the_place_of_a_worker_error_is_renamed(cli, tmp_path):
+    """Red team 126: every "(<text>:" became the file's name, one inside a quoted
+    identifier of the module too."""
+    funcs = "(func)\n" * 20_000
+    (tmp_path / "bad.wat").write_text(f"(module\n{funcs}(func $(<text>: zz bogus))\n")
+    result = cli("run", "bad.wat", cwd=tmp_path)
+    assert result.code == 102, result
+    assert result.stderr.count("bad.wat") == 2 and "(bad.wat:" in result.stderr, result

@@ -793,3 +793,23 @@ def test_clear_clears_a_terminal_between_cycles():
     second = screen.getvalue()[len(first) :]
     assert first.startswith("\x1b[2J") and second.startswith("\x1b[2J")
     assert "#2" in second and "f()" in second and "2.0 ms" in second
+
+
+def test_a_long_signature_is_cut_in_the_change_report_but_compared_whole():
+    """Red team 126: a valid module of 990 exports of 999 parameters made 6 MB of change
+    report. Signatures show 32 types a side; a change past the 32nd is still one."""
+    from wasmsbx.wasm.facts import read_facts
+    from wasmsbx.watch import compare
+
+    from .test_audit_bounds import HEADER, leb, name, section, vec
+
+    def module(last: bytes) -> bytes:
+        functype = b"\x60" + leb(999) + b"\x7f" * 998 + last + b"\x00"
+        exports = section(7, vec([name(f"e{i}") + b"\x00\x00" for i in range(990)]))
+        body = section(3, vec([b"\x00"])) + exports + section(10, vec([b"\x02\x00\x0b"]))
+        return HEADER + section(1, vec([functype])) + body
+
+    report = compare(read_facts(module(b"\x7f")), read_facts(module(b"\x7e")))
+    changed = [c for c in report.changes if c.change == "signature"]
+    assert len(changed) == 990
+    assert all("... (999 in all)" in c.new and len(c.new) < 400 for c in changed)

@@ -362,8 +362,10 @@ class _Context(PolicyGrants):
 
 
 def _names(names: Iterable[str], limit: int = 6) -> str:
+    """The first ``limit`` of ``names``, each escaped and cut (errors.inert: a module's
+    names of 200,000 characters were quoted whole, red team 126), and how many more."""
     names = list(names)
-    shown = ", ".join(names[:limit])
+    shown = ", ".join(inert(n, NAME_SHOWN) for n in names[:limit])
     return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
 
 
@@ -403,14 +405,15 @@ def check_link(ctx: _Context) -> Iterator[Finding]:
         if imp.kind == "func" and wasi_module and imp.name in wasi.BY_NAME:
             yield _finding(
                 "WSX002",
-                f"{imp.module}.{imp.name}: {imp.problem}, so the module does not link",
-                f"import {imp.module}.{imp.name}",
+                f"{inert(imp.module, NAME_SHOWN)}.{inert(imp.name, NAME_SHOWN)}: {imp.problem}, "
+                "so the module does not link",
+                f"import {inert(imp.module, NAME_SHOWN)}.{inert(imp.name, NAME_SHOWN)}",
             )
             continue
         custom.setdefault(imp.module, []).append(imp)
     for module, imps in custom.items():
         funcs = [i.name for i in imps if i.kind == "func"]
-        others = [f"{i.kind} {i.name}" for i in imps if i.kind != "func"]
+        others = [f"{i.kind} {inert(i.name, NAME_SHOWN)}" for i in imps if i.kind != "func"]
         what = []
         if funcs:
             what.append(f"{len(funcs)} function{'s' if len(funcs) > 1 else ''} ({_names(funcs)})")
@@ -419,9 +422,9 @@ def check_link(ctx: _Context) -> Iterator[Finding]:
         rule = "WSX002" if module.startswith("wasi") and not others else "WSX001"
         yield _finding(
             rule,
-            f"imports {' and '.join(what)} from {module!r}, which the sandbox does not "
-            "provide: instantiation fails",
-            f"import module {module}",
+            f"imports {' and '.join(what)} from {inert(repr(module), NAME_SHOWN)}, which "
+            "the sandbox does not provide: instantiation fails",
+            f"import module {inert(module, NAME_SHOWN)}",
         )
 
 

@@ -49,7 +49,7 @@ def explain(
         from ..wasm.facts import FactsError, read_facts
         from ..wasm.source import read_module
 
-        wasm = read_module(module)
+        wasm = read_module(module, policy)
         try:
             facts = read_facts(wasm)
         except FactsError as exc:

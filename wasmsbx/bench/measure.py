@@ -460,7 +460,7 @@ def _prepare(case: Case, result: CaseResult, policy: Any) -> dict:
     from ..runner.sandbox import find_signature, parse_args, read_module
     from ..wasm.facts import FactsError, read_facts
 
-    wasm = read_module(case.module)
+    wasm = read_module(case.module, policy)
     # limits.module_size, as run applies it (exit 117; red team round 77)
     check_size(len(wasm), policy.values["limits.module_size"], Path(case.module).name)
     from ..components import is_component

@@ -32,15 +32,17 @@ RUN_INTERFACE = "wasi:cli/run@"
 PLAIN_WORDS = ("string", "char", "enum")
 
 
-def component_bytes(data: bytes, path: Any) -> bytes:
-    """The component's binary: as is, or converted from WAT text (``(component ...)``)."""
+def component_bytes(data: bytes, path: Any, bound: tuple = ()) -> bytes:
+    """The component's binary: as is, or converted from WAT text (``(component ...)``),
+    within ``bound`` (wasm.source.text_bound: red team 126, a component's text took the
+    default minute, not the policy's compile timeout)."""
     from . import is_component
 
     if is_component(data):
         return data
     from ..runner.sandbox import wat_to_wasm
 
-    wasm = wat_to_wasm(data, path)
+    wasm = wat_to_wasm(data, path, *bound)
     if not is_component(wasm):
         raise errors.ModuleError(f"{path}: not a WebAssembly component", path=str(path))
     return wasm
@@ -215,7 +217,10 @@ class ComponentSandbox(Sandbox):
             # Alone: authenticated as a module's artifact is (refused -> exit 102).
             self.artifact = aot.open_for(self, data, str(self.path))
         if self.artifact is None:
-            self.wasm = component_bytes(data, self.path)
+            from ..wasm.source import text_bound
+
+            bound = text_bound(self.policy, self.deadline, self.path.name)
+            self.wasm = component_bytes(data, self.path, bound)
         if artifact is not None:  # verified as for modules; refused -> warning, compiled
             from ..native import artifact as aot
 

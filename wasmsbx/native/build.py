@@ -16,7 +16,7 @@ import subprocess
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import NamedTuple, Optional
+from typing import Any, NamedTuple, Optional
 
 from .. import errors
 
@@ -89,7 +89,9 @@ def build_source(path, exports: Sequence[str] = (), out=None) -> bytes:
     return build(path, exports, out).wasm
 
 
-def build(path, exports: Sequence[str] = (), out=None, inputs: Sequence = ()) -> BuildResult:
+def build(
+    path, exports: Sequence[str] = (), out=None, inputs: Sequence = (), policy: Any = None
+) -> BuildResult:
     """Build ``path`` to WebAssembly; write it to ``out`` if given (never over one of
     ``inputs`` or the source itself: see wasmsbx.outfile)."""
     path = Path(path)
@@ -111,7 +113,7 @@ def build(path, exports: Sequence[str] = (), out=None, inputs: Sequence = ()) ->
     if kind in ("wasm", "wat"):
         from ..wasm.source import read_module
 
-        wasm, command, output = read_module(path), [], ""
+        wasm, command, output = read_module(path, policy), [], ""
     elif kind == "c":
         wasm, command, output = _build_c(path, exports)
     elif kind == "rust":

@@ -1059,10 +1059,10 @@ class Sandbox:
         the run's deadline), named by the module's path."""
         if data[:4] == b"\0asm":
             return data
-        seconds = self.policy.values["limits.compile_timeout"]
-        if getattr(self, "deadline", None) is not None:
-            seconds = min(seconds, max(0.001, self.deadline - time.monotonic()))
-        return module_bytes(data, self.path, seconds)
+        from ..wasm.source import text_bound
+
+        bound = text_bound(self.policy, getattr(self, "deadline", None), self._name)
+        return module_bytes(data, self.path, *bound)
 
     @_lazy
     def path(self) -> Path:

@@ -20,10 +20,33 @@ ARTIFACT_FIRST_BYTE = b"\x89"  # of aot.MAGIC: checked before importing aot
 # ---------------------------------------------------------------------------- module files
 
 
-def read_module(path: Union[str, os.PathLike]) -> bytes:
-    """The module's binary: .wasm as is, .wat (or any text module) converted."""
+def read_module(path: Union[str, os.PathLike], policy: Any = None) -> bytes:
+    """The module's binary: .wasm as is, .wat (or any text module) converted (within
+    ``policy``'s limits.compile_timeout: ``text_bound``)."""
     path = Path(path)
-    return module_bytes(read_file(path), path)
+    return module_bytes(read_file(path), path, *text_bound(policy))
+
+
+def text_bound(policy: Any = None, deadline: Optional[float] = None, name: str = "") -> tuple:
+    """(seconds, error) a conversion of text may take under ``policy`` (its
+    limits.compile_timeout; WAT_SECONDS without one) and a run's ``deadline``
+    (time.monotonic(); when it comes first, passing it is the run's timeout, 112)."""
+    seconds = WAT_SECONDS if policy is None else policy.values["limits.compile_timeout"]
+    if deadline is None:
+        return seconds, None
+    import time
+
+    left = max(0.001, deadline - time.monotonic())
+    if left >= seconds:
+        return seconds, None
+    timeout = None if policy is None else policy.values["limits.timeout"]
+
+    def out_of_time() -> errors.WasmsbxError:
+        from ..backends.compiling import out_of_time as run_out
+
+        return run_out(f"{name or 'the module'} (converting its text)", timeout, left)
+
+    return left, out_of_time
 
 
 def read_file(path: Path, seen: Optional[list] = None, given: Optional[bytes] = None) -> bytes:
@@ -96,7 +119,7 @@ WAT_HERE = 64 * 1024
 WAT_SECONDS = 60.0  # the default limits.compile_timeout: a conversion's bound when none is given
 
 
-def module_bytes(data: bytes, path, seconds: Optional[float] = None) -> bytes:
+def module_bytes(data: bytes, path, seconds: Optional[float] = None, error: Any = None) -> bytes:
     if not data:
         raise errors.ModuleError(f"{path}: empty file, not a WebAssembly module", path=str(path))
     if data[:4] == WASM_MAGIC:
@@ -110,7 +133,7 @@ def module_bytes(data: bytes, path, seconds: Optional[float] = None) -> bytes:
                 hint="run it with `wasmsbx run`; other commands need the original module",
                 path=str(path),
             )
-    return wat_to_wasm(data, path, seconds)
+    return wat_to_wasm(data, path, seconds, error)
 
 
 def _looks_like_wat(text: str) -> bool:
@@ -132,10 +155,10 @@ def _looks_like_wat(text: str) -> bool:
     return False
 
 
-def wat_to_wasm(data: bytes, path, seconds: Optional[float] = None) -> bytes:
+def wat_to_wasm(data: bytes, path, seconds: Optional[float] = None, error: Any = None) -> bytes:
     """The binary of WebAssembly text ``data`` (of the file ``path``); beyond WAT_HERE
     bytes converted in a compile worker within ``seconds`` (WAT_SECONDS if None), else
-    CompileLimitExceeded (117)."""
+    ``error()`` (CompileLimitExceeded, 117, if None)."""
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError:
@@ -157,7 +180,7 @@ def wat_to_wasm(data: bytes, path, seconds: Optional[float] = None) -> bytes:
         from ..backends import compiling
 
         if not compiling.compiles_here():
-            return _in_worker(data, path, WAT_SECONDS if seconds is None else seconds)
+            return _in_worker(data, path, WAT_SECONDS if seconds is None else seconds, error)
     return _converted(text, path)
 
 
@@ -180,7 +203,7 @@ def _converted(text: str, path) -> bytes:
         ) from None
 
 
-def _in_worker(data: bytes, path, seconds: float) -> bytes:
+def _in_worker(data: bytes, path, seconds: float, error: Any = None) -> bytes:
     """wat_to_wasm in a compile worker (WatEngine), within ``seconds``."""
     from ..backends.base import EngineOptions
     from ..backends.compiling import worker_code
@@ -197,11 +220,21 @@ def _in_worker(data: bytes, path, seconds: float) -> bytes:
 
     wrap = f"{__name__}:WatEngine"
     try:
-        code, _ = worker_code("wasmtime", EngineOptions(), data, seconds, too_slow, wrap)
+        code, _ = worker_code("wasmtime", EngineOptions(), data, seconds, error or too_slow, wrap)
+    except CompileLimitExceeded as exc:  # (its memory: a conversion, not a compile)
+        if "ran out of memory" not in exc.message:
+            raise
+        raise CompileLimitExceeded(
+            f"{path}: converting it from WebAssembly text ran out of memory"
+            f"{exc.message.split('ran out of memory', 1)[1]}",
+            hint="give the module as a .wasm binary (wat2wasm)",
+            **exc.context,
+        ) from None
     except errors.ModuleError as exc:  # (the worker names no file: this one's)
         if not exc.message.startswith(TEXT_NAME):
             raise
-        message = f"{path}{exc.message[len(TEXT_NAME) :]}".replace(f"({TEXT_NAME}:", f"({path}:")
+        body, at, place = exc.message[len(TEXT_NAME) :].rpartition(f"({TEXT_NAME}:")
+        message = f"{path}{body}({path}:{place}" if at else f"{path}{place}"
         raise errors.ModuleError(message, hint=exc.hint, path=str(path)) from None
     return bytes(code)
 

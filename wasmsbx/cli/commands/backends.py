@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, Optional
 
 import typer
 
@@ -38,7 +38,7 @@ def register(app: typer.Typer) -> None:
 
         selection = None
         if module:
-            _check_component(module)
+            _check_component(module, policy)
         if explain or module:
             selection = survey.explain(module, policy, kind, backend)
         else:  # they only shape the explanation, but were ignored with exit 0 when wrong
@@ -59,15 +59,16 @@ def register(app: typer.Typer) -> None:
         return 0
 
 
-def _check_component(module: str) -> None:
+def _check_component(module: str, policy_path: Any = None) -> None:
     """A component's sections, scanned as `run`, `audit` and `compile` scan them: a
     truncated one was scored, exit 0 (red team 106). A core module is checked by the
     survey's own read of its facts."""
+    from ... import policy as policy_mod
     from ...components.binary import ComponentFormatError, ComponentUnsupported, scan
     from ...errors import ModuleError
     from ...wasm.source import read_module
 
-    wasm = read_module(module)
+    wasm = read_module(module, policy_mod.discover(policy_path))
     if bytes(wasm[4:8]) != b"\x0d\x00\x01\x00":  # (a component's version and layer)
         return
     try:

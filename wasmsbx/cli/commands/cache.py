@@ -227,10 +227,11 @@ def clear(
         from ...backends.select import _check_spec
 
         _check_spec(backend)
-    module_sha = aot.sha256(read_module(module)) if module else None
-    if not (module or backend):
-        from ... import policy as policy_mod
+    from ... import policy as policy_mod
 
+    # (its text converted within the policy's compile timeout: red team 126)
+    module_sha = aot.sha256(read_module(module, policy_mod.discover(policy))) if module else None
+    if not (module or backend):
         loaded = policy_mod.discover(policy)  # (once for both repairs)
         _unlink_planted(loaded, cache_dir, json_output)
         if _wipe_damaged(loaded, cache_dir, json_output):

@@ -214,7 +214,7 @@ def run_compile(
         check_output(out, [source, policy.source])
     if backend:
         policy_mod.override(policy, "runtime.backend", backend, flag="--backend")
-    built, wasm_path = _build(source, exports, out if emit_wasm else None, policy.source)
+    built, wasm_path = _build(source, exports, out if emit_wasm else None, policy)
     report: dict = {
         "source": source,
         "build": built.to_dict(),
@@ -259,10 +259,9 @@ def run_compile(
     return _finish(report, json_output)
 
 
-def _build(
-    source: str, exports: list, wasm_out: Optional[str], policy_file: Optional[str]
-) -> tuple:
-    """The module's bytes, and the .wasm file written (C and Rust write one by default)."""
+def _build(source: str, exports: list, wasm_out: Optional[str], policy: Any) -> tuple:
+    """The module's bytes, and the .wasm file written (C and Rust write one by default);
+    text converted within ``policy``'s limits.compile_timeout."""
     from ...native import build
 
     kind = build.source_kind(source) if Path(source).exists() else None
@@ -277,7 +276,8 @@ def _build(
         raise UsageError("--export applies to C and Rust sources only")
     try:
         with _spinner(f"building {Path(source).name}"):
-            result = build.build(source, exports, wasm_out, inputs=[source, policy_file])
+            inputs = [source, policy.source]
+            result = build.build(source, exports, wasm_out, inputs=inputs, policy=policy)
     except build.BuildFailed as exc:
         if exc.output:
             output.err(exc.output.rstrip("\n"))  # the compiler's messages, as printed
