@@ -1310,3 +1310,17 @@ def test_a_token_holder_whose_connections_are_all_busy_cuts_no_other_tokens_uplo
     busy = [make("busy", 90.0, head=True, token="alpha") for _ in range(5)]
     upload = make("arriving", 96.0, got=600_000, head=True, token="alpha")
     assert _evict(cls, [*busy, upload]) is upload
+
+
+def test_a_token_holders_steady_upload_is_not_closed_for_a_smaller_holders_sake():
+    """Red team 127: alpha's event stream (in flight) and steady upload against beta's
+    trickle, the slowest connection: alpha counted the larger holder, and its upload
+    went in place of the trickle. Only a larger holder's connection that has sent
+    nothing for STALLED seconds goes for another's sake."""
+    cls, make = _guarded(cap=3, tokens=["alpha", "beta"])
+    stream = make("busy", 90.0, head=True, token="alpha")
+    upload = make("arriving", 95.0, got=200_000, head=True, token="alpha")
+    upload.last_active = 99.95  # (its last bytes 50 ms ago)
+    trickle = make("arriving", 90.0, got=20, head=True, token="beta")
+    trickle.last_active = 99.8
+    assert _evict(cls, [stream, upload, trickle]) is trickle

@@ -155,3 +155,65 @@ def test_only_the_place_of_a_worker_error_is_renamed(cli, tmp_path):
     result = cli("run", "bad.wat", cwd=tmp_path)
     assert result.code == 102, result
     assert result.stderr.count("bad.wat") == 2 and "(bad.wat:" in result.stderr, result
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("(module)", True),
+        ("  ;; c\n (module)", True),
+        ("(; a (; b ;) c ;)(module)", True),
+        ("(; a (; b ;) c (module)", False),
+        (";; only", False),
+        ("hello", False),
+        ("(;;)(x)", True),
+        ("(;(;(;", False),
+        ("(;" + "x" * 50_000_000 + ";)(module)", True),  # (27 s at 120 MB before: linear now)
+    ],
+    ids=range(9),
+)
+def test_text_is_recognised_after_comments_in_linear_time(text, expected):
+    from wasmsbx.wasm.source import _looks_like_wat
+
+    assert _looks_like_wat(text) is expected
+
+
+def test_an_unknown_function_of_a_fifo_module_does_not_wait_for_a_writer(tmp_path):
+    """Red team 127: the hint's second look at the module opened the FIFO again and
+    waited for a writer for ever."""
+    import os
+    import subprocess
+    import sys
+    import threading
+
+    import wasmtime
+
+    fifo = tmp_path / "ff"
+    os.mkfifo(fifo)
+    wasm = bytes(wasmtime.wat2wasm('(module (func (export "add")))'))
+
+    def write() -> None:
+        with open(fifo, "wb") as fh:
+            fh.write(wasm)
+
+    writer = threading.Thread(target=write, daemon=True)
+    writer.start()
+    proc = subprocess.run(
+        [sys.executable, "-m", "wasmsbx", "run", str(fifo), "foo"],
+        capture_output=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2 and b"has no export named 'foo'" in proc.stderr, proc
+
+
+@pytest.mark.parametrize(
+    "head", [b"\xef\xbb\xbf", b"(;" + b"x" * 8000 + b";)\n"], ids=["bom", "comment"]
+)
+def test_a_components_text_after_a_mark_or_a_long_comment_is_a_component(tmp_path, head):
+    from wasmsbx.runner.sandbox import _is_component_file
+
+    path = tmp_path / "c.wat"
+    path.write_bytes(head + b"(component)")
+    assert _is_component_file(str(path))
+    path.write_bytes(head + b"(module)")
+    assert not _is_component_file(str(path))

@@ -813,3 +813,20 @@ def test_a_long_signature_is_cut_in_the_change_report_but_compared_whole():
     changed = [c for c in report.changes if c.change == "signature"]
     assert len(changed) == 990
     assert all("... (999 in all)" in c.new and len(c.new) < 400 for c in changed)
+
+
+def test_a_change_past_the_cut_says_where_it_is():
+    """Red team 127: the 40th parameter changed, and both sides showed the same text."""
+    from wasmsbx.wasm.facts import read_facts
+    from wasmsbx.watch import compare
+
+    from .test_audit_bounds import HEADER, leb, name, section, vec
+
+    def module(fortieth: bytes) -> bytes:
+        functype = b"\x60" + leb(40) + b"\x7f" * 39 + fortieth + b"\x00"
+        exports = section(7, vec([name("f") + b"\x00\x00"]))
+        body = section(3, vec([b"\x00"])) + exports + section(10, vec([b"\x02\x00\x0b"]))
+        return HEADER + section(1, vec([functype])) + body
+
+    (change,) = compare(read_facts(module(b"\x7f")), read_facts(module(b"\x7e"))).changes
+    assert change.old == change.new and "(param 40: i32 -> i64)" in change.note

@@ -360,6 +360,7 @@ def guarded_protocol(request_timeout: float, max_connections: int, tokens: Any =
     from uvicorn.protocols.http.h11_impl import H11Protocol
 
     REFUSE = object()  # (_token_victim: close the newcomer, not another's request)
+    STALLED = 0.5  # seconds without a byte after which a token holder's request may go
     # ``Authorization`` values that hold one of the server's tokens (``_token``)
     listed = [tokens] if isinstance(tokens, str) else list(tokens or [])
     expected = [f"Bearer {t}".encode() for t in listed]
@@ -441,7 +442,7 @@ def guarded_protocol(request_timeout: float, max_connections: int, tokens: Any =
                 if tier:
                     victim = min(_most_held(tier, mine, self.peer), key=key)
                     if fair and expected and victim._arriving() and victim._token() is not None:
-                        victim = _token_victim(victim, tier, mine, key)
+                        victim = _token_victim(victim, tier, mine, key, now)
                         if victim is REFUSE:
                             return False
                     self.connections.discard(victim)  # (counted out now)
@@ -636,18 +637,20 @@ def guarded_protocol(request_timeout: float, max_connections: int, tokens: Any =
             if self.conn.their_state not in WHOLE:
                 self.transport.abort()  # (as _evict_idle: nothing of it is waited for)
 
-    def _token_victim(chosen: Any, tier: list, every: list, key: Callable) -> Any:
+    def _token_victim(chosen: Any, tier: list, every: list, key: Callable, now: float) -> Any:
         """Where the connection that would go (``chosen``) is a request still arriving
-        that carries one of the server's tokens, and another token holds more
-        connections (of ``every``): one of the connections of ``tier`` of the token
-        that holds the most of those that hold more, by ``key``; REFUSE (the newcomer is
-        closed) if they have none to close. Else ``chosen``. One token holder cannot
-        make another's request go while it holds more: connections that each sent 1 MB
-        of body and stalled out-paced another token holder's steady upload, 0 of 6 (red
-        team 118); with its calls and streams in flight, none to close, a token holder's
-        newcomer cut another token's upload (red team 124). With one token for every
-        client (the usual) they are one client, and this changes nothing; a connection
-        idle between requests goes as before (its client only connects again)."""
+        that carries one of the server's tokens, and other tokens hold more connections
+        (of ``every``): of theirs that could go (in ``tier``), one that has sent nothing
+        for STALLED seconds, of the token holding the most, by ``key``; if they have
+        none that could go at all, REFUSE (the newcomer is closed); else ``chosen``.
+        One token holder cannot make another's request go by holding more connections:
+        connections that each sent 1 MB of body and stalled out-paced another token
+        holder's steady upload, 0 of 6 (red team 118); with its calls and streams in
+        flight, none to close, a token holder's newcomer cut another's upload (red team
+        124). Its own connections sending steadily are not closed for the other's sake
+        (red team 127: an honest client's event stream counted it the larger holder, and
+        its upload went in place of the other's trickle, the slowest). With one token for
+        every client (the usual) they are one client, and this changes nothing."""
         held: dict = {}
         for c in every:
             token = c._token()
@@ -659,8 +662,11 @@ def guarded_protocol(request_timeout: float, max_connections: int, tokens: Any =
         richer = [c for c in tier if held.get(c._token(), 0) > mine]
         if not richer:
             return REFUSE
-        top = max(held[c._token()] for c in richer)
-        return min((c for c in richer if held[c._token()] == top), key=key)
+        stalled = [c for c in richer if now - c.last_active >= STALLED]
+        if not stalled:
+            return chosen
+        top = max(held[c._token()] for c in stalled)
+        return min((c for c in stalled if held[c._token()] == top), key=key)
 
     def _most_held(tier: list, every: list, newcomer: Any) -> list:
         """The connections of ``tier`` from the address that holds the most connections

@@ -2214,6 +2214,9 @@ def _is_component_file(module: Any, head: Optional[bytes] = None) -> bool:
             if not stat.S_ISREG(os.fstat(fd).st_mode):
                 return False
             head = os.read(fd, 4096)
+            if len(head) == 4096 and head[:4] != WASM_MAGIC and not _wat_head(head):
+                # (text whose first 4 KiB are all comment: a longer look, bounded)
+                head += os.read(fd, HEAD_MORE)
         except OSError:
             return False
         finally:
@@ -2227,8 +2230,14 @@ def _is_component_file(module: Any, head: Optional[bytes] = None) -> bool:
     return _wat_head(head).startswith(b"(component")  # a component in WAT text
 
 
+HEAD_MORE = 1 << 20  # bytes more read of text whose first 4 KiB are comments (_is_component_file)
+
+
 def _wat_head(text: bytes) -> bytes:
-    """``text`` after leading whitespace and ``;;`` / ``(; ;)`` comments."""
+    """``text`` after a byte-order mark, leading whitespace and ``;;`` / ``(; ;)``
+    comments (a component's text with a mark was taken for a core module: red team 127)."""
+    if text.startswith(b"\xef\xbb\xbf"):
+        text = text[3:]
     while True:
         text = text.lstrip()
         if text.startswith(b";;"):

@@ -79,6 +79,21 @@ def _export_type(exp: Any, facts: Any, cut: bool = True) -> str:
     return exp.kind
 
 
+def _past_cut(was: str, now: str, old: Any, new: Any) -> str:
+    """Where two signatures differ, when both show the same cut (red team 127: a change
+    of the 40th parameter showed the same text on both sides)."""
+    if was != now or old is None or new is None:
+        return ""
+    for side in ("params", "results"):
+        a, b = getattr(old, side), getattr(new, side)
+        for i, (x, y) in enumerate(zip(a, b)):
+            if x != y:
+                return f" ({side[:-1]} {i + 1}: {x} -> {y})"
+        if len(a) != len(b):
+            return f" ({len(a)} -> {len(b)} {side})"
+    return ""
+
+
 def _export_changes(old: Any, new: Any) -> list:
     before = {e.name: e for e in old.exports}
     after = {e.name: e for e in new.exports}
@@ -95,7 +110,8 @@ def _export_changes(old: Any, new: Any) -> list:
         if exp.kind != after[name].kind:
             out.append(Change("export", name, "kind", was, now, True, "a different kind of export"))
         elif _export_type(exp, old, False) != _export_type(after[name], new, False):
-            out.append(Change("export", name, "signature", was, now, True, "callers must change"))
+            note = "callers must change" + _past_cut(was, now, exp.type, after[name].type)
+            out.append(Change("export", name, "signature", was, now, True, note))
     return out
 
 
@@ -110,7 +126,8 @@ def _import_changes(old: Any, new: Any) -> list:
             out.append(Change("import", name, "added", None, _import_type(imp), breaking, note))
         elif _import_type(before[key], False) != _import_type(imp, False):
             was, now = _import_type(before[key]), _import_type(imp)
-            out.append(Change("import", name, "signature", was, now, True, "the host must change"))
+            note = "the host must change" + _past_cut(was, now, before[key].type, imp.type)
+            out.append(Change("import", name, "signature", was, now, True, note))
     for key, imp in before.items():
         if key not in after:
             name = f"{key[0]}.{key[1]}"
@@ -212,7 +229,9 @@ def source_kind(path: Any) -> str:
     return build.source_kind(path)
 
 
-def build_source(source: Path, output: Path, export: Optional[str] = None) -> dict:
+def build_source(
+    source: Path, output: Path, export: Optional[str] = None, policy: Any = None
+) -> dict:
     """Build ``source`` into ``output`` (replaced atomically, so a failed build keeps the
     last good module); returns the build facts for the build event.
 
@@ -221,7 +240,8 @@ def build_source(source: Path, output: Path, export: Optional[str] = None) -> di
     """
     from ..native import build
 
-    result = build.build(source, [export] if export else [], out=output)
+    # (text converted within the policy's compile timeout: red team 127)
+    result = build.build(source, [export] if export else [], out=output, policy=policy)
     return {
         "kind": result.kind,
         "command": list(result.command),
@@ -645,7 +665,8 @@ class Watcher:
     def _build(self) -> bool:
         data = {"source": self.show(self.source), "module": self.show(self.module)}
         try:
-            facts = build_source(Path(self.source), Path(self.module), self.config.func)
+            policy = getattr(self, "policy", None)
+            facts = build_source(Path(self.source), Path(self.module), self.config.func, policy)
         except errors.WasmsbxError as exc:
             self.emit("build", {"ok": False, **data, "error": exc.to_dict()})
             return False

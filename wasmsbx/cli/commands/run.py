@@ -348,17 +348,25 @@ def _module_path(module: str, o: dict) -> str:
 
 def _check_func(path: str, func: str, module: str, call_args: list) -> None:
     """An unknown FUNC on a WASI command most likely is argv missing its ``--``."""
+    import os
+    import stat
     from pathlib import Path
 
     from ...runner.sandbox import read_module
     from ...wasm.facts import FactsError, read_interface
 
     try:
-        with open(path, "rb") as fh:  # (text: not converted again, after the run's end)
-            if fh.read(4) != b"\0asm":
+        # (text: not converted again, after the run's end; and only a regular file,
+        # opened without waiting: a FIFO's writer gone, the open waited for ever, red
+        # team 127)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode) or os.read(fd, 4) != b"\0asm":
                 return
+        finally:
+            os.close(fd)
         names = {e.name for e in read_interface(read_module(path)).exports}
-    except (FactsError, errors.WasmsbxError):
+    except (FactsError, errors.WasmsbxError, OSError):
         return
     if func in names or "_start" not in names:
         return
