@@ -203,7 +203,10 @@ def test_an_unknown_function_of_a_fifo_module_does_not_wait_for_a_writer(tmp_pat
         capture_output=True,
         timeout=120,
     )
-    assert proc.returncode == 2 and b"has no export named 'foo'" in proc.stderr, proc
+    # (the point: it ends; 105 if the writer thread came after the read's grace, on a
+    # loaded machine, and the module was never read)
+    assert proc.returncode in (2, 105), proc
+    assert proc.returncode == 105 or b"has no export named 'foo'" in proc.stderr, proc
 
 
 @pytest.mark.parametrize(

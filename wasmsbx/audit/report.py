@@ -299,39 +299,27 @@ def _validated(wasm: bytes) -> Optional[str]:
 
 
 def _validated_in_worker(wasm: bytes, seconds: float, path: str) -> Optional[str]:
-    from ..backends.base import EngineOptions
-    from ..backends.compiling import worker_code
-    from ..errors import CompileLimitExceeded
+    from ..backends.compiling import slower_than, worker_task
     from ..units import format_duration
 
-    def error() -> CompileLimitExceeded:
-        return CompileLimitExceeded(
-            f"validating {path} did not finish within limits.compile_timeout "
-            f"({format_duration(seconds)})",
-            hint="raise limits.compile_timeout if you trust the module",
-            limit_value=seconds,
-        )
-
-    wrap = f"{__name__}:ValidateEngine"
-    code, _ = worker_code("wasmtime", EngineOptions(), wasm, seconds, error, wrap)
-    return bytes(code).decode("utf-8", "replace") or None
+    error = slower_than(
+        f"validating {path} did not finish within limits.compile_timeout "
+        f"({format_duration(seconds)})",
+        "raise limits.compile_timeout if you trust the module",
+        seconds,
+    )
+    problem = worker_task(wasm, seconds, error, f"{__name__}:ValidateEngine")
+    return problem.decode("utf-8", "replace") or None
 
 
-class ValidateEngine:
-    """What a compile worker validates a module with (backends.compiling's ``wrap``):
+def __getattr__(name: str) -> Any:
+    """ValidateEngine, made when a compile worker asks for it (worker_task's ``wrap``):
     its "code" is the validation error's first line, empty if the module is valid."""
+    if name == "ValidateEngine":
+        from ..backends.compiling import task_engine
 
-    def __init__(self, engine: Any) -> None:
-        self.engine = engine
-
-    def compile(self, wasm: bytes) -> bytes:
-        return (_validated(wasm) or "").encode()
-
-    def serialize(self, problem: bytes) -> bytes:
-        return problem
-
-    def fingerprint(self) -> dict:
-        return self.engine.fingerprint()
+        return task_engine(lambda wasm: (_validated(wasm) or "").encode())
+    raise AttributeError(name)
 
 
 # ---------------------------------------------------------------------------- checks

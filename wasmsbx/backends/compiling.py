@@ -252,6 +252,40 @@ def native_bounded(engine: Any, wasm: bytes, seconds: float, error: Any) -> Any:
     return engine.serialize(compile_bounded(engine, wasm, seconds, error))
 
 
+def worker_task(data: bytes, seconds: float, error: Any, wrap: str) -> bytes:
+    """What a compile worker's ``wrap`` engine (a WorkerTask: not a compile, text
+    converted or a module validated) makes of ``data`` within ``seconds``, else
+    ``error()``: the worker's bounds in time and memory, for other work on the bytes."""
+    from .base import EngineOptions
+
+    return bytes(worker_code("wasmtime", EngineOptions(), data, seconds, error, wrap)[0])
+
+
+def slower_than(message: str, hint: str, seconds: float) -> Any:
+    """``error`` for worker_task: CompileLimitExceeded (117) saying ``message``."""
+    return lambda: CompileLimitExceeded(message, hint=hint, limit_value=seconds)
+
+
+def task_engine(work: Any) -> type:
+    """A ``wrap`` engine class for worker_task whose "compile" is ``work(bytes) ->
+    bytes`` (other work on the bytes) and whose "code" is what that returns."""
+
+    class WorkerTask:
+        def __init__(self, engine: Any) -> None:
+            self.engine = engine
+
+        def compile(self, data: Any) -> bytes:
+            return work(bytes(data))
+
+        def serialize(self, made: bytes) -> bytes:
+            return made
+
+        def fingerprint(self) -> dict:
+            return self.engine.fingerprint()
+
+    return WorkerTask
+
+
 def compile_in_child(engine: Any, wasm: bytes, seconds: float, error: Any) -> Any:
     """Compile in a fresh interpreter that is killed at the deadline; load its code here.
 

@@ -220,22 +220,17 @@ def _converted(text: str, path) -> bytes:
 
 def _in_worker(data: bytes, path, seconds: float, error: Any = None) -> bytes:
     """wat_to_wasm in a compile worker (WatEngine), within ``seconds``."""
-    from ..backends.base import EngineOptions
-    from ..backends.compiling import worker_code
+    from ..backends.compiling import slower_than, worker_task
     from ..errors import CompileLimitExceeded
     from ..units import format_duration
 
-    def too_slow() -> CompileLimitExceeded:
-        return CompileLimitExceeded(
-            f"{path}: converting it from WebAssembly text took longer than "
-            f"{format_duration(seconds)}",
-            hint="give the module as a .wasm binary (wat2wasm), or raise limits.compile_timeout",
-            limit_value=seconds,
-        )
-
-    wrap = f"{__name__}:WatEngine"
+    too_slow = slower_than(
+        f"{path}: converting it from WebAssembly text took longer than {format_duration(seconds)}",
+        "give the module as a .wasm binary (wat2wasm), or raise limits.compile_timeout",
+        seconds,
+    )
     try:
-        code, _ = worker_code("wasmtime", EngineOptions(), data, seconds, error or too_slow, wrap)
+        return worker_task(data, seconds, error or too_slow, f"{__name__}:WatEngine")
     except CompileLimitExceeded as exc:  # (its memory: a conversion, not a compile)
         if "ran out of memory" not in exc.message:
             raise
@@ -251,24 +246,16 @@ def _in_worker(data: bytes, path, seconds: float, error: Any = None) -> bytes:
         body, at, place = exc.message[len(TEXT_NAME) :].rpartition(f"({TEXT_NAME}:")
         message = f"{path}{body}({path}:{place}" if at else f"{path}{place}"
         raise errors.ModuleError(message, hint=exc.hint, path=str(path)) from None
-    return bytes(code)
 
 
 TEXT_NAME = "<text>"  # (what WatEngine names the text it converts)
 
 
-class WatEngine:
-    """What a compile worker converts WebAssembly text with (backends.compiling's
-    ``wrap``): its "compile" is the conversion, its code the binary."""
+def __getattr__(name: str) -> Any:
+    """WatEngine, made when a compile worker asks for it (worker_task's ``wrap``): its
+    "code" is the binary of the text it is given."""
+    if name == "WatEngine":
+        from ..backends.compiling import task_engine
 
-    def __init__(self, engine: Any) -> None:
-        self.engine = engine
-
-    def compile(self, data: bytes) -> bytes:
-        return _converted(data.decode("utf-8"), TEXT_NAME)
-
-    def serialize(self, wasm: bytes) -> bytes:
-        return wasm
-
-    def fingerprint(self) -> dict:
-        return self.engine.fingerprint()
+        return task_engine(lambda data: _converted(data.decode("utf-8"), TEXT_NAME))
+    raise AttributeError(name)
