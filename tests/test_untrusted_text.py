@@ -169,8 +169,10 @@ def test_only_the_place_of_a_worker_error_is_renamed(cli, tmp_path):
         ("(;;)(x)", True),
         ("(;(;(;", False),
         ("(;" + "x" * 50_000_000 + ";)(module)", True),  # (27 s at 120 MB before: linear now)
+        ("(;" + ";)" * 10_000_000 + "(module)", False),  # (no "(;" left: never looked for again)
+        ("(;) ;)(m", True),
     ],
-    ids=range(9),
+    ids=range(11),
 )
 def test_text_is_recognised_after_comments_in_linear_time(text, expected):
     from wasmsbx.wasm.source import _looks_like_wat

@@ -148,13 +148,13 @@ def _looks_like_wat(text: str) -> bool:
     opening = closing = -1  # the next "(;" and ";)" at or after pos, once looked for
     while pos < size:
         if depth:  # block comments nest
-            if opening < pos:
-                opening = text.find("(;", pos)
+            if opening < pos:  # (none left: past the end, never looked for again)
+                opening = text.find("(;", pos) % (size + 1)
             if closing < pos:
                 closing = text.find(";)", pos)
             if closing < 0:
                 return False
-            if 0 <= opening < closing:
+            if opening < closing:
                 depth, pos = depth + 1, opening + 2
             else:
                 depth, pos = depth - 1, closing + 2
