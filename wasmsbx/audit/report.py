@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from itertools import chain
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from .. import policy as policy_mod
 from ..errors import NAME_SHOWN, inert
@@ -312,14 +312,16 @@ def _validated_in_worker(wasm: bytes, seconds: float, path: str) -> Optional[str
     return problem.decode("utf-8", "replace") or None
 
 
-def __getattr__(name: str) -> Any:
-    """ValidateEngine, made when a compile worker asks for it (worker_task's ``wrap``):
-    its "code" is the validation error's first line, empty if the module is valid."""
-    if name == "ValidateEngine":
-        from ..backends.compiling import task_engine
+if not TYPE_CHECKING:  # (type checkers see every other name as it is)
 
-        return task_engine(lambda wasm: (_validated(wasm) or "").encode())
-    raise AttributeError(name)
+    def __getattr__(name: str) -> Any:
+        """ValidateEngine, made when a compile worker asks for it (worker_task's ``wrap``):
+        its "code" is the validation error's first line, empty if the module is valid."""
+        if name == "ValidateEngine":
+            from ..backends.compiling import task_engine
+
+            return task_engine(lambda wasm: (_validated(wasm) or "").encode())
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 # ---------------------------------------------------------------------------- checks

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import TYPE_CHECKING, Any, Optional, Union
 
 from .. import errors, inputs
 from ..inputs import TooLarge, read_capped  # (light; every module read goes through it)
@@ -251,11 +251,13 @@ def _in_worker(data: bytes, path, seconds: float, error: Any = None) -> bytes:
 TEXT_NAME = "<text>"  # (what WatEngine names the text it converts)
 
 
-def __getattr__(name: str) -> Any:
-    """WatEngine, made when a compile worker asks for it (worker_task's ``wrap``): its
-    "code" is the binary of the text it is given."""
-    if name == "WatEngine":
-        from ..backends.compiling import task_engine
+if not TYPE_CHECKING:  # (type checkers see every other name as it is)
 
-        return task_engine(lambda data: _converted(data.decode("utf-8"), TEXT_NAME))
-    raise AttributeError(name)
+    def __getattr__(name: str) -> Any:
+        """WatEngine, made when a compile worker asks for it (worker_task's ``wrap``): its
+        "code" is the binary of the text it is given."""
+        if name == "WatEngine":
+            from ..backends.compiling import task_engine
+
+            return task_engine(lambda data: _converted(data.decode("utf-8"), TEXT_NAME))
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
