@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import itertools
 import json
@@ -1313,6 +1314,37 @@ def test_the_keeper_passes_over_the_signal_a_finished_run_drops():
         os.close(keeper.wake_w)
 
 
+def _interrupt() -> None:
+    os.kill(os.getpid(), signal.SIGINT)  # (handled at the next bytecode: held)
+    time.sleep(0.01)
+
+
+@contextlib.contextmanager
+def _finishing_run(tmp_path, interrupt_on_remove: bool):
+    """A saved checkpoint (whose remove() sends SIGINT first, if ``interrupt_on_remove``)
+    with the deadline keeper's SIGINT handler installed and settled; all undone after."""
+    from wasmsbx.backends.deadline import KEEPER, on_interrupt
+    from wasmsbx.runner import checkpoint
+
+    class Interrupted(checkpoint.Checkpoint):
+        def remove(self) -> None:
+            if interrupt_on_remove:
+                _interrupt()
+            super().remove()
+
+    marker = Interrupted(tmp_path / "run.ckpt", {"kind": "test"})
+    marker.save({"x": 1})
+    KEEPER.settle()
+    KEEPER.drop_signals = 0
+    before = signal.signal(signal.SIGINT, on_interrupt)
+    try:
+        yield marker
+    finally:
+        signal.signal(signal.SIGINT, before)
+        KEEPER.drop_signals = 0
+        KEEPER.settle()
+
+
 @pytest.mark.parametrize("when", ["as done() removes it", "after done(), in the guard"])
 def test_an_interrupt_dropped_as_a_run_finishes_is_the_first(tmp_path, when):
     """The README's "done is done": the first interrupt after a finished run is ignored, a
@@ -1321,71 +1353,33 @@ def test_an_interrupt_dropped_as_a_run_finishes_is_the_first(tmp_path, when):
     the guard's ``with`` ended (red team 114: batch runs its hard-stop guard's exit
     there; it was only held, two more were needed, and the deadline keeper's hard stop
     for it was never forgiven)."""
-    from wasmsbx.backends.deadline import KEEPER, on_interrupt
+    from wasmsbx.backends.deadline import KEEPER
     from wasmsbx.runner import checkpoint
 
-    def interrupt() -> None:
-        os.kill(os.getpid(), signal.SIGINT)  # (handled at the next bytecode: held)
-        time.sleep(0.01)
-
-    class Interrupted(checkpoint.Checkpoint):
-        def remove(self) -> None:
-            if when == "as done() removes it":
-                interrupt()
-            super().remove()
-
-    marker = Interrupted(tmp_path / "run.ckpt", {"kind": "test"})
-    marker.save({"x": 1})
-    KEEPER.settle()
-    KEEPER.drop_signals = 0
-    before = signal.signal(signal.SIGINT, on_interrupt)
-    try:
+    with _finishing_run(tmp_path, when == "as done() removes it") as marker:
         with checkpoint.HoldInterrupt() as guard:
             guard.done(marker)
             if when != "as done() removes it":
-                interrupt()
+                _interrupt()
         assert not (tmp_path / "run.ckpt").exists()
         assert guard.dropped and not guard.pending
         time.sleep(0.2)  # (the keeper's thread reads the signal too)
         assert KEEPER.signalled is None, "forgiven: no hard stop for the dropped one"
         with pytest.raises(KeyboardInterrupt):
-            interrupt()
-    finally:
-        signal.signal(signal.SIGINT, before)
-        KEEPER.drop_signals = 0
-        KEEPER.settle()
+            _interrupt()
 
 
 def test_a_second_interrupt_as_a_run_finishes_stops_it(tmp_path):
     """The first interrupt as a finished run removes its checkpoint is dropped; a second
     before the guard's ``with`` ends stops the process (both had been dropped: done()
     dropped the first, and the guard's exit the second)."""
-    from wasmsbx.backends.deadline import KEEPER, on_interrupt
     from wasmsbx.runner import checkpoint
 
-    def interrupt() -> None:
-        os.kill(os.getpid(), signal.SIGINT)  # (handled at the next bytecode: held)
-        time.sleep(0.01)
-
-    class Interrupted(checkpoint.Checkpoint):
-        def remove(self) -> None:
-            interrupt()
-            super().remove()
-
-    marker = Interrupted(tmp_path / "run.ckpt", {"kind": "test"})
-    marker.save({"x": 1})
-    KEEPER.settle()
-    KEEPER.drop_signals = 0
-    before = signal.signal(signal.SIGINT, on_interrupt)
-    try:
+    with _finishing_run(tmp_path, True) as marker:
         with pytest.raises(KeyboardInterrupt), checkpoint.HoldInterrupt() as guard:
             guard.done(marker)
-            interrupt()
+            _interrupt()
         assert guard.dropped
-    finally:
-        signal.signal(signal.SIGINT, before)
-        KEEPER.drop_signals = 0
-        KEEPER.settle()
 
 
 @pytest.mark.parametrize(
