@@ -53,6 +53,23 @@ def test_name_section_names_are_escaped_in_the_backtrace(cli, isolated, backend)
     assert _clean(result.stderr), result
 
 
+def test_json_carries_the_export_name_and_an_escaped_backtrace(cli, isolated, backend):
+    # (as the README says: a message's names unchanged, JSON escaping them itself; a
+    # backtrace's frames are text lines, escaped as printed)
+    import json
+
+    (isolated / "t.wat").write_text(f'(module (func $"{FORGED}" (export "t{FORGED}") unreachable))')
+    name = "t\x1b]0;title\x07\r\nerror: fake"
+    result = cli("run", "t.wat", name, "--json", "--backend", backend)
+    assert result.code == 103, result
+    error = json.loads(result.stdout)["error"]
+    assert f"{name} trapped" in error["message"]
+    frames = error["backtrace"]
+    assert frames and all(_clean(frame) for frame in frames), frames
+    assert frames[0].startswith("\\x1b]0;title\\x07\\r\\nerror: fake"), frames
+    assert _clean(result.stderr), result
+
+
 def test_a_file_name_is_escaped_in_errors_and_the_cache_listing(cli, isolated):
     name = "\x1b]0;pwn\x07\x1b[31mred.wat"
     (isolated / name).write_text('(module (func (export "f")))')

@@ -281,3 +281,32 @@ def test_an_instance_child_that_does_not_end_is_killed_not_waited_for(monkeypatc
     assert holder.pid is None
     assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
     child.returncode = -9  # (reaped here, not by Popen)
+
+
+def test_trap_frames_keep_names_with_line_breaks_and_parentheses():
+    # A name section's name may hold line breaks: the frame was dropped (or cut at the
+    # break) when each line was read alone. The location is read from the frame's end.
+    from wasmsbx.backends.wasmer.engine import _frames
+
+    class Same:
+        @staticmethod
+        def original_offset(offset: int) -> int:
+            return offset
+
+    rest = (
+        "    at \x1b]0;t\x07\r\nerror: fake (<module>[0]:0x23)\n"
+        "    at a\nb (c) @ 0x99 (<module>[1]:0x27)\n"
+        "    at plain (<module>[2]:0xffffffff)\n"
+        "    at no location here\n"
+        "    at f (x[y]:0x1)"
+    )
+    assert _frames(rest, Same) == [
+        "\\x1b]0;t\\x07\\r\\nerror: fake @ 0x23",
+        "a\\nb (c) @ 0x99 @ 0x27",
+        "plain",
+    ]
+    assert len(_frames("    at f (<module>[0]:0x1)\n" * 100, Same)) == 12
+    # linear: a long name of " (" and "]:0x" pieces reads in a blink, and is cut
+    start = time.process_time()
+    (frame,) = _frames("    at " + " ([1]:0x" * 200_000 + " (<module>[0]:0x5)", Same)
+    assert time.process_time() - start < 5 and frame.endswith("characters) @ 0x5")

@@ -92,7 +92,8 @@ MAX_FRAMES = 12
 MAX_MESSAGE = 16384  # a stack overflow's message is ~17 MB of backtrace: keep the head
 ARTIFACT_MAGIC = b"WSBXWMR1"
 _EXIT = re.compile(r"(?:RuntimeError: )?WASI exited with code: (\d+)")
-_FRAME = re.compile(r"at (.*?) \((?:.*?)\[\d+\]:0x([0-9a-f]+)\)")
+_HEX = re.compile(r"[0-9a-f]{1,16}")
+_DIGITS = re.compile(r"[0-9]{1,10}")
 _HEADER = struct.Struct("<I")
 # How long a forked worker may take to say it is set up ("loaded"), before any guest
 # code runs: a fork and a few system calls, which a loaded host can delay far beyond a
@@ -184,6 +185,32 @@ def _quietly(make: Callable, *args: Any) -> Any:
     finally:
         os.dup2(saved, 2)
         os.close(saved)
+
+
+def _frames(rest: str, shift: Any) -> list:
+    """The frames of a wasmer trap's text (what follows its first line): each
+    ``    at NAME (MODULE[N]:0xOFFSET)``, NAME as the name section says, escaped and cut
+    like any name. A name may hold line breaks, so a frame runs to the next line that
+    starts ``    at `` (a frame was dropped, or cut at its line break, before); the
+    location is read from the frame's end. Linear in the text: no pattern that can
+    backtrack over a name. A name holding ``\n    at `` shows as frames of its own, as
+    the guest chose (its names are its own anyway)."""
+    out = []
+    for part in ("\n" + rest).split("\n    at ")[1 : MAX_FRAMES + 1]:
+        part = part.rstrip()
+        cut = part.rfind("]:0x")
+        offset = part[cut + 4 : -1]
+        if cut < 0 or not part.endswith(")") or not _HEX.fullmatch(offset):
+            continue
+        index = part.rfind("[", 0, cut)
+        start = part.rfind(" (", 0, index) if index >= 0 else -1
+        if start < 0 or not _DIGITS.fullmatch(part[index + 1 : cut]):
+            continue
+        where = ""
+        if offset != "ffffffff":
+            where = f" @ 0x{shift.original_offset(int(offset, 16)):x}"
+        out.append(f"{errors.inert(part[:start])}{where}")
+    return out
 
 
 def _strip(message: str) -> str:
@@ -464,21 +491,12 @@ class _Child:
         """An exception raised by wasm, as data for the parent."""
         if isinstance(exc, RuntimeError):
             text = str(exc)[:MAX_MESSAGE]
-            lines = text.strip().splitlines() or ["trap"]
-            exited = _EXIT.fullmatch(lines[0].strip())
+            head, _, rest = text.strip().partition("\n")
+            head = head.strip() or "trap"
+            exited = _EXIT.fullmatch(head)
             if exited:
                 return ("exit", int(exited.group(1)), self.memory_bytes())
-            frames = []
-            for line in lines[1 : MAX_FRAMES + 1]:
-                match = _FRAME.search(line)
-                if match:
-                    name, offset = match.groups()
-                    where = ""
-                    if offset != "ffffffff":
-                        where = f" @ 0x{self.shift.original_offset(int(offset, 16)):x}"
-                    # (the name is the name section's: escaped and cut like any name)
-                    frames.append(f"{errors.inert(name)}{where}")
-            return ("trap", _strip(lines[0].strip()), frames, self.memory_bytes())
+            return ("trap", _strip(head), _frames(rest, self.shift), self.memory_bytes())
         if isinstance(exc, _StartFailed):
             return ("start", exc.args[0], self.memory_bytes())
         if isinstance(exc, _LinkFailed):
