@@ -513,3 +513,21 @@ def test_mutated_c_module_never_crashes_the_checks():
         report.to_dict(), report.to_sarif(), suggest_policy(report).to_toml()
 
     check()
+
+
+def test_the_validation_engine_is_freed_before_the_runtime_at_exit():
+    # The fuzz case above left the validation engine to the interpreter's end, which
+    # freed it through a wasmtime-py already torn down: "Exception ignored in:
+    # Managed.__del__ ... 'NoneType' object is not callable" after the last test.
+    import subprocess
+    import sys
+
+    case = f"{__file__}::test_random_bytes_never_escape_as_other_errors"
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:xdist", case],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stdout[-2000:]
+    assert "Exception ignored" not in done.stderr + done.stdout, done.stderr[-2000:]

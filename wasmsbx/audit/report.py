@@ -289,7 +289,13 @@ def _validated(wasm: bytes) -> Optional[str]:
     except ImportError:  # pragma: no cover - wasmtime is a dependency
         return None
     if not _ENGINE:
+        import atexit
+
         _ENGINE.append(wasmtime.Engine())
+        # (freed while the runtime is whole: left to the interpreter's end, it was freed
+        # through a runtime already gone, "Exception ignored in Managed.__del__",
+        # as runner/shared.py's _at_exit says)
+        atexit.register(_ENGINE.clear)
     try:
         wasmtime.Module.validate(_ENGINE[0], wasm)
     except Exception as exc:  # wasmtime.WasmtimeError
