@@ -462,13 +462,18 @@ def _stats_set(data: dict, **values) -> dict:
 @pytest.mark.parametrize(
     "change",
     [{"median": "fast"}, {"median": 0}, {"median": -1.0}, {"median": None}, {"mad": ...},
-     {"mad": [1]}, {"samples": "3"}, {"samples": 0}, {"median": 10**400}],
+     {"mad": [1]}, {"samples": "3"}, {"samples": 0}, {"median": 10**400},
+     {"samples": 10**400}, {"samples": 10**9 + 1}, {"mad": 1.7e308}, {"median": 5e-324},
+     {"median": 1e300, "mad": 1e300}],
     ids=["median text", "median 0", "median negative", "median null", "no mad", "mad list",
-         "samples text", "samples 0", "median 10**400"],
+         "samples text", "samples 0", "median 10**400", "samples 10**400",
+         "samples past 10**9", "mad 1.7e308", "median 5e-324", "median 1e300"],
 )  # fmt: skip
 def test_a_baseline_whose_measurements_are_not_numbers_is_refused(cli, tmp_path, change):
     """Valid JSON of the wrong types was an internal error (exit 100); a median of 0
-    judged any time "same" (red team round 69)."""
+    judged any time "same" (red team round 69). Samples of 10**400 were an internal error
+    too; a mad of 1.7e308 made the noise band infinite (every phase "same"), a median of
+    5e-324 the change: both wrote "Infinity", which is not JSON (red team round 129)."""
     path, data = saved_baseline(cli, tmp_path, "--phase", "call")
     path.write_text(json.dumps(_stats_set(data, **change)))
     r = cli("bench", ADD, "add", "1", "2", "--baseline", path, "--phase", "call", *FAST)

@@ -806,16 +806,32 @@ def _baseline_problem(cases: list) -> str:
                 if not stats:
                     continue
                 samples = stats.get("samples", 1)
+                median, spread = stats.get("median"), stats.get("mad")
                 if not (
-                    _number(stats.get("median"), True)
-                    and _number(stats.get("mad"), False)
-                    and (samples is None or (type(samples) is int and samples >= 1))
+                    _number(median, True)
+                    and _number(spread, False)
+                    and (samples is None or (type(samples) is int and 1 <= samples <= MAX_SAMPLES))
                 ):
                     return (
                         f"case {name}, phase {inert(phase, 40)}: its median, mad and samples "
                         "are not positive numbers"
                     )
+                if not (MIN_MEDIAN <= median <= MAX_SECONDS and spread <= MAX_SECONDS):
+                    return (
+                        f"case {name}, phase {inert(phase, 40)}: a median of {median:.3g} s "
+                        f"and a mad of {spread:.3g} s are no measurement (a median is "
+                        f"{MIN_MEDIAN:g}..{MAX_SECONDS:g} s, a mad at most {MAX_SECONDS:g} s)"
+                    )
     return ""
+
+
+# A baseline's summaries (red team round 129: samples of 10**400 overflowed the noise band,
+# an internal error; a mad of 1.7e308 made it infinite, every phase "same", and a median of
+# 5e-324 made the change infinite: both wrote "Infinity", which is not JSON). Within these
+# the noise band and the change are finite.
+MAX_SAMPLES = 10**9
+MIN_MEDIAN = 1e-12  # seconds per operation
+MAX_SECONDS = 1e9
 
 
 def exit_code(report: Report, single: bool) -> int:
