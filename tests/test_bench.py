@@ -172,6 +172,23 @@ def test_budget_stops_sampling_early():
     assert 1 <= phase.stats.samples < 1000
 
 
+def test_calibration_stops_where_the_next_block_would_pass_the_budget():
+    # (a suite's sample_time of 30 s under a budget of 1 s grew blocks to 20,000
+    # compiles, 81 s: red team 129). Simulated: each operation "takes" 10 ms.
+    import time
+
+    blocks = []
+
+    def op(n: int) -> float:
+        blocks.append(n)
+        return n * 0.01
+
+    ops = bench._calibrate(op, 30.0, time.perf_counter() + 1.0)
+    assert ops == 10 and blocks == [1, 1, 10], blocks  # (a block of 100 would take 1 s)
+    blocks.clear()  # without a deadline in sight, the sample time decides
+    assert bench._calibrate(op, 0.5, time.perf_counter() + 3600) == 50  # 0.5 s a block
+
+
 def test_settings_are_checked():
     from wasmsbx.errors import UsageError
 

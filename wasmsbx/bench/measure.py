@@ -283,11 +283,13 @@ def environment() -> dict:
 # ---------------------------------------------------------------------------- measuring
 
 
-def _calibrate(op: Callable[[int], float], sample_time: float) -> int:
+def _calibrate(op: Callable[[int], float], sample_time: float, deadline: float) -> int:
     """Operations per sample so that one sample lasts at least ``sample_time``.
 
     One operation first, untimed for the estimate (the first call is often cold), then
-    the block grows (at most tenfold a step) until it lasts ``sample_time``.
+    the block grows (at most tenfold a step) until it lasts ``sample_time``, or until the
+    next block would end past ``deadline`` (the phase's budget: a suite's `sample_time
+    = "30s"` under `budget = "1s"` grew blocks to 20,000 compiles, 81 s: red team 129).
     """
     op(1)
     ops = 1
@@ -295,8 +297,10 @@ def _calibrate(op: Callable[[int], float], sample_time: float) -> int:
         elapsed = op(ops)
         if elapsed >= sample_time:
             break
-        factor = math.ceil(sample_time / max(elapsed, 1e-9))
-        ops = min(MAX_OPS, ops * min(10, max(2, factor)))
+        grow = min(10, max(2, math.ceil(sample_time / max(elapsed, 1e-9))))
+        if time.perf_counter() + elapsed * grow > deadline:
+            break
+        ops = min(MAX_OPS, ops * grow)
     return ops
 
 
@@ -312,7 +316,7 @@ def measure(
     """
     gc.collect()  # garbage of the previous phase is not this phase's cost
     deadline = time.perf_counter() + settings.budget
-    ops = _calibrate(op, settings.sample_time)
+    ops = _calibrate(op, settings.sample_time, deadline)
     warm = 0
     while warm < settings.warmup and time.perf_counter() < deadline:
         op(ops)
