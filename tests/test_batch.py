@@ -1012,6 +1012,48 @@ def test_crossed_files_in_other_spellings_and_commands(tmp_path):
     assert code == 0, err
 
 
+def test_what_a_run_keeps_has_one_name_while_the_guest_may_write(tmp_path):
+    """Red team 130: a policy hard-linked into the folder granted read-write (as a
+    tarball ships one) was rewritten by the guest through its other name, and the next
+    run granted what the guest chose. While a folder is granted read-write, the policy
+    (given or discovered), the batch input and the checkpoint may have one name only;
+    read-only grants, and no grants, leave them be."""
+    work = tmp_path
+    (work / "t.wat").write_text(ECHO_WAT)
+    out = work / "out"
+    out.mkdir()
+    (work / "p.toml").write_text('[limits]\ntimeout = "5s"\n')
+    os.link(work / "p.toml", out / "p.toml")
+    probe = os.path.join(os.path.dirname(__file__), "guests", "fsprobe.wasm")
+    shutil.copy(probe, work / "probe.wasm")
+    run = ["run", "probe.wasm", "--policy", "p.toml", "--dir", "out::/o", "--"]
+    code, err = _run_with([*run, "append", "/o/p.toml", "[filesystem]"], work)
+    assert code == 105 and "the policy (p.toml) has 2 names (hard links)" in err, err
+    assert (work / "p.toml").read_text() == '[limits]\ntimeout = "5s"\n'
+    for args in (["watch", "t.wat", "f", "1"], ["bench", "t.wat", "f", "1", "-n", "3"]):
+        code, err = _run_with([*args, "--policy", "p.toml", "--dir", "out"], work)
+        assert code == 105 and "has 2 names" in err, (args, err)
+    code, err = _run_with(["run", "t.wat", "f", "1", "--policy", "p.toml", "--dir-ro", "out"],
+                          work)  # fmt: skip
+    assert code == 0, err
+    code, err = _run_with(["run", "t.wat", "f", "1", "--policy", "p.toml"], work)
+    assert code == 0, err
+    # a discovered sandbox.toml; the batch input; the checkpoint
+    os.link(work / "p.toml", work / "sandbox.toml")
+    code, err = _run_with(["run", "t.wat", "f", "1", "--dir", "out"], work)
+    assert code == 105 and "sandbox.toml) has 3 names" in err, err
+    os.unlink(work / "sandbox.toml")
+    (work / "items.jsonl").write_text("[1]\n")
+    os.link(work / "items.jsonl", out / "items.jsonl")
+    code, err = _run_with(["run", "t.wat", "f", "--batch", "items.jsonl", "--dir", "out"], work)
+    assert code == 105 and "the batch input (items.jsonl) has 2 names" in err, err
+    (work / "run.ckpt").write_text("")
+    os.link(work / "run.ckpt", out / "run.ckpt")
+    code, err = _run_with(["run", "t.wat", "f", "--batch", "-", "--checkpoint", "run.ckpt",
+                           "--dir", "out"], work)  # fmt: skip
+    assert code == 105 and "the checkpoint (run.ckpt) has 2 names" in err, err
+
+
 def test_what_a_run_keeps_never_lies_where_the_guest_writes(tmp_path):
     """Red team round 55: a guest granted the folder of the --audit-log (read-write)
     erased its record and wrote one of its own; the batch input and the checkpoint there

@@ -830,3 +830,26 @@ def test_a_change_past_the_cut_says_where_it_is():
 
     (change,) = compare(read_facts(module(b"\x7f")), read_facts(module(b"\x7e"))).changes
     assert change.old == change.new and "(param 40: i32 -> i64)" in change.note
+
+
+def test_a_policy_with_a_second_name_is_refused_but_a_module_may_have_one(watch, isolated):
+    """Red team 130: the policy hard-linked into a folder granted read-write could be
+    rewritten by the guest through that name. Refused while a folder is granted
+    read-write (exit 105); the module may have other names (cargo hard-links what it
+    builds), which is no way into the policy."""
+    shutil.copy(GUESTS / "fsprobe.wasm", isolated)
+    (isolated / "out").mkdir()
+    (isolated / "p.toml").write_text("# p\n")
+    os.link(isolated / "p.toml", isolated / "out" / "p.toml")
+    argv = [sys.executable, "-m", "wasmsbx", "watch", "fsprobe.wasm", "--policy", "p.toml"]
+    argv += ["--dir", "out::/o", "--", "append", "/o/p.toml", "x"]
+    proc = subprocess.run(argv, cwd=isolated, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 105 and "has 2 names (hard links)" in proc.stderr, proc.stderr
+    assert (isolated / "p.toml").read_text() == "# p\n"
+    os.unlink(isolated / "out" / "p.toml")
+    os.link(isolated / "fsprobe.wasm", isolated / "build.wasm")
+    w = watch("fsprobe.wasm", "--policy", "p.toml", "--dir", "out::/o", "--", "append",
+              "/o/log.txt", "x")  # fmt: skip
+    assert w.wait("run", cycle=1)["exit_code"] == 0
+    assert w.stop() == 0
+    assert (isolated / "out" / "log.txt").read_text() == "x"

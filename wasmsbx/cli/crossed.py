@@ -13,11 +13,11 @@ anything runs: exit 105, as ``cat`` refuses "input file is output file".
 Files are compared by what they are (device and inode, so links and other spellings of
 a name are caught); a file that does not exist yet by its real path. Only regular files
 count (a terminal, a pipe or /dev/null is shared by design). What the run keeps, and
-the batch input, may not lie where the guest can write either (``refuse_in_grants``).
-Not covered: two new names of one file through a bind mount, a bind mount of a folder
-or file inside a read-write grant (a bind mount of the grant itself is seen), and a
-name another process swaps for a link between this check and the open (README "Batch
-and streaming").
+the batch input, may not lie where the guest can write either (``refuse_in_grants``),
+nor have a second name (a hard link) while the guest may write anywhere. Not covered: two
+new names of one file through a bind mount, a bind mount of a folder or file inside a
+read-write grant (a bind mount of the grant itself is seen), and a name another process
+swaps for a link between this check and the open (README "Batch and streaming").
 """
 
 from __future__ import annotations
@@ -61,13 +61,15 @@ def refuse_crossed(args: Any, policy: Any) -> None:
     refuse_in_grants(policy, [batch_input, piped, the_policy, *kept])
 
 
-def refuse_in_grants(policy: Any, named: list) -> None:
+def refuse_in_grants(policy: Any, named: list, one_name: bool = True) -> None:
     """InputError (105) if one of ``named`` ((what, path) pairs) lies in a folder the
     guest may write: it could change the batch input under the run (append items to it),
     forge the audit log or the checkpoint (red team round 55: a guest granted the
     folder of the log erased its record and wrote one of its own), or rewrite the policy
     the next run reads. Judged as stdio files are (runner.sandbox.writable_grant_on_way:
-    every folder on the way to it)."""
+    every folder on the way to it). ``one_name``: nor may they have a second name
+    (``_refuse_other_names``; ``watch`` asks it of the policy only, not of its module:
+    cargo hard-links what it builds)."""
     if not any(grant.writable for grant in policy.grants):
         return
     from ..runner.sandbox import writable_grant_on_way
@@ -82,6 +84,27 @@ def refuse_in_grants(policy: Any, named: list) -> None:
                 f"(filesystem.read_write {errors.inert(grant.host)}); nothing was run",
                 hint="keep it outside the folders granted read-write",
             )
+        if one_name:
+            _refuse_other_names(what, where)
+
+
+def _refuse_other_names(what: str, where: str) -> None:
+    """InputError (105) if ``where`` is a regular file with more than one name: another
+    name (a hard link) may lie in a folder the guest can write, and a name does not say
+    where the others are (red team 130: a policy hard-linked into a granted folder, as
+    a tarball can ship it, was rewritten by the guest, and the next run granted what
+    the guest chose). Called only when the run has a read-write grant."""
+    try:
+        info = os.stat(where)
+    except (OSError, ValueError):
+        return  # (missing: made by this run; unreadable: its own error comes later)
+    if stat.S_ISREG(info.st_mode) and info.st_nlink > 1:
+        raise errors.InputError(
+            f"{what} ({errors.inert(where)}) has {info.st_nlink} names (hard links), and "
+            "the guest may write a folder (filesystem.read_write): another name could lie "
+            "there; nothing was run",
+            hint="give it a name of its own (copy it, then use the copy)",
+        )
 
 
 def standard_writes() -> list:

@@ -371,15 +371,17 @@ def _refuse_crossed(
     # (with --json the guest's output is captured into the events: its files are unused)
     guest = guest_writes(loaded) if loaded is not None and not capture else []
     writes = standard_writes() + guest
-    reads = [("the module", module), ("the source", source)]
-    reads += [("the policy", policy or policy_mod.POLICY_FILENAME)]
+    the_policy = ("the policy", policy or policy_mod.POLICY_FILENAME)
+    reads = [("the module", module), ("the source", source), the_policy]
     reads += [("an --also path", path) for path in also]
     refuse(reads, [], writes)
     if loaded is not None:
         # Nor may the guest write what is watched (red team round 58: `--dir out --also
         # out`, or a guest rewriting ./sandbox.toml, ran 60-70 times in 8 s): each write
-        # would start the next run, and a policy it rewrote would be the next run's.
-        refuse_in_grants(loaded, reads)
+        # would start the next run, and a policy it rewrote would be the next run's
+        # (nor through a second name of it: red team 130).
+        refuse_in_grants(loaded, reads, one_name=False)
+        refuse_in_grants(loaded, [the_policy])
     if not also:
         return
     # Nor in an --also folder: a write there, or a folder the guest may write there
