@@ -37,17 +37,16 @@ def grants(root, names) -> None:
 
 @pytest.fixture
 def walks(monkeypatch):
-    """The folders os.walk yields while a policy is discovered (the pruning the walk
-    does on its `dirs` list reaches the real walk: the list is the same object)."""
+    """The folders the walk lists while a policy is discovered (by their descriptors'
+    paths: the walk goes by descriptors)."""
     seen = []
-    real_walk = os.walk
+    real_names = policy_mod._names
 
-    def counting(top, *args, **kwargs):
-        for entry in real_walk(top, *args, **kwargs):
-            seen.append(entry[0])
-            yield entry
+    def counting(fd):
+        seen.append(os.readlink(f"/proc/self/fd/{fd}"))
+        return real_names(fd)
 
-    monkeypatch.setattr(os, "walk", counting)
+    monkeypatch.setattr(policy_mod, "_names", counting)
     return seen
 
 
@@ -119,3 +118,58 @@ def test_a_discovered_policy_holds_at_most_1000_grants(cli, tmp_path):
     assert "--policy" in result.stderr, result
     named = cli("run", add, "add", "1", "2", "--policy", "sandbox.toml", cwd=tmp_path)
     assert named.code == 0, named  # a policy you name is trusted as it is
+
+
+def _chain(root, depth: int, last: str = "leaf"):
+    """A folder ``depth`` deep under ``root`` (made by descriptors: its path may pass
+    PATH_MAX), ``last`` at the bottom."""
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for _ in range(depth):
+            os.mkdir("d" * 200, dir_fd=fd)
+            inner = os.open("d" * 200, os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+            os.close(fd)
+            fd = inner
+        os.mkdir(last, dir_fd=fd)
+    finally:
+        os.close(fd)
+
+
+@pytest.fixture
+def deep_trees(tmp_path):
+    """Removed by descriptors afterwards (pytest's own removal recurses per level)."""
+    from wasmsbx.fstree import remove_tree
+
+    yield tmp_path
+    for name in ("deep", "shallow", "clean"):
+        assert remove_tree(str(tmp_path / name))
+
+
+def test_a_deep_folder_is_refused_not_a_recursion_error(cli, deep_trees):
+    """Red team 130: a cloned project granting a folder 1,000 deep was an internal error
+    (RecursionError, exit 100) in every command: os.walk recursed once per level. The
+    walk holds a descriptor per level and refuses a grant deeper than 256 (exit 101);
+    a tree deeper than PATH_MAX (200-character names) is walked to its bottom."""
+    tmp_path = deep_trees
+    deep = tmp_path / "deep"
+    deep.mkdir()
+    _chain(deep, 1_000)
+    grants(tmp_path, ["deep"])
+    add = EXAMPLES / "add.wat"
+    for command in (["run", add, "add", "1", "2"], ["policy", "show"]):
+        result = cli(*command, cwd=tmp_path)
+        assert result.code == 101, result
+        assert "deeper than 256 folders" in result.stderr and "internal" not in result.stderr
+    shallow = tmp_path / "shallow"
+    shallow.mkdir()
+    _chain(shallow, 250, ".git")  # 50 KB of path: past PATH_MAX, still walked
+    grants(tmp_path, ["shallow"])
+    result = cli("run", add, "add", "1", "2", cwd=tmp_path)
+    assert result.code == 101 and "version-control metadata" in result.stderr, result
+    assert f"{'d' * 200}/.git" in result.stderr or "characters)" in result.stderr, result
+    _clean = tmp_path / "clean"
+    _clean.mkdir()
+    _chain(_clean, 250)
+    grants(tmp_path, ["clean"])
+    result = cli("run", add, "add", "1", "2", cwd=tmp_path)
+    assert result.code == 0 and result.stdout.strip() == "3", result

@@ -1208,23 +1208,86 @@ def _metadata_below(folder: str, walked: set) -> Optional[str]:
     grant and nothing was shared, so 1,000 grants of one folder of 2,000 walked two
     million folders, 26 s before any command ran (hours within the 1 MiB policy cap).
     """
-    import os
-
     if folder in walked:
         return None
-    for top, dirs, files in os.walk(folder):
-        found = [n for n in (*dirs, *files) if n.lower() in VCS_NAMES]
-        if found:
-            shown = os.path.relpath(os.path.join(top, found[0]), folder)
-            return f"which holds version-control metadata ({shown}); grant a folder without it"
-        walked.add(top)
-        if len(walked) > VCS_WALK_LIMIT:
-            return (
-                f"which brings the folders this policy grants past {VCS_WALK_LIMIT:,} "
-                "(each is checked for version-control metadata); grant smaller folders"
-            )
-        dirs[:] = [name for name in dirs if os.path.join(top, name) not in walked]
-    return None
+    try:
+        fd = os.open(folder, _WALK_DIR)
+    except OSError:
+        return None  # (os.walk's way: a folder it cannot read holds nothing it sees)
+    # By descriptors, one per level (no recursion: os.walk recursed once per level on
+    # Python 3.9-3.11, and a cloned project granting a folder 1,000 deep was an internal
+    # error, RecursionError, in every command; nor whole paths, which past PATH_MAX
+    # could not be opened: red team 130). An entry: [descriptor, real path, path shown
+    # (relative to ``folder``), its subfolders still to visit].
+    stack: list = []
+    try:
+        top, shown = folder, ""
+        while True:
+            if fd is not None:  # a folder reached: its names checked, it counts
+                files, folders = _names(fd)
+                found = [n for n in (*folders, *files) if n.lower() in VCS_NAMES]
+                if found:
+                    where = found[0] if not shown else f"{shown}/{found[0]}"
+                    os.close(fd)
+                    return (
+                        f"which holds version-control metadata ({where}); grant a folder without it"
+                    )
+                walked.add(top)
+                stack.append(
+                    [fd, top, shown, [n for n in folders if os.path.join(top, n) not in walked]]
+                )
+                if len(walked) > VCS_WALK_LIMIT:
+                    return (
+                        f"which brings the folders this policy grants past "
+                        f"{VCS_WALK_LIMIT:,} (each is checked for version-control "
+                        "metadata); grant smaller folders"
+                    )
+            if not stack:
+                return None
+            parent, above, shown_above, pending = stack[-1]
+            if not pending:
+                os.close(parent)
+                stack.pop()
+                fd = None
+                continue
+            name = pending.pop()
+            if len(stack) >= VCS_WALK_DEPTH:
+                return (
+                    f"which goes deeper than {VCS_WALK_DEPTH:,} folders (each is checked "
+                    "for version-control metadata); grant a shallower folder"
+                )
+            try:
+                fd = os.open(name, _WALK_DIR, dir_fd=parent)
+            except OSError:
+                fd = None
+                continue
+            top = os.path.join(above, name)
+            shown = name if not shown_above else f"{shown_above}/{name}"
+    finally:
+        for entry in stack:
+            os.close(entry[0])
+
+
+def _names(fd: int) -> tuple:
+    """(names of what is not a folder, names of folders) in the folder open as ``fd``;
+    links are not folders here (never followed). Empty where it cannot be read."""
+    files, folders = [], []
+    try:
+        with os.scandir(fd) as listing:
+            for entry in listing:
+                try:
+                    is_folder = entry.is_dir(follow_symlinks=False)
+                except OSError:
+                    is_folder = False
+                (folders if is_folder else files).append(entry.name)
+    except OSError:
+        pass
+    return files, folders
+
+
+_WALK_DIR = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_NOFOLLOW", 0)
+_WALK_DIR |= getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NONBLOCK", 0)
+VCS_WALK_DEPTH = 256  # folders deep, one descriptor each (a deeper grant is refused)
 
 
 def override(
