@@ -6,6 +6,8 @@ validation in `audit` runs in one too."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from .test_audit_bounds import HEADER, leb, name, section, vec
@@ -225,3 +227,36 @@ def test_a_components_text_after_a_mark_or_a_long_comment_is_a_component(tmp_pat
     assert _is_component_file(str(path))
     path.write_bytes(head + b"(module)")
     assert not _is_component_file(str(path))
+
+
+NOT_UTF8 = "\udcff"  # the byte 0xff as a command line hands it to Python
+
+
+@pytest.mark.parametrize(
+    "module",
+    ["examples/wasi/hello.wasm", "examples/components/cat.wasm"],
+    ids=["module", "component"],
+)
+@pytest.mark.parametrize(
+    "flags",
+    [["--", f"a{NOT_UTF8}"], ["-e", f"A=b{NOT_UTF8}"], ["--dir-ro", f"examples::/d{NOT_UTF8}"]],
+    ids=["argv", "env", "guest-path"],
+)
+def test_bytes_that_are_not_utf8_are_a_usage_error_on_wasmtime(cli, module, flags):
+    # (red team 130: wasmtime-py's encoding raised inside the run, "internal error:
+    # UnicodeEncodeError", exit 100, for a module and a component alike)
+    root = Path(__file__).resolve().parent.parent
+    result = cli("run", root / module, "--backend", "wasmtime", *flags, cwd=root)
+    assert result.code == 2, result
+    assert "is not UTF-8 text" in result.stderr and "\\xff" in result.stderr, result
+    assert "internal" not in result.stderr, result
+
+
+def test_the_library_refuses_them_too():
+    import wasmsbx
+
+    root = Path(__file__).resolve().parent.parent
+    box = wasmsbx.Sandbox(root / "examples" / "wasi" / "hello.wasm", backend="wasmtime")
+    with pytest.raises(wasmsbx.errors.UsageError, match=r"argv\[1\] is not UTF-8 text \(\\ud800\)"):
+        box.run_command(["\ud800"], capture=True)
+    assert b"argv[1] = fine" in box.run_command(["fine"], capture=True).stdout
