@@ -198,3 +198,21 @@ def test_a_found_policys_paths_are_suggested_as_it_wrote_them(cli, isolated):
     data = tomllib.loads(suggest(cli, EXAMPLES / "wasi" / "hello.wasm"))
     assert data["runtime"]["cache_dir"] == ".wc"
     assert data["stdio"]["stdout"] == "logs/out.txt", data["stdio"]
+
+
+def test_a_folder_name_that_is_not_utf8_is_a_clear_error(cli, isolated):
+    """Red team 130: a grant of a folder whose name is not UTF-8 (reached by a found
+    policy through a link) made `--suggest-policy -o` an internal error (exit 100), and
+    printed TOML that is not UTF-8 to stdout. A TOML file cannot name it: exit 2."""
+    import os
+    import shutil
+
+    shutil.copy(GUESTS / "fsprobe.wasm", isolated)
+    os.mkdir(os.fsencode(isolated) + b"/d\xff")
+    os.symlink(b"d\xff", os.fsencode(isolated) + b"/link")
+    (isolated / "sandbox.toml").write_text('[filesystem]\nread_only = ["link::/d"]\n')
+    for extra in ([], ["-o", "s.toml"]):
+        result = cli("audit", "fsprobe.wasm", "--suggest-policy", *extra)
+        assert result.code == 2, result
+        assert "not UTF-8" in result.stderr and "d\\xff" in result.stderr, result
+        assert result.stdout == "" and not (isolated / "s.toml").exists(), result

@@ -170,7 +170,24 @@ class SuggestedPolicy:
             text = tomli_w.dumps({section: body}).rstrip("\n").split("\n")
             header, rest = text[0], text[1:]
             lines += ["", header, *self.placeholders.get(section, ()), *rest]
-        return "\n".join(lines) + "\n"
+        text = "\n".join(lines) + "\n"
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as exc:  # (a folder's name: bytes that are not UTF-8)
+            from .. import errors
+
+            end = text.find("\n", exc.end)
+            line = text[text.rfind("\n", 0, exc.start) + 1 : end if end >= 0 else None]
+            try:  # (shown as the bytes it came from: \xff)
+                line = line.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+            except UnicodeEncodeError:
+                pass
+            raise errors.UsageError(
+                f"the suggested policy would name a folder whose name is not UTF-8 "
+                f"({errors.inert(line.strip(), 120)}): a TOML file cannot hold it",
+                hint="rename the folder, or grant one with a UTF-8 name",
+            ) from None
+        return text
 
     def to_dict(self) -> dict:
         return {
