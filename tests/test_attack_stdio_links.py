@@ -277,3 +277,24 @@ def test_the_identity_of_a_path_changing_as_it_is_read_is_not_an_internal_error(
     missing = tmp_path / "gone" / "in.txt"
     monkeypatch.setattr(os.path, "realpath", racing)
     assert crossed._identity(str(missing)) == ("new", str(missing))
+
+
+def test_a_socket_as_the_guests_stdin_is_an_input_error_on_every_backend(cli, isolated, backend):
+    """Red team 130: on wasmer the worker's open of a socket raised, and the run said
+    "the wasmer worker process died ... this is a wasmer crash" (exit 103). Both
+    backends say they cannot set up the guest's stdio: exit 105."""
+    import socket
+
+    from .conftest import EXAMPLES
+
+    server = socket.socket(socket.AF_UNIX)
+    try:
+        server.bind(str(isolated / "sock"))
+        (isolated / "p.toml").write_text('[stdio]\nstdin = "sock"\n')
+        result = cli("run", EXAMPLES / "wasi" / "hello.wasm", "--policy", "p.toml",
+                     "--backend", backend)  # fmt: skip
+        assert result.code == 105, result
+        assert "cannot set up the guest's stdio" in result.stderr, result
+        assert "crash" not in result.stderr, result
+    finally:
+        server.close()

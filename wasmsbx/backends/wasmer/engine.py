@@ -512,7 +512,11 @@ class _Child:
     def serve(self, requests: int, answers: int, stdin: Any = None) -> None:
         self.fds = (requests, answers)
         _send(answers, ("loaded",))  # set up: the guest's time starts now (WORKER_START)
-        _child_stdin(stdin)  # (a FIFO's open may wait for a writer: the guest's time)
+        try:  # (a FIFO's open may wait for a writer: the guest's time)
+            _child_stdin(stdin)
+        except OSError as exc:  # (a socket; a file gone since the parent's check)
+            _send(answers, ("stdin", f"{stdin}: {exc.strerror or exc}"))
+            return
         try:
             instance = self.instantiate()
         except BaseException as exc:  # noqa: BLE001 - reported to the parent
@@ -817,6 +821,11 @@ class WasmerInstance(Instance):
             self.made = True
             return
         self.close()
+        if answer[0] == "stdin":  # (as wasmtime says it)
+            raise errors.InputError(
+                f"cannot set up the guest's stdio: {errors.inert(answer[1], 400)}",
+                path=wasi.stdin if isinstance(wasi.stdin, str) else None,
+            )
         raised = self._raised()
         if answer[0] == "start":
             raise self._error(answer[1], "start function") from raised
