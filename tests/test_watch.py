@@ -853,3 +853,45 @@ def test_a_policy_with_a_second_name_is_refused_but_a_module_may_have_one(watch,
     assert w.wait("run", cycle=1)["exit_code"] == 0
     assert w.stop() == 0
     assert (isolated / "out" / "log.txt").read_text() == "x"
+
+
+def test_an_edit_of_the_file_a_linked_policy_names_is_seen(watch, isolated):
+    """Red team 129: `--policy pol.toml`, a link into conf/, missed every edit made to
+    conf/real.toml: no policy event, and the next run went on under the old limits."""
+    shutil.copy(EXAMPLES / "add.wat", isolated)
+    (isolated / "conf").mkdir()
+    (isolated / "conf" / "real.toml").write_text("[limits]\nfuel = 100000\n")
+    os.symlink("conf/real.toml", isolated / "pol.toml")
+    w = watch("add.wat", "add", "5", "3", "--policy", "pol.toml")
+    assert w.wait("run", cycle=1)["ok"] is True
+    (isolated / "conf" / "real.toml").write_text("[limits]\nfuel = 1\n")
+    changed = w.wait("policy")
+    assert changed["ok"] is True, changed
+    assert {"key": "limits.fuel", "old": 100000, "new": 1} in changed["changes"], changed
+    run = w.wait("run", cycle=2)
+    assert run["ok"] is False and "fuel exhausted" in run["error"]["message"], run
+    assert w.stop() == 0
+
+
+def test_the_change_digest_reads_no_device_waits_on_no_fifo_and_stops_at_its_cap(tmp_path):
+    """Red team 129: every changed file was read whole up to 1 GiB (a policy swapped for
+    a link to /dev/zero took 1.1 GB at each change), and a FIFO with a writer that wrote
+    nothing held the watch's worker until the writer left."""
+    from wasmsbx.watch import _digest
+
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    writer = os.open(fifo, os.O_RDWR)  # (a writer that writes nothing)
+    try:
+        start = time.monotonic()
+        assert _digest(fifo) and _digest(Path("/dev/zero"))
+        assert time.monotonic() - start < 30  # (it waited for ever before)
+    finally:
+        os.close(writer)
+    big = tmp_path / "big"
+    big.write_bytes(b"x" * 5000)
+    by_content = _digest(big)
+    assert len(by_content) == 64 and by_content == _digest(big, 5000)
+    past_cap = _digest(big, 4999)
+    assert past_cap != by_content and ":" in past_cap  # (identity, size and time: not read)
+    assert _digest(tmp_path / "missing") is None

@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import os
 import signal
+import stat
 import threading
 import time
 from contextlib import contextmanager
@@ -321,13 +322,51 @@ def stop_on_signals(stop: Stop):
 # ---------------------------------------------------------------------------- the watcher
 
 
-def _digest(path: Path) -> Optional[str]:
-    try:
-        from ..inputs import ARTIFACT_MAX_BYTES, read_capped
+def _digest(path: Path, cap: Optional[int] = None) -> Optional[str]:
+    """What the file at ``path`` holds, to tell a real change from a touch: the SHA-256
+    of a regular file of at most ``cap`` bytes (default: an artifact's cap), read a
+    chunk at a time; of anything else (a FIFO, a device, a folder, a file past the cap,
+    which the loader refuses anyway) its kind, identity, size and time, nothing read.
+    Before, any changed file was read whole up to 1 GiB (`./sandbox.toml` swapped for a
+    link to /dev/zero took 1.1 GB at each change), and a FIFO with a writer that wrote
+    nothing held the watch's worker for as long (red team 129). None: nothing there."""
+    from ..inputs import ARTIFACT_MAX_BYTES
 
-        return hashlib.sha256(read_capped(path, ARTIFACT_MAX_BYTES)).hexdigest()
+    cap = ARTIFACT_MAX_BYTES if cap is None else cap
+    try:
+        info = os.stat(path)
+        if not stat.S_ISREG(info.st_mode) or info.st_size > cap:
+            return _stat_digest(info)
+        fd = os.open(path, os.O_RDONLY | _NONBLOCK | _CLOEXEC)
     except OSError:
         return None
+    try:
+        opened = os.fstat(fd)
+        if not stat.S_ISREG(opened.st_mode) or opened.st_size > cap:
+            return _stat_digest(opened)  # (swapped since the stat)
+        digest, left = hashlib.sha256(), cap + 1
+        while left > 0:
+            chunk = os.read(fd, min(DIGEST_CHUNK, left))
+            if not chunk:
+                break
+            digest.update(chunk)
+            left -= len(chunk)
+        return digest.hexdigest() if left > 0 else _stat_digest(os.fstat(fd))
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
+def _stat_digest(info: os.stat_result) -> str:
+    return (
+        f"{stat.S_IFMT(info.st_mode)}:{info.st_dev}:{info.st_ino}:{info.st_size}:{info.st_mtime_ns}"
+    )
+
+
+DIGEST_CHUNK = 1 << 20
+_NONBLOCK = getattr(os, "O_NONBLOCK", 0)
+_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 
 
 def _norm(path: Any) -> str:
@@ -379,7 +418,7 @@ class Watcher:
         except BaseException:
             self._cleanup(False)
             raise
-        self.digests = {p: _digest(Path(p)) for p in self._tracked()}
+        self.digests = {p: self._digest_of(p) for p in self._tracked()}
 
     # --------------------------------------------------------------- setup
     def _plan(self) -> None:
@@ -471,9 +510,28 @@ class Watcher:
     def watched_paths(self) -> list:
         return self._tracked() + list(self.also)
 
+    def _digest_of(self, path: str) -> Optional[str]:
+        """``_digest``, a policy's read only up to a policy's cap (the loader's)."""
+        from ..inputs import POLICY_MAX_BYTES
+
+        return _digest(Path(path), POLICY_MAX_BYTES if path == self.policy_file else None)
+
+    def _aliases(self) -> dict:
+        """The file a tracked path leads to through links -> that path, where they
+        differ: an edit of the file a linked policy names is an edit of the policy
+        (red team 129: `--policy pol.toml`, a link into conf/, missed every edit made in
+        conf/ and ran on under the old limits). Taken when the watch starts."""
+        found = {}
+        for path in self._tracked():
+            real = os.path.realpath(path)
+            if real != path:
+                found[real] = path
+        return found
+
     def _roots(self) -> tuple:
-        """Directories handed to watchfiles (parents, so editors' rename-saves are seen)."""
-        roots = {str(Path(p).parent) for p in self._tracked()}
+        """Directories handed to watchfiles (parents, so editors' rename-saves are seen;
+        also those of the files tracked paths lead to through links)."""
+        roots = {str(Path(p).parent) for p in (*self._tracked(), *self._aliases())}
         roots |= {p if os.path.isdir(p) else str(Path(p).parent) for p in self.also}
         recursive = any(os.path.isdir(p) for p in self.also)
         return sorted(roots), recursive
@@ -482,6 +540,7 @@ class Watcher:
         import watchfiles
 
         files = set(self._tracked()) | {p for p in self.also if not os.path.isdir(p)}
+        files |= set(self._aliases())
         dirs = tuple(p.rstrip(os.sep) + os.sep for p in self.also if os.path.isdir(p))
         default = watchfiles.DefaultFilter()
 
@@ -536,6 +595,7 @@ class Watcher:
         stop = self._stop = stop or Stop()
         roots, recursive = self._roots()
         wanted = self._filter()
+        aliases = self._aliases()
         step = max(1, int(self.config.debounce * 1e3 / 2))  # quiet for 1-2 steps: a burst ends
         worker: Optional[threading.Thread] = None
         pending: set = set()
@@ -561,7 +621,8 @@ class Watcher:
                     self.emit("start", self._start_data())
                     worker = self._launch(None)
                     continue
-                pending.update(_norm(p) for change, p in changes if wanted(change, p))
+                seen = (_norm(p) for change, p in changes if wanted(change, p))
+                pending.update(aliases.get(path, path) for path in seen)
                 if pending and not (worker and worker.is_alive()):
                     worker = self._launch(pending)
                     pending = set()
@@ -621,7 +682,7 @@ class Watcher:
         effective = set()
         for path in changed:
             if path in self.digests:
-                digest = _digest(Path(path))
+                digest = self._digest_of(path)
                 if digest != self.digests[path]:
                     self.digests[path] = digest
                     effective.add(path)
