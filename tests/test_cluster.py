@@ -225,6 +225,44 @@ def test_an_unreachable_scheduler_is_exit_123_within_the_timeout(cli, tmp_path):
     assert time.monotonic() - started < 90  # it stopped at all (2 s wait + start-up)
 
 
+@pytest.mark.parametrize("answer", [None, b"HTTP/1.1 400 Bad Request\r\n\r\n", b"\x01"])
+def test_a_peer_that_is_no_scheduler_is_exit_123(cli, tmp_path, answer):
+    """Red team 128: a peer that accepted and said nothing (a scheduler's dashboard port, a
+    stopped scheduler) held the client for ever, past $WASMSBX_CLUSTER_TIMEOUT; one that
+    answered HTTP was exit 118 ("out of memory"), a 1-byte frame exit 100."""
+    import socket
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(8)
+    held = []
+
+    def serve() -> None:
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            held.append(conn)
+            if answer is not None:
+                with contextlib.suppress(OSError):
+                    conn.sendall(answer)
+
+    threading.Thread(target=serve, daemon=True).start()
+    src = tmp_path / "in.jsonl"
+    src.write_text("[1, 2]\n")
+    try:
+        address = f"tcp://127.0.0.1:{server.getsockname()[1]}"
+        r = cli("run", ADD, "add", "--batch", src, "--cluster", address,
+                env={"WASMSBX_CLUSTER_TIMEOUT": "1s"}, timeout=100)  # fmt: skip
+    finally:
+        server.close()
+        for conn in held:
+            conn.close()
+    assert r.code == 123, r
+    assert "Dask scheduler at tcp://127.0.0.1" in r.stderr and r.stdout == "", r
+
+
 def test_a_scheduler_without_workers_is_exit_123(cli, tmp_path):
     with distributed.LocalCluster(
         n_workers=0, processes=False, protocol="tcp://", dashboard_address=None, silence_logs=50
@@ -425,6 +463,34 @@ def test_an_address_is_connected_to_and_closed(cluster):
     assert [r.values for r in box.batch("add", [[1, 1]], cluster=cluster)] == [[2]]
 
 
+def test_an_item_dask_cannot_pickle_is_that_items_error(cluster):
+    # (red team 128: Dask's TypeError ended the whole batch, line 1's result lost;
+    # locally, and with -j, such an item is an input error and the batch goes on)
+    box = Sandbox(ADD, defaults())
+    items = [[1, 2], {"args": [1, 1], "id": threading.Lock()}, (x for x in ()), [3, 4]]
+    local = [r.error_kind for r in box.batch("add", items)]
+    items = [[1, 2], {"args": [1, 1], "id": threading.Lock()}, (x for x in ()), [3, 4]]
+    remote = list(box.batch("add", items, cluster=cluster))
+    assert [r.error_kind for r in remote] == local == [None, "input", "input", None]
+    assert [r.values for r in remote] == [[3], None, None, [7]]
+
+
+def test_a_batch_dropped_unread_closes_its_connection(cluster, monkeypatch):
+    # (red team 128: made and never iterated, each batch kept a scheduler connection)
+    import gc
+
+    from wasmsbx.cluster import client as client_mod
+
+    closed = []
+    real = client_mod._close
+    monkeypatch.setattr(client_mod, "_close", lambda c: (closed.append(c), real(c)))
+    box = Sandbox(ADD, defaults())
+    results = box.batch("add", [[1, 1]], cluster=cluster)
+    del results
+    gc.collect()
+    assert len(closed) == 1 and closed[0].status == "closed"
+
+
 def test_a_precompiled_artifact_is_refused(tmp_path, client, cli):
     art = tmp_path / "add.cwasm"
     r = cli("compile", ADD, "-o", art, "--interruptible")
@@ -539,10 +605,30 @@ def test_results_are_checked_before_they_count():
         json.dumps({"results": [[3, 3, [1], None]], "seconds": 0}),
         json.dumps({"error": "no"}),
         "[" * 200_000 + "]" * 200_000,  # deeper than Python's stack: RecursionError
+        # not JSON, nor times (red team 128: a time of NaN was an internal error, results
+        # of NaN were written as they came)
+        '{"results": [[3, 3, [1], null, NaN]], "seconds": 0}',
+        '{"results": [[3, 3, [NaN, Infinity], null, 0]], "seconds": 0}',
+        '{"results": [[3, 3, [1e999], null, 0]], "seconds": 0}',
+        '{"results": [[3, 3, [1], null, 0]], "seconds": -Infinity}',
+        json.dumps({"results": [[3, 3, [1], None, 10**400]], "seconds": 0}),
+        json.dumps({"results": [[3, 3, [1], None, -1]], "seconds": 0}),
     ]
     for text in bad:
         with pytest.raises(errors.ClusterError):
             read_results(text, [3])
+
+
+@pytest.mark.parametrize("code", [0, 2, 120, 121, 122, 126, 130, 255, True, 101.0])
+def test_a_worker_chooses_no_exit_code_that_says_the_run_finished(code):
+    # (red team 128: a worker's {"error": {"exit_code": 122}} ended the run with exit 122,
+    # "done, some items failed", 2 of 5 lines written)
+    from wasmsbx.cluster.wire import read_results
+
+    text = json.dumps({"error": {"kind": "x", "message": "m", "exit_code": code}})
+    with pytest.raises(errors.WasmsbxError) as info:
+        read_results(text, [1])
+    assert info.value.exit_code == 123
 
 
 def test_a_worker_failure_comes_back_with_its_exit_code():

@@ -5,7 +5,9 @@ every worker and the job's spec (the client's effective policy, as JSON values),
 feeds chunks of items and writes their results in input order, exactly as a local batch
 does. Each worker (``worker.py``) compiles the module once and reuses instances from
 chunk to chunk. ``wire.py`` is what travels between the two; results come back as JSON
-text that the client checks, never as objects it would have to unpickle.
+text that the client checks (a client made here takes them as msgpack only). That is no
+security boundary: Dask unpickles a failed task's exception on the client as it arrives,
+so a compromised worker or scheduler can run code there (README "Across machines").
 
 This package is imported only when a cluster is named, so ``wasmsbx run`` never pays for
 Dask; and Dask itself is imported only inside ``client.connect``.

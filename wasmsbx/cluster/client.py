@@ -14,6 +14,7 @@ import json
 import os
 import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import Iterable, Iterator
 from typing import Any, Optional
@@ -23,8 +24,11 @@ from ..runner.batch import (
     CHUNK_MAX_BYTES,
     IDLE_TICK,
     REPLY_BYTES,
+    Pickled,
+    Unsendable,
     _chunk_bytes,
     _Feeder,
+    _sendable,
     encode,
 )
 from . import wire
@@ -34,6 +38,7 @@ CHUNK_TARGET_SECONDS = 0.25  # a task costs ~5 ms of Dask overhead: keep it ~2% 
 CHUNK_MAX_ITEMS = 8192  # and CHUNK_MAX_BYTES (256 KiB) of input, as in a local batch
 WINDOW_PER_THREAD = 3  # chunks in flight per worker thread
 REFRESH_WORKERS = 2.0  # seconds between looks at how many worker threads there are
+_SENT = (Pickled, Unsendable)  # an item's form once _sendable has made it
 MAX_RESHIPS = 5  # times in a row the module's bytes are sent again, no chunk done between
 
 
@@ -65,7 +70,11 @@ def run_cluster(
         if owned:
             _close(client)
         raise
-    return _dispatch(job, owned, numbered, encoded, idle, target.chunk_items)
+    results = _dispatch(job, owned, numbered, encoded, idle, target.chunk_items)
+    if owned:  # (a batch dropped before its first item never runs _dispatch's finally:
+        # its client stayed connected, one per batch: red team 128)
+        weakref.finalize(results, _close, client)
+    return results
 
 
 def _timeout(given: Optional[float]) -> float:
@@ -85,8 +94,6 @@ def _timeout(given: Optional[float]) -> float:
 def connect(where: Any, timeout: float) -> tuple:
     """``(client, owned)``: a distributed.Client for ``where`` (made here, owned) or
     ``where`` itself. An unreachable scheduler is a ClusterError after ``timeout``."""
-    import asyncio
-
     try:
         import distributed
     except ImportError:
@@ -100,18 +107,67 @@ def connect(where: Any, timeout: float) -> tuple:
                 f"cluster= takes an address or a distributed.Client, not {type(where).__name__}"
             )
         return where, False
+    from distributed.comm import parse_address
+
     try:
-        return distributed.Client(where, timeout=timeout, set_as_default=False), True
-    except (OSError, TimeoutError, asyncio.TimeoutError) as exc:
-        raise errors.ClusterError(
-            f"cannot reach the Dask scheduler at {where} within {timeout:g} s",
-            hint=f"is `dask scheduler` running there? ({_reason(exc)}; "
-            f"${ENV_TIMEOUT} sets the wait)",
-        ) from None
+        parse_address(where)
     except ValueError as exc:
         raise errors.UsageError(
             f"--cluster {where}: {exc}", hint="give a scheduler address, e.g. tcp://host:8786"
         ) from None
+    return _bounded_client(where, timeout), True
+
+
+def _bounded_client(where: str, timeout: float) -> Any:
+    """A distributed.Client for ``where``, made within ``timeout`` of wall-clock time,
+    else a ClusterError (exit 123). Dask's own timeout covers the TCP connect, not its
+    handshake: a peer that accepted and said nothing (the dashboard's port, a stopped
+    scheduler) held the client for ever; a peer that is no Dask scheduler was exit 118
+    (an HTTP answer read as a frame length) or 100 (red team 128). Results come back as
+    msgpack only (a string's form): a worker's pickled object is refused, not run; Dask
+    itself still unpickles a failed task's exception (README)."""
+    import distributed
+
+    made: list = []
+    failed: list = []
+    gave_up = threading.Event()
+
+    def make() -> None:
+        try:
+            client = distributed.Client(
+                where, timeout=timeout, set_as_default=False, deserializers=["msgpack"]
+            )
+        except BaseException as exc:  # noqa: BLE001 - handed to the waiting thread
+            failed.append(exc)
+            return
+        made.append(client)
+        if gave_up.is_set():  # (too late: nobody will use it)
+            _close(client)
+
+    thread = threading.Thread(target=make, name="wasmsbx-cluster-connect", daemon=True)
+    thread.start()
+    thread.join(timeout + CONNECT_GRACE)
+    if thread.is_alive() or not (made or failed):
+        gave_up.set()
+        if made:  # (made as the wait ended)
+            _close(made[0])
+        raise errors.ClusterError(
+            f"the Dask scheduler at {where} did not answer within {timeout:g} s",
+            hint=f"is `dask scheduler` running there, and is this its address (not its "
+            f"dashboard's)? ${ENV_TIMEOUT} sets the wait",
+        )
+    if made:
+        return made[0]
+    exc = failed[0]
+    if not isinstance(exc, Exception):
+        raise exc  # (Ctrl-C and the like)
+    raise errors.ClusterError(
+        f"cannot reach the Dask scheduler at {where} within {timeout:g} s",
+        hint=f"is `dask scheduler` running there? ({_reason(exc)}; ${ENV_TIMEOUT} sets the wait)",
+    ) from None
+
+
+CONNECT_GRACE = 5.0  # seconds past the timeout the handshake may take before it is given up
 
 
 def _reason(exc: BaseException) -> str:
@@ -231,6 +287,12 @@ class _Job:
     def submit(self, chunk: list) -> tuple:
         from .worker import run_chunk
 
+        # A Python caller's items go pickled one by one (as to -j workers): one Dask
+        # cannot pickle (an id that is a lock, a generator) is that item's error, not
+        # the whole batch's (red team 128: Dask's TypeError ended it, line 1's result
+        # lost). JSON lines (bytes, str) go as they are.
+        # (once: a chunk sent again, after a fault or in part, holds them already)
+        chunk = [item if type(item[1]) in _SENT else _sendable(item) for item in chunk]
         future = self.client.submit(run_chunk, self.spec, self.data, chunk, self.run, pure=False)
         future.add_done_callback(lambda _: self.wake.set())
         return future, chunk

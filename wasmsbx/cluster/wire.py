@@ -7,7 +7,10 @@ effective policy values, backend, FUNC, ``fresh``, the wasmsbx version), the mod
 Worker -> client: one JSON text per chunk, ``{"results": [[line, id, values, error,
 seconds], ...], "seconds": s}`` or ``{"error": {"kind", "message", "hint",
 "exit_code"}}``. The client parses and checks it (``read_results``) before anything
-reaches the output; it never unpickles an object a worker built.
+reaches the output: strict JSON (no NaN or Infinity), finite times, an exit code a
+job-stopping failure can have. The client asks Dask for results as msgpack only
+(client.connect), but this is no security boundary: Dask unpickles a failed task's
+exception as it arrives (README "Across machines").
 
 No Dask import here: both sides use this module, and the checks are plain Python.
 """
@@ -123,8 +126,9 @@ def read_results(text: Any, lines: list) -> tuple:
 
     if not isinstance(text, str):
         raise _bad(f"a chunk's result is a {type(text).__name__}, not JSON text")
-    try:
-        data = json.loads(text)
+    try:  # (NaN, Infinity, 1e999: a time of NaN was an internal error, a result of
+        # NaN was written as is, which is not JSON: red team 128)
+        data = json.loads(text, parse_constant=_no_constant, parse_float=_finite)
     except (ValueError, RecursionError) as exc:  # nesting deeper than Python's stack
         raise _bad(f"a chunk's result is not JSON: {exc}") from None
     if not isinstance(data, dict):
@@ -132,18 +136,29 @@ def read_results(text: Any, lines: list) -> tuple:
     if "error" in data:
         raise _remote_error(data["error"])
     rows, seconds = data.get("results"), data.get("seconds")
-    if not isinstance(rows, list) or not isinstance(seconds, (int, float)):
+    if not isinstance(rows, list) or not _seconds(seconds):
         raise _bad("a chunk's result lacks 'results' or 'seconds'")
     if not 0 < len(rows) <= len(lines):
         raise _bad(f"a chunk of {len(lines)} items came back with {len(rows)} results")
     return [BatchResult(*_row(row, line)) for row, line in zip(rows, lines)], float(seconds)
 
 
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if value != value or value in (float("inf"), float("-inf")):
+        raise ValueError(f"{text[:40]} is not a finite number")
+    return value
+
+
 def _row(row: Any, line: int) -> tuple:
     if not (isinstance(row, list) and len(row) == 5 and row[0] == line):
         raise _bad(f"the result for line {line} is malformed or out of order")
     _, ident, values, error, seconds = row
-    if not isinstance(seconds, (int, float)) or isinstance(seconds, bool):
+    if not _seconds(seconds):
         raise _bad(f"the result for line {line} has no time")
     if error is None:
         if not isinstance(values, list):
@@ -156,6 +171,12 @@ def _row(row: Any, line: int) -> tuple:
     ):
         raise _bad(f"the error for line {line} is malformed")
     return line, ident, values, error, float(seconds)
+
+
+def _seconds(value: Any) -> bool:
+    """A time a worker reports: a number from 0 to a year (a larger int made the
+    chunk sizer's arithmetic overflow)."""
+    return type(value) in (int, float) and 0 <= value <= 366 * 86400
 
 
 def _bad(message: str) -> errors.ClusterError:
@@ -172,6 +193,15 @@ def _remote_error(data: Any) -> errors.WasmsbxError:
         data["message"], hint=data.get("hint") if isinstance(data.get("hint"), str) else None
     )
     code = data.get("exit_code")
-    exc.exit_code = code if isinstance(code, int) and 0 < code < 256 else errors.ExitCode.CLUSTER
+    # Only a code a job-stopping failure can have: a worker that said 122 ("done, some
+    # items failed") ended the run there with the rest unwritten (red team 128).
+    exc.exit_code = code if type(code) is int and code in STOPPING else errors.ExitCode.CLUSTER
     exc.kind = data["kind"] if isinstance(data.get("kind"), str) else "cluster"
     return exc
+
+
+# The exit codes of a failure that stops a job on a worker (error_to_wire): wasmsbx's own
+# failures, limits and traps included (a start function, on a slower worker), but not
+# success, usage, batch failures, a regression, findings, a guest's status or an interrupt.
+_E = errors.ExitCode
+STOPPING = frozenset(range(_E.INTERNAL, _E.RESOURCES + 1)) | {_E.CLUSTER}

@@ -24,7 +24,7 @@ from typing import Any
 
 from .. import errors
 from ..native import flush_hits
-from ..runner.batch import REPLY_BYTES, _result_bytes
+from ..runner.batch import REPLY_BYTES, _received, _result_bytes
 from . import wire
 
 KEEP_JOBS = 4  # compiled modules kept per worker process, least recently used dropped
@@ -109,7 +109,7 @@ def run_chunk(spec: str, wasm: bytes, chunk: list, run: str = "") -> str:
     An item's failure (bad input, trap, limit) is in its result. A failure that stops the
     job (the module does not compile here, a granted directory is missing here, another
     wasmsbx version) comes back as ``{"error": ...}``, also JSON, never as an exception
-    object the client would have to unpickle."""
+    object the client would have to unpickle (an honest worker's; see wire.py)."""
     try:
         job = _job(spec, wasm)
         calls = _Calls(job.take(run), chunk)
@@ -171,6 +171,7 @@ class _Calls:
         try:
             held = 0
             for line, payload in self.chunk:
+                payload = _received(payload)  # (a Python caller's item, pickled alone)
                 with self.lock:
                     if self.given_up:
                         return
