@@ -461,3 +461,23 @@ def test_finding_verify_crashes_on_a_bad_entry_whose_memo_path_is_a_folder(cli, 
     assert "internal error" not in result.stderr, result
     assert result.code != 100, result
     assert not path.exists()
+
+
+def test_a_folder_in_place_of_an_entry_is_reported_once_and_the_run_says_unstored(cli, project):
+    """Red team 129: `cache verify --json` listed a folder in place of an entry twice (by
+    its record, then again as code without one once the record was gone) and said
+    "removed" of a folder it leaves; the run that could not store over it said "miss
+    (compiled, then stored)"."""
+    import json
+
+    assert cli("run", "tool.wasm", cwd=project).code == 0
+    (path,) = (project / ".wc" / "code").glob("??/*.entry")
+    path.unlink()
+    path.mkdir()
+    (path / "x").write_text("")
+    result = cli("cache", "verify", "--json", cwd=project)
+    (row,) = json.loads(result.stdout)["bad"]
+    assert "a folder: left in place" in row["reason"], row
+    result = cli("run", "tool.wasm", "--stats", cwd=project)
+    assert "could not store compiled code" in result.stderr, result
+    assert "unavailable (see the warning)" in result.stderr and "then stored" not in result.stderr

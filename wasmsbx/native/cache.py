@@ -1927,6 +1927,8 @@ class Lookup:
                 self.store.miss(self.label)
             except cache_errors() as exc:
                 self.warnings.append(f"could not store compiled code in the cache ({reason(exc)})")
+                # (not "miss", which says "compiled, then stored": red team 129)
+                return self.outcome(module, "error")
             return self.outcome(module, "miss")
         finally:
             try:
@@ -2301,6 +2303,8 @@ def verify(store: Store, remove: bool = True) -> dict:
     except trust.KeyProblem as exc:
         raise errors.InputError(f"cannot verify the cache: {exc.message}", hint=exc.hint) from None
     checked, bad = 0, []
+    listed = set(store.keys("m:"))  # (before any removal: a removed record's code,
+    # left behind because it is a folder, was reported again as code without a record)
     for record in store.records():
         checked += 1
         key = record["key"]
@@ -2311,7 +2315,7 @@ def verify(store: Store, remove: bool = True) -> dict:
             )
             if remove:
                 store.remove(key)
-    listed = set(store.keys("m:"))
+                bad[-1]["reason"] += _left(store, key)
     for key, age in store.code_keys():
         if key in listed:
             continue
@@ -2326,6 +2330,7 @@ def verify(store: Store, remove: bool = True) -> dict:
         bad.append({"key": key, "module": None, "reason": reason})
         if remove:
             store.remove(key)
+            bad[-1]["reason"] += _left(store, key)
     # Facts records (native.recorded): like code without a record, counted only if bad
     # (a run ignores a bad one; here it is reported and removed).
     facts_key = _facts_key()
@@ -2345,6 +2350,13 @@ def verify(store: Store, remove: bool = True) -> dict:
         if remove:
             _remove_file(path)  # (a folder of that name stays; never through a link)
     return {"checked": checked, "ok": checked - len(bad), "bad": bad, "removed": remove}
+
+
+def _left(store: Store, key: str) -> str:
+    """What a removal left (a folder under an entry's name stays: ``_remove_file``)."""
+    if os.path.isdir(store.code_path(key)) and not os.path.islink(store.code_path(key)):
+        return " (a folder: left in place; `wasmsbx cache clear` removes it)"
+    return ""
 
 
 def _check_entry(store: Store, key: str, record: dict, tag_key: Optional[bytes]) -> Optional[str]:
