@@ -173,3 +173,51 @@ def test_a_deep_folder_is_refused_not_a_recursion_error(cli, deep_trees):
     grants(tmp_path, ["clean"])
     result = cli("run", add, "add", "1", "2", cwd=tmp_path)
     assert result.code == 0 and result.stdout.strip() == "3", result
+
+
+def test_out_of_descriptors_the_walk_refuses_rather_than_skips(tmp_path):
+    """Red team 131: the walk holds a descriptor per level, and an open that failed for
+    want of one skipped the folder: under `ulimit -n 100` a `.git` 100 folders down was
+    read by the guest. Any failure but "gone", "not a folder", "a link" or "not
+    readable by this user" refuses the grant (exit 101)."""
+    import resource
+    import subprocess
+    import sys
+
+    project = tmp_path / "p"
+    (project / "d").mkdir(parents=True)
+    _chain(project / "d", 100, ".git")
+    grants(project, ["d"])
+
+    def few_descriptors() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (100, 100))
+
+    done = subprocess.run(
+        [sys.executable, "-m", "wasmsbx", "policy", "show"],
+        cwd=project, capture_output=True, text=True, timeout=120,
+        preexec_fn=few_descriptors,
+    )  # fmt: skip
+    assert done.returncode == 101, done.stderr
+    assert "could not be searched" in done.stderr or "metadata" in done.stderr, done.stderr
+    from wasmsbx.fstree import remove_tree
+
+    assert remove_tree(str(project / "d"))
+
+
+def test_a_folder_that_cannot_be_listed_is_searched_by_name(tmp_path, monkeypatch):
+    # (a folder with x but not r: the guest can open ".git" inside it by name)
+    (tmp_path / "d" / "locked" / ".git").mkdir(parents=True)
+    (tmp_path / "d" / "open").mkdir()
+    grants(tmp_path, ["d"])
+    real_open = os.open
+
+    def refusing(path, flags, *args, **kwargs):
+        if path == "locked":
+            raise PermissionError(13, "Permission denied")
+        return real_open(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(policy_mod.os, "open", refusing)
+    with pytest.raises(PolicyError, match=r"\.git in .*locked, a folder this user cannot list"):
+        policy_mod.discover(cwd=tmp_path)
+    os.rmdir(tmp_path / "d" / "locked" / ".git")
+    policy_mod.discover(cwd=tmp_path)  # unreadable and empty by name: nothing hidden

@@ -1212,8 +1212,8 @@ def _metadata_below(folder: str, walked: set) -> Optional[str]:
         return None
     try:
         fd = os.open(folder, _WALK_DIR)
-    except OSError:
-        return None  # (os.walk's way: a folder it cannot read holds nothing it sees)
+    except OSError as exc:
+        return _unwalkable(exc, folder)
     # By descriptors, one per level (no recursion: os.walk recursed once per level on
     # Python 3.9-3.11, and a cloned project granting a folder 1,000 deep was an internal
     # error, RecursionError, in every command; nor whole paths, which past PATH_MAX
@@ -1224,7 +1224,14 @@ def _metadata_below(folder: str, walked: set) -> Optional[str]:
         top, shown = folder, ""
         while True:
             if fd is not None:  # a folder reached: its names checked, it counts
-                files, folders = _names(fd)
+                try:
+                    files, folders = _names(fd)
+                except OSError as exc:
+                    problem = _unwalkable(exc, top)
+                    if problem is not None:
+                        os.close(fd)
+                        return problem
+                    files, folders = [], []  # (unreadable: to the guest too)
                 found = [n for n in (*folders, *files) if n.lower() in VCS_NAMES]
                 if found:
                     where = found[0] if not shown else f"{shown}/{found[0]}"
@@ -1258,8 +1265,11 @@ def _metadata_below(folder: str, walked: set) -> Optional[str]:
                 )
             try:
                 fd = os.open(name, _WALK_DIR, dir_fd=parent)
-            except OSError:
+            except OSError as exc:
                 fd = None
+                problem = _unwalkable(exc, os.path.join(above, name))
+                if problem is not None:
+                    return problem
                 continue
             top = os.path.join(above, name)
             shown = name if not shown_above else f"{shown_above}/{name}"
@@ -1270,19 +1280,46 @@ def _metadata_below(folder: str, walked: set) -> Optional[str]:
 
 def _names(fd: int) -> tuple:
     """(names of what is not a folder, names of folders) in the folder open as ``fd``;
-    links are not folders here (never followed). Empty where it cannot be read."""
+    links are not folders here (never followed). OSError as listing it raises (a folder
+    that cannot be read: ``_unwalkable`` says whether that hides anything)."""
     files, folders = [], []
-    try:
-        with os.scandir(fd) as listing:
-            for entry in listing:
-                try:
-                    is_folder = entry.is_dir(follow_symlinks=False)
-                except OSError:
-                    is_folder = False
-                (folders if is_folder else files).append(entry.name)
-    except OSError:
-        pass
+    with os.scandir(fd) as listing:
+        for entry in listing:
+            try:
+                is_folder = entry.is_dir(follow_symlinks=False)
+            except OSError:
+                is_folder = False
+            (folders if is_folder else files).append(entry.name)
     return files, folders
+
+
+def _unwalkable(exc: OSError, where: str) -> Optional[str]:
+    """None where a folder that cannot be opened or listed hides nothing from the guest
+    either: gone since it was listed, no longer a folder, a link now (never followed),
+    or not readable by this user (the guest runs as this user). Anything else (out of
+    descriptors, out of memory, an I/O error) is why the grant is refused: skipping it
+    let a `.git` 100 folders down through under `ulimit -n 100` (red team 131)."""
+    import errno
+
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        # Not listable, but it may be searchable (x without r): a guest that knows a
+        # name can still open it, so the names are looked up one by one.
+        for name in (*VCS_NAMES, "_FOSSIL_"):
+            try:
+                os.lstat(os.path.join(where, name))
+            except (OSError, ValueError):
+                continue
+            return (
+                f"which holds version-control metadata ({name} in {where}, a folder this "
+                "user cannot list); grant a folder without it"
+            )
+        return None
+    if exc.errno in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
+        return None
+    return (
+        f"which could not be searched for version-control metadata "
+        f"({exc.strerror or exc} at {where}); grant a smaller folder, or raise `ulimit -n`"
+    )
 
 
 _WALK_DIR = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_NOFOLLOW", 0)
