@@ -1324,3 +1324,28 @@ def test_a_token_holders_steady_upload_is_not_closed_for_a_smaller_holders_sake(
     trickle = make("arriving", 90.0, got=20, head=True, token="beta")
     trickle.last_active = 99.8
     assert _evict(cls, [stream, upload, trickle]) is trickle
+
+
+@pytest.mark.skipif(sys.version_info < (3, 10), reason="the mcp SDK needs Python 3.10")
+def test_the_server_refuses_a_guest_that_could_write_what_it_reads_or_keeps(cli, tmp_path):
+    """Red team 131: `mcp --policy pol.toml` granting `.` read-write let an agent's module
+    rewrite the ceiling policy for the next start, and empty and forge the audit log;
+    `run`, `watch` and `bench` refused that (exit 105). The server does too, for the
+    policy, the audit log and the token file, by any name (hard links)."""
+    project = tmp_path / "p"
+    (project / "out").mkdir(parents=True)
+    (project / "pol.toml").write_text('[filesystem]\nread_write = ["."]\n')
+    res = cli("mcp", "--policy", "pol.toml", cwd=project, timeout=60)
+    assert res.code == 105 and "the policy (pol.toml) lies in a folder" in res.stderr, res
+    (project / "pol.toml").write_text('[filesystem]\nread_write = ["out"]\n')
+    for flags, said in (
+        (["--audit-log", "out/log.jsonl"], "the audit log (out/log.jsonl) lies in a folder"),
+        (["--token-file", "out/tokens"], "the token file (out/tokens) lies in a folder"),
+    ):
+        (project / "out" / "tokens").write_text("t" * 32 + "\n")
+        res = cli("mcp", "--policy", "pol.toml", *flags, cwd=project, timeout=60)
+        assert res.code == 105 and said in res.stderr, (flags, res)
+    assert not (project / "out" / "log.jsonl").exists()  # (refused before it was made)
+    os.link(project / "pol.toml", project / "out" / "p.toml")
+    res = cli("mcp", "--policy", "pol.toml", cwd=project, timeout=60)
+    assert res.code == 105 and "has 2 names (hard links)" in res.stderr, res

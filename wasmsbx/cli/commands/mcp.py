@@ -113,9 +113,18 @@ def serve(
     from ...mcp.serve import serve as run_server
     from ...policy import discover
     from ...units import parse_duration, parse_size
+    from ..crossed import refuse_in_grants
 
+    ceiling = discover(policy, cwd=None) if policy is not None else _defaults()
+    # Nor may a guest write what the server reads at start or keeps (red team 131: with
+    # `read_write = ["."]`, a guest rewrote the ceiling policy for the next start, and
+    # emptied the audit log and forged its first line), through any name (hard links).
+    refuse_in_grants(
+        ceiling,
+        [("the policy", policy), ("the audit log", audit_log), ("the token file", token_file)],
+    )
     config = ServerConfig(
-        policy=discover(policy, cwd=None) if policy is not None else _defaults(),
+        policy=ceiling,
         max_request=_parse(parse_size, max_request, "--max-request"),
         max_concurrent=_positive(max_concurrent, "--max-concurrent"),
         calls_per_minute=_positive(calls_per_minute, "--calls-per-minute"),
