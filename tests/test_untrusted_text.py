@@ -252,6 +252,20 @@ def test_bytes_that_are_not_utf8_are_a_usage_error_on_wasmtime(cli, module, flag
     assert "internal" not in result.stderr, result
 
 
+@pytest.mark.parametrize("flags", [["--", f"a{NOT_UTF8}"], ["-e", f"A=b{NOT_UTF8}"], []])
+def test_every_backend_refuses_them_alike(cli, tmp_path, backend, flags):
+    # (red team 131: wasmer made a module file whose name is not UTF-8, its argv[0], a
+    # module error, exit 102; wasmtime said exit 2)
+    import shutil
+
+    root = Path(__file__).resolve().parent.parent
+    name = f"t{NOT_UTF8}.wasm"
+    shutil.copy(root / "examples" / "wasi" / "hello.wasm", tmp_path / name)
+    result = cli("run", name, "--backend", backend, *flags, cwd=tmp_path)
+    assert result.code == 2, result
+    assert "is not UTF-8 text" in result.stderr and "\\xff" in result.stderr, result
+
+
 def test_the_library_refuses_them_too():
     import wasmsbx
 

@@ -680,3 +680,35 @@ def missing_imports_error(missing: Sequence[str]) -> Any:
         "module that exports them (wasmsbx.Group); the command line provides WASI only",
         imports=[m.split(" ", 1)[1] for m in missing],
     )
+
+
+def refuse_undecodable(wasi: WasiSetup, runtime: str) -> None:
+    """UsageError (exit 2) for an argument, variable or guest folder name that is not
+    text the runtime can pass (UTF-8): bytes a command line got that are not UTF-8 (a
+    file name, ``$'\\xff'``) reach Python as lone surrogates; wasmtime-py's encoding of
+    them was an internal error, exit 100 (red team 130), wasmer's a module error, exit
+    102 (red team 131). Both backends alike."""
+    named = [(f"argv[{i}]", text) for i, text in enumerate(wasi.argv)]
+    for name, value in wasi.env.items():
+        named += [("an environment variable's name", name), (f"variable {name}", value)]
+    named += [(f"the guest path of {grant.host}", grant.guest) for grant in wasi.grants]
+    for what, text in named:
+        try:
+            str(text).encode("utf-8")
+        except UnicodeEncodeError:
+            from .. import errors
+
+            raise errors.UsageError(
+                f"{errors.inert(_as_bytes(what), 80)} is not UTF-8 text "
+                f"({errors.inert(_as_bytes(text), 80)}): {runtime} passes arguments, "
+                "variables and folder names as UTF-8",
+                hint="pass UTF-8 only (rename a file whose name is not UTF-8)",
+            ) from None
+
+
+def _as_bytes(text: Any) -> str:
+    """``text`` shown as the bytes it came from (``\\xff``, not ``\\udcff``)."""
+    try:
+        return str(text).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # (a lone surrogate from Python code, not from bytes)
+        return str(text)

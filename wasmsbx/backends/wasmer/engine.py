@@ -59,6 +59,7 @@ from ..base import (
     WasiSetup,
     binary_stream,
     memory_limit_error,
+    refuse_undecodable,
     take_turn,
     totals_error,
 )
@@ -854,6 +855,7 @@ class WasmerInstance(Instance):
             raise errors.TrapError(f"the wasmer worker process answered {answer[0]!r} first")
 
     def _spawn(self, module: WasmerModule, wasi: WasiSetup) -> None:
+        refuse_undecodable(wasi, "wasmer")
         _check_stdin(wasi.stdin)
         fds = self.fds
         fds["child_requests"], fds["parent_requests"] = os.pipe()

@@ -41,6 +41,7 @@ from ..base import (
     binary_stream,
     memory_limit_error,
     missing_imports_error,
+    refuse_undecodable,
     take_turn,
     totals_error,
     unprovidable,
@@ -150,31 +151,6 @@ _WASI = teardown.WASI
 refuse_forked_wasi = teardown.refuse_forked_wasi
 
 
-def _refuse_undecodable(wasi: WasiSetup) -> None:
-    """UsageError (exit 2) for an argument, variable or guest folder name that is not
-    text wasmtime can pass (UTF-8): bytes a command line got that are not UTF-8 (a file
-    name, ``$'\\xff'``) reach Python as lone surrogates, and wasmtime-py's encoding of
-    them was an internal error, exit 100 (red team 130)."""
-    named = [(f"argv[{i}]", text) for i, text in enumerate(wasi.argv)]
-    for name, value in wasi.env.items():
-        named += [("an environment variable's name", name), (f"variable {name}", value)]
-    named += [(f"the guest path of {grant.host}", grant.guest) for grant in wasi.grants]
-    for what, text in named:
-        try:
-            str(text).encode("utf-8")
-        except UnicodeEncodeError:
-            try:  # (shown as the bytes it came from: \xff, not \udcff)
-                shown = str(text).encode("utf-8", "surrogateescape")
-                shown = shown.decode("utf-8", "backslashreplace")
-            except UnicodeEncodeError:  # (a lone surrogate from Python code)
-                shown = str(text)
-            raise errors.UsageError(
-                f"{errors.inert(what, 80)} is not UTF-8 text ({errors.inert(shown, 80)}): "
-                "wasmtime passes arguments, variables and folder names as UTF-8",
-                hint="pass UTF-8 only (rename a file whose name is not UTF-8)",
-            ) from None
-
-
 def set_wasi(
     store: Any,
     wasi: WasiSetup,
@@ -204,7 +180,7 @@ def set_wasi(
     try:
         if wasi.grants:
             trust.refuse_key_grants(wasi.grants, opened)
-        _refuse_undecodable(wasi)
+        refuse_undecodable(wasi, "wasmtime")
         config = wasmtime.WasiConfig()
         config.argv = list(wasi.argv)
         config.env = list(wasi.env.items())
