@@ -263,6 +263,27 @@ def test_a_peer_that_is_no_scheduler_is_exit_123(cli, tmp_path, answer):
     assert "Dask scheduler at tcp://127.0.0.1" in r.stderr and r.stdout == "", r
 
 
+def test_a_silent_peer_leaves_no_thread_nor_socket_behind(monkeypatch):
+    # (red team 131: each Sandbox.batch(cluster=ADDRESS) against a peer that accepts and
+    # says nothing left its connect thread, Dask's event loop thread and a socket)
+    import socket
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(8)
+    monkeypatch.setenv("WASMSBX_CLUSTER_TIMEOUT", "0.5s")
+    box = Sandbox(ADD, defaults())
+    address = f"tcp://127.0.0.1:{server.getsockname()[1]}"
+    try:
+        before = threading.active_count()
+        for _ in range(3):
+            with pytest.raises(errors.ClusterError, match="did not answer within 0.5 s"):
+                list(box.batch("add", [[1, 2]], cluster=address))
+        assert threading.active_count() == before, threading.enumerate()
+    finally:
+        server.close()
+
+
 def test_a_scheduler_without_workers_is_exit_123(cli, tmp_path):
     with distributed.LocalCluster(
         n_workers=0, processes=False, protocol="tcp://", dashboard_address=None, silence_logs=50

@@ -110,12 +110,40 @@ def connect(where: Any, timeout: float) -> tuple:
     from distributed.comm import parse_address
 
     try:
-        parse_address(where)
+        scheme, place = parse_address(where)
     except ValueError as exc:
         raise errors.UsageError(
             f"--cluster {where}: {exc}", hint="give a scheduler address, e.g. tcp://host:8786"
         ) from None
+    if scheme == "tcp":
+        _probe(where, place, timeout)
     return _bounded_client(where, timeout), True
+
+
+def _probe(where: str, place: str, timeout: float) -> None:
+    """A Dask scheduler speaks first (its handshake, as a connection is accepted): a tcp://
+    peer that says nothing within ``timeout`` is given up before any distributed.Client
+    is made (one made for a silent peer could only be abandoned, its thread, event loop
+    and socket with it, for good: red team 131). A peer that cannot be reached is left
+    to Dask, which retries within the same timeout and says why."""
+    import socket
+
+    from distributed.comm.addressing import parse_host_port
+
+    try:
+        host, port = parse_host_port(place)
+        conn = socket.create_connection((host, port), timeout=timeout)
+    except (OSError, ValueError):
+        return
+    try:
+        conn.settimeout(timeout)
+        spoke = bool(conn.recv(1))
+    except OSError:
+        spoke = False
+    finally:
+        conn.close()
+    if not spoke:
+        raise _silent(where, timeout)
 
 
 def _bounded_client(where: str, timeout: float) -> Any:
@@ -151,11 +179,7 @@ def _bounded_client(where: str, timeout: float) -> Any:
         gave_up.set()
         if made:  # (made as the wait ended)
             _close(made[0])
-        raise errors.ClusterError(
-            f"the Dask scheduler at {where} did not answer within {timeout:g} s",
-            hint=f"is `dask scheduler` running there, and is this its address (not its "
-            f"dashboard's)? ${ENV_TIMEOUT} sets the wait",
-        )
+        raise _silent(where, timeout)
     if made:
         return made[0]
     exc = failed[0]
@@ -165,6 +189,14 @@ def _bounded_client(where: str, timeout: float) -> Any:
         f"cannot reach the Dask scheduler at {where} within {timeout:g} s",
         hint=f"is `dask scheduler` running there? ({_reason(exc)}; ${ENV_TIMEOUT} sets the wait)",
     ) from None
+
+
+def _silent(where: str, timeout: float) -> errors.ClusterError:
+    return errors.ClusterError(
+        f"the Dask scheduler at {where} did not answer within {timeout:g} s",
+        hint=f"is `dask scheduler` running there, and is this its address (not its "
+        f"dashboard's)? ${ENV_TIMEOUT} sets the wait",
+    )
 
 
 CONNECT_GRACE = 5.0  # seconds past the timeout the handshake may take before it is given up
