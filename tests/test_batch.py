@@ -1052,6 +1052,15 @@ def test_what_a_run_keeps_has_one_name_while_the_guest_may_write(tmp_path):
     code, err = _run_with(["run", "t.wat", "f", "--batch", "-", "--checkpoint", "run.ckpt",
                            "--dir", "out"], work)  # fmt: skip
     assert code == 105 and "the checkpoint (run.ckpt) has 2 names" in err, err
+    # standard input opened by a name removed since, its other name in the grant (red
+    # team 131: the stat of "... (deleted)" failed, and the check passed)
+    with open(work / "items.jsonl", "rb") as held:
+        os.unlink(work / "items.jsonl")
+        proc = subprocess.run(
+            [sys.executable, "-m", "wasmsbx", "run", "t.wat", "f", "--batch", "-", "--dir",
+             "out"], cwd=work, stdin=held, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+    assert proc.returncode == 105 and "whose name was removed" in proc.stderr, proc.stderr
 
 
 def test_what_a_run_keeps_never_lies_where_the_guest_writes(tmp_path):

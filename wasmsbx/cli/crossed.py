@@ -59,6 +59,8 @@ def refuse_crossed(args: Any, policy: Any) -> None:
     # (a batch from `-` or a stream read from a file there, as --batch FILE: round 56)
     piped = ("standard input", write_path(0) if batch == "-" or stream else None)
     refuse_in_grants(policy, [batch_input, piped, the_policy, *kept])
+    if piped[1] is not None and any(grant.writable for grant in policy.grants):
+        _refuse_unseen_stdin()
 
 
 def refuse_in_grants(policy: Any, named: list, one_name: bool = True) -> None:
@@ -86,6 +88,29 @@ def refuse_in_grants(policy: Any, named: list, one_name: bool = True) -> None:
             )
         if one_name:
             _refuse_other_names(what, where)
+
+
+def _refuse_unseen_stdin() -> None:
+    """InputError (105) if standard input is a file whose name was removed since it was
+    opened while it has another (``--batch - <&3`` after ``rm``): that name, unknown, may
+    lie in a folder the guest can write (red team 131)."""
+    try:
+        info = os.fstat(0)
+    except OSError:
+        return
+    if not stat.S_ISREG(info.st_mode) or info.st_nlink == 0:
+        return
+    try:
+        named = os.stat(os.readlink("/proc/self/fd/0"))
+        seen = (named.st_dev, named.st_ino) == (info.st_dev, info.st_ino)
+    except OSError:
+        seen = False
+    if not seen:
+        raise errors.InputError(
+            "standard input is a file whose name was removed while it has another, which "
+            "may lie in a folder the guest can write (filesystem.read_write); nothing was run",
+            hint="give the batch a file by a name it still has",
+        )
 
 
 def _refuse_other_names(what: str, where: str) -> None:
