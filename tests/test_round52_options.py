@@ -7,6 +7,8 @@ code of that kind of input and one error line, never "internal error" (exit 100)
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from wasmsbx.native import artifact
@@ -87,6 +89,25 @@ def test_headers_nested_too_deeply_are_unreadable_not_a_crash():
     assert artifact.claims_component(data) is False
     with pytest.raises(artifact.Corrupt, match="unreadable header"):
         artifact.read_header(data)
+
+
+def test_an_artifact_name_swapped_for_a_fifo_is_not_waited_on(tmp_path):
+    """Red team 133: the run looked at an artifact's first byte without waiting, then
+    claims_component opened the name again with a blocking open: swapped for a FIFO in
+    between (a hostile project's folder), the run waited for a writer for ever, before
+    any timeout was armed. It opens without waiting, a regular file only."""
+    import threading
+
+    fifo = tmp_path / "m.cwasm"
+    os.mkfifo(fifo)
+    answer: list = []
+    thread = threading.Thread(target=lambda: answer.append(artifact.claims_component(fifo)))
+    thread.daemon = True
+    thread.start()
+    thread.join(60)
+    assert answer == [False]
+    (tmp_path / "real.cwasm").write_bytes(deep_artifact())
+    assert artifact.claims_component(tmp_path / "real.cwasm") is False
 
 
 def test_a_guests_session_report_nested_too_deeply_is_ignored(tmp_path):

@@ -286,10 +286,23 @@ def claims_component(path: Any) -> bool:
         if isinstance(path, (bytes, bytearray, memoryview)):
             head = bytes(path[: START + MAX_HEADER])
         else:
-            with open(path, "rb") as f:
-                head = f.read(START)
+            # Without waiting, a regular file only: the name may have been swapped for a
+            # FIFO since the caller looked (red team 133: a blocking open here waited for
+            # a writer for ever, before any timeout was armed).
+            import os
+            import stat
+
+            flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+            fd = os.open(path, flags)
+            try:
+                if not stat.S_ISREG(os.fstat(fd).st_mode):
+                    return False
+                head = _read_up_to(fd, START)
                 if len(head) == START and is_artifact(head):
-                    head += f.read(min(PREFIX.unpack_from(head, len(MAGIC))[0], MAX_HEADER))
+                    wanted = min(PREFIX.unpack_from(head, len(MAGIC))[0], MAX_HEADER)
+                    head += _read_up_to(fd, wanted)
+            finally:
+                os.close(fd)
         if not is_artifact(head) or len(head) < START:
             return False
         size = PREFIX.unpack_from(head, len(MAGIC))[0]
@@ -298,6 +311,20 @@ def claims_component(path: Any) -> bool:
     # (RecursionError: an unauthenticated header of [[[[... nests deeper than json can go)
     except (OSError, TypeError, ValueError, KeyError, AttributeError, struct.error, RecursionError):
         return False
+
+
+def _read_up_to(fd: int, size: int) -> bytes:
+    """Up to ``size`` bytes of ``fd`` (fewer at its end)."""
+    import os
+
+    parts, left = [], size
+    while left > 0:
+        chunk = os.read(fd, left)
+        if not chunk:
+            break
+        parts.append(chunk)
+        left -= len(chunk)
+    return b"".join(parts)
 
 
 def open_sealed(data: Any, key: Optional[bytes], kind: str) -> Artifact:
