@@ -143,7 +143,10 @@ class OldFormat(Corrupt):
 
 def _old_format(head: bytes) -> None:
     if head[: len(OLD_MAGIC)] == OLD_MAGIC:
-        raise OldFormat("was written by an earlier wasmsbx (cache format 2 or older)")
+        raise OldFormat(
+            "was written by an earlier wasmsbx (cache format 2 or older), or is an artifact "
+            "(`compile -o`), not a cache entry"
+        )
 
 
 def _header(text: Any, stored: int) -> dict:
