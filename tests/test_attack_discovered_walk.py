@@ -204,12 +204,13 @@ def test_out_of_descriptors_the_walk_refuses_rather_than_skips(tmp_path):
     assert remove_tree(str(project / "d"))
 
 
-def test_a_folder_that_cannot_be_listed_is_searched_by_name(tmp_path, monkeypatch):
-    # (a folder with x but not r: the guest can open ".git" inside it by name)
-    (tmp_path / "d" / "locked" / ".git").mkdir(parents=True)
+def test_a_folder_that_can_be_entered_but_not_listed_is_refused(tmp_path, monkeypatch):
+    # (x without r: the guest can open names below it at any depth, which no lookup by
+    # name covers: red team 132 read `locked/sub/.git/config` and `locked/_MTN`)
+    (tmp_path / "d" / "locked" / "sub").mkdir(parents=True)
     (tmp_path / "d" / "open").mkdir()
     grants(tmp_path, ["d"])
-    real_open = os.open
+    real_open = policy_mod.os.open
 
     def refusing(path, flags, *args, **kwargs):
         if path == "locked":
@@ -217,7 +218,12 @@ def test_a_folder_that_cannot_be_listed_is_searched_by_name(tmp_path, monkeypatc
         return real_open(path, flags, *args, **kwargs)
 
     monkeypatch.setattr(policy_mod.os, "open", refusing)
-    with pytest.raises(PolicyError, match=r"\.git in .*locked, a folder this user cannot list"):
+    with pytest.raises(
+        PolicyError, match=r"a folder this user can enter but not list \(.*locked\)"
+    ):
         policy_mod.discover(cwd=tmp_path)
-    os.rmdir(tmp_path / "d" / "locked" / ".git")
-    policy_mod.discover(cwd=tmp_path)  # unreadable and empty by name: nothing hidden
+    real_access = os.access
+    monkeypatch.setattr(  # one this user cannot enter at all hides nothing from the guest
+        policy_mod.os, "access", lambda p, m: False if p.endswith("locked") else real_access(p, m)
+    )
+    policy_mod.discover(cwd=tmp_path)

@@ -1302,16 +1302,14 @@ def _unwalkable(exc: OSError, where: str) -> Optional[str]:
     import errno
 
     if exc.errno in (errno.EACCES, errno.EPERM):
-        # Not listable, but it may be searchable (x without r): a guest that knows a
-        # name can still open it, so the names are looked up one by one.
-        for name in (*VCS_NAMES, "_FOSSIL_"):
-            try:
-                os.lstat(os.path.join(where, name))
-            except (OSError, ValueError):
-                continue
+        # Not listable, but maybe searchable (x without r): a guest that knows names can
+        # still open what lies below, at any depth and in any case, and no lookup by
+        # name can cover every name (red team 132: `locked/sub/.git`, `_MTN`). Only a
+        # folder this user cannot enter at all hides nothing from the guest.
+        if os.access(where, os.X_OK):
             return (
-                f"which holds version-control metadata ({name} in {where}, a folder this "
-                "user cannot list); grant a folder without it"
+                f"which holds a folder this user can enter but not list ({where}): it may "
+                "hold version-control metadata at any depth; grant a folder without it"
             )
         return None
     if exc.errno in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
