@@ -135,15 +135,41 @@ def _probe(where: str, place: str, timeout: float) -> None:
         conn = socket.create_connection((host, port), timeout=timeout)
     except (OSError, ValueError):
         return
+    deadline = time.monotonic() + timeout
     try:
-        conn.settimeout(timeout)
-        spoke = bool(conn.recv(1))
-    except OSError:
-        spoke = False
+        head = _receive(conn, 8, deadline)
+        size = int.from_bytes(head, "little") if len(head) == 8 else 0
+        if len(head) == 8 and not 0 < size <= PROBE_MAX:  # (a banner: SSH-2.0-...)
+            raise errors.ClusterError(
+                f"{where} is not a Dask scheduler (it did not answer as one)",
+                hint="give the scheduler's address (`dask scheduler` prints it)",
+            )
+        whole = len(head) == 8 and len(_receive(conn, size, deadline)) == size
     finally:
         conn.close()
-    if not spoke:
+    if not whole:  # (silent, or one byte and then silent: red team 132)
         raise _silent(where, timeout)
+
+
+PROBE_MAX = 1 << 20  # bytes a scheduler's first message may take (its handshake: ~100)
+
+
+def _receive(conn: Any, size: int, deadline: float) -> bytes:
+    """Up to ``size`` bytes from ``conn`` before ``deadline`` (fewer: it went quiet)."""
+    got = b""
+    while len(got) < size:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            break
+        try:
+            conn.settimeout(left)
+            chunk = conn.recv(min(size - len(got), 65536))
+        except OSError:
+            break
+        if not chunk:
+            break
+        got += chunk
+    return got
 
 
 def _bounded_client(where: str, timeout: float) -> Any:
