@@ -870,10 +870,17 @@ def test_a_flood_of_bodiless_requests_without_a_token_locks_no_token_holder_out(
         with _opening(port, head, every=0.005, keep=100):
             replies = []
             for _ in range(5):
-                try:
-                    replies.append(_post(port, INIT_2025, auth=token)[:12])
-                except OSError as exc:
-                    replies.append(repr(exc).encode())
+                # (one retry: on a machine loaded far past its cores, CI's with other
+                # work, a flood at 200 connections a second can outpace the server for
+                # a moment, and one request was reset; before the fix, every attempt of
+                # every request failed, retried or not)
+                for attempt in range(2):
+                    try:
+                        replies.append(_post(port, INIT_2025, auth=token)[:12])
+                        break
+                    except OSError as exc:
+                        if attempt:
+                            replies.append(repr(exc).encode())
     assert replies == [b"HTTP/1.1 200"] * 5, replies
 
 
