@@ -1349,3 +1349,40 @@ def test_the_server_refuses_a_guest_that_could_write_what_it_reads_or_keeps(cli,
     os.link(project / "pol.toml", project / "out" / "p.toml")
     res = cli("mcp", "--policy", "pol.toml", cwd=project, timeout=60)
     assert res.code == 105 and "has 2 names (hard links)" in res.stderr, res
+
+
+def test_a_worker_runs_only_the_bytes_the_server_pinned(tmp_path):
+    """Red team 132: a worker started later loaded an interpreter again by path, unchecked:
+    rewritten by a guest whose grant held the data folder, it ran in every later call."""
+    import hashlib
+
+    from wasmsbx.mcp.worker import Worker
+
+    module = tmp_path / "m.wasm"
+    module.write_bytes((EXAMPLES / "wasi" / "hello.wasm").read_bytes())
+    pinned = hashlib.sha256(module.read_bytes()).hexdigest()
+    policy = policy_mod.defaults()
+    assert Worker().sandbox(str(module), pinned, policy, "command") is not None
+    module.write_bytes(module.read_bytes() + b"\x00\x02\x01x")  # (a custom section)
+    with pytest.raises(errors.ModuleError, match="changed since the server checked it"):
+        Worker().sandbox(str(module), pinned, policy, "command")
+
+
+@pytest.mark.skipif(sys.version_info < (3, 10), reason="the mcp SDK needs Python 3.10")
+def test_the_server_refuses_grants_of_its_private_folders(cli, tmp_path):
+    """Red team 132: a ceiling policy granting $TMPDIR (even read-only) let a call read
+    other sessions' /scratch and the private module copies; one granting the data folder
+    let a guest replace an interpreter. Refused at start (exit 101)."""
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    (tmp_path / "pol.toml").write_text(f'[filesystem]\nread_only = ["{temp}::/t"]\n')
+    res = cli("mcp", "--policy", "pol.toml", cwd=tmp_path, env={"TMPDIR": str(temp)},
+              timeout=60)  # fmt: skip
+    assert res.code == 101 and "the server's private folder" in res.stderr, res
+    assert list(temp.iterdir()) == []  # (the private folder made is removed)
+    data = tmp_path / "data"
+    data.mkdir()
+    (tmp_path / "pol.toml").write_text(f'[filesystem]\nread_only = ["{data}::/d"]\n')
+    res = cli("mcp", "--policy", "pol.toml", cwd=tmp_path,
+              env={"WASMSBX_DATA_DIR": str(data / "inner")}, timeout=60)  # fmt: skip
+    assert res.code == 101 and "the MCP interpreters" in res.stderr, res

@@ -46,10 +46,41 @@ SAVE_RESERVE = 32 * 1024  # of a session's budget, kept for the globals a call s
 SPAWN_TIMEOUT = config_mod.INTERPRETER_COMPILE_TIMEOUT + 60
 
 
+def _refuse_private_grants(grants: Any, root: Path) -> None:
+    """PolicyError (exit 101) if the ceiling policy grants a folder that holds, or lies
+    in, the server's private folder (every session's /scratch, the private module
+    copies) or the interpreters' folder: a policy granting `$TMPDIR` (`/tmp`) let a call
+    read, and with a read-write grant change, other sessions' files and the copies the
+    workers run; one granting the data folder let a guest replace an interpreter every
+    later client's code runs in (red team 132)."""
+    from ..native.trust import _overlaps
+    from ..native.trustdir import real
+    from .interpreters import data_dir
+
+    private = [(real(str(root)), "the server's private folder (every session's /scratch)")]
+    private.append((real(str(data_dir())), "the MCP interpreters"))
+    for grant in grants:
+        host = real(str(grant.host))
+        for folder, what in private:
+            if _overlaps(host, folder):
+                raise errors.PolicyError(
+                    f"the grant of {errors.inert(str(grant.host))} would give calls "
+                    f"{what} ({errors.inert(folder)})",
+                    hint="grant a folder that neither holds nor lies in it (not all of "
+                    "$TMPDIR), or set TMPDIR / WASMSBX_DATA_DIR elsewhere",
+                    key="filesystem",
+                )
+
+
 class Service:
     def __init__(self, config: config_mod.ServerConfig) -> None:
         self.config = config
         self.root = Path(tempfile.mkdtemp(prefix=ROOT_PREFIX))  # 0700, ours alone
+        try:
+            _refuse_private_grants(config.policy.grants, self.root)
+        except BaseException:
+            os.rmdir(self.root)
+            raise
         self._alive = _hold_alive(self.root)  # (released when this process ends)
         (self.root / "modules").mkdir(mode=0o700)
         self.sessions = Sessions(self.root, config)

@@ -39,6 +39,27 @@ def _cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def _check_pinned(path: str, digest: str) -> None:
+    """ModuleError unless the file at ``path`` still holds the bytes whose SHA-256 the
+    server pinned when it checked it (an interpreter, found at start): a worker started
+    later loads it again by path, and a file rewritten since ran in every later call
+    (red team 132: by a guest whose grant held the data folder, which the server now
+    refuses too). A module a client sent is a private copy no grant reaches."""
+    import hashlib
+
+    from ..inputs import MODULE_MAX_BYTES, read_capped
+
+    try:
+        data = read_capped(path, MODULE_MAX_BYTES)
+    except OSError:
+        return  # (the sandbox reports it, as for any module file)
+    if hashlib.sha256(data).hexdigest() != digest:
+        raise errors.ModuleError(
+            f"{os.path.basename(path)} changed since the server checked it; nothing was run",
+            hint="restart the server once the file is what it should be",
+        )
+
+
 class Worker:
     """Keeps compiled modules (one Sandbox per module digest and engine settings)."""
 
@@ -73,6 +94,8 @@ class Worker:
         box = self.boxes.get(key)
         self.load = "reused"
         if box is None:
+            if cached:
+                _check_pinned(path, digest)
             box = Sandbox(path, policy, kind=kind, use_cache=None if cached else False)
             self.load = "cache hit" if box.cache_state in ("hit", "memory") else "compiled"
             self.boxes[key] = box
