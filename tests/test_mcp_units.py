@@ -1366,6 +1366,9 @@ def test_a_worker_runs_only_the_bytes_the_server_pinned(tmp_path):
     module.write_bytes(module.read_bytes() + b"\x00\x02\x01x")  # (a custom section)
     with pytest.raises(errors.ModuleError, match="changed since the server checked it"):
         Worker().sandbox(str(module), pinned, policy, "command")
+    module.unlink()  # (red team 134: a file missing at the check was let through)
+    with pytest.raises(errors.ModuleError, match="cannot be read now"):
+        Worker().sandbox(str(module), pinned, policy, "command")
 
 
 @pytest.mark.skipif(sys.version_info < (3, 10), reason="the mcp SDK needs Python 3.10")
@@ -1382,7 +1385,7 @@ def test_the_server_refuses_grants_of_its_private_folders(cli, tmp_path):
     assert list(temp.iterdir()) == []  # (the private folder made is removed)
     data = tmp_path / "data"
     data.mkdir()
-    (tmp_path / "pol.toml").write_text(f'[filesystem]\nread_only = ["{data}::/d"]\n')
+    (tmp_path / "pol.toml").write_text(f'[filesystem]\nread_write = ["{data}::/d"]\n')
     res = cli("mcp", "--policy", "pol.toml", cwd=tmp_path,
               env={"WASMSBX_DATA_DIR": str(data / "inner")}, timeout=60)  # fmt: skip
-    assert res.code == 101 and "the MCP interpreters" in res.stderr, res
+    assert res.code == 101 and "the MCP interpreters, to write" in res.stderr, res

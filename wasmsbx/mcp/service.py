@@ -57,12 +57,14 @@ def _refuse_private_grants(grants: Any, root: Path) -> None:
     from ..native.trustdir import real
     from .interpreters import data_dir
 
-    private = [(real(str(root)), "the server's private folder (every session's /scratch)")]
-    private.append((real(str(data_dir())), "the MCP interpreters"))
+    private = [(real(str(root)), "the server's private folder (every session's /scratch)", False)]
+    # (the interpreters are public wheels: only writing there matters; a read-only grant
+    # of a home folder holding them was refused: red team 134)
+    private.append((real(str(data_dir())), "the MCP interpreters, to write", True))
     for grant in grants:
         host = real(str(grant.host))
-        for folder, what in private:
-            if _overlaps(host, folder):
+        for folder, what, writes in private:
+            if (grant.writable or not writes) and _overlaps(host, folder):
                 raise errors.PolicyError(
                     f"the grant of {errors.inert(str(grant.host))} would give calls "
                     f"{what} ({errors.inert(folder)})",

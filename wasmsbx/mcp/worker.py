@@ -39,25 +39,30 @@ def _cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def _check_pinned(path: str, digest: str) -> None:
-    """ModuleError unless the file at ``path`` still holds the bytes whose SHA-256 the
-    server pinned when it checked it (an interpreter, found at start): a worker started
-    later loads it again by path, and a file rewritten since ran in every later call
-    (red team 132: by a guest whose grant held the data folder, which the server now
-    refuses too). A module a client sent is a private copy no grant reaches."""
+def _pinned_bytes(path: str, digest: str) -> bytes:
+    """The bytes of the file at ``path``, which must be those whose SHA-256 the server
+    pinned when it checked it (an interpreter, found at start; a --module-dir module's
+    private copy): a worker started later reads it again, and a file rewritten since
+    ran in every later call (red team 132). The sandbox is made of these very bytes:
+    a check followed by a second read by path let a file swapped in between through
+    (red team 134). A file that cannot be read is an error, not a skip."""
     import hashlib
 
     from ..inputs import MODULE_MAX_BYTES, read_capped
 
     try:
         data = read_capped(path, MODULE_MAX_BYTES)
-    except OSError:
-        return  # (the sandbox reports it, as for any module file)
+    except OSError as exc:
+        raise errors.ModuleError(
+            f"{os.path.basename(path)} cannot be read now ({exc.strerror or exc}); nothing was run",
+            hint="restart the server once the file is back",
+        ) from None
     if hashlib.sha256(data).hexdigest() != digest:
         raise errors.ModuleError(
             f"{os.path.basename(path)} changed since the server checked it; nothing was run",
             hint="restart the server once the file is what it should be",
         )
+    return data
 
 
 class Worker:
@@ -94,9 +99,13 @@ class Worker:
         box = self.boxes.get(key)
         self.load = "reused"
         if box is None:
-            if cached:
-                _check_pinned(path, digest)
-            box = Sandbox(path, policy, kind=kind, use_cache=None if cached else False)
+            if cached:  # (from the very bytes checked: red team 134 swapped the file
+                # between a check and a second read by path)
+                module: Any = _pinned_bytes(path, digest)
+                named = {"name": os.path.basename(path)}
+            else:
+                module, named = path, {}
+            box = Sandbox(module, policy, kind=kind, use_cache=None if cached else False, **named)
             self.load = "cache hit" if box.cache_state in ("hit", "memory") else "compiled"
             self.boxes[key] = box
             while len(self.boxes) > MAX_MODULES:
