@@ -225,54 +225,11 @@ def test_an_unreachable_scheduler_is_exit_123_within_the_timeout(cli, tmp_path):
     assert time.monotonic() - started < 90  # it stopped at all (2 s wait + start-up)
 
 
-@pytest.mark.parametrize("answer", [None, b"HTTP/1.1 400 Bad Request\r\n\r\n", b"\x01"])
-def test_a_peer_that_is_no_scheduler_is_exit_123(cli, tmp_path, answer):
-    """Red team 128: a peer that accepted and said nothing (a scheduler's dashboard port, a
-    stopped scheduler) held the client for ever, past $WASMSBX_CLUSTER_TIMEOUT; one that
-    answered HTTP was exit 118 ("out of memory"), a 1-byte frame exit 100."""
-    import socket
-
-    server = socket.socket()
-    server.bind(("127.0.0.1", 0))
-    server.listen(8)
-    held = []
-
-    def serve() -> None:
-        while True:
-            try:
-                conn, _ = server.accept()
-            except OSError:
-                return
-            held.append(conn)
-            if answer is not None:
-                with contextlib.suppress(OSError):
-                    conn.sendall(answer)
-
-    threading.Thread(target=serve, daemon=True).start()
-    src = tmp_path / "in.jsonl"
-    src.write_text("[1, 2]\n")
-    try:
-        address = f"tcp://127.0.0.1:{server.getsockname()[1]}"
-        r = cli("run", ADD, "add", "--batch", src, "--cluster", address,
-                env={"WASMSBX_CLUSTER_TIMEOUT": "1s"}, timeout=100)  # fmt: skip
-    finally:
-        server.close()
-        for conn in held:
-            conn.close()
-    assert r.code == 123, r
-    assert "Dask scheduler" in r.stderr and r.stdout == "", r
-
-
-@pytest.mark.parametrize(
-    "first, said",
-    [(None, "did not answer within 0.5 s"), (b"\x00", "did not answer within 0.5 s"),
-     (b"SSH-2.0-OpenSSH_9.2\r\n", "is not a Dask scheduler")],
-    ids=["silent", "one-byte", "banner"],
-)  # fmt: skip
-def test_a_silent_peer_leaves_no_thread_nor_socket_behind(monkeypatch, first, said):
-    # (red team 131: each Sandbox.batch(cluster=ADDRESS) against a peer that accepts and
-    # says nothing left its connect thread, Dask's event loop thread and a socket; red
-    # team 132: one byte first, or a banner, got past the probe and did the same)
+@contextlib.contextmanager
+def _peer(first):
+    """A TCP listener on 127.0.0.1 that is no scheduler: it accepts (the kernel does,
+    when ``first`` is None) and sends ``first`` on each connection, then nothing.
+    Yields its tcp:// address."""
     import socket
 
     server = socket.socket()
@@ -292,19 +249,46 @@ def test_a_silent_peer_leaves_no_thread_nor_socket_behind(monkeypatch, first, sa
 
     if first is not None:
         threading.Thread(target=serve, daemon=True).start()
+    try:
+        yield f"tcp://127.0.0.1:{server.getsockname()[1]}"
+    finally:
+        server.close()
+        for conn in held:
+            conn.close()
+
+
+@pytest.mark.parametrize("answer", [None, b"HTTP/1.1 400 Bad Request\r\n\r\n", b"\x01"])
+def test_a_peer_that_is_no_scheduler_is_exit_123(cli, tmp_path, answer):
+    """Red team 128: a peer that accepted and said nothing (a scheduler's dashboard port, a
+    stopped scheduler) held the client for ever, past $WASMSBX_CLUSTER_TIMEOUT; one that
+    answered HTTP was exit 118 ("out of memory"), a 1-byte frame exit 100."""
+    src = tmp_path / "in.jsonl"
+    src.write_text("[1, 2]\n")
+    with _peer(answer) as address:
+        r = cli("run", ADD, "add", "--batch", src, "--cluster", address,
+                env={"WASMSBX_CLUSTER_TIMEOUT": "1s"}, timeout=100)  # fmt: skip
+    assert r.code == 123, r
+    assert "Dask scheduler" in r.stderr and r.stdout == "", r
+
+
+@pytest.mark.parametrize(
+    "first, said",
+    [(None, "did not answer within 0.5 s"), (b"\x00", "did not answer within 0.5 s"),
+     (b"SSH-2.0-OpenSSH_9.2\r\n", "is not a Dask scheduler")],
+    ids=["silent", "one-byte", "banner"],
+)  # fmt: skip
+def test_a_silent_peer_leaves_no_thread_nor_socket_behind(monkeypatch, first, said):
+    # (red team 131: each Sandbox.batch(cluster=ADDRESS) against a peer that accepts and
+    # says nothing left its connect thread, Dask's event loop thread and a socket; red
+    # team 132: one byte first, or a banner, got past the probe and did the same)
     monkeypatch.setenv("WASMSBX_CLUSTER_TIMEOUT", "0.5s")
     box = Sandbox(ADD, defaults())
-    address = f"tcp://127.0.0.1:{server.getsockname()[1]}"
-    try:
+    with _peer(first) as address:
         before = threading.active_count()
         for _ in range(3):
             with pytest.raises(errors.ClusterError, match=said):
                 list(box.batch("add", [[1, 2]], cluster=address))
         assert threading.active_count() == before, threading.enumerate()
-    finally:
-        server.close()
-        for conn in held:
-            conn.close()
 
 
 def test_a_scheduler_without_workers_is_exit_123(cli, tmp_path):
