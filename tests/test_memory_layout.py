@@ -571,14 +571,17 @@ def test_dense_out_of_address_space_names_the_address_space_limit(tmp_path):
 def test_mcp_workers_keep_a_module_per_layout(tmp_path):
     """An MCP worker reuses a compiled Sandbox for calls whose engine settings match:
     the reservation and the data initialisation are among them."""
+    import hashlib
+
     from wasmsbx.mcp.worker import Worker
 
     module = tmp_path / "guest.wat"
     module.write_bytes(GUEST)
+    digest = hashlib.sha256(GUEST).hexdigest()  # (as the server pins it)
     worker = Worker()
     boxes = {
         (layout, init, memory): worker.sandbox(
-            str(module), "digest", make_policy(layout, init, limits__memory=memory), "call"
+            str(module), digest, make_policy(layout, init, limits__memory=memory), "call"
         )
         for layout, init, memory in (
             ("fast", "cow", "1MiB"),
@@ -589,7 +592,7 @@ def test_mcp_workers_keep_a_module_per_layout(tmp_path):
     }
     assert len({id(box.engine) for box in boxes.values()}) == 4
     again = worker.sandbox(
-        str(module), "digest", make_policy("dense", "cow", limits__memory="700KiB"), "call"
+        str(module), digest, make_policy("dense", "cow", limits__memory="700KiB"), "call"
     )
     assert again is boxes["dense", "cow", "1MiB"]  # the same 1 MiB reservation
     for box in boxes.values():
