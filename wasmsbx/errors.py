@@ -118,6 +118,16 @@ def inert(text: Any, limit: Optional[int] = NAME_SHOWN) -> str:
     return text + cut
 
 
+def as_bytes(text: Any) -> str:
+    """``text`` shown as the bytes it came from: a name Python decoded with
+    surrogateescape (a command line's, a file name's bytes that are not UTF-8) shows
+    ``\\xff``, not ``\\udcff``; a lone surrogate from Python code as it is."""
+    try:
+        return str(text).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:
+        return str(text)
+
+
 def raised_text(exc: BaseException) -> str:
     """``Type: message`` of an exception a host function raised, for a trap's message.
     Its ``__str__`` is the host code's and may itself raise: that error escaped raw

@@ -178,13 +178,10 @@ class SuggestedPolicy:
 
             end = text.find("\n", exc.end)
             line = text[text.rfind("\n", 0, exc.start) + 1 : end if end >= 0 else None]
-            try:  # (shown as the bytes it came from: \xff)
-                line = line.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-            except UnicodeEncodeError:
-                pass
             raise errors.UsageError(
                 f"the suggested policy would name a folder whose name is not UTF-8 "
-                f"({errors.inert(line.strip(), 120)}): a TOML file cannot hold it",
+                f"({errors.inert(errors.as_bytes(line.strip()), 120)}): a TOML file cannot "
+                "hold it",
                 hint="rename the folder, or grant one with a UTF-8 name",
             ) from None
         return text

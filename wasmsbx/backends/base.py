@@ -699,16 +699,8 @@ def refuse_undecodable(wasi: WasiSetup, runtime: str) -> None:
             from .. import errors
 
             raise errors.UsageError(
-                f"{errors.inert(_as_bytes(what), 80)} is not UTF-8 text "
-                f"({errors.inert(_as_bytes(text), 80)}): {runtime} passes arguments, "
+                f"{errors.inert(errors.as_bytes(what), 80)} is not UTF-8 text "
+                f"({errors.inert(errors.as_bytes(text), 80)}): {runtime} passes arguments, "
                 "variables and folder names as UTF-8",
                 hint="pass UTF-8 only (rename a file whose name is not UTF-8)",
             ) from None
-
-
-def _as_bytes(text: Any) -> str:
-    """``text`` shown as the bytes it came from (``\\xff``, not ``\\udcff``)."""
-    try:
-        return str(text).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-    except UnicodeEncodeError:  # (a lone surrogate from Python code, not from bytes)
-        return str(text)
