@@ -289,18 +289,22 @@ def claims_component(path: Any) -> bool:
             # Without waiting, a regular file only: the name may have been swapped for a
             # FIFO since the caller looked (red team 133: a blocking open here waited for
             # a writer for ever, before any timeout was armed).
+            import functools
             import os
             import stat
+
+            from ..inputs import _read_full
 
             flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
             fd = os.open(path, flags)
             try:
                 if not stat.S_ISREG(os.fstat(fd).st_mode):
                     return False
-                head = _read_up_to(fd, START)
+                read = functools.partial(os.read, fd)
+                head = _read_full(read, START)
                 if len(head) == START and is_artifact(head):
                     wanted = min(PREFIX.unpack_from(head, len(MAGIC))[0], MAX_HEADER)
-                    head += _read_up_to(fd, wanted)
+                    head += _read_full(read, wanted)
             finally:
                 os.close(fd)
         if not is_artifact(head) or len(head) < START:
@@ -311,20 +315,6 @@ def claims_component(path: Any) -> bool:
     # (RecursionError: an unauthenticated header of [[[[... nests deeper than json can go)
     except (OSError, TypeError, ValueError, KeyError, AttributeError, struct.error, RecursionError):
         return False
-
-
-def _read_up_to(fd: int, size: int) -> bytes:
-    """Up to ``size`` bytes of ``fd`` (fewer at its end)."""
-    import os
-
-    parts, left = [], size
-    while left > 0:
-        chunk = os.read(fd, left)
-        if not chunk:
-            break
-        parts.append(chunk)
-        left -= len(chunk)
-    return b"".join(parts)
 
 
 def open_sealed(data: Any, key: Optional[bytes], kind: str) -> Artifact:
