@@ -18,6 +18,7 @@ No Dask import here: both sides use this module, and the checks are plain Python
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any, Optional
 
@@ -149,7 +150,7 @@ def _no_constant(name: str) -> Any:
 
 def _finite(text: str) -> float:
     value = float(text)
-    if value != value or value in (float("inf"), float("-inf")):
+    if not math.isfinite(value):
         raise ValueError(f"{text[:40]} is not a finite number")
     return value
 

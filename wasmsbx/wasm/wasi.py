@@ -154,4 +154,4 @@ def opens_paths(name: str) -> bool:
 def reaches_grants(name: str) -> bool:
     """True for the functions that reach a granted directory: by path (``opens_paths``)
     or through its own descriptor (DIRECTORY_FUNCTIONS)."""
-    return name.startswith("path_") or name in DIRECTORY_FUNCTIONS
+    return opens_paths(name) or name in DIRECTORY_FUNCTIONS
