@@ -60,7 +60,7 @@ def refuse_crossed(args: Any, policy: Any) -> None:
     piped = ("standard input", write_path(0) if batch == "-" or stream else None)
     refuse_in_grants(policy, [batch_input, piped, the_policy, *kept])
     if piped[1] is not None and any(grant.writable for grant in policy.grants):
-        _refuse_unseen_stdin()
+        _refuse_unseen_stdin(piped[1])
 
 
 def refuse_in_grants(policy: Any, named: list, one_name: bool = True) -> None:
@@ -90,10 +90,11 @@ def refuse_in_grants(policy: Any, named: list, one_name: bool = True) -> None:
             _refuse_other_names(what, where)
 
 
-def _refuse_unseen_stdin() -> None:
+def _refuse_unseen_stdin(name: str) -> None:
     """InputError (105) if standard input is a file whose name was removed since it was
     opened while it has another (``--batch - <&3`` after ``rm``): that name, unknown, may
-    lie in a folder the guest can write (red team 131)."""
+    lie in a folder the guest can write (red team 131). ``name``: the one it was opened
+    by (``write_path(0)``)."""
     try:
         info = os.fstat(0)
     except OSError:
@@ -101,7 +102,7 @@ def _refuse_unseen_stdin() -> None:
     if not stat.S_ISREG(info.st_mode) or info.st_nlink == 0:
         return
     try:
-        named = os.stat(os.readlink("/proc/self/fd/0"))
+        named = os.stat(name)
         seen = (named.st_dev, named.st_ino) == (info.st_dev, info.st_ino)
     except FileNotFoundError:
         seen = False

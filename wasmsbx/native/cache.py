@@ -2354,9 +2354,11 @@ def verify(store: Store, remove: bool = True) -> dict:
 
 def _left(store: Store, key: str) -> str:
     """What a removal left (a folder under an entry's name stays: ``_remove_file``)."""
-    if os.path.isdir(store.code_path(key)) and not os.path.islink(store.code_path(key)):
-        return " (a folder: left in place; `wasmsbx cache clear` removes it)"
-    return ""
+    try:
+        folder = stat.S_ISDIR(os.lstat(store.code_path(key)).st_mode)
+    except OSError:
+        return ""
+    return " (a folder: left in place; `wasmsbx cache clear` removes it)" if folder else ""
 
 
 def _check_entry(store: Store, key: str, record: dict, tag_key: Optional[bytes]) -> Optional[str]:
