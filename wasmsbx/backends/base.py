@@ -568,6 +568,10 @@ class Backend(ABC):
     @abstractmethod
     def engine(self, options: EngineOptions) -> Engine: ...
 
+    def compile_engine(self, options: EngineOptions) -> Any:
+        """An engine for ``compile`` and ``serialize`` alone (``compile -o``)."""
+        return self.engine(options)
+
 
 PAGE = 65536
 

@@ -147,10 +147,13 @@ def compiles_here() -> bool:
     return os.environ.get("WASMSBX_COMPILE_HERE", "").strip() == "1"
 
 
-def heavy(wasm: bytes) -> bool:
+def heavy(wasm: bytes, weight: Optional[int] = None) -> bool:
     """Whether ``wasm`` has a function heavy enough to compile (HEAVY) that its compile
-    must go to a worker, whose memory is bounded. (A module that cannot be read is left
-    to the runtime, which says why.)"""
+    must go to a worker, whose memory is bounded (``weight``: its compile weight, if
+    already read). (A module that cannot be read is left to the runtime, which says
+    why.)"""
+    if weight is not None:
+        return weight > HEAVY
     from ..wasm.facts import FactsError, compile_weight
 
     try:
@@ -939,9 +942,11 @@ def child_main() -> None:
                 given = dict(request["options"])
                 given["isa_off"] = tuple(given.get("isa_off") or ())
                 options = EngineOptions(**given)
-                engine = get(request["backend"]).engine(options)
-                if wrap is not None:
-                    engine = _wrapper(wrap)(engine)
+                adapter = get(request["backend"])
+                if wrap is None:  # (compiles and serializes only: wasmtime-py not imported)
+                    engine = adapter.compile_engine(options)
+                else:
+                    engine = _wrapper(wrap)(adapter.engine(options))
                 engines[key] = engine
             code = engine.serialize(engine.compile(bytes(wasm)))
         except errors.WasmsbxError as exc:

@@ -822,6 +822,12 @@ def read_facts(data: bytes, scan_code: bool = True, hashed: bool = True) -> Modu
     return _parse(data, scan_code).facts(hashed)
 
 
+def read_facts_weighed(data: bytes) -> tuple:
+    """``(read_facts(data), compile_weight(data))`` from one parse (``compile -o``)."""
+    parser = _parse(data, scan_code=True)
+    return parser.facts(), parser.compile_weight
+
+
 def compile_weight(data: bytes) -> int:
     """Locals x body bytes summed over the module's functions, params counted as locals
     (backends.compiling.HEAVY): read without decoding any instruction."""

@@ -80,6 +80,13 @@ class WasmtimeBackend(Backend):
         pool to build; sandboxes keep their own limits in their own stores)."""
         return (_ENGINE_FOR or _import_engine_for())(options)
 
+    def compile_engine(self, options: EngineOptions) -> Any:
+        """An engine that only compiles and serializes (``compile -o``'s): one that does
+        not import wasmtime-py if this process has not (bare.py), else ``engine()``."""
+        from .bare import engine
+
+        return engine(options) or self.engine(options)
+
 
 _ENGINE_FOR: Any = None  # backend.engine_for, imported when the first engine is asked for
 

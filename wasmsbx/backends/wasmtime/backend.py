@@ -48,14 +48,14 @@ from ..base import (
 )
 from ..deadline import KEEPER
 from ..limits import GC_HEAP, HIDDEN_EXPORT, PAGE, TotalsError, export_memories, layout, plan
-from ..reserve import GUARD, engine_layout, exhausted_hint
+from ..reserve import engine_layout, exhausted_hint
 from ..stackroom import SEEN as STACK_SEEN
 from ..stackroom import enter as stack_enter
 from ..stackroom import fits as stack_fits
 from ..stackroom import leave as stack_leave
 from ..stackroom import need as stack_need
 from . import teardown
-from .identity import FEATURES, _version, fingerprint  # noqa: F401 - FEATURES, _version re-exported
+from .identity import FEATURES, _version, config_settings, fingerprint  # noqa: F401 - FEATURES, _version re-exported
 from .values import (
     HOST_CALLS,
     RAW_CALL,
@@ -81,7 +81,6 @@ from .values import call as call_raw
 
 MAX_FRAMES = 12
 _U64 = ctypes.c_uint64
-_OPT_LEVELS = {"none": "none", "speed": "speed", "size": "speed_and_size", "aggressive": "speed"}
 
 
 class _Output(OutputSink):
@@ -1937,24 +1936,15 @@ def _budgeted(shared: Any) -> bool:
 
 
 def engine_config(options: EngineOptions) -> wasmtime.Config:
-    """The wasmtime configuration of an engine for ``options`` (benchmarks/epoch.py and
-    density.py build their raw engines from it, so they measure what wasmsbx runs)."""
+    """The wasmtime configuration of an engine for ``options`` (``identity.config_settings``;
+    benchmarks/epoch.py and density.py build their raw engines from it, so they measure
+    what wasmsbx runs)."""
     config = wasmtime.Config()
-    config.epoch_interruption = bool(options.epoch)
-    config.consume_fuel = bool(options.fuel)
-    config.cranelift_opt_level = _OPT_LEVELS.get(options.optimize, "speed")
-    if options.stack:
-        config.max_wasm_stack = options.stack
-    if options.reservation is not None:  # runtime.memory_layout = "dense" (reserve.py)
-        config.memory_reservation = options.reservation
-        # Used only by a memory that outgrows the reservation (memory64 above 4 GiB): it
-        # moves once into room to grow, instead of on every memory.grow.
-        config.memory_reservation_for_growth = options.reservation
-        config.memory_guard_size = GUARD
-    if options.copy_data:  # runtime.memory_init = "copy": the image is a third mapping
-        config.memory_init_cow = False
-    for flag in options.isa_off:  # (a compile worker's for a process that lacks them)
-        config.cranelift_flag_set(flag, "false")
+    for name, value in config_settings(options):
+        if name == "cranelift_flag_set":
+            config.cranelift_flag_set(*value)
+        else:
+            setattr(config, name, value)
     return config
 
 

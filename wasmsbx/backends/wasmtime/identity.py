@@ -104,3 +104,35 @@ def fingerprint(options: EngineOptions) -> dict:
         **({} if reserved is None else {"memory_layout": f"dense:{reserved}"}),
         **({"memory_init": "copy"} if options.copy_data else {}),
     }
+
+
+# runtime.optimize -> wasmtime's cranelift_opt_level ("aggressive" has no level of its own)
+OPT_LEVELS = {"none": "none", "speed": "speed", "size": "speed_and_size", "aggressive": "speed"}
+
+
+def config_settings(options: EngineOptions) -> list:
+    """The wasmtime configuration of an engine for ``options``: (setting, value) pairs,
+    in order, named as wasmtime-py's ``Config`` attributes (``cranelift_flag_set``: a
+    (flag, value) pair). The one place they are chosen: ``backend.engine_config`` sets
+    them on a ``wasmtime.Config``, ``lean.BareEngine`` through the C API (a test checks
+    that both make the same code)."""
+    from ..reserve import GUARD
+
+    settings: list = [
+        ("epoch_interruption", bool(options.epoch)),
+        ("consume_fuel", bool(options.fuel)),
+        ("cranelift_opt_level", OPT_LEVELS.get(options.optimize, "speed")),
+    ]
+    if options.stack:
+        settings.append(("max_wasm_stack", options.stack))
+    if options.reservation is not None:  # runtime.memory_layout = "dense" (reserve.py)
+        settings.append(("memory_reservation", options.reservation))
+        # Used only by a memory that outgrows the reservation (memory64 above 4 GiB): it
+        # moves once into room to grow, instead of on every memory.grow.
+        settings.append(("memory_reservation_for_growth", options.reservation))
+        settings.append(("memory_guard_size", GUARD))
+    if options.copy_data:  # runtime.memory_init = "copy": the image is a third mapping
+        settings.append(("memory_init_cow", False))
+    for flag in options.isa_off:  # (a compile worker's for a process that lacks them)
+        settings.append(("cranelift_flag_set", (flag, "false")))
+    return settings

@@ -234,9 +234,20 @@ def run_compile(
     check_size(len(built.wasm), policy.values["limits.module_size"], name)
     inputs = [source, wasm_path, policy.source]  # what -o must not overwrite
     failures = []
-    facts = _facts(built.wasm)  # parsed once: selection and the artifact's header use it
+    # Parsed once: selection, the artifact's header and where it compiles use it.
+    facts, weight = _facts(built.wasm)
     job = _Job(
-        built.wasm, name, policy, out, cache_dir, force, signer, inputs, facts, interruptible
+        built.wasm,
+        name,
+        policy,
+        out,
+        cache_dir,
+        force,
+        signer,
+        inputs,
+        facts,
+        interruptible=interruptible,
+        weight=weight,
     )
     for adapter, compiler in _targets(policy, built.wasm, all_backends, facts):
         try:
@@ -285,15 +296,16 @@ def _build(source: str, exports: list, wasm_out: Optional[str], policy: Any) -> 
     return result, wasm_out
 
 
-def _facts(wasm: bytes) -> Any:
-    """The module's facts (one parse of the whole module), or None if it is not a core
-    module wasmsbx can read (the compiler then gives the precise error)."""
-    from ...wasm.facts import FactsError, read_facts
+def _facts(wasm: bytes) -> tuple:
+    """The module's facts and compile weight (one parse of the whole module), or (None,
+    None) if it is not a core module wasmsbx can read (the compiler then gives the
+    precise error)."""
+    from ...wasm.facts import FactsError, read_facts_weighed
 
     try:
-        return read_facts(wasm)
+        return read_facts_weighed(wasm)
     except FactsError:
-        return None
+        return None, None
 
 
 def _targets(policy: Any, wasm: bytes, all_backends: bool, facts: Any) -> list:
@@ -318,7 +330,8 @@ def _targets(policy: Any, wasm: bytes, all_backends: bool, facts: Any) -> list:
 class _Job(
     namedtuple(
         "_Job",
-        "wasm name policy out cache_dir force signer inputs facts interruptible",
+        "wasm name policy out cache_dir force signer inputs facts interruptible weight",
+        defaults=(None,),
     )
 ):
     """What one compile command asks of every backend it compiles for."""
@@ -327,7 +340,7 @@ class _Job(
 
 
 def _native(adapter: Any, compiler: Optional[str], job: _Job) -> dict:
-    wasm, name, policy, out, cache_dir, force, signer, inputs, facts, interruptible = job
+    wasm, name, policy, out, cache_dir, force, signer, inputs, facts, interruptible, weight = job
     from ...backends.base import engine_options
     from ...backends.compiling import CHILD_MIN, too_slow
     from ...components import is_component
@@ -352,12 +365,13 @@ def _native(adapter: Any, compiler: Optional[str], job: _Job) -> dict:
     from ...backends.compiling import hard_stopped, heavy
 
     core = out is not None and not is_component(wasm)
-    weighty = core and heavy(wasm)  # (its compile goes to a worker, whose memory is bounded)
+    weighty = core and heavy(wasm, weight)  # (its compile goes to a worker: memory bounded)
     if core and not weighty and hard_stopped(adapter.name):
         # The command line's hard stop bounds an in-process compile (compiling.py), so
         # no worker: one interpreter start and one import of the runtime, not two
-        # (~40 ms of CPU, 4% of compiling a 1 MB module).
-        engine = adapter.engine(options)
+        # (~40 ms of CPU, 4% of compiling a 1 MB module), and not even that one: the
+        # engine compiles through a dozen C functions declared alone (wasmtime/bare.py, ~35 ms).
+        engine = adapter.compile_engine(options)
 
         def in_process(data: bytes) -> tuple:
             from ...backends.compiling import compile_bounded
