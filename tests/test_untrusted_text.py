@@ -239,8 +239,14 @@ NOT_UTF8 = "\udcff"  # the byte 0xff as a command line hands it to Python
 )
 @pytest.mark.parametrize(
     "flags",
-    [["--", f"a{NOT_UTF8}"], ["-e", f"A=b{NOT_UTF8}"], ["--dir-ro", f"examples::/d{NOT_UTF8}"]],
-    ids=["argv", "env", "guest-path"],
+    [
+        ["--", f"a{NOT_UTF8}"],
+        ["-e", f"A=b{NOT_UTF8}"],
+        ["-e", f"A{NOT_UTF8}=b"],  # (was 101, "a NUL, newline or other control character")
+        ["-e", f"A{NOT_UTF8}"],
+        ["--dir-ro", f"examples::/d{NOT_UTF8}"],
+    ],
+    ids=["argv", "env", "env-name", "env-inherit", "guest-path"],
 )
 def test_bytes_that_are_not_utf8_are_a_usage_error_on_wasmtime(cli, module, flags):
     # (red team 130: wasmtime-py's encoding raised inside the run, "internal error:

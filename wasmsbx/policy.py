@@ -1380,6 +1380,17 @@ def add_env(policy: Policy, spec: str) -> None:
             f"--env {spec!r}: expected NAME=VALUE or NAME",
             hint="for example --env MODE=fast or --env LANG",
         )
+    for text in (name, value):  # (as the backends refuse such a variable: exit 2)
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            from .errors import UsageError, as_bytes, inert
+
+            raise UsageError(
+                f"--env {inert(as_bytes(spec), 80)} is not UTF-8 text: the runtimes pass "
+                "variables as UTF-8",
+                hint="pass UTF-8 only",
+            ) from None
     try:  # (as env.set and env.inherit check them in a policy)
         _check_env_name(name)
         _check_env_value(name, value)
