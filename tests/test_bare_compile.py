@@ -156,3 +156,13 @@ def test_compile_o_never_imports_wasmtime_and_run_loads_what_it_wrote(tmp_path, 
     kept = tmp_path / "k.wasmsbx"
     argv = ["compile", str(source), "--interruptible", "-o", str(kept)]
     assert _no_wasmtime(tmp_path, argv) == "False 0"
+
+
+def test_a_module_it_rejects_is_worded_without_importing_wasmtime(tmp_path, wasm):
+    # (red team 136: the error was worded by backend.py, whose import of wasmtime-py took
+    # ~3 MB more of a compile worker's capped memory: exit 117 for an invalid module)
+    source = tmp_path / "bad.wasm"
+    source.write_bytes(wasm[:-3])
+    out = tmp_path / "bad.wasmsbx"
+    assert _no_wasmtime(tmp_path, ["compile", str(source), "-o", str(out)]) == "False 102"
+    assert not out.exists()

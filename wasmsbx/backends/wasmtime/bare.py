@@ -163,7 +163,7 @@ class BareEngine:
         out = ctypes.c_void_p()
         error = self._api.module_new(self.ptr, data, len(data), ctypes.byref(out))
         if error:
-            from .backend import _module_error  # (imports wasmtime: only on failure)
+            from .words import _module_error
 
             raise _module_error(RuntimeError(self._api.take_error(error)), self.options)
         return BareModule(self._api, out.value)
