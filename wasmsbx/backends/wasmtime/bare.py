@@ -57,6 +57,7 @@ class _Api:
             return function
 
         self.config_new = declare("wasm_config_new", ptr)
+        self.config_delete = declare("wasm_config_delete", None, ptr)
         self.engine_new = declare("wasm_engine_new_with_config", ptr, ptr)
         self.engine_delete = declare("wasm_engine_delete", None, ptr)
         self.module_new = declare(
@@ -141,12 +142,16 @@ class BareEngine:
         config = api.config_new()
         if not config:
             raise MemoryError("wasm_config_new")
-        for name, value in config_settings(options):
-            if name == "cranelift_flag_set":
-                api.flag_set(config, value[0].encode(), value[1].encode())
-            else:
-                code = _OPT_CODES[value] if name == "cranelift_opt_level" else value
-                api.setters[name](config, code)
+        try:
+            for name, value in config_settings(options):
+                if name == "cranelift_flag_set":
+                    api.flag_set(config, value[0].encode(), value[1].encode())
+                else:
+                    code = _OPT_CODES[value] if name == "cranelift_opt_level" else value
+                    api.setters[name](config, code)
+        except BaseException:
+            api.config_delete(config)
+            raise
         self.ptr = api.engine_new(config)  # (takes the config)
         if not self.ptr:
             raise MemoryError("wasm_engine_new_with_config")
