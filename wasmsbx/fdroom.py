@@ -16,6 +16,7 @@ import os
 
 ROOM = 32  # descriptors kept aside: what reporting an error needs, with margin
 HIGH = 4096  # where the kept descriptors go at most (a higher one grows the kernel's table)
+TINY_SHARE = 4  # under a limit too low for ROOM: keep 1/TINY_SHARE of it
 _KEPT: list = []
 
 
@@ -34,8 +35,10 @@ def keep() -> None:
         return
     top = HIGH if soft == resource.RLIM_INFINITY else min(HIGH, soft)
     if top - ROOM - 1 <= 64:  # (a tiny limit: wherever they fit)
+        # A quarter of the limit at most: under `ulimit -n 20` the 32 took every
+        # descriptor the run itself needed, and every command failed (red team 137).
         try:
-            for _ in range(ROOM - 1):
+            for _ in range(min(ROOM, max(1, top // TINY_SHARE)) - 1):
                 _KEPT.append(os.dup(first))
         except OSError:
             pass

@@ -929,8 +929,20 @@ def discover(explicit: Optional[str] = None, cwd: Optional[Path] = None) -> Poli
     """``--policy PATH``, else ``./sandbox.toml``, else the secure defaults."""
     if explicit is not None:
         return load(explicit)
-    candidate = (cwd or Path.cwd()) / POLICY_FILENAME
-    if candidate.is_file():
+    try:
+        here = cwd or Path.cwd()
+    except FileNotFoundError:  # (the working folder was removed: none can be in it)
+        return defaults()
+    candidate = here / POLICY_FILENAME
+    try:
+        found = candidate.is_file()
+    except OSError as exc:  # (a folder you cannot search: red team 137, internal error)
+        raise PolicyError(
+            f"{candidate}: cannot look for a policy in the working folder: {exc.strerror or exc}",
+            hint="run in a folder you can read, or name a policy with --policy FILE",
+            file=str(candidate),
+        ) from None
+    if found:
         return load_found(candidate)
     if os.path.lexists(candidate):
         _refuse_odd(candidate)

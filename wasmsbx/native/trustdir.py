@@ -41,8 +41,30 @@ def _home() -> str:
     if not os.path.isabs(home) or not os.environ.get("HOME", "x").strip():
         import pwd
 
-        home = pwd.getpwuid(os.getuid()).pw_dir
+        try:
+            home = pwd.getpwuid(os.getuid()).pw_dir
+        except KeyError:  # (a container's uid: `docker run --user N`, `env -i`)
+            home = ""
+        if not os.path.isabs(home):
+            raise _no_home()
     return home
+
+
+def _no_home() -> OSError:
+    """No home folder to put the cache and trust folders in (red team 137: a uid without
+    an entry in the password database and no $HOME was an internal error). An OSError
+    (a cache that cannot be used: the run goes on without it) that is also wasmsbx's
+    input error, exit 105 (where the folder is needed: the trust folder)."""
+    from ..errors import InputError  # (a leaf otherwise: only when there is no home)
+
+    class NoHome(InputError, OSError):
+        pass
+
+    return NoHome(
+        f"cannot find your home folder: $HOME is not an absolute path and uid {os.getuid()} "
+        "has none in the password database",
+        hint="set HOME, or XDG_CACHE_HOME and WASMSBX_TRUST_DIR, to folders of your own",
+    )
 
 
 def _xdg(variable: str, fallback: str) -> str:

@@ -1,0 +1,121 @@
+"""Red team 137: the environment a CI job, a container or a cron job gives the command
+line (descriptor limits, a uid without a home, a working folder removed or closed to
+you). Each is one error line with its exit code, or a run that works: never an internal
+error or an abort."""
+
+from __future__ import annotations
+
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+HELLO = ROOT / "examples" / "wasi" / "hello.wasm"
+ADD = ROOT / "examples" / "add.wat"
+STRANGER = 54321  # a uid (and gid) with no entry in the password database
+
+
+def _wasmsbx(*args, env=None, cwd=None, preexec=None, shell_prefix=""):
+    argv = [sys.executable, "-m", "wasmsbx", *map(str, args)]
+    if shell_prefix:  # (a step the child takes before it starts: cd, rmdir)
+        argv = ["sh", "-c", shell_prefix + ' && exec "$@"', "sh", *argv]
+    return subprocess.run(
+        argv, capture_output=True, text=True, env=env, cwd=cwd, preexec_fn=preexec, timeout=120
+    )
+
+
+def _stranger():
+    """Become a uid without a password entry (the real uid: the effective one stays, so
+    the interpreter under /root can still be run, as `setpriv --reuid` does)."""
+    os.setreuid(STRANGER, -1)
+
+
+needs_root = pytest.mark.skipif(
+    not hasattr(os, "getuid") or os.getuid() != 0, reason="becomes another uid (root only)"
+)
+
+
+@pytest.fixture
+def home(tmp_path):
+    env = dict(os.environ)
+    env.update(
+        HOME=str(tmp_path / "home"),
+        XDG_CACHE_HOME=str(tmp_path / "cache"),
+        WASMSBX_TRUST_DIR=str(tmp_path / "trust"),
+    )
+    return env
+
+
+@pytest.mark.parametrize("limit", [20, 40])
+def test_a_low_open_files_limit_leaves_the_run_its_descriptors(home, tmp_path, limit):
+    # (fdroom kept 32 descriptors aside whatever the limit: under `ulimit -n 20` every
+    # command was an internal error, under 40 wasmtime-wasi aborted the process, 134)
+    assert _wasmsbx("run", HELLO, env=home, cwd=tmp_path).returncode == 0  # cached
+
+    def low():
+        resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
+
+    for args in (["run", HELLO], ["run", ADD, "add", "1", "2"], ["backends"]):
+        result = _wasmsbx(*args, env=home, cwd=tmp_path, preexec=low)
+        assert result.returncode == 0, (args, result.stderr)
+    assert _wasmsbx("run", ADD, "add", "1", "2", env=home, cwd=tmp_path, preexec=low).stdout == (
+        "3\n"
+    )
+
+
+def test_a_removed_working_folder_holds_no_policy(home, tmp_path):
+    # (Path.cwd() raised FileNotFoundError: internal error, exit 100)
+    (tmp_path / "gone").mkdir()
+    result = _wasmsbx(
+        "run", ADD, "add", "2", "3", env=home, cwd=tmp_path, shell_prefix="cd gone && rmdir ../gone"
+    )
+    assert (result.returncode, result.stdout) == (0, "5\n"), result.stderr
+
+
+@pytest.fixture
+def shared_folder():
+    """A folder every uid may enter (pytest's own are private to root)."""
+    folder = Path(tempfile.mkdtemp(prefix="wasmsbx-env-"))
+    folder.chmod(0o755)
+    yield folder
+    subprocess.run(["rm", "-rf", str(folder)], check=False)
+
+
+@needs_root
+def test_a_uid_without_a_home_is_told_so(shared_folder):
+    # (a uid without a password entry and no $HOME: KeyError from pwd.getpwuid, exit 100)
+    env = {k: v for k, v in os.environ.items() if k not in ("HOME", "XDG_CACHE_HOME")}
+    env.pop("XDG_CONFIG_HOME", None)
+    env.pop("WASMSBX_TRUST_DIR", None)
+    env["PYTHONDONTWRITEBYTECODE"] = "1"
+    result = _wasmsbx("run", HELLO, env=env, cwd=shared_folder, preexec=_stranger)
+    assert result.returncode == 0, result.stderr  # (no cache, with a warning that says why)
+    assert "cannot find your home folder" in result.stderr
+    result = _wasmsbx("trust", "show", env=env, cwd=shared_folder, preexec=_stranger)
+    assert result.returncode == 105, result.stderr
+    assert result.stderr.startswith("error: cannot find your home folder")
+    assert "Traceback" not in result.stderr and "internal error" not in result.stderr
+
+
+def test_a_working_folder_you_cannot_search_is_a_policy_error(monkeypatch):
+    # (`runuser -u app -- wasmsbx ...` left in /root: PermissionError from the look for
+    # ./sandbox.toml, an internal error, exit 100)
+    from wasmsbx import policy as policy_mod
+
+    def closed(self):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(Path, "is_file", closed)
+    with pytest.raises(policy_mod.PolicyError) as refused:
+        policy_mod.discover(cwd=Path("/root"))
+    assert refused.value.exit_code == 101
+    assert "cannot look for a policy in the working folder: Permission denied" in str(refused.value)
+    assert "--policy FILE" in refused.value.hint
+    monkeypatch.undo()
+    with pytest.raises(policy_mod.PolicyError, match="File name too long"):
+        policy_mod.discover(cwd=Path("/" + "a" * 5000))  # (an error Path.is_file passes on)
