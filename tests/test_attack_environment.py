@@ -94,6 +94,10 @@ def test_a_uid_without_a_home_is_told_so(shared_folder):
     env.pop("WASMSBX_TRUST_DIR", None)
     env["PYTHONDONTWRITEBYTECODE"] = "1"
     result = _wasmsbx("run", HELLO, env=env, cwd=shared_folder, preexec=_stranger)
+    if "libffi" in result.stderr:
+        # (scripts/provision-py39's interpreter finds its libffi in a way the loader
+        # ignores for a process whose real and effective uids differ)
+        pytest.skip("this interpreter cannot start with another real uid")
     assert result.returncode == 0, result.stderr  # (no cache, with a warning that says why)
     assert "cannot find your home folder" in result.stderr
     result = _wasmsbx("trust", "show", env=env, cwd=shared_folder, preexec=_stranger)
@@ -119,3 +123,54 @@ def test_a_working_folder_you_cannot_search_is_a_policy_error(monkeypatch):
     monkeypatch.undo()
     with pytest.raises(policy_mod.PolicyError, match="File name too long"):
         policy_mod.discover(cwd=Path("/" + "a" * 5000))  # (an error Path.is_file passes on)
+
+
+WRITE_CHECK = """
+(module
+  (import "wasi_snapshot_preview1" "fd_write" (func $fd_write (param i32 i32 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 100) "hello\\n")
+  (func (export "_start")
+    (i32.store (i32.const 0) (i32.const 100))
+    (i32.store (i32.const 4) (i32.const 6))
+    (call $exit (i32.add (i32.const 10)
+      (call $fd_write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 20))))))
+"""
+
+
+@pytest.mark.parametrize("unbuffered", ["", "1"])
+def test_a_full_disk_under_stdout_is_exit_105_however_python_buffers(
+    home, tmp_path, backend, unbuffered
+):
+    # (with PYTHONUNBUFFERED=1, common in CI and containers, the guest's write failed in
+    # the output callback, not at the final flush: exit 0 and the output lost)
+    env = dict(home, PYTHONUNBUFFERED=unbuffered)
+    with open("/dev/full", "wb") as full:
+        result = subprocess.run(
+            [sys.executable, "-m", "wasmsbx", "run", str(HELLO), "--backend", backend],
+            stdout=full,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+            cwd=tmp_path,
+            timeout=120,
+        )
+    assert result.returncode == 105, result.stderr
+    assert "cannot write the results to stdout" in result.stderr
+
+
+def test_the_guest_is_told_the_disk_is_full(home, tmp_path):
+    source = tmp_path / "w.wat"
+    source.write_text(WRITE_CHECK)
+    with open("/dev/full", "wb") as full:
+        result = subprocess.run(
+            [sys.executable, "-m", "wasmsbx", "run", str(source), "--backend", "wasmtime"],
+            stdout=full,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=dict(home, PYTHONUNBUFFERED="1"),
+            cwd=tmp_path,
+            timeout=120,
+        )
+    assert result.returncode == 10 + 51, result.stderr  # WASI's ENOSPC (was EPIPE, 64)

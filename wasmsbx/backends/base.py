@@ -11,6 +11,7 @@ are data, so the selector, ``wasmsbx backends`` and the tests all read the same 
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 from abc import ABC, abstractmethod
@@ -342,6 +343,12 @@ def binary_stream(stream: Any) -> Any:
 # ended mid-line: the command line's error or warning line after it then starts a line
 # of its own (cli.output.err), not at the end of the guest's "no newline".
 LAST_WRITE: list = [None, False]
+# The first failure to write a guest's inherited output to the process's own stdout (fd
+# 1) that is not a reader gone away (a full disk, /dev/full): the command line then ends
+# with exit 105 as when its own results cannot be written (cli._stdout_written). With
+# PYTHONUNBUFFERED the write fails here, not at the command's final flush, and the run
+# ended with exit 0 and its output lost (red team 137).
+STDOUT_LOST: list = []
 
 
 class OutputSink:
@@ -365,8 +372,14 @@ class OutputSink:
         if self.captured is not None:
             self.captured += data
         elif self.file is not None:
-            self.file.write(data)
-            self.file.flush()
+            try:
+                self.file.write(data)
+                self.file.flush()
+            except OSError as exc:
+                lost = not self.own and exc.errno != errno.EPIPE and not STDOUT_LOST
+                if lost and _fd_of(self.file) == 1:
+                    STDOUT_LOST.append(exc)
+                raise
             if not self.own and data:
                 LAST_WRITE[:] = self.file, data[-1:] != b"\n"
 
@@ -377,6 +390,13 @@ class OutputSink:
             except OSError:  # a file that refuses writes (/proc/self/status): the guest
                 pass  # already saw each write fail
             self.file = None
+
+
+def _fd_of(stream: Any) -> Optional[int]:
+    try:
+        return stream.fileno()
+    except (AttributeError, OSError, ValueError):
+        return None
 
 
 class Instance(ABC):

@@ -248,6 +248,10 @@ def _stdout_written(code: int) -> int:
     from . import output
 
     output.flush_stdout()
+    base = sys.modules.get("wasmsbx.backends.base")  # (a guest's writes to stdout that failed)
+    lost = getattr(base, "STDOUT_LOST", None)
+    if lost and not output.STDOUT_FAILED:
+        output.STDOUT_FAILED.append(lost[0])
     if output.STDOUT_FAILED and code == 0:
         return output.stdout_failure(output.STDOUT_FAILED[0])
     return code

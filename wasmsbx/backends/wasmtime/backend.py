@@ -114,6 +114,8 @@ class _Output(OutputSink):
             self.write(data)
         except MemoryError:
             return -errno.ENOMEM
+        except OSError as exc:  # (a full disk is told so: it was a broken pipe)
+            return -errno.ENOSPC if exc.errno == errno.ENOSPC else -errno.EPIPE
         except BaseException:  # noqa: BLE001 - (OSError, ValueError: sys.stdout closed;
             return -errno.EPIPE  # Ctrl-C's KeyboardInterrupt: the keeper has it already)
         return len(data)
