@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -174,3 +175,37 @@ def test_the_guest_is_told_the_disk_is_full(home, tmp_path):
             timeout=120,
         )
     assert result.returncode == 10 + 51, result.stderr  # WASI's ENOSPC (was EPIPE, 64)
+
+
+@needs_root
+@pytest.mark.skipif(shutil.which("setpriv") is None, reason="setpriv (util-linux) is needed")
+def test_another_users_cache_is_not_reported_absent(shared_folder):
+    # (the cache commands read a cache folder they could not search as no cache at all:
+    # "nothing has been cached", exit 0, and `cache clear` "succeeded" removing nothing)
+    home = shared_folder / "home"
+    home.mkdir(mode=0o777)
+    home.chmod(0o777)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("XDG_", "WASMSBX_"))}
+    env.update(HOME=str(home), PYTHONDONTWRITEBYTECODE="1")
+    module = shared_folder / "hello.wasm"
+    module.write_bytes(HELLO.read_bytes())
+    module.chmod(0o644)
+    assert _wasmsbx("run", module, env=env, cwd=shared_folder).returncode == 0  # root's cache
+    entries = sorted((home / ".cache" / "wasmsbx").rglob("*"))
+    assert entries
+    nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+    probe = subprocess.run([*nobody, sys.executable, "-c", "import ctypes"], capture_output=True)
+    if probe.returncode:  # (scripts/provision-py39's interpreter lives in root's folders)
+        pytest.skip("this interpreter cannot start as another uid")
+    for args in (["cache", "list"], ["cache", "clear"], ["cache", "verify"]):
+        result = subprocess.run(
+            [*nobody, sys.executable, "-m", "wasmsbx", *args],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=shared_folder,
+            timeout=120,
+        )
+        assert result.returncode == 105, (args, result.stdout, result.stderr)
+        assert "belongs to another user" in result.stderr, result.stderr
+    assert sorted((home / ".cache" / "wasmsbx").rglob("*")) == entries

@@ -612,9 +612,15 @@ def exists(root: Path) -> bool:
     """A database, or code files (``verify`` must see code that was put there without
     one, e.g. committed to a repository)."""
     text = str(root)
-    return os.path.isfile(os.path.join(text, "cache.db")) or os.path.isdir(
-        os.path.join(text, CODE_DIR)
-    )
+    for name, kind in (("cache.db", stat.S_ISREG), (CODE_DIR, stat.S_ISDIR)):
+        try:
+            if kind(os.stat(os.path.join(text, name)).st_mode):
+                return True
+        except PermissionError:  # a folder you cannot search (another user's): there is
+            return True  # something, and opening it says whose (it read as no cache at all)
+        except (OSError, ValueError):
+            continue
+    return False
 
 
 def _tag_head(root: Any) -> bytes:
