@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import resource
 import shutil
+import stat
 import subprocess
 import sys
 import tempfile
@@ -209,3 +210,35 @@ def test_another_users_cache_is_not_reported_absent(shared_folder):
         assert result.returncode == 105, (args, result.stdout, result.stderr)
         assert "belongs to another user" in result.stderr, result.stderr
     assert sorted((home / ".cache" / "wasmsbx").rglob("*")) == entries
+
+
+@pytest.mark.parametrize("mode", [0o755, 0o1777])
+def test_a_shared_folder_named_as_the_trust_folder_is_left_as_it_is(home, tmp_path, mode):
+    # ($WASMSBX_TRUST_DIR="~" or /tmp: `trust show` made the folder 0700 and put a secret
+    # key at its top, locking its other users out)
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    (shared / "someone-elses.txt").write_text("x")
+    shared.chmod(mode)
+    env = dict(home, WASMSBX_TRUST_DIR=str(shared))
+    result = _wasmsbx("trust", "show", env=env, cwd=tmp_path)
+    assert "open to others" in result.stderr and "not used" in result.stderr, result.stderr
+    assert stat.S_IMODE(shared.stat().st_mode) == mode
+    assert sorted(os.listdir(shared)) == ["someone-elses.txt"]
+    result = _wasmsbx("compile", HELLO, "-o", tmp_path / "h.cwasm", env=env, cwd=tmp_path)
+    assert result.returncode == 105 and "open to others" in result.stderr, result.stderr
+    assert not (tmp_path / "h.cwasm").exists()
+
+
+def test_a_loose_folder_of_keys_alone_is_still_made_private(home, tmp_path):
+    keys = tmp_path / "keys"
+    keys.mkdir()
+    keys.chmod(0o755)
+    env = dict(home, WASMSBX_TRUST_DIR=str(keys))
+    result = _wasmsbx("compile", HELLO, "-o", tmp_path / "h.cwasm", env=env, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert stat.S_IMODE(keys.stat().st_mode) == 0o700
+    assert os.listdir(keys) == ["secret.key"]
+    keys.chmod(0o755)  # (opened again later, holding its key: made private again)
+    assert _wasmsbx("run", tmp_path / "h.cwasm", env=env, cwd=tmp_path).returncode == 0
+    assert stat.S_IMODE(keys.stat().st_mode) == 0o700

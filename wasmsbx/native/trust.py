@@ -168,10 +168,35 @@ def _check_dir(root: Path, info: os.stat_result) -> None:
             path=str(root),
         )
     if info.st_mode & 0o077:  # ours, but open to others: close it (files are checked too)
+        if info.st_mode & stat.S_ISVTX or not _holds_only_keys(root):
+            # A folder of other things (a home, /tmp, a project) named as the trust
+            # folder, by $WASMSBX_TRUST_DIR="~" say: it was made 0700, its other users
+            # locked out, even by `trust show` (red team 137).
+            raise KeyProblem(
+                f"the trust folder {root} is open to others (mode "
+                f"{stat.S_IMODE(info.st_mode):04o}) and holds other files: not made "
+                "private, not used",
+                hint="set WASMSBX_TRUST_DIR to a folder for wasmsbx's keys alone (it is "
+                "made if missing)",
+                path=str(root),
+            )
         try:
             os.chmod(root, 0o700)
         except OSError as exc:
             raise KeyProblem(f"cannot make {root} private: {exc.strerror}") from None
+
+
+def _holds_only_keys(root: Path) -> bool:
+    """Whether the folder holds nothing but the key files (and their temporary files)."""
+    try:
+        names = os.listdir(root)
+    except OSError:
+        return False
+    ours = (SECRET_FILE, TRUSTED_FILE)
+    return all(
+        name in ours or (name.startswith(tuple(f".{n}." for n in ours)) and name.endswith(".tmp"))
+        for name in names
+    )
 
 
 # ---------------------------------------------------------------------------- the secret
