@@ -52,6 +52,7 @@ from . import located, recorded, trust
 from .trustdir import (
     ENTRY_SUFFIX,
     in_metadata,
+    make_private,
     proc_target,
     trust_dir_text,
     user_cache_text,
@@ -180,7 +181,10 @@ def prepare_dir(root: Path, inside: str = "") -> str:
                 except FileExistsError:
                     pass
                 except FileNotFoundError:
-                    os.makedirs(text, 0o700, exist_ok=True)
+                    try:
+                        make_private(text)
+                    except FileExistsError:  # (made meanwhile)
+                        pass
         if _PIN:
             if fd is None:
                 fd = os.open(text, _PIN | _CLOEXEC)

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from .. import errors
-from .trustdir import cache_roots, in_cache_roots  # noqa: F401 - (in_cache_roots: its users)
+from .trustdir import cache_roots, in_cache_roots, make_private  # noqa: F401 - (in_cache_roots: its users)
 from .trustdir import proc_target as _proc_target
 from .trustdir import real as _real
 from .trustdir import trust_dir_text as _trust_dir_text
@@ -144,8 +144,10 @@ def _make_dir(root: Path) -> None:
         try:
             os.mkdir(root, 0o700)  # (the parents first only if missing: one call usually)
         except FileNotFoundError:
-            root.parent.mkdir(parents=True, exist_ok=True)
-            root.mkdir(mode=0o700, exist_ok=True)
+            try:
+                make_private(str(root))
+            except FileExistsError:  # (made meanwhile)
+                pass
         except FileExistsError:
             if not os.path.exists(root):  # a dangling link: nothing to check, none made
                 raise
