@@ -267,3 +267,19 @@ def test_folders_made_on_the_way_are_private_under_any_umask(tmp_path):
         ".config/wasmsbx/trust",
     ):
         assert stat.S_IMODE((tmp_path / "home" / folder).stat().st_mode) == 0o700, folder
+
+
+def test_a_zero_file_size_limit_is_a_resource_error_not_a_module_error(home, tmp_path):
+    # (`ulimit -f 0`: wasmtime's memory image could not be written, "cannot instantiate
+    # module: File too large (os error 27)", exit 102 as if the module were at fault)
+    def no_files():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (0, resource.RLIM_INFINITY))
+
+    args = ["run", "--no-cache", HELLO, "--backend", "wasmtime"]
+    result = _wasmsbx(*args, env=home, cwd=tmp_path, preexec=no_files)
+    assert result.returncode == 118, result.stderr
+    assert "ulimit -f" in result.stderr and 'memory_init = "copy"' in result.stderr
+    policy = tmp_path / "copy.toml"
+    policy.write_text('[runtime]\nmemory_init = "copy"\n')
+    result = _wasmsbx(*args, "--policy", policy, env=home, cwd=tmp_path, preexec=no_files)
+    assert result.returncode == 0, result.stderr

@@ -1380,6 +1380,12 @@ class WasmtimeInstance(Instance):
         lowered = unquoted(text).lower()
         if errors.is_exhaustion(lowered):  # the host ran out, not the policy: never a module error
             return _exhausted("instantiating the module", _first_line(exc), self.engine.options)
+        if "(os error 27)" in lowered:  # EFBIG: the memory image's file, past `ulimit -f`
+            return errors.ResourceExhausted(  # (it was a module error, exit 102: red team 137)
+                f"cannot instantiate the module: {first}: this process's file size limit "
+                "(ulimit -f) is below what wasmtime's image of the memory's data needs",
+                hint='raise `ulimit -f`, or set runtime.memory_init = "copy" (no image)',
+            )
         if "memory" in lowered and ("limit" in lowered or "minimum" in lowered):
             need = _declared_memory(self.engine, module)
             asked = f": module needs {format_size(need)} at start" if need else ""
