@@ -132,8 +132,13 @@ def status(root: Optional[Path] = None) -> list:
 
 def setup(root: Optional[Path] = None, force: bool = False, log=None) -> list:
     """Download, check and install every interpreter that is missing (all with ``force``)."""
+    from ..native.trustdir import make_private
+
     root = root or data_dir()
-    root.mkdir(parents=True, exist_ok=True)
+    try:  # (0700 on the way too, whatever the umask)
+        make_private(str(root))
+    except FileExistsError:
+        pass
     done = []
     for spec in INTERPRETERS.values():
         target = root / spec.filename

@@ -333,7 +333,12 @@ def _probes_folder(make: bool) -> Optional[int]:
         if not make:
             return None
         try:
-            os.makedirs(cache_dir(), 0o700, exist_ok=True)
+            from ...native.trustdir import make_private
+
+            try:  # (0700 on the way too, whatever the umask: red team 137)
+                make_private(cache_dir())
+            except FileExistsError:
+                pass
             root = os.open(cache_dir(), _FOLDER)
         except (OSError, ValueError):
             return None
