@@ -283,3 +283,61 @@ def test_a_zero_file_size_limit_is_a_resource_error_not_a_module_error(home, tmp
     policy.write_text('[runtime]\nmemory_init = "copy"\n')
     result = _wasmsbx(*args, "--policy", policy, env=home, cwd=tmp_path, preexec=no_files)
     assert result.returncode == 0, result.stderr
+
+
+@needs_root
+@pytest.mark.skipif(shutil.which("setpriv") is None, reason="setpriv (util-linux) is needed")
+def test_a_low_thread_limit_compiles_on_one_thread(shared_folder):
+    # (`ulimit -u 3`: room for the main and deadline threads but not a compiler thread
+    # per core; wasmtime's thread pool panicked and aborted the process, exit 134)
+    uid = "54322"  # (its own uid: RLIMIT_NPROC counts every process of the user)
+    user = ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups"]
+    probe = subprocess.run([*user, sys.executable, "-c", "import ctypes"], capture_output=True)
+    if probe.returncode:
+        pytest.skip("this interpreter cannot start as another uid")
+    module = shared_folder / "add.wat"
+    module.write_text(ADD.read_text())
+    module.chmod(0o644)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("XDG_", "WASMSBX_"))}
+    env.update(HOME=str(shared_folder), PYTHONDONTWRITEBYTECODE="1")
+    env["WASMSBX_TRUST_DIR"] = str(shared_folder / "trust")
+
+    def three_tasks():
+        resource.setrlimit(resource.RLIMIT_NPROC, (3, 3))
+
+    os.chown(shared_folder, int(uid), int(uid))
+    for args in (
+        ["run", module, "add", "1", "2"],
+        ["compile", module, "-o", shared_folder / "a.cwasm"],
+        ["audit", module],
+    ):
+        result = subprocess.run(
+            [*user, sys.executable, "-m", "wasmsbx", *map(str, args)],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=shared_folder,
+            preexec_fn=three_tasks,
+            timeout=120,
+        )
+        assert result.returncode == 0, (args, result.returncode, result.stderr[-2000:])
+
+
+def test_threads_are_scarce_below_a_thread_per_core_and_some(monkeypatch):
+    from wasmsbx.backends import cgroup
+    from wasmsbx.backends.wasmtime import identity
+
+    monkeypatch.setattr(cgroup, "task_room", lambda: None)
+    need = (os.cpu_count() or 1) + identity.SPARE_TASKS
+    for soft, scarce in (
+        (3, True),
+        (need - 1, True),
+        (need, False),
+        (resource.RLIM_INFINITY, False),
+    ):
+        monkeypatch.setattr(resource, "getrlimit", lambda _which, soft=soft: (soft, soft))
+        assert identity.threads_scarce() is scarce, soft
+        settings = dict(identity.config_settings(identity.EngineOptions()))
+        assert ("parallel_compilation" in settings) is scarce
+    monkeypatch.setattr(cgroup, "task_room", lambda: 2)
+    assert identity.threads_scarce()

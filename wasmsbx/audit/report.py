@@ -291,7 +291,12 @@ def _validated(wasm: bytes) -> Optional[str]:
     if not _ENGINE:
         import atexit
 
-        _ENGINE.append(wasmtime.Engine())
+        from ..backends.wasmtime.identity import threads_scarce
+
+        config = wasmtime.Config()
+        if threads_scarce():  # (its thread pool would abort the process: identity.py)
+            config.parallel_compilation = False
+        _ENGINE.append(wasmtime.Engine(config))
         # (freed while the runtime is whole: left to the interpreter's end, it was freed
         # through a runtime already gone, "Exception ignored in Managed.__del__",
         # as runner/shared.py's _at_exit says)

@@ -96,6 +96,23 @@ def _groups() -> list:
     return out
 
 
+def task_room() -> Optional[int]:
+    """Tasks (processes and threads) this process's cgroup v2 (or any above it) may
+    still start before ``pids.max``; None without a limit, or off Linux."""
+    best: Optional[int] = None
+    for mount, path, names in _groups():
+        if names is not _V2:
+            continue
+        parts = [p for p in path.split("/") if p and p not in (".", "..")]
+        folders = [os.path.join(mount, *parts[:n]) for n in range(len(parts), 0, -1)]
+        for folder in [*folders, mount]:
+            limit = _number(os.path.join(folder, "pids.max"))
+            if limit is not None:
+                room = max(0, limit - (_number(os.path.join(folder, "pids.current")) or 0))
+                best = room if best is None else min(best, room)
+    return best
+
+
 def headroom() -> Optional[int]:
     """Bytes this process's memory cgroup (or any above it) has left before its limit;
     None without a limit, or off Linux."""

@@ -37,6 +37,7 @@ _SETTERS = {
     "memory_reservation_for_growth": ctypes.c_uint64,
     "memory_guard_size": ctypes.c_uint64,
     "memory_init_cow": ctypes.c_bool,
+    "parallel_compilation": ctypes.c_bool,
 }
 
 

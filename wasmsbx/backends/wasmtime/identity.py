@@ -135,4 +135,30 @@ def config_settings(options: EngineOptions) -> list:
         settings.append(("memory_init_cow", False))
     for flag in options.isa_off:  # (a compile worker's for a process that lacks them)
         settings.append(("cranelift_flag_set", (flag, "false")))
+    if threads_scarce():  # (the same code: only how many threads compile it)
+        settings.append(("parallel_compilation", False))
     return settings
+
+
+SPARE_TASKS = 8  # threads a process may need besides a compiler thread per core
+
+
+def threads_scarce() -> bool:
+    """Whether this process may be unable to start a compiler thread per core: wasmtime
+    compiles (and validates) in a thread pool that aborts the process if a thread cannot
+    start (red team 137: `ulimit -u 3`, a Rust panic and SIGABRT, exit 134). Told by the
+    user's process limit (RLIMIT_NPROC, which counts threads) and the cgroup's
+    ``pids.max``; then one thread compiles."""
+    need = (os.cpu_count() or 1) + SPARE_TASKS
+    try:
+        import resource
+
+        soft = resource.getrlimit(resource.RLIMIT_NPROC)[0]
+    except (ImportError, OSError, ValueError, AttributeError):
+        soft = -1
+    if soft != -1 and soft != getattr(resource, "RLIM_INFINITY", -1) and soft < need:
+        return True
+    from ..cgroup import task_room
+
+    room = task_room()
+    return room is not None and room < need
