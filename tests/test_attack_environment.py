@@ -341,3 +341,28 @@ def test_threads_are_scarce_below_a_thread_per_core_and_some(monkeypatch):
         assert ("parallel_compilation" in settings) is scarce
     monkeypatch.setattr(cgroup, "task_room", lambda: 2)
     assert identity.threads_scarce()
+
+
+@pytest.mark.parametrize("stream", ["stdout", "stderr"])
+def test_a_shell_redirect_into_the_trust_folder_is_refused(home, tmp_path, stream):
+    # (`wasmsbx run guest >> ~/.config/wasmsbx/trust/trusted_keys`: -o there was refused,
+    # the shell's redirect was not, and a guest's line made its author a trusted signer)
+    assert _wasmsbx("trust", "show", env=home, cwd=tmp_path).returncode == 0
+    made = _wasmsbx("compile", HELLO, "-o", tmp_path / "h.cwasm", env=home, cwd=tmp_path)
+    assert made.returncode == 0, made.stderr  # (the trust folder, with its secret key)
+    keys = Path(home["WASMSBX_TRUST_DIR"]) / "trusted_keys"
+    keys.write_text("# mine\n")
+    keys.chmod(0o600)
+    with open(keys, "ab") as target:
+        result = subprocess.run(
+            [sys.executable, "-m", "wasmsbx", "run", str(HELLO)],
+            stdout=target if stream == "stdout" else subprocess.PIPE,
+            stderr=target if stream == "stderr" else subprocess.PIPE,
+            env=home,
+            cwd=tmp_path,
+            timeout=120,
+        )
+    assert result.returncode == 105
+    assert keys.read_text() == "# mine\n"
+    if stream == "stdout":
+        assert b"is in the trust folder" in result.stderr

@@ -183,6 +183,16 @@ def refuse_opened_astray(text: str, what: str, fd: int) -> None:
         )
 
 
+def refuse_opened_astray_file(fd: int, what: str) -> None:
+    """InputError if the file open at ``fd`` (a redirected stdout or stderr) is in the
+    trust folder or a wasmsbx cache."""
+    from .native.trustdir import proc_target
+
+    real = proc_target(f"/proc/self/fd/{fd}")
+    if real:
+        _refuse_ours(f"<{what}>", real, f"the command's {what} is not written there")
+
+
 def refuse_trust_folder(text: str) -> None:
     """InputError if ``text`` is in the trust folder (symlinks followed)."""
     from .native.trustdir import resolved, trust_dir_text, within

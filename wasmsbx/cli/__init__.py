@@ -47,16 +47,36 @@ def _fill_closed_stdio() -> None:
     None, which crashed the first print. Writes to a closed stdout are discarded."""
     for fd, name in ((0, "stdin"), (1, "stdout"), (2, "stderr")):
         try:
-            os.fstat(fd)
-            continue
+            mode = os.fstat(fd).st_mode
         except OSError:
             pass
+        else:
+            if fd and mode & 0o170000 == 0o100000:  # (S_ISREG: a shell's `>` or `>>`)
+                _refuse_astray(fd, name)
+            continue
         null = os.open(os.devnull, os.O_RDWR)
         if null != fd:
             os.dup2(null, fd)
             os.close(null)
         if getattr(sys, name) is None:
             setattr(sys, name, open(fd, "r" if fd == 0 else "w", closefd=False))  # noqa: SIM115
+
+
+def _refuse_astray(fd: int, name: str) -> None:
+    """stdout or stderr redirected into the trust folder or a wasmsbx cache (``run guest
+    >> ~/.config/wasmsbx/trust/trusted_keys``): refused as ``-o`` there is, exit 105,
+    before anything is written (red team 137: a guest's line made its author a trusted
+    signer). Into stderr nothing can be said: it is put on /dev/null first."""
+    from ..outfile import refuse_opened_astray_file
+
+    try:
+        refuse_opened_astray_file(fd, name)
+    except WasmsbxError:
+        if fd == 2:
+            null = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(null, 2)
+            os.close(null)
+        raise
 
 
 # Commands whose guests the deadline keeper guards with signals and a hard stop.
