@@ -32,13 +32,15 @@ def show(json_output: bool = JSON) -> int:
     if json_output:
         output.emit_json(report)
         return 0
-    output.out(f"trust folder   {report['trust_dir']}")
-    output.out(f"secret key     {report['secret_key']}")
+    from ...errors import inert  # (a folder's name may hold a line break: red team 137)
+
+    output.out(f"trust folder   {inert(str(report['trust_dir']), None)}")
+    output.out(f"secret key     {inert(str(report['secret_key']), None)}")
     output.out(f"signing key    {report['signing_key'] or 'none (wasmsbx trust keygen)'}")
     output.out(f"trusted keys   {len(report['trusted'])}")
     for key in report["trusted"]:
         output.out(f"  {key['name']}  {key['key']}")
-    for problem in report["problems"]:
+    for problem in dict.fromkeys(report["problems"]):  # (each once)
         output.warning(problem)
     return 0
 
