@@ -249,7 +249,9 @@ def _read_secret(path: Path) -> Optional[bytes]:
     finally:
         os.close(fd)
     if len(data) != SECRET_SIZE:
-        raise _problem(path, "secret key", f"holds {len(data)} bytes, not {SECRET_SIZE}")
+        # (one byte past the key is read: a larger file was said to hold 33 bytes)
+        held = f"more than {SECRET_SIZE}" if len(data) > SECRET_SIZE else str(len(data))
+        raise _problem(path, "secret key", f"holds {held} bytes, not {SECRET_SIZE}")
     return data
 
 
