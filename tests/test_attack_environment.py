@@ -53,7 +53,7 @@ def home(tmp_path):
     return env
 
 
-@pytest.mark.parametrize("limit", [20, 40])
+@pytest.mark.parametrize("limit", [14, 20, 40])
 def test_a_low_open_files_limit_leaves_the_run_its_descriptors(home, tmp_path, limit):
     # (fdroom kept 32 descriptors aside whatever the limit: under `ulimit -n 20` every
     # command was an internal error, under 40 wasmtime-wasi aborted the process, 134)
@@ -366,3 +366,108 @@ def test_a_shell_redirect_into_the_trust_folder_is_refused(home, tmp_path, strea
     assert keys.read_text() == "# mine\n"
     if stream == "stdout":
         assert b"is in the trust folder" in result.stderr
+
+
+@pytest.mark.parametrize("how", ["symlink", "hard link"])
+def test_the_key_files_by_another_name_are_refused_as_stdout(home, tmp_path, how):
+    # (red team 138: trusted_keys a link to ~/dotfiles/trusted_keys, as GNU stow makes
+    # it, and `run guest >> ~/dotfiles/trusted_keys`; the check looked at the path only)
+    made = _wasmsbx("compile", HELLO, "-o", tmp_path / "h.cwasm", env=home, cwd=tmp_path)
+    assert made.returncode == 0, made.stderr
+    keys = Path(home["WASMSBX_TRUST_DIR"]) / "trusted_keys"
+    dotfile = tmp_path / "dotfiles" / "trusted_keys"
+    dotfile.parent.mkdir()
+    dotfile.write_text("# mine\n")
+    dotfile.chmod(0o600)
+    if how == "symlink":
+        keys.symlink_to(dotfile)
+    else:
+        os.link(dotfile, keys)
+    with open(dotfile, "ab") as target:
+        result = subprocess.run(
+            [sys.executable, "-m", "wasmsbx", "run", str(HELLO)],
+            stdout=target,
+            stderr=subprocess.PIPE,
+            env=home,
+            cwd=tmp_path,
+            timeout=120,
+        )
+    assert result.returncode == 105, result.stderr
+    assert b"trusted_keys by another name" in result.stderr
+    assert dotfile.read_text() == "# mine\n"
+    with open(tmp_path / "out.txt", "wb") as target:  # (any other file: written)
+        result = subprocess.run(
+            [sys.executable, "-m", "wasmsbx", "run", str(HELLO)],
+            stdout=target,
+            stderr=subprocess.PIPE,
+            env=home,
+            cwd=tmp_path,
+            timeout=120,
+        )
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "out.txt").read_bytes()
+
+
+def test_the_key_file_names_are_the_trust_modules():
+    from wasmsbx import outfile
+    from wasmsbx.native import trust
+
+    assert set(outfile.KEY_FILES) == {trust.SECRET_FILE, trust.TRUSTED_FILE, trust.SIGNING_FILE}
+
+
+@needs_root
+def test_without_a_home_a_redirect_to_a_file_is_no_refusal(shared_folder):
+    # (red team 138: the redirect check looked for the trust folder, which needs a home:
+    # `run add.wat add 1 2 > /tmp/out` was exit 105, and with `2> file` silent)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("XDG_", "WASMSBX_"))}
+    env.pop("HOME", None)
+    env["PYTHONDONTWRITEBYTECODE"] = "1"
+    out = shared_folder / "out.txt"
+    with open(out, "wb") as target:
+        result = subprocess.run(
+            [sys.executable, "-m", "wasmsbx", "run", str(ADD), "add", "1", "2"],
+            stdout=target,
+            stderr=target,
+            env=env,
+            cwd=shared_folder,
+            preexec_fn=_stranger,
+            timeout=120,
+        )
+    if b"libffi" in out.read_bytes():
+        pytest.skip("this interpreter cannot start with another real uid")
+    assert (result.returncode, out.read_text()) == (0, "3\n")
+
+
+def test_a_users_other_tasks_count_against_their_thread_limit(monkeypatch):
+    from wasmsbx.backends import cgroup
+    from wasmsbx.backends.wasmtime import identity
+
+    need = (os.cpu_count() or 1) + identity.SPARE_TASKS
+    monkeypatch.setattr(cgroup, "task_room", lambda: None)
+    monkeypatch.setattr(resource, "getrlimit", lambda _which: (need + 6, need + 6))
+    monkeypatch.setattr(os, "getuid", lambda: 4242)
+    monkeypatch.setattr(identity, "_user_tasks", lambda: 9)
+    assert identity.threads_scarce()
+    monkeypatch.setattr(identity, "_user_tasks", lambda: 2)
+    assert not identity.threads_scarce()
+
+
+def test_a_v1_pids_controller_is_read(monkeypatch, tmp_path):
+    # (red team 138: a hybrid layout keeps pids on cgroup v1, which was never read)
+    from wasmsbx.backends import cgroup
+
+    group = tmp_path / "pids" / "job"
+    group.mkdir(parents=True)
+    (group / "pids.max").write_text("5\n")
+    (group / "pids.current").write_text("3\n")
+    (tmp_path / "cgroup").write_text("12:pids:/job\n11:memory:/job\n0::/\n")
+    monkeypatch.setattr(cgroup, "ROOT", str(tmp_path))
+    real_open = open
+
+    def fake_open(path, *args, **kwargs):
+        return real_open(
+            tmp_path / "cgroup" if path == "/proc/self/cgroup" else path, *args, **kwargs
+        )
+
+    monkeypatch.setattr("builtins.open", fake_open)
+    assert cgroup.task_room() == 2

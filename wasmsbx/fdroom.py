@@ -16,7 +16,8 @@ import os
 
 ROOM = 32  # descriptors kept aside: what reporting an error needs, with margin
 HIGH = 4096  # where the kept descriptors go at most (a higher one grows the kernel's table)
-TINY_SHARE = 4  # under a limit too low for ROOM: keep 1/TINY_SHARE of it
+TINY_SHARE = 4  # under a limit too low for ROOM: keep 1/TINY_SHARE of what it leaves
+TINY_FLOOR = 16  # ... past this many, which a run itself needs
 _KEPT: list = []
 
 
@@ -35,10 +36,15 @@ def keep() -> None:
         return
     top = HIGH if soft == resource.RLIM_INFINITY else min(HIGH, soft)
     if top - ROOM - 1 <= 64:  # (a tiny limit: wherever they fit)
-        # A quarter of the limit at most: under `ulimit -n 20` the 32 took every
-        # descriptor the run itself needed, and every command failed (red team 137).
+        # A quarter of what is left past TINY_FLOOR at most: under `ulimit -n 20` the 32
+        # took every descriptor the run itself needed, and every command failed (red
+        # team 137); a quarter of the whole limit still did under 10-16 (round 138).
+        room = min(ROOM, max(0, top - TINY_FLOOR) // TINY_SHARE)
+        if not room:
+            os.close(first)
+            return
         try:
-            for _ in range(min(ROOM, max(1, top // TINY_SHARE)) - 1):
+            for _ in range(room - 1):
                 _KEPT.append(os.dup(first))
         except OSError:
             pass

@@ -186,11 +186,37 @@ def refuse_opened_astray(text: str, what: str, fd: int) -> None:
 def refuse_opened_astray_file(fd: int, what: str) -> None:
     """InputError if the file open at ``fd`` (a redirected stdout or stderr) is in the
     trust folder or a wasmsbx cache."""
-    from .native.trustdir import proc_target
+    from .native.trustdir import proc_target, resolved, trust_dir_text
 
-    real = proc_target(f"/proc/self/fd/{fd}")
-    if real:
-        _refuse_ours(f"<{what}>", real, f"the command's {what} is not written there")
+    why = f"the command's {what} is not written there"
+    try:
+        real = proc_target(f"/proc/self/fd/{fd}")
+        if real:
+            _refuse_ours(f"<{what}>", real, why)
+        # The key files by any other name (a link to ~/dotfiles/trusted_keys, a hard
+        # link, a bind mount: red team 138), told by the file itself.
+        keys = resolved(trust_dir_text())
+        info = os.fstat(fd)
+    except errors.WasmsbxError as exc:
+        if isinstance(exc, OSError):  # (no home folder: no trust folder or cache to keep)
+            return
+        raise
+    except OSError:
+        return
+    for name in KEY_FILES:
+        try:
+            key = os.stat(os.path.join(keys, name))
+        except (OSError, ValueError):
+            continue
+        if (key.st_dev, key.st_ino) == (info.st_dev, info.st_ino):
+            raise _fail(
+                f"<{what}>",
+                f"is the trust folder's {name} by another name; {why}",
+                "choose an output outside it; only `wasmsbx trust` changes the files there",
+            )
+
+
+KEY_FILES = ("secret.key", "trusted_keys", "signing.key")  # (native.trust's)
 
 
 def refuse_trust_folder(text: str) -> None:

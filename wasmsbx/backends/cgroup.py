@@ -74,8 +74,9 @@ def _room(folder: str, names: tuple) -> Optional[int]:
     return max(0, limit - usage)
 
 
-def _groups() -> list:
-    """(mount folder, the group's path in it, file names) for the memory controller."""
+def _groups(controller: str = "memory") -> list:
+    """(mount folder, the group's path in it, file names) for ``controller``: v2's
+    unified hierarchy, or v1's hierarchy of that controller."""
     try:
         with open("/proc/self/cgroup", encoding="utf-8", errors="replace") as f:
             lines = f.read(65536).splitlines()
@@ -91,18 +92,17 @@ def _groups() -> list:
             continue
         if controllers == "":
             out.append((ROOT, path, _V2))
-        elif "memory" in controllers.split(","):
-            out.append((os.path.join(ROOT, "memory"), path, _V1))
+        elif controller in controllers.split(","):
+            out.append((os.path.join(ROOT, controller), path, _V1))
     return out
 
 
 def task_room() -> Optional[int]:
-    """Tasks (processes and threads) this process's cgroup v2 (or any above it) may
-    still start before ``pids.max``; None without a limit, or off Linux."""
+    """Tasks (processes and threads) this process's cgroup (or any above it) may still
+    start before ``pids.max``, v2 or v1's pids controller (red team 138: a hybrid layout
+    keeps it on v1); None without a limit, or off Linux."""
     best: Optional[int] = None
-    for mount, path, names in _groups():
-        if names is not _V2:
-            continue
+    for mount, path, _names in _groups("pids"):
         parts = [p for p in path.split("/") if p and p not in (".", "..")]
         folders = [os.path.join(mount, *parts[:n]) for n in range(len(parts), 0, -1)]
         for folder in [*folders, mount]:

@@ -196,7 +196,8 @@ def prepare_dir(root: Path, inside: str = "") -> str:
             os.close(fd)
         if exc.errno == errno.ENOTDIR:
             raise CacheUnavailable(f"{root} is not a directory") from None
-        raise CacheUnavailable(f"cannot create {root}: {exc.strerror or exc}") from None
+        doing = "open or create" if exc.errno == errno.EACCES else "create"
+        raise CacheUnavailable(f"cannot {doing} {root}: {exc.strerror or exc}") from None
     try:
         where = _check_dir(root, info, fd, inside)
     except BaseException:

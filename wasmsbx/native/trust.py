@@ -190,15 +190,21 @@ def _check_dir(root: Path, info: os.stat_result) -> None:
 
 def _holds_only_keys(root: Path) -> bool:
     """Whether the folder holds nothing but the key files (and their temporary files)."""
+    ours = (SECRET_FILE, TRUSTED_FILE, SIGNING_FILE)
+    temporary = tuple(f".{name}." for name in ours)
     try:
-        names = os.listdir(root)
+        with os.scandir(root) as entries:
+            return all(
+                entry.name in ours
+                or (
+                    entry.name.startswith(temporary)
+                    and entry.name.endswith(".tmp")
+                    and entry.is_file(follow_symlinks=False)
+                )
+                for entry in entries
+            )
     except OSError:
         return False
-    ours = (SECRET_FILE, TRUSTED_FILE)
-    return all(
-        name in ours or (name.startswith(tuple(f".{n}." for n in ours)) and name.endswith(".tmp"))
-        for name in names
-    )
 
 
 # ---------------------------------------------------------------------------- the secret

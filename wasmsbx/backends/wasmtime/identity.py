@@ -141,6 +141,34 @@ def config_settings(options: EngineOptions) -> list:
 
 
 SPARE_TASKS = 8  # threads a process may need besides a compiler thread per core
+COUNTED_BELOW = 4096  # a user's process limit under which their tasks are counted
+
+
+def _user_tasks() -> int:
+    """The threads of every process whose real uid is this process's (what RLIMIT_NPROC
+    counts), from /proc; 0 where it cannot be read."""
+    uid, total = str(os.getuid()).encode(), 0
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return 0
+    for name in entries:
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/status", "rb") as status:
+                text = status.read(8192)
+        except OSError:  # (gone meanwhile)
+            continue
+        owner = threads = None
+        for line in text.split(b"\n"):
+            if line.startswith(b"Uid:"):
+                owner = line.split()[1:2]
+            elif line.startswith(b"Threads:"):
+                threads = line.split()[1:2]
+        if owner == [uid] and threads and threads[0].isdigit():
+            total += int(threads[0])
+    return total
 
 
 def threads_scarce() -> bool:
@@ -156,8 +184,14 @@ def threads_scarce() -> bool:
         soft = resource.getrlimit(resource.RLIMIT_NPROC)[0]
     except (ImportError, OSError, ValueError, AttributeError):
         soft = -1
-    if soft != -1 and soft != getattr(resource, "RLIM_INFINITY", -1) and soft < need:
-        return True
+    if soft != -1 and soft != getattr(resource, "RLIM_INFINITY", -1):
+        if soft < need:
+            return True
+        # The limit counts every task of the user, not of this process (red team 138:
+        # `ulimit -u 16`, another process of 9 threads): counted where it is low enough
+        # to matter. (Not for root, whom the kernel does not hold to it.)
+        if soft < COUNTED_BELOW and os.getuid() != 0 and soft - _user_tasks() < need:
+            return True
     from ..cgroup import task_room
 
     room = task_room()

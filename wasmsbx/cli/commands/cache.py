@@ -47,10 +47,15 @@ class Opened:
             hint = "`wasmsbx cache clear` deletes a damaged cache; or choose another --cache-dir"
             if "is not a wasmsbx cache" in why:  # (clear leaves such a folder alone too)
                 hint = "choose another --cache-dir: wasmsbx touches no folder but its caches"
-            elif "another user" in why or "ermission denied" in why or "read-only" in why:
+            elif "another user" in why:
                 # (nothing is damaged: red team 137 was told to clear a cache it could
-                # not even open, another user's or a read-only one)
+                # not even open)
                 hint = "choose another --cache-dir (or XDG_CACHE_HOME): not yours to change"
+            elif "ermission denied" in why or "read-only" in why:
+                hint = (
+                    "check the permissions of the folder and those on its way (a cache "
+                    "folder is yours, 0700), or choose another --cache-dir"
+                )
             raise InputError(f"cache unavailable at {self.root}: {why}", hint=hint) from None
         if self.store is None:
             self._check_absent()
