@@ -328,6 +328,7 @@ def test_threads_are_scarce_below_a_thread_per_core_and_some(monkeypatch):
     from wasmsbx.backends.wasmtime import identity
 
     monkeypatch.setattr(cgroup, "task_room", lambda: None)
+    monkeypatch.setattr(identity, "_user_tasks", lambda _enough: 0)
     need = (os.cpu_count() or 1) + identity.SPARE_TASKS
     for soft, scarce in (
         (3, True),
@@ -446,9 +447,9 @@ def test_a_users_other_tasks_count_against_their_thread_limit(monkeypatch):
     monkeypatch.setattr(cgroup, "task_room", lambda: None)
     monkeypatch.setattr(resource, "getrlimit", lambda _which: (need + 6, need + 6))
     monkeypatch.setattr(os, "getuid", lambda: 4242)
-    monkeypatch.setattr(identity, "_user_tasks", lambda: 9)
+    monkeypatch.setattr(identity, "_user_tasks", lambda _enough: 9)
     assert identity.threads_scarce()
-    monkeypatch.setattr(identity, "_user_tasks", lambda: 2)
+    monkeypatch.setattr(identity, "_user_tasks", lambda _enough: 2)
     assert not identity.threads_scarce()
 
 
@@ -471,3 +472,75 @@ def test_a_v1_pids_controller_is_read(monkeypatch, tmp_path):
 
     monkeypatch.setattr("builtins.open", fake_open)
     assert cgroup.task_room() == 2
+
+
+def test_a_key_file_with_a_name_outside_the_trust_folder_is_not_used(home, tmp_path):
+    # (red team 139: trusted_keys a link to ~/dotfiles/trusted_keys, or the secret hard-
+    # linked into a backup: a guest granted that folder added a signer or read the key;
+    # grants are checked by folder, and these names are outside it)
+    made = _wasmsbx("compile", HELLO, "-o", tmp_path / "h.cwasm", env=home, cwd=tmp_path)
+    assert made.returncode == 0, made.stderr
+    folder = Path(home["WASMSBX_TRUST_DIR"])
+    backup = tmp_path / "backup"
+    backup.mkdir()
+    os.link(folder / "secret.key", backup / "secret.key")
+    result = _wasmsbx("run", tmp_path / "h.cwasm", env=home, cwd=tmp_path)
+    assert result.returncode == 102, result.stderr  # (the artifact cannot be authenticated)
+    assert "another name outside the trust folder" in result.stderr
+    (backup / "secret.key").unlink()
+    assert _wasmsbx("run", tmp_path / "h.cwasm", env=home, cwd=tmp_path).returncode == 0
+    # its temporary name while it is made is in the folder itself: no refusal
+    os.link(folder / "secret.key", folder / ".secret.key.123.abcd.tmp")
+    assert _wasmsbx("run", tmp_path / "h.cwasm", env=home, cwd=tmp_path).returncode == 0
+    (folder / ".secret.key.123.abcd.tmp").unlink()
+    dotfile = tmp_path / "dotfiles" / "trusted_keys"
+    dotfile.parent.mkdir()
+    dotfile.write_text("# mine\n")
+    dotfile.chmod(0o600)
+    (folder / "trusted_keys").symlink_to(dotfile)
+    result = _wasmsbx("trust", "list", env=home, cwd=tmp_path)
+    assert "is a symbolic link" in result.stderr, result.stderr
+
+
+def test_no_home_still_keeps_the_key_files_from_stdout(home, tmp_path, monkeypatch):
+    # (red team 139: with no home folder, the cache roots raised first and the key files'
+    # check by device and inode was skipped)
+    from wasmsbx import errors, outfile
+    from wasmsbx.native import trustdir
+
+    made = _wasmsbx("compile", HELLO, "-o", tmp_path / "h.cwasm", env=home, cwd=tmp_path)
+    assert made.returncode == 0, made.stderr
+    keys = Path(home["WASMSBX_TRUST_DIR"]) / "secret.key"
+    os.link(keys, tmp_path / "other-name")
+    monkeypatch.setenv("WASMSBX_TRUST_DIR", home["WASMSBX_TRUST_DIR"])
+
+    def no_home():
+        raise trustdir._no_home()
+
+    monkeypatch.setattr(trustdir, "_home", no_home)
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+    fd = os.open(tmp_path / "other-name", os.O_WRONLY | os.O_APPEND)
+    try:
+        with pytest.raises(errors.InputError, match="secret.key by another name"):
+            outfile.refuse_opened_astray_file(fd, "stdout")
+    finally:
+        os.close(fd)
+
+
+def test_a_name_ending_in_deleted_is_still_looked_at(home, tmp_path):
+    # (red team 139: /proc shows a removed file as "NAME (deleted)", and a file really
+    # named so in the trust folder was taken for a removed one and written)
+    made = _wasmsbx("compile", HELLO, "-o", tmp_path / "h.cwasm", env=home, cwd=tmp_path)
+    assert made.returncode == 0, made.stderr
+    target = Path(home["WASMSBX_TRUST_DIR"]) / "notes (deleted)"
+    with open(target, "ab") as out:
+        result = subprocess.run(
+            [sys.executable, "-m", "wasmsbx", "run", str(HELLO)],
+            stdout=out,
+            stderr=subprocess.PIPE,
+            env=home,
+            cwd=tmp_path,
+            timeout=120,
+        )
+    assert result.returncode == 105, result.stderr
+    assert target.read_bytes() == b""

@@ -190,18 +190,23 @@ def refuse_opened_astray_file(fd: int, what: str) -> None:
 
     why = f"the command's {what} is not written there"
     try:
-        real = proc_target(f"/proc/self/fd/{fd}")
-        if real:
-            _refuse_ours(f"<{what}>", real, why)
-        # The key files by any other name (a link to ~/dotfiles/trusted_keys, a hard
-        # link, a bind mount: red team 138), told by the file itself.
-        keys = resolved(trust_dir_text())
         info = os.fstat(fd)
-    except errors.WasmsbxError as exc:
-        if isinstance(exc, OSError):  # (no home folder: no trust folder or cache to keep)
-            return
-        raise
+        real = proc_target(f"/proc/self/fd/{fd}")
+        if not real and info.st_nlink:  # (a name that ends in " (deleted)": red team 139)
+            real = os.readlink(f"/proc/self/fd/{fd}")
     except OSError:
+        return
+    try:
+        if real.startswith(os.sep):
+            _refuse_ours(f"<{what}>", real, why)
+    except errors.WasmsbxError as exc:
+        if not isinstance(exc, OSError):  # (no home folder for the cache's roots: on to
+            raise  # the key files, which $WASMSBX_TRUST_DIR may still name: round 139)
+    # The key files by any other name (a link to ~/dotfiles/trusted_keys, a hard link, a
+    # bind mount: red team 138), told by the file itself.
+    try:
+        keys = resolved(trust_dir_text())
+    except OSError:  # (no home folder and no $WASMSBX_TRUST_DIR: no trust folder)
         return
     for name in KEY_FILES:
         try:

@@ -77,9 +77,9 @@ def _room(folder: str, names: tuple) -> Optional[int]:
 def _groups(controller: str = "memory") -> list:
     """(mount folder, the group's path in it, file names) for ``controller``: v2's
     unified hierarchy, or v1's hierarchy of that controller."""
-    try:
-        with open("/proc/self/cgroup", encoding="utf-8", errors="replace") as f:
-            lines = f.read(65536).splitlines()
+    try:  # (bytes, split at "\n" alone: a group's name may hold any other byte, round 139)
+        with open("/proc/self/cgroup", "rb") as f:
+            lines = [os.fsdecode(line) for line in f.read(65536).split(b"\n")]
     except OSError:
         return []
     out = []

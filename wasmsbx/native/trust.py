@@ -229,10 +229,32 @@ def _open_private(path: Path, what: str) -> Optional[int]:
         why = f"belongs to another user (uid {info.st_uid})"
     elif info.st_mode & 0o077:
         why = f"is readable or writable by others (mode {stat.S_IMODE(info.st_mode):04o})"
+    elif info.st_nlink > 1 and not _names_all_here(path, info):
+        why = "has another name outside the trust folder (a hard link)"
     if why:
         os.close(fd)
         raise _problem(path, what, why)
     return fd
+
+
+def _names_all_here(path: Path, info: os.stat_result) -> bool:
+    """Whether every name of the key file ``info`` (``st_nlink`` of them) is in its own
+    folder: its temporary name while it is made (hard-linked into place), never a copy
+    elsewhere. A second name in a folder a guest is granted (a `cp -al` backup) showed
+    the guest the key, which the grant checks, by folder, cannot see (red team 139)."""
+    found = 0
+    try:
+        with os.scandir(path.parent) as entries:
+            for entry in entries:
+                try:
+                    seen = entry.stat(follow_symlinks=False)
+                except OSError:
+                    continue
+                if (seen.st_dev, seen.st_ino) == (info.st_dev, info.st_ino):
+                    found += 1
+    except OSError:
+        return False
+    return found >= info.st_nlink
 
 
 def _problem(path: Path, what: str, why: str) -> KeyProblem:
@@ -739,15 +761,22 @@ def trusted_keys() -> list:
     if path is None:
         return []
     try:
-        fd = os.open(path, os.O_RDONLY | _CLOEXEC | _NONBLOCK)
+        fd = os.open(path, os.O_RDONLY | _NOFOLLOW | _CLOEXEC | _NONBLOCK)
     except FileNotFoundError:
         return []
     except OSError as exc:
+        if exc.errno == errno.ELOOP:  # (a link to ~/dotfiles/trusted_keys: a guest granted
+            # that folder could add its author as a signer, red team 139)
+            raise _problem(path, "trusted keys file", "is a symbolic link") from None
         raise _problem(path, "trusted keys file", f"cannot be read ({exc.strerror})") from None
     with os.fdopen(fd, "rb") as handle:
         info = os.fstat(handle.fileno())
         if not stat.S_ISREG(info.st_mode) or not _owned(info) or info.st_mode & 0o022:
             raise _problem(path, "trusted keys file", "is not a regular file only you can write")
+        if info.st_nlink > 1 and not _names_all_here(path, info):
+            raise _problem(
+                path, "trusted keys file", "has another name outside the trust folder (a hard link)"
+            )
         text = handle.read().decode("utf-8", "replace")
     keys = []
     # (lines end at "\n" alone, as written: splitlines also split at U+2028 and others a

@@ -144,10 +144,12 @@ SPARE_TASKS = 8  # threads a process may need besides a compiler thread per core
 COUNTED_BELOW = 4096  # a user's process limit under which their tasks are counted
 
 
-def _user_tasks() -> int:
-    """The threads of every process whose real uid is this process's (what RLIMIT_NPROC
-    counts), from /proc; 0 where it cannot be read."""
-    uid, total = str(os.getuid()).encode(), 0
+def _user_tasks(enough: int) -> int:
+    """The threads of the processes of this user (what RLIMIT_NPROC counts), from
+    /proc, up to ``enough``: a stat of each process's folder (its owner) and of its
+    ``task`` folder (a link per thread, and two); 0 where /proc cannot be read. (Reading
+    every process's status took 126 ms with 3,000 processes: round 139.)"""
+    uid, total = os.getuid(), 0
     try:
         entries = os.listdir("/proc")
     except OSError:
@@ -156,18 +158,13 @@ def _user_tasks() -> int:
         if not name.isdigit():
             continue
         try:
-            with open(f"/proc/{name}/status", "rb") as status:
-                text = status.read(8192)
+            if os.stat(f"/proc/{name}").st_uid != uid:
+                continue
+            total += max(1, os.stat(f"/proc/{name}/task").st_nlink - 2)
         except OSError:  # (gone meanwhile)
             continue
-        owner = threads = None
-        for line in text.split(b"\n"):
-            if line.startswith(b"Uid:"):
-                owner = line.split()[1:2]
-            elif line.startswith(b"Threads:"):
-                threads = line.split()[1:2]
-        if owner == [uid] and threads and threads[0].isdigit():
-            total += int(threads[0])
+        if total >= enough:
+            break
     return total
 
 
@@ -189,8 +186,8 @@ def threads_scarce() -> bool:
             return True
         # The limit counts every task of the user, not of this process (red team 138:
         # `ulimit -u 16`, another process of 9 threads): counted where it is low enough
-        # to matter. (Not for root, whom the kernel does not hold to it.)
-        if soft < COUNTED_BELOW and os.getuid() != 0 and soft - _user_tasks() < need:
+        # to matter (root too: uid 0 of a rootless container is held to it, round 139).
+        if soft < COUNTED_BELOW and soft - _user_tasks(soft) < need:
             return True
     from ..cgroup import task_room
 

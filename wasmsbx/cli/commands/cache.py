@@ -47,11 +47,20 @@ class Opened:
             hint = "`wasmsbx cache clear` deletes a damaged cache; or choose another --cache-dir"
             if "is not a wasmsbx cache" in why:  # (clear leaves such a folder alone too)
                 hint = "choose another --cache-dir: wasmsbx touches no folder but its caches"
-            elif "another user" in why:
+            elif "another user" in why.lower():
                 # (nothing is damaged: red team 137 was told to clear a cache it could
                 # not even open)
                 hint = "choose another --cache-dir (or XDG_CACHE_HOME): not yours to change"
-            elif "ermission denied" in why or "read-only" in why:
+            elif any(
+                word in why.lower()
+                for word in (
+                    "permission denied",
+                    "read-only",
+                    "readonly",
+                    "operation not permitted",
+                    "unable to open database file",
+                )
+            ):
                 hint = (
                     "check the permissions of the folder and those on its way (a cache "
                     "folder is yours, 0700), or choose another --cache-dir"
