@@ -31,6 +31,22 @@ def _wasmsbx(*args, env=None, cwd=None, preexec=None, shell_prefix=""):
     )
 
 
+def _wasmsbx_into(path, *args, env, cwd, mode="ab", streams=("stdout",), preexec=None):
+    """``python -m wasmsbx ARGS`` with ``streams`` (stdout, stderr) opened on ``path``
+    as a shell's redirect would (``mode``: "ab" for ``>>``); what it left in stderr is
+    the result's (bytes), unless stderr went to ``path``."""
+    with open(path, mode) as target:
+        return subprocess.run(
+            [sys.executable, "-m", "wasmsbx", *map(str, args)],
+            stdout=target if "stdout" in streams else subprocess.PIPE,
+            stderr=target if "stderr" in streams else subprocess.PIPE,
+            env=env,
+            cwd=cwd,
+            preexec_fn=preexec,
+            timeout=120,
+        )
+
+
 def _stranger():
     """Become a uid without a password entry (the real uid: the effective one stays, so
     the interpreter under /root can still be run, as `setpriv --reuid` does)."""
@@ -148,33 +164,18 @@ def test_a_full_disk_under_stdout_is_exit_105_however_python_buffers(
     # (with PYTHONUNBUFFERED=1, common in CI and containers, the guest's write failed in
     # the output callback, not at the final flush: exit 0 and the output lost)
     env = dict(home, PYTHONUNBUFFERED=unbuffered)
-    with open("/dev/full", "wb") as full:
-        result = subprocess.run(
-            [sys.executable, "-m", "wasmsbx", "run", str(HELLO), "--backend", backend],
-            stdout=full,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=env,
-            cwd=tmp_path,
-            timeout=120,
-        )
+    args = ["run", HELLO, "--backend", backend]
+    result = _wasmsbx_into("/dev/full", *args, env=env, cwd=tmp_path, mode="wb")
     assert result.returncode == 105, result.stderr
-    assert "cannot write the results to stdout" in result.stderr
+    assert b"cannot write the results to stdout" in result.stderr
 
 
 def test_the_guest_is_told_the_disk_is_full(home, tmp_path):
     source = tmp_path / "w.wat"
     source.write_text(WRITE_CHECK)
-    with open("/dev/full", "wb") as full:
-        result = subprocess.run(
-            [sys.executable, "-m", "wasmsbx", "run", str(source), "--backend", "wasmtime"],
-            stdout=full,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=dict(home, PYTHONUNBUFFERED="1"),
-            cwd=tmp_path,
-            timeout=120,
-        )
+    env = dict(home, PYTHONUNBUFFERED="1")
+    args = ["run", source, "--backend", "wasmtime"]
+    result = _wasmsbx_into("/dev/full", *args, env=env, cwd=tmp_path, mode="wb")
     assert result.returncode == 10 + 51, result.stderr  # WASI's ENOSPC (was EPIPE, 64)
 
 
@@ -354,15 +355,7 @@ def test_a_shell_redirect_into_the_trust_folder_is_refused(home, tmp_path, strea
     keys = Path(home["WASMSBX_TRUST_DIR"]) / "trusted_keys"
     keys.write_text("# mine\n")
     keys.chmod(0o600)
-    with open(keys, "ab") as target:
-        result = subprocess.run(
-            [sys.executable, "-m", "wasmsbx", "run", str(HELLO)],
-            stdout=target if stream == "stdout" else subprocess.PIPE,
-            stderr=target if stream == "stderr" else subprocess.PIPE,
-            env=home,
-            cwd=tmp_path,
-            timeout=120,
-        )
+    result = _wasmsbx_into(keys, "run", HELLO, env=home, cwd=tmp_path, streams=(stream,))
     assert result.returncode == 105
     assert keys.read_text() == "# mine\n"
     if stream == "stdout":
@@ -384,27 +377,11 @@ def test_the_key_files_by_another_name_are_refused_as_stdout(home, tmp_path, how
         keys.symlink_to(dotfile)
     else:
         os.link(dotfile, keys)
-    with open(dotfile, "ab") as target:
-        result = subprocess.run(
-            [sys.executable, "-m", "wasmsbx", "run", str(HELLO)],
-            stdout=target,
-            stderr=subprocess.PIPE,
-            env=home,
-            cwd=tmp_path,
-            timeout=120,
-        )
+    result = _wasmsbx_into(dotfile, "run", HELLO, env=home, cwd=tmp_path)
     assert result.returncode == 105, result.stderr
     assert b"trusted_keys by another name" in result.stderr
     assert dotfile.read_text() == "# mine\n"
-    with open(tmp_path / "out.txt", "wb") as target:  # (any other file: written)
-        result = subprocess.run(
-            [sys.executable, "-m", "wasmsbx", "run", str(HELLO)],
-            stdout=target,
-            stderr=subprocess.PIPE,
-            env=home,
-            cwd=tmp_path,
-            timeout=120,
-        )
+    result = _wasmsbx_into(tmp_path / "out.txt", "run", HELLO, env=home, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "out.txt").read_bytes()
 
@@ -424,16 +401,11 @@ def test_without_a_home_a_redirect_to_a_file_is_no_refusal(shared_folder):
     env.pop("HOME", None)
     env["PYTHONDONTWRITEBYTECODE"] = "1"
     out = shared_folder / "out.txt"
-    with open(out, "wb") as target:
-        result = subprocess.run(
-            [sys.executable, "-m", "wasmsbx", "run", str(ADD), "add", "1", "2"],
-            stdout=target,
-            stderr=target,
-            env=env,
-            cwd=shared_folder,
-            preexec_fn=_stranger,
-            timeout=120,
-        )
+    args = ["run", ADD, "add", "1", "2"]
+    streams = ("stdout", "stderr")
+    result = _wasmsbx_into(
+        out, *args, env=env, cwd=shared_folder, streams=streams, preexec=_stranger
+    )
     if b"libffi" in out.read_bytes():
         pytest.skip("this interpreter cannot start with another real uid")
     assert (result.returncode, out.read_text()) == (0, "3\n")
@@ -533,14 +505,6 @@ def test_a_name_ending_in_deleted_is_still_looked_at(home, tmp_path):
     made = _wasmsbx("compile", HELLO, "-o", tmp_path / "h.cwasm", env=home, cwd=tmp_path)
     assert made.returncode == 0, made.stderr
     target = Path(home["WASMSBX_TRUST_DIR"]) / "notes (deleted)"
-    with open(target, "ab") as out:
-        result = subprocess.run(
-            [sys.executable, "-m", "wasmsbx", "run", str(HELLO)],
-            stdout=out,
-            stderr=subprocess.PIPE,
-            env=home,
-            cwd=tmp_path,
-            timeout=120,
-        )
+    result = _wasmsbx_into(target, "run", HELLO, env=home, cwd=tmp_path)
     assert result.returncode == 105, result.stderr
     assert target.read_bytes() == b""
