@@ -508,3 +508,51 @@ def test_a_name_ending_in_deleted_is_still_looked_at(home, tmp_path):
     result = _wasmsbx_into(target, "run", HELLO, env=home, cwd=tmp_path)
     assert result.returncode == 105, result.stderr
     assert target.read_bytes() == b""
+
+
+MOUNTINFO = b"""22 1 254:1 / / rw,relatime shared:1 - ext4 /dev/vda1 rw
+30 22 254:1 /home/u/.config/wasmsbx /proj/keys rw - ext4 /dev/vda1 rw
+31 22 254:1 /home /mnt/home\\040x rw - ext4 /dev/vda1 rw
+32 22 254:1 /var/lib/docker/hosts /etc/hosts rw - ext4 /dev/vda1 rw
+33 22 0:5 / /dev rw - devtmpfs udev rw
+34 22 254:1 /home/u/.config/wasmsbx/trust/secret.key /srv/s rw - ext4 /dev/vda1 rw
+35 22 254:2 /home/u/.config/wasmsbx /other-disk rw - ext4 /dev/vdb1 rw
+"""
+
+
+def test_the_trust_folder_is_found_where_bind_mounts_show_it():
+    # (red team 140: `mount --bind ~/.config/wasmsbx proj/keys` and a grant of proj
+    # showed the guest the secret key: grants were compared by real path only)
+    from wasmsbx.native.trust import mount_aliases
+
+    assert mount_aliases(MOUNTINFO, "/home/u/.config/wasmsbx/trust", "254:1") == [
+        "/proj/keys/trust",
+        "/mnt/home x/u/.config/wasmsbx/trust",
+        "/srv/s",
+    ]
+    assert mount_aliases(MOUNTINFO, "/tmp/elsewhere", "254:1") == []
+    assert mount_aliases(b"", "/home/u/.config/wasmsbx/trust", "254:1") == []
+
+
+@needs_root
+@pytest.mark.skipif(shutil.which("unshare") is None, reason="unshare (util-linux) is needed")
+def test_a_grant_of_a_bind_mount_of_the_trust_folder_is_refused(home, tmp_path):
+    made = _wasmsbx("compile", HELLO, "-o", tmp_path / "h.cwasm", env=home, cwd=tmp_path)
+    assert made.returncode == 0, made.stderr
+    (tmp_path / "proj" / "keys").mkdir(parents=True)
+    script = (
+        f"mount --bind {home['WASMSBX_TRUST_DIR']} {tmp_path}/proj/keys && "
+        f'exec "$0" -m wasmsbx run {HELLO} --dir-ro {tmp_path}/proj::/p'
+    )
+    result = subprocess.run(
+        ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, sys.executable],
+        capture_output=True,
+        text=True,
+        env=home,
+        cwd=tmp_path,
+        timeout=120,
+    )
+    if "unshare failed" in result.stderr or "mount:" in result.stderr:
+        pytest.skip(f"no mount namespace here: {result.stderr.strip()[:200]}")
+    assert result.returncode == 101, result.stderr
+    assert "wasmsbx keys" in result.stderr, result.stderr

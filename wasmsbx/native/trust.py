@@ -229,7 +229,7 @@ def _open_private(path: Path, what: str) -> Optional[int]:
         why = f"belongs to another user (uid {info.st_uid})"
     elif info.st_mode & 0o077:
         why = f"is readable or writable by others (mode {stat.S_IMODE(info.st_mode):04o})"
-    elif info.st_nlink > 1 and not _names_all_here(path, info):
+    elif info.st_nlink > 1 and not _names_all_here(path, fd):
         why = "has another name outside the trust folder (a hard link)"
     if why:
         os.close(fd)
@@ -237,24 +237,35 @@ def _open_private(path: Path, what: str) -> Optional[int]:
     return fd
 
 
-def _names_all_here(path: Path, info: os.stat_result) -> bool:
-    """Whether every name of the key file ``info`` (``st_nlink`` of them) is in its own
-    folder: its temporary name while it is made (hard-linked into place), never a copy
-    elsewhere. A second name in a folder a guest is granted (a `cp -al` backup) showed
-    the guest the key, which the grant checks, by folder, cannot see (red team 139)."""
-    found = 0
-    try:
-        with os.scandir(path.parent) as entries:
-            for entry in entries:
-                try:
-                    seen = entry.stat(follow_symlinks=False)
-                except OSError:
-                    continue
-                if (seen.st_dev, seen.st_ino) == (info.st_dev, info.st_ino):
-                    found += 1
-    except OSError:
-        return False
-    return found >= info.st_nlink
+def _names_all_here(path: Path, fd: int) -> bool:
+    """Whether every name of the key file open at ``fd`` is in its own folder: its
+    temporary name while it is made (hard-linked into place), never a copy elsewhere. A
+    second name in a folder a guest is granted (a `cp -al` backup) showed the guest the
+    key, which the grant checks, by folder, cannot see (red team 139). The count is
+    taken again after the folder is listed: a temporary name removed meanwhile (another
+    process making the file) is no second name (red team 140)."""
+    for _ in range(3):
+        info = os.fstat(fd)
+        if info.st_nlink <= 1:
+            return True
+        found = 0
+        try:
+            with os.scandir(path.parent) as entries:
+                for entry in entries:
+                    try:
+                        seen = entry.stat(follow_symlinks=False)
+                    except OSError:
+                        continue
+                    if (seen.st_dev, seen.st_ino) == (info.st_dev, info.st_ino):
+                        found += 1
+        except OSError:
+            return False
+        now = os.fstat(fd).st_nlink
+        if found >= now:
+            return True
+        if now == info.st_nlink:  # (steady, and a name is elsewhere)
+            return False
+    return False
 
 
 def _problem(path: Path, what: str, why: str) -> KeyProblem:
@@ -445,6 +456,7 @@ def refuse_key_grants(grants: list, opened: Optional[list] = None) -> None:
     keys = os.path.realpath(trust_dir())
     caches = [os.path.realpath(root) for root in cache_roots()]
     procs = None
+    shown = [keys, *mounted_aliases(keys)] if grants else [keys]
     for i, grant in enumerate(grants):
         if opened is None:
             host, probe = _real(grant.host), None
@@ -453,7 +465,7 @@ def refuse_key_grants(grants: list, opened: Optional[list] = None) -> None:
         if procs is None:
             procs = proc_mounts()
         refuse_proc_grant(grant.host, host, procs, probe)
-        _refuse_overlap(grant.host, host, [keys], "your wasmsbx keys ({})", "the trust folder")
+        _refuse_overlap(grant.host, host, shown, "your wasmsbx keys ({})", "the trust folder")
         _refuse_overlap(
             grant.host,
             host,
@@ -657,6 +669,47 @@ def proc_mounts() -> list:
     return proc_mount_points(text)
 
 
+def mounted_aliases(real: str) -> list:
+    """The other paths at which the folder ``real`` (a real path) can be reached: where
+    a bind mount shows it or a folder around it (``mount --bind ~/.config/wasmsbx
+    proj/keys``). A grant of such a path showed the guest the secret key, since the
+    grant checks compare real paths (red team 140)."""
+    try:
+        with open("/proc/self/mountinfo", "rb") as f:
+            text = f.read()
+        device = os.stat(real).st_dev
+    except OSError:
+        return []
+    return mount_aliases(text, real, f"{os.major(device)}:{os.minor(device)}")
+
+
+def mount_aliases(text: bytes, real: str, device: str) -> list:
+    """``mounted_aliases`` of a mountinfo text, for ``real`` on ``device`` ("MAJ:MIN")."""
+    mounts = []  # (root in the file system, mount point) of each mount of the device
+    for line in text.splitlines():
+        parts = line.partition(b" - ")[0].split(b" ")
+        if len(parts) >= 5 and parts[2].decode("ascii", "replace") == device:
+            root = os.fsdecode(_unescape_mount(parts[3]))
+            mounts.append((root, os.fsdecode(_unescape_mount(parts[4]))))
+    # Where ``real`` lies in the file system: from the deepest mount point above it.
+    holding = [m for m in mounts if _within(real, m[1])]
+    if not holding:
+        return []
+    root, point = max(holding, key=lambda m: len(m[1]))
+    inside = os.path.normpath(os.path.join(root, os.path.relpath(real, point)))
+    aliases = []
+    for other_root, other_point in mounts:
+        if _within(inside, other_root):  # (the folder, or one around it, mounted there)
+            alias = os.path.normpath(os.path.join(other_point, os.path.relpath(inside, other_root)))
+        elif _within(other_root, inside):  # (a part of it: a key file bound elsewhere)
+            alias = other_point
+        else:
+            continue
+        if alias != real and alias not in aliases:
+            aliases.append(alias)
+    return aliases
+
+
 def proc_mount_points(text: bytes) -> list:
     """``proc_mounts`` of a mountinfo text: "/proc" and the mount point of each line
     whose file system type (after the " - ") is proc."""
@@ -773,7 +826,7 @@ def trusted_keys() -> list:
         info = os.fstat(handle.fileno())
         if not stat.S_ISREG(info.st_mode) or not _owned(info) or info.st_mode & 0o022:
             raise _problem(path, "trusted keys file", "is not a regular file only you can write")
-        if info.st_nlink > 1 and not _names_all_here(path, info):
+        if info.st_nlink > 1 and not _names_all_here(path, handle.fileno()):
             raise _problem(
                 path, "trusted keys file", "has another name outside the trust folder (a hard link)"
             )
