@@ -135,10 +135,7 @@ def setup(root: Optional[Path] = None, force: bool = False, log=None) -> list:
     from ..native.trustdir import make_private
 
     root = root or data_dir()
-    try:  # (0700 on the way too, whatever the umask)
-        make_private(str(root))
-    except FileExistsError:
-        pass
+    make_private(str(root))  # (0700 on the way too, whatever the umask)
     done = []
     for spec in INTERPRETERS.values():
         target = root / spec.filename

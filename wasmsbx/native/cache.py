@@ -181,10 +181,7 @@ def prepare_dir(root: Path, inside: str = "") -> str:
                 except FileExistsError:
                     pass
                 except FileNotFoundError:
-                    try:
-                        make_private(text)
-                    except FileExistsError:  # (made meanwhile)
-                        pass
+                    make_private(text)
         if _PIN:
             if fd is None:
                 fd = os.open(text, _PIN | _CLOEXEC)

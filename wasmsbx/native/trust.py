@@ -144,10 +144,7 @@ def _make_dir(root: Path) -> None:
         try:
             os.mkdir(root, 0o700)  # (the parents first only if missing: one call usually)
         except FileNotFoundError:
-            try:
-                make_private(str(root))
-            except FileExistsError:  # (made meanwhile)
-                pass
+            make_private(str(root))
         except FileExistsError:
             if not os.path.exists(root):  # a dangling link: nothing to check, none made
                 raise

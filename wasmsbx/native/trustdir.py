@@ -70,8 +70,8 @@ def _no_home() -> OSError:
 def make_private(path: str) -> None:
     """``mkdir -p path`` with every folder it makes 0700 (``os.makedirs`` gives the ones
     on the way the umask's mode: under umask 000, ~/.cache and ~/.config were made
-    writable by everyone, red team 137; the XDG spec asks 0700). FileExistsError if
-    ``path`` is there already, as ``os.mkdir``."""
+    writable by everyone, red team 137; the XDG spec asks 0700). Nothing if ``path`` is
+    there already (or is made meanwhile by another process)."""
     missing = []
     current = os.path.abspath(path)
     while not os.path.lexists(current):
@@ -80,14 +80,11 @@ def make_private(path: str) -> None:
         if parent == current:
             break
         current = parent
-    if not missing:
-        raise FileExistsError(17, "File exists", path)
     for folder in reversed(missing):
         try:
             os.mkdir(folder, 0o700)
         except FileExistsError:  # (made meanwhile by another process)
-            if folder == missing[0]:
-                raise
+            pass
 
 
 def _xdg(variable: str, fallback: str) -> str:

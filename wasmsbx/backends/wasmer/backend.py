@@ -335,10 +335,7 @@ def _probes_folder(make: bool) -> Optional[int]:
         try:
             from ...native.trustdir import make_private
 
-            try:  # (0700 on the way too, whatever the umask: red team 137)
-                make_private(cache_dir())
-            except FileExistsError:
-                pass
+            make_private(cache_dir())  # (0700 on the way too, whatever the umask: round 137)
             root = os.open(cache_dir(), _FOLDER)
         except (OSError, ValueError):
             return None
