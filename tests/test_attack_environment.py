@@ -386,13 +386,6 @@ def test_the_key_files_by_another_name_are_refused_as_stdout(home, tmp_path, how
     assert (tmp_path / "out.txt").read_bytes()
 
 
-def test_the_key_file_names_are_the_trust_modules():
-    from wasmsbx import outfile
-    from wasmsbx.native import trust
-
-    assert set(outfile.KEY_FILES) == {trust.SECRET_FILE, trust.TRUSTED_FILE, trust.SIGNING_FILE}
-
-
 @needs_root
 def test_without_a_home_a_redirect_to_a_file_is_no_refusal(shared_folder):
     # (red team 138: the redirect check looked for the trust folder, which needs a home:

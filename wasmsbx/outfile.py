@@ -186,7 +186,7 @@ def refuse_opened_astray(text: str, what: str, fd: int) -> None:
 def refuse_opened_astray_file(fd: int, what: str) -> None:
     """InputError if the file open at ``fd`` (a redirected stdout or stderr) is in the
     trust folder or a wasmsbx cache."""
-    from .native.trustdir import proc_target, resolved, trust_dir_text
+    from .native.trustdir import KEY_FILES, proc_target, resolved, trust_dir_text
 
     why = f"the command's {what} is not written there"
     try:
@@ -219,9 +219,6 @@ def refuse_opened_astray_file(fd: int, what: str) -> None:
                 f"is the trust folder's {name} by another name; {why}",
                 "choose an output outside it; only `wasmsbx trust` changes the files there",
             )
-
-
-KEY_FILES = ("secret.key", "trusted_keys", "signing.key")  # (native.trust's)
 
 
 def refuse_trust_folder(text: str) -> None:

@@ -31,15 +31,20 @@ from pathlib import Path
 from typing import Any, Optional
 
 from .. import errors
-from .trustdir import cache_roots, in_cache_roots, make_private  # noqa: F401 - (in_cache_roots: its users)
+from .trustdir import (  # noqa: F401 - (in_cache_roots, the file names: their users)
+    KEY_FILES,
+    SECRET_FILE,
+    SIGNING_FILE,
+    TRUSTED_FILE,
+    cache_roots,
+    in_cache_roots,
+    make_private,
+)
 from .trustdir import proc_target as _proc_target
 from .trustdir import real as _real
 from .trustdir import trust_dir_text as _trust_dir_text
 from .trustdir import within as _within
 
-SECRET_FILE = "secret.key"
-SIGNING_FILE = "signing.key"
-TRUSTED_FILE = "trusted_keys"
 SECRET_SIZE = 32
 KEY_PREFIX = "ed25519:"
 # Each use of the secret gets a key of its own (BLAKE3's derive_key mode), so a tag made
@@ -187,12 +192,11 @@ def _check_dir(root: Path, info: os.stat_result) -> None:
 
 def _holds_only_keys(root: Path) -> bool:
     """Whether the folder holds nothing but the key files (and their temporary files)."""
-    ours = (SECRET_FILE, TRUSTED_FILE, SIGNING_FILE)
-    temporary = tuple(f".{name}." for name in ours)
+    temporary = tuple(f".{name}." for name in KEY_FILES)
     try:
         with os.scandir(root) as entries:
             return all(
-                entry.name in ours
+                entry.name in KEY_FILES
                 or (
                     entry.name.startswith(temporary)
                     and entry.name.endswith(".tmp")

@@ -27,6 +27,12 @@ def variables(names: tuple) -> tuple:
     return tuple(os.environ.get(os.fsdecode(name)) for name in names)
 
 
+# The trust folder's files (native.trust keeps them; outfile never writes over them)
+SECRET_FILE = "secret.key"
+SIGNING_FILE = "signing.key"
+TRUSTED_FILE = "trusted_keys"
+KEY_FILES = (SECRET_FILE, TRUSTED_FILE, SIGNING_FILE)
+
 _CACHE_VARIABLES = (b"XDG_CACHE_HOME", b"HOME")
 _TRUST_VARIABLES = (b"WASMSBX_TRUST_DIR", b"XDG_CONFIG_HOME", b"HOME")
 
