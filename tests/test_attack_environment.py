@@ -549,3 +549,98 @@ def test_a_grant_of_a_bind_mount_of_the_trust_folder_is_refused(home, tmp_path):
         pytest.skip(f"no mount namespace here: {result.stderr.strip()[:200]}")
     assert result.returncode == 101, result.stderr
     assert "wasmsbx keys" in result.stderr, result.stderr
+
+
+def _in_mount_namespace(script, env, cwd):
+    """``script`` (sh, "$0" the interpreter) in a private mount namespace; None where
+    there is none to be had."""
+    result = subprocess.run(
+        ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, sys.executable],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=cwd,
+        timeout=120,
+    )
+    if "unshare failed" in result.stderr or "mount:" in result.stderr:
+        pytest.skip(f"no mount namespace here: {result.stderr.strip()[:200]}")
+    return result
+
+
+@needs_root
+@pytest.mark.skipif(shutil.which("unshare") is None, reason="unshare (util-linux) is needed")
+@pytest.mark.parametrize("name", ["trusted_keys", "secret.key", "new-file"])
+def test_an_output_through_a_bind_mount_of_the_trust_folder_is_refused(home, tmp_path, name):
+    # (`compile -o proj/keys/trusted_keys`, proj/keys a bind mount of the trust folder,
+    # replaced the list of trusted keys: outputs were checked by real path only)
+    made = _wasmsbx("compile", HELLO, "-o", tmp_path / "h.cwasm", env=home, cwd=tmp_path)
+    assert made.returncode == 0, made.stderr
+    trust = Path(home["WASMSBX_TRUST_DIR"])
+    before = {p.name: p.read_bytes() for p in trust.iterdir()}
+    (tmp_path / "proj" / "keys").mkdir(parents=True)
+    script = (
+        f"mount --bind {trust.parent} {tmp_path}/proj/keys && "
+        f'exec "$0" -m wasmsbx compile {HELLO} -o {tmp_path}/proj/keys/{trust.name}/{name}'
+    )
+    result = _in_mount_namespace(script, home, tmp_path)
+    assert result.returncode == 105, result.stderr
+    assert "trust folder" in result.stderr and "bind mount" in result.stderr, result.stderr
+    assert {p.name: p.read_bytes() for p in trust.iterdir()} == before
+
+
+@needs_root
+@pytest.mark.skipif(shutil.which("unshare") is None, reason="unshare (util-linux) is needed")
+def test_a_redirect_through_a_bind_mount_of_the_cache_is_refused(home, tmp_path):
+    cache = Path(home["XDG_CACHE_HOME"]) / "wasmsbx"
+    (cache / "code").mkdir(parents=True)
+    (tmp_path / "view").mkdir()
+    script = (
+        f"mount --bind {cache} {tmp_path}/view && "
+        f'exec "$0" -m wasmsbx run {HELLO} >> {tmp_path}/view/code/out'
+    )
+    result = _in_mount_namespace(script, home, tmp_path)
+    assert result.returncode == 105, result.stderr
+    assert "cache folder" in result.stderr and "bind mount" in result.stderr, result.stderr
+    assert (cache / "code" / "out").read_bytes() == b""
+
+
+def test_a_folder_in_the_trust_folder_is_known_by_what_it_is(home, tmp_path, monkeypatch):
+    # (the check climbs from the folder as opened, by device and inode, not by path)
+    from wasmsbx import errors, outfile
+
+    for name in ("WASMSBX_TRUST_DIR", "XDG_CACHE_HOME", "HOME"):
+        monkeypatch.setenv(name, home[name])
+    deep = Path(home["WASMSBX_TRUST_DIR"]) / "a" / "b"
+    deep.mkdir(parents=True)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    for folder, refused in ((deep, True), (elsewhere, False), (deep.parent.parent.parent, False)):
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            if refused:
+                with pytest.raises(errors.InputError, match="trust folder"):
+                    outfile.refuse_guarded_folder("x", fd, "why")
+            else:
+                outfile.refuse_guarded_folder("x", fd, "why")
+        finally:
+            os.close(fd)
+
+
+@needs_root
+@pytest.mark.skipif(shutil.which("unshare") is None, reason="unshare (util-linux) is needed")
+def test_an_audit_log_on_a_bind_mount_of_a_key_file_is_refused(home, tmp_path):
+    # (a key file bound alone at another path has one name and a path outside the trust
+    # folder: the audit log, appended to in place, was written into trusted_keys)
+    made = _wasmsbx("compile", HELLO, "-o", tmp_path / "h.cwasm", env=home, cwd=tmp_path)
+    assert made.returncode == 0, made.stderr
+    key = Path(home["WASMSBX_TRUST_DIR"]) / "secret.key"
+    before = key.read_bytes()
+    (tmp_path / "log").write_bytes(b"")
+    script = (
+        f"mount --bind {key} {tmp_path}/log && "
+        f'exec "$0" -m wasmsbx run {HELLO} --audit-log {tmp_path}/log'
+    )
+    result = _in_mount_namespace(script, home, tmp_path)
+    assert result.returncode == 105, result.stderr
+    assert "secret.key by another name" in result.stderr, result.stderr
+    assert key.read_bytes() == before

@@ -186,7 +186,7 @@ def refuse_opened_astray(text: str, what: str, fd: int) -> None:
 def refuse_opened_astray_file(fd: int, what: str) -> None:
     """InputError if the file open at ``fd`` (a redirected stdout or stderr) is in the
     trust folder or a wasmsbx cache."""
-    from .native.trustdir import KEY_FILES, proc_target, resolved, trust_dir_text
+    from .native.trustdir import proc_target
 
     why = f"the command's {what} is not written there"
     try:
@@ -202,8 +202,25 @@ def refuse_opened_astray_file(fd: int, what: str) -> None:
     except errors.WasmsbxError as exc:
         if not isinstance(exc, OSError):  # (no home folder for the cache's roots: on to
             raise  # the key files, which $WASMSBX_TRUST_DIR may still name: round 139)
-    # The key files by any other name (a link to ~/dotfiles/trusted_keys, a hard link, a
-    # bind mount: red team 138), told by the file itself.
+    if real.startswith(os.sep):
+        try:  # (the folder the file is in, by what it is: a bind mount of the trust folder)
+            folder = os.open(os.path.dirname(real), _PIN)
+        except OSError:
+            pass
+        else:
+            try:
+                refuse_guarded_folder(f"<{what}>", folder, why)
+            finally:
+                os.close(folder)
+    refuse_key_file(f"<{what}>", info, why)
+
+
+def refuse_key_file(text: str, info: os.stat_result, why: str) -> None:
+    """InputError if ``info`` (a file's stat) is one of the trust folder's key files by
+    any other name: a link to ~/dotfiles/trusted_keys, a hard link, a bind mount of the
+    file alone (red team 138), told by the file itself (device and inode)."""
+    from .native.trustdir import KEY_FILES, resolved, trust_dir_text
+
     try:
         keys = resolved(trust_dir_text())
     except OSError:  # (no home folder and no $WASMSBX_TRUST_DIR: no trust folder)
@@ -215,10 +232,78 @@ def refuse_opened_astray_file(fd: int, what: str) -> None:
             continue
         if (key.st_dev, key.st_ino) == (info.st_dev, info.st_ino):
             raise _fail(
-                f"<{what}>",
+                text,
                 f"is the trust folder's {name} by another name; {why}",
                 "choose an output outside it; only `wasmsbx trust` changes the files there",
             )
+
+
+_FOLDERS_CLIMBED = 256  # parents looked at before giving up (a path is at most 4 KiB)
+
+
+def _guarded_folders() -> dict:
+    """{(st_dev, st_ino): what} of the trust folder and the user's cache folders that
+    exist."""
+    from .native.trustdir import cache_roots, trust_dir_text
+
+    found = {}
+    for what, path in (("trust", trust_dir_text), ("cache", cache_roots)):
+        try:
+            paths = path()
+        except OSError:  # (no home folder: no such folder)
+            continue
+        for one in [paths] if isinstance(paths, str) else paths:
+            try:
+                info = os.stat(one)
+            except (OSError, ValueError):
+                continue
+            if stat.S_ISDIR(info.st_mode):
+                found.setdefault((info.st_dev, info.st_ino), (what, one))
+    return found
+
+
+def refuse_guarded_folder(text: str, fd: int, why: str) -> None:
+    """InputError if the folder open at ``fd`` is the trust folder or one of the user's
+    cache folders, or lies inside one, told by what the folders are (device and inode)
+    from it up to the root, not by their paths: a bind mount shows a folder at another
+    path (``mount --bind ~/.config/wasmsbx/trust proj/keys``), and ``compile -o
+    proj/keys/trusted_keys`` replaced the list of trusted keys, which the check of real
+    paths (``_refuse_ours``) let through. Each parent is the folder's ``..`` as the
+    kernel resolves it."""
+    guarded = _guarded_folders()
+    if not guarded:
+        return
+    current = os.dup(fd)
+    try:
+        for _ in range(_FOLDERS_CLIMBED):
+            info = os.fstat(current)
+            found = guarded.get((info.st_dev, info.st_ino))
+            if found is not None:
+                what, path = found
+                if what == "trust":
+                    raise _fail(
+                        text,
+                        "is in the trust folder, which holds your keys, reached by "
+                        f"another path (a bind mount); {why}",
+                        "choose a path outside it; only `wasmsbx trust` changes the files there",
+                    )
+                raise _fail(
+                    text,
+                    f"is in a wasmsbx cache folder ({errors.inert(path)}), reached by "
+                    f"another path (a bind mount); {why}",
+                    "choose a path outside it: the cache holds native code that processes run",
+                )
+            try:
+                parent = os.open("..", _PIN, dir_fd=current)
+            except OSError:  # (a folder that cannot be searched: as far as can be seen)
+                return
+            os.close(current)
+            current = parent
+            above = os.fstat(current)
+            if (above.st_dev, above.st_ino) == (info.st_dev, info.st_ino):
+                return  # (the root)
+    finally:
+        os.close(current)
 
 
 def refuse_trust_folder(text: str) -> None:
@@ -362,6 +447,7 @@ class _Target:
                 real = target.real_folder()
                 if not trust_folder:
                     _refuse_ours(text, os.path.join(real, name))
+                    refuse_guarded_folder(text, fd, "refusing to write there")
                 try:
                     info = os.stat(name, dir_fd=fd, follow_symlinks=False)
                 except FileNotFoundError:
@@ -528,8 +614,9 @@ def open_in_place(text: str, flags: int, what: str) -> int:
     finally:
         target.close()
     try:
-        refuse_linked_in_place(text, what, fd)
+        info = refuse_linked_in_place(text, what, fd)
         refuse_opened_astray(text, what, fd)
+        refuse_key_file(text, info, f"{what} is not written there")
     except BaseException:
         os.close(fd)
         raise
