@@ -69,7 +69,7 @@ def home(tmp_path):
     return env
 
 
-@pytest.mark.parametrize("limit", [14, 20, 40])
+@pytest.mark.parametrize("limit", [16, 20, 40])
 def test_a_low_open_files_limit_leaves_the_run_its_descriptors(home, tmp_path, limit):
     # (fdroom kept 32 descriptors aside whatever the limit: under `ulimit -n 20` every
     # command was an internal error, under 40 wasmtime-wasi aborted the process, 134)
@@ -84,6 +84,35 @@ def test_a_low_open_files_limit_leaves_the_run_its_descriptors(home, tmp_path, l
     assert _wasmsbx("run", ADD, "add", "1", "2", env=home, cwd=tmp_path, preexec=low).stdout == (
         "3\n"
     )
+
+
+def _files_limit(limit):
+    return lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
+
+
+@pytest.mark.parametrize("limit", [6, 8, 12, 15])
+def test_an_open_files_limit_below_the_floor_is_refused_first(home, tmp_path, limit):
+    # (under `ulimit -n 8` a WASI run aborted in wasmtime, exit 134; under 12 `--batch
+    # -j 2` printed three chained tracebacks, exit 1)
+    for args in (["run", HELLO], ["run", ADD, "add", "--batch", "-", "-j", "2"]):
+        result = _wasmsbx(*args, env=home, cwd=tmp_path, preexec=_files_limit(limit))
+        assert result.returncode == 118, (args, result.stderr)
+        assert result.stderr.startswith(f"error: the open-files limit is {limit}:"), result.stderr
+        assert "ulimit -n" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("jobs", [8, 16])
+def test_workers_beyond_the_open_files_limit_are_a_resource_error(home, tmp_path, jobs):
+    # (the pipes made before the one that failed were left open, and importing what
+    # reports the error failed in turn: exit 100 or tracebacks)
+    (tmp_path / "in.jsonl").write_text("[1, 2]\n[3, 4]\n")
+    args = ("run", ADD, "add", "--batch", tmp_path / "in.jsonl", "-j", jobs)
+    result = _wasmsbx(*args, env=home, cwd=tmp_path, preexec=_files_limit(20))
+    assert result.returncode == 118, result.stderr
+    assert "out of file descriptors" in result.stderr and "(20)" in result.stderr
+    assert "fewer --jobs" in result.stderr and "Traceback" not in result.stderr
+    result = _wasmsbx(*args[:-1], 2, env=home, cwd=tmp_path, preexec=_files_limit(20))
+    assert result.returncode == 0 and result.stdout.count('"ok":true') == 2, result.stderr
 
 
 def test_a_removed_working_folder_holds_no_policy(home, tmp_path):

@@ -18,7 +18,9 @@ ROOM = 32  # descriptors kept aside: what reporting an error needs, with margin
 HIGH = 4096  # where the kept descriptors go at most (a higher one grows the kernel's table)
 TINY_SHARE = 4  # under a limit too low for ROOM: keep 1/TINY_SHARE of what it leaves
 TINY_FLOOR = 16  # ... past this many, which a run itself needs
+NEEDED = 16  # the least open-files limit the command line runs under (``too_low``)
 _KEPT: list = []
+_LIMIT: list = []  # the soft open-files limit ``keep`` read
 
 
 def keep() -> None:
@@ -34,6 +36,7 @@ def keep() -> None:
         first = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
     except (ImportError, OSError, ValueError):  # pragma: no cover - POSIX has them
         return
+    _LIMIT[:] = [soft]
     top = HIGH if soft == resource.RLIM_INFINITY else min(HIGH, soft)
     if top - ROOM - 1 <= 64:  # (a tiny limit: wherever they fit)
         # A quarter of what is left past TINY_FLOOR at most: under `ulimit -n 20` the 32
@@ -71,3 +74,12 @@ def release() -> None:
             os.close(_KEPT.pop())
         except OSError:
             pass
+
+
+def too_low() -> int:
+    """The soft open-files limit ``keep`` read, if it is below NEEDED (else 0). Under
+    `ulimit -n 8` a WASI run aborted inside wasmtime (exit 134) and `--batch -j 2`
+    failed at its pipes: the command line refuses such a limit first."""
+    if _LIMIT and _LIMIT[0] != -1 and _LIMIT[0] < NEEDED:
+        return int(_LIMIT[0])
+    return 0

@@ -191,6 +191,8 @@ def main(argv: Optional[list] = None, *, guard: bool = False) -> int:
     try:
         _fill_closed_stdio()  # first: the keeper's pipe must not take a closed fd 1 (>&-)
         fdroom.keep()  # (room to report in, should a guest take every descriptor)
+        if fdroom.too_low():
+            raise _too_few_files(fdroom.too_low())
         argv = list(sys.argv[1:] if argv is None else argv)
         if guard:
             _lenient_text_streams()
@@ -229,6 +231,16 @@ def main(argv: Optional[list] = None, *, guard: bool = False) -> int:
     finally:
         _end_sole_run()
     return code
+
+
+def _too_few_files(limit: int) -> WasmsbxError:
+    from ..errors import ResourceExhausted
+
+    return ResourceExhausted(
+        f"the open-files limit is {limit}: wasmsbx needs at least {fdroom.NEEDED} file "
+        "descriptors (wasmtime, pipes, the command's own files)",
+        hint=f"raise it: ulimit -n {fdroom.NEEDED * 64}",
+    )
 
 
 def _warnings_as_lines() -> None:

@@ -4,6 +4,7 @@ line (and a ``hint:``) and its exit code from the table; a bug becomes "internal
 
 from __future__ import annotations
 
+import errno
 import functools
 import os
 from typing import Any, Callable
@@ -49,6 +50,17 @@ def report(exc: BaseException, json_mode: Any = False) -> int:
         code = output.stdout_error(exc)
         if code is not None:
             return code
+        if exc.errno in (errno.EMFILE, errno.ENFILE):  # (not a bug: a host's limit)
+            from ..errors import ResourceExhausted
+
+            return report(
+                ResourceExhausted(
+                    f"out of file descriptors ({exc.strerror}): the process reached its "
+                    f"open-files limit{_open_files_limit()}",
+                    hint="raise it (ulimit -n), or ask for less at once (fewer --jobs)",
+                ),
+                json_mode,
+            )
     if isinstance(exc, KeyboardInterrupt):
         from ..backends.deadline import KEEPER
 
@@ -69,6 +81,16 @@ def report(exc: BaseException, json_mode: Any = False) -> int:
         "this is a bug in wasmsbx; rerun with WASMSBX_DEBUG=1 for a traceback",
     )
     return int(ExitCode.INTERNAL)
+
+
+def _open_files_limit() -> str:
+    try:
+        import resource
+
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    except (ImportError, OSError, ValueError):  # pragma: no cover - POSIX has it
+        return ""
+    return "" if soft == getattr(resource, "RLIM_INFINITY", -1) else f" ({soft})"
 
 
 def interrupted_before(argv: list) -> int:

@@ -459,23 +459,40 @@ def _fork_all(jobs: int, keeper: Any, job: tuple) -> tuple:
     workers: list = []
     lifeline, keep = os.pipe()  # only this process holds ``keep``
     ours: list = [keep]
-    for _ in range(jobs):
-        task_r, task_w = os.pipe()
-        reply_r, reply_w = os.pipe()
-        _roomy(task_w, reply_w)
-        pid = os.fork()
-        if pid == 0:  # the worker: never returns
-            try:
-                for fd in (*ours, task_w, reply_r):
-                    os.close(fd)
-                keeper.after_fork_child()
-                _forked_main(task_r, reply_w, lifeline, job)
-            finally:
-                os._exit(1)
-        os.close(task_r)
-        os.close(reply_w)
-        ours += [task_w, reply_r]
-        workers.append(Worker(*_connections(task_w, reply_r), pid=pid))
+    pending: list = [lifeline]  # (closed here if a pipe or a fork fails)
+    try:
+        for _ in range(jobs):
+            task_r, task_w = os.pipe()
+            pending += [task_r, task_w]
+            reply_r, reply_w = os.pipe()
+            pending += [reply_r, reply_w]
+            _roomy(task_w, reply_w)
+            pid = os.fork()
+            if pid == 0:  # the worker: never returns
+                try:
+                    for fd in (*ours, task_w, reply_r):
+                        os.close(fd)
+                    keeper.after_fork_child()
+                    _forked_main(task_r, reply_w, lifeline, job)
+                finally:
+                    os._exit(1)
+            for fd in (task_r, reply_w):
+                pending.remove(fd)
+                os.close(fd)
+            workers.append(Worker(*_connections(task_w, reply_r), pid=pid))
+            ours += [task_w, reply_r]
+            del pending[1:]
+    except BaseException:
+        # Out of descriptors or processes part way (`ulimit -n 14` with -j 2): every
+        # pipe made here is closed, so the error can still be reported (importing what
+        # reports it needs a descriptor), and the workers forked end with their pipes:
+        # told by the end of their tasks, not SIGTERM, which reached them before they
+        # set their own handlers (a traceback per worker, from this process's handler).
+        for fd in pending:
+            os.close(fd)
+        close_all(workers)
+        os.close(keep)
+        raise
     os.close(lifeline)
     return workers, keep
 
