@@ -648,9 +648,9 @@ def test_a_folder_in_the_trust_folder_is_known_by_what_it_is(home, tmp_path, mon
         try:
             if refused:
                 with pytest.raises(errors.InputError, match="trust folder"):
-                    outfile.refuse_guarded_folder("x", fd, "why")
+                    outfile.refuse_guarded("x", fd, "why")
             else:
-                outfile.refuse_guarded_folder("x", fd, "why")
+                outfile.refuse_guarded("x", fd, "why")
         finally:
             os.close(fd)
 
@@ -671,5 +671,122 @@ def test_an_audit_log_on_a_bind_mount_of_a_key_file_is_refused(home, tmp_path):
     )
     result = _in_mount_namespace(script, home, tmp_path)
     assert result.returncode == 105, result.stderr
-    assert "secret.key by another name" in result.stderr, result.stderr
+    assert "trust folder" in result.stderr and "bind mount" in result.stderr, result.stderr
     assert key.read_bytes() == before
+
+
+def _an_entry(home, tmp_path):
+    """A cache entry of the user's default cache (add.wat: cached, its policy's floor 0),
+    ``home`` made to use that cache."""
+    home.pop("WASMSBX_CACHE_DIR", None)
+    cache = Path(home["XDG_CACHE_HOME"]) / "wasmsbx"
+    (tmp_path / "min.toml").write_text("[runtime]\ncache_min_size = 0\n")
+    made = _wasmsbx(
+        "run", ADD, "add", "1", "2", "--policy", tmp_path / "min.toml", env=home, cwd=tmp_path
+    )
+    assert made.returncode == 0, made.stderr
+    entries = sorted((cache / "code").glob("*/*.entry"))
+    assert entries, list(cache.rglob("*"))
+    return entries[0]
+
+
+@needs_root
+@pytest.mark.skipif(shutil.which("unshare") is None, reason="unshare (util-linux) is needed")
+def test_outputs_through_a_bind_mount_of_a_cache_subfolder_are_refused(home, tmp_path):
+    # (red team 141: a bind of ~/.cache/wasmsbx/code/NA climbs, by "..", out through its
+    # mount point and never meets the cache folder; a policy's guest stdout named an
+    # entry there, truncated the native code the run had mapped: Bus error, exit 135)
+    entry = _an_entry(home, tmp_path)
+    before = entry.read_bytes()
+    proj = tmp_path / "proj"
+    (proj / "view").mkdir(parents=True)
+    (proj / "sandbox.toml").write_text(f'[stdio]\nstdout = "view/{entry.name}"\n')
+    script = (
+        f"mount --bind {entry.parent} {proj}/view && "
+        f'"$0" -m wasmsbx run {HELLO}; echo "policy rc=$?" && cd {tmp_path} && '
+        f'"$0" -m wasmsbx run {ADD} add 1 2 --audit-log {proj}/view/{entry.name}; '
+        f'echo "audit rc=$?"; "$0" -m wasmsbx run {ADD} add 1 2 >> {proj}/view/{entry.name}; '
+        'echo "stdout rc=$?"'
+    )
+    result = subprocess.run(
+        ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, sys.executable],
+        capture_output=True,
+        text=True,
+        env=home,
+        cwd=proj,
+        timeout=120,
+    )
+    if "unshare failed" in result.stderr or "mount:" in result.stderr:
+        pytest.skip(f"no mount namespace here: {result.stderr.strip()[:200]}")
+    for what in ("policy", "audit", "stdout"):
+        assert f"{what} rc=105" in result.stdout, (what, result.stdout, result.stderr)
+    assert result.stderr.count("wasmsbx cache") == 3, result.stderr
+    assert entry.read_bytes() == before
+
+
+@needs_root
+@pytest.mark.skipif(shutil.which("unshare") is None, reason="unshare (util-linux) is needed")
+def test_an_entry_bound_alone_elsewhere_is_not_written(home, tmp_path):
+    entry = _an_entry(home, tmp_path)
+    before = entry.read_bytes()
+    (tmp_path / "log").write_bytes(b"")
+    script = (
+        f"mount --bind {entry} {tmp_path}/log && "
+        f'"$0" -m wasmsbx run {ADD} add 1 2 >> {tmp_path}/log; echo "stdout rc=$?"; '
+        f'"$0" -m wasmsbx compile {ADD} -o {tmp_path}/log; echo "compile rc=$?"'
+    )
+    result = _in_mount_namespace(script, home, tmp_path)
+    assert "stdout rc=105" in result.stdout and "compile rc=105" in result.stdout, result
+    assert result.stderr.count("is a wasmsbx cache entry") == 2, result.stderr
+    assert entry.read_bytes() == before
+
+
+@needs_root
+@pytest.mark.skipif(shutil.which("unshare") is None, reason="unshare (util-linux) is needed")
+def test_an_overlay_over_the_trust_folder_is_the_trust_folder(home, tmp_path):
+    # (an overlay's folders have its own device: the trust folder as its upper layer
+    # took `compile -o merged/trusted_keys`)
+    made = _wasmsbx("compile", HELLO, "-o", tmp_path / "h.cwasm", env=home, cwd=tmp_path)
+    assert made.returncode == 0, made.stderr
+    trust = Path(home["WASMSBX_TRUST_DIR"])
+    before = {p.name: p.read_bytes() for p in trust.iterdir()}
+    ov = tmp_path / "ov"
+    for name in ("lower", "work", "merged"):
+        (ov / name).mkdir(parents=True)
+    script = (
+        f"mount -t overlay overlay -o lowerdir={ov}/lower,upperdir={trust},"
+        f"workdir={ov}/work {ov}/merged && "
+        f'exec "$0" -m wasmsbx compile {HELLO} -o {ov}/merged/trusted_keys'
+    )
+    result = _in_mount_namespace(script, home, tmp_path)
+    assert result.returncode == 105, result.stderr
+    assert "trust folder" in result.stderr, result.stderr
+    assert {p.name: p.read_bytes() for p in trust.iterdir()} == before
+
+
+@needs_root
+@pytest.mark.skipif(shutil.which("unshare") is None, reason="unshare (util-linux) is needed")
+def test_a_checkpoint_through_a_bind_mount_is_refused_before_the_first_item(home, tmp_path):
+    made = _wasmsbx("compile", HELLO, "-o", tmp_path / "h.cwasm", env=home, cwd=tmp_path)
+    assert made.returncode == 0, made.stderr
+    (tmp_path / "v1").mkdir()
+    (tmp_path / "in.jsonl").write_text("[1, 2]\n")
+    script = (
+        f"mount --bind {home['WASMSBX_TRUST_DIR']} {tmp_path}/v1 && "
+        f'exec "$0" -m wasmsbx run {ADD} add --batch {tmp_path}/in.jsonl '
+        f"--checkpoint {tmp_path}/v1/ck.json"
+    )
+    result = _in_mount_namespace(script, home, tmp_path)
+    assert result.returncode == 105, result.stderr
+    assert result.stdout == "" and "trust folder" in result.stderr, result
+
+
+def test_a_cache_folder_named_with_spaces_around_is_guarded_as_used(monkeypatch, tmp_path):
+    # (cache_roots stripped $WASMSBX_CACHE_DIR, which the cache uses as given: the
+    # cache at "/x/c " was not one of the folders outputs stay out of)
+    from wasmsbx.native import cache, trustdir
+
+    monkeypatch.setenv("WASMSBX_CACHE_DIR", f"{tmp_path}/c ")
+    assert str(cache.resolve_dir()[0]) in trustdir.cache_roots()
+    monkeypatch.setenv("WASMSBX_CACHE_DIR", "   ")
+    assert len(trustdir.cache_roots()) == 1

@@ -218,6 +218,8 @@ def test_a_checkpoint_is_removed_in_its_folder_as_checked(flipping):
     link, safe, trust, swap = flipping
     (safe / "secret.key").write_bytes(b"checkpoint")
     checkpoint = Checkpoint(link / "secret.key", {})
+    made = (safe / "secret.key").stat()
+    checkpoint.saved_file = (made.st_dev, made.st_ino)  # (as its load or save records)
     swap()  # (at the end of the run, the folder leads into the trust folder)
     with pytest.raises(errors.WasmsbxError, match="trust folder"):
         checkpoint.remove()
@@ -263,10 +265,23 @@ def test_a_checkpoint_removes_only_the_file_it_wrote(tmp_path):
     checkpoint.remove()
     assert not (ours / "ck.json").exists()
     (ours / "ck.json").mkdir()
-    checkpoint.saved_file = None
+    made = (ours / "ck.json").stat()
+    checkpoint.saved_file = (made.st_dev, made.st_ino)
     with pytest.raises(errors.WasmsbxError, match="cannot remove") as caught:
         checkpoint.remove()
     assert caught.value.exit_code == 105
+
+
+def test_a_checkpoint_neither_resumed_nor_saved_removes_nothing(tmp_path):
+    # (a batch of no items: what is at the name at its end is not the run's; it was
+    # removed by name, the secret key where the name's folder became a bind mount of
+    # the trust folder meanwhile: red team 141)
+    from wasmsbx.runner.checkpoint import Checkpoint
+
+    checkpoint = Checkpoint(tmp_path / "ck.json", {"what": 1})
+    (tmp_path / "ck.json").write_text("someone else's")
+    checkpoint.remove()
+    assert (tmp_path / "ck.json").read_text() == "someone else's"
 
 
 @pytest.mark.parametrize("how", ["saved", "loaded"])

@@ -87,6 +87,7 @@ def check_output(
         )
     if not trust_folder:
         refuse_trust_folder(text)
+        _refuse_guarded_early(text)
     info = _stat(text)
     if info is None:
         if os.path.islink(text):
@@ -107,6 +108,31 @@ def check_output(
         )
     if not policy:
         refuse_policy_name(text)
+
+
+def _refuse_guarded_early(text: str) -> None:
+    """check_output's ``refuse_guarded`` of the folder ``text`` would be written in, if
+    it can be opened (a missing one is ``_check_parent``'s): before the work, as the
+    check of its real path is (red team 141: a compile through a bind mount of the
+    trust folder was refused only once compiled, a batch after its first item)."""
+    folder, name = os.path.split(text)
+    try:
+        fd = os.open(folder or ".", _PIN)
+    except OSError:
+        return
+    try:
+        _refuse_ours(text, os.path.join(_real_folder(fd, folder or "."), name))
+        refuse_guarded(text, fd, "refusing to write there", name)
+    finally:
+        os.close(fd)
+    try:  # (and a file there, bound alone: replaced, it is EBUSY only once compiled)
+        fd = os.open(text, _FILE_PIN)
+    except OSError:  # (none, or a link: the link's target is checked as it is written)
+        return
+    try:
+        refuse_guarded(text, fd, "refusing to write there")
+    finally:
+        os.close(fd)
 
 
 def _refuse_existing(text: str, info: os.stat_result, inputs: Iterable) -> None:
@@ -209,9 +235,10 @@ def refuse_opened_astray_file(fd: int, what: str) -> None:
             pass
         else:
             try:
-                refuse_guarded_folder(f"<{what}>", folder, why)
+                refuse_guarded(f"<{what}>", folder, why, os.path.basename(real))
             finally:
                 os.close(folder)
+    refuse_guarded(f"<{what}>", fd, why)  # (the file itself: one bound alone)
     refuse_key_file(f"<{what}>", info, why)
 
 
@@ -241,12 +268,12 @@ def refuse_key_file(text: str, info: os.stat_result, why: str) -> None:
 _FOLDERS_CLIMBED = 256  # parents looked at before giving up (a path is at most 4 KiB)
 
 
-def _guarded_folders() -> dict:
-    """{(st_dev, st_ino): what} of the trust folder and the user's cache folders that
-    exist."""
-    from .native.trustdir import cache_roots, trust_dir_text
+def _guarded() -> dict:
+    """{(st_dev, st_ino): (what, path)} of the trust folder ("trust") and the user's
+    cache folders ("cache") that exist."""
+    from .native.trustdir import cache_roots, resolved, trust_dir_text
 
-    found = {}
+    found: dict = {}
     for what, path in (("trust", trust_dir_text), ("cache", cache_roots)):
         try:
             paths = path()
@@ -258,41 +285,90 @@ def _guarded_folders() -> dict:
             except (OSError, ValueError):
                 continue
             if stat.S_ISDIR(info.st_mode):
-                found.setdefault((info.st_dev, info.st_ino), (what, one))
+                found.setdefault((info.st_dev, info.st_ino), (what, resolved(one)))
     return found
 
 
-def refuse_guarded_folder(text: str, fd: int, why: str) -> None:
-    """InputError if the folder open at ``fd`` is the trust folder or one of the user's
-    cache folders, or lies inside one, told by what the folders are (device and inode)
-    from it up to the root, not by their paths: a bind mount shows a folder at another
-    path (``mount --bind ~/.config/wasmsbx/trust proj/keys``), and ``compile -o
-    proj/keys/trusted_keys`` replaced the list of trusted keys, which the check of real
-    paths (``_refuse_ours``) let through. Each parent is the folder's ``..`` as the
-    kernel resolves it."""
-    guarded = _guarded_folders()
+def _guarded_error(text: str, what: str, path: str, why: str) -> errors.InputError:
+    if what == "entry":
+        return _fail(
+            text,
+            f"is a wasmsbx cache entry ({errors.inert(path)}) by another path (a bind "
+            f"mount or an overlay); {why}",
+            "choose a path outside it: the cache holds native code that processes run",
+        )
+    if what == "trust":
+        return _fail(
+            text,
+            "is in the trust folder, which holds your keys, reached by another path (a "
+            f"bind mount or an overlay); {why}",
+            "choose a path outside it; only `wasmsbx trust` changes the files there",
+        )
+    return _fail(
+        text,
+        f"is in a wasmsbx cache folder ({errors.inert(path)}), reached by another path (a "
+        f"bind mount or an overlay); {why}",
+        "choose a path outside it: the cache holds native code that processes run",
+    )
+
+
+def refuse_guarded(text: str, fd: int, why: str, name: str = "") -> None:
+    """InputError if what is open at ``fd`` (a folder an output goes in, as ``name``;
+    or a file written in place) is in the trust folder or one of the user's cache
+    folders (or is a cache entry, in any cache) by another path than theirs, which the
+    checks of real paths (``_refuse_ours``) do not see: a bind mount of the folder, of
+    a folder around it or inside it, or of one file (``mount --bind
+    ~/.config/wasmsbx/trust proj/keys``: ``compile -o proj/keys/trusted_keys`` replaced
+    the list of trusted keys; a bind of a cache's ``code/NA`` let a guest's stdout into
+    an entry a run had mapped, red team 141), or an overlay whose upper layer is one.
+
+    Told by what the folders are, not their names: a folder's device and inode, and
+    those of each parent to the root (``..`` as the kernel resolves it); then, where
+    /proc tells, the mount the descriptor was opened through and the path within its
+    file system (``trustdir.places``), compared with the guarded folders' own. Not seen:
+    a mount namespace whose trust folder path is itself covered by another mount."""
+    from .native.trustdir import is_cache_entry, mountinfo, places, within
+
+    guarded = _guarded()
     if not guarded:
         return
+    if stat.S_ISDIR(os.fstat(fd).st_mode):
+        _climb(text, fd, why, guarded)
+    table = mountinfo()
+    mine = places(fd, table) if table else []
+    for _, inside in mine:
+        if is_cache_entry(os.path.join(inside, name) if name else inside):
+            raise _guarded_error(text, "entry", inside, why)
+    for what, path in guarded.values():
+        try:
+            folder = os.open(path, _PIN)
+        except OSError:
+            continue
+        try:
+            theirs = places(folder, table)
+        finally:
+            os.close(folder)
+        for dev, inside in mine:
+            if not dev:  # (an overlay's upper layer: a path)
+                if within(inside, path):
+                    raise _guarded_error(text, what, path, why)
+                continue
+            if any(dev == d and within(inside, at) for d, at in theirs):
+                raise _guarded_error(text, what, path, why)
+
+
+_FOLDERS_CLIMBED = 256  # parents looked at before giving up (a path is at most 4 KiB)
+
+
+def _climb(text: str, fd: int, why: str, guarded: dict) -> None:
+    """refuse_guarded's walk from the folder at ``fd`` up to the root."""
     current = os.dup(fd)
     try:
         for _ in range(_FOLDERS_CLIMBED):
             info = os.fstat(current)
             found = guarded.get((info.st_dev, info.st_ino))
             if found is not None:
-                what, path = found
-                if what == "trust":
-                    raise _fail(
-                        text,
-                        "is in the trust folder, which holds your keys, reached by "
-                        f"another path (a bind mount); {why}",
-                        "choose a path outside it; only `wasmsbx trust` changes the files there",
-                    )
-                raise _fail(
-                    text,
-                    f"is in a wasmsbx cache folder ({errors.inert(path)}), reached by "
-                    f"another path (a bind mount); {why}",
-                    "choose a path outside it: the cache holds native code that processes run",
-                )
+                raise _guarded_error(text, *found, why)
             try:
                 parent = os.open("..", _PIN, dir_fd=current)
             except OSError:  # (a folder that cannot be searched: as far as can be seen)
@@ -418,6 +494,7 @@ def write_output(
 
 
 _PIN = getattr(os, "O_PATH", 0) | getattr(os, "O_DIRECTORY", 0) | _CLOEXEC
+_FILE_PIN = getattr(os, "O_PATH", os.O_RDONLY) | _NOFOLLOW | _CLOEXEC
 _LINKS_FOLLOWED = 16  # links written through before giving up (the kernel allows 40)
 
 
@@ -447,7 +524,7 @@ class _Target:
                 real = target.real_folder()
                 if not trust_folder:
                     _refuse_ours(text, os.path.join(real, name))
-                    refuse_guarded_folder(text, fd, "refusing to write there")
+                    refuse_guarded(text, fd, "refusing to write there", name)
                 try:
                     info = os.stat(name, dir_fd=fd, follow_symlinks=False)
                 except FileNotFoundError:
@@ -616,6 +693,7 @@ def open_in_place(text: str, flags: int, what: str) -> int:
     try:
         info = refuse_linked_in_place(text, what, fd)
         refuse_opened_astray(text, what, fd)
+        refuse_guarded(text, fd, f"{what} is not written there")
         refuse_key_file(text, info, f"{what} is not written there")
     except BaseException:
         os.close(fd)
@@ -662,6 +740,7 @@ def _remove_at(text: str, current: str, identity: Optional[tuple]) -> Optional[s
     try:
         real = _real_folder(fd, folder or ".")
         _refuse_ours(text, os.path.join(real, name), "not removed")
+        refuse_guarded(text, fd, "not removed", name)
         try:
             if identity is not None:
                 info = os.stat(name, dir_fd=fd, follow_symlinks=False)

@@ -39,6 +39,7 @@ from .trustdir import (  # noqa: F401 - (in_cache_roots, the file names: their u
     cache_roots,
     in_cache_roots,
     make_private,
+    unescape_mount,
 )
 from .trustdir import proc_target as _proc_target
 from .trustdir import real as _real
@@ -690,8 +691,8 @@ def mount_aliases(text: bytes, real: str, device: str) -> list:
     for line in text.splitlines():
         parts = line.partition(b" - ")[0].split(b" ")
         if len(parts) >= 5 and parts[2].decode("ascii", "replace") == device:
-            root = os.fsdecode(_unescape_mount(parts[3]))
-            mounts.append((root, os.fsdecode(_unescape_mount(parts[4]))))
+            root = os.fsdecode(unescape_mount(parts[3]))
+            mounts.append((root, os.fsdecode(unescape_mount(parts[4]))))
     # Where ``real`` lies in the file system: from the deepest mount point above it.
     holding = [m for m in mounts if _within(real, m[1])]
     if not holding:
@@ -719,18 +720,8 @@ def proc_mount_points(text: bytes) -> list:
         fields, sep, rest = line.partition(b" - ")
         parts = fields.split(b" ")
         if sep and len(parts) >= 5 and rest.split(b" ", 1)[0] == b"proc":
-            found.append(os.fsdecode(_unescape_mount(parts[4])))
+            found.append(os.fsdecode(unescape_mount(parts[4])))
     return found
-
-
-def _unescape_mount(raw: bytes) -> bytes:
-    """A mountinfo path field: space, tab, newline and backslash are written as octal
-    escapes (backslash, three digits)."""
-    if b"\\" not in raw:
-        return raw
-    import re
-
-    return re.sub(rb"\\([0-7]{3})", lambda m: bytes([int(m.group(1), 8) & 0xFF]), raw)
 
 
 # ---------------------------------------------------------------------------- public keys

@@ -186,8 +186,10 @@ def cache_roots() -> list:
     ever granted them (``trust.refuse_key_grants``), so only the user's own processes
     write there: cache entries there are mapped where they are once authenticated."""
     roots = []
-    explicit = os.environ.get("WASMSBX_CACHE_DIR", "").strip()
-    if explicit:
+    # (as native.cache.resolve_dir reads it: blank is unset, and spaces around a name
+    # are part of it; stripped here, the cache at "/x/c " was not guarded: red team 141)
+    explicit = os.environ.get("WASMSBX_CACHE_DIR", "")
+    if explicit and not explicit.isspace():
         roots.append(os.path.abspath(os.path.expanduser(explicit)))
     roots.append(user_cache_text())
     return roots
@@ -300,3 +302,63 @@ def walked(path: str) -> list:
         current = candidate
         seen.append(current)
     return seen
+
+
+def unescape_mount(raw: bytes) -> bytes:
+    """A mountinfo path field: space, tab, newline and backslash are written as octal
+    escapes (backslash, three digits)."""
+    if b"\\" not in raw:
+        return raw
+    import re
+
+    return re.sub(rb"\\([0-7]{3})", lambda m: bytes([int(m.group(1), 8) & 0xFF]), raw)
+
+
+def mountinfo() -> bytes:
+    """/proc/self/mountinfo, or b"" where it cannot be read."""
+    try:
+        with open("/proc/self/mountinfo", "rb") as f:
+            return f.read()
+    except OSError:
+        return b""
+
+
+def places(fd: int, table: bytes) -> list:
+    """Where the file or folder open at ``fd`` lies whatever path reached it, from the
+    mount it was opened through (``mnt_id`` in /proc/self/fdinfo) and that mount's line
+    of ``table`` (mountinfo): ("MAJ:MIN", its path within that file system), the same
+    for a bind mount of a folder or of one file as for the folder's own path; and for
+    an overlay's folder, ("", the path in its upper layer), where its writes go. [] where
+    /proc cannot tell (no /proc, a removed file, a path outside this process's root)."""
+    try:
+        real = os.readlink(f"/proc/self/fd/{fd}")
+        with open(f"/proc/self/fdinfo/{fd}", "rb") as f:
+            info = f.read()
+    except OSError:
+        return []
+    mount = b""
+    for line in info.splitlines():
+        if line.startswith(b"mnt_id:"):
+            mount = line[7:].strip()
+    if not mount or not real.startswith(os.sep):
+        return []
+    for line in table.splitlines():
+        head, _, tail = line.partition(b" - ")
+        parts = head.split(b" ")
+        if len(parts) < 5 or parts[0] != mount:
+            continue
+        point = os.fsdecode(unescape_mount(parts[4]))
+        if not within(real, point):
+            return []
+        root = os.fsdecode(unescape_mount(parts[3]))
+        inside = os.path.normpath(os.path.join(root, os.path.relpath(real, point)))
+        found = [(parts[2].decode("ascii", "replace"), inside)]
+        kind = tail.split(b" ")
+        if kind[0] == b"overlay" and len(kind) >= 3:
+            for option in kind[2].split(b","):
+                if option.startswith(b"upperdir="):
+                    upper = os.fsdecode(unescape_mount(option[9:]))
+                    rest = os.path.relpath(inside, os.sep)
+                    found.append(("", os.path.normpath(os.path.join(upper, rest))))
+        return found
+    return []

@@ -198,9 +198,15 @@ class Checkpoint:
 
     def remove(self) -> None:
         """Remove the checkpoint, the run done (outfile.remove_output: in its folder as
-        opened and checked; a folder swapped meanwhile cannot aim it elsewhere)."""
+        opened and checked; a folder swapped meanwhile cannot aim it elsewhere). Only the
+        file this run resumed from or saved: with neither (a batch of no items), what is
+        at the name now is someone else's, and it was removed by name (red team 141:
+        the name's folder swapped for a bind mount of the trust folder, the secret key).
+        """
         from ..outfile import remove_output
 
+        if self.saved_file is None:
+            return
         remove_output(os.fspath(self.path), self.saved_file)
 
 

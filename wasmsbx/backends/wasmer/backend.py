@@ -103,7 +103,7 @@ def cache_dir() -> str:
     that is platformdirs' rule ($XDG_CACHE_HOME or ~/.cache, plus "wasmsbx"), written out
     here because importing platformdirs would cost every ``wasmsbx run`` several ms."""
     explicit = os.environ.get("WASMSBX_CACHE_DIR")
-    if explicit:
+    if explicit and not explicit.isspace():  # (blank: unset, as native.cache reads it)
         return explicit
     from ...native.trustdir import user_cache_text
 
