@@ -234,11 +234,10 @@ def refuse_opened_astray_file(fd: int, what: str) -> None:
         except OSError:
             pass
         else:
-            try:
-                refuse_guarded(f"<{what}>", folder, why, os.path.basename(real))
+            try:  # (and the file itself: one bound alone)
+                refuse_guarded(f"<{what}>", folder, why, os.path.basename(real), fd)
             finally:
                 os.close(folder)
-    refuse_guarded(f"<{what}>", fd, why)  # (the file itself: one bound alone)
     refuse_key_file(f"<{what}>", info, why)
 
 
@@ -265,12 +264,10 @@ def refuse_key_file(text: str, info: os.stat_result, why: str) -> None:
             )
 
 
-_FOLDERS_CLIMBED = 256  # parents looked at before giving up (a path is at most 4 KiB)
-
-
 def _guarded() -> dict:
-    """{(st_dev, st_ino): (what, path)} of the trust folder ("trust") and the user's
-    cache folders ("cache") that exist."""
+    """{(st_dev, st_ino): (what, real path, descriptor)} of the trust folder ("trust")
+    and the user's cache folders ("cache") that exist, each open (O_PATH; the caller
+    closes them): its real path read from /proc as opened (realpath is slower)."""
     from .native.trustdir import cache_roots, resolved, trust_dir_text
 
     found: dict = {}
@@ -281,11 +278,18 @@ def _guarded() -> dict:
             continue
         for one in [paths] if isinstance(paths, str) else paths:
             try:
-                info = os.stat(one)
+                fd = os.open(one, _PIN)
             except (OSError, ValueError):
                 continue
-            if stat.S_ISDIR(info.st_mode):
-                found.setdefault((info.st_dev, info.st_ino), (what, resolved(one)))
+            info = os.fstat(fd)
+            if (info.st_dev, info.st_ino) in found:
+                os.close(fd)
+                continue
+            try:
+                real = os.readlink(f"/proc/self/fd/{fd}")
+            except OSError:
+                real = resolved(one)
+            found[(info.st_dev, info.st_ino)] = (what, real, fd)
     return found
 
 
@@ -312,7 +316,7 @@ def _guarded_error(text: str, what: str, path: str, why: str) -> errors.InputErr
     )
 
 
-def refuse_guarded(text: str, fd: int, why: str, name: str = "") -> None:
+def refuse_guarded(text: str, fd: int, why: str, name: str = "", also: int = -1) -> None:
     """InputError if what is open at ``fd`` (a folder an output goes in, as ``name``;
     or a file written in place) is in the trust folder or one of the user's cache
     folders (or is a cache entry, in any cache) by another path than theirs, which the
@@ -325,30 +329,36 @@ def refuse_guarded(text: str, fd: int, why: str, name: str = "") -> None:
     Told by what the folders are, not their names: a folder's device and inode, and
     those of each parent to the root (``..`` as the kernel resolves it); then, where
     /proc tells, the mount the descriptor was opened through and the path within its
-    file system (``trustdir.places``), compared with the guarded folders' own. Not seen:
-    a mount namespace whose trust folder path is itself covered by another mount."""
+    file system (``trustdir.places``), compared with the guarded folders' own (``also``:
+    a file open in that folder, as ``name``, whose own mount is compared too: one bound
+    alone). Not seen: a mount namespace whose trust folder path is itself covered by
+    another mount."""
+    guarded = _guarded()
+    try:
+        if guarded:
+            _refuse_guarded(text, fd, why, name, also, guarded)
+    finally:
+        for _, _, folder in guarded.values():
+            os.close(folder)
+
+
+def _refuse_guarded(text: str, fd: int, why: str, name: str, also: int, guarded: dict) -> None:
     from .native.trustdir import is_cache_entry, mountinfo, places, within
 
-    guarded = _guarded()
-    if not guarded:
-        return
     if stat.S_ISDIR(os.fstat(fd).st_mode):
         _climb(text, fd, why, guarded)
     table = mountinfo()
-    mine = places(fd, table) if table else []
-    for _, inside in mine:
-        if is_cache_entry(os.path.join(inside, name) if name else inside):
+    if not table:
+        return
+    mine = [(at, name) for at in places(fd, table)]
+    if also >= 0:
+        mine += [(at, "") for at in places(also, table)]
+    for (_, inside), named in mine:
+        if is_cache_entry(f"{inside.rstrip(os.sep)}{os.sep}{named}" if named else inside):
             raise _guarded_error(text, "entry", inside, why)
-    for what, path in guarded.values():
-        try:
-            folder = os.open(path, _PIN)
-        except OSError:
-            continue
-        try:
-            theirs = places(folder, table)
-        finally:
-            os.close(folder)
-        for dev, inside in mine:
+    for what, path, folder in guarded.values():
+        theirs = places(folder, table)
+        for (dev, inside), _ in mine:
             if not dev:  # (an overlay's upper layer: a path)
                 if within(inside, path):
                     raise _guarded_error(text, what, path, why)
@@ -368,7 +378,7 @@ def _climb(text: str, fd: int, why: str, guarded: dict) -> None:
             info = os.fstat(current)
             found = guarded.get((info.st_dev, info.st_ino))
             if found is not None:
-                raise _guarded_error(text, *found, why)
+                raise _guarded_error(text, found[0], found[1], why)
             try:
                 parent = os.open("..", _PIN, dir_fd=current)
             except OSError:  # (a folder that cannot be searched: as far as can be seen)

@@ -351,7 +351,9 @@ def places(fd: int, table: bytes) -> list:
         if not within(real, point):
             return []
         root = os.fsdecode(unescape_mount(parts[3]))
-        inside = os.path.normpath(os.path.join(root, os.path.relpath(real, point)))
+        # (the kernel's paths: absolute, normal, no trailing separator but "/")
+        rest = real if point == os.sep else real[len(point) :]
+        inside = (root.rstrip(os.sep) + rest) or os.sep
         found = [(parts[2].decode("ascii", "replace"), inside)]
         kind = tail.split(b" ")
         if kind[0] == b"overlay" and len(kind) >= 3:
