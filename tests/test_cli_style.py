@@ -293,3 +293,14 @@ def test_a_diagnostic_line_is_cut_however_long_what_it_quotes(cli):
     first = res.stderr.splitlines()[0]
     assert first.startswith("error: ") and len(first) < 4100, len(first)
     assert "characters)" in first
+
+
+def test_a_line_cut_keeps_the_reason_at_its_end(cli, tmp_path):
+    # (a module path of 5,000 characters: the line was cut at its end, and the reason,
+    # "File name too long", with it)
+    path = "/tmp/" + "/".join(["b" * 200] * 25) + "/x.wasm"
+    res = cli("run", path)
+    assert res.code == 105, res
+    first = res.stderr.splitlines()[0]
+    assert len(first) <= 4000 and "characters) ..." in first, first[-300:]
+    assert first.endswith("File name too long"), first[-300:]

@@ -193,18 +193,25 @@ def line(text: str) -> str:
     line: red team, round 52), so none but the newline ending the line gets there."""
     from ..errors import inert
 
-    shown = inert(text, LINE_MAX)  # (escapes can make it longer: cut again, room left
-    body = LINE_MAX - len("warning: ")  # for the label: the whole line is at most LINE_MAX)
-    if len(shown) <= body:
-        return shown
-    note = f"... ({len(str(text)):,} characters)"
-    return shown[: body - len(note)] + note
+    text = str(text)
+    body = LINE_MAX - len("warning: ")  # (the whole line, label and all, is at most LINE_MAX)
+    if len(text) <= body:
+        shown = inert(text, None)
+        if len(shown) <= body:
+            return shown
+    # Its middle goes (escapes can make it longer: cut again): the end of a message says
+    # why (a path of 5,000 characters, then "File name too long", which was cut off).
+    note = f"... ({len(text):,} characters) ..."
+    tail = inert(text[-LINE_TAIL:], None)[-LINE_TAIL:]
+    head = inert(text[:body], None)
+    return head[: body - len(note) - len(tail)] + note + tail
 
 
 # Characters of one diagnostic line: a message quoting 100,000 characters of an argument
 # or a name (``trust remove``, an unknown export, a malformed --invoke) printed them all
 # (red team round 69); what each message quotes is cut much shorter where it is made.
 LINE_MAX = 4000
+LINE_TAIL = 300  # characters kept from the end of a line cut
 
 
 def markup(text: Any, limit: Optional[int] = None) -> str:
