@@ -302,6 +302,11 @@ def is_exhaustion(text: str) -> bool:
             "failed to reserve",
             "out of memory",
             "failed to allocate",
+            # (file descriptors: a memory's memfd, a pipe; red team 142)
+            "cannot create a memfd",
+            "os error 24",
+            "os error 23",
+            "too many open files",
         )
     )
 

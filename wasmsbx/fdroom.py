@@ -18,7 +18,8 @@ ROOM = 32  # descriptors kept aside: what reporting an error needs, with margin
 HIGH = 4096  # where the kept descriptors go at most (a higher one grows the kernel's table)
 TINY_SHARE = 4  # under a limit too low for ROOM: keep 1/TINY_SHARE of what it leaves
 TINY_FLOOR = 16  # ... past this many, which a run itself needs
-NEEDED = 16  # the least open-files limit the command line runs under (``too_low``)
+NEEDED = 20  # descriptors free at the start, at least, for a command to run (``too_low``)
+LOW = 256  # under this open-files limit, ``too_low`` counts the descriptors open
 _KEPT: list = []
 _LIMIT: list = []  # the soft open-files limit ``keep`` read
 
@@ -76,10 +77,20 @@ def release() -> None:
             pass
 
 
-def too_low() -> int:
-    """The soft open-files limit ``keep`` read, if it is below NEEDED (else 0). Under
-    `ulimit -n 8` a WASI run aborted inside wasmtime (exit 134) and `--batch -j 2`
-    failed at its pipes: the command line refuses such a limit first."""
-    if _LIMIT and _LIMIT[0] != -1 and _LIMIT[0] < NEEDED:
-        return int(_LIMIT[0])
-    return 0
+def too_low() -> tuple:
+    """(the soft open-files limit, descriptors open) if fewer than NEEDED are free when
+    the command starts, else (0, 0). Under `ulimit -n 8` a WASI run aborted inside
+    wasmtime (exit 134) and `--batch -j 2` failed at its pipes; a component's run
+    aborts under 18 (wasmtime-wasi unwraps EMFILE), and descriptors a parent left open
+    (a shell's, a CI runner's) count against the limit too (red team 142): the command
+    line refuses such a start first. Counted only under a low limit (/proc/self/fd)."""
+    if not _LIMIT or _LIMIT[0] == -1 or _LIMIT[0] >= LOW:
+        return (0, 0)
+    try:
+        open_now = len(os.listdir("/proc/self/fd")) - 1  # (less listdir's own)
+    except OSError:
+        open_now = 3
+    open_now -= len(_KEPT)  # (kept aside for reporting: given back before a guest's end)
+    if _LIMIT[0] - open_now < NEEDED:
+        return (int(_LIMIT[0]), open_now)
+    return (0, 0)

@@ -220,6 +220,10 @@ def refuse_opened_astray_file(fd: int, what: str) -> None:
         real = proc_target(f"/proc/self/fd/{fd}")
         if not real and info.st_nlink:  # (a name that ends in " (deleted)": red team 139)
             real = os.readlink(f"/proc/self/fd/{fd}")
+        elif not real:  # (removed: the path it had; a cache entry a host still maps,
+            real = os.readlink(f"/proc/self/fd/{fd}")  # red team 142)
+            if real.endswith(" (deleted)"):
+                real = real[: -len(" (deleted)")]
     except OSError:
         return
     try:
@@ -235,7 +239,7 @@ def refuse_opened_astray_file(fd: int, what: str) -> None:
             pass
         else:
             try:  # (and the file itself: one bound alone)
-                refuse_guarded(f"<{what}>", folder, why, os.path.basename(real), fd)
+                refuse_guarded(f"<{what}>", folder, why, os.path.basename(real), fd, inherited=True)
             finally:
                 os.close(folder)
     refuse_key_file(f"<{what}>", info, why)
@@ -316,7 +320,9 @@ def _guarded_error(text: str, what: str, path: str, why: str) -> errors.InputErr
     )
 
 
-def refuse_guarded(text: str, fd: int, why: str, name: str = "", also: int = -1) -> None:
+def refuse_guarded(
+    text: str, fd: int, why: str, name: str = "", also: int = -1, inherited: bool = False
+) -> None:
     """InputError if what is open at ``fd`` (a folder an output goes in, as ``name``;
     or a file written in place) is in the trust folder or one of the user's cache
     folders (or is a cache entry, in any cache) by another path than theirs, which the
@@ -331,35 +337,52 @@ def refuse_guarded(text: str, fd: int, why: str, name: str = "", also: int = -1)
     /proc tells, the mount the descriptor was opened through and the path within its
     file system (``trustdir.places``), compared with the guarded folders' own (``also``:
     a file open in that folder, as ``name``, whose own mount is compared too: one bound
-    alone). Not seen: a mount namespace whose trust folder path is itself covered by
+    alone). A mount this process cannot see (another mount namespace's, through
+    /proc/PID/root; one detached) is refused, as is an overlay whose upper layer is
+    named relative to an unknown folder: where they lead cannot be told (red team 142);
+    but not for a descriptor the process was given (``inherited``: stdout or stderr,
+    opened by whoever started it, a service manager's log file in the host's
+    namespace). Not seen: a mount namespace whose trust folder path is itself covered by
     another mount."""
     guarded = _guarded()
     try:
         if guarded:
-            _refuse_guarded(text, fd, why, name, also, guarded)
+            _refuse_guarded(text, fd, why, name, also, guarded, inherited)
     finally:
         for _, _, folder in guarded.values():
             os.close(folder)
 
 
-def _refuse_guarded(text: str, fd: int, why: str, name: str, also: int, guarded: dict) -> None:
-    from .native.trustdir import is_cache_entry, mountinfo, places, within
+def _refuse_guarded(
+    text: str, fd: int, why: str, name: str, also: int, guarded: dict, inherited: bool
+) -> None:
+    from .native.trustdir import UNSEEN, is_cache_entry, mountinfo, places, within
 
     if stat.S_ISDIR(os.fstat(fd).st_mode):
         _climb(text, fd, why, guarded)
     table = mountinfo()
     if not table:
         return
-    mine = [(at, name) for at in places(fd, table)]
-    if also >= 0:
-        mine += [(at, "") for at in places(also, table)]
+    mine: list = []
+    for at, named in ((fd, name), (also, "")):
+        found = places(at, table) if at >= 0 else []
+        if found is None or any(dev == UNSEEN for dev, _ in found):
+            if inherited:
+                continue
+            raise _fail(
+                text,
+                "lies on a mount whose place this process cannot tell (another mount "
+                f"namespace's, a detached mount, an overlay named relative); {why}",
+                "give a path on this process's own mounts",
+            )
+        mine += [(place, named) for place in found]
     for (_, inside), named in mine:
         if is_cache_entry(f"{inside.rstrip(os.sep)}{os.sep}{named}" if named else inside):
             raise _guarded_error(text, "entry", inside, why)
     for what, path, folder in guarded.values():
-        theirs = places(folder, table)
+        theirs = places(folder, table) or []
         for (dev, inside), _ in mine:
-            if not dev:  # (an overlay's upper layer: a path)
+            if not dev:  # (an overlay's upper layer: a real path)
                 if within(inside, path):
                     raise _guarded_error(text, what, path, why)
                 continue

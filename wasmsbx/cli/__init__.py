@@ -191,8 +191,9 @@ def main(argv: Optional[list] = None, *, guard: bool = False) -> int:
     try:
         _fill_closed_stdio()  # first: the keeper's pipe must not take a closed fd 1 (>&-)
         fdroom.keep()  # (room to report in, should a guest take every descriptor)
-        if fdroom.too_low():
-            raise _too_few_files(fdroom.too_low())
+        limit, open_now = fdroom.too_low()
+        if limit:
+            raise _too_few_files(limit, open_now)
         argv = list(sys.argv[1:] if argv is None else argv)
         if guard:
             _lenient_text_streams()
@@ -233,13 +234,14 @@ def main(argv: Optional[list] = None, *, guard: bool = False) -> int:
     return code
 
 
-def _too_few_files(limit: int) -> WasmsbxError:
+def _too_few_files(limit: int, open_now: int) -> WasmsbxError:
     from ..errors import ResourceExhausted
 
     return ResourceExhausted(
-        f"the open-files limit is {limit}: wasmsbx needs at least {fdroom.NEEDED} file "
-        "descriptors (wasmtime, pipes, the command's own files)",
-        hint=f"raise it: ulimit -n {fdroom.NEEDED * 64}",
+        f"only {max(0, limit - open_now)} file descriptors are free (the open-files limit "
+        f"is {limit}, {open_now} are open): wasmsbx needs at least {fdroom.NEEDED} "
+        "(wasmtime, pipes, the command's own files)",
+        hint=f"raise the limit: ulimit -n {fdroom.NEEDED * 64}",
     )
 
 

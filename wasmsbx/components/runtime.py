@@ -20,6 +20,7 @@ grants no socket address and no name lookup, so every socket call is denied.
 
 from __future__ import annotations
 
+import errno
 import threading
 import time
 from collections import namedtuple
@@ -245,8 +246,14 @@ class ComponentInstance:
         self.store = wasmtime.Store(engine.engine)
         try:
             self._instantiate(component, wasi)
-        except BaseException:
+        except BaseException as exc:
             self.discard()  # (the traceback keeps this frame, so ``self``, so the store)
+            if isinstance(exc, OSError) and exc.errno in (errno.EMFILE, errno.ENFILE):
+                raise errors.ResourceExhausted(  # (a bare OSError: red team 142)
+                    f"out of file descriptors instantiating a component ({exc.strerror})",
+                    hint="close sandboxes you no longer use, or raise the open-files "
+                    "limit (ulimit -n)",
+                ) from None
             raise
         self._funcs: dict = {}
 

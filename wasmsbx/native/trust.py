@@ -459,6 +459,9 @@ def refuse_key_grants(grants: list, opened: Optional[list] = None) -> None:
     caches = [os.path.realpath(root) for root in cache_roots()]
     procs = None
     shown = [keys, *mounted_aliases(keys)] if grants else [keys]
+    if grants:  # (a bind mount of a cache, or of a folder in it: red team 142, a guest
+        # wrote into an entry through one)
+        caches += [alias for root in list(caches) for alias in mounted_aliases(root)]
     for i, grant in enumerate(grants):
         if opened is None:
             host, probe = _real(grant.host), None
@@ -688,7 +691,7 @@ def mounted_aliases(real: str) -> list:
 def mount_aliases(text: bytes, real: str, device: str) -> list:
     """``mounted_aliases`` of a mountinfo text, for ``real`` on ``device`` ("MAJ:MIN")."""
     mounts = []  # (root in the file system, mount point) of each mount of the device
-    for line in text.splitlines():
+    for line in text.split(b"\n"):  # (not splitlines: a mount point may hold a CR)
         parts = line.partition(b" - ")[0].split(b" ")
         if len(parts) >= 5 and parts[2].decode("ascii", "replace") == device:
             root = os.fsdecode(unescape_mount(parts[3]))
@@ -716,7 +719,7 @@ def proc_mount_points(text: bytes) -> list:
     """``proc_mounts`` of a mountinfo text: "/proc" and the mount point of each line
     whose file system type (after the " - ") is proc."""
     found = ["/proc"]
-    for line in text.splitlines():
+    for line in text.split(b"\n"):  # (not splitlines: a mount point may hold a CR)
         fields, sep, rest = line.partition(b" - ")
         parts = fields.split(b" ")
         if sep and len(parts) >= 5 and rest.split(b" ", 1)[0] == b"proc":

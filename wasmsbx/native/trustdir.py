@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import stat
 import sys
+from typing import Optional
 
 _MEMO: dict = {}  # (what, the variables it depends on) -> answer: asked on every cached load
 _ENVIRON = os.environ
@@ -323,13 +324,20 @@ def mountinfo() -> bytes:
         return b""
 
 
-def places(fd: int, table: bytes) -> list:
+UNSEEN = "?"  # ``places``: a place that cannot be told (see there)
+
+
+def places(fd: int, table: bytes) -> Optional[list]:
     """Where the file or folder open at ``fd`` lies whatever path reached it, from the
     mount it was opened through (``mnt_id`` in /proc/self/fdinfo) and that mount's line
     of ``table`` (mountinfo): ("MAJ:MIN", its path within that file system), the same
-    for a bind mount of a folder or of one file as for the folder's own path; and for
-    an overlay's folder, ("", the path in its upper layer), where its writes go. [] where
-    /proc cannot tell (no /proc, a removed file, a path outside this process's root)."""
+    for a bind mount of a folder or of one file as for the folder's own path (a removed
+    file: the path it had); and for an overlay's folder, ("", the real path in its
+    upper layer), where its writes go, or (UNSEEN, "") if its upper layer is named
+    relative to a folder unknown here. [] where /proc cannot tell (no /proc, no mount
+    id); None where the mount is not in ``table``: another mount namespace's, reached
+    through /proc/PID/root, or a mount detached (``umount -l``) that a descriptor still
+    holds (red team 142)."""
     try:
         real = os.readlink(f"/proc/self/fd/{fd}")
         with open(f"/proc/self/fdinfo/{fd}", "rb") as f:
@@ -337,19 +345,27 @@ def places(fd: int, table: bytes) -> list:
     except OSError:
         return []
     mount = b""
-    for line in info.splitlines():
+    for line in info.split(b"\n"):
         if line.startswith(b"mnt_id:"):
             mount = line[7:].strip()
-    if not mount or not real.startswith(os.sep):
+    if not mount:
         return []
-    for line in table.splitlines():
+    if not real.startswith(os.sep):
+        return None
+    if real.endswith(" (deleted)"):
+        try:
+            if os.fstat(fd).st_nlink == 0:  # (not a file really named so)
+                real = real[: -len(" (deleted)")]
+        except OSError:
+            return None
+    for line in table.split(b"\n"):  # (not splitlines: a mount point may hold a CR)
         head, _, tail = line.partition(b" - ")
         parts = head.split(b" ")
         if len(parts) < 5 or parts[0] != mount:
             continue
         point = os.fsdecode(unescape_mount(parts[4]))
         if not within(real, point):
-            return []
+            return None
         root = os.fsdecode(unescape_mount(parts[3]))
         # (the kernel's paths: absolute, normal, no trailing separator but "/")
         rest = real if point == os.sep else real[len(point) :]
@@ -360,7 +376,10 @@ def places(fd: int, table: bytes) -> list:
             for option in kind[2].split(b","):
                 if option.startswith(b"upperdir="):
                     upper = os.fsdecode(unescape_mount(option[9:]))
+                    if not os.path.isabs(upper):  # (relative to the mounter's folder)
+                        found.append((UNSEEN, ""))
+                        continue
                     rest = os.path.relpath(inside, os.sep)
-                    found.append(("", os.path.normpath(os.path.join(upper, rest))))
+                    found.append(("", os.path.join(resolved(upper), rest)))
         return found
-    return []
+    return None

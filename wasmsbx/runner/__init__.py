@@ -71,8 +71,13 @@ class Sandbox(_core.Sandbox, Services):
             if _WARM_NEEDED:
                 _warm_for(False)
             return super().__new__(cls)
-        read = preread(module)  # (a small file: read once, here, for both)
-        component = _is_component_file(module, read[:4096] if read is not None else None)
+        try:
+            read = preread(module)  # (a small file: read once, here, for both)
+            component = _is_component_file(module, read[:4096] if read is not None else None)
+        except OSError as exc:
+            if exc.errno in (_EMFILE, _ENFILE):
+                raise _no_descriptors(exc) from None
+            raise
         if _WARM_NEEDED:  # (Python 3.9 and 3.10, see warm_imports)
             _warm_for(component)
         if component:

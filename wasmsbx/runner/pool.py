@@ -29,6 +29,7 @@ so, and the parent sends what it had not answered to a new worker (``Worker.resu
 from __future__ import annotations
 
 import _thread
+import errno
 import gc
 import os
 import sys
@@ -546,11 +547,30 @@ def _end(workers: list, keep: int) -> None:
 def start(jobs: int, context: Any, job: tuple) -> list:
     """``jobs`` workers started by multiprocessing ``context`` (fork server or spawn);
     ``job`` as for prefork, functions a worker can import."""
-    if context.get_start_method() == "forkserver":
-        _start_server(context)
+    workers: list = []
+    try:
+        if context.get_start_method() == "forkserver":
+            _start_server(context)
+        _start_each(jobs, context, job, workers)
+    except OSError as exc:
+        # Out of descriptors part way (red team 142: a bare OSError out of
+        # Sandbox.batch): the workers started end with their pipes, and the error is
+        # the host's resource, as the command line reports it.
+        close_all(workers)
+        if exc.errno in (errno.EMFILE, errno.ENFILE):
+            raise errors.ResourceExhausted(
+                f"out of file descriptors starting {jobs} batch workers "
+                f"({exc.strerror}): each takes four",
+                hint="raise the open-files limit (ulimit -n), or ask for fewer jobs",
+            ) from None
+        raise
+    return workers
+
+
+def _start_each(jobs: int, context: Any, job: tuple, workers: list) -> None:
+    """start's workers, each put in ``workers`` once started."""
     from .importpath import clean
 
-    workers = []
     for _ in range(jobs):
         task_r, task_w = context.Pipe(duplex=False)
         reply_r, reply_w = context.Pipe(duplex=False)
@@ -571,7 +591,6 @@ def start(jobs: int, context: Any, job: tuple) -> list:
         task_r.close()
         reply_w.close()
         workers.append(Worker(task_w, reply_r, process=process))
-    return workers
 
 
 def _start_server(context: Any) -> None:
