@@ -13,22 +13,23 @@ nothing of wasmsbx.
 from __future__ import annotations
 
 import os
+from typing import Optional
 
 ROOM = 32  # descriptors kept aside: what reporting an error needs, with margin
 HIGH = 4096  # where the kept descriptors go at most (a higher one grows the kernel's table)
 TINY_SHARE = 4  # under a limit too low for ROOM: keep 1/TINY_SHARE of what it leaves
 TINY_FLOOR = 16  # ... past this many, which a run itself needs
-NEEDED = 20  # descriptors free at the start, at least, for a command to run (``too_low``)
-LOW = 256  # under this open-files limit, ``too_low`` counts the descriptors open
+NEEDED = 18  # descriptors free at the start, past ``keep``'s, for a command to run
 _KEPT: list = []
-_LIMIT: list = []  # the soft open-files limit ``keep`` read
+_STATE: list = []  # keep's [soft limit (None: none), descriptors open, free past its own]
 
 
 def keep() -> None:
     """Set ROOM descriptors aside (copies of one open of the null device), once. They
     are numbered high, below the open-files limit: the low numbers stay as they were for
-    what the run opens (its input, a checkpoint), which messages and checks name."""
-    if _KEPT:
+    what the run opens (its input, a checkpoint), which messages and checks name. Fewer
+    where few are free (``too_low`` says whether what is left is enough)."""
+    if _KEPT or _STATE:
         return
     try:
         import resource
@@ -37,13 +38,21 @@ def keep() -> None:
         first = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
     except (ImportError, OSError, ValueError):  # pragma: no cover - POSIX has them
         return
-    _LIMIT[:] = [soft]
-    top = HIGH if soft == resource.RLIM_INFINITY else min(HIGH, soft)
-    if top - ROOM - 1 <= 64:  # (a tiny limit: wherever they fit)
-        # A quarter of what is left past TINY_FLOOR at most: under `ulimit -n 20` the 32
-        # took every descriptor the run itself needed, and every command failed (red
-        # team 137); a quarter of the whole limit still did under 10-16 (round 138).
-        room = min(ROOM, max(0, top - TINY_FLOOR) // TINY_SHARE)
+    limit = None if soft == resource.RLIM_INFINITY else soft
+    top = HIGH if limit is None else min(HIGH, limit)
+    try:  # (the descriptors open, what a parent left open too; less listdir's and first)
+        open_now: Optional[int] = len(os.listdir("/proc/self/fd")) - 2
+    except OSError:
+        open_now = None
+    free = None if limit is None or open_now is None else limit - open_now
+    if top - ROOM - 1 <= 64 or (free is not None and free < ROOM + NEEDED + 64):
+        # (few free: wherever they fit) A quarter of what is free past NEEDED at most:
+        # under `ulimit -n 20` the 32 took every descriptor the run itself needed, and
+        # every command failed (red team 137); with a parent's descriptors open, the
+        # 32 went into the last free ones and a run aborted in wasmtime (round 143).
+        spare = free if free is not None else top - TINY_FLOOR
+        room = min(ROOM, max(0, spare - NEEDED) // TINY_SHARE)
+        _STATE[:] = [limit, open_now, None if free is None else free - room]
         if not room:
             os.close(first)
             return
@@ -54,6 +63,7 @@ def keep() -> None:
             pass
         _KEPT.append(first)
         return
+    _STATE[:] = [limit, open_now, None if free is None else free - ROOM]
     try:
         for number in range(top - ROOM - 1, top - 1):
             try:
@@ -78,19 +88,12 @@ def release() -> None:
 
 
 def too_low() -> tuple:
-    """(the soft open-files limit, descriptors open) if fewer than NEEDED are free when
-    the command starts, else (0, 0). Under `ulimit -n 8` a WASI run aborted inside
-    wasmtime (exit 134) and `--batch -j 2` failed at its pipes; a component's run
-    aborts under 18 (wasmtime-wasi unwraps EMFILE), and descriptors a parent left open
-    (a shell's, a CI runner's) count against the limit too (red team 142): the command
-    line refuses such a start first. Counted only under a low limit (/proc/self/fd)."""
-    if not _LIMIT or _LIMIT[0] == -1 or _LIMIT[0] >= LOW:
+    """(the soft open-files limit, descriptors open) if fewer than NEEDED are left free
+    once ``keep`` has set its room aside, else (0, 0). Under `ulimit -n 8` a WASI run
+    aborted inside wasmtime (exit 134) and `--batch -j 2` failed at its pipes; a
+    component's run aborts with under about 14 free (wasmtime-wasi unwraps EMFILE), and
+    descriptors a parent left open (a shell's, a CI runner's) count against the limit
+    too (red teams 142, 143): the command line refuses such a start first."""
+    if not _STATE or _STATE[2] is None or _STATE[2] >= NEEDED:
         return (0, 0)
-    try:
-        open_now = len(os.listdir("/proc/self/fd")) - 1  # (less listdir's own)
-    except OSError:
-        open_now = 3
-    open_now -= len(_KEPT)  # (kept aside for reporting: given back before a guest's end)
-    if _LIMIT[0] - open_now < NEEDED:
-        return (int(_LIMIT[0]), open_now)
-    return (0, 0)
+    return (int(_STATE[0]), int(_STATE[1]))

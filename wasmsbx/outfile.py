@@ -212,7 +212,7 @@ def refuse_opened_astray(text: str, what: str, fd: int) -> None:
 def refuse_opened_astray_file(fd: int, what: str) -> None:
     """InputError if the file open at ``fd`` (a redirected stdout or stderr) is in the
     trust folder or a wasmsbx cache."""
-    from .native.trustdir import proc_target
+    from .native.trustdir import holds_entry, proc_target
 
     why = f"the command's {what} is not written there"
     try:
@@ -243,6 +243,12 @@ def refuse_opened_astray_file(fd: int, what: str) -> None:
             finally:
                 os.close(folder)
     refuse_key_file(f"<{what}>", info, why)
+    if holds_entry(fd):  # (by any name: a hard link of one, red team 143)
+        raise _fail(
+            f"<{what}>",
+            f"is a wasmsbx cache entry (its native code); {why}",
+            "choose another output: the cache holds native code that processes run",
+        )
 
 
 def refuse_key_file(text: str, info: os.stat_result, why: str) -> None:
@@ -338,8 +344,8 @@ def refuse_guarded(
     file system (``trustdir.places``), compared with the guarded folders' own (``also``:
     a file open in that folder, as ``name``, whose own mount is compared too: one bound
     alone). A mount this process cannot see (another mount namespace's, through
-    /proc/PID/root; one detached) is refused, as is an overlay whose upper layer is
-    named relative to an unknown folder: where they lead cannot be told (red team 142);
+    /proc/PID/root; one detached) is refused: where it leads cannot be told (red team
+    142);
     but not for a descriptor the process was given (``inherited``: stdout or stderr,
     opened by whoever started it, a service manager's log file in the host's
     namespace). Not seen: a mount namespace whose trust folder path is itself covered by
@@ -356,7 +362,7 @@ def refuse_guarded(
 def _refuse_guarded(
     text: str, fd: int, why: str, name: str, also: int, guarded: dict, inherited: bool
 ) -> None:
-    from .native.trustdir import UNSEEN, is_cache_entry, mountinfo, places, within
+    from .native.trustdir import is_cache_entry, mountinfo, places, within
 
     if stat.S_ISDIR(os.fstat(fd).st_mode):
         _climb(text, fd, why, guarded)
@@ -366,13 +372,13 @@ def _refuse_guarded(
     mine: list = []
     for at, named in ((fd, name), (also, "")):
         found = places(at, table) if at >= 0 else []
-        if found is None or any(dev == UNSEEN for dev, _ in found):
+        if found is None:
             if inherited:
                 continue
             raise _fail(
                 text,
                 "lies on a mount whose place this process cannot tell (another mount "
-                f"namespace's, a detached mount, an overlay named relative); {why}",
+                f"namespace's, or a detached one); {why}",
                 "give a path on this process's own mounts",
             )
         mine += [(place, named) for place in found]

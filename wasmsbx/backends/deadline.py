@@ -228,7 +228,8 @@ class Keeper:
             if not self.running:
                 try:
                     self._start()
-                except RuntimeError as exc:  # (no thread: nothing would ever time out)
+                except (RuntimeError, OSError) as exc:  # (no thread, or no descriptor
+                    # for its wake pipe, red team 143: nothing would ever time out)
                     self.watches.pop(id(watch), None)
                     if clock is not None:
                         clock.active -= 1
@@ -236,8 +237,9 @@ class Keeper:
 
                     raise ResourceExhausted(
                         f"cannot start the deadline thread ({exc})",
-                        hint="the process is out of threads or memory maps; end some "
-                        "sandboxes or raise the limits (ulimit -u, vm.max_map_count)",
+                        hint="the process is out of threads, memory maps or file "
+                        "descriptors; end some sandboxes or raise the limits (ulimit -u, "
+                        "vm.max_map_count, ulimit -n)",
                     ) from None
             elif self.sleeping:  # only after a quiet second: busy calls pay no syscall
                 self.sleeping = False

@@ -10,6 +10,7 @@ another call, and never leaves state behind.
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import os
 import sys
@@ -85,17 +86,25 @@ class WorkerPool:
         # (made by the event loop's thread, which lives as long as the server: the
         # worker's PR_SET_PDEATHSIG fires when the thread that made it ends)
         env[PARENT_VARIABLE] = str(os.getpid())
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "wasmsbx.mcp.worker",
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=None if os.environ.get("WASMSBX_DEBUG") else asyncio.subprocess.DEVNULL,
-            limit=self.reply_limit,
-            env=env,
-            cwd=self.cwd,
-        )
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "wasmsbx.mcp.worker",
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=None if os.environ.get("WASMSBX_DEBUG") else asyncio.subprocess.DEVNULL,
+                limit=self.reply_limit,
+                env=env,
+                cwd=self.cwd,
+            )
+        except OSError as exc:
+            if exc.errno not in (errno.EMFILE, errno.ENFILE):
+                raise
+            raise errors.ResourceExhausted(  # (a bare "Error executing tool": red team 143)
+                f"cannot start a worker: the server is out of file descriptors ({exc.strerror})",
+                hint="raise the server's open-files limit (ulimit -n), or lower --max-concurrent",
+            ) from None
         worker = _Worker(proc)
         self.all.add(worker)
         try:

@@ -48,9 +48,10 @@ from .artifact import Artifact, Corrupt, Unauthenticated, _equal, normalise
 from .located import identity  # (what a source memo holds of a file: the same five fields)
 from .recorded import open_in_folder, read_small, write_small
 from .trust import Authenticated, VerifiedFile
+from .trustdir import ENTRY_MAGIC
 
 FORMAT = 3  # 2: header first, never compressed (wasmsbx before 2026-12-02): refused
-MAGIC = b"\x89WSBXc3\n"
+MAGIC = ENTRY_MAGIC
 FOOTER = struct.Struct("<II8s")  # header length, reserved, magic
 TAG_SIZE = 32
 TRAILER = FOOTER.size + TAG_SIZE

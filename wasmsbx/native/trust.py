@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import stat
 import sys
 from collections import namedtuple
@@ -39,6 +40,7 @@ from .trustdir import (  # noqa: F401 - (in_cache_roots, the file names: their u
     cache_roots,
     in_cache_roots,
     make_private,
+    resolved,
     unescape_mount,
 )
 from .trustdir import proc_target as _proc_target
@@ -551,12 +553,12 @@ def open_grants(grants: list) -> Optional[list]:
             try:
                 fd = os.open(grant.host, flags)
             except OSError as exc:
-                raise _grant_gone(grant, exc.strerror or str(exc)) from None
+                raise _grant_gone(grant, exc) from None
             opened.append((fd, ""))
             try:
                 real = os.readlink(fd_path(fd))
             except OSError as exc:
-                raise _grant_gone(grant, exc.strerror or str(exc)) from None
+                raise _grant_gone(grant, exc) from None
             if real != grant.host:  # (its real path when the grant was made)
                 from ..errors import inert
 
@@ -576,9 +578,19 @@ def close_grants(opened: Optional[list]) -> None:
             pass
 
 
-def _grant_gone(grant: Any, why: str) -> errors.PolicyError:
+def _grant_gone(grant: Any, why: Any) -> errors.WasmsbxError:
+    """The grant cannot be given as checked (``why``: text, or the OSError): a
+    PolicyError; a ResourceExhausted when the process is out of descriptors (red team
+    143: that read as a folder moved or removed, exit 101)."""
     from ..errors import inert
 
+    if isinstance(why, OSError):
+        if why.errno in (errno.EMFILE, errno.ENFILE):
+            return errors.ResourceExhausted(
+                f"out of file descriptors giving the guest {inert(grant.host)} ({why.strerror})",
+                hint="raise the open-files limit (ulimit -n), or grant fewer folders",
+            )
+        why = why.strerror or str(why)
     return errors.PolicyError(
         f"the granted directory {inert(grant.host)} (guest {inert(grant.guest)}) was moved, "
         f"replaced or removed after the policy was read: {why}",
@@ -698,12 +710,11 @@ def mount_aliases(text: bytes, real: str, device: str) -> list:
             mounts.append((root, os.fsdecode(unescape_mount(parts[4]))))
     # Where ``real`` lies in the file system: from the deepest mount point above it.
     holding = [m for m in mounts if _within(real, m[1])]
-    if not holding:
-        return []
-    root, point = max(holding, key=lambda m: len(m[1]))
-    inside = os.path.normpath(os.path.join(root, os.path.relpath(real, point)))
-    aliases = []
-    for other_root, other_point in mounts:
+    aliases: list = []
+    if holding:
+        root, point = max(holding, key=lambda m: len(m[1]))
+        inside = os.path.normpath(os.path.join(root, os.path.relpath(real, point)))
+    for other_root, other_point in mounts if holding else ():
         if _within(inside, other_root):  # (the folder, or one around it, mounted there)
             alias = os.path.normpath(os.path.join(other_point, os.path.relpath(inside, other_root)))
         elif _within(other_root, inside):  # (a part of it: a key file bound elsewhere)
@@ -712,7 +723,47 @@ def mount_aliases(text: bytes, real: str, device: str) -> list:
             continue
         if alias != real and alias not in aliases:
             aliases.append(alias)
+    for point, layer in overlay_layers(text):
+        # An overlay shows its layers at its own mount point, on a device of its own:
+        # a lower or upper layer that is the folder (or around or inside it) is the
+        # folder again (red team 143: an overlay of the trust folder, granted, gave the
+        # guest the secret key; one over a cache folder, its entries to write). A layer
+        # named relative to the mounter's folder cannot be placed, and is passed over:
+        # Docker names its layers so for an image of many, and taking them for the
+        # folder would refuse every grant in such a container.
+        if not os.path.isabs(layer):
+            continue
+        layer = resolved(layer)
+        if _within(real, layer):
+            alias = os.path.normpath(os.path.join(point, os.path.relpath(real, layer)))
+        elif _within(layer, real):
+            alias = point
+        else:
+            continue
+        if alias != real and alias not in aliases:
+            aliases.append(alias)
     return aliases
+
+
+def overlay_layers(text: bytes) -> list:
+    """(mount point, layer path as given) of each lower and upper layer of each overlay
+    in a mountinfo text."""
+    found = []
+    for line in text.split(b"\n"):  # (not splitlines: a mount point may hold a CR)
+        head, _, tail = line.partition(b" - ")
+        parts, kind = head.split(b" "), tail.split(b" ")
+        if len(parts) < 5 or len(kind) < 3 or kind[0] != b"overlay":
+            continue
+        point = os.fsdecode(unescape_mount(parts[4]))
+        for option in kind[2].split(b","):
+            name, _, value = option.partition(b"=")
+            if name in (b"lowerdir", b"upperdir", b"lowerdir+", b"datadir+"):
+                for layer in re.split(rb"(?<!\\):", value) if name == b"lowerdir" else [value]:
+                    if layer:
+                        found.append(
+                            (point, os.fsdecode(unescape_mount(layer.replace(b"\\:", b":"))))
+                        )
+    return found
 
 
 def proc_mount_points(text: bytes) -> list:

@@ -204,6 +204,29 @@ def in_cache_roots(folder: str, real: str = "") -> bool:
 
 
 ENTRY_SUFFIX = ".entry"  # a cache entry's file name ends so (native.cache CODE_SUFFIX)
+ENTRY_MAGIC = b"\x89WSBXc3\n"  # native.entry's footer magic, ENTRY_MAGIC_AT bytes from its end
+ENTRY_MAGIC_AT = 40  # (the magic's 8 and the tag's 32)
+
+
+def holds_entry(fd: int) -> bool:
+    """Whether the regular file open at ``fd`` ends as a cache entry does (its footer's
+    magic), read through a descriptor of its own (``fd`` may be write-only): told by the
+    file, whatever its names (a hard link of an entry, one on a mount this process
+    cannot place)."""
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_size < ENTRY_MAGIC_AT:
+            return False
+        flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+        reader = os.open(f"/proc/self/fd/{fd}", flags)
+    except OSError:
+        return False
+    try:
+        return os.pread(reader, 8, info.st_size - ENTRY_MAGIC_AT) == ENTRY_MAGIC
+    except OSError:
+        return False
+    finally:
+        os.close(reader)
 
 
 def is_cache_entry(real: str) -> bool:
@@ -324,17 +347,15 @@ def mountinfo() -> bytes:
         return b""
 
 
-UNSEEN = "?"  # ``places``: a place that cannot be told (see there)
-
-
 def places(fd: int, table: bytes) -> Optional[list]:
     """Where the file or folder open at ``fd`` lies whatever path reached it, from the
     mount it was opened through (``mnt_id`` in /proc/self/fdinfo) and that mount's line
     of ``table`` (mountinfo): ("MAJ:MIN", its path within that file system), the same
     for a bind mount of a folder or of one file as for the folder's own path (a removed
     file: the path it had); and for an overlay's folder, ("", the real path in its
-    upper layer), where its writes go, or (UNSEEN, "") if its upper layer is named
-    relative to a folder unknown here. [] where /proc cannot tell (no /proc, no mount
+    upper layer), where its writes go (not for one named relative to the mounter's
+    folder, which cannot be placed: Docker names them so for an image of many layers).
+    [] where /proc cannot tell (no /proc, no mount
     id); None where the mount is not in ``table``: another mount namespace's, reached
     through /proc/PID/root, or a mount detached (``umount -l``) that a descriptor still
     holds (red team 142)."""
@@ -376,9 +397,8 @@ def places(fd: int, table: bytes) -> Optional[list]:
             for option in kind[2].split(b","):
                 if option.startswith(b"upperdir="):
                     upper = os.fsdecode(unescape_mount(option[9:]))
-                    if not os.path.isabs(upper):  # (relative to the mounter's folder)
-                        found.append((UNSEEN, ""))
-                        continue
+                    if not os.path.isabs(upper):  # (relative to the mounter's folder:
+                        continue  # Docker's for many layers; refused, every output was)
                     rest = os.path.relpath(inside, os.sep)
                     found.append(("", os.path.join(resolved(upper), rest)))
         return found

@@ -201,6 +201,12 @@ def set_wasi(
             try:
                 config.preopen_dir(host, grant.guest, grant.writable)
             except wasmtime.WasmtimeError as exc:  # (by name: gone since it was checked)
+                if _out_of_descriptors():  # (wasmtime says no more: red team 143)
+                    raise errors.ResourceExhausted(
+                        f"cannot give the guest the directory {errors.inert(grant.host)}: "
+                        f"{_first_line(exc)}: out of file descriptors",
+                        hint="raise the open-files limit (ulimit -n), or grant fewer folders",
+                    ) from None
                 raise errors.PolicyError(
                     f"cannot give the guest the directory {errors.inert(grant.host)}: "
                     f"{_first_line(exc)}",
@@ -2000,3 +2006,13 @@ def engine_key(options: EngineOptions) -> tuple:
 # reservations, the powers of two from 64 KiB to 4 GiB); engines are never dropped,
 # so modules compiled for one stay valid (module_cache).
 _ENGINES: dict = {}
+
+
+def _out_of_descriptors() -> bool:
+    """Whether this process cannot open a file now for want of descriptors (wasmtime's
+    "failed to add preopen dir" does not say why)."""
+    try:
+        os.close(os.open("/", os.O_RDONLY | os.O_CLOEXEC))
+    except OSError as exc:
+        return exc.errno in (errno.EMFILE, errno.ENFILE)
+    return False
