@@ -116,18 +116,19 @@ def test_workers_beyond_the_open_files_limit_are_a_resource_error(home, tmp_path
     assert result.returncode == 0 and result.stdout.count('"ok":true') == 2, result.stderr
 
 
-def test_descriptors_left_open_by_the_parent_count_against_the_floor(home, tmp_path):
-    # (red team 142: the limit was compared, not what is free; a shell that left fds
-    # 3..15 open under `ulimit -n 24` had a WASI run abort in wasmtime, exit 134)
-    held = [os.open(os.devnull, os.O_RDONLY) for _ in range(16)]
+def _run_holding(home, tmp_path, count, limit):
+    """``wasmsbx run hello.wasm`` under an open-files ``limit`` with ``count``
+    descriptors open and inherited past stdio (as a parent that left its own open)."""
+    held = []
     try:
+        held += [os.open(os.devnull, os.O_RDONLY) for _ in range(count)]
 
         def low():
             for fd in held:
                 os.set_inheritable(fd, True)
-            resource.setrlimit(resource.RLIMIT_NOFILE, (32, 32))
+            resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
 
-        result = subprocess.run(
+        return subprocess.run(
             [sys.executable, "-m", "wasmsbx", "run", str(HELLO)],
             capture_output=True,
             text=True,
@@ -140,6 +141,12 @@ def test_descriptors_left_open_by_the_parent_count_against_the_floor(home, tmp_p
     finally:
         for fd in held:
             os.close(fd)
+
+
+def test_descriptors_left_open_by_the_parent_count_against_the_floor(home, tmp_path):
+    # (red team 142: the limit was compared, not what is free; a shell that left fds
+    # 3..15 open under `ulimit -n 24` had a WASI run abort in wasmtime, exit 134)
+    result = _run_holding(home, tmp_path, count=16, limit=32)
     assert result.returncode == 118, result.stderr
     assert "file descriptors are free" in result.stderr and "Traceback" not in result.stderr
 
@@ -436,8 +443,7 @@ def test_a_shell_redirect_into_the_trust_folder_is_refused(home, tmp_path, strea
 def test_the_key_files_by_another_name_are_refused_as_stdout(home, tmp_path, how):
     # (red team 138: trusted_keys a link to ~/dotfiles/trusted_keys, as GNU stow makes
     # it, and `run guest >> ~/dotfiles/trusted_keys`; the check looked at the path only)
-    made = _wasmsbx("compile", HELLO, "-o", tmp_path / "h.cwasm", env=home, cwd=tmp_path)
-    assert made.returncode == 0, made.stderr
+    _keys_made(home, tmp_path)
     keys = Path(home["WASMSBX_TRUST_DIR"]) / "trusted_keys"
     dotfile = tmp_path / "dotfiles" / "trusted_keys"
     dotfile.parent.mkdir()
@@ -513,8 +519,7 @@ def test_a_key_file_with_a_name_outside_the_trust_folder_is_not_used(home, tmp_p
     # (red team 139: trusted_keys a link to ~/dotfiles/trusted_keys, or the secret hard-
     # linked into a backup: a guest granted that folder added a signer or read the key;
     # grants are checked by folder, and these names are outside it)
-    made = _wasmsbx("compile", HELLO, "-o", tmp_path / "h.cwasm", env=home, cwd=tmp_path)
-    assert made.returncode == 0, made.stderr
+    _keys_made(home, tmp_path)
     folder = Path(home["WASMSBX_TRUST_DIR"])
     backup = tmp_path / "backup"
     backup.mkdir()
@@ -543,8 +548,7 @@ def test_no_home_still_keeps_the_key_files_from_stdout(home, tmp_path, monkeypat
     from wasmsbx import errors, outfile
     from wasmsbx.native import trustdir
 
-    made = _wasmsbx("compile", HELLO, "-o", tmp_path / "h.cwasm", env=home, cwd=tmp_path)
-    assert made.returncode == 0, made.stderr
+    _keys_made(home, tmp_path)
     keys = Path(home["WASMSBX_TRUST_DIR"]) / "secret.key"
     os.link(keys, tmp_path / "other-name")
     monkeypatch.setenv("WASMSBX_TRUST_DIR", home["WASMSBX_TRUST_DIR"])
@@ -565,8 +569,7 @@ def test_no_home_still_keeps_the_key_files_from_stdout(home, tmp_path, monkeypat
 def test_a_name_ending_in_deleted_is_still_looked_at(home, tmp_path):
     # (red team 139: /proc shows a removed file as "NAME (deleted)", and a file really
     # named so in the trust folder was taken for a removed one and written)
-    made = _wasmsbx("compile", HELLO, "-o", tmp_path / "h.cwasm", env=home, cwd=tmp_path)
-    assert made.returncode == 0, made.stderr
+    _keys_made(home, tmp_path)
     target = Path(home["WASMSBX_TRUST_DIR"]) / "notes (deleted)"
     result = _wasmsbx_into(target, "run", HELLO, env=home, cwd=tmp_path)
     assert result.returncode == 105, result.stderr
@@ -600,30 +603,26 @@ def test_the_trust_folder_is_found_where_bind_mounts_show_it():
 @needs_root
 @pytest.mark.skipif(shutil.which("unshare") is None, reason="unshare (util-linux) is needed")
 def test_a_grant_of_a_bind_mount_of_the_trust_folder_is_refused(home, tmp_path):
-    made = _wasmsbx("compile", HELLO, "-o", tmp_path / "h.cwasm", env=home, cwd=tmp_path)
-    assert made.returncode == 0, made.stderr
+    _keys_made(home, tmp_path)
     (tmp_path / "proj" / "keys").mkdir(parents=True)
     script = (
         f"mount --bind {home['WASMSBX_TRUST_DIR']} {tmp_path}/proj/keys && "
         f'exec "$0" -m wasmsbx run {HELLO} --dir-ro {tmp_path}/proj::/p'
     )
-    result = subprocess.run(
-        ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, sys.executable],
-        capture_output=True,
-        text=True,
-        env=home,
-        cwd=tmp_path,
-        timeout=120,
-    )
-    if "unshare failed" in result.stderr or "mount:" in result.stderr:
-        pytest.skip(f"no mount namespace here: {result.stderr.strip()[:200]}")
+    result = _in_mount_namespace(script, home, tmp_path)
     assert result.returncode == 101, result.stderr
     assert "wasmsbx keys" in result.stderr, result.stderr
 
 
+def _keys_made(home, tmp_path):
+    """The trust folder's secret key made (a compile signs with a key derived from it)."""
+    made = _wasmsbx("compile", HELLO, "-o", tmp_path / "h.cwasm", env=home, cwd=tmp_path)
+    assert made.returncode == 0, made.stderr
+
+
 def _in_mount_namespace(script, env, cwd):
-    """``script`` (sh, "$0" the interpreter) in a private mount namespace; None where
-    there is none to be had."""
+    """``script`` (sh, "$0" the interpreter) run in a private mount namespace; the test
+    is skipped where there is none to be had."""
     result = subprocess.run(
         ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, sys.executable],
         capture_output=True,
@@ -643,8 +642,7 @@ def _in_mount_namespace(script, env, cwd):
 def test_an_output_through_a_bind_mount_of_the_trust_folder_is_refused(home, tmp_path, name):
     # (`compile -o proj/keys/trusted_keys`, proj/keys a bind mount of the trust folder,
     # replaced the list of trusted keys: outputs were checked by real path only)
-    made = _wasmsbx("compile", HELLO, "-o", tmp_path / "h.cwasm", env=home, cwd=tmp_path)
-    assert made.returncode == 0, made.stderr
+    _keys_made(home, tmp_path)
     trust = Path(home["WASMSBX_TRUST_DIR"])
     before = {p.name: p.read_bytes() for p in trust.iterdir()}
     (tmp_path / "proj" / "keys").mkdir(parents=True)
@@ -701,8 +699,7 @@ def test_a_folder_in_the_trust_folder_is_known_by_what_it_is(home, tmp_path, mon
 def test_an_audit_log_on_a_bind_mount_of_a_key_file_is_refused(home, tmp_path):
     # (a key file bound alone at another path has one name and a path outside the trust
     # folder: the audit log, appended to in place, was written into trusted_keys)
-    made = _wasmsbx("compile", HELLO, "-o", tmp_path / "h.cwasm", env=home, cwd=tmp_path)
-    assert made.returncode == 0, made.stderr
+    _keys_made(home, tmp_path)
     key = Path(home["WASMSBX_TRUST_DIR"]) / "secret.key"
     before = key.read_bytes()
     (tmp_path / "log").write_bytes(b"")
@@ -749,16 +746,7 @@ def test_outputs_through_a_bind_mount_of_a_cache_subfolder_are_refused(home, tmp
         f'echo "audit rc=$?"; "$0" -m wasmsbx run {ADD} add 1 2 >> {proj}/view/{entry.name}; '
         'echo "stdout rc=$?"'
     )
-    result = subprocess.run(
-        ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, sys.executable],
-        capture_output=True,
-        text=True,
-        env=home,
-        cwd=proj,
-        timeout=120,
-    )
-    if "unshare failed" in result.stderr or "mount:" in result.stderr:
-        pytest.skip(f"no mount namespace here: {result.stderr.strip()[:200]}")
+    result = _in_mount_namespace(script, home, proj)
     for what in ("policy", "audit", "stdout"):
         assert f"{what} rc=105" in result.stdout, (what, result.stdout, result.stderr)
     assert result.stderr.count("wasmsbx cache") == 3, result.stderr
@@ -787,8 +775,7 @@ def test_an_entry_bound_alone_elsewhere_is_not_written(home, tmp_path):
 def test_an_overlay_over_the_trust_folder_is_the_trust_folder(home, tmp_path):
     # (an overlay's folders have its own device: the trust folder as its upper layer
     # took `compile -o merged/trusted_keys`)
-    made = _wasmsbx("compile", HELLO, "-o", tmp_path / "h.cwasm", env=home, cwd=tmp_path)
-    assert made.returncode == 0, made.stderr
+    _keys_made(home, tmp_path)
     trust = Path(home["WASMSBX_TRUST_DIR"])
     before = {p.name: p.read_bytes() for p in trust.iterdir()}
     ov = tmp_path / "ov"
@@ -808,8 +795,7 @@ def test_an_overlay_over_the_trust_folder_is_the_trust_folder(home, tmp_path):
 @needs_root
 @pytest.mark.skipif(shutil.which("unshare") is None, reason="unshare (util-linux) is needed")
 def test_a_checkpoint_through_a_bind_mount_is_refused_before_the_first_item(home, tmp_path):
-    made = _wasmsbx("compile", HELLO, "-o", tmp_path / "h.cwasm", env=home, cwd=tmp_path)
-    assert made.returncode == 0, made.stderr
+    _keys_made(home, tmp_path)
     (tmp_path / "v1").mkdir()
     (tmp_path / "in.jsonl").write_text("[1, 2]\n")
     script = (
@@ -1029,32 +1015,7 @@ def test_stdout_on_a_hard_link_of_a_cache_entry_is_refused(home, tmp_path):
 def test_the_room_kept_aside_leaves_the_run_its_descriptors(home, tmp_path):
     # (red team 143: with a parent's descriptors open up to 36 below the limit, the 32
     # kept for reporting took the last free ones and the run aborted in wasmtime, 134)
-    held = []
-    try:
-        while True:
-            fd = os.open(os.devnull, os.O_RDONLY)
-            held.append(fd)
-            if fd >= 100 - 36:
-                break
-
-        def low():
-            for fd in held:
-                os.set_inheritable(fd, True)
-            resource.setrlimit(resource.RLIMIT_NOFILE, (100, 100))
-
-        result = subprocess.run(
-            [sys.executable, "-m", "wasmsbx", "run", str(HELLO)],
-            capture_output=True,
-            text=True,
-            env=home,
-            cwd=tmp_path,
-            preexec_fn=low,
-            close_fds=False,
-            timeout=120,
-        )
-    finally:
-        for fd in held:
-            os.close(fd)
+    result = _run_holding(home, tmp_path, count=100 - 36 - 3, limit=100)
     assert result.returncode == 0, result.stderr
     assert "hello from wasm32-wasi" in result.stdout
 
