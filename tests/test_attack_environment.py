@@ -1030,3 +1030,104 @@ def test_grants_beyond_the_descriptors_left_are_a_resource_error(home, tmp_path)
     result = _wasmsbx("run", HELLO, *grants, env=home, cwd=tmp_path, preexec=_files_limit(26))
     assert result.returncode == 118, result.stderr
     assert "out of file descriptors" in result.stderr, result.stderr
+
+
+def test_overlays_of_aliases_and_of_overlays_are_aliases_too():
+    # (red team 144: a layer that is a bind mount of the trust folder, an overlay of an
+    # overlay of it, a layer whose path holds ":" (mountinfo: "\134:"), and one named
+    # through /proc/self/cwd were each granted)
+    from wasmsbx.native.trust import mount_aliases
+
+    trust = "/h/u/.config/wasmsbx/trust"
+    text = MOUNTINFO.replace(b"/proj/keys", b"/b/alias").replace(b"/home/u", b"/h/u") + (
+        b"80 22 0:50 / /a/m rw - overlay overlay rw,lowerdir=/b/alias/trust,upperdir=/u,"
+        b"workdir=/w\n"
+        b"81 22 0:51 / /c/m rw - overlay overlay rw,lowerdir=/a/m\n"
+        b"82 22 0:52 / /d/m rw - overlay overlay rw,lowerdir=/lo/x\\134:y:/h/u/.config/wasmsbx\n"
+        b"83 22 0:53 / /e/m rw - overlay overlay rw,lowerdir=/proc/self/cwd\n"
+    )
+    found = mount_aliases(text, trust, "254:1")
+    for alias in ("/b/alias/trust", "/a/m", "/c/m", "/d/m/trust", "/e/m"):
+        assert alias in found, (alias, found)
+
+
+def test_descriptors_are_counted_as_stdio_without_proc(monkeypatch):
+    # (red team 144: with /proc hidden nothing was counted, and `ulimit -n 8` aborted a
+    # run in wasmtime again)
+    from wasmsbx import fdroom
+
+    def unlistable(path):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(fdroom.os, "listdir", unlistable)
+    assert fdroom._open_below(64, -1) == 3
+
+
+def test_descriptors_past_the_soft_limit_take_no_room(home, tmp_path):
+    # (red team 144: a parent's descriptors 200-259 under a soft limit of 64 were
+    # counted against it: "only 1 file descriptors are free")
+    held = [os.dup2(os.open(os.devnull, os.O_RDONLY), 200 + i) for i in range(60)]
+
+    def low():
+        for fd in held:
+            os.set_inheritable(fd, True)
+        resource.setrlimit(
+            resource.RLIMIT_NOFILE, (64, resource.getrlimit(resource.RLIMIT_NOFILE)[1])
+        )
+
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "wasmsbx", "run", str(HELLO)],
+            capture_output=True,
+            text=True,
+            env=home,
+            cwd=tmp_path,
+            preexec_fn=low,
+            close_fds=False,
+            timeout=120,
+        )
+    finally:
+        for fd in held:
+            os.close(fd)
+    assert result.returncode == 0, result.stderr
+
+
+_FIRST_WASI_SHORT = """
+import os, resource, sys
+import wasmsbx
+from wasmsbx import errors
+
+box = wasmsbx.Sandbox(sys.argv[1])
+soft = 256
+resource.setrlimit(resource.RLIMIT_NOFILE, (soft, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+held = []
+try:
+    while True:
+        held.append(os.open(os.devnull, os.O_RDONLY))
+except OSError:
+    pass
+for fd in held[-6:]:
+    os.close(fd)
+try:
+    box.run_command(["x"], capture=True)
+    print("ran")
+except errors.ResourceExhausted as exc:
+    print("ResourceExhausted", exc)
+"""
+
+
+def test_a_first_wasi_guest_short_of_descriptors_is_an_error_not_an_abort(tmp_path, home):
+    # (red team 144: wasmtime-wasi's runtime, made for the first WASI guest of a process,
+    # unwraps EMFILE: a host program with few descriptors left was killed, SIGABRT)
+    script = tmp_path / "short.py"
+    script.write_text(_FIRST_WASI_SHORT)
+    result = subprocess.run(
+        [sys.executable, str(script), str(HELLO)],
+        capture_output=True,
+        text=True,
+        env=home,
+        cwd=tmp_path,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.startswith("ResourceExhausted"), result.stdout

@@ -723,31 +723,52 @@ def mount_aliases(text: bytes, real: str, device: str) -> list:
             continue
         if alias != real and alias not in aliases:
             aliases.append(alias)
-    for point, layer in overlay_layers(text):
-        # An overlay shows its layers at its own mount point, on a device of its own:
-        # a lower or upper layer that is the folder (or around or inside it) is the
-        # folder again (red team 143: an overlay of the trust folder, granted, gave the
-        # guest the secret key; one over a cache folder, its entries to write). A layer
-        # named relative to the mounter's folder cannot be placed, and is passed over:
-        # Docker names its layers so for an image of many, and taking them for the
-        # folder would refuse every grant in such a container.
-        if not os.path.isabs(layer):
-            continue
-        layer = resolved(layer)
-        if _within(real, layer):
-            alias = os.path.normpath(os.path.join(point, os.path.relpath(real, layer)))
-        elif _within(layer, real):
-            alias = point
-        else:
-            continue
-        if alias != real and alias not in aliases:
-            aliases.append(alias)
-    return aliases
+    return _overlay_aliases(overlay_layers(text), real, aliases)
+
+
+_ALIASES_MAX = 4096  # aliases found before giving up on more (each is a mount's)
+
+
+def _overlay_aliases(layers: list, real: str, aliases: list) -> list:
+    """``aliases`` (of ``real``) and the mount points of the overlays that show any of
+    them, or one around or inside, as a layer, to a fixed point: an overlay shows its
+    layers at its own mount point, on a device of its own, so a lower or upper layer
+    that is the folder is the folder again (red team 143: an overlay of the trust
+    folder, granted, gave the guest the secret key; one over a cache folder, its
+    entries to write), and so is one whose layer is a bind mount of it or another such
+    overlay (round 144). A layer under /proc (``/proc/self/cwd``, which leads elsewhere
+    for each process) cannot be placed: taken as the folder. One named relative to the
+    mounter's folder cannot be placed either, and is passed over: Docker names its
+    layers so for an image of many, and taking them for the folder would refuse every
+    grant in such a container."""
+    known = [real, *aliases]
+    placed = []
+    for point, layer in layers:
+        if layer == "/proc" or layer.startswith("/proc/"):
+            placed.append((point, None))
+        elif os.path.isabs(layer):
+            placed.append((point, resolved(layer)))
+    grown = True
+    while grown and len(known) < _ALIASES_MAX:
+        grown = False
+        for point, layer in placed:
+            for one in list(known):
+                if layer is None or _within(layer, one):
+                    alias = point
+                elif _within(one, layer):
+                    alias = os.path.normpath(os.path.join(point, os.path.relpath(one, layer)))
+                else:
+                    continue
+                if alias not in known:
+                    known.append(alias)
+                    grown = True
+    return [alias for alias in known[1:] if alias != real]
 
 
 def overlay_layers(text: bytes) -> list:
     """(mount point, layer path as given) of each lower and upper layer of each overlay
-    in a mountinfo text."""
+    in a mountinfo text. (A ``:`` in a layer's path is given as ``\\:``, which
+    mountinfo shows with its backslash escaped, ``\\134:``.)"""
     found = []
     for line in text.split(b"\n"):  # (not splitlines: a mount point may hold a CR)
         head, _, tail = line.partition(b" - ")
@@ -757,12 +778,12 @@ def overlay_layers(text: bytes) -> list:
         point = os.fsdecode(unescape_mount(parts[4]))
         for option in kind[2].split(b","):
             name, _, value = option.partition(b"=")
-            if name in (b"lowerdir", b"upperdir", b"lowerdir+", b"datadir+"):
-                for layer in re.split(rb"(?<!\\):", value) if name == b"lowerdir" else [value]:
-                    if layer:
-                        found.append(
-                            (point, os.fsdecode(unescape_mount(layer.replace(b"\\:", b":"))))
-                        )
+            if name not in (b"lowerdir", b"upperdir", b"lowerdir+", b"datadir+"):
+                continue
+            value = unescape_mount(value)
+            for layer in re.split(rb"(?<!\\):", value) if name == b"lowerdir" else [value]:
+                if layer:
+                    found.append((point, os.fsdecode(layer.replace(b"\\:", b":"))))
     return found
 
 

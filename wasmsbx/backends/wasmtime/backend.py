@@ -25,7 +25,7 @@ from wasmtime import _ffi as ffi
 from wasmtime._extern import wrap_extern
 
 from ... import compact as _compact
-from ... import errors
+from ... import errors, fdroom
 from ...units import format_count, format_duration, format_limit, format_size
 from ..base import (
     PROVIDABLE,
@@ -183,6 +183,8 @@ def set_wasi(
     gives the error; the command line's hard stop ends it at the deadline, exit 112)."""
     if io:  # (``io``: the guest imports WASI; a component's may not)
         refuse_forked_wasi()
+        if not _WASI[0]:
+            _runtime_room()
         _WASI[0] = True
     opened = None
     if wasi.grants:
@@ -2016,3 +2018,23 @@ def _out_of_descriptors() -> bool:
     except OSError as exc:
         return exc.errno in (errno.EMFILE, errno.ENFILE)
     return False
+
+
+WASI_RUNTIME_FREE = 12  # descriptors free, at least, for the first WASI guest of a process
+
+
+def _runtime_room() -> None:
+    """ResourceExhausted if the process has too few descriptors free to make the WASI
+    runtime its first WASI guest starts (wasmtime-wasi's tokio runtime, which aborts the
+    process when it cannot open what it needs, an ``unwrap`` on EMFILE: red team 144,
+    a host program with few descriptors left was killed, SIGABRT). Once it is made,
+    later guests need none of it."""
+    free = fdroom.free_now()
+    if 0 <= free < WASI_RUNTIME_FREE:
+        raise errors.ResourceExhausted(
+            f"only {free} file descriptors are free: starting the first WASI guest of this "
+            f"process needs {WASI_RUNTIME_FREE} (wasmtime's runtime aborts the process "
+            "without them)",
+            hint="close files or sandboxes you no longer use, or raise the open-files "
+            "limit (ulimit -n)",
+        )
