@@ -116,31 +116,28 @@ def test_workers_beyond_the_open_files_limit_are_a_resource_error(home, tmp_path
     assert result.returncode == 0 and result.stdout.count('"ok":true') == 2, result.stderr
 
 
+_HOLDING = """
+import os, resource, sys
+count, limit = int(sys.argv[1]), int(sys.argv[2])
+for _ in range(count):
+    os.set_inheritable(os.open(os.devnull, os.O_RDONLY), True)
+resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
+os.execv(sys.executable, [sys.executable, "-m", "wasmsbx", *sys.argv[3:]])
+"""
+
+
 def _run_holding(home, tmp_path, count, limit):
     """``wasmsbx run hello.wasm`` under an open-files ``limit`` with ``count``
-    descriptors open and inherited past stdio (as a parent that left its own open)."""
-    held = []
-    try:
-        held += [os.open(os.devnull, os.O_RDONLY) for _ in range(count)]
-
-        def low():
-            for fd in held:
-                os.set_inheritable(fd, True)
-            resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
-
-        return subprocess.run(
-            [sys.executable, "-m", "wasmsbx", "run", str(HELLO)],
-            capture_output=True,
-            text=True,
-            env=home,
-            cwd=tmp_path,
-            preexec_fn=low,
-            close_fds=False,
-            timeout=120,
-        )
-    finally:
-        for fd in held:
-            os.close(fd)
+    descriptors open and inherited right past stdio (as a parent that left its own
+    open), from a process that started with stdio alone."""
+    return subprocess.run(
+        [sys.executable, "-c", _HOLDING, str(count), str(limit), "run", str(HELLO)],
+        capture_output=True,
+        text=True,
+        env=home,
+        cwd=tmp_path,
+        timeout=120,
+    )
 
 
 def test_descriptors_left_open_by_the_parent_count_against_the_floor(home, tmp_path):
