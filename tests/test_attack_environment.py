@@ -1046,18 +1046,41 @@ def test_overlays_of_aliases_and_of_overlays_are_aliases_too():
     found = mount_aliases(text, trust, "254:1")
     for alias in ("/b/alias/trust", "/a/m", "/c/m", "/d/m/trust", "/e/m"):
         assert alias in found, (alias, found)
+    # (round 145: a "," in a layer (mountinfo: "\134\054"), a layer through /dev/fd,
+    # and an overlay of "/" mounted inside it, whose aliases grew without end)
+    text += (
+        b"84 22 0:54 / /f/m rw - overlay overlay rw,lowerdir=/k\\134\\0541:/lo\n"
+        b"85 22 0:55 / /g/m rw - overlay overlay rw,lowerdir=/dev/fd/100/trust\n"
+        b"86 22 0:56 / /h/u/v rw - overlay overlay rw,lowerdir=/\n"
+    )
+    from wasmsbx.native.trust import overlay_layers
+
+    assert ("/f/m", "/k,1") in overlay_layers(text)
+    found = mount_aliases(text, trust, "254:1")
+    assert "/g/m" in found and "/h/u/v/h/u/.config/wasmsbx/trust" in found, found
+    assert not any(alias.startswith("/h/u/v/h/u/v") for alias in found), found
 
 
-def test_descriptors_are_counted_as_stdio_without_proc(monkeypatch):
+def test_descriptors_are_counted_without_proc(monkeypatch):
     # (red team 144: with /proc hidden nothing was counted, and `ulimit -n 8` aborted a
-    # run in wasmtime again)
+    # run in wasmtime again; round 145: then stdio alone was assumed, and a parent's
+    # descriptors let a run start that aborted)
     from wasmsbx import fdroom
 
     def unlistable(path):
         raise PermissionError(13, "Permission denied")
 
     monkeypatch.setattr(fdroom.os, "listdir", unlistable)
-    assert fdroom._open_below(64, -1) == 3
+    top = 4096
+    before = fdroom._open_below(top, -1)
+    held = [os.open(os.devnull, os.O_RDONLY) for _ in range(5)]
+    try:
+        assert all(fd < top for fd in held)
+        assert fdroom._open_below(top, -1) == before + 5
+        assert fdroom._open_below(top, held[0]) == before + 4
+    finally:
+        for fd in held:
+            os.close(fd)
 
 
 def test_descriptors_past_the_soft_limit_take_no_room(home, tmp_path):

@@ -39,7 +39,7 @@ def keep() -> None:
         return
     limit = None if soft == resource.RLIM_INFINITY else soft
     top = HIGH if limit is None else min(HIGH, limit)
-    open_now = _open_below(top, first)
+    open_now = _open_below(limit if limit is not None else top, first)
     free = None if limit is None else limit - open_now
     if top - ROOM - 1 <= 64 or (free is not None and free < ROOM + NEEDED + 64):
         # (few free: wherever they fit) A quarter of what is free past NEEDED at most:
@@ -74,15 +74,26 @@ def keep() -> None:
         os.close(first)
 
 
+SCANNED = 65536  # descriptor numbers looked at, one by one, where /proc cannot list them
+
+
 def _open_below(top: int, first: int) -> int:
     """The descriptors open under ``top`` (what a parent left open too), less ``first``:
     those past the limit take no number the run can use (red team 144: a parent's
     200-259 under a soft limit of 64 refused a start with 61 free). Where /proc cannot
-    be listed, stdio (a start with few free was refused that way before: round 144)."""
+    be listed, each number is looked at (round 145: stdio was assumed, and a parent's
+    descriptors let a run start that then aborted)."""
     try:
         names = os.listdir("/proc/self/fd")
     except OSError:
-        return 3
+        count = 0
+        for number in range(min(top, SCANNED)):
+            try:
+                os.fstat(number)
+            except OSError:
+                continue
+            count += number != first
+        return count
     count = 0
     for name in names:
         if name.isdigit() and int(name) < top and int(name) != first:
@@ -113,7 +124,7 @@ def too_low() -> tuple:
 
 def free_now() -> int:
     """Descriptors free in this process now (the soft limit less those open below it);
-    -1 where that cannot be told (no limit, no /proc)."""
+    -1 where there is no limit."""
     try:
         import resource
 
@@ -122,9 +133,4 @@ def free_now() -> int:
         return -1
     if soft == resource.RLIM_INFINITY:
         return -1
-    try:
-        names = os.listdir("/proc/self/fd")
-    except OSError:
-        return -1
-    open_now = sum(1 for n in names if n.isdigit() and int(n) < soft) - 1  # (listdir's)
-    return max(0, soft - open_now)
+    return max(0, soft - _open_below(soft, -1))

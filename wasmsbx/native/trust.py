@@ -742,27 +742,47 @@ def _overlay_aliases(layers: list, real: str, aliases: list) -> list:
     layers so for an image of many, and taking them for the folder would refuse every
     grant in such a container."""
     known = [real, *aliases]
+    seen = set(known)
     placed = []
     for point, layer in layers:
-        if layer == "/proc" or layer.startswith("/proc/"):
+        if not os.path.isabs(layer):
+            continue
+        if _through_descriptors(layer):
             placed.append((point, None))
-        elif os.path.isabs(layer):
+        else:
             placed.append((point, resolved(layer)))
-    grown = True
-    while grown and len(known) < _ALIASES_MAX:
-        grown = False
+    fresh = list(known)
+    while fresh and len(known) < _ALIASES_MAX:
+        found = []
         for point, layer in placed:
-            for one in list(known):
+            for one in fresh:
+                if _within(one, point):  # (what this overlay shows already: a layer
+                    continue  # does not hold the mounts below it, red team 145)
                 if layer is None or _within(layer, one):
                     alias = point
                 elif _within(one, layer):
                     alias = os.path.normpath(os.path.join(point, os.path.relpath(one, layer)))
                 else:
                     continue
-                if alias not in known:
-                    known.append(alias)
-                    grown = True
+                if alias not in seen:
+                    seen.add(alias)
+                    found.append(alias)
+        known += found
+        fresh = found
     return [alias for alias in known[1:] if alias != real]
+
+
+def _through_descriptors(layer: str) -> bool:
+    """Whether an overlay layer's path leads through /proc or /dev/fd (a descriptor or
+    folder of the mounter's, which no other process can resolve as it did: red team
+    145, and resolving it here followed this process's own descriptors)."""
+    first = layer.lstrip(os.sep).split(os.sep, 1)[0]
+    if first == "proc":
+        return True
+    if first == "dev":
+        rest = layer.lstrip(os.sep).split(os.sep)
+        return len(rest) > 1 and rest[1] in ("fd", "stdin", "stdout", "stderr")
+    return False
 
 
 def overlay_layers(text: bytes) -> list:
@@ -782,8 +802,8 @@ def overlay_layers(text: bytes) -> list:
                 continue
             value = unescape_mount(value)
             for layer in re.split(rb"(?<!\\):", value) if name == b"lowerdir" else [value]:
-                if layer:
-                    found.append((point, os.fsdecode(layer.replace(b"\\:", b":"))))
+                if layer:  # (every backslash escape undone: "\\," too, round 145)
+                    found.append((point, os.fsdecode(re.sub(rb"\\(.)", rb"\1", layer))))
     return found
 
 
