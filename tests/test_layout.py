@@ -14,12 +14,14 @@ PACKAGE = Path(__file__).resolve().parent.parent / "wasmsbx"
 
 # The core: policy, errors, units, capabilities, values and host imports, wasm facts,
 # backends, native code and its cache, the bounded tables of both (lru), folders of any
-# depth (fstree). It imports nothing above it.
+# depth (fstree), the process's file descriptors (fdroom: a leaf, which the backends
+# ask how many are free). It imports nothing above it.
 CORE = (
     "wasmsbx._version",
     "wasmsbx.capabilities",
     "wasmsbx.compact",
     "wasmsbx.errors",
+    "wasmsbx.fdroom",
     "wasmsbx.fstree",
     "wasmsbx.host",
     "wasmsbx.inputs",
