@@ -1151,3 +1151,53 @@ def test_a_first_wasi_guest_short_of_descriptors_is_an_error_not_an_abort(tmp_pa
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.startswith("ResourceExhausted"), result.stdout
+
+
+@needs_root
+@pytest.mark.skipif(shutil.which("unshare") is None, reason="unshare (util-linux) is needed")
+@pytest.mark.parametrize("target", ["key", "entry"])
+def test_a_link_to_a_guarded_file_bound_elsewhere_is_refused_before_the_work(
+    home, tmp_path, target
+):
+    # (red team 146: `-o link`, the link to a key file bound alone at another path or to
+    # a cache entry bound so, was refused only when written: after the compile, a batch
+    # after its first item)
+    if target == "key":
+        _keys_made(home, tmp_path)
+        guarded = Path(home["WASMSBX_TRUST_DIR"]) / "trusted_keys"
+        guarded.touch()
+        told = "trust folder"
+    else:
+        guarded = _an_entry(home, tmp_path)
+        told = "is a wasmsbx cache entry"
+    before = guarded.read_bytes()
+    (tmp_path / "bound").write_bytes(b"")
+    (tmp_path / "link").symlink_to(tmp_path / "bound")
+    (tmp_path / "in.jsonl").write_text("[1, 2]\n")
+    check = "from wasmsbx import outfile; outfile.check_output('link')"
+    script = (
+        f"mount --bind {guarded} {tmp_path}/bound && "
+        f'"$0" -c "{check}" 2>&1 | tail -n1; '
+        f'"$0" -m wasmsbx run {ADD} add --batch in.jsonl --checkpoint link; echo "batch rc=$?"'
+    )
+    result = _in_mount_namespace(script, home, tmp_path)
+    first, _, rest = result.stdout.partition("\n")
+    assert first.startswith("wasmsbx.errors.InputError") and told in first, result
+    assert rest == "batch rc=105\n" and told in result.stderr, result
+    assert guarded.read_bytes() == before
+
+
+def test_a_checkpoint_linked_to_a_key_file_is_refused_unread(home, tmp_path):
+    # (it was read as a checkpoint first: "is not a wasmsbx checkpoint", exit 2, for a
+    # file never to be written)
+    _keys_made(home, tmp_path)
+    key = Path(home["WASMSBX_TRUST_DIR"]) / "secret.key"
+    before = key.read_bytes()
+    (tmp_path / "ck").symlink_to(key)
+    (tmp_path / "in.jsonl").write_text("[1, 2]\n")
+    result = _wasmsbx(
+        "run", ADD, "add", "--batch", "in.jsonl", "--checkpoint", "ck", env=home, cwd=tmp_path
+    )
+    assert result.returncode == 105 and result.stdout == "", result
+    assert "trust folder" in result.stderr, result.stderr
+    assert key.read_bytes() == before

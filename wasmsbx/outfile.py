@@ -110,29 +110,40 @@ def check_output(
         refuse_policy_name(text)
 
 
+def refuse_guarded_output(path: Any) -> None:
+    """check_output's refusals of a file in the trust folder or a cache folder, by any
+    path, bind mount or link, alone: for an output that already exists and is read
+    before it is written (a checkpoint), where the rest of check_output does not apply."""
+    text = os.fspath(path)
+    refuse_trust_folder(text)
+    _refuse_guarded_early(text)
+
+
 def _refuse_guarded_early(text: str) -> None:
     """check_output's ``refuse_guarded`` of the folder ``text`` would be written in, if
-    it can be opened (a missing one is ``_check_parent``'s): before the work, as the
-    check of its real path is (red team 141: a compile through a bind mount of the
-    trust folder was refused only once compiled, a batch after its first item)."""
+    it can be opened (a missing one is ``_check_parent``'s), and of the file already
+    there, followed if it is a link: before the work, as the check of its real path is
+    (red team 141: a compile through a bind mount of the trust folder was refused only
+    once compiled, a batch after its first item; round 146: a link to a key file bound
+    alone, or to a cache entry by another path)."""
     folder, name = os.path.split(text)
     try:
         fd = os.open(folder or ".", _PIN)
     except OSError:
         return
+    there = -1
     try:
         _refuse_ours(text, os.path.join(_real_folder(fd, folder or "."), name))
-        refuse_guarded(text, fd, "refusing to write there", name)
+        if name and _FOLLOWED_PIN is not None:
+            try:  # (a file there, bound alone: replaced, it is EBUSY only once compiled)
+                there = os.open(name, _FOLLOWED_PIN, dir_fd=fd)
+            except OSError:  # (none, or a dangling link: check_output's to refuse)
+                pass
+        refuse_guarded(text, fd, "refusing to write there", name, there)
     finally:
         os.close(fd)
-    try:  # (and a file there, bound alone: replaced, it is EBUSY only once compiled)
-        fd = os.open(text, _FILE_PIN)
-    except OSError:  # (none, or a link: the link's target is checked as it is written)
-        return
-    try:
-        refuse_guarded(text, fd, "refusing to write there")
-    finally:
-        os.close(fd)
+        if there >= 0:
+            os.close(there)
 
 
 def _refuse_existing(text: str, info: os.stat_result, inputs: Iterable) -> None:
@@ -533,7 +544,9 @@ def write_output(
 
 
 _PIN = getattr(os, "O_PATH", 0) | getattr(os, "O_DIRECTORY", 0) | _CLOEXEC
-_FILE_PIN = getattr(os, "O_PATH", os.O_RDONLY) | _NOFOLLOW | _CLOEXEC
+# (a link followed: O_PATH opens nothing, so a FIFO or a device is not opened; without
+# it, not opened at all)
+_FOLLOWED_PIN = getattr(os, "O_PATH", 0) | _CLOEXEC if hasattr(os, "O_PATH") else None
 _LINKS_FOLLOWED = 16  # links written through before giving up (the kernel allows 40)
 
 

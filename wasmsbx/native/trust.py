@@ -40,6 +40,7 @@ from .trustdir import (  # noqa: F401 - (in_cache_roots, the file names: their u
     cache_roots,
     in_cache_roots,
     make_private,
+    mountinfo,
     resolved,
     unescape_mount,
 )
@@ -459,18 +460,19 @@ def refuse_key_grants(grants: list, opened: Optional[list] = None) -> None:
     the guest is given."""
     keys = os.path.realpath(trust_dir())
     caches = [os.path.realpath(root) for root in cache_roots()]
-    procs = None
-    shown = [keys, *mounted_aliases(keys)] if grants else [keys]
-    if grants:  # (a bind mount of a cache, or of a folder in it: red team 142, a guest
-        # wrote into an entry through one)
-        caches += [alias for root in list(caches) for alias in mounted_aliases(root)]
+    if not grants:
+        return
+    table = mountinfo()  # (read once: thousands of mounts take milliseconds to read)
+    shown = [keys, *mounted_aliases(keys, table)]
+    # (a bind mount of a cache, or of a folder in it: red team 142, a guest wrote into
+    # an entry through one)
+    caches += [alias for root in list(caches) for alias in mounted_aliases(root, table)]
+    procs = proc_mounts(table)
     for i, grant in enumerate(grants):
         if opened is None:
             host, probe = _real(grant.host), None
         else:
             host, probe = opened[i][1], fd_path(opened[i][0])
-        if procs is None:
-            procs = proc_mounts()
         refuse_proc_grant(grant.host, host, procs, probe)
         _refuse_overlap(grant.host, host, shown, "your wasmsbx keys ({})", "the trust folder")
         _refuse_overlap(
@@ -675,29 +677,23 @@ def _on_procfs(path: str) -> bool:
     return ctypes.c_long.from_buffer(buffer).value == _PROC_SUPER_MAGIC
 
 
-def proc_mounts() -> list:
+def proc_mounts(table: Optional[bytes] = None) -> list:
     """The mount points of this process's procfs file systems (real paths, from
-    /proc/self/mountinfo); ["/proc"] as well, whether or not it is one now."""
-    try:
-        with open("/proc/self/mountinfo", "rb") as f:
-            text = f.read()
-    except OSError:
-        text = b""
-    return proc_mount_points(text)
+    ``table``, /proc/self/mountinfo read now if not given); ["/proc"] as well, whether
+    or not it is one now."""
+    return proc_mount_points(mountinfo() if table is None else table)
 
 
-def mounted_aliases(real: str) -> list:
-    """The other paths at which the folder ``real`` (a real path) can be reached: where
-    a bind mount shows it or a folder around it (``mount --bind ~/.config/wasmsbx
-    proj/keys``). A grant of such a path showed the guest the secret key, since the
-    grant checks compare real paths (red team 140)."""
+def mounted_aliases(real: str, table: bytes) -> list:
+    """The other paths at which the folder ``real`` (a real path) can be reached, from
+    ``table`` (/proc/self/mountinfo): where a bind mount shows it or a folder around it
+    (``mount --bind ~/.config/wasmsbx proj/keys``). A grant of such a path showed the
+    guest the secret key, since the grant checks compare real paths (red team 140)."""
     try:
-        with open("/proc/self/mountinfo", "rb") as f:
-            text = f.read()
         device = os.stat(real).st_dev
     except OSError:
         return []
-    return mount_aliases(text, real, f"{os.major(device)}:{os.minor(device)}")
+    return mount_aliases(table, real, f"{os.major(device)}:{os.minor(device)}")
 
 
 def mount_aliases(text: bytes, real: str, device: str) -> list:

@@ -165,6 +165,11 @@ class Checkpoint:
             return
         except OSError:
             return  # load() reports it with the path
+        from ..outfile import refuse_guarded_output
+
+        # (before it is read: one in the trust folder or the cache by any path or link
+        # is not a checkpoint to resume, but a file not to write; red team 146)
+        refuse_guarded_output(self.path)
         if not stat.S_ISREG(info.st_mode):
             from ..outfile import kind_of
 
