@@ -1201,3 +1201,19 @@ def test_a_checkpoint_linked_to_a_key_file_is_refused_unread(home, tmp_path):
     assert result.returncode == 105 and result.stdout == "", result
     assert "trust folder" in result.stderr, result.stderr
     assert key.read_bytes() == before
+
+
+@pytest.mark.parametrize("name", ["CACHEDIR.TAG", "cache.db"])
+def test_stdout_on_a_hard_link_of_a_cache_file_is_refused(home, tmp_path, name):
+    # (only entries were told by what they hold: a second name of the cache's tag took
+    # the output, and the cache was then "not a wasmsbx cache" until cleared)
+    entry = _an_entry(home, tmp_path)
+    kept = entry.parent.parent.parent / name
+    before = kept.read_bytes()
+    os.link(kept, tmp_path / "hl")
+    result = _wasmsbx_into(tmp_path / "hl", "run", HELLO, env=home, cwd=tmp_path)
+    assert result.returncode == 105, result.stderr
+    assert f"is the wasmsbx cache's {name} by another name".encode() in result.stderr
+    assert kept.read_bytes() == before
+    again = _wasmsbx("run", ADD, "add", "1", "2", "--policy", tmp_path / "min.toml", env=home)
+    assert again.returncode == 0 and again.stdout == "3\n", again

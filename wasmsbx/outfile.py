@@ -260,6 +260,42 @@ def refuse_opened_astray_file(fd: int, what: str) -> None:
             f"is a wasmsbx cache entry (its native code); {why}",
             "choose another output: the cache holds native code that processes run",
         )
+    if stat.S_ISREG(info.st_mode) and info.st_nlink > 1:
+        _refuse_cache_file(f"<{what}>", info, why)
+
+
+_CACHE_NAMES_SEEN = 256  # names at the top of a cache folder looked at (it holds a few)
+
+
+def _refuse_cache_file(text: str, info: os.stat_result, why: str) -> None:
+    """InputError if ``info`` (a redirected stdout's stat, a file of several names) is
+    one of the files at the top of one of the user's cache folders by another name
+    (a hard link of its ``CACHEDIR.TAG``, overwritten, made it "not a wasmsbx cache";
+    of ``cache.db``, damaged its index). Entries are told by what they hold; the facts
+    records beside them are authenticated, and damage there is a recompile."""
+    from .native.trustdir import cache_roots
+
+    try:
+        roots = cache_roots()
+    except OSError:  # (no home folder: no cache folder of the user's)
+        return
+    for root in roots:
+        try:
+            with os.scandir(root) as names:
+                for seen, name in enumerate(names):
+                    if seen >= _CACHE_NAMES_SEEN:
+                        break
+                    if name.inode() != info.st_ino:
+                        continue
+                    if name.stat(follow_symlinks=False).st_dev == info.st_dev:
+                        raise _fail(
+                            text,
+                            f"is the wasmsbx cache's {errors.inert(name.name)} by another "
+                            f"name (a hard link); {why}",
+                            "choose another output: the cache's own files are not written",
+                        )
+        except OSError:
+            continue
 
 
 def refuse_key_file(text: str, info: os.stat_result, why: str) -> None:
