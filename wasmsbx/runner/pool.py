@@ -572,6 +572,7 @@ def _start_each(jobs: int, context: Any, job: tuple, workers: list) -> None:
     from .importpath import clean
 
     for _ in range(jobs):
+        _room_to_start()
         task_r, task_w = context.Pipe(duplex=False)
         reply_r, reply_w = context.Pipe(duplex=False)
         if sys.platform.startswith("linux"):
@@ -591,6 +592,22 @@ def _start_each(jobs: int, context: Any, job: tuple, workers: list) -> None:
         task_r.close()
         reply_w.close()
         workers.append(Worker(task_w, reply_r, process=process))
+
+
+# Descriptors a worker's start takes at its peak: its two pipes, and the fork server's
+# socket and two pipes of its own (multiprocessing.forkserver.connect_to_new_process).
+_START_PEAK = 9
+
+
+def _room_to_start() -> None:
+    """OSError EMFILE unless a worker's start has the descriptors it takes: run out of
+    them part way, the fork server's request was cut short, and the server printed an
+    EOFError traceback and ended (Python's, not ours; red team 145)."""
+    from .. import fdroom
+
+    free = fdroom.free_now()
+    if 0 <= free < _START_PEAK:
+        raise OSError(errno.EMFILE, "Too many open files")
 
 
 def _start_server(context: Any) -> None:
