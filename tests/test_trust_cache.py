@@ -403,6 +403,10 @@ def test_a_policy_cannot_show_the_guest_the_keys(cli, isolated, tmp_path):
         # its folder); the key check must hold for a policy the user gives too.
         result = cli("run", hello, "--policy", isolated / "sandbox.toml")
         assert result.code == 101 and "would give the guest your wasmsbx keys" in result.stderr
+        # (nor for a module without WASI, given no folder: such a grant was passed over)
+        add = EXAMPLES / "add.wat"
+        result = cli("run", add, "add", "1", "2", "--policy", isolated / "sandbox.toml")
+        assert result.code == 101 and "would give the guest your wasmsbx keys" in result.stderr
     (isolated / "sandbox.toml").write_text(f'[filesystem]\nread_only = ["{isolated}"]\n')
     assert cli("run", hello).code == 0
 

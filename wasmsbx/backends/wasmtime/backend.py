@@ -537,6 +537,13 @@ class WasmtimeInstance(Instance):
             self.linker.define_wasi()
             _capture_exit(self.linker)
             self.group.wasi_defined = True
+        elif wasi is not None and wasi.grants and not self.group.wasi_defined:
+            # (given no folder, a module without WASI reaches none; its grants are
+            # still refused as the README says, not passed over: a policy that grants
+            # the trust folder is wrong whatever module it runs)
+            from ...native import trust
+
+            trust.refuse_key_grants(wasi.grants)
         if (
             imports_list
             and not self.group.polled
