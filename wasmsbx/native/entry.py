@@ -16,7 +16,8 @@ Loading (:func:`load`) never hands the engine bytes that can change after they w
 checked (a file can be rewritten between check and use):
 
 - an entry in a *protected* cache folder (the user's own cache, which no policy can name
-  and no guest can be granted, see trust.refuse_key_grants) is hashed through a read-only
+  and no guest can be granted, see trust.refuse_key_grants), with one name (no hard
+  link elsewhere, which a guest could be granted), is hashed through a read-only
   mapping of the descriptor it was opened by, then mapped by wasmtime from that same
   descriptor (``/proc/self/fd/N``: a rename over the path changes nothing). Nothing but
   the user's own processes can write to it, and they could read the key as well;
@@ -430,6 +431,12 @@ def _load_fd(fd: int, key_fn: Callable, protected: bool, memo: Optional[Memo] = 
         raise Corrupt("truncated")
     if size > MAX_ENTRY:
         raise Corrupt(f"is {size} bytes, larger than any cache entry (at most {MAX_ENTRY})")
+    # An entry with a second name (a hard link: a `cp -al` or `rsync --link-dest` backup
+    # of the home folder) can be written through a folder a guest is granted, and a
+    # mapping follows the file: a guest rewrote its own native code as it ran and the
+    # host ran x86 code of its choosing (red team 147). Such an entry is copied, never
+    # mapped where it lies.
+    protected = protected and info.st_nlink == 1
     if protected and memo is not None and _proc_fd(fd):
         known = memo.recall(info)  # verified before, unchanged since: no trailer, no header
         if known is not None:
