@@ -1219,3 +1219,37 @@ def test_stdout_on_a_hard_link_of_a_cache_file_is_refused(home, tmp_path, name):
     assert kept.read_bytes() == before
     again = _wasmsbx("run", ADD, "add", "1", "2", "--policy", tmp_path / "min.toml", env=home)
     assert again.returncode == 0 and again.stdout == "3\n", again
+
+
+@needs_root
+@pytest.mark.skipif(shutil.which("unshare") is None, reason="unshare (util-linux) is needed")
+def test_a_policys_stdin_through_a_mount_of_the_trust_folder_is_refused(home, tmp_path):
+    # (red team 147: stdin was checked by real path only, and a guest printed the secret
+    # key read through a bind mount of the trust folder, of the key alone, an overlay)
+    _keys_made(home, tmp_path)
+    trust = home["WASMSBX_TRUST_DIR"]
+    for name in ("bt", "bf", "ov", "u", "w"):
+        (tmp_path / name).mkdir()
+    (tmp_path / "bf" / "key").touch()
+    cat = ROOT / "examples" / "components" / "cat.wasm"
+    script = (
+        f"mount --bind {trust} bt && mount --bind {trust}/secret.key bf/key && "
+        f"mount -t overlay overlay -o lowerdir={trust},upperdir=u,workdir=w ov"
+    )
+    for i, path in enumerate(("bt/secret.key", "bf/key", "ov/secret.key")):
+        (tmp_path / f"p{i}.toml").write_text(f'[stdio]\nstdin = "{tmp_path / path}"\n')
+        script += f'; "$0" -m wasmsbx run {cat} --policy p{i}.toml; echo "{path} rc=$?"'
+    result = _in_mount_namespace(script, home, tmp_path)
+    for path in ("bt/secret.key", "bf/key", "ov/secret.key"):
+        assert f"{path} rc=101" in result.stdout, result
+    assert result.stderr.count("is in the trust folder") == 3, result.stderr
+
+
+def test_a_policys_stdin_on_a_hard_link_of_a_key_is_refused(home, tmp_path):
+    _keys_made(home, tmp_path)
+    os.link(Path(home["WASMSBX_TRUST_DIR"]) / "secret.key", tmp_path / "notes.txt")
+    (tmp_path / "p.toml").write_text(f'[stdio]\nstdin = "{tmp_path / "notes.txt"}"\n')
+    cat = ROOT / "examples" / "components" / "cat.wasm"
+    result = _wasmsbx("run", cat, "--policy", "p.toml", env=home, cwd=tmp_path)
+    assert result.returncode == 101 and result.stdout == "", result
+    assert "a hard link" in result.stderr, result.stderr

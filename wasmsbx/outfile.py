@@ -137,6 +137,9 @@ def _refuse_guarded_early(text: str) -> None:
         if name and _FOLLOWED_PIN is not None:
             try:  # (a file there, bound alone: replaced, it is EBUSY only once compiled)
                 there = os.open(name, _FOLLOWED_PIN, dir_fd=fd)
+                if not stat.S_ISREG(os.fstat(there).st_mode):
+                    os.close(there)  # (a pipe, a terminal: `-o /dev/stdout`, no place
+                    there = -1  # in a file system; a folder: check_output refuses it)
             except OSError:  # (none, or a dangling link: check_output's to refuse)
                 pass
         refuse_guarded(text, fd, "refusing to write there", name, there)

@@ -636,12 +636,63 @@ def refuse_stdin(fd: int, path: str) -> None:
             "that read your wasmsbx keys could forge native code",
             hint="give a file outside the trust folder (was it replaced by a link?)",
         )
+    why = _stdin_shows_keys(fd, real, keys)
+    if why:
+        raise errors.PolicyError(
+            f"the guest's stdin {inert(path)} is in the trust folder ({keys}) {why}: a "
+            "guest that read your wasmsbx keys could forge native code",
+            hint="give a file outside the trust folder",
+        )
     if _on_procfs(fd_path(fd)) and not names_procfs(path):
         raise errors.PolicyError(
             f"the guest's stdin {inert(path)} leads into the process file system: "
             "/proc/self there is the process that runs the guest",
             hint="give a file that is not a link into /proc (was it replaced by one?)",
         )
+
+
+def _stdin_shows_keys(fd: int, real: str, keys: str) -> str:
+    """How the file open at ``fd`` (real path ``real``) is in the trust folder ``keys``
+    by another path, "" if it is not: a bind mount of the folder, of one around it or of
+    a key file alone, an overlay that shows one (as grants are checked: red team 147
+    gave a guest the secret key as a policy's stdin through each); a key file by a
+    second name (a hard link); a mount this process cannot place (another namespace's,
+    through /proc/PID/root; a detached one), where the file cannot be told apart."""
+    from .trustdir import places
+
+    try:
+        info = os.fstat(fd)
+    except OSError:
+        return ""
+    for name in KEY_FILES:
+        try:
+            key = os.stat(os.path.join(keys, name))
+        except OSError:
+            continue
+        if (key.st_dev, key.st_ino) == (info.st_dev, info.st_ino):
+            return f"by another name ({name}: a hard link)"
+    table = mountinfo()
+    if not table:
+        return ""
+    if real and any(_within(real, alias) for alias in mounted_aliases(keys, table)):
+        return "by another path (a bind mount or an overlay)"
+    mine = places(fd, table)
+    if mine is None:
+        return "perhaps: it lies on a mount whose place this process cannot tell"
+    try:
+        folder = os.open(keys, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return ""
+    try:
+        theirs = places(folder, table) or []
+    finally:
+        os.close(folder)
+    for dev, inside in mine:
+        if (not dev and _within(inside, keys)) or any(
+            dev and dev == d and _within(inside, at) for d, at in theirs
+        ):
+            return "by another path (a bind mount or an overlay)"
+    return ""
 
 
 def names_procfs(path: str) -> bool:
