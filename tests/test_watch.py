@@ -256,6 +256,22 @@ def test_touch_without_content_change_does_not_rerun(watch, isolated):
     assert run["cycle"] == 2 and value(run) == [3]
 
 
+def test_a_module_emptied_as_it_is_written_waits_for_its_bytes(watch, isolated):
+    # (an editor's save, or `>`, truncates first: on a busy machine the empty file was
+    # run, an "empty file" error, when the two steps were further apart than the
+    # debounce; seen on CI)
+    mod = isolated / "add.wat"
+    mod.write_text(ADD.format(extra=""))
+    w = watch(mod.name, "add", 1, 2)
+    w.wait("run", cycle=1)
+    with open(mod, "w"):
+        pass
+    time.sleep(1.0)  # (ten debounces: a burst of its own)
+    mod.write_text(ADD.format(extra=SUB))
+    run = w.wait("run")
+    assert run["cycle"] == 2 and value(run) == [3], run
+
+
 def test_sigterm_stops_cleanly(watch, isolated):
     shutil.copy(EXAMPLES / "add.wat", isolated)
     w = watch("add.wat", "divmod", 17, 5)

@@ -429,11 +429,26 @@ def _dispatch(
             sizer.learn(len(results), seconds, len(text))
             for result in results:
                 yield encode(result) if encoded else result
+    except (KeyboardInterrupt, GeneratorExit):
+        _hush()
+        raise
     finally:
         feeder.stop()
         _cancel(client, [f for f, _ in pending])
         if owned:
             _close(client)
+
+
+def _hush() -> None:
+    """Ctrl-C (or a batch dropped): the calls the client's event loop was making for
+    this thread fail as they are cut short, and tornado logs each with its traceback
+    ("Exception in callback functools.partial(<function sync...>)": seen on CI after a
+    Ctrl-C, which the command reports itself). Not logged from here on."""
+    import logging
+
+    logger = logging.getLogger("tornado.application")
+    if logger.getEffectiveLevel() < logging.CRITICAL:
+        logger.setLevel(logging.CRITICAL)
 
 
 def _outcome(future: Any, lines: list) -> Any:

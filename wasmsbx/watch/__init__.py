@@ -365,6 +365,7 @@ def _stat_digest(info: os.stat_result) -> str:
 
 
 DIGEST_CHUNK = 1 << 20
+_EMPTY = hashlib.sha256(b"").hexdigest()  # _digest of an empty file
 _NONBLOCK = getattr(os, "O_NONBLOCK", 0)
 _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 
@@ -683,6 +684,12 @@ class Watcher:
         for path in changed:
             if path in self.digests:
                 digest = self._digest_of(path)
+                if digest == _EMPTY and path != self.policy_file:
+                    # (a module or source emptied is one being written: an editor, or
+                    # `>`, truncates first, and on a busy machine a save's two steps
+                    # can be further apart than the debounce; it runs once written.
+                    # An empty policy is a policy: its change counts)
+                    continue
                 if digest != self.digests[path]:
                     self.digests[path] = digest
                     effective.add(path)
