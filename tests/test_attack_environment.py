@@ -1253,3 +1253,33 @@ def test_a_policys_stdin_on_a_hard_link_of_a_key_is_refused(home, tmp_path):
     result = _wasmsbx("run", cat, "--policy", "p.toml", env=home, cwd=tmp_path)
     assert result.returncode == 101 and result.stdout == "", result
     assert "a hard link" in result.stderr, result.stderr
+
+
+@needs_root
+@pytest.mark.skipif(shutil.which("unshare") is None, reason="unshare (util-linux) is needed")
+def test_no_cache_is_made_in_the_trust_folder_by_another_path(home, tmp_path):
+    # (red team 147: `--cache-dir k/bt/c2`, k/bt a bind mount of the trust folder, or a
+    # policy's cache_dir there, made a cache in the trust folder: checked by real path)
+    _keys_made(home, tmp_path)
+    trust = Path(home["WASMSBX_TRUST_DIR"])
+    before = sorted(p.name for p in trust.iterdir())
+    for name in ("bt", "ov", "u", "w"):
+        (tmp_path / name).mkdir()
+    (tmp_path / "c.toml").write_text('[runtime]\ncache_min_size = 0\ncache_dir = "bt/c3"\n')
+    (tmp_path / "o.toml").write_text("[runtime]\ncache_min_size = 0\n")
+    script = (
+        f"mount --bind {trust} bt && "
+        f"mount -t overlay overlay -o lowerdir=u,upperdir={trust},workdir=w ov"
+    )
+    for how in (
+        f"run {ADD} add 1 2 --policy o.toml --cache-dir bt/c2",
+        f"run {ADD} add 1 2 --policy c.toml",
+        f"run {ADD} add 1 2 --policy o.toml --cache-dir ov/c4",
+        f"run {ADD} add 1 2 --policy o.toml --cache-dir bt",
+    ):
+        script += f'; "$0" -m wasmsbx {how}; echo "rc=$?"'
+    result = _in_mount_namespace(script, home, tmp_path)
+    assert result.stdout.split() == ["3", "rc=0"] * 4, result
+    assert result.stderr.count("cache unavailable") == 4, result.stderr
+    assert result.stderr.count("reached by another path") == 4, result.stderr
+    assert sorted(p.name for p in trust.iterdir()) == before

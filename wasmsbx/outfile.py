@@ -324,14 +324,17 @@ def refuse_key_file(text: str, info: os.stat_result, why: str) -> None:
             )
 
 
-def _guarded() -> dict:
+def _guarded(kinds: tuple = ("trust", "cache")) -> dict:
     """{(st_dev, st_ino): (what, real path, descriptor)} of the trust folder ("trust")
-    and the user's cache folders ("cache") that exist, each open (O_PATH; the caller
-    closes them): its real path read from /proc as opened (realpath is slower)."""
+    and the user's cache folders ("cache") that exist, of those ``kinds``, each open
+    (O_PATH; the caller closes them): its real path read from /proc as opened (realpath
+    is slower)."""
     from .native.trustdir import cache_roots, resolved, trust_dir_text
 
     found: dict = {}
     for what, path in (("trust", trust_dir_text), ("cache", cache_roots)):
+        if what not in kinds:
+            continue
         try:
             paths = path()
         except OSError:  # (no home folder: no such folder)
@@ -377,7 +380,13 @@ def _guarded_error(text: str, what: str, path: str, why: str) -> errors.InputErr
 
 
 def refuse_guarded(
-    text: str, fd: int, why: str, name: str = "", also: int = -1, inherited: bool = False
+    text: str,
+    fd: int,
+    why: str,
+    name: str = "",
+    also: int = -1,
+    inherited: bool = False,
+    kinds: tuple = ("trust", "cache"),
 ) -> None:
     """InputError if what is open at ``fd`` (a folder an output goes in, as ``name``;
     or a file written in place) is in the trust folder or one of the user's cache
@@ -399,8 +408,9 @@ def refuse_guarded(
     but not for a descriptor the process was given (``inherited``: stdout or stderr,
     opened by whoever started it, a service manager's log file in the host's
     namespace). Not seen: a mount namespace whose trust folder path is itself covered by
-    another mount."""
-    guarded = _guarded()
+    another mount. ``kinds``: the folders guarded, of "trust" and "cache" (a cache folder
+    is checked against the trust folder alone)."""
+    guarded = _guarded(kinds)
     try:
         if guarded:
             _refuse_guarded(text, fd, why, name, also, guarded, inherited)

@@ -347,6 +347,23 @@ def mountinfo() -> bytes:
         return b""
 
 
+def mount_id(fd: int) -> bytes:
+    """The id of the mount the file or folder open at ``fd`` was opened through
+    (``mnt_id`` in /proc/self/fdinfo), b"" where /proc cannot tell."""
+    try:
+        opened = os.open(f"/proc/self/fdinfo/{fd}", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return b""
+    try:
+        info = os.read(opened, 4096)
+    except OSError:
+        return b""
+    finally:
+        os.close(opened)
+    at = info.find(b"mnt_id:")
+    return info[at + 7 : info.find(b"\n", at)].strip() if at >= 0 else b""
+
+
 def places(fd: int, table: bytes) -> Optional[list]:
     """Where the file or folder open at ``fd`` lies whatever path reached it, from the
     mount it was opened through (``mnt_id`` in /proc/self/fdinfo) and that mount's line
