@@ -1283,3 +1283,32 @@ def test_no_cache_is_made_in_the_trust_folder_by_another_path(home, tmp_path):
     assert result.stderr.count("cache unavailable") == 4, result.stderr
     assert result.stderr.count("reached by another path") == 4, result.stderr
     assert sorted(p.name for p in trust.iterdir()) == before
+
+
+@needs_root
+@pytest.mark.skipif(shutil.which("unshare") is None, reason="unshare (util-linux) is needed")
+@pytest.mark.parametrize("at", ["code/tt", "code"])
+def test_cache_clear_never_enters_a_mount_inside_the_cache(home, tmp_path, at):
+    # (red team 147: the trust folder bound at code/tt, or at code itself, lost every key
+    # to `cache clear`: the removal crossed into the mount)
+    _an_entry(home, tmp_path)
+    trust = Path(home["WASMSBX_TRUST_DIR"])
+    before = {p.name: p.read_bytes() for p in trust.iterdir()}
+    cache = Path(home["XDG_CACHE_HOME"]) / "wasmsbx"
+    (cache / at).mkdir(exist_ok=True)
+    script = f'mount --bind {trust} {cache / at} && "$0" -m wasmsbx cache clear; echo "rc=$?"'
+    result = _in_mount_namespace(script, home, tmp_path)
+    assert "rc=" in result.stdout, result
+    assert {p.name: p.read_bytes() for p in trust.iterdir()} == before, result
+    assert "Traceback" not in result.stderr, result.stderr
+
+
+def test_a_tree_is_removed_whole_on_one_mount(tmp_path):
+    from wasmsbx import fstree
+
+    deep = tmp_path / "t" / "a" / "b"
+    deep.mkdir(parents=True)
+    (deep / "f").write_text("x")
+    (tmp_path / "t" / "g").write_text("y")
+    assert fstree.remove_tree(str(tmp_path / "t"))
+    assert not (tmp_path / "t").exists()

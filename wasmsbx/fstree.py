@@ -45,6 +45,8 @@ def remove_tree(path: str) -> bool:
     except OSError:
         return False
     try:
+        if _mount_of(top) != _parent_mount(path):
+            return False  # (a mount point: what is mounted there is not this tree's)
         _empty(top)
     finally:
         os.close(top)
@@ -57,10 +59,46 @@ def remove_tree(path: str) -> bool:
     return True
 
 
+def _mount_of(fd: int) -> tuple:
+    """What tells the mount the folder open at ``fd`` lies on from another: (its
+    device, the mount's id from /proc/self/fdinfo, b"" where /proc cannot tell). A bind
+    mount shares its file system's device, so the id is what tells one."""
+    try:
+        device = os.fstat(fd).st_dev
+    except OSError:
+        return (None, b"")
+    try:
+        info = os.open(f"/proc/self/fdinfo/{fd}", os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    except OSError:
+        return (device, b"")
+    try:
+        text = os.read(info, 4096)
+    except OSError:
+        text = b""
+    finally:
+        os.close(info)
+    at = text.find(b"mnt_id:")
+    return (device, text[at + 7 : text.find(b"\n", at)].strip() if at >= 0 else b"")
+
+
+def _parent_mount(path: str) -> tuple:
+    try:
+        parent = os.open(os.path.join(path, os.pardir), _DIR)
+    except OSError:
+        return (None, b"")
+    try:
+        return _mount_of(parent)
+    finally:
+        os.close(parent)
+
+
 def _empty(top: int) -> None:
     """Empty the folder open as ``top`` (see remove_tree). Stops when a pass over it
-    removes nothing (what is left could not be removed)."""
+    removes nothing (what is left could not be removed). Never enters another mount (a
+    folder bound inside, the trust folder say: `cache clear` deleted its keys through
+    one, red team 147): such a folder is left, and so is the tree around it."""
     moved = 0
+    here = _mount_of(top)
     while True:
         progress = False
         try:
@@ -80,6 +118,8 @@ def _empty(top: int) -> None:
                 progress |= _unlink(name, top)  # (replaced by a file meanwhile)
                 continue
             try:
+                if _mount_of(folder) != here:
+                    continue  # (a mount point: left; the finally closes it)
                 with os.scandir(folder) as listing:
                     inner = [(e.name, e.is_dir(follow_symlinks=False)) for e in listing]
                 for child, child_is_dir in inner:

@@ -291,7 +291,8 @@ def _unusable(root: Any, exc: BaseException) -> Exception:
 
     return InputError(
         f"cannot clean the cache at {root}: {cache.reason(exc)}",
-        hint="fix the permissions of the cache's folders, or delete the cache folder",
+        hint="fix the permissions of the cache's folders, unmount what is mounted in them "
+        "(never entered), or delete the cache folder",
     )
 
 
