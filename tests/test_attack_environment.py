@@ -1205,12 +1205,17 @@ def test_a_checkpoint_linked_to_a_key_file_is_refused_unread(home, tmp_path):
     assert key.read_bytes() == before
 
 
-@pytest.mark.parametrize("name", ["CACHEDIR.TAG", "cache.db"])
+@pytest.mark.parametrize("name", ["CACHEDIR.TAG", "cache.db", "probes/wasmer-0.txt"])
 def test_stdout_on_a_hard_link_of_a_cache_file_is_refused(home, tmp_path, name):
     # (only entries were told by what they hold: a second name of the cache's tag took
-    # the output, and the cache was then "not a wasmsbx cache" until cleared)
+    # the output, and the cache was then "not a wasmsbx cache" until cleared; of a
+    # wasmer probe's verdict, red team 147, the guest's text was then shown as a fix)
     entry = _an_entry(home, tmp_path)
     kept = entry.parent.parent.parent / name
+    if name.startswith("probes"):
+        kept.parent.mkdir(mode=0o700)
+        kept.write_text("verdict\n")
+        name = kept.name
     before = kept.read_bytes()
     os.link(kept, tmp_path / "hl")
     result = _wasmsbx_into(tmp_path / "hl", "run", HELLO, env=home, cwd=tmp_path)
@@ -1312,3 +1317,24 @@ def test_a_tree_is_removed_whole_on_one_mount(tmp_path):
     (tmp_path / "t" / "g").write_text("y")
     assert fstree.remove_tree(str(tmp_path / "t"))
     assert not (tmp_path / "t").exists()
+
+
+@pytest.mark.parametrize("what", ["secret.key", "entry", "CACHEDIR.TAG"])
+def test_a_checkpoint_hard_linked_to_a_guarded_file_is_refused(home, tmp_path, what):
+    # (red team 147: a second name of a key file, an entry or a cache's tag was read as
+    # a checkpoint, "not a wasmsbx checkpoint", exit 2)
+    entry = _an_entry(home, tmp_path)
+    _keys_made(home, tmp_path)
+    guarded = {
+        "secret.key": Path(home["WASMSBX_TRUST_DIR"]) / "secret.key",
+        "entry": entry,
+        "CACHEDIR.TAG": entry.parent.parent.parent / "CACHEDIR.TAG",
+    }[what]
+    before = guarded.read_bytes()
+    os.link(guarded, tmp_path / "ck")
+    (tmp_path / "in.jsonl").write_text("[1, 2]\n")
+    result = _wasmsbx(
+        "run", ADD, "add", "--batch", "in.jsonl", "--checkpoint", "ck", env=home, cwd=tmp_path
+    )
+    assert result.returncode == 105 and result.stdout == "", result
+    assert guarded.read_bytes() == before

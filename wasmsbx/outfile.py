@@ -117,6 +117,46 @@ def refuse_guarded_output(path: Any) -> None:
     text = os.fspath(path)
     refuse_trust_folder(text)
     _refuse_guarded_early(text)
+    _refuse_guarded_file(text, "refusing to write there")
+
+
+def _refuse_guarded_file(text: str, why: str) -> None:
+    """The file at ``text`` (followed), told by what it is, whatever its names: a key
+    file, a cache entry (its footer), a file at the top of a cache folder; or one an
+    overlay shows from the trust folder (a lower layer: a read goes there). Red team
+    147: a checkpoint that was a hard link of one, or under such an overlay, was read
+    as a checkpoint first ("not a wasmsbx checkpoint", exit 2)."""
+    from .native.trust import mounted_aliases
+    from .native.trustdir import holds_entry, mountinfo, resolved, trust_dir_text, within
+
+    try:
+        fd = os.open(text, os.O_RDONLY | os.O_NONBLOCK | _CLOEXEC | getattr(os, "O_NOCTTY", 0))
+    except OSError:
+        return
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            return
+        refuse_key_file(text, info, why)
+        if holds_entry(fd):
+            raise _fail(
+                text,
+                f"is a wasmsbx cache entry (its native code); {why}",
+                "choose another path: the cache holds native code that processes run",
+            )
+        if info.st_nlink > 1:
+            _refuse_cache_file(text, info, why)
+        real = os.readlink(f"/proc/self/fd/{fd}") if os.path.isdir("/proc/self/fd") else ""
+    finally:
+        os.close(fd)
+    try:
+        keys = resolved(trust_dir_text())
+    except OSError:
+        return
+    if real.startswith(os.sep):
+        for alias in mounted_aliases(keys, mountinfo()):
+            if within(real, alias):
+                raise _guarded_error(text, "trust", keys, why)
 
 
 def _refuse_guarded_early(text: str) -> None:
@@ -272,7 +312,8 @@ _CACHE_NAMES_SEEN = 256  # names at the top of a cache folder looked at (it hold
 
 def _refuse_cache_file(text: str, info: os.stat_result, why: str) -> None:
     """InputError if ``info`` (a redirected stdout's stat, a file of several names) is
-    one of the files at the top of one of the user's cache folders by another name
+    one of the files at the top of one of the user's cache folders (or in its
+    ``probes``) by another name
     (a hard link of its ``CACHEDIR.TAG``, overwritten, made it "not a wasmsbx cache";
     of ``cache.db``, damaged its index). Entries are told by what they hold; the facts
     records beside them are authenticated, and damage there is a recompile."""
@@ -282,7 +323,8 @@ def _refuse_cache_file(text: str, info: os.stat_result, why: str) -> None:
         roots = cache_roots()
     except OSError:  # (no home folder: no cache folder of the user's)
         return
-    for root in roots:
+    folders = [os.path.join(root, inner) for root in roots for inner in ("", "probes")]
+    for root in folders:  # (probes/: the wasmer backend's verdicts, red team 147)
         try:
             with os.scandir(root) as names:
                 for seen, name in enumerate(names):
