@@ -1338,3 +1338,22 @@ def test_a_checkpoint_hard_linked_to_a_guarded_file_is_refused(home, tmp_path, w
     )
     assert result.returncode == 105 and result.stdout == "", result
     assert guarded.read_bytes() == before
+
+
+@pytest.mark.parametrize("module", ["add.wat", "wasi/hello.wasm"])
+def test_a_grant_of_the_trust_folder_is_refused_before_the_compile(home, tmp_path, module):
+    # (red team 147: refused once the module was compiled, and cached)
+    _keys_made(home, tmp_path)
+    home.pop("WASMSBX_CACHE_DIR", None)
+    cache = Path(home["XDG_CACHE_HOME"]) / "wasmsbx"
+    shutil.rmtree(cache, ignore_errors=True)
+    trust = home["WASMSBX_TRUST_DIR"]
+    (tmp_path / "g.toml").write_text(
+        f'[runtime]\ncache_min_size = 0\n[filesystem]\nread_only = ["{trust}"]\n'
+    )
+    args = ["add", "1", "2"] if module == "add.wat" else []
+    result = _wasmsbx(
+        "run", ROOT / "examples" / module, *args, "--policy", "g.toml", env=home, cwd=tmp_path
+    )
+    assert result.returncode == 101 and "your wasmsbx keys" in result.stderr, result
+    assert not list(cache.glob("code/*/*.entry"))

@@ -108,10 +108,23 @@ def _checked_before_the_log(args: opts.RunArgs) -> Any:
         policy = build_policy(args.options)
     except errors.WasmsbxError:
         return None
+    _refuse_before_the_work(args, policy)
+    return policy
+
+
+def _refuse_before_the_work(args: opts.RunArgs, policy: Any) -> None:
+    """What the policy asks that is refused whatever the module: a file the run writes
+    that it reads or keeps (cli/crossed.py), and a grant of the trust folder, a cache or
+    a procfs, checked by path here (and again on the folders opened as the guest is
+    given them), before a compile caches the module: such a run was refused only once
+    compiled (red team 147)."""
     from ..crossed import refuse_crossed
 
     refuse_crossed(args, policy)
-    return policy
+    if policy.grants:
+        from ...native import trust
+
+        trust.refuse_key_grants(policy.grants)
 
 
 def _audit_log(args: opts.RunArgs) -> Any:
@@ -167,9 +180,7 @@ def execute(args: opts.RunArgs, log: Any = None, policy: Any = None) -> int:
     module, func, call_args = _target(args)
     if policy is None:  # (else built and checked before the audit log was opened)
         policy = build_policy(o)
-        from ..crossed import refuse_crossed
-
-        refuse_crossed(args, policy)  # nothing the run writes is what it reads or keeps
+        _refuse_before_the_work(args, policy)
     if module == "-":  # read stdin once, before anything else may want it
         path = _module_path(module, o)
         args = args._replace(positionals=[path, *args.positionals[1:]])
