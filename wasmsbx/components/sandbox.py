@@ -51,6 +51,11 @@ def component_bytes(data: bytes, path: Any, bound: tuple = ()) -> bytes:
 def find_export(exports: list, name: str, where: str) -> runtime.ComponentExport:
     """The function ``name`` names: exactly, as ``iface#func`` without the version, or
     as a bare function name only one interface exports."""
+    if not isinstance(name, str):  # (5, None, bytes: a TypeError, red team 148)
+        raise errors.UsageError(
+            f"a function is named by a string, not {type(name).__name__}",
+            hint=exports_hint(exports),
+        )
     exact = [e for e in exports if e.name == name]
     if exact:
         return exact[0]
@@ -70,13 +75,10 @@ def find_export(exports: list, name: str, where: str) -> runtime.ComponentExport
             f"{errors.quoted(name)} is exported by several interfaces",
             hint="name one: " + ", ".join(errors.inert(e.name) for e in found),
         )
-    import difflib
-
-    close = difflib.get_close_matches(name, [e.name for e in exports], n=1)
+    close = errors.closest(name, (e.name for e in exports))
     raise errors.UsageError(
         f"{where} has no exported function {errors.quoted(name)}",
-        hint=(f"did you mean '{errors.inert(close[0])}'? " if close else "")
-        + exports_hint(exports),
+        hint=(f"did you mean '{errors.inert(close)}'? " if close else "") + exports_hint(exports),
         function=name,
     )
 

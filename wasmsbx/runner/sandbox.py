@@ -167,6 +167,11 @@ class CommandResult(
 
 def find_signature(export_list: Sequence[Any], func: str, module_name: str) -> Signature:
     """The signature of exported function ``func``; a UsageError that suggests a name if not."""
+    if not isinstance(func, str):  # (5, None: a TypeError from difflib, red team 148)
+        raise errors.UsageError(
+            f"a function is named by a string, not {type(func).__name__}",
+            hint=exports_hint(export_list),
+        )
     for export in export_list:
         if export.name == func:
             if export.kind != "func":
@@ -181,11 +186,8 @@ def find_signature(export_list: Sequence[Any], func: str, module_name: str) -> S
                     hint="rebuild the module; wasm-validate says where",
                 )
             return export.signature
-    import difflib
-
-    funcs = [e.name for e in export_list if e.kind == "func"]
-    close = difflib.get_close_matches(func, funcs, n=1)
-    hint = f"did you mean '{errors.inert(close[0])}'? " if close else ""
+    close = errors.closest(func, (e.name for e in export_list if e.kind == "func"))
+    hint = f"did you mean '{errors.inert(close)}'? " if close else ""
     raise errors.UsageError(
         f"{module_name} has no export named {errors.quoted(func)}",
         hint=hint + exports_hint(export_list),
@@ -1472,6 +1474,13 @@ class Sandbox:
     ) -> WasiSetup:
         """``program``: the guest's ``argv[0]`` (the module file's name if None)."""
         v = self.policy.values
+        if isinstance(argv, (str, bytes)) or not all(isinstance(a, str) for a in argv):
+            raise errors.UsageError(  # (bytes, 5: an AttributeError, red team 148;
+                "argv is a list of strings",  # a str: one argument per character)
+                hint="give the guest's arguments as a list: argv=['-v', 'in.txt']",
+            )
+        if program is not None and not isinstance(program, str):
+            raise errors.UsageError("program (the guest's argv[0]) is a string")
         return WasiSetup(
             argv=[self.path.name if program is None else program, *argv],
             env=self.policy.env_for_guest(),
@@ -1614,7 +1623,10 @@ class Sandbox:
         arrays, made once) is kept with the instance it belongs to, so a new instance
         (``close()``, a trap in a batch) gets a new one. Unlike ``invoke`` it records no
         timings and builds no RunStats."""
-        entry = self._callers.get(func)
+        try:
+            entry = self._callers.get(func)
+        except TypeError:  # (unhashable, a list: find_signature says what it wants)
+            entry = None
         if entry is not None and entry[0] is self._instance:
             call = entry[1]
         elif self._called_once == func:  # the second call: the caller is made now

@@ -1,0 +1,90 @@
+"""Red team 148: what the library is given as a function's name and a command's
+arguments, and what a "did you mean" costs whatever a module exports."""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+
+import pytest
+
+import wasmsbx
+from wasmsbx import errors
+
+ROOT = Path(__file__).resolve().parent.parent
+ADD = ROOT / "examples" / "add.wat"
+HELLO = ROOT / "examples" / "wasi" / "hello.wasm"
+CALC = ROOT / "examples" / "components" / "calc.wasm"
+
+
+def _leb(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, n = n & 0x7F, n >> 7
+        out.append(byte | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def _section(kind: int, body: bytes) -> bytes:
+    return bytes([kind]) + _leb(len(body)) + body
+
+
+def many_exports(count: int, width: int) -> bytes:
+    """A module of one function, () -> (), exported ``count`` times under names of
+    ``width`` characters that differ only at their end."""
+    names = b"".join(
+        _leb(width) + (b"f" * (width - 8) + b"%08d" % i) + b"\x00\x00" for i in range(count)
+    )
+    return (
+        b"\x00asm\x01\x00\x00\x00"
+        + _section(1, b"\x01\x60\x00\x00")
+        + _section(3, b"\x01\x00")
+        + _section(7, _leb(count) + names)
+        + _section(10, b"\x01\x02\x00\x0b")
+    )
+
+
+def test_a_did_you_mean_compares_a_bounded_number_of_names(monkeypatch):
+    # (100,000 exported names of 100 characters: 85 s of difflib, outside every limit)
+    compared: list = []
+    real = difflib.get_close_matches
+
+    def counted(word, possibilities, *args, **kwargs):
+        compared.append((len(word), len(possibilities), max(map(len, possibilities or [""]))))
+        return real(word, possibilities, *args, **kwargs)
+
+    monkeypatch.setattr(difflib, "get_close_matches", counted)
+    box = wasmsbx.Sandbox(many_exports(20_000, 100))
+    with pytest.raises(errors.UsageError, match="has no export named"):
+        box.call("f" * 99 + "x")
+    ((word, names, longest),) = compared
+    assert word <= errors.CLOSEST_LENGTH and longest <= errors.CLOSEST_LENGTH
+    assert names <= errors.CLOSEST_NAMES
+
+
+def test_a_typo_is_still_told():
+    box = wasmsbx.Sandbox(ADD)
+    with pytest.raises(errors.UsageError) as caught:
+        box.call("ad", 1, 2)
+    assert "did you mean 'add'" in caught.value.hint
+    component = wasmsbx.Sandbox(CALC)
+    with pytest.raises(errors.UsageError) as caught:
+        component.call("ad", 1, 2)
+    assert "did you mean" in caught.value.hint
+
+
+@pytest.mark.parametrize("module", [ADD, CALC])
+@pytest.mark.parametrize("name", [5, None, [1], b"add", {"a": 1}])
+def test_a_function_named_by_anything_but_a_string_is_a_usage_error(module, name):
+    box = wasmsbx.Sandbox(module)
+    with pytest.raises(errors.UsageError, match="named by a string"):
+        box.call(name, 1, 2)
+
+
+@pytest.mark.parametrize("argv", [[b"x"], [5], "abc", [None]])
+def test_a_commands_arguments_are_a_list_of_strings(argv):
+    box = wasmsbx.Sandbox(HELLO)
+    with pytest.raises(errors.UsageError, match="argv is a list of strings"):
+        box.run_command(argv=argv, capture=True)
+    assert b"argv[1] = x" in box.run_command(argv=["x"], capture=True).stdout
