@@ -88,3 +88,54 @@ def test_a_commands_arguments_are_a_list_of_strings(argv):
     with pytest.raises(errors.UsageError, match="argv is a list of strings"):
         box.run_command(argv=argv, capture=True)
     assert b"argv[1] = x" in box.run_command(argv=["x"], capture=True).stdout
+
+
+# ---------------------------------------------------------------------------- reads bounded
+
+
+def _globals_module(count: int) -> bytes:
+    body = b"\x7f\x00\x41\x00\x0b" * count  # (mut i32) = i32.const 0
+    return b"\x00asm\x01\x00\x00\x00" + _section(6, _leb(count) + body)
+
+
+def test_reading_a_module_ends_at_the_runs_deadline():
+    # (red team 148: 1,000,000 exports read for 12 s before the compile began, past
+    # --timeout 1s; the deadline had passed long before)
+    import time
+
+    with pytest.raises(errors.TimeoutExceeded, match="reading its sections"):
+        wasmsbx.Sandbox(_globals_module(100_000), deadline=time.monotonic() - 1)
+
+
+def test_reading_a_module_ends_within_the_compile_timeout(tmp_path):
+    policy = tmp_path / "p.toml"
+    policy.write_text('[limits]\ncompile_timeout = "1ms"\n')
+    module = tmp_path / "g.wasm"
+    module.write_bytes(_globals_module(1_000_000))  # (read for a second or more)
+    with pytest.raises(errors.CompileLimitExceeded, match="reading its sections"):
+        wasmsbx.Sandbox(str(module), policy=wasmsbx.load_policy(policy))
+
+
+def test_element_indexes_are_skipped_as_decoding_would():
+    import random
+
+    from wasmsbx.wasm import facts
+    from wasmsbx.wasm.reader import _Reader
+
+    rng = random.Random(148)
+    for _ in range(200):
+        numbers = [
+            rng.choice([0, 1, 127, 128, 2**20, 2**32 - 1]) for _ in range(rng.randrange(3000))
+        ]
+        data = b"".join(map(_leb, numbers)) + b"\x05"
+        count = rng.randrange(len(numbers) + 1)
+        decoded = _Reader(data, 0, len(data), "t")
+        for _ in range(count):
+            decoded.uleb()
+        skipped = _Reader(data, 0, len(data), "t")
+        facts.skip_ulebs(skipped, count)
+        assert skipped.pos == decoded.pos
+    with pytest.raises(facts.FactsError, match="too long"):
+        facts.skip_ulebs(_Reader(b"\x80" * 5 + b"\x01", 0, 6, "t"), 1)
+    with pytest.raises(facts.FactsError, match="truncated"):
+        facts.skip_ulebs(_Reader(b"\x80", 0, 1, "t"), 1)

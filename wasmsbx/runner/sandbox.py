@@ -48,6 +48,7 @@ from ..wasm.source import (  # noqa: F401 - re-exported for the runner's callers
     _looks_like_wat,
     _size_cap,
     _text_start,
+    bounded_reads,
     module_bytes,
     read_file,
     read_module,
@@ -891,112 +892,114 @@ class Sandbox:
             from .importpath import guard
 
             guard(self.policy.grants, getattr(self, "is_component", False))
-        started = time.perf_counter()
-        cache_wanted = self.policy.values["runtime.cache"] if use_cache is None else use_cache
-        self._prepared: Any = None
-        # A module file the cache knows (native.located) is not read nor hashed: its
-        # digest, facts and native code come from the cache, all authenticated there.
-        # Not with host memories or tables: they make the backend compile the module
-        # again with per-memory caps (limits.Budget), from its bytes.
-        fast = cache_wanted and not from_bytes and not artifact and group is None
-        fast = fast and not _grants_storage(self.imports)
-        given = self._preread_of(read, module, cache_wanted) if read is not None else None
-        known = self._known_file() if fast and given is None else None
-        if known is not None:
-            data = None
-            size = known.size
-        elif given is not None:
-            data = read_file(self._read_target(), given=given)
-            size = len(data)
-        else:
-            data = bytes(module) if from_bytes else self._read(cache_wanted and not artifact)
-            size = len(data)
-        check_size(size, self.policy.values["limits.module_size"], self._name)
-        self.wasm = None
-        if data is not None and data[:1] == ARTIFACT_FIRST_BYTE and artifact is None:
-            from ..native import artifact as aot  # standalone artifacts: kept out of the hot path
-
-            self.artifact = aot.open_for(self, data, str(self.path))
-        if self.artifact is None:
+        with bounded_reads(self.policy, getattr(self, "deadline", None), self._name):
+            started = time.perf_counter()
+            cache_wanted = self.policy.values["runtime.cache"] if use_cache is None else use_cache
+            self._prepared: Any = None
+            # A module file the cache knows (native.located) is not read nor hashed: its
+            # digest, facts and native code come from the cache, all authenticated there.
+            # Not with host memories or tables: they make the backend compile the module
+            # again with per-memory caps (limits.Budget), from its bytes.
+            fast = cache_wanted and not from_bytes and not artifact and group is None
+            fast = fast and not _grants_storage(self.imports)
+            given = self._preread_of(read, module, cache_wanted) if read is not None else None
+            known = self._known_file() if fast and given is None else None
             if known is not None:
-                self._prepared = known
+                data = None
+                size = known.size
+            elif given is not None:
+                data = read_file(self._read_target(), given=given)
+                size = len(data)
             else:
-                # Translated and parsed once per process for the same bytes
-                # (runner.shared); a module the disk cache will hold is not parsed where
-                # its record is found.
-                learn = self._learn if cache_wanted else None
-                self._prepared = shared.prepared(data, self._module_bytes, learn)
-            self._known = known  # (after self.wasm = None: the property reads through it)
-            if known is None:
-                self.wasm = self._prepared.wasm
-            if self._prepared.interface is not None:
-                # Before any compile or cache write: a run that cannot work fails now.
-                provided = (
-                    all
-                    if group is not None
-                    else frozenset((m, n) for m, names in self.imports.items() for n in names)
-                )
-                alone = provided == frozenset()  # WASI only: the same answer every time
-                check_interface(
-                    b"",  # (unread: the interface is given)
-                    self._name,
-                    kind,
-                    function,
-                    args,
-                    provided,
-                    interface=self._prepared.interface,
-                    imports_checked=alone and self._prepared.imports_ok,
-                )
-                if alone:
-                    self._prepared.imports_ok = True
-        if from_bytes:  # (batch workers rebuild the sandbox from them: runner.batch)
-            self._given = data if self._prepared is None else self._prepared.data
-        if artifact is not None:
-            from ..native import artifact as aot
+                data = bytes(module) if from_bytes else self._read(cache_wanted and not artifact)
+                size = len(data)
+            check_size(size, self.policy.values["limits.module_size"], self._name)
+            self.wasm = None
+            if data is not None and data[:1] == ARTIFACT_FIRST_BYTE and artifact is None:
+                # (standalone artifacts: kept out of the hot path)
+                from ..native import artifact as aot
 
-            self.artifact = aot.open_for(self, None, artifact)
-        self.timings["read"] = time.perf_counter() - started
-        epochless = False
-        if self.artifact is not None and self.artifact.fingerprint.get("epoch") is False:
-            from ..native import artifact as aot
+                self.artifact = aot.open_for(self, data, str(self.path))
+            if self.artifact is None:
+                if known is not None:
+                    self._prepared = known
+                else:
+                    # Translated and parsed once per process for the same bytes
+                    # (runner.shared); a module the disk cache will hold is not parsed where
+                    # its record is found.
+                    learn = self._learn if cache_wanted else None
+                    self._prepared = shared.prepared(data, self._module_bytes, learn)
+                self._known = known  # (after self.wasm = None: the property reads through it)
+                if known is None:
+                    self.wasm = self._prepared.wasm
+                if self._prepared.interface is not None:
+                    # Before any compile or cache write: a run that cannot work fails now.
+                    provided = (
+                        all
+                        if group is not None
+                        else frozenset((m, n) for m, names in self.imports.items() for n in names)
+                    )
+                    alone = provided == frozenset()  # WASI only: the same answer every time
+                    check_interface(
+                        b"",  # (unread: the interface is given)
+                        self._name,
+                        kind,
+                        function,
+                        args,
+                        provided,
+                        interface=self._prepared.interface,
+                        imports_checked=alone and self._prepared.imports_ok,
+                    )
+                    if alone:
+                        self._prepared.imports_ok = True
+            if from_bytes:  # (batch workers rebuild the sandbox from them: runner.batch)
+                self._given = data if self._prepared is None else self._prepared.data
+            if artifact is not None:
+                from ..native import artifact as aot
 
-            epochless = aot.epochless(self, group)  # or refused (a warning, or the error)
-        if group is not None and group.engine is not None:
-            self.backend_name, self.compiler = group.backend_name, group.compiler
-            self.engine = group.engine
-        else:
-            if (self.imports or group is not None) and backend is None:
-                backend = _linking_backend(self.policy)
-            self.backend_name, self.compiler = self._choose(backend, kind)
-            options = engine_options(self.policy, self.compiler)
-            if epochless and self.artifact is not None:  # (_choose may have refused it)
-                options = options._replace(epoch=False)
-            self.engine = backend_get(self.backend_name).engine(options)
-            if group is not None:
-                group._adopt(self)
-        if not cache_wanted:  # (a cluster's workers follow the same choice)
-            self.use_cache = False
-        self.cache_state = "off"
-        self.module = None
-        if self.artifact is not None:
-            from ..native import artifact as aot
+                self.artifact = aot.open_for(self, None, artifact)
+            self.timings["read"] = time.perf_counter() - started
+            epochless = False
+            if self.artifact is not None and self.artifact.fingerprint.get("epoch") is False:
+                from ..native import artifact as aot
 
-            self.module = aot.load_for(self)
-        if self.module is None:
-            if epochless:  # refused after all: the module compiles with epoch checks
-                self.engine = backend_get(self.backend_name).engine(
-                    engine_options(self.policy, self.compiler)
-                )
-            self.module = self._compile(cache_wanted)
-        if self._source is not None:  # (for the source memo, written by now if ever)
-            self._source = None
-        if self._known is not None:  # (a file the cache knows: the facts are all it needs)
-            self.engine.describe(self.module, None, self._known.facts)
-        elif self.wasm is not None:  # native code from the cache: the totals need the layout
-            self.engine.describe(self.module, self.wasm, getattr(self._prepared, "facts", None))
-        self.export_list = self._interface()
-        if planned:
-            _Plan.remember(self, module, content, policy, values)
+                epochless = aot.epochless(self, group)  # or refused (a warning, or the error)
+            if group is not None and group.engine is not None:
+                self.backend_name, self.compiler = group.backend_name, group.compiler
+                self.engine = group.engine
+            else:
+                if (self.imports or group is not None) and backend is None:
+                    backend = _linking_backend(self.policy)
+                self.backend_name, self.compiler = self._choose(backend, kind)
+                options = engine_options(self.policy, self.compiler)
+                if epochless and self.artifact is not None:  # (_choose may have refused it)
+                    options = options._replace(epoch=False)
+                self.engine = backend_get(self.backend_name).engine(options)
+                if group is not None:
+                    group._adopt(self)
+            if not cache_wanted:  # (a cluster's workers follow the same choice)
+                self.use_cache = False
+            self.cache_state = "off"
+            self.module = None
+            if self.artifact is not None:
+                from ..native import artifact as aot
+
+                self.module = aot.load_for(self)
+            if self.module is None:
+                if epochless:  # refused after all: the module compiles with epoch checks
+                    self.engine = backend_get(self.backend_name).engine(
+                        engine_options(self.policy, self.compiler)
+                    )
+                self.module = self._compile(cache_wanted)
+            if self._source is not None:  # (for the source memo, written by now if ever)
+                self._source = None
+            if self._known is not None:  # (a file the cache knows: the facts are all it needs)
+                self.engine.describe(self.module, None, self._known.facts)
+            elif self.wasm is not None:  # native code from the cache: the totals need the layout
+                self.engine.describe(self.module, self.wasm, getattr(self._prepared, "facts", None))
+            self.export_list = self._interface()
+            if planned:
+                _Plan.remember(self, module, content, policy, values)
 
     def _from_plan(self, plan: _Plan, policy: policy_mod.Policy) -> bool:
         """This sandbox made as ``plan`` says, if the policy's values are still the ones

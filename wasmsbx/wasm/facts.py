@@ -18,6 +18,7 @@ of that one body and adds the feature ``"unknown"`` instead of failing.
 from __future__ import annotations
 
 import os
+import time
 from collections import namedtuple
 from typing import Any, Optional, Union
 
@@ -33,6 +34,7 @@ from .reader import (  # noqa: F401 - FactsError is re-exported
     _sleb,
     _UnknownEncoding,
 )
+from .source import read_by
 
 __all__ = [
     "FEATURES",
@@ -248,9 +250,13 @@ _IMPORTED_COUNTS = {
 }
 
 
+_TICK = 4096  # items read between looks at the clock (wasm.source.bounded_reads)
+
+
 class _Parser:
     def __init__(self, data: bytes, scan_code: bool = True, weigh: bool = False):
         self.data = data
+        self.by = read_by()  # (wasm.source.bounded_reads: the instant reads end by)
         self.scan_code = scan_code
         self.weigh = weigh or scan_code  # read the bodies' locals (compile_weight)
         self._scanner = None
@@ -289,6 +295,22 @@ class _Parser:
         # with (backends.compiling.HEAVY; functions compile in parallel); params count
         # as locals.
         self.compile_weight = 0
+
+    def items(self, n: int) -> Any:
+        """range(n), the clock looked at every _TICK items against READ_BY."""
+        if n <= _TICK or self.by is None:
+            return range(n)
+        return self._ticking(n)
+
+    def _ticking(self, n: int) -> Any:
+        for start in range(0, n, _TICK):
+            self.late()
+            yield from range(start, min(n, start + _TICK))
+
+    def late(self) -> None:
+        """The READ_BY error if its instant has passed."""
+        if self.by is not None and time.monotonic() > self.by[0]:
+            raise self.by[1]()
 
     def room(self, r: _Reader, kind: str, total: int, at: int) -> None:
         """Refuses a module whose ``total`` of ``kind`` (those declared so far and the
@@ -533,7 +555,7 @@ class _Parser:
                 self.producers = {}
 
     def section_type(self, r: _Reader) -> None:
-        for _ in range(self.counted(r, "types", len(self.all_types))):
+        for _ in self.items(self.counted(r, "types", len(self.all_types))):
             at = r.pos
             b = r.byte()
             if b == 0x4E:  # rec group
@@ -548,7 +570,7 @@ class _Parser:
                 self.all_types.append(self.subtype(r))
 
     def section_import(self, r: _Reader) -> None:
-        for _ in range(self.counted(r, "imports", 0, 4)):
+        for _ in self.items(self.counted(r, "imports", 0, 4)):
             module = r.name()
             name = r.name()
             at = r.pos
@@ -593,12 +615,12 @@ class _Parser:
 
     def section_function(self, r: _Reader) -> None:
         n = self.counted(r, "functions", len(self.func_type_idx))
-        for _ in range(n):
+        for _ in self.items(n):
             self.func_type_idx.append(r.uleb())
         self.defined_functions = n
 
     def section_table(self, r: _Reader) -> None:
-        for _ in range(self.counted(r, "tables", len(self.tables), 3)):
+        for _ in self.items(self.counted(r, "tables", len(self.tables), 3)):
             init = r.pos < r.end and r.data[r.pos] == 0x40
             if init:  # table type with an explicit initialiser (function-references)
                 r.pos += 1
@@ -612,22 +634,22 @@ class _Parser:
             self.tables.append(Table(len(self.tables), lim, elem, False))
 
     def section_memory(self, r: _Reader) -> None:
-        for _ in range(self.counted(r, "memories", len(self.memories), 2)):
+        for _ in self.items(self.counted(r, "memories", len(self.memories), 2)):
             self.memories.append(Memory(len(self.memories), self.limits(r, "memory"), False))
 
     def section_tag(self, r: _Reader) -> None:
         self.features.add("exceptions")
-        for _ in range(self.counted(r, "tags", len(self.tag_type_idx), 2)):
+        for _ in self.items(self.counted(r, "tags", len(self.tag_type_idx), 2)):
             self.tagtype(r)
 
     def section_global(self, r: _Reader) -> None:
-        for _ in range(self.counted(r, "globals", len(self.globals), 3)):
+        for _ in self.items(self.counted(r, "globals", len(self.globals), 3)):
             t, mut = self.globaltype(r)
             self.const_expr(r)
             self.globals.append(Global(len(self.globals), t, mut, False))
 
     def section_export(self, r: _Reader) -> None:
-        for _ in range(self.counted(r, "exports", 0, 3)):
+        for _ in self.items(self.counted(r, "exports", 0, 3)):
             name = r.name()
             at = r.pos
             kind_byte = r.byte()
@@ -648,7 +670,7 @@ class _Parser:
         self.start = r.uleb()
 
     def section_element(self, r: _Reader) -> None:
-        for _ in range(self.counted(r, "element segments", 0, 2)):
+        for _ in self.items(self.counted(r, "element segments", 0, 2)):
             at = r.pos
             flags = r.uleb()
             if flags > 7:
@@ -675,12 +697,11 @@ class _Parser:
                     raise r.error("invalid element kind", at)
             if uses_exprs:
                 items = r.count("element expression")
-                for _ in range(items):
+                for _ in self.items(items):
                     self.const_expr(r)
             else:
                 items = r.count("element function index")
-                for _ in range(items):
-                    r.uleb()
+                skip_ulebs(r, items)
             self.element_segments += 1
             if flags in (1, 5):
                 self.passive_element_segments += 1
@@ -699,7 +720,7 @@ class _Parser:
                 f"{self.defined_functions}"
             )
         self.code_count = n
-        for i in range(n):
+        for i in self.items(n):
             size_at = r.pos
             size = r.uleb()
             if size > r.end - r.pos:
@@ -725,7 +746,7 @@ class _Parser:
             r.pos = body_end
 
     def section_data(self, r: _Reader) -> None:
-        for _ in range(self.counted(r, "data segments", 0, 2)):
+        for _ in self.items(self.counted(r, "data segments", 0, 2)):
             at = r.pos
             flags = r.uleb()
             if flags == 0:
@@ -786,6 +807,40 @@ def _parse_producers(r: _Reader) -> dict[str, list[str]]:
     if r.pos != r.end:
         raise r.error("producers section size mismatch")
     return out
+
+
+_CONTINUED = bytes(range(0x80, 0x100))  # LEB128 bytes that another follows
+_SKIP_CHUNK = 1 << 16
+
+
+def skip_ulebs(r: _Reader, count: int) -> None:
+    """Move ``r`` past ``count`` unsigned LEB128 numbers (an element segment's function
+    indexes, whose values no fact needs): counted by their last bytes a chunk at a time
+    (bytes.translate), not decoded one by one in Python (100,000,000 of them took 65 s:
+    red team 148). One of more than 5 bytes, too long for a u32, is refused."""
+    import re
+
+    data, pos, end = r.data, r.pos, r.end
+    while count > 0:
+        stop = min(end, pos + _SKIP_CHUNK)
+        if stop <= pos:
+            raise r.truncated()
+        chunk = data[pos:stop]
+        last = len(chunk.translate(None, _CONTINUED))  # (the bytes that end a number)
+        if last >= count:  # (the count ends in this chunk)
+            for i, byte in enumerate(chunk):
+                if byte < 0x80:
+                    count -= 1
+                    if not count:
+                        stop = pos + i + 1
+                        break
+            chunk = chunk[: stop - pos]
+        else:
+            count -= last
+        if re.search(rb"[\x80-\xff]{5}", chunk):
+            raise r.error("integer representation too long", pos)
+        pos = stop
+    r.pos = pos
 
 
 # --------------------------------------------------------------------------------------------

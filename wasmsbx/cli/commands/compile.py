@@ -235,7 +235,7 @@ def run_compile(
     inputs = [source, wasm_path, policy.source]  # what -o must not overwrite
     failures = []
     # Parsed once: selection, the artifact's header and where it compiles use it.
-    facts, weight = _facts(built.wasm)
+    facts, weight = _facts(built.wasm, policy, name)
     job = _Job(
         built.wasm,
         name,
@@ -296,14 +296,16 @@ def _build(source: str, exports: list, wasm_out: Optional[str], policy: Any) -> 
     return result, wasm_out
 
 
-def _facts(wasm: bytes) -> tuple:
-    """The module's facts and compile weight (one parse of the whole module), or (None,
-    None) if it is not a core module wasmsbx can read (the compiler then gives the
-    precise error)."""
+def _facts(wasm: bytes, policy: Any, name: str) -> tuple:
+    """The module's facts and compile weight (one parse of the whole module, within
+    limits.compile_timeout), or (None, None) if it is not a core module wasmsbx can
+    read (the compiler then gives the precise error)."""
     from ...wasm.facts import FactsError, read_facts_weighed
+    from ...wasm.source import bounded_reads
 
     try:
-        return read_facts_weighed(wasm)
+        with bounded_reads(policy, None, name):
+            return read_facts_weighed(wasm)
     except FactsError:
         return None, None
 
