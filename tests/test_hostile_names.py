@@ -139,3 +139,55 @@ def test_element_indexes_are_skipped_as_decoding_would():
         facts.skip_ulebs(_Reader(b"\x80" * 5 + b"\x01", 0, 6, "t"), 1)
     with pytest.raises(facts.FactsError, match="truncated"):
         facts.skip_ulebs(_Reader(b"\x80", 0, 1, "t"), 1)
+
+
+# ---------------------------------------------------------------------------- module_size
+
+
+@pytest.mark.parametrize("through", ["stdin", "fifo"])
+def test_module_size_stops_the_read_not_after_it(tmp_path, through):
+    # (red team 148: a 200 MB module under module_size = "1MiB" was read whole, 406 MB
+    # of memory, before exit 117): past the limit the read stops, so a writer that has
+    # sent more than the limit and holds its end open does not hold the run
+    import os
+    import subprocess
+    import sys
+    import threading
+
+    (tmp_path / "small.toml").write_text('[limits]\nmodule_size = "1MiB"\n')
+    payload = b"\x00asm\x01\x00\x00\x00" + b"\x00" * (2 << 20)
+    if through == "fifo":
+        os.mkfifo(tmp_path / "m.wasm")
+        module, stdin = "m.wasm", subprocess.DEVNULL
+    else:
+        module, stdin = "-", subprocess.PIPE
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "wasmsbx", "run", module, "f", "--policy", "small.toml"],
+        stdin=stdin,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=tmp_path,
+    )
+    held: list = []
+
+    def write() -> None:
+        try:
+            if through == "fifo":
+                held.append(open(tmp_path / "m.wasm", "wb", buffering=0))  # noqa: SIM115
+                held[0].write(payload)
+            else:
+                proc.stdin.write(payload)
+                proc.stdin.flush()
+        except BrokenPipeError:
+            pass
+
+    writer = threading.Thread(target=write, daemon=True)
+    writer.start()
+    try:
+        code = proc.wait(timeout=120)  # (the writer never closes: a whole read never ends)
+    finally:
+        proc.kill()
+        for fh in held:
+            fh.close()
+    assert code == 117, proc.stderr.read()
+    assert b"limits.module_size" in proc.stderr.read()

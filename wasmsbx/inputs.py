@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import os
 import stat
+import threading
 from typing import Any, Callable, Optional, Union
 
 # One place for the caps, so a policy key can replace a default later.
@@ -44,6 +45,15 @@ class NothingWritten(OSError):
             "a named pipe (FIFO) that nothing was written to; give a regular file, or "
             "start the pipe's writer first"
         )
+
+
+def read_by() -> Optional[tuple]:
+    """(time.monotonic() instant, error factory) the reads of a module's sections in
+    this thread must end by (wasm.source.bounded_reads: wasm.facts looks), or None."""
+    return getattr(_READS, "by", None)
+
+
+_READS = threading.local()
 
 
 class TooLarge(OSError):

@@ -126,8 +126,14 @@ def _refuse_guarded_file(text: str, why: str) -> None:
     overlay shows from the trust folder (a lower layer: a read goes there). Red team
     147: a checkpoint that was a hard link of one, or under such an overlay, was read
     as a checkpoint first ("not a wasmsbx checkpoint", exit 2)."""
-    from .native.trust import mounted_aliases
-    from .native.trustdir import holds_entry, mountinfo, resolved, trust_dir_text, within
+    from .native.trustdir import (
+        holds_entry,
+        mounted_aliases,
+        mountinfo,
+        resolved,
+        trust_dir_text,
+        within,
+    )
 
     try:
         fd = os.open(text, os.O_RDONLY | os.O_NONBLOCK | _CLOEXEC | getattr(os, "O_NOCTTY", 0))

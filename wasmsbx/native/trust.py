@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import errno
 import os
-import re
 import stat
 import sys
 from collections import namedtuple
@@ -40,7 +39,10 @@ from .trustdir import (  # noqa: F401 - (in_cache_roots, the file names: their u
     cache_roots,
     in_cache_roots,
     make_private,
+    mount_aliases,
+    mounted_aliases,
     mountinfo,
+    overlay_layers,
     resolved,
     unescape_mount,
 )
@@ -733,125 +735,6 @@ def proc_mounts(table: Optional[bytes] = None) -> list:
     ``table``, /proc/self/mountinfo read now if not given); ["/proc"] as well, whether
     or not it is one now."""
     return proc_mount_points(mountinfo() if table is None else table)
-
-
-def mounted_aliases(real: str, table: bytes) -> list:
-    """The other paths at which the folder ``real`` (a real path) can be reached, from
-    ``table`` (/proc/self/mountinfo): where a bind mount shows it or a folder around it
-    (``mount --bind ~/.config/wasmsbx proj/keys``). A grant of such a path showed the
-    guest the secret key, since the grant checks compare real paths (red team 140)."""
-    try:
-        device = os.stat(real).st_dev
-    except OSError:
-        return []
-    return mount_aliases(table, real, f"{os.major(device)}:{os.minor(device)}")
-
-
-def mount_aliases(text: bytes, real: str, device: str) -> list:
-    """``mounted_aliases`` of a mountinfo text, for ``real`` on ``device`` ("MAJ:MIN")."""
-    mounts = []  # (root in the file system, mount point) of each mount of the device
-    for line in text.split(b"\n"):  # (not splitlines: a mount point may hold a CR)
-        parts = line.partition(b" - ")[0].split(b" ")
-        if len(parts) >= 5 and parts[2].decode("ascii", "replace") == device:
-            root = os.fsdecode(unescape_mount(parts[3]))
-            mounts.append((root, os.fsdecode(unescape_mount(parts[4]))))
-    # Where ``real`` lies in the file system: from the deepest mount point above it.
-    holding = [m for m in mounts if _within(real, m[1])]
-    aliases: list = []
-    if holding:
-        root, point = max(holding, key=lambda m: len(m[1]))
-        inside = os.path.normpath(os.path.join(root, os.path.relpath(real, point)))
-    for other_root, other_point in mounts if holding else ():
-        if _within(inside, other_root):  # (the folder, or one around it, mounted there)
-            alias = os.path.normpath(os.path.join(other_point, os.path.relpath(inside, other_root)))
-        elif _within(other_root, inside):  # (a part of it: a key file bound elsewhere)
-            alias = other_point
-        else:
-            continue
-        if alias != real and alias not in aliases:
-            aliases.append(alias)
-    return _overlay_aliases(overlay_layers(text), real, aliases)
-
-
-_ALIASES_MAX = 4096  # aliases found before giving up on more (each is a mount's)
-
-
-def _overlay_aliases(layers: list, real: str, aliases: list) -> list:
-    """``aliases`` (of ``real``) and the mount points of the overlays that show any of
-    them, or one around or inside, as a layer, to a fixed point: an overlay shows its
-    layers at its own mount point, on a device of its own, so a lower or upper layer
-    that is the folder is the folder again (red team 143: an overlay of the trust
-    folder, granted, gave the guest the secret key; one over a cache folder, its
-    entries to write), and so is one whose layer is a bind mount of it or another such
-    overlay (round 144). A layer under /proc (``/proc/self/cwd``, which leads elsewhere
-    for each process) cannot be placed: taken as the folder. One named relative to the
-    mounter's folder cannot be placed either, and is passed over: Docker names its
-    layers so for an image of many, and taking them for the folder would refuse every
-    grant in such a container."""
-    known = [real, *aliases]
-    seen = set(known)
-    placed = []
-    for point, layer in layers:
-        if not os.path.isabs(layer):
-            continue
-        if _through_descriptors(layer):
-            placed.append((point, None))
-        else:
-            placed.append((point, resolved(layer)))
-    fresh = list(known)
-    while fresh and len(known) < _ALIASES_MAX:
-        found = []
-        for point, layer in placed:
-            for one in fresh:
-                if _within(one, point):  # (what this overlay shows already: a layer
-                    continue  # does not hold the mounts below it, red team 145)
-                if layer is None or _within(layer, one):
-                    alias = point
-                elif _within(one, layer):
-                    alias = os.path.normpath(os.path.join(point, os.path.relpath(one, layer)))
-                else:
-                    continue
-                if alias not in seen:
-                    seen.add(alias)
-                    found.append(alias)
-        known += found
-        fresh = found
-    return [alias for alias in known[1:] if alias != real]
-
-
-def _through_descriptors(layer: str) -> bool:
-    """Whether an overlay layer's path leads through /proc or /dev/fd (a descriptor or
-    folder of the mounter's, which no other process can resolve as it did: red team
-    145, and resolving it here followed this process's own descriptors)."""
-    first = layer.lstrip(os.sep).split(os.sep, 1)[0]
-    if first == "proc":
-        return True
-    if first == "dev":
-        rest = layer.lstrip(os.sep).split(os.sep)
-        return len(rest) > 1 and rest[1] in ("fd", "stdin", "stdout", "stderr")
-    return False
-
-
-def overlay_layers(text: bytes) -> list:
-    """(mount point, layer path as given) of each lower and upper layer of each overlay
-    in a mountinfo text. (A ``:`` in a layer's path is given as ``\\:``, which
-    mountinfo shows with its backslash escaped, ``\\134:``.)"""
-    found = []
-    for line in text.split(b"\n"):  # (not splitlines: a mount point may hold a CR)
-        head, _, tail = line.partition(b" - ")
-        parts, kind = head.split(b" "), tail.split(b" ")
-        if len(parts) < 5 or len(kind) < 3 or kind[0] != b"overlay":
-            continue
-        point = os.fsdecode(unescape_mount(parts[4]))
-        for option in kind[2].split(b","):
-            name, _, value = option.partition(b"=")
-            if name not in (b"lowerdir", b"upperdir", b"lowerdir+", b"datadir+"):
-                continue
-            value = unescape_mount(value)
-            for layer in re.split(rb"(?<!\\):", value) if name == b"lowerdir" else [value]:
-                if layer:  # (every backslash escape undone: "\\," too, round 145)
-                    found.append((point, os.fsdecode(re.sub(rb"\\(.)", rb"\1", layer))))
-    return found
 
 
 def proc_mount_points(text: bytes) -> list:

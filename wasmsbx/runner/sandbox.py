@@ -1144,18 +1144,19 @@ class Sandbox:
     def _read(self, remember: bool) -> bytes:
         """The module file's bytes; with ``remember``, also what the file was around the
         read (for its source memo, native.located), if it did not change meanwhile."""
+        limit = self.policy.values["limits.module_size"]  # (as it is read: red team 148)
         if not remember:
-            return read_file(self._read_target())
+            return read_file(self._read_target(), limit=limit)
         started = time.time()  # (before the open: a change after it moves the ctime)
         try:
             text = _absolute(self._path_text or self.path)
         except (OSError, ValueError):
-            return read_file(self.path)
+            return read_file(self.path, limit=limit)
         # The file the bytes came from, as opened and after the read: not what the path
         # names before and after (a folder on the way can be swapped for the read and
         # back, binding one file's identity to another's module).
         seen: list = []
-        data = read_file(self._read_target(), seen=seen)
+        data = read_file(self._read_target(), seen=seen, limit=limit)
         # Only for a module the cache will hold (a small one's sandbox would carry a stat
         # result for nothing, and its run import what checks it).
         if len(seen) != 2 or len(data) < self.policy.values["runtime.cache_min_size"]:

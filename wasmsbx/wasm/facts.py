@@ -23,6 +23,7 @@ from collections import namedtuple
 from typing import Any, Optional, Union
 
 from ..capabilities import WASM_FEATURES
+from ..inputs import read_by
 from .model import Export, FuncType, Import, Interface, Limits  # noqa: F401 - re-exported
 from .reader import (  # noqa: F401 - FactsError is re-exported
     _HEAP_TYPES,
@@ -34,7 +35,6 @@ from .reader import (  # noqa: F401 - FactsError is re-exported
     _sleb,
     _UnknownEncoding,
 )
-from .source import read_by
 
 __all__ = [
     "FEATURES",

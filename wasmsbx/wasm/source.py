@@ -7,12 +7,11 @@ modules through it); it needs no runtime except wasmtime's ``wat2wasm`` for text
 from __future__ import annotations
 
 import os
-import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional, Union
 
 from .. import errors, inputs
-from ..inputs import TooLarge, read_capped  # (light; every module read goes through it)
+from ..inputs import _READS, TooLarge, read_capped  # (light; every module read goes through it)
 
 WASM_MAGIC = b"\0asm"
 ARTIFACT_FIRST_BYTE = b"\x89"  # of aot.MAGIC: checked before importing aot
@@ -88,32 +87,40 @@ class bounded_reads:
         _READS.by = self.old
 
 
-def read_by() -> Optional[tuple]:
-    """(time.monotonic() instant, error factory) the reads of this thread must end by
-    (``bounded_reads``), or None."""
-    return getattr(_READS, "by", None)
-
-
-_READS = threading.local()
 _READING = "reading its sections"
 
 
-def read_file(path: Path, seen: Optional[list] = None, given: Optional[bytes] = None) -> bytes:
+def read_file(
+    path: Path,
+    seen: Optional[list] = None,
+    given: Optional[bytes] = None,
+    limit: Optional[int] = None,
+) -> bytes:
     """A module or artifact file, read with a cap (a device that never ends is refused);
     ``seen``: see inputs.read_capped. ``given``: the file's bytes, read already (see
-    runner.sandbox.preread): judged as a read would judge them, with the same errors."""
+    runner.sandbox.preread): judged as a read would judge them, with the same errors.
+    ``limit``: limits.module_size, applied as the file is read, not after it (a 200 MB
+    module under a 1 MiB limit was read whole first: red team 148): exit 117."""
     if given is not None and given[:4] == WASM_MAGIC and len(given) <= inputs.MODULE_MAX_BYTES:
         return given  # (a binary module within its cap: what _size_cap says, sooner)
+
+    def cap(head: bytes) -> int:
+        kind = _size_cap(head)
+        return kind if limit is None or limit >= kind else limit
+
     try:
         if given is not None:
-            cap = _size_cap(given[:16])
-            if len(given) > cap:
-                raise TooLarge(len(given), cap)
+            if len(given) > _size_cap(given[:16]):
+                raise TooLarge(len(given), _size_cap(given[:16]))
             return given
-        data = read_capped(path, _size_cap, seen)
+        data = read_capped(path, cap, seen)
     except errors.ModuleError as exc:  # from _size_cap: the path belongs in the message
         raise errors.ModuleError(f"{path}: {exc.message}", hint=exc.hint, path=str(path)) from None
     except TooLarge as exc:
+        if limit is not None and exc.limit == limit:
+            from ..backends.compiling import check_size
+
+            check_size(max(exc.size, limit + 1), limit, os.path.basename(str(path)))
         what = "precompiled artifact" if exc.limit == _size_cap(ARTIFACT_FIRST_BYTE) else "module"
         raise errors.ModuleError(
             f"{path}: {what} too large: {exc.strerror}",

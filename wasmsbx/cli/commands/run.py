@@ -182,7 +182,7 @@ def execute(args: opts.RunArgs, log: Any = None, policy: Any = None) -> int:
         policy = build_policy(o)
         _refuse_before_the_work(args, policy)
     if module == "-":  # read stdin once, before anything else may want it
-        path = _module_path(module, o)
+        path = _module_path(module, o, policy.values["limits.module_size"])
         args = args._replace(positionals=[path, *args.positionals[1:]])
     # (`is not`: -j 0 == False, so `not in (None, False)` took it for no -j at all and
     # ran the call, where -j 4 without --batch is a usage error: red team 106)
@@ -323,8 +323,10 @@ def parse_invoke(text: str) -> tuple:
     return name, values
 
 
-def _module_path(module: str, o: dict) -> str:
-    """MODULE, or for ``-`` the module read from stdin into a private temporary file."""
+def _module_path(module: str, o: dict, limit: Any = None) -> str:
+    """MODULE, or for ``-`` the module read from stdin into a private temporary file,
+    at most ``limit`` bytes of it (limits.module_size: past it, exit 117 once that much
+    is read, not once all of it is: red team 148)."""
     if module != "-":
         return module
     if o.get("batch") == "-" or o.get("stream"):
@@ -344,9 +346,18 @@ def _module_path(module: str, o: dict) -> str:
     path = f"{folder}/<stdin>"
     from ...inputs import MODULE_MAX_BYTES, TooLarge, _read_upto
 
+    cap = MODULE_MAX_BYTES if limit is None else min(limit, MODULE_MAX_BYTES)
     try:  # capped like a module file: `run - < /dev/zero` must not fill the disk
-        data = _read_upto(sys.stdin.buffer.read, b"", MODULE_MAX_BYTES)
+        data = _read_upto(sys.stdin.buffer.read, b"", cap)
     except TooLarge:
+        if cap < MODULE_MAX_BYTES:
+            from ...units import format_limit
+
+            raise errors.CompileLimitExceeded(
+                f"<stdin>: more than limits.module_size {format_limit(limit)}",
+                hint="raise limits.module_size in the policy if you trust this module",
+                limit_value=limit,
+            ) from None
         raise errors.InputError(
             f"<stdin>: more than {MODULE_MAX_BYTES >> 20} MiB, larger than any module "
             "wasmsbx reads",
