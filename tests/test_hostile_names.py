@@ -191,3 +191,15 @@ def test_module_size_stops_the_read_not_after_it(tmp_path, through):
             fh.close()
     assert code == 117, proc.stderr.read()
     assert b"limits.module_size" in proc.stderr.read()
+
+
+def test_an_uncaught_exception_is_told_as_one():
+    # (red team 148: "a WASI call refused its arguments: thrown Wasm exception", in a
+    # module that calls no WASI)
+    module = (
+        b"(module (tag $t (param i32)) (func $s (throw $t (i32.const 1))) (start $s)"
+        b' (func (export "f") (result i32) i32.const 1))'
+    )
+    with pytest.raises(errors.TrapError) as caught:
+        wasmsbx.Sandbox(module, backend="wasmtime").call("f")
+    assert "caught by no handler" in str(caught.value) and "WASI" not in str(caught.value)

@@ -1089,6 +1089,11 @@ class WasmtimeInstance(Instance):
                 hint="return it to wasm code instead, or export a function that reads it",
             )
         why = _first_line(exc)
+        if "thrown Wasm exception" in str(exc):  # (not a WASI call's: red team 148)
+            return errors.TrapError(
+                f"{name} trapped: an exception thrown (`throw`) and caught by no handler",
+                trap_code="exception",
+            )
         if str(exc).startswith("error while executing") and why not in _MODULE_REFUSALS:
             # A WASI call that refused what the guest passed it (a pointer out of bounds
             # or not aligned, bad UTF-8, an invalid flag): the guest's fault at run time,
