@@ -1213,7 +1213,7 @@ def test_stdout_on_a_hard_link_of_a_cache_file_is_refused(home, tmp_path, name):
     entry = _an_entry(home, tmp_path)
     kept = entry.parent.parent.parent / name
     if name.startswith("probes"):
-        kept.parent.mkdir(mode=0o700)
+        kept.parent.mkdir(mode=0o700, exist_ok=True)
         kept.write_text("verdict\n")
         name = kept.name
     before = kept.read_bytes()

@@ -105,8 +105,11 @@ def test_a_guest_granted_a_folder_on_the_import_path_finds_wasmsbx_imported(tmp_
     # folder granted read-write, wasmsbx's own later imports (blake3 on a cache miss,
     # multiprocessing for batch(jobs=2), the audit's modules) would load what the guest
     # wrote there. Now a sandbox with such a grant imports them before any guest runs,
-    # and warns; nothing is imported through the file system after it is made.
-    proc = _python(_GUARDED, grant, str(EXAMPLES / "add.wat"), cwd=tmp_path)
+    # and warns; nothing is imported through the file system after it is made. (A
+    # folder of its own: tmp_path holds the trust folder, which no grant may show.)
+    work = tmp_path / "work"
+    work.mkdir(exist_ok=True)
+    proc = _python(_GUARDED, grant, str(EXAMPLES / "add.wat"), cwd=work)
     assert proc.returncode == 0, proc
     lines = proc.stdout.splitlines()
     if grant == "grant":
