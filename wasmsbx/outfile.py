@@ -135,8 +135,10 @@ def _refuse_guarded_file(text: str, why: str) -> None:
         within,
     )
 
-    try:
-        fd = os.open(text, os.O_RDONLY | os.O_NONBLOCK | _CLOEXEC | getattr(os, "O_NOCTTY", 0))
+    if _FOLLOWED_PIN is None:  # pragma: no cover - Linux is the supported platform
+        return
+    try:  # (O_PATH: a device or a FIFO there is not opened; holds_entry reads a file)
+        fd = os.open(text, _FOLLOWED_PIN)
     except OSError:
         return
     try:

@@ -639,6 +639,13 @@ def refuse_stdin(fd: int, path: str) -> None:
             hint="give a file outside the trust folder (was it replaced by a link?)",
         )
     why = _stdin_shows_keys(fd, real, keys)
+    if why == _UNPLACED:
+        raise errors.PolicyError(
+            f"the guest's stdin {inert(path)} lies on a mount whose place this process "
+            "cannot tell (another mount namespace's, or a detached one): it may be in the "
+            f"trust folder ({keys}), whose keys would let a guest forge native code",
+            hint="give a file on this process's own mounts",
+        )
     if why:
         raise errors.PolicyError(
             f"the guest's stdin {inert(path)} is in the trust folder ({keys}) {why}: a "
@@ -651,6 +658,9 @@ def refuse_stdin(fd: int, path: str) -> None:
             "/proc/self there is the process that runs the guest",
             hint="give a file that is not a link into /proc (was it replaced by one?)",
         )
+
+
+_UNPLACED = "unplaced"  # (_stdin_shows_keys: on a mount not in this process's table)
 
 
 def _stdin_shows_keys(fd: int, real: str, keys: str) -> str:
@@ -680,7 +690,7 @@ def _stdin_shows_keys(fd: int, real: str, keys: str) -> str:
         return "by another path (a bind mount or an overlay)"
     mine = places(fd, table)
     if mine is None:
-        return "perhaps: it lies on a mount whose place this process cannot tell"
+        return _UNPLACED
     try:
         folder = os.open(keys, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except OSError:
