@@ -50,7 +50,8 @@ class NothingWritten(OSError):
 def read_by() -> Optional[tuple]:
     """(time.monotonic() instant, error factory) the reads of a module's sections in
     this thread must end by (wasm.source.bounded_reads: wasm.facts looks), or None."""
-    return getattr(_READS, "by", None)
+    by = getattr(_READS, "by", None)
+    return by() if callable(by) else by
 
 
 _READS = threading.local()

@@ -2197,6 +2197,10 @@ def preread(module: Any) -> Optional[bytes]:
     if type(module) is not str and type(module) is not _PLAIN_PATH:
         return None
     try:
+        # (stat first: a FIFO opened and closed unread woke its writer, whose bytes
+        # were then lost, or it died of EPIPE, before the read that counts)
+        if not stat.S_ISREG(os.stat(module).st_mode):
+            return None
         fd = os.open(module, os.O_RDONLY | _CLOEXEC | _NONBLOCK)
     except (OSError, TypeError, ValueError):
         return None
@@ -2222,6 +2226,8 @@ def _is_component_file(module: Any, head: Optional[bytes] = None) -> bool:
         # (os.open, not open(): a buffered file object is most of this check's cost,
         # paid by every cold start; never blocks on a FIFO)
         try:
+            if not stat.S_ISREG(os.stat(module).st_mode):  # (a FIFO: not opened, see
+                return False  # preread)
             fd = os.open(module, os.O_RDONLY | _CLOEXEC | _NONBLOCK)
         except OSError as exc:
             if exc.errno in (errno.EMFILE, errno.ENFILE):  # (not "a core module": red
