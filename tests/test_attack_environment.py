@@ -1292,8 +1292,9 @@ def test_no_cache_is_made_in_the_trust_folder_by_another_path(home, tmp_path):
 
 @needs_root
 @pytest.mark.skipif(shutil.which("unshare") is None, reason="unshare (util-linux) is needed")
+@pytest.mark.parametrize("proc", ["proc", "no-proc"])
 @pytest.mark.parametrize("at", ["code/tt", "code"])
-def test_cache_clear_never_enters_a_mount_inside_the_cache(home, tmp_path, at):
+def test_cache_clear_never_enters_a_mount_inside_the_cache(home, tmp_path, at, proc):
     # (red team 147: the trust folder bound at code/tt, or at code itself, lost every key
     # to `cache clear`: the removal crossed into the mount)
     _an_entry(home, tmp_path)
@@ -1301,7 +1302,8 @@ def test_cache_clear_never_enters_a_mount_inside_the_cache(home, tmp_path, at):
     before = {p.name: p.read_bytes() for p in trust.iterdir()}
     cache = Path(home["XDG_CACHE_HOME"]) / "wasmsbx"
     (cache / at).mkdir(exist_ok=True)
-    script = f'mount --bind {trust} {cache / at} && "$0" -m wasmsbx cache clear; echo "rc=$?"'
+    hide = "mount -t tmpfs none /proc && " if proc == "no-proc" else ""  # (round 149)
+    script = f'mount --bind {trust} {cache / at} && {hide}"$0" -m wasmsbx cache clear; echo "rc=$?"'
     result = _in_mount_namespace(script, home, tmp_path)
     assert "rc=" in result.stdout, result
     assert {p.name: p.read_bytes() for p in trust.iterdir()} == before, result

@@ -567,7 +567,7 @@ def test_directory_is_private_and_tagged(tmp_path, add):
     (entry,) = (root / cache.CODE_DIR).rglob("*" + cache.CODE_SUFFIX)
     for path in (entry.parent.parent, entry.parent):
         assert stat.S_IMODE(path.stat().st_mode) == 0o700, path
-    assert stat.S_IMODE(entry.stat().st_mode) == 0o600
+    assert stat.S_IMODE(entry.stat().st_mode) == 0o400  # (read-only: red team 149)
     assert Sandbox(add, make_policy()).cache_state == "hit"
     cache.flush_hits()  # writes the hit journal
     assert stat.S_IMODE((root / cache.HITS).stat().st_mode) == 0o600

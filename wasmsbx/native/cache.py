@@ -68,6 +68,7 @@ try:
 except ImportError:  # pragma: no cover - POSIX is the supported platform
     _fcntl = None  # type: ignore[assignment]
 
+ENTRY_MODE = 0o400  # an entry's mode: read-only to its owner too (see Store.put)
 CODE_DIR = "code"  # native code: code/KEY[:2]/KEY.entry, in the wasmsbx.native.entry format
 CODE_SUFFIX = ENTRY_SUFFIX
 MEMO_SUFFIX = ".verified"  # beside an entry: that it was verified (entry.Memo)
@@ -927,7 +928,11 @@ class Store:
                 "holds none (the entry would be written wherever it leads)"
             ) from None
         try:
-            recorded.write_in_folder(where, name, blob, key[:16])
+            # Read-only (0400): no process of the user's opens it for writing by any
+            # name, a guest's WASI writes through a hard link made after the entry was
+            # mapped included (red team 149; WASI cannot change a mode). Root is not
+            # held back by a mode: see README "Not seen".
+            recorded.write_in_folder(where, name, blob, key[:16], ENTRY_MODE)
         except OSError as exc:
             exc.filename = os.path.join(folder, name)  # (not the temporary file's name)
             raise

@@ -210,13 +210,13 @@ def open_code_folder(folder: str) -> int:
     return open_folder(folder, make=True)
 
 
-def write_in_folder(where: int, name: str, data: bytes, stem: str) -> None:
+def write_in_folder(where: int, name: str, data: bytes, stem: str, mode: int = 0o600) -> None:
     """Write ``data`` as the file ``name`` of the folder open as ``where``: a new file
-    (``.STEM.PID.RANDOM.tmp``, mode 0600) renamed into place, so no reader ever sees part
+    (``.STEM.PID.RANDOM.tmp``, ``mode``) renamed into place, so no reader ever sees part
     of one. OSError (the temporary file removed)."""
     tmp = f".{stem}.{os.getpid()}.{os.urandom(4).hex()}.tmp"
     fd = os.open(
-        tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW | _CLOEXEC, 0o600, dir_fd=where
+        tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW | _CLOEXEC, mode, dir_fd=where
     )
     try:
         try:
