@@ -1416,3 +1416,24 @@ def test_a_guest_cannot_write_its_entry_through_a_hard_link(home, tmp_path):
     # The entry it wrote is no longer authentic: the next run compiles the module again.
     again = _wasmsbx("run", guest, "--policy", "c0.toml", "--dir", backup, env=home, cwd=tmp_path)
     assert again.returncode == 0, again.stderr
+
+
+@needs_root
+@pytest.mark.skipif(shutil.which("unshare") is None, reason="unshare (util-linux) is needed")
+def test_no_folder_is_left_in_a_trust_folder_made_through_a_bind_mount(home, tmp_path):
+    # (red team 149: no trust folder yet, `--cache-dir b/trust/c` with b a bind mount of
+    # its parent made trust/c, refused the cache, and left trust/c behind)
+    parent = tmp_path / "cfg"
+    parent.mkdir()
+    home["WASMSBX_TRUST_DIR"] = str(parent / "trust")
+    (tmp_path / "b").mkdir()
+    (tmp_path / "c0.toml").write_text("[runtime]\ncache_min_size = 0\n")
+    script = (
+        f"mount --bind {parent} b && "
+        f'"$0" -m wasmsbx run {ADD} add 1 2 --policy c0.toml --cache-dir b/trust/c; '
+        'echo "rc=$?"'
+    )
+    result = _in_mount_namespace(script, home, tmp_path)
+    assert result.stdout.split() == ["3", "rc=0"], result
+    assert "not a cache" in result.stderr, result.stderr
+    assert not (parent / "trust").exists(), list(parent.rglob("*"))

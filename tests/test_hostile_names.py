@@ -203,3 +203,38 @@ def test_an_uncaught_exception_is_told_as_one():
     with pytest.raises(errors.TrapError) as caught:
         wasmsbx.Sandbox(module, backend="wasmtime").call("f")
     assert "caught by no handler" in str(caught.value) and "WASI" not in str(caught.value)
+
+
+def _customs(count: int) -> bytes:
+    return b"\x00asm\x01\x00\x00\x00" + b"\x00\x01\x00" * count  # (empty names)
+
+
+def _producers(count: int) -> bytes:
+    values = b"\x00\x00" * count  # (empty name, empty version)
+    body = b"\x09producers" + _leb(1) + b"\x01x" + _leb(count) + values
+    return b"\x00asm\x01\x00\x00\x00" + _section(0, body)
+
+
+def _params(count: int) -> bytes:
+    return b"\x00asm\x01\x00\x00\x00" + _section(
+        1, b"\x01\x60" + _leb(count) + b"\x7f" * count + b"\x00"
+    )
+
+
+def _const_expr(count: int) -> bytes:
+    expr = b"\x41\x00" + b"\x41\x00\x6a" * count + b"\x0b"
+    return b"\x00asm\x01\x00\x00\x00" + _section(6, _leb(1) + b"\x7f\x00" + expr)
+
+
+@pytest.mark.parametrize(
+    "module",
+    [_customs(10_000), _producers(10_000), _params(10_000), _const_expr(100_000)],
+    ids=["custom-sections", "producers", "params", "const-expr"],
+)
+def test_every_long_read_looks_at_the_clock(module):
+    # (red team 149: 3,000,000 empty custom sections read for 19 s past --timeout 1s;
+    # a producers section, a type's params, a long constant expression the same)
+    import time
+
+    with pytest.raises(errors.TimeoutExceeded, match="reading its sections"):
+        wasmsbx.Sandbox(module, deadline=time.monotonic() - 1)

@@ -198,7 +198,7 @@ def audit_file(path: Any, policy: Any = None, host_imports: Any = None) -> Audit
     from .. import errors
     from ..backends.compiling import check_size
     from ..wasm.facts import FactsError, read_facts
-    from ..wasm.source import module_bytes, read_file
+    from ..wasm.source import bounded_reads, module_bytes, read_file
 
     policy = policy if policy is not None else policy_mod.discover()
     values = policy.values
@@ -206,12 +206,13 @@ def audit_file(path: Any, policy: Any = None, host_imports: Any = None) -> Audit
     # (exit 117): audit parsed a 3.2 MiB module under a 1 MiB limit (red team round 77);
     # text too, before it is converted (24 MB of it took 1.9 GB first: red team 125),
     # and the conversion is bounded by limits.compile_timeout, as a compile.
-    raw = read_file(Path(path))
+    raw = read_file(Path(path), limit=values["limits.module_size"])  # (as read: round 149)
     check_size(len(raw), values["limits.module_size"], _file_name(path))
     data = module_bytes(raw, Path(path), values["limits.compile_timeout"])
     check_size(len(data), values["limits.module_size"], _file_name(path))
     try:
-        facts = read_facts(data)
+        with bounded_reads(policy, None, _file_name(path)):  # (as a compile: round 149)
+            facts = read_facts(data)
     except FactsError as exc:
         if exc.component:
             from ..components.audit import audit_component

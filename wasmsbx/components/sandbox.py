@@ -205,7 +205,8 @@ class ComponentSandbox(Sandbox):
 
             guard(self.policy.grants, component=True)
         started = time.perf_counter()
-        data = bytes(module) if from_bytes else read_file(self.path)
+        limit = self.policy.values["limits.module_size"]  # (as read: red team 149)
+        data = bytes(module) if from_bytes else read_file(self.path, limit=limit)
         if from_bytes:  # (batch workers rebuild the sandbox from them: runner.batch)
             self._given = data
         from ..backends.compiling import check_size

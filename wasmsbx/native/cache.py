@@ -164,7 +164,7 @@ def prepare_dir(root: Path, inside: str = "") -> str:
     folder that the folder opened must be in (a discovered policy's, ``_confined``)."""
     _refuse_variables(root)
     text = str(root)  # (text, not Path methods: on the first cached load of every process)
-    fd, made = None, False
+    fd, made, parents = None, False, []
     try:
         if _PIN:  # a folder already there is opened as it is and checked as opened
             try:
@@ -183,6 +183,7 @@ def prepare_dir(root: Path, inside: str = "") -> str:
                 except FileExistsError:
                     pass
                 except FileNotFoundError:
+                    parents = _missing(text)  # (removed again if the folder is refused)
                     make_private(text)
         if _PIN:
             if fd is None:
@@ -204,8 +205,25 @@ def prepare_dir(root: Path, inside: str = "") -> str:
             if made:
                 _unmake(fd, info, os.path.basename(text))
             os.close(fd)
+        for folder in parents:  # (deepest first; only empty ones: red team 149 found one
+            try:  # left in a trust folder reached through a bind mount of its parent)
+                os.rmdir(folder)
+            except OSError:
+                break
         raise
     return where if fd is None else _pinned(text, fd, info)
+
+
+def _missing(text: str) -> list:
+    """The folders on the way to ``text`` (it too) that do not exist, deepest first."""
+    found, current = [], os.path.abspath(text)
+    while not os.path.lexists(current):
+        found.append(current)
+        parent = os.path.dirname(current)
+        if parent == current:
+            break
+        current = parent
+    return found
 
 
 def _make_inside(root: Path, text: str, inside: str) -> tuple:

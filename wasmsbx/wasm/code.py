@@ -210,6 +210,7 @@ _SIMPLE_RUN = rb"(?:" + rb"|".join(_SIMPLE) + rb")*"
 # bytes each: 2.8 GB for a 40 MB body of local.get), so a match covers at most _WINDOW
 # bytes; Python 3.11's possessive ``*+`` keeps none (and is ~20% faster).
 _WINDOW = 4096
+_TICK = 65536  # instructions decoded between looks at the clock
 _RUNS: list = []
 
 
@@ -235,6 +236,7 @@ class CodeScanner:
         self.note_valtype = parser.note_valtype
         self.heaptype = parser.heaptype
         self.type_at = parser.type_at
+        self.late = parser.late  # (the clock: wasm.source.bounded_reads)
 
     def scan(self, pos: int, end: int, const: bool, what: str) -> int:
         """Decodes instructions in ``data[pos:end]``, recording the features they use.
@@ -247,8 +249,13 @@ class CodeScanner:
         imm, featmap = _opcode_tables()
         skip = None if const else _simple_run()  # constant expressions are a few bytes
         op_at = pos
+        late, budget = self.late, _TICK  # (the clock, every _TICK instructions)
         try:
             while pos < end:
+                budget -= 1
+                if not budget:  # (2,000,000 instructions in one constant expression
+                    budget = _TICK  # read for 1.5 s past a 1 s timeout: round 149)
+                    late()
                 if skip is not None:
                     pos = skip(data, pos, min(end, pos + _WINDOW)).end()
                     if pos == end:

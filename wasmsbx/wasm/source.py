@@ -22,9 +22,11 @@ ARTIFACT_FIRST_BYTE = b"\x89"  # of aot.MAGIC: checked before importing aot
 
 def read_module(path: Union[str, os.PathLike], policy: Any = None) -> bytes:
     """The module's binary: .wasm as is, .wat (or any text module) converted (within
-    ``policy``'s limits.compile_timeout: ``text_bound``)."""
+    ``policy``'s limits.compile_timeout: ``text_bound``), the file read no further than
+    its limits.module_size (text too, before it is converted: red team 149)."""
     path = Path(path)
-    return module_bytes(read_file(path), path, *text_bound(policy))
+    limit = None if policy is None else policy.values["limits.module_size"]
+    return module_bytes(read_file(path, limit=limit), path, *text_bound(policy))
 
 
 def text_bound(
