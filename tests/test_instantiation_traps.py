@@ -29,3 +29,15 @@ def test_a_start_function_that_traps_is_named():
     wat = b'(module (func $s unreachable) (start $s) (func (export "f") (result i32) i32.const 1))'
     with pytest.raises(errors.TrapError, match="start function"):
         wasmsbx.Sandbox(wat, backend="wasmtime").call("f")
+
+
+def test_an_uncaught_exception_is_told_as_one():
+    # (red team 148: "a WASI call refused its arguments: thrown Wasm exception", in a
+    # module that calls no WASI)
+    module = (
+        b"(module (tag $t (param i32)) (func $s (throw $t (i32.const 1))) (start $s)"
+        b' (func (export "f") (result i32) i32.const 1))'
+    )
+    with pytest.raises(errors.TrapError) as caught:
+        wasmsbx.Sandbox(module, backend="wasmtime").call("f")
+    assert "caught by no handler" in str(caught.value) and "WASI" not in str(caught.value)

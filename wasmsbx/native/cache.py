@@ -53,6 +53,7 @@ from .trustdir import (
     ENTRY_SUFFIX,
     in_metadata,
     make_private,
+    missing_folders,
     proc_target,
     trust_dir_text,
     user_cache_text,
@@ -183,7 +184,7 @@ def prepare_dir(root: Path, inside: str = "") -> str:
                 except FileExistsError:
                     pass
                 except FileNotFoundError:
-                    parents = _missing(text)  # (removed again if the folder is refused)
+                    parents = missing_folders(text)  # (removed if the folder is refused)
                     make_private(text)
         if _PIN:
             if fd is None:
@@ -212,18 +213,6 @@ def prepare_dir(root: Path, inside: str = "") -> str:
                 break
         raise
     return where if fd is None else _pinned(text, fd, info)
-
-
-def _missing(text: str) -> list:
-    """The folders on the way to ``text`` (it too) that do not exist, deepest first."""
-    found, current = [], os.path.abspath(text)
-    while not os.path.lexists(current):
-        found.append(current)
-        parent = os.path.dirname(current)
-        if parent == current:
-            break
-        current = parent
-    return found
 
 
 def _make_inside(root: Path, text: str, inside: str) -> tuple:

@@ -74,20 +74,24 @@ def _no_home() -> OSError:
     )
 
 
+def missing_folders(path: str) -> list:
+    """The folders on the way to ``path`` (it too) that do not exist, deepest first."""
+    found, current = [], os.path.abspath(path)
+    while not os.path.lexists(current):
+        found.append(current)
+        parent = os.path.dirname(current)
+        if parent == current:
+            break
+        current = parent
+    return found
+
+
 def make_private(path: str) -> None:
     """``mkdir -p path`` with every folder it makes 0700 (``os.makedirs`` gives the ones
     on the way the umask's mode: under umask 000, ~/.cache and ~/.config were made
     writable by everyone, red team 137; the XDG spec asks 0700). Nothing if ``path`` is
     there already (or is made meanwhile by another process)."""
-    missing = []
-    current = os.path.abspath(path)
-    while not os.path.lexists(current):
-        missing.append(current)
-        parent = os.path.dirname(current)
-        if parent == current:
-            break
-        current = parent
-    for folder in reversed(missing):
+    for folder in reversed(missing_folders(path)):
         try:
             os.mkdir(folder, 0o700)
         except FileExistsError:  # (made meanwhile by another process)
