@@ -45,7 +45,8 @@ def remove_tree(path: str) -> bool:
     except OSError:
         return False
     try:
-        if _mount_of(top) != _parent_mount(path):
+        mount = _mount_of(top)
+        if mount != _parent_mount(path) or (not mount[1] and _pinned_by_a_mount(path)):
             return False  # (a mount point: what is mounted there is not this tree's)
         _empty(top)
     finally:
@@ -103,6 +104,25 @@ def _statx_mount(fd: int) -> bytes:
     return str(ctypes.c_uint64.from_buffer(buffer, _STX_MNT_ID_AT).value).encode()
 
 
+def _pinned_by_a_mount(name: str, where: Optional[int] = None) -> bool:
+    """Whether the folder ``name`` (of the folder open as ``where``) is a mount point,
+    where no mount id can be had (/proc hidden, no statx from Python: the private 3.9
+    build's ctypes needs /proc, red team 149): the kernel refuses to rename a mount
+    point (EBUSY), so it is renamed to a name of its own and back."""
+    probe = f".wasmsbx-mount-probe-{os.getpid()}"
+    if where is None:  # (a path: the probe beside it)
+        probe = os.path.join(os.path.dirname(os.path.abspath(name)), probe)
+    try:
+        os.rename(name, probe, src_dir_fd=where, dst_dir_fd=where)
+    except OSError as exc:
+        return exc.errno == errno.EBUSY
+    try:
+        os.rename(probe, name, src_dir_fd=where, dst_dir_fd=where)
+    except OSError:
+        return True  # (not put back: taken as one, left alone)
+    return False
+
+
 def _parent_mount(path: str) -> tuple:
     try:
         parent = os.open(os.path.join(path, os.pardir), _DIR)
@@ -142,6 +162,8 @@ def _empty(top: int) -> None:
             try:
                 if _mount_of(folder) != here:
                     continue  # (a mount point: left; the finally closes it)
+                if not here[1] and _pinned_by_a_mount(name, top):
+                    continue  # (ids unknown: told by the kernel refusing to move it)
                 with os.scandir(folder) as listing:
                     inner = [(e.name, e.is_dir(follow_symlinks=False)) for e in listing]
                 for child, child_is_dir in inner:
