@@ -1088,29 +1088,29 @@ def test_descriptors_are_counted_without_proc(monkeypatch):
 def test_descriptors_past_the_soft_limit_take_no_room(home, tmp_path):
     # (red team 144: a parent's descriptors 200-259 under a soft limit of 64 were
     # counted against it: "only 1 file descriptors are free")
-    held = [os.dup2(os.open(os.devnull, os.O_RDONLY), 200 + i) for i in range(60)]
-
+    # Made in the child, above every descriptor it has: dup2 onto fixed numbers in this
+    # process replaced whatever held them (the wasmer backend's lifeline pipe, and every
+    # wasmer worker of the test process died at start after it: exit 70 on CI).
     def low():
-        for fd in held:
-            os.set_inheritable(fd, True)
+        base = max(200, *(int(n) + 1 for n in os.listdir("/proc/self/fd")))
+        null = os.open(os.devnull, os.O_RDONLY)
+        for i in range(60):
+            os.dup2(null, base + i)  # (inheritable)
+        os.close(null)
         resource.setrlimit(
             resource.RLIMIT_NOFILE, (64, resource.getrlimit(resource.RLIMIT_NOFILE)[1])
         )
 
-    try:
-        result = subprocess.run(
-            [sys.executable, "-m", "wasmsbx", "run", str(HELLO)],
-            capture_output=True,
-            text=True,
-            env=home,
-            cwd=tmp_path,
-            preexec_fn=low,
-            close_fds=False,
-            timeout=120,
-        )
-    finally:
-        for fd in held:
-            os.close(fd)
+    result = subprocess.run(
+        [sys.executable, "-m", "wasmsbx", "run", str(HELLO)],
+        capture_output=True,
+        text=True,
+        env=home,
+        cwd=tmp_path,
+        preexec_fn=low,
+        close_fds=False,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr
 
 
