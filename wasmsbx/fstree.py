@@ -7,7 +7,8 @@ of 100,000 folders, or one whose path is far longer than PATH_MAX, is a few call
 3.9-3.11, which ``ignore_errors`` does not catch) and ``os.scandir`` of a path longer
 than PATH_MAX fails (ENAMETOOLONG): such a tree outlived its session, uncounted (red
 team round 73). Both walks here go by descriptors, never by whole paths, and never
-follow a link. A leaf: imports nothing of wasmsbx.
+follow a link. Imports nothing of wasmsbx but native.trustdir's reading of a
+descriptor's mount (itself a leaf).
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ import errno
 import os
 import stat
 from typing import Optional
+
+from .native.trustdir import mount_id
 
 _DIR = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_NOFOLLOW", 0)
 _DIR |= getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NONBLOCK", 0)
@@ -68,18 +71,9 @@ def _mount_of(fd: int) -> tuple:
         device = os.fstat(fd).st_dev
     except OSError:
         return (None, b"")
-    try:
-        info = os.open(f"/proc/self/fdinfo/{fd}", os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
-    except OSError:  # (no /proc: statx says, on Linux 5.8 and later; red team 149 hid
-        return (device, _statx_mount(fd))  # /proc, and a bind mount was entered)
-    try:
-        text = os.read(info, 4096)
-    except OSError:
-        text = b""
-    finally:
-        os.close(info)
-    at = text.find(b"mnt_id:")
-    return (device, text[at + 7 : text.find(b"\n", at)].strip() if at >= 0 else b"")
+    # (no /proc: statx says, on Linux 5.8 and later; red team 149 hid /proc, and a bind
+    # mount was entered)
+    return (device, mount_id(fd) or _statx_mount(fd))
 
 
 _STATX_MNT_ID = 0x1000  # statx mask bit: stx_mnt_id (Linux 5.8)

@@ -382,14 +382,9 @@ def places(fd: int, table: bytes) -> Optional[list]:
     holds (red team 142)."""
     try:
         real = os.readlink(f"/proc/self/fd/{fd}")
-        with open(f"/proc/self/fdinfo/{fd}", "rb") as f:
-            info = f.read()
     except OSError:
         return []
-    mount = b""
-    for line in info.split(b"\n"):
-        if line.startswith(b"mnt_id:"):
-            mount = line[7:].strip()
+    mount = mount_id(fd)
     if not mount:
         return []
     if not real.startswith(os.sep):
