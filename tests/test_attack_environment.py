@@ -1437,3 +1437,21 @@ def test_no_folder_is_left_in_a_trust_folder_made_through_a_bind_mount(home, tmp
     assert result.stdout.split() == ["3", "rc=0"], result
     assert "not a cache" in result.stderr, result.stderr
     assert not (parent / "trust").exists(), list(parent.rglob("*"))
+
+
+def test_a_folder_that_cannot_be_moved_is_taken_for_a_mount_point(tmp_path, monkeypatch):
+    # (red team 150: with no mount id, only EBUSY counted; a file planted at the probe's
+    # name made the rename fail with ENOTDIR, and the bind mount was entered)
+    import errno
+
+    from wasmsbx import fstree
+
+    (tmp_path / "d").mkdir()
+
+    def refused(*args, **kwargs):
+        raise OSError(errno.ENOTDIR, "Not a directory")
+
+    assert not fstree._pinned_by_a_mount(str(tmp_path / "d"))
+    assert (tmp_path / "d").is_dir()
+    monkeypatch.setattr(fstree.os, "rename", refused)
+    assert fstree._pinned_by_a_mount(str(tmp_path / "d"))

@@ -103,13 +103,14 @@ def _pinned_by_a_mount(name: str, where: Optional[int] = None) -> bool:
     where no mount id can be had (/proc hidden, no statx from Python: the private 3.9
     build's ctypes needs /proc, red team 149): the kernel refuses to rename a mount
     point (EBUSY), so it is renamed to a name of its own and back."""
-    probe = f".wasmsbx-mount-probe-{os.getpid()}"
+    probe = f".wasmsbx-mount-probe-{os.getpid()}-{os.urandom(6).hex()}"
     if where is None:  # (a path: the probe beside it)
         probe = os.path.join(os.path.dirname(os.path.abspath(name)), probe)
     try:
         os.rename(name, probe, src_dir_fd=where, dst_dir_fd=where)
-    except OSError as exc:
-        return exc.errno == errno.EBUSY
+    except OSError:  # (EBUSY; and any other refusal is no proof of the opposite: the
+        return True  # kernel looks at a target planted at the probe's name first, red
+        # team 150: ENOTDIR, and the mount under it was entered)
     try:
         os.rename(probe, name, src_dir_fd=where, dst_dir_fd=where)
     except OSError:
