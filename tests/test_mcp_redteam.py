@@ -13,6 +13,7 @@ import pytest
 
 from wasmsbx import policy as policy_mod
 from wasmsbx.mcp import config as config_mod
+from wasmsbx.mcp.serve import STUCK_AFTER
 from wasmsbx.mcp.sessions import Sessions
 
 pytest.importorskip("mcp")
@@ -419,7 +420,17 @@ def test_connections_that_pipeline_and_never_read_lock_no_newcomer_out():
                 except (BlockingIOError, OSError):
                     pass
             time.sleep(0.01)
-        status = _initialize(port)
+        # A newcomer gets in, at worst on a retry (what a client does when its connection
+        # is reset): a pipelining connection caught between two reads of its requests
+        # may not show as one yet, and shows STUCK_AFTER later (CI 184: a single try was
+        # reset once). Before the mend every try was refused for as long as they sent.
+        status = None
+        for _ in range(3):
+            try:
+                status = _initialize(port)
+                break
+            except ConnectionError:
+                time.sleep(STUCK_AFTER + 0.5)
         for s in held:
             s.close()
     assert status == 200
