@@ -196,6 +196,24 @@ def test_argv_without_its_double_dash_gets_a_hint(cli_inproc):
     assert f"hint: its arguments go after --: wasmsbx run {HELLO} -- a 'b c'" in result.stderr
 
 
+def test_the_double_dash_hint_comes_from_the_run_s_own_read(cli_inproc, isolated, monkeypatch):
+    """The hint is told from what the sandbox read within the run's limits: the module
+    is not read again (that second read was bounded by nothing), and a command written
+    as text gets it too (only binary files were read again)."""
+    from wasmsbx.wasm import source
+
+    (isolated / "cmd.wat").write_text(
+        '(module (memory (export "memory") 1) (func (export "_start")))'
+    )
+    reads = []
+    real = source.read_file
+    monkeypatch.setattr(source, "read_file", lambda *a, **k: reads.append(a) or real(*a, **k))
+    result = cli_inproc("run", str(isolated / "cmd.wat"), "a")
+    assert result.code == 2, result
+    assert "has no export named 'a'; it is a WASI command" in result.stderr
+    assert len(reads) <= 1, reads
+
+
 def test_wat_errors_name_the_file_and_text_files_are_refused(cli_inproc, isolated):
     (isolated / "bad.wat").write_text('(module (func (export "f") (result i32) i32.const))')
     result = cli_inproc("run", "bad.wat", "f")

@@ -216,3 +216,52 @@ def test_every_long_read_looks_at_the_clock(module):
 
     with pytest.raises(errors.TimeoutExceeded, match="reading its sections"):
         wasmsbx.Sandbox(module, deadline=time.monotonic() - 1)
+
+
+# ---------------------------------------------------------------------------- components
+
+
+def _component(*sections: bytes) -> bytes:
+    return b"\x00asm\x0d\x00\x01\x00" + b"".join(sections)
+
+
+def _component_imports(count: int) -> bytes:
+    # (each a func import named "a" of type 0: what the scan reads is the index spaces)
+    return _component(_section(10, _leb(count) + b"\x00\x01a\x01\x00" * count))
+
+
+def _component_sections(count: int) -> bytes:
+    return _component(b"\x00\x01\x00" * count)  # empty custom sections
+
+
+def _component_instance_args(count: int) -> bytes:
+    # one core instance section: instantiate module 0 with ``count`` (name, instance) args
+    args = b"\x01a\x12\x00" * count
+    return _component(_section(2, b"\x01\x00\x00" + _leb(count) + args))
+
+
+@pytest.mark.parametrize(
+    "component",
+    [_component_imports(10_000), _component_sections(10_000), _component_instance_args(10_000)],
+    ids=["imports", "sections", "instance-args"],
+)
+def test_reading_a_component_ends_at_the_runs_deadline(component):
+    # (a 20 MB component of 4,000,000 imports was scanned for 1.9 s whatever the
+    # deadline or limits.compile_timeout; one of limits.module_size, about 12 s)
+    import time
+
+    with pytest.raises(errors.TimeoutExceeded, match="reading its sections"):
+        wasmsbx.Sandbox(component, deadline=time.monotonic() - 1)
+
+
+def test_reading_a_component_ends_within_the_compile_timeout(tmp_path, cli):
+    policy = tmp_path / "p.toml"
+    policy.write_text('[limits]\ncompile_timeout = "1ms"\n')
+    component = tmp_path / "c.wasm"
+    component.write_bytes(_component_imports(400_000))  # (scanned for 0.1 s or more)
+    with pytest.raises(errors.CompileLimitExceeded, match="reading its sections"):
+        wasmsbx.Sandbox(str(component), policy=wasmsbx.load_policy(policy))
+    for command in (["run"], ["audit"]):
+        result = cli(*command, "--policy", str(policy), str(component))
+        assert result.code == 117, result
+        assert "(reading its sections)" in result.stderr, result.stderr

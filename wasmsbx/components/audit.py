@@ -142,10 +142,14 @@ class ComponentAuditReport(Verdict):
 
 def audit_component(path: str, wasm: bytes, policy: Any) -> ComponentAuditReport:
     """Audit the component ``wasm`` against ``policy`` (ModuleError if it is malformed)."""
+    import os
+
     from .. import errors
+    from ..wasm.source import bounded_reads
 
     try:
-        layout = binary.scan(wasm)
+        with bounded_reads(policy, None, os.path.basename(path)):  # (as a compile)
+            layout = binary.scan(wasm)
     except binary.ComponentFormatError as exc:
         raise errors.ModuleError(f"{path}: {exc}", hint=exc.hint, path=str(path)) from None
     facts = ComponentFacts(

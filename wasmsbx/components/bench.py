@@ -27,8 +27,11 @@ def prepare(case: Any, result: Any, wasm: bytes, policy: Any) -> dict:
 
     result.sha256 = hashlib.sha256(wasm).hexdigest()
     name = Path(case.module).name
+    from ..wasm.source import bounded_reads
+
     try:  # what BenchEngine scans for the limits: refused here, with its hint
-        binary.scan(wasm)
+        with bounded_reads(policy, None, name):  # (as a compile)
+            binary.scan(wasm)
     except binary.ComponentFormatError as exc:
         raise errors.ModuleError(f"{name}: {exc}", hint=exc.hint) from None
     from ..backends.compiling import compile_bounded, too_slow

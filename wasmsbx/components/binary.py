@@ -34,11 +34,13 @@ wasm-tools binding, and the runner needs just these counts on every run.
 
 from __future__ import annotations
 
+import time
 from collections import namedtuple
 from typing import Optional
 
 from ..backends.limits import INSTANCE_BYTES, module_host
-from ..wasm.facts import FactsError, _leb, _parse
+from ..inputs import read_by
+from ..wasm.facts import _TICK, FactsError, _leb, _parse
 
 PAGE = 65536
 MAX_DEPTH = 64  # nested components; wasmtime's own limit is lower
@@ -108,9 +110,10 @@ class ComponentUnsupported(ComponentFormatError):
 
 
 def scan(data: bytes) -> Layout:
-    """The layout of the component ``data`` (ComponentFormatError if it cannot be read)."""
+    """The layout of the component ``data`` (ComponentFormatError if it cannot be read),
+    read by the instant ``wasm.source.bounded_reads`` sets, if any (its error)."""
     try:
-        return _scan(memoryview(data), 0, len(data), 0)
+        return _scan(memoryview(data), 0, len(data), 0, (), _Clock())
     except ComponentUnsupported as exc:
         raise ComponentUnsupported(f"component not supported: {exc}") from None
     except (IndexError, FactsError, ComponentFormatError) as exc:
@@ -118,7 +121,32 @@ def scan(data: bytes) -> Layout:
         raise ComponentFormatError(f"malformed component: {reason}") from None
 
 
-def _scan(data: memoryview, start: int, end: int, depth: int, outer: tuple = ()) -> Layout:
+class _Clock:
+    """The clock looked at every _TICK items read (sections, index space entries,
+    instances and their arguments) against the instant reads of a module end by
+    (``wasm.source.bounded_reads``): a 20 MB component of 4,000,000 imports took 1.9 s to
+    scan, so one of limits.module_size (128 MiB) took about 12 s under a
+    limits.compile_timeout of 1 s."""
+
+    __slots__ = ("by", "left")
+
+    def __init__(self) -> None:
+        self.by = read_by()
+        self.left = _TICK
+
+    def tick(self, n: int = 1) -> None:
+        if self.by is None:
+            return
+        self.left -= n
+        if self.left <= 0:
+            self.left = _TICK
+            if time.monotonic() > self.by[0]:
+                raise self.by[1]()
+
+
+def _scan(
+    data: memoryview, start: int, end: int, depth: int, outer: tuple, clock: _Clock
+) -> Layout:
     """The layout of the component whose bytes are ``data[start:end]``; ``outer``: the
     enclosing components' scopes (innermost last), which outer aliases reach into."""
     if depth > MAX_DEPTH:
@@ -133,6 +161,7 @@ def _scan(data: memoryview, start: int, end: int, depth: int, outer: tuple = ())
     gc_heap = False
     instances = adapters = host = 0
     while pos < end:
+        clock.tick()
         section = data[pos]
         size, pos = _leb(data, pos + 1)
         body_end = pos + size
@@ -143,7 +172,7 @@ def _scan(data: memoryview, start: int, end: int, depth: int, outer: tuple = ())
             defined.append(module)
             scope.modules.append(module)
         elif section == _CORE_INSTANCE:
-            made, used = _core_instances(data, pos)
+            made, used = _core_instances(data, pos, clock)
             instances += made
             for index in used:
                 found = scope.items_of(data, index)
@@ -157,11 +186,11 @@ def _scan(data: memoryview, start: int, end: int, depth: int, outer: tuple = ())
                 if max(len(memories), len(tables)) > MAX_COUNT:
                     break
         elif section == _COMPONENT:
-            layout = _scan(data, pos, body_end, depth + 1, scopes)
+            layout = _scan(data, pos, body_end, depth + 1, scopes, clock)
             nested_defined.append(layout)
             scope.components.append(layout)
         elif section == _INSTANCE:
-            for index in _component_instances(data, pos):
+            for index in _component_instances(data, pos, clock):
                 layout = scope.component(index)
                 instances += layout.core_instances
                 adapters += layout.adapters
@@ -172,7 +201,7 @@ def _scan(data: memoryview, start: int, end: int, depth: int, outer: tuple = ())
                 if instances + adapters > MAX_COUNT or max(len(memories), len(tables)) > MAX_COUNT:
                     break
         elif section in (_ALIAS, _IMPORT, _EXPORT):
-            _index_spaces(data, pos, section, scopes)
+            _index_spaces(data, pos, section, scopes, clock)
         elif section == _TYPE:
             host += _leb(data, pos)[0] * TYPE_BYTES
         elif section == _CANON:  # each one a possible fused adapter (module docstring)
@@ -247,12 +276,13 @@ _CORE_SORT, _CORE_MODULE_SORT, _COMPONENT_SORT = 0x00, 0x11, 0x04
 _ALIAS, _CANON, _IMPORT, _EXPORT = 6, 8, 10, 11
 
 
-def _index_spaces(data: memoryview, pos: int, section: int, scopes: tuple) -> None:
+def _index_spaces(data: memoryview, pos: int, section: int, scopes: tuple, clock: _Clock) -> None:
     """The core modules and components an alias, import or export section adds to the
     index spaces of ``scopes[-1]`` (an export is a new index for the same item)."""
     scope = scopes[-1]
     count, pos = _leb(data, pos)
     for _ in range(count):
+        clock.tick()
         if section == _IMPORT:
             pos = _extern_name(data, pos)
             kind = data[pos]
@@ -334,12 +364,13 @@ def _skip_externdesc(data: memoryview, pos: int) -> int:
     return _leb(data, pos + 1)[1]
 
 
-def _component_instances(data: memoryview, pos: int) -> list:
+def _component_instances(data: memoryview, pos: int, clock: _Clock) -> list:
     """The component index each ``instantiate`` of an instance section names (the
     inline-export form makes no instance)."""
     count, pos = _leb(data, pos)
     used = []
     for _ in range(count):
+        clock.tick()
         form = data[pos]
         pos += 1
         if form == 0x00:  # instantiate componentidx (name, sortidx)*
@@ -347,11 +378,13 @@ def _component_instances(data: memoryview, pos: int) -> list:
             used.append(index)
             args, pos = _leb(data, pos)
             for _ in range(args):
+                clock.tick()
                 pos = _skip_name(data, pos)
                 pos = _leb(data, _sort(data, pos)[1])[1]
         elif form == 0x01:  # inline exports (exportname', sortidx)*
             exports, pos = _leb(data, pos)
             for _ in range(exports):
+                clock.tick()
                 pos = _extern_name(data, pos)
                 pos = _leb(data, _sort(data, pos)[1])[1]
         else:
@@ -359,11 +392,12 @@ def _component_instances(data: memoryview, pos: int) -> list:
     return used
 
 
-def _core_instances(data: memoryview, pos: int) -> tuple:
+def _core_instances(data: memoryview, pos: int, clock: _Clock) -> tuple:
     """(instances made by ``instantiate``, the module index of each) in one section."""
     count, pos = _leb(data, pos)
     used = []
     for _ in range(count):
+        clock.tick()
         form = data[pos]
         pos += 1
         if form == 0x00:  # instantiate moduleidx (name, 0x12 instanceidx)*
@@ -371,11 +405,13 @@ def _core_instances(data: memoryview, pos: int) -> tuple:
             used.append(module)
             args, pos = _leb(data, pos)
             for _ in range(args):
+                clock.tick()
                 pos = _skip_name(data, pos)
                 pos = _leb(data, pos + 1)[1]  # 0x12 instanceidx
         elif form == 0x01:  # inline exports (name, sort idx)*
             exports, pos = _leb(data, pos)
             for _ in range(exports):
+                clock.tick()
                 pos = _skip_name(data, pos)
                 pos = _leb(data, pos + 1)[1]  # sort byte, index
         else:

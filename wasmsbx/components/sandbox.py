@@ -229,7 +229,12 @@ class ComponentSandbox(Sandbox):
 
             self.artifact = aot.open_for(self, None, artifact)
         self.timings["read"] = time.perf_counter() - started
-        self.layout = self._layout()
+        from ..wasm.source import bounded_reads
+
+        # (read by the run's deadline, else within limits.compile_timeout, as a core
+        # module's sections are: 128 MiB of imports took 12 s to scan)
+        with bounded_reads(self.policy, self.deadline, self.path.name):
+            self.layout = self._layout()
         self.selection = None
         self._spec = backend
         self.backend_name, self.compiler = self._choose(backend, kind)

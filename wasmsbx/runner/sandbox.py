@@ -189,11 +189,15 @@ def find_signature(export_list: Sequence[Any], func: str, module_name: str) -> S
             return export.signature
     close = errors.closest(func, (e.name for e in export_list if e.kind == "func"))
     hint = f"did you mean '{errors.inert(close)}'? " if close else ""
-    raise errors.UsageError(
+    problem = errors.UsageError(
         f"{module_name} has no export named {errors.quoted(func)}",
         hint=hint + exports_hint(export_list),
         function=func,
     )
+    # (whether the module exports _start: `wasmsbx run` then says the arguments go after
+    # --, from what was read here within the run's limits, not from a second read)
+    problem.exports_start = any(e.name == "_start" for e in export_list)
+    raise problem
 
 
 def exports_hint(export_list: Sequence[Any]) -> str:

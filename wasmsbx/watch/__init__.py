@@ -765,10 +765,15 @@ class Watcher:
         if getattr(box, "is_component", False):
             self._compare_component(box)
             return
+        from ..wasm.source import bounded_reads
+
         try:
-            facts = read_facts(box.wasm)
-        except FactsError:
-            return  # the runtime accepted it; the reader cannot describe it
+            # (the interface alone, read within limits.compile_timeout as the sandbox's
+            # own read was: a module of millions of items is not read without the clock)
+            with bounded_reads(self.policy, None, self.show(self.module)):
+                facts = read_facts(box.wasm, scan_code=False)
+        except (FactsError, errors.WasmsbxError):
+            return  # the runtime accepted it; the reader cannot describe it (in time)
         if self.facts is not None and facts.sha256 != self.facts.sha256:
             report = compare(self.facts, facts, self.policy.values.get("limits.memory"))
             self.emit("interface", report.to_dict())

@@ -382,7 +382,7 @@ def _native(adapter: Any, compiler: Optional[str], job: _Job) -> dict:
                 module = compile_bounded(engine, data, seconds, error, here=True)
                 return engine.serialize(module), engine.fingerprint()
 
-        return _artifact(wasm, name, in_process, out, signer, inputs, facts, False)
+        return _artifact(wasm, name, in_process, out, signer, inputs, facts, False, policy)
     if core and (len(wasm) >= CHILD_MIN or weighty):
         # A compile worker's (what compiling.native_bounded would do), asked directly:
         # the worker builds the engine and says what it built for, so this process,
@@ -393,7 +393,7 @@ def _native(adapter: Any, compiler: Optional[str], job: _Job) -> dict:
             with _spinner(label):
                 return worker_code(adapter.name, options, data, seconds, error)
 
-        return _artifact(wasm, name, worker_fn, out, signer, inputs, facts, False)
+        return _artifact(wasm, name, worker_fn, out, signer, inputs, facts, False, policy)
 
     engine = _for_components(adapter.engine(options), wasm, out)
 
@@ -416,7 +416,7 @@ def _native(adapter: Any, compiler: Optional[str], job: _Job) -> dict:
         result["cache_dir"] = str(cache.resolve_dir(policy, cache_dir)[0])
         return result
     component = getattr(engine, "is_component", False)
-    return _artifact(wasm, name, native_fn, out, signer, inputs, facts, component)
+    return _artifact(wasm, name, native_fn, out, signer, inputs, facts, component, policy)
 
 
 def _for_components(engine: Any, wasm: bytes, out: Optional[str]) -> Any:
@@ -459,6 +459,7 @@ def _artifact(
     inputs: list,
     facts: Any,
     is_component: bool,
+    policy: Any = None,
 ) -> dict:
     """Compile (``native_fn(wasm)``: native code and the fingerprint of the engine that
     made it) and write a standalone artifact, tagged with the user's key (and signed).
@@ -480,11 +481,13 @@ def _artifact(
         from ...components.binary import ComponentFormatError, layout_record, scan
         from ...components.runtime import with_probe
         from ...errors import ModuleError
+        from ...wasm.source import bounded_reads
 
         try:
-            layout = scan(wasm)
-            if probe.instrument(wasm) is not None:  # what engine.compile built: its probe
-                layout = with_probe(layout)
+            with bounded_reads(policy, None, name):  # (as the compile itself was)
+                layout = scan(wasm)
+                if probe.instrument(wasm) is not None:  # what engine.compile built
+                    layout = with_probe(layout)
             component = layout_record(layout)
         except ComponentFormatError as exc:
             raise ModuleError(f"{name}: {exc}", hint=exc.hint) from None

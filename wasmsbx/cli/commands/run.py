@@ -218,7 +218,7 @@ def execute(args: opts.RunArgs, log: Any = None, policy: Any = None) -> int:
         )
     except errors.UsageError as exc:
         if func is not None and exc.message.endswith(f"has no export named {errors.quoted(func)}"):
-            _check_func(args.positionals[0], func, module, call_args)
+            _check_func(exc, args.positionals[0], func, module, call_args)
         raise
     for warning in box.warnings:  # at once: the run itself may still fail
         output.warning(warning)
@@ -368,31 +368,15 @@ def _module_path(module: str, o: dict, limit: Any = None) -> str:
     return path
 
 
-def _check_func(path: str, func: str, module: str, call_args: list) -> None:
-    """An unknown FUNC on a WASI command most likely is argv missing its ``--``."""
-    import os
-    import stat
-    from pathlib import Path
-
-    from ...runner.sandbox import read_module
-    from ...wasm.facts import FactsError, read_interface
-
-    try:
-        # (text: not converted again, after the run's end; and only a regular file,
-        # opened without waiting: a FIFO's writer gone, the open waited for ever, red
-        # team 127)
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
-        try:
-            if not stat.S_ISREG(os.fstat(fd).st_mode) or os.read(fd, 4) != b"\0asm":
-                return
-        finally:
-            os.close(fd)
-        names = {e.name for e in read_interface(read_module(path)).exports}
-    except (FactsError, errors.WasmsbxError, OSError):
-        return
-    if func in names or "_start" not in names:
+def _check_func(exc: errors.UsageError, path: str, func: str, module: str, call_args: list) -> None:
+    """An unknown FUNC on a WASI command most likely is argv missing its ``--``. Told by
+    what the sandbox read of the module (``exc.exports_start``), within the run's limits:
+    the module is not read again (a second read, of a file that may have changed since,
+    was bounded by nothing)."""
+    if not getattr(exc, "exports_start", False):
         return
     import shlex
+    from pathlib import Path
 
     words = [func, *call_args]
     raise errors.UsageError(
