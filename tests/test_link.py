@@ -156,3 +156,39 @@ def test_group_member_that_cannot_start_in_what_is_left(backend):
         with pytest.raises(errors.MemoryLimitExceeded) as info:
             group.add(b"(module (memory 2))")
         assert info.value.exit_code == 110
+
+
+PRIVATE = b"""(module
+  (memory 1)
+  (data (i32.const 0) "private")
+  (func (export "check") (result i32) (i32.load8_u (i32.const 100))))"""
+
+
+@pytest.mark.parametrize("how", ["named", "registered"])
+def test_a_member_s_unexported_memory_cannot_be_imported_by_its_hidden_name(backend, how):
+    # (red team 152: wasmtime linked every export of a member, the hidden ones wasmsbx
+    # adds for --stats too, so a member imported another's private memory and wrote it)
+    spy = b"""(module (import "lib" "wasmsbx:memory:0" (memory 1))
+      (func (export "poke") (i32.store8 (i32.const 100) (i32.const 66))))"""
+    with wasmsbx.Group(policy(), backend=backend) as group:
+        if how == "named":
+            lib = group.add(PRIVATE, name="lib")
+        else:
+            lib = group.add(PRIVATE)
+            group.register("lib", lib)
+        with pytest.raises(errors.LinkError, match="wasmsbx:memory:0"):
+            group.add(spy)
+        assert lib.call("check") == 0
+
+
+def test_a_member_s_own_exports_still_link_beside_its_hidden_ones(backend):
+    lib = b"""(module (memory (export "shared") 1)
+      (func (export "seven") (result i32) (i32.const 7)))"""
+    app = b"""(module (import "lib" "seven" (func $s (result i32)))
+      (import "lib" "shared" (memory 1))
+      (func (export "run") (result i32)
+        (i32.store (i32.const 0) (call $s)) (i32.load (i32.const 0))))"""
+    with wasmsbx.Group(policy(memory="1MiB"), backend=backend) as group:
+        lib_box = group.add(lib, name="lib")
+        assert group.add(app).call("run") == 7
+        assert lib_box.memory("shared").read(0, 4) == (7).to_bytes(4, "little")

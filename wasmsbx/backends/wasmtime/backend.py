@@ -607,8 +607,17 @@ class WasmtimeInstance(Instance):
             self.register_as(register)
 
     def register_as(self, name: str) -> None:
-        """Make this instance's exports importable as ``name.<export>`` in its group."""
-        self.linker.define_instance(self.store, name, self.instance)
+        """Make this instance's exports importable as ``name.<export>`` in its group:
+        its own, never the hidden memory exports compile() added (``self.held``), through
+        which another member imported the memories this one keeps private and read and
+        wrote them (red team 152)."""
+        if not (self.held and self.shift is not None and self.shift.shift > 0):
+            self.linker.define_instance(self.store, name, self.instance)  # (none added)
+        else:
+            held = set(self.held)
+            for export, item in self.instance.exports(self.store).items():
+                if export not in held:
+                    self.linker.define(self.store, name, export, item)
         self.group.register(name)
 
     @property
