@@ -460,3 +460,51 @@ def test_a_stack_a_host_switched_the_thread_to_is_refused(kind):
     outcomes, reads = done.stdout.strip().rsplit(" ", 1)
     assert outcomes == "['ResourceExhausted 118']", done
     assert int(reads) <= 2, done  # (the thread's stack, the coroutine's: once each)
+
+
+PING = (
+    b'(module (import "env" "h" (func $h (param i32) (result i32)))'
+    b' (func (export "f") (param i32) (result i32)'
+    b" (call $h (i32.add (local.get 0) (i32.const 1)))))"
+)
+
+
+@pytest.mark.parametrize("where", ["thread", "main"])
+def test_a_guest_and_its_host_calling_each_other_end_in_an_error_not_a_crash(backend, where):
+    # (red team 152: on wasmer, each level of nesting is Python frames and pickling on
+    # the host's thread; a 512 KiB thread, or the main thread under a raised recursion
+    # limit, died of SIGSEGV)
+    script = textwrap.dedent(
+        f"""
+        import sys, threading, wasmsbx
+        from wasmsbx import errors
+        from wasmsbx.policy import from_dict
+        box = None
+        def h(n: wasmsbx.i32) -> wasmsbx.i32:
+            return box.call("f", n)
+        def main():
+            global box
+            limits = {{"timeout": 120}}
+            policy = from_dict({{"runtime": {{"backend": {backend!r}}}, "limits": limits}})
+            box = wasmsbx.Sandbox({PING!r}, policy, imports={{"env": {{"h": h}}}})
+            try:
+                box.call("f", 0)
+                print("returned")
+            except errors.WasmsbxError as exc:
+                print(type(exc).__name__, exc.exit_code, repr(str(exc)[:300]))
+        if {where!r} == "thread":
+            threading.stack_size(512 << 10)
+            thread = threading.Thread(target=main); thread.start(); thread.join()
+        else:
+            sys.setrecursionlimit(15000)
+            main()
+        print("host alive")
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, (done.returncode, done.stderr[-2000:])
+    lines = done.stdout.split()
+    assert lines[-2:] == ["host", "alive"], done.stdout
+    assert lines[0] in ("TrapError", "StackExhausted", "ResourceExhausted"), done.stdout

@@ -25,6 +25,7 @@ stack; and a thread that forked).
 from __future__ import annotations
 
 import os
+import sys
 import threading
 from typing import Any, Optional
 
@@ -82,6 +83,48 @@ def fits(seen: Any, wanted: int) -> bool:
 
 def leave(used: int) -> None:
     SEEN.used = used
+
+
+# What a call back into a guest from a host function must find free on a wasmer host's
+# thread (nest_room): each level of a guest and its host calling each other is Python
+# frames, pickling and a pipe's wait here (about 11 KB of native stack on CPython 3.9),
+# the guest running in its worker; and a host function's own work below the deepest.
+NEST_ROOM = 256 << 10
+NEST_FRAMES = 120  # Python frames it must leave below the recursion limit
+
+
+def nest_room() -> None:
+    """Refuse, as a trap of the call it comes from, a call into a guest made from a host
+    function when this thread's native stack or Python's recursion limit is nearly
+    reached (the wasmer backend; wasmtime's own entry checks cover its calls). A guest
+    and its host calling each other without end crashed the host with SIGSEGV on a
+    thread of 512 KiB, and on the main thread under a raised recursion limit (red team
+    152), where wasmtime's backend gave StackExhausted."""
+    from ..errors import ResourceExhausted, TrapError
+
+    try:  # (a frame that deep exists: Python's stack is that full)
+        sys._getframe(sys.getrecursionlimit() - NEST_FRAMES)
+        full = True
+    except ValueError:
+        full = False
+    if not full:
+        seen = SEEN
+        used = getattr(seen, "used", 0)
+        wanted = used + NEST_ROOM
+        if fits(seen, wanted):
+            return
+        try:
+            _check(seen, wanted, NEST_ROOM, used)
+            return
+        except ResourceExhausted:
+            pass
+    raise TrapError(
+        "host calls nested too deep: a host function calling back into a guest found "
+        "this thread's stack nearly full",
+        hint="a guest and its host calling each other without end; if the nesting is "
+        "meant, give the thread a larger stack (threading.stack_size, ulimit -s) and "
+        "raise sys.setrecursionlimit",
+    )
 
 
 GUARD_SLACK = 16 << 10  # kept free above a fixed stack's lowest page (its guard below)

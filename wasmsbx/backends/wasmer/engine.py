@@ -73,6 +73,7 @@ from ..limits import (
     export_memories,
     layout,
 )
+from ..stackroom import nest_room
 from .link import Export, GroupState, plan_member, resolve, wire_types, wire_wat
 from .values import WIRE, RefusedValue, adapter_wat, from_wire, to_wire
 
@@ -389,6 +390,10 @@ class _Child:
 
         def call(*args: Any) -> Any:
             requests, answers = self.fds
+            # (room for one more level here too, before the parent is asked: a worker
+            # that met its recursion limit while waiting left the parent's answer to a
+            # frame of an outer level, "unknown request 'host-err'", red team 152)
+            nest_room()
             _send(answers, ("host", key, list(args), member))
             while True:  # serve the parent's requests (memory reads...) until it answers
                 request = _recv(requests)
@@ -1250,6 +1255,7 @@ class WasmerInstance(Instance):
         nested = getattr(self, "owner", self).talking._is_owned()  # (from a host function)
         if nested:  # a nested call runs within the running call's limits, as on wasmtime:
             timeout = None  # its own timeout= killed the worker, and the call it came from
+            nest_room()  # (room on this thread's stack for one more level: red team 152)
         answer = self._request(("call", name, wire, adapted), name, timeout)
         if answer[0] == "trap" and self.host_raised is not None:
             raise errors.TrapError(
