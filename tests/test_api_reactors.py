@@ -85,3 +85,35 @@ def test_quickjs_reactor_evaluates_javascript(backend):
             "4999950000"
         )
         assert str(box["JS_Eval"].signature) == "(i32, i32, i32, i32, i32) -> i64"
+
+
+def test_memory_write_copies_a_buffer_s_bytes_not_its_item_count(backend):
+    # (red team 152: wasmtime wrote len(data) bytes, so an array('i') of 2 items wrote 2
+    # bytes of its 8, and an object whose len() exceeded what it yields put host memory
+    # past its bytes into the guest's)
+    import array
+
+    box = wasmsbx.Sandbox(b'(module (memory (export "memory") 1))', backend=backend)
+    memory = box.memory()
+    ints = array.array("i", [0x11111111, 0x22222222])
+    memory.write(0, ints)
+    assert memory.read(0, 8) == ints.tobytes()
+    words = memoryview(bytearray(range(1, 17))).cast("I")
+    memory.write(16, words)
+    assert memory.read(16, 16) == bytes(range(1, 17))
+    memory.write(40, memoryview(b"readonly"))
+    assert memory.read(40, 8) == b"readonly"
+
+    class Liar:
+        def __len__(self):
+            return 4096
+
+        def __iter__(self):
+            return iter(b"abc")
+
+    memory.write(64, Liar())
+    assert memory.read(64, 8) == b"abc" + bytes(5)
+    with pytest.raises(IndexError):
+        memory.write(65536 - 4, ints.tobytes() + b"!")  # its bytes decide what fits
+    memory.write(65536 - 8, ints)
+    assert memory.read(65536 - 8, 8) == ints.tobytes()

@@ -1655,19 +1655,31 @@ class _MemoryAccess:
         return ctypes.string_at(address, length) if length else b""
 
     def write(self, offset: int, data: Any) -> None:
+        """``data``'s bytes at ``offset``: bytes, any buffer (its bytes, not its item
+        count: an array('i') of 2 items is 8 bytes), or an iterable of ints. The size
+        copied is always that of the bytes copied from: ``len()`` said how many were
+        written, so an array's items were cut to their count, and an object whose
+        ``len()`` exceeded what it yields put host memory past it into the guest's
+        (red team 152)."""
         import ctypes
 
-        address = self.address(offset, len(data))
-        if not data:
-            return
         if isinstance(data, bytes):
-            source = data
+            source, size = data, len(data)
         else:
-            try:  # a bytearray (or a writable view of one): no intermediate copy
-                source = (ctypes.c_char * len(data)).from_buffer(data)
-            except TypeError:
+            try:
+                view = memoryview(data)
+            except TypeError:  # an iterable of ints
                 source = bytes(data)
-        ctypes.memmove(address, source, len(data))
+                size = len(source)
+            else:
+                size = view.nbytes
+                if view.readonly or not view.c_contiguous:
+                    source = view.tobytes()
+                else:  # (a bytearray, an array: no intermediate copy)
+                    source = (ctypes.c_char * size).from_buffer(view)
+        address = self.address(offset, size)
+        if size:
+            ctypes.memmove(address, source, size)
 
     def grow(self, pages: int) -> int:
         """Grow by ``pages``; the old size in pages. WasmtimeError when refused."""
