@@ -159,6 +159,33 @@ def test_another_sandboxs_limit_in_a_host_function_is_that_functions_error():
     assert isinstance(info.value.__cause__, errors.FuelExhausted)
 
 
+def test_a_sandboxs_own_limit_reached_through_another_sandbox_is_its_own():
+    """Red team 152: A's host function called B, whose host function called back into
+    A, where A's own fuel ran out: A's call raised a TrapError (B's trap of A's
+    FuelExhausted) where a direct call back gives FuelExhausted. Its own limit, however
+    it was reached."""
+    a_wat = b"""(module (import "env" "h" (func $h))
+      (func (export "spin") (loop $l (call $h) (br $l))) (func (export "nop")))"""
+    b_wat = b'(module (import "env" "h2" (func $h2)) (func (export "x") (call $h2)))'
+    boxes: dict = {}
+
+    def h() -> None:
+        boxes["b"].call("x")
+
+    def h2() -> None:
+        boxes["a"].call("nop")
+
+    boxes["a"] = wasmsbx.Sandbox(
+        a_wat, from_dict({"limits": {"fuel": 20_000}}), imports={"env": {"h": h}}
+    )
+    boxes["b"] = wasmsbx.Sandbox(
+        b_wat, from_dict({"limits": {"fuel": 10**9}}), imports={"env": {"h2": h2}}
+    )
+    with pytest.raises(errors.FuelExhausted):
+        boxes["a"].call("spin")
+    assert boxes["b"].call("x") is None  # (B's own calls go on: A's nop has fuel again)
+
+
 def test_an_export_name_asked_for_is_quoted_cut(cli):
     """A 100,000-character export name asked for made an error of 100,116 characters
     (the MCP server's call_export, the command line's --invoke; red team round 79)."""

@@ -1054,13 +1054,13 @@ class WasmtimeInstance(Instance):
                 raise raised from None
             finally:  # (this frame, in the exception's traceback, held it: a cycle that
                 raised = None  # kept the store and its memory, red team round 74)
-        if (
-            isinstance(raised, errors.LimitExceeded)
-            and getattr(raised, "_wasmsbx_limits_of", None) is self.group
-        ):  # in a call made back into the store: the running call's own limit (they
-            self.host.raised = None  # share them). Another sandbox's limit, reached in a
-            return raised  # call the host function made, is the host function's error:
-            # a trap (it made a call without fuel "fuel exhausted", red team round 78).
+        own = _own_limit(raised, self.group)
+        if own is not None:  # in a call made back into the store: the running call's own
+            self.host.raised = None  # limit (they share them), also when that call went
+            return own  # through another sandbox's host function (red team 152: a trap).
+            # Another sandbox's limit, reached in a call the host function made, is the
+            # host function's error: a trap (it made a call without fuel "fuel
+            # exhausted", red team round 78).
         if isinstance(raised, WasiNoMemory):  # (as for wasmtime's own WASI calls, below)
             self.host.raised = None
             return errors.ModuleError(f"{name} failed: {raised}")
@@ -1604,6 +1604,22 @@ def _held(module: Any) -> list:
         ]
         module._wasmsbx_held = held
     return held
+
+
+def _own_limit(raised: Any, group: Any) -> Any:
+    """The limit of the store ``group`` that ``raised`` (a host function's exception) is,
+    or was raised because of: followed through the errors it caused on the way out
+    (another sandbox's call that trapped because of it), a few dozen at most."""
+    for _ in range(64):
+        if not isinstance(raised, BaseException):
+            return None
+        if (
+            isinstance(raised, errors.LimitExceeded)
+            and getattr(raised, "_wasmsbx_limits_of", None) is group
+        ):
+            return raised
+        raised = raised.__cause__
+    return None
 
 
 def _hides_memories(module: Any) -> bool:
