@@ -633,3 +633,25 @@ def test_a_funcref_a_host_function_keeps_stays_the_same_function(backend):
     for value in (0, -1, 0x0123456789ABCDEF, 7):
         box.call("later", value)
         assert box.call("invoke", kept[0]) == 1
+
+
+def test_a_foreign_funcref_is_a_usage_error_on_every_backend(backend):
+    """Red team 152: on wasmer, a funcref of another sandbox passed as an argument or
+    written to a global was BackendUnavailable (104), as if the backend lacked
+    something; the caller's mistake, a UsageError, as on wasmtime."""
+    wat = b"""(module (func $k) (elem declare func $k)
+     (global (export "g") (mut funcref) (ref.null func))
+     (func (export "get") (result funcref) (ref.func $k))
+     (func (export "put") (param funcref) (result i32) (ref.is_null (local.get 0))))"""
+    require_capability(backend, "reference-types")
+    try:
+        mine = wasmsbx.Sandbox(wat, backend=backend)
+        ref = mine.call("get")
+        assert mine.call("put", ref) == 0
+    except errors.BackendUnavailable as exc:  # (a wasmer compiler without the helper)
+        pytest.skip(exc.message)
+    other = wasmsbx.Sandbox(wat, backend=backend)
+    with pytest.raises(errors.UsageError, match="another sandbox"):
+        other.call("put", ref)
+    with pytest.raises(errors.UsageError, match="another sandbox"):
+        other.globals["g"] = ref

@@ -1238,6 +1238,14 @@ class WasmerInstance(Instance):
         signature = self._check_args(name, args)
         adapted = name in self.adapted
         results = signature.results
+        if not adapted and ("funcref" in results or "externref" in results):
+            # (wasmer:singlepass, whose helper module did not compile: its worker died of
+            # SIGILL returning one, red team 152)
+            raise errors.BackendUnavailable(
+                f"{name}: wasmer-python cannot return reference values from this export "
+                "(its helper module did not compile with this compiler)",
+                hint="use --backend wasmtime for this call",
+            )
         if not adapted and "v128" in results and len(results) > 1:
             # Measured on wasmer:llvm: (v128, i64) comes back as (v, -1) instead of (v, 5)
             # across wasmer-python's boundary (through the adapter it is right).
@@ -1710,8 +1718,10 @@ class WasmerEngine(Engine):
                 try:
                     wasm = wasmer.wat2wasm(text)
                     compiled = wasmer.Module(self.store, wasm)
-                except Exception:  # noqa: BLE001 - e.g. singlepass lacks multi-value: direct path
-                    compiled = None
+                except BaseException as exc:  # noqa: BLE001 - e.g. singlepass lacks multi-value
+                    if not (_is_panic(exc) or isinstance(exc, Exception)):
+                        raise  # (Ctrl-C goes on; a panic is an answer: red team 152,
+                    compiled = None  # singlepass panics on a funcref parameter)
                 else:  # (the same again in another thread: see Native)
                     compiled = Native(compiled, lambda: wasmer.Module(self.store, wasm))
             names = [n for n, sig in signatures.items() if compiled is not None and sig is not None]
