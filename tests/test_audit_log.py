@@ -268,3 +268,27 @@ def test_a_device_or_a_fifo_with_a_reader_is_written_as_any_output(cli, isolated
     assert lines == ["start", "sandbox", "exit"], out
     reader_less = cli("run", "add.wat", "add", "1", "2", "--audit-log", fifo, cwd=isolated)
     assert reader_less.code == 105 and "no process is reading" in reader_less.stderr, reader_less
+
+
+def test_values_json_cannot_hold_are_logged_as_strings(tmp_path):
+    # (red team 151: an MCP client's call_export args [NaN, 1e400] were logged as
+    # "args":[NaN,Infinity], which strict JSON readers refuse)
+    import json as json_mod
+    import math
+
+    from wasmsbx.auditlog import AuditLog
+
+    path = tmp_path / "log.jsonl"
+    log = AuditLog(str(path))
+    log.start(None, "f", [math.nan, 1e400, -math.inf, 1.5, [math.nan]])
+    log.start(None, "g", [1, 2])
+    log.fh.close()
+
+    def strict(name):
+        raise ValueError(name)
+
+    records = [
+        json_mod.loads(line, parse_constant=strict) for line in path.read_text().splitlines()
+    ]
+    assert records[0]["args"] == ["nan", "inf", "-inf", 1.5, ["nan"]]
+    assert records[1]["args"] == [1, 2]

@@ -647,6 +647,32 @@ def test_results_are_checked_before_they_count():
             read_results(text, [3])
 
 
+def test_an_items_error_names_a_kind_and_limit_wasmsbx_has():
+    """Red team 151: a worker's item error of kind "trap\x1b[2J...\r\nerror: forged" or
+    limit "fuel\x1b[1m\nerror: ..." reached the summary on stderr as it came (terminal
+    escapes, forged lines), and a kind per item made one line of a megabyte."""
+    from wasmsbx.cluster.wire import read_results
+
+    def row(error):
+        return json.dumps({"results": [[3, 3, None, error, 0.1]], "seconds": 0.1})
+
+    for error in [
+        {"kind": "trap", "message": "m"},
+        {"kind": "limit", "limit": "fuel", "message": "m"},
+        {"kind": "input", "message": "m"},
+        {"kind": "worker", "message": "m"},
+    ]:
+        assert read_results(row(error), [3])[0][0].error == error
+    for error in [
+        {"kind": "trap\x1b[2J\r\nerror: forged", "message": "m"},
+        {"kind": "k3" + "x" * 2000, "message": "m"},
+        {"kind": "limit", "limit": "fuel\x1b[1m\nerror: forged", "message": "m"},
+        {"kind": "limit", "limit": 5, "message": "m"},
+    ]:
+        with pytest.raises(errors.ClusterError, match="malformed"):
+            read_results(row(error), [3])
+
+
 @pytest.mark.parametrize("code", [0, 2, 120, 121, 122, 126, 130, 255, True, 101.0])
 def test_a_worker_chooses_no_exit_code_that_says_the_run_finished(code):
     # (red team 128: a worker's {"error": {"exit_code": 122}} ended the run with exit 122,
@@ -1052,3 +1078,34 @@ def test_an_input_that_fails_gives_the_results_read_before_it(client):
         for result in box.batch("count", items(), cluster=client):
             got.append(result.values[0])
     assert got == list(range(1, 11))
+
+
+def _hostile_task(mode):
+    """In each worker: wasmsbx's task replaced by one that returns a pickled object
+    (``mode`` "pickled") or wasmsbx's own again (None)."""
+    import fractions
+
+    from wasmsbx.cluster import worker
+
+    if mode is None:
+        worker.run_chunk = worker._real_run_chunk
+        return True
+    worker._real_run_chunk = getattr(worker, "_real_run_chunk", worker.run_chunk)
+    worker.run_chunk = lambda *args, **kwargs: fractions.Fraction(1, 3)
+    return True
+
+
+def test_a_worker_result_that_is_not_msgpack_is_refused_in_one_line(cluster, client, capfd):
+    # (red team 151: refused, not unpickled, but distributed first logged it at
+    # CRITICAL with its traceback, and the hint asked whether the scheduler was running)
+    client.run(_hostile_task, "pickled")
+    try:
+        box = Sandbox(ADD, defaults())
+        with pytest.raises(errors.ClusterError) as info:
+            list(box.batch("add", [[1, 2]], cluster=cluster))
+    finally:
+        client.run(_hostile_task, None)
+    assert "not msgpack" in info.value.message
+    assert "same wasmsbx version" in info.value.hint
+    assert "Traceback" not in capfd.readouterr().err
+    assert list(Sandbox(ADD, defaults()).batch("add", [[1, 2]], cluster=cluster))[0].values == [3]

@@ -345,6 +345,40 @@ def service_in(tmp_path):
         asyncio.run(service.close())
 
 
+def test_only_modules_a_client_cannot_write_are_compiled_through_the_cache(tmp_path):
+    """Red team 151: a client wrote modules into a folder the policy grants read-write
+    (run_python) and ran each by its path: each was compiled into the user's cache, and
+    a dozen evicted the interpreters. Such a module is handled as one sent as
+    module_base64; one in a --module-dir or a read-only grant is cached as before."""
+    for name in ("mods", "shared", "readonly"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "add.wat").write_text((EXAMPLES / "add.wat").read_text())
+    (tmp_path / "mods" / "rw").symlink_to(tmp_path / "shared")
+    policy = policy_mod.from_dict(
+        {
+            "filesystem": {
+                "read_write": [f"{tmp_path / 'shared'}::/shared"],
+                "read_only": [f"{tmp_path / 'readonly'}::/ro"],
+            }
+        }
+    )
+    service = Service(config_mod.ServerConfig(policy=policy, module_dirs=(str(tmp_path / "mods"),)))
+    try:
+        for where, cached in [
+            (tmp_path / "mods" / "add.wat", True),
+            (tmp_path / "readonly" / "add.wat", True),
+            (tmp_path / "shared" / "add.wat", False),
+            (tmp_path / "mods" / "rw" / "add.wat", False),  # (its real path is shared's)
+        ]:
+            copy = service.module(str(where), None)[0]
+            assert service.cacheable(copy) is cached, where
+        assert not service.cacheable(
+            service.module(None, base64.b64encode(b"(module)").decode())[0]
+        )
+    finally:
+        asyncio.run(service.close())
+
+
 def test_module_paths_only_from_allowed_dirs(tmp_path, service_in):
     allowed = tmp_path / "mods"
     allowed.mkdir()
@@ -524,6 +558,41 @@ def test_worker_serves_calls_and_reports_failures_as_data(tmp_path):
     assert first["result"]["module_load"] == "compiled"
     assert not second["ok"] and second["error"]["class"] == "TrapError"
     assert not third["ok"] and third["error"]["kind"] == "usage"
+
+
+def test_a_calls_memory_limit_does_not_change_the_engine_under_dense(tmp_path):
+    """Red team 151: under runtime.memory_layout "dense" the engine's reservation was
+    sized from each call's limits.memory, so each power of two a client asked for
+    compiled the module (CPython: 9.5 s) again. Sized from the server's ceiling now; the
+    call's own limit still holds, enforced by the store."""
+    from wasmsbx.mcp.worker import Worker
+
+    grow = tmp_path / "grow.wat"
+    grow.write_text(
+        '(module (memory 1) (func (export "grow") (param i32) (result i32)'
+        " (memory.grow (local.get 0))))"
+    )
+    ceiling = policy_mod.from_dict(
+        {"runtime": {"memory_layout": "dense"}, "limits": {"memory": "64MiB"}}
+    )
+    config = config_mod.ServerConfig(policy=ceiling)
+    worker = Worker()
+    loads, results = [], []
+    for memory in ("128KiB", "1MiB", "8MiB", "64MiB"):
+        wire = config_mod.to_wire(config_mod.call_policy(config, {"memory": memory}))
+        req = {
+            "op": "call",
+            "module": str(grow),
+            "sha256": "g",
+            "policy": wire,
+            "function": "grow",
+            "args": [15],
+            "engine_memory": 64 << 20,
+        }
+        results.append(worker.handle(req)["results"][0]["value"])
+        loads.append(worker.load)
+    assert loads == ["compiled", "reused", "reused", "reused"]
+    assert results == [-1, 1, 1, 1]  # (15 pages more: 1 MiB, beyond 128 KiB only)
 
 
 def test_expired_sessions_are_reaped_without_a_call(service_in):

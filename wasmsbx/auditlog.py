@@ -11,6 +11,7 @@ Environment variable *values* are never written (they may be secrets): only name
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from typing import Any, Optional
@@ -67,7 +68,12 @@ class AuditLog:
     def event(self, name: str, **fields: Any) -> None:
         record = {"v": LOG_VERSION, "time": _now(), "run": self.run_id, "event": name}
         record.update(fields)
-        line = json.dumps(record, separators=(",", ":"), default=str) + "\n"
+        try:
+            line = json.dumps(record, separators=(",", ":"), default=str, allow_nan=False)
+        except ValueError:  # (NaN, Infinity: not JSON, which strict readers refuse; an
+            # MCP client's call_export args of [NaN, 1e400] were logged so: red team 151)
+            line = json.dumps(_finite(record), separators=(",", ":"), default=str)
+        line += "\n"
         try:
             self.fh.write(line)
             self.fh.flush()
@@ -195,3 +201,15 @@ def _failure_event(exc: BaseException) -> tuple:
             return "grant_denied", {**base, "key": key or None}
         return "policy_error", {**base, "key": key or None}
     return "error", base
+
+
+def _finite(value: Any) -> Any:
+    """``value`` with each float that JSON cannot hold (NaN, infinities) as a string in
+    the command line's spellings ("nan", "inf", "-inf")."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return "nan" if value != value else ("inf" if value > 0 else "-inf")
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value

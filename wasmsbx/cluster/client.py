@@ -172,6 +172,28 @@ def _receive(conn: Any, size: int, deadline: float) -> bytes:
     return got
 
 
+def _quiet_refusals() -> None:
+    """distributed logs a result it may not deserialize (a worker's pickled object,
+    refused: msgpack only) at CRITICAL with its traceback, before the client sees the
+    failure, which the command reports itself in one line (red team 151): that record
+    alone is dropped."""
+    import logging
+
+    logger = logging.getLogger("distributed.protocol.core")
+    if not any(isinstance(f, _RefusalFilter) for f in logger.filters):
+        logger.addFilter(_RefusalFilter())
+
+
+class _RefusalFilter:
+    def filter(self, record: Any) -> bool:
+        return not str(record.msg).startswith("Failed to deserialize")
+
+
+def _refused(exc: BaseException) -> bool:
+    """Whether ``exc`` is distributed's refusal of a result that is not msgpack."""
+    return isinstance(exc, TypeError) and "only able to deserialize data with" in str(exc)
+
+
 def _bounded_client(where: str, timeout: float) -> Any:
     """A distributed.Client for ``where``, made within ``timeout`` of wall-clock time,
     else a ClusterError (exit 123). Dask's own timeout covers the TCP connect, not its
@@ -182,6 +204,7 @@ def _bounded_client(where: str, timeout: float) -> Any:
     itself still unpickles a failed task's exception (README)."""
     import distributed
 
+    _quiet_refusals()
     made: list = []
     failed: list = []
     gave_up = threading.Event()
@@ -469,6 +492,12 @@ def _outcome(future: Any, lines: list) -> Any:
     except BaseException as exc:  # the scheduler went away, the task was cancelled
         if not isinstance(exc, Exception) and not _is_cancel(exc):
             raise
+        if _refused(exc):
+            raise errors.ClusterError(
+                f"the result for {where} is not what wasmsbx's task returns (not msgpack: "
+                "refused, not unpickled)",
+                hint="are the workers running the same wasmsbx version as this client?",
+            ) from None
         error = _Cancelled if _is_cancel(exc) else errors.ClusterError
         raise error(
             f"the chunk of {where} was lost: {_reason(exc)}",

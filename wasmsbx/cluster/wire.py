@@ -167,11 +167,34 @@ def _row(row: Any, line: int) -> tuple:
     elif not (
         values is None
         and isinstance(error, dict)
-        and isinstance(error.get("kind"), str)
+        and error.get("kind") in _kinds()
         and isinstance(error.get("message"), str)
+        and error.get("limit", "limit") in _kinds(limits=True)
     ):
+        # (a kind or limit no error of wasmsbx has: they reach the summary on stderr,
+        # where a worker's terminal escapes and forged lines were printed as they came,
+        # and a kind per item made one line of a megabyte: red team 151)
         raise _bad(f"the error for line {line} is malformed")
     return line, ident, values, error, float(seconds)
+
+
+_KINDS: dict = {}
+
+
+def _kinds(limits: bool = False) -> frozenset:
+    """The ``kind`` of every error of wasmsbx (a batch item's "input" among them), or
+    with ``limits`` the ``limit`` of every limit: what a worker's item error may say."""
+    if not _KINDS:
+        found, todo = set(), [errors.WasmsbxError]
+        while todo:
+            cls = todo.pop()
+            found.add(cls)
+            todo.extend(cls.__subclasses__())
+        # (and those of errors defined beside the runner, imported here or not: a bad
+        # item's, runner.batch.BadItem, and a pool worker's, runner.pool)
+        _KINDS[False] = frozenset(c.kind for c in found) | {"input", "worker"}
+        _KINDS[True] = frozenset(c.limit for c in found if issubclass(c, errors.LimitExceeded))
+    return _KINDS[limits]
 
 
 def _seconds(value: Any) -> bool:

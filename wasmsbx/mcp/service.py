@@ -93,6 +93,7 @@ class Service:
         self.active = 0
         self.refused = 0  # calls the rate or concurrency limit refused since the last log
         self._labels: dict = {}  # private module copy -> the name the client knows it by
+        self._cacheable: set = set()  # private module copies the user's cache may keep
         self.interpreters = self._find_interpreters()
         reply_limit = 8 * config.output_ceiling() + 4 * 1024 * 1024  # JSON escapes \u00XX
         self.pool = WorkerPool(
@@ -198,9 +199,10 @@ class Service:
                 data = base64.b64decode("".join(data_b64.split()), validate=True)
             except (binascii.Error, ValueError):
                 raise errors.UsageError("module_base64 is not valid base64") from None
-            label = "module.wasm"
+            label, real = "module.wasm", None
         else:
-            data, label = self._read_allowed(path), path
+            data, real = self._read_allowed(path)
+            label = path
         if not data:
             raise errors.ModuleError("the module is empty")
         webassembly_only(data, "module_base64" if data_b64 else f"module_path {path!r}")
@@ -210,16 +212,38 @@ class Service:
         copy = self.root / "modules" / f"{digest}-{os.urandom(6).hex()}.wasm"
         copy.write_bytes(data)
         self._labels[str(copy)] = label
+        if path and self._operators(real):
+            self._cacheable.add(str(copy))
         return str(copy), digest, label
+
+    def cacheable(self, module: str) -> bool:
+        """Whether the module of a call (its private copy) may be compiled through the
+        user's cache: one named by a path the client cannot write (module.)"""
+        return module in self._cacheable
+
+    def _operators(self, real: Path) -> bool:
+        """Whether the module file at ``real`` (its real path) lies where only the
+        operator puts modules: a --module-dir or a read-only grant, and in no folder the
+        policy grants read-write. A client writes there through its own guests (run_python
+        into a granted folder), and such a module, run by its path, was compiled into the
+        user's cache: a dozen of them evicted the interpreters, compiled again by the next
+        worker (red team 151). As a module sent as module_base64, it is not cached."""
+        grants = self.config.policy.grants
+        if any(_within(real, Path(g.host).resolve()) for g in grants if g.writable):
+            return False
+        kept = [Path(d).resolve() for d in self.config.module_dirs]
+        kept += [Path(g.host).resolve() for g in grants if not g.writable]
+        return any(_within(real, d) for d in kept)
 
     def allowed_dirs(self) -> list:
         dirs = [Path(d).resolve() for d in self.config.module_dirs]
         dirs += [Path(g.host).resolve() for g in self.config.policy.grants]
         return dirs
 
-    def _read_allowed(self, path: str) -> bytes:
-        """Read ``path`` if it lies inside an allowed directory. The check is made on the
-        file actually opened (/proc/self/fd), so symlinks and renames cannot escape."""
+    def _read_allowed(self, path: str) -> tuple:
+        """(the bytes, the real path) of ``path`` if it lies inside an allowed directory.
+        The check is made on the file actually opened (/proc/self/fd), so symlinks and
+        renames cannot escape."""
         allowed = self.allowed_dirs()
         if not allowed:
             raise errors.PolicyError(
@@ -269,11 +293,11 @@ class Service:
                 f"module too large: over {format_size(self.config.max_request)}",
                 limit_value=self.config.max_request,
             )
-        return data
+        return data, real
 
     @staticmethod
     def _inside(path: str, real: Path, allowed: list) -> None:
-        if not any(real == d or d in real.parents for d in allowed):
+        if not any(_within(real, d) for d in allowed):
             raise errors.PolicyError(
                 f"module_path {path!r} is outside the directories this server allows",
                 hint="allowed: " + ", ".join(str(d) for d in allowed),
@@ -347,6 +371,7 @@ class Service:
     def _drop_copy(self, module: Optional[str]) -> None:
         """Remove the call's private module copy (never an interpreter)."""
         self._labels.pop(module or "", None)
+        self._cacheable.discard(module or "")
         if module and Path(module).parent == self.root / "modules":
             try:
                 os.unlink(module)
@@ -396,6 +421,9 @@ class Service:
         self._check_fuel(req["op"], policy)
         grants, room = await self._enter_session(req, policy, session) if session else ((), 0)
         req["policy"] = config_mod.to_wire(policy, grants)
+        # (what the engine's memory reservation is sized from: the ceiling's limit, never
+        # the call's, see worker.Worker.sandbox)
+        req["engine_memory"] = self.config.policy.values["limits.memory"]
         deadline = deadline_for(policy.values["limits.timeout"], self.config.grace)
         started = time.monotonic()
         try:
@@ -790,3 +818,7 @@ def _size(part: Any) -> int:
     if isinstance(part, dict):
         return sum(_size(k) + _size(v) for k, v in part.items())
     return len(str(part))
+
+
+def _within(real: Path, folder: Path) -> bool:
+    return real == folder or folder in real.parents
