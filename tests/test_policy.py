@@ -332,3 +332,12 @@ def test_sizes_and_durations_refuse_long_text_at_once_and_quote_little_of_it(par
             parse(text)
         assert len(str(caught.value)) < 200 + SHOWN_MAX, str(caught.value)[:300]
     assert parse(" 1 \t") in (1, 1.0)  # blanks around a number still read
+
+
+def test_durations_below_a_nanosecond_read_as_such():
+    # (red team 152: a per-call timeout=1e-300 read "still running after 1e-291 ns")
+    from wasmsbx.units import format_duration
+
+    assert format_duration(1e-300) == "under 1 ns"
+    assert format_duration(5e-9) == "5 ns"
+    assert format_duration(2.5e-6) == "2.5 µs"

@@ -188,6 +188,8 @@ def format_duration(seconds: float) -> str:
         return f"{seconds * 1e3:.1f} ms"
     if seconds >= 1e-6 or seconds <= 0:
         return f"{seconds * 1e6:.1f} µs"
+    if seconds < 1e-9:  # (timeout=1e-300 read "1e-291 ns", red team 152)
+        return "under 1 ns"
     return f"{seconds * 1e9:.3g} ns"
 
 
