@@ -127,7 +127,6 @@ def _refuse_guarded_file(text: str, why: str) -> None:
     147: a checkpoint that was a hard link of one, or under such an overlay, was read
     as a checkpoint first ("not a wasmsbx checkpoint", exit 2)."""
     from .native.trustdir import (
-        holds_entry,
         mounted_aliases,
         mountinfo,
         resolved,
@@ -145,15 +144,7 @@ def _refuse_guarded_file(text: str, why: str) -> None:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
             return
-        refuse_key_file(text, info, why)
-        if holds_entry(fd):
-            raise _fail(
-                text,
-                f"is a wasmsbx cache entry (its native code); {why}",
-                "choose another path: the cache holds native code that processes run",
-            )
-        if info.st_nlink > 1:
-            _refuse_cache_file(text, info, why)
+        _refuse_by_content(text, fd, info, why, "path")
         real = os.readlink(f"/proc/self/fd/{fd}") if os.path.isdir("/proc/self/fd") else ""
     finally:
         os.close(fd)
@@ -274,7 +265,7 @@ def refuse_opened_astray(text: str, what: str, fd: int) -> None:
 def refuse_opened_astray_file(fd: int, what: str) -> None:
     """InputError if the file open at ``fd`` (a redirected stdout or stderr) is in the
     trust folder or a wasmsbx cache."""
-    from .native.trustdir import holds_entry, proc_target
+    from .native.trustdir import proc_target
 
     why = f"the command's {what} is not written there"
     try:
@@ -304,15 +295,24 @@ def refuse_opened_astray_file(fd: int, what: str) -> None:
                 refuse_guarded(f"<{what}>", folder, why, os.path.basename(real), fd, inherited=True)
             finally:
                 os.close(folder)
-    refuse_key_file(f"<{what}>", info, why)
-    if holds_entry(fd):  # (by any name: a hard link of one, red team 143)
+    _refuse_by_content(f"<{what}>", fd, info, why, "output")
+
+
+def _refuse_by_content(name: str, fd: int, info: os.stat_result, why: str, instead: str) -> None:
+    """InputError if the file open at ``fd`` (``info``: its fstat) is, by any of its
+    names, a key file, a cache entry (by what it holds: a hard link of one, red team
+    143) or, with a second name, a file at the top of a cache folder."""
+    from .native.trustdir import holds_entry
+
+    refuse_key_file(name, info, why)
+    if holds_entry(fd):
         raise _fail(
-            f"<{what}>",
+            name,
             f"is a wasmsbx cache entry (its native code); {why}",
-            "choose another output: the cache holds native code that processes run",
+            f"choose another {instead}: the cache holds native code that processes run",
         )
     if stat.S_ISREG(info.st_mode) and info.st_nlink > 1:
-        _refuse_cache_file(f"<{what}>", info, why)
+        _refuse_cache_file(name, info, why)
 
 
 _CACHE_NAMES_SEEN = 256  # names at the top of a cache folder looked at (it holds a few)
