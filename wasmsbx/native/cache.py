@@ -54,6 +54,7 @@ from .trustdir import (
     in_metadata,
     make_private,
     missing_folders,
+    mount_id,
     proc_target,
     trust_dir_text,
     user_cache_text,
@@ -642,8 +643,6 @@ def _same_mount_as_trust(fd: int) -> bool:
     """Whether the folder open at ``fd`` and the trust folder were opened through one
     mount, whose paths are both real paths of this process's (0.05 ms, where the whole
     check of the mounts costs a first load about 0.6 ms with its imports)."""
-    from .trustdir import mount_id
-
     mine = mount_id(fd)
     if not mine:
         return False
