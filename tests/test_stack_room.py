@@ -469,7 +469,7 @@ PING = (
 )
 
 
-@pytest.mark.parametrize("where", ["thread", "main"])
+@pytest.mark.parametrize("where", ["thread", "small-thread", "main"])
 def test_a_guest_and_its_host_calling_each_other_end_in_an_error_not_a_crash(backend, where):
     # (red team 152: on wasmer, each level of nesting is Python frames and pickling on
     # the host's thread; a 512 KiB thread, or the main thread under a raised recursion
@@ -492,12 +492,53 @@ def test_a_guest_and_its_host_calling_each_other_end_in_an_error_not_a_crash(bac
                 print("returned")
             except errors.WasmsbxError as exc:
                 print(type(exc).__name__, exc.exit_code, repr(str(exc)[:300]))
-        if {where!r} == "thread":
-            threading.stack_size(512 << 10)
+        if {where!r} != "main":  # (the worker forked on it: red team 153 saw its own
+            # check come back as a raw RuntimeError on 256 KiB)
+            threading.stack_size((512 if {where!r} == "thread" else 256) << 10)
             thread = threading.Thread(target=main); thread.start(); thread.join()
         else:
             sys.setrecursionlimit(15000)
             main()
+        print("host alive")
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, (done.returncode, done.stderr[-2000:])
+    lines = done.stdout.split()
+    assert lines[-2:] == ["host", "alive"], done.stdout
+    assert lines[0] in ("TrapError", "StackExhausted", "ResourceExhausted"), done.stdout
+
+
+def test_a_chain_of_sandboxes_calling_the_next_ends_in_an_error_not_a_crash(backend):
+    # (red team 153: on wasmer only a call back into the same sandbox looked for room; a
+    # host function calling the next of 30 sandboxes, each in turn, crashed the host
+    # with SIGSEGV on a 128 KiB thread)
+    script = textwrap.dedent(
+        f"""
+        import threading, wasmsbx
+        from wasmsbx import errors
+        from wasmsbx.policy import from_dict
+        policy = from_dict({{"runtime": {{"backend": {backend!r}}}, "limits": {{"timeout": 120}}}})
+        boxes, warm = [], [True]
+        def make(i):
+            def h(n: wasmsbx.i32) -> wasmsbx.i32:
+                return 0 if warm[0] else boxes[(i + 1) % len(boxes)].call("f", n)
+            return h
+        for i in range(30):
+            boxes.append(wasmsbx.Sandbox({PING!r}, policy, imports={{"env": {{"h": make(i)}}}}))
+        for box in boxes:
+            box.call("f", 0)  # (each worker made on this thread)
+        warm[0] = False
+        def main():
+            try:
+                boxes[0].call("f", 0)
+                print("returned")
+            except errors.WasmsbxError as exc:
+                print(type(exc).__name__, exc.exit_code)
+        threading.stack_size(128 << 10)
+        thread = threading.Thread(target=main); thread.start(); thread.join()
         print("host alive")
         """
     )

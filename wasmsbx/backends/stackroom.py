@@ -89,7 +89,7 @@ def leave(used: int) -> None:
 # thread (nest_room): each level of a guest and its host calling each other is Python
 # frames, pickling and a pipe's wait here (about 11 KB of native stack on CPython 3.9),
 # the guest running in its worker; and a host function's own work below the deepest.
-NEST_ROOM = 256 << 10
+NEST_ROOM = 128 << 10  # (as RESERVE: what a host function may need below the deepest level)
 NEST_FRAMES = 120  # Python frames it must leave below the recursion limit
 
 

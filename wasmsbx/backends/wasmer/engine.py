@@ -77,6 +77,10 @@ from ..stackroom import nest_room
 from .link import Export, GroupState, plan_member, resolve, wire_types, wire_wat
 from .values import WIRE, RefusedValue, adapter_wat, from_wire, to_wire
 
+# Host functions of any wasmer sandbox being served on this thread (_serve_host): a call
+# into a guest made meanwhile is nested, whichever sandbox it goes to (nest_room).
+SERVING = threading.local()
+
 TYPE_NAMES = {1: "i32", 2: "i64", 3: "f32", 4: "f64", 5: "v128", 6: "externref", 7: "funcref"}
 _TYPE = {
     "i32": wasmer.Type.I32,
@@ -393,7 +397,10 @@ class _Child:
             # (room for one more level here too, before the parent is asked: a worker
             # that met its recursion limit while waiting left the parent's answer to a
             # frame of an outer level, "unknown request 'host-err'", red team 152)
-            nest_room()
+            try:
+                nest_room()
+            except errors.WasmsbxError as exc:  # (raised from a host function, as a
+                raise RuntimeError(exc.message) from None  # trap: red team 153)
             _send(answers, ("host", key, list(args), member))
             while True:  # serve the parent's requests (memory reads...) until it answers
                 request = _recv(requests)
@@ -1171,6 +1178,13 @@ class WasmerInstance(Instance):
         return f"{module}.{name}"
 
     def _serve_host(self, key: int, args: list, member: int = 0) -> tuple:
+        SERVING.depth = getattr(SERVING, "depth", 0) + 1
+        try:
+            return self._serve_host_now(key, args, member)
+        finally:
+            SERVING.depth -= 1
+
+    def _serve_host_now(self, key: int, args: list, member: int) -> tuple:
         from ...values import coerce
 
         _, _, func = self.state.host[key]
@@ -1263,7 +1277,12 @@ class WasmerInstance(Instance):
         nested = getattr(self, "owner", self).talking._is_owned()  # (from a host function)
         if nested:  # a nested call runs within the running call's limits, as on wasmtime:
             timeout = None  # its own timeout= killed the worker, and the call it came from
-            nest_room()  # (room on this thread's stack for one more level: red team 152)
+        if nested or getattr(SERVING, "depth", 0):
+            # Room on this thread's stack for one more level, for a call back into this
+            # sandbox (red team 152) or into any other from a host function: a chain of
+            # 50 sandboxes, each host function calling the next, crashed the host on a
+            # 256 KiB thread (red team 153).
+            nest_room()
         answer = self._request(("call", name, wire, adapted), name, timeout)
         if answer[0] == "trap" and self.host_raised is not None:
             raise errors.TrapError(
