@@ -668,6 +668,8 @@ def test_an_items_error_names_a_kind_and_limit_wasmsbx_has():
         {"kind": "k3" + "x" * 2000, "message": "m"},
         {"kind": "limit", "limit": "fuel\x1b[1m\nerror: forged", "message": "m"},
         {"kind": "limit", "limit": 5, "message": "m"},
+        {"kind": ["trap"], "message": "m"},  # (unhashable: exit 100, red team 153)
+        {"kind": "limit", "limit": {"a": 1}, "message": "m"},
     ]:
         with pytest.raises(errors.ClusterError, match="malformed"):
             read_results(row(error), [3])

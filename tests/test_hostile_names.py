@@ -265,3 +265,35 @@ def test_reading_a_component_ends_within_the_compile_timeout(tmp_path, cli):
         result = cli(*command, "--policy", str(policy), str(component))
         assert result.code == 117, result
         assert "(reading its sections)" in result.stderr, result.stderr
+
+
+def _component_of_modules(count: int, types: int, instantiated: bool = True) -> bytes:
+    # ``count`` core modules of ``types`` func types each (fewer than the 4,096 items
+    # between looks at the clock inside a module's read), each instantiated
+    module = b"\x00asm\x01\x00\x00\x00" + _section(1, _leb(types) + b"\x60\x00\x00" * types)
+    modules = _section(1, module) * count
+    if not instantiated:
+        return _component(modules)
+    made = b"".join(b"\x00" + _leb(i) + b"\x00" for i in range(count))
+    return _component(modules, _section(2, _leb(count) + made))
+
+
+def test_a_component_of_many_small_modules_is_read_by_the_deadline():
+    # (red team 153: modules of 4,095 types each, instantiated by the thousand, never
+    # reached a look at the clock: 12 s past --timeout 1s)
+    import time
+
+    with pytest.raises(errors.TimeoutExceeded, match="reading its sections"):
+        wasmsbx.Sandbox(_component_of_modules(50, 10), deadline=time.monotonic() - 1)
+
+
+def test_an_audit_reads_a_components_core_modules_within_the_compile_timeout():
+    # (red team 153: audit read every core module outside the clock, 32 s under 1 s)
+    from wasmsbx.components import audit as component_audit
+    from wasmsbx.components import binary
+
+    component = _component_of_modules(3000, 300, instantiated=False)
+    layout = binary.scan(component)
+    policy = wasmsbx.policy.from_dict({"limits": {"compile_timeout": "1ms"}})
+    with pytest.raises(errors.CompileLimitExceeded, match="reading its sections"):
+        component_audit._core_modules(component, layout, policy, "c.wasm")

@@ -10,6 +10,7 @@ import json
 import os
 import stat
 import sys
+import tempfile
 import zipfile
 from pathlib import Path
 
@@ -375,6 +376,17 @@ def test_only_modules_a_client_cannot_write_are_compiled_through_the_cache(tmp_p
         assert not service.cacheable(
             service.module(None, base64.b64encode(b"(module)").decode())[0]
         )
+        # (red team 153: a hard link in a --module-dir of a file a guest rewrites in a
+        # read-write grant; and a --module-dir that holds the server's own folder)
+        os.link(tmp_path / "shared" / "add.wat", tmp_path / "mods" / "linked.wat")
+        assert not service.cacheable(service.module(str(tmp_path / "mods" / "linked.wat"), None)[0])
+    finally:
+        asyncio.run(service.close())
+    service = Service(config_mod.ServerConfig(policy=policy, module_dirs=(tempfile.gettempdir(),)))
+    try:
+        (service.root / "planted.wat").write_text("(module)")
+        with pytest.raises(errors.PolicyError, match="private folder"):
+            service.module(str(service.root / "planted.wat"), None)
     finally:
         asyncio.run(service.close())
 

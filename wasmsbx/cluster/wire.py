@@ -167,8 +167,10 @@ def _row(row: Any, line: int) -> tuple:
     elif not (
         values is None
         and isinstance(error, dict)
-        and error.get("kind") in _kinds()
+        and isinstance(error.get("kind"), str)
+        and error["kind"] in _kinds()
         and isinstance(error.get("message"), str)
+        and isinstance(error.get("limit", "limit"), str)
         and error.get("limit", "limit") in _kinds(limits=True)
     ):
         # (a kind or limit no error of wasmsbx has: they reach the summary on stderr,

@@ -199,9 +199,9 @@ class Service:
                 data = base64.b64decode("".join(data_b64.split()), validate=True)
             except (binascii.Error, ValueError):
                 raise errors.UsageError("module_base64 is not valid base64") from None
-            label, real = "module.wasm", None
+            label, real, names = "module.wasm", None, 0
         else:
-            data, real = self._read_allowed(path)
+            data, real, names = self._read_allowed(path)
             label = path
         if not data:
             raise errors.ModuleError("the module is empty")
@@ -212,7 +212,8 @@ class Service:
         copy = self.root / "modules" / f"{digest}-{os.urandom(6).hex()}.wasm"
         copy.write_bytes(data)
         self._labels[str(copy)] = label
-        if path and self._operators(real):
+        if path and names == 1 and self._operators(real):  # (a second name may be
+            # anywhere, in a folder granted read-write too: red team 153)
             self._cacheable.add(str(copy))
         return str(copy), digest, label
 
@@ -241,7 +242,9 @@ class Service:
         return dirs
 
     def _read_allowed(self, path: str) -> tuple:
-        """(the bytes, the real path) of ``path`` if it lies inside an allowed directory.
+        """(the bytes, the real path, its number of names) of ``path`` if it lies inside
+        an allowed directory, and not in the server's private folder (every session's
+        /scratch: a --module-dir holding $TMPDIR reached them, red team 153).
         The check is made on the file actually opened (/proc/self/fd), so symlinks and
         renames cannot escape."""
         allowed = self.allowed_dirs()
@@ -278,7 +281,14 @@ class Service:
                 else Path(errors.real_path(path))
             )
             self._inside(path, real, allowed)
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
+            if _within(real, Path(self.root).resolve()):
+                raise errors.PolicyError(
+                    f"module_path {path!r} is in the server's private folder",
+                    hint="name a module of a --module-dir or a granted folder",
+                    key="module_path",
+                )
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode):
                 raise errors.InputError(f"module_path {path!r} is not a regular file")
         except BaseException:
             os.close(fd)
@@ -293,7 +303,7 @@ class Service:
                 f"module too large: over {format_size(self.config.max_request)}",
                 limit_value=self.config.max_request,
             )
-        return data, real
+        return data, real, info.st_nlink
 
     @staticmethod
     def _inside(path: str, real: Path, allowed: list) -> None:
