@@ -287,3 +287,40 @@ def test_a_name_cannot_write_the_cause_of_an_invalid_module():
         wasmsbx.Sandbox(wasm, backend="wasmtime")
     assert "out of memory" not in str(caught.value)
     assert "duplicate export name" in str(caught.value)
+
+
+def test_a_reference_export_on_singlepass_leaves_later_workers_sound():
+    """CI 189 and 191: singlepass panicked compiling an export's helper module (a call
+    with a funcref argument); the panic was caught, but a later panic in a worker forked
+    from that process (a start function's WASI call) aborted it with SIGILL, a "worker
+    died" TrapError instead of exit 102. The helper is not asked of singlepass now."""
+    import subprocess
+    import sys
+    import textwrap
+
+    if "wasmer:singlepass" not in BACKENDS or "wasmer:cranelift" not in BACKENDS:
+        pytest.skip("needs wasmer's singlepass and cranelift")
+    script = textwrap.dedent(
+        f"""
+        import wasmsbx
+        from wasmsbx import errors
+        refs = b'''(module (func $k) (elem declare func $k)
+          (func (export "get") (result funcref) (ref.func $k))
+          (func (export "put") (param funcref) (result i32) (ref.is_null (local.get 0))))'''
+        box = wasmsbx.Sandbox(refs, backend="wasmer:singlepass")
+        try:
+            box.call("get")
+        except errors.BackendUnavailable:
+            pass
+        start = wasmsbx.Sandbox({START_WASI.encode()!r}, backend="wasmer:cranelift")
+        try:
+            start.call("_start")
+        except errors.WasmsbxError as exc:
+            print(type(exc).__name__, exc.exit_code)
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split()[-1] == "102", done.stdout

@@ -1733,6 +1733,14 @@ class WasmerEngine(Engine):
             }
             text = adapter_wat(signatures, globals_)
             compiled = None
+            if text is not None and self.options.compiler == "singlepass" and (
+                "funcref" in text or "externref" in text
+            ):
+                # singlepass panics compiling a call with a reference argument, and a
+                # caught panic left the process so that a later panic in a worker forked
+                # from it aborted (SIGILL: a start function's WASI call, CI 189 and 191):
+                # never asked to (the direct path refuses references instead)
+                text = None
             if text is not None:
                 try:
                     wasm = wasmer.wat2wasm(text)
