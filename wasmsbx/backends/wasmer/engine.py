@@ -1568,6 +1568,16 @@ class WasmerMember(WasmerInstance):
         pass
 
 
+_REFS = ("funcref", "externref")
+
+
+def _refs(signature: Any) -> bool:
+    """Whether a function's signature passes or returns a reference."""
+    return signature is not None and any(
+        t in _REFS for t in (*signature.params, *signature.results)
+    )
+
+
 def _is_panic(exc: BaseException) -> bool:
     """pyo3's PanicException (a Rust panic inside wasmer), which derives from
     BaseException, so ``except Exception`` does not stop it."""
@@ -1731,16 +1741,16 @@ class WasmerEngine(Engine):
                 for e in module.module.exports
                 if type(e.type).__name__ == "GlobalType"
             }
-            text = adapter_wat(signatures, globals_)
-            compiled = None
-            if text is not None and self.options.compiler == "singlepass" and (
-                "funcref" in text or "externref" in text
-            ):
+            if self.options.compiler == "singlepass":
                 # singlepass panics compiling a call with a reference argument, and a
                 # caught panic left the process so that a later panic in a worker forked
                 # from it aborted (SIGILL: a start function's WASI call, CI 189 and 191):
-                # never asked to (the direct path refuses references instead)
-                text = None
+                # never asked to. Such exports and globals take the direct path, which
+                # refuses references; the others (exact floats, v128) keep the helper.
+                signatures = {n: sig for n, sig in signatures.items() if not _refs(sig)}
+                globals_ = {n: g for n, g in globals_.items() if g[0] not in _REFS}
+            text = adapter_wat(signatures, globals_)
+            compiled = None
             if text is not None:
                 try:
                     wasm = wasmer.wat2wasm(text)
