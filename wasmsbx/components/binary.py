@@ -140,8 +140,7 @@ class _Clock:
         self.left -= n
         if self.left <= 0:
             self.left = _TICK
-            if time.monotonic() > self.by[0]:
-                raise self.by[1]()
+            self.check()
 
     def check(self) -> None:
         """The clock looked at now: before a core module is read (its own reads tick

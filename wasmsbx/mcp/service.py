@@ -219,7 +219,7 @@ class Service:
 
     def cacheable(self, module: str) -> bool:
         """Whether the module of a call (its private copy) may be compiled through the
-        user's cache: one named by a path the client cannot write (module.)"""
+        user's cache: one named by a path the client cannot write (see _operators)."""
         return module in self._cacheable
 
     def _operators(self, real: Path) -> bool:

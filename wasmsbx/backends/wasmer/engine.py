@@ -1252,7 +1252,7 @@ class WasmerInstance(Instance):
         signature = self._check_args(name, args)
         adapted = name in self.adapted
         results = signature.results
-        if not adapted and ("funcref" in results or "externref" in results):
+        if not adapted and any(t in _REFS for t in results):
             # (wasmer:singlepass, whose helper module did not compile: its worker died of
             # SIGILL returning one, red team 152)
             raise errors.BackendUnavailable(
