@@ -13,6 +13,7 @@ import functools
 import os
 import stat
 import threading
+import time
 from typing import Any, Callable, Optional, Union
 
 # One place for the caps, so a policy key can replace a default later.
@@ -55,6 +56,32 @@ def read_by() -> Optional[tuple]:
 
 
 _READS = threading.local()
+TICK = 4096  # items read between two looks at the clock (Clock.tick)
+
+
+class Clock:
+    """The instant the reads of a module in this thread must end by (``read_by``), looked
+    at by the readers of modules and components: ``check()`` now, ``tick()`` every TICK
+    items read. Without wasm.source.bounded_reads around the read, it never fires."""
+
+    __slots__ = ("by", "left")
+
+    def __init__(self) -> None:
+        self.by = read_by()
+        self.left = TICK
+
+    def tick(self, n: int = 1) -> None:
+        if self.by is None:
+            return
+        self.left -= n
+        if self.left <= 0:
+            self.left = TICK
+            self.check()
+
+    def check(self) -> None:
+        """The bound's error, if its instant has passed."""
+        if self.by is not None and time.monotonic() > self.by[0]:
+            raise self.by[1]()
 
 
 class TooLarge(OSError):

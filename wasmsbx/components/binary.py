@@ -34,13 +34,12 @@ wasm-tools binding, and the runner needs just these counts on every run.
 
 from __future__ import annotations
 
-import time
 from collections import namedtuple
 from typing import Optional
 
 from ..backends.limits import INSTANCE_BYTES, module_host
-from ..inputs import read_by
-from ..wasm.facts import _TICK, FactsError, _leb, _parse
+from ..inputs import Clock
+from ..wasm.facts import FactsError, _leb, _parse
 
 PAGE = 65536
 MAX_DEPTH = 64  # nested components; wasmtime's own limit is lower
@@ -111,9 +110,11 @@ class ComponentUnsupported(ComponentFormatError):
 
 def scan(data: bytes) -> Layout:
     """The layout of the component ``data`` (ComponentFormatError if it cannot be read),
-    read by the instant ``wasm.source.bounded_reads`` sets, if any (its error)."""
+    read by the instant ``wasm.source.bounded_reads`` sets, if any (its error): the clock
+    ticks every TICK sections, index space entries, instances and arguments (a 20 MB
+    component of 4,000,000 imports took 1.9 s to scan whatever the bound)."""
     try:
-        return _scan(memoryview(data), 0, len(data), 0, (), _Clock())
+        return _scan(memoryview(data), 0, len(data), 0, (), Clock())
     except ComponentUnsupported as exc:
         raise ComponentUnsupported(f"component not supported: {exc}") from None
     except (IndexError, FactsError, ComponentFormatError) as exc:
@@ -121,44 +122,13 @@ def scan(data: bytes) -> Layout:
         raise ComponentFormatError(f"malformed component: {reason}") from None
 
 
-class _Clock:
-    """The clock looked at every _TICK items read (sections, index space entries,
-    instances and their arguments) against the instant reads of a module end by
-    (``wasm.source.bounded_reads``): a 20 MB component of 4,000,000 imports took 1.9 s to
-    scan, so one of limits.module_size (128 MiB) took about 12 s under a
-    limits.compile_timeout of 1 s."""
-
-    __slots__ = ("by", "left")
-
-    def __init__(self) -> None:
-        self.by = read_by()
-        self.left = _TICK
-
-    def tick(self, n: int = 1) -> None:
-        if self.by is None:
-            return
-        self.left -= n
-        if self.left <= 0:
-            self.left = _TICK
-            self.check()
-
-    def check(self) -> None:
-        """The clock looked at now: before a core module is read (its own reads tick
-        every _TICK items, and modules of 4,095 types each, instantiated by the
-        thousand, never reached one: 12 s past a 1 s deadline, red team 153)."""
-        if self.by is not None and time.monotonic() > self.by[0]:
-            raise self.by[1]()
-
-
 def late() -> None:
     """The error of ``wasm.source.bounded_reads`` if its instant has passed (a caller
-    reading core modules one by one: see _Clock.check)."""
-    _Clock().check()
+    reading core modules one by one: see _scan's look before each)."""
+    Clock().check()
 
 
-def _scan(
-    data: memoryview, start: int, end: int, depth: int, outer: tuple, clock: _Clock
-) -> Layout:
+def _scan(data: memoryview, start: int, end: int, depth: int, outer: tuple, clock: Clock) -> Layout:
     """The layout of the component whose bytes are ``data[start:end]``; ``outer``: the
     enclosing components' scopes (innermost last), which outer aliases reach into."""
     if depth > MAX_DEPTH:
@@ -187,6 +157,8 @@ def _scan(
             made, used = _core_instances(data, pos, clock)
             instances += made
             for index in used:
+                # (each core module's own reads tick every TICK items: modules of 4,095
+                # types each, instantiated by the thousand, never reached one: red team 153)
                 clock.check()
                 found = scope.items_of(data, index)
                 memories.extend(found.memories)
@@ -289,7 +261,7 @@ _CORE_SORT, _CORE_MODULE_SORT, _COMPONENT_SORT = 0x00, 0x11, 0x04
 _ALIAS, _CANON, _IMPORT, _EXPORT = 6, 8, 10, 11
 
 
-def _index_spaces(data: memoryview, pos: int, section: int, scopes: tuple, clock: _Clock) -> None:
+def _index_spaces(data: memoryview, pos: int, section: int, scopes: tuple, clock: Clock) -> None:
     """The core modules and components an alias, import or export section adds to the
     index spaces of ``scopes[-1]`` (an export is a new index for the same item)."""
     scope = scopes[-1]
@@ -377,7 +349,7 @@ def _skip_externdesc(data: memoryview, pos: int) -> int:
     return _leb(data, pos + 1)[1]
 
 
-def _component_instances(data: memoryview, pos: int, clock: _Clock) -> list:
+def _component_instances(data: memoryview, pos: int, clock: Clock) -> list:
     """The component index each ``instantiate`` of an instance section names (the
     inline-export form makes no instance)."""
     count, pos = _leb(data, pos)
@@ -405,7 +377,7 @@ def _component_instances(data: memoryview, pos: int, clock: _Clock) -> list:
     return used
 
 
-def _core_instances(data: memoryview, pos: int, clock: _Clock) -> tuple:
+def _core_instances(data: memoryview, pos: int, clock: Clock) -> tuple:
     """(instances made by ``instantiate``, the module index of each) in one section."""
     count, pos = _leb(data, pos)
     used = []

@@ -18,12 +18,12 @@ of that one body and adds the feature ``"unknown"`` instead of failing.
 from __future__ import annotations
 
 import os
-import time
 from collections import namedtuple
 from typing import Any, Optional, Union
 
 from ..capabilities import WASM_FEATURES
-from ..inputs import read_by
+from ..inputs import TICK as _TICK
+from ..inputs import Clock
 from .model import Export, FuncType, Import, Interface, Limits  # noqa: F401 - re-exported
 from .reader import (  # noqa: F401 - FactsError is re-exported
     _HEAP_TYPES,
@@ -250,13 +250,11 @@ _IMPORTED_COUNTS = {
 }
 
 
-_TICK = 4096  # items read between looks at the clock (wasm.source.bounded_reads)
-
-
 class _Parser:
     def __init__(self, data: bytes, scan_code: bool = True, weigh: bool = False):
         self.data = data
-        self.by = read_by()  # (wasm.source.bounded_reads: the instant reads end by)
+        self.clock = Clock()  # (wasm.source.bounded_reads: the instant reads end by)
+        self.by = self.clock.by
         self.scan_code = scan_code
         self.weigh = weigh or scan_code  # read the bodies' locals (compile_weight)
         self._scanner = None
@@ -309,8 +307,7 @@ class _Parser:
 
     def late(self) -> None:
         """The READ_BY error if its instant has passed."""
-        if self.by is not None and time.monotonic() > self.by[0]:
-            raise self.by[1]()
+        self.clock.check()
 
     def room(self, r: _Reader, kind: str, total: int, at: int) -> None:
         """Refuses a module whose ``total`` of ``kind`` (those declared so far and the
