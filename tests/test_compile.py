@@ -282,6 +282,26 @@ def test_c_library_with_exports(cli, isolated):
 
 
 @pytest.mark.needs_clang
+def test_a_builds_default_output_replaces_only_a_module(cli, isolated):
+    """``compile lib.c`` writes ./lib.wasm as cc writes a.out: over an earlier build,
+    never over a file of another kind (notes kept as lib.wasm were lost, round 155)."""
+    need_clang()
+    (isolated / "lib.c").write_text(LIB_C)
+    (isolated / "lib.wasm").write_text("my notes\n")
+    refused = cli("compile", "lib.c", "--export", "add")
+    assert refused.code == 105, refused
+    assert "lib.wasm: exists and is not a WebAssembly module; not replaced" in refused.stderr
+    assert "-o FILE.wasm" in refused.stderr
+    assert (isolated / "lib.wasm").read_text() == "my notes\n"
+    (isolated / "lib.wasm").unlink()
+    assert cli("compile", "lib.c", "--export", "add").code == 0
+    again = cli("compile", "lib.c", "--export", "mul")  # an earlier build: replaced
+    assert again.code == 0, again
+    assert cli("run", "lib.wasm", "mul", "6", "7").stdout == "42\n"
+    assert cli("compile", "lib.c", "--export", "add", "-o", "lib.wasm").code == 0  # named
+
+
+@pytest.mark.needs_clang
 def test_c_command(cli, isolated):
     need_clang()
     (isolated / "hello.c").write_text(HELLO_C)

@@ -5,6 +5,8 @@ A plain command line is parsed here (``lean_args``), without the typer app (see
 
 from __future__ import annotations
 
+import os
+import stat
 from collections import namedtuple
 from pathlib import Path
 from typing import Any, Optional
@@ -281,6 +283,7 @@ def _build(source: str, exports: list, wasm_out: Optional[str], policy: Any) -> 
         path = Path(source).resolve()
         stem = path.stem if kind != "cargo" else (path if path.is_dir() else path.parent).name
         wasm_out = f"{stem}.wasm"
+        _keep_other_file(wasm_out)
     if exports and kind not in ("c", "rust", "cargo"):
         from ...errors import UsageError
 
@@ -294,6 +297,29 @@ def _build(source: str, exports: list, wasm_out: Optional[str], policy: Any) -> 
             output.err(exc.output.rstrip("\n"))  # the compiler's messages, as printed
         raise
     return result, wasm_out
+
+
+def _keep_other_file(name: str) -> None:
+    """The name a build writes when no -o is given (``NAME.wasm`` here, as cc writes
+    a.out) is replaced only if it holds a WebAssembly module already, a build's earlier
+    output: a file of another kind there was overwritten without a word (notes kept as
+    lib.wasm, round 155). Links and special files are outfile's to refuse."""
+    try:
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return  # (missing: written; a link or anything unreadable: check_output says)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode) or os.pread(fd, 4, 0) == b"\0asm":
+            return
+    finally:
+        os.close(fd)
+    from ...errors import InputError
+
+    raise InputError(
+        f"{name}: exists and is not a WebAssembly module; not replaced",
+        hint=f"give -o FILE.wasm to write the built module elsewhere, or move ./{name} away",
+        path=name,
+    )
 
 
 def _facts(wasm: bytes, policy: Any, name: str) -> tuple:
@@ -551,8 +577,6 @@ def _say_native(target: dict, policy: Any, module_size: int) -> None:
     took = f" in {format_duration(took)}" if took is not None else ""
     label = f"{target['backend']} {target.get('version') or ''}".strip()
     if target["state"] == "written":
-        import os
-
         path = output.line(target["path"])
         # (no "run it" for what cannot be run again: /dev/null, a pipe; red team 121)
         run = f"; run it with `wasmsbx run {path} ...`" if os.path.isfile(target["path"]) else ""
