@@ -192,6 +192,26 @@ def test_the_guest_corpus_through_every_module_tool(server):
     assert not os.path.exists(ESCAPE_FILE)
 
 
+def test_what_a_command_printed_before_it_failed_reaches_the_client(server):
+    """A trap's tool error carries the stdout and stderr written before it (round 155:
+    a C assert's message, or a script's progress before its timeout, was lost)."""
+    import wasmtime
+
+    from .test_run import PRINTS_THEN_TRAPS
+
+    module = b64_bytes(bytes(wasmtime.wat2wasm(PRINTS_THEN_TRAPS)))
+
+    async def scenario():
+        async with server.connect() as c:
+            return await c.call_tool("run_wasi_command", {"module_base64": module})
+
+    result = run(scenario())
+    text = clear(result, "prints then traps")
+    assert result.is_error and "trap: _start trapped" in text, text
+    assert "--- stdout before the failure ---\npartial output\n" in text, text
+    assert "--- stderr before the failure ---\nabout to abort\n" in text, text
+
+
 def test_fsprobe_escapes_and_hostile_argv_through_run_wasi_command(server):
     """Paths out of the sandbox, host environment, symlinks, and argv the host must not
     pass (NUL) or that is merely huge."""

@@ -126,6 +126,49 @@ def test_trap_json(cli, backend):
     assert err["kind"] == "trap" and err["exit_code"] == 103
 
 
+# A WASI command that writes a line to stdout and one to stderr, then traps.
+PRINTS_THEN_TRAPS = """(module
+  (import "wasi_snapshot_preview1" "fd_write" (func $w (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 64) "partial output\\n")
+  (data (i32.const 96) "about to abort\\n")
+  (func (export "_start")
+    (i32.store (i32.const 0) (i32.const 64)) (i32.store (i32.const 4) (i32.const 15))
+    (drop (call $w (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))
+    (i32.store (i32.const 0) (i32.const 96)) (i32.store (i32.const 4) (i32.const 15))
+    (drop (call $w (i32.const 2) (i32.const 0) (i32.const 1) (i32.const 8)))
+    unreachable))
+"""
+
+
+def test_a_captured_commands_output_survives_its_failure(cli, backend, tmp_path):
+    """What a command printed before it trapped reaches the --json report and the
+    exception (an assert's message was lost with the instance, round 155)."""
+    import wasmsbx
+
+    module = tmp_path / "abort.wat"
+    module.write_text(PRINTS_THEN_TRAPS)
+    res = cli("run", module, "--json", "--backend", backend)
+    assert res.code == 103, res
+    data = res.json()
+    assert data["error"]["kind"] == "trap"
+    assert (data["stdout"], data["stderr"]) == ("partial output\n", "about to abort\n")
+    from wasmsbx.errors import TrapError
+    from wasmsbx.policy import from_dict
+
+    policy = from_dict({"runtime": {"backend": backend}})
+    with wasmsbx.Sandbox(str(module), policy, kind="command") as box:
+        with pytest.raises(TrapError) as raised:
+            box.run_command(capture=True)
+        assert (raised.value.stdout, raised.value.stderr) == (
+            b"partial output\n",
+            b"about to abort\n",
+        )
+        with pytest.raises(TrapError) as raised:  # not captured: nothing held
+            box.run_command()
+        assert raised.value.stdout is None
+
+
 def test_start_function_trap(cli, backend):
     res = cli("run", GUESTS / "start_trap.wat", "f", "--backend", backend)
     assert res.code == 103 and "start function" in res.stderr, res

@@ -178,6 +178,10 @@ class WasmsbxError(Exception):
 
     exit_code: int = ExitCode.INTERNAL
     kind: str = "error"
+    # What the guest wrote before the failure, when its output was captured
+    # (``run_command(capture=True)``, ``--json``): else lost with the instance.
+    stdout: Optional[bytes] = None
+    stderr: Optional[bytes] = None
 
     def __init__(self, message: str, *, hint: Optional[str] = None, **context: Any) -> None:
         super().__init__(message)

@@ -29,9 +29,12 @@ def report(exc: BaseException, json_mode: Any = False) -> int:
 
     if isinstance(exc, WasmsbxError):
         if json_mode:  # exit_source: the code is wasmsbx's, not a guest's status
-            output.emit_json(
-                {"error": exc.to_dict(), "exit_source": "wasmsbx"}, _json_stream(json_mode)
-            )
+            data = {"error": exc.to_dict(), "exit_source": "wasmsbx"}
+            if exc.stdout is not None or exc.stderr is not None:  # (what the guest wrote)
+                from ..runner.captured import as_json
+
+                data["stdout"], data["stderr"] = as_json(exc.stdout), as_json(exc.stderr)
+            output.emit_json(data, _json_stream(json_mode))
         output.error(exc.message, exc.hint)
         for frame in getattr(exc, "backtrace", [])[:12]:
             output.err(f"  at {output.line(frame)}")

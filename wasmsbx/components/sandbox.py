@@ -469,6 +469,11 @@ class ComponentSandbox(Sandbox):
         started = time.perf_counter()
         try:
             code = instance.run_command(run)
+        except errors.WasmsbxError as exc:
+            from ..runner.sandbox import keep_output
+
+            keep_output(exc, instance)
+            raise
         finally:
             self.timings["run"] = time.perf_counter() - started
             instance.close()

@@ -21,6 +21,8 @@ import json
 import struct
 from typing import Any, Optional
 
+from .. import errors
+
 STATE_DIR = "/scratch/.wasmsbx"
 PYTHON_BOOTSTRAP = r"""
 import sys as _s
@@ -210,6 +212,11 @@ def run_javascript(box: Any, code: str) -> dict:
         wrapped = JS_WRAPPER.format(code=json.dumps(code))
         status = instance.call("qjs_init_argv", _argv(instance, [b"qjs", b"-e", wrapped.encode()]))
         usage = instance.usage()
+    except errors.WasmsbxError as exc:
+        from ..runner.sandbox import keep_output
+
+        keep_output(exc, instance)  # (what it printed before its timeout, say)
+        raise
     finally:
         instance.close()
     return {

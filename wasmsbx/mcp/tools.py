@@ -156,6 +156,13 @@ def tool_error(exc: errors.WasmsbxError) -> Exception:
     frames = getattr(exc, "backtrace", None)
     if frames:
         text += "\nwasm backtrace: " + " <- ".join(frames[:6])
+    # What the code printed before it failed (an assert's message, progress before a
+    # timeout), as a result's stdout and stderr carry it: it was lost (round 155).
+    for name, written in zip(("stdout", "stderr"), getattr(exc, "guest_output", None) or ()):
+        if isinstance(written, dict):  # (not UTF-8: guest.text's form)
+            written = f"(not UTF-8, base64) {written.get('base64', '')}"
+        if written:
+            text += f"\n--- {name} before the failure ---\n{written}"
     return ToolError(text)
 
 

@@ -210,6 +210,10 @@ def _call(box: Any, req: dict, args: list, wave: bool) -> dict:
     try:
         result = box.invoke(func, args, fresh=True, wasi=wasi, **typed)
         stdout, stderr = box.output()
+    except errors.WasmsbxError as exc:
+        if exc.stdout is None and exc.stderr is None:  # (what it wrote before it failed)
+            exc.stdout, exc.stderr = box.output()
+        raise
     finally:
         box.close()  # the instance goes; the compiled module stays
     data = result.to_dict()
@@ -264,6 +268,8 @@ def error_dict(exc: BaseException) -> dict:
         data = exc.to_dict()
         data["class"] = type(exc).__name__
         data["backtrace"] = list(getattr(exc, "backtrace", []))[:8]
+        if exc.stdout is not None or exc.stderr is not None:  # (a captured run's output)
+            data["stdout"], data["stderr"] = guest.text(exc.stdout), guest.text(exc.stderr)
         return data
     return {
         "class": "WasmsbxError",

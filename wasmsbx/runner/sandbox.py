@@ -1736,6 +1736,9 @@ class Sandbox:
         started = time.perf_counter()
         try:
             status = instance.run_command()
+        except errors.WasmsbxError as exc:
+            keep_output(exc, instance)
+            raise
         finally:
             self.timings["run"] = time.perf_counter() - started
         usage = instance.usage()
@@ -2146,6 +2149,19 @@ class Group:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+def keep_output(exc: errors.WasmsbxError, instance: Any) -> None:
+    """Give ``exc`` what the guest wrote before it failed, if its output was captured
+    (``stdout``, ``stderr``): a C program's assert message, or a script's progress
+    before its timeout, went with the instance (round 155)."""
+    if exc.stdout is not None or exc.stderr is not None:
+        return  # (a nested call's, already given)
+    try:
+        usage = instance.usage()
+    except Exception:  # noqa: BLE001 - the failure is what is reported, not this
+        return
+    exc.stdout, exc.stderr = usage.stdout, usage.stderr
 
 
 def _number(value: Any, unit: str = "") -> str:

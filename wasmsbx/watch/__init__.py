@@ -809,6 +809,8 @@ class Watcher:
             data.update({"ok": False, "phase": phase, "error": exc.to_dict()})
             if phase == "run" and c.func and c.capture:  # what it printed before failing
                 data.update(_captured(*box.output()))
+            elif exc.stdout is not None or exc.stderr is not None:  # (a command's)
+                data.update(_captured(exc.stdout, exc.stderr))
         data["duration_ms"] = round((time.perf_counter() - started) * 1e3, 3)
         self.emit("run", data)
 
