@@ -1453,6 +1453,33 @@ def test_a_worker_runs_only_the_bytes_the_server_pinned(tmp_path):
 
 
 @pytest.mark.skipif(sys.version_info < (3, 10), reason="the mcp SDK needs Python 3.10")
+def test_the_server_refuses_folders_inside_a_read_write_grant(cli, tmp_path):
+    """Red team 154: a guest removed a --module-dir (or a grant) inside its read-write
+    grant and put a link in its place; the server resolved it again on the next call and
+    ran any file of the host, or granted later calls $TMPDIR. Refused at start (101)."""
+    agent = tmp_path / "agent"
+    (agent / "modules").mkdir(parents=True)
+    (agent / "ref").mkdir()
+    rw = f'[filesystem]\nread_write = ["{agent}::/a"]\n'
+    (tmp_path / "pol.toml").write_text(rw)
+    res = cli("mcp", "--policy", "pol.toml", "--module-dir", str(agent / "modules"),
+              cwd=tmp_path, timeout=60)  # fmt: skip
+    assert res.code == 101, res
+    assert f"--module-dir {agent / 'modules'} lies inside the read-write grant" in res.stderr
+    (tmp_path / "pol.toml").write_text(rw + f'read_only = ["{agent / "ref"}::/r"]\n')
+    res = cli("mcp", "--policy", "pol.toml", cwd=tmp_path, timeout=60)
+    assert res.code == 101 and f"the grant of {agent / 'ref'} lies inside" in res.stderr, res
+    from wasmsbx.mcp.service import _refuse_nested_in_writable
+    from wasmsbx.policy import Grant
+
+    # the same folder, or a read-only grant around a read-write one: no guest swaps those
+    _refuse_nested_in_writable([Grant(str(agent), "/a", True)], [str(agent)])
+    _refuse_nested_in_writable(
+        [Grant(str(tmp_path), "/t", False), Grant(str(agent), "/a", True)], []
+    )
+
+
+@pytest.mark.skipif(sys.version_info < (3, 10), reason="the mcp SDK needs Python 3.10")
 def test_the_server_refuses_grants_of_its_private_folders(cli, tmp_path):
     """Red team 132: a ceiling policy granting $TMPDIR (even read-only) let a call read
     other sessions' /scratch and the private module copies; one granting the data folder

@@ -74,12 +74,38 @@ def _refuse_private_grants(grants: Any, root: Path) -> None:
                 )
 
 
+def _refuse_nested_in_writable(grants: Any, module_dirs: Any) -> None:
+    """PolicyError (exit 101) if a grant or a --module-dir lies inside a folder the
+    ceiling policy grants read-write. A guest there can remove that folder and put a
+    link in its place (WASI lets it make a link that leads out of its grant), and the
+    server resolves grants and module folders again on every call: a --module-dir so
+    swapped let module_path name any file of the host, and a grant swapped for a link
+    to $TMPDIR gave later calls every session's /scratch (red team 154). A folder inside
+    a read-write grant is no safer from its guests than the grant itself anyway."""
+    from ..native.trustdir import real, within
+
+    writable = [(real(str(g.host)), g.host) for g in grants if g.writable]
+    inner = [(real(str(g.host)), f"the grant of {g.host}") for g in grants]
+    inner += [(real(str(d)), f"--module-dir {d}") for d in module_dirs]
+    for host, what in inner:
+        for folder, named in writable:
+            if host != folder and within(host, folder):
+                raise errors.PolicyError(
+                    f"{errors.inert(what)} lies inside the read-write grant of "
+                    f"{errors.inert(str(named))}: a guest could replace it with a link to "
+                    "anywhere",
+                    hint="grant the outer folder alone, or keep the inner one outside it",
+                    key="filesystem",
+                )
+
+
 class Service:
     def __init__(self, config: config_mod.ServerConfig) -> None:
         self.config = config
         self.root = Path(tempfile.mkdtemp(prefix=ROOT_PREFIX))  # 0700, ours alone
         try:
             _refuse_private_grants(config.policy.grants, self.root)
+            _refuse_nested_in_writable(config.policy.grants, config.module_dirs)
         except BaseException:
             os.rmdir(self.root)
             raise
@@ -806,8 +832,11 @@ def rebuild_error(data: dict) -> errors.WasmsbxError:
     context = dict(data.get("context") or {})
     message = str(data.get("message") or "the call failed")
     if issubclass(cls, errors.TrapError):
-        return cls(message, hint=data.get("hint"), backtrace=data.get("backtrace"), **context)
-    return cls(message, hint=data.get("hint"), **context)
+        exc = cls(message, hint=data.get("hint"), backtrace=data.get("backtrace"), **context)
+    else:
+        exc = cls(message, hint=data.get("hint"), **context)
+    exc.guest_output = (data.get("stdout"), data.get("stderr"))  # (as guest.text gave them)
+    return exc
 
 
 class Measured(int):
