@@ -204,18 +204,69 @@ def _const_expr(count: int) -> bytes:
     return b"\x00asm\x01\x00\x00\x00" + _section(6, _leb(1) + b"\x7f\x00" + expr)
 
 
+def _locals(count: int) -> bytes:
+    body = _leb(count) + b"\x01\x7f" * count + b"\x0b"
+    return (
+        b"\x00asm\x01\x00\x00\x00"
+        + _section(1, b"\x01\x60\x00\x00")
+        + _section(3, b"\x01\x00")
+        + _section(10, b"\x01" + _leb(len(body)) + body)
+    )
+
+
+def _nested_fields(types: int, fields: int) -> bytes:
+    struct = b"\x5f" + _leb(fields) + b"\x7f\x00" * fields  # (i32, immutable)
+    return b"\x00asm\x01\x00\x00\x00" + _section(1, _leb(types) + struct * types)
+
+
+def _const_exprs(count: int, each: int) -> bytes:
+    expr = b"\x41\x00" + b"\x41\x00\x6a" * each + b"\x0b"
+    return b"\x00asm\x01\x00\x00\x00" + _section(6, _leb(count) + (b"\x7f\x00" + expr) * count)
+
+
 @pytest.mark.parametrize(
     "module",
-    [_customs(10_000), _producers(10_000), _params(10_000), _const_expr(100_000)],
-    ids=["custom-sections", "producers", "params", "const-expr"],
+    [
+        _customs(10_000),
+        _producers(10_000),
+        _params(10_000),
+        _const_expr(100_000),
+        _nested_fields(3, 4_000),
+        _const_exprs(10, 5_000),
+    ],
+    ids=[
+        "custom-sections",
+        "producers",
+        "params",
+        "const-expr",
+        "nested-short-vectors",
+        "many-short-scans",
+    ],
 )
 def test_every_long_read_looks_at_the_clock(module):
     # (red team 149: 3,000,000 empty custom sections read for 19 s past --timeout 1s;
-    # a producers section, a type's params, a long constant expression the same)
+    # a producers section, a type's params, a long constant expression the same; red
+    # team 154: a body's local declarations, vectors of under 4,096 items nested in
+    # others, and constant expressions each under the scanner's own interval)
     import time
 
     with pytest.raises(errors.TimeoutExceeded, match="reading its sections"):
         wasmsbx.Sandbox(module, deadline=time.monotonic() - 1)
+
+
+def test_a_bodys_local_declarations_are_read_on_the_clock():
+    """What compile -o, audit and bench read of a body (its locals, for the compile's
+    weight): 124 MB of local declarations ran 38 s past a 1 s bound (red team 154)."""
+    import time
+
+    from wasmsbx.wasm.facts import read_facts_weighed
+    from wasmsbx.wasm.source import bounded_reads
+
+    module = _locals(10_000)
+    assert read_facts_weighed(module)[1] == 10_000 * 20_003  # (locals x body bytes: read)
+    with pytest.raises(errors.TimeoutExceeded, match="reading its sections"):  # noqa: SIM117
+        with bounded_reads(None, time.monotonic() - 1, "m.wasm"):  # (3.9: no parenthesized with)
+            read_facts_weighed(module)
 
 
 # ---------------------------------------------------------------------------- components
