@@ -687,6 +687,24 @@ def test_a_worker_chooses_no_exit_code_that_says_the_run_finished(code):
     assert info.value.exit_code == 123
 
 
+def test_a_workers_failure_has_a_kind_of_ours_and_a_bounded_message():
+    # (red team 154: a 20 MB kind and message made 40 MB of --json and one audit-log line)
+    from wasmsbx.cluster.wire import REMOTE_TEXT_MAX, read_results
+
+    big = "k" * 1_000_000
+    text = json.dumps({"error": {"kind": big, "message": big, "hint": big, "exit_code": 102}})
+    with pytest.raises(errors.WasmsbxError) as info:
+        read_results(text, [1])
+    exc = info.value
+    assert exc.kind == "cluster" and exc.exit_code == 102
+    assert len(exc.message) < REMOTE_TEXT_MAX + 40 and exc.message.endswith("characters)")
+    assert len(exc.hint) < REMOTE_TEXT_MAX + 40
+    text = json.dumps({"error": {"kind": "trap", "message": "m", "exit_code": 103}})
+    with pytest.raises(errors.WasmsbxError) as info:
+        read_results(text, [1])
+    assert (info.value.kind, info.value.message) == ("trap", "m")
+
+
 def test_a_worker_failure_comes_back_with_its_exit_code():
     from wasmsbx.cluster.wire import error_to_wire, read_results
 

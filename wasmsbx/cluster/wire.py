@@ -212,17 +212,28 @@ def _bad(message: str) -> errors.ClusterError:
     )
 
 
+REMOTE_TEXT_MAX = 4000  # characters of a worker's job-stopping message or hint kept
+
+
+def _cut(text: str) -> str:
+    if len(text) <= REMOTE_TEXT_MAX:
+        return text
+    return f"{text[:REMOTE_TEXT_MAX]}... ({len(text):,} characters)"
+
+
 def _remote_error(data: Any) -> errors.WasmsbxError:
+    # (a kind wasmsbx has, and a message and hint of bounded length: a worker's 20 MB
+    # kind and message made 40 MB of --json and one 40 MB audit-log line, red team 154)
     if not isinstance(data, dict) or not isinstance(data.get("message"), str):
         return _bad("a worker reported a malformed error")
-    exc = _Remote(
-        data["message"], hint=data.get("hint") if isinstance(data.get("hint"), str) else None
-    )
+    hint = data.get("hint")
+    exc = _Remote(_cut(data["message"]), hint=_cut(hint) if isinstance(hint, str) else None)
     code = data.get("exit_code")
     # Only a code a job-stopping failure can have: a worker that said 122 ("done, some
     # items failed") ended the run there with the rest unwritten (red team 128).
     exc.exit_code = code if type(code) is int and code in STOPPING else errors.ExitCode.CLUSTER
-    exc.kind = data["kind"] if isinstance(data.get("kind"), str) else "cluster"
+    kind = data.get("kind")
+    exc.kind = kind if isinstance(kind, str) and kind in _kinds() else "cluster"
     return exc
 
 
