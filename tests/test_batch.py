@@ -62,6 +62,24 @@ def test_batch_results_in_order_with_ids_and_summary(cli, tmp_path):
 
 
 @pytest.mark.parametrize("jobs", ["1", "2"])
+def test_an_item_refused_for_its_args_or_keys_keeps_its_own_id(cli, tmp_path, jobs):
+    """Round 155: such an item was answered under its line number, which may be another
+    item's id (a consumer matching on ids got two items under the wrong ones)."""
+    src = tmp_path / "in.jsonl"
+    src.write_text('{"args": "x", "id": 2}\n{"args": [1], "id": "a", "extra": 1}\n[1, 1]\n')
+    r = cli("run", ADD, "add", "--batch", src, "--jobs", jobs)
+    assert r.code == 122, r
+    rows = jsonl(r.stdout)
+    assert [(row["line"], row["id"], row["ok"]) for row in rows] == [
+        (1, 2, False),
+        (2, "a", False),
+        (3, 3, True),
+    ]
+    assert "'args' must be a JSON array" in rows[0]["error"]["message"]
+    assert "unknown key 'extra'" in rows[1]["error"]["message"]
+
+
+@pytest.mark.parametrize("jobs", ["1", "2"])
 def test_an_id_strict_json_cannot_hold_is_an_item_error(cli, tmp_path, jobs):
     """Red team round 23: ids 1e999, NaN and "\\ud800" were echoed as Infinity, NaN and a
     lone surrogate, which jq and other strict JSON readers reject."""

@@ -520,7 +520,7 @@ class ComponentCaller:
         self.instance = self.box.instantiate(self.wasi)
 
     def run(self, line: int, payload: Any) -> Any:
-        from ..runner.batch import BatchResult, error_record, parse_item
+        from ..runner.batch import BadItem, BatchResult, error_record, parse_item
 
         started = time.perf_counter()
         ident: Any = line
@@ -537,6 +537,8 @@ class ComponentCaller:
         except errors.WasmsbxError as exc:
             if isinstance(exc, errors.TrapError):
                 self._drop()
+            if isinstance(exc, BadItem) and exc.ident is not None:  # (its own id: see it)
+                ident = exc.ident
             return BatchResult(line, ident, None, error_record(exc), time.perf_counter() - started)
         result = self.export.sig.result
         out = [] if result is None else [to_json(value, result)]

@@ -55,6 +55,13 @@ class BadItem(errors.WasmsbxError):
 
     exit_code = ExitCode.USAGE
     kind = "input"
+    ident: Any = None  # the item's own id, when it gave a good one (its result echoes it)
+
+    @classmethod
+    def of(cls, message: str, ident: Any) -> BadItem:
+        exc = cls(message)
+        exc.ident = ident
+        return exc
 
 
 class BatchResult(NamedTuple):
@@ -237,15 +244,19 @@ def parse_item(payload: Any) -> tuple:
     if isinstance(payload, (list, tuple)):
         return list(payload), None
     if isinstance(payload, dict):
-        unknown = sorted(set(payload) - {"args", "id"})
-        if unknown:
-            raise BadItem(f"unknown key {unknown[0]!r} (an item has 'args' and optional 'id')")
-        args = payload.get("args")
-        if not isinstance(args, list):
-            raise BadItem("'args' must be a JSON array of arguments")
+        # (the id first: an item refused for its args or keys is still answered under
+        # its own id, not its line number, which may be another item's id: round 155)
         ident = payload.get("id")
         if ident is not None and (type(ident) is not int or ident.bit_length() > 4096):
             _check_id(ident)
+        unknown = sorted(set(payload) - {"args", "id"})
+        if unknown:
+            raise BadItem.of(
+                f"unknown key {unknown[0]!r} (an item has 'args' and optional 'id')", ident
+            )
+        args = payload.get("args")
+        if not isinstance(args, list):
+            raise BadItem.of("'args' must be a JSON array of arguments", ident)
         return args, ident
     raise BadItem(
         f"expected a JSON array of arguments or an object with 'args', got {type(payload).__name__}"
@@ -410,6 +421,8 @@ def _given_id(payload: Any, line: int) -> Any:
     """The id an item that failed gives, or its line (the item may not even parse)."""
     try:
         given = parse_item(payload)[1]
+    except BadItem as exc:
+        given = exc.ident
     except errors.WasmsbxError:
         return line
     return line if given is None else given
