@@ -134,6 +134,20 @@ def test_python_floats_round_to_the_type():
     assert unsigned(-1) == 0xFFFFFFFF and unsigned(-1, "i64") == 2**64 - 1
 
 
+def test_unsigned_refuses_a_value_outside_the_type():
+    # (round 155: an i64 result read as an i32 was cut to 32 bits without a word)
+    assert unsigned(0xFFFFFFFF) == 0xFFFFFFFF and unsigned(-(2**31)) == 2**31
+    with pytest.raises(ValueError, match="unsigned\\(x, 'i64'\\)"):
+        unsigned(-(2**40))
+    with pytest.raises(ValueError, match="not an i32"):
+        unsigned(2**32)
+    assert unsigned(-(2**40), "i64") == 2**64 - 2**40
+    with pytest.raises(ValueError, match="not an i64"):
+        unsigned(2**64, "i64")
+    with pytest.raises(TypeError):
+        unsigned(1.5)
+
+
 def test_json_values():
     assert json_value(F32.from_bits(0x3DCCCCCD), "f32") == 0.1  # shortest f32 form
     assert json_value(F32.from_bits(0x7FA00000), "f32") == "nan:0x200000"

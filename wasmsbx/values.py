@@ -237,8 +237,18 @@ def float_bits(value: Any, wasm_type: str) -> int:
 
 
 def unsigned(value: int, wasm_type: str = "i32") -> int:
-    """An i32/i64 result read as unsigned (``unsigned(-1) == 0xffffffff``)."""
-    return value % 2 ** INT_BITS[wasm_type]
+    """An i32/i64 result read as unsigned (``unsigned(-1) == 0xffffffff``). ValueError
+    for a value outside the type's signed and unsigned ranges: ``unsigned(-2**40)`` read
+    as an i32 was 0, an i64 result cut to 32 bits without a word (round 155)."""
+    bits = INT_BITS[wasm_type]
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"unsigned() takes an int, not {type(value).__name__}")
+    if not -(2 ** (bits - 1)) <= value < 2**bits:
+        raise ValueError(
+            f"{value} is not an {wasm_type}"
+            + ("; for an i64 result, say unsigned(x, 'i64')" if wasm_type == "i32" else "")
+        )
+    return value % 2**bits
 
 
 def _shape(shape: str) -> tuple:
