@@ -900,3 +900,15 @@ def test_a_component_command_that_writes_past_the_limit_and_exits_0_is_115(cli, 
     tiny.write_text("[limits]\noutput = 2\n")
     res = cli("run", command, "--policy", tiny, "--", "x")
     assert res.code == 115 and "output limit" in res.stderr, res
+
+
+def test_a_component_sandbox_audits_as_the_audit_command_does():
+    """Round 155: ``Sandbox(component).audit()`` read the component as a core module
+    and raised a ValueError (FactsError), not a WasmsbxError."""
+    import wasmsbx
+
+    from .conftest import EXAMPLES
+
+    with wasmsbx.Sandbox(EXAMPLES / "components" / "calc.wasm") as box:
+        report = box.audit().to_dict()
+    assert report["component"]["sha256"] and "imports" in report

@@ -492,6 +492,16 @@ class ComponentSandbox(Sandbox):
 
         return ComponentStreamSession(self, func, chunk_size)
 
+    def audit(self) -> Any:
+        """The static audit of this component (``components.audit``: what ``wasmsbx
+        audit`` reports) under this sandbox's policy; it read a component as a core
+        module and raised a ValueError (round 155)."""
+        if self.wasm is None:
+            raise errors.UsageError("a precompiled artifact cannot be audited: audit its component")
+        from .audit import audit_component
+
+        return audit_component(str(self.path), self.wasm, self.policy)
+
     def close(self) -> None:
         if self._instance is not None:
             self._instance.close()
