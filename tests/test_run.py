@@ -215,6 +215,10 @@ def test_invalid_module_files(cli, tmp_path):
     bad_wat.write_text('(module (func (export "f") (result i32) i32.const))')
     res = cli("run", bad_wat, "f")
     assert res.code == 102 and "invalid WebAssembly text" in res.stderr
+    mismatch = tmp_path / "mismatch.wat"  # valid text, invalid module: wasmtime's reason
+    mismatch.write_text('(module (func (export "f") (result i32) i32.const 1 i32.add))')
+    res = cli("run", mismatch, "f", "--backend", "wasmtime")  # (was its first cause alone)
+    assert res.code == 102 and "type mismatch: expected i32 but nothing on stack" in res.stderr
     binary = tmp_path / "junk.bin"
     binary.write_bytes(b"\xff\xfe\x00\x01garbage")
     res = cli("run", binary, "f")

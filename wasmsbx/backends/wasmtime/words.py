@@ -106,6 +106,26 @@ def _module_error(exc: Exception, options: EngineOptions) -> errors.WasmsbxError
     if not _parse_failure(text) and errors.is_exhaustion(unquoted(_own_words(text))):
         return _exhausted("compiling the module", _first_line(exc), options)
     return errors.ModuleError(
-        f"invalid module: {_first_line(exc)}",
+        f"invalid module: {_compile_failure(text)}",
         hint="check that the file is a WebAssembly module built for wasm32",
     )
+
+
+def _compile_failure(text: str) -> str:
+    """What a failed compile says, its whole chain of causes on one line: the first
+    alone was "0: WebAssembly translation error", and the reason ("type mismatch:
+    expected i32 but nothing on stack", at which offset) came only in the last (round
+    155). Numbered causes after the first "Caused by:", at most 500 characters (the
+    text may quote a module's names: it is shown escaped, never classified here)."""
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    if "Caused by:" not in lines[:-1]:
+        return _first_line(text)
+    causes = []
+    for line in lines[lines.index("Caused by:") + 1 :]:
+        head, _, rest = line.partition(": ")
+        if head.isdigit() and rest:
+            causes.append(rest)
+    if not causes:
+        return _first_line(text)
+    said = ": ".join([lines[0], *causes])
+    return said if len(said) <= 500 else said[:500] + "..."
