@@ -314,3 +314,14 @@ def test_stdin_null_by_policy(cli, backend, isolated):
 
 # CLI calls run in this process (see the cli fixture): none here needs the real entry point.
 pytestmark = pytest.mark.inprocess
+
+
+def test_a_limit_the_policy_file_set_is_named_with_the_file(cli, tmp_path):
+    """Round 155: a sandbox.toml found in the working folder set a limit that later runs
+    hit, and nothing said where it came from. A flag's limit is the user's own."""
+    (tmp_path / "sandbox.toml").write_text("[limits]\nfuel = 1000\n")
+    res = cli("run", EXAMPLES / "loop.wat", "spin", cwd=tmp_path)
+    assert res.code == 111, res
+    assert f"limits.fuel is 1000 in {tmp_path / 'sandbox.toml'}" in res.stderr, res.stderr
+    res = cli("run", EXAMPLES / "loop.wat", "spin", "--fuel", "1000", cwd=tmp_path)
+    assert res.code == 111 and " is 1000 in " not in res.stderr, res

@@ -172,6 +172,36 @@ def _inputs(args: opts.RunArgs) -> list:
 
 
 def execute(args: opts.RunArgs, log: Any = None, policy: Any = None) -> int:
+    held: list = [] if policy is None else [policy]  # (the run's policy, once built)
+    try:
+        return _execute(args, log, policy, held)
+    except errors.LimitExceeded as exc:
+        if held:
+            _say_where_set(exc, held[0], args.options)
+        raise
+
+
+def _say_where_set(exc: errors.LimitExceeded, policy: Any, options: dict) -> None:
+    """A limit the policy file set, not a flag, is named with the file in the hint: a
+    sandbox.toml found in the working folder (one `audit --suggest-policy -o` wrote for
+    another module) made later runs fail with exit 114, and nothing said where the 6
+    came from (round 155)."""
+    import os
+
+    key = f"limits.{exc.limit}"
+    source = getattr(policy, "source", None)
+    if (
+        key not in policy.explicit
+        or key in flag_keys(options)
+        or not isinstance(source, str)
+        or not os.path.isfile(source)
+    ):
+        return
+    where = f"{key} is {policy.values.get(key)!r} in {errors.inert(source)}"
+    exc.hint = f"{exc.hint} ({where})" if exc.hint else where
+
+
+def _execute(args: opts.RunArgs, log: Any, policy: Any, held: list) -> int:
     o = args.options
     if not args.positionals:
         raise errors.UsageError(
@@ -180,6 +210,7 @@ def execute(args: opts.RunArgs, log: Any = None, policy: Any = None) -> int:
     module, func, call_args = _target(args)
     if policy is None:  # (else built and checked before the audit log was opened)
         policy = build_policy(o)
+        held.append(policy)
         _refuse_before_the_work(args, policy)
     if module == "-":  # read stdin once, before anything else may want it
         path = _module_path(module, o, policy.values["limits.module_size"])
