@@ -39,7 +39,11 @@ PHASE_HELP = {
     "compile": "cold compile of the module bytes (cache bypassed)",
     "load": "deserialize precompiled native code (what a cache hit costs)",
     "instantiate": "a fresh store and instance, start function included",
-    "call": "one warm call of the function on a live instance",
+    # (looped in the runtime: a call from Python adds its own cost, on wasmer a pipe
+    # round trip to its worker process, so wasmer here read 12x faster than a real
+    # Sandbox.call, which costs it about 2x wasmtime's: round 155)
+    "call": "one warm call of the function on a live instance, looped inside the runtime "
+    "(a call from Python adds its own cost; on wasmer, a round trip to its worker process)",
     "run": "a WASI command: fresh instance and _start to its exit",
 }
 MAX_OPS = 1_000_000  # operations per sample, at most
