@@ -1759,6 +1759,18 @@ class Sandbox:
             memory_layout=self.engine.memory_layout,
         )
 
+    def __repr__(self) -> str:
+        """``<Sandbox 'add.wat' wasmtime cache=memory>`` (it printed as an object at an
+        address: round 155)."""
+        name = getattr(self, "_name", None) or "?"
+        backend = getattr(self, "backend_name", None) or "?"
+        compiler = getattr(self, "compiler", None)
+        if compiler and backend != "wasmtime":
+            backend = f"{backend}:{compiler}"
+        return (
+            f"<{type(self).__name__} {name!r} {backend} cache={getattr(self, 'cache_state', '?')}>"
+        )
+
     def close(self) -> None:
         """Release the instance (and its captured output and temporary files). A member
         of a group shares its group's store, released by ``Group.close``: once closed,

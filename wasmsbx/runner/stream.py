@@ -44,6 +44,12 @@ ABI_HINT = (
 class StreamStats:
     """What a stream did: bytes in and out, chunks, time, and the host buffer high-water mark."""
 
+    def __repr__(self) -> str:
+        return (
+            f"StreamStats(bytes_in={self.bytes_in}, bytes_out={self.bytes_out}, "
+            f"chunks={self.chunks}, chunk_size={self.chunk_size}, peak_buffer={self.peak_buffer})"
+        )
+
     def __init__(self, chunk_size: int) -> None:
         self.chunk_size = chunk_size
         self.bytes_in = 0

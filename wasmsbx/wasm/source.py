@@ -152,6 +152,10 @@ def read_file(
             path=str(path),
         ) from None
     except FileNotFoundError:
+        if not str(path):  # (`run ''` read "error: : no such file": round 155)
+            raise errors.InputError(
+                "the module path is empty ('')", hint="name a module file"
+            ) from None
         raise errors.InputError(
             f"{path}: no such file", hint="check the module path", path=str(path)
         ) from None

@@ -442,8 +442,8 @@ def render_component(console: Any, report: Any) -> None:
         ("sha256", facts.sha256),
         ("policy", safe(report.policy.source or "defaults (no sandbox.toml)")),
         ("built as", built),
-        ("inside", f"{len(report.core_modules)} core modules, "
-                   f"{facts.layout.core_instances} core instances"),
+        ("inside", _counted(len(report.core_modules), "core module") + ", "
+                   + _counted(facts.layout.core_instances, "core instance")),
     ]  # fmt: skip
     for key, value in rows:
         grid.add_row(key, value)
@@ -470,3 +470,8 @@ def render_component(console: Any, report: Any) -> None:
     console.print(exports if report.exports else "[bold]exports[/]: no functions")
     _findings(console, report)
     _risk(console, report)
+
+
+def _counted(n: int, noun: str) -> str:
+    """``1 core module``, ``2 core modules``."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"

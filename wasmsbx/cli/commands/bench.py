@@ -247,7 +247,10 @@ def _report_problems(report: Any) -> None:
     """One error line per failed case or backend, on stderr."""
     for case in report.cases:
         if case.error:
-            output.error(f"{case.name}: {case.error['message']}", case.error.get("hint"))
+            message = case.error["message"]  # (it may name the file already: round 155
+            if not message.startswith(f"{case.name}: "):  # read "x.wasm: x.wasm: no such file")
+                message = f"{case.name}: {message}"
+            output.error(message, case.error.get("hint"))
         for result in case.results:
             if result.error:
                 phase = result.error.get("phase")

@@ -70,8 +70,14 @@ def check_options(args: Any) -> str:
             for d in ("jobs", "fresh", "cluster", "chunk_size", "checkpoint")
             if o[d] is not None and o[d] is not False  # (-j 0 == False: red team 106)
         )
+        applies = {  # (as the checks below say it with a mode: round 155 read both)
+            "jobs": "--batch",
+            "fresh": "--batch",
+            "cluster": "--batch",
+            "chunk_size": "--stream or --batch --cluster",
+        }.get(used, "--batch or --stream")
         raise errors.UsageError(
-            f"--{used.replace('_', '-')} only applies with --batch or --stream", hint=_usage()
+            f"--{used.replace('_', '-')} only applies with {applies}", hint=_usage()
         )
     if o["stream"]:
         for dest in ("jobs", "fresh", "cluster"):
@@ -277,7 +283,8 @@ def _batch_summary(summary: Any, o: dict) -> None:
         return
     from ...units import format_count, format_duration
 
-    text = f"batch: {format_count(summary.items)} items, {format_count(summary.ok)} ok"
+    items = "item" if summary.items == 1 else "items"
+    text = f"batch: {format_count(summary.items)} {items}, {format_count(summary.ok)} ok"
     text += f", {format_count(summary.failed)} failed"
     if summary.errors:
         kinds = ", ".join(f"{k} {format_count(n)}" for k, n in sorted(summary.errors.items()))

@@ -1,0 +1,41 @@
+"""Round 155, a demanding user's pass: wording and small inconsistencies, each checked
+through the real entry point."""
+
+from __future__ import annotations
+
+import wasmsbx
+
+from .conftest import EXAMPLES
+
+ADD = EXAMPLES / "add.wat"
+
+
+def test_a_batch_of_one_item_says_item(cli, tmp_path):
+    src = tmp_path / "in.jsonl"
+    src.write_text("[1, 2]\n")
+    res = cli("run", ADD, "add", "--batch", src)
+    assert res.code == 0 and "batch: 1 item, 1 ok, 0 failed" in res.stderr, res
+
+
+def test_options_name_the_mode_they_apply_with(cli):
+    res = cli("run", ADD, "add", "1", "2", "-j", "2")  # (it said "--batch or --stream")
+    assert res.code == 2 and "error: --jobs only applies with --batch\n" in res.stderr, res
+    res = cli("run", ADD, "add", "1", "2", "--checkpoint", "c.json")
+    assert res.code == 2 and "--checkpoint only applies with --batch or --stream" in res.stderr
+
+
+def test_a_missing_module_is_named_once(cli):
+    res = cli("bench", "nosuch.wasm")
+    assert res.code == 105 and "error: nosuch.wasm: no such file\n" in res.stderr, res
+    res = cli("run", "")
+    assert res.code == 105 and "error: the module path is empty ('')" in res.stderr, res
+
+
+def test_sandboxes_and_stream_stats_print_what_they_are(tmp_path):
+    with wasmsbx.Sandbox(ADD) as box:
+        assert repr(box) == "<Sandbox 'add.wat' wasmtime cache=skip>"
+    src, dst = tmp_path / "in.txt", tmp_path / "out.txt"
+    src.write_bytes(b"stream me\n")
+    with open(src, "rb") as fin, open(dst, "wb") as fout:
+        stats = wasmsbx.Sandbox(EXAMPLES / "stream" / "upper.wasm").stream(fin, fout)
+    assert repr(stats).startswith("StreamStats(bytes_in=10, bytes_out=10, chunks=1")
