@@ -39,3 +39,26 @@ def test_sandboxes_and_stream_stats_print_what_they_are(tmp_path):
     with open(src, "rb") as fin, open(dst, "wb") as fout:
         stats = wasmsbx.Sandbox(EXAMPLES / "stream" / "upper.wasm").stream(fin, fout)
     assert repr(stats).startswith("StreamStats(bytes_in=10, bytes_out=10, chunks=1")
+
+
+def test_each_guest_path_has_one_host_folder(cli, tmp_path):
+    """Two grants of one guest path were accepted, and the guest saw the read-write one,
+    else the later (round 155): a policy file's are refused, the same grant twice kept
+    once; a flag's replaces the file's; two flags' are refused."""
+    from .conftest import GUESTS
+
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / f"in-{name}").write_text(name)
+    (tmp_path / "two.toml").write_text('[filesystem]\nread_only = ["a::/x", "b::/x/"]\n')
+    res = cli("run", ADD, "add", "1", "2", "--policy", "two.toml", cwd=tmp_path)
+    assert res.code == 101 and "two grants of the guest path /x" in res.stderr, res
+    (tmp_path / "same.toml").write_text('[filesystem]\nread_only = ["a::/x", "a::/x/"]\n')
+    probe = GUESTS / "fsprobe.wasm"
+    res = cli("run", probe, "--policy", "same.toml", "--", "ls", "/x", cwd=tmp_path)
+    assert res.code == 0 and "in-a" in res.stdout, res
+    res = cli("run", probe, "--policy", "same.toml", "--dir", "b::/x", "--", "ls", "/x",
+              cwd=tmp_path)  # fmt: skip
+    assert res.code == 0 and "in-b" in res.stdout and "in-a" not in res.stdout, res
+    res = cli("run", probe, "--dir", "a::/x", "--dir-ro", "b::/x", "--", "ls", "/x", cwd=tmp_path)
+    assert res.code == 101 and "both grant the guest path /x" in res.stderr, res

@@ -802,7 +802,43 @@ def from_dict(data: dict, origin: str = "<policy>", base: Optional[Path] = None)
             explicit.append(dotted)
     if explicit:
         policy.explicit = tuple(sorted(set(explicit)))
+    if "filesystem.read_only" in explicit or "filesystem.read_write" in explicit:
+        _one_folder_per_guest_path(policy, origin)
     return policy
+
+
+def _guest_key(guest: str) -> str:
+    """A guest path as the guest reaches it (``/x``, ``/x/`` and ``//x`` are one)."""
+    import posixpath
+
+    return posixpath.normpath(guest) if guest else guest
+
+
+def _one_folder_per_guest_path(policy: Policy, origin: str) -> None:
+    """A policy's grants give each guest path one host folder: two were accepted without
+    a word, and which one the guest saw depended on the mode and the order (read-write
+    won, else the later: round 155). The same grant twice is kept once."""
+    seen: dict = {}
+    kept: dict = {"filesystem.read_only": [], "filesystem.read_write": []}
+    for dotted in kept:
+        for grant in policy.values[dotted]:
+            where = _guest_key(grant.guest)
+            other = seen.get(where)
+            if other is None:
+                seen[where] = grant
+                kept[dotted].append(grant)
+            elif (other.host, other.writable) != (grant.host, grant.writable):
+                raise _fail(
+                    origin,
+                    "filesystem",
+                    f"two grants of the guest path {where}: {other.host} "
+                    f"({'read-write' if other.writable else 'read-only'}) and {grant.host} "
+                    f"({'read-write' if grant.writable else 'read-only'})",
+                    hint="give each guest path one host folder",
+                )
+    for dotted, grants in kept.items():
+        if len(grants) != len(policy.values[dotted]):
+            policy.values[dotted] = tuple(grants)
 
 
 def _toml_module():
@@ -1369,7 +1405,7 @@ def mark_explicit(policy: Policy, dotted: str) -> None:
         policy.explicit = tuple(sorted((*policy.explicit, dotted)))
 
 
-def add_grant(policy: Policy, spec: str, writable: bool) -> None:
+def add_grant(policy: Policy, spec: str, writable: bool) -> Grant:
     """``--dir HOST[::GUEST]`` / ``--dir-ro``: add one directory grant."""
     dotted = "filesystem.read_write" if writable else "filesystem.read_only"
     try:
@@ -1380,8 +1416,19 @@ def add_grant(policy: Policy, spec: str, writable: bool) -> None:
         if ":" in spec and "::" not in spec:
             hint += '; for a host folder whose name contains ":", write HOST::GUEST'
         raise PolicyError(f"{flag} {spec}: {exc}", hint=hint, key=dotted) from None
+    # A flag's grant replaces a grant of the same guest path (the policy file's, or an
+    # earlier flag's): two were kept, and which one the guest saw was a matter of mode
+    # and order (round 155).
+    where = _guest_key(grant.guest)
+    for key in ("filesystem.read_only", "filesystem.read_write"):
+        held = policy.values[key]
+        others = tuple(g for g in held if _guest_key(g.guest) != where)
+        if len(others) != len(held):
+            policy.values[key] = others
+            mark_explicit(policy, key)
     policy.values[dotted] = (*policy.values[dotted], grant)
     mark_explicit(policy, dotted)
+    return grant
 
 
 def add_env(policy: Policy, spec: str) -> None:

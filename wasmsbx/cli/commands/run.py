@@ -47,10 +47,19 @@ def apply_flags(policy: Any, options: dict) -> Any:
             policy_mod.override(policy, dotted, options[dest], flag=flag)
     if options.get("backend"):
         policy_mod.override(policy, "runtime.backend", options["backend"], flag="--backend")
-    for spec in options.get("dir", []):
-        policy_mod.add_grant(policy, spec, writable=True)
-    for spec in options.get("dir_ro", []):
-        policy_mod.add_grant(policy, spec, writable=False)
+    given: dict = {}  # guest path -> the flag that granted it (one each: round 155)
+    for dest, writable in (("dir", True), ("dir_ro", False)):
+        for spec in options.get(dest, []):
+            grant = policy_mod.add_grant(policy, spec, writable=writable)
+            flag = f"--{dest.replace('_', '-')} {spec}"
+            where = policy_mod._guest_key(grant.guest)
+            if where in given:
+                raise errors.PolicyError(
+                    f"{given[where]} and {flag} both grant the guest path {where}",
+                    hint="give each guest path one host folder",
+                    key="filesystem",
+                )
+            given[where] = flag
     for spec in options.get("env", []):
         policy_mod.add_env(policy, spec)
     return policy
