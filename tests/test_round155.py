@@ -62,3 +62,9 @@ def test_each_guest_path_has_one_host_folder(cli, tmp_path):
     assert res.code == 0 and "in-b" in res.stdout and "in-a" not in res.stdout, res
     res = cli("run", probe, "--dir", "a::/x", "--dir-ro", "b::/x", "--", "ls", "/x", cwd=tmp_path)
     assert res.code == 101 and "both grant the guest path /x" in res.stderr, res
+
+
+def test_the_end_of_the_options_is_no_options_value(cli):
+    # (`--env -- env` took "--" for the variable and the guest's argv for FUNC)
+    res = cli("run", ADD, "--env", "--", "add")
+    assert res.code == 2 and "error: --env needs a value" in res.stderr, res

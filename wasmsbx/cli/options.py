@@ -227,7 +227,9 @@ def parse(argv: list) -> RunArgs:
             options[opt.dest] = True
             continue
         if not eq:
-            if i >= len(argv):
+            # (`--env -- env`: the "--" that ends the options was taken for the value, and
+            # the guest's argv for FUNC; round 155)
+            if i >= len(argv) or argv[i] == "--":
                 raise UsageError(f"{name} needs a value ({opt.metavar})", hint=opt.help)
             inline = argv[i]
             i += 1
