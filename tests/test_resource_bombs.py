@@ -82,6 +82,7 @@ def test_unbounded_recursion(cli, backend):
     res = cli("run", GUESTS / "recurse.wat", "recurse", "--backend", backend)
     assert res.code == 113, res
     assert "stack exhausted" in res.stderr
+    assert "(the default stack limit)" in res.stderr  # (read "stack limit the default")
     assert len(res.stderr) < 5000  # the backtrace is cut short
 
 

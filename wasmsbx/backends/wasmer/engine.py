@@ -1476,7 +1476,7 @@ class WasmerInstance(Instance):
         _, message, frames, memory = answer
         if message.startswith("call stack exhausted"):
             return errors.StackExhausted(
-                f"wasm stack exhausted in {where} (stack limit the default)",
+                f"wasm stack exhausted in {where} (the default stack limit)",
                 hint="unbounded recursion? wasmer's stack size is fixed; wasmtime has limits.stack",
                 backtrace=frames[:MAX_FRAMES],
             )

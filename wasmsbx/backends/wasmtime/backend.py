@@ -1371,9 +1371,13 @@ class WasmtimeInstance(Instance):
         if code == wasmtime.TrapCode.INTERRUPT:
             return self._interrupted(where, frames)
         if code == wasmtime.TrapCode.STACK_OVERFLOW:
-            size = format_limit(self.limits.stack) if self.limits.stack else "the default"
+            size = (  # (it read "stack limit the default": round 155)
+                f"stack limit {format_limit(self.limits.stack)}"
+                if self.limits.stack
+                else "the default stack limit"
+            )
             return errors.StackExhausted(
-                f"wasm stack exhausted in {where} (stack limit {size})",
+                f"wasm stack exhausted in {where} ({size})",
                 hint="unbounded recursion? raise limits.stack if the guest needs deeper calls",
                 backtrace=frames[:MAX_FRAMES],
             )
