@@ -663,6 +663,8 @@ def test_an_items_error_names_a_kind_and_limit_wasmsbx_has():
         {"kind": "worker", "message": "m"},
     ]:
         assert read_results(row(error), [3])[0][0].error == error
+    huge = read_results(row({"kind": "trap", "message": "m" * 1_000_000}), [3])[0][0].error
+    assert len(huge["message"]) < 4100 and huge["message"].endswith("characters)")
     for error in [
         {"kind": "trap\x1b[2J\r\nerror: forged", "message": "m"},
         {"kind": "k3" + "x" * 2000, "message": "m"},

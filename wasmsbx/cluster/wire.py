@@ -177,6 +177,11 @@ def _row(row: Any, line: int) -> tuple:
         # where a worker's terminal escapes and forged lines were printed as they came,
         # and a kind per item made one line of a megabyte: red team 151)
         raise _bad(f"the error for line {line} is malformed")
+    if error is not None:  # (bounded as a job-stopping error's: see _remote_error)
+        error = {
+            **error,
+            **{k: _cut(v) for k, v in error.items() if k in ("message", "hint") and type(v) is str},
+        }
     return line, ident, values, error, float(seconds)
 
 
