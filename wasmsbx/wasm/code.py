@@ -300,10 +300,16 @@ class CodeScanner:
                     n, pos = _leb(data, pos)
                     if n >= end - pos:  # n targets + default, at least a byte each
                         raise self._truncated(what, end)
-                    for _ in range(n + 1):
-                        while data[pos] & 0x80:
+                    left = n + 1  # (the clock every _TICK targets: 1,000,000 of them
+                    while left:  # in one br_table are a tenth of a second to read)
+                        step = min(left, _TICK)
+                        for _ in range(step):
+                            while data[pos] & 0x80:
+                                pos += 1
                             pos += 1
-                        pos += 1
+                        left -= step
+                        if left:
+                            late()
                 elif k == _K_PREFIX_FD:
                     pos = self._simd(pos, op_at)
                 elif k == _K_PREFIX_FC:
