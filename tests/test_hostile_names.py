@@ -348,3 +348,23 @@ def test_an_audit_reads_a_components_core_modules_within_the_compile_timeout():
     policy = wasmsbx.policy.from_dict({"limits": {"compile_timeout": "1ms"}})
     with pytest.raises(errors.CompileLimitExceeded, match="reading its sections"):
         component_audit._core_modules(component, layout, policy, "c.wasm")
+
+
+def test_a_br_tables_targets_are_read_on_the_clock(monkeypatch):
+    """One br_table of 200,000 targets: the scanner looks at the clock while it reads
+    them (a million took 0.15 s between two looks; limits.module_size holds a hundred
+    times that)."""
+    from wasmsbx.wasm import facts
+
+    looks = []
+    monkeypatch.setattr(facts._Parser, "late", lambda self: looks.append(1))
+    targets = 200_000
+    body = b"\x00\x02\x40\x41\x00\x0e" + _leb(targets) + b"\x00" * (targets + 1) + b"\x0b\x0b"
+    module = (
+        b"\x00asm\x01\x00\x00\x00"
+        + _section(1, b"\x01\x60\x00\x00")
+        + _section(3, b"\x01\x00")
+        + _section(10, b"\x01" + _leb(len(body)) + body)
+    )
+    facts.read_facts_weighed(module)
+    assert len(looks) >= targets // 65536, len(looks)
