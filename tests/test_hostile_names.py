@@ -368,3 +368,20 @@ def test_a_br_tables_targets_are_read_on_the_clock(monkeypatch):
     )
     facts.read_facts_weighed(module)
     assert len(looks) >= targets // 65536, len(looks)
+
+
+def test_an_overlong_leb_in_a_body_is_malformed_at_once():
+    """An immediate of a million continuation bytes was skipped a byte at a time, with
+    no look at the clock (a body of limits.module_size: seconds); LEB128 is at most 10
+    bytes, as the rest of the reader has it."""
+    from wasmsbx.wasm.facts import FactsError, read_facts_weighed
+
+    body = b"\x00\x20" + b"\x80" * 1_000_000 + b"\x00\x1a\x0b"  # local.get, drop, end
+    module = (
+        b"\x00asm\x01\x00\x00\x00"
+        + _section(1, b"\x01\x60\x00\x00")
+        + _section(3, b"\x01\x00")
+        + _section(10, b"\x01" + _leb(len(body)) + body)
+    )
+    with pytest.raises(FactsError, match="too long"):
+        read_facts_weighed(module)

@@ -237,6 +237,7 @@ class CodeScanner:
         self.heaptype = parser.heaptype
         self.type_at = parser.type_at
         self.late = parser.late  # (the clock: wasm.source.bounded_reads)
+        self.items = parser.items  # (range(n) with the clock looked at: facts._Parser)
 
     def scan(self, pos: int, end: int, const: bool, what: str) -> int:
         """Decodes instructions in ``data[pos:end]``, recording the features they use.
@@ -274,17 +275,13 @@ class CodeScanner:
                         if op in _EXT_CONST_OPS:
                             feats.add("extended-const")
                 elif k == _K_LEB:
-                    while data[pos] & 0x80:
-                        pos += 1
-                    pos += 1
+                    pos = _leb(data, pos)[1] if data[pos] & 0x80 else pos + 1
                 elif k == _K_MEMARG:
                     pos = self._memarg(pos)
                 elif k == _K_BLOCK:
                     pos = self._blocktype(pos, end)
                 elif k == _K_CALL_INDIRECT:
-                    while data[pos] & 0x80:
-                        pos += 1
-                    pos += 1
+                    pos = _leb(data, pos)[1] if data[pos] & 0x80 else pos + 1
                     table, pos = _leb(data, pos)
                     if table:
                         feats.add("reference-types")
@@ -304,9 +301,7 @@ class CodeScanner:
                     while left:  # in one br_table are a tenth of a second to read)
                         step = min(left, _TICK)
                         for _ in range(step):
-                            while data[pos] & 0x80:
-                                pos += 1
-                            pos += 1
+                            pos = _leb(data, pos)[1] if data[pos] & 0x80 else pos + 1
                         left -= step
                         if left:
                             late()
@@ -322,7 +317,7 @@ class CodeScanner:
                     pos = self._heaptype_at(pos, end)
                 elif k == _K_SELECT_T:
                     r = _Reader(data, pos, end, what)
-                    for _ in range(r.count("select type")):
+                    for _ in self.items(r.count("select type")):
                         self.note_valtype(self.valtype(r))
                     pos = r.pos
                 elif k == _K_TRY_TABLE:
@@ -351,12 +346,8 @@ class CodeScanner:
         align, pos = _leb(data, pos)
         if align & 0x40:  # explicit memory index (multi-memory)
             self.features.add("multi-memory")
-            while data[pos] & 0x80:
-                pos += 1
-            pos += 1
-        while data[pos] & 0x80:
-            pos += 1
-        return pos + 1
+            pos = _leb(data, pos)[1] if data[pos] & 0x80 else pos + 1
+        return _leb(data, pos)[1] if data[pos] & 0x80 else pos + 1
 
     def _blocktype(self, pos: int, end: int) -> int:
         b = self.data[pos]
@@ -385,15 +376,13 @@ class CodeScanner:
         n, pos = _leb(data, pos)
         if n > end - pos:
             raise self._truncated(what, pos)
-        for _ in range(n):
+        for _ in self.items(n):
             kind = data[pos]
             pos += 1
             if kind > 3:
                 raise _UnknownEncoding(f"unknown catch kind at offset 0x{pos - 1:x}", pos - 1)
             for _ in range(2 if kind < 2 else 1):  # [tag] label
-                while data[pos] & 0x80:
-                    pos += 1
-                pos += 1
+                pos = _leb(data, pos)[1] if data[pos] & 0x80 else pos + 1
         return pos
 
     def _simd(self, pos: int, op_at: int) -> int:
@@ -455,9 +444,7 @@ class CodeScanner:
                 pos = self._heaptype_at(pos, end)
                 pos = self._heaptype_at(pos, end)
             else:
-                while data[pos] & 0x80:
-                    pos += 1
-                pos += 1
+                pos = _leb(data, pos)[1] if data[pos] & 0x80 else pos + 1
         return pos
 
     # ---- sections --------------------------------------------------------------------------
