@@ -1470,13 +1470,47 @@ def test_the_server_refuses_folders_inside_a_read_write_grant(cli, tmp_path):
     res = cli("mcp", "--policy", "pol.toml", cwd=tmp_path, timeout=60)
     assert res.code == 101 and f"the grant of {agent / 'ref'} lies inside" in res.stderr, res
     from wasmsbx.mcp.service import _refuse_nested_in_writable
-    from wasmsbx.policy import Grant
+    from wasmsbx.policy import from_dict
 
     # the same folder, or a read-only grant around a read-write one: no guest swaps those
-    _refuse_nested_in_writable([Grant(str(agent), "/a", True)], [str(agent)])
-    _refuse_nested_in_writable(
-        [Grant(str(tmp_path), "/t", False), Grant(str(agent), "/a", True)], []
+    one = from_dict({"filesystem": {"read_write": [f"{agent}::/a"]}})
+    _refuse_nested_in_writable(one, [str(agent)])
+    around = {"read_only": [f"{tmp_path}::/t"], "read_write": [f"{agent}::/a"]}
+    _refuse_nested_in_writable(from_dict({"filesystem": around}), [])
+
+
+@pytest.mark.skipif(sys.version_info < (3, 10), reason="the mcp SDK needs Python 3.10")
+def test_a_folder_reached_through_a_bind_mount_of_a_read_write_grant_is_refused(tmp_path):
+    """Red team 156: --module-dir b/mods, with b a bind mount of the read-write grant a,
+    passed the check by its path; a guest then swapped mods for a link to anywhere.
+    Run in a private mount namespace (unshare), skipped where there is none."""
+    import shutil
+    import subprocess
+
+    if shutil.which("unshare") is None:
+        pytest.skip("no unshare")
+    if subprocess.run(["unshare", "-rm", "true"], capture_output=True).returncode != 0:
+        pytest.skip("no private mount namespaces here")
+    (tmp_path / "a" / "mods").mkdir(parents=True)
+    (tmp_path / "b").mkdir()
+    check = (
+        "from wasmsbx.mcp.service import _refuse_nested_in_writable as refuse\n"
+        "from wasmsbx.policy import from_dict\n"
+        "from pathlib import Path\n"
+        "p = from_dict({'filesystem': {'read_write': ['a::/a']}}, base=Path('.'))\n"
+        "refuse(p, ['b'])\n"  # the granted folder itself, by its other name: kept
+        "refuse(p, ['b/mods'])\n"
     )
+    script = f'mount --bind a b && exec {sys.executable} -c "$0"'
+    result = subprocess.run(
+        ["unshare", "-rm", "sh", "-c", script, check],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 1, result
+    assert "--module-dir b/mods lies inside the read-write grant" in result.stderr, result
 
 
 @pytest.mark.skipif(sys.version_info < (3, 10), reason="the mcp SDK needs Python 3.10")

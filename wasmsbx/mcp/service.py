@@ -74,29 +74,33 @@ def _refuse_private_grants(grants: Any, root: Path) -> None:
                 )
 
 
-def _refuse_nested_in_writable(grants: Any, module_dirs: Any) -> None:
+def _refuse_nested_in_writable(policy: Any, module_dirs: Any) -> None:
     """PolicyError (exit 101) if a grant or a --module-dir lies inside a folder the
-    ceiling policy grants read-write. A guest there can remove that folder and put a
-    link in its place (WASI lets it make a link that leads out of its grant), and the
-    server resolves grants and module folders again on every call: a --module-dir so
-    swapped let module_path name any file of the host, and a grant swapped for a link
-    to $TMPDIR gave later calls every session's /scratch (red team 154). A folder inside
-    a read-write grant is no safer from its guests than the grant itself anyway."""
-    from ..native.trustdir import real, within
+    ceiling policy grants read-write, or is reached through one (a bind mount of it:
+    red team 156), as the files a run keeps are judged (``writable_grant_on_way``). A
+    guest there can remove that folder and put a link in its place (WASI lets it make a
+    link that leads out of its grant), and the server resolves grants and module folders
+    again on every call: a --module-dir so swapped let module_path name any file of the
+    host, and a grant swapped for a link to $TMPDIR gave later calls every session's
+    /scratch (red team 154). A folder inside a read-write grant is no safer from its
+    guests than the grant itself anyway. The granted folder itself, by any name, is."""
+    from ..runner.sandbox import _identity, writable_grant_on_way
 
-    writable = [(real(str(g.host)), g.host) for g in grants if g.writable]
-    inner = [(real(str(g.host)), f"the grant of {g.host}") for g in grants]
-    inner += [(real(str(d)), f"--module-dir {d}") for d in module_dirs]
-    for host, what in inner:
-        for folder, named in writable:
-            if host != folder and within(host, folder):
-                raise errors.PolicyError(
-                    f"{errors.inert(what)} lies inside the read-write grant of "
-                    f"{errors.inert(str(named))}: a guest could replace it with a link to "
-                    "anywhere",
-                    hint="grant the outer folder alone, or keep the inner one outside it",
-                    key="filesystem",
-                )
+    inner = [(str(g.host), f"the grant of {g.host}", g) for g in policy.grants]
+    inner += [(str(d), f"--module-dir {d}", None) for d in module_dirs]
+    for path, what, own in inner:
+        found = writable_grant_on_way(policy, path)
+        if found is None or found is own:
+            continue
+        if _identity(path) is not None and _identity(path) == _identity(str(found.host)):
+            continue  # (the granted folder itself, by another name: its root stays)
+        raise errors.PolicyError(
+            f"{errors.inert(what)} lies inside the read-write grant of "
+            f"{errors.inert(str(found.host))}: a guest could replace it with a link to "
+            "anywhere",
+            hint="grant the outer folder alone, or keep the inner one outside it",
+            key="filesystem",
+        )
 
 
 class Service:
@@ -105,7 +109,7 @@ class Service:
         self.root = Path(tempfile.mkdtemp(prefix=ROOT_PREFIX))  # 0700, ours alone
         try:
             _refuse_private_grants(config.policy.grants, self.root)
-            _refuse_nested_in_writable(config.policy.grants, config.module_dirs)
+            _refuse_nested_in_writable(config.policy, config.module_dirs)
         except BaseException:
             os.rmdir(self.root)
             raise
