@@ -385,3 +385,15 @@ def test_an_overlong_leb_in_a_body_is_malformed_at_once():
     )
     with pytest.raises(FactsError, match="too long"):
         read_facts_weighed(module)
+
+
+def test_a_component_of_more_core_modules_than_anyone_builds_is_refused():
+    """Red team 156: 420,000 empty core modules inside 64 nested components were copied
+    level by level for 2-3 s past a 1 s bound; at most 100,000, and on the clock."""
+    from wasmsbx.components import binary
+
+    inner = _component(b"\x01\x00" * 100_001)
+    nested = _component(b"\x04" + _leb(len(inner)) + inner)
+    with pytest.raises(binary.ComponentFormatError, match="more than 100,000 core modules"):
+        binary.scan(nested)
+    assert binary.scan(_component(b"\x01\x00" * 1000)).core_modules  # (a thousand: read)

@@ -199,6 +199,13 @@ def _scan(data: memoryview, start: int, end: int, depth: int, outer: tuple, cloc
                 f"more than {MAX_COUNT:,} core instances (fused adapters included), "
                 "memories or tables"
             )
+    # Each level copies the core modules of the levels inside it: on the clock, and at
+    # most MAX_COUNT of them (420,000 empty modules inside 64 nested components were
+    # copied for 2-3 s past a 1 s bound, red team 156).
+    inner = sum(len(n.core_modules) for n in nested_defined)
+    if len(defined) + inner > MAX_COUNT:
+        raise ComponentFormatError(f"more than {MAX_COUNT:,} core modules")
+    clock.tick(len(defined) + inner)
     return Layout(
         tuple(defined + [m for n in nested_defined for m in n.core_modules]),
         instances,
