@@ -299,6 +299,17 @@ def test_a_builds_default_output_replaces_only_a_module(cli, isolated):
     assert again.code == 0, again
     assert cli("run", "lib.wasm", "mul", "6", "7").stdout == "42\n"
     assert cli("compile", "lib.c", "--export", "add", "-o", "lib.wasm").code == 0  # named
+    # red team 156: a link there (its target became the module) and data behind "\0asm"
+    (isolated / "lib.wasm").unlink()
+    (isolated / "notes.txt").write_text("my notes\n")
+    (isolated / "lib.wasm").symlink_to("notes.txt")
+    refused = cli("compile", "lib.c", "--export", "add")
+    assert refused.code == 105 and "is a symbolic link; not replaced" in refused.stderr
+    assert (isolated / "notes.txt").read_text() == "my notes\n"
+    (isolated / "lib.wasm").unlink()
+    (isolated / "lib.wasm").write_bytes(b"\0asm precious")
+    assert cli("compile", "lib.c", "--export", "add").code == 105
+    assert (isolated / "lib.wasm").read_bytes() == b"\0asm precious"
 
 
 @pytest.mark.needs_clang

@@ -5,6 +5,7 @@ A plain command line is parsed here (``lean_args``), without the typer app (see
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 from collections import namedtuple
@@ -299,21 +300,33 @@ def _build(source: str, exports: list, wasm_out: Optional[str], policy: Any) -> 
     return result, wasm_out
 
 
+_HEADERS = (b"\0asm\x01\x00\x00\x00", b"\0asm\x0d\x00\x01\x00")  # a module, a component
+
+
 def _keep_other_file(name: str) -> None:
     """The name a build writes when no -o is given (``NAME.wasm`` here, as cc writes
     a.out) is replaced only if it holds a WebAssembly module already, a build's earlier
     output: a file of another kind there was overwritten without a word (notes kept as
     lib.wasm, round 155). Links and special files are outfile's to refuse."""
+    from ...errors import InputError
+
     try:
         fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    except OSError:
-        return  # (missing: written; a link or anything unreadable: check_output says)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:  # (check_output follows a link to a file: the file
+            raise InputError(  # it led to became the module, red team 156)
+                f"{name}: is a symbolic link; not replaced",
+                hint="give -o FILE.wasm to write the built module elsewhere",
+                path=name,
+            ) from None
+        return  # (missing: written; anything unreadable: check_output says)
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode) or os.pread(fd, 4, 0) == b"\0asm":
+        # (a module's or a component's header, magic and version: red team 156 kept
+        # data of its own behind the four bytes "\0asm")
+        if not stat.S_ISREG(os.fstat(fd).st_mode) or os.pread(fd, 8, 0) in _HEADERS:
             return
     finally:
         os.close(fd)
-    from ...errors import InputError
 
     raise InputError(
         f"{name}: exists and is not a WebAssembly module; not replaced",
