@@ -381,3 +381,25 @@ def test_singlepass_refuses_to_read_a_reference_global():
     box.close()
     with wasmsbx.Sandbox(wat, backend="wasmer:cranelift") as box:
         assert box.globals["gf"] is not None
+
+
+def test_singlepass_refuses_a_group_member_calling_another_with_mixed_arguments():
+    """Red team 156: a member's call to another member's f(f32, i32) got the i32's bits
+    as its f32 on singlepass; cranelift calls it right."""
+    import wasmsbx
+    from wasmsbx.policy import from_dict
+
+    _singlepass()
+    lib = b'(module (func (export "f") (param f32 i32) (result f32) local.get 0))'
+    app = (
+        b'(module (import "lib" "f" (func $f (param f32 i32) (result f32)))'
+        b' (func (export "run") (result f32) f32.const 1.5 i32.const 42 call $f))'
+    )
+    policy = from_dict({"limits": {"instances": 2}})
+    with wasmsbx.Group(policy, backend="wasmer:singlepass") as group:
+        group.add(lib, name="lib")
+        with pytest.raises(errors.BackendUnavailable, match="lib.f wrongly"):
+            group.add(app)
+    with wasmsbx.Group(policy, backend="wasmer:cranelift") as group:
+        group.add(lib, name="lib")
+        assert group.add(app).call("run") == 1.5
