@@ -253,3 +253,18 @@ os.waitpid(pid, 0)
         [sys.executable, "-c", code], capture_output=True, timeout=300, env=dict(os.environ)
     )
     assert b"child: UsageError" in done.stderr, done.stderr[-2000:]
+
+
+def test_writes_past_the_limit_then_a_trap_are_115(cli, tmp_path):
+    """Red team 156: past the limit, then a trap before the stop landed: 115 plain,
+    103 with --json (the limit came first)."""
+    text = WRITES.read_text().replace(
+        "(drop (call $go (i32.const 2) (i32.const 600)))",
+        "(drop (call $go (i32.const 2) (i32.const 600))) unreachable",
+    )
+    assert "unreachable" in text
+    (tmp_path / "trap.wat").write_text(text)
+    tight = policy(tmp_path, "[limits]\noutput = 50\n")
+    for json_flag in ([], ["--json"]):
+        res = cli("run", tmp_path / "trap.wat", "--policy", tight, *json_flag)
+        assert res.code == 115, (json_flag, res)

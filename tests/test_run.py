@@ -325,3 +325,22 @@ def test_a_limit_the_policy_file_set_is_named_with_the_file(cli, tmp_path):
     assert f"limits.fuel is 1000 in {tmp_path / 'sandbox.toml'}" in res.stderr, res.stderr
     res = cli("run", EXAMPLES / "loop.wat", "spin", "--fuel", "1000", cwd=tmp_path)
     assert res.code == 111 and " is 1000 in " not in res.stderr, res
+
+
+def test_output_past_the_limit_then_a_trap_is_the_output_limit(cli, backend, tmp_path):
+    """Red team 156: one write past limits.output, then a trap before the stop landed,
+    was exit 103 on wasmtime (115 when the guest ended normally, and on wasmer)."""
+    module = tmp_path / "big.wat"  # (one write of 60,000 bytes, then unreachable)
+    module.write_text(
+        '(module (import "wasi_snapshot_preview1" "fd_write"'
+        " (func $w (param i32 i32 i32 i32) (result i32)))"
+        ' (memory (export "memory") 1)'
+        ' (func (export "_start") (i32.store (i32.const 0) (i32.const 64))'
+        " (i32.store (i32.const 4) (i32.const 60000))"
+        " (drop (call $w (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))"
+        " unreachable))"
+    )
+    (tmp_path / "p.toml").write_text("[limits]\noutput = 1000\n")
+    for json_flag in ([], ["--json"]):
+        res = cli("run", module, "--policy", tmp_path / "p.toml", "--backend", backend, *json_flag)
+        assert res.code == 115, (json_flag, res)

@@ -637,6 +637,16 @@ class ComponentInstance:
         cause = _trap_cause(text)
         frames = _frames(text)
         limits = self.limits
+        if self.budget.exceeded and cause is not None and where != "instantiation":
+            # (output past its limit, then a trap before the stop landed: the limit came
+            # first, red team 156: 115 plain, 103 with --json)
+            return errors.OutputLimitExceeded(
+                f"output limit {format_limit(limits.output or 0)} reached: guest wrote "
+                "more to stdout/stderr",
+                hint="raise limits.output in the policy",
+                backtrace=frames,
+                limit_value=limits.output,
+            )
         if any(HOSTCALL_FUEL in line for line in _module_backend.own_lines(text)):
             # (wasmtime's own bound on one call's copies, in its own words: a core
             # function named so hid fuel, timeouts and stack, round 72; a trap

@@ -1359,6 +1359,8 @@ class WasmtimeInstance(Instance):
     ) -> errors.WasmsbxError:
         code = trap.trap_code
         frames = _frames(trap, self.shift)
+        if self.budget.exceeded:  # (output past its limit, then a trap before the stop
+            return self._output_error(frames)  # landed: the limit came first, red team 156)
         if code == wasmtime.TrapCode.OUT_OF_FUEL:
             # (the call's own fuel: a per-call fuel= lowers it; the policy's was reported)
             fuel = self.call_fuel if self.call_fuel is not None else self.limits.fuel
