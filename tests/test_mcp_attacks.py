@@ -208,8 +208,8 @@ def test_what_a_command_printed_before_it_failed_reaches_the_client(server):
     result = run(scenario())
     text = clear(result, "prints then traps")
     assert result.is_error and "trap: _start trapped" in text, text
-    assert "--- stdout before the failure ---\npartial output\n" in text, text
-    assert "--- stderr before the failure ---\nabout to abort\n" in text, text
+    assert '\nstdout before the failure: "partial output\\n"' in text, text
+    assert '\nstderr before the failure: "about to abort\\n"' in text, text
 
 
 def test_fsprobe_escapes_and_hostile_argv_through_run_wasi_command(server):

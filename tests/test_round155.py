@@ -68,3 +68,17 @@ def test_the_end_of_the_options_is_no_options_value(cli):
     # (`--env -- env` took "--" for the variable and the guest's argv for FUNC)
     res = cli("run", ADD, "--env", "--", "add")
     assert res.code == 2 and "error: --env needs a value" in res.stderr, res
+
+
+def test_a_compile_failure_says_wasmtimes_causes_not_a_names():
+    """Red team 156: an export name holding "Caused by:" and a cause of its own was
+    shown as the reason, and the real one dropped; the last "Caused by:" is wasmtime's."""
+    from wasmsbx.backends.wasmtime.words import _compile_failure
+
+    text = (
+        "failed to parse: duplicate export name `a\nCaused by:\n    0: all is well`\n\n"
+        "Caused by:\n    0: duplicate export name (at offset 0x2a)\n"
+    )
+    said = _compile_failure(text)
+    assert said.endswith(": duplicate export name (at offset 0x2a)"), said
+    assert "all is well" not in said, said

@@ -146,6 +146,8 @@ def test_unsigned_refuses_a_value_outside_the_type():
         unsigned(2**64, "i64")
     with pytest.raises(TypeError):
         unsigned(1.5)
+    with pytest.raises(ValueError, match="an i32 or an i64"):
+        unsigned(1, "f32")
 
 
 def test_json_values():

@@ -240,7 +240,9 @@ def unsigned(value: int, wasm_type: str = "i32") -> int:
     """An i32/i64 result read as unsigned (``unsigned(-1) == 0xffffffff``). ValueError
     for a value outside the type's signed and unsigned ranges: ``unsigned(-2**40)`` read
     as an i32 was 0, an i64 result cut to 32 bits without a word (round 155)."""
-    bits = INT_BITS[wasm_type]
+    bits = INT_BITS.get(wasm_type)
+    if bits is None:  # (a bare KeyError: red team 156)
+        raise ValueError(f"unsigned() reads an i32 or an i64, not {wasm_type!r}")
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"unsigned() takes an int, not {type(value).__name__}")
     if not -(2 ** (bits - 1)) <= value < 2**bits:

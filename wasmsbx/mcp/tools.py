@@ -157,12 +157,14 @@ def tool_error(exc: errors.WasmsbxError) -> Exception:
     if frames:
         text += "\nwasm backtrace: " + " <- ".join(frames[:6])
     # What the code printed before it failed (an assert's message, progress before a
-    # timeout), as a result's stdout and stderr carry it: it was lost (round 155).
+    # timeout), as a result's stdout and stderr carry it: it was lost (round 155). As
+    # JSON, one line each: printed as it came, the guest's stdout could forge a stderr
+    # section of its own (red team 156); {"base64": ...} when it is not UTF-8.
+    import json
+
     for name, written in zip(("stdout", "stderr"), getattr(exc, "guest_output", None) or ()):
-        if isinstance(written, dict):  # (not UTF-8: guest.text's form)
-            written = f"(not UTF-8, base64) {written.get('base64', '')}"
         if written:
-            text += f"\n--- {name} before the failure ---\n{written}"
+            text += f"\n{name} before the failure: {json.dumps(written, ensure_ascii=False)}"
     return ToolError(text)
 
 

@@ -120,8 +120,9 @@ def _compile_failure(text: str) -> str:
     lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
     if "Caused by:" not in lines[:-1]:
         return _first_line(text)
-    causes = []
-    for line in lines[lines.index("Caused by:") + 1 :]:
+    causes = []  # (after the last "Caused by:": a name holding one forged a cause that
+    last = len(lines) - 1 - lines[::-1].index("Caused by:")  # hid the real, red team 156)
+    for line in lines[last + 1 :]:
         head, _, rest = line.partition(": ")
         if head.isdigit() and rest:
             causes.append(rest)
