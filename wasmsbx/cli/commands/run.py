@@ -206,7 +206,11 @@ def _say_where_set(exc: errors.LimitExceeded, policy: Any, options: dict) -> Non
         or not os.path.isfile(source)
     ):
         return
-    where = f"{key} is {policy.values.get(key)!r} in {errors.inert(source)}"
+    try:  # (as the file spells it: "1MiB", not 1048576, red team 156)
+        shown = policy.to_toml_dict()["limits"][exc.limit]
+    except (KeyError, TypeError, ValueError):
+        shown = policy.values.get(key)
+    where = f"{key} is {shown!r} in {errors.inert(source)}"
     exc.hint = f"{exc.hint} ({where})" if exc.hint else where
 
 
