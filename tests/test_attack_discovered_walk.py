@@ -54,7 +54,7 @@ def test_a_folder_granted_many_times_is_walked_once(tmp_path, walks):
     tree(tmp_path / "d", 30)
     grants(tmp_path, ["d"] * 500 + [f"d/{i}" for i in range(10)] + ["d::/again"])
     policy = policy_mod.discover(cwd=tmp_path)
-    assert len(policy.grants) == 511
+    assert len(policy.grants) == 12  # (the same grant 500 times is one: round 155)
     assert len(walks) == 31  # d and its 30 subfolders, once (was 500 x 31 + 10)
 
 
