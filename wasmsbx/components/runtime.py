@@ -422,16 +422,20 @@ class ComponentInstance:
             raise self._stuck_error(where)
         return result
 
+    def _output_error(self, frames: list) -> errors.WasmsbxError:
+        return errors.OutputLimitExceeded(
+            f"output limit {format_limit(self.limits.output or 0)} reached: guest wrote "
+            "more to stdout/stderr",
+            hint="raise limits.output in the policy",
+            backtrace=frames,
+            limit_value=self.limits.output,
+        )
+
     def _stuck_error(self, where: str, how: str = "") -> errors.WasmsbxError:
         """The keeper's error for a call it must end: output flood or timeout."""
         limits = self.limits
         if self.budget.exceeded:
-            return errors.OutputLimitExceeded(
-                f"output limit {format_limit(limits.output or 0)} reached: guest wrote "
-                "more to stdout/stderr",
-                hint="raise limits.output in the policy",
-                limit_value=limits.output,
-            )
+            return self._output_error([])
         return errors.TimeoutExceeded(
             f"timeout: {where} still running after {format_duration(limits.timeout)}{how}",
             hint="raise limits.timeout (--timeout 30s) if the guest needs longer",
@@ -639,14 +643,8 @@ class ComponentInstance:
         limits = self.limits
         if self.budget.exceeded and cause is not None and where != "instantiation":
             # (output past its limit, then a trap before the stop landed: the limit came
-            # first, red team 156: 115 plain, 103 with --json)
-            return errors.OutputLimitExceeded(
-                f"output limit {format_limit(limits.output or 0)} reached: guest wrote "
-                "more to stdout/stderr",
-                hint="raise limits.output in the policy",
-                backtrace=frames,
-                limit_value=limits.output,
-            )
+            # first, red team 156: 115 plain, 103 with --json; as the interrupt below)
+            return self._output_error(frames)
         if any(HOSTCALL_FUEL in line for line in _module_backend.own_lines(text)):
             # (wasmtime's own bound on one call's copies, in its own words: a core
             # function named so hid fuel, timeouts and stack, round 72; a trap
@@ -703,13 +701,7 @@ class ComponentInstance:
             if self.watch is not None and self.watch.interrupted:  # Ctrl-C, SIGTERM
                 raise KeyboardInterrupt
             if self.budget.exceeded:
-                return errors.OutputLimitExceeded(
-                    f"output limit {format_limit(limits.output or 0)} reached: guest wrote "
-                    "more to stdout/stderr",
-                    hint="raise limits.output in the policy",
-                    backtrace=frames,
-                    limit_value=limits.output,
-                )
+                return self._output_error(frames)
             return errors.TimeoutExceeded(
                 f"timeout: {where} still running after {format_duration(limits.timeout)}",
                 hint="raise limits.timeout (--timeout 30s) if the guest needs longer",
