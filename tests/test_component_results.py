@@ -237,7 +237,7 @@ def test_wasmtimes_bound_is_named_as_an_error_or_a_trap(text):
 
     from wasmsbx.components import runtime
 
-    fake = types.SimpleNamespace(limits=None)
+    fake = types.SimpleNamespace(limits=None, budget=types.SimpleNamespace(exceeded=False))
     error = runtime.ComponentInstance._error(fake, wasmtime.WasmtimeError(text), "lists")
     assert isinstance(error, errors.TrapError)
     assert "more than wasmtime copies between host and guest in one call" in error.message
