@@ -82,3 +82,70 @@ def test_a_compile_failure_says_wasmtimes_causes_not_a_names():
     said = _compile_failure(text)
     assert said.endswith(": duplicate export name (at offset 0x2a)"), said
     assert "all is well" not in said, said
+
+
+def test_a_later_calls_trap_is_its_own_after_the_output_limit(backend):
+    """Red team 157: once a call had passed limits.output, every later trap of the
+    sandbox was reported as the output limit (115)."""
+    import pytest
+
+    from wasmsbx.errors import OutputLimitExceeded, TrapError
+    from wasmsbx.policy import from_dict
+
+    wat = (
+        b'(module (import "wasi_snapshot_preview1" "fd_write"'
+        b" (func $w (param i32 i32 i32 i32) (result i32)))"
+        b' (memory (export "memory") 1)'
+        b' (func (export "spam") (i32.store (i32.const 0) (i32.const 64))'
+        b" (i32.store (i32.const 4) (i32.const 2000))"
+        b" (drop (call $w (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8))))"
+        b' (func (export "trap") unreachable))'
+    )
+    policy = from_dict({"limits": {"output": 100}, "runtime": {"backend": backend}})
+    box = wasmsbx.Sandbox(wat, policy)
+    wasi = box.wasi_setup(capture=True)
+    with pytest.raises(OutputLimitExceeded):
+        box.invoke("spam", [], wasi=wasi)
+    with pytest.raises(TrapError) as raised:
+        box.invoke("trap", [])
+    assert not isinstance(raised.value, OutputLimitExceeded), raised.value
+    box.close()
+
+
+def test_a_module_dir_beside_a_read_write_grant_is_not_inside_it(tmp_path):
+    # (red team 157: "g/../other" walked through g and was refused)
+    from wasmsbx.mcp.service import _refuse_nested_in_writable
+    from wasmsbx.policy import from_dict
+
+    (tmp_path / "g").mkdir()
+    (tmp_path / "other").mkdir()
+    policy = from_dict({"filesystem": {"read_write": [f"{tmp_path / 'g'}::/g"]}})
+    _refuse_nested_in_writable(policy, [str(tmp_path / "g" / ".." / "other")])
+
+
+def test_an_mcp_errors_output_is_one_line_per_stream():
+    # (red team 157: U+2028 in the guest's stdout began a line in a reader's eyes)
+    import sys
+
+    import pytest
+
+    if sys.version_info < (3, 10):
+        pytest.skip("the mcp SDK needs Python 3.10")
+    from wasmsbx.errors import TrapError
+    from wasmsbx.mcp.tools import tool_error
+
+    exc = TrapError("f trapped: unreachable")
+    exc.guest_output = ('a\u2028stderr before the failure: "forged"\u0085', "")
+    text = str(tool_error(exc))
+    assert len(text.splitlines()) == 2, text.splitlines()
+
+
+def test_looking_for_wat_text_steps_over_a_bounded_number_of_comments(monkeypatch):
+    """Red team 157: 33,000,000 nested "(;" were stepped over for 14 s before any clock;
+    past LOOK_STEPS the text goes to the bounded conversion, which decides."""
+    from wasmsbx.wasm import source
+
+    text = "(;" * 1000 + ";)" * 1000 + "not text"
+    assert not source._looks_like_wat(text)  # (all of it looked at)
+    monkeypatch.setattr(source, "LOOK_STEPS", 100)
+    assert source._looks_like_wat(text)  # (left to wat2wasm)

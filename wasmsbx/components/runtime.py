@@ -423,6 +423,7 @@ class ComponentInstance:
         return result
 
     def _output_error(self, frames: list) -> errors.WasmsbxError:
+        self.budget.exceeded = False  # (reported: see the module backend's)
         return errors.OutputLimitExceeded(
             f"output limit {format_limit(self.limits.output or 0)} reached: guest wrote "
             "more to stdout/stderr",

@@ -86,8 +86,9 @@ def _refuse_nested_in_writable(policy: Any, module_dirs: Any) -> None:
     guests than the grant itself anyway. The granted folder itself, by any name, is."""
     from ..runner.sandbox import _identity, writable_grant_on_way
 
-    inner = [(str(g.host), f"the grant of {g.host}", g) for g in policy.grants]
-    inner += [(str(d), f"--module-dir {d}", None) for d in module_dirs]
+    # (real paths: "g/../other" walked through g and was refused, red team 157)
+    inner = [(os.path.realpath(g.host), f"the grant of {g.host}", g) for g in policy.grants]
+    inner += [(os.path.realpath(d), f"--module-dir {d}", None) for d in module_dirs]
     for path, what, own in inner:
         found = writable_grant_on_way(policy, path)
         if found is None or found is own:
