@@ -149,3 +149,30 @@ def test_looking_for_wat_text_steps_over_a_bounded_number_of_comments(monkeypatc
     assert not source._looks_like_wat(text)  # (all of it looked at)
     monkeypatch.setattr(source, "LOOK_STEPS", 100)
     assert source._looks_like_wat(text)  # (left to wat2wasm)
+
+
+def test_a_host_function_raising_after_output_past_the_limit_is_the_output_limit(backend):
+    """Red team 157: output past limits.output, then a host function that raises, was a
+    trap (103); other traps, fuel, stack and timeouts after it were the limit (115)."""
+    import pytest
+
+    from wasmsbx.errors import OutputLimitExceeded
+    from wasmsbx.policy import from_dict
+
+    def boom() -> None:
+        raise ValueError("no")
+
+    wat = (
+        b'(module (import "wasi_snapshot_preview1" "fd_write"'
+        b" (func $w (param i32 i32 i32 i32) (result i32)))"
+        b' (import "env" "boom" (func $boom)) (memory (export "memory") 1)'
+        b' (func (export "f") (i32.store (i32.const 0) (i32.const 64))'
+        b" (i32.store (i32.const 4) (i32.const 2000))"
+        b" (drop (call $w (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))"
+        b" (call $boom)))"
+    )
+    policy = from_dict({"limits": {"output": 100}, "runtime": {"backend": backend}})
+    box = wasmsbx.Sandbox(wat, policy, imports={"env": {"boom": boom}})
+    with pytest.raises(OutputLimitExceeded):
+        box.invoke("f", [], wasi=box.wasi_setup(capture=True))
+    box.close()

@@ -1078,6 +1078,9 @@ class WasmtimeInstance(Instance):
                 hint="raise limits.timeout (--timeout 30s) if the guest needs longer",
                 limit_value=self.call_timeout,
             )
+        if raised is not None and self.budget.exceeded:  # (past the output limit first:
+            frames = _frames(exc) if isinstance(exc, wasmtime.Trap) else []  # red team 157)
+            return self._output_error(frames)
         if raised is not None:
             return errors.TrapError(
                 f"{name} trapped: host function raised {errors.raised_text(raised)}",
