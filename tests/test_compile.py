@@ -460,3 +460,26 @@ def test_no_spinner_without_a_terminal():
 
 # CLI calls run in this process (see the cli fixture): none here needs the real entry point.
 pytestmark = pytest.mark.inprocess
+
+
+def test_a_link_made_at_the_default_output_during_the_build_is_not_written_through(
+    isolated, monkeypatch
+):
+    """Red team 157: the default NAME.wasm was checked before clang ran and written
+    after it; a link made in between was followed, and its target became the module."""
+    from wasmsbx import errors as errors_mod
+    from wasmsbx import policy as policy_mod
+    from wasmsbx.cli.commands import compile as compile_cmd
+    from wasmsbx.native import build
+
+    (isolated / "lib.c").write_text(LIB_C)
+    (isolated / "notes.txt").write_text("my notes\n")
+
+    def racing_build(path, exports):
+        (isolated / "lib.wasm").symlink_to("notes.txt")  # (while "clang" runs)
+        return b"\0asm\1\0\0\0", [], ""
+
+    monkeypatch.setattr(build, "_build_c", racing_build)
+    with pytest.raises(errors_mod.InputError, match="is a symbolic link; not replaced"):
+        compile_cmd._build("lib.c", ["add"], None, policy_mod.defaults())
+    assert (isolated / "notes.txt").read_text() == "my notes\n"

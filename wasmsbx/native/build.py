@@ -90,10 +90,17 @@ def build_source(path, exports: Sequence[str] = (), out=None) -> bytes:
 
 
 def build(
-    path, exports: Sequence[str] = (), out=None, inputs: Sequence = (), policy: Any = None
+    path,
+    exports: Sequence[str] = (),
+    out=None,
+    inputs: Sequence = (),
+    policy: Any = None,
+    check: Any = None,
 ) -> BuildResult:
     """Build ``path`` to WebAssembly; write it to ``out`` if given (never over one of
-    ``inputs`` or the source itself: see wasmsbx.outfile)."""
+    ``inputs`` or the source itself: see wasmsbx.outfile). ``check(out)``: the caller's
+    own look at ``out``, again just before it is written (what the build's seconds
+    may have changed there)."""
     path = Path(path)
     if not path.exists():
         from ..inputs import broken_link
@@ -122,6 +129,8 @@ def build(
         wasm, command, output = _build_cargo(path, exports)
     result = BuildResult(wasm, kind, command, output, time.perf_counter() - started)
     if out is not None:
+        if check is not None:
+            check(str(out))
         write_atomic(Path(out), wasm, inputs=[path, *inputs])
     return result
 

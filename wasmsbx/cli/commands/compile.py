@@ -279,12 +279,15 @@ def _build(source: str, exports: list, wasm_out: Optional[str], policy: Any) -> 
     from ...native import build
 
     kind = build.source_kind(source) if Path(source).exists() else None
+    check = None
     if wasm_out is None and kind in ("c", "rust", "cargo"):
         # Like cc: the output goes to the current directory, named after the source.
         path = Path(source).resolve()
         stem = path.stem if kind != "cargo" else (path if path.is_dir() else path.parent).name
         wasm_out = f"{stem}.wasm"
         _keep_other_file(wasm_out)
+        check = _keep_other_file  # (again after the build: a link made meanwhile was
+        # written through, red team 157)
     if exports and kind not in ("c", "rust", "cargo"):
         from ...errors import UsageError
 
@@ -292,7 +295,9 @@ def _build(source: str, exports: list, wasm_out: Optional[str], policy: Any) -> 
     try:
         with _spinner(f"building {Path(source).name}"):
             inputs = [source, policy.source]
-            result = build.build(source, exports, wasm_out, inputs=inputs, policy=policy)
+            result = build.build(
+                source, exports, wasm_out, inputs=inputs, policy=policy, check=check
+            )
     except build.BuildFailed as exc:
         if exc.output:
             output.err(exc.output.rstrip("\n"))  # the compiler's messages, as printed
