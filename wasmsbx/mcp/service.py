@@ -93,7 +93,8 @@ def _refuse_nested_in_writable(policy: Any, module_dirs: Any) -> None:
         found = writable_grant_on_way(policy, path)
         if found is None or found is own:
             continue
-        if _identity(path) is not None and _identity(path) == _identity(str(found.host)):
+        identity = _identity(path)
+        if identity is not None and identity == _identity(str(found.host)):
             continue  # (the granted folder itself, by another name: its root stays)
         raise errors.PolicyError(
             f"{errors.inert(what)} lies inside the read-write grant of "

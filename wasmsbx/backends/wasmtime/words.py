@@ -115,8 +115,11 @@ def _compile_failure(text: str) -> str:
     """What a failed compile says, its whole chain of causes on one line: the first
     alone was "0: WebAssembly translation error", and the reason ("type mismatch:
     expected i32 but nothing on stack", at which offset) came only in the last (round
-    155). Numbered causes after the first "Caused by:", at most 500 characters (the
-    text may quote a module's names: it is shown escaped, never classified here)."""
+    155). Numbered causes after the last "Caused by:" only, at most 500 characters (the
+    text may quote a module's names: it is shown escaped, never classified here). Not
+    ``own_lines``, which keeps unnumbered lines too: a duplicate export's name is
+    quoted after wasmtime's own "Caused by:", and one holding "out of memory" read as
+    the host's words (round 74)."""
     lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
     if "Caused by:" not in lines[:-1]:
         return _first_line(text)

@@ -312,7 +312,8 @@ def _keep_other_file(name: str) -> None:
     """The name a build writes when no -o is given (``NAME.wasm`` here, as cc writes
     a.out) is replaced only if it holds a WebAssembly module already, a build's earlier
     output: a file of another kind there was overwritten without a word (notes kept as
-    lib.wasm, round 155). Links and special files are outfile's to refuse."""
+    lib.wasm, round 155), and so was the file a link there led to (red team 156). A
+    special file or one that cannot be read is outfile's to refuse (check_output)."""
     from ...errors import InputError
 
     try:
