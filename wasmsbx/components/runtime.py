@@ -404,6 +404,8 @@ class ComponentInstance:
             stackroom.leave(below)
             raise
         self.watch = watch
+        # ("exceeded": this call's, as the module backend's _call_begins says)
+        self.budget.exceeded = False
         refused = self.budget.refused
         try:
             result = func(*args)
@@ -423,7 +425,6 @@ class ComponentInstance:
         return result
 
     def _output_error(self, frames: list) -> errors.WasmsbxError:
-        self.budget.exceeded = False  # (reported: see the module backend's)
         return errors.OutputLimitExceeded(
             f"output limit {format_limit(self.limits.output or 0)} reached: guest wrote "
             "more to stdout/stderr",

@@ -158,6 +158,19 @@ def _refused(budget: Optional[_Budget]) -> int:
     return 0 if budget is None else budget.refused
 
 
+def _call_begins(budget: Optional[_Budget]) -> int:
+    """``_refused`` as a call on the store begins (outermost: calls back in skip these
+    paths), its ``exceeded`` cleared: the flag says whether this call went past
+    limits.output, which its errors read, not whether an earlier one did (red team 157:
+    a library sandbox kept after the limit said 115 for every later trap). Cleared
+    here, not when the limit's error is made: the keeper makes it too, for a hard stop
+    or a late call, and a later look at the flag then saw none."""
+    if budget is None:
+        return 0
+    budget.exceeded = False
+    return budget.refused
+
+
 # (in a fork's child after WASI ran: refused, teardown.refuse_forked_wasi)
 _WASI = teardown.WASI
 refuse_forked_wasi = teardown.refuse_forked_wasi
@@ -987,7 +1000,7 @@ class WasmtimeInstance(Instance):
             self.watch = watch
             self.deadline = watch.deadline
             group.current = self
-            refused = _refused(self._budget)
+            refused = _call_begins(self._budget)
             try:
                 error = RAW_CALL(*invoke, trap_addr)
             finally:
@@ -1195,7 +1208,7 @@ class WasmtimeInstance(Instance):
         self.watch = watch
         self.deadline = watch.deadline  # host functions check it on entry and return
         self.group.current = self  # (never nested on one store: calls back in skip this)
-        refused = _refused(self._budget)
+        refused = _call_begins(self._budget)
         try:
             result = func(*args)
         finally:
@@ -1398,10 +1411,6 @@ class WasmtimeInstance(Instance):
         )
 
     def _output_error(self, frames: list) -> errors.WasmsbxError:
-        # Reported now: a later call's own trap is its own (red team 157: a library
-        # sandbox kept after the limit said 115 for every later trap); a later write
-        # past the limit sets it again and stops that call too.
-        self.budget.exceeded = False
         return errors.OutputLimitExceeded(
             f"output limit {format_limit(self.limits.output or 0)} reached: guest wrote "
             f"more to stdout/stderr",
