@@ -112,15 +112,26 @@ def test_a_later_calls_trap_is_its_own_after_the_output_limit(backend):
     box.close()
 
 
-def test_a_module_dir_beside_a_read_write_grant_is_not_inside_it(tmp_path):
-    # (red team 157: "g/../other" walked through g and was refused)
+def test_a_module_dir_reached_through_a_read_write_grant_is_refused_by_its_path(tmp_path):
+    """Red team 158: judged by its real path, --module-dir W/L (L a link in the
+    read-write grant W to a folder outside it) passed the check, and a guest then
+    pointed L anywhere. Judged by the folders its path walks: refused; so is g/../other
+    (it walks through g: red team 157 saw that as a false refusal); a sibling named
+    plainly is not."""
+    import pytest
+
+    from wasmsbx.errors import PolicyError
     from wasmsbx.mcp.service import _refuse_nested_in_writable
     from wasmsbx.policy import from_dict
 
     (tmp_path / "g").mkdir()
     (tmp_path / "other").mkdir()
+    (tmp_path / "g" / "L").symlink_to(tmp_path / "other")
     policy = from_dict({"filesystem": {"read_write": [f"{tmp_path / 'g'}::/g"]}})
-    _refuse_nested_in_writable(policy, [str(tmp_path / "g" / ".." / "other")])
+    _refuse_nested_in_writable(policy, [str(tmp_path / "other")])
+    for inner in (tmp_path / "g" / "L", tmp_path / "g" / ".." / "other"):
+        with pytest.raises(PolicyError, match="lies inside the read-write grant"):
+            _refuse_nested_in_writable(policy, [str(inner)])
 
 
 def test_an_mcp_errors_output_is_one_line_per_stream():

@@ -86,9 +86,11 @@ def _refuse_nested_in_writable(policy: Any, module_dirs: Any) -> None:
     guests than the grant itself anyway. The granted folder itself, by any name, is."""
     from ..runner.sandbox import _identity, writable_grant_on_way
 
-    # (real paths: "g/../other" walked through g and was refused, red team 157)
-    inner = [(os.path.realpath(g.host), f"the grant of {g.host}", g) for g in policy.grants]
-    inner += [(os.path.realpath(d), f"--module-dir {d}", None) for d in module_dirs]
+    # (as given, not their real paths: a --module-dir W/L, L a link in the read-write
+    # grant W, is reached through W, and its real path said nothing of it: red team
+    # 158. So "g/../other", walked through g, is refused too.)
+    inner = [(str(g.host), f"the grant of {g.host}", g) for g in policy.grants]
+    inner += [(str(d), f"--module-dir {d}", None) for d in module_dirs]
     for path, what, own in inner:
         found = writable_grant_on_way(policy, path)
         if found is None or found is own:
